@@ -1,0 +1,184 @@
+/*
+ * gradcomp: a compressed, drop-in replacement for ncclAllReduce on gradients.
+ *
+ * C API (C99-clean). Every function returns a gradcompResult_t; on failure
+ * gradcompGetLastError() gives a sentence with the numbers that explain it.
+ * Nothing here aborts or throws.
+ */
+#ifndef GRADCOMP_H_
+#define GRADCOMP_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cuda_runtime_api.h>
+#include <nccl.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define GRADCOMP_VERSION_MAJOR 0
+#define GRADCOMP_VERSION_MINOR 1
+#define GRADCOMP_VERSION_PATCH 0
+#define GRADCOMP_VERSION_CODE \
+  (GRADCOMP_VERSION_MAJOR * 10000 + GRADCOMP_VERSION_MINOR * 100 + GRADCOMP_VERSION_PATCH)
+
+typedef enum {
+  gradcompSuccess = 0,
+  gradcompInvalidArgument = 1, /* a value out of range: the last error names it */
+  gradcompInvalidUsage = 2,    /* a call at the wrong time or on the wrong object */
+  gradcompCudaError = 3,       /* CUDA failed; the last error carries cudaGetErrorString */
+  gradcompNcclError = 4,       /* NCCL failed; the last error carries ncclGetErrorString */
+  gradcompSystemError = 5,     /* out of host memory, threads, dlopen */
+  gradcompInternalError = 6,   /* a bug in gradcomp */
+  gradcompNotSupported = 7,    /* a valid request this build cannot serve (no GPU, say) */
+  gradcompNumResults = 8
+} gradcompResult_t;
+
+const char* gradcompGetErrorString(gradcompResult_t result);
+/* The last error sentence set on the calling thread ("" when none). */
+const char* gradcompGetLastError(void);
+int gradcompGetVersion(void);
+
+typedef enum {
+  gradcompMethodNone = 0,  /* pass every call to NCCL */
+  gradcompMethodQsgd = 1,  /* bucketed max-norm stochastic quantization */
+  gradcompMethodTopk = 2,  /* top-k with error feedback, sparse allgather */
+  gradcompMethodRandk = 3, /* rand-k with error feedback, shared indices */
+  gradcompMethodDgc = 4    /* top-k + DGC momentum correction, clipping, masking, warm-up */
+} gradcompMethod_t;
+
+typedef enum {
+  gradcompAlgoAuto = 0,
+  gradcompAlgoTwoShot = 1,   /* scatter-reduce + allgather, two quantizations */
+  gradcompAlgoRing = 2,      /* ring reduce-scatter re-encoding per hop + allgather */
+  gradcompAlgoAllgather = 3, /* encode all, allgather, decode-sum */
+  gradcompAlgoSparseAllgather = 4
+} gradcompAlgo_t;
+
+typedef enum {
+  gradcompSelectThreshold = 0, /* DGC: threshold from a sample of |v| */
+  gradcompSelectExact = 1      /* exact top-k, ties broken by lower index */
+} gradcompSelect_t;
+
+typedef enum {
+  gradcompBitsFixed = 0,   /* always `bits` */
+  gradcompBitsDynamic = 1, /* DQ-SGD: fewest bits keeping the variance under a target */
+  gradcompBitsBudget = 2   /* DQ-SGD: an average bits budget over a window */
+} gradcompBitsMode_t;
+
+/* Configuration. Always start from gradcompConfigInit (defaults) or
+ * gradcompConfigFromEnv (defaults + GRADCOMP_* variables): it sets structSize,
+ * which lets later versions add fields without breaking callers. */
+typedef struct {
+  size_t structSize;
+  gradcompMethod_t method; /* GRADCOMP_METHOD, default qsgd */
+  gradcompAlgo_t algo;     /* GRADCOMP_ALGO, default auto */
+  int bits;                /* GRADCOMP_BITS 2..8 including sign, default 4 */
+  int bucketSize;          /* GRADCOMP_BUCKET 32..8192, multiple of 32, default 512 */
+  uint64_t seed;           /* GRADCOMP_SEED */
+  size_t minElements;      /* GRADCOMP_MIN_ELEMENTS, smaller calls pass through, default 16384 */
+  int errorFeedback;       /* GRADCOMP_EF 0/1, default 1 */
+  int ownerResidual;       /* GRADCOMP_OWNER_RESIDUAL 0/1: residual for the 2nd quantization */
+  /* sparse methods */
+  float density;             /* GRADCOMP_DENSITY (0,1], default 0.01 */
+  float oversample;          /* GRADCOMP_OVERSAMPLE c in kmax = ceil(c*density*n), default 2 */
+  float sampleRate;          /* GRADCOMP_SAMPLE_RATE share of |v| sampled, default 0.01 */
+  gradcompSelect_t select;   /* GRADCOMP_SELECT threshold|exact */
+  ncclDataType_t valueType;  /* GRADCOMP_VALUE_TYPE float|half|bfloat16 on the wire */
+  /* DGC extras */
+  float momentum;            /* GRADCOMP_MOMENTUM m, default 0.9 */
+  int momentumCorrection;    /* GRADCOMP_MOMENTUM_CORRECTION 0/1 (dgc default 1) */
+  float clipNorm;            /* GRADCOMP_CLIP_NORM, 0 = off */
+  int momentumMasking;       /* GRADCOMP_MOMENTUM_MASKING 0/1 */
+  int warmupSteps;           /* GRADCOMP_WARMUP_STEPS, 0 = off */
+  /* DQ-SGD */
+  gradcompBitsMode_t bitsMode; /* GRADCOMP_BITS_MODE fixed|dynamic|budget */
+  int bitsMin;                 /* GRADCOMP_BITS_MIN */
+  int bitsMax;                 /* GRADCOMP_BITS_MAX */
+  float varianceTarget;        /* GRADCOMP_VARIANCE_TARGET: bound / ||g||^2 allowed */
+  float bitsBudget;            /* GRADCOMP_BITS_BUDGET average bits/element */
+  int budgetWindow;            /* GRADCOMP_BUDGET_WINDOW steps */
+  int elias;                   /* GRADCOMP_ELIAS 0/1: variable-size Elias-coded QSGD */
+} gradcompConfig_t;
+
+gradcompResult_t gradcompConfigInit(gradcompConfig_t* config);
+/* Defaults, then every GRADCOMP_* variable that is set (logged at INFO).
+ * A bad value is gradcompInvalidArgument naming the variable and range. */
+gradcompResult_t gradcompConfigFromEnv(gradcompConfig_t* config);
+/* Checks every field; the last error names the first bad one. */
+gradcompResult_t gradcompConfigValidate(const gradcompConfig_t* config);
+
+/* ---------------------------------------------------------------- comms */
+typedef struct gradcompComm* gradcompComm_t;
+
+/* Wraps (never owns) an NCCL communicator. Buffers are device pointers and
+ * work is enqueued on the caller's stream. */
+gradcompResult_t gradcompCommCreate(ncclComm_t nccl, const gradcompConfig_t* config,
+                                    gradcompComm_t* comm);
+/* CPU reference backend: nranks communicators of one in-process world, each
+ * to be driven from its own thread with host pointers (stream ignored). Runs
+ * the same algorithm code as the CUDA backend, with the host codecs. */
+gradcompResult_t gradcompCommCreateCpu(int nranks, const gradcompConfig_t* config,
+                                       gradcompComm_t* comms);
+gradcompResult_t gradcompCommDestroy(gradcompComm_t comm);
+gradcompResult_t gradcompCommRank(gradcompComm_t comm, int* rank);
+gradcompResult_t gradcompCommSize(gradcompComm_t comm, int* size);
+
+/* Same contract as ncclAllReduce; in place allowed. fp32/fp16/bf16 with
+ * Sum or Avg and count >= minElements on more than one rank are compressed;
+ * everything else goes to ncclAllReduce unchanged. Residual state is keyed by
+ * (recvbuff, count, datatype). */
+gradcompResult_t gradcompAllReduce(const void* sendbuff, void* recvbuff, size_t count,
+                                   ncclDataType_t datatype, ncclRedOp_t op, gradcompComm_t comm,
+                                   cudaStream_t stream);
+/* As above, with an explicit identity for the residual (for buffers that move). */
+gradcompResult_t gradcompAllReduceKeyed(const void* sendbuff, void* recvbuff, size_t count,
+                                        ncclDataType_t datatype, ncclRedOp_t op,
+                                        gradcompComm_t comm, cudaStream_t stream, uint64_t key);
+
+/* Residual / momentum state. Save writes every buffer's state to a caller
+ * buffer (host memory) so a training checkpoint can hold it. Call with
+ * buffer == NULL to learn the size. Both wait for the comm's last stream. */
+gradcompResult_t gradcompCommResetState(gradcompComm_t comm);
+gradcompResult_t gradcompCommStateSize(gradcompComm_t comm, size_t* bytes);
+gradcompResult_t gradcompCommSaveState(gradcompComm_t comm, void* buffer, size_t bytes);
+gradcompResult_t gradcompCommLoadState(gradcompComm_t comm, const void* buffer, size_t bytes);
+
+typedef struct {
+  uint64_t callsCompressed;
+  uint64_t callsPassedThrough;
+  uint64_t bytesIn;          /* dense bytes of compressed calls (count * sizeof(type)) */
+  uint64_t bytesOnWire;      /* bytes this rank sent for compressed calls */
+  uint64_t callsPerAlgo[5];  /* indexed by gradcompAlgo_t (auto unused) */
+  uint64_t denseFallbacks;   /* sparse calls that went dense because N*kmax was too big */
+  uint64_t selectedLast;     /* sparse: entries selected in the last call (this rank) */
+  uint64_t targetLast;       /* sparse: density*n target of the last call */
+  int bitsLast;              /* QSGD: bits used by the last call (DQ-SGD varies it) */
+  uint64_t steps;            /* compressed calls on this comm (the step counter) */
+} gradcompStats_t;
+
+gradcompResult_t gradcompGetStats(gradcompComm_t comm, gradcompStats_t* stats);
+
+/* ------------------------------------------------- GPU codec entry points */
+/* These mirror the host reference codecs in gradcomp/reference.h with device
+ * pointers and a stream; for the same seed they produce the same bytes.
+ * x may be ncclFloat32, ncclFloat16 or ncclBfloat16. No host sync, no
+ * allocation; capturable in a CUDA graph; any alignment. */
+gradcompResult_t gradcompQsgdEncode(const void* x, ncclDataType_t datatype, size_t count,
+                                    int bits, int bucketSize, uint64_t seed, void* out,
+                                    cudaStream_t stream);
+/* Error feedback, fused: r += g; out = encode(r); r -= decode(out). Buckets
+ * that are not finite leave r unchanged. */
+gradcompResult_t gradcompQsgdEncodeEF(const void* g, ncclDataType_t datatype, float* residual,
+                                      size_t count, int bits, int bucketSize, uint64_t seed,
+                                      void* out, cudaStream_t stream);
+gradcompResult_t gradcompQsgdDecode(const void* in, size_t count, int bits, int bucketSize,
+                                    float* out, int accumulate, cudaStream_t stream);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* GRADCOMP_H_ */

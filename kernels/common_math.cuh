@@ -1,0 +1,171 @@
+// Math shared by the CUDA kernels and the host reference codecs. Everything
+// here is __host__ __device__ and written so that both sides round the same
+// way: explicit _rn intrinsics on the device (no FMA contraction), plain IEEE
+// operations on the host (built with -ffp-contract=off), and our own
+// bit-level fp16/bf16 conversions instead of the toolkit's.
+#pragma once
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__CUDACC__)
+#define GC_HD __host__ __device__ __forceinline__
+#else
+#define GC_HD inline
+#endif
+
+namespace gc {
+
+enum class DType : int { F32 = 0, F16 = 1, BF16 = 2 };
+
+GC_HD size_t dtypeBytes(DType t) { return t == DType::F32 ? 4 : 2; }
+
+GC_HD float bitsToFloat(uint32_t u) {
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(u);
+#else
+  float f;
+  memcpy(&f, &u, 4);
+  return f;
+#endif
+}
+
+GC_HD uint32_t floatToBits(float f) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(f);
+#else
+  uint32_t u;
+  memcpy(&u, &f, 4);
+  return u;
+#endif
+}
+
+GC_HD float fmul(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+GC_HD float fadd(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fadd_rn(a, b);
+#else
+  return a + b;
+#endif
+}
+GC_HD float fsub(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fsub_rn(a, b);
+#else
+  return a - b;
+#endif
+}
+GC_HD float fdiv(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fdiv_rn(a, b);
+#else
+  return a / b;
+#endif
+}
+
+GC_HD bool isFiniteBits(uint32_t absBits) { return absBits < 0x7f800000u; }
+
+// Exact fp16 -> fp32.
+GC_HD float halfToFloat(uint16_t h) {
+  uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+  uint32_t exp = (h >> 10) & 0x1fu;
+  uint32_t mant = h & 0x3ffu;
+  uint32_t out;
+  if (exp == 0x1f) {
+    out = sign | 0x7f800000u | (mant << 13);
+  } else if (exp != 0) {
+    out = sign | ((exp + 112u) << 23) | (mant << 13);
+  } else if (mant == 0) {
+    out = sign;
+  } else {  // subnormal half: normalize
+    int e = -1;
+    do {
+      mant <<= 1;
+      ++e;
+    } while ((mant & 0x400u) == 0);
+    out = sign | ((uint32_t)(112 - e) << 23) | ((mant & 0x3ffu) << 13);
+  }
+  return bitsToFloat(out);
+}
+
+// fp32 -> fp16, round to nearest even, overflow to Inf, NaN kept quiet.
+GC_HD uint16_t floatToHalf(float f) {
+  uint32_t x = floatToBits(f);
+  uint16_t sign = (uint16_t)((x >> 16) & 0x8000u);
+  uint32_t ax = x & 0x7fffffffu;
+  if (ax >= 0x7f800000u) return (uint16_t)(sign | (ax > 0x7f800000u ? 0x7e00u : 0x7c00u));
+  if (ax >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u);  // rounds past 65504
+  if (ax < 0x38800000u) {                                      // half subnormal or zero
+    if (ax < 0x33000000u) return sign;                         // below half of min subnormal
+    uint32_t e = ax >> 23;
+    uint32_t m = (ax & 0x7fffffu) | 0x800000u;
+    uint32_t shift = 126u - e;  // 14..24
+    uint32_t r = m >> shift;
+    uint32_t rem = m & ((1u << shift) - 1u);
+    uint32_t half = 1u << (shift - 1u);
+    if (rem > half || (rem == half && (r & 1u))) ++r;
+    return (uint16_t)(sign | r);
+  }
+  uint32_t r = ((ax >> 13) - (112u << 10));
+  uint32_t rem = ax & 0x1fffu;
+  if (rem > 0x1000u || (rem == 0x1000u && (r & 1u))) ++r;
+  return (uint16_t)(sign | r);
+}
+
+GC_HD float bf16ToFloat(uint16_t h) { return bitsToFloat((uint32_t)h << 16); }
+
+GC_HD uint16_t floatToBf16(float f) {
+  uint32_t x = floatToBits(f);
+  if ((x & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((x >> 16) | 0x40u);  // quiet NaN
+  uint32_t lsb = (x >> 16) & 1u;
+  x += 0x7fffu + lsb;
+  return (uint16_t)(x >> 16);
+}
+
+GC_HD float loadAsFloat(const void* p, DType t, size_t i) {
+  if (t == DType::F32) return static_cast<const float*>(p)[i];
+  uint16_t h = static_cast<const uint16_t*>(p)[i];
+  return t == DType::F16 ? halfToFloat(h) : bf16ToFloat(h);
+}
+
+GC_HD void storeFromFloat(void* p, DType t, size_t i, float v) {
+  if (t == DType::F32) {
+    static_cast<float*>(p)[i] = v;
+  } else {
+    static_cast<uint16_t*>(p)[i] = t == DType::F16 ? floatToHalf(v) : floatToBf16(v);
+  }
+}
+
+// Counter-based RNG: splitmix64 finalizer over (key, index). Stateless, so any
+// thread computes the draw of any element, on host or device.
+GC_HD uint64_t mix64(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+GC_HD uint64_t hashKey(uint64_t key, uint64_t index) {
+  return mix64(key + (index + 1) * 0x9e3779b97f4a7c15ull);
+}
+
+// Uniform in [0,1) on the 2^-24 grid.
+GC_HD float uniform24(uint64_t key, uint64_t index) {
+  return (float)(uint32_t)(hashKey(key, index) >> 40) * (1.0f / 16777216.0f);
+}
+
+// Derives the key of one encode from the comm seed and its coordinates.
+GC_HD uint64_t deriveKey(uint64_t seed, uint64_t step, uint64_t rank, uint64_t stream) {
+  uint64_t k = mix64(seed ^ 0x67726164636f6d70ull);
+  k = mix64(k + step * 0x9e3779b97f4a7c15ull);
+  k = mix64(k + rank * 0xc2b2ae3d27d4eb4full);
+  return mix64(k + stream * 0x165667b19e3779f9ull);
+}
+
+}  // namespace gc

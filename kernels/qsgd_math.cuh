@@ -1,0 +1,76 @@
+// QSGD (bucketed max-norm stochastic quantization): the element math, shared
+// by the CUDA kernels and the host reference so both produce the same bytes.
+#pragma once
+
+#include "common_math.cuh"
+
+namespace gc {
+namespace qsgd {
+
+constexpr int kMinBits = 2;
+constexpr int kMaxBits = 8;
+constexpr int kMinBucket = 32;
+constexpr int kMaxBucket = 8192;
+
+GC_HD int levels(int bits) { return (1 << (bits - 1)) - 1; }
+
+GC_HD size_t numBuckets(size_t count, int bucket) { return (count + bucket - 1) / bucket; }
+GC_HD size_t codeWords(size_t count, int bits) { return (count * (size_t)bits + 31) / 32; }
+GC_HD size_t encodedBytes(size_t count, int bits, int bucket) {
+  return numBuckets(count, bucket) * 4 + codeWords(count, bits) * 4;
+}
+
+// Scale of a bucket from the max of |x| as raw bits: for non-negative floats
+// the unsigned order of the bits is the float order and NaN sorts above Inf,
+// so an integer max is exact, order-free and propagates NaN.
+GC_HD float scaleFromMaxBits(uint32_t maxAbsBits) { return bitsToFloat(maxAbsBits); }
+
+// s/scale, or 0 to tell quantRatio to divide per element: when s/scale
+// overflows (tiny scale) or is subnormal (huge scale) it loses precision.
+GC_HD float reciprocal(float scale, int s) {
+  uint32_t rb = floatToBits(fdiv((float)s, scale));
+  return (isFiniteBits(rb) && (rb & 0x7f800000u) != 0) ? bitsToFloat(rb) : 0.0f;
+}
+
+GC_HD float quantRatio(float ax, float scale, float rec, int s) {
+  return rec != 0.0f ? fmul(ax, rec) : fmul(fdiv(ax, scale), (float)s);
+}
+
+// Code of x: sign << (b-1) | level. level = floor(r) + (u < frac(r)), which is
+// exactly unbiased for u uniform on its grid. Non-finite or zero buckets code
+// to 0 (decode then yields NaN resp. 0 from the scale alone).
+GC_HD uint32_t encodeValue(float x, float scale, float rec, int bits, float u) {
+  uint32_t scaleBits = floatToBits(scale);
+  if (scaleBits == 0 || !isFiniteBits(scaleBits)) return 0;
+  const int s = levels(bits);
+  float ax = bitsToFloat(floatToBits(x) & 0x7fffffffu);
+  float r = quantRatio(ax, scale, rec, s);
+  float lo = (float)(int)r;  // r >= 0: truncation is floor
+  float frac = fsub(r, lo);  // exact
+  int level = (int)lo + (u < frac ? 1 : 0);
+  if (level > s) level = s;
+  uint32_t sign = (level != 0 && (floatToBits(x) >> 31)) ? 1u : 0u;
+  return (sign << (bits - 1)) | (uint32_t)level;
+}
+
+GC_HD float levelValue(int level, int s) { return fdiv((float)level, (float)s); }
+
+GC_HD float decodeValue(uint32_t code, float scale, int bits) {
+  const int s = levels(bits);
+  int level = (int)(code & (uint32_t)s);
+  float v = fmul(levelValue(level, s), scale);
+  return (code >> (bits - 1)) & 1u ? -v : v;
+}
+
+// Code i of a packed stream (bit offset i*bits, little-endian 32-bit words).
+GC_HD uint32_t getCode(const uint32_t* words, size_t i, int bits) {
+  size_t bit = i * (size_t)bits;
+  size_t w = bit >> 5;
+  uint32_t sh = (uint32_t)(bit & 31);
+  uint64_t pair = words[w];
+  if (sh + bits > 32) pair |= (uint64_t)words[w + 1] << 32;
+  return (uint32_t)(pair >> sh) & ((1u << bits) - 1u);
+}
+
+}  // namespace qsgd
+}  // namespace gc

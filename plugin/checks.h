@@ -1,0 +1,41 @@
+// Error plumbing: set the thread's last-error sentence and return a result.
+// Nothing throws or aborts across the C API.
+#pragma once
+
+#include <cuda_runtime_api.h>
+#include <nccl.h>
+
+#include "debug.h"
+#include "gradcomp.h"
+
+#define GC_EXPORT __attribute__((visibility("default")))
+
+namespace gc {
+
+// Sets the calling thread's last-error sentence (printf-style) and logs it at
+// WARN; returns `result` so call sites read `return setError(...)`.
+gradcompResult_t setError(gradcompResult_t result, const char* fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+void clearError();
+
+}  // namespace gc
+
+#define GC_CHECK(call)                             \
+  do {                                             \
+    gradcompResult_t gc_res_ = (call);             \
+    if (gc_res_ != gradcompSuccess) return gc_res_; \
+  } while (0)
+
+#define GC_CUDACHECK(call)                                                                       \
+  do {                                                                                           \
+    cudaError_t gc_err_ = (call);                                                                \
+    if (gc_err_ != cudaSuccess) {                                                                \
+      return ::gc::setError(gradcompCudaError, "CUDA error %d '%s' at %s:%d (%s)", (int)gc_err_, \
+                            cudaGetErrorString(gc_err_), __FILE__, __LINE__, #call);             \
+    }                                                                                            \
+  } while (0)
+
+#define GC_ARG(cond, ...)                                              \
+  do {                                                                 \
+    if (!(cond)) return ::gc::setError(gradcompInvalidArgument, __VA_ARGS__); \
+  } while (0)

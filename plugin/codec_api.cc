@@ -1,0 +1,46 @@
+// Public GPU codec entry points: validate on the host, enqueue on the stream.
+#include "checks.h"
+#include "codec_qsgd.h"
+#include "device_ptr.h"
+
+extern "C" {
+
+GC_EXPORT gradcompResult_t gradcompQsgdEncodeEF(const void* g, ncclDataType_t datatype,
+                                                float* residual, size_t count, int bits,
+                                                int bucketSize, uint64_t seed, void* out,
+                                                cudaStream_t stream) {
+  GC_CHECK(gc::qsgdCheckParams(bits, bucketSize));
+  gc::DType t;
+  GC_CHECK(gc::dtypeFromNccl(datatype, &t));
+  if (count == 0) return gradcompSuccess;
+  GC_ARG(((uintptr_t)out & 3) == 0, "out=%p must be 4-byte aligned (it starts with fp32 scales)",
+         out);
+  GC_ARG(((uintptr_t)g % gc::dtypeBytes(t)) == 0, "g=%p is not aligned to its element size %zu",
+         g, gc::dtypeBytes(t));
+  GC_CHECK(gc::checkDevicePointer(g, "g"));
+  GC_CHECK(gc::checkDevicePointer(out, "out"));
+  if (residual != nullptr) GC_CHECK(gc::checkDevicePointer(residual, "residual"));
+  GC_CUDACHECK(gc::cuda::qsgdEncode(g, t, residual, count, bits, bucketSize, seed, out, stream));
+  return gradcompSuccess;
+}
+
+GC_EXPORT gradcompResult_t gradcompQsgdEncode(const void* x, ncclDataType_t datatype, size_t count,
+                                              int bits, int bucketSize, uint64_t seed, void* out,
+                                              cudaStream_t stream) {
+  return gradcompQsgdEncodeEF(x, datatype, nullptr, count, bits, bucketSize, seed, out, stream);
+}
+
+GC_EXPORT gradcompResult_t gradcompQsgdDecode(const void* in, size_t count, int bits,
+                                              int bucketSize, float* out, int accumulate,
+                                              cudaStream_t stream) {
+  GC_CHECK(gc::qsgdCheckParams(bits, bucketSize));
+  if (count == 0) return gradcompSuccess;
+  GC_ARG(((uintptr_t)in & 3) == 0, "in=%p must be 4-byte aligned (it starts with fp32 scales)",
+         in);
+  GC_CHECK(gc::checkDevicePointer(in, "in"));
+  GC_CHECK(gc::checkDevicePointer(out, "out"));
+  GC_CUDACHECK(gc::cuda::qsgdDecode(in, count, bits, bucketSize, out, accumulate != 0, stream));
+  return gradcompSuccess;
+}
+
+}  // extern "C"

@@ -1,0 +1,31 @@
+// QSGD codec, internal C++ interface used by the public entry points and the
+// backends. Host and CUDA implementations produce the same bytes.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include "../kernels/common_math.cuh"
+#include "gradcomp.h"
+
+namespace gc {
+
+// Validates bits/bucket (message names the value and range).
+gradcompResult_t qsgdCheckParams(int bits, int bucketSize);
+// Maps an NCCL type to a gradient type, or an error naming it.
+gradcompResult_t dtypeFromNccl(ncclDataType_t t, DType* out);
+
+namespace host {
+// residual may be null (no error feedback). x may be any of the three types.
+void qsgdEncode(const void* x, DType t, float* residual, size_t n, int bits, int bucket,
+                uint64_t key, void* out);
+void qsgdDecode(const void* in, size_t n, int bits, int bucket, float* out, bool accumulate);
+}  // namespace host
+
+namespace cuda {
+cudaError_t qsgdEncode(const void* x, DType t, float* residual, size_t n, int bits, int bucket,
+                       uint64_t key, void* out, cudaStream_t stream);
+cudaError_t qsgdDecode(const void* in, size_t n, int bits, int bucket, float* out,
+                       bool accumulate, cudaStream_t stream);
+}  // namespace cuda
+
+}  // namespace gc

@@ -1,0 +1,127 @@
+// Host reference QSGD codec (and the public *Host entry points).
+#include <string.h>
+
+#include <vector>
+
+#include "../kernels/qsgd_math.cuh"
+#include "checks.h"
+#include "codec_qsgd.h"
+#include "gradcomp/reference.h"
+
+namespace gc {
+
+gradcompResult_t qsgdCheckParams(int bits, int bucketSize) {
+  GC_ARG(bits >= qsgd::kMinBits && bits <= qsgd::kMaxBits, "bits=%d is out of range %d..%d", bits,
+         qsgd::kMinBits, qsgd::kMaxBits);
+  GC_ARG(bucketSize >= qsgd::kMinBucket && bucketSize <= qsgd::kMaxBucket && bucketSize % 32 == 0,
+         "bucketSize=%d is out of range %d..%d or not a multiple of 32", bucketSize,
+         qsgd::kMinBucket, qsgd::kMaxBucket);
+  return gradcompSuccess;
+}
+
+gradcompResult_t dtypeFromNccl(ncclDataType_t t, DType* out) {
+  switch (t) {
+    case ncclFloat32: *out = DType::F32; return gradcompSuccess;
+    case ncclFloat16: *out = DType::F16; return gradcompSuccess;
+    case ncclBfloat16: *out = DType::BF16; return gradcompSuccess;
+    default:
+      return setError(gradcompInvalidArgument,
+                      "datatype=%d is not compressible: ncclFloat32(7), ncclFloat16(6) or "
+                      "ncclBfloat16(9)",
+                      (int)t);
+  }
+}
+
+namespace host {
+
+void qsgdEncode(const void* x, DType t, float* residual, size_t n, int bits, int bucket,
+                uint64_t key, void* out) {
+  const size_t nb = qsgd::numBuckets(n, bucket);
+  unsigned char* scalesOut = static_cast<unsigned char*>(out);
+  unsigned char* wordsOut = scalesOut + nb * 4;
+  std::vector<float> v(bucket);
+  std::vector<uint32_t> words((size_t)bucket * bits / 32);
+  for (size_t b = 0; b < nb; ++b) {
+    const size_t base = b * bucket;
+    const size_t len = n - base < (size_t)bucket ? n - base : (size_t)bucket;
+    uint32_t maxBits = 0;
+    for (size_t i = 0; i < len; ++i) {
+      float xi = loadAsFloat(x, t, base + i);
+      v[i] = residual ? fadd(xi, residual[base + i]) : xi;
+      uint32_t a = floatToBits(v[i]) & 0x7fffffffu;
+      if (a > maxBits) maxBits = a;
+    }
+    const float scale = qsgd::scaleFromMaxBits(maxBits);
+    const float rec = qsgd::reciprocal(scale, qsgd::levels(bits));
+    const bool finite = isFiniteBits(maxBits);
+    const size_t nw = qsgd::codeWords(len, bits);
+    memset(words.data(), 0, nw * 4);
+    for (size_t i = 0; i < len; ++i) {
+      uint32_t code = qsgd::encodeValue(v[i], scale, rec, bits, uniform24(key, base + i));
+      size_t bit = i * bits;
+      words[bit >> 5] |= code << (bit & 31);
+      if ((bit & 31) + bits > 32) words[(bit >> 5) + 1] |= code >> (32 - (bit & 31));
+      if (residual && finite) residual[base + i] = fsub(v[i], qsgd::decodeValue(code, scale, bits));
+    }
+    memcpy(scalesOut + b * 4, &scale, 4);
+    memcpy(wordsOut + base * bits / 8, words.data(), nw * 4);
+  }
+}
+
+void qsgdDecode(const void* in, size_t n, int bits, int bucket, float* out, bool accumulate) {
+  const size_t nb = qsgd::numBuckets(n, bucket);
+  const float* scales = static_cast<const float*>(in);
+  const uint32_t* words = reinterpret_cast<const uint32_t*>(scales + nb);
+  for (size_t i = 0; i < n; ++i) {
+    float v = qsgd::decodeValue(qsgd::getCode(words, i, bits), scales[i / bucket], bits);
+    out[i] = accumulate ? fadd(out[i], v) : v;
+  }
+}
+
+}  // namespace host
+}  // namespace gc
+
+extern "C" {
+
+GC_EXPORT size_t gradcompQsgdEncodedBytes(size_t count, int bits, int bucketSize) {
+  if (bits < gc::qsgd::kMinBits || bits > gc::qsgd::kMaxBits ||
+      bucketSize < gc::qsgd::kMinBucket || bucketSize > gc::qsgd::kMaxBucket ||
+      bucketSize % 32 != 0) {
+    return 0;
+  }
+  return gc::qsgd::encodedBytes(count, bits, bucketSize);
+}
+
+GC_EXPORT gradcompResult_t gradcompQsgdEncodeTypedHost(const void* x, ncclDataType_t datatype,
+                                                       float* residual, size_t count, int bits,
+                                                       int bucketSize, uint64_t seed, void* out) {
+  GC_CHECK(gc::qsgdCheckParams(bits, bucketSize));
+  gc::DType t;
+  GC_CHECK(gc::dtypeFromNccl(datatype, &t));
+  if (count == 0) return gradcompSuccess;
+  GC_ARG(x != nullptr && out != nullptr, "x=%p and out=%p must not be NULL for count=%zu", x, out,
+         count);
+  GC_ARG(((uintptr_t)out & 3) == 0, "out=%p must be 4-byte aligned (it starts with fp32 scales)",
+         out);
+  gc::host::qsgdEncode(x, t, residual, count, bits, bucketSize, seed, out);
+  return gradcompSuccess;
+}
+
+GC_EXPORT gradcompResult_t gradcompQsgdEncodeHost(const float* x, size_t count, int bits,
+                                                  int bucketSize, uint64_t seed, void* out) {
+  return gradcompQsgdEncodeTypedHost(x, ncclFloat32, nullptr, count, bits, bucketSize, seed, out);
+}
+
+GC_EXPORT gradcompResult_t gradcompQsgdDecodeHost(const void* in, size_t count, int bits,
+                                                  int bucketSize, float* out, int accumulate) {
+  GC_CHECK(gc::qsgdCheckParams(bits, bucketSize));
+  if (count == 0) return gradcompSuccess;
+  GC_ARG(in != nullptr && out != nullptr, "in=%p and out=%p must not be NULL for count=%zu", in,
+         out, count);
+  GC_ARG(((uintptr_t)in & 3) == 0, "in=%p must be 4-byte aligned (it starts with fp32 scales)",
+         in);
+  gc::host::qsgdDecode(in, count, bits, bucketSize, out, accumulate != 0);
+  return gradcompSuccess;
+}
+
+}  // extern "C"

@@ -1,0 +1,270 @@
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <string>
+
+#include "checks.h"
+#include "params.h"
+#include "../kernels/qsgd_math.cuh"
+
+namespace gc {
+
+#define GC_FIELD(f) (ptrdiff_t) offsetof(gradcompConfig_t, f)
+
+static const ParamSpec kParams[] = {
+    {"GRADCOMP_METHOD", ParamKind::Choice, GC_FIELD(method), 0, 0,
+     "none=0|qsgd=1|topk=2|randk=3|dgc=4", "qsgd", "compression method"},
+    {"GRADCOMP_ALGO", ParamKind::Choice, GC_FIELD(algo), 0, 0,
+     "auto=0|twoshot=1|ring=2|allgather=3|sparse=4", "auto",
+     "exchange algorithm; auto picks by method, ranks and size"},
+    {"GRADCOMP_BITS", ParamKind::Int, GC_FIELD(bits), 2, 8, nullptr, "4",
+     "QSGD bits per element including the sign; s = 2^(bits-1)-1 levels"},
+    {"GRADCOMP_BUCKET", ParamKind::Int, GC_FIELD(bucketSize), 32, 8192, nullptr, "512",
+     "QSGD bucket size d (multiple of 32): one fp32 scale per d elements"},
+    {"GRADCOMP_SEED", ParamKind::U64, GC_FIELD(seed), 0, 0, nullptr, "24301",
+     "seed of the counter-based RNG (stochastic rounding, rand-k, sampling)"},
+    {"GRADCOMP_MIN_ELEMENTS", ParamKind::Size, GC_FIELD(minElements), 0, 1e18, nullptr, "16384",
+     "calls with fewer elements pass through to ncclAllReduce"},
+    {"GRADCOMP_EF", ParamKind::Int, GC_FIELD(errorFeedback), 0, 1, nullptr, "1",
+     "error feedback: keep what was not sent in a per-buffer residual"},
+    {"GRADCOMP_OWNER_RESIDUAL", ParamKind::Int, GC_FIELD(ownerResidual), 0, 1, nullptr, "1",
+     "two-shot: residual of the second quantization on the chunk owner"},
+    {"GRADCOMP_DENSITY", ParamKind::Float, GC_FIELD(density), 1e-6, 1, nullptr, "0.01",
+     "sparse methods: share of elements sent (k = density*n)"},
+    {"GRADCOMP_OVERSAMPLE", ParamKind::Float, GC_FIELD(oversample), 1, 16, nullptr, "2",
+     "threshold top-k: kmax = ceil(oversample*density*n) fixed slots"},
+    {"GRADCOMP_SAMPLE_RATE", ParamKind::Float, GC_FIELD(sampleRate), 1e-4, 1, nullptr, "0.01",
+     "threshold top-k: share of |v| sampled to estimate the threshold"},
+    {"GRADCOMP_SELECT", ParamKind::Choice, GC_FIELD(select), 0, 0, "threshold=0|exact=1",
+     "threshold", "top-k selector: DGC threshold sampling or exact radix select"},
+    {"GRADCOMP_VALUE_TYPE", ParamKind::Choice, GC_FIELD(valueType), 0, 0,
+     "float=7|half=6|bfloat16=9", "float", "sparse methods: type of the values on the wire"},
+    {"GRADCOMP_MOMENTUM", ParamKind::Float, GC_FIELD(momentum), 0, 0.999999, nullptr, "0.9",
+     "DGC momentum m of the momentum correction"},
+    {"GRADCOMP_MOMENTUM_CORRECTION", ParamKind::Int, GC_FIELD(momentumCorrection), 0, 1, nullptr,
+     "1", "DGC: accumulate the velocity u = m*u + g instead of g (optimizer momentum off)"},
+    {"GRADCOMP_CLIP_NORM", ParamKind::Float, GC_FIELD(clipNorm), 0, 1e30, nullptr, "0",
+     "DGC local gradient clipping at clipNorm*N^-1/2; 0 is off"},
+    {"GRADCOMP_MOMENTUM_MASKING", ParamKind::Int, GC_FIELD(momentumMasking), 0, 1, nullptr, "1",
+     "DGC: zero u and v where entries were sent"},
+    {"GRADCOMP_WARMUP_STEPS", ParamKind::Int, GC_FIELD(warmupSteps), 0, 100000000, nullptr, "0",
+     "DGC: steps of the exponential density ramp 25% -> ... -> density; 0 is off"},
+    {"GRADCOMP_BITS_MODE", ParamKind::Choice, GC_FIELD(bitsMode), 0, 0,
+     "fixed=0|dynamic=1|budget=2", "fixed", "QSGD bit width: fixed, DQ-SGD dynamic, or budget"},
+    {"GRADCOMP_BITS_MIN", ParamKind::Int, GC_FIELD(bitsMin), 2, 8, nullptr, "2",
+     "DQ-SGD: smallest bit width"},
+    {"GRADCOMP_BITS_MAX", ParamKind::Int, GC_FIELD(bitsMax), 2, 8, nullptr, "8",
+     "DQ-SGD: largest bit width"},
+    {"GRADCOMP_VARIANCE_TARGET", ParamKind::Float, GC_FIELD(varianceTarget), 1e-9, 1e9, nullptr,
+     "0.05", "DQ-SGD: allowed quantization variance bound relative to ||g||^2"},
+    {"GRADCOMP_BITS_BUDGET", ParamKind::Float, GC_FIELD(bitsBudget), 2, 8, nullptr, "4",
+     "DQ-SGD budget mode: average bits per element over the window"},
+    {"GRADCOMP_BUDGET_WINDOW", ParamKind::Int, GC_FIELD(budgetWindow), 1, 1000000, nullptr, "100",
+     "DQ-SGD budget mode: window in steps"},
+    {"GRADCOMP_ELIAS", ParamKind::Int, GC_FIELD(elias), 0, 1, nullptr, "0",
+     "Elias-coded QSGD levels (variable size; not graph-capturable)"},
+    {"GRADCOMP_DEBUG", ParamKind::String, -1, 0, 0, nullptr, "(unset)",
+     "log level: WARN, INFO or TRACE, to stderr"},
+    {"GRADCOMP_GROUP", ParamKind::String, -1, 0, 0, nullptr, "pass",
+     "LD_PRELOAD: calls inside a user ncclGroupStart/End: pass, or fuse at the outer GroupEnd"},
+    {"GRADCOMP_NCCL_LIBRARY", ParamKind::String, -1, 0, 0, nullptr, "libnccl.so.2",
+     "LD_PRELOAD: the NCCL library whose pnccl* symbols calls are forwarded to"},
+};
+
+#undef GC_FIELD
+
+const ParamSpec* paramTable(size_t* count) {
+  *count = sizeof(kParams) / sizeof(kParams[0]);
+  return kParams;
+}
+
+const char* paramString(const char* env, const char* fallback) {
+  const char* v = getenv(env);
+  return (v != nullptr && *v != '\0') ? v : fallback;
+}
+
+template <typename T>
+static T& field(gradcompConfig_t* c, ptrdiff_t off) {
+  return *reinterpret_cast<T*>(reinterpret_cast<char*>(c) + off);
+}
+
+static std::string choiceNames(const char* choices) {
+  std::string out;
+  for (const char* p = choices; *p;) {
+    const char* eq = strchr(p, '=');
+    const char* bar = strchr(p, '|');
+    out.append(p, eq - p);
+    if (!bar) break;
+    out += '|';
+    p = bar + 1;
+  }
+  return out;
+}
+
+static bool parseChoice(const char* choices, const char* v, int* out) {
+  for (const char* p = choices; *p;) {
+    const char* eq = strchr(p, '=');
+    if (strlen(v) == (size_t)(eq - p) && strncasecmp(p, v, eq - p) == 0) {
+      *out = atoi(eq + 1);
+      return true;
+    }
+    const char* bar = strchr(p, '|');
+    if (!bar) break;
+    p = bar + 1;
+  }
+  return false;
+}
+
+static gradcompResult_t applyParam(const ParamSpec& p, const char* v, gradcompConfig_t* c) {
+  char* end = nullptr;
+  errno = 0;
+  switch (p.kind) {
+    case ParamKind::Int:
+    case ParamKind::Size: {
+      long long x = strtoll(v, &end, 0);
+      if (errno || end == v || *end != '\0' || x < p.min || (double)x > p.max) {
+        return setError(gradcompInvalidArgument, "%s=%s is not an integer in %.0f..%.0f", p.env, v,
+                        p.min, p.max);
+      }
+      if (p.kind == ParamKind::Int) {
+        field<int>(c, p.offset) = (int)x;
+      } else {
+        field<size_t>(c, p.offset) = (size_t)x;
+      }
+      return gradcompSuccess;
+    }
+    case ParamKind::U64: {
+      unsigned long long x = strtoull(v, &end, 0);
+      if (errno || end == v || *end != '\0' || *v == '-') {
+        return setError(gradcompInvalidArgument, "%s=%s is not an unsigned 64-bit integer", p.env,
+                        v);
+      }
+      field<uint64_t>(c, p.offset) = x;
+      return gradcompSuccess;
+    }
+    case ParamKind::Float: {
+      double x = strtod(v, &end);
+      if (errno || end == v || *end != '\0' || !(x >= p.min && x <= p.max)) {
+        return setError(gradcompInvalidArgument, "%s=%s is not a number in [%g, %g]", p.env, v,
+                        p.min, p.max);
+      }
+      field<float>(c, p.offset) = (float)x;
+      return gradcompSuccess;
+    }
+    case ParamKind::Choice: {
+      int x;
+      if (!parseChoice(p.choices, v, &x)) {
+        return setError(gradcompInvalidArgument, "%s=%s is not one of %s", p.env, v,
+                        choiceNames(p.choices).c_str());
+      }
+      field<int>(c, p.offset) = x;
+      return gradcompSuccess;
+    }
+    case ParamKind::String: return gradcompSuccess;
+  }
+  return gradcompSuccess;
+}
+
+}  // namespace gc
+
+extern "C" {
+
+GC_EXPORT gradcompResult_t gradcompConfigInit(gradcompConfig_t* c) {
+  if (c == nullptr) return gc::setError(gradcompInvalidArgument, "config is NULL");
+  memset(c, 0, sizeof(*c));
+  c->structSize = sizeof(*c);
+  c->method = gradcompMethodQsgd;
+  c->algo = gradcompAlgoAuto;
+  c->bits = 4;
+  c->bucketSize = 512;
+  c->seed = 24301;
+  c->minElements = 16384;
+  c->errorFeedback = 1;
+  c->ownerResidual = 1;
+  c->density = 0.01f;
+  c->oversample = 2.0f;
+  c->sampleRate = 0.01f;
+  c->select = gradcompSelectThreshold;
+  c->valueType = ncclFloat32;
+  c->momentum = 0.9f;
+  c->momentumCorrection = 1;
+  c->clipNorm = 0.0f;
+  c->momentumMasking = 1;
+  c->warmupSteps = 0;
+  c->bitsMode = gradcompBitsFixed;
+  c->bitsMin = 2;
+  c->bitsMax = 8;
+  c->varianceTarget = 0.05f;
+  c->bitsBudget = 4.0f;
+  c->budgetWindow = 100;
+  c->elias = 0;
+  return gradcompSuccess;
+}
+
+GC_EXPORT gradcompResult_t gradcompConfigFromEnv(gradcompConfig_t* c) {
+  GC_CHECK(gradcompConfigInit(c));
+  size_t n;
+  const gc::ParamSpec* table = gc::paramTable(&n);
+  for (size_t i = 0; i < n; ++i) {
+    const char* v = getenv(table[i].env);
+    if (v == nullptr || *v == '\0') continue;
+    GC_INFO("%s set by environment to %s", table[i].env, v);
+    if (table[i].offset < 0) continue;
+    GC_CHECK(gc::applyParam(table[i], v, c));
+  }
+  return gradcompConfigValidate(c);
+}
+
+GC_EXPORT gradcompResult_t gradcompConfigValidate(const gradcompConfig_t* c) {
+  using namespace gc;
+  GC_ARG(c != nullptr, "config is NULL");
+  GC_ARG(c->structSize == sizeof(*c),
+         "config structSize=%zu, expected %zu: initialize it with gradcompConfigInit",
+         c->structSize, sizeof(*c));
+  GC_ARG(c->method >= gradcompMethodNone && c->method <= gradcompMethodDgc,
+         "method=%d is out of range 0..4 (none|qsgd|topk|randk|dgc)", (int)c->method);
+  GC_ARG(c->algo >= gradcompAlgoAuto && c->algo <= gradcompAlgoSparseAllgather,
+         "algo=%d is out of range 0..4 (auto|twoshot|ring|allgather|sparse)", (int)c->algo);
+  GC_ARG(c->bits >= qsgd::kMinBits && c->bits <= qsgd::kMaxBits, "bits=%d is out of range %d..%d",
+         c->bits, qsgd::kMinBits, qsgd::kMaxBits);
+  GC_ARG(c->bucketSize >= qsgd::kMinBucket && c->bucketSize <= qsgd::kMaxBucket &&
+             c->bucketSize % 32 == 0,
+         "bucketSize=%d is out of range %d..%d or not a multiple of 32", c->bucketSize,
+         qsgd::kMinBucket, qsgd::kMaxBucket);
+  GC_ARG(c->errorFeedback == 0 || c->errorFeedback == 1, "errorFeedback=%d is not 0 or 1",
+         c->errorFeedback);
+  GC_ARG(c->ownerResidual == 0 || c->ownerResidual == 1, "ownerResidual=%d is not 0 or 1",
+         c->ownerResidual);
+  GC_ARG(c->density > 0.0f && c->density <= 1.0f, "density=%g is out of range (0, 1]",
+         (double)c->density);
+  GC_ARG(c->oversample >= 1.0f && c->oversample <= 16.0f, "oversample=%g is out of range [1, 16]",
+         (double)c->oversample);
+  GC_ARG(c->sampleRate > 0.0f && c->sampleRate <= 1.0f, "sampleRate=%g is out of range (0, 1]",
+         (double)c->sampleRate);
+  GC_ARG(c->select == gradcompSelectThreshold || c->select == gradcompSelectExact,
+         "select=%d is not threshold(0) or exact(1)", (int)c->select);
+  GC_ARG(c->valueType == ncclFloat32 || c->valueType == ncclFloat16 ||
+             c->valueType == ncclBfloat16,
+         "valueType=%d is not ncclFloat32, ncclFloat16 or ncclBfloat16", (int)c->valueType);
+  GC_ARG(c->momentum >= 0.0f && c->momentum < 1.0f, "momentum=%g is out of range [0, 1)",
+         (double)c->momentum);
+  GC_ARG(c->clipNorm >= 0.0f && isfinite(c->clipNorm), "clipNorm=%g must be >= 0 and finite",
+         (double)c->clipNorm);
+  GC_ARG(c->warmupSteps >= 0, "warmupSteps=%d must be >= 0", c->warmupSteps);
+  GC_ARG(c->bitsMode >= gradcompBitsFixed && c->bitsMode <= gradcompBitsBudget,
+         "bitsMode=%d is out of range 0..2 (fixed|dynamic|budget)", (int)c->bitsMode);
+  GC_ARG(c->bitsMin >= qsgd::kMinBits && c->bitsMin <= c->bitsMax && c->bitsMax <= qsgd::kMaxBits,
+         "bitsMin=%d..bitsMax=%d must satisfy %d <= bitsMin <= bitsMax <= %d", c->bitsMin,
+         c->bitsMax, qsgd::kMinBits, qsgd::kMaxBits);
+  GC_ARG(c->varianceTarget > 0.0f, "varianceTarget=%g must be > 0", (double)c->varianceTarget);
+  GC_ARG(c->bitsBudget >= 2.0f && c->bitsBudget <= 8.0f, "bitsBudget=%g is out of range [2, 8]",
+         (double)c->bitsBudget);
+  GC_ARG(c->budgetWindow >= 1, "budgetWindow=%d must be >= 1", c->budgetWindow);
+  GC_ARG(c->elias == 0 || c->elias == 1, "elias=%d is not 0 or 1", c->elias);
+  return gradcompSuccess;
+}
+
+}  // extern "C"

@@ -1,0 +1,49 @@
+#include "debug.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include <mutex>
+
+namespace gc {
+
+static LogLevel parseLevel() {
+  const char* v = getenv("GRADCOMP_DEBUG");
+  if (v == nullptr || *v == '\0') return LogLevel::None;
+  if (strcasecmp(v, "WARN") == 0) return LogLevel::Warn;
+  if (strcasecmp(v, "INFO") == 0) return LogLevel::Info;
+  if (strcasecmp(v, "TRACE") == 0) return LogLevel::Trace;
+  if (strcasecmp(v, "NONE") == 0 || strcasecmp(v, "OFF") == 0) return LogLevel::None;
+  fprintf(stderr, "gradcomp WARN GRADCOMP_DEBUG=%s is not one of NONE|WARN|INFO|TRACE; using WARN\n",
+          v);
+  return LogLevel::Warn;
+}
+
+LogLevel logLevel() {
+  static const LogLevel level = parseLevel();
+  return level;
+}
+
+void logMessage(LogLevel level, const char* file, int line, const char* fmt, ...) {
+  static std::mutex mu;
+  char msg[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof(msg), fmt, ap);
+  va_end(ap);
+  const char* name = level == LogLevel::Warn ? "WARN" : level == LogLevel::Info ? "INFO" : "TRACE";
+  const char* base = strrchr(file, '/');
+  std::lock_guard<std::mutex> lock(mu);
+  if (level == LogLevel::Trace) {
+    fprintf(stderr, "gradcomp %d %s %s:%d %s\n", (int)getpid(), name, base ? base + 1 : file, line,
+            msg);
+  } else {
+    fprintf(stderr, "gradcomp %d %s %s\n", (int)getpid(), name, msg);
+  }
+}
+
+}  // namespace gc

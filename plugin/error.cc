@@ -1,0 +1,47 @@
+#include <stdarg.h>
+#include <stdio.h>
+
+#include "checks.h"
+
+namespace gc {
+
+static thread_local char tlsLastError[1024];
+
+gradcompResult_t setError(gradcompResult_t result, const char* fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(tlsLastError, sizeof(tlsLastError), fmt, ap);
+  va_end(ap);
+  GC_WARN("%s: %s", gradcompGetErrorString(result), tlsLastError);
+  return result;
+}
+
+void clearError() { tlsLastError[0] = '\0'; }
+
+}  // namespace gc
+
+extern "C" {
+
+GC_EXPORT const char* gradcompGetErrorString(gradcompResult_t r) {
+  switch (r) {
+    case gradcompSuccess: return "no error";
+    case gradcompInvalidArgument: return "invalid argument";
+    case gradcompInvalidUsage: return "invalid usage";
+    case gradcompCudaError: return "CUDA error";
+    case gradcompNcclError: return "NCCL error";
+    case gradcompSystemError: return "system error";
+    case gradcompInternalError: return "internal error";
+    case gradcompNotSupported: return "not supported";
+    default: return "unknown result code";
+  }
+}
+
+GC_EXPORT const char* gradcompGetLastError(void) {
+  return gc::tlsLastError;
+}
+
+GC_EXPORT int gradcompGetVersion(void) {
+  return GRADCOMP_VERSION_CODE;
+}
+
+}  // extern "C"

@@ -1,0 +1,28 @@
+// The NCCL functions gradcomp calls, as a table. libgradcomp.so fills it with
+// the linked symbols (nccl_linked.cc); the LD_PRELOAD library fills it with
+// the real pnccl* symbols found at run time, so it never calls itself.
+#pragma once
+
+#include <cuda_runtime_api.h>
+#include <nccl.h>
+
+namespace gc {
+
+struct NcclApi {
+  ncclResult_t (*allReduce)(const void*, void*, size_t, ncclDataType_t, ncclRedOp_t, ncclComm_t,
+                            cudaStream_t);
+  ncclResult_t (*allGather)(const void*, void*, size_t, ncclDataType_t, ncclComm_t, cudaStream_t);
+  ncclResult_t (*send)(const void*, size_t, ncclDataType_t, int, ncclComm_t, cudaStream_t);
+  ncclResult_t (*recv)(void*, size_t, ncclDataType_t, int, ncclComm_t, cudaStream_t);
+  ncclResult_t (*groupStart)();
+  ncclResult_t (*groupEnd)();
+  ncclResult_t (*commCount)(const ncclComm_t, int*);
+  ncclResult_t (*commUserRank)(const ncclComm_t, int*);
+  ncclResult_t (*commCuDevice)(const ncclComm_t, int*);
+  const char* (*getErrorString)(ncclResult_t);
+};
+
+// The table of the library this code is linked into; never null.
+const NcclApi* ncclApi();
+
+}  // namespace gc

@@ -1,0 +1,13 @@
+// NCCL binding of libgradcomp.so: the symbols it is linked against.
+#include "nccl_api.h"
+
+namespace gc {
+
+const NcclApi* ncclApi() {
+  static const NcclApi api = {ncclAllReduce, ncclAllGather, ncclSend,         ncclRecv,
+                              ncclGroupStart, ncclGroupEnd, ncclCommCount,    ncclCommUserRank,
+                              ncclCommCuDevice, ncclGetErrorString};
+  return &api;
+}
+
+}  // namespace gc

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# libgradcomp.so must export gradcomp* symbols only (C++ internals, CUDA
+# runtime and CUB stay hidden), and must export the documented C API.
+set -euo pipefail
+lib=$1
+syms=$(nm -D --defined-only "$lib" | awk '{print $3}' | sed 's/@.*//' | sort -u)
+bad=$(echo "$syms" | grep -v -E '^gradcomp' | grep -v -E '^$' || true)
+if [ -n "$bad" ]; then
+  echo "FAIL: $lib exports symbols outside gradcomp*:"; echo "$bad" | head -20; exit 1
+fi
+for s in gradcompGetErrorString gradcompGetLastError gradcompConfigInit gradcompConfigFromEnv \
+         gradcompQsgdEncodedBytes gradcompQsgdEncodeHost gradcompQsgdDecodeHost \
+         gradcompQsgdEncode gradcompQsgdEncodeEF gradcompQsgdDecode; do
+  echo "$syms" | grep -qx "$s" || { echo "FAIL: $lib does not export $s"; exit 1; }
+done
+echo "PASS: $(echo "$syms" | wc -l) exported symbols, all gradcomp*"

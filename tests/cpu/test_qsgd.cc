@@ -1,0 +1,303 @@
+// Host QSGD codec: layout, unbiasedness, variance bounds, error feedback,
+// special values. Bounds come from the codec's math, not from tuning.
+#include <gtest/gtest.h>
+#include <math.h>
+#include <string.h>
+
+#include <random>
+#include <vector>
+
+#include "gradcomp.h"
+#include "gradcomp/reference.h"
+#include "kernels/qsgd_math.cuh"
+#include "tests/common/test_util.h"
+
+namespace {
+
+using gc::qsgd::levels;
+
+// The test's own bit reader over the byte stream (independent of getCode).
+uint32_t readCodeBitwise(const std::vector<uint8_t>& enc, size_t nb, size_t i, int bits) {
+  const uint8_t* p = enc.data() + nb * 4;
+  uint32_t c = 0;
+  for (int k = 0; k < bits; ++k) {
+    size_t bit = i * bits + k;
+    c |= (uint32_t)((p[bit / 8] >> (bit % 8)) & 1u) << k;
+  }
+  return c;
+}
+
+float bucketMaxAbs(const std::vector<float>& x, size_t b, int d) {
+  float m = 0;
+  for (size_t i = b * d; i < x.size() && i < (b + 1) * d; ++i) m = fmaxf(m, fabsf(x[i]));
+  return m;
+}
+
+std::vector<uint8_t> encode(const std::vector<float>& x, int bits, int d, uint64_t seed) {
+  std::vector<uint8_t> enc(gradcompQsgdEncodedBytes(x.size(), bits, d) + 1, 0xAB);
+  EXPECT_EQ(gradcompQsgdEncodeHost(x.data(), x.size(), bits, d, seed, enc.data()),
+            gradcompSuccess);
+  EXPECT_EQ(enc.back(), 0xAB) << "encoder wrote past encodedBytes";
+  enc.pop_back();
+  return enc;
+}
+
+std::vector<float> decode(const std::vector<uint8_t>& enc, size_t n, int bits, int d) {
+  std::vector<float> out(n, -1.0f);
+  EXPECT_EQ(gradcompQsgdDecodeHost(enc.data(), n, bits, d, out.data(), 0), gradcompSuccess);
+  return out;
+}
+
+TEST(QsgdHost, EncodedBytesFormula) {
+  EXPECT_EQ(gradcompQsgdEncodedBytes(0, 4, 512), 0u);
+  EXPECT_EQ(gradcompQsgdEncodedBytes(1, 4, 512), 4u + 4u);
+  EXPECT_EQ(gradcompQsgdEncodedBytes(512, 4, 512), 4u + 256u);
+  EXPECT_EQ(gradcompQsgdEncodedBytes(513, 3, 512), 8u + ((513 * 3 + 31) / 32) * 4u);
+  // 4 bits, d = 512: 4 + 32/512 bits per element.
+  size_t n = 1 << 20;
+  EXPECT_NEAR(8.0 * gradcompQsgdEncodedBytes(n, 4, 512) / n, 4.0 + 32.0 / 512, 1e-9);
+  EXPECT_EQ(gradcompQsgdEncodedBytes(10, 9, 512), 0u);
+  EXPECT_EQ(gradcompQsgdEncodedBytes(10, 1, 512), 0u);
+  EXPECT_EQ(gradcompQsgdEncodedBytes(10, 4, 500), 0u);
+  EXPECT_EQ(gradcompQsgdEncodedBytes(10, 4, 16384), 0u);
+}
+
+// Layout: scales then codes at bit i*b; every decoded value is the level of
+// its code, and within one level step of the input.
+TEST(QsgdHost, PackUnpackEveryBitsAwkwardCounts) {
+  const size_t counts[] = {0, 1, 2, 7, 31, 32, 33, 95, 96, 97, 511, 512, 513, 1000, 4097};
+  const int buckets[] = {32, 96, 512};
+  for (int bits = 2; bits <= 8; ++bits) {
+    for (int d : buckets) {
+      for (size_t n : counts) {
+        SCOPED_TRACE(testing::Message() << "bits=" << bits << " d=" << d << " n=" << n);
+        std::vector<float> x = gctest::normal(n, 1000 + n + bits);
+        auto enc = encode(x, bits, d, 77);
+        auto out = decode(enc, n, bits, d);
+        const size_t nb = (n + d - 1) / d;
+        const int s = levels(bits);
+        for (size_t i = 0; i < n; ++i) {
+          float scale;
+          memcpy(&scale, enc.data() + (i / d) * 4, 4);
+          ASSERT_EQ(scale, bucketMaxAbs(x, i / d, d));
+          uint32_t code = readCodeBitwise(enc, nb, i, bits);
+          int level = code & s;
+          bool neg = (code >> (bits - 1)) & 1;
+          float expect = (float)level / (float)s * scale;
+          ASSERT_EQ(out[i], neg ? -expect : expect) << "i=" << i;
+          ASSERT_LE(fabsf(out[i] - x[i]), scale / s * (1 + 1e-6f)) << "i=" << i;
+          if (level != 0) ASSERT_EQ(neg, x[i] < 0) << "i=" << i;
+        }
+        // Padding bits of the last word are zero.
+        size_t usedBits = n * bits, totalBits = ((usedBits + 31) / 32) * 32;
+        for (size_t bit = usedBits; bit < totalBits; ++bit) {
+          ASSERT_EQ((enc[nb * 4 + bit / 8] >> (bit % 8)) & 1, 0) << "padding bit " << bit;
+        }
+      }
+    }
+  }
+}
+
+TEST(QsgdHost, DeterministicPerSeedAndSeedMatters) {
+  std::vector<float> x = gctest::normal(4096, 5);
+  EXPECT_EQ(encode(x, 4, 512, 1), encode(x, 4, 512, 1));
+  EXPECT_NE(encode(x, 4, 512, 1), encode(x, 4, 512, 2));
+}
+
+// Unbiased: the mean over S seeds of decode(encode(x)) converges to x with
+// the exact per-element standard deviation sqrt(p(1-p))*scale/s/sqrt(S),
+// p = frac(|x|/scale*s). 5 sigma per element.
+TEST(QsgdHost, UnbiasedOverSeeds) {
+  const int d = 512, S = 3000;
+  const size_t n = 1024;
+  std::vector<float> x = gctest::normal(n, 11);
+  x[3] = 0.0f;
+  for (int bits : {2, 3, 4, 8}) {
+    SCOPED_TRACE(testing::Message() << "bits=" << bits);
+    const int s = levels(bits);
+    std::vector<double> sum(n, 0.0), sumsq(n, 0.0);
+    for (int k = 0; k < S; ++k) {
+      auto out = decode(encode(x, bits, d, 1000003ull * k + 17), n, bits, d);
+      for (size_t i = 0; i < n; ++i) {
+        sum[i] += out[i];
+        sumsq[i] += (double)out[i] * out[i];
+      }
+    }
+    double sumVar = 0, sumVarBound = 0, normSq = 0;
+    for (size_t i = 0; i < n; ++i) {
+      const float scalef = bucketMaxAbs(x, i / d, d);
+      const double scale = scalef;
+      // p is the probability of rounding up for the ratio as the codec
+      // computes it in fp32 (within a few ulp of |x|/scale*s).
+      const float rf = gc::qsgd::quantRatio(fabsf(x[i]), scalef,
+                                            gc::qsgd::reciprocal(scalef, s), s);
+      ASSERT_NEAR(rf, fabs(x[i]) / scale * s, 4e-7 * s);
+      const double p = rf - floor(rf);
+      const double sigma = sqrt(p * (1 - p)) * scale / s / sqrt((double)S);
+      const double mean = sum[i] / S;
+      ASSERT_LE(fabs(mean - x[i]), 5 * sigma + 4e-7 * scale) << "i=" << i << " x=" << x[i];
+      const double var = sumsq[i] / S - mean * mean;
+      // Per element: var <= (scale/s)^2/4, with the chi-square slack of an
+      // S-sample variance estimate (1 + 6*sqrt(2/S)).
+      ASSERT_LE(var, (scale / s) * (scale / s) / 4 * (1 + 6 * sqrt(2.0 / S))) << "i=" << i;
+      sumVar += var;
+      sumVarBound += (scale / s) * (scale / s) / 4;
+      normSq += (double)x[i] * x[i];
+    }
+    // The seed's bound for the whole vector: min(d/s^2, sqrt(d)/s) * ||x||^2.
+    const double seedBound = fmin((double)d / (s * s), sqrt((double)d) / s) * normSq;
+    EXPECT_LE(sumVar, seedBound);
+    EXPECT_LE(sumVar, sumVarBound * (1 + 6 * sqrt(2.0 / S)));
+  }
+}
+
+TEST(QsgdHost, DecodeAccumulates) {
+  const size_t n = 777;
+  std::vector<float> x = gctest::normal(n, 3);
+  auto enc = encode(x, 5, 64, 9);
+  auto once = decode(enc, n, 5, 64);
+  std::vector<float> acc(n);
+  for (size_t i = 0; i < n; ++i) acc[i] = 0.25f * i;
+  ASSERT_EQ(gradcompQsgdDecodeHost(enc.data(), n, 5, 64, acc.data(), 1), gradcompSuccess);
+  for (size_t i = 0; i < n; ++i) ASSERT_EQ(acc[i], 0.25f * i + once[i]);
+}
+
+TEST(QsgdHost, ZeroBucketDecodesToZeros) {
+  std::vector<float> x(1000, 0.0f);
+  for (size_t i = 512; i < 1000; ++i) x[i] = (float)i;
+  auto out = decode(encode(x, 4, 512, 1), x.size(), 4, 512);
+  for (size_t i = 0; i < 512; ++i) {
+    ASSERT_EQ(out[i], 0.0f);
+    ASSERT_FALSE(signbit(out[i]));
+  }
+  for (size_t i = 512; i < 1000; ++i) ASSERT_TRUE(isfinite(out[i]));
+}
+
+TEST(QsgdHost, NonFiniteBucketStaysNonFiniteOthersUntouched) {
+  for (float bad : {NAN, INFINITY, -INFINITY}) {
+    std::vector<float> x = gctest::normal(3 * 512, 21);
+    x[512 + 100] = bad;
+    auto out = decode(encode(x, 4, 512, 3), x.size(), 4, 512);
+    for (size_t i = 512; i < 1024; ++i) ASSERT_FALSE(isfinite(out[i])) << i;
+    std::vector<float> clean = x;
+    clean[512 + 100] = 0.0f;
+    auto ref = decode(encode(clean, 4, 512, 3), x.size(), 4, 512);
+    for (size_t i = 0; i < 512; ++i) ASSERT_EQ(out[i], ref[i]);
+    for (size_t i = 1024; i < x.size(); ++i) ASSERT_EQ(out[i], ref[i]);
+  }
+}
+
+TEST(QsgdHost, DenormalsAndHugeValues) {
+  for (float mag : {1e-40f, 1e-45f, 1e-38f, 1e38f, 3.0e38f}) {
+    SCOPED_TRACE(testing::Message() << "mag=" << mag);
+    std::vector<float> x = gctest::normal(1024, 8);
+    float m = 0;
+    for (float v : x) m = fmaxf(m, fabsf(v));
+    for (float& v : x) v = v / m * mag;
+    for (int bits : {2, 4, 8}) {
+      const int s = levels(bits);
+      auto out = decode(encode(x, bits, 512, 5), x.size(), bits, 512);
+      for (size_t i = 0; i < x.size(); ++i) {
+        float scale = bucketMaxAbs(x, i / 512, 512);
+        ASSERT_TRUE(isfinite(out[i])) << i;
+        ASSERT_LE(fabsf(out[i]), scale) << i;
+        ASSERT_LE(fabs((double)out[i] - x[i]), (double)scale / s * (1 + 1e-5)) << i;
+      }
+    }
+  }
+}
+
+TEST(QsgdHost, HalfAndBf16InputsEncodeAsTheirFloatValues) {
+  const size_t n = 3000;
+  std::vector<float> x = gctest::normal(n, 31);
+  for (ncclDataType_t t : {ncclFloat16, ncclBfloat16}) {
+    std::vector<uint16_t> h(n);
+    std::vector<float> widened(n);
+    for (size_t i = 0; i < n; ++i) {
+      h[i] = t == ncclFloat16 ? gc::floatToHalf(x[i]) : gc::floatToBf16(x[i]);
+      widened[i] = t == ncclFloat16 ? gc::halfToFloat(h[i]) : gc::bf16ToFloat(h[i]);
+    }
+    std::vector<uint8_t> enc(gradcompQsgdEncodedBytes(n, 4, 512));
+    ASSERT_EQ(gradcompQsgdEncodeTypedHost(h.data(), t, nullptr, n, 4, 512, 7, enc.data()),
+              gradcompSuccess);
+    EXPECT_EQ(enc, encode(widened, 4, 512, 7));
+  }
+}
+
+// EF: decoded + new residual == old residual + g to fp32 rounding, and over
+// many steps sum(sent) - sum(g) = r0 - rT stays within one level step.
+TEST(QsgdHost, ErrorFeedbackInvariantAndBoundedGap) {
+  const size_t n = 2000;
+  const int d = 512, bits = 3, s = levels(bits), T = 300;
+  std::vector<float> r(n, 0.0f);
+  std::vector<double> sentSum(n, 0.0), gSum(n, 0.0);
+  std::vector<uint8_t> enc(gradcompQsgdEncodedBytes(n, bits, d));
+  double maxScaleOverS = 0;
+  for (int t = 0; t < T; ++t) {
+    std::vector<float> g = gctest::normal(n, 500 + t);
+    for (float& v : g) v *= 1.0f + (t % 7);  // varying scale
+    std::vector<float> rOld = r;
+    ASSERT_EQ(gradcompQsgdEncodeTypedHost(g.data(), ncclFloat32, r.data(), n, bits, d, 900 + t,
+                                          enc.data()),
+              gradcompSuccess);
+    auto dec = decode(enc, n, bits, d);
+    for (size_t i = 0; i < n; ++i) {
+      const float xeff = rOld[i] + g[i];
+      const float tol = 1.2e-7f * (fabsf(xeff) + fabsf(r[i]) + fabsf(dec[i]));
+      ASSERT_LE(fabsf(dec[i] + r[i] - xeff), tol) << "t=" << t << " i=" << i;
+      sentSum[i] += dec[i];
+      gSum[i] += g[i];
+    }
+    for (size_t b = 0; b < (n + d - 1) / d; ++b) {
+      float scale;
+      memcpy(&scale, enc.data() + 4 * b, 4);
+      maxScaleOverS = fmax(maxScaleOverS, (double)scale / s);
+    }
+  }
+  double worst = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const double gap = fabs(sentSum[i] - gSum[i]);
+    worst = fmax(worst, gap);
+    // |r_T| < scale/s; float accumulation of T steps adds a little.
+    ASSERT_LE(gap, maxScaleOverS * (1 + 1e-3) + 1e-3) << i;
+    ASSERT_NEAR(gap, fabs(r[i]), 1e-3 + 1e-4 * fabs(gSum[i]));
+  }
+  EXPECT_GT(worst, 0.0);
+}
+
+TEST(QsgdHost, ErrorFeedbackSkipsNonFiniteBucket) {
+  const size_t n = 1024;
+  std::vector<float> r(n), g = gctest::normal(n, 4);
+  for (size_t i = 0; i < n; ++i) r[i] = 0.01f * (float)(i % 13);
+  std::vector<float> rOld = r;
+  g[700] = NAN;
+  std::vector<uint8_t> enc(gradcompQsgdEncodedBytes(n, 4, 512));
+  ASSERT_EQ(gradcompQsgdEncodeTypedHost(g.data(), ncclFloat32, r.data(), n, 4, 512, 1, enc.data()),
+            gradcompSuccess);
+  for (size_t i = 512; i < n; ++i) ASSERT_EQ(r[i], rOld[i]) << "residual poisoned at " << i;
+  bool changed = false;
+  for (size_t i = 0; i < 512; ++i) changed |= r[i] != rOld[i];
+  EXPECT_TRUE(changed);
+  for (size_t i = 0; i < 512; ++i) ASSERT_TRUE(isfinite(r[i]));
+}
+
+TEST(QsgdHost, BadArgumentsNameTheValue) {
+  std::vector<float> x(10, 1.0f);
+  std::vector<uint8_t> out(64);
+  EXPECT_EQ(gradcompQsgdEncodeHost(x.data(), 10, 9, 512, 0, out.data()), gradcompInvalidArgument);
+  EXPECT_STREQ(gradcompGetLastError(), "bits=9 is out of range 2..8");
+  EXPECT_EQ(gradcompQsgdEncodeHost(x.data(), 10, 4, 100, 0, out.data()), gradcompInvalidArgument);
+  EXPECT_NE(strstr(gradcompGetLastError(), "bucketSize=100"), nullptr);
+  EXPECT_EQ(gradcompQsgdEncodeHost(nullptr, 10, 4, 512, 0, out.data()), gradcompInvalidArgument);
+  EXPECT_EQ(gradcompQsgdEncodeHost(x.data(), 10, 4, 512, 0, out.data() + 1),
+            gradcompInvalidArgument);
+  EXPECT_NE(strstr(gradcompGetLastError(), "4-byte aligned"), nullptr);
+  EXPECT_EQ(gradcompQsgdEncodeTypedHost(x.data(), ncclInt32, nullptr, 10, 4, 512, 0, out.data()),
+            gradcompInvalidArgument);
+  EXPECT_NE(strstr(gradcompGetLastError(), "datatype=2"), nullptr);
+  EXPECT_EQ(gradcompQsgdDecodeHost(out.data(), 10, 4, 512, nullptr, 0), gradcompInvalidArgument);
+  // count 0 is a no-op even with NULL pointers.
+  EXPECT_EQ(gradcompQsgdEncodeHost(nullptr, 0, 4, 512, 0, nullptr), gradcompSuccess);
+}
+
+}  // namespace

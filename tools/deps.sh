@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Checks the build dependencies; installs the missing Debian packages when run
+# as root, otherwise says what to install. Sourced by tools/run.sh and
+# tools/test.sh.
+gc_need_pkgs=()
+command -v cmake >/dev/null 2>&1 || gc_need_pkgs+=(cmake)
+command -v g++ >/dev/null 2>&1 || gc_need_pkgs+=(g++)
+command -v make >/dev/null 2>&1 || gc_need_pkgs+=(make)
+command -v nm >/dev/null 2>&1 || gc_need_pkgs+=(binutils)
+if [ "${GC_NEED_GTEST:-0}" = 1 ] && [ ! -e /usr/lib/x86_64-linux-gnu/libgtest.a ] \
+   && [ ! -e /usr/lib/aarch64-linux-gnu/libgtest.a ] && [ ! -e /usr/local/lib/libgtest.a ]; then
+  gc_need_pkgs+=(libgtest-dev)
+fi
+if [ ${#gc_need_pkgs[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "gradcomp: installing ${gc_need_pkgs[*]}"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${gc_need_pkgs[@]}") \
+      >/dev/null || { echo "gradcomp: apt-get install ${gc_need_pkgs[*]} failed" >&2; exit 1; }
+  else
+    echo "gradcomp: missing ${gc_need_pkgs[*]}; install them (e.g. sudo apt-get install ${gc_need_pkgs[*]})" >&2
+    exit 1
+  fi
+fi
+if ! command -v nvcc >/dev/null 2>&1 && [ ! -x /usr/local/cuda/bin/nvcc ]; then
+  echo "gradcomp: the CUDA toolkit (nvcc 13) is needed to build; install it from NVIDIA's CUDA" \
+       "repository and put nvcc on PATH" >&2
+  exit 1
+fi
+# A GPU machine builds for its own GPU; otherwise sm_90 (compile-only checks).
+if [ -z "${GRADCOMP_CUDA_ARCHS:-}" ]; then
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    GRADCOMP_CUDA_ARCHS=native
+  else
+    GRADCOMP_CUDA_ARCHS=90
+  fi
+fi
+export GRADCOMP_CUDA_ARCHS
+GC_BUILD_DIR=${GC_BUILD_DIR:-build}
+GC_JOBS=${GC_JOBS:-$(nproc 2>/dev/null || echo 2)}
