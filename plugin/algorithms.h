@@ -1,0 +1,41 @@
+// The exchange algorithms, one file each, written against Backend and
+// Transport only. Setup (sizes) is separate from run (moving data), so the
+// comm can size its workspace before the first call and never allocate again.
+#pragma once
+
+#include "comm.h"
+
+namespace gc {
+
+struct CallArgs {
+  gradcompComm* comm;
+  const void* send;
+  void* recv;
+  size_t count;
+  DType dtype;
+  bool average;
+  BufferState* state;
+  int bits;            // QSGD bit width for this call
+  uint64_t step;       // comm step: RNG keys are (seed, step, rank, stream)
+};
+
+struct Algorithm {
+  gradcompAlgo_t id;
+  const char* name;
+  // Workspace in bytes for `count` elements with `bits` on this comm.
+  size_t (*workspaceBytes)(const gradcompComm& c, size_t count, int bits);
+  // Bytes this rank puts on the wire for one call.
+  size_t (*wireBytes)(const gradcompComm& c, size_t count, int bits);
+  gradcompResult_t (*run)(const CallArgs& a, void* workspace);
+};
+
+const Algorithm& twoShotAlgorithm();    // algo_twoshot.cc
+const Algorithm& ringAlgorithm();       // algo_ring.cc
+const Algorithm& allgatherAlgorithm();  // algo_allgather.cc
+// Dense algorithm for (method, size, ranks) when config says auto.
+const Algorithm& pickDenseAlgorithm(const gradcompComm& c, size_t count);
+
+// Workspace offsets aligned to 256 bytes.
+inline size_t alignUp(size_t x, size_t a = 256) { return (x + a - 1) / a * a; }
+
+}  // namespace gc

@@ -1,0 +1,60 @@
+// Backend: memory and codec operations the algorithms are written against.
+// CpuBackend runs the host reference codecs on host memory (each rank a
+// thread); CudaBackend launches the kernels on the caller's stream. An
+// algorithm is the same code on both.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <memory>
+
+#include "../kernels/common_math.cuh"
+#include "gradcomp.h"
+
+namespace gc {
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual bool onDevice() const = 0;
+  // The stream later operations are ordered on (ignored by the CPU backend).
+  virtual void setStream(cudaStream_t stream) { stream_ = stream; }
+  cudaStream_t stream() const { return stream_; }
+  // True while the stream is being captured into a CUDA graph.
+  virtual bool capturing() const { return false; }
+
+  // Persistent memory, zero-filled. Not stream-ordered: never call while
+  // capturing (the comm grows workspace only outside capture).
+  virtual gradcompResult_t alloc(size_t bytes, void** p) = 0;
+  virtual void release(void* p) = 0;
+  // Stream-ordered.
+  virtual gradcompResult_t zero(void* p, size_t bytes) = 0;
+  virtual gradcompResult_t copy(void* dst, const void* src, size_t bytes) = 0;
+  // Synchronous copies between backend memory and host memory (state save).
+  virtual gradcompResult_t toHost(void* hostDst, const void* src, size_t bytes) = 0;
+  virtual gradcompResult_t fromHost(void* dst, const void* hostSrc, size_t bytes) = 0;
+  virtual gradcompResult_t sync() = 0;
+
+  // QSGD (residual may be null: no error feedback).
+  virtual gradcompResult_t qsgdEncode(const void* x, DType t, float* residual, size_t n, int bits,
+                                      int bucket, uint64_t key, void* out) = 0;
+  virtual gradcompResult_t qsgdDecode(const void* in, size_t n, int bits, int bucket, float* out,
+                                      bool accumulate) = 0;
+
+  // out[i] = float(x[i]) (+ addend[i] when addend is not null).
+  virtual gradcompResult_t toFloat(const void* x, DType t, const float* addend, size_t n,
+                                   float* out) = 0;
+  // out[i] = T(x[i] / divisor); divisor 1 for Sum, N for Avg.
+  virtual gradcompResult_t fromFloat(const float* x, size_t n, float divisor, DType t,
+                                     void* out) = 0;
+  // acc[i] += x[i]
+  virtual gradcompResult_t add(float* acc, const float* x, size_t n) = 0;
+
+ protected:
+  cudaStream_t stream_ = nullptr;
+};
+
+std::unique_ptr<Backend> makeCpuBackend();
+std::unique_ptr<Backend> makeCudaBackend();
+
+}  // namespace gc

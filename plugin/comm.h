@@ -1,0 +1,60 @@
+// gradcompComm: wraps (never owns) an NCCL communicator, or one rank of an
+// in-process CPU world. Holds the config, backend, transport, workspace,
+// per-buffer state (residuals, momentum) and stats.
+#pragma once
+
+#include <stdint.h>
+
+#include <map>
+#include <memory>
+#include <tuple>
+
+#include "backend.h"
+#include "gradcomp.h"
+#include "transport.h"
+
+namespace gc {
+
+// Per-buffer state, keyed by (recvbuff, count, dtype) or by an explicit key.
+// All arrays live in backend memory and are zero at creation.
+struct BufferState {
+  size_t count = 0;
+  DType dtype = DType::F32;
+  float* residual = nullptr;       // error feedback (DGC: the accumulated velocity v)
+  float* ownerResidual = nullptr;  // two-shot: residual of the owner's re-encode (chunk)
+  size_t ownerResidualCount = 0;
+  float* momentum = nullptr;  // DGC momentum u
+  uint64_t calls = 0;         // compressed calls on this buffer (warm-up, DQ-SGD)
+  int bitsNext = 0;           // DQ-SGD: bit width chosen for the next call (0: config bits)
+};
+
+using StateKey = std::tuple<int, uint64_t, size_t, int>;  // (kind, ptr-or-key, count, dtype)
+
+}  // namespace gc
+
+struct gradcompComm {
+  gradcompConfig_t cfg;
+  int rank = 0;
+  int nranks = 1;
+  ncclComm_t nccl = nullptr;  // null for the CPU backend
+  std::unique_ptr<gc::Backend> backend;
+  std::unique_ptr<gc::Transport> transport;
+  std::map<gc::StateKey, gc::BufferState> states;
+  void* workspace = nullptr;
+  size_t workspaceBytes = 0;
+  gradcompStats_t stats{};
+  uint64_t step = 0;  // compressed calls so far: part of every RNG key
+
+  // Grows the workspace to at least `bytes` (never while capturing).
+  gradcompResult_t ensureWorkspace(size_t bytes);
+  // Finds or creates the state of a buffer; arrays allocated as the method needs.
+  gradcompResult_t getState(const gc::StateKey& key, size_t count, gc::DType t,
+                            gc::BufferState** out);
+  void releaseState(gc::BufferState& s);
+};
+
+namespace gc {
+// Splits [0, count) into `parts` chunks aligned to `align` elements; chunk j
+// is [off[j], off[j+1]). Chunks may be empty when count is small.
+void splitAligned(size_t count, int parts, size_t align, size_t* off);
+}  // namespace gc
