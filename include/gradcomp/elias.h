@@ -1,0 +1,86 @@
+/*
+ * Elias-coded QSGD: QSGD levels with the zero runs and levels written in
+ * Elias gamma or omega codes, as in the QSGD paper. Variable size: an
+ * encoder writes at most gradcompEliasMaxEncodedBytes and the size it wrote
+ * is in the encoding's header.
+ *
+ * Layout (32-bit little-endian words, nb = ceil(count/bucketSize)):
+ *   scales[nb]     fp32 (max|x| per bucket, or the bucket's L2 norm)
+ *   offsets[nb+1]  start of each bucket's stream in words from the stream
+ *                  start; offsets[nb] is the stream length in words
+ *   stream         per bucket, word-aligned: for each nonzero level,
+ *                  Elias(zeros before it + 1), sign bit, Elias(level); then
+ *                  Elias(trailing zeros + 1) if the bucket ends in zeros.
+ *                  Bits LSB-first within words.
+ * Encoded size = gradcompEliasHeaderBytes(count, bucketSize) + 4 * offsets[nb].
+ *
+ * With scale max and levels = 2^(b-1)-1 the levels, scales and decoded
+ * values are those of gradcompQsgdEncode* with b bits and the same seed.
+ */
+#ifndef GRADCOMP_ELIAS_H_
+#define GRADCOMP_ELIAS_H_
+
+#include "gradcomp.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum {
+  gradcompEliasGamma = 0, /* 2*floor(log2 n) + 1 bits: shortest for small levels */
+  gradcompEliasOmega = 1  /* recursive; the QSGD paper's analysis */
+} gradcompEliasCode_t;
+
+typedef enum {
+  gradcompEliasScaleMax = 0, /* max|x| per bucket: QSGD's fixed-width levels */
+  gradcompEliasScaleL2 = 1   /* L2 norm per bucket: the QSGD paper's */
+} gradcompEliasScale_t;
+
+typedef struct {
+  int levels;     /* s, 1..65535 */
+  int bucketSize; /* 32..8192, a multiple of 32 */
+  gradcompEliasCode_t code;
+  gradcompEliasScale_t scale;
+} gradcompEliasParams_t;
+
+/* Worst-case size: allocate this much for one encoding. 0 for bad params. */
+size_t gradcompEliasMaxEncodedBytes(size_t count, const gradcompEliasParams_t* params);
+/* Bytes before the stream; the uint32 at byte HeaderBytes-4 is offsets[nb]. */
+size_t gradcompEliasHeaderBytes(size_t count, int bucketSize);
+/* Size of an encoding from its header, in host memory (at least
+ * gradcompEliasHeaderBytes of it). */
+gradcompResult_t gradcompEliasEncodedBytes(const void* encoded, size_t count, int bucketSize,
+                                           size_t* bytes);
+
+/* Host reference. x is ncclFloat32, ncclFloat16 or ncclBfloat16; residual
+ * (may be NULL) is fused error feedback as gradcompQsgdEncodeEF. out holds
+ * outBytes >= gradcompEliasMaxEncodedBytes; *encodedBytes gets the size. */
+gradcompResult_t gradcompEliasEncodeHost(const void* x, ncclDataType_t datatype, float* residual,
+                                         size_t count, const gradcompEliasParams_t* params,
+                                         uint64_t seed, void* out, size_t outBytes,
+                                         size_t* encodedBytes);
+/* Checks the encoding against inBytes: a malformed or truncated one is
+ * gradcompInvalidArgument. */
+gradcompResult_t gradcompEliasDecodeHost(const void* in, size_t inBytes, size_t count,
+                                         const gradcompEliasParams_t* params, float* out,
+                                         int accumulate);
+
+/* GPU: device pointers, on the stream, no host sync, no allocation. The
+ * encoder runs a sizes pass, a prefix sum over buckets and a write pass in a
+ * caller-owned workspace of gradcompEliasWorkspaceBytes; the size it wrote is
+ * in the header on the device (copy 4 bytes at HeaderBytes-4 to read it).
+ * Bytes equal the host reference's for the same seed. */
+gradcompResult_t gradcompEliasWorkspaceBytes(size_t count, int bucketSize, size_t* bytes);
+gradcompResult_t gradcompEliasEncode(const void* x, ncclDataType_t datatype, float* residual,
+                                     size_t count, const gradcompEliasParams_t* params,
+                                     uint64_t seed, void* out, void* workspace,
+                                     size_t workspaceBytes, cudaStream_t stream);
+gradcompResult_t gradcompEliasDecode(const void* in, size_t count,
+                                     const gradcompEliasParams_t* params, float* out,
+                                     int accumulate, cudaStream_t stream);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* GRADCOMP_ELIAS_H_ */

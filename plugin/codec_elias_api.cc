@@ -1,0 +1,63 @@
+// Public GPU entry points of the Elias codec: validate on the host, enqueue
+// on the stream.
+#include "checks.h"
+#include "codec_elias.h"
+#include "codec_qsgd.h"
+#include "device_ptr.h"
+
+extern "C" {
+
+GC_EXPORT gradcompResult_t gradcompEliasWorkspaceBytes(size_t count, int bucketSize,
+                                                       size_t* bytes) {
+  GC_ARG(bytes != nullptr, "bytes (output) is NULL");
+  GC_ARG(bucketSize >= gc::qsgd::kMinBucket && bucketSize <= gc::qsgd::kMaxBucket &&
+             bucketSize % 32 == 0,
+         "bucketSize=%d is out of range %d..%d or not a multiple of 32", bucketSize,
+         gc::qsgd::kMinBucket, gc::qsgd::kMaxBucket);
+  GC_CUDACHECK(gc::cuda::eliasWorkspaceBytes(count, bucketSize, bytes));
+  return gradcompSuccess;
+}
+
+GC_EXPORT gradcompResult_t gradcompEliasEncode(const void* x, ncclDataType_t datatype,
+                                               float* residual, size_t count,
+                                               const gradcompEliasParams_t* params, uint64_t seed,
+                                               void* out, void* workspace, size_t workspaceBytes,
+                                               cudaStream_t stream) {
+  gc::elias::Params p{};
+  GC_CHECK(gc::eliasCheckParams(params, count, &p));
+  gc::DType t = gc::DType::F32;
+  GC_CHECK(gc::dtypeFromNccl(datatype, &t));
+  GC_ARG(((uintptr_t)out & 3) == 0, "out=%p must be 4-byte aligned (it is 32-bit words)", out);
+  GC_CHECK(gc::checkDevicePointer(out, "out"));
+  if (count > 0) {
+    size_t need = 0;
+    GC_CUDACHECK(gc::cuda::eliasWorkspaceBytes(count, p.bucket, &need));
+    GC_ARG(workspace != nullptr && workspaceBytes >= need,
+           "workspace=%p with workspaceBytes=%zu is too small: gradcompEliasWorkspaceBytes gives "
+           "%zu",
+           workspace, workspaceBytes, need);
+    GC_ARG(((uintptr_t)x % gc::dtypeBytes(t)) == 0, "x=%p is not aligned to its element size %zu",
+           x, gc::dtypeBytes(t));
+    GC_CHECK(gc::checkDevicePointer(x, "x"));
+    GC_CHECK(gc::checkDevicePointer(workspace, "workspace"));
+    if (residual != nullptr) GC_CHECK(gc::checkDevicePointer(residual, "residual"));
+  }
+  GC_CUDACHECK(gc::cuda::eliasEncode(x, t, residual, count, p, gc::plainKey(seed), out, workspace,
+                                     workspaceBytes, stream));
+  return gradcompSuccess;
+}
+
+GC_EXPORT gradcompResult_t gradcompEliasDecode(const void* in, size_t count,
+                                               const gradcompEliasParams_t* params, float* out,
+                                               int accumulate, cudaStream_t stream) {
+  gc::elias::Params p{};
+  GC_CHECK(gc::eliasCheckParams(params, count, &p));
+  if (count == 0) return gradcompSuccess;
+  GC_ARG(((uintptr_t)in & 3) == 0, "in=%p must be 4-byte aligned (it is 32-bit words)", in);
+  GC_CHECK(gc::checkDevicePointer(in, "in"));
+  GC_CHECK(gc::checkDevicePointer(out, "out"));
+  GC_CUDACHECK(gc::cuda::eliasDecode(in, count, p, out, accumulate != 0, stream));
+  return gradcompSuccess;
+}
+
+}  // extern "C"
