@@ -1,0 +1,197 @@
+// GPU Elias-coded QSGD: the sizes/scan/write kernels give the host
+// reference's bytes and residual, and the decoder its values, for every code,
+// scale, level count, input type and awkward count; misaligned pointers;
+// corrupt input stays in bounds.
+#include <gtest/gtest.h>
+#include <math.h>
+#include <string.h>
+
+#include <vector>
+
+#include "gradcomp.h"
+#include "gradcomp/elias.h"
+#include "kernels/common_math.cuh"
+#include "tests/common/test_util.h"
+#include "tests/gpu/gpu_util.h"
+
+namespace {
+
+using gctest::DeviceBuffer;
+
+class EliasGpu : public gctest::GpuTest {};
+
+gradcompEliasParams_t params(int s, int d, gradcompEliasCode_t c, gradcompEliasScale_t sc) {
+  gradcompEliasParams_t p;
+  p.levels = s;
+  p.bucketSize = d;
+  p.code = c;
+  p.scale = sc;
+  return p;
+}
+
+std::vector<uint16_t> narrow(const std::vector<float>& x, ncclDataType_t t) {
+  std::vector<uint16_t> h(x.size());
+  for (size_t i = 0; i < x.size(); ++i) {
+    h[i] = t == ncclFloat16 ? gc::floatToHalf(x[i]) : gc::floatToBf16(x[i]);
+  }
+  return h;
+}
+
+// Encodes on host and device, compares bytes, residuals and decodes.
+void checkOne(cudaStream_t stream, ncclDataType_t t, size_t n, const gradcompEliasParams_t& p,
+              bool withResidual, std::vector<float> x, uint64_t seed) {
+  SCOPED_TRACE(testing::Message() << "type=" << t << " n=" << n << " s=" << p.levels
+                                  << " d=" << p.bucketSize << " code=" << p.code
+                                  << " scale=" << p.scale << " ef=" << withResidual);
+  std::vector<uint16_t> h = narrow(x, t);
+  const void* hostIn = t == ncclFloat32 ? (const void*)x.data() : (const void*)h.data();
+  const size_t esz = t == ncclFloat32 ? 4 : 2;
+  std::vector<float> r = gctest::normal(n, 99, 0.1f), rHost = r;
+  const size_t maxBytes = gradcompEliasMaxEncodedBytes(n, &p);
+  ASSERT_GT(maxBytes, 0u);
+  std::vector<uint8_t> encHost(maxBytes);
+  size_t hostBytes = 0;
+  ASSERT_EQ(gradcompEliasEncodeHost(hostIn, t, withResidual ? rHost.data() : nullptr, n, &p, seed,
+                                    encHost.data(), maxBytes, &hostBytes),
+            gradcompSuccess)
+      << gradcompGetLastError();
+
+  size_t wsBytes = 0;
+  ASSERT_EQ(gradcompEliasWorkspaceBytes(n, p.bucketSize, &wsBytes), gradcompSuccess);
+  DeviceBuffer<uint8_t> dx(n * esz), denc(maxBytes), dws(wsBytes + 1);
+  DeviceBuffer<float> dr(n), dout(n);
+  ASSERT_EQ(cudaMemset(denc.get(), 0xA5, maxBytes), cudaSuccess);  // stale bytes must not leak
+  if (n) ASSERT_EQ(cudaMemcpy(dx.get(), hostIn, n * esz, cudaMemcpyHostToDevice), cudaSuccess);
+  dr.upload(r);
+  ASSERT_EQ(gradcompEliasEncode(dx.get(), t, withResidual ? dr.get() : nullptr, n, &p, seed,
+                                denc.get(), dws.get(), wsBytes, stream),
+            gradcompSuccess)
+      << gradcompGetLastError();
+  ASSERT_EQ(gradcompEliasDecode(denc.get(), n, &p, dout.get(), 0, stream), gradcompSuccess);
+  ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+
+  auto encDev = denc.download(maxBytes);
+  size_t devBytes = 0;
+  ASSERT_EQ(gradcompEliasEncodedBytes(encDev.data(), n, p.bucketSize, &devBytes), gradcompSuccess);
+  ASSERT_EQ(devBytes, hostBytes);
+  ASSERT_EQ(memcmp(encDev.data(), encHost.data(), hostBytes), 0) << "encodings differ";
+  if (withResidual) {
+    auto rDev = dr.download(n);
+    ASSERT_EQ(memcmp(rDev.data(), rHost.data(), n * 4), 0) << "residuals differ";
+  }
+  std::vector<float> decHost(n);
+  ASSERT_EQ(gradcompEliasDecodeHost(encHost.data(), hostBytes, n, &p, decHost.data(), 0),
+            gradcompSuccess);
+  auto decDev = dout.download(n);
+  ASSERT_EQ(memcmp(decDev.data(), decHost.data(), n * 4), 0) << "decodes differ";
+}
+
+TEST_F(EliasGpu, BitExactWithHostAcrossCodesScalesLevelsTypes) {
+  const size_t counts[] = {1, 33, 512, 1000, 100003};
+  for (gradcompEliasCode_t c : {gradcompEliasGamma, gradcompEliasOmega}) {
+    for (gradcompEliasScale_t sc : {gradcompEliasScaleMax, gradcompEliasScaleL2}) {
+      for (int s : {1, 3, 7, 22, 127, 65535}) {
+        for (size_t n : counts) {
+          const int d = s == 22 ? 8192 : (s == 3 ? 96 : 512);
+          std::vector<float> x = gctest::normal(n, n + s);
+          if (n > 700) std::fill(x.begin() + 100, x.begin() + 700, 0.0f);  // long zero runs
+          if (n > 5000 && s == 7) x[5000] = NAN;
+          checkOne(stream, ncclFloat32, n, params(s, d, c, sc), n % 2 == 1, x, 1234 + s);
+        }
+      }
+    }
+  }
+  for (ncclDataType_t t : {ncclFloat16, ncclBfloat16}) {
+    checkOne(stream, t, 70001, params(7, 512, gradcompEliasGamma, gradcompEliasScaleMax), true,
+             gctest::normal(70001, 3), 5);
+  }
+}
+
+// Inputs that fill the worst-case size, and all-zero buckets.
+TEST_F(EliasGpu, WorstCaseAndZeroBuckets) {
+  const size_t n = 3 * 8192 + 17;
+  for (int s : {1, 127, 65535}) {
+    checkOne(stream, ncclFloat32, n, params(s, 8192, gradcompEliasOmega, gradcompEliasScaleMax),
+             false, std::vector<float>(n, -3.0f), 1);
+    checkOne(stream, ncclFloat32, n, params(s, 32, gradcompEliasGamma, gradcompEliasScaleMax),
+             false, std::vector<float>(n, 0.0f), 1);
+    std::vector<float> alt(n, 0.0f);
+    for (size_t i = 0; i < n; i += 2) alt[i] = 1.0f;
+    checkOne(stream, ncclFloat32, n, params(s, 256, gradcompEliasGamma, gradcompEliasScaleL2), true,
+             alt, 2);
+  }
+}
+
+TEST_F(EliasGpu, MisalignedPointersAndAccumulate) {
+  const size_t n = 50001;
+  const auto p = params(15, 512, gradcompEliasGamma, gradcompEliasScaleMax);
+  std::vector<float> x = gctest::normal(n, 5);
+  const size_t maxBytes = gradcompEliasMaxEncodedBytes(n, &p);
+  std::vector<uint8_t> encHost(maxBytes);
+  size_t bytes = 0;
+  ASSERT_EQ(gradcompEliasEncodeHost(x.data(), ncclFloat32, nullptr, n, &p, 8, encHost.data(),
+                                    maxBytes, &bytes),
+            gradcompSuccess);
+  std::vector<float> acc = gctest::normal(n, 6), accHost = acc;
+  ASSERT_EQ(gradcompEliasDecodeHost(encHost.data(), bytes, n, &p, accHost.data(), 1),
+            gradcompSuccess);
+  size_t wsBytes = 0;
+  ASSERT_EQ(gradcompEliasWorkspaceBytes(n, 512, &wsBytes), gradcompSuccess);
+  DeviceBuffer<float> dx(n + 3), dacc(n + 3);
+  DeviceBuffer<uint32_t> denc(maxBytes / 4 + 3);
+  DeviceBuffer<uint8_t> dws(wsBytes + 256);
+  dx.upload(x, 1);
+  dacc.upload(acc, 3);
+  ASSERT_EQ(gradcompEliasEncode(dx.get(1), ncclFloat32, nullptr, n, &p, 8, denc.get(1),
+                                dws.get(256), wsBytes, stream),
+            gradcompSuccess)
+      << gradcompGetLastError();
+  ASSERT_EQ(gradcompEliasDecode(denc.get(1), n, &p, dacc.get(3), 1, stream), gradcompSuccess);
+  ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+  std::vector<uint8_t> encDev(bytes);
+  ASSERT_EQ(cudaMemcpy(encDev.data(), denc.get(1), bytes, cudaMemcpyDeviceToHost), cudaSuccess);
+  EXPECT_EQ(encDev, std::vector<uint8_t>(encHost.begin(), encHost.begin() + bytes));
+  auto accDev = dacc.download(n, 3);
+  EXPECT_EQ(memcmp(accDev.data(), accHost.data(), n * 4), 0);
+}
+
+// A corrupt stream decodes to NaN from where it breaks and touches nothing
+// outside the output (guard words around it stay intact).
+TEST_F(EliasGpu, CorruptStreamStaysInBounds) {
+  const size_t n = 4096;
+  const auto p = params(7, 512, gradcompEliasOmega, gradcompEliasScaleMax);
+  std::vector<float> x = gctest::normal(n, 12);
+  const size_t maxBytes = gradcompEliasMaxEncodedBytes(n, &p);
+  std::vector<uint8_t> enc(maxBytes);
+  size_t bytes = 0;
+  ASSERT_EQ(gradcompEliasEncodeHost(x.data(), ncclFloat32, nullptr, n, &p, 1, enc.data(), maxBytes,
+                                    &bytes),
+            gradcompSuccess);
+  const size_t header = gradcompEliasHeaderBytes(n, 512);
+  for (size_t i = header; i < bytes; ++i) enc[i] = 0xFF;  // every code turns into garbage
+  DeviceBuffer<uint8_t> denc(bytes);
+  DeviceBuffer<float> dout(n + 64);
+  ASSERT_EQ(cudaMemcpy(denc.get(), enc.data(), bytes, cudaMemcpyHostToDevice), cudaSuccess);
+  std::vector<float> guard(n + 64, 5.0f);
+  dout.upload(guard);
+  ASSERT_EQ(gradcompEliasDecode(denc.get(), n, &p, dout.get(), 0, stream), gradcompSuccess);
+  ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+  auto out = dout.download(n + 64);
+  size_t nans = 0;
+  for (size_t i = 0; i < n; ++i) nans += isnan(out[i]) ? 1 : 0;
+  EXPECT_GT(nans, 0u);
+  for (size_t i = n; i < n + 64; ++i) ASSERT_EQ(out[i], 5.0f) << "wrote past the output at " << i;
+}
+
+TEST_F(EliasGpu, SmallWorkspaceIsRefusedWithAClearError) {
+  const size_t n = 100000;
+  const auto p = params(7, 512, gradcompEliasGamma, gradcompEliasScaleMax);
+  DeviceBuffer<float> dx(n);
+  DeviceBuffer<uint8_t> denc(gradcompEliasMaxEncodedBytes(n, &p)), dws(16);
+  EXPECT_EQ(gradcompEliasEncode(dx.get(), ncclFloat32, nullptr, n, &p, 1, denc.get(), dws.get(), 16,
+                                stream),
+            gradcompInvalidArgument);
+  EXPECT_NE(strstr(gradcompGetLastError(), "gradcompEliasWorkspaceBytes"), nullptr);
+}
+
+}  // namespace
