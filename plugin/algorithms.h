@@ -32,6 +32,7 @@ struct Algorithm {
 const Algorithm& twoShotAlgorithm();    // algo_twoshot.cc
 const Algorithm& ringAlgorithm();       // algo_ring.cc
 const Algorithm& allgatherAlgorithm();  // algo_allgather.cc
+const Algorithm& eliasAlgorithm();      // algo_elias.cc: GRADCOMP_ELIAS=1, variable size
 // Dense algorithm for (method, size, ranks) when config says auto.
 const Algorithm& pickDenseAlgorithm(const gradcompComm& c, size_t count);
 

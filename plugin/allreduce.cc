@@ -69,14 +69,16 @@ gradcompResult_t allReduce(const void* send, void* recv, size_t count, ncclDataT
       keyed ? StateKey{1, key, count, (int)t} : StateKey{0, (uint64_t)r0, count, (int)t};
   BufferState* state = nullptr;
   GC_CHECK(c->getState(skey, count, t, &state));
-  const int bits = chooseBits(*c, *state);
-  const Algorithm& algo = pickDenseAlgorithm(*c, count);
+  int bits = 0;
+  GC_CHECK(chooseBits(*c, *state, &bits));
+  const Algorithm& algo = c->cfg.elias ? eliasAlgorithm() : pickDenseAlgorithm(*c, count);
   GC_CHECK(c->ensureWorkspace(algo.workspaceBytes(*c, count, bits)));
 
   CallArgs args{c, send, recv, count, t, op == ncclAvg, state, bits, c->step};
   GC_TRACE("%s: count=%zu type=%d bits=%d step=%llu", algo.name, count, (int)type, bits,
            (unsigned long long)c->step);
   GC_CHECK(algo.run(args, c->workspace));
+  GC_CHECK(recordReducedStats(*c, *state, recv, count, t));
   GC_CHECK(c->backend->advanceStep());
 
   c->step++;

@@ -1,10 +1,192 @@
+// DQ-SGD bit-width policy (see bits_policy.h for the rules).
 #include "bits_policy.h"
+
+#include <math.h>
+
+#include <cuda_runtime_api.h>
+
+#include "../kernels/qsgd_math.cuh"
+#include "checks.h"
 
 namespace gc {
 
-int chooseBits(gradcompComm& c, BufferState& s) {
-  if (c.cfg.bitsMode == gradcompBitsFixed || s.bitsNext == 0) return c.cfg.bits;
-  return s.bitsNext;
+// DQ-SGD state of one buffer: the statistics of its last reduced result and
+// the budget history.
+struct BitsHistory {
+  bool onDevice = false;
+  void* scratch = nullptr;          // device: per-warp partials, then the result
+  GradStats* resultDev = nullptr;   // device
+  GradStats* resultHost = nullptr;  // pinned host mirror
+  cudaEvent_t ready = nullptr;      // recorded after the copy to resultHost
+  bool pending = false;             // a copy is in flight
+  GradStats stats{0.0, 0.0};
+  bool haveStats = false;
+  int lastBits = 0;
+  BudgetPolicy budget;
+
+  ~BitsHistory() {
+    if (!onDevice) return;
+    if (pending && ready) cudaEventSynchronize(ready);
+    if (ready) cudaEventDestroy(ready);
+    if (resultHost) cudaFreeHost(resultHost);
+    if (scratch) cudaFree(scratch);
+    (void)cudaGetLastError();
+  }
+};
+
+namespace {
+
+const char* modeName(gradcompBitsMode_t m) {
+  return m == gradcompBitsDynamic ? "dynamic" : m == gradcompBitsBudget ? "budget" : "fixed";
+}
+
+gradcompResult_t createHistory(gradcompComm& c, BufferState& s) {
+  auto h = std::make_shared<BitsHistory>();
+  h->onDevice = c.backend->onDevice();
+  if (h->onDevice) {
+    const size_t scratch = cuda::gradStatsScratchBytes();
+    GC_CUDACHECK(cudaMalloc(&h->scratch, scratch + sizeof(GradStats)));
+    h->resultDev = reinterpret_cast<GradStats*>(static_cast<char*>(h->scratch) + scratch);
+    GC_CUDACHECK(cudaHostAlloc(reinterpret_cast<void**>(&h->resultHost), sizeof(GradStats),
+                               cudaHostAllocDefault));
+    GC_CUDACHECK(cudaEventCreateWithFlags(&h->ready, cudaEventDisableTiming));
+  }
+  s.bitsHistory = h;
+  return gradcompSuccess;
+}
+
+bool usable(const GradStats& st) {
+  return isfinite(st.sumLenMaxSq) && isfinite(st.sumSq);
+}
+
+}  // namespace
+
+GradStats hostGradStats(const void* x, DType t, size_t n, int bucket) {
+  GradStats st{0.0, 0.0};
+  for (size_t base = 0; base < n; base += bucket) {
+    const size_t len = n - base < (size_t)bucket ? n - base : (size_t)bucket;
+    uint32_t maxBits = 0;
+    for (size_t i = 0; i < len; ++i) {
+      const float v = loadAsFloat(x, t, base + i);
+      const uint32_t a = floatToBits(v) & 0x7fffffffu;
+      if (a > maxBits) maxBits = a;
+      st.sumSq += (double)v * (double)v;
+    }
+    const double m = (double)bitsToFloat(maxBits);
+    st.sumLenMaxSq += (double)len * (m * m);
+  }
+  return st;
+}
+
+int dynamicBits(const GradStats& st, double varianceTarget, int bitsMin, int bitsMax) {
+  for (int b = bitsMin; b <= bitsMax; ++b) {
+    const double s = qsgd::levels(b);
+    if (st.sumLenMaxSq <= 4.0 * varianceTarget * st.sumSq * s * s) return b;
+  }
+  return bitsMax;
+}
+
+int BudgetPolicy::choose(const GradStats* st, double budget, int window, int bitsMin, int bitsMax) {
+  const int left = window - pos_;  // calls left in this window, this one included
+  const double remaining = budget * window - used_;
+  double target = remaining / left;
+  if (st != nullptr && usable(*st) && st->sumLenMaxSq > 0.0) {
+    halfLog2A_.push_back(0.5 * log2(st->sumLenMaxSq));
+    while ((int)halfLog2A_.size() > window) halfLog2A_.pop_front();
+    double mean = 0.0;
+    for (double v : halfLog2A_) mean += v;
+    mean /= (double)halfLog2A_.size();
+    target += halfLog2A_.back() - mean;
+  }
+  int b = (int)floor(target + 0.5);
+  b = b < bitsMin ? bitsMin : (b > bitsMax ? bitsMax : b);
+  // Leave at least bitsMin for every later call of the window; budget >=
+  // bitsMin keeps this cap >= bitsMin.
+  const int cap = (int)floor(remaining - (double)bitsMin * (left - 1) + 1e-9);
+  if (b > cap) b = cap;
+  if (b < bitsMin) b = bitsMin;
+  used_ += b;
+  if (++pos_ == window) pos_ = used_ = 0;
+  return b;
+}
+
+gradcompResult_t chooseBits(gradcompComm& c, BufferState& s, int* bits) {
+  const gradcompConfig_t& cfg = c.cfg;
+  if (cfg.bitsMode == gradcompBitsFixed) {
+    *bits = cfg.bits;
+    return gradcompSuccess;
+  }
+  if (c.backend->capturing()) {
+    return setError(gradcompInvalidUsage,
+                    "GRADCOMP_BITS_MODE=%s chooses the bit width on the host from the previous "
+                    "call's statistics, which a CUDA graph cannot do; capture with "
+                    "GRADCOMP_BITS_MODE=fixed",
+                    modeName(cfg.bitsMode));
+  }
+  if (cfg.bitsMode == gradcompBitsBudget && cfg.bitsBudget < (float)cfg.bitsMin) {
+    return setError(gradcompInvalidArgument,
+                    "bitsBudget=%g is below bitsMin=%d: no bit width keeps the budget",
+                    (double)cfg.bitsBudget, cfg.bitsMin);
+  }
+  if (!s.bitsHistory) GC_CHECK(createHistory(c, s));
+  BitsHistory& h = *s.bitsHistory;
+  if (h.pending) {
+    // Only the previous call on this buffer must have finished.
+    GC_CUDACHECK(cudaEventSynchronize(h.ready));
+    h.stats = *h.resultHost;
+    h.haveStats = true;
+    h.pending = false;
+  }
+  int b;
+  const int clampedBits = cfg.bits < cfg.bitsMin   ? cfg.bitsMin
+                          : cfg.bits > cfg.bitsMax ? cfg.bitsMax
+                                                   : cfg.bits;
+  if (cfg.bitsMode == gradcompBitsDynamic) {
+    if (!h.haveStats) {
+      b = clampedBits;
+    } else if (!usable(h.stats)) {
+      b = h.lastBits;  // a non-finite result says nothing about the next one
+    } else if (h.stats.sumSq == 0.0) {
+      b = cfg.bitsMin;  // a zero gradient quantizes exactly at any width
+    } else {
+      b = dynamicBits(h.stats, cfg.varianceTarget, cfg.bitsMin, cfg.bitsMax);
+    }
+  } else {
+    b = h.budget.choose(h.haveStats ? &h.stats : nullptr, cfg.bitsBudget, cfg.budgetWindow,
+                        cfg.bitsMin, cfg.bitsMax);
+  }
+  const double ratio =
+      h.haveStats && h.stats.sumSq > 0.0 ? h.stats.sumLenMaxSq / h.stats.sumSq : 0.0;
+  GC_TRACE(
+      "DQ-SGD %s: step %llu call %llu on buffer of %zu: bits=%d (prev. result: "
+      "sum len*max^2=%.4g ||g||^2=%.4g ratio=%.4g)",
+      modeName(cfg.bitsMode), (unsigned long long)c.step, (unsigned long long)s.calls, s.count, b,
+      h.stats.sumLenMaxSq, h.stats.sumSq, ratio);
+  if (b != h.lastBits) {
+    GC_INFO("DQ-SGD %s: buffer of %zu elements now at %d bits (was %d) from step %llu",
+            modeName(cfg.bitsMode), s.count, b, h.lastBits, (unsigned long long)c.step);
+  }
+  h.lastBits = b;
+  *bits = b;
+  return gradcompSuccess;
+}
+
+gradcompResult_t recordReducedStats(gradcompComm& c, BufferState& s, const void* recv, size_t count,
+                                    DType t) {
+  if (c.cfg.bitsMode == gradcompBitsFixed || !s.bitsHistory) return gradcompSuccess;
+  BitsHistory& h = *s.bitsHistory;
+  if (!h.onDevice) {
+    h.stats = hostGradStats(recv, t, count, c.cfg.bucketSize);
+    h.haveStats = true;
+    return gradcompSuccess;
+  }
+  cudaStream_t stream = c.backend->stream();
+  GC_CUDACHECK(cuda::gradStats(recv, t, count, c.cfg.bucketSize, h.scratch, h.resultDev, stream));
+  GC_CUDACHECK(cudaMemcpyAsync(h.resultHost, h.resultDev, sizeof(GradStats), cudaMemcpyDeviceToHost,
+                               stream));
+  GC_CUDACHECK(cudaEventRecord(h.ready, stream));
+  h.pending = true;
+  return gradcompSuccess;
 }
 
 }  // namespace gc

@@ -1,11 +1,50 @@
-// QSGD bit width per call. Fixed mode returns the configured bits; DQ-SGD
-// modes choose from statistics every rank holds identically.
+// QSGD bit width per call. Fixed mode returns the configured bits. The DQ-SGD
+// modes choose b_t from the statistics of the buffer's PREVIOUS reduced
+// result (per-bucket max and norm), which every rank holds bit for bit, so
+// every rank chooses the same b_t with no extra message:
+//  - dynamic: the fewest bits in [bitsMin, bitsMax] whose variance bound
+//    sum_b len_b * max_b^2 / (4 s^2) stays under varianceTarget * ||g||^2;
+//  - budget: the calls on a buffer form consecutive windows of budgetWindow
+//    calls, each spending at most bitsBudget bits per element on average.
+//    b_t = (what the window has left / calls left) + log2(sqrt(A_t) / the
+//    geometric mean of sqrt(A) over the last window), A = sum_b len_b *
+//    max_b^2: DQ-SGD's levels in proportion to the gradient's scale, so
+//    large gradients get more bits and small ones fewer. Rounded, clamped to
+//    [bitsMin, bitsMax], never leaving less than bitsMin for later calls.
+// On the CUDA backend the statistics are computed on the stream after each
+// call and copied to pinned host memory; the next call waits on that call's
+// event only. Host-side choice: not CUDA-graph capturable (refused).
 #pragma once
 
+#include <deque>
+
+#include "../kernels/grad_stats.h"
 #include "comm.h"
 
 namespace gc {
 
-int chooseBits(gradcompComm& c, BufferState& s);
+// Chooses this call's bits (see above); an error under graph capture.
+gradcompResult_t chooseBits(gradcompComm& c, BufferState& s, int* bits);
+// After a call: enqueue (CUDA) or compute (CPU) the statistics of the
+// reduced result the next call on this buffer chooses from.
+gradcompResult_t recordReducedStats(gradcompComm& c, BufferState& s, const void* recv, size_t count,
+                                    DType t);
+
+// The pure parts, for tests.
+// Statistics of host data, in a fixed order.
+GradStats hostGradStats(const void* x, DType t, size_t n, int bucket);
+// Dynamic mode: the fewest bits meeting the bound; bitsMax when none does.
+int dynamicBits(const GradStats& st, double varianceTarget, int bitsMin, int bitsMax);
+
+class BudgetPolicy {
+ public:
+  // st is null before the first statistics exist.
+  int choose(const GradStats* st, double budget, int window, int bitsMin, int bitsMax);
+
+ private:
+  std::deque<double> halfLog2A_;  // the last `window` values of log2(sqrt(A))
+  int used_ = 0;                  // bits per element spent in the current window
+  int pos_ = 0;                   // calls made in the current window
+};
 
 }  // namespace gc

@@ -15,6 +15,8 @@
 
 namespace gc {
 
+struct BitsHistory;  // DQ-SGD statistics and history (bits_policy.cc)
+
 // Per-buffer state, keyed by (recvbuff, count, dtype) or by an explicit key.
 // All arrays live in backend memory and are zero at creation.
 struct BufferState {
@@ -26,6 +28,7 @@ struct BufferState {
   float* momentum = nullptr;  // DGC momentum u
   uint64_t calls = 0;         // compressed calls on this buffer (warm-up, DQ-SGD)
   int bitsNext = 0;           // DQ-SGD: bit width chosen for the next call (0: config bits)
+  std::shared_ptr<BitsHistory> bitsHistory;  // DQ-SGD modes only
 };
 
 using StateKey = std::tuple<int, uint64_t, size_t, int>;  // (kind, ptr-or-key, count, dtype)
