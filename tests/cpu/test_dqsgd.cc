@@ -1,0 +1,378 @@
+// DQ-SGD (GRADCOMP_BITS_MODE=dynamic|budget) on the CPU backend: every rank
+// picks the same b_t, and it is the policy's rule applied to the previous
+// reduced result as the test computes it; the dynamic choice follows the
+// shape of the gradient (max to norm per bucket) and ignores its magnitude;
+// the budget choice follows the magnitude within the window budget; on a
+// least-squares problem DQ-SGD reaches fixed 8-bit's loss within a stated
+// margin while sending fewer bytes.
+#include <gtest/gtest.h>
+#include <math.h>
+#include <string.h>
+
+#include <algorithm>
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "gradcomp.h"
+#include "kernels/qsgd_math.cuh"
+#include "plugin/bits_policy.h"
+#include "tests/common/cpu_world.h"
+#include "tests/common/test_util.h"
+
+namespace {
+
+// The test's own statistics of a reduced result: A = sum_b len_b*max_b^2,
+// G = ||x||^2.
+gc::GradStats stats(const std::vector<float>& x, int d) {
+  gc::GradStats st{0.0, 0.0};
+  for (size_t b = 0; b * d < x.size(); ++b) {
+    double m = 0;
+    const size_t end = std::min(x.size(), (b + 1) * (size_t)d);
+    for (size_t i = b * d; i < end; ++i) {
+      m = std::max(m, (double)fabsf(x[i]));
+      st.sumSq += (double)x[i] * x[i];
+    }
+    st.sumLenMaxSq += (double)(end - b * d) * m * m;
+  }
+  return st;
+}
+
+// The rule, from its statement: the fewest bits whose bound A/(4 s^2) is
+// within target * G.
+int expectedDynamic(const gc::GradStats& st, double target, int bmin, int bmax) {
+  for (int b = bmin; b <= bmax; ++b) {
+    const double s = (1 << (b - 1)) - 1;
+    if (st.sumLenMaxSq / (4 * s * s) <= target * st.sumSq) return b;
+  }
+  return bmax;
+}
+
+TEST(DqsgdPolicy, DynamicBitsIsTheFewestMeetingTheBound) {
+  for (double ratio : {0.0, 1.0, 3.9, 4.0, 9.5, 10.0, 50.0, 400.0, 1e4, 1e9}) {
+    for (double target : {0.01, 0.05, 0.2}) {
+      gc::GradStats st{ratio * 7.0, 7.0};
+      const int b = gc::dynamicBits(st, target, 2, 8);
+      ASSERT_GE(b, 2);
+      ASSERT_LE(b, 8);
+      const double s = gc::qsgd::levels(b);
+      if (b < 8) ASSERT_LE(st.sumLenMaxSq / (4 * s * s), target * st.sumSq) << ratio;
+      if (b > 2) {
+        const double s1 = gc::qsgd::levels(b - 1);
+        ASSERT_GT(st.sumLenMaxSq / (4 * s1 * s1), target * st.sumSq) << ratio;
+      }
+    }
+  }
+  EXPECT_EQ(gc::dynamicBits(gc::GradStats{1e9, 1.0}, 0.05, 3, 6), 6);  // none fits: the most
+  EXPECT_EQ(gc::dynamicBits(gc::GradStats{1.0, 1.0}, 0.05, 4, 6), 4);  // never below bitsMin
+}
+
+// Windows of W calls spend at most B*W bits per element, whatever the
+// gradients do; with a steady scale the choice is the budget itself.
+TEST(DqsgdPolicy, BudgetWindowsNeverOverspend) {
+  std::mt19937_64 rng(5);
+  std::uniform_real_distribution<double> logA(-20, 20);
+  for (double budget : {2.0, 3.5, 4.0, 5.25, 8.0}) {
+    for (int window : {1, 2, 7, 50}) {
+      for (int bmin : {2, 3}) {
+        if (budget < bmin) continue;
+        gc::BudgetPolicy pol;
+        int sum = 0;
+        for (int t = 0; t < 20 * window; ++t) {
+          gc::GradStats st{exp2(logA(rng)), 1.0};
+          const int b = pol.choose(t == 0 ? nullptr : &st, budget, window, bmin, 8);
+          ASSERT_GE(b, bmin);
+          ASSERT_LE(b, 8);
+          sum += b;
+          if ((t + 1) % window == 0) {
+            ASSERT_LE(sum, budget * window + 1e-9) << "budget=" << budget << " W=" << window;
+            sum = 0;
+          }
+        }
+      }
+    }
+  }
+  gc::BudgetPolicy steady;
+  const gc::GradStats st{1e6, 1.0};
+  int total = 0;
+  for (int t = 0; t < 40; ++t) total += steady.choose(&st, 3.5, 4, 2, 8);
+  EXPECT_EQ(total, 40 * 3.5);  // the whole budget, no more, no less
+}
+
+struct WorldRun {
+  std::vector<std::vector<int>> bits;   // [step][rank]
+  std::vector<std::vector<float>> out;  // [step] rank 0's result
+};
+
+// Runs `steps` in-place Sum calls on N ranks; grad(step, rank) gives inputs.
+WorldRun runWorld(const gradcompConfig_t& cfg, int N, size_t n, int steps,
+                  const std::function<std::vector<float>(int, int)>& grad) {
+  gctest::CpuWorld world(N, cfg);
+  WorldRun run;
+  // The same buffers every step: the state (and its DQ-SGD history) follows
+  // the buffer's address.
+  std::vector<std::vector<float>> buf(N, std::vector<float>(n));
+  for (int step = 0; step < steps; ++step) {
+    for (int r = 0; r < N; ++r) {
+      const std::vector<float> g = grad(step, r);
+      std::copy(g.begin(), g.end(), buf[r].begin());
+    }
+    auto res = world.run([&](int r) {
+      return gradcompAllReduce(buf[r].data(), buf[r].data(), n, ncclFloat32, ncclSum, world.comm(r),
+                               nullptr);
+    });
+    std::vector<int> bits(N);
+    for (int r = 0; r < N; ++r) {
+      EXPECT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
+      EXPECT_EQ(memcmp(buf[r].data(), buf[0].data(), n * 4), 0) << "rank " << r << " differs";
+      gradcompStats_t st;
+      EXPECT_EQ(gradcompGetStats(world.comm(r), &st), gradcompSuccess);
+      bits[r] = st.bitsLast;
+    }
+    run.bits.push_back(bits);
+    run.out.push_back(buf[0]);
+  }
+  return run;
+}
+
+gradcompConfig_t dynamicConfig() {
+  gradcompConfig_t cfg;
+  gradcompConfigInit(&cfg);
+  cfg.minElements = 0;
+  cfg.bucketSize = 128;
+  cfg.bitsMode = gradcompBitsDynamic;
+  cfg.bitsMin = 2;
+  cfg.bitsMax = 8;
+  cfg.varianceTarget = 0.05f;
+  return cfg;
+}
+
+// Gaussian, except: spiky steps put one element 100x in every bucket, and
+// scaled steps multiply everything by 1000.
+std::vector<float> shapedGrad(int step, int rank, size_t n, int d, bool spiky, float scale) {
+  std::vector<float> g = gctest::normal(n, 1000 * step + rank);
+  if (spiky) {
+    for (size_t i = 7; i < n; i += d) g[i] = 100.0f * (rank % 2 ? -1.0f : 1.0f) * (1 + rank);
+  }
+  for (float& v : g) v *= scale;
+  return g;
+}
+
+// All ranks take the same b_t, and it is the rule applied to the previous
+// result: the first call takes cfg.bits. Two-shot, ring and the Elias
+// allgather alike.
+TEST(DqsgdCpu, AllRanksPickTheRuleOfThePreviousResult) {
+  const size_t n = 5000;
+  for (int variant = 0; variant < 3; ++variant) {
+    SCOPED_TRACE(testing::Message() << "variant=" << variant);
+    gradcompConfig_t cfg = dynamicConfig();
+    cfg.bits = 3;
+    if (variant == 1) cfg.algo = gradcompAlgoRing;
+    if (variant == 2) cfg.elias = 1;
+    const int N = 4, steps = 12;
+    WorldRun run = runWorld(cfg, N, n, steps, [&](int step, int r) {
+      return shapedGrad(step, r, n, cfg.bucketSize, step % 4 == 2, step >= 8 ? 1000.0f : 1.0f);
+    });
+    for (int step = 0; step < steps; ++step) {
+      const int expect = step == 0 ? cfg.bits
+                                   : expectedDynamic(stats(run.out[step - 1], cfg.bucketSize),
+                                                     cfg.varianceTarget, 2, 8);
+      for (int r = 0; r < N; ++r) {
+        ASSERT_EQ(run.bits[step][r], expect) << "step " << step << " rank " << r;
+      }
+    }
+  }
+}
+
+// The relative bound is scale-free: multiplying every gradient by 1000 keeps
+// the choice; making each bucket's max stand out (spikes) raises it, and
+// returning to Gaussian gradients lowers it again. Error feedback is off so
+// that each step's result reflects that step's gradients only (with it, the
+// residual of a 1000x phase spills into the next steps' results).
+TEST(DqsgdCpu, DynamicFollowsTheShapeNotTheMagnitude) {
+  gradcompConfig_t cfg = dynamicConfig();
+  cfg.errorFeedback = 0;
+  const size_t n = 8192;
+  const int N = 2, steps = 16;
+  WorldRun run = runWorld(cfg, N, n, steps, [&](int step, int r) {
+    const bool spiky = step >= 8 && step < 12;
+    return shapedGrad(step, r, n, cfg.bucketSize, spiky, step >= 4 && step < 8 ? 1000.0f : 1.0f);
+  });
+  std::vector<int> b(steps);
+  for (int s = 0; s < steps; ++s) b[s] = run.bits[s][0];
+  // b[s] reflects the result of step s-1.
+  EXPECT_EQ(b[3], b[2]);
+  EXPECT_EQ(b[5], b[3]) << "a 1000x larger gradient of the same shape must not change bits";
+  EXPECT_EQ(b[7], b[3]);
+  EXPECT_GT(b[9], b[7]) << "spiky buckets need more levels";
+  EXPECT_EQ(b[11], b[9]);
+  EXPECT_LT(b[13], b[11]);
+  EXPECT_EQ(b[15], b[3]);
+  printf("[ dqsgd ] dynamic bits per step:");
+  for (int v : b) printf(" %d", v);
+  printf("\n");
+}
+
+// Budget mode: each window of W calls averages at most the budget; a jump of
+// the gradient's scale raises b_t at once, a drop lowers it.
+TEST(DqsgdCpu, BudgetFollowsTheScaleWithinTheWindowBudget) {
+  gradcompConfig_t cfg = dynamicConfig();
+  cfg.bitsMode = gradcompBitsBudget;
+  cfg.bitsBudget = 4.0f;
+  cfg.budgetWindow = 10;
+  const size_t n = 4096;
+  const int N = 2, steps = 60;
+  auto scaleAt = [](int step) { return step < 20 ? 1.0f : step < 40 ? 100.0f : 0.01f; };
+  WorldRun run = runWorld(cfg, N, n, steps, [&](int step, int r) {
+    return shapedGrad(step, r, n, cfg.bucketSize, false, scaleAt(step));
+  });
+  std::vector<int> b(steps);
+  for (int s = 0; s < steps; ++s) {
+    b[s] = run.bits[s][0];
+    for (int r = 1; r < N; ++r) ASSERT_EQ(run.bits[s][r], b[s]);
+  }
+  for (int w = 0; w < steps / 10; ++w) {
+    int sum = 0;
+    for (int s = 10 * w; s < 10 * w + 10; ++s) sum += b[s];
+    EXPECT_LE(sum, 40) << "window " << w;
+  }
+  EXPECT_EQ(b[19], 4) << "a steady scale spends exactly the budget";
+  EXPECT_GT(b[21], b[19]) << "the first call after the jump to 100x";
+  EXPECT_LT(b[41], b[39]) << "the first call after the drop to 0.01x";
+  printf("[ dqsgd ] budget bits per step:");
+  for (int v : b) printf(" %d", v);
+  printf("\n");
+}
+
+TEST(DqsgdCpu, BudgetBelowBitsMinIsRefused) {
+  gradcompConfig_t cfg = dynamicConfig();
+  cfg.bitsMode = gradcompBitsBudget;
+  cfg.bitsMin = 5;
+  cfg.bitsBudget = 4.0f;
+  gctest::CpuWorld world(2, cfg);
+  std::vector<std::vector<float>> g(2, std::vector<float>(1000, 1.0f));
+  std::vector<std::string> msg(2);
+  auto res = world.run([&](int r) {
+    gradcompResult_t e = gradcompAllReduce(g[r].data(), g[r].data(), 1000, ncclFloat32, ncclSum,
+                                           world.comm(r), nullptr);
+    msg[r] = gradcompGetLastError();  // per thread
+    return e;
+  });
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_EQ(res[r], gradcompInvalidArgument);
+    EXPECT_NE(msg[r].find("bitsBudget=4 is below bitsMin=5"), std::string::npos) << msg[r];
+  }
+}
+
+// ---- convergence: least squares, 4 ranks, plain SGD on full local batches
+
+struct LeastSquares {
+  int ranks = 4, rows = 512, dim = 1024;  // rows per rank
+  std::vector<std::vector<float>> A, y;   // per rank, row-major
+  LeastSquares() {
+    std::vector<float> xs = gctest::normal(dim, 1);
+    for (int r = 0; r < ranks; ++r) {
+      A.push_back(gctest::normal((size_t)rows * dim, 10 + r));
+      std::vector<float> noise = gctest::normal(rows, 20 + r, 0.1f);
+      std::vector<float> yr(rows);
+      for (int i = 0; i < rows; ++i) {
+        double v = noise[i];
+        for (int k = 0; k < dim; ++k) v += (double)A[r][(size_t)i * dim + k] * xs[k];
+        yr[i] = (float)v;
+      }
+      y.push_back(yr);
+    }
+  }
+  // Local gradient (1/rows) A_r^T (A_r x - y_r).
+  void grad(int r, const std::vector<float>& x, std::vector<float>* g) const {
+    std::vector<double> acc(dim, 0.0);
+    for (int i = 0; i < rows; ++i) {
+      const float* a = &A[r][(size_t)i * dim];
+      double res = -y[r][i];
+      for (int k = 0; k < dim; ++k) res += (double)a[k] * x[k];
+      for (int k = 0; k < dim; ++k) acc[k] += res * a[k];
+    }
+    for (int k = 0; k < dim; ++k) (*g)[k] = (float)(acc[k] / rows);
+  }
+  double loss(const std::vector<float>& x) const {
+    double l = 0;
+    for (int r = 0; r < ranks; ++r) {
+      for (int i = 0; i < rows; ++i) {
+        double res = -y[r][i];
+        for (int k = 0; k < dim; ++k) res += (double)A[r][(size_t)i * dim + k] * x[k];
+        l += res * res;
+      }
+    }
+    return l / (2.0 * ranks * rows);
+  }
+};
+
+struct Trained {
+  double loss;
+  uint64_t bytesOnWire;
+  std::vector<int> bits;
+};
+
+Trained train(const LeastSquares& p, const gradcompConfig_t& cfg, int steps, float lr) {
+  gctest::CpuWorld world(p.ranks, cfg);
+  std::vector<std::vector<float>> x(p.ranks, std::vector<float>(p.dim, 0.0f));
+  std::vector<int> bits;
+  auto res = world.run([&](int r) {
+    std::vector<float> g(p.dim);
+    for (int t = 0; t < steps; ++t) {
+      p.grad(r, x[r], &g);
+      gradcompResult_t e = gradcompAllReduce(g.data(), g.data(), p.dim, ncclFloat32, ncclAvg,
+                                             world.comm(r), nullptr);
+      if (e != gradcompSuccess) return e;
+      for (int k = 0; k < p.dim; ++k) x[r][k] -= lr * g[k];
+      if (r == 0) {
+        gradcompStats_t st;
+        gradcompGetStats(world.comm(0), &st);
+        bits.push_back(st.bitsLast);
+      }
+    }
+    return gradcompSuccess;
+  });
+  for (auto e : res) EXPECT_EQ(e, gradcompSuccess) << gradcompGetLastError();
+  for (int r = 1; r < p.ranks; ++r) EXPECT_EQ(x[r], x[0]) << "rank " << r << " diverged";
+  gradcompStats_t st;
+  EXPECT_EQ(gradcompGetStats(world.comm(0), &st), gradcompSuccess);
+  return Trained{p.loss(x[0]), st.bytesOnWire, bits};
+}
+
+// Margin, stated before running: after the same number of steps DQ-SGD
+// (variance target 0.05) is within 1% of fixed 8-bit's loss, L_dq <= 1.01 L_8,
+// and sends fewer bytes in total. (The uncompressed run is printed for
+// reference; the noise floor of this problem is about 0.0025.)
+TEST(DqsgdCpu, LeastSquaresReachesFixed8BitLossWithFewerBytes) {
+  const LeastSquares p;
+  const int steps = 150;
+  const float lr = 1.0f / 3.0f;  // below 2/L, L ~ (1 + sqrt(dim/(ranks*rows)))^2 ~ 2.9
+  const double l0 = p.loss(std::vector<float>(p.dim, 0.0f));
+
+  gradcompConfig_t fixed8 = dynamicConfig();
+  fixed8.bitsMode = gradcompBitsFixed;
+  fixed8.bits = 8;
+  gradcompConfig_t dq = dynamicConfig();
+  dq.bits = 8;  // the first call, before any statistics
+  const Trained a = train(p, fixed8, steps, lr);
+  const Trained b = train(p, dq, steps, lr);
+  gradcompConfig_t exact = fixed8;
+  exact.method = gradcompMethodNone;
+  const Trained c = train(p, exact, steps, lr);
+  double meanBits = 0;
+  for (int v : b.bits) meanBits += v;
+  meanBits /= b.bits.size();
+  printf(
+      "[ dqsgd ] least squares, %d steps: L0=%.5g  uncompressed L=%.6g  fixed-8 L=%.6g "
+      "bytes=%llu  DQ-SGD L=%.6g bytes=%llu (mean %.2f bits, %.1f%% of the bytes)\n",
+      steps, l0, c.loss, a.loss, (unsigned long long)a.bytesOnWire, b.loss,
+      (unsigned long long)b.bytesOnWire, meanBits, 100.0 * b.bytesOnWire / a.bytesOnWire);
+  EXPECT_LT(a.loss, 0.01 * l0) << "the problem itself must converge";
+  EXPECT_LE(b.loss, 1.01 * a.loss);
+  EXPECT_LT(b.bytesOnWire, a.bytesOnWire);
+  EXPECT_LT(meanBits, 8.0);
+}
+
+}  // namespace
