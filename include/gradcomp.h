@@ -82,17 +82,17 @@ typedef struct {
   int errorFeedback;       /* GRADCOMP_EF 0/1, default 1 */
   int ownerResidual;       /* GRADCOMP_OWNER_RESIDUAL 0/1: residual for the 2nd quantization */
   /* sparse methods */
-  float density;             /* GRADCOMP_DENSITY (0,1], default 0.01 */
-  float oversample;          /* GRADCOMP_OVERSAMPLE c in kmax = ceil(c*density*n), default 2 */
-  float sampleRate;          /* GRADCOMP_SAMPLE_RATE share of |v| sampled, default 0.01 */
-  gradcompSelect_t select;   /* GRADCOMP_SELECT threshold|exact */
-  ncclDataType_t valueType;  /* GRADCOMP_VALUE_TYPE float|half|bfloat16 on the wire */
+  float density;            /* GRADCOMP_DENSITY (0,1], default 0.01 */
+  float oversample;         /* GRADCOMP_OVERSAMPLE c in kmax = ceil(c*density*n), default 2 */
+  float sampleRate;         /* GRADCOMP_SAMPLE_RATE share of |v| sampled, default 0.01 */
+  gradcompSelect_t select;  /* GRADCOMP_SELECT threshold|exact */
+  ncclDataType_t valueType; /* GRADCOMP_VALUE_TYPE float|half|bfloat16 on the wire */
   /* DGC extras */
-  float momentum;            /* GRADCOMP_MOMENTUM m, default 0.9 */
-  int momentumCorrection;    /* GRADCOMP_MOMENTUM_CORRECTION 0/1 (dgc default 1) */
-  float clipNorm;            /* GRADCOMP_CLIP_NORM, 0 = off */
-  int momentumMasking;       /* GRADCOMP_MOMENTUM_MASKING 0/1 */
-  int warmupSteps;           /* GRADCOMP_WARMUP_STEPS, 0 = off */
+  float momentum;         /* GRADCOMP_MOMENTUM m, default 0.9 */
+  int momentumCorrection; /* GRADCOMP_MOMENTUM_CORRECTION 0/1 (dgc default 1) */
+  float clipNorm;         /* GRADCOMP_CLIP_NORM, 0 = off */
+  int momentumMasking;    /* GRADCOMP_MOMENTUM_MASKING 0/1 */
+  int warmupSteps;        /* GRADCOMP_WARMUP_STEPS, 0 = off */
   /* DQ-SGD */
   gradcompBitsMode_t bitsMode; /* GRADCOMP_BITS_MODE fixed|dynamic|budget */
   int bitsMin;                 /* GRADCOMP_BITS_MIN */
@@ -149,14 +149,14 @@ gradcompResult_t gradcompCommLoadState(gradcompComm_t comm, const void* buffer, 
 typedef struct {
   uint64_t callsCompressed;
   uint64_t callsPassedThrough;
-  uint64_t bytesIn;          /* dense bytes of compressed calls (count * sizeof(type)) */
-  uint64_t bytesOnWire;      /* bytes this rank sent for compressed calls */
-  uint64_t callsPerAlgo[5];  /* indexed by gradcompAlgo_t (auto unused) */
-  uint64_t denseFallbacks;   /* sparse calls that went dense because N*kmax was too big */
-  uint64_t selectedLast;     /* sparse: entries selected in the last call (this rank) */
-  uint64_t targetLast;       /* sparse: density*n target of the last call */
-  int bitsLast;              /* QSGD: bits used by the last call (DQ-SGD varies it) */
-  uint64_t steps;            /* compressed calls on this comm (the step counter) */
+  uint64_t bytesIn;         /* dense bytes of compressed calls (count * sizeof(type)) */
+  uint64_t bytesOnWire;     /* bytes this rank sent for compressed calls */
+  uint64_t callsPerAlgo[5]; /* indexed by gradcompAlgo_t (auto unused) */
+  uint64_t denseFallbacks;  /* sparse calls that went dense because N*kmax was too big */
+  uint64_t selectedLast;    /* sparse: entries selected in the last call (this rank) */
+  uint64_t targetLast;      /* sparse: density*n target of the last call */
+  int bitsLast;             /* QSGD: bits used by the last call (DQ-SGD varies it) */
+  uint64_t steps;           /* compressed calls on this comm (the step counter) */
 } gradcompStats_t;
 
 gradcompResult_t gradcompGetStats(gradcompComm_t comm, gradcompStats_t* stats);
@@ -166,9 +166,8 @@ gradcompResult_t gradcompGetStats(gradcompComm_t comm, gradcompStats_t* stats);
  * pointers and a stream; for the same seed they produce the same bytes.
  * x may be ncclFloat32, ncclFloat16 or ncclBfloat16. No host sync, no
  * allocation; capturable in a CUDA graph; any alignment. */
-gradcompResult_t gradcompQsgdEncode(const void* x, ncclDataType_t datatype, size_t count,
-                                    int bits, int bucketSize, uint64_t seed, void* out,
-                                    cudaStream_t stream);
+gradcompResult_t gradcompQsgdEncode(const void* x, ncclDataType_t datatype, size_t count, int bits,
+                                    int bucketSize, uint64_t seed, void* out, cudaStream_t stream);
 /* Error feedback, fused: r += g; out = encode(r); r -= decode(out). Buckets
  * that are not finite leave r unchanged. */
 gradcompResult_t gradcompQsgdEncodeEF(const void* g, ncclDataType_t datatype, float* residual,

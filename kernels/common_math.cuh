@@ -19,7 +19,9 @@ namespace gc {
 
 enum class DType : int { F32 = 0, F16 = 1, BF16 = 2 };
 
-GC_HD size_t dtypeBytes(DType t) { return t == DType::F32 ? 4 : 2; }
+GC_HD size_t dtypeBytes(DType t) {
+  return t == DType::F32 ? 4 : 2;
+}
 
 GC_HD float bitsToFloat(uint32_t u) {
 #if defined(__CUDA_ARCH__)
@@ -70,7 +72,9 @@ GC_HD float fdiv(float a, float b) {
 #endif
 }
 
-GC_HD bool isFiniteBits(uint32_t absBits) { return absBits < 0x7f800000u; }
+GC_HD bool isFiniteBits(uint32_t absBits) {
+  return absBits < 0x7f800000u;
+}
 
 // Exact fp16 -> fp32.
 GC_HD float halfToFloat(uint16_t h) {
@@ -102,8 +106,8 @@ GC_HD uint16_t floatToHalf(float f) {
   uint32_t ax = x & 0x7fffffffu;
   if (ax >= 0x7f800000u) return (uint16_t)(sign | (ax > 0x7f800000u ? 0x7e00u : 0x7c00u));
   if (ax >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u);  // rounds past 65504
-  if (ax < 0x38800000u) {                                      // half subnormal or zero
-    if (ax < 0x33000000u) return sign;                         // below half of min subnormal
+  if (ax < 0x38800000u) {                                    // half subnormal or zero
+    if (ax < 0x33000000u) return sign;                       // below half of min subnormal
     uint32_t e = ax >> 23;
     uint32_t m = (ax & 0x7fffffu) | 0x800000u;
     uint32_t shift = 126u - e;  // 14..24
@@ -119,7 +123,9 @@ GC_HD uint16_t floatToHalf(float f) {
   return (uint16_t)(sign | r);
 }
 
-GC_HD float bf16ToFloat(uint16_t h) { return bitsToFloat((uint32_t)h << 16); }
+GC_HD float bf16ToFloat(uint16_t h) {
+  return bitsToFloat((uint32_t)h << 16);
+}
 
 GC_HD uint16_t floatToBf16(float f) {
   uint32_t x = floatToBits(f);

@@ -82,8 +82,8 @@ __global__ void __launch_bounds__(kEncodeThreads)
 }
 
 __global__ void __launch_bounds__(kDecodeThreads)
-    qsgdDecodeKernel(const float* __restrict__ scales, const uint32_t* __restrict__ words,
-                     size_t n, int bits, int bucket, float* __restrict__ out, bool accumulate) {
+    qsgdDecodeKernel(const float* __restrict__ scales, const uint32_t* __restrict__ words, size_t n,
+                     int bits, int bucket, float* __restrict__ out, bool accumulate) {
   __shared__ float levelTable[128];
   const int s = qsgd::levels(bits);
   for (int l = threadIdx.x; l <= s; l += blockDim.x) levelTable[l] = qsgd::levelValue(l, s);
@@ -117,8 +117,8 @@ cudaError_t qsgdEncode(const void* x, DType t, float* residual, size_t n, int bi
   return cudaGetLastError();
 }
 
-cudaError_t qsgdDecode(const void* in, size_t n, int bits, int bucket, float* out,
-                       bool accumulate, cudaStream_t stream) {
+cudaError_t qsgdDecode(const void* in, size_t n, int bits, int bucket, float* out, bool accumulate,
+                       cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
   const size_t nb = qsgd::numBuckets(n, bucket);
   const float* scales = static_cast<const float*>(in);

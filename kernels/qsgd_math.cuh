@@ -12,10 +12,16 @@ constexpr int kMaxBits = 8;
 constexpr int kMinBucket = 32;
 constexpr int kMaxBucket = 8192;
 
-GC_HD int levels(int bits) { return (1 << (bits - 1)) - 1; }
+GC_HD int levels(int bits) {
+  return (1 << (bits - 1)) - 1;
+}
 
-GC_HD size_t numBuckets(size_t count, int bucket) { return (count + bucket - 1) / bucket; }
-GC_HD size_t codeWords(size_t count, int bits) { return (count * (size_t)bits + 31) / 32; }
+GC_HD size_t numBuckets(size_t count, int bucket) {
+  return (count + bucket - 1) / bucket;
+}
+GC_HD size_t codeWords(size_t count, int bits) {
+  return (count * (size_t)bits + 31) / 32;
+}
 GC_HD size_t encodedBytes(size_t count, int bits, int bucket) {
   return numBuckets(count, bucket) * 4 + codeWords(count, bits) * 4;
 }
@@ -23,7 +29,9 @@ GC_HD size_t encodedBytes(size_t count, int bits, int bucket) {
 // Scale of a bucket from the max of |x| as raw bits: for non-negative floats
 // the unsigned order of the bits is the float order and NaN sorts above Inf,
 // so an integer max is exact, order-free and propagates NaN.
-GC_HD float scaleFromMaxBits(uint32_t maxAbsBits) { return bitsToFloat(maxAbsBits); }
+GC_HD float scaleFromMaxBits(uint32_t maxAbsBits) {
+  return bitsToFloat(maxAbsBits);
+}
 
 // s/scale, or 0 to tell quantRatio to divide per element: when s/scale
 // overflows (tiny scale) or is subnormal (huge scale) it loses precision.
@@ -53,7 +61,9 @@ GC_HD uint32_t encodeValue(float x, float scale, float rec, int bits, float u) {
   return (sign << (bits - 1)) | (uint32_t)level;
 }
 
-GC_HD float levelValue(int level, int s) { return fdiv((float)level, (float)s); }
+GC_HD float levelValue(int level, int s) {
+  return fdiv((float)level, (float)s);
+}
 
 GC_HD float decodeValue(uint32_t code, float scale, int bits) {
   const int s = levels(bits);

@@ -15,8 +15,8 @@ struct CallArgs {
   DType dtype;
   bool average;
   BufferState* state;
-  int bits;            // QSGD bit width for this call
-  uint64_t step;       // comm step: RNG keys are (seed, step, rank, stream)
+  int bits;       // QSGD bit width for this call
+  uint64_t step;  // comm step: RNG keys are (seed, step, rank, stream)
 };
 
 struct Algorithm {
@@ -36,6 +36,8 @@ const Algorithm& allgatherAlgorithm();  // algo_allgather.cc
 const Algorithm& pickDenseAlgorithm(const gradcompComm& c, size_t count);
 
 // Workspace offsets aligned to 256 bytes.
-inline size_t alignUp(size_t x, size_t a = 256) { return (x + a - 1) / a * a; }
+inline size_t alignUp(size_t x, size_t a = 256) {
+  return (x + a - 1) / a * a;
+}
 
 }  // namespace gc

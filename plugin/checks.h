@@ -20,9 +20,9 @@ void clearError();
 
 }  // namespace gc
 
-#define GC_CHECK(call)                             \
-  do {                                             \
-    gradcompResult_t gc_res_ = (call);             \
+#define GC_CHECK(call)                              \
+  do {                                              \
+    gradcompResult_t gc_res_ = (call);              \
     if (gc_res_ != gradcompSuccess) return gc_res_; \
   } while (0)
 
@@ -35,7 +35,7 @@ void clearError();
     }                                                                                            \
   } while (0)
 
-#define GC_ARG(cond, ...)                                              \
-  do {                                                                 \
+#define GC_ARG(cond, ...)                                                     \
+  do {                                                                        \
     if (!(cond)) return ::gc::setError(gradcompInvalidArgument, __VA_ARGS__); \
   } while (0)

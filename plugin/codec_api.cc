@@ -15,8 +15,8 @@ GC_EXPORT gradcompResult_t gradcompQsgdEncodeEF(const void* g, ncclDataType_t da
   if (count == 0) return gradcompSuccess;
   GC_ARG(((uintptr_t)out & 3) == 0, "out=%p must be 4-byte aligned (it starts with fp32 scales)",
          out);
-  GC_ARG(((uintptr_t)g % gc::dtypeBytes(t)) == 0, "g=%p is not aligned to its element size %zu",
-         g, gc::dtypeBytes(t));
+  GC_ARG(((uintptr_t)g % gc::dtypeBytes(t)) == 0, "g=%p is not aligned to its element size %zu", g,
+         gc::dtypeBytes(t));
   GC_CHECK(gc::checkDevicePointer(g, "g"));
   GC_CHECK(gc::checkDevicePointer(out, "out"));
   if (residual != nullptr) GC_CHECK(gc::checkDevicePointer(residual, "residual"));
@@ -35,8 +35,7 @@ GC_EXPORT gradcompResult_t gradcompQsgdDecode(const void* in, size_t count, int 
                                               cudaStream_t stream) {
   GC_CHECK(gc::qsgdCheckParams(bits, bucketSize));
   if (count == 0) return gradcompSuccess;
-  GC_ARG(((uintptr_t)in & 3) == 0, "in=%p must be 4-byte aligned (it starts with fp32 scales)",
-         in);
+  GC_ARG(((uintptr_t)in & 3) == 0, "in=%p must be 4-byte aligned (it starts with fp32 scales)", in);
   GC_CHECK(gc::checkDevicePointer(in, "in"));
   GC_CHECK(gc::checkDevicePointer(out, "out"));
   GC_CUDACHECK(gc::cuda::qsgdDecode(in, count, bits, bucketSize, out, accumulate != 0, stream));

@@ -24,8 +24,8 @@ void qsgdDecode(const void* in, size_t n, int bits, int bucket, float* out, bool
 namespace cuda {
 cudaError_t qsgdEncode(const void* x, DType t, float* residual, size_t n, int bits, int bucket,
                        uint64_t key, void* out, cudaStream_t stream);
-cudaError_t qsgdDecode(const void* in, size_t n, int bits, int bucket, float* out,
-                       bool accumulate, cudaStream_t stream);
+cudaError_t qsgdDecode(const void* in, size_t n, int bits, int bucket, float* out, bool accumulate,
+                       cudaStream_t stream);
 }  // namespace cuda
 
 }  // namespace gc

@@ -21,9 +21,15 @@ gradcompResult_t qsgdCheckParams(int bits, int bucketSize) {
 
 gradcompResult_t dtypeFromNccl(ncclDataType_t t, DType* out) {
   switch (t) {
-    case ncclFloat32: *out = DType::F32; return gradcompSuccess;
-    case ncclFloat16: *out = DType::F16; return gradcompSuccess;
-    case ncclBfloat16: *out = DType::BF16; return gradcompSuccess;
+    case ncclFloat32:
+      *out = DType::F32;
+      return gradcompSuccess;
+    case ncclFloat16:
+      *out = DType::F16;
+      return gradcompSuccess;
+    case ncclBfloat16:
+      *out = DType::BF16;
+      return gradcompSuccess;
     default:
       return setError(gradcompInvalidArgument,
                       "datatype=%d is not compressible: ncclFloat32(7), ncclFloat16(6) or "
@@ -84,9 +90,8 @@ void qsgdDecode(const void* in, size_t n, int bits, int bucket, float* out, bool
 extern "C" {
 
 GC_EXPORT size_t gradcompQsgdEncodedBytes(size_t count, int bits, int bucketSize) {
-  if (bits < gc::qsgd::kMinBits || bits > gc::qsgd::kMaxBits ||
-      bucketSize < gc::qsgd::kMinBucket || bucketSize > gc::qsgd::kMaxBucket ||
-      bucketSize % 32 != 0) {
+  if (bits < gc::qsgd::kMinBits || bits > gc::qsgd::kMaxBits || bucketSize < gc::qsgd::kMinBucket ||
+      bucketSize > gc::qsgd::kMaxBucket || bucketSize % 32 != 0) {
     return 0;
   }
   return gc::qsgd::encodedBytes(count, bits, bucketSize);
@@ -96,7 +101,7 @@ GC_EXPORT gradcompResult_t gradcompQsgdEncodeTypedHost(const void* x, ncclDataTy
                                                        float* residual, size_t count, int bits,
                                                        int bucketSize, uint64_t seed, void* out) {
   GC_CHECK(gc::qsgdCheckParams(bits, bucketSize));
-  gc::DType t;
+  gc::DType t = gc::DType::F32;
   GC_CHECK(gc::dtypeFromNccl(datatype, &t));
   if (count == 0) return gradcompSuccess;
   GC_ARG(x != nullptr && out != nullptr, "x=%p and out=%p must not be NULL for count=%zu", x, out,
@@ -118,8 +123,7 @@ GC_EXPORT gradcompResult_t gradcompQsgdDecodeHost(const void* in, size_t count, 
   if (count == 0) return gradcompSuccess;
   GC_ARG(in != nullptr && out != nullptr, "in=%p and out=%p must not be NULL for count=%zu", in,
          out, count);
-  GC_ARG(((uintptr_t)in & 3) == 0, "in=%p must be 4-byte aligned (it starts with fp32 scales)",
-         in);
+  GC_ARG(((uintptr_t)in & 3) == 0, "in=%p must be 4-byte aligned (it starts with fp32 scales)", in);
   gc::host::qsgdDecode(in, count, bits, bucketSize, out, accumulate != 0);
   return gradcompSuccess;
 }

@@ -163,7 +163,8 @@ static gradcompResult_t applyParam(const ParamSpec& p, const char* v, gradcompCo
       field<int>(c, p.offset) = x;
       return gradcompSuccess;
     }
-    case ParamKind::String: return gradcompSuccess;
+    case ParamKind::String:
+      return gradcompSuccess;
   }
   return gradcompSuccess;
 }
@@ -246,8 +247,7 @@ GC_EXPORT gradcompResult_t gradcompConfigValidate(const gradcompConfig_t* c) {
          (double)c->sampleRate);
   GC_ARG(c->select == gradcompSelectThreshold || c->select == gradcompSelectExact,
          "select=%d is not threshold(0) or exact(1)", (int)c->select);
-  GC_ARG(c->valueType == ncclFloat32 || c->valueType == ncclFloat16 ||
-             c->valueType == ncclBfloat16,
+  GC_ARG(c->valueType == ncclFloat32 || c->valueType == ncclFloat16 || c->valueType == ncclBfloat16,
          "valueType=%d is not ncclFloat32, ncclFloat16 or ncclBfloat16", (int)c->valueType);
   GC_ARG(c->momentum >= 0.0f && c->momentum < 1.0f, "momentum=%g is out of range [0, 1)",
          (double)c->momentum);

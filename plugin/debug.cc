@@ -18,8 +18,8 @@ static LogLevel parseLevel() {
   if (strcasecmp(v, "INFO") == 0) return LogLevel::Info;
   if (strcasecmp(v, "TRACE") == 0) return LogLevel::Trace;
   if (strcasecmp(v, "NONE") == 0 || strcasecmp(v, "OFF") == 0) return LogLevel::None;
-  fprintf(stderr, "gradcomp WARN GRADCOMP_DEBUG=%s is not one of NONE|WARN|INFO|TRACE; using WARN\n",
-          v);
+  fprintf(stderr,
+          "gradcomp WARN GRADCOMP_DEBUG=%s is not one of NONE|WARN|INFO|TRACE; using WARN\n", v);
   return LogLevel::Warn;
 }
 

@@ -11,11 +11,11 @@ void logMessage(LogLevel level, const char* file, int line, const char* fmt, ...
 
 }  // namespace gc
 
-#define GC_LOG(level, ...)                                                \
-  do {                                                                    \
-    if (::gc::logLevel() >= (level)) {                                    \
-      ::gc::logMessage((level), __FILE__, __LINE__, __VA_ARGS__);         \
-    }                                                                     \
+#define GC_LOG(level, ...)                                        \
+  do {                                                            \
+    if (::gc::logLevel() >= (level)) {                            \
+      ::gc::logMessage((level), __FILE__, __LINE__, __VA_ARGS__); \
+    }                                                             \
   } while (0)
 #define GC_WARN(...) GC_LOG(::gc::LogLevel::Warn, __VA_ARGS__)
 #define GC_INFO(...) GC_LOG(::gc::LogLevel::Info, __VA_ARGS__)

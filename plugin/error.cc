@@ -16,7 +16,9 @@ gradcompResult_t setError(gradcompResult_t result, const char* fmt, ...) {
   return result;
 }
 
-void clearError() { tlsLastError[0] = '\0'; }
+void clearError() {
+  tlsLastError[0] = '\0';
+}
 
 }  // namespace gc
 
@@ -24,15 +26,24 @@ extern "C" {
 
 GC_EXPORT const char* gradcompGetErrorString(gradcompResult_t r) {
   switch (r) {
-    case gradcompSuccess: return "no error";
-    case gradcompInvalidArgument: return "invalid argument";
-    case gradcompInvalidUsage: return "invalid usage";
-    case gradcompCudaError: return "CUDA error";
-    case gradcompNcclError: return "NCCL error";
-    case gradcompSystemError: return "system error";
-    case gradcompInternalError: return "internal error";
-    case gradcompNotSupported: return "not supported";
-    default: return "unknown result code";
+    case gradcompSuccess:
+      return "no error";
+    case gradcompInvalidArgument:
+      return "invalid argument";
+    case gradcompInvalidUsage:
+      return "invalid usage";
+    case gradcompCudaError:
+      return "CUDA error";
+    case gradcompNcclError:
+      return "NCCL error";
+    case gradcompSystemError:
+      return "system error";
+    case gradcompInternalError:
+      return "internal error";
+    case gradcompNotSupported:
+      return "not supported";
+    default:
+      return "unknown result code";
   }
 }
 

@@ -6,6 +6,8 @@
 #include <cuda_runtime_api.h>
 #include <nccl.h>
 
+#include "checks.h"
+
 namespace gc {
 
 struct NcclApi {
@@ -26,3 +28,12 @@ struct NcclApi {
 const NcclApi* ncclApi();
 
 }  // namespace gc
+
+#define GC_NCCLCHECK(call)                                                                         \
+  do {                                                                                             \
+    ncclResult_t gc_nres_ = (call);                                                                \
+    if (gc_nres_ != ncclSuccess) {                                                                 \
+      return ::gc::setError(gradcompNcclError, "NCCL error %d '%s' at %s:%d (%s)", (int)gc_nres_,  \
+                            ::gc::ncclApi()->getErrorString(gc_nres_), __FILE__, __LINE__, #call); \
+    }                                                                                              \
+  } while (0)

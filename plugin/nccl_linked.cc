@@ -4,8 +4,8 @@
 namespace gc {
 
 const NcclApi* ncclApi() {
-  static const NcclApi api = {ncclAllReduce, ncclAllGather, ncclSend,         ncclRecv,
-                              ncclGroupStart, ncclGroupEnd, ncclCommCount,    ncclCommUserRank,
+  static const NcclApi api = {ncclAllReduce,    ncclAllGather,     ncclSend,      ncclRecv,
+                              ncclGroupStart,   ncclGroupEnd,      ncclCommCount, ncclCommUserRank,
                               ncclCommCuDevice, ncclGetErrorString};
   return &api;
 }

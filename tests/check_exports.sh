@@ -10,7 +10,9 @@ if [ -n "$bad" ]; then
 fi
 for s in gradcompGetErrorString gradcompGetLastError gradcompConfigInit gradcompConfigFromEnv \
          gradcompQsgdEncodedBytes gradcompQsgdEncodeHost gradcompQsgdDecodeHost \
-         gradcompQsgdEncode gradcompQsgdEncodeEF gradcompQsgdDecode; do
+         gradcompQsgdEncode gradcompQsgdEncodeEF gradcompQsgdDecode gradcompCommCreate \
+         gradcompCommCreateCpu gradcompCommDestroy gradcompAllReduce gradcompAllReduceKeyed \
+         gradcompGetStats gradcompCommSaveState gradcompCommLoadState gradcompCommResetState; do
   echo "$syms" | grep -qx "$s" || { echo "FAIL: $lib does not export $s"; exit 1; }
 done
 echo "PASS: $(echo "$syms" | wc -l) exported symbols, all gradcomp*"

@@ -35,8 +35,7 @@ float bucketMaxAbs(const std::vector<float>& x, size_t b, int d) {
 
 std::vector<uint8_t> encode(const std::vector<float>& x, int bits, int d, uint64_t seed) {
   std::vector<uint8_t> enc(gradcompQsgdEncodedBytes(x.size(), bits, d) + 1, 0xAB);
-  EXPECT_EQ(gradcompQsgdEncodeHost(x.data(), x.size(), bits, d, seed, enc.data()),
-            gradcompSuccess);
+  EXPECT_EQ(gradcompQsgdEncodeHost(x.data(), x.size(), bits, d, seed, enc.data()), gradcompSuccess);
   EXPECT_EQ(enc.back(), 0xAB) << "encoder wrote past encodedBytes";
   enc.pop_back();
   return enc;
@@ -129,8 +128,8 @@ TEST(QsgdHost, UnbiasedOverSeeds) {
       const double scale = scalef;
       // p is the probability of rounding up for the ratio as the codec
       // computes it in fp32 (within a few ulp of |x|/scale*s).
-      const float rf = gc::qsgd::quantRatio(fabsf(x[i]), scalef,
-                                            gc::qsgd::reciprocal(scalef, s), s);
+      const float rf =
+          gc::qsgd::quantRatio(fabsf(x[i]), scalef, gc::qsgd::reciprocal(scalef, s), s);
       ASSERT_NEAR(rf, fabs(x[i]) / scale * s, 4e-7 * s);
       const double p = rf - floor(rf);
       const double sigma = sqrt(p * (1 - p)) * scale / s / sqrt((double)S);

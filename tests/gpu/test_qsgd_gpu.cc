@@ -30,8 +30,8 @@ TEST_F(QsgdGpu, EncodeEFAndDecodeBitExactAllBitsAndTypes) {
     for (int bits = 2; bits <= 8; ++bits) {
       for (size_t n : counts) {
         for (int withResidual = 0; withResidual <= 1; ++withResidual) {
-          SCOPED_TRACE(testing::Message() << "type=" << t << " bits=" << bits << " n=" << n
-                                          << " ef=" << withResidual);
+          SCOPED_TRACE(testing::Message()
+                       << "type=" << t << " bits=" << bits << " n=" << n << " ef=" << withResidual);
           const int d = bits == 3 ? 96 : 512;
           std::vector<float> x = gctest::normal(n, n + bits);
           if (n > 600) x[600] = bits == 5 ? NAN : x[600];
@@ -41,8 +41,8 @@ TEST_F(QsgdGpu, EncodeEFAndDecodeBitExactAllBitsAndTypes) {
           std::vector<float> rHost = r;
           const size_t bytes = gradcompQsgdEncodedBytes(n, bits, d);
           std::vector<uint8_t> encHost(bytes);
-          ASSERT_EQ(gradcompQsgdEncodeTypedHost(hostIn, t, withResidual ? rHost.data() : nullptr,
-                                                n, bits, d, 1234, encHost.data()),
+          ASSERT_EQ(gradcompQsgdEncodeTypedHost(hostIn, t, withResidual ? rHost.data() : nullptr, n,
+                                                bits, d, 1234, encHost.data()),
                     gradcompSuccess);
 
           const size_t esz = t == ncclFloat32 ? 4 : 2;
@@ -50,8 +50,8 @@ TEST_F(QsgdGpu, EncodeEFAndDecodeBitExactAllBitsAndTypes) {
           DeviceBuffer<float> dr(n), dout(n);
           ASSERT_EQ(cudaMemcpy(dx.get(), hostIn, n * esz, cudaMemcpyHostToDevice), cudaSuccess);
           dr.upload(r);
-          ASSERT_EQ(gradcompQsgdEncodeEF(dx.get(), t, withResidual ? dr.get() : nullptr, n, bits,
-                                         d, 1234, denc.get(), stream),
+          ASSERT_EQ(gradcompQsgdEncodeEF(dx.get(), t, withResidual ? dr.get() : nullptr, n, bits, d,
+                                         1234, denc.get(), stream),
                     gradcompSuccess)
               << gradcompGetLastError();
           ASSERT_EQ(gradcompQsgdDecode(denc.get(), n, bits, d, dout.get(), 0, stream),
@@ -107,8 +107,8 @@ TEST_F(QsgdGpu, GraphCaptureReplayEqualsEager) {
   dg.upload(g);
   const int steps = 5;
   for (int k = 0; k < steps; ++k) {
-    ASSERT_EQ(gradcompQsgdEncodeEF(dg.get(), ncclFloat32, drEager.get(), n, 4, 512, 77,
-                                   denc.get(), stream),
+    ASSERT_EQ(gradcompQsgdEncodeEF(dg.get(), ncclFloat32, drEager.get(), n, 4, 512, 77, denc.get(),
+                                   stream),
               gradcompSuccess);
   }
   ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
@@ -118,9 +118,9 @@ TEST_F(QsgdGpu, GraphCaptureReplayEqualsEager) {
   cudaGraph_t graph;
   cudaGraphExec_t exec;
   ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
-  ASSERT_EQ(gradcompQsgdEncodeEF(dg.get(), ncclFloat32, drGraph.get(), n, 4, 512, 77, denc.get(),
-                                 stream),
-            gradcompSuccess);
+  ASSERT_EQ(
+      gradcompQsgdEncodeEF(dg.get(), ncclFloat32, drGraph.get(), n, 4, 512, 77, denc.get(), stream),
+      gradcompSuccess);
   ASSERT_EQ(gradcompQsgdDecode(denc.get(), n, 4, 512, dout.get(), 0, stream), gradcompSuccess);
   ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
   ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);

@@ -1,0 +1,66 @@
+// Allgather: every rank encodes its whole buffer (error feedback fused), the
+// encodings are allgathered, and every rank decodes and sums all N in rank
+// order. One quantization; best for N <= 2 or small buffers. Bytes each rank
+// sends: (N-1) * E(n).
+#include "../kernels/qsgd_math.cuh"
+#include "algorithms.h"
+#include "checks.h"
+
+namespace gc {
+namespace {
+
+size_t slotBytes(const gradcompComm& c, size_t count, int bits) {
+  return alignUp(qsgd::encodedBytes(count, bits, c.cfg.bucketSize), 16);
+}
+
+size_t workspaceBytes(const gradcompComm& c, size_t count, int bits) {
+  return alignUp(c.nranks * slotBytes(c, count, bits)) + alignUp(count * sizeof(float));
+}
+
+size_t wireBytes(const gradcompComm& c, size_t count, int bits) {
+  return (size_t)(c.nranks - 1) * qsgd::encodedBytes(count, bits, c.cfg.bucketSize);
+}
+
+gradcompResult_t run(const CallArgs& a, void* workspace) {
+  gradcompComm& c = *a.comm;
+  Backend& be = *c.backend;
+  const int n = c.nranks, r = c.rank, d = c.cfg.bucketSize, bits = a.bits;
+  const size_t slot = slotBytes(c, a.count, bits);
+  char* gather = static_cast<char*>(workspace);
+  float* acc = reinterpret_cast<float*>(gather + alignUp(n * slot));
+
+  GC_CHECK(be.qsgdEncode(a.send, a.dtype, a.state->residual, a.count, bits, d,
+                         deriveKey(c.cfg.seed, a.step, r, 0), gather + r * slot));
+  GC_CHECK(c.transport->allGather(gather + r * slot, gather, slot));
+  for (int i = 0; i < n; ++i) {
+    GC_CHECK(be.qsgdDecode(gather + i * slot, a.count, bits, d, acc, i != 0));
+  }
+  return be.fromFloat(acc, a.count, a.average ? (float)n : 1.0f, a.dtype, a.recv);
+}
+
+}  // namespace
+
+const Algorithm& allgatherAlgorithm() {
+  static const Algorithm algo = {gradcompAlgoAllgather, "allgather", workspaceBytes, wireBytes,
+                                 run};
+  return algo;
+}
+
+const Algorithm& pickDenseAlgorithm(const gradcompComm& c, size_t count) {
+  switch (c.cfg.algo) {
+    case gradcompAlgoTwoShot:
+      return twoShotAlgorithm();
+    case gradcompAlgoRing:
+      return ringAlgorithm();
+    case gradcompAlgoAllgather:
+      return allgatherAlgorithm();
+    default:
+      break;
+  }
+  // Two ranks: allgather sends the same bytes as two-shot with one
+  // quantization instead of two. More ranks: two-shot's bytes per rank stay
+  // ~2E(n) while allgather's grow as (N-1)E(n).
+  return c.nranks <= 2 ? allgatherAlgorithm() : twoShotAlgorithm();
+}
+
+}  // namespace gc

@@ -1,0 +1,109 @@
+// gradcompAllReduce: decide compress or pass through, find the buffer's
+// state, size the workspace, run the algorithm, count bytes.
+#include <stdint.h>
+
+#include "algorithms.h"
+#include "bits_policy.h"
+#include "checks.h"
+#include "codec_qsgd.h"
+#include "device_ptr.h"
+
+namespace gc {
+namespace {
+
+bool compressibleType(ncclDataType_t t) {
+  return t == ncclFloat32 || t == ncclFloat16 || t == ncclBfloat16;
+}
+
+gradcompResult_t passThrough(gradcompComm* c, const void* send, void* recv, size_t count,
+                             ncclDataType_t type, ncclRedOp_t op) {
+  c->stats.callsPassedThrough++;
+  return c->transport->passThrough(send, recv, count, type, op);
+}
+
+gradcompResult_t allReduce(const void* send, void* recv, size_t count, ncclDataType_t type,
+                           ncclRedOp_t op, gradcompComm* c, cudaStream_t stream, bool keyed,
+                           uint64_t key) {
+  GC_ARG(c != nullptr && c->backend && c->transport, "comm is NULL or destroyed");
+  GC_ARG(count == 0 || (send != nullptr && recv != nullptr),
+         "sendbuff=%p and recvbuff=%p must not be NULL for count=%zu", send, recv, count);
+  c->backend->setStream(stream);
+  c->transport->setStream(stream);
+  if (count == 0) return gradcompSuccess;
+
+  const bool compress = c->cfg.method != gradcompMethodNone && compressibleType(type) &&
+                        (op == ncclSum || op == ncclAvg) && count >= c->cfg.minElements &&
+                        c->nranks > 1;
+  if (!compress) {
+    GC_TRACE("pass through: count=%zu type=%d op=%d ranks=%d", count, (int)type, (int)op,
+             c->nranks);
+    return passThrough(c, send, recv, count, type, op);
+  }
+
+  DType t;
+  GC_CHECK(dtypeFromNccl(type, &t));
+  const size_t esz = dtypeBytes(t);
+  const uintptr_t s0 = (uintptr_t)send, r0 = (uintptr_t)recv, bytes = count * esz;
+  GC_ARG(s0 % esz == 0 && r0 % esz == 0,
+         "sendbuff=%p / recvbuff=%p are not aligned to their element size %zu", send, recv, esz);
+  GC_ARG(send == recv || s0 + bytes <= r0 || r0 + bytes <= s0,
+         "sendbuff=%p and recvbuff=%p overlap without being the same buffer (count=%zu)", send,
+         recv, count);
+  if (c->backend->onDevice()) {
+    GC_CHECK(checkDevicePointer(send, "sendbuff"));
+    GC_CHECK(checkDevicePointer(recv, "recvbuff"));
+  }
+
+  if (c->cfg.method != gradcompMethodQsgd) {
+    return setError(gradcompNotSupported,
+                    "method=%d (topk/randk/dgc) is not available in this build of gradcomp",
+                    (int)c->cfg.method);
+  }
+  if (c->cfg.algo == gradcompAlgoSparseAllgather) {
+    return setError(gradcompInvalidArgument,
+                    "algo=sparse is for the sparse methods; method qsgd takes auto, twoshot, "
+                    "ring or allgather");
+  }
+
+  StateKey skey =
+      keyed ? StateKey{1, key, count, (int)t} : StateKey{0, (uint64_t)r0, count, (int)t};
+  BufferState* state = nullptr;
+  GC_CHECK(c->getState(skey, count, t, &state));
+  const int bits = chooseBits(*c, *state);
+  const Algorithm& algo = pickDenseAlgorithm(*c, count);
+  GC_CHECK(c->ensureWorkspace(algo.workspaceBytes(*c, count, bits)));
+
+  CallArgs args{c, send, recv, count, t, op == ncclAvg, state, bits, c->step};
+  GC_TRACE("%s: count=%zu type=%d bits=%d step=%llu", algo.name, count, (int)type, bits,
+           (unsigned long long)c->step);
+  GC_CHECK(algo.run(args, c->workspace));
+
+  c->step++;
+  state->calls++;
+  c->stats.callsCompressed++;
+  c->stats.callsPerAlgo[algo.id]++;
+  c->stats.bytesIn += bytes;
+  c->stats.bytesOnWire += algo.wireBytes(*c, count, bits);
+  c->stats.bitsLast = bits;
+  return gradcompSuccess;
+}
+
+}  // namespace
+}  // namespace gc
+
+extern "C" {
+
+GC_EXPORT gradcompResult_t gradcompAllReduce(const void* sendbuff, void* recvbuff, size_t count,
+                                             ncclDataType_t datatype, ncclRedOp_t op,
+                                             gradcompComm_t comm, cudaStream_t stream) {
+  return gc::allReduce(sendbuff, recvbuff, count, datatype, op, comm, stream, false, 0);
+}
+
+GC_EXPORT gradcompResult_t gradcompAllReduceKeyed(const void* sendbuff, void* recvbuff,
+                                                  size_t count, ncclDataType_t datatype,
+                                                  ncclRedOp_t op, gradcompComm_t comm,
+                                                  cudaStream_t stream, uint64_t key) {
+  return gc::allReduce(sendbuff, recvbuff, count, datatype, op, comm, stream, true, key);
+}
+
+}  // extern "C"

@@ -1,0 +1,76 @@
+// CPU backend: host memory and the host reference codecs.
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "checks.h"
+#include "codec_qsgd.h"
+
+namespace gc {
+namespace {
+
+class CpuBackend final : public Backend {
+ public:
+  bool onDevice() const override { return false; }
+
+  gradcompResult_t alloc(size_t bytes, void** p) override {
+    *p = bytes ? calloc(1, bytes) : nullptr;
+    if (bytes && *p == nullptr) {
+      return setError(gradcompSystemError, "out of host memory allocating %zu bytes", bytes);
+    }
+    return gradcompSuccess;
+  }
+  void release(void* p) override { free(p); }
+  gradcompResult_t zero(void* p, size_t bytes) override {
+    if (bytes) memset(p, 0, bytes);
+    return gradcompSuccess;
+  }
+  gradcompResult_t copy(void* dst, const void* src, size_t bytes) override {
+    if (bytes && dst != src) memmove(dst, src, bytes);
+    return gradcompSuccess;
+  }
+  gradcompResult_t toHost(void* dst, const void* src, size_t bytes) override {
+    return copy(dst, src, bytes);
+  }
+  gradcompResult_t fromHost(void* dst, const void* src, size_t bytes) override {
+    return copy(dst, src, bytes);
+  }
+  gradcompResult_t sync() override { return gradcompSuccess; }
+
+  gradcompResult_t qsgdEncode(const void* x, DType t, float* residual, size_t n, int bits,
+                              int bucket, uint64_t key, void* out) override {
+    host::qsgdEncode(x, t, residual, n, bits, bucket, key, out);
+    return gradcompSuccess;
+  }
+  gradcompResult_t qsgdDecode(const void* in, size_t n, int bits, int bucket, float* out,
+                              bool accumulate) override {
+    host::qsgdDecode(in, n, bits, bucket, out, accumulate);
+    return gradcompSuccess;
+  }
+  gradcompResult_t toFloat(const void* x, DType t, const float* addend, size_t n,
+                           float* out) override {
+    for (size_t i = 0; i < n; ++i) {
+      float v = loadAsFloat(x, t, i);
+      out[i] = addend ? fadd(v, addend[i]) : v;
+    }
+    return gradcompSuccess;
+  }
+  gradcompResult_t fromFloat(const float* x, size_t n, float divisor, DType t, void* out) override {
+    for (size_t i = 0; i < n; ++i) {
+      storeFromFloat(out, t, i, divisor == 1.0f ? x[i] : fdiv(x[i], divisor));
+    }
+    return gradcompSuccess;
+  }
+  gradcompResult_t add(float* acc, const float* x, size_t n) override {
+    for (size_t i = 0; i < n; ++i) acc[i] = fadd(acc[i], x[i]);
+    return gradcompSuccess;
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> makeCpuBackend() {
+  return std::unique_ptr<Backend>(new CpuBackend());
+}
+
+}  // namespace gc

@@ -1,0 +1,106 @@
+// CUDA backend: device memory and kernels on the caller's stream. No host
+// synchronization on the data path; allocation only when the comm grows its
+// workspace or creates a buffer's state, never while capturing.
+#include <cuda_runtime_api.h>
+
+#include "../kernels/elementwise.h"
+#include "backend.h"
+#include "checks.h"
+#include "codec_qsgd.h"
+
+namespace gc {
+namespace {
+
+class CudaBackend final : public Backend {
+ public:
+  bool onDevice() const override { return true; }
+
+  bool capturing() const override {
+    cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
+    if (cudaStreamIsCapturing(stream_, &st) != cudaSuccess) {
+      (void)cudaGetLastError();
+      return false;
+    }
+    return st != cudaStreamCaptureStatusNone;
+  }
+
+  gradcompResult_t alloc(size_t bytes, void** p) override {
+    *p = nullptr;
+    if (bytes == 0) return gradcompSuccess;
+    cudaError_t err = cudaMalloc(p, bytes);
+    if (err != cudaSuccess) {
+      (void)cudaGetLastError();
+      return setError(gradcompCudaError, "cudaMalloc of %zu bytes failed: %s", bytes,
+                      cudaGetErrorString(err));
+    }
+    // Zero before any stream may touch it: a synchronous memset on the
+    // legacy stream orders before later work on every blocking stream, and
+    // we synchronize for non-blocking ones.
+    GC_CUDACHECK(cudaMemset(*p, 0, bytes));
+    GC_CUDACHECK(cudaDeviceSynchronize());
+    return gradcompSuccess;
+  }
+  void release(void* p) override {
+    if (p) cudaFree(p);
+  }
+  gradcompResult_t zero(void* p, size_t bytes) override {
+    if (bytes) GC_CUDACHECK(cudaMemsetAsync(p, 0, bytes, stream_));
+    return gradcompSuccess;
+  }
+  gradcompResult_t copy(void* dst, const void* src, size_t bytes) override {
+    if (bytes && dst != src) {
+      GC_CUDACHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream_));
+    }
+    return gradcompSuccess;
+  }
+  gradcompResult_t toHost(void* dst, const void* src, size_t bytes) override {
+    if (bytes) {
+      GC_CUDACHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream_));
+      GC_CUDACHECK(cudaStreamSynchronize(stream_));
+    }
+    return gradcompSuccess;
+  }
+  gradcompResult_t fromHost(void* dst, const void* src, size_t bytes) override {
+    if (bytes) {
+      GC_CUDACHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_));
+      GC_CUDACHECK(cudaStreamSynchronize(stream_));
+    }
+    return gradcompSuccess;
+  }
+  gradcompResult_t sync() override {
+    GC_CUDACHECK(cudaStreamSynchronize(stream_));
+    return gradcompSuccess;
+  }
+
+  gradcompResult_t qsgdEncode(const void* x, DType t, float* residual, size_t n, int bits,
+                              int bucket, uint64_t key, void* out) override {
+    GC_CUDACHECK(cuda::qsgdEncode(x, t, residual, n, bits, bucket, key, out, stream_));
+    return gradcompSuccess;
+  }
+  gradcompResult_t qsgdDecode(const void* in, size_t n, int bits, int bucket, float* out,
+                              bool accumulate) override {
+    GC_CUDACHECK(cuda::qsgdDecode(in, n, bits, bucket, out, accumulate, stream_));
+    return gradcompSuccess;
+  }
+  gradcompResult_t toFloat(const void* x, DType t, const float* addend, size_t n,
+                           float* out) override {
+    GC_CUDACHECK(cuda::toFloat(x, t, addend, n, out, stream_));
+    return gradcompSuccess;
+  }
+  gradcompResult_t fromFloat(const float* x, size_t n, float divisor, DType t, void* out) override {
+    GC_CUDACHECK(cuda::fromFloat(x, n, divisor, t, out, stream_));
+    return gradcompSuccess;
+  }
+  gradcompResult_t add(float* acc, const float* x, size_t n) override {
+    GC_CUDACHECK(cuda::add(acc, x, n, stream_));
+    return gradcompSuccess;
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> makeCudaBackend() {
+  return std::unique_ptr<Backend>(new CudaBackend());
+}
+
+}  // namespace gc

@@ -1,0 +1,281 @@
+// In-process transport: each rank is a thread of one world; collectives meet
+// at a barrier and copy host memory. Deterministic by construction (rank
+// order). A rank that never arrives makes the others fail after a timeout
+// rather than hang.
+#include <string.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
+#include <vector>
+
+#include "../kernels/common_math.cuh"
+#include "checks.h"
+#include "transport.h"
+
+namespace gc {
+namespace {
+
+struct Slot {
+  const void* const* sendv = nullptr;
+  const size_t* sendBytesv = nullptr;
+  const void* send = nullptr;
+  size_t bytes = 0;
+  int to = -1;
+};
+
+struct CpuWorld {
+  explicit CpuWorld(int n) : nranks(n), slots(n) {}
+  int nranks;
+  std::mutex mu;
+  std::condition_variable cv;
+  int arrived = 0;
+  uint64_t generation = 0;
+  std::vector<Slot> slots;
+
+  gradcompResult_t barrier() {
+    std::unique_lock<std::mutex> lock(mu);
+    const uint64_t gen = generation;
+    if (++arrived == nranks) {
+      arrived = 0;
+      ++generation;
+      cv.notify_all();
+      return gradcompSuccess;
+    }
+    const auto timeout = std::chrono::seconds(120);
+    if (!cv.wait_for(lock, timeout, [&] { return generation != gen; })) {
+      return setError(gradcompSystemError,
+                      "CPU transport: %d of %d ranks reached a collective within 120 s; every "
+                      "rank must make the same calls",
+                      arrived, nranks);
+    }
+    return gradcompSuccess;
+  }
+};
+
+template <typename T>
+T loadT(const void* p, size_t i) {
+  T v;
+  memcpy(&v, static_cast<const char*>(p) + i * sizeof(T), sizeof(T));
+  return v;
+}
+
+template <typename T>
+void reduceTyped(const std::vector<const void*>& src, void* dst, size_t count, ncclRedOp_t op,
+                 int n) {
+  for (size_t i = 0; i < count; ++i) {
+    T acc = loadT<T>(src[0], i);
+    for (int r = 1; r < n; ++r) {
+      T v = loadT<T>(src[r], i);
+      switch (op) {
+        case ncclProd:
+          acc = acc * v;
+          break;
+        case ncclMax:
+          acc = v > acc ? v : acc;
+          break;
+        case ncclMin:
+          acc = v < acc ? v : acc;
+          break;
+        default:
+          acc = acc + v;
+          break;
+      }
+    }
+    if (op == ncclAvg) acc = (T)(acc / (T)n);
+    memcpy(static_cast<char*>(dst) + i * sizeof(T), &acc, sizeof(T));
+  }
+}
+
+void reduceHalf(const std::vector<const void*>& src, void* dst, size_t count, ncclRedOp_t op, int n,
+                DType t) {
+  for (size_t i = 0; i < count; ++i) {
+    float acc = loadAsFloat(src[0], t, i);
+    for (int r = 1; r < n; ++r) {
+      float v = loadAsFloat(src[r], t, i);
+      switch (op) {
+        case ncclProd:
+          acc = acc * v;
+          break;
+        case ncclMax:
+          acc = v > acc ? v : acc;
+          break;
+        case ncclMin:
+          acc = v < acc ? v : acc;
+          break;
+        default:
+          acc = acc + v;
+          break;
+      }
+      // NCCL reduces in the buffer's type: round after every step.
+      acc = t == DType::F16 ? halfToFloat(floatToHalf(acc)) : bf16ToFloat(floatToBf16(acc));
+    }
+    if (op == ncclAvg) acc = acc / (float)n;
+    storeFromFloat(dst, t, i, acc);
+  }
+}
+
+class CpuTransport final : public Transport {
+ public:
+  CpuTransport(std::shared_ptr<CpuWorld> world, int rank) : world_(std::move(world)) {
+    rank_ = rank;
+    size_ = world_->nranks;
+  }
+
+  gradcompResult_t allToAll(const void* const* send, const size_t* sendBytes, void* const* recv,
+                            const size_t* recvBytes) override {
+    Slot& me = world_->slots[rank_];
+    me.sendv = send;
+    me.sendBytesv = sendBytes;
+    GC_CHECK(world_->barrier());
+    gradcompResult_t res = gradcompSuccess;
+    for (int i = 0; i < size_; ++i) {
+      if (i == rank_) continue;
+      const Slot& peer = world_->slots[i];
+      if (peer.sendBytesv[rank_] != recvBytes[i]) {
+        res = setError(gradcompInternalError,
+                       "CPU transport: rank %d sends %zu bytes, rank %d "
+                       "expects %zu",
+                       i, peer.sendBytesv[rank_], rank_, recvBytes[i]);
+        continue;
+      }
+      if (recvBytes[i]) memcpy(recv[i], peer.sendv[rank_], recvBytes[i]);
+    }
+    GC_CHECK(world_->barrier());
+    return res;
+  }
+
+  gradcompResult_t sendRecv(const void* send, size_t sendBytes, int to, void* recv,
+                            size_t recvBytes, int from) override {
+    Slot& me = world_->slots[rank_];
+    me.send = send;
+    me.bytes = sendBytes;
+    me.to = to;
+    GC_CHECK(world_->barrier());
+    const Slot& peer = world_->slots[from];
+    gradcompResult_t res = gradcompSuccess;
+    if (peer.to != rank_ || peer.bytes != recvBytes) {
+      res = setError(gradcompInternalError,
+                     "CPU transport: rank %d sends %zu bytes to %d, rank %d "
+                     "expects %zu from it",
+                     from, peer.bytes, peer.to, rank_, recvBytes);
+    } else if (recvBytes) {
+      memcpy(recv, peer.send, recvBytes);
+    }
+    GC_CHECK(world_->barrier());
+    return res;
+  }
+
+  gradcompResult_t allGather(const void* send, void* recv, size_t bytes) override {
+    world_->slots[rank_].send = send;
+    GC_CHECK(world_->barrier());
+    for (int i = 0; i < size_; ++i) {
+      char* dst = static_cast<char*>(recv) + (size_t)i * bytes;
+      if (bytes && dst != world_->slots[i].send) memcpy(dst, world_->slots[i].send, bytes);
+    }
+    return world_->barrier();
+  }
+
+  gradcompResult_t allReduceSumFloat(const float* send, float* recv, size_t n) override {
+    world_->slots[rank_].send = send;
+    GC_CHECK(world_->barrier());
+    std::vector<float> sum(n, 0.0f);
+    for (int i = 0; i < size_; ++i) {
+      const float* src = static_cast<const float*>(world_->slots[i].send);
+      for (size_t k = 0; k < n; ++k) sum[k] = fadd(sum[k], src[k]);
+    }
+    GC_CHECK(world_->barrier());
+    if (n) memcpy(recv, sum.data(), n * sizeof(float));
+    return gradcompSuccess;
+  }
+
+  gradcompResult_t passThrough(const void* send, void* recv, size_t count, ncclDataType_t type,
+                               ncclRedOp_t op) override {
+    world_->slots[rank_].send = send;
+    GC_CHECK(world_->barrier());
+    std::vector<const void*> src(size_);
+    for (int i = 0; i < size_; ++i) src[i] = world_->slots[i].send;
+    std::vector<char> out;
+    size_t esz = 0;
+    switch (type) {
+      case ncclInt8:
+      case ncclUint8:
+        esz = 1;
+        break;
+      case ncclFloat16:
+      case ncclBfloat16:
+        esz = 2;
+        break;
+      case ncclInt32:
+      case ncclUint32:
+      case ncclFloat32:
+        esz = 4;
+        break;
+      case ncclInt64:
+      case ncclUint64:
+      case ncclFloat64:
+        esz = 8;
+        break;
+      default:
+        break;
+    }
+    gradcompResult_t res = gradcompSuccess;
+    if (esz == 0 || op < ncclSum || op > ncclAvg) {
+      res = setError(gradcompInvalidArgument, "CPU backend: datatype=%d / op=%d not supported",
+                     (int)type, (int)op);
+    } else {
+      out.resize(count * esz);
+      switch (type) {
+        case ncclInt8:
+          reduceTyped<int8_t>(src, out.data(), count, op, size_);
+          break;
+        case ncclUint8:
+          reduceTyped<uint8_t>(src, out.data(), count, op, size_);
+          break;
+        case ncclInt32:
+          reduceTyped<int32_t>(src, out.data(), count, op, size_);
+          break;
+        case ncclUint32:
+          reduceTyped<uint32_t>(src, out.data(), count, op, size_);
+          break;
+        case ncclInt64:
+          reduceTyped<int64_t>(src, out.data(), count, op, size_);
+          break;
+        case ncclUint64:
+          reduceTyped<uint64_t>(src, out.data(), count, op, size_);
+          break;
+        case ncclFloat32:
+          reduceTyped<float>(src, out.data(), count, op, size_);
+          break;
+        case ncclFloat64:
+          reduceTyped<double>(src, out.data(), count, op, size_);
+          break;
+        case ncclFloat16:
+          reduceHalf(src, out.data(), count, op, size_, DType::F16);
+          break;
+        case ncclBfloat16:
+          reduceHalf(src, out.data(), count, op, size_, DType::BF16);
+          break;
+        default:
+          break;
+      }
+    }
+    GC_CHECK(world_->barrier());
+    if (res == gradcompSuccess && count) memcpy(recv, out.data(), count * esz);
+    return res;
+  }
+
+ private:
+  std::shared_ptr<CpuWorld> world_;
+};
+
+}  // namespace
+
+std::vector<std::unique_ptr<Transport>> makeCpuWorld(int nranks) {
+  auto world = std::make_shared<CpuWorld>(nranks);
+  std::vector<std::unique_ptr<Transport>> out;
+  for (int r = 0; r < nranks; ++r) out.emplace_back(new CpuTransport(world, r));
+  return out;
+}
+
+}  // namespace gc

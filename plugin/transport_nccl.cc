@@ -1,0 +1,78 @@
+// NCCL transport: the caller's communicator, on the backend's stream. Byte
+// exchanges use ncclUint8; the all-to-all and ring steps are grouped
+// send/recv. Errors carry ncclGetErrorString.
+#include "checks.h"
+#include "nccl_api.h"
+#include "transport.h"
+
+namespace gc {
+namespace {
+
+class NcclTransport final : public Transport {
+ public:
+  NcclTransport(ncclComm_t comm, int rank, int size) : comm_(comm) {
+    rank_ = rank;
+    size_ = size;
+  }
+
+  gradcompResult_t allToAll(const void* const* send, const size_t* sendBytes, void* const* recv,
+                            const size_t* recvBytes) override {
+    const NcclApi* api = ncclApi();
+    GC_NCCLCHECK(api->groupStart());
+    ncclResult_t res = ncclSuccess;
+    for (int peer = 0; peer < size_ && res == ncclSuccess; ++peer) {
+      if (peer == rank_) continue;
+      if (sendBytes[peer])
+        res = api->send(send[peer], sendBytes[peer], ncclUint8, peer, comm_, stream_);
+      if (res == ncclSuccess && recvBytes[peer]) {
+        res = api->recv(recv[peer], recvBytes[peer], ncclUint8, peer, comm_, stream_);
+      }
+    }
+    ncclResult_t endRes = api->groupEnd();
+    GC_NCCLCHECK(res);
+    GC_NCCLCHECK(endRes);
+    return gradcompSuccess;
+  }
+
+  gradcompResult_t sendRecv(const void* send, size_t sendBytes, int to, void* recv,
+                            size_t recvBytes, int from) override {
+    const NcclApi* api = ncclApi();
+    GC_NCCLCHECK(api->groupStart());
+    ncclResult_t res = ncclSuccess;
+    if (sendBytes) res = api->send(send, sendBytes, ncclUint8, to, comm_, stream_);
+    if (res == ncclSuccess && recvBytes) {
+      res = api->recv(recv, recvBytes, ncclUint8, from, comm_, stream_);
+    }
+    ncclResult_t endRes = api->groupEnd();
+    GC_NCCLCHECK(res);
+    GC_NCCLCHECK(endRes);
+    return gradcompSuccess;
+  }
+
+  gradcompResult_t allGather(const void* send, void* recv, size_t bytes) override {
+    GC_NCCLCHECK(ncclApi()->allGather(send, recv, bytes, ncclUint8, comm_, stream_));
+    return gradcompSuccess;
+  }
+
+  gradcompResult_t allReduceSumFloat(const float* send, float* recv, size_t n) override {
+    GC_NCCLCHECK(ncclApi()->allReduce(send, recv, n, ncclFloat32, ncclSum, comm_, stream_));
+    return gradcompSuccess;
+  }
+
+  gradcompResult_t passThrough(const void* send, void* recv, size_t count, ncclDataType_t type,
+                               ncclRedOp_t op) override {
+    GC_NCCLCHECK(ncclApi()->allReduce(send, recv, count, type, op, comm_, stream_));
+    return gradcompSuccess;
+  }
+
+ private:
+  ncclComm_t comm_;
+};
+
+}  // namespace
+
+std::unique_ptr<Transport> makeNcclTransport(ncclComm_t comm, int rank, int size) {
+  return std::unique_ptr<Transport>(new NcclTransport(comm, rank, size));
+}
+
+}  // namespace gc

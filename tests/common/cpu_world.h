@@ -1,0 +1,39 @@
+// Drives an in-process CPU world: N comms, one thread per rank.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <functional>
+#include <thread>
+#include <vector>
+
+#include "gradcomp.h"
+
+namespace gctest {
+
+class CpuWorld {
+ public:
+  CpuWorld(int n, const gradcompConfig_t& cfg) : comms_(n) {
+    EXPECT_EQ(gradcompCommCreateCpu(n, &cfg, comms_.data()), gradcompSuccess)
+        << gradcompGetLastError();
+  }
+  ~CpuWorld() {
+    for (auto c : comms_) gradcompCommDestroy(c);
+  }
+  int size() const { return (int)comms_.size(); }
+  gradcompComm_t comm(int r) const { return comms_[r]; }
+
+  // Runs fn(rank) on one thread per rank; returns each rank's result.
+  std::vector<gradcompResult_t> run(const std::function<gradcompResult_t(int)>& fn) {
+    std::vector<gradcompResult_t> res(comms_.size(), gradcompInternalError);
+    std::vector<std::thread> threads;
+    for (int r = 0; r < size(); ++r) threads.emplace_back([&, r] { res[r] = fn(r); });
+    for (auto& t : threads) t.join();
+    return res;
+  }
+
+ private:
+  std::vector<gradcompComm_t> comms_;
+};
+
+}  // namespace gctest

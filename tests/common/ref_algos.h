@@ -1,0 +1,183 @@
+// Serial references of the dense algorithms (one call, all ranks), written
+// from their description (docs/algorithms.md) rather than from the library's
+// code. Used by the CPU tests and by the multi-process GPU test.
+#pragma once
+
+#include <gtest/gtest.h>
+#include <math.h>
+#include <string.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "gradcomp.h"
+#include "gradcomp/reference.h"
+#include "kernels/common_math.cuh"
+#include "kernels/qsgd_math.cuh"
+#include "tests/common/test_util.h"
+
+namespace gctest {
+namespace ref {
+
+using gc::DType;
+
+
+struct Rank {
+  std::vector<uint16_t> half;  // fp16/bf16 storage
+  std::vector<float> f32;
+  std::vector<float> residual, ownerRes;
+};
+
+inline ncclDataType_t nccl(DType t) {
+  return t == DType::F32 ? ncclFloat32 : t == DType::F16 ? ncclFloat16 : ncclBfloat16;
+}
+
+inline std::vector<float> widen(const Rank& r, DType t, size_t n) {
+  if (t == DType::F32) return r.f32;
+  std::vector<float> w(n);
+  for (size_t i = 0; i < n; ++i) w[i] = gc::loadAsFloat(r.half.data(), t, i);
+  return w;
+}
+
+inline const void* data(const Rank& r, DType t) {
+  return t == DType::F32 ? (const void*)r.f32.data() : (const void*)r.half.data();
+}
+
+inline std::vector<size_t> split(size_t count, int parts, size_t d) {
+  size_t units = (count + d - 1) / d, per = (units + parts - 1) / parts;
+  std::vector<size_t> off(parts + 1);
+  for (int j = 0; j <= parts; ++j) off[j] = std::min(count, j * per * d);
+  return off;
+}
+
+inline std::vector<uint8_t> enc(const void* x, DType t, float* res, size_t n, int bits, int d,
+                         uint64_t key) {
+  std::vector<uint8_t> out(gradcompQsgdEncodedBytes(n, bits, d) + 4);
+  if (n) EXPECT_EQ(gradcompQsgdEncodeTypedHost(x, nccl(t), res, n, bits, d, key, out.data()), 0);
+  return out;
+}
+
+inline void dec(const std::vector<uint8_t>& e, size_t n, int bits, int d, float* out, bool acc) {
+  if (n) EXPECT_EQ(gradcompQsgdDecodeHost(e.data(), n, bits, d, out, acc ? 1 : 0), 0);
+}
+
+// Output of one call as the reference computes it: fp32 values, then the
+// final conversion to the buffer type.
+inline std::vector<float> finish(const std::vector<float>& sum, DType t, float divisor) {
+  std::vector<float> out(sum.size());
+  for (size_t i = 0; i < sum.size(); ++i) {
+    float v = divisor == 1.0f ? sum[i] : sum[i] / divisor;
+    if (t == DType::F16) v = gc::halfToFloat(gc::floatToHalf(v));
+    if (t == DType::BF16) v = gc::bf16ToFloat(gc::floatToBf16(v));
+    out[i] = v;
+  }
+  return out;
+}
+
+// Serial references of the three algorithms (one call, all ranks), written
+// from their description rather than from the library's code.
+inline std::vector<float> refTwoShot(std::vector<Rank>& R, DType t, size_t n, const gradcompConfig_t& c,
+                              uint64_t step, bool avg) {
+  const int N = (int)R.size(), d = c.bucketSize, b = c.bits;
+  auto off = split(n, N, d);
+  std::vector<float> result(n);
+  // enc_[i][j]: rank i's encoding of chunk j.
+  std::vector<std::vector<std::vector<uint8_t>>> e(N, std::vector<std::vector<uint8_t>>(N));
+  std::vector<std::vector<float>> own(N);
+  for (int i = 0; i < N; ++i) {
+    std::vector<float> x = widen(R[i], t, n);
+    for (int j = 0; j < N; ++j) {
+      size_t lo = off[j], len = off[j + 1] - off[j];
+      float* res = c.errorFeedback ? R[i].residual.data() + lo : nullptr;
+      if (j != i) {
+        e[i][j] = enc(x.data() + lo, DType::F32, res, len, b, d, gc::deriveKey(c.seed, step, i, j));
+      } else {
+        own[i].assign(len, 0.0f);
+        for (size_t k = 0; k < len; ++k) {
+          own[i][k] = res ? x[lo + k] + res[k] : x[lo + k];
+          if (res) res[k] = 0.0f;
+        }
+      }
+    }
+  }
+  for (int j = 0; j < N; ++j) {
+    size_t lo = off[j], len = off[j + 1] - off[j];
+    if (!len) continue;
+    std::vector<float> acc(len, 0.0f);
+    for (int i = 0; i < N; ++i) {
+      if (i == j) {
+        for (size_t k = 0; k < len; ++k) acc[k] = i == 0 ? own[j][k] : acc[k] + own[j][k];
+      } else {
+        dec(e[i][j], len, b, d, acc.data(), i != 0);
+      }
+    }
+    auto e2 = enc(acc.data(), DType::F32, c.ownerResidual ? R[j].ownerRes.data() : nullptr, len, b,
+                  d, gc::deriveKey(c.seed, step, j, 0x100000000ull));
+    dec(e2, len, b, d, result.data() + lo, false);
+  }
+  return finish(result, t, avg ? (float)N : 1.0f);
+}
+
+inline std::vector<float> refRing(std::vector<Rank>& R, DType t, size_t n, const gradcompConfig_t& c,
+                           uint64_t step, bool avg) {
+  const int N = (int)R.size(), d = c.bucketSize, b = c.bits;
+  auto off = split(n, N, d);
+  std::vector<float> result(n);
+  for (int j = 0; j < N; ++j) {  // chunk j travels from rank j around the ring
+    size_t lo = off[j], len = off[j + 1] - off[j];
+    std::vector<float> x = widen(R[j], t, n);
+    auto cur = enc(x.data() + lo, DType::F32, c.errorFeedback ? R[j].residual.data() + lo : nullptr,
+                   len, b, d, gc::deriveKey(c.seed, step, j, 0));
+    for (int hop = 1; hop < N; ++hop) {
+      int r = (j + hop) % N;  // receiver; at its step s = hop-1
+      std::vector<float> y(len);
+      dec(cur, len, b, d, y.data(), false);
+      std::vector<float> xr = widen(R[r], t, n);
+      for (size_t k = 0; k < len; ++k) y[k] = xr[lo + k] + y[k];
+      float* res = c.errorFeedback ? R[r].residual.data() + lo : nullptr;
+      if (hop < N - 1) {
+        cur = enc(y.data(), DType::F32, res, len, b, d, gc::deriveKey(c.seed, step, r, hop));
+      } else {
+        if (res) {
+          for (size_t k = 0; k < len; ++k) y[k] = y[k] + res[k], res[k] = 0.0f;
+        }
+        auto e2 = enc(y.data(), DType::F32, c.ownerResidual ? R[r].ownerRes.data() : nullptr, len,
+                      b, d, gc::deriveKey(c.seed, step, r, N));
+        dec(e2, len, b, d, result.data() + lo, false);
+      }
+    }
+  }
+  return finish(result, t, avg ? (float)N : 1.0f);
+}
+
+inline std::vector<float> refAllgather(std::vector<Rank>& R, DType t, size_t n, const gradcompConfig_t& c,
+                                uint64_t step, bool avg) {
+  const int N = (int)R.size();
+  std::vector<float> acc(n);
+  for (int i = 0; i < N; ++i) {
+    auto e = enc(data(R[i], t), t, c.errorFeedback ? R[i].residual.data() : nullptr, n, c.bits,
+                 c.bucketSize, gc::deriveKey(c.seed, step, i, 0));
+    dec(e, n, c.bits, c.bucketSize, acc.data(), i != 0);
+  }
+  return finish(acc, t, avg ? (float)N : 1.0f);
+}
+
+inline std::vector<Rank> makeInputs(int N, size_t n, DType t, uint64_t seed) {
+  std::vector<Rank> R(N);
+  for (int i = 0; i < N; ++i) {
+    R[i].f32 = gctest::normal(n, seed * 131 + i, 1.0f + i);
+    if (t != DType::F32) {
+      R[i].half.resize(n);
+      for (size_t k = 0; k < n; ++k) {
+        R[i].half[k] =
+            t == DType::F16 ? gc::floatToHalf(R[i].f32[k]) : gc::floatToBf16(R[i].f32[k]);
+      }
+    }
+    R[i].residual.assign(n, 0.0f);
+    R[i].ownerRes.assign(n, 0.0f);
+  }
+  return R;
+}
+
+}  // namespace ref
+}  // namespace gctest
