@@ -77,6 +77,7 @@ GC_HD float windowMax(const float* bucketMax, size_t nb, int r, size_t b) {
 struct ElementCheck {
   double exact;
   double err;
+  double errOverBound;  // how much of the bound the error used
   bool wrong;
 };
 
@@ -108,6 +109,7 @@ GC_HD ElementCheck checkElement(const CheckParams& p, const float* bucketMax, ui
   c.exact = exact;
   c.err = (double)got - exact;
   c.wrong = !(fabs(c.err) <= bound);  // NaN is wrong
+  c.errOverBound = bound > 0 ? fabs(c.err) / bound : (c.err == 0 ? 0.0 : (double)INFINITY);
   return c;
 }
 
@@ -118,7 +120,7 @@ GC_HD double maxKeepNan(double a, double b) {
 
 // Per-rank totals of one check; combined across ranks with max/sum.
 struct CheckTotals {
-  double sumErr2 = 0, sumExact2 = 0, maxErr = 0, maxExact = 0;
+  double sumErr2 = 0, sumExact2 = 0, maxErr = 0, maxExact = 0, maxErrOverBound = 0;
   double wrong = 0;
 };
 

@@ -36,13 +36,13 @@ __global__ void bucketMaxKernel(float* out, gc::DType t, size_t count, int bucke
 }
 
 struct Partial {
-  double sumErr2, sumExact2, maxErr, maxExact, wrong;
+  double sumErr2, sumExact2, maxErr, maxExact, maxErrOverBound, wrong;
 };
 
 __global__ void checkKernel(CheckParams p, const float* bucketMax, const void* got, size_t count,
                             Partial* partials) {
   __shared__ Partial sh[kThreads];
-  Partial a = {0, 0, 0, 0, 0};
+  Partial a = {0, 0, 0, 0, 0, 0};
   const size_t stride = (size_t)gridDim.x * blockDim.x;
   for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < count; i += stride) {
     const ElementCheck c = checkElement(p, bucketMax, i, gc::loadAsFloat(got, p.dtype, i));
@@ -50,6 +50,7 @@ __global__ void checkKernel(CheckParams p, const float* bucketMax, const void* g
     a.sumExact2 += c.exact * c.exact;
     a.maxErr = maxKeepNan(a.maxErr, fabs(c.err));
     a.maxExact = maxKeepNan(a.maxExact, fabs(c.exact));
+    a.maxErrOverBound = maxKeepNan(a.maxErrOverBound, c.errOverBound);
     a.wrong += c.wrong ? 1 : 0;
   }
   sh[threadIdx.x] = a;
@@ -62,6 +63,7 @@ __global__ void checkKernel(CheckParams p, const float* bucketMax, const void* g
       x.sumExact2 += y.sumExact2;
       x.maxErr = maxKeepNan(x.maxErr, y.maxErr);
       x.maxExact = maxKeepNan(x.maxExact, y.maxExact);
+      x.maxErrOverBound = maxKeepNan(x.maxErrOverBound, y.maxErrOverBound);
       x.wrong += y.wrong;
     }
     __syncthreads();
@@ -111,6 +113,7 @@ cudaError_t checkDevice(const CheckParams& p, const float* bucketMax, const void
     totals->sumExact2 += x.sumExact2;
     totals->maxErr = maxKeepNan(totals->maxErr, x.maxErr);
     totals->maxExact = maxKeepNan(totals->maxExact, x.maxExact);
+    totals->maxErrOverBound = maxKeepNan(totals->maxErrOverBound, x.maxErrOverBound);
     totals->wrong += x.wrong;
   }
   return cudaSuccess;

@@ -28,6 +28,7 @@ CheckTotals checkHost(const CheckParams& p, const float* bucketMax, const void* 
     t.sumExact2 += c.exact * c.exact;
     t.maxErr = maxKeepNan(t.maxErr, fabs(c.err));
     t.maxExact = maxKeepNan(t.maxExact, fabs(c.exact));
+    t.maxErrOverBound = maxKeepNan(t.maxErrOverBound, c.errOverBound);
     t.wrong += c.wrong ? 1 : 0;
   }
   return t;

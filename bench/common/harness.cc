@@ -45,18 +45,19 @@ double timeCalls(Rank& r, int warmup, int iters, bool* ok, F&& call) {
 
 struct Checked {
   long wrong;
-  double relRms, relMax;
+  double relRms, relMax, errOverBound;
 };
 
 Checked combine(Rank& r, const CheckTotals& t) {
   double sums[3] = {t.sumErr2, t.sumExact2, t.wrong};
-  double maxes[2] = {t.maxErr, t.maxExact};
+  double maxes[3] = {t.maxErr, t.maxExact, t.maxErrOverBound};
   r.reduce(sums, 3, false);
-  r.reduce(maxes, 2, true);
+  r.reduce(maxes, 3, true);
   Checked c;
   c.wrong = (long)sums[2];
   c.relRms = sums[1] > 0 ? sqrt(sums[0] / sums[1]) : sqrt(sums[0]);
   c.relMax = maxes[1] > 0 ? maxes[0] / maxes[1] : maxes[0];
+  c.errOverBound = maxes[2];
   return c;
 }
 
@@ -149,6 +150,7 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
       row->gradcompWrong = c.wrong;
       row->relErrRms = c.relRms;
       row->relErrMax = c.relMax;
+      row->errOverBound = c.errOverBound;
     }
     bool timedOk = true;
     gradcompGetStats(comm, &s1);
@@ -170,7 +172,7 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
 
   if (!ok || !info.showModel) return;
   const AlgoShape shape = algoShape(row->algoUsed, r.nranks());
-  row->messages = shape.messages;
+  row->latencySteps = shape.latencySteps;
   if (row->algoUsed != 0 && methodSpec(cfg.method).qsgdKernels) {
     // Rank 0 alone, the others wait: the kernels' own time, not the shared GPU's.
     double v[3] = {0, 0, 0};
@@ -188,7 +190,7 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
     m.gbps = g;
     m.ncclUs = ncclModelUs(row->bytes, r.nranks(), g, o.linkLatencyUs);
     m.gradcompUs =
-        gradcompModelUs(row->kernelUs, row->gradcompWire, row->messages, g, o.linkLatencyUs);
+        gradcompModelUs(row->kernelUs, row->gradcompWire, row->latencySteps, g, o.linkLatencyUs);
     row->model.push_back(m);
   }
 }

@@ -35,9 +35,10 @@ struct Row {
   // Checked; -1 when -c 0.
   long ncclWrong = -1, gradcompWrong = -1;
   double relErrRms = 0, relErrMax = 0;
+  double errOverBound = 0;  // largest |error| / bound over the elements
   // Link model.
   bool kernelsMeasured = false;
-  double encodeUs = 0, decodeUs = 0, kernelUs = 0, messages = 0;
+  double encodeUs = 0, decodeUs = 0, kernelUs = 0, latencySteps = 0;
   std::vector<ModelPoint> model;
 
   double algbw() const { return gradcompUs > 0 ? bytes / gradcompUs / 1e3 : 0; }

@@ -39,7 +39,7 @@ std::string errStr(const Row& r, double v) {
 std::string jsonNum(double v) {
   if (!isfinite(v)) return "null";
   char b[40];
-  snprintf(b, sizeof b, "%.6g", v);
+  snprintf(b, sizeof b, "%.12g", v);
   return b;
 }
 
@@ -104,7 +104,8 @@ void printHeader(const Options& o, const RunInfo& info, const std::string& label
       units += "        ";
     }
   }
-  printf("#%69s%-34s%s\n", "", "ncclAllReduce", "  gradcomp");
+  // Column groups start where the rows put them: 46 and 82 characters in.
+  printf("#%45s%-36s%s\n", "", "ncclAllReduce", "gradcompAllReduce");
   printf(
       "# %10s  %12s  %8s  %6s  %8s  %7s  %7s  %6s  %8s  %7s  %7s  %6s  %11s  %6s  %8s  %8s  "
       "%7s  %9s%s\n",
@@ -219,11 +220,13 @@ bool writeJson(const std::string& path, const Options& o, const RunInfo& info,
             checked ? jsonNum(r.relErrMax).c_str() : "null",
             checked ? std::to_string(r.gradcompWrong).c_str() : "null",
             r.ncclWrong >= 0 ? std::to_string(r.ncclWrong).c_str() : "null");
+    fprintf(f, "\"err_over_bound\": %s, ", checked ? jsonNum(r.errOverBound).c_str() : "null");
     fprintf(f,
             "\"kernels_measured\": %s, \"encode_us\": %s, \"decode_us\": %s, "
-            "\"kernel_us\": %s, \"messages\": %s, \"model\": [",
+            "\"kernel_us\": %s, \"latency_steps\": %s, \"model\": [",
             r.kernelsMeasured ? "true" : "false", jsonNum(r.encodeUs).c_str(),
-            jsonNum(r.decodeUs).c_str(), jsonNum(r.kernelUs).c_str(), jsonNum(r.messages).c_str());
+            jsonNum(r.decodeUs).c_str(), jsonNum(r.kernelUs).c_str(),
+            jsonNum(r.latencySteps).c_str());
     for (size_t k = 0; k < r.model.size(); ++k) {
       const ModelPoint& m = r.model[k];
       fprintf(f, "%s{\"link_gbps\": %s, \"time_us\": %s, \"nccl_time_us\": %s, \"speedup\": %s}",
