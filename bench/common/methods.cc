@@ -41,7 +41,7 @@ std::string methodLabel(const gradcompConfig_t& cfg) {
                algoName(cfg.algo));
       break;
     default:
-      snprintf(buf, sizeof buf, "none (every call passes through to ncclAllReduce)");
+      snprintf(buf, sizeof buf, "none (pass-through to ncclAllReduce)");
   }
   return buf;
 }

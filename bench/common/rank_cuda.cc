@@ -19,12 +19,16 @@
 #include <nccl.h>
 
 #include <algorithm>
+#include <map>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "backends.h"
 #include "data_ops.h"
+#include "gradcomp/reference.h"
 #include "harness.h"
+#include "methods.h"
 
 namespace gcbench {
 namespace {
@@ -42,6 +46,99 @@ namespace {
 
 ncclDataType_t toNccl(gc::DType t) {
   return t == gc::DType::F16 ? ncclFloat16 : (t == gc::DType::BF16 ? ncclBfloat16 : ncclFloat32);
+}
+
+// Median of batches timed with events: robust to a stray slow launch.
+template <typename F>
+double timeKernel(int rank_, cudaStream_t stream, F&& launch) {
+  cudaEvent_t a, b;
+  BENCH_CUDA(cudaEventCreate(&a));
+  BENCH_CUDA(cudaEventCreate(&b));
+  for (int i = 0; i < 3; ++i) launch(i);
+  std::vector<float> ms;
+  for (int batch = 0; batch < 5; ++batch) {
+    BENCH_CUDA(cudaEventRecord(a, stream));
+    for (int i = 0; i < 5; ++i) launch(i);
+    BENCH_CUDA(cudaEventRecord(b, stream));
+    BENCH_CUDA(cudaEventSynchronize(b));
+    float t = 0;
+    BENCH_CUDA(cudaEventElapsedTime(&t, a, b));
+    ms.push_back(t / 5);
+  }
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  std::sort(ms.begin(), ms.end());
+  return ms[ms.size() / 2] * 1e3;
+}
+
+// QSGD encode+EF of x and decode (accumulate) of the result, `count`
+// elements, through the public entry points.
+bool timeQsgdKernels(int rank_, cudaStream_t stream, const void* x, ncclDataType_t t, size_t count,
+                     int bits, int bucket, double* encUs, double* decUs) {
+  const size_t encBytes = gradcompQsgdEncodedBytes(count, bits, bucket);
+  float* residual = nullptr;
+  float* out = nullptr;
+  void* enc = nullptr;
+  if (cudaMalloc(&residual, count * 4) != cudaSuccess ||
+      cudaMalloc(&out, count * 4) != cudaSuccess || cudaMalloc(&enc, encBytes) != cudaSuccess) {
+    (void)cudaGetLastError();
+    cudaFree(residual);
+    cudaFree(out);
+    return false;
+  }
+  BENCH_CUDA(cudaMemsetAsync(residual, 0, count * 4, stream));
+  BENCH_CUDA(cudaMemsetAsync(out, 0, count * 4, stream));
+  bool ok = true;
+  *encUs = timeKernel(rank_, stream, [&](int i) {
+    ok = ok && gradcompQsgdEncodeEF(x, t, residual, count, bits, bucket, 7 + i, enc, stream) ==
+                   gradcompSuccess;
+  });
+  *decUs = timeKernel(rank_, stream, [&](int) {
+    ok = ok && gradcompQsgdDecode(enc, count, bits, bucket, out, 1, stream) == gradcompSuccess;
+  });
+  cudaFree(residual);
+  cudaFree(out);
+  cudaFree(enc);
+  return ok;
+}
+
+// (dtype, count, bits, bucket) -> (encode us, decode us)
+using KernelKey = std::tuple<int, size_t, int, int>;
+using KernelTable = std::map<KernelKey, std::pair<double, double>>;
+
+// Rank 0 measures every kernel the link model will need while the other
+// ranks still wait for the NCCL id: on a shared GPU that is the only time
+// the kernels run alone (later, waiting ranks spin NCCL kernels).
+void measureKernelTable(const Options& o, int device, KernelTable* table) {
+  const int rank_ = 0;
+  std::vector<std::pair<int, int>> configs;  // (bits, bucket)
+  for (gradcompMethod_t m : o.methods) {
+    gradcompConfig_t cfg;
+    if (!methodSpec(m).qsgdKernels || methodConfig(o, m, &cfg) != gradcompSuccess) continue;
+    configs.emplace_back(cfg.bits, cfg.bucketSize);
+  }
+  if (configs.empty()) return;
+  BENCH_CUDA(cudaSetDevice(device));
+  cudaStream_t stream;
+  BENCH_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  void* x = nullptr;
+  BENCH_CUDA(cudaMalloc(&x, o.maxBytes ? o.maxBytes : 1));
+  for (ncclDataType_t dt : o.dtypes) {
+    const gc::DType t = dt == ncclFloat16 ? gc::DType::F16
+                                          : (dt == ncclBfloat16 ? gc::DType::BF16 : gc::DType::F32);
+    BENCH_CUDA(fillDevice(x, t, o.maxBytes / dtypeSize(dt), o.seed, 0, stream));
+    for (size_t size : sizeList(o)) {
+      const size_t count = size / dtypeSize(dt);
+      for (const auto& c : configs) {
+        double e = 0, d = 0;
+        if (count && timeQsgdKernels(0, stream, x, dt, count, c.first, c.second, &e, &d))
+          (*table)[KernelKey{(int)t, count, c.first, c.second}] = {e, d};
+      }
+    }
+  }
+  BENCH_CUDA(cudaStreamSynchronize(stream));
+  cudaFree(x);
+  cudaStreamDestroy(stream);
 }
 
 class CudaRank : public Rank {
@@ -158,57 +255,21 @@ class CudaRank : public Rank {
 
   bool qsgdKernelTimes(gc::DType t, size_t count, int bits, int bucket, double* encUs,
                        double* decUs) override {
-    const size_t encBytes = ((count + bucket - 1) / bucket) * 4 + ((count * bits + 31) / 32) * 4;
-    float* residual = nullptr;
-    float* out = nullptr;
-    void* enc = nullptr;
-    if (cudaMalloc(&residual, count * 4) != cudaSuccess ||
-        cudaMalloc(&out, count * 4) != cudaSuccess || cudaMalloc(&enc, encBytes) != cudaSuccess) {
-      (void)cudaGetLastError();
-      cudaFree(residual);
-      cudaFree(out);
-      return false;
+    if (kernels_) {
+      auto it = kernels_->find(KernelKey{(int)t, count, bits, bucket});
+      if (it != kernels_->end()) {
+        *encUs = it->second.first;
+        *decUs = it->second.second;
+        return true;
+      }
     }
-    BENCH_CUDA(cudaMemsetAsync(residual, 0, count * 4, stream_));
-    BENCH_CUDA(cudaMemsetAsync(out, 0, count * 4, stream_));
-    bool ok = true;
-    *encUs = timeKernel([&](int i) {
-      ok = ok && gradcompQsgdEncodeEF(send_, toNccl(t), residual, count, bits, bucket, 7 + i, enc,
-                                      stream_) == gradcompSuccess;
-    });
-    *decUs = timeKernel([&](int) {
-      ok = ok && gradcompQsgdDecode(enc, count, bits, bucket, out, 1, stream_) == gradcompSuccess;
-    });
-    cudaFree(residual);
-    cudaFree(out);
-    cudaFree(enc);
-    return ok;
+    return timeQsgdKernels(rank_, stream_, send_, toNccl(t), count, bits, bucket, encUs, decUs);
   }
+  // Kernel times measured before the other ranks started any GPU work.
+  void setKernelTable(const KernelTable* table) { kernels_ = table; }
 
  private:
-  // Median of batches timed with events: robust to a stray slow launch.
-  template <typename F>
-  double timeKernel(F&& launch) {
-    cudaEvent_t a, b;
-    BENCH_CUDA(cudaEventCreate(&a));
-    BENCH_CUDA(cudaEventCreate(&b));
-    for (int i = 0; i < 3; ++i) launch(i);
-    std::vector<float> ms;
-    for (int batch = 0; batch < 5; ++batch) {
-      BENCH_CUDA(cudaEventRecord(a, stream_));
-      for (int i = 0; i < 5; ++i) launch(i);
-      BENCH_CUDA(cudaEventRecord(b, stream_));
-      BENCH_CUDA(cudaEventSynchronize(b));
-      float t = 0;
-      BENCH_CUDA(cudaEventElapsedTime(&t, a, b));
-      ms.push_back(t / 5);
-    }
-    cudaEventDestroy(a);
-    cudaEventDestroy(b);
-    std::sort(ms.begin(), ms.end());
-    return ms[ms.size() / 2] * 1e3;
-  }
-
+  const KernelTable* kernels_ = nullptr;
   int device_;
   bool shared_;
   int gpus_;
@@ -308,9 +369,11 @@ int rankMain(const Options& o, int rank, int nranks, int localRank, int localRan
   // Loopback only joins the ranks of one host.
   if (shared && localRanks == nranks) setSharedGpuEnv(rank);
   ncclUniqueId id;
+  KernelTable kernels;
   if (idPipe == nullptr) {
     BENCH_NCCL(ncclGetUniqueId(&id));  // from NCCL_COMM_ID: the same on every rank
   } else if (rank == 0) {
+    if (shared || o.linkGiven) measureKernelTable(o, localRank % gpus, &kernels);
     BENCH_NCCL(ncclGetUniqueId(&id));
     for (int r = 1; r < nranks; ++r)
       if (!writeFull(idPipe[1], &id, sizeof id)) fatal(rank, "cannot pass the NCCL id on");
@@ -320,6 +383,7 @@ int rankMain(const Options& o, int rank, int nranks, int localRank, int localRan
   }
   if (idPipe) close(idPipe[0]);
   CudaRank r(rank, nranks, localRank % gpus, shared, gpus, id);
+  r.setKernelTable(&kernels);
   return runHarness(o, r);
 }
 

@@ -79,7 +79,7 @@ void printPreamble(const Options& o, const RunInfo& info) {
   if (info.showModel) {
     printf(
         "#  modeled at L Gb/s (docs/benchmark.md): gradcomp = kernels measured alone + bytes "
-        "each rank sends / L + messages * %g us;\n#  NCCL = 2(N-1)/N * bytes / L + 2(N-1) * "
+        "each rank sends / L + latency steps * %g us;\n#  NCCL = 2(N-1)/N * bytes / L + 2(N-1) * "
         "%g us. Columns m@L give NCCL / gradcomp modeled time.\n",
         o.linkLatencyUs, o.linkLatencyUs);
   }
