@@ -174,4 +174,27 @@ GC_HD uint64_t deriveKey(uint64_t seed, uint64_t step, uint64_t rank, uint64_t s
   return mix64(k + stream * 0x165667b19e3779f9ull);
 }
 
+// Where an encode's RNG key comes from. The comm's algorithms derive it from
+// (seed, step, rank, stream); on the CUDA backend the step is read from a
+// device counter that every call advances on the stream, so replays of a
+// captured CUDA graph draw fresh random numbers exactly as eager calls would.
+// The public codec entry points use the seed as the key (derive = false).
+struct KeySpec {
+  uint64_t seed;
+  uint64_t step;            // host step (CPU backend, or no device counter)
+  const uint64_t* stepDev;  // device step counter, or null
+  uint64_t rank;
+  uint64_t stream;
+  bool derive;
+};
+
+GC_HD KeySpec plainKey(uint64_t key) {
+  return KeySpec{key, 0, nullptr, 0, 0, false};
+}
+
+GC_HD uint64_t resolveKey(const KeySpec& k) {
+  if (!k.derive) return k.seed;
+  return deriveKey(k.seed, k.stepDev ? *k.stepDev : k.step, k.rank, k.stream);
+}
+
 }  // namespace gc

@@ -35,12 +35,13 @@ __device__ __forceinline__ uint32_t blockMaxU32(uint32_t v, uint32_t* smem) {
 
 __global__ void __launch_bounds__(kEncodeThreads)
     qsgdEncodeKernel(const void* __restrict__ x, DType t, float* __restrict__ residual, size_t n,
-                     int bits, int bucket, uint64_t key, float* __restrict__ scales,
+                     int bits, int bucket, KeySpec keySpec, float* __restrict__ scales,
                      uint32_t* __restrict__ words) {
   extern __shared__ float sx[];
   uint8_t* codes = reinterpret_cast<uint8_t*>(sx + bucket);
   __shared__ uint32_t red[32];
 
+  const uint64_t key = resolveKey(keySpec);
   const size_t b = blockIdx.x;
   const size_t base = b * (size_t)bucket;
   const int len = (int)min((size_t)bucket, n - base);
@@ -97,6 +98,10 @@ __global__ void __launch_bounds__(kDecodeThreads)
   }
 }
 
+__global__ void advanceStepKernel(uint64_t* step) {
+  *step += 1;
+}
+
 int decodeBlocks(size_t n) {
   size_t blocks = (n + kDecodeThreads - 1) / kDecodeThreads;
   return (int)min(blocks, (size_t)132 * 32);
@@ -105,7 +110,7 @@ int decodeBlocks(size_t n) {
 }  // namespace
 
 cudaError_t qsgdEncode(const void* x, DType t, float* residual, size_t n, int bits, int bucket,
-                       uint64_t key, void* out, cudaStream_t stream) {
+                       const KeySpec& key, void* out, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
   const size_t nb = qsgd::numBuckets(n, bucket);
   float* scales = static_cast<float*>(out);
@@ -125,6 +130,11 @@ cudaError_t qsgdDecode(const void* in, size_t n, int bits, int bucket, float* ou
   const uint32_t* words = reinterpret_cast<const uint32_t*>(scales + nb);
   qsgdDecodeKernel<<<decodeBlocks(n), kDecodeThreads, 0, stream>>>(scales, words, n, bits, bucket,
                                                                    out, accumulate);
+  return cudaGetLastError();
+}
+
+cudaError_t advanceStep(uint64_t* step, cudaStream_t stream) {
+  advanceStepKernel<<<1, 1, 0, stream>>>(step);
   return cudaGetLastError();
 }
 

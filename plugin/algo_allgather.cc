@@ -29,8 +29,8 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
   char* gather = static_cast<char*>(workspace);
   float* acc = reinterpret_cast<float*>(gather + alignUp(n * slot));
 
-  GC_CHECK(be.qsgdEncode(a.send, a.dtype, a.state->residual, a.count, bits, d,
-                         deriveKey(c.cfg.seed, a.step, r, 0), gather + r * slot));
+  GC_CHECK(be.qsgdEncode(a.send, a.dtype, a.state->residual, a.count, bits, d, c.key(a.step, 0),
+                         gather + r * slot));
   GC_CHECK(c.transport->allGather(gather + r * slot, gather, slot));
   for (int i = 0; i < n; ++i) {
     GC_CHECK(be.qsgdDecode(gather + i * slot, a.count, bits, d, acc, i != 0));

@@ -71,7 +71,7 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
   float* residual = a.state->residual;
   auto len = [&](int j) { return L.off[j + 1] - L.off[j]; };
   auto mod = [&](int x) { return ((x % n) + n) % n; };
-  auto key = [&](int s) { return deriveKey(c.cfg.seed, a.step, r, (uint64_t)s); };
+  auto key = [&](int s) { return c.key(a.step, (uint64_t)s); };
   const int next = mod(r + 1), prev = mod(r - 1);
 
   // Step 0 sends our own chunk r, encoded with error feedback.

@@ -83,8 +83,7 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
     recvBytes[j] = j == r ? 0 : enc(len(r));
     if (j == r || len(j) == 0) continue;
     GC_CHECK(be.qsgdEncode(send + L.off[j] * esz, a.dtype, residual ? residual + L.off[j] : nullptr,
-                           len(j), bits, d, deriveKey(c.cfg.seed, a.step, r, j),
-                           sendEnc + j * L.slot));
+                           len(j), bits, d, c.key(a.step, j), sendEnc + j * L.slot));
   }
   const size_t myLen = len(r);
   float* myResidual = residual ? residual + L.off[r] : nullptr;
@@ -105,7 +104,7 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
   }
   char* mySlot = gather + r * L.slot;
   GC_CHECK(be.qsgdEncode(acc, DType::F32, c.cfg.ownerResidual ? a.state->ownerResidual : nullptr,
-                         myLen, bits, d, deriveKey(c.cfg.seed, a.step, r, 0x100000000ull), mySlot));
+                         myLen, bits, d, c.key(a.step, 0x100000000ull), mySlot));
 
   // 4. Allgather the encoded sums and decode all of them.
   GC_CHECK(c.transport->allGather(mySlot, gather, L.slot));

@@ -77,6 +77,7 @@ gradcompResult_t allReduce(const void* send, void* recv, size_t count, ncclDataT
   GC_TRACE("%s: count=%zu type=%d bits=%d step=%llu", algo.name, count, (int)type, bits,
            (unsigned long long)c->step);
   GC_CHECK(algo.run(args, c->workspace));
+  GC_CHECK(c->backend->advanceStep());
 
   c->step++;
   state->calls++;

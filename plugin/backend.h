@@ -23,6 +23,14 @@ class Backend {
   // True while the stream is being captured into a CUDA graph.
   virtual bool capturing() const { return false; }
 
+  // One-time setup (the CUDA backend's device step counter).
+  virtual gradcompResult_t init() { return gradcompSuccess; }
+  // The step counter the RNG keys read (see KeySpec): device memory on the
+  // CUDA backend, advanced on the stream after every compressed call.
+  virtual const uint64_t* deviceStep() const { return nullptr; }
+  virtual gradcompResult_t advanceStep() { return gradcompSuccess; }
+  virtual gradcompResult_t setStep(uint64_t step) { return gradcompSuccess; }
+
   // Persistent memory, zero-filled. Not stream-ordered: never call while
   // capturing (the comm grows workspace only outside capture).
   virtual gradcompResult_t alloc(size_t bytes, void** p) = 0;
@@ -37,7 +45,7 @@ class Backend {
 
   // QSGD (residual may be null: no error feedback).
   virtual gradcompResult_t qsgdEncode(const void* x, DType t, float* residual, size_t n, int bits,
-                                      int bucket, uint64_t key, void* out) = 0;
+                                      int bucket, const KeySpec& key, void* out) = 0;
   virtual gradcompResult_t qsgdDecode(const void* in, size_t n, int bits, int bucket, float* out,
                                       bool accumulate) = 0;
 

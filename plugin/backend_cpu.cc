@@ -38,8 +38,8 @@ class CpuBackend final : public Backend {
   gradcompResult_t sync() override { return gradcompSuccess; }
 
   gradcompResult_t qsgdEncode(const void* x, DType t, float* residual, size_t n, int bits,
-                              int bucket, uint64_t key, void* out) override {
-    host::qsgdEncode(x, t, residual, n, bits, bucket, key, out);
+                              int bucket, const KeySpec& key, void* out) override {
+    host::qsgdEncode(x, t, residual, n, bits, bucket, resolveKey(key), out);
     return gradcompSuccess;
   }
   gradcompResult_t qsgdDecode(const void* in, size_t n, int bits, int bucket, float* out,

@@ -24,6 +24,25 @@ class CudaBackend final : public Backend {
     return st != cudaStreamCaptureStatusNone;
   }
 
+  ~CudaBackend() override { release(stepDev_); }
+
+  gradcompResult_t init() override {
+    void* p = nullptr;
+    GC_CHECK(alloc(sizeof(uint64_t), &p));
+    stepDev_ = static_cast<uint64_t*>(p);
+    return gradcompSuccess;
+  }
+  const uint64_t* deviceStep() const override { return stepDev_; }
+  gradcompResult_t advanceStep() override {
+    GC_CUDACHECK(cuda::advanceStep(stepDev_, stream_));
+    return gradcompSuccess;
+  }
+  gradcompResult_t setStep(uint64_t step) override {
+    // Synchronous on the legacy stream: the caller's last stream may be gone.
+    GC_CUDACHECK(cudaMemcpy(stepDev_, &step, sizeof(step), cudaMemcpyHostToDevice));
+    return gradcompSuccess;
+  }
+
   gradcompResult_t alloc(size_t bytes, void** p) override {
     *p = nullptr;
     if (bytes == 0) return gradcompSuccess;
@@ -73,7 +92,7 @@ class CudaBackend final : public Backend {
   }
 
   gradcompResult_t qsgdEncode(const void* x, DType t, float* residual, size_t n, int bits,
-                              int bucket, uint64_t key, void* out) override {
+                              int bucket, const KeySpec& key, void* out) override {
     GC_CUDACHECK(cuda::qsgdEncode(x, t, residual, n, bits, bucket, key, out, stream_));
     return gradcompSuccess;
   }
@@ -95,6 +114,9 @@ class CudaBackend final : public Backend {
     GC_CUDACHECK(cuda::add(acc, x, n, stream_));
     return gradcompSuccess;
   }
+
+ private:
+  uint64_t* stepDev_ = nullptr;
 };
 
 }  // namespace

@@ -20,7 +20,8 @@ GC_EXPORT gradcompResult_t gradcompQsgdEncodeEF(const void* g, ncclDataType_t da
   GC_CHECK(gc::checkDevicePointer(g, "g"));
   GC_CHECK(gc::checkDevicePointer(out, "out"));
   if (residual != nullptr) GC_CHECK(gc::checkDevicePointer(residual, "residual"));
-  GC_CUDACHECK(gc::cuda::qsgdEncode(g, t, residual, count, bits, bucketSize, seed, out, stream));
+  GC_CUDACHECK(gc::cuda::qsgdEncode(g, t, residual, count, bits, bucketSize, gc::plainKey(seed),
+                                    out, stream));
   return gradcompSuccess;
 }
 

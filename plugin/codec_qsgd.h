@@ -23,7 +23,9 @@ void qsgdDecode(const void* in, size_t n, int bits, int bucket, float* out, bool
 
 namespace cuda {
 cudaError_t qsgdEncode(const void* x, DType t, float* residual, size_t n, int bits, int bucket,
-                       uint64_t key, void* out, cudaStream_t stream);
+                       const KeySpec& key, void* out, cudaStream_t stream);
+// step += 1 on the stream (the comm's device step counter).
+cudaError_t advanceStep(uint64_t* step, cudaStream_t stream);
 cudaError_t qsgdDecode(const void* in, size_t n, int bits, int bucket, float* out, bool accumulate,
                        cudaStream_t stream);
 }  // namespace cuda

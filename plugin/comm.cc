@@ -150,6 +150,7 @@ GC_EXPORT gradcompResult_t gradcompCommCreate(ncclComm_t nccl, const gradcompCon
   }
   c->nccl = nccl;
   c->backend = gc::makeCudaBackend();
+  GC_CHECK(c->backend->init());
   c->transport = gc::makeNcclTransport(nccl, c->rank, c->nranks);
   GC_INFO("comm %p rank %d/%d method %d bits %d bucket %d", (void*)c.get(), c->rank, c->nranks,
           (int)c->cfg.method, c->cfg.bits, c->cfg.bucketSize);
@@ -213,7 +214,7 @@ GC_EXPORT gradcompResult_t gradcompCommResetState(gradcompComm_t comm) {
   for (auto& kv : comm->states) comm->releaseState(kv.second);
   comm->states.clear();
   comm->step = 0;
-  return gradcompSuccess;
+  return comm->backend->setStep(0);
 }
 
 GC_EXPORT gradcompResult_t gradcompCommStateSize(gradcompComm_t comm, size_t* bytes) {
@@ -314,7 +315,7 @@ GC_EXPORT gradcompResult_t gradcompCommLoadState(gradcompComm_t comm, const void
     s->calls = rec.calls;
   }
   comm->step = h.step;
-  return gradcompSuccess;
+  return comm->backend->setStep(h.step);
 }
 
 GC_EXPORT gradcompResult_t gradcompGetStats(gradcompComm_t comm, gradcompStats_t* stats) {

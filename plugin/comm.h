@@ -45,6 +45,10 @@ struct gradcompComm {
   gradcompStats_t stats{};
   uint64_t step = 0;  // compressed calls so far: part of every RNG key
 
+  // RNG key of one encode of this call (see gc::KeySpec).
+  gc::KeySpec key(uint64_t callStep, uint64_t stream) const {
+    return gc::KeySpec{cfg.seed, callStep, backend->deviceStep(), (uint64_t)rank, stream, true};
+  }
   // Grows the workspace to at least `bytes` (never while capturing).
   gradcompResult_t ensureWorkspace(size_t bytes);
   // Finds or creates the state of a buffer; arrays allocated as the method needs.

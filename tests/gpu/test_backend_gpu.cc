@@ -1,0 +1,97 @@
+// The CUDA backend against the CPU backend, operation by operation, bit for
+// bit: since an algorithm is the same code over either backend, equal
+// backends (plus the transports) give equal allreduce results.
+#include <gtest/gtest.h>
+#include <string.h>
+
+#include <vector>
+
+#include "plugin/backend.h"
+#include "tests/common/test_util.h"
+#include "tests/gpu/gpu_util.h"
+
+namespace {
+
+using gc::DType;
+using gctest::DeviceBuffer;
+
+class BackendGpu : public gctest::GpuTest {
+ protected:
+  void SetUp() override {
+    GpuTest::SetUp();
+    if (IsSkipped() || HasFatalFailure()) return;
+    cpu = gc::makeCpuBackend();
+    gpu = gc::makeCudaBackend();
+    gpu->setStream(stream);
+  }
+  std::unique_ptr<gc::Backend> cpu, gpu;
+};
+
+std::vector<uint16_t> narrow(const std::vector<float>& x, DType t) {
+  std::vector<uint16_t> h(x.size());
+  for (size_t i = 0; i < x.size(); ++i) {
+    h[i] = t == DType::F16 ? gc::floatToHalf(x[i]) : gc::floatToBf16(x[i]);
+  }
+  return h;
+}
+
+TEST_F(BackendGpu, ToFloatFromFloatAddMatchCpu) {
+  const size_t n = 100003;
+  for (DType t : {DType::F32, DType::F16, DType::BF16}) {
+    SCOPED_TRACE(testing::Message() << "dtype=" << (int)t);
+    std::vector<float> x = gctest::normal(n, 1, 100.0f), add = gctest::normal(n, 2);
+    std::vector<uint16_t> h = narrow(x, t);
+    const void* hx = t == DType::F32 ? (const void*)x.data() : (const void*)h.data();
+    const size_t esz = gc::dtypeBytes(t);
+    DeviceBuffer<uint8_t> dx(n * esz), dout(n * esz);
+    DeviceBuffer<float> dadd(n), df(n);
+    ASSERT_EQ(cudaMemcpy(dx.get(), hx, n * esz, cudaMemcpyHostToDevice), cudaSuccess);
+    dadd.upload(add);
+
+    std::vector<float> fc(n);
+    ASSERT_EQ(cpu->toFloat(hx, t, add.data(), n, fc.data()), gradcompSuccess);
+    ASSERT_EQ(gpu->toFloat(dx.get(), t, dadd.get(), n, df.get()), gradcompSuccess);
+    ASSERT_EQ(gpu->sync(), gradcompSuccess);
+    auto fg = df.download(n);
+    ASSERT_EQ(memcmp(fc.data(), fg.data(), n * 4), 0);
+
+    for (float divisor : {1.0f, 3.0f, 8.0f}) {
+      std::vector<uint8_t> oc(n * esz);
+      ASSERT_EQ(cpu->fromFloat(fc.data(), n, divisor, t, oc.data()), gradcompSuccess);
+      ASSERT_EQ(gpu->fromFloat(df.get(), n, divisor, t, dout.get()), gradcompSuccess);
+      ASSERT_EQ(gpu->sync(), gradcompSuccess);
+      EXPECT_EQ(dout.download(n * esz), oc) << "divisor " << divisor;
+    }
+
+    ASSERT_EQ(cpu->add(fc.data(), add.data(), n), gradcompSuccess);
+    ASSERT_EQ(gpu->add(df.get(), dadd.get(), n), gradcompSuccess);
+    ASSERT_EQ(gpu->sync(), gradcompSuccess);
+    fg = df.download(n);
+    ASSERT_EQ(memcmp(fc.data(), fg.data(), n * 4), 0);
+  }
+}
+
+TEST_F(BackendGpu, AllocZeroCopyAndHostTransfers) {
+  void* p = nullptr;
+  ASSERT_EQ(gpu->alloc(1 << 20, &p), gradcompSuccess);
+  std::vector<uint8_t> host(1 << 20, 0xff);
+  ASSERT_EQ(gpu->toHost(host.data(), p, host.size()), gradcompSuccess);
+  for (uint8_t v : host) ASSERT_EQ(v, 0);  // alloc zero-fills
+  std::vector<uint8_t> pattern(1 << 20);
+  for (size_t i = 0; i < pattern.size(); ++i) pattern[i] = (uint8_t)(i * 7);
+  ASSERT_EQ(gpu->fromHost(p, pattern.data(), pattern.size()), gradcompSuccess);
+  void* q = nullptr;
+  ASSERT_EQ(gpu->alloc(1 << 20, &q), gradcompSuccess);
+  ASSERT_EQ(gpu->copy(q, p, 1 << 20), gradcompSuccess);
+  ASSERT_EQ(gpu->zero(p, 1 << 19), gradcompSuccess);
+  ASSERT_EQ(gpu->toHost(host.data(), q, host.size()), gradcompSuccess);
+  EXPECT_EQ(host, pattern);
+  ASSERT_EQ(gpu->toHost(host.data(), p, host.size()), gradcompSuccess);
+  for (size_t i = 0; i < (1u << 19); ++i) ASSERT_EQ(host[i], 0);
+  for (size_t i = 1u << 19; i < host.size(); ++i) ASSERT_EQ(host[i], pattern[i]);
+  gpu->release(p);
+  gpu->release(q);
+  EXPECT_FALSE(gpu->capturing());
+}
+
+}  // namespace
