@@ -110,6 +110,7 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
   gradcompResult_t res = r.createComm(cfg, &comm);
   if (!allOk(r, res == gradcompSuccess)) {
     row->failed = true;
+    row->result = res;
     row->error = std::string("gradcompCommCreate: ") + gradcompGetLastError();
     if (res == gradcompSuccess) r.destroyComm(comm);
     return;
@@ -165,6 +166,7 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
   }
   if (!ok) {
     row->failed = true;
+    row->result = res;
     row->error = std::string("gradcompAllReduce: ") + gradcompGetLastError();
   }
   r.barrier();
@@ -253,6 +255,14 @@ int runHarness(const Options& o, Rank& r) {
         if (row.failed || row.ncclWrong > 0 || row.gradcompWrong > 0) exitCode = 1;
         if (lead) printRow(o, info, row);
         rows.push_back(row);
+        // A method this build lacks fails the same way at every larger size.
+        double unsupported = row.failed && row.result == gradcompNotSupported ? 1 : 0;
+        r.reduce(&unsupported, 1, true);
+        if (unsupported > 0) {
+          if (lead)
+            printf("# %s is not supported by this build: larger sizes skipped\n", methodName(m));
+          break;
+        }
       }
       if (lead) printFooter(rows);
       all.insert(all.end(), rows.begin(), rows.end());

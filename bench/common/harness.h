@@ -28,6 +28,7 @@ struct Row {
   int algoUsed = 0;  // gradcompAlgo_t that ran; 0 = passed through
   int nranks = 1;
   bool failed = false;
+  gradcompResult_t result = gradcompSuccess;  // of the failed call
   std::string error;
   // Measured (max over ranks).
   double ncclUs = 0, gradcompUs = 0;

@@ -293,15 +293,15 @@ const char* firstEnv(const char* const* names) {
 bool launcherRank(int* rank, int* size, int* localRank, int* localSize) {
   static const char* const rankVars[] = {"OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK",
                                          "SLURM_PROCID", nullptr};
-  static const char* const sizeVars[] = {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_NTASKS",
+  static const char* const sizeVars[] = {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_STEP_NUM_TASKS",
                                          nullptr};
   static const char* const localVars[] = {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID",
                                           "SLURM_LOCALID", nullptr};
   static const char* const localSizeVars[] = {"OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS",
-                                              "SLURM_NTASKS_PER_NODE", nullptr};
-  // srun sets SLURM_PROCID in batch scripts too; only a step counts.
+                                              "SLURM_STEP_TASKS_PER_NODE", nullptr};
+  // A batch script sees SLURM_PROCID too; only the tasks of an srun step count.
   if (!getenv("OMPI_COMM_WORLD_RANK") && !getenv("PMI_RANK") && !getenv("PMIX_RANK") &&
-      !getenv("SLURM_STEP_ID"))
+      !getenv("SLURM_STEP_NUM_TASKS"))
     return false;
   const char* r = firstEnv(rankVars);
   const char* s = firstEnv(sizeVars);
