@@ -74,6 +74,23 @@ def main():
             # 4-bit QSGD errs, but far less than the signal.
             expect(0 < r["rel_err"] < 0.5, "%s: 0 < rel_err %s < 0.5" % (tag, r["rel_err"]))
             expect(0 < r["err_over_bound"] <= 1, "%s: errors within the bound" % tag)
+            # The link model (docs/benchmark.md), recomputed from the row's own numbers.
+            expect(r["kernels_measured"] and r["encode_us"] > 0 and r["decode_us"] > 0,
+                   "%s: codec times measured for the model" % tag)
+            kernel = r["encode_us"] + r["decode_us"] * (2 * nranks - 1) / nranks
+            expect(abs(r["kernel_us"] - kernel) <= 1e-6 * kernel, "%s: two-shot kernel work" % tag)
+            expect(r["latency_steps"] == nranks, "%s: two-shot latency steps 1 + (N-1)" % tag)
+            gbps = [m["link_gbps"] for m in r["model"]]
+            expect(gbps == [10, 25, 100], "%s: default links 10, 25, 100 Gb/s (got %s)" % (tag, gbps))
+            for m in r["model"]:
+                g = m["link_gbps"]
+                ours = r["kernel_us"] + r["wire_bytes"] * 8 / (g * 1e3) + nranks * 10
+                ring_bytes = 2 * (nranks - 1) / nranks * r["size"]
+                nccl = ring_bytes * 8 / (g * 1e3) + 2 * (nranks - 1) * 10
+                expect(abs(m["time_us"] - ours) <= 1e-6 * ours, "%s: modeled time at %g" % (tag, g))
+                expect(abs(m["nccl_time_us"] - nccl) <= 1e-6 * nccl, "%s: NCCL model at %g" % (tag, g))
+                expect(abs(m["speedup"] - nccl / ours) <= 1e-5 * nccl / ours,
+                       "%s: modeled speedup at %g" % (tag, g))
 
     code, out, rows = run(perf, ["-N", "2", "-b", "256K", "-e", "256K", "-n", "1", "-w", "0",
                                  "--debug-corrupt"], os.path.join(work, "corrupt.json"))

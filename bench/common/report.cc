@@ -105,7 +105,9 @@ void printHeader(const Options& o, const RunInfo& info, const std::string& label
     }
   }
   // Column groups start where the rows put them: 46 and 82 characters in.
-  printf("#%45s%-36s%s\n", "", "ncclAllReduce", "gradcompAllReduce");
+  printf("#%45s%-36s%s\n", "",
+         info.backend == "cpu" ? "exact host sum (for ncclAllReduce)" : "ncclAllReduce",
+         "gradcompAllReduce");
   printf(
       "# %10s  %12s  %8s  %6s  %8s  %7s  %7s  %6s  %8s  %7s  %7s  %6s  %11s  %6s  %8s  %8s  "
       "%7s  %9s%s\n",
