@@ -1,0 +1,280 @@
+#include "harness.h"
+
+#include <math.h>
+#include <stdio.h>
+
+#include <chrono>
+#include <map>
+
+#include "methods.h"
+#include "model.h"
+#include "report.h"
+
+namespace gcbench {
+namespace {
+
+double nowSeconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+gc::DType toDType(ncclDataType_t t) {
+  return t == ncclFloat16 ? gc::DType::F16 : (t == ncclBfloat16 ? gc::DType::BF16 : gc::DType::F32);
+}
+
+// True on every rank when it is true on every rank.
+bool allOk(Rank& r, bool ok) {
+  double v = ok ? 0 : 1;
+  r.reduce(&v, 1, true);
+  return v == 0;
+}
+
+// nccl-tests' timing: warm up, line the ranks up, time `iters` calls on the
+// host clock up to the stream's completion; the slowest rank's time counts.
+template <typename F>
+double timeCalls(Rank& r, int warmup, int iters, bool* ok, F&& call) {
+  for (int i = 0; i < warmup; ++i) *ok = call() && *ok;
+  r.sync();
+  r.barrier();
+  const double t0 = nowSeconds();
+  for (int i = 0; i < iters; ++i) *ok = call() && *ok;
+  r.sync();
+  double us = (nowSeconds() - t0) / iters * 1e6;
+  r.reduce(&us, 1, true);
+  return us;
+}
+
+struct Checked {
+  long wrong;
+  double relRms, relMax, errOverBound;
+};
+
+Checked combine(Rank& r, const CheckTotals& t) {
+  double sums[3] = {t.sumErr2, t.sumExact2, t.wrong};
+  double maxes[3] = {t.maxErr, t.maxExact, t.maxErrOverBound};
+  r.reduce(sums, 3, false);
+  r.reduce(maxes, 3, true);
+  Checked c;
+  c.wrong = (long)sums[2];
+  c.relRms = sums[1] > 0 ? sqrt(sums[0] / sums[1]) : sqrt(sums[0]);
+  c.relMax = maxes[1] > 0 ? maxes[0] / maxes[1] : maxes[0];
+  c.errOverBound = maxes[2];
+  return c;
+}
+
+CheckParams exactParams(const Options& o, int nranks, ncclDataType_t dtype) {
+  CheckParams p{};
+  p.seed = o.seed;
+  p.nranks = nranks;
+  p.dtype = toDType(dtype);
+  p.average = o.op == ncclAvg;
+  p.kind = BoundKind::Exact;
+  return p;
+}
+
+struct Baseline {
+  double us = 0;
+  long wrong = -1;
+  bool ok = true;
+};
+
+Baseline runBaseline(const Options& o, Rank& r, ncclDataType_t dtype, size_t count) {
+  Baseline b;
+  const size_t bytes = count * dtypeSize(dtype);
+  if (o.check) {
+    r.poison(r.recv(), bytes);
+    b.ok = allOk(r, r.baseline(r.send(), r.recv(), count, dtype, o.op));
+    if (b.ok) {
+      r.sync();
+      const CheckParams p = exactParams(o, r.nranks(), dtype);
+      b.wrong = combine(r, r.check(p, nullptr, r.recv(), count)).wrong;
+    }
+  }
+  bool ok = true;
+  b.us = timeCalls(r, o.warmup, o.iters, &ok,
+                   [&] { return r.baseline(r.send(), r.recv(), count, dtype, o.op); });
+  b.ok = allOk(r, ok) && b.ok;
+  return b;
+}
+
+int algoFromStats(const gradcompStats_t& before, const gradcompStats_t& after) {
+  for (int a = 1; a < 5; ++a)
+    if (after.callsPerAlgo[a] > before.callsPerAlgo[a]) return a;
+  return 0;
+}
+
+void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompConfig_t& cfg,
+                 Row* row) {
+  const size_t count = row->count;
+  const ncclDataType_t dtype = row->dtype;
+  gradcompComm_t comm = nullptr;
+  gradcompResult_t res = r.createComm(cfg, &comm);
+  if (!allOk(r, res == gradcompSuccess)) {
+    row->failed = true;
+    row->result = res;
+    row->error = std::string("gradcompCommCreate: ") + gradcompGetLastError();
+    if (res == gradcompSuccess) r.destroyComm(comm);
+    return;
+  }
+  auto call = [&] {
+    res = r.allReduce(comm, r.send(), r.recv(), count, dtype, o.op);
+    return res == gradcompSuccess;
+  };
+  gradcompStats_t s0{}, s1{}, s2{};
+  // The check is the comm's first call, from zero residual: the codec's
+  // one-call bound applies.
+  gradcompGetStats(comm, &s0);
+  r.poison(r.recv(), row->bytes);
+  bool ok = allOk(r, call());
+  if (ok) {
+    r.sync();
+    gradcompGetStats(comm, &s1);
+    row->algoUsed = algoFromStats(s0, s1);
+    if (o.check) {
+      const MethodSpec& spec = methodSpec(cfg.method);
+      CheckParams p = exactParams(o, r.nranks(), dtype);
+      const float* bm = nullptr;
+      if (row->algoUsed != 0) {
+        p.kind = spec.bound;
+        if (p.kind == BoundKind::Quantized) {
+          const int bits = s1.bitsLast > 0 ? s1.bitsLast : cfg.bits;
+          p.levels = (1 << (bits - 1)) - 1;
+          p.quantizations = row->algoUsed == 1 ? 2 : (row->algoUsed == 2 ? r.nranks() : 1);
+          p.bucket = cfg.bucketSize;
+          p.numBuckets = (count + cfg.bucketSize - 1) / cfg.bucketSize;
+          bm = r.bucketMax(p.dtype, count, p.bucket, o.seed);
+        } else if (p.kind == BoundKind::Sparse) {
+          p.wireEps = typeEps(toDType(cfg.valueType));
+        }
+      }
+      if (o.corrupt && r.rank() == 0) r.poke(r.recv(), p.dtype, count / 2, 1e4f);
+      const Checked c = combine(r, r.check(p, bm, r.recv(), count));
+      row->gradcompWrong = c.wrong;
+      row->relErrRms = c.relRms;
+      row->relErrMax = c.relMax;
+      row->errOverBound = c.errOverBound;
+    }
+    bool timedOk = true;
+    gradcompGetStats(comm, &s1);
+    row->gradcompUs = timeCalls(r, o.warmup, o.iters, &timedOk, call);
+    gradcompGetStats(comm, &s2);
+    ok = allOk(r, timedOk);
+    const double calls = (double)(s2.callsCompressed - s1.callsCompressed);
+    double wire = calls > 0 ? (double)(s2.bytesOnWire - s1.bytesOnWire) / calls
+                            : ncclRingBytes(row->bytes, r.nranks());
+    r.reduce(&wire, 1, true);
+    row->gradcompWire = wire;
+  }
+  if (!ok) {
+    row->failed = true;
+    row->result = res;
+    row->error = std::string("gradcompAllReduce: ") + gradcompGetLastError();
+  }
+  r.barrier();
+  r.destroyComm(comm);
+
+  if (!ok || !info.showModel) return;
+  const AlgoShape shape = algoShape(row->algoUsed, r.nranks());
+  row->latencySteps = shape.latencySteps;
+  if (row->algoUsed != 0 && methodSpec(cfg.method).qsgdKernels) {
+    // Rank 0 alone, the others wait: the kernels' own time, not the shared GPU's.
+    double v[3] = {0, 0, 0};
+    r.barrier();
+    if (r.rank() == 0)
+      v[2] = r.qsgdKernelTimes(toDType(dtype), count, row->bits, row->bucket, &v[0], &v[1]);
+    r.reduce(v, 3, true);
+    row->kernelsMeasured = v[2] > 0;
+    row->encodeUs = v[0];
+    row->decodeUs = v[1];
+    row->kernelUs = shape.encodeFactor * v[0] + shape.decodeFactor * v[1];
+  }
+  for (double g : o.linkGbps) {
+    ModelPoint m;
+    m.gbps = g;
+    m.ncclUs = ncclModelUs(row->bytes, r.nranks(), g, o.linkLatencyUs);
+    m.gradcompUs =
+        gradcompModelUs(row->kernelUs, row->gradcompWire, row->latencySteps, g, o.linkLatencyUs);
+    row->model.push_back(m);
+  }
+}
+
+}  // namespace
+
+int runHarness(const Options& o, Rank& r) {
+  RunInfo info;
+  info.backend = r.onDevice() ? "cuda" : "cpu";
+  info.description = r.describe();
+  info.baseline = r.baselineName();
+  info.representative = r.representative();
+  info.showModel = !info.representative || o.linkGiven;
+  const bool lead = r.rank() == 0;
+  if (lead) printPreamble(o, info);
+
+  const std::vector<size_t> sizes = sizeList(o);
+  r.allocBuffers(o.maxBytes);
+  std::vector<Row> all;
+  int exitCode = 0;
+  for (ncclDataType_t dtype : o.dtypes) {
+    const size_t tsize = dtypeSize(dtype);
+    // Element i has the same value whatever the size: fill once per type.
+    r.fill(r.send(), toDType(dtype), o.maxBytes / tsize, o.seed);
+    r.sync();
+    std::map<size_t, Baseline> baselines;
+    for (gradcompMethod_t m : o.methods) {
+      gradcompConfig_t cfg;
+      if (methodConfig(o, m, &cfg) != gradcompSuccess) {
+        if (lead) fprintf(stderr, "gradcomp_perf: %s\n", gradcompGetLastError());
+        return 2;
+      }
+      const std::string label = methodLabel(cfg);
+      if (lead) printHeader(o, info, label, dtype);
+      std::vector<Row> rows;
+      for (size_t size : sizes) {
+        Row row;
+        row.count = size / tsize;
+        if (row.count == 0) continue;
+        row.bytes = row.count * tsize;
+        row.dtype = dtype;
+        row.op = o.op;
+        row.method = m;
+        row.label = label;
+        row.bits = cfg.bits;
+        row.bucket = cfg.bucketSize;
+        row.density = cfg.density;
+        row.nranks = r.nranks();
+        row.ncclWire = ncclRingBytes(row.bytes, r.nranks());
+        auto it = baselines.find(row.bytes);
+        if (it == baselines.end())
+          it = baselines.emplace(row.bytes, runBaseline(o, r, dtype, row.count)).first;
+        row.ncclUs = it->second.us;
+        row.ncclWrong = it->second.wrong;
+        if (!it->second.ok) {
+          row.failed = true;
+          row.error = "baseline allreduce failed";
+        }
+        runGradcomp(o, info, r, cfg, &row);
+        if (row.failed || row.ncclWrong > 0 || row.gradcompWrong > 0) exitCode = 1;
+        if (lead) printRow(o, info, row);
+        rows.push_back(row);
+        // A method this build lacks fails the same way at every larger size.
+        double unsupported = row.failed && row.result == gradcompNotSupported ? 1 : 0;
+        r.reduce(&unsupported, 1, true);
+        if (unsupported > 0) {
+          if (lead)
+            printf("# %s is not supported by this build: larger sizes skipped\n", methodName(m));
+          break;
+        }
+      }
+      if (lead) printFooter(rows);
+      all.insert(all.end(), rows.begin(), rows.end());
+    }
+  }
+  if (lead) {
+    if (!o.jsonPath.empty() && !writeJson(o.jsonPath, o, info, all))
+      exitCode = exitCode ? exitCode : 2;
+    if (!o.csvPath.empty() && !writeCsv(o.csvPath, o, all)) exitCode = exitCode ? exitCode : 2;
+    fflush(stdout);
+  }
+  return exitCode;
+}
+
+}  // namespace gcbench

@@ -1,0 +1,58 @@
+// The harness, as in nccl-tests: it owns the size loop, timing, checking and
+// the table. A method only says how to configure gradcomp and what error its
+// codec may make (methods.cc).
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "options.h"
+#include "rank.h"
+
+namespace gcbench {
+
+struct ModelPoint {
+  double gbps;
+  double gradcompUs;
+  double ncclUs;
+};
+
+struct Row {
+  size_t bytes = 0, count = 0;
+  ncclDataType_t dtype = ncclFloat32;
+  ncclRedOp_t op = ncclSum;
+  gradcompMethod_t method = gradcompMethodNone;
+  std::string label;  // method with its settings
+  int bits = 0, bucket = 0;
+  float density = 0;
+  int algoUsed = 0;  // gradcompAlgo_t that ran; 0 = passed through
+  int nranks = 1;
+  bool failed = false;
+  gradcompResult_t result = gradcompSuccess;  // of the failed call
+  std::string error;
+  // Measured (max over ranks).
+  double ncclUs = 0, gradcompUs = 0;
+  double ncclWire = 0, gradcompWire = 0;  // bytes each rank sends per call
+  // Checked; -1 when -c 0.
+  long ncclWrong = -1, gradcompWrong = -1;
+  double relErrRms = 0, relErrMax = 0;
+  double errOverBound = 0;  // largest |error| / bound over the elements
+  // Link model.
+  bool kernelsMeasured = false;
+  double encodeUs = 0, decodeUs = 0, kernelUs = 0, latencySteps = 0;
+  std::vector<ModelPoint> model;
+
+  double algbw() const { return gradcompUs > 0 ? bytes / gradcompUs / 1e3 : 0; }
+  double ncclAlgbw() const { return ncclUs > 0 ? bytes / ncclUs / 1e3 : 0; }
+  double busFactor() const { return nranks > 1 ? 2.0 * (nranks - 1) / nranks : 0.0; }
+  double busbw() const { return algbw() * busFactor(); }
+  double ncclBusbw() const { return ncclAlgbw() * busFactor(); }
+  double speedup() const { return gradcompUs > 0 ? ncclUs / gradcompUs : 0; }
+  double ratio() const { return gradcompWire > 0 ? ncclWire / gradcompWire : 0; }
+};
+
+// Runs every (type, method, size) on this rank; rank 0 prints and writes the
+// files. Returns the exit code: 0, 1 when a result was wrong or a call failed.
+int runHarness(const Options& o, Rank& r);
+
+}  // namespace gcbench

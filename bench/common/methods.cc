@@ -1,0 +1,49 @@
+#include "methods.h"
+
+#include <stdio.h>
+
+namespace gcbench {
+
+const MethodSpec& methodSpec(gradcompMethod_t m) {
+  static const MethodSpec specs[] = {
+      {gradcompMethodNone, BoundKind::Exact, false},
+      {gradcompMethodQsgd, BoundKind::Quantized, true},
+      {gradcompMethodTopk, BoundKind::Sparse, false},  // TODO(sparse): time the selectors
+      {gradcompMethodRandk, BoundKind::Sparse, false},
+      {gradcompMethodDgc, BoundKind::Sparse, false},
+  };
+  return specs[(int)m];
+}
+
+gradcompResult_t methodConfig(const Options& o, gradcompMethod_t m, gradcompConfig_t* cfg) {
+  gradcompResult_t res = gradcompConfigFromEnv(cfg);
+  if (res != gradcompSuccess) return res;
+  cfg->method = m;
+  if (o.bits > 0) cfg->bits = o.bits;
+  if (o.bucket > 0) cfg->bucketSize = o.bucket;
+  if (o.density > 0) cfg->density = o.density;
+  if (o.algo >= 0) cfg->algo = (gradcompAlgo_t)o.algo;
+  return gradcompConfigValidate(cfg);
+}
+
+std::string methodLabel(const gradcompConfig_t& cfg) {
+  char buf[160];
+  switch (cfg.method) {
+    case gradcompMethodQsgd:
+      snprintf(buf, sizeof buf, "qsgd bits=%d bucket=%d ef=%d algo=%s", cfg.bits, cfg.bucketSize,
+               cfg.errorFeedback, algoName(cfg.algo));
+      break;
+    case gradcompMethodTopk:
+    case gradcompMethodRandk:
+    case gradcompMethodDgc:
+      snprintf(buf, sizeof buf, "%s density=%g select=%s algo=%s", methodName(cfg.method),
+               cfg.density, cfg.select == gradcompSelectExact ? "exact" : "threshold",
+               algoName(cfg.algo));
+      break;
+    default:
+      snprintf(buf, sizeof buf, "none (pass-through to ncclAllReduce)");
+  }
+  return buf;
+}
+
+}  // namespace gcbench

@@ -1,0 +1,340 @@
+#include "options.h"
+
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+namespace gcbench {
+namespace {
+
+void usage(const char* prog) {
+  printf(
+      "Usage: %s [flags]\n"
+      "  all_reduce_perf flags:\n"
+      "  -b, --minbytes <size>      smallest size (K/M/G suffixes), default cuda 1M, cpu 256K\n"
+      "  -e, --maxbytes <size>      largest size, default cuda 256M, cpu 16M\n"
+      "  -i, --stepbytes <size>     additive step (used when -f is not given), default 1M\n"
+      "  -f, --stepfactor <f>       multiplicative step, default 4\n"
+      "  -n, --iters <n>            timed iterations, default cuda 20, cpu 5\n"
+      "  -w, --warmup_iters <n>     warm-up iterations, default cuda 5, cpu 1\n"
+      "  -c, --check <0|1>          check results against the exact sum, default 1\n"
+      "  -d, --datatype <t>         float|half|bfloat16|all (list with commas), default float\n"
+      "  -o, --op <op>              sum|avg, default sum\n"
+      "  gradcomp flags:\n"
+      "  -m, --method <m>           none|qsgd|topk|randk|dgc (list with commas), default qsgd\n"
+      "  -q, --bits <b>             QSGD bits 2..8 including the sign\n"
+      "  -B, --bucket <d>           QSGD bucket size 32..8192, multiple of 32\n"
+      "  -k, --density <p>          sparse methods: share of elements sent, (0,1]\n"
+      "  -a, --algo <a>             auto|twoshot|ring|allgather|sparse\n"
+      "  -N, --nranks <n>           ranks: threads (cpu) or processes (cuda), default cpu 4,\n"
+      "                             cuda the number of GPUs, or 4 on one GPU\n"
+      "      --backend <b>          cuda|cpu, default cuda when a GPU is visible\n"
+      "      --json <file>          rows as JSON\n"
+      "      --csv <file>           rows as CSV\n"
+      "      --link-gbps <list>     modeled link bandwidths in Gb/s, default 10,25,100\n"
+      "      --link-lat-us <us>     modeled per-message latency, default 10\n"
+      "      --seed <n>             input data seed, default 1\n"
+      "      --debug-corrupt        corrupt one gradcomp output element (checks the checker)\n"
+      "Unset gradcomp settings come from GRADCOMP_* variables (docs/env.md).\n",
+      prog);
+}
+
+bool parseSize(const char* s, size_t* out) {
+  char* end = nullptr;
+  double v = strtod(s, &end);
+  if (end == s || v < 0) return false;
+  double mult = 1;
+  if (*end == 'K' || *end == 'k')
+    mult = 1024.0, ++end;
+  else if (*end == 'M' || *end == 'm')
+    mult = 1024.0 * 1024, ++end;
+  else if (*end == 'G' || *end == 'g')
+    mult = 1024.0 * 1024 * 1024, ++end;
+  if (*end == 'B' || *end == 'b') ++end;
+  if (*end != '\0') return false;
+  *out = (size_t)(v * mult);
+  return true;
+}
+
+bool parseInt(const char* s, long lo, long hi, long* out) {
+  char* end = nullptr;
+  long v = strtol(s, &end, 10);
+  if (end == s || *end != '\0' || v < lo || v > hi) return false;
+  *out = v;
+  return true;
+}
+
+bool parseDouble(const char* s, double lo, double hi, double* out) {
+  char* end = nullptr;
+  double v = strtod(s, &end);
+  if (end == s || *end != '\0' || !(v >= lo && v <= hi)) return false;
+  *out = v;
+  return true;
+}
+
+std::vector<std::string> splitList(const char* s) {
+  std::vector<std::string> out;
+  std::string cur;
+  for (const char* p = s;; ++p) {
+    if (*p == ',' || *p == '\0') {
+      if (!cur.empty()) out.push_back(cur);
+      cur.clear();
+      if (*p == '\0') break;
+    } else {
+      cur += *p;
+    }
+  }
+  return out;
+}
+
+bool fail(int* exitCode, const char* fmt, const char* flag, const char* value) {
+  fprintf(stderr, "gradcomp_perf: ");
+  fprintf(stderr, fmt, flag, value);
+  fprintf(stderr, " (see --help)\n");
+  *exitCode = 2;
+  return false;
+}
+
+}  // namespace
+
+const char* dtypeName(ncclDataType_t t) {
+  switch (t) {
+    case ncclFloat32:
+      return "float";
+    case ncclFloat16:
+      return "half";
+    case ncclBfloat16:
+      return "bfloat16";
+    default:
+      return "?";
+  }
+}
+
+size_t dtypeSize(ncclDataType_t t) {
+  return t == ncclFloat32 ? 4 : 2;
+}
+
+const char* methodName(gradcompMethod_t m) {
+  static const char* names[] = {"none", "qsgd", "topk", "randk", "dgc"};
+  return (int)m >= 0 && (int)m < 5 ? names[(int)m] : "?";
+}
+
+const char* algoName(int algo) {
+  static const char* names[] = {"auto", "twoshot", "ring", "allgather", "sparse"};
+  return algo >= 0 && algo < 5 ? names[algo] : "?";
+}
+
+const char* opName(ncclRedOp_t op) {
+  return op == ncclAvg ? "avg" : "sum";
+}
+
+bool parseOptions(int argc, char** argv, Options* o, int* exitCode) {
+  enum { kBackend = 1000, kJson, kCsv, kLink, kLat, kSeed, kCorrupt, kHelp };
+  static const struct option longOpts[] = {{"minbytes", required_argument, 0, 'b'},
+                                           {"maxbytes", required_argument, 0, 'e'},
+                                           {"stepbytes", required_argument, 0, 'i'},
+                                           {"stepfactor", required_argument, 0, 'f'},
+                                           {"iters", required_argument, 0, 'n'},
+                                           {"warmup_iters", required_argument, 0, 'w'},
+                                           {"check", required_argument, 0, 'c'},
+                                           {"datatype", required_argument, 0, 'd'},
+                                           {"op", required_argument, 0, 'o'},
+                                           {"method", required_argument, 0, 'm'},
+                                           {"bits", required_argument, 0, 'q'},
+                                           {"bucket", required_argument, 0, 'B'},
+                                           {"density", required_argument, 0, 'k'},
+                                           {"algo", required_argument, 0, 'a'},
+                                           {"nranks", required_argument, 0, 'N'},
+                                           {"backend", required_argument, 0, kBackend},
+                                           {"json", required_argument, 0, kJson},
+                                           {"csv", required_argument, 0, kCsv},
+                                           {"link-gbps", required_argument, 0, kLink},
+                                           {"link-lat-us", required_argument, 0, kLat},
+                                           {"seed", required_argument, 0, kSeed},
+                                           {"debug-corrupt", no_argument, 0, kCorrupt},
+                                           {"help", no_argument, 0, 'h'},
+                                           {0, 0, 0, 0}};
+  for (int i = 0; i < argc; ++i) {
+    if (i) o->commandLine += ' ';
+    o->commandLine += argv[i];
+  }
+  *exitCode = 0;
+  bool factorGiven = false, stepGiven = false;
+  int c;
+  long lv;
+  double dv;
+  while ((c = getopt_long(argc, argv, "b:e:i:f:n:w:c:d:o:m:q:B:k:a:N:h", longOpts, nullptr)) !=
+         -1) {
+    const char* v = optarg;
+    switch (c) {
+      case 'b':
+        if (!parseSize(v, &o->minBytes)) return fail(exitCode, "%s %s is not a size", "-b", v);
+        break;
+      case 'e':
+        if (!parseSize(v, &o->maxBytes)) return fail(exitCode, "%s %s is not a size", "-e", v);
+        break;
+      case 'i':
+        if (!parseSize(v, &o->stepBytes) || o->stepBytes == 0)
+          return fail(exitCode, "%s %s is not a size > 0", "-i", v);
+        stepGiven = true;
+        break;
+      case 'f':
+        if (!parseDouble(v, 1.0001, 1e6, &o->stepFactor))
+          return fail(exitCode, "%s %s is not a factor > 1", "-f", v);
+        factorGiven = true;
+        break;
+      case 'n':
+        if (!parseInt(v, 1, 1000000, &lv))
+          return fail(exitCode, "%s %s not in 1..1000000", "-n", v);
+        o->iters = (int)lv;
+        break;
+      case 'w':
+        if (!parseInt(v, 0, 1000000, &lv))
+          return fail(exitCode, "%s %s not in 0..1000000", "-w", v);
+        o->warmup = (int)lv;
+        break;
+      case 'c':
+        if (!parseInt(v, 0, 1, &lv)) return fail(exitCode, "%s %s is not 0 or 1", "-c", v);
+        o->check = (int)lv;
+        break;
+      case 'd':
+        o->dtypes.clear();
+        for (const std::string& s : splitList(v)) {
+          if (s == "float" || s == "fp32" || s == "float32")
+            o->dtypes.push_back(ncclFloat32);
+          else if (s == "half" || s == "fp16" || s == "float16")
+            o->dtypes.push_back(ncclFloat16);
+          else if (s == "bfloat16" || s == "bf16")
+            o->dtypes.push_back(ncclBfloat16);
+          else if (s == "all")
+            o->dtypes = {ncclFloat32, ncclFloat16, ncclBfloat16};
+          else
+            return fail(exitCode, "%s %s: types are float, half, bfloat16 or all", "-d", v);
+        }
+        break;
+      case 'o':
+        if (strcasecmp(v, "sum") == 0)
+          o->op = ncclSum;
+        else if (strcasecmp(v, "avg") == 0)
+          o->op = ncclAvg;
+        else
+          return fail(exitCode, "%s %s: ops are sum or avg (gradcomp compresses only these)", "-o",
+                      v);
+        break;
+      case 'm':
+        o->methods.clear();
+        for (const std::string& s : splitList(v)) {
+          int m = -1;
+          for (int k = 0; k < 5; ++k)
+            if (s == methodName((gradcompMethod_t)k)) m = k;
+          if (m < 0)
+            return fail(exitCode, "%s %s: methods are none, qsgd, topk, randk, dgc", "-m", v);
+          o->methods.push_back((gradcompMethod_t)m);
+        }
+        break;
+      case 'q':
+        if (!parseInt(v, 2, 8, &lv)) return fail(exitCode, "%s %s not in 2..8", "-q", v);
+        o->bits = (int)lv;
+        break;
+      case 'B':
+        if (!parseInt(v, 32, 8192, &lv) || lv % 32)
+          return fail(exitCode, "%s %s is not a multiple of 32 in 32..8192", "-B", v);
+        o->bucket = (int)lv;
+        break;
+      case 'k':
+        if (!parseDouble(v, 1e-6, 1, &dv)) return fail(exitCode, "%s %s not in [1e-6, 1]", "-k", v);
+        o->density = (float)dv;
+        break;
+      case 'a':
+        o->algo = -1;
+        for (int k = 0; k < 5; ++k)
+          if (strcmp(v, algoName(k)) == 0) o->algo = k;
+        if (o->algo < 0)
+          return fail(exitCode, "%s %s: algorithms are auto, twoshot, ring, allgather, sparse",
+                      "-a", v);
+        break;
+      case 'N':
+        if (!parseInt(v, 1, 64, &lv)) return fail(exitCode, "%s %s not in 1..64", "-N", v);
+        o->nranks = (int)lv;
+        break;
+      case kBackend:
+        if (strcmp(v, "cuda") == 0)
+          o->backend = BackendKind::Cuda;
+        else if (strcmp(v, "cpu") == 0)
+          o->backend = BackendKind::Cpu;
+        else
+          return fail(exitCode, "%s %s: backends are cuda or cpu", "--backend", v);
+        break;
+      case kJson:
+        o->jsonPath = v;
+        break;
+      case kCsv:
+        o->csvPath = v;
+        break;
+      case kLink:
+        o->linkGbps.clear();
+        for (const std::string& s : splitList(v)) {
+          if (!parseDouble(s.c_str(), 1e-3, 1e6, &dv))
+            return fail(exitCode, "%s %s: each bandwidth must be in [0.001, 1e6] Gb/s",
+                        "--link-gbps", v);
+          o->linkGbps.push_back(dv);
+        }
+        o->linkGiven = true;
+        break;
+      case kLat:
+        if (!parseDouble(v, 0, 1e7, &o->linkLatencyUs))
+          return fail(exitCode, "%s %s not in [0, 1e7] us", "--link-lat-us", v);
+        break;
+      case kSeed:
+        if (!parseInt(v, 0, 0x7fffffffL, &lv))
+          return fail(exitCode, "%s %s not in 0..2^31-1", "--seed", v);
+        o->seed = (uint64_t)lv;
+        break;
+      case kCorrupt:
+        o->corrupt = true;
+        break;
+      case 'h':
+        usage(argv[0]);
+        *exitCode = 0;
+        return false;
+      default:
+        usage(argv[0]);
+        *exitCode = 2;
+        return false;
+    }
+  }
+  if (optind < argc) return fail(exitCode, "%s %s: unexpected argument", "", argv[optind]);
+  if (stepGiven && !factorGiven)
+    o->stepFactor = 0;
+  else if (!factorGiven)
+    o->stepFactor = 4;
+  return true;
+}
+
+void applyDefaults(Options* o, int gpuCount) {
+  const bool cpu = o->backend == BackendKind::Cpu;
+  if (o->minBytes == 0) o->minBytes = cpu ? (256 << 10) : (1 << 20);
+  if (o->maxBytes == 0) o->maxBytes = cpu ? (16 << 20) : (256 << 20);
+  if (o->maxBytes < o->minBytes) o->maxBytes = o->minBytes;
+  if (o->iters < 0) o->iters = cpu ? 5 : 20;
+  if (o->warmup < 0) o->warmup = cpu ? 1 : 5;
+  if (o->dtypes.empty()) o->dtypes = {ncclFloat32};
+  if (o->methods.empty()) o->methods = {gradcompMethodQsgd};
+  if (o->nranks == 0) o->nranks = cpu ? 4 : (gpuCount >= 2 ? gpuCount : 4);
+  if (o->linkGbps.empty()) o->linkGbps = {10, 25, 100};
+}
+
+std::vector<size_t> sizeList(const Options& o) {
+  std::vector<size_t> out;
+  for (size_t s = o.minBytes; s <= o.maxBytes;) {
+    out.push_back(s);
+    size_t next = o.stepFactor > 1 ? (size_t)(s * o.stepFactor) : s + o.stepBytes;
+    if (next <= s) break;
+    s = next;
+  }
+  return out;
+}
+
+}  // namespace gcbench

@@ -1,0 +1,57 @@
+// gradcomp_perf command line: all_reduce_perf's flags plus gradcomp's.
+#pragma once
+
+#include <nccl.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <string>
+#include <vector>
+
+#include "gradcomp.h"
+
+namespace gcbench {
+
+enum class BackendKind { Auto, Cuda, Cpu };
+
+struct Options {
+  // Sizes in bytes; 0 means the backend's default (see applyDefaults).
+  size_t minBytes = 0, maxBytes = 0;
+  size_t stepBytes = 1 << 20;
+  double stepFactor = 0;  // > 1: multiply; else add stepBytes
+  int iters = -1, warmup = -1;
+  int check = 1;
+  std::vector<ncclDataType_t> dtypes;
+  ncclRedOp_t op = ncclSum;
+  std::vector<gradcompMethod_t> methods;
+  // gradcomp settings; < 0 (or auto) keeps gradcompConfigFromEnv's value.
+  int bits = -1, bucket = -1;
+  float density = -1;
+  int algo = -1;
+  int nranks = 0;
+  BackendKind backend = BackendKind::Auto;
+  std::string jsonPath, csvPath;
+  std::vector<double> linkGbps;
+  bool linkGiven = false;
+  double linkLatencyUs = 10;
+  uint64_t seed = 1;
+  // Self-test of the checker: corrupt one output element of gradcomp.
+  bool corrupt = false;
+  std::string commandLine;
+};
+
+// Parses argv; on a bad flag prints a sentence naming it and returns false
+// with *exitCode set (0 for --help).
+bool parseOptions(int argc, char** argv, Options* o, int* exitCode);
+// Fills what the user left unset: defaults differ per backend so that the
+// CPU run (CI, tools/run.sh) stays short.
+void applyDefaults(Options* o, int gpuCount);
+
+const char* dtypeName(ncclDataType_t t);
+size_t dtypeSize(ncclDataType_t t);
+const char* methodName(gradcompMethod_t m);
+const char* algoName(int algo);
+const char* opName(ncclRedOp_t op);
+std::vector<size_t> sizeList(const Options& o);
+
+}  // namespace gcbench

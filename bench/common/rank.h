@@ -1,0 +1,74 @@
+// One rank as the harness sees it: buffers, the NCCL baseline, gradcomp's
+// allreduce, small collectives for the harness's own bookkeeping, and the
+// kernels the link model needs. CpuRank is a thread of an in-process world;
+// CudaRank is a process with a GPU and an NCCL communicator.
+#pragma once
+
+#include <stddef.h>
+
+#include <memory>
+#include <string>
+
+#include "data.h"
+#include "gradcomp.h"
+
+namespace gcbench {
+
+class Rank {
+ public:
+  virtual ~Rank() = default;
+  int rank() const { return rank_; }
+  int nranks() const { return nranks_; }
+
+  virtual bool onDevice() const = 0;
+  // Times mean what they say only with a device per rank.
+  virtual bool representative() const = 0;
+  virtual std::string describe() const = 0;
+  virtual std::string baselineName() const = 0;
+
+  // Two buffers of `bytes` (send, recv); fatal on failure.
+  virtual void allocBuffers(size_t bytes) = 0;
+  void* send() const { return send_; }
+  void* recv() const { return recv_; }
+  virtual void fill(void* buf, gc::DType t, size_t count, uint64_t seed) = 0;
+  // Fills with all-ones bits: NaN in every float type, so untouched output is wrong.
+  virtual void poison(void* buf, size_t bytes) = 0;
+  virtual void poke(void* buf, gc::DType t, size_t i, float v) = 0;
+
+  // Collective: bucket maxima of every rank's input (nranks * numBuckets),
+  // in memory check() can read.
+  virtual const float* bucketMax(gc::DType t, size_t count, int bucket, uint64_t seed) = 0;
+  virtual CheckTotals check(const CheckParams& p, const float* bucketMax, const void* got,
+                            size_t count) = 0;
+
+  // Collective: ncclAllReduce, or on the CPU backend the exact host sum standing in for it.
+  virtual bool baseline(const void* send, void* recv, size_t count, ncclDataType_t t,
+                        ncclRedOp_t op) = 0;
+  // Collective.
+  virtual gradcompResult_t createComm(const gradcompConfig_t& cfg, gradcompComm_t* comm) = 0;
+  virtual void destroyComm(gradcompComm_t comm) = 0;
+  virtual gradcompResult_t allReduce(gradcompComm_t comm, const void* send, void* recv,
+                                     size_t count, ncclDataType_t t, ncclRedOp_t op) = 0;
+
+  // Waits for this rank's queued work.
+  virtual void sync() = 0;
+  virtual void barrier() = 0;
+  // Collective, in place: element-wise max (or sum) over ranks.
+  virtual void reduce(double* v, int n, bool max) = 0;
+
+  // QSGD encode+EF and decode (accumulate) of `count` elements, measured on
+  // this rank alone. False when unavailable.
+  virtual bool qsgdKernelTimes(gc::DType t, size_t count, int bits, int bucket, double* encUs,
+                               double* decUs) = 0;
+
+ protected:
+  int rank_ = 0, nranks_ = 1;
+  void* send_ = nullptr;
+  void* recv_ = nullptr;
+};
+
+// Prints "gradcomp_perf: rank R: <message>" and ends the process: the
+// harness cannot go on once a rank's buffers or communicator are gone.
+[[noreturn]] void fatal(int rank, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
+
+}  // namespace gcbench

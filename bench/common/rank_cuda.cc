@@ -1,0 +1,507 @@
+// CUDA backend: one process per rank, each with a GPU (or a share of one),
+// an NCCL communicator and a stream. The NCCL column is ncclAllReduce on the
+// same buffers and stream.
+//
+// Ranks are forked here (-N), or started by mpirun/srun, which this reads
+// from the environment; NCCL_COMM_ID then names the bootstrap root. Forked
+// ranks pass the ncclUniqueId of rank 0 through a pipe. No CUDA call happens
+// in the parent: a CUDA context does not survive fork.
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cuda_runtime_api.h>
+#include <nccl.h>
+
+#include <algorithm>
+#include <map>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "backends.h"
+#include "data_ops.h"
+#include "gradcomp/reference.h"
+#include "harness.h"
+#include "methods.h"
+
+namespace gcbench {
+namespace {
+
+#define BENCH_CUDA(call)                                                                 \
+  do {                                                                                   \
+    cudaError_t e_ = (call);                                                             \
+    if (e_ != cudaSuccess) fatal(rank_, "%s failed: %s", #call, cudaGetErrorString(e_)); \
+  } while (0)
+#define BENCH_NCCL(call)                                                                 \
+  do {                                                                                   \
+    ncclResult_t e_ = (call);                                                            \
+    if (e_ != ncclSuccess) fatal(rank_, "%s failed: %s", #call, ncclGetErrorString(e_)); \
+  } while (0)
+
+ncclDataType_t toNccl(gc::DType t) {
+  return t == gc::DType::F16 ? ncclFloat16 : (t == gc::DType::BF16 ? ncclBfloat16 : ncclFloat32);
+}
+
+// Median of batches timed with events: robust to a stray slow launch.
+template <typename F>
+double timeKernel(int rank_, cudaStream_t stream, F&& launch) {
+  cudaEvent_t a, b;
+  BENCH_CUDA(cudaEventCreate(&a));
+  BENCH_CUDA(cudaEventCreate(&b));
+  for (int i = 0; i < 3; ++i) launch(i);
+  std::vector<float> ms;
+  for (int batch = 0; batch < 5; ++batch) {
+    BENCH_CUDA(cudaEventRecord(a, stream));
+    for (int i = 0; i < 5; ++i) launch(i);
+    BENCH_CUDA(cudaEventRecord(b, stream));
+    BENCH_CUDA(cudaEventSynchronize(b));
+    float t = 0;
+    BENCH_CUDA(cudaEventElapsedTime(&t, a, b));
+    ms.push_back(t / 5);
+  }
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  std::sort(ms.begin(), ms.end());
+  return ms[ms.size() / 2] * 1e3;
+}
+
+// QSGD encode+EF of x and decode (accumulate) of the result, `count`
+// elements, through the public entry points.
+bool timeQsgdKernels(int rank_, cudaStream_t stream, const void* x, ncclDataType_t t, size_t count,
+                     int bits, int bucket, double* encUs, double* decUs) {
+  const size_t encBytes = gradcompQsgdEncodedBytes(count, bits, bucket);
+  float* residual = nullptr;
+  float* out = nullptr;
+  void* enc = nullptr;
+  if (cudaMalloc(&residual, count * 4) != cudaSuccess ||
+      cudaMalloc(&out, count * 4) != cudaSuccess || cudaMalloc(&enc, encBytes) != cudaSuccess) {
+    (void)cudaGetLastError();
+    cudaFree(residual);
+    cudaFree(out);
+    return false;
+  }
+  BENCH_CUDA(cudaMemsetAsync(residual, 0, count * 4, stream));
+  BENCH_CUDA(cudaMemsetAsync(out, 0, count * 4, stream));
+  bool ok = true;
+  *encUs = timeKernel(rank_, stream, [&](int i) {
+    ok = ok && gradcompQsgdEncodeEF(x, t, residual, count, bits, bucket, 7 + i, enc, stream) ==
+                   gradcompSuccess;
+  });
+  *decUs = timeKernel(rank_, stream, [&](int) {
+    ok = ok && gradcompQsgdDecode(enc, count, bits, bucket, out, 1, stream) == gradcompSuccess;
+  });
+  cudaFree(residual);
+  cudaFree(out);
+  cudaFree(enc);
+  return ok;
+}
+
+// (dtype, count, bits, bucket) -> (encode us, decode us)
+using KernelKey = std::tuple<int, size_t, int, int>;
+using KernelTable = std::map<KernelKey, std::pair<double, double>>;
+
+// Rank 0 measures every kernel the link model will need while the other
+// ranks still wait for the NCCL id: on a shared GPU that is the only time
+// the kernels run alone (later, waiting ranks spin NCCL kernels).
+void measureKernelTable(const Options& o, int device, KernelTable* table) {
+  const int rank_ = 0;
+  std::vector<std::pair<int, int>> configs;  // (bits, bucket)
+  for (gradcompMethod_t m : o.methods) {
+    gradcompConfig_t cfg;
+    if (!methodSpec(m).qsgdKernels || methodConfig(o, m, &cfg) != gradcompSuccess) continue;
+    configs.emplace_back(cfg.bits, cfg.bucketSize);
+  }
+  if (configs.empty()) return;
+  BENCH_CUDA(cudaSetDevice(device));
+  cudaStream_t stream;
+  BENCH_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  void* x = nullptr;
+  BENCH_CUDA(cudaMalloc(&x, o.maxBytes ? o.maxBytes : 1));
+  for (ncclDataType_t dt : o.dtypes) {
+    const gc::DType t = dt == ncclFloat16 ? gc::DType::F16
+                                          : (dt == ncclBfloat16 ? gc::DType::BF16 : gc::DType::F32);
+    BENCH_CUDA(fillDevice(x, t, o.maxBytes / dtypeSize(dt), o.seed, 0, stream));
+    for (size_t size : sizeList(o)) {
+      const size_t count = size / dtypeSize(dt);
+      for (const auto& c : configs) {
+        double e = 0, d = 0;
+        if (count && timeQsgdKernels(0, stream, x, dt, count, c.first, c.second, &e, &d))
+          (*table)[KernelKey{(int)t, count, c.first, c.second}] = {e, d};
+      }
+    }
+  }
+  BENCH_CUDA(cudaStreamSynchronize(stream));
+  cudaFree(x);
+  cudaStreamDestroy(stream);
+}
+
+class CudaRank : public Rank {
+ public:
+  CudaRank(int rank, int nranks, int device, bool shared, int gpus, const ncclUniqueId& id)
+      : device_(device), shared_(shared), gpus_(gpus) {
+    rank_ = rank;
+    nranks_ = nranks;
+    BENCH_CUDA(cudaSetDevice(device_));
+    BENCH_CUDA(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    BENCH_NCCL(ncclCommInitRank(&nccl_, nranks_, id, rank_));
+    BENCH_CUDA(cudaMalloc(&scratch_, 64 * sizeof(double)));
+    cudaDeviceProp prop;
+    BENCH_CUDA(cudaGetDeviceProperties(&prop, device_));
+    name_ = prop.name;
+  }
+  ~CudaRank() override {
+    cudaStreamSynchronize(stream_);
+    cudaFree(send_);
+    cudaFree(recv_);
+    cudaFree(scratch_);
+    cudaFree(bucketMax_);
+    ncclCommDestroy(nccl_);
+    cudaStreamDestroy(stream_);
+  }
+
+  bool onDevice() const override { return true; }
+  bool representative() const override { return !shared_; }
+  std::string describe() const override {
+    char b[256];
+    snprintf(b, sizeof b, "%d ranks (processes) on %d GPU%s: %s%s", nranks_, shared_ ? 1 : nranks_,
+             shared_ || nranks_ == 1 ? "" : "s", name_.c_str(),
+             shared_ ? " (shared; NCCL socket transport over loopback)" : "");
+    (void)gpus_;
+    return b;
+  }
+  std::string baselineName() const override {
+    int v = 0;
+    ncclGetVersion(&v);
+    return "ncclAllReduce (NCCL " + std::to_string(v) + ") on the same buffers and stream";
+  }
+
+  void allocBuffers(size_t bytes) override {
+    BENCH_CUDA(cudaMalloc(&send_, bytes ? bytes : 1));
+    BENCH_CUDA(cudaMalloc(&recv_, bytes ? bytes : 1));
+  }
+  void fill(void* buf, gc::DType t, size_t count, uint64_t seed) override {
+    BENCH_CUDA(fillDevice(buf, t, count, seed, rank_, stream_));
+  }
+  void poison(void* buf, size_t bytes) override {
+    BENCH_CUDA(cudaMemsetAsync(buf, 0xff, bytes, stream_));
+  }
+  void poke(void* buf, gc::DType t, size_t i, float v) override {
+    BENCH_CUDA(pokeDevice(buf, t, i, v, stream_));
+  }
+
+  // Every rank's inputs are a function of the rank: computed here, no exchange.
+  const float* bucketMax(gc::DType t, size_t count, int bucket, uint64_t seed) override {
+    const size_t nb = (count + bucket - 1) / bucket;
+    const size_t bytes = nb * nranks_ * sizeof(float);
+    if (bytes > bucketMaxBytes_) {
+      cudaFree(bucketMax_);
+      BENCH_CUDA(cudaMalloc(&bucketMax_, bytes));
+      bucketMaxBytes_ = bytes;
+    }
+    for (int r = 0; r < nranks_; ++r)
+      BENCH_CUDA(bucketMaxDevice(bucketMax_ + nb * r, t, count, bucket, seed, r, stream_));
+    return bucketMax_;
+  }
+  CheckTotals check(const CheckParams& p, const float* bm, const void* got, size_t count) override {
+    CheckTotals t;
+    BENCH_CUDA(checkDevice(p, bm, got, count, &t, stream_));
+    return t;
+  }
+
+  bool baseline(const void* send, void* recv, size_t count, ncclDataType_t t,
+                ncclRedOp_t op) override {
+    ncclResult_t res = ncclAllReduce(send, recv, count, t, op, nccl_, stream_);
+    if (res != ncclSuccess)
+      fprintf(stderr, "gradcomp_perf: rank %d: ncclAllReduce: %s\n", rank_,
+              ncclGetErrorString(res));
+    return res == ncclSuccess;
+  }
+
+  gradcompResult_t createComm(const gradcompConfig_t& cfg, gradcompComm_t* comm) override {
+    return gradcompCommCreate(nccl_, &cfg, comm);
+  }
+  void destroyComm(gradcompComm_t comm) override {
+    BENCH_CUDA(cudaStreamSynchronize(stream_));
+    gradcompCommDestroy(comm);
+  }
+  gradcompResult_t allReduce(gradcompComm_t comm, const void* send, void* recv, size_t count,
+                             ncclDataType_t t, ncclRedOp_t op) override {
+    return gradcompAllReduce(send, recv, count, t, op, comm, stream_);
+  }
+
+  void sync() override { BENCH_CUDA(cudaStreamSynchronize(stream_)); }
+  void barrier() override {
+    double v = 0;
+    reduce(&v, 1, false);
+  }
+  void reduce(double* v, int n, bool max) override {
+    for (int k = 0; k < n; k += 64) {
+      const int m = n - k < 64 ? n - k : 64;
+      BENCH_CUDA(
+          cudaMemcpyAsync(scratch_, v + k, m * sizeof(double), cudaMemcpyHostToDevice, stream_));
+      BENCH_NCCL(ncclAllReduce(scratch_, scratch_, m, ncclFloat64, max ? ncclMax : ncclSum, nccl_,
+                               stream_));
+      BENCH_CUDA(
+          cudaMemcpyAsync(v + k, scratch_, m * sizeof(double), cudaMemcpyDeviceToHost, stream_));
+      BENCH_CUDA(cudaStreamSynchronize(stream_));
+    }
+  }
+
+  bool qsgdKernelTimes(gc::DType t, size_t count, int bits, int bucket, double* encUs,
+                       double* decUs) override {
+    if (kernels_) {
+      auto it = kernels_->find(KernelKey{(int)t, count, bits, bucket});
+      if (it != kernels_->end()) {
+        *encUs = it->second.first;
+        *decUs = it->second.second;
+        return true;
+      }
+    }
+    return timeQsgdKernels(rank_, stream_, send_, toNccl(t), count, bits, bucket, encUs, decUs);
+  }
+  // Kernel times measured before the other ranks started any GPU work.
+  void setKernelTable(const KernelTable* table) { kernels_ = table; }
+
+ private:
+  const KernelTable* kernels_ = nullptr;
+  int device_;
+  bool shared_;
+  int gpus_;
+  std::string name_;
+  cudaStream_t stream_ = nullptr;
+  ncclComm_t nccl_ = nullptr;
+  double* scratch_ = nullptr;
+  float* bucketMax_ = nullptr;
+  size_t bucketMaxBytes_ = 0;
+};
+
+const char* firstEnv(const char* const* names) {
+  for (const char* const* n = names; *n; ++n) {
+    const char* v = getenv(*n);
+    if (v && *v) return v;
+  }
+  return nullptr;
+}
+
+// Launched by mpirun or srun: rank, size and local rank from their variables.
+bool launcherRank(int* rank, int* size, int* localRank, int* localSize) {
+  static const char* const rankVars[] = {"OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK",
+                                         "SLURM_PROCID", nullptr};
+  static const char* const sizeVars[] = {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_STEP_NUM_TASKS",
+                                         nullptr};
+  static const char* const localVars[] = {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID",
+                                          "SLURM_LOCALID", nullptr};
+  static const char* const localSizeVars[] = {"OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS",
+                                              "SLURM_STEP_TASKS_PER_NODE", nullptr};
+  // A batch script sees SLURM_PROCID too; only the tasks of an srun step count.
+  if (!getenv("OMPI_COMM_WORLD_RANK") && !getenv("PMI_RANK") && !getenv("PMIX_RANK") &&
+      !getenv("SLURM_STEP_NUM_TASKS"))
+    return false;
+  const char* r = firstEnv(rankVars);
+  const char* s = firstEnv(sizeVars);
+  if (!r || !s) return false;
+  *rank = atoi(r);
+  *size = atoi(s);
+  const char* lr = firstEnv(localVars);
+  const char* ls = firstEnv(localSizeVars);
+  *localRank = lr ? atoi(lr) : *rank;
+  *localSize = ls ? atoi(ls) : *size;
+  return *size >= 1 && *rank >= 0 && *rank < *size;
+}
+
+// Ranks that share one GPU: NCCL refuses two ranks of one host on one GPU; a
+// distinct host id per process lifts that and forces the socket transport.
+void setSharedGpuEnv(int rank) {
+  char host[64];
+  snprintf(host, sizeof host, "gradcomp-perf-host-%d", rank);
+  setenv("NCCL_HOSTID", host, 1);
+  setenv("NCCL_NET", "Socket", 1);
+  setenv("NCCL_SOCKET_IFNAME", "lo", 1);
+  setenv("NCCL_IB_DISABLE", "1", 1);
+  setenv("NCCL_P2P_DISABLE", "1", 1);
+  setenv("NCCL_SHM_DISABLE", "1", 1);
+  setenv("NCCL_NVLS_ENABLE", "0", 1);
+}
+
+bool readFull(int fd, void* buf, size_t n) {
+  char* p = static_cast<char*>(buf);
+  while (n > 0) {
+    ssize_t k = read(fd, p, n);
+    if (k < 0 && errno == EINTR) continue;
+    if (k <= 0) return false;
+    p += k;
+    n -= (size_t)k;
+  }
+  return true;
+}
+
+bool writeFull(int fd, const void* buf, size_t n) {
+  const char* p = static_cast<const char*>(buf);
+  while (n > 0) {
+    ssize_t k = write(fd, p, n);
+    if (k < 0 && errno == EINTR) continue;
+    if (k <= 0) return false;
+    p += k;
+    n -= (size_t)k;
+  }
+  return true;
+}
+
+// The body of one rank process. idPipe: rank 0 writes N-1 copies of its
+// ncclUniqueId, the others read one each; -1 when NCCL_COMM_ID serves instead.
+int rankMain(const Options& o, int rank, int nranks, int localRank, int localRanks,
+             const int idPipe[2]) {
+  const int rank_ = rank;  // for BENCH_* in this function
+  int gpus = 0;
+  cudaError_t err = cudaGetDeviceCount(&gpus);
+  if (err != cudaSuccess || gpus == 0) {
+    fprintf(stderr, "gradcomp_perf: rank %d: no usable GPU (%s); use --backend cpu\n", rank,
+            err != cudaSuccess ? cudaGetErrorString(err) : "0 devices");
+    return 3;
+  }
+  const bool shared = localRanks > gpus;
+  // Loopback only joins the ranks of one host.
+  if (shared && localRanks == nranks) setSharedGpuEnv(rank);
+  ncclUniqueId id;
+  KernelTable kernels;
+  if (idPipe == nullptr) {
+    BENCH_NCCL(ncclGetUniqueId(&id));  // from NCCL_COMM_ID: the same on every rank
+  } else if (rank == 0) {
+    if (shared || o.linkGiven) measureKernelTable(o, localRank % gpus, &kernels);
+    BENCH_NCCL(ncclGetUniqueId(&id));
+    for (int r = 1; r < nranks; ++r)
+      if (!writeFull(idPipe[1], &id, sizeof id)) fatal(rank, "cannot pass the NCCL id on");
+    close(idPipe[1]);
+  } else if (!readFull(idPipe[0], &id, sizeof id)) {
+    fatal(rank, "rank 0 ended before passing the NCCL id on");
+  }
+  if (idPipe) close(idPipe[0]);
+  CudaRank r(rank, nranks, localRank % gpus, shared, gpus, id);
+  r.setKernelTable(&kernels);
+  return runHarness(o, r);
+}
+
+double monotonicSeconds() {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+}  // namespace
+
+int probeGpuCount() {
+  fflush(stdout);
+  fflush(stderr);
+  pid_t pid = fork();
+  if (pid < 0) return -1;
+  if (pid == 0) {
+    int n = 0;
+    _exit(cudaGetDeviceCount(&n) == cudaSuccess ? (n > 100 ? 100 : n) : 101);
+  }
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  if (!WIFEXITED(status) || WEXITSTATUS(status) > 100) return -1;
+  return WEXITSTATUS(status);
+}
+
+int runCuda(const Options& o) {
+  int rank, size, localRank, localSize;
+  if (launcherRank(&rank, &size, &localRank, &localSize)) {
+    if (o.nranks != 0 && o.nranks != size) {
+      fprintf(stderr, "gradcomp_perf: -N %d but the launcher started %d ranks\n", o.nranks, size);
+      return 2;
+    }
+    if (size > 1 && !getenv("NCCL_COMM_ID")) {
+      fprintf(stderr,
+              "gradcomp_perf: under mpirun/srun set NCCL_COMM_ID=<host of rank 0>:<free "
+              "port> so that every rank finds NCCL's bootstrap root\n");
+      return 2;
+    }
+    Options mine = o;
+    mine.nranks = size;
+    return rankMain(mine, rank, size, localRank, localSize, nullptr);
+  }
+  const int n = o.nranks;
+  int idPipe[2];
+  if (pipe(idPipe) != 0) {
+    perror("gradcomp_perf: pipe");
+    return 3;
+  }
+  if (n == 1) {
+    close(idPipe[0]);
+    close(idPipe[1]);
+    const int rank_ = 0;
+    ncclUniqueId id;
+    int gpus = 0;
+    if (cudaGetDeviceCount(&gpus) != cudaSuccess || gpus == 0) {
+      fprintf(stderr, "gradcomp_perf: no usable GPU; use --backend cpu\n");
+      return 3;
+    }
+    BENCH_NCCL(ncclGetUniqueId(&id));
+    CudaRank r(0, 1, 0, false, gpus, id);
+    return runHarness(o, r);
+  }
+  fflush(stdout);
+  fflush(stderr);
+  std::vector<pid_t> pids;
+  for (int r = 0; r < n; ++r) {
+    pid_t pid = fork();
+    if (pid < 0) {
+      perror("gradcomp_perf: fork");
+      for (pid_t p : pids) kill(p, SIGKILL);
+      return 3;
+    }
+    if (pid == 0) {
+      // Only rank 0 writes the id; everyone else must see EOF if it dies.
+      if (r != 0) close(idPipe[1]);
+      int code = rankMain(o, r, n, r, n, idPipe);
+      fflush(stdout);
+      fflush(stderr);
+      _exit(code);
+    }
+    pids.push_back(pid);
+  }
+  close(idPipe[0]);
+  close(idPipe[1]);
+  // Wait for all; once one fails, give the rest a grace period (they may be
+  // stuck in a collective with it), then end them.
+  int code = 0, alive = n;
+  double failedAt = -1;
+  std::vector<bool> done(n, false);
+  while (alive > 0) {
+    int status = 0;
+    pid_t pid = waitpid(-1, &status, failedAt < 0 ? 0 : WNOHANG);
+    if (pid > 0) {
+      for (int r = 0; r < n; ++r) {
+        if (pids[r] != pid) continue;
+        done[r] = true;
+        --alive;
+        const int c = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+        if (c != 0 && code == 0) {
+          fprintf(stderr, "gradcomp_perf: rank %d ended with status %d\n", r, c);
+          failedAt = monotonicSeconds();
+        }
+        code = c > code ? c : code;
+      }
+    } else if (pid < 0 && errno != EINTR) {
+      break;
+    } else if (failedAt >= 0) {
+      if (monotonicSeconds() - failedAt > 60) {
+        for (int r = 0; r < n; ++r)
+          if (!done[r]) kill(pids[r], SIGKILL);
+        failedAt = 1e300;  // killed: now wait without a deadline
+      }
+      usleep(100000);
+    }
+  }
+  return code;
+}
+
+}  // namespace gcbench

@@ -1,0 +1,277 @@
+#include "report.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <time.h>
+
+#include <string>
+
+#include "model.h"
+
+namespace gcbench {
+namespace {
+
+// nccl-tests' habit: fewer decimals as times grow, fixed width.
+std::string timeStr(double us) {
+  char b[32];
+  if (us >= 1e7)
+    snprintf(b, sizeof b, "%.3g", us);
+  else if (us >= 10000)
+    snprintf(b, sizeof b, "%.0f", us);
+  else if (us >= 100)
+    snprintf(b, sizeof b, "%.1f", us);
+  else
+    snprintf(b, sizeof b, "%.2f", us);
+  return b;
+}
+
+std::string wrongStr(long w) {
+  return w < 0 ? "N/A" : std::to_string(w);
+}
+
+std::string errStr(const Row& r, double v) {
+  char b[32];
+  if (r.gradcompWrong < 0) return "N/A";
+  snprintf(b, sizeof b, "%.2e", v);
+  return b;
+}
+
+std::string jsonNum(double v) {
+  if (!isfinite(v)) return "null";
+  char b[40];
+  snprintf(b, sizeof b, "%.12g", v);
+  return b;
+}
+
+std::string jsonStr(const std::string& s) {
+  std::string out = "\"";
+  for (char c : s) {
+    if (c == '"' || c == '\\')
+      out += '\\', out += c;
+    else if ((unsigned char)c < 0x20)
+      out += ' ';
+    else
+      out += c;
+  }
+  return out + "\"";
+}
+
+double modelSpeedup(const ModelPoint& m) {
+  return m.gradcompUs > 0 ? m.ncclUs / m.gradcompUs : 0;
+}
+
+}  // namespace
+
+void printPreamble(const Options& o, const RunInfo& info) {
+  printf("# gradcomp_perf: %s\n", o.commandLine.c_str());
+  printf("# backend %s: %s\n", info.backend.c_str(), info.description.c_str());
+  printf("# baseline: %s\n", info.baseline.c_str());
+  if (!info.representative) {
+    if (info.backend == "cpu")
+      printf(
+          "#  CPU reference backend: times are of the host codecs and threads, not of a GPU "
+          "or a network\n");
+    else
+      printf(
+          "#  ranks share one GPU over NCCL's socket transport: measured times are NOT "
+          "representative;\n#  read the modeled columns\n");
+  }
+  if (info.showModel) {
+    printf(
+        "#  modeled at L Gb/s (docs/benchmark.md): gradcomp = kernels measured alone + bytes "
+        "each rank sends / L + latency steps * %g us;\n#  NCCL = 2(N-1)/N * bytes / L + 2(N-1) * "
+        "%g us. Columns m@L give NCCL / gradcomp modeled time.\n",
+        o.linkLatencyUs, o.linkLatencyUs);
+  }
+  printf(
+      "#  check: results against the exact sum of all ranks' inputs; #wrong counts elements "
+      "beyond the bound of one call\n#  (docs/benchmark.md). algbw = bytes / time, busbw = "
+      "algbw * 2(N-1)/N, both from the dense size.\n");
+  printf("#\n");
+}
+
+void printHeader(const Options& o, const RunInfo& info, const std::string& label,
+                 ncclDataType_t dtype) {
+  printf("# gradcomp: %s\n", label.c_str());
+  std::string model, units;
+  if (info.showModel) {
+    for (double g : o.linkGbps) {
+      char b[32];
+      snprintf(b, sizeof b, "  m@%gG", g);
+      char pad[32];
+      snprintf(pad, sizeof pad, "%8s", b);
+      model += pad;
+      units += "        ";
+    }
+  }
+  // Column groups start where the rows put them: 46 and 82 characters in.
+  printf("#%45s%-36s%s\n", "",
+         info.backend == "cpu" ? "exact host sum (for ncclAllReduce)" : "ncclAllReduce",
+         "gradcompAllReduce");
+  printf(
+      "# %10s  %12s  %8s  %6s  %8s  %7s  %7s  %6s  %8s  %7s  %7s  %6s  %11s  %6s  %8s  %8s  "
+      "%7s  %9s%s\n",
+      "size", "count", "type", "redop", "time", "algbw", "busbw", "#wrong", "time", "algbw",
+      "busbw", "#wrong", "wire/rank", "ratio", "maxerr", "rmserr", "speedup", "algo",
+      model.c_str());
+  printf(
+      "# %10s  %12s  %8s  %6s  %8s  %7s  %7s  %6s  %8s  %7s  %7s  %6s  %11s  %6s  %8s  %8s  "
+      "%7s  %9s%s\n",
+      "(B)", "(elements)", "", "", "(us)", "(GB/s)", "(GB/s)", "", "(us)", "(GB/s)", "(GB/s)", "",
+      "(B)", "", "(rel)", "(rel)", "", "", units.c_str());
+  (void)dtype;
+}
+
+void printRow(const Options& o, const RunInfo& info, const Row& r) {
+  if (r.failed) {
+    printf("  %10zu  %12zu  %8s  %6s  FAILED: %s\n", r.bytes, r.count, dtypeName(r.dtype),
+           opName(r.op), r.error.c_str());
+    return;
+  }
+  const char* algo = r.algoUsed == 0 ? "passthru" : algoName(r.algoUsed);
+  char ratio[16], speed[16];
+  if (r.ratio() > 0)
+    snprintf(ratio, sizeof ratio, "%.2f", r.ratio());
+  else
+    snprintf(ratio, sizeof ratio, "-");
+  snprintf(speed, sizeof speed, "%.2f", r.speedup());
+  std::string model;
+  for (const ModelPoint& m : r.model) {
+    char b[16];
+    if (modelSpeedup(m) > 0 && m.ncclUs > 0)
+      snprintf(b, sizeof b, "%8.2f", modelSpeedup(m));
+    else
+      snprintf(b, sizeof b, "%8s", "-");
+    model += b;
+  }
+  printf(
+      "  %10zu  %12zu  %8s  %6s  %8s  %7.2f  %7.2f  %6s  %8s  %7.2f  %7.2f  %6s  %11.0f  %6s  "
+      "%8s  %8s  %7s  %9s%s\n",
+      r.bytes, r.count, dtypeName(r.dtype), opName(r.op), timeStr(r.ncclUs).c_str(), r.ncclAlgbw(),
+      r.ncclBusbw(), wrongStr(r.ncclWrong).c_str(), timeStr(r.gradcompUs).c_str(), r.algbw(),
+      r.busbw(), wrongStr(r.gradcompWrong).c_str(), r.gradcompWire, ratio,
+      errStr(r, r.relErrMax).c_str(), errStr(r, r.relErrRms).c_str(), speed, algo, model.c_str());
+  (void)o;
+  (void)info;
+  fflush(stdout);
+}
+
+void printFooter(const std::vector<Row>& rows) {
+  long wrong = 0;
+  int failed = 0;
+  double bus = 0, ncclBus = 0;
+  int n = 0;
+  for (const Row& r : rows) {
+    if (r.failed) {
+      ++failed;
+      continue;
+    }
+    wrong += (r.gradcompWrong > 0 ? r.gradcompWrong : 0) + (r.ncclWrong > 0 ? r.ncclWrong : 0);
+    bus += r.busbw();
+    ncclBus += r.ncclBusbw();
+    ++n;
+  }
+  printf("# Out of bounds values : %ld %s\n", wrong, wrong == 0 && failed == 0 ? "OK" : "FAILED");
+  if (failed) printf("# Failed sizes         : %d\n", failed);
+  printf("# Avg bus bandwidth    : %g (gradcomp)  %g (ncclAllReduce)\n", n ? bus / n : 0.0,
+         n ? ncclBus / n : 0.0);
+  printf("#\n");
+  fflush(stdout);
+}
+
+bool writeJson(const std::string& path, const Options& o, const RunInfo& info,
+               const std::vector<Row>& rows) {
+  FILE* f = fopen(path.c_str(), "w");
+  if (!f) {
+    fprintf(stderr, "gradcomp_perf: cannot write --json %s\n", path.c_str());
+    return false;
+  }
+  char date[32];
+  time_t now = time(nullptr);
+  strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%S", localtime(&now));
+  fprintf(f, "{\n  \"tool\": \"gradcomp_perf\",\n  \"date\": %s,\n  \"command\": %s,\n",
+          jsonStr(date).c_str(), jsonStr(o.commandLine).c_str());
+  fprintf(f, "  \"backend\": %s,\n  \"description\": %s,\n  \"baseline\": %s,\n",
+          jsonStr(info.backend).c_str(), jsonStr(info.description).c_str(),
+          jsonStr(info.baseline).c_str());
+  fprintf(f, "  \"representative\": %s,\n  \"link_latency_us\": %s,\n  \"rows\": [",
+          info.representative ? "true" : "false", jsonNum(o.linkLatencyUs).c_str());
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const Row& r = rows[i];
+    fprintf(f, "%s\n    {\"size\": %zu, \"count\": %zu, \"dtype\": %s, \"redop\": %s, ",
+            i ? "," : "", r.bytes, r.count, jsonStr(dtypeName(r.dtype)).c_str(),
+            jsonStr(opName(r.op)).c_str());
+    fprintf(f, "\"method\": %s, \"label\": %s, \"bits\": %d, \"bucket\": %d, \"density\": %s, ",
+            jsonStr(methodName(r.method)).c_str(), jsonStr(r.label).c_str(), r.bits, r.bucket,
+            jsonNum(r.density).c_str());
+    fprintf(f, "\"algo\": %s, \"nranks\": %d, \"failed\": %s, \"error\": %s,\n     ",
+            jsonStr(r.algoUsed ? algoName(r.algoUsed) : "passthrough").c_str(), r.nranks,
+            r.failed ? "true" : "false", jsonStr(r.error).c_str());
+    fprintf(f, "\"time_us\": %s, \"nccl_time_us\": %s, \"algbw\": %s, \"busbw\": %s, ",
+            jsonNum(r.gradcompUs).c_str(), jsonNum(r.ncclUs).c_str(), jsonNum(r.algbw()).c_str(),
+            jsonNum(r.busbw()).c_str());
+    fprintf(f, "\"nccl_algbw\": %s, \"nccl_busbw\": %s, \"wire_bytes\": %s, ",
+            jsonNum(r.ncclAlgbw()).c_str(), jsonNum(r.ncclBusbw()).c_str(),
+            jsonNum(r.gradcompWire).c_str());
+    fprintf(f, "\"nccl_wire_bytes\": %s, \"ratio\": %s, \"speedup\": %s,\n     ",
+            jsonNum(r.ncclWire).c_str(), r.ratio() > 0 ? jsonNum(r.ratio()).c_str() : "null",
+            jsonNum(r.speedup()).c_str());
+    const bool checked = r.gradcompWrong >= 0;
+    fprintf(f, "\"rel_err\": %s, \"rel_err_max\": %s, \"wrong\": %s, \"nccl_wrong\": %s, ",
+            checked ? jsonNum(r.relErrRms).c_str() : "null",
+            checked ? jsonNum(r.relErrMax).c_str() : "null",
+            checked ? std::to_string(r.gradcompWrong).c_str() : "null",
+            r.ncclWrong >= 0 ? std::to_string(r.ncclWrong).c_str() : "null");
+    fprintf(f, "\"err_over_bound\": %s, ", checked ? jsonNum(r.errOverBound).c_str() : "null");
+    fprintf(f,
+            "\"kernels_measured\": %s, \"encode_us\": %s, \"decode_us\": %s, "
+            "\"kernel_us\": %s, \"latency_steps\": %s, \"model\": [",
+            r.kernelsMeasured ? "true" : "false", jsonNum(r.encodeUs).c_str(),
+            jsonNum(r.decodeUs).c_str(), jsonNum(r.kernelUs).c_str(),
+            jsonNum(r.latencySteps).c_str());
+    for (size_t k = 0; k < r.model.size(); ++k) {
+      const ModelPoint& m = r.model[k];
+      fprintf(f, "%s{\"link_gbps\": %s, \"time_us\": %s, \"nccl_time_us\": %s, \"speedup\": %s}",
+              k ? ", " : "", jsonNum(m.gbps).c_str(), jsonNum(m.gradcompUs).c_str(),
+              jsonNum(m.ncclUs).c_str(),
+              m.ncclUs > 0 && m.gradcompUs > 0 ? jsonNum(modelSpeedup(m)).c_str() : "null");
+    }
+    fprintf(f, "]}");
+  }
+  fprintf(f, "\n  ]\n}\n");
+  return fclose(f) == 0;
+}
+
+bool writeCsv(const std::string& path, const Options& o, const std::vector<Row>& rows) {
+  FILE* f = fopen(path.c_str(), "w");
+  if (!f) {
+    fprintf(stderr, "gradcomp_perf: cannot write --csv %s\n", path.c_str());
+    return false;
+  }
+  fprintf(f,
+          "size,count,dtype,redop,method,bits,bucket,density,algo,nranks,failed,time_us,"
+          "nccl_time_us,algbw,busbw,nccl_algbw,nccl_busbw,wire_bytes,nccl_wire_bytes,ratio,"
+          "speedup,rel_err,rel_err_max,wrong,nccl_wrong,kernel_us");
+  for (double g : o.linkGbps)
+    fprintf(f, ",model_%gg_us,nccl_model_%gg_us,model_%gg_speedup", g, g, g);
+  fprintf(f, "\n");
+  for (const Row& r : rows) {
+    fprintf(f,
+            "%zu,%zu,%s,%s,%s,%d,%d,%g,%s,%d,%d,%g,%g,%g,%g,%g,%g,%.0f,%.0f,%g,%g,%g,%g,%ld,%ld,%g",
+            r.bytes, r.count, dtypeName(r.dtype), opName(r.op), methodName(r.method), r.bits,
+            r.bucket, r.density, r.algoUsed ? algoName(r.algoUsed) : "passthrough", r.nranks,
+            r.failed ? 1 : 0, r.gradcompUs, r.ncclUs, r.algbw(), r.busbw(), r.ncclAlgbw(),
+            r.ncclBusbw(), r.gradcompWire, r.ncclWire, r.ratio(), r.speedup(), r.relErrRms,
+            r.relErrMax, r.gradcompWrong, r.ncclWrong, r.kernelUs);
+    for (size_t k = 0; k < o.linkGbps.size(); ++k) {
+      if (k < r.model.size())
+        fprintf(f, ",%g,%g,%g", r.model[k].gradcompUs, r.model[k].ncclUs, modelSpeedup(r.model[k]));
+      else
+        fprintf(f, ",,,");
+    }
+    fprintf(f, "\n");
+  }
+  return fclose(f) == 0;
+}
+
+}  // namespace gcbench

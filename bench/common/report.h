@@ -1,0 +1,29 @@
+// The table (nccl-tests layout, NCCL and gradcomp side by side), its footer,
+// and the --json / --csv files. Rank 0 only.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "harness.h"
+
+namespace gcbench {
+
+struct RunInfo {
+  std::string backend;      // "cuda" or "cpu"
+  std::string description;  // ranks and devices
+  std::string baseline;     // what the NCCL columns measure
+  bool representative = true;
+  bool showModel = false;
+};
+
+void printPreamble(const Options& o, const RunInfo& info);
+void printHeader(const Options& o, const RunInfo& info, const std::string& label,
+                 ncclDataType_t dtype);
+void printRow(const Options& o, const RunInfo& info, const Row& row);
+void printFooter(const std::vector<Row>& rows);
+bool writeJson(const std::string& path, const Options& o, const RunInfo& info,
+               const std::vector<Row>& rows);
+bool writeCsv(const std::string& path, const Options& o, const std::vector<Row>& rows);
+
+}  // namespace gcbench

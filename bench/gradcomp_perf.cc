@@ -1,0 +1,25 @@
+// gradcomp_perf: all_reduce_perf for gradcomp. Every size runs ncclAllReduce
+// and gradcompAllReduce on the same data, side by side, checks both against
+// the exact sum, and (when times cannot speak for a real network) models
+// both on a link of given bandwidth. See docs/benchmark.md.
+#include <stdio.h>
+
+#include "common/backends.h"
+#include "common/options.h"
+
+int main(int argc, char** argv) {
+  gcbench::Options o;
+  int code = 0;
+  if (!gcbench::parseOptions(argc, argv, &o, &code)) return code;
+  int gpus = 0;
+  if (o.backend != gcbench::BackendKind::Cpu) {
+    gpus = gcbench::probeGpuCount();
+    if (o.backend == gcbench::BackendKind::Auto) {
+      o.backend = gpus > 0 ? gcbench::BackendKind::Cuda : gcbench::BackendKind::Cpu;
+      if (gpus <= 0)
+        printf("# no GPU visible: running the CPU reference backend (--backend cpu)\n");
+    }
+  }
+  gcbench::applyDefaults(&o, gpus);
+  return o.backend == gcbench::BackendKind::Cpu ? gcbench::runCpu(o) : gcbench::runCuda(o);
+}

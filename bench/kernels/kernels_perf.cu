@@ -1,0 +1,296 @@
+// gradcomp_kernels_perf: throughput of gradcomp's GPU kernels, as GB/s of the
+// bytes they must move at least (their ideal traffic) and as a fraction of a
+// device-to-device copy measured in the same run at the same n.
+//
+//   QSGD encode + error feedback: reads g (n * type) and r (4n), writes r (4n)
+//                                 and the encoding E(n) = 4*ceil(n/d) + 4*ceil(n*b/32)
+//   QSGD decode:                  reads E(n), writes 4n (overwrite) or reads
+//                                 and writes 4n (accumulate)
+//   copy:                         reads and writes 4n
+//
+// TODO(sparse): top-k selectors (threshold, exact) and the scatter-add, once
+// include/gradcomp/sparse.h offers their GPU entry points; bench/torch_topk.py
+// already times torch.topk on the same data for the comparison.
+#include <cuda_runtime.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <algorithm>
+#include <string>
+#include <vector>
+
+#include "../common/data_ops.h"
+#include "gradcomp.h"
+#include "gradcomp/reference.h"
+
+namespace {
+
+#define CHECK_CUDA(call)                                                                 \
+  do {                                                                                   \
+    cudaError_t e_ = (call);                                                             \
+    if (e_ != cudaSuccess) {                                                             \
+      fprintf(stderr, "gradcomp_kernels_perf: %s: %s\n", #call, cudaGetErrorString(e_)); \
+      exit(3);                                                                           \
+    }                                                                                    \
+  } while (0)
+
+struct Args {
+  int minLog2 = 20, maxLog2 = 28, stepLog2 = 2;
+  int bucket = 512;
+  std::vector<int> bits = {2, 4, 8};
+  std::vector<ncclDataType_t> dtypes = {ncclFloat32, ncclFloat16, ncclBfloat16};
+  std::string json;
+};
+
+struct Result {
+  std::string kernel;
+  const char* dtype;
+  int bits;
+  size_t n;
+  double us, bytes, gbps, copyGbps;
+};
+
+const char* typeName(ncclDataType_t t) {
+  return t == ncclFloat16 ? "half" : (t == ncclBfloat16 ? "bfloat16" : "float");
+}
+gc::DType toDType(ncclDataType_t t) {
+  return t == ncclFloat16 ? gc::DType::F16 : (t == ncclBfloat16 ? gc::DType::BF16 : gc::DType::F32);
+}
+
+void usage() {
+  printf(
+      "Usage: gradcomp_kernels_perf [--min-log2 20] [--max-log2 28] [--step-log2 2]\n"
+      "                             [--bucket 512] [--bits 2,4,8] [--dtypes float,half,bfloat16]\n"
+      "                             [--json FILE]\n"
+      "Sizes n = 2^min .. 2^max elements, capped by free GPU memory.\n");
+}
+
+std::vector<int> parseInts(const char* s) {
+  std::vector<int> v;
+  for (const char* p = s; *p;) {
+    v.push_back(atoi(p));
+    while (*p && *p != ',') ++p;
+    if (*p == ',') ++p;
+  }
+  return v;
+}
+
+bool parseArgs(int argc, char** argv, Args* a) {
+  for (int i = 1; i < argc; ++i) {
+    std::string f = argv[i];
+    const char* v = i + 1 < argc ? argv[i + 1] : nullptr;
+    if (f == "-h" || f == "--help") {
+      usage();
+      exit(0);
+    }
+    if (!v) {
+      fprintf(stderr, "gradcomp_kernels_perf: %s needs a value\n", f.c_str());
+      return false;
+    }
+    ++i;
+    if (f == "--min-log2")
+      a->minLog2 = atoi(v);
+    else if (f == "--max-log2")
+      a->maxLog2 = atoi(v);
+    else if (f == "--step-log2")
+      a->stepLog2 = atoi(v);
+    else if (f == "--bucket")
+      a->bucket = atoi(v);
+    else if (f == "--bits")
+      a->bits = parseInts(v);
+    else if (f == "--json")
+      a->json = v;
+    else if (f == "--dtypes") {
+      a->dtypes.clear();
+      std::string s = v;
+      for (size_t p = 0; p <= s.size();) {
+        size_t q = s.find(',', p);
+        if (q == std::string::npos) q = s.size();
+        std::string t = s.substr(p, q - p);
+        if (t == "float")
+          a->dtypes.push_back(ncclFloat32);
+        else if (t == "half")
+          a->dtypes.push_back(ncclFloat16);
+        else if (t == "bfloat16")
+          a->dtypes.push_back(ncclBfloat16);
+        else {
+          fprintf(stderr, "gradcomp_kernels_perf: --dtypes %s: types are float, half, bfloat16\n",
+                  v);
+          return false;
+        }
+        p = q + 1;
+      }
+    } else {
+      fprintf(stderr, "gradcomp_kernels_perf: unknown flag %s (see --help)\n", f.c_str());
+      return false;
+    }
+  }
+  if (a->minLog2 < 10 || a->maxLog2 > 31 || a->minLog2 > a->maxLog2 || a->stepLog2 < 1) {
+    fprintf(
+        stderr,
+        "gradcomp_kernels_perf: sizes 2^%d..2^%d step %d: need 10 <= min <= max <= 31, step >= 1\n",
+        a->minLog2, a->maxLog2, a->stepLog2);
+    return false;
+  }
+  for (int b : a->bits) {
+    if (b < 2 || b > 8) {
+      fprintf(stderr, "gradcomp_kernels_perf: --bits %d not in 2..8\n", b);
+      return false;
+    }
+  }
+  return true;
+}
+
+// Per-launch time in us: batches long enough to swamp launch gaps, median of 5.
+template <typename F>
+double timeIt(cudaStream_t s, F&& launch) {
+  cudaEvent_t a, b;
+  CHECK_CUDA(cudaEventCreate(&a));
+  CHECK_CUDA(cudaEventCreate(&b));
+  launch();
+  launch();
+  CHECK_CUDA(cudaEventRecord(a, s));
+  launch();
+  CHECK_CUDA(cudaEventRecord(b, s));
+  CHECK_CUDA(cudaEventSynchronize(b));
+  float one = 0;
+  CHECK_CUDA(cudaEventElapsedTime(&one, a, b));
+  const int reps = std::max(3, std::min(200, (int)(5.0 / std::max(one, 1e-3f))));
+  std::vector<double> per;
+  for (int batch = 0; batch < 5; ++batch) {
+    CHECK_CUDA(cudaEventRecord(a, s));
+    for (int i = 0; i < reps; ++i) launch();
+    CHECK_CUDA(cudaEventRecord(b, s));
+    CHECK_CUDA(cudaEventSynchronize(b));
+    float ms = 0;
+    CHECK_CUDA(cudaEventElapsedTime(&ms, a, b));
+    per.push_back(ms * 1e3 / reps);
+  }
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  std::sort(per.begin(), per.end());
+  return per[per.size() / 2];
+}
+
+void gcCheck(gradcompResult_t r, const char* what) {
+  if (r != gradcompSuccess) {
+    fprintf(stderr, "gradcomp_kernels_perf: %s: %s\n", what, gradcompGetLastError());
+    exit(3);
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Args a;
+  if (!parseArgs(argc, argv, &a)) return 2;
+  int devices = 0;
+  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
+    fprintf(stderr, "gradcomp_kernels_perf: no GPU visible; this benchmark needs one\n");
+    return 2;
+  }
+  cudaDeviceProp prop;
+  CHECK_CUDA(cudaGetDeviceProperties(&prop, 0));
+  cudaStream_t s;
+  CHECK_CUDA(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  size_t freeB = 0, totalB = 0;
+  CHECK_CUDA(cudaMemGetInfo(&freeB, &totalB));
+  // g, r, out (4n each at most) and the encoding (< 1.2n at 8 bits): 13.2n bytes, 20% spare.
+  size_t nmax = (size_t)1 << a.maxLog2;
+  while (nmax > ((size_t)1 << a.minLog2) && 13.2 * nmax * 1.2 > (double)freeB) nmax >>= 1;
+  printf("# gradcomp_kernels_perf: %s (%d SMs), bucket %d, n = 2^%d..2^%d\n", prop.name,
+         prop.multiProcessorCount, a.bucket, a.minLog2, 63 - __builtin_clzll(nmax));
+  printf(
+      "# GB/s by ideal bytes moved; frac = fraction of a device-to-device copy of 4n bytes "
+      "(GB/s = 8n / time) in this run\n");
+  printf("# %11s  %-16s  %8s  %4s  %10s  %12s  %8s  %9s  %6s\n", "n", "kernel", "type", "bits",
+         "time(us)", "ideal bytes", "GB/s", "copy GB/s", "frac");
+
+  void *g = nullptr, *enc = nullptr;
+  float *r = nullptr, *out = nullptr;
+  const int maxBits = *std::max_element(a.bits.begin(), a.bits.end());
+  CHECK_CUDA(cudaMalloc(&g, nmax * 4));
+  CHECK_CUDA(cudaMalloc(&r, nmax * 4));
+  CHECK_CUDA(cudaMalloc(&out, nmax * 4));
+  CHECK_CUDA(cudaMalloc(&enc, gradcompQsgdEncodedBytes(nmax, maxBits, a.bucket) + 256));
+
+  std::vector<Result> results;
+  auto report = [&](const Result& x) {
+    results.push_back(x);
+    printf("  %11zu  %-16s  %8s  %4s  %10.2f  %12.0f  %8.1f  %9.1f  %6.3f\n", x.n, x.kernel.c_str(),
+           x.dtype, x.bits ? std::to_string(x.bits).c_str() : "-", x.us, x.bytes, x.gbps,
+           x.copyGbps, x.gbps / x.copyGbps);
+    fflush(stdout);
+  };
+  for (int lg = a.minLog2; lg <= a.maxLog2; lg += a.stepLog2) {
+    const size_t n = (size_t)1 << lg;
+    if (n > nmax) break;
+    CHECK_CUDA(gcbench::fillDevice(out, gc::DType::F32, n, 5, 0, s));
+    const double copyUs =
+        timeIt(s, [&] { CHECK_CUDA(cudaMemcpyAsync(r, out, n * 4, cudaMemcpyDeviceToDevice, s)); });
+    const double copyGbps = 8.0 * n / copyUs / 1e3;
+    report({"copy", "float", 0, n, copyUs, 8.0 * n, copyGbps, copyGbps});
+    for (ncclDataType_t t : a.dtypes) {
+      const double ts = t == ncclFloat32 ? 4 : 2;
+      CHECK_CUDA(gcbench::fillDevice(g, toDType(t), n, 1, 0, s));
+      for (int bits : a.bits) {
+        const double e = (double)gradcompQsgdEncodedBytes(n, bits, a.bucket);
+        CHECK_CUDA(cudaMemsetAsync(r, 0, n * 4, s));
+        uint64_t seed = 1;
+        const double us = timeIt(s, [&] {
+          gcCheck(gradcompQsgdEncodeEF(g, t, r, n, bits, a.bucket, seed++, enc, s), "encode");
+        });
+        const double bytes = n * ts + 8.0 * n + e;
+        report({"qsgd_encode_ef", typeName(t), bits, n, us, bytes, bytes / us / 1e3, copyGbps});
+      }
+    }
+    // Decode output is fp32 whatever the input type was.
+    for (int bits : a.bits) {
+      const double e = (double)gradcompQsgdEncodedBytes(n, bits, a.bucket);
+      CHECK_CUDA(gcbench::fillDevice(g, gc::DType::F32, n, 1, 0, s));
+      gcCheck(gradcompQsgdEncode(g, ncclFloat32, n, bits, a.bucket, 1, enc, s), "encode");
+      for (int acc = 0; acc < 2; ++acc) {
+        const double us = timeIt(
+            s, [&] { gcCheck(gradcompQsgdDecode(enc, n, bits, a.bucket, out, acc, s), "decode"); });
+        const double bytes = e + (acc ? 8.0 : 4.0) * n;
+        report({acc ? "qsgd_decode_acc" : "qsgd_decode", "float", bits, n, us, bytes,
+                bytes / us / 1e3, copyGbps});
+      }
+    }
+  }
+  CHECK_CUDA(cudaStreamSynchronize(s));
+
+  if (!a.json.empty()) {
+    FILE* f = fopen(a.json.c_str(), "w");
+    if (!f) {
+      fprintf(stderr, "gradcomp_kernels_perf: cannot write %s\n", a.json.c_str());
+      return 2;
+    }
+    char date[32];
+    time_t now = time(nullptr);
+    strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%S", localtime(&now));
+    fprintf(f,
+            "{\n  \"tool\": \"gradcomp_kernels_perf\",\n  \"date\": \"%s\",\n  \"gpu\": \"%s\",\n"
+            "  \"bucket\": %d,\n  \"rows\": [",
+            date, prop.name, a.bucket);
+    for (size_t i = 0; i < results.size(); ++i) {
+      const Result& x = results[i];
+      fprintf(f,
+              "%s\n    {\"kernel\": \"%s\", \"dtype\": \"%s\", \"bits\": %d, \"n\": %zu, "
+              "\"time_us\": %.4f, \"ideal_bytes\": %.0f, \"gbps\": %.3f, \"copy_gbps\": %.3f, "
+              "\"frac_of_copy\": %.4f}",
+              i ? "," : "", x.kernel.c_str(), x.dtype, x.bits, x.n, x.us, x.bytes, x.gbps,
+              x.copyGbps, x.gbps / x.copyGbps);
+    }
+    fprintf(f, "\n  ]\n}\n");
+    fclose(f);
+  }
+  cudaFree(g);
+  cudaFree(r);
+  cudaFree(out);
+  cudaFree(enc);
+  cudaStreamDestroy(s);
+  return 0;
+}

@@ -1,0 +1,91 @@
+#!/usr/bin/env python3
+"""CTest check of tools/gpu_report.py: from a synthetic set of raw outputs it
+must pick the numbers the issue names (2^26 fp32 4-bit kernels, N=8 256 MB
+QSGD at 10 Gb/s, the multirank and DDP files), judge the goals, leave what is
+missing null, and write the Markdown report.
+Usage: report_check.py SOURCE_DIR WORKDIR
+"""
+import json
+import os
+import subprocess
+import sys
+
+src, work = sys.argv[1], sys.argv[2]
+raw = os.path.join(work, "raw")
+os.makedirs(raw, exist_ok=True)
+N26, MB256 = 1 << 26, 256 << 20
+
+
+def dump(name, obj):
+    with open(os.path.join(raw, name), "w") as f:
+        json.dump(obj, f)
+
+
+def krow(kernel, dtype, bits, n, frac):
+    return {"kernel": kernel, "dtype": dtype, "bits": bits, "n": n, "time_us": 1.0,
+            "ideal_bytes": 1, "gbps": frac * 3000, "copy_gbps": 3000, "frac_of_copy": frac}
+
+
+# Decoys around the right rows: other n, type, bits must not be picked.
+dump("kernels.json", {"gpu": "Test GPU", "rows": [
+    krow("qsgd_encode_ef", "float", 4, N26 * 4, 0.11), krow("qsgd_encode_ef", "half", 4, N26, 0.22),
+    krow("qsgd_encode_ef", "float", 8, N26, 0.33), krow("qsgd_encode_ef", "float", 4, N26, 0.85),
+    krow("qsgd_decode_acc", "float", 4, N26, 0.44), krow("qsgd_decode", "float", 4, N26, 0.75)]})
+
+
+def prow(size, bits, dtype, speedups, failed=False):
+    return {"size": size, "method": "qsgd", "bits": bits, "dtype": dtype, "failed": failed,
+            "model": [{"link_gbps": g, "speedup": s} for g, s in speedups]}
+
+
+dump("perf_n8.json", {"rows": [
+    prow(MB256 // 4, 4, "float", [(10, 1.0)]), prow(MB256, 4, "bfloat16", [(10, 2.0)]),
+    prow(MB256, 8, "float", [(10, 3.0)]),
+    prow(MB256, 4, "float", [(10, 7.5), (25, 4.0), (100, 1.5)])]})
+dump("multirank.json", {"multirank_tests_passed": 12, "multirank_tests_failed": 1})
+dump("tests.json", {"tests_passed": 40, "tests_failed": 0})
+with open(os.path.join(raw, "steps.tsv"), "w") as f:
+    f.write("build\tok\t100\t\nddp\tmissing\t0\tnot in this tree\n")
+with open(os.path.join(raw, "perf_n8.txt"), "w") as f:
+    f.write("# table text\n")
+
+md, js = os.path.join(work, "r.md"), os.path.join(work, "r.json")
+subprocess.check_call([sys.executable, os.path.join(src, "tools", "gpu_report.py"), "--dir", raw,
+                       "--name", "2030-01-02-test-gpu", "--md", md, "--json", js])
+r = json.load(open(js))
+fails = []
+
+
+def expect(cond, what):
+    if not cond:
+        fails.append(what)
+        print("FAIL:", what)
+
+
+for key in ["gpu", "date", "commit", "qsgd4_encode_ef_frac_of_copy", "qsgd4_decode_frac_of_copy",
+            "topk_dgc_speedup_vs_torch_topk", "allreduce_qsgd4_model_speedup_10gbps_n8_256MB",
+            "ddp_qsgd4_acc_delta_pts", "ddp_dgc_acc_delta_pts", "multirank_tests_passed",
+            "multirank_tests_failed"]:
+    expect(key in r, "key %s present" % key)
+expect(r.get("gpu") == "Test GPU", "gpu from the kernel run")
+expect(r.get("date") == "2030-01-02", "date from the name")
+expect(r.get("qsgd4_encode_ef_frac_of_copy") == 0.85, "encode: fp32, 4-bit, 2^26 row")
+expect(r.get("qsgd4_decode_frac_of_copy") == 0.75, "decode: overwrite, 4-bit, 2^26 row")
+expect(r.get("allreduce_qsgd4_model_speedup_10gbps_n8_256MB") == 7.5, "model: fp32 4-bit 256 MB at 10")
+expect(r.get("allreduce_qsgd4_model_speedup_n8_256MB", {}).get("100") == 1.5, "model at 100 Gb/s")
+expect(r.get("topk_dgc_speedup_vs_torch_topk") is None, "top-k null without selector times")
+expect(r.get("ddp_qsgd4_acc_delta_pts") is None, "DDP null without ddp.json")
+expect(r.get("multirank_tests_passed") == 12 and r.get("multirank_tests_failed") == 1, "multirank counts")
+g = r.get("goals", {})
+expect(g.get("encode_ef_ge_0.8_of_copy") is True, "0.85 meets the 0.8 goal")
+expect(g.get("decode_ge_0.8_of_copy") is False, "0.75 misses the 0.8 goal")
+expect(g.get("allreduce_qsgd4_model_ge_5x_nccl_10gbps_n8_256MB") is True, "7.5x meets 5x")
+expect(g.get("topk_ge_3x_torch_topk") is None, "unmeasured goal is null")
+expect([s["name"] for s in r.get("steps", [])] == ["build", "ddp"], "steps from steps.tsv")
+text = open(md).read()
+expect("| 0.85 | >= 0.8 | yes |" in text, "report table shows the encode value and verdict")
+expect("# table text" in text, "report includes the benchmark tables")
+if fails:
+    print("%d check(s) failed" % len(fails))
+    sys.exit(1)
+print("all checks passed")

@@ -1,0 +1,224 @@
+#!/usr/bin/env python3
+"""Assembles tools/gpu-check.sh's outputs into the dated Markdown report and JSON.
+
+  tools/gpu_report.py --dir RAW_DIR --name DATE-GPU --md OUT.md --json OUT.json
+                      [--plots-prefix DATE-GPU-]
+
+RAW_DIR holds what the steps wrote: steps.tsv (name, status, seconds, note),
+perf_*.json/.txt, kernels.json/.txt, torch_topk.json/.txt, multirank.json/.md,
+ddp.json/.md, tests.txt. Anything missing becomes null in the JSON and a line
+saying so in the report.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+N26 = 1 << 26
+MB256 = 256 << 20
+
+
+def load(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def read(path):
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def kernel_frac(kdoc, kernel, dtype="float", bits=4, n=N26):
+    if not kdoc:
+        return None
+    for r in kdoc.get("rows", []):
+        if r["kernel"] == kernel and r["dtype"] == dtype and r["bits"] == bits and r["n"] == n:
+            return r["frac_of_copy"]
+    return None
+
+
+def model_speedup(pdoc, gbps=10, size=MB256, bits=4, dtype="float"):
+    if not pdoc:
+        return None
+    for r in pdoc.get("rows", []):
+        if (r["method"] == "qsgd" and r["bits"] == bits and r["dtype"] == dtype and
+                r["size"] == size and not r.get("failed")):
+            for m in r.get("model", []):
+                if m["link_gbps"] == gbps:
+                    return m.get("speedup")
+    return None
+
+
+def topk_speedup(kdoc, tdoc, n=N26, density=0.001):
+    """torch.topk(|x|) time over gradcomp's threshold selector on the same data."""
+    if not kdoc or not tdoc:
+        return None
+    ours = [r for r in kdoc.get("rows", []) if r["kernel"] == "topk_threshold" and r["n"] == n
+            and abs(r.get("density", -1) - density) < 1e-12]
+    theirs = [r for r in tdoc.get("rows", []) if r["n"] == n and abs(r["density"] - density) < 1e-12]
+    if not ours or not theirs or ours[0]["time_us"] <= 0:
+        return None
+    return theirs[0]["torch_topk_abs_us"] / ours[0]["time_us"]
+
+
+def fmt(v, digits=3):
+    if v is None:
+        return "n/a"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return ("%." + str(digits) + "g") % v
+    return str(v)
+
+
+def goal(v, target):
+    return None if v is None else v >= target
+
+
+def steps_table(path):
+    rows = []
+    text = read(path) or ""
+    for line in text.splitlines():
+        parts = line.split("\t")
+        if len(parts) >= 3:
+            rows.append({"name": parts[0], "status": parts[1], "seconds": int(float(parts[2])),
+                         "note": parts[3] if len(parts) > 3 else ""})
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--dir", required=True)
+    ap.add_argument("--name", required=True)
+    ap.add_argument("--md", required=True)
+    ap.add_argument("--json", required=True)
+    ap.add_argument("--gpu", default="")
+    ap.add_argument("--plots-prefix", default="")
+    a = ap.parse_args()
+    d = a.dir
+    j = lambda f: load(os.path.join(d, f))  # noqa: E731
+    t = lambda f: read(os.path.join(d, f))  # noqa: E731
+
+    kdoc, tdoc = j("kernels.json"), j("torch_topk.json")
+    p1, p8, p8s = j("perf_n1.json"), j("perf_n8.json"), j("perf_n8_sparse.json")
+    multi, ddp, tests = j("multirank.json") or {}, j("ddp.json") or {}, j("tests.json") or {}
+    steps = steps_table(os.path.join(d, "steps.tsv"))
+    try:
+        commit = subprocess.check_output(["git", "rev-parse", "HEAD"], text=True).strip()
+        dirty = subprocess.call(["git", "diff", "--quiet", "HEAD", "--", ".", ":!bench/results"]) != 0
+        if dirty:
+            commit += "+dirty"
+    except (OSError, subprocess.CalledProcessError):
+        commit = None
+
+    enc = kernel_frac(kdoc, "qsgd_encode_ef")
+    dec = kernel_frac(kdoc, "qsgd_decode")
+    topk = topk_speedup(kdoc, tdoc)
+    model = model_speedup(p8)
+    summary = {
+        "gpu": a.gpu or (kdoc or {}).get("gpu") or None,
+        "date": a.name[:10],
+        "commit": commit,
+        "qsgd4_encode_ef_frac_of_copy": enc,
+        "qsgd4_decode_frac_of_copy": dec,
+        "topk_dgc_speedup_vs_torch_topk": topk,
+        "allreduce_qsgd4_model_speedup_10gbps_n8_256MB": model,
+        "ddp_qsgd4_acc_delta_pts": ddp.get("ddp_qsgd4_acc_delta_pts"),
+        "ddp_dgc_acc_delta_pts": ddp.get("ddp_dgc_acc_delta_pts"),
+        "multirank_tests_passed": multi.get("multirank_tests_passed"),
+        "multirank_tests_failed": multi.get("multirank_tests_failed"),
+        "tests_passed": tests.get("tests_passed"),
+        "tests_failed": tests.get("tests_failed"),
+        "goals": {
+            "encode_ef_ge_0.8_of_copy": goal(enc, 0.8),
+            "decode_ge_0.8_of_copy": goal(dec, 0.8),
+            "topk_ge_3x_torch_topk": goal(topk, 3.0),
+            "allreduce_qsgd4_model_ge_5x_nccl_10gbps_n8_256MB": goal(model, 5.0),
+        },
+        "allreduce_qsgd4_model_speedup_n8_256MB": {
+            str(g): model_speedup(p8, gbps=g) for g in (10, 25, 100)},
+        "steps": steps,
+    }
+    with open(a.json, "w") as f:
+        json.dump(summary, f, indent=2)
+        f.write("\n")
+
+    L = []
+    L.append("# GPU check %s" % a.name)
+    L.append("")
+    L.append("- GPU: %s" % fmt(summary["gpu"]))
+    L.append("- commit: `%s`" % fmt(commit))
+    L.append("- produced by `tools/gpu-check.sh`; raw outputs in `bench/results/%s/`" % a.name)
+    L.append("")
+    L.append("## Steps")
+    L.append("")
+    L.append("| step | status | seconds | note |")
+    L.append("|---|---|---|---|")
+    for s in steps:
+        L.append("| %s | %s | %d | %s |" % (s["name"], s["status"], s["seconds"], s["note"]))
+    L.append("")
+    L.append("## Against the goals")
+    L.append("")
+    L.append("| measure | value | goal | met |")
+    L.append("|---|---|---|---|")
+    L.append("| QSGD 4-bit encode+EF, fp32, n=2^26, d=512: fraction of copy bandwidth | %s | >= 0.8 | %s |"
+             % (fmt(enc), fmt(summary["goals"]["encode_ef_ge_0.8_of_copy"])))
+    L.append("| QSGD 4-bit decode, n=2^26, d=512: fraction of copy bandwidth | %s | >= 0.8 | %s |"
+             % (fmt(dec), fmt(summary["goals"]["decode_ge_0.8_of_copy"])))
+    L.append("| threshold top-k vs torch.topk(\\|x\\|), n=2^26, density 0.1%% | %s | >= 3x | %s |"
+             % (fmt(topk), fmt(summary["goals"]["topk_ge_3x_torch_topk"])))
+    L.append("| 4-bit allreduce modeled speedup over NCCL fp32, 10 Gb/s, N=8, 256 MB | %s | >= 5x | %s |"
+             % (fmt(model), fmt(summary["goals"]["allreduce_qsgd4_model_ge_5x_nccl_10gbps_n8_256MB"])))
+    L.append("")
+    if topk is None:
+        L.append("Top-k: gradcomp's selectors are not timed yet (no GPU entry points in "
+                 "`include/gradcomp/sparse.h` in this build); torch.topk's times are below.")
+        L.append("")
+    L.append("## Tests")
+    L.append("")
+    L.append("- CTest with `GRADCOMP_TEST_GPU=1`: %s passed, %s failed"
+             % (fmt(summary["tests_passed"]), fmt(summary["tests_failed"])))
+    L.append("- multi-process NCCL tests: %s passed, %s failed"
+             % (fmt(summary["multirank_tests_passed"]), fmt(summary["multirank_tests_failed"])))
+    L.append("- PyTorch DDP accuracy delta (points): QSGD 4-bit %s, DGC %s"
+             % (fmt(summary["ddp_qsgd4_acc_delta_pts"]), fmt(summary["ddp_dgc_acc_delta_pts"])))
+    L.append("")
+    fails = t("tests_failed.txt")
+    if fails:
+        L += ["Failed tests:", "", "```", fails.strip(), "```", ""]
+    for md in ("multirank.md", "ddp.md"):
+        body = t(md)
+        if body:
+            L += [body.strip(), ""]
+    plots = [("busbw", "Bus bandwidth"), ("model_speedup", "Modeled speedup over NCCL"),
+             ("kernels", "Kernel throughput, fraction of copy"), ("topk", "Top-k selection")]
+    shown = [(p, title) for p, title in plots
+             if os.path.exists(os.path.join(os.path.dirname(a.md), a.plots_prefix + p + ".png"))]
+    if shown:
+        L += ["## Plots", ""]
+        for p, title in shown:
+            L += ["### " + title, "", "![%s](%s%s.png)" % (title, a.plots_prefix, p), ""]
+    for name, title in (("perf_n1.txt", "gradcomp_perf, 1 rank"),
+                        ("perf_n8.txt", "gradcomp_perf, 8 ranks on one GPU (modeled columns)"),
+                        ("perf_n8_sparse.txt", "gradcomp_perf, sparse methods, 8 ranks"),
+                        ("kernels.txt", "gradcomp_kernels_perf"),
+                        ("torch_topk.txt", "torch.topk on the same data")):
+        body = t(name)
+        L += ["## " + title, ""]
+        L += (["```", body.rstrip(), "```"] if body else ["(no output: the step failed or was skipped)"])
+        L.append("")
+    with open(a.md, "w") as f:
+        f.write("\n".join(L))
+    print(json.dumps({k: v for k, v in summary.items() if k != "steps"}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
