@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include <algorithm>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -412,6 +413,40 @@ TEST(EliasHost, BitsPerElementAtSqrtDWithinThePaperBound) {
       EXPECT_LE(codeBits, bound) << "d=" << d << " code=" << c;
       EXPECT_LE(8.0 * e.bytes.size(), bound + nb * (32 + 31) + 32);
     }
+  }
+}
+
+// The numbers of docs/adaptive.md: bits per element of the Elias code of the
+// fixed-width levels (s = 2^(b-1)-1, max scale, d = 512) against the fixed
+// width b + 32/d, on Gaussian and on heavy-tailed (Student t, 3 degrees of
+// freedom) data. What must hold whatever the data: at b = 2 the levels are
+// 0 or 1 and a zero costs no code of its own, so Elias beats 2 bits, and the
+// heavier tail (more near-zero levels) costs fewer bits than the Gaussian.
+TEST(EliasHost, BitsPerElementOfTheFixedWidthLevels) {
+  const int d = 512;
+  const size_t n = 1 << 16;
+  std::vector<float> gauss = gctest::normal(n, 31);
+  std::vector<float> heavy(n);
+  std::mt19937_64 rng(32);
+  std::student_t_distribution<float> t3(3.0f);
+  for (float& v : heavy) v = t3(rng);
+  printf(
+      "[ elias ] d=512, n=65536  bits/element (everything on the wire: scales, offsets, codes, "
+      "padding)\n");
+  printf("[ elias ]  b  fixed  gauss:gamma  omega  t3:gamma  omega\n");
+  for (int bits = 2; bits <= 8; ++bits) {
+    double per[2][2];
+    for (int data = 0; data < 2; ++data) {
+      for (gradcompEliasCode_t c : {gradcompEliasGamma, gradcompEliasOmega}) {
+        const auto p = params(gc::qsgd::levels(bits), d, c);
+        per[data][c] = 8.0 * encode(data ? heavy : gauss, p, 5).bytes.size() / n;
+      }
+    }
+    const double fixed = 8.0 * gradcompQsgdEncodedBytes(n, bits, d) / n;
+    printf("[ elias ]  %d  %5.3f  %11.3f  %5.3f  %8.3f  %5.3f\n", bits, fixed, per[0][0], per[0][1],
+           per[1][0], per[1][1]);
+    EXPECT_LT(per[1][0], per[0][0]) << "bits=" << bits;
+    if (bits == 2) EXPECT_LT(per[0][0], fixed);
   }
 }
 
