@@ -12,7 +12,10 @@ for s in gradcompGetErrorString gradcompGetLastError gradcompConfigInit gradcomp
          gradcompQsgdEncodedBytes gradcompQsgdEncodeHost gradcompQsgdDecodeHost \
          gradcompQsgdEncode gradcompQsgdEncodeEF gradcompQsgdDecode gradcompCommCreate \
          gradcompCommCreateCpu gradcompCommDestroy gradcompAllReduce gradcompAllReduceKeyed \
-         gradcompGetStats gradcompCommSaveState gradcompCommLoadState gradcompCommResetState; do
+         gradcompGetStats gradcompCommSaveState gradcompCommLoadState gradcompCommResetState \
+         gradcompEliasMaxEncodedBytes gradcompEliasHeaderBytes gradcompEliasEncodedBytes \
+         gradcompEliasEncodeHost gradcompEliasDecodeHost gradcompEliasWorkspaceBytes \
+         gradcompEliasEncode gradcompEliasDecode; do
   echo "$syms" | grep -qx "$s" || { echo "FAIL: $lib does not export $s"; exit 1; }
 done
 echo "PASS: $(echo "$syms" | wc -l) exported symbols, all gradcomp*"

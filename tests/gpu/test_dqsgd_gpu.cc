@@ -1,0 +1,99 @@
+// DQ-SGD on the CUDA backend: the statistics kernels + asynchronous copy +
+// event give the choice the host rule gives on the same data, for every
+// input type; under CUDA-graph capture the DQ-SGD modes and the Elias
+// allgather refuse with a clear error before enqueueing anything.
+#include <gtest/gtest.h>
+#include <string.h>
+
+#include <vector>
+
+#include "gradcomp.h"
+#include "kernels/common_math.cuh"
+#include "plugin/algorithms.h"
+#include "plugin/bits_policy.h"
+#include "plugin/comm.h"
+#include "tests/common/test_util.h"
+#include "tests/gpu/gpu_util.h"
+
+namespace {
+
+using gctest::DeviceBuffer;
+
+class DqsgdGpu : public gctest::GpuTest {
+ protected:
+  void makeComm(gradcompBitsMode_t mode) {
+    gradcompConfigInit(&comm.cfg);
+    comm.cfg.bitsMode = mode;
+    comm.cfg.bucketSize = 512;
+    comm.backend = gc::makeCudaBackend();
+    ASSERT_EQ(comm.backend->init(), gradcompSuccess);
+    comm.backend->setStream(stream);
+  }
+  gradcompComm comm;
+};
+
+std::vector<uint16_t> narrow(const std::vector<float>& x, gc::DType t) {
+  std::vector<uint16_t> h(x.size());
+  for (size_t i = 0; i < x.size(); ++i) {
+    h[i] = t == gc::DType::F16 ? gc::floatToHalf(x[i]) : gc::floatToBf16(x[i]);
+  }
+  return h;
+}
+
+TEST_F(DqsgdGpu, DeviceStatisticsGiveTheHostRulesChoice) {
+  makeComm(gradcompBitsDynamic);
+  const size_t n = 300001;
+  for (gc::DType t : {gc::DType::F32, gc::DType::F16, gc::DType::BF16}) {
+    for (int spiky = 0; spiky <= 1; ++spiky) {
+      SCOPED_TRACE(testing::Message() << "type=" << (int)t << " spiky=" << spiky);
+      std::vector<float> x = gctest::normal(n, 3 + spiky);
+      if (spiky) {
+        for (size_t i = 5; i < n; i += 512) x[i] = 80.0f;
+      }
+      std::vector<uint16_t> h = narrow(x, t);
+      const void* host = t == gc::DType::F32 ? (const void*)x.data() : (const void*)h.data();
+      const size_t bytes = n * gc::dtypeBytes(t);
+      DeviceBuffer<uint8_t> dx(bytes);
+      ASSERT_EQ(cudaMemcpy(dx.get(), host, bytes, cudaMemcpyHostToDevice), cudaSuccess);
+
+      gc::BufferState state;
+      state.count = n;
+      int bits = 0;
+      ASSERT_EQ(gc::chooseBits(comm, state, &bits), gradcompSuccess) << gradcompGetLastError();
+      EXPECT_EQ(bits, comm.cfg.bits) << "no statistics yet: the configured bits";
+      ASSERT_EQ(gc::recordReducedStats(comm, state, dx.get(), n, t), gradcompSuccess)
+          << gradcompGetLastError();
+      ASSERT_EQ(gc::chooseBits(comm, state, &bits), gradcompSuccess) << gradcompGetLastError();
+      const gc::GradStats st = gc::hostGradStats(host, t, n, comm.cfg.bucketSize);
+      EXPECT_EQ(bits,
+                gc::dynamicBits(st, comm.cfg.varianceTarget, comm.cfg.bitsMin, comm.cfg.bitsMax));
+      if (spiky) EXPECT_GE(bits, 6);
+    }
+  }
+}
+
+TEST_F(DqsgdGpu, CaptureIsRefusedForDqsgdAndElias) {
+  makeComm(gradcompBitsBudget);
+  gc::BufferState state;
+  state.count = 4096;
+  cudaGraph_t graph = nullptr;
+  ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+  int bits = 0;
+  const gradcompResult_t res = gc::chooseBits(comm, state, &bits);
+  const std::string msg = gradcompGetLastError();
+
+  comm.cfg.bitsMode = gradcompBitsFixed;
+  comm.cfg.elias = 1;
+  gc::CallArgs args{&comm, nullptr, nullptr, 4096, gc::DType::F32, false, &state, 4, 0};
+  const gradcompResult_t eliasRes = gc::eliasAlgorithm().run(args, nullptr);
+  const std::string eliasMsg = gradcompGetLastError();
+  ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
+  if (graph) cudaGraphDestroy(graph);
+
+  EXPECT_EQ(res, gradcompInvalidUsage);
+  EXPECT_NE(msg.find("GRADCOMP_BITS_MODE=budget"), std::string::npos) << msg;
+  EXPECT_EQ(eliasRes, gradcompInvalidUsage);
+  EXPECT_NE(eliasMsg.find("GRADCOMP_ELIAS=1"), std::string::npos) << eliasMsg;
+}
+
+}  // namespace
