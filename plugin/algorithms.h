@@ -29,10 +29,18 @@ struct Algorithm {
   gradcompResult_t (*run)(const CallArgs& a, void* workspace);
 };
 
-const Algorithm& twoShotAlgorithm();    // algo_twoshot.cc
-const Algorithm& ringAlgorithm();       // algo_ring.cc
-const Algorithm& allgatherAlgorithm();  // algo_allgather.cc
-const Algorithm& eliasAlgorithm();      // algo_elias.cc: GRADCOMP_ELIAS=1, variable size
+const Algorithm& twoShotAlgorithm();          // algo_twoshot.cc
+const Algorithm& ringAlgorithm();             // algo_ring.cc
+const Algorithm& allgatherAlgorithm();        // algo_allgather.cc
+const Algorithm& eliasAlgorithm();            // algo_elias.cc: GRADCOMP_ELIAS=1, variable size
+const Algorithm& sparseAllgatherAlgorithm();  // algo_sparse.cc: topk, dgc
+const Algorithm& randkAlgorithm();            // algo_sparse.cc: randk
+// Sparse sizes depend on the buffer's call number (DGC warm-up), on the
+// buffer type and on whether it keeps a residual; the Algorithm entries
+// above give the steady state.
+size_t sparseWorkspaceBytes(const gradcompComm& c, size_t count, DType t, bool haveResidual,
+                            uint64_t calls);
+size_t sparseWireBytes(const gradcompComm& c, size_t count, uint64_t calls);
 // Dense algorithm for (method, size, ranks) when config says auto.
 const Algorithm& pickDenseAlgorithm(const gradcompComm& c, size_t count);
 

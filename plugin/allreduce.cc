@@ -21,6 +21,38 @@ gradcompResult_t passThrough(gradcompComm* c, const void* send, void* recv, size
   return c->transport->passThrough(send, recv, count, type, op);
 }
 
+// Top-k, DGC (sparse allgather) and rand-k.
+gradcompResult_t sparseAllReduce(gradcompComm* c, const void* send, void* recv, size_t count,
+                                 DType t, ncclRedOp_t op, bool keyed, uint64_t key) {
+  GC_ARG(c->cfg.algo == gradcompAlgoAuto || c->cfg.algo == gradcompAlgoSparseAllgather,
+         "algo=%d is for method qsgd; the sparse methods (topk, randk, dgc) take auto or sparse",
+         (int)c->cfg.algo);
+  GC_ARG(count < (size_t)sparse::kEmptySlot,
+         "count=%zu is too large for the u32 indices of the sparse methods (at most %u)", count,
+         sparse::kEmptySlot - 1);
+  const uintptr_t r0 = (uintptr_t)recv;
+  StateKey skey =
+      keyed ? StateKey{1, key, count, (int)t} : StateKey{0, (uint64_t)r0, count, (int)t};
+  BufferState* state = nullptr;
+  GC_CHECK(c->getState(skey, count, t, &state));
+  const Algorithm& algo =
+      c->cfg.method == gradcompMethodRandk ? randkAlgorithm() : sparseAllgatherAlgorithm();
+  GC_CHECK(c->ensureWorkspace(
+      sparseWorkspaceBytes(*c, count, t, state->residual != nullptr, state->calls)));
+  CallArgs args{c, send, recv, count, t, op == ncclAvg, state, 0, c->step};
+  GC_TRACE("%s: count=%zu type=%d step=%llu", algo.name, count, (int)t,
+           (unsigned long long)c->step);
+  GC_CHECK(algo.run(args, c->workspace));
+  GC_CHECK(c->backend->advanceStep());
+  c->stats.bytesOnWire += sparseWireBytes(*c, count, state->calls);
+  c->step++;
+  state->calls++;
+  c->stats.callsCompressed++;
+  c->stats.callsPerAlgo[algo.id]++;
+  c->stats.bytesIn += count * dtypeBytes(t);
+  return gradcompSuccess;
+}
+
 gradcompResult_t allReduce(const void* send, void* recv, size_t count, ncclDataType_t type,
                            ncclRedOp_t op, gradcompComm* c, cudaStream_t stream, bool keyed,
                            uint64_t key) {
@@ -54,11 +86,8 @@ gradcompResult_t allReduce(const void* send, void* recv, size_t count, ncclDataT
     GC_CHECK(checkDevicePointer(recv, "recvbuff"));
   }
 
-  if (c->cfg.method != gradcompMethodQsgd) {
-    return setError(gradcompNotSupported,
-                    "method=%d (topk/randk/dgc) is not available in this build of gradcomp",
-                    (int)c->cfg.method);
-  }
+  if (c->cfg.method != gradcompMethodQsgd)
+    return sparseAllReduce(c, send, recv, count, t, op, keyed, key);
   if (c->cfg.algo == gradcompAlgoSparseAllgather) {
     return setError(gradcompInvalidArgument,
                     "algo=sparse is for the sparse methods; method qsgd takes auto, twoshot, "

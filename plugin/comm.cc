@@ -150,6 +150,7 @@ GC_EXPORT gradcompResult_t gradcompCommCreate(ncclComm_t nccl, const gradcompCon
   }
   c->nccl = nccl;
   c->backend = gc::makeCudaBackend();
+  c->sparse = gc::makeCudaSparseOps();
   GC_CHECK(c->backend->init());
   c->transport = gc::makeNcclTransport(nccl, c->rank, c->nranks);
   GC_INFO("comm %p rank %d/%d method %d bits %d bucket %d", (void*)c.get(), c->rank, c->nranks,
@@ -176,6 +177,7 @@ GC_EXPORT gradcompResult_t gradcompCommCreateCpu(int nranks, const gradcompConfi
     c->rank = r;
     c->nranks = nranks;
     c->backend = gc::makeCpuBackend();
+    c->sparse = gc::makeCpuSparseOps();
     c->transport = std::move(transports[r]);
     comms[r] = c;
   }

@@ -10,6 +10,7 @@
 #include <tuple>
 
 #include "backend.h"
+#include "sparse_ops.h"
 #include "gradcomp.h"
 #include "transport.h"
 
@@ -42,6 +43,7 @@ struct gradcompComm {
   ncclComm_t nccl = nullptr;  // null for the CPU backend
   std::unique_ptr<gc::Backend> backend;
   std::unique_ptr<gc::Transport> transport;
+  std::unique_ptr<gc::SparseOps> sparse;
   std::map<gc::StateKey, gc::BufferState> states;
   void* workspace = nullptr;
   size_t workspaceBytes = 0;

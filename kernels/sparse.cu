@@ -1,0 +1,428 @@
+// CUDA kernels of the sparse methods. Same results as the host reference
+// (plugin/codec_sparse_host.cc): the selection rule is computed on the
+// device (sample sort or radix select), then a deterministic tile-wise
+// prefix-sum compaction writes the selected indices in index order. No host
+// sync, fixed sizes, capturable.
+#include <cub/cub.cuh>
+
+#include "../plugin/codec_sparse.h"
+#include "sparse_math.cuh"
+
+namespace gc {
+namespace cuda {
+namespace {
+
+using sparse::absKey;
+using sparse::kEmptySlot;
+using sparse::SelectRule;
+
+constexpr int kThreads = 256;
+constexpr int kItems = 16;
+constexpr size_t kTile = (size_t)kThreads * kItems;
+static_assert(sparse::kNormLanes == kThreads && sparse::kNormPerLane == kItems, "norm layout");
+
+int blocksFor(size_t n) {
+  size_t b = (n + kThreads - 1) / kThreads;
+  return (int)(b < 65536 ? (b > 0 ? b : 1) : 65536);
+}
+
+struct RadixState {
+  uint32_t prefix;
+  uint32_t pad;
+  unsigned long long remaining;
+  unsigned int hist[256];
+};
+
+// Scratch layout (all offsets 256-aligned).
+struct Scratch {
+  size_t tiles, chunks;
+  size_t tileGt, tileEq, eqBefore, tileSel, selBefore, radix, rule, keys, sorted, partial, scale,
+      temp, tempBytes, total;
+};
+
+size_t up(size_t x) {
+  return (x + 255) / 256 * 256;
+}
+
+Scratch layout(size_t n, size_t m) {
+  Scratch s{};
+  s.tiles = (n + kTile - 1) / kTile;
+  s.chunks = (n + sparse::kNormChunk - 1) / sparse::kNormChunk;
+  size_t sortBytes = 0, scanBytes = 0;
+  gradcomp_cub::cub::DeviceRadixSort::SortKeys(nullptr, sortBytes, (const uint32_t*)nullptr,
+                                               (uint32_t*)nullptr, (int)(m > 0 ? m : 1));
+  gradcomp_cub::cub::DeviceScan::ExclusiveSum(nullptr, scanBytes, (const uint32_t*)nullptr,
+                                              (uint32_t*)nullptr, (int)(s.tiles > 0 ? s.tiles : 1));
+  s.tempBytes = sortBytes > scanBytes ? sortBytes : scanBytes;
+  size_t p = 0;
+  s.tileGt = p, p += up(s.tiles * 4);
+  s.tileEq = p, p += up(s.tiles * 4);
+  s.eqBefore = p, p += up(s.tiles * 4);
+  s.tileSel = p, p += up(s.tiles * 4);
+  s.selBefore = p, p += up(s.tiles * 4);
+  s.radix = p, p += up(sizeof(RadixState));
+  s.rule = p, p += up(sizeof(SelectRule));
+  s.keys = p, p += up(m * 4);
+  s.sorted = p, p += up(m * 4);
+  s.partial = p, p += up(s.chunks * 4);
+  s.scale = p, p += up(4);
+  s.temp = p, p += up(s.tempBytes);
+  s.total = p;
+  return s;
+}
+
+template <typename T>
+T* at(void* base, size_t off) {
+  return reinterpret_cast<T*>(static_cast<char*>(base) + off);
+}
+
+// ---------------------------------------------------------------- clipping
+__global__ void sumSqChunkKernel(const void* __restrict__ x, DType t, size_t n,
+                                 float* __restrict__ partial) {
+  __shared__ float a[kThreads];
+  const int l = threadIdx.x;
+  const size_t base = (size_t)blockIdx.x * kTile;
+  float s = 0.0f;
+  for (int i = 0; i < kItems; ++i) {
+    size_t j = base + l + (size_t)i * kThreads;
+    if (j < n) {
+      float g = loadAsFloat(x, t, j);
+      s = fadd(s, fmul(g, g));
+    }
+  }
+  a[l] = s;
+  __syncthreads();
+  for (int st = kThreads / 2; st > 0; st >>= 1) {
+    if (l < st) a[l] = fadd(a[l], a[l + st]);
+    __syncthreads();
+  }
+  if (l == 0) partial[blockIdx.x] = a[0];
+}
+
+__global__ void sumSqFinalKernel(const float* __restrict__ partial, size_t chunks, float clipThr,
+                                 float* __restrict__ scale) {
+  __shared__ float a[kThreads];
+  const int l = threadIdx.x;
+  float s = 0.0f;
+  for (size_t j = l; j < chunks; j += kThreads) s = fadd(s, partial[j]);
+  a[l] = s;
+  __syncthreads();
+  for (int st = kThreads / 2; st > 0; st >>= 1) {
+    if (l < st) a[l] = fadd(a[l], a[l + st]);
+    __syncthreads();
+  }
+  if (l == 0) *scale = sparse::clipScale(a[0], clipThr);
+}
+
+__global__ void accumulateKernel(const void* __restrict__ g, DType t, size_t n,
+                                 const float* __restrict__ scale, float m, float* __restrict__ u,
+                                 float* __restrict__ v, bool vIn) {
+  const float s = scale ? *scale : 1.0f;
+  for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+       i += (size_t)gridDim.x * blockDim.x) {
+    sparse::accumulate(loadAsFloat(g, t, i), s, m, u ? u + i : nullptr, v + i, vIn);
+  }
+}
+
+// ---------------------------------------------------------------- rules
+__global__ void sampleKernel(const float* __restrict__ v, size_t m, size_t stride,
+                             size_t offsetRange, KeySpec key, uint32_t* __restrict__ keys) {
+  const size_t off = sparse::sampleOffset(resolveKey(key), offsetRange);
+  for (size_t j = (size_t)blockIdx.x * blockDim.x + threadIdx.x; j < m;
+       j += (size_t)gridDim.x * blockDim.x) {
+    keys[j] = absKey(v[off + j * stride]);
+  }
+}
+
+__global__ void thresholdRuleKernel(const uint32_t* __restrict__ sorted, size_t m, size_t keep,
+                                    SelectRule* rule) {
+  *rule = sparse::thresholdRule(sorted[m - keep]);
+}
+
+__global__ void radixInitKernel(RadixState* st, size_t k) {
+  st->hist[threadIdx.x] = 0;
+  if (threadIdx.x == 0) {
+    st->prefix = 0;
+    st->remaining = k;
+  }
+}
+
+__global__ void radixHistKernel(const float* __restrict__ v, size_t n, int shift, RadixState* st) {
+  __shared__ unsigned int h[256];
+  h[threadIdx.x] = 0;
+  __syncthreads();
+  const uint32_t high = shift == 24 ? 0u : ~0u << (shift + 8);
+  const uint32_t prefix = st->prefix;
+  for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+       i += (size_t)gridDim.x * blockDim.x) {
+    const uint32_t key = absKey(v[i]);
+    if ((key & high) == prefix) atomicAdd(&h[(key >> shift) & 0xffu], 1u);
+  }
+  __syncthreads();
+  if (h[threadIdx.x]) atomicAdd(&st->hist[threadIdx.x], h[threadIdx.x]);
+}
+
+// Picks this pass's digit (the host's loop, one thread) and clears the
+// histogram for the next pass; the last pass writes the rule.
+__global__ void radixPickKernel(RadixState* st, int shift, SelectRule* rule) {
+  if (threadIdx.x == 0) {
+    unsigned long long remaining = st->remaining;
+    int d = 255;
+    for (; d >= 0; --d) {
+      if (st->hist[d] >= remaining || d == 0) break;
+      remaining -= st->hist[d];
+    }
+    st->remaining = remaining;
+    st->prefix |= (uint32_t)d << shift;
+    if (shift == 0) *rule = SelectRule{st->prefix, st->prefix, remaining};
+  }
+  __syncthreads();
+  st->hist[threadIdx.x] = 0;
+}
+
+// ---------------------------------------------------------------- compaction
+__device__ __forceinline__ void ruleCounts(const float* __restrict__ v, size_t n, size_t base,
+                                           const SelectRule& r, uint32_t* gt, uint32_t* eq) {
+  uint32_t g = 0, e = 0;
+  for (int i = 0; i < kItems; ++i) {
+    size_t j = base + i;
+    if (j >= n) break;
+    uint32_t key = absKey(v[j]);
+    if (key > r.gt) {
+      ++g;
+    } else if (key == r.eq) {
+      ++e;
+    }
+  }
+  *gt = g;
+  *eq = e;
+}
+
+__global__ void tileCountKernel(const float* __restrict__ v, size_t n, const SelectRule* rule,
+                                uint32_t* __restrict__ tileGt, uint32_t* __restrict__ tileEq) {
+  using Reduce = gradcomp_cub::cub::BlockReduce<uint32_t, kThreads>;
+  __shared__ typename Reduce::TempStorage tmp;
+  const SelectRule r = *rule;
+  uint32_t g, e;
+  ruleCounts(v, n, (size_t)blockIdx.x * kTile + (size_t)threadIdx.x * kItems, r, &g, &e);
+  uint32_t sg = Reduce(tmp).Sum(g);
+  __syncthreads();
+  uint32_t se = Reduce(tmp).Sum(e);
+  if (threadIdx.x == 0) {
+    tileGt[blockIdx.x] = sg;
+    tileEq[blockIdx.x] = se;
+  }
+}
+
+__global__ void tileSelKernel(size_t tiles, const SelectRule* rule, const uint32_t* __restrict__ gt,
+                              const uint32_t* __restrict__ eq,
+                              const uint32_t* __restrict__ eqBefore, uint32_t* __restrict__ sel) {
+  const uint64_t need = rule->need;
+  for (size_t b = (size_t)blockIdx.x * blockDim.x + threadIdx.x; b < tiles;
+       b += (size_t)gridDim.x * blockDim.x) {
+    uint64_t left = need > eqBefore[b] ? need - eqBefore[b] : 0;
+    sel[b] = gt[b] + (uint32_t)(left < eq[b] ? left : eq[b]);
+  }
+}
+
+__global__ void tileWriteKernel(const float* __restrict__ v, size_t n, const SelectRule* rule,
+                                const uint32_t* __restrict__ eqBefore,
+                                const uint32_t* __restrict__ selBefore, size_t kmax,
+                                uint32_t* __restrict__ idx) {
+  using Scan = gradcomp_cub::cub::BlockScan<uint32_t, kThreads>;
+  __shared__ typename Scan::TempStorage tmp;
+  const SelectRule r = *rule;
+  const size_t base = (size_t)blockIdx.x * kTile + (size_t)threadIdx.x * kItems;
+  uint32_t g, e;
+  ruleCounts(v, n, base, r, &g, &e);
+  uint32_t eqOff;
+  Scan(tmp).ExclusiveSum(e, eqOff);
+  __syncthreads();
+  uint64_t eqRank = (uint64_t)eqBefore[blockIdx.x] + eqOff;
+  uint32_t mine = 0;
+  bool take[kItems];
+  for (int i = 0; i < kItems; ++i) {
+    size_t j = base + i;
+    take[i] = false;
+    if (j >= n) continue;
+    uint32_t key = absKey(v[j]);
+    if (key > r.gt) {
+      take[i] = true;
+    } else if (key == r.eq) {
+      take[i] = eqRank++ < r.need;
+    }
+    mine += take[i];
+  }
+  uint32_t off;
+  Scan(tmp).ExclusiveSum(mine, off);
+  uint64_t pos = (uint64_t)selBefore[blockIdx.x] + off;
+  for (int i = 0; i < kItems; ++i) {
+    if (!take[i]) continue;
+    if (pos < kmax) idx[pos] = (uint32_t)(base + i);
+    ++pos;
+  }
+}
+
+__global__ void fillEmptyKernel(size_t tiles, const uint32_t* __restrict__ sel,
+                                const uint32_t* __restrict__ selBefore, size_t kmax,
+                                uint32_t* __restrict__ idx, uint64_t* selectedDev) {
+  uint64_t total = tiles ? (uint64_t)selBefore[tiles - 1] + sel[tiles - 1] : 0;
+  if (total > kmax) total = kmax;
+  if (blockIdx.x == 0 && threadIdx.x == 0 && selectedDev) *selectedDev = total;
+  for (size_t j = (size_t)blockIdx.x * blockDim.x + threadIdx.x; j < kmax;
+       j += (size_t)gridDim.x * blockDim.x) {
+    if (j >= total) idx[j] = kEmptySlot;
+  }
+}
+
+cudaError_t compact(const float* v, size_t n, size_t kmax, uint32_t* idx, uint64_t* selectedDev,
+                    void* scratch, const Scratch& L, cudaStream_t s) {
+  SelectRule* rule = at<SelectRule>(scratch, L.rule);
+  uint32_t* gt = at<uint32_t>(scratch, L.tileGt);
+  uint32_t* eq = at<uint32_t>(scratch, L.tileEq);
+  uint32_t* eqBefore = at<uint32_t>(scratch, L.eqBefore);
+  uint32_t* sel = at<uint32_t>(scratch, L.tileSel);
+  uint32_t* selBefore = at<uint32_t>(scratch, L.selBefore);
+  void* temp = at<char>(scratch, L.temp);
+  size_t tempBytes = L.tempBytes;
+  const int tiles = (int)L.tiles;
+  tileCountKernel<<<tiles, kThreads, 0, s>>>(v, n, rule, gt, eq);
+  cudaError_t err =
+      gradcomp_cub::cub::DeviceScan::ExclusiveSum(temp, tempBytes, eq, eqBefore, tiles, s);
+  if (err != cudaSuccess) return err;
+  tileSelKernel<<<blocksFor(L.tiles), kThreads, 0, s>>>(L.tiles, rule, gt, eq, eqBefore, sel);
+  tempBytes = L.tempBytes;
+  err = gradcomp_cub::cub::DeviceScan::ExclusiveSum(temp, tempBytes, sel, selBefore, tiles, s);
+  if (err != cudaSuccess) return err;
+  tileWriteKernel<<<tiles, kThreads, 0, s>>>(v, n, rule, eqBefore, selBefore, kmax, idx);
+  fillEmptyKernel<<<blocksFor(kmax), kThreads, 0, s>>>(L.tiles, sel, selBefore, kmax, idx,
+                                                       selectedDev);
+  return cudaGetLastError();
+}
+
+// ---------------------------------------------------------------- slots
+__global__ void commitKernel(const uint32_t* __restrict__ idx, size_t slots, DType vt,
+                             void* __restrict__ val, float* __restrict__ v, float* __restrict__ u) {
+  for (size_t j = (size_t)blockIdx.x * blockDim.x + threadIdx.x; j < slots;
+       j += (size_t)gridDim.x * blockDim.x) {
+    const uint32_t i = idx[j];
+    if (i == kEmptySlot) {
+      storeFromFloat(val, vt, j, 0.0f);
+      continue;
+    }
+    const float a = v[i];
+    const float w = sparse::wireValue(a, vt);
+    storeFromFloat(val, vt, j, w);
+    v[i] = sparse::residualAfterSend(a, w);
+    if (u) u[i] = 0.0f;
+  }
+}
+
+// Indices within one rank's slots are distinct, so no two threads touch
+// the same element; ranks are added by successive launches, in order.
+__global__ void scatterAddKernel(const uint32_t* __restrict__ idx, const void* __restrict__ val,
+                                 DType vt, size_t slots, float* __restrict__ out) {
+  for (size_t j = (size_t)blockIdx.x * blockDim.x + threadIdx.x; j < slots;
+       j += (size_t)gridDim.x * blockDim.x) {
+    const uint32_t i = idx[j];
+    if (i != kEmptySlot) out[i] = fadd(out[i], loadAsFloat(val, vt, j));
+  }
+}
+
+__global__ void randkKernel(size_t n, size_t k, KeySpec key, uint32_t* __restrict__ idx) {
+  const uint64_t kk = resolveKey(key);
+  for (size_t j = (size_t)blockIdx.x * blockDim.x + threadIdx.x; j < k;
+       j += (size_t)gridDim.x * blockDim.x) {
+    idx[j] = sparse::permute(kk, (uint32_t)j, (uint32_t)n);
+  }
+}
+
+__global__ void gatherKernel(float* __restrict__ v, const uint32_t* __restrict__ idx, size_t k,
+                             float* __restrict__ out, bool clear) {
+  for (size_t j = (size_t)blockIdx.x * blockDim.x + threadIdx.x; j < k;
+       j += (size_t)gridDim.x * blockDim.x) {
+    out[j] = v[idx[j]];
+    if (clear) v[idx[j]] = 0.0f;
+  }
+}
+
+}  // namespace
+
+size_t sparseScratchBytes(size_t n, size_t m) {
+  return layout(n, m).total;
+}
+
+cudaError_t sparseAccumulate(const void* g, DType t, size_t n, float clipThr, float m, float* u,
+                             float* v, bool vIn, void* scratch, cudaStream_t s) {
+  if (n == 0) return cudaSuccess;
+  float* scale = nullptr;
+  if (clipThr > 0.0f) {
+    const Scratch L = layout(n, 1);
+    float* partial = at<float>(scratch, L.partial);
+    scale = at<float>(scratch, L.scale);
+    sumSqChunkKernel<<<(unsigned)L.chunks, kThreads, 0, s>>>(g, t, n, partial);
+    sumSqFinalKernel<<<1, kThreads, 0, s>>>(partial, L.chunks, clipThr, scale);
+  }
+  accumulateKernel<<<blocksFor(n), kThreads, 0, s>>>(g, t, n, scale, m, u, v, vIn);
+  return cudaGetLastError();
+}
+
+cudaError_t selectThreshold(const float* v, size_t n, const sparse::Plan& p, const KeySpec& key,
+                            uint32_t* idx, uint64_t* selectedDev, void* scratch, cudaStream_t s) {
+  if (n == 0) return cudaSuccess;
+  const Scratch L = layout(n, p.sample);
+  uint32_t* keys = at<uint32_t>(scratch, L.keys);
+  uint32_t* sorted = at<uint32_t>(scratch, L.sorted);
+  sampleKernel<<<blocksFor(p.sample), kThreads, 0, s>>>(v, p.sample, p.stride, p.offsetRange, key,
+                                                        keys);
+  size_t tempBytes = L.tempBytes;
+  cudaError_t err = gradcomp_cub::cub::DeviceRadixSort::SortKeys(
+      at<char>(scratch, L.temp), tempBytes, keys, sorted, (int)p.sample, 0, 32, s);
+  if (err != cudaSuccess) return err;
+  thresholdRuleKernel<<<1, 1, 0, s>>>(sorted, p.sample, p.keep, at<SelectRule>(scratch, L.rule));
+  return compact(v, n, p.kmax, idx, selectedDev, scratch, L, s);
+}
+
+cudaError_t selectExact(const float* v, size_t n, size_t k, uint32_t* idx, uint64_t* selectedDev,
+                        void* scratch, cudaStream_t s) {
+  if (n == 0) return cudaSuccess;
+  const Scratch L = layout(n, 1);
+  RadixState* st = at<RadixState>(scratch, L.radix);
+  SelectRule* rule = at<SelectRule>(scratch, L.rule);
+  radixInitKernel<<<1, 256, 0, s>>>(st, k);
+  for (int shift = 24; shift >= 0; shift -= 8) {
+    radixHistKernel<<<blocksFor(n) < 1024 ? blocksFor(n) : 1024, kThreads, 0, s>>>(v, n, shift, st);
+    radixPickKernel<<<1, 256, 0, s>>>(st, shift, rule);
+  }
+  return compact(v, n, k, idx, selectedDev, scratch, L, s);
+}
+
+cudaError_t sparseCommit(const uint32_t* idx, size_t slots, DType vt, void* val, float* v, float* u,
+                         cudaStream_t s) {
+  if (slots == 0) return cudaSuccess;
+  commitKernel<<<blocksFor(slots), kThreads, 0, s>>>(idx, slots, vt, val, v, u);
+  return cudaGetLastError();
+}
+
+cudaError_t sparseScatterAdd(const uint32_t* idx, const void* val, DType vt, size_t slots,
+                             float* out, cudaStream_t s) {
+  if (slots == 0) return cudaSuccess;
+  scatterAddKernel<<<blocksFor(slots), kThreads, 0, s>>>(idx, val, vt, slots, out);
+  return cudaGetLastError();
+}
+
+cudaError_t randkIndices(size_t n, size_t k, const KeySpec& key, uint32_t* idx, cudaStream_t s) {
+  if (k == 0) return cudaSuccess;
+  randkKernel<<<blocksFor(k), kThreads, 0, s>>>(n, k, key, idx);
+  return cudaGetLastError();
+}
+
+cudaError_t sparseGather(float* v, const uint32_t* idx, size_t k, float* out, bool clear,
+                         cudaStream_t s) {
+  if (k == 0) return cudaSuccess;
+  gatherKernel<<<blocksFor(k), kThreads, 0, s>>>(v, idx, k, out, clear);
+  return cudaGetLastError();
+}
+
+}  // namespace cuda
+}  // namespace gc

@@ -1,0 +1,191 @@
+// Math of the sparse methods shared by the CUDA kernels and the host
+// reference: the call plan (k, kmax, sample), selection keys, the
+// deterministic squared-norm reduction of local clipping, the DGC
+// accumulation step, the rand-k permutation and the slot commit. Both sides
+// evaluate the same expressions in the same order, so results are bitwise
+// identical.
+#pragma once
+
+#include <math.h>
+
+#include "common_math.cuh"
+
+namespace gc {
+namespace sparse {
+
+constexpr uint32_t kEmptySlot = 0xffffffffu;
+// RNG streams of the sparse methods' keys (see KeySpec): the threshold
+// sample offset (per rank) and the rand-k indices (rank 0 on every rank).
+constexpr uint64_t kSelectStream = 0x53454c4543540000ull;
+constexpr uint64_t kRandkStream = 0x52414e444b000000ull;
+// Smallest threshold sample: below it the estimate of the quantile is too
+// noisy to be worth the saving (vectors this small are sampled whole).
+constexpr size_t kMinSample = 1024;
+// The sample also keeps at least this many entries above the threshold: the
+// selected count is then about k*(1 +- 1/sqrt(kMinKeep)), so [k/2, 2k] is
+// four standard deviations wide on either side.
+constexpr size_t kMinKeep = 64;
+// Squared norm: chunks of kNormLanes * kNormPerLane elements; lane l of a
+// chunk sums elements l, l + kNormLanes, ... in order, then a pairwise tree.
+constexpr int kNormLanes = 256;
+constexpr int kNormPerLane = 16;
+constexpr size_t kNormChunk = (size_t)kNormLanes * kNormPerLane;
+
+// Selection key: |v| as its bit pattern. Orders finite values by magnitude,
+// then Inf, then NaN (NaN and Inf rank highest so they reach the output and
+// a framework's overflow check sees them).
+GC_HD uint32_t absKey(float v) {
+  return floatToBits(v) & 0x7fffffffu;
+}
+
+// Predicate of both selectors: key > gt, or key == eq among the first `need`
+// such entries in index order. Threshold sampling uses need = 0.
+struct SelectRule {
+  uint32_t gt;
+  uint32_t eq;
+  uint64_t need;
+};
+
+GC_HD SelectRule thresholdRule(uint32_t thrKey) {
+  // key >= thr, and never exact zeros (nothing to send).
+  return SelectRule{thrKey > 0 ? thrKey - 1 : 0, 0, 0};
+}
+
+// Sizes of one call, computed on the host from the config and call number.
+struct Plan {
+  double density;      // this call's density (after warm-up)
+  size_t k;            // target count, >= 1
+  size_t kmax;         // slots per rank
+  size_t sample;       // threshold sample size m
+  size_t keep;         // sample entries above the threshold
+  size_t stride;       // sample stride
+  size_t offsetRange;  // per-step offset drawn from [0, offsetRange)
+};
+
+// Density of call `calls` (0-based) under the DGC exponential warm-up:
+// 25%, 6.25%, 1.5625%, 0.390625% for a quarter of warmupSteps each, never
+// below the final density.
+inline double warmupDensity(double finalDensity, int warmupSteps, uint64_t calls) {
+  if (warmupSteps <= 0 || calls >= (uint64_t)warmupSteps) return finalDensity;
+  const uint64_t stage = calls * 4 / (uint64_t)warmupSteps;  // 0..3
+  double d = 0.25;
+  for (uint64_t s = 0; s < stage; ++s) d *= 0.25;
+  return d > finalDensity ? d : finalDensity;
+}
+
+inline size_t ceilMul(double a, size_t n) {
+  double x = a * (double)n;
+  size_t c = (size_t)x;
+  return (double)c < x ? c + 1 : c;
+}
+
+// k = ceil(density*n) but at least 1: a density so small that k would round
+// to 0 still sends the largest entry (documented in docs/sparse.md).
+inline Plan makePlan(size_t n, double density, bool exact, double oversample, double sampleRate) {
+  Plan p{};
+  p.density = density;
+  p.k = ceilMul(density, n);
+  if (p.k < 1) p.k = 1;
+  if (p.k > n) p.k = n;
+  if (exact) {
+    p.kmax = p.k;
+  } else {
+    p.kmax = ceilMul(oversample * density, n);
+    if (p.kmax < p.k) p.kmax = p.k;
+    if (p.kmax > n) p.kmax = n;
+  }
+  size_t m = ceilMul(sampleRate, n);
+  if (m < kMinSample) m = kMinSample;
+  const size_t mKeep = (size_t)ceil((double)kMinKeep / density);
+  if (m < mKeep) m = mKeep;
+  if (m > n) m = n;
+  p.sample = m;
+  p.keep = ceilMul(density, m);
+  if (p.keep < 1) p.keep = 1;
+  if (p.keep > m) p.keep = m;
+  p.stride = n / m;
+  p.offsetRange = n - (m - 1) * p.stride;  // offset + (m-1)*stride < n
+  return p;
+}
+
+// Per-step sample offset from the call's key.
+GC_HD size_t sampleOffset(uint64_t key, size_t range) {
+  return (size_t)(hashKey(key, 0x5a17ull) % (uint64_t)range);
+}
+
+// Clipping scale from the squared norm: ||g|| <= thr after scaling. A norm
+// that is not finite leaves g alone (its NaN/Inf must reach the output).
+GC_HD float clipScale(float sumsq, float thr) {
+#if defined(__CUDA_ARCH__)
+  float norm = __fsqrt_rn(sumsq);
+#else
+  float norm = __builtin_sqrtf(sumsq);
+#endif
+  if (!(norm < 3.0e38f) || !(norm > thr)) return 1.0f;
+  return fdiv(thr, norm);
+}
+
+// One element of the accumulation: g scaled, then u = m*u + g (momentum
+// correction, u may be null), then v += u (or g). vIn null: v starts at 0.
+GC_HD void accumulate(float g, float scale, float m, float* u, float* v, bool vIn) {
+  float x = scale == 1.0f ? g : fmul(g, scale);
+  if (u) {
+    x = fadd(fmul(m, *u), x);
+    *u = x;
+  }
+  *v = vIn ? fadd(*v, x) : x;
+}
+
+// Value put on the wire for a selected v, and what stays in v. For a finite
+// v the wire value w is v rounded to the value type and v - w is exact
+// (Sterbenz: w is within a factor 2 of v), so sent + residual == v. fp16
+// overflow saturates to the largest half. A non-finite v is sent as is and
+// leaves 0 behind.
+GC_HD float wireValue(float v, DType vt) {
+  if (vt == DType::F32) return v;
+  if (vt == DType::F16) {
+    float w = halfToFloat(floatToHalf(v));
+    if (isFiniteBits(absKey(v)) && !isFiniteBits(absKey(w))) w = v > 0 ? 65504.0f : -65504.0f;
+    return w;
+  }
+  return bf16ToFloat(floatToBf16(v));
+}
+
+GC_HD float residualAfterSend(float v, float w) {
+  return isFiniteBits(absKey(v)) ? fsub(v, w) : 0.0f;
+}
+
+// Rand-k: a keyed bijection of [0, n) (a 4-round Feistel network on the
+// next even power of two, cycle-walked into range). The first k images are
+// k distinct, uniformly drawn indices, the same on every rank for one key.
+GC_HD uint32_t feistelRound(uint32_t half, uint64_t key, int round, uint32_t mask) {
+  return (uint32_t)hashKey(key, ((uint64_t)round << 32) | half) & mask;
+}
+
+GC_HD uint32_t permute(uint64_t key, uint32_t x, uint32_t n) {
+  int bits = 2;
+  while (bits < 32 && (1ull << bits) < (uint64_t)n) bits += 2;
+  const int h = bits / 2;
+  const uint32_t mask = (uint32_t)((1ull << h) - 1);
+  do {
+    uint32_t l = x >> h, r = x & mask;
+    for (int round = 0; round < 4; ++round) {
+      uint32_t t = l ^ feistelRound(r, key, round, mask);
+      l = r;
+      r = t;
+    }
+    x = (l << h) | r;
+  } while (x >= n);
+  return x;
+}
+
+// Pairwise tree over kNormLanes lane sums in place (the order of the
+// device's shared-memory reduction); a[0] ends as the total.
+inline void treeSumHost(float* a) {
+  for (int s = kNormLanes / 2; s > 0; s /= 2) {
+    for (int l = 0; l < s; ++l) a[l] = fadd(a[l], a[l + s]);
+  }
+}
+
+}  // namespace sparse
+}  // namespace gc

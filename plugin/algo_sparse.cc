@@ -1,0 +1,178 @@
+// Sparse methods (top-k, DGC, rand-k) with error feedback.
+//
+// Top-k / DGC, sparse allgather:
+//   1. v += g (DGC: g clipped to clipNorm*N^-1/2, momentum correction
+//      u = m*u + g, v += u).
+//   2. Select from |v| into kmax fixed slots (DGC threshold sampling or
+//      exact top-k), index order; the values go on the wire in the value
+//      type and v keeps exactly what was not sent (masking also zeroes u).
+//   3. Allgather of the fixed-size slots; every rank scatter-adds the N
+//      ranks' slots into a zeroed fp32 output in rank order, so the result
+//      is deterministic and identical everywhere; Avg divides once.
+//   Dense fallback when N*kmax*(4 + value bytes) >= 4*count: all of v goes
+//   through an fp32 allreduce (density 1, error feedback still exact).
+// Rand-k: k indices from a key shared by all ranks, an fp32 allreduce of the
+// k values of v, scattered into a zeroed output; v keeps the rest.
+#include <math.h>
+
+#include "algorithms.h"
+#include "checks.h"
+#include "codec_qsgd.h"
+#include "sparse_ops.h"
+
+namespace gc {
+namespace {
+
+constexpr uint64_t kSteadyState = ~0ull;  // a call number past any warm-up
+using sparse::kRandkStream;
+using sparse::kSelectStream;
+
+struct Layout {
+  sparse::Plan plan;
+  DType vt = DType::F32;
+  bool dense = false;
+  size_t valOff = 0, slotBytes = 0;
+  size_t slot = 0, gather = 0, out = 0, v = 0, ridx = 0, rval = 0, scratch = 0, total = 0;
+};
+
+bool randk(const gradcompComm& c) {
+  return c.cfg.method == gradcompMethodRandk;
+}
+
+Layout layout(const gradcompComm& c, size_t count, DType t, bool haveResidual, uint64_t calls) {
+  Layout L;
+  const double density = c.cfg.method == gradcompMethodDgc
+                             ? sparse::warmupDensity(c.cfg.density, c.cfg.warmupSteps, calls)
+                             : (double)c.cfg.density;
+  const bool exact = c.cfg.select == gradcompSelectExact;
+  L.plan = sparse::makePlan(count, density, exact, c.cfg.oversample, c.cfg.sampleRate);
+  if (dtypeFromNccl(c.cfg.valueType, &L.vt) != gradcompSuccess) L.vt = DType::F32;
+  const size_t vb = dtypeBytes(L.vt), kmax = L.plan.kmax, N = c.nranks;
+  L.valOff = alignUp(kmax * 4, 16);
+  L.slotBytes = L.valOff + alignUp(kmax * vb, 16);
+  L.dense = !randk(c) && N * kmax * (4 + vb) >= count * 4;
+  size_t p = 0;
+  if (randk(c)) {
+    L.ridx = p, p += alignUp(L.plan.k * 4);
+    L.rval = p, p += alignUp(L.plan.k * 4);
+  } else if (!L.dense) {
+    L.slot = p, p += alignUp(L.slotBytes);
+    L.gather = p, p += alignUp(N * L.slotBytes);
+  }
+  if (t != DType::F32) L.out = p, p += alignUp(count * 4);
+  if (!haveResidual) L.v = p, p += alignUp(count * 4);
+  L.scratch = p, p += alignUp(c.sparse->scratchBytes(count, L.plan.sample));
+  L.total = p;
+  return L;
+}
+
+size_t wire(const gradcompComm& c, const Layout& L, size_t count) {
+  const size_t N = c.nranks;
+  if (randk(c)) return 2 * (N - 1) * L.plan.k * 4 / N;  // ring allreduce of k floats
+  if (L.dense) return 2 * (N - 1) * count * 4 / N;
+  return (N - 1) * L.slotBytes;
+}
+
+bool hasResidual(const gradcompComm& c) {
+  return c.cfg.errorFeedback || c.cfg.method == gradcompMethodDgc;
+}
+
+size_t workspaceBytesSteady(const gradcompComm& c, size_t count, int) {
+  return layout(c, count, DType::F16, hasResidual(c), kSteadyState).total;
+}
+
+size_t wireBytesSteady(const gradcompComm& c, size_t count, int) {
+  return wire(c, layout(c, count, DType::F32, true, kSteadyState), count);
+}
+
+gradcompResult_t run(const CallArgs& a, void* workspace) {
+  gradcompComm& c = *a.comm;
+  Backend& be = *c.backend;
+  SparseOps& ops = *c.sparse;
+  const int N = c.nranks;
+  const size_t n = a.count;
+  BufferState& st = *a.state;
+  const Layout L = layout(c, n, a.dtype, st.residual != nullptr, st.calls);
+  char* ws = static_cast<char*>(workspace);
+  void* scratch = ws + L.scratch;
+  float* v = st.residual ? st.residual : reinterpret_cast<float*>(ws + L.v);
+  const bool dgc = c.cfg.method == gradcompMethodDgc;
+  float* u = dgc ? st.momentum : nullptr;
+  const float clipThr =
+      dgc && c.cfg.clipNorm > 0.0f ? (float)(c.cfg.clipNorm / sqrt((double)N)) : 0.0f;
+  ops.setStream(be.stream());
+
+  // 1. Accumulate (the send buffer is read before recv, which may alias it,
+  // is written).
+  GC_CHECK(ops.accumulate(a.send, a.dtype, n, clipThr, c.cfg.momentum, u, v, st.residual != nullptr,
+                          scratch));
+  float* out =
+      a.dtype == DType::F32 ? static_cast<float*>(a.recv) : reinterpret_cast<float*>(ws + L.out);
+  float* mask = u && c.cfg.momentumMasking ? u : nullptr;
+
+  if (randk(c)) {
+    uint32_t* idx = reinterpret_cast<uint32_t*>(ws + L.ridx);
+    float* val = reinterpret_cast<float*>(ws + L.rval);
+    // Rank 0's coordinates for every rank: the indices must agree.
+    KeySpec key{c.cfg.seed, a.step, be.deviceStep(), 0, kRandkStream, true};
+    GC_CHECK(ops.randkIndices(n, L.plan.k, key, idx));
+    GC_CHECK(ops.gather(v, idx, L.plan.k, val, true));
+    GC_CHECK(c.transport->allReduceSumFloat(val, val, L.plan.k));
+    GC_CHECK(be.zero(out, n * 4));
+    GC_CHECK(ops.scatterAdd(idx, val, DType::F32, L.plan.k, out));
+  } else if (L.dense) {
+    GC_CHECK(c.transport->allReduceSumFloat(v, out, n));
+    GC_CHECK(be.zero(v, n * 4));
+    if (mask) GC_CHECK(be.zero(mask, n * 4));
+    c.stats.denseFallbacks++;
+  } else {
+    char* slot = ws + L.slot;
+    char* gather = ws + L.gather;
+    uint32_t* idx = reinterpret_cast<uint32_t*>(slot);
+    if (c.cfg.select == gradcompSelectExact) {
+      GC_CHECK(ops.selectExact(v, n, L.plan.k, idx, scratch));
+    } else {
+      GC_CHECK(ops.selectThreshold(v, n, L.plan, c.key(a.step, kSelectStream), idx, scratch));
+    }
+    GC_CHECK(ops.commit(idx, L.plan.kmax, L.vt, slot + L.valOff, v, mask));
+    GC_CHECK(c.transport->allGather(slot, gather, L.slotBytes));
+    GC_CHECK(be.zero(out, n * 4));
+    for (int r = 0; r < N; ++r) {
+      const char* s = gather + (size_t)r * L.slotBytes;
+      GC_CHECK(ops.scatterAdd(reinterpret_cast<const uint32_t*>(s), s + L.valOff, L.vt, L.plan.kmax,
+                              out));
+    }
+  }
+  const float divisor = a.average ? (float)N : 1.0f;
+  if (!(a.dtype == DType::F32 && divisor == 1.0f)) {
+    GC_CHECK(be.fromFloat(out, n, divisor, a.dtype, a.recv));
+  }
+  c.stats.selectedLast = L.dense ? n : ops.lastSelected();
+  c.stats.targetLast = L.plan.k;
+  return gradcompSuccess;
+}
+
+}  // namespace
+
+size_t sparseWorkspaceBytes(const gradcompComm& c, size_t count, DType t, bool haveResidual,
+                            uint64_t calls) {
+  return layout(c, count, t, haveResidual, calls).total;
+}
+
+size_t sparseWireBytes(const gradcompComm& c, size_t count, uint64_t calls) {
+  return wire(c, layout(c, count, DType::F32, true, calls), count);
+}
+
+const Algorithm& sparseAllgatherAlgorithm() {
+  static const Algorithm algo = {gradcompAlgoSparseAllgather, "sparse", workspaceBytesSteady,
+                                 wireBytesSteady, run};
+  return algo;
+}
+
+const Algorithm& randkAlgorithm() {
+  static const Algorithm algo = {gradcompAlgoSparseAllgather, "randk", workspaceBytesSteady,
+                                 wireBytesSteady, run};
+  return algo;
+}
+
+}  // namespace gc

@@ -1,0 +1,56 @@
+// Sparse selectors and slot operations, internal C++ interface used by the
+// sparse algorithms (through SparseOps) and the public selector entry
+// points. Host and CUDA implementations give identical slots and values.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include "../kernels/sparse_math.cuh"
+#include "gradcomp.h"
+
+namespace gc {
+
+namespace host {
+// Squared norm of x in the fixed chunk/lane/tree order of sparse_math.cuh.
+float sparseSumSq(const void* x, DType t, size_t n);
+// v = (vIn ? v : 0) + (u ? (u = m*u + s*g) : s*g), s the clipping scale of
+// clipThr (0: off).
+void sparseAccumulate(const void* g, DType t, size_t n, float clipThr, float m, float* u, float* v,
+                      bool vIn);
+// Both selectors fill idx[0..slots) with the selected indices in index
+// order and kEmptySlot after them; *selected is the number filled.
+void selectThreshold(const float* v, size_t n, const sparse::Plan& p, uint64_t key, uint32_t* idx,
+                     uint64_t* selected);
+void selectExact(const float* v, size_t n, size_t k, uint32_t* idx, uint64_t* selected);
+// The k-th largest key with ties broken by lower index, as a SelectRule.
+sparse::SelectRule exactRule(const float* v, size_t n, size_t k);
+// Filled slots: val[j] = wire value of v[idx[j]] in type vt, v[idx[j]] keeps
+// the remainder, u[idx[j]] = 0 when u is not null. Empty slots: val 0.
+void sparseCommit(const uint32_t* idx, size_t slots, DType vt, void* val, float* v, float* u);
+// out[idx[j]] += val[j] for the filled slots, in slot order.
+void sparseScatterAdd(const uint32_t* idx, const void* val, DType vt, size_t slots, float* out);
+void randkIndices(size_t n, size_t k, uint64_t key, uint32_t* idx);
+// out[j] = v[idx[j]]; then v[idx[j]] = 0 when clear.
+void sparseGather(float* v, const uint32_t* idx, size_t k, float* out, bool clear);
+}  // namespace host
+
+namespace cuda {
+// Scratch bytes of the selectors for n elements and a sample of m.
+size_t sparseScratchBytes(size_t n, size_t m);
+cudaError_t sparseAccumulate(const void* g, DType t, size_t n, float clipThr, float m, float* u,
+                             float* v, bool vIn, void* scratch, cudaStream_t s);
+// *selectedDev (device memory) receives the filled count.
+cudaError_t selectThreshold(const float* v, size_t n, const sparse::Plan& p, const KeySpec& key,
+                            uint32_t* idx, uint64_t* selectedDev, void* scratch, cudaStream_t s);
+cudaError_t selectExact(const float* v, size_t n, size_t k, uint32_t* idx, uint64_t* selectedDev,
+                        void* scratch, cudaStream_t s);
+cudaError_t sparseCommit(const uint32_t* idx, size_t slots, DType vt, void* val, float* v, float* u,
+                         cudaStream_t s);
+cudaError_t sparseScatterAdd(const uint32_t* idx, const void* val, DType vt, size_t slots,
+                             float* out, cudaStream_t s);
+cudaError_t randkIndices(size_t n, size_t k, const KeySpec& key, uint32_t* idx, cudaStream_t s);
+cudaError_t sparseGather(float* v, const uint32_t* idx, size_t k, float* out, bool clear,
+                         cudaStream_t s);
+}  // namespace cuda
+
+}  // namespace gc

@@ -1,0 +1,138 @@
+// Host reference of the sparse selectors and slot operations. The CUDA
+// kernels (kernels/sparse.cu) give the same slots and the same bits.
+#include <algorithm>
+#include <vector>
+
+#include "codec_sparse.h"
+
+namespace gc {
+namespace host {
+
+using sparse::absKey;
+using sparse::kEmptySlot;
+using sparse::SelectRule;
+
+float sparseSumSq(const void* x, DType t, size_t n) {
+  const size_t chunks = (n + sparse::kNormChunk - 1) / sparse::kNormChunk;
+  std::vector<float> partial(chunks);
+  float lanes[sparse::kNormLanes];
+  for (size_t c = 0; c < chunks; ++c) {
+    for (int l = 0; l < sparse::kNormLanes; ++l) {
+      float s = 0.0f;
+      for (int i = 0; i < sparse::kNormPerLane; ++i) {
+        size_t j = c * sparse::kNormChunk + l + (size_t)i * sparse::kNormLanes;
+        if (j < n) {
+          float g = loadAsFloat(x, t, j);
+          s = fadd(s, fmul(g, g));
+        }
+      }
+      lanes[l] = s;
+    }
+    sparse::treeSumHost(lanes);
+    partial[c] = lanes[0];
+  }
+  for (int l = 0; l < sparse::kNormLanes; ++l) {
+    float s = 0.0f;
+    for (size_t j = l; j < chunks; j += sparse::kNormLanes) s = fadd(s, partial[j]);
+    lanes[l] = s;
+  }
+  sparse::treeSumHost(lanes);
+  return lanes[0];
+}
+
+void sparseAccumulate(const void* g, DType t, size_t n, float clipThr, float m, float* u, float* v,
+                      bool vIn) {
+  const float scale = clipThr > 0.0f ? sparse::clipScale(sparseSumSq(g, t, n), clipThr) : 1.0f;
+  for (size_t i = 0; i < n; ++i) {
+    sparse::accumulate(loadAsFloat(g, t, i), scale, m, u ? u + i : nullptr, v + i, vIn);
+  }
+}
+
+namespace {
+
+void selectByRule(const float* v, size_t n, const SelectRule& rule, uint32_t* idx, size_t slots,
+                  uint64_t* selected) {
+  size_t filled = 0;
+  uint64_t eqSeen = 0;
+  for (size_t i = 0; i < n && filled < slots; ++i) {
+    const uint32_t key = absKey(v[i]);
+    bool take = key > rule.gt;
+    if (!take && key == rule.eq) take = eqSeen++ < rule.need;
+    if (take) idx[filled++] = (uint32_t)i;
+  }
+  *selected = filled;
+  for (size_t j = filled; j < slots; ++j) idx[j] = kEmptySlot;
+}
+
+}  // namespace
+
+SelectRule exactRule(const float* v, size_t n, size_t k) {
+  // Radix select, 8 bits at a time from the top: the k-th largest key T;
+  // `remaining` ends as how many entries equal to T are still needed.
+  uint32_t prefix = 0;
+  uint64_t remaining = k;
+  uint64_t hist[256];
+  for (int shift = 24; shift >= 0; shift -= 8) {
+    const uint32_t high = shift == 24 ? 0u : ~0u << (shift + 8);
+    std::fill(hist, hist + 256, 0);
+    for (size_t i = 0; i < n; ++i) {
+      const uint32_t key = absKey(v[i]);
+      if ((key & high) == prefix) hist[(key >> shift) & 0xffu]++;
+    }
+    for (int d = 255; d >= 0; --d) {
+      if (hist[d] >= remaining || d == 0) {
+        prefix |= (uint32_t)d << shift;
+        break;
+      }
+      remaining -= hist[d];
+    }
+  }
+  return SelectRule{prefix, prefix, remaining};
+}
+
+void selectExact(const float* v, size_t n, size_t k, uint32_t* idx, uint64_t* selected) {
+  selectByRule(v, n, exactRule(v, n, k), idx, k, selected);
+}
+
+void selectThreshold(const float* v, size_t n, const sparse::Plan& p, uint64_t key, uint32_t* idx,
+                     uint64_t* selected) {
+  const size_t off = sparse::sampleOffset(key, p.offsetRange);
+  std::vector<uint32_t> s(p.sample);
+  for (size_t j = 0; j < p.sample; ++j) s[j] = absKey(v[off + j * p.stride]);
+  std::nth_element(s.begin(), s.begin() + (p.sample - p.keep), s.end());
+  selectByRule(v, n, sparse::thresholdRule(s[p.sample - p.keep]), idx, p.kmax, selected);
+}
+
+void sparseCommit(const uint32_t* idx, size_t slots, DType vt, void* val, float* v, float* u) {
+  for (size_t j = 0; j < slots; ++j) {
+    if (idx[j] == kEmptySlot) {
+      storeFromFloat(val, vt, j, 0.0f);
+      continue;
+    }
+    const float a = v[idx[j]];
+    const float w = sparse::wireValue(a, vt);
+    storeFromFloat(val, vt, j, w);
+    v[idx[j]] = sparse::residualAfterSend(a, w);
+    if (u) u[idx[j]] = 0.0f;
+  }
+}
+
+void sparseScatterAdd(const uint32_t* idx, const void* val, DType vt, size_t slots, float* out) {
+  for (size_t j = 0; j < slots; ++j) {
+    if (idx[j] != kEmptySlot) out[idx[j]] = fadd(out[idx[j]], loadAsFloat(val, vt, j));
+  }
+}
+
+void randkIndices(size_t n, size_t k, uint64_t key, uint32_t* idx) {
+  for (size_t j = 0; j < k; ++j) idx[j] = sparse::permute(key, (uint32_t)j, (uint32_t)n);
+}
+
+void sparseGather(float* v, const uint32_t* idx, size_t k, float* out, bool clear) {
+  for (size_t j = 0; j < k; ++j) {
+    out[j] = v[idx[j]];
+    if (clear) v[idx[j]] = 0.0f;
+  }
+}
+
+}  // namespace host
+}  // namespace gc

@@ -1,0 +1,52 @@
+// SparseOps: the sparse operations the sparse algorithms are written
+// against, next to Backend. The CPU implementation runs the host reference
+// on host memory; the CUDA one launches the kernels of kernels/sparse.cu on
+// the backend's stream (no host sync).
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <memory>
+
+#include "../kernels/sparse_math.cuh"
+#include "gradcomp.h"
+
+namespace gc {
+
+class SparseOps {
+ public:
+  virtual ~SparseOps() = default;
+  void setStream(cudaStream_t s) { stream_ = s; }
+
+  // Scratch the operations below need for n elements and a sample of m.
+  virtual size_t scratchBytes(size_t n, size_t m) const = 0;
+  // v = (vIn ? v : 0) + (u ? (u = m*u + s*g) : s*g); s scales g to norm
+  // clipThr when clipThr > 0 and ||g|| is larger.
+  virtual gradcompResult_t accumulate(const void* g, DType t, size_t n, float clipThr, float m,
+                                      float* u, float* v, bool vIn, void* scratch) = 0;
+  // Selectors: idx[0..slots) in index order, kEmptySlot after the last.
+  virtual gradcompResult_t selectThreshold(const float* v, size_t n, const sparse::Plan& p,
+                                           const KeySpec& key, uint32_t* idx, void* scratch) = 0;
+  virtual gradcompResult_t selectExact(const float* v, size_t n, size_t k, uint32_t* idx,
+                                       void* scratch) = 0;
+  // Wire values of the slots; v keeps what was not sent; u = 0 where sent
+  // when u is not null (momentum factor masking).
+  virtual gradcompResult_t commit(const uint32_t* idx, size_t slots, DType vt, void* val, float* v,
+                                  float* u) = 0;
+  virtual gradcompResult_t scatterAdd(const uint32_t* idx, const void* val, DType vt, size_t slots,
+                                      float* out) = 0;
+  virtual gradcompResult_t randkIndices(size_t n, size_t k, const KeySpec& key, uint32_t* idx) = 0;
+  virtual gradcompResult_t gather(float* v, const uint32_t* idx, size_t k, float* out,
+                                  bool clear) = 0;
+  // Slots filled by the last select. The CUDA count arrives asynchronously
+  // (no sync on the data path), so there it may describe an earlier call.
+  virtual uint64_t lastSelected() const = 0;
+
+ protected:
+  cudaStream_t stream_ = nullptr;
+};
+
+std::unique_ptr<SparseOps> makeCpuSparseOps();
+std::unique_ptr<SparseOps> makeCudaSparseOps();
+
+}  // namespace gc

@@ -1,0 +1,57 @@
+// SparseOps of the CPU backend: the host reference on host memory.
+#include "codec_sparse.h"
+#include "sparse_ops.h"
+
+namespace gc {
+namespace {
+
+class CpuSparseOps final : public SparseOps {
+ public:
+  size_t scratchBytes(size_t, size_t) const override { return 0; }
+  gradcompResult_t accumulate(const void* g, DType t, size_t n, float clipThr, float m, float* u,
+                              float* v, bool vIn, void*) override {
+    host::sparseAccumulate(g, t, n, clipThr, m, u, v, vIn);
+    return gradcompSuccess;
+  }
+  gradcompResult_t selectThreshold(const float* v, size_t n, const sparse::Plan& p,
+                                   const KeySpec& key, uint32_t* idx, void*) override {
+    host::selectThreshold(v, n, p, resolveKey(key), idx, &selected_);
+    return gradcompSuccess;
+  }
+  gradcompResult_t selectExact(const float* v, size_t n, size_t k, uint32_t* idx, void*) override {
+    host::selectExact(v, n, k, idx, &selected_);
+    return gradcompSuccess;
+  }
+  gradcompResult_t commit(const uint32_t* idx, size_t slots, DType vt, void* val, float* v,
+                          float* u) override {
+    host::sparseCommit(idx, slots, vt, val, v, u);
+    return gradcompSuccess;
+  }
+  gradcompResult_t scatterAdd(const uint32_t* idx, const void* val, DType vt, size_t slots,
+                              float* out) override {
+    host::sparseScatterAdd(idx, val, vt, slots, out);
+    return gradcompSuccess;
+  }
+  gradcompResult_t randkIndices(size_t n, size_t k, const KeySpec& key, uint32_t* idx) override {
+    host::randkIndices(n, k, resolveKey(key), idx);
+    selected_ = k;
+    return gradcompSuccess;
+  }
+  gradcompResult_t gather(float* v, const uint32_t* idx, size_t k, float* out,
+                          bool clear) override {
+    host::sparseGather(v, idx, k, out, clear);
+    return gradcompSuccess;
+  }
+  uint64_t lastSelected() const override { return selected_; }
+
+ private:
+  uint64_t selected_ = 0;
+};
+
+}  // namespace
+
+std::unique_ptr<SparseOps> makeCpuSparseOps() {
+  return std::unique_ptr<SparseOps>(new CpuSparseOps());
+}
+
+}  // namespace gc

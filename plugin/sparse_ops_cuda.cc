@@ -1,0 +1,90 @@
+// SparseOps of the CUDA backend: the kernels of kernels/sparse.cu on the
+// backend's stream. The selected count is copied to pinned host memory
+// asynchronously for the stats (no sync on the data path).
+#include <cuda_runtime_api.h>
+
+#include "checks.h"
+#include "codec_sparse.h"
+#include "sparse_ops.h"
+
+namespace gc {
+namespace {
+
+constexpr size_t kCountBytes = 256;  // the selected count, ahead of the kernels' scratch
+
+class CudaSparseOps final : public SparseOps {
+ public:
+  ~CudaSparseOps() override {
+    if (host_) cudaFreeHost(host_);
+  }
+  size_t scratchBytes(size_t n, size_t m) const override {
+    return kCountBytes + cuda::sparseScratchBytes(n, m);
+  }
+  gradcompResult_t accumulate(const void* g, DType t, size_t n, float clipThr, float m, float* u,
+                              float* v, bool vIn, void* scratch) override {
+    GC_CUDACHECK(
+        cuda::sparseAccumulate(g, t, n, clipThr, m, u, v, vIn, kernelScratch(scratch), stream_));
+    return gradcompSuccess;
+  }
+  gradcompResult_t selectThreshold(const float* v, size_t n, const sparse::Plan& p,
+                                   const KeySpec& key, uint32_t* idx, void* scratch) override {
+    GC_CUDACHECK(
+        cuda::selectThreshold(v, n, p, key, idx, count(scratch), kernelScratch(scratch), stream_));
+    return record(scratch);
+  }
+  gradcompResult_t selectExact(const float* v, size_t n, size_t k, uint32_t* idx,
+                               void* scratch) override {
+    GC_CUDACHECK(cuda::selectExact(v, n, k, idx, count(scratch), kernelScratch(scratch), stream_));
+    return record(scratch);
+  }
+  gradcompResult_t commit(const uint32_t* idx, size_t slots, DType vt, void* val, float* v,
+                          float* u) override {
+    GC_CUDACHECK(cuda::sparseCommit(idx, slots, vt, val, v, u, stream_));
+    return gradcompSuccess;
+  }
+  gradcompResult_t scatterAdd(const uint32_t* idx, const void* val, DType vt, size_t slots,
+                              float* out) override {
+    GC_CUDACHECK(cuda::sparseScatterAdd(idx, val, vt, slots, out, stream_));
+    return gradcompSuccess;
+  }
+  gradcompResult_t randkIndices(size_t n, size_t k, const KeySpec& key, uint32_t* idx) override {
+    GC_CUDACHECK(cuda::randkIndices(n, k, key, idx, stream_));
+    randk_ = k;
+    return gradcompSuccess;
+  }
+  gradcompResult_t gather(float* v, const uint32_t* idx, size_t k, float* out,
+                          bool clear) override {
+    GC_CUDACHECK(cuda::sparseGather(v, idx, k, out, clear, stream_));
+    return gradcompSuccess;
+  }
+  uint64_t lastSelected() const override {
+    if (randk_) return randk_;
+    return host_ ? *host_ : 0;
+  }
+
+ private:
+  static uint64_t* count(void* scratch) { return static_cast<uint64_t*>(scratch); }
+  static void* kernelScratch(void* scratch) { return static_cast<char*>(scratch) + kCountBytes; }
+  gradcompResult_t record(void* scratch) {
+    randk_ = 0;
+    if (!host_) {
+      void* p = nullptr;
+      GC_CUDACHECK(cudaMallocHost(&p, sizeof(uint64_t)));
+      host_ = static_cast<uint64_t*>(p);
+      *host_ = 0;
+    }
+    GC_CUDACHECK(
+        cudaMemcpyAsync(host_, count(scratch), sizeof(uint64_t), cudaMemcpyDeviceToHost, stream_));
+    return gradcompSuccess;
+  }
+  uint64_t* host_ = nullptr;  // pinned
+  uint64_t randk_ = 0;
+};
+
+}  // namespace
+
+std::unique_ptr<SparseOps> makeCudaSparseOps() {
+  return std::unique_ptr<SparseOps>(new CudaSparseOps());
+}
+
+}  // namespace gc

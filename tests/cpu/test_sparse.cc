@@ -1,0 +1,487 @@
+// Sparse methods on the host reference and the CPU backend: selectors on
+// awkward data, exact mass bookkeeping, exact top-k against a sort, rand-k
+// agreement and uniformity, DGC extras against a direct per-step model, and
+// the sparse allreduce for N = 1..8 against a serial reference.
+#include <gtest/gtest.h>
+#include <math.h>
+#include <string.h>
+
+#include <algorithm>
+#include <limits>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "gradcomp.h"
+#include "kernels/sparse_math.cuh"
+#include "plugin/codec_sparse.h"
+#include "plugin/comm.h"
+#include "tests/common/cpu_world.h"
+#include "tests/common/test_util.h"
+
+namespace {
+
+using gc::DType;
+using gc::sparse::absKey;
+using gc::sparse::kEmptySlot;
+using gc::sparse::Plan;
+
+// Filled slots come first, strictly increasing, then only empty slots.
+void checkSlots(const std::vector<uint32_t>& idx, uint64_t selected, size_t n) {
+  ASSERT_LE(selected, idx.size());
+  for (size_t j = 0; j < idx.size(); ++j) {
+    if (j < selected) {
+      ASSERT_LT(idx[j], n);
+      if (j) ASSERT_LT(idx[j - 1], idx[j]);
+    } else {
+      ASSERT_EQ(idx[j], kEmptySlot) << "slot " << j;
+    }
+  }
+}
+
+// Sort-based exact top-k: largest |v| bit keys, ties by lower index.
+std::vector<uint32_t> sortTopk(const std::vector<float>& v, size_t k) {
+  std::vector<uint32_t> order(v.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(),
+                   [&](uint32_t a, uint32_t b) { return absKey(v[a]) > absKey(v[b]); });
+  order.resize(k);
+  std::sort(order.begin(), order.end());
+  return order;
+}
+
+std::vector<std::vector<float>> awkwardData(size_t n) {
+  std::vector<std::vector<float>> d;
+  d.push_back(gctest::normal(n, 1));
+  d.push_back(std::vector<float>(n, 0.5f));  // all equal
+  d.push_back(std::vector<float>(n, 0.0f));  // all zeros
+  std::mt19937_64 rng(7);
+  std::cauchy_distribution<float> cauchy(0.0f, 1.0f);
+  std::vector<float> heavy(n);
+  for (auto& x : heavy) x = cauchy(rng);
+  d.push_back(heavy);  // heavy tails
+  auto outlier = gctest::normal(n, 2, 1e-3f);
+  outlier[n / 3] = 1e30f;
+  d.push_back(outlier);  // one huge outlier
+  auto nan = gctest::normal(n, 3);
+  nan[n / 2] = std::numeric_limits<float>::quiet_NaN();
+  d.push_back(nan);  // NaN present
+  auto quant = gctest::normal(n, 4);
+  for (auto& x : quant) x = roundf(x * 2) / 2;  // many ties
+  d.push_back(quant);
+  return d;
+}
+
+TEST(SparseSelect, ExactEqualsSortReference) {
+  for (size_t n : {1, 2, 7, 500, 4097, 20000}) {
+    for (const auto& v : awkwardData(n)) {
+      for (double density : {1e-9, 0.001, 0.01, 0.3, 1.0}) {
+        Plan p = gc::sparse::makePlan(n, density, true, 2, 0.01);
+        std::vector<uint32_t> idx(p.kmax);
+        uint64_t sel = 0;
+        gc::host::selectExact(v.data(), n, p.k, idx.data(), &sel);
+        ASSERT_EQ(sel, p.k) << "n=" << n << " density=" << density;
+        ASSERT_EQ(idx, sortTopk(v, p.k)) << "n=" << n << " density=" << density;
+      }
+    }
+  }
+}
+
+TEST(SparseSelect, KAtLeastOneWhenDensityRoundsToZero) {
+  Plan p = gc::sparse::makePlan(1000, 1e-6, false, 2, 0.01);
+  EXPECT_EQ(p.k, 1u);
+  EXPECT_GE(p.kmax, 1u);
+  p = gc::sparse::makePlan(1, 0.01, true, 2, 0.01);
+  EXPECT_EQ(p.k, 1u);
+  EXPECT_EQ(p.sample, 1u);
+}
+
+TEST(SparseSelect, ThresholdOnTypicalDataWithinHalfKToKmax) {
+  for (size_t n : {50000, 200000}) {
+    for (double density : {0.001, 0.01, 0.05}) {
+      for (int dist = 0; dist < 3; ++dist) {
+        std::vector<float> v = dist == 0   ? gctest::normal(n, 11 + n)
+                               : dist == 1 ? gctest::uniform(n, 12, -1, 1)
+                                           : awkwardData(n)[3];
+        Plan p = gc::sparse::makePlan(n, density, false, 2, 0.01);
+        for (uint64_t step = 0; step < 4; ++step) {
+          std::vector<uint32_t> idx(p.kmax);
+          uint64_t sel = 0;
+          gc::host::selectThreshold(v.data(), n, p, gc::deriveKey(5, step, 0, 0), idx.data(), &sel);
+          checkSlots(idx, sel, n);
+          EXPECT_GE(sel, (p.k + 1) / 2) << "n=" << n << " d=" << density << " dist=" << dist;
+          EXPECT_LE(sel, p.kmax);
+          // Everything selected is at least as large as everything left out
+          // up to the last filled index (one threshold).
+          uint32_t minSel = ~0u;
+          for (uint64_t j = 0; j < sel; ++j) minSel = std::min(minSel, absKey(v[idx[j]]));
+          size_t j = 0;
+          for (size_t i = 0; i < (sel ? idx[sel - 1] : 0); ++i) {
+            if (j < sel && idx[j] == i) {
+              ++j;
+              continue;
+            }
+            ASSERT_LT(absKey(v[i]), minSel);
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(SparseSelect, ThresholdAwkwardCases) {
+  const size_t n = 30000;
+  auto data = awkwardData(n);
+  Plan p = gc::sparse::makePlan(n, 0.01, false, 2, 0.01);
+  auto run = [&](const std::vector<float>& v, const Plan& pl, std::vector<uint32_t>* idx) {
+    idx->assign(pl.kmax, 0);
+    uint64_t sel = 0;
+    gc::host::selectThreshold(v.data(), v.size(), pl, 99, idx->data(), &sel);
+    checkSlots(*idx, sel, v.size());
+    return sel;
+  };
+  std::vector<uint32_t> idx;
+  // All equal: everything qualifies, the first kmax in index order go.
+  EXPECT_EQ(run(data[1], p, &idx), p.kmax);
+  EXPECT_EQ(idx.back(), p.kmax - 1);
+  // All zeros: nothing to send.
+  EXPECT_EQ(run(data[2], p, &idx), 0u);
+  // One huge outlier: selected.
+  run(data[4], p, &idx);
+  EXPECT_TRUE(std::binary_search(idx.begin(), idx.end(), (uint32_t)(n / 3)));
+  // NaN ranks highest: selected, so it reaches the output.
+  run(data[5], p, &idx);
+  EXPECT_TRUE(std::binary_search(idx.begin(), idx.end(), (uint32_t)(n / 2)));
+  // n smaller than the minimum sample: sampled whole, the threshold is exact.
+  auto small = gctest::normal(700, 8);
+  Plan ps = gc::sparse::makePlan(700, 0.05, false, 2, 0.01);
+  EXPECT_EQ(ps.sample, 700u);
+  EXPECT_EQ(run(small, ps, &idx), ps.k);
+  EXPECT_EQ(std::vector<uint32_t>(idx.begin(), idx.begin() + ps.k), sortTopk(small, ps.k));
+  // n = 1.
+  Plan p1 = gc::sparse::makePlan(1, 0.01, false, 2, 0.01);
+  EXPECT_EQ(run({-3.0f}, p1, &idx), 1u);
+  EXPECT_EQ(idx[0], 0u);
+}
+
+TEST(SparseCommit, SentPlusResidualIsExact) {
+  const size_t n = 20000;
+  auto v0 = gctest::normal(n, 21, 1e3f);
+  v0[5] = 1e6f;   // fp16 overflow: saturated, the rest stays
+  v0[6] = 3e-9f;  // below fp16's range
+  for (DType vt : {DType::F32, DType::F16, DType::BF16}) {
+    std::vector<float> v = v0;
+    std::vector<float> u(n, 1.0f);
+    std::vector<uint32_t> idx(n / 10);
+    uint64_t sel = 0;
+    gc::host::selectExact(v.data(), n, idx.size(), idx.data(), &sel);
+    idx[0] = 5, idx[1] = 6;
+    std::sort(idx.begin(), idx.end());
+    idx.erase(std::unique(idx.begin(), idx.end()), idx.end());
+    std::vector<uint16_t> val(idx.size() * 2);
+    gc::host::sparseCommit(idx.data(), idx.size(), vt, val.data(), v.data(), u.data());
+    std::vector<bool> sent(n, false);
+    for (size_t j = 0; j < idx.size(); ++j) {
+      const uint32_t i = idx[j];
+      sent[i] = true;
+      const float w = gc::loadAsFloat(val.data(), vt, j);
+      ASSERT_EQ((double)w + (double)v[i], (double)v0[i]) << "vt=" << (int)vt << " i=" << i;
+      ASSERT_EQ(u[i], 0.0f);
+      if (vt == DType::F32) ASSERT_EQ(v[i], 0.0f);
+    }
+    for (size_t i = 0; i < n; ++i) {
+      if (!sent[i]) ASSERT_EQ(v[i], v0[i]);
+      if (!sent[i]) ASSERT_EQ(u[i], 1.0f);
+    }
+  }
+}
+
+// Upper/lower chi-square quantiles (Wilson-Hilferty) for df degrees of
+// freedom at standard normal quantile z.
+double chi2Quantile(double df, double z) {
+  double a = 2.0 / (9.0 * df);
+  return df * pow(1.0 - a + z * sqrt(a), 3);
+}
+
+TEST(SparseRandk, DistinctAndUniform) {
+  const size_t n = 1000, k = 10, T = 5000;
+  std::vector<double> count(n, 0);
+  std::vector<uint32_t> idx(k);
+  for (uint64_t step = 0; step < T; ++step) {
+    gc::host::randkIndices(n, k, gc::deriveKey(77, step, 0, gc::sparse::kRandkStream), idx.data());
+    std::vector<uint32_t> s = idx;
+    std::sort(s.begin(), s.end());
+    ASSERT_TRUE(std::adjacent_find(s.begin(), s.end()) == s.end()) << "step " << step;
+    for (uint32_t i : idx) {
+      ASSERT_LT(i, n);
+      count[i] += 1;
+    }
+  }
+  // Each step draws k distinct indices, so a cell's count has variance
+  // T*p*(1-p)*(n-k)/(n-1)... close to T*p(1-p); Pearson's statistic with the
+  // multinomial expectation E = T*k/n is then chi-square with n-1 degrees of
+  // freedom scaled by (1 - k/n). Bounds at z = +-3.29 (p = 0.0005 each side).
+  const double E = (double)T * k / n;
+  double chi2 = 0;
+  for (double c : count) chi2 += (c - E) * (c - E) / E;
+  chi2 /= 1.0 - (double)k / n;
+  EXPECT_LT(chi2, chi2Quantile(n - 1, 3.29));
+  EXPECT_GT(chi2, chi2Quantile(n - 1, -3.29));
+}
+
+// ------------------------------------------------------------ the comm path
+gradcompConfig_t sparseConfig(gradcompMethod_t method) {
+  gradcompConfig_t cfg;
+  gradcompConfigInit(&cfg);
+  cfg.method = method;
+  cfg.minElements = 0;
+  cfg.seed = 1234;
+  return cfg;
+}
+
+std::vector<float> toType(const std::vector<float>& x, DType t, std::vector<uint16_t>* half) {
+  std::vector<float> out(x.size());
+  half->resize(x.size());
+  for (size_t i = 0; i < x.size(); ++i) {
+    if (t == DType::F32) {
+      out[i] = x[i];
+    } else {
+      gc::storeFromFloat(half->data(), t, i, x[i]);
+      out[i] = gc::loadAsFloat(half->data(), t, i);
+    }
+  }
+  return out;
+}
+
+ncclDataType_t ncclOf(DType t) {
+  return t == DType::F32 ? ncclFloat32 : t == DType::F16 ? ncclFloat16 : ncclBfloat16;
+}
+
+void checkTopkAllReduce(int N, DType t, ncclDataType_t vtype, gradcompSelect_t select, bool avg,
+                        size_t n, double density, int ef) {
+  SCOPED_TRACE(testing::Message() << "N=" << N << " t=" << (int)t << " vt=" << vtype
+                                  << " sel=" << select << " avg=" << avg << " n=" << n
+                                  << " d=" << density << " ef=" << ef);
+  gradcompConfig_t cfg = sparseConfig(gradcompMethodTopk);
+  cfg.select = select;
+  cfg.valueType = vtype;
+  cfg.density = (float)density;
+  cfg.errorFeedback = ef;
+  gctest::CpuWorld world(N, cfg);
+  DType vt = vtype == ncclFloat32 ? DType::F32 : vtype == ncclFloat16 ? DType::F16 : DType::BF16;
+  std::vector<std::vector<float>> res(N, std::vector<float>(n, 0.0f));
+  std::vector<std::vector<float>> f32(N, std::vector<float>(n));
+  std::vector<std::vector<uint16_t>> h16(N);
+  for (int step = 0; step < 3; ++step) {
+    std::vector<std::vector<float>> g(N);
+    for (int r = 0; r < N; ++r) {
+      g[r] = toType(gctest::normal(n, 100 * step + r + n, 1.0f + r), t, &h16[r]);
+      f32[r] = g[r];
+    }
+    // Serial reference.
+    Plan p = gc::sparse::makePlan(n, cfg.density, select == gradcompSelectExact, cfg.oversample,
+                                  cfg.sampleRate);
+    const bool dense = (size_t)N * p.kmax * (4 + gc::dtypeBytes(vt)) >= n * 4;
+    std::vector<float> out(n, 0.0f);
+    for (int r = 0; r < N; ++r) {
+      std::vector<float> v(n);
+      for (size_t i = 0; i < n; ++i) v[i] = ef ? gc::fadd(res[r][i], g[r][i]) : g[r][i];
+      if (dense) {
+        for (size_t i = 0; i < n; ++i) out[i] = gc::fadd(out[i], v[i]);
+        std::fill(v.begin(), v.end(), 0.0f);
+      } else {
+        std::vector<uint32_t> idx(p.kmax);
+        std::vector<float> val(p.kmax);
+        uint64_t sel;
+        if (select == gradcompSelectExact) {
+          gc::host::selectExact(v.data(), n, p.k, idx.data(), &sel);
+        } else {
+          gc::KeySpec key{cfg.seed, (uint64_t)step, nullptr, (uint64_t)r, gc::sparse::kSelectStream,
+                          true};
+          gc::host::selectThreshold(v.data(), n, p, gc::resolveKey(key), idx.data(), &sel);
+        }
+        gc::host::sparseCommit(idx.data(), p.kmax, vt, val.data(), v.data(), nullptr);
+        gc::host::sparseScatterAdd(idx.data(), val.data(), vt, p.kmax, out.data());
+      }
+      if (ef) res[r] = v;
+    }
+    std::vector<float> expect(n);
+    std::vector<uint16_t> eh(2 * n);
+    for (size_t i = 0; i < n; ++i) {
+      float x = avg ? gc::fdiv(out[i], (float)N) : out[i];
+      gc::storeFromFloat(eh.data(), t, i, x);
+      expect[i] = gc::loadAsFloat(eh.data(), t, i);
+    }
+    if (N == 1) expect = g[0];  // one rank: passed through
+    auto rc = world.run([&](int r) {
+      void* buf = t == DType::F32 ? (void*)f32[r].data() : (void*)h16[r].data();
+      return gradcompAllReduce(buf, buf, n, ncclOf(t), avg ? ncclAvg : ncclSum, world.comm(r),
+                               nullptr);
+    });
+    for (int r = 0; r < N; ++r) ASSERT_EQ(rc[r], gradcompSuccess) << gradcompGetLastError();
+    for (int r = 0; r < N; ++r) {
+      for (size_t i = 0; i < n; ++i) {
+        float got = t == DType::F32 ? f32[r][i] : gc::loadAsFloat(h16[r].data(), t, i);
+        ASSERT_EQ(memcmp(&got, &expect[i], 4), 0) << "rank " << r << " step " << step << " i " << i
+                                                  << " got " << got << " want " << expect[i];
+      }
+    }
+    if (N > 1) {
+      gradcompStats_t st;
+      ASSERT_EQ(gradcompGetStats(world.comm(0), &st), gradcompSuccess);
+      EXPECT_EQ(st.targetLast, p.k);
+      EXPECT_EQ(st.denseFallbacks, dense ? (uint64_t)step + 1 : 0u);
+      // Residuals follow the reference exactly.
+      for (int r = 0; r < N && ef; ++r) {
+        const gc::BufferState& s = world.comm(r)->states.begin()->second;
+        ASSERT_EQ(memcmp(s.residual, res[r].data(), n * 4), 0) << "rank " << r;
+      }
+    }
+  }
+}
+
+TEST(SparseAllReduceCpu, TopkAllRanksEqualsSerialReference) {
+  for (int N = 1; N <= 8; ++N) {
+    checkTopkAllReduce(N, DType::F32, ncclFloat32, gradcompSelectThreshold, false, 5000, 0.01, 1);
+    checkTopkAllReduce(N, DType::F16, ncclFloat16, gradcompSelectExact, true, 3001, 0.02, 1);
+  }
+  for (DType t : {DType::F32, DType::F16, DType::BF16}) {
+    for (ncclDataType_t vt : {ncclFloat32, ncclFloat16, ncclBfloat16}) {
+      checkTopkAllReduce(3, t, vt, gradcompSelectThreshold, true, 4000, 0.01, 1);
+    }
+  }
+  checkTopkAllReduce(4, DType::BF16, ncclFloat32, gradcompSelectExact, false, 2000, 0.3,
+                     1);  // dense
+  checkTopkAllReduce(4, DType::F32, ncclFloat32, gradcompSelectThreshold, false, 5000, 0.01, 0);
+}
+
+// Mass: sum over steps of the outputs plus the residuals equals the sum of
+// the inputs, up to the fp32 rounding of the output sums.
+TEST(SparseAllReduceCpu, RandkSameIndicesOnAllRanksAndNoMassLost) {
+  const int N = 4;
+  const size_t n = 10000;
+  gradcompConfig_t cfg = sparseConfig(gradcompMethodRandk);
+  cfg.density = 0.02f;
+  gctest::CpuWorld world(N, cfg);
+  std::vector<std::vector<float>> buf(N, std::vector<float>(n));
+  std::vector<double> inSum(n, 0), outSum(n, 0);
+  for (int step = 0; step < 5; ++step) {
+    for (int r = 0; r < N; ++r) {
+      auto g = gctest::normal(n, 50 * step + r);
+      std::copy(g.begin(), g.end(), buf[r].begin());
+      for (size_t i = 0; i < n; ++i) inSum[i] += buf[r][i];
+    }
+    auto rc = world.run([&](int r) {
+      return gradcompAllReduce(buf[r].data(), buf[r].data(), n, ncclFloat32, ncclSum, world.comm(r),
+                               nullptr);
+    });
+    for (int r = 0; r < N; ++r) ASSERT_EQ(rc[r], gradcompSuccess) << gradcompGetLastError();
+    size_t nonzero = 0;
+    for (size_t i = 0; i < n; ++i) {
+      for (int r = 1; r < N; ++r) ASSERT_EQ(buf[r][i], buf[0][i]);
+      nonzero += buf[0][i] != 0.0f;
+      outSum[i] += buf[0][i];
+    }
+    EXPECT_EQ(nonzero, (size_t)ceil(0.02 * n));
+    // The residual was cleared at the same k positions on every rank.
+    for (size_t i = 0; i < n; ++i) {
+      bool sent = buf[0][i] != 0.0f;
+      for (int r = 0; r < N; ++r) {
+        const float* res = world.comm(r)->states.begin()->second.residual;
+        if (sent) ASSERT_EQ(res[i], 0.0f);
+      }
+    }
+  }
+  for (size_t i = 0; i < n; ++i) {
+    double left = 0;
+    for (int r = 0; r < N; ++r) left += world.comm(r)->states.begin()->second.residual[i];
+    ASSERT_NEAR(outSum[i] + left, inSum[i], 1e-4 * (1 + fabs(inSum[i])));
+  }
+}
+
+// DGC: direct per-step model (double where it does not matter for ties).
+TEST(SparseDgcCpu, ExtrasMatchPerStepReference) {
+  const int N = 2;
+  const size_t n = 20000;
+  for (int masking : {0, 1}) {
+    for (float clip : {0.0f, 20.0f}) {
+      SCOPED_TRACE(testing::Message() << "masking=" << masking << " clip=" << clip);
+      gradcompConfig_t cfg = sparseConfig(gradcompMethodDgc);
+      cfg.select = gradcompSelectExact;
+      cfg.density = 0.001f;
+      cfg.momentum = 0.9f;
+      cfg.momentumCorrection = 1;
+      cfg.momentumMasking = masking;
+      cfg.clipNorm = clip;
+      cfg.warmupSteps = 8;
+      gctest::CpuWorld world(N, cfg);
+      std::vector<std::vector<float>> u(N, std::vector<float>(n, 0)), v = u, buf = u;
+      const double stageDensity[] = {0.25,           0.25,          0.0625,     0.0625,
+                                     0.015625,       0.015625,      0.00390625, 0.00390625,
+                                     (double)0.001f, (double)0.001f};
+      uint64_t denseCalls = 0;
+      for (int step = 0; step < 10; ++step) {
+        std::vector<std::vector<float>> g(N);
+        for (int r = 0; r < N; ++r) g[r] = gctest::normal(n, 300 * step + r, 1.0f);
+        const size_t k = (size_t)ceil(stageDensity[step] * n);
+        const bool dense = (size_t)N * k * 8 >= n * 4;
+        std::vector<double> out(n, 0.0);
+        for (int r = 0; r < N; ++r) {
+          double ss = 0;
+          for (float x : g[r]) ss += (double)x * x;
+          const double thr = clip / sqrt((double)N);
+          const double scale = clip > 0 && sqrt(ss) > thr ? thr / sqrt(ss) : 1.0;
+          for (size_t i = 0; i < n; ++i) {
+            u[r][i] = 0.9f * u[r][i] + (float)(g[r][i] * scale);
+            v[r][i] += u[r][i];
+          }
+          std::vector<uint32_t> sel(n);
+          if (dense) {
+            std::iota(sel.begin(), sel.end(), 0);
+          } else {
+            sel = sortTopk(v[r], k);
+          }
+          for (uint32_t i : sel) {
+            out[i] += v[r][i];
+            v[r][i] = 0;
+            if (masking) u[r][i] = 0;
+          }
+        }
+        for (int r = 0; r < N; ++r) std::copy(g[r].begin(), g[r].end(), buf[r].begin());
+        auto rc = world.run([&](int r) {
+          return gradcompAllReduce(buf[r].data(), buf[r].data(), n, ncclFloat32, ncclSum,
+                                   world.comm(r), nullptr);
+        });
+        for (int r = 0; r < N; ++r) ASSERT_EQ(rc[r], gradcompSuccess) << gradcompGetLastError();
+        gradcompStats_t st;
+        gradcompGetStats(world.comm(0), &st);
+        ASSERT_EQ(st.targetLast, k) << "step " << step;
+        denseCalls += dense;
+        ASSERT_EQ(st.denseFallbacks, denseCalls) << "step " << step;
+        for (int r = 0; r < N; ++r) {
+          const gc::BufferState& s = world.comm(r)->states.begin()->second;
+          for (size_t i = 0; i < n; ++i) {
+            ASSERT_NEAR(buf[r][i], out[i], 1e-4 * (1 + fabs(out[i]))) << "step " << step;
+            ASSERT_NEAR(s.residual[i], v[r][i], 1e-4 * (1 + fabs(v[r][i]))) << "step " << step;
+            ASSERT_NEAR(s.momentum[i], u[r][i], 1e-4 * (1 + fabs(u[r][i]))) << "step " << step;
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(SparseAllReduceCpu, RefusesDenseAlgorithms) {
+  gradcompConfig_t cfg = sparseConfig(gradcompMethodTopk);
+  cfg.algo = gradcompAlgoTwoShot;
+  gctest::CpuWorld world(2, cfg);
+  std::vector<float> a(100, 1.0f), b(100, 1.0f);
+  auto rc = world.run([&](int r) {
+    float* p = r ? b.data() : a.data();
+    return gradcompAllReduce(p, p, 100, ncclFloat32, ncclSum, world.comm(r), nullptr);
+  });
+  EXPECT_EQ(rc[0], gradcompInvalidArgument);
+  EXPECT_EQ(rc[1], gradcompInvalidArgument);
+}
+
+}  // namespace
