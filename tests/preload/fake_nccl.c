@@ -19,13 +19,19 @@ static void record(const char* fmt, ...) {
   fclose(f);
 }
 
+/* FAKE_NCCL_FAIL=1 makes every data call fail, to test error paths. */
+static ncclResult_t result(void) {
+  const char* v = getenv("FAKE_NCCL_FAIL");
+  return v && v[0] == '1' ? ncclRemoteError : ncclSuccess;
+}
+
 #define ALIAS(name) __attribute__((weak, alias("p" #name)))
 
 ncclResult_t pncclAllReduce(const void* s, void* r, size_t n, ncclDataType_t t, ncclRedOp_t op,
                             ncclComm_t c, cudaStream_t st) {
   record("AllReduce send=%p recv=%p count=%zu type=%d op=%d comm=%p stream=%p", s, r, n, (int)t,
          (int)op, (void*)c, (void*)st);
-  return ncclSuccess;
+  return result();
 }
 ncclResult_t ncclAllReduce(const void*, void*, size_t, ncclDataType_t, ncclRedOp_t, ncclComm_t,
                            cudaStream_t) ALIAS(ncclAllReduce);
@@ -34,7 +40,7 @@ ncclResult_t pncclAllGather(const void* s, void* r, size_t n, ncclDataType_t t, 
                             cudaStream_t st) {
   record("AllGather send=%p recv=%p count=%zu type=%d comm=%p stream=%p", s, r, n, (int)t,
          (void*)c, (void*)st);
-  return ncclSuccess;
+  return result();
 }
 ncclResult_t ncclAllGather(const void*, void*, size_t, ncclDataType_t, ncclComm_t, cudaStream_t)
     ALIAS(ncclAllGather);
@@ -42,7 +48,7 @@ ncclResult_t ncclAllGather(const void*, void*, size_t, ncclDataType_t, ncclComm_
 ncclResult_t pncclSend(const void* s, size_t n, ncclDataType_t t, int peer, ncclComm_t c,
                        cudaStream_t st) {
   record("Send count=%zu peer=%d", n, peer);
-  return ncclSuccess;
+  return result();
 }
 ncclResult_t ncclSend(const void*, size_t, ncclDataType_t, int, ncclComm_t, cudaStream_t)
     ALIAS(ncclSend);
@@ -50,7 +56,7 @@ ncclResult_t ncclSend(const void*, size_t, ncclDataType_t, int, ncclComm_t, cuda
 ncclResult_t pncclRecv(void* r, size_t n, ncclDataType_t t, int peer, ncclComm_t c,
                        cudaStream_t st) {
   record("Recv count=%zu peer=%d", n, peer);
-  return ncclSuccess;
+  return result();
 }
 ncclResult_t ncclRecv(void*, size_t, ncclDataType_t, int, ncclComm_t, cudaStream_t)
     ALIAS(ncclRecv);
@@ -86,7 +92,9 @@ ncclResult_t pncclCommCuDevice(const ncclComm_t c, int* d) {
 }
 ncclResult_t ncclCommCuDevice(const ncclComm_t, int*) ALIAS(ncclCommCuDevice);
 
-const char* pncclGetErrorString(ncclResult_t r) { return "fake nccl error"; }
+const char* pncclGetErrorString(ncclResult_t r) {
+  return r == ncclRemoteError ? "fake nccl: remote process failed" : "fake nccl error";
+}
 const char* ncclGetErrorString(ncclResult_t) ALIAS(ncclGetErrorString);
 
 ncclResult_t pncclCommDestroy(ncclComm_t c) {

@@ -5,6 +5,9 @@
 # libnccl at link time.
 set -euo pipefail
 app=$1 preload=$2
+# The program's pointers and streams are made up: hide any GPU so this is the
+# no-GPU case on every machine.
+export CUDA_VISIBLE_DEVICES=
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 fail=0
