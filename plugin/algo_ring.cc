@@ -15,6 +15,7 @@
 #include "../kernels/qsgd_math.cuh"
 #include "algorithms.h"
 #include "checks.h"
+#include "nvtx.h"
 
 namespace gc {
 namespace {
@@ -57,6 +58,7 @@ size_t wireBytes(const gradcompComm& c, size_t count, int bits) {
 }
 
 gradcompResult_t run(const CallArgs& a, void* workspace) {
+  GC_NVTX_RANGE("gradcomp ring");
   gradcompComm& c = *a.comm;
   Backend& be = *c.backend;
   const int n = c.nranks, r = c.rank, d = c.cfg.bucketSize, bits = a.bits;

@@ -15,6 +15,7 @@
 #include "../kernels/qsgd_math.cuh"
 #include "algorithms.h"
 #include "checks.h"
+#include "nvtx.h"
 
 namespace gc {
 namespace {
@@ -72,7 +73,8 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
   auto len = [&](int j) { return L.off[j + 1] - L.off[j]; };
   auto enc = [&](size_t m) { return qsgd::encodedBytes(m, bits, d); };
 
-  // 1. Encode every peer's chunk; keep our own in full precision.
+  const size_t myLen = len(r);
+  char* mySlot = gather + r * L.slot;
   std::vector<const void*> sendPtr(n);
   std::vector<void*> recvPtr(n);
   std::vector<size_t> sendBytes(n), recvBytes(n);
@@ -81,33 +83,49 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
     recvPtr[j] = recvEnc + j * L.slot;
     sendBytes[j] = j == r ? 0 : enc(len(j));
     recvBytes[j] = j == r ? 0 : enc(len(r));
-    if (j == r || len(j) == 0) continue;
-    GC_CHECK(be.qsgdEncode(send + L.off[j] * esz, a.dtype, residual ? residual + L.off[j] : nullptr,
-                           len(j), bits, d, c.key(a.step, j), sendEnc + j * L.slot));
   }
-  const size_t myLen = len(r);
-  float* myResidual = residual ? residual + L.off[r] : nullptr;
-  GC_CHECK(be.toFloat(send + L.off[r] * esz, a.dtype, myResidual, myLen, own));
-  if (myResidual) GC_CHECK(be.zero(myResidual, myLen * sizeof(float)));
+
+  // 1. Encode every peer's chunk; keep our own in full precision.
+  {
+    GC_NVTX_RANGE("gradcomp encode");
+    for (int j = 0; j < n; ++j) {
+      if (j == r || len(j) == 0) continue;
+      GC_CHECK(be.qsgdEncode(send + L.off[j] * esz, a.dtype,
+                             residual ? residual + L.off[j] : nullptr, len(j), bits, d,
+                             c.key(a.step, j), sendEnc + j * L.slot));
+    }
+    float* myResidual = residual ? residual + L.off[r] : nullptr;
+    GC_CHECK(be.toFloat(send + L.off[r] * esz, a.dtype, myResidual, myLen, own));
+    if (myResidual) GC_CHECK(be.zero(myResidual, myLen * sizeof(float)));
+  }
 
   // 2. All-to-all.
-  GC_CHECK(
-      c.transport->allToAll(sendPtr.data(), sendBytes.data(), recvPtr.data(), recvBytes.data()));
+  {
+    GC_NVTX_RANGE("gradcomp exchange");
+    GC_CHECK(
+        c.transport->allToAll(sendPtr.data(), sendBytes.data(), recvPtr.data(), recvBytes.data()));
+  }
 
   // 3. Owner: sum in rank order, encode once.
-  for (int i = 0; i < n; ++i) {
-    if (i == r) {
-      GC_CHECK(i == 0 ? be.copy(acc, own, myLen * sizeof(float)) : be.add(acc, own, myLen));
-    } else {
-      GC_CHECK(be.qsgdDecode(recvEnc + i * L.slot, myLen, bits, d, acc, i != 0));
+  {
+    GC_NVTX_RANGE("gradcomp reduce+encode");
+    for (int i = 0; i < n; ++i) {
+      if (i == r) {
+        GC_CHECK(i == 0 ? be.copy(acc, own, myLen * sizeof(float)) : be.add(acc, own, myLen));
+      } else {
+        GC_CHECK(be.qsgdDecode(recvEnc + i * L.slot, myLen, bits, d, acc, i != 0));
+      }
     }
+    GC_CHECK(be.qsgdEncode(acc, DType::F32, c.cfg.ownerResidual ? a.state->ownerResidual : nullptr,
+                           myLen, bits, d, c.key(a.step, 0x100000000ull), mySlot));
   }
-  char* mySlot = gather + r * L.slot;
-  GC_CHECK(be.qsgdEncode(acc, DType::F32, c.cfg.ownerResidual ? a.state->ownerResidual : nullptr,
-                         myLen, bits, d, c.key(a.step, 0x100000000ull), mySlot));
 
   // 4. Allgather the encoded sums and decode all of them.
-  GC_CHECK(c.transport->allGather(mySlot, gather, L.slot));
+  {
+    GC_NVTX_RANGE("gradcomp allgather");
+    GC_CHECK(c.transport->allGather(mySlot, gather, L.slot));
+  }
+  GC_NVTX_RANGE("gradcomp decode");
   const float divisor = a.average ? (float)n : 1.0f;
   for (int j = 0; j < n; ++j) {
     if (len(j) == 0) continue;

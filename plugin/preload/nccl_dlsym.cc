@@ -1,0 +1,83 @@
+// NCCL binding of the LD_PRELOAD library: the real library's pnccl* symbols
+// (NCCL exports each function twice: weak ncclX and strong pncclX), found
+// with dlopen(RTLD_NOLOAD) first because PyTorch loads NCCL with RTLD_LOCAL,
+// where RTLD_NEXT cannot see it. GRADCOMP_NCCL_LIBRARY names another path.
+#include "nccl_dlsym.h"
+
+#include <dlfcn.h>
+
+#include <mutex>
+
+#include "debug.h"
+#include "params.h"
+
+namespace gc {
+namespace {
+
+NcclApi gApi;
+RealNccl gReal;
+bool gResolved = false;
+std::once_flag gOnce;
+
+void* findSymbol(void* h, const char* name) {
+  char p[128];
+  snprintf(p, sizeof(p), "p%s", name);
+  void* s = h ? dlsym(h, p) : nullptr;
+  if (!s && h) s = dlsym(h, name);
+  if (!s) s = dlsym(RTLD_NEXT, p);
+  return s;
+}
+
+void resolve() {
+  const char* lib = paramString("GRADCOMP_NCCL_LIBRARY", "libnccl.so.2");
+  void* h = dlopen(lib, RTLD_NOLOAD | RTLD_LAZY);
+  if (!h) h = dlopen(lib, RTLD_LAZY | RTLD_LOCAL);
+  if (!h) {
+    fprintf(stderr,
+            "gradcomp WARN cannot open %s (%s); looking for pnccl* symbols in the process\n", lib,
+            dlerror());
+  }
+#define GC_SYM(field, name) *reinterpret_cast<void**>(&field) = findSymbol(h, name)
+  GC_SYM(gApi.allReduce, "ncclAllReduce");
+  GC_SYM(gApi.allGather, "ncclAllGather");
+  GC_SYM(gApi.send, "ncclSend");
+  GC_SYM(gApi.recv, "ncclRecv");
+  GC_SYM(gApi.groupStart, "ncclGroupStart");
+  GC_SYM(gApi.groupEnd, "ncclGroupEnd");
+  GC_SYM(gApi.commCount, "ncclCommCount");
+  GC_SYM(gApi.commUserRank, "ncclCommUserRank");
+  GC_SYM(gApi.commCuDevice, "ncclCommCuDevice");
+  GC_SYM(gApi.getErrorString, "ncclGetErrorString");
+  GC_SYM(gReal.commDestroy, "ncclCommDestroy");
+  GC_SYM(gReal.commAbort, "ncclCommAbort");
+  GC_SYM(gReal.commFinalize, "ncclCommFinalize");
+  GC_SYM(gReal.commInitRankConfig, "ncclCommInitRankConfig");
+#undef GC_SYM
+  gResolved = gApi.allReduce && gApi.groupStart && gApi.groupEnd && gApi.commCount &&
+              gApi.commUserRank && gApi.getErrorString;
+  if (!gResolved) {
+    fprintf(stderr,
+            "gradcomp WARN the real NCCL functions were not found in %s: set "
+            "GRADCOMP_NCCL_LIBRARY to the libnccl.so.2 the program uses\n",
+            lib);
+  }
+}
+
+}  // namespace
+
+const NcclApi* ncclApi() {
+  std::call_once(gOnce, resolve);
+  return &gApi;
+}
+
+const RealNccl* realNccl() {
+  std::call_once(gOnce, resolve);
+  return &gReal;
+}
+
+bool ncclResolved() {
+  std::call_once(gOnce, resolve);
+  return gResolved;
+}
+
+}  // namespace gc

@@ -1,0 +1,125 @@
+/* A stand-in libnccl.so.2 for the LD_PRELOAD tests: like the real library it
+ * exports every function twice, a strong pnccl* and a weak nccl* alias, and it
+ * records every call it receives (one line each) to $FAKE_NCCL_LOG. */
+#include <nccl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+static void record(const char* fmt, ...) {
+  const char* path = getenv("FAKE_NCCL_LOG");
+  if (!path) return;
+  FILE* f = fopen(path, "a");
+  if (!f) return;
+  va_list ap;
+  va_start(ap, fmt);
+  vfprintf(f, fmt, ap);
+  va_end(ap);
+  fputc('\n', f);
+  fclose(f);
+}
+
+/* FAKE_NCCL_FAIL=1 makes every data call fail, to test error paths. */
+static ncclResult_t result(void) {
+  const char* v = getenv("FAKE_NCCL_FAIL");
+  return v && v[0] == '1' ? ncclRemoteError : ncclSuccess;
+}
+
+#define ALIAS(name) __attribute__((weak, alias("p" #name)))
+
+ncclResult_t pncclAllReduce(const void* s, void* r, size_t n, ncclDataType_t t, ncclRedOp_t op,
+                            ncclComm_t c, cudaStream_t st) {
+  record("AllReduce send=%p recv=%p count=%zu type=%d op=%d comm=%p stream=%p", s, r, n, (int)t,
+         (int)op, (void*)c, (void*)st);
+  return result();
+}
+ncclResult_t ncclAllReduce(const void*, void*, size_t, ncclDataType_t, ncclRedOp_t, ncclComm_t,
+                           cudaStream_t) ALIAS(ncclAllReduce);
+
+ncclResult_t pncclAllGather(const void* s, void* r, size_t n, ncclDataType_t t, ncclComm_t c,
+                            cudaStream_t st) {
+  record("AllGather send=%p recv=%p count=%zu type=%d comm=%p stream=%p", s, r, n, (int)t,
+         (void*)c, (void*)st);
+  return result();
+}
+ncclResult_t ncclAllGather(const void*, void*, size_t, ncclDataType_t, ncclComm_t, cudaStream_t)
+    ALIAS(ncclAllGather);
+
+ncclResult_t pncclSend(const void* s, size_t n, ncclDataType_t t, int peer, ncclComm_t c,
+                       cudaStream_t st) {
+  record("Send count=%zu peer=%d", n, peer);
+  return result();
+}
+ncclResult_t ncclSend(const void*, size_t, ncclDataType_t, int, ncclComm_t, cudaStream_t)
+    ALIAS(ncclSend);
+
+ncclResult_t pncclRecv(void* r, size_t n, ncclDataType_t t, int peer, ncclComm_t c,
+                       cudaStream_t st) {
+  record("Recv count=%zu peer=%d", n, peer);
+  return result();
+}
+ncclResult_t ncclRecv(void*, size_t, ncclDataType_t, int, ncclComm_t, cudaStream_t)
+    ALIAS(ncclRecv);
+
+ncclResult_t pncclGroupStart(void) {
+  record("GroupStart");
+  return ncclSuccess;
+}
+ncclResult_t ncclGroupStart(void) ALIAS(ncclGroupStart);
+
+ncclResult_t pncclGroupEnd(void) {
+  record("GroupEnd");
+  return ncclSuccess;
+}
+ncclResult_t ncclGroupEnd(void) ALIAS(ncclGroupEnd);
+
+ncclResult_t pncclCommCount(const ncclComm_t c, int* n) {
+  const char* v = getenv("FAKE_NCCL_NRANKS");
+  *n = v ? atoi(v) : 4;
+  return ncclSuccess;
+}
+ncclResult_t ncclCommCount(const ncclComm_t, int*) ALIAS(ncclCommCount);
+
+ncclResult_t pncclCommUserRank(const ncclComm_t c, int* r) {
+  *r = 0;
+  return ncclSuccess;
+}
+ncclResult_t ncclCommUserRank(const ncclComm_t, int*) ALIAS(ncclCommUserRank);
+
+ncclResult_t pncclCommCuDevice(const ncclComm_t c, int* d) {
+  *d = 0;
+  return ncclSuccess;
+}
+ncclResult_t ncclCommCuDevice(const ncclComm_t, int*) ALIAS(ncclCommCuDevice);
+
+const char* pncclGetErrorString(ncclResult_t r) {
+  return r == ncclRemoteError ? "fake nccl: remote process failed" : "fake nccl error";
+}
+const char* ncclGetErrorString(ncclResult_t) ALIAS(ncclGetErrorString);
+
+ncclResult_t pncclCommDestroy(ncclComm_t c) {
+  record("CommDestroy comm=%p", (void*)c);
+  return ncclSuccess;
+}
+ncclResult_t ncclCommDestroy(ncclComm_t) ALIAS(ncclCommDestroy);
+
+ncclResult_t pncclCommAbort(ncclComm_t c) {
+  record("CommAbort comm=%p", (void*)c);
+  return ncclSuccess;
+}
+ncclResult_t ncclCommAbort(ncclComm_t) ALIAS(ncclCommAbort);
+
+ncclResult_t pncclCommFinalize(ncclComm_t c) {
+  record("CommFinalize comm=%p", (void*)c);
+  return ncclSuccess;
+}
+ncclResult_t ncclCommFinalize(ncclComm_t) ALIAS(ncclCommFinalize);
+
+ncclResult_t pncclCommInitRankConfig(ncclComm_t* c, int n, ncclUniqueId id, int r,
+                                     ncclConfig_t* cfg) {
+  *c = (ncclComm_t)(size_t)0x5000;
+  record("CommInitRankConfig nranks=%d rank=%d blocking=%d", n, r, cfg ? cfg->blocking : -1);
+  return ncclSuccess;
+}
+ncclResult_t ncclCommInitRankConfig(ncclComm_t*, int, ncclUniqueId, int, ncclConfig_t*)
+    ALIAS(ncclCommInitRankConfig);
