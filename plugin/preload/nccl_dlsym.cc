@@ -5,6 +5,7 @@
 #include "nccl_dlsym.h"
 
 #include <dlfcn.h>
+#include <stdio.h>
 
 #include <mutex>
 
@@ -31,7 +32,18 @@ void* findSymbol(void* h, const char* name) {
 void resolve() {
   const char* lib = paramString("GRADCOMP_NCCL_LIBRARY", "libnccl.so.2");
   void* h = dlopen(lib, RTLD_NOLOAD | RTLD_LAZY);
-  if (!h) h = dlopen(lib, RTLD_LAZY | RTLD_LOCAL);
+  if (!h) {
+    // Not loaded yet under that name or path. Loading it here is right only
+    // when it is the NCCL the program uses (a second copy would be handed
+    // communicators it never made), hence the warning.
+    h = dlopen(lib, RTLD_LAZY | RTLD_LOCAL);
+    if (h) {
+      fprintf(stderr,
+              "gradcomp WARN %s was not loaded by the program; loaded it now. If the program "
+              "uses another NCCL, set GRADCOMP_NCCL_LIBRARY to that file\n",
+              lib);
+    }
+  }
   if (!h) {
     fprintf(stderr,
             "gradcomp WARN cannot open %s (%s); looking for pnccl* symbols in the process\n", lib,
@@ -51,7 +63,18 @@ void resolve() {
   GC_SYM(gReal.commDestroy, "ncclCommDestroy");
   GC_SYM(gReal.commAbort, "ncclCommAbort");
   GC_SYM(gReal.commFinalize, "ncclCommFinalize");
+#if GC_NCCL_HAS_CONFIG
   GC_SYM(gReal.commInitRankConfig, "ncclCommInitRankConfig");
+#endif
+#if GC_NCCL_HAS_SPLIT
+  GC_SYM(gReal.commSplit, "ncclCommSplit");
+#endif
+#if GC_NCCL_HAS_SCALABLE
+  GC_SYM(gReal.commInitRankScalable, "ncclCommInitRankScalable");
+#endif
+#if GC_NCCL_HAS_SHRINK
+  GC_SYM(gReal.commShrink, "ncclCommShrink");
+#endif
 #undef GC_SYM
   gResolved = gApi.allReduce && gApi.groupStart && gApi.groupEnd && gApi.commCount &&
               gApi.commUserRank && gApi.getErrorString;

@@ -1,15 +1,35 @@
+// The real NCCL, reached through its pnccl* symbols at run time.
 #pragma once
 
 #include "nccl_api.h"
 
+// NCCL versions that added the communicator constructors taking a config
+// (whose `blocking` field makes a communicator non-blocking).
+#define GC_NCCL_HAS_CONFIG (NCCL_VERSION_CODE >= NCCL_VERSION(2, 14, 0))
+#define GC_NCCL_HAS_SPLIT (NCCL_VERSION_CODE >= NCCL_VERSION(2, 18, 0))
+#define GC_NCCL_HAS_SCALABLE (NCCL_VERSION_CODE >= NCCL_VERSION(2, 23, 0))
+#define GC_NCCL_HAS_SHRINK (NCCL_VERSION_CODE >= NCCL_VERSION(2, 27, 0))
+
 namespace gc {
 
-// Functions the interposer forwards that the core does not call.
+// Functions the interposer forwards that the core does not call. A null
+// entry is a function the loaded NCCL does not have.
 struct RealNccl {
   ncclResult_t (*commDestroy)(ncclComm_t);
   ncclResult_t (*commAbort)(ncclComm_t);
   ncclResult_t (*commFinalize)(ncclComm_t);
+#if GC_NCCL_HAS_CONFIG
   ncclResult_t (*commInitRankConfig)(ncclComm_t*, int, ncclUniqueId, int, ncclConfig_t*);
+#endif
+#if GC_NCCL_HAS_SPLIT
+  ncclResult_t (*commSplit)(ncclComm_t, int, int, ncclComm_t*, ncclConfig_t*);
+#endif
+#if GC_NCCL_HAS_SCALABLE
+  ncclResult_t (*commInitRankScalable)(ncclComm_t*, int, int, int, ncclUniqueId*, ncclConfig_t*);
+#endif
+#if GC_NCCL_HAS_SHRINK
+  ncclResult_t (*commShrink)(ncclComm_t, int*, int, ncclComm_t*, ncclConfig_t*, int);
+#endif
 };
 
 const RealNccl* realNccl();

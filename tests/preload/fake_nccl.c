@@ -38,8 +38,8 @@ ncclResult_t ncclAllReduce(const void*, void*, size_t, ncclDataType_t, ncclRedOp
 
 ncclResult_t pncclAllGather(const void* s, void* r, size_t n, ncclDataType_t t, ncclComm_t c,
                             cudaStream_t st) {
-  record("AllGather send=%p recv=%p count=%zu type=%d comm=%p stream=%p", s, r, n, (int)t,
-         (void*)c, (void*)st);
+  record("AllGather send=%p recv=%p count=%zu type=%d comm=%p stream=%p", s, r, n, (int)t, (void*)c,
+         (void*)st);
   return result();
 }
 ncclResult_t ncclAllGather(const void*, void*, size_t, ncclDataType_t, ncclComm_t, cudaStream_t)
@@ -58,8 +58,7 @@ ncclResult_t pncclRecv(void* r, size_t n, ncclDataType_t t, int peer, ncclComm_t
   record("Recv count=%zu peer=%d", n, peer);
   return result();
 }
-ncclResult_t ncclRecv(void*, size_t, ncclDataType_t, int, ncclComm_t, cudaStream_t)
-    ALIAS(ncclRecv);
+ncclResult_t ncclRecv(void*, size_t, ncclDataType_t, int, ncclComm_t, cudaStream_t) ALIAS(ncclRecv);
 
 ncclResult_t pncclGroupStart(void) {
   record("GroupStart");
@@ -115,11 +114,59 @@ ncclResult_t pncclCommFinalize(ncclComm_t c) {
 }
 ncclResult_t ncclCommFinalize(ncclComm_t) ALIAS(ncclCommFinalize);
 
+/* Every constructor hands out a new made-up communicator. */
+static ncclComm_t __attribute__((unused)) newComm(void) {
+  static size_t next = 0x5000;
+  next += 0x100;
+  return (ncclComm_t)next;
+}
+
+static int __attribute__((unused)) blockingOf(const ncclConfig_t* cfg) {
+  return cfg ? cfg->blocking : -1;
+}
+
+#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 14, 0)
 ncclResult_t pncclCommInitRankConfig(ncclComm_t* c, int n, ncclUniqueId id, int r,
                                      ncclConfig_t* cfg) {
-  *c = (ncclComm_t)(size_t)0x5000;
-  record("CommInitRankConfig nranks=%d rank=%d blocking=%d", n, r, cfg ? cfg->blocking : -1);
+  *c = newComm();
+  record("CommInitRankConfig nranks=%d rank=%d blocking=%d comm=%p", n, r, blockingOf(cfg),
+         (void*)*c);
   return ncclSuccess;
 }
 ncclResult_t ncclCommInitRankConfig(ncclComm_t*, int, ncclUniqueId, int, ncclConfig_t*)
     ALIAS(ncclCommInitRankConfig);
+#endif
+
+#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 23, 0)
+ncclResult_t pncclCommInitRankScalable(ncclComm_t* c, int n, int r, int nId, ncclUniqueId* ids,
+                                       ncclConfig_t* cfg) {
+  *c = newComm();
+  record("CommInitRankScalable nranks=%d rank=%d nId=%d blocking=%d comm=%p", n, r, nId,
+         blockingOf(cfg), (void*)*c);
+  return ncclSuccess;
+}
+ncclResult_t ncclCommInitRankScalable(ncclComm_t*, int, int, int, ncclUniqueId*, ncclConfig_t*)
+    ALIAS(ncclCommInitRankScalable);
+#endif
+
+#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 18, 0)
+ncclResult_t pncclCommSplit(ncclComm_t p, int color, int key, ncclComm_t* c, ncclConfig_t* cfg) {
+  *c = newComm();
+  record("CommSplit parent=%p color=%d key=%d blocking=%d comm=%p", (void*)p, color, key,
+         blockingOf(cfg), (void*)*c);
+  return ncclSuccess;
+}
+ncclResult_t ncclCommSplit(ncclComm_t, int, int, ncclComm_t*, ncclConfig_t*) ALIAS(ncclCommSplit);
+#endif
+
+#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 27, 0)
+ncclResult_t pncclCommShrink(ncclComm_t p, int* excl, int nexcl, ncclComm_t* c, ncclConfig_t* cfg,
+                             int flags) {
+  *c = newComm();
+  record("CommShrink parent=%p excluded=%d blocking=%d comm=%p", (void*)p, nexcl, blockingOf(cfg),
+         (void*)*c);
+  return ncclSuccess;
+}
+ncclResult_t ncclCommShrink(ncclComm_t, int*, int, ncclComm_t*, ncclConfig_t*, int)
+    ALIAS(ncclCommShrink);
+#endif

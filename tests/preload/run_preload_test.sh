@@ -1,46 +1,113 @@
 #!/usr/bin/env bash
-# LD_PRELOAD test without a GPU: every call the program makes must reach the
-# stand-in NCCL with identical arguments and in the same order, the library
-# must warn once and keep the program running, and it must not depend on
-# libnccl at link time.
-set -euo pipefail
-app=$1 preload=$2
-# The program's pointers and streams are made up: hide any GPU so this is the
+# LD_PRELOAD tests without a GPU. Every call a program makes must reach the
+# stand-in NCCL with identical arguments and in the expected order (the
+# program prints what NCCL must receive; the stand-in records what it got),
+# the library must warn once and keep the program running, count what it
+# passed through, find NCCL when a framework loaded it privately, and have no
+# link-time dependency on libnccl.
+# Usage: run_preload_test.sh PRELOAD APP DLOPEN_APP FRAMEWORK FRAMEWORK_ALT NCCL_ALT
+set -uo pipefail
+preload=$1 app=$2 dlopen_app=$3 framework=$4 framework_alt=$5 nccl_alt=$6
+# The programs' pointers and streams are made up: hide any GPU so this is the
 # no-GPU case on every machine.
 export CUDA_VISIBLE_DEVICES=
+unset GRADCOMP_DEBUG GRADCOMP_GROUP GRADCOMP_METHOD GRADCOMP_NCCL_LIBRARY NCCL_COMM_BLOCKING
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 fail=0
 check() { if eval "$2"; then echo "PASS: $1"; else echo "FAIL: $1"; fail=1; fi; }
 
+# run NAME CMD...: runs CMD under the preload with the stand-in's log in
+# $work/NAME.log; expected calls in $work/NAME.expected, stderr in $work/NAME.err.
+run() {
+  local name=$1
+  shift
+  : > "$work/$name.log"
+  if ! env FAKE_NCCL_LOG="$work/$name.log" LD_PRELOAD="$preload" "$@" \
+      > "$work/$name.expected" 2> "$work/$name.err"; then
+    echo "FAIL: $name: the program failed"
+    sed 's/^/  | /' "$work/$name.err"
+    fail=1
+    return 1
+  fi
+}
+same_calls() {  # same_calls NAME: NCCL received exactly the expected calls, in order
+  check "$1: NCCL received exactly the program's calls" \
+    "diff -u '$work/$1.expected' '$work/$1.log'"
+}
+count() { grep -c -- "$1" "$2" || true; }
+
 # 1. No DT_NEEDED on libnccl; exports are the interposed nccl* functions only.
 check "no DT_NEEDED on libnccl" "! readelf -d '$preload' | grep -q 'NEEDED.*libnccl'"
-exports=$(nm -D --defined-only "$preload" | awk '{print $3}' | sed 's/@.*//' | sort -u | tr '\n' ' ')
-expected="ncclAllReduce ncclCommAbort ncclCommDestroy ncclCommFinalize ncclCommInitRankConfig ncclGroupEnd ncclGroupStart "
-check "exports exactly the interposed functions (got: $exports)" "[ \"$exports\" = \"$expected\" ]"
+exports=$(nm -D --defined-only "$preload" | awk '{print $3}' | sed 's/@.*//' | sort -u)
+required="ncclAllReduce ncclCommAbort ncclCommDestroy ncclCommFinalize ncclGroupEnd ncclGroupStart"
+optional="ncclCommInitRankConfig ncclCommInitRankScalable ncclCommShrink ncclCommSplit"
+for s in $required; do
+  check "exports $s" "echo '$exports' | grep -qx $s"
+done
+extra=$(echo "$exports" | grep -v -x -F -e "${required// /$'\n'}" -e "${optional// /$'\n'}" | tr '\n' ' ')
+check "exports nothing else (extra: '$extra')" "[ -z '$extra' ]"
 
 # 2. Pass-through of every call, identical arguments, with and without fuse.
+# The eligible calls cannot be compressed without a GPU: one warning, then
+# they reach NCCL unchanged (with fuse, right after the group they were in).
 for group in pass fuse; do
-  : > "$work/log"
-  FAKE_NCCL_LOG=$work/log GRADCOMP_GROUP=$group GRADCOMP_METHOD=qsgd LD_PRELOAD=$preload \
-    "$app" > "$work/expected" 2> "$work/stderr" || { echo "FAIL: app exited non-zero ($group)"; cat "$work/stderr"; fail=1; continue; }
-  check "GRADCOMP_GROUP=$group: NCCL received exactly the program's calls" \
-    "diff -u '$work/expected' '$work/log'"
-  nwarn=$(grep -c "cannot set up compression" "$work/stderr" || true)
-  check "GRADCOMP_GROUP=$group: one setup warning without a GPU (got $nwarn)" "[ '$nwarn' = 1 ]"
+  name=basic_$group
+  run $name env GRADCOMP_GROUP=$group GRADCOMP_METHOD=qsgd GRADCOMP_DEBUG=INFO "$app" basic || continue
+  same_calls $name
+  n=$(count "cannot set up compression" "$work/$name.err")
+  check "$name: one set-up warning (got $n)" "[ '$n' = 1 ]"
+  calls=$(count "^AllReduce" "$work/$name.expected")
+  check "$name: INFO summary counts all $calls calls as passed through" \
+    "grep -q 'summary comm 0x1000 rank 0/4 method qsgd: 0 calls compressed, $calls passed through' '$work/$name.err'"
 done
 
-# 3. A bad configuration warns once and passes everything through.
-: > "$work/log"
-FAKE_NCCL_LOG=$work/log GRADCOMP_BITS=9 LD_PRELOAD=$preload "$app" > "$work/expected" 2> "$work/stderr"
-check "bad GRADCOMP_BITS: calls still reach NCCL unchanged" "diff -u '$work/expected' '$work/log'"
-check "bad GRADCOMP_BITS: the warning names the variable and range" \
-  "grep -q 'GRADCOMP_BITS=9 is not an integer in 2..8' '$work/stderr'"
+# 3. A bad configuration warns once, naming the variable, and passes all through.
+run bad_config env GRADCOMP_BITS=9 "$app" basic && {
+  same_calls bad_config
+  check "bad GRADCOMP_BITS: the warning names the variable and range" \
+    "grep -q 'GRADCOMP_BITS=9 is not an integer in 2..8' '$work/bad_config.err'"
+}
 
-# 4. Without the preload the program talks to the stand-in directly (sanity).
-: > "$work/log"
-FAKE_NCCL_LOG=$work/log "$app" > "$work/expected"
-check "without LD_PRELOAD the stand-in records the same calls" "diff -u '$work/expected' '$work/log'"
+# 4. Non-blocking communicators (config, inherited by a split, or
+# NCCL_COMM_BLOCKING=0) pass through without a set-up attempt; a blocking
+# one made with a config is set up as usual.
+if "$app" nonblocking > /dev/null 2>&1 < /dev/null || [ $? != 2 ]; then
+  run nonblocking env GRADCOMP_DEBUG=INFO "$app" nonblocking && {
+    same_calls nonblocking
+    n=$(count "is non-blocking" "$work/nonblocking.err")
+    check "nonblocking: parent and split child recognized (got $n)" "[ '$n' = 2 ]"
+    n=$(count "cannot set up compression" "$work/nonblocking.err")
+    check "nonblocking: only the blocking comm tried to set up (got $n warnings)" "[ '$n' = 1 ]"
+    n=$(count "compression off: non-blocking communicator" "$work/nonblocking.err")
+    check "nonblocking: summary lines say why (got $n)" "[ '$n' = 2 ]"
+  }
+  run nonblocking_env env NCCL_COMM_BLOCKING=0 GRADCOMP_DEBUG=INFO "$app" nonblocking && {
+    same_calls nonblocking_env
+    n=$(count "cannot set up compression" "$work/nonblocking_env.err")
+    check "NCCL_COMM_BLOCKING=0: no comm tried to set up (got $n warnings)" "[ '$n' = 0 ]"
+  }
+fi
 
-[ "$fail" = 0 ] && echo "preload tests: all passed" || echo "preload tests: FAILED"
+# 5. NCCL loaded privately (RTLD_LOCAL) by a framework, as PyTorch does:
+# found with dlopen(RTLD_NOLOAD), where RTLD_NEXT cannot see it.
+run rtld_local "$dlopen_app" "$framework" basic && {
+  same_calls rtld_local
+  n=$(count "cannot set up compression" "$work/rtld_local.err")
+  check "rtld_local: the interposer was in the path (one set-up warning, got $n)" "[ '$n' = 1 ]"
+}
+# 6. An NCCL under another name, named by GRADCOMP_NCCL_LIBRARY.
+run other_name env GRADCOMP_NCCL_LIBRARY="$nccl_alt" "$dlopen_app" "$framework_alt" basic && {
+  same_calls other_name
+  n=$(count "cannot set up compression" "$work/other_name.err")
+  check "other_name: the interposer was in the path (one set-up warning, got $n)" "[ '$n' = 1 ]"
+}
+
+# 7. Without LD_PRELOAD the program talks to the stand-in directly (sanity).
+: > "$work/direct.log"
+FAKE_NCCL_LOG=$work/direct.log "$app" basic > "$work/direct.expected"
+check "without LD_PRELOAD the stand-in records the same calls" \
+  "diff -u '$work/direct.expected' '$work/direct.log'"
+
+if [ "$fail" = 0 ]; then echo "preload tests: all passed"; else echo "preload tests: FAILED"; fi
 exit $fail

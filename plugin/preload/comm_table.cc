@@ -1,0 +1,362 @@
+// The communicators the interposer has seen: settings, lazy set-up of the
+// gradcomp comm with an agreement among ranks, release on destroy/abort, and
+// the INFO summary line per communicator.
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include <map>
+#include <set>
+
+#include "debug.h"
+#include "nccl_dlsym.h"
+#include "params.h"
+#include "preload.h"
+
+namespace gc {
+namespace preload {
+namespace {
+
+// Heap-allocated and never freed: calls may arrive during static destruction
+// (frameworks tear down communicators at exit), so nothing here may go first.
+std::mutex& tableMu() {
+  static std::mutex* mu = new std::mutex;
+  return *mu;
+}
+std::map<ncclComm_t, EntryPtr>& table() {
+  static auto* t = new std::map<ncclComm_t, EntryPtr>;
+  return *t;
+}
+std::set<ncclComm_t>& nonBlockingComms() {
+  static auto* s = new std::set<ncclComm_t>;
+  return *s;
+}
+
+// NCCL_COMM_BLOCKING=0 makes every communicator non-blocking, whatever its config.
+bool envNonBlocking() {
+  const char* env = getenv("NCCL_COMM_BLOCKING");
+  return env != nullptr && strcmp(env, "0") == 0;
+}
+
+uint64_t fnv1a(const void* p, size_t n, uint64_t h = 0xcbf29ce484222325ull) {
+  const unsigned char* b = static_cast<const unsigned char*>(p);
+  for (size_t i = 0; i < n; ++i) h = (h ^ b[i]) * 0x100000001b3ull;
+  return h;
+}
+
+const char* methodName(gradcompMethod_t m) {
+  switch (m) {
+    case gradcompMethodNone:
+      return "none";
+    case gradcompMethodQsgd:
+      return "qsgd";
+    case gradcompMethodTopk:
+      return "topk";
+    case gradcompMethodRandk:
+      return "randk";
+    case gradcompMethodDgc:
+      return "dgc";
+  }
+  return "?";
+}
+
+Settings* readSettings() {
+  Settings* s = new Settings;
+  if (gradcompConfigFromEnv(&s->config) == gradcompSuccess) {
+    s->ok = true;
+  } else {
+    fprintf(stderr, "gradcomp %d WARN bad configuration (%s); passing every call to NCCL\n",
+            (int)getpid(), gradcompGetLastError());
+    gradcompConfigInit(&s->config);
+  }
+  const char* g = paramString("GRADCOMP_GROUP", "pass");
+  s->fuse = strcasecmp(g, "fuse") == 0;
+  if (!s->fuse && strcasecmp(g, "pass") != 0) {
+    fprintf(stderr, "gradcomp %d WARN GRADCOMP_GROUP=%s is not pass or fuse; using pass\n",
+            (int)getpid(), g);
+  }
+  // gradcompConfigInit zeroes the struct first, so padding bytes hash alike.
+  s->hash = fnv1a(&s->config, sizeof(s->config));
+  s->hash = fnv1a(&s->fuse, sizeof(s->fuse), s->hash);
+  return s;
+}
+
+void printSummary(CommEntry& e, bool waitForCalls) {
+  if (logLevel() < LogLevel::Info) return;
+  gradcompStats_t st;
+  memset(&st, 0, sizeof(st));
+  if (e.gc != nullptr) {
+    std::unique_lock<std::mutex> lock(e.callMu, std::defer_lock);
+    // At exit a thread may be stuck in a call: report without its stats.
+    if (waitForCalls ? (lock.lock(), true) : lock.try_lock()) gradcompGetStats(e.gc, &st);
+  }
+  const Settings& s = settings();
+  char ratio[32] = "n/a";
+  if (st.bytesOnWire > 0) {
+    snprintf(ratio, sizeof(ratio), "%.2fx", (double)st.bytesIn / (double)st.bytesOnWire);
+  }
+  char ranks[32] = "?";  // rank and size are queried only when a call could compress
+  if (e.nranks > 0) snprintf(ranks, sizeof(ranks), "%d/%d", e.rank, e.nranks);
+  GC_INFO(
+      "summary comm %p rank %s method %s: %llu calls compressed, %llu passed through, %llu "
+      "bytes sent for %llu dense bytes (ratio %s)%s%s",
+      (void*)e.nccl, ranks, s.ok ? methodName(s.config.method) : "none",
+      (unsigned long long)e.callsCompressed.load(),
+      (unsigned long long)(e.callsPassed.load() + st.callsPassedThrough),
+      (unsigned long long)st.bytesOnWire, (unsigned long long)st.bytesIn, ratio,
+      e.reason.empty() ? "" : "; compression off: ", e.reason.c_str());
+}
+
+// Communicators still alive at exit get their summary line too.
+struct SummaryAtExit {
+  ~SummaryAtExit() {
+    std::lock_guard<std::mutex> lock(tableMu());
+    for (auto& kv : table()) printSummary(*kv.second, false);
+  }
+} gSummaryAtExit;
+
+enum class Agreement { Agreed, SomeRankFailed, ConfigsDiffer, NotRun };
+
+// Every rank contributes {ok, hash, ~hash}; after an ncclMin allreduce the
+// first slot is 0 when any rank failed, and the other two give back this
+// rank's hash and its complement only when every rank has the same hash.
+// All ranks therefore reach the same verdict.
+Agreement agree(CommEntry& e, cudaStream_t stream, bool localOk, std::string* why) {
+  const uint64_t hash = settings().hash;
+  uint64_t words[3] = {localOk ? 1ull : 0ull, hash, ~hash};
+  uint64_t* dev = nullptr;
+  cudaError_t err = cudaMalloc(&dev, sizeof(words));
+  if (err != cudaSuccess) {
+    (void)cudaGetLastError();
+    *why = std::string("CUDA: ") + cudaGetErrorString(err);
+    return Agreement::NotRun;
+  }
+  ncclResult_t nr = ncclSuccess;
+  err = cudaMemcpyAsync(dev, words, sizeof(words), cudaMemcpyHostToDevice, stream);
+  if (err == cudaSuccess) {
+    nr = ncclApi()->allReduce(dev, dev, 3, ncclUint64, ncclMin, e.nccl, stream);
+    if (nr == ncclSuccess) {
+      err = cudaMemcpyAsync(words, dev, sizeof(words), cudaMemcpyDeviceToHost, stream);
+    }
+    if (nr == ncclSuccess && err == cudaSuccess) err = cudaStreamSynchronize(stream);
+  }
+  cudaFree(dev);
+  if (err != cudaSuccess) {
+    (void)cudaGetLastError();
+    *why = std::string("CUDA: ") + cudaGetErrorString(err);
+    return Agreement::NotRun;
+  }
+  if (nr != ncclSuccess) {
+    *why = std::string("NCCL: ") + ncclApi()->getErrorString(nr);
+    return Agreement::NotRun;
+  }
+  if (words[0] == 0) return Agreement::SomeRankFailed;
+  if (words[1] != hash || ~words[2] != hash) return Agreement::ConfigsDiffer;
+  return Agreement::Agreed;
+}
+
+}  // namespace
+
+const Settings& settings() {
+  static const Settings* s = readSettings();
+  return *s;
+}
+
+bool eligible(size_t count, ncclDataType_t type, ncclRedOp_t op) {
+  const Settings& s = settings();
+  return s.ok && s.config.method != gradcompMethodNone &&
+         (type == ncclFloat32 || type == ncclFloat16 || type == ncclBfloat16) &&
+         (op == ncclSum || op == ncclAvg) && count >= s.config.minElements;
+}
+
+size_t typeBytes(ncclDataType_t type) {
+  switch (type) {
+    case ncclInt8:
+    case ncclUint8:
+      return 1;
+    case ncclFloat16:
+    case ncclBfloat16:
+      return 2;
+    case ncclInt32:
+    case ncclUint32:
+    case ncclFloat32:
+      return 4;
+    case ncclInt64:
+    case ncclUint64:
+    case ncclFloat64:
+      return 8;
+    default:
+      return 1;  // fp8 types and anything newer
+  }
+}
+
+CommEntry::~CommEntry() {
+  if (gc == nullptr && fusion == nullptr) return;
+  DeviceGuard guard(device);
+  if (gc != nullptr) gradcompCommDestroy(gc);
+  if (fusion != nullptr) cudaFree(fusion);
+}
+
+EntryPtr entryFor(ncclComm_t comm) {
+  std::lock_guard<std::mutex> lock(tableMu());
+  EntryPtr& e = table()[comm];
+  if (!e) {
+    e = std::make_shared<CommEntry>();
+    e->nccl = comm;
+    e->nonBlocking = nonBlockingComms().count(comm) > 0 || envNonBlocking();
+    if (e->nonBlocking) {
+      e->reason = "non-blocking communicator";
+      e->mode = Mode::PassThrough;
+    }
+  }
+  return e;
+}
+
+void decide(CommEntry& e, cudaStream_t stream) {
+  std::lock_guard<std::mutex> lock(e.callMu);
+  if (e.mode != Mode::Undecided) return;
+  auto passAll = [&](const std::string& why) {
+    e.reason = why;
+    e.mode = Mode::PassThrough;
+  };
+  const Settings& s = settings();
+  if (!s.ok) return passAll("bad configuration");
+  const NcclApi* api = ncclApi();
+  if (api->commCount(e.nccl, &e.nranks) != ncclSuccess ||
+      api->commUserRank(e.nccl, &e.rank) != ncclSuccess ||
+      (api->commCuDevice != nullptr && api->commCuDevice(e.nccl, &e.device) != ncclSuccess)) {
+    return passAll("NCCL cannot tell the communicator's rank, size or device");
+  }
+  if (e.nranks < 2) return passAll("one rank");
+
+  DeviceGuard guard(e.device);
+  gradcompComm_t gc = nullptr;
+  const gradcompResult_t res = gradcompCommCreate(e.nccl, &s.config, &gc);
+  std::string localError;
+  if (res != gradcompSuccess) {
+    localError = std::string(gradcompGetErrorString(res)) + ": " + gradcompGetLastError();
+  }
+  std::string why;
+  const Agreement a = agree(e, stream, res == gradcompSuccess, &why);
+  if (res == gradcompSuccess && a == Agreement::Agreed) {
+    e.gc = gc;
+    e.mode = Mode::Compress;
+    GC_INFO("comm %p rank %d/%d: compressing eligible calls with %s", (void*)e.nccl, e.rank,
+            e.nranks, methodName(s.config.method));
+    return;
+  }
+  if (gc != nullptr) gradcompCommDestroy(gc);
+  if (res != gradcompSuccess) {
+    warnOnce("setup",
+             "cannot set up compression for NCCL comm %p (%s); its calls pass through to NCCL "
+             "unchanged",
+             (void*)e.nccl, localError.c_str());
+    return passAll("set-up failed: " + localError);
+  }
+  switch (a) {
+    case Agreement::SomeRankFailed:
+      warnOnce("peer",
+               "another rank of NCCL comm %p could not set up compression; every rank passes its "
+               "calls through unchanged",
+               (void*)e.nccl);
+      return passAll("set-up failed on another rank");
+    case Agreement::ConfigsDiffer:
+      warnOnce("config",
+               "the ranks of NCCL comm %p have different GRADCOMP_* settings; every rank passes "
+               "its calls through unchanged",
+               (void*)e.nccl);
+      return passAll("GRADCOMP_* settings differ between ranks");
+    default:
+      warnOnce("agree",
+               "cannot agree with the other ranks of NCCL comm %p on compression (%s); its calls "
+               "pass through unchanged",
+               (void*)e.nccl, why.c_str());
+      return passAll("no agreement between ranks: " + why);
+  }
+}
+
+void release(ncclComm_t comm) {
+  EntryPtr e;
+  {
+    std::lock_guard<std::mutex> lock(tableMu());
+    nonBlockingComms().erase(comm);
+    auto it = table().find(comm);
+    if (it == table().end()) return;
+    e = std::move(it->second);
+    table().erase(it);
+  }
+  printSummary(*e, true);
+}
+
+bool nonBlockingFrom(const void* config, int blockingField, bool parentNonBlocking) {
+  if (envNonBlocking()) return true;
+  const char* env = getenv("NCCL_COMM_BLOCKING");
+  if (env != nullptr && strcmp(env, "1") == 0) return false;
+  if (config == nullptr) return parentNonBlocking;
+  return blockingField == 0;
+}
+
+void noteCreated(ncclComm_t comm, bool nonBlocking) {
+  // A new communicator may reuse the address of one whose end was not seen.
+  release(comm);
+  if (!nonBlocking) return;
+  {
+    std::lock_guard<std::mutex> lock(tableMu());
+    nonBlockingComms().insert(comm);
+  }
+  GC_INFO("comm %p is non-blocking: its calls pass through to NCCL", (void*)comm);
+}
+
+bool isNonBlocking(ncclComm_t comm) {
+  std::lock_guard<std::mutex> lock(tableMu());
+  return nonBlockingComms().count(comm) > 0 || envNonBlocking();
+}
+
+bool capturing(cudaStream_t stream) {
+  cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
+  if (cudaStreamIsCapturing(stream, &st) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  return st != cudaStreamCaptureStatusNone;
+}
+
+void warnOnce(const std::string& key, const char* fmt, ...) {
+  static std::mutex* mu = new std::mutex;
+  static auto* seen = new std::set<std::string>;
+  {
+    std::lock_guard<std::mutex> lock(*mu);
+    if (!seen->insert(key).second) return;
+  }
+  char msg[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof(msg), fmt, ap);
+  va_end(ap);
+  fprintf(stderr, "gradcomp %d WARN %s\n", (int)getpid(), msg);
+}
+
+DeviceGuard::DeviceGuard(int device) {
+  if (device < 0) return;
+  int current = -1;
+  if (cudaGetDevice(&current) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return;
+  }
+  if (current == device) return;
+  if (cudaSetDevice(device) == cudaSuccess) {
+    prev_ = current;
+  } else {
+    (void)cudaGetLastError();
+  }
+}
+
+DeviceGuard::~DeviceGuard() {
+  if (prev_ >= 0) cudaSetDevice(prev_);
+}
+
+}  // namespace preload
+}  // namespace gc

@@ -1,0 +1,145 @@
+// GRADCOMP_GROUP=fuse: the eligible calls a user group deferred run after its
+// outer ncclGroupEnd, as one compressed allreduce per (comm, stream, type,
+// op): copy into a fusion buffer, compress, copy out (Horovod-style tensor
+// fusion). Calls of communicators that do not compress go to NCCL in order.
+#include <cuda_runtime_api.h>
+
+#include "nvtx.h"
+#include "preload.h"
+
+namespace gc {
+namespace preload {
+namespace {
+
+ncclResult_t passEach(CommEntry& e, const std::vector<const Deferred*>& members) {
+  ncclResult_t first = ncclSuccess;
+  for (const Deferred* d : members) {
+    ncclResult_t r = forward(&e, d->send, d->recv, d->count, d->type, d->op, d->comm, d->stream);
+    if (r != ncclSuccess && first == ncclSuccess) first = r;
+  }
+  return first;
+}
+
+ncclResult_t runFusedSet(CommEntry& e, const std::vector<const Deferred*>& members) {
+  const Deferred& d0 = *members[0];
+  if (members.size() == 1) {
+    return compress(e, d0.send, d0.recv, d0.count, d0.type, d0.op, d0.stream, false, 0, 1);
+  }
+  const size_t esz = typeBytes(d0.type);
+  size_t total = 0;
+  // Residual state follows the group's shape, which a training loop repeats.
+  uint64_t key = 0xcbf29ce484222325ull;
+  for (const Deferred* d : members) {
+    total += d->count;
+    key = (key ^ d->count) * 0x100000001b3ull;
+  }
+  {
+    std::lock_guard<std::mutex> lock(e.callMu);
+    if (e.fusionBytes < total * esz) {
+      if (capturing(d0.stream)) {
+        warnOnce("fuse-capture",
+                 "a fused group needing a larger fusion buffer (%zu bytes) is being captured into "
+                 "a CUDA graph; its calls pass through (run the group once eagerly first)",
+                 total * esz);
+        return passEach(e, members);
+      }
+      DeviceGuard guard(e.device);
+      if (e.fusion != nullptr) cudaFree(e.fusion);  // waits for work still using it
+      e.fusion = nullptr;
+      e.fusionBytes = 0;
+      cudaError_t err = cudaMalloc(&e.fusion, total * esz);
+      if (err != cudaSuccess) {
+        (void)cudaGetLastError();
+        e.fusion = nullptr;
+        warnOnce("fuse-alloc",
+                 "cannot allocate a %zu-byte fusion buffer (%s); the group's calls pass through",
+                 total * esz, cudaGetErrorString(err));
+        return passEach(e, members);
+      }
+      e.fusionBytes = total * esz;
+    }
+    GC_NVTX_RANGE("gradcomp fuse copy-in");
+    char* fusion = static_cast<char*>(e.fusion);
+    size_t off = 0;
+    for (const Deferred* d : members) {
+      cudaError_t err = cudaMemcpyAsync(fusion + off, d->send, d->count * esz,
+                                        cudaMemcpyDeviceToDevice, d0.stream);
+      if (err != cudaSuccess) {  // nothing of the caller's was written: NCCL gets the calls
+        (void)cudaGetLastError();
+        warnOnce("fuse-copy", "cannot copy into the fusion buffer (%s); the calls pass through",
+                 cudaGetErrorString(err));
+        return passEach(e, members);
+      }
+      off += d->count * esz;
+    }
+  }
+  ncclResult_t r =
+      compress(e, e.fusion, e.fusion, total, d0.type, d0.op, d0.stream, true, key, members.size());
+  if (r != ncclSuccess) return r;
+  GC_NVTX_RANGE("gradcomp fuse copy-out");
+  const char* fusion = static_cast<const char*>(e.fusion);
+  size_t off = 0;
+  for (const Deferred* d : members) {
+    cudaError_t err =
+        cudaMemcpyAsync(d->recv, fusion + off, d->count * esz, cudaMemcpyDeviceToDevice, d0.stream);
+    if (err != cudaSuccess) {
+      (void)cudaGetLastError();
+      warnOnce("fuse-copy-out", "cannot copy out of the fusion buffer: %s",
+               cudaGetErrorString(err));
+      return ncclUnhandledCudaError;
+    }
+    off += d->count * esz;
+  }
+  return ncclSuccess;
+}
+
+}  // namespace
+
+ncclResult_t runDeferred(std::vector<Deferred>& calls) {
+  ncclResult_t first = ncclSuccess;
+  auto note = [&](ncclResult_t r) {
+    if (r != ncclSuccess && first == ncclSuccess) first = r;
+  };
+  // Decide each communicator now, outside the group (deciding runs an NCCL
+  // allreduce and waits for it, which inside a group would never start).
+  std::vector<EntryPtr> entries;
+  std::vector<const Deferred*> fusable;
+  for (const Deferred& d : calls) {
+    EntryPtr e = entryFor(d.comm);
+    if (e->mode == Mode::Undecided) {
+      if (capturing(d.stream)) {
+        warnOnce("capture",
+                 "NCCL comm %p is used in a CUDA graph capture before gradcomp set it up; calls "
+                 "pass through until an eager call sets it up",
+                 (void*)d.comm);
+      } else {
+        decide(*e, d.stream);
+      }
+    }
+    if (e->mode != Mode::Compress) {
+      note(forward(e.get(), d.send, d.recv, d.count, d.type, d.op, d.comm, d.stream));
+      continue;
+    }
+    entries.push_back(e);
+    fusable.push_back(&d);
+  }
+  std::vector<bool> done(fusable.size(), false);
+  for (size_t i = 0; i < fusable.size(); ++i) {
+    if (done[i]) continue;
+    const Deferred& a = *fusable[i];
+    std::vector<const Deferred*> members;
+    for (size_t j = i; j < fusable.size(); ++j) {
+      const Deferred& b = *fusable[j];
+      if (done[j] || b.comm != a.comm || b.stream != a.stream || b.type != a.type || b.op != a.op) {
+        continue;
+      }
+      members.push_back(&b);
+      done[j] = true;
+    }
+    note(runFusedSet(*entries[i], members));
+  }
+  return first;
+}
+
+}  // namespace preload
+}  // namespace gc

@@ -1,0 +1,115 @@
+// Internal state of the LD_PRELOAD interposer, shared by its files:
+// settings (GRADCOMP_* read once), the table of NCCL communicators seen,
+// and the call paths (forward to NCCL, compress, fuse a group's calls).
+#pragma once
+
+#include <cuda_runtime_api.h>
+#include <nccl.h>
+#include <stdint.h>
+
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "gradcomp.h"
+
+namespace gc {
+namespace preload {
+
+struct Settings {
+  bool ok = false;  // the configuration is valid: compression is possible
+  gradcompConfig_t config;
+  bool fuse = false;  // GRADCOMP_GROUP=fuse
+  uint64_t hash = 0;  // of config and group mode: every rank must have the same
+};
+// Read once, on the first call that needs it (thread-safe).
+const Settings& settings();
+
+// True for the calls DESIGN.md "Interposer rules" compress (the comm's size
+// is checked when its entry is decided).
+bool eligible(size_t count, ncclDataType_t type, ncclRedOp_t op);
+size_t typeBytes(ncclDataType_t type);
+
+enum class Mode { Undecided, Compress, PassThrough };
+
+// One NCCL communicator as the interposer sees it. Shared: a call in flight
+// keeps it (and its gradcomp state) alive while another thread destroys the
+// communicator.
+struct CommEntry {
+  ncclComm_t nccl = nullptr;
+  std::atomic<Mode> mode{Mode::Undecided};
+  bool nonBlocking = false;
+  std::string reason;  // why calls pass through (summary line)
+  int rank = -1, nranks = 0, device = -1;
+  gradcompComm_t gc = nullptr;
+  // One compressed call (or decision) at a time: gradcomp comms are not
+  // thread-safe, and NCCL needs the same call order on every rank anyway.
+  std::mutex callMu;
+  std::atomic<uint64_t> callsCompressed{0}, callsPassed{0};
+  void* fusion = nullptr;  // GRADCOMP_GROUP=fuse buffer (device)
+  size_t fusionBytes = 0;
+  ~CommEntry();
+};
+using EntryPtr = std::shared_ptr<CommEntry>;
+
+// The entry of `comm`, made on first sight.
+EntryPtr entryFor(ncclComm_t comm);
+// Decides an Undecided entry: creates the gradcomp comm and agrees with the
+// other ranks (one tiny NCCL allreduce on `stream`, synchronized) that every
+// rank compresses, or else all pass through. Never while `stream` is captured.
+void decide(CommEntry& e, cudaStream_t stream);
+// Forgets `comm` (destroyed or aborted), printing its summary at INFO; its
+// gradcomp state goes when the last call using it returns.
+void release(ncclComm_t comm);
+// Records how a communicator was created: non-blocking ones always pass through.
+void noteCreated(ncclComm_t comm, bool nonBlocking);
+// Non-blocking by NCCL's rules: NCCL_COMM_BLOCKING overrides; a null config
+// inherits `parentNonBlocking`; otherwise config->blocking == 0.
+bool nonBlockingFrom(const void* config, int blockingField, bool parentNonBlocking);
+bool isNonBlocking(ncclComm_t comm);
+
+// True while `stream` is being captured into a CUDA graph (false when CUDA
+// cannot tell, e.g. without a GPU).
+bool capturing(cudaStream_t stream);
+// Prints `msg` once per distinct key, whatever GRADCOMP_DEBUG says.
+void warnOnce(const std::string& key, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
+
+// The real ncclAllReduce with the caller's arguments, counted as passed through.
+ncclResult_t forward(CommEntry* e, const void* send, void* recv, size_t count, ncclDataType_t type,
+                     ncclRedOp_t op, ncclComm_t comm, cudaStream_t stream);
+// gradcompAllReduce on a Compress entry; a call gradcomp refuses before
+// enqueuing anything (first call of a buffer under capture, say) is forwarded.
+ncclResult_t compress(CommEntry& e, const void* send, void* recv, size_t count, ncclDataType_t type,
+                      ncclRedOp_t op, cudaStream_t stream, bool keyed, uint64_t key,
+                      uint64_t userCalls);
+
+// GRADCOMP_GROUP=fuse: an eligible call deferred inside a user group.
+struct Deferred {
+  const void* send;
+  void* recv;
+  size_t count;
+  ncclDataType_t type;
+  ncclRedOp_t op;
+  ncclComm_t comm;
+  cudaStream_t stream;
+};
+// Runs the deferred calls of a user group after its outer ncclGroupEnd.
+ncclResult_t runDeferred(std::vector<Deferred>& calls);
+
+// Sets the current CUDA device for a scope (no-op when it already is, or
+// when device < 0).
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device);
+  ~DeviceGuard();
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+
+ private:
+  int prev_ = -1;
+};
+
+}  // namespace preload
+}  // namespace gc

@@ -1,0 +1,141 @@
+/* The NCCL calls a framework makes, for the LD_PRELOAD tests. Each call goes
+ * to ncclAllReduce & co. (the interposer under LD_PRELOAD) and, when it
+ * returns, the line the real NCCL must have received is printed; the test
+ * compares these lines with what the stand-in libnccl recorded. Pointers,
+ * communicators and streams are made up: no GPU is used or allowed.
+ *
+ * Built into preload_app (NCCL linked by the program) and into a stand-in
+ * framework library that a program loads with RTLD_LOCAL, as Python loads
+ * PyTorch. */
+#include <nccl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define EXPECT(...)      \
+  do {                   \
+    printf(__VA_ARGS__); \
+    putchar('\n');       \
+  } while (0)
+
+#define LINE_FMT "AllReduce send=%p recv=%p count=%zu type=%d op=%d comm=%p stream=%p"
+
+/* Calls printed after the user's ncclGroupEnd (GRADCOMP_GROUP=fuse). */
+static char deferred[16][256];
+static int numDeferred = 0;
+
+static int allReduce(int deferIt, const void* s, void* r, size_t n, ncclDataType_t t,
+                     ncclRedOp_t op, ncclComm_t c, cudaStream_t st) {
+  ncclResult_t res = ncclAllReduce(s, r, n, t, op, c, st);
+  if (res != ncclSuccess) {
+    fprintf(stderr, "ncclAllReduce(count=%zu type=%d op=%d) returned %d\n", n, (int)t, (int)op,
+            (int)res);
+    return 1;
+  }
+  if (deferIt) {
+    snprintf(deferred[numDeferred++], sizeof(deferred[0]), LINE_FMT, s, r, n, (int)t, (int)op,
+             (void*)c, (void*)st);
+  } else {
+    EXPECT(LINE_FMT, s, r, n, (int)t, (int)op, (void*)c, (void*)st);
+  }
+  return 0;
+}
+
+#define CALL(...) \
+  if (allReduce(0, __VA_ARGS__)) return 1
+/* An eligible call inside a user group: with GRADCOMP_GROUP=fuse gradcomp
+ * takes it out of the group and runs it after the group's end. */
+#define CALL_IN_GROUP(...) \
+  if (allReduce(fuse, __VA_ARGS__)) return 1
+#define CHECK(call)                                             \
+  if ((call) != ncclSuccess) {                                  \
+    fprintf(stderr, "%s failed at line %d\n", #call, __LINE__); \
+    return 1;                                                   \
+  }
+
+/* int32, Max, one element, fp64, a user group, then large fp32/bf16 calls
+ * that gradcomp would compress if it could set up (it cannot: no GPU). */
+static int basic(void) {
+  const char* g = getenv("GRADCOMP_GROUP");
+  const int fuse = g != NULL && strcmp(g, "fuse") == 0;
+  ncclComm_t comm = (ncclComm_t)(uintptr_t)0x1000;
+  cudaStream_t stream = (cudaStream_t)(uintptr_t)0x2000;
+  char* a = (char*)(uintptr_t)0x7f0000000000ull;
+  char* b = (char*)(uintptr_t)0x7f0010000000ull;
+  CALL(a, b, 1000, ncclInt32, ncclSum, comm, stream);
+  CALL(a, a, 1 << 20, ncclFloat32, ncclMax, comm, stream);
+  CALL(a, b, 1, ncclFloat32, ncclSum, comm, stream);
+  CALL(a, b, 1 << 20, ncclFloat64, ncclSum, comm, stream);
+  CALL(a, b, 1 << 20, ncclFloat32, ncclProd, comm, stream);
+  CHECK(ncclGroupStart());
+  EXPECT("GroupStart");
+  CALL(a, a, 1 << 20, ncclInt32, ncclSum, comm, stream);
+  CALL_IN_GROUP(a, a, 1 << 20, ncclFloat32, ncclSum, comm, stream);
+  CHECK(ncclGroupStart()); /* nested: only the outer end closes the group */
+  EXPECT("GroupStart");
+  CALL_IN_GROUP(b, b, 1 << 18, ncclFloat16, ncclAvg, comm, (cudaStream_t)0);
+  CHECK(ncclGroupEnd());
+  EXPECT("GroupEnd");
+  CALL(b, b, 7, ncclFloat32, ncclSum, comm, stream);
+  CHECK(ncclGroupEnd());
+  EXPECT("GroupEnd");
+  for (int i = 0; i < numDeferred; ++i) EXPECT("%s", deferred[i]);
+  numDeferred = 0;
+  CALL(a, a, 1 << 22, ncclFloat32, ncclSum, comm, stream);
+  CALL(b, a, 1 << 22, ncclBfloat16, ncclAvg, comm, stream);
+  CALL(a, a, 1 << 22, ncclFloat32, ncclSum, comm, stream);
+  CHECK(ncclCommDestroy(comm));
+  EXPECT("CommDestroy comm=%p", (void*)comm);
+  return 0;
+}
+
+#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 18, 0)
+/* Non-blocking communicators (and a split child inheriting that) pass
+ * through without gradcomp trying to set up; a blocking one made with a
+ * config is set up as usual (and fails without a GPU). */
+static int nonblocking(void) {
+  cudaStream_t stream = (cudaStream_t)(uintptr_t)0x2000;
+  char* a = (char*)(uintptr_t)0x7f0000000000ull;
+  ncclUniqueId id;
+  memset(&id, 0, sizeof(id));
+  ncclConfig_t cfg = NCCL_CONFIG_INITIALIZER;
+  cfg.blocking = 0;
+  ncclComm_t nb = NULL, child = NULL, blocking = NULL;
+  CHECK(ncclCommInitRankConfig(&nb, 4, id, 0, &cfg));
+  EXPECT("CommInitRankConfig nranks=4 rank=0 blocking=0 comm=%p", (void*)nb);
+  CALL(a, a, 1 << 22, ncclFloat32, ncclSum, nb, stream);
+  CHECK(ncclCommSplit(nb, 1, 0, &child, NULL));
+  EXPECT("CommSplit parent=%p color=1 key=0 blocking=-1 comm=%p", (void*)nb, (void*)child);
+  CALL(a, a, 1 << 22, ncclFloat32, ncclSum, child, stream);
+  cfg.blocking = 1;
+  CHECK(ncclCommInitRankConfig(&blocking, 4, id, 0, &cfg));
+  EXPECT("CommInitRankConfig nranks=4 rank=0 blocking=1 comm=%p", (void*)blocking);
+  CALL(a, a, 1 << 22, ncclFloat32, ncclSum, blocking, stream);
+  CHECK(ncclCommAbort(child));
+  EXPECT("CommAbort comm=%p", (void*)child);
+  CHECK(ncclCommFinalize(nb));
+  EXPECT("CommFinalize comm=%p", (void*)nb);
+  CHECK(ncclCommDestroy(nb));
+  EXPECT("CommDestroy comm=%p", (void*)nb);
+  CHECK(ncclCommDestroy(blocking));
+  EXPECT("CommDestroy comm=%p", (void*)blocking);
+  return 0;
+}
+#endif
+
+__attribute__((visibility("default"))) int gcTestRunCalls(const char* mode) {
+  int rc;
+  if (strcmp(mode, "basic") == 0) {
+    rc = basic();
+#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 18, 0)
+  } else if (strcmp(mode, "nonblocking") == 0) {
+    rc = nonblocking();
+#endif
+  } else {
+    fprintf(stderr, "unknown mode %s\n", mode);
+    return 2;
+  }
+  fflush(stdout);
+  return rc;
+}

@@ -1,0 +1,7 @@
+/* Runs the calls of calls.c with NCCL linked by the program:
+ * preload_app [basic|nonblocking]. */
+int gcTestRunCalls(const char* mode);
+
+int main(int argc, char** argv) {
+  return gcTestRunCalls(argc > 1 ? argv[1] : "basic");
+}
