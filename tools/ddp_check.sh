@@ -1,93 +1,294 @@
 #!/usr/bin/env bash
-# PyTorch DDP under LD_PRELOAD on a GPU machine: 2 and 4 ranks on the GPU(s)
-# at hand (several ranks on one GPU get a distinct NCCL_HOSTID each and NCCL's
-# socket transport), uncompressed, QSGD 4-bit and DGC 0.1%. Records final
-# accuracy, the difference from uncompressed in points, whether parameters are
-# bitwise identical across ranks, and the compressed-call counts from the
-# preload library's INFO summary. Writes OUTDIR/ddp.json and OUTDIR/ddp.md.
-# Usage: tools/ddp_check.sh OUTDIR [BUILD_DIR]
+# PyTorch DDP under LD_PRELOAD on a GPU machine: the unchanged script
+# tools/ddp_train.py with 2 and 4 ranks sharing ONE GPU (each process its own
+# NCCL_HOSTID, NCCL over sockets on loopback: DESIGN.md's multi-rank set-up),
+# uncompressed, QSGD 4-bit and DGC 0.1%, plus a GRADCOMP_METHOD=none run under
+# the preload (pure pass-through). Records final test accuracy, the
+# difference from uncompressed in points, whether parameters are bitwise
+# identical across ranks, and the compressed-call counts from the preload
+# library's INFO summary lines. Writes OUTDIR/ddp.json and OUTDIR/ddp.md after
+# every run (so a time limit still leaves a report), logs in OUTDIR/ddp_*.log.
+#
+# Usage: tools/ddp_check.sh OUTDIR [BUILD_DIR]     (BUILD_DIR default build-gpu, else build)
+# GC_DDP_BUDGET_S (560) bounds the whole check, GC_DDP_RUN_TIMEOUT_S (150) one
+# run, GC_DDP_EPOCHS (40) the training, GC_DDP_GPU (0) the GPU all ranks share,
+# PYTHON (python3) the interpreter with torch and scikit-learn.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-out=${1:?usage: ddp_check.sh OUTDIR [BUILD_DIR]}
+root=$(pwd)
+out=${1:?usage: tools/ddp_check.sh OUTDIR [BUILD_DIR]}
 build=${2:-build-gpu}
 [ -d "$build" ] || build=build
 mkdir -p "$out"
-preload=$(pwd)/$build/plugin/preload/libgradcomp_preload.so
+out=$(cd "$out" && pwd)
+preload=$root/$build/plugin/preload/libgradcomp_preload.so
 py=${PYTHON:-python3}
+start=$(date +%s)
+deadline=$((start + ${GC_DDP_BUDGET_S:-560}))
+run_limit=${GC_DDP_RUN_TIMEOUT_S:-150}
 epochs=${GC_DDP_EPOCHS:-40}
-ngpu=$(nvidia-smi -L 2>/dev/null | wc -l)
-[ "$ngpu" -ge 1 ] || ngpu=1
+gpu=${GC_DDP_GPU:-0}
+: > "$out/ddp_runs.tsv"  # name, world, status, seconds, note
 
-run_ddp() {  # run_ddp NAME WORLD MOMENTUM PRELOAD(0/1) [ENV...]
+summarize() {
+  "$py" - "$out" <<'PY'
+import glob, json, os, re, sys
+out = sys.argv[1]
+SUMMARY = re.compile(r"summary comm (\S+) rank (\S+) method (\S+): (\d+) calls compressed, "
+                     r"(\d+) passed through, (\d+) bytes sent for (\d+) dense bytes")
+
+def load(name):
+    try:
+        with open(os.path.join(out, f"ddp_{name}.json")) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+def gradcomp_lines(name):
+    """Per-rank summary totals and the first gradcomp warning of a run."""
+    per_rank, warn = [], None
+    for log in sorted(glob.glob(os.path.join(out, f"ddp_{name}_r*.log"))):
+        text = open(log, errors="replace").read()
+        found = [m.groups() for m in SUMMARY.finditer(text)]
+        if found:
+            per_rank.append([sum(int(g[i]) for g in found) for i in (3, 4, 5, 6)])
+        if warn is None:
+            w = re.search(r"^gradcomp \d+ WARN (.*)$", text, re.M)
+            warn = w.group(1)[:300] if w else None
+    return per_rank, warn
+
+status = {}
+try:
+    for line in open(os.path.join(out, "ddp_runs.tsv")):
+        f = line.rstrip("\n").split("\t")
+        if len(f) >= 5:
+            status[f[0]] = (f[2], f[3], f[4])
+except OSError:
+    pass
+meta = {}
+try:
+    meta = json.load(open(os.path.join(out, "ddp_meta.json")))
+except (OSError, ValueError):
+    pass
+
+res = dict(meta)
+rows = []
+methods = ("none", "qsgd4", "dgc", "passthrough")
+for world in (2, 4):
+    base = load(f"none_n{world}")
+    for m in methods:
+        name = f"{m}_n{world}"
+        if name not in status:
+            continue
+        r = load(name)
+        acc = r["accuracy_pct"] if r else None
+        delta = acc - base["accuracy_pct"] if (r and base) else None
+        per_rank, warn = gradcomp_lines(name) if m != "none" else ([], None)
+        calls = sum(p[0] for p in per_rank) if per_rank else (0 if m == "none" else None)
+        passed = sum(p[1] for p in per_rank) if per_rank else None
+        sent = sum(p[2] for p in per_rank)
+        dense = sum(p[3] for p in per_rank)
+        ratio = dense / sent if sent else None
+        ident = r["params_identical"] if r else None
+        same_as_base = (r["param_hash"] == base["param_hash"]) if (r and base) else None
+        key = f"ddp_{m}_n{world}"
+        res[f"{key}_status"] = status[name][0]
+        res[f"{key}_acc_pct"] = acc
+        res[f"{key}_params_identical"] = ident
+        res[f"{key}_compressed_calls"] = calls
+        res[f"{key}_compressed_calls_per_rank"] = [p[0] for p in per_rank]
+        res[f"{key}_passed_calls"] = passed
+        res[f"{key}_wire_ratio"] = ratio
+        if m != "none":
+            res[f"{key}_acc_delta_pts"] = delta
+        if m == "passthrough":
+            res[f"{key}_params_equal_uncompressed"] = same_as_base
+        if r:
+            res.setdefault("torch_version", r.get("torch_version"))
+            res.setdefault("nccl_version", r.get("nccl_version"))
+            res.setdefault("num_params", r.get("num_params"))
+        rows.append((world, m, status[name], acc, delta, ident, calls, ratio, same_as_base, warn,
+                     r["steps"] if r else None))
+# Headline keys: the 4-rank runs, else the 2-rank ones.
+for m in ("qsgd4", "dgc"):
+    v = res.get(f"ddp_{m}_n4_acc_delta_pts")
+    res[f"ddp_{m}_acc_delta_pts"] = v if v is not None else res.get(f"ddp_{m}_n2_acc_delta_pts")
+ok_runs = [r for r in rows if r[2][0] == "ok"]
+res["ddp_params_identical_all_runs"] = (all(r[5] for r in ok_runs) if ok_runs else None)
+res["ddp_runs_ok"] = len(ok_runs)
+res["ddp_runs"] = len(rows)
+with open(os.path.join(out, "ddp.json"), "w") as f:
+    json.dump(res, f, indent=1, sort_keys=True)
+
+fmt = lambda v, f: "n/a" if v is None else f.format(v)
+label = {"none": "uncompressed (no preload)", "qsgd4": "QSGD 4-bit", "dgc": "DGC 0.1%",
+         "passthrough": "GRADCOMP_METHOD=none (preload, pass-through)"}
+with open(os.path.join(out, "ddp.md"), "w") as f:
+    f.write("### PyTorch DDP under LD_PRELOAD (MLP on scikit-learn digits)\n\n")
+    f.write(f"torch {res.get('torch_version')}, NCCL {res.get('nccl_version')}, "
+            f"{res.get('num_params')} parameters, {meta.get('epochs')} epochs, all ranks on one GPU "
+            f"(socket transport: times are not meaningful), GRADCOMP_GROUP={meta.get('group')}.\n\n")
+    f.write("| ranks | run | status | steps | test accuracy % | vs uncompressed (pts) | "
+            "params identical on all ranks | compressed calls (all ranks) | dense/wire bytes |\n"
+            "|---|---|---|---|---|---|---|---|---|\n")
+    for world, m, st, acc, delta, ident, calls, ratio, same, warn, steps in rows:
+        state = st[0] + (f" ({st[2]})" if st[2] else "")
+        f.write(f"| {world} | {label[m]} | {state} | {fmt(steps, '{}')} | {fmt(acc, '{:.2f}')} | "
+                f"{'-' if m == 'none' else fmt(delta, '{:+.2f}')} | {fmt(ident, '{}')} | {fmt(calls, '{}')} | "
+                f"{fmt(ratio, '{:.2f}x')} |\n")
+    f.write("\nGoal: |difference| <= 1 point, parameters identical on all ranks, compressed calls "
+            "> 0. DGC runs use --momentum 0 (gradcomp's momentum correction replaces the "
+            "optimizer's).\n")
+    same = [r for r in rows if r[1] == "passthrough" and r[8] is not None]
+    for r in same:
+        f.write(f"\nPass-through run ({r[0]} ranks) ends with parameters "
+                f"{'bitwise equal to' if r[8] else 'different from'} the run without the preload.\n")
+    warns = [(r[0], r[1], r[9]) for r in rows if r[9]]
+    if warns:
+        f.write("\ngradcomp warnings (first per run):\n\n")
+        for world, m, w in warns:
+            f.write(f"- {world} ranks, {label[m]}: `{w}`\n")
+    bad = [r for r in rows if r[2][0] != "ok"]
+    if bad:
+        f.write("\nRuns that did not finish: see ddp_<run>_r<rank>.log in the raw outputs.\n")
+PY
+}
+
+note_run() {  # note_run NAME WORLD STATUS SECONDS NOTE
+  printf '%s\t%s\t%s\t%s\t%s\n' "$@" >> "$out/ddp_runs.tsv"
+  summarize > /dev/null 2>&1 || echo "ddp_check: could not write the summary" >&2
+}
+
+pids=()
+stop() {
+  local p
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; done
+  sleep 2
+  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null; done
+  summarize > /dev/null 2>&1
+  echo "ddp_check: stopped; partial results in $out/ddp.md" >&2
+  exit 143
+}
+trap stop TERM INT
+
+give_up() {  # writes the reason as the report and exits
+  echo "ddp_check: $1" >&2
+  "$py" -c 'import json,sys; json.dump({"ddp_error": sys.argv[2]}, open(sys.argv[1], "w"))' \
+    "$out/ddp.json" "$1" 2>/dev/null || echo "{\"ddp_error\": \"see ddp.md\"}" > "$out/ddp.json"
+  printf '### PyTorch DDP under LD_PRELOAD\n\nNot run: %s\n' "$1" > "$out/ddp.md"
+  exit 1
+}
+
+# --- prerequisites, each with a clear message
+if ! "$py" -c 'import torch, sklearn, numpy' > "$out/ddp_prereq.log" 2>&1; then
+  give_up "$py cannot import torch, sklearn and numpy ($(tail -1 "$out/ddp_prereq.log"))"
+fi
+if ! CUDA_VISIBLE_DEVICES=$gpu "$py" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' \
+    >> "$out/ddp_prereq.log" 2>&1; then
+  give_up "PyTorch sees no CUDA device (CUDA_VISIBLE_DEVICES=$gpu)"
+fi
+if [ ! -f "$preload" ]; then
+  echo "ddp_check: building the interposer in $build"
+  cmake --build "$build" --target gradcomp_preload -j 8 >> "$out/ddp_prereq.log" 2>&1 ||
+    give_up "$preload is missing and could not be built (configure $build with CMake first)"
+fi
+torch_version=$("$py" -c 'import torch; print(torch.__version__)' 2>/dev/null)
+# PyTorch before 2.3 wraps every collective in ncclGroupStart/End: without
+# fusing, gradcomp would pass all of them through.
+group=pass
+if "$py" -c 'import sys, torch; v = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]); sys.exit(0 if v < (2, 3) else 1)' 2>/dev/null; then
+  group=fuse
+fi
+"$py" -c 'import json, sys; json.dump({"epochs": int(sys.argv[2]), "group": sys.argv[3], "preload": sys.argv[4]}, open(sys.argv[1], "w"))' \
+  "$out/ddp_meta.json" "$epochs" "$group" "$preload"
+echo "ddp_check: torch $torch_version, GPU $gpu, GRADCOMP_GROUP=$group, results in $out"
+
+free_port() {
+  "$py" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# run_ddp NAME WORLD MOMENTUM PRELOAD(0/1) [VAR=VALUE...]
+run_ddp() {
   local name=$1 world=$2 mom=$3 use_preload=$4
   shift 4
-  local port=$((20000 + RANDOM % 20000)) pids=() r
+  local now left limit t0 port r p status note="" alive failed
+  now=$(date +%s)
+  left=$((deadline - now))
+  if [ "$left" -lt 40 ]; then
+    note_run "$name" "$world" skipped 0 "time budget spent"
+    echo "ddp_check: $name skipped (time budget spent)"
+    return 1
+  fi
+  limit=$run_limit
+  [ "$limit" -gt $((left - 10)) ] && limit=$((left - 10))
+  port=$(free_port)
+  rm -f "$out/ddp_$name.json"
+  t0=$(date +%s)
+  pids=()
   for r in $(seq 0 $((world - 1))); do
-    local envs=(RANK=$r WORLD_SIZE=$world LOCAL_RANK=$((r % ngpu)) MASTER_ADDR=127.0.0.1
-                MASTER_PORT=$port GRADCOMP_DEBUG=INFO "$@")
-    if [ "$ngpu" -lt "$world" ]; then
-      envs+=(NCCL_HOSTID=host-$r NCCL_NET=Socket NCCL_SOCKET_IFNAME=lo NCCL_IB_DISABLE=1
-             NCCL_P2P_DISABLE=1 NCCL_SHM_DISABLE=1 NCCL_NVLS_ENABLE=0)
-    fi
+    local envs=(CUDA_VISIBLE_DEVICES=$gpu RANK=$r WORLD_SIZE=$world LOCAL_RANK=0
+                MASTER_ADDR=127.0.0.1 MASTER_PORT=$port OMP_NUM_THREADS=2
+                NCCL_HOSTID=host-$r NCCL_NET=Socket NCCL_SOCKET_IFNAME=lo NCCL_IB_DISABLE=1
+                NCCL_P2P_DISABLE=1 NCCL_SHM_DISABLE=1 NCCL_NVLS_ENABLE=0 NCCL_DEBUG=WARN
+                TORCH_NCCL_USE_COMM_NONBLOCKING=0 GRADCOMP_DEBUG=INFO GRADCOMP_GROUP=$group "$@")
     [ "$use_preload" = 1 ] && envs+=(LD_PRELOAD=$preload)
-    env "${envs[@]}" timeout 600 "$py" tools/ddp_train.py --epochs "$epochs" --momentum "$mom" \
-      --out "$out/ddp_${name}.json" > "$out/ddp_${name}_r$r.log" 2>&1 &
+    env "${envs[@]}" timeout -k 5 "$limit" "$py" tools/ddp_train.py --epochs "$epochs" \
+      --momentum "$mom" --out "$out/ddp_$name.json" > "$out/ddp_${name}_r$r.log" 2>&1 &
     pids+=($!)
   done
-  local rc=0
-  for p in "${pids[@]}"; do wait "$p" || rc=1; done
-  return $rc
+  # One rank failing leaves the others waiting on it: stop them all.
+  local -A rcs=()
+  failed=0
+  while :; do
+    alive=0
+    for p in "${pids[@]}"; do
+      [ -n "${rcs[$p]:-}" ] && continue
+      if kill -0 "$p" 2>/dev/null; then
+        alive=1
+        continue
+      fi
+      wait "$p"
+      rcs[$p]=$?
+      [ "${rcs[$p]}" != 0 ] && [ "$failed" = 0 ] && failed=${rcs[$p]}
+    done
+    [ "$alive" = 0 ] && break
+    if [ "$failed" != 0 ]; then
+      for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; done
+    fi
+    sleep 1
+  done
+  pids=()
+  case $failed in
+    0) status=ok ;;
+    124 | 137) status="timed out"; note="after ${limit}s" ;;
+    *) status=failed; note="exit $failed" ;;
+  esac
+  [ "$status" = ok ] && [ ! -f "$out/ddp_$name.json" ] && { status=failed; note="no result"; }
+  note_run "$name" "$world" "$status" "$(($(date +%s) - t0))" "$note"
+  echo "ddp_check: $name ($world ranks): $status $note in $(($(date +%s) - t0))s"
+  [ "$status" = ok ]
 }
 
 for world in 2 4; do
-  run_ddp "none_n$world" $world 0.9 0
-  run_ddp "qsgd4_n$world" $world 0.9 1 GRADCOMP_METHOD=qsgd GRADCOMP_BITS=4
-  run_ddp "dgc_n$world" $world 0 1 GRADCOMP_METHOD=dgc GRADCOMP_DENSITY=0.001 \
+  run_ddp "none_n$world" "$world" 0.9 0
+  run_ddp "qsgd4_n$world" "$world" 0.9 1 GRADCOMP_METHOD=qsgd GRADCOMP_BITS=4
+  run_ddp "dgc_n$world" "$world" 0 1 GRADCOMP_METHOD=dgc GRADCOMP_DENSITY=0.001 \
     GRADCOMP_MOMENTUM=0.9 GRADCOMP_WARMUP_STEPS=100
 done
+run_ddp passthrough_n2 2 0.9 1 GRADCOMP_METHOD=none
 
-"$py" - "$out" <<'PY'
-import glob, json, os, re, sys
-out = sys.argv[1]
-def load(name):
-    try:
-        return json.load(open(os.path.join(out, f"ddp_{name}.json")))
-    except Exception:
-        return None
-def compressed_calls(name):
-    total = 0
-    found = False
-    for log in glob.glob(os.path.join(out, f"ddp_{name}_r*.log")):
-        for m in re.finditer(r"summary comm \S+ rank \d+: (\d+) calls compressed, (\d+) passed through.*ratio ([0-9.]+)", open(log, errors="replace").read()):
-            total += int(m.group(1)); found = True
-    return total if found else None
-rows, res = [], {}
-for world in (2, 4):
-    base = load(f"none_n{world}")
-    for m in ("none", "qsgd4", "dgc"):
-        r = load(f"{m}_n{world}")
-        acc = r["accuracy_pct"] if r else None
-        delta = (acc - base["accuracy_pct"]) if (r and base) else None
-        calls = compressed_calls(f"{m}_n{world}") if m != "none" else 0
-        ident = r["params_identical"] if r else None
-        rows.append((world, m, acc, delta, ident, calls))
-        res[f"ddp_{m}_n{world}_acc_pct"] = acc
-        res[f"ddp_{m}_n{world}_params_identical"] = ident
-        res[f"ddp_{m}_n{world}_compressed_calls"] = calls
-        if m != "none":
-            res[f"ddp_{m}_n{world}_acc_delta_pts"] = delta
-# Headline keys: the 4-rank runs (2-rank when 4 failed).
-for m in ("qsgd4", "dgc"):
-    res[f"ddp_{m}_acc_delta_pts"] = res.get(f"ddp_{m}_n4_acc_delta_pts")
-    if res[f"ddp_{m}_acc_delta_pts"] is None:
-        res[f"ddp_{m}_acc_delta_pts"] = res.get(f"ddp_{m}_n2_acc_delta_pts")
-json.dump(res, open(os.path.join(out, "ddp.json"), "w"), indent=1)
-fmt = lambda v, f: "n/a" if v is None else f.format(v)
-with open(os.path.join(out, "ddp.md"), "w") as f:
-    f.write("### PyTorch DDP under LD_PRELOAD (MLP on digits)\n\n")
-    f.write("| ranks | method | test accuracy % | delta vs uncompressed (pts) | params identical on all ranks | compressed calls (all ranks) |\n|---|---|---|---|---|---|\n")
-    for world, m, acc, delta, ident, calls in rows:
-        f.write(f"| {world} | {m} | {fmt(acc, '{:.2f}')} | {fmt(delta, '{:+.2f}')} | {ident} | {calls} |\n")
-    f.write("\nGoal: |delta| <= 1 point. Ranks sharing one GPU use NCCL's socket transport: times are not meaningful.\n")
-print(open(os.path.join(out, "ddp.md")).read())
+summarize
+cat "$out/ddp.md"
+# Fails when a compressed run did not finish or compressed nothing.
+"$py" - "$out/ddp.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+bad = [k for k in r if k.endswith("_status") and r[k] != "ok"]
+none = [k for k in r if k.endswith("_compressed_calls") and ("qsgd4" in k or "dgc" in k)
+        and not r[k]]
+for k in bad:
+    print(f"ddp_check: {k[:-7]} did not finish: {r[k]}")
+for k in none:
+    print(f"ddp_check: {k[:-17]} compressed no call")
+sys.exit(1 if bad or none else 0)
 PY

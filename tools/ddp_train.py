@@ -5,29 +5,44 @@ Nothing in it knows about gradcomp: compression enters only through
 LD_PRELOAD=libgradcomp_preload.so and GRADCOMP_* variables. Launched one
 process per rank with the usual env:// variables (RANK, WORLD_SIZE,
 MASTER_ADDR, MASTER_PORT, LOCAL_RANK) by torchrun or tools/ddp_check.sh.
-Rank 0 writes a JSON result: final test accuracy, loss, and whether the
-parameters are bitwise identical on every rank (SHA-256 of their bytes).
+Fixed seeds and a fixed data order, so runs differ only by what the
+allreduce does. Rank 0 prints (and with --out writes) a JSON result: final
+test accuracy and loss, and whether the parameters are bitwise identical on
+every rank (SHA-256 of their bytes, gathered from all ranks).
 
-With DGC momentum correction (GRADCOMP_METHOD=dgc) pass --momentum 0: gradcomp
-accumulates the velocity itself, so the optimizer's momentum must be off.
+With DGC momentum correction (GRADCOMP_METHOD=dgc, on by default) pass
+--momentum 0: gradcomp accumulates the velocity itself, so the optimizer's
+own momentum must be off.
 """
 import argparse
+import datetime
 import hashlib
 import json
 import os
 import sys
 import time
 
-import numpy as np
-import torch
-import torch.distributed as dist
-import torch.nn as nn
-from torch.nn.parallel import DistributedDataParallel as DDP
+
+def fail(msg):
+    print(f"ddp_train.py: {msg}", file=sys.stderr, flush=True)
+    sys.exit(3)
+
+
+try:
+    import numpy as np
+    import torch
+    import torch.distributed as dist
+    import torch.nn as nn
+    from torch.nn.parallel import DistributedDataParallel as DDP
+except ImportError as e:  # pragma: no cover - depends on the machine
+    fail(f"needs PyTorch and NumPy ({e})")
 
 
 def load_data():
-    from sklearn.datasets import load_digits  # ships its data: no download
-
+    try:
+        from sklearn.datasets import load_digits  # ships its data: no download
+    except ImportError as e:
+        fail(f"needs scikit-learn for the digits data set ({e})")
     x, y = load_digits(return_X_y=True)
     x = (x / 16.0).astype(np.float32)
     perm = np.random.RandomState(0).permutation(len(x))
@@ -35,18 +50,37 @@ def load_data():
     return x[perm[:cut]], y[perm[:cut]], x[perm[cut:]], y[perm[cut:]]
 
 
+def preload_loaded():
+    """True when libgradcomp_preload.so is mapped into this process."""
+    try:
+        with open("/proc/self/maps") as f:
+            return "libgradcomp_preload" in f.read()
+    except OSError:
+        return False
+
+
 def main():
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--lr", type=float, default=0.05)
-    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--momentum", type=float, default=0.9,
+                   help="SGD momentum; 0 with GRADCOMP_METHOD=dgc (momentum correction)")
     p.add_argument("--hidden", type=int, default=512)
     p.add_argument("--batch", type=int, default=16, help="per rank")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="JSON result file (rank 0)")
+    p.add_argument("--timeout", type=float, default=180,
+                   help="seconds a collective may hang before PyTorch aborts it")
+    p.add_argument("--out", default=None, help="JSON result file (written by rank 0)")
     args = p.parse_args()
 
-    dist.init_process_group("nccl")
+    if not torch.cuda.is_available():
+        fail("no CUDA device visible: this script trains with the NCCL backend on a GPU")
+    for v in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        if v not in os.environ:
+            fail(f"{v} is not set: launch with torchrun or tools/ddp_check.sh")
+
+    dist.init_process_group("nccl", timeout=datetime.timedelta(seconds=args.timeout))
     rank, world = dist.get_rank(), dist.get_world_size()
     ndev = torch.cuda.device_count()
     torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank)) % ndev)
@@ -85,27 +119,36 @@ def main():
         logits = model(xte)
         acc = (logits.argmax(1) == yte).float().mean().item() * 100.0
         test_loss = lossf(logits, yte).item()
-    blob = b"".join(p.detach().cpu().numpy().tobytes() for p in model.parameters())
+    blob = b"".join(q.detach().cpu().numpy().tobytes() for q in model.parameters())
     digest = hashlib.sha256(blob).hexdigest()
     hashes = [None] * world
     dist.all_gather_object(hashes, digest)
+    try:
+        nccl_version = ".".join(str(v) for v in torch.cuda.nccl.version())
+    except Exception:  # noqa: BLE001 - only informative
+        nccl_version = None
     result = {
         "world": world,
         "epochs": args.epochs,
         "steps": steps,
+        "momentum": args.momentum,
         "accuracy_pct": acc,
         "test_loss": test_loss,
+        "param_hash": digest,
         "param_hashes": hashes,
         "params_identical": len(set(hashes)) == 1,
         "train_seconds": train_s,
-        "gradcomp_method": (os.environ.get("GRADCOMP_METHOD", "qsgd")
-                            if "gradcomp" in os.environ.get("LD_PRELOAD", "") else "none"),
+        "preload_loaded": preload_loaded(),
+        "gradcomp_method": os.environ.get("GRADCOMP_METHOD", "qsgd") if preload_loaded() else None,
+        "torch_version": torch.__version__,
+        "nccl_version": nccl_version,
+        "num_params": sum(q.numel() for q in model.parameters()),
     }
     if rank == 0:
         print(json.dumps(result), flush=True)
         if args.out:
             with open(args.out, "w") as f:
-                json.dump(result, f)
+                json.dump(result, f, indent=1)
     dist.barrier()
     dist.destroy_process_group()
     return 0
