@@ -33,6 +33,9 @@ struct SparseCall {
   bool dense = false;              // dense fallback taken
   bool rsum = false;               // the values went through an fp32 allreduce (rand-k, dense)
   std::vector<uint64_t> selected;  // per rank (sparse exchange only)
+  // With rsum: sum of |term| over the ranks for each output element (0
+  // where nothing was summed), to bound another summation order's error.
+  std::vector<float> absSum;
 };
 
 inline gc::DType refDType(ncclDataType_t t) {
@@ -152,16 +155,22 @@ inline std::vector<float> refSparse(const gradcompConfig_t& cfg, gc::DType t, bo
     std::vector<uint32_t> idx(p.k);
     for (size_t j = 0; j < p.k; ++j) idx[j] = permute(key, (uint32_t)j, (uint32_t)n);
     std::vector<float> val(p.k, 0.0f);
+    call.absSum.assign(n, 0.0f);
     for (int r = 0; r < N; ++r) {
       for (size_t j = 0; j < p.k; ++j) {
         val[j] = gc::fadd(val[j], st[r].v[idx[j]]);
+        call.absSum[idx[j]] += fabsf(st[r].v[idx[j]]);
         st[r].v[idx[j]] = 0.0f;
       }
     }
     for (size_t j = 0; j < p.k; ++j) out[idx[j]] = gc::fadd(out[idx[j]], val[j]);
   } else if (call.dense) {
+    call.absSum.assign(n, 0.0f);
     for (int r = 0; r < N; ++r) {
-      for (size_t i = 0; i < n; ++i) out[i] = gc::fadd(out[i], st[r].v[i]);
+      for (size_t i = 0; i < n; ++i) {
+        out[i] = gc::fadd(out[i], st[r].v[i]);
+        call.absSum[i] += fabsf(st[r].v[i]);
+      }
       std::fill(st[r].v.begin(), st[r].v.end(), 0.0f);
       if (masking) std::fill(st[r].u.begin(), st[r].u.end(), 0.0f);
     }
