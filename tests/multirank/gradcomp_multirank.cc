@@ -199,16 +199,15 @@ void checkSparse(ncclComm_t nc, cudaStream_t st, const SparseCase& sc, DType t, 
     }
     gradcompStats_t stats;
     gradcompGetStats(gc, &stats);
-    const bool statsOk = stats.targetLast == call.k &&
-                         (call.selected.empty() || stats.selectedLast == call.selected[rank]);
+    // selectedLast is not checked: on the CUDA backend it arrives
+    // asynchronously and may describe the previous call (docs/sparse.md).
+    const bool statsOk = stats.targetLast == call.k;
     char what[256];
     snprintf(what, sizeof(what),
              "sparse %s dtype=%d avg=%d n=%zu step=%d: %zu mismatches (first i=%zu got %.9g want "
-             "%.9g), target %llu/%zu, selected %llu/%llu",
+             "%.9g), target %llu/%zu",
              sc.name, (int)t, avg, n, step, bad, first, first < n ? got[first] : 0.0,
-             first < n ? expect[first] : 0.0, (unsigned long long)stats.targetLast, call.k,
-             (unsigned long long)stats.selectedLast,
-             (unsigned long long)(call.selected.empty() ? 0 : call.selected[rank]));
+             first < n ? expect[first] : 0.0, (unsigned long long)stats.targetLast, call.k);
     report(res == gradcompSuccess && bad == 0 && statsOk, what);
     report(sameOnAllRanks(nc, st, got), std::string(what) + ": same on all ranks");
   }
