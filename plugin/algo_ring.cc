@@ -106,15 +106,8 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
   const float divisor = a.average ? (float)n : 1.0f;
   for (int i = 0; i < n; ++i) {
     const int j = mod(i + 1);
-    if (len(j) == 0) continue;
-    char* out = static_cast<char*>(a.recv) + L.off[j] * esz;
-    if (a.dtype == DType::F32 && divisor == 1.0f) {
-      GC_CHECK(be.qsgdDecode(gather + i * L.slot, len(j), bits, d, reinterpret_cast<float*>(out),
-                             false));
-    } else {
-      GC_CHECK(be.qsgdDecode(gather + i * L.slot, len(j), bits, d, acc, false));
-      GC_CHECK(be.fromFloat(acc, len(j), divisor, a.dtype, out));
-    }
+    GC_CHECK(decodeToOutput(be, gather + i * L.slot, len(j), bits, d, divisor, a.dtype,
+                            static_cast<char*>(a.recv) + L.off[j] * esz, acc));
   }
   return gradcompSuccess;
 }

@@ -44,6 +44,12 @@ size_t sparseWireBytes(const gradcompComm& c, size_t count, uint64_t calls);
 // Dense algorithm for (method, size, ranks) when config says auto.
 const Algorithm& pickDenseAlgorithm(const gradcompComm& c, size_t count);
 
+// Decodes one encoded chunk into the caller's output: straight into an fp32
+// Sum output, otherwise through `scratch` (fp32) and one conversion, where
+// Avg divides (once, at the end).
+gradcompResult_t decodeToOutput(Backend& be, const void* enc, size_t len, int bits, int bucket,
+                                float divisor, DType t, void* out, float* scratch);
+
 // Workspace offsets aligned to 256 bytes.
 inline size_t alignUp(size_t x, size_t a = 256) {
   return (x + a - 1) / a * a;

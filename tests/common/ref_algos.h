@@ -21,7 +21,6 @@ namespace ref {
 
 using gc::DType;
 
-
 struct Rank {
   std::vector<uint16_t> half;  // fp16/bf16 storage
   std::vector<float> f32;
@@ -51,7 +50,7 @@ inline std::vector<size_t> split(size_t count, int parts, size_t d) {
 }
 
 inline std::vector<uint8_t> enc(const void* x, DType t, float* res, size_t n, int bits, int d,
-                         uint64_t key) {
+                                uint64_t key) {
   std::vector<uint8_t> out(gradcompQsgdEncodedBytes(n, bits, d) + 4);
   if (n) EXPECT_EQ(gradcompQsgdEncodeTypedHost(x, nccl(t), res, n, bits, d, key, out.data()), 0);
   return out;
@@ -76,8 +75,8 @@ inline std::vector<float> finish(const std::vector<float>& sum, DType t, float d
 
 // Serial references of the three algorithms (one call, all ranks), written
 // from their description rather than from the library's code.
-inline std::vector<float> refTwoShot(std::vector<Rank>& R, DType t, size_t n, const gradcompConfig_t& c,
-                              uint64_t step, bool avg) {
+inline std::vector<float> refTwoShot(std::vector<Rank>& R, DType t, size_t n,
+                                     const gradcompConfig_t& c, uint64_t step, bool avg) {
   const int N = (int)R.size(), d = c.bucketSize, b = c.bits;
   auto off = split(n, N, d);
   std::vector<float> result(n);
@@ -118,8 +117,8 @@ inline std::vector<float> refTwoShot(std::vector<Rank>& R, DType t, size_t n, co
   return finish(result, t, avg ? (float)N : 1.0f);
 }
 
-inline std::vector<float> refRing(std::vector<Rank>& R, DType t, size_t n, const gradcompConfig_t& c,
-                           uint64_t step, bool avg) {
+inline std::vector<float> refRing(std::vector<Rank>& R, DType t, size_t n,
+                                  const gradcompConfig_t& c, uint64_t step, bool avg) {
   const int N = (int)R.size(), d = c.bucketSize, b = c.bits;
   auto off = split(n, N, d);
   std::vector<float> result(n);
@@ -150,8 +149,8 @@ inline std::vector<float> refRing(std::vector<Rank>& R, DType t, size_t n, const
   return finish(result, t, avg ? (float)N : 1.0f);
 }
 
-inline std::vector<float> refAllgather(std::vector<Rank>& R, DType t, size_t n, const gradcompConfig_t& c,
-                                uint64_t step, bool avg) {
+inline std::vector<float> refAllgather(std::vector<Rank>& R, DType t, size_t n,
+                                       const gradcompConfig_t& c, uint64_t step, bool avg) {
   const int N = (int)R.size();
   std::vector<float> acc(n);
   for (int i = 0; i < N; ++i) {

@@ -12,7 +12,9 @@
 
 namespace {
 
-ncclComm_t fakeComm() { return (ncclComm_t)(uintptr_t)0x1000; }
+ncclComm_t fakeComm() {
+  return (ncclComm_t)(uintptr_t)0x1000;
+}
 
 TEST(NcclErrors, FailedCallIsNcclErrorWithNcclsSentence) {
   setenv("FAKE_NCCL_FAIL", "1", 1);
