@@ -40,6 +40,13 @@ struct Scratch {
       temp, tempBytes, total;
 };
 
+// The sample's count for the sort, the same type in the size query and the
+// call. A sample may exceed INT_MAX (n < 2^32 - 1 with a sample rate near
+// 1); an int count would be negative there.
+uint32_t sortCount(size_t m) {
+  return (uint32_t)m;
+}
+
 size_t up(size_t x) {
   return (x + 255) / 256 * 256;
 }
@@ -50,7 +57,7 @@ Scratch layout(size_t n, size_t m) {
   s.chunks = (n + sparse::kNormChunk - 1) / sparse::kNormChunk;
   size_t sortBytes = 0, scanBytes = 0;
   gradcomp_cub::cub::DeviceRadixSort::SortKeys(nullptr, sortBytes, (const uint32_t*)nullptr,
-                                               (uint32_t*)nullptr, (int)(m > 0 ? m : 1));
+                                               (uint32_t*)nullptr, sortCount(m > 0 ? m : 1));
   gradcomp_cub::cub::DeviceScan::ExclusiveSum(nullptr, scanBytes, (const uint32_t*)nullptr,
                                               (uint32_t*)nullptr, (int)(s.tiles > 0 ? s.tiles : 1));
   s.tempBytes = sortBytes > scanBytes ? sortBytes : scanBytes;
@@ -377,7 +384,7 @@ cudaError_t selectThreshold(const float* v, size_t n, const sparse::Plan& p, con
                                                         keys);
   size_t tempBytes = L.tempBytes;
   cudaError_t err = gradcomp_cub::cub::DeviceRadixSort::SortKeys(
-      at<char>(scratch, L.temp), tempBytes, keys, sorted, (int)p.sample, 0, 32, s);
+      at<char>(scratch, L.temp), tempBytes, keys, sorted, sortCount(p.sample), 0, 32, s);
   if (err != cudaSuccess) return err;
   thresholdRuleKernel<<<1, 1, 0, s>>>(sorted, p.sample, p.keep, at<SelectRule>(scratch, L.rule));
   return compact(v, n, p.kmax, idx, selectedDev, scratch, L, s);
