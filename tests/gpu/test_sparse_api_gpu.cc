@@ -41,6 +41,7 @@ class TopkApiGpu : public gctest::GpuTest {
     DeviceBuffer<uint64_t> dsel(1);
     ASSERT_EQ(cudaMemset(dsel.get(), 0x5a, 8), cudaSuccess);
     DeviceBuffer<char> ws(bytes);
+    gctest::settle();
     ASSERT_EQ(
         gradcompTopkSelect(dv.get(), n, density, oversample, sampleRate, exact, seed, didx.get(),
                            withCount ? dsel.get() : nullptr, ws.get(), bytes, stream),
@@ -83,6 +84,7 @@ TEST_F(TopkApiGpu, LargeVectorWithSparseSample) {
 TEST_F(TopkApiGpu, ZeroLengthWritesZeroCount) {
   DeviceBuffer<uint64_t> dsel(1);
   ASSERT_EQ(cudaMemset(dsel.get(), 0x5a, 8), cudaSuccess);
+  gctest::settle();
   ASSERT_EQ(gradcompTopkSelect(nullptr, 0, 0.01f, 2.0f, 0.01f, 0, 0, nullptr, dsel.get(), nullptr,
                                0, stream),
             gradcompSuccess)
