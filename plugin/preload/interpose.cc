@@ -49,7 +49,11 @@ std::map<ncclComm_t, CommEntry> gComms;
 std::set<ncclComm_t> gNonBlocking;
 gradcompConfig_t gConfig;
 int gConfigState = 0;  // 0 unread, 1 ok, -1 bad (pass everything through)
-bool gFuse = false;
+// Calls inside a user ncclGroupStart/End: defer (compress each at the outer
+// ncclGroupEnd), fuse (one compressed allreduce per comm/stream/type/op at
+// the outer ncclGroupEnd) or pass (always to NCCL, inside the group).
+enum class GroupMode { Defer, Fuse, Pass };
+GroupMode gGroup = GroupMode::Defer;
 thread_local int tGroupDepth = 0;
 thread_local std::vector<Deferred> tDeferred;
 
@@ -68,10 +72,14 @@ bool configOk() {
     } else {
       gConfigState = 1;
     }
-    const char* g = gc::paramString("GRADCOMP_GROUP", "pass");
-    gFuse = strcasecmp(g, "fuse") == 0;
-    if (!gFuse && strcasecmp(g, "pass") != 0) {
-      fprintf(stderr, "gradcomp WARN GRADCOMP_GROUP=%s is not pass or fuse; using pass\n", g);
+    const char* g = gc::paramString("GRADCOMP_GROUP", "defer");
+    if (strcasecmp(g, "fuse") == 0) {
+      gGroup = GroupMode::Fuse;
+    } else if (strcasecmp(g, "pass") == 0) {
+      gGroup = GroupMode::Pass;
+    } else if (strcasecmp(g, "defer") != 0) {
+      fprintf(stderr, "gradcomp WARN GRADCOMP_GROUP=%s is not defer, fuse or pass; using defer\n",
+              g);
     }
   }
   return gConfigState == 1;
@@ -292,9 +300,10 @@ __attribute__((visibility("default"))) ncclResult_t ncclAllReduce(const void* se
   if (!gc::ncclResolved() || !configOk() || !eligible(count, datatype, op)) {
     return forwardAllReduce(sendbuff, recvbuff, count, datatype, op, comm, stream);
   }
-  // Inside a user group calls pass through, or with GRADCOMP_GROUP=fuse
-  // are deferred to the outer ncclGroupEnd when this comm can compress.
-  if (tGroupDepth > 0 && !gFuse) {
+  // Inside a user group, calls of a comm that compresses are deferred to the
+  // outer ncclGroupEnd (PyTorch's ProcessGroupNCCL has wrapped even single
+  // collectives in a group), or pass through with GRADCOMP_GROUP=pass.
+  if (tGroupDepth > 0 && gGroup == GroupMode::Pass) {
     return forwardAllReduce(sendbuff, recvbuff, count, datatype, op, comm, stream);
   }
   gradcompComm_t gc = commFor(comm);
@@ -320,7 +329,19 @@ __attribute__((visibility("default"))) ncclResult_t ncclGroupEnd() {
   if (tGroupDepth == 0 && !tDeferred.empty()) {
     std::vector<Deferred> calls;
     calls.swap(tDeferred);
-    ncclResult_t f = runFused(calls);
+    ncclResult_t f = ncclSuccess;
+    if (gGroup == GroupMode::Fuse) {
+      f = runFused(calls);
+    } else {
+      for (const Deferred& d : calls) {
+        gradcompComm_t gc = commFor(d.comm);
+        ncclResult_t one =
+            gc ? compressOrForward(d.send, d.recv, d.count, d.type, d.op, d.comm, d.stream, gc,
+                                   false, 0)
+               : forwardAllReduce(d.send, d.recv, d.count, d.type, d.op, d.comm, d.stream);
+        if (one != ncclSuccess && f == ncclSuccess) f = one;
+      }
+    }
     if (r == ncclSuccess) r = f;
   }
   return r;

@@ -42,19 +42,20 @@ inline gc::DType refDType(ncclDataType_t t) {
   return t == ncclFloat16 ? gc::DType::F16 : t == ncclBfloat16 ? gc::DType::BF16 : gc::DType::F32;
 }
 
-// Squared norm in the order of sparse_math.cuh: lanes of a chunk, the
-// pairwise lane tree, then the chunk partials by lane and the tree again.
-inline float refSumSq(const std::vector<float>& g) {
+// Squared norm in double, in the order of sparse_math.cuh: lanes of a
+// chunk, the pairwise lane tree, then the chunk partials by lane and the
+// tree again.
+inline double refSumSq(const std::vector<float>& g) {
   using namespace gc::sparse;
   const size_t n = g.size(), chunks = (n + kNormChunk - 1) / kNormChunk;
-  std::vector<float> partial(chunks);
-  float lanes[kNormLanes];
+  std::vector<double> partial(chunks);
+  double lanes[kNormLanes];
   for (size_t c = 0; c < chunks; ++c) {
     for (int l = 0; l < kNormLanes; ++l) {
-      float s = 0.0f;
+      double s = 0.0;
       for (int i = 0; i < kNormPerLane; ++i) {
         const size_t j = c * kNormChunk + l + (size_t)i * kNormLanes;
-        if (j < n) s = gc::fadd(s, gc::fmul(g[j], g[j]));
+        if (j < n) s = s + (double)g[j] * (double)g[j];
       }
       lanes[l] = s;
     }
@@ -62,8 +63,8 @@ inline float refSumSq(const std::vector<float>& g) {
     partial[c] = lanes[0];
   }
   for (int l = 0; l < kNormLanes; ++l) {
-    float s = 0.0f;
-    for (size_t j = l; j < chunks; j += kNormLanes) s = gc::fadd(s, partial[j]);
+    double s = 0.0;
+    for (size_t j = l; j < chunks; j += kNormLanes) s = s + partial[j];
     lanes[l] = s;
   }
   treeSumHost(lanes);

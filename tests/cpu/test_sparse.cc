@@ -526,6 +526,51 @@ TEST(SparseDgcCpu, ExtrasMatchPerStepReference) {
   }
 }
 
+// Clipping is for exploding gradients: a huge but finite gradient (norm
+// 2e19, whose fp32 sum of squares would overflow to Inf) is still scaled to
+// ||g|| = clipNorm/sqrt(N), in direction and size (to fp32 rounding).
+TEST(SparseDgcCpu, ClippingHoldsForHugeFiniteGradients) {
+  const int N = 2;
+  const size_t n = (size_t)1 << 20;
+  gradcompConfig_t cfg = sparseConfig(gradcompMethodDgc);
+  cfg.momentumCorrection = 0;
+  cfg.momentumMasking = 0;
+  cfg.clipNorm = 4.0f;
+  gctest::CpuWorld world(N, cfg);
+  std::vector<std::vector<float>> g(N), buf(N);
+  for (int r = 0; r < N; ++r) {
+    g[r] = gctest::normal(n, 40 + r, 2e16f);
+    buf[r] = g[r];
+  }
+  auto rc = world.run([&](int r) {
+    return gradcompAllReduce(buf[r].data(), buf[r].data(), n, ncclFloat32, ncclSum, world.comm(r),
+                             nullptr);
+  });
+  for (int r = 0; r < N; ++r) ASSERT_EQ(rc[r], gradcompSuccess) << gradcompGetLastError();
+  const double thr = cfg.clipNorm / sqrt((double)N);
+  for (int r = 0; r < N; ++r) {
+    double gg = 0;
+    for (float x : g[r]) gg += (double)x * x;
+    const double scale = thr / sqrt(gg);
+    ASSERT_LT(scale, 1e-18);
+    // The residual holds every entry rank r did not send, as accumulated:
+    // its clipped gradient there; its norm stays below the limit.
+    const gc::BufferState& s = world.comm(r)->states.begin()->second;
+    double vv = 0;
+    size_t unsent = 0;
+    for (size_t i = 0; i < n; ++i) {
+      if (s.residual[i] == 0.0f) continue;
+      ++unsent;
+      const double want = g[r][i] * scale;
+      ASSERT_NEAR(s.residual[i], want, 1e-6 * fabs(want)) << "rank " << r << " i " << i;
+      vv += (double)s.residual[i] * s.residual[i];
+    }
+    EXPECT_GT(unsent, n / 2);
+    EXPECT_LE(sqrt(vv), thr * (1 + 1e-6));
+  }
+  for (size_t i = 0; i < n; ++i) ASSERT_TRUE(std::isfinite(buf[0][i]));
+}
+
 TEST(SparseAllReduceCpu, RefusesDenseAlgorithms) {
   gradcompConfig_t cfg = sparseConfig(gradcompMethodTopk);
   cfg.algo = gradcompAlgoTwoShot;

@@ -20,7 +20,7 @@ expected="ncclAllReduce ncclCommAbort ncclCommDestroy ncclCommFinalize ncclCommI
 check "exports exactly the interposed functions (got: $exports)" "[ \"$exports\" = \"$expected\" ]"
 
 # 2. Pass-through of every call, identical arguments, with and without fuse.
-for group in pass fuse; do
+for group in defer pass fuse; do
   : > "$work/log"
   FAKE_NCCL_LOG=$work/log GRADCOMP_GROUP=$group GRADCOMP_METHOD=qsgd LD_PRELOAD=$preload \
     "$app" > "$work/expected" 2> "$work/stderr" || { echo "FAIL: app exited non-zero ($group)"; cat "$work/stderr"; fail=1; continue; }
