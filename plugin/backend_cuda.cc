@@ -42,7 +42,7 @@ class CudaBackend final : public Backend {
     // A pageable cudaMemcpy may return before its DMA lands, and work on a
     // non-blocking stream is not ordered after the legacy stream: wait for it.
     GC_CUDACHECK(cudaMemcpy(stepDev_, &step, sizeof(step), cudaMemcpyHostToDevice));
-    GC_CUDACHECK(cudaDeviceSynchronize());
+    GC_CUDACHECK(cudaStreamSynchronize(cudaStreamLegacy));
     return gradcompSuccess;
   }
 

@@ -170,6 +170,7 @@ TEST_F(SparseAlgoGpu, AlgorithmsEqualCpuBackendEagerAndInGraphs) {
                 gradcompSuccess)
           << gradcompGetLastError();
       ASSERT_EQ(cudaMemcpy(dsrc.get(), in.data(), bytes, cudaMemcpyHostToDevice), cudaSuccess);
+      gctest::settle();  // the copy from dsrc below runs on the non-blocking stream
       if (step < eager) {
         ASSERT_EQ(cudaMemcpyAsync(dbuf.get(), dsrc.get(), bytes, cudaMemcpyDeviceToDevice, stream),
                   cudaSuccess);
