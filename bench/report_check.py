@@ -85,6 +85,33 @@ expect([s["name"] for s in r.get("steps", [])] == ["build", "ddp"], "steps from 
 text = open(md).read()
 expect("| 0.85 | >= 0.8 | yes |" in text, "report table shows the encode value and verdict")
 expect("# table text" in text, "report includes the benchmark tables")
+
+# With selector rows as gradcomp_kernels_perf writes them and torch_topk.py's
+# file, the top-k ratio is torch's 2^26, 0.1% time over the threshold row's
+# (decoys: exact rows, other n and density).
+def trow(kernel, n, density, us):
+    return {"kernel": kernel, "dtype": "float", "bits": 0, "n": n, "time_us": us,
+            "ideal_bytes": 4 * n, "gbps": 1, "copy_gbps": 3000, "frac_of_copy": 0.1,
+            "density": density, "k": 1}
+
+
+kdoc = json.load(open(os.path.join(raw, "kernels.json")))
+kdoc["rows"] += [trow("topk_exact", N26, 0.001, 50.0), trow("topk_threshold", N26, 0.01, 40.0),
+                 trow("topk_threshold", N26 // 4, 0.001, 30.0),
+                 trow("topk_threshold", N26, 0.001, 200.0)]
+dump("kernels.json", kdoc)
+dump("torch_topk.json", {"rows": [
+    {"n": N26, "density": 0.01, "k": 1, "torch_topk_abs_us": 9999.0, "torch_topk_us": 1, "copy_us": 1},
+    {"n": N26, "density": 0.001, "k": 1, "torch_topk_abs_us": 1000.0, "torch_topk_us": 1,
+     "copy_us": 1}]})
+js2 = os.path.join(work, "r2.json")
+subprocess.check_call([sys.executable, os.path.join(src, "tools", "gpu_report.py"), "--dir", raw,
+                       "--name", "2030-01-02-test-gpu", "--md", os.path.join(work, "r2.md"),
+                       "--json", js2])
+r2 = json.load(open(js2))
+expect(r2.get("topk_dgc_speedup_vs_torch_topk") == 5.0, "top-k: 1000 us / 200 us threshold row")
+expect(r2.get("goals", {}).get("topk_ge_3x_torch_topk") is True, "5x meets the 3x goal")
+
 if fails:
     print("%d check(s) failed" % len(fails))
     sys.exit(1)

@@ -17,8 +17,12 @@ int blocksFor(size_t n) {
   return (int)(b < 65536 ? b : 65536);
 }
 
-__global__ void toFloatKernel(const void* __restrict__ x, DType t, const float* __restrict__ addend,
-                              size_t n, float* __restrict__ out) {
+// In place is allowed and used (out == addend in the ring's first step,
+// out == x for an fp32 average), so those pointers are not __restrict__:
+// with it the compiler may read them through the non-coherent cache path,
+// which requires memory the kernel does not write.
+__global__ void toFloatKernel(const void* __restrict__ x, DType t, const float* addend, size_t n,
+                              float* out) {
   for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
        i += (size_t)gridDim.x * blockDim.x) {
     float v = loadAsFloat(x, t, i);
@@ -26,8 +30,7 @@ __global__ void toFloatKernel(const void* __restrict__ x, DType t, const float* 
   }
 }
 
-__global__ void fromFloatKernel(const float* __restrict__ x, size_t n, float divisor, DType t,
-                                void* __restrict__ out) {
+__global__ void fromFloatKernel(const float* x, size_t n, float divisor, DType t, void* out) {
   for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
        i += (size_t)gridDim.x * blockDim.x) {
     storeFromFloat(out, t, i, divisor == 1.0f ? x[i] : fdiv(x[i], divisor));

@@ -28,6 +28,10 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kDecodeThreads = 128;
 constexpr unsigned kFull = 0xffffffffu;
+// The largest bucket's padded values (dynamic) and the scan slots (static)
+// stay within the 48 KiB a launch gets without cudaFuncSetAttribute.
+static_assert((qsgd::kMaxBucket + qsgd::kMaxBucket / 32) * 4 + 2 * 32 * 4 + 8 <= 48 * 1024,
+              "eliasBucketKernel shared memory");
 
 // Shared index with one pad word per 32, so the contiguous per-thread runs
 // (stride = run length) do not all fall in one bank.

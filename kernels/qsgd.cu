@@ -18,6 +18,9 @@ namespace {
 
 constexpr int kEncodeThreads = 256;
 constexpr int kDecodeThreads = 256;
+// The largest bucket's values and codes (dynamic) and the max slots (static)
+// stay within the 48 KiB a launch gets without cudaFuncSetAttribute.
+static_assert(qsgd::kMaxBucket * (4 + 1) + 32 * 4 <= 48 * 1024, "qsgdEncodeKernel shared memory");
 
 __device__ __forceinline__ uint32_t blockMaxU32(uint32_t v, uint32_t* smem) {
   v = __reduce_max_sync(0xffffffffu, v);

@@ -40,6 +40,13 @@ struct Scratch {
       temp, tempBytes, total;
 };
 
+// The sample's count for the sort, the same type in the size query and the
+// call. A sample may exceed INT_MAX (n < 2^32 - 1 with a sample rate near
+// 1); an int count would be negative there.
+uint32_t sortCount(size_t m) {
+  return (uint32_t)m;
+}
+
 size_t up(size_t x) {
   return (x + 255) / 256 * 256;
 }
@@ -50,7 +57,7 @@ Scratch layout(size_t n, size_t m) {
   s.chunks = (n + sparse::kNormChunk - 1) / sparse::kNormChunk;
   size_t sortBytes = 0, scanBytes = 0;
   gradcomp_cub::cub::DeviceRadixSort::SortKeys(nullptr, sortBytes, (const uint32_t*)nullptr,
-                                               (uint32_t*)nullptr, (int)(m > 0 ? m : 1));
+                                               (uint32_t*)nullptr, sortCount(m > 0 ? m : 1));
   gradcomp_cub::cub::DeviceScan::ExclusiveSum(nullptr, scanBytes, (const uint32_t*)nullptr,
                                               (uint32_t*)nullptr, (int)(s.tiles > 0 ? s.tiles : 1));
   s.tempBytes = sortBytes > scanBytes ? sortBytes : scanBytes;
@@ -64,7 +71,7 @@ Scratch layout(size_t n, size_t m) {
   s.rule = p, p += up(sizeof(SelectRule));
   s.keys = p, p += up(m * 4);
   s.sorted = p, p += up(m * 4);
-  s.partial = p, p += up(s.chunks * 4);
+  s.partial = p, p += up(s.chunks * sizeof(double));
   s.scale = p, p += up(4);
   s.temp = p, p += up(s.tempBytes);
   s.total = p;
@@ -78,37 +85,34 @@ T* at(void* base, size_t off) {
 
 // ---------------------------------------------------------------- clipping
 __global__ void sumSqChunkKernel(const void* __restrict__ x, DType t, size_t n,
-                                 float* __restrict__ partial) {
-  __shared__ float a[kThreads];
+                                 double* __restrict__ partial) {
+  __shared__ double a[kThreads];
   const int l = threadIdx.x;
   const size_t base = (size_t)blockIdx.x * kTile;
-  float s = 0.0f;
+  double s = 0.0;
   for (int i = 0; i < kItems; ++i) {
     size_t j = base + l + (size_t)i * kThreads;
-    if (j < n) {
-      float g = loadAsFloat(x, t, j);
-      s = fadd(s, fmul(g, g));
-    }
+    if (j < n) s = sparse::dadd(s, sparse::squareD(loadAsFloat(x, t, j)));
   }
   a[l] = s;
   __syncthreads();
   for (int st = kThreads / 2; st > 0; st >>= 1) {
-    if (l < st) a[l] = fadd(a[l], a[l + st]);
+    if (l < st) a[l] = sparse::dadd(a[l], a[l + st]);
     __syncthreads();
   }
   if (l == 0) partial[blockIdx.x] = a[0];
 }
 
-__global__ void sumSqFinalKernel(const float* __restrict__ partial, size_t chunks, float clipThr,
+__global__ void sumSqFinalKernel(const double* __restrict__ partial, size_t chunks, float clipThr,
                                  float* __restrict__ scale) {
-  __shared__ float a[kThreads];
+  __shared__ double a[kThreads];
   const int l = threadIdx.x;
-  float s = 0.0f;
-  for (size_t j = l; j < chunks; j += kThreads) s = fadd(s, partial[j]);
+  double s = 0.0;
+  for (size_t j = l; j < chunks; j += kThreads) s = sparse::dadd(s, partial[j]);
   a[l] = s;
   __syncthreads();
   for (int st = kThreads / 2; st > 0; st >>= 1) {
-    if (l < st) a[l] = fadd(a[l], a[l + st]);
+    if (l < st) a[l] = sparse::dadd(a[l], a[l + st]);
     __syncthreads();
   }
   if (l == 0) *scale = sparse::clipScale(a[0], clipThr);
@@ -358,7 +362,7 @@ cudaError_t sparseAccumulate(const void* g, DType t, size_t n, float clipThr, fl
   float* scale = nullptr;
   if (clipThr > 0.0f) {
     const Scratch L = layout(n, 1);
-    float* partial = at<float>(scratch, L.partial);
+    double* partial = at<double>(scratch, L.partial);
     scale = at<float>(scratch, L.scale);
     sumSqChunkKernel<<<(unsigned)L.chunks, kThreads, 0, s>>>(g, t, n, partial);
     sumSqFinalKernel<<<1, kThreads, 0, s>>>(partial, L.chunks, clipThr, scale);
@@ -377,7 +381,7 @@ cudaError_t selectThreshold(const float* v, size_t n, const sparse::Plan& p, con
                                                         keys);
   size_t tempBytes = L.tempBytes;
   cudaError_t err = gradcomp_cub::cub::DeviceRadixSort::SortKeys(
-      at<char>(scratch, L.temp), tempBytes, keys, sorted, (int)p.sample, 0, 32, s);
+      at<char>(scratch, L.temp), tempBytes, keys, sorted, sortCount(p.sample), 0, 32, s);
   if (err != cudaSuccess) return err;
   thresholdRuleKernel<<<1, 1, 0, s>>>(sorted, p.sample, p.keep, at<SelectRule>(scratch, L.rule));
   return compact(v, n, p.kmax, idx, selectedDev, scratch, L, s);

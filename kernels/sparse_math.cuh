@@ -113,16 +113,39 @@ GC_HD size_t sampleOffset(uint64_t key, size_t range) {
   return (size_t)(hashKey(key, 0x5a17ull) % (uint64_t)range);
 }
 
+// The squared norm is summed in double: the square of any finite float and
+// any realistic sum of them fit, so a huge but finite gradient is still
+// clipped (an fp32 sum overflows to Inf at |g| ~ 2e19, or 2e16 over 2^20
+// entries, and would switch clipping off exactly when it matters).
+GC_HD double dadd(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __dadd_rn(a, b);
+#else
+  return a + b;
+#endif
+}
+
+// g^2, exact in double.
+GC_HD double squareD(float g) {
+#if defined(__CUDA_ARCH__)
+  return __dmul_rn((double)g, (double)g);
+#else
+  return (double)g * (double)g;
+#endif
+}
+
 // Clipping scale from the squared norm: ||g|| <= thr after scaling. A norm
 // that is not finite leaves g alone (its NaN/Inf must reach the output).
-GC_HD float clipScale(float sumsq, float thr) {
+GC_HD float clipScale(double sumsq, float thr) {
 #if defined(__CUDA_ARCH__)
-  float norm = __fsqrt_rn(sumsq);
+  const double norm = __dsqrt_rn(sumsq);
+  if (!(norm < 1.0e308) || !(norm > (double)thr)) return 1.0f;
+  return __double2float_rn(__ddiv_rn((double)thr, norm));
 #else
-  float norm = __builtin_sqrtf(sumsq);
+  const double norm = __builtin_sqrt(sumsq);
+  if (!(norm < 1.0e308) || !(norm > (double)thr)) return 1.0f;
+  return (float)((double)thr / norm);
 #endif
-  if (!(norm < 3.0e38f) || !(norm > thr)) return 1.0f;
-  return fdiv(thr, norm);
 }
 
 // One element of the accumulation: g scaled, then u = m*u + g (momentum
@@ -181,9 +204,9 @@ GC_HD uint32_t permute(uint64_t key, uint32_t x, uint32_t n) {
 
 // Pairwise tree over kNormLanes lane sums in place (the order of the
 // device's shared-memory reduction); a[0] ends as the total.
-inline void treeSumHost(float* a) {
+inline void treeSumHost(double* a) {
   for (int s = kNormLanes / 2; s > 0; s /= 2) {
-    for (int l = 0; l < s; ++l) a[l] = fadd(a[l], a[l + s]);
+    for (int l = 0; l < s; ++l) a[l] = dadd(a[l], a[l + s]);
   }
 }
 

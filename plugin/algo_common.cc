@@ -2,7 +2,21 @@
 #include "algorithms.h"
 #include "checks.h"
 
+#include <algorithm>
+
+#include "../kernels/qsgd_math.cuh"
+
 namespace gc {
+
+Chunks splitChunks(const gradcompComm& c, size_t count, int bits) {
+  Chunks ch;
+  const int n = c.nranks, d = c.cfg.bucketSize;
+  ch.off.resize(n + 1);
+  splitAligned(count, n, d, ch.off.data());
+  for (int j = 0; j < n; ++j) ch.maxLen = std::max(ch.maxLen, ch.len(j));
+  ch.slot = alignUp(qsgd::encodedBytes(ch.maxLen, bits, d), 16);
+  return ch;
+}
 
 gradcompResult_t decodeToOutput(Backend& be, const void* enc, size_t len, int bits, int bucket,
                                 float divisor, DType t, void* out, float* scratch) {

@@ -20,19 +20,14 @@
 namespace gc {
 namespace {
 
-struct Layout {
-  std::vector<size_t> off;
-  size_t maxLen = 0, slot = 0;
+struct Layout : Chunks {
   size_t sendEnc = 0, recvEnc = 0, gather = 0, own = 0, acc = 0, total = 0;
 };
 
 Layout layout(const gradcompComm& c, size_t count, int bits) {
   Layout L;
-  const int n = c.nranks, d = c.cfg.bucketSize;
-  L.off.resize(n + 1);
-  splitAligned(count, n, d, L.off.data());
-  for (int j = 0; j < n; ++j) L.maxLen = std::max(L.maxLen, L.off[j + 1] - L.off[j]);
-  L.slot = alignUp(qsgd::encodedBytes(L.maxLen, bits, d), 16);
+  static_cast<Chunks&>(L) = splitChunks(c, count, bits);
+  const int n = c.nranks;
   size_t p = 0;
   L.sendEnc = p, p += alignUp(n * L.slot);
   L.recvEnc = p, p += alignUp(n * L.slot);

@@ -3,6 +3,8 @@
 // comm can size its workspace before the first call and never allocate again.
 #pragma once
 
+#include <vector>
+
 #include "comm.h"
 
 namespace gc {
@@ -43,6 +45,17 @@ size_t sparseWorkspaceBytes(const gradcompComm& c, size_t count, DType t, bool h
 size_t sparseWireBytes(const gradcompComm& c, size_t count, uint64_t calls);
 // Dense algorithm for (method, size, ranks) when config says auto.
 const Algorithm& pickDenseAlgorithm(const gradcompComm& c, size_t count);
+
+// The bucket-aligned chunks of a buffer (chunk j is [off[j], off[j+1])), the
+// largest chunk, and the equal slot size of one encoded chunk, as two-shot and
+// ring split their work (and the owner residual is sized).
+struct Chunks {
+  std::vector<size_t> off;
+  size_t maxLen = 0;
+  size_t slot = 0;
+  size_t len(int j) const { return off[j + 1] - off[j]; }
+};
+Chunks splitChunks(const gradcompComm& c, size_t count, int bits);
 
 // Decodes one encoded chunk into the caller's output: straight into an fp32
 // Sum output, otherwise through `scratch` (fp32) and one conversion, where

@@ -35,6 +35,15 @@ gradcompResult_t sparseAllReduce(gradcompComm* c, const void* send, void* recv, 
       keyed ? StateKey{1, key, count, (int)t} : StateKey{0, (uint64_t)r0, count, (int)t};
   BufferState* state = nullptr;
   GC_CHECK(c->getState(skey, count, t, &state));
+  // Warm-up follows the buffer's host-side call counter, which graph replays
+  // do not advance: a captured warm-up call would replay its stage forever.
+  if (c->cfg.method == gradcompMethodDgc && c->cfg.warmupSteps > 0 &&
+      state->calls < (uint64_t)c->cfg.warmupSteps && c->backend->capturing()) {
+    return setError(gradcompInvalidUsage,
+                    "DGC warm-up (warmupSteps=%d; this buffer has made %llu calls) changes the "
+                    "density and message size by stage; capture a CUDA graph after the warm-up",
+                    c->cfg.warmupSteps, (unsigned long long)state->calls);
+  }
   const Algorithm& algo =
       c->cfg.method == gradcompMethodRandk ? randkAlgorithm() : sparseAllgatherAlgorithm();
   GC_CHECK(c->ensureWorkspace(

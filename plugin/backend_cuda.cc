@@ -39,7 +39,10 @@ class CudaBackend final : public Backend {
   }
   gradcompResult_t setStep(uint64_t step) override {
     // Synchronous on the legacy stream: the caller's last stream may be gone.
+    // A pageable cudaMemcpy may return before its DMA lands, and work on a
+    // non-blocking stream is not ordered after the legacy stream: wait for it.
     GC_CUDACHECK(cudaMemcpy(stepDev_, &step, sizeof(step), cudaMemcpyHostToDevice));
+    GC_CUDACHECK(cudaStreamSynchronize(cudaStreamLegacy));
     return gradcompSuccess;
   }
 

@@ -11,8 +11,9 @@
 namespace gc {
 
 namespace host {
-// Squared norm of x in the fixed chunk/lane/tree order of sparse_math.cuh.
-float sparseSumSq(const void* x, DType t, size_t n);
+// Squared norm of x in double, in the fixed chunk/lane/tree order of
+// sparse_math.cuh.
+double sparseSumSq(const void* x, DType t, size_t n);
 // v = (vIn ? v : 0) + (u ? (u = m*u + s*g) : s*g), s the clipping scale of
 // clipThr (0: off).
 void sparseAccumulate(const void* g, DType t, size_t n, float clipThr, float m, float* u, float* v,

@@ -12,19 +12,16 @@ using sparse::absKey;
 using sparse::kEmptySlot;
 using sparse::SelectRule;
 
-float sparseSumSq(const void* x, DType t, size_t n) {
+double sparseSumSq(const void* x, DType t, size_t n) {
   const size_t chunks = (n + sparse::kNormChunk - 1) / sparse::kNormChunk;
-  std::vector<float> partial(chunks);
-  float lanes[sparse::kNormLanes];
+  std::vector<double> partial(chunks);
+  double lanes[sparse::kNormLanes];
   for (size_t c = 0; c < chunks; ++c) {
     for (int l = 0; l < sparse::kNormLanes; ++l) {
-      float s = 0.0f;
+      double s = 0.0;
       for (int i = 0; i < sparse::kNormPerLane; ++i) {
         size_t j = c * sparse::kNormChunk + l + (size_t)i * sparse::kNormLanes;
-        if (j < n) {
-          float g = loadAsFloat(x, t, j);
-          s = fadd(s, fmul(g, g));
-        }
+        if (j < n) s = sparse::dadd(s, sparse::squareD(loadAsFloat(x, t, j)));
       }
       lanes[l] = s;
     }
@@ -32,8 +29,8 @@ float sparseSumSq(const void* x, DType t, size_t n) {
     partial[c] = lanes[0];
   }
   for (int l = 0; l < sparse::kNormLanes; ++l) {
-    float s = 0.0f;
-    for (size_t j = l; j < chunks; j += sparse::kNormLanes) s = fadd(s, partial[j]);
+    double s = 0.0;
+    for (size_t j = l; j < chunks; j += sparse::kNormLanes) s = sparse::dadd(s, partial[j]);
     lanes[l] = s;
   }
   sparse::treeSumHost(lanes);

@@ -68,8 +68,9 @@ static const ParamSpec kParams[] = {
      "Elias-coded QSGD levels (variable size; not graph-capturable)"},
     {"GRADCOMP_DEBUG", ParamKind::String, -1, 0, 0, nullptr, "(unset)",
      "log level: WARN, INFO or TRACE, to stderr"},
-    {"GRADCOMP_GROUP", ParamKind::String, -1, 0, 0, nullptr, "pass",
-     "LD_PRELOAD: calls inside a user ncclGroupStart/End: pass, or fuse at the outer GroupEnd"},
+    {"GRADCOMP_GROUP", ParamKind::String, -1, 0, 0, nullptr, "defer",
+     "LD_PRELOAD: eligible calls inside a user ncclGroupStart/End: defer (compress each at the "
+     "outer GroupEnd), fuse (one fused compressed allreduce there) or pass (to NCCL)"},
     {"GRADCOMP_NCCL_LIBRARY", ParamKind::String, -1, 0, 0, nullptr, "libnccl.so.2",
      "LD_PRELOAD: the NCCL library whose pnccl* symbols calls are forwarded to"},
 };

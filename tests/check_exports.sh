@@ -15,7 +15,8 @@ for s in gradcompGetErrorString gradcompGetLastError gradcompConfigInit gradcomp
          gradcompGetStats gradcompCommSaveState gradcompCommLoadState gradcompCommResetState \
          gradcompEliasMaxEncodedBytes gradcompEliasHeaderBytes gradcompEliasEncodedBytes \
          gradcompEliasEncodeHost gradcompEliasDecodeHost gradcompEliasWorkspaceBytes \
-         gradcompEliasEncode gradcompEliasDecode; do
+         gradcompEliasEncode gradcompEliasDecode gradcompTopkSlots gradcompTopkSelectHost \
+         gradcompTopkWorkspaceBytes gradcompTopkSelect; do
   echo "$syms" | grep -qx "$s" || { echo "FAIL: $lib does not export $s"; exit 1; }
 done
 echo "PASS: $(echo "$syms" | wc -l) exported symbols, all gradcomp*"

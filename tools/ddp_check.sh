@@ -193,12 +193,9 @@ if [ ! -f "$preload" ]; then
     give_up "$preload is missing and could not be built (configure $build with CMake first)"
 fi
 torch_version=$("$py" -c 'import torch; print(torch.__version__)' 2>/dev/null)
-# PyTorch before 2.3 wraps every collective in ncclGroupStart/End: without
-# fusing, gradcomp would pass all of them through.
-group=pass
-if "$py" -c 'import sys, torch; v = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]); sys.exit(0 if v < (2, 3) else 1)' 2>/dev/null; then
-  group=fuse
-fi
+# GRADCOMP_GROUP is left at its default (defer), which also compresses the
+# single collectives older PyTorch wraps in ncclGroupStart/End.
+group=${GRADCOMP_GROUP:-defer}
 "$py" -c 'import json, sys; json.dump({"epochs": int(sys.argv[2]), "group": sys.argv[3], "preload": sys.argv[4]}, open(sys.argv[1], "w"))' \
   "$out/ddp_meta.json" "$epochs" "$group" "$preload"
 echo "ddp_check: torch $torch_version, GPU $gpu, GRADCOMP_GROUP=$group, results in $out"
@@ -230,7 +227,7 @@ run_ddp() {
                 MASTER_ADDR=127.0.0.1 MASTER_PORT=$port OMP_NUM_THREADS=2
                 NCCL_HOSTID=host-$r NCCL_NET=Socket NCCL_SOCKET_IFNAME=lo NCCL_IB_DISABLE=1
                 NCCL_P2P_DISABLE=1 NCCL_SHM_DISABLE=1 NCCL_NVLS_ENABLE=0 NCCL_DEBUG=WARN
-                TORCH_NCCL_USE_COMM_NONBLOCKING=0 GRADCOMP_DEBUG=INFO GRADCOMP_GROUP=$group "$@")
+                TORCH_NCCL_USE_COMM_NONBLOCKING=0 GRADCOMP_DEBUG=INFO "$@")
     [ "$use_preload" = 1 ] && envs+=(LD_PRELOAD=$preload)
     env "${envs[@]}" timeout -k 5 "$limit" "$py" tools/ddp_train.py --epochs "$epochs" \
       --momentum "$mom" --out "$out/ddp_$name.json" > "$out/ddp_${name}_r$r.log" 2>&1 &

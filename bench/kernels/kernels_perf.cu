@@ -7,10 +7,13 @@
 //   QSGD decode:                  reads E(n), writes 4n (overwrite) or reads
 //                                 and writes 4n (accumulate)
 //   copy:                         reads and writes 4n
+//   top-k select (threshold,      reads 4n (the vector; the sample, counts
+//   exact), fp32 input:           and the kmax indices are not counted)
 //
-// TODO(sparse): top-k selectors (threshold, exact) and the scatter-add, once
-// include/gradcomp/sparse.h offers their GPU entry points; bench/torch_topk.py
-// already times torch.topk on the same data for the comparison.
+// The top-k rows select from benchValue(seed 1, rank 0), the data
+// bench/torch_topk.py gives torch.topk, with the library's default
+// oversample and sample rate; their JSON rows carry "density" and "k" (the
+// slots) for tools/gpu_report.py.
 #include <cuda_runtime.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,6 +27,7 @@
 #include "../common/data_ops.h"
 #include "gradcomp.h"
 #include "gradcomp/reference.h"
+#include "gradcomp/sparse.h"
 
 namespace {
 
@@ -41,6 +45,7 @@ struct Args {
   int bucket = 512;
   std::vector<int> bits = {2, 4, 8};
   std::vector<ncclDataType_t> dtypes = {ncclFloat32, ncclFloat16, ncclBfloat16};
+  std::vector<double> densities = {0.001, 0.01};
   std::string json;
 };
 
@@ -50,6 +55,8 @@ struct Result {
   int bits;
   size_t n;
   double us, bytes, gbps, copyGbps;
+  double density = 0;  // top-k rows only
+  size_t k = 0;
 };
 
 const char* typeName(ncclDataType_t t) {
@@ -63,7 +70,7 @@ void usage() {
   printf(
       "Usage: gradcomp_kernels_perf [--min-log2 20] [--max-log2 28] [--step-log2 2]\n"
       "                             [--bucket 512] [--bits 2,4,8] [--dtypes float,half,bfloat16]\n"
-      "                             [--json FILE]\n"
+      "                             [--densities 0.001,0.01] [--json FILE]\n"
       "Sizes n = 2^min .. 2^max elements, capped by free GPU memory.\n");
 }
 
@@ -102,7 +109,14 @@ bool parseArgs(int argc, char** argv, Args* a) {
       a->bits = parseInts(v);
     else if (f == "--json")
       a->json = v;
-    else if (f == "--dtypes") {
+    else if (f == "--densities") {
+      a->densities.clear();
+      for (const char* p = v; *p;) {
+        a->densities.push_back(atof(p));
+        while (*p && *p != ',') ++p;
+        if (*p == ',') ++p;
+      }
+    } else if (f == "--dtypes") {
       a->dtypes.clear();
       std::string s = v;
       for (size_t p = 0; p <= s.size();) {
@@ -133,6 +147,12 @@ bool parseArgs(int argc, char** argv, Args* a) {
         "gradcomp_kernels_perf: sizes 2^%d..2^%d step %d: need 10 <= min <= max <= 31, step >= 1\n",
         a->minLog2, a->maxLog2, a->stepLog2);
     return false;
+  }
+  for (double d : a->densities) {
+    if (!(d > 0 && d <= 1)) {
+      fprintf(stderr, "gradcomp_kernels_perf: --densities %g not in (0, 1]\n", d);
+      return false;
+    }
   }
   for (int b : a->bits) {
     if (b < 2 || b > 8) {
@@ -205,7 +225,7 @@ int main(int argc, char** argv) {
   printf(
       "# GB/s by ideal bytes moved; frac = fraction of a device-to-device copy of 4n bytes "
       "(GB/s = 8n / time) in this run\n");
-  printf("# %11s  %-16s  %8s  %4s  %10s  %12s  %8s  %9s  %6s\n", "n", "kernel", "type", "bits",
+  printf("# %11s  %-16s  %8s  %6s  %10s  %12s  %8s  %9s  %6s\n", "n", "kernel", "type", "bits/d",
          "time(us)", "ideal bytes", "GB/s", "copy GB/s", "frac");
 
   void *g = nullptr, *enc = nullptr;
@@ -216,12 +236,16 @@ int main(int argc, char** argv) {
   CHECK_CUDA(cudaMalloc(&out, nmax * 4));
   CHECK_CUDA(cudaMalloc(&enc, gradcompQsgdEncodedBytes(nmax, maxBits, a.bucket) + 256));
 
+  gradcompConfig_t cfg;
+  gcCheck(gradcompConfigInit(&cfg), "config");  // top-k oversample and sample rate
   std::vector<Result> results;
   auto report = [&](const Result& x) {
     results.push_back(x);
-    printf("  %11zu  %-16s  %8s  %4s  %10.2f  %12.0f  %8.1f  %9.1f  %6.3f\n", x.n, x.kernel.c_str(),
-           x.dtype, x.bits ? std::to_string(x.bits).c_str() : "-", x.us, x.bytes, x.gbps,
-           x.copyGbps, x.gbps / x.copyGbps);
+    char col[32] = "-";  // bits, or a top-k row's density
+    if (x.bits) snprintf(col, sizeof col, "%d", x.bits);
+    if (x.density > 0) snprintf(col, sizeof col, "%g", x.density);
+    printf("  %11zu  %-16s  %8s  %6s  %10.2f  %12.0f  %8.1f  %9.1f  %6.3f\n", x.n, x.kernel.c_str(),
+           x.dtype, col, x.us, x.bytes, x.gbps, x.copyGbps, x.gbps / x.copyGbps);
     fflush(stdout);
   };
   for (int lg = a.minLog2; lg <= a.maxLog2; lg += a.stepLog2) {
@@ -259,6 +283,33 @@ int main(int argc, char** argv) {
                 bytes / us / 1e3, copyGbps});
       }
     }
+    // Top-k selection on the torch_topk.py data.
+    CHECK_CUDA(gcbench::fillDevice(g, gc::DType::F32, n, 1, 0, s));
+    for (double d : a.densities) {
+      for (int exact = 0; exact < 2; ++exact) {
+        size_t slots = 0, wsBytes = 0;
+        gcCheck(gradcompTopkSlots(n, (float)d, cfg.oversample, exact, &slots), "topk slots");
+        gcCheck(gradcompTopkWorkspaceBytes(n, (float)d, cfg.oversample, cfg.sampleRate, exact,
+                                           &wsBytes),
+                "topk workspace");
+        uint32_t* idx = nullptr;
+        void* ws = nullptr;
+        CHECK_CUDA(cudaMalloc(&idx, slots * 4));
+        CHECK_CUDA(cudaMalloc(&ws, wsBytes));
+        uint64_t seed = 1;
+        const double us = timeIt(s, [&] {
+          gcCheck(gradcompTopkSelect(static_cast<const float*>(g), n, (float)d, cfg.oversample,
+                                     cfg.sampleRate, exact, seed++, idx, nullptr, ws, wsBytes, s),
+                  "topk select");
+        });
+        const double bytes = 4.0 * n;
+        report({exact ? "topk_exact" : "topk_threshold", "float", 0, n, us, bytes, bytes / us / 1e3,
+                copyGbps, d, slots});
+        CHECK_CUDA(cudaStreamSynchronize(s));
+        CHECK_CUDA(cudaFree(idx));
+        CHECK_CUDA(cudaFree(ws));
+      }
+    }
   }
   CHECK_CUDA(cudaStreamSynchronize(s));
 
@@ -280,9 +331,11 @@ int main(int argc, char** argv) {
       fprintf(f,
               "%s\n    {\"kernel\": \"%s\", \"dtype\": \"%s\", \"bits\": %d, \"n\": %zu, "
               "\"time_us\": %.4f, \"ideal_bytes\": %.0f, \"gbps\": %.3f, \"copy_gbps\": %.3f, "
-              "\"frac_of_copy\": %.4f}",
+              "\"frac_of_copy\": %.4f",
               i ? "," : "", x.kernel.c_str(), x.dtype, x.bits, x.n, x.us, x.bytes, x.gbps,
               x.copyGbps, x.gbps / x.copyGbps);
+      if (x.density > 0) fprintf(f, ", \"density\": %.17g, \"k\": %zu", x.density, x.k);
+      fprintf(f, "}");
     }
     fprintf(f, "\n  ]\n}\n");
     fclose(f);

@@ -72,15 +72,18 @@ Settings* readSettings() {
             (int)getpid(), gradcompGetLastError());
     gradcompConfigInit(&s->config);
   }
-  const char* g = paramString("GRADCOMP_GROUP", "pass");
-  s->fuse = strcasecmp(g, "fuse") == 0;
-  if (!s->fuse && strcasecmp(g, "pass") != 0) {
-    fprintf(stderr, "gradcomp %d WARN GRADCOMP_GROUP=%s is not pass or fuse; using pass\n",
+  const char* g = paramString("GRADCOMP_GROUP", "defer");
+  if (strcasecmp(g, "fuse") == 0) {
+    s->group = GroupMode::Fuse;
+  } else if (strcasecmp(g, "pass") == 0) {
+    s->group = GroupMode::Pass;
+  } else if (strcasecmp(g, "defer") != 0) {
+    fprintf(stderr, "gradcomp %d WARN GRADCOMP_GROUP=%s is not defer, fuse or pass; using defer\n",
             (int)getpid(), g);
   }
   // gradcompConfigInit zeroes the struct first, so padding bytes hash alike.
   s->hash = fnv1a(&s->config, sizeof(s->config));
-  s->hash = fnv1a(&s->fuse, sizeof(s->fuse), s->hash);
+  s->hash = fnv1a(&s->group, sizeof(s->group), s->hash);
   return s;
 }
 

@@ -1,7 +1,9 @@
-// GRADCOMP_GROUP=fuse: the eligible calls a user group deferred run after its
-// outer ncclGroupEnd, as one compressed allreduce per (comm, stream, type,
-// op): copy into a fusion buffer, compress, copy out (Horovod-style tensor
-// fusion). Calls of communicators that do not compress go to NCCL in order.
+// The eligible calls a user group deferred, run after its outer ncclGroupEnd:
+// with GRADCOMP_GROUP=defer each is compressed on its own, in order; with
+// GRADCOMP_GROUP=fuse they become one compressed allreduce per (comm, stream,
+// type, op): copy into a fusion buffer, compress, copy out (Horovod-style
+// tensor fusion). Calls of communicators that do not compress go to NCCL in
+// order.
 #include <cuda_runtime_api.h>
 
 #include "nvtx.h"
@@ -118,6 +120,10 @@ ncclResult_t runDeferred(std::vector<Deferred>& calls) {
     }
     if (e->mode != Mode::Compress) {
       note(forward(e.get(), d.send, d.recv, d.count, d.type, d.op, d.comm, d.stream));
+      continue;
+    }
+    if (settings().group != GroupMode::Fuse) {
+      note(compress(*e, d.send, d.recv, d.count, d.type, d.op, d.stream, false, 0, 1));
       continue;
     }
     entries.push_back(e);

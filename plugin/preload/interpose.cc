@@ -4,8 +4,10 @@
 // ones) and destroy/abort (to free state). Eligible calls (DESIGN.md
 // "Interposer rules") go through gradcompAllReduce on a per-communicator
 // gradcomp comm created lazily from GRADCOMP_*; every other call reaches the
-// real NCCL with identical arguments. It never breaks the host program:
-// whatever fails to set up is warned about once and passed through.
+// real NCCL with identical arguments. Eligible calls inside a user group are
+// taken out of it and run after the outer ncclGroupEnd (GRADCOMP_GROUP=defer,
+// the default, or fuse), or left in it (pass). It never breaks the host
+// program: whatever fails to set up is warned about once and passed through.
 #include <cuda_runtime_api.h>
 #include <nccl.h>
 
@@ -94,7 +96,7 @@ GC_INTERPOSE ncclResult_t ncclAllReduce(const void* sendbuff, void* recvbuff, si
     return forward(e.get(), sendbuff, recvbuff, count, datatype, op, comm, stream);
   }
   if (tGroupDepth > 0) {
-    if (!settings().fuse) {
+    if (settings().group == GroupMode::Pass) {
       return forward(e.get(), sendbuff, recvbuff, count, datatype, op, comm, stream);
     }
     tDeferred.push_back({sendbuff, recvbuff, count, datatype, op, comm, stream});

@@ -18,10 +18,17 @@
 namespace gc {
 namespace preload {
 
+// GRADCOMP_GROUP: what happens to eligible calls inside a user group.
+enum class GroupMode : int {
+  Defer,  // taken out of the group, compressed one by one after the outer ncclGroupEnd
+  Fuse,   // taken out, one fused compressed allreduce per comm/stream/type/op there
+  Pass    // left to NCCL inside the group
+};
+
 struct Settings {
   bool ok = false;  // the configuration is valid: compression is possible
   gradcompConfig_t config;
-  bool fuse = false;  // GRADCOMP_GROUP=fuse
+  GroupMode group = GroupMode::Defer;
   uint64_t hash = 0;  // of config and group mode: every rank must have the same
 };
 // Read once, on the first call that needs it (thread-safe).
@@ -85,7 +92,7 @@ ncclResult_t compress(CommEntry& e, const void* send, void* recv, size_t count, 
                       ncclRedOp_t op, cudaStream_t stream, bool keyed, uint64_t key,
                       uint64_t userCalls);
 
-// GRADCOMP_GROUP=fuse: an eligible call deferred inside a user group.
+// An eligible call deferred inside a user group (GRADCOMP_GROUP=defer|fuse).
 struct Deferred {
   const void* send;
   void* recv;
@@ -95,7 +102,8 @@ struct Deferred {
   ncclComm_t comm;
   cudaStream_t stream;
 };
-// Runs the deferred calls of a user group after its outer ncclGroupEnd.
+// Runs the deferred calls of a user group after its outer ncclGroupEnd: one by
+// one (defer) or fused (fuse).
 ncclResult_t runDeferred(std::vector<Deferred>& calls);
 
 // Sets the current CUDA device for a scope (no-op when it already is, or

@@ -17,6 +17,7 @@
 #include "plugin/codec_sparse.h"
 #include "plugin/comm.h"
 #include "tests/common/cpu_world.h"
+#include "tests/common/ref_sparse.h"
 #include "tests/common/test_util.h"
 
 namespace {
@@ -268,8 +269,7 @@ void checkTopkAllReduce(int N, DType t, ncclDataType_t vtype, gradcompSelect_t s
   cfg.density = (float)density;
   cfg.errorFeedback = ef;
   gctest::CpuWorld world(N, cfg);
-  DType vt = vtype == ncclFloat32 ? DType::F32 : vtype == ncclFloat16 ? DType::F16 : DType::BF16;
-  std::vector<std::vector<float>> res(N, std::vector<float>(n, 0.0f));
+  std::vector<gctest::ref::SparseState> ref(N);
   std::vector<std::vector<float>> f32(N, std::vector<float>(n));
   std::vector<std::vector<uint16_t>> h16(N);
   for (int step = 0; step < 3; ++step) {
@@ -279,40 +279,10 @@ void checkTopkAllReduce(int N, DType t, ncclDataType_t vtype, gradcompSelect_t s
       f32[r] = g[r];
     }
     // Serial reference.
-    Plan p = gc::sparse::makePlan(n, cfg.density, select == gradcompSelectExact, cfg.oversample,
-                                  cfg.sampleRate);
-    const bool dense = (size_t)N * p.kmax * (4 + gc::dtypeBytes(vt)) >= n * 4;
-    std::vector<float> out(n, 0.0f);
-    for (int r = 0; r < N; ++r) {
-      std::vector<float> v(n);
-      for (size_t i = 0; i < n; ++i) v[i] = ef ? gc::fadd(res[r][i], g[r][i]) : g[r][i];
-      if (dense) {
-        for (size_t i = 0; i < n; ++i) out[i] = gc::fadd(out[i], v[i]);
-        std::fill(v.begin(), v.end(), 0.0f);
-      } else {
-        std::vector<uint32_t> idx(p.kmax);
-        std::vector<float> val(p.kmax);
-        uint64_t sel;
-        if (select == gradcompSelectExact) {
-          gc::host::selectExact(v.data(), n, p.k, idx.data(), &sel);
-        } else {
-          gc::KeySpec key{cfg.seed, (uint64_t)step, nullptr, (uint64_t)r, gc::sparse::kSelectStream,
-                          true};
-          gc::host::selectThreshold(v.data(), n, p, gc::resolveKey(key), idx.data(), &sel);
-        }
-        gc::host::sparseCommit(idx.data(), p.kmax, vt, val.data(), v.data(), nullptr);
-        gc::host::sparseScatterAdd(idx.data(), val.data(), vt, p.kmax, out.data());
-      }
-      if (ef) res[r] = v;
-    }
-    std::vector<float> expect(n);
-    std::vector<uint16_t> eh(2 * n);
-    for (size_t i = 0; i < n; ++i) {
-      float x = avg ? gc::fdiv(out[i], (float)N) : out[i];
-      gc::storeFromFloat(eh.data(), t, i, x);
-      expect[i] = gc::loadAsFloat(eh.data(), t, i);
-    }
-    if (N == 1) expect = g[0];  // one rank: passed through
+    gctest::ref::SparseCall call;
+    const std::vector<float> expect =
+        gctest::ref::refSparse(cfg, t, avg, (uint64_t)step, g, ref, &call);
+    const bool dense = call.dense;
     auto rc = world.run([&](int r) {
       void* buf = t == DType::F32 ? (void*)f32[r].data() : (void*)h16[r].data();
       return gradcompAllReduce(buf, buf, n, ncclOf(t), avg ? ncclAvg : ncclSum, world.comm(r),
@@ -329,12 +299,12 @@ void checkTopkAllReduce(int N, DType t, ncclDataType_t vtype, gradcompSelect_t s
     if (N > 1) {
       gradcompStats_t st;
       ASSERT_EQ(gradcompGetStats(world.comm(0), &st), gradcompSuccess);
-      EXPECT_EQ(st.targetLast, p.k);
+      EXPECT_EQ(st.targetLast, call.k);
       EXPECT_EQ(st.denseFallbacks, dense ? (uint64_t)step + 1 : 0u);
       // Residuals follow the reference exactly.
       for (int r = 0; r < N && ef; ++r) {
         const gc::BufferState& s = world.comm(r)->states.begin()->second;
-        ASSERT_EQ(memcmp(s.residual, res[r].data(), n * 4), 0) << "rank " << r;
+        ASSERT_EQ(memcmp(s.residual, ref[r].v.data(), n * 4), 0) << "rank " << r;
       }
     }
   }
@@ -353,6 +323,91 @@ TEST(SparseAllReduceCpu, TopkAllRanksEqualsSerialReference) {
   checkTopkAllReduce(4, DType::BF16, ncclFloat32, gradcompSelectExact, false, 2000, 0.3,
                      1);  // dense
   checkTopkAllReduce(4, DType::F32, ncclFloat32, gradcompSelectThreshold, false, 5000, 0.01, 0);
+}
+
+// Any sparse config against tests/common/ref_sparse.h, bit for bit: output,
+// residual, momentum, target and selected counts, over `steps` calls (the
+// DGC warm-up moves the density, so the dense fallback comes and goes).
+void checkSparseBitExact(int N, const gradcompConfig_t& cfg, DType t, bool avg, size_t n,
+                         int steps) {
+  SCOPED_TRACE(testing::Message() << "N=" << N << " method=" << cfg.method << " sel=" << cfg.select
+                                  << " t=" << (int)t << " avg=" << avg << " n=" << n);
+  gctest::CpuWorld world(N, cfg);
+  std::vector<gctest::ref::SparseState> ref(N);
+  std::vector<std::vector<float>> f32(N);
+  std::vector<std::vector<uint16_t>> h16(N);
+  uint64_t denseCalls = 0;
+  for (int step = 0; step < steps; ++step) {
+    std::vector<std::vector<float>> g(N);
+    for (int r = 0; r < N; ++r) {
+      g[r] = toType(gctest::normal(n, 1000 * step + 17 * r + n, 1.0f + 0.5f * r), t, &h16[r]);
+      f32[r] = g[r];
+    }
+    gctest::ref::SparseCall call;
+    const auto expect = gctest::ref::refSparse(cfg, t, avg, (uint64_t)step, g, ref, &call);
+    auto rc = world.run([&](int r) {
+      void* buf = t == DType::F32 ? (void*)f32[r].data() : (void*)h16[r].data();
+      return gradcompAllReduce(buf, buf, n, ncclOf(t), avg ? ncclAvg : ncclSum, world.comm(r),
+                               nullptr);
+    });
+    for (int r = 0; r < N; ++r) ASSERT_EQ(rc[r], gradcompSuccess) << gradcompGetLastError();
+    for (int r = 0; r < N; ++r) {
+      for (size_t i = 0; i < n; ++i) {
+        float got = t == DType::F32 ? f32[r][i] : gc::loadAsFloat(h16[r].data(), t, i);
+        ASSERT_EQ(memcmp(&got, &expect[i], 4), 0) << "rank " << r << " step " << step << " i " << i
+                                                  << " got " << got << " want " << expect[i];
+      }
+      const gc::BufferState& s = world.comm(r)->states.begin()->second;
+      if (s.residual) {
+        ASSERT_EQ(ref[r].v.size(), n);
+        ASSERT_EQ(memcmp(s.residual, ref[r].v.data(), n * 4), 0)
+            << "rank " << r << " step " << step;
+      }
+      ASSERT_EQ(s.momentum != nullptr, !ref[r].u.empty());
+      if (s.momentum) {
+        ASSERT_EQ(memcmp(s.momentum, ref[r].u.data(), n * 4), 0)
+            << "rank " << r << " step " << step;
+      }
+    }
+    gradcompStats_t st;
+    ASSERT_EQ(gradcompGetStats(world.comm(0), &st), gradcompSuccess);
+    EXPECT_EQ(st.targetLast, call.k) << "step " << step;
+    denseCalls += call.dense;
+    EXPECT_EQ(st.denseFallbacks, denseCalls) << "step " << step;
+    if (!call.selected.empty()) EXPECT_EQ(st.selectedLast, call.selected[0]) << "step " << step;
+  }
+}
+
+TEST(SparseDgcCpu, MomentumMaskingWarmupClipBitExactAgainstSerialReference) {
+  for (int masking : {0, 1}) {
+    for (gradcompSelect_t sel : {gradcompSelectThreshold, gradcompSelectExact}) {
+      gradcompConfig_t cfg = sparseConfig(gradcompMethodDgc);
+      cfg.select = sel;
+      cfg.density = 0.01f;
+      cfg.momentum = 0.9f;
+      cfg.momentumCorrection = 1;
+      cfg.momentumMasking = masking;
+      cfg.clipNorm = masking ? 30.0f : 0.0f;
+      cfg.warmupSteps = 4;  // 25% (dense at N=2), 6.25%, 1.5625%, 0.39% -> 1%
+      cfg.valueType = ncclBfloat16;
+      checkSparseBitExact(2, cfg, DType::F32, false, 20000, 6);
+      checkSparseBitExact(3, cfg, DType::BF16, true, 12345, 6);
+    }
+  }
+  gradcompConfig_t cfg = sparseConfig(gradcompMethodDgc);  // no momentum correction
+  cfg.momentumCorrection = 0;
+  cfg.density = 0.005f;
+  checkSparseBitExact(4, cfg, DType::F16, true, 30000, 3);
+}
+
+TEST(SparseAllReduceCpu, RandkBitExactAgainstSerialReference) {
+  for (int ef : {0, 1}) {
+    gradcompConfig_t cfg = sparseConfig(gradcompMethodRandk);
+    cfg.density = 0.02f;
+    cfg.errorFeedback = ef;
+    checkSparseBitExact(2, cfg, DType::F32, false, 10000, 3);
+    checkSparseBitExact(4, cfg, DType::BF16, true, 7777, 3);
+  }
 }
 
 // Mass: sum over steps of the outputs plus the residuals equals the sum of
@@ -469,6 +524,51 @@ TEST(SparseDgcCpu, ExtrasMatchPerStepReference) {
       }
     }
   }
+}
+
+// Clipping is for exploding gradients: a huge but finite gradient (norm
+// 2e19, whose fp32 sum of squares would overflow to Inf) is still scaled to
+// ||g|| = clipNorm/sqrt(N), in direction and size (to fp32 rounding).
+TEST(SparseDgcCpu, ClippingHoldsForHugeFiniteGradients) {
+  const int N = 2;
+  const size_t n = (size_t)1 << 20;
+  gradcompConfig_t cfg = sparseConfig(gradcompMethodDgc);
+  cfg.momentumCorrection = 0;
+  cfg.momentumMasking = 0;
+  cfg.clipNorm = 4.0f;
+  gctest::CpuWorld world(N, cfg);
+  std::vector<std::vector<float>> g(N), buf(N);
+  for (int r = 0; r < N; ++r) {
+    g[r] = gctest::normal(n, 40 + r, 2e16f);
+    buf[r] = g[r];
+  }
+  auto rc = world.run([&](int r) {
+    return gradcompAllReduce(buf[r].data(), buf[r].data(), n, ncclFloat32, ncclSum, world.comm(r),
+                             nullptr);
+  });
+  for (int r = 0; r < N; ++r) ASSERT_EQ(rc[r], gradcompSuccess) << gradcompGetLastError();
+  const double thr = cfg.clipNorm / sqrt((double)N);
+  for (int r = 0; r < N; ++r) {
+    double gg = 0;
+    for (float x : g[r]) gg += (double)x * x;
+    const double scale = thr / sqrt(gg);
+    ASSERT_LT(scale, 1e-18);
+    // The residual holds every entry rank r did not send, as accumulated:
+    // its clipped gradient there; its norm stays below the limit.
+    const gc::BufferState& s = world.comm(r)->states.begin()->second;
+    double vv = 0;
+    size_t unsent = 0;
+    for (size_t i = 0; i < n; ++i) {
+      if (s.residual[i] == 0.0f) continue;
+      ++unsent;
+      const double want = g[r][i] * scale;
+      ASSERT_NEAR(s.residual[i], want, 1e-6 * fabs(want)) << "rank " << r << " i " << i;
+      vv += (double)s.residual[i] * s.residual[i];
+    }
+    EXPECT_GT(unsent, n / 2);
+    EXPECT_LE(sqrt(vv), thr * (1 + 1e-6));
+  }
+  for (size_t i = 0; i < n; ++i) ASSERT_TRUE(std::isfinite(buf[0][i]));
 }
 
 TEST(SparseAllReduceCpu, RefusesDenseAlgorithms) {

@@ -37,12 +37,21 @@ class GpuTest : public ::testing::Test {
   cudaStream_t stream = nullptr;
 };
 
+// The tests' streams are non-blocking, so nothing orders them after work on
+// the legacy stream: cudaMemset is asynchronous to the host, and a pageable
+// cudaMemcpy to the device may return before its last DMA lands. Call this
+// after either, before the stream touches the memory.
+inline void settle() {
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+}
+
 template <typename T>
 class DeviceBuffer {
  public:
   explicit DeviceBuffer(size_t count, size_t padBytes = 64) : count_(count) {
     EXPECT_EQ(cudaMalloc(&raw_, count * sizeof(T) + padBytes), cudaSuccess);
     cudaMemset(raw_, 0, count * sizeof(T) + padBytes);
+    settle();
   }
   ~DeviceBuffer() { cudaFree(raw_); }
   DeviceBuffer(const DeviceBuffer&) = delete;
@@ -51,6 +60,7 @@ class DeviceBuffer {
   void upload(const std::vector<T>& v, size_t offsetElems = 0) {
     ASSERT_EQ(cudaMemcpy(get(offsetElems), v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice),
               cudaSuccess);
+    settle();
   }
   std::vector<T> download(size_t n, size_t offsetElems = 0) {
     std::vector<T> v(n);

@@ -55,6 +55,7 @@ TEST_F(DqsgdGpu, DeviceStatisticsGiveTheHostRulesChoice) {
       const size_t bytes = n * gc::dtypeBytes(t);
       DeviceBuffer<uint8_t> dx(bytes);
       ASSERT_EQ(cudaMemcpy(dx.get(), host, bytes, cudaMemcpyHostToDevice), cudaSuccess);
+      gctest::settle();
 
       gc::BufferState state;
       state.count = n;

@@ -21,7 +21,7 @@
 
 #define LINE_FMT "AllReduce send=%p recv=%p count=%zu type=%d op=%d comm=%p stream=%p"
 
-/* Calls printed after the user's ncclGroupEnd (GRADCOMP_GROUP=fuse). */
+/* Calls printed after the user's ncclGroupEnd. */
 static char deferred[16][256];
 static int numDeferred = 0;
 
@@ -44,10 +44,11 @@ static int allReduce(int deferIt, const void* s, void* r, size_t n, ncclDataType
 
 #define CALL(...) \
   if (allReduce(0, __VA_ARGS__)) return 1
-/* An eligible call inside a user group: with GRADCOMP_GROUP=fuse gradcomp
- * takes it out of the group and runs it after the group's end. */
+/* An eligible call inside a user group: gradcomp takes it out of the group
+ * and runs it after the group's end (GRADCOMP_GROUP=defer or fuse), which
+ * the test announces with GC_TEST_GROUP_CALLS_DEFERRED=1. */
 #define CALL_IN_GROUP(...) \
-  if (allReduce(fuse, __VA_ARGS__)) return 1
+  if (allReduce(deferGroupCalls, __VA_ARGS__)) return 1
 #define CHECK(call)                                             \
   if ((call) != ncclSuccess) {                                  \
     fprintf(stderr, "%s failed at line %d\n", #call, __LINE__); \
@@ -57,8 +58,9 @@ static int allReduce(int deferIt, const void* s, void* r, size_t n, ncclDataType
 /* int32, Max, one element, fp64, a user group, then large fp32/bf16 calls
  * that gradcomp would compress if it could set up (it cannot: no GPU). */
 static int basic(void) {
-  const char* g = getenv("GRADCOMP_GROUP");
-  const int fuse = g != NULL && strcmp(g, "fuse") == 0;
+  /* The test says whether eligible calls in a group should be deferred. */
+  const char* g = getenv("GC_TEST_GROUP_CALLS_DEFERRED");
+  const int deferGroupCalls = g != NULL && strcmp(g, "1") == 0;
   ncclComm_t comm = (ncclComm_t)(uintptr_t)0x1000;
   cudaStream_t stream = (cudaStream_t)(uintptr_t)0x2000;
   char* a = (char*)(uintptr_t)0x7f0000000000ull;

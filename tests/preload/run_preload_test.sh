@@ -11,7 +11,8 @@ preload=$1 app=$2 dlopen_app=$3 framework=$4 framework_alt=$5 nccl_alt=$6
 # The programs' pointers and streams are made up: hide any GPU so this is the
 # no-GPU case on every machine.
 export CUDA_VISIBLE_DEVICES=
-unset GRADCOMP_DEBUG GRADCOMP_GROUP GRADCOMP_METHOD GRADCOMP_NCCL_LIBRARY NCCL_COMM_BLOCKING
+unset GRADCOMP_DEBUG GRADCOMP_GROUP GRADCOMP_METHOD GRADCOMP_NCCL_LIBRARY NCCL_COMM_BLOCKING \
+  GC_TEST_GROUP_CALLS_DEFERRED
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 fail=0
@@ -48,12 +49,15 @@ done
 extra=$(echo "$exports" | grep -v -x -F -e "${required// /$'\n'}" -e "${optional// /$'\n'}" | tr '\n' ' ')
 check "exports nothing else (extra: '$extra')" "[ -z '$extra' ]"
 
-# 2. Pass-through of every call, identical arguments, with and without fuse.
+# 2. Pass-through of every call, identical arguments, in every group mode.
 # The eligible calls cannot be compressed without a GPU: one warning, then
-# they reach NCCL unchanged (with fuse, right after the group they were in).
-for group in pass fuse; do
-  name=basic_$group
-  run $name env GRADCOMP_GROUP=$group GRADCOMP_METHOD=qsgd GRADCOMP_DEBUG=INFO "$app" basic || continue
+# they reach NCCL unchanged (deferred or fused ones right after the group
+# they were in; "" is the default, defer).
+for group in "" defer pass fuse; do
+  name=basic_${group:-default}
+  deferred=1
+  [ "$group" = pass ] && deferred=0
+  run $name env ${group:+GRADCOMP_GROUP=$group} GC_TEST_GROUP_CALLS_DEFERRED=$deferred GRADCOMP_METHOD=qsgd GRADCOMP_DEBUG=INFO "$app" basic || continue
   same_calls $name
   n=$(count "cannot set up compression" "$work/$name.err")
   check "$name: one set-up warning (got $n)" "[ '$n' = 1 ]"
@@ -62,7 +66,8 @@ for group in pass fuse; do
     "grep -q 'summary comm 0x1000 rank 0/4 method qsgd: 0 calls compressed, $calls passed through' '$work/$name.err'"
 done
 
-# 3. A bad configuration warns once, naming the variable, and passes all through.
+# 3. A bad configuration warns once, naming the variable, and passes all
+# through (group calls too, inside their group).
 run bad_config env GRADCOMP_BITS=9 "$app" basic && {
   same_calls bad_config
   check "bad GRADCOMP_BITS: the warning names the variable and range" \
@@ -91,13 +96,14 @@ fi
 
 # 5. NCCL loaded privately (RTLD_LOCAL) by a framework, as PyTorch does:
 # found with dlopen(RTLD_NOLOAD), where RTLD_NEXT cannot see it.
-run rtld_local "$dlopen_app" "$framework" basic && {
+run rtld_local env GC_TEST_GROUP_CALLS_DEFERRED=1 "$dlopen_app" "$framework" basic && {
   same_calls rtld_local
   n=$(count "cannot set up compression" "$work/rtld_local.err")
   check "rtld_local: the interposer was in the path (one set-up warning, got $n)" "[ '$n' = 1 ]"
 }
 # 6. An NCCL under another name, named by GRADCOMP_NCCL_LIBRARY.
-run other_name env GRADCOMP_NCCL_LIBRARY="$nccl_alt" "$dlopen_app" "$framework_alt" basic && {
+run other_name env GRADCOMP_NCCL_LIBRARY="$nccl_alt" GC_TEST_GROUP_CALLS_DEFERRED=1 \
+  "$dlopen_app" "$framework_alt" basic && {
   same_calls other_name
   n=$(count "cannot set up compression" "$work/other_name.err")
   check "other_name: the interposer was in the path (one set-up warning, got $n)" "[ '$n' = 1 ]"

@@ -1,0 +1,221 @@
+// Serial reference of the sparse allreduce (top-k, DGC, rand-k): one call,
+// all ranks, written from the description in plugin/algo_sparse.cc and
+// docs/sparse.md on the shared math of kernels/sparse_math.cuh only (no
+// library code), so the CPU tests and the multi-process GPU test check the
+// library against the same model. Sums run in rank order from +0, as the
+// sparse exchange and the CPU transport do; NCCL's fp32 allreduce (rand-k
+// and the dense fallback on the GPU) may sum in another order for N > 2.
+#pragma once
+
+#include <math.h>
+#include <stdint.h>
+
+#include <algorithm>
+#include <functional>
+#include <vector>
+
+#include "gradcomp.h"
+#include "kernels/common_math.cuh"
+#include "kernels/sparse_math.cuh"
+
+namespace gctest {
+namespace ref {
+
+// Per-rank state of one buffer: v (the residual, when the method keeps one)
+// and u (DGC momentum correction), plus the buffer's call count.
+struct SparseState {
+  std::vector<float> v, u;
+  uint64_t calls = 0;
+};
+
+struct SparseCall {
+  size_t k = 0, kmax = 0;
+  bool dense = false;              // dense fallback taken
+  bool rsum = false;               // the values went through an fp32 allreduce (rand-k, dense)
+  std::vector<uint64_t> selected;  // per rank (sparse exchange only)
+  // With rsum: sum of |term| over the ranks for each output element (0
+  // where nothing was summed), to bound another summation order's error.
+  std::vector<float> absSum;
+};
+
+inline gc::DType refDType(ncclDataType_t t) {
+  return t == ncclFloat16 ? gc::DType::F16 : t == ncclBfloat16 ? gc::DType::BF16 : gc::DType::F32;
+}
+
+// Squared norm in double, in the order of sparse_math.cuh: lanes of a
+// chunk, the pairwise lane tree, then the chunk partials by lane and the
+// tree again.
+inline double refSumSq(const std::vector<float>& g) {
+  using namespace gc::sparse;
+  const size_t n = g.size(), chunks = (n + kNormChunk - 1) / kNormChunk;
+  std::vector<double> partial(chunks);
+  double lanes[kNormLanes];
+  for (size_t c = 0; c < chunks; ++c) {
+    for (int l = 0; l < kNormLanes; ++l) {
+      double s = 0.0;
+      for (int i = 0; i < kNormPerLane; ++i) {
+        const size_t j = c * kNormChunk + l + (size_t)i * kNormLanes;
+        if (j < n) s = s + (double)g[j] * (double)g[j];
+      }
+      lanes[l] = s;
+    }
+    treeSumHost(lanes);
+    partial[c] = lanes[0];
+  }
+  for (int l = 0; l < kNormLanes; ++l) {
+    double s = 0.0;
+    for (size_t j = l; j < chunks; j += kNormLanes) s = s + partial[j];
+    lanes[l] = s;
+  }
+  treeSumHost(lanes);
+  return lanes[0];
+}
+
+// Indices of v selected by `rule` in index order, at most `slots`.
+inline std::vector<uint32_t> refSelectByRule(const std::vector<float>& v,
+                                             const gc::sparse::SelectRule& rule, size_t slots) {
+  std::vector<uint32_t> idx;
+  uint64_t eqSeen = 0;
+  for (size_t i = 0; i < v.size() && idx.size() < slots; ++i) {
+    const uint32_t key = gc::sparse::absKey(v[i]);
+    if (key > rule.gt || (key == rule.eq && eqSeen++ < rule.need)) idx.push_back((uint32_t)i);
+  }
+  return idx;
+}
+
+// Exact top-k: the k-th largest key, everything above it, and the first
+// entries equal to it in index order until there are k.
+inline std::vector<uint32_t> refTopkExact(const std::vector<float>& v, size_t k) {
+  std::vector<uint32_t> keys(v.size());
+  for (size_t i = 0; i < v.size(); ++i) keys[i] = gc::sparse::absKey(v[i]);
+  std::nth_element(keys.begin(), keys.begin() + (k - 1), keys.end(), std::greater<uint32_t>());
+  const uint32_t kth = keys[k - 1];
+  uint64_t above = 0;
+  for (float x : v) above += gc::sparse::absKey(x) > kth;
+  // gt = kth works for kth = 0 too: nothing is below 0.
+  return refSelectByRule(v, gc::sparse::SelectRule{kth, kth, k - above}, k);
+}
+
+// DGC threshold: the keep-th largest key of the strided sample at the key's
+// offset; nonzero entries at or above it, up to kmax.
+inline std::vector<uint32_t> refTopkThreshold(const std::vector<float>& v,
+                                              const gc::sparse::Plan& p, uint64_t key) {
+  const size_t off = gc::sparse::sampleOffset(key, p.offsetRange);
+  std::vector<uint32_t> s(p.sample);
+  for (size_t j = 0; j < p.sample; ++j) s[j] = gc::sparse::absKey(v[off + j * p.stride]);
+  std::nth_element(s.begin(), s.begin() + (p.sample - p.keep), s.end());
+  return refSelectByRule(v, gc::sparse::thresholdRule(s[p.sample - p.keep]), p.kmax);
+}
+
+// One gradcompAllReduce of all N ranks with config cfg (method topk, dgc or
+// randk; errorFeedback, momentum..., as the comm has them) at comm step
+// `step`: g[r] is rank r's input as floats (exact values of type t). Returns
+// the output every rank holds, widened from t, and advances st.
+inline std::vector<float> refSparse(const gradcompConfig_t& cfg, gc::DType t, bool avg,
+                                    uint64_t step, const std::vector<std::vector<float>>& g,
+                                    std::vector<SparseState>& st, SparseCall* info = nullptr) {
+  using namespace gc::sparse;
+  const int N = (int)g.size();
+  const size_t n = g[0].size();
+  SparseCall call;
+  if (N == 1) {  // one rank: passed through
+    if (info) *info = call;
+    return g[0];
+  }
+  const bool dgc = cfg.method == gradcompMethodDgc, randk = cfg.method == gradcompMethodRandk;
+  const bool exact = cfg.select == gradcompSelectExact;
+  const double density =
+      dgc ? warmupDensity(cfg.density, cfg.warmupSteps, st[0].calls) : (double)cfg.density;
+  const Plan p = makePlan(n, density, exact, cfg.oversample, cfg.sampleRate);
+  const gc::DType vt = refDType(cfg.valueType);
+  const size_t vb = vt == gc::DType::F32 ? 4 : 2;
+  const bool keepV = cfg.errorFeedback || dgc;
+  const bool haveU = dgc && cfg.momentumCorrection;
+  const bool masking = haveU && cfg.momentumMasking;
+  const float clipThr = dgc && cfg.clipNorm > 0.0f ? (float)(cfg.clipNorm / sqrt((double)N)) : 0.0f;
+  call.k = p.k;
+  call.kmax = p.kmax;
+  call.dense = !randk && (size_t)N * p.kmax * (4 + vb) >= n * 4;
+  call.rsum = randk || call.dense;
+
+  // 1. v = (v) + (u = m*u + s*g).
+  for (int r = 0; r < N; ++r) {
+    SparseState& s = st[r];
+    if (s.v.size() != n) s.v.assign(n, 0.0f);
+    if (haveU && s.u.size() != n) s.u.assign(n, 0.0f);
+    const float scale = clipThr > 0.0f ? clipScale(refSumSq(g[r]), clipThr) : 1.0f;
+    for (size_t i = 0; i < n; ++i) {
+      accumulate(g[r][i], scale, cfg.momentum, haveU ? &s.u[i] : nullptr, &s.v[i], keepV);
+    }
+  }
+
+  std::vector<float> out(n, 0.0f);
+  if (randk) {
+    // Rank 0's key on every rank: the same k indices.
+    const uint64_t key = gc::deriveKey(cfg.seed, step, 0, kRandkStream);
+    std::vector<uint32_t> idx(p.k);
+    for (size_t j = 0; j < p.k; ++j) idx[j] = permute(key, (uint32_t)j, (uint32_t)n);
+    std::vector<float> val(p.k, 0.0f);
+    call.absSum.assign(n, 0.0f);
+    for (int r = 0; r < N; ++r) {
+      for (size_t j = 0; j < p.k; ++j) {
+        val[j] = gc::fadd(val[j], st[r].v[idx[j]]);
+        call.absSum[idx[j]] += fabsf(st[r].v[idx[j]]);
+        st[r].v[idx[j]] = 0.0f;
+      }
+    }
+    for (size_t j = 0; j < p.k; ++j) out[idx[j]] = gc::fadd(out[idx[j]], val[j]);
+  } else if (call.dense) {
+    call.absSum.assign(n, 0.0f);
+    for (int r = 0; r < N; ++r) {
+      for (size_t i = 0; i < n; ++i) {
+        out[i] = gc::fadd(out[i], st[r].v[i]);
+        call.absSum[i] += fabsf(st[r].v[i]);
+      }
+      std::fill(st[r].v.begin(), st[r].v.end(), 0.0f);
+      if (masking) std::fill(st[r].u.begin(), st[r].u.end(), 0.0f);
+    }
+  } else {
+    std::vector<uint16_t> h(1);
+    for (int r = 0; r < N; ++r) {
+      SparseState& s = st[r];
+      const std::vector<uint32_t> idx =
+          exact
+              ? refTopkExact(s.v, p.k)
+              : refTopkThreshold(s.v, p, gc::deriveKey(cfg.seed, step, (uint64_t)r, kSelectStream));
+      call.selected.push_back(idx.size());
+      // The value travels in the value type; v keeps exactly the rest.
+      for (uint32_t i : idx) {
+        const float a = s.v[i];
+        const float w = wireValue(a, vt);
+        float sent = w;
+        if (vt != gc::DType::F32) {
+          gc::storeFromFloat(h.data(), vt, 0, w);
+          sent = gc::loadAsFloat(h.data(), vt, 0);
+        }
+        out[i] = gc::fadd(out[i], sent);
+        s.v[i] = residualAfterSend(a, w);
+        if (masking) s.u[i] = 0.0f;
+      }
+    }
+  }
+  for (auto& s : st) s.calls++;
+  if (!keepV) {
+    for (auto& s : st) s.v.clear();  // a fresh v next call
+  }
+  // Output: divided once for Avg, rounded once to t.
+  std::vector<uint16_t> h(n);
+  for (size_t i = 0; i < n; ++i) {
+    float x = avg ? gc::fdiv(out[i], (float)N) : out[i];
+    if (t != gc::DType::F32) {
+      gc::storeFromFloat(h.data(), t, i, x);
+      x = gc::loadAsFloat(h.data(), t, i);
+    }
+    out[i] = x;
+  }
+  if (info) *info = call;
+  return out;
+}
+
+}  // namespace ref
+}  // namespace gctest

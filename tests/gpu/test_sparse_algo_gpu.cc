@@ -1,0 +1,251 @@
+// The sparse allreduce on the CUDA backend against the CPU backend, bit for
+// bit, in one process on one GPU: both comms see N ranks through a mirroring
+// transport (every rank sends what rank 0 sends), so the CUDA path (kernels,
+// workspace carving, device step counter) runs whole and its results,
+// residuals and momenta are compared after every call, eager calls first,
+// then replays of a captured CUDA graph. And capture during DGC warm-up is
+// refused.
+#include <gtest/gtest.h>
+#include <math.h>
+#include <string.h>
+
+#include <string>
+#include <vector>
+
+#include "gradcomp.h"
+#include "kernels/common_math.cuh"
+#include "plugin/comm.h"
+#include "tests/common/test_util.h"
+#include "tests/gpu/gpu_util.h"
+
+namespace {
+
+using gctest::DeviceBuffer;
+
+class SparseAlgoGpu : public gctest::GpuTest {};
+
+// Bit equality, except that any NaN equals any NaN.
+::testing::AssertionResult sameFloats(const std::vector<float>& a, const std::vector<float>& b) {
+  if (a.size() != b.size()) return ::testing::AssertionFailure() << "sizes differ";
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (std::isnan(a[i]) && std::isnan(b[i])) continue;
+    if (memcmp(&a[i], &b[i], 4) != 0) {
+      return ::testing::AssertionFailure() << "element " << i << ": " << a[i] << " vs " << b[i];
+    }
+  }
+  return ::testing::AssertionSuccess();
+}
+
+// ---------------------------------------------------------------- algorithms
+
+#define GC_TEST_CHECK(x)                  \
+  do {                                    \
+    gradcompResult_t r_ = (x);            \
+    if (r_ != gradcompSuccess) return r_; \
+  } while (0)
+
+// A transport of N ranks seen from rank 0 where every rank sends what rank 0
+// sends. Works on either backend's memory through the backend's own ops, so
+// the same calls run on the CPU and the CUDA backend (and in a graph).
+class MirrorTransport final : public gc::Transport {
+ public:
+  MirrorTransport(int size, gc::Backend* be, size_t maxFloats) : be_(be) {
+    rank_ = 0;
+    size_ = size;
+    void* p = nullptr;
+    EXPECT_EQ(be_->alloc(maxFloats * sizeof(float), &p), gradcompSuccess);
+    tmp_ = static_cast<float*>(p);
+  }
+  ~MirrorTransport() override { be_->release(tmp_); }
+  gradcompResult_t allToAll(const void* const*, const size_t*, void* const*,
+                            const size_t*) override {
+    return gradcompNotSupported;
+  }
+  gradcompResult_t sendRecv(const void*, size_t, int, void*, size_t, int) override {
+    return gradcompNotSupported;
+  }
+  gradcompResult_t allGather(const void* send, void* recv, size_t bytes) override {
+    for (int i = 0; i < size_; ++i) {
+      GC_TEST_CHECK(be_->copy(static_cast<char*>(recv) + i * bytes, send, bytes));
+    }
+    return gradcompSuccess;
+  }
+  gradcompResult_t allReduceSumFloat(const float* send, float* recv, size_t n) override {
+    GC_TEST_CHECK(be_->copy(tmp_, send, n * sizeof(float)));
+    GC_TEST_CHECK(be_->zero(recv, n * sizeof(float)));
+    for (int i = 0; i < size_; ++i) GC_TEST_CHECK(be_->add(recv, tmp_, n));
+    return gradcompSuccess;
+  }
+  gradcompResult_t passThrough(const void*, void*, size_t, ncclDataType_t, ncclRedOp_t) override {
+    return gradcompNotSupported;
+  }
+
+ private:
+  gc::Backend* be_;
+  float* tmp_ = nullptr;
+};
+
+gradcompComm* mirrorComm(const gradcompConfig_t& cfg, bool device, int nranks, size_t maxFloats,
+                         cudaStream_t stream) {
+  gradcompComm* c = new gradcompComm();
+  c->cfg = cfg;
+  c->rank = 0;
+  c->nranks = nranks;
+  c->backend = device ? gc::makeCudaBackend() : gc::makeCpuBackend();
+  EXPECT_EQ(c->backend->init(), gradcompSuccess);
+  c->backend->setStream(stream);
+  c->transport.reset(new MirrorTransport(nranks, c->backend.get(), maxFloats));
+  c->transport->setStream(stream);
+  c->sparse = device ? gc::makeCudaSparseOps() : gc::makeCpuSparseOps();
+  return c;
+}
+
+struct AlgoCase {
+  const char* name;
+  gradcompMethod_t method;
+  gradcompSelect_t select;
+  ncclDataType_t valueType;
+  float density;
+  gc::DType dtype;
+  bool avg;
+};
+
+gradcompConfig_t caseConfig(const AlgoCase& a) {
+  gradcompConfig_t cfg;
+  gradcompConfigInit(&cfg);
+  cfg.method = a.method;
+  cfg.select = a.select;
+  cfg.valueType = a.valueType;
+  cfg.density = a.density;
+  cfg.minElements = 0;
+  cfg.momentumCorrection = a.method == gradcompMethodDgc;
+  cfg.momentumMasking = a.method == gradcompMethodDgc;
+  cfg.clipNorm = a.method == gradcompMethodDgc ? 100.0f : 0.0f;
+  return cfg;
+}
+
+const AlgoCase kCases[] = {
+    {"topk threshold", gradcompMethodTopk, gradcompSelectThreshold, ncclFloat32, 0.01f,
+     gc::DType::F32, false},
+    {"topk exact bf16", gradcompMethodTopk, gradcompSelectExact, ncclBfloat16, 0.001f,
+     gc::DType::BF16, true},
+    {"topk half values", gradcompMethodTopk, gradcompSelectThreshold, ncclFloat16, 0.01f,
+     gc::DType::F16, false},
+    {"dgc", gradcompMethodDgc, gradcompSelectThreshold, ncclFloat32, 0.01f, gc::DType::F32, true},
+    {"dense fallback", gradcompMethodTopk, gradcompSelectThreshold, ncclFloat32, 0.2f,
+     gc::DType::F32, false},
+    {"randk", gradcompMethodRandk, gradcompSelectThreshold, ncclFloat32, 0.01f, gc::DType::F32,
+     true},
+};
+
+std::vector<uint8_t> stepInput(size_t n, gc::DType t, int step) {
+  std::vector<float> x = gctest::normal(n, 300 + step, 1.0f + step);
+  std::vector<uint8_t> b(n * gc::dtypeBytes(t));
+  for (size_t i = 0; i < n; ++i) gc::storeFromFloat(b.data(), t, i, x[i]);
+  return b;
+}
+
+TEST_F(SparseAlgoGpu, AlgorithmsEqualCpuBackendEagerAndInGraphs) {
+  const int N = 3, steps = 5, eager = 2;
+  const size_t n = 200003;
+  for (const AlgoCase& ac : kCases) {
+    SCOPED_TRACE(ac.name);
+    const gradcompConfig_t cfg = caseConfig(ac);
+    const ncclDataType_t type = ac.dtype == gc::DType::F32   ? ncclFloat32
+                                : ac.dtype == gc::DType::F16 ? ncclFloat16
+                                                             : ncclBfloat16;
+    const ncclRedOp_t op = ac.avg ? ncclAvg : ncclSum;
+    const size_t bytes = n * gc::dtypeBytes(ac.dtype);
+    gradcompComm* cpu = mirrorComm(cfg, false, N, n, nullptr);
+    gradcompComm* gpu = mirrorComm(cfg, true, N, n, stream);
+    std::vector<uint8_t> hostBuf(bytes);
+    DeviceBuffer<uint8_t> dbuf(bytes), dsrc(bytes);
+    cudaGraph_t graph = nullptr;
+    cudaGraphExec_t exec = nullptr;
+    for (int step = 0; step < steps; ++step) {
+      SCOPED_TRACE(testing::Message() << "step " << step);
+      const std::vector<uint8_t> in = stepInput(n, ac.dtype, step);
+      hostBuf = in;
+      ASSERT_EQ(gradcompAllReduce(hostBuf.data(), hostBuf.data(), n, type, op, cpu, nullptr),
+                gradcompSuccess)
+          << gradcompGetLastError();
+      ASSERT_EQ(cudaMemcpy(dsrc.get(), in.data(), bytes, cudaMemcpyHostToDevice), cudaSuccess);
+      gctest::settle();  // the copy from dsrc below runs on the non-blocking stream
+      if (step < eager) {
+        ASSERT_EQ(cudaMemcpyAsync(dbuf.get(), dsrc.get(), bytes, cudaMemcpyDeviceToDevice, stream),
+                  cudaSuccess);
+        ASSERT_EQ(gradcompAllReduce(dbuf.get(), dbuf.get(), n, type, op, gpu, stream),
+                  gradcompSuccess)
+            << gradcompGetLastError();
+      } else {
+        if (!exec) {
+          ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+          cudaMemcpyAsync(dbuf.get(), dsrc.get(), bytes, cudaMemcpyDeviceToDevice, stream);
+          const gradcompResult_t res =
+              gradcompAllReduce(dbuf.get(), dbuf.get(), n, type, op, gpu, stream);
+          ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
+          ASSERT_EQ(res, gradcompSuccess) << gradcompGetLastError();
+          ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
+        }
+        ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
+      }
+      ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+      ASSERT_EQ(dbuf.download(bytes), hostBuf);
+      // Residual and momentum too.
+      const gc::BufferState& sc = cpu->states.begin()->second;
+      const gc::BufferState& sg = gpu->states.begin()->second;
+      if (sc.residual) {
+        std::vector<float> rc(sc.residual, sc.residual + n), rg(n);
+        ASSERT_EQ(cudaMemcpy(rg.data(), sg.residual, n * 4, cudaMemcpyDeviceToHost), cudaSuccess);
+        ASSERT_TRUE(sameFloats(rg, rc));
+      }
+      if (sc.momentum) {
+        std::vector<float> uc(sc.momentum, sc.momentum + n), ug(n);
+        ASSERT_EQ(cudaMemcpy(ug.data(), sg.momentum, n * 4, cudaMemcpyDeviceToHost), cudaSuccess);
+        ASSERT_TRUE(sameFloats(ug, uc));
+      }
+      if (step < eager) {
+        gradcompStats_t stc, stg;
+        ASSERT_EQ(gradcompGetStats(cpu, &stc), gradcompSuccess);
+        ASSERT_EQ(gradcompGetStats(gpu, &stg), gradcompSuccess);
+        // selectedLast is not compared: on the CUDA backend it arrives
+        // asynchronously (docs/sparse.md).
+        EXPECT_EQ(stg.targetLast, stc.targetLast);
+        EXPECT_EQ(stg.denseFallbacks, stc.denseFallbacks);
+        EXPECT_EQ(stg.bytesOnWire, stc.bytesOnWire);
+      }
+    }
+    if (exec) cudaGraphExecDestroy(exec);
+    if (graph) cudaGraphDestroy(graph);
+    gradcompCommDestroy(gpu);
+    gradcompCommDestroy(cpu);
+  }
+}
+
+TEST_F(SparseAlgoGpu, CaptureDuringDgcWarmupIsRefused) {
+  gradcompConfig_t cfg;
+  gradcompConfigInit(&cfg);
+  cfg.method = gradcompMethodDgc;
+  cfg.minElements = 0;
+  cfg.warmupSteps = 10;
+  const size_t n = 50000;
+  gradcompComm* gpu = mirrorComm(cfg, true, 2, n, stream);
+  DeviceBuffer<float> d(n);  // warm-up starts at 25%: the dense fallback
+  d.upload(gctest::normal(n, 1));
+  ASSERT_EQ(gradcompAllReduce(d.get(), d.get(), n, ncclFloat32, ncclSum, gpu, stream),
+            gradcompSuccess)
+      << gradcompGetLastError();
+  ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+  cudaGraph_t graph = nullptr;
+  ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+  const gradcompResult_t res =
+      gradcompAllReduce(d.get(), d.get(), n, ncclFloat32, ncclSum, gpu, stream);
+  const std::string msg = gradcompGetLastError();
+  ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
+  if (graph) cudaGraphDestroy(graph);
+  EXPECT_EQ(res, gradcompInvalidUsage);
+  EXPECT_NE(msg.find("warm-up"), std::string::npos) << msg;
+  gradcompCommDestroy(gpu);
+}
+
+}  // namespace
