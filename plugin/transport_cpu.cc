@@ -22,6 +22,8 @@ struct Slot {
   const void* send = nullptr;
   size_t bytes = 0;
   int to = -1;
+  int op = 0;          // which collective this rank entered
+  uint64_t check = 0;  // its size, which every rank must agree on
 };
 
 struct CpuWorld {
@@ -122,12 +124,34 @@ class CpuTransport final : public Transport {
     size_ = world_->nranks;
   }
 
+  // Enters a collective: every rank must be in the same one with the same
+  // size. A rank whose per-buffer state diverged (NCCL would hang or corrupt
+  // memory) makes all ranks fail together here, cleanly.
+  gradcompResult_t meet(int op, uint64_t check) {
+    world_->slots[rank_].op = op;
+    world_->slots[rank_].check = check;
+    GC_CHECK(world_->barrier());
+    for (int i = 0; i < size_; ++i) {
+      const Slot& s = world_->slots[i];
+      if (s.op != op || s.check != check) {
+        gradcompResult_t res = setError(
+            gradcompInvalidUsage,
+            "CPU transport: rank %d entered collective %d (size %llu) while rank %d entered %d "
+            "(size %llu): the ranks' calls or per-buffer state differ",
+            rank_, op, (unsigned long long)check, i, s.op, (unsigned long long)s.check);
+        GC_CHECK(world_->barrier());
+        return res;
+      }
+    }
+    return gradcompSuccess;
+  }
+
   gradcompResult_t allToAll(const void* const* send, const size_t* sendBytes, void* const* recv,
                             const size_t* recvBytes) override {
     Slot& me = world_->slots[rank_];
     me.sendv = send;
     me.sendBytesv = sendBytes;
-    GC_CHECK(world_->barrier());
+    GC_CHECK(meet(1, 0));
     gradcompResult_t res = gradcompSuccess;
     for (int i = 0; i < size_; ++i) {
       if (i == rank_) continue;
@@ -151,7 +175,7 @@ class CpuTransport final : public Transport {
     me.send = send;
     me.bytes = sendBytes;
     me.to = to;
-    GC_CHECK(world_->barrier());
+    GC_CHECK(meet(2, 0));
     const Slot& peer = world_->slots[from];
     gradcompResult_t res = gradcompSuccess;
     if (peer.to != rank_ || peer.bytes != recvBytes) {
@@ -168,7 +192,7 @@ class CpuTransport final : public Transport {
 
   gradcompResult_t allGather(const void* send, void* recv, size_t bytes) override {
     world_->slots[rank_].send = send;
-    GC_CHECK(world_->barrier());
+    GC_CHECK(meet(3, bytes));
     for (int i = 0; i < size_; ++i) {
       char* dst = static_cast<char*>(recv) + (size_t)i * bytes;
       if (bytes && dst != world_->slots[i].send) memcpy(dst, world_->slots[i].send, bytes);
@@ -178,7 +202,7 @@ class CpuTransport final : public Transport {
 
   gradcompResult_t allReduceSumFloat(const float* send, float* recv, size_t n) override {
     world_->slots[rank_].send = send;
-    GC_CHECK(world_->barrier());
+    GC_CHECK(meet(4, n));
     std::vector<float> sum(n, 0.0f);
     for (int i = 0; i < size_; ++i) {
       const float* src = static_cast<const float*>(world_->slots[i].send);
@@ -192,7 +216,7 @@ class CpuTransport final : public Transport {
   gradcompResult_t passThrough(const void* send, void* recv, size_t count, ncclDataType_t type,
                                ncclRedOp_t op) override {
     world_->slots[rank_].send = send;
-    GC_CHECK(world_->barrier());
+    GC_CHECK(meet(5, (uint64_t)count ^ ((uint64_t)type << 56) ^ ((uint64_t)op << 48)));
     std::vector<const void*> src(size_);
     for (int i = 0; i < size_; ++i) src[i] = world_->slots[i].send;
     std::vector<char> out;

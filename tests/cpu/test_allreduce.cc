@@ -412,3 +412,36 @@ TEST(AllReduceCpu, BadArgumentsRefusedBeforeAnythingIsWritten) {
 }
 
 }  // namespace
+
+namespace {
+
+// A rank whose per-buffer state diverged from the others' (here: DGC warm-up
+// on a buffer that only one rank switched) makes the CPU transport fail
+// cleanly on every rank instead of reading past a buffer.
+TEST(AllReduceCpu, DivergedSparseStateFailsCleanly) {
+  gradcompConfig_t cfg;
+  gradcompConfigInit(&cfg);
+  cfg.method = gradcompMethodDgc;
+  cfg.minElements = 0;
+  cfg.density = 0.001f;
+  cfg.warmupSteps = 100;
+  const size_t n = 1 << 16;
+  gctest::CpuWorld world(2, cfg);
+  std::vector<std::vector<float>> g(2, gctest::normal(n, 1));
+  for (int t = 0; t < 40; ++t) {
+    auto res = world.run([&](int r) {
+      return gradcompAllReduceKeyed(g[r].data(), g[r].data(), n, ncclFloat32, ncclSum,
+                                    world.comm(r), nullptr, 1);
+    });
+    ASSERT_EQ(res[0], gradcompSuccess);
+    ASSERT_EQ(res[1], gradcompSuccess);
+  }
+  auto res = world.run([&](int r) {
+    return gradcompAllReduceKeyed(g[r].data(), g[r].data(), n, ncclFloat32, ncclSum,
+                                  world.comm(r), nullptr, r == 0 ? 1 : 2);
+  });
+  EXPECT_EQ(res[0], gradcompInvalidUsage);
+  EXPECT_EQ(res[1], gradcompInvalidUsage);
+}
+
+}  // namespace
