@@ -72,6 +72,22 @@ GC_HD float fdiv(float a, float b) {
 #endif
 }
 
+// The same for double (L2 scales, squared norms).
+GC_HD double dmul(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __dmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+GC_HD double dadd(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __dadd_rn(a, b);
+#else
+  return a + b;
+#endif
+}
+
 GC_HD bool isFiniteBits(uint32_t absBits) {
   return absBits < 0x7f800000u;
 }

@@ -203,9 +203,9 @@ __global__ void __launch_bounds__(kThreads)
       double part = 0.0;
       for (int i = tid; i < len; i += 32) {
         const double v = (double)bitsToFloat(sv[padIdx(i)]);
-        part = elias::dadd(part, elias::dmul(v, v));
+        part = dadd(part, dmul(v, v));
       }
-      for (int o = 16; o > 0; o >>= 1) part = elias::dadd(part, __shfl_down_sync(kFull, part, o));
+      for (int o = 16; o > 0; o >>= 1) part = dadd(part, __shfl_down_sync(kFull, part, o));
       if (tid == 0) l2sum = part;
     }
     __syncthreads();

@@ -168,22 +168,6 @@ GC_HD float decodeValue(int level, bool negative, float scale, int s) {
   return negative ? -v : v;
 }
 
-// Double arithmetic without contraction on both sides, for the L2 scale.
-GC_HD double dmul(double a, double b) {
-#if defined(__CUDA_ARCH__)
-  return __dmul_rn(a, b);
-#else
-  return a * b;
-#endif
-}
-GC_HD double dadd(double a, double b) {
-#if defined(__CUDA_ARCH__)
-  return __dadd_rn(a, b);
-#else
-  return a + b;
-#endif
-}
-
 // The L2 scale from a bucket's sum of squares. The sum is taken in one fixed
 // order (32 strided partial sums, element i into partial i%32 in ascending i,
 // then the warp shuffle-down tree 16, 8, 4, 2, 1), in double so that the

@@ -16,13 +16,6 @@ constexpr int kWarps = 8;
 constexpr int kPartials = kBlocks * kWarps;
 constexpr unsigned kFull = 0xffffffffu;
 
-__device__ __forceinline__ double dadd(double a, double b) {
-  return __dadd_rn(a, b);
-}
-__device__ __forceinline__ double dmul(double a, double b) {
-  return __dmul_rn(a, b);
-}
-
 __global__ void __launch_bounds__(kWarps * 32)
     bucketStatsKernel(const void* __restrict__ x, DType t, size_t n, int bucket,
                       GradStats* __restrict__ partials) {

@@ -92,12 +92,12 @@ __global__ void sumSqChunkKernel(const void* __restrict__ x, DType t, size_t n,
   double s = 0.0;
   for (int i = 0; i < kItems; ++i) {
     size_t j = base + l + (size_t)i * kThreads;
-    if (j < n) s = sparse::dadd(s, sparse::squareD(loadAsFloat(x, t, j)));
+    if (j < n) s = dadd(s, sparse::squareD(loadAsFloat(x, t, j)));
   }
   a[l] = s;
   __syncthreads();
   for (int st = kThreads / 2; st > 0; st >>= 1) {
-    if (l < st) a[l] = sparse::dadd(a[l], a[l + st]);
+    if (l < st) a[l] = dadd(a[l], a[l + st]);
     __syncthreads();
   }
   if (l == 0) partial[blockIdx.x] = a[0];
@@ -108,11 +108,11 @@ __global__ void sumSqFinalKernel(const double* __restrict__ partial, size_t chun
   __shared__ double a[kThreads];
   const int l = threadIdx.x;
   double s = 0.0;
-  for (size_t j = l; j < chunks; j += kThreads) s = sparse::dadd(s, partial[j]);
+  for (size_t j = l; j < chunks; j += kThreads) s = dadd(s, partial[j]);
   a[l] = s;
   __syncthreads();
   for (int st = kThreads / 2; st > 0; st >>= 1) {
-    if (l < st) a[l] = sparse::dadd(a[l], a[l + st]);
+    if (l < st) a[l] = dadd(a[l], a[l + st]);
     __syncthreads();
   }
   if (l == 0) *scale = sparse::clipScale(a[0], clipThr);

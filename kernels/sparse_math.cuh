@@ -113,25 +113,13 @@ GC_HD size_t sampleOffset(uint64_t key, size_t range) {
   return (size_t)(hashKey(key, 0x5a17ull) % (uint64_t)range);
 }
 
-// The squared norm is summed in double: the square of any finite float and
-// any realistic sum of them fit, so a huge but finite gradient is still
-// clipped (an fp32 sum overflows to Inf at |g| ~ 2e19, or 2e16 over 2^20
-// entries, and would switch clipping off exactly when it matters).
-GC_HD double dadd(double a, double b) {
-#if defined(__CUDA_ARCH__)
-  return __dadd_rn(a, b);
-#else
-  return a + b;
-#endif
-}
-
+// The squared norm is summed in double (gc::dadd): the square of any finite
+// float and any realistic sum of them fit, so a huge but finite gradient is
+// still clipped (an fp32 sum overflows to Inf at |g| ~ 2e19, or 2e16 over
+// 2^20 entries, and would switch clipping off exactly when it matters).
 // g^2, exact in double.
 GC_HD double squareD(float g) {
-#if defined(__CUDA_ARCH__)
-  return __dmul_rn((double)g, (double)g);
-#else
-  return (double)g * (double)g;
-#endif
+  return dmul((double)g, (double)g);
 }
 
 // Clipping scale from the squared norm: ||g|| <= thr after scaling. A norm

@@ -110,10 +110,10 @@ float bucketScale(const float* v, size_t len, elias::Norm norm, uint32_t maxBits
   if (norm == elias::Norm::Max) return qsgd::scaleFromMaxBits(maxBits);
   double part[32] = {0};
   for (size_t i = 0; i < len; ++i) {
-    part[i & 31] = elias::dadd(part[i & 31], elias::dmul((double)v[i], (double)v[i]));
+    part[i & 31] = dadd(part[i & 31], dmul((double)v[i], (double)v[i]));
   }
   for (int off = 16; off > 0; off >>= 1) {
-    for (int j = 0; j < off; ++j) part[j] = elias::dadd(part[j], part[j + off]);
+    for (int j = 0; j < off; ++j) part[j] = dadd(part[j], part[j + off]);
   }
   return elias::l2ScaleFromSumSquares(part[0]);
 }

@@ -21,7 +21,7 @@ double sparseSumSq(const void* x, DType t, size_t n) {
       double s = 0.0;
       for (int i = 0; i < sparse::kNormPerLane; ++i) {
         size_t j = c * sparse::kNormChunk + l + (size_t)i * sparse::kNormLanes;
-        if (j < n) s = sparse::dadd(s, sparse::squareD(loadAsFloat(x, t, j)));
+        if (j < n) s = dadd(s, sparse::squareD(loadAsFloat(x, t, j)));
       }
       lanes[l] = s;
     }
@@ -30,7 +30,7 @@ double sparseSumSq(const void* x, DType t, size_t n) {
   }
   for (int l = 0; l < sparse::kNormLanes; ++l) {
     double s = 0.0;
-    for (size_t j = l; j < chunks; j += sparse::kNormLanes) s = sparse::dadd(s, partial[j]);
+    for (size_t j = l; j < chunks; j += sparse::kNormLanes) s = dadd(s, partial[j]);
     lanes[l] = s;
   }
   sparse::treeSumHost(lanes);

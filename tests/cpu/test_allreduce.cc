@@ -437,8 +437,8 @@ TEST(AllReduceCpu, DivergedSparseStateFailsCleanly) {
     ASSERT_EQ(res[1], gradcompSuccess);
   }
   auto res = world.run([&](int r) {
-    return gradcompAllReduceKeyed(g[r].data(), g[r].data(), n, ncclFloat32, ncclSum,
-                                  world.comm(r), nullptr, r == 0 ? 1 : 2);
+    return gradcompAllReduceKeyed(g[r].data(), g[r].data(), n, ncclFloat32, ncclSum, world.comm(r),
+                                  nullptr, r == 0 ? 1 : 2);
   });
   EXPECT_EQ(res[0], gradcompInvalidUsage);
   EXPECT_EQ(res[1], gradcompInvalidUsage);
