@@ -30,7 +30,7 @@ gradcompResult_t topkPlan(size_t n, float density, float oversample, float sampl
     return gradcompSuccess;
   }
   *p = sparse::makePlan(n, density, exact != 0, exact ? 1.0 : oversample, exact ? 1.0 : sampleRate);
-  // The sample is sorted by CUB with an int count.
+  // The sample is sorted by CUB; keep it within the int range its sort documents.
   GC_ARG(!sorts || exact || p->sample <= (size_t)INT_MAX,
          "sampleRate=%g gives a sample of %zu entries for n=%zu, more than the sort's %d",
          (double)sampleRate, p->sample, n, INT_MAX);
