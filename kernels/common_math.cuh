@@ -43,32 +43,50 @@ GC_HD uint32_t floatToBits(float f) {
 #endif
 }
 
+// NaN results: the GPU's arithmetic returns the canonical NaN (0x7fffffff)
+// whatever the operands, x86 propagates an operand's payload and sign. The
+// host side returns the GPU's NaN so that NaN gradients encode, reduce and
+// decode to the same bits on both sides.
+GC_HD float canonicalNaN() {
+  return bitsToFloat(0x7fffffffu);
+}
+GC_HD float hostResult(float r) {
+  return r != r ? canonicalNaN() : r;
+}
+GC_HD double hostResultD(double r) {
+  if (r == r) return r;
+  const uint64_t u = 0x7fffffffffffffffull;
+  double d;
+  memcpy(&d, &u, 8);
+  return d;
+}
+
 GC_HD float fmul(float a, float b) {
 #if defined(__CUDA_ARCH__)
   return __fmul_rn(a, b);
 #else
-  return a * b;
+  return hostResult(a * b);
 #endif
 }
 GC_HD float fadd(float a, float b) {
 #if defined(__CUDA_ARCH__)
   return __fadd_rn(a, b);
 #else
-  return a + b;
+  return hostResult(a + b);
 #endif
 }
 GC_HD float fsub(float a, float b) {
 #if defined(__CUDA_ARCH__)
   return __fsub_rn(a, b);
 #else
-  return a - b;
+  return hostResult(a - b);
 #endif
 }
 GC_HD float fdiv(float a, float b) {
 #if defined(__CUDA_ARCH__)
   return __fdiv_rn(a, b);
 #else
-  return a / b;
+  return hostResult(a / b);
 #endif
 }
 
@@ -77,14 +95,14 @@ GC_HD double dmul(double a, double b) {
 #if defined(__CUDA_ARCH__)
   return __dmul_rn(a, b);
 #else
-  return a * b;
+  return hostResultD(a * b);
 #endif
 }
 GC_HD double dadd(double a, double b) {
 #if defined(__CUDA_ARCH__)
   return __dadd_rn(a, b);
 #else
-  return a + b;
+  return hostResultD(a + b);
 #endif
 }
 

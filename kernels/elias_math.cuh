@@ -164,6 +164,7 @@ GC_HD bool negativeCode(float x, int level) {
 }
 
 GC_HD float decodeValue(int level, bool negative, float scale, int s) {
+  if (!isFiniteBits(floatToBits(scale) & 0x7fffffffu)) return canonicalNaN();
   const float v = fmul(qsgd::levelValue(level, s), scale);
   return negative ? -v : v;
 }
@@ -180,6 +181,7 @@ GC_HD float l2ScaleFromSumSquares(double ss) {
   const float f = (float)__builtin_sqrt(ss);
 #endif
   const bool finiteSum = ss == ss && ss <= 1.7976931348623157e308;
+  if (f != f) return canonicalNaN();
   return finiteSum && !isFiniteBits(floatToBits(f)) ? 3.40282346638528859812e+38f : f;
 }
 

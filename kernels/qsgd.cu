@@ -1,12 +1,18 @@
 // QSGD encode (+ fused error feedback) and decode kernels.
 //
-// Encode: one block per bucket. The bucket (g + r) is read once into shared
-// memory, its max |x| reduced as integer bits (exact, order-free), codes and
-// the new residual computed per element, then each thread assembles whole
-// 32-bit words of the packed stream from the codes in shared memory. Buckets
-// are multiples of 32 elements, so a bucket's codes start on a word boundary
-// and no two blocks write the same word: no atomics, deterministic.
-// Decode: one thread per element.
+// Buckets of 128, 256, 512 or 1024 elements take the warp path: one warp per
+// bucket, each lane holding 4 consecutive elements of every 128-element row
+// in registers (16-byte loads when the pointers allow). g + r is read once,
+// the bucket's max |x| is a warp max of the bits (exact, order-free), codes
+// and the new residual are computed from registers, and each row's codes
+// (128 * bits bits, whole words) are assembled with warp shuffles or OR
+// reductions and stored by the lanes that own whole words. A bucket's codes
+// start on a word boundary (buckets are multiples of 32), so no two warps
+// write the same word: no atomics, deterministic.
+// Other bucket sizes take the block path: one block per bucket, the bucket
+// staged in shared memory.
+// Decode mirrors the encode: one warp per bucket on the warp path, one thread
+// per element otherwise.
 #include <cuda_runtime.h>
 
 #include "../plugin/codec_qsgd.h"
@@ -85,6 +91,209 @@ __global__ void __launch_bounds__(kEncodeThreads)
   }
 }
 
+// ------------------------------------------------------------- warp path
+constexpr int kWarpThreads = 128;
+constexpr int kWarpsPerBlock = kWarpThreads / 32;
+constexpr int kRow = 128;  // elements of one row: 32 lanes x 4
+
+__device__ __forceinline__ void fillLevelTable(float* table, int s) {
+  for (int l = threadIdx.x; l <= s; l += blockDim.x) table[l] = qsgd::levelValue(l, s);
+  __syncthreads();
+}
+
+// Four consecutive elements as floats. `vec`: 16-byte (fp32) or 8-byte
+// (fp16/bf16) aligned and all four in range.
+__device__ __forceinline__ void load4(const void* __restrict__ x, DType t, size_t i, bool vec,
+                                      size_t limit, float v[4]) {
+  if (vec) {
+    if (t == DType::F32) {
+      const float4 f = *reinterpret_cast<const float4*>(static_cast<const float*>(x) + i);
+      v[0] = f.x, v[1] = f.y, v[2] = f.z, v[3] = f.w;
+    } else {
+      const uint2 h = *reinterpret_cast<const uint2*>(static_cast<const uint16_t*>(x) + i);
+      const uint16_t e[4] = {(uint16_t)(h.x & 0xffffu), (uint16_t)(h.x >> 16),
+                             (uint16_t)(h.y & 0xffffu), (uint16_t)(h.y >> 16)};
+#pragma unroll
+      for (int c = 0; c < 4; ++c) v[c] = t == DType::F16 ? halfToFloat(e[c]) : bf16ToFloat(e[c]);
+    }
+    return;
+  }
+#pragma unroll
+  for (int c = 0; c < 4; ++c) v[c] = i + c < limit ? loadAsFloat(x, t, i + c) : 0.0f;
+}
+
+__device__ __forceinline__ void loadRes4(const float* __restrict__ r, size_t i, bool vec,
+                                         size_t limit, float v[4]) {
+  if (vec) {
+    const float4 f = *reinterpret_cast<const float4*>(r + i);
+    v[0] = f.x, v[1] = f.y, v[2] = f.z, v[3] = f.w;
+    return;
+  }
+#pragma unroll
+  for (int c = 0; c < 4; ++c) v[c] = i + c < limit ? r[i + c] : 0.0f;
+}
+
+__device__ __forceinline__ void store4(float* __restrict__ p, size_t i, bool vec, size_t limit,
+                                       const float v[4]) {
+  if (vec) {
+    *reinterpret_cast<float4*>(p + i) = make_float4(v[0], v[1], v[2], v[3]);
+    return;
+  }
+#pragma unroll
+  for (int c = 0; c < 4; ++c) {
+    if (i + c < limit) p[i + c] = v[c];
+  }
+}
+
+// Stores one row's packed codes. Lane l's 4 codes form `chunk` (4*bits bits)
+// at bit l*4*bits of the row; the row is 4*bits words, of which the first
+// `validWords` are stored (a bucket's tail row may be short).
+__device__ __forceinline__ void storeRow(uint32_t chunk, int bits, int lane, int validWords,
+                                         uint32_t* __restrict__ rowWords) {
+  const int cb = 4 * bits;  // bits per lane
+  if ((bits & (bits - 1)) == 0) {
+    // 2, 4, 8 bits: 32/cb lanes fill one word, no chunk crosses a word.
+    const int per = 32 / cb;
+    uint32_t w = cb == 32 ? chunk : chunk << (cb * (lane & (per - 1)));
+    for (int d = 1; d < per; d <<= 1) w |= __shfl_xor_sync(0xffffffffu, w, d);
+    const int k = lane / per;
+    if ((lane & (per - 1)) == 0 && k < validWords) rowWords[k] = w;
+    return;
+  }
+  // 3, 5, 6, 7 bits: chunks straddle words; word k is the OR over lanes.
+  const int o = lane * cb;
+  for (int k = 0; k < cb; ++k) {
+    const int sh = o - 32 * k;
+    const uint32_t part = (sh >= 32 || sh <= -cb) ? 0u : (sh >= 0 ? chunk << sh : chunk >> -sh);
+    const uint32_t w = __reduce_or_sync(0xffffffffu, part);
+    if (lane == k && k < validWords) rowWords[k] = w;
+  }
+}
+
+template <int R>
+__global__ void __launch_bounds__(kWarpThreads)
+    qsgdEncodeWarpKernel(const void* __restrict__ x, DType t, float* __restrict__ residual,
+                         size_t n, int bits, KeySpec keySpec, float* __restrict__ scales,
+                         uint32_t* __restrict__ words, bool alignedIn) {
+  constexpr int kBucket = kRow * R;
+  __shared__ float levelTable[128];
+  __shared__ uint64_t sharedKey;
+  const int s = qsgd::levels(bits);
+  if (threadIdx.x == 0) sharedKey = resolveKey(keySpec);
+  fillLevelTable(levelTable, s);
+  const uint64_t key = sharedKey;
+  const int lane = threadIdx.x & 31;
+  const size_t b = (size_t)blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5);
+  const size_t base = b * kBucket;
+  if (base >= n) return;
+  const size_t len = min((size_t)kBucket, n - base);
+  const bool vec = alignedIn && len == kBucket;
+
+  float v[R][4];
+  uint32_t maxBits = 0;
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const size_t i = base + r * kRow + lane * 4;
+    load4(x, t, i, vec, n, v[r]);
+    if (residual) {
+      float q[4];
+      loadRes4(residual, i, vec, n, q);
+#pragma unroll
+      for (int c = 0; c < 4; ++c) v[r][c] = fadd(v[r][c], q[c]);
+    }
+#pragma unroll
+    for (int c = 0; c < 4; ++c) maxBits = max(maxBits, floatToBits(v[r][c]) & 0x7fffffffu);
+  }
+  maxBits = __reduce_max_sync(0xffffffffu, maxBits);
+  const float scale = qsgd::scaleFromMaxBits(maxBits);
+  const float rec = qsgd::reciprocal(scale, s);
+  const bool finite = isFiniteBits(maxBits);
+  if (lane == 0) scales[b] = scale;
+
+  uint32_t* bucketWords = words + (base * bits >> 5);
+  const int rowWords = 4 * bits;
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const size_t i = base + r * kRow + lane * 4;
+    uint32_t chunk = 0;
+    float res[4];
+    // uniform24(key, i + c) = mix64(key + (i + c + 1) * phi) >> 40 (24 bits),
+    // with the Weyl step added instead of multiplied per element.
+    const uint64_t weyl = key + (uint64_t)(i + 1) * 0x9e3779b97f4a7c15ull;
+#pragma unroll
+    for (int c = 0; c < 4; ++c) {
+      uint32_t code = 0;
+      const float u = (float)(uint32_t)(mix64(weyl + (uint64_t)c * 0x9e3779b97f4a7c15ull) >> 40) *
+                      (1.0f / 16777216.0f);
+      if (i + c < n) code = qsgd::encodeValue(v[r][c], scale, rec, bits, u);
+      chunk |= code << (c * bits);
+      const float d = fmul(levelTable[code & (uint32_t)s], scale);
+      res[c] = fsub(v[r][c], (code >> (bits - 1)) & 1u ? -d : d);
+    }
+    if (residual && finite) store4(residual, i, vec, n, res);
+    const size_t rowStart = r * kRow;
+    const int validWords =
+        rowStart >= len ? 0 : (int)min((size_t)rowWords, ((len - rowStart) * bits + 31) >> 5);
+    storeRow(chunk, bits, lane, validWords, bucketWords + r * rowWords);
+  }
+}
+
+template <int R>
+__global__ void __launch_bounds__(kWarpThreads)
+    qsgdDecodeWarpKernel(const float* __restrict__ scales, const uint32_t* __restrict__ words,
+                         size_t n, int bits, float* __restrict__ out, bool accumulate,
+                         bool alignedOut) {
+  constexpr int kBucket = kRow * R;
+  __shared__ float levelTable[128];
+  const int s = qsgd::levels(bits);
+  fillLevelTable(levelTable, s);
+  const int lane = threadIdx.x & 31;
+  const size_t b = (size_t)blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5);
+  const size_t base = b * kBucket;
+  if (base >= n) return;
+  const size_t len = min((size_t)kBucket, n - base);
+  const bool vec = alignedOut && len == kBucket;
+  const float scale = scales[b];
+  const bool finite = isFiniteBits(floatToBits(scale) & 0x7fffffffu);
+  const size_t totalWords = qsgd::codeWords(n, bits);
+  const int cb = 4 * bits;
+  const uint32_t mask = cb == 32 ? 0xffffffffu : (1u << cb) - 1u;
+  const size_t bucketWord = base * bits >> 5;
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const size_t i = base + r * kRow + lane * 4;
+    const int bit = lane * cb;
+    const size_t w0 = bucketWord + (size_t)r * cb + (bit >> 5);
+    const int sh = bit & 31;
+    uint64_t pair = w0 < totalWords ? words[w0] : 0u;
+    if (sh + cb > 32 && w0 + 1 < totalWords) pair |= (uint64_t)words[w0 + 1] << 32;
+    const uint32_t chunk = (uint32_t)(pair >> sh) & mask;
+    float d[4];
+#pragma unroll
+    for (int c = 0; c < 4; ++c) {
+      const uint32_t code = (chunk >> (c * bits)) & ((1u << bits) - 1u);
+      const float m = fmul(levelTable[code & (uint32_t)s], scale);
+      d[c] = finite ? ((code >> (bits - 1)) & 1u ? -m : m) : canonicalNaN();
+    }
+    if (accumulate) {
+      float o[4];
+      loadRes4(out, i, vec, n, o);
+#pragma unroll
+      for (int c = 0; c < 4; ++c) d[c] = fadd(o[c], d[c]);
+    }
+    store4(out, i, vec, n, d);
+  }
+}
+
+bool aligned(const void* p, size_t a) {
+  return (reinterpret_cast<uintptr_t>(p) & (a - 1)) == 0;
+}
+
+unsigned warpBlocks(size_t nb) {
+  return (unsigned)((nb + kWarpsPerBlock - 1) / kWarpsPerBlock);
+}
+
+// ------------------------------------------------------------- block path
 __global__ void __launch_bounds__(kDecodeThreads)
     qsgdDecodeKernel(const float* __restrict__ scales, const uint32_t* __restrict__ words, size_t n,
                      int bits, int bucket, float* __restrict__ out, bool accumulate) {
@@ -118,6 +327,28 @@ cudaError_t qsgdEncode(const void* x, DType t, float* residual, size_t n, int bi
   const size_t nb = qsgd::numBuckets(n, bucket);
   float* scales = static_cast<float*>(out);
   uint32_t* words = reinterpret_cast<uint32_t*>(scales + nb);
+  const bool alignedIn = aligned(x, t == DType::F32 ? 16 : 8) && aligned(residual, 16);
+  const unsigned wb = warpBlocks(nb);
+  switch (bucket) {
+    case 128:
+      qsgdEncodeWarpKernel<1>
+          <<<wb, kWarpThreads, 0, stream>>>(x, t, residual, n, bits, key, scales, words, alignedIn);
+      return cudaGetLastError();
+    case 256:
+      qsgdEncodeWarpKernel<2>
+          <<<wb, kWarpThreads, 0, stream>>>(x, t, residual, n, bits, key, scales, words, alignedIn);
+      return cudaGetLastError();
+    case 512:
+      qsgdEncodeWarpKernel<4>
+          <<<wb, kWarpThreads, 0, stream>>>(x, t, residual, n, bits, key, scales, words, alignedIn);
+      return cudaGetLastError();
+    case 1024:
+      qsgdEncodeWarpKernel<8>
+          <<<wb, kWarpThreads, 0, stream>>>(x, t, residual, n, bits, key, scales, words, alignedIn);
+      return cudaGetLastError();
+    default:
+      break;
+  }
   const int threads = bucket < kEncodeThreads ? bucket : kEncodeThreads;
   const size_t smem = (size_t)bucket * (sizeof(float) + 1);
   qsgdEncodeKernel<<<(unsigned)nb, threads, smem, stream>>>(x, t, residual, n, bits, bucket, key,
@@ -131,6 +362,28 @@ cudaError_t qsgdDecode(const void* in, size_t n, int bits, int bucket, float* ou
   const size_t nb = qsgd::numBuckets(n, bucket);
   const float* scales = static_cast<const float*>(in);
   const uint32_t* words = reinterpret_cast<const uint32_t*>(scales + nb);
+  const bool alignedOut = aligned(out, 16);
+  const unsigned wb = warpBlocks(nb);
+  switch (bucket) {
+    case 128:
+      qsgdDecodeWarpKernel<1>
+          <<<wb, kWarpThreads, 0, stream>>>(scales, words, n, bits, out, accumulate, alignedOut);
+      return cudaGetLastError();
+    case 256:
+      qsgdDecodeWarpKernel<2>
+          <<<wb, kWarpThreads, 0, stream>>>(scales, words, n, bits, out, accumulate, alignedOut);
+      return cudaGetLastError();
+    case 512:
+      qsgdDecodeWarpKernel<4>
+          <<<wb, kWarpThreads, 0, stream>>>(scales, words, n, bits, out, accumulate, alignedOut);
+      return cudaGetLastError();
+    case 1024:
+      qsgdDecodeWarpKernel<8>
+          <<<wb, kWarpThreads, 0, stream>>>(scales, words, n, bits, out, accumulate, alignedOut);
+      return cudaGetLastError();
+    default:
+      break;
+  }
   qsgdDecodeKernel<<<decodeBlocks(n), kDecodeThreads, 0, stream>>>(scales, words, n, bits, bucket,
                                                                    out, accumulate);
   return cudaGetLastError();

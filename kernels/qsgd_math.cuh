@@ -29,8 +29,9 @@ GC_HD size_t encodedBytes(size_t count, int bits, int bucket) {
 // Scale of a bucket from the max of |x| as raw bits: for non-negative floats
 // the unsigned order of the bits is the float order and NaN sorts above Inf,
 // so an integer max is exact, order-free and propagates NaN.
+// A NaN bucket's scale is the canonical NaN, whatever the NaN's payload.
 GC_HD float scaleFromMaxBits(uint32_t maxAbsBits) {
-  return bitsToFloat(maxAbsBits);
+  return maxAbsBits > 0x7f800000u ? canonicalNaN() : bitsToFloat(maxAbsBits);
 }
 
 // s/scale, or 0 to tell quantRatio to divide per element: when s/scale
@@ -65,7 +66,10 @@ GC_HD float levelValue(int level, int s) {
   return fdiv((float)level, (float)s);
 }
 
+// A non-finite scale (a NaN/Inf bucket, coded all zeros) decodes to the
+// canonical NaN on host and device alike.
 GC_HD float decodeValue(uint32_t code, float scale, int bits) {
+  if (!isFiniteBits(floatToBits(scale) & 0x7fffffffu)) return canonicalNaN();
   const int s = levels(bits);
   int level = (int)(code & (uint32_t)s);
   float v = fmul(levelValue(level, s), scale);

@@ -185,13 +185,32 @@ __global__ void radixPickKernel(RadixState* st, int shift, SelectRule* rule) {
 }
 
 // ---------------------------------------------------------------- compaction
-__device__ __forceinline__ void ruleCounts(const float* __restrict__ v, size_t n, size_t base,
+// A thread's kItems consecutive keys (|v| bits), 16-byte loads when `vec`
+// (v 16-byte aligned; base is a multiple of kItems) and the run is in range.
+__device__ __forceinline__ void loadKeys(const float* __restrict__ v, size_t n, size_t base,
+                                         bool vec, uint32_t keys[kItems]) {
+  if (vec && base + kItems <= n) {
+    const float4* p = reinterpret_cast<const float4*>(v + base);
+#pragma unroll
+    for (int q = 0; q < kItems / 4; ++q) {
+      const float4 f = p[q];
+      keys[4 * q] = absKey(f.x), keys[4 * q + 1] = absKey(f.y);
+      keys[4 * q + 2] = absKey(f.z), keys[4 * q + 3] = absKey(f.w);
+    }
+    return;
+  }
+#pragma unroll
+  for (int i = 0; i < kItems; ++i) keys[i] = base + i < n ? absKey(v[base + i]) : 0u;
+}
+
+// Counts a thread's keys above the rule and equal to its tie key, up to n.
+__device__ __forceinline__ void ruleCounts(const uint32_t keys[kItems], size_t n, size_t base,
                                            const SelectRule& r, uint32_t* gt, uint32_t* eq) {
   uint32_t g = 0, e = 0;
+#pragma unroll
   for (int i = 0; i < kItems; ++i) {
-    size_t j = base + i;
-    if (j >= n) break;
-    uint32_t key = absKey(v[j]);
+    if (base + i >= n) break;
+    const uint32_t key = keys[i];
     if (key > r.gt) {
       ++g;
     } else if (key == r.eq) {
@@ -202,13 +221,17 @@ __device__ __forceinline__ void ruleCounts(const float* __restrict__ v, size_t n
   *eq = e;
 }
 
-__global__ void tileCountKernel(const float* __restrict__ v, size_t n, const SelectRule* rule,
-                                uint32_t* __restrict__ tileGt, uint32_t* __restrict__ tileEq) {
+__global__ void tileCountKernel(const float* __restrict__ v, size_t n, bool vec,
+                                const SelectRule* rule, uint32_t* __restrict__ tileGt,
+                                uint32_t* __restrict__ tileEq) {
   using Reduce = gradcomp_cub::cub::BlockReduce<uint32_t, kThreads>;
   __shared__ typename Reduce::TempStorage tmp;
   const SelectRule r = *rule;
+  const size_t base = (size_t)blockIdx.x * kTile + (size_t)threadIdx.x * kItems;
+  uint32_t keys[kItems];
+  loadKeys(v, n, base, vec, keys);
   uint32_t g, e;
-  ruleCounts(v, n, (size_t)blockIdx.x * kTile + (size_t)threadIdx.x * kItems, r, &g, &e);
+  ruleCounts(keys, n, base, r, &g, &e);
   uint32_t sg = Reduce(tmp).Sum(g);
   __syncthreads();
   uint32_t se = Reduce(tmp).Sum(e);
@@ -229,27 +252,30 @@ __global__ void tileSelKernel(size_t tiles, const SelectRule* rule, const uint32
   }
 }
 
-__global__ void tileWriteKernel(const float* __restrict__ v, size_t n, const SelectRule* rule,
-                                const uint32_t* __restrict__ eqBefore,
+__global__ void tileWriteKernel(const float* __restrict__ v, size_t n, bool vec,
+                                const SelectRule* rule, const uint32_t* __restrict__ eqBefore,
                                 const uint32_t* __restrict__ selBefore, size_t kmax,
                                 uint32_t* __restrict__ idx) {
   using Scan = gradcomp_cub::cub::BlockScan<uint32_t, kThreads>;
   __shared__ typename Scan::TempStorage tmp;
   const SelectRule r = *rule;
   const size_t base = (size_t)blockIdx.x * kTile + (size_t)threadIdx.x * kItems;
+  uint32_t keys[kItems];
+  loadKeys(v, n, base, vec, keys);
   uint32_t g, e;
-  ruleCounts(v, n, base, r, &g, &e);
+  ruleCounts(keys, n, base, r, &g, &e);
   uint32_t eqOff;
   Scan(tmp).ExclusiveSum(e, eqOff);
   __syncthreads();
   uint64_t eqRank = (uint64_t)eqBefore[blockIdx.x] + eqOff;
   uint32_t mine = 0;
   bool take[kItems];
+#pragma unroll
   for (int i = 0; i < kItems; ++i) {
     size_t j = base + i;
     take[i] = false;
     if (j >= n) continue;
-    uint32_t key = absKey(v[j]);
+    const uint32_t key = keys[i];
     if (key > r.gt) {
       take[i] = true;
     } else if (key == r.eq) {
@@ -290,7 +316,8 @@ cudaError_t compact(const float* v, size_t n, size_t kmax, uint32_t* idx, uint64
   void* temp = at<char>(scratch, L.temp);
   size_t tempBytes = L.tempBytes;
   const int tiles = (int)L.tiles;
-  tileCountKernel<<<tiles, kThreads, 0, s>>>(v, n, rule, gt, eq);
+  const bool vec = (reinterpret_cast<uintptr_t>(v) & 15) == 0;
+  tileCountKernel<<<tiles, kThreads, 0, s>>>(v, n, vec, rule, gt, eq);
   cudaError_t err =
       gradcomp_cub::cub::DeviceScan::ExclusiveSum(temp, tempBytes, eq, eqBefore, tiles, s);
   if (err != cudaSuccess) return err;
@@ -298,7 +325,7 @@ cudaError_t compact(const float* v, size_t n, size_t kmax, uint32_t* idx, uint64
   tempBytes = L.tempBytes;
   err = gradcomp_cub::cub::DeviceScan::ExclusiveSum(temp, tempBytes, sel, selBefore, tiles, s);
   if (err != cudaSuccess) return err;
-  tileWriteKernel<<<tiles, kThreads, 0, s>>>(v, n, rule, eqBefore, selBefore, kmax, idx);
+  tileWriteKernel<<<tiles, kThreads, 0, s>>>(v, n, vec, rule, eqBefore, selBefore, kmax, idx);
   fillEmptyKernel<<<blocksFor(kmax), kThreads, 0, s>>>(L.tiles, sel, selBefore, kmax, idx,
                                                        selectedDev);
   return cudaGetLastError();

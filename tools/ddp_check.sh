@@ -12,7 +12,8 @@
 # Usage: tools/ddp_check.sh OUTDIR [BUILD_DIR]     (BUILD_DIR default build-gpu, else build)
 # GC_DDP_BUDGET_S (560) bounds the whole check, GC_DDP_RUN_TIMEOUT_S (150) one
 # run, GC_DDP_EPOCHS (40) the training, GC_DDP_GPU (0) the GPU all ranks share,
-# PYTHON (python3) the interpreter with torch and scikit-learn.
+# GC_DDP_WORLDS ("2 4") the world sizes, PYTHON (python3) the interpreter with
+# torch and scikit-learn.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -266,7 +267,7 @@ run_ddp() {
   [ "$status" = ok ]
 }
 
-for world in 2 4; do
+for world in ${GC_DDP_WORLDS:-2 4}; do
   run_ddp "none_n$world" "$world" 0.9 0
   run_ddp "qsgd4_n$world" "$world" 0.9 1 GRADCOMP_METHOD=qsgd GRADCOMP_BITS=4
   run_ddp "dgc_n$world" "$world" 0 1 GRADCOMP_METHOD=dgc GRADCOMP_DENSITY=0.001 \

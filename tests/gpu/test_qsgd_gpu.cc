@@ -32,7 +32,8 @@ TEST_F(QsgdGpu, EncodeEFAndDecodeBitExactAllBitsAndTypes) {
         for (int withResidual = 0; withResidual <= 1; ++withResidual) {
           SCOPED_TRACE(testing::Message()
                        << "type=" << t << " bits=" << bits << " n=" << n << " ef=" << withResidual);
-          const int d = bits == 3 ? 96 : 512;
+          // Every encode path: the block path (96) and each warp-path width.
+          const int d = bits == 3 ? 96 : bits == 2 ? 128 : bits == 6 ? 1024 : bits == 7 ? 256 : 512;
           std::vector<float> x = gctest::normal(n, n + bits);
           if (n > 600) x[600] = bits == 5 ? NAN : x[600];
           std::vector<uint16_t> h = narrow(x, t);
