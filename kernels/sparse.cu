@@ -221,6 +221,15 @@ __device__ __forceinline__ void ruleCounts(const uint32_t keys[kItems], size_t n
   *eq = e;
 }
 
+// A thread's keys of its tile and their counts against the rule.
+__device__ __forceinline__ void threadKeysAndCounts(const float* __restrict__ v, size_t n,
+                                                    size_t base, bool vec, const SelectRule& r,
+                                                    uint32_t keys[kItems], uint32_t* gt,
+                                                    uint32_t* eq) {
+  loadKeys(v, n, base, vec, keys);
+  ruleCounts(keys, n, base, r, gt, eq);
+}
+
 __global__ void tileCountKernel(const float* __restrict__ v, size_t n, bool vec,
                                 const SelectRule* rule, uint32_t* __restrict__ tileGt,
                                 uint32_t* __restrict__ tileEq) {
@@ -228,10 +237,8 @@ __global__ void tileCountKernel(const float* __restrict__ v, size_t n, bool vec,
   __shared__ typename Reduce::TempStorage tmp;
   const SelectRule r = *rule;
   const size_t base = (size_t)blockIdx.x * kTile + (size_t)threadIdx.x * kItems;
-  uint32_t keys[kItems];
-  loadKeys(v, n, base, vec, keys);
-  uint32_t g, e;
-  ruleCounts(keys, n, base, r, &g, &e);
+  uint32_t keys[kItems], g, e;
+  threadKeysAndCounts(v, n, base, vec, r, keys, &g, &e);
   uint32_t sg = Reduce(tmp).Sum(g);
   __syncthreads();
   uint32_t se = Reduce(tmp).Sum(e);
@@ -260,10 +267,8 @@ __global__ void tileWriteKernel(const float* __restrict__ v, size_t n, bool vec,
   __shared__ typename Scan::TempStorage tmp;
   const SelectRule r = *rule;
   const size_t base = (size_t)blockIdx.x * kTile + (size_t)threadIdx.x * kItems;
-  uint32_t keys[kItems];
-  loadKeys(v, n, base, vec, keys);
-  uint32_t g, e;
-  ruleCounts(keys, n, base, r, &g, &e);
+  uint32_t keys[kItems], g, e;
+  threadKeysAndCounts(v, n, base, vec, r, keys, &g, &e);
   uint32_t eqOff;
   Scan(tmp).ExclusiveSum(e, eqOff);
   __syncthreads();
