@@ -31,7 +31,8 @@ raw=$results/$name
 mkdir -p "$raw"
 steps=$raw/steps.tsv
 [ -z "${GC_STEPS:-}" ] && : > "$steps"; touch "$steps"
-# GC_BUILD_DIR and GRADCOMP_CUDA_ARCHS override the build (a dry run without a GPU).
+# GC_BUILD_DIR and GRADCOMP_CUDA_ARCHS override the build (a dry run without a GPU);
+# GC_COMMIT names the commit in the report when the tree's .git is stale.
 build=${GC_BUILD_DIR:-build-gpu}
 archs=${GRADCOMP_CUDA_ARCHS:-native}
 jobs=$(nproc 2>/dev/null || echo 8)

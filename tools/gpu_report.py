@@ -93,6 +93,16 @@ def steps_table(path):
     return rows
 
 
+def git_commit():
+    """HEAD, with +dirty when the tree (results aside) differs from it."""
+    try:
+        commit = subprocess.check_output(["git", "rev-parse", "HEAD"], text=True).strip()
+        dirty = subprocess.call(["git", "diff", "--quiet", "HEAD", "--", ".", ":!bench/results"]) != 0
+        return commit + "+dirty" if dirty else commit
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--dir", required=True)
@@ -110,13 +120,9 @@ def main():
     p1, p8, p8s = j("perf_n1.json"), j("perf_n8.json"), j("perf_n8_sparse.json")
     multi, ddp, tests = j("multirank.json") or {}, j("ddp.json") or {}, j("tests.json") or {}
     steps = steps_table(os.path.join(d, "steps.tsv"))
-    try:
-        commit = subprocess.check_output(["git", "rev-parse", "HEAD"], text=True).strip()
-        dirty = subprocess.call(["git", "diff", "--quiet", "HEAD", "--", ".", ":!bench/results"]) != 0
-        if dirty:
-            commit += "+dirty"
-    except (OSError, subprocess.CalledProcessError):
-        commit = None
+    # GC_COMMIT names the commit when the tree's .git is not the one it came
+    # from (a copy sent to a GPU machine carries the checkout's older .git).
+    commit = os.environ.get("GC_COMMIT") or git_commit()
 
     enc = kernel_frac(kdoc, "qsgd_encode_ef")
     dec = kernel_frac(kdoc, "qsgd_decode")
