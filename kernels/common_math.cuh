@@ -191,19 +191,29 @@ GC_HD uint64_t mix64(uint64_t z) {
   return z ^ (z >> 31);
 }
 
+// The hash input of (key, index) is a Weyl sequence in index: consecutive
+// indices differ by kWeyl, so a kernel walking a run adds kWeyl instead of
+// multiplying per element (hashKey(key, i + c) = mix64(weylPoint(key, i) + c * kWeyl)).
+constexpr uint64_t kWeyl = 0x9e3779b97f4a7c15ull;
+GC_HD uint64_t weylPoint(uint64_t key, uint64_t index) {
+  return key + (index + 1) * kWeyl;
+}
 GC_HD uint64_t hashKey(uint64_t key, uint64_t index) {
-  return mix64(key + (index + 1) * 0x9e3779b97f4a7c15ull);
+  return mix64(weylPoint(key, index));
 }
 
-// Uniform in [0,1) on the 2^-24 grid.
+// Uniform in [0,1) on the 2^-24 grid, from a hash's top 24 bits.
+GC_HD float uniform24FromHash(uint64_t h) {
+  return (float)(uint32_t)(h >> 40) * (1.0f / 16777216.0f);
+}
 GC_HD float uniform24(uint64_t key, uint64_t index) {
-  return (float)(uint32_t)(hashKey(key, index) >> 40) * (1.0f / 16777216.0f);
+  return uniform24FromHash(hashKey(key, index));
 }
 
 // Derives the key of one encode from the comm seed and its coordinates.
 GC_HD uint64_t deriveKey(uint64_t seed, uint64_t step, uint64_t rank, uint64_t stream) {
   uint64_t k = mix64(seed ^ 0x67726164636f6d70ull);
-  k = mix64(k + step * 0x9e3779b97f4a7c15ull);
+  k = mix64(k + step * kWeyl);
   k = mix64(k + rank * 0xc2b2ae3d27d4eb4full);
   return mix64(k + stream * 0x165667b19e3779f9ull);
 }

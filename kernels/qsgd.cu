@@ -15,6 +15,8 @@
 // per element otherwise.
 #include <cuda_runtime.h>
 
+#include <type_traits>
+
 #include "../plugin/codec_qsgd.h"
 #include "qsgd_math.cuh"
 
@@ -122,8 +124,8 @@ __device__ __forceinline__ void load4(const void* __restrict__ x, DType t, size_
   for (int c = 0; c < 4; ++c) v[c] = i + c < limit ? loadAsFloat(x, t, i + c) : 0.0f;
 }
 
-__device__ __forceinline__ void loadRes4(const float* __restrict__ r, size_t i, bool vec,
-                                         size_t limit, float v[4]) {
+__device__ __forceinline__ void loadF32x4(const float* __restrict__ r, size_t i, bool vec,
+                                          size_t limit, float v[4]) {
   if (vec) {
     const float4 f = *reinterpret_cast<const float4*>(r + i);
     v[0] = f.x, v[1] = f.y, v[2] = f.z, v[3] = f.w;
@@ -197,7 +199,7 @@ __global__ void __launch_bounds__(kWarpThreads)
     load4(x, t, i, vec, n, v[r]);
     if (residual) {
       float q[4];
-      loadRes4(residual, i, vec, n, q);
+      loadF32x4(residual, i, vec, n, q);
 #pragma unroll
       for (int c = 0; c < 4; ++c) v[r][c] = fadd(v[r][c], q[c]);
     }
@@ -217,18 +219,15 @@ __global__ void __launch_bounds__(kWarpThreads)
     const size_t i = base + r * kRow + lane * 4;
     uint32_t chunk = 0;
     float res[4];
-    // uniform24(key, i + c) = mix64(key + (i + c + 1) * phi) >> 40 (24 bits),
-    // with the Weyl step added instead of multiplied per element.
-    const uint64_t weyl = key + (uint64_t)(i + 1) * 0x9e3779b97f4a7c15ull;
+    const uint64_t weyl = weylPoint(key, i);  // uniform24(key, i + c), Weyl steps added
 #pragma unroll
     for (int c = 0; c < 4; ++c) {
       uint32_t code = 0;
-      const float u = (float)(uint32_t)(mix64(weyl + (uint64_t)c * 0x9e3779b97f4a7c15ull) >> 40) *
-                      (1.0f / 16777216.0f);
+      const float u = uniform24FromHash(mix64(weyl + (uint64_t)c * kWeyl));
       if (i + c < n) code = qsgd::encodeValue(v[r][c], scale, rec, bits, u);
       chunk |= code << (c * bits);
-      const float d = fmul(levelTable[code & (uint32_t)s], scale);
-      res[c] = fsub(v[r][c], (code >> (bits - 1)) & 1u ? -d : d);
+      res[c] =
+          fsub(v[r][c], qsgd::decodeWithLevel(code, levelTable[code & (uint32_t)s], scale, bits));
     }
     if (residual && finite) store4(residual, i, vec, n, res);
     const size_t rowStart = r * kRow;
@@ -254,7 +253,6 @@ __global__ void __launch_bounds__(kWarpThreads)
   const size_t len = min((size_t)kBucket, n - base);
   const bool vec = alignedOut && len == kBucket;
   const float scale = scales[b];
-  const bool finite = isFiniteBits(floatToBits(scale) & 0x7fffffffu);
   const size_t totalWords = qsgd::codeWords(n, bits);
   const int cb = 4 * bits;
   const uint32_t mask = cb == 32 ? 0xffffffffu : (1u << cb) - 1u;
@@ -272,12 +270,11 @@ __global__ void __launch_bounds__(kWarpThreads)
 #pragma unroll
     for (int c = 0; c < 4; ++c) {
       const uint32_t code = (chunk >> (c * bits)) & ((1u << bits) - 1u);
-      const float m = fmul(levelTable[code & (uint32_t)s], scale);
-      d[c] = finite ? ((code >> (bits - 1)) & 1u ? -m : m) : canonicalNaN();
+      d[c] = qsgd::decodeWithLevel(code, levelTable[code & (uint32_t)s], scale, bits);
     }
     if (accumulate) {
       float o[4];
-      loadRes4(out, i, vec, n, o);
+      loadF32x4(out, i, vec, n, o);
 #pragma unroll
       for (int c = 0; c < 4; ++c) d[c] = fadd(o[c], d[c]);
     }
@@ -293,19 +290,40 @@ unsigned warpBlocks(size_t nb) {
   return (unsigned)((nb + kWarpsPerBlock - 1) / kWarpsPerBlock);
 }
 
+// Calls launch(std::integral_constant<int, R>) with R = bucket / 128 when
+// the bucket has a warp path; false otherwise.
+template <typename F>
+bool withWarpRows(int bucket, F&& launch) {
+  switch (bucket) {
+    case 128:
+      launch(std::integral_constant<int, 1>());
+      return true;
+    case 256:
+      launch(std::integral_constant<int, 2>());
+      return true;
+    case 512:
+      launch(std::integral_constant<int, 4>());
+      return true;
+    case 1024:
+      launch(std::integral_constant<int, 8>());
+      return true;
+    default:
+      return false;
+  }
+}
+
 // ------------------------------------------------------------- block path
 __global__ void __launch_bounds__(kDecodeThreads)
     qsgdDecodeKernel(const float* __restrict__ scales, const uint32_t* __restrict__ words, size_t n,
                      int bits, int bucket, float* __restrict__ out, bool accumulate) {
   __shared__ float levelTable[128];
   const int s = qsgd::levels(bits);
-  for (int l = threadIdx.x; l <= s; l += blockDim.x) levelTable[l] = qsgd::levelValue(l, s);
-  __syncthreads();
+  fillLevelTable(levelTable, s);
   const size_t stride = (size_t)gridDim.x * blockDim.x;
   for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
     const uint32_t code = qsgd::getCode(words, i, bits);
-    float v = fmul(levelTable[code & (uint32_t)s], scales[i / bucket]);
-    if ((code >> (bits - 1)) & 1u) v = -v;
+    const float v =
+        qsgd::decodeWithLevel(code, levelTable[code & (uint32_t)s], scales[i / bucket], bits);
     out[i] = accumulate ? fadd(out[i], v) : v;
   }
 }
@@ -328,26 +346,11 @@ cudaError_t qsgdEncode(const void* x, DType t, float* residual, size_t n, int bi
   float* scales = static_cast<float*>(out);
   uint32_t* words = reinterpret_cast<uint32_t*>(scales + nb);
   const bool alignedIn = aligned(x, t == DType::F32 ? 16 : 8) && aligned(residual, 16);
-  const unsigned wb = warpBlocks(nb);
-  switch (bucket) {
-    case 128:
-      qsgdEncodeWarpKernel<1>
-          <<<wb, kWarpThreads, 0, stream>>>(x, t, residual, n, bits, key, scales, words, alignedIn);
-      return cudaGetLastError();
-    case 256:
-      qsgdEncodeWarpKernel<2>
-          <<<wb, kWarpThreads, 0, stream>>>(x, t, residual, n, bits, key, scales, words, alignedIn);
-      return cudaGetLastError();
-    case 512:
-      qsgdEncodeWarpKernel<4>
-          <<<wb, kWarpThreads, 0, stream>>>(x, t, residual, n, bits, key, scales, words, alignedIn);
-      return cudaGetLastError();
-    case 1024:
-      qsgdEncodeWarpKernel<8>
-          <<<wb, kWarpThreads, 0, stream>>>(x, t, residual, n, bits, key, scales, words, alignedIn);
-      return cudaGetLastError();
-    default:
-      break;
+  if (withWarpRows(bucket, [&](auto rows) {
+        qsgdEncodeWarpKernel<decltype(rows)::value><<<warpBlocks(nb), kWarpThreads, 0, stream>>>(
+            x, t, residual, n, bits, key, scales, words, alignedIn);
+      })) {
+    return cudaGetLastError();
   }
   const int threads = bucket < kEncodeThreads ? bucket : kEncodeThreads;
   const size_t smem = (size_t)bucket * (sizeof(float) + 1);
@@ -363,26 +366,11 @@ cudaError_t qsgdDecode(const void* in, size_t n, int bits, int bucket, float* ou
   const float* scales = static_cast<const float*>(in);
   const uint32_t* words = reinterpret_cast<const uint32_t*>(scales + nb);
   const bool alignedOut = aligned(out, 16);
-  const unsigned wb = warpBlocks(nb);
-  switch (bucket) {
-    case 128:
-      qsgdDecodeWarpKernel<1>
-          <<<wb, kWarpThreads, 0, stream>>>(scales, words, n, bits, out, accumulate, alignedOut);
-      return cudaGetLastError();
-    case 256:
-      qsgdDecodeWarpKernel<2>
-          <<<wb, kWarpThreads, 0, stream>>>(scales, words, n, bits, out, accumulate, alignedOut);
-      return cudaGetLastError();
-    case 512:
-      qsgdDecodeWarpKernel<4>
-          <<<wb, kWarpThreads, 0, stream>>>(scales, words, n, bits, out, accumulate, alignedOut);
-      return cudaGetLastError();
-    case 1024:
-      qsgdDecodeWarpKernel<8>
-          <<<wb, kWarpThreads, 0, stream>>>(scales, words, n, bits, out, accumulate, alignedOut);
-      return cudaGetLastError();
-    default:
-      break;
+  if (withWarpRows(bucket, [&](auto rows) {
+        qsgdDecodeWarpKernel<decltype(rows)::value><<<warpBlocks(nb), kWarpThreads, 0, stream>>>(
+            scales, words, n, bits, out, accumulate, alignedOut);
+      })) {
+    return cudaGetLastError();
   }
   qsgdDecodeKernel<<<decodeBlocks(n), kDecodeThreads, 0, stream>>>(scales, words, n, bits, bucket,
                                                                    out, accumulate);

@@ -66,14 +66,18 @@ GC_HD float levelValue(int level, int s) {
   return fdiv((float)level, (float)s);
 }
 
-// A non-finite scale (a NaN/Inf bucket, coded all zeros) decodes to the
-// canonical NaN on host and device alike.
-GC_HD float decodeValue(uint32_t code, float scale, int bits) {
+// Value of `code` given its level's value levelValue(code & s, s) (kernels
+// look it up in a table instead of dividing). A non-finite scale (a NaN/Inf
+// bucket, coded all zeros) decodes to the canonical NaN on host and device.
+GC_HD float decodeWithLevel(uint32_t code, float level, float scale, int bits) {
   if (!isFiniteBits(floatToBits(scale) & 0x7fffffffu)) return canonicalNaN();
-  const int s = levels(bits);
-  int level = (int)(code & (uint32_t)s);
-  float v = fmul(levelValue(level, s), scale);
+  const float v = fmul(level, scale);
   return (code >> (bits - 1)) & 1u ? -v : v;
+}
+
+GC_HD float decodeValue(uint32_t code, float scale, int bits) {
+  const int s = levels(bits);
+  return decodeWithLevel(code, levelValue((int)(code & (uint32_t)s), s), scale, bits);
 }
 
 // Code i of a packed stream (bit offset i*bits, little-endian 32-bit words).
