@@ -18,7 +18,7 @@
 
 #include <cub/device/device_scan.cuh>
 
-#include "../plugin/codec_elias.h"
+#include "plugin/codecs/elias.h"
 #include "elias_math.cuh"
 
 namespace gc {

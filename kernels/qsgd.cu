@@ -17,7 +17,7 @@
 
 #include <type_traits>
 
-#include "../plugin/codec_qsgd.h"
+#include "plugin/codecs/qsgd.h"
 #include "qsgd_math.cuh"
 
 namespace gc {

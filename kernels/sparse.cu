@@ -5,7 +5,7 @@
 // sync, fixed sizes, capturable.
 #include <cub/cub.cuh>
 
-#include "../plugin/codec_sparse.h"
+#include "plugin/codecs/sparse.h"
 #include "sparse_math.cuh"
 
 namespace gc {

@@ -2,11 +2,11 @@
 // state, size the workspace, run the algorithm, count bytes.
 #include <stdint.h>
 
-#include "algorithms.h"
-#include "bits_policy.h"
+#include "algorithms/algorithms.h"
+#include "codecs/bits_policy.h"
 #include "checks.h"
-#include "codec_qsgd.h"
-#include "device_ptr.h"
+#include "codecs/qsgd.h"
+#include "backends/cuda/device_ptr.h"
 
 namespace gc {
 namespace {

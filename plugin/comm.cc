@@ -5,9 +5,9 @@
 
 #include <vector>
 
-#include "../kernels/qsgd_math.cuh"
+#include "kernels/qsgd_math.cuh"
 #include "checks.h"
-#include "nccl_api.h"
+#include "backends/cuda/nccl_api.h"
 
 namespace gc {
 

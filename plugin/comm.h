@@ -9,10 +9,10 @@
 #include <memory>
 #include <tuple>
 
-#include "backend.h"
-#include "sparse_ops.h"
+#include "backends/backend.h"
+#include "backends/sparse_ops.h"
 #include "gradcomp.h"
-#include "transport.h"
+#include "backends/transport.h"
 
 namespace gc {
 

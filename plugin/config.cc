@@ -8,7 +8,7 @@
 
 #include "checks.h"
 #include "params.h"
-#include "../kernels/qsgd_math.cuh"
+#include "kernels/qsgd_math.cuh"
 
 namespace gc {
 

@@ -1,7 +1,7 @@
 // The real NCCL, reached through its pnccl* symbols at run time.
 #pragma once
 
-#include "nccl_api.h"
+#include "backends/cuda/nccl_api.h"
 
 // NCCL versions that added the communicator constructors taking a config
 // (whose `blocking` field makes a communicator non-blocking).

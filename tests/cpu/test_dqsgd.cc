@@ -17,7 +17,7 @@
 
 #include "gradcomp.h"
 #include "kernels/qsgd_math.cuh"
-#include "plugin/bits_policy.h"
+#include "plugin/codecs/bits_policy.h"
 #include "tests/common/cpu_world.h"
 #include "tests/common/test_util.h"
 

@@ -14,7 +14,7 @@
 
 #include "gradcomp.h"
 #include "kernels/sparse_math.cuh"
-#include "plugin/codec_sparse.h"
+#include "plugin/codecs/sparse.h"
 #include "plugin/comm.h"
 #include "tests/common/cpu_world.h"
 #include "tests/common/ref_sparse.h"

@@ -6,7 +6,7 @@
 
 #include <vector>
 
-#include "plugin/backend.h"
+#include "plugin/backends/backend.h"
 #include "tests/common/test_util.h"
 #include "tests/gpu/gpu_util.h"
 

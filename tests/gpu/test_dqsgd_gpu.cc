@@ -9,8 +9,8 @@
 
 #include "gradcomp.h"
 #include "kernels/common_math.cuh"
-#include "plugin/algorithms.h"
-#include "plugin/bits_policy.h"
+#include "plugin/algorithms/algorithms.h"
+#include "plugin/codecs/bits_policy.h"
 #include "plugin/comm.h"
 #include "tests/common/test_util.h"
 #include "tests/gpu/gpu_util.h"

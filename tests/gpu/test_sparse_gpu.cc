@@ -9,7 +9,7 @@
 
 #include "gpu_util.h"
 #include "kernels/sparse_math.cuh"
-#include "plugin/codec_sparse.h"
+#include "plugin/codecs/sparse.h"
 #include "tests/common/test_util.h"
 
 namespace {

@@ -8,7 +8,7 @@
 #include <string.h>
 
 #include "gradcomp.h"
-#include "plugin/transport.h"
+#include "plugin/backends/transport.h"
 
 namespace {
 

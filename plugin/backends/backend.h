@@ -8,7 +8,7 @@
 
 #include <memory>
 
-#include "../kernels/common_math.cuh"
+#include "kernels/common_math.cuh"
 #include "gradcomp.h"
 
 namespace gc {

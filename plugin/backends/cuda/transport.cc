@@ -2,8 +2,8 @@
 // exchanges use ncclUint8; the all-to-all and ring steps are grouped
 // send/recv. Errors carry ncclGetErrorString.
 #include "checks.h"
-#include "nccl_api.h"
-#include "transport.h"
+#include "backends/cuda/nccl_api.h"
+#include "backends/transport.h"
 
 namespace gc {
 namespace {

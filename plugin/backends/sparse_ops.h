@@ -8,7 +8,7 @@
 
 #include <memory>
 
-#include "../kernels/sparse_math.cuh"
+#include "kernels/sparse_math.cuh"
 #include "gradcomp.h"
 
 namespace gc {

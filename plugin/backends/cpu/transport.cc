@@ -9,9 +9,9 @@
 #include <mutex>
 #include <vector>
 
-#include "../kernels/common_math.cuh"
+#include "kernels/common_math.cuh"
 #include "checks.h"
-#include "transport.h"
+#include "backends/transport.h"
 
 namespace gc {
 namespace {

@@ -2,9 +2,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "backend.h"
+#include "backends/backend.h"
 #include "checks.h"
-#include "codec_qsgd.h"
+#include "codecs/qsgd.h"
 
 namespace gc {
 namespace {

@@ -7,7 +7,7 @@
 
 #include <cuda_runtime_api.h>
 
-#include "../kernels/elias_math.cuh"
+#include "kernels/elias_math.cuh"
 #include "gradcomp.h"
 #include "gradcomp/elias.h"
 

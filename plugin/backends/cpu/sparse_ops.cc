@@ -1,6 +1,6 @@
 // SparseOps of the CPU backend: the host reference on host memory.
-#include "codec_sparse.h"
-#include "sparse_ops.h"
+#include "codecs/sparse.h"
+#include "backends/sparse_ops.h"
 
 namespace gc {
 namespace {

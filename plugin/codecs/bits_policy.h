@@ -18,7 +18,7 @@
 
 #include <deque>
 
-#include "../kernels/grad_stats.h"
+#include "kernels/grad_stats.h"
 #include "comm.h"
 
 namespace gc {

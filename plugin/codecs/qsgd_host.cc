@@ -3,9 +3,9 @@
 
 #include <vector>
 
-#include "../kernels/qsgd_math.cuh"
+#include "kernels/qsgd_math.cuh"
 #include "checks.h"
-#include "codec_qsgd.h"
+#include "codecs/qsgd.h"
 #include "gradcomp/reference.h"
 
 namespace gc {

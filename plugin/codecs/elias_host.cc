@@ -4,10 +4,10 @@
 
 #include <vector>
 
-#include "backend.h"
+#include "backends/backend.h"
 #include "checks.h"
-#include "codec_elias.h"
-#include "codec_qsgd.h"
+#include "codecs/elias.h"
+#include "codecs/qsgd.h"
 
 namespace gc {
 

@@ -4,7 +4,7 @@
 
 #include <cuda_runtime_api.h>
 
-#include "../kernels/common_math.cuh"
+#include "kernels/common_math.cuh"
 #include "gradcomp.h"
 
 namespace gc {

@@ -5,8 +5,8 @@
 #include <string.h>
 
 #include "checks.h"
-#include "codec_sparse.h"
-#include "device_ptr.h"
+#include "codecs/sparse.h"
+#include "backends/cuda/device_ptr.h"
 #include "gradcomp/sparse.h"
 
 namespace gc {

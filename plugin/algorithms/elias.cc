@@ -12,10 +12,10 @@
 // 2^(b-1)-1, max-norm scales), so DQ-SGD's bit choice applies unchanged.
 #include <vector>
 
-#include "../kernels/qsgd_math.cuh"
-#include "algorithms.h"
+#include "kernels/qsgd_math.cuh"
+#include "algorithms/algorithms.h"
 #include "checks.h"
-#include "codec_elias.h"
+#include "codecs/elias.h"
 
 namespace gc {
 namespace {

@@ -1,11 +1,11 @@
 // DQ-SGD bit-width policy (see bits_policy.h for the rules).
-#include "bits_policy.h"
+#include "codecs/bits_policy.h"
 
 #include <math.h>
 
 #include <cuda_runtime_api.h>
 
-#include "../kernels/qsgd_math.cuh"
+#include "kernels/qsgd_math.cuh"
 #include "checks.h"
 
 namespace gc {

@@ -3,10 +3,10 @@
 // workspace or creates a buffer's state, never while capturing.
 #include <cuda_runtime_api.h>
 
-#include "../kernels/elementwise.h"
-#include "backend.h"
+#include "kernels/elementwise.h"
+#include "backends/backend.h"
 #include "checks.h"
-#include "codec_qsgd.h"
+#include "codecs/qsgd.h"
 
 namespace gc {
 namespace {

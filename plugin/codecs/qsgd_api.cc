@@ -1,7 +1,7 @@
 // Public GPU codec entry points: validate on the host, enqueue on the stream.
 #include "checks.h"
-#include "codec_qsgd.h"
-#include "device_ptr.h"
+#include "codecs/qsgd.h"
+#include "backends/cuda/device_ptr.h"
 
 extern "C" {
 

@@ -12,8 +12,8 @@
 #include <algorithm>
 #include <vector>
 
-#include "../kernels/qsgd_math.cuh"
-#include "algorithms.h"
+#include "kernels/qsgd_math.cuh"
+#include "algorithms/algorithms.h"
 #include "checks.h"
 #include "nvtx.h"
 

@@ -15,10 +15,10 @@
 // k values of v, scattered into a zeroed output; v keeps the rest.
 #include <math.h>
 
-#include "algorithms.h"
+#include "algorithms/algorithms.h"
 #include "checks.h"
-#include "codec_qsgd.h"
-#include "sparse_ops.h"
+#include "codecs/qsgd.h"
+#include "backends/sparse_ops.h"
 
 namespace gc {
 namespace {

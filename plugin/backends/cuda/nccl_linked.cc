@@ -1,5 +1,5 @@
 // NCCL binding of libgradcomp.so: the symbols it is linked against.
-#include "nccl_api.h"
+#include "backends/cuda/nccl_api.h"
 
 namespace gc {
 

@@ -1,9 +1,9 @@
 // Public GPU entry points of the Elias codec: validate on the host, enqueue
 // on the stream.
 #include "checks.h"
-#include "codec_elias.h"
-#include "codec_qsgd.h"
-#include "device_ptr.h"
+#include "codecs/elias.h"
+#include "codecs/qsgd.h"
+#include "backends/cuda/device_ptr.h"
 
 extern "C" {
 

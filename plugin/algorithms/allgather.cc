@@ -2,8 +2,8 @@
 // encodings are allgathered, and every rank decodes and sums all N in rank
 // order. One quantization; best for N <= 2 or small buffers. Bytes each rank
 // sends: (N-1) * E(n).
-#include "../kernels/qsgd_math.cuh"
-#include "algorithms.h"
+#include "kernels/qsgd_math.cuh"
+#include "algorithms/algorithms.h"
 #include "checks.h"
 #include "nvtx.h"
 

@@ -1,10 +1,10 @@
 // Pieces the dense algorithms share.
-#include "algorithms.h"
+#include "algorithms/algorithms.h"
 #include "checks.h"
 
 #include <algorithm>
 
-#include "../kernels/qsgd_math.cuh"
+#include "kernels/qsgd_math.cuh"
 
 namespace gc {
 

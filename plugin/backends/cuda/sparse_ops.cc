@@ -4,8 +4,8 @@
 #include <cuda_runtime_api.h>
 
 #include "checks.h"
-#include "codec_sparse.h"
-#include "sparse_ops.h"
+#include "codecs/sparse.h"
+#include "backends/sparse_ops.h"
 
 namespace gc {
 namespace {

@@ -1,4 +1,4 @@
-#include "device_ptr.h"
+#include "backends/cuda/device_ptr.h"
 
 #include <cuda_runtime_api.h>
 

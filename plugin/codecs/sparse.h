@@ -5,7 +5,7 @@
 
 #include <cuda_runtime_api.h>
 
-#include "../kernels/sparse_math.cuh"
+#include "kernels/sparse_math.cuh"
 #include "gradcomp.h"
 
 namespace gc {

@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <vector>
 
-#include "codec_sparse.h"
+#include "codecs/sparse.h"
 
 namespace gc {
 namespace host {
