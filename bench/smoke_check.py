@@ -5,9 +5,15 @@ Runs small sizes for every type and method none/qsgd, then checks what the
 benchmark promises: exit code 0, every JSON row with its fields, no wrong
 element, bandwidths consistent with times, QSGD's wire bytes what the codec
 math says, and that a corrupted element makes the run fail.
-Usage: smoke_check.py GRADCOMP_PERF WORKDIR
+The link model on the CPU backend: its kernel times are the newest committed
+GPU report's rates (never the host codecs'), a missing or garbled report
+leaves the modeled columns out with a sentence, and the --model-nodes
+projection matches the byte and time formulas of docs/benchmark.md.
+Usage: smoke_check.py GRADCOMP_PERF WORKDIR SOURCE_DIR
 """
+import glob
 import json
+import math
 import os
 import subprocess
 import sys
@@ -34,8 +40,74 @@ def run(perf, args, json_path):
         return p.returncode, p.stdout, json.load(f)["rows"]
 
 
+def newest_report(results):
+    """The report gradcomp_perf must name: newest by name with kernels.json beside it."""
+    for path in sorted(glob.glob(os.path.join(results, "[0-9][0-9][0-9][0-9]-[0-9][0-9]-*.json")),
+                       reverse=True):
+        if os.path.isfile(path[:-5] + "/kernels.json"):
+            return path
+    return None
+
+
+def report_rate(kdoc, kernel, dtype, bits, count):
+    """Per-call time from the report: the row of the nearest n (log scale), scaled to count."""
+    rows = [r for r in kdoc["rows"] if r["kernel"] == kernel and r["dtype"] == dtype
+            and r["bits"] == bits]
+    best = min(rows, key=lambda r: abs(math.log(r["n"] / count)))
+    return best["time_us"] / best["n"] * count
+
+
+def encoded(n, bits, bucket):
+    return 4 * math.ceil(n / bucket) + 4 * math.ceil(n * bits / 32)
+
+
+def close(a, b, rel=1e-9):
+    return a is not None and b is not None and abs(a - b) <= rel * max(abs(a), abs(b), 1e-30)
+
+
+def check_projection(tag, r, kdoc, bits, bucket, intra_gbps=3600.0, lat=10.0):
+    """Every projection point against the formulas, written here from docs/benchmark.md."""
+    count, size = r["count"], r["size"]
+    enc = report_rate(kdoc, "qsgd_encode_ef", r["dtype"], bits, count) / count
+    dec = report_rate(kdoc, "qsgd_decode_acc", "float", bits, count) / count
+    us = lambda b, gbps: b * 8 / (gbps * 1e3)  # noqa: E731
+    seen = set()
+    for p in r["projection"]:
+        k, g, L = p["nodes"], p["local"], p["node_gbps"]
+        seen.add((k, g, L))
+        n = k * g
+        ring = 2 * (n - 1) / n * size
+        nccl_intra, nccl_inter = (ring * (g - 1) / g, ring / g) if k > 1 else (ring, 0)
+        nccl = max(us(nccl_intra, intra_gbps), us(nccl_inter, L / g)) + 2 * (n - 1) * lat
+        e = encoded(count, bits, bucket)
+        flat_intra, flat_inter = 2 * e * (g - 1) / n, 2 * e * (n - g) / n
+        flat = (count * (enc + dec * (2 * n - 1) / n) + max(us(flat_intra, intra_gbps),
+                us(flat_inter, L / g)) + n * lat)
+        shard = -(-count // g)
+        es = encoded(shard, bits, bucket)
+        hier_intra, hier_inter = 2 * (g - 1) / g * size, 2 * (k - 1) / k * es
+        hier = (shard * (enc + dec * (2 * k - 1) / k) + us(hier_intra, intra_gbps)
+                + us(hier_inter, L / g) + (2 * (g - 1) + k) * lat)
+        t = "%s %dx%d@%g" % (tag, k, g, L)
+        expect(close(p["nccl_inter_bytes"], nccl_inter) and close(p["nccl_intra_bytes"], nccl_intra),
+               "%s: NCCL ring bytes per link class" % t)
+        expect(close(p["flat_inter_bytes"], flat_inter) and close(p["hier_inter_bytes"], hier_inter),
+               "%s: flat and hier inter-node bytes" % t)
+        expect(close(p["hier_intra_bytes"], hier_intra), "%s: hier NVLink bytes 2(G-1)/G S" % t)
+        expect(close(p["nccl_time_us"], nccl), "%s: NCCL time %s vs %s" % (t, p["nccl_time_us"], nccl))
+        expect(close(p["flat_time_us"], flat), "%s: flat time %s vs %s" % (t, p["flat_time_us"], flat))
+        expect(close(p["hier_time_us"], hier), "%s: hier time %s vs %s" % (t, p["hier_time_us"], hier))
+        expect(close(p["hier_speedup"], nccl / hier), "%s: hier speedup" % t)
+        expect(close(p["inter_bytes_ratio_flat_vs_hier"], flat_inter / hier_inter),
+               "%s: inter-node bytes ratio" % t)
+    return seen
+
+
 def main():
-    perf, work = sys.argv[1], sys.argv[2]
+    perf, work, src = sys.argv[1], sys.argv[2], sys.argv[3]
+    report = newest_report(os.path.join(src, "bench", "results"))
+    expect(report is not None, "the source tree holds a GPU report with kernel rates")
+    kdoc = json.load(open(report[:-5] + "/kernels.json")) if report else None
     os.makedirs(work, exist_ok=True)
     nranks, bits, bucket = 3, 4, 512
     sizes = [64 << 10, 256 << 10]
@@ -45,6 +117,10 @@ def main():
     expect(code == 0, "clean run exits 0 (got %d)" % code)
     expect("# Avg bus bandwidth" in out, "table has the '# Avg bus bandwidth' footer")
     expect("CPU reference backend" in out, "table says it is the CPU reference backend")
+    if report:
+        name = os.path.relpath(report, src)
+        expect("modeled with the kernel rates of %s (%s)" % (name, kdoc["gpu"]) in out,
+               "preamble names the report whose kernel rates the model uses")
     expect(len(rows) == 3 * 2 * len(sizes), "one row per type, method and size (got %d)" % len(rows))
     for r in rows:
         tag = "%s %s %d" % (r.get("method"), r.get("dtype"), r.get("size", -1))
@@ -74,14 +150,23 @@ def main():
             # 4-bit QSGD errs, but far less than the signal.
             expect(0 < r["rel_err"] < 0.5, "%s: 0 < rel_err %s < 0.5" % (tag, r["rel_err"]))
             expect(0 < r["err_over_bound"] <= 1, "%s: errors within the bound" % tag)
-            # The link model (docs/benchmark.md), recomputed from the row's own numbers.
-            expect(r["kernels_measured"] and r["encode_us"] > 0 and r["decode_us"] > 0,
-                   "%s: codec times measured for the model" % tag)
+            # The link model (docs/benchmark.md), recomputed from the row's own numbers;
+            # its kernel times are the GPU report's, not the host codecs'.
+            expect(r["kernels_measured"] and r.get("kernel_source") == "gpu_report",
+                   "%s: kernel times from the GPU report" % tag)
+            if kdoc:
+                expect(close(r["encode_us"], report_rate(kdoc, "qsgd_encode_ef", r["dtype"], bits,
+                                                         r["count"])),
+                       "%s: encode time %s from the report's rate" % (tag, r["encode_us"]))
+                expect(close(r["decode_us"], report_rate(kdoc, "qsgd_decode_acc", "float", bits,
+                                                         r["count"])),
+                       "%s: decode time %s from the report's rate" % (tag, r["decode_us"]))
             kernel = r["encode_us"] + r["decode_us"] * (2 * nranks - 1) / nranks
             expect(abs(r["kernel_us"] - kernel) <= 1e-6 * kernel, "%s: two-shot kernel work" % tag)
             expect(r["latency_steps"] == nranks, "%s: two-shot latency steps 1 + (N-1)" % tag)
             gbps = [m["link_gbps"] for m in r["model"]]
-            expect(gbps == [10, 25, 100], "%s: default links 10, 25, 100 Gb/s (got %s)" % (tag, gbps))
+            expect(gbps == [10, 25, 100, 400],
+                   "%s: default links 10, 25, 100, 400 Gb/s (got %s)" % (tag, gbps))
             for m in r["model"]:
                 g = m["link_gbps"]
                 ours = r["kernel_us"] + r["wire_bytes"] * 8 / (g * 1e3) + nranks * 10
@@ -91,6 +176,47 @@ def main():
                 expect(abs(m["nccl_time_us"] - nccl) <= 1e-6 * nccl, "%s: NCCL model at %g" % (tag, g))
                 expect(abs(m["speedup"] - nccl / ours) <= 1e-5 * nccl / ours,
                        "%s: modeled speedup at %g" % (tag, g))
+
+    # The projection: 2 nodes x 4 GPUs (N = 8, L = 4) and 4 x 8, three NIC rates.
+    code, out, rows = run(perf, ["-N", "2", "-b", "1M", "-e", "1M", "-n", "1", "-w", "0", "-q",
+                                 str(bits), "-B", str(bucket), "--model-nodes", "2,4",
+                                 "--model-local", "4,8"], os.path.join(work, "projection.json"))
+    expect(code == 0, "projection run exits 0 (got %d)" % code)
+    expect("# projection onto K nodes x G GPUs" in out, "the projection table is printed")
+    expect(len(rows) == 1, "one row for the projection run")
+    if rows and kdoc:
+        seen = check_projection("projection 1M", rows[0], kdoc, bits, bucket)
+        want = {(k, g, L) for k in (2, 4) for g in (4, 8) for L in (100, 400, 3200)}
+        expect(seen == want, "every K with every G at 100, 400, 3200 Gb/s (got %s)" % sorted(seen))
+        p = [p for p in rows[0]["projection"] if (p["nodes"], p["local"]) == (2, 4)][0]
+        # N = 8, L = 4: flat sends E(S) across nodes, hier E(S/4): the ratio is 4.
+        expect(abs(p["inter_bytes_ratio_flat_vs_hier"] - 4) < 1e-3,
+               "flat / hier inter-node bytes at N=8, L=4 is 4 (got %s)"
+               % p["inter_bytes_ratio_flat_vs_hier"])
+
+    # A missing or garbled report: the modeled columns are left out with a
+    # sentence, never filled with host codec times; measured columns stay.
+    bad = os.path.join(work, "garbled")
+    os.makedirs(os.path.join(bad, "2030-01-01-test-gpu"), exist_ok=True)
+    open(os.path.join(bad, "2030-01-01-test-gpu.json"), "w").write("{}")
+    open(os.path.join(bad, "2030-01-01-test-gpu", "kernels.json"), "w").write('{"rows": [{"kernel"')
+    for where, why in ((bad, "is not valid JSON"), (os.path.join(work, "no-such-dir"), "no GPU report or folder"),
+                       ("none", "--kernel-rates none")):
+        code, out, rows = run(perf, ["-N", "2", "-b", "256K", "-e", "256K", "-n", "1", "-w", "0",
+                                     "--kernel-rates", where, "--model-nodes", "2"],
+                              os.path.join(work, "norates.json"))
+        doc = json.load(open(os.path.join(work, "norates.json")))
+        expect(code == 0, "run without kernel rates (%s) exits 0 (got %d)" % (where, code))
+        expect("modeled columns left out:" in out and why in out,
+               "without kernel rates (%s) the preamble says why: %s" % (where, why))
+        expect("m@10G" not in out, "without kernel rates (%s) no modeled columns" % where)
+        expect(doc.get("kernel_rates") is None and why in (doc.get("kernel_rates_missing") or ""),
+               "JSON names why the rates are missing (%s)" % where)
+        for r in rows:
+            expect(r["model"] == [] and not r["kernels_measured"], "no model in the row (%s)" % where)
+            expect(all(p["hier_time_us"] is None for p in r["projection"]),
+                   "projection times left out (%s)" % where)
+            expect(r["wire_bytes"] > 0 and r["wrong"] == 0, "measured columns stay (%s)" % where)
 
     code, out, rows = run(perf, ["-N", "2", "-b", "256K", "-e", "256K", "-n", "1", "-w", "0",
                                  "--debug-corrupt"], os.path.join(work, "corrupt.json"))

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <map>
 
+#include "kernel_rates.h"
 #include "methods.h"
 #include "model.h"
 #include "report.h"
@@ -172,21 +173,48 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
   r.barrier();
   r.destroyComm(comm);
 
-  if (!ok || !info.showModel) return;
+  if (!ok || !(info.showModel || info.project)) return;
   const AlgoShape shape = algoShape(row->algoUsed, r.nranks());
   row->latencySteps = shape.latencySteps;
-  if (row->algoUsed != 0 && methodSpec(cfg.method).qsgdKernels) {
-    // Rank 0 alone, the others wait: the kernels' own time, not the shared GPU's.
+  const bool qsgdKernels = row->algoUsed != 0 && methodSpec(cfg.method).qsgdKernels;
+  if (qsgdKernels) {
     double v[3] = {0, 0, 0};
-    r.barrier();
-    if (r.rank() == 0)
-      v[2] = r.qsgdKernelTimes(toDType(dtype), count, row->bits, row->bucket, &v[0], &v[1]);
-    r.reduce(v, 3, true);
+    if (info.rates) {
+      // CPU backend: the GPU report's rates; the host codecs' times would
+      // model a GPU network with CPU kernels.
+      v[2] = info.rates->lookup(dtypeName(dtype), row->bits, count, &v[0], &v[1]) ? 1 : 0;
+    } else {
+      // Rank 0 alone, the others wait: the kernels' own time, not the shared GPU's.
+      r.barrier();
+      if (r.rank() == 0)
+        v[2] = r.qsgdKernelTimes(toDType(dtype), count, row->bits, row->bucket, &v[0], &v[1]);
+      r.reduce(v, 3, true);
+    }
     row->kernelsMeasured = v[2] > 0;
+    row->kernelSource = !row->kernelsMeasured ? KernelSource::None
+                        : info.rates          ? KernelSource::Report
+                                              : KernelSource::Measured;
     row->encodeUs = v[0];
     row->decodeUs = v[1];
     row->kernelUs = shape.encodeFactor * v[0] + shape.decodeFactor * v[1];
   }
+  if (qsgdKernels && info.project) {
+    const double nan = NAN;
+    const double enc = row->kernelsMeasured ? row->encodeUs / count : nan;
+    const double dec = row->kernelsMeasured ? row->decodeUs / count : nan;
+    for (int k : o.modelNodes)
+      for (int g : o.modelLocal)
+        for (double gbps : o.nodeGbps) {
+          if (k * g < 2) continue;
+          const Cluster c{k, g, o.intraGbps, gbps, o.linkLatencyUs};
+          const ClusterTimes t =
+              clusterModel(count, dtypeSize(dtype), row->bits, row->bucket, enc, dec, c);
+          row->projection.push_back({k, g, gbps, t});
+        }
+  }
+  // A CPU row without the report's rates for its settings: no model rather
+  // than one made of host codec times.
+  if (!info.showModel || (qsgdKernels && info.rates && !row->kernelsMeasured)) return;
   for (double g : o.linkGbps) {
     ModelPoint m;
     m.gbps = g;
@@ -205,7 +233,13 @@ int runHarness(const Options& o, Rank& r) {
   info.description = r.describe();
   info.baseline = r.baselineName();
   info.representative = r.representative();
-  info.showModel = !info.representative || o.linkGiven;
+  KernelRates rates;
+  if (!r.onDevice()) {
+    rates = loadKernelRates(o.kernelRates.empty() ? defaultResultsDir() : o.kernelRates);
+    info.rates = &rates;
+  }
+  info.showModel = (!info.representative || o.linkGiven) && (!info.rates || rates.ok);
+  info.project = !o.modelNodes.empty();
   const bool lead = r.rank() == 0;
   if (lead) printPreamble(o, info);
 
@@ -265,6 +299,7 @@ int runHarness(const Options& o, Rank& r) {
         }
       }
       if (lead) printFooter(rows);
+      if (lead && info.project) printProjection(o, rows);
       all.insert(all.end(), rows.begin(), rows.end());
     }
   }

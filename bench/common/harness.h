@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "model.h"
 #include "options.h"
 #include "rank.h"
 
@@ -16,6 +17,17 @@ struct ModelPoint {
   double gradcompUs;
   double ncclUs;
 };
+
+// One point of the --model-nodes/--model-local projection; the times are NaN
+// when the row's kernel rates are unknown (the bytes still hold).
+struct ProjectionPoint {
+  int nodes, local;
+  double nodeGbps;
+  ClusterTimes t;
+};
+
+// Where the link model's kernel times come from.
+enum class KernelSource { None, Measured, Report };
 
 struct Row {
   size_t bytes = 0, count = 0;
@@ -38,9 +50,11 @@ struct Row {
   double relErrRms = 0, relErrMax = 0;
   double errOverBound = 0;  // largest |error| / bound over the elements
   // Link model.
-  bool kernelsMeasured = false;
+  bool kernelsMeasured = false;  // kernel times known, from kernelSource
+  KernelSource kernelSource = KernelSource::None;
   double encodeUs = 0, decodeUs = 0, kernelUs = 0, latencySteps = 0;
   std::vector<ModelPoint> model;
+  std::vector<ProjectionPoint> projection;
 
   double algbw() const { return gradcompUs > 0 ? bytes / gradcompUs / 1e3 : 0; }
   double ncclAlgbw() const { return ncclUs > 0 ? bytes / ncclUs / 1e3 : 0; }

@@ -1,5 +1,9 @@
 #include "model.h"
 
+#include <algorithm>
+
+#include "gradcomp/reference.h"
+
 namespace gcbench {
 
 // Latency steps: the sends of an all-to-all leave together (one step);
@@ -26,14 +30,71 @@ double ncclRingBytes(size_t bytes, int nranks) {
 }
 
 // bytes * 8 / (gbps * 1e9) seconds = bytes * 8 / (gbps * 1e3) microseconds.
+static double transferUs(double bytes, double gbps) {
+  return bytes > 0 ? bytes * 8.0 / (gbps * 1e3) : 0.0;
+}
+
 double ncclModelUs(size_t bytes, int nranks, double gbps, double latencyUs) {
   if (nranks <= 1) return 0;
-  return ncclRingBytes(bytes, nranks) * 8.0 / (gbps * 1e3) + 2.0 * (nranks - 1) * latencyUs;
+  return transferUs(ncclRingBytes(bytes, nranks), gbps) + 2.0 * (nranks - 1) * latencyUs;
 }
 
 double gradcompModelUs(double kernelUs, double wireBytes, double latencySteps, double gbps,
                        double latencyUs) {
-  return kernelUs + wireBytes * 8.0 / (gbps * 1e3) + latencySteps * latencyUs;
+  return kernelUs + transferUs(wireBytes, gbps) + latencySteps * latencyUs;
+}
+
+LinkBytes ncclClusterBytes(double bytes, const Cluster& c) {
+  const double n = c.ranks(), g = c.local;
+  const double ring = n > 1 ? 2.0 * (n - 1) / n * bytes : 0.0;
+  if (c.nodes <= 1) return {ring, 0.0};
+  return {ring * (g - 1) / g, ring / g};
+}
+
+LinkBytes flatTwoShotBytes(double encoded, const Cluster& c) {
+  const double n = c.ranks(), g = c.local;
+  return {2.0 * encoded * (g - 1) / n, 2.0 * encoded * (n - g) / n};
+}
+
+LinkBytes hierBytes(double bytes, double shardEncoded, const Cluster& c) {
+  const double g = c.local, k = c.nodes;
+  return {2.0 * (g - 1) / g * bytes, 2.0 * (k - 1) / k * shardEncoded};
+}
+
+// A node's NICs serve its G GPUs: each GPU's share is nodeGbps / G.
+double concurrentLinkUs(const LinkBytes& b, const Cluster& c) {
+  return std::max(transferUs(b.intra, c.intraGbps), transferUs(b.inter, c.nodeGbps / c.local));
+}
+
+double sequentialLinkUs(const LinkBytes& b, const Cluster& c) {
+  return transferUs(b.intra, c.intraGbps) + transferUs(b.inter, c.nodeGbps / c.local);
+}
+
+ClusterTimes clusterModel(size_t count, size_t elemBytes, int bits, int bucket,
+                          double encodeUsPerElem, double decodeUsPerElem, const Cluster& c) {
+  ClusterTimes t;
+  const double n = c.ranks(), g = c.local, k = c.nodes;
+  const double bytes = (double)count * elemBytes;
+  const size_t shard = (count + c.local - 1) / c.local;
+  t.nccl = ncclClusterBytes(bytes, c);
+  t.flat = flatTwoShotBytes((double)gradcompQsgdEncodedBytes(count, bits, bucket), c);
+  t.hier = hierBytes(bytes, (double)gradcompQsgdEncodedBytes(shard, bits, bucket), c);
+  const double rate = encodeUsPerElem, drate = decodeUsPerElem;
+  if (n <= 1) return t;
+  t.ncclUs = concurrentLinkUs(t.nccl, c) + 2 * (n - 1) * c.latencyUs;
+  // Flat two-shot over all N ranks (algoShape(1, N)).
+  t.flatKernelUs = count * (rate + drate * (2 * n - 1) / n);
+  t.flatUs = t.flatKernelUs + concurrentLinkUs(t.flat, c) + n * c.latencyUs;
+  // Hierarchical: reduce-scatter and allgather rings of G-1 steps each around
+  // a two-shot of the shard over K nodes; one node is NCCL inside it.
+  if (k <= 1) {
+    t.hierUs = t.ncclUs;
+    t.hier = t.nccl;
+    return t;
+  }
+  t.hierKernelUs = shard * (rate + drate * (2 * k - 1) / k);
+  t.hierUs = t.hierKernelUs + sequentialLinkUs(t.hier, c) + (2 * (g - 1) + k) * c.latencyUs;
+  return t;
 }
 
 }  // namespace gcbench

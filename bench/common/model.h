@@ -2,6 +2,8 @@
 // network of L Gb/s per rank, from quantities measured in this run.
 //   gradcomp: kernels measured alone + bytes this rank sends / L + latency steps * latency
 //   NCCL:     ring: 2(N-1)/N * bytes / L + 2(N-1) * latency (its reduction hides in the copy)
+// And its projection onto K nodes of G GPUs with two link classes: each GPU's
+// in-node link (NVLink) and the NICs of a node, shared by its G GPUs.
 #pragma once
 
 #include <stddef.h>
@@ -21,5 +23,46 @@ double ncclRingBytes(size_t bytes, int nranks);
 double ncclModelUs(size_t bytes, int nranks, double gbps, double latencyUs);
 double gradcompModelUs(double kernelUs, double wireBytes, double latencySteps, double gbps,
                        double latencyUs);
+
+// K nodes of G GPUs. Bandwidths per direction: intraGbps per GPU (NVLink 4:
+// 450 GB/s = 3600 Gb/s), nodeGbps for all NICs of a node together.
+struct Cluster {
+  int nodes = 1, local = 1;
+  double intraGbps = 3600, nodeGbps = 400;
+  double latencyUs = 10;
+  int ranks() const { return nodes * local; }
+};
+
+// Bytes one GPU sends per call over each link class.
+struct LinkBytes {
+  double intra = 0, inter = 0;
+};
+
+// NCCL's ring over all K*G ranks: every ring crosses each node boundary once,
+// so of each GPU's 2(N-1)/N * S, 1/G leaves the node.
+LinkBytes ncclClusterBytes(double bytes, const Cluster& c);
+// Flat two-shot: E = encoded bytes of the whole buffer; each rank sends E/N
+// to every other rank twice, (N-G) of them on other nodes.
+LinkBytes flatTwoShotBytes(double encoded, const Cluster& c);
+// Hierarchical: NVLink reduce-scatter + allgather of the full-precision
+// buffer, then a two-shot of each GPU's shard across the K nodes
+// (shardEncoded = E(S/G)).
+LinkBytes hierBytes(double bytes, double shardEncoded, const Cluster& c);
+
+// Microseconds to move b when both classes carry traffic at once (the slower
+// class limits) or one after the other (hierarchical stages).
+double concurrentLinkUs(const LinkBytes& b, const Cluster& c);
+double sequentialLinkUs(const LinkBytes& b, const Cluster& c);
+
+// Modeled times of one allreduce of `count` elements of `elemBytes` each,
+// QSGD at (bits, bucket) with the kernel rates given per element (encode+EF,
+// decode-accumulate).
+struct ClusterTimes {
+  double ncclUs = 0, flatUs = 0, hierUs = 0;
+  double flatKernelUs = 0, hierKernelUs = 0;
+  LinkBytes nccl, flat, hier;
+};
+ClusterTimes clusterModel(size_t count, size_t elemBytes, int bits, int bucket,
+                          double encodeUsPerElem, double decodeUsPerElem, const Cluster& c);
 
 }  // namespace gcbench

@@ -33,8 +33,15 @@ void usage(const char* prog) {
       "      --backend <b>          cuda|cpu, default cuda when a GPU is visible\n"
       "      --json <file>          rows as JSON\n"
       "      --csv <file>           rows as CSV\n"
-      "      --link-gbps <list>     modeled link bandwidths in Gb/s, default 10,25,100\n"
+      "      --link-gbps <list>     modeled link bandwidths in Gb/s, default 10,25,100,400\n"
       "      --link-lat-us <us>     modeled per-message latency, default 10\n"
+      "      --model-nodes <list>   project onto K nodes (list: every K with every G)\n"
+      "      --model-local <list>   ... of G GPUs each, default 8\n"
+      "      --node-gbps <list>     NIC bandwidth per node in Gb/s, default 100,400,3200\n"
+      "      --intra-gbps <g>       in-node link per GPU in Gb/s, default 3600 (NVLink 4)\n"
+      "      --kernel-rates <f>     cpu backend: GPU report (.json, or a folder: the newest)\n"
+      "                             whose kernel rates the model uses, or none; default\n"
+      "                             the newest in bench/results\n"
       "      --seed <n>             input data seed, default 1\n"
       "      --debug-corrupt        corrupt one gradcomp output element (checks the checker)\n"
       "Unset gradcomp settings come from GRADCOMP_* variables (docs/env.md).\n",
@@ -131,7 +138,21 @@ const char* opName(ncclRedOp_t op) {
 }
 
 bool parseOptions(int argc, char** argv, Options* o, int* exitCode) {
-  enum { kBackend = 1000, kJson, kCsv, kLink, kLat, kSeed, kCorrupt, kHelp };
+  enum {
+    kBackend = 1000,
+    kJson,
+    kCsv,
+    kLink,
+    kLat,
+    kSeed,
+    kCorrupt,
+    kModelNodes,
+    kModelLocal,
+    kNodeGbps,
+    kIntraGbps,
+    kKernelRates,
+    kHelp
+  };
   static const struct option longOpts[] = {{"minbytes", required_argument, 0, 'b'},
                                            {"maxbytes", required_argument, 0, 'e'},
                                            {"stepbytes", required_argument, 0, 'i'},
@@ -154,6 +175,11 @@ bool parseOptions(int argc, char** argv, Options* o, int* exitCode) {
                                            {"link-lat-us", required_argument, 0, kLat},
                                            {"seed", required_argument, 0, kSeed},
                                            {"debug-corrupt", no_argument, 0, kCorrupt},
+                                           {"model-nodes", required_argument, 0, kModelNodes},
+                                           {"model-local", required_argument, 0, kModelLocal},
+                                           {"node-gbps", required_argument, 0, kNodeGbps},
+                                           {"intra-gbps", required_argument, 0, kIntraGbps},
+                                           {"kernel-rates", required_argument, 0, kKernelRates},
                                            {"help", no_argument, 0, 'h'},
                                            {0, 0, 0, 0}};
   for (int i = 0; i < argc; ++i) {
@@ -295,6 +321,37 @@ bool parseOptions(int argc, char** argv, Options* o, int* exitCode) {
       case kCorrupt:
         o->corrupt = true;
         break;
+      case kModelNodes:
+      case kModelLocal: {
+        std::vector<int>& list = c == kModelNodes ? o->modelNodes : o->modelLocal;
+        const char* flag = c == kModelNodes ? "--model-nodes" : "--model-local";
+        list.clear();
+        for (const std::string& s : splitList(v)) {
+          if (!parseInt(s.c_str(), 1, 4096, &lv))
+            return fail(exitCode, "%s %s: each count must be in 1..4096", flag, v);
+          list.push_back((int)lv);
+        }
+        if (list.empty()) return fail(exitCode, "%s %s: give at least one count", flag, v);
+        break;
+      }
+      case kNodeGbps:
+        o->nodeGbps.clear();
+        for (const std::string& s : splitList(v)) {
+          if (!parseDouble(s.c_str(), 1e-3, 1e6, &dv))
+            return fail(exitCode, "%s %s: each bandwidth must be in [0.001, 1e6] Gb/s",
+                        "--node-gbps", v);
+          o->nodeGbps.push_back(dv);
+        }
+        if (o->nodeGbps.empty())
+          return fail(exitCode, "%s %s: give at least one bandwidth", "--node-gbps", v);
+        break;
+      case kIntraGbps:
+        if (!parseDouble(v, 1e-3, 1e6, &o->intraGbps))
+          return fail(exitCode, "%s %s not in [0.001, 1e6] Gb/s", "--intra-gbps", v);
+        break;
+      case kKernelRates:
+        o->kernelRates = v;
+        break;
       case 'h':
         usage(argv[0]);
         *exitCode = 0;
@@ -306,6 +363,9 @@ bool parseOptions(int argc, char** argv, Options* o, int* exitCode) {
     }
   }
   if (optind < argc) return fail(exitCode, "%s %s: unexpected argument", "", argv[optind]);
+  if (!o->modelLocal.empty() && o->modelNodes.empty())
+    return fail(exitCode, "%s %s: the projection needs --model-nodes too", "--model-local",
+                "given");
   if (stepGiven && !factorGiven)
     o->stepFactor = 0;
   else if (!factorGiven)
@@ -323,7 +383,9 @@ void applyDefaults(Options* o, int gpuCount) {
   if (o->dtypes.empty()) o->dtypes = {ncclFloat32};
   if (o->methods.empty()) o->methods = {gradcompMethodQsgd};
   if (o->nranks == 0) o->nranks = cpu ? 4 : (gpuCount >= 2 ? gpuCount : 4);
-  if (o->linkGbps.empty()) o->linkGbps = {10, 25, 100};
+  if (o->linkGbps.empty()) o->linkGbps = {10, 25, 100, 400};
+  if (!o->modelNodes.empty() && o->modelLocal.empty()) o->modelLocal = {8};
+  if (o->nodeGbps.empty()) o->nodeGbps = {100, 400, 3200};
 }
 
 std::vector<size_t> sizeList(const Options& o) {

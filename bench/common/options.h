@@ -34,6 +34,13 @@ struct Options {
   std::vector<double> linkGbps;
   bool linkGiven = false;
   double linkLatencyUs = 10;
+  // Projection onto K nodes of G GPUs (every K with every G), empty = none.
+  std::vector<int> modelNodes, modelLocal;
+  std::vector<double> nodeGbps;  // all NICs of a node together
+  double intraGbps = 3600;       // in-node link per GPU: NVLink 4, 450 GB/s
+  // CPU backend: the GPU report whose kernel rates the model uses; empty =
+  // the newest in the source tree's bench/results, "none" = leave the model out.
+  std::string kernelRates;
   uint64_t seed = 1;
   // Self-test of the checker: corrupt one output element of gradcomp.
   bool corrupt = false;

@@ -60,6 +60,15 @@ double modelSpeedup(const ModelPoint& m) {
   return m.gradcompUs > 0 ? m.ncclUs / m.gradcompUs : 0;
 }
 
+double ratioOrNan(double a, double b) {
+  return b > 0 && isfinite(a) && isfinite(b) ? a / b : NAN;
+}
+
+const char* kernelSourceName(KernelSource k) {
+  return k == KernelSource::Measured ? "measured"
+                                     : (k == KernelSource::Report ? "gpu_report" : "none");
+}
+
 }  // namespace
 
 void printPreamble(const Options& o, const RunInfo& info) {
@@ -75,6 +84,18 @@ void printPreamble(const Options& o, const RunInfo& info) {
       printf(
           "#  ranks share one GPU over NCCL's socket transport: measured times are NOT "
           "representative;\n#  read the modeled columns\n");
+  }
+  if (info.rates) {
+    if (info.rates->ok)
+      printf(
+          "#  modeled with the kernel rates of %s (%s), not with this machine's host codec "
+          "times\n",
+          info.rates->report.c_str(), info.rates->gpu.c_str());
+    else
+      printf(
+          "#  modeled columns left out: %s (host codec times cannot stand in for a GPU's "
+          "kernels)\n",
+          info.rates->reason.c_str());
   }
   if (info.showModel) {
     printf(
@@ -179,6 +200,50 @@ void printFooter(const std::vector<Row>& rows) {
   fflush(stdout);
 }
 
+void printProjection(const Options& o, const std::vector<Row>& rows) {
+  bool any = false;
+  for (const Row& r : rows) any = any || !r.projection.empty();
+  if (!any) return;
+  const Row* first = nullptr;
+  for (const Row& r : rows)
+    if (!r.projection.empty()) first = first ? first : &r;
+  printf(
+      "# projection onto K nodes x G GPUs (docs/benchmark.md): in-node link %g Gb/s per GPU, "
+      "NICs L Gb/s per node;\n#  kernel rates: %s; times in us, x = NCCL / gradcomp; inter = "
+      "bytes per GPU leaving its node\n",
+      o.intraGbps,
+      first->kernelSource == KernelSource::Measured
+          ? "measured in this run"
+          : (first->kernelSource == KernelSource::Report ? "of the GPU report in the preamble"
+                                                         : "unknown (times left out)"));
+  printf("# %10s  %8s  %5s  %6s  %9s  %9s  %9s  %6s  %6s  %11s  %11s  %11s  %9s\n", "size", "type",
+         "KxG", "L Gb/s", "nccl", "flat", "hier", "flat x", "hier x", "nccl inter", "flat inter",
+         "hier inter", "flat/hier");
+  for (const Row& r : rows) {
+    for (const ProjectionPoint& p : r.projection) {
+      char kg[16];
+      snprintf(kg, sizeof kg, "%dx%d", p.nodes, p.local);
+      auto us = [](double v) { return isfinite(v) ? timeStr(v) : std::string("-"); };
+      auto x = [](double v) {
+        char b[16];
+        if (isfinite(v))
+          snprintf(b, sizeof b, "%.2f", v);
+        else
+          snprintf(b, sizeof b, "-");
+        return std::string(b);
+      };
+      printf("  %10zu  %8s  %5s  %6g  %9s  %9s  %9s  %6s  %6s  %11.0f  %11.0f  %11.0f  %9s\n",
+             r.bytes, dtypeName(r.dtype), kg, p.nodeGbps, us(p.t.ncclUs).c_str(),
+             us(p.t.flatUs).c_str(), us(p.t.hierUs).c_str(),
+             x(ratioOrNan(p.t.ncclUs, p.t.flatUs)).c_str(),
+             x(ratioOrNan(p.t.ncclUs, p.t.hierUs)).c_str(), p.t.nccl.inter, p.t.flat.inter,
+             p.t.hier.inter, x(ratioOrNan(p.t.flat.inter, p.t.hier.inter)).c_str());
+    }
+  }
+  printf("#\n");
+  fflush(stdout);
+}
+
 bool writeJson(const std::string& path, const Options& o, const RunInfo& info,
                const std::vector<Row>& rows) {
   FILE* f = fopen(path.c_str(), "w");
@@ -194,8 +259,16 @@ bool writeJson(const std::string& path, const Options& o, const RunInfo& info,
   fprintf(f, "  \"backend\": %s,\n  \"description\": %s,\n  \"baseline\": %s,\n",
           jsonStr(info.backend).c_str(), jsonStr(info.description).c_str(),
           jsonStr(info.baseline).c_str());
-  fprintf(f, "  \"representative\": %s,\n  \"link_latency_us\": %s,\n  \"rows\": [",
+  fprintf(f, "  \"representative\": %s,\n  \"link_latency_us\": %s,\n",
           info.representative ? "true" : "false", jsonNum(o.linkLatencyUs).c_str());
+  if (info.rates && info.rates->ok)
+    fprintf(f, "  \"kernel_rates\": {\"report\": %s, \"gpu\": %s},\n",
+            jsonStr(info.rates->report).c_str(), jsonStr(info.rates->gpu).c_str());
+  else
+    fprintf(f, "  \"kernel_rates\": null,\n");
+  fprintf(f, "  \"kernel_rates_missing\": %s,\n  \"intra_gbps\": %s,\n  \"rows\": [",
+          info.rates && !info.rates->ok ? jsonStr(info.rates->reason).c_str() : "null",
+          jsonNum(o.intraGbps).c_str());
   for (size_t i = 0; i < rows.size(); ++i) {
     const Row& r = rows[i];
     fprintf(f, "%s\n    {\"size\": %zu, \"count\": %zu, \"dtype\": %s, \"redop\": %s, ",
@@ -224,10 +297,10 @@ bool writeJson(const std::string& path, const Options& o, const RunInfo& info,
             r.ncclWrong >= 0 ? std::to_string(r.ncclWrong).c_str() : "null");
     fprintf(f, "\"err_over_bound\": %s, ", checked ? jsonNum(r.errOverBound).c_str() : "null");
     fprintf(f,
-            "\"kernels_measured\": %s, \"encode_us\": %s, \"decode_us\": %s, "
-            "\"kernel_us\": %s, \"latency_steps\": %s, \"model\": [",
-            r.kernelsMeasured ? "true" : "false", jsonNum(r.encodeUs).c_str(),
-            jsonNum(r.decodeUs).c_str(), jsonNum(r.kernelUs).c_str(),
+            "\"kernels_measured\": %s, \"kernel_source\": %s, \"encode_us\": %s, "
+            "\"decode_us\": %s, \"kernel_us\": %s, \"latency_steps\": %s, \"model\": [",
+            r.kernelsMeasured ? "true" : "false", jsonStr(kernelSourceName(r.kernelSource)).c_str(),
+            jsonNum(r.encodeUs).c_str(), jsonNum(r.decodeUs).c_str(), jsonNum(r.kernelUs).c_str(),
             jsonNum(r.latencySteps).c_str());
     for (size_t k = 0; k < r.model.size(); ++k) {
       const ModelPoint& m = r.model[k];
@@ -235,6 +308,28 @@ bool writeJson(const std::string& path, const Options& o, const RunInfo& info,
               k ? ", " : "", jsonNum(m.gbps).c_str(), jsonNum(m.gradcompUs).c_str(),
               jsonNum(m.ncclUs).c_str(),
               m.ncclUs > 0 && m.gradcompUs > 0 ? jsonNum(modelSpeedup(m)).c_str() : "null");
+    }
+    fprintf(f, "],\n     \"projection\": [");
+    for (size_t k = 0; k < r.projection.size(); ++k) {
+      const ProjectionPoint& p = r.projection[k];
+      const ClusterTimes& t = p.t;
+      fprintf(f, "%s\n       {\"nodes\": %d, \"local\": %d, \"node_gbps\": %s, ", k ? "," : "",
+              p.nodes, p.local, jsonNum(p.nodeGbps).c_str());
+      fprintf(f, "\"nccl_time_us\": %s, \"flat_time_us\": %s, \"hier_time_us\": %s, ",
+              jsonNum(t.ncclUs).c_str(), jsonNum(t.flatUs).c_str(), jsonNum(t.hierUs).c_str());
+      fprintf(f, "\"flat_speedup\": %s, \"hier_speedup\": %s, ",
+              jsonNum(ratioOrNan(t.ncclUs, t.flatUs)).c_str(),
+              jsonNum(ratioOrNan(t.ncclUs, t.hierUs)).c_str());
+      fprintf(f, "\"flat_kernel_us\": %s, \"hier_kernel_us\": %s, ",
+              jsonNum(t.flatKernelUs).c_str(), jsonNum(t.hierKernelUs).c_str());
+      fprintf(f,
+              "\"nccl_intra_bytes\": %s, \"nccl_inter_bytes\": %s, \"flat_intra_bytes\": %s, "
+              "\"flat_inter_bytes\": %s, \"hier_intra_bytes\": %s, \"hier_inter_bytes\": %s, ",
+              jsonNum(t.nccl.intra).c_str(), jsonNum(t.nccl.inter).c_str(),
+              jsonNum(t.flat.intra).c_str(), jsonNum(t.flat.inter).c_str(),
+              jsonNum(t.hier.intra).c_str(), jsonNum(t.hier.inter).c_str());
+      fprintf(f, "\"inter_bytes_ratio_flat_vs_hier\": %s}",
+              jsonNum(ratioOrNan(t.flat.inter, t.hier.inter)).c_str());
     }
     fprintf(f, "]}");
   }

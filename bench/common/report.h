@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "harness.h"
+#include "kernel_rates.h"
 
 namespace gcbench {
 
@@ -15,6 +16,9 @@ struct RunInfo {
   std::string baseline;     // what the NCCL columns measure
   bool representative = true;
   bool showModel = false;
+  bool project = false;  // --model-nodes given
+  // CPU backend: the GPU report whose kernel rates the model uses (null on cuda).
+  const KernelRates* rates = nullptr;
 };
 
 void printPreamble(const Options& o, const RunInfo& info);
@@ -22,6 +26,8 @@ void printHeader(const Options& o, const RunInfo& info, const std::string& label
                  ncclDataType_t dtype);
 void printRow(const Options& o, const RunInfo& info, const Row& row);
 void printFooter(const std::vector<Row>& rows);
+// The --model-nodes projection of a method's rows.
+void printProjection(const Options& o, const std::vector<Row>& rows);
 bool writeJson(const std::string& path, const Options& o, const RunInfo& info,
                const std::vector<Row>& rows);
 bool writeCsv(const std::string& path, const Options& o, const std::vector<Row>& rows);

@@ -1,0 +1,150 @@
+#include "kernel_rates.h"
+
+#include <ctype.h>
+#include <dirent.h>
+#include <math.h>
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <fstream>
+#include <sstream>
+
+#include "json_read.h"
+
+#ifndef GCBENCH_RESULTS_DIR
+#define GCBENCH_RESULTS_DIR "bench/results"
+#endif
+#ifndef GCBENCH_SOURCE_DIR
+#define GCBENCH_SOURCE_DIR ""
+#endif
+
+namespace gcbench {
+namespace {
+
+bool readFile(const std::string& path, std::string* out) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) return false;
+  std::ostringstream ss;
+  ss << f.rdbuf();
+  *out = ss.str();
+  return true;
+}
+
+bool isDir(const std::string& path) {
+  struct stat st;
+  return stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+bool isFile(const std::string& path) {
+  struct stat st;
+  return stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+bool endsWith(const std::string& s, const std::string& tail) {
+  return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
+}
+
+// Reports are named <yyyy-mm-dd>-<gpu>.json, so the newest sorts last.
+std::string newestReport(const std::string& dir) {
+  std::vector<std::string> names;
+  if (DIR* d = opendir(dir.c_str())) {
+    while (dirent* e = readdir(d)) {
+      const std::string n = e->d_name;
+      if (n.size() > 16 && endsWith(n, ".json") && isdigit((unsigned char)n[0]) && n[4] == '-' &&
+          n[7] == '-' && n[10] == '-')
+        names.push_back(n);
+    }
+    closedir(d);
+  }
+  std::sort(names.begin(), names.end());
+  for (auto it = names.rbegin(); it != names.rend(); ++it) {
+    const std::string stem = it->substr(0, it->size() - 5);
+    if (isFile(dir + "/" + stem + "/kernels.json")) return dir + "/" + *it;
+  }
+  return "";
+}
+
+// The report as a reader of this tree would name it.
+std::string shortName(const std::string& path) {
+  const std::string src = std::string(GCBENCH_SOURCE_DIR) + "/";
+  return src.size() > 1 && path.compare(0, src.size(), src) == 0 ? path.substr(src.size()) : path;
+}
+
+KernelRates unavailable(const std::string& why) {
+  KernelRates k;
+  k.reason = why;
+  return k;
+}
+
+}  // namespace
+
+const char* defaultResultsDir() {
+  return GCBENCH_RESULTS_DIR;
+}
+
+KernelRates loadKernelRates(const std::string& where) {
+  if (where == "none") return unavailable("--kernel-rates none");
+  std::string report = where;
+  if (!isDir(where) && !isFile(where))
+    return unavailable("no GPU report or folder of reports at " + where);
+  if (isDir(where)) {
+    report = newestReport(where);
+    if (report.empty())
+      return unavailable(
+          "no GPU report with kernel rates (<date>-<gpu>.json and "
+          "<date>-<gpu>/kernels.json) in " +
+          where);
+  }
+  if (!endsWith(report, ".json"))
+    return unavailable("--kernel-rates " + report + " is not a report's .json");
+  const std::string kernelsPath = report.substr(0, report.size() - 5) + "/kernels.json";
+  std::string text, error;
+  if (!readFile(kernelsPath, &text)) return unavailable("cannot read " + kernelsPath);
+  JsonValue doc;
+  if (!parseJson(text, &doc, &error))
+    return unavailable(shortName(kernelsPath) + " is not valid JSON (" + error + ")");
+  const JsonValue* rows = doc.get("rows");
+  if (!rows || rows->kind != JsonValue::Array)
+    return unavailable(shortName(kernelsPath) + " has no \"rows\" list");
+  KernelRates k;
+  for (const JsonValue& r : rows->items) {
+    const JsonValue *kernel = r.get("kernel"), *dtype = r.get("dtype"), *bits = r.get("bits"),
+                    *n = r.get("n"), *us = r.get("time_us");
+    if (!kernel || !dtype || !bits || !n || !us || kernel->kind != JsonValue::String ||
+        dtype->kind != JsonValue::String || bits->kind != JsonValue::Number ||
+        n->kind != JsonValue::Number || us->kind != JsonValue::Number)
+      continue;
+    if (kernel->str != "qsgd_encode_ef" && kernel->str != "qsgd_decode_acc") continue;
+    if (!(n->num >= 1) || !(us->num > 0) || !isfinite(us->num)) continue;
+    k.rows.push_back({kernel->str, dtype->str, (int)bits->num, n->num, us->num});
+  }
+  if (k.rows.empty())
+    return unavailable(shortName(kernelsPath) +
+                       " has no qsgd_encode_ef / qsgd_decode_acc rows with times");
+  const JsonValue* gpu = doc.get("gpu");
+  k.gpu = gpu && gpu->kind == JsonValue::String ? gpu->str : "unknown GPU";
+  k.report = shortName(report);
+  k.ok = true;
+  return k;
+}
+
+bool KernelRates::lookup(const char* dtype, int bits, size_t count, double* encodeUs,
+                         double* decodeUs) const {
+  if (!ok || count == 0) return false;
+  auto nearest = [&](const char* kernel, const char* type) -> const Entry* {
+    const Entry* best = nullptr;
+    for (const Entry& e : rows) {
+      if (e.kernel != kernel || e.dtype != type || e.bits != bits) continue;
+      if (!best || fabs(log(e.n / count)) < fabs(log(best->n / count))) best = &e;
+    }
+    return best;
+  };
+  const Entry* enc = nearest("qsgd_encode_ef", dtype);
+  const Entry* dec = nearest("qsgd_decode_acc", "float");
+  if (!enc || !dec) return false;
+  *encodeUs = enc->timeUs / enc->n * count;
+  *decodeUs = dec->timeUs / dec->n * count;
+  return true;
+}
+
+}  // namespace gcbench

@@ -1,0 +1,41 @@
+// On the CPU backend the host codecs' times say nothing about a GPU, and a
+// GPU-network model fed with them would call gradcomp 5 to 25 times slower
+// than NCCL. The link model takes the codec kernel rates of the newest
+// committed GPU report instead (bench/results/<date>-<gpu>.json, its
+// gradcomp_kernels_perf output in bench/results/<date>-<gpu>/kernels.json).
+#pragma once
+
+#include <stddef.h>
+
+#include <string>
+#include <vector>
+
+namespace gcbench {
+
+struct KernelRates {
+  bool ok = false;
+  std::string report;  // the report the rates come from, as the preamble names it
+  std::string gpu;
+  std::string reason;  // why there are none
+  struct Entry {
+    std::string kernel, dtype;
+    int bits;
+    double n, timeUs;
+  };
+  std::vector<Entry> rows;
+
+  // Encode+EF of `dtype` and decode-accumulate (fp32) of `count` elements at
+  // `bits`: the report's row of the nearest n (log scale), scaled by count/n.
+  // False when the report has no row for these bits.
+  bool lookup(const char* dtype, int bits, size_t count, double* encodeUs, double* decodeUs) const;
+};
+
+// `where`: a report's .json, a folder of reports (the newest by name whose
+// kernels.json exists), or "none". Never fails: a missing or garbled report
+// gives ok = false and a sentence in `reason`.
+KernelRates loadKernelRates(const std::string& where);
+
+// Where the source tree's reports are (the default of --kernel-rates).
+const char* defaultResultsDir();
+
+}  // namespace gcbench
