@@ -38,10 +38,24 @@ def prow(size, bits, dtype, speedups, failed=False):
             "model": [{"link_gbps": g, "speedup": s} for g, s in speedups]}
 
 
+def proj(nodes, local, gbps, hier, flat, ratio):
+    return {"nodes": nodes, "local": local, "node_gbps": gbps, "hier_speedup": hier,
+            "flat_speedup": flat, "inter_bytes_ratio_flat_vs_hier": ratio}
+
+
+# Decoy projections on the rows that must not be picked; on the right row,
+# other shapes and rates around the 4 x 8 and 2 x 4 points.
+decoy = [proj(4, 8, 100, 99.0, 99.0, 99.0)]
+right = prow(MB256, 4, "float", [(10, 7.5), (25, 4.0), (100, 1.5), (400, 1.25)])
+right["projection"] = [proj(2, 8, 100, 11.0, 12.0, 8.0), proj(4, 4, 100, 13.0, 14.0, 4.0),
+                       proj(4, 8, 100, 6.5, 1.1, 8.0), proj(4, 8, 400, 2.5, 1.0, 8.0),
+                       proj(4, 8, 3200, 1.02, 0.9, 8.0), proj(2, 4, 100, 9.0, 3.0, 4.0)]
+bf16 = prow(MB256, 4, "bfloat16", [(10, 2.0)])
+bf16["projection"] = decoy
 dump("perf_n8.json", {"rows": [
-    prow(MB256 // 4, 4, "float", [(10, 1.0)]), prow(MB256, 4, "bfloat16", [(10, 2.0)]),
-    prow(MB256, 8, "float", [(10, 3.0)]),
-    prow(MB256, 4, "float", [(10, 7.5), (25, 4.0), (100, 1.5)])]})
+    prow(MB256 // 4, 4, "float", [(10, 1.0)]), bf16, prow(MB256, 8, "float", [(10, 3.0)]), right]})
+dump("tc_link.json", {"tc_unavailable_reason": None, "measured_speedup_tc_10gbps_n4_256MB": 5.5,
+                      "measured_vs_model_tc_10gbps": 0.8, "runs": []})
 dump("multirank.json", {"multirank_tests_passed": 12, "multirank_tests_failed": 1})
 dump("tests.json", {"tests_passed": 40, "tests_failed": 0})
 with open(os.path.join(raw, "steps.tsv"), "w") as f:
@@ -73,6 +87,15 @@ expect(r.get("qsgd4_encode_ef_frac_of_copy") == 0.85, "encode: fp32, 4-bit, 2^26
 expect(r.get("qsgd4_decode_frac_of_copy") == 0.75, "decode: overwrite, 4-bit, 2^26 row")
 expect(r.get("allreduce_qsgd4_model_speedup_10gbps_n8_256MB") == 7.5, "model: fp32 4-bit 256 MB at 10")
 expect(r.get("allreduce_qsgd4_model_speedup_n8_256MB", {}).get("100") == 1.5, "model at 100 Gb/s")
+expect(r.get("allreduce_qsgd4_model_speedup_400gbps_n8_256MB") == 1.25, "model at 400 Gb/s")
+expect(r.get("hier_model_speedup_node100g_4x8_256MB") == 6.5, "hier 4 x 8 at 100 Gb/s per node")
+expect(r.get("hier_model_speedup_node400g_4x8_256MB") == 2.5, "hier 4 x 8 at 400 Gb/s per node")
+expect(r.get("hier_model_speedup_node3200g_4x8_256MB") == 1.02, "hier 4 x 8 at 3200 Gb/s per node")
+expect(r.get("flat_model_speedup_node100g_4x8_256MB") == 1.1, "flat 4 x 8 at 100 Gb/s per node")
+expect(r.get("hier_inter_bytes_ratio_vs_flat_n8_l4") == 4.0, "inter-node bytes ratio at 2 x 4")
+expect(r.get("measured_speedup_tc_10gbps_n4_256MB") == 5.5, "tc: measured speedup from tc_link.json")
+expect(r.get("measured_vs_model_tc_10gbps") == 0.8, "tc: measured / model from tc_link.json")
+expect("tc_unavailable_reason" in r and r["tc_unavailable_reason"] is None, "tc: shaping worked")
 expect(r.get("topk_dgc_speedup_vs_torch_topk") is None, "top-k null without selector times")
 expect(r.get("ddp_qsgd4_acc_delta_pts") is None, "DDP null without ddp.json")
 expect(r.get("multirank_tests_passed") == 12 and r.get("multirank_tests_failed") == 1, "multirank counts")
@@ -81,6 +104,11 @@ expect(g.get("encode_ef_ge_0.8_of_copy") is True, "0.85 meets the 0.8 goal")
 expect(g.get("decode_ge_0.8_of_copy") is False, "0.75 misses the 0.8 goal")
 expect(g.get("allreduce_qsgd4_model_ge_5x_nccl_10gbps_n8_256MB") is True, "7.5x meets 5x")
 expect(g.get("topk_ge_3x_torch_topk") is None, "unmeasured goal is null")
+expect(g.get("hier_inter_bytes_ratio_ge_3.5_n8_l4") is True, "ratio 4 meets 3.5")
+expect(g.get("hier_model_ge_6x_nccl_node100g_4x8_256MB") is True, "6.5x meets 6x")
+expect(g.get("hier_model_ge_3x_nccl_node400g_4x8_256MB") is False, "2.5x misses 3x")
+expect(g.get("measured_tc_ge_5x_nccl_10gbps_n4_256MB") is True, "5.5x meets 5x")
+expect(g.get("measured_vs_model_tc_10gbps_within_15pct") is False, "0.8 is outside 0.85..1.15")
 expect([s["name"] for s in r.get("steps", [])] == ["build", "ddp"], "steps from steps.tsv")
 text = open(md).read()
 expect("| 0.85 | >= 0.8 | yes |" in text, "report table shows the encode value and verdict")
@@ -104,6 +132,9 @@ dump("torch_topk.json", {"rows": [
     {"n": N26, "density": 0.01, "k": 1, "torch_topk_abs_us": 9999.0, "torch_topk_us": 1, "copy_us": 1},
     {"n": N26, "density": 0.001, "k": 1, "torch_topk_abs_us": 1000.0, "torch_topk_us": 1,
      "copy_us": 1}]})
+# Shaping refused: the exact error travels to the report.
+dump("tc_link.json", {"tc_unavailable_reason": "RTNETLINK answers: Operation not permitted",
+                      "measured_speedup_tc_10gbps_n4_256MB": None, "runs": []})
 js2 = os.path.join(work, "r2.json")
 subprocess.check_call([sys.executable, os.path.join(src, "tools", "gpu_report.py"), "--dir", raw,
                        "--name", "2030-01-02-test-gpu", "--md", os.path.join(work, "r2.md"),
@@ -111,6 +142,10 @@ subprocess.check_call([sys.executable, os.path.join(src, "tools", "gpu_report.py
 r2 = json.load(open(js2))
 expect(r2.get("topk_dgc_speedup_vs_torch_topk") == 5.0, "top-k: 1000 us / 200 us threshold row")
 expect(r2.get("goals", {}).get("topk_ge_3x_torch_topk") is True, "5x meets the 3x goal")
+expect(r2.get("tc_unavailable_reason") == "RTNETLINK answers: Operation not permitted",
+       "tc: the refusal's exact error")
+expect(r2.get("measured_speedup_tc_10gbps_n4_256MB") is None, "tc: no measured speedup when refused")
+expect("Operation not permitted" in open(os.path.join(work, "r2.md")).read(), "report says so")
 
 if fails:
     print("%d check(s) failed" % len(fails))

@@ -10,7 +10,7 @@
 #
 # GC_CHECK_BUDGET_S (default 1200) bounds the whole run: each step's time
 # limit is cut to what is left. GC_STEPS (default: all of "tests multirank
-# perf kernels torch_topk ddp plots") picks the steps after the build, so the
+# perf kernels torch_topk tc_link ddp plots") picks the steps after the build, so the
 # suite can be split over several shorter sessions; the raw outputs of each
 # part land in the same bench/results/<date>-<gpu>/ folder and the report is
 # made from whatever is there.
@@ -38,7 +38,7 @@ archs=${GRADCOMP_CUDA_ARCHS:-native}
 jobs=$(nproc 2>/dev/null || echo 8)
 echo "gpu-check: $gpu_name -> $results/$name.md (budget ${budget}s)"
 
-steps_sel=" ${GC_STEPS:-tests multirank perf kernels torch_topk ddp plots} "
+steps_sel=" ${GC_STEPS:-tests multirank perf kernels torch_topk tc_link ddp plots} "
 want() { [[ "$steps_sel" == *" $1 "* ]]; }
 
 # run_step NAME LIMIT_S LOG CMD...: runs CMD under a time limit, output to LOG
@@ -107,15 +107,19 @@ fi
 perf=$build/bench/gradcomp_perf
 want perf && run_step perf_n1 90 "$raw/perf_n1.txt" "$perf" --backend cuda -N 1 -b 1M -e 256M -f 4 \
   -m none,qsgd --json "$raw/perf_n1.json"
+# With the projection onto 2 and 4 nodes of 4 and 8 GPUs (hier_* keys of the report).
 want perf && run_step perf_n8 200 "$raw/perf_n8.txt" "$perf" --backend cuda -N 8 -b 1M -e 256M -f 4 \
-  -n 5 -w 2 -m qsgd -d float,bfloat16 --link-gbps 10,25,100 --json "$raw/perf_n8.json"
+  -n 5 -w 2 -m qsgd -d float,bfloat16 --link-gbps 10,25,100,400 --model-nodes 2,4 \
+  --model-local 4,8 --node-gbps 100,400,3200 --json "$raw/perf_n8.json"
 want perf && run_step perf_n8_sparse 150 "$raw/perf_n8_sparse.txt" "$perf" --backend cuda -N 8 -b 4M \
-  -e 256M -f 4 -n 5 -w 2 -m topk,dgc,randk -k 0.001 --link-gbps 10,25,100 \
+  -e 256M -f 4 -n 5 -w 2 -m topk,dgc,randk -k 0.001 --link-gbps 10,25,100,400 \
   --json "$raw/perf_n8_sparse.json"
 want kernels && run_step kernels 300 "$raw/kernels.txt" "$build/bench/gradcomp_kernels_perf" \
   --json "$raw/kernels.json"
 want torch_topk && run_step torch_topk 240 "$raw/torch_topk.txt" python3 bench/torch_topk.py \
   --json "$raw/torch_topk.json"
+# A real slow link: ranks in network namespaces over tc-shaped veths (10, 25 Gb/s; N = 2, 4).
+want tc_link && run_step tc_link 420 "$raw/tc_link.txt" bash tools/tc_link.sh "$raw" "$build"
 
 # --- PyTorch DDP under LD_PRELOAD
 if ! want ddp; then

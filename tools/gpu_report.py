@@ -56,6 +56,19 @@ def model_speedup(pdoc, gbps=10, size=MB256, bits=4, dtype="float"):
     return None
 
 
+def projection(pdoc, nodes, local, node_gbps, key, size=MB256, bits=4, dtype="float"):
+    """A --model-nodes/--model-local projection point of the fp32 4-bit row."""
+    if not pdoc:
+        return None
+    for r in pdoc.get("rows", []):
+        if (r["method"] == "qsgd" and r["bits"] == bits and r["dtype"] == dtype and
+                r["size"] == size and not r.get("failed")):
+            for p in r.get("projection", []):
+                if p["nodes"] == nodes and p["local"] == local and p["node_gbps"] == node_gbps:
+                    return p.get(key)
+    return None
+
+
 def topk_speedup(kdoc, tdoc, n=N26, density=0.001):
     """torch.topk(|x|) time over gradcomp's threshold selector on the same data."""
     if not kdoc or not tdoc:
@@ -119,6 +132,7 @@ def main():
     kdoc, tdoc = j("kernels.json"), j("torch_topk.json")
     p1, p8, p8s = j("perf_n1.json"), j("perf_n8.json"), j("perf_n8_sparse.json")
     multi, ddp, tests = j("multirank.json") or {}, j("ddp.json") or {}, j("tests.json") or {}
+    tc = j("tc_link.json") or {}
     steps = steps_table(os.path.join(d, "steps.tsv"))
     # GC_COMMIT names the commit when the tree's .git is not the one it came
     # from (a copy sent to a GPU machine carries the checkout's older .git).
@@ -128,6 +142,13 @@ def main():
     dec = kernel_frac(kdoc, "qsgd_decode")
     topk = topk_speedup(kdoc, tdoc)
     model = model_speedup(p8)
+    model400 = model_speedup(p8, gbps=400)
+    hier = {g: projection(p8, 4, 8, g, "hier_speedup") for g in (100, 400, 3200)}
+    flat100 = projection(p8, 4, 8, 100, "flat_speedup")
+    # N = 8 as 2 nodes of 4: bytes only, any NIC rate.
+    ratio = projection(p8, 2, 4, 100, "inter_bytes_ratio_flat_vs_hier")
+    tc_x = tc.get("measured_speedup_tc_10gbps_n4_256MB")
+    tc_vs = tc.get("measured_vs_model_tc_10gbps")
     summary = {
         "gpu": a.gpu or (kdoc or {}).get("gpu") or None,
         "date": a.name[:10],
@@ -136,6 +157,16 @@ def main():
         "qsgd4_decode_frac_of_copy": dec,
         "topk_dgc_speedup_vs_torch_topk": topk,
         "allreduce_qsgd4_model_speedup_10gbps_n8_256MB": model,
+        # Unpipelined: encode, exchange and decode one after the other.
+        "allreduce_qsgd4_model_speedup_400gbps_n8_256MB": model400,
+        "hier_model_speedup_node100g_4x8_256MB": hier[100],
+        "hier_model_speedup_node400g_4x8_256MB": hier[400],
+        "hier_model_speedup_node3200g_4x8_256MB": hier[3200],
+        "flat_model_speedup_node100g_4x8_256MB": flat100,
+        "hier_inter_bytes_ratio_vs_flat_n8_l4": ratio,
+        "measured_speedup_tc_10gbps_n4_256MB": tc_x,
+        "measured_vs_model_tc_10gbps": tc_vs,
+        "tc_unavailable_reason": tc.get("tc_unavailable_reason") if tc else None,
         "ddp_qsgd4_acc_delta_pts": ddp.get("ddp_qsgd4_acc_delta_pts"),
         "ddp_dgc_acc_delta_pts": ddp.get("ddp_dgc_acc_delta_pts"),
         "multirank_tests_passed": multi.get("multirank_tests_passed"),
@@ -147,9 +178,15 @@ def main():
             "decode_ge_0.8_of_copy": goal(dec, 0.8),
             "topk_ge_3x_torch_topk": goal(topk, 3.0),
             "allreduce_qsgd4_model_ge_5x_nccl_10gbps_n8_256MB": goal(model, 5.0),
+            "hier_inter_bytes_ratio_ge_3.5_n8_l4": goal(ratio, 3.5),
+            "hier_model_ge_6x_nccl_node100g_4x8_256MB": goal(hier[100], 6.0),
+            "hier_model_ge_3x_nccl_node400g_4x8_256MB": goal(hier[400], 3.0),
+            "measured_tc_ge_5x_nccl_10gbps_n4_256MB": goal(tc_x, 5.0),
+            "measured_vs_model_tc_10gbps_within_15pct":
+                None if tc_vs is None else 0.85 <= tc_vs <= 1.15,
         },
         "allreduce_qsgd4_model_speedup_n8_256MB": {
-            str(g): model_speedup(p8, gbps=g) for g in (10, 25, 100)},
+            str(g): model_speedup(p8, gbps=g) for g in (10, 25, 100, 400)},
         "steps": steps,
     }
     with open(a.json, "w") as f:
@@ -182,6 +219,25 @@ def main():
              % (fmt(topk), fmt(summary["goals"]["topk_ge_3x_torch_topk"])))
     L.append("| 4-bit allreduce modeled speedup over NCCL fp32, 10 Gb/s, N=8, 256 MB | %s | >= 5x | %s |"
              % (fmt(model), fmt(summary["goals"]["allreduce_qsgd4_model_ge_5x_nccl_10gbps_n8_256MB"])))
+    gl = summary["goals"]
+    L.append("| flat / hier inter-node bytes, N=8 as 2 nodes x 4, 256 MB fp32 4-bit | %s | >= 3.5 | %s |"
+             % (fmt(ratio), fmt(gl["hier_inter_bytes_ratio_ge_3.5_n8_l4"])))
+    L.append("| hier modeled speedup over NCCL, 4 nodes x 8 GPUs, 100 Gb/s per node, 256 MB | %s | >= 6x | %s |"
+             % (fmt(hier[100]), fmt(gl["hier_model_ge_6x_nccl_node100g_4x8_256MB"])))
+    L.append("| hier modeled speedup over NCCL, 4 x 8, 400 Gb/s per node, 256 MB | %s | >= 3x | %s |"
+             % (fmt(hier[400]), fmt(gl["hier_model_ge_3x_nccl_node400g_4x8_256MB"])))
+    L.append("| QSGD 4-bit measured speedup over NCCL on a tc-shaped 10 Gb/s link, N=4, 256 MB | %s | >= 5x | %s |"
+             % (fmt(tc_x), fmt(gl["measured_tc_ge_5x_nccl_10gbps_n4_256MB"])))
+    L.append("| measured / modeled speedup on that link | %s | 0.85..1.15 | %s |"
+             % (fmt(tc_vs), fmt(gl["measured_vs_model_tc_10gbps_within_15pct"])))
+    L.append("")
+    L.append("Reported beside the goals: 4-bit allreduce modeled at 400 Gb/s, N=8, 256 MB, "
+             "unpipelined: %s; flat modeled speedup, 4 x 8 at 100 Gb/s per node: %s; hier at "
+             "3200 Gb/s per node (8x400, NVLink-bound): %s."
+             % (fmt(model400), fmt(flat100), fmt(hier[3200])))
+    if summary["tc_unavailable_reason"]:
+        L.append("")
+        L.append("Traffic shaping was refused: `%s`" % summary["tc_unavailable_reason"])
     L.append("")
     if topk is None:
         L.append("Top-k: gradcomp's selectors are not timed yet (no GPU entry points in "
@@ -199,7 +255,7 @@ def main():
     fails = t("tests_failed.txt")
     if fails:
         L += ["Failed tests:", "", "```", fails.strip(), "```", ""]
-    for md in ("multirank.md", "ddp.md"):
+    for md in ("multirank.md", "ddp.md", "tc_link.md"):
         body = t(md)
         if body:
             L += [body.strip(), ""]

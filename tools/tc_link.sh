@@ -1,0 +1,236 @@
+#!/usr/bin/env bash
+# A real slow link (issue 15): gradcomp_perf's ranks on one GPU box, each in
+# its own network namespace joined to a bridge by a veth pair whose both ends
+# are shaped with a tc token bucket (tbf) at L Gb/s: every rank gets a link of
+# L Gb/s each way, which is what the link model assumes. NCCL's socket
+# transport runs over those links (one process per rank, as under mpirun).
+# For each L and N: QSGD 4-bit and DGC 0.1% against NCCL on the same link at
+# 256 MB, the measured times and speedups next to the model's prediction for
+# that link (gradcomp_perf --link-gbps L).
+#
+#   tools/tc_link.sh RAW_DIR [BUILD_DIR]      (root; needs ip, tc, python3, a GPU)
+#   tools/tc_link.sh --selftest               (root; no GPU: shape 2 namespaces at
+#                                              1 Gb/s, measure with python sockets)
+#
+# When namespaces cannot be made it falls back to shaping `lo` at N*L Gb/s
+# (shared by all ranks, so L each when all send at once) and says so; when
+# tc is refused too, RAW_DIR/tc_link.json carries tc_unavailable_reason with
+# the exact error. GC_TC_GBPS (default "10 25"), GC_TC_RANKS ("2 4"),
+# GC_TC_SIZE (256M) and GC_TC_ITERS (3) change the sweep.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+prefix=gctc        # names of namespaces, links and the bridge
+subnet=10.233.0    # rank r is $subnet.$((r+1))
+port=29673
+shaping=""         # netns or lo, once set up
+
+cleanup() {
+  local r
+  for r in $(seq 0 7); do
+    ip netns del "$prefix$r" 2>/dev/null
+    ip link del "$prefix${r}h" 2>/dev/null
+  done
+  ip link del "${prefix}br" 2>/dev/null
+  [ "$shaping" = lo ] && tc qdisc del dev lo root 2>/dev/null
+  return 0
+}
+trap cleanup EXIT
+
+# burst: 10 ms of traffic, at least 1 MB (a tbf bucket below the rate / HZ
+# cannot reach its rate).
+burst_bytes() { local b=$(($1 * 1250000)); [ "$b" -lt 1048576 ] && b=1048576; echo "$b"; }
+
+# setup_netns N GBPS: N namespaces on one bridge, both veth ends shaped.
+# Prints the failing command's error on stderr and returns 1 on failure.
+setup_netns() {
+  local n=$1 gbps=$2 r burst
+  burst=$(burst_bytes "$gbps")
+  cleanup
+  ip link add "${prefix}br" type bridge || return 1
+  ip link set "${prefix}br" up || return 1
+  for r in $(seq 0 $((n - 1))); do
+    ip netns add "$prefix$r" || return 1
+    ip link add "$prefix${r}h" type veth peer name "$prefix${r}n" || return 1
+    ip link set "$prefix${r}n" netns "$prefix$r" || return 1
+    ip link set "$prefix${r}h" master "${prefix}br" || return 1
+    ip link set "$prefix${r}h" up || return 1
+    ip netns exec "$prefix$r" ip addr add "$subnet.$((r + 1))/24" dev "$prefix${r}n" || return 1
+    ip netns exec "$prefix$r" ip link set "$prefix${r}n" up || return 1
+    ip netns exec "$prefix$r" ip link set lo up || return 1
+    # The rank's sends (namespace side) and its receives (bridge side).
+    ip netns exec "$prefix$r" tc qdisc add dev "$prefix${r}n" root tbf rate "${gbps}gbit" \
+      burst "$burst" latency 100ms || return 1
+    tc qdisc add dev "$prefix${r}h" root tbf rate "${gbps}gbit" burst "$burst" latency 100ms ||
+      return 1
+  done
+  shaping=netns
+}
+
+# setup_lo N GBPS: all ranks on loopback, lo shaped at N * GBPS.
+setup_lo() {
+  local n=$1 gbps=$2
+  tc qdisc del dev lo root 2>/dev/null
+  tc qdisc add dev lo root tbf rate "$((n * gbps))gbit" burst "$(burst_bytes $((n * gbps)))" \
+    latency 100ms || return 1
+  shaping=lo
+}
+
+# measure_link SECONDS: python sockets from rank 1 to rank 0's address, so
+# the report shows what the shaped link really carries.
+measure_link() {
+  local secs=$1 srv=$subnet.1 ns0=() ns1=()
+  if [ "$shaping" = netns ]; then
+    ns0=(ip netns exec "${prefix}0")
+    ns1=(ip netns exec "${prefix}1")
+  else
+    srv=127.0.0.1
+  fi
+  "${ns0[@]}" timeout $((secs + 10)) python3 - "$srv" $((port + 50)) <<'PY' &
+import socket, sys, time
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2]))); s.listen(1); s.settimeout(8)
+c, _ = s.accept(); c.settimeout(8); n, t0 = 0, None
+while True:
+    b = c.recv(1 << 20)
+    if not b: break
+    t0 = t0 or time.time(); n += len(b)
+print("%.3f" % (n * 8 / max(time.time() - t0, 1e-9) / 1e9))
+PY
+  local pid=$!
+  sleep 0.5
+  "${ns1[@]}" timeout $((secs + 5)) python3 - "$srv" $((port + 50)) "$secs" <<'PY'
+import socket, sys, time
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=8)
+buf, t0 = b"x" * (1 << 20), time.time()
+while time.time() - t0 < float(sys.argv[3]): c.sendall(buf)
+c.close()
+PY
+  wait "$pid"
+}
+
+if [ "${1:-}" = --selftest ]; then
+  errf=$(mktemp)
+  setup_netns 2 1 2> "$errf" || { echo "tc_link selftest: namespaces refused: $(cat "$errf")"; exit 1; }
+  rm -f "$errf"
+  got=$(measure_link 2)
+  echo "tc_link selftest: shaped at 1 Gb/s, measured $got Gb/s"
+  python3 -c "import sys; g=float('$got'); sys.exit(0 if 0.85 <= g <= 1.05 else 1)" ||
+    { echo "tc_link selftest: FAILED (outside 0.85..1.05 Gb/s)"; exit 1; }
+  echo "tc_link selftest: ok"
+  exit 0
+fi
+
+raw=${1:?usage: tools/tc_link.sh RAW_DIR [BUILD_DIR] | --selftest}
+build=${2:-build-gpu}
+perf=$build/bench/gradcomp_perf
+mkdir -p "$raw"
+out=$raw/tc_link.json
+runs=$raw/tc_link_runs.tsv
+: > "$runs"
+reason=""
+failed=0
+
+run_ranks() {  # run_ranks N GBPS TAG: one process per rank over the shaped links
+  local n=$1 gbps=$2 tag=$3 r pids=() rc=0 addr=$subnet.1 ifname=$prefix ns=()
+  if [ "$shaping" = lo ]; then
+    addr=127.0.0.1
+    ifname=lo
+  fi
+  for r in $(seq 0 $((n - 1))); do
+    [ "$shaping" = netns ] && ns=(ip netns exec "$prefix$r")
+    "${ns[@]}" env OMPI_COMM_WORLD_RANK="$r" OMPI_COMM_WORLD_SIZE="$n" \
+      OMPI_COMM_WORLD_LOCAL_RANK=0 OMPI_COMM_WORLD_LOCAL_SIZE=1 \
+      NCCL_COMM_ID="$addr:$port" NCCL_HOSTID="$prefix-host-$r" NCCL_NET=Socket \
+      NCCL_SOCKET_IFNAME="$ifname" NCCL_IB_DISABLE=1 NCCL_P2P_DISABLE=1 NCCL_SHM_DISABLE=1 \
+      NCCL_NVLS_ENABLE=0 timeout 240 "$perf" --backend cuda -N "$n" -b "${GC_TC_SIZE:-256M}" \
+      -e "${GC_TC_SIZE:-256M}" -n "${GC_TC_ITERS:-3}" -w 1 -m qsgd,dgc -q 4 -k 0.001 \
+      --link-gbps "$gbps" --json "$raw/tc_link_$tag.json" > "$raw/tc_link_${tag}_r$r.txt" 2>&1 &
+    pids+=($!)
+  done
+  for r in "${pids[@]}"; do wait "$r" || rc=$?; done
+  port=$((port + 1))
+  return "$rc"
+}
+
+for gbps in ${GC_TC_GBPS:-10 25}; do
+  for n in ${GC_TC_RANKS:-2 4}; do
+    tag=${gbps}gbps_n$n
+    # Not in $(...): the set-up functions record the shaping in this shell.
+    if ! setup_netns "$n" "$gbps" 2> "$raw/tc_link_setup.err"; then
+      err=$(tr '\n' ' ' < "$raw/tc_link_setup.err")
+      cleanup
+      if ! setup_lo "$n" "$gbps" 2> "$raw/tc_link_setup.err"; then
+        reason="network namespaces: $err; tc on lo: $(tr '\n' ' ' < "$raw/tc_link_setup.err")"
+        break 2
+      fi
+      echo "tc_link: namespaces refused ($err): shaping lo at $((n * gbps)) Gb/s instead"
+    fi
+    link=$(measure_link 2 2>/dev/null)
+    echo "=== tc_link: N=$n at $gbps Gb/s per rank ($shaping; python sockets measure ${link:-?} Gb/s)"
+    run_ranks "$n" "$gbps" "$tag"
+    rc=$?
+    [ "$rc" -ne 0 ] && failed=1
+    cat "$raw/tc_link_${tag}_r0.txt"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$gbps" "$n" "$tag" "$rc" "$shaping" "${link:-}" >> "$runs"
+    cleanup
+    shaping=""
+  done
+done
+
+python3 - "$raw" "$reason" <<'PY'
+import json, os, sys
+raw, reason = sys.argv[1], sys.argv[2]
+MB256 = 256 << 20
+runs = []
+doc = {"tc_unavailable_reason": reason or None, "runs": runs}
+for line in open(os.path.join(raw, "tc_link_runs.tsv")).read().splitlines():
+    gbps, n, tag, rc, shaping, link = line.split("\t")
+    try:
+        perf = json.load(open(os.path.join(raw, "tc_link_%s.json" % tag)))
+    except (OSError, ValueError):
+        runs.append({"link_gbps": float(gbps), "nranks": int(n), "exit": int(rc), "shaping": shaping,
+                     "error": "no JSON from rank 0 (see tc_link_%s_r*.txt)" % tag})
+        continue
+    for r in perf["rows"]:
+        m = next((m for m in r.get("model", []) if m["link_gbps"] == float(gbps)), {})
+        measured = r["nccl_time_us"] / r["time_us"] if r.get("time_us") else None
+        model = m.get("speedup")
+        runs.append({"link_gbps": float(gbps), "nranks": int(n), "exit": int(rc), "shaping": shaping,
+                     "link_measured_gbps": float(link) if link else None, "method": r["method"],
+                     "size": r["size"], "failed": r["failed"], "wrong": r.get("wrong"),
+                     "nccl_time_us": r["nccl_time_us"], "time_us": r["time_us"],
+                     "nccl_model_time_us": m.get("nccl_time_us"), "model_time_us": m.get("time_us"),
+                     "measured_speedup": measured, "model_speedup": model,
+                     "measured_vs_model": measured / model if measured and model else None})
+
+
+def pick(gbps, n, method="qsgd", key="measured_speedup"):
+    for r in runs:
+        if (r["link_gbps"] == gbps and r["nranks"] == n and r.get("method") == method
+                and r.get("size") == MB256 and not r.get("failed")):
+            return r.get(key)
+    return None
+
+
+doc["measured_speedup_tc_10gbps_n4_256MB"] = pick(10, 4)
+doc["measured_vs_model_tc_10gbps"] = pick(10, 4, key="measured_vs_model")
+L = ["## A real slow link (tools/tc_link.sh)", ""]
+if reason:
+    L += ["Traffic shaping was refused: `%s`" % reason, ""]
+L += ["Each rank in its own network namespace, both ends of its veth shaped with tc tbf; "
+      "NCCL's socket transport; all ranks share one GPU.", "",
+      "| link | N | shaping | link measured (Gb/s) | method | NCCL (us) | gradcomp (us) | "
+      "measured x | model x | measured / model |", "|---|---|---|---|---|---|---|---|---|---|"]
+f = lambda v, d="%.3g": "n/a" if v is None else d % v  # noqa: E731
+for r in runs:
+    L.append("| %g Gb/s | %d | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+        r["link_gbps"], r["nranks"], r["shaping"], f(r.get("link_measured_gbps")),
+        r.get("method", r.get("error", "?")), f(r.get("nccl_time_us"), "%.0f"),
+        f(r.get("time_us"), "%.0f"), f(r.get("measured_speedup")), f(r.get("model_speedup")),
+        f(r.get("measured_vs_model"))))
+json.dump(doc, open(os.path.join(raw, "tc_link.json"), "w"), indent=1)
+open(os.path.join(raw, "tc_link.md"), "w").write("\n".join(L) + "\n")
+print("\n".join(L))
+PY
+[ -z "$reason" ] && [ "$failed" -eq 0 ]
