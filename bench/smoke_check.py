@@ -200,7 +200,13 @@ def main():
     os.makedirs(os.path.join(bad, "2030-01-01-test-gpu"), exist_ok=True)
     open(os.path.join(bad, "2030-01-01-test-gpu.json"), "w").write("{}")
     open(os.path.join(bad, "2030-01-01-test-gpu", "kernels.json"), "w").write('{"rows": [{"kernel"')
-    for where, why in ((bad, "is not valid JSON"), (os.path.join(work, "no-such-dir"), "no GPU report or folder"),
+    empty = os.path.join(work, "norows")
+    os.makedirs(os.path.join(empty, "2030-01-01-test-gpu"), exist_ok=True)
+    open(os.path.join(empty, "2030-01-01-test-gpu.json"), "w").write("{}")
+    open(os.path.join(empty, "2030-01-01-test-gpu", "kernels.json"), "w").write(
+        '{"gpu": "G", "rows": [{"kernel": "copy", "dtype": "float", "bits": 0, "n": 1, "time_us": 1}]}')
+    for where, why in ((bad, "is not valid JSON"), (empty, "has no qsgd_encode_ef"),
+                       (os.path.join(work, "no-such-dir"), "no GPU report or folder"),
                        ("none", "--kernel-rates none")):
         code, out, rows = run(perf, ["-N", "2", "-b", "256K", "-e", "256K", "-n", "1", "-w", "0",
                                      "--kernel-rates", where, "--model-nodes", "2"],
@@ -217,6 +223,14 @@ def main():
             expect(all(p["hier_time_us"] is None for p in r["projection"]),
                    "projection times left out (%s)" % where)
             expect(r["wire_bytes"] > 0 and r["wrong"] == 0, "measured columns stay (%s)" % where)
+
+    # Bits the report did not time (it has 2, 4, 8): that row's model is left out.
+    code, out, rows = run(perf, ["-N", "2", "-b", "256K", "-e", "256K", "-n", "1", "-w", "0",
+                                 "-q", "3"], os.path.join(work, "bits3.json"))
+    expect(code == 0 and len(rows) == 1, "3-bit run exits 0 with one row")
+    for r in rows:
+        expect(r["model"] == [] and r["kernel_source"] == "none" and r["wrong"] == 0,
+               "3-bit row: no rate in the report, no model, result still checked")
 
     code, out, rows = run(perf, ["-N", "2", "-b", "256K", "-e", "256K", "-n", "1", "-w", "0",
                                  "--debug-corrupt"], os.path.join(work, "corrupt.json"))
