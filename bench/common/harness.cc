@@ -97,7 +97,7 @@ Baseline runBaseline(const Options& o, Rank& r, ncclDataType_t dtype, size_t cou
 }
 
 int algoFromStats(const gradcompStats_t& before, const gradcompStats_t& after) {
-  for (int a = 1; a < 5; ++a)
+  for (int a = 1; a <= gradcompAlgoHier; ++a)
     if (after.callsPerAlgo[a] > before.callsPerAlgo[a]) return a;
   return 0;
 }
