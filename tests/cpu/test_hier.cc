@@ -151,6 +151,47 @@ TEST(HierCpu, QsgdEachInterNodeAlgorithm) {
       }
 }
 
+// DQ-SGD: the bit width is chosen from the previous full result, which every
+// rank holds identically, and the hierarchical call quantizes with it.
+TEST(HierCpu, DqsgdBits) {
+  const int N = 8, L = 2;
+  const size_t n = 3001;
+  gradcompConfig_t cfg = baseConfig(L);
+  cfg.bitsMode = gradcompBitsDynamic;
+  cfg.varianceTarget = 0.002f;
+  gctest::CpuWorld world(N, cfg);
+  std::vector<Rank> ref = makeInputs(N, n, DType::F32, 3);
+  std::vector<Rank> bufs = ref;
+  for (int step = 0; step < 4; ++step) {
+    std::vector<Rank> in = makeInputs(N, n, DType::F32, 40 + step);
+    for (int i = 0; i < N; ++i) {
+      in[i].residual = ref[i].residual, in[i].ownerRes = ref[i].ownerRes;
+      std::copy(in[i].f32.begin(), in[i].f32.end(), bufs[i].f32.begin());
+    }
+    auto res = world.run([&](int r) {
+      return gradcompAllReduce(bufs[r].f32.data(), bufs[r].f32.data(), n, ncclFloat32, ncclSum,
+                               world.comm(r), nullptr);
+    });
+    for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
+    gradcompStats_t st0;
+    ASSERT_EQ(gradcompGetStats(world.comm(0), &st0), gradcompSuccess);
+    for (int r = 1; r < N; ++r) {
+      gradcompStats_t st;
+      ASSERT_EQ(gradcompGetStats(world.comm(r), &st), gradcompSuccess);
+      ASSERT_EQ(st.bitsLast, st0.bitsLast) << "rank " << r << " step " << step;
+    }
+    gradcompConfig_t rc = cfg;
+    rc.bits = st0.bitsLast;
+    ref = in;
+    const std::vector<float> expect =
+        refHier(ref, DType::F32, n, rc, step, false, L, gradcompAlgoTwoShot);
+    for (int r = 0; r < N; ++r) {
+      ASSERT_EQ(memcmp(bufs[r].f32.data(), expect.data(), n * 4), 0)
+          << "rank " << r << " step " << step << " bits " << st0.bitsLast;
+    }
+  }
+}
+
 // Sparse methods: bit-equal to the reference on every rank over a few steps
 // (DGC through its warm-up).
 void checkSparse(gradcompConfig_t cfg, int N, int L, DType t, bool avg, size_t n, int steps) {
