@@ -10,11 +10,13 @@
 #include <string.h>
 
 #include <algorithm>
+#include <thread>
 #include <vector>
 
 #include "gradcomp.h"
 #include "kernels/qsgd_math.cuh"
 #include "plugin/algorithms/algorithms.h"
+#include "plugin/backends/transport.h"
 #include "plugin/comm.h"
 #include "plugin/topology.h"
 #include "tests/common/cpu_world.h"
@@ -149,6 +151,53 @@ TEST(HierCpu, QsgdEachInterNodeAlgorithm) {
         checkQsgd(algo, s[0], s[1], DType::F32, false, n, 3);
         checkQsgd(algo, s[0], s[1], DType::BF16, true, n, 2);
       }
+}
+
+// The CPU transport's reduce-scatter is ncclReduceScatter: block r of the
+// same reduction the pass-through allreduce makes (rank order, fp16/bf16
+// rounded after every addition as NCCL does), for every type and op.
+TEST(HierCpu, TransportReduceScatter) {
+  const int N = 3;
+  const size_t block = 37;
+  for (ncclDataType_t type : {ncclFloat32, ncclFloat16, ncclBfloat16, ncclInt32})
+    for (ncclRedOp_t op : {ncclSum, ncclAvg, ncclMax}) {
+      auto world = gc::makeCpuWorld(N);
+      const size_t esz = type == ncclFloat32 || type == ncclInt32 ? 4 : 2;
+      std::vector<std::vector<uint8_t>> in(N), all(N), rs(N);
+      for (int r = 0; r < N; ++r) {
+        std::vector<float> v = gctest::normal(N * block, 11 + r, 3.0f);
+        in[r].resize(N * block * esz);
+        for (size_t i = 0; i < N * block; ++i) {
+          if (type == ncclInt32) {
+            const int32_t x = (int32_t)(v[i] * 100);
+            memcpy(&in[r][i * 4], &x, 4);
+          } else {
+            gc::storeFromFloat(in[r].data(),
+                               type == ncclFloat32   ? DType::F32
+                               : type == ncclFloat16 ? DType::F16
+                                                     : DType::BF16,
+                               i, v[i]);
+          }
+        }
+        all[r].resize(N * block * esz);
+        rs[r].resize(block * esz);
+      }
+      std::vector<std::thread> threads;
+      std::vector<gradcompResult_t> res(2 * N, gradcompInternalError);
+      for (int r = 0; r < N; ++r) {
+        threads.emplace_back([&, r] {
+          res[r] = world[r]->passThrough(in[r].data(), all[r].data(), N * block, type, op);
+          res[N + r] = world[r]->reduceScatter(in[r].data(), rs[r].data(), block, type, op);
+        });
+      }
+      for (auto& t : threads) t.join();
+      for (int r = 0; r < N; ++r) {
+        ASSERT_EQ(res[r], gradcompSuccess);
+        ASSERT_EQ(res[N + r], gradcompSuccess);
+        EXPECT_EQ(memcmp(rs[r].data(), all[r].data() + r * block * esz, block * esz), 0)
+            << "type " << type << " op " << op << " rank " << r;
+      }
+    }
 }
 
 // DQ-SGD: the bit width is chosen from the previous full result, which every
