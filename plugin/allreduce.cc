@@ -118,6 +118,10 @@ gradcompResult_t allReduce(const void* send, void* recv, size_t count, ncclDataT
   int bits = 0;
   GC_CHECK(chooseBits(*c, *state, &bits));
   const Algorithm& algo = c->cfg.elias ? eliasAlgorithm() : pickDenseAlgorithm(*c, count);
+  if (algo.interNodeBytes == nullptr) {
+    return setError(gradcompInternalError, "algorithm %s does not state its inter-node bytes",
+                    algo.name);
+  }
   GC_CHECK(c->ensureWorkspace(algo.workspaceBytes(*c, count, bits)));
 
   CallArgs args{c, send, recv, count, t, op == ncclAvg, state, bits, c->step};
