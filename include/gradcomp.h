@@ -54,7 +54,8 @@ typedef enum {
   gradcompAlgoTwoShot = 1,   /* scatter-reduce + allgather, two quantizations */
   gradcompAlgoRing = 2,      /* ring reduce-scatter re-encoding per hop + allgather */
   gradcompAlgoAllgather = 3, /* encode all, allgather, decode-sum */
-  gradcompAlgoSparseAllgather = 4
+  gradcompAlgoSparseAllgather = 4,
+  gradcompAlgoHier = 5 /* reduce-scatter in the node, compressed across nodes, allgather */
 } gradcompAlgo_t;
 
 typedef enum {
@@ -101,6 +102,10 @@ typedef struct {
   float bitsBudget;            /* GRADCOMP_BITS_BUDGET average bits/element */
   int budgetWindow;            /* GRADCOMP_BUDGET_WINDOW steps */
   int elias;                   /* GRADCOMP_ELIAS 0/1: variable-size Elias-coded QSGD */
+  /* GRADCOMP_LOCAL_SIZE ranks per node: 0 = auto (NCCL: ranks with the same
+   * host identity share a node; CPU world: flat), 1 = flat, L = consecutive
+   * blocks of L ranks form a node (L divides the comm size). */
+  int localSize;
 } gradcompConfig_t;
 
 gradcompResult_t gradcompConfigInit(gradcompConfig_t* config);
@@ -114,7 +119,9 @@ gradcompResult_t gradcompConfigValidate(const gradcompConfig_t* config);
 typedef struct gradcompComm* gradcompComm_t;
 
 /* Wraps (never owns) an NCCL communicator. Buffers are device pointers and
- * work is enqueued on the caller's stream. */
+ * work is enqueued on the caller's stream. Collective over the NCCL comm:
+ * every rank calls it with the same config (it exchanges host identities and,
+ * when ranks share nodes, splits node and local-rank sub-communicators). */
 gradcompResult_t gradcompCommCreate(ncclComm_t nccl, const gradcompConfig_t* config,
                                     gradcompComm_t* comm);
 /* CPU reference backend: nranks communicators of one in-process world, each
@@ -151,12 +158,13 @@ typedef struct {
   uint64_t callsPassedThrough;
   uint64_t bytesIn;         /* dense bytes of compressed calls (count * sizeof(type)) */
   uint64_t bytesOnWire;     /* bytes this rank sent for compressed calls */
-  uint64_t callsPerAlgo[5]; /* indexed by gradcompAlgo_t (auto unused) */
+  uint64_t callsPerAlgo[6]; /* indexed by gradcompAlgo_t (auto unused) */
   uint64_t denseFallbacks;  /* sparse calls that went dense because N*kmax was too big */
   uint64_t selectedLast;    /* sparse: entries selected in the last call (this rank) */
   uint64_t targetLast;      /* sparse: density*n target of the last call */
   int bitsLast;             /* QSGD: bits used by the last call (DQ-SGD varies it) */
   uint64_t steps;           /* compressed calls on this comm (the step counter) */
+  uint64_t bytesInterNode;  /* of bytesOnWire, the bytes sent to ranks on other nodes */
 } gradcompStats_t;
 
 gradcompResult_t gradcompGetStats(gradcompComm_t comm, gradcompStats_t* stats);

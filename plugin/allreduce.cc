@@ -24,8 +24,10 @@ gradcompResult_t passThrough(gradcompComm* c, const void* send, void* recv, size
 // Top-k, DGC (sparse allgather) and rand-k.
 gradcompResult_t sparseAllReduce(gradcompComm* c, const void* send, void* recv, size_t count,
                                  DType t, ncclRedOp_t op, bool keyed, uint64_t key) {
-  GC_ARG(c->cfg.algo == gradcompAlgoAuto || c->cfg.algo == gradcompAlgoSparseAllgather,
-         "algo=%d is for method qsgd; the sparse methods (topk, randk, dgc) take auto or sparse",
+  GC_ARG(c->cfg.algo == gradcompAlgoAuto || c->cfg.algo == gradcompAlgoSparseAllgather ||
+             c->cfg.algo == gradcompAlgoHier,
+         "algo=%d is for method qsgd; the sparse methods (topk, randk, dgc) take auto, sparse or "
+         "hier",
          (int)c->cfg.algo);
   GC_ARG(count < (size_t)sparse::kEmptySlot,
          "count=%zu is too large for the u32 indices of the sparse methods (at most %u)", count,
@@ -44,16 +46,22 @@ gradcompResult_t sparseAllReduce(gradcompComm* c, const void* send, void* recv, 
                     "density and message size by stage; capture a CUDA graph after the warm-up",
                     c->cfg.warmupSteps, (unsigned long long)state->calls);
   }
-  const Algorithm& algo =
-      c->cfg.method == gradcompMethodRandk ? randkAlgorithm() : sparseAllgatherAlgorithm();
+  const bool hier = useHier(*c);
+  const Algorithm& algo = hier                                   ? hierAlgorithm()
+                          : c->cfg.method == gradcompMethodRandk ? randkAlgorithm()
+                                                                 : sparseAllgatherAlgorithm();
   GC_CHECK(c->ensureWorkspace(
-      sparseWorkspaceBytes(*c, count, t, state->residual != nullptr, state->calls)));
+      hier ? hierWorkspaceBytes(*c, count, 0, state->calls)
+           : sparseWorkspaceBytes(*c, count, t, state->residual != nullptr, state->calls)));
   CallArgs args{c, send, recv, count, t, op == ncclAvg, state, 0, c->step};
   GC_TRACE("%s: count=%zu type=%d step=%llu", algo.name, count, (int)t,
            (unsigned long long)c->step);
   GC_CHECK(algo.run(args, c->workspace));
   GC_CHECK(c->backend->advanceStep());
-  c->stats.bytesOnWire += sparseWireBytes(*c, count, state->calls);
+  c->stats.bytesOnWire += hier ? hierWireBytes(*c, count, t, 0, state->calls)
+                               : sparseWireBytes(*c, count, state->calls);
+  c->stats.bytesInterNode += hier ? hierInterNodeBytes(*c, count, 0, state->calls)
+                                  : sparseInterNodeBytes(*c, count, state->calls);
   c->step++;
   state->calls++;
   c->stats.callsCompressed++;
@@ -110,6 +118,10 @@ gradcompResult_t allReduce(const void* send, void* recv, size_t count, ncclDataT
   int bits = 0;
   GC_CHECK(chooseBits(*c, *state, &bits));
   const Algorithm& algo = c->cfg.elias ? eliasAlgorithm() : pickDenseAlgorithm(*c, count);
+  if (algo.interNodeBytes == nullptr) {
+    return setError(gradcompInternalError, "algorithm %s does not state its inter-node bytes",
+                    algo.name);
+  }
   GC_CHECK(c->ensureWorkspace(algo.workspaceBytes(*c, count, bits)));
 
   CallArgs args{c, send, recv, count, t, op == ncclAvg, state, bits, c->step};
@@ -124,7 +136,11 @@ gradcompResult_t allReduce(const void* send, void* recv, size_t count, ncclDataT
   c->stats.callsCompressed++;
   c->stats.callsPerAlgo[algo.id]++;
   c->stats.bytesIn += bytes;
-  c->stats.bytesOnWire += algo.wireBytes(*c, count, bits);
+  // The hier allgather moves the buffer type: its bytes depend on it.
+  c->stats.bytesOnWire += algo.id == gradcompAlgoHier
+                              ? hierWireBytes(*c, count, t, bits, state->calls)
+                              : algo.wireBytes(*c, count, bits);
+  c->stats.bytesInterNode += algo.interNodeBytes(*c, count, bits);
   c->stats.bitsLast = bits;
   return gradcompSuccess;
 }

@@ -153,6 +153,13 @@ GC_EXPORT gradcompResult_t gradcompCommCreate(ncclComm_t nccl, const gradcompCon
   c->sparse = gc::makeCudaSparseOps();
   GC_CHECK(c->backend->init());
   c->transport = gc::makeNcclTransport(nccl, c->rank, c->nranks);
+  // Collective over the comm (host identities, sub-communicators): last, after
+  // every check that could fail on one rank alone.
+  gradcompResult_t res = gc::setupNcclHierarchy(c.get());
+  if (res != gradcompSuccess) {
+    gc::destroyHierarchy(c.get());
+    return res;
+  }
   GC_INFO("comm %p rank %d/%d method %d bits %d bucket %d", (void*)c.get(), c->rank, c->nranks,
           (int)c->cfg.method, c->cfg.bits, c->cfg.bucketSize);
   *comm = c.release();
@@ -181,7 +188,14 @@ GC_EXPORT gradcompResult_t gradcompCommCreateCpu(int nranks, const gradcompConfi
     c->transport = std::move(transports[r]);
     comms[r] = c;
   }
-  return gradcompSuccess;
+  gradcompResult_t res = gc::setupCpuHierarchy(comms, nranks);
+  if (res != gradcompSuccess) {
+    for (int r = 0; r < nranks; ++r) {
+      delete comms[r];
+      comms[r] = nullptr;
+    }
+  }
+  return res;
 }
 
 GC_EXPORT gradcompResult_t gradcompCommDestroy(gradcompComm_t comm) {
@@ -191,6 +205,7 @@ GC_EXPORT gradcompResult_t gradcompCommDestroy(gradcompComm_t comm) {
     for (auto& kv : comm->states) comm->releaseState(kv.second);
     comm->backend->release(comm->workspace);
   }
+  gc::destroyHierarchy(comm);
   GC_INFO("comm %p destroyed: %llu calls compressed, %llu passed through", (void*)comm,
           (unsigned long long)comm->stats.callsCompressed,
           (unsigned long long)comm->stats.callsPassedThrough);

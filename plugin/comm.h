@@ -13,6 +13,7 @@
 #include "backends/sparse_ops.h"
 #include "gradcomp.h"
 #include "backends/transport.h"
+#include "topology.h"
 
 namespace gc {
 
@@ -41,9 +42,17 @@ struct gradcompComm {
   int rank = 0;
   int nranks = 1;
   ncclComm_t nccl = nullptr;  // null for the CPU backend
-  std::unique_ptr<gc::Backend> backend;
+  // Shared with the inter-node child comm of a hierarchical comm.
+  std::shared_ptr<gc::Backend> backend;
   std::unique_ptr<gc::Transport> transport;
-  std::unique_ptr<gc::SparseOps> sparse;
+  std::shared_ptr<gc::SparseOps> sparse;
+  gc::Topology topo;
+  // Hierarchical comms: the ranks of this node, and a child comm over the
+  // ranks of this local rank on every node (rank = node) that runs the
+  // compressed middle stage. The NCCL sub-communicators are owned here.
+  std::unique_ptr<gc::Transport> intra;
+  std::unique_ptr<gradcompComm> inter;
+  ncclComm_t intraNccl = nullptr, interNccl = nullptr;
   std::map<gc::StateKey, gc::BufferState> states;
   void* workspace = nullptr;
   size_t workspaceBytes = 0;
@@ -60,6 +69,12 @@ struct gradcompComm {
   gradcompResult_t getState(const gc::StateKey& key, size_t count, gc::DType t,
                             gc::BufferState** out);
   void releaseState(gc::BufferState& s);
+  // Ranks on other nodes than this one.
+  int remotePeers() const {
+    int n = 0;
+    for (int j = 0; j < nranks; ++j) n += topo.remote(j, rank);
+    return n;
+  }
 };
 
 namespace gc {

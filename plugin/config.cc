@@ -18,8 +18,8 @@ static const ParamSpec kParams[] = {
     {"GRADCOMP_METHOD", ParamKind::Choice, GC_FIELD(method), 0, 0,
      "none=0|qsgd=1|topk=2|randk=3|dgc=4", "qsgd", "compression method"},
     {"GRADCOMP_ALGO", ParamKind::Choice, GC_FIELD(algo), 0, 0,
-     "auto=0|twoshot=1|ring=2|allgather=3|sparse=4", "auto",
-     "exchange algorithm; auto picks by method, ranks and size"},
+     "auto=0|twoshot=1|ring=2|allgather=3|sparse=4|hier=5", "auto",
+     "exchange algorithm; auto picks by method, ranks, nodes and size"},
     {"GRADCOMP_BITS", ParamKind::Int, GC_FIELD(bits), 2, 8, nullptr, "4",
      "QSGD bits per element including the sign; s = 2^(bits-1)-1 levels"},
     {"GRADCOMP_BUCKET", ParamKind::Int, GC_FIELD(bucketSize), 32, 8192, nullptr, "512",
@@ -66,6 +66,9 @@ static const ParamSpec kParams[] = {
      "DQ-SGD budget mode: window in steps"},
     {"GRADCOMP_ELIAS", ParamKind::Int, GC_FIELD(elias), 0, 1, nullptr, "0",
      "Elias-coded QSGD levels (variable size; not graph-capturable)"},
+    {"GRADCOMP_LOCAL_SIZE", ParamKind::Int, GC_FIELD(localSize), 1, 65536, "auto=0", "auto",
+     "ranks per node: auto (NCCL host identity; CPU world flat), 1 = flat, L = consecutive "
+     "blocks of L ranks"},
     {"GRADCOMP_DEBUG", ParamKind::String, -1, 0, 0, nullptr, "(unset)",
      "log level: WARN, INFO or TRACE, to stderr"},
     {"GRADCOMP_GROUP", ParamKind::String, -1, 0, 0, nullptr, "defer",
@@ -125,9 +128,15 @@ static gradcompResult_t applyParam(const ParamSpec& p, const char* v, gradcompCo
   switch (p.kind) {
     case ParamKind::Int:
     case ParamKind::Size: {
+      int named;  // an Int may also take names (choices), e.g. auto
+      if (p.choices != nullptr && parseChoice(p.choices, v, &named)) {
+        field<int>(c, p.offset) = named;
+        return gradcompSuccess;
+      }
       long long x = strtoll(v, &end, 0);
       if (errno || end == v || *end != '\0' || x < p.min || (double)x > p.max) {
-        return setError(gradcompInvalidArgument, "%s=%s is not an integer in %.0f..%.0f", p.env, v,
+        return setError(gradcompInvalidArgument, "%s=%s is not %s%san integer in %.0f..%.0f", p.env,
+                        v, p.choices ? choiceNames(p.choices).c_str() : "", p.choices ? " or " : "",
                         p.min, p.max);
       }
       if (p.kind == ParamKind::Int) {
@@ -203,6 +212,7 @@ GC_EXPORT gradcompResult_t gradcompConfigInit(gradcompConfig_t* c) {
   c->bitsBudget = 4.0f;
   c->budgetWindow = 100;
   c->elias = 0;
+  c->localSize = 0;
   return gradcompSuccess;
 }
 
@@ -228,8 +238,8 @@ GC_EXPORT gradcompResult_t gradcompConfigValidate(const gradcompConfig_t* c) {
          c->structSize, sizeof(*c));
   GC_ARG(c->method >= gradcompMethodNone && c->method <= gradcompMethodDgc,
          "method=%d is out of range 0..4 (none|qsgd|topk|randk|dgc)", (int)c->method);
-  GC_ARG(c->algo >= gradcompAlgoAuto && c->algo <= gradcompAlgoSparseAllgather,
-         "algo=%d is out of range 0..4 (auto|twoshot|ring|allgather|sparse)", (int)c->algo);
+  GC_ARG(c->algo >= gradcompAlgoAuto && c->algo <= gradcompAlgoHier,
+         "algo=%d is out of range 0..5 (auto|twoshot|ring|allgather|sparse|hier)", (int)c->algo);
   GC_ARG(c->bits >= qsgd::kMinBits && c->bits <= qsgd::kMaxBits, "bits=%d is out of range %d..%d",
          c->bits, qsgd::kMinBits, qsgd::kMaxBits);
   GC_ARG(c->bucketSize >= qsgd::kMinBucket && c->bucketSize <= qsgd::kMaxBucket &&
@@ -265,6 +275,10 @@ GC_EXPORT gradcompResult_t gradcompConfigValidate(const gradcompConfig_t* c) {
          (double)c->bitsBudget);
   GC_ARG(c->budgetWindow >= 1, "budgetWindow=%d must be >= 1", c->budgetWindow);
   GC_ARG(c->elias == 0 || c->elias == 1, "elias=%d is not 0 or 1", c->elias);
+  GC_ARG(c->localSize >= 0,
+         "localSize=%d (GRADCOMP_LOCAL_SIZE) must be 0 (auto), 1 (flat) or a divisor of the comm "
+         "size",
+         c->localSize);
   return gradcompSuccess;
 }
 

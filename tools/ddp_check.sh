@@ -2,8 +2,9 @@
 # PyTorch DDP under LD_PRELOAD on a GPU machine: the unchanged script
 # tools/ddp_train.py with 2 and 4 ranks sharing ONE GPU (each process its own
 # NCCL_HOSTID, NCCL over sockets on loopback: DESIGN.md's multi-rank set-up),
-# uncompressed, QSGD 4-bit and DGC 0.1%, plus a GRADCOMP_METHOD=none run under
-# the preload (pure pass-through). Records final test accuracy, the
+# uncompressed, QSGD 4-bit and DGC 0.1%, QSGD 4-bit hierarchical at 4 ranks
+# (GRADCOMP_LOCAL_SIZE=2: two nodes of two ranks), plus a GRADCOMP_METHOD=none
+# run under the preload (pure pass-through). Records final test accuracy, the
 # difference from uncompressed in points, whether parameters are bitwise
 # identical across ranks, and the compressed-call counts from the preload
 # library's INFO summary lines. Writes OUTDIR/ddp.json and OUTDIR/ddp.md after
@@ -36,7 +37,8 @@ summarize() {
 import glob, json, os, re, sys
 out = sys.argv[1]
 SUMMARY = re.compile(r"summary comm (\S+) rank (\S+) method (\S+): (\d+) calls compressed, "
-                     r"(\d+) passed through, (\d+) bytes sent for (\d+) dense bytes")
+                     r"(\d+) passed through, (\d+) bytes sent(?: \((\d+) to other nodes\))? "
+                     r"for (\d+) dense bytes")
 
 def load(name):
     try:
@@ -52,7 +54,7 @@ def gradcomp_lines(name):
         text = open(log, errors="replace").read()
         found = [m.groups() for m in SUMMARY.finditer(text)]
         if found:
-            per_rank.append([sum(int(g[i]) for g in found) for i in (3, 4, 5, 6)])
+            per_rank.append([sum(int(g[i] or 0) for g in found) for i in (3, 4, 5, 7, 6)])
         if warn is None:
             w = re.search(r"^gradcomp \d+ WARN (.*)$", text, re.M)
             warn = w.group(1)[:300] if w else None
@@ -74,7 +76,7 @@ except (OSError, ValueError):
 
 res = dict(meta)
 rows = []
-methods = ("none", "qsgd4", "dgc", "passthrough")
+methods = ("none", "qsgd4", "dgc", "hier_qsgd4", "passthrough")
 for world in (2, 4):
     base = load(f"none_n{world}")
     for m in methods:
@@ -100,6 +102,9 @@ for world in (2, 4):
         res[f"{key}_compressed_calls_per_rank"] = [p[0] for p in per_rank]
         res[f"{key}_passed_calls"] = passed
         res[f"{key}_wire_ratio"] = ratio
+        if m == "hier_qsgd4":
+            res[f"{key}_inter_node_bytes"] = sum(p[4] for p in per_rank) if per_rank else None
+            res[f"{key}_wire_bytes"] = sent
         if m != "none":
             res[f"{key}_acc_delta_pts"] = delta
         if m == "passthrough":
@@ -111,6 +116,7 @@ for world in (2, 4):
         rows.append((world, m, status[name], acc, delta, ident, calls, ratio, same_as_base, warn,
                      r["steps"] if r else None))
 # Headline keys: the 4-rank runs, else the 2-rank ones.
+res["ddp_hier_qsgd4_acc_delta_pts"] = res.get("ddp_hier_qsgd4_n4_acc_delta_pts")
 for m in ("qsgd4", "dgc"):
     v = res.get(f"ddp_{m}_n4_acc_delta_pts")
     res[f"ddp_{m}_acc_delta_pts"] = v if v is not None else res.get(f"ddp_{m}_n2_acc_delta_pts")
@@ -123,6 +129,7 @@ with open(os.path.join(out, "ddp.json"), "w") as f:
 
 fmt = lambda v, f: "n/a" if v is None else f.format(v)
 label = {"none": "uncompressed (no preload)", "qsgd4": "QSGD 4-bit", "dgc": "DGC 0.1%",
+         "hier_qsgd4": "QSGD 4-bit, hierarchical (GRADCOMP_LOCAL_SIZE=2)",
          "passthrough": "GRADCOMP_METHOD=none (preload, pass-through)"}
 with open(os.path.join(out, "ddp.md"), "w") as f:
     f.write("### PyTorch DDP under LD_PRELOAD (MLP on scikit-learn digits)\n\n")
@@ -272,6 +279,10 @@ for world in ${GC_DDP_WORLDS:-2 4}; do
   run_ddp "qsgd4_n$world" "$world" 0.9 1 GRADCOMP_METHOD=qsgd GRADCOMP_BITS=4
   run_ddp "dgc_n$world" "$world" 0 1 GRADCOMP_METHOD=dgc GRADCOMP_DENSITY=0.001 \
     GRADCOMP_MOMENTUM=0.9 GRADCOMP_WARMUP_STEPS=100
+  if [ "$world" = 4 ]; then
+    run_ddp "hier_qsgd4_n$world" "$world" 0.9 1 GRADCOMP_METHOD=qsgd GRADCOMP_BITS=4 \
+      GRADCOMP_LOCAL_SIZE=2
+  fi
 done
 run_ddp passthrough_n2 2 0.9 1 GRADCOMP_METHOD=none
 

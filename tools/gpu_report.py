@@ -169,6 +169,9 @@ def main():
         "tc_unavailable_reason": tc.get("tc_unavailable_reason") if tc else None,
         "ddp_qsgd4_acc_delta_pts": ddp.get("ddp_qsgd4_acc_delta_pts"),
         "ddp_dgc_acc_delta_pts": ddp.get("ddp_dgc_acc_delta_pts"),
+        "ddp_hier_qsgd4_acc_delta_pts": ddp.get("ddp_hier_qsgd4_acc_delta_pts"),
+        "multirank_hier_tests_passed": multi.get("multirank_hier_tests_passed"),
+        "multirank_hier_tests_failed": multi.get("multirank_hier_tests_failed"),
         "multirank_tests_passed": multi.get("multirank_tests_passed"),
         "multirank_tests_failed": multi.get("multirank_tests_failed"),
         "tests_passed": tests.get("tests_passed"),
@@ -184,6 +187,12 @@ def main():
             "measured_tc_ge_5x_nccl_10gbps_n4_256MB": goal(tc_x, 5.0),
             "measured_vs_model_tc_10gbps_within_15pct":
                 None if tc_vs is None else 0.85 <= tc_vs <= 1.15,
+            "multirank_hier_tests_failed_eq_0": (
+                None if multi.get("multirank_hier_tests_failed") is None
+                else multi.get("multirank_hier_tests_failed") == 0),
+            "ddp_hier_qsgd4_acc_within_1pt": (
+                None if ddp.get("ddp_hier_qsgd4_acc_delta_pts") is None
+                else abs(ddp.get("ddp_hier_qsgd4_acc_delta_pts")) <= 1.0),
         },
         "allreduce_qsgd4_model_speedup_n8_256MB": {
             str(g): model_speedup(p8, gbps=g) for g in (10, 25, 100, 400)},
@@ -249,8 +258,13 @@ def main():
              % (fmt(summary["tests_passed"]), fmt(summary["tests_failed"])))
     L.append("- multi-process NCCL tests: %s passed, %s failed"
              % (fmt(summary["multirank_tests_passed"]), fmt(summary["multirank_tests_failed"])))
-    L.append("- PyTorch DDP accuracy delta (points): QSGD 4-bit %s, DGC %s"
-             % (fmt(summary["ddp_qsgd4_acc_delta_pts"]), fmt(summary["ddp_dgc_acc_delta_pts"])))
+    L.append("- of which hierarchical (N=4, GRADCOMP_LOCAL_SIZE=2): %s passed, %s failed"
+             % (fmt(summary["multirank_hier_tests_passed"]),
+                fmt(summary["multirank_hier_tests_failed"])))
+    L.append("- PyTorch DDP accuracy delta (points): QSGD 4-bit %s, DGC %s, QSGD 4-bit "
+             "hierarchical (4 ranks, GRADCOMP_LOCAL_SIZE=2) %s"
+             % (fmt(summary["ddp_qsgd4_acc_delta_pts"]), fmt(summary["ddp_dgc_acc_delta_pts"]),
+                fmt(summary["ddp_hier_qsgd4_acc_delta_pts"])))
     L.append("")
     fails = t("tests_failed.txt")
     if fails:

@@ -2,14 +2,16 @@
 # Multi-process NCCL tests of the compressed allreduce on a GPU machine:
 # N = 2 and 4 processes. With one GPU, every process uses it with a distinct
 # NCCL_HOSTID (NCCL then uses its socket transport: correct results,
-# meaningless timings). Writes OUTDIR/multirank.json and OUTDIR/multirank.md.
+# meaningless timings). Then N = 4 again with GRADCOMP_LOCAL_SIZE=2 (two
+# nodes of two ranks: the hierarchical exchange, checked against its host
+# reference). Writes OUTDIR/multirank.json and OUTDIR/multirank.md.
 # Usage: tools/multirank_check.sh OUTDIR [BUILD_DIR]
 set -uo pipefail
 out=${1:?usage: multirank_check.sh OUTDIR [BUILD_DIR]}
 build=${2:-build}
 bin=$build/tests/gradcomp_multirank
 mkdir -p "$out"
-total_pass=0; total_fail=0; lines=""
+total_pass=0; total_fail=0; hier_pass=0; hier_fail=0; lines=""
 if [ ! -x "$bin" ]; then
   echo "multirank: $bin not built" >&2
   echo '{"multirank_tests_passed": 0, "multirank_tests_failed": 1, "multirank_error": "not built"}' > "$out/multirank.json"
@@ -17,7 +19,10 @@ if [ ! -x "$bin" ]; then
   exit 1
 fi
 ngpu=$(nvidia-smi -L 2>/dev/null | wc -l)
-for n in 2 4; do
+# Runs: N ranks, and GRADCOMP_LOCAL_SIZE for the hierarchical suite (0: flat).
+for run in 2:0 4:0 4:2; do
+  n=${run%%:*}; local_size=${run##*:}
+  tag=n$n; [ "$local_size" != 0 ] && tag=hier_n$n
   idfile=$(mktemp -u /tmp/gc_ncclid.XXXXXX)
   port=$((29500 + RANDOM % 1000))
   pids=()
@@ -27,14 +32,15 @@ for n in 2 4; do
       env_extra=(NCCL_HOSTID=host-$r NCCL_NET=Socket NCCL_SOCKET_IFNAME=lo NCCL_IB_DISABLE=1
                  NCCL_P2P_DISABLE=1 NCCL_SHM_DISABLE=1 NCCL_NVLS_ENABLE=0)
     fi
+    [ "$local_size" != 0 ] && env_extra+=(GRADCOMP_LOCAL_SIZE=$local_size)
     env "${env_extra[@]}" GC_RANK=$r GC_NRANKS=$n GC_ID_FILE=$idfile \
-      timeout 600 "$bin" > "$out/multirank_n${n}_r${r}.log" 2>&1 &
+      timeout 600 "$bin" > "$out/multirank_${tag}_r${r}.log" 2>&1 &
     pids+=($!)
   done
   for p in "${pids[@]}"; do wait "$p"; done
   rm -f "$idfile"
   for r in $(seq 0 $((n - 1))); do
-    log=$out/multirank_n${n}_r${r}.log
+    log=$out/multirank_${tag}_r${r}.log
     line=$(grep -E "^multirank rank" "$log" | tail -1)
     if [ -n "$line" ]; then
       p=$(echo "$line" | sed -E 's/.*: ([0-9]+) passed, ([0-9]+) failed/\1/')
@@ -43,12 +49,14 @@ for n in 2 4; do
       p=0; f=1; line="rank $r of $n: crashed or timed out ($(tail -2 "$log" | tr '\n' ' '))"
     fi
     total_pass=$((total_pass + p)); total_fail=$((total_fail + f))
-    lines="$lines- N=$n: $line"$'\n'
+    if [ "$local_size" != 0 ]; then hier_pass=$((hier_pass + p)); hier_fail=$((hier_fail + f)); fi
+    lines="$lines- N=$n$([ "$local_size" != 0 ] && echo " GRADCOMP_LOCAL_SIZE=$local_size"): $line"$'\n'
     grep -E "FAILED" "$log" | head -5 | sed 's/^/    /' >> "$out/multirank_failures.txt" || true
   done
 done
 cat > "$out/multirank.json" <<J
-{"multirank_tests_passed": $total_pass, "multirank_tests_failed": $total_fail}
+{"multirank_tests_passed": $total_pass, "multirank_tests_failed": $total_fail,
+ "multirank_hier_tests_passed": $hier_pass, "multirank_hier_tests_failed": $hier_fail}
 J
 {
   echo "### Multi-process NCCL tests (gradcompAllReduce, CUDA backend)"

@@ -98,7 +98,7 @@ Baseline runBaseline(const Options& o, Rank& r, ncclDataType_t dtype, size_t cou
 }
 
 int algoFromStats(const gradcompStats_t& before, const gradcompStats_t& after) {
-  for (int a = 1; a < 5; ++a)
+  for (int a = 1; a <= gradcompAlgoHier; ++a)
     if (after.callsPerAlgo[a] > before.callsPerAlgo[a]) return a;
   return 0;
 }
@@ -139,7 +139,15 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
         if (p.kind == BoundKind::Quantized) {
           const int bits = s1.bitsLast > 0 ? s1.bitsLast : cfg.bits;
           p.levels = (1 << (bits - 1)) - 1;
-          p.quantizations = row->algoUsed == 1 ? 2 : (row->algoUsed == 2 ? r.nranks() : 1);
+          // Hier quantizes as its inter-node algorithm does, on fewer ranks:
+          // bounded by the flat count of the configured algorithm (auto: two-shot's 2).
+          int qAlgo = row->algoUsed;
+          if (qAlgo == gradcompAlgoHier) {
+            qAlgo = cfg.algo == gradcompAlgoRing || cfg.algo == gradcompAlgoAllgather
+                        ? cfg.algo
+                        : gradcompAlgoTwoShot;
+          }
+          p.quantizations = qAlgo == 1 ? 2 : (qAlgo == 2 ? r.nranks() : 1);
           p.bucket = cfg.bucketSize;
           p.numBuckets = (count + cfg.bucketSize - 1) / cfg.bucketSize;
           bm = r.bucketMax(p.dtype, count, p.bucket, o.seed);
@@ -164,6 +172,11 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
                             : ncclRingBytes(row->bytes, r.nranks());
     r.reduce(&wire, 1, true);
     row->gradcompWire = wire;
+    if (calls > 0) {
+      double inter = (double)(s2.bytesInterNode - s1.bytesInterNode) / calls;
+      r.reduce(&inter, 1, true);
+      row->interWire = inter;
+    }
   }
   if (!ok) {
     row->failed = true;

@@ -3,6 +3,8 @@
 // codec may make (methods.cc).
 #pragma once
 
+#include <math.h>
+
 #include <string>
 #include <vector>
 
@@ -45,6 +47,7 @@ struct Row {
   // Measured (max over ranks).
   double ncclUs = 0, gradcompUs = 0;
   double ncclWire = 0, gradcompWire = 0;  // bytes each rank sends per call
+  double interWire = NAN;  // of gradcompWire, bytes to other nodes (NaN: passed through)
   // Checked; -1 when -c 0.
   long ncclWrong = -1, gradcompWrong = -1;
   double relErrRms = 0, relErrMax = 0;

@@ -23,6 +23,7 @@ gradcompResult_t methodConfig(const Options& o, gradcompMethod_t m, gradcompConf
   if (o.bucket > 0) cfg->bucketSize = o.bucket;
   if (o.density > 0) cfg->density = o.density;
   if (o.algo >= 0) cfg->algo = (gradcompAlgo_t)o.algo;
+  if (o.localSize >= 0) cfg->localSize = o.localSize;
   return gradcompConfigValidate(cfg);
 }
 

@@ -27,7 +27,7 @@ void usage(const char* prog) {
       "  -q, --bits <b>             QSGD bits 2..8 including the sign\n"
       "  -B, --bucket <d>           QSGD bucket size 32..8192, multiple of 32\n"
       "  -k, --density <p>          sparse methods: share of elements sent, (0,1]\n"
-      "  -a, --algo <a>             auto|twoshot|ring|allgather|sparse\n"
+      "  -a, --algo <a>             auto|twoshot|ring|allgather|sparse|hier\n"
       "  -N, --nranks <n>           ranks: threads (cpu) or processes (cuda), default cpu 4,\n"
       "                             cuda the number of GPUs, or 4 on one GPU\n"
       "      --backend <b>          cuda|cpu, default cuda when a GPU is visible\n"
@@ -43,6 +43,8 @@ void usage(const char* prog) {
       "                             whose kernel rates the model uses, or none; default\n"
       "                             the newest in bench/results\n"
       "      --seed <n>             input data seed, default 1\n"
+      "      --local-size <L|auto>  ranks per node (GRADCOMP_LOCAL_SIZE); L > 1 on >= 2 nodes:\n"
+      "                             hierarchical exchange (CPU backend: auto is flat)\n"
       "      --debug-corrupt        corrupt one gradcomp output element (checks the checker)\n"
       "Unset gradcomp settings come from GRADCOMP_* variables (docs/env.md).\n",
       prog);
@@ -129,8 +131,8 @@ const char* methodName(gradcompMethod_t m) {
 }
 
 const char* algoName(int algo) {
-  static const char* names[] = {"auto", "twoshot", "ring", "allgather", "sparse"};
-  return algo >= 0 && algo < 5 ? names[algo] : "?";
+  static const char* names[] = {"auto", "twoshot", "ring", "allgather", "sparse", "hier"};
+  return algo >= 0 && algo <= gradcompAlgoHier ? names[algo] : "?";
 }
 
 const char* opName(ncclRedOp_t op) {
@@ -151,7 +153,8 @@ bool parseOptions(int argc, char** argv, Options* o, int* exitCode) {
     kNodeGbps,
     kIntraGbps,
     kKernelRates,
-    kHelp
+    kHelp,
+    kLocalSize
   };
   static const struct option longOpts[] = {{"minbytes", required_argument, 0, 'b'},
                                            {"maxbytes", required_argument, 0, 'e'},
@@ -180,6 +183,7 @@ bool parseOptions(int argc, char** argv, Options* o, int* exitCode) {
                                            {"node-gbps", required_argument, 0, kNodeGbps},
                                            {"intra-gbps", required_argument, 0, kIntraGbps},
                                            {"kernel-rates", required_argument, 0, kKernelRates},
+                                           {"local-size", required_argument, 0, kLocalSize},
                                            {"help", no_argument, 0, 'h'},
                                            {0, 0, 0, 0}};
   for (int i = 0; i < argc; ++i) {
@@ -275,11 +279,12 @@ bool parseOptions(int argc, char** argv, Options* o, int* exitCode) {
         break;
       case 'a':
         o->algo = -1;
-        for (int k = 0; k < 5; ++k)
+        for (int k = 0; k <= gradcompAlgoHier; ++k)
           if (strcmp(v, algoName(k)) == 0) o->algo = k;
         if (o->algo < 0)
-          return fail(exitCode, "%s %s: algorithms are auto, twoshot, ring, allgather, sparse",
-                      "-a", v);
+          return fail(exitCode,
+                      "%s %s: algorithms are auto, twoshot, ring, allgather, sparse, hier", "-a",
+                      v);
         break;
       case 'N':
         if (!parseInt(v, 1, 64, &lv)) return fail(exitCode, "%s %s not in 1..64", "-N", v);
@@ -351,6 +356,15 @@ bool parseOptions(int argc, char** argv, Options* o, int* exitCode) {
         break;
       case kKernelRates:
         o->kernelRates = v;
+        break;
+      case kLocalSize:
+        if (strcmp(v, "auto") == 0) {
+          o->localSize = 0;
+        } else if (!parseInt(v, 1, 65536, &lv)) {
+          return fail(exitCode, "%s %s is not auto or an integer in 1..65536", "--local-size", v);
+        } else {
+          o->localSize = (int)lv;
+        }
         break;
       case 'h':
         usage(argv[0]);

@@ -28,6 +28,7 @@ struct Options {
   int bits = -1, bucket = -1;
   float density = -1;
   int algo = -1;
+  int localSize = -1;  // --local-size: ranks per node (cfg.localSize)
   int nranks = 0;
   BackendKind backend = BackendKind::Auto;
   std::string jsonPath, csvPath;

@@ -286,6 +286,7 @@ bool writeJson(const std::string& path, const Options& o, const RunInfo& info,
     fprintf(f, "\"nccl_algbw\": %s, \"nccl_busbw\": %s, \"wire_bytes\": %s, ",
             jsonNum(r.ncclAlgbw()).c_str(), jsonNum(r.ncclBusbw()).c_str(),
             jsonNum(r.gradcompWire).c_str());
+    fprintf(f, "\"inter_wire_bytes\": %s, ", jsonNum(r.interWire).c_str());
     fprintf(f, "\"nccl_wire_bytes\": %s, \"ratio\": %s, \"speedup\": %s,\n     ",
             jsonNum(r.ncclWire).c_str(), r.ratio() > 0 ? jsonNum(r.ratio()).c_str() : "null",
             jsonNum(r.speedup()).c_str());

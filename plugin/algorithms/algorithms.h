@@ -29,6 +29,8 @@ struct Algorithm {
   // Bytes this rank puts on the wire for one call.
   size_t (*wireBytes)(const gradcompComm& c, size_t count, int bits);
   gradcompResult_t (*run)(const CallArgs& a, void* workspace);
+  // Of wireBytes, the bytes this rank sends to ranks on other nodes.
+  size_t (*interNodeBytes)(const gradcompComm& c, size_t count, int bits);
 };
 
 const Algorithm& twoShotAlgorithm();          // algo_twoshot.cc
@@ -43,7 +45,19 @@ const Algorithm& randkAlgorithm();            // algo_sparse.cc: randk
 size_t sparseWorkspaceBytes(const gradcompComm& c, size_t count, DType t, bool haveResidual,
                             uint64_t calls);
 size_t sparseWireBytes(const gradcompComm& c, size_t count, uint64_t calls);
-// Dense algorithm for (method, size, ranks) when config says auto.
+size_t sparseInterNodeBytes(const gradcompComm& c, size_t count, uint64_t calls);
+
+// Hierarchical exchange (hier.cc): used for every compressed call of a
+// comm with >= 2 nodes of >= 2 ranks (Elias-coded QSGD excepted); the
+// configured algo then names its inter-node stage. Sizes depend on the
+// buffer type (the allgather) and, for DGC, on the call number.
+bool useHier(const gradcompComm& c);
+const Algorithm& hierAlgorithm();
+size_t hierWorkspaceBytes(const gradcompComm& c, size_t count, int bits, uint64_t calls);
+size_t hierWireBytes(const gradcompComm& c, size_t count, DType t, int bits, uint64_t calls);
+size_t hierInterNodeBytes(const gradcompComm& c, size_t count, int bits, uint64_t calls);
+// Dense algorithm for (method, size, ranks, nodes): hier where useHier, else
+// the configured one, else by size and ranks.
 const Algorithm& pickDenseAlgorithm(const gradcompComm& c, size_t count);
 
 // The bucket-aligned chunks of a buffer (chunk j is [off[j], off[j+1])), the

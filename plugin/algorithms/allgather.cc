@@ -22,6 +22,10 @@ size_t wireBytes(const gradcompComm& c, size_t count, int bits) {
   return (size_t)(c.nranks - 1) * qsgd::encodedBytes(count, bits, c.cfg.bucketSize);
 }
 
+size_t interNodeBytes(const gradcompComm& c, size_t count, int bits) {
+  return (size_t)c.remotePeers() * qsgd::encodedBytes(count, bits, c.cfg.bucketSize);
+}
+
 gradcompResult_t run(const CallArgs& a, void* workspace) {
   GC_NVTX_RANGE("gradcomp allgather");
   gradcompComm& c = *a.comm;
@@ -43,12 +47,13 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
 }  // namespace
 
 const Algorithm& allgatherAlgorithm() {
-  static const Algorithm algo = {gradcompAlgoAllgather, "allgather", workspaceBytes, wireBytes,
-                                 run};
+  static const Algorithm algo = {gradcompAlgoAllgather, "allgather", workspaceBytes, wireBytes, run,
+                                 interNodeBytes};
   return algo;
 }
 
 const Algorithm& pickDenseAlgorithm(const gradcompComm& c, size_t count) {
+  if (useHier(c)) return hierAlgorithm();
   switch (c.cfg.algo) {
     case gradcompAlgoTwoShot:
       return twoShotAlgorithm();

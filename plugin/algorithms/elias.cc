@@ -91,6 +91,7 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
     GC_CHECK(eliasDecode(be, slots + (size_t)i * slot, bytes[i], a.count, p, acc, i != 0));
   }
   c.stats.bytesOnWire += (uint64_t)(n - 1) * (sizeof(uint32_t) + bytes[r]);
+  c.stats.bytesInterNode += (uint64_t)c.remotePeers() * (sizeof(uint32_t) + bytes[r]);
   return be.fromFloat(acc, a.count, a.average ? (float)n : 1.0f, a.dtype, a.recv);
 }
 
@@ -98,8 +99,8 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
 
 const Algorithm& eliasAlgorithm() {
   // Counted under allgather: the same exchange, with variable sizes.
-  static const Algorithm algo = {gradcompAlgoAllgather, "elias-allgather", workspaceBytes,
-                                 wireBytes, run};
+  static const Algorithm algo = {
+      gradcompAlgoAllgather, "elias-allgather", workspaceBytes, wireBytes, run, wireBytes};
   return algo;
 }
 

@@ -41,15 +41,28 @@ size_t workspaceBytes(const gradcompComm& c, size_t count, int bits) {
   return layout(c, count, bits).total;
 }
 
-size_t wireBytes(const gradcompComm& c, size_t count, int bits) {
+// Bytes to every peer, or to the peers on other nodes only: the ring steps
+// all go to the next rank, the allgather to every peer.
+size_t wire(const gradcompComm& c, size_t count, int bits, bool remoteOnly) {
   Layout L = layout(c, count, bits);
   const int n = c.nranks;
   size_t bytes = 0;
-  for (int s = 0; s < n - 1; ++s) {
-    int j = ((c.rank - s) % n + n) % n;
-    bytes += qsgd::encodedBytes(L.off[j + 1] - L.off[j], bits, c.cfg.bucketSize);
+  if (!remoteOnly || c.topo.remote((c.rank + 1) % n, c.rank)) {
+    for (int s = 0; s < n - 1; ++s) {
+      int j = ((c.rank - s) % n + n) % n;
+      bytes += qsgd::encodedBytes(L.off[j + 1] - L.off[j], bits, c.cfg.bucketSize);
+    }
   }
-  return bytes + (size_t)(n - 1) * qsgd::encodedBytes(L.maxLen, bits, c.cfg.bucketSize);
+  const size_t peers = remoteOnly ? c.remotePeers() : n - 1;
+  return bytes + peers * qsgd::encodedBytes(L.maxLen, bits, c.cfg.bucketSize);
+}
+
+size_t wireBytes(const gradcompComm& c, size_t count, int bits) {
+  return wire(c, count, bits, false);
+}
+
+size_t interNodeBytes(const gradcompComm& c, size_t count, int bits) {
+  return wire(c, count, bits, true);
 }
 
 gradcompResult_t run(const CallArgs& a, void* workspace) {
@@ -110,7 +123,8 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
 }  // namespace
 
 const Algorithm& ringAlgorithm() {
-  static const Algorithm algo = {gradcompAlgoRing, "ring", workspaceBytes, wireBytes, run};
+  static const Algorithm algo = {gradcompAlgoRing, "ring", workspaceBytes,
+                                 wireBytes,        run,    interNodeBytes};
   return algo;
 }
 

@@ -66,11 +66,12 @@ Layout layout(const gradcompComm& c, size_t count, DType t, bool haveResidual, u
   return L;
 }
 
-size_t wire(const gradcompComm& c, const Layout& L, size_t count) {
+// Bytes to `peers` of the other ranks (all of them: N-1).
+size_t wire(const gradcompComm& c, const Layout& L, size_t count, size_t peers) {
   const size_t N = c.nranks;
-  if (randk(c)) return 2 * (N - 1) * L.plan.k * 4 / N;  // ring allreduce of k floats
-  if (L.dense) return 2 * (N - 1) * count * 4 / N;
-  return (N - 1) * L.slotBytes;
+  if (randk(c)) return 2 * peers * L.plan.k * 4 / N;  // ring allreduce of k floats
+  if (L.dense) return 2 * peers * count * 4 / N;
+  return peers * L.slotBytes;
 }
 
 bool hasResidual(const gradcompComm& c) {
@@ -82,7 +83,11 @@ size_t workspaceBytesSteady(const gradcompComm& c, size_t count, int) {
 }
 
 size_t wireBytesSteady(const gradcompComm& c, size_t count, int) {
-  return wire(c, layout(c, count, DType::F32, true, kSteadyState), count);
+  return wire(c, layout(c, count, DType::F32, true, kSteadyState), count, c.nranks - 1);
+}
+
+size_t interNodeBytesSteady(const gradcompComm& c, size_t count, int) {
+  return sparseInterNodeBytes(c, count, kSteadyState);
 }
 
 gradcompResult_t run(const CallArgs& a, void* workspace) {
@@ -160,18 +165,24 @@ size_t sparseWorkspaceBytes(const gradcompComm& c, size_t count, DType t, bool h
 }
 
 size_t sparseWireBytes(const gradcompComm& c, size_t count, uint64_t calls) {
-  return wire(c, layout(c, count, DType::F32, true, calls), count);
+  return wire(c, layout(c, count, DType::F32, true, calls), count, c.nranks - 1);
+}
+
+size_t sparseInterNodeBytes(const gradcompComm& c, size_t count, uint64_t calls) {
+  return wire(c, layout(c, count, DType::F32, true, calls), count, c.remotePeers());
 }
 
 const Algorithm& sparseAllgatherAlgorithm() {
-  static const Algorithm algo = {gradcompAlgoSparseAllgather, "sparse", workspaceBytesSteady,
-                                 wireBytesSteady, run};
+  static const Algorithm algo = {
+      gradcompAlgoSparseAllgather, "sparse", workspaceBytesSteady, wireBytesSteady, run,
+      interNodeBytesSteady};
   return algo;
 }
 
 const Algorithm& randkAlgorithm() {
-  static const Algorithm algo = {gradcompAlgoSparseAllgather, "randk", workspaceBytesSteady,
-                                 wireBytesSteady, run};
+  static const Algorithm algo = {
+      gradcompAlgoSparseAllgather, "randk", workspaceBytesSteady, wireBytesSteady, run,
+      interNodeBytesSteady};
   return algo;
 }
 

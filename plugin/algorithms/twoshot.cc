@@ -42,13 +42,24 @@ size_t workspaceBytes(const gradcompComm& c, size_t count, int bits) {
   return layout(c, count, bits).total;
 }
 
-size_t wireBytes(const gradcompComm& c, size_t count, int bits) {
+// Bytes to every peer, or to the peers on other nodes only.
+size_t wire(const gradcompComm& c, size_t count, int bits, bool remoteOnly) {
   Layout L = layout(c, count, bits);
-  size_t bytes = 0;
+  size_t bytes = 0, peers = 0;
   for (int j = 0; j < c.nranks; ++j) {
-    if (j != c.rank) bytes += qsgd::encodedBytes(L.off[j + 1] - L.off[j], bits, c.cfg.bucketSize);
+    if (j == c.rank || (remoteOnly && !c.topo.remote(j, c.rank))) continue;
+    bytes += qsgd::encodedBytes(L.off[j + 1] - L.off[j], bits, c.cfg.bucketSize);
+    ++peers;
   }
-  return bytes + (size_t)(c.nranks - 1) * qsgd::encodedBytes(L.maxLen, bits, c.cfg.bucketSize);
+  return bytes + peers * qsgd::encodedBytes(L.maxLen, bits, c.cfg.bucketSize);
+}
+
+size_t wireBytes(const gradcompComm& c, size_t count, int bits) {
+  return wire(c, count, bits, false);
+}
+
+size_t interNodeBytes(const gradcompComm& c, size_t count, int bits) {
+  return wire(c, count, bits, true);
 }
 
 gradcompResult_t run(const CallArgs& a, void* workspace) {
@@ -132,7 +143,8 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
 }  // namespace
 
 const Algorithm& twoShotAlgorithm() {
-  static const Algorithm algo = {gradcompAlgoTwoShot, "twoshot", workspaceBytes, wireBytes, run};
+  static const Algorithm algo = {gradcompAlgoTwoShot, "twoshot", workspaceBytes,
+                                 wireBytes,           run,       interNodeBytes};
   return algo;
 }
 

@@ -76,6 +76,9 @@ class MirrorTransport final : public gc::Transport {
     for (int i = 0; i < size_; ++i) GC_TEST_CHECK(be_->add(recv, tmp_, n));
     return gradcompSuccess;
   }
+  gradcompResult_t reduceScatter(const void*, void*, size_t, ncclDataType_t, ncclRedOp_t) override {
+    return gradcompNotSupported;
+  }
   gradcompResult_t passThrough(const void*, void*, size_t, ncclDataType_t, ncclRedOp_t) override {
     return gradcompNotSupported;
   }

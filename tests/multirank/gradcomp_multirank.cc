@@ -5,6 +5,10 @@
 // also makes them identical across ranks), then the sparse methods (top-k,
 // DGC, rand-k) against tests/common/ref_sparse.h, then CUDA-graph capture
 // against eager calls, then pass-through. Prints "N passed, M failed".
+// With GRADCOMP_LOCAL_SIZE=L > 1 (tools/multirank_check.sh runs N = 4, L = 2)
+// the comms are hierarchical (nodes of L consecutive ranks) and the
+// references those of tests/common/ref_hier.h; L = 2 keeps the in-node sums
+// exact whatever order NCCL adds in.
 #include <cuda_runtime_api.h>
 #include <nccl.h>
 #include <stdio.h>
@@ -19,6 +23,7 @@
 
 #include "gradcomp.h"
 #include "tests/common/ref_algos.h"
+#include "tests/common/ref_hier.h"
 #include "tests/common/ref_sparse.h"
 
 using namespace gctest::ref;
@@ -26,6 +31,7 @@ using namespace gctest::ref;
 namespace {
 
 int passed = 0, failed = 0, rank = 0, nranks = 1;
+int localSize = 0;  // GRADCOMP_LOCAL_SIZE > 1: the hierarchical suite
 
 void report(bool ok, const std::string& what) {
   if (ok) {
@@ -75,6 +81,11 @@ void checkAlgo(ncclComm_t nc, cudaStream_t st, gradcompAlgo_t algo, DType t, boo
   cfg.algo = algo;
   cfg.minElements = 0;
   cfg.bucketSize = 64;
+  cfg.localSize = localSize;
+  const int nodes = localSize > 1 ? nranks / localSize : nranks;
+  const gradcompAlgo_t mid = algo != gradcompAlgoAuto ? algo
+                             : nodes <= 2             ? gradcompAlgoAllgather
+                                                      : gradcompAlgoTwoShot;
   gradcompComm_t gc;
   CK(gradcompCommCreate(nc, &cfg, &gc));
   const size_t esz = t == DType::F32 ? 4 : 2;
@@ -96,15 +107,23 @@ void checkAlgo(ncclComm_t nc, cudaStream_t st, gradcompAlgo_t algo, DType t, boo
     CK(cudaMemcpy(t == DType::F32 ? (void*)out[rank].f32.data() : (void*)out[rank].half.data(),
                   dbuf, n * esz, cudaMemcpyDeviceToHost));
     refState = in;
-    std::vector<float> expect = algo == gradcompAlgoRing ? refRing(refState, t, n, cfg, step, avg)
-                                : algo == gradcompAlgoAllgather
-                                    ? refAllgather(refState, t, n, cfg, step, avg)
-                                    : refTwoShot(refState, t, n, cfg, step, avg);
+    std::vector<float> expect =
+        localSize > 1                   ? refHier(refState, t, n, cfg, step, avg, localSize, mid)
+        : algo == gradcompAlgoRing      ? refRing(refState, t, n, cfg, step, avg)
+        : algo == gradcompAlgoAllgather ? refAllgather(refState, t, n, cfg, step, avg)
+                                        : refTwoShot(refState, t, n, cfg, step, avg);
     std::vector<float> got = widen(out[rank], t, n);
     char what[160];
     snprintf(what, sizeof(what), "algo=%d dtype=%d avg=%d n=%zu step=%d", (int)algo, (int)t, avg, n,
              step);
     report(res == gradcompSuccess && memcmp(got.data(), expect.data(), n * 4) == 0, what);
+    if (localSize > 1) {
+      gradcompStats_t stats;
+      gradcompGetStats(gc, &stats);
+      report(stats.callsPerAlgo[gradcompAlgoHier] == (uint64_t)step + 1 &&
+                 stats.bytesInterNode > 0 && stats.bytesInterNode < stats.bytesOnWire,
+             std::string(what) + ": hier counted, inter-node bytes below the total");
+    }
   }
   cudaFree(dbuf);
   gradcompCommDestroy(gc);
@@ -164,6 +183,7 @@ void checkSparse(ncclComm_t nc, cudaStream_t st, const SparseCase& sc, DType t, 
   cfg.seed = 4321;
   cfg.density = 0.01f;
   cfg.errorFeedback = 1;
+  cfg.localSize = localSize;
   if (sc.dgcExtras) {
     cfg.momentum = 0.9f;
     cfg.momentumCorrection = 1;
@@ -179,12 +199,17 @@ void checkSparse(ncclComm_t nc, cudaStream_t st, const SparseCase& sc, DType t, 
   void* dbuf;
   CK(cudaMalloc(&dbuf, n * esz + 16));
   std::vector<SparseState> state(nranks);
+  std::vector<std::vector<SparseState>> shardState;  // hier: per shard, per node
   for (int step = 0; step < 3; ++step) {
     std::vector<Rank> in = makeInputs(nranks, n, t, 1000 * step + n + 7 * sc.method);
     std::vector<std::vector<float>> g(nranks);
     for (int r = 0; r < nranks; ++r) g[r] = widen(in[r], t, n);
     SparseCall call;
-    const std::vector<float> expect = refSparse(cfg, t, avg, (uint64_t)step, g, state, &call);
+    // Hier: the node sums and the exchange across 2 nodes are exact, so the
+    // whole result is bit for bit (call.rsum stays false).
+    const std::vector<float> expect =
+        localSize > 1 ? refHierSparse(cfg, t, avg, (uint64_t)step, g, shardState, localSize)
+                      : refSparse(cfg, t, avg, (uint64_t)step, g, state, &call);
     // On the call's stream: a pageable cudaMemcpy may return before its DMA
     // lands, and the non-blocking stream would not wait for it.
     CK(cudaMemcpyAsync(dbuf, data(in[rank], t), n * esz, cudaMemcpyHostToDevice, st));
@@ -205,7 +230,7 @@ void checkSparse(ncclComm_t nc, cudaStream_t st, const SparseCase& sc, DType t, 
     gradcompGetStats(gc, &stats);
     // selectedLast is not checked: on the CUDA backend it arrives
     // asynchronously and may describe the previous call (docs/sparse.md).
-    const bool statsOk = stats.targetLast == call.k;
+    const bool statsOk = localSize > 1 || stats.targetLast == call.k;
     char what[256];
     snprintf(what, sizeof(what),
              "sparse %s dtype=%d avg=%d n=%zu step=%d: %zu mismatches (first i=%zu got %.9g want "
@@ -225,6 +250,7 @@ void checkGraph(ncclComm_t nc, cudaStream_t st) {
   gradcompConfig_t cfg;
   gradcompConfigInit(&cfg);
   cfg.minElements = 0;
+  cfg.localSize = localSize;
   gradcompComm_t eager, graphed;
   CK(gradcompCommCreate(nc, &cfg, &eager));
   CK(gradcompCommCreate(nc, &cfg, &graphed));
@@ -313,6 +339,7 @@ int main() {
   rank = atoi(getenv("GC_RANK") ? getenv("GC_RANK") : "0");
   nranks = atoi(getenv("GC_NRANKS") ? getenv("GC_NRANKS") : "1");
   const char* idPath = getenv("GC_ID_FILE") ? getenv("GC_ID_FILE") : "/tmp/gradcomp_nccl_id";
+  localSize = atoi(getenv("GRADCOMP_LOCAL_SIZE") ? getenv("GRADCOMP_LOCAL_SIZE") : "0");
   int ndev = 0;
   CK(cudaGetDeviceCount(&ndev));
   CK(cudaSetDevice(rank % ndev));
@@ -321,11 +348,17 @@ int main() {
   CK(ncclCommInitRank(&nc, nranks, id, rank));
   cudaStream_t st;
   CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
-  for (gradcompAlgo_t algo : {gradcompAlgoTwoShot, gradcompAlgoRing, gradcompAlgoAllgather})
+  for (gradcompAlgo_t algo :
+       {gradcompAlgoAuto, gradcompAlgoTwoShot, gradcompAlgoRing, gradcompAlgoAllgather}) {
+    if (algo == gradcompAlgoAuto && localSize <= 1) continue;  // flat: auto is one of the three
     for (DType t : {DType::F32, DType::F16, DType::BF16})
       for (bool avg : {false, true})
-        for (size_t n : {(size_t)1, (size_t)100, (size_t)5000, (size_t)100003})
+        for (size_t n : {(size_t)1, (size_t)100, (size_t)5000, (size_t)100003}) {
+          // Hier: every comm splits two sub-communicators; fewer sizes keep the run short.
+          if (localSize > 1 && n == 100) continue;
           checkAlgo(nc, st, algo, t, avg, n);
+        }
+  }
   const SparseCase sparseCases[] = {
       {"topk-threshold", gradcompMethodTopk, gradcompSelectThreshold, ncclFloat32, false},
       {"topk-exact-bf16values", gradcompMethodTopk, gradcompSelectExact, ncclBfloat16, false},
@@ -336,11 +369,14 @@ int main() {
   for (const SparseCase& sc : sparseCases)
     for (DType t : {DType::F32, DType::BF16})
       for (bool avg : {false, true})
-        for (size_t n : {(size_t)7, (size_t)5000, (size_t)100003})
+        for (size_t n : {(size_t)7, (size_t)5000, (size_t)100003}) {
+          if (localSize > 1 && n == 5000) continue;
           checkSparse(nc, st, sc, t, avg, n);
+        }
   checkGraph(nc, st);
   checkPassThrough(nc, st);
   ncclCommDestroy(nc);
-  printf("multirank rank %d of %d: %d passed, %d failed\n", rank, nranks, passed, failed);
+  printf("multirank rank %d of %d%s: %d passed, %d failed\n", rank, nranks,
+         localSize > 1 ? " (hier)" : "", passed, failed);
   return failed ? 1 : 0;
 }

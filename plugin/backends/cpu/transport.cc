@@ -213,6 +213,22 @@ class CpuTransport final : public Transport {
     return gradcompSuccess;
   }
 
+  gradcompResult_t reduceScatter(const void* send, void* recv, size_t recvCount,
+                                 ncclDataType_t type, ncclRedOp_t op) override {
+    world_->slots[rank_].send = send;
+    GC_CHECK(meet(6, (uint64_t)recvCount ^ ((uint64_t)type << 56) ^ ((uint64_t)op << 48)));
+    const size_t esz = elementBytes(type);
+    std::vector<const void*> src(size_);
+    for (int i = 0; i < size_; ++i) {
+      src[i] = static_cast<const char*>(world_->slots[i].send) + (size_t)rank_ * recvCount * esz;
+    }
+    std::vector<char> out;
+    gradcompResult_t res = reduce(src, &out, recvCount, type, op);
+    GC_CHECK(world_->barrier());
+    if (res == gradcompSuccess && recvCount) memcpy(recv, out.data(), recvCount * esz);
+    return res;
+  }
+
   gradcompResult_t passThrough(const void* send, void* recv, size_t count, ncclDataType_t type,
                                ncclRedOp_t op) override {
     world_->slots[rank_].send = send;
@@ -220,6 +236,13 @@ class CpuTransport final : public Transport {
     std::vector<const void*> src(size_);
     for (int i = 0; i < size_; ++i) src[i] = world_->slots[i].send;
     std::vector<char> out;
+    gradcompResult_t res = reduce(src, &out, count, type, op);
+    GC_CHECK(world_->barrier());
+    if (res == gradcompSuccess && count) memcpy(recv, out.data(), count * elementBytes(type));
+    return res;
+  }
+
+  static size_t elementBytes(ncclDataType_t type) {
     size_t esz = 0;
     switch (type) {
       case ncclInt8:
@@ -243,50 +266,53 @@ class CpuTransport final : public Transport {
       default:
         break;
     }
-    gradcompResult_t res = gradcompSuccess;
+    return esz;
+  }
+
+  // Reduces the ranks' blocks in rank order into *out (count elements).
+  gradcompResult_t reduce(const std::vector<const void*>& src, std::vector<char>* out, size_t count,
+                          ncclDataType_t type, ncclRedOp_t op) {
+    const size_t esz = elementBytes(type);
     if (esz == 0 || op < ncclSum || op > ncclAvg) {
-      res = setError(gradcompInvalidArgument, "CPU backend: datatype=%d / op=%d not supported",
-                     (int)type, (int)op);
-    } else {
-      out.resize(count * esz);
-      switch (type) {
-        case ncclInt8:
-          reduceTyped<int8_t>(src, out.data(), count, op, size_);
-          break;
-        case ncclUint8:
-          reduceTyped<uint8_t>(src, out.data(), count, op, size_);
-          break;
-        case ncclInt32:
-          reduceTyped<int32_t>(src, out.data(), count, op, size_);
-          break;
-        case ncclUint32:
-          reduceTyped<uint32_t>(src, out.data(), count, op, size_);
-          break;
-        case ncclInt64:
-          reduceTyped<int64_t>(src, out.data(), count, op, size_);
-          break;
-        case ncclUint64:
-          reduceTyped<uint64_t>(src, out.data(), count, op, size_);
-          break;
-        case ncclFloat32:
-          reduceTyped<float>(src, out.data(), count, op, size_);
-          break;
-        case ncclFloat64:
-          reduceTyped<double>(src, out.data(), count, op, size_);
-          break;
-        case ncclFloat16:
-          reduceHalf(src, out.data(), count, op, size_, DType::F16);
-          break;
-        case ncclBfloat16:
-          reduceHalf(src, out.data(), count, op, size_, DType::BF16);
-          break;
-        default:
-          break;
-      }
+      return setError(gradcompInvalidArgument, "CPU backend: datatype=%d / op=%d not supported",
+                      (int)type, (int)op);
     }
-    GC_CHECK(world_->barrier());
-    if (res == gradcompSuccess && count) memcpy(recv, out.data(), count * esz);
-    return res;
+    out->resize(count * esz);
+    switch (type) {
+      case ncclInt8:
+        reduceTyped<int8_t>(src, out->data(), count, op, size_);
+        break;
+      case ncclUint8:
+        reduceTyped<uint8_t>(src, out->data(), count, op, size_);
+        break;
+      case ncclInt32:
+        reduceTyped<int32_t>(src, out->data(), count, op, size_);
+        break;
+      case ncclUint32:
+        reduceTyped<uint32_t>(src, out->data(), count, op, size_);
+        break;
+      case ncclInt64:
+        reduceTyped<int64_t>(src, out->data(), count, op, size_);
+        break;
+      case ncclUint64:
+        reduceTyped<uint64_t>(src, out->data(), count, op, size_);
+        break;
+      case ncclFloat32:
+        reduceTyped<float>(src, out->data(), count, op, size_);
+        break;
+      case ncclFloat64:
+        reduceTyped<double>(src, out->data(), count, op, size_);
+        break;
+      case ncclFloat16:
+        reduceHalf(src, out->data(), count, op, size_, DType::F16);
+        break;
+      case ncclBfloat16:
+        reduceHalf(src, out->data(), count, op, size_, DType::BF16);
+        break;
+      default:
+        break;
+    }
+    return gradcompSuccess;
   }
 
  private:

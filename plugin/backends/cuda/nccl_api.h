@@ -22,6 +22,11 @@ struct NcclApi {
   ncclResult_t (*commUserRank)(const ncclComm_t, int*);
   ncclResult_t (*commCuDevice)(const ncclComm_t, int*);
   const char* (*getErrorString)(ncclResult_t);
+  // Hierarchical exchange: the node and local-rank sub-communicators.
+  ncclResult_t (*reduceScatter)(const void*, void*, size_t, ncclDataType_t, ncclRedOp_t, ncclComm_t,
+                                cudaStream_t);
+  ncclResult_t (*commSplit)(ncclComm_t, int, int, ncclComm_t*, ncclConfig_t*);
+  ncclResult_t (*commDestroy)(ncclComm_t);
 };
 
 // The table of the library this code is linked into; never null.

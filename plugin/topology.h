@@ -1,0 +1,58 @@
+// Which ranks share a node, and the hierarchical split of a comm built from
+// it. The topology comes from NCCL's notion of a host (NCCL_HOSTID, else the
+// host name) or from GRADCOMP_LOCAL_SIZE (consecutive blocks of L ranks).
+#pragma once
+
+#include <stdint.h>
+
+#include <vector>
+
+#include "kernels/common_math.cuh"
+#include "gradcomp.h"
+
+struct gradcompComm;
+
+namespace gc {
+
+struct Topology {
+  int node = 0, nodes = 1;           // this rank's node and the number of nodes
+  int localRank = 0, localSize = 1;  // position among the node's ranks, ranks per node
+  // Node of every rank (empty: one rank per node). Kept for non-uniform
+  // nodes too, where localSize is 1 (flat exchange) but bytes are still
+  // counted by the real node boundaries.
+  std::vector<int> nodeOf;
+  // Hierarchical exchange pays only with >= 2 nodes of >= 2 ranks.
+  bool hier() const { return nodes >= 2 && localSize >= 2; }
+  bool remote(int peer, int rank) const {
+    return nodeOf.empty() ? peer != rank : nodeOf[peer] != node;
+  }
+};
+
+// Consecutive blocks of localSize ranks form a node (localSize divides nranks).
+Topology blockTopology(int rank, int nranks, int localSize);
+// From every rank's host identity (0: unreadable). Node = order of first
+// appearance of a host, localRank = order among the ranks of that host.
+// Nodes of different sizes, or an unreadable identity, give the flat
+// topology; *why says so.
+Topology hostTopology(int rank, const std::vector<uint64_t>& hosts, const char** why);
+// NCCL_HOSTID if set, else the host name, hashed; 0 when neither is readable.
+uint64_t hostIdentity();
+// localSize L: 1..nranks and dividing nranks (0 = auto is checked by the caller).
+gradcompResult_t checkLocalSize(int localSize, int nranks);
+
+// The seed of the inter-node exchange of local rank j: its ranks are numbered
+// by node there, so the local rank is mixed into the seed to keep every
+// global rank's RNG keys distinct.
+inline uint64_t hierSeed(uint64_t seed, int localRank) {
+  return deriveKey(seed, ~0ull, (uint64_t)localRank, 0x4849455253454544ull);
+}
+
+// Gives comm c (rank, nranks, cfg and backend set) its topology and, when it
+// is hierarchical, the intra-node transport and the inter-node child comm.
+gradcompResult_t setupNcclHierarchy(gradcompComm* c);
+// The CPU world of nranks comms: blocks of cfg.localSize (auto = flat).
+gradcompResult_t setupCpuHierarchy(gradcompComm** comms, int nranks);
+// Destroys what setup made (NCCL sub-communicators included).
+void destroyHierarchy(gradcompComm* c);
+
+}  // namespace gc
