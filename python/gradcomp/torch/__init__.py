@@ -15,5 +15,7 @@ except ImportError as e:  # pragma: no cover - depends on the machine
                       "or use gradcomp's C API / LD_PRELOAD instead") from e
 
 from .ddp import GradcompState, gradcomp_hook
+from .fsdp import GradcompReduceScatter, register_fsdp_reduce_scatter
 
-__all__ = ["GradcompState", "gradcomp_hook"]
+__all__ = ["GradcompReduceScatter", "GradcompState", "gradcomp_hook",
+           "register_fsdp_reduce_scatter"]
