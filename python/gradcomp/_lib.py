@@ -7,7 +7,9 @@ ranks driven from Python threads run in parallel.
 import ctypes
 import ctypes.util
 import glob
+import importlib.util
 import os
+import sys
 import threading
 
 from . import _types as T
@@ -149,6 +151,24 @@ def _check_config_size(cdll):
             "missing fields there in include/gradcomp.h's order (or use a matching build)")
 
 
+def _torch_first():
+    """Imports an installed PyTorch before libgradcomp.
+
+    libgradcomp needs libnccl.so.2 and the dynamic loader keeps the first
+    libnccl.so.2 of a process for everyone: loaded first, gradcomp's would be
+    the one torch gets (and a torch built against a newer NCCL then fails to
+    import). Loaded second, gradcomp uses torch's, which is also the one its
+    NCCL communicators must come from.
+    """
+    if "torch" in sys.modules or os.environ.get("GRADCOMP_NO_TORCH") == "1":
+        return
+    try:
+        if importlib.util.find_spec("torch") is not None:
+            import torch  # noqa: F401
+    except Exception:  # noqa: BLE001 - a broken torch must not break the binding
+        pass
+
+
 def lib():
     """The loaded library (loaded once, on first use)."""
     global _lib, _path
@@ -157,6 +177,7 @@ def lib():
     with _lock:
         if _lib is not None:
             return _lib
+        _torch_first()
         tried = []
         for p in candidate_paths():
             try:

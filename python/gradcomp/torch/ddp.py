@@ -48,6 +48,8 @@ class GradcompState:
             without it, by the bucket's index and parameter shapes.
         layer_min_size: parameters with fewer elements, or with dim() <= 1,
             stay in full precision (CGX's rule; DGC compresses only dim() > 1).
+        exclude_1d: False compresses dim() <= 1 parameters too (with
+            layer_min_size=0: whole buckets, as LD_PRELOAD sees them).
         start_iter: steps before compression starts (uncompressed allreduce
             before). DDP rebuilds its buckets after the first step, so the
             default 2 compresses only rebuilt buckets (as PowerSGD's
@@ -62,13 +64,14 @@ class GradcompState:
     """
 
     def __init__(self, process_group=None, module=None, *, layer_min_size=1024, start_iter=2,
-                 config=None, **settings):
+                 exclude_1d=True, config=None, **settings):
         self.process_group, self.rank, self.world_size = _nccl.check_group(process_group)
         if int(layer_min_size) < 0 or int(start_iter) < 0:
             raise ValueError(f"layer_min_size={layer_min_size} and start_iter={start_iter} must "
                              "be >= 0")
         self.config = as_config(config, **settings)
         self.layer_min_size = int(layer_min_size)
+        self.exclude_1d = bool(exclude_1d)
         self.start_iter = int(start_iter)
         self.iter = 0
         self._param_ids = None
@@ -94,12 +97,13 @@ class GradcompState:
         """Settings, step counter and gradcomp's residuals; not the group or the comm."""
         return {"version": _STATE_VERSION, "settings": self.config.as_dict(),
                 "layer_min_size": self.layer_min_size, "start_iter": self.start_iter,
+                "exclude_1d": self.exclude_1d,
                 "iter": self.iter, "gradcomp": self._blob()}
 
     def __setstate__(self, d):
         """Back on the default process group (as PowerSGDState); module keys need set_module()."""
         self.__init__(None, layer_min_size=d["layer_min_size"], start_iter=d["start_iter"],
-                      config=Config(from_env=False, **d["settings"]))
+                      exclude_1d=d["exclude_1d"], config=Config(from_env=False, **d["settings"]))
         self.iter = d["iter"]
         self._pending_blob = d["gradcomp"]
 
@@ -190,7 +194,8 @@ class GradcompState:
         comp, full, off = [], [], 0
         for i, p in enumerate(params):
             n = p.numel()
-            (comp if p.dim() > 1 and n >= self.layer_min_size else full).append((off, n, p, i))
+            small = n < self.layer_min_size or (self.exclude_1d and p.dim() <= 1)
+            (full if small else comp).append((off, n, p, i))
             off += n
         if self._param_ids is not None:
             missing = [i for _, _, p, i in comp if id(p) not in self._param_ids]
