@@ -160,7 +160,7 @@ def _torch_first():
     import). Loaded second, gradcomp uses torch's, which is also the one its
     NCCL communicators must come from.
     """
-    if "torch" in sys.modules or os.environ.get("GRADCOMP_NO_TORCH") == "1":
+    if "torch" in sys.modules:
         return
     try:
         if importlib.util.find_spec("torch") is not None:
