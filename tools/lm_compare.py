@@ -213,10 +213,16 @@ def worker(args):
     elif mode == "hook":
         st = state.stats()
         g = st["gradcomp"] or {}
-        per_step = (g.get("bytes_on_wire", 0) + ring * st["full_precision_bytes"]
+        # Calls gradcomp passed to NCCL (fewer than min_elements) are dense on the ring too.
+        passed = st["compressed_dense_bytes"] - g.get("bytes_in", 0)
+        per_step = (g.get("bytes_on_wire", 0) + ring * (st["full_precision_bytes"] + passed)
                     + ring * dense * st["uncompressed_steps"]) / STEPS
-    else:
+    elif sent["bytes"]:
         per_step = ring * sent["bytes"] / STEPS
+    elif mode == "fp16":
+        per_step = ring * dense / 2  # the hook sent through another call: every byte as fp16
+    else:
+        per_step = None  # the hook's payloads were not seen
     res = {"mode": mode, "world": world, "steps": STEPS, "seconds": secs, "num_params": nparams,
            "val_curve": curve, "train_curve": train_curve, "final_val_loss": curve[-1][1]
            if curve else None, "bytes_per_step": per_step, "dense_bytes_per_step": ring * dense,

@@ -61,6 +61,17 @@ class TorchRefusals(unittest.TestCase):
                 self.gt.gradcomp_hook(state, Bucket(torch.zeros(8, dtype=torch.float64,
                                                                 device="cuda")))
 
+    def test_fsdp_reduce_scatter_needs_the_symbol(self):
+        import gradcomp
+
+        if gradcomp.has("gradcompReduceScatterKeyed"):
+            rs = self.gt.GradcompReduceScatter(None, "layers.0")
+            self.assertEqual(rs.key, self.gt.GradcompReduceScatter(None, "layers.0").key)
+            self.assertNotEqual(rs.key, self.gt.GradcompReduceScatter(None, "layers.1").key)
+        else:
+            with self.assertRaisesRegex(RuntimeError, "has no gradcompReduceScatterKeyed: rebuild"):
+                self.gt.GradcompReduceScatter(None, "layers.0")
+
 
 @unittest.skipIf(torch is None, "PyTorch is not installed: gradcomp.torch is checked on the GPU "
                  "box (tools/gpu-check.sh, step torch_hooks)")
