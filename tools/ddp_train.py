@@ -158,7 +158,7 @@ def main():
     if args.resume_check and state is not None:
         import copy
 
-        k = args.resume_check
+        k = min(args.resume_check, steps - 1)
         m1 = make_model(args.seed)
         d1, s1, o1 = wrap(m1)
         train(d1, o1, range(k))

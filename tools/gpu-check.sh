@@ -129,9 +129,9 @@ fi
 # --- gradcomp.torch: the DDP hook's GPU checks on the MLP, then the GPT head-to-head
 # against PowerSGD and fp16 (about 5 minutes; tools/lm_compare.py says what it runs)
 want torch_hooks && run_step torch_hooks 450 "$raw/torch_hooks.txt" \
-  python3 tools/torch_hooks_check.py "$raw" "$build"
+  "${PYTHON:-python3}" tools/torch_hooks_check.py "$raw" "$build"
 want lm_compare && run_step lm_compare 330 "$raw/lm_compare.txt" \
-  python3 tools/lm_compare.py "$raw" "$build"
+  "${PYTHON:-python3}" tools/lm_compare.py "$raw" "$build"
 
 # --- plots and the report (the deadline kept time for these)
 deadline=$((deadline + 60))
