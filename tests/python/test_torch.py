@@ -73,6 +73,30 @@ class TorchRefusals(unittest.TestCase):
                 self.gt.GradcompReduceScatter(None, "layers.0")
 
 
+@unittest.skipIf(torch is None, "PyTorch is not installed")
+class TensorBuffers(unittest.TestCase):
+    def test_torch_tensors_reduce_like_numpy_arrays(self):
+        """The hook hands gradcomp tensors by data_ptr(): the same call on the same bytes."""
+        import numpy as np
+
+        import gradcomp
+
+        N, n = 3, 5000
+        xs = [torch.randn(n, generator=torch.Generator().manual_seed(r)) * (r + 1)
+              for r in range(N)]
+        got = {}
+        for kind in ("torch", "numpy"):
+            bufs = [x.clone() if kind == "torch" else x.numpy().copy() for x in xs]
+            with gradcomp.CpuWorld(N, min_elements=0) as w:
+                for _ in range(2):
+                    w.run(lambda c: c.allreduce(bufs[c.rank], op="avg", key=5))
+            got[kind] = [np.asarray(b).view(np.uint32).copy() for b in bufs]
+        for r in range(N):
+            self.assertTrue(np.array_equal(got["torch"][r], got["numpy"][r]), f"rank {r}")
+            self.assertTrue(np.array_equal(got["torch"][r], got["torch"][0]))
+        self.assertFalse(np.array_equal(got["torch"][0], xs[0].numpy().view(np.uint32)))
+
+
 @unittest.skipIf(torch is None, "PyTorch is not installed: gradcomp.torch is checked on the GPU "
                  "box (tools/gpu-check.sh, step torch_hooks)")
 class LayerAwarePlan(unittest.TestCase):
