@@ -108,6 +108,35 @@ def ref_twoshot(xs, res, ores, cfg, step, avg):
     return finish(result, xs[0].dtype, N if avg else 1)
 
 
+def ref_ring(xs, res, ores, cfg, step, avg):
+    """Chunk j starts at rank j and travels the ring; each receiver decodes, adds its own
+    chunk and re-encodes; the last one adds its residual and encodes the sum for everybody."""
+    n, N, d, b = xs[0].size, len(xs), cfg.bucket_size, cfg.bits
+    off = split(n, N, d)
+    result = np.zeros(n, np.float32)
+    for j in range(N):
+        lo, hi = off[j], off[j + 1]
+        x = xs[j].astype(np.float32)
+        cur = enc(x[lo:hi], res[j][lo:hi] if cfg.error_feedback else None, b, d,
+                  derive_key(cfg.seed, step, j, 0))
+        for hop in range(1, N):
+            r = (j + hop) % N
+            y = np.zeros(hi - lo, np.float32)
+            dec(cur, y, b, d, False)
+            y = xs[r].astype(np.float32)[lo:hi] + y
+            rr = res[r][lo:hi] if cfg.error_feedback else None
+            if hop < N - 1:
+                cur = enc(y, rr, b, d, derive_key(cfg.seed, step, r, hop))
+            else:
+                if rr is not None:
+                    y = y + rr
+                    rr[:] = 0
+                e2 = enc(y, ores[r][lo:hi] if cfg.owner_residual else None, b, d,
+                         derive_key(cfg.seed, step, r, N))
+                dec(e2, result[lo:hi], b, d, False)
+    return finish(result, xs[0].dtype, N if avg else 1)
+
+
 def inputs(N, n, dtype, seed):
     return [(np.random.RandomState(seed * 131 + i).standard_normal(n) * (1 + i)).astype(dtype)
             for i in range(N)]
@@ -236,6 +265,8 @@ class CpuAllReduce(unittest.TestCase):
                 w.run(lambda c: c.allreduce(bufs[c.rank], op="avg" if avg else "sum"))
                 if algo == "allgather":
                     want = ref_allgather(xs, res, cfg, step, avg)
+                elif algo == "ring":
+                    want = ref_ring(xs, res, ores, cfg, step, avg)
                 else:
                     want = ref_twoshot(xs, res, ores, cfg, step, avg)
                 for r in range(N):
@@ -248,13 +279,42 @@ class CpuAllReduce(unittest.TestCase):
             self.assertEqual(st["bytes_in"], steps * n * np.dtype(dtype).itemsize)
             self.assertEqual(st["calls_per_algo"][algo], steps)
 
-    def test_allgather_and_twoshot_match_the_references(self):
-        for algo in ("allgather", "twoshot"):
+    def test_allgather_twoshot_and_ring_match_the_references(self):
+        for algo in ("allgather", "twoshot", "ring"):
             for N in (2, 3, 4):
                 for dtype in (np.float32, np.float16):
                     for avg in (False, True):
                         for n in (1, 1000, 3001):
                             self.run_case(algo, N, dtype, avg, n)
+
+    def test_exact_topk_matches_the_reference(self):
+        """Sparse allgather: each rank sends its exact top-k of v = residual + g (float values,
+        so v keeps exactly the rest: 0 where sent), everyone sums them in rank order from +0."""
+        N, n, density = 3, 8000, 0.01
+        for avg in (False, True):
+            cfg = gradcomp.Config(from_env=False, method="topk", select="exact", density=density,
+                                  min_elements=0)
+            v = [np.zeros(n, np.float32) for _ in range(N)]
+            bufs = [np.zeros(n, np.float32) for _ in range(N)]
+            with gradcomp.CpuWorld(N, cfg) as w:
+                for step in range(3):
+                    xs = inputs(N, n, np.float32, 300 + step)
+                    for i in range(N):
+                        bufs[i][:] = xs[i]
+                    w.run(lambda c: c.allreduce(bufs[c.rank], op="avg" if avg else "sum"))
+                    want = np.zeros(n, np.float32)
+                    for r in range(N):
+                        v[r] += xs[r]
+                        idx = codecs.topk_select(v[r], density, cfg.oversample, exact=True)
+                        self.assertEqual(idx.size, 80)
+                        want[idx] += v[r][idx]
+                        v[r][idx] = 0
+                    if avg:
+                        want /= np.float32(N)
+                    for r in range(N):
+                        self.assertTrue(np.array_equal(bits_of(bufs[r]), bits_of(want)),
+                                        f"avg={avg} step={step} rank={r}")
+                self.assertEqual(w.comms[0].stats()["calls_per_algo"]["sparse"], 3)
 
     def test_bytes_on_wire_follow_the_table(self):
         """docs/algorithms.md: two-shot sends sum_{j!=r} E(n_j) + (N-1)*E(max n_j)."""
@@ -378,7 +438,8 @@ class ReduceScatter(unittest.TestCase):
         N, per = 4, 3000
         xs = inputs(N, N * per, np.float32, 21)
         outs = [np.zeros(per, np.float32) for _ in range(N)]
-        with gradcomp.CpuWorld(N, min_elements=0) as w:
+        cfg = gradcomp.Config(from_env=False, min_elements=0, bits=4)
+        with gradcomp.CpuWorld(N, cfg) as w:
             w.run(lambda c: c.reduce_scatter(xs[c.rank], outs[c.rank]))
             self.assertEqual(w.comms[0].stats()["calls_compressed"], 1)
         exact = np.sum(np.array(xs, np.float64), axis=0)
