@@ -2,8 +2,10 @@
 # The whole GPU suite on a GPU machine, in about 20 minutes on one H100:
 # builds for this GPU (build-gpu/), runs the tests with GRADCOMP_TEST_GPU=1,
 # the multi-process NCCL tests and the PyTorch DDP check when their scripts
-# exist, gradcomp_perf (1 rank, and 8 ranks sharing the GPU with the link
-# model), the kernel benchmarks and torch.topk on the same data, then plots.
+# exist, gradcomp.torch's hook checks and the GPT head-to-head (steps
+# torch_hooks and lm_compare, about 12 minutes more), gradcomp_perf (1 rank,
+# and 8 ranks sharing the GPU with the link model), the kernel benchmarks and
+# torch.topk on the same data, then plots.
 # Writes bench/results/<date>-<gpu>.md and .json (+ PNGs, raw outputs in
 # bench/results/<date>-<gpu>/), and copies the report to $OUT when set.
 # A failing step is recorded and the next one runs.
