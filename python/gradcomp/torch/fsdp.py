@@ -1,7 +1,9 @@
 """FSDP2's custom reduce-scatter on gradcompReduceScatterKeyed.
 
 Follows the ReduceScatter comm protocol of torch.distributed.fsdp
-(torch/distributed/fsdp/_fully_shard/_fsdp_api.py, PyTorch 2.9):
+(torch/distributed/fsdp/_fully_shard/_fsdp_api.py; signatures checked against
+PyTorch 2.15, where FSDP passes ReduceOp.AVG for fp32/bf16 gradients and SUM
+with pre/post division for fp16, both compressed here):
 `allocate(size, *, dtype, device)` and `__call__(output_tensor, input_tensor,
 group, op, async_op=False)`, installed with `FSDPModule.set_custom_reduce_scatter`.
 FSDP calls it on its reduce-scatter stream with the flat padded gradients of
@@ -19,7 +21,7 @@ import torch.distributed as dist
 from .. import _lib
 from .ddp import _DTYPES, _key_of
 
-try:  # the protocol class, where this PyTorch has it (2.9+)
+try:  # the protocol class, where this PyTorch has it
     from torch.distributed.fsdp._fully_shard._fsdp_api import ReduceScatter as _Base
 except ImportError:  # pragma: no cover - older PyTorch: duck-typed
     _Base = object
