@@ -7,10 +7,13 @@
   hook_whole  the hook on whole buckets (--whole-buckets --layer-min-size 0 --start-iter 0)
   preload     QSGD 4-bit under LD_PRELOAD: the same buckets, so the same compressed bytes
   resume      the hook with --resume-check: checkpoint, resume in a fresh DDP, bit for bit
+and, when libgradcomp exports gradcompReduceScatterKeyed, tools/fsdp_train.py's
+FSDP2 MLP with FSDP's reduce-scatter and with GradcompReduceScatter (QSGD 4-bit).
 Writes OUTDIR/torch_hooks.json and .md. Usage: torch_hooks_check.py OUTDIR [BUILD_DIR]
 """
 import json
 import os
+import subprocess
 import sys
 import time
 
@@ -38,7 +41,7 @@ def main():
     res = {"torch_hooks_world": world, "torch_hooks_epochs": int(epochs)}
     runs = {}
 
-    def run(name, extra_args, env=None, use_preload=False):
+    def run(name, extra_args, env=None, use_preload=False, script="ddp_train.py", epochs_arg=True):
         left = deadline - time.time()
         if left < 30:
             runs[name] = {"status": "skipped (time budget spent)"}
@@ -49,8 +52,9 @@ def main():
         e = dict(base_env)
         e.update(env or {})
         status, secs = gc_ranks.launch(
-            world, [os.path.join(HERE, "ddp_train.py"), "--epochs", epochs, "--out", path]
-            + extra_args, os.path.join(out, f"hook_{name}"), env=e,
+            world, [os.path.join(HERE, script), "--out", path]
+            + (["--epochs", epochs] if epochs_arg else []) + extra_args,
+            os.path.join(out, f"hook_{name}"), env=e,
             timeout=min(240, left - 10), preload=preload if use_preload else None)
         runs[name] = {"status": status, "seconds": round(secs, 1)}
         print(f"torch_hooks: {name}: {status} in {secs:.0f}s", flush=True)
@@ -66,6 +70,23 @@ def main():
     pre = run("preload", [], env={"GRADCOMP_DEBUG": "INFO"}, use_preload=True)
     resume = run("resume", ["--hook", "gradcomp", "--epochs", "10", "--resume-check", "200"])
 
+    has_rs = subprocess.run(
+        [sys.executable, "-c", "import gradcomp, sys; "
+         "sys.exit(0 if gradcomp.has('gradcompReduceScatterKeyed') else 1)"],
+        env=dict(os.environ, **base_env), capture_output=True).returncode == 0
+    fsdp_base = fsdp_gc = None
+    if has_rs:
+        fsdp_base = run("fsdp_none", [], script="fsdp_train.py", epochs_arg=False)
+        fsdp_gc = run("fsdp_qsgd4", ["--gradcomp"], script="fsdp_train.py", epochs_arg=False)
+    else:
+        runs["fsdp"] = {"status": "skipped: libgradcomp has no gradcompReduceScatterKeyed"}
+    if fsdp_base and fsdp_gc:
+        res["fsdp_qsgd4_acc_delta_pts"] = fsdp_gc["accuracy_pct"] - fsdp_base["accuracy_pct"]
+        res["fsdp_qsgd4_test_loss_rel_delta"] = (
+            (fsdp_gc["test_loss"] - fsdp_base["test_loss"]) / fsdp_base["test_loss"])
+        res["fsdp_qsgd4_params_identical"] = fsdp_gc["params_identical"]
+        g = (fsdp_gc["stats"] or {}).get("gradcomp") or {}
+        res["fsdp_qsgd4_calls_compressed_rank0"] = g.get("calls_compressed")
     if base and hq:
         res["ddp_hook_qsgd4_acc_delta_pts"] = hq["accuracy_pct"] - base["accuracy_pct"]
         res["ddp_hook_qsgd4_acc_pct"] = hq["accuracy_pct"]
@@ -96,7 +117,8 @@ def main():
     if resume and resume.get("resume_check"):
         res["torch_hook_resume_bitwise"] = resume["resume_check"]["bitwise_equal"]
         res["torch_hook_resume_after_steps"] = resume["resume_check"]["after_steps"]
-    ident = [r["params_identical"] for r in (base, hq, whole, pre, resume) if r]
+    ident = [r["params_identical"] for r in (base, hq, whole, pre, resume, fsdp_base, fsdp_gc)
+             if r]
     res["torch_hooks_params_identical_all_runs"] = all(ident) if ident else None
     res["torch_hooks_runs"] = runs
     res["torch_hooks_runs_ok"] = sum(1 for r in runs.values() if r["status"] == "ok")
@@ -116,12 +138,15 @@ def main():
           f"{', '.join(res.get('torch_hook_full_precision_params', [])) or 'n/a'} |",
           f"| compressed | {', '.join(res.get('torch_hook_compressed_params', [])) or 'n/a'} |",
           f"| save / resume in a fresh DDP + state, bit for bit | "
-          f"{fmt('torch_hook_resume_bitwise')} |", ""]
+          f"{fmt('torch_hook_resume_bitwise')} |",
+          f"| FSDP2 GradcompReduceScatter QSGD 4-bit: accuracy vs FSDP's own (pts), compressed "
+          f"calls | {fmt('fsdp_qsgd4_acc_delta_pts')}, {fmt('fsdp_qsgd4_calls_compressed_rank0')} |",
+          ""]
     md += [f"- {k}: {v['status']}" for k, v in runs.items()]
     with open(os.path.join(out, "torch_hooks.md"), "w") as f:
         f.write("\n".join(md) + "\n")
     print("\n".join(md))
-    bad = [k for k, v in runs.items() if v["status"] != "ok"]
+    bad = [k for k, v in runs.items() if v["status"].startswith(("failed", "timed out"))]
     checks = [res.get("torch_hook_vs_preload_bytes_equal"), res.get("torch_hook_resume_bitwise"),
               res.get("torch_hooks_params_identical_all_runs")]
     return 1 if bad or not all(c is True for c in checks) else 0
