@@ -1,8 +1,14 @@
 #!/usr/bin/env python3
 """A plain PyTorch DDP training script: an MLP on scikit-learn's digits.
 
-Nothing in it knows about gradcomp: compression enters only through
-LD_PRELOAD=libgradcomp_preload.so and GRADCOMP_* variables. Launched one
+Compression enters through LD_PRELOAD=libgradcomp_preload.so and GRADCOMP_*
+variables (the script itself unchanged), or, with --hook gradcomp, through
+gradcomp.torch's DDP comm hook (settings from the same GRADCOMP_* variables;
+--layer-min-size and --start-iter as GradcompState's). --resume-check K
+(with the hook) also trains a second model K steps, checkpoints model,
+optimizer and hook state, resumes them in a fresh model, DDP and state, and
+reports whether the final parameters are bitwise those of the run without
+the break. Launched one
 process per rank with the usual env:// variables (RANK, WORLD_SIZE,
 MASTER_ADDR, MASTER_PORT, LOCAL_RANK) by torchrun or tools/ddp_check.sh.
 Fixed seeds and a fixed data order, so runs differ only by what the
@@ -72,6 +78,14 @@ def main():
     p.add_argument("--timeout", type=float, default=180,
                    help="seconds a collective may hang before PyTorch aborts it")
     p.add_argument("--out", default=None, help="JSON result file (written by rank 0)")
+    p.add_argument("--hook", choices=("none", "gradcomp"), default="none",
+                   help="gradcomp: register gradcomp.torch's comm hook (GRADCOMP_* settings)")
+    p.add_argument("--layer-min-size", type=int, default=1024)
+    p.add_argument("--start-iter", type=int, default=2)
+    p.add_argument("--whole-buckets", action="store_true",
+                   help="with --hook gradcomp: compress 1-d parameters too (as the preload)")
+    p.add_argument("--resume-check", type=int, default=0, metavar="K",
+                   help="with --hook gradcomp: also check a checkpoint/resume after K steps")
     args = p.parse_args()
 
     if not torch.cuda.is_available():
@@ -92,34 +106,82 @@ def main():
     xte, yte = torch.tensor(xte, device=dev), torch.tensor(yte, device=dev)
 
     h = args.hidden
-    model = nn.Sequential(nn.Linear(64, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(),
-                          nn.Linear(h, 10)).to(dev)
-    ddp = DDP(model, device_ids=[dev.index])
-    opt = torch.optim.SGD(ddp.parameters(), lr=args.lr, momentum=args.momentum)
-    lossf = nn.CrossEntropyLoss()
 
+    def make_model(seed):
+        torch.manual_seed(seed)
+        return nn.Sequential(nn.Linear(64, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(),
+                             nn.Linear(h, 10)).to(dev)
+
+    def wrap(model):
+        ddp = DDP(model, device_ids=[dev.index])
+        state = None
+        if args.hook == "gradcomp":
+            import gradcomp.torch as gct
+
+            state = gct.GradcompState(module=model, layer_min_size=args.layer_min_size,
+                                      start_iter=args.start_iter,
+                                      exclude_1d=not args.whole_buckets)
+            ddp.register_comm_hook(state, gct.gradcomp_hook)
+        return ddp, state, torch.optim.SGD(ddp.parameters(), lr=args.lr, momentum=args.momentum)
+
+    lossf = nn.CrossEntropyLoss()
     n = len(xtr)
     per_rank = n // world
-    steps = 0
-    t0 = time.time()
+    schedule = []  # the batch of every step, fixed by the seed: the same in every run
     for epoch in range(args.epochs):
         g = torch.Generator().manual_seed(args.seed * 1000 + epoch)  # same order on every rank
         order = torch.randperm(n, generator=g)[: per_rank * world].view(world, per_rank)[rank]
         for i in range(0, per_rank - args.batch + 1, args.batch):
-            idx = order[i: i + args.batch].to(dev)
+            schedule.append(order[i: i + args.batch].to(dev))
+
+    def train(ddp, opt, steps):
+        for s in steps:
+            idx = schedule[s]
             opt.zero_grad(set_to_none=True)
             loss = lossf(ddp(xtr[idx]), ytr[idx])
             loss.backward()
             opt.step()
-            steps += 1
+
+    def param_bytes(model):
+        return b"".join(q.detach().cpu().numpy().tobytes() for q in model.parameters())
+
+    model = make_model(args.seed)
+    ddp, state, opt = wrap(model)
+    steps = len(schedule)
+    t0 = time.time()
+    train(ddp, opt, range(steps))
     torch.cuda.synchronize()
     train_s = time.time() - t0
+    hook_stats = state.stats() if state is not None else None
+
+    resume = None
+    if args.resume_check and state is not None:
+        import copy
+
+        k = min(args.resume_check, steps - 1)
+        m1 = make_model(args.seed)
+        d1, s1, o1 = wrap(m1)
+        train(d1, o1, range(k))
+        ckpt = {"model": copy.deepcopy(m1.state_dict()), "opt": copy.deepcopy(o1.state_dict()),
+                "gradcomp": s1.state_dict()}
+        s1.close()
+        m2 = make_model(args.seed + 1)  # another start: only the checkpoint makes it right
+        d2, s2, o2 = wrap(m2)
+        m2.load_state_dict(ckpt["model"])
+        o2.load_state_dict(ckpt["opt"])
+        with s2.paused():  # DDP rebuilds its buckets after a new process's first step
+            lossf(d2(xtr[schedule[k]]), ytr[schedule[k]]).backward()
+        o2.zero_grad(set_to_none=True)
+        s2.load_state_dict(ckpt["gradcomp"])
+        train(d2, o2, range(k, steps))
+        resume = {"after_steps": k, "bitwise_equal": param_bytes(m2) == param_bytes(model)}
+        s2.close()
 
     with torch.no_grad():
         logits = model(xte)
         acc = (logits.argmax(1) == yte).float().mean().item() * 100.0
         test_loss = lossf(logits, yte).item()
-    blob = b"".join(q.detach().cpu().numpy().tobytes() for q in model.parameters())
+    blob = param_bytes(model)
     digest = hashlib.sha256(blob).hexdigest()
     hashes = [None] * world
     dist.all_gather_object(hashes, digest)
@@ -143,7 +205,12 @@ def main():
         "torch_version": torch.__version__,
         "nccl_version": nccl_version,
         "num_params": sum(q.numel() for q in model.parameters()),
+        "hook": args.hook,
+        "hook_stats": hook_stats,
+        "resume_check": resume,
     }
+    if state is not None:
+        state.close()
     if rank == 0:
         print(json.dumps(result), flush=True)
         if args.out:

@@ -11,6 +11,10 @@ if [ "${GC_NEED_GTEST:-0}" = 1 ] && [ ! -e /usr/lib/x86_64-linux-gnu/libgtest.a 
    && [ ! -e /usr/lib/aarch64-linux-gnu/libgtest.a ] && [ ! -e /usr/local/lib/libgtest.a ]; then
   gc_need_pkgs+=(libgtest-dev)
 fi
+# The Python binding's tests (tests/python, run by CTest) need python3 with numpy.
+if [ "${GC_NEED_GTEST:-0}" = 1 ] && ! command -v python3 >/dev/null 2>&1; then
+  gc_need_pkgs+=(python3)
+fi
 if [ ${#gc_need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "gradcomp: installing ${gc_need_pkgs[*]}"
@@ -18,6 +22,27 @@ if [ ${#gc_need_pkgs[@]} -gt 0 ]; then
       >/dev/null || { echo "gradcomp: apt-get install ${gc_need_pkgs[*]} failed" >&2; exit 1; }
   else
     echo "gradcomp: missing ${gc_need_pkgs[*]}; install them (e.g. sudo apt-get install ${gc_need_pkgs[*]})" >&2
+    exit 1
+  fi
+fi
+if [ "${GC_NEED_GTEST:-0}" = 1 ] && ! python3 -c 'import numpy' >/dev/null 2>&1; then
+  echo "gradcomp: installing numpy for the Python binding's tests"
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+     [ "$(command -v python3)" = /usr/bin/python3 ]; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-numpy) \
+      >/dev/null 2>&1
+  elif python3 -m pip --version >/dev/null 2>&1; then
+    # PEP 668: an externally managed interpreter outside a venv needs the explicit flag.
+    gc_pip_flags=(-q)
+    if [ -z "${VIRTUAL_ENV:-}" ] && python3 -c 'import os, sys, sysconfig
+sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")) else 1)'; then
+      gc_pip_flags+=(--break-system-packages)
+    fi
+    python3 -m pip install "${gc_pip_flags[@]}" numpy >/dev/null 2>&1
+  fi
+  if ! python3 -c 'import numpy' >/dev/null 2>&1; then
+    echo "gradcomp: $(command -v python3) cannot import numpy; install it (pip install numpy, or" \
+         "apt-get install python3-numpy)" >&2
     exit 1
   fi
 fi

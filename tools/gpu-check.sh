@@ -2,15 +2,17 @@
 # The whole GPU suite on a GPU machine, in about 20 minutes on one H100:
 # builds for this GPU (build-gpu/), runs the tests with GRADCOMP_TEST_GPU=1,
 # the multi-process NCCL tests and the PyTorch DDP check when their scripts
-# exist, gradcomp_perf (1 rank, and 8 ranks sharing the GPU with the link
-# model), the kernel benchmarks and torch.topk on the same data, then plots.
+# exist, gradcomp.torch's hook checks and the GPT head-to-head (steps
+# torch_hooks and lm_compare, about 12 minutes more), gradcomp_perf (1 rank,
+# and 8 ranks sharing the GPU with the link model), the kernel benchmarks and
+# torch.topk on the same data, then plots.
 # Writes bench/results/<date>-<gpu>.md and .json (+ PNGs, raw outputs in
 # bench/results/<date>-<gpu>/), and copies the report to $OUT when set.
 # A failing step is recorded and the next one runs.
 #
 # GC_CHECK_BUDGET_S (default 1200) bounds the whole run: each step's time
 # limit is cut to what is left. GC_STEPS (default: all of "tests multirank
-# perf kernels torch_topk tc_link ddp plots") picks the steps after the build, so the
+# perf kernels torch_topk tc_link ddp torch_hooks lm_compare plots") picks the steps after the build, so the
 # suite can be split over several shorter sessions; the raw outputs of each
 # part land in the same bench/results/<date>-<gpu>/ folder and the report is
 # made from whatever is there.
@@ -38,7 +40,7 @@ archs=${GRADCOMP_CUDA_ARCHS:-native}
 jobs=$(nproc 2>/dev/null || echo 8)
 echo "gpu-check: $gpu_name -> $results/$name.md (budget ${budget}s)"
 
-steps_sel=" ${GC_STEPS:-tests multirank perf kernels torch_topk tc_link ddp plots} "
+steps_sel=" ${GC_STEPS:-tests multirank perf kernels torch_topk tc_link ddp torch_hooks lm_compare plots} "
 want() { [[ "$steps_sel" == *" $1 "* ]]; }
 
 # run_step NAME LIMIT_S LOG CMD...: runs CMD under a time limit, output to LOG
@@ -129,6 +131,13 @@ elif [ -f tools/ddp_check.sh ]; then
 else
   printf 'ddp\tmissing\t0\ttools/ddp_check.sh not in this tree\n' >> "$steps"
 fi
+
+# --- gradcomp.torch: the DDP hook's GPU checks on the MLP, then the GPT head-to-head
+# against PowerSGD and fp16 (about 5 minutes; tools/lm_compare.py says what it runs)
+want torch_hooks && run_step torch_hooks 450 "$raw/torch_hooks.txt" \
+  "${PYTHON:-python3}" tools/torch_hooks_check.py "$raw" "$build"
+want lm_compare && run_step lm_compare 330 "$raw/lm_compare.txt" \
+  "${PYTHON:-python3}" tools/lm_compare.py "$raw" "$build"
 
 # --- plots and the report (the deadline kept time for these)
 deadline=$((deadline + 60))

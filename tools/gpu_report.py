@@ -6,7 +6,7 @@
 
 RAW_DIR holds what the steps wrote: steps.tsv (name, status, seconds, note),
 perf_*.json/.txt, kernels.json/.txt, torch_topk.json/.txt, multirank.json/.md,
-ddp.json/.md, tests.txt. Anything missing becomes null in the JSON and a line
+ddp.json/.md, torch_hooks.json/.md, lm.json/.md (+ lm_loss.png), tests.txt. Anything missing becomes null in the JSON and a line
 saying so in the report.
 """
 import argparse
@@ -133,6 +133,8 @@ def main():
     p1, p8, p8s = j("perf_n1.json"), j("perf_n8.json"), j("perf_n8_sparse.json")
     multi, ddp, tests = j("multirank.json") or {}, j("ddp.json") or {}, j("tests.json") or {}
     tc = j("tc_link.json") or {}
+    hooks, lm = j("torch_hooks.json") or {}, j("lm.json") or {}
+    at_most = lambda v, thr: None if v is None else bool(v <= thr)  # noqa: E731
     steps = steps_table(os.path.join(d, "steps.tsv"))
     # GC_COMMIT names the commit when the tree's .git is not the one it came
     # from (a copy sent to a GPU machine carries the checkout's older .git).
@@ -172,6 +174,15 @@ def main():
         "ddp_hier_qsgd4_acc_delta_pts": ddp.get("ddp_hier_qsgd4_acc_delta_pts"),
         "multirank_hier_tests_passed": multi.get("multirank_hier_tests_passed"),
         "multirank_hier_tests_failed": multi.get("multirank_hier_tests_failed"),
+        "ddp_hook_qsgd4_acc_delta_pts": hooks.get("ddp_hook_qsgd4_acc_delta_pts"),
+        "torch_hook_vs_preload_bytes_equal": hooks.get("torch_hook_vs_preload_bytes_equal"),
+        "torch_hook_resume_bitwise": hooks.get("torch_hook_resume_bitwise"),
+        "torch_hooks_params_identical_all_runs": hooks.get("torch_hooks_params_identical_all_runs"),
+        "torch_hook_full_precision_params": hooks.get("torch_hook_full_precision_params"),
+        "lm_val_loss_rel_delta_qsgd4": lm.get("lm_val_loss_rel_delta_qsgd4"),
+        "lm_val_loss_rel_delta_dgc": lm.get("lm_val_loss_rel_delta_dgc"),
+        "lm_val_loss_rel_delta_powersgd": lm.get("lm_val_loss_rel_delta_powersgd"),
+        "lm_bytes_ratio_qsgd4_vs_powersgd": lm.get("lm_bytes_ratio_qsgd4_vs_powersgd"),
         "multirank_tests_passed": multi.get("multirank_tests_passed"),
         "multirank_tests_failed": multi.get("multirank_tests_failed"),
         "tests_passed": tests.get("tests_passed"),
@@ -193,6 +204,11 @@ def main():
             "ddp_hier_qsgd4_acc_within_1pt": (
                 None if ddp.get("ddp_hier_qsgd4_acc_delta_pts") is None
                 else abs(ddp.get("ddp_hier_qsgd4_acc_delta_pts")) <= 1.0),
+            "ddp_hook_qsgd4_within_1pt": at_most(
+                None if hooks.get("ddp_hook_qsgd4_acc_delta_pts") is None
+                else abs(hooks["ddp_hook_qsgd4_acc_delta_pts"]), 1.0),
+            "lm_qsgd4_val_loss_within_1pct": at_most(lm.get("lm_val_loss_rel_delta_qsgd4"), 0.01),
+            "lm_dgc_val_loss_within_3pct": at_most(lm.get("lm_val_loss_rel_delta_dgc"), 0.03),
         },
         "allreduce_qsgd4_model_speedup_n8_256MB": {
             str(g): model_speedup(p8, gbps=g) for g in (10, 25, 100, 400)},
@@ -239,6 +255,19 @@ def main():
              % (fmt(tc_x), fmt(gl["measured_tc_ge_5x_nccl_10gbps_n4_256MB"])))
     L.append("| measured / modeled speedup on that link | %s | 0.85..1.15 | %s |"
              % (fmt(tc_vs), fmt(gl["measured_vs_model_tc_10gbps_within_15pct"])))
+    L.append("| DDP hook QSGD 4-bit (layer-aware) accuracy vs uncompressed, MLP, points | %s | within 1 | %s |"
+             % (fmt(summary["ddp_hook_qsgd4_acc_delta_pts"]),
+                fmt(summary["goals"]["ddp_hook_qsgd4_within_1pt"])))
+    L.append("| GPT val loss, QSGD 4-bit hook vs uncompressed, relative | %s | <= 0.01 | %s |"
+             % (fmt(summary["lm_val_loss_rel_delta_qsgd4"]),
+                fmt(summary["goals"]["lm_qsgd4_val_loss_within_1pct"])))
+    L.append("| GPT val loss, DGC 0.1%% hook vs uncompressed, relative | %s | <= 0.03 | %s |"
+             % (fmt(summary["lm_val_loss_rel_delta_dgc"]),
+                fmt(summary["goals"]["lm_dgc_val_loss_within_3pct"])))
+    L.append("| GPT val loss, PowerSGD rank 4 vs uncompressed, relative | %s | reported | |"
+             % fmt(summary["lm_val_loss_rel_delta_powersgd"]))
+    L.append("| gradient bytes per step, QSGD 4-bit hook / PowerSGD | %s | reported | |"
+             % fmt(summary["lm_bytes_ratio_qsgd4_vs_powersgd"]))
     L.append("")
     L.append("Reported beside the goals: 4-bit allreduce modeled at 400 Gb/s, N=8, 256 MB, "
              "unpipelined: %s; flat modeled speedup, 4 x 8 at 100 Gb/s per node: %s; hier at "
@@ -269,10 +298,11 @@ def main():
     fails = t("tests_failed.txt")
     if fails:
         L += ["Failed tests:", "", "```", fails.strip(), "```", ""]
-    for md in ("multirank.md", "ddp.md", "tc_link.md"):
+    for md in ("multirank.md", "ddp.md", "tc_link.md", "torch_hooks.md", "lm.md"):
         body = t(md)
         if body:
-            L += [body.strip(), ""]
+            # lm.md links its PNG beside it, in the raw folder
+            L += [body.strip().replace("](lm_loss.png)", "](%s/lm_loss.png)" % a.name), ""]
     plots = [("busbw", "Bus bandwidth"), ("model_speedup", "Modeled speedup over NCCL"),
              ("kernels", "Kernel throughput, fraction of copy"), ("topk", "Top-k selection")]
     shown = [(p, title) for p, title in plots

@@ -1,0 +1,263 @@
+"""gradcompComm_t: an NCCL-backed comm or an in-process CPU world, and its calls."""
+import ctypes
+import threading
+
+from . import _types as T
+from ._lib import GradcompError, InvalidArgumentError, check, has, lib
+from .config import as_config
+
+
+def _enum(value, table, what):
+    if isinstance(value, str):
+        v = table.get(value.lower())
+        if v is None:
+            raise InvalidArgumentError(f"{what}={value!r} is not one of {'|'.join(table)}", 1)
+        return v
+    return int(value)
+
+
+def buffer_info(x):
+    """(address, element count, ncclDataType_t) of a contiguous numpy array or torch tensor."""
+    if hasattr(x, "data_ptr") and hasattr(x, "numel"):  # torch.Tensor
+        if not x.is_contiguous():
+            raise InvalidArgumentError("tensor is not contiguous: pass x.contiguous()", 1)
+        name = str(x.dtype).replace("torch.", "")
+        if name not in T.NCCL_TYPES:
+            raise InvalidArgumentError(f"tensor dtype {x.dtype} has no NCCL type", 1)
+        return x.data_ptr(), x.numel(), T.NCCL_TYPES[name]
+    if hasattr(x, "ctypes") and hasattr(x, "flags"):  # numpy.ndarray
+        if not x.flags.c_contiguous:
+            raise InvalidArgumentError("array is not C-contiguous: pass numpy.ascontiguousarray(x)",
+                                       1)
+        name = x.dtype.name
+        if name not in T.NCCL_TYPES:
+            raise InvalidArgumentError(f"array dtype {name} has no NCCL type (use float32, "
+                                       "float16 or a bfloat16 dtype)", 1)
+        return x.ctypes.data, x.size, T.NCCL_TYPES[name]
+    raise TypeError(f"expected a numpy array or torch tensor, got {type(x).__name__}")
+
+
+def _writable(x):
+    if hasattr(x, "flags") and not x.flags.writeable:
+        raise InvalidArgumentError("the receive array is read-only", 1)
+
+
+_stats_size_checked = False
+
+
+def _check_stats_size(handle):
+    """The mirror must match the bytes gradcompGetStats writes (it has no structSize)."""
+    global _stats_size_checked
+    n = ctypes.sizeof(T.StatsStruct)
+    written = 0
+    for fill in (0xA5, 0x5A):  # a written byte differs from at least one of the two
+        buf = ctypes.create_string_buffer(bytes([fill]) * (n + 1024), n + 1024)
+        check(lib().gradcompGetStats(handle, buf))
+        raw = buf.raw
+        changed = [i for i in range(len(raw)) if raw[i] != fill]
+        written = max(written, changed[-1] + 1 if changed else 0)
+    align = ctypes.alignment(T.StatsStruct)
+    if (written + align - 1) // align * align != n:
+        raise GradcompError(
+            f"gradcompGetStats writes {written} bytes but the Python mirror of gradcompStats_t "
+            f"is {n}: the library and python/gradcomp/_types.py STATS_FIELDS disagree; append "
+            "the missing fields there in include/gradcomp.h's order (or use a matching build)")
+    _stats_size_checked = True
+
+
+class Comm:
+    """A gradcompComm_t. Make one with Comm.create (NCCL) or CpuWorld (CPU reference)."""
+
+    def __init__(self, handle):
+        self._h = ctypes.c_void_p(handle)
+        r, s = ctypes.c_int(), ctypes.c_int()
+        check(lib().gradcompCommRank(self._h, ctypes.byref(r)))
+        check(lib().gradcompCommSize(self._h, ctypes.byref(s)))
+        self.rank, self.size = r.value, s.value
+
+    @classmethod
+    def create(cls, nccl_comm, config=None, **settings):
+        """Wraps (never owns) an ncclComm_t given as an address (int or c_void_p)."""
+        cfg = as_config(config, **settings)
+        out = ctypes.c_void_p()
+        check(lib().gradcompCommCreate(ctypes.c_void_p(_addr(nccl_comm)), ctypes.byref(cfg.struct),
+                                       ctypes.byref(out)), "gradcompCommCreate")
+        return cls(out.value)
+
+    @property
+    def handle(self):
+        if not self._h:
+            raise GradcompError("the comm is closed", 2)
+        return self._h
+
+    # ---------------------------------------------------------- collectives
+    def allreduce_raw(self, sendbuff, recvbuff, count, datatype, op="sum", stream=None, key=None):
+        """gradcompAllReduce(Keyed) on addresses; key None keys the residual by recvbuff."""
+        t = _enum(datatype, T.NCCL_TYPES, "datatype")
+        o = _enum(op, T.NCCL_OPS, "op")
+        s = ctypes.c_void_p(_addr(stream))
+        if key is None:
+            check(lib().gradcompAllReduce(_addr(sendbuff), _addr(recvbuff), count, t, o,
+                                          self.handle, s))
+        else:
+            check(lib().gradcompAllReduceKeyed(_addr(sendbuff), _addr(recvbuff), count, t, o,
+                                               self.handle, s, _key(key)))
+
+    def allreduce(self, sendbuf, recvbuf=None, op="sum", stream=None, key=None):
+        """Reduces sendbuf over all ranks into recvbuf (sendbuf itself when None)."""
+        recvbuf = sendbuf if recvbuf is None else recvbuf
+        sp, sn, st = buffer_info(sendbuf)
+        rp, rn, rt = buffer_info(recvbuf)
+        _writable(recvbuf)
+        if (sn, st) != (rn, rt):
+            raise InvalidArgumentError(f"send ({sn} elements, type {st}) and receive ({rn} "
+                                       f"elements, type {rt}) buffers differ", 1)
+        self.allreduce_raw(sp, rp, sn, st, op, stream, key)
+        return recvbuf
+
+    @staticmethod
+    def has_reduce_scatter():
+        return has("gradcompReduceScatter")
+
+    def reduce_scatter_raw(self, sendbuff, recvbuff, recvcount, datatype, op="sum", stream=None,
+                           key=None):
+        """gradcompReduceScatter(Keyed): sendbuff holds size*recvcount elements."""
+        if not self.has_reduce_scatter():
+            raise GradcompError("this libgradcomp has no gradcompReduceScatter: rebuild it from a "
+                                "checkout that has the reduce-scatter entry point", 7)
+        t = _enum(datatype, T.NCCL_TYPES, "datatype")
+        o = _enum(op, T.NCCL_OPS, "op")
+        s = ctypes.c_void_p(_addr(stream))
+        if key is None:
+            check(lib().gradcompReduceScatter(_addr(sendbuff), _addr(recvbuff), recvcount, t, o,
+                                              self.handle, s))
+        else:
+            check(lib().gradcompReduceScatterKeyed(_addr(sendbuff), _addr(recvbuff), recvcount, t,
+                                                   o, self.handle, s, _key(key)))
+
+    def reduce_scatter(self, sendbuf, recvbuf, op="sum", stream=None, key=None):
+        sp, sn, st = buffer_info(sendbuf)
+        rp, rn, rt = buffer_info(recvbuf)
+        _writable(recvbuf)
+        if st != rt or sn != rn * self.size:
+            raise InvalidArgumentError(
+                f"reduce-scatter needs a send buffer of size*recvcount = {self.size}*{rn} "
+                f"elements of the receive type; got {sn} elements of type {st}", 1)
+        self.reduce_scatter_raw(sp, rp, rn, st, op, stream, key)
+        return recvbuf
+
+    # ---------------------------------------------------------------- state
+    def reset_state(self):
+        check(lib().gradcompCommResetState(self.handle))
+
+    def state_size(self):
+        n = ctypes.c_size_t()
+        check(lib().gradcompCommStateSize(self.handle, ctypes.byref(n)))
+        return n.value
+
+    def save_state(self):
+        """Every residual/momentum buffer and the step counter, as bytes."""
+        n = self.state_size()
+        buf = ctypes.create_string_buffer(max(n, 1))
+        check(lib().gradcompCommSaveState(self.handle, buf, n))
+        return buf.raw[:n]
+
+    def load_state(self, blob):
+        blob = bytes(blob)
+        check(lib().gradcompCommLoadState(self.handle, blob, len(blob)))
+
+    def stats(self):
+        """gradcompGetStats as a dict (snake_case keys; calls_per_algo by algorithm name)."""
+        if not _stats_size_checked:
+            _check_stats_size(self.handle)
+        s = T.StatsStruct()
+        check(lib().gradcompGetStats(self.handle, ctypes.byref(s)))
+        out = {}
+        for name, _ in T.STATS_FIELDS:
+            v = getattr(s, name)
+            if name == "callsPerAlgo":
+                v = {T.ALGO_NAMES[i]: v[i] for i in range(1, len(v))}
+            elif isinstance(v, ctypes.Array):
+                v = list(v)
+            out[T.snake(name)] = v
+        return out
+
+    def close(self):
+        if self._h:
+            h, self._h = self._h, ctypes.c_void_p()
+            check(lib().gradcompCommDestroy(h))
+
+    def __repr__(self):
+        return f"Comm(rank={self.rank}, size={self.size})"
+
+
+def _addr(x):
+    if x is None:
+        return None
+    if isinstance(x, ctypes.c_void_p):
+        return x.value
+    return int(x)
+
+
+def _key(k):
+    k = int(k)
+    if not 0 <= k < 2**64:
+        raise InvalidArgumentError(f"key={k} is not an unsigned 64-bit integer", 1)
+    return k
+
+
+class CpuWorld:
+    """gradcompCommCreateCpu: `nranks` comms of one in-process world (host buffers).
+
+    Each comm must be driven from its own thread, every rank making the same
+    calls in the same order (as with NCCL); run() does that and re-raises the
+    first rank's exception.
+    """
+
+    def __init__(self, nranks, config=None, **settings):
+        cfg = as_config(config, **settings)
+        arr = (ctypes.c_void_p * max(int(nranks), 1))()
+        check(lib().gradcompCommCreateCpu(int(nranks), ctypes.byref(cfg.struct), arr),
+              "gradcompCommCreateCpu")
+        self.config = cfg
+        self.comms = [Comm(arr[r]) for r in range(nranks)]
+
+    @property
+    def size(self):
+        return len(self.comms)
+
+    def run(self, fn, timeout=300.0):
+        """Calls fn(comm) for every rank on its own thread; returns the results by rank."""
+        results = [None] * self.size
+        errors = [None] * self.size
+
+        def body(r):
+            try:
+                results[r] = fn(self.comms[r])
+            except BaseException as e:  # noqa: BLE001 - re-raised on the caller's thread
+                errors[r] = e
+
+        # Daemon threads: a rank stuck because another failed must not keep the process alive.
+        threads = [threading.Thread(target=body, args=(r,), daemon=True) for r in range(self.size)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout)
+        stuck = [r for r, t in enumerate(threads) if t.is_alive()]
+        for e in errors:
+            if e is not None:
+                raise e
+        if stuck:
+            raise TimeoutError(f"ranks {stuck} did not finish within {timeout}s: every rank must "
+                               "make the same gradcomp calls in the same order")
+        return results
+
+    def close(self):
+        for c in self.comms:
+            c.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

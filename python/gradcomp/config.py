@@ -1,0 +1,106 @@
+"""gradcompConfig_t as keyword arguments: defaults, then GRADCOMP_*, then yours."""
+import ctypes
+import numbers
+
+from . import _types as T
+from ._lib import InvalidArgumentError, check, lib
+
+_C_NAME = {T.snake(n): n for n, _ in T.CONFIG_FIELDS if n != "structSize"}
+_C_TYPE = dict(T.CONFIG_FIELDS)
+_INT_TYPES = (ctypes.c_int, ctypes.c_size_t, ctypes.c_uint64)
+
+
+def settings():
+    """The keyword names a Config accepts (one per gradcompConfig_t field)."""
+    return list(_C_NAME)
+
+
+def _coerce(key, cname, value):
+    choices = T.CHOICES.get(cname)
+    if choices is not None and isinstance(value, str):
+        v = choices.get(value.lower())
+        if v is None:
+            raise InvalidArgumentError(
+                f"{key}={value!r} is not one of {'|'.join(choices)}", 1)
+        return v
+    ctype = _C_TYPE[cname]
+    if ctype is ctypes.c_float:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise InvalidArgumentError(f"{key}={value!r} is not a number", 1)
+        return float(value)
+    if isinstance(value, bool):
+        value = int(value)
+    if not isinstance(value, numbers.Integral):
+        raise InvalidArgumentError(f"{key}={value!r} is not an integer", 1)
+    value = int(value)
+    if ctype in (ctypes.c_size_t, ctypes.c_uint64):
+        lo, hi = 0, 2**64 - 1
+    else:
+        lo, hi = -2**31, 2**31 - 1
+    if not lo <= value <= hi:
+        raise InvalidArgumentError(f"{key}={value} does not fit the C field {cname} "
+                                   f"({lo}..{hi})", 1)
+    return value
+
+
+class Config:
+    """A gradcompConfig_t built from keyword settings.
+
+    Config(method="qsgd", bits=4) starts from gradcompConfigFromEnv (the
+    defaults plus every GRADCOMP_* variable set; from_env=False skips them),
+    applies the keywords (snake_case of the C fields: bucket_size,
+    min_elements, error_feedback, ...; enum fields also take the GRADCOMP_*
+    spellings, method="dgc", algo="ring") and validates with
+    gradcompConfigValidate. A bad value raises InvalidArgumentError (a
+    ValueError) with the library's sentence, e.g. "bits=9 is out of range 2..8".
+    """
+
+    def __init__(self, from_env=True, **settings_):
+        self.struct = T.ConfigStruct()
+        init = lib().gradcompConfigFromEnv if from_env else lib().gradcompConfigInit
+        check(init(ctypes.byref(self.struct)))
+        self.update(**settings_)
+
+    def update(self, **settings_):
+        unknown = [k for k in settings_ if k not in _C_NAME]
+        if unknown:
+            raise InvalidArgumentError(
+                f"unknown setting {', '.join(unknown)}; the settings are {', '.join(_C_NAME)}", 1)
+        trial = T.ConfigStruct.from_buffer_copy(self.struct)
+        for key, value in settings_.items():
+            cname = _C_NAME[key]
+            setattr(trial, cname, _coerce(key, cname, value))
+        check(lib().gradcompConfigValidate(ctypes.byref(trial)))
+        ctypes.memmove(ctypes.byref(self.struct), ctypes.byref(trial), ctypes.sizeof(trial))
+        return self
+
+    def __getattr__(self, key):
+        cname = _C_NAME.get(key)
+        if cname is None:
+            raise AttributeError(key)
+        value = getattr(self.struct, cname)
+        choices = T.CHOICES.get(cname)
+        if choices is not None:
+            names = {v: k for k, v in choices.items()}
+            return names.get(value, value)
+        return value
+
+    def as_dict(self):
+        return {k: getattr(self, k) for k in _C_NAME}
+
+    def copy(self):
+        c = Config.__new__(Config)
+        c.struct = T.ConfigStruct.from_buffer_copy(self.struct)
+        return c
+
+    def __repr__(self):
+        return "Config(" + ", ".join(f"{k}={v!r}" for k, v in self.as_dict().items()) + ")"
+
+
+def as_config(config=None, **settings_):
+    """A Config from None (GRADCOMP_* defaults), a Config (copied) or keywords."""
+    if config is None:
+        return Config(**settings_)
+    if not isinstance(config, Config):
+        raise TypeError(f"config must be a gradcomp.Config, not {type(config).__name__}")
+    return config.copy().update(**settings_)

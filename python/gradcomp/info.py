@@ -1,0 +1,102 @@
+"""python -m gradcomp.info: the library, NCCL and GPU this process finds."""
+import ctypes
+import os
+import sys
+
+
+def nccl_library():
+    """Path of the libnccl this process would use: one already mapped (torch's), else the
+    loader's libnccl.so.2, else the nvidia-nccl wheel's. None when there is none."""
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                path = line.split()[-1] if "/" in line else ""
+                if "libnccl.so" in os.path.basename(path):
+                    return path
+    except OSError:
+        pass
+    for cand in _wheel_nccl() + ["libnccl.so.2"]:
+        try:
+            ctypes.CDLL(cand)
+            return cand
+        except OSError:
+            continue
+    return None
+
+
+def _wheel_nccl():
+    try:
+        import nvidia.nccl as m  # the package PyTorch depends on
+
+        return [os.path.join(p, "lib", "libnccl.so.2") for p in m.__path__]
+    except ImportError:
+        return []
+
+
+def nccl_version(path):
+    try:
+        lib = ctypes.CDLL(path)
+        v = ctypes.c_int()
+        if lib.ncclGetVersion(ctypes.byref(v)) != 0:
+            return None
+        v = v.value
+        # NCCL_VERSION(X,Y,Z): X*10000 + Y*100 + Z since 2.9.
+        return f"{v // 10000}.{v // 100 % 100}.{v % 100}"
+    except (OSError, AttributeError):
+        return None
+
+
+def gpus():
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        return []
+    except ImportError:
+        pass
+    try:
+        cudart = ctypes.CDLL("libcudart.so")
+        n = ctypes.c_int()
+        return [f"device {i}" for i in range(n.value)] if cudart.cudaGetDeviceCount(
+            ctypes.byref(n)) == 0 else []
+    except OSError:
+        return None
+
+
+def main():
+    import gradcomp
+
+    ok = True
+    try:
+        path = gradcomp.library_path()
+        major, minor, patch = gradcomp.version()
+        print(f"libgradcomp: {path} (version {major}.{minor}.{patch}); reduce-scatter: "
+              f"{'yes' if gradcomp.has('gradcompReduceScatter') else 'no'}")
+    except gradcomp.GradcompError as e:
+        ok = False
+        print(f"libgradcomp: not found: {e}")
+    nccl = nccl_library()
+    if nccl:
+        print(f"NCCL: {nccl} (version {nccl_version(nccl) or 'unknown'})")
+    else:
+        print("NCCL: not found (pip install nvidia-nccl-cu13, or install libnccl2)")
+    g = gpus()
+    if g is None:
+        print("GPU: unknown (neither torch nor libcudart.so is importable)")
+    else:
+        print(f"GPU: {', '.join(g) if g else 'none visible'}")
+    try:
+        import torch
+
+        print(f"torch: {torch.__version__} (CUDA {torch.version.cuda}, NCCL "
+              f"{'.'.join(map(str, torch.cuda.nccl.version())) if torch.cuda.is_available() else 'n/a'})")
+    except ImportError:
+        print("torch: not installed (gradcomp.torch needs it)")
+    except Exception as e:  # noqa: BLE001 - only informative
+        print(f"torch: {e}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

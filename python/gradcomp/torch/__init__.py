@@ -1,0 +1,21 @@
+"""PyTorch comm hooks on gradcomp: DDP (register_comm_hook) and FSDP2 (set_custom_reduce_scatter).
+
+    state = gradcomp.torch.GradcompState(module=model, method="qsgd", bits=4)
+    ddp.register_comm_hook(state, gradcomp.torch.gradcomp_hook)
+
+gradcomp makes its own NCCL communicator from the process group (the unique
+id travels through the group's store; the libnccl is the one torch loaded)
+and runs on the stream the hook is called on.
+"""
+try:
+    import torch  # noqa: F401
+    import torch.distributed  # noqa: F401
+except ImportError as e:  # pragma: no cover - depends on the machine
+    raise ImportError(f"gradcomp.torch needs PyTorch with torch.distributed ({e}); install torch, "
+                      "or use gradcomp's C API / LD_PRELOAD instead") from e
+
+from .ddp import GradcompState, gradcomp_hook
+from .fsdp import GradcompReduceScatter, register_fsdp_reduce_scatter
+
+__all__ = ["GradcompReduceScatter", "GradcompState", "gradcomp_hook",
+           "register_fsdp_reduce_scatter"]

@@ -1,0 +1,105 @@
+"""gradcomp's own NCCL communicator, made from a torch.distributed process group."""
+import ctypes
+import itertools
+
+import torch
+import torch.distributed as dist
+
+from .. import _types as T
+from ..comm import Comm
+from ..info import nccl_library
+
+_seq = itertools.count()  # one per communicator this process makes, in the same order everywhere
+
+
+class _Nccl:
+    """The few NCCL entry points gradcomp needs from the libnccl torch loaded."""
+
+    def __init__(self):
+        path = nccl_library()
+        if path is None:
+            raise RuntimeError("no libnccl found in this process: gradcomp.torch needs a PyTorch "
+                               "built with NCCL (torch.cuda.nccl.version() should work)")
+        self.path = path
+        self.lib = ctypes.CDLL(path)
+        L = self.lib
+        L.ncclGetUniqueId.argtypes = [ctypes.POINTER(T.NcclUniqueId)]
+        L.ncclCommInitRank.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_int,
+                                       T.NcclUniqueId, ctypes.c_int]
+        L.ncclCommDestroy.argtypes = [ctypes.c_void_p]
+        L.ncclGetErrorString.restype = ctypes.c_char_p
+        L.ncclGetErrorString.argtypes = [ctypes.c_int]
+
+    def check(self, res, what):
+        if res != 0:
+            msg = (self.lib.ncclGetErrorString(res) or b"").decode()
+            raise RuntimeError(f"{what} failed: NCCL error {res} ({msg}) with {self.path}")
+
+
+_nccl = None
+
+
+def nccl():
+    global _nccl
+    if _nccl is None:
+        _nccl = _Nccl()
+    return _nccl
+
+
+def check_group(process_group):
+    """The group gradcomp can serve: NCCL, more than one rank. Returns (group, rank, size)."""
+    if not dist.is_available() or not dist.is_initialized():
+        raise RuntimeError("torch.distributed is not initialized: call "
+                           "dist.init_process_group('nccl') before making a GradcompState")
+    pg = process_group if process_group is not None else dist.group.WORLD
+    backend = str(dist.get_backend(pg)).lower()
+    if "nccl" not in backend:
+        raise ValueError(f"gradcomp's hooks need an NCCL process group, and this one is "
+                         f"'{backend}': init_process_group('nccl') (or pass an NCCL group) and keep "
+                         "the model's gradients on CUDA devices")
+    size = dist.get_world_size(pg)
+    if size < 2:
+        raise ValueError(f"the process group has {size} rank: there is nothing to reduce, so "
+                         "gradcomp would only add work; register no comm hook when "
+                         "world_size == 1")
+    return pg, dist.get_rank(pg), size
+
+
+def make_comm(process_group, device, config):
+    """ncclGetUniqueId on group rank 0, the id through the store, ncclCommInitRank, gradcompCommCreate.
+
+    Collective over the group: every rank must call it (the hooks call it at
+    their first compressed call, which every rank reaches together).
+    Returns (Comm, ncclComm address).
+    """
+    pg, rank, size = check_group(process_group)
+    lib = nccl()
+    ranks = dist.get_process_group_ranks(pg)
+    key = f"gradcomp/nccl_id/{'-'.join(map(str, ranks))}/{next(_seq)}"
+    store = dist.distributed_c10d._get_default_store()
+    uid = T.NcclUniqueId()
+    if rank == 0:
+        lib.check(lib.lib.ncclGetUniqueId(ctypes.byref(uid)), "ncclGetUniqueId")
+        # The field reads as bytes cut at the first NUL: copy the raw 128 bytes.
+        store.set(key, ctypes.string_at(ctypes.addressof(uid), ctypes.sizeof(uid)))
+    else:
+        got = store.get(key)  # waits (up to the store's timeout) for rank 0
+        if len(got) != ctypes.sizeof(uid):
+            raise RuntimeError(f"the store holds {len(got)} bytes under {key}, not an NCCL "
+                               f"unique id ({ctypes.sizeof(uid)} bytes)")
+        ctypes.memmove(ctypes.addressof(uid), got, len(got))
+    handle = ctypes.c_void_p()
+    with torch.cuda.device(device):
+        lib.check(lib.lib.ncclCommInitRank(ctypes.byref(handle), size, uid, rank),
+                  f"ncclCommInitRank (rank {rank} of {size})")
+        try:
+            comm = Comm.create(handle.value, config)
+        except Exception:
+            lib.lib.ncclCommDestroy(handle)
+            raise
+    return comm, handle.value
+
+
+def destroy_nccl(handle):
+    if handle:
+        nccl().lib.ncclCommDestroy(ctypes.c_void_p(handle))

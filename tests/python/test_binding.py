@@ -1,0 +1,478 @@
+"""The Python binding on the CPU world (numpy only, no torch, no GPU).
+
+Results are compared bit for bit with serial references written from
+docs/algorithms.md on the host reference codecs (as tests/common/ref_algos.h
+does in C++), not with the library's own allreduce.
+"""
+import ctypes
+import os
+import re
+import subprocess
+import sys
+import unittest
+
+try:
+    import numpy as np
+except ImportError:  # pragma: no cover - tools/deps.sh installs numpy
+    sys.exit("tests/python needs numpy: pip install numpy (tools/deps.sh installs it)")
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(ROOT, "python"))
+
+import gradcomp  # noqa: E402
+from gradcomp import _lib, _types, codecs, comm as comm_mod  # noqa: E402
+
+M64 = (1 << 64) - 1
+WEYL = 0x9E3779B97F4A7C15
+
+
+def mix64(z):
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M64
+    return z ^ (z >> 31)
+
+
+def derive_key(seed, step, rank, stream):
+    """The RNG key of one encode: (seed, comm step, rank, stream), as kernels/common_math.cuh."""
+    k = mix64(seed ^ 0x67726164636F6D70)
+    k = mix64((k + step * WEYL) & M64)
+    k = mix64((k + rank * 0xC2B2AE3D27D4EB4F) & M64)
+    return mix64((k + stream * 0x165667B19E3779F9) & M64)
+
+
+def split(count, parts, d):
+    """Chunk bounds: whole buckets, ceil(units/parts) per rank."""
+    units = (count + d - 1) // d
+    per = (units + parts - 1) // parts
+    return [min(count, j * per * d) for j in range(parts + 1)]
+
+
+def enc(x, res, bits, d, key):
+    return codecs.qsgd_encode(x, bits, d, seed=key, residual=res) if x.size else None
+
+
+def dec(e, out, bits, d, accumulate):
+    if out.size:
+        codecs.qsgd_decode(e, out.size, bits, d, out=out, accumulate=accumulate)
+
+
+def finish(total, dtype, divisor):
+    out = total / np.float32(divisor) if divisor != 1 else total.copy()
+    return out.astype(dtype)
+
+
+def ref_allgather(xs, res, cfg, step, avg):
+    """Every rank encodes its whole buffer (with error feedback), all decode-sum in rank order."""
+    n, N = xs[0].size, len(xs)
+    acc = np.zeros(n, np.float32)
+    for i in range(N):
+        e = enc(xs[i], res[i] if cfg.error_feedback else None, cfg.bits, cfg.bucket_size,
+                derive_key(cfg.seed, step, i, 0))
+        dec(e, acc, cfg.bits, cfg.bucket_size, i != 0)
+    return finish(acc, xs[0].dtype, N if avg else 1)
+
+
+def ref_twoshot(xs, res, ores, cfg, step, avg):
+    """Chunk j of every rank to its owner j (own chunk in full precision), the owner sums in rank
+    order and encodes once more (owner residual), everybody decodes the same bytes."""
+    n, N, d, b = xs[0].size, len(xs), cfg.bucket_size, cfg.bits
+    off = split(n, N, d)
+    result = np.zeros(n, np.float32)
+    e = [[None] * N for _ in range(N)]
+    own = [None] * N
+    for i in range(N):
+        x = xs[i].astype(np.float32)
+        for j in range(N):
+            lo, hi = off[j], off[j + 1]
+            r = res[i][lo:hi] if cfg.error_feedback else None
+            if j != i:
+                e[i][j] = enc(x[lo:hi], r, b, d, derive_key(cfg.seed, step, i, j))
+            else:
+                own[i] = x[lo:hi] + r if r is not None else x[lo:hi].copy()
+                if r is not None:
+                    r[:] = 0
+    for j in range(N):
+        lo, hi = off[j], off[j + 1]
+        if lo == hi:
+            continue
+        acc = np.zeros(hi - lo, np.float32)
+        for i in range(N):
+            if i == j:
+                acc = own[j].copy() if i == 0 else acc + own[j]
+            else:
+                dec(e[i][j], acc, b, d, i != 0)
+        e2 = enc(acc, ores[j][lo:hi] if cfg.owner_residual else None, b, d,
+                 derive_key(cfg.seed, step, j, 1 << 32))
+        dec(e2, result[lo:hi], b, d, False)
+    return finish(result, xs[0].dtype, N if avg else 1)
+
+
+def ref_ring(xs, res, ores, cfg, step, avg):
+    """Chunk j starts at rank j and travels the ring; each receiver decodes, adds its own
+    chunk and re-encodes; the last one adds its residual and encodes the sum for everybody."""
+    n, N, d, b = xs[0].size, len(xs), cfg.bucket_size, cfg.bits
+    off = split(n, N, d)
+    result = np.zeros(n, np.float32)
+    for j in range(N):
+        lo, hi = off[j], off[j + 1]
+        x = xs[j].astype(np.float32)
+        cur = enc(x[lo:hi], res[j][lo:hi] if cfg.error_feedback else None, b, d,
+                  derive_key(cfg.seed, step, j, 0))
+        for hop in range(1, N):
+            r = (j + hop) % N
+            y = np.zeros(hi - lo, np.float32)
+            dec(cur, y, b, d, False)
+            y = xs[r].astype(np.float32)[lo:hi] + y
+            rr = res[r][lo:hi] if cfg.error_feedback else None
+            if hop < N - 1:
+                cur = enc(y, rr, b, d, derive_key(cfg.seed, step, r, hop))
+            else:
+                if rr is not None:
+                    y = y + rr
+                    rr[:] = 0
+                e2 = enc(y, ores[r][lo:hi] if cfg.owner_residual else None, b, d,
+                         derive_key(cfg.seed, step, r, N))
+                dec(e2, result[lo:hi], b, d, False)
+    return finish(result, xs[0].dtype, N if avg else 1)
+
+
+def inputs(N, n, dtype, seed):
+    return [(np.random.RandomState(seed * 131 + i).standard_normal(n) * (1 + i)).astype(dtype)
+            for i in range(N)]
+
+
+def bits_of(a):
+    return a.view(np.uint16 if a.dtype == np.float16 else np.uint32)
+
+
+class StructMirror(unittest.TestCase):
+    """The ctypes structs follow include/gradcomp.h field for field."""
+
+    @staticmethod
+    def header_fields(struct):
+        with open(os.path.join(ROOT, "include", "gradcomp.h")) as f:
+            text = f.read()
+        text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
+        body = re.search(r"typedef struct \{([^{}]*)\} " + struct + ";", text).group(1)
+        decls = [s.strip() for s in body.split(";") if s.strip()]
+        return [re.sub(r"\[.*\]", "", d).split()[-1] for d in decls]
+
+    def test_config_fields_match_header(self):
+        self.assertEqual([n for n, _ in _types.CONFIG_FIELDS], self.header_fields("gradcompConfig_t"),
+                         "python/gradcomp/_types.py CONFIG_FIELDS is out of step with gradcomp.h")
+
+    def test_stats_fields_match_header(self):
+        self.assertEqual([n for n, _ in _types.STATS_FIELDS], self.header_fields("gradcompStats_t"),
+                         "python/gradcomp/_types.py STATS_FIELDS is out of step with gradcomp.h")
+
+    def test_config_size_is_the_library_struct_size(self):
+        buf = ctypes.create_string_buffer(4096)
+        self.assertEqual(gradcomp.lib().gradcompConfigInit(buf), 0)
+        self.assertEqual(ctypes.c_size_t.from_buffer(buf).value,
+                         ctypes.sizeof(_types.ConfigStruct))
+
+    def test_size_checks_fail_on_a_short_mirror(self):
+        def shorter(fields, full):
+            # Drop trailing fields until the size changes (padding can hide one int).
+            for cut in range(1, len(fields)):
+                short = type("Short", (ctypes.Structure,), {"_fields_": fields[:-cut]})
+                if ctypes.sizeof(short) != ctypes.sizeof(full):
+                    return short
+            raise AssertionError("no shorter mirror changes the size")
+
+        Short = shorter(_types.CONFIG_FIELDS, _types.ConfigStruct)
+        ShortStats = shorter(_types.STATS_FIELDS, _types.StatsStruct)
+
+        saved = _types.ConfigStruct, _types.StatsStruct
+        try:
+            _types.ConfigStruct = Short
+            with self.assertRaisesRegex(gradcomp.GradcompError, "CONFIG_FIELDS disagree"):
+                _lib._check_config_size(gradcomp.lib())
+            _types.ConfigStruct = saved[0]
+            _types.StatsStruct = ShortStats
+            with gradcomp.CpuWorld(1) as w:
+                with self.assertRaisesRegex(gradcomp.GradcompError, "STATS_FIELDS disagree"):
+                    comm_mod._check_stats_size(w.comms[0].handle)
+        finally:
+            _types.ConfigStruct, _types.StatsStruct = saved
+        with gradcomp.CpuWorld(1) as w:
+            comm_mod._check_stats_size(w.comms[0].handle)  # the real mirror passes
+
+
+class ConfigSettings(unittest.TestCase):
+    def test_keywords_cover_every_field(self):
+        self.assertEqual(len(gradcomp.settings()), len(_types.CONFIG_FIELDS) - 1)
+        c = gradcomp.Config(from_env=False, method="dgc", bits=3, bucket_size=256, density=0.001,
+                            algo="ring", value_type="half", min_elements=0)
+        self.assertEqual((c.method, c.bits, c.bucket_size, c.algo, c.value_type, c.min_elements),
+                         ("dgc", 3, 256, "ring", "half", 0))
+        self.assertEqual(c.struct.density, np.float32(0.001))
+
+    def test_defaults_then_environment(self):
+        self.assertEqual(gradcomp.Config(from_env=False).bits, 4)
+        old = os.environ.get("GRADCOMP_BITS")
+        try:
+            os.environ["GRADCOMP_BITS"] = "3"
+            self.assertEqual(gradcomp.Config().bits, 3)
+            self.assertEqual(gradcomp.Config(bits=5).bits, 5)  # keywords win
+            os.environ["GRADCOMP_BITS"] = "9"
+            with self.assertRaisesRegex(gradcomp.InvalidArgumentError, r"GRADCOMP_BITS=9"):
+                gradcomp.Config()
+        finally:
+            if old is None:
+                os.environ.pop("GRADCOMP_BITS", None)
+            else:
+                os.environ["GRADCOMP_BITS"] = old
+
+    def test_bad_values_name_the_value_and_range(self):
+        cases = [
+            (dict(bits=9), r"bits=9 is out of range 2\.\.8"),
+            (dict(bits=1), r"bits=1 is out of range 2\.\.8"),
+            (dict(bucket_size=100), r"bucketSize=100 is out of range 32\.\.8192"),
+            (dict(density=0.0), r"density=0 is out of range \(0, 1\]"),
+            (dict(momentum=1.0), r"momentum=1 is out of range \[0, 1\)"),
+            (dict(method="foo"), r"method='foo' is not one of none\|qsgd\|topk\|randk\|dgc"),
+            (dict(bits="4"), r"bits='4' is not an integer"),
+            (dict(density="x"), r"density='x' is not a number"),
+            (dict(bits=2**40), r"bits=1099511627776 does not fit"),
+            (dict(bogus=1), r"unknown setting bogus; the settings are method, algo, bits"),
+        ]
+        for kwargs, pattern in cases:
+            with self.subTest(**{k: repr(v) for k, v in kwargs.items()}):
+                with self.assertRaisesRegex(gradcomp.InvalidArgumentError, pattern) as cm:
+                    gradcomp.Config(from_env=False, **kwargs)
+                self.assertIsInstance(cm.exception, ValueError)
+                self.assertEqual(cm.exception.result_name, "gradcompInvalidArgument")
+
+    def test_failed_update_leaves_the_config_unchanged(self):
+        c = gradcomp.Config(from_env=False, bits=3)
+        with self.assertRaises(ValueError):
+            c.update(bucket_size=64, bits=9)
+        self.assertEqual((c.bits, c.bucket_size), (3, 512))
+
+    def test_bad_world(self):
+        with self.assertRaisesRegex(gradcomp.InvalidArgumentError, r"nranks=0 is out of range"):
+            gradcomp.CpuWorld(0)
+
+
+class CpuAllReduce(unittest.TestCase):
+    def run_case(self, algo, N, dtype, avg, n, steps=2):
+        cfg = gradcomp.Config(from_env=False, algo=algo, min_elements=0, seed=77)
+        res = [np.zeros(n, np.float32) for _ in range(N)]
+        ores = [np.zeros(n, np.float32) for _ in range(N)]
+        bufs = [np.zeros(n, dtype) for _ in range(N)]
+        with gradcomp.CpuWorld(N, cfg) as w:
+            for step in range(steps):
+                xs = inputs(N, n, dtype, 1000 * step + n + N)
+                for i in range(N):
+                    bufs[i][:] = xs[i]
+                w.run(lambda c: c.allreduce(bufs[c.rank], op="avg" if avg else "sum"))
+                if algo == "allgather":
+                    want = ref_allgather(xs, res, cfg, step, avg)
+                elif algo == "ring":
+                    want = ref_ring(xs, res, ores, cfg, step, avg)
+                else:
+                    want = ref_twoshot(xs, res, ores, cfg, step, avg)
+                for r in range(N):
+                    self.assertTrue(np.array_equal(bits_of(bufs[r]), bits_of(want)),
+                                    f"{algo} N={N} {np.dtype(dtype).name} avg={avg} n={n} "
+                                    f"step={step} rank={r}")
+                st = w.comms[0].stats()
+            self.assertEqual(st["calls_compressed"], steps)
+            self.assertEqual(st["steps"], steps)
+            self.assertEqual(st["bytes_in"], steps * n * np.dtype(dtype).itemsize)
+            self.assertEqual(st["calls_per_algo"][algo], steps)
+
+    def test_allgather_twoshot_and_ring_match_the_references(self):
+        for algo in ("allgather", "twoshot", "ring"):
+            for N in (2, 3, 4):
+                for dtype in (np.float32, np.float16):
+                    for avg in (False, True):
+                        for n in (1, 1000, 3001):
+                            self.run_case(algo, N, dtype, avg, n)
+
+    def test_exact_topk_matches_the_reference(self):
+        """Sparse allgather: each rank sends its exact top-k of v = residual + g (float values,
+        so v keeps exactly the rest: 0 where sent), everyone sums them in rank order from +0."""
+        N, n, density = 3, 8000, 0.01
+        for avg in (False, True):
+            cfg = gradcomp.Config(from_env=False, method="topk", select="exact", density=density,
+                                  min_elements=0)
+            v = [np.zeros(n, np.float32) for _ in range(N)]
+            bufs = [np.zeros(n, np.float32) for _ in range(N)]
+            with gradcomp.CpuWorld(N, cfg) as w:
+                for step in range(3):
+                    xs = inputs(N, n, np.float32, 300 + step)
+                    for i in range(N):
+                        bufs[i][:] = xs[i]
+                    w.run(lambda c: c.allreduce(bufs[c.rank], op="avg" if avg else "sum"))
+                    want = np.zeros(n, np.float32)
+                    for r in range(N):
+                        v[r] += xs[r]
+                        idx = codecs.topk_select(v[r], density, cfg.oversample, exact=True)
+                        self.assertEqual(idx.size, 80)
+                        want[idx] += v[r][idx]
+                        v[r][idx] = 0
+                    if avg:
+                        want /= np.float32(N)
+                    for r in range(N):
+                        self.assertTrue(np.array_equal(bits_of(bufs[r]), bits_of(want)),
+                                        f"avg={avg} step={step} rank={r}")
+                self.assertEqual(w.comms[0].stats()["calls_per_algo"]["sparse"], 3)
+
+    def test_bytes_on_wire_follow_the_table(self):
+        """docs/algorithms.md: two-shot sends sum_{j!=r} E(n_j) + (N-1)*E(max n_j)."""
+        N, n = 4, 5000
+        xs = inputs(N, n, np.float32, 5)
+        with gradcomp.CpuWorld(N, algo="twoshot", min_elements=0) as w:
+            w.run(lambda c: c.allreduce(xs[c.rank]))
+            off = split(n, N, 512)
+            E = [codecs.qsgd_encoded_bytes(off[j + 1] - off[j], 4, 512) for j in range(N)]
+            for r, c in enumerate(w.comms):
+                want = sum(E[j] for j in range(N) if j != r) + (N - 1) * max(E)
+                self.assertEqual(c.stats()["bytes_on_wire"], want, f"rank {r}")
+
+    def test_small_calls_pass_through(self):
+        N, n = 3, 100
+        xs = inputs(N, n, np.float32, 9)
+        with gradcomp.CpuWorld(N, min_elements=n + 1) as w:
+            outs = w.run(lambda c: c.allreduce(xs[c.rank].copy()))
+            st = w.comms[1].stats()
+        self.assertEqual((st["calls_compressed"], st["calls_passed_through"]), (0, 1))
+        for r in range(N):
+            self.assertTrue(np.array_equal(outs[r], outs[0]))
+        exact = np.sum(np.array(xs, np.float64), axis=0)
+        self.assertLessEqual(np.max(np.abs(outs[0] - exact)), 1e-5 * np.max(np.abs(exact)))
+
+    def test_same_run_twice_gives_the_same_bits(self):
+        N, n = 4, 4000
+        got = []
+        for _ in range(2):
+            bufs = [x.copy() for x in inputs(N, n, np.float32, 3)]
+            with gradcomp.CpuWorld(N, min_elements=0, method="topk", density=0.05) as w:
+                for _ in range(3):
+                    w.run(lambda c: c.allreduce(bufs[c.rank], key=7))
+            for r in range(N):
+                self.assertTrue(np.array_equal(bits_of(bufs[r]), bits_of(bufs[0])))
+            got.append(bufs[0].copy())
+        self.assertTrue(np.array_equal(bits_of(got[0]), bits_of(got[1])))
+
+    def test_buffer_errors(self):
+        with gradcomp.CpuWorld(1) as w:
+            c = w.comms[0]
+            with self.assertRaisesRegex(ValueError, "not C-contiguous"):
+                c.allreduce(np.zeros((4, 4), np.float32)[:, 0])
+            with self.assertRaisesRegex(ValueError, "differ"):
+                c.allreduce(np.zeros(4, np.float32), np.zeros(5, np.float32))
+            with self.assertRaisesRegex(ValueError, "op='mean' is not one of"):
+                c.allreduce(np.zeros(4, np.float32), op="mean")
+            with self.assertRaisesRegex(ValueError, "complex128 has no NCCL type"):
+                c.allreduce(np.zeros(4, np.complex128))
+
+
+class SaveLoadState(unittest.TestCase):
+    def test_round_trip_resumes_bit_for_bit(self):
+        N, n = 3, 6000
+        seqs = [inputs(N, n, np.float32, 40 + s) for s in range(4)]
+
+        def train(world, bufs, steps):
+            for s in steps:
+                for i in range(N):
+                    bufs[i][:] = seqs[s][i]
+                world.run(lambda c: c.allreduce(bufs[c.rank], key=11, op="avg"))
+
+        cfg = gradcomp.Config(from_env=False, min_elements=0)
+        a_bufs = [np.zeros(n, np.float32) for _ in range(N)]
+        with gradcomp.CpuWorld(N, cfg) as a:
+            train(a, a_bufs, range(2))
+            blobs = [c.save_state() for c in a.comms]
+            self.assertTrue(all(len(b) == c.state_size() for b, c in zip(blobs, a.comms)))
+            train(a, a_bufs, range(2, 4))
+            a_stats = a.comms[0].stats()
+        b_bufs = [np.zeros(n, np.float32) for _ in range(N)]  # other addresses: the key holds
+        with gradcomp.CpuWorld(N, cfg) as b:
+            for c, blob in zip(b.comms, blobs):
+                c.load_state(blob)
+            self.assertEqual(b.comms[0].stats()["steps"], 2)
+            train(b, b_bufs, range(2, 4))
+        for r in range(N):
+            self.assertTrue(np.array_equal(bits_of(a_bufs[r]), bits_of(b_bufs[r])), f"rank {r}")
+        self.assertEqual(a_stats["steps"], 4)
+
+        # Without the state the run differs: the test can tell.
+        c_bufs = [np.zeros(n, np.float32) for _ in range(N)]
+        with gradcomp.CpuWorld(N, cfg) as c:
+            train(c, c_bufs, range(2, 4))
+        self.assertFalse(np.array_equal(bits_of(a_bufs[0]), bits_of(c_bufs[0])))
+
+    def test_bad_state_is_refused(self):
+        with gradcomp.CpuWorld(1) as w:
+            with self.assertRaisesRegex(gradcomp.InvalidArgumentError, "is not a gradcomp state"):
+                w.comms[0].load_state(b"\0" * 64)
+            w.comms[0].reset_state()
+            self.assertEqual(w.comms[0].stats()["steps"], 0)
+
+
+class Codecs(unittest.TestCase):
+    def test_qsgd_size_and_error_bound(self):
+        x = np.random.RandomState(1).standard_normal(3001).astype(np.float32)
+        for bits in (2, 4, 8):
+            e = codecs.qsgd_encode(x, bits, 512, seed=3)
+            nb = (3001 + 511) // 512
+            self.assertEqual(e.size, 4 * nb + 4 * ((3001 * bits + 31) // 32))
+            y = codecs.qsgd_decode(e, x.size, bits, 512)
+            s = 2 ** (bits - 1) - 1
+            for b in range(nb):
+                seg = slice(512 * b, 512 * (b + 1))
+                bound = np.max(np.abs(x[seg])) / s
+                self.assertLessEqual(np.max(np.abs(y[seg] - x[seg])), bound * (1 + 1e-6))
+
+    def test_topk_exact_picks_the_largest(self):
+        v = np.random.RandomState(2).standard_normal(10000).astype(np.float32)
+        idx = codecs.topk_select(v, density=0.01, exact=True)
+        self.assertEqual(idx.size, 100)
+        self.assertEqual(set(idx.tolist()), set(np.argsort(-np.abs(v))[:100].tolist()))
+
+
+class ReduceScatter(unittest.TestCase):
+    def test_reduce_scatter_owns_one_block(self):
+        if not gradcomp.Comm.has_reduce_scatter():
+            self.skipTest("this libgradcomp has no gradcompReduceScatter (the reduce-scatter "
+                          "entry point is not in this build)")
+        N, per = 4, 3000
+        xs = inputs(N, N * per, np.float32, 21)
+        outs = [np.zeros(per, np.float32) for _ in range(N)]
+        cfg = gradcomp.Config(from_env=False, min_elements=0, bits=4)
+        with gradcomp.CpuWorld(N, cfg) as w:
+            w.run(lambda c: c.reduce_scatter(xs[c.rank], outs[c.rank]))
+            self.assertEqual(w.comms[0].stats()["calls_compressed"], 1)
+        exact = np.sum(np.array(xs, np.float64), axis=0)
+        for r in range(N):
+            block = exact[r * per:(r + 1) * per]
+            # One quantization of each of the N-1 remote contributions: at most
+            # (N-1) * max|x| / s per element with s = 7.
+            bound = (N - 1) * max(np.max(np.abs(x)) for x in xs) / 7
+            self.assertLessEqual(np.max(np.abs(outs[r] - block)), bound)
+
+
+class LibraryErrors(unittest.TestCase):
+    def test_missing_library_says_what_to_do(self):
+        env = dict(os.environ, GRADCOMP_LIBRARY="/nonexistent/libgradcomp.so",
+                   PYTHONPATH=os.path.join(ROOT, "python"))
+        p = subprocess.run([sys.executable, "-c", "import gradcomp; gradcomp.Config()"], env=env,
+                           capture_output=True, text=True)
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn("LibraryNotFoundError", p.stderr)
+        self.assertIn("point it at a built libgradcomp.so", p.stderr)
+
+    def test_info_runs(self):
+        env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "python"))
+        p = subprocess.run([sys.executable, "-m", "gradcomp.info"], env=env, capture_output=True,
+                           text=True)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertIn("libgradcomp", p.stdout)
+
+
+if __name__ == "__main__":
+    unittest.main()

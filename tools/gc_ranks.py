@@ -1,0 +1,98 @@
+"""Launches N ranks of a PyTorch script on ONE GPU (DESIGN.md's multi-rank set-up).
+
+Each process gets its own NCCL_HOSTID and NCCL over loopback sockets (NCCL
+refuses two ranks of one host on one GPU otherwise), the env:// variables
+torch.distributed reads, and a log file per rank. One rank failing stops the
+others; a time limit stops them all. Used by tools/lm_compare.py and
+tools/torch_hooks_check.py (the same environment as tools/ddp_check.sh).
+"""
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+NCCL_ENV = {"NCCL_NET": "Socket", "NCCL_SOCKET_IFNAME": "lo", "NCCL_IB_DISABLE": "1",
+            "NCCL_P2P_DISABLE": "1", "NCCL_SHM_DISABLE": "1", "NCCL_NVLS_ENABLE": "0",
+            "NCCL_DEBUG": "WARN", "TORCH_NCCL_USE_COMM_NONBLOCKING": "0", "OMP_NUM_THREADS": "2"}
+
+SUMMARY = re.compile(r"summary comm (\S+) rank (\S+) method (\S+): (\d+) calls compressed, "
+                     r"(\d+) passed through, (\d+) bytes sent for (\d+) dense bytes")
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def launch(world, argv, logs_prefix, env=None, timeout=150, gpu="0", preload=None):
+    """Runs argv (a python command line) as `world` ranks; returns (status, seconds).
+
+    status is "ok", "timed out" or "failed (exit N, rank R)"; rank r's output
+    goes to f"{logs_prefix}_r{r}.log".
+    """
+    port = free_port()
+    procs = []
+    t0 = time.time()
+    for r in range(world):
+        e = dict(os.environ)
+        e.update(NCCL_ENV)
+        e.update({"CUDA_VISIBLE_DEVICES": str(gpu), "RANK": str(r), "WORLD_SIZE": str(world),
+                  "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+                  "NCCL_HOSTID": f"host-{r}"})
+        e.update(env or {})
+        if preload:
+            e["LD_PRELOAD"] = preload
+        log = open(f"{logs_prefix}_r{r}.log", "w")
+        procs.append((subprocess.Popen([sys.executable] + list(argv), env=e, stdout=log,
+                                       stderr=subprocess.STDOUT, start_new_session=True), log))
+    status = "ok"
+    while True:
+        codes = [p.poll() for p, _ in procs]
+        bad = [(r, c) for r, c in enumerate(codes) if c not in (None, 0)]
+        if bad:
+            status = f"failed (exit {bad[0][1]}, rank {bad[0][0]})"
+            break
+        if all(c == 0 for c in codes):
+            break
+        if time.time() - t0 > timeout:
+            status = "timed out"
+            break
+        time.sleep(0.5)
+    for p, log in procs:
+        if p.poll() is None:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except OSError:
+                pass
+    for p, log in procs:
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except OSError:
+                pass
+            p.wait()
+        log.close()
+    return status, time.time() - t0
+
+
+def preload_bytes(logs_prefix, world):
+    """Per rank (calls compressed, passed through, bytes sent, dense bytes) from the
+    preload's INFO summary lines (GRADCOMP_DEBUG=INFO), or None where a rank printed none."""
+    out = []
+    for r in range(world):
+        try:
+            text = open(f"{logs_prefix}_r{r}.log", errors="replace").read()
+        except OSError:
+            out.append(None)
+            continue
+        found = [m.groups() for m in SUMMARY.finditer(text)]
+        out.append([sum(int(g[i]) for g in found) for i in (3, 4, 5, 6)] if found else None)
+    return out

@@ -1,0 +1,364 @@
+#!/usr/bin/env python3
+"""Head-to-head on a small language model: gradcomp against PowerSGD and fp16 (GPU box).
+
+A byte-level GPT (4 layers, width 256, 4 heads, context 128: about 3.3M
+parameters) trained on the Python standard library's own .py files on the
+machine that runs it (top-level files of sysconfig's stdlib, sorted; a file
+is validation when crc32(name) % 10 == 0), DDP at 4 ranks on one GPU
+(tools/gc_ranks.py: one NCCL_HOSTID per process, NCCL over loopback), the same
+steps, batches and seeds for every run:
+
+  none            uncompressed DDP
+  qsgd4_preload   gradcomp QSGD 4-bit under LD_PRELOAD (whole buckets)
+  qsgd4_hook      gradcomp QSGD 4-bit, gradcomp.torch hook, layer-aware
+  qsgd2_hook      gradcomp QSGD 2-bit, hook
+  dgc_hook        gradcomp DGC 0.1% (threshold top-k, error feedback, density warm-up over the
+                  first fifth of the steps; momentum correction off: AdamW keeps its own)
+  powersgd        PyTorch's PowerSGD hook, rank 4, warm start, error feedback
+  fp16            PyTorch's fp16_compress_hook
+
+Compressed runs start at step 2 (after DDP's bucket rebuild; PowerSGD needs
+start_powerSGD_iter > 1), the preload from step 0. AdamW, lr 1e-3 after 20
+warm-up steps, 16 sequences of 128 bytes per rank and step, 300 steps (about
+30 s per run on an H100/H200 with the socket transport; the study fits in 5
+minutes of device time: GC_LM_BUDGET_S bounds it, runs past it are skipped).
+
+Gradient bytes sent per step and rank: gradcomp's bytes_on_wire (hook stats,
+or the preload's INFO summary lines) plus the NCCL ring's 2(N-1)/N for what
+went through torch.distributed uncompressed; PowerSGD's and the fp16 hook's
+all_reduce payloads counted as they are sent, times the ring's 2(N-1)/N.
+
+Writes OUTDIR/lm.json (keys lm_val_loss_rel_delta_qsgd4, _dgc, _powersgd,
+lm_bytes_ratio_qsgd4_vs_powersgd, ...), OUTDIR/lm.md and OUTDIR/lm_loss.png.
+Usage: lm_compare.py OUTDIR [BUILD_DIR]; --worker NAME is the per-rank entry.
+"""
+import argparse
+import hashlib
+import json
+import math
+import os
+import sys
+import sysconfig
+import time
+import zlib
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+STEPS, WARMUP, LR, BATCH, CTX = int(os.environ.get("GC_LM_STEPS", "300")), 20, 1e-3, 16, 128
+# GC_LM_DEVICE=cpu: gloo on the CPU, for checking the script without a GPU (no gradcomp runs).
+DEVICE = os.environ.get("GC_LM_DEVICE", "cuda")
+WIDTH, LAYERS, HEADS = 256, 4, 4
+EVAL_EVERY, EVAL_BATCHES, START_ITER, SEED = 25, 8, 2, 1234
+
+QSGD = {"GRADCOMP_METHOD": "qsgd"}
+RUNS = [
+    ("none", "ddp", {}, False),
+    ("qsgd4_preload", "ddp", dict(QSGD, GRADCOMP_BITS="4", GRADCOMP_DEBUG="INFO"), True),
+    ("qsgd4_hook", "hook", dict(QSGD, GRADCOMP_BITS="4"), False),
+    ("qsgd2_hook", "hook", dict(QSGD, GRADCOMP_BITS="2"), False),
+    ("dgc_hook", "hook", {"GRADCOMP_METHOD": "dgc", "GRADCOMP_DENSITY": "0.001",
+                          "GRADCOMP_WARMUP_STEPS": str(STEPS // 5),
+                          "GRADCOMP_MOMENTUM_CORRECTION": "0"}, False),
+    ("powersgd", "powersgd", {}, False),
+    ("fp16", "fp16", {}, False),
+]
+LABELS = {"none": "uncompressed", "qsgd4_preload": "gradcomp QSGD 4-bit (LD_PRELOAD)",
+          "qsgd4_hook": "gradcomp QSGD 4-bit (hook, layer-aware)",
+          "qsgd2_hook": "gradcomp QSGD 2-bit (hook)", "dgc_hook": "gradcomp DGC 0.1% (hook)",
+          "powersgd": "PowerSGD rank 4 (torch hook)", "fp16": "fp16 compress (torch hook)"}
+
+
+# ------------------------------------------------------------------ data, model
+def corpus():
+    """(train bytes, validation bytes, file count): the stdlib's top-level .py files."""
+    lib = sysconfig.get_paths()["stdlib"]
+    files = sorted(f for f in os.listdir(lib) if f.endswith(".py"))
+    train, val = [], []
+    for f in files:
+        with open(os.path.join(lib, f), "rb") as fh:
+            (val if zlib.crc32(f.encode()) % 10 == 0 else train).append(fh.read())
+    return b"\n".join(train), b"\n".join(val), len(files)
+
+
+def build_model(torch, nn):
+    F = torch.nn.functional
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ln1, self.ln2 = nn.LayerNorm(WIDTH), nn.LayerNorm(WIDTH)
+            self.qkv, self.proj = nn.Linear(WIDTH, 3 * WIDTH), nn.Linear(WIDTH, WIDTH)
+            self.fc, self.out = nn.Linear(WIDTH, 4 * WIDTH), nn.Linear(4 * WIDTH, WIDTH)
+            self.register_buffer("mask", torch.tril(torch.ones(CTX, CTX, dtype=torch.bool)),
+                                 persistent=False)
+
+        def forward(self, x):
+            b, t, c = x.shape
+            q, k, v = self.qkv(self.ln1(x)).view(b, t, 3, HEADS, c // HEADS).permute(2, 0, 3, 1,
+                                                                                     4)
+            # Plain attention (no fused kernel): the same arithmetic in every run.
+            att = (q @ k.transpose(-2, -1)) / math.sqrt(c // HEADS)
+            att = att.masked_fill(~self.mask[:t, :t], float("-inf")).softmax(-1)
+            x = x + self.proj((att @ v).transpose(1, 2).reshape(b, t, c))
+            return x + self.out(F.gelu(self.fc(self.ln2(x))))
+
+    class GPT(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.tok, self.pos = nn.Embedding(256, WIDTH), nn.Embedding(CTX, WIDTH)
+            self.blocks = nn.ModuleList(Block() for _ in range(LAYERS))
+            self.ln, self.head = nn.LayerNorm(WIDTH), nn.Linear(WIDTH, 256, bias=False)
+
+        def forward(self, idx):
+            x = self.tok(idx) + self.pos(torch.arange(idx.shape[1], device=idx.device))
+            for blk in self.blocks:
+                x = blk(x)
+            return self.head(self.ln(x))
+
+    return GPT()
+
+
+def batch(torch, data, gen, n):
+    starts = torch.randint(0, data.numel() - CTX - 1, (n,), generator=gen)
+    x = torch.stack([data[s:s + CTX] for s in starts.tolist()])
+    y = torch.stack([data[s + 1:s + CTX + 1] for s in starts.tolist()])
+    return x, y
+
+
+# ------------------------------------------------------------------ one rank
+def worker(args):
+    import torch
+    import torch.distributed as dist
+    import torch.nn as nn
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    dist.init_process_group("nccl" if DEVICE == "cuda" else "gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    if DEVICE == "cuda":
+        torch.cuda.set_device(0)
+    dev = torch.device(DEVICE, 0) if DEVICE == "cuda" else torch.device("cpu")
+    train_b, val_b, nfiles = corpus()
+    train = torch.frombuffer(bytearray(train_b), dtype=torch.uint8).long()
+    val = torch.frombuffer(bytearray(val_b), dtype=torch.uint8).long()
+    torch.manual_seed(SEED)
+    model = build_model(torch, nn).to(dev)
+    nparams = sum(p.numel() for p in model.parameters())
+    ddp = DDP(model, device_ids=[0] if DEVICE == "cuda" else None)
+    mode = args.mode
+    sent = {"bytes": 0}
+    state = None
+    if mode == "hook":
+        import gradcomp.torch as gct
+
+        state = gct.GradcompState(module=model, start_iter=START_ITER)
+        ddp.register_comm_hook(state, gct.gradcomp_hook)
+    elif mode in ("powersgd", "fp16"):
+        from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+        from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook as psgd
+
+        real = dist.all_reduce
+
+        def counting_all_reduce(tensor, *a, **k):  # the payloads the hook allreduces
+            sent["bytes"] += tensor.numel() * tensor.element_size()
+            return real(tensor, *a, **k)
+
+        dist.all_reduce = counting_all_reduce
+        if mode == "powersgd":
+            st = psgd.PowerSGDState(process_group=None, matrix_approximation_rank=4,
+                                    start_powerSGD_iter=START_ITER, warm_start=True,
+                                    use_error_feedback=True, random_seed=SEED)
+            ddp.register_comm_hook(st, psgd.powerSGD_hook)
+        else:
+            ddp.register_comm_hook(None, default_hooks.fp16_compress_hook)
+    opt = torch.optim.AdamW(ddp.parameters(), lr=LR, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / WARMUP))
+    lossf = nn.CrossEntropyLoss()
+    gen = torch.Generator().manual_seed(SEED * 1000 + rank)  # rank's batches, same every run
+    vgen = torch.Generator().manual_seed(SEED)
+    vbatches = [batch(torch, val, vgen, BATCH) for _ in range(EVAL_BATCHES)]
+
+    def evaluate():
+        model.eval()
+        with torch.no_grad():
+            tot = sum(lossf(model(x.to(dev)).flatten(0, 1), y.to(dev).flatten()).item()
+                      for x, y in vbatches)
+        model.train()
+        return tot / len(vbatches)
+
+    curve, train_curve = [], []
+    t0 = time.time()
+    for step in range(STEPS):
+        x, y = batch(torch, train, gen, BATCH)
+        opt.zero_grad(set_to_none=True)
+        loss = lossf(ddp(x.to(dev)).flatten(0, 1), y.to(dev).flatten())
+        loss.backward()
+        opt.step()
+        sched.step()
+        if rank == 0:
+            train_curve.append(loss.item())
+            if (step + 1) % EVAL_EVERY == 0 or step in (0, STEPS - 1):
+                curve.append((step + 1, evaluate()))
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+    secs = time.time() - t0
+    blob = b"".join(p.detach().cpu().numpy().tobytes() for p in model.parameters())
+    hashes = [None] * world
+    dist.all_gather_object(hashes, hashlib.sha256(blob).hexdigest())
+    ring = 2.0 * (world - 1) / world
+    dense = 4 * nparams
+    if mode == "ddp":
+        per_step = ring * dense  # the preload's runs are replaced by its summary lines
+    elif mode == "hook":
+        st = state.stats()
+        g = st["gradcomp"] or {}
+        # Calls gradcomp passed to NCCL (fewer than min_elements) are dense on the ring too.
+        passed = st["compressed_dense_bytes"] - g.get("bytes_in", 0)
+        per_step = (g.get("bytes_on_wire", 0) + ring * (st["full_precision_bytes"] + passed)
+                    + ring * dense * st["uncompressed_steps"]) / STEPS
+    elif sent["bytes"]:
+        per_step = ring * sent["bytes"] / STEPS
+    elif mode == "fp16":
+        per_step = ring * dense / 2  # the hook sent through another call: every byte as fp16
+    else:
+        per_step = None  # the hook's payloads were not seen
+    res = {"mode": mode, "world": world, "steps": STEPS, "seconds": secs, "num_params": nparams,
+           "val_curve": curve, "train_curve": train_curve, "final_val_loss": curve[-1][1]
+           if curve else None, "bytes_per_step": per_step, "dense_bytes_per_step": ring * dense,
+           "params_identical": len(set(hashes)) == 1, "corpus_files": nfiles,
+           "corpus_train_bytes": len(train_b), "corpus_val_bytes": len(val_b),
+           "hook_stats": state.stats() if state is not None else None,
+           "torch_version": torch.__version__}
+    if rank == 0:
+        with open(args.out, "w") as f:
+            json.dump(res, f)
+    dist.barrier()
+    if state is not None:
+        state.close()
+    dist.destroy_process_group()
+    return 0
+
+
+# ------------------------------------------------------------------ launcher
+def main():
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("outdir", nargs="?")
+    p.add_argument("build", nargs="?", default="build-gpu")
+    p.add_argument("--worker", action="store_true")
+    p.add_argument("--mode")
+    p.add_argument("--out")
+    args = p.parse_args()
+    if args.worker:
+        return worker(args)
+    if not args.outdir:
+        p.error("OUTDIR is required")
+    sys.path.insert(0, HERE)
+    import gc_ranks
+
+    out = os.path.abspath(args.outdir)
+    os.makedirs(out, exist_ok=True)
+    build = os.path.join(ROOT, args.build if os.path.isdir(os.path.join(ROOT, args.build))
+                         else "build")
+    world = int(os.environ.get("GC_LM_WORLD", "4"))
+    deadline = time.time() + float(os.environ.get("GC_LM_BUDGET_S", "300"))
+    preload = os.path.join(build, "plugin", "preload", "libgradcomp_preload.so")
+    env = {"PYTHONPATH": os.path.join(ROOT, "python"),
+           "GRADCOMP_LIBRARY": os.path.join(build, "libgradcomp.so"),
+           "CUBLAS_WORKSPACE_CONFIG": ":4096:8", "GC_LM_STEPS": str(STEPS), "GC_LM_DEVICE": DEVICE}
+    results, status = {}, {}
+    only = os.environ.get("GC_LM_RUNS")  # a comma list picks runs (default: all)
+    for name, mode, extra, use_preload in RUNS:
+        if only and name not in only.split(","):
+            continue
+        left = deadline - time.time()
+        if left < 25:
+            status[name] = "skipped (time budget spent)"
+            continue
+        path = os.path.join(out, f"lm_{name}.json")
+        if os.path.exists(path):
+            os.remove(path)
+        e = dict(env)
+        e.update(extra)
+        st, secs = gc_ranks.launch(world, [os.path.abspath(__file__), "--worker", "--mode", mode,
+                                           "--out", path], os.path.join(out, f"lm_{name}"), env=e,
+                                   timeout=min(120, left - 5),
+                                   preload=preload if use_preload else None)
+        status[name] = st
+        print(f"lm_compare: {name}: {st} in {secs:.0f}s", flush=True)
+        if st == "ok" and os.path.exists(path):
+            with open(path) as f:
+                results[name] = json.load(f)
+            if use_preload:
+                per_rank = gc_ranks.preload_bytes(os.path.join(out, f"lm_{name}"), world)
+                if per_rank and per_rank[0]:
+                    results[name]["bytes_per_step"] = per_rank[0][2] / results[name]["steps"]
+                    results[name]["preload_calls_compressed"] = per_rank[0][0]
+                else:
+                    results[name]["bytes_per_step"] = None  # no summary line: not compressed?
+    rep = {"lm_runs": status, "lm_world": world, "lm_steps": STEPS}
+    base = results.get("none")
+    for name, r in results.items():
+        rep[f"lm_val_loss_{name}"] = r["final_val_loss"]
+        rep[f"lm_bytes_per_step_{name}"] = r["bytes_per_step"]
+        rep[f"lm_params_identical_{name}"] = r["params_identical"]
+        rep[f"lm_seconds_{name}"] = r["seconds"]
+        rep.setdefault("lm_num_params", r["num_params"])
+        rep.setdefault("lm_corpus_files", r["corpus_files"])
+        rep.setdefault("lm_corpus_train_bytes", r["corpus_train_bytes"])
+        rep.setdefault("torch_version", r["torch_version"])
+        if base and name != "none" and r["final_val_loss"] is not None:
+            rep[f"lm_val_loss_rel_delta_{name}"] = (r["final_val_loss"] - base["final_val_loss"]) \
+                / base["final_val_loss"]
+    for key, name in (("qsgd4", "qsgd4_hook"), ("dgc", "dgc_hook"), ("powersgd", "powersgd")):
+        if f"lm_val_loss_rel_delta_{name}" in rep:
+            rep[f"lm_val_loss_rel_delta_{key}"] = rep[f"lm_val_loss_rel_delta_{name}"]
+    q, ps = rep.get("lm_bytes_per_step_qsgd4_hook"), rep.get("lm_bytes_per_step_powersgd")
+    rep["lm_bytes_ratio_qsgd4_vs_powersgd"] = q / ps if q and ps else None
+    with open(os.path.join(out, "lm.json"), "w") as f:
+        json.dump(rep, f, indent=1, sort_keys=True)
+    fmt = lambda v, f: "n/a" if v is None else f.format(v)  # noqa: E731
+    lines = [f"### Language model head-to-head ({rep.get('lm_num_params')} parameters, byte-level "
+             f"GPT on {rep.get('lm_corpus_files')} stdlib files, {world} ranks on one GPU, "
+             f"{STEPS} steps)", "",
+             "| run | status | final val loss | vs uncompressed | gradient bytes sent per step "
+             "and rank | params identical on all ranks |", "|---|---|---|---|---|---|"]
+    for name, *_ in RUNS:
+        r = results.get(name)
+        lines.append(f"| {LABELS[name]} | {status.get(name, 'not run')} | "
+                     f"{fmt(r and r['final_val_loss'], '{:.4f}')} | "
+                     f"{fmt(rep.get(f'lm_val_loss_rel_delta_{name}'), '{:+.2%}')} | "
+                     f"{fmt(r and r['bytes_per_step'], '{:,.0f}')} | "
+                     f"{fmt(r and r['params_identical'], '{}')} |")
+    lines += ["", "Goals: QSGD 4-bit within 1% of the uncompressed validation loss, DGC within "
+              "3%; bytes ratio QSGD 4-bit / PowerSGD = "
+              f"{fmt(rep['lm_bytes_ratio_qsgd4_vs_powersgd'], '{:.2f}')}."]
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for name, *_ in RUNS:
+            if name in results and results[name]["val_curve"]:
+                s, v = zip(*results[name]["val_curve"])
+                ax.plot(s, v, label=LABELS[name])
+        ax.set_xlabel("step")
+        ax.set_ylabel("validation loss (nats/byte)")
+        ax.set_title("byte-level GPT on the Python stdlib, DDP 4 ranks")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(os.path.join(out, "lm_loss.png"), dpi=120)
+        lines.append("\n![loss curves](lm_loss.png)")
+    except ImportError:
+        lines.append("\n(no matplotlib: no loss-curve PNG)")
+    with open(os.path.join(out, "lm.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0 if status.get("none") == "ok" and len(results) == len(status) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

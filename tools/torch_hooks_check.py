@@ -1,0 +1,156 @@
+#!/usr/bin/env python3
+"""GPU checks of gradcomp.torch's DDP hook (tools/gpu-check.sh step torch_hooks).
+
+4 ranks on one GPU (tools/gc_ranks.py), tools/ddp_train.py's MLP:
+  none        uncompressed, no hook: the baseline
+  hook_qsgd4  the hook, QSGD 4-bit, layer-aware (biases and small layers in fp32)
+  hook_whole  the hook on whole buckets (--whole-buckets --layer-min-size 0 --start-iter 0)
+  preload     QSGD 4-bit under LD_PRELOAD: the same buckets, so the same compressed bytes
+  resume      the hook with --resume-check: checkpoint, resume in a fresh DDP, bit for bit
+and, when libgradcomp exports gradcompReduceScatterKeyed, tools/fsdp_train.py's
+FSDP2 MLP with FSDP's reduce-scatter and with GradcompReduceScatter (QSGD 4-bit).
+Writes OUTDIR/torch_hooks.json and .md. Usage: torch_hooks_check.py OUTDIR [BUILD_DIR]
+"""
+import json
+import os
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+import gc_ranks  # noqa: E402
+
+
+def main():
+    out = os.path.abspath(sys.argv[1])
+    build = sys.argv[2] if len(sys.argv) > 2 else "build-gpu"
+    if not os.path.isdir(os.path.join(ROOT, build)):
+        build = "build"
+    build = os.path.join(ROOT, build)
+    os.makedirs(out, exist_ok=True)
+    world = int(os.environ.get("GC_HOOK_WORLD", "4"))
+    epochs = os.environ.get("GC_HOOK_EPOCHS", "40")
+    budget = float(os.environ.get("GC_HOOK_BUDGET_S", "420"))
+    deadline = time.time() + budget
+    base_env = {"PYTHONPATH": os.path.join(ROOT, "python"),
+                "GRADCOMP_LIBRARY": os.path.join(build, "libgradcomp.so"),
+                "GRADCOMP_METHOD": "qsgd", "GRADCOMP_BITS": "4"}
+    preload = os.path.join(build, "plugin", "preload", "libgradcomp_preload.so")
+    res = {"torch_hooks_world": world, "torch_hooks_epochs": int(epochs)}
+    runs = {}
+
+    def run(name, extra_args, env=None, use_preload=False, script="ddp_train.py", epochs_arg=True):
+        left = deadline - time.time()
+        if left < 30:
+            runs[name] = {"status": "skipped (time budget spent)"}
+            return None
+        path = os.path.join(out, f"hook_{name}.json")
+        if os.path.exists(path):
+            os.remove(path)
+        e = dict(base_env)
+        e.update(env or {})
+        status, secs = gc_ranks.launch(
+            world, [os.path.join(HERE, script), "--out", path]
+            + (["--epochs", epochs] if epochs_arg else []) + extra_args,
+            os.path.join(out, f"hook_{name}"), env=e,
+            timeout=min(240, left - 10), preload=preload if use_preload else None)
+        runs[name] = {"status": status, "seconds": round(secs, 1)}
+        print(f"torch_hooks: {name}: {status} in {secs:.0f}s", flush=True)
+        if status != "ok" or not os.path.exists(path):
+            return None
+        with open(path) as f:
+            return json.load(f)
+
+    base = run("none", [])
+    hq = run("hook_qsgd4", ["--hook", "gradcomp"])
+    whole = run("hook_whole", ["--hook", "gradcomp", "--whole-buckets", "--layer-min-size", "0",
+                               "--start-iter", "0"])
+    pre = run("preload", [], env={"GRADCOMP_DEBUG": "INFO"}, use_preload=True)
+    resume = run("resume", ["--hook", "gradcomp", "--epochs", "10", "--resume-check", "200"])
+
+    has_rs = subprocess.run(
+        [sys.executable, "-c", "import gradcomp, sys; "
+         "sys.exit(0 if gradcomp.has('gradcompReduceScatterKeyed') else 1)"],
+        env=dict(os.environ, **base_env), capture_output=True).returncode == 0
+    fsdp_base = fsdp_gc = None
+    if has_rs:
+        fsdp_base = run("fsdp_none", [], script="fsdp_train.py", epochs_arg=False)
+        fsdp_gc = run("fsdp_qsgd4", ["--gradcomp"], script="fsdp_train.py", epochs_arg=False)
+    else:
+        runs["fsdp"] = {"status": "skipped: libgradcomp has no gradcompReduceScatterKeyed"}
+    if fsdp_base and fsdp_gc:
+        res["fsdp_qsgd4_acc_delta_pts"] = fsdp_gc["accuracy_pct"] - fsdp_base["accuracy_pct"]
+        res["fsdp_qsgd4_test_loss_rel_delta"] = (
+            (fsdp_gc["test_loss"] - fsdp_base["test_loss"]) / fsdp_base["test_loss"])
+        res["fsdp_qsgd4_params_identical"] = fsdp_gc["params_identical"]
+        g = (fsdp_gc["stats"] or {}).get("gradcomp") or {}
+        res["fsdp_qsgd4_calls_compressed_rank0"] = g.get("calls_compressed")
+    if base and hq:
+        res["ddp_hook_qsgd4_acc_delta_pts"] = hq["accuracy_pct"] - base["accuracy_pct"]
+        res["ddp_hook_qsgd4_acc_pct"] = hq["accuracy_pct"]
+        res["ddp_hook_none_acc_pct"] = base["accuracy_pct"]
+    if hq:
+        st = hq["hook_stats"]
+        res["ddp_hook_qsgd4_params_identical"] = hq["params_identical"]
+        res["torch_hook_full_precision_params"] = st["full_precision_params"]
+        res["torch_hook_compressed_params"] = st["compressed_params"]
+        res["torch_hook_full_precision_bytes_rank0"] = st["full_precision_bytes"]
+        g = st["gradcomp"] or {}
+        res["torch_hook_layer_aware_wire_bytes_rank0"] = g.get("bytes_on_wire")
+        res["torch_hook_layer_aware_dense_bytes_rank0"] = g.get("bytes_in")
+    if whole:
+        g = whole["hook_stats"]["gradcomp"] or {}
+        res["torch_hook_whole_bytes_rank0"] = g.get("bytes_on_wire")
+        res["torch_hook_whole_calls_rank0"] = g.get("calls_compressed")
+        res["torch_hook_whole_params_identical"] = whole["params_identical"]
+    if pre:
+        per_rank = gc_ranks.preload_bytes(os.path.join(out, "hook_preload"), world)
+        if per_rank and per_rank[0]:
+            res["torch_preload_bytes_rank0"] = per_rank[0][2]
+            res["torch_preload_calls_rank0"] = per_rank[0][0]
+    if "torch_hook_whole_bytes_rank0" in res and "torch_preload_bytes_rank0" in res:
+        res["torch_hook_vs_preload_bytes_equal"] = (
+            res["torch_hook_whole_bytes_rank0"] == res["torch_preload_bytes_rank0"]
+            and res["torch_hook_whole_calls_rank0"] == res["torch_preload_calls_rank0"])
+    if resume and resume.get("resume_check"):
+        res["torch_hook_resume_bitwise"] = resume["resume_check"]["bitwise_equal"]
+        res["torch_hook_resume_after_steps"] = resume["resume_check"]["after_steps"]
+    ident = [r["params_identical"] for r in (base, hq, whole, pre, resume, fsdp_base, fsdp_gc)
+             if r]
+    res["torch_hooks_params_identical_all_runs"] = all(ident) if ident else None
+    res["torch_hooks_runs"] = runs
+    res["torch_hooks_runs_ok"] = sum(1 for r in runs.values() if r["status"] == "ok")
+    with open(os.path.join(out, "torch_hooks.json"), "w") as f:
+        json.dump(res, f, indent=1, sort_keys=True)
+    fmt = lambda k: res.get(k, "n/a")  # noqa: E731
+    md = ["### gradcomp.torch DDP hook (MLP on digits, %d ranks on one GPU)" % world, "",
+          "| check | result |", "|---|---|",
+          f"| accuracy, hook QSGD 4-bit layer-aware vs uncompressed (pts) | "
+          f"{fmt('ddp_hook_qsgd4_acc_delta_pts')} |",
+          f"| parameters bitwise identical on all ranks (every run) | "
+          f"{fmt('torch_hooks_params_identical_all_runs')} |",
+          f"| hook (whole buckets) vs LD_PRELOAD: same compressed bytes and calls | "
+          f"{fmt('torch_hook_vs_preload_bytes_equal')} ({fmt('torch_hook_whole_bytes_rank0')} vs "
+          f"{fmt('torch_preload_bytes_rank0')} bytes, rank 0) |",
+          f"| kept in full precision by the layer-aware rule | "
+          f"{', '.join(res.get('torch_hook_full_precision_params', [])) or 'n/a'} |",
+          f"| compressed | {', '.join(res.get('torch_hook_compressed_params', [])) or 'n/a'} |",
+          f"| save / resume in a fresh DDP + state, bit for bit | "
+          f"{fmt('torch_hook_resume_bitwise')} |",
+          f"| FSDP2 GradcompReduceScatter QSGD 4-bit: accuracy vs FSDP's own (pts), compressed "
+          f"calls | {fmt('fsdp_qsgd4_acc_delta_pts')}, {fmt('fsdp_qsgd4_calls_compressed_rank0')} |",
+          ""]
+    md += [f"- {k}: {v['status']}" for k, v in runs.items()]
+    with open(os.path.join(out, "torch_hooks.md"), "w") as f:
+        f.write("\n".join(md) + "\n")
+    print("\n".join(md))
+    bad = [k for k, v in runs.items() if v["status"].startswith(("failed", "timed out"))]
+    checks = [res.get("torch_hook_vs_preload_bytes_equal"), res.get("torch_hook_resume_bitwise"),
+              res.get("torch_hooks_params_identical_all_runs")]
+    return 1 if bad or not all(c is True for c in checks) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
