@@ -35,6 +35,10 @@ class Transport {
   // The uncompressed path: exactly ncclAllReduce with these arguments.
   virtual gradcompResult_t passThrough(const void* send, void* recv, size_t count,
                                        ncclDataType_t type, ncclRedOp_t op) = 0;
+  // Exactly ncclReduceScatter: send holds size() blocks of recvCount, this
+  // rank gets block rank() of the reduction.
+  virtual gradcompResult_t reduceScatter(const void* send, void* recv, size_t recvCount,
+                                         ncclDataType_t type, ncclRedOp_t op) = 0;
 
  protected:
   int rank_ = 0, size_ = 1;

@@ -60,6 +60,7 @@ void resolve() {
   GC_SYM(gApi.commUserRank, "ncclCommUserRank");
   GC_SYM(gApi.commCuDevice, "ncclCommCuDevice");
   GC_SYM(gApi.getErrorString, "ncclGetErrorString");
+  GC_SYM(gApi.reduceScatter, "ncclReduceScatter");
   GC_SYM(gReal.commDestroy, "ncclCommDestroy");
   GC_SYM(gReal.commAbort, "ncclCommAbort");
   GC_SYM(gReal.commFinalize, "ncclCommFinalize");

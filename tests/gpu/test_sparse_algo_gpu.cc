@@ -79,6 +79,9 @@ class MirrorTransport final : public gc::Transport {
   gradcompResult_t passThrough(const void*, void*, size_t, ncclDataType_t, ncclRedOp_t) override {
     return gradcompNotSupported;
   }
+  gradcompResult_t reduceScatter(const void*, void*, size_t, ncclDataType_t, ncclRedOp_t) override {
+    return gradcompNotSupported;
+  }
 
  private:
   gc::Backend* be_;

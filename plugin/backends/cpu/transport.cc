@@ -157,9 +157,9 @@ class CpuTransport final : public Transport {
       if (i == rank_) continue;
       const Slot& peer = world_->slots[i];
       if (peer.sendBytesv[rank_] != recvBytes[i]) {
-        res = setError(gradcompInternalError,
-                       "CPU transport: rank %d sends %zu bytes, rank %d "
-                       "expects %zu",
+        res = setError(gradcompInvalidUsage,
+                       "CPU transport: rank %d sends %zu bytes, rank %d expects %zu: the ranks' "
+                       "calls (counts) or per-buffer state differ",
                        i, peer.sendBytesv[rank_], rank_, recvBytes[i]);
         continue;
       }
@@ -215,11 +215,21 @@ class CpuTransport final : public Transport {
 
   gradcompResult_t passThrough(const void* send, void* recv, size_t count, ncclDataType_t type,
                                ncclRedOp_t op) override {
+    return reduce(5, send, recv, count, 0, type, op);
+  }
+
+  gradcompResult_t reduceScatter(const void* send, void* recv, size_t recvCount,
+                                 ncclDataType_t type, ncclRedOp_t op) override {
+    return reduce(6, send, recv, recvCount, (size_t)rank_ * recvCount, type, op);
+  }
+
+ private:
+  // Elements [first, first + count) of every rank's send buffer, reduced in
+  // rank order into recv (the allreduce and this rank's reduce-scatter block).
+  gradcompResult_t reduce(int collective, const void* send, void* recv, size_t count, size_t first,
+                          ncclDataType_t type, ncclRedOp_t op) {
     world_->slots[rank_].send = send;
-    GC_CHECK(meet(5, (uint64_t)count ^ ((uint64_t)type << 56) ^ ((uint64_t)op << 48)));
-    std::vector<const void*> src(size_);
-    for (int i = 0; i < size_; ++i) src[i] = world_->slots[i].send;
-    std::vector<char> out;
+    GC_CHECK(meet(collective, (uint64_t)count ^ ((uint64_t)type << 56) ^ ((uint64_t)op << 48)));
     size_t esz = 0;
     switch (type) {
       case ncclInt8:
@@ -243,6 +253,11 @@ class CpuTransport final : public Transport {
       default:
         break;
     }
+    std::vector<const void*> src(size_);
+    for (int i = 0; i < size_; ++i) {
+      src[i] = static_cast<const char*>(world_->slots[i].send) + first * esz;
+    }
+    std::vector<char> out;
     gradcompResult_t res = gradcompSuccess;
     if (esz == 0 || op < ncclSum || op > ncclAvg) {
       res = setError(gradcompInvalidArgument, "CPU backend: datatype=%d / op=%d not supported",
@@ -289,7 +304,6 @@ class CpuTransport final : public Transport {
     return res;
   }
 
- private:
   std::shared_ptr<CpuWorld> world_;
 };
 

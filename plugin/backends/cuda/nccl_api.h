@@ -22,6 +22,8 @@ struct NcclApi {
   ncclResult_t (*commUserRank)(const ncclComm_t, int*);
   ncclResult_t (*commCuDevice)(const ncclComm_t, int*);
   const char* (*getErrorString)(ncclResult_t);
+  ncclResult_t (*reduceScatter)(const void*, void*, size_t, ncclDataType_t, ncclRedOp_t, ncclComm_t,
+                                cudaStream_t);
 };
 
 // The table of the library this code is linked into; never null.

@@ -4,9 +4,10 @@
 namespace gc {
 
 const NcclApi* ncclApi() {
-  static const NcclApi api = {ncclAllReduce,    ncclAllGather,     ncclSend,      ncclRecv,
-                              ncclGroupStart,   ncclGroupEnd,      ncclCommCount, ncclCommUserRank,
-                              ncclCommCuDevice, ncclGetErrorString};
+  static const NcclApi api = {ncclAllReduce,      ncclAllGather,    ncclSend,
+                              ncclRecv,           ncclGroupStart,   ncclGroupEnd,
+                              ncclCommCount,      ncclCommUserRank, ncclCommCuDevice,
+                              ncclGetErrorString, ncclReduceScatter};
   return &api;
 }
 

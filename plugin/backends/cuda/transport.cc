@@ -65,6 +65,15 @@ class NcclTransport final : public Transport {
     return gradcompSuccess;
   }
 
+  gradcompResult_t reduceScatter(const void* send, void* recv, size_t recvCount,
+                                 ncclDataType_t type, ncclRedOp_t op) override {
+    if (ncclApi()->reduceScatter == nullptr) {
+      return setError(gradcompSystemError, "the loaded NCCL has no ncclReduceScatter");
+    }
+    GC_NCCLCHECK(ncclApi()->reduceScatter(send, recv, recvCount, type, op, comm_, stream_));
+    return gradcompSuccess;
+  }
+
  private:
   ncclComm_t comm_;
 };
