@@ -6,7 +6,7 @@
 
 RAW_DIR holds what the steps wrote: steps.tsv (name, status, seconds, note),
 perf_*.json/.txt, kernels.json/.txt, torch_topk.json/.txt, multirank.json/.md,
-ddp.json/.md, tests.txt. Anything missing becomes null in the JSON and a line
+ddp.json/.md, fsdp.json/.md, tests.txt. Anything missing becomes null in the JSON and a line
 saying so in the report.
 """
 import argparse
@@ -50,6 +50,20 @@ def model_speedup(pdoc, gbps=10, size=MB256, bits=4, dtype="float"):
     for r in pdoc.get("rows", []):
         if (r["method"] == "qsgd" and r["bits"] == bits and r["dtype"] == dtype and
                 r["size"] == size and not r.get("failed")):
+            for m in r.get("model", []):
+                if m["link_gbps"] == gbps:
+                    return m.get("speedup")
+    return None
+
+
+def rs_model_speedup(pdoc, gbps=10, input_bytes=MB256, bits=4, dtype="float"):
+    """Reduce-scatter of a 256 MB gradient: the row whose per-rank output times N is 256 MB."""
+    if not pdoc:
+        return None
+    for r in pdoc.get("rows", []):
+        if (r.get("collective") == "reduce_scatter" and r["method"] == "qsgd" and
+                r["bits"] == bits and r["dtype"] == dtype and
+                r["size"] * r.get("nranks", 0) == input_bytes and not r.get("failed")):
             for m in r.get("model", []):
                 if m["link_gbps"] == gbps:
                     return m.get("speedup")
@@ -119,6 +133,7 @@ def main():
     kdoc, tdoc = j("kernels.json"), j("torch_topk.json")
     p1, p8, p8s = j("perf_n1.json"), j("perf_n8.json"), j("perf_n8_sparse.json")
     multi, ddp, tests = j("multirank.json") or {}, j("ddp.json") or {}, j("tests.json") or {}
+    p8rs, fsdp = j("perf_n8_rs.json"), j("fsdp.json") or {}
     steps = steps_table(os.path.join(d, "steps.tsv"))
     # GC_COMMIT names the commit when the tree's .git is not the one it came
     # from (a copy sent to a GPU machine carries the checkout's older .git).
@@ -128,6 +143,7 @@ def main():
     dec = kernel_frac(kdoc, "qsgd_decode")
     topk = topk_speedup(kdoc, tdoc)
     model = model_speedup(p8)
+    rs_model = rs_model_speedup(p8rs)
     summary = {
         "gpu": a.gpu or (kdoc or {}).get("gpu") or None,
         "date": a.name[:10],
@@ -140,6 +156,11 @@ def main():
         "ddp_dgc_acc_delta_pts": ddp.get("ddp_dgc_acc_delta_pts"),
         "multirank_tests_passed": multi.get("multirank_tests_passed"),
         "multirank_tests_failed": multi.get("multirank_tests_failed"),
+        "reducescatter_qsgd4_model_speedup_10gbps_n8_256MB": rs_model,
+        "multirank_rs_tests_passed": multi.get("multirank_rs_tests_passed"),
+        "multirank_rs_tests_failed": multi.get("multirank_rs_tests_failed"),
+        "fsdp_qsgd4_acc_delta_pts": fsdp.get("fsdp_qsgd4_acc_delta_pts"),
+        "fsdp_dgc_acc_delta_pts": fsdp.get("fsdp_dgc_acc_delta_pts"),
         "tests_passed": tests.get("tests_passed"),
         "tests_failed": tests.get("tests_failed"),
         "goals": {
@@ -147,6 +168,7 @@ def main():
             "decode_ge_0.8_of_copy": goal(dec, 0.8),
             "topk_ge_3x_torch_topk": goal(topk, 3.0),
             "allreduce_qsgd4_model_ge_5x_nccl_10gbps_n8_256MB": goal(model, 5.0),
+            "reducescatter_qsgd4_model_ge_7x_nccl_10gbps_n8_256MB": goal(rs_model, 7.0),
         },
         "allreduce_qsgd4_model_speedup_n8_256MB": {
             str(g): model_speedup(p8, gbps=g) for g in (10, 25, 100)},
@@ -182,6 +204,8 @@ def main():
              % (fmt(topk), fmt(summary["goals"]["topk_ge_3x_torch_topk"])))
     L.append("| 4-bit allreduce modeled speedup over NCCL fp32, 10 Gb/s, N=8, 256 MB | %s | >= 5x | %s |"
              % (fmt(model), fmt(summary["goals"]["allreduce_qsgd4_model_ge_5x_nccl_10gbps_n8_256MB"])))
+    L.append("| 4-bit reduce-scatter modeled speedup over NCCL fp32, 10 Gb/s, N=8, 256 MB input | %s | >= 7x | %s |"
+             % (fmt(rs_model), fmt(summary["goals"]["reducescatter_qsgd4_model_ge_7x_nccl_10gbps_n8_256MB"])))
     L.append("")
     if topk is None:
         L.append("Top-k: gradcomp's selectors are not timed yet (no GPU entry points in "
@@ -195,11 +219,15 @@ def main():
              % (fmt(summary["multirank_tests_passed"]), fmt(summary["multirank_tests_failed"])))
     L.append("- PyTorch DDP accuracy delta (points): QSGD 4-bit %s, DGC %s"
              % (fmt(summary["ddp_qsgd4_acc_delta_pts"]), fmt(summary["ddp_dgc_acc_delta_pts"])))
+    L.append("- multi-process reduce-scatter tests: %s passed, %s failed"
+             % (fmt(summary["multirank_rs_tests_passed"]), fmt(summary["multirank_rs_tests_failed"])))
+    L.append("- PyTorch FSDP2 accuracy delta (points): QSGD 4-bit %s, DGC %s"
+             % (fmt(summary["fsdp_qsgd4_acc_delta_pts"]), fmt(summary["fsdp_dgc_acc_delta_pts"])))
     L.append("")
     fails = t("tests_failed.txt")
     if fails:
         L += ["Failed tests:", "", "```", fails.strip(), "```", ""]
-    for md in ("multirank.md", "ddp.md"):
+    for md in ("multirank.md", "ddp.md", "fsdp.md"):
         body = t(md)
         if body:
             L += [body.strip(), ""]
@@ -214,6 +242,7 @@ def main():
     for name, title in (("perf_n1.txt", "gradcomp_perf, 1 rank"),
                         ("perf_n8.txt", "gradcomp_perf, 8 ranks on one GPU (modeled columns)"),
                         ("perf_n8_sparse.txt", "gradcomp_perf, sparse methods, 8 ranks"),
+                        ("perf_n8_rs.txt", "gradcomp_perf -C reduce_scatter, 8 ranks (modeled columns)"),
                         ("kernels.txt", "gradcomp_kernels_perf"),
                         ("torch_topk.txt", "torch.topk on the same data")):
         body = t(name)
