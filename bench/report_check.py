@@ -56,7 +56,20 @@ dump("perf_n8.json", {"rows": [
     prow(MB256 // 4, 4, "float", [(10, 1.0)]), bf16, prow(MB256, 8, "float", [(10, 3.0)]), right]})
 dump("tc_link.json", {"tc_unavailable_reason": None, "measured_speedup_tc_10gbps_n4_256MB": 5.5,
                       "measured_vs_model_tc_10gbps": 0.8, "runs": []})
-dump("multirank.json", {"multirank_tests_passed": 12, "multirank_tests_failed": 1})
+dump("multirank.json", {"multirank_tests_passed": 12, "multirank_tests_failed": 1,
+                        "multirank_rs_tests_passed": 5, "multirank_rs_tests_failed": 0})
+
+
+def rsrow(size, nranks, speedup, collective="reduce_scatter"):
+    r = prow(size, 4, "float", [(10, speedup)])
+    r.update({"collective": collective, "nranks": nranks})
+    return r
+
+
+# 256 MB of input: the N=8 row of 32 MB per rank (decoys: 256 MB output, an allreduce row).
+dump("perf_n8_rs.json", {"rows": [rsrow(MB256, 8, 1.0), rsrow(MB256 // 8, 8, 1.5, "all_reduce"),
+                                  rsrow(MB256 // 8, 8, 7.4)]})
+dump("fsdp.json", {"fsdp_qsgd4_acc_delta_pts": 0.3, "fsdp_dgc_acc_delta_pts": -0.6})
 dump("tests.json", {"tests_passed": 40, "tests_failed": 0})
 with open(os.path.join(raw, "steps.tsv"), "w") as f:
     f.write("build\tok\t100\t\nddp\tmissing\t0\tnot in this tree\n")
@@ -99,6 +112,13 @@ expect("tc_unavailable_reason" in r and r["tc_unavailable_reason"] is None, "tc:
 expect(r.get("topk_dgc_speedup_vs_torch_topk") is None, "top-k null without selector times")
 expect(r.get("ddp_qsgd4_acc_delta_pts") is None, "DDP null without ddp.json")
 expect(r.get("multirank_tests_passed") == 12 and r.get("multirank_tests_failed") == 1, "multirank counts")
+expect(r.get("multirank_rs_tests_failed") == 0, "multirank reduce-scatter failures")
+expect(r.get("reducescatter_qsgd4_model_speedup_10gbps_n8_256MB") == 7.4,
+       "reduce-scatter model: N=8 row whose input is 256 MB")
+expect(r.get("goals", {}).get("reducescatter_qsgd4_model_ge_7x_nccl_10gbps_n8_256MB") is True,
+       "7.4x meets 7x")
+expect(r.get("fsdp_qsgd4_acc_delta_pts") == 0.3 and r.get("fsdp_dgc_acc_delta_pts") == -0.6,
+       "FSDP deltas from fsdp.json")
 g = r.get("goals", {})
 expect(g.get("encode_ef_ge_0.8_of_copy") is True, "0.85 meets the 0.8 goal")
 expect(g.get("decode_ge_0.8_of_copy") is False, "0.75 misses the 0.8 goal")

@@ -232,6 +232,44 @@ def main():
         expect(r["model"] == [] and r["kernel_source"] == "none" and r["wrong"] == 0,
                "3-bit row: no rate in the report, no model, result still checked")
 
+    # Reduce-scatter (-C reduce_scatter): sizes are the per-rank output; nccl-tests'
+    # reduce_scatter_perf bandwidths; NCCL's ring sends (N-1) * size; one quantization.
+    code, out, rows = run(perf, ["-N", str(nranks), "-C", "reduce_scatter", "-b", "64K", "-e",
+                                 "256K", "-f", "4", "-n", "2", "-w", "1", "-d", "float,bfloat16",
+                                 "-m", "none,qsgd,topk", "-q", str(bits), "-B", str(bucket)],
+                          os.path.join(work, "rs.json"))
+    expect(code == 0, "reduce-scatter run exits 0 (got %d)" % code)
+    expect("ncclReduceScatter" in out, "reduce-scatter table names ncclReduceScatter")
+    expect(len(rows) == 2 * 3 * len(sizes), "reduce-scatter: one row per type, method, size")
+    for r in rows:
+        tag = "rs %s %s %d" % (r.get("method"), r.get("dtype"), r.get("size", -1))
+        expect(r.get("collective") == "reduce_scatter", "%s: collective named" % tag)
+        expect(r["count"] * TYPE_BYTES[r["dtype"]] == r["size"], "%s: count is the output" % tag)
+        expect(r["wrong"] == 0 and r["nccl_wrong"] == 0, "%s: no wrong elements" % tag)
+        algbw = nranks * r["size"] / r["time_us"] / 1e3
+        expect(abs(r["algbw"] - algbw) <= 1e-3 * algbw, "%s: algbw = N * size / time" % tag)
+        expect(abs(r["busbw"] - r["algbw"] * (nranks - 1) / nranks) <= 1e-3 * r["busbw"],
+               "%s: busbw = algbw * (N-1)/N" % tag)
+        expect(abs(r["nccl_wire_bytes"] - (nranks - 1) * r["size"]) <= 1,
+               "%s: NCCL ring reduce-scatter bytes (N-1) * size" % tag)
+        if r["method"] == "none":
+            expect(r["algo"] == "passthrough", "%s: method none passes through" % tag)
+            continue
+        expect(r["algo"] == "reducescatter", "%s: ran the reduce-scatter (got %s)" % (tag, r["algo"]))
+        if r["method"] == "qsgd":
+            # (N-1) blocks of E(size) bytes: the codec's ratio exactly.
+            ideal = TYPE_BYTES[r["dtype"]] * 8 / (bits + 32.0 / bucket)
+            expect(r["ratio"] is not None and 0.98 * ideal <= r["ratio"] <= 1.02 * ideal,
+                   "%s: ratio %s within 2%% of %.3f" % (tag, r["ratio"], ideal))
+            expect(0 < r["rel_err"] < 0.5, "%s: 0 < rel_err %s < 0.5" % (tag, r["rel_err"]))
+            expect(0 < r["err_over_bound"] <= 1, "%s: errors within the one-call bound" % tag)
+            expect(r["latency_steps"] == 1, "%s: one all-to-all step" % tag)
+            for m in r["model"]:
+                g = m["link_gbps"]
+                nccl = (nranks - 1) * r["size"] * 8 / (g * 1e3) + (nranks - 1) * 10
+                expect(abs(m["nccl_time_us"] - nccl) <= 1e-6 * nccl,
+                       "%s: NCCL reduce-scatter model at %g" % (tag, g))
+
     code, out, rows = run(perf, ["-N", "2", "-b", "256K", "-e", "256K", "-n", "1", "-w", "0",
                                  "--debug-corrupt"], os.path.join(work, "corrupt.json"))
     expect(code == 1, "a corrupted element makes the run exit 1 (got %d)" % code)

@@ -145,6 +145,22 @@ gradcompResult_t gradcompAllReduceKeyed(const void* sendbuff, void* recvbuff, si
                                         ncclDataType_t datatype, ncclRedOp_t op,
                                         gradcompComm_t comm, cudaStream_t stream, uint64_t key);
 
+/* Same contract as ncclReduceScatter: sendbuff holds nranks * recvcount
+ * elements, rank r receives block r of the reduction in recvbuff; in place
+ * when recvbuff == sendbuff + r * recvcount. Eligible as the allreduce, with
+ * the input count nranks * recvcount compared against minElements; every
+ * other call goes to ncclReduceScatter unchanged. One quantization: each
+ * rank encodes block j for rank j (error feedback fused), the owner sums the
+ * decodes and its own block in full precision in rank order. Residual state
+ * (nranks * recvcount floats) is keyed by (recvbuff, recvcount, datatype) and
+ * never shared with the allreduce's. */
+gradcompResult_t gradcompReduceScatter(const void* sendbuff, void* recvbuff, size_t recvcount,
+                                       ncclDataType_t datatype, ncclRedOp_t op, gradcompComm_t comm,
+                                       cudaStream_t stream);
+gradcompResult_t gradcompReduceScatterKeyed(const void* sendbuff, void* recvbuff, size_t recvcount,
+                                            ncclDataType_t datatype, ncclRedOp_t op,
+                                            gradcompComm_t comm, cudaStream_t stream, uint64_t key);
+
 /* Residual / momentum state. Save writes every buffer's state to a caller
  * buffer (host memory) so a training checkpoint can hold it. Call with
  * buffer == NULL to learn the size. Both wait for the comm's last stream. */
@@ -165,6 +181,8 @@ typedef struct {
   int bitsLast;             /* QSGD: bits used by the last call (DQ-SGD varies it) */
   uint64_t steps;           /* compressed calls on this comm (the step counter) */
   uint64_t bytesInterNode;  /* of bytesOnWire, the bytes sent to ranks on other nodes */
+  /* compressed reduce-scatter calls (counted in callsCompressed too) */
+  uint64_t callsReduceScatter;
 } gradcompStats_t;
 
 gradcompResult_t gradcompGetStats(gradcompComm_t comm, gradcompStats_t* stats);

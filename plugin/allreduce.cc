@@ -3,17 +3,13 @@
 #include <stdint.h>
 
 #include "algorithms/algorithms.h"
-#include "codecs/bits_policy.h"
 #include "checks.h"
+#include "codecs/bits_policy.h"
 #include "codecs/qsgd.h"
-#include "backends/cuda/device_ptr.h"
+#include "collective.h"
 
 namespace gc {
 namespace {
-
-bool compressibleType(ncclDataType_t t) {
-  return t == ncclFloat32 || t == ncclFloat16 || t == ncclBfloat16;
-}
 
 gradcompResult_t passThrough(gradcompComm* c, const void* send, void* recv, size_t count,
                              ncclDataType_t type, ncclRedOp_t op) {
@@ -32,20 +28,9 @@ gradcompResult_t sparseAllReduce(gradcompComm* c, const void* send, void* recv, 
   GC_ARG(count < (size_t)sparse::kEmptySlot,
          "count=%zu is too large for the u32 indices of the sparse methods (at most %u)", count,
          sparse::kEmptySlot - 1);
-  const uintptr_t r0 = (uintptr_t)recv;
-  StateKey skey =
-      keyed ? StateKey{1, key, count, (int)t} : StateKey{0, (uint64_t)r0, count, (int)t};
   BufferState* state = nullptr;
-  GC_CHECK(c->getState(skey, count, t, &state));
-  // Warm-up follows the buffer's host-side call counter, which graph replays
-  // do not advance: a captured warm-up call would replay its stage forever.
-  if (c->cfg.method == gradcompMethodDgc && c->cfg.warmupSteps > 0 &&
-      state->calls < (uint64_t)c->cfg.warmupSteps && c->backend->capturing()) {
-    return setError(gradcompInvalidUsage,
-                    "DGC warm-up (warmupSteps=%d; this buffer has made %llu calls) changes the "
-                    "density and message size by stage; capture a CUDA graph after the warm-up",
-                    c->cfg.warmupSteps, (unsigned long long)state->calls);
-  }
+  GC_CHECK(findState(*c, kStateAllReduce, keyed, key, recv, count, t, &state));
+  GC_CHECK(checkWarmupCapture(*c, *state));
   const bool hier = useHier(*c);
   const Algorithm& algo = hier                                   ? hierAlgorithm()
                           : c->cfg.method == gradcompMethodRandk ? randkAlgorithm()
@@ -57,17 +42,11 @@ gradcompResult_t sparseAllReduce(gradcompComm* c, const void* send, void* recv, 
   GC_TRACE("%s: count=%zu type=%d step=%llu", algo.name, count, (int)t,
            (unsigned long long)c->step);
   GC_CHECK(algo.run(args, c->workspace));
-  GC_CHECK(c->backend->advanceStep());
-  c->stats.bytesOnWire += hier ? hierWireBytes(*c, count, t, 0, state->calls)
-                               : sparseWireBytes(*c, count, state->calls);
-  c->stats.bytesInterNode += hier ? hierInterNodeBytes(*c, count, 0, state->calls)
-                                  : sparseInterNodeBytes(*c, count, state->calls);
-  c->step++;
-  state->calls++;
-  c->stats.callsCompressed++;
-  c->stats.callsPerAlgo[algo.id]++;
-  c->stats.bytesIn += count * dtypeBytes(t);
-  return gradcompSuccess;
+  return finishCall(*c, *state, algo.id, count * dtypeBytes(t),
+                    hier ? hierWireBytes(*c, count, t, 0, state->calls)
+                         : sparseWireBytes(*c, count, state->calls),
+                    hier ? hierInterNodeBytes(*c, count, 0, state->calls)
+                         : sparseInterNodeBytes(*c, count, state->calls));
 }
 
 gradcompResult_t allReduce(const void* send, void* recv, size_t count, ncclDataType_t type,
@@ -80,10 +59,7 @@ gradcompResult_t allReduce(const void* send, void* recv, size_t count, ncclDataT
   c->transport->setStream(stream);
   if (count == 0) return gradcompSuccess;
 
-  const bool compress = c->cfg.method != gradcompMethodNone && compressibleType(type) &&
-                        (op == ncclSum || op == ncclAvg) && count >= c->cfg.minElements &&
-                        c->nranks > 1;
-  if (!compress) {
+  if (!compressible(*c, count, type, op)) {
     GC_TRACE("pass through: count=%zu type=%d op=%d ranks=%d", count, (int)type, (int)op,
              c->nranks);
     return passThrough(c, send, recv, count, type, op);
@@ -91,17 +67,7 @@ gradcompResult_t allReduce(const void* send, void* recv, size_t count, ncclDataT
 
   DType t;
   GC_CHECK(dtypeFromNccl(type, &t));
-  const size_t esz = dtypeBytes(t);
-  const uintptr_t s0 = (uintptr_t)send, r0 = (uintptr_t)recv, bytes = count * esz;
-  GC_ARG(s0 % esz == 0 && r0 % esz == 0,
-         "sendbuff=%p / recvbuff=%p are not aligned to their element size %zu", send, recv, esz);
-  GC_ARG(send == recv || s0 + bytes <= r0 || r0 + bytes <= s0,
-         "sendbuff=%p and recvbuff=%p overlap without being the same buffer (count=%zu)", send,
-         recv, count);
-  if (c->backend->onDevice()) {
-    GC_CHECK(checkDevicePointer(send, "sendbuff"));
-    GC_CHECK(checkDevicePointer(recv, "recvbuff"));
-  }
+  GC_CHECK(checkBuffers(*c, send, count, recv, count, 0, t));
 
   if (c->cfg.method != gradcompMethodQsgd)
     return sparseAllReduce(c, send, recv, count, t, op, keyed, key);
@@ -111,10 +77,8 @@ gradcompResult_t allReduce(const void* send, void* recv, size_t count, ncclDataT
                     "ring or allgather");
   }
 
-  StateKey skey =
-      keyed ? StateKey{1, key, count, (int)t} : StateKey{0, (uint64_t)r0, count, (int)t};
   BufferState* state = nullptr;
-  GC_CHECK(c->getState(skey, count, t, &state));
+  GC_CHECK(findState(*c, kStateAllReduce, keyed, key, recv, count, t, &state));
   int bits = 0;
   GC_CHECK(chooseBits(*c, *state, &bits));
   const Algorithm& algo = c->cfg.elias ? eliasAlgorithm() : pickDenseAlgorithm(*c, count);
@@ -129,20 +93,12 @@ gradcompResult_t allReduce(const void* send, void* recv, size_t count, ncclDataT
            (unsigned long long)c->step);
   GC_CHECK(algo.run(args, c->workspace));
   GC_CHECK(recordReducedStats(*c, *state, recv, count, t));
-  GC_CHECK(c->backend->advanceStep());
-
-  c->step++;
-  state->calls++;
-  c->stats.callsCompressed++;
-  c->stats.callsPerAlgo[algo.id]++;
-  c->stats.bytesIn += bytes;
-  // The hier allgather moves the buffer type: its bytes depend on it.
-  c->stats.bytesOnWire += algo.id == gradcompAlgoHier
-                              ? hierWireBytes(*c, count, t, bits, state->calls)
-                              : algo.wireBytes(*c, count, bits);
-  c->stats.bytesInterNode += algo.interNodeBytes(*c, count, bits);
   c->stats.bitsLast = bits;
-  return gradcompSuccess;
+  // The hier allgather moves the buffer type: its bytes depend on it.
+  const size_t wire = algo.id == gradcompAlgoHier ? hierWireBytes(*c, count, t, bits, state->calls)
+                                                  : algo.wireBytes(*c, count, bits);
+  return finishCall(*c, *state, algo.id, count * dtypeBytes(t), wire,
+                    algo.interNodeBytes(*c, count, bits));
 }
 
 }  // namespace

@@ -64,7 +64,9 @@ gradcompResult_t gradcompComm::getState(const gc::StateKey& key, size_t count, g
   if (res == gradcompSuccess && cfg.method == gradcompMethodDgc && cfg.momentumCorrection) {
     res = backend->alloc(count * sizeof(float), reinterpret_cast<void**>(&s.momentum));
   }
-  if (res == gradcompSuccess && !sparse && cfg.ownerResidual) {
+  // The reduce-scatter quantizes once: no owner residual.
+  const bool reduceScatter = std::get<0>(key) >= 2;
+  if (res == gradcompSuccess && !sparse && !reduceScatter && cfg.ownerResidual) {
     // The largest chunk splitAligned gives this comm.
     const size_t d = cfg.bucketSize, units = (count + d - 1) / d;
     s.ownerResidualCount = (units + nranks - 1) / nranks * d;

@@ -12,6 +12,7 @@ for s in gradcompGetErrorString gradcompGetLastError gradcompConfigInit gradcomp
          gradcompQsgdEncodedBytes gradcompQsgdEncodeHost gradcompQsgdDecodeHost \
          gradcompQsgdEncode gradcompQsgdEncodeEF gradcompQsgdDecode gradcompCommCreate \
          gradcompCommCreateCpu gradcompCommDestroy gradcompAllReduce gradcompAllReduceKeyed \
+         gradcompReduceScatter gradcompReduceScatterKeyed \
          gradcompGetStats gradcompCommSaveState gradcompCommLoadState gradcompCommResetState \
          gradcompEliasMaxEncodedBytes gradcompEliasHeaderBytes gradcompEliasEncodedBytes \
          gradcompEliasEncodeHost gradcompEliasDecodeHost gradcompEliasWorkspaceBytes \

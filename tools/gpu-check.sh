@@ -12,7 +12,7 @@
 #
 # GC_CHECK_BUDGET_S (default 1200) bounds the whole run: each step's time
 # limit is cut to what is left. GC_STEPS (default: all of "tests multirank
-# perf kernels torch_topk tc_link ddp torch_hooks lm_compare plots") picks the steps after the build, so the
+# perf kernels torch_topk tc_link ddp fsdp torch_hooks lm_compare plots") picks the steps after the build, so the
 # suite can be split over several shorter sessions; the raw outputs of each
 # part land in the same bench/results/<date>-<gpu>/ folder and the report is
 # made from whatever is there.
@@ -40,7 +40,7 @@ archs=${GRADCOMP_CUDA_ARCHS:-native}
 jobs=$(nproc 2>/dev/null || echo 8)
 echo "gpu-check: $gpu_name -> $results/$name.md (budget ${budget}s)"
 
-steps_sel=" ${GC_STEPS:-tests multirank perf kernels torch_topk tc_link ddp torch_hooks lm_compare plots} "
+steps_sel=" ${GC_STEPS:-tests multirank perf kernels torch_topk tc_link ddp fsdp torch_hooks lm_compare plots} "
 want() { [[ "$steps_sel" == *" $1 "* ]]; }
 
 # run_step NAME LIMIT_S LOG CMD...: runs CMD under a time limit, output to LOG
@@ -116,6 +116,9 @@ want perf && run_step perf_n8 200 "$raw/perf_n8.txt" "$perf" --backend cuda -N 8
 want perf && run_step perf_n8_sparse 150 "$raw/perf_n8_sparse.txt" "$perf" --backend cuda -N 8 -b 4M \
   -e 256M -f 4 -n 5 -w 2 -m topk,dgc,randk -k 0.001 --link-gbps 10,25,100,400 \
   --json "$raw/perf_n8_sparse.json"
+want perf && run_step perf_n8_rs 150 "$raw/perf_n8_rs.txt" "$perf" --backend cuda -N 8 \
+  -C reduce_scatter -b 128K -e 32M -f 4 -n 5 -w 2 -m qsgd -d float --link-gbps 10,25,100 \
+  --json "$raw/perf_n8_rs.json"
 want kernels && run_step kernels 300 "$raw/kernels.txt" "$build/bench/gradcomp_kernels_perf" \
   --json "$raw/kernels.json"
 want torch_topk && run_step torch_topk 240 "$raw/torch_topk.txt" python3 bench/torch_topk.py \
@@ -132,6 +135,10 @@ else
   printf 'ddp\tmissing\t0\ttools/ddp_check.sh not in this tree\n' >> "$steps"
 fi
 
+# --- PyTorch FSDP2 under LD_PRELOAD (reduce-scatter)
+if want fsdp && [ -f tools/fsdp_check.sh ]; then
+  run_step fsdp 600 "$raw/fsdp.txt" bash tools/fsdp_check.sh "$raw" "$build"
+fi
 # --- gradcomp.torch: the DDP hook's GPU checks on the MLP, then the GPT head-to-head
 # against PowerSGD and fp16 (about 5 minutes; tools/lm_compare.py says what it runs)
 want torch_hooks && run_step torch_hooks 450 "$raw/torch_hooks.txt" \

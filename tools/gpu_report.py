@@ -6,7 +6,7 @@
 
 RAW_DIR holds what the steps wrote: steps.tsv (name, status, seconds, note),
 perf_*.json/.txt, kernels.json/.txt, torch_topk.json/.txt, multirank.json/.md,
-ddp.json/.md, torch_hooks.json/.md, lm.json/.md (+ lm_loss.png), tests.txt. Anything missing becomes null in the JSON and a line
+ddp.json/.md, torch_hooks.json/.md, lm.json/.md (+ lm_loss.png), fsdp.json/.md, tests.txt. Anything missing becomes null in the JSON and a line
 saying so in the report.
 """
 import argparse
@@ -66,6 +66,19 @@ def projection(pdoc, nodes, local, node_gbps, key, size=MB256, bits=4, dtype="fl
             for p in r.get("projection", []):
                 if p["nodes"] == nodes and p["local"] == local and p["node_gbps"] == node_gbps:
                     return p.get(key)
+
+
+def rs_model_speedup(pdoc, gbps=10, input_bytes=MB256, bits=4, dtype="float"):
+    """Reduce-scatter of a 256 MB gradient: the row whose per-rank output times N is 256 MB."""
+    if not pdoc:
+        return None
+    for r in pdoc.get("rows", []):
+        if (r.get("collective") == "reduce_scatter" and r["method"] == "qsgd" and
+                r["bits"] == bits and r["dtype"] == dtype and
+                r["size"] * r.get("nranks", 0) == input_bytes and not r.get("failed")):
+            for m in r.get("model", []):
+                if m["link_gbps"] == gbps:
+                    return m.get("speedup")
     return None
 
 
@@ -135,6 +148,7 @@ def main():
     tc = j("tc_link.json") or {}
     hooks, lm = j("torch_hooks.json") or {}, j("lm.json") or {}
     at_most = lambda v, thr: None if v is None else bool(v <= thr)  # noqa: E731
+    p8rs, fsdp = j("perf_n8_rs.json"), j("fsdp.json") or {}
     steps = steps_table(os.path.join(d, "steps.tsv"))
     # GC_COMMIT names the commit when the tree's .git is not the one it came
     # from (a copy sent to a GPU machine carries the checkout's older .git).
@@ -151,6 +165,7 @@ def main():
     ratio = projection(p8, 2, 4, 100, "inter_bytes_ratio_flat_vs_hier")
     tc_x = tc.get("measured_speedup_tc_10gbps_n4_256MB")
     tc_vs = tc.get("measured_vs_model_tc_10gbps")
+    rs_model = rs_model_speedup(p8rs)
     summary = {
         "gpu": a.gpu or (kdoc or {}).get("gpu") or None,
         "date": a.name[:10],
@@ -185,6 +200,11 @@ def main():
         "lm_bytes_ratio_qsgd4_vs_powersgd": lm.get("lm_bytes_ratio_qsgd4_vs_powersgd"),
         "multirank_tests_passed": multi.get("multirank_tests_passed"),
         "multirank_tests_failed": multi.get("multirank_tests_failed"),
+        "reducescatter_qsgd4_model_speedup_10gbps_n8_256MB": rs_model,
+        "multirank_rs_tests_passed": multi.get("multirank_rs_tests_passed"),
+        "multirank_rs_tests_failed": multi.get("multirank_rs_tests_failed"),
+        "fsdp_qsgd4_acc_delta_pts": fsdp.get("fsdp_qsgd4_acc_delta_pts"),
+        "fsdp_dgc_acc_delta_pts": fsdp.get("fsdp_dgc_acc_delta_pts"),
         "tests_passed": tests.get("tests_passed"),
         "tests_failed": tests.get("tests_failed"),
         "goals": {
@@ -209,6 +229,7 @@ def main():
                 else abs(hooks["ddp_hook_qsgd4_acc_delta_pts"]), 1.0),
             "lm_qsgd4_val_loss_within_1pct": at_most(lm.get("lm_val_loss_rel_delta_qsgd4"), 0.01),
             "lm_dgc_val_loss_within_3pct": at_most(lm.get("lm_val_loss_rel_delta_dgc"), 0.03),
+            "reducescatter_qsgd4_model_ge_7x_nccl_10gbps_n8_256MB": goal(rs_model, 7.0),
         },
         "allreduce_qsgd4_model_speedup_n8_256MB": {
             str(g): model_speedup(p8, gbps=g) for g in (10, 25, 100, 400)},
@@ -268,6 +289,8 @@ def main():
              % fmt(summary["lm_val_loss_rel_delta_powersgd"]))
     L.append("| gradient bytes per step, QSGD 4-bit hook / PowerSGD | %s | reported | |"
              % fmt(summary["lm_bytes_ratio_qsgd4_vs_powersgd"]))
+    L.append("| 4-bit reduce-scatter modeled speedup over NCCL fp32, 10 Gb/s, N=8, 256 MB input | %s | >= 7x | %s |"
+             % (fmt(rs_model), fmt(summary["goals"]["reducescatter_qsgd4_model_ge_7x_nccl_10gbps_n8_256MB"])))
     L.append("")
     L.append("Reported beside the goals: 4-bit allreduce modeled at 400 Gb/s, N=8, 256 MB, "
              "unpipelined: %s; flat modeled speedup, 4 x 8 at 100 Gb/s per node: %s; hier at "
@@ -294,11 +317,15 @@ def main():
              "hierarchical (4 ranks, GRADCOMP_LOCAL_SIZE=2) %s"
              % (fmt(summary["ddp_qsgd4_acc_delta_pts"]), fmt(summary["ddp_dgc_acc_delta_pts"]),
                 fmt(summary["ddp_hier_qsgd4_acc_delta_pts"])))
+    L.append("- multi-process reduce-scatter tests: %s passed, %s failed"
+             % (fmt(summary["multirank_rs_tests_passed"]), fmt(summary["multirank_rs_tests_failed"])))
+    L.append("- PyTorch FSDP2 accuracy delta (points): QSGD 4-bit %s, DGC %s"
+             % (fmt(summary["fsdp_qsgd4_acc_delta_pts"]), fmt(summary["fsdp_dgc_acc_delta_pts"])))
     L.append("")
     fails = t("tests_failed.txt")
     if fails:
         L += ["Failed tests:", "", "```", fails.strip(), "```", ""]
-    for md in ("multirank.md", "ddp.md", "tc_link.md", "torch_hooks.md", "lm.md"):
+    for md in ("multirank.md", "ddp.md", "tc_link.md", "fsdp.md", "torch_hooks.md", "lm.md"):
         body = t(md)
         if body:
             # lm.md links its PNG beside it, in the raw folder
@@ -314,6 +341,7 @@ def main():
     for name, title in (("perf_n1.txt", "gradcomp_perf, 1 rank"),
                         ("perf_n8.txt", "gradcomp_perf, 8 ranks on one GPU (modeled columns)"),
                         ("perf_n8_sparse.txt", "gradcomp_perf, sparse methods, 8 ranks"),
+                        ("perf_n8_rs.txt", "gradcomp_perf -C reduce_scatter, 8 ranks (modeled columns)"),
                         ("kernels.txt", "gradcomp_kernels_perf"),
                         ("torch_topk.txt", "torch.topk on the same data")):
         body = t(name)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Multi-process NCCL tests of the compressed allreduce on a GPU machine:
+# Multi-process NCCL tests of the compressed allreduce and reduce-scatter on a GPU machine:
 # N = 2 and 4 processes. With one GPU, every process uses it with a distinct
 # NCCL_HOSTID (NCCL then uses its socket transport: correct results,
 # meaningless timings). Then N = 4 again with GRADCOMP_LOCAL_SIZE=2 (two
@@ -11,10 +11,10 @@ out=${1:?usage: multirank_check.sh OUTDIR [BUILD_DIR]}
 build=${2:-build}
 bin=$build/tests/gradcomp_multirank
 mkdir -p "$out"
-total_pass=0; total_fail=0; hier_pass=0; hier_fail=0; lines=""
+total_pass=0; total_fail=0; hier_pass=0; hier_fail=0; rs_pass=0; rs_fail=0; lines=""
 if [ ! -x "$bin" ]; then
   echo "multirank: $bin not built" >&2
-  echo '{"multirank_tests_passed": 0, "multirank_tests_failed": 1, "multirank_error": "not built"}' > "$out/multirank.json"
+  echo '{"multirank_tests_passed": 0, "multirank_tests_failed": 1, "multirank_rs_tests_failed": 1, "multirank_error": "not built"}' > "$out/multirank.json"
   echo "- multirank: **not built**" > "$out/multirank.md"
   exit 1
 fi
@@ -42,6 +42,13 @@ for run in 2:0 4:0 4:2; do
   for r in $(seq 0 $((n - 1))); do
     log=$out/multirank_${tag}_r${r}.log
     line=$(grep -E "^multirank rank" "$log" | tail -1)
+    rsline=$(grep -E "^multirank rs rank" "$log" | tail -1)
+    if [ -n "$rsline" ]; then
+      rs_pass=$((rs_pass + $(echo "$rsline" | sed -E 's/.*: ([0-9]+) passed, ([0-9]+) failed/\1/')))
+      rs_fail=$((rs_fail + $(echo "$rsline" | sed -E 's/.*: ([0-9]+) passed, ([0-9]+) failed/\2/')))
+    else
+      rs_fail=$((rs_fail + 1))
+    fi
     if [ -n "$line" ]; then
       p=$(echo "$line" | sed -E 's/.*: ([0-9]+) passed, ([0-9]+) failed/\1/')
       f=$(echo "$line" | sed -E 's/.*: ([0-9]+) passed, ([0-9]+) failed/\2/')
@@ -56,7 +63,8 @@ for run in 2:0 4:0 4:2; do
 done
 cat > "$out/multirank.json" <<J
 {"multirank_tests_passed": $total_pass, "multirank_tests_failed": $total_fail,
- "multirank_hier_tests_passed": $hier_pass, "multirank_hier_tests_failed": $hier_fail}
+ "multirank_hier_tests_passed": $hier_pass, "multirank_hier_tests_failed": $hier_fail,
+ "multirank_rs_tests_passed": $rs_pass, "multirank_rs_tests_failed": $rs_fail}
 J
 {
   echo "### Multi-process NCCL tests (gradcompAllReduce, CUDA backend)"
@@ -64,7 +72,7 @@ J
   [ "$ngpu" -lt 4 ] && echo "Ranks share $ngpu GPU(s) with a distinct NCCL_HOSTID each (socket transport)."
   echo
   echo "$lines"
-  echo "Total: $total_pass passed, $total_fail failed"
+  echo "Total: $total_pass passed, $total_fail failed (of which reduce-scatter: $rs_pass passed, $rs_fail failed)"
   if [ -s "$out/multirank_failures.txt" ]; then echo; echo '```'; cat "$out/multirank_failures.txt"; echo '```'; fi
 } > "$out/multirank.md"
 cat "$out/multirank.md"

@@ -7,7 +7,7 @@
   hook_whole  the hook on whole buckets (--whole-buckets --layer-min-size 0 --start-iter 0)
   preload     QSGD 4-bit under LD_PRELOAD: the same buckets, so the same compressed bytes
   resume      the hook with --resume-check: checkpoint, resume in a fresh DDP, bit for bit
-and, when libgradcomp exports gradcompReduceScatterKeyed, tools/fsdp_train.py's
+and, when libgradcomp exports gradcompReduceScatterKeyed, tools/fsdp_hook_train.py's
 FSDP2 MLP with FSDP's reduce-scatter and with GradcompReduceScatter (QSGD 4-bit).
 Writes OUTDIR/torch_hooks.json and .md. Usage: torch_hooks_check.py OUTDIR [BUILD_DIR]
 """
@@ -76,17 +76,17 @@ def main():
         env=dict(os.environ, **base_env), capture_output=True).returncode == 0
     fsdp_base = fsdp_gc = None
     if has_rs:
-        fsdp_base = run("fsdp_none", [], script="fsdp_train.py", epochs_arg=False)
-        fsdp_gc = run("fsdp_qsgd4", ["--gradcomp"], script="fsdp_train.py", epochs_arg=False)
+        fsdp_base = run("fsdp_none", [], script="fsdp_hook_train.py", epochs_arg=False)
+        fsdp_gc = run("fsdp_qsgd4", ["--gradcomp"], script="fsdp_hook_train.py", epochs_arg=False)
     else:
         runs["fsdp"] = {"status": "skipped: libgradcomp has no gradcompReduceScatterKeyed"}
     if fsdp_base and fsdp_gc:
-        res["fsdp_qsgd4_acc_delta_pts"] = fsdp_gc["accuracy_pct"] - fsdp_base["accuracy_pct"]
-        res["fsdp_qsgd4_test_loss_rel_delta"] = (
+        res["fsdp_hook_qsgd4_acc_delta_pts"] = fsdp_gc["accuracy_pct"] - fsdp_base["accuracy_pct"]
+        res["fsdp_hook_qsgd4_test_loss_rel_delta"] = (
             (fsdp_gc["test_loss"] - fsdp_base["test_loss"]) / fsdp_base["test_loss"])
-        res["fsdp_qsgd4_params_identical"] = fsdp_gc["params_identical"]
+        res["fsdp_hook_qsgd4_params_identical"] = fsdp_gc["params_identical"]
         g = (fsdp_gc["stats"] or {}).get("gradcomp") or {}
-        res["fsdp_qsgd4_calls_compressed_rank0"] = g.get("calls_compressed")
+        res["fsdp_hook_qsgd4_calls_compressed_rank0"] = g.get("calls_compressed")
     if base and hq:
         res["ddp_hook_qsgd4_acc_delta_pts"] = hq["accuracy_pct"] - base["accuracy_pct"]
         res["ddp_hook_qsgd4_acc_pct"] = hq["accuracy_pct"]
@@ -140,7 +140,7 @@ def main():
           f"| save / resume in a fresh DDP + state, bit for bit | "
           f"{fmt('torch_hook_resume_bitwise')} |",
           f"| FSDP2 GradcompReduceScatter QSGD 4-bit: accuracy vs FSDP's own (pts), compressed "
-          f"calls | {fmt('fsdp_qsgd4_acc_delta_pts')}, {fmt('fsdp_qsgd4_calls_compressed_rank0')} |",
+          f"calls | {fmt('fsdp_hook_qsgd4_acc_delta_pts')}, {fmt('fsdp_hook_qsgd4_calls_compressed_rank0')} |",
           ""]
     md += [f"- {k}: {v['status']}" for k, v in runs.items()]
     with open(os.path.join(out, "torch_hooks.md"), "w") as f:

@@ -61,6 +61,9 @@ struct CheckParams {
   int bucket;         // d of bucketMax
   size_t numBuckets;
   double wireEps;  // Sparse: rounding of values on the wire
+  // Index of the first checked element in the input (a reduce-scatter's rank
+  // r checks elements r*recvcount...); bucketMax covers the whole input.
+  uint64_t offset;
 };
 
 // Per-rank maxima of |x| over buckets of d elements: bucketMax[r*nb + b].
@@ -81,8 +84,9 @@ struct ElementCheck {
   bool wrong;
 };
 
-GC_HD ElementCheck checkElement(const CheckParams& p, const float* bucketMax, uint64_t i,
+GC_HD ElementCheck checkElement(const CheckParams& p, const float* bucketMax, uint64_t local,
                                 float got) {
+  const uint64_t i = local + p.offset;
   double exact = 0, absSum = 0, window = 0;
   const size_t b = p.bucket > 0 ? (size_t)(i / (uint64_t)p.bucket) : 0;
   for (int r = 0; r < p.nranks; ++r) {

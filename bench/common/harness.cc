@@ -62,8 +62,11 @@ Checked combine(Rank& r, const CheckTotals& t) {
   return c;
 }
 
-CheckParams exactParams(const Options& o, int nranks, ncclDataType_t dtype) {
+// A reduce-scatter's rank r holds elements r*count.. of the input.
+CheckParams exactParams(const Options& o, Rank& r, ncclDataType_t dtype, size_t count) {
+  const int nranks = r.nranks();
   CheckParams p{};
+  if (o.collective == Collective::ReduceScatter) p.offset = (uint64_t)r.rank() * count;
   p.seed = o.seed;
   p.nranks = nranks;
   p.dtype = toDType(dtype);
@@ -78,26 +81,32 @@ struct Baseline {
   bool ok = true;
 };
 
+bool baselineCall(const Options& o, Rank& r, ncclDataType_t dtype, size_t count) {
+  return o.collective == Collective::ReduceScatter
+             ? r.baselineReduceScatter(r.send(), r.recv(), count, dtype, o.op)
+             : r.baseline(r.send(), r.recv(), count, dtype, o.op);
+}
+
 Baseline runBaseline(const Options& o, Rank& r, ncclDataType_t dtype, size_t count) {
   Baseline b;
   const size_t bytes = count * dtypeSize(dtype);
   if (o.check) {
     r.poison(r.recv(), bytes);
-    b.ok = allOk(r, r.baseline(r.send(), r.recv(), count, dtype, o.op));
+    b.ok = allOk(r, baselineCall(o, r, dtype, count));
     if (b.ok) {
       r.sync();
-      const CheckParams p = exactParams(o, r.nranks(), dtype);
+      const CheckParams p = exactParams(o, r, dtype, count);
       b.wrong = combine(r, r.check(p, nullptr, r.recv(), count)).wrong;
     }
   }
   bool ok = true;
-  b.us = timeCalls(r, o.warmup, o.iters, &ok,
-                   [&] { return r.baseline(r.send(), r.recv(), count, dtype, o.op); });
+  b.us = timeCalls(r, o.warmup, o.iters, &ok, [&] { return baselineCall(o, r, dtype, count); });
   b.ok = allOk(r, ok) && b.ok;
   return b;
 }
 
 int algoFromStats(const gradcompStats_t& before, const gradcompStats_t& after) {
+  if (after.callsReduceScatter > before.callsReduceScatter) return kAlgoReduceScatter;
   for (int a = 1; a <= gradcompAlgoHier; ++a)
     if (after.callsPerAlgo[a] > before.callsPerAlgo[a]) return a;
   return 0;
@@ -116,8 +125,10 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
     if (res == gradcompSuccess) r.destroyComm(comm);
     return;
   }
+  const bool rs = o.collective == Collective::ReduceScatter;
   auto call = [&] {
-    res = r.allReduce(comm, r.send(), r.recv(), count, dtype, o.op);
+    res = rs ? r.reduceScatter(comm, r.send(), r.recv(), count, dtype, o.op)
+             : r.allReduce(comm, r.send(), r.recv(), count, dtype, o.op);
     return res == gradcompSuccess;
   };
   gradcompStats_t s0{}, s1{}, s2{};
@@ -132,7 +143,10 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
     row->algoUsed = algoFromStats(s0, s1);
     if (o.check) {
       const MethodSpec& spec = methodSpec(cfg.method);
-      CheckParams p = exactParams(o, r.nranks(), dtype);
+      CheckParams p = exactParams(o, r, dtype, count);
+      // The reduce-scatter's input is N outputs long; its blocks' buckets lie
+      // inside the input's (power-of-two sizes and buckets) or are windowed.
+      const size_t inCount = rs ? count * r.nranks() : count;
       const float* bm = nullptr;
       if (row->algoUsed != 0) {
         p.kind = spec.bound;
@@ -149,8 +163,8 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
           }
           p.quantizations = qAlgo == 1 ? 2 : (qAlgo == 2 ? r.nranks() : 1);
           p.bucket = cfg.bucketSize;
-          p.numBuckets = (count + cfg.bucketSize - 1) / cfg.bucketSize;
-          bm = r.bucketMax(p.dtype, count, p.bucket, o.seed);
+          p.numBuckets = (inCount + cfg.bucketSize - 1) / cfg.bucketSize;
+          bm = r.bucketMax(p.dtype, inCount, p.bucket, o.seed);
         } else if (p.kind == BoundKind::Sparse) {
           p.wireEps = typeEps(toDType(cfg.valueType));
         }
@@ -168,8 +182,7 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
     gradcompGetStats(comm, &s2);
     ok = allOk(r, timedOk);
     const double calls = (double)(s2.callsCompressed - s1.callsCompressed);
-    double wire = calls > 0 ? (double)(s2.bytesOnWire - s1.bytesOnWire) / calls
-                            : ncclRingBytes(row->bytes, r.nranks());
+    double wire = calls > 0 ? (double)(s2.bytesOnWire - s1.bytesOnWire) / calls : row->ncclWire;
     r.reduce(&wire, 1, true);
     row->gradcompWire = wire;
     if (calls > 0) {
@@ -181,7 +194,8 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
   if (!ok) {
     row->failed = true;
     row->result = res;
-    row->error = std::string("gradcompAllReduce: ") + gradcompGetLastError();
+    row->error = std::string(rs ? "gradcompReduceScatter: " : "gradcompAllReduce: ") +
+                 gradcompGetLastError();
   }
   r.barrier();
   r.destroyComm(comm);
@@ -231,7 +245,8 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
   for (double g : o.linkGbps) {
     ModelPoint m;
     m.gbps = g;
-    m.ncclUs = ncclModelUs(row->bytes, r.nranks(), g, o.linkLatencyUs);
+    m.ncclUs = rs ? ncclReduceScatterModelUs(row->bytes, r.nranks(), g, o.linkLatencyUs)
+                  : ncclModelUs(row->bytes, r.nranks(), g, o.linkLatencyUs);
     m.gradcompUs =
         gradcompModelUs(row->kernelUs, row->gradcompWire, row->latencySteps, g, o.linkLatencyUs);
     row->model.push_back(m);
@@ -257,13 +272,16 @@ int runHarness(const Options& o, Rank& r) {
   if (lead) printPreamble(o, info);
 
   const std::vector<size_t> sizes = sizeList(o);
-  r.allocBuffers(o.maxBytes);
+  // Sizes are the output: a reduce-scatter reads N of them.
+  const bool rs = o.collective == Collective::ReduceScatter;
+  const size_t sendMax = rs ? o.maxBytes * r.nranks() : o.maxBytes;
+  r.allocBuffers(sendMax, o.maxBytes);
   std::vector<Row> all;
   int exitCode = 0;
   for (ncclDataType_t dtype : o.dtypes) {
     const size_t tsize = dtypeSize(dtype);
     // Element i has the same value whatever the size: fill once per type.
-    r.fill(r.send(), toDType(dtype), o.maxBytes / tsize, o.seed);
+    r.fill(r.send(), toDType(dtype), sendMax / tsize, o.seed);
     r.sync();
     std::map<size_t, Baseline> baselines;
     for (gradcompMethod_t m : o.methods) {
@@ -288,7 +306,9 @@ int runHarness(const Options& o, Rank& r) {
         row.bucket = cfg.bucketSize;
         row.density = cfg.density;
         row.nranks = r.nranks();
-        row.ncclWire = ncclRingBytes(row.bytes, r.nranks());
+        row.reduceScatter = rs;
+        row.ncclWire = rs ? ncclReduceScatterBytes(row.bytes, r.nranks())
+                          : ncclRingBytes(row.bytes, r.nranks());
         auto it = baselines.find(row.bytes);
         if (it == baselines.end())
           it = baselines.emplace(row.bytes, runBaseline(o, r, dtype, row.count)).first;
@@ -296,7 +316,7 @@ int runHarness(const Options& o, Rank& r) {
         row.ncclWrong = it->second.wrong;
         if (!it->second.ok) {
           row.failed = true;
-          row.error = "baseline allreduce failed";
+          row.error = rs ? "baseline reduce-scatter failed" : "baseline allreduce failed";
         }
         runGradcomp(o, info, r, cfg, &row);
         if (row.failed || row.ncclWrong > 0 || row.gradcompWrong > 0) exitCode = 1;

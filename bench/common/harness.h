@@ -41,6 +41,7 @@ struct Row {
   float density = 0;
   int algoUsed = 0;  // gradcompAlgo_t that ran; 0 = passed through
   int nranks = 1;
+  bool reduceScatter = false;  // bytes/count are then the per-rank output
   bool failed = false;
   gradcompResult_t result = gradcompSuccess;  // of the failed call
   std::string error;
@@ -59,9 +60,15 @@ struct Row {
   std::vector<ModelPoint> model;
   std::vector<ProjectionPoint> projection;
 
-  double algbw() const { return gradcompUs > 0 ? bytes / gradcompUs / 1e3 : 0; }
-  double ncclAlgbw() const { return ncclUs > 0 ? bytes / ncclUs / 1e3 : 0; }
-  double busFactor() const { return nranks > 1 ? 2.0 * (nranks - 1) / nranks : 0.0; }
+  // nccl-tests: a reduce-scatter's algbw counts its whole input (N * bytes),
+  // busbw = algbw * (N-1)/N; an allreduce's busbw = algbw * 2(N-1)/N.
+  double algBytes() const { return reduceScatter ? (double)bytes * nranks : (double)bytes; }
+  double algbw() const { return gradcompUs > 0 ? algBytes() / gradcompUs / 1e3 : 0; }
+  double ncclAlgbw() const { return ncclUs > 0 ? algBytes() / ncclUs / 1e3 : 0; }
+  double busFactor() const {
+    if (nranks <= 1) return 0.0;
+    return (reduceScatter ? 1.0 : 2.0) * (nranks - 1) / nranks;
+  }
   double busbw() const { return algbw() * busFactor(); }
   double ncclBusbw() const { return ncclAlgbw() * busFactor(); }
   double speedup() const { return gradcompUs > 0 ? ncclUs / gradcompUs : 0; }

@@ -18,6 +18,9 @@ AlgoShape algoShape(int algo, int nranks) {
       return {1.0, (2 * n - 1) / n, 2 * (n - 1)};
     case 3:  // allgather: encode everything once, decode-sum all N buffers.
       return {1.0, n, n - 1};
+    case 6:  // reduce-scatter (kAlgoReduceScatter), per element of the output: encode and decode
+             // N-1 blocks, one all-to-all.
+      return {n - 1, n - 1, 1};
     case 4:  // sparse allgather: selection and scatter-add are not yet timed alone.
       return {0.0, 0.0, n - 1};
     default:  // passed through to ncclAllReduce
@@ -37,6 +40,15 @@ static double transferUs(double bytes, double gbps) {
 double ncclModelUs(size_t bytes, int nranks, double gbps, double latencyUs) {
   if (nranks <= 1) return 0;
   return transferUs(ncclRingBytes(bytes, nranks), gbps) + 2.0 * (nranks - 1) * latencyUs;
+}
+
+double ncclReduceScatterBytes(size_t outBytes, int nranks) {
+  return nranks > 1 ? (nranks - 1.0) * (double)outBytes : 0.0;
+}
+
+double ncclReduceScatterModelUs(size_t outBytes, int nranks, double gbps, double latencyUs) {
+  if (nranks <= 1) return 0;
+  return ncclReduceScatterBytes(outBytes, nranks) * 8.0 / (gbps * 1e3) + (nranks - 1) * latencyUs;
 }
 
 double gradcompModelUs(double kernelUs, double wireBytes, double latencySteps, double gbps,

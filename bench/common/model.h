@@ -21,6 +21,10 @@ AlgoShape algoShape(int algo, int nranks);
 
 double ncclRingBytes(size_t bytes, int nranks);
 double ncclModelUs(size_t bytes, int nranks, double gbps, double latencyUs);
+// Reduce-scatter: NCCL's ring sends (N-1)/N of the input, (N-1) * outBytes,
+// in N-1 steps.
+double ncclReduceScatterBytes(size_t outBytes, int nranks);
+double ncclReduceScatterModelUs(size_t outBytes, int nranks, double gbps, double latencyUs);
 double gradcompModelUs(double kernelUs, double wireBytes, double latencySteps, double gbps,
                        double latencyUs);
 

@@ -28,6 +28,8 @@ void usage(const char* prog) {
       "  -B, --bucket <d>           QSGD bucket size 32..8192, multiple of 32\n"
       "  -k, --density <p>          sparse methods: share of elements sent, (0,1]\n"
       "  -a, --algo <a>             auto|twoshot|ring|allgather|sparse|hier\n"
+      "  -C, --collective <c>       all_reduce (default) | reduce_scatter: sizes are then the\n"
+      "                             per-rank output (recvcount), as in reduce_scatter_perf\n"
       "  -N, --nranks <n>           ranks: threads (cpu) or processes (cuda), default cpu 4,\n"
       "                             cuda the number of GPUs, or 4 on one GPU\n"
       "      --backend <b>          cuda|cpu, default cuda when a GPU is visible\n"
@@ -131,8 +133,9 @@ const char* methodName(gradcompMethod_t m) {
 }
 
 const char* algoName(int algo) {
-  static const char* names[] = {"auto", "twoshot", "ring", "allgather", "sparse", "hier"};
-  return algo >= 0 && algo <= gradcompAlgoHier ? names[algo] : "?";
+  static const char* names[] = {"auto",   "twoshot", "ring",         "allgather",
+                                "sparse", "hier",    "reducescatter"};
+  return algo >= 0 && algo <= kAlgoReduceScatter ? names[algo] : "?";
 }
 
 const char* opName(ncclRedOp_t op) {
@@ -170,6 +173,7 @@ bool parseOptions(int argc, char** argv, Options* o, int* exitCode) {
                                            {"bucket", required_argument, 0, 'B'},
                                            {"density", required_argument, 0, 'k'},
                                            {"algo", required_argument, 0, 'a'},
+                                           {"collective", required_argument, 0, 'C'},
                                            {"nranks", required_argument, 0, 'N'},
                                            {"backend", required_argument, 0, kBackend},
                                            {"json", required_argument, 0, kJson},
@@ -195,7 +199,7 @@ bool parseOptions(int argc, char** argv, Options* o, int* exitCode) {
   int c;
   long lv;
   double dv;
-  while ((c = getopt_long(argc, argv, "b:e:i:f:n:w:c:d:o:m:q:B:k:a:N:h", longOpts, nullptr)) !=
+  while ((c = getopt_long(argc, argv, "b:e:i:f:n:w:c:d:o:m:q:B:k:a:C:N:h", longOpts, nullptr)) !=
          -1) {
     const char* v = optarg;
     switch (c) {
@@ -285,6 +289,14 @@ bool parseOptions(int argc, char** argv, Options* o, int* exitCode) {
           return fail(exitCode,
                       "%s %s: algorithms are auto, twoshot, ring, allgather, sparse, hier", "-a",
                       v);
+        break;
+      case 'C':
+        if (strcmp(v, "all_reduce") == 0)
+          o->collective = Collective::AllReduce;
+        else if (strcmp(v, "reduce_scatter") == 0)
+          o->collective = Collective::ReduceScatter;
+        else
+          return fail(exitCode, "%s %s: collectives are all_reduce, reduce_scatter", "-C", v);
         break;
       case 'N':
         if (!parseInt(v, 1, 64, &lv)) return fail(exitCode, "%s %s not in 1..64", "-N", v);

@@ -13,6 +13,8 @@
 namespace gcbench {
 
 enum class BackendKind { Auto, Cuda, Cpu };
+// -C: the collective measured (nccl-tests' all_reduce_perf / reduce_scatter_perf).
+enum class Collective { AllReduce, ReduceScatter };
 
 struct Options {
   // Sizes in bytes; 0 means the backend's default (see applyDefaults).
@@ -31,6 +33,7 @@ struct Options {
   int localSize = -1;  // --local-size: ranks per node (cfg.localSize)
   int nranks = 0;
   BackendKind backend = BackendKind::Auto;
+  Collective collective = Collective::AllReduce;
   std::string jsonPath, csvPath;
   std::vector<double> linkGbps;
   bool linkGiven = false;
@@ -58,6 +61,8 @@ void applyDefaults(Options* o, int gpuCount);
 const char* dtypeName(ncclDataType_t t);
 size_t dtypeSize(ncclDataType_t t);
 const char* methodName(gradcompMethod_t m);
+// Row::algoUsed of gradcomp's reduce-scatter, after gradcompAlgo_t's values.
+constexpr int kAlgoReduceScatter = 6;
 const char* algoName(int algo);
 const char* opName(ncclRedOp_t op);
 std::vector<size_t> sizeList(const Options& o);

@@ -26,8 +26,8 @@ class Rank {
   virtual std::string describe() const = 0;
   virtual std::string baselineName() const = 0;
 
-  // Two buffers of `bytes` (send, recv); fatal on failure.
-  virtual void allocBuffers(size_t bytes) = 0;
+  // The send and recv buffers; fatal on failure.
+  virtual void allocBuffers(size_t sendBytes, size_t recvBytes) = 0;
   void* send() const { return send_; }
   void* recv() const { return recv_; }
   virtual void fill(void* buf, gc::DType t, size_t count, uint64_t seed) = 0;
@@ -44,12 +44,21 @@ class Rank {
   // Collective: ncclAllReduce, or on the CPU backend the exact host sum standing in for it.
   virtual bool baseline(const void* send, void* recv, size_t count, ncclDataType_t t,
                         ncclRedOp_t op) = 0;
+  // Collective: ncclReduceScatter, or the exact host reduce-scatter on the CPU backend.
+  virtual bool baselineReduceScatter(const void* send, void* recv, size_t recvCount,
+                                     ncclDataType_t t, ncclRedOp_t op) = 0;
   // Collective.
   virtual gradcompResult_t createComm(const gradcompConfig_t& cfg, gradcompComm_t* comm) = 0;
   virtual void destroyComm(gradcompComm_t comm) = 0;
   virtual gradcompResult_t allReduce(gradcompComm_t comm, const void* send, void* recv,
                                      size_t count, ncclDataType_t t, ncclRedOp_t op) = 0;
+  gradcompResult_t reduceScatter(gradcompComm_t comm, const void* send, void* recv,
+                                 size_t recvCount, ncclDataType_t t, ncclRedOp_t op) {
+    return gradcompReduceScatter(send, recv, recvCount, t, op, comm, stream());
+  }
 
+  // The stream gradcomp's calls are ordered on (null on the CPU backend).
+  virtual cudaStream_t stream() const { return nullptr; }
   // Waits for this rank's queued work.
   virtual void sync() = 0;
   virtual void barrier() = 0;

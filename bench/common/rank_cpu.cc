@@ -73,13 +73,15 @@ class CpuRank : public Rank {
   }
   std::string baselineName() const override {
     return "no NCCL on the CPU backend: an exact host sum (reduce-scatter + allgather through "
-           "shared memory, fp32 accumulation) stands in for ncclAllReduce";
+           "shared memory, fp32 accumulation) stands in for ncclAllReduce, its reduce-scatter "
+           "half for ncclReduceScatter";
   }
 
-  void allocBuffers(size_t bytes) override {
-    send_ = malloc(bytes ? bytes : 1);
-    recv_ = malloc(bytes ? bytes : 1);
-    if (!send_ || !recv_) fatal(rank_, "out of host memory for 2 x %zu bytes", bytes);
+  void allocBuffers(size_t sendBytes, size_t recvBytes) override {
+    send_ = malloc(sendBytes ? sendBytes : 1);
+    recv_ = malloc(recvBytes ? recvBytes : 1);
+    if (!send_ || !recv_)
+      fatal(rank_, "out of host memory for %zu + %zu bytes", sendBytes, recvBytes);
     w_->send[rank_] = send_;
     w_->recv[rank_] = recv_;
     barrier();
@@ -125,6 +127,24 @@ class CpuRank : public Rank {
       const size_t qlo = count * q / nranks_, qhi = count * (q + 1) / nranks_;
       memcpy((char*)recv + qlo * tsize, (const char*)w_->recv[q] + qlo * tsize,
              (qhi - qlo) * tsize);
+    }
+    barrier();
+    (void)send;
+    return true;
+  }
+
+  // Block r of the exact sum, fp32 accumulation in rank order.
+  bool baselineReduceScatter(const void* send, void* recv, size_t recvCount, ncclDataType_t t,
+                             ncclRedOp_t op) override {
+    const gc::DType dt =
+        t == ncclFloat16 ? gc::DType::F16 : (t == ncclBfloat16 ? gc::DType::BF16 : gc::DType::F32);
+    barrier();
+    for (size_t i = 0; i < recvCount; ++i) {
+      float acc = 0;
+      for (int q = 0; q < nranks_; ++q)
+        acc += gc::loadAsFloat(w_->send[q], dt, rank_ * recvCount + i);
+      if (op == ncclAvg) acc /= nranks_;
+      gc::storeFromFloat(recv, dt, i, acc);
     }
     barrier();
     (void)send;

@@ -178,12 +178,13 @@ class CudaRank : public Rank {
   std::string baselineName() const override {
     int v = 0;
     ncclGetVersion(&v);
-    return "ncclAllReduce (NCCL " + std::to_string(v) + ") on the same buffers and stream";
+    return "ncclAllReduce / ncclReduceScatter (NCCL " + std::to_string(v) +
+           ") on the same buffers and stream";
   }
 
-  void allocBuffers(size_t bytes) override {
-    BENCH_CUDA(cudaMalloc(&send_, bytes ? bytes : 1));
-    BENCH_CUDA(cudaMalloc(&recv_, bytes ? bytes : 1));
+  void allocBuffers(size_t sendBytes, size_t recvBytes) override {
+    BENCH_CUDA(cudaMalloc(&send_, sendBytes ? sendBytes : 1));
+    BENCH_CUDA(cudaMalloc(&recv_, recvBytes ? recvBytes : 1));
   }
   void fill(void* buf, gc::DType t, size_t count, uint64_t seed) override {
     BENCH_CUDA(fillDevice(buf, t, count, seed, rank_, stream_));
@@ -222,6 +223,16 @@ class CudaRank : public Rank {
               ncclGetErrorString(res));
     return res == ncclSuccess;
   }
+
+  bool baselineReduceScatter(const void* send, void* recv, size_t recvCount, ncclDataType_t t,
+                             ncclRedOp_t op) override {
+    ncclResult_t res = ncclReduceScatter(send, recv, recvCount, t, op, nccl_, stream_);
+    if (res != ncclSuccess)
+      fprintf(stderr, "gradcomp_perf: rank %d: ncclReduceScatter: %s\n", rank_,
+              ncclGetErrorString(res));
+    return res == ncclSuccess;
+  }
+  cudaStream_t stream() const override { return stream_; }
 
   gradcompResult_t createComm(const gradcompConfig_t& cfg, gradcompComm_t* comm) override {
     return gradcompCommCreate(nccl_, &cfg, comm);

@@ -97,6 +97,13 @@ void printPreamble(const Options& o, const RunInfo& info) {
           "kernels)\n",
           info.rates->reason.c_str());
   }
+  if (o.collective == Collective::ReduceScatter) {
+    printf(
+        "#  collective: reduce-scatter (gradcompReduceScatter against ncclReduceScatter). size "
+        "and count are the per-rank\n#  output (recvcount); algbw = N * size / time, busbw = "
+        "algbw * (N-1)/N; NCCL's ring sends (N-1) * size per rank\n#  in N-1 steps (the model "
+        "below uses that instead of the allreduce's).\n");
+  }
   if (info.showModel) {
     printf(
         "#  modeled at L Gb/s (docs/benchmark.md): gradcomp = kernels measured alone + bytes "
@@ -126,9 +133,11 @@ void printHeader(const Options& o, const RunInfo& info, const std::string& label
     }
   }
   // Column groups start where the rows put them: 46 and 82 characters in.
-  printf("#%45s%-36s%s\n", "",
-         info.backend == "cpu" ? "exact host sum (for ncclAllReduce)" : "ncclAllReduce",
-         "gradcompAllReduce");
+  const bool rs = o.collective == Collective::ReduceScatter;
+  const char* ncclName = rs ? "ncclReduceScatter" : "ncclAllReduce";
+  const std::string hostSum = std::string("exact host sum (for ") + ncclName + ")";
+  printf("#%45s%-36s%s\n", "", info.backend == "cpu" ? hostSum.c_str() : ncclName,
+         rs ? "gradcompReduceScatter" : "gradcompAllReduce");
   printf(
       "# %10s  %12s  %8s  %6s  %8s  %7s  %7s  %6s  %8s  %7s  %7s  %6s  %11s  %6s  %8s  %8s  "
       "%7s  %9s%s\n",
@@ -194,8 +203,9 @@ void printFooter(const std::vector<Row>& rows) {
   }
   printf("# Out of bounds values : %ld %s\n", wrong, wrong == 0 && failed == 0 ? "OK" : "FAILED");
   if (failed) printf("# Failed sizes         : %d\n", failed);
-  printf("# Avg bus bandwidth    : %g (gradcomp)  %g (ncclAllReduce)\n", n ? bus / n : 0.0,
-         n ? ncclBus / n : 0.0);
+  const bool rs = !rows.empty() && rows[0].reduceScatter;
+  printf("# Avg bus bandwidth    : %g (gradcomp)  %g (%s)\n", n ? bus / n : 0.0,
+         n ? ncclBus / n : 0.0, rs ? "ncclReduceScatter" : "ncclAllReduce");
   printf("#\n");
   fflush(stdout);
 }
@@ -271,9 +281,11 @@ bool writeJson(const std::string& path, const Options& o, const RunInfo& info,
           jsonNum(o.intraGbps).c_str());
   for (size_t i = 0; i < rows.size(); ++i) {
     const Row& r = rows[i];
-    fprintf(f, "%s\n    {\"size\": %zu, \"count\": %zu, \"dtype\": %s, \"redop\": %s, ",
-            i ? "," : "", r.bytes, r.count, jsonStr(dtypeName(r.dtype)).c_str(),
-            jsonStr(opName(r.op)).c_str());
+    fprintf(f,
+            "%s\n    {\"collective\": %s, \"size\": %zu, \"count\": %zu, \"dtype\": %s, "
+            "\"redop\": %s, ",
+            i ? "," : "", r.reduceScatter ? "\"reduce_scatter\"" : "\"all_reduce\"", r.bytes,
+            r.count, jsonStr(dtypeName(r.dtype)).c_str(), jsonStr(opName(r.op)).c_str());
     fprintf(f, "\"method\": %s, \"label\": %s, \"bits\": %d, \"bucket\": %d, \"density\": %s, ",
             jsonStr(methodName(r.method)).c_str(), jsonStr(r.label).c_str(), r.bits, r.bucket,
             jsonNum(r.density).c_str());

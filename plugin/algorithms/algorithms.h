@@ -45,6 +45,17 @@ const Algorithm& randkAlgorithm();            // algo_sparse.cc: randk
 size_t sparseWorkspaceBytes(const gradcompComm& c, size_t count, DType t, bool haveResidual,
                             uint64_t calls);
 size_t sparseWireBytes(const gradcompComm& c, size_t count, uint64_t calls);
+// Reduce-scatter: CallArgs::count is the per-rank output count (recvcount);
+// send holds nranks blocks of it. Written against the comm's rank, nranks,
+// Backend and Transport only, so it runs on any (sub-)communicator.
+// Of an all-to-all's `wire` bytes, where every peer receives the same size,
+// the bytes sent to ranks on other nodes.
+size_t allToAllInterNodeBytes(const gradcompComm& c, size_t wire);
+const Algorithm& reduceScatterAlgorithm();        // reduce_scatter.cc: qsgd
+const Algorithm& sparseReduceScatterAlgorithm();  // sparse_reduce_scatter.cc: topk, dgc, randk
+size_t sparseReduceScatterWorkspaceBytes(const gradcompComm& c, size_t recvCount, DType t,
+                                         bool haveResidual, uint64_t calls);
+size_t sparseReduceScatterWireBytes(const gradcompComm& c, size_t recvCount, uint64_t calls);
 size_t sparseInterNodeBytes(const gradcompComm& c, size_t count, uint64_t calls);
 
 // Hierarchical exchange (hier.cc): used for every compressed call of a

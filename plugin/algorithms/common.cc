@@ -28,4 +28,8 @@ gradcompResult_t decodeToOutput(Backend& be, const void* enc, size_t len, int bi
   return be.fromFloat(scratch, len, divisor, t, out);
 }
 
+size_t allToAllInterNodeBytes(const gradcompComm& c, size_t wire) {
+  return c.nranks > 1 ? wire / (size_t)(c.nranks - 1) * (size_t)c.remotePeers() : 0;
+}
+
 }  // namespace gc

@@ -32,13 +32,13 @@ class Transport {
   virtual gradcompResult_t allGather(const void* send, void* recv, size_t bytes) = 0;
   // Elementwise fp32 sum, identical on every rank (in place allowed).
   virtual gradcompResult_t allReduceSumFloat(const float* send, float* recv, size_t n) = 0;
-  // Exactly ncclReduceScatter: send holds size() blocks of recvCount
-  // elements, recv gets the reduction of block rank().
-  virtual gradcompResult_t reduceScatter(const void* send, void* recv, size_t recvCount,
-                                         ncclDataType_t type, ncclRedOp_t op) = 0;
   // The uncompressed path: exactly ncclAllReduce with these arguments.
   virtual gradcompResult_t passThrough(const void* send, void* recv, size_t count,
                                        ncclDataType_t type, ncclRedOp_t op) = 0;
+  // Exactly ncclReduceScatter: send holds size() blocks of recvCount, this
+  // rank gets block rank() of the reduction.
+  virtual gradcompResult_t reduceScatter(const void* send, void* recv, size_t recvCount,
+                                         ncclDataType_t type, ncclRedOp_t op) = 0;
 
  protected:
   int rank_ = 0, size_ = 1;

@@ -5,6 +5,8 @@
 
 #include <cuda_runtime_api.h>
 
+#include <vector>
+
 #include "kernels/qsgd_math.cuh"
 #include "checks.h"
 
@@ -16,7 +18,9 @@ struct BitsHistory {
   bool onDevice = false;
   void* scratch = nullptr;          // device: per-warp partials, then the result
   GradStats* resultDev = nullptr;   // device
-  GradStats* resultHost = nullptr;  // pinned host mirror
+  GradStats* resultHost = nullptr;  // pinned host mirror (one entry per rank when gathered)
+  GradStats* gatherDev = nullptr;   // device: every rank's statistics (reduce-scatter)
+  int gathered = 0;                 // ranks in resultHost of the copy in flight (0: one)
   cudaEvent_t ready = nullptr;      // recorded after the copy to resultHost
   bool pending = false;             // a copy is in flight
   GradStats stats{0.0, 0.0};
@@ -44,10 +48,11 @@ gradcompResult_t createHistory(gradcompComm& c, BufferState& s) {
   auto h = std::make_shared<BitsHistory>();
   h->onDevice = c.backend->onDevice();
   if (h->onDevice) {
-    const size_t scratch = cuda::gradStatsScratchBytes();
-    GC_CUDACHECK(cudaMalloc(&h->scratch, scratch + sizeof(GradStats)));
+    const size_t scratch = cuda::gradStatsScratchBytes(), n = (size_t)c.nranks;
+    GC_CUDACHECK(cudaMalloc(&h->scratch, scratch + (1 + n) * sizeof(GradStats)));
     h->resultDev = reinterpret_cast<GradStats*>(static_cast<char*>(h->scratch) + scratch);
-    GC_CUDACHECK(cudaHostAlloc(reinterpret_cast<void**>(&h->resultHost), sizeof(GradStats),
+    h->gatherDev = h->resultDev + 1;
+    GC_CUDACHECK(cudaHostAlloc(reinterpret_cast<void**>(&h->resultHost), n * sizeof(GradStats),
                                cudaHostAllocDefault));
     GC_CUDACHECK(cudaEventCreateWithFlags(&h->ready, cudaEventDisableTiming));
   }
@@ -57,6 +62,17 @@ gradcompResult_t createHistory(gradcompComm& c, BufferState& s) {
 
 bool usable(const GradStats& st) {
   return isfinite(st.sumLenMaxSq) && isfinite(st.sumSq);
+}
+
+// The statistics of the whole reduced result from every rank's block, summed
+// in rank order: the same doubles in the same order on every rank.
+GradStats sumInRankOrder(const GradStats* all, int n) {
+  GradStats st{0.0, 0.0};
+  for (int i = 0; i < n; ++i) {
+    st.sumLenMaxSq += all[i].sumLenMaxSq;
+    st.sumSq += all[i].sumSq;
+  }
+  return st;
 }
 
 }  // namespace
@@ -133,7 +149,7 @@ gradcompResult_t chooseBits(gradcompComm& c, BufferState& s, int* bits) {
   if (h.pending) {
     // Only the previous call on this buffer must have finished.
     GC_CUDACHECK(cudaEventSynchronize(h.ready));
-    h.stats = *h.resultHost;
+    h.stats = h.gathered ? sumInRankOrder(h.resultHost, h.gathered) : *h.resultHost;
     h.haveStats = true;
     h.pending = false;
   }
@@ -186,6 +202,31 @@ gradcompResult_t recordReducedStats(gradcompComm& c, BufferState& s, const void*
                                stream));
   GC_CUDACHECK(cudaEventRecord(h.ready, stream));
   h.pending = true;
+  h.gathered = 0;
+  return gradcompSuccess;
+}
+
+gradcompResult_t recordGatheredStats(gradcompComm& c, BufferState& s, const void* recv,
+                                     size_t count, DType t) {
+  if (c.cfg.bitsMode == gradcompBitsFixed || !s.bitsHistory) return gradcompSuccess;
+  BitsHistory& h = *s.bitsHistory;
+  const int n = c.nranks;
+  if (!h.onDevice) {
+    const GradStats mine = hostGradStats(recv, t, count, c.cfg.bucketSize);
+    std::vector<GradStats> all(n);
+    GC_CHECK(c.transport->allGather(&mine, all.data(), sizeof(GradStats)));
+    h.stats = sumInRankOrder(all.data(), n);
+    h.haveStats = true;
+    return gradcompSuccess;
+  }
+  cudaStream_t stream = c.backend->stream();
+  GC_CUDACHECK(cuda::gradStats(recv, t, count, c.cfg.bucketSize, h.scratch, h.resultDev, stream));
+  GC_CHECK(c.transport->allGather(h.resultDev, h.gatherDev, sizeof(GradStats)));
+  GC_CUDACHECK(cudaMemcpyAsync(h.resultHost, h.gatherDev, n * sizeof(GradStats),
+                               cudaMemcpyDeviceToHost, stream));
+  GC_CUDACHECK(cudaEventRecord(h.ready, stream));
+  h.pending = true;
+  h.gathered = n;
   return gradcompSuccess;
 }
 

@@ -29,6 +29,13 @@ gradcompResult_t chooseBits(gradcompComm& c, BufferState& s, int* bits);
 // reduced result the next call on this buffer chooses from.
 gradcompResult_t recordReducedStats(gradcompComm& c, BufferState& s, const void* recv, size_t count,
                                     DType t);
+// The reduce-scatter's form: each rank holds only its block of the result,
+// so the blocks' statistics are allgathered (16 bytes per rank) and summed in
+// rank order, which gives every rank the same numbers. Blocks are quantized
+// with buckets from their own start, so the sum is the statistic of exactly
+// the buckets the next call quantizes.
+gradcompResult_t recordGatheredStats(gradcompComm& c, BufferState& s, const void* recv,
+                                     size_t count, DType t);
 
 // The pure parts, for tests.
 // Statistics of host data, in a fixed order.

@@ -2,8 +2,9 @@
 // with GRADCOMP_GROUP=defer each is compressed on its own, in order; with
 // GRADCOMP_GROUP=fuse they become one compressed allreduce per (comm, stream,
 // type, op): copy into a fusion buffer, compress, copy out (Horovod-style
-// tensor fusion). Calls of communicators that do not compress go to NCCL in
-// order.
+// tensor fusion). Reduce-scatters are compressed one by one in either mode:
+// each rank's output is one block of every call, so calls do not concatenate.
+// Calls of communicators that do not compress go to NCCL in order.
 #include <cuda_runtime_api.h>
 
 #include "nvtx.h"
@@ -16,7 +17,7 @@ namespace {
 ncclResult_t passEach(CommEntry& e, const std::vector<const Deferred*>& members) {
   ncclResult_t first = ncclSuccess;
   for (const Deferred* d : members) {
-    ncclResult_t r = forward(&e, d->send, d->recv, d->count, d->type, d->op, d->comm, d->stream);
+    ncclResult_t r = forward(&e, *d);
     if (r != ncclSuccess && first == ncclSuccess) first = r;
   }
   return first;
@@ -25,7 +26,7 @@ ncclResult_t passEach(CommEntry& e, const std::vector<const Deferred*>& members)
 ncclResult_t runFusedSet(CommEntry& e, const std::vector<const Deferred*>& members) {
   const Deferred& d0 = *members[0];
   if (members.size() == 1) {
-    return compress(e, d0.send, d0.recv, d0.count, d0.type, d0.op, d0.stream, false, 0, 1);
+    return compress(e, d0, false, 0, 1);
   }
   const size_t esz = typeBytes(d0.type);
   size_t total = 0;
@@ -75,8 +76,8 @@ ncclResult_t runFusedSet(CommEntry& e, const std::vector<const Deferred*>& membe
       off += d->count * esz;
     }
   }
-  ncclResult_t r =
-      compress(e, e.fusion, e.fusion, total, d0.type, d0.op, d0.stream, true, key, members.size());
+  const Deferred fused{e.fusion, e.fusion, total, d0.type, d0.op, d0.comm, d0.stream};
+  ncclResult_t r = compress(e, fused, true, key, members.size());
   if (r != ncclSuccess) return r;
   GC_NVTX_RANGE("gradcomp fuse copy-out");
   const char* fusion = static_cast<const char*>(e.fusion);
@@ -119,11 +120,11 @@ ncclResult_t runDeferred(std::vector<Deferred>& calls) {
       }
     }
     if (e->mode != Mode::Compress) {
-      note(forward(e.get(), d.send, d.recv, d.count, d.type, d.op, d.comm, d.stream));
+      note(forward(e.get(), d));
       continue;
     }
-    if (settings().group != GroupMode::Fuse) {
-      note(compress(*e, d.send, d.recv, d.count, d.type, d.op, d.stream, false, 0, 1));
+    if (settings().group != GroupMode::Fuse || d.coll == Collective::ReduceScatter) {
+      note(compress(*e, d, false, 0, 1));
       continue;
     }
     entries.push_back(e);

@@ -1,8 +1,9 @@
-// The LD_PRELOAD interposer: ncclAllReduce with NCCL's exact signature, plus
+// The LD_PRELOAD interposer: ncclAllReduce and ncclReduceScatter with NCCL's
+// exact signatures (one path for both), plus
 // the group calls (to know when a call is inside a user group), the
 // communicator constructors that take a config (to know the non-blocking
 // ones) and destroy/abort (to free state). Eligible calls (DESIGN.md
-// "Interposer rules") go through gradcompAllReduce on a per-communicator
+// "Interposer rules") go through gradcompAllReduce / gradcompReduceScatter on a per-communicator
 // gradcomp comm created lazily from GRADCOMP_*; every other call reaches the
 // real NCCL with identical arguments. Eligible calls inside a user group are
 // taken out of it and run after the outer ncclGroupEnd (GRADCOMP_GROUP=defer,
@@ -10,6 +11,7 @@
 // program: whatever fails to set up is warned about once and passed through.
 #include <cuda_runtime_api.h>
 #include <nccl.h>
+#include <stdint.h>
 
 #include "debug.h"
 #include "nccl_dlsym.h"
@@ -40,26 +42,50 @@ ncclResult_t toNccl(gradcompResult_t r) {
 thread_local int tGroupDepth = 0;
 thread_local std::vector<Deferred> tDeferred;
 
-}  // namespace
-
-ncclResult_t forward(CommEntry* e, const void* send, void* recv, size_t count, ncclDataType_t type,
-                     ncclRedOp_t op, ncclComm_t comm, cudaStream_t stream) {
-  if (ncclApi()->allReduce == nullptr) return ncclSystemError;
-  if (e != nullptr) e->callsPassed++;
-  return ncclApi()->allReduce(send, recv, count, type, op, comm, stream);
+// The input count eligibility compares with minElements: the reduce-scatter
+// reads nranks * recvcount. 0 (never eligible unless minElements is 0, and
+// then refused by gradcomp and forwarded) when NCCL cannot tell the size or
+// the product overflows.
+size_t inputCount(const Deferred& d) {
+  if (d.coll == Collective::AllReduce) return d.count;
+  int nranks = 0;
+  if (ncclApi()->commCount(d.comm, &nranks) != ncclSuccess || nranks < 1) return 0;
+  if (d.count > SIZE_MAX / (size_t)nranks) return 0;
+  return d.count * (size_t)nranks;
 }
 
-ncclResult_t compress(CommEntry& e, const void* send, void* recv, size_t count, ncclDataType_t type,
-                      ncclRedOp_t op, cudaStream_t stream, bool keyed, uint64_t key,
+}  // namespace
+
+ncclResult_t forward(CommEntry* e, const Deferred& d) {
+  const bool rs = d.coll == Collective::ReduceScatter;
+  const NcclApi* api = ncclApi();
+  if ((rs ? (void*)api->reduceScatter : (void*)api->allReduce) == nullptr) return ncclSystemError;
+  if (e != nullptr) {
+    e->callsPassed++;
+    if (rs) e->rsPassed++;
+  }
+  return rs ? api->reduceScatter(d.send, d.recv, d.count, d.type, d.op, d.comm, d.stream)
+            : api->allReduce(d.send, d.recv, d.count, d.type, d.op, d.comm, d.stream);
+}
+
+ncclResult_t compress(CommEntry& e, const Deferred& d, bool keyed, uint64_t key,
                       uint64_t userCalls) {
-  GC_NVTX_RANGE("gradcomp allreduce");
+  const bool rs = d.coll == Collective::ReduceScatter;
+  GC_NVTX_RANGE(rs ? "gradcomp reducescatter" : "gradcomp allreduce");
   std::lock_guard<std::mutex> lock(e.callMu);
   DeviceGuard guard(e.device);
-  const gradcompResult_t r =
-      keyed ? gradcompAllReduceKeyed(send, recv, count, type, op, e.gc, stream, key)
-            : gradcompAllReduce(send, recv, count, type, op, e.gc, stream);
+  gradcompResult_t r;
+  if (rs) {
+    r = keyed
+            ? gradcompReduceScatterKeyed(d.send, d.recv, d.count, d.type, d.op, e.gc, d.stream, key)
+            : gradcompReduceScatter(d.send, d.recv, d.count, d.type, d.op, e.gc, d.stream);
+  } else {
+    r = keyed ? gradcompAllReduceKeyed(d.send, d.recv, d.count, d.type, d.op, e.gc, d.stream, key)
+              : gradcompAllReduce(d.send, d.recv, d.count, d.type, d.op, e.gc, d.stream);
+  }
   if (r == gradcompSuccess) {
     e.callsCompressed += userCalls;
+    if (rs) e.rsCompressed += userCalls;
     return ncclSuccess;
   }
   // These results come from checks made before anything is enqueued (first
@@ -69,11 +95,37 @@ ncclResult_t compress(CommEntry& e, const void* send, void* recv, size_t count, 
     const std::string why = gradcompGetLastError();
     warnOnce(why, "passing a call to NCCL: %s", why.c_str());
     e.callsPassed += userCalls - 1;
-    return forward(&e, send, recv, count, type, op, e.nccl, stream);
+    if (rs) e.rsPassed += userCalls - 1;
+    return forward(&e, d);
   }
-  warnOnce(std::string("failed ") + gradcompGetLastError(), "compressed allreduce failed: %s",
-           gradcompGetLastError());
+  warnOnce(std::string("failed ") + gradcompGetLastError(), "compressed %s failed: %s",
+           rs ? "reduce-scatter" : "allreduce", gradcompGetLastError());
   return toNccl(r);
+}
+
+ncclResult_t route(const Deferred& d) {
+  if (!ncclResolved() || d.comm == nullptr) return forward(nullptr, d);
+  EntryPtr e = entryFor(d.comm);
+  if (e->mode == Mode::PassThrough || !eligible(inputCount(d), d.type, d.op)) {
+    return forward(e.get(), d);
+  }
+  if (tGroupDepth > 0) {
+    if (settings().group == GroupMode::Pass) return forward(e.get(), d);
+    tDeferred.push_back(d);
+    return ncclSuccess;
+  }
+  if (e->mode == Mode::Undecided) {
+    if (capturing(d.stream)) {
+      warnOnce("capture",
+               "NCCL comm %p is used in a CUDA graph capture before gradcomp set it up; calls "
+               "pass through until an eager call sets it up",
+               (void*)d.comm);
+      return forward(e.get(), d);
+    }
+    decide(*e, d.stream);
+    if (e->mode != Mode::Compress) return forward(e.get(), d);
+  }
+  return compress(*e, d, false, 0, 1);
 }
 
 }  // namespace preload
@@ -88,34 +140,14 @@ using gc::realNccl;
 GC_INTERPOSE ncclResult_t ncclAllReduce(const void* sendbuff, void* recvbuff, size_t count,
                                         ncclDataType_t datatype, ncclRedOp_t op, ncclComm_t comm,
                                         cudaStream_t stream) {
-  if (!gc::ncclResolved() || comm == nullptr) {
-    return forward(nullptr, sendbuff, recvbuff, count, datatype, op, comm, stream);
-  }
-  EntryPtr e = entryFor(comm);
-  if (!eligible(count, datatype, op) || e->mode == Mode::PassThrough) {
-    return forward(e.get(), sendbuff, recvbuff, count, datatype, op, comm, stream);
-  }
-  if (tGroupDepth > 0) {
-    if (settings().group == GroupMode::Pass) {
-      return forward(e.get(), sendbuff, recvbuff, count, datatype, op, comm, stream);
-    }
-    tDeferred.push_back({sendbuff, recvbuff, count, datatype, op, comm, stream});
-    return ncclSuccess;
-  }
-  if (e->mode == Mode::Undecided) {
-    if (capturing(stream)) {
-      warnOnce("capture",
-               "NCCL comm %p is used in a CUDA graph capture before gradcomp set it up; calls "
-               "pass through until an eager call sets it up",
-               (void*)comm);
-      return forward(e.get(), sendbuff, recvbuff, count, datatype, op, comm, stream);
-    }
-    decide(*e, stream);
-    if (e->mode != Mode::Compress) {
-      return forward(e.get(), sendbuff, recvbuff, count, datatype, op, comm, stream);
-    }
-  }
-  return compress(*e, sendbuff, recvbuff, count, datatype, op, stream, false, 0, 1);
+  return route({sendbuff, recvbuff, count, datatype, op, comm, stream, Collective::AllReduce});
+}
+
+GC_INTERPOSE ncclResult_t ncclReduceScatter(const void* sendbuff, void* recvbuff, size_t recvcount,
+                                            ncclDataType_t datatype, ncclRedOp_t op,
+                                            ncclComm_t comm, cudaStream_t stream) {
+  return route(
+      {sendbuff, recvbuff, recvcount, datatype, op, comm, stream, Collective::ReduceScatter});
 }
 
 GC_INTERPOSE ncclResult_t ncclGroupStart() {

@@ -35,7 +35,8 @@ struct Settings {
 const Settings& settings();
 
 // True for the calls DESIGN.md "Interposer rules" compress (the comm's size
-// is checked when its entry is decided).
+// is checked when its entry is decided). `count` is the input count: the
+// reduce-scatter's nranks * recvcount.
 bool eligible(size_t count, ncclDataType_t type, ncclRedOp_t op);
 size_t typeBytes(ncclDataType_t type);
 
@@ -55,7 +56,8 @@ struct CommEntry {
   // thread-safe, and NCCL needs the same call order on every rank anyway.
   std::mutex callMu;
   std::atomic<uint64_t> callsCompressed{0}, callsPassed{0};
-  void* fusion = nullptr;  // GRADCOMP_GROUP=fuse buffer (device)
+  std::atomic<uint64_t> rsCompressed{0}, rsPassed{0};  // the reduce-scatter calls among them
+  void* fusion = nullptr;                              // GRADCOMP_GROUP=fuse buffer (device)
   size_t fusionBytes = 0;
   ~CommEntry();
 };
@@ -83,16 +85,11 @@ bool capturing(cudaStream_t stream);
 // Prints `msg` once per distinct key, whatever GRADCOMP_DEBUG says.
 void warnOnce(const std::string& key, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
 
-// The real ncclAllReduce with the caller's arguments, counted as passed through.
-ncclResult_t forward(CommEntry* e, const void* send, void* recv, size_t count, ncclDataType_t type,
-                     ncclRedOp_t op, ncclComm_t comm, cudaStream_t stream);
-// gradcompAllReduce on a Compress entry; a call gradcomp refuses before
-// enqueuing anything (first call of a buffer under capture, say) is forwarded.
-ncclResult_t compress(CommEntry& e, const void* send, void* recv, size_t count, ncclDataType_t type,
-                      ncclRedOp_t op, cudaStream_t stream, bool keyed, uint64_t key,
-                      uint64_t userCalls);
+enum class Collective { AllReduce, ReduceScatter };
 
-// An eligible call deferred inside a user group (GRADCOMP_GROUP=defer|fuse).
+// One call as the application made it (count: the allreduce's count or the
+// reduce-scatter's recvcount); also an eligible call deferred inside a user
+// group (GRADCOMP_GROUP=defer|fuse).
 struct Deferred {
   const void* send;
   void* recv;
@@ -101,9 +98,23 @@ struct Deferred {
   ncclRedOp_t op;
   ncclComm_t comm;
   cudaStream_t stream;
+  Collective coll = Collective::AllReduce;
 };
+
+// The real ncclAllReduce / ncclReduceScatter with the caller's arguments,
+// counted as passed through.
+ncclResult_t forward(CommEntry* e, const Deferred& d);
+// gradcompAllReduce / gradcompReduceScatter on a Compress entry; a call
+// gradcomp refuses before enqueuing anything (first call of a buffer under
+// capture, say) is forwarded.
+ncclResult_t compress(CommEntry& e, const Deferred& d, bool keyed, uint64_t key,
+                      uint64_t userCalls);
+// The whole path of one call outside a user group (decide, compress or pass).
+ncclResult_t route(const Deferred& d);
+
 // Runs the deferred calls of a user group after its outer ncclGroupEnd: one by
-// one (defer) or fused (fuse).
+// one (defer) or fused (fuse; reduce-scatters run one by one, as their
+// blocks interleave and cannot be concatenated).
 ncclResult_t runDeferred(std::vector<Deferred>& calls);
 
 // Sets the current CUDA device for a scope (no-op when it already is, or

@@ -56,6 +56,7 @@ STATS_FIELDS = [
     ("bitsLast", ctypes.c_int),
     ("steps", ctypes.c_uint64),
     ("bytesInterNode", ctypes.c_uint64),
+    ("callsReduceScatter", ctypes.c_uint64),
 ]
 
 # Enum fields take these names (the GRADCOMP_* spellings) or their numbers.

@@ -4,7 +4,10 @@
 // for bit against the serial host reference of the same algorithm (which
 // also makes them identical across ranks), then the sparse methods (top-k,
 // DGC, rand-k) against tests/common/ref_sparse.h, then CUDA-graph capture
-// against eager calls, then pass-through. Prints "N passed, M failed".
+// against eager calls, then pass-through; then gradcompReduceScatter (QSGD
+// fixed and DQ-SGD bits, the sparse methods, in place, a graph, pass-through)
+// against tests/common/ref_rs.h. Prints "N passed, M failed" and, for the
+// reduce-scatter checks alone, "multirank rs ...: N passed, M failed".
 // With GRADCOMP_LOCAL_SIZE=L > 1 (tools/multirank_check.sh runs N = 4, L = 2)
 // the comms are hierarchical (nodes of L consecutive ranks) and the
 // references those of tests/common/ref_hier.h; L = 2 keeps the in-node sums
@@ -24,6 +27,7 @@
 #include "gradcomp.h"
 #include "tests/common/ref_algos.h"
 #include "tests/common/ref_hier.h"
+#include "tests/common/ref_rs.h"
 #include "tests/common/ref_sparse.h"
 
 using namespace gctest::ref;
@@ -32,8 +36,11 @@ namespace {
 
 int passed = 0, failed = 0, rank = 0, nranks = 1;
 int localSize = 0;  // GRADCOMP_LOCAL_SIZE > 1: the hierarchical suite
+bool inRs = false;  // counting reduce-scatter checks
+int rsPassed = 0, rsFailed = 0;
 
 void report(bool ok, const std::string& what) {
+  if (inRs) ++(ok ? rsPassed : rsFailed);
   if (ok) {
     ++passed;
   } else {
@@ -333,6 +340,186 @@ void checkPassThrough(ncclComm_t nc, cudaStream_t st) {
   gradcompCommDestroy(gc);
 }
 
+// Reduce-scatter: three calls on one buffer of a fresh comm; every rank
+// computes all ranks' inputs and the serial reference, and checks its block.
+// QSGD uses the width the library reports (DQ-SGD's statistics come from the
+// GPU's reduction, whose double sums may round apart from the host's), which
+// must be the same on every rank.
+void checkRsQsgd(ncclComm_t nc, cudaStream_t st, DType t, bool avg, size_t m, bool inPlace,
+                 bool dynamic) {
+  gradcompConfig_t cfg;
+  gradcompConfigInit(&cfg);
+  cfg.minElements = 0;
+  cfg.bucketSize = 64;
+  if (dynamic) {
+    cfg.bitsMode = gradcompBitsDynamic;
+    cfg.bitsMin = 2;
+    cfg.bitsMax = 8;
+    cfg.varianceTarget = 0.02f;
+  }
+  gradcompComm_t gc;
+  CK(gradcompCommCreate(nc, &cfg, &gc));
+  const size_t esz = t == DType::F32 ? 4 : 2, n = nranks * m;
+  char *dsend, *drecv;
+  CK(cudaMalloc(&dsend, n * esz + 16));
+  CK(cudaMalloc(&drecv, m * esz + 16));
+  void* recv = inPlace ? dsend + rank * m * esz : drecv;
+  std::vector<Rank> refState = makeInputs(nranks, n, t, 1);
+  for (int step = 0; step < 3; ++step) {
+    std::vector<Rank> in = makeInputs(nranks, n, t, 100 * step + m + 3 * inPlace);
+    for (int i = 0; i < nranks; ++i) in[i].residual = refState[i].residual;
+    CK(cudaMemcpyAsync(dsend, data(in[rank], t), n * esz, cudaMemcpyHostToDevice, st));
+    gradcompResult_t res =
+        gradcompReduceScatter(dsend, recv, m, nccl(t), avg ? ncclAvg : ncclSum, gc, st);
+    CK(cudaStreamSynchronize(st));
+    Rank out;
+    out.f32.resize(m);
+    out.half.resize(m);
+    CK(cudaMemcpy(t == DType::F32 ? (void*)out.f32.data() : (void*)out.half.data(), recv, m * esz,
+                  cudaMemcpyDeviceToHost));
+    gradcompStats_t stats;
+    gradcompGetStats(gc, &stats);
+    refState = in;
+    const std::vector<std::vector<float>> expect =
+        refReduceScatter(refState, t, m, cfg, stats.bitsLast, step, avg);
+    const std::vector<float> got = widen(out, t, m);
+    char what[200];
+    snprintf(what, sizeof(what), "rs qsgd%s dtype=%d avg=%d m=%zu inPlace=%d step=%d bits=%d",
+             dynamic ? "-dynamic" : "", (int)t, avg, m, inPlace, step, stats.bitsLast);
+    report(res == gradcompSuccess && (dynamic || stats.bitsLast == cfg.bits) &&
+               memcmp(got.data(), expect[rank].data(), m * 4) == 0,
+           what);
+    report(sameOnAllRanks(nc, st, std::vector<float>(1, (float)stats.bitsLast)),
+           std::string(what) + ": same bits on all ranks");
+  }
+  cudaFree(dsend);
+  cudaFree(drecv);
+  gradcompCommDestroy(gc);
+}
+
+void checkRsSparse(ncclComm_t nc, cudaStream_t st, const SparseCase& sc, DType t, bool avg,
+                   size_t m) {
+  gradcompConfig_t cfg;
+  gradcompConfigInit(&cfg);
+  cfg.method = sc.method;
+  cfg.select = sc.select;
+  cfg.valueType = sc.valueType;
+  cfg.minElements = 0;
+  cfg.seed = 99;
+  cfg.density = 0.01f;
+  if (sc.dgcExtras) {
+    cfg.momentumCorrection = 1;
+    cfg.momentumMasking = 1;
+    cfg.warmupSteps = 4;
+    cfg.clipNorm = 50.0f;
+  } else if (sc.method == gradcompMethodDgc) {
+    cfg.momentumCorrection = 0;
+  }
+  gradcompComm_t gc;
+  CK(gradcompCommCreate(nc, &cfg, &gc));
+  const size_t esz = t == DType::F32 ? 4 : 2, n = nranks * m;
+  char *dsend, *drecv;
+  CK(cudaMalloc(&dsend, n * esz + 16));
+  CK(cudaMalloc(&drecv, m * esz + 16));
+  std::vector<SparseState> state(nranks);
+  for (int step = 0; step < 3; ++step) {
+    std::vector<Rank> in = makeInputs(nranks, n, t, 1000 * step + m + 7 * sc.method);
+    std::vector<std::vector<float>> g(nranks);
+    for (int r = 0; r < nranks; ++r) g[r] = widen(in[r], t, n);
+    const std::vector<std::vector<float>> expect =
+        refSparseReduceScatter(cfg, t, avg, (uint64_t)step, g, state);
+    CK(cudaMemcpyAsync(dsend, data(in[rank], t), n * esz, cudaMemcpyHostToDevice, st));
+    gradcompResult_t res =
+        gradcompReduceScatter(dsend, drecv, m, nccl(t), avg ? ncclAvg : ncclSum, gc, st);
+    CK(cudaStreamSynchronize(st));
+    Rank out;
+    out.f32.resize(m);
+    out.half.resize(m);
+    CK(cudaMemcpy(t == DType::F32 ? (void*)out.f32.data() : (void*)out.half.data(), drecv, m * esz,
+                  cudaMemcpyDeviceToHost));
+    const std::vector<float> got = widen(out, t, m);
+    size_t bad = 0;
+    for (size_t i = 0; i < m; ++i) bad += memcmp(&got[i], &expect[rank][i], 4) != 0;
+    char what[200];
+    snprintf(what, sizeof(what), "rs sparse %s dtype=%d avg=%d m=%zu step=%d: %zu mismatches",
+             sc.name, (int)t, avg, m, step, bad);
+    report(res == gradcompSuccess && bad == 0, what);
+  }
+  cudaFree(dsend);
+  cudaFree(drecv);
+  gradcompCommDestroy(gc);
+}
+
+// One reduce-scatter captured and replayed equals the same calls made eagerly.
+void checkRsGraph(ncclComm_t nc, cudaStream_t st) {
+  gradcompConfig_t cfg;
+  gradcompConfigInit(&cfg);
+  cfg.minElements = 0;
+  gradcompComm_t eager, graphed;
+  CK(gradcompCommCreate(nc, &cfg, &eager));
+  CK(gradcompCommCreate(nc, &cfg, &graphed));
+  const size_t m = 1 << 16, n = nranks * m;
+  std::vector<float> g = gctest::normal(n, 91 + rank);
+  float *in, *a, *b;
+  CK(cudaMalloc(&in, n * 4));
+  CK(cudaMalloc(&a, m * 4));
+  CK(cudaMalloc(&b, m * 4));
+  CK(cudaMemcpyAsync(in, g.data(), n * 4, cudaMemcpyHostToDevice, st));
+  bool ok = gradcompReduceScatter(in, a, m, ncclFloat32, ncclAvg, eager, st) == gradcompSuccess;
+  ok &= gradcompReduceScatter(in, b, m, ncclFloat32, ncclAvg, graphed, st) == gradcompSuccess;
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+  CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+  gradcompResult_t cap = gradcompReduceScatter(in, b, m, ncclFloat32, ncclAvg, graphed, st);
+  CK(cudaStreamEndCapture(st, &graph));
+  ok &= cap == gradcompSuccess;
+  CK(cudaGraphInstantiate(&exec, graph, 0));
+  for (int k = 0; k < 4; ++k) {
+    CK(cudaGraphLaunch(exec, st));
+    ok &= gradcompReduceScatter(in, a, m, ncclFloat32, ncclAvg, eager, st) == gradcompSuccess;
+  }
+  CK(cudaStreamSynchronize(st));
+  std::vector<float> ra(m), rb(m);
+  CK(cudaMemcpy(ra.data(), a, m * 4, cudaMemcpyDeviceToHost));
+  CK(cudaMemcpy(rb.data(), b, m * 4, cudaMemcpyDeviceToHost));
+  report(ok && memcmp(ra.data(), rb.data(), m * 4) == 0, "rs graph replays equal eager calls");
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  cudaFree(in);
+  cudaFree(a);
+  cudaFree(b);
+  gradcompCommDestroy(eager);
+  gradcompCommDestroy(graphed);
+}
+
+void checkRsPassThrough(ncclComm_t nc, cudaStream_t st) {
+  gradcompConfig_t cfg;
+  gradcompConfigInit(&cfg);
+  gradcompComm_t gc;
+  CK(gradcompCommCreate(nc, &cfg, &gc));
+  const size_t m = 1000, n = nranks * m;
+  std::vector<int32_t> v(n), out(m);
+  for (size_t i = 0; i < n; ++i) v[i] = rank * 7 + (int)i;
+  int32_t *d, *o;
+  CK(cudaMalloc(&d, n * 4));
+  CK(cudaMalloc(&o, m * 4));
+  CK(cudaMemcpyAsync(d, v.data(), n * 4, cudaMemcpyHostToDevice, st));
+  gradcompResult_t r = gradcompReduceScatter(d, o, m, ncclInt32, ncclSum, gc, st);
+  CK(cudaStreamSynchronize(st));
+  CK(cudaMemcpy(out.data(), o, m * 4, cudaMemcpyDeviceToHost));
+  bool ok = r == gradcompSuccess;
+  for (size_t i = 0; i < m; ++i) {
+    ok &= out[i] == 7 * nranks * (nranks - 1) / 2 + nranks * (int)(rank * m + i);
+  }
+  gradcompStats_t s;
+  gradcompGetStats(gc, &s);
+  report(ok && s.callsPassedThrough == 1 && s.callsCompressed == 0,
+         "rs int32 sum passes through to ncclReduceScatter");
+  cudaFree(d);
+  cudaFree(o);
+  gradcompCommDestroy(gc);
+}
+
 }  // namespace
 
 int main() {
@@ -375,7 +562,20 @@ int main() {
         }
   checkGraph(nc, st);
   checkPassThrough(nc, st);
+  inRs = true;
+  for (DType t : {DType::F32, DType::F16, DType::BF16})
+    for (bool avg : {false, true})
+      for (size_t m : {(size_t)1, (size_t)517, (size_t)25001})
+        for (bool inPlace : {false, true}) checkRsQsgd(nc, st, t, avg, m, inPlace, false);
+  for (DType t : {DType::F32, DType::BF16}) checkRsQsgd(nc, st, t, false, 20000, false, true);
+  for (const SparseCase& sc : sparseCases)
+    for (DType t : {DType::F32, DType::BF16})
+      for (size_t m : {(size_t)7, (size_t)30001}) checkRsSparse(nc, st, sc, t, t == DType::BF16, m);
+  checkRsGraph(nc, st);
+  checkRsPassThrough(nc, st);
+  inRs = false;
   ncclCommDestroy(nc);
+  printf("multirank rs rank %d of %d: %d passed, %d failed\n", rank, nranks, rsPassed, rsFailed);
   printf("multirank rank %d of %d%s: %d passed, %d failed\n", rank, nranks,
          localSize > 1 ? " (hier)" : "", passed, failed);
   return failed ? 1 : 0;

@@ -20,6 +20,7 @@
   } while (0)
 
 #define LINE_FMT "AllReduce send=%p recv=%p count=%zu type=%d op=%d comm=%p stream=%p"
+#define RS_LINE_FMT "ReduceScatter send=%p recv=%p count=%zu type=%d op=%d comm=%p stream=%p"
 
 /* Calls printed after the user's ncclGroupEnd. */
 static char deferred[16][256];
@@ -42,8 +43,29 @@ static int allReduce(int deferIt, const void* s, void* r, size_t n, ncclDataType
   return 0;
 }
 
+static int reduceScatter(int deferIt, const void* s, void* r, size_t n, ncclDataType_t t,
+                         ncclRedOp_t op, ncclComm_t c, cudaStream_t st) {
+  ncclResult_t res = ncclReduceScatter(s, r, n, t, op, c, st);
+  if (res != ncclSuccess) {
+    fprintf(stderr, "ncclReduceScatter(recvcount=%zu type=%d op=%d) returned %d\n", n, (int)t,
+            (int)op, (int)res);
+    return 1;
+  }
+  if (deferIt) {
+    snprintf(deferred[numDeferred++], sizeof(deferred[0]), RS_LINE_FMT, s, r, n, (int)t, (int)op,
+             (void*)c, (void*)st);
+  } else {
+    EXPECT(RS_LINE_FMT, s, r, n, (int)t, (int)op, (void*)c, (void*)st);
+  }
+  return 0;
+}
+
 #define CALL(...) \
   if (allReduce(0, __VA_ARGS__)) return 1
+#define RS(...) \
+  if (reduceScatter(0, __VA_ARGS__)) return 1
+#define RS_IN_GROUP(...) \
+  if (reduceScatter(deferGroupCalls, __VA_ARGS__)) return 1
 /* An eligible call inside a user group: gradcomp takes it out of the group
  * and runs it after the group's end (GRADCOMP_GROUP=defer or fuse), which
  * the test announces with GC_TEST_GROUP_CALLS_DEFERRED=1. */
@@ -80,6 +102,11 @@ static int basic(void) {
   CHECK(ncclGroupEnd());
   EXPECT("GroupEnd");
   CALL(b, b, 7, ncclFloat32, ncclSum, comm, stream);
+  /* Reduce-scatter eligibility counts the input, nranks (4) * recvcount:
+   * 4 * 5000 >= 16384 is deferred, 4 * 3000 is not. */
+  RS_IN_GROUP(a, b, 5000, ncclFloat32, ncclSum, comm, stream);
+  RS(a, b, 3000, ncclFloat32, ncclSum, comm, stream);
+  RS(a, b, 1 << 20, ncclInt32, ncclSum, comm, stream);
   CHECK(ncclGroupEnd());
   EXPECT("GroupEnd");
   for (int i = 0; i < numDeferred; ++i) EXPECT("%s", deferred[i]);
@@ -87,6 +114,16 @@ static int basic(void) {
   CALL(a, a, 1 << 22, ncclFloat32, ncclSum, comm, stream);
   CALL(b, a, 1 << 22, ncclBfloat16, ncclAvg, comm, stream);
   CALL(a, a, 1 << 22, ncclFloat32, ncclSum, comm, stream);
+  /* Reduce-scatter: not compressible (type, op), in place at rank 0's block,
+   * out of place, Avg in bf16, then bad calls that must reach NCCL unchanged
+   * (recvcount * nranks overflowing size_t, a null communicator). */
+  RS(a, b, 1 << 20, ncclFloat64, ncclSum, comm, stream);
+  RS(a, b, 1 << 20, ncclFloat32, ncclMax, comm, stream);
+  RS(a, a, 1 << 20, ncclFloat32, ncclSum, comm, stream);
+  RS(a, b, 1 << 20, ncclBfloat16, ncclAvg, comm, stream);
+  RS(a, b, 1, ncclFloat16, ncclSum, comm, stream);
+  RS(a, b, SIZE_MAX / 2, ncclFloat32, ncclSum, comm, stream);
+  RS(a, b, 1 << 20, ncclFloat32, ncclSum, (ncclComm_t)0, stream);
   CHECK(ncclCommDestroy(comm));
   EXPECT("CommDestroy comm=%p", (void*)comm);
   return 0;

@@ -36,6 +36,15 @@ ncclResult_t pncclAllReduce(const void* s, void* r, size_t n, ncclDataType_t t, 
 ncclResult_t ncclAllReduce(const void*, void*, size_t, ncclDataType_t, ncclRedOp_t, ncclComm_t,
                            cudaStream_t) ALIAS(ncclAllReduce);
 
+ncclResult_t pncclReduceScatter(const void* s, void* r, size_t n, ncclDataType_t t, ncclRedOp_t op,
+                                ncclComm_t c, cudaStream_t st) {
+  record("ReduceScatter send=%p recv=%p count=%zu type=%d op=%d comm=%p stream=%p", s, r, n, (int)t,
+         (int)op, (void*)c, (void*)st);
+  return result();
+}
+ncclResult_t ncclReduceScatter(const void*, void*, size_t, ncclDataType_t, ncclRedOp_t, ncclComm_t,
+                               cudaStream_t) ALIAS(ncclReduceScatter);
+
 ncclResult_t pncclAllGather(const void* s, void* r, size_t n, ncclDataType_t t, ncclComm_t c,
                             cudaStream_t st) {
   record("AllGather send=%p recv=%p count=%zu type=%d comm=%p stream=%p", s, r, n, (int)t, (void*)c,
@@ -45,14 +54,6 @@ ncclResult_t pncclAllGather(const void* s, void* r, size_t n, ncclDataType_t t, 
 ncclResult_t ncclAllGather(const void*, void*, size_t, ncclDataType_t, ncclComm_t, cudaStream_t)
     ALIAS(ncclAllGather);
 
-ncclResult_t pncclReduceScatter(const void* s, void* r, size_t n, ncclDataType_t t, ncclRedOp_t op,
-                                ncclComm_t c, cudaStream_t st) {
-  record("ReduceScatter send=%p recv=%p count=%zu type=%d op=%d comm=%p stream=%p", s, r, n, (int)t,
-         (int)op, (void*)c, (void*)st);
-  return result();
-}
-ncclResult_t ncclReduceScatter(const void*, void*, size_t, ncclDataType_t, ncclRedOp_t, ncclComm_t,
-                               cudaStream_t) ALIAS(ncclReduceScatter);
 
 ncclResult_t pncclSend(const void* s, size_t n, ncclDataType_t t, int peer, ncclComm_t c,
                        cudaStream_t st) {

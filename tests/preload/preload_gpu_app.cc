@@ -2,9 +2,12 @@
 // ncclAllReduce as a framework would and prints what it got. Rank and size
 // from GC_RANK / GC_NRANKS; rank 0 hands the NCCL id over in GC_ID_FILE.
 //   preload_gpu_app probe        prints the number of CUDA devices
-//   preload_gpu_app single|group [calls]
+//   preload_gpu_app single|group|rs|rsgroup [calls]
 // "single" makes `calls` allreduces of 2^20 floats; "group" makes three of
-// different sizes inside one ncclGroupStart/End. Each result is checked
+// different sizes inside one ncclGroupStart/End; "rs" makes `calls`
+// reduce-scatters of 2^18 floats per rank (odd calls in place at
+// sendbuff + rank * recvcount), "rsgroup" two of different sizes in a group
+// (each rank prints its own block). Each result is checked
 // against the exact sum (inputs are a formula of rank and index), and its
 // FNV-1a hash printed, so the script can compare ranks and runs.
 #include <cuda_runtime_api.h>
@@ -73,6 +76,64 @@ static ncclUniqueId exchangeId(int rank, const char* file) {
   exit(1);
 }
 
+// Reduce-scatters: rank r checks block r against the exact sum.
+static int reduceScatters(const std::string& mode, int calls, int rank, int nranks, ncclComm_t comm,
+                          cudaStream_t stream) {
+  std::vector<size_t> counts;
+  if (mode == "rs") {
+    counts.assign(1, (size_t)1 << 18);
+  } else {
+    counts = {(size_t)1 << 16, (size_t)30000};
+  }
+  std::vector<float*> send, recv;
+  for (size_t m : counts) {
+    float *s = nullptr, *r = nullptr;
+    CK_CUDA(cudaMalloc(&s, m * nranks * sizeof(float)));
+    CK_CUDA(cudaMalloc(&r, m * sizeof(float)));
+    send.push_back(s);
+    recv.push_back(r);
+  }
+  // One DGC call sends ~1% of the block (the rest waits in the residual):
+  // GC_MAX_REL lets the script loosen the garbage check for it.
+  const double maxRel = getenv("GC_MAX_REL") ? atof(getenv("GC_MAX_REL")) : 0.5;
+  int bad = 0;
+  for (int call = 0; call < calls; ++call) {
+    const bool inPlace = mode == "rs" && call % 2 == 1;
+    for (size_t b = 0; b < counts.size(); ++b) {
+      std::vector<float> h(counts[b] * nranks);
+      for (size_t i = 0; i < h.size(); ++i) h[i] = input(rank, i + b, call);
+      CK_CUDA(cudaMemcpy(send[b], h.data(), h.size() * sizeof(float), cudaMemcpyHostToDevice));
+    }
+    if (mode == "rsgroup") CK_NCCL(ncclGroupStart());
+    for (size_t b = 0; b < counts.size(); ++b) {
+      float* out = inPlace ? send[b] + rank * counts[b] : recv[b];
+      CK_NCCL(ncclReduceScatter(send[b], out, counts[b], ncclFloat32, ncclSum, comm, stream));
+    }
+    if (mode == "rsgroup") CK_NCCL(ncclGroupEnd());
+    CK_CUDA(cudaStreamSynchronize(stream));
+    for (size_t b = 0; b < counts.size(); ++b) {
+      const size_t m = counts[b];
+      std::vector<float> got(m);
+      const float* out = inPlace ? send[b] + rank * m : recv[b];
+      CK_CUDA(cudaMemcpy(got.data(), out, m * sizeof(float), cudaMemcpyDeviceToHost));
+      double err = 0, norm = 0;
+      for (size_t i = 0; i < m; ++i) {
+        double exact = 0;
+        for (int r = 0; r < nranks; ++r) exact += input(r, rank * m + i + b, call);
+        err += (got[i] - exact) * (got[i] - exact);
+        norm += exact * exact;
+      }
+      const double rel = sqrt(err / norm);
+      printf("call %d buffer %zu recvcount %zu rel_error %.6f hash %016llx\n", call, b, m, rel,
+             (unsigned long long)fnv1a(got.data(), m * sizeof(float)));
+      if (!(rel < maxRel)) bad = 1;
+    }
+  }
+  for (float* d : send) cudaFree(d);
+  for (float* d : recv) cudaFree(d);
+  return bad;
+}
+
 int main(int argc, char** argv) {
   const std::string mode = argc > 1 ? argv[1] : "single";
   if (mode == "probe") {
@@ -99,6 +160,12 @@ int main(int argc, char** argv) {
   cudaStream_t stream;
   CK_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
 
+  if (mode == "rs" || mode == "rsgroup") {
+    const int bad = reduceScatters(mode, calls, rank, nranks, comm, stream);
+    CK_NCCL(ncclCommDestroy(comm));
+    printf("rank %d done%s\n", rank, bad ? " with errors" : "");
+    return bad;
+  }
   std::vector<size_t> counts;
   if (mode == "single") {
     counts.assign(1, (size_t)1 << 20);

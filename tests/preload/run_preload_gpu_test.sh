@@ -79,13 +79,42 @@ for group in defer fuse; do
   compressed_calls group_$group 2 6
 done
 
-# 3. GRADCOMP_METHOD=none under the preload gives exactly NCCL's result.
+# 3. Reduce-scatter (FSDP's collective): QSGD and DGC on 2 and 4 ranks, in
+# and out of place, and in a group (deferred, and under fuse one by one).
+rs_compressed() {  # NAME NRANKS EXPECTED: reduce-scatters compressed on every rank
+  local r ok=1
+  for r in $(seq 0 $(($2 - 1))); do
+    grep -q "summary comm .*reduce-scatter: $3 compressed" "$work/$1_r$r.err" || ok=0
+  done
+  check "$1: every rank's summary says $3 reduce-scatters compressed" "[ $ok = 1 ]"
+}
+for n in 2 4; do
+  for method in qsgd dgc; do
+    maxrel=0.5
+    [ $method = dgc ] && maxrel=2
+    launch rs_${method}_n$n $n 1 "rs 4" GRADCOMP_METHOD=$method GC_MAX_REL=$maxrel
+    rs_compressed rs_${method}_n$n $n 4
+    e=$(max_error rs_${method}_n$n)
+    check "rs_${method}_n$n: relative error $e of a compressed block (0 < e < $maxrel)" \
+      "awk 'BEGIN {exit !($e > 0 && $e < $maxrel)}'"
+  done
+done
+for group in defer fuse; do
+  launch rsgroup_$group 2 1 "rsgroup 2" GRADCOMP_GROUP=$group
+  rs_compressed rsgroup_$group 2 4
+done
+launch rs_none 2 1 "rs 2" GRADCOMP_METHOD=none
+launch rs_nccl 2 0 "rs 2"
+check "rs_none: same bits as NCCL's reduce-scatter without the preload (both ranks)" \
+  "[ -s '$work/rs_nccl_r0.out' ] && [ \"\$(hashes rs_none 0)\" = \"\$(hashes rs_nccl 0)\" ] && [ \"\$(hashes rs_none 1)\" = \"\$(hashes rs_nccl 1)\" ]"
+
+# 4. GRADCOMP_METHOD=none under the preload gives exactly NCCL's result.
 launch passthrough 2 1 "single 2" GRADCOMP_METHOD=none
 launch nccl_only 2 0 "single 2"
 check "passthrough: same bits as NCCL without the preload" \
   "[ -s '$work/nccl_only_r0.out' ] && [ \"\$(hashes passthrough 0)\" = \"\$(hashes nccl_only 0)\" ]"
 
-# 4. Ranks with different settings: all pass through, one warning each.
+# 5. Ranks with different settings: all pass through, one warning each.
 RANK1_ENV="GRADCOMP_BITS=3" launch mismatch 2 1 "single 2"
 same_on_all_ranks mismatch 2
 compressed_calls mismatch 2 0

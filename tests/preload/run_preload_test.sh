@@ -41,7 +41,7 @@ count() { grep -c -- "$1" "$2" || true; }
 # 1. No DT_NEEDED on libnccl; exports are the interposed nccl* functions only.
 check "no DT_NEEDED on libnccl" "! readelf -d '$preload' | grep -q 'NEEDED.*libnccl'"
 exports=$(nm -D --defined-only "$preload" | awk '{print $3}' | sed 's/@.*//' | sort -u)
-required="ncclAllReduce ncclCommAbort ncclCommDestroy ncclCommFinalize ncclGroupEnd ncclGroupStart"
+required="ncclAllReduce ncclReduceScatter ncclCommAbort ncclCommDestroy ncclCommFinalize ncclGroupEnd ncclGroupStart"
 optional="ncclCommInitRankConfig ncclCommInitRankScalable ncclCommShrink ncclCommSplit"
 for s in $required; do
   check "exports $s" "echo '$exports' | grep -qx $s"
@@ -61,9 +61,14 @@ for group in "" defer pass fuse; do
   same_calls $name
   n=$(count "cannot set up compression" "$work/$name.err")
   check "$name: one set-up warning (got $n)" "[ '$n' = 1 ]"
-  calls=$(count "^AllReduce" "$work/$name.expected")
+  calls=$(count "^AllReduce\|^ReduceScatter" "$work/$name.expected")
+  # Not the call on the null communicator, which has no entry.
+  rs=$(($(count "^ReduceScatter" "$work/$name.expected") - 1))
+  calls=$((calls - 1))
   check "$name: INFO summary counts all $calls calls as passed through" \
     "grep -q 'summary comm 0x1000 rank 0/4 method qsgd: 0 calls compressed, $calls passed through' '$work/$name.err'"
+  check "$name: INFO summary counts the $rs reduce-scatter calls" \
+    "grep -q 'summary comm 0x1000 .*reduce-scatter: 0 compressed, $rs passed through' '$work/$name.err'"
 done
 
 # 3. A bad configuration warns once, naming the variable, and passes all

@@ -29,8 +29,11 @@ TEST(NcclErrors, FailedCallIsNcclErrorWithNcclsSentence) {
   EXPECT_EQ(t->allToAll(sp, sb, rp, sb), gradcompNcclError);
   EXPECT_EQ(t->allGather(x, x, 4), gradcompNcclError);
   EXPECT_EQ(t->sendRecv(x, 4, 1, x, 4, 3), gradcompNcclError);
+  EXPECT_EQ(t->reduceScatter(x, x, 1, ncclFloat32, ncclSum), gradcompNcclError);
+  EXPECT_NE(strstr(gradcompGetLastError(), "reduceScatter"), nullptr) << gradcompGetLastError();
   unsetenv("FAKE_NCCL_FAIL");
   EXPECT_EQ(t->passThrough(x, x, 4, ncclFloat32, ncclSum), gradcompSuccess);
+  EXPECT_EQ(t->reduceScatter(x, x, 1, ncclFloat32, ncclSum), gradcompSuccess);
 }
 
 TEST(NcclErrors, CommCreateWithoutGpuIsCudaErrorWithCudasSentence) {

@@ -157,9 +157,9 @@ class CpuTransport final : public Transport {
       if (i == rank_) continue;
       const Slot& peer = world_->slots[i];
       if (peer.sendBytesv[rank_] != recvBytes[i]) {
-        res = setError(gradcompInternalError,
-                       "CPU transport: rank %d sends %zu bytes, rank %d "
-                       "expects %zu",
+        res = setError(gradcompInvalidUsage,
+                       "CPU transport: rank %d sends %zu bytes, rank %d expects %zu: the ranks' "
+                       "calls (counts) or per-buffer state differ",
                        i, peer.sendBytesv[rank_], rank_, recvBytes[i]);
         continue;
       }
@@ -213,32 +213,32 @@ class CpuTransport final : public Transport {
     return gradcompSuccess;
   }
 
+  gradcompResult_t passThrough(const void* send, void* recv, size_t count, ncclDataType_t type,
+                               ncclRedOp_t op) override {
+    return reduce(5, send, recv, count, 0, type, op);
+  }
+
   gradcompResult_t reduceScatter(const void* send, void* recv, size_t recvCount,
                                  ncclDataType_t type, ncclRedOp_t op) override {
+    return reduce(6, send, recv, recvCount, (size_t)rank_ * recvCount, type, op);
+  }
+
+ private:
+  // Elements [first, first + count) of every rank's send buffer, reduced in
+  // rank order into recv (the allreduce and this rank's reduce-scatter block).
+  gradcompResult_t reduce(int collective, const void* send, void* recv, size_t count, size_t first,
+                          ncclDataType_t type, ncclRedOp_t op) {
     world_->slots[rank_].send = send;
-    GC_CHECK(meet(6, (uint64_t)recvCount ^ ((uint64_t)type << 56) ^ ((uint64_t)op << 48)));
+    GC_CHECK(meet(collective, (uint64_t)count ^ ((uint64_t)type << 56) ^ ((uint64_t)op << 48)));
     const size_t esz = elementBytes(type);
     std::vector<const void*> src(size_);
     for (int i = 0; i < size_; ++i) {
-      src[i] = static_cast<const char*>(world_->slots[i].send) + (size_t)rank_ * recvCount * esz;
+      src[i] = static_cast<const char*>(world_->slots[i].send) + first * esz;
     }
     std::vector<char> out;
-    gradcompResult_t res = reduce(src, &out, recvCount, type, op);
+    gradcompResult_t res = reduceInto(src, &out, count, type, op);
     GC_CHECK(world_->barrier());
-    if (res == gradcompSuccess && recvCount) memcpy(recv, out.data(), recvCount * esz);
-    return res;
-  }
-
-  gradcompResult_t passThrough(const void* send, void* recv, size_t count, ncclDataType_t type,
-                               ncclRedOp_t op) override {
-    world_->slots[rank_].send = send;
-    GC_CHECK(meet(5, (uint64_t)count ^ ((uint64_t)type << 56) ^ ((uint64_t)op << 48)));
-    std::vector<const void*> src(size_);
-    for (int i = 0; i < size_; ++i) src[i] = world_->slots[i].send;
-    std::vector<char> out;
-    gradcompResult_t res = reduce(src, &out, count, type, op);
-    GC_CHECK(world_->barrier());
-    if (res == gradcompSuccess && count) memcpy(recv, out.data(), count * elementBytes(type));
+    if (res == gradcompSuccess && count) memcpy(recv, out.data(), count * esz);
     return res;
   }
 
@@ -270,8 +270,8 @@ class CpuTransport final : public Transport {
   }
 
   // Reduces the ranks' blocks in rank order into *out (count elements).
-  gradcompResult_t reduce(const std::vector<const void*>& src, std::vector<char>* out, size_t count,
-                          ncclDataType_t type, ncclRedOp_t op) {
+  gradcompResult_t reduceInto(const std::vector<const void*>& src, std::vector<char>* out,
+                              size_t count, ncclDataType_t type, ncclRedOp_t op) {
     const size_t esz = elementBytes(type);
     if (esz == 0 || op < ncclSum || op > ncclAvg) {
       return setError(gradcompInvalidArgument, "CPU backend: datatype=%d / op=%d not supported",
@@ -315,7 +315,6 @@ class CpuTransport final : public Transport {
     return gradcompSuccess;
   }
 
- private:
   std::shared_ptr<CpuWorld> world_;
 };
 

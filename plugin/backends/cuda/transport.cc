@@ -59,15 +59,18 @@ class NcclTransport final : public Transport {
     return gradcompSuccess;
   }
 
-  gradcompResult_t reduceScatter(const void* send, void* recv, size_t recvCount,
-                                 ncclDataType_t type, ncclRedOp_t op) override {
-    GC_NCCLCHECK(ncclApi()->reduceScatter(send, recv, recvCount, type, op, comm_, stream_));
-    return gradcompSuccess;
-  }
-
   gradcompResult_t passThrough(const void* send, void* recv, size_t count, ncclDataType_t type,
                                ncclRedOp_t op) override {
     GC_NCCLCHECK(ncclApi()->allReduce(send, recv, count, type, op, comm_, stream_));
+    return gradcompSuccess;
+  }
+
+  gradcompResult_t reduceScatter(const void* send, void* recv, size_t recvCount,
+                                 ncclDataType_t type, ncclRedOp_t op) override {
+    if (ncclApi()->reduceScatter == nullptr) {
+      return setError(gradcompSystemError, "the loaded NCCL has no ncclReduceScatter");
+    }
+    GC_NCCLCHECK(ncclApi()->reduceScatter(send, recv, recvCount, type, op, comm_, stream_));
     return gradcompSuccess;
   }
 

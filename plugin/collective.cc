@@ -1,0 +1,81 @@
+// Shared pieces of the entry points (see collective.h).
+#include "collective.h"
+
+#include <vector>
+
+#include "backends/cuda/device_ptr.h"
+#include "checks.h"
+
+namespace gc {
+
+bool compressible(const gradcompComm& c, size_t count, ncclDataType_t type, ncclRedOp_t op) {
+  const bool typeOk = type == ncclFloat32 || type == ncclFloat16 || type == ncclBfloat16;
+  return c.cfg.method != gradcompMethodNone && typeOk && (op == ncclSum || op == ncclAvg) &&
+         count >= c.cfg.minElements && c.nranks > 1;
+}
+
+gradcompResult_t checkBuffers(const gradcompComm& c, const void* send, size_t sendCount,
+                              const void* recv, size_t recvCount, size_t inPlaceOffset, DType t) {
+  const size_t esz = dtypeBytes(t);
+  const uintptr_t s0 = (uintptr_t)send, r0 = (uintptr_t)recv;
+  GC_ARG(s0 % esz == 0 && r0 % esz == 0,
+         "sendbuff=%p / recvbuff=%p are not aligned to their element size %zu", send, recv, esz);
+  const bool inPlace = r0 == s0 + inPlaceOffset * esz;
+  GC_ARG(inPlace || s0 + sendCount * esz <= r0 || r0 + recvCount * esz <= s0,
+         "sendbuff=%p (%zu elements) and recvbuff=%p (%zu elements) overlap other than in place "
+         "(recvbuff == sendbuff + %zu elements)",
+         send, sendCount, recv, recvCount, inPlaceOffset);
+  if (c.backend->onDevice()) {
+    GC_CHECK(checkDevicePointer(send, "sendbuff"));
+    GC_CHECK(checkDevicePointer(recv, "recvbuff"));
+  }
+  return gradcompSuccess;
+}
+
+gradcompResult_t findState(gradcompComm& c, int kind, bool keyed, uint64_t key, const void* recv,
+                           size_t count, DType t, BufferState** state) {
+  const StateKey skey = keyed ? StateKey{kind + 1, key, count, (int)t}
+                              : StateKey{kind, (uint64_t)(uintptr_t)recv, count, (int)t};
+  return c.getState(skey, count, t, state);
+}
+
+gradcompResult_t checkWarmupCapture(const gradcompComm& c, const BufferState& s) {
+  // Warm-up follows the buffer's host-side call counter, which graph replays
+  // do not advance: a captured warm-up call would replay its stage forever.
+  if (c.cfg.method == gradcompMethodDgc && c.cfg.warmupSteps > 0 &&
+      s.calls < (uint64_t)c.cfg.warmupSteps && c.backend->capturing()) {
+    return setError(gradcompInvalidUsage,
+                    "DGC warm-up (warmupSteps=%d; this buffer has made %llu calls) changes the "
+                    "density and message size by stage; capture a CUDA graph after the warm-up",
+                    c.cfg.warmupSteps, (unsigned long long)s.calls);
+  }
+  return gradcompSuccess;
+}
+
+gradcompResult_t checkRanksAgree(gradcompComm& c, uint64_t value, const char* what) {
+  if (c.backend->onDevice()) return gradcompSuccess;
+  std::vector<uint64_t> all(c.nranks);
+  GC_CHECK(c.transport->allGather(&value, all.data(), sizeof(value)));
+  for (int i = 0; i < c.nranks; ++i) {
+    if (all[i] != value) {
+      return setError(gradcompInvalidUsage, "rank %d passed %s=%llu while rank %d passed %llu",
+                      c.rank, what, (unsigned long long)value, i, (unsigned long long)all[i]);
+    }
+  }
+  return gradcompSuccess;
+}
+
+gradcompResult_t finishCall(gradcompComm& c, BufferState& s, int algoId, size_t bytesIn,
+                            size_t bytesOnWire, size_t bytesInterNode) {
+  GC_CHECK(c.backend->advanceStep());
+  c.step++;
+  s.calls++;
+  c.stats.callsCompressed++;
+  if (algoId >= 0) c.stats.callsPerAlgo[algoId]++;
+  c.stats.bytesIn += bytesIn;
+  c.stats.bytesOnWire += bytesOnWire;
+  c.stats.bytesInterNode += bytesInterNode;
+  return gradcompSuccess;
+}
+
+}  // namespace gc

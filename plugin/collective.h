@@ -1,0 +1,46 @@
+// What the entry points (allreduce.cc, reduce_scatter.cc) share: the
+// compress-or-pass decision, buffer checks, the state of a buffer, and the
+// stats of a compressed call.
+#pragma once
+
+#include <stdint.h>
+
+#include "comm.h"
+
+namespace gc {
+
+// Residual state kinds: the allreduce and the reduce-scatter never share a
+// buffer's state, even for the same pointer and count.
+enum StateKind : int {
+  kStateAllReduce = 0,  // + 1 when keyed
+  kStateReduceScatter = 2
+};
+
+// DESIGN.md's eligibility rule: fp32/fp16/bf16, Sum/Avg, count >=
+// minElements, more than one rank, a method. `count` is the input count
+// (the reduce-scatter's nranks * recvcount).
+bool compressible(const gradcompComm& c, size_t count, ncclDataType_t type, ncclRedOp_t op);
+
+// Alignment, device pointers, and overlap: recv may overlap send only at
+// send + inPlaceOffset elements (the collective's in-place form).
+gradcompResult_t checkBuffers(const gradcompComm& c, const void* send, size_t sendCount,
+                              const void* recv, size_t recvCount, size_t inPlaceOffset, DType t);
+
+// The state of the call's buffer: by recvbuff, or by the caller's key.
+gradcompResult_t findState(gradcompComm& c, int kind, bool keyed, uint64_t key, const void* recv,
+                           size_t count, DType t, BufferState** state);
+
+// DGC warm-up changes sizes by stage, which a captured graph cannot follow.
+gradcompResult_t checkWarmupCapture(const gradcompComm& c, const BufferState& s);
+
+// CPU world only: every rank must pass the same `value` (an allgather of 8
+// bytes), else all fail with gradcompInvalidUsage. NCCL cannot check this
+// without a host sync, so the CUDA backend skips it, as NCCL does.
+gradcompResult_t checkRanksAgree(gradcompComm& c, uint64_t value, const char* what);
+
+// Stats and step of one compressed call; `algoId` < 0 counts no algorithm.
+// bytesInterNode: of bytesOnWire, the bytes sent to ranks on other nodes.
+gradcompResult_t finishCall(gradcompComm& c, BufferState& s, int algoId, size_t bytesIn,
+                            size_t bytesOnWire, size_t bytesInterNode);
+
+}  // namespace gc

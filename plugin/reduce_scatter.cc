@@ -1,0 +1,98 @@
+// gradcompReduceScatter: ncclReduceScatter's contract. Decide compress or
+// pass through (the allreduce's rules on the input count nranks * recvcount),
+// check the buffers, find the buffer's state, run the algorithm, count.
+// GRADCOMP_ALGO and GRADCOMP_ELIAS choose among allreduce algorithms only: a
+// reduce-scatter always runs the fixed-size exchange of reduce_scatter.cc (or
+// its sparse form), which keeps it capturable.
+#include <stdint.h>
+
+#include "algorithms/algorithms.h"
+#include "checks.h"
+#include "codecs/bits_policy.h"
+#include "codecs/qsgd.h"
+#include "codecs/sparse.h"
+#include "collective.h"
+
+namespace gc {
+namespace {
+
+gradcompResult_t reduceScatter(const void* send, void* recv, size_t recvCount, ncclDataType_t type,
+                               ncclRedOp_t op, gradcompComm* c, cudaStream_t stream, bool keyed,
+                               uint64_t key) {
+  GC_ARG(c != nullptr && c->backend && c->transport, "comm is NULL or destroyed");
+  GC_ARG(recvCount == 0 || (send != nullptr && recv != nullptr),
+         "sendbuff=%p and recvbuff=%p must not be NULL for recvcount=%zu", send, recv, recvCount);
+  // 8 bytes is the largest NCCL element: the input's byte size must fit too.
+  GC_ARG(recvCount <= SIZE_MAX / 8 / (size_t)c->nranks,
+         "recvcount=%zu times nranks=%d overflows the input size (at most %zu per rank)", recvCount,
+         c->nranks, SIZE_MAX / 8 / (size_t)c->nranks);
+  c->backend->setStream(stream);
+  c->transport->setStream(stream);
+  if (recvCount == 0) return gradcompSuccess;
+  const size_t count = recvCount * (size_t)c->nranks;
+
+  if (!compressible(*c, count, type, op)) {
+    GC_TRACE("reduce-scatter pass through: recvcount=%zu type=%d op=%d ranks=%d", recvCount,
+             (int)type, (int)op, c->nranks);
+    c->stats.callsPassedThrough++;
+    return c->transport->reduceScatter(send, recv, recvCount, type, op);
+  }
+
+  DType t;
+  GC_CHECK(dtypeFromNccl(type, &t));
+  GC_CHECK(checkBuffers(*c, send, count, recv, recvCount, (size_t)c->rank * recvCount, t));
+  const bool qsgd = c->cfg.method == gradcompMethodQsgd;
+  if (!qsgd) {
+    GC_ARG(recvCount < (size_t)sparse::kEmptySlot,
+           "recvcount=%zu is too large for the u32 block indices of the sparse methods (at most "
+           "%u)",
+           recvCount, sparse::kEmptySlot - 1);
+  }
+
+  // Blocks of different sizes would be exchanged as if they matched.
+  GC_CHECK(checkRanksAgree(*c, recvCount, "recvcount"));
+  BufferState* state = nullptr;
+  GC_CHECK(findState(*c, kStateReduceScatter, keyed, key, recv, count, t, &state));
+  GC_CHECK(checkWarmupCapture(*c, *state));
+  int bits = 0;
+  if (qsgd) GC_CHECK(chooseBits(*c, *state, &bits));
+  const Algorithm& algo = qsgd ? reduceScatterAlgorithm() : sparseReduceScatterAlgorithm();
+  const size_t ws = qsgd ? algo.workspaceBytes(*c, recvCount, bits)
+                         : sparseReduceScatterWorkspaceBytes(
+                               *c, recvCount, t, state->residual != nullptr, state->calls);
+  GC_CHECK(c->ensureWorkspace(ws));
+  const size_t wire = qsgd ? algo.wireBytes(*c, recvCount, bits)
+                           : sparseReduceScatterWireBytes(*c, recvCount, state->calls);
+
+  CallArgs args{c, send, recv, recvCount, t, op == ncclAvg, state, bits, c->step};
+  GC_TRACE("%s: recvcount=%zu type=%d bits=%d step=%llu", algo.name, recvCount, (int)type, bits,
+           (unsigned long long)c->step);
+  GC_CHECK(algo.run(args, c->workspace));
+  if (qsgd) {
+    GC_CHECK(recordGatheredStats(*c, *state, recv, recvCount, t));
+    c->stats.bitsLast = bits;
+  }
+  c->stats.callsReduceScatter++;
+  return finishCall(*c, *state, -1, count * dtypeBytes(t), wire, allToAllInterNodeBytes(*c, wire));
+}
+
+}  // namespace
+}  // namespace gc
+
+extern "C" {
+
+GC_EXPORT gradcompResult_t gradcompReduceScatter(const void* sendbuff, void* recvbuff,
+                                                 size_t recvcount, ncclDataType_t datatype,
+                                                 ncclRedOp_t op, gradcompComm_t comm,
+                                                 cudaStream_t stream) {
+  return gc::reduceScatter(sendbuff, recvbuff, recvcount, datatype, op, comm, stream, false, 0);
+}
+
+GC_EXPORT gradcompResult_t gradcompReduceScatterKeyed(const void* sendbuff, void* recvbuff,
+                                                      size_t recvcount, ncclDataType_t datatype,
+                                                      ncclRedOp_t op, gradcompComm_t comm,
+                                                      cudaStream_t stream, uint64_t key) {
+  return gc::reduceScatter(sendbuff, recvbuff, recvcount, datatype, op, comm, stream, true, key);
+}
+
+}  // extern "C"

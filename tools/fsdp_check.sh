@@ -1,0 +1,225 @@
+#!/usr/bin/env bash
+# PyTorch FSDP2 under LD_PRELOAD on a GPU machine: the unchanged script
+# tools/fsdp_train.py with 2 and 4 ranks sharing ONE GPU (each process its own
+# NCCL_HOSTID, NCCL over sockets on loopback), uncompressed, QSGD 4-bit and
+# DGC 0.1%. Records final test accuracy and its difference from uncompressed
+# in points, whether the full parameters gathered after training are bitwise
+# identical on all ranks, the compressed reduce-scatter calls per rank (the
+# preload's INFO summary), and the NCCL calls by collective that the program
+# made (NCCL_DEBUG_SUBSYS=COLL of the uncompressed run; under the preload the
+# same log also shows gradcomp's own send/recv and all-gathers). Writes
+# OUTDIR/fsdp.json (keys fsdp_qsgd4_acc_delta_pts, fsdp_dgc_acc_delta_pts, ...)
+# and OUTDIR/fsdp.md after every run; logs in OUTDIR/fsdp_*.log.
+#
+# Usage: tools/fsdp_check.sh OUTDIR [BUILD_DIR]    (BUILD_DIR default build-gpu, else build)
+# GC_FSDP_BUDGET_S (560) bounds the whole check, GC_FSDP_RUN_TIMEOUT_S (150)
+# one run, GC_FSDP_EPOCHS (40) the training, GC_FSDP_GPU (0) the GPU all ranks
+# share, GC_FSDP_WORLDS ("2 4") the world sizes, PYTHON (python3) the
+# interpreter with torch (FSDP2: torch >= 2.4) and scikit-learn.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+out=${1:?usage: tools/fsdp_check.sh OUTDIR [BUILD_DIR]}
+build=${2:-build-gpu}
+[ -d "$build" ] || build=build
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+preload=$root/$build/plugin/preload/libgradcomp_preload.so
+py=${PYTHON:-python3}
+deadline=$(($(date +%s) + ${GC_FSDP_BUDGET_S:-560}))
+run_limit=${GC_FSDP_RUN_TIMEOUT_S:-150}
+epochs=${GC_FSDP_EPOCHS:-40}
+gpu=${GC_FSDP_GPU:-0}
+: > "$out/fsdp_runs.tsv"  # name, world, status, seconds, note
+
+summarize() {
+  "$py" - "$out" "$epochs" <<'PY'
+import collections, glob, json, os, re, sys
+out, epochs = sys.argv[1], sys.argv[2]
+SUMMARY = re.compile(r"summary comm \S+ rank \S+ method \S+: (\d+) calls compressed, (\d+) passed "
+                     r"through, (\d+) bytes sent for (\d+) dense bytes.*?; reduce-scatter: (\d+) "
+                     r"compressed, (\d+) passed through")
+COLL = re.compile(r"NCCL INFO (\w+): opCount")
+
+def load(name):
+    try:
+        return json.load(open(os.path.join(out, f"fsdp_{name}.json")))
+    except (OSError, ValueError):
+        return None
+
+def per_rank(name):
+    """Per rank: [calls compressed, reduce-scatters compressed, rs passed, bytes sent, dense]."""
+    ranks = []
+    for log in sorted(glob.glob(os.path.join(out, f"fsdp_{name}_r*.log"))):
+        found = [m.groups() for m in SUMMARY.finditer(open(log, errors="replace").read())]
+        if found:
+            ranks.append([sum(int(g[i]) for g in found) for i in (0, 4, 5, 2, 3)])
+    return ranks
+
+def nccl_calls(name):
+    """NCCL collectives by name in rank 0's log (NCCL_DEBUG_SUBSYS=COLL)."""
+    try:
+        text = open(os.path.join(out, f"fsdp_{name}_r0.log"), errors="replace").read()
+    except OSError:
+        return None
+    return dict(collections.Counter(COLL.findall(text)))
+
+status = {}
+for line in open(os.path.join(out, "fsdp_runs.tsv")):
+    f = line.rstrip("\n").split("\t")
+    if len(f) >= 5:
+        status[f[0]] = f[2:5]
+res, rows = {"epochs": int(epochs)}, []
+for world in (2, 4):
+    base = load(f"none_n{world}")
+    for m in ("none", "qsgd4", "dgc"):
+        name = f"{m}_n{world}"
+        if name not in status:
+            continue
+        r, ranks = load(name), per_rank(name)
+        key = f"fsdp_{m}_n{world}"
+        acc = r["accuracy_pct"] if r else None
+        res[f"{key}_status"] = status[name][0]
+        res[f"{key}_acc_pct"] = acc
+        res[f"{key}_params_identical"] = r["params_identical"] if r else None
+        res[f"{key}_nccl_calls_rank0"] = nccl_calls(name)
+        if m != "none":
+            res[f"{key}_acc_delta_pts"] = acc - base["accuracy_pct"] if (r and base) else None
+            res[f"{key}_rs_compressed_per_rank"] = [x[1] for x in ranks]
+            res[f"{key}_rs_passed_per_rank"] = [x[2] for x in ranks]
+            res[f"{key}_allreduce_compressed_per_rank"] = [x[0] - x[1] for x in ranks]
+            sent, dense = sum(x[3] for x in ranks), sum(x[4] for x in ranks)
+            res[f"{key}_wire_ratio"] = dense / sent if sent else None
+        if r:
+            for k in ("torch_version", "nccl_version", "num_params"):
+                res.setdefault(k, r.get(k))
+        rows.append((world, m, name))
+for m in ("qsgd4", "dgc"):
+    v = res.get(f"fsdp_{m}_n4_acc_delta_pts")
+    res[f"fsdp_{m}_acc_delta_pts"] = v if v is not None else res.get(f"fsdp_{m}_n2_acc_delta_pts")
+json.dump(res, open(os.path.join(out, "fsdp.json"), "w"), indent=1, sort_keys=True)
+
+fmt = lambda v, f="{}": "n/a" if v is None else f.format(v)
+label = {"none": "uncompressed (no preload)", "qsgd4": "QSGD 4-bit", "dgc": "DGC 0.1%"}
+with open(os.path.join(out, "fsdp.md"), "w") as f:
+    f.write("### PyTorch FSDP2 under LD_PRELOAD (MLP on scikit-learn digits, fully_shard per layer)\n\n")
+    f.write(f"torch {res.get('torch_version')}, NCCL {res.get('nccl_version')}, "
+            f"{res.get('num_params')} parameters, {epochs} epochs, all ranks on one GPU.\n\n")
+    f.write("| ranks | run | status | test accuracy % | vs uncompressed (pts) | full params identical "
+            "| compressed reduce-scatters per rank | passed per rank | compressed allreduces per rank "
+            "| NCCL calls seen by rank 0 |\n|---|---|---|---|---|---|---|---|---|---|\n")
+    for world, m, name in rows:
+        k = f"fsdp_{m}_n{world}"
+        st = status[name]
+        f.write(f"| {world} | {label[m]} | {st[0]}{' (' + st[2] + ')' if st[2] else ''} | "
+                f"{fmt(res.get(k + '_acc_pct'), '{:.2f}')} | "
+                f"{'-' if m == 'none' else fmt(res.get(k + '_acc_delta_pts'), '{:+.2f}')} | "
+                f"{fmt(res.get(k + '_params_identical'))} | {fmt(res.get(k + '_rs_compressed_per_rank'))} | "
+                f"{fmt(res.get(k + '_rs_passed_per_rank'))} | "
+                f"{fmt(res.get(k + '_allreduce_compressed_per_rank'))} | "
+                f"{fmt(res.get(k + '_nccl_calls_rank0'))} |\n")
+    f.write("\nThe uncompressed runs' NCCL calls are what FSDP itself makes; under the preload the "
+            "log adds gradcomp's own Send/Recv (the all-to-all) and AllGather calls. Goal: "
+            "|difference| <= 1 point, compressed reduce-scatters > 0 on every rank, full "
+            "parameters identical on all ranks. DGC runs use --momentum 0.\n")
+PY
+}
+
+note_run() {
+  printf '%s\t%s\t%s\t%s\t%s\n' "$@" >> "$out/fsdp_runs.tsv"
+  summarize > /dev/null 2>&1 || echo "fsdp_check: could not write the summary" >&2
+}
+
+give_up() {
+  echo "fsdp_check: $1" >&2
+  printf '{"fsdp_error": "%s"}\n' "$(echo "$1" | tr -d '"\\')" > "$out/fsdp.json"
+  printf '### PyTorch FSDP2 under LD_PRELOAD\n\nNot run: %s\n' "$1" > "$out/fsdp.md"
+  exit 1
+}
+
+if ! "$py" -c 'import torch, sklearn, numpy' > "$out/fsdp_prereq.log" 2>&1; then
+  give_up "$py cannot import torch, sklearn and numpy ($(tail -1 "$out/fsdp_prereq.log"))"
+fi
+if ! "$py" -c '
+try:
+    from torch.distributed.fsdp import fully_shard
+except ImportError:
+    from torch.distributed._composable.fsdp import fully_shard' >> "$out/fsdp_prereq.log" 2>&1; then
+  give_up "this PyTorch has no FSDP2 fully_shard (torch >= 2.4 needed)"
+fi
+if ! CUDA_VISIBLE_DEVICES=$gpu "$py" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' \
+    >> "$out/fsdp_prereq.log" 2>&1; then
+  give_up "PyTorch sees no CUDA device (CUDA_VISIBLE_DEVICES=$gpu)"
+fi
+if [ ! -f "$preload" ]; then
+  cmake --build "$build" --target gradcomp_preload -j 8 >> "$out/fsdp_prereq.log" 2>&1 ||
+    give_up "$preload is missing and could not be built (configure $build with CMake first)"
+fi
+
+free_port() {
+  "$py" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# run_fsdp NAME WORLD MOMENTUM PRELOAD(0/1) [VAR=VALUE...]
+run_fsdp() {
+  local name=$1 world=$2 mom=$3 use_preload=$4
+  shift 4
+  local left limit port r p t0 failed=0 status note="" pids=()
+  left=$((deadline - $(date +%s)))
+  if [ "$left" -lt 40 ]; then
+    note_run "$name" "$world" skipped 0 "time budget spent"
+    return 1
+  fi
+  limit=$run_limit
+  [ "$limit" -gt $((left - 10)) ] && limit=$((left - 10))
+  port=$(free_port)
+  rm -f "$out/fsdp_$name.json"
+  t0=$(date +%s)
+  for r in $(seq 0 $((world - 1))); do
+    local envs=(CUDA_VISIBLE_DEVICES=$gpu RANK=$r WORLD_SIZE=$world LOCAL_RANK=0
+                MASTER_ADDR=127.0.0.1 MASTER_PORT=$port OMP_NUM_THREADS=2
+                NCCL_HOSTID=host-$r NCCL_NET=Socket NCCL_SOCKET_IFNAME=lo NCCL_IB_DISABLE=1
+                NCCL_P2P_DISABLE=1 NCCL_SHM_DISABLE=1 NCCL_NVLS_ENABLE=0 NCCL_DEBUG=INFO
+                NCCL_DEBUG_SUBSYS=COLL TORCH_NCCL_USE_COMM_NONBLOCKING=0 GRADCOMP_DEBUG=INFO "$@")
+    [ "$use_preload" = 1 ] && envs+=(LD_PRELOAD=$preload)
+    env "${envs[@]}" timeout -k 5 "$limit" "$py" tools/fsdp_train.py --epochs "$epochs" \
+      --momentum "$mom" --out "$out/fsdp_$name.json" > "$out/fsdp_${name}_r$r.log" 2>&1 &
+    pids+=($!)
+  done
+  # timeout bounds every rank, so waiting in order ends too.
+  for p in "${pids[@]}"; do
+    wait "$p"
+    rc=$?
+    [ "$rc" != 0 ] && [ "$failed" = 0 ] && failed=$rc
+  done
+  case $failed in
+    0) status=ok ;;
+    124 | 137) status="timed out"; note="after ${limit}s" ;;
+    *) status=failed; note="exit $failed" ;;
+  esac
+  [ "$status" = ok ] && [ ! -f "$out/fsdp_$name.json" ] && { status=failed; note="no result"; }
+  note_run "$name" "$world" "$status" "$(($(date +%s) - t0))" "$note"
+  echo "fsdp_check: $name ($world ranks): $status $note in $(($(date +%s) - t0))s"
+}
+
+for world in ${GC_FSDP_WORLDS:-2 4}; do
+  run_fsdp "none_n$world" "$world" 0.9 0
+  run_fsdp "qsgd4_n$world" "$world" 0.9 1 GRADCOMP_METHOD=qsgd GRADCOMP_BITS=4
+  run_fsdp "dgc_n$world" "$world" 0 1 GRADCOMP_METHOD=dgc GRADCOMP_DENSITY=0.001 \
+    GRADCOMP_MOMENTUM=0.9 GRADCOMP_WARMUP_STEPS=100
+done
+
+summarize
+cat "$out/fsdp.md"
+# Fails when a run did not finish, a compressed run compressed no
+# reduce-scatter on some rank, or full parameters differ between ranks.
+"$py" - "$out/fsdp.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+bad = [k for k in r if k.endswith("_status") and r[k] != "ok"]
+bad += [k for k in r if k.endswith("_rs_compressed_per_rank") and (not r[k] or min(r[k]) == 0)]
+bad += [k for k in r if k.endswith("_params_identical") and r[k] is False]
+for k in bad:
+    print(f"fsdp_check: {k}: {r[k]}")
+sys.exit(1 if bad else 0)
+PY
