@@ -162,13 +162,14 @@ GC_EXPORT gradcompResult_t gradcompCommCreate(ncclComm_t nccl, const gradcompCon
   GC_NCCLCHECK(api->commUserRank(nccl, &c->rank));
   GC_NCCLCHECK(api->commCount(nccl, &c->nranks));
   GC_NCCLCHECK(api->commCuDevice(nccl, &ncclDev));
-  // Whatever this gives, the rank joins the exchange and votes with it.
+  // The exchange's buffer first; then, whatever the rank's own set-up gives,
+  // it joins the exchange and votes with it.
+  const gc::VoteGather gather = gc::ncclVoteGather(nccl, c->rank, c->nranks, ncclDev);
   const gradcompResult_t local = initNcclComm(c.get(), nccl, ncclDev, config);
   const gc::SetupVote mine =
       gc::makeSetupVote(local, c->cfg, gc::hostIdentity(),
                         local != gradcompSuccess ? gradcompGetLastError() : nullptr);
-  const gradcompResult_t res =
-      gc::setupNcclHierarchy(c.get(), mine, gc::ncclVoteGather(nccl, c->rank, c->nranks, ncclDev));
+  const gradcompResult_t res = gc::setupNcclHierarchy(c.get(), mine, gather);
   if (res != gradcompSuccess) {
     gc::destroyHierarchy(c.get());
     return res;

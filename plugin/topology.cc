@@ -7,6 +7,9 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <memory>
+#include <string>
+
 #include "backends/cuda/nccl_api.h"
 #include "checks.h"
 #include "comm.h"
@@ -20,32 +23,73 @@ uint64_t fnv1a(const char* s) {
   return h;
 }
 
-// Every rank's vote, by one small ncclAllGather on a private stream.
-gradcompResult_t gatherVotes(ncclComm_t nccl, int rank, int nranks, const SetupVote& mine,
-                             std::vector<SetupVote>* votes) {
-  votes->assign(nranks, SetupVote());
-  const size_t bytes = sizeof(SetupVote);
-  cudaStream_t s = nullptr;
-  GC_CUDACHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
-  char* dev = nullptr;
-  cudaError_t err = cudaMalloc(&dev, nranks * bytes);
-  ncclResult_t nres = ncclSuccess;
-  if (err == cudaSuccess) {
-    err = cudaMemcpyAsync(dev + rank * bytes, &mine, bytes, cudaMemcpyHostToDevice, s);
+// Makes a device current while it lives (the comm's, for the exchange), then
+// gives the caller its own back.
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device) : device_(device) {
+    hadPrev_ = cudaGetDevice(&prev_) == cudaSuccess;
+    err_ = cudaSetDevice(device);
   }
-  if (err == cudaSuccess) {
-    nres = ncclApi()->allGather(dev + rank * bytes, dev, bytes, ncclUint8, nccl, s);
+  ~DeviceGuard() {
+    if (hadPrev_ && prev_ != device_) cudaSetDevice(prev_);
   }
-  if (err == cudaSuccess && nres == ncclSuccess) {
-    err = cudaMemcpyAsync(votes->data(), dev, nranks * bytes, cudaMemcpyDeviceToHost, s);
+  cudaError_t error() const { return err_; }
+
+ private:
+  int device_, prev_ = -1;
+  bool hadPrev_ = false;
+  cudaError_t err_;
+};
+
+// The vote exchange's stream and buffer on the comm's device, made before
+// the rank's own set-up so that its running out of memory still leaves
+// this rank able to vote; then one small ncclAllGather.
+class NcclVoteExchange {
+ public:
+  NcclVoteExchange(ncclComm_t nccl, int rank, int nranks, int device)
+      : nccl_(nccl), rank_(rank), nranks_(nranks), device_(device) {
+    ready_ = prepare();
+    if (ready_ != gradcompSuccess) why_ = gradcompGetLastError();
   }
-  if (err == cudaSuccess) err = cudaStreamSynchronize(s);
-  if (dev != nullptr) cudaFree(dev);
-  cudaStreamDestroy(s);
-  GC_CUDACHECK(err);
-  GC_NCCLCHECK(nres);
-  return gradcompSuccess;
-}
+  ~NcclVoteExchange() {
+    DeviceGuard g(device_);
+    if (buf_ != nullptr) cudaFree(buf_);
+    if (stream_ != nullptr) cudaStreamDestroy(stream_);
+  }
+
+  gradcompResult_t run(const SetupVote& mine, std::vector<SetupVote>* votes) {
+    if (ready_ != gradcompSuccess) return setError(ready_, "%s", why_.c_str());
+    DeviceGuard g(device_);
+    GC_CUDACHECK(g.error());
+    const size_t bytes = sizeof(SetupVote);
+    votes->assign(nranks_, SetupVote());
+    GC_CUDACHECK(
+        cudaMemcpyAsync(buf_ + rank_ * bytes, &mine, bytes, cudaMemcpyHostToDevice, stream_));
+    GC_NCCLCHECK(
+        ncclApi()->allGather(buf_ + rank_ * bytes, buf_, bytes, ncclUint8, nccl_, stream_));
+    GC_CUDACHECK(
+        cudaMemcpyAsync(votes->data(), buf_, nranks_ * bytes, cudaMemcpyDeviceToHost, stream_));
+    GC_CUDACHECK(cudaStreamSynchronize(stream_));
+    return gradcompSuccess;
+  }
+
+ private:
+  gradcompResult_t prepare() {
+    DeviceGuard g(device_);
+    GC_CUDACHECK(g.error());
+    GC_CUDACHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    GC_CUDACHECK(cudaMalloc(&buf_, nranks_ * sizeof(SetupVote)));
+    return gradcompSuccess;
+  }
+
+  ncclComm_t nccl_;
+  int rank_, nranks_, device_;
+  cudaStream_t stream_ = nullptr;
+  char* buf_ = nullptr;
+  gradcompResult_t ready_;
+  std::string why_;
+};
 
 // Settings every rank must share: the first shapes the split, the others
 // what each call sends (a rank passing a call through or encoding it
@@ -247,16 +291,10 @@ gradcompResult_t agreeOnSetup(const std::vector<SetupVote>& votes) {
 }
 
 VoteGather ncclVoteGather(ncclComm_t nccl, int rank, int nranks, int device) {
-  return [=](const SetupVote& mine, std::vector<SetupVote>* votes) -> gradcompResult_t {
-    // A rank whose current device is not the comm's still joins, on the
-    // comm's device, to vote that it failed.
-    int prev = -1;
-    const bool hadDevice = cudaGetDevice(&prev) == cudaSuccess;
-    GC_CUDACHECK(cudaSetDevice(device));
-    const gradcompResult_t res = gatherVotes(nccl, rank, nranks, mine, votes);
-    if (hadDevice && prev != device) cudaSetDevice(prev);
-    return res;
-  };
+  // A rank whose current device is not the comm's still joins, on the comm's
+  // device, to vote that it failed.
+  std::shared_ptr<NcclVoteExchange> x(new NcclVoteExchange(nccl, rank, nranks, device));
+  return [x](const SetupVote& mine, std::vector<SetupVote>* votes) { return x->run(mine, votes); };
 }
 
 gradcompResult_t setupNcclHierarchy(gradcompComm* c, const SetupVote& mine,

@@ -6,6 +6,7 @@
 #include <stdint.h>
 
 #include <functional>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/common_math.cuh"
@@ -63,6 +64,7 @@ struct SetupVote {
   uint64_t settings[kSetupSettings] = {};
   char why[256] = {};  // this rank's error sentence when result is not success
 };
+static_assert(std::is_trivially_copyable<SetupVote>::value, "votes travel as bytes");
 SetupVote makeSetupVote(gradcompResult_t local, const gradcompConfig_t& cfg, uint64_t host,
                         const char* why);
 const char* setupSettingName(int i);
