@@ -282,8 +282,8 @@ gradcompResult_t agreeOnSetup(const std::vector<SetupVote>& votes) {
       formatSetting(i, votes[r].settings[i], mine, sizeof(mine));
       formatSetting(i, votes[0].settings[i], first, sizeof(first));
       return setError(gradcompInvalidArgument,
-                      "rank %d has %s = %s while rank 0 has %s: every rank of a comm must create "
-                      "it with the same settings; no rank made one",
+                      "rank %d has %s = %s while rank 0 has %s: the ranks of a comm have "
+                      "different GRADCOMP_* settings, so no rank made one",
                       r, kSettings[i].name, mine, first);
     }
   }
