@@ -10,6 +10,7 @@
 #include <memory>
 #include <string>
 
+#include "backends/cuda/device_guard.h"
 #include "backends/cuda/nccl_api.h"
 #include "checks.h"
 #include "comm.h"
@@ -22,25 +23,6 @@ uint64_t fnv1a(const char* s) {
   for (; *s; ++s) h = (h ^ (unsigned char)*s) * 0x100000001b3ull;
   return h;
 }
-
-// Makes a device current while it lives (the comm's, for the exchange), then
-// gives the caller its own back.
-class DeviceGuard {
- public:
-  explicit DeviceGuard(int device) : device_(device) {
-    hadPrev_ = cudaGetDevice(&prev_) == cudaSuccess;
-    err_ = cudaSetDevice(device);
-  }
-  ~DeviceGuard() {
-    if (hadPrev_ && prev_ != device_) cudaSetDevice(prev_);
-  }
-  cudaError_t error() const { return err_; }
-
- private:
-  int device_, prev_ = -1;
-  bool hadPrev_ = false;
-  cudaError_t err_;
-};
 
 // The vote exchange's stream and buffer on the comm's device, made before
 // the rank's own set-up so that its running out of memory still leaves
