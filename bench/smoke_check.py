@@ -86,7 +86,7 @@ def check_projection(tag, r, kdoc, bits, bucket, intra_gbps=3600.0, lat=10.0):
         shard = -(-count // g)
         es = encoded(shard, bits, bucket)
         hier_intra, hier_inter = 2 * (g - 1) / g * size, 2 * (k - 1) / k * es
-        hier = (shard * (enc + dec * (2 * k - 1) / k) + us(hier_intra, intra_gbps)
+        hier = (count / g * (enc + dec * (2 * k - 1) / k) + us(hier_intra, intra_gbps)
                 + us(hier_inter, L / g) + (2 * (g - 1) + k) * lat)
         t = "%s %dx%d@%g" % (tag, k, g, L)
         expect(close(p["nccl_inter_bytes"], nccl_inter) and close(p["nccl_intra_bytes"], nccl_intra),
@@ -101,6 +101,50 @@ def check_projection(tag, r, kdoc, bits, bucket, intra_gbps=3600.0, lat=10.0):
         expect(close(p["inter_bytes_ratio_flat_vs_hier"], flat_inter / hier_inter),
                "%s: inter-node bytes ratio" % t)
     return seen
+
+
+def check_hier_rows(tag, rows, kdoc, nranks, local, middle, bits, intra_gbps=3600.0, lat=10.0):
+    """Rows run with --local-size L > 1: the per-row model of docs/benchmark.md with two link
+    classes, each GPU's NIC at the column's rate; recomputed here from the row's own bytes."""
+    k, g = nranks // local, local
+    # The middle algorithm on the 1/G shard among k nodes: (encoded, decoded) elements per
+    # element of the shard and its latency steps (docs/benchmark.md's table).
+    mid = {"twoshot": (1, (2 * k - 1) / k, k), "allgather": (1, k, k - 1)}[middle]
+    us = lambda b, gbps: b * 8 / (gbps * 1e3)  # noqa: E731
+    expect(len(rows) > 0, "%s: rows" % tag)
+    for r in rows:
+        t = "%s %s %d" % (tag, r["dtype"], r["size"])
+        expect(r["algo"] == "hier", "%s: hier ran (got %s)" % (t, r["algo"]))
+        expect(r["wrong"] == 0, "%s: no wrong elements" % t)
+        inter, wire = r["inter_wire_bytes"], r["wire_bytes"]
+        expect(inter is not None and 0 < inter < wire, "%s: 0 < inter-node bytes < wire bytes" % t)
+        expect(r["kernels_measured"] and r.get("kernel_source") == "gpu_report",
+               "%s: kernel times from the GPU report" % t)
+        if kdoc:
+            expect(close(r["encode_us"], report_rate(kdoc, "qsgd_encode_ef", r["dtype"], bits,
+                                                     r["count"])), "%s: encode rate" % t)
+        kernel = (r["encode_us"] * mid[0] + r["decode_us"] * mid[1]) / g
+        expect(close(r["kernel_us"], kernel), "%s: hier kernel work %s vs %s (middle %s on n/G)"
+               % (t, r["kernel_us"], kernel, middle))
+        steps = 2 * (g - 1) + mid[2]
+        expect(r["latency_steps"] == steps,
+               "%s: latency steps %s vs 2(G-1) + %s's" % (t, r["latency_steps"], middle))
+        expect([m["link_gbps"] for m in r["model"]] == [10, 25, 100, 400],
+               "%s: default links" % t)
+        for m in r["model"]:
+            L = m["link_gbps"]  # each GPU's own NIC; the node has G of them
+            ours = (r["kernel_us"] + us(wire - inter, intra_gbps) + us(inter, L) + steps * lat)
+            ring = 2 * (nranks - 1) / nranks * r["size"]
+            nccl = max(us(ring * (g - 1) / g, intra_gbps), us(ring / g, L)) + 2 * (nranks - 1) * lat
+            expect(close(m["time_us"], ours),
+                   "%s: hier model at %g: %s vs %s" % (t, L, m["time_us"], ours))
+            expect(close(m["nccl_time_us"], nccl),
+                   "%s: NCCL two-class model at %g: %s vs %s" % (t, L, m["nccl_time_us"], nccl))
+            expect(close(m["speedup"], nccl / ours, 1e-6), "%s: modeled speedup at %g" % (t, L))
+            # The single-class model would have sent every byte at L.
+            flat_wrong = r["kernel_us"] + us(wire, L) + steps * lat
+            expect(not close(m["time_us"], flat_wrong, 1e-3),
+                   "%s: in-node bytes not charged to the NIC at %g" % (t, L))
 
 
 def main():
@@ -193,6 +237,17 @@ def main():
         expect(abs(p["inter_bytes_ratio_flat_vs_hier"] - 4) < 1e-3,
                "flat / hier inter-node bytes at N=8, L=4 is 4 (got %s)"
                % p["inter_bytes_ratio_flat_vs_hier"])
+
+    # Nodes of 2 ranks at N = 4: hier rows, two link classes per row. Auto runs an allgather
+    # across the 2 nodes; -a twoshot names the middle stage.
+    for algo, middle in (("auto", "allgather"), ("twoshot", "twoshot")):
+        code, out, rows = run(perf, ["-N", "4", "--local-size", "2", "-b", "256K", "-e", "256K",
+                                     "-n", "1", "-w", "0", "-q", str(bits), "-B", str(bucket),
+                                     "-a", algo], os.path.join(work, "hier-%s.json" % algo))
+        expect(code == 0, "hier run -a %s exits 0 (got %d)" % (algo, code))
+        expect("nodes of 2 ranks (--local-size)" in out,
+               "the preamble says how hier rows are modeled")
+        check_hier_rows("hier -a %s" % algo, rows, kdoc, 4, 2, middle, bits)
 
     # A missing or garbled report: the modeled columns are left out with a
     # sentence, never filled with host codec times; measured columns stay.

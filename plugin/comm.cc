@@ -109,6 +109,26 @@ gradcompResult_t initComm(gradcompComm* c, const gradcompConfig_t* config) {
   return gradcompSuccess;
 }
 
+// What a rank of an NCCL comm checks and makes on its own, before the
+// collective part of the set-up.
+gradcompResult_t initNcclComm(gradcompComm* c, ncclComm_t nccl, int ncclDev,
+                              const gradcompConfig_t* config) {
+  GC_CHECK(initComm(c, config));
+  int dev = -1;
+  GC_CUDACHECK(cudaGetDevice(&dev));
+  if (dev != ncclDev) {
+    return gc::setError(gradcompInvalidUsage,
+                        "current CUDA device %d differs from the NCCL communicator's device %d",
+                        dev, ncclDev);
+  }
+  c->nccl = nccl;
+  c->backend = gc::makeCudaBackend();
+  c->sparse = gc::makeCudaSparseOps();
+  GC_CHECK(c->backend->init());
+  c->transport = gc::makeNcclTransport(nccl, c->rank, c->nranks);
+  return gradcompSuccess;
+}
+
 // State checkpoint format: header, then per state its key, sizes and arrays.
 constexpr uint32_t kStateMagic = 0x54534347;  // "GCST"
 constexpr uint32_t kStateVersion = 1;
@@ -138,26 +158,20 @@ GC_EXPORT gradcompResult_t gradcompCommCreate(ncclComm_t nccl, const gradcompCon
   *comm = nullptr;
   GC_ARG(nccl != nullptr, "nccl communicator is NULL");
   std::unique_ptr<gradcompComm> c(new gradcompComm());
-  GC_CHECK(initComm(c.get(), config));
   const gc::NcclApi* api = gc::ncclApi();
+  // Without its rank, size and device a rank cannot join the set-up exchange.
+  int ncclDev = -1;
   GC_NCCLCHECK(api->commUserRank(nccl, &c->rank));
   GC_NCCLCHECK(api->commCount(nccl, &c->nranks));
-  int ncclDev = -1, dev = -1;
   GC_NCCLCHECK(api->commCuDevice(nccl, &ncclDev));
-  GC_CUDACHECK(cudaGetDevice(&dev));
-  if (dev != ncclDev) {
-    return gc::setError(gradcompInvalidUsage,
-                        "current CUDA device %d differs from the NCCL communicator's device %d",
-                        dev, ncclDev);
-  }
-  c->nccl = nccl;
-  c->backend = gc::makeCudaBackend();
-  c->sparse = gc::makeCudaSparseOps();
-  GC_CHECK(c->backend->init());
-  c->transport = gc::makeNcclTransport(nccl, c->rank, c->nranks);
-  // Collective over the comm (host identities, sub-communicators): last, after
-  // every check that could fail on one rank alone.
-  gradcompResult_t res = gc::setupNcclHierarchy(c.get());
+  // The exchange's buffer first; then, whatever the rank's own set-up gives,
+  // it joins the exchange and votes with it.
+  const gc::VoteGather gather = gc::ncclVoteGather(nccl, c->rank, c->nranks, ncclDev);
+  const gradcompResult_t local = initNcclComm(c.get(), nccl, ncclDev, config);
+  const gc::SetupVote mine =
+      gc::makeSetupVote(local, c->cfg, gc::hostIdentity(),
+                        local != gradcompSuccess ? gradcompGetLastError() : nullptr);
+  const gradcompResult_t res = gc::setupNcclHierarchy(c.get(), mine, gather);
   if (res != gradcompSuccess) {
     gc::destroyHierarchy(c.get());
     return res;

@@ -2,9 +2,15 @@
 // the intra-node transport and the inter-node child comm.
 #include "topology.h"
 
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
+#include <memory>
+#include <string>
+
+#include "backends/cuda/device_guard.h"
 #include "backends/cuda/nccl_api.h"
 #include "checks.h"
 #include "comm.h"
@@ -18,30 +24,100 @@ uint64_t fnv1a(const char* s) {
   return h;
 }
 
-// Every rank's host identity, by one small ncclAllGather on a private stream.
-gradcompResult_t gatherHosts(const gradcompComm& c, uint64_t mine, std::vector<uint64_t>* hosts) {
-  hosts->assign(c.nranks, 0);
-  cudaStream_t s = nullptr;
-  GC_CUDACHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
-  uint64_t* dev = nullptr;
-  cudaError_t err = cudaMalloc(&dev, c.nranks * sizeof(uint64_t));
-  ncclResult_t nres = ncclSuccess;
-  if (err == cudaSuccess) {
-    err = cudaMemcpyAsync(dev + c.rank, &mine, sizeof(mine), cudaMemcpyHostToDevice, s);
+// The vote exchange's stream and buffer on the comm's device, made before
+// the rank's own set-up so that its running out of memory still leaves
+// this rank able to vote; then one small ncclAllGather.
+class NcclVoteExchange {
+ public:
+  NcclVoteExchange(ncclComm_t nccl, int rank, int nranks, int device)
+      : nccl_(nccl), rank_(rank), nranks_(nranks), device_(device) {
+    ready_ = prepare();
+    if (ready_ != gradcompSuccess) why_ = gradcompGetLastError();
   }
-  if (err == cudaSuccess) {
-    nres = ncclApi()->allGather(dev + c.rank, dev, sizeof(uint64_t), ncclUint8, c.nccl, s);
+  ~NcclVoteExchange() {
+    DeviceGuard g(device_);
+    if (buf_ != nullptr) cudaFree(buf_);
+    if (stream_ != nullptr) cudaStreamDestroy(stream_);
   }
-  if (err == cudaSuccess && nres == ncclSuccess) {
-    err =
-        cudaMemcpyAsync(hosts->data(), dev, c.nranks * sizeof(uint64_t), cudaMemcpyDeviceToHost, s);
+
+  gradcompResult_t run(const SetupVote& mine, std::vector<SetupVote>* votes) {
+    if (ready_ != gradcompSuccess) return setError(ready_, "%s", why_.c_str());
+    DeviceGuard g(device_);
+    GC_CUDACHECK(g.error());
+    const size_t bytes = sizeof(SetupVote);
+    votes->assign(nranks_, SetupVote());
+    GC_CUDACHECK(
+        cudaMemcpyAsync(buf_ + rank_ * bytes, &mine, bytes, cudaMemcpyHostToDevice, stream_));
+    GC_NCCLCHECK(
+        ncclApi()->allGather(buf_ + rank_ * bytes, buf_, bytes, ncclUint8, nccl_, stream_));
+    GC_CUDACHECK(
+        cudaMemcpyAsync(votes->data(), buf_, nranks_ * bytes, cudaMemcpyDeviceToHost, stream_));
+    GC_CUDACHECK(cudaStreamSynchronize(stream_));
+    return gradcompSuccess;
   }
-  if (err == cudaSuccess) err = cudaStreamSynchronize(s);
-  if (dev != nullptr) cudaFree(dev);
-  cudaStreamDestroy(s);
-  GC_CUDACHECK(err);
-  GC_NCCLCHECK(nres);
-  return gradcompSuccess;
+
+ private:
+  gradcompResult_t prepare() {
+    DeviceGuard g(device_);
+    GC_CUDACHECK(g.error());
+    GC_CUDACHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    GC_CUDACHECK(cudaMalloc(&buf_, nranks_ * sizeof(SetupVote)));
+    return gradcompSuccess;
+  }
+
+  ncclComm_t nccl_;
+  int rank_, nranks_, device_;
+  cudaStream_t stream_ = nullptr;
+  char* buf_ = nullptr;
+  gradcompResult_t ready_;
+  std::string why_;
+};
+
+// Settings every rank must share: the first shapes the split, the others
+// what each call sends (a rank passing a call through or encoding it
+// differently would wait forever for peers that do not).
+enum SettingKind { kInt, kUint, kFloat };
+struct SettingSpec {
+  const char* name;
+  SettingKind kind;
+};
+const SettingSpec kSettings[kSetupSettings] = {
+    {"GRADCOMP_LOCAL_SIZE (localSize)", kInt},
+    {"GRADCOMP_METHOD (method)", kInt},
+    {"GRADCOMP_ALGO (algo)", kInt},
+    {"GRADCOMP_BITS (bits)", kInt},
+    {"GRADCOMP_BUCKET (bucketSize)", kInt},
+    {"GRADCOMP_MIN_ELEMENTS (minElements)", kUint},
+    {"GRADCOMP_EF (errorFeedback)", kInt},
+    {"GRADCOMP_OWNER_RESIDUAL (ownerResidual)", kInt},
+    {"GRADCOMP_ELIAS (elias)", kInt},
+    {"GRADCOMP_BITS_MODE (bitsMode)", kInt},
+    {"GRADCOMP_SEED (seed)", kUint},
+    {"GRADCOMP_DENSITY (density)", kFloat},
+    {"GRADCOMP_VALUE_TYPE (valueType)", kInt},
+};
+
+uint64_t floatBits(float f) {
+  uint32_t u;
+  memcpy(&u, &f, sizeof(u));
+  return u;
+}
+
+void formatSetting(int i, uint64_t v, char* out, size_t n) {
+  float f;
+  const uint32_t u = (uint32_t)v;
+  switch (kSettings[i].kind) {
+    case kInt:
+      snprintf(out, n, "%d", (int)(int64_t)v);
+      break;
+    case kUint:
+      snprintf(out, n, "%llu", (unsigned long long)v);
+      break;
+    case kFloat:
+      memcpy(&f, &u, sizeof(f));
+      snprintf(out, n, "%g", (double)f);
+      break;
+  }
 }
 
 std::unique_ptr<gradcompComm> makeInterComm(const gradcompComm& c,
@@ -136,14 +212,97 @@ gradcompResult_t checkLocalSize(int localSize, int nranks) {
   return gradcompSuccess;
 }
 
-gradcompResult_t setupNcclHierarchy(gradcompComm* c) {
+SetupVote makeSetupVote(gradcompResult_t local, const gradcompConfig_t& cfg, uint64_t host,
+                        const char* why) {
+  SetupVote v;
+  v.host = host;
+  v.result = (int32_t)local;
+  if (local != gradcompSuccess) {
+    snprintf(v.why, sizeof(v.why), "%s", why != nullptr ? why : "");
+    return v;
+  }
+  const uint64_t s[kSetupSettings] = {(uint64_t)(int64_t)cfg.localSize,
+                                      (uint64_t)(int64_t)cfg.method,
+                                      (uint64_t)(int64_t)cfg.algo,
+                                      (uint64_t)(int64_t)cfg.bits,
+                                      (uint64_t)(int64_t)cfg.bucketSize,
+                                      (uint64_t)cfg.minElements,
+                                      (uint64_t)(int64_t)cfg.errorFeedback,
+                                      (uint64_t)(int64_t)cfg.ownerResidual,
+                                      (uint64_t)(int64_t)cfg.elias,
+                                      (uint64_t)(int64_t)cfg.bitsMode,
+                                      cfg.seed,
+                                      floatBits(cfg.density),
+                                      (uint64_t)(int64_t)cfg.valueType};
+  memcpy(v.settings, s, sizeof(s));
+  return v;
+}
+
+const char* setupSettingName(int i) {
+  return i >= 0 && i < kSetupSettings ? kSettings[i].name : "?";
+}
+
+gradcompResult_t agreeOnSetup(const std::vector<SetupVote>& votes) {
+  const int n = (int)votes.size();
+  for (int r = 0; r < n; ++r) {
+    const SetupVote& v = votes[r];
+    if (v.result == gradcompSuccess) continue;
+    const gradcompResult_t res = v.result > 0 && v.result <= gradcompInternalError
+                                     ? (gradcompResult_t)v.result
+                                     : gradcompInternalError;
+    char why[sizeof(v.why)];
+    memcpy(why, v.why, sizeof(why));
+    why[sizeof(why) - 1] = '\0';  // it came over the wire
+    return setError(res,
+                    "rank %d of %d could not set up its gradcomp comm, so no rank made one: %s", r,
+                    n, why);
+  }
+  for (int r = 1; r < n; ++r) {
+    for (int i = 0; i < kSetupSettings; ++i) {
+      if (votes[r].settings[i] == votes[0].settings[i]) continue;
+      char mine[32], first[32];
+      formatSetting(i, votes[r].settings[i], mine, sizeof(mine));
+      formatSetting(i, votes[0].settings[i], first, sizeof(first));
+      return setError(gradcompInvalidArgument,
+                      "rank %d has %s = %s while rank 0 has %s: the ranks of a comm have "
+                      "different GRADCOMP_* settings, so no rank made one",
+                      r, kSettings[i].name, mine, first);
+    }
+  }
+  return gradcompSuccess;
+}
+
+VoteGather ncclVoteGather(ncclComm_t nccl, int rank, int nranks, int device) {
+  // A rank whose current device is not the comm's still joins, on the comm's
+  // device, to vote that it failed.
+  std::shared_ptr<NcclVoteExchange> x(new NcclVoteExchange(nccl, rank, nranks, device));
+  return [x](const SetupVote& mine, std::vector<SetupVote>* votes) { return x->run(mine, votes); };
+}
+
+gradcompResult_t setupNcclHierarchy(gradcompComm* c, const SetupVote& mine,
+                                    const VoteGather& gather) {
+  std::vector<SetupVote> votes;
+  const gradcompResult_t res = gather(mine, &votes);
+  if (res != gradcompSuccess) {
+    // This rank's own failure says more than the exchange it could not join.
+    if (mine.result != gradcompSuccess) {
+      return setError((gradcompResult_t)mine.result, "%s", mine.why);
+    }
+    return res;
+  }
+  if ((int)votes.size() != c->nranks) {
+    return setError(gradcompInternalError, "set-up exchange gave %zu votes for %d ranks",
+                    votes.size(), c->nranks);
+  }
+  GC_CHECK(agreeOnSetup(votes));
   const int n = c->nranks, L = c->cfg.localSize;
   if (L != 0) {
+    // L is the same on every rank, so every rank refuses alike.
     GC_CHECK(checkLocalSize(L, n));
     c->topo = blockTopology(c->rank, n, L);
   } else {
-    std::vector<uint64_t> hosts;
-    GC_CHECK(gatherHosts(*c, hostIdentity(), &hosts));
+    std::vector<uint64_t> hosts(n);
+    for (int r = 0; r < n; ++r) hosts[r] = votes[r].host;
     const char* why = nullptr;
     c->topo = hostTopology(c->rank, hosts, &why);
     if (why != nullptr && c->rank == 0) {
@@ -174,6 +333,12 @@ gradcompResult_t setupNcclHierarchy(gradcompComm* c) {
 }
 
 gradcompResult_t setupCpuHierarchy(gradcompComm** comms, int nranks) {
+  // One config for all ranks, so this always agrees; it is the NCCL path's decision.
+  std::vector<SetupVote> votes;
+  for (int r = 0; r < nranks; ++r) {
+    votes.push_back(makeSetupVote(gradcompSuccess, comms[r]->cfg, 0, nullptr));
+  }
+  GC_CHECK(agreeOnSetup(votes));
   const int L = comms[0]->cfg.localSize;  // auto (0) is flat on the CPU world
   if (L != 0) GC_CHECK(checkLocalSize(L, nranks));
   const int local = L == 0 ? 1 : L;

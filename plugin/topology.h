@@ -5,6 +5,8 @@
 
 #include <stdint.h>
 
+#include <functional>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/common_math.cuh"
@@ -47,9 +49,40 @@ inline uint64_t hierSeed(uint64_t seed, int localRank) {
   return deriveKey(seed, ~0ull, (uint64_t)localRank, 0x4849455253454544ull);
 }
 
-// Gives comm c (rank, nranks, cfg and backend set) its topology and, when it
+// What one rank brings to the collective set-up of a comm. Every rank joins
+// one exchange of these, whatever its local checks gave, and every rank then
+// decides the same from all of them (agreeOnSetup): a rank that failed alone
+// or disagrees on a setting would otherwise leave the others waiting in
+// ncclCommSplit, or split them with colors that do not match.
+constexpr int kSetupSettings = 13;
+struct SetupVote {
+  uint64_t host = 0;   // hostIdentity(), 0 = unreadable
+  int32_t result = 0;  // gradcompResult_t of this rank's local set-up
+  int32_t pad = 0;
+  // The settings that shape the split or the exchange, in the order of
+  // setupSettingName(); floats as their bits.
+  uint64_t settings[kSetupSettings] = {};
+  char why[256] = {};  // this rank's error sentence when result is not success
+};
+static_assert(std::is_trivially_copyable<SetupVote>::value, "votes travel as bytes");
+SetupVote makeSetupVote(gradcompResult_t local, const gradcompConfig_t& cfg, uint64_t host,
+                        const char* why);
+const char* setupSettingName(int i);
+// The decision from every rank's vote, the same on every rank: success, the
+// lowest failed rank's result and sentence, or gradcompInvalidArgument naming
+// the first setting on which a rank differs from rank 0.
+gradcompResult_t agreeOnSetup(const std::vector<SetupVote>& votes);
+
+// Gives every rank's vote; the NCCL one is a single ncclAllGather run on the
+// comm's device (made current for the exchange, then restored).
+using VoteGather = std::function<gradcompResult_t(const SetupVote& mine, std::vector<SetupVote>*)>;
+VoteGather ncclVoteGather(ncclComm_t nccl, int rank, int nranks, int device);
+
+// Collective: gathers the votes, agrees, then gives comm c (rank, nranks,
+// cfg and backend set when mine.result is success) its topology and, when it
 // is hierarchical, the intra-node transport and the inter-node child comm.
-gradcompResult_t setupNcclHierarchy(gradcompComm* c);
+gradcompResult_t setupNcclHierarchy(gradcompComm* c, const SetupVote& mine,
+                                    const VoteGather& gather);
 // The CPU world of nranks comms: blocks of cfg.localSize (auto = flat).
 gradcompResult_t setupCpuHierarchy(gradcompComm** comms, int nranks);
 // Destroys what setup made (NCCL sub-communicators included).

@@ -112,6 +112,17 @@ int algoFromStats(const gradcompStats_t& before, const gradcompStats_t& after) {
   return 0;
 }
 
+// The algorithm hier runs across nodes, as plugin/algorithms/hier.cc picks it:
+// the sparse exchange for the sparse methods; for QSGD the configured one, or
+// on auto allgather for <= 2 nodes and two-shot above.
+int hierMiddle(const gradcompConfig_t& cfg, int nodes) {
+  if (cfg.method != gradcompMethodQsgd) return gradcompAlgoSparseAllgather;
+  if (cfg.algo == gradcompAlgoTwoShot || cfg.algo == gradcompAlgoRing ||
+      cfg.algo == gradcompAlgoAllgather)
+    return cfg.algo;
+  return nodes <= 2 ? gradcompAlgoAllgather : gradcompAlgoTwoShot;
+}
+
 void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompConfig_t& cfg,
                  Row* row) {
   const size_t count = row->count;
@@ -201,7 +212,10 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
   r.destroyComm(comm);
 
   if (!ok || !(info.showModel || info.project)) return;
-  const AlgoShape shape = algoShape(row->algoUsed, r.nranks());
+  // Nodes of `local` ranks (--local-size L > 1; auto is modeled flat).
+  const int local = o.localSize > 1 ? o.localSize : 1;
+  const AlgoShape shape =
+      algoShape(row->algoUsed, r.nranks(), local, hierMiddle(cfg, r.nranks() / local));
   row->latencySteps = shape.latencySteps;
   const bool qsgdKernels = row->algoUsed != 0 && methodSpec(cfg.method).qsgdKernels;
   if (qsgdKernels) {
@@ -245,10 +259,21 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
   for (double g : o.linkGbps) {
     ModelPoint m;
     m.gbps = g;
-    m.ncclUs = rs ? ncclReduceScatterModelUs(row->bytes, r.nranks(), g, o.linkLatencyUs)
-                  : ncclModelUs(row->bytes, r.nranks(), g, o.linkLatencyUs);
-    m.gradcompUs =
-        gradcompModelUs(row->kernelUs, row->gradcompWire, row->latencySteps, g, o.linkLatencyUs);
+    if (local > 1 && !rs) {
+      // Each GPU has its own NIC at g: a node's NICs give local * g.
+      const Cluster c{r.nranks() / local, local, o.intraGbps, local * g, o.linkLatencyUs};
+      m.ncclUs = ncclClusterUs(row->bytes, c);
+      m.gradcompUs = row->algoUsed == 0
+                         ? m.ncclUs
+                         : gradcompClusterUs(
+                               row->kernelUs, {row->gradcompWire - row->interWire, row->interWire},
+                               row->algoUsed == gradcompAlgoHier, row->latencySteps, c);
+    } else {
+      m.ncclUs = rs ? ncclReduceScatterModelUs(row->bytes, r.nranks(), g, o.linkLatencyUs)
+                    : ncclModelUs(row->bytes, r.nranks(), g, o.linkLatencyUs);
+      m.gradcompUs =
+          gradcompModelUs(row->kernelUs, row->gradcompWire, row->latencySteps, g, o.linkLatencyUs);
+    }
     row->model.push_back(m);
   }
 }

@@ -8,9 +8,14 @@ namespace gcbench {
 
 // Latency steps: the sends of an all-to-all leave together (one step);
 // ncclAllGather and ncclAllReduce run rings of N-1 and 2(N-1) steps.
-AlgoShape algoShape(int algo, int nranks) {
+AlgoShape algoShape(int algo, int nranks, int local, int middle) {
   const double n = nranks;
   switch (algo) {
+    case 5: {  // hier: the middle algorithm on the shard, between two in-node rings
+      const int g = local > 1 ? local : 1;
+      const AlgoShape m = algoShape(middle, nranks / g);
+      return {m.encodeFactor / g, m.decodeFactor / g, 2.0 * (g - 1) + m.latencySteps};
+    }
     case 1:  // two-shot: encode N-1 chunks for their owners and the reduced own chunk (n in
              // all); decode N-1 chunks into the own chunk, then all N chunks of the result.
       return {1.0, (2 * n - 1) / n, 1 + (n - 1)};
@@ -82,30 +87,43 @@ double sequentialLinkUs(const LinkBytes& b, const Cluster& c) {
   return transferUs(b.intra, c.intraGbps) + transferUs(b.inter, c.nodeGbps / c.local);
 }
 
+double ncclClusterUs(double bytes, const Cluster& c) {
+  const int n = c.ranks();
+  if (n <= 1) return 0;
+  return concurrentLinkUs(ncclClusterBytes(bytes, c), c) + 2.0 * (n - 1) * c.latencyUs;
+}
+
+double gradcompClusterUs(double kernelUs, const LinkBytes& b, bool stages, double latencySteps,
+                         const Cluster& c) {
+  return kernelUs + (stages ? sequentialLinkUs(b, c) : concurrentLinkUs(b, c)) +
+         latencySteps * c.latencyUs;
+}
+
 ClusterTimes clusterModel(size_t count, size_t elemBytes, int bits, int bucket,
                           double encodeUsPerElem, double decodeUsPerElem, const Cluster& c) {
   ClusterTimes t;
-  const double n = c.ranks(), g = c.local, k = c.nodes;
+  const double n = c.ranks(), k = c.nodes;
   const double bytes = (double)count * elemBytes;
   const size_t shard = (count + c.local - 1) / c.local;
   t.nccl = ncclClusterBytes(bytes, c);
   t.flat = flatTwoShotBytes((double)gradcompQsgdEncodedBytes(count, bits, bucket), c);
   t.hier = hierBytes(bytes, (double)gradcompQsgdEncodedBytes(shard, bits, bucket), c);
-  const double rate = encodeUsPerElem, drate = decodeUsPerElem;
   if (n <= 1) return t;
-  t.ncclUs = concurrentLinkUs(t.nccl, c) + 2 * (n - 1) * c.latencyUs;
-  // Flat two-shot over all N ranks (algoShape(1, N)).
-  t.flatKernelUs = count * (rate + drate * (2 * n - 1) / n);
-  t.flatUs = t.flatKernelUs + concurrentLinkUs(t.flat, c) + n * c.latencyUs;
-  // Hierarchical: reduce-scatter and allgather rings of G-1 steps each around
-  // a two-shot of the shard over K nodes; one node is NCCL inside it.
+  t.ncclUs = ncclClusterUs(bytes, c);
+  // Flat two-shot over all N ranks.
+  const AlgoShape fs = algoShape(1, c.ranks());
+  t.flatKernelUs = count * (encodeUsPerElem * fs.encodeFactor + decodeUsPerElem * fs.decodeFactor);
+  t.flatUs = gradcompClusterUs(t.flatKernelUs, t.flat, false, fs.latencySteps, c);
+  // Hierarchical with a two-shot of the shard over the K nodes; one node is
+  // NCCL inside it.
   if (k <= 1) {
     t.hierUs = t.ncclUs;
     t.hier = t.nccl;
     return t;
   }
-  t.hierKernelUs = shard * (rate + drate * (2 * k - 1) / k);
-  t.hierUs = t.hierKernelUs + sequentialLinkUs(t.hier, c) + (2 * (g - 1) + k) * c.latencyUs;
+  const AlgoShape hs = algoShape(5, c.ranks(), c.local, 1);
+  t.hierKernelUs = count * (encodeUsPerElem * hs.encodeFactor + decodeUsPerElem * hs.decodeFactor);
+  t.hierUs = gradcompClusterUs(t.hierKernelUs, t.hier, true, hs.latencySteps, c);
   return t;
 }
 

@@ -17,7 +17,11 @@ struct AlgoShape {
   double decodeFactor;  // decoded elements per element of the buffer
   double latencySteps;  // messages that must follow one another
 };
-AlgoShape algoShape(int algo, int nranks);
+// Hier (algo 5) on nodes of `local` ranks: the `middle` algorithm (as hier
+// picks it) on each rank's 1/G shard among the k = N/G nodes, between NCCL's
+// in-node reduce-scatter and allgather (no gradcomp kernels, G-1 ring steps
+// each). The same work clusterModel gives hier with a two-shot middle.
+AlgoShape algoShape(int algo, int nranks, int local = 1, int middle = 1);
 
 double ncclRingBytes(size_t bytes, int nranks);
 double ncclModelUs(size_t bytes, int nranks, double gbps, double latencyUs);
@@ -57,6 +61,14 @@ LinkBytes hierBytes(double bytes, double shardEncoded, const Cluster& c);
 // class limits) or one after the other (hierarchical stages).
 double concurrentLinkUs(const LinkBytes& b, const Cluster& c);
 double sequentialLinkUs(const LinkBytes& b, const Cluster& c);
+
+// NCCL's ring over the cluster: both link classes at once, 2(N-1) steps.
+double ncclClusterUs(double bytes, const Cluster& c);
+// A row measured on nodes of c.local ranks, from the bytes it sent over each
+// link class: hier's stages follow one another (`stages`), a flat
+// algorithm's sends to near and far peers go at once.
+double gradcompClusterUs(double kernelUs, const LinkBytes& b, bool stages, double latencySteps,
+                         const Cluster& c);
 
 // Modeled times of one allreduce of `count` elements of `elemBytes` each,
 // QSGD at (bits, bucket) with the kernel rates given per element (encode+EF,

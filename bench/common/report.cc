@@ -110,6 +110,15 @@ void printPreamble(const Options& o, const RunInfo& info) {
         "each rank sends / L + latency steps * %g us;\n#  NCCL = 2(N-1)/N * bytes / L + 2(N-1) * "
         "%g us. Columns m@L give NCCL / gradcomp modeled time.\n",
         o.linkLatencyUs, o.linkLatencyUs);
+    if (o.localSize > 1) {
+      printf(
+          "#  nodes of %d ranks (--local-size): each GPU has its own NIC at L (a node: %d x L); "
+          "in-node bytes (wire - inter_wire)\n#  go over --intra-gbps %g: hier = kernels + "
+          "in-node / %g + inter-node / L (its stages in turn) + steps * %g us;\n#  a flat "
+          "algorithm overlaps the two links (max). NCCL = its ring over both: max(in-node, "
+          "NIC) + 2(N-1) * %g us.\n",
+          o.localSize, o.localSize, o.intraGbps, o.intraGbps, o.linkLatencyUs, o.linkLatencyUs);
+    }
   }
   printf(
       "#  check: results against the exact sum of all ranks' inputs; #wrong counts elements "

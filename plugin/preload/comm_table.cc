@@ -345,24 +345,5 @@ void warnOnce(const std::string& key, const char* fmt, ...) {
   fprintf(stderr, "gradcomp %d WARN %s\n", (int)getpid(), msg);
 }
 
-DeviceGuard::DeviceGuard(int device) {
-  if (device < 0) return;
-  int current = -1;
-  if (cudaGetDevice(&current) != cudaSuccess) {
-    (void)cudaGetLastError();
-    return;
-  }
-  if (current == device) return;
-  if (cudaSetDevice(device) == cudaSuccess) {
-    prev_ = current;
-  } else {
-    (void)cudaGetLastError();
-  }
-}
-
-DeviceGuard::~DeviceGuard() {
-  if (prev_ >= 0) cudaSetDevice(prev_);
-}
-
 }  // namespace preload
 }  // namespace gc

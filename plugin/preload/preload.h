@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "backends/cuda/device_guard.h"
 #include "gradcomp.h"
 
 namespace gc {
@@ -117,18 +118,7 @@ ncclResult_t route(const Deferred& d);
 // blocks interleave and cannot be concatenated).
 ncclResult_t runDeferred(std::vector<Deferred>& calls);
 
-// Sets the current CUDA device for a scope (no-op when it already is, or
-// when device < 0).
-class DeviceGuard {
- public:
-  explicit DeviceGuard(int device);
-  ~DeviceGuard();
-  DeviceGuard(const DeviceGuard&) = delete;
-  DeviceGuard& operator=(const DeviceGuard&) = delete;
-
- private:
-  int prev_ = -1;
-};
+using ::gc::DeviceGuard;
 
 }  // namespace preload
 }  // namespace gc

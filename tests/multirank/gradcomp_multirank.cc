@@ -4,9 +4,10 @@
 // for bit against the serial host reference of the same algorithm (which
 // also makes them identical across ranks), then the sparse methods (top-k,
 // DGC, rand-k) against tests/common/ref_sparse.h, then CUDA-graph capture
-// against eager calls, then pass-through; then gradcompReduceScatter (QSGD
-// fixed and DQ-SGD bits, the sparse methods, in place, a graph, pass-through)
-// against tests/common/ref_rs.h. Prints "N passed, M failed" and, for the
+// against eager calls, then set-ups that every rank must refuse alike, then
+// pass-through; then gradcompReduceScatter (QSGD fixed and DQ-SGD bits, the
+// sparse methods, in place, a graph, pass-through) against
+// tests/common/ref_rs.h. Prints "N passed, M failed" and, for the
 // reduce-scatter checks alone, "multirank rs ...: N passed, M failed".
 // With GRADCOMP_LOCAL_SIZE=L > 1 (tools/multirank_check.sh runs N = 4, L = 2)
 // the comms are hierarchical (nodes of L consecutive ranks) and the
@@ -520,6 +521,46 @@ void checkRsPassThrough(ncclComm_t nc, cudaStream_t st) {
   gradcompCommDestroy(gc);
 }
 
+// The set-up is collective: a rank with another local size, a bad config or
+// the wrong current device makes every rank return the same error, none
+// waits in ncclCommSplit, and the NCCL comm stays usable.
+void checkSetupAgreement(ncclComm_t nc, int ndev) {
+  if (nranks < 2) return;
+  gradcompConfig_t cfg;
+  gradcompConfigInit(&cfg);
+  cfg.localSize = localSize;
+  if (rank == nranks - 1) cfg.localSize = localSize == 1 ? nranks : 1;
+  gradcompComm_t gc = nullptr;
+  char want[128];
+  snprintf(want, sizeof(want), "rank %d has GRADCOMP_LOCAL_SIZE (localSize) = ", nranks - 1);
+  gradcompResult_t r = gradcompCommCreate(nc, &cfg, &gc);
+  report(r == gradcompInvalidArgument && gc == nullptr && strstr(gradcompGetLastError(), want),
+         "a rank with another local size fails the set-up on every rank");
+  gradcompConfigInit(&cfg);
+  cfg.localSize = localSize;
+  if (rank == 1 % nranks) cfg.bits = 99;
+  snprintf(want, sizeof(want), "rank %d of %d could not set up its gradcomp comm", 1 % nranks,
+           nranks);
+  r = gradcompCommCreate(nc, &cfg, &gc);
+  report(r == gradcompInvalidArgument && gc == nullptr && strstr(gradcompGetLastError(), want) &&
+             strstr(gradcompGetLastError(), "bits"),
+         "a rank with a bad config fails the set-up on every rank");
+  if (ndev >= 2) {
+    cfg.bits = 4;
+    const int mine = rank % ndev;
+    if (rank == 0) CK(cudaSetDevice((mine + 1) % ndev));
+    snprintf(want, sizeof(want), "rank 0 of %d could not set up its gradcomp comm", nranks);
+    r = gradcompCommCreate(nc, &cfg, &gc);
+    int now = -1;
+    CK(cudaGetDevice(&now));
+    report(r == gradcompInvalidUsage && gc == nullptr && strstr(gradcompGetLastError(), want) &&
+               strstr(gradcompGetLastError(), "differs from the NCCL communicator's device") &&
+               now == (rank == 0 ? (mine + 1) % ndev : mine),
+           "a rank on the wrong device fails the set-up on every rank, its device restored");
+    CK(cudaSetDevice(mine));
+  }
+}
+
 }  // namespace
 
 int main() {
@@ -561,7 +602,8 @@ int main() {
           checkSparse(nc, st, sc, t, avg, n);
         }
   checkGraph(nc, st);
-  checkPassThrough(nc, st);
+  checkSetupAgreement(nc, ndev);
+  checkPassThrough(nc, st);  // also: the NCCL comm still works after refused set-ups
   inRs = true;
   for (DType t : {DType::F32, DType::F16, DType::BF16})
     for (bool avg : {false, true})

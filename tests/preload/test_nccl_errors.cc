@@ -1,14 +1,25 @@
 // Error paths of the NCCL binding, against the stand-in libnccl: an NCCL
 // failure comes back as gradcompNcclError carrying NCCL's own sentence, and
-// creating a comm without a GPU is a gradcompCudaError carrying CUDA's.
+// creating a comm without a GPU is a gradcompCudaError carrying CUDA's; the
+// collective set-up splits sub-communicators only when every rank's vote
+// agrees (the votes stand in for the allgather's result).
 #include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
 
 #include "gradcomp.h"
 #include "plugin/backends/transport.h"
+#include "plugin/checks.h"
+#include "plugin/comm.h"
+#include "plugin/topology.h"
 
 namespace {
 
@@ -48,6 +59,166 @@ TEST(NcclErrors, CommCreateWithoutGpuIsCudaErrorWithCudasSentence) {
   EXPECT_NE(strstr(gradcompGetLastError(), "CUDA error"), nullptr) << gradcompGetLastError();
   EXPECT_EQ(gradcompCommCreate(nullptr, &cfg, &c), gradcompInvalidArgument);
   EXPECT_STREQ(gradcompGetLastError(), "nccl communicator is NULL");
+}
+
+// Runs the collective set-up of rank `rank` of `votes.size()` against the
+// stand-in libnccl, with `votes` as what the allgather gave; returns the
+// result and the stand-in's log of the calls it received.
+struct SetupRun {
+  gradcompResult_t res;
+  std::string error, log;
+  int gathers = 0;
+  gc::Topology topo;
+  bool split = false;
+};
+
+SetupRun runSetup(int rank, const gradcompConfig_t& cfg, std::vector<gc::SetupVote> votes) {
+  char path[] = "/tmp/gc_fake_nccl_XXXXXX";
+  const int fd = mkstemp(path);
+  close(fd);
+  setenv("FAKE_NCCL_LOG", path, 1);
+  gradcompComm c;
+  c.cfg = cfg;
+  c.rank = rank;
+  c.nranks = (int)votes.size();
+  c.nccl = fakeComm();
+  SetupRun run;
+  const gc::SetupVote mine = votes[rank];
+  run.res = gc::setupNcclHierarchy(
+      &c, mine, [&](const gc::SetupVote& v, std::vector<gc::SetupVote>* all) {
+        ++run.gathers;
+        EXPECT_EQ(memcmp(&v, &mine, sizeof(v)), 0);  // what this rank brought
+        *all = votes;
+        return gradcompSuccess;
+      });
+  run.error = run.res == gradcompSuccess ? "" : gradcompGetLastError();
+  run.topo = c.topo;
+  run.split = c.intraNccl != nullptr && c.interNccl != nullptr && c.intra && c.inter;
+  gc::destroyHierarchy(&c);
+  unsetenv("FAKE_NCCL_LOG");
+  std::ifstream f(path);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  run.log = ss.str();
+  unlink(path);
+  return run;
+}
+
+int count(const std::string& log, const std::string& what) {
+  int n = 0;
+  for (size_t p = log.find(what); p != std::string::npos; p = log.find(what, p + 1)) ++n;
+  return n;
+}
+
+std::vector<gc::SetupVote> votesOf(int n, const gradcompConfig_t& cfg,
+                                   std::vector<uint64_t> hosts = {}) {
+  std::vector<gc::SetupVote> v;
+  for (int r = 0; r < n; ++r) {
+    v.push_back(gc::makeSetupVote(gradcompSuccess, cfg, hosts.empty() ? 1 : hosts[r], nullptr));
+  }
+  return v;
+}
+
+gradcompConfig_t localSizeConfig(int localSize) {
+  gradcompConfig_t cfg;
+  gradcompConfigInit(&cfg);
+  cfg.localSize = localSize;
+  return cfg;
+}
+
+// Agreeing votes: both splits, with the colors and keys of this rank's
+// place (rank 1 of 4, nodes of 2: node 0, local rank 1).
+TEST(NcclSetup, AgreeingVotesSplitOnce) {
+  const gradcompConfig_t cfg = localSizeConfig(2);
+  SetupRun run = runSetup(1, cfg, votesOf(4, cfg));
+  ASSERT_EQ(run.res, gradcompSuccess) << run.error;
+  EXPECT_EQ(run.gathers, 1);
+  EXPECT_TRUE(run.split);
+  EXPECT_EQ(count(run.log, "CommSplit"), 2) << run.log;
+  EXPECT_EQ(count(run.log, "color=0 key=1 "), 1) << run.log;  // intra: color node, key rank
+  EXPECT_EQ(count(run.log, "color=1 key=0 "), 1) << run.log;  // inter: color local rank, key node
+  EXPECT_EQ(count(run.log, "CommDestroy"), 2) << run.log;
+}
+
+// Auto: the hosts in the votes make the nodes (A B A B: nodes of 2 ranks
+// that are not contiguous); nodes of different sizes go flat without a split.
+TEST(NcclSetup, HostsInVotesMakeTheNodes) {
+  const gradcompConfig_t cfg = localSizeConfig(0);
+  SetupRun run = runSetup(2, cfg, votesOf(4, cfg, {11, 22, 11, 22}));
+  ASSERT_EQ(run.res, gradcompSuccess) << run.error;
+  EXPECT_EQ(run.topo.node, 0);
+  EXPECT_EQ(run.topo.localRank, 1);
+  EXPECT_EQ(count(run.log, "color=0 key=2 "), 1) << run.log;
+  EXPECT_EQ(count(run.log, "color=1 key=0 "), 1) << run.log;
+  run = runSetup(2, cfg, votesOf(4, cfg, {11, 22, 22, 22}));
+  ASSERT_EQ(run.res, gradcompSuccess) << run.error;
+  EXPECT_FALSE(run.topo.hier());
+  EXPECT_EQ(count(run.log, "CommSplit"), 0) << run.log;
+}
+
+// A peer with another GRADCOMP_LOCAL_SIZE: every rank (the one that differs
+// too) returns the same error, and none calls ncclCommSplit.
+TEST(NcclSetup, DisagreeingLocalSizeSplitsNothing) {
+  std::vector<gc::SetupVote> votes = votesOf(4, localSizeConfig(2));
+  votes[3] = gc::makeSetupVote(gradcompSuccess, localSizeConfig(4), 1, nullptr);
+  std::string first;
+  for (int r = 0; r < 4; ++r) {
+    SetupRun run = runSetup(r, localSizeConfig(r == 3 ? 4 : 2), votes);
+    EXPECT_EQ(run.res, gradcompInvalidArgument) << r;
+    EXPECT_NE(run.error.find("rank 3 has GRADCOMP_LOCAL_SIZE (localSize) = 4 while rank 0 has 2"),
+              std::string::npos)
+        << run.error;
+    if (r == 0) first = run.error;
+    EXPECT_EQ(run.error, first);
+    EXPECT_EQ(run.gathers, 1);
+    EXPECT_FALSE(run.split);
+    EXPECT_EQ(count(run.log, "CommSplit"), 0) << run.log;
+  }
+}
+
+// A rank whose local checks failed (here: the current device is not the
+// comm's) still joins the exchange with its vote; every rank returns its
+// result and sentence, and none splits.
+TEST(NcclSetup, LocalFailureIsEveryRanksError) {
+  const gradcompConfig_t cfg = localSizeConfig(2);
+  std::vector<gc::SetupVote> votes = votesOf(4, cfg);
+  votes[1] =
+      gc::makeSetupVote(gradcompInvalidUsage, cfg, 1,
+                        "current CUDA device 1 differs from the NCCL communicator's device 0");
+  for (int r = 0; r < 4; ++r) {
+    SetupRun run = runSetup(r, cfg, votes);
+    EXPECT_EQ(run.res, gradcompInvalidUsage) << r;
+    EXPECT_EQ(run.error,
+              "rank 1 of 4 could not set up its gradcomp comm, so no rank made one: current CUDA "
+              "device 1 differs from the NCCL communicator's device 0");
+    EXPECT_EQ(run.gathers, 1);
+    EXPECT_EQ(count(run.log, "CommSplit"), 0) << run.log;
+  }
+}
+
+// An exchange this rank could not join: its own failure is the better
+// sentence; without one, the exchange's error.
+TEST(NcclSetup, FailedExchangeKeepsOwnError) {
+  gradcompComm c;
+  c.cfg = localSizeConfig(2);
+  c.nranks = 4;
+  c.nccl = fakeComm();
+  const gc::SetupVote bad = gc::makeSetupVote(gradcompCudaError, c.cfg, 1, "CUDA error 100 'x'");
+  auto failing = [](const gc::SetupVote&, std::vector<gc::SetupVote>*) {
+    return gc::setError(gradcompNcclError, "NCCL error 3 'exchange'");
+  };
+  EXPECT_EQ(gc::setupNcclHierarchy(&c, bad, failing), gradcompCudaError);
+  EXPECT_STREQ(gradcompGetLastError(), "CUDA error 100 'x'");
+  const gc::SetupVote ok = gc::makeSetupVote(gradcompSuccess, c.cfg, 1, nullptr);
+  EXPECT_EQ(gc::setupNcclHierarchy(&c, ok, failing), gradcompNcclError);
+  EXPECT_STREQ(gradcompGetLastError(), "NCCL error 3 'exchange'");
+  // A short answer from the exchange is refused, not read past.
+  auto shortAnswer = [&](const gc::SetupVote& v, std::vector<gc::SetupVote>* all) {
+    all->assign(2, v);
+    return gradcompSuccess;
+  };
+  EXPECT_EQ(gc::setupNcclHierarchy(&c, ok, shortAnswer), gradcompInternalError);
+  EXPECT_FALSE(c.intra);
 }
 
 }  // namespace

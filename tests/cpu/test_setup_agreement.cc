@@ -1,0 +1,149 @@
+// The set-up decision every rank of a comm makes from every rank's vote
+// (plugin/topology.h): a rank that failed its local checks, or one whose
+// settings differ, makes every rank return the same error, before any split.
+#include <gtest/gtest.h>
+#include <string.h>
+
+#include <string>
+#include <vector>
+
+#include "gradcomp.h"
+#include "plugin/topology.h"
+
+namespace {
+
+gradcompConfig_t config(int localSize) {
+  gradcompConfig_t cfg;
+  gradcompConfigInit(&cfg);
+  cfg.localSize = localSize;
+  return cfg;
+}
+
+std::vector<gc::SetupVote> uniform(int n, const gradcompConfig_t& cfg) {
+  std::vector<gc::SetupVote> v;
+  for (int r = 0; r < n; ++r)
+    v.push_back(gc::makeSetupVote(gradcompSuccess, cfg, 100 + r, nullptr));
+  return v;
+}
+
+TEST(SetupAgreement, UniformVotesAgree) {
+  for (int n : {1, 2, 4, 8}) {
+    EXPECT_EQ(gc::agreeOnSetup(uniform(n, config(0))), gradcompSuccess) << gradcompGetLastError();
+    EXPECT_EQ(gc::agreeOnSetup(uniform(n, config(n))), gradcompSuccess);
+  }
+}
+
+// Host identities are data, not settings: they may (and do) differ.
+TEST(SetupAgreement, HostsMayDiffer) {
+  std::vector<gc::SetupVote> v = uniform(4, config(0));
+  v[2].host = 0;  // unreadable: the topology goes flat, the set-up still agrees
+  EXPECT_EQ(gc::agreeOnSetup(v), gradcompSuccess);
+}
+
+TEST(SetupAgreement, LocalSizeDiffersNamesBothValues) {
+  std::vector<gc::SetupVote> v = uniform(4, config(4));
+  v[3] = gc::makeSetupVote(gradcompSuccess, config(2), 7, nullptr);
+  EXPECT_EQ(gc::agreeOnSetup(v), gradcompInvalidArgument);
+  EXPECT_STREQ(gradcompGetLastError(),
+               "rank 3 has GRADCOMP_LOCAL_SIZE (localSize) = 2 while rank 0 has 4: the ranks of a "
+               "comm have different GRADCOMP_* settings, so no rank made one");
+  // auto on one rank, an override on the others: as bad.
+  v = uniform(4, config(2));
+  v[1] = gc::makeSetupVote(gradcompSuccess, config(0), 7, nullptr);
+  EXPECT_EQ(gc::agreeOnSetup(v), gradcompInvalidArgument);
+  EXPECT_NE(strstr(gradcompGetLastError(), "rank 1 has GRADCOMP_LOCAL_SIZE (localSize) = 0"),
+            nullptr)
+      << gradcompGetLastError();
+}
+
+// Every setting in the vote, changed on one rank alone, is named with both
+// values; the first differing rank is reported.
+TEST(SetupAgreement, EachSettingIsNamed) {
+  struct Change {
+    const char* text;  // what the sentence must contain
+    void (*apply)(gradcompConfig_t*);
+  };
+  const Change changes[] = {
+      {"GRADCOMP_METHOD (method) = 2",
+       [](gradcompConfig_t* c) { c->method = (gradcompMethod_t)2; }},
+      {"GRADCOMP_ALGO (algo) = 2", [](gradcompConfig_t* c) { c->algo = (gradcompAlgo_t)2; }},
+      {"GRADCOMP_BITS (bits) = 8 while rank 0 has 4", [](gradcompConfig_t* c) { c->bits = 8; }},
+      {"GRADCOMP_BUCKET (bucketSize) = 64", [](gradcompConfig_t* c) { c->bucketSize = 64; }},
+      {"GRADCOMP_MIN_ELEMENTS (minElements) = 0", [](gradcompConfig_t* c) { c->minElements = 0; }},
+      {"GRADCOMP_EF (errorFeedback) = 0", [](gradcompConfig_t* c) { c->errorFeedback = 0; }},
+      {"GRADCOMP_OWNER_RESIDUAL (ownerResidual)",
+       [](gradcompConfig_t* c) { c->ownerResidual = !c->ownerResidual; }},
+      {"GRADCOMP_ELIAS (elias) = 1", [](gradcompConfig_t* c) { c->elias = 1; }},
+      {"GRADCOMP_BITS_MODE (bitsMode) = 1",
+       [](gradcompConfig_t* c) { c->bitsMode = (gradcompBitsMode_t)1; }},
+      {"GRADCOMP_SEED (seed) = 18446744073709551615", [](gradcompConfig_t* c) { c->seed = ~0ull; }},
+      {"GRADCOMP_DENSITY (density) = 0.25", [](gradcompConfig_t* c) { c->density = 0.25f; }},
+      {"GRADCOMP_VALUE_TYPE (valueType) = 6",
+       [](gradcompConfig_t* c) { c->valueType = (ncclDataType_t)6; }},
+  };
+  const gradcompConfig_t base = config(2);
+  ASSERT_NE(base.method, 2);
+  ASSERT_NE(base.algo, 2);
+  ASSERT_EQ(base.bits, 4);
+  ASSERT_NE(base.minElements, 0u);
+  ASSERT_EQ(base.errorFeedback, 1);
+  ASSERT_EQ(base.elias, 0);
+  ASSERT_NE(base.valueType, 6);
+  for (const Change& ch : changes) {
+    gradcompConfig_t other = base;
+    ch.apply(&other);
+    std::vector<gc::SetupVote> v = uniform(6, base);
+    v[4] = gc::makeSetupVote(gradcompSuccess, other, 1, nullptr);
+    v[5] = v[4];
+    EXPECT_EQ(gc::agreeOnSetup(v), gradcompInvalidArgument) << ch.text;
+    const std::string err = gradcompGetLastError();
+    EXPECT_NE(err.find(std::string("rank 4 has ") + ch.text), std::string::npos) << err;
+  }
+  // The names cover every setting in the vote.
+  for (int i = 0; i < gc::kSetupSettings; ++i) {
+    EXPECT_EQ(strncmp(gc::setupSettingName(i), "GRADCOMP_", 9), 0) << i;
+  }
+}
+
+// A failed rank outranks any setting difference (its settings are not
+// known), and the lowest failed rank's result and sentence go to everyone.
+TEST(SetupAgreement, FailedRankGivesItsResultToEveryRank) {
+  std::vector<gc::SetupVote> v = uniform(4, config(2));
+  v[3] = gc::makeSetupVote(gradcompInvalidArgument, config(2), 1, "GRADCOMP_BITS=99 is bad");
+  v[2] = gc::makeSetupVote(gradcompInvalidUsage, config(0), 1,
+                           "current CUDA device 1 differs from the NCCL communicator's device 0");
+  EXPECT_EQ(gc::agreeOnSetup(v), gradcompInvalidUsage);
+  EXPECT_STREQ(gradcompGetLastError(),
+               "rank 2 of 4 could not set up its gradcomp comm, so no rank made one: current CUDA "
+               "device 1 differs from the NCCL communicator's device 0");
+  // What each rank computes from the same votes is the same sentence.
+  const std::string first = gradcompGetLastError();
+  EXPECT_EQ(gc::agreeOnSetup(v), gradcompInvalidUsage);
+  EXPECT_EQ(first, gradcompGetLastError());
+}
+
+// Votes come over the wire: an unterminated sentence or an unknown result
+// is neither read past nor passed on as is.
+TEST(SetupAgreement, WireVotesAreBounded) {
+  std::vector<gc::SetupVote> v = uniform(2, config(0));
+  v[1].result = 77;
+  memset(v[1].why, 'x', sizeof(v[1].why));
+  EXPECT_EQ(gc::agreeOnSetup(v), gradcompInternalError);
+  const std::string err = gradcompGetLastError();
+  EXPECT_NE(err.find("rank 1 of 2"), std::string::npos) << err;
+  EXPECT_EQ(err.find(std::string(sizeof(v[1].why), 'x')), std::string::npos);
+  EXPECT_NE(err.find(std::string(sizeof(v[1].why) - 1, 'x')), std::string::npos);
+}
+
+// The CPU world takes one config for all ranks: the same decision, always
+// agreeing, so creation succeeds for every valid local size.
+TEST(SetupAgreement, CpuWorldAgrees) {
+  gradcompComm_t comms[4];
+  for (int L : {0, 1, 2, 4}) {
+    gradcompConfig_t cfg = config(L);
+    ASSERT_EQ(gradcompCommCreateCpu(4, &cfg, comms), gradcompSuccess) << gradcompGetLastError();
+    for (gradcompComm_t c : comms) gradcompCommDestroy(c);
+  }
+}
+
+}  // namespace
