@@ -101,6 +101,8 @@ typedef struct {
   float bitsBudget;            /* GRADCOMP_BITS_BUDGET average bits/element */
   int budgetWindow;            /* GRADCOMP_BUDGET_WINDOW steps */
   int elias;                   /* GRADCOMP_ELIAS 0/1: variable-size Elias-coded QSGD */
+  int autoTune; /* GRADCOMP_AUTO 0/1, default 1: time NCCL and compression at set-up and pass
+                   through the calls compression would not speed up (CUDA backend) */
 } gradcompConfig_t;
 
 gradcompResult_t gradcompConfigInit(gradcompConfig_t* config);
@@ -157,9 +159,16 @@ typedef struct {
   uint64_t targetLast;      /* sparse: density*n target of the last call */
   int bitsLast;             /* QSGD: bits used by the last call (DQ-SGD varies it) */
   uint64_t steps;           /* compressed calls on this comm (the step counter) */
+  uint64_t callsAutoPassed; /* eligible calls passed through because auto predicted NCCL faster
+                               (also counted in callsPassedThrough) */
 } gradcompStats_t;
 
 gradcompResult_t gradcompGetStats(gradcompComm_t comm, gradcompStats_t* stats);
+
+/* Re-times NCCL and compression on this comm now (autoTune=1), as at set-up:
+ * collective, every rank calls it in the same order as its allreduces; not
+ * while the stream is being captured. Caller data and residuals are untouched. */
+gradcompResult_t gradcompCommRetune(gradcompComm_t comm, cudaStream_t stream);
 
 /* ------------------------------------------------- GPU codec entry points */
 /* These mirror the host reference codecs in gradcomp/reference.h with device

@@ -95,6 +95,13 @@ gradcompResult_t allReduce(const void* send, void* recv, size_t count, ncclDataT
     GC_CHECK(checkDevicePointer(recv, "recvbuff"));
   }
 
+  bool autoPass = false;
+  GC_CHECK(autoShouldPass(c, count, esz, &autoPass));
+  if (autoPass) {
+    c->stats.callsAutoPassed++;
+    return passThrough(c, send, recv, count, type, op);
+  }
+
   if (c->cfg.method != gradcompMethodQsgd)
     return sparseAllReduce(c, send, recv, count, t, op, keyed, key);
   if (c->cfg.algo == gradcompAlgoSparseAllgather) {

@@ -66,6 +66,9 @@ static const ParamSpec kParams[] = {
      "DQ-SGD budget mode: window in steps"},
     {"GRADCOMP_ELIAS", ParamKind::Int, GC_FIELD(elias), 0, 1, nullptr, "0",
      "Elias-coded QSGD levels (variable size; not graph-capturable)"},
+    {"GRADCOMP_AUTO", ParamKind::Int, GC_FIELD(autoTune), 0, 1, nullptr, "1",
+     "time NCCL and compression at set-up and pass through the calls compression would not "
+     "speed up; 0 always compresses (CUDA backend; the CPU backend never times)"},
     {"GRADCOMP_DEBUG", ParamKind::String, -1, 0, 0, nullptr, "(unset)",
      "log level: WARN, INFO or TRACE, to stderr"},
     {"GRADCOMP_GROUP", ParamKind::String, -1, 0, 0, nullptr, "defer",
@@ -203,6 +206,7 @@ GC_EXPORT gradcompResult_t gradcompConfigInit(gradcompConfig_t* c) {
   c->bitsBudget = 4.0f;
   c->budgetWindow = 100;
   c->elias = 0;
+  c->autoTune = 1;
   return gradcompSuccess;
 }
 
@@ -265,6 +269,7 @@ GC_EXPORT gradcompResult_t gradcompConfigValidate(const gradcompConfig_t* c) {
          (double)c->bitsBudget);
   GC_ARG(c->budgetWindow >= 1, "budgetWindow=%d must be >= 1", c->budgetWindow);
   GC_ARG(c->elias == 0 || c->elias == 1, "elias=%d is not 0 or 1", c->elias);
+  GC_ARG(c->autoTune == 0 || c->autoTune == 1, "autoTune=%d is not 0 or 1", c->autoTune);
   return gradcompSuccess;
 }
 
