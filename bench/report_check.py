@@ -57,6 +57,7 @@ dump("perf_n8.json", {"rows": [
 dump("tc_link.json", {"tc_unavailable_reason": None, "measured_speedup_tc_10gbps_n4_256MB": 5.5,
                       "measured_vs_model_tc_10gbps": 0.8, "runs": []})
 dump("multirank.json", {"multirank_tests_passed": 12, "multirank_tests_failed": 1})
+dump("perf_auto.json", {"auto_regret_max_frac": 0.031, "rows": []})
 dump("tests.json", {"tests_passed": 40, "tests_failed": 0})
 with open(os.path.join(raw, "steps.tsv"), "w") as f:
     f.write("build\tok\t100\t\nddp\tmissing\t0\tnot in this tree\n")
@@ -96,6 +97,8 @@ expect(r.get("hier_inter_bytes_ratio_vs_flat_n8_l4") == 4.0, "inter-node bytes r
 expect(r.get("measured_speedup_tc_10gbps_n4_256MB") == 5.5, "tc: measured speedup from tc_link.json")
 expect(r.get("measured_vs_model_tc_10gbps") == 0.8, "tc: measured / model from tc_link.json")
 expect("tc_unavailable_reason" in r and r["tc_unavailable_reason"] is None, "tc: shaping worked")
+expect(r.get("auto_regret_max_frac") == 0.031, "auto regret from perf_auto.json")
+expect(r.get("goals", {}).get("auto_regret_le_0.05") is True, "0.031 meets the 0.05 goal")
 expect(r.get("topk_dgc_speedup_vs_torch_topk") is None, "top-k null without selector times")
 expect(r.get("ddp_qsgd4_acc_delta_pts") is None, "DDP null without ddp.json")
 expect(r.get("multirank_tests_passed") == 12 and r.get("multirank_tests_failed") == 1, "multirank counts")

@@ -27,7 +27,9 @@ for n in 2 4; do
       env_extra=(NCCL_HOSTID=host-$r NCCL_NET=Socket NCCL_SOCKET_IFNAME=lo NCCL_IB_DISABLE=1
                  NCCL_P2P_DISABLE=1 NCCL_SHM_DISABLE=1 NCCL_NVLS_ENABLE=0)
     fi
-    env "${env_extra[@]}" GC_RANK=$r GC_NRANKS=$n GC_ID_FILE=$idfile \
+    # Each check sets autoTune itself; GRADCOMP_AUTO=0 keeps any config read
+    # from the environment compressing.
+    env "${env_extra[@]}" GRADCOMP_AUTO=0 GC_RANK=$r GC_NRANKS=$n GC_ID_FILE=$idfile \
       timeout 600 "$bin" > "$out/multirank_n${n}_r${r}.log" 2>&1 &
     pids+=($!)
   done

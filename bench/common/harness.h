@@ -55,6 +55,10 @@ struct Row {
   double encodeUs = 0, decodeUs = 0, kernelUs = 0, latencySteps = 0;
   std::vector<ModelPoint> model;
   std::vector<ProjectionPoint> projection;
+  // --auto: the same size through a comm with autoTune=1.
+  bool autoRan = false, autoPassed = false;  // passed: auto gave this size to NCCL
+  double autoUs = 0;
+  long autoWrong = -1;
 
   double algbw() const { return gradcompUs > 0 ? bytes / gradcompUs / 1e3 : 0; }
   double ncclAlgbw() const { return ncclUs > 0 ? bytes / ncclUs / 1e3 : 0; }
@@ -63,6 +67,11 @@ struct Row {
   double ncclBusbw() const { return ncclAlgbw() * busFactor(); }
   double speedup() const { return gradcompUs > 0 ? ncclUs / gradcompUs : 0; }
   double ratio() const { return gradcompWire > 0 ? ncclWire / gradcompWire : 0; }
+  // auto's time over the better of forced compression and NCCL, minus 1.
+  double autoRegret() const {
+    const double best = gradcompUs < ncclUs ? gradcompUs : ncclUs;
+    return autoRan && best > 0 ? autoUs / best - 1.0 : 0;
+  }
 };
 
 // Runs every (type, method, size) on this rank; rank 0 prints and writes the

@@ -44,6 +44,9 @@ void usage(const char* prog) {
       "                             the newest in bench/results\n"
       "      --seed <n>             input data seed, default 1\n"
       "      --debug-corrupt        corrupt one gradcomp output element (checks the checker)\n"
+      "      --auto                 also time each size with GRADCOMP_AUTO's decision (rows\n"
+      "                             force compression) and report auto's regret:\n"
+      "                             auto time / min(forced, NCCL) - 1\n"
       "Unset gradcomp settings come from GRADCOMP_* variables (docs/env.md).\n",
       prog);
 }
@@ -151,6 +154,7 @@ bool parseOptions(int argc, char** argv, Options* o, int* exitCode) {
     kNodeGbps,
     kIntraGbps,
     kKernelRates,
+    kAuto,
     kHelp
   };
   static const struct option longOpts[] = {{"minbytes", required_argument, 0, 'b'},
@@ -180,6 +184,7 @@ bool parseOptions(int argc, char** argv, Options* o, int* exitCode) {
                                            {"node-gbps", required_argument, 0, kNodeGbps},
                                            {"intra-gbps", required_argument, 0, kIntraGbps},
                                            {"kernel-rates", required_argument, 0, kKernelRates},
+                                           {"auto", no_argument, 0, kAuto},
                                            {"help", no_argument, 0, 'h'},
                                            {0, 0, 0, 0}};
   for (int i = 0; i < argc; ++i) {
@@ -320,6 +325,9 @@ bool parseOptions(int argc, char** argv, Options* o, int* exitCode) {
         break;
       case kCorrupt:
         o->corrupt = true;
+        break;
+      case kAuto:
+        o->autoRow = true;
         break;
       case kModelNodes:
       case kModelLocal: {

@@ -55,11 +55,15 @@ ncclResult_t compress(CommEntry& e, const void* send, void* recv, size_t count, 
   GC_NVTX_RANGE("gradcomp allreduce");
   std::lock_guard<std::mutex> lock(e.callMu);
   DeviceGuard guard(e.device);
+  gradcompStats_t before, after;
+  gradcompGetStats(e.gc, &before);
   const gradcompResult_t r =
       keyed ? gradcompAllReduceKeyed(send, recv, count, type, op, e.gc, stream, key)
             : gradcompAllReduce(send, recv, count, type, op, e.gc, stream);
   if (r == gradcompSuccess) {
-    e.callsCompressed += userCalls;
+    gradcompGetStats(e.gc, &after);
+    (after.callsAutoPassed > before.callsAutoPassed ? e.callsAutoPassed : e.callsCompressed) +=
+        userCalls;
     return ncclSuccess;
   }
   // These results come from checks made before anything is enqueued (first

@@ -55,7 +55,8 @@ struct CommEntry {
   // thread-safe, and NCCL needs the same call order on every rank anyway.
   std::mutex callMu;
   std::atomic<uint64_t> callsCompressed{0}, callsPassed{0};
-  void* fusion = nullptr;  // GRADCOMP_GROUP=fuse buffer (device)
+  std::atomic<uint64_t> callsAutoPassed{0};  // eligible user calls GRADCOMP_AUTO gave to NCCL
+  void* fusion = nullptr;                    // GRADCOMP_GROUP=fuse buffer (device)
   size_t fusionBytes = 0;
   ~CommEntry();
 };
