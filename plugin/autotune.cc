@@ -6,6 +6,7 @@
 #include <stdio.h>
 
 #include <algorithm>
+#include <chrono>
 #include <utility>
 #include <vector>
 
@@ -15,13 +16,8 @@
 namespace gc {
 namespace {
 
-// Two sizes bracket the calls frameworks make (DDP buckets are 25 MB): 1 MB
-// sits at the latency end, 32 MB is long enough for the per-byte cost to
-// dominate on every link. Both are fp32.
-constexpr size_t kSmallCount = size_t(1) << 18;
-constexpr size_t kLargeCount = size_t(1) << 23;
-constexpr int kWarmup = 2;  // the first compressed call of a size allocates its state
-constexpr int kReps = 5;    // median of five: one slow call does not move it
+constexpr int kWarmup = kAutoWarmupCalls;
+constexpr int kReps = kAutoTimedCalls;
 
 size_t toCount(double x) {
   if (!(x > 0.0)) return 0;
@@ -42,19 +38,23 @@ void rangeText(const AutoRange& r, char* out, size_t n) {
 }
 
 // The comm's own calls run on scratch during the timing: its buffer states,
-// workspace, stats and step counter are set aside and come back unchanged,
-// whatever happens in between.
+// workspace, stats and step counters (host, and device: graph replays
+// advance only the device one) are set aside and come back unchanged,
+// whatever happens in between. minElements is lifted so both sizes compress.
 class SetAside {
  public:
-  explicit SetAside(gradcompComm* c) : c_(c) {
+  SetAside(gradcompComm* c, uint64_t deviceStep) : c_(c), deviceStep_(deviceStep) {
     std::swap(states_, c->states);
     std::swap(workspace_, c->workspace);
     std::swap(workspaceBytes_, c->workspaceBytes);
     stats_ = c->stats;
     step_ = c->step;
+    minElements_ = c->cfg.minElements;
+    c->cfg.minElements = 0;
     c->autoState.tuning = true;
   }
   ~SetAside() { restore(); }
+  uint64_t callsCompressedBefore() const { return stats_.callsCompressed; }
   gradcompResult_t restore() {
     if (done_) return gradcompSuccess;
     done_ = true;
@@ -66,8 +66,9 @@ class SetAside {
     c_->workspaceBytes = workspaceBytes_;
     c_->stats = stats_;
     c_->step = step_;
+    c_->cfg.minElements = minElements_;
     c_->autoState.tuning = false;
-    const gradcompResult_t stepRes = c_->backend->setStep(step_);
+    const gradcompResult_t stepRes = c_->backend->setStep(deviceStep_);
     return res != gradcompSuccess ? res : stepRes;
   }
 
@@ -77,61 +78,123 @@ class SetAside {
   void* workspace_ = nullptr;
   size_t workspaceBytes_ = 0;
   gradcompStats_t stats_{};
-  uint64_t step_ = 0;
+  uint64_t step_ = 0, deviceStep_ = 0;
+  size_t minElements_ = 0;
   bool done_ = false;
 };
 
-// Device scratch and events, freed on every path out.
+// Marks between the timed calls, read after one synchronize: CUDA events on
+// the caller's stream, or (tests on the CPU backend, whose calls return when
+// done) the host clock.
+class CallTimer {
+ public:
+  virtual ~CallTimer() = default;
+  virtual gradcompResult_t init(int marks) = 0;
+  virtual gradcompResult_t mark(int i) = 0;
+  virtual gradcompResult_t finish() = 0;
+  virtual gradcompResult_t elapsedUs(int from, int to, float* us) = 0;
+};
+
+class EventTimer final : public CallTimer {
+ public:
+  explicit EventTimer(cudaStream_t stream) : stream_(stream) {}
+  ~EventTimer() override {
+    for (cudaEvent_t e : events_)
+      if (e != nullptr) cudaEventDestroy(e);
+  }
+  gradcompResult_t init(int marks) override {
+    events_.assign(marks, nullptr);
+    for (cudaEvent_t& e : events_) GC_CUDACHECK(cudaEventCreate(&e));
+    return gradcompSuccess;
+  }
+  gradcompResult_t mark(int i) override {
+    GC_CUDACHECK(cudaEventRecord(events_[i], stream_));
+    return gradcompSuccess;
+  }
+  gradcompResult_t finish() override {
+    GC_CUDACHECK(cudaStreamSynchronize(stream_));
+    return gradcompSuccess;
+  }
+  gradcompResult_t elapsedUs(int from, int to, float* us) override {
+    float ms = 0.0f;
+    GC_CUDACHECK(cudaEventElapsedTime(&ms, events_[from], events_[to]));
+    *us = ms * 1000.0f;
+    return gradcompSuccess;
+  }
+
+ private:
+  cudaStream_t stream_;
+  std::vector<cudaEvent_t> events_;
+};
+
+class HostTimer final : public CallTimer {
+ public:
+  gradcompResult_t init(int marks) override {
+    marks_.assign(marks, std::chrono::steady_clock::time_point());
+    return gradcompSuccess;
+  }
+  gradcompResult_t mark(int i) override {
+    marks_[i] = std::chrono::steady_clock::now();
+    return gradcompSuccess;
+  }
+  gradcompResult_t finish() override { return gradcompSuccess; }
+  gradcompResult_t elapsedUs(int from, int to, float* us) override {
+    *us = std::chrono::duration<float, std::micro>(marks_[to] - marks_[from]).count();
+    return gradcompSuccess;
+  }
+
+ private:
+  std::vector<std::chrono::steady_clock::time_point> marks_;
+};
+
+// Scratch buffers, freed on every path out.
 struct Scratch {
   explicit Scratch(gradcompComm* comm) : c(comm) {}
   gradcompComm* c;
   float* send = nullptr;
   float* recv = nullptr;
-  std::vector<cudaEvent_t> events;
   ~Scratch() {
     c->backend->sync();
-    for (cudaEvent_t e : events) cudaEventDestroy(e);
     c->backend->release(send);
     c->backend->release(recv);
   }
 };
 
-// One timed series: kWarmup untimed calls, then kReps calls between events.
+// One timed series from mark `first`: kWarmup untimed calls, then kReps
+// calls with a mark after each.
 template <typename Call>
-gradcompResult_t series(Call call, cudaStream_t stream, cudaEvent_t* ev) {
+gradcompResult_t series(Call call, CallTimer& timer, int first) {
   for (int i = 0; i < kWarmup; ++i) GC_CHECK(call());
-  GC_CUDACHECK(cudaEventRecord(ev[0], stream));
+  GC_CHECK(timer.mark(first));
   for (int i = 0; i < kReps; ++i) {
     GC_CHECK(call());
-    GC_CUDACHECK(cudaEventRecord(ev[i + 1], stream));
+    GC_CHECK(timer.mark(first + i + 1));
   }
   return gradcompSuccess;
 }
 
-gradcompResult_t medianUs(cudaEvent_t* ev, float* us) {
+gradcompResult_t medianUs(CallTimer& timer, int first, float* us) {
   float t[kReps];
-  for (int i = 0; i < kReps; ++i) {
-    GC_CUDACHECK(cudaEventElapsedTime(&t[i], ev[i], ev[i + 1]));
-    t[i] *= 1000.0f;
-  }
+  for (int i = 0; i < kReps; ++i) GC_CHECK(timer.elapsedUs(first + i, first + i + 1, &t[i]));
   std::sort(t, t + kReps);
   *us = t[kReps / 2];
   return gradcompSuccess;
 }
 
-// Times NCCL and the compressed path on the caller's stream with CUDA events;
-// one synchronize at the end. Out of place, so every call reduces the same
-// input.
-gradcompResult_t measure(gradcompComm* c, AutoFigures* f) {
-  f->smallCount = kSmallCount;
-  f->largeCount = kLargeCount;
+// Times NCCL and the compressed path at the two sizes; one synchronize at
+// the end. Out of place, so every call reduces the same input.
+gradcompResult_t measure(gradcompComm* c, CallTimer& timer, AutoFigures* f) {
+  AutoState& a = c->autoState;
+  f->smallCount = a.timedCounts[0];
+  f->largeCount = a.timedCounts[1];
+  const size_t large = f->largeCount;
   const cudaStream_t stream = c->backend->stream();
   Scratch s(c);
-  GC_CHECK(c->backend->alloc(kLargeCount * sizeof(float), reinterpret_cast<void**>(&s.send)));
-  GC_CHECK(c->backend->alloc(kLargeCount * sizeof(float), reinterpret_cast<void**>(&s.recv)));
+  GC_CHECK(c->backend->alloc(large * sizeof(float), reinterpret_cast<void**>(&s.send)));
+  GC_CHECK(c->backend->alloc(large * sizeof(float), reinterpret_cast<void**>(&s.recv)));
   {
     // Gradient-like values: every bucket has a spread, none is all zero.
-    std::vector<float> host(kLargeCount);
+    std::vector<float> host(large);
     uint32_t x = 0x9e3779b9u ^ (uint32_t)c->rank;
     for (float& v : host) {
       x ^= x << 13;
@@ -141,14 +204,16 @@ gradcompResult_t measure(gradcompComm* c, AutoFigures* f) {
     }
     GC_CHECK(c->backend->fromHost(s.send, host.data(), host.size() * sizeof(float)));
   }
-  s.events.resize(4 * (kReps + 1));
-  for (cudaEvent_t& e : s.events) GC_CUDACHECK(cudaEventCreate(&e));
+  constexpr int kMarks = kReps + 1;
+  GC_CHECK(timer.init(4 * kMarks));
 
-  SetAside aside(c);
-  const size_t counts[2] = {kSmallCount, kLargeCount};
+  uint64_t deviceStep = c->step;
+  if (c->backend->deviceStep() != nullptr)
+    GC_CHECK(c->backend->toHost(&deviceStep, c->backend->deviceStep(), sizeof(deviceStep)));
+  SetAside aside(c, deviceStep);
   if (c->cfg.method == gradcompMethodDgc) {
     // Time the steady state, not the first stage of the warm-up ramp.
-    for (size_t n : counts) {
+    for (size_t n : a.timedCounts) {
       BufferState* st = nullptr;
       GC_CHECK(c->getState(StateKey{0, (uint64_t)(uintptr_t)s.recv, n, (int)DType::F32}, n,
                            DType::F32, &st));
@@ -156,18 +221,19 @@ gradcompResult_t measure(gradcompComm* c, AutoFigures* f) {
     }
   }
   for (int i = 0; i < 2; ++i) {
-    const size_t n = counts[i];
+    const size_t n = a.timedCounts[i];
     GC_CHECK(
         series([&] { return c->transport->passThrough(s.send, s.recv, n, ncclFloat32, ncclSum); },
-               stream, &s.events[(2 * i) * (kReps + 1)]));
+               timer, (2 * i) * kMarks));
     GC_CHECK(series(
         [&] { return gradcompAllReduce(s.send, s.recv, n, ncclFloat32, ncclSum, c, stream); },
-        stream, &s.events[(2 * i + 1) * (kReps + 1)]));
+        timer, (2 * i + 1) * kMarks));
   }
-  GC_CUDACHECK(cudaStreamSynchronize(stream));
+  GC_CHECK(timer.finish());
+  a.timedCompressed = c->stats.callsCompressed - aside.callsCompressedBefore();
   for (int i = 0; i < 2; ++i) {
-    GC_CHECK(medianUs(&s.events[(2 * i) * (kReps + 1)], &f->ncclUs[i]));
-    GC_CHECK(medianUs(&s.events[(2 * i + 1) * (kReps + 1)], &f->compUs[i]));
+    GC_CHECK(medianUs(timer, (2 * i) * kMarks, &f->ncclUs[i]));
+    GC_CHECK(medianUs(timer, (2 * i + 1) * kMarks, &f->compUs[i]));
   }
   return aside.restore();
 }
@@ -181,7 +247,7 @@ gradcompResult_t captureRefused() {
 
 gradcompResult_t tune(gradcompComm* c) {
   AutoState& a = c->autoState;
-  if (!a.injected && !c->backend->onDevice()) {
+  if (!a.injected && !c->backend->onDevice() && !a.timeOnHost) {
     if (!a.cpuLogged) {
       GC_INFO(
           "auto: the CPU backend does not time (host times say nothing of a GPU network); "
@@ -196,8 +262,12 @@ gradcompResult_t tune(gradcompComm* c) {
   AutoFigures f;
   if (a.injected) {
     f = a.injectedFigures;
+  } else if (c->backend->onDevice()) {
+    EventTimer timer(c->backend->stream());
+    GC_CHECK(measure(c, timer, &f));
   } else {
-    GC_CHECK(measure(c, &f));
+    HostTimer timer;
+    GC_CHECK(measure(c, timer, &f));
   }
   GC_CHECK(autoAgree(c, &f));
   GC_CHECK(autoCheckFigures(f));

@@ -14,6 +14,12 @@ struct gradcompComm;
 
 namespace gc {
 
+// Calls per path and size: untimed warm-up (the first compressed call of a
+// size allocates its state), then timed calls whose median counts (one slow
+// call does not move it).
+constexpr int kAutoWarmupCalls = 2;
+constexpr int kAutoTimedCalls = 5;
+
 // Microseconds per call of fp32 elements, NCCL's allreduce and the compressed
 // path, each at smallCount and largeCount elements.
 struct AutoFigures {
@@ -37,8 +43,14 @@ struct AutoState {
   bool cpuLogged = false;
   bool injected = false;  // tests: tune with injectedFigures instead of timing
   AutoFigures injectedFigures;
-  AutoFigures figures;  // agreed (slowest rank's) figures
-  AutoRange range[2];   // [0] 2-byte types (fp16, bf16), [1] fp32
+  bool timeOnHost = false;  // tests: time the CPU backend too, with the host clock
+  // The fp32 sizes timed. They bracket the calls frameworks make (DDP buckets
+  // are 25 MB): 1 MB sits at the latency end, 32 MB is long enough for the
+  // per-byte cost to dominate on every link.
+  size_t timedCounts[2] = {size_t(1) << 18, size_t(1) << 23};
+  uint64_t timedCompressed = 0;  // compressed calls the last timing made
+  AutoFigures figures;           // agreed (slowest rank's) figures
+  AutoRange range[2];            // [0] 2-byte types (fp16, bf16), [1] fp32
 };
 
 // Checks figures: positive finite times, 0 < smallCount < largeCount.

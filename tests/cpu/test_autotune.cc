@@ -254,6 +254,81 @@ TEST(AutoTune, RetuneOnRequest) {
   EXPECT_EQ(gradcompCommRetune(nullptr, nullptr), gradcompInvalidArgument);
 }
 
+// The timing path itself (the CUDA backend's, with the host clock here): it
+// compresses at both sizes although minElements would pass them, agrees, and
+// leaves the caller's residuals, momentum, RNG step, stats, workspace and
+// config as they were: calls around a timing equal, bit for bit, those of a
+// comm that never timed.
+TEST(AutoTune, TimingLeavesTheCommAsItWas) {
+  for (gradcompMethod_t method : {gradcompMethodQsgd, gradcompMethodDgc}) {
+    SCOPED_TRACE(testing::Message() << "method " << (int)method);
+    gradcompConfig_t cfg = autoConfig(1);
+    cfg.method = method;
+    cfg.density = 0.05f;
+    cfg.warmupSteps = method == gradcompMethodDgc ? 3 : 0;
+    gradcompConfig_t off = cfg;
+    off.autoTune = 0;
+    gctest::CpuWorld w(2, cfg), twin(2, off);
+    const size_t n = 6000;
+    for (int r = 0; r < 2; ++r) gc::autoInjectFigures(w.comm(r), kCompressWins);
+    std::vector<std::vector<std::vector<float>>> got, want;
+    for (int step = 0; step < 2; ++step) {
+      got.push_back(callAll(w, n, 10 + step));
+      want.push_back(callAll(twin, n, 10 + step));
+    }
+    std::vector<std::vector<char>> saved(2);
+    std::vector<gradcompStats_t> statsBefore(2);
+    for (int r = 0; r < 2; ++r) {
+      gradcompComm* c = w.comm(r);
+      size_t bytes = 0;
+      ASSERT_EQ(gradcompCommStateSize(c, &bytes), gradcompSuccess);
+      saved[r].resize(bytes);
+      ASSERT_EQ(gradcompCommSaveState(c, saved[r].data(), bytes), gradcompSuccess);
+      statsBefore[r] = stats(c);
+      c->autoState.injected = false;
+      c->autoState.timeOnHost = true;
+      c->autoState.timedCounts[0] = 2048;
+      c->autoState.timedCounts[1] = 8192;
+      c->cfg.minElements = 1 << 20;
+    }
+    std::vector<void*> workspace = {w.comm(0)->workspace, w.comm(1)->workspace};
+    auto res = w.run([&](int r) { return gradcompCommRetune(w.comm(r), nullptr); });
+    for (int r = 0; r < 2; ++r) {
+      gradcompComm* c = w.comm(r);
+      ASSERT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
+      const gc::AutoState& a = c->autoState;
+      EXPECT_TRUE(a.timed);
+      EXPECT_EQ(a.timedCompressed, 2u * (gc::kAutoWarmupCalls + gc::kAutoTimedCalls));
+      EXPECT_EQ(a.figures.smallCount, 2048u);
+      EXPECT_EQ(a.figures.largeCount, 8192u);
+      EXPECT_EQ(gc::autoCheckFigures(a.figures), gradcompSuccess);
+      EXPECT_EQ(memcmp(&a.figures, &w.comm(0)->autoState.figures, sizeof(a.figures)), 0);
+      EXPECT_EQ(a.range[1].lo, w.comm(0)->autoState.range[1].lo);
+      EXPECT_EQ(a.range[1].hi, w.comm(0)->autoState.range[1].hi);
+      EXPECT_EQ(c->cfg.minElements, size_t(1) << 20);
+      EXPECT_EQ(c->workspace, workspace[r]);
+      const gradcompStats_t s = stats(c);
+      EXPECT_EQ(memcmp(&s, &statsBefore[r], sizeof(s)), 0);
+      size_t bytes = 0;
+      ASSERT_EQ(gradcompCommStateSize(c, &bytes), gradcompSuccess);
+      std::vector<char> now(bytes);
+      ASSERT_EQ(gradcompCommSaveState(c, now.data(), bytes), gradcompSuccess);
+      EXPECT_TRUE(now == saved[r]) << "the residual state changed";
+      c->cfg.minElements = 0;
+      gc::autoInjectFigures(c, kCompressWins);
+    }
+    res = w.run([&](int r) { return gradcompCommRetune(w.comm(r), nullptr); });
+    for (int step = 2; step < 4; ++step) {
+      got.push_back(callAll(w, n, 10 + step));
+      want.push_back(callAll(twin, n, 10 + step));
+    }
+    for (size_t k = 0; k < got.size(); ++k)
+      for (int r = 0; r < 2; ++r)
+        EXPECT_TRUE(got[k][r] == want[k][r]) << "call " << k << " rank " << r;
+    EXPECT_EQ(stats(w.comm(0)).callsCompressed, 4u);
+  }
+}
+
 // The CPU backend, reporting a CUDA-graph capture in progress when told to.
 class CapturingBackend final : public gc::Backend {
  public:
