@@ -193,6 +193,19 @@ TEST(AutoTune, RanksAgreeOnTheSlowestFigures) {
   }
 }
 
+TEST(AutoTune, UnusableFiguresCompressAsConfigured) {
+  gctest::CpuWorld w(2, autoConfig(1));
+  // Not positive even after the agreement: a broken clock, say.
+  for (int r = 0; r < 2; ++r) gc::autoInjectFigures(w.comm(r), figures(1024, 5120, 16, 80, -1, 80));
+  callAll(w, 8192, 3);
+  callAll(w, 8192, 4);
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_TRUE(w.comm(r)->autoState.decided);
+    EXPECT_FALSE(w.comm(r)->autoState.timed);
+    EXPECT_EQ(stats(w.comm(r)).callsCompressed, 2u);
+  }
+}
+
 TEST(AutoTune, PassedCallsLeaveStateAndStepAlone) {
   gctest::CpuWorld w(2, autoConfig(1));
   for (int r = 0; r < 2; ++r) gc::autoInjectFigures(w.comm(r), kNcclWins);
