@@ -355,7 +355,9 @@ gradcompResult_t autoShouldPass(gradcompComm* c, size_t count, size_t elementByt
 }
 
 gradcompResult_t autoRetune(gradcompComm* c) {
-  if (!c->cfg.autoTune) return gradcompSuccess;
+  // Nothing would compress: nothing to decide (the allreduce never asks).
+  if (!c->cfg.autoTune || c->cfg.method == gradcompMethodNone || c->nranks < 2)
+    return gradcompSuccess;
   // Under capture the decision in force stays.
   if (c->backend->capturing()) return captureRefused();
   c->autoState.decided = false;

@@ -267,6 +267,17 @@ TEST(AutoTune, RetuneOnRequest) {
   EXPECT_EQ(gradcompCommRetune(nullptr, nullptr), gradcompInvalidArgument);
 }
 
+TEST(AutoTune, RetuneWithNothingToCompressDoesNothing) {
+  gradcompConfig_t none = autoConfig(1);
+  none.method = gradcompMethodNone;
+  gctest::CpuWorld w(2, none), one(1, autoConfig(1));
+  for (gradcompComm_t c : {w.comm(0), w.comm(1), one.comm(0)}) {
+    gc::autoInjectFigures(c, kNcclWins);
+    EXPECT_EQ(gradcompCommRetune(c, nullptr), gradcompSuccess);
+    EXPECT_FALSE(c->autoState.decided);
+  }
+}
+
 // The timing path itself (the CUDA backend's, with the host clock here): it
 // compresses at both sizes although minElements would pass them, agrees, and
 // leaves the caller's residuals, momentum, RNG step, stats, workspace and
