@@ -6,6 +6,7 @@
 #include <stdio.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <utility>
 #include <vector>
@@ -32,6 +33,8 @@ void rangeText(const AutoRange& r, char* out, size_t n) {
     snprintf(out, n, "all");
   } else if (r.hi == SIZE_MAX) {
     snprintf(out, n, ">= %zu elements", r.lo);
+  } else if (r.lo == 0) {
+    snprintf(out, n, "< %zu elements", r.hi);
   } else {
     snprintf(out, n, "%zu <= n < %zu elements", r.lo, r.hi);
   }
@@ -248,11 +251,11 @@ gradcompResult_t captureRefused() {
 gradcompResult_t tune(gradcompComm* c) {
   AutoState& a = c->autoState;
   if (!a.injected && !c->backend->onDevice() && !a.timeOnHost) {
-    if (!a.cpuLogged) {
+    static std::atomic<bool> logged{false};
+    if (!logged.exchange(true)) {
       GC_INFO(
           "auto: the CPU backend does not time (host times say nothing of a GPU network); "
           "calls compress as configured");
-      a.cpuLogged = true;
     }
     a.decided = true;
     a.timed = false;

@@ -37,10 +37,9 @@ struct AutoRange {
 // Per comm. Only the host-side flags; the figures are agreed on every rank,
 // so every rank holds the same ranges.
 struct AutoState {
-  bool decided = false;  // tuned (or nothing to time: CPU backend) since set-up / retune
-  bool timed = false;    // ranges below are in force
-  bool tuning = false;   // the set-up's own calls are running: none of them passes
-  bool cpuLogged = false;
+  bool decided = false;   // tuned (or nothing to time: CPU backend) since set-up / retune
+  bool timed = false;     // ranges below are in force
+  bool tuning = false;    // the set-up's own calls are running: none of them passes
   bool injected = false;  // tests: tune with injectedFigures instead of timing
   AutoFigures injectedFigures;
   bool timeOnHost = false;  // tests: time the CPU backend too, with the host clock
