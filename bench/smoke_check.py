@@ -325,6 +325,24 @@ def main():
                 expect(abs(m["nccl_time_us"] - nccl) <= 1e-6 * nccl,
                        "%s: NCCL reduce-scatter model at %g" % (tag, g))
 
+    # --auto: each row also runs a comm with GRADCOMP_AUTO=1; the CPU backend
+    # does not time, so auto compresses, is checked, and the regret key is null.
+    apath = os.path.join(work, "auto.json")
+    code, out, rows = run(perf, ["-N", "2", "-b", "256K", "-e", "1M", "-f", "4", "-n", "1", "-w",
+                                 "0", "--auto"], apath)
+    expect(code == 0 and len(rows) == 2, "--auto run exits 0 with two rows")
+    for r in rows:
+        expect(r.get("auto_choice") == "compress" and r.get("auto_time_us", 0) > 0,
+               "--auto row at %d B: auto compresses on the CPU backend, timed" % r["size"])
+        best = min(r["time_us"], r["nccl_time_us"])
+        expect(abs(r.get("auto_regret", -9) - (r["auto_time_us"] / best - 1)) < 1e-6,
+               "--auto row at %d B: regret = auto / min(forced, NCCL) - 1" % r["size"])
+    with open(apath) as f:
+        expect(json.load(f).get("auto_regret_max_frac", 0) is None,
+               "auto_regret_max_frac is null on the CPU backend")
+    expect("Auto regret, worst" in out and "does not time, so auto compresses" in out,
+           "--auto: the table says what auto did and its worst regret")
+
     code, out, rows = run(perf, ["-N", "2", "-b", "256K", "-e", "256K", "-n", "1", "-w", "0",
                                  "--debug-corrupt"], os.path.join(work, "corrupt.json"))
     expect(code == 1, "a corrupted element makes the run exit 1 (got %d)" % code)

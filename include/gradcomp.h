@@ -106,6 +106,8 @@ typedef struct {
    * host identity share a node; CPU world: flat), 1 = flat, L = consecutive
    * blocks of L ranks form a node (L divides the comm size). */
   int localSize;
+  int autoTune; /* GRADCOMP_AUTO 0/1, default 1: time NCCL and compression at set-up and pass
+                   through the calls compression would not speed up (CUDA backend) */
 } gradcompConfig_t;
 
 gradcompResult_t gradcompConfigInit(gradcompConfig_t* config);
@@ -183,9 +185,16 @@ typedef struct {
   uint64_t bytesInterNode;  /* of bytesOnWire, the bytes sent to ranks on other nodes */
   /* compressed reduce-scatter calls (counted in callsCompressed too) */
   uint64_t callsReduceScatter;
+  uint64_t callsAutoPassed; /* eligible calls passed through because auto predicted NCCL faster
+                               (also counted in callsPassedThrough) */
 } gradcompStats_t;
 
 gradcompResult_t gradcompGetStats(gradcompComm_t comm, gradcompStats_t* stats);
+
+/* Re-times NCCL and compression on this comm now (autoTune=1), as at set-up:
+ * collective, every rank calls it in the same order as its allreduces; not
+ * while the stream is being captured. Caller data and residuals are untouched. */
+gradcompResult_t gradcompCommRetune(gradcompComm_t comm, cudaStream_t stream);
 
 /* ------------------------------------------------- GPU codec entry points */
 /* These mirror the host reference codecs in gradcomp/reference.h with device

@@ -69,6 +69,13 @@ gradcompResult_t allReduce(const void* send, void* recv, size_t count, ncclDataT
   GC_CHECK(dtypeFromNccl(type, &t));
   GC_CHECK(checkBuffers(*c, send, count, recv, count, 0, t));
 
+  bool autoPass = false;
+  GC_CHECK(autoShouldPass(c, count, dtypeBytes(t), &autoPass));
+  if (autoPass) {
+    c->stats.callsAutoPassed++;
+    return passThrough(c, send, recv, count, type, op);
+  }
+
   if (c->cfg.method != gradcompMethodQsgd)
     return sparseAllReduce(c, send, recv, count, t, op, keyed, key);
   if (c->cfg.algo == gradcompAlgoSparseAllgather) {

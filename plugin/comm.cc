@@ -351,6 +351,13 @@ GC_EXPORT gradcompResult_t gradcompCommLoadState(gradcompComm_t comm, const void
   return comm->backend->setStep(h.step);
 }
 
+GC_EXPORT gradcompResult_t gradcompCommRetune(gradcompComm_t comm, cudaStream_t stream) {
+  GC_ARG(validComm(comm), "comm is NULL");
+  comm->backend->setStream(stream);
+  comm->transport->setStream(stream);
+  return gc::autoRetune(comm);
+}
+
 GC_EXPORT gradcompResult_t gradcompGetStats(gradcompComm_t comm, gradcompStats_t* stats) {
   GC_ARG(validComm(comm) && stats, "comm or stats is NULL");
   *stats = comm->stats;

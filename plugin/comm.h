@@ -9,6 +9,7 @@
 #include <memory>
 #include <tuple>
 
+#include "autotune.h"
 #include "backends/backend.h"
 #include "backends/sparse_ops.h"
 #include "gradcomp.h"
@@ -57,7 +58,8 @@ struct gradcompComm {
   void* workspace = nullptr;
   size_t workspaceBytes = 0;
   gradcompStats_t stats{};
-  uint64_t step = 0;  // compressed calls so far: part of every RNG key
+  uint64_t step = 0;        // compressed calls so far: part of every RNG key
+  gc::AutoState autoState;  // GRADCOMP_AUTO decision (autotune.h)
 
   // RNG key of one encode of this call (see gc::KeySpec).
   gc::KeySpec key(uint64_t callStep, uint64_t stream) const {

@@ -69,6 +69,9 @@ static const ParamSpec kParams[] = {
     {"GRADCOMP_LOCAL_SIZE", ParamKind::Int, GC_FIELD(localSize), 1, 65536, "auto=0", "auto",
      "ranks per node: auto (NCCL host identity; CPU world flat), 1 = flat, L = consecutive "
      "blocks of L ranks"},
+    {"GRADCOMP_AUTO", ParamKind::Int, GC_FIELD(autoTune), 0, 1, nullptr, "1",
+     "time NCCL and compression at set-up and pass through the calls compression would not "
+     "speed up; 0 always compresses (CUDA backend; the CPU backend never times)"},
     {"GRADCOMP_DEBUG", ParamKind::String, -1, 0, 0, nullptr, "(unset)",
      "log level: WARN, INFO or TRACE, to stderr"},
     {"GRADCOMP_GROUP", ParamKind::String, -1, 0, 0, nullptr, "defer",
@@ -213,6 +216,7 @@ GC_EXPORT gradcompResult_t gradcompConfigInit(gradcompConfig_t* c) {
   c->budgetWindow = 100;
   c->elias = 0;
   c->localSize = 0;
+  c->autoTune = 1;
   return gradcompSuccess;
 }
 
@@ -279,6 +283,7 @@ GC_EXPORT gradcompResult_t gradcompConfigValidate(const gradcompConfig_t* c) {
          "localSize=%d (GRADCOMP_LOCAL_SIZE) must be 0 (auto), 1 (flat) or a divisor of the comm "
          "size",
          c->localSize);
+  GC_ARG(c->autoTune == 0 || c->autoTune == 1, "autoTune=%d is not 0 or 1", c->autoTune);
   return gradcompSuccess;
 }
 

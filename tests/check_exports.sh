@@ -17,7 +17,7 @@ for s in gradcompGetErrorString gradcompGetLastError gradcompConfigInit gradcomp
          gradcompEliasMaxEncodedBytes gradcompEliasHeaderBytes gradcompEliasEncodedBytes \
          gradcompEliasEncodeHost gradcompEliasDecodeHost gradcompEliasWorkspaceBytes \
          gradcompEliasEncode gradcompEliasDecode gradcompTopkSlots gradcompTopkSelectHost \
-         gradcompTopkWorkspaceBytes gradcompTopkSelect; do
+         gradcompTopkWorkspaceBytes gradcompTopkSelect gradcompCommRetune; do
   echo "$syms" | grep -qx "$s" || { echo "FAIL: $lib does not export $s"; exit 1; }
 done
 echo "PASS: $(echo "$syms" | wc -l) exported symbols, all gradcomp*"

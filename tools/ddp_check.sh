@@ -37,8 +37,8 @@ summarize() {
 import glob, json, os, re, sys
 out = sys.argv[1]
 SUMMARY = re.compile(r"summary comm (\S+) rank (\S+) method (\S+): (\d+) calls compressed, "
-                     r"(\d+) passed through, (\d+) bytes sent(?: \((\d+) to other nodes\))? "
-                     r"for (\d+) dense bytes")
+                     r"(\d+) passed through(?: \(\d+ by auto\))?, (\d+) bytes sent"
+                     r"(?: \((\d+) to other nodes\))? for (\d+) dense bytes")
 
 def load(name):
     try:
@@ -235,7 +235,7 @@ run_ddp() {
                 MASTER_ADDR=127.0.0.1 MASTER_PORT=$port OMP_NUM_THREADS=2
                 NCCL_HOSTID=host-$r NCCL_NET=Socket NCCL_SOCKET_IFNAME=lo NCCL_IB_DISABLE=1
                 NCCL_P2P_DISABLE=1 NCCL_SHM_DISABLE=1 NCCL_NVLS_ENABLE=0 NCCL_DEBUG=WARN
-                TORCH_NCCL_USE_COMM_NONBLOCKING=0 GRADCOMP_DEBUG=INFO "$@")
+                TORCH_NCCL_USE_COMM_NONBLOCKING=0 GRADCOMP_DEBUG=INFO GRADCOMP_AUTO=0 "$@")
     [ "$use_preload" = 1 ] && envs+=(LD_PRELOAD=$preload)
     env "${envs[@]}" timeout -k 5 "$limit" "$py" tools/ddp_train.py --epochs "$epochs" \
       --momentum "$mom" --out "$out/ddp_$name.json" > "$out/ddp_${name}_r$r.log" 2>&1 &

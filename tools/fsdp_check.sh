@@ -37,8 +37,9 @@ summarize() {
 import collections, glob, json, os, re, sys
 out, epochs = sys.argv[1], sys.argv[2]
 SUMMARY = re.compile(r"summary comm \S+ rank \S+ method \S+: (\d+) calls compressed, (\d+) passed "
-                     r"through, (\d+) bytes sent for (\d+) dense bytes.*?; reduce-scatter: (\d+) "
-                     r"compressed, (\d+) passed through")
+                     r"through(?: \(\d+ by auto\))?, (\d+) bytes sent(?: \(\d+ to other nodes\))? "
+                     r"for (\d+) dense bytes.*?; reduce-scatter: (\d+) compressed, (\d+) passed "
+                     r"through")
 COLL = re.compile(r"NCCL INFO (\w+): opCount")
 
 def load(name):

@@ -19,7 +19,8 @@ NCCL_ENV = {"NCCL_NET": "Socket", "NCCL_SOCKET_IFNAME": "lo", "NCCL_IB_DISABLE":
             "NCCL_DEBUG": "WARN", "TORCH_NCCL_USE_COMM_NONBLOCKING": "0", "OMP_NUM_THREADS": "2"}
 
 SUMMARY = re.compile(r"summary comm (\S+) rank (\S+) method (\S+): (\d+) calls compressed, "
-                     r"(\d+) passed through, (\d+) bytes sent for (\d+) dense bytes")
+                     r"(\d+) passed through(?: \(\d+ by auto\))?, (\d+) bytes sent"
+                     r"(?: \(\d+ to other nodes\))? for (\d+) dense bytes")
 
 
 def free_port():

@@ -113,6 +113,10 @@ want perf && run_step perf_n1 90 "$raw/perf_n1.txt" "$perf" --backend cuda -N 1 
 want perf && run_step perf_n8 200 "$raw/perf_n8.txt" "$perf" --backend cuda -N 8 -b 1M -e 256M -f 4 \
   -n 5 -w 2 -m qsgd -d float,bfloat16 --link-gbps 10,25,100,400 --model-nodes 2,4 \
   --model-local 4,8 --node-gbps 100,400,3200 --json "$raw/perf_n8.json"
+# GRADCOMP_AUTO against forced compression and NCCL on one link (2 ranks
+# sharing the GPU): auto_regret_max_frac of the report.
+want perf && run_step perf_auto 150 "$raw/perf_auto.txt" "$perf" --backend cuda -N 2 -b 1M -e 256M \
+  -f 4 -n 5 -w 2 -m qsgd --auto --json "$raw/perf_auto.json"
 want perf && run_step perf_n8_sparse 150 "$raw/perf_n8_sparse.txt" "$perf" --backend cuda -N 8 -b 4M \
   -e 256M -f 4 -n 5 -w 2 -m topk,dgc,randk -k 0.001 --link-gbps 10,25,100,400 \
   --json "$raw/perf_n8_sparse.json"

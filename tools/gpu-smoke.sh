@@ -45,6 +45,9 @@ step ddp 120 env GC_DDP_WORLDS=2 GC_DDP_EPOCHS=8 GC_DDP_BUDGET_S=110 GC_DDP_RUN_
 step perf_n1 40 "$build/bench/gradcomp_perf" --backend cuda -N 1 -b 1M -e 16M -f 4 -m none,qsgd,topk
 step perf_n4 60 "$build/bench/gradcomp_perf" --backend cuda -N 4 -b 1M -e 16M -f 4 -n 3 -w 1 \
   -m qsgd,dgc -k 0.01 --link-gbps 10
+step perf_auto 40 "$build/bench/gradcomp_perf" --backend cuda -N 2 -b 1M -e 16M -f 4 -n 3 -w 1 \
+  -m qsgd --auto
+grep -E "Auto regret" "$work/perf_auto.txt" >> "$summary"
 step kernels 40 "$build/bench/gradcomp_kernels_perf" --min-log2 20 --max-log2 24 --step-log2 4
 step torch_topk 40 python3 bench/torch_topk.py --min-log2 20 --max-log2 24 --step-log2 4
 echo "total $(($(date +%s) - start))s" >> "$summary"

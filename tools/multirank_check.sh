@@ -33,7 +33,9 @@ for run in 2:0 4:0 4:2; do
                  NCCL_P2P_DISABLE=1 NCCL_SHM_DISABLE=1 NCCL_NVLS_ENABLE=0)
     fi
     [ "$local_size" != 0 ] && env_extra+=(GRADCOMP_LOCAL_SIZE=$local_size)
-    env "${env_extra[@]}" GC_RANK=$r GC_NRANKS=$n GC_ID_FILE=$idfile \
+    # Each check sets autoTune itself; GRADCOMP_AUTO=0 keeps any config read
+    # from the environment compressing.
+    env "${env_extra[@]}" GRADCOMP_AUTO=0 GC_RANK=$r GC_NRANKS=$n GC_ID_FILE=$idfile \
       timeout 600 "$bin" > "$out/multirank_${tag}_r${r}.log" 2>&1 &
     pids+=($!)
   done

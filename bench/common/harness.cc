@@ -278,6 +278,27 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
   }
 }
 
+// The row's size again through a fresh comm with autoTune=1: its first call
+// tunes (and is checked against the bound of what it did), then the timing.
+void runAuto(const Options& o, const RunInfo& info, Rank& r, gradcompConfig_t cfg, Row* row) {
+  cfg.autoTune = 1;
+  RunInfo plain = info;
+  plain.showModel = plain.project = false;
+  Row a = *row;
+  a.model.clear();
+  a.projection.clear();
+  runGradcomp(o, plain, r, cfg, &a);
+  row->autoRan = !a.failed;
+  row->autoUs = a.gradcompUs;
+  row->autoPassed = a.algoUsed == 0;
+  row->autoWrong = a.gradcompWrong;
+  if (a.failed) {
+    row->failed = true;
+    row->result = a.result;
+    row->error = "auto: " + a.error;
+  }
+}
+
 }  // namespace
 
 int runHarness(const Options& o, Rank& r) {
@@ -344,7 +365,9 @@ int runHarness(const Options& o, Rank& r) {
           row.error = rs ? "baseline reduce-scatter failed" : "baseline allreduce failed";
         }
         runGradcomp(o, info, r, cfg, &row);
-        if (row.failed || row.ncclWrong > 0 || row.gradcompWrong > 0) exitCode = 1;
+        if (o.autoRow && m != gradcompMethodNone && !row.failed) runAuto(o, info, r, cfg, &row);
+        if (row.failed || row.ncclWrong > 0 || row.gradcompWrong > 0 || row.autoWrong > 0)
+          exitCode = 1;
         if (lead) printRow(o, info, row);
         rows.push_back(row);
         // A method this build lacks fails the same way at every larger size.

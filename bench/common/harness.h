@@ -59,6 +59,10 @@ struct Row {
   double encodeUs = 0, decodeUs = 0, kernelUs = 0, latencySteps = 0;
   std::vector<ModelPoint> model;
   std::vector<ProjectionPoint> projection;
+  // --auto: the same size through a comm with autoTune=1.
+  bool autoRan = false, autoPassed = false;  // passed: auto gave this size to NCCL
+  double autoUs = 0;
+  long autoWrong = -1;
 
   // nccl-tests: a reduce-scatter's algbw counts its whole input (N * bytes),
   // busbw = algbw * (N-1)/N; an allreduce's busbw = algbw * 2(N-1)/N.
@@ -73,6 +77,11 @@ struct Row {
   double ncclBusbw() const { return ncclAlgbw() * busFactor(); }
   double speedup() const { return gradcompUs > 0 ? ncclUs / gradcompUs : 0; }
   double ratio() const { return gradcompWire > 0 ? ncclWire / gradcompWire : 0; }
+  // auto's time over the better of forced compression and NCCL, minus 1.
+  double autoRegret() const {
+    const double best = gradcompUs < ncclUs ? gradcompUs : ncclUs;
+    return autoRan && best > 0 ? autoUs / best - 1.0 : 0;
+  }
 };
 
 // Runs every (type, method, size) on this rank; rank 0 prints and writes the

@@ -19,6 +19,8 @@ gradcompResult_t methodConfig(const Options& o, gradcompMethod_t m, gradcompConf
   gradcompResult_t res = gradcompConfigFromEnv(cfg);
   if (res != gradcompSuccess) return res;
   cfg->method = m;
+  // A row measures compression itself; --auto adds GRADCOMP_AUTO beside it.
+  cfg->autoTune = 0;
   if (o.bits > 0) cfg->bits = o.bits;
   if (o.bucket > 0) cfg->bucketSize = o.bucket;
   if (o.density > 0) cfg->density = o.density;

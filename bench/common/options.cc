@@ -48,6 +48,9 @@ void usage(const char* prog) {
       "      --local-size <L|auto>  ranks per node (GRADCOMP_LOCAL_SIZE); L > 1 on >= 2 nodes:\n"
       "                             hierarchical exchange (CPU backend: auto is flat)\n"
       "      --debug-corrupt        corrupt one gradcomp output element (checks the checker)\n"
+      "      --auto                 also time each size with GRADCOMP_AUTO's decision (rows\n"
+      "                             force compression) and report auto's regret:\n"
+      "                             auto time / min(forced, NCCL) - 1\n"
       "Unset gradcomp settings come from GRADCOMP_* variables (docs/env.md).\n",
       prog);
 }
@@ -156,6 +159,7 @@ bool parseOptions(int argc, char** argv, Options* o, int* exitCode) {
     kNodeGbps,
     kIntraGbps,
     kKernelRates,
+    kAuto,
     kHelp,
     kLocalSize
   };
@@ -188,6 +192,7 @@ bool parseOptions(int argc, char** argv, Options* o, int* exitCode) {
                                            {"intra-gbps", required_argument, 0, kIntraGbps},
                                            {"kernel-rates", required_argument, 0, kKernelRates},
                                            {"local-size", required_argument, 0, kLocalSize},
+                                           {"auto", no_argument, 0, kAuto},
                                            {"help", no_argument, 0, 'h'},
                                            {0, 0, 0, 0}};
   for (int i = 0; i < argc; ++i) {
@@ -337,6 +342,9 @@ bool parseOptions(int argc, char** argv, Options* o, int* exitCode) {
         break;
       case kCorrupt:
         o->corrupt = true;
+        break;
+      case kAuto:
+        o->autoRow = true;
         break;
       case kModelNodes:
       case kModelLocal: {

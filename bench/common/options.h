@@ -48,6 +48,9 @@ struct Options {
   uint64_t seed = 1;
   // Self-test of the checker: corrupt one output element of gradcomp.
   bool corrupt = false;
+  // Beside every forced-compression row (autoTune=0), time gradcomp with
+  // GRADCOMP_AUTO's decision (autoTune=1) and its regret.
+  bool autoRow = false;
   std::string commandLine;
 };
 

@@ -64,6 +64,14 @@ double ratioOrNan(double a, double b) {
   return b > 0 && isfinite(a) && isfinite(b) ? a / b : NAN;
 }
 
+// The worst auto regret over the rows that ran auto; NaN when none did.
+double worstAutoRegret(const std::vector<Row>& rows) {
+  double worst = NAN;
+  for (const Row& r : rows)
+    if (r.autoRan && !r.failed && !(r.autoRegret() <= worst)) worst = r.autoRegret();
+  return worst;
+}
+
 const char* kernelSourceName(KernelSource k) {
   return k == KernelSource::Measured ? "measured"
                                      : (k == KernelSource::Report ? "gpu_report" : "none");
@@ -120,6 +128,12 @@ void printPreamble(const Options& o, const RunInfo& info) {
           o.localSize, o.localSize, o.intraGbps, o.intraGbps, o.linkLatencyUs, o.linkLatencyUs);
     }
   }
+  if (o.autoRow) {
+    printf(
+        "#  auto: the same size through a comm with GRADCOMP_AUTO=1 (the rows force compression);"
+        " regret = auto / min(gradcomp, NCCL) - 1%s\n",
+        info.backend == "cpu" ? ";\n#  the CPU backend does not time, so auto compresses" : "");
+  }
   printf(
       "#  check: results against the exact sum of all ranks' inputs; #wrong counts elements "
       "beyond the bound of one call\n#  (docs/benchmark.md). algbw = bytes / time, busbw = "
@@ -149,15 +163,16 @@ void printHeader(const Options& o, const RunInfo& info, const std::string& label
          rs ? "gradcompReduceScatter" : "gradcompAllReduce");
   printf(
       "# %10s  %12s  %8s  %6s  %8s  %7s  %7s  %6s  %8s  %7s  %7s  %6s  %11s  %6s  %8s  %8s  "
-      "%7s  %9s%s\n",
+      "%7s  %9s%s%s\n",
       "size", "count", "type", "redop", "time", "algbw", "busbw", "#wrong", "time", "algbw",
-      "busbw", "#wrong", "wire/rank", "ratio", "maxerr", "rmserr", "speedup", "algo",
-      model.c_str());
+      "busbw", "#wrong", "wire/rank", "ratio", "maxerr", "rmserr", "speedup", "algo", model.c_str(),
+      o.autoRow ? "      auto      auto  regret" : "");
   printf(
       "# %10s  %12s  %8s  %6s  %8s  %7s  %7s  %6s  %8s  %7s  %7s  %6s  %11s  %6s  %8s  %8s  "
-      "%7s  %9s%s\n",
+      "%7s  %9s%s%s\n",
       "(B)", "(elements)", "", "", "(us)", "(GB/s)", "(GB/s)", "", "(us)", "(GB/s)", "(GB/s)", "",
-      "(B)", "", "(rel)", "(rel)", "", "", units.c_str());
+      "(B)", "", "(rel)", "(rel)", "", "", units.c_str(),
+      o.autoRow ? "      (us)    choice        " : "");
   (void)dtype;
 }
 
@@ -181,6 +196,12 @@ void printRow(const Options& o, const RunInfo& info, const Row& r) {
       snprintf(b, sizeof b, "%8.2f", modelSpeedup(m));
     else
       snprintf(b, sizeof b, "%8s", "-");
+    model += b;
+  }
+  if (r.autoRan) {
+    char b[64];
+    snprintf(b, sizeof b, "  %8s  %8s  %6.3f", timeStr(r.autoUs).c_str(),
+             r.autoPassed ? "nccl" : "compress", r.autoRegret());
     model += b;
   }
   printf(
@@ -215,6 +236,8 @@ void printFooter(const std::vector<Row>& rows) {
   const bool rs = !rows.empty() && rows[0].reduceScatter;
   printf("# Avg bus bandwidth    : %g (gradcomp)  %g (%s)\n", n ? bus / n : 0.0,
          n ? ncclBus / n : 0.0, rs ? "ncclReduceScatter" : "ncclAllReduce");
+  const double regret = worstAutoRegret(rows);
+  if (isfinite(regret)) printf("# Auto regret, worst   : %.3f\n", regret);
   printf("#\n");
   fflush(stdout);
 }
@@ -285,6 +308,9 @@ bool writeJson(const std::string& path, const Options& o, const RunInfo& info,
             jsonStr(info.rates->report).c_str(), jsonStr(info.rates->gpu).c_str());
   else
     fprintf(f, "  \"kernel_rates\": null,\n");
+  // Auto's regret means something only where it times: the CUDA backend.
+  fprintf(f, "  \"auto_regret_max_frac\": %s,\n",
+          info.backend == "cuda" ? jsonNum(worstAutoRegret(rows)).c_str() : "null");
   fprintf(f, "  \"kernel_rates_missing\": %s,\n  \"intra_gbps\": %s,\n  \"rows\": [",
           info.rates && !info.rates->ok ? jsonStr(info.rates->reason).c_str() : "null",
           jsonNum(o.intraGbps).c_str());
@@ -318,6 +344,11 @@ bool writeJson(const std::string& path, const Options& o, const RunInfo& info,
             checked ? std::to_string(r.gradcompWrong).c_str() : "null",
             r.ncclWrong >= 0 ? std::to_string(r.ncclWrong).c_str() : "null");
     fprintf(f, "\"err_over_bound\": %s, ", checked ? jsonNum(r.errOverBound).c_str() : "null");
+    if (r.autoRan) {
+      fprintf(f, "\"auto_time_us\": %s, \"auto_choice\": %s, \"auto_regret\": %s, ",
+              jsonNum(r.autoUs).c_str(), jsonStr(r.autoPassed ? "nccl" : "compress").c_str(),
+              jsonNum(r.autoRegret()).c_str());
+    }
     fprintf(f,
             "\"kernels_measured\": %s, \"kernel_source\": %s, \"encode_us\": %s, "
             "\"decode_us\": %s, \"kernel_us\": %s, \"latency_steps\": %s, \"model\": [",
@@ -368,7 +399,8 @@ bool writeCsv(const std::string& path, const Options& o, const std::vector<Row>&
   fprintf(f,
           "size,count,dtype,redop,method,bits,bucket,density,algo,nranks,failed,time_us,"
           "nccl_time_us,algbw,busbw,nccl_algbw,nccl_busbw,wire_bytes,nccl_wire_bytes,ratio,"
-          "speedup,rel_err,rel_err_max,wrong,nccl_wrong,kernel_us");
+          "speedup,rel_err,rel_err_max,wrong,nccl_wrong,kernel_us,auto_time_us,auto_choice,"
+          "auto_regret");
   for (double g : o.linkGbps)
     fprintf(f, ",model_%gg_us,nccl_model_%gg_us,model_%gg_speedup", g, g, g);
   fprintf(f, "\n");
@@ -380,6 +412,10 @@ bool writeCsv(const std::string& path, const Options& o, const std::vector<Row>&
             r.failed ? 1 : 0, r.gradcompUs, r.ncclUs, r.algbw(), r.busbw(), r.ncclAlgbw(),
             r.ncclBusbw(), r.gradcompWire, r.ncclWire, r.ratio(), r.speedup(), r.relErrRms,
             r.relErrMax, r.gradcompWrong, r.ncclWrong, r.kernelUs);
+    if (r.autoRan)
+      fprintf(f, ",%g,%s,%g", r.autoUs, r.autoPassed ? "nccl" : "compress", r.autoRegret());
+    else
+      fprintf(f, ",,,");
     for (size_t k = 0; k < o.linkGbps.size(); ++k) {
       if (k < r.model.size())
         fprintf(f, ",%g,%g,%g", r.model[k].gradcompUs, r.model[k].ncclUs, modelSpeedup(r.model[k]));

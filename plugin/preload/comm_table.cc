@@ -104,15 +104,17 @@ void printSummary(CommEntry& e, bool waitForCalls) {
   char ranks[32] = "?";  // rank and size are queried only when a call could compress
   if (e.nranks > 0) snprintf(ranks, sizeof(ranks), "%d/%d", e.rank, e.nranks);
   GC_INFO(
-      "summary comm %p rank %s method %s: %llu calls compressed, %llu passed through, %llu "
-      "bytes sent (%llu to other nodes) for %llu dense bytes (ratio %s); reduce-scatter: %llu "
-      "compressed, %llu passed through%s%s",
+      "summary comm %p rank %s method %s: %llu calls compressed, %llu passed through (%llu by "
+      "auto), %llu bytes sent (%llu to other nodes) for %llu dense bytes (ratio %s); "
+      "reduce-scatter: %llu compressed, %llu passed through%s%s",
       (void*)e.nccl, ranks, s.ok ? methodName(s.config.method) : "none",
       (unsigned long long)e.callsCompressed.load(),
-      (unsigned long long)(e.callsPassed.load() + st.callsPassedThrough),
-      (unsigned long long)st.bytesOnWire, (unsigned long long)st.bytesInterNode,
-      (unsigned long long)st.bytesIn, ratio, (unsigned long long)e.rsCompressed.load(),
-      (unsigned long long)e.rsPassed.load(),
+      // A fused call gradcomp passed counts once in st and userCalls times in e.
+      (unsigned long long)(e.callsPassed.load() + st.callsPassedThrough - st.callsAutoPassed +
+                           e.callsAutoPassed.load()),
+      (unsigned long long)e.callsAutoPassed.load(), (unsigned long long)st.bytesOnWire,
+      (unsigned long long)st.bytesInterNode, (unsigned long long)st.bytesIn, ratio,
+      (unsigned long long)e.rsCompressed.load(), (unsigned long long)e.rsPassed.load(),
       e.reason.empty() ? "" : "; compression off: ", e.reason.c_str());
 }
 

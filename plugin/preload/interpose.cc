@@ -74,6 +74,8 @@ ncclResult_t compress(CommEntry& e, const Deferred& d, bool keyed, uint64_t key,
   GC_NVTX_RANGE(rs ? "gradcomp reducescatter" : "gradcomp allreduce");
   std::lock_guard<std::mutex> lock(e.callMu);
   DeviceGuard guard(e.device);
+  gradcompStats_t before, after;
+  gradcompGetStats(e.gc, &before);
   gradcompResult_t r;
   if (rs) {
     r = keyed
@@ -84,7 +86,9 @@ ncclResult_t compress(CommEntry& e, const Deferred& d, bool keyed, uint64_t key,
               : gradcompAllReduce(d.send, d.recv, d.count, d.type, d.op, e.gc, d.stream);
   }
   if (r == gradcompSuccess) {
-    e.callsCompressed += userCalls;
+    gradcompGetStats(e.gc, &after);
+    (after.callsAutoPassed > before.callsAutoPassed ? e.callsAutoPassed : e.callsCompressed) +=
+        userCalls;
     if (rs) e.rsCompressed += userCalls;
     return ncclSuccess;
   }

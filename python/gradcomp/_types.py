@@ -41,6 +41,7 @@ CONFIG_FIELDS = [
     ("budgetWindow", ctypes.c_int),
     ("elias", ctypes.c_int),
     ("localSize", ctypes.c_int),
+    ("autoTune", ctypes.c_int),
 ]
 
 # (C name, ctypes type), in the order of gradcompStats_t.
@@ -57,6 +58,7 @@ STATS_FIELDS = [
     ("steps", ctypes.c_uint64),
     ("bytesInterNode", ctypes.c_uint64),
     ("callsReduceScatter", ctypes.c_uint64),
+    ("callsAutoPassed", ctypes.c_uint64),
 ]
 
 # Enum fields take these names (the GRADCOMP_* spellings) or their numbers.

@@ -5,7 +5,7 @@
 // also makes them identical across ranks), then the sparse methods (top-k,
 // DGC, rand-k) against tests/common/ref_sparse.h, then CUDA-graph capture
 // against eager calls, then set-ups that every rank must refuse alike, then
-// pass-through; then gradcompReduceScatter (QSGD fixed and DQ-SGD bits, the
+// pass-through, then GRADCOMP_AUTO; then gradcompReduceScatter (QSGD fixed and DQ-SGD bits, the
 // sparse methods, in place, a graph, pass-through) against
 // tests/common/ref_rs.h. Prints "N passed, M failed" and, for the
 // reduce-scatter checks alone, "multirank rs ...: N passed, M failed".
@@ -86,6 +86,7 @@ ncclUniqueId exchangeId(const char* path) {
 void checkAlgo(ncclComm_t nc, cudaStream_t st, gradcompAlgo_t algo, DType t, bool avg, size_t n) {
   gradcompConfig_t cfg;
   gradcompConfigInit(&cfg);
+  cfg.autoTune = 0;  // these check compression: auto must not pass calls to NCCL
   cfg.algo = algo;
   cfg.minElements = 0;
   cfg.bucketSize = 64;
@@ -184,6 +185,7 @@ void checkSparse(ncclComm_t nc, cudaStream_t st, const SparseCase& sc, DType t, 
                  size_t n) {
   gradcompConfig_t cfg;
   gradcompConfigInit(&cfg);
+  cfg.autoTune = 0;  // these check compression: auto must not pass calls to NCCL
   cfg.method = sc.method;
   cfg.select = sc.select;
   cfg.valueType = sc.valueType;
@@ -257,6 +259,7 @@ void checkSparse(ncclComm_t nc, cudaStream_t st, const SparseCase& sc, DType t, 
 void checkGraph(ncclComm_t nc, cudaStream_t st) {
   gradcompConfig_t cfg;
   gradcompConfigInit(&cfg);
+  cfg.autoTune = 0;  // these check compression: auto must not pass calls to NCCL
   cfg.minElements = 0;
   cfg.localSize = localSize;
   gradcompComm_t eager, graphed;
@@ -321,6 +324,7 @@ void checkGraph(ncclComm_t nc, cudaStream_t st) {
 void checkPassThrough(ncclComm_t nc, cudaStream_t st) {
   gradcompConfig_t cfg;
   gradcompConfigInit(&cfg);
+  cfg.autoTune = 0;  // these check compression: auto must not pass calls to NCCL
   gradcompComm_t gc;
   CK(gradcompCommCreate(nc, &cfg, &gc));
   const size_t n = 1000;
@@ -350,6 +354,7 @@ void checkRsQsgd(ncclComm_t nc, cudaStream_t st, DType t, bool avg, size_t m, bo
                  bool dynamic) {
   gradcompConfig_t cfg;
   gradcompConfigInit(&cfg);
+  cfg.autoTune = 0;
   cfg.minElements = 0;
   cfg.bucketSize = 64;
   if (dynamic) {
@@ -402,6 +407,7 @@ void checkRsSparse(ncclComm_t nc, cudaStream_t st, const SparseCase& sc, DType t
                    size_t m) {
   gradcompConfig_t cfg;
   gradcompConfigInit(&cfg);
+  cfg.autoTune = 0;
   cfg.method = sc.method;
   cfg.select = sc.select;
   cfg.valueType = sc.valueType;
@@ -455,6 +461,7 @@ void checkRsSparse(ncclComm_t nc, cudaStream_t st, const SparseCase& sc, DType t
 void checkRsGraph(ncclComm_t nc, cudaStream_t st) {
   gradcompConfig_t cfg;
   gradcompConfigInit(&cfg);
+  cfg.autoTune = 0;
   cfg.minElements = 0;
   gradcompComm_t eager, graphed;
   CK(gradcompCommCreate(nc, &cfg, &eager));
@@ -496,6 +503,7 @@ void checkRsGraph(ncclComm_t nc, cudaStream_t st) {
 void checkRsPassThrough(ncclComm_t nc, cudaStream_t st) {
   gradcompConfig_t cfg;
   gradcompConfigInit(&cfg);
+  cfg.autoTune = 0;
   gradcompComm_t gc;
   CK(gradcompCommCreate(nc, &cfg, &gc));
   const size_t m = 1000, n = nranks * m;
@@ -561,6 +569,105 @@ void checkSetupAgreement(ncclComm_t nc, int ndev) {
   }
 }
 
+// GRADCOMP_AUTO on a real NCCL comm (default autoTune=1). The first eligible
+// call under capture is refused; a retune leaves no stats and no state; a
+// call auto passes equals NCCL's own result bit for bit; a call it compresses
+// equals, bit for bit, the same call on an autoTune=0 comm, although a retune
+// ran between the calls (the timing sets the caller's residuals and step
+// aside); every rank takes the same decisions over a sweep of sizes.
+void checkAuto(ncclComm_t nc, cudaStream_t st) {
+  gradcompConfig_t cfg;
+  gradcompConfigInit(&cfg);
+  gradcompConfig_t off = cfg;
+  off.autoTune = 0;
+  gradcompComm_t a, b;
+  CK(gradcompCommCreate(nc, &cfg, &a));
+  CK(gradcompCommCreate(nc, &off, &b));
+  const size_t n = 1 << 22;
+  float *x, *y, *z;
+  CK(cudaMalloc(&x, n * 4));
+  CK(cudaMalloc(&y, n * 4));
+  CK(cudaMalloc(&z, n * 4));
+  std::vector<float> g = gctest::normal(n, 99 + rank);
+  CK(cudaMemcpyAsync(x, g.data(), n * 4, cudaMemcpyHostToDevice, st));
+  CK(cudaStreamSynchronize(st));
+  cudaGraph_t graph;
+  CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+  gradcompResult_t cap = gradcompAllReduce(x, x, n, ncclFloat32, ncclSum, a, st);
+  const std::string capMsg = gradcompGetLastError();
+  CK(cudaStreamEndCapture(st, &graph));
+  cudaGraphDestroy(graph);
+  report(cap == gradcompInvalidUsage && capMsg.find("GRADCOMP_AUTO=0") != std::string::npos,
+         "auto: the first eligible call under capture is refused");
+
+  CK(gradcompCommRetune(a, st));
+  gradcompStats_t sa;
+  gradcompGetStats(a, &sa);
+  size_t bytesA = 0, bytesB = 0;
+  gradcompCommStateSize(a, &bytesA);
+  gradcompCommStateSize(b, &bytesB);
+  report(sa.callsCompressed == 0 && sa.callsPassedThrough == 0 && sa.steps == 0 &&
+             sa.bytesOnWire == 0 && bytesA == bytesB,
+         "auto: a retune leaves no stats and no state");
+
+  bool ok = true, allCompressed = true;
+  for (int step = 0; step < 2; ++step) {
+    std::vector<float> in = gctest::normal(n, 1000 * step + rank);
+    CK(cudaMemcpyAsync(x, in.data(), n * 4, cudaMemcpyHostToDevice, st));
+    CK(cudaMemcpyAsync(y, in.data(), n * 4, cudaMemcpyHostToDevice, st));
+    CK(cudaMemcpyAsync(z, in.data(), n * 4, cudaMemcpyHostToDevice, st));
+    gradcompGetStats(a, &sa);
+    const uint64_t before = sa.callsCompressed;
+    ok &= gradcompAllReduce(x, x, n, ncclFloat32, ncclSum, a, st) == gradcompSuccess;
+    ok &= gradcompAllReduce(y, y, n, ncclFloat32, ncclSum, b, st) == gradcompSuccess;
+    CK(ncclAllReduce(z, z, n, ncclFloat32, ncclSum, nc, st));
+    if (step == 0) ok &= gradcompCommRetune(a, st) == gradcompSuccess;
+    CK(cudaStreamSynchronize(st));
+    gradcompGetStats(a, &sa);
+    const bool compressed = sa.callsCompressed > before;
+    std::vector<float> rx(n), ry(n), rz(n);
+    CK(cudaMemcpy(rx.data(), x, n * 4, cudaMemcpyDeviceToHost));
+    CK(cudaMemcpy(ry.data(), y, n * 4, cudaMemcpyDeviceToHost));
+    CK(cudaMemcpy(rz.data(), z, n * 4, cudaMemcpyDeviceToHost));
+    if (!compressed) {
+      ok &= memcmp(rx.data(), rz.data(), n * 4) == 0;
+    } else if (allCompressed) {
+      ok &= memcmp(rx.data(), ry.data(), n * 4) == 0;
+    }
+    allCompressed &= compressed;
+    printf("rank %d auto step %d at %zu elements: %s\n", rank, step, n,
+           compressed ? "compressed" : "passed to NCCL");
+  }
+  report(ok, "auto: passed calls equal NCCL, compressed calls equal autoTune=0 across a retune");
+
+  // A sweep of sizes: every rank passes the same calls (the decision does not
+  // read the data; y holds zeros for the bf16 calls).
+  CK(cudaMemsetAsync(y, 0, n * 4, st));
+  for (size_t m = size_t(1) << 18; m <= n; m <<= 1) {
+    ok &= gradcompAllReduce(x, x, m, ncclFloat32, ncclSum, a, st) == gradcompSuccess;
+    ok &= gradcompAllReduce(y, y, m, ncclBfloat16, ncclSum, a, st) == gradcompSuccess;
+  }
+  gradcompGetStats(a, &sa);
+  uint64_t* counts;
+  CK(cudaMalloc(&counts, 2 * nranks * sizeof(uint64_t)));
+  const uint64_t mine[2] = {sa.callsAutoPassed, sa.callsCompressed};
+  CK(cudaMemcpyAsync(counts + 2 * rank, mine, sizeof(mine), cudaMemcpyHostToDevice, st));
+  CK(ncclAllGather(counts + 2 * rank, counts, 2, ncclUint64, nc, st));
+  CK(cudaStreamSynchronize(st));
+  std::vector<uint64_t> all(2 * nranks);
+  CK(cudaMemcpy(all.data(), counts, all.size() * sizeof(uint64_t), cudaMemcpyDeviceToHost));
+  for (int r = 0; r < nranks; ++r) ok &= all[2 * r] == mine[0] && all[2 * r + 1] == mine[1];
+  printf("rank %d auto sweep: %llu calls passed by auto, %llu compressed\n", rank,
+         (unsigned long long)mine[0], (unsigned long long)mine[1]);
+  report(ok, "auto: every rank takes the same decisions");
+  cudaFree(counts);
+  cudaFree(x);
+  cudaFree(y);
+  cudaFree(z);
+  gradcompCommDestroy(a);
+  gradcompCommDestroy(b);
+}
+
 }  // namespace
 
 int main() {
@@ -616,6 +723,7 @@ int main() {
   checkRsGraph(nc, st);
   checkRsPassThrough(nc, st);
   inRs = false;
+  checkAuto(nc, st);
   ncclCommDestroy(nc);
   printf("multirank rs rank %d of %d: %d passed, %d failed\n", rank, nranks, rsPassed, rsFailed);
   printf("multirank rank %d of %d%s: %d passed, %d failed\n", rank, nranks,

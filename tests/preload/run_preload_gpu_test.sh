@@ -15,13 +15,14 @@ if [ "${ngpu:-0}" = 0 ]; then
   echo "SKIPPED: no GPU"
   exit 0
 fi
-unset GRADCOMP_DEBUG GRADCOMP_GROUP GRADCOMP_METHOD GRADCOMP_BITS NCCL_COMM_BLOCKING
+unset GRADCOMP_DEBUG GRADCOMP_GROUP GRADCOMP_METHOD GRADCOMP_BITS GRADCOMP_AUTO NCCL_COMM_BLOCKING
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 fail=0
 check() { if eval "$2"; then echo "PASS: $1"; else echo "FAIL: $1"; fail=1; fi; }
 
 # launch NAME NRANKS PRELOAD(0/1) MODE [VAR=VALUE... applied to every rank]
+# GRADCOMP_AUTO=0 unless a case sets it: these cases check compression itself.
 # Rank-specific settings: RANK1_ENV="VAR=VALUE" applies to rank 1 only.
 launch() {
   local name=$1 n=$2 use=$3 mode=$4 r pids=() rc=0
@@ -29,7 +30,7 @@ launch() {
   for r in $(seq 0 $((n - 1))); do
     local envs=(GC_RANK=$r GC_NRANKS=$n GC_ID_FILE=$work/$name.id NCCL_HOSTID=gc-host-$r
                 NCCL_NET=Socket NCCL_SOCKET_IFNAME=lo NCCL_IB_DISABLE=1 NCCL_P2P_DISABLE=1
-                NCCL_SHM_DISABLE=1 NCCL_NVLS_ENABLE=0 GRADCOMP_DEBUG=INFO "$@")
+                NCCL_SHM_DISABLE=1 NCCL_NVLS_ENABLE=0 GRADCOMP_DEBUG=INFO GRADCOMP_AUTO=0 "$@")
     [ "$use" = 1 ] && envs+=(LD_PRELOAD=$preload)
     [ "$r" = 1 ] && [ -n "${RANK1_ENV:-}" ] && envs+=($RANK1_ENV)
     env "${envs[@]}" timeout -k 5 120 "$app" $mode > "$work/${name}_r$r.out" \
@@ -127,6 +128,18 @@ check "mismatch: results are NCCL's exact sums (relative error $e < 1e-5)" \
 n=$(cat "$work"/mismatch_r*.err | grep -c "WARN cannot set up compression for NCCL comm .*rank 1 \
 has GRADCOMP_BITS (bits) = 3 while rank 0 has 4: the ranks of a comm have different GRADCOMP_\* settings")
 check "mismatch: every rank warned once, naming the setting and both values (got $n)" "[ '$n' = 2 ]"
+
+# 6. GRADCOMP_AUTO=1: every rank logs the agreed figures, takes the same
+# decisions (identical results and summary) and the summary counts auto's
+# pass-throughs.
+launch auto 2 1 "single 3" GRADCOMP_AUTO=1
+same_on_all_ranks auto 2
+calls='[0-9]* calls compressed, [0-9]* passed through ([0-9]* by auto)'
+a0=$(grep -o "$calls" "$work/auto_r0.err" | tail -1)
+a1=$(grep -o "$calls" "$work/auto_r1.err" | tail -1)
+check "auto: both ranks' summaries count the same calls, auto's included ('$a0')" "[ -n '$a0' ] && [ '$a0' = '$a1' ]"
+check "auto: the figures are logged at INFO" \
+  "grep -q 'auto: NCCL .* us, compressed .* us at' '$work/auto_r0.err'"
 
 if [ "$fail" = 0 ]; then echo "preload GPU tests: all passed"; else echo "preload GPU tests: FAILED"; fi
 exit $fail

@@ -1,0 +1,375 @@
+// GRADCOMP_AUTO: the set-up timing, the agreement of the ranks, the fit and
+// the per-call decision (see autotune.h and docs/algorithms.md).
+#include "autotune.h"
+
+#include <math.h>
+#include <stdio.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <utility>
+#include <vector>
+
+#include "checks.h"
+#include "comm.h"
+
+namespace gc {
+namespace {
+
+constexpr int kWarmup = kAutoWarmupCalls;
+constexpr int kReps = kAutoTimedCalls;
+
+size_t toCount(double x) {
+  if (!(x > 0.0)) return 0;
+  if (x >= 1.8e19) return SIZE_MAX;
+  return (size_t)x;
+}
+
+void rangeText(const AutoRange& r, char* out, size_t n) {
+  if (r.hi <= r.lo) {
+    snprintf(out, n, "none");
+  } else if (r.lo == 0 && r.hi == SIZE_MAX) {
+    snprintf(out, n, "all");
+  } else if (r.hi == SIZE_MAX) {
+    snprintf(out, n, ">= %zu elements", r.lo);
+  } else if (r.lo == 0) {
+    snprintf(out, n, "< %zu elements", r.hi);
+  } else {
+    snprintf(out, n, "%zu <= n < %zu elements", r.lo, r.hi);
+  }
+}
+
+// The comm's own calls run on scratch during the timing: its buffer states,
+// workspace, stats and step counters (host, and device: graph replays
+// advance only the device one) are set aside and come back unchanged,
+// whatever happens in between. minElements is lifted so both sizes compress.
+class SetAside {
+ public:
+  SetAside(gradcompComm* c, uint64_t deviceStep) : c_(c), deviceStep_(deviceStep) {
+    std::swap(states_, c->states);
+    std::swap(workspace_, c->workspace);
+    std::swap(workspaceBytes_, c->workspaceBytes);
+    stats_ = c->stats;
+    step_ = c->step;
+    minElements_ = c->cfg.minElements;
+    c->cfg.minElements = 0;
+    c->autoState.tuning = true;
+  }
+  ~SetAside() { restore(); }
+  uint64_t callsCompressedBefore() const { return stats_.callsCompressed; }
+  gradcompResult_t restore() {
+    if (done_) return gradcompSuccess;
+    done_ = true;
+    gradcompResult_t res = c_->backend->sync();
+    for (auto& kv : c_->states) c_->releaseState(kv.second);
+    c_->backend->release(c_->workspace);
+    c_->states = std::move(states_);
+    c_->workspace = workspace_;
+    c_->workspaceBytes = workspaceBytes_;
+    c_->stats = stats_;
+    c_->step = step_;
+    c_->cfg.minElements = minElements_;
+    c_->autoState.tuning = false;
+    const gradcompResult_t stepRes = c_->backend->setStep(deviceStep_);
+    return res != gradcompSuccess ? res : stepRes;
+  }
+
+ private:
+  gradcompComm* c_;
+  std::map<StateKey, BufferState> states_;
+  void* workspace_ = nullptr;
+  size_t workspaceBytes_ = 0;
+  gradcompStats_t stats_{};
+  uint64_t step_ = 0, deviceStep_ = 0;
+  size_t minElements_ = 0;
+  bool done_ = false;
+};
+
+// Marks between the timed calls, read after one synchronize: CUDA events on
+// the caller's stream, or (tests on the CPU backend, whose calls return when
+// done) the host clock.
+class CallTimer {
+ public:
+  virtual ~CallTimer() = default;
+  virtual gradcompResult_t init(int marks) = 0;
+  virtual gradcompResult_t mark(int i) = 0;
+  virtual gradcompResult_t finish() = 0;
+  virtual gradcompResult_t elapsedUs(int from, int to, float* us) = 0;
+};
+
+class EventTimer final : public CallTimer {
+ public:
+  explicit EventTimer(cudaStream_t stream) : stream_(stream) {}
+  ~EventTimer() override {
+    for (cudaEvent_t e : events_)
+      if (e != nullptr) cudaEventDestroy(e);
+  }
+  gradcompResult_t init(int marks) override {
+    events_.assign(marks, nullptr);
+    for (cudaEvent_t& e : events_) GC_CUDACHECK(cudaEventCreate(&e));
+    return gradcompSuccess;
+  }
+  gradcompResult_t mark(int i) override {
+    GC_CUDACHECK(cudaEventRecord(events_[i], stream_));
+    return gradcompSuccess;
+  }
+  gradcompResult_t finish() override {
+    GC_CUDACHECK(cudaStreamSynchronize(stream_));
+    return gradcompSuccess;
+  }
+  gradcompResult_t elapsedUs(int from, int to, float* us) override {
+    float ms = 0.0f;
+    GC_CUDACHECK(cudaEventElapsedTime(&ms, events_[from], events_[to]));
+    *us = ms * 1000.0f;
+    return gradcompSuccess;
+  }
+
+ private:
+  cudaStream_t stream_;
+  std::vector<cudaEvent_t> events_;
+};
+
+class HostTimer final : public CallTimer {
+ public:
+  gradcompResult_t init(int marks) override {
+    marks_.assign(marks, std::chrono::steady_clock::time_point());
+    return gradcompSuccess;
+  }
+  gradcompResult_t mark(int i) override {
+    marks_[i] = std::chrono::steady_clock::now();
+    return gradcompSuccess;
+  }
+  gradcompResult_t finish() override { return gradcompSuccess; }
+  gradcompResult_t elapsedUs(int from, int to, float* us) override {
+    *us = std::chrono::duration<float, std::micro>(marks_[to] - marks_[from]).count();
+    return gradcompSuccess;
+  }
+
+ private:
+  std::vector<std::chrono::steady_clock::time_point> marks_;
+};
+
+// Scratch buffers, freed on every path out.
+struct Scratch {
+  explicit Scratch(gradcompComm* comm) : c(comm) {}
+  gradcompComm* c;
+  float* send = nullptr;
+  float* recv = nullptr;
+  ~Scratch() {
+    c->backend->sync();
+    c->backend->release(send);
+    c->backend->release(recv);
+  }
+};
+
+// One timed series from mark `first`: kWarmup untimed calls, then kReps
+// calls with a mark after each.
+template <typename Call>
+gradcompResult_t series(Call call, CallTimer& timer, int first) {
+  for (int i = 0; i < kWarmup; ++i) GC_CHECK(call());
+  GC_CHECK(timer.mark(first));
+  for (int i = 0; i < kReps; ++i) {
+    GC_CHECK(call());
+    GC_CHECK(timer.mark(first + i + 1));
+  }
+  return gradcompSuccess;
+}
+
+gradcompResult_t medianUs(CallTimer& timer, int first, float* us) {
+  float t[kReps];
+  for (int i = 0; i < kReps; ++i) GC_CHECK(timer.elapsedUs(first + i, first + i + 1, &t[i]));
+  std::sort(t, t + kReps);
+  *us = t[kReps / 2];
+  return gradcompSuccess;
+}
+
+// Times NCCL and the compressed path at the two sizes; one synchronize at
+// the end. Out of place, so every call reduces the same input.
+gradcompResult_t measure(gradcompComm* c, CallTimer& timer, AutoFigures* f) {
+  AutoState& a = c->autoState;
+  f->smallCount = a.timedCounts[0];
+  f->largeCount = a.timedCounts[1];
+  const size_t large = f->largeCount;
+  const cudaStream_t stream = c->backend->stream();
+  Scratch s(c);
+  GC_CHECK(c->backend->alloc(large * sizeof(float), reinterpret_cast<void**>(&s.send)));
+  GC_CHECK(c->backend->alloc(large * sizeof(float), reinterpret_cast<void**>(&s.recv)));
+  {
+    // Gradient-like values: every bucket has a spread, none is all zero.
+    std::vector<float> host(large);
+    uint32_t x = 0x9e3779b9u ^ (uint32_t)c->rank;
+    for (float& v : host) {
+      x ^= x << 13;
+      x ^= x >> 17;
+      x ^= x << 5;
+      v = ((float)(x >> 8) * (1.0f / 8388608.0f) - 1.0f) * 1e-3f;
+    }
+    GC_CHECK(c->backend->fromHost(s.send, host.data(), host.size() * sizeof(float)));
+  }
+  constexpr int kMarks = kReps + 1;
+  GC_CHECK(timer.init(4 * kMarks));
+
+  uint64_t deviceStep = c->step;
+  if (c->backend->deviceStep() != nullptr)
+    GC_CHECK(c->backend->toHost(&deviceStep, c->backend->deviceStep(), sizeof(deviceStep)));
+  SetAside aside(c, deviceStep);
+  if (c->cfg.method == gradcompMethodDgc) {
+    // Time the steady state, not the first stage of the warm-up ramp.
+    for (size_t n : a.timedCounts) {
+      BufferState* st = nullptr;
+      GC_CHECK(c->getState(StateKey{0, (uint64_t)(uintptr_t)s.recv, n, (int)DType::F32}, n,
+                           DType::F32, &st));
+      st->calls = (uint64_t)c->cfg.warmupSteps;
+    }
+  }
+  for (int i = 0; i < 2; ++i) {
+    const size_t n = a.timedCounts[i];
+    GC_CHECK(
+        series([&] { return c->transport->passThrough(s.send, s.recv, n, ncclFloat32, ncclSum); },
+               timer, (2 * i) * kMarks));
+    GC_CHECK(series(
+        [&] { return gradcompAllReduce(s.send, s.recv, n, ncclFloat32, ncclSum, c, stream); },
+        timer, (2 * i + 1) * kMarks));
+  }
+  GC_CHECK(timer.finish());
+  a.timedCompressed = c->stats.callsCompressed - aside.callsCompressedBefore();
+  for (int i = 0; i < 2; ++i) {
+    GC_CHECK(medianUs(timer, (2 * i) * kMarks, &f->ncclUs[i]));
+    GC_CHECK(medianUs(timer, (2 * i + 1) * kMarks, &f->compUs[i]));
+  }
+  return aside.restore();
+}
+
+gradcompResult_t captureRefused() {
+  return setError(gradcompInvalidUsage,
+                  "GRADCOMP_AUTO=1 times NCCL and compression on the first eligible call of a "
+                  "comm and on gradcompCommRetune, and this one is being captured into a CUDA "
+                  "graph; make one eager call first, or set GRADCOMP_AUTO=0");
+}
+
+gradcompResult_t tune(gradcompComm* c) {
+  AutoState& a = c->autoState;
+  if (!a.injected && !c->backend->onDevice() && !a.timeOnHost) {
+    static std::atomic<bool> logged{false};
+    if (!logged.exchange(true)) {
+      GC_INFO(
+          "auto: the CPU backend does not time (host times say nothing of a GPU network); "
+          "calls compress as configured");
+    }
+    a.decided = true;
+    a.timed = false;
+    return gradcompSuccess;
+  }
+  if (c->backend->capturing()) return captureRefused();
+  AutoFigures f;
+  if (a.injected) {
+    f = a.injectedFigures;
+  } else if (c->backend->onDevice()) {
+    EventTimer timer(c->backend->stream());
+    GC_CHECK(measure(c, timer, &f));
+  } else {
+    HostTimer timer;
+    GC_CHECK(measure(c, timer, &f));
+  }
+  GC_CHECK(autoAgree(c, &f));
+  if (autoCheckFigures(f) != gradcompSuccess) {
+    // autoCheckFigures logged why. Every rank holds the same figures, so every
+    // rank lands here: compress as configured rather than time on every call.
+    GC_WARN("auto: the figures above are unusable; calls compress as configured");
+    clearError();
+    a.decided = true;
+    a.timed = false;
+    return gradcompSuccess;
+  }
+  a.figures = f;
+  a.range[0] = autoRange(f, 2);
+  a.range[1] = autoRange(f, 4);
+  a.decided = a.timed = true;
+  char r32[64], r16[64];
+  rangeText(a.range[1], r32, sizeof(r32));
+  rangeText(a.range[0], r16, sizeof(r16));
+  GC_INFO(
+      "auto: NCCL %.1f us, compressed %.1f us at %zu elements; NCCL %.1f us, compressed %.1f us "
+      "at %zu elements (slowest rank, fp32); compress calls: fp32 %s, fp16/bf16 %s",
+      f.ncclUs[0], f.compUs[0], f.smallCount, f.ncclUs[1], f.compUs[1], f.largeCount, r32, r16);
+  return gradcompSuccess;
+}
+
+}  // namespace
+
+gradcompResult_t autoCheckFigures(const AutoFigures& f) {
+  GC_ARG(f.smallCount > 0 && f.smallCount < f.largeCount,
+         "auto figures: smallCount=%zu and largeCount=%zu must satisfy 0 < small < large",
+         f.smallCount, f.largeCount);
+  for (int i = 0; i < 2; ++i) {
+    GC_ARG(
+        isfinite(f.ncclUs[i]) && f.ncclUs[i] > 0.0f && isfinite(f.compUs[i]) && f.compUs[i] > 0.0f,
+        "auto figures: NCCL %g us and compressed %g us at %zu elements must be positive and "
+        "finite",
+        (double)f.ncclUs[i], (double)f.compUs[i], i ? f.largeCount : f.smallCount);
+  }
+  return gradcompSuccess;
+}
+
+AutoRange autoRange(const AutoFigures& f, size_t elementBytes) {
+  const double dn = (double)(f.largeCount - f.smallCount), n0 = (double)f.smallCount;
+  const double bN = ((double)f.ncclUs[1] - (double)f.ncclUs[0]) / dn;
+  const double aN = (double)f.ncclUs[0] - bN * n0;
+  const double bC = ((double)f.compUs[1] - (double)f.compUs[0]) / dn;
+  const double aC = (double)f.compUs[0] - bC * n0;
+  // Compress where aN + bN' n > aC + bC n, i.e. k + s n > 0.
+  const double s = bN * (double)elementBytes / 4.0 - bC, k = aN - aC;
+  AutoRange r;
+  if (s > 0.0) {
+    const double x = -k / s;  // compress for n > x
+    r.lo = x < 0.0 ? 0 : toCount(floor(x) + 1.0);
+  } else if (s < 0.0) {
+    r.hi = toCount(ceil(k / -s));  // compress for n < k / -s
+  } else if (!(k > 0.0)) {
+    r.hi = 0;
+  }
+  return r;
+}
+
+gradcompResult_t autoAgree(gradcompComm* c, AutoFigures* f) {
+  float v[4] = {f->ncclUs[0], f->ncclUs[1], f->compUs[0], f->compUs[1]};
+  float* d = nullptr;
+  GC_CHECK(c->backend->alloc(sizeof(v), reinterpret_cast<void**>(&d)));
+  gradcompResult_t res = c->backend->fromHost(d, v, sizeof(v));
+  if (res == gradcompSuccess) res = c->transport->passThrough(d, d, 4, ncclFloat32, ncclMax);
+  if (res == gradcompSuccess) res = c->backend->toHost(v, d, sizeof(v));
+  c->backend->release(d);
+  GC_CHECK(res);
+  f->ncclUs[0] = v[0];
+  f->ncclUs[1] = v[1];
+  f->compUs[0] = v[2];
+  f->compUs[1] = v[3];
+  return gradcompSuccess;
+}
+
+gradcompResult_t autoShouldPass(gradcompComm* c, size_t count, size_t elementBytes, bool* pass) {
+  *pass = false;
+  AutoState& a = c->autoState;
+  if (!c->cfg.autoTune || a.tuning) return gradcompSuccess;
+  if (!a.decided) GC_CHECK(tune(c));
+  if (a.timed) *pass = !a.range[elementBytes == 4 ? 1 : 0].contains(count);
+  return gradcompSuccess;
+}
+
+gradcompResult_t autoRetune(gradcompComm* c) {
+  // Nothing would compress: nothing to decide (the allreduce never asks).
+  if (!c->cfg.autoTune || c->cfg.method == gradcompMethodNone || c->nranks < 2)
+    return gradcompSuccess;
+  // Under capture the decision in force stays.
+  if (c->backend->capturing()) return captureRefused();
+  c->autoState.decided = false;
+  return tune(c);
+}
+
+void autoInjectFigures(gradcompComm* c, const AutoFigures& f) {
+  c->autoState.injected = true;
+  c->autoState.injectedFigures = f;
+}
+
+}  // namespace gc

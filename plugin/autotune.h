@@ -1,0 +1,76 @@
+// GRADCOMP_AUTO: never slower than NCCL. On the first eligible call of a comm
+// (and on gradcompCommRetune) the comm times NCCL's allreduce and its own
+// compressed call at two sizes on scratch buffers, the ranks agree on the
+// slowest figures, and a latency + per-element fit of each path says which
+// call sizes compression speeds up; the others pass through to NCCL.
+#pragma once
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "gradcomp.h"
+
+struct gradcompComm;
+
+namespace gc {
+
+// Calls per path and size: untimed warm-up (the first compressed call of a
+// size allocates its state), then timed calls whose median counts (one slow
+// call does not move it).
+constexpr int kAutoWarmupCalls = 2;
+constexpr int kAutoTimedCalls = 5;
+
+// Microseconds per call of fp32 elements, NCCL's allreduce and the compressed
+// path, each at smallCount and largeCount elements.
+struct AutoFigures {
+  size_t smallCount = 0, largeCount = 0;
+  float ncclUs[2] = {0.0f, 0.0f};  // [0] at smallCount, [1] at largeCount
+  float compUs[2] = {0.0f, 0.0f};
+};
+
+// The call sizes that compress: lo <= count < hi.
+struct AutoRange {
+  size_t lo = 0, hi = SIZE_MAX;
+  bool contains(size_t count) const { return count >= lo && count < hi; }
+};
+
+// Per comm. Only the host-side flags; the figures are agreed on every rank,
+// so every rank holds the same ranges.
+struct AutoState {
+  bool decided = false;   // tuned (or nothing to time: CPU backend) since set-up / retune
+  bool timed = false;     // ranges below are in force
+  bool tuning = false;    // the set-up's own calls are running: none of them passes
+  bool injected = false;  // tests: tune with injectedFigures instead of timing
+  AutoFigures injectedFigures;
+  bool timeOnHost = false;  // tests: time the CPU backend too, with the host clock
+  // The fp32 sizes timed. They bracket the calls frameworks make (DDP buckets
+  // are 25 MB): 1 MB sits at the latency end, 32 MB is long enough for the
+  // per-byte cost to dominate on every link.
+  size_t timedCounts[2] = {size_t(1) << 18, size_t(1) << 23};
+  uint64_t timedCompressed = 0;  // compressed calls the last timing made
+  AutoFigures figures;           // agreed (slowest rank's) figures
+  AutoRange range[2];            // [0] 2-byte types (fp16, bf16), [1] fp32
+};
+
+// Checks figures: positive finite times, 0 < smallCount < largeCount.
+gradcompResult_t autoCheckFigures(const AutoFigures& f);
+// The decision from agreed figures, for elements of elementBytes (2 or 4):
+// each path's time is fitted as a + b * count through its two points; NCCL's
+// per-element cost scales with the element size (its bytes), the compressed
+// path's does not (its wire bytes follow the count). Compress where the
+// predicted compressed time is below NCCL's.
+AutoRange autoRange(const AutoFigures& f, size_t elementBytes);
+// Replaces f's times on every rank by their maximum over the ranks (one
+// allreduce on the comm's transport).
+gradcompResult_t autoAgree(gradcompComm* c, AutoFigures* f);
+
+// The allreduce hook for a call that would compress: tunes first when the
+// comm has not yet, then sets *pass when the call should go to NCCL instead.
+gradcompResult_t autoShouldPass(gradcompComm* c, size_t count, size_t elementBytes, bool* pass);
+// Forgets the decision and tunes again now (autoTune=1 only).
+gradcompResult_t autoRetune(gradcompComm* c);
+// Tests: every later tuning of this comm uses these local figures instead of
+// timing, on any backend (the agreement still runs).
+void autoInjectFigures(gradcompComm* c, const AutoFigures& f);
+
+}  // namespace gc

@@ -1,0 +1,448 @@
+// GRADCOMP_AUTO on the CPU backend, with injected figures (host times say
+// nothing of a GPU network, so the CPU backend never times): the decision
+// from the figures against a reference written from the model, the agreement
+// of ranks with different figures, the hook in the allreduce, autoTune=0,
+// retune on request, and the refusal under CUDA-graph capture.
+#include <gtest/gtest.h>
+#include <string.h>
+
+#include <algorithm>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "gradcomp.h"
+#include "plugin/autotune.h"
+#include "plugin/comm.h"
+#include "tests/common/cpu_world.h"
+#include "tests/common/test_util.h"
+
+namespace {
+
+using gc::AutoFigures;
+using gc::AutoRange;
+
+AutoFigures figures(size_t small, size_t large, float n0, float n1, float c0, float c1) {
+  AutoFigures f;
+  f.smallCount = small;
+  f.largeCount = large;
+  f.ncclUs[0] = n0;
+  f.ncclUs[1] = n1;
+  f.compUs[0] = c0;
+  f.compUs[1] = c1;
+  return f;
+}
+
+// The model as docs/algorithms.md states it: each path's time is latency +
+// per-element cost * n, a straight line through its two timed fp32 points;
+// NCCL's per-element cost scales with the element size (its bytes), its
+// latency does not; the compressed path's wire bytes follow the count.
+bool refCompresses(const AutoFigures& f, double n, double elementBytes) {
+  const double span = (double)f.largeCount - (double)f.smallCount;
+  const double ncclPer = (f.ncclUs[1] - f.ncclUs[0]) / span;
+  const double compPer = (f.compUs[1] - f.compUs[0]) / span;
+  const double ncclLatency = f.ncclUs[0] - ncclPer * (double)f.smallCount;
+  const double compLatency = f.compUs[0] - compPer * (double)f.smallCount;
+  const double nccl = ncclLatency + ncclPer * elementBytes / 4 * n;
+  const double comp = compLatency + compPer * n;
+  return comp < nccl;
+}
+
+// Every count where the decision could turn, and far beyond.
+void expectMatchesReference(const AutoFigures& f) {
+  for (size_t eb : {2, 4}) {
+    const AutoRange r = gc::autoRange(f, eb);
+    std::vector<size_t> probes = {
+        0, 1, 2, f.smallCount, f.largeCount, size_t(1) << 30, size_t(1) << 40};
+    for (size_t edge : {r.lo, r.hi}) {
+      if (edge == SIZE_MAX) continue;
+      for (size_t d = 0; d < 3; ++d) {
+        probes.push_back(edge + d);
+        if (edge >= d) probes.push_back(edge - d);
+      }
+    }
+    for (size_t n : probes) {
+      EXPECT_EQ(r.contains(n), refCompresses(f, (double)n, (double)eb))
+          << "n=" << n << " elementBytes=" << eb << " range [" << r.lo << ", " << r.hi << ")";
+    }
+  }
+}
+
+// Values chosen so every step of the fit is exact in binary floating point.
+const AutoFigures kCompressWins = figures(1024, 5120, 64, 128, 32, 64);
+const AutoFigures kNcclWins = figures(1024, 5120, 16, 32, 48, 80);
+const AutoFigures kCrossover = figures(1024, 5120, 16, 80, 48, 80);  // NCCL 0 + n/64 us
+const AutoFigures kUpperBound = figures(1024, 5120, 40, 72, 8, 72);  // NCCL 32 + n/128
+
+TEST(AutoTune, CompressWinsAtEverySize) {
+  for (size_t eb : {2, 4}) {
+    const AutoRange r = gc::autoRange(kCompressWins, eb);
+    EXPECT_EQ(r.lo, 0u) << eb;
+    EXPECT_EQ(r.hi, SIZE_MAX) << eb;
+  }
+  expectMatchesReference(kCompressWins);
+}
+
+TEST(AutoTune, NcclWinsAtEverySize) {
+  for (size_t eb : {2, 4}) {
+    const AutoRange r = gc::autoRange(kNcclWins, eb);
+    EXPECT_FALSE(r.contains(0)) << eb;
+    EXPECT_FALSE(r.contains(kNcclWins.largeCount)) << eb;
+    EXPECT_FALSE(r.contains(SIZE_MAX - 1)) << eb;
+  }
+  expectMatchesReference(kNcclWins);
+}
+
+TEST(AutoTune, CrossoverFromTheFit) {
+  // fp32: NCCL n/64 us, compressed 40 + n/128 us: equal at n = 5120.
+  AutoRange r = gc::autoRange(kCrossover, 4);
+  EXPECT_EQ(r.lo, 5121u);
+  EXPECT_EQ(r.hi, SIZE_MAX);
+  // fp16/bf16: NCCL's per-element cost halves to n/128, the compressed one
+  // stays: compression never catches up with its 40 us of latency.
+  r = gc::autoRange(kCrossover, 2);
+  EXPECT_FALSE(r.contains(5121));
+  EXPECT_FALSE(r.contains(size_t(1) << 40));
+  expectMatchesReference(kCrossover);
+  // Compressed latency lower but its slope steeper: only small calls gain.
+  r = gc::autoRange(kUpperBound, 4);
+  EXPECT_EQ(r.lo, 0u);
+  EXPECT_EQ(r.hi, 5120u);
+  expectMatchesReference(kUpperBound);
+}
+
+TEST(AutoTune, BadFiguresAreRefused) {
+  EXPECT_EQ(gc::autoCheckFigures(kCrossover), gradcompSuccess);
+  EXPECT_EQ(gc::autoCheckFigures(figures(5120, 1024, 16, 80, 48, 80)), gradcompInvalidArgument);
+  EXPECT_NE(std::string(gradcompGetLastError()).find("smallCount=5120"), std::string::npos)
+      << gradcompGetLastError();
+  EXPECT_EQ(gc::autoCheckFigures(figures(1024, 5120, 16, 80, -1, 80)), gradcompInvalidArgument);
+  EXPECT_NE(std::string(gradcompGetLastError()).find("compressed -1 us"), std::string::npos)
+      << gradcompGetLastError();
+}
+
+gradcompConfig_t autoConfig(int autoTune) {
+  gradcompConfig_t cfg;
+  gradcompConfigInit(&cfg);
+  cfg.minElements = 0;
+  cfg.bucketSize = 64;
+  cfg.autoTune = autoTune;
+  return cfg;
+}
+
+// One in-place fp32 Sum call of n elements per rank, rank-dependent data.
+std::vector<std::vector<float>> callAll(gctest::CpuWorld& w, size_t n, uint64_t seed,
+                                        std::vector<std::vector<float>>* inputs = nullptr) {
+  std::vector<std::vector<float>> buf(w.size());
+  for (int r = 0; r < w.size(); ++r) buf[r] = gctest::normal(n, seed + r);
+  if (inputs) *inputs = buf;
+  auto res = w.run([&](int r) {
+    return gradcompAllReduce(buf[r].data(), buf[r].data(), n, ncclFloat32, ncclSum, w.comm(r),
+                             nullptr);
+  });
+  for (int r = 0; r < w.size(); ++r) EXPECT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
+  return buf;
+}
+
+gradcompStats_t stats(gradcompComm_t c) {
+  gradcompStats_t s;
+  memset(&s, 0, sizeof(s));
+  EXPECT_EQ(gradcompGetStats(c, &s), gradcompSuccess);
+  return s;
+}
+
+TEST(AutoTune, RanksAgreeOnTheSlowestFigures) {
+  const int N = 4;
+  gctest::CpuWorld w(N, autoConfig(1));
+  // Each rank measured differently; the slowest figures are the crossover's.
+  for (int r = 0; r < N; ++r) {
+    const float d = (float)(N - 1 - r);
+    gc::autoInjectFigures(w.comm(r), figures(1024, 5120, 16 - d, 80 - 2 * d, 48 - d, 80 - 4 * d));
+  }
+  // 5000 elements: the agreed (crossover) figures pass it through on every
+  // rank, where rank 0's own figures alone would have compressed it.
+  EXPECT_TRUE(gc::autoRange(figures(1024, 5120, 13, 74, 45, 68), 4).contains(5000));
+  std::vector<std::vector<float>> in;
+  auto out = callAll(w, 5000, 11, &in);
+  for (int r = 0; r < N; ++r) {
+    const gc::AutoState& a = w.comm(r)->autoState;
+    ASSERT_TRUE(a.timed) << r;
+    EXPECT_EQ(a.figures.ncclUs[0], 16.0f) << r;
+    EXPECT_EQ(a.figures.ncclUs[1], 80.0f) << r;
+    EXPECT_EQ(a.figures.compUs[0], 48.0f) << r;
+    EXPECT_EQ(a.figures.compUs[1], 80.0f) << r;
+    EXPECT_EQ(a.range[1].lo, 5121u) << r;
+    EXPECT_EQ(a.range[1].hi, SIZE_MAX) << r;
+    const gradcompStats_t s = stats(w.comm(r));
+    EXPECT_EQ(s.callsAutoPassed, 1u) << r;
+    EXPECT_EQ(s.callsPassedThrough, 1u) << r;
+    EXPECT_EQ(s.callsCompressed, 0u) << r;
+    for (size_t k = 0; k < 5000; ++k) {
+      float sum = 0.0f;
+      for (int i = 0; i < N; ++i) sum += in[i][k];
+      ASSERT_EQ(out[r][k], sum) << "rank " << r << " element " << k;
+    }
+  }
+  // 6000 elements: compressed on every rank, identical results.
+  out = callAll(w, 6000, 7);
+  for (int r = 0; r < N; ++r) {
+    const gradcompStats_t s = stats(w.comm(r));
+    EXPECT_EQ(s.callsCompressed, 1u) << r;
+    EXPECT_EQ(s.callsAutoPassed, 1u) << r;
+    EXPECT_EQ(memcmp(out[r].data(), out[0].data(), 6000 * sizeof(float)), 0) << r;
+  }
+}
+
+TEST(AutoTune, UnusableFiguresCompressAsConfigured) {
+  gctest::CpuWorld w(2, autoConfig(1));
+  // Not positive even after the agreement: a broken clock, say.
+  for (int r = 0; r < 2; ++r) gc::autoInjectFigures(w.comm(r), figures(1024, 5120, 16, 80, -1, 80));
+  callAll(w, 8192, 3);
+  callAll(w, 8192, 4);
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_TRUE(w.comm(r)->autoState.decided);
+    EXPECT_FALSE(w.comm(r)->autoState.timed);
+    EXPECT_EQ(stats(w.comm(r)).callsCompressed, 2u);
+  }
+}
+
+TEST(AutoTune, PassedCallsLeaveStateAndStepAlone) {
+  gctest::CpuWorld w(2, autoConfig(1));
+  for (int r = 0; r < 2; ++r) gc::autoInjectFigures(w.comm(r), kNcclWins);
+  callAll(w, 8192, 3);
+  for (int r = 0; r < 2; ++r) {
+    const gradcompStats_t s = stats(w.comm(r));
+    EXPECT_EQ(s.callsAutoPassed, 1u);
+    EXPECT_EQ(s.callsPassedThrough, 1u);
+    EXPECT_EQ(s.callsCompressed, 0u);
+    EXPECT_EQ(s.steps, 0u);
+    EXPECT_EQ(s.bytesOnWire, 0u);
+    EXPECT_TRUE(w.comm(r)->states.empty());
+  }
+}
+
+TEST(AutoTune, AutoOffAlwaysCompresses) {
+  gctest::CpuWorld w(2, autoConfig(0));
+  for (int r = 0; r < 2; ++r) gc::autoInjectFigures(w.comm(r), kNcclWins);
+  callAll(w, 8192, 3);
+  for (int r = 0; r < 2; ++r) {
+    const gradcompStats_t s = stats(w.comm(r));
+    EXPECT_EQ(s.callsCompressed, 1u);
+    EXPECT_EQ(s.callsAutoPassed, 0u);
+    EXPECT_FALSE(w.comm(r)->autoState.decided);
+    EXPECT_EQ(gradcompCommRetune(w.comm(r), nullptr), gradcompSuccess);
+    EXPECT_FALSE(w.comm(r)->autoState.decided);
+  }
+}
+
+TEST(AutoTune, CpuBackendNeverTimesNorPasses) {
+  const gradcompConfig_t cfg = autoConfig(1);
+  ASSERT_EQ(cfg.autoTune, 1);  // the default
+  gctest::CpuWorld w(3, cfg);
+  callAll(w, 8192, 5);
+  for (int r = 0; r < 3; ++r) {
+    EXPECT_TRUE(w.comm(r)->autoState.decided);
+    EXPECT_FALSE(w.comm(r)->autoState.timed);
+    EXPECT_EQ(stats(w.comm(r)).callsCompressed, 1u);
+    EXPECT_EQ(stats(w.comm(r)).callsAutoPassed, 0u);
+  }
+}
+
+TEST(AutoTune, RetuneOnRequest) {
+  gctest::CpuWorld w(2, autoConfig(1));
+  for (int r = 0; r < 2; ++r) gc::autoInjectFigures(w.comm(r), kCompressWins);
+  callAll(w, 8192, 1);
+  // The network changed, but the decision holds until a retune.
+  for (int r = 0; r < 2; ++r) gc::autoInjectFigures(w.comm(r), kNcclWins);
+  callAll(w, 8192, 2);
+  for (int r = 0; r < 2; ++r) EXPECT_EQ(stats(w.comm(r)).callsCompressed, 2u);
+  auto res = w.run([&](int r) { return gradcompCommRetune(w.comm(r), nullptr); });
+  for (int r = 0; r < 2; ++r) EXPECT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
+  callAll(w, 8192, 3);
+  for (int r = 0; r < 2; ++r) {
+    const gradcompStats_t s = stats(w.comm(r));
+    EXPECT_EQ(s.callsCompressed, 2u);
+    EXPECT_EQ(s.callsAutoPassed, 1u);
+  }
+  EXPECT_EQ(gradcompCommRetune(nullptr, nullptr), gradcompInvalidArgument);
+}
+
+TEST(AutoTune, RetuneWithNothingToCompressDoesNothing) {
+  gradcompConfig_t none = autoConfig(1);
+  none.method = gradcompMethodNone;
+  gctest::CpuWorld w(2, none), one(1, autoConfig(1));
+  for (gradcompComm_t c : {w.comm(0), w.comm(1), one.comm(0)}) {
+    gc::autoInjectFigures(c, kNcclWins);
+    EXPECT_EQ(gradcompCommRetune(c, nullptr), gradcompSuccess);
+    EXPECT_FALSE(c->autoState.decided);
+  }
+}
+
+// The timing path itself (the CUDA backend's, with the host clock here): it
+// compresses at both sizes although minElements would pass them, agrees, and
+// leaves the caller's residuals, momentum, RNG step, stats, workspace and
+// config as they were: calls around a timing equal, bit for bit, those of a
+// comm that never timed.
+TEST(AutoTune, TimingLeavesTheCommAsItWas) {
+  for (gradcompMethod_t method : {gradcompMethodQsgd, gradcompMethodDgc}) {
+    SCOPED_TRACE(testing::Message() << "method " << (int)method);
+    gradcompConfig_t cfg = autoConfig(1);
+    cfg.method = method;
+    cfg.density = 0.05f;
+    cfg.warmupSteps = method == gradcompMethodDgc ? 3 : 0;
+    gradcompConfig_t off = cfg;
+    off.autoTune = 0;
+    gctest::CpuWorld w(2, cfg), twin(2, off);
+    const size_t n = 6000;
+    for (int r = 0; r < 2; ++r) gc::autoInjectFigures(w.comm(r), kCompressWins);
+    std::vector<std::vector<std::vector<float>>> got, want;
+    for (int step = 0; step < 2; ++step) {
+      got.push_back(callAll(w, n, 10 + step));
+      want.push_back(callAll(twin, n, 10 + step));
+    }
+    std::vector<std::vector<char>> saved(2);
+    std::vector<gradcompStats_t> statsBefore(2);
+    for (int r = 0; r < 2; ++r) {
+      gradcompComm* c = w.comm(r);
+      size_t bytes = 0;
+      ASSERT_EQ(gradcompCommStateSize(c, &bytes), gradcompSuccess);
+      saved[r].resize(bytes);
+      ASSERT_EQ(gradcompCommSaveState(c, saved[r].data(), bytes), gradcompSuccess);
+      statsBefore[r] = stats(c);
+      c->autoState.injected = false;
+      c->autoState.timeOnHost = true;
+      c->autoState.timedCounts[0] = 2048;
+      c->autoState.timedCounts[1] = 8192;
+      c->cfg.minElements = 1 << 20;
+    }
+    std::vector<void*> workspace = {w.comm(0)->workspace, w.comm(1)->workspace};
+    auto res = w.run([&](int r) { return gradcompCommRetune(w.comm(r), nullptr); });
+    for (int r = 0; r < 2; ++r) {
+      gradcompComm* c = w.comm(r);
+      ASSERT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
+      const gc::AutoState& a = c->autoState;
+      EXPECT_TRUE(a.timed);
+      EXPECT_EQ(a.timedCompressed, 2u * (gc::kAutoWarmupCalls + gc::kAutoTimedCalls));
+      EXPECT_EQ(a.figures.smallCount, 2048u);
+      EXPECT_EQ(a.figures.largeCount, 8192u);
+      EXPECT_EQ(gc::autoCheckFigures(a.figures), gradcompSuccess);
+      EXPECT_EQ(memcmp(&a.figures, &w.comm(0)->autoState.figures, sizeof(a.figures)), 0);
+      EXPECT_EQ(a.range[1].lo, w.comm(0)->autoState.range[1].lo);
+      EXPECT_EQ(a.range[1].hi, w.comm(0)->autoState.range[1].hi);
+      EXPECT_EQ(c->cfg.minElements, size_t(1) << 20);
+      EXPECT_EQ(c->workspace, workspace[r]);
+      const gradcompStats_t s = stats(c);
+      EXPECT_EQ(memcmp(&s, &statsBefore[r], sizeof(s)), 0);
+      size_t bytes = 0;
+      ASSERT_EQ(gradcompCommStateSize(c, &bytes), gradcompSuccess);
+      std::vector<char> now(bytes);
+      ASSERT_EQ(gradcompCommSaveState(c, now.data(), bytes), gradcompSuccess);
+      EXPECT_TRUE(now == saved[r]) << "the residual state changed";
+      c->cfg.minElements = 0;
+      gc::autoInjectFigures(c, kCompressWins);
+    }
+    res = w.run([&](int r) { return gradcompCommRetune(w.comm(r), nullptr); });
+    for (int step = 2; step < 4; ++step) {
+      got.push_back(callAll(w, n, 10 + step));
+      want.push_back(callAll(twin, n, 10 + step));
+    }
+    for (size_t k = 0; k < got.size(); ++k)
+      for (int r = 0; r < 2; ++r)
+        EXPECT_TRUE(got[k][r] == want[k][r]) << "call " << k << " rank " << r;
+    EXPECT_EQ(stats(w.comm(0)).callsCompressed, 4u);
+  }
+}
+
+// The CPU backend, reporting a CUDA-graph capture in progress when told to.
+class CapturingBackend final : public gc::Backend {
+ public:
+  CapturingBackend(std::shared_ptr<gc::Backend> inner, const bool* capture)
+      : inner_(std::move(inner)), capture_(capture) {}
+  bool onDevice() const override { return inner_->onDevice(); }
+  bool capturing() const override { return *capture_; }
+  gradcompResult_t alloc(size_t bytes, void** p) override { return inner_->alloc(bytes, p); }
+  void release(void* p) override { inner_->release(p); }
+  gradcompResult_t zero(void* p, size_t bytes) override { return inner_->zero(p, bytes); }
+  gradcompResult_t copy(void* d, const void* s, size_t bytes) override {
+    return inner_->copy(d, s, bytes);
+  }
+  gradcompResult_t toHost(void* d, const void* s, size_t bytes) override {
+    return inner_->toHost(d, s, bytes);
+  }
+  gradcompResult_t fromHost(void* d, const void* s, size_t bytes) override {
+    return inner_->fromHost(d, s, bytes);
+  }
+  gradcompResult_t sync() override { return inner_->sync(); }
+  gradcompResult_t qsgdEncode(const void* x, gc::DType t, float* residual, size_t n, int bits,
+                              int bucket, const gc::KeySpec& key, void* out) override {
+    return inner_->qsgdEncode(x, t, residual, n, bits, bucket, key, out);
+  }
+  gradcompResult_t qsgdDecode(const void* in, size_t n, int bits, int bucket, float* out,
+                              bool accumulate) override {
+    return inner_->qsgdDecode(in, n, bits, bucket, out, accumulate);
+  }
+  gradcompResult_t toFloat(const void* x, gc::DType t, const float* addend, size_t n,
+                           float* out) override {
+    return inner_->toFloat(x, t, addend, n, out);
+  }
+  gradcompResult_t fromFloat(const float* x, size_t n, float divisor, gc::DType t,
+                             void* out) override {
+    return inner_->fromFloat(x, n, divisor, t, out);
+  }
+  gradcompResult_t add(float* acc, const float* x, size_t n) override {
+    return inner_->add(acc, x, n);
+  }
+
+ private:
+  std::shared_ptr<gc::Backend> inner_;
+  const bool* capture_;
+};
+
+TEST(AutoTune, RefusedUnderCapture) {
+  gctest::CpuWorld w(2, autoConfig(1));
+  bool capture = true;
+  for (int r = 0; r < 2; ++r) {
+    gradcompComm* c = w.comm(r);
+    c->backend.reset(new CapturingBackend(std::move(c->backend), &capture));
+    gc::autoInjectFigures(c, kCompressWins);
+  }
+  std::vector<std::vector<float>> buf(2, std::vector<float>(8192, 1.0f));
+  auto call = [&](int r) {
+    return gradcompAllReduce(buf[r].data(), buf[r].data(), 8192, ncclFloat32, ncclSum, w.comm(r),
+                             nullptr);
+  };
+  // The first eligible call would time: refused before anything moves.
+  auto res = w.run(call);
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_EQ(res[r], gradcompInvalidUsage);
+    EXPECT_FALSE(w.comm(r)->autoState.decided);
+    const gradcompStats_t s = stats(w.comm(r));
+    EXPECT_EQ(s.callsCompressed + s.callsPassedThrough, 0u);
+    EXPECT_EQ(buf[r][0], 1.0f);
+  }
+  std::string msg;
+  w.run([&](int r) {
+    if (r == 0) {
+      gradcompAllReduce(buf[0].data(), buf[0].data(), 8192, ncclFloat32, ncclSum, w.comm(0),
+                        nullptr);
+      msg = gradcompGetLastError();
+    }
+    return gradcompSuccess;
+  });
+  EXPECT_NE(msg.find("captured into a CUDA graph"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("GRADCOMP_AUTO=0"), std::string::npos) << msg;
+  // Eager: tuned; then a retune under capture is refused and the decision stays.
+  capture = false;
+  res = w.run(call);
+  for (int r = 0; r < 2; ++r) EXPECT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
+  capture = true;
+  for (int r = 0; r < 2; ++r) gc::autoInjectFigures(w.comm(r), kNcclWins);
+  res = w.run([&](int r) { return gradcompCommRetune(w.comm(r), nullptr); });
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_EQ(res[r], gradcompInvalidUsage);
+    EXPECT_TRUE(w.comm(r)->autoState.timed);
+    EXPECT_EQ(w.comm(r)->autoState.range[1].lo, 0u);
+  }
+}
+
+}  // namespace
