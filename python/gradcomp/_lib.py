@@ -38,6 +38,7 @@ SIGNATURES = {
     "gradcompAllReduceKeyed": (R, [c_void_p, c_void_p, c_size_t, E, E, c_void_p, c_void_p,
                                    c_uint64]),
     "gradcompCommResetState": (R, [c_void_p]),
+    "gradcompCommRetune": (R, [c_void_p, c_void_p]),
     "gradcompCommStateSize": (R, [c_void_p, P(c_size_t)]),
     "gradcompCommSaveState": (R, [c_void_p, c_void_p, c_size_t]),
     "gradcompCommLoadState": (R, [c_void_p, c_void_p, c_size_t]),

@@ -150,6 +150,12 @@ class Comm:
     def reset_state(self):
         check(lib().gradcompCommResetState(self.handle))
 
+    def retune(self, stream=None):
+        """gradcompCommRetune: re-time NCCL against compression (GRADCOMP_AUTO); collective.
+
+        On the CPU world it only records that nothing is timed there."""
+        check(lib().gradcompCommRetune(self.handle, stream))
+
     def state_size(self):
         n = ctypes.c_size_t()
         check(lib().gradcompCommStateSize(self.handle, ctypes.byref(n)))

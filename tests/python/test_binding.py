@@ -413,6 +413,13 @@ class SaveLoadState(unittest.TestCase):
             w.comms[0].reset_state()
             self.assertEqual(w.comms[0].stats()["steps"], 0)
 
+    def test_retune_on_the_cpu_world_changes_nothing(self):
+        # The CPU backend never times: a retune succeeds and leaves the comm as it was.
+        with gradcomp.CpuWorld(1) as w:
+            before = w.comms[0].stats()
+            w.comms[0].retune()
+            self.assertEqual(w.comms[0].stats(), before)
+
 
 class Codecs(unittest.TestCase):
     def test_qsgd_size_and_error_bound(self):
