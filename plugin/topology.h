@@ -23,6 +23,15 @@ struct Topology {
   std::vector<int> nodeOf;
   // Hierarchical exchange pays only with >= 2 nodes of >= 2 ranks.
   bool hier() const { return nodes >= 2 && localSize >= 2; }
+  // Global rank of local rank `local` on node `node`: the ranks of a node in
+  // rank order (nodes need not be contiguous in rank order).
+  int rankAt(int node, int local) const {
+    if (nodeOf.empty()) return node * localSize + local;
+    for (int r = 0; r < (int)nodeOf.size(); ++r) {
+      if (nodeOf[r] == node && local-- == 0) return r;
+    }
+    return -1;
+  }
   bool remote(int peer, int rank) const {
     return nodeOf.empty() ? peer != rank : nodeOf[peer] != node;
   }
