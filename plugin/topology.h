@@ -61,6 +61,10 @@ inline uint64_t hierSeed(uint64_t seed, int localRank) {
 gradcompResult_t setupNcclHierarchy(gradcompComm* c);
 // The CPU world of nranks comms: blocks of cfg.localSize (auto = flat).
 gradcompResult_t setupCpuHierarchy(gradcompComm** comms, int nranks);
+// Gives the CPU world's comms the topologies (one per rank, uniform nodes)
+// and, when hierarchical, their in-process sub-worlds; tests use it for
+// nodes that are not contiguous in rank order.
+void splitCpuWorld(gradcompComm** comms, const std::vector<Topology>& topos);
 // Destroys what setup made (NCCL sub-communicators included).
 void destroyHierarchy(gradcompComm* c);
 
