@@ -3,7 +3,8 @@
 // check the buffers, find the buffer's state, run the algorithm, count.
 // GRADCOMP_ALGO and GRADCOMP_ELIAS choose among allreduce algorithms only: a
 // reduce-scatter always runs the fixed-size exchange of reduce_scatter.cc (or
-// its sparse form), which keeps it capturable.
+// its sparse form, or their hierarchical arrangement on comms of >= 2 nodes
+// of >= 2 ranks), which keeps it capturable.
 #include <stdint.h>
 
 #include "algorithms/algorithms.h"
@@ -56,13 +57,21 @@ gradcompResult_t reduceScatter(const void* send, void* recv, size_t recvCount, n
   GC_CHECK(checkWarmupCapture(*c, *state));
   int bits = 0;
   if (qsgd) GC_CHECK(chooseBits(*c, *state, &bits));
-  const Algorithm& algo = qsgd ? reduceScatterAlgorithm() : sparseReduceScatterAlgorithm();
-  const size_t ws = qsgd ? algo.workspaceBytes(*c, recvCount, bits)
-                         : sparseReduceScatterWorkspaceBytes(
-                               *c, recvCount, t, state->residual != nullptr, state->calls);
+  const bool hier = useHierReduceScatter(*c);
+  const bool residual = state->residual != nullptr;
+  const Algorithm& algo = hier   ? hierReduceScatterAlgorithm()
+                          : qsgd ? reduceScatterAlgorithm()
+                                 : sparseReduceScatterAlgorithm();
+  const size_t ws =
+      hier   ? hierReduceScatterWorkspaceBytes(*c, recvCount, bits, residual, state->calls)
+      : qsgd ? algo.workspaceBytes(*c, recvCount, bits)
+             : sparseReduceScatterWorkspaceBytes(*c, recvCount, t, residual, state->calls);
   GC_CHECK(c->ensureWorkspace(ws));
-  const size_t wire = qsgd ? algo.wireBytes(*c, recvCount, bits)
-                           : sparseReduceScatterWireBytes(*c, recvCount, state->calls);
+  const size_t wire = hier   ? hierReduceScatterWireBytes(*c, recvCount, bits, state->calls)
+                      : qsgd ? algo.wireBytes(*c, recvCount, bits)
+                             : sparseReduceScatterWireBytes(*c, recvCount, state->calls);
+  const size_t interNode = hier ? hierReduceScatterInterNodeBytes(*c, recvCount, bits, state->calls)
+                                : allToAllInterNodeBytes(*c, wire);
 
   CallArgs args{c, send, recv, recvCount, t, op == ncclAvg, state, bits, c->step};
   GC_TRACE("%s: recvcount=%zu type=%d bits=%d step=%llu", algo.name, recvCount, (int)type, bits,
@@ -73,7 +82,7 @@ gradcompResult_t reduceScatter(const void* send, void* recv, size_t recvCount, n
     c->stats.bitsLast = bits;
   }
   c->stats.callsReduceScatter++;
-  return finishCall(*c, *state, -1, count * dtypeBytes(t), wire, allToAllInterNodeBytes(*c, wire));
+  return finishCall(*c, *state, -1, count * dtypeBytes(t), wire, interNode);
 }
 
 }  // namespace

@@ -342,9 +342,17 @@ gradcompResult_t setupCpuHierarchy(gradcompComm** comms, int nranks) {
   const int L = comms[0]->cfg.localSize;  // auto (0) is flat on the CPU world
   if (L != 0) GC_CHECK(checkLocalSize(L, nranks));
   const int local = L == 0 ? 1 : L;
-  for (int r = 0; r < nranks; ++r) comms[r]->topo = blockTopology(r, nranks, local);
-  if (!comms[0]->topo.hier()) return gradcompSuccess;
-  const int nodes = nranks / local;
+  std::vector<Topology> topos(nranks);
+  for (int r = 0; r < nranks; ++r) topos[r] = blockTopology(r, nranks, local);
+  splitCpuWorld(comms, topos);
+  return gradcompSuccess;
+}
+
+void splitCpuWorld(gradcompComm** comms, const std::vector<Topology>& topos) {
+  const int nranks = (int)topos.size();
+  for (int r = 0; r < nranks; ++r) comms[r]->topo = topos[r];
+  if (!topos[0].hier()) return;
+  const int nodes = topos[0].nodes, local = topos[0].localSize;
   std::vector<std::vector<std::unique_ptr<Transport>>> intra(nodes), inter(local);
   for (int k = 0; k < nodes; ++k) intra[k] = makeCpuWorld(local);
   for (int j = 0; j < local; ++j) inter[j] = makeCpuWorld(nodes);
@@ -353,7 +361,6 @@ gradcompResult_t setupCpuHierarchy(gradcompComm** comms, int nranks) {
     comms[r]->intra = std::move(intra[t.node][t.localRank]);
     comms[r]->inter = makeInterComm(*comms[r], std::move(inter[t.localRank][t.node]));
   }
-  return gradcompSuccess;
 }
 
 void destroyHierarchy(gradcompComm* c) {

@@ -25,6 +25,15 @@ struct Topology {
   std::vector<int> nodeOf;
   // Hierarchical exchange pays only with >= 2 nodes of >= 2 ranks.
   bool hier() const { return nodes >= 2 && localSize >= 2; }
+  // Global rank of local rank `local` on node `node`: the ranks of a node in
+  // rank order (nodes need not be contiguous in rank order).
+  int rankAt(int node, int local) const {
+    if (nodeOf.empty()) return node * localSize + local;
+    for (int r = 0; r < (int)nodeOf.size(); ++r) {
+      if (nodeOf[r] == node && local-- == 0) return r;
+    }
+    return -1;
+  }
   bool remote(int peer, int rank) const {
     return nodeOf.empty() ? peer != rank : nodeOf[peer] != node;
   }
@@ -85,6 +94,10 @@ gradcompResult_t setupNcclHierarchy(gradcompComm* c, const SetupVote& mine,
                                     const VoteGather& gather);
 // The CPU world of nranks comms: blocks of cfg.localSize (auto = flat).
 gradcompResult_t setupCpuHierarchy(gradcompComm** comms, int nranks);
+// Gives the CPU world's comms the topologies (one per rank, uniform nodes)
+// and, when hierarchical, their in-process sub-worlds; tests use it for
+// nodes that are not contiguous in rank order.
+void splitCpuWorld(gradcompComm** comms, const std::vector<Topology>& topos);
 // Destroys what setup made (NCCL sub-communicators included).
 void destroyHierarchy(gradcompComm* c);
 

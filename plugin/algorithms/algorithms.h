@@ -67,6 +67,33 @@ const Algorithm& hierAlgorithm();
 size_t hierWorkspaceBytes(const gradcompComm& c, size_t count, int bits, uint64_t calls);
 size_t hierWireBytes(const gradcompComm& c, size_t count, DType t, int bits, uint64_t calls);
 size_t hierInterNodeBytes(const gradcompComm& c, size_t count, int bits, uint64_t calls);
+// Pieces of the hierarchical exchanges (hier.cc), shared with the
+// hierarchical reduce-scatter: the sub-communicators follow the call's
+// stream; `blocks` blocks of src (block b at element srcOff[b], len[b] long)
+// widened to fp32 into dst at a stride of `stride` elements, zero-padded; the
+// buffer's state as the inter-node stage sees it (residual and momentum from
+// `offset`); and the inter-node stage run on the child comm, its sparse stats
+// reported as the caller's.
+void hierSetStreams(gradcompComm& c);
+gradcompResult_t widenBlocks(Backend& be, const void* src, DType t, const size_t* srcOff,
+                             const size_t* len, int blocks, size_t stride, float* dst);
+BufferState hierStateView(const BufferState& st, size_t offset, size_t count);
+gradcompResult_t runInterNode(gradcompComm& c, const Algorithm& algo, const CallArgs& mid,
+                              void* workspace);
+
+// Hierarchical reduce-scatter (hier_reduce_scatter.cc): every compressed
+// reduce-scatter of a comm with >= 2 nodes of >= 2 ranks. Sizes depend on
+// the bit width and, for the sparse methods, on the call number and whether
+// the buffer keeps a residual.
+bool useHierReduceScatter(const gradcompComm& c);
+const Algorithm& hierReduceScatterAlgorithm();
+size_t hierReduceScatterWorkspaceBytes(const gradcompComm& c, size_t recvCount, int bits,
+                                       bool haveResidual, uint64_t calls);
+size_t hierReduceScatterWireBytes(const gradcompComm& c, size_t recvCount, int bits,
+                                  uint64_t calls);
+size_t hierReduceScatterInterNodeBytes(const gradcompComm& c, size_t recvCount, int bits,
+                                       uint64_t calls);
+
 // Dense algorithm for (method, size, ranks, nodes): hier where useHier, else
 // the configured one, else by size and ranks.
 const Algorithm& pickDenseAlgorithm(const gradcompComm& c, size_t count);

@@ -93,39 +93,24 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
   char* recv = static_cast<char*>(a.recv);
   const bool unpadded = (size_t)G * m == a.count;  // every shard is m long
   gradcompComm& inter = *c.inter;
-  c.intra->setStream(be.stream());
-  inter.transport->setStream(be.stream());
+  hierSetStreams(c);
 
   // 1. fp32 reduce-scatter inside the node (send is read before recv, which
   // may alias it, is written).
   const void* in = send;
   if (!(unpadded && a.dtype == DType::F32)) {
-    for (int k = 0; k < G; ++k) {
-      if (L.len(k)) {
-        GC_CHECK(be.toFloat(send + L.off[k] * esz, a.dtype, nullptr, L.len(k), padded + k * m));
-      }
-      GC_CHECK(be.zero(padded + k * m + L.len(k), (m - L.len(k)) * sizeof(float)));
-    }
+    std::vector<size_t> len(G);
+    for (int k = 0; k < G; ++k) len[k] = L.len(k);
+    GC_CHECK(widenBlocks(be, send, a.dtype, L.off.data(), len.data(), G, m, padded));
     in = padded;
   }
   GC_CHECK(c.intra->reduceScatter(in, shard, m, ncclFloat32, ncclSum));
 
   // 2. Compressed allreduce of the shard across nodes, in place.
   if (L.myLen) {
-    BufferState view;
-    view.count = L.myLen;
-    view.dtype = DType::F32;
-    view.residual = st.residual ? st.residual + L.myOff : nullptr;
-    view.momentum = st.momentum ? st.momentum + L.myOff : nullptr;
-    view.ownerResidual = st.ownerResidual;  // sized for N chunks: fits nodes chunks of a shard
-    view.ownerResidualCount = st.ownerResidualCount;
-    view.calls = st.calls;
-    const uint64_t fallbacks = inter.stats.denseFallbacks;
+    BufferState view = hierStateView(st, L.myOff, L.myLen);
     CallArgs mid{&inter, shard, shard, L.myLen, DType::F32, false, &view, a.bits, a.step};
-    GC_CHECK(middleAlgorithm(c, L.myLen).run(mid, ws + L.middle));
-    c.stats.denseFallbacks += inter.stats.denseFallbacks - fallbacks;
-    c.stats.selectedLast = inter.stats.selectedLast;
-    c.stats.targetLast = inter.stats.targetLast;
+    GC_CHECK(runInterNode(c, middleAlgorithm(c, L.myLen), mid, ws + L.middle));
   }
 
   // 3. Allgather of the reduced shards in the buffer type.
@@ -155,6 +140,45 @@ size_t interNodeSteady(const gradcompComm& c, size_t count, int bits) {
 }
 
 }  // namespace
+
+void hierSetStreams(gradcompComm& c) {
+  c.intra->setStream(c.backend->stream());
+  c.inter->transport->setStream(c.backend->stream());
+}
+
+gradcompResult_t widenBlocks(Backend& be, const void* src, DType t, const size_t* srcOff,
+                             const size_t* len, int blocks, size_t stride, float* dst) {
+  const char* s = static_cast<const char*>(src);
+  for (int b = 0; b < blocks; ++b) {
+    float* d = dst + b * stride;
+    if (len[b]) GC_CHECK(be.toFloat(s + srcOff[b] * dtypeBytes(t), t, nullptr, len[b], d));
+    if (len[b] < stride) GC_CHECK(be.zero(d + len[b], (stride - len[b]) * sizeof(float)));
+  }
+  return gradcompSuccess;
+}
+
+BufferState hierStateView(const BufferState& st, size_t offset, size_t count) {
+  BufferState view;
+  view.count = count;
+  view.dtype = DType::F32;
+  view.residual = st.residual ? st.residual + offset : nullptr;
+  view.momentum = st.momentum ? st.momentum + offset : nullptr;
+  view.ownerResidual = st.ownerResidual;  // sized for N chunks: fits nodes chunks of a shard
+  view.ownerResidualCount = st.ownerResidualCount;
+  view.calls = st.calls;
+  return view;
+}
+
+gradcompResult_t runInterNode(gradcompComm& c, const Algorithm& algo, const CallArgs& mid,
+                              void* workspace) {
+  gradcompComm& inter = *c.inter;
+  const uint64_t fallbacks = inter.stats.denseFallbacks;
+  GC_CHECK(algo.run(mid, workspace));
+  c.stats.denseFallbacks += inter.stats.denseFallbacks - fallbacks;
+  c.stats.selectedLast = inter.stats.selectedLast;
+  c.stats.targetLast = inter.stats.targetLast;
+  return gradcompSuccess;
+}
 
 bool useHier(const gradcompComm& c) {
   return c.topo.hier() && c.inter && c.intra && !c.cfg.elias;

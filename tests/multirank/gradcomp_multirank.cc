@@ -5,14 +5,14 @@
 // also makes them identical across ranks), then the sparse methods (top-k,
 // DGC, rand-k) against tests/common/ref_sparse.h, then CUDA-graph capture
 // against eager calls, then set-ups that every rank must refuse alike, then
-// pass-through, then GRADCOMP_AUTO; then gradcompReduceScatter (QSGD fixed and DQ-SGD bits, the
-// sparse methods, in place, a graph, pass-through) against
-// tests/common/ref_rs.h. Prints "N passed, M failed" and, for the
-// reduce-scatter checks alone, "multirank rs ...: N passed, M failed".
-// With GRADCOMP_LOCAL_SIZE=L > 1 (tools/multirank_check.sh runs N = 4, L = 2)
-// the comms are hierarchical (nodes of L consecutive ranks) and the
-// references those of tests/common/ref_hier.h; L = 2 keeps the in-node sums
-// exact whatever order NCCL adds in.
+// pass-through; then gradcompReduceScatter (QSGD fixed and DQ-SGD bits, the
+// sparse methods, in place, a graph, pass-through) against tests/common/ref_rs.h
+// (ref_hier_rs.h when hierarchical), then GRADCOMP_AUTO. Prints "N passed, M
+// failed" and, for the reduce-scatter checks alone, "multirank rs ...: N passed,
+// M failed". With GRADCOMP_LOCAL_SIZE=L > 1 (tools/multirank_check.sh runs N =
+// 4, L = 2) the comms are hierarchical (nodes of L consecutive ranks) and the
+// references those of tests/common/ref_hier.h and ref_hier_rs.h; L = 2 keeps
+// the in-node sums exact whatever order NCCL adds in.
 #include <cuda_runtime_api.h>
 #include <nccl.h>
 #include <stdio.h>
@@ -28,6 +28,7 @@
 #include "gradcomp.h"
 #include "tests/common/ref_algos.h"
 #include "tests/common/ref_hier.h"
+#include "tests/common/ref_hier_rs.h"
 #include "tests/common/ref_rs.h"
 #include "tests/common/ref_sparse.h"
 
@@ -357,6 +358,7 @@ void checkRsQsgd(ncclComm_t nc, cudaStream_t st, DType t, bool avg, size_t m, bo
   cfg.autoTune = 0;
   cfg.minElements = 0;
   cfg.bucketSize = 64;
+  cfg.localSize = localSize;
   if (dynamic) {
     cfg.bitsMode = gradcompBitsDynamic;
     cfg.bitsMin = 2;
@@ -387,14 +389,23 @@ void checkRsQsgd(ncclComm_t nc, cudaStream_t st, DType t, bool avg, size_t m, bo
     gradcompGetStats(gc, &stats);
     refState = in;
     const std::vector<std::vector<float>> expect =
-        refReduceScatter(refState, t, m, cfg, stats.bitsLast, step, avg);
+        localSize > 1
+            ? refHierReduceScatter(refState, t, m, cfg, stats.bitsLast, step, avg, localSize)
+            : refReduceScatter(refState, t, m, cfg, stats.bitsLast, step, avg);
     const std::vector<float> got = widen(out, t, m);
     char what[200];
-    snprintf(what, sizeof(what), "rs qsgd%s dtype=%d avg=%d m=%zu inPlace=%d step=%d bits=%d",
-             dynamic ? "-dynamic" : "", (int)t, avg, m, inPlace, step, stats.bitsLast);
+    snprintf(what, sizeof(what), "rs qsgd%s%s dtype=%d avg=%d m=%zu inPlace=%d step=%d bits=%d",
+             localSize > 1 ? "-hier" : "", dynamic ? "-dynamic" : "", (int)t, avg, m, inPlace, step,
+             stats.bitsLast);
     report(res == gradcompSuccess && (dynamic || stats.bitsLast == cfg.bits) &&
                memcmp(got.data(), expect[rank].data(), m * 4) == 0,
            what);
+    if (localSize > 1 && !dynamic) {
+      // Across nodes only the (k-1) encoded blocks of the inter-node stage.
+      const size_t inter = (size_t)(nranks / localSize - 1) *
+                           gc::qsgd::encodedBytes(m, cfg.bits, cfg.bucketSize) * (step + 1);
+      report(stats.bytesInterNode == inter, std::string(what) + ": bytesInterNode");
+    }
     report(sameOnAllRanks(nc, st, std::vector<float>(1, (float)stats.bitsLast)),
            std::string(what) + ": same bits on all ranks");
   }
@@ -414,6 +425,7 @@ void checkRsSparse(ncclComm_t nc, cudaStream_t st, const SparseCase& sc, DType t
   cfg.minElements = 0;
   cfg.seed = 99;
   cfg.density = 0.01f;
+  cfg.localSize = localSize;
   if (sc.dgcExtras) {
     cfg.momentumCorrection = 1;
     cfg.momentumMasking = 1;
@@ -429,12 +441,15 @@ void checkRsSparse(ncclComm_t nc, cudaStream_t st, const SparseCase& sc, DType t
   CK(cudaMalloc(&dsend, n * esz + 16));
   CK(cudaMalloc(&drecv, m * esz + 16));
   std::vector<SparseState> state(nranks);
+  std::vector<std::vector<SparseState>> hierState;
   for (int step = 0; step < 3; ++step) {
     std::vector<Rank> in = makeInputs(nranks, n, t, 1000 * step + m + 7 * sc.method);
     std::vector<std::vector<float>> g(nranks);
     for (int r = 0; r < nranks; ++r) g[r] = widen(in[r], t, n);
     const std::vector<std::vector<float>> expect =
-        refSparseReduceScatter(cfg, t, avg, (uint64_t)step, g, state);
+        localSize > 1
+            ? refHierSparseReduceScatter(cfg, t, avg, (uint64_t)step, g, hierState, localSize)
+            : refSparseReduceScatter(cfg, t, avg, (uint64_t)step, g, state);
     CK(cudaMemcpyAsync(dsend, data(in[rank], t), n * esz, cudaMemcpyHostToDevice, st));
     gradcompResult_t res =
         gradcompReduceScatter(dsend, drecv, m, nccl(t), avg ? ncclAvg : ncclSum, gc, st);
@@ -448,8 +463,8 @@ void checkRsSparse(ncclComm_t nc, cudaStream_t st, const SparseCase& sc, DType t
     size_t bad = 0;
     for (size_t i = 0; i < m; ++i) bad += memcmp(&got[i], &expect[rank][i], 4) != 0;
     char what[200];
-    snprintf(what, sizeof(what), "rs sparse %s dtype=%d avg=%d m=%zu step=%d: %zu mismatches",
-             sc.name, (int)t, avg, m, step, bad);
+    snprintf(what, sizeof(what), "rs sparse%s %s dtype=%d avg=%d m=%zu step=%d: %zu mismatches",
+             localSize > 1 ? "-hier" : "", sc.name, (int)t, avg, m, step, bad);
     report(res == gradcompSuccess && bad == 0, what);
   }
   cudaFree(dsend);
@@ -463,6 +478,7 @@ void checkRsGraph(ncclComm_t nc, cudaStream_t st) {
   gradcompConfigInit(&cfg);
   cfg.autoTune = 0;
   cfg.minElements = 0;
+  cfg.localSize = localSize;
   gradcompComm_t eager, graphed;
   CK(gradcompCommCreate(nc, &cfg, &eager));
   CK(gradcompCommCreate(nc, &cfg, &graphed));

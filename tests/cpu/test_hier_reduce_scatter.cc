@@ -1,0 +1,543 @@
+// The hierarchical compressed reduce-scatter on the CPU world (nodes of
+// localSize consecutive ranks): bit-exact against the serial reference of
+// tests/common/ref_hier_rs.h for N = 2..8 and every local size dividing N
+// (1 and N are flat: the flat reference), QSGD (fixed and DQ-SGD bits) and
+// the sparse methods, fp32/fp16/bf16, Sum/Avg, awkward counts, in place; the
+// one-quantization bound; error-feedback conservation; the byte counts
+// against their formulas and the inter-node saving over flat (a factor G);
+// checkpoints; nodes not contiguous in rank order (split by host topology).
+#include <gtest/gtest.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "gradcomp.h"
+#include "kernels/qsgd_math.cuh"
+#include "plugin/algorithms/algorithms.h"
+#include "plugin/collective.h"
+#include "plugin/comm.h"
+#include "tests/common/cpu_world.h"
+#include "tests/common/ref_hier_rs.h"
+#include "tests/common/test_util.h"
+
+namespace {
+
+using gc::DType;
+using namespace gctest::ref;
+
+void* dataOf(Rank& r, DType t) {
+  return t == DType::F32 ? (void*)r.f32.data() : (void*)r.half.data();
+}
+
+const float* rsResidual(gradcompComm_t c) {
+  for (auto& kv : c->states) {
+    if (std::get<0>(kv.first) >= gc::kStateReduceScatter) return kv.second.residual;
+  }
+  return nullptr;
+}
+
+gradcompConfig_t qsgdConfig(int L) {
+  gradcompConfig_t cfg;
+  gradcompConfigInit(&cfg);
+  cfg.minElements = 0;
+  cfg.bucketSize = 64;
+  cfg.bits = 4;
+  cfg.localSize = L;
+  return cfg;
+}
+
+bool hierWorld(int N, int L) {
+  return L > 1 && L < N;
+}
+
+// `steps` calls on the same buffers, fresh inputs each, bit for bit against
+// the reference (hierarchical, or flat for L = 1 and L = N), residuals
+// included, stats against their formulas, the first call against the
+// one-quantization bound.
+void checkQsgd(int N, int L, DType t, bool avg, size_t m, int steps, bool inPlace) {
+  SCOPED_TRACE(testing::Message() << "N=" << N << " L=" << L << " dtype=" << (int)t
+                                  << " avg=" << avg << " m=" << m << " inPlace=" << inPlace);
+  const gradcompConfig_t cfg = qsgdConfig(L);
+  gctest::CpuWorld world(N, cfg);
+  const bool hier = hierWorld(N, L);
+  const int k = N / L;
+  const size_t n = N * m, esz = t == DType::F32 ? 4 : 2;
+  const size_t E = gc::qsgd::encodedBytes(m, cfg.bits, cfg.bucketSize);
+  std::vector<Rank> ref = makeInputs(N, n, t, 5 * m + N + L);
+  std::vector<Rank> bufs = ref;
+  std::vector<std::vector<float>> outF(N, std::vector<float>(m));
+  std::vector<std::vector<uint16_t>> outH(N, std::vector<uint16_t>(m));
+  for (int step = 0; step < steps; ++step) {
+    std::vector<Rank> in = makeInputs(N, n, t, 1000 * step + m + N + L);
+    for (int i = 0; i < N; ++i) {
+      in[i].residual = ref[i].residual;
+      bufs[i].f32 = in[i].f32;
+      bufs[i].half = in[i].half;
+    }
+    // Bound terms before the reference advances the residuals: for block
+    // R(n, l), per bucket, the sum over the other nodes p of max|node sum of
+    // p + residual of R(p, l)| (flat: the sum over the peers of their max).
+    const size_t nb = (m + cfg.bucketSize - 1) / cfg.bucketSize;
+    std::vector<std::vector<double>> sumMax(N, std::vector<double>(nb, 0.0));
+    std::vector<std::vector<double>> exact(N, std::vector<double>(m, 0.0));
+    std::vector<std::vector<float>> x(N);
+    for (int i = 0; i < N; ++i) x[i] = widen(in[i], t, n);
+    // The exact block: the inputs plus the residuals kept for it (hier: slot
+    // n of local rank l's slice on every node; flat: block j everywhere).
+    for (int j = 0; j < N; ++j) {
+      for (size_t e = 0; e < m; ++e) {
+        for (int i = 0; i < N; ++i) exact[j][e] += x[i][j * m + e];
+        if (!hier) {
+          for (int i = 0; i < N; ++i) exact[j][e] += in[i].residual[j * m + e];
+          continue;
+        }
+        const int nj = j / L, l = j % L;
+        for (int p = 0; p < k; ++p) {
+          exact[j][e] += in[p * L + l].residual[(size_t)(l * k + nj) * m + e];
+        }
+      }
+    }
+    for (int i = 0; i < N; ++i) {
+      const int n0 = i / L, l = i % L;
+      for (int p = 0; p < (hier ? k : N); ++p) {
+        if (p == (hier ? n0 : i)) continue;
+        std::vector<float> v(m);
+        const float* res;
+        if (hier) {
+          const std::vector<float> s = hierRsNodeSums(x, L, p, l, m, blockRanks(N));
+          std::copy(s.begin() + n0 * m, s.begin() + (n0 + 1) * m, v.begin());
+          res = in[p * L + l].residual.data() + (size_t)(l * k + n0) * m;
+        } else {
+          std::copy(x[p].begin() + i * m, x[p].begin() + (i + 1) * m, v.begin());
+          res = in[p].residual.data() + i * m;
+        }
+        for (size_t b = 0; b < nb; ++b) {
+          double mx = 0;
+          for (size_t e = b * cfg.bucketSize; e < std::min(m, (b + 1) * cfg.bucketSize); ++e) {
+            mx = std::max(mx, fabs((double)v[e] + res[e]));
+          }
+          sumMax[i][b] += mx;
+        }
+      }
+    }
+    auto res = world.run([&](int r) {
+      char* send = static_cast<char*>(dataOf(bufs[r], t));
+      void* recv = inPlace ? send + r * m * esz
+                           : (t == DType::F32 ? (void*)outF[r].data() : (void*)outH[r].data());
+      return gradcompReduceScatter(send, recv, m, nccl(t), avg ? ncclAvg : ncclSum, world.comm(r),
+                                   nullptr);
+    });
+    for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
+    const std::vector<std::vector<float>> expect =
+        hier ? refHierReduceScatter(ref = in, t, m, cfg, cfg.bits, step, avg, L)
+             : refReduceScatter(ref = in, t, m, cfg, cfg.bits, step, avg);
+    for (int r = 0; r < N; ++r) {
+      std::vector<float> got(m);
+      const void* base =
+          inPlace ? dataOf(bufs[r], t)
+                  : (t == DType::F32 ? (const void*)outF[r].data() : (const void*)outH[r].data());
+      for (size_t e = 0; e < m; ++e) got[e] = gc::loadAsFloat(base, t, (inPlace ? r * m : 0) + e);
+      ASSERT_EQ(memcmp(got.data(), expect[r].data(), m * 4), 0) << "rank " << r << " step " << step;
+      const float* rs = rsResidual(world.comm(r));
+      ASSERT_NE(rs, nullptr);
+      ASSERT_EQ(memcmp(rs, ref[r].residual.data(), n * 4), 0) << "residual of rank " << r;
+      // One quantization: per element, the sum over the encoders of their
+      // bucket max / s, plus the output type's rounding.
+      const int s = gc::qsgd::levels(cfg.bits);
+      const double slack = t == DType::F32 ? 1e-5 : t == DType::F16 ? 1e-3 : 8e-3;
+      for (size_t e = 0; e < m; ++e) {
+        const double ex = exact[r][e], bound = sumMax[r][e / cfg.bucketSize] / s;
+        const double err = fabs((double)got[e] * (avg ? N : 1) - ex);
+        ASSERT_LE(err, bound * (1 + 1e-5) + slack * (fabs(ex) + bound) + 1e-5) << "e=" << e;
+      }
+      gradcompStats_t st;
+      ASSERT_EQ(gradcompGetStats(world.comm(r), &st), gradcompSuccess);
+      const uint64_t calls = step + 1;
+      EXPECT_EQ(st.callsReduceScatter, calls);
+      EXPECT_EQ(st.callsCompressed, calls);
+      EXPECT_EQ(st.bytesIn, calls * n * esz);
+      // Hier: NCCL's ring reduce-scatter of k*m floats inside the node, then
+      // (k-1) encoded blocks across nodes. Flat: (N-1) blocks, of which the
+      // ones to the N-L ranks on other nodes (L = N: one node) cross.
+      const uint64_t wire = hier ? (L - 1) * k * m * 4 + (k - 1) * E : (N - 1) * E;
+      const uint64_t inter = hier ? (k - 1) * E : (N - L) * E;
+      EXPECT_EQ(st.bytesOnWire, calls * wire) << "rank " << r;
+      EXPECT_EQ(st.bytesInterNode, calls * inter) << "rank " << r;
+    }
+  }
+}
+
+std::vector<int> divisors(int N) {
+  std::vector<int> d;
+  for (int L = 1; L <= N; ++L) {
+    if (N % L == 0) d.push_back(L);
+  }
+  return d;
+}
+
+TEST(HierReduceScatterCpu, QsgdEveryLocalSizeTypeOpCount) {
+  for (int N = 2; N <= 8; ++N)
+    for (int L : divisors(N))
+      for (DType t : {DType::F32, DType::F16, DType::BF16})
+        for (bool avg : {false, true})
+          for (size_t m : {(size_t)1, (size_t)7, (size_t)64, (size_t)517})
+            checkQsgd(N, L, t, avg, m, 2, false);
+}
+
+TEST(HierReduceScatterCpu, QsgdInPlace) {
+  for (int N : {4, 6, 8})
+    for (int L : {2, N / 2})
+      for (DType t : {DType::F32, DType::BF16})
+        for (bool avg : {false, true}) checkQsgd(N, L, t, avg, 517, 3, true);
+}
+
+// DQ-SGD: the bits are chosen by the comm as for the flat reduce-scatter
+// (the same on every rank); each call then matches the reference at the
+// bits the comm reports.
+TEST(HierReduceScatterCpu, DynamicBitsMatchReference) {
+  const int N = 8, L = 2;
+  const size_t m = 1000, n = N * m;
+  gradcompConfig_t cfg = qsgdConfig(L);
+  cfg.bitsMode = gradcompBitsDynamic;
+  cfg.bitsMin = 2;
+  cfg.bitsMax = 8;
+  cfg.varianceTarget = 0.02f;
+  gctest::CpuWorld world(N, cfg);
+  std::vector<Rank> ref = makeInputs(N, n, DType::F32, 3);
+  std::vector<std::vector<float>> out(N, std::vector<float>(m));
+  std::vector<int> seen;
+  for (int step = 0; step < 6; ++step) {
+    std::vector<Rank> in = makeInputs(N, n, DType::F32, 77 + step);
+    for (int i = 0; i < N; ++i) {
+      in[i].residual = ref[i].residual;
+    }
+    auto res = world.run([&](int r) {
+      return gradcompReduceScatter(in[r].f32.data(), out[r].data(), m, ncclFloat32, ncclSum,
+                                   world.comm(r), nullptr);
+    });
+    for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
+    gradcompStats_t st0;
+    ASSERT_EQ(gradcompGetStats(world.comm(0), &st0), gradcompSuccess);
+    const int bits = st0.bitsLast;
+    ASSERT_GE(bits, cfg.bitsMin);
+    ASSERT_LE(bits, cfg.bitsMax);
+    seen.push_back(bits);
+    const auto expect = refHierReduceScatter(ref = in, DType::F32, m, cfg, bits, step, false, L);
+    for (int r = 0; r < N; ++r) {
+      gradcompStats_t st;
+      ASSERT_EQ(gradcompGetStats(world.comm(r), &st), gradcompSuccess);
+      EXPECT_EQ(st.bitsLast, bits) << "rank " << r;
+      ASSERT_EQ(memcmp(out[r].data(), expect[r].data(), m * 4), 0)
+          << "rank " << r << " step " << step;
+    }
+  }
+  // The statistics moved the width off the configured 4 at least once.
+  EXPECT_NE(std::count(seen.begin(), seen.end(), cfg.bits), (long)seen.size());
+}
+
+void checkSparse(const gradcompConfig_t& base, int N, int L, DType t, bool avg, size_t m,
+                 int steps) {
+  SCOPED_TRACE(testing::Message() << "method=" << base.method << " select=" << base.select
+                                  << " N=" << N << " L=" << L << " dtype=" << (int)t
+                                  << " avg=" << avg << " m=" << m);
+  gradcompConfig_t cfg = base;
+  cfg.localSize = L;
+  gctest::CpuWorld world(N, cfg);
+  const int k = N / L;
+  const size_t n = N * m;
+  std::vector<std::vector<SparseState>> st;
+  std::vector<std::vector<float>> out(N, std::vector<float>(m));
+  std::vector<std::vector<uint16_t>> outH(N, std::vector<uint16_t>(m));
+  for (int step = 0; step < steps; ++step) {
+    std::vector<Rank> in = makeInputs(N, n, t, 31 * step + m + N);
+    std::vector<std::vector<float>> g(N);
+    for (int i = 0; i < N; ++i) g[i] = widen(in[i], t, n);
+    auto res = world.run([&](int r) {
+      void* recv = t == DType::F32 ? (void*)out[r].data() : (void*)outH[r].data();
+      return gradcompReduceScatter(dataOf(in[r], t), recv, m, nccl(t), avg ? ncclAvg : ncclSum,
+                                   world.comm(r), nullptr);
+    });
+    for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
+    const auto expect = refHierSparseReduceScatter(cfg, t, avg, step, g, st, L);
+    for (int r = 0; r < N; ++r) {
+      std::vector<float> got(m);
+      for (size_t e = 0; e < m; ++e) {
+        got[e] = t == DType::F32 ? out[r][e] : gc::loadAsFloat(outH[r].data(), t, e);
+      }
+      ASSERT_EQ(memcmp(got.data(), expect[r].data(), m * 4), 0) << "rank " << r << " step " << step;
+      const std::vector<float>& v = st[r % L][r / L].v;
+      if (!v.empty()) {
+        const float* rs = rsResidual(world.comm(r));
+        ASSERT_NE(rs, nullptr);
+        ASSERT_EQ(memcmp(rs + (size_t)(r % L) * k * m, v.data(), k * m * 4), 0)
+            << "residual slice of rank " << r;
+      }
+    }
+  }
+}
+
+gradcompConfig_t sparseConfig(gradcompMethod_t method) {
+  gradcompConfig_t cfg;
+  gradcompConfigInit(&cfg);
+  cfg.method = method;
+  cfg.minElements = 0;
+  cfg.density = 0.05f;
+  return cfg;
+}
+
+TEST(HierReduceScatterCpu, TopkThresholdAndExact) {
+  for (gradcompSelect_t sel : {gradcompSelectThreshold, gradcompSelectExact}) {
+    gradcompConfig_t cfg = sparseConfig(gradcompMethodTopk);
+    cfg.select = sel;
+    for (int N : {4, 6, 8})
+      for (int L : {2, N / 2})
+        for (DType t : {DType::F32, DType::BF16})
+          for (size_t m : {(size_t)1, (size_t)2051}) checkSparse(cfg, N, L, t, N == 6, m, 3);
+  }
+}
+
+TEST(HierReduceScatterCpu, Dgc) {
+  gradcompConfig_t cfg = sparseConfig(gradcompMethodDgc);
+  cfg.density = 0.01f;
+  cfg.clipNorm = 5.0f;
+  cfg.momentumMasking = 1;
+  cfg.warmupSteps = 4;
+  for (int N : {4, 6})
+    for (DType t : {DType::F32, DType::F16}) checkSparse(cfg, N, 2, t, t == DType::F16, 3000, 6);
+}
+
+TEST(HierReduceScatterCpu, Randk) {
+  gradcompConfig_t cfg = sparseConfig(gradcompMethodRandk);
+  for (int N : {4, 8})
+    for (DType t : {DType::F32, DType::BF16})
+      for (size_t m : {(size_t)1, (size_t)999}) checkSparse(cfg, N, N / 2, t, N == 4, m, 3);
+}
+
+// Error feedback loses nothing: for block b = R(n, l), the output plus the
+// residuals kept for it (slot n of local rank l's slice, on every node)
+// equals the inputs plus the residuals before, up to the fp32 rounding of
+// the node sums, the residual update and the rank-order sum.
+TEST(HierReduceScatterCpu, ErrorFeedbackConservesTheSum) {
+  for (int L : {2, 4}) {
+    const int N = 8, k = N / L;
+    const size_t m = 1000, n = N * m;
+    gctest::CpuWorld world(N, qsgdConfig(L));
+    std::vector<std::vector<float>> g(N), out(N, std::vector<float>(m)),
+        prev(N, std::vector<float>(n, 0.0f));
+    for (int step = 0; step < 5; ++step) {
+      for (int i = 0; i < N; ++i) g[i] = gctest::normal(n, 100 * step + i, 1.0f + i);
+      auto res = world.run([&](int r) {
+        return gradcompReduceScatter(g[r].data(), out[r].data(), m, ncclFloat32, ncclSum,
+                                     world.comm(r), nullptr);
+      });
+      for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
+      for (int b = 0; b < N; ++b) {
+        const int nb = b / L, l = b % L;
+        for (size_t e = 0; e < m; ++e) {
+          double in = 0, kept = out[b][e], mag = fabs(out[b][e]);
+          for (int i = 0; i < N; ++i) {
+            in += g[i][b * m + e];
+            mag += fabs(g[i][b * m + e]);
+          }
+          for (int p = 0; p < k; ++p) {
+            const size_t at = (size_t)(l * k + nb) * m + e;
+            const float* r = rsResidual(world.comm(p * L + l));
+            in += prev[p * L + l][at];
+            kept += r[at];
+            mag += fabs(prev[p * L + l][at]) + fabs(r[at]);
+          }
+          ASSERT_LE(fabs(kept - in), 4 * N * 6e-8 * mag)
+              << "L " << L << " step " << step << " block " << b << " e " << e;
+        }
+      }
+      for (int i = 0; i < N; ++i) {
+        const float* r = rsResidual(world.comm(i));
+        prev[i].assign(r, r + n);
+      }
+    }
+  }
+}
+
+// Inter-node bytes: flat sends (N-G) blocks to other nodes, hier (k-1) =
+// (N-G)/G, for QSGD and the sparse methods alike (same block size).
+TEST(HierReduceScatterCpu, InterNodeSavingIsTheLocalSize) {
+  const int N = 8;
+  const size_t m = 4096;
+  for (gradcompMethod_t method : {gradcompMethodQsgd, gradcompMethodTopk}) {
+    for (int G : {2, 4}) {
+      uint64_t bytes[2] = {0, 0};
+      for (int hier = 0; hier < 2; ++hier) {
+        gradcompConfig_t cfg =
+            method == gradcompMethodQsgd ? qsgdConfig(1) : sparseConfig(gradcompMethodTopk);
+        cfg.localSize = G;
+        gctest::CpuWorld world(N, cfg);
+        if (!hier) {
+          // The same nodes, exchanged flat: the child comms are dropped.
+          for (int r = 0; r < N; ++r) world.comm(r)->intra.reset();
+        }
+        std::vector<std::vector<float>> g(N), out(N, std::vector<float>(m));
+        for (int i = 0; i < N; ++i) g[i] = gctest::normal(N * m, 11 + i, 1.0f);
+        auto res = world.run([&](int r) {
+          return gradcompReduceScatter(g[r].data(), out[r].data(), m, ncclFloat32, ncclSum,
+                                       world.comm(r), nullptr);
+        });
+        for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
+        gradcompStats_t st;
+        ASSERT_EQ(gradcompGetStats(world.comm(0), &st), gradcompSuccess);
+        bytes[hier] = st.bytesInterNode;
+      }
+      EXPECT_GT(bytes[1], 0u);
+      EXPECT_EQ(bytes[0], (uint64_t)G * bytes[1]) << "method " << method << " G " << G;
+    }
+  }
+}
+
+// Checkpoints keep their format: the residual slices saved after two calls
+// and loaded into fresh hierarchical comms (keyed state, other buffers) make
+// the third call bit for bit the same.
+TEST(HierReduceScatterCpu, SavedStateReproducesTheNextCall) {
+  for (gradcompMethod_t method : {gradcompMethodQsgd, gradcompMethodDgc}) {
+    SCOPED_TRACE(testing::Message() << "method=" << method);
+    gradcompConfig_t cfg = qsgdConfig(2);
+    cfg.method = method;
+    cfg.density = 0.05f;
+    const int N = 6;
+    const size_t m = 600, n = N * m;
+    gctest::CpuWorld a(N, cfg), b(N, cfg);
+    std::vector<std::vector<float>> outA(N, std::vector<float>(m)), outB = outA;
+    std::vector<std::vector<char>> saved(N);
+    auto call = [&](gctest::CpuWorld& w, std::vector<std::vector<float>>& g,
+                    std::vector<std::vector<float>>& out, bool load) {
+      auto res = w.run([&](int r) {
+        if (load) {
+          gradcompResult_t x = gradcompCommLoadState(w.comm(r), saved[r].data(), saved[r].size());
+          if (x != gradcompSuccess) return x;
+        }
+        return gradcompReduceScatterKeyed(g[r].data(), out[r].data(), m, ncclFloat32, ncclAvg,
+                                          w.comm(r), nullptr, 5);
+      });
+      for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
+    };
+    for (int step = 0; step < 3; ++step) {
+      std::vector<std::vector<float>> g(N);
+      for (int i = 0; i < N; ++i) g[i] = gctest::normal(n, 10 * step + i);
+      if (step == 2) call(b, g, outB, true);
+      call(a, g, outA, false);
+      if (step == 1) {
+        for (int r = 0; r < N; ++r) {
+          size_t bytes = 0;
+          ASSERT_EQ(gradcompCommStateSize(a.comm(r), &bytes), gradcompSuccess);
+          saved[r].resize(bytes);
+          ASSERT_EQ(gradcompCommSaveState(a.comm(r), saved[r].data(), bytes), gradcompSuccess);
+        }
+      }
+    }
+    for (int r = 0; r < N; ++r) {
+      EXPECT_EQ(memcmp(outA[r].data(), outB[r].data(), m * 4), 0) << "rank " << r;
+    }
+  }
+}
+
+// Ranks that disagree on recvcount (both compressing, or one passing
+// through) all fail before any sub-communicator is used: no hang.
+TEST(HierReduceScatterCpu, RanksDisagreeingOnRecvcountAllFail) {
+  for (gradcompMethod_t method : {gradcompMethodQsgd, gradcompMethodTopk}) {
+    for (size_t other : {(size_t)1001, (size_t)10}) {
+      SCOPED_TRACE(testing::Message() << "method=" << method << " other=" << other);
+      gradcompConfig_t cfg = qsgdConfig(2);
+      cfg.method = method;
+      cfg.minElements = 1000;
+      const int N = 4;
+      gctest::CpuWorld world(N, cfg);
+      std::vector<std::vector<float>> g(N, gctest::normal(N * 1001, 2)),
+          out(N, std::vector<float>(1001));
+      auto res = world.run([&](int r) {
+        return gradcompReduceScatter(g[r].data(), out[r].data(), r == 3 ? other : 1000, ncclFloat32,
+                                     ncclSum, world.comm(r), nullptr);
+      });
+      for (int r = 0; r < N; ++r) EXPECT_EQ(res[r], gradcompInvalidUsage) << "rank " << r;
+    }
+  }
+}
+
+// Nodes not contiguous in rank order (hosts A B A B, and A B B A C C): the
+// permutation follows the topology's mapping, bit-exact against the
+// reference given that mapping; residual slices included.
+TEST(HierReduceScatterCpu, NodesNotContiguousInRankOrder) {
+  struct Case {
+    std::vector<uint64_t> hosts;
+    std::vector<int> at;  // at[n*L + l]: rank of local rank l on node n
+  } cases[] = {{{7, 9, 7, 9}, {0, 2, 1, 3}}, {{7, 9, 9, 7, 5, 5}, {0, 3, 1, 2, 4, 5}}};
+  for (const Case& cs : cases) {
+    for (gradcompMethod_t method : {gradcompMethodQsgd, gradcompMethodTopk}) {
+      const int N = (int)cs.hosts.size(), L = 2, k = N / L;
+      SCOPED_TRACE(testing::Message() << "N=" << N << " method=" << method);
+      gradcompConfig_t cfg = qsgdConfig(1);
+      cfg.method = method;
+      cfg.density = 0.05f;
+      gctest::CpuWorld world(N, cfg);
+      std::vector<gc::Topology> topos(N);
+      const char* why = nullptr;
+      for (int r = 0; r < N; ++r) topos[r] = gc::hostTopology(r, cs.hosts, &why);
+      ASSERT_EQ(why, nullptr);
+      std::vector<gradcompComm_t> comms(N);
+      for (int r = 0; r < N; ++r) comms[r] = world.comm(r);
+      gc::splitCpuWorld(comms.data(), topos);
+      const size_t m = 700, n = N * m;
+      std::vector<Rank> ref = makeInputs(N, n, DType::BF16, 9);
+      std::vector<std::vector<SparseState>> st;
+      std::vector<std::vector<uint16_t>> out(N, std::vector<uint16_t>(m));
+      for (int step = 0; step < 3; ++step) {
+        std::vector<Rank> in = makeInputs(N, n, DType::BF16, 50 + step);
+        std::vector<std::vector<float>> g(N);
+        for (int i = 0; i < N; ++i) {
+          in[i].residual = ref[i].residual;
+          g[i] = widen(in[i], DType::BF16, n);
+        }
+        auto res = world.run([&](int r) {
+          return gradcompReduceScatter(in[r].half.data(), out[r].data(), m, ncclBfloat16, ncclAvg,
+                                       world.comm(r), nullptr);
+        });
+        for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
+        const auto expect =
+            method == gradcompMethodQsgd
+                ? refHierReduceScatter(ref = in, DType::BF16, m, cfg, cfg.bits, step, true, L,
+                                       cs.at)
+                : refHierSparseReduceScatter(cfg, DType::BF16, true, step, g, st, L, cs.at);
+        for (int r = 0; r < N; ++r) {
+          std::vector<float> got(m);
+          for (size_t e = 0; e < m; ++e) got[e] = gc::loadAsFloat(out[r].data(), DType::BF16, e);
+          ASSERT_EQ(memcmp(got.data(), expect[r].data(), m * 4), 0) << "rank " << r;
+          const float* rs = rsResidual(world.comm(r));
+          ASSERT_NE(rs, nullptr);
+          if (method == gradcompMethodQsgd) {
+            ASSERT_EQ(memcmp(rs, ref[r].residual.data(), n * 4), 0) << "residual of rank " << r;
+          } else {
+            const int l = topos[r].localRank;
+            ASSERT_EQ(memcmp(rs + (size_t)l * k * m, st[l][topos[r].node].v.data(), k * m * 4), 0)
+                << "residual slice of rank " << r;
+          }
+        }
+      }
+    }
+  }
+}
+
+// The permutation follows the topology's mapping, not rank = node*G + local.
+TEST(HierReduceScatterCpu, RankAtFollowsHostTopology) {
+  const char* why = nullptr;
+  const std::vector<uint64_t> hosts = {7, 9, 9, 7, 5, 5};  // A B B A C C
+  const int at[3][2] = {{0, 3}, {1, 2}, {4, 5}};
+  for (int r = 0; r < 6; ++r) {
+    const gc::Topology t = gc::hostTopology(r, hosts, &why);
+    for (int n = 0; n < 3; ++n)
+      for (int l = 0; l < 2; ++l) EXPECT_EQ(t.rankAt(n, l), at[n][l]);
+  }
+  const gc::Topology b = gc::blockTopology(5, 8, 4);
+  EXPECT_EQ(b.rankAt(1, 1), 5);
+}
+
+}  // namespace
