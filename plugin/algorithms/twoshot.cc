@@ -218,11 +218,11 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
   return gradcompSuccess;
 }
 
-}  // namespace
-
 size_t pieces(const gradcompComm& c, size_t count, int bits) {
   return splitPieces(c, splitChunks(c, count, bits)).count;
 }
+
+}  // namespace
 
 const Algorithm& twoShotAlgorithm() {
   static const Algorithm algo = {gradcompAlgoTwoShot, "twoshot", workspaceBytes, wireBytes, run,
