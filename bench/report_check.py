@@ -54,6 +54,15 @@ bf16 = prow(MB256, 4, "bfloat16", [(10, 2.0)])
 bf16["projection"] = decoy
 dump("perf_n8.json", {"rows": [
     prow(MB256 // 4, 4, "float", [(10, 1.0)]), bf16, prow(MB256, 8, "float", [(10, 3.0)]), right]})
+# The pipelined run: the 256 MB fp32 4-bit row cut into pieces; a decoy row of
+# another size, and the unpipelined "speedup" beside the pipelined one.
+piped = prow(MB256, 4, "float", [])
+piped.update({"pieces": 4, "piece_bytes": 64 << 20})
+piped["model"] = [{"link_gbps": g, "speedup": 0.5, "pipelined_speedup": s}
+                  for g, s in [(10, 7.8), (100, 7.2), (400, 5.6)]]
+other = prow(MB256 // 4, 4, "float", [])
+other["model"] = [{"link_gbps": 400, "speedup": 0.5, "pipelined_speedup": 99.0}]
+dump("perf_n8_pipe.json", {"rows": [other, piped]})
 dump("tc_link.json", {"tc_unavailable_reason": None, "measured_speedup_tc_10gbps_n4_256MB": 5.5,
                       "measured_vs_model_tc_10gbps": 0.8, "runs": []})
 dump("multirank.json", {"multirank_tests_passed": 12, "multirank_tests_failed": 1,
@@ -101,7 +110,17 @@ expect(r.get("qsgd4_encode_ef_frac_of_copy") == 0.85, "encode: fp32, 4-bit, 2^26
 expect(r.get("qsgd4_decode_frac_of_copy") == 0.75, "decode: overwrite, 4-bit, 2^26 row")
 expect(r.get("allreduce_qsgd4_model_speedup_10gbps_n8_256MB") == 7.5, "model: fp32 4-bit 256 MB at 10")
 expect(r.get("allreduce_qsgd4_model_speedup_n8_256MB", {}).get("100") == 1.5, "model at 100 Gb/s")
-expect(r.get("allreduce_qsgd4_model_speedup_400gbps_n8_256MB") == 1.25, "model at 400 Gb/s")
+expect(r.get("allreduce_qsgd4_model_speedup_400gbps_n8_256MB") == 5.6, "pipelined model at 400 Gb/s")
+expect(r.get("allreduce_qsgd4_model_speedup_100gbps_n8_256MB") == 7.2, "pipelined model at 100 Gb/s")
+expect(r.get("allreduce_qsgd4_unpipelined_model_speedup_400gbps_n8_256MB") == 1.25,
+       "unpipelined model at 400 Gb/s, from perf_n8")
+expect(r.get("allreduce_qsgd4_unpipelined_model_speedup_100gbps_n8_256MB") == 1.5,
+       "unpipelined model at 100 Gb/s, from perf_n8")
+expect(r.get("allreduce_qsgd4_pipeline_bytes_n8_256MB") == 64 << 20, "piece size of the pipelined row")
+expect(r.get("goals", {}).get("allreduce_qsgd4_pipelined_model_ge_6.5x_nccl_400gbps_n8_256MB") is False,
+       "5.6x misses 6.5x")
+expect(r.get("goals", {}).get("allreduce_qsgd4_pipelined_model_ge_7.4x_nccl_100gbps_n8_256MB") is False,
+       "7.2x misses 7.4x")
 expect(r.get("hier_model_speedup_node100g_4x8_256MB") == 6.5, "hier 4 x 8 at 100 Gb/s per node")
 expect(r.get("hier_model_speedup_node400g_4x8_256MB") == 2.5, "hier 4 x 8 at 400 Gb/s per node")
 expect(r.get("hier_model_speedup_node3200g_4x8_256MB") == 1.02, "hier 4 x 8 at 3200 Gb/s per node")

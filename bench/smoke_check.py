@@ -30,10 +30,10 @@ def expect(cond, what):
         print("FAIL:", what)
 
 
-def run(perf, args, json_path):
+def run(perf, args, json_path, env=None):
     cmd = [perf, "--backend", "cpu", "--json", json_path] + args
     p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                       timeout=100)
+                       timeout=100, env=dict(os.environ, **(env or {})))
     print("$", " ".join(cmd), "-> exit", p.returncode)
     print(p.stdout)
     with open(json_path) as f:
@@ -324,6 +324,49 @@ def main():
                 nccl = (nranks - 1) * r["size"] * 8 / (g * 1e3) + (nranks - 1) * 10
                 expect(abs(m["nccl_time_us"] - nccl) <= 1e-6 * nccl,
                        "%s: NCCL reduce-scatter model at %g" % (tag, g))
+
+    # Pipelined two-shot (GRADCOMP_PIPELINE_BYTES): the row records its pieces and
+    # the pipelined model, fill + drain + (K-1) * max(stage) with stages
+    # k = kernel / K and w = wire / K / L + steps * a (docs/benchmark.md), beside the
+    # unpipelined model, which is unchanged; the wire bytes are the unpipelined ones.
+    pipe_bytes = 64 << 10
+    code, out, rows = run(perf, ["-N", str(nranks), "-b", "256K", "-e", "256K", "-n", "1", "-w",
+                                 "0", "-d", "float,bfloat16", "-m", "qsgd", "-q", str(bits),
+                                 "-B", str(bucket), "-a", "twoshot"],
+                          os.path.join(work, "pipe.json"),
+                          env={"GRADCOMP_PIPELINE_BYTES": str(pipe_bytes)})
+    expect(code == 0 and len(rows) == 2, "pipelined run exits 0 with two rows")
+    plain = {r["dtype"]: r for r in json.load(open(os.path.join(work, "ok.json")))["rows"]
+             if r["method"] == "qsgd" and r["size"] == 256 << 10}
+    for r in rows:
+        tag = "pipelined %s" % r["dtype"]
+        count = r["count"]
+        units = math.ceil(count / bucket)
+        chunk = math.ceil(units / nranks) * bucket  # the largest bucket-aligned chunk
+        piece = max(1, math.ceil(math.ceil(pipe_bytes / 4 / nranks) / bucket)) * bucket
+        pieces = math.ceil(chunk / piece) if piece < chunk else 1
+        expect(pieces > 1, "%s: the case is cut into pieces" % tag)
+        expect(r.get("pieces") == pieces and r.get("piece_bytes") == pipe_bytes,
+               "%s: row records %s pieces of %s bytes (got %s, %s)" %
+               (tag, pieces, pipe_bytes, r.get("pieces"), r.get("piece_bytes")))
+        expect(r["wrong"] == 0, "%s: no wrong elements" % tag)
+        p = plain.get(r["dtype"])
+        expect(p is not None and r["wire_bytes"] == p["wire_bytes"],
+               "%s: wire bytes equal the unpipelined row's" % tag)
+        expect(p is not None and p.get("pieces") == 1 and
+               all(m.get("pipelined_time_us") is None for m in p["model"]),
+               "%s: the unpipelined row has one piece and no pipelined model" % tag)
+        for m in r["model"]:
+            g = m["link_gbps"]
+            ours = r["kernel_us"] + r["wire_bytes"] * 8 / (g * 1e3) + nranks * 10
+            expect(close(m["time_us"], ours, 1e-6), "%s: unpipelined model at %g" % (tag, g))
+            k = r["kernel_us"] / pieces
+            w = r["wire_bytes"] / pieces * 8 / (g * 1e3) + r["latency_steps"] * 10
+            piped = k + w + (pieces - 1) * max(k, w)
+            expect(close(m.get("pipelined_time_us"), piped, 1e-6),
+                   "%s: pipelined model at %g: %s vs %s" % (tag, g, m.get("pipelined_time_us"), piped))
+            expect(close(m.get("pipelined_speedup"), m["nccl_time_us"] / piped, 1e-6),
+                   "%s: pipelined speedup at %g" % (tag, g))
 
     # --auto: each row also runs a comm with GRADCOMP_AUTO=1; the CPU backend
     # does not time, so auto compresses, is checked, and the regret key is null.

@@ -108,6 +108,11 @@ typedef struct {
   int localSize;
   int autoTune; /* GRADCOMP_AUTO 0/1, default 1: time NCCL and compression at set-up and pass
                    through the calls compression would not speed up (CUDA backend) */
+  /* GRADCOMP_PIPELINE_BYTES, 0 = off (default): two-shot calls larger than
+   * this many bytes (of the gradient as fp32) are cut into pieces of about
+   * this size whose encode and decode overlap the transfer of the next and
+   * previous piece; results are bit for bit the unpipelined call's. */
+  size_t pipelineBytes;
 } gradcompConfig_t;
 
 gradcompResult_t gradcompConfigInit(gradcompConfig_t* config);
@@ -187,6 +192,9 @@ typedef struct {
   uint64_t callsReduceScatter;
   uint64_t callsAutoPassed; /* eligible calls passed through because auto predicted NCCL faster
                                (also counted in callsPassedThrough) */
+  /* QSGD allreduce: pieces the last call was cut into (GRADCOMP_PIPELINE_BYTES; two-shot, flat
+     or as the hierarchy's middle stage); 1 = not pipelined */
+  uint64_t piecesLast;
 } gradcompStats_t;
 
 gradcompResult_t gradcompGetStats(gradcompComm_t comm, gradcompStats_t* stats);

@@ -230,15 +230,23 @@ struct KeySpec {
   uint64_t rank;
   uint64_t stream;
   bool derive;
+  // Element index of the encode's first element within the encode it is a
+  // piece of (pipelined calls): element i draws what element offset + i of
+  // the whole encode draws, so a piece's bytes are the whole's.
+  uint64_t offset = 0;
 };
 
 GC_HD KeySpec plainKey(uint64_t key) {
   return KeySpec{key, 0, nullptr, 0, 0, false};
 }
 
+// The offset moves the Weyl start: weylPoint(key + o*kWeyl, i) =
+// weylPoint(key, o + i), so uniform24 of the piece's index i is exactly the
+// whole encode's draw at o + i, at no cost per element.
 GC_HD uint64_t resolveKey(const KeySpec& k) {
-  if (!k.derive) return k.seed;
-  return deriveKey(k.seed, k.stepDev ? *k.stepDev : k.step, k.rank, k.stream);
+  const uint64_t key =
+      k.derive ? deriveKey(k.seed, k.stepDev ? *k.stepDev : k.step, k.rank, k.stream) : k.seed;
+  return key + k.offset * kWeyl;
 }
 
 }  // namespace gc

@@ -72,6 +72,9 @@ static const ParamSpec kParams[] = {
     {"GRADCOMP_AUTO", ParamKind::Int, GC_FIELD(autoTune), 0, 1, nullptr, "1",
      "time NCCL and compression at set-up and pass through the calls compression would not "
      "speed up; 0 always compresses (CUDA backend; the CPU backend never times)"},
+    {"GRADCOMP_PIPELINE_BYTES", ParamKind::Size, GC_FIELD(pipelineBytes), 0, 1e18, nullptr, "0",
+     "two-shot: cut calls into pieces of this many bytes (as fp32) whose encode and decode "
+     "overlap the transfers (CUDA backend); 0 is off; results are bitwise the same"},
     {"GRADCOMP_DEBUG", ParamKind::String, -1, 0, 0, nullptr, "(unset)",
      "log level: WARN, INFO or TRACE, to stderr"},
     {"GRADCOMP_GROUP", ParamKind::String, -1, 0, 0, nullptr, "defer",
@@ -217,6 +220,7 @@ GC_EXPORT gradcompResult_t gradcompConfigInit(gradcompConfig_t* c) {
   c->elias = 0;
   c->localSize = 0;
   c->autoTune = 1;
+  c->pipelineBytes = 0;
   return gradcompSuccess;
 }
 

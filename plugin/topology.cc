@@ -95,6 +95,7 @@ const SettingSpec kSettings[kSetupSettings] = {
     {"GRADCOMP_SEED (seed)", kUint},
     {"GRADCOMP_DENSITY (density)", kFloat},
     {"GRADCOMP_VALUE_TYPE (valueType)", kInt},
+    {"GRADCOMP_PIPELINE_BYTES (pipelineBytes)", kUint},
 };
 
 uint64_t floatBits(float f) {
@@ -233,7 +234,8 @@ SetupVote makeSetupVote(gradcompResult_t local, const gradcompConfig_t& cfg, uin
                                       (uint64_t)(int64_t)cfg.bitsMode,
                                       cfg.seed,
                                       floatBits(cfg.density),
-                                      (uint64_t)(int64_t)cfg.valueType};
+                                      (uint64_t)(int64_t)cfg.valueType,
+                                      (uint64_t)cfg.pipelineBytes};
   memcpy(v.settings, s, sizeof(s));
   return v;
 }

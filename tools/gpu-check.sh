@@ -113,6 +113,12 @@ want perf && run_step perf_n1 90 "$raw/perf_n1.txt" "$perf" --backend cuda -N 1 
 want perf && run_step perf_n8 200 "$raw/perf_n8.txt" "$perf" --backend cuda -N 8 -b 1M -e 256M -f 4 \
   -n 5 -w 2 -m qsgd -d float,bfloat16 --link-gbps 10,25,100,400 --model-nodes 2,4 \
   --model-local 4,8 --node-gbps 100,400,3200 --json "$raw/perf_n8.json"
+# The pipelined two-shot: 256 MB fp32 in 4 pieces of 64 MB (GRADCOMP_PIPELINE_BYTES),
+# checked like every row; its pipelined model gives the report's
+# allreduce_qsgd4_model_speedup_{100,400}gbps_n8_256MB (perf_n8 gives the unpipelined ones).
+want perf && run_step perf_n8_pipe 120 "$raw/perf_n8_pipe.txt" env GRADCOMP_PIPELINE_BYTES=67108864 \
+  "$perf" --backend cuda -N 8 -b 256M -e 256M -n 5 -w 2 -m qsgd -d float \
+  --link-gbps 10,25,100,400 --json "$raw/perf_n8_pipe.json"
 # GRADCOMP_AUTO against forced compression and NCCL on one link (2 ranks
 # sharing the GPU): auto_regret_max_frac of the report.
 want perf && run_step perf_auto 150 "$raw/perf_auto.txt" "$perf" --backend cuda -N 2 -b 1M -e 256M \

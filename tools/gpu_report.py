@@ -44,7 +44,8 @@ def kernel_frac(kdoc, kernel, dtype="float", bits=4, n=N26):
     return None
 
 
-def model_speedup(pdoc, gbps=10, size=MB256, bits=4, dtype="float"):
+def model_speedup(pdoc, gbps=10, size=MB256, bits=4, dtype="float", key="speedup"):
+    """key: "speedup" (unpipelined model) or "pipelined_speedup" (rows cut into pieces)."""
     if not pdoc:
         return None
     for r in pdoc.get("rows", []):
@@ -52,7 +53,16 @@ def model_speedup(pdoc, gbps=10, size=MB256, bits=4, dtype="float"):
                 r["size"] == size and not r.get("failed")):
             for m in r.get("model", []):
                 if m["link_gbps"] == gbps:
-                    return m.get("speedup")
+                    return m.get(key)
+    return None
+
+
+def piece_bytes(pdoc, size=MB256, bits=4, dtype="float"):
+    """GRADCOMP_PIPELINE_BYTES of the pipelined fp32 4-bit 256 MB row, when it was cut."""
+    for r in (pdoc or {}).get("rows", []):
+        if (r["method"] == "qsgd" and r["bits"] == bits and r["dtype"] == dtype and
+                r["size"] == size and not r.get("failed") and r.get("pieces", 1) > 1):
+            return r.get("piece_bytes")
     return None
 
 
@@ -162,6 +172,9 @@ def main():
     topk = topk_speedup(kdoc, tdoc)
     model = model_speedup(p8)
     model400 = model_speedup(p8, gbps=400)
+    # The pipelined two-shot's row (perf_n8_pipe: GRADCOMP_PIPELINE_BYTES set).
+    p8pipe = j("perf_n8_pipe.json")
+    piped = {g: model_speedup(p8pipe, gbps=g, key="pipelined_speedup") for g in (10, 25, 100, 400)}
     hier = {g: projection(p8, 4, 8, g, "hier_speedup") for g in (100, 400, 3200)}
     flat100 = projection(p8, 4, 8, 100, "flat_speedup")
     # N = 8 as 2 nodes of 4: bytes only, any NIC rate.
@@ -177,8 +190,13 @@ def main():
         "qsgd4_decode_frac_of_copy": dec,
         "topk_dgc_speedup_vs_torch_topk": topk,
         "allreduce_qsgd4_model_speedup_10gbps_n8_256MB": model,
+        # Pipelined (perf_n8_pipe), with the unpipelined model beside it.
+        "allreduce_qsgd4_model_speedup_400gbps_n8_256MB": piped[400],
+        "allreduce_qsgd4_model_speedup_100gbps_n8_256MB": piped[100],
+        "allreduce_qsgd4_pipeline_bytes_n8_256MB": piece_bytes(p8pipe),
         # Unpipelined: encode, exchange and decode one after the other.
-        "allreduce_qsgd4_model_speedup_400gbps_n8_256MB": model400,
+        "allreduce_qsgd4_unpipelined_model_speedup_400gbps_n8_256MB": model400,
+        "allreduce_qsgd4_unpipelined_model_speedup_100gbps_n8_256MB": model_speedup(p8, gbps=100),
         "hier_model_speedup_node100g_4x8_256MB": hier[100],
         "hier_model_speedup_node400g_4x8_256MB": hier[400],
         "hier_model_speedup_node3200g_4x8_256MB": hier[3200],
@@ -216,6 +234,8 @@ def main():
             "decode_ge_0.8_of_copy": goal(dec, 0.8),
             "topk_ge_3x_torch_topk": goal(topk, 3.0),
             "allreduce_qsgd4_model_ge_5x_nccl_10gbps_n8_256MB": goal(model, 5.0),
+            "allreduce_qsgd4_pipelined_model_ge_6.5x_nccl_400gbps_n8_256MB": goal(piped[400], 6.5),
+            "allreduce_qsgd4_pipelined_model_ge_7.4x_nccl_100gbps_n8_256MB": goal(piped[100], 7.4),
             "hier_inter_bytes_ratio_ge_3.5_n8_l4": goal(ratio, 3.5),
             "hier_model_ge_6x_nccl_node100g_4x8_256MB": goal(hier[100], 6.0),
             "hier_model_ge_3x_nccl_node400g_4x8_256MB": goal(hier[400], 3.0),
@@ -238,6 +258,7 @@ def main():
         },
         "allreduce_qsgd4_model_speedup_n8_256MB": {
             str(g): model_speedup(p8, gbps=g) for g in (10, 25, 100, 400)},
+        "allreduce_qsgd4_pipelined_model_speedup_n8_256MB": {str(g): v for g, v in piped.items()},
         "steps": steps,
     }
     with open(a.json, "w") as f:
@@ -271,6 +292,15 @@ def main():
     L.append("| 4-bit allreduce modeled speedup over NCCL fp32, 10 Gb/s, N=8, 256 MB | %s | >= 5x | %s |"
              % (fmt(model), fmt(summary["goals"]["allreduce_qsgd4_model_ge_5x_nccl_10gbps_n8_256MB"])))
     gl = summary["goals"]
+    L.append("| 4-bit allreduce pipelined model over NCCL fp32, 400 Gb/s, N=8, 256 MB (unpipelined: %s) "
+             "| %s | >= 6.5x | %s |"
+             % (fmt(model400), fmt(piped[400]),
+                fmt(gl["allreduce_qsgd4_pipelined_model_ge_6.5x_nccl_400gbps_n8_256MB"])))
+    L.append("| 4-bit allreduce pipelined model over NCCL fp32, 100 Gb/s, N=8, 256 MB (unpipelined: %s) "
+             "| %s | >= 7.4x | %s |"
+             % (fmt(summary["allreduce_qsgd4_unpipelined_model_speedup_100gbps_n8_256MB"]),
+                fmt(piped[100]),
+                fmt(gl["allreduce_qsgd4_pipelined_model_ge_7.4x_nccl_100gbps_n8_256MB"])))
     L.append("| flat / hier inter-node bytes, N=8 as 2 nodes x 4, 256 MB fp32 4-bit | %s | >= 3.5 | %s |"
              % (fmt(ratio), fmt(gl["hier_inter_bytes_ratio_ge_3.5_n8_l4"])))
     L.append("| hier modeled speedup over NCCL, 4 nodes x 8 GPUs, 100 Gb/s per node, 256 MB | %s | >= 6x | %s |"
@@ -347,6 +377,8 @@ def main():
             L += ["### " + title, "", "![%s](%s%s.png)" % (title, a.plots_prefix, p), ""]
     for name, title in (("perf_n1.txt", "gradcomp_perf, 1 rank"),
                         ("perf_n8.txt", "gradcomp_perf, 8 ranks on one GPU (modeled columns)"),
+                        ("perf_n8_pipe.txt",
+                         "gradcomp_perf, 8 ranks, pipelined two-shot (GRADCOMP_PIPELINE_BYTES=64M)"),
                         ("perf_n8_sparse.txt", "gradcomp_perf, sparse methods, 8 ranks"),
                         ("perf_n8_rs.txt", "gradcomp_perf -C reduce_scatter, 8 ranks (modeled columns)"),
                         ("perf_auto.txt", "gradcomp_perf --auto, 2 ranks (GRADCOMP_AUTO's regret)"),

@@ -16,8 +16,9 @@ namespace gcbench {
 
 struct ModelPoint {
   double gbps;
-  double gradcompUs;
+  double gradcompUs;  // unpipelined: kernels, then the bytes
   double ncclUs;
+  double pipelinedUs = NAN;  // only when the call was cut into pieces (flat rows)
 };
 
 // One point of the --model-nodes/--model-local projection; the times are NaN
@@ -40,6 +41,10 @@ struct Row {
   int bits = 0, bucket = 0;
   float density = 0;
   int algoUsed = 0;  // gradcompAlgo_t that ran; 0 = passed through
+  // Pipelined calls (GRADCOMP_PIPELINE_BYTES): pieces of the last call (max
+  // over ranks; 1 = not pipelined) and the setting that cut them.
+  double pieces = 1;
+  size_t pieceBytes = 0;
   int nranks = 1;
   bool reduceScatter = false;  // bytes/count are then the per-rank output
   bool failed = false;

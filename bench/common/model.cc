@@ -61,6 +61,13 @@ double gradcompModelUs(double kernelUs, double wireBytes, double latencySteps, d
   return kernelUs + transferUs(wireBytes, gbps) + latencySteps * latencyUs;
 }
 
+double pipelinedModelUs(double kernelUs, double wireBytes, double latencySteps, double gbps,
+                        double latencyUs, double pieces) {
+  const double k = kernelUs / pieces;
+  const double w = transferUs(wireBytes / pieces, gbps) + latencySteps * latencyUs;
+  return k + w + (pieces - 1) * std::max(k, w);
+}
+
 LinkBytes ncclClusterBytes(double bytes, const Cluster& c) {
   const double n = c.ranks(), g = c.local;
   const double ring = n > 1 ? 2.0 * (n - 1) / n * bytes : 0.0;

@@ -31,6 +31,14 @@ double ncclReduceScatterBytes(size_t outBytes, int nranks);
 double ncclReduceScatterModelUs(size_t outBytes, int nranks, double gbps, double latencyUs);
 double gradcompModelUs(double kernelUs, double wireBytes, double latencySteps, double gbps,
                        double latencyUs);
+// The same call cut into `pieces` pieces (GRADCOMP_PIPELINE_BYTES): a
+// two-stage pipeline of the kernels (k = kernelUs / pieces per piece, on the
+// caller's stream) and the transfers (w = wire / pieces / L + steps * a per
+// piece, on the comm stream, each piece paying its own latency steps):
+//   fill + drain + (pieces - 1) * max(stage) = k + w + (pieces - 1) * max(k, w).
+// One piece gives gradcompModelUs.
+double pipelinedModelUs(double kernelUs, double wireBytes, double latencySteps, double gbps,
+                        double latencyUs, double pieces);
 
 // K nodes of G GPUs. Bandwidths per direction: intraGbps per GPU (NVLink 4:
 // 450 GB/s = 3600 Gb/s), nodeGbps for all NICs of a node together.

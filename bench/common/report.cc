@@ -344,6 +344,7 @@ bool writeJson(const std::string& path, const Options& o, const RunInfo& info,
             checked ? std::to_string(r.gradcompWrong).c_str() : "null",
             r.ncclWrong >= 0 ? std::to_string(r.ncclWrong).c_str() : "null");
     fprintf(f, "\"err_over_bound\": %s, ", checked ? jsonNum(r.errOverBound).c_str() : "null");
+    fprintf(f, "\"pieces\": %s, \"piece_bytes\": %zu, ", jsonNum(r.pieces).c_str(), r.pieceBytes);
     if (r.autoRan) {
       fprintf(f, "\"auto_time_us\": %s, \"auto_choice\": %s, \"auto_regret\": %s, ",
               jsonNum(r.autoUs).c_str(), jsonStr(r.autoPassed ? "nccl" : "compress").c_str(),
@@ -357,10 +358,15 @@ bool writeJson(const std::string& path, const Options& o, const RunInfo& info,
             jsonNum(r.latencySteps).c_str());
     for (size_t k = 0; k < r.model.size(); ++k) {
       const ModelPoint& m = r.model[k];
-      fprintf(f, "%s{\"link_gbps\": %s, \"time_us\": %s, \"nccl_time_us\": %s, \"speedup\": %s}",
+      fprintf(f, "%s{\"link_gbps\": %s, \"time_us\": %s, \"nccl_time_us\": %s, \"speedup\": %s",
               k ? ", " : "", jsonNum(m.gbps).c_str(), jsonNum(m.gradcompUs).c_str(),
               jsonNum(m.ncclUs).c_str(),
               m.ncclUs > 0 && m.gradcompUs > 0 ? jsonNum(modelSpeedup(m)).c_str() : "null");
+      // Pipelined rows: the pipelined model beside the unpipelined one.
+      const bool piped = m.pipelinedUs > 0;
+      fprintf(f, ", \"pipelined_time_us\": %s, \"pipelined_speedup\": %s}",
+              piped ? jsonNum(m.pipelinedUs).c_str() : "null",
+              piped && m.ncclUs > 0 ? jsonNum(m.ncclUs / m.pipelinedUs).c_str() : "null");
     }
     fprintf(f, "],\n     \"projection\": [");
     for (size_t k = 0; k < r.projection.size(); ++k) {

@@ -3,6 +3,7 @@
 // comm can size its workspace before the first call and never allocate again.
 #pragma once
 
+#include <algorithm>
 #include <vector>
 
 #include "comm.h"
@@ -31,6 +32,9 @@ struct Algorithm {
   gradcompResult_t (*run)(const CallArgs& a, void* workspace);
   // Of wireBytes, the bytes this rank sends to ranks on other nodes.
   size_t (*interNodeBytes)(const gradcompComm& c, size_t count, int bits);
+  // Pieces a pipelined call is cut into (GRADCOMP_PIPELINE_BYTES); null: the
+  // algorithm does not pipeline (one piece).
+  size_t (*pieces)(const gradcompComm& c, size_t count, int bits) = nullptr;
 };
 
 const Algorithm& twoShotAlgorithm();          // algo_twoshot.cc
@@ -108,6 +112,40 @@ struct Chunks {
   size_t len(int j) const { return off[j + 1] - off[j]; }
 };
 Chunks splitChunks(const gradcompComm& c, size_t count, int bits);
+
+// Pipelined calls (GRADCOMP_PIPELINE_BYTES): every chunk is cut into pieces
+// of `piece` elements, whole buckets, so a piece's bucket scales and RNG draws
+// are the whole chunk's; piece p of a chunk is its elements [p*piece, ...).
+// A piece covers pipelineBytes/4 elements of the call (its size as fp32,
+// whatever the type), each chunk's share rounded up to whole buckets. One
+// piece (piece = maxLen) when pipelining is off or the chunks fit in one.
+struct Pieces {
+  size_t piece = 0;
+  size_t count = 1;
+  size_t len(size_t chunkLen, size_t p) const {
+    const size_t start = p * piece;
+    return chunkLen > start ? std::min(piece, chunkLen - start) : 0;
+  }
+};
+Pieces splitPieces(const gradcompComm& c, const Chunks& ch);
+
+// Puts the comm's transport on the backend's comm stream for a pipelined
+// call, and back on the compute stream when the call ends (errors too).
+class CommLane {
+ public:
+  CommLane(gradcompComm& c, bool on) : c_(c), on_(on) {
+    if (on_) c_.transport->setStream(c_.backend->commStream());
+  }
+  ~CommLane() {
+    if (on_) c_.transport->setStream(c_.backend->stream());
+  }
+  CommLane(const CommLane&) = delete;
+  CommLane& operator=(const CommLane&) = delete;
+
+ private:
+  gradcompComm& c_;
+  bool on_;
+};
 
 // Decodes one encoded chunk into the caller's output: straight into an fp32
 // Sum output, otherwise through `scratch` (fp32) and one conversion, where

@@ -18,6 +18,19 @@ Chunks splitChunks(const gradcompComm& c, size_t count, int bits) {
   return ch;
 }
 
+Pieces splitPieces(const gradcompComm& c, const Chunks& ch) {
+  Pieces pc;
+  pc.piece = ch.maxLen;
+  const size_t d = (size_t)c.cfg.bucketSize, bytes = c.cfg.pipelineBytes;
+  if (bytes == 0 || ch.maxLen == 0) return pc;
+  const size_t share = (bytes / 4 + (size_t)c.nranks - 1) / (size_t)c.nranks;
+  const size_t piece = std::max<size_t>(1, (share + d - 1) / d) * d;
+  if (piece >= ch.maxLen) return pc;
+  pc.piece = piece;
+  pc.count = (ch.maxLen + piece - 1) / piece;
+  return pc;
+}
+
 gradcompResult_t decodeToOutput(Backend& be, const void* enc, size_t len, int bits, int bucket,
                                 float divisor, DType t, void* out, float* scratch) {
   if (len == 0) return gradcompSuccess;

@@ -200,9 +200,17 @@ size_t hierInterNodeBytes(const gradcompComm& c, size_t count, int bits, uint64_
   return middleWire(c, L.myLen, bits, calls);
 }
 
+// The middle stage's pieces on this rank's shard.
+static size_t hierPieces(const gradcompComm& c, size_t count, int bits) {
+  if (sparseMethod(c)) return 1;
+  const Layout L = layout(c, count, bits, kSteadyState);
+  const Algorithm& mid = middleAlgorithm(c, L.myLen);
+  return mid.pieces != nullptr && L.myLen > 0 ? mid.pieces(*c.inter, L.myLen, bits) : 1;
+}
+
 const Algorithm& hierAlgorithm() {
-  static const Algorithm algo = {gradcompAlgoHier, "hier", workspaceSteady,
-                                 wireSteady,       run,    interNodeSteady};
+  static const Algorithm algo = {gradcompAlgoHier, "hier",    workspaceSteady, wireSteady, run,
+                                 interNodeSteady,  hierPieces};
   return algo;
 }
 

@@ -21,17 +21,32 @@ namespace gc {
 namespace {
 
 struct Layout : Chunks {
+  Pieces pieces;
+  // The allgather region holds piece after piece: piece p's N blocks of
+  // gatherSlot[p] bytes start at gatherOff[p] (one piece: the N chunk slots).
+  std::vector<size_t> gatherOff, gatherSlot;
   size_t sendEnc = 0, recvEnc = 0, gather = 0, own = 0, acc = 0, total = 0;
 };
 
 Layout layout(const gradcompComm& c, size_t count, int bits) {
   Layout L;
   static_cast<Chunks&>(L) = splitChunks(c, count, bits);
+  L.pieces = splitPieces(c, L);
   const int n = c.nranks;
+  size_t g = 0;
+  for (size_t q = 0; q < L.pieces.count; ++q) {
+    const size_t slot =
+        L.pieces.count == 1
+            ? L.slot
+            : alignUp(qsgd::encodedBytes(L.pieces.len(L.maxLen, q), bits, c.cfg.bucketSize), 16);
+    L.gatherOff.push_back(g);
+    L.gatherSlot.push_back(slot);
+    g += n * slot;
+  }
   size_t p = 0;
   L.sendEnc = p, p += alignUp(n * L.slot);
   L.recvEnc = p, p += alignUp(n * L.slot);
-  L.gather = p, p += alignUp(n * L.slot);
+  L.gather = p, p += alignUp(g);
   L.own = p, p += alignUp(L.maxLen * sizeof(float));
   L.acc = p, p += alignUp(L.maxLen * sizeof(float));
   L.total = p;
@@ -62,11 +77,22 @@ size_t interNodeBytes(const gradcompComm& c, size_t count, int bits) {
   return wire(c, count, bits, true);
 }
 
+// Pipelined (more than one piece): every stage runs piece by piece, and the
+// transport runs on the comm lane, so that on the CUDA backend the encode of
+// piece p+1 and the decode of piece p-1 overlap the exchange of piece p:
+//   compute lane: E0 E1 R0 E2 R1 D0 E3 R2 D1 ...
+//   comm lane:       X0 X1 G0 X2 G1 X3 G2 ...
+// (E encode, X all-to-all, R owner reduce+encode, G allgather, D decode).
+// Every element sees the same operations as in the one-piece call: pieces
+// are whole buckets of its chunk (same scales), its RNG draw follows its index
+// in the chunk (KeySpec::offset), sums stay in rank order. So the results,
+// residuals and wire bytes are the one-piece call's, bit for bit.
 gradcompResult_t run(const CallArgs& a, void* workspace) {
   gradcompComm& c = *a.comm;
   Backend& be = *c.backend;
   const int n = c.nranks, r = c.rank, d = c.cfg.bucketSize, bits = a.bits;
   const Layout L = layout(c, a.count, bits);
+  const Pieces& P = L.pieces;
   char* ws = static_cast<char*>(workspace);
   char* sendEnc = ws + L.sendEnc;
   char* recvEnc = ws + L.recvEnc;
@@ -75,76 +101,132 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
   float* acc = reinterpret_cast<float*>(ws + L.acc);
   const size_t esz = dtypeBytes(a.dtype);
   const char* send = static_cast<const char*>(a.send);
+  char* recv = static_cast<char*>(a.recv);
   float* residual = a.state->residual;
-  auto len = [&](int j) { return L.off[j + 1] - L.off[j]; };
+  float* ownerResidual = c.cfg.ownerResidual ? a.state->ownerResidual : nullptr;
   auto enc = [&](size_t m) { return qsgd::encodedBytes(m, bits, d); };
+  // Piece q of chunk j: its length, first element in the chunk, and where
+  // its encoding sits in the chunk's slot (earlier pieces are whole buckets,
+  // so their encodings are exactly enc(start) bytes).
+  auto len = [&](int j, size_t q) { return P.len(L.len(j), q); };
+  auto start = [&](size_t q) { return q * P.piece; };
+  auto slotAt = [&](char* base, int j, size_t q) { return base + j * L.slot + enc(start(q)); };
+  auto keyAt = [&](uint64_t stream, size_t q) {
+    KeySpec k = c.key(a.step, stream);
+    k.offset = start(q);
+    return k;
+  };
+  auto gatherBlock = [&](int j, size_t q) {
+    return gather + L.gatherOff[q] + (size_t)j * L.gatherSlot[q];
+  };
+  const float divisor = a.average ? (float)n : 1.0f;
 
-  const size_t myLen = len(r);
-  char* mySlot = gather + r * L.slot;
   std::vector<const void*> sendPtr(n);
   std::vector<void*> recvPtr(n);
   std::vector<size_t> sendBytes(n), recvBytes(n);
-  for (int j = 0; j < n; ++j) {
-    sendPtr[j] = sendEnc + j * L.slot;
-    recvPtr[j] = recvEnc + j * L.slot;
-    sendBytes[j] = j == r ? 0 : enc(len(j));
-    recvBytes[j] = j == r ? 0 : enc(len(r));
-  }
 
-  // 1. Encode every peer's chunk; keep our own in full precision.
-  {
+  // E: encode every peer's piece; keep our own in full precision.
+  auto encodePiece = [&](size_t q) -> gradcompResult_t {
     GC_NVTX_RANGE("gradcomp encode");
     for (int j = 0; j < n; ++j) {
-      if (j == r || len(j) == 0) continue;
-      GC_CHECK(be.qsgdEncode(send + L.off[j] * esz, a.dtype,
-                             residual ? residual + L.off[j] : nullptr, len(j), bits, d,
-                             c.key(a.step, j), sendEnc + j * L.slot));
+      const size_t m = len(j, q), o = L.off[j] + start(q);
+      if (j == r || m == 0) continue;
+      GC_CHECK(be.qsgdEncode(send + o * esz, a.dtype, residual ? residual + o : nullptr, m, bits, d,
+                             keyAt(j, q), slotAt(sendEnc, j, q)));
     }
-    float* myResidual = residual ? residual + L.off[r] : nullptr;
-    GC_CHECK(be.toFloat(send + L.off[r] * esz, a.dtype, myResidual, myLen, own));
-    if (myResidual) GC_CHECK(be.zero(myResidual, myLen * sizeof(float)));
-  }
-
-  // 2. All-to-all.
-  {
+    const size_t m = len(r, q), o = L.off[r] + start(q);
+    if (m == 0) return gradcompSuccess;
+    float* myResidual = residual ? residual + o : nullptr;
+    GC_CHECK(be.toFloat(send + o * esz, a.dtype, myResidual, m, own + start(q)));
+    if (myResidual) GC_CHECK(be.zero(myResidual, m * sizeof(float)));
+    return gradcompSuccess;
+  };
+  // X: all-to-all of the encoded pieces.
+  auto exchangePiece = [&](size_t q) -> gradcompResult_t {
     GC_NVTX_RANGE("gradcomp exchange");
-    GC_CHECK(
-        c.transport->allToAll(sendPtr.data(), sendBytes.data(), recvPtr.data(), recvBytes.data()));
-  }
-
-  // 3. Owner: sum in rank order, encode once.
-  {
+    for (int j = 0; j < n; ++j) {
+      sendPtr[j] = slotAt(sendEnc, j, q);
+      recvPtr[j] = slotAt(recvEnc, j, q);
+      sendBytes[j] = j == r ? 0 : enc(len(j, q));
+      recvBytes[j] = j == r ? 0 : enc(len(r, q));
+    }
+    return c.transport->allToAll(sendPtr.data(), sendBytes.data(), recvPtr.data(),
+                                 recvBytes.data());
+  };
+  // R: the owner sums its piece in rank order and encodes the sum once.
+  auto reducePiece = [&](size_t q) -> gradcompResult_t {
     GC_NVTX_RANGE("gradcomp reduce+encode");
-    for (int i = 0; i < n; ++i) {
+    const size_t m = len(r, q);
+    float* sum = acc + start(q);
+    for (int i = 0; i < n && m > 0; ++i) {
       if (i == r) {
-        GC_CHECK(i == 0 ? be.copy(acc, own, myLen * sizeof(float)) : be.add(acc, own, myLen));
+        GC_CHECK(i == 0 ? be.copy(sum, own + start(q), m * sizeof(float))
+                        : be.add(sum, own + start(q), m));
       } else {
-        GC_CHECK(be.qsgdDecode(recvEnc + i * L.slot, myLen, bits, d, acc, i != 0));
+        GC_CHECK(be.qsgdDecode(slotAt(recvEnc, i, q), m, bits, d, sum, i != 0));
       }
     }
-    GC_CHECK(be.qsgdEncode(acc, DType::F32, c.cfg.ownerResidual ? a.state->ownerResidual : nullptr,
-                           myLen, bits, d, c.key(a.step, 0x100000000ull), mySlot));
-  }
-
-  // 4. Allgather the encoded sums and decode all of them.
-  {
+    if (m == 0) return gradcompSuccess;
+    return be.qsgdEncode(sum, DType::F32, ownerResidual ? ownerResidual + start(q) : nullptr, m,
+                         bits, d, keyAt(0x100000000ull, q), gatherBlock(r, q));
+  };
+  // G: allgather of the encoded sums.
+  auto gatherPiece = [&](size_t q) -> gradcompResult_t {
     GC_NVTX_RANGE("gradcomp allgather");
-    GC_CHECK(c.transport->allGather(mySlot, gather, L.slot));
-  }
-  GC_NVTX_RANGE("gradcomp decode");
-  const float divisor = a.average ? (float)n : 1.0f;
-  for (int j = 0; j < n; ++j) {
-    GC_CHECK(decodeToOutput(be, gather + j * L.slot, len(j), bits, d, divisor, a.dtype,
-                            static_cast<char*>(a.recv) + L.off[j] * esz, acc));
+    return c.transport->allGather(gatherBlock(r, q), gather + L.gatherOff[q], L.gatherSlot[q]);
+  };
+  // D: every rank, owner included, decodes the same bytes.
+  auto decodePiece = [&](size_t q) -> gradcompResult_t {
+    GC_NVTX_RANGE("gradcomp decode");
+    for (int j = 0; j < n; ++j) {
+      GC_CHECK(decodeToOutput(be, gatherBlock(j, q), len(j, q), bits, d, divisor, a.dtype,
+                              recv + (L.off[j] + start(q)) * esz, acc + start(q)));
+    }
+    return gradcompSuccess;
+  };
+
+  // Event slots: 0 hands compute work to the comm lane (waited on at once);
+  // 1+q%2 marks exchange q done, 3+q%2 allgather q done (two in flight).
+  const bool piped = P.count > 1;
+  CommLane lane(c, piped);
+  auto toComm = [&]() -> gradcompResult_t {
+    if (!piped) return gradcompSuccess;
+    GC_CHECK(be.record(Backend::kComputeLane, 0));
+    return be.wait(Backend::kCommLane, 0);
+  };
+  auto mark = [&](int ev) { return piped ? be.record(Backend::kCommLane, ev) : gradcompSuccess; };
+  auto await = [&](int ev) { return piped ? be.wait(Backend::kComputeLane, ev) : gradcompSuccess; };
+  for (size_t q = 0; q < P.count + 2; ++q) {
+    if (q < P.count) {
+      GC_CHECK(encodePiece(q));
+      GC_CHECK(toComm());
+      GC_CHECK(exchangePiece(q));
+      GC_CHECK(mark(1 + (int)(q % 2)));
+    }
+    if (q >= 1 && q - 1 < P.count) {
+      GC_CHECK(await(1 + (int)((q - 1) % 2)));
+      GC_CHECK(reducePiece(q - 1));
+      GC_CHECK(toComm());
+      GC_CHECK(gatherPiece(q - 1));
+      GC_CHECK(mark(3 + (int)((q - 1) % 2)));
+    }
+    if (q >= 2) {
+      GC_CHECK(await(3 + (int)((q - 2) % 2)));
+      GC_CHECK(decodePiece(q - 2));
+    }
   }
   return gradcompSuccess;
+}
+
+size_t pieces(const gradcompComm& c, size_t count, int bits) {
+  return splitPieces(c, splitChunks(c, count, bits)).count;
 }
 
 }  // namespace
 
 const Algorithm& twoShotAlgorithm() {
-  static const Algorithm algo = {gradcompAlgoTwoShot, "twoshot", workspaceBytes,
-                                 wireBytes,           run,       interNodeBytes};
+  static const Algorithm algo = {gradcompAlgoTwoShot, "twoshot", workspaceBytes, wireBytes, run,
+                                 interNodeBytes,      pieces};
   return algo;
 }
 

@@ -42,6 +42,7 @@ CONFIG_FIELDS = [
     ("elias", ctypes.c_int),
     ("localSize", ctypes.c_int),
     ("autoTune", ctypes.c_int),
+    ("pipelineBytes", ctypes.c_size_t),
 ]
 
 # (C name, ctypes type), in the order of gradcompStats_t.
@@ -59,6 +60,7 @@ STATS_FIELDS = [
     ("bytesInterNode", ctypes.c_uint64),
     ("callsReduceScatter", ctypes.c_uint64),
     ("callsAutoPassed", ctypes.c_uint64),
+    ("piecesLast", ctypes.c_uint64),
 ]
 
 # Enum fields take these names (the GRADCOMP_* spellings) or their numbers.

@@ -25,13 +25,15 @@ TEST(Config, DefaultsAreValid) {
   EXPECT_EQ(c.bucketSize, 512);
   EXPECT_EQ(c.minElements, 16384u);
   EXPECT_EQ(c.errorFeedback, 1);
+  EXPECT_EQ(c.pipelineBytes, 0u);  // off until measured on a GPU (docs/env.md)
   EXPECT_EQ(gradcompConfigValidate(&c), gradcompSuccess);
 }
 
 TEST(Config, EnvironmentOverrides) {
   ScopedEnv a("GRADCOMP_METHOD", "topk"), b("GRADCOMP_BITS", "8"), c("GRADCOMP_DENSITY", "0.001"),
       d("GRADCOMP_MIN_ELEMENTS", "0"), e("GRADCOMP_VALUE_TYPE", "bfloat16"),
-      f("GRADCOMP_SEED", "0xffffffffffffffff"), g("GRADCOMP_ALGO", "RING");
+      f("GRADCOMP_SEED", "0xffffffffffffffff"), g("GRADCOMP_ALGO", "RING"),
+      h("GRADCOMP_PIPELINE_BYTES", "8388608");
   gradcompConfig_t cfg;
   ASSERT_EQ(gradcompConfigFromEnv(&cfg), gradcompSuccess) << gradcompGetLastError();
   EXPECT_EQ(cfg.method, gradcompMethodTopk);
@@ -41,6 +43,7 @@ TEST(Config, EnvironmentOverrides) {
   EXPECT_EQ(cfg.valueType, ncclBfloat16);
   EXPECT_EQ(cfg.seed, 0xffffffffffffffffull);
   EXPECT_EQ(cfg.algo, gradcompAlgoRing);
+  EXPECT_EQ(cfg.pipelineBytes, 8388608u);
 }
 
 struct BadEnv {
@@ -60,6 +63,8 @@ TEST(Config, BadEnvironmentValuesNameVariableAndRange) {
       {"GRADCOMP_METHOD", "zip", "GRADCOMP_METHOD=zip is not one of none|qsgd|topk|randk|dgc"},
       {"GRADCOMP_SEED", "-1", "GRADCOMP_SEED=-1 is not an unsigned 64-bit integer"},
       {"GRADCOMP_EF", "2", "GRADCOMP_EF=2 is not an integer in 0..1"},
+      {"GRADCOMP_PIPELINE_BYTES", "-1",
+       "GRADCOMP_PIPELINE_BYTES=-1 is not an integer in 0..1000000000000000000"},
   };
   for (const auto& bc : cases) {
     ScopedEnv env(bc.name, bc.value);

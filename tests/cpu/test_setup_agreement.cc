@@ -80,6 +80,9 @@ TEST(SetupAgreement, EachSettingIsNamed) {
       {"GRADCOMP_DENSITY (density) = 0.25", [](gradcompConfig_t* c) { c->density = 0.25f; }},
       {"GRADCOMP_VALUE_TYPE (valueType) = 6",
        [](gradcompConfig_t* c) { c->valueType = (ncclDataType_t)6; }},
+      // Ranks cutting calls into different pieces would post mismatched transfers.
+      {"GRADCOMP_PIPELINE_BYTES (pipelineBytes) = 4194304 while rank 0 has 0",
+       [](gradcompConfig_t* c) { c->pipelineBytes = 4u << 20; }},
   };
   const gradcompConfig_t base = config(2);
   ASSERT_NE(base.method, 2);

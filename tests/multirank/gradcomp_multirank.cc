@@ -84,11 +84,15 @@ ncclUniqueId exchangeId(const char* path) {
   exit(2);
 }
 
-void checkAlgo(ncclComm_t nc, cudaStream_t st, gradcompAlgo_t algo, DType t, bool avg, size_t n) {
+// pipelineBytes > 0: the pipelined two-shot (comm stream + events on the
+// CUDA backend) must give the unpipelined reference's bits.
+void checkAlgo(ncclComm_t nc, cudaStream_t st, gradcompAlgo_t algo, DType t, bool avg, size_t n,
+               size_t pipelineBytes = 0) {
   gradcompConfig_t cfg;
   gradcompConfigInit(&cfg);
   cfg.autoTune = 0;  // these check compression: auto must not pass calls to NCCL
   cfg.algo = algo;
+  cfg.pipelineBytes = pipelineBytes;
   cfg.minElements = 0;
   cfg.bucketSize = 64;
   cfg.localSize = localSize;
@@ -124,8 +128,8 @@ void checkAlgo(ncclComm_t nc, cudaStream_t st, gradcompAlgo_t algo, DType t, boo
                                         : refTwoShot(refState, t, n, cfg, step, avg);
     std::vector<float> got = widen(out[rank], t, n);
     char what[160];
-    snprintf(what, sizeof(what), "algo=%d dtype=%d avg=%d n=%zu step=%d", (int)algo, (int)t, avg, n,
-             step);
+    snprintf(what, sizeof(what), "algo=%d dtype=%d avg=%d n=%zu step=%d pipelineBytes=%zu",
+             (int)algo, (int)t, avg, n, step, pipelineBytes);
     report(res == gradcompSuccess && memcmp(got.data(), expect.data(), n * 4) == 0, what);
     if (localSize > 1) {
       gradcompStats_t stats;
@@ -257,15 +261,20 @@ void checkSparse(ncclComm_t nc, cudaStream_t st, const SparseCase& sc, DType t, 
 
 // Capture one call into a graph and replay it; an identical comm makes the
 // same calls eagerly; results and residual state must match bit for bit.
-void checkGraph(ncclComm_t nc, cudaStream_t st) {
+// pipelineBytes > 0: the graphed comm is pipelined (its comm stream joins
+// the capture through events), the eager one is not: same bits still.
+void checkGraph(ncclComm_t nc, cudaStream_t st, size_t pipelineBytes) {
   gradcompConfig_t cfg;
   gradcompConfigInit(&cfg);
   cfg.autoTune = 0;  // these check compression: auto must not pass calls to NCCL
   cfg.minElements = 0;
   cfg.localSize = localSize;
+  if (pipelineBytes > 0) cfg.algo = gradcompAlgoTwoShot;
   gradcompComm_t eager, graphed;
   CK(gradcompCommCreate(nc, &cfg, &eager));
+  cfg.pipelineBytes = pipelineBytes;
   CK(gradcompCommCreate(nc, &cfg, &graphed));
+  const std::string pipe = pipelineBytes > 0 ? " (pipelined)" : "";
   const size_t n = 1 << 18;
   std::vector<float> g = gctest::normal(n, 77 + rank);
   float *a, *b;
@@ -295,7 +304,7 @@ void checkGraph(ncclComm_t nc, cudaStream_t st) {
   std::vector<float> ra(n), rb(n);
   CK(cudaMemcpy(ra.data(), a, n * 4, cudaMemcpyDeviceToHost));
   CK(cudaMemcpy(rb.data(), b, n * 4, cudaMemcpyDeviceToHost));
-  report(ok && memcmp(ra.data(), rb.data(), n * 4) == 0, "graph replays equal eager calls");
+  report(ok && memcmp(ra.data(), rb.data(), n * 4) == 0, "graph replays equal eager calls" + pipe);
   // And the residual state is the same too.
   size_t sa = 0, sb = 0;
   gradcompCommStateSize(eager, &sa);
@@ -313,7 +322,7 @@ void checkGraph(ncclComm_t nc, cudaStream_t st) {
     memset(bufA.data() + 24 + 32, 0, 8), memset(bufB.data() + 24 + 32, 0, 8);
   }
   report(saved && sa >= 24 + 56 && memcmp(bufA.data(), bufB.data(), sa) == 0,
-         "graph replays leave the same residuals as eager calls");
+         "graph replays leave the same residuals as eager calls" + pipe);
   cudaGraphExecDestroy(exec);
   cudaGraphDestroy(graph);
   cudaFree(a);
@@ -724,7 +733,15 @@ int main() {
           if (localSize > 1 && n == 5000) continue;
           checkSparse(nc, st, sc, t, avg, n);
         }
-  checkGraph(nc, st);
+  // Pipelined two-shot (flat, or the hierarchy's middle stage): pieces of
+  // one and of three buckets of every chunk, the latter not dividing them.
+  for (DType t : {DType::F32, DType::F16, DType::BF16})
+    for (bool avg : {false, true})
+      for (size_t piece : {(size_t)64, (size_t)192}) {
+        checkAlgo(nc, st, gradcompAlgoTwoShot, t, avg, 100003, piece * 4 * nranks);
+      }
+  checkGraph(nc, st, 0);
+  checkGraph(nc, st, 64 << 10);
   checkSetupAgreement(nc, ndev);
   checkPassThrough(nc, st);  // also: the NCCL comm still works after refused set-ups
   inRs = true;

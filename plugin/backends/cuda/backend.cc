@@ -24,12 +24,33 @@ class CudaBackend final : public Backend {
     return st != cudaStreamCaptureStatusNone;
   }
 
-  ~CudaBackend() override { release(stepDev_); }
+  ~CudaBackend() override {
+    release(stepDev_);
+    for (cudaEvent_t e : events_) {
+      if (e != nullptr) (void)cudaEventDestroy(e);
+    }
+    if (commStream_ != nullptr) (void)cudaStreamDestroy(commStream_);
+  }
 
   gradcompResult_t init() override {
     void* p = nullptr;
     GC_CHECK(alloc(sizeof(uint64_t), &p));
     stepDev_ = static_cast<uint64_t*>(p);
+    // Made once here, never on the data path, so pipelined calls stay
+    // capturable: the comm stream joins a capture through the events.
+    GC_CUDACHECK(cudaStreamCreateWithFlags(&commStream_, cudaStreamNonBlocking));
+    for (cudaEvent_t& e : events_) {
+      GC_CUDACHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+    }
+    return gradcompSuccess;
+  }
+  cudaStream_t commStream() const override { return commStream_; }
+  gradcompResult_t record(int lane, int ev) override {
+    GC_CUDACHECK(cudaEventRecord(events_[ev], laneStream(lane)));
+    return gradcompSuccess;
+  }
+  gradcompResult_t wait(int lane, int ev) override {
+    GC_CUDACHECK(cudaStreamWaitEvent(laneStream(lane), events_[ev], 0));
     return gradcompSuccess;
   }
   const uint64_t* deviceStep() const override { return stepDev_; }
@@ -119,7 +140,11 @@ class CudaBackend final : public Backend {
   }
 
  private:
+  cudaStream_t laneStream(int lane) const { return lane == kCommLane ? commStream_ : stream_; }
+
   uint64_t* stepDev_ = nullptr;
+  cudaStream_t commStream_ = nullptr;
+  cudaEvent_t events_[kPipeEvents] = {};
 };
 
 }  // namespace

@@ -1,0 +1,285 @@
+// Pipelined two-shot (GRADCOMP_PIPELINE_BYTES) on the CPU backend: the same
+// algorithm code cuts each chunk into bucket-aligned pieces, and every result,
+// residual and wire byte count is bit for bit the unpipelined call's, which in
+// turn is the serial reference (ref_algos.h). The RNG offset that makes this
+// possible is checked on the codec: encoding elements [o, o+len) of a chunk
+// with KeySpec::offset = o draws exactly what the whole-chunk encode draws.
+#include <gtest/gtest.h>
+#include <string.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "gradcomp.h"
+#include "gradcomp/reference.h"
+#include "kernels/common_math.cuh"
+#include "kernels/qsgd_math.cuh"
+#include "plugin/algorithms/algorithms.h"
+#include "plugin/comm.h"
+#include "tests/common/cpu_world.h"
+#include "tests/common/ref_algos.h"
+#include "tests/common/test_util.h"
+
+namespace {
+
+using gc::DType;
+using namespace gctest::ref;
+
+std::vector<float> decodeAll(const std::vector<uint8_t>& e, size_t n, int bits, int d) {
+  std::vector<float> out(n);
+  dec(e, n, bits, d, out.data(), false);
+  return out;
+}
+
+uint64_t pieceKey(uint64_t key, uint64_t offset) {
+  gc::KeySpec k = gc::plainKey(key);
+  k.offset = offset;
+  return gc::resolveKey(k);
+}
+
+// The derived key of an algorithm's encode moves the same way.
+TEST(PipelineCpu, OffsetFollowsTheElementForDerivedKeys) {
+  gc::KeySpec k{24301, 7, nullptr, 3, 5, true};
+  const uint64_t whole = gc::resolveKey(k);
+  for (uint64_t o : {0ull, 1ull, 512ull, 123456789ull}) {
+    k.offset = o;
+    for (uint64_t i : {0ull, 1ull, 1000ull}) {
+      EXPECT_EQ(gc::uniform24(gc::resolveKey(k), i), gc::uniform24(whole, o + i));
+    }
+  }
+}
+
+// Every piece of whole buckets, encoded on its own with the offset, decodes
+// to the whole encode's slice, leaves the same residual, and has the same
+// bucket scales; without the offset the draws differ (the test can fail).
+TEST(PipelineCpu, OffsetEncodeEqualsSliceOfWholeEncode) {
+  const uint64_t key = 0x1234567890abcdefull;
+  for (DType t : {DType::F32, DType::F16, DType::BF16}) {
+    for (int bits : {2, 3, 4, 5, 8}) {
+      for (int d : {32, 96, 512}) {
+        for (bool ef : {false, true}) {
+          SCOPED_TRACE(testing::Message()
+                       << "dtype=" << (int)t << " bits=" << bits << " d=" << d << " ef=" << ef);
+          const size_t n = 7 * (size_t)d + 13;
+          std::vector<Rank> in = makeInputs(1, n, t, bits * 100 + d);
+          for (size_t k = 0; k < n; ++k) in[0].residual[k] = 0.01f * (float)((k * 7) % 11) - 0.05f;
+          std::vector<float> wholeRes = in[0].residual;
+          auto whole = enc(data(in[0], t), t, ef ? wholeRes.data() : nullptr, n, bits, d, key);
+          const std::vector<float> wholeDec = decodeAll(whole, n, bits, d);
+          // Pieces of 1, 2 and 3 buckets, the last one short.
+          size_t o = 0;
+          bool anyDiffers = false;
+          for (size_t q = 0; o < n; ++q) {
+            const size_t len = std::min(n - o, (size_t)d * (1 + q % 3));
+            std::vector<float> res(in[0].residual.begin() + o, in[0].residual.begin() + o + len);
+            const char* x = static_cast<const char*>(data(in[0], t)) + o * gc::dtypeBytes(t);
+            auto piece = enc(x, t, ef ? res.data() : nullptr, len, bits, d, pieceKey(key, o));
+            const std::vector<float> got = decodeAll(piece, len, bits, d);
+            ASSERT_EQ(memcmp(got.data(), wholeDec.data() + o, len * 4), 0) << "piece at " << o;
+            ASSERT_EQ(
+                memcmp(piece.data(), whole.data() + o / d * 4, gc::qsgd::numBuckets(len, d) * 4), 0)
+                << "scales of the piece at " << o;
+            if (ef) {
+              ASSERT_EQ(memcmp(res.data(), wholeRes.data() + o, len * 4), 0) << "residual at " << o;
+            }
+            if (o > 0) {
+              auto plain = enc(x, t, nullptr, len, bits, d, key);
+              anyDiffers |= memcmp(plain.data(), piece.data(), piece.size()) != 0;
+            }
+            o += len;
+          }
+          EXPECT_TRUE(anyDiffers) << "pieces without the offset should draw differently";
+        }
+      }
+    }
+  }
+}
+
+gradcompConfig_t twoShotConfig(size_t pipelineBytes) {
+  gradcompConfig_t cfg;
+  gradcompConfigInit(&cfg);
+  cfg.algo = gradcompAlgoTwoShot;
+  cfg.minElements = 0;
+  cfg.bucketSize = 64;
+  cfg.bits = 4;
+  cfg.pipelineBytes = pipelineBytes;
+  return cfg;
+}
+
+TEST(PipelineCpu, PiecesAreWholeBucketsOfEveryChunk) {
+  gctest::CpuWorld world(4, twoShotConfig(0));
+  gradcompComm& c = *world.comm(0);
+  const gc::Chunks ch = gc::splitChunks(c, 10000, 4);  // chunks of 2560, 2560, 2560, 2320
+  EXPECT_EQ(gc::splitPieces(c, ch).count, 1u);         // off
+  EXPECT_EQ(gc::splitPieces(c, ch).piece, ch.maxLen);
+  const struct {
+    size_t bytes, piece, count;
+  } cases[] = {
+      {1, 64, 40},              // at least one bucket
+      {4 * 4 * 64, 64, 40},     // exactly one bucket of every chunk
+      {4 * 4 * 65, 128, 20},    // rounded up to whole buckets
+      {4 * 4 * 1000, 1024, 3},  // does not divide the chunk
+      {4 * 4 * 2560, 2560, 1},  // one piece holds the chunk: not pipelined
+      {1u << 30, 2560, 1},
+  };
+  for (const auto& k : cases) {
+    c.cfg.pipelineBytes = k.bytes;
+    const gc::Pieces p = gc::splitPieces(c, ch);
+    EXPECT_EQ(p.piece, k.piece) << k.bytes;
+    EXPECT_EQ(p.count, k.count) << k.bytes;
+    size_t covered = 0;
+    for (size_t q = 0; q < p.count; ++q) covered += p.len(ch.len(3), q);
+    EXPECT_EQ(covered, ch.len(3)) << k.bytes;
+  }
+}
+
+std::vector<uint8_t> savedState(gradcompComm_t c) {
+  size_t bytes = 0;
+  EXPECT_EQ(gradcompCommStateSize(c, &bytes), gradcompSuccess);
+  std::vector<uint8_t> s(bytes);
+  EXPECT_EQ(gradcompCommSaveState(c, s.data(), bytes), gradcompSuccess) << gradcompGetLastError();
+  return s;
+}
+
+// Wire bytes of rank r's pipelined two-shot, piece by piece from the
+// description: each piece of a peer's chunk, and (N-1) copies of each
+// allgathered piece (the largest chunk's).
+size_t pieceWireBytes(const gc::Chunks& ch, const gc::Pieces& p, int N, int r, int bits, int d) {
+  size_t bytes = 0;
+  for (size_t q = 0; q < p.count; ++q) {
+    for (int j = 0; j < N; ++j) {
+      if (j != r) bytes += gc::qsgd::encodedBytes(p.len(ch.len(j), q), bits, d);
+    }
+    bytes += (N - 1) * gc::qsgd::encodedBytes(p.len(ch.maxLen, q), bits, d);
+  }
+  return bytes;
+}
+
+// Pipelined and unpipelined worlds reduce the same inputs in place over
+// several steps (error feedback and owner residual on): outputs equal each
+// other and the serial reference bit for bit on every rank, states are the
+// same bytes, and the wire bytes are the sum of the pieces' encodings,
+// which equals the unpipelined count.
+void checkPipelined(int N, DType t, bool avg, size_t n, size_t pieceElems) {
+  const int d = 64, bits = 4, steps = 3;
+  // pieceElems per chunk: pipelineBytes is the whole call's share as fp32.
+  const size_t pipelineBytes = pieceElems * 4 * N;
+  SCOPED_TRACE(testing::Message() << "N=" << N << " dtype=" << (int)t << " avg=" << avg
+                                  << " n=" << n << " piece=" << pieceElems);
+  gctest::CpuWorld flat(N, twoShotConfig(0)), piped(N, twoShotConfig(pipelineBytes));
+  const gc::Chunks ch = gc::splitChunks(*piped.comm(0), n, bits);
+  const gc::Pieces p = gc::splitPieces(*piped.comm(0), ch);
+  ASSERT_GT(p.count, 1u) << "the case must actually pipeline";
+  std::vector<Rank> ref = makeInputs(N, n, t, n + N);
+  std::vector<Rank> a = ref, b = ref;
+  for (int step = 0; step < steps; ++step) {
+    std::vector<Rank> in = makeInputs(N, n, t, 1000 * step + n + N);
+    for (int i = 0; i < N; ++i) {
+      in[i].residual = ref[i].residual, in[i].ownerRes = ref[i].ownerRes;
+      a[i].f32 = b[i].f32 = in[i].f32;
+      a[i].half = b[i].half = in[i].half;
+    }
+    auto runOn = [&](gctest::CpuWorld& w, std::vector<Rank>& bufs) {
+      auto res = w.run([&](int r) {
+        void* ptr = t == DType::F32 ? (void*)bufs[r].f32.data() : (void*)bufs[r].half.data();
+        // Keyed: the saved states then do not differ by the buffers' addresses.
+        return gradcompAllReduceKeyed(ptr, ptr, n, nccl(t), avg ? ncclAvg : ncclSum, w.comm(r),
+                                      nullptr, 7);
+      });
+      for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
+    };
+    runOn(flat, a);
+    runOn(piped, b);
+    gradcompConfig_t rc = twoShotConfig(0);
+    rc.bucketSize = d;
+    const std::vector<float> expect = refTwoShot(ref = in, t, n, rc, step, avg);
+    for (int r = 0; r < N; ++r) {
+      auto got = widen(b[r], t, n), base = widen(a[r], t, n);
+      ASSERT_EQ(memcmp(got.data(), base.data(), n * 4), 0) << "rank " << r << " step " << step;
+      ASSERT_EQ(memcmp(got.data(), expect.data(), n * 4), 0) << "rank " << r << " step " << step;
+    }
+  }
+  for (int r = 0; r < N; ++r) {
+    EXPECT_EQ(savedState(piped.comm(r)), savedState(flat.comm(r))) << "state of rank " << r;
+    gradcompStats_t sp, sf;
+    ASSERT_EQ(gradcompGetStats(piped.comm(r), &sp), gradcompSuccess);
+    ASSERT_EQ(gradcompGetStats(flat.comm(r), &sf), gradcompSuccess);
+    EXPECT_EQ(sp.bytesOnWire, sf.bytesOnWire) << "rank " << r;
+    EXPECT_EQ(sp.piecesLast, p.count) << "rank " << r;
+    EXPECT_EQ(sf.piecesLast, 1u) << "rank " << r;
+    EXPECT_EQ(sp.bytesOnWire, steps * pieceWireBytes(ch, p, N, r, bits, d)) << "rank " << r;
+  }
+}
+
+TEST(PipelineCpu, TwoShotPipelinedEqualsUnpipelined) {
+  for (int N = 2; N <= 8; ++N) {
+    for (DType t : {DType::F32, DType::F16, DType::BF16}) {
+      for (bool avg : {false, true}) {
+        // Pieces of one bucket, of three (not dividing the chunks) and of
+        // five, smaller than a chunk in every case.
+        for (size_t n : {3001ul, 5000ul}) {
+          for (size_t piece : {64ul, 192ul, 320ul}) {
+            if ((n + N - 1) / N <= piece) continue;
+            checkPipelined(N, t, avg, n, piece);
+            if (HasFatalFailure()) return;
+          }
+        }
+      }
+    }
+  }
+}
+
+// The hierarchy's middle stage runs two-shot on the inter-node child comm,
+// which inherits the config: pipelined there too, same results.
+TEST(PipelineCpu, HierMiddleStagePipelinedEqualsUnpipelined) {
+  const size_t n = 20000;
+  const int L = 2;  // 3 and 4 nodes: the child comm runs two-shot
+  for (int N : {6, 8}) {
+    for (DType t : {DType::F32, DType::BF16}) {
+      for (bool avg : {false, true}) {
+        SCOPED_TRACE(testing::Message() << "N=" << N << " dtype=" << (int)t << " avg=" << avg);
+        gradcompConfig_t base = twoShotConfig(0);
+        base.algo = gradcompAlgoAuto;
+        base.localSize = L;
+        gradcompConfig_t pc = base;
+        pc.pipelineBytes = 2048;
+        gctest::CpuWorld flat(N, base), piped(N, pc);
+        std::vector<Rank> a = makeInputs(N, n, t, 77 + L), b = a;
+        for (int step = 0; step < 3; ++step) {
+          for (auto* w : {&flat, &piped}) {
+            std::vector<Rank>& bufs = w == &flat ? a : b;
+            auto res = w->run([&](int r) {
+              void* ptr = t == DType::F32 ? (void*)bufs[r].f32.data() : (void*)bufs[r].half.data();
+              return gradcompAllReduceKeyed(ptr, ptr, n, nccl(t), avg ? ncclAvg : ncclSum,
+                                            w->comm(r), nullptr, 7);
+            });
+            for (int r = 0; r < N; ++r)
+              ASSERT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
+          }
+          for (int r = 0; r < N; ++r) {
+            auto got = widen(b[r], t, n), want = widen(a[r], t, n);
+            ASSERT_EQ(memcmp(got.data(), want.data(), n * 4), 0)
+                << "rank " << r << " step " << step;
+          }
+        }
+        gradcompStats_t sp, sf;
+        ASSERT_EQ(gradcompGetStats(piped.comm(0), &sp), gradcompSuccess);
+        ASSERT_EQ(gradcompGetStats(flat.comm(0), &sf), gradcompSuccess);
+        EXPECT_EQ(sp.callsPerAlgo[gradcompAlgoHier], 3u);
+        EXPECT_EQ(sp.bytesOnWire, sf.bytesOnWire);
+        EXPECT_EQ(savedState(piped.comm(0)), savedState(flat.comm(0)));
+        // Rank 0's shard (the first of L bucket-aligned shards), reduced over
+        // the N/L nodes by the child comm, is cut into pieces.
+        gradcompComm& inter = *piped.comm(0)->inter;
+        size_t shards[L + 1];
+        gc::splitAligned(n, L, base.bucketSize, shards);
+        const gc::Chunks ch = gc::splitChunks(inter, shards[1], 4);
+        EXPECT_GT(gc::splitPieces(inter, ch).count, 1u);
+        EXPECT_EQ(sp.piecesLast, gc::splitPieces(inter, ch).count);
+        EXPECT_EQ(sf.piecesLast, 1u);
+      }
+    }
+  }
+}
+
+}  // namespace
