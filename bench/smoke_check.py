@@ -147,6 +147,51 @@ def check_hier_rows(tag, rows, kdoc, nranks, local, middle, bits, intra_gbps=360
                    "%s: in-node bytes not charged to the NIC at %g" % (t, L))
 
 
+def check_hier_rs_rows(tag, rows, kdoc, nranks, local, bits, bucket, intra_gbps=3600.0, lat=10.0):
+    """Reduce-scatter rows run with --local-size L > 1 on >= 2 nodes: the hierarchical
+    reduce-scatter, two link classes (docs/benchmark.md), recomputed from the row's own bytes."""
+    k, g = nranks // local, local
+    us = lambda b, gbps: b * 8 / (gbps * 1e3)  # noqa: E731
+    expect(len(rows) > 0, "%s: rows" % tag)
+    for r in rows:
+        t = "%s %s %s %d" % (tag, r["method"], r["dtype"], r["size"])
+        expect(r["algo"] == "reducescatter", "%s: reduce-scatter ran (got %s)" % (t, r["algo"]))
+        expect(r["wrong"] == 0, "%s: no wrong elements" % t)
+        m_, inter, wire = r["count"], r["inter_wire_bytes"], r["wire_bytes"]
+        # In the node NCCL's ring of k*m floats among G ranks; across nodes k-1 blocks.
+        expect(close(wire - inter, (g - 1) * k * m_ * 4),
+               "%s: in-node bytes %s = (G-1) * k*m * 4" % (t, wire - inter))
+        if r["method"] == "qsgd":
+            expect(close(inter, (k - 1) * encoded(m_, bits, bucket)),
+                   "%s: inter-node bytes %s = (k-1) * E(m)" % (t, inter))
+            expect(r["kernels_measured"] and r.get("kernel_source") == "gpu_report",
+                   "%s: kernel times from the GPU report" % t)
+            kernel = (k - 1) * (r["encode_us"] + r["decode_us"])
+        else:
+            kernel = 0
+        expect(close(r["kernel_us"], kernel), "%s: hier reduce-scatter kernel work %s vs %s (k-1 "
+               "blocks encoded and decoded)" % (t, r["kernel_us"], kernel))
+        steps = (g - 1) + 1
+        expect(r["latency_steps"] == steps,
+               "%s: latency steps %s vs (G-1) + 1" % (t, r["latency_steps"]))
+        expect([m["link_gbps"] for m in r["model"]] == [10, 25, 100, 400], "%s: default links" % t)
+        for m in r["model"]:
+            L = m["link_gbps"]  # each GPU's own NIC; the node has G of them
+            ours = kernel + us(wire - inter, intra_gbps) + us(inter, L) + steps * lat
+            # NCCL's ring reduce-scatter: (N-1) * size per GPU, 1/G of it across nodes.
+            ring = (nranks - 1) * r["size"]
+            nccl = max(us(ring * (g - 1) / g, intra_gbps), us(ring / g, L)) + (nranks - 1) * lat
+            expect(close(m["time_us"], ours),
+                   "%s: hier reduce-scatter model at %g: %s vs %s" % (t, L, m["time_us"], ours))
+            expect(close(m["nccl_time_us"], nccl),
+                   "%s: NCCL reduce-scatter two-class model at %g: %s vs %s"
+                   % (t, L, m["nccl_time_us"], nccl))
+            expect(close(m["speedup"], nccl / ours, 1e-6), "%s: modeled speedup at %g" % (t, L))
+            flat_wrong = kernel + us(wire, L) + steps * lat
+            expect(not close(m["time_us"], flat_wrong, 1e-3),
+                   "%s: in-node bytes not charged to the NIC at %g" % (t, L))
+
+
 def main():
     perf, work, src = sys.argv[1], sys.argv[2], sys.argv[3]
     report = newest_report(os.path.join(src, "bench", "results"))
@@ -367,6 +412,17 @@ def main():
                    "%s: pipelined model at %g: %s vs %s" % (tag, g, m.get("pipelined_time_us"), piped))
             expect(close(m.get("pipelined_speedup"), m["nccl_time_us"] / piped, 1e-6),
                    "%s: pipelined speedup at %g" % (tag, g))
+
+    # Reduce-scatter on 2 nodes of 2 ranks: the hierarchical reduce-scatter's rows.
+    code, out, rows = run(perf, ["-N", "4", "-C", "reduce_scatter", "--local-size", "2", "-b", "64K",
+                                 "-e", "256K", "-f", "4", "-n", "1", "-w", "0", "-d", "float,bfloat16",
+                                 "-m", "qsgd,topk", "-q", str(bits), "-B", str(bucket)],
+                          os.path.join(work, "hier-rs.json"))
+    expect(code == 0, "hier reduce-scatter run exits 0 (got %d)" % code)
+    expect("reduce-scatter: the hierarchical one" in out,
+           "the preamble says how hier reduce-scatter rows are modeled")
+    expect(len(rows) == 2 * 2 * len(sizes), "hier reduce-scatter: one row per type, method, size")
+    check_hier_rs_rows("hier rs", rows, kdoc, 4, 2, bits, bucket)
 
     # --auto: each row also runs a comm with GRADCOMP_AUTO=1; the CPU backend
     # does not time, so auto compresses, is checked, and the regret key is null.

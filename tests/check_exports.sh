@@ -18,6 +18,6 @@ for s in gradcompGetErrorString gradcompGetLastError gradcompConfigInit gradcomp
          gradcompEliasEncodeHost gradcompEliasDecodeHost gradcompEliasWorkspaceBytes \
          gradcompEliasEncode gradcompEliasDecode gradcompTopkSlots gradcompTopkSelectHost \
          gradcompTopkWorkspaceBytes gradcompTopkSelect gradcompCommRetune; do
-  echo "$syms" | grep -qx "$s" || { echo "FAIL: $lib does not export $s"; exit 1; }
+  grep -qx "$s" <<< "$syms" || { echo "FAIL: $lib does not export $s"; exit 1; }
 done
 echo "PASS: $(echo "$syms" | wc -l) exported symbols, all gradcomp*"

@@ -1,34 +1,76 @@
 #!/usr/bin/env bash
-# The whole GPU suite on a GPU machine, in about 20 minutes on one H100:
-# builds for this GPU (build-gpu/), runs the tests with GRADCOMP_TEST_GPU=1,
-# the multi-process NCCL tests and the PyTorch DDP check when their scripts
-# exist, gradcomp.torch's hook checks and the GPT head-to-head (steps
-# torch_hooks and lm_compare, about 12 minutes more), gradcomp_perf (1 rank,
-# and 8 ranks sharing the GPU with the link model), the kernel benchmarks and
-# torch.topk on the same data, then plots.
-# Writes bench/results/<date>-<gpu>.md and .json (+ PNGs, raw outputs in
-# bench/results/<date>-<gpu>/), and copies the report to $OUT when set.
-# A failing step is recorded and the next one runs.
+# The GPU suite on a GPU machine, in named groups that each fit one device call
+# of ~9 minutes including the build (docs/benchmark.md, "Running the GPU suite
+# in 15-minute sessions"). Run them in this order, the next group right after
+# the last (the machine is kept only while calls follow each other; the build
+# in build-gpu/ is then reused):
 #
-# GC_CHECK_BUDGET_S (default 1200) bounds the whole run: each step's time
-# limit is cut to what is left. GC_STEPS (default: all of "tests multirank
-# perf kernels torch_topk tc_link ddp fsdp torch_hooks lm_compare plots") picks the steps after the build, so the
-# suite can be split over several shorter sessions; the raw outputs of each
-# part land in the same bench/results/<date>-<gpu>/ folder and the report is
-# made from whatever is there.
+#   GC_STEPS=core    build, tests (GRADCOMP_TEST_GPU=1), multirank              ~5 min
+#   GC_STEPS=perf    gradcomp_perf rows, kernels, torch.topk, plots             ~5 min
+#   GC_STEPS=hooks   gradcomp.torch's DDP and FSDP2 hooks (torch_hooks)         ~7 min
+#   GC_STEPS=ddp     PyTorch DDP under LD_PRELOAD, flat and hierarchical        ~7 min
+#   GC_STEPS=fsdp_lm FSDP2 under LD_PRELOAD, the GPT head-to-head (lm_compare)  ~8.5 min
+#   GC_STEPS=link    gradcomp_perf over tc-shaped links (tc_link, root)         ~6 min
+#
+# (minutes with a bare build; each group's limits fit 540 s.) With 15 minutes
+# of device time per session: core + perf in the first, hooks + link in the
+# second, ddp in the third, fsdp_lm in the fourth. GC_STEPS also takes step
+# names (tests multirank perf kernels torch_topk tc_link ddp fsdp torch_hooks
+# lm_compare plots) and several groups; unset, everything runs (about 40
+# minutes). The build always runs first (seconds when build-gpu/ is built).
+#
+# Writes bench/results/<name>.md and .json (+ PNGs, raw outputs in
+# bench/results/<name>/, <name> = <date>-<gpu> or GC_RUN_NAME), and copies the
+# report, the JSON and tarballs of the PNGs and raw outputs to $OUT when set.
+# Each call adds its steps to <name>/steps.tsv and makes the report from every
+# raw output there, so the groups of one session (or of several sessions, with
+# the raw folder committed and the same GC_RUN_NAME) fill one report. A
+# failing step is recorded and the next one runs.
+#
+# GC_CHECK_BUDGET_S bounds the call (default 540 when GC_STEPS is set, else
+# 3000): each step's limit is cut to what is left, and the PyTorch checks get
+# their step's limit as their own budget, so they skip their last runs rather
+# than being killed. GC_PLAN=1 prints the selected steps and limits and exits
+# (no GPU needed). GC_BUILD_DIR and GRADCOMP_CUDA_ARCHS override the build,
+# GC_RESULTS_DIR the results folder (a dry run without a GPU: a temporary one).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 
-budget=${GC_CHECK_BUDGET_S:-1200}
+# Groups of steps, in the order a session runs them; each fits one call.
+declare -A groups=(
+  [core]="tests multirank"
+  [perf]="perf kernels torch_topk plots"
+  [hooks]="torch_hooks"
+  [ddp]="ddp"
+  [fsdp_lm]="fsdp lm_compare"
+  [link]="tc_link"
+)
+all_steps="tests multirank perf kernels torch_topk tc_link ddp fsdp torch_hooks lm_compare plots"
+steps_sel=" "
+for s in ${GC_STEPS:-$all_steps}; do
+  if [ -n "${groups[$s]:-}" ]; then
+    steps_sel+="${groups[$s]} "
+  elif [[ " $all_steps " == *" $s "* ]]; then
+    steps_sel+="$s "
+  else
+    echo "gpu-check: GC_STEPS names '$s', not a group (core perf hooks ddp fsdp_lm link) or a step ($all_steps)" >&2
+    exit 2
+  fi
+done
+want() { [[ "$steps_sel" == *" $1 "* ]]; }
+plan=${GC_PLAN:-0}
+
+if [ -n "${GC_STEPS:-}" ]; then budget=${GC_CHECK_BUDGET_S:-540}; else budget=${GC_CHECK_BUDGET_S:-3000}; fi
 start=$(date +%s)
-deadline=$((start + budget - 60))  # keep a minute for plots and the report
+deadline=$((start + budget - 30))  # keep half a minute for the report and the copies to $OUT
 date=$(date +%Y-%m-%d)
 gpu_name=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
 gpu_name=${gpu_name:-unknown-gpu}
 gpu_slug=$(echo "$gpu_name" | tr 'A-Z' 'a-z' | sed -E 's/^nvidia //; s/[^a-z0-9]+/-/g; s/^-+|-+$//g')
-name="$date-$gpu_slug"
-results=bench/results
+name=${GC_RUN_NAME:-$date-$gpu_slug}
+results=${GC_RESULTS_DIR:-bench/results}
+[ "$plan" = 1 ] && [ -z "${GC_RESULTS_DIR:-}" ] && results=$(mktemp -d)
 raw=$results/$name
 mkdir -p "$raw"
 steps=$raw/steps.tsv
@@ -38,10 +80,8 @@ steps=$raw/steps.tsv
 build=${GC_BUILD_DIR:-build-gpu}
 archs=${GRADCOMP_CUDA_ARCHS:-native}
 jobs=$(nproc 2>/dev/null || echo 8)
-echo "gpu-check: $gpu_name -> $results/$name.md (budget ${budget}s)"
-
-steps_sel=" ${GC_STEPS:-tests multirank perf kernels torch_topk tc_link ddp fsdp torch_hooks lm_compare plots} "
-want() { [[ "$steps_sel" == *" $1 "* ]]; }
+echo "gpu-check: $gpu_name -> $results/$name.md (steps:$steps_sel budget ${budget}s)"
+planned=0
 
 # run_step NAME LIMIT_S LOG CMD...: runs CMD under a time limit, output to LOG
 # (and the console), and records status and seconds in steps.tsv.
@@ -49,6 +89,14 @@ run_step() {
   local step=$1 limit=$2 log=$3
   shift 3
   local now left t0 rc status note=""
+  if [ "$plan" = 1 ]; then
+    # A bare build takes ~90 s (36 s on the last H100), a built tree seconds.
+    [ "$step" = build ] && limit=90
+    planned=$((planned + limit))
+    printf 'plan: %-16s %4ds  (sum %4ds of the %ds before the report)\n' "$step" "$limit" \
+      "$planned" "$((budget - 30))"
+    return 0
+  fi
   now=$(date +%s)
   left=$((deadline - now))
   if [ "$left" -lt 20 ]; then
@@ -57,6 +105,9 @@ run_step() {
     return 1
   fi
   [ "$limit" -gt "$left" ] && limit=$left
+  # The PyTorch checks take this as their own budget: they skip their last
+  # runs and still write their summary instead of being killed.
+  export GC_STEP_BUDGET_S=$((limit - 15))
   echo "=== gpu-check: $step (limit ${limit}s)"
   t0=$(date +%s)
   timeout -k 20 "$limit" "$@" 2>&1 | tee "$log"
@@ -71,13 +122,16 @@ run_step() {
 }
 
 # --- build
-run_step build 900 "$raw/build.txt" bash -c \
+# Limits: the step's estimate on an H100/H200 (docs/benchmark.md) with a
+# margin, chosen so that each group's limits and a bare build (~90 s) fit in
+# the 540 s of one call.
+run_step build 150 "$raw/build.txt" bash -c \
   "cmake -S . -B $build -DGRADCOMP_CUDA_ARCHS=$archs && cmake --build $build -j $jobs"
 
 # --- tests (GPU tests fail instead of skipping without a usable GPU)
-want tests && run_step tests 480 "$raw/tests.txt" bash -c \
-  "cd $build && GRADCOMP_TEST_GPU=1 ctest -j 8 --output-on-failure --timeout 180"
-want tests && python3 - "$raw" <<'PY'
+want tests && run_step tests 120 "$raw/tests.txt" bash -c \
+  "cd $build && GRADCOMP_TEST_GPU=1 ctest -j 8 --output-on-failure --timeout 100"
+want tests && [ "$plan" != 1 ] && python3 - "$raw" <<'PY'
 import json, re, sys, os
 d = sys.argv[1]
 text = open(os.path.join(d, "tests.txt")).read() if os.path.exists(os.path.join(d, "tests.txt")) else ""
@@ -100,38 +154,42 @@ PY
 if ! want multirank; then
   :
 elif [ -f tools/multirank_check.sh ]; then
-  run_step multirank 360 "$raw/multirank.txt" bash tools/multirank_check.sh "$raw" "$build"
+  run_step multirank 240 "$raw/multirank.txt" bash tools/multirank_check.sh "$raw" "$build"
 else
   printf 'multirank\tmissing\t0\ttools/multirank_check.sh not in this tree\n' >> "$steps"
 fi
 
 # --- benchmarks
 perf=$build/bench/gradcomp_perf
-want perf && run_step perf_n1 90 "$raw/perf_n1.txt" "$perf" --backend cuda -N 1 -b 1M -e 256M -f 4 \
+want perf && run_step perf_n1 20 "$raw/perf_n1.txt" "$perf" --backend cuda -N 1 -b 1M -e 256M -f 4 \
   -m none,qsgd --json "$raw/perf_n1.json"
 # With the projection onto 2 and 4 nodes of 4 and 8 GPUs (hier_* keys of the report).
-want perf && run_step perf_n8 200 "$raw/perf_n8.txt" "$perf" --backend cuda -N 8 -b 1M -e 256M -f 4 \
+want perf && run_step perf_n8 90 "$raw/perf_n8.txt" "$perf" --backend cuda -N 8 -b 1M -e 256M -f 4 \
   -n 5 -w 2 -m qsgd -d float,bfloat16 --link-gbps 10,25,100,400 --model-nodes 2,4 \
   --model-local 4,8 --node-gbps 100,400,3200 --json "$raw/perf_n8.json"
 # The pipelined two-shot: 256 MB fp32 in 4 pieces of 64 MB (GRADCOMP_PIPELINE_BYTES),
 # checked like every row; its pipelined model gives the report's
 # allreduce_qsgd4_model_speedup_{100,400}gbps_n8_256MB (perf_n8 gives the unpipelined ones).
-want perf && run_step perf_n8_pipe 120 "$raw/perf_n8_pipe.txt" env GRADCOMP_PIPELINE_BYTES=67108864 \
-  "$perf" --backend cuda -N 8 -b 256M -e 256M -n 5 -w 2 -m qsgd -d float \
+want perf && run_step perf_n8_pipe 45 "$raw/perf_n8_pipe.txt" env GRADCOMP_PIPELINE_BYTES=67108864 \
+  "$perf" --backend cuda -N 8 -b 256M -e 256M -n 2 -w 1 -m qsgd -d float \
   --link-gbps 10,25,100,400 --json "$raw/perf_n8_pipe.json"
 # GRADCOMP_AUTO against forced compression and NCCL on one link (2 ranks
 # sharing the GPU): auto_regret_max_frac of the report.
-want perf && run_step perf_auto 150 "$raw/perf_auto.txt" "$perf" --backend cuda -N 2 -b 1M -e 256M \
+want perf && run_step perf_auto 60 "$raw/perf_auto.txt" "$perf" --backend cuda -N 2 -b 1M -e 256M \
   -f 4 -n 5 -w 2 -m qsgd --auto --json "$raw/perf_auto.json"
-want perf && run_step perf_n8_sparse 150 "$raw/perf_n8_sparse.txt" "$perf" --backend cuda -N 8 -b 4M \
+want perf && run_step perf_n8_sparse 50 "$raw/perf_n8_sparse.txt" "$perf" --backend cuda -N 8 -b 4M \
   -e 256M -f 4 -n 5 -w 2 -m topk,dgc,randk -k 0.001 --link-gbps 10,25,100,400 \
   --json "$raw/perf_n8_sparse.json"
-want perf && run_step perf_n8_rs 150 "$raw/perf_n8_rs.txt" "$perf" --backend cuda -N 8 \
+want perf && run_step perf_n8_rs 40 "$raw/perf_n8_rs.txt" "$perf" --backend cuda -N 8 \
   -C reduce_scatter -b 128K -e 32M -f 4 -n 5 -w 2 -m qsgd -d float --link-gbps 10,25,100 \
   --json "$raw/perf_n8_rs.json"
-want kernels && run_step kernels 300 "$raw/kernels.txt" "$build/bench/gradcomp_kernels_perf" \
+# The hierarchical reduce-scatter: 2 nodes of 4 ranks, two-link-class model.
+want perf && run_step perf_n8_hier_rs 30 "$raw/perf_n8_hier_rs.txt" "$perf" --backend cuda -N 8 \
+  -C reduce_scatter --local-size 4 -b 1M -e 32M -f 4 -n 5 -w 2 -m qsgd -d float,bfloat16 \
+  --json "$raw/perf_n8_hier_rs.json"
+want kernels && run_step kernels 20 "$raw/kernels.txt" "$build/bench/gradcomp_kernels_perf" \
   --json "$raw/kernels.json"
-want torch_topk && run_step torch_topk 240 "$raw/torch_topk.txt" python3 bench/torch_topk.py \
+want torch_topk && run_step torch_topk 30 "$raw/torch_topk.txt" python3 bench/torch_topk.py \
   --json "$raw/torch_topk.json"
 # A real slow link: ranks in network namespaces over tc-shaped veths (10, 25 Gb/s; N = 2, 4).
 want tc_link && run_step tc_link 420 "$raw/tc_link.txt" bash tools/tc_link.sh "$raw" "$build"
@@ -140,27 +198,34 @@ want tc_link && run_step tc_link 420 "$raw/tc_link.txt" bash tools/tc_link.sh "$
 if ! want ddp; then
   :
 elif [ -f tools/ddp_check.sh ]; then
-  run_step ddp 600 "$raw/ddp.txt" bash tools/ddp_check.sh "$raw" "$build"
+  run_step ddp 420 "$raw/ddp.txt" bash -c 'GC_DDP_BUDGET_S=${GC_DDP_BUDGET_S:-$GC_STEP_BUDGET_S} \
+    exec bash tools/ddp_check.sh "$0" "$1"' "$raw" "$build"
 else
   printf 'ddp\tmissing\t0\ttools/ddp_check.sh not in this tree\n' >> "$steps"
 fi
 
 # --- PyTorch FSDP2 under LD_PRELOAD (reduce-scatter)
 if want fsdp && [ -f tools/fsdp_check.sh ]; then
-  run_step fsdp 600 "$raw/fsdp.txt" bash tools/fsdp_check.sh "$raw" "$build"
+  run_step fsdp 200 "$raw/fsdp.txt" bash -c 'GC_FSDP_BUDGET_S=${GC_FSDP_BUDGET_S:-$GC_STEP_BUDGET_S} \
+    exec bash tools/fsdp_check.sh "$0" "$1"' "$raw" "$build"
 fi
 # --- gradcomp.torch: the DDP hook's GPU checks on the MLP, then the GPT head-to-head
-# against PowerSGD and fp16 (about 5 minutes; tools/lm_compare.py says what it runs)
-want torch_hooks && run_step torch_hooks 450 "$raw/torch_hooks.txt" \
-  "${PYTHON:-python3}" tools/torch_hooks_check.py "$raw" "$build"
-want lm_compare && run_step lm_compare 330 "$raw/lm_compare.txt" \
-  "${PYTHON:-python3}" tools/lm_compare.py "$raw" "$build"
+# against PowerSGD and fp16 (tools/lm_compare.py says what it runs)
+want torch_hooks && run_step torch_hooks 420 "$raw/torch_hooks.txt" bash -c \
+  'GC_HOOK_BUDGET_S=${GC_HOOK_BUDGET_S:-$GC_STEP_BUDGET_S} exec "${PYTHON:-python3}" \
+    tools/torch_hooks_check.py "$0" "$1"' "$raw" "$build"
+want lm_compare && run_step lm_compare 210 "$raw/lm_compare.txt" bash -c \
+  'GC_LM_BUDGET_S=${GC_LM_BUDGET_S:-$GC_STEP_BUDGET_S} exec "${PYTHON:-python3}" \
+    tools/lm_compare.py "$0" "$1"' "$raw" "$build"
 
-# --- plots and the report (the deadline kept time for these)
-deadline=$((deadline + 60))
-want plots && run_step plots 60 "$raw/plots.txt" python3 tools/plot --perf "$raw/perf_n8.json" \
+# --- plots and the report (the deadline kept time for the report)
+want plots && run_step plots 20 "$raw/plots.txt" python3 tools/plot --perf "$raw/perf_n8.json" \
   --perf "$raw/perf_n8_sparse.json" --perf "$raw/perf_n1.json" --kernels "$raw/kernels.json" \
   --torch "$raw/torch_topk.json" --out "$results" --prefix "$name-"
+if [ "$plan" = 1 ]; then
+  [ -z "${GC_RESULTS_DIR:-}" ] && rm -rf "$results"
+  exit 0
+fi
 for p in "$results/$name"-*.png; do
   [ -f "$p" ] && cp "$p" "$results/latest-${p##*/$name-}"
 done

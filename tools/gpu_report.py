@@ -381,6 +381,8 @@ def main():
                          "gradcomp_perf, 8 ranks, pipelined two-shot (GRADCOMP_PIPELINE_BYTES=64M)"),
                         ("perf_n8_sparse.txt", "gradcomp_perf, sparse methods, 8 ranks"),
                         ("perf_n8_rs.txt", "gradcomp_perf -C reduce_scatter, 8 ranks (modeled columns)"),
+                        ("perf_n8_hier_rs.txt", "gradcomp_perf -C reduce_scatter --local-size 4, 8 ranks "
+                         "(hierarchical, two link classes)"),
                         ("perf_auto.txt", "gradcomp_perf --auto, 2 ranks (GRADCOMP_AUTO's regret)"),
                         ("kernels.txt", "gradcomp_kernels_perf"),
                         ("torch_topk.txt", "torch.topk on the same data")):

@@ -263,15 +263,19 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
   for (double g : o.linkGbps) {
     ModelPoint m;
     m.gbps = g;
-    if (local > 1 && !rs) {
+    if (local > 1) {
       // Each GPU has its own NIC at g: a node's NICs give local * g.
       const Cluster c{r.nranks() / local, local, o.intraGbps, local * g, o.linkLatencyUs};
-      m.ncclUs = ncclClusterUs(row->bytes, c);
+      // The hierarchical allreduce and reduce-scatter run their stages in turn;
+      // the library picks the latter on >= 2 nodes (algoShape tells it so too).
+      const bool stages = row->algoUsed == gradcompAlgoHier ||
+                          (row->algoUsed == kAlgoReduceScatter && c.nodes >= 2);
+      m.ncclUs = rs ? ncclReduceScatterClusterUs(row->bytes, c) : ncclClusterUs(row->bytes, c);
       m.gradcompUs = row->algoUsed == 0
                          ? m.ncclUs
-                         : gradcompClusterUs(
-                               row->kernelUs, {row->gradcompWire - row->interWire, row->interWire},
-                               row->algoUsed == gradcompAlgoHier, row->latencySteps, c);
+                         : gradcompClusterUs(row->kernelUs,
+                                             {row->gradcompWire - row->interWire, row->interWire},
+                                             stages, row->latencySteps, c);
     } else {
       m.ncclUs = rs ? ncclReduceScatterModelUs(row->bytes, r.nranks(), g, o.linkLatencyUs)
                     : ncclModelUs(row->bytes, r.nranks(), g, o.linkLatencyUs);

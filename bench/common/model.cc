@@ -23,9 +23,18 @@ AlgoShape algoShape(int algo, int nranks, int local, int middle) {
       return {1.0, (2 * n - 1) / n, 2 * (n - 1)};
     case 3:  // allgather: encode everything once, decode-sum all N buffers.
       return {1.0, n, n - 1};
-    case 6:  // reduce-scatter (kAlgoReduceScatter), per element of the output: encode and decode
-             // N-1 blocks, one all-to-all.
+    case 6: {  // reduce-scatter (kAlgoReduceScatter), per element of the output
+      // Hierarchical on >= 2 nodes of >= 2 ranks (as the library picks it): NCCL's
+      // in-node ring reduce-scatter of fp32 (G-1 steps, no gradcomp kernels), then
+      // the flat exchange among the k nodes.
+      const int g = local > 1 ? local : 1;
+      if (g > 1 && nranks / g >= 2) {
+        const double k = nranks / g;
+        return {k - 1, k - 1, (g - 1) + 1.0};
+      }
+      // Flat: encode and decode N-1 blocks, one all-to-all.
       return {n - 1, n - 1, 1};
+    }
     case 4:  // sparse allgather: selection and scatter-add are not yet timed alone.
       return {0.0, 0.0, n - 1};
     default:  // passed through to ncclAllReduce
@@ -54,6 +63,18 @@ double ncclReduceScatterBytes(size_t outBytes, int nranks) {
 double ncclReduceScatterModelUs(size_t outBytes, int nranks, double gbps, double latencyUs) {
   if (nranks <= 1) return 0;
   return ncclReduceScatterBytes(outBytes, nranks) * 8.0 / (gbps * 1e3) + (nranks - 1) * latencyUs;
+}
+
+LinkBytes ncclReduceScatterClusterBytes(double outBytes, const Cluster& c) {
+  const double rs = (c.ranks() - 1.0) * outBytes;
+  if (c.nodes <= 1) return {rs, 0.0};
+  return {rs * (c.local - 1) / c.local, rs / c.local};
+}
+
+double ncclReduceScatterClusterUs(double outBytes, const Cluster& c) {
+  const int n = c.ranks();
+  if (n <= 1) return 0;
+  return concurrentLinkUs(ncclReduceScatterClusterBytes(outBytes, c), c) + (n - 1) * c.latencyUs;
 }
 
 double gradcompModelUs(double kernelUs, double wireBytes, double latencySteps, double gbps,

@@ -21,6 +21,9 @@ struct AlgoShape {
 // picks it) on each rank's 1/G shard among the k = N/G nodes, between NCCL's
 // in-node reduce-scatter and allgather (no gradcomp kernels, G-1 ring steps
 // each). The same work clusterModel gives hier with a two-shot middle.
+// Reduce-scatter (algo 6) on nodes of `local` >= 2 ranks and >= 2 nodes: the
+// hierarchical reduce-scatter, NCCL's in-node ring (G-1 steps) then the flat
+// exchange among k = N/G nodes (k-1 blocks encoded and decoded, one step).
 AlgoShape algoShape(int algo, int nranks, int local = 1, int middle = 1);
 
 double ncclRingBytes(size_t bytes, int nranks);
@@ -65,6 +68,10 @@ LinkBytes flatTwoShotBytes(double encoded, const Cluster& c);
 // (shardEncoded = E(S/G)).
 LinkBytes hierBytes(double bytes, double shardEncoded, const Cluster& c);
 
+// NCCL's ring reduce-scatter over all K*G ranks, outBytes per rank out: as
+// its allreduce ring, 1/G of each GPU's (N-1) * outBytes leaves the node.
+LinkBytes ncclReduceScatterClusterBytes(double outBytes, const Cluster& c);
+
 // Microseconds to move b when both classes carry traffic at once (the slower
 // class limits) or one after the other (hierarchical stages).
 double concurrentLinkUs(const LinkBytes& b, const Cluster& c);
@@ -72,6 +79,8 @@ double sequentialLinkUs(const LinkBytes& b, const Cluster& c);
 
 // NCCL's ring over the cluster: both link classes at once, 2(N-1) steps.
 double ncclClusterUs(double bytes, const Cluster& c);
+// Its time: both link classes at once, N-1 steps.
+double ncclReduceScatterClusterUs(double outBytes, const Cluster& c);
 // A row measured on nodes of c.local ranks, from the bytes it sent over each
 // link class: hier's stages follow one another (`stages`), a flat
 // algorithm's sends to near and far peers go at once.

@@ -126,6 +126,11 @@ void printPreamble(const Options& o, const RunInfo& info) {
           "algorithm overlaps the two links (max). NCCL = its ring over both: max(in-node, "
           "NIC) + 2(N-1) * %g us.\n",
           o.localSize, o.localSize, o.intraGbps, o.intraGbps, o.linkLatencyUs, o.linkLatencyUs);
+      if (o.collective == Collective::ReduceScatter)
+        printf(
+            "#  reduce-scatter: the hierarchical one (>= 2 nodes) runs its stages in turn; NCCL's "
+            "ring sends 1/G of (N-1) * size\n#  across nodes: max(in-node, NIC) + (N-1) * %g us.\n",
+            o.linkLatencyUs);
     }
   }
   if (o.autoRow) {

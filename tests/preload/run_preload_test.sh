@@ -44,7 +44,7 @@ exports=$(nm -D --defined-only "$preload" | awk '{print $3}' | sed 's/@.*//' | s
 required="ncclAllReduce ncclReduceScatter ncclCommAbort ncclCommDestroy ncclCommFinalize ncclGroupEnd ncclGroupStart"
 optional="ncclCommInitRankConfig ncclCommInitRankScalable ncclCommShrink ncclCommSplit"
 for s in $required; do
-  check "exports $s" "echo '$exports' | grep -qx $s"
+  check "exports $s" "grep -qx $s <<< '$exports'"
 done
 extra=$(echo "$exports" | grep -v -x -F -e "${required// /$'\n'}" -e "${optional// /$'\n'}" | tr '\n' ' ')
 check "exports nothing else (extra: '$extra')" "[ -z '$extra' ]"
