@@ -101,6 +101,7 @@ typedef struct {
   float bitsBudget;            /* GRADCOMP_BITS_BUDGET average bits/element */
   int budgetWindow;            /* GRADCOMP_BUDGET_WINDOW steps */
   int elias;                   /* GRADCOMP_ELIAS 0/1: variable-size Elias-coded QSGD */
+  float cpuTimeoutSec; /* GRADCOMP_CPU_TIMEOUT: CPU backend, seconds a rank waits for the others */
 } gradcompConfig_t;
 
 gradcompResult_t gradcompConfigInit(gradcompConfig_t* config);

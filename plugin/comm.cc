@@ -170,7 +170,7 @@ GC_EXPORT gradcompResult_t gradcompCommCreateCpu(int nranks, const gradcompConfi
   } else {
     GC_CHECK(gradcompConfigFromEnv(&cfg));
   }
-  auto transports = gc::makeCpuWorld(nranks);
+  auto transports = gc::makeCpuWorld(nranks, cfg.cpuTimeoutSec);
   for (int r = 0; r < nranks; ++r) {
     gradcompComm* c = new gradcompComm();
     initComm(c, &cfg);

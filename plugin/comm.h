@@ -49,6 +49,9 @@ struct gradcompComm {
   size_t workspaceBytes = 0;
   gradcompStats_t stats{};
   uint64_t step = 0;  // compressed calls so far: part of every RNG key
+  // Set by a state load or reset: the next call first checks that every
+  // rank is at the same step (Transport::verifyCall).
+  bool verifyNext = false;
 
   // RNG key of one encode of this call (see gc::KeySpec).
   gc::KeySpec key(uint64_t callStep, uint64_t stream) const {

@@ -66,6 +66,8 @@ static const ParamSpec kParams[] = {
      "DQ-SGD budget mode: window in steps"},
     {"GRADCOMP_ELIAS", ParamKind::Int, GC_FIELD(elias), 0, 1, nullptr, "0",
      "Elias-coded QSGD levels (variable size; not graph-capturable)"},
+    {"GRADCOMP_CPU_TIMEOUT", ParamKind::Float, GC_FIELD(cpuTimeoutSec), 0.001, 86400, nullptr,
+     "120", "CPU backend: seconds a rank waits at a collective for the others before it fails"},
     {"GRADCOMP_DEBUG", ParamKind::String, -1, 0, 0, nullptr, "(unset)",
      "log level: WARN, INFO or TRACE, to stderr"},
     {"GRADCOMP_GROUP", ParamKind::String, -1, 0, 0, nullptr, "defer",
@@ -203,6 +205,7 @@ GC_EXPORT gradcompResult_t gradcompConfigInit(gradcompConfig_t* c) {
   c->bitsBudget = 4.0f;
   c->budgetWindow = 100;
   c->elias = 0;
+  c->cpuTimeoutSec = 120.0f;
   return gradcompSuccess;
 }
 
@@ -265,6 +268,8 @@ GC_EXPORT gradcompResult_t gradcompConfigValidate(const gradcompConfig_t* c) {
          (double)c->bitsBudget);
   GC_ARG(c->budgetWindow >= 1, "budgetWindow=%d must be >= 1", c->budgetWindow);
   GC_ARG(c->elias == 0 || c->elias == 1, "elias=%d is not 0 or 1", c->elias);
+  GC_ARG(c->cpuTimeoutSec >= 0.001f && c->cpuTimeoutSec <= 86400.0f,
+         "cpuTimeoutSec=%g is out of range [0.001, 86400]", (double)c->cpuTimeoutSec);
   return gradcompSuccess;
 }
 
