@@ -96,8 +96,10 @@ inline Plan makePlan(size_t n, double density, bool exact, double oversample, do
   }
   size_t m = ceilMul(sampleRate, n);
   if (m < kMinSample) m = kMinSample;
-  const size_t mKeep = (size_t)ceil((double)kMinKeep / density);
-  if (m < mKeep) m = mKeep;
+  // For tiny densities kMinKeep/density exceeds any size_t (converting it
+  // would be undefined): compare in double, the sample is capped at n anyway.
+  const double keepAll = ceil((double)kMinKeep / density);
+  if ((double)m < keepAll) m = keepAll >= (double)n ? n : (size_t)keepAll;
   if (m > n) m = n;
   p.sample = m;
   p.keep = ceilMul(density, m);

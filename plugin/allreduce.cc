@@ -94,6 +94,7 @@ gradcompResult_t allReduce(const void* send, void* recv, size_t count, ncclDataT
 
   DType t;
   GC_CHECK(dtypeFromNccl(type, &t));
+  GC_CHECK(codecCheckCount(count));
   const size_t esz = dtypeBytes(t);
   const uintptr_t s0 = (uintptr_t)send, r0 = (uintptr_t)recv, bytes = count * esz;
   GC_ARG(s0 % esz == 0 && r0 % esz == 0,

@@ -41,8 +41,9 @@ class Transport {
   // An explicit agreement on the current call (one small allgather and a
   // host sync on NCCL): the comm runs it once after its state was loaded or
   // reset, where ranks can disagree on the step. InvalidUsage on every rank
-  // when they differ.
-  virtual gradcompResult_t verifyCall() = 0;
+  // when they differ. Both transports override it; the default serves
+  // single-process stand-ins, which have nobody to disagree with.
+  virtual gradcompResult_t verifyCall() { return gradcompSuccess; }
 
   // send[j] (sendBytes[j] bytes) goes to rank j and recv[i] (recvBytes[i])
   // comes from rank i; the entries of this rank are skipped.

@@ -2,6 +2,7 @@
 // case must end in a clear error on every rank, nothing written out of
 // bounds, and a comm that keeps working afterwards.
 #include <gtest/gtest.h>
+#include <stdint.h>
 #include <string.h>
 
 #include <vector>
@@ -10,6 +11,8 @@
 #include "tests/common/guarded.h"
 #include "tests/common/test_util.h"
 #include "gradcomp.h"
+#include "gradcomp/elias.h"
+#include "gradcomp/reference.h"
 
 namespace {
 
@@ -93,6 +96,69 @@ TEST(Reliability, SparseCountMismatchFailsOnAllRanks) {
       for (auto* b : out) delete b;
     }
   }
+}
+
+// Defect 2: a bucket offset past the stream, with offsets[b] <= offsets[b+1]
+// checked only bucket by bucket. Bucket 0 claims 256 words of a 2-word
+// stream whose all-ones bits decode as long runs of level-1 values, so an
+// unbounded reader walks into the no-access page.
+TEST(Reliability, EliasDecoderBoundsBucketOffsets) {
+  const size_t n = 1024;
+  const gradcompEliasParams_t params = {7, 512, gradcompEliasGamma, gradcompEliasScaleMax};
+  const size_t header = gradcompEliasHeaderBytes(n, 512);
+  ASSERT_EQ(header, 4u * 5);
+  std::vector<uint32_t> enc(5 + 2);
+  const float one = 1.0f;
+  memcpy(&enc[0], &one, 4);
+  memcpy(&enc[1], &one, 4);
+  enc[2] = 0;    // offsets[0]
+  enc[3] = 256;  // offsets[1]: past the stream
+  enc[4] = 2;    // offsets[2] = stream words
+  enc[5] = enc[6] = 0xffffffffu;
+  GuardedBuffer in(enc.data(), enc.size() * 4);
+  std::vector<float> out(n);
+  EXPECT_EQ(gradcompEliasDecodeHost(in.data(), in.size(), n, &params, out.data(), 0),
+            gradcompInvalidArgument);
+  EXPECT_NE(strstr(gradcompGetLastError(), "not a well-formed Elias encoding"), nullptr)
+      << gradcompGetLastError();
+}
+
+// Defect 3: absurd counts end in an error on every rank, never an abort.
+TEST(Reliability, AbsurdCountsAreRefused) {
+  gradcompConfig_t cfg = quickConfig(gradcompMethodQsgd);
+  cfg.cpuTimeoutSec = 5.0f;
+  CpuWorld w(2, cfg);
+  GuardedBuffer send0(64), send1(64), recv0(64), recv1(64);
+  GuardedBuffer* send[2] = {&send0, &send1};
+  GuardedBuffer* recv[2] = {&recv0, &recv1};
+  struct Case {
+    size_t count;
+    ncclDataType_t type;
+    gradcompResult_t expect;
+  } cases[] = {
+      {(size_t)1 << 40, ncclInt32, gradcompSystemError},  // 4 TiB of scratch: no memory
+      {SIZE_MAX, ncclInt32, gradcompInvalidArgument},
+      {(size_t)1 << 62, ncclInt32, gradcompInvalidArgument},
+      {((size_t)1 << 62) + 1, ncclInt32, gradcompInvalidArgument},
+      {SIZE_MAX, ncclFloat32, gradcompInvalidArgument},
+      {(size_t)1 << 62, ncclBfloat16, gradcompInvalidArgument},
+  };
+  for (const Case& k : cases) {
+    auto res = w.run([&](int r) {
+      return gradcompAllReduce(send[r]->data(), recv[r]->data(), k.count, k.type, ncclSum,
+                               w.comm(r), nullptr);
+    });
+    EXPECT_EQ(res[0], k.expect) << "count " << k.count << " type " << k.type;
+    EXPECT_EQ(res[1], k.expect) << "count " << k.count << " type " << k.type;
+  }
+  // Size helpers: 0 (invalid) rather than a wrapped size.
+  const gradcompEliasParams_t params = {7, 32, gradcompEliasGamma, gradcompEliasScaleMax};
+  for (size_t n : {SIZE_MAX, (size_t)1 << 62, SIZE_MAX / 8 + 1}) {
+    EXPECT_EQ(gradcompQsgdEncodedBytes(n, 8, 32), 0u) << n;
+    EXPECT_EQ(gradcompEliasHeaderBytes(n, 32), 0u) << n;
+    EXPECT_EQ(gradcompEliasMaxEncodedBytes(n, &params), 0u) << n;
+  }
+  EXPECT_EQ(gradcompQsgdEncodedBytes(1000, 8, 32), 32u * 4 + 1000u);
 }
 
 }  // namespace
