@@ -62,6 +62,15 @@ struct gradcompComm {
   // Finds or creates the state of a buffer; arrays allocated as the method needs.
   gradcompResult_t getState(const gc::StateKey& key, size_t count, gc::DType t,
                             gc::BufferState** out);
+  // The arrays a buffer of `count` elements has under this comm's config
+  // (what getState allocates and a loaded state must match).
+  struct StateShape {
+    bool residual = false, momentum = false;
+    size_t ownerResidualCount = 0;  // 0: none
+  };
+  StateShape stateShape(size_t count) const;
+  // A new state (zeroed arrays of stateShape(count)), not yet in `states`.
+  gradcompResult_t allocState(size_t count, gc::DType t, gc::BufferState* out);
   void releaseState(gc::BufferState& s);
 };
 

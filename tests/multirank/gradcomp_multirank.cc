@@ -265,16 +265,19 @@ void checkGraph(ncclComm_t nc, cudaStream_t st) {
   std::vector<char> bufA(sa), bufB(sb);
   bool saved = sa == sb && gradcompCommSaveState(eager, bufA.data(), sa) == gradcompSuccess &&
                gradcompCommSaveState(graphed, bufB.data(), sb) == gradcompSuccess;
-  // Skip the header's host step and the record's host call count (the
-  // graphed comm counted 2 host calls, the eager one 1 + replays); the rest
-  // (key, sizes, residuals) must match. Layout: 24-byte header, then per
-  // buffer a 56-byte record {int32 kind, dtype; uint64 key, count,
-  // ownerCount, calls; uint32 flags[4]} and its arrays.
-  if (saved && sa >= 24 + 56) {
-    memset(bufA.data() + 16, 0, 8), memset(bufB.data() + 16, 0, 8);
-    memset(bufA.data() + 24 + 32, 0, 8), memset(bufB.data() + 24 + 32, 0, 8);
+  // Skip the header's checksum and host step and the record's host call
+  // count (the graphed comm counted 2 host calls, the eager one 1 +
+  // replays); the rest (key, sizes, residuals) must match. Layout
+  // (plugin/state.cc): a 112-byte header with the CRC at 12 and the step at
+  // 24, then per buffer a 16-byte record prefix and a 48-byte record with the
+  // calls at 32, then its arrays.
+  if (saved && sa >= 112 + 64) {
+    for (std::vector<char>* b : {&bufA, &bufB}) {
+      memset(b->data() + 12, 0, 4), memset(b->data() + 24, 0, 8);
+      memset(b->data() + 112 + 16 + 32, 0, 8);
+    }
   }
-  report(saved && sa >= 24 + 56 && memcmp(bufA.data(), bufB.data(), sa) == 0,
+  report(saved && sa >= 112 + 64 && memcmp(bufA.data(), bufB.data(), sa) == 0,
          "graph replays leave the same residuals as eager calls");
   cudaGraphExecDestroy(exec);
   cudaGraphDestroy(graph);

@@ -196,7 +196,12 @@ class CpuTransport final : public Transport {
     return gradcompSuccess;
   }
 
-  gradcompResult_t verifyCall() override { return meet(6, 0); }
+  // meet() alone: the closing barrier keeps a fast rank from overwriting
+  // its slot before the others have compared it.
+  gradcompResult_t verifyCall() override {
+    GC_CHECK(meet(6, 0));
+    return finish(gradcompSuccess);
+  }
 
   gradcompResult_t allToAll(const void* const* send, const size_t* sendBytes, void* const* recv,
                             const size_t* recvBytes) override {
