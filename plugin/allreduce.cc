@@ -24,9 +24,6 @@ gradcompResult_t passThrough(gradcompComm* c, const void* send, void* recv, size
 // Top-k, DGC (sparse allgather) and rand-k.
 gradcompResult_t sparseAllReduce(gradcompComm* c, const void* send, void* recv, size_t count,
                                  DType t, ncclRedOp_t op, bool keyed, uint64_t key) {
-  GC_ARG(c->cfg.algo == gradcompAlgoAuto || c->cfg.algo == gradcompAlgoSparseAllgather,
-         "algo=%d is for method qsgd; the sparse methods (topk, randk, dgc) take auto or sparse",
-         (int)c->cfg.algo);
   GC_ARG(count < (size_t)sparse::kEmptySlot,
          "count=%zu is too large for the u32 indices of the sparse methods (at most %u)", count,
          sparse::kEmptySlot - 1);
@@ -109,11 +106,6 @@ gradcompResult_t allReduce(const void* send, void* recv, size_t count, ncclDataT
 
   if (c->cfg.method != gradcompMethodQsgd)
     return sparseAllReduce(c, send, recv, count, t, op, keyed, key);
-  if (c->cfg.algo == gradcompAlgoSparseAllgather) {
-    return setError(gradcompInvalidArgument,
-                    "algo=sparse is for the sparse methods; method qsgd takes auto, twoshot, "
-                    "ring or allgather");
-  }
 
   StateKey skey =
       keyed ? StateKey{1, key, count, (int)t} : StateKey{0, (uint64_t)r0, count, (int)t};

@@ -183,11 +183,6 @@ gradcompResult_t chooseBits(gradcompComm& c, BufferState& s, int* bits) {
                     "GRADCOMP_BITS_MODE=fixed",
                     modeName(cfg.bitsMode));
   }
-  if (cfg.bitsMode == gradcompBitsBudget && cfg.bitsBudget < (float)cfg.bitsMin) {
-    return setError(gradcompInvalidArgument,
-                    "bitsBudget=%g is below bitsMin=%d: no bit width keeps the budget",
-                    (double)cfg.bitsBudget, cfg.bitsMin);
-  }
   if (!s.bitsHistory) GC_CHECK(createHistory(c, s));
   BitsHistory& h = *s.bitsHistory;
   if (h.pending) {

@@ -408,7 +408,7 @@ TEST(AllReduceCpu, BadArgumentsRefusedBeforeAnythingIsWritten) {
   gradcompConfig_t bad = cfg;
   bad.bits = 12;
   EXPECT_EQ(gradcompCommCreateCpu(2, &bad, none), gradcompInvalidArgument);
-  EXPECT_STREQ(gradcompGetLastError(), "bits=12 is out of range 2..8");
+  EXPECT_STREQ(gradcompGetLastError(), "bits=12 (GRADCOMP_BITS) is out of range 2..8");
 }
 
 }  // namespace
