@@ -140,8 +140,15 @@ GC_HD float clipScale(double sumsq, float thr) {
 
 // One element of the accumulation: g scaled, then u = m*u + g (momentum
 // correction, u may be null), then v += u (or g). vIn null: v starts at 0.
+// A non-finite g is put in v as is, so it is selected and reaches the output
+// (AMP's scaler must see it), and u is left as it was: folded into u it
+// would stay there at every later step when momentum masking is off.
 GC_HD void accumulate(float g, float scale, float m, float* u, float* v, bool vIn) {
   float x = scale == 1.0f ? g : fmul(g, scale);
+  if (!isFiniteBits(absKey(x))) {
+    *v = x;
+    return;
+  }
   if (u) {
     x = fadd(fmul(m, *u), x);
     *u = x;

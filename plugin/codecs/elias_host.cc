@@ -20,12 +20,17 @@ gradcompResult_t eliasCheckParams(const gradcompEliasParams_t* p, size_t count,
              p->bucketSize % 32 == 0,
          "bucketSize=%d is out of range %d..%d or not a multiple of 32", p->bucketSize,
          qsgd::kMinBucket, qsgd::kMaxBucket);
-  GC_ARG(p->code == gradcompEliasGamma || p->code == gradcompEliasOmega,
-         "code=%d is not gamma(0) or omega(1)", (int)p->code);
-  GC_ARG(p->scale == gradcompEliasScaleMax || p->scale == gradcompEliasScaleL2,
-         "scale=%d is not max(0) or l2(1)", (int)p->scale);
+  // The enums are read as ints: a caller's out-of-range value must not be
+  // loaded as the enum type (undefined behaviour).
+  int code, scale;
+  memcpy(&code, &p->code, sizeof(code));
+  memcpy(&scale, &p->scale, sizeof(scale));
+  GC_ARG(code == gradcompEliasGamma || code == gradcompEliasOmega,
+         "code=%d is not gamma(0) or omega(1)", code);
+  GC_ARG(scale == gradcompEliasScaleMax || scale == gradcompEliasScaleL2,
+         "scale=%d is not max(0) or l2(1)", scale);
   GC_CHECK(codecCheckCount(count));
-  elias::Params ep{p->levels, p->bucketSize, (elias::Code)p->code, (elias::Norm)p->scale};
+  elias::Params ep{p->levels, p->bucketSize, (elias::Code)code, (elias::Norm)scale};
   // Offsets are 32-bit word counts.
   GC_ARG(elias::maxStreamWords(count, ep) < 0xffffffffull,
          "count=%zu is too large for one Elias encoding with levels=%d (its worst case exceeds "

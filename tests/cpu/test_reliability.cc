@@ -3,6 +3,8 @@
 // bounds, and a comm that keeps working afterwards.
 #include <gtest/gtest.h>
 #include <stdint.h>
+#include <limits.h>
+#include <math.h>
 #include <string.h>
 
 #include <vector>
@@ -10,7 +12,9 @@
 #include "tests/common/cpu_world.h"
 #include "tests/common/guarded.h"
 #include "tests/common/test_util.h"
+#include "comm.h"
 #include "gradcomp.h"
+#include "gradcomp/sparse.h"
 #include "gradcomp/elias.h"
 #include "gradcomp/reference.h"
 
@@ -18,6 +22,12 @@ namespace {
 
 using gctest::CpuWorld;
 using gctest::GuardedBuffer;
+
+#define GC_TEST_RETURN(call)                \
+  do {                                      \
+    gradcompResult_t rc_ = (call);          \
+    if (rc_ != gradcompSuccess) return rc_; \
+  } while (0)
 
 gradcompConfig_t quickConfig(gradcompMethod_t method) {
   gradcompConfig_t cfg;
@@ -159,6 +169,138 @@ TEST(Reliability, AbsurdCountsAreRefused) {
     EXPECT_EQ(gradcompEliasMaxEncodedBytes(n, &params), 0u) << n;
   }
   EXPECT_EQ(gradcompQsgdEncodedBytes(1000, 8, 32), 32u * 4 + 1000u);
+}
+
+// Defect 6: with momentum masking off, a NaN at step 1 must reach that
+// step's output and leave the momentum as it was, so later steps are finite.
+TEST(Reliability, NonFiniteGradientDoesNotPoisonDgcMomentum) {
+  for (float bad : {NAN, INFINITY}) {
+    gradcompConfig_t cfg = quickConfig(gradcompMethodDgc);
+    cfg.momentumMasking = 0;
+    cfg.momentumCorrection = 1;
+    CpuWorld w(2, cfg);
+    const size_t n = 4096, at = 5;
+    std::vector<std::vector<float>> buf(2, std::vector<float>(n));
+    float momentumBefore = 0.0f;
+    for (int t = 0; t < 6; ++t) {
+      for (int r = 0; r < 2; ++r) {
+        const std::vector<float> x = gctest::normal(n, 300 + 10 * t + r);
+        std::copy(x.begin(), x.end(), buf[r].begin());
+      }
+      if (t == 1) buf[0][at] = bad;
+      if (t == 1) momentumBefore = w.comm(0)->states.begin()->second.momentum[at];
+      auto res = w.run([&](int r) {
+        return gradcompAllReduce(buf[r].data(), buf[r].data(), n, ncclFloat32, ncclSum, w.comm(r),
+                                 nullptr);
+      });
+      ASSERT_EQ(res[0], gradcompSuccess);
+      ASSERT_EQ(res[1], gradcompSuccess);
+      for (int r = 0; r < 2; ++r) {
+        for (size_t i = 0; i < n; ++i) {
+          if (t == 1 && i == at) {
+            EXPECT_FALSE(std::isfinite(buf[r][i])) << "rank " << r;
+          } else {
+            ASSERT_TRUE(std::isfinite(buf[r][i])) << "step " << t << " rank " << r << " i " << i;
+          }
+        }
+      }
+      if (t == 1) {
+        const gc::BufferState& st = w.comm(0)->states.begin()->second;
+        EXPECT_EQ(st.momentum[at], momentumBefore);
+        EXPECT_TRUE(std::isfinite(st.residual[at]));
+      }
+    }
+  }
+}
+
+// Defect 9: integer pass-through wraps around as NCCL's does (UBSan reports
+// the signed overflow of the old code in the sanitizer job).
+TEST(Reliability, IntegerPassThroughWrapsAround) {
+  CpuWorld w(2, quickConfig(gradcompMethodQsgd));
+  int32_t a32[2][3] = {{INT_MAX, INT_MIN, 65536}, {1, -1, 65536}};
+  int32_t o32[2][3];
+  int64_t a64[2][2] = {{LLONG_MAX, (int64_t)1 << 32}, {1, (int64_t)1 << 32}};
+  int64_t o64[2][2];
+  auto res = w.run([&](int r) {
+    GC_TEST_RETURN(gradcompAllReduce(a32[r], o32[r], 3, ncclInt32, ncclSum, w.comm(r), nullptr));
+    return gradcompAllReduce(a64[r], o64[r], 2, ncclInt64, ncclSum, w.comm(r), nullptr);
+  });
+  ASSERT_EQ(res[0], gradcompSuccess);
+  ASSERT_EQ(res[1], gradcompSuccess);
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_EQ(o32[r][0], INT_MIN);
+    EXPECT_EQ(o32[r][1], INT_MAX);
+    EXPECT_EQ(o32[r][2], 131072);
+    EXPECT_EQ(o64[r][0], LLONG_MIN);
+  }
+  res = w.run([&](int r) {
+    GC_TEST_RETURN(gradcompAllReduce(a32[r], o32[r], 3, ncclInt32, ncclProd, w.comm(r), nullptr));
+    return gradcompAllReduce(a64[r], o64[r], 2, ncclInt64, ncclProd, w.comm(r), nullptr);
+  });
+  ASSERT_EQ(res[0], gradcompSuccess);
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_EQ(o32[r][0], INT_MAX);
+    EXPECT_EQ(o32[r][2], 0);  // 2^32 wraps to 0
+    EXPECT_EQ(o64[r][1], 0);  // 2^64 wraps to 0
+  }
+}
+
+// Defect 9: densities so small that 1/density overflows a size_t.
+TEST(Reliability, TinyDensityPlansAreDefined) {
+  size_t slots = 0;
+  ASSERT_EQ(gradcompTopkSlots(1u << 20, 1e-45f, 2.0f, 0, &slots), gradcompSuccess);
+  EXPECT_EQ(slots, 1u);
+  std::vector<float> v = gctest::normal(4096, 5);
+  v[1234] = 1000.0f;
+  std::vector<uint32_t> idx(4096);
+  uint64_t selected = 0;
+  ASSERT_EQ(
+      gradcompTopkSelectHost(v.data(), v.size(), 1e-45f, 2.0f, 1e-4f, 0, 1, idx.data(), &selected),
+      gradcompSuccess);
+  ASSERT_GE(selected, 1u);
+  EXPECT_EQ(idx[0], 1234u);
+}
+
+// Defect 9: the host codecs take inputs at any alignment (void* from the
+// caller) and give the bytes they give for aligned ones.
+TEST(Reliability, HostCodecsTakeMisalignedInputs) {
+  const size_t n = 1000;
+  const std::vector<float> x = gctest::normal(n, 77);
+  for (ncclDataType_t type : {ncclFloat32, ncclFloat16, ncclBfloat16}) {
+    const size_t esz = type == ncclFloat32 ? 4 : 2;
+    std::vector<char> aligned(n * esz + 8), shifted(n * esz + 8);
+    for (size_t i = 0; i < n; ++i) {
+      if (type == ncclFloat32) {
+        memcpy(aligned.data() + 4 * i, &x[i], 4);
+      } else {
+        uint32_t b;
+        memcpy(&b, &x[i], 4);
+        const uint16_t h = (uint16_t)(b >> 16);  // a bf16/fp16 bit pattern: any will do
+        memcpy(aligned.data() + 2 * i, &h, 2);
+      }
+    }
+    memcpy(shifted.data() + 1, aligned.data(), n * esz);
+    const size_t bytes = gradcompQsgdEncodedBytes(n, 4, 128);
+    std::vector<uint32_t> a(bytes / 4 + 1), b(bytes / 4 + 1);
+    ASSERT_EQ(gradcompQsgdEncodeTypedHost(aligned.data(), type, nullptr, n, 4, 128, 9, a.data()),
+              gradcompSuccess);
+    ASSERT_EQ(
+        gradcompQsgdEncodeTypedHost(shifted.data() + 1, type, nullptr, n, 4, 128, 9, b.data()),
+        gradcompSuccess);
+    EXPECT_EQ(a, b) << "type " << type;
+    const gradcompEliasParams_t params = {7, 128, gradcompEliasGamma, gradcompEliasScaleMax};
+    const size_t maxBytes = gradcompEliasMaxEncodedBytes(n, &params);
+    std::vector<uint32_t> ea(maxBytes / 4 + 1), eb(maxBytes / 4 + 1);
+    size_t ba = 0, bb = 0;
+    ASSERT_EQ(gradcompEliasEncodeHost(aligned.data(), type, nullptr, n, &params, 3, ea.data(),
+                                      maxBytes, &ba),
+              gradcompSuccess);
+    ASSERT_EQ(gradcompEliasEncodeHost(shifted.data() + 1, type, nullptr, n, &params, 3, eb.data(),
+                                      maxBytes, &bb),
+              gradcompSuccess);
+    EXPECT_EQ(ba, bb);
+    EXPECT_EQ(ea, eb) << "type " << type;
+  }
 }
 
 }  // namespace
