@@ -141,14 +141,18 @@ extern "C" {
 GC_EXPORT gradcompResult_t gradcompAllReduce(const void* sendbuff, void* recvbuff, size_t count,
                                              ncclDataType_t datatype, ncclRedOp_t op,
                                              gradcompComm_t comm, cudaStream_t stream) {
-  return gc::allReduce(sendbuff, recvbuff, count, datatype, op, comm, stream, false, 0);
+  return gc::guarded([&] {
+    return gc::allReduce(sendbuff, recvbuff, count, datatype, op, comm, stream, false, 0);
+  });
 }
 
 GC_EXPORT gradcompResult_t gradcompAllReduceKeyed(const void* sendbuff, void* recvbuff,
                                                   size_t count, ncclDataType_t datatype,
                                                   ncclRedOp_t op, gradcompComm_t comm,
                                                   cudaStream_t stream, uint64_t key) {
-  return gc::allReduce(sendbuff, recvbuff, count, datatype, op, comm, stream, true, key);
+  return gc::guarded([&] {
+    return gc::allReduce(sendbuff, recvbuff, count, datatype, op, comm, stream, true, key);
+  });
 }
 
 }  // extern "C"

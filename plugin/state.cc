@@ -311,7 +311,7 @@ gradcompResult_t parse(const gradcompComm& c, const char* blob, size_t bytes,
   if (numRecords > (bytes - kHeaderBytes) / kRecordPrefix) {
     return refuse("%llu records cannot fit in %zu bytes", (unsigned long long)numRecords, bytes);
   }
-  recs->resize(numRecords);
+  recs->clear();
   Reader r(blob + kHeaderBytes, bytes - kHeaderBytes);
   std::map<StateKey, uint64_t> seen;
   for (uint64_t i = 0; i < numRecords; ++i) {
@@ -331,7 +331,8 @@ gradcompResult_t parse(const gradcompComm& c, const char* blob, size_t bytes,
                     (unsigned long long)recBytes, r.left() + kRecordPrefix);
     }
     Reader body(r.take(recBytes - kRecordPrefix), recBytes - kRecordPrefix);
-    GC_CHECK(parseBuffer(c, body, i, &(*recs)[i]));
+    recs->emplace_back();
+    GC_CHECK(parseBuffer(c, body, i, &recs->back()));
     if (body.left() != 0) {
       return refuse("record %llu has %zu bytes past its end", (unsigned long long)i, body.left());
     }
@@ -351,9 +352,9 @@ bool validComm(gradcompComm_t c) {
 }  // namespace
 }  // namespace gc
 
-extern "C" {
+namespace {
 
-GC_EXPORT gradcompResult_t gradcompCommStateSize(gradcompComm_t comm, size_t* bytes) {
+gradcompResult_t stateSize(gradcompComm_t comm, size_t* bytes) {
   GC_ARG(gc::validComm(comm) && bytes, "comm or bytes is NULL");
   std::vector<gc::BitsHistoryRecord> h;
   std::vector<bool> present;
@@ -362,7 +363,7 @@ GC_EXPORT gradcompResult_t gradcompCommStateSize(gradcompComm_t comm, size_t* by
   return gradcompSuccess;
 }
 
-GC_EXPORT gradcompResult_t gradcompCommSaveState(gradcompComm_t comm, void* buffer, size_t bytes) {
+gradcompResult_t saveState(gradcompComm_t comm, void* buffer, size_t bytes) {
   using namespace gc;
   GC_ARG(validComm(comm), "comm is NULL");
   std::vector<BitsHistoryRecord> hist;
@@ -412,8 +413,7 @@ GC_EXPORT gradcompResult_t gradcompCommSaveState(gradcompComm_t comm, void* buff
   return gradcompSuccess;
 }
 
-GC_EXPORT gradcompResult_t gradcompCommLoadState(gradcompComm_t comm, const void* buffer,
-                                                 size_t bytes) {
+gradcompResult_t loadState(gradcompComm_t comm, const void* buffer, size_t bytes) {
   using namespace gc;
   GC_ARG(validComm(comm), "comm is NULL");
   GC_ARG(buffer != nullptr, "buffer is NULL (bytes=%zu)", bytes);
@@ -456,6 +456,23 @@ GC_EXPORT gradcompResult_t gradcompCommLoadState(gradcompComm_t comm, const void
   // call checks that they agree.
   comm->verifyNext = true;
   return comm->backend->setStep(step);
+}
+
+}  // namespace
+
+extern "C" {
+
+GC_EXPORT gradcompResult_t gradcompCommStateSize(gradcompComm_t comm, size_t* bytes) {
+  return gc::guarded([&] { return stateSize(comm, bytes); });
+}
+
+GC_EXPORT gradcompResult_t gradcompCommSaveState(gradcompComm_t comm, void* buffer, size_t bytes) {
+  return gc::guarded([&] { return saveState(comm, buffer, bytes); });
+}
+
+GC_EXPORT gradcompResult_t gradcompCommLoadState(gradcompComm_t comm, const void* buffer,
+                                                 size_t bytes) {
+  return gc::guarded([&] { return loadState(comm, buffer, bytes); });
 }
 
 }  // extern "C"
