@@ -7,6 +7,7 @@
 #include <math.h>
 #include <string.h>
 
+#include <string>
 #include <vector>
 
 #include "tests/common/cpu_world.h"
@@ -300,6 +301,42 @@ TEST(Reliability, HostCodecsTakeMisalignedInputs) {
               gradcompSuccess);
     EXPECT_EQ(ba, bb);
     EXPECT_EQ(ea, eb) << "type " << type;
+  }
+}
+
+// Defect 8: mismatched calls are the caller's (InvalidUsage, never
+// InternalError) and the sentence gives both ranks' counts, not a hash.
+TEST(Reliability, MismatchedCallsNameBothCounts) {
+  struct Case {
+    gradcompMethod_t method;
+    gradcompAlgo_t algo;
+    int elias;
+    ncclDataType_t type;
+  } cases[] = {
+      {gradcompMethodNone, gradcompAlgoAuto, 0, ncclInt32},
+      {gradcompMethodQsgd, gradcompAlgoRing, 0, ncclFloat32},
+      {gradcompMethodQsgd, gradcompAlgoTwoShot, 0, ncclFloat32},
+      {gradcompMethodQsgd, gradcompAlgoAuto, 1, ncclFloat32},
+  };
+  for (const Case& k : cases) {
+    gradcompConfig_t cfg = quickConfig(k.method);
+    cfg.algo = k.algo;
+    cfg.elias = k.elias;
+    CpuWorld w(3, cfg);
+    const size_t counts[3] = {20000, 20001, 20000};
+    std::vector<std::vector<float>> buf(3, std::vector<float>(20001, 1.0f));
+    std::vector<std::string> err(3);
+    auto res = w.run([&](int r) {
+      gradcompResult_t rc = gradcompAllReduce(buf[r].data(), buf[r].data(), counts[r], k.type,
+                                              ncclSum, w.comm(r), nullptr);
+      err[r] = gradcompGetLastError();
+      return rc;
+    });
+    for (int r = 0; r < 3; ++r) {
+      EXPECT_EQ(res[r], gradcompInvalidUsage) << "case method " << k.method << " rank " << r;
+      EXPECT_NE(err[r].find("count=20000"), std::string::npos) << err[r];
+      EXPECT_NE(err[r].find("count=20001"), std::string::npos) << err[r];
+    }
   }
 }
 
