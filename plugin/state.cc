@@ -72,8 +72,9 @@ void shapeOf(const gradcompConfig_t& c, int32_t* out) {
   memcpy(out, v, sizeof(v));
 }
 
-// CRC32C (Castagnoli, reflected 0x82F63B78), table-driven.
-uint32_t crc32c(uint32_t crc, const void* data, size_t n) {
+// CRC32C (Castagnoli, reflected 0x82F63B78): table-driven, or with x86's
+// crc32 instruction (the same polynomial), ~10x faster on large states.
+uint32_t crc32cTable(uint32_t crc, const void* data, size_t n) {
   static const struct Table {
     uint32_t t[256];
     Table() {
@@ -88,6 +89,30 @@ uint32_t crc32c(uint32_t crc, const void* data, size_t n) {
   crc = ~crc;
   for (size_t i = 0; i < n; ++i) crc = table.t[(crc ^ p[i]) & 0xff] ^ (crc >> 8);
   return ~crc;
+}
+
+#if defined(__x86_64__)
+__attribute__((target("sse4.2"))) uint32_t crc32cHardware(uint32_t crc, const void* data,
+                                                          size_t n) {
+  const unsigned char* p = static_cast<const unsigned char*>(data);
+  uint64_t c = ~crc;
+  for (; n >= 8; n -= 8, p += 8) {
+    uint64_t w;
+    memcpy(&w, p, 8);
+    c = __builtin_ia32_crc32di(c, w);
+  }
+  uint32_t c32 = (uint32_t)c;
+  for (; n > 0; --n, ++p) c32 = __builtin_ia32_crc32qi(c32, *p);
+  return ~c32;
+}
+#endif
+
+uint32_t crc32c(uint32_t crc, const void* data, size_t n) {
+#if defined(__x86_64__)
+  static const bool hw = __builtin_cpu_supports("sse4.2");
+  if (hw) return crc32cHardware(crc, data, n);
+#endif
+  return crc32cTable(crc, data, n);
 }
 
 uint32_t blobCrc(const char* blob, size_t bytes) {

@@ -192,4 +192,26 @@ TEST(StateBlob, DqsgdHistoryIsPartOfTheState) {
   }
 }
 
+// The stored checksum is CRC32C over the blob with its own field zeroed, as
+// the definition computes it bit by bit (check value of "123456789":
+// 0xE3069283), whichever implementation the library picked.
+uint32_t crc32cReference(const char* p, size_t n, size_t skipFrom, size_t skipTo) {
+  uint32_t crc = ~0u;
+  for (size_t i = 0; i < n; ++i) {
+    crc ^= (unsigned char)(i >= skipFrom && i < skipTo ? 0 : p[i]);
+    for (int k = 0; k < 8; ++k) crc = (crc >> 1) ^ (0x82F63B78u & (0u - (crc & 1u)));
+  }
+  return ~crc;
+}
+
+TEST(StateBlob, ChecksumIsCrc32c) {
+  EXPECT_EQ(crc32cReference("123456789", 9, 0, 0), 0xE3069283u);
+  gctest::CpuWorld w(2, baseConfig(gradcompMethodQsgd));
+  for (size_t n : {1000, 4099}) step(w, n, (int)n);
+  const Blob b = save(w.comm(1));
+  uint32_t stored;
+  memcpy(&stored, b.data() + 12, 4);
+  EXPECT_EQ(stored, crc32cReference(b.data(), b.size(), 12, 16));
+}
+
 }  // namespace
