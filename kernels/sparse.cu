@@ -441,8 +441,8 @@ cudaError_t sparseCommit(const uint32_t* idx, size_t slots, DType vt, void* val,
   return cudaGetLastError();
 }
 
-cudaError_t sparseScatterAdd(const uint32_t* idx, const void* val, DType vt, size_t slots,
-                             size_t n, float* out, cudaStream_t s) {
+cudaError_t sparseScatterAdd(const uint32_t* idx, const void* val, DType vt, size_t slots, size_t n,
+                             float* out, cudaStream_t s) {
   if (slots == 0) return cudaSuccess;
   scatterAddKernel<<<blocksFor(slots), kThreads, 0, s>>>(idx, val, vt, slots, n, out);
   return cudaGetLastError();
