@@ -310,6 +310,50 @@ void checkPassThrough(ncclComm_t nc, cudaStream_t st) {
   gradcompCommDestroy(gc);
 }
 
+// Ranks restored from checkpoints of different steps: the first call after
+// the load checks the step on every rank (one allgather) and fails on all of
+// them; restored consistently, the next call works and agrees.
+void checkRestoredSteps(ncclComm_t nc, cudaStream_t st) {
+  if (nranks < 2) return;
+  gradcompConfig_t cfg;
+  gradcompConfigInit(&cfg);
+  cfg.method = gradcompMethodRandk;
+  cfg.minElements = 0;
+  gradcompComm_t gc;
+  CK(gradcompCommCreate(nc, &cfg, &gc));
+  const size_t n = 100003;
+  std::vector<float> g = gctest::normal(n, 91 + rank), got(n);
+  float* d;
+  CK(cudaMalloc(&d, n * 4));
+  auto call = [&] {
+    CK(cudaMemcpyAsync(d, g.data(), n * 4, cudaMemcpyHostToDevice, st));
+    gradcompResult_t r = gradcompAllReduceKeyed(d, d, n, ncclFloat32, ncclSum, gc, st, 3);
+    CK(cudaStreamSynchronize(st));
+    return r;
+  };
+  auto save = [&] {
+    size_t bytes = 0;
+    CK(gradcompCommStateSize(gc, &bytes));
+    std::vector<char> b(bytes);
+    CK(gradcompCommSaveState(gc, b.data(), bytes));
+    return b;
+  };
+  bool ok = call() == gradcompSuccess;
+  const std::vector<char> s1 = save();
+  ok &= call() == gradcompSuccess;
+  const std::vector<char> s2 = save();
+  const std::vector<char>& mine = rank == 0 ? s1 : s2;
+  ok &= gradcompCommLoadState(gc, mine.data(), mine.size()) == gradcompSuccess;
+  report(ok && call() == gradcompInvalidUsage, "ranks restored at different steps all fail");
+  ok = gradcompCommLoadState(gc, s2.data(), s2.size()) == gradcompSuccess;
+  ok &= call() == gradcompSuccess;
+  CK(cudaMemcpy(got.data(), d, n * 4, cudaMemcpyDeviceToHost));
+  report(ok, "restored at the same step: the next call works");
+  report(sameOnAllRanks(nc, st, got), "restored at the same step: same on all ranks");
+  cudaFree(d);
+  gradcompCommDestroy(gc);
+}
+
 }  // namespace
 
 int main() {
@@ -343,6 +387,7 @@ int main() {
           checkSparse(nc, st, sc, t, avg, n);
   checkGraph(nc, st);
   checkPassThrough(nc, st);
+  checkRestoredSteps(nc, st);
   ncclCommDestroy(nc);
   printf("multirank rank %d of %d: %d passed, %d failed\n", rank, nranks, passed, failed);
   return failed ? 1 : 0;
