@@ -113,6 +113,7 @@ typedef struct {
    * this size whose encode and decode overlap the transfer of the next and
    * previous piece; results are bit for bit the unpipelined call's. */
   size_t pipelineBytes;
+  float cpuTimeoutSec; /* GRADCOMP_CPU_TIMEOUT: CPU backend, seconds a rank waits for the others */
 } gradcompConfig_t;
 
 gradcompResult_t gradcompConfigInit(gradcompConfig_t* config);

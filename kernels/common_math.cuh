@@ -169,18 +169,40 @@ GC_HD uint16_t floatToBf16(float f) {
   return (uint16_t)(x >> 16);
 }
 
+// On the host p is whatever the caller passed (a void*, any alignment):
+// memcpy is the defined load/store there and compiles to the same move. The
+// GPU entry points require element alignment.
 GC_HD float loadAsFloat(const void* p, DType t, size_t i) {
+#if defined(__CUDA_ARCH__)
   if (t == DType::F32) return static_cast<const float*>(p)[i];
   uint16_t h = static_cast<const uint16_t*>(p)[i];
+#else
+  if (t == DType::F32) {
+    float f;
+    memcpy(&f, static_cast<const char*>(p) + i * 4, 4);
+    return f;
+  }
+  uint16_t h;
+  memcpy(&h, static_cast<const char*>(p) + i * 2, 2);
+#endif
   return t == DType::F16 ? halfToFloat(h) : bf16ToFloat(h);
 }
 
 GC_HD void storeFromFloat(void* p, DType t, size_t i, float v) {
+#if defined(__CUDA_ARCH__)
   if (t == DType::F32) {
     static_cast<float*>(p)[i] = v;
   } else {
     static_cast<uint16_t*>(p)[i] = t == DType::F16 ? floatToHalf(v) : floatToBf16(v);
   }
+#else
+  if (t == DType::F32) {
+    memcpy(static_cast<char*>(p) + i * 4, &v, 4);
+  } else {
+    const uint16_t h = t == DType::F16 ? floatToHalf(v) : floatToBf16(v);
+    memcpy(static_cast<char*>(p) + i * 2, &h, 2);
+  }
+#endif
 }
 
 // Counter-based RNG: splitmix64 finalizer over (key, index). Stateless, so any

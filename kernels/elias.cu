@@ -282,7 +282,7 @@ __global__ void __launch_bounds__(kThreads)
 __global__ void __launch_bounds__(kDecodeThreads)
     eliasDecodeKernel(const float* __restrict__ scales, const uint32_t* __restrict__ offsets,
                       const uint32_t* __restrict__ stream, size_t n, elias::Params p,
-                      float* __restrict__ out, bool accumulate) {
+                      float* __restrict__ out, bool accumulate, uint32_t maxStreamWords) {
   const size_t nb = elias::numBuckets(n, p.bucket);
   const size_t b = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (b >= nb) return;
@@ -290,11 +290,14 @@ __global__ void __launch_bounds__(kDecodeThreads)
   const uint32_t len = (uint32_t)min((size_t)p.bucket, n - base);
   const float scale = scales[b];
   const float zero = elias::decodeValue(0, false, scale, p.s);
+  // The offsets come from the wire: a bucket must lie inside the stream
+  // (offsets[nb] words) and inside the buffer the caller has.
   const uint32_t o0 = offsets[b], o1 = offsets[b + 1];
-  BitReader r(stream + o0, o1 >= o0 ? o1 - o0 : 0u);
+  const uint32_t total = min(offsets[nb], maxStreamWords);
+  bool bad = o1 < o0 || o1 > total;
+  BitReader r(stream + (bad ? 0u : o0), bad ? 0u : o1 - o0);
   float* o = out + base;
   uint32_t i = 0;
-  bool bad = o1 < o0;
   while (!bad && i < len) {
     const uint32_t g = r.number(p.code);
     if (g == 0 || g > len - i + 1) {
@@ -380,15 +383,15 @@ cudaError_t eliasEncode(const void* x, DType t, float* residual, size_t n, const
 }
 
 cudaError_t eliasDecode(const void* in, size_t n, const elias::Params& p, float* out,
-                        bool accumulate, cudaStream_t stream) {
+                        bool accumulate, cudaStream_t stream, uint32_t maxStreamWords) {
   const size_t nb = elias::numBuckets(n, p.bucket);
   if (nb == 0) return cudaSuccess;
   const float* scales = static_cast<const float*>(in);
   const uint32_t* offsets = reinterpret_cast<const uint32_t*>(scales + nb);
   const uint32_t* streamWords = offsets + nb + 1;
   const size_t blocks = (nb + kDecodeThreads - 1) / kDecodeThreads;
-  eliasDecodeKernel<<<(unsigned)blocks, kDecodeThreads, 0, stream>>>(scales, offsets, streamWords,
-                                                                     n, p, out, accumulate);
+  eliasDecodeKernel<<<(unsigned)blocks, kDecodeThreads, 0, stream>>>(
+      scales, offsets, streamWords, n, p, out, accumulate, maxStreamWords);
   return cudaGetLastError();
 }
 

@@ -355,13 +355,14 @@ __global__ void commitKernel(const uint32_t* __restrict__ idx, size_t slots, DTy
 }
 
 // Indices within one rank's slots are distinct, so no two threads touch
-// the same element; ranks are added by successive launches, in order.
+// the same element; ranks are added by successive launches, in order. The
+// indices come from the wire: any at or past n is skipped.
 __global__ void scatterAddKernel(const uint32_t* __restrict__ idx, const void* __restrict__ val,
-                                 DType vt, size_t slots, float* __restrict__ out) {
+                                 DType vt, size_t slots, size_t n, float* __restrict__ out) {
   for (size_t j = (size_t)blockIdx.x * blockDim.x + threadIdx.x; j < slots;
        j += (size_t)gridDim.x * blockDim.x) {
     const uint32_t i = idx[j];
-    if (i != kEmptySlot) out[i] = fadd(out[i], loadAsFloat(val, vt, j));
+    if (i != kEmptySlot && i < n) out[i] = fadd(out[i], loadAsFloat(val, vt, j));
   }
 }
 
@@ -440,10 +441,10 @@ cudaError_t sparseCommit(const uint32_t* idx, size_t slots, DType vt, void* val,
   return cudaGetLastError();
 }
 
-cudaError_t sparseScatterAdd(const uint32_t* idx, const void* val, DType vt, size_t slots,
+cudaError_t sparseScatterAdd(const uint32_t* idx, const void* val, DType vt, size_t slots, size_t n,
                              float* out, cudaStream_t s) {
   if (slots == 0) return cudaSuccess;
-  scatterAddKernel<<<blocksFor(slots), kThreads, 0, s>>>(idx, val, vt, slots, out);
+  scatterAddKernel<<<blocksFor(slots), kThreads, 0, s>>>(idx, val, vt, slots, n, out);
   return cudaGetLastError();
 }
 

@@ -96,8 +96,10 @@ inline Plan makePlan(size_t n, double density, bool exact, double oversample, do
   }
   size_t m = ceilMul(sampleRate, n);
   if (m < kMinSample) m = kMinSample;
-  const size_t mKeep = (size_t)ceil((double)kMinKeep / density);
-  if (m < mKeep) m = mKeep;
+  // For tiny densities kMinKeep/density exceeds any size_t (converting it
+  // would be undefined): compare in double, the sample is capped at n anyway.
+  const double keepAll = ceil((double)kMinKeep / density);
+  if ((double)m < keepAll) m = keepAll >= (double)n ? n : (size_t)keepAll;
   if (m > n) m = n;
   p.sample = m;
   p.keep = ceilMul(density, m);
@@ -138,8 +140,15 @@ GC_HD float clipScale(double sumsq, float thr) {
 
 // One element of the accumulation: g scaled, then u = m*u + g (momentum
 // correction, u may be null), then v += u (or g). vIn null: v starts at 0.
+// A non-finite g is put in v as is, so it is selected and reaches the output
+// (AMP's scaler must see it), and u is left as it was: folded into u it
+// would stay there at every later step when momentum masking is off.
 GC_HD void accumulate(float g, float scale, float m, float* u, float* v, bool vIn) {
   float x = scale == 1.0f ? g : fmul(g, scale);
+  if (!isFiniteBits(absKey(x))) {
+    *v = x;
+    return;
+  }
   if (u) {
     x = fadd(fmul(m, *u), x);
     *u = x;

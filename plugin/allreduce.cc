@@ -20,11 +20,6 @@ gradcompResult_t passThrough(gradcompComm* c, const void* send, void* recv, size
 // Top-k, DGC (sparse allgather) and rand-k.
 gradcompResult_t sparseAllReduce(gradcompComm* c, const void* send, void* recv, size_t count,
                                  DType t, ncclRedOp_t op, bool keyed, uint64_t key) {
-  GC_ARG(c->cfg.algo == gradcompAlgoAuto || c->cfg.algo == gradcompAlgoSparseAllgather ||
-             c->cfg.algo == gradcompAlgoHier,
-         "algo=%d is for method qsgd; the sparse methods (topk, randk, dgc) take auto, sparse or "
-         "hier",
-         (int)c->cfg.algo);
   GC_ARG(count < (size_t)sparse::kEmptySlot,
          "count=%zu is too large for the u32 indices of the sparse methods (at most %u)", count,
          sparse::kEmptySlot - 1);
@@ -58,6 +53,17 @@ gradcompResult_t allReduce(const void* send, void* recv, size_t count, ncclDataT
   c->backend->setStream(stream);
   c->transport->setStream(stream);
   if (count == 0) return gradcompSuccess;
+  c->transport->beginCall(CallInfo{c->step, count, (int)type, (int)op});
+  if (c->verifyNext) {
+    if (c->backend->capturing()) {
+      return setError(gradcompInvalidUsage,
+                      "the first call after a state load or reset checks that all ranks agree "
+                      "(a host sync) and cannot be captured into a CUDA graph; make one eager "
+                      "call first");
+    }
+    GC_CHECK(c->transport->verifyCall());
+    c->verifyNext = false;
+  }
 
   if (!compressible(*c, count, type, op)) {
     GC_TRACE("pass through: count=%zu type=%d op=%d ranks=%d", count, (int)type, (int)op,
@@ -67,6 +73,7 @@ gradcompResult_t allReduce(const void* send, void* recv, size_t count, ncclDataT
 
   DType t;
   GC_CHECK(dtypeFromNccl(type, &t));
+  GC_CHECK(codecCheckCount(count));
   GC_CHECK(checkBuffers(*c, send, count, recv, count, 0, t));
 
   bool autoPass = false;
@@ -78,11 +85,6 @@ gradcompResult_t allReduce(const void* send, void* recv, size_t count, ncclDataT
 
   if (c->cfg.method != gradcompMethodQsgd)
     return sparseAllReduce(c, send, recv, count, t, op, keyed, key);
-  if (c->cfg.algo == gradcompAlgoSparseAllgather) {
-    return setError(gradcompInvalidArgument,
-                    "algo=sparse is for the sparse methods; method qsgd takes auto, twoshot, "
-                    "ring or allgather");
-  }
 
   BufferState* state = nullptr;
   GC_CHECK(findState(*c, kStateAllReduce, keyed, key, recv, count, t, &state));
@@ -117,14 +119,18 @@ extern "C" {
 GC_EXPORT gradcompResult_t gradcompAllReduce(const void* sendbuff, void* recvbuff, size_t count,
                                              ncclDataType_t datatype, ncclRedOp_t op,
                                              gradcompComm_t comm, cudaStream_t stream) {
-  return gc::allReduce(sendbuff, recvbuff, count, datatype, op, comm, stream, false, 0);
+  return gc::guarded([&] {
+    return gc::allReduce(sendbuff, recvbuff, count, datatype, op, comm, stream, false, 0);
+  });
 }
 
 GC_EXPORT gradcompResult_t gradcompAllReduceKeyed(const void* sendbuff, void* recvbuff,
                                                   size_t count, ncclDataType_t datatype,
                                                   ncclRedOp_t op, gradcompComm_t comm,
                                                   cudaStream_t stream, uint64_t key) {
-  return gc::allReduce(sendbuff, recvbuff, count, datatype, op, comm, stream, true, key);
+  return gc::guarded([&] {
+    return gc::allReduce(sendbuff, recvbuff, count, datatype, op, comm, stream, true, key);
+  });
 }
 
 }  // extern "C"

@@ -5,6 +5,8 @@
 #include <cuda_runtime_api.h>
 #include <nccl.h>
 
+#include <new>
+
 #include "debug.h"
 #include "gradcomp.h"
 
@@ -17,6 +19,19 @@ namespace gc {
 gradcompResult_t setError(gradcompResult_t result, const char* fmt, ...)
     __attribute__((format(printf, 2, 3)));
 void clearError();
+
+// Runs the body of a C entry point: an exception (std::bad_alloc from a
+// container, say) becomes a result and never crosses the C API.
+template <typename F>
+gradcompResult_t guarded(F&& body) {
+  try {
+    return body();
+  } catch (const std::bad_alloc&) {
+    return setError(gradcompSystemError, "out of host memory");
+  } catch (...) {
+    return setError(gradcompInternalError, "unexpected exception inside gradcomp");
+  }
+}
 
 }  // namespace gc
 

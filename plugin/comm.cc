@@ -53,23 +53,42 @@ gradcompResult_t gradcompComm::getState(const gc::StateKey& key, size_t count, g
                         count);
   }
   gc::BufferState s;
-  s.count = count;
-  s.dtype = t;
+  GC_CHECK(allocState(std::get<0>(key), count, t, &s));
+  *out = &states.emplace(key, s).first->second;
+  return gradcompSuccess;
+}
+
+gradcompComm::StateShape gradcompComm::stateShape(int kind, size_t count) const {
+  StateShape sh;
   const bool sparse = cfg.method == gradcompMethodTopk || cfg.method == gradcompMethodRandk ||
                       cfg.method == gradcompMethodDgc;
-  gradcompResult_t res = gradcompSuccess;
-  if (cfg.errorFeedback || cfg.method == gradcompMethodDgc) {
-    res = backend->alloc(count * sizeof(float), reinterpret_cast<void**>(&s.residual));
-  }
-  if (res == gradcompSuccess && cfg.method == gradcompMethodDgc && cfg.momentumCorrection) {
-    res = backend->alloc(count * sizeof(float), reinterpret_cast<void**>(&s.momentum));
-  }
-  // The reduce-scatter quantizes once: no owner residual.
-  const bool reduceScatter = std::get<0>(key) >= 2;
-  if (res == gradcompSuccess && !sparse && !reduceScatter && cfg.ownerResidual) {
+  sh.residual = cfg.errorFeedback || cfg.method == gradcompMethodDgc;
+  sh.momentum = cfg.method == gradcompMethodDgc && cfg.momentumCorrection;
+  // The reduce-scatter (kinds >= 2) quantizes once: no owner residual.
+  const bool reduceScatter = kind >= 2;
+  if (!sparse && !reduceScatter && cfg.ownerResidual) {
     // The largest chunk splitAligned gives this comm.
     const size_t d = cfg.bucketSize, units = (count + d - 1) / d;
-    s.ownerResidualCount = (units + nranks - 1) / nranks * d;
+    sh.ownerResidualCount = (units + nranks - 1) / nranks * d;
+  }
+  return sh;
+}
+
+gradcompResult_t gradcompComm::allocState(int kind, size_t count, gc::DType t,
+                                          gc::BufferState* out) {
+  gc::BufferState s;
+  s.count = count;
+  s.dtype = t;
+  const StateShape sh = stateShape(kind, count);
+  gradcompResult_t res = gradcompSuccess;
+  if (sh.residual) {
+    res = backend->alloc(count * sizeof(float), reinterpret_cast<void**>(&s.residual));
+  }
+  if (res == gradcompSuccess && sh.momentum) {
+    res = backend->alloc(count * sizeof(float), reinterpret_cast<void**>(&s.momentum));
+  }
+  if (res == gradcompSuccess && sh.ownerResidualCount) {
+    s.ownerResidualCount = sh.ownerResidualCount;
     res = backend->alloc(s.ownerResidualCount * sizeof(float),
                          reinterpret_cast<void**>(&s.ownerResidual));
   }
@@ -77,7 +96,7 @@ gradcompResult_t gradcompComm::getState(const gc::StateKey& key, size_t count, g
     releaseState(s);
     return res;
   }
-  *out = &states.emplace(key, s).first->second;
+  *out = s;
   return gradcompSuccess;
 }
 
@@ -129,25 +148,6 @@ gradcompResult_t initNcclComm(gradcompComm* c, ncclComm_t nccl, int ncclDev,
   return gradcompSuccess;
 }
 
-// State checkpoint format: header, then per state its key, sizes and arrays.
-constexpr uint32_t kStateMagic = 0x54534347;  // "GCST"
-constexpr uint32_t kStateVersion = 1;
-
-struct StateHeader {
-  uint32_t magic, version;
-  uint64_t numStates, step;
-};
-struct StateRecord {
-  int32_t kind, dtype;
-  uint64_t key, count, ownerCount, calls;
-  uint32_t hasResidual, hasOwner, hasMomentum, pad;
-};
-
-size_t recordBytes(const gc::BufferState& s) {
-  return sizeof(StateRecord) + (s.residual ? s.count * 4 : 0) +
-         (s.ownerResidual ? s.ownerResidualCount * 4 : 0) + (s.momentum ? s.count * 4 : 0);
-}
-
 }  // namespace
 
 extern "C" {
@@ -193,7 +193,7 @@ GC_EXPORT gradcompResult_t gradcompCommCreateCpu(int nranks, const gradcompConfi
   } else {
     GC_CHECK(gradcompConfigFromEnv(&cfg));
   }
-  auto transports = gc::makeCpuWorld(nranks);
+  auto transports = gc::makeCpuWorld(nranks, cfg.cpuTimeoutSec);
   for (int r = 0; r < nranks; ++r) {
     gradcompComm* c = new gradcompComm();
     initComm(c, &cfg);
@@ -247,108 +247,8 @@ GC_EXPORT gradcompResult_t gradcompCommResetState(gradcompComm_t comm) {
   for (auto& kv : comm->states) comm->releaseState(kv.second);
   comm->states.clear();
   comm->step = 0;
+  comm->verifyNext = true;  // a rank that did not reset is at another step
   return comm->backend->setStep(0);
-}
-
-GC_EXPORT gradcompResult_t gradcompCommStateSize(gradcompComm_t comm, size_t* bytes) {
-  GC_ARG(validComm(comm) && bytes, "comm or bytes is NULL");
-  size_t total = sizeof(StateHeader);
-  for (auto& kv : comm->states) total += recordBytes(kv.second);
-  *bytes = total;
-  return gradcompSuccess;
-}
-
-GC_EXPORT gradcompResult_t gradcompCommSaveState(gradcompComm_t comm, void* buffer, size_t bytes) {
-  size_t need = 0;
-  GC_CHECK(gradcompCommStateSize(comm, &need));
-  GC_ARG(buffer != nullptr, "buffer is NULL (gradcompCommStateSize gives the size, %zu)", need);
-  GC_ARG(bytes >= need, "bytes=%zu is too small: the state needs %zu", bytes, need);
-  char* p = static_cast<char*>(buffer);
-  StateHeader h = {kStateMagic, kStateVersion, comm->states.size(), comm->step};
-  memcpy(p, &h, sizeof(h));
-  p += sizeof(h);
-  for (auto& kv : comm->states) {
-    const gc::BufferState& s = kv.second;
-    StateRecord rec = {std::get<0>(kv.first), (int32_t)s.dtype,
-                       std::get<1>(kv.first), s.count,
-                       s.ownerResidualCount,  s.calls,
-                       s.residual != nullptr, s.ownerResidual != nullptr,
-                       s.momentum != nullptr, 0};
-    memcpy(p, &rec, sizeof(rec));
-    p += sizeof(rec);
-    if (s.residual) {
-      GC_CHECK(comm->backend->toHost(p, s.residual, s.count * 4));
-      p += s.count * 4;
-    }
-    if (s.ownerResidual) {
-      GC_CHECK(comm->backend->toHost(p, s.ownerResidual, s.ownerResidualCount * 4));
-      p += s.ownerResidualCount * 4;
-    }
-    if (s.momentum) {
-      GC_CHECK(comm->backend->toHost(p, s.momentum, s.count * 4));
-      p += s.count * 4;
-    }
-  }
-  return gradcompSuccess;
-}
-
-GC_EXPORT gradcompResult_t gradcompCommLoadState(gradcompComm_t comm, const void* buffer,
-                                                 size_t bytes) {
-  GC_ARG(validComm(comm), "comm is NULL");
-  GC_ARG(buffer != nullptr && bytes >= sizeof(StateHeader),
-         "buffer=%p with bytes=%zu is not a saved state (header is %zu bytes)", buffer, bytes,
-         sizeof(StateHeader));
-  const char* p = static_cast<const char*>(buffer);
-  const char* end = p + bytes;
-  StateHeader h;
-  memcpy(&h, p, sizeof(h));
-  p += sizeof(h);
-  GC_ARG(h.magic == kStateMagic && h.version == kStateVersion,
-         "buffer is not a gradcomp state (magic 0x%x version %u, expected 0x%x version %u)",
-         h.magic, h.version, kStateMagic, kStateVersion);
-  // Validate the whole buffer before touching any state.
-  std::vector<StateRecord> recs;
-  std::vector<const char*> data;
-  for (uint64_t i = 0; i < h.numStates; ++i) {
-    GC_ARG((size_t)(end - p) >= sizeof(StateRecord), "state buffer truncated at record %llu",
-           (unsigned long long)i);
-    StateRecord rec;
-    memcpy(&rec, p, sizeof(rec));
-    p += sizeof(rec);
-    size_t arr = (rec.hasResidual ? rec.count * 4 : 0) + (rec.hasOwner ? rec.ownerCount * 4 : 0) +
-                 (rec.hasMomentum ? rec.count * 4 : 0);
-    GC_ARG((size_t)(end - p) >= arr && rec.dtype >= 0 && rec.dtype <= 2,
-           "state buffer record %llu is truncated or corrupt", (unsigned long long)i);
-    recs.push_back(rec);
-    data.push_back(p);
-    p += arr;
-  }
-  GC_CHECK(gradcompCommResetState(comm));
-  for (size_t i = 0; i < recs.size(); ++i) {
-    const StateRecord& rec = recs[i];
-    gc::BufferState* s = nullptr;
-    gc::StateKey key{rec.kind, rec.key, rec.count, rec.dtype};
-    GC_CHECK(comm->getState(key, rec.count, (gc::DType)rec.dtype, &s));
-    GC_ARG((rec.hasResidual == 0) == (s->residual == nullptr) &&
-               (rec.hasMomentum == 0) == (s->momentum == nullptr) &&
-               (!rec.hasOwner || rec.ownerCount == s->ownerResidualCount),
-           "saved state record %zu does not match this comm's configuration (method, error "
-           "feedback, ranks)",
-           i);
-    const char* q = data[i];
-    if (rec.hasResidual) {
-      GC_CHECK(comm->backend->fromHost(s->residual, q, rec.count * 4));
-      q += rec.count * 4;
-    }
-    if (rec.hasOwner && s->ownerResidual) {
-      GC_CHECK(comm->backend->fromHost(s->ownerResidual, q, rec.ownerCount * 4));
-    }
-    if (rec.hasOwner) q += rec.ownerCount * 4;
-    if (rec.hasMomentum) GC_CHECK(comm->backend->fromHost(s->momentum, q, rec.count * 4));
-    s->calls = rec.calls;
-  }
-  comm->step = h.step;
-  return comm->backend->setStep(h.step);
 }
 
 GC_EXPORT gradcompResult_t gradcompCommRetune(gradcompComm_t comm, cudaStream_t stream) {

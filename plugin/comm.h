@@ -60,6 +60,9 @@ struct gradcompComm {
   gradcompStats_t stats{};
   uint64_t step = 0;        // compressed calls so far: part of every RNG key
   gc::AutoState autoState;  // GRADCOMP_AUTO decision (autotune.h)
+  // Set by a state load or reset: the next call first checks that every
+  // rank is at the same step (Transport::verifyCall).
+  bool verifyNext = false;
 
   // RNG key of one encode of this call (see gc::KeySpec).
   gc::KeySpec key(uint64_t callStep, uint64_t stream) const {
@@ -70,6 +73,16 @@ struct gradcompComm {
   // Finds or creates the state of a buffer; arrays allocated as the method needs.
   gradcompResult_t getState(const gc::StateKey& key, size_t count, gc::DType t,
                             gc::BufferState** out);
+  // The arrays a buffer of `count` elements of state kind `kind` (StateKey's
+  // first member) has under this comm's config (what getState allocates and a
+  // loaded state must match).
+  struct StateShape {
+    bool residual = false, momentum = false;
+    size_t ownerResidualCount = 0;  // 0: none
+  };
+  StateShape stateShape(int kind, size_t count) const;
+  // A new state (zeroed arrays of stateShape(kind, count)), not yet in `states`.
+  gradcompResult_t allocState(int kind, size_t count, gc::DType t, gc::BufferState* out);
   void releaseState(gc::BufferState& s);
   // Ranks on other nodes than this one.
   int remotePeers() const {

@@ -1,3 +1,4 @@
+#include <ctype.h>
 #include <errno.h>
 #include <math.h>
 #include <stdlib.h>
@@ -12,7 +13,9 @@
 
 namespace gc {
 
-#define GC_FIELD(f) (ptrdiff_t) offsetof(gradcompConfig_t, f)
+// A config field: its offset and its name (for the validator's sentences).
+#define GC_FIELD(f) (ptrdiff_t) offsetof(gradcompConfig_t, f), #f
+#define GC_PROCESS_KNOB -1, nullptr
 
 static const ParamSpec kParams[] = {
     {"GRADCOMP_METHOD", ParamKind::Choice, GC_FIELD(method), 0, 0,
@@ -75,16 +78,19 @@ static const ParamSpec kParams[] = {
     {"GRADCOMP_PIPELINE_BYTES", ParamKind::Size, GC_FIELD(pipelineBytes), 0, 1e18, nullptr, "0",
      "two-shot: cut calls into pieces of this many bytes (as fp32) whose encode and decode "
      "overlap the transfers (CUDA backend); 0 is off; results are bitwise the same"},
-    {"GRADCOMP_DEBUG", ParamKind::String, -1, 0, 0, nullptr, "(unset)",
+    {"GRADCOMP_CPU_TIMEOUT", ParamKind::Float, GC_FIELD(cpuTimeoutSec), 0.001, 86400, nullptr,
+     "120", "CPU backend: seconds a rank waits at a collective for the others before it fails"},
+    {"GRADCOMP_DEBUG", ParamKind::String, GC_PROCESS_KNOB, 0, 0, nullptr, "(unset)",
      "log level: WARN, INFO or TRACE, to stderr"},
-    {"GRADCOMP_GROUP", ParamKind::String, -1, 0, 0, nullptr, "defer",
+    {"GRADCOMP_GROUP", ParamKind::String, GC_PROCESS_KNOB, 0, 0, nullptr, "defer",
      "LD_PRELOAD: eligible calls inside a user ncclGroupStart/End: defer (compress each at the "
      "outer GroupEnd), fuse (one fused compressed allreduce there) or pass (to NCCL)"},
-    {"GRADCOMP_NCCL_LIBRARY", ParamKind::String, -1, 0, 0, nullptr, "libnccl.so.2",
+    {"GRADCOMP_NCCL_LIBRARY", ParamKind::String, GC_PROCESS_KNOB, 0, 0, nullptr, "libnccl.so.2",
      "LD_PRELOAD: the NCCL library whose pnccl* symbols calls are forwarded to"},
 };
 
 #undef GC_FIELD
+#undef GC_PROCESS_KNOB
 
 const ParamSpec* paramTable(size_t* count) {
   *count = sizeof(kParams) / sizeof(kParams[0]);
@@ -99,6 +105,12 @@ const char* paramString(const char* env, const char* fallback) {
 template <typename T>
 static T& field(gradcompConfig_t* c, ptrdiff_t off) {
   return *reinterpret_cast<T*>(reinterpret_cast<char*>(c) + off);
+}
+template <typename T>
+static T field(const gradcompConfig_t* c, ptrdiff_t off) {
+  T v;
+  memcpy(&v, reinterpret_cast<const char*>(c) + off, sizeof(T));
+  return v;
 }
 
 static std::string choiceNames(const char* choices) {
@@ -128,9 +140,45 @@ static bool parseChoice(const char* choices, const char* v, int* out) {
   return false;
 }
 
-static gradcompResult_t applyParam(const ParamSpec& p, const char* v, gradcompConfig_t* c) {
+static bool choiceHasValue(const char* choices, int x) {
+  for (const char* p = choices; *p;) {
+    const char* eq = strchr(p, '=');
+    if (atoi(eq + 1) == x) return true;
+    const char* bar = strchr(p, '|');
+    if (!bar) break;
+    p = bar + 1;
+  }
+  return false;
+}
+
+// Integers in the environment are plain decimal: digits only, no sign, no
+// space, no leading zero (so 010 is neither octal 8 nor a typo of 10) and no
+// 0x. hexOk (the seed) also takes 0x followed by 1..16 hex digits.
+static bool parseUnsigned(const char* v, bool hexOk, unsigned long long* out) {
+  const bool hex = hexOk && v[0] == '0' && (v[1] == 'x' || v[1] == 'X');
+  const char* digits = hex ? v + 2 : v;
+  if (!(hex ? isxdigit((unsigned char)digits[0]) : isdigit((unsigned char)digits[0]))) return false;
+  if (!hex && digits[0] == '0' && digits[1] != '\0') return false;
   char* end = nullptr;
   errno = 0;
+  const unsigned long long x = strtoull(digits, &end, hex ? 16 : 10);
+  if (errno || *end != '\0') return false;
+  *out = x;
+  return true;
+}
+
+// Floats: a digit or '.' first (no sign, space, nan, inf), no hex floats.
+static bool parseFloat(const char* v, double* out) {
+  if (!(isdigit((unsigned char)v[0]) || v[0] == '.') || strpbrk(v, "xX") != nullptr) return false;
+  char* end = nullptr;
+  errno = 0;
+  const double x = strtod(v, &end);
+  if (errno || *end != '\0') return false;
+  *out = x;
+  return true;
+}
+
+static gradcompResult_t applyParam(const ParamSpec& p, const char* v, gradcompConfig_t* c) {
   switch (p.kind) {
     case ParamKind::Int:
     case ParamKind::Size: {
@@ -139,8 +187,8 @@ static gradcompResult_t applyParam(const ParamSpec& p, const char* v, gradcompCo
         field<int>(c, p.offset) = named;
         return gradcompSuccess;
       }
-      long long x = strtoll(v, &end, 0);
-      if (errno || end == v || *end != '\0' || x < p.min || (double)x > p.max) {
+      unsigned long long x = 0;
+      if (!parseUnsigned(v, false, &x) || (double)x < p.min || (double)x > p.max) {
         return setError(gradcompInvalidArgument, "%s=%s is not %s%san integer in %.0f..%.0f", p.env,
                         v, p.choices ? choiceNames(p.choices).c_str() : "", p.choices ? " or " : "",
                         p.min, p.max);
@@ -153,17 +201,19 @@ static gradcompResult_t applyParam(const ParamSpec& p, const char* v, gradcompCo
       return gradcompSuccess;
     }
     case ParamKind::U64: {
-      unsigned long long x = strtoull(v, &end, 0);
-      if (errno || end == v || *end != '\0' || *v == '-') {
-        return setError(gradcompInvalidArgument, "%s=%s is not an unsigned 64-bit integer", p.env,
-                        v);
+      unsigned long long x = 0;
+      if (!parseUnsigned(v, true, &x)) {
+        return setError(gradcompInvalidArgument,
+                        "%s=%s is not an unsigned 64-bit integer (decimal without leading zeros, "
+                        "or 0x and hex digits)",
+                        p.env, v);
       }
       field<uint64_t>(c, p.offset) = x;
       return gradcompSuccess;
     }
     case ParamKind::Float: {
-      double x = strtod(v, &end);
-      if (errno || end == v || *end != '\0' || !(x >= p.min && x <= p.max)) {
+      double x = 0.0;
+      if (!parseFloat(v, &x) || !(x >= p.min && x <= p.max)) {
         return setError(gradcompInvalidArgument, "%s=%s is not a number in [%g, %g]", p.env, v,
                         p.min, p.max);
       }
@@ -183,6 +233,70 @@ static gradcompResult_t applyParam(const ParamSpec& p, const char* v, gradcompCo
       return gradcompSuccess;
   }
   return gradcompSuccess;
+}
+
+// A field against its table entry: the one range the environment parser and
+// the struct validator share. The sentence names the field and the variable.
+static gradcompResult_t checkField(const ParamSpec& p, const gradcompConfig_t* c) {
+  const char* name = p.field ? p.field : p.env;
+  switch (p.kind) {
+    case ParamKind::Int: {
+      const int x = field<int>(c, p.offset);
+      // An Int that also takes names (auto=0) accepts their values too.
+      GC_ARG((x >= p.min && x <= p.max) || (p.choices != nullptr && choiceHasValue(p.choices, x)),
+             "%s=%d (%s) is out of range %.0f..%.0f%s%s", name, x, p.env, p.min, p.max,
+             p.choices ? " or " : "", p.choices ? p.choices : "");
+      return gradcompSuccess;
+    }
+    case ParamKind::Size: {
+      const size_t x = field<size_t>(c, p.offset);
+      GC_ARG((double)x >= p.min && (double)x <= p.max, "%s=%zu (%s) is out of range %.0f..%.0f",
+             name, x, p.env, p.min, p.max);
+      return gradcompSuccess;
+    }
+    case ParamKind::Float: {
+      const float x = field<float>(c, p.offset);
+      GC_ARG(x >= (float)p.min && x <= (float)p.max, "%s=%g (%s) is out of range [%g, %g]", name,
+             (double)x, p.env, p.min, p.max);
+      return gradcompSuccess;
+    }
+    case ParamKind::Choice: {
+      const int x = field<int>(c, p.offset);
+      GC_ARG(choiceHasValue(p.choices, x), "%s=%d (%s) is not one of %s", name, x, p.env,
+             p.choices);
+      return gradcompSuccess;
+    }
+    case ParamKind::U64:
+    case ParamKind::String:
+      return gradcompSuccess;
+  }
+  return gradcompSuccess;
+}
+
+gradcompResult_t configFromEnvLenient(gradcompConfig_t* c) {
+  GC_CHECK(gradcompConfigInit(c));
+  size_t n;
+  const ParamSpec* table = paramTable(&n);
+  gradcompResult_t first = gradcompSuccess;
+  std::string firstMsg;
+  for (size_t i = 0; i < n; ++i) {
+    const char* v = getenv(table[i].env);
+    if (v == nullptr || table[i].offset < 0) continue;
+    gradcompResult_t res;
+    if (*v == '\0') {
+      res = setError(gradcompInvalidArgument, "%s is set but empty: unset it or give a value",
+                     table[i].env);
+    } else {
+      GC_INFO("%s set by environment to %s", table[i].env, v);
+      res = applyParam(table[i], v, c);
+    }
+    if (res != gradcompSuccess && first == gradcompSuccess) {
+      first = res;
+      firstMsg = gradcompGetLastError();
+    }
+  }
+  if (first != gradcompSuccess) return setError(first, "%s", firstMsg.c_str());
+  return gradcompConfigValidate(c);
 }
 
 }  // namespace gc
@@ -221,21 +335,17 @@ GC_EXPORT gradcompResult_t gradcompConfigInit(gradcompConfig_t* c) {
   c->localSize = 0;
   c->autoTune = 1;
   c->pipelineBytes = 0;
+  c->cpuTimeoutSec = 120.0f;
   return gradcompSuccess;
 }
 
 GC_EXPORT gradcompResult_t gradcompConfigFromEnv(gradcompConfig_t* c) {
-  GC_CHECK(gradcompConfigInit(c));
-  size_t n;
-  const gc::ParamSpec* table = gc::paramTable(&n);
-  for (size_t i = 0; i < n; ++i) {
-    const char* v = getenv(table[i].env);
-    if (v == nullptr || *v == '\0') continue;
-    GC_INFO("%s set by environment to %s", table[i].env, v);
-    if (table[i].offset < 0) continue;
-    GC_CHECK(gc::applyParam(table[i], v, c));
-  }
-  return gradcompConfigValidate(c);
+  GC_ARG(c != nullptr, "config is NULL");
+  // The caller's struct changes only on success.
+  gradcompConfig_t parsed;
+  GC_CHECK(gc::configFromEnvLenient(&parsed));
+  *c = parsed;
+  return gradcompSuccess;
 }
 
 GC_EXPORT gradcompResult_t gradcompConfigValidate(const gradcompConfig_t* c) {
@@ -244,50 +354,32 @@ GC_EXPORT gradcompResult_t gradcompConfigValidate(const gradcompConfig_t* c) {
   GC_ARG(c->structSize == sizeof(*c),
          "config structSize=%zu, expected %zu: initialize it with gradcompConfigInit",
          c->structSize, sizeof(*c));
-  GC_ARG(c->method >= gradcompMethodNone && c->method <= gradcompMethodDgc,
-         "method=%d is out of range 0..4 (none|qsgd|topk|randk|dgc)", (int)c->method);
-  GC_ARG(c->algo >= gradcompAlgoAuto && c->algo <= gradcompAlgoHier,
-         "algo=%d is out of range 0..5 (auto|twoshot|ring|allgather|sparse|hier)", (int)c->algo);
-  GC_ARG(c->bits >= qsgd::kMinBits && c->bits <= qsgd::kMaxBits, "bits=%d is out of range %d..%d",
-         c->bits, qsgd::kMinBits, qsgd::kMaxBits);
-  GC_ARG(c->bucketSize >= qsgd::kMinBucket && c->bucketSize <= qsgd::kMaxBucket &&
-             c->bucketSize % 32 == 0,
-         "bucketSize=%d is out of range %d..%d or not a multiple of 32", c->bucketSize,
-         qsgd::kMinBucket, qsgd::kMaxBucket);
-  GC_ARG(c->errorFeedback == 0 || c->errorFeedback == 1, "errorFeedback=%d is not 0 or 1",
-         c->errorFeedback);
-  GC_ARG(c->ownerResidual == 0 || c->ownerResidual == 1, "ownerResidual=%d is not 0 or 1",
-         c->ownerResidual);
-  GC_ARG(c->density > 0.0f && c->density <= 1.0f, "density=%g is out of range (0, 1]",
-         (double)c->density);
-  GC_ARG(c->oversample >= 1.0f && c->oversample <= 16.0f, "oversample=%g is out of range [1, 16]",
-         (double)c->oversample);
-  GC_ARG(c->sampleRate > 0.0f && c->sampleRate <= 1.0f, "sampleRate=%g is out of range (0, 1]",
-         (double)c->sampleRate);
-  GC_ARG(c->select == gradcompSelectThreshold || c->select == gradcompSelectExact,
-         "select=%d is not threshold(0) or exact(1)", (int)c->select);
-  GC_ARG(c->valueType == ncclFloat32 || c->valueType == ncclFloat16 || c->valueType == ncclBfloat16,
-         "valueType=%d is not ncclFloat32, ncclFloat16 or ncclBfloat16", (int)c->valueType);
-  GC_ARG(c->momentum >= 0.0f && c->momentum < 1.0f, "momentum=%g is out of range [0, 1)",
-         (double)c->momentum);
-  GC_ARG(c->clipNorm >= 0.0f && isfinite(c->clipNorm), "clipNorm=%g must be >= 0 and finite",
-         (double)c->clipNorm);
-  GC_ARG(c->warmupSteps >= 0, "warmupSteps=%d must be >= 0", c->warmupSteps);
-  GC_ARG(c->bitsMode >= gradcompBitsFixed && c->bitsMode <= gradcompBitsBudget,
-         "bitsMode=%d is out of range 0..2 (fixed|dynamic|budget)", (int)c->bitsMode);
-  GC_ARG(c->bitsMin >= qsgd::kMinBits && c->bitsMin <= c->bitsMax && c->bitsMax <= qsgd::kMaxBits,
-         "bitsMin=%d..bitsMax=%d must satisfy %d <= bitsMin <= bitsMax <= %d", c->bitsMin,
-         c->bitsMax, qsgd::kMinBits, qsgd::kMaxBits);
-  GC_ARG(c->varianceTarget > 0.0f, "varianceTarget=%g must be > 0", (double)c->varianceTarget);
-  GC_ARG(c->bitsBudget >= 2.0f && c->bitsBudget <= 8.0f, "bitsBudget=%g is out of range [2, 8]",
-         (double)c->bitsBudget);
-  GC_ARG(c->budgetWindow >= 1, "budgetWindow=%d must be >= 1", c->budgetWindow);
-  GC_ARG(c->elias == 0 || c->elias == 1, "elias=%d is not 0 or 1", c->elias);
-  GC_ARG(c->localSize >= 0,
-         "localSize=%d (GRADCOMP_LOCAL_SIZE) must be 0 (auto), 1 (flat) or a divisor of the comm "
-         "size",
-         c->localSize);
-  GC_ARG(c->autoTune == 0 || c->autoTune == 1, "autoTune=%d is not 0 or 1", c->autoTune);
+  size_t n;
+  const ParamSpec* table = paramTable(&n);
+  for (size_t i = 0; i < n; ++i) {
+    if (table[i].offset >= 0) GC_CHECK(checkField(table[i], c));
+  }
+  // What the table's ranges cannot say.
+  GC_ARG(c->bucketSize % 32 == 0, "bucketSize=%d (GRADCOMP_BUCKET) is not a multiple of 32",
+         c->bucketSize);
+  GC_ARG(c->bitsMin <= c->bitsMax,
+         "bitsMin=%d..bitsMax=%d (GRADCOMP_BITS_MIN, GRADCOMP_BITS_MAX) must satisfy bitsMin <= "
+         "bitsMax",
+         c->bitsMin, c->bitsMax);
+  GC_ARG(c->bitsMode != gradcompBitsBudget || c->bitsBudget >= (float)c->bitsMin,
+         "bitsBudget=%g (GRADCOMP_BITS_BUDGET) is below bitsMin=%d (GRADCOMP_BITS_MIN): no bit "
+         "width keeps the budget",
+         (double)c->bitsBudget, c->bitsMin);
+  const bool sparse = c->method == gradcompMethodTopk || c->method == gradcompMethodRandk ||
+                      c->method == gradcompMethodDgc;
+  GC_ARG(!sparse || c->algo == gradcompAlgoAuto || c->algo == gradcompAlgoSparseAllgather ||
+             c->algo == gradcompAlgoHier,
+         "algo=%d (GRADCOMP_ALGO) is for method qsgd; the sparse methods (topk, randk, dgc) take "
+         "auto, sparse or hier",
+         (int)c->algo);
+  GC_ARG(c->method != gradcompMethodQsgd || c->algo != gradcompAlgoSparseAllgather,
+         "algo=sparse (GRADCOMP_ALGO) is for the sparse methods; method qsgd takes auto, twoshot, "
+         "ring, allgather or hier");
   return gradcompSuccess;
 }
 

@@ -15,6 +15,7 @@ struct ParamSpec {
   const char* env;
   ParamKind kind;
   ptrdiff_t offset;     // into gradcompConfig_t, or -1 for process-level knobs
+  const char* field;    // the gradcompConfig_t field's name (null for process-level knobs)
   double min, max;      // inclusive range (Int/Size/Float)
   const char* choices;  // Choice: "name=value|name=value"
   const char* defaultText;
@@ -22,6 +23,12 @@ struct ParamSpec {
 };
 
 const ParamSpec* paramTable(size_t* count);
+
+// gradcompConfigFromEnv's parse into *c (from the defaults), applying every
+// valid variable even past a bad one; returns the first error. The LD_PRELOAD
+// library uses it so that a rank with one bad value still decides which calls
+// are eligible as its peers do.
+gradcompResult_t configFromEnvLenient(gradcompConfig_t* c);
 
 // Process-level string knobs (not part of a config): value or fallback.
 const char* paramString(const char* env, const char* fallback);

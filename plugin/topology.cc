@@ -356,8 +356,9 @@ void splitCpuWorld(gradcompComm** comms, const std::vector<Topology>& topos) {
   if (!topos[0].hier()) return;
   const int nodes = topos[0].nodes, local = topos[0].localSize;
   std::vector<std::vector<std::unique_ptr<Transport>>> intra(nodes), inter(local);
-  for (int k = 0; k < nodes; ++k) intra[k] = makeCpuWorld(local);
-  for (int j = 0; j < local; ++j) inter[j] = makeCpuWorld(nodes);
+  const double timeout = comms[0]->cfg.cpuTimeoutSec;
+  for (int k = 0; k < nodes; ++k) intra[k] = makeCpuWorld(local, timeout);
+  for (int j = 0; j < local; ++j) inter[j] = makeCpuWorld(nodes, timeout);
   for (int r = 0; r < nranks; ++r) {
     const Topology& t = comms[r]->topo;
     comms[r]->intra = std::move(intra[t.node][t.localRank]);

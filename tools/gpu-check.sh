@@ -150,6 +150,12 @@ if "The following tests FAILED:" in text:
     open(os.path.join(d, "tests_failed.txt"), "w").write(text.split("The following tests FAILED:")[1])
 PY
 
+# --- the GPU parsers of bytes from the wire under compute-sanitizer: an
+# out-of-bounds access is a failure (docs/reliability.md)
+gc_csan=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+want tests && [ -x "$gc_csan" ] && run_step memcheck 240 "$raw/memcheck.txt" "$gc_csan" \
+  --error-exitcode 1 "$build/tests/gradcomp_gpu_tests" --gtest_filter='ReliabilityGpu*'
+
 # --- multi-process NCCL tests and the DDP check, written by their owners
 if ! want multirank; then
   :

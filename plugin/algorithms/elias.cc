@@ -75,7 +75,7 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
   for (int i = 0; i < n; ++i) {
     bytes[i] = eliasEncodedBytes(a.count, d, words[i]);
     if (bytes[i] > slot) {
-      return setError(gradcompInternalError,
+      return setError(gradcompInvalidUsage,
                       "Elias allgather: rank %d reports %zu encoded bytes, more than the worst "
                       "case %zu for %zu elements",
                       i, bytes[i], slot, a.count);

@@ -124,7 +124,7 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
     GC_CHECK(ops.gather(v, idx, L.plan.k, val, true));
     GC_CHECK(c.transport->allReduceSumFloat(val, val, L.plan.k));
     GC_CHECK(be.zero(out, n * 4));
-    GC_CHECK(ops.scatterAdd(idx, val, DType::F32, L.plan.k, out));
+    GC_CHECK(ops.scatterAdd(idx, val, DType::F32, L.plan.k, n, out));
   } else if (L.dense) {
     GC_CHECK(c.transport->allReduceSumFloat(v, out, n));
     GC_CHECK(be.zero(v, n * 4));
@@ -145,7 +145,7 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
     for (int r = 0; r < N; ++r) {
       const char* s = gather + (size_t)r * L.slotBytes;
       GC_CHECK(ops.scatterAdd(reinterpret_cast<const uint32_t*>(s), s + L.valOff, L.vt, L.plan.kmax,
-                              out));
+                              n, out));
     }
   }
   const float divisor = a.average ? (float)N : 1.0f;

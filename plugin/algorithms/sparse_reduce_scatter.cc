@@ -173,12 +173,12 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
     if (i == r) {
       GC_CHECK(be.add(out, v + r * m, m));
     } else if (L.payload == Payload::Randk) {
-      GC_CHECK(ops.scatterAdd(ridx, slot, DType::F32, L.plan.k, out));
+      GC_CHECK(ops.scatterAdd(ridx, slot, DType::F32, L.plan.k, m, out));
     } else if (L.payload == Payload::Dense) {
       GC_CHECK(be.add(out, reinterpret_cast<const float*>(slot), m));
     } else {
       GC_CHECK(ops.scatterAdd(reinterpret_cast<const uint32_t*>(slot), slot + L.valOff, L.vt,
-                              L.plan.kmax, out));
+                              L.plan.kmax, m, out));
     }
   }
   GC_CHECK(be.zero(v + r * m, m * 4));

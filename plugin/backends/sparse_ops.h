@@ -33,8 +33,9 @@ class SparseOps {
   // when u is not null (momentum factor masking).
   virtual gradcompResult_t commit(const uint32_t* idx, size_t slots, DType vt, void* val, float* v,
                                   float* u) = 0;
+  // out has n elements; idx comes from the wire and is bounded by n.
   virtual gradcompResult_t scatterAdd(const uint32_t* idx, const void* val, DType vt, size_t slots,
-                                      float* out) = 0;
+                                      size_t n, float* out) = 0;
   virtual gradcompResult_t randkIndices(size_t n, size_t k, const KeySpec& key, uint32_t* idx) = 0;
   virtual gradcompResult_t gather(float* v, const uint32_t* idx, size_t k, float* out,
                                   bool clear) = 0;

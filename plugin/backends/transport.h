@@ -7,6 +7,8 @@
 #include <cuda_runtime_api.h>
 #include <nccl.h>
 
+#include <stdint.h>
+
 #include <memory>
 #include <vector>
 
@@ -14,12 +16,34 @@
 
 namespace gc {
 
+// What every rank must agree on for one gradcompAllReduce: ranks that differ
+// here would exchange unrelated bytes (sparse indices past a shorter buffer,
+// rand-k sums of different coordinates).
+struct CallInfo {
+  uint64_t step = 0;   // the comm's compressed-call counter (every RNG key reads it)
+  uint64_t count = 0;  // elements
+  int type = -1;       // ncclDataType_t
+  int op = -1;         // ncclRedOp_t
+  bool operator==(const CallInfo& o) const {
+    return step == o.step && count == o.count && type == o.type && op == o.op;
+  }
+};
+
 class Transport {
  public:
   virtual ~Transport() = default;
   int rank() const { return rank_; }
   int size() const { return size_; }
   virtual void setStream(cudaStream_t stream) { stream_ = stream; }
+  // The call the next collectives belong to. The CPU transport checks it at
+  // every collective, for free; NCCL only in verifyCall.
+  void beginCall(const CallInfo& call) { call_ = call; }
+  // An explicit agreement on the current call (one small allgather and a
+  // host sync on NCCL): the comm runs it once after its state was loaded or
+  // reset, where ranks can disagree on the step. InvalidUsage on every rank
+  // when they differ. Both transports override it; the default serves
+  // single-process stand-ins, which have nobody to disagree with.
+  virtual gradcompResult_t verifyCall() { return gradcompSuccess; }
 
   // send[j] (sendBytes[j] bytes) goes to rank j and recv[i] (recvBytes[i])
   // comes from rank i; the entries of this rank are skipped.
@@ -43,10 +67,15 @@ class Transport {
  protected:
   int rank_ = 0, size_ = 1;
   cudaStream_t stream_ = nullptr;
+  CallInfo call_;
 };
 
+// The sentence of a disagreement between this rank's call and rank `peer`'s.
+gradcompResult_t callMismatch(int rank, const CallInfo& mine, int peer, const CallInfo& theirs);
+
 std::unique_ptr<Transport> makeNcclTransport(ncclComm_t comm, int rank, int size);
-// nranks transports sharing one in-process world.
-std::vector<std::unique_ptr<Transport>> makeCpuWorld(int nranks);
+// nranks transports sharing one in-process world; a rank waits at most
+// timeoutSec at a collective for the others.
+std::vector<std::unique_ptr<Transport>> makeCpuWorld(int nranks, double timeoutSec);
 
 }  // namespace gc

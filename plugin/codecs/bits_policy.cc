@@ -126,6 +126,66 @@ int BudgetPolicy::choose(const GradStats* st, double budget, int window, int bit
   return b;
 }
 
+void BudgetPolicy::save(int* used, int* pos, std::vector<double>* halfLog2A) const {
+  *used = used_;
+  *pos = pos_;
+  halfLog2A->assign(halfLog2A_.begin(), halfLog2A_.end());
+}
+
+void BudgetPolicy::restore(int used, int pos, const std::vector<double>& halfLog2A) {
+  used_ = used;
+  pos_ = pos;
+  halfLog2A_.assign(halfLog2A.begin(), halfLog2A.end());
+}
+
+gradcompResult_t exportBitsHistory(BufferState& s, bool* present, BitsHistoryRecord* out) {
+  *present = s.bitsHistory != nullptr;
+  if (!*present) return gradcompSuccess;
+  BitsHistory& h = *s.bitsHistory;
+  if (h.pending) {
+    GC_CUDACHECK(cudaEventSynchronize(h.ready));
+    h.stats = *h.resultHost;
+    h.haveStats = true;
+    h.pending = false;
+  }
+  out->stats = h.stats;
+  out->haveStats = h.haveStats ? 1 : 0;
+  out->lastBits = h.lastBits;
+  h.budget.save(&out->budgetUsed, &out->budgetPos, &out->halfLog2A);
+  return gradcompSuccess;
+}
+
+const char* checkBitsHistory(const BitsHistoryRecord& r, const gradcompConfig_t& cfg) {
+  if (r.haveStats != 0 && r.haveStats != 1) return "haveStats is not 0 or 1";
+  if (r.lastBits != 0 && (r.lastBits < cfg.bitsMin || r.lastBits > cfg.bitsMax)) {
+    return "lastBits is outside bitsMin..bitsMax";
+  }
+  if (r.budgetPos < 0 || r.budgetPos >= cfg.budgetWindow)
+    return "the budget position is outside the window";
+  if (r.budgetUsed < 0 || r.budgetUsed > qsgd::kMaxBits * r.budgetPos) {
+    return "the budget spent is outside 0..8 bits per call made";
+  }
+  if (r.halfLog2A.size() > (size_t)cfg.budgetWindow)
+    return "the budget history is longer than the window";
+  for (double v : r.halfLog2A) {
+    if (!isfinite(v)) return "the budget history holds a non-finite value";
+  }
+  // Non-finite statistics are legitimate (a non-finite result); NaN payloads
+  // are not read for anything but usable().
+  return nullptr;
+}
+
+gradcompResult_t importBitsHistory(gradcompComm& c, BufferState& s, const BitsHistoryRecord& r) {
+  if (!s.bitsHistory) GC_CHECK(createHistory(c, s));
+  BitsHistory& h = *s.bitsHistory;
+  h.pending = false;
+  h.stats = r.stats;
+  h.haveStats = r.haveStats != 0;
+  h.lastBits = r.lastBits;
+  h.budget.restore(r.budgetUsed, r.budgetPos, r.halfLog2A);
+  return gradcompSuccess;
+}
+
 gradcompResult_t chooseBits(gradcompComm& c, BufferState& s, int* bits) {
   const gradcompConfig_t& cfg = c.cfg;
   if (cfg.bitsMode == gradcompBitsFixed) {
@@ -138,11 +198,6 @@ gradcompResult_t chooseBits(gradcompComm& c, BufferState& s, int* bits) {
                     "call's statistics, which a CUDA graph cannot do; capture with "
                     "GRADCOMP_BITS_MODE=fixed",
                     modeName(cfg.bitsMode));
-  }
-  if (cfg.bitsMode == gradcompBitsBudget && cfg.bitsBudget < (float)cfg.bitsMin) {
-    return setError(gradcompInvalidArgument,
-                    "bitsBudget=%g is below bitsMin=%d: no bit width keeps the budget",
-                    (double)cfg.bitsBudget, cfg.bitsMin);
   }
   if (!s.bitsHistory) GC_CHECK(createHistory(c, s));
   BitsHistory& h = *s.bitsHistory;

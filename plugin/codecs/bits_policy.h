@@ -16,7 +16,10 @@
 // event only. Host-side choice: not CUDA-graph capturable (refused).
 #pragma once
 
+#include <stdint.h>
+
 #include <deque>
+#include <vector>
 
 #include "kernels/grad_stats.h"
 #include "comm.h"
@@ -47,11 +50,33 @@ class BudgetPolicy {
  public:
   // st is null before the first statistics exist.
   int choose(const GradStats* st, double budget, int window, int bitsMin, int bitsMax);
+  // For checkpoints (see BitsHistoryRecord).
+  void save(int* used, int* pos, std::vector<double>* halfLog2A) const;
+  void restore(int used, int pos, const std::vector<double>& halfLog2A);
 
  private:
   std::deque<double> halfLog2A_;  // the last `window` values of log2(sqrt(A))
   int used_ = 0;                  // bits per element spent in the current window
   int pos_ = 0;                   // calls made in the current window
 };
+
+// A buffer's DQ-SGD history as a checkpoint holds it: without it a resumed
+// run would choose other bit widths than the run it continues.
+struct BitsHistoryRecord {
+  GradStats stats{0.0, 0.0};
+  int32_t haveStats = 0;
+  int32_t lastBits = 0;
+  int32_t budgetUsed = 0;
+  int32_t budgetPos = 0;
+  std::vector<double> halfLog2A;
+};
+// False when the buffer has no history. Waits for the statistics of the
+// buffer's last call when they are still on their way (CUDA).
+gradcompResult_t exportBitsHistory(BufferState& s, bool* present, BitsHistoryRecord* out);
+// The sentence naming the first field of a record outside what cfg allows
+// (nullptr when it is valid): checked before anything is restored.
+const char* checkBitsHistory(const BitsHistoryRecord& r, const gradcompConfig_t& cfg);
+// Gives s a history equal to r (allocating what the backend needs).
+gradcompResult_t importBitsHistory(gradcompComm& c, BufferState& s, const BitsHistoryRecord& r);
 
 }  // namespace gc

@@ -20,11 +20,17 @@ gradcompResult_t eliasCheckParams(const gradcompEliasParams_t* p, size_t count,
              p->bucketSize % 32 == 0,
          "bucketSize=%d is out of range %d..%d or not a multiple of 32", p->bucketSize,
          qsgd::kMinBucket, qsgd::kMaxBucket);
-  GC_ARG(p->code == gradcompEliasGamma || p->code == gradcompEliasOmega,
-         "code=%d is not gamma(0) or omega(1)", (int)p->code);
-  GC_ARG(p->scale == gradcompEliasScaleMax || p->scale == gradcompEliasScaleL2,
-         "scale=%d is not max(0) or l2(1)", (int)p->scale);
-  elias::Params ep{p->levels, p->bucketSize, (elias::Code)p->code, (elias::Norm)p->scale};
+  // The enums are read as ints: a caller's out-of-range value must not be
+  // loaded as the enum type (undefined behaviour).
+  int code, scale;
+  memcpy(&code, &p->code, sizeof(code));
+  memcpy(&scale, &p->scale, sizeof(scale));
+  GC_ARG(code == gradcompEliasGamma || code == gradcompEliasOmega,
+         "code=%d is not gamma(0) or omega(1)", code);
+  GC_ARG(scale == gradcompEliasScaleMax || scale == gradcompEliasScaleL2,
+         "scale=%d is not max(0) or l2(1)", scale);
+  GC_CHECK(codecCheckCount(count));
+  elias::Params ep{p->levels, p->bucketSize, (elias::Code)code, (elias::Norm)scale};
   // Offsets are 32-bit word counts.
   GC_ARG(elias::maxStreamWords(count, ep) < 0xffffffffull,
          "count=%zu is too large for one Elias encoding with levels=%d (its worst case exceeds "
@@ -177,7 +183,8 @@ bool eliasDecode(const void* in, size_t inBytes, size_t n, const elias::Params& 
   if (eliasEncodedBytes(n, p.bucket, offsets[nb]) > inBytes) return false;
   auto store = [&](size_t i, float v) { out[i] = accumulate ? fadd(out[i], v) : v; };
   for (size_t b = 0; b < nb; ++b) {
-    if (offsets[b] > offsets[b + 1]) return false;
+    // Bytes from the wire: each bucket must lie inside the stream.
+    if (offsets[b] > offsets[b + 1] || offsets[b + 1] > offsets[nb]) return false;
     const size_t base = b * p.bucket;
     const size_t len = n - base < (size_t)p.bucket ? n - base : (size_t)p.bucket;
     float scale;
@@ -229,11 +236,14 @@ gradcompResult_t eliasEncode(Backend& be, const void* x, DType t, float* residua
 gradcompResult_t eliasDecode(Backend& be, const void* in, size_t inBytes, size_t n,
                              const elias::Params& p, float* out, bool accumulate) {
   if (be.onDevice()) {
-    GC_CUDACHECK(cuda::eliasDecode(in, n, p, out, accumulate, be.stream()));
+    const size_t header = 4 * elias::headerWords(n, p.bucket);
+    const size_t words = inBytes > header ? (inBytes - header) / 4 : 0;
+    GC_CUDACHECK(cuda::eliasDecode(in, n, p, out, accumulate, be.stream(),
+                                   words < 0xffffffffu ? (uint32_t)words : 0xffffffffu));
     return gradcompSuccess;
   }
   if (!host::eliasDecode(in, inBytes, n, p, out, accumulate)) {
-    return setError(gradcompInternalError,
+    return setError(gradcompInvalidArgument,
                     "Elias decode: %zu bytes are not a well-formed encoding of %zu elements",
                     inBytes, n);
   }
@@ -254,8 +264,8 @@ GC_EXPORT size_t gradcompEliasMaxEncodedBytes(size_t count, const gradcompEliasP
 }
 
 GC_EXPORT size_t gradcompEliasHeaderBytes(size_t count, int bucketSize) {
-  if (bucketSize < gc::qsgd::kMinBucket || bucketSize > gc::qsgd::kMaxBucket ||
-      bucketSize % 32 != 0) {
+  if (count > gc::kMaxCodecCount || bucketSize < gc::qsgd::kMinBucket ||
+      bucketSize > gc::qsgd::kMaxBucket || bucketSize % 32 != 0) {
     return 0;
   }
   return 4 * gc::elias::headerWords(count, bucketSize);
@@ -264,6 +274,7 @@ GC_EXPORT size_t gradcompEliasHeaderBytes(size_t count, int bucketSize) {
 GC_EXPORT gradcompResult_t gradcompEliasEncodedBytes(const void* encoded, size_t count,
                                                      int bucketSize, size_t* bytes) {
   const size_t header = gradcompEliasHeaderBytes(count, bucketSize);
+  GC_CHECK(gc::codecCheckCount(count));
   GC_ARG(header != 0, "bucketSize=%d is out of range %d..%d or not a multiple of 32", bucketSize,
          gc::qsgd::kMinBucket, gc::qsgd::kMaxBucket);
   GC_ARG(encoded != nullptr && bytes != nullptr, "encoded=%p and bytes=%p must not be NULL",

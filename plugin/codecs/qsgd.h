@@ -9,8 +9,15 @@
 
 namespace gc {
 
+// The largest element count the codecs and the compressed path take: every
+// size computed from a count (bits, words, bytes, workspace) then fits a
+// size_t with room to spare.
+constexpr size_t kMaxCodecCount = (size_t)1 << 56;
+
 // Validates bits/bucket (message names the value and range).
 gradcompResult_t qsgdCheckParams(int bits, int bucketSize);
+// Validates a codec's element count against kMaxCodecCount.
+gradcompResult_t codecCheckCount(size_t count);
 // Maps an NCCL type to a gradient type, or an error naming it.
 gradcompResult_t dtypeFromNccl(ncclDataType_t t, DType* out);
 

@@ -10,6 +10,7 @@ GC_EXPORT gradcompResult_t gradcompQsgdEncodeEF(const void* g, ncclDataType_t da
                                                 int bucketSize, uint64_t seed, void* out,
                                                 cudaStream_t stream) {
   GC_CHECK(gc::qsgdCheckParams(bits, bucketSize));
+  GC_CHECK(gc::codecCheckCount(count));
   gc::DType t;
   GC_CHECK(gc::dtypeFromNccl(datatype, &t));
   if (count == 0) return gradcompSuccess;
@@ -35,6 +36,7 @@ GC_EXPORT gradcompResult_t gradcompQsgdDecode(const void* in, size_t count, int 
                                               int bucketSize, float* out, int accumulate,
                                               cudaStream_t stream) {
   GC_CHECK(gc::qsgdCheckParams(bits, bucketSize));
+  GC_CHECK(gc::codecCheckCount(count));
   if (count == 0) return gradcompSuccess;
   GC_ARG(((uintptr_t)in & 3) == 0, "in=%p must be 4-byte aligned (it starts with fp32 scales)", in);
   GC_CHECK(gc::checkDevicePointer(in, "in"));

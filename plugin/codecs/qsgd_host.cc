@@ -19,6 +19,11 @@ gradcompResult_t qsgdCheckParams(int bits, int bucketSize) {
   return gradcompSuccess;
 }
 
+gradcompResult_t codecCheckCount(size_t count) {
+  GC_ARG(count <= kMaxCodecCount, "count=%zu is out of range 0..%zu", count, kMaxCodecCount);
+  return gradcompSuccess;
+}
+
 gradcompResult_t dtypeFromNccl(ncclDataType_t t, DType* out) {
   switch (t) {
     case ncclFloat32:
@@ -90,8 +95,9 @@ void qsgdDecode(const void* in, size_t n, int bits, int bucket, float* out, bool
 extern "C" {
 
 GC_EXPORT size_t gradcompQsgdEncodedBytes(size_t count, int bits, int bucketSize) {
-  if (bits < gc::qsgd::kMinBits || bits > gc::qsgd::kMaxBits || bucketSize < gc::qsgd::kMinBucket ||
-      bucketSize > gc::qsgd::kMaxBucket || bucketSize % 32 != 0) {
+  if (count > gc::kMaxCodecCount || bits < gc::qsgd::kMinBits || bits > gc::qsgd::kMaxBits ||
+      bucketSize < gc::qsgd::kMinBucket || bucketSize > gc::qsgd::kMaxBucket ||
+      bucketSize % 32 != 0) {
     return 0;
   }
   return gc::qsgd::encodedBytes(count, bits, bucketSize);
@@ -101,6 +107,7 @@ GC_EXPORT gradcompResult_t gradcompQsgdEncodeTypedHost(const void* x, ncclDataTy
                                                        float* residual, size_t count, int bits,
                                                        int bucketSize, uint64_t seed, void* out) {
   GC_CHECK(gc::qsgdCheckParams(bits, bucketSize));
+  GC_CHECK(gc::codecCheckCount(count));
   gc::DType t = gc::DType::F32;
   GC_CHECK(gc::dtypeFromNccl(datatype, &t));
   if (count == 0) return gradcompSuccess;
@@ -120,6 +127,7 @@ GC_EXPORT gradcompResult_t gradcompQsgdEncodeHost(const float* x, size_t count, 
 GC_EXPORT gradcompResult_t gradcompQsgdDecodeHost(const void* in, size_t count, int bits,
                                                   int bucketSize, float* out, int accumulate) {
   GC_CHECK(gc::qsgdCheckParams(bits, bucketSize));
+  GC_CHECK(gc::codecCheckCount(count));
   if (count == 0) return gradcompSuccess;
   GC_ARG(in != nullptr && out != nullptr, "in=%p and out=%p must not be NULL for count=%zu", in,
          out, count);

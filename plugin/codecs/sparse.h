@@ -28,8 +28,10 @@ sparse::SelectRule exactRule(const float* v, size_t n, size_t k);
 // Filled slots: val[j] = wire value of v[idx[j]] in type vt, v[idx[j]] keeps
 // the remainder, u[idx[j]] = 0 when u is not null. Empty slots: val 0.
 void sparseCommit(const uint32_t* idx, size_t slots, DType vt, void* val, float* v, float* u);
-// out[idx[j]] += val[j] for the filled slots, in slot order.
-void sparseScatterAdd(const uint32_t* idx, const void* val, DType vt, size_t slots, float* out);
+// out[idx[j]] += val[j] for the filled slots, in slot order. The slots come
+// from the wire: false (out untouched) when a filled one is not below n.
+bool sparseScatterAdd(const uint32_t* idx, const void* val, DType vt, size_t slots, size_t n,
+                      float* out);
 void randkIndices(size_t n, size_t k, uint64_t key, uint32_t* idx);
 // out[j] = v[idx[j]]; then v[idx[j]] = 0 when clear.
 void sparseGather(float* v, const uint32_t* idx, size_t k, float* out, bool clear);
@@ -47,7 +49,8 @@ cudaError_t selectExact(const float* v, size_t n, size_t k, uint32_t* idx, uint6
                         void* scratch, cudaStream_t s);
 cudaError_t sparseCommit(const uint32_t* idx, size_t slots, DType vt, void* val, float* v, float* u,
                          cudaStream_t s);
-cudaError_t sparseScatterAdd(const uint32_t* idx, const void* val, DType vt, size_t slots,
+// Indices from the wire at or past n are skipped (never written).
+cudaError_t sparseScatterAdd(const uint32_t* idx, const void* val, DType vt, size_t slots, size_t n,
                              float* out, cudaStream_t s);
 cudaError_t randkIndices(size_t n, size_t k, const KeySpec& key, uint32_t* idx, cudaStream_t s);
 cudaError_t sparseGather(float* v, const uint32_t* idx, size_t k, float* out, bool clear,

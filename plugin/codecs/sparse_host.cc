@@ -114,10 +114,15 @@ void sparseCommit(const uint32_t* idx, size_t slots, DType vt, void* val, float*
   }
 }
 
-void sparseScatterAdd(const uint32_t* idx, const void* val, DType vt, size_t slots, float* out) {
+bool sparseScatterAdd(const uint32_t* idx, const void* val, DType vt, size_t slots, size_t n,
+                      float* out) {
+  for (size_t j = 0; j < slots; ++j) {
+    if (idx[j] != kEmptySlot && idx[j] >= n) return false;
+  }
   for (size_t j = 0; j < slots; ++j) {
     if (idx[j] != kEmptySlot) out[idx[j]] = fadd(out[idx[j]], loadAsFloat(val, vt, j));
   }
+  return true;
 }
 
 void randkIndices(size_t n, size_t k, uint64_t key, uint32_t* idx) {

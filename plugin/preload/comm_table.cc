@@ -65,12 +65,14 @@ const char* methodName(gradcompMethod_t m) {
 
 Settings* readSettings() {
   Settings* s = new Settings;
-  if (gradcompConfigFromEnv(&s->config) == gradcompSuccess) {
+  // Every valid variable is applied even past a bad one, so this rank finds
+  // the same calls eligible as its peers and joins their agreement (voting
+  // pass-through) instead of leaving them waiting in it.
+  if (configFromEnvLenient(&s->config) == gradcompSuccess) {
     s->ok = true;
   } else {
     fprintf(stderr, "gradcomp %d WARN bad configuration (%s); passing every call to NCCL\n",
             (int)getpid(), gradcompGetLastError());
-    gradcompConfigInit(&s->config);
   }
   const char* g = paramString("GRADCOMP_GROUP", "defer");
   if (strcasecmp(g, "fuse") == 0) {
@@ -175,7 +177,9 @@ const Settings& settings() {
 
 bool eligible(size_t count, ncclDataType_t type, ncclRedOp_t op) {
   const Settings& s = settings();
-  return s.ok && s.config.method != gradcompMethodNone &&
+  // A rank with a bad configuration is eligible as its peers are: it must
+  // reach the agreement with them (see decide).
+  return s.config.method != gradcompMethodNone &&
          (type == ncclFloat32 || type == ncclFloat16 || type == ncclBfloat16) &&
          (op == ncclSum || op == ncclAvg) && count >= s.config.minElements;
 }
@@ -231,7 +235,6 @@ void decide(CommEntry& e, cudaStream_t stream) {
     e.mode = Mode::PassThrough;
   };
   const Settings& s = settings();
-  if (!s.ok) return passAll("bad configuration");
   const NcclApi* api = ncclApi();
   if (api->commCount(e.nccl, &e.nranks) != ncclSuccess ||
       api->commUserRank(e.nccl, &e.rank) != ncclSuccess ||
@@ -242,9 +245,10 @@ void decide(CommEntry& e, cudaStream_t stream) {
 
   DeviceGuard guard(e.device);
   gradcompComm_t gc = nullptr;
-  const gradcompResult_t res = gradcompCommCreate(e.nccl, &s.config, &gc);
-  std::string localError;
-  if (res != gradcompSuccess) {
+  std::string localError = "bad configuration";
+  const gradcompResult_t res =
+      s.ok ? gradcompCommCreate(e.nccl, &s.config, &gc) : gradcompInvalidArgument;
+  if (res != gradcompSuccess && s.ok) {
     localError = std::string(gradcompGetErrorString(res)) + ": " + gradcompGetLastError();
   }
   std::string why;

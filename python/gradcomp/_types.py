@@ -43,6 +43,7 @@ CONFIG_FIELDS = [
     ("localSize", ctypes.c_int),
     ("autoTune", ctypes.c_int),
     ("pipelineBytes", ctypes.c_size_t),
+    ("cpuTimeoutSec", ctypes.c_float),
 ]
 
 # (C name, ctypes type), in the order of gradcompStats_t.

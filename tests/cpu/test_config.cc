@@ -32,7 +32,7 @@ TEST(Config, DefaultsAreValid) {
 TEST(Config, EnvironmentOverrides) {
   ScopedEnv a("GRADCOMP_METHOD", "topk"), b("GRADCOMP_BITS", "8"), c("GRADCOMP_DENSITY", "0.001"),
       d("GRADCOMP_MIN_ELEMENTS", "0"), e("GRADCOMP_VALUE_TYPE", "bfloat16"),
-      f("GRADCOMP_SEED", "0xffffffffffffffff"), g("GRADCOMP_ALGO", "RING"),
+      f("GRADCOMP_SEED", "0xffffffffffffffff"), g("GRADCOMP_ALGO", "SPARSE"),
       h("GRADCOMP_PIPELINE_BYTES", "8388608");
   gradcompConfig_t cfg;
   ASSERT_EQ(gradcompConfigFromEnv(&cfg), gradcompSuccess) << gradcompGetLastError();
@@ -42,7 +42,7 @@ TEST(Config, EnvironmentOverrides) {
   EXPECT_EQ(cfg.minElements, 0u);
   EXPECT_EQ(cfg.valueType, ncclBfloat16);
   EXPECT_EQ(cfg.seed, 0xffffffffffffffffull);
-  EXPECT_EQ(cfg.algo, gradcompAlgoRing);
+  EXPECT_EQ(cfg.algo, gradcompAlgoSparseAllgather);
   EXPECT_EQ(cfg.pipelineBytes, 8388608u);
 }
 
@@ -61,7 +61,9 @@ TEST(Config, BadEnvironmentValuesNameVariableAndRange) {
       {"GRADCOMP_DENSITY", "0", "GRADCOMP_DENSITY=0 is not a number in [1e-06, 1]"},
       {"GRADCOMP_DENSITY", "nan", "GRADCOMP_DENSITY=nan is not a number in [1e-06, 1]"},
       {"GRADCOMP_METHOD", "zip", "GRADCOMP_METHOD=zip is not one of none|qsgd|topk|randk|dgc"},
-      {"GRADCOMP_SEED", "-1", "GRADCOMP_SEED=-1 is not an unsigned 64-bit integer"},
+      {"GRADCOMP_SEED", "-1",
+       "GRADCOMP_SEED=-1 is not an unsigned 64-bit integer (decimal without leading zeros, or 0x "
+       "and hex digits)"},
       {"GRADCOMP_EF", "2", "GRADCOMP_EF=2 is not an integer in 0..1"},
       {"GRADCOMP_PIPELINE_BYTES", "-1",
        "GRADCOMP_PIPELINE_BYTES=-1 is not an integer in 0..1000000000000000000"},
@@ -78,8 +80,7 @@ TEST(Config, BucketMustBeMultipleOf32) {
   ScopedEnv env("GRADCOMP_BUCKET", "500");
   gradcompConfig_t cfg;
   EXPECT_EQ(gradcompConfigFromEnv(&cfg), gradcompInvalidArgument);
-  EXPECT_STREQ(gradcompGetLastError(),
-               "bucketSize=500 is out of range 32..8192 or not a multiple of 32");
+  EXPECT_STREQ(gradcompGetLastError(), "bucketSize=500 (GRADCOMP_BUCKET) is not a multiple of 32");
 }
 
 TEST(Config, ValidateCatchesBadFieldsAndUninitializedStruct) {
@@ -95,7 +96,8 @@ TEST(Config, ValidateCatchesBadFieldsAndUninitializedStruct) {
   gradcompConfigInit(&c);
   c.momentum = 1.0f;
   EXPECT_EQ(gradcompConfigValidate(&c), gradcompInvalidArgument);
-  EXPECT_STREQ(gradcompGetLastError(), "momentum=1 is out of range [0, 1)");
+  EXPECT_STREQ(gradcompGetLastError(),
+               "momentum=1 (GRADCOMP_MOMENTUM) is out of range [0, 0.999999]");
   EXPECT_EQ(gradcompConfigValidate(nullptr), gradcompInvalidArgument);
   EXPECT_EQ(gradcompConfigInit(nullptr), gradcompInvalidArgument);
 }
@@ -125,6 +127,120 @@ TEST(Config, DocsListEveryVariable) {
     EXPECT_NE(doc.find(std::string("`") + t[i].env + "`"), std::string::npos)
         << t[i].env << " is not documented in docs/env.md";
   }
+}
+
+}  // namespace
+
+// Issue 16, defect 8: strict parsing, one range for the environment and the
+// struct, combinations refused up front, a failed parse changes nothing.
+namespace {
+
+TEST(ConfigStrict, IntegersAreDecimalWithoutSignSpaceOrLeadingZero) {
+  const char* bad[] = {"010", "0x8", " 8", "8 ", "+8", "-8", "08", "8.0", "1e1"};
+  for (const char* v : bad) {
+    ScopedEnv env("GRADCOMP_BITS", v);
+    gradcompConfig_t cfg;
+    EXPECT_EQ(gradcompConfigFromEnv(&cfg), gradcompInvalidArgument) << "'" << v << "'";
+    EXPECT_EQ(std::string(gradcompGetLastError()),
+              std::string("GRADCOMP_BITS=") + v + " is not an integer in 2..8");
+  }
+  const char* badSeed[] = {" -1", "-1", "+1", "010", "0x", "0x1g", " 1", "0x10000000000000000"};
+  for (const char* v : badSeed) {
+    ScopedEnv env("GRADCOMP_SEED", v);
+    gradcompConfig_t cfg;
+    EXPECT_EQ(gradcompConfigFromEnv(&cfg), gradcompInvalidArgument) << "'" << v << "'";
+    EXPECT_NE(strstr(gradcompGetLastError(), "GRADCOMP_SEED="), nullptr);
+  }
+  ScopedEnv a("GRADCOMP_SEED", "0x10"), b("GRADCOMP_BITS", "8"), c("GRADCOMP_MIN_ELEMENTS", "0");
+  gradcompConfig_t cfg;
+  ASSERT_EQ(gradcompConfigFromEnv(&cfg), gradcompSuccess) << gradcompGetLastError();
+  EXPECT_EQ(cfg.seed, 16u);
+  EXPECT_EQ(cfg.bits, 8);
+  EXPECT_EQ(cfg.minElements, 0u);
+}
+
+TEST(ConfigStrict, EmptyValueIsAnErrorNamingTheVariable) {
+  ScopedEnv env("GRADCOMP_DENSITY", "");
+  gradcompConfig_t cfg;
+  EXPECT_EQ(gradcompConfigFromEnv(&cfg), gradcompInvalidArgument);
+  EXPECT_STREQ(gradcompGetLastError(),
+               "GRADCOMP_DENSITY is set but empty: unset it or give a value");
+}
+
+TEST(ConfigStrict, FailedFromEnvLeavesTheStructUntouched) {
+  gradcompConfig_t cfg, before;
+  gradcompConfigInit(&cfg);
+  cfg.bits = 7;
+  cfg.density = 0.25f;
+  before = cfg;
+  // A good variable ahead of a bad one: nothing of either lands.
+  ScopedEnv a("GRADCOMP_BITS", "3"), b("GRADCOMP_DENSITY", "2");
+  EXPECT_EQ(gradcompConfigFromEnv(&cfg), gradcompInvalidArgument);
+  EXPECT_EQ(memcmp(&cfg, &before, sizeof(cfg)), 0);
+}
+
+// Every numeric table entry: the validator refuses what the environment
+// parser refuses, and names the variable.
+TEST(ConfigStrict, ValidatorAndEnvironmentShareEveryRange) {
+  size_t n = 0;
+  const gc::ParamSpec* t = gc::paramTable(&n);
+  int checked = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const gc::ParamSpec& p = t[i];
+    if (p.offset < 0 || (p.kind != gc::ParamKind::Int && p.kind != gc::ParamKind::Float)) continue;
+    for (double v : {p.min - (p.kind == gc::ParamKind::Int ? 1.0 : p.min * 0.5 + 1e-3),
+                     p.max + (p.kind == gc::ParamKind::Int ? 1.0 : p.max * 0.5 + 1.0)}) {
+      gradcompConfig_t cfg;
+      gradcompConfigInit(&cfg);
+      char* f = reinterpret_cast<char*>(&cfg) + p.offset;
+      if (p.kind == gc::ParamKind::Int) {
+        // An Int that also takes names (GRADCOMP_LOCAL_SIZE's auto=0) accepts
+        // their values: step past them, away from the range.
+        int x = (int)v;
+        auto named = [&](int y) {
+          return p.choices && strstr(p.choices, ("=" + std::to_string(y)).c_str()) != nullptr;
+        };
+        while (named(x)) x += v < p.min ? -1 : 1;
+        memcpy(f, &x, sizeof(x));
+      } else {
+        const float x = (float)v;
+        memcpy(f, &x, sizeof(x));
+      }
+      EXPECT_EQ(gradcompConfigValidate(&cfg), gradcompInvalidArgument) << p.env << " = " << v;
+      EXPECT_NE(strstr(gradcompGetLastError(), p.env), nullptr) << gradcompGetLastError();
+      ++checked;
+    }
+  }
+  EXPECT_GE(checked, 2 * 18);
+  // The two the issue names.
+  gradcompConfig_t cfg;
+  gradcompConfigInit(&cfg);
+  cfg.density = 1e-45f;
+  EXPECT_EQ(gradcompConfigValidate(&cfg), gradcompInvalidArgument);
+  gradcompConfigInit(&cfg);
+  cfg.momentumCorrection = 7;
+  EXPECT_EQ(gradcompConfigValidate(&cfg), gradcompInvalidArgument);
+  EXPECT_NE(strstr(gradcompGetLastError(), "GRADCOMP_MOMENTUM_CORRECTION"), nullptr);
+}
+
+TEST(ConfigStrict, MethodAlgorithmCombinationsAreRefusedUpFront) {
+  for (gradcompMethod_t m : {gradcompMethodTopk, gradcompMethodRandk, gradcompMethodDgc}) {
+    for (gradcompAlgo_t a : {gradcompAlgoTwoShot, gradcompAlgoRing, gradcompAlgoAllgather}) {
+      gradcompConfig_t cfg;
+      gradcompConfigInit(&cfg);
+      cfg.method = m;
+      cfg.algo = a;
+      EXPECT_EQ(gradcompConfigValidate(&cfg), gradcompInvalidArgument) << m << " " << a;
+      EXPECT_NE(strstr(gradcompGetLastError(), "GRADCOMP_ALGO"), nullptr);
+    }
+  }
+  gradcompConfig_t cfg;
+  gradcompConfigInit(&cfg);
+  cfg.algo = gradcompAlgoSparseAllgather;
+  EXPECT_EQ(gradcompConfigValidate(&cfg), gradcompInvalidArgument);
+  ScopedEnv a("GRADCOMP_METHOD", "dgc"), b("GRADCOMP_ALGO", "ring");
+  EXPECT_EQ(gradcompConfigFromEnv(&cfg), gradcompInvalidArgument);
+  EXPECT_NE(strstr(gradcompGetLastError(), "GRADCOMP_ALGO"), nullptr);
 }
 
 }  // namespace

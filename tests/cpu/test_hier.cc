@@ -161,7 +161,7 @@ TEST(HierCpu, TransportReduceScatter) {
   const size_t block = 37;
   for (ncclDataType_t type : {ncclFloat32, ncclFloat16, ncclBfloat16, ncclInt32})
     for (ncclRedOp_t op : {ncclSum, ncclAvg, ncclMax}) {
-      auto world = gc::makeCpuWorld(N);
+      auto world = gc::makeCpuWorld(N, 120);
       const size_t esz = type == ncclFloat32 || type == ncclInt32 ? 4 : 2;
       std::vector<std::vector<uint8_t>> in(N), all(N), rs(N);
       for (int r = 0; r < N; ++r) {

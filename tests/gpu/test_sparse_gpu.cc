@@ -88,10 +88,11 @@ TEST_F(SparseGpu, SelectorsCommitScatterEqualHost) {
           gc::host::sparseCommit(idx.data(), p.kmax, DType::F16, val.data(), hv.data(), nullptr);
           std::vector<float> out(n, 0.0f);
           cudaMemsetAsync(dout.get(), 0, n * 4, stream);
-          ASSERT_EQ(gc::cuda::sparseScatterAdd(didx.get(), dval.get(), DType::F16, p.kmax,
+          ASSERT_EQ(gc::cuda::sparseScatterAdd(didx.get(), dval.get(), DType::F16, p.kmax, n,
                                                dout.get(), stream),
                     cudaSuccess);
-          gc::host::sparseScatterAdd(idx.data(), val.data(), DType::F16, p.kmax, out.data());
+          ASSERT_TRUE(gc::host::sparseScatterAdd(idx.data(), val.data(), DType::F16, p.kmax, n,
+                                                 out.data()));
           ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
           ASSERT_EQ(dval.download(p.kmax), val);
           ASSERT_EQ(memcmp(dv.download(n).data(), hv.data(), n * 4), 0);

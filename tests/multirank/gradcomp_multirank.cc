@@ -312,16 +312,19 @@ void checkGraph(ncclComm_t nc, cudaStream_t st, size_t pipelineBytes) {
   std::vector<char> bufA(sa), bufB(sb);
   bool saved = sa == sb && gradcompCommSaveState(eager, bufA.data(), sa) == gradcompSuccess &&
                gradcompCommSaveState(graphed, bufB.data(), sb) == gradcompSuccess;
-  // Skip the header's host step and the record's host call count (the
-  // graphed comm counted 2 host calls, the eager one 1 + replays); the rest
-  // (key, sizes, residuals) must match. Layout: 24-byte header, then per
-  // buffer a 56-byte record {int32 kind, dtype; uint64 key, count,
-  // ownerCount, calls; uint32 flags[4]} and its arrays.
-  if (saved && sa >= 24 + 56) {
-    memset(bufA.data() + 16, 0, 8), memset(bufB.data() + 16, 0, 8);
-    memset(bufA.data() + 24 + 32, 0, 8), memset(bufB.data() + 24 + 32, 0, 8);
+  // Skip the header's checksum and host step and the record's host call
+  // count (the graphed comm counted 2 host calls, the eager one 1 +
+  // replays); the rest (key, sizes, residuals) must match. Layout
+  // (plugin/state.cc): a 112-byte header with the CRC at 12 and the step at
+  // 24, then per buffer a 16-byte record prefix and a 48-byte record with the
+  // calls at 32, then its arrays.
+  if (saved && sa >= 112 + 64) {
+    for (std::vector<char>* b : {&bufA, &bufB}) {
+      memset(b->data() + 12, 0, 4), memset(b->data() + 24, 0, 8);
+      memset(b->data() + 112 + 16 + 32, 0, 8);
+    }
   }
-  report(saved && sa >= 24 + 56 && memcmp(bufA.data(), bufB.data(), sa) == 0,
+  report(saved && sa >= 112 + 64 && memcmp(bufA.data(), bufB.data(), sa) == 0,
          "graph replays leave the same residuals as eager calls" + pipe);
   cudaGraphExecDestroy(exec);
   cudaGraphDestroy(graph);
@@ -693,6 +696,51 @@ void checkAuto(ncclComm_t nc, cudaStream_t st) {
   gradcompCommDestroy(b);
 }
 
+// Ranks restored from checkpoints of different steps: the first call after
+// the load checks the step on every rank (one allgather) and fails on all of
+// them; restored consistently, the next call works and agrees.
+void checkRestoredSteps(ncclComm_t nc, cudaStream_t st) {
+  if (nranks < 2) return;
+  gradcompConfig_t cfg;
+  gradcompConfigInit(&cfg);
+  cfg.autoTune = 0;
+  cfg.method = gradcompMethodRandk;
+  cfg.minElements = 0;
+  gradcompComm_t gc;
+  CK(gradcompCommCreate(nc, &cfg, &gc));
+  const size_t n = 100003;
+  std::vector<float> g = gctest::normal(n, 91 + rank), got(n);
+  float* d;
+  CK(cudaMalloc(&d, n * 4));
+  auto call = [&] {
+    CK(cudaMemcpyAsync(d, g.data(), n * 4, cudaMemcpyHostToDevice, st));
+    gradcompResult_t r = gradcompAllReduceKeyed(d, d, n, ncclFloat32, ncclSum, gc, st, 3);
+    CK(cudaStreamSynchronize(st));
+    return r;
+  };
+  auto save = [&] {
+    size_t bytes = 0;
+    CK(gradcompCommStateSize(gc, &bytes));
+    std::vector<char> b(bytes);
+    CK(gradcompCommSaveState(gc, b.data(), bytes));
+    return b;
+  };
+  bool ok = call() == gradcompSuccess;
+  const std::vector<char> s1 = save();
+  ok &= call() == gradcompSuccess;
+  const std::vector<char> s2 = save();
+  const std::vector<char>& mine = rank == 0 ? s1 : s2;
+  ok &= gradcompCommLoadState(gc, mine.data(), mine.size()) == gradcompSuccess;
+  report(ok && call() == gradcompInvalidUsage, "ranks restored at different steps all fail");
+  ok = gradcompCommLoadState(gc, s2.data(), s2.size()) == gradcompSuccess;
+  ok &= call() == gradcompSuccess;
+  CK(cudaMemcpy(got.data(), d, n * 4, cudaMemcpyDeviceToHost));
+  report(ok, "restored at the same step: the next call works");
+  report(sameOnAllRanks(nc, st, got), "restored at the same step: same on all ranks");
+  cudaFree(d);
+  gradcompCommDestroy(gc);
+}
+
 }  // namespace
 
 int main() {
@@ -756,6 +804,7 @@ int main() {
   checkRsGraph(nc, st);
   checkRsPassThrough(nc, st);
   inRs = false;
+  checkRestoredSteps(nc, st);
   checkAuto(nc, st);
   ncclCommDestroy(nc);
   printf("multirank rs rank %d of %d: %d passed, %d failed\n", rank, nranks, rsPassed, rsFailed);

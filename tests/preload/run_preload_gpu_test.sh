@@ -4,7 +4,8 @@
 # Checks that eligible calls are compressed (INFO summary), results are
 # identical on all ranks and close to the exact sum, deferred and fused group
 # calls too, GRADCOMP_METHOD=none gives NCCL's bits exactly, and ranks with
-# different GRADCOMP_* settings agree to pass everything through (no hang).
+# different GRADCOMP_* settings agree to pass everything through (no hang),
+# also when one rank's value is invalid.
 # Without a GPU it prints SKIPPED (a failure when GRADCOMP_TEST_GPU=1).
 # Usage: run_preload_gpu_test.sh PRELOAD APP
 set -uo pipefail
@@ -140,6 +141,16 @@ a1=$(grep -o "$calls" "$work/auto_r1.err" | tail -1)
 check "auto: both ranks' summaries count the same calls, auto's included ('$a0')" "[ -n '$a0' ] && [ '$a0' = '$a1' ]"
 check "auto: the figures are logged at INFO" \
   "grep -q 'auto: NCCL .* us, compressed .* us at' '$work/auto_r0.err'"
+
+# 5. A rank with an invalid value still joins the agreement, voting pass
+# through: nobody waits for it (before, the other ranks hung there).
+RANK1_ENV="GRADCOMP_BITS=99" launch badvalue 2 1 "single 2"
+same_on_all_ranks badvalue 2
+compressed_calls badvalue 2 0
+check "badvalue: rank 1 names the variable" \
+  "grep -q 'GRADCOMP_BITS=99 is not an integer in 2..8' '$work/badvalue_r1.err'"
+n=$(grep -c "another rank of NCCL comm .* could not set up compression" "$work/badvalue_r0.err")
+check "badvalue: rank 0 learns that rank 1 could not set up (got $n)" "[ '$n' = 1 ]"
 
 if [ "$fail" = 0 ]; then echo "preload GPU tests: all passed"; else echo "preload GPU tests: FAILED"; fi
 exit $fail

@@ -204,9 +204,9 @@ class ConfigSettings(unittest.TestCase):
     def test_keywords_cover_every_field(self):
         self.assertEqual(len(gradcomp.settings()), len(_types.CONFIG_FIELDS) - 1)
         c = gradcomp.Config(from_env=False, method="dgc", bits=3, bucket_size=256, density=0.001,
-                            algo="ring", value_type="half", min_elements=0)
+                            algo="sparse", value_type="half", min_elements=0)
         self.assertEqual((c.method, c.bits, c.bucket_size, c.algo, c.value_type, c.min_elements),
-                         ("dgc", 3, 256, "ring", "half", 0))
+                         ("dgc", 3, 256, "sparse", "half", 0))
         self.assertEqual(c.struct.density, np.float32(0.001))
 
     def test_defaults_then_environment(self):
@@ -227,11 +227,11 @@ class ConfigSettings(unittest.TestCase):
 
     def test_bad_values_name_the_value_and_range(self):
         cases = [
-            (dict(bits=9), r"bits=9 is out of range 2\.\.8"),
-            (dict(bits=1), r"bits=1 is out of range 2\.\.8"),
-            (dict(bucket_size=100), r"bucketSize=100 is out of range 32\.\.8192"),
-            (dict(density=0.0), r"density=0 is out of range \(0, 1\]"),
-            (dict(momentum=1.0), r"momentum=1 is out of range \[0, 1\)"),
+            (dict(bits=9), r"bits=9 \(GRADCOMP_BITS\) is out of range 2\.\.8"),
+            (dict(bits=1), r"bits=1 \(GRADCOMP_BITS\) is out of range 2\.\.8"),
+            (dict(bucket_size=100), r"bucketSize=100 \(GRADCOMP_BUCKET\) is not a multiple of 32"),
+            (dict(density=0.0), r"density=0 \(GRADCOMP_DENSITY\) is out of range \[1e-06, 1\]"),
+            (dict(momentum=1.0), r"momentum=1 \(GRADCOMP_MOMENTUM\) is out of range \[0, 0\.999999\]"),
             (dict(method="foo"), r"method='foo' is not one of none\|qsgd\|topk\|randk\|dgc"),
             (dict(bits="4"), r"bits='4' is not an integer"),
             (dict(density="x"), r"density='x' is not a number"),
@@ -408,7 +408,8 @@ class SaveLoadState(unittest.TestCase):
 
     def test_bad_state_is_refused(self):
         with gradcomp.CpuWorld(1) as w:
-            with self.assertRaisesRegex(gradcomp.InvalidArgumentError, "is not a gradcomp state"):
+            with self.assertRaisesRegex(gradcomp.InvalidArgumentError,
+                                        "state blob refused, the comm is unchanged"):
                 w.comms[0].load_state(b"\0" * 64)
             w.comms[0].reset_state()
             self.assertEqual(w.comms[0].stats()["steps"], 0)

@@ -1,4 +1,5 @@
 // SparseOps of the CPU backend: the host reference on host memory.
+#include "checks.h"
 #include "codecs/sparse.h"
 #include "backends/sparse_ops.h"
 
@@ -28,8 +29,12 @@ class CpuSparseOps final : public SparseOps {
     return gradcompSuccess;
   }
   gradcompResult_t scatterAdd(const uint32_t* idx, const void* val, DType vt, size_t slots,
-                              float* out) override {
-    host::sparseScatterAdd(idx, val, vt, slots, out);
+                              size_t n, float* out) override {
+    if (!host::sparseScatterAdd(idx, val, vt, slots, n, out)) {
+      return setError(gradcompInvalidArgument,
+                      "received sparse slots (%zu) hold an index past the buffer's %zu elements",
+                      slots, n);
+    }
     return gradcompSuccess;
   }
   gradcompResult_t randkIndices(size_t n, size_t k, const KeySpec& key, uint32_t* idx) override {

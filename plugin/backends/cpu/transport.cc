@@ -7,6 +7,8 @@
 #include <chrono>
 #include <condition_variable>
 #include <mutex>
+#include <new>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/common_math.cuh"
@@ -22,13 +24,16 @@ struct Slot {
   const void* send = nullptr;
   size_t bytes = 0;
   int to = -1;
-  int op = 0;          // which collective this rank entered
-  uint64_t check = 0;  // its size, which every rank must agree on
+  int op = 0;                                 // which collective this rank entered
+  uint64_t check = 0;                         // its size, which every rank must agree on
+  CallInfo call;                              // the gradcompAllReduce it belongs to
+  gradcompResult_t status = gradcompSuccess;  // this rank's outcome of the data phase
 };
 
 struct CpuWorld {
-  explicit CpuWorld(int n) : nranks(n), slots(n) {}
+  CpuWorld(int n, double timeoutSec) : nranks(n), timeoutSec(timeoutSec), slots(n) {}
   int nranks;
+  double timeoutSec;
   std::mutex mu;
   std::condition_variable cv;
   int arrived = 0;
@@ -44,12 +49,14 @@ struct CpuWorld {
       cv.notify_all();
       return gradcompSuccess;
     }
-    const auto timeout = std::chrono::seconds(120);
+    const auto timeout = std::chrono::duration<double>(timeoutSec);
     if (!cv.wait_for(lock, timeout, [&] { return generation != gen; })) {
+      // Withdraw, so the next collective counts only the ranks that are in it.
+      const int present = arrived--;
       return setError(gradcompSystemError,
-                      "CPU transport: %d of %d ranks reached a collective within 120 s; every "
-                      "rank must make the same calls",
-                      arrived, nranks);
+                      "CPU transport: %d of %d ranks reached a collective within %g s "
+                      "(cpuTimeoutSec, GRADCOMP_CPU_TIMEOUT); every rank must make the same calls",
+                      present, nranks, timeoutSec);
     }
     return gradcompSuccess;
   }
@@ -62,6 +69,29 @@ T loadT(const void* p, size_t i) {
   return v;
 }
 
+// Integer Sum and Prod wrap around as NCCL's do: computed in the unsigned
+// type, where overflow is defined.
+template <typename T>
+T wrapAdd(T a, T b) {
+  if constexpr (std::is_integral<T>::value) {
+    using U = typename std::make_unsigned<T>::type;
+    return (T)(U)((U)a + (U)b);
+  } else {
+    return a + b;
+  }
+}
+template <typename T>
+T wrapMul(T a, T b) {
+  if constexpr (std::is_integral<T>::value) {
+    using U = typename std::make_unsigned<T>::type;
+    // Promote past int so that the product of two uint16/uint8 stays unsigned.
+    using W = typename std::conditional<(sizeof(U) < sizeof(unsigned)), unsigned, U>::type;
+    return (T)(U)((W)(U)a * (W)(U)b);
+  } else {
+    return a * b;
+  }
+}
+
 template <typename T>
 void reduceTyped(const std::vector<const void*>& src, void* dst, size_t count, ncclRedOp_t op,
                  int n) {
@@ -71,7 +101,7 @@ void reduceTyped(const std::vector<const void*>& src, void* dst, size_t count, n
       T v = loadT<T>(src[r], i);
       switch (op) {
         case ncclProd:
-          acc = acc * v;
+          acc = wrapMul(acc, v);
           break;
         case ncclMax:
           acc = v > acc ? v : acc;
@@ -80,7 +110,7 @@ void reduceTyped(const std::vector<const void*>& src, void* dst, size_t count, n
           acc = v < acc ? v : acc;
           break;
         default:
-          acc = acc + v;
+          acc = wrapAdd(acc, v);
           break;
       }
     }
@@ -125,25 +155,52 @@ class CpuTransport final : public Transport {
   }
 
   // Enters a collective: every rank must be in the same one with the same
-  // size. A rank whose per-buffer state diverged (NCCL would hang or corrupt
-  // memory) makes all ranks fail together here, cleanly.
+  // size, for the same call. A rank whose calls or per-buffer state diverged
+  // (NCCL would hang or corrupt memory) makes all ranks fail together here.
   gradcompResult_t meet(int op, uint64_t check) {
-    world_->slots[rank_].op = op;
-    world_->slots[rank_].check = check;
+    Slot& me = world_->slots[rank_];
+    me.op = op;
+    me.check = check;
+    me.call = call_;
     GC_CHECK(world_->barrier());
-    for (int i = 0; i < size_; ++i) {
+    gradcompResult_t res = gradcompSuccess;
+    for (int i = 0; i < size_ && res == gradcompSuccess; ++i) {
       const Slot& s = world_->slots[i];
-      if (s.op != op || s.check != check) {
-        gradcompResult_t res = setError(
-            gradcompInvalidUsage,
-            "CPU transport: rank %d entered collective %d (size %llu) while rank %d entered %d "
-            "(size %llu): the ranks' calls or per-buffer state differ",
-            rank_, op, (unsigned long long)check, i, s.op, (unsigned long long)s.check);
-        GC_CHECK(world_->barrier());
-        return res;
+      if (!(s.call == call_)) {
+        res = callMismatch(rank_, call_, i, s.call);
+      } else if (s.op != op || s.check != check) {
+        res = setError(gradcompInvalidUsage,
+                       "CPU transport: rank %d entered collective %d (size %llu) while rank %d "
+                       "entered %d (size %llu): the ranks' calls or per-buffer state differ",
+                       rank_, op, (unsigned long long)check, i, s.op, (unsigned long long)s.check);
+      }
+    }
+    if (res != gradcompSuccess) GC_CHECK(world_->barrier());
+    return res;
+  }
+
+  // Leaves a collective: a rank that failed in the data phase makes every
+  // rank fail, so no rank goes on to a collective the others will not join.
+  gradcompResult_t finish(gradcompResult_t res) {
+    world_->slots[rank_].status = res;
+    GC_CHECK(world_->barrier());
+    if (res != gradcompSuccess) return res;
+    for (int i = 0; i < size_; ++i) {
+      if (world_->slots[i].status != gradcompSuccess) {
+        return setError(gradcompInvalidUsage,
+                        "CPU transport: rank %d failed in this collective (%s), so rank %d fails "
+                        "too",
+                        i, gradcompGetErrorString(world_->slots[i].status), rank_);
       }
     }
     return gradcompSuccess;
+  }
+
+  // meet() alone: the closing barrier keeps a fast rank from overwriting
+  // its slot before the others have compared it.
+  gradcompResult_t verifyCall() override {
+    GC_CHECK(meet(6, 0));
+    return finish(gradcompSuccess);
   }
 
   gradcompResult_t allToAll(const void* const* send, const size_t* sendBytes, void* const* recv,
@@ -165,8 +222,7 @@ class CpuTransport final : public Transport {
       }
       if (recvBytes[i]) memcpy(recv[i], peer.sendv[rank_], recvBytes[i]);
     }
-    GC_CHECK(world_->barrier());
-    return res;
+    return finish(res);
   }
 
   gradcompResult_t sendRecv(const void* send, size_t sendBytes, int to, void* recv,
@@ -179,15 +235,14 @@ class CpuTransport final : public Transport {
     const Slot& peer = world_->slots[from];
     gradcompResult_t res = gradcompSuccess;
     if (peer.to != rank_ || peer.bytes != recvBytes) {
-      res = setError(gradcompInternalError,
+      res = setError(gradcompInvalidUsage,
                      "CPU transport: rank %d sends %zu bytes to %d, rank %d "
                      "expects %zu from it",
                      from, peer.bytes, peer.to, rank_, recvBytes);
     } else if (recvBytes) {
       memcpy(recv, peer.send, recvBytes);
     }
-    GC_CHECK(world_->barrier());
-    return res;
+    return finish(res);
   }
 
   gradcompResult_t allGather(const void* send, void* recv, size_t bytes) override {
@@ -203,46 +258,41 @@ class CpuTransport final : public Transport {
   gradcompResult_t allReduceSumFloat(const float* send, float* recv, size_t n) override {
     world_->slots[rank_].send = send;
     GC_CHECK(meet(4, n));
-    std::vector<float> sum(n, 0.0f);
-    for (int i = 0; i < size_; ++i) {
-      const float* src = static_cast<const float*>(world_->slots[i].send);
-      for (size_t k = 0; k < n; ++k) sum[k] = fadd(sum[k], src[k]);
+    std::unique_ptr<float[]> sum(new (std::nothrow) float[n ? n : 1]());
+    gradcompResult_t res = gradcompSuccess;
+    if (!sum) {
+      res = setError(gradcompSystemError, "out of host memory allocating %zu floats", n);
+    } else {
+      for (int i = 0; i < size_; ++i) {
+        const float* src = static_cast<const float*>(world_->slots[i].send);
+        for (size_t k = 0; k < n; ++k) sum[k] = fadd(sum[k], src[k]);
+      }
     }
-    GC_CHECK(world_->barrier());
-    if (n) memcpy(recv, sum.data(), n * sizeof(float));
+    GC_CHECK(finish(res));
+    if (n) memcpy(recv, sum.get(), n * sizeof(float));
     return gradcompSuccess;
   }
 
   gradcompResult_t passThrough(const void* send, void* recv, size_t count, ncclDataType_t type,
                                ncclRedOp_t op) override {
-    return reduce(5, send, recv, count, 0, type, op);
+    // The call info carries count, type and op.
+    return reduce(5, 0, send, recv, count, 0, type, op);
   }
 
   gradcompResult_t reduceScatter(const void* send, void* recv, size_t recvCount,
                                  ncclDataType_t type, ncclRedOp_t op) override {
-    return reduce(6, send, recv, recvCount, (size_t)rank_ * recvCount, type, op);
+    // A stage of a call (the hierarchy's): its own size, type and op are checked.
+    return reduce(7, (uint64_t)recvCount ^ ((uint64_t)type << 56) ^ ((uint64_t)op << 48), send,
+                  recv, recvCount, (size_t)rank_ * recvCount, type, op);
   }
 
  private:
   // Elements [first, first + count) of every rank's send buffer, reduced in
-  // rank order into recv (the allreduce and this rank's reduce-scatter block).
-  gradcompResult_t reduce(int collective, const void* send, void* recv, size_t count, size_t first,
-                          ncclDataType_t type, ncclRedOp_t op) {
+  // rank order into recv (the allreduce, and this rank's reduce-scatter block).
+  gradcompResult_t reduce(int collective, uint64_t check, const void* send, void* recv,
+                          size_t count, size_t first, ncclDataType_t type, ncclRedOp_t op) {
     world_->slots[rank_].send = send;
-    GC_CHECK(meet(collective, (uint64_t)count ^ ((uint64_t)type << 56) ^ ((uint64_t)op << 48)));
-    const size_t esz = elementBytes(type);
-    std::vector<const void*> src(size_);
-    for (int i = 0; i < size_; ++i) {
-      src[i] = static_cast<const char*>(world_->slots[i].send) + first * esz;
-    }
-    std::vector<char> out;
-    gradcompResult_t res = reduceInto(src, &out, count, type, op);
-    GC_CHECK(world_->barrier());
-    if (res == gradcompSuccess && count) memcpy(recv, out.data(), count * esz);
-    return res;
-  }
-
-  static size_t elementBytes(ncclDataType_t type) {
+    GC_CHECK(meet(collective, check));
     size_t esz = 0;
     switch (type) {
       case ncclInt8:
@@ -266,52 +316,59 @@ class CpuTransport final : public Transport {
       default:
         break;
     }
-    return esz;
-  }
-
-  // Reduces the ranks' blocks in rank order into *out (count elements).
-  gradcompResult_t reduceInto(const std::vector<const void*>& src, std::vector<char>* out,
-                              size_t count, ncclDataType_t type, ncclRedOp_t op) {
-    const size_t esz = elementBytes(type);
+    std::vector<const void*> src(size_);
+    for (int i = 0; i < size_; ++i) {
+      src[i] = static_cast<const char*>(world_->slots[i].send) + first * esz;
+    }
+    std::unique_ptr<char[]> out;
+    gradcompResult_t res = gradcompSuccess;
     if (esz == 0 || op < ncclSum || op > ncclAvg) {
-      return setError(gradcompInvalidArgument, "CPU backend: datatype=%d / op=%d not supported",
-                      (int)type, (int)op);
+      res = setError(gradcompInvalidArgument, "CPU backend: datatype=%d / op=%d not supported",
+                     (int)type, (int)op);
+    } else if (count > SIZE_MAX / esz) {
+      res = setError(gradcompInvalidArgument,
+                     "count=%zu elements of %zu bytes overflow the address space", count, esz);
+    } else if (!(out.reset(new (std::nothrow) char[count * esz]), out)) {
+      res = setError(gradcompSystemError, "out of host memory allocating %zu bytes (count=%zu)",
+                     count * esz, count);
+    } else {
+      switch (type) {
+        case ncclInt8:
+          reduceTyped<int8_t>(src, out.get(), count, op, size_);
+          break;
+        case ncclUint8:
+          reduceTyped<uint8_t>(src, out.get(), count, op, size_);
+          break;
+        case ncclInt32:
+          reduceTyped<int32_t>(src, out.get(), count, op, size_);
+          break;
+        case ncclUint32:
+          reduceTyped<uint32_t>(src, out.get(), count, op, size_);
+          break;
+        case ncclInt64:
+          reduceTyped<int64_t>(src, out.get(), count, op, size_);
+          break;
+        case ncclUint64:
+          reduceTyped<uint64_t>(src, out.get(), count, op, size_);
+          break;
+        case ncclFloat32:
+          reduceTyped<float>(src, out.get(), count, op, size_);
+          break;
+        case ncclFloat64:
+          reduceTyped<double>(src, out.get(), count, op, size_);
+          break;
+        case ncclFloat16:
+          reduceHalf(src, out.get(), count, op, size_, DType::F16);
+          break;
+        case ncclBfloat16:
+          reduceHalf(src, out.get(), count, op, size_, DType::BF16);
+          break;
+        default:
+          break;
+      }
     }
-    out->resize(count * esz);
-    switch (type) {
-      case ncclInt8:
-        reduceTyped<int8_t>(src, out->data(), count, op, size_);
-        break;
-      case ncclUint8:
-        reduceTyped<uint8_t>(src, out->data(), count, op, size_);
-        break;
-      case ncclInt32:
-        reduceTyped<int32_t>(src, out->data(), count, op, size_);
-        break;
-      case ncclUint32:
-        reduceTyped<uint32_t>(src, out->data(), count, op, size_);
-        break;
-      case ncclInt64:
-        reduceTyped<int64_t>(src, out->data(), count, op, size_);
-        break;
-      case ncclUint64:
-        reduceTyped<uint64_t>(src, out->data(), count, op, size_);
-        break;
-      case ncclFloat32:
-        reduceTyped<float>(src, out->data(), count, op, size_);
-        break;
-      case ncclFloat64:
-        reduceTyped<double>(src, out->data(), count, op, size_);
-        break;
-      case ncclFloat16:
-        reduceHalf(src, out->data(), count, op, size_, DType::F16);
-        break;
-      case ncclBfloat16:
-        reduceHalf(src, out->data(), count, op, size_, DType::BF16);
-        break;
-      default:
-        break;
-    }
+    GC_CHECK(finish(res));
+    if (count) memcpy(recv, out.get(), count * esz);
     return gradcompSuccess;
   }
 
@@ -320,8 +377,8 @@ class CpuTransport final : public Transport {
 
 }  // namespace
 
-std::vector<std::unique_ptr<Transport>> makeCpuWorld(int nranks) {
-  auto world = std::make_shared<CpuWorld>(nranks);
+std::vector<std::unique_ptr<Transport>> makeCpuWorld(int nranks, double timeoutSec) {
+  auto world = std::make_shared<CpuWorld>(nranks, timeoutSec);
   std::vector<std::unique_ptr<Transport>> out;
   for (int r = 0; r < nranks; ++r) out.emplace_back(new CpuTransport(world, r));
   return out;

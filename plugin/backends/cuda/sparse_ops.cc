@@ -43,8 +43,8 @@ class CudaSparseOps final : public SparseOps {
     return gradcompSuccess;
   }
   gradcompResult_t scatterAdd(const uint32_t* idx, const void* val, DType vt, size_t slots,
-                              float* out) override {
-    GC_CUDACHECK(cuda::sparseScatterAdd(idx, val, vt, slots, out, stream_));
+                              size_t n, float* out) override {
+    GC_CUDACHECK(cuda::sparseScatterAdd(idx, val, vt, slots, n, out, stream_));
     return gradcompSuccess;
   }
   gradcompResult_t randkIndices(size_t n, size_t k, const KeySpec& key, uint32_t* idx) override {

@@ -1,6 +1,8 @@
 // NCCL transport: the caller's communicator, on the backend's stream. Byte
 // exchanges use ncclUint8; the all-to-all and ring steps are grouped
 // send/recv. Errors carry ncclGetErrorString.
+#include <vector>
+
 #include "checks.h"
 #include "backends/cuda/nccl_api.h"
 #include "backends/transport.h"
@@ -13,6 +15,27 @@ class NcclTransport final : public Transport {
   NcclTransport(ncclComm_t comm, int rank, int size) : comm_(comm) {
     rank_ = rank;
     size_ = size;
+  }
+  ~NcclTransport() override {
+    if (agree_) cudaFree(agree_);
+  }
+
+  // One allgather of every rank's CallInfo and a host sync: paid once after
+  // a state load or reset, never on the steady path.
+  gradcompResult_t verifyCall() override {
+    const size_t bytes = sizeof(CallInfo);
+    if (agree_ == nullptr) GC_CUDACHECK(cudaMalloc(&agree_, bytes * size_));
+    char* mine = static_cast<char*>(agree_) + bytes * rank_;
+    GC_CUDACHECK(cudaMemcpyAsync(mine, &call_, bytes, cudaMemcpyHostToDevice, stream_));
+    GC_NCCLCHECK(ncclApi()->allGather(mine, agree_, bytes, ncclUint8, comm_, stream_));
+    std::vector<CallInfo> all(size_);
+    GC_CUDACHECK(
+        cudaMemcpyAsync(all.data(), agree_, bytes * size_, cudaMemcpyDeviceToHost, stream_));
+    GC_CUDACHECK(cudaStreamSynchronize(stream_));
+    for (int i = 0; i < size_; ++i) {
+      if (!(all[i] == call_)) return callMismatch(rank_, call_, i, all[i]);
+    }
+    return gradcompSuccess;
   }
 
   gradcompResult_t allToAll(const void* const* send, const size_t* sendBytes, void* const* recv,
@@ -76,6 +99,7 @@ class NcclTransport final : public Transport {
 
  private:
   ncclComm_t comm_;
+  void* agree_ = nullptr;  // size_ CallInfos, device memory
 };
 
 }  // namespace

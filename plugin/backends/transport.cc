@@ -1,0 +1,18 @@
+// What both transports share.
+#include "backends/transport.h"
+
+#include "checks.h"
+
+namespace gc {
+
+gradcompResult_t callMismatch(int rank, const CallInfo& mine, int peer, const CallInfo& theirs) {
+  return setError(gradcompInvalidUsage,
+                  "rank %d is at step %llu with count=%llu datatype=%d op=%d while rank %d is at "
+                  "step %llu with count=%llu datatype=%d op=%d: every rank must make the same "
+                  "calls in the same order from the same state",
+                  rank, (unsigned long long)mine.step, (unsigned long long)mine.count, mine.type,
+                  mine.op, peer, (unsigned long long)theirs.step, (unsigned long long)theirs.count,
+                  theirs.type, theirs.op);
+}
+
+}  // namespace gc

@@ -1,0 +1,272 @@
+// Seeded fuzz drivers for every parser of external bytes: Elias encodings,
+// sparse slots from the wire, state blobs and GRADCOMP_* strings. Inputs are
+// mutations of valid ones (bit flips, truncations, overwritten words,
+// random bytes), each placed so that it ends at a no-access page. Every
+// outcome must be success or gradcompInvalidArgument, and a refused state
+// blob must leave the comm as it was. The fixed seeds run in CI (in the
+// ASan/UBSan build too); GRADCOMP_FUZZ_ITERATIONS=N runs N cases per driver
+// and GRADCOMP_FUZZ_SEED another seed (docs/reliability.md).
+#include <gtest/gtest.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <random>
+#include <string>
+#include <vector>
+
+#include "codecs/sparse.h"
+#include "gradcomp.h"
+#include "gradcomp/elias.h"
+#include "tests/common/cpu_world.h"
+#include "tests/common/guarded.h"
+#include "tests/common/test_util.h"
+
+namespace {
+
+using gctest::GuardedBuffer;
+
+int iterations(int fallback) {
+  const char* v = getenv("GRADCOMP_FUZZ_ITERATIONS");
+  return v ? atoi(v) : fallback;
+}
+
+uint64_t seed(uint64_t fallback) {
+  const char* v = getenv("GRADCOMP_FUZZ_SEED");
+  return v ? strtoull(v, nullptr, 10) : fallback;
+}
+
+// One random mutation of `b` (never empty afterwards unless truncated to 0).
+void mutate(std::vector<char>* b, std::mt19937_64& rng) {
+  if (b->empty()) return;
+  auto pick = [&](size_t n) { return (size_t)(rng() % n); };
+  switch (rng() % 5) {
+    case 0:  // a few bit flips
+      for (int k = 0, flips = 1 + (int)pick(8); k < flips; ++k) {
+        (*b)[pick(b->size())] ^= (char)(1u << pick(8));
+      }
+      break;
+    case 1:  // truncation
+      b->resize(pick(b->size()));
+      break;
+    case 2: {  // a 32-bit word overwritten with an interesting value
+      const uint32_t values[] = {0u,          1u,          0x7fffffffu,    0x80000000u,
+                                 0xffffffffu, 0xfffffffeu, (uint32_t)rng()};
+      if (b->size() >= 4) {
+        const size_t at = pick(b->size() / 4) * 4;
+        memcpy(b->data() + at, &values[pick(7)], 4);
+      }
+      break;
+    }
+    case 3:  // a run of random bytes
+      for (size_t at = pick(b->size()), k = 0, len = 1 + pick(64); k < len && at + k < b->size();
+           ++k) {
+        (*b)[at + k] = (char)rng();
+      }
+      break;
+    default:  // trailing garbage
+      for (size_t k = 0, len = 1 + pick(16); k < len; ++k) b->push_back((char)rng());
+      break;
+  }
+}
+
+TEST(Fuzz, EliasHostDecoder) {
+  std::mt19937_64 rng(seed(16001));
+  int refused = 0;
+  const int iters = iterations(400);
+  for (int it = 0; it < iters; ++it) {
+    const size_t n = 1 + rng() % 3000;
+    const int bucket = 32 * (1 + (int)(rng() % 16));
+    const int levels = 1 + (int)(rng() % 100);
+    const gradcompEliasParams_t p = {levels, bucket, (gradcompEliasCode_t)(rng() % 2),
+                                     (gradcompEliasScale_t)(rng() % 2)};
+    std::vector<float> x = gctest::normal(n, rng());
+    if (rng() % 4 == 0) x[rng() % n] = NAN;
+    const size_t maxBytes = gradcompEliasMaxEncodedBytes(n, &p);
+    ASSERT_GT(maxBytes, 0u);
+    std::vector<uint32_t> enc(maxBytes / 4);
+    size_t bytes = 0;
+    ASSERT_EQ(gradcompEliasEncodeHost(x.data(), ncclFloat32, nullptr, n, &p, rng(), enc.data(),
+                                      maxBytes, &bytes),
+              gradcompSuccess);
+    std::vector<char> b(reinterpret_cast<char*>(enc.data()),
+                        reinterpret_cast<char*>(enc.data()) + bytes);
+    mutate(&b, rng);
+    // The decoder wants 4-byte aligned input: keep the guard page right
+    // after the last whole word.
+    b.resize(b.size() / 4 * 4);
+    GuardedBuffer in(b.data(), b.size());
+    GuardedBuffer out(n * 4);
+    const gradcompResult_t res =
+        gradcompEliasDecodeHost(in.data(), b.size(), n, &p, out.as<float>(), (int)(rng() % 2));
+    ASSERT_TRUE(res == gradcompSuccess || res == gradcompInvalidArgument)
+        << "case " << it << ": " << res << " " << gradcompGetLastError();
+    refused += res != gradcompSuccess;
+  }
+  // The mutations reach the decoder's checks (not all refused up front).
+  EXPECT_GT(refused, iters / 10);
+}
+
+// Slots as received from a peer: any index at or past n is refused before
+// anything is written; valid ones are added.
+TEST(Fuzz, SparseSlotsFromTheWire) {
+  std::mt19937_64 rng(seed(16002));
+  for (int it = 0, iters = iterations(400); it < iters; ++it) {
+    const size_t n = 1 + rng() % 5000, slots = rng() % 200;
+    std::vector<uint32_t> idx(slots);
+    std::vector<float> val(slots);
+    bool bad = false;
+    for (size_t j = 0; j < slots; ++j) {
+      switch (rng() % 8) {
+        case 0:
+          idx[j] = gc::sparse::kEmptySlot;
+          break;
+        case 1:
+          idx[j] = (uint32_t)(n + rng() % 1000);
+          break;
+        case 2:
+          idx[j] = (uint32_t)rng();
+          break;
+        default:
+          idx[j] = (uint32_t)(rng() % n);
+      }
+      bad |= idx[j] != gc::sparse::kEmptySlot && idx[j] >= n;
+      val[j] = (float)(rng() % 1000) * 0.25f;
+    }
+    GuardedBuffer out(n * 4);
+    memset(out.data(), 0, n * 4);
+    std::vector<float> want(n, 0.0f);
+    if (!bad) {
+      for (size_t j = 0; j < slots; ++j) {
+        if (idx[j] != gc::sparse::kEmptySlot) want[idx[j]] += val[j];
+      }
+    }
+    const bool ok = gc::host::sparseScatterAdd(idx.data(), val.data(), gc::DType::F32, slots, n,
+                                               out.as<float>());
+    ASSERT_EQ(ok, !bad) << "case " << it;
+    ASSERT_EQ(memcmp(out.data(), want.data(), n * 4), 0) << "case " << it;
+  }
+}
+
+// CRC32C as its definition reads (bit by bit), to re-seal mutated blobs so
+// the mutations reach the field checks behind the checksum.
+uint32_t crc32cBitwise(const std::vector<char>& b) {
+  uint32_t crc = ~0u;
+  for (size_t i = 0; i < b.size(); ++i) {
+    crc ^= (unsigned char)(i >= 12 && i < 16 ? 0 : b[i]);
+    for (int k = 0; k < 8; ++k) crc = (crc >> 1) ^ (0x82F63B78u & (0u - (crc & 1u)));
+  }
+  return ~crc;
+}
+
+TEST(Fuzz, StateBlobs) {
+  std::mt19937_64 rng(seed(16003));
+  for (gradcompMethod_t m : {gradcompMethodQsgd, gradcompMethodDgc, gradcompMethodRandk}) {
+    gradcompConfig_t cfg;
+    gradcompConfigInit(&cfg);
+    cfg.method = m;
+    cfg.minElements = 0;
+    cfg.bitsMode = m == gradcompMethodQsgd ? gradcompBitsBudget : gradcompBitsFixed;
+    gctest::CpuWorld w(2, cfg);
+    for (int t = 0; t < 2; ++t) {
+      for (size_t n : {300, 700}) {
+        std::vector<std::vector<float>> buf(2);
+        for (int r = 0; r < 2; ++r) buf[r] = gctest::normal(n, 40 + t + r + n);
+        auto res = w.run([&](int r) {
+          return gradcompAllReduceKeyed(buf[r].data(), buf[r].data(), n, ncclFloat32, ncclSum,
+                                        w.comm(r), nullptr, n);
+        });
+        ASSERT_EQ(res[0], gradcompSuccess) << gradcompGetLastError();
+      }
+    }
+    auto save = [&] {
+      size_t bytes = 0;
+      EXPECT_EQ(gradcompCommStateSize(w.comm(0), &bytes), gradcompSuccess);
+      std::vector<char> b(bytes);
+      EXPECT_EQ(gradcompCommSaveState(w.comm(0), b.data(), bytes), gradcompSuccess);
+      return b;
+    };
+    std::vector<char> good = save();
+    int accepted = 0;
+    for (int it = 0, iters = iterations(300); it < iters; ++it) {
+      std::vector<char> b = good;
+      for (int k = 0, muts = 1 + (int)(rng() % 3); k < muts; ++k) mutate(&b, rng);
+      if (rng() % 2 && b.size() >= 16) {
+        const uint32_t crc = crc32cBitwise(b);
+        memcpy(b.data() + 12, &crc, 4);
+      }
+      GuardedBuffer in(b.data(), b.size());
+      const gradcompResult_t res = gradcompCommLoadState(w.comm(0), in.data(), b.size());
+      ASSERT_TRUE(res == gradcompSuccess || res == gradcompInvalidArgument)
+          << "method " << m << " case " << it << ": " << gradcompGetLastError();
+      if (res == gradcompSuccess) {
+        // A mutation the format cannot tell (array data or a key under a
+        // fresh checksum): the comm now holds the blob's state.
+        ++accepted;
+        EXPECT_EQ(save().size(), b.size());
+        ASSERT_EQ(gradcompCommLoadState(w.comm(0), good.data(), good.size()), gradcompSuccess);
+      } else {
+        ASSERT_EQ(save(), good) << "method " << m << " case " << it << " changed the comm";
+      }
+    }
+    EXPECT_LT(accepted, iterations(300));
+  }
+}
+
+// Random strings for every GRADCOMP_* variable: success with a valid config,
+// or gradcompInvalidArgument naming the variable and leaving the struct alone.
+TEST(Fuzz, ConfigStrings) {
+  std::mt19937_64 rng(seed(16004));
+  const char* names[] = {"GRADCOMP_METHOD",   "GRADCOMP_ALGO",     "GRADCOMP_BITS",
+                         "GRADCOMP_BUCKET",   "GRADCOMP_SEED",     "GRADCOMP_MIN_ELEMENTS",
+                         "GRADCOMP_DENSITY",  "GRADCOMP_MOMENTUM", "GRADCOMP_WARMUP_STEPS",
+                         "GRADCOMP_BITS_MIN", "GRADCOMP_ELIAS",    "GRADCOMP_CPU_TIMEOUT"};
+  const char* tokens[] = {"0",
+                          "1",
+                          "8",
+                          "010",
+                          "0x8",
+                          " 8",
+                          "8 ",
+                          "-1",
+                          "+1",
+                          "",
+                          "1e3",
+                          "nan",
+                          "inf",
+                          ".5",
+                          "1.",
+                          "qsgd",
+                          "RING",
+                          "dgc",
+                          "1e-45",
+                          "18446744073709551616",
+                          "99999999999999999999",
+                          "0x",
+                          "\t",
+                          "4096"};
+  for (int it = 0, iters = iterations(500); it < iters; ++it) {
+    const char* name = names[rng() % (sizeof(names) / sizeof(names[0]))];
+    std::string v;
+    if (rng() % 3 == 0) {
+      for (size_t k = 0, len = rng() % 12; k < len; ++k) v += (char)(1 + rng() % 255);
+    } else {
+      v = tokens[rng() % (sizeof(tokens) / sizeof(tokens[0]))];
+      if (rng() % 4 == 0) v += tokens[rng() % (sizeof(tokens) / sizeof(tokens[0]))];
+    }
+    gctest::ScopedEnv env(name, v.c_str());
+    gradcompConfig_t cfg, before;
+    gradcompConfigInit(&cfg);
+    cfg.bits = 7;
+    before = cfg;
+    const gradcompResult_t res = gradcompConfigFromEnv(&cfg);
+    if (res == gradcompSuccess) {
+      ASSERT_EQ(gradcompConfigValidate(&cfg), gradcompSuccess) << name << "='" << v << "'";
+    } else {
+      ASSERT_EQ(res, gradcompInvalidArgument) << name << "='" << v << "'";
+      ASSERT_NE(strstr(gradcompGetLastError(), name), nullptr) << gradcompGetLastError();
+      ASSERT_EQ(memcmp(&cfg, &before, sizeof(cfg)), 0) << name << "='" << v << "'";
+    }
+  }
+}
+
+}  // namespace

@@ -1,0 +1,343 @@
+// Bad input against the public API on the CPU backend (issue 16): every
+// case must end in a clear error on every rank, nothing written out of
+// bounds, and a comm that keeps working afterwards.
+#include <gtest/gtest.h>
+#include <stdint.h>
+#include <limits.h>
+#include <math.h>
+#include <string.h>
+
+#include <string>
+#include <vector>
+
+#include "tests/common/cpu_world.h"
+#include "tests/common/guarded.h"
+#include "tests/common/test_util.h"
+#include "comm.h"
+#include "gradcomp.h"
+#include "gradcomp/sparse.h"
+#include "gradcomp/elias.h"
+#include "gradcomp/reference.h"
+
+namespace {
+
+using gctest::CpuWorld;
+using gctest::GuardedBuffer;
+
+#define GC_TEST_RETURN(call)                \
+  do {                                      \
+    gradcompResult_t rc_ = (call);          \
+    if (rc_ != gradcompSuccess) return rc_; \
+  } while (0)
+
+gradcompConfig_t quickConfig(gradcompMethod_t method) {
+  gradcompConfig_t cfg;
+  gradcompConfigInit(&cfg);
+  cfg.method = method;
+  cfg.minElements = 1024;
+  cfg.density = 0.01f;
+  cfg.cpuTimeoutSec = 2.0f;
+  return cfg;
+}
+
+// Defect 4: rank 1 fails before the collective; rank 0 times out. Every
+// later correct call must work on every rank.
+TEST(Reliability, CpuWorldRecoversAfterTimeout) {
+  for (gradcompMethod_t m : {gradcompMethodNone, gradcompMethodQsgd, gradcompMethodTopk}) {
+    gradcompConfig_t cfg = quickConfig(m);
+    cfg.cpuTimeoutSec = 0.2f;
+    CpuWorld w(2, cfg);
+    const size_t n = 4096;
+    std::vector<std::vector<float>> in(2), out(2, std::vector<float>(n));
+    for (int r = 0; r < 2; ++r) in[r] = gctest::normal(n, 10 + r);
+    auto res = w.run([&](int r) {
+      // Rank 1 passes a NULL recvbuff: refused before any collective.
+      return gradcompAllReduce(in[r].data(), r == 1 ? nullptr : out[r].data(), n, ncclFloat32,
+                               ncclSum, w.comm(r), nullptr);
+    });
+    EXPECT_EQ(res[0], gradcompSystemError) << "method " << m;
+    EXPECT_EQ(res[1], gradcompInvalidArgument) << "method " << m;
+    for (int call = 0; call < 3; ++call) {
+      res = w.run([&](int r) {
+        return gradcompAllReduce(in[r].data(), out[r].data(), n, ncclFloat32, ncclSum, w.comm(r),
+                                 nullptr);
+      });
+      ASSERT_EQ(res[0], gradcompSuccess) << "method " << m << " call " << call;
+      ASSERT_EQ(res[1], gradcompSuccess) << "method " << m << " call " << call;
+      EXPECT_EQ(memcmp(out[0].data(), out[1].data(), n * 4), 0);
+    }
+    if (m == gradcompMethodNone) {
+      for (size_t i = 0; i < n; ++i) ASSERT_EQ(out[0][i], in[0][i] + in[1][i]);
+    }
+  }
+}
+
+// Defect 1: counts that differ across ranks (same slots, other indices).
+// Every rank fails with a clear error; the receive buffers end at a
+// no-access page, so a write past them faults.
+TEST(Reliability, SparseCountMismatchFailsOnAllRanks) {
+  for (gradcompMethod_t m : {gradcompMethodTopk, gradcompMethodDgc, gradcompMethodRandk}) {
+    for (auto sel : {gradcompSelectThreshold, gradcompSelectExact}) {
+      gradcompConfig_t cfg = quickConfig(m);
+      cfg.select = sel;
+      CpuWorld w(2, cfg);
+      const size_t counts[2] = {32768, 32769};
+      std::vector<std::vector<float>> in(2);
+      std::vector<GuardedBuffer*> out;
+      for (int r = 0; r < 2; ++r) {
+        in[r] = gctest::normal(counts[r], 20 + r);
+        // Large values at the tail so the longer rank selects its last index.
+        for (size_t i = counts[r] - 64; i < counts[r]; ++i) in[r][i] = 100.0f + (float)i;
+        out.push_back(new GuardedBuffer(counts[r] * 4));
+      }
+      auto res = w.run([&](int r) {
+        return gradcompAllReduce(in[r].data(), out[r]->data(), counts[r], ncclFloat32, ncclSum,
+                                 w.comm(r), nullptr);
+      });
+      for (int r = 0; r < 2; ++r) {
+        EXPECT_EQ(res[r], gradcompInvalidUsage) << "method " << m << " rank " << r;
+      }
+      // The same call with agreeing counts works afterwards.
+      res = w.run([&](int r) {
+        return gradcompAllReduce(in[r].data(), out[r]->data(), counts[0], ncclFloat32, ncclSum,
+                                 w.comm(r), nullptr);
+      });
+      EXPECT_EQ(res[0], gradcompSuccess) << gradcompGetLastError();
+      EXPECT_EQ(res[1], gradcompSuccess);
+      for (auto* b : out) delete b;
+    }
+  }
+}
+
+// Defect 2: a bucket offset past the stream, with offsets[b] <= offsets[b+1]
+// checked only bucket by bucket. Bucket 0 claims 256 words of a 2-word
+// stream whose all-ones bits decode as long runs of level-1 values, so an
+// unbounded reader walks into the no-access page.
+TEST(Reliability, EliasDecoderBoundsBucketOffsets) {
+  const size_t n = 1024;
+  const gradcompEliasParams_t params = {7, 512, gradcompEliasGamma, gradcompEliasScaleMax};
+  const size_t header = gradcompEliasHeaderBytes(n, 512);
+  ASSERT_EQ(header, 4u * 5);
+  std::vector<uint32_t> enc(5 + 2);
+  const float one = 1.0f;
+  memcpy(&enc[0], &one, 4);
+  memcpy(&enc[1], &one, 4);
+  enc[2] = 0;    // offsets[0]
+  enc[3] = 256;  // offsets[1]: past the stream
+  enc[4] = 2;    // offsets[2] = stream words
+  enc[5] = enc[6] = 0xffffffffu;
+  GuardedBuffer in(enc.data(), enc.size() * 4);
+  std::vector<float> out(n);
+  EXPECT_EQ(gradcompEliasDecodeHost(in.data(), in.size(), n, &params, out.data(), 0),
+            gradcompInvalidArgument);
+  EXPECT_NE(strstr(gradcompGetLastError(), "not a well-formed Elias encoding"), nullptr)
+      << gradcompGetLastError();
+}
+
+// Defect 3: absurd counts end in an error on every rank, never an abort.
+TEST(Reliability, AbsurdCountsAreRefused) {
+  gradcompConfig_t cfg = quickConfig(gradcompMethodQsgd);
+  cfg.cpuTimeoutSec = 5.0f;
+  CpuWorld w(2, cfg);
+  GuardedBuffer send0(64), send1(64), recv0(64), recv1(64);
+  GuardedBuffer* send[2] = {&send0, &send1};
+  GuardedBuffer* recv[2] = {&recv0, &recv1};
+  struct Case {
+    size_t count;
+    ncclDataType_t type;
+    gradcompResult_t expect;
+  } cases[] = {
+      {(size_t)1 << 40, ncclInt32, gradcompSystemError},  // 4 TiB of scratch: no memory
+      {SIZE_MAX, ncclInt32, gradcompInvalidArgument},
+      {(size_t)1 << 62, ncclInt32, gradcompInvalidArgument},
+      {((size_t)1 << 62) + 1, ncclInt32, gradcompInvalidArgument},
+      {SIZE_MAX, ncclFloat32, gradcompInvalidArgument},
+      {(size_t)1 << 62, ncclBfloat16, gradcompInvalidArgument},
+  };
+  for (const Case& k : cases) {
+    auto res = w.run([&](int r) {
+      return gradcompAllReduce(send[r]->data(), recv[r]->data(), k.count, k.type, ncclSum,
+                               w.comm(r), nullptr);
+    });
+    EXPECT_EQ(res[0], k.expect) << "count " << k.count << " type " << k.type;
+    EXPECT_EQ(res[1], k.expect) << "count " << k.count << " type " << k.type;
+  }
+  // Size helpers: 0 (invalid) rather than a wrapped size.
+  const gradcompEliasParams_t params = {7, 32, gradcompEliasGamma, gradcompEliasScaleMax};
+  for (size_t n : {SIZE_MAX, (size_t)1 << 62, SIZE_MAX / 8 + 1}) {
+    EXPECT_EQ(gradcompQsgdEncodedBytes(n, 8, 32), 0u) << n;
+    EXPECT_EQ(gradcompEliasHeaderBytes(n, 32), 0u) << n;
+    EXPECT_EQ(gradcompEliasMaxEncodedBytes(n, &params), 0u) << n;
+  }
+  EXPECT_EQ(gradcompQsgdEncodedBytes(1000, 8, 32), 32u * 4 + 1000u);
+}
+
+// Defect 6: with momentum masking off, a NaN at step 1 must reach that
+// step's output and leave the momentum as it was, so later steps are finite.
+TEST(Reliability, NonFiniteGradientDoesNotPoisonDgcMomentum) {
+  for (float bad : {NAN, INFINITY}) {
+    gradcompConfig_t cfg = quickConfig(gradcompMethodDgc);
+    cfg.momentumMasking = 0;
+    cfg.momentumCorrection = 1;
+    CpuWorld w(2, cfg);
+    const size_t n = 4096, at = 5;
+    std::vector<std::vector<float>> buf(2, std::vector<float>(n));
+    float momentumBefore = 0.0f;
+    for (int t = 0; t < 6; ++t) {
+      for (int r = 0; r < 2; ++r) {
+        const std::vector<float> x = gctest::normal(n, 300 + 10 * t + r);
+        std::copy(x.begin(), x.end(), buf[r].begin());
+      }
+      if (t == 1) buf[0][at] = bad;
+      if (t == 1) momentumBefore = w.comm(0)->states.begin()->second.momentum[at];
+      auto res = w.run([&](int r) {
+        return gradcompAllReduce(buf[r].data(), buf[r].data(), n, ncclFloat32, ncclSum, w.comm(r),
+                                 nullptr);
+      });
+      ASSERT_EQ(res[0], gradcompSuccess);
+      ASSERT_EQ(res[1], gradcompSuccess);
+      for (int r = 0; r < 2; ++r) {
+        for (size_t i = 0; i < n; ++i) {
+          if (t == 1 && i == at) {
+            EXPECT_FALSE(std::isfinite(buf[r][i])) << "rank " << r;
+          } else {
+            ASSERT_TRUE(std::isfinite(buf[r][i])) << "step " << t << " rank " << r << " i " << i;
+          }
+        }
+      }
+      if (t == 1) {
+        const gc::BufferState& st = w.comm(0)->states.begin()->second;
+        EXPECT_EQ(st.momentum[at], momentumBefore);
+        EXPECT_TRUE(std::isfinite(st.residual[at]));
+      }
+    }
+  }
+}
+
+// Defect 9: integer pass-through wraps around as NCCL's does (UBSan reports
+// the signed overflow of the old code in the sanitizer job).
+TEST(Reliability, IntegerPassThroughWrapsAround) {
+  CpuWorld w(2, quickConfig(gradcompMethodQsgd));
+  int32_t a32[2][3] = {{INT_MAX, INT_MIN, 65536}, {1, -1, 65536}};
+  int32_t o32[2][3];
+  int64_t a64[2][2] = {{LLONG_MAX, (int64_t)1 << 32}, {1, (int64_t)1 << 32}};
+  int64_t o64[2][2];
+  auto res = w.run([&](int r) {
+    GC_TEST_RETURN(gradcompAllReduce(a32[r], o32[r], 3, ncclInt32, ncclSum, w.comm(r), nullptr));
+    return gradcompAllReduce(a64[r], o64[r], 2, ncclInt64, ncclSum, w.comm(r), nullptr);
+  });
+  ASSERT_EQ(res[0], gradcompSuccess);
+  ASSERT_EQ(res[1], gradcompSuccess);
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_EQ(o32[r][0], INT_MIN);
+    EXPECT_EQ(o32[r][1], INT_MAX);
+    EXPECT_EQ(o32[r][2], 131072);
+    EXPECT_EQ(o64[r][0], LLONG_MIN);
+  }
+  res = w.run([&](int r) {
+    GC_TEST_RETURN(gradcompAllReduce(a32[r], o32[r], 3, ncclInt32, ncclProd, w.comm(r), nullptr));
+    return gradcompAllReduce(a64[r], o64[r], 2, ncclInt64, ncclProd, w.comm(r), nullptr);
+  });
+  ASSERT_EQ(res[0], gradcompSuccess);
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_EQ(o32[r][0], INT_MAX);
+    EXPECT_EQ(o32[r][2], 0);  // 2^32 wraps to 0
+    EXPECT_EQ(o64[r][1], 0);  // 2^64 wraps to 0
+  }
+}
+
+// Defect 9: densities so small that 1/density overflows a size_t.
+TEST(Reliability, TinyDensityPlansAreDefined) {
+  size_t slots = 0;
+  ASSERT_EQ(gradcompTopkSlots(1u << 20, 1e-45f, 2.0f, 0, &slots), gradcompSuccess);
+  EXPECT_EQ(slots, 1u);
+  std::vector<float> v = gctest::normal(4096, 5);
+  v[1234] = 1000.0f;
+  std::vector<uint32_t> idx(4096);
+  uint64_t selected = 0;
+  ASSERT_EQ(
+      gradcompTopkSelectHost(v.data(), v.size(), 1e-45f, 2.0f, 1e-4f, 0, 1, idx.data(), &selected),
+      gradcompSuccess);
+  ASSERT_GE(selected, 1u);
+  EXPECT_EQ(idx[0], 1234u);
+}
+
+// Defect 9: the host codecs take inputs at any alignment (void* from the
+// caller) and give the bytes they give for aligned ones.
+TEST(Reliability, HostCodecsTakeMisalignedInputs) {
+  const size_t n = 1000;
+  const std::vector<float> x = gctest::normal(n, 77);
+  for (ncclDataType_t type : {ncclFloat32, ncclFloat16, ncclBfloat16}) {
+    const size_t esz = type == ncclFloat32 ? 4 : 2;
+    std::vector<char> aligned(n * esz + 8), shifted(n * esz + 8);
+    for (size_t i = 0; i < n; ++i) {
+      if (type == ncclFloat32) {
+        memcpy(aligned.data() + 4 * i, &x[i], 4);
+      } else {
+        uint32_t b;
+        memcpy(&b, &x[i], 4);
+        const uint16_t h = (uint16_t)(b >> 16);  // a bf16/fp16 bit pattern: any will do
+        memcpy(aligned.data() + 2 * i, &h, 2);
+      }
+    }
+    memcpy(shifted.data() + 1, aligned.data(), n * esz);
+    const size_t bytes = gradcompQsgdEncodedBytes(n, 4, 128);
+    std::vector<uint32_t> a(bytes / 4 + 1), b(bytes / 4 + 1);
+    ASSERT_EQ(gradcompQsgdEncodeTypedHost(aligned.data(), type, nullptr, n, 4, 128, 9, a.data()),
+              gradcompSuccess);
+    ASSERT_EQ(
+        gradcompQsgdEncodeTypedHost(shifted.data() + 1, type, nullptr, n, 4, 128, 9, b.data()),
+        gradcompSuccess);
+    EXPECT_EQ(a, b) << "type " << type;
+    const gradcompEliasParams_t params = {7, 128, gradcompEliasGamma, gradcompEliasScaleMax};
+    const size_t maxBytes = gradcompEliasMaxEncodedBytes(n, &params);
+    std::vector<uint32_t> ea(maxBytes / 4 + 1), eb(maxBytes / 4 + 1);
+    size_t ba = 0, bb = 0;
+    ASSERT_EQ(gradcompEliasEncodeHost(aligned.data(), type, nullptr, n, &params, 3, ea.data(),
+                                      maxBytes, &ba),
+              gradcompSuccess);
+    ASSERT_EQ(gradcompEliasEncodeHost(shifted.data() + 1, type, nullptr, n, &params, 3, eb.data(),
+                                      maxBytes, &bb),
+              gradcompSuccess);
+    EXPECT_EQ(ba, bb);
+    EXPECT_EQ(ea, eb) << "type " << type;
+  }
+}
+
+// Defect 8: mismatched calls are the caller's (InvalidUsage, never
+// InternalError) and the sentence gives both ranks' counts, not a hash.
+TEST(Reliability, MismatchedCallsNameBothCounts) {
+  struct Case {
+    gradcompMethod_t method;
+    gradcompAlgo_t algo;
+    int elias;
+    ncclDataType_t type;
+  } cases[] = {
+      {gradcompMethodNone, gradcompAlgoAuto, 0, ncclInt32},
+      {gradcompMethodQsgd, gradcompAlgoRing, 0, ncclFloat32},
+      {gradcompMethodQsgd, gradcompAlgoTwoShot, 0, ncclFloat32},
+      {gradcompMethodQsgd, gradcompAlgoAuto, 1, ncclFloat32},
+  };
+  for (const Case& k : cases) {
+    gradcompConfig_t cfg = quickConfig(k.method);
+    cfg.algo = k.algo;
+    cfg.elias = k.elias;
+    CpuWorld w(3, cfg);
+    const size_t counts[3] = {20000, 20001, 20000};
+    std::vector<std::vector<float>> buf(3, std::vector<float>(20001, 1.0f));
+    std::vector<std::string> err(3);
+    auto res = w.run([&](int r) {
+      gradcompResult_t rc = gradcompAllReduce(buf[r].data(), buf[r].data(), counts[r], k.type,
+                                              ncclSum, w.comm(r), nullptr);
+      err[r] = gradcompGetLastError();
+      return rc;
+    });
+    for (int r = 0; r < 3; ++r) {
+      EXPECT_EQ(res[r], gradcompInvalidUsage) << "case method " << k.method << " rank " << r;
+      EXPECT_NE(err[r].find("count=20000"), std::string::npos) << err[r];
+      EXPECT_NE(err[r].find("count=20001"), std::string::npos) << err[r];
+    }
+  }
+}
+
+}  // namespace

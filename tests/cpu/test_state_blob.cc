@@ -1,0 +1,217 @@
+// State blobs are untrusted bytes: every corruption, truncation, foreign
+// rank or setting is refused and leaves the comm exactly as it was; ranks
+// restored at different steps fail together at their next call; DQ-SGD's
+// history travels with the state.
+#include <gtest/gtest.h>
+#include <string.h>
+
+#include <string>
+#include <vector>
+
+#include "gradcomp.h"
+#include "tests/common/cpu_world.h"
+#include "tests/common/test_util.h"
+
+namespace {
+
+using Blob = std::vector<char>;
+
+gradcompConfig_t baseConfig(gradcompMethod_t m) {
+  gradcompConfig_t cfg;
+  gradcompConfigInit(&cfg);
+  cfg.method = m;
+  cfg.minElements = 0;
+  cfg.cpuTimeoutSec = 10.0f;
+  return cfg;
+}
+
+Blob save(gradcompComm_t c) {
+  size_t bytes = 0;
+  EXPECT_EQ(gradcompCommStateSize(c, &bytes), gradcompSuccess);
+  Blob b(bytes);
+  EXPECT_EQ(gradcompCommSaveState(c, b.data(), bytes), gradcompSuccess) << gradcompGetLastError();
+  return b;
+}
+
+// One step on every rank with inputs from (seed, step); returns the outputs.
+// The error sentences are per thread: `errors` gets each rank's.
+std::vector<std::vector<float>> step(gctest::CpuWorld& w, size_t n, int t,
+                                     std::vector<gradcompResult_t>* results = nullptr,
+                                     std::vector<std::string>* errors = nullptr) {
+  std::vector<std::vector<float>> buf(w.size());
+  std::vector<std::string> err(w.size());
+  for (int r = 0; r < w.size(); ++r) buf[r] = gctest::normal(n, 900 + 10 * t + r);
+  auto res = w.run([&](int r) {
+    gradcompResult_t rc = gradcompAllReduceKeyed(buf[r].data(), buf[r].data(), n, ncclFloat32,
+                                                 ncclSum, w.comm(r), nullptr, 7);
+    err[r] = gradcompGetLastError();
+    return rc;
+  });
+  if (errors) *errors = err;
+  if (results) {
+    *results = res;
+  } else {
+    for (auto rc : res) EXPECT_EQ(rc, gradcompSuccess) << gradcompGetLastError();
+  }
+  return buf;
+}
+
+TEST(StateBlob, CorruptTruncatedOrPaddedBlobsAreRefusedWithoutTouchingTheComm) {
+  for (gradcompMethod_t m : {gradcompMethodQsgd, gradcompMethodDgc}) {
+    gradcompConfig_t cfg = baseConfig(m);
+    cfg.bitsMode = m == gradcompMethodQsgd ? gradcompBitsBudget : gradcompBitsFixed;
+    gctest::CpuWorld w(2, cfg);
+    const size_t n = 1000;
+    for (int t = 0; t < 3; ++t) step(w, n, t);
+    const Blob good = save(w.comm(0));
+    ASSERT_GT(good.size(), 2 * n);
+    auto refusedAndUnchanged = [&](const Blob& b, const char* what, size_t at) {
+      EXPECT_EQ(gradcompCommLoadState(w.comm(0), b.data(), b.size()), gradcompInvalidArgument)
+          << what << " at " << at;
+      EXPECT_NE(strstr(gradcompGetLastError(), "state blob refused"), nullptr)
+          << what << " at " << at << ": " << gradcompGetLastError();
+      ASSERT_EQ(save(w.comm(0)), good) << what << " at " << at << " changed the comm";
+    };
+    // Every byte of the header and the first record's fixed fields; a
+    // stride through the arrays.
+    for (size_t i = 0; i < good.size(); i += (i < 256 ? 1 : 61)) {
+      Blob b = good;
+      b[i] ^= (char)(1 << (i % 8));
+      refusedAndUnchanged(b, "bit flip", i);
+    }
+    for (size_t len = 1; len < good.size(); len += (len < 256 ? 1 : 97)) {
+      refusedAndUnchanged(Blob(good.begin(), good.begin() + len), "truncation", len);
+    }
+    Blob longer = good;
+    longer.push_back(0);
+    refusedAndUnchanged(longer, "trailing byte", good.size());
+    // The unchanged blob still loads.
+    EXPECT_EQ(gradcompCommLoadState(w.comm(0), good.data(), good.size()), gradcompSuccess);
+  }
+}
+
+TEST(StateBlob, ForeignRankOrSettingsAreRefused) {
+  gradcompConfig_t cfg = baseConfig(gradcompMethodQsgd);
+  gctest::CpuWorld w(2, cfg);
+  const size_t n = 2000;
+  step(w, n, 0);
+  const Blob r0 = save(w.comm(0)), r1 = save(w.comm(1));
+  EXPECT_EQ(gradcompCommLoadState(w.comm(0), r1.data(), r1.size()), gradcompInvalidArgument);
+  EXPECT_NE(strstr(gradcompGetLastError(), "saved by rank 1 of 2; this comm is rank 0 of 2"),
+            nullptr)
+      << gradcompGetLastError();
+  struct Other {
+    const char* name;
+    void (*change)(gradcompConfig_t*);
+  } others[] = {
+      {"bits=", [](gradcompConfig_t* c) { c->bits = 8; }},
+      {"elias=", [](gradcompConfig_t* c) { c->elias = 1; }},
+      {"algo=", [](gradcompConfig_t* c) { c->algo = gradcompAlgoRing; }},
+      {"method=", [](gradcompConfig_t* c) { c->method = gradcompMethodTopk; }},
+      {"bucketSize=", [](gradcompConfig_t* c) { c->bucketSize = 256; }},
+      {"errorFeedback=", [](gradcompConfig_t* c) { c->errorFeedback = 0; }},
+      {"ownerResidual=", [](gradcompConfig_t* c) { c->ownerResidual = 0; }},
+      {"bitsMode=", [](gradcompConfig_t* c) { c->bitsMode = gradcompBitsDynamic; }},
+  };
+  for (const Other& o : others) {
+    gradcompConfig_t other = cfg;
+    o.change(&other);
+    gctest::CpuWorld v(2, other);
+    const Blob before = save(v.comm(0));
+    EXPECT_EQ(gradcompCommLoadState(v.comm(0), r0.data(), r0.size()), gradcompInvalidArgument)
+        << o.name;
+    EXPECT_NE(strstr(gradcompGetLastError(), o.name), nullptr) << gradcompGetLastError();
+    EXPECT_EQ(save(v.comm(0)), before);
+  }
+  gctest::CpuWorld three(3, cfg);
+  EXPECT_EQ(gradcompCommLoadState(three.comm(0), r0.data(), r0.size()), gradcompInvalidArgument);
+  EXPECT_NE(strstr(gradcompGetLastError(), "rank 0 of 2; this comm is rank 0 of 3"), nullptr);
+}
+
+// Rand-k draws its coordinates from the step: ranks restored at different
+// steps would sum different coordinates. They fail together, and work again
+// once restored consistently.
+TEST(StateBlob, RanksRestoredAtDifferentStepsFailAtTheNextCall) {
+  for (gradcompMethod_t m : {gradcompMethodRandk, gradcompMethodQsgd, gradcompMethodTopk}) {
+    gctest::CpuWorld w(2, baseConfig(m));
+    const size_t n = 4096;
+    step(w, n, 0);
+    step(w, n, 1);
+    const Blob s2[2] = {save(w.comm(0)), save(w.comm(1))};
+    step(w, n, 2);
+    const Blob s3[2] = {save(w.comm(0)), save(w.comm(1))};
+    ASSERT_EQ(gradcompCommLoadState(w.comm(0), s2[0].data(), s2[0].size()), gradcompSuccess);
+    ASSERT_EQ(gradcompCommLoadState(w.comm(1), s3[1].data(), s3[1].size()), gradcompSuccess);
+    std::vector<gradcompResult_t> res;
+    std::vector<std::string> err;
+    step(w, n, 3, &res, &err);
+    for (int r = 0; r < 2; ++r) {
+      EXPECT_EQ(res[r], gradcompInvalidUsage) << "method " << m;
+      EXPECT_NE(err[r].find("is at step 2"), std::string::npos) << err[r];
+      EXPECT_NE(err[r].find("is at step 3"), std::string::npos) << err[r];
+    }
+    ASSERT_EQ(gradcompCommLoadState(w.comm(0), s3[0].data(), s3[0].size()), gradcompSuccess);
+    auto a = step(w, n, 3);
+    // The same step from the same state again: identical results.
+    ASSERT_EQ(gradcompCommLoadState(w.comm(0), s3[0].data(), s3[0].size()), gradcompSuccess);
+    ASSERT_EQ(gradcompCommLoadState(w.comm(1), s3[1].data(), s3[1].size()), gradcompSuccess);
+    auto b = step(w, n, 3);
+    EXPECT_EQ(a, b) << "method " << m;
+  }
+}
+
+// A resumed DQ-SGD run chooses the bit widths the original run chooses.
+TEST(StateBlob, DqsgdHistoryIsPartOfTheState) {
+  for (gradcompBitsMode_t mode : {gradcompBitsDynamic, gradcompBitsBudget}) {
+    gradcompConfig_t cfg = baseConfig(gradcompMethodQsgd);
+    cfg.bitsMode = mode;
+    cfg.bits = 4;
+    cfg.varianceTarget = 0.002f;  // dynamic: more bits than cfg.bits
+    cfg.bitsBudget = 5.0f;
+    cfg.budgetWindow = 4;
+    const size_t n = 3000;
+    gctest::CpuWorld a(2, cfg), b(2, cfg);
+    for (int t = 0; t < 5; ++t) step(a, n, t);
+    for (int r = 0; r < 2; ++r) {
+      const Blob s = save(a.comm(r));
+      ASSERT_EQ(gradcompCommLoadState(b.comm(r), s.data(), s.size()), gradcompSuccess)
+          << gradcompGetLastError();
+    }
+    bool differsFromFixed = false;
+    for (int t = 5; t < 10; ++t) {
+      auto oa = step(a, n, t), ob = step(b, n, t);
+      gradcompStats_t sa, sb;
+      gradcompGetStats(a.comm(0), &sa);
+      gradcompGetStats(b.comm(0), &sb);
+      EXPECT_EQ(sa.bitsLast, sb.bitsLast) << "mode " << mode << " step " << t;
+      differsFromFixed |= sa.bitsLast != cfg.bits;
+      ASSERT_EQ(oa, ob) << "mode " << mode << " step " << t;
+    }
+    // The comparison could tell a run that starts from cfg.bits apart.
+    EXPECT_TRUE(differsFromFixed) << "mode " << mode;
+  }
+}
+
+// The stored checksum is CRC32C over the blob with its own field zeroed, as
+// the definition computes it bit by bit (check value of "123456789":
+// 0xE3069283), whichever implementation the library picked.
+uint32_t crc32cReference(const char* p, size_t n, size_t skipFrom, size_t skipTo) {
+  uint32_t crc = ~0u;
+  for (size_t i = 0; i < n; ++i) {
+    crc ^= (unsigned char)(i >= skipFrom && i < skipTo ? 0 : p[i]);
+    for (int k = 0; k < 8; ++k) crc = (crc >> 1) ^ (0x82F63B78u & (0u - (crc & 1u)));
+  }
+  return ~crc;
+}
+
+TEST(StateBlob, ChecksumIsCrc32c) {
+  EXPECT_EQ(crc32cReference("123456789", 9, 0, 0), 0xE3069283u);
+  gctest::CpuWorld w(2, baseConfig(gradcompMethodQsgd));
+  for (size_t n : {1000, 4099}) step(w, n, (int)n);
+  const Blob b = save(w.comm(1));
+  uint32_t stored;
+  memcpy(&stored, b.data() + 12, 4);
+  EXPECT_EQ(stored, crc32cReference(b.data(), b.size(), 12, 16));
+}
+
+}  // namespace

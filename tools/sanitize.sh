@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The host sources and every CPU test built with ASan and UBSan
+# (-fno-sanitize-recover=all: any report fails), run once. CI runs it after
+# tools/test.sh in the same build directory, which reuses the CUDA objects.
+# Arguments go to the test binary (e.g. --gtest_filter='Reliability*').
+set -euo pipefail
+cd "$(dirname "$0")/.."
+GC_NEED_GTEST=1
+source tools/deps.sh
+cmake -S . -B "$GC_BUILD_DIR" -DGRADCOMP_CUDA_ARCHS="$GRADCOMP_CUDA_ARCHS" >/dev/null
+cmake --build "$GC_BUILD_DIR" -j "$GC_JOBS" --target gradcomp_cpu_tests_san
+# allocator_may_return_null: the bad-input tests ask for terabytes and expect
+# an error back, not an abort. Leaks are reported too.
+export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:allocator_may_return_null=1:abort_on_error=1:strict_string_checks=1}
+export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+"$GC_BUILD_DIR/tests/gradcomp_cpu_tests_san" --gtest_brief=1 "$@"
+echo "sanitize: ASan/UBSan clean"
