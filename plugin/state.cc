@@ -48,11 +48,14 @@ enum : uint32_t { kHasResidual = 1, kHasOwner = 2, kHasMomentum = 4, kHasHistory
 
 // The settings a state's meaning depends on, in header order.
 const char* const kShapeNames[kShapeFields] = {
-    "method",   "algo",     "bits",     "bucketSize", "errorFeedback",      "ownerResidual",
-    "elias",    "bitsMode", "bitsMin",  "bitsMax",    "momentumCorrection", "budgetWindow",
-    "reserved", "reserved", "reserved", "reserved"};
+    "method",    "algo",     "bits",     "bucketSize", "errorFeedback",      "ownerResidual",
+    "elias",     "bitsMode", "bitsMin",  "bitsMax",    "momentumCorrection", "budgetWindow",
+    "localSize", "reserved", "reserved", "reserved"};
 
-void shapeOf(const gradcompConfig_t& c, int32_t* out) {
+// The hierarchy keeps each rank's shard of a buffer's state in a slice of its
+// arrays: a state saved under one node layout means something else under another.
+void shapeOf(const gradcompComm& comm, int32_t* out) {
+  const gradcompConfig_t& c = comm.cfg;
   const int32_t v[kShapeFields] = {(int32_t)c.method,
                                    (int32_t)c.algo,
                                    c.bits,
@@ -65,7 +68,7 @@ void shapeOf(const gradcompConfig_t& c, int32_t* out) {
                                    c.bitsMax,
                                    c.momentumCorrection,
                                    c.budgetWindow,
-                                   0,
+                                   comm.topo.hier() ? comm.topo.localSize : 1,
                                    0,
                                    0,
                                    0};
@@ -325,7 +328,7 @@ gradcompResult_t parse(const gradcompComm& c, const char* blob, size_t bytes,
   }
   int32_t saved[kShapeFields], mine[kShapeFields];
   for (int i = 0; i < kShapeFields; ++i) h.get(&saved[i]);
-  shapeOf(c.cfg, mine);
+  shapeOf(c, mine);
   for (int i = 0; i < kShapeFields; ++i) {
     if (saved[i] != mine[i]) {
       return refuse("saved with %s=%d; this comm has %s=%d", kShapeNames[i], saved[i],
@@ -405,7 +408,7 @@ gradcompResult_t saveState(gradcompComm_t comm, void* buffer, size_t bytes) {
   w.put<int32_t>(comm->rank), w.put<int32_t>(comm->nranks);
   w.put<uint64_t>(comm->states.size());
   int32_t shape[kShapeFields];
-  shapeOf(comm->cfg, shape);
+  shapeOf(*comm, shape);
   for (int i = 0; i < kShapeFields; ++i) w.put<int32_t>(shape[i]);
   size_t i = 0;
   for (auto& kv : comm->states) {

@@ -562,4 +562,38 @@ TEST(HierCpu, StateSaveLoad) {
   for (int r = 0; r < N; ++r) ASSERT_EQ(memcmp(xa[r].data(), xb[r].data(), n * 4), 0);
 }
 
+// A state saved under one node layout keeps each rank's shard in a slice of
+// its arrays, which another layout would read as something else: loading it
+// into a comm of another local size is refused, and the comm is unchanged.
+TEST(HierCpu, StateOfAnotherNodeLayoutIsRefused) {
+  const int N = 4;
+  const size_t n = 1500;
+  gctest::CpuWorld hier(N, baseConfig(2)), flat(N, baseConfig(1));
+  std::vector<std::vector<float>> x(N), y(N);
+  for (int i = 0; i < N; ++i) x[i] = y[i] = gctest::normal(n, 70 + i, 1.0f);
+  auto call = [&](gctest::CpuWorld& w, std::vector<std::vector<float>>& v) {
+    return w.run([&](int r) {
+      return gradcompAllReduceKeyed(v[r].data(), v[r].data(), n, ncclFloat32, ncclSum, w.comm(r),
+                                    nullptr, 7);
+    });
+  };
+  for (gradcompResult_t r : call(hier, x)) ASSERT_EQ(r, gradcompSuccess);
+  for (gradcompResult_t r : call(flat, y)) ASSERT_EQ(r, gradcompSuccess);
+  for (int r = 0; r < N; ++r) {
+    size_t bytes = 0, before = 0, after = 0;
+    ASSERT_EQ(gradcompCommStateSize(hier.comm(r), &bytes), gradcompSuccess);
+    std::vector<char> buf(bytes);
+    ASSERT_EQ(gradcompCommSaveState(hier.comm(r), buf.data(), bytes), gradcompSuccess);
+    ASSERT_EQ(gradcompCommStateSize(flat.comm(r), &before), gradcompSuccess);
+    std::vector<char> mine(before), mineAfter(before);
+    ASSERT_EQ(gradcompCommSaveState(flat.comm(r), mine.data(), before), gradcompSuccess);
+    EXPECT_EQ(gradcompCommLoadState(flat.comm(r), buf.data(), bytes), gradcompInvalidArgument);
+    EXPECT_NE(strstr(gradcompGetLastError(), "localSize=2"), nullptr) << gradcompGetLastError();
+    ASSERT_EQ(gradcompCommStateSize(flat.comm(r), &after), gradcompSuccess);
+    ASSERT_EQ(after, before);
+    ASSERT_EQ(gradcompCommSaveState(flat.comm(r), mineAfter.data(), after), gradcompSuccess);
+    EXPECT_EQ(mine, mineAfter) << "rank " << r;
+  }
+}
+
 }  // namespace
