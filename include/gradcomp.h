@@ -19,7 +19,7 @@ extern "C" {
 #endif
 
 #define GRADCOMP_VERSION_MAJOR 0
-#define GRADCOMP_VERSION_MINOR 1
+#define GRADCOMP_VERSION_MINOR 2
 #define GRADCOMP_VERSION_PATCH 0
 #define GRADCOMP_VERSION_CODE \
   (GRADCOMP_VERSION_MAJOR * 10000 + GRADCOMP_VERSION_MINOR * 100 + GRADCOMP_VERSION_PATCH)
@@ -177,6 +177,9 @@ gradcompResult_t gradcompCommStateSize(gradcompComm_t comm, size_t* bytes);
 gradcompResult_t gradcompCommSaveState(gradcompComm_t comm, void* buffer, size_t bytes);
 gradcompResult_t gradcompCommLoadState(gradcompComm_t comm, const void* buffer, size_t bytes);
 
+/* gradcompGetStats fills the whole struct: a program compiled against another
+ * minor version's header (0.2 grew callsPerAlgo to 6 entries and appended
+ * fields) must be rebuilt; gradcompGetVersion() says which library it has. */
 typedef struct {
   uint64_t callsCompressed;
   uint64_t callsPassedThrough;
