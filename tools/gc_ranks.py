@@ -4,7 +4,8 @@ Each process gets its own NCCL_HOSTID and NCCL over loopback sockets (NCCL
 refuses two ranks of one host on one GPU otherwise), the env:// variables
 torch.distributed reads, and a log file per rank. One rank failing stops the
 others; a time limit stops them all. Used by tools/lm_compare.py and
-tools/torch_hooks_check.py (the same environment as tools/ddp_check.sh).
+tools/torch_hooks_check.py (the same environment as tools/torch_ranks.sh
+gives tools/ddp_check.sh and tools/fsdp_check.sh).
 """
 import os
 import re
