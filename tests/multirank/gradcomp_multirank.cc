@@ -84,6 +84,16 @@ ncclUniqueId exchangeId(const char* path) {
   exit(2);
 }
 
+// `count` elements of type t at device address d, as fp32.
+std::vector<float> downloadAsFloat(const void* d, DType t, size_t count) {
+  Rank out;
+  out.f32.resize(count);
+  out.half.resize(count);
+  CK(cudaMemcpy(t == DType::F32 ? (void*)out.f32.data() : (void*)out.half.data(), d,
+                count * (t == DType::F32 ? 4 : 2), cudaMemcpyDeviceToHost));
+  return widen(out, t, count);
+}
+
 // pipelineBytes > 0: the pipelined two-shot (comm stream + events on the
 // CUDA backend) must give the unpipelined reference's bits.
 void checkAlgo(ncclComm_t nc, cudaStream_t st, gradcompAlgo_t algo, DType t, bool avg, size_t n,
@@ -117,16 +127,13 @@ void checkAlgo(ncclComm_t nc, cudaStream_t st, gradcompAlgo_t algo, DType t, boo
     gradcompResult_t res =
         gradcompAllReduce(dbuf, dbuf, n, nccl(t), avg ? ncclAvg : ncclSum, gc, st);
     CK(cudaStreamSynchronize(st));
-    std::vector<Rank> out = in;
-    CK(cudaMemcpy(t == DType::F32 ? (void*)out[rank].f32.data() : (void*)out[rank].half.data(),
-                  dbuf, n * esz, cudaMemcpyDeviceToHost));
     refState = in;
     std::vector<float> expect =
         localSize > 1                   ? refHier(refState, t, n, cfg, step, avg, localSize, mid)
         : algo == gradcompAlgoRing      ? refRing(refState, t, n, cfg, step, avg)
         : algo == gradcompAlgoAllgather ? refAllgather(refState, t, n, cfg, step, avg)
                                         : refTwoShot(refState, t, n, cfg, step, avg);
-    std::vector<float> got = widen(out[rank], t, n);
+    std::vector<float> got = downloadAsFloat(dbuf, t, n);
     char what[160];
     snprintf(what, sizeof(what), "algo=%d dtype=%d avg=%d n=%zu step=%d pipelineBytes=%zu",
              (int)algo, (int)t, avg, n, step, pipelineBytes);
@@ -184,10 +191,8 @@ struct SparseCase {
   bool dgcExtras;  // momentum correction, masking, warm-up, clipping
 };
 
-// Three calls on one buffer of a fresh comm: every rank computes all ranks'
-// inputs and the serial reference, and checks its own output.
-void checkSparse(ncclComm_t nc, cudaStream_t st, const SparseCase& sc, DType t, bool avg,
-                 size_t n) {
+// The config of a sparse case, for the allreduce and the reduce-scatter.
+gradcompConfig_t sparseCaseConfig(const SparseCase& sc, uint64_t seed) {
   gradcompConfig_t cfg;
   gradcompConfigInit(&cfg);
   cfg.autoTune = 0;  // these check compression: auto must not pass calls to NCCL
@@ -195,12 +200,10 @@ void checkSparse(ncclComm_t nc, cudaStream_t st, const SparseCase& sc, DType t, 
   cfg.select = sc.select;
   cfg.valueType = sc.valueType;
   cfg.minElements = 0;
-  cfg.seed = 4321;
+  cfg.seed = seed;
   cfg.density = 0.01f;
-  cfg.errorFeedback = 1;
   cfg.localSize = localSize;
   if (sc.dgcExtras) {
-    cfg.momentum = 0.9f;
     cfg.momentumCorrection = 1;
     cfg.momentumMasking = 1;
     cfg.warmupSteps = 4;  // densities 25%, 6.25%, 1.5625% on calls 0..2
@@ -208,6 +211,16 @@ void checkSparse(ncclComm_t nc, cudaStream_t st, const SparseCase& sc, DType t, 
   } else if (sc.method == gradcompMethodDgc) {
     cfg.momentumCorrection = 0;
   }
+  return cfg;
+}
+
+// Three calls on one buffer of a fresh comm: every rank computes all ranks'
+// inputs and the serial reference, and checks its own output.
+void checkSparse(ncclComm_t nc, cudaStream_t st, const SparseCase& sc, DType t, bool avg,
+                 size_t n) {
+  gradcompConfig_t cfg = sparseCaseConfig(sc, 4321);
+  cfg.errorFeedback = 1;
+  if (sc.dgcExtras) cfg.momentum = 0.9f;
   gradcompComm_t gc;
   CK(gradcompCommCreate(nc, &cfg, &gc));
   const size_t esz = t == DType::F32 ? 4 : 2;
@@ -231,10 +244,7 @@ void checkSparse(ncclComm_t nc, cudaStream_t st, const SparseCase& sc, DType t, 
     gradcompResult_t res =
         gradcompAllReduce(dbuf, dbuf, n, nccl(t), avg ? ncclAvg : ncclSum, gc, st);
     CK(cudaStreamSynchronize(st));
-    Rank out = in[rank];
-    CK(cudaMemcpy(t == DType::F32 ? (void*)out.f32.data() : (void*)out.half.data(), dbuf, n * esz,
-                  cudaMemcpyDeviceToHost));
-    const std::vector<float> got = widen(out, t, n);
+    const std::vector<float> got = downloadAsFloat(dbuf, t, n);
     size_t bad = 0, first = n;
     for (size_t i = 0; i < n; ++i) {
       if (!sparseClose(got[i], expect[i], call, i, t, avg)) {
@@ -389,11 +399,7 @@ void checkRsQsgd(ncclComm_t nc, cudaStream_t st, DType t, bool avg, size_t m, bo
     gradcompResult_t res =
         gradcompReduceScatter(dsend, recv, m, nccl(t), avg ? ncclAvg : ncclSum, gc, st);
     CK(cudaStreamSynchronize(st));
-    Rank out;
-    out.f32.resize(m);
-    out.half.resize(m);
-    CK(cudaMemcpy(t == DType::F32 ? (void*)out.f32.data() : (void*)out.half.data(), recv, m * esz,
-                  cudaMemcpyDeviceToHost));
+    const std::vector<float> got = downloadAsFloat(recv, t, m);
     gradcompStats_t stats;
     gradcompGetStats(gc, &stats);
     refState = in;
@@ -401,7 +407,6 @@ void checkRsQsgd(ncclComm_t nc, cudaStream_t st, DType t, bool avg, size_t m, bo
         localSize > 1
             ? refHierReduceScatter(refState, t, m, cfg, stats.bitsLast, step, avg, localSize)
             : refReduceScatter(refState, t, m, cfg, stats.bitsLast, step, avg);
-    const std::vector<float> got = widen(out, t, m);
     char what[200];
     snprintf(what, sizeof(what), "rs qsgd%s%s dtype=%d avg=%d m=%zu inPlace=%d step=%d bits=%d",
              localSize > 1 ? "-hier" : "", dynamic ? "-dynamic" : "", (int)t, avg, m, inPlace, step,
@@ -425,24 +430,7 @@ void checkRsQsgd(ncclComm_t nc, cudaStream_t st, DType t, bool avg, size_t m, bo
 
 void checkRsSparse(ncclComm_t nc, cudaStream_t st, const SparseCase& sc, DType t, bool avg,
                    size_t m) {
-  gradcompConfig_t cfg;
-  gradcompConfigInit(&cfg);
-  cfg.autoTune = 0;
-  cfg.method = sc.method;
-  cfg.select = sc.select;
-  cfg.valueType = sc.valueType;
-  cfg.minElements = 0;
-  cfg.seed = 99;
-  cfg.density = 0.01f;
-  cfg.localSize = localSize;
-  if (sc.dgcExtras) {
-    cfg.momentumCorrection = 1;
-    cfg.momentumMasking = 1;
-    cfg.warmupSteps = 4;
-    cfg.clipNorm = 50.0f;
-  } else if (sc.method == gradcompMethodDgc) {
-    cfg.momentumCorrection = 0;
-  }
+  const gradcompConfig_t cfg = sparseCaseConfig(sc, 99);
   gradcompComm_t gc;
   CK(gradcompCommCreate(nc, &cfg, &gc));
   const size_t esz = t == DType::F32 ? 4 : 2, n = nranks * m;
@@ -463,12 +451,7 @@ void checkRsSparse(ncclComm_t nc, cudaStream_t st, const SparseCase& sc, DType t
     gradcompResult_t res =
         gradcompReduceScatter(dsend, drecv, m, nccl(t), avg ? ncclAvg : ncclSum, gc, st);
     CK(cudaStreamSynchronize(st));
-    Rank out;
-    out.f32.resize(m);
-    out.half.resize(m);
-    CK(cudaMemcpy(t == DType::F32 ? (void*)out.f32.data() : (void*)out.half.data(), drecv, m * esz,
-                  cudaMemcpyDeviceToHost));
-    const std::vector<float> got = widen(out, t, m);
+    const std::vector<float> got = downloadAsFloat(drecv, t, m);
     size_t bad = 0;
     for (size_t i = 0; i < m; ++i) bad += memcmp(&got[i], &expect[rank][i], 4) != 0;
     char what[200];
