@@ -5,10 +5,11 @@ of the parameters gathered from every rank). The wrapping (DDP or FSDP2)
 stays in each script.
 """
 import datetime
-import hashlib
 import json
 import os
 import sys
+
+import gc_ranks
 
 
 def fail(msg):
@@ -118,9 +119,7 @@ def param_bytes(params):
 
 def result(args, world, steps, acc, test_loss, blob, train_s, num_params):
     """The JSON result; gathers every rank's parameter hash (a collective)."""
-    digest = hashlib.sha256(blob).hexdigest()
-    hashes = [None] * world
-    dist.all_gather_object(hashes, digest)
+    digest, hashes = gc_ranks.gather_hashes(blob)
     try:
         nccl_version = ".".join(str(v) for v in torch.cuda.nccl.version())
     except Exception:  # noqa: BLE001 - only informative
