@@ -142,6 +142,14 @@ struct RsOutputs {
       return static_cast<char*>(bufferOf(buf, t)) + r * m * (t == gc::DType::F32 ? 4 : 2);
     return t == gc::DType::F32 ? (void*)f32[r].data() : (void*)half[r].data();
   }
+  // One reduce-scatter of every rank's bufs[r] into its output.
+  std::vector<gradcompResult_t> run(CpuWorld& world, std::vector<ref::Rank>& bufs, gc::DType t,
+                                    size_t m, bool avg, bool inPlace) {
+    return world.run([&](int r) {
+      return gradcompReduceScatter(bufferOf(bufs[r], t), recv(bufs[r], r, t, m, inPlace), m,
+                                   ref::nccl(t), avg ? ncclAvg : ncclSum, world.comm(r), nullptr);
+    });
+  }
   // Rank r's block as fp32.
   std::vector<float> read(ref::Rank& buf, int r, gc::DType t, size_t m, bool inPlace) {
     const void* base =

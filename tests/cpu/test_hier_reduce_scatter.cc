@@ -100,11 +100,7 @@ void checkQsgd(int N, int L, DType t, bool avg, size_t m, int steps, bool inPlac
         gctest::addBucketMax(v.data(), res, m, cfg.bucketSize, sumMax[i]);
       }
     }
-    auto res = world.run([&](int r) {
-      return gradcompReduceScatter(gctest::bufferOf(bufs[r], t),
-                                   out.recv(bufs[r], r, t, m, inPlace), m, nccl(t),
-                                   avg ? ncclAvg : ncclSum, world.comm(r), nullptr);
-    });
+    auto res = out.run(world, bufs, t, m, avg, inPlace);
     for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
     const std::vector<std::vector<float>> expect =
         hier ? refHierReduceScatter(ref = in, t, m, cfg, cfg.bits, step, avg, L)
@@ -224,10 +220,7 @@ void checkSparse(const gradcompConfig_t& base, int N, int L, DType t, bool avg, 
     std::vector<Rank> in = makeInputs(N, n, t, 31 * step + m + N);
     std::vector<std::vector<float>> g(N);
     for (int i = 0; i < N; ++i) g[i] = widen(in[i], t, n);
-    auto res = world.run([&](int r) {
-      return gradcompReduceScatter(gctest::bufferOf(in[r], t), out.recv(in[r], r, t, m, false), m,
-                                   nccl(t), avg ? ncclAvg : ncclSum, world.comm(r), nullptr);
-    });
+    auto res = out.run(world, in, t, m, avg, false);
     for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
     const auto expect = refHierSparseReduceScatter(cfg, t, avg, step, g, st, L);
     for (int r = 0; r < N; ++r) {
