@@ -17,14 +17,8 @@
 # torch and scikit-learn.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-root=$(pwd)
-out=${1:?usage: tools/ddp_check.sh OUTDIR [BUILD_DIR]}
-build=${2:-build-gpu}
-[ -d "$build" ] || build=build
-mkdir -p "$out"
-out=$(cd "$out" && pwd)
-preload=$root/$build/plugin/preload/libgradcomp_preload.so
-py=${PYTHON:-python3}
+source tools/torch_ranks.sh
+check_args ddp "$@"
 start=$(date +%s)
 deadline=$((start + ${GC_DDP_BUDGET_S:-560}))
 run_limit=${GC_DDP_RUN_TIMEOUT_S:-150}
@@ -167,7 +161,6 @@ note_run() {  # note_run NAME WORLD STATUS SECONDS NOTE
   summarize > /dev/null 2>&1 || echo "ddp_check: could not write the summary" >&2
 }
 
-source tools/torch_ranks.sh
 stop() {
   stop_ranks
   summarize > /dev/null 2>&1
@@ -185,18 +178,9 @@ give_up() {  # writes the reason as the report and exits
 }
 
 # --- prerequisites, each with a clear message
-if ! "$py" -c 'import torch, sklearn, numpy' > "$out/ddp_prereq.log" 2>&1; then
-  give_up "$py cannot import torch, sklearn and numpy ($(tail -1 "$out/ddp_prereq.log"))"
-fi
-if ! CUDA_VISIBLE_DEVICES=$gpu "$py" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' \
-    >> "$out/ddp_prereq.log" 2>&1; then
-  give_up "PyTorch sees no CUDA device (CUDA_VISIBLE_DEVICES=$gpu)"
-fi
-if [ ! -f "$preload" ]; then
-  echo "ddp_check: building the interposer in $build"
-  cmake --build "$build" --target gradcomp_preload -j 8 >> "$out/ddp_prereq.log" 2>&1 ||
-    give_up "$preload is missing and could not be built (configure $build with CMake first)"
-fi
+need_torch ddp
+need_cuda ddp
+need_preload ddp
 torch_version=$("$py" -c 'import torch; print(torch.__version__)' 2>/dev/null)
 # GRADCOMP_GROUP is left at its default (defer), which also compresses the
 # single collectives older PyTorch wraps in ncclGroupStart/End.

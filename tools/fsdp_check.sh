@@ -18,14 +18,8 @@
 # interpreter with torch (FSDP2: torch >= 2.4) and scikit-learn.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-root=$(pwd)
-out=${1:?usage: tools/fsdp_check.sh OUTDIR [BUILD_DIR]}
-build=${2:-build-gpu}
-[ -d "$build" ] || build=build
-mkdir -p "$out"
-out=$(cd "$out" && pwd)
-preload=$root/$build/plugin/preload/libgradcomp_preload.so
-py=${PYTHON:-python3}
+source tools/torch_ranks.sh
+check_args fsdp "$@"
 deadline=$(($(date +%s) + ${GC_FSDP_BUDGET_S:-560}))
 run_limit=${GC_FSDP_RUN_TIMEOUT_S:-150}
 epochs=${GC_FSDP_EPOCHS:-40}
@@ -138,9 +132,7 @@ give_up() {
   exit 1
 }
 
-if ! "$py" -c 'import torch, sklearn, numpy' > "$out/fsdp_prereq.log" 2>&1; then
-  give_up "$py cannot import torch, sklearn and numpy ($(tail -1 "$out/fsdp_prereq.log"))"
-fi
+need_torch fsdp
 if ! "$py" -c '
 try:
     from torch.distributed.fsdp import fully_shard
@@ -148,16 +140,8 @@ except ImportError:
     from torch.distributed._composable.fsdp import fully_shard' >> "$out/fsdp_prereq.log" 2>&1; then
   give_up "this PyTorch has no FSDP2 fully_shard (torch >= 2.4 needed)"
 fi
-if ! CUDA_VISIBLE_DEVICES=$gpu "$py" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' \
-    >> "$out/fsdp_prereq.log" 2>&1; then
-  give_up "PyTorch sees no CUDA device (CUDA_VISIBLE_DEVICES=$gpu)"
-fi
-if [ ! -f "$preload" ]; then
-  cmake --build "$build" --target gradcomp_preload -j 8 >> "$out/fsdp_prereq.log" 2>&1 ||
-    give_up "$preload is missing and could not be built (configure $build with CMake first)"
-fi
-
-source tools/torch_ranks.sh
+need_cuda fsdp
+need_preload fsdp
 
 # run_fsdp NAME WORLD MOMENTUM PRELOAD(0/1) [VAR=VALUE...]
 run_fsdp() {

@@ -1,8 +1,51 @@
-# Sourced by tools/ddp_check.sh and tools/fsdp_check.sh: one PyTorch training
-# as N ranks sharing ONE GPU (DESIGN.md's multi-rank set-up; tools/gc_ranks.py
-# is the same for the Python drivers). Each rank gets its own NCCL_HOSTID and
-# NCCL over loopback sockets, as NCCL refuses two ranks of one host on one GPU
-# otherwise. The caller sets py (the interpreter) and gpu (the shared GPU).
+# Sourced by tools/ddp_check.sh and tools/fsdp_check.sh, from the repository
+# root: their arguments and prerequisites, and one PyTorch training as N ranks
+# sharing ONE GPU (DESIGN.md's multi-rank set-up; tools/gc_ranks.py is the
+# same for the Python drivers). Each rank gets its own NCCL_HOSTID and NCCL
+# over loopback sockets, as NCCL refuses two ranks of one host on one GPU
+# otherwise.
+
+# check_args NAME OUTDIR [BUILD_DIR]: sets root, out (absolute, created),
+# build (BUILD_DIR, default build-gpu, else build), preload (the interposer
+# there) and py (PYTHON, default python3).
+check_args() {
+  local name=$1
+  shift
+  root=$(pwd)
+  out=${1:?usage: tools/${name}_check.sh OUTDIR [BUILD_DIR]}
+  build=${2:-build-gpu}
+  [ -d "$build" ] || build=build
+  mkdir -p "$out"
+  out=$(cd "$out" && pwd)
+  preload=$root/$build/plugin/preload/libgradcomp_preload.so
+  py=${PYTHON:-python3}
+}
+
+# Prerequisites, each ending the check through the caller's give_up with a
+# clear message; their output goes to $out/NAME_prereq.log (need_torch
+# starts it).
+need_torch() {  # need_torch NAME
+  if ! "$py" -c 'import torch, sklearn, numpy' > "$out/$1_prereq.log" 2>&1; then
+    give_up "$py cannot import torch, sklearn and numpy ($(tail -1 "$out/$1_prereq.log"))"
+  fi
+}
+
+need_cuda() {  # need_cuda NAME: PyTorch sees the GPU $gpu
+  if ! CUDA_VISIBLE_DEVICES=$gpu "$py" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' \
+      >> "$out/$1_prereq.log" 2>&1; then
+    give_up "PyTorch sees no CUDA device (CUDA_VISIBLE_DEVICES=$gpu)"
+  fi
+}
+
+need_preload() {  # need_preload NAME: builds the interposer when missing
+  if [ ! -f "$preload" ]; then
+    echo "$1_check: building the interposer in $build"
+    cmake --build "$build" --target gradcomp_preload -j 8 >> "$out/$1_prereq.log" 2>&1 ||
+      give_up "$preload is missing and could not be built (configure $build with CMake first)"
+  fi
+}
+
+# The training itself: py and gpu (the shared GPU) set by the caller.
 
 free_port() {
   "$py" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
