@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <functional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -273,6 +274,36 @@ void checkSparse(ncclComm_t nc, cudaStream_t st, const SparseCase& sc, DType t, 
 // same calls eagerly; results and residual state must match bit for bit.
 // pipelineBytes > 0: the graphed comm is pipelined (its comm stream joins
 // the capture through events), the eager one is not: same bits still.
+// One call per comm (creating state and workspace), the graphed comm's next
+// call captured, then `replays` rounds of a replay and an eager call; call(c,
+// out) writes `count` floats at out. True when every call and the capture
+// succeeded and the two outputs are then equal bit for bit: every replay
+// advances the comm's device step counter exactly as an eager call does.
+bool replaysEqualEager(cudaStream_t st, gradcompComm_t eager, float* a, gradcompComm_t graphed,
+                       float* b, size_t count, int replays,
+                       const std::function<gradcompResult_t(gradcompComm_t, float*)>& call) {
+  bool ok = call(eager, a) == gradcompSuccess;
+  ok &= call(graphed, b) == gradcompSuccess;
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+  CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+  gradcompResult_t cap = call(graphed, b);
+  CK(cudaStreamEndCapture(st, &graph));
+  ok &= cap == gradcompSuccess;
+  CK(cudaGraphInstantiate(&exec, graph, 0));
+  for (int k = 0; k < replays; ++k) {
+    CK(cudaGraphLaunch(exec, st));
+    ok &= call(eager, a) == gradcompSuccess;
+  }
+  CK(cudaStreamSynchronize(st));
+  std::vector<float> ra(count), rb(count);
+  CK(cudaMemcpy(ra.data(), a, count * 4, cudaMemcpyDeviceToHost));
+  CK(cudaMemcpy(rb.data(), b, count * 4, cudaMemcpyDeviceToHost));
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  return ok && memcmp(ra.data(), rb.data(), count * 4) == 0;
+}
+
 void checkGraph(ncclComm_t nc, cudaStream_t st, size_t pipelineBytes) {
   gradcompConfig_t cfg;
   gradcompConfigInit(&cfg);
@@ -290,31 +321,13 @@ void checkGraph(ncclComm_t nc, cudaStream_t st, size_t pipelineBytes) {
   float *a, *b;
   CK(cudaMalloc(&a, n * 4));
   CK(cudaMalloc(&b, n * 4));
-  const int replays = 4;
-  bool ok = true;
-  // Warm-up (creates state and workspace), then capture.
   CK(cudaMemcpyAsync(a, g.data(), n * 4, cudaMemcpyHostToDevice, st));
   CK(cudaMemcpyAsync(b, g.data(), n * 4, cudaMemcpyHostToDevice, st));
-  ok &= gradcompAllReduceKeyed(a, a, n, ncclFloat32, ncclAvg, eager, st, 7) == gradcompSuccess;
-  ok &= gradcompAllReduceKeyed(b, b, n, ncclFloat32, ncclAvg, graphed, st, 7) == gradcompSuccess;
-  cudaGraph_t graph;
-  cudaGraphExec_t exec;
-  CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-  gradcompResult_t cap = gradcompAllReduceKeyed(b, b, n, ncclFloat32, ncclAvg, graphed, st, 7);
-  CK(cudaStreamEndCapture(st, &graph));
-  ok &= cap == gradcompSuccess;
-  CK(cudaGraphInstantiate(&exec, graph, 0));
-  // Every replay advances the comm's device step counter exactly as an eager
-  // call does, so `replays` replays equal `replays` eager calls, bit for bit.
-  for (int k = 0; k < replays; ++k) {
-    CK(cudaGraphLaunch(exec, st));
-    ok &= gradcompAllReduceKeyed(a, a, n, ncclFloat32, ncclAvg, eager, st, 7) == gradcompSuccess;
-  }
-  CK(cudaStreamSynchronize(st));
-  std::vector<float> ra(n), rb(n);
-  CK(cudaMemcpy(ra.data(), a, n * 4, cudaMemcpyDeviceToHost));
-  CK(cudaMemcpy(rb.data(), b, n * 4, cudaMemcpyDeviceToHost));
-  report(ok && memcmp(ra.data(), rb.data(), n * 4) == 0, "graph replays equal eager calls" + pipe);
+  report(replaysEqualEager(st, eager, a, graphed, b, n, 4,
+                           [&](gradcompComm_t c, float* x) {
+                             return gradcompAllReduceKeyed(x, x, n, ncclFloat32, ncclAvg, c, st, 7);
+                           }),
+         "graph replays equal eager calls" + pipe);
   // And the residual state is the same too.
   size_t sa = 0, sb = 0;
   gradcompCommStateSize(eager, &sa);
@@ -333,8 +346,6 @@ void checkGraph(ncclComm_t nc, cudaStream_t st, size_t pipelineBytes) {
   }
   report(saved && sa >= 24 + 56 && memcmp(bufA.data(), bufB.data(), sa) == 0,
          "graph replays leave the same residuals as eager calls" + pipe);
-  cudaGraphExecDestroy(exec);
-  cudaGraphDestroy(graph);
   cudaFree(a);
   cudaFree(b);
   gradcompCommDestroy(eager);
@@ -481,26 +492,11 @@ void checkRsGraph(ncclComm_t nc, cudaStream_t st) {
   CK(cudaMalloc(&a, m * 4));
   CK(cudaMalloc(&b, m * 4));
   CK(cudaMemcpyAsync(in, g.data(), n * 4, cudaMemcpyHostToDevice, st));
-  bool ok = gradcompReduceScatter(in, a, m, ncclFloat32, ncclAvg, eager, st) == gradcompSuccess;
-  ok &= gradcompReduceScatter(in, b, m, ncclFloat32, ncclAvg, graphed, st) == gradcompSuccess;
-  cudaGraph_t graph;
-  cudaGraphExec_t exec;
-  CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-  gradcompResult_t cap = gradcompReduceScatter(in, b, m, ncclFloat32, ncclAvg, graphed, st);
-  CK(cudaStreamEndCapture(st, &graph));
-  ok &= cap == gradcompSuccess;
-  CK(cudaGraphInstantiate(&exec, graph, 0));
-  for (int k = 0; k < 4; ++k) {
-    CK(cudaGraphLaunch(exec, st));
-    ok &= gradcompReduceScatter(in, a, m, ncclFloat32, ncclAvg, eager, st) == gradcompSuccess;
-  }
-  CK(cudaStreamSynchronize(st));
-  std::vector<float> ra(m), rb(m);
-  CK(cudaMemcpy(ra.data(), a, m * 4, cudaMemcpyDeviceToHost));
-  CK(cudaMemcpy(rb.data(), b, m * 4, cudaMemcpyDeviceToHost));
-  report(ok && memcmp(ra.data(), rb.data(), m * 4) == 0, "rs graph replays equal eager calls");
-  cudaGraphExecDestroy(exec);
-  cudaGraphDestroy(graph);
+  report(replaysEqualEager(st, eager, a, graphed, b, m, 4,
+                           [&](gradcompComm_t c, float* out) {
+                             return gradcompReduceScatter(in, out, m, ncclFloat32, ncclAvg, c, st);
+                           }),
+         "rs graph replays equal eager calls");
   cudaFree(in);
   cudaFree(a);
   cudaFree(b);
