@@ -130,6 +130,17 @@ inline const float* rsResidual(gradcompComm_t c) {
   return nullptr;
 }
 
+// An fp32 Sum reduce-scatter of every rank's g[r] into out[r] (m each).
+inline std::vector<gradcompResult_t> reduceScatterSum(CpuWorld& world,
+                                                      std::vector<std::vector<float>>& g,
+                                                      std::vector<std::vector<float>>& out,
+                                                      size_t m) {
+  return world.run([&](int r) {
+    return gradcompReduceScatter(g[r].data(), out[r].data(), m, ncclFloat32, ncclSum, world.comm(r),
+                                 nullptr);
+  });
+}
+
 // A reduce-scatter's outputs: out of place, a block of m per rank in a
 // buffer of the dtype; in place, block r of rank r's send buffer.
 struct RsOutputs {

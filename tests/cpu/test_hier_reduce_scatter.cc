@@ -278,10 +278,7 @@ TEST(HierReduceScatterCpu, ErrorFeedbackConservesTheSum) {
         prev(N, std::vector<float>(n, 0.0f));
     for (int step = 0; step < 5; ++step) {
       for (int i = 0; i < N; ++i) g[i] = gctest::normal(n, 100 * step + i, 1.0f + i);
-      auto res = world.run([&](int r) {
-        return gradcompReduceScatter(g[r].data(), out[r].data(), m, ncclFloat32, ncclSum,
-                                     world.comm(r), nullptr);
-      });
+      auto res = gctest::reduceScatterSum(world, g, out, m);
       for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
       for (int b = 0; b < N; ++b) {
         const int nb = b / L, l = b % L;
@@ -330,10 +327,7 @@ TEST(HierReduceScatterCpu, InterNodeSavingIsTheLocalSize) {
         }
         std::vector<std::vector<float>> g(N), out(N, std::vector<float>(m));
         for (int i = 0; i < N; ++i) g[i] = gctest::normal(N * m, 11 + i, 1.0f);
-        auto res = world.run([&](int r) {
-          return gradcompReduceScatter(g[r].data(), out[r].data(), m, ncclFloat32, ncclSum,
-                                       world.comm(r), nullptr);
-        });
+        auto res = gctest::reduceScatterSum(world, g, out, m);
         for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
         gradcompStats_t st;
         ASSERT_EQ(gradcompGetStats(world.comm(0), &st), gradcompSuccess);

@@ -128,10 +128,7 @@ TEST(ReduceScatterCpu, ErrorFeedbackConservesTheSum) {
       prev(N, std::vector<float>(n, 0.0f));
   for (int step = 0; step < 6; ++step) {
     for (int i = 0; i < N; ++i) g[i] = gctest::normal(n, 100 * step + i, 1.0f + i);
-    auto res = world.run([&](int r) {
-      return gradcompReduceScatter(g[r].data(), out[r].data(), m, ncclFloat32, ncclSum,
-                                   world.comm(r), nullptr);
-    });
+    auto res = gctest::reduceScatterSum(world, g, out, m);
     for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
     for (int j = 0; j < N; ++j) {
       for (size_t k = 0; k < m; ++k) {
@@ -166,10 +163,7 @@ TEST(ReduceScatterCpu, MeanOfCallsConvergesToTheExactBlock) {
   std::vector<std::vector<double>> sum(N, std::vector<double>(m, 0.0));
   double firstErr = 0;
   for (int step = 0; step < T; ++step) {
-    auto res = world.run([&](int r) {
-      return gradcompReduceScatter(g[r].data(), out[r].data(), m, ncclFloat32, ncclSum,
-                                   world.comm(r), nullptr);
-    });
+    auto res = gctest::reduceScatterSum(world, g, out, m);
     for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], gradcompSuccess);
     for (int j = 0; j < N; ++j)
       for (size_t k = 0; k < m; ++k) sum[j][k] += out[j][k];
@@ -335,10 +329,7 @@ TEST(ReduceScatterCpu, DenseBlocksWhenSlotsWouldNotBeSmaller) {
   gradcompStats_t st;
   gctest::CpuWorld world(2, cfg);
   std::vector<std::vector<float>> g(2, gctest::normal(1000, 9)), out(2, std::vector<float>(500));
-  world.run([&](int r) {
-    return gradcompReduceScatter(g[r].data(), out[r].data(), 500, ncclFloat32, ncclSum,
-                                 world.comm(r), nullptr);
-  });
+  gctest::reduceScatterSum(world, g, out, 500);
   gradcompGetStats(world.comm(0), &st);
   EXPECT_EQ(st.denseFallbacks, 1u);
 }
