@@ -125,47 +125,7 @@ class BitWriter {
   uint64_t acc_ = 0;
 };
 
-class BitReader {
- public:
-  __device__ BitReader(const uint32_t* words, uint32_t nWords) : words_(words), nWords_(nWords) {}
-  __device__ uint32_t peek() const {
-    const uint32_t w = pos_ >> 5;
-    const uint64_t lo = w < nWords_ ? words_[w] : 0u;
-    const uint64_t hi = w + 1 < nWords_ ? words_[w + 1] : 0u;
-    return (uint32_t)((lo | (hi << 32)) >> (pos_ & 31));
-  }
-  __device__ void skip(int k) { pos_ += (uint32_t)k; }
-  __device__ bool overrun() const { return pos_ > nWords_ * 32u; }
-  // 0 for a malformed code (the same rules as the host reader).
-  __device__ uint32_t number(elias::Code c) {
-    uint32_t p = peek();
-    if (c == elias::Code::Gamma) {
-      if (p == 0) return 0;
-      const int L = elias::ctz32(p);
-      if (L > 15) return 0;
-      skip(2 * L + 1);
-      return elias::reverseBits((p >> L) & elias::lowMask(L + 1), L + 1);
-    }
-    uint32_t n = 1;
-    for (int group = 0; group < 6; ++group) {
-      p = peek();
-      if ((p & 1u) == 0) {
-        skip(1);
-        return n;
-      }
-      if (n > 16) return 0;
-      const int len = (int)n + 1;
-      n = elias::reverseBits(p & elias::lowMask(len), len);
-      skip(len);
-    }
-    return 0;
-  }
-
- private:
-  const uint32_t* words_;
-  uint32_t nWords_;
-  uint32_t pos_ = 0;
-};
+using BitReader = elias::BitReader<uint32_t>;
 
 // kWrite = false: the sizes pass (scales and per-bucket word counts);
 // kWrite = true: the write pass (bits at the scanned offsets, residual).

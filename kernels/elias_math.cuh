@@ -185,5 +185,51 @@ GC_HD float l2ScaleFromSumSquares(double ss) {
   return finiteSum && !isFiniteBits(floatToBits(f)) ? 3.40282346638528859812e+38f : f;
 }
 
+// Reads codes from a stream of 32-bit words, lowest bit first, zeros past
+// the end (overrun() then tells). Index is the bit position's type: size_t
+// on the host, uint32_t in the kernels. number() returns 0 for a malformed
+// code.
+template <typename Index>
+class BitReader {
+ public:
+  GC_HD BitReader(const uint32_t* words, Index nWords) : words_(words), nWords_(nWords) {}
+  GC_HD uint32_t peek() const {
+    const Index w = pos_ >> 5;
+    const uint64_t lo = w < nWords_ ? words_[w] : 0u;
+    const uint64_t hi = w + 1 < nWords_ ? words_[w + 1] : 0u;
+    return (uint32_t)((lo | (hi << 32)) >> (pos_ & 31));
+  }
+  GC_HD void skip(int k) { pos_ += (Index)k; }
+  GC_HD bool overrun() const { return pos_ > nWords_ * (Index)32; }
+  GC_HD uint32_t number(Code c) {
+    uint32_t p = peek();
+    if (c == Code::Gamma) {
+      if (p == 0) return 0;
+      const int L = ctz32(p);
+      if (L > 15) return 0;
+      skip(2 * L + 1);
+      return reverseBits((p >> L) & lowMask(L + 1), L + 1);
+    }
+    uint32_t n = 1;
+    for (int group = 0; group < 6; ++group) {
+      p = peek();
+      if ((p & 1u) == 0) {
+        skip(1);
+        return n;
+      }
+      if (n > 16) return 0;
+      const int len = (int)n + 1;
+      n = reverseBits(p & lowMask(len), len);
+      skip(len);
+    }
+    return 0;
+  }
+
+ private:
+  const uint32_t* words_;
+  Index nWords_;
+  Index pos_ = 0;
+};
+
 }  // namespace elias
 }  // namespace gc

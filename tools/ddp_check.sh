@@ -17,14 +17,8 @@
 # torch and scikit-learn.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-root=$(pwd)
-out=${1:?usage: tools/ddp_check.sh OUTDIR [BUILD_DIR]}
-build=${2:-build-gpu}
-[ -d "$build" ] || build=build
-mkdir -p "$out"
-out=$(cd "$out" && pwd)
-preload=$root/$build/plugin/preload/libgradcomp_preload.so
-py=${PYTHON:-python3}
+source tools/torch_ranks.sh
+check_args ddp "$@"
 start=$(date +%s)
 deadline=$((start + ${GC_DDP_BUDGET_S:-560}))
 run_limit=${GC_DDP_RUN_TIMEOUT_S:-150}
@@ -167,12 +161,8 @@ note_run() {  # note_run NAME WORLD STATUS SECONDS NOTE
   summarize > /dev/null 2>&1 || echo "ddp_check: could not write the summary" >&2
 }
 
-pids=()
 stop() {
-  local p
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; done
-  sleep 2
-  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null; done
+  stop_ranks
   summarize > /dev/null 2>&1
   echo "ddp_check: stopped; partial results in $out/ddp.md" >&2
   exit 143
@@ -188,18 +178,9 @@ give_up() {  # writes the reason as the report and exits
 }
 
 # --- prerequisites, each with a clear message
-if ! "$py" -c 'import torch, sklearn, numpy' > "$out/ddp_prereq.log" 2>&1; then
-  give_up "$py cannot import torch, sklearn and numpy ($(tail -1 "$out/ddp_prereq.log"))"
-fi
-if ! CUDA_VISIBLE_DEVICES=$gpu "$py" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' \
-    >> "$out/ddp_prereq.log" 2>&1; then
-  give_up "PyTorch sees no CUDA device (CUDA_VISIBLE_DEVICES=$gpu)"
-fi
-if [ ! -f "$preload" ]; then
-  echo "ddp_check: building the interposer in $build"
-  cmake --build "$build" --target gradcomp_preload -j 8 >> "$out/ddp_prereq.log" 2>&1 ||
-    give_up "$preload is missing and could not be built (configure $build with CMake first)"
-fi
+need_torch ddp
+need_cuda ddp
+need_preload ddp
 torch_version=$("$py" -c 'import torch; print(torch.__version__)' 2>/dev/null)
 # GRADCOMP_GROUP is left at its default (defer), which also compresses the
 # single collectives older PyTorch wraps in ncclGroupStart/End.
@@ -208,15 +189,11 @@ group=${GRADCOMP_GROUP:-defer}
   "$out/ddp_meta.json" "$epochs" "$group" "$preload"
 echo "ddp_check: torch $torch_version, GPU $gpu, GRADCOMP_GROUP=$group, results in $out"
 
-free_port() {
-  "$py" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
 # run_ddp NAME WORLD MOMENTUM PRELOAD(0/1) [VAR=VALUE...]
 run_ddp() {
   local name=$1 world=$2 mom=$3 use_preload=$4
   shift 4
-  local now left limit t0 port r p status note="" alive failed
+  local now left limit t0 status note="" failed
   now=$(date +%s)
   left=$((deadline - now))
   if [ "$left" -lt 40 ]; then
@@ -226,43 +203,13 @@ run_ddp() {
   fi
   limit=$run_limit
   [ "$limit" -gt $((left - 10)) ] && limit=$((left - 10))
-  port=$(free_port)
   rm -f "$out/ddp_$name.json"
   t0=$(date +%s)
-  pids=()
-  for r in $(seq 0 $((world - 1))); do
-    local envs=(CUDA_VISIBLE_DEVICES=$gpu RANK=$r WORLD_SIZE=$world LOCAL_RANK=0
-                MASTER_ADDR=127.0.0.1 MASTER_PORT=$port OMP_NUM_THREADS=2
-                NCCL_HOSTID=host-$r NCCL_NET=Socket NCCL_SOCKET_IFNAME=lo NCCL_IB_DISABLE=1
-                NCCL_P2P_DISABLE=1 NCCL_SHM_DISABLE=1 NCCL_NVLS_ENABLE=0 NCCL_DEBUG=WARN
-                TORCH_NCCL_USE_COMM_NONBLOCKING=0 GRADCOMP_DEBUG=INFO GRADCOMP_AUTO=0 "$@")
-    [ "$use_preload" = 1 ] && envs+=(LD_PRELOAD=$preload)
-    env "${envs[@]}" timeout -k 5 "$limit" "$py" tools/ddp_train.py --epochs "$epochs" \
-      --momentum "$mom" --out "$out/ddp_$name.json" > "$out/ddp_${name}_r$r.log" 2>&1 &
-    pids+=($!)
-  done
-  # One rank failing leaves the others waiting on it: stop them all.
-  local -A rcs=()
-  failed=0
-  while :; do
-    alive=0
-    for p in "${pids[@]}"; do
-      [ -n "${rcs[$p]:-}" ] && continue
-      if kill -0 "$p" 2>/dev/null; then
-        alive=1
-        continue
-      fi
-      wait "$p"
-      rcs[$p]=$?
-      [ "${rcs[$p]}" != 0 ] && [ "$failed" = 0 ] && failed=${rcs[$p]}
-    done
-    [ "$alive" = 0 ] && break
-    if [ "$failed" != 0 ]; then
-      for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; done
-    fi
-    sleep 1
-  done
-  pids=()
+  local preload_lib=""
+  [ "$use_preload" = 1 ] && preload_lib=$preload
+  run_ranks "$world" "$limit" "$out/ddp_$name" "$preload_lib" NCCL_DEBUG=WARN GRADCOMP_AUTO=0 "$@" \
+    -- tools/ddp_train.py --epochs "$epochs" --momentum "$mom" --out "$out/ddp_$name.json"
+  failed=$?
   case $failed in
     0) status=ok ;;
     124 | 137) status="timed out"; note="after ${limit}s" ;;

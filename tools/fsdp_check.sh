@@ -18,14 +18,8 @@
 # interpreter with torch (FSDP2: torch >= 2.4) and scikit-learn.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-root=$(pwd)
-out=${1:?usage: tools/fsdp_check.sh OUTDIR [BUILD_DIR]}
-build=${2:-build-gpu}
-[ -d "$build" ] || build=build
-mkdir -p "$out"
-out=$(cd "$out" && pwd)
-preload=$root/$build/plugin/preload/libgradcomp_preload.so
-py=${PYTHON:-python3}
+source tools/torch_ranks.sh
+check_args fsdp "$@"
 deadline=$(($(date +%s) + ${GC_FSDP_BUDGET_S:-560}))
 run_limit=${GC_FSDP_RUN_TIMEOUT_S:-150}
 epochs=${GC_FSDP_EPOCHS:-40}
@@ -138,9 +132,7 @@ give_up() {
   exit 1
 }
 
-if ! "$py" -c 'import torch, sklearn, numpy' > "$out/fsdp_prereq.log" 2>&1; then
-  give_up "$py cannot import torch, sklearn and numpy ($(tail -1 "$out/fsdp_prereq.log"))"
-fi
+need_torch fsdp
 if ! "$py" -c '
 try:
     from torch.distributed.fsdp import fully_shard
@@ -148,24 +140,14 @@ except ImportError:
     from torch.distributed._composable.fsdp import fully_shard' >> "$out/fsdp_prereq.log" 2>&1; then
   give_up "this PyTorch has no FSDP2 fully_shard (torch >= 2.4 needed)"
 fi
-if ! CUDA_VISIBLE_DEVICES=$gpu "$py" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' \
-    >> "$out/fsdp_prereq.log" 2>&1; then
-  give_up "PyTorch sees no CUDA device (CUDA_VISIBLE_DEVICES=$gpu)"
-fi
-if [ ! -f "$preload" ]; then
-  cmake --build "$build" --target gradcomp_preload -j 8 >> "$out/fsdp_prereq.log" 2>&1 ||
-    give_up "$preload is missing and could not be built (configure $build with CMake first)"
-fi
-
-free_port() {
-  "$py" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
+need_cuda fsdp
+need_preload fsdp
 
 # run_fsdp NAME WORLD MOMENTUM PRELOAD(0/1) [VAR=VALUE...]
 run_fsdp() {
   local name=$1 world=$2 mom=$3 use_preload=$4
   shift 4
-  local left limit port r p t0 failed=0 status note="" pids=()
+  local left limit t0 failed status note=""
   left=$((deadline - $(date +%s)))
   if [ "$left" -lt 40 ]; then
     note_run "$name" "$world" skipped 0 "time budget spent"
@@ -173,26 +155,14 @@ run_fsdp() {
   fi
   limit=$run_limit
   [ "$limit" -gt $((left - 10)) ] && limit=$((left - 10))
-  port=$(free_port)
   rm -f "$out/fsdp_$name.json"
   t0=$(date +%s)
-  for r in $(seq 0 $((world - 1))); do
-    local envs=(CUDA_VISIBLE_DEVICES=$gpu RANK=$r WORLD_SIZE=$world LOCAL_RANK=0
-                MASTER_ADDR=127.0.0.1 MASTER_PORT=$port OMP_NUM_THREADS=2
-                NCCL_HOSTID=host-$r NCCL_NET=Socket NCCL_SOCKET_IFNAME=lo NCCL_IB_DISABLE=1
-                NCCL_P2P_DISABLE=1 NCCL_SHM_DISABLE=1 NCCL_NVLS_ENABLE=0 NCCL_DEBUG=INFO
-                NCCL_DEBUG_SUBSYS=COLL TORCH_NCCL_USE_COMM_NONBLOCKING=0 GRADCOMP_DEBUG=INFO "$@")
-    [ "$use_preload" = 1 ] && envs+=(LD_PRELOAD=$preload)
-    env "${envs[@]}" timeout -k 5 "$limit" "$py" tools/fsdp_train.py --epochs "$epochs" \
-      --momentum "$mom" --out "$out/fsdp_$name.json" > "$out/fsdp_${name}_r$r.log" 2>&1 &
-    pids+=($!)
-  done
-  # timeout bounds every rank, so waiting in order ends too.
-  for p in "${pids[@]}"; do
-    wait "$p"
-    rc=$?
-    [ "$rc" != 0 ] && [ "$failed" = 0 ] && failed=$rc
-  done
+  local preload_lib=""
+  [ "$use_preload" = 1 ] && preload_lib=$preload
+  run_ranks "$world" "$limit" "$out/fsdp_$name" "$preload_lib" NCCL_DEBUG=INFO \
+    NCCL_DEBUG_SUBSYS=COLL "$@" -- tools/fsdp_train.py --epochs "$epochs" --momentum "$mom" \
+    --out "$out/fsdp_$name.json"
+  failed=$?
   case $failed in
     0) status=ok ;;
     124 | 137) status="timed out"; note="after ${limit}s" ;;

@@ -10,10 +10,9 @@ unsharded parameters are bitwise identical on every rank. Launched one
 process per rank with the env:// variables (tools/gc_ranks.py).
 """
 import argparse
-import hashlib
-import json
 import sys
 
+import gc_ranks
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -62,19 +61,11 @@ def main():
         acc = (logits.argmax(1).cpu() == yte).float().mean().item() * 100
         test_loss = lossf(logits, yte.to(dev)).item()
     full = b"".join(q.full_tensor().detach().cpu().numpy().tobytes() for q in model.parameters())
-    hashes = [None] * world
-    dist.all_gather_object(hashes, hashlib.sha256(full).hexdigest())
+    _, hashes = gc_ranks.gather_hashes(full)
     res = {"gradcomp": args.gradcomp, "steps": args.steps, "test_loss": test_loss,
            "accuracy_pct": acc, "params_identical": len(set(hashes)) == 1,
            "stats": state.stats() if state is not None else None}
-    if rank == 0:
-        with open(args.out, "w") as f:
-            json.dump(res, f)
-    dist.barrier()
-    if state is not None:
-        state.close()
-    dist.destroy_process_group()
-    return 0
+    return gc_ranks.finish_rank(res, rank, args.out, state)
 
 
 if __name__ == "__main__":

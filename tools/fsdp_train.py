@@ -17,26 +17,11 @@ With DGC momentum correction (GRADCOMP_METHOD=dgc, on by default) pass
 --momentum 0: gradcomp accumulates the velocity itself.
 """
 import argparse
-import datetime
-import hashlib
-import json
-import os
 import sys
 import time
 
-
-def fail(msg):
-    print(f"fsdp_train.py: {msg}", file=sys.stderr, flush=True)
-    sys.exit(3)
-
-
-try:
-    import numpy as np
-    import torch
-    import torch.distributed as dist
-    import torch.nn as nn
-except ImportError as e:  # pragma: no cover - depends on the machine
-    fail(f"needs PyTorch and NumPy ({e})")
+import digits_mlp as dm
+from digits_mlp import fail, torch, nn
 
 try:
     from torch.distributed.fsdp import fully_shard  # torch >= 2.6
@@ -47,60 +32,15 @@ except ImportError:
         fail(f"needs FSDP2 (torch.distributed.fsdp.fully_shard, torch >= 2.4): {e}")
 
 
-def load_data():
-    try:
-        from sklearn.datasets import load_digits  # ships its data: no download
-    except ImportError as e:
-        fail(f"needs scikit-learn for the digits data set ({e})")
-    x, y = load_digits(return_X_y=True)
-    x = (x / 16.0).astype(np.float32)
-    perm = np.random.RandomState(0).permutation(len(x))
-    cut = int(0.8 * len(x))
-    return x[perm[:cut]], y[perm[:cut]], x[perm[cut:]], y[perm[cut:]]
-
-
-def preload_loaded():
-    try:
-        with open("/proc/self/maps") as f:
-            return "libgradcomp_preload" in f.read()
-    except OSError:
-        return False
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--epochs", type=int, default=40)
-    p.add_argument("--lr", type=float, default=0.05)
-    p.add_argument("--momentum", type=float, default=0.9,
-                   help="SGD momentum; 0 with GRADCOMP_METHOD=dgc (momentum correction)")
-    p.add_argument("--hidden", type=int, default=512)
-    p.add_argument("--batch", type=int, default=16, help="per rank")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--timeout", type=float, default=180)
-    p.add_argument("--out", default=None, help="JSON result file (written by rank 0)")
+    dm.add_args(p)
     args = p.parse_args()
 
-    if not torch.cuda.is_available():
-        fail("no CUDA device visible: this script trains with the NCCL backend on a GPU")
-    for v in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        if v not in os.environ:
-            fail(f"{v} is not set: launch with torchrun or tools/fsdp_check.sh")
+    rank, world, dev, (xtr, ytr, xte, yte) = dm.setup(args, "tools/fsdp_check.sh")
 
-    dist.init_process_group("nccl", timeout=datetime.timedelta(seconds=args.timeout))
-    rank, world = dist.get_rank(), dist.get_world_size()
-    ndev = torch.cuda.device_count()
-    torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank)) % ndev)
-    dev = torch.device("cuda", torch.cuda.current_device())
-    torch.manual_seed(args.seed)
-
-    xtr, ytr, xte, yte = load_data()
-    xtr, ytr = torch.tensor(xtr, device=dev), torch.tensor(ytr, device=dev)
-    xte, yte = torch.tensor(xte, device=dev), torch.tensor(yte, device=dev)
-
-    h = args.hidden
-    model = nn.Sequential(nn.Linear(64, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(),
-                          nn.Linear(h, 10)).to(dev)
+    model = dm.make_model(args.seed, args.hidden, dev)
     # One FSDP unit per linear layer, then the root: one gradient
     # reduce-scatter per layer per step.
     for layer in model:
@@ -110,20 +50,10 @@ def main():
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
     lossf = nn.CrossEntropyLoss()
 
-    n = len(xtr)
-    per_rank = n // world
-    steps = 0
+    schedule = dm.batch_schedule(args, len(xtr), world, rank, dev)
+    steps = len(schedule)
     t0 = time.time()
-    for epoch in range(args.epochs):
-        g = torch.Generator().manual_seed(args.seed * 1000 + epoch)  # same order on every rank
-        order = torch.randperm(n, generator=g)[: per_rank * world].view(world, per_rank)[rank]
-        for i in range(0, per_rank - args.batch + 1, args.batch):
-            idx = order[i: i + args.batch].to(dev)
-            opt.zero_grad(set_to_none=True)
-            loss = lossf(model(xtr[idx]), ytr[idx])
-            loss.backward()
-            opt.step()
-            steps += 1
+    dm.train(model, opt, lossf, xtr, ytr, schedule, range(steps))
     torch.cuda.synchronize()
     train_s = time.time() - t0
 
@@ -132,39 +62,10 @@ def main():
         acc = (logits.argmax(1) == yte).float().mean().item() * 100.0
         test_loss = lossf(logits, yte).item()
         full = [q.full_tensor() if hasattr(q, "full_tensor") else q for q in model.parameters()]
-        blob = b"".join(q.detach().cpu().numpy().tobytes() for q in full)
-    digest = hashlib.sha256(blob).hexdigest()
-    hashes = [None] * world
-    dist.all_gather_object(hashes, digest)
-    try:
-        nccl_version = ".".join(str(v) for v in torch.cuda.nccl.version())
-    except Exception:  # noqa: BLE001 - only informative
-        nccl_version = None
-    result = {
-        "world": world,
-        "epochs": args.epochs,
-        "steps": steps,
-        "momentum": args.momentum,
-        "accuracy_pct": acc,
-        "test_loss": test_loss,
-        "param_hash": digest,
-        "param_hashes": hashes,
-        "params_identical": len(set(hashes)) == 1,
-        "train_seconds": train_s,
-        "preload_loaded": preload_loaded(),
-        "gradcomp_method": os.environ.get("GRADCOMP_METHOD", "qsgd") if preload_loaded() else None,
-        "torch_version": torch.__version__,
-        "nccl_version": nccl_version,
-        "num_params": sum(q.numel() for q in full),
-    }
-    if rank == 0:
-        print(json.dumps(result), flush=True)
-        if args.out:
-            with open(args.out, "w") as f:
-                json.dump(result, f, indent=1)
-    dist.barrier()
-    dist.destroy_process_group()
-    return 0
+        blob = dm.param_bytes(full)
+    res = dm.result(args, world, steps, acc, test_loss, blob, train_s,
+                    sum(q.numel() for q in full))
+    return dm.finish(res, rank, args.out)
 
 
 if __name__ == "__main__":

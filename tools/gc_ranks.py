@@ -4,8 +4,14 @@ Each process gets its own NCCL_HOSTID and NCCL over loopback sockets (NCCL
 refuses two ranks of one host on one GPU otherwise), the env:// variables
 torch.distributed reads, and a log file per rank. One rank failing stops the
 others; a time limit stops them all. Used by tools/lm_compare.py and
-tools/torch_hooks_check.py (the same environment as tools/ddp_check.sh).
+tools/torch_hooks_check.py (the same environment as tools/torch_ranks.sh
+gives tools/ddp_check.sh and tools/fsdp_check.sh).
+
+On the rank side (torch imported by the caller): gather_hashes compares the
+trained parameters across ranks, finish_rank ends a training script.
 """
+import hashlib
+import json
 import os
 import re
 import signal
@@ -97,3 +103,27 @@ def preload_bytes(logs_prefix, world):
         found = [m.groups() for m in SUMMARY.finditer(text)]
         out.append([sum(int(g[i]) for g in found) for i in (3, 4, 5, 6)] if found else None)
     return out
+
+
+def gather_hashes(blob):
+    """SHA-256 of this rank's parameter bytes, and every rank's (a collective)."""
+    import torch.distributed as dist
+
+    digest = hashlib.sha256(blob).hexdigest()
+    hashes = [None] * dist.get_world_size()
+    dist.all_gather_object(hashes, digest)
+    return digest, hashes
+
+
+def finish_rank(res, rank, out, state=None):
+    """Rank 0 writes res to out; then every rank closes its gradcomp state and leaves."""
+    import torch.distributed as dist
+
+    if rank == 0:
+        with open(out, "w") as f:
+            json.dump(res, f)
+    dist.barrier()
+    if state is not None:
+        state.close()
+    dist.destroy_process_group()
+    return 0

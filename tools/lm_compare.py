@@ -33,7 +33,6 @@ lm_bytes_ratio_qsgd4_vs_powersgd, ...), OUTDIR/lm.md and OUTDIR/lm_loss.png.
 Usage: lm_compare.py OUTDIR [BUILD_DIR]; --worker NAME is the per-rank entry.
 """
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -128,6 +127,7 @@ def batch(torch, data, gen, n):
 
 # ------------------------------------------------------------------ one rank
 def worker(args):
+    import gc_ranks  # beside this script, the launcher's module
     import torch
     import torch.distributed as dist
     import torch.nn as nn
@@ -204,8 +204,7 @@ def worker(args):
         torch.cuda.synchronize()
     secs = time.time() - t0
     blob = b"".join(p.detach().cpu().numpy().tobytes() for p in model.parameters())
-    hashes = [None] * world
-    dist.all_gather_object(hashes, hashlib.sha256(blob).hexdigest())
+    _, hashes = gc_ranks.gather_hashes(blob)
     ring = 2.0 * (world - 1) / world
     dense = 4 * nparams
     if mode == "ddp":
@@ -230,14 +229,7 @@ def worker(args):
            "corpus_train_bytes": len(train_b), "corpus_val_bytes": len(val_b),
            "hook_stats": state.stats() if state is not None else None,
            "torch_version": torch.__version__}
-    if rank == 0:
-        with open(args.out, "w") as f:
-            json.dump(res, f)
-    dist.barrier()
-    if state is not None:
-        state.close()
-    dist.destroy_process_group()
-    return 0
+    return gc_ranks.finish_rank(res, rank, args.out, state)
 
 
 # ------------------------------------------------------------------ launcher

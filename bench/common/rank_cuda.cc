@@ -217,20 +217,13 @@ class CudaRank : public Rank {
 
   bool baseline(const void* send, void* recv, size_t count, ncclDataType_t t,
                 ncclRedOp_t op) override {
-    ncclResult_t res = ncclAllReduce(send, recv, count, t, op, nccl_, stream_);
-    if (res != ncclSuccess)
-      fprintf(stderr, "gradcomp_perf: rank %d: ncclAllReduce: %s\n", rank_,
-              ncclGetErrorString(res));
-    return res == ncclSuccess;
+    return ncclOk(ncclAllReduce(send, recv, count, t, op, nccl_, stream_), "ncclAllReduce");
   }
 
   bool baselineReduceScatter(const void* send, void* recv, size_t recvCount, ncclDataType_t t,
                              ncclRedOp_t op) override {
-    ncclResult_t res = ncclReduceScatter(send, recv, recvCount, t, op, nccl_, stream_);
-    if (res != ncclSuccess)
-      fprintf(stderr, "gradcomp_perf: rank %d: ncclReduceScatter: %s\n", rank_,
-              ncclGetErrorString(res));
-    return res == ncclSuccess;
+    return ncclOk(ncclReduceScatter(send, recv, recvCount, t, op, nccl_, stream_),
+                  "ncclReduceScatter");
   }
   cudaStream_t stream() const override { return stream_; }
 
@@ -280,6 +273,13 @@ class CudaRank : public Rank {
   void setKernelTable(const KernelTable* table) { kernels_ = table; }
 
  private:
+  // The baselines' NCCL result, an error said with the call's name.
+  bool ncclOk(ncclResult_t res, const char* call) const {
+    if (res != ncclSuccess)
+      fprintf(stderr, "gradcomp_perf: rank %d: %s: %s\n", rank_, call, ncclGetErrorString(res));
+    return res == ncclSuccess;
+  }
+
   const KernelTable* kernels_ = nullptr;
   int device_;
   bool shared_;

@@ -61,6 +61,18 @@ size_t sparseReduceScatterWorkspaceBytes(const gradcompComm& c, size_t recvCount
                                          bool haveResidual, uint64_t calls);
 size_t sparseReduceScatterWireBytes(const gradcompComm& c, size_t recvCount, uint64_t calls);
 size_t sparseInterNodeBytes(const gradcompComm& c, size_t count, uint64_t calls);
+// What the sparse allreduce and reduce-scatter share (common.cc): the
+// selection plan for `count` elements at a buffer's call number (DGC's
+// warm-up density) with the wire value type; whether a buffer keeps a
+// residual; DGC's gradient clip threshold clipNorm*N^-1/2 (0: no clipping);
+// and one selection from |v| into kmax (index, value) slots, v keeping
+// exactly what was not sent (mask, when not null, zeroed where sent).
+sparse::Plan sparsePlan(const gradcompComm& c, size_t count, uint64_t calls, DType* valueType);
+bool keepsResidual(const gradcompComm& c);
+float sparseClipThreshold(const gradcompComm& c);
+gradcompResult_t sparseSelect(const gradcompComm& c, float* v, size_t count,
+                              const sparse::Plan& plan, const KeySpec& key, DType vt, char* slot,
+                              size_t valOff, float* mask, void* scratch);
 
 // Hierarchical exchange (hier.cc): used for every compressed call of a
 // comm with >= 2 nodes of >= 2 ranks (Elias-coded QSGD excepted); the

@@ -1,6 +1,9 @@
-// Pieces the dense algorithms share.
+// Pieces the algorithms share.
 #include "algorithms/algorithms.h"
 #include "checks.h"
+#include "codecs/qsgd.h"
+
+#include <math.h>
 
 #include <algorithm>
 
@@ -39,6 +42,37 @@ gradcompResult_t decodeToOutput(Backend& be, const void* enc, size_t len, int bi
   }
   GC_CHECK(be.qsgdDecode(enc, len, bits, bucket, scratch, false));
   return be.fromFloat(scratch, len, divisor, t, out);
+}
+
+sparse::Plan sparsePlan(const gradcompComm& c, size_t count, uint64_t calls, DType* valueType) {
+  const double density = c.cfg.method == gradcompMethodDgc
+                             ? sparse::warmupDensity(c.cfg.density, c.cfg.warmupSteps, calls)
+                             : (double)c.cfg.density;
+  const bool exact = c.cfg.select == gradcompSelectExact;
+  if (dtypeFromNccl(c.cfg.valueType, valueType) != gradcompSuccess) *valueType = DType::F32;
+  return sparse::makePlan(count, density, exact, c.cfg.oversample, c.cfg.sampleRate);
+}
+
+bool keepsResidual(const gradcompComm& c) {
+  return c.cfg.errorFeedback || c.cfg.method == gradcompMethodDgc;
+}
+
+float sparseClipThreshold(const gradcompComm& c) {
+  const bool dgc = c.cfg.method == gradcompMethodDgc;
+  return dgc && c.cfg.clipNorm > 0.0f ? (float)(c.cfg.clipNorm / sqrt((double)c.nranks)) : 0.0f;
+}
+
+gradcompResult_t sparseSelect(const gradcompComm& c, float* v, size_t count,
+                              const sparse::Plan& plan, const KeySpec& key, DType vt, char* slot,
+                              size_t valOff, float* mask, void* scratch) {
+  SparseOps& ops = *c.sparse;
+  uint32_t* idx = reinterpret_cast<uint32_t*>(slot);
+  if (c.cfg.select == gradcompSelectExact) {
+    GC_CHECK(ops.selectExact(v, count, plan.k, idx, scratch));
+  } else {
+    GC_CHECK(ops.selectThreshold(v, count, plan, key, idx, scratch));
+  }
+  return ops.commit(idx, plan.kmax, vt, slot + valOff, v, mask);
 }
 
 size_t allToAllInterNodeBytes(const gradcompComm& c, size_t wire) {

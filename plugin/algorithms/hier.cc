@@ -43,8 +43,7 @@ const Algorithm& middleAlgorithm(const gradcompComm& c, size_t len) {
 size_t middleWorkspace(const gradcompComm& c, size_t len, int bits, uint64_t calls) {
   if (len == 0) return 0;
   if (sparseMethod(c)) {
-    const bool residual = c.cfg.errorFeedback || c.cfg.method == gradcompMethodDgc;
-    return sparseWorkspaceBytes(*c.inter, len, DType::F32, residual, calls);
+    return sparseWorkspaceBytes(*c.inter, len, DType::F32, keepsResidual(c), calls);
   }
   return middleAlgorithm(c, len).workspaceBytes(*c.inter, len, bits);
 }

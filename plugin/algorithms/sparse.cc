@@ -41,12 +41,7 @@ bool randk(const gradcompComm& c) {
 
 Layout layout(const gradcompComm& c, size_t count, DType t, bool haveResidual, uint64_t calls) {
   Layout L;
-  const double density = c.cfg.method == gradcompMethodDgc
-                             ? sparse::warmupDensity(c.cfg.density, c.cfg.warmupSteps, calls)
-                             : (double)c.cfg.density;
-  const bool exact = c.cfg.select == gradcompSelectExact;
-  L.plan = sparse::makePlan(count, density, exact, c.cfg.oversample, c.cfg.sampleRate);
-  if (dtypeFromNccl(c.cfg.valueType, &L.vt) != gradcompSuccess) L.vt = DType::F32;
+  L.plan = sparsePlan(c, count, calls, &L.vt);
   const size_t vb = dtypeBytes(L.vt), kmax = L.plan.kmax, N = c.nranks;
   L.valOff = alignUp(kmax * 4, 16);
   L.slotBytes = L.valOff + alignUp(kmax * vb, 16);
@@ -74,12 +69,8 @@ size_t wire(const gradcompComm& c, const Layout& L, size_t count, size_t peers) 
   return peers * L.slotBytes;
 }
 
-bool hasResidual(const gradcompComm& c) {
-  return c.cfg.errorFeedback || c.cfg.method == gradcompMethodDgc;
-}
-
 size_t workspaceBytesSteady(const gradcompComm& c, size_t count, int) {
-  return layout(c, count, DType::F16, hasResidual(c), kSteadyState).total;
+  return layout(c, count, DType::F16, keepsResidual(c), kSteadyState).total;
 }
 
 size_t wireBytesSteady(const gradcompComm& c, size_t count, int) {
@@ -101,10 +92,8 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
   char* ws = static_cast<char*>(workspace);
   void* scratch = ws + L.scratch;
   float* v = st.residual ? st.residual : reinterpret_cast<float*>(ws + L.v);
-  const bool dgc = c.cfg.method == gradcompMethodDgc;
-  float* u = dgc ? st.momentum : nullptr;
-  const float clipThr =
-      dgc && c.cfg.clipNorm > 0.0f ? (float)(c.cfg.clipNorm / sqrt((double)N)) : 0.0f;
+  float* u = c.cfg.method == gradcompMethodDgc ? st.momentum : nullptr;
+  const float clipThr = sparseClipThreshold(c);
   ops.setStream(be.stream());
 
   // 1. Accumulate (the send buffer is read before recv, which may alias it,
@@ -133,13 +122,8 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
   } else {
     char* slot = ws + L.slot;
     char* gather = ws + L.gather;
-    uint32_t* idx = reinterpret_cast<uint32_t*>(slot);
-    if (c.cfg.select == gradcompSelectExact) {
-      GC_CHECK(ops.selectExact(v, n, L.plan.k, idx, scratch));
-    } else {
-      GC_CHECK(ops.selectThreshold(v, n, L.plan, c.key(a.step, kSelectStream), idx, scratch));
-    }
-    GC_CHECK(ops.commit(idx, L.plan.kmax, L.vt, slot + L.valOff, v, mask));
+    GC_CHECK(sparseSelect(c, v, n, L.plan, c.key(a.step, kSelectStream), L.vt, slot, L.valOff, mask,
+                          scratch));
     GC_CHECK(c.transport->allGather(slot, gather, L.slotBytes));
     GC_CHECK(be.zero(out, n * 4));
     for (int r = 0; r < N; ++r) {

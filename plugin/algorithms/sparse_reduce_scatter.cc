@@ -47,12 +47,7 @@ struct Layout {
 
 Layout layout(const gradcompComm& c, size_t m, DType, bool haveResidual, uint64_t calls) {
   Layout L;
-  const double density = c.cfg.method == gradcompMethodDgc
-                             ? sparse::warmupDensity(c.cfg.density, c.cfg.warmupSteps, calls)
-                             : (double)c.cfg.density;
-  const bool exact = c.cfg.select == gradcompSelectExact;
-  L.plan = sparse::makePlan(m, density, exact, c.cfg.oversample, c.cfg.sampleRate);
-  if (dtypeFromNccl(c.cfg.valueType, &L.vt) != gradcompSuccess) L.vt = DType::F32;
+  L.plan = sparsePlan(c, m, calls, &L.vt);
   const size_t vb = dtypeBytes(L.vt), kmax = L.plan.kmax, n = c.nranks;
   if (c.cfg.method == gradcompMethodRandk) {
     L.payload = Payload::Randk;
@@ -75,12 +70,8 @@ Layout layout(const gradcompComm& c, size_t m, DType, bool haveResidual, uint64_
   return L;
 }
 
-bool hasResidual(const gradcompComm& c) {
-  return c.cfg.errorFeedback || c.cfg.method == gradcompMethodDgc;
-}
-
 size_t workspaceBytesSteady(const gradcompComm& c, size_t m, int) {
-  return layout(c, m, DType::F16, hasResidual(c), kSteadyState).total;
+  return layout(c, m, DType::F16, keepsResidual(c), kSteadyState).total;
 }
 
 size_t wireBytesSteady(const gradcompComm& c, size_t m, int) {
@@ -98,11 +89,9 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
   char* ws = static_cast<char*>(workspace);
   void* scratch = ws + L.scratch;
   float* v = st.residual ? st.residual : reinterpret_cast<float*>(ws + L.v);
-  const bool dgc = c.cfg.method == gradcompMethodDgc;
-  float* u = dgc ? st.momentum : nullptr;
+  float* u = c.cfg.method == gradcompMethodDgc ? st.momentum : nullptr;
   float* mask = u && c.cfg.momentumMasking ? u : nullptr;
-  const float clipThr =
-      dgc && c.cfg.clipNorm > 0.0f ? (float)(c.cfg.clipNorm / sqrt((double)n)) : 0.0f;
+  const float clipThr = sparseClipThreshold(c);
   ops.setStream(be.stream());
   char* sendSlots = ws + L.sendSlots;
   char* recvSlots = ws + L.recvSlots;
@@ -134,15 +123,8 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
         if (mask) GC_CHECK(be.zero(mask + j * m, m * 4));
         selected += m;
       } else {
-        uint32_t* idx = reinterpret_cast<uint32_t*>(slot);
-        if (c.cfg.select == gradcompSelectExact) {
-          GC_CHECK(ops.selectExact(vj, m, L.plan.k, idx, scratch));
-        } else {
-          GC_CHECK(
-              ops.selectThreshold(vj, m, L.plan, c.key(a.step, kSelectStream + j), idx, scratch));
-        }
-        GC_CHECK(
-            ops.commit(idx, L.plan.kmax, L.vt, slot + L.valOff, vj, mask ? mask + j * m : nullptr));
+        GC_CHECK(sparseSelect(c, vj, m, L.plan, c.key(a.step, kSelectStream + j), L.vt, slot,
+                              L.valOff, mask ? mask + j * m : nullptr, scratch));
         selected += ops.lastSelected();
       }
     }

@@ -69,48 +69,7 @@ class BitWriter {
   int fill_ = 0;
 };
 
-class BitReader {
- public:
-  BitReader(const uint32_t* words, size_t nWords) : words_(words), nWords_(nWords) {}
-  uint32_t peek() const {
-    const size_t w = pos_ >> 5;
-    const uint64_t lo = w < nWords_ ? words_[w] : 0;
-    const uint64_t hi = w + 1 < nWords_ ? words_[w + 1] : 0;
-    return (uint32_t)((lo | (hi << 32)) >> (pos_ & 31));
-  }
-  void skip(int k) { pos_ += (size_t)k; }
-  bool overrun() const { return pos_ > nWords_ * 32; }
-
-  // 0 for a malformed code.
-  uint32_t number(elias::Code c) {
-    uint32_t p = peek();
-    if (c == elias::Code::Gamma) {
-      if (p == 0) return 0;
-      const int L = elias::ctz32(p);
-      if (L > 15) return 0;
-      skip(2 * L + 1);
-      return elias::reverseBits((p >> L) & elias::lowMask(L + 1), L + 1);
-    }
-    uint32_t n = 1;
-    for (int group = 0; group < 6; ++group) {
-      p = peek();
-      if ((p & 1u) == 0) {
-        skip(1);
-        return n;
-      }
-      if (n > 16) return 0;
-      const int len = (int)n + 1;
-      n = elias::reverseBits(p & elias::lowMask(len), len);
-      skip(len);
-    }
-    return 0;
-  }
-
- private:
-  const uint32_t* words_;
-  size_t nWords_;
-  size_t pos_ = 0;
-};
+using BitReader = elias::BitReader<size_t>;
 
 float bucketScale(const float* v, size_t len, elias::Norm norm, uint32_t maxBits) {
   if (norm == elias::Norm::Max) return qsgd::scaleFromMaxBits(maxBits);

@@ -290,6 +290,17 @@ void decide(CommEntry& e, cudaStream_t stream) {
   }
 }
 
+void decideUnlessCapturing(CommEntry& e, ncclComm_t comm, cudaStream_t stream) {
+  if (capturing(stream)) {
+    warnOnce("capture",
+             "NCCL comm %p is used in a CUDA graph capture before gradcomp set it up; calls "
+             "pass through until an eager call sets it up",
+             (void*)comm);
+    return;
+  }
+  decide(e, stream);
+}
+
 void release(ncclComm_t comm) {
   EntryPtr e;
   {

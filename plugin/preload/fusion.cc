@@ -109,16 +109,7 @@ ncclResult_t runDeferred(std::vector<Deferred>& calls) {
   std::vector<const Deferred*> fusable;
   for (const Deferred& d : calls) {
     EntryPtr e = entryFor(d.comm);
-    if (e->mode == Mode::Undecided) {
-      if (capturing(d.stream)) {
-        warnOnce("capture",
-                 "NCCL comm %p is used in a CUDA graph capture before gradcomp set it up; calls "
-                 "pass through until an eager call sets it up",
-                 (void*)d.comm);
-      } else {
-        decide(*e, d.stream);
-      }
-    }
+    if (e->mode == Mode::Undecided) decideUnlessCapturing(*e, d.comm, d.stream);
     if (e->mode != Mode::Compress) {
       note(forward(e.get(), d));
       continue;

@@ -119,14 +119,7 @@ ncclResult_t route(const Deferred& d) {
     return ncclSuccess;
   }
   if (e->mode == Mode::Undecided) {
-    if (capturing(d.stream)) {
-      warnOnce("capture",
-               "NCCL comm %p is used in a CUDA graph capture before gradcomp set it up; calls "
-               "pass through until an eager call sets it up",
-               (void*)d.comm);
-      return forward(e.get(), d);
-    }
-    decide(*e, d.stream);
+    decideUnlessCapturing(*e, d.comm, d.stream);
     if (e->mode != Mode::Compress) return forward(e.get(), d);
   }
   return compress(*e, d, false, 0, 1);

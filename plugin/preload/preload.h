@@ -71,6 +71,10 @@ EntryPtr entryFor(ncclComm_t comm);
 // other ranks (one tiny NCCL allreduce on `stream`, synchronized) that every
 // rank compresses, or else all pass through. Never while `stream` is captured.
 void decide(CommEntry& e, cudaStream_t stream);
+// decide() for a call of `comm` on `stream`, unless the stream is being
+// captured: then the entry stays Undecided (its calls pass through until an
+// eager one), which is said once.
+void decideUnlessCapturing(CommEntry& e, ncclComm_t comm, cudaStream_t stream);
 // Forgets `comm` (destroyed or aborted), printing its summary at INFO; its
 // gradcomp state goes when the last call using it returns.
 void release(ncclComm_t comm);

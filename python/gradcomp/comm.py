@@ -91,17 +91,20 @@ class Comm:
         return self._h
 
     # ---------------------------------------------------------- collectives
-    def allreduce_raw(self, sendbuff, recvbuff, count, datatype, op="sum", stream=None, key=None):
-        """gradcompAllReduce(Keyed) on addresses; key None keys the residual by recvbuff."""
+    def _collective(self, name, sendbuff, recvbuff, count, datatype, op, stream, key):
+        """gradcomp<name>, or gradcomp<name>Keyed with a key, on addresses."""
         t = _enum(datatype, T.NCCL_TYPES, "datatype")
         o = _enum(op, T.NCCL_OPS, "op")
         s = ctypes.c_void_p(_addr(stream))
+        args = (_addr(sendbuff), _addr(recvbuff), count, t, o, self.handle, s)
         if key is None:
-            check(lib().gradcompAllReduce(_addr(sendbuff), _addr(recvbuff), count, t, o,
-                                          self.handle, s))
+            check(getattr(lib(), "gradcomp" + name)(*args))
         else:
-            check(lib().gradcompAllReduceKeyed(_addr(sendbuff), _addr(recvbuff), count, t, o,
-                                               self.handle, s, _key(key)))
+            check(getattr(lib(), "gradcomp" + name + "Keyed")(*args, _key(key)))
+
+    def allreduce_raw(self, sendbuff, recvbuff, count, datatype, op="sum", stream=None, key=None):
+        """gradcompAllReduce(Keyed) on addresses; key None keys the residual by recvbuff."""
+        self._collective("AllReduce", sendbuff, recvbuff, count, datatype, op, stream, key)
 
     def allreduce(self, sendbuf, recvbuf=None, op="sum", stream=None, key=None):
         """Reduces sendbuf over all ranks into recvbuf (sendbuf itself when None)."""
@@ -125,15 +128,7 @@ class Comm:
         if not self.has_reduce_scatter():
             raise GradcompError("this libgradcomp has no gradcompReduceScatter: rebuild it from a "
                                 "checkout that has the reduce-scatter entry point", 7)
-        t = _enum(datatype, T.NCCL_TYPES, "datatype")
-        o = _enum(op, T.NCCL_OPS, "op")
-        s = ctypes.c_void_p(_addr(stream))
-        if key is None:
-            check(lib().gradcompReduceScatter(_addr(sendbuff), _addr(recvbuff), recvcount, t, o,
-                                              self.handle, s))
-        else:
-            check(lib().gradcompReduceScatterKeyed(_addr(sendbuff), _addr(recvbuff), recvcount, t,
-                                                   o, self.handle, s, _key(key)))
+        self._collective("ReduceScatter", sendbuff, recvbuff, recvcount, datatype, op, stream, key)
 
     def reduce_scatter(self, sendbuf, recvbuf, op="sum", stream=None, key=None):
         sp, sn, st = buffer_info(sendbuf)

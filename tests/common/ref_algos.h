@@ -161,6 +161,15 @@ inline std::vector<float> refAllgather(std::vector<Rank>& R, DType t, size_t n,
   return finish(acc, t, avg ? (float)N : 1.0f);
 }
 
+// The reference of the dense algorithm `algo` (two-shot, ring or allgather).
+inline std::vector<float> refDense(std::vector<Rank>& R, DType t, size_t n,
+                                   const gradcompConfig_t& c, uint64_t step, bool avg,
+                                   gradcompAlgo_t algo) {
+  if (algo == gradcompAlgoTwoShot) return refTwoShot(R, t, n, c, step, avg);
+  if (algo == gradcompAlgoRing) return refRing(R, t, n, c, step, avg);
+  return refAllgather(R, t, n, c, step, avg);
+}
+
 inline std::vector<Rank> makeInputs(int N, size_t n, DType t, uint64_t seed) {
   std::vector<Rank> R(N);
   for (int i = 0; i < N; ++i) {

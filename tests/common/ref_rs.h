@@ -69,31 +69,13 @@ inline std::vector<std::vector<float>> refSparseReduceScatter(
   using namespace gc::sparse;
   const int N = (int)g.size();
   const size_t m = g[0].size() / N;
-  const bool dgc = cfg.method == gradcompMethodDgc, randk = cfg.method == gradcompMethodRandk;
-  const bool exact = cfg.select == gradcompSelectExact;
-  const double density =
-      dgc ? warmupDensity(cfg.density, cfg.warmupSteps, st[0].calls) : (double)cfg.density;
-  const Plan p = makePlan(m, density, exact, cfg.oversample, cfg.sampleRate);
-  const gc::DType vt = refDType(cfg.valueType);
-  const size_t vb = vt == gc::DType::F32 ? 4 : 2;
-  const bool keepV = cfg.errorFeedback || dgc;
-  const bool haveU = dgc && cfg.momentumCorrection;
-  const bool masking = haveU && cfg.momentumMasking;
-  const bool dense = !randk && p.kmax * (4 + vb) >= m * 4;
-  const float clipThr = dgc && cfg.clipNorm > 0.0f ? (float)(cfg.clipNorm / sqrt((double)N)) : 0.0f;
-
-  for (int i = 0; i < N; ++i) {
-    SparseState& s = st[i];
-    if (s.v.size() != N * m) s.v.assign(N * m, 0.0f);
-    if (haveU && s.u.size() != N * m) s.u.assign(N * m, 0.0f);
-    const float scale = clipThr > 0.0f ? clipScale(refSumSq(g[i]), clipThr) : 1.0f;
-    for (size_t k = 0; k < N * m; ++k) {
-      accumulate(g[i][k], scale, cfg.momentum, haveU ? &s.u[k] : nullptr, &s.v[k], keepV);
-    }
-  }
+  const RefSparseSetup S = refSparseSetup(cfg, m, N, st[0].calls);
+  const Plan& p = S.p;
+  const bool randk = S.randk, haveU = S.haveU, masking = S.masking;
+  const bool dense = !randk && p.kmax * (4 + S.vb) >= m * 4;
+  refAccumulateAll(cfg, S, g, st);
 
   std::vector<std::vector<float>> out(N, std::vector<float>(m, 0.0f));
-  std::vector<uint16_t> h(1);
   for (int j = 0; j < N; ++j) {
     std::vector<float>& o = out[j];
     for (int i = 0; i < N; ++i) {
@@ -117,38 +99,17 @@ inline std::vector<std::vector<float>> refSparseReduceScatter(
       } else {
         std::vector<float> blk(v, v + m);
         const std::vector<uint32_t> idx =
-            exact ? refTopkExact(blk, p.k)
-                  : refTopkThreshold(blk, p, gc::deriveKey(cfg.seed, step, i, kSelectStream + j));
-        for (uint32_t q : idx) {
-          const float a = v[q];
-          const float w = wireValue(a, vt);
-          float sent = w;
-          if (vt != gc::DType::F32) {
-            gc::storeFromFloat(h.data(), vt, 0, w);
-            sent = gc::loadAsFloat(h.data(), vt, 0);
-          }
-          o[q] = gc::fadd(o[q], sent);
-          v[q] = residualAfterSend(a, w);
-          if (masking) u[q] = 0.0f;
-        }
+            S.exact ? refTopkExact(blk, p.k)
+                    : refTopkThreshold(blk, p, gc::deriveKey(cfg.seed, step, i, kSelectStream + j));
+        for (uint32_t q : idx) refSendValue(o[q], v[q], masking ? &u[q] : nullptr, S.vt, masking);
       }
     }
   }
   for (auto& s : st) {
     s.calls++;
-    if (!keepV) s.v.clear();
+    if (!S.keepV) s.v.clear();
   }
-  std::vector<uint16_t> hb(m);
-  for (auto& o : out) {
-    for (size_t k = 0; k < m; ++k) {
-      float x = avg ? gc::fdiv(o[k], (float)N) : o[k];
-      if (t != gc::DType::F32) {
-        gc::storeFromFloat(hb.data(), t, k, x);
-        x = gc::loadAsFloat(hb.data(), t, k);
-      }
-      o[k] = x;
-    }
-  }
+  for (auto& o : out) refRoundOutput(o, t, avg, N);
   return out;
 }
 

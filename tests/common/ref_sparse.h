@@ -107,6 +107,83 @@ inline std::vector<uint32_t> refTopkThreshold(const std::vector<float>& v,
   return refSelectByRule(v, gc::sparse::thresholdRule(s[p.sample - p.keep]), p.kmax);
 }
 
+// What the sparse references derive from the config for a buffer of
+// `count` elements at its call number: the plan (DGC's warm-up density), the
+// wire value type, the state kept, DGC's clip threshold clipNorm*N^-1/2.
+struct RefSparseSetup {
+  bool dgc, randk, exact;
+  gc::sparse::Plan p;
+  gc::DType vt;
+  size_t vb;
+  bool keepV, haveU, masking;
+  float clipThr;
+};
+
+inline RefSparseSetup refSparseSetup(const gradcompConfig_t& cfg, size_t count, int N,
+                                     uint64_t calls) {
+  using namespace gc::sparse;
+  RefSparseSetup S;
+  S.dgc = cfg.method == gradcompMethodDgc, S.randk = cfg.method == gradcompMethodRandk;
+  S.exact = cfg.select == gradcompSelectExact;
+  const double density =
+      S.dgc ? warmupDensity(cfg.density, cfg.warmupSteps, calls) : (double)cfg.density;
+  S.p = makePlan(count, density, S.exact, cfg.oversample, cfg.sampleRate);
+  S.vt = refDType(cfg.valueType);
+  S.vb = S.vt == gc::DType::F32 ? 4 : 2;
+  S.keepV = cfg.errorFeedback || S.dgc;
+  S.haveU = S.dgc && cfg.momentumCorrection;
+  S.masking = S.haveU && cfg.momentumMasking;
+  S.clipThr = S.dgc && cfg.clipNorm > 0.0f ? (float)(cfg.clipNorm / sqrt((double)N)) : 0.0f;
+  return S;
+}
+
+// Step 1 on every rank, over all of g[r]: v = (v) + (u = m*u + s*g).
+inline void refAccumulateAll(const gradcompConfig_t& cfg, const RefSparseSetup& S,
+                             const std::vector<std::vector<float>>& g,
+                             std::vector<SparseState>& st) {
+  using namespace gc::sparse;
+  for (size_t r = 0; r < g.size(); ++r) {
+    SparseState& s = st[r];
+    const size_t n = g[r].size();
+    if (s.v.size() != n) s.v.assign(n, 0.0f);
+    if (S.haveU && s.u.size() != n) s.u.assign(n, 0.0f);
+    const float scale = S.clipThr > 0.0f ? clipScale(refSumSq(g[r]), S.clipThr) : 1.0f;
+    for (size_t i = 0; i < n; ++i) {
+      accumulate(g[r][i], scale, cfg.momentum, S.haveU ? &s.u[i] : nullptr, &s.v[i], S.keepV);
+    }
+  }
+}
+
+// One selected element: its value travels in the value type, the output
+// adds what arrives, v keeps exactly the rest, masking zeroes u there.
+inline void refSendValue(float& out, float& v, float* u, gc::DType vt, bool masking) {
+  using namespace gc::sparse;
+  const float a = v;
+  const float w = wireValue(a, vt);
+  float sent = w;
+  if (vt != gc::DType::F32) {
+    uint16_t h;
+    gc::storeFromFloat(&h, vt, 0, w);
+    sent = gc::loadAsFloat(&h, vt, 0);
+  }
+  out = gc::fadd(out, sent);
+  v = residualAfterSend(a, w);
+  if (masking) *u = 0.0f;
+}
+
+// The output: divided once for Avg, rounded once to t.
+inline void refRoundOutput(std::vector<float>& out, gc::DType t, bool avg, int N) {
+  for (float& o : out) {
+    float x = avg ? gc::fdiv(o, (float)N) : o;
+    if (t != gc::DType::F32) {
+      uint16_t h;
+      gc::storeFromFloat(&h, t, 0, x);
+      x = gc::loadAsFloat(&h, t, 0);
+    }
+    o = x;
+  }
+}
+
 // One gradcompAllReduce of all N ranks with config cfg (method topk, dgc or
 // randk; errorFeedback, momentum..., as the comm has them) at comm step
 // `step`: g[r] is rank r's input as floats (exact values of type t). Returns
@@ -122,32 +199,15 @@ inline std::vector<float> refSparse(const gradcompConfig_t& cfg, gc::DType t, bo
     if (info) *info = call;
     return g[0];
   }
-  const bool dgc = cfg.method == gradcompMethodDgc, randk = cfg.method == gradcompMethodRandk;
-  const bool exact = cfg.select == gradcompSelectExact;
-  const double density =
-      dgc ? warmupDensity(cfg.density, cfg.warmupSteps, st[0].calls) : (double)cfg.density;
-  const Plan p = makePlan(n, density, exact, cfg.oversample, cfg.sampleRate);
-  const gc::DType vt = refDType(cfg.valueType);
-  const size_t vb = vt == gc::DType::F32 ? 4 : 2;
-  const bool keepV = cfg.errorFeedback || dgc;
-  const bool haveU = dgc && cfg.momentumCorrection;
-  const bool masking = haveU && cfg.momentumMasking;
-  const float clipThr = dgc && cfg.clipNorm > 0.0f ? (float)(cfg.clipNorm / sqrt((double)N)) : 0.0f;
+  const RefSparseSetup S = refSparseSetup(cfg, n, N, st[0].calls);
+  const Plan& p = S.p;
+  const bool randk = S.randk, masking = S.masking;
   call.k = p.k;
   call.kmax = p.kmax;
-  call.dense = !randk && (size_t)N * p.kmax * (4 + vb) >= n * 4;
+  call.dense = !randk && (size_t)N * p.kmax * (4 + S.vb) >= n * 4;
   call.rsum = randk || call.dense;
 
-  // 1. v = (v) + (u = m*u + s*g).
-  for (int r = 0; r < N; ++r) {
-    SparseState& s = st[r];
-    if (s.v.size() != n) s.v.assign(n, 0.0f);
-    if (haveU && s.u.size() != n) s.u.assign(n, 0.0f);
-    const float scale = clipThr > 0.0f ? clipScale(refSumSq(g[r]), clipThr) : 1.0f;
-    for (size_t i = 0; i < n; ++i) {
-      accumulate(g[r][i], scale, cfg.momentum, haveU ? &s.u[i] : nullptr, &s.v[i], keepV);
-    }
-  }
+  refAccumulateAll(cfg, S, g, st);
 
   std::vector<float> out(n, 0.0f);
   if (randk) {
@@ -176,43 +236,23 @@ inline std::vector<float> refSparse(const gradcompConfig_t& cfg, gc::DType t, bo
       if (masking) std::fill(st[r].u.begin(), st[r].u.end(), 0.0f);
     }
   } else {
-    std::vector<uint16_t> h(1);
     for (int r = 0; r < N; ++r) {
       SparseState& s = st[r];
       const std::vector<uint32_t> idx =
-          exact
+          S.exact
               ? refTopkExact(s.v, p.k)
               : refTopkThreshold(s.v, p, gc::deriveKey(cfg.seed, step, (uint64_t)r, kSelectStream));
       call.selected.push_back(idx.size());
       // The value travels in the value type; v keeps exactly the rest.
-      for (uint32_t i : idx) {
-        const float a = s.v[i];
-        const float w = wireValue(a, vt);
-        float sent = w;
-        if (vt != gc::DType::F32) {
-          gc::storeFromFloat(h.data(), vt, 0, w);
-          sent = gc::loadAsFloat(h.data(), vt, 0);
-        }
-        out[i] = gc::fadd(out[i], sent);
-        s.v[i] = residualAfterSend(a, w);
-        if (masking) s.u[i] = 0.0f;
-      }
+      for (uint32_t i : idx)
+        refSendValue(out[i], s.v[i], masking ? &s.u[i] : nullptr, S.vt, masking);
     }
   }
   for (auto& s : st) s.calls++;
-  if (!keepV) {
+  if (!S.keepV) {
     for (auto& s : st) s.v.clear();  // a fresh v next call
   }
-  // Output: divided once for Avg, rounded once to t.
-  std::vector<uint16_t> h(n);
-  for (size_t i = 0; i < n; ++i) {
-    float x = avg ? gc::fdiv(out[i], (float)N) : out[i];
-    if (t != gc::DType::F32) {
-      gc::storeFromFloat(h.data(), t, i, x);
-      x = gc::loadAsFloat(h.data(), t, i);
-    }
-    out[i] = x;
-  }
+  refRoundOutput(out, t, avg, N);
   if (info) *info = call;
   return out;
 }

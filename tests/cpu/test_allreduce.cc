@@ -17,6 +17,7 @@
 #include "tests/common/cpu_world.h"
 #include "tests/common/ref_algos.h"
 #include "tests/common/test_util.h"
+#include "tests/common/world_checks.h"
 
 namespace {
 
@@ -28,12 +29,8 @@ using namespace gctest::ref;
 void checkAlgorithm(gradcompAlgo_t algo, int N, DType t, bool avg, size_t n, int steps) {
   SCOPED_TRACE(testing::Message() << "algo=" << algo << " N=" << N << " dtype=" << (int)t
                                   << " avg=" << avg << " n=" << n);
-  gradcompConfig_t cfg;
-  gradcompConfigInit(&cfg);
+  gradcompConfig_t cfg = gctest::qsgdTestConfig();
   cfg.algo = algo;
-  cfg.minElements = 0;
-  cfg.bucketSize = 64;
-  cfg.bits = 4;
   gctest::CpuWorld world(N, cfg);
   std::vector<Rank> ref = makeInputs(N, n, t, n + N);
   // What the library reduces in place: the same buffers every step, since
@@ -41,42 +38,19 @@ void checkAlgorithm(gradcompAlgo_t algo, int N, DType t, bool avg, size_t n, int
   std::vector<Rank> bufs = ref;
   for (int step = 0; step < steps; ++step) {
     std::vector<Rank> in = makeInputs(N, n, t, 1000 * step + n + N);
-    for (int i = 0; i < N; ++i) {
-      in[i].residual = ref[i].residual, in[i].ownerRes = ref[i].ownerRes;
-      std::copy(in[i].f32.begin(), in[i].f32.end(), bufs[i].f32.begin());
-      std::copy(in[i].half.begin(), in[i].half.end(), bufs[i].half.begin());
-    }
-    std::vector<double> exact(n, 0.0);
-    std::vector<double> sumMax((n + cfg.bucketSize - 1) / cfg.bucketSize, 0.0);
-    for (int i = 0; i < N; ++i) {
-      auto x = widen(in[i], t, n);
-      for (size_t k = 0; k < n; ++k) exact[k] += x[k];
-      for (size_t b = 0; b < sumMax.size(); ++b) {
-        double m = 0;
-        for (size_t k = b * cfg.bucketSize; k < std::min(n, (b + 1) * cfg.bucketSize); ++k) {
-          m = std::max(m, fabs((double)x[k] + in[i].residual[k]));
-        }
-        sumMax[b] += m;
-      }
-    }
-    auto res = world.run([&](int r) {
-      void* p = t == DType::F32 ? (void*)bufs[r].f32.data() : (void*)bufs[r].half.data();
-      return gradcompAllReduce(p, p, n, nccl(t), avg ? ncclAvg : ncclSum, world.comm(r), nullptr);
-    });
+    gctest::loadStep(in, ref, bufs);
+    std::vector<double> exact, sumMax;
+    gctest::allReduceBoundTerms(in, t, n, cfg.bucketSize, exact, sumMax);
+    auto res = gctest::allReduceInPlace(world, bufs, t, n, avg);
     for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
 
     std::vector<float> expect;
     gradcompConfig_t rc = cfg;
-    gradcompAlgo_t eff =
-        algo == gradcompAlgoAuto ? (N <= 2 ? gradcompAlgoAllgather : gradcompAlgoTwoShot) : algo;
+    const gradcompAlgo_t eff = gctest::effectiveAlgo(algo, N);
     if (N == 1) {
       expect = finish(widen(in[0], t, n), t, 1.0f);  // one rank: passed through unchanged
-    } else if (eff == gradcompAlgoTwoShot) {
-      expect = refTwoShot(ref = in, t, n, rc, step, avg);
-    } else if (eff == gradcompAlgoRing) {
-      expect = refRing(ref = in, t, n, rc, step, avg);
     } else {
-      expect = refAllgather(ref = in, t, n, rc, step, avg);
+      expect = refDense(ref = in, t, n, rc, step, avg, eff);
     }
     if (N == 1) ref = in;
     // Bit for bit equal to the reference and identical on every rank.
@@ -90,13 +64,8 @@ void checkAlgorithm(gradcompAlgo_t algo, int N, DType t, bool avg, size_t n, int
     if (N > 1 && step == 0) {
       const int s = gc::qsgd::levels(cfg.bits);
       const int q = eff == gradcompAlgoTwoShot ? 2 : eff == gradcompAlgoRing ? N : 1;
-      auto got = widen(bufs[0], t, n);
-      for (size_t k = 0; k < n; ++k) {
-        double bound = q * sumMax[k / cfg.bucketSize] / s;
-        double e = fabs((double)got[k] * (avg ? N : 1) - exact[k]);
-        double typeSlack = t == DType::F32 ? 1e-5 : t == DType::F16 ? 1e-3 : 8e-3;
-        ASSERT_LE(e, bound * (1 + 1e-5) + typeSlack * (fabs(exact[k]) + bound)) << "k=" << k;
-      }
+      ASSERT_NO_FATAL_FAILURE(gctest::checkAllReduceBound(widen(bufs[0], t, n), exact, sumMax, q, s,
+                                                          N, avg, t, cfg.bucketSize));
     }
   }
 }

@@ -13,6 +13,7 @@
 #include "tests/common/cpu_world.h"
 #include "tests/common/ref_algos.h"
 #include "tests/common/test_util.h"
+#include "tests/common/world_checks.h"
 
 namespace {
 
@@ -71,10 +72,7 @@ void checkElias(int N, DType t, bool avg, size_t n, int bits, int steps) {
       bufs[i].f32 = in[i].f32;
       bufs[i].half = in[i].half;
     }
-    auto res = world.run([&](int r) {
-      void* p = t == DType::F32 ? (void*)bufs[r].f32.data() : (void*)bufs[r].half.data();
-      return gradcompAllReduce(p, p, n, nccl(t), avg ? ncclAvg : ncclSum, world.comm(r), nullptr);
-    });
+    auto res = gctest::allReduceInPlace(world, bufs, t, n, avg);
     for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
     auto expect = refElias(ref = in, t, n, cfg, step, avg, &wire);
     auto fixedWidth = refAllgather(qsgdRef = inQ, t, n, cfg, step, avg);

@@ -22,6 +22,7 @@
 #include "tests/common/cpu_world.h"
 #include "tests/common/ref_hier.h"
 #include "tests/common/test_util.h"
+#include "tests/common/world_checks.h"
 
 namespace {
 
@@ -29,29 +30,9 @@ using gc::DType;
 using namespace gctest::ref;
 
 gradcompConfig_t baseConfig(int L) {
-  gradcompConfig_t cfg;
-  gradcompConfigInit(&cfg);
-  cfg.minElements = 0;
-  cfg.bucketSize = 64;
-  cfg.bits = 4;
+  gradcompConfig_t cfg = gctest::qsgdTestConfig();
   cfg.localSize = L;
   return cfg;
-}
-
-// The inter-node algorithm the library runs for a QSGD config (auto: by the
-// number of ranks it spans, as for a flat comm of that size).
-gradcompAlgo_t effectiveAlgo(gradcompAlgo_t algo, int ranks) {
-  if (algo == gradcompAlgoAuto || algo == gradcompAlgoHier) {
-    return ranks <= 2 ? gradcompAlgoAllgather : gradcompAlgoTwoShot;
-  }
-  return algo;
-}
-
-std::vector<float> refFlat(std::vector<Rank>& R, DType t, size_t n, const gradcompConfig_t& c,
-                           uint64_t step, bool avg, gradcompAlgo_t algo) {
-  if (algo == gradcompAlgoTwoShot) return refTwoShot(R, t, n, c, step, avg);
-  if (algo == gradcompAlgoRing) return refRing(R, t, n, c, step, avg);
-  return refAllgather(R, t, n, c, step, avg);
 }
 
 // Runs `steps` in-place calls and checks each against the reference, across
@@ -64,33 +45,16 @@ void checkQsgd(gradcompAlgo_t algo, int N, int L, DType t, bool avg, size_t n, i
   gctest::CpuWorld world(N, cfg);
   const int nodes = N / L;
   const bool hier = nodes >= 2 && L >= 2;
-  const gradcompAlgo_t eff = effectiveAlgo(algo, hier ? nodes : N);
+  // The inter-node algorithm, as for a flat comm of the nodes.
+  const gradcompAlgo_t eff = gctest::effectiveAlgo(algo, hier ? nodes : N);
   std::vector<Rank> ref = makeInputs(N, n, t, n + N + 7 * L);
   std::vector<Rank> bufs = ref;
   for (int step = 0; step < steps; ++step) {
     std::vector<Rank> in = makeInputs(N, n, t, 1000 * step + n + N + 7 * L);
-    for (int i = 0; i < N; ++i) {
-      in[i].residual = ref[i].residual, in[i].ownerRes = ref[i].ownerRes;
-      std::copy(in[i].f32.begin(), in[i].f32.end(), bufs[i].f32.begin());
-      std::copy(in[i].half.begin(), in[i].half.end(), bufs[i].half.begin());
-    }
-    std::vector<double> exact(n, 0.0);
-    std::vector<double> sumMax((n + cfg.bucketSize - 1) / cfg.bucketSize, 0.0);
-    for (int i = 0; i < N; ++i) {
-      auto x = widen(in[i], t, n);
-      for (size_t k = 0; k < n; ++k) exact[k] += x[k];
-      for (size_t b = 0; b < sumMax.size(); ++b) {
-        double m = 0;
-        for (size_t k = b * cfg.bucketSize; k < std::min(n, (b + 1) * cfg.bucketSize); ++k) {
-          m = std::max(m, fabs((double)x[k] + in[i].residual[k]));
-        }
-        sumMax[b] += m;
-      }
-    }
-    auto res = world.run([&](int r) {
-      void* p = t == DType::F32 ? (void*)bufs[r].f32.data() : (void*)bufs[r].half.data();
-      return gradcompAllReduce(p, p, n, nccl(t), avg ? ncclAvg : ncclSum, world.comm(r), nullptr);
-    });
+    gctest::loadStep(in, ref, bufs);
+    std::vector<double> exact, sumMax;
+    gctest::allReduceBoundTerms(in, t, n, cfg.bucketSize, exact, sumMax);
+    auto res = gctest::allReduceInPlace(world, bufs, t, n, avg);
     for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
 
     ref = in;
@@ -100,7 +64,7 @@ void checkQsgd(gradcompAlgo_t algo, int N, int L, DType t, bool avg, size_t n, i
     } else if (hier) {
       expect = refHier(ref, t, n, cfg, step, avg, L, eff);
     } else {
-      expect = refFlat(ref, t, n, cfg, step, avg, eff);
+      expect = refDense(ref, t, n, cfg, step, avg, eff);
     }
     for (int r = 0; r < N; ++r) {
       auto got = widen(bufs[r], t, n);
@@ -119,13 +83,8 @@ void checkQsgd(gradcompAlgo_t algo, int N, int L, DType t, bool avg, size_t n, i
       const int s = gc::qsgd::levels(cfg.bits);
       const int ranks = hier ? nodes : N;
       const int q = eff == gradcompAlgoTwoShot ? 2 : eff == gradcompAlgoRing ? ranks : 1;
-      auto got = widen(bufs[0], t, n);
-      for (size_t k = 0; k < n; ++k) {
-        double bound = q * sumMax[k / cfg.bucketSize] / s;
-        double e = fabs((double)got[k] * (avg ? N : 1) - exact[k]);
-        double typeSlack = t == DType::F32 ? 1e-5 : t == DType::F16 ? 1e-3 : 8e-3;
-        ASSERT_LE(e, bound * (1 + 1e-5) + typeSlack * (fabs(exact[k]) + bound)) << "k=" << k;
-      }
+      ASSERT_NO_FATAL_FAILURE(gctest::checkAllReduceBound(widen(bufs[0], t, n), exact, sumMax, q, s,
+                                                          N, avg, t, cfg.bucketSize));
     }
   }
 }
@@ -213,10 +172,7 @@ TEST(HierCpu, DqsgdBits) {
   std::vector<Rank> bufs = ref;
   for (int step = 0; step < 4; ++step) {
     std::vector<Rank> in = makeInputs(N, n, DType::F32, 40 + step);
-    for (int i = 0; i < N; ++i) {
-      in[i].residual = ref[i].residual, in[i].ownerRes = ref[i].ownerRes;
-      std::copy(in[i].f32.begin(), in[i].f32.end(), bufs[i].f32.begin());
-    }
+    gctest::loadStep(in, ref, bufs);
     auto res = world.run([&](int r) {
       return gradcompAllReduce(bufs[r].f32.data(), bufs[r].f32.data(), n, ncclFloat32, ncclSum,
                                world.comm(r), nullptr);
@@ -262,10 +218,7 @@ void checkSparse(gradcompConfig_t cfg, int N, int L, DType t, bool avg, size_t n
       std::copy(in[i].f32.begin(), in[i].f32.end(), bufs[i].f32.begin());
       std::copy(in[i].half.begin(), in[i].half.end(), bufs[i].half.begin());
     }
-    auto res = world.run([&](int r) {
-      void* p = t == DType::F32 ? (void*)bufs[r].f32.data() : (void*)bufs[r].half.data();
-      return gradcompAllReduce(p, p, n, nccl(t), avg ? ncclAvg : ncclSum, world.comm(r), nullptr);
-    });
+    auto res = gctest::allReduceInPlace(world, bufs, t, n, avg);
     for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
     const std::vector<float> expect =
         hier ? refHierSparse(cfg, t, avg, step, g, hst, L) : refSparse(cfg, t, avg, step, g, fst);

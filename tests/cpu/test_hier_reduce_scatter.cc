@@ -22,29 +22,17 @@
 #include "tests/common/cpu_world.h"
 #include "tests/common/ref_hier_rs.h"
 #include "tests/common/test_util.h"
+#include "tests/common/world_checks.h"
 
 namespace {
 
 using gc::DType;
 using namespace gctest::ref;
 
-void* dataOf(Rank& r, DType t) {
-  return t == DType::F32 ? (void*)r.f32.data() : (void*)r.half.data();
-}
-
-const float* rsResidual(gradcompComm_t c) {
-  for (auto& kv : c->states) {
-    if (std::get<0>(kv.first) >= gc::kStateReduceScatter) return kv.second.residual;
-  }
-  return nullptr;
-}
+using gctest::rsResidual;
 
 gradcompConfig_t qsgdConfig(int L) {
-  gradcompConfig_t cfg;
-  gradcompConfigInit(&cfg);
-  cfg.minElements = 0;
-  cfg.bucketSize = 64;
-  cfg.bits = 4;
+  gradcompConfig_t cfg = gctest::qsgdTestConfig();
   cfg.localSize = L;
   return cfg;
 }
@@ -68,15 +56,10 @@ void checkQsgd(int N, int L, DType t, bool avg, size_t m, int steps, bool inPlac
   const size_t E = gc::qsgd::encodedBytes(m, cfg.bits, cfg.bucketSize);
   std::vector<Rank> ref = makeInputs(N, n, t, 5 * m + N + L);
   std::vector<Rank> bufs = ref;
-  std::vector<std::vector<float>> outF(N, std::vector<float>(m));
-  std::vector<std::vector<uint16_t>> outH(N, std::vector<uint16_t>(m));
+  gctest::RsOutputs out(N, m);
   for (int step = 0; step < steps; ++step) {
     std::vector<Rank> in = makeInputs(N, n, t, 1000 * step + m + N + L);
-    for (int i = 0; i < N; ++i) {
-      in[i].residual = ref[i].residual;
-      bufs[i].f32 = in[i].f32;
-      bufs[i].half = in[i].half;
-    }
+    gctest::loadStep(in, ref, bufs);
     // Bound terms before the reference advances the residuals: for block
     // R(n, l), per bucket, the sum over the other nodes p of max|node sum of
     // p + residual of R(p, l)| (flat: the sum over the peers of their max).
@@ -114,32 +97,16 @@ void checkQsgd(int N, int L, DType t, bool avg, size_t m, int steps, bool inPlac
           std::copy(x[p].begin() + i * m, x[p].begin() + (i + 1) * m, v.begin());
           res = in[p].residual.data() + i * m;
         }
-        for (size_t b = 0; b < nb; ++b) {
-          double mx = 0;
-          for (size_t e = b * cfg.bucketSize; e < std::min(m, (b + 1) * cfg.bucketSize); ++e) {
-            mx = std::max(mx, fabs((double)v[e] + res[e]));
-          }
-          sumMax[i][b] += mx;
-        }
+        gctest::addBucketMax(v.data(), res, m, cfg.bucketSize, sumMax[i]);
       }
     }
-    auto res = world.run([&](int r) {
-      char* send = static_cast<char*>(dataOf(bufs[r], t));
-      void* recv = inPlace ? send + r * m * esz
-                           : (t == DType::F32 ? (void*)outF[r].data() : (void*)outH[r].data());
-      return gradcompReduceScatter(send, recv, m, nccl(t), avg ? ncclAvg : ncclSum, world.comm(r),
-                                   nullptr);
-    });
+    auto res = out.run(world, bufs, t, m, avg, inPlace);
     for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
     const std::vector<std::vector<float>> expect =
         hier ? refHierReduceScatter(ref = in, t, m, cfg, cfg.bits, step, avg, L)
              : refReduceScatter(ref = in, t, m, cfg, cfg.bits, step, avg);
     for (int r = 0; r < N; ++r) {
-      std::vector<float> got(m);
-      const void* base =
-          inPlace ? dataOf(bufs[r], t)
-                  : (t == DType::F32 ? (const void*)outF[r].data() : (const void*)outH[r].data());
-      for (size_t e = 0; e < m; ++e) got[e] = gc::loadAsFloat(base, t, (inPlace ? r * m : 0) + e);
+      const std::vector<float> got = out.read(bufs[r], r, t, m, inPlace);
       ASSERT_EQ(memcmp(got.data(), expect[r].data(), m * 4), 0) << "rank " << r << " step " << step;
       const float* rs = rsResidual(world.comm(r));
       ASSERT_NE(rs, nullptr);
@@ -147,11 +114,10 @@ void checkQsgd(int N, int L, DType t, bool avg, size_t m, int steps, bool inPlac
       // One quantization: per element, the sum over the encoders of their
       // bucket max / s, plus the output type's rounding.
       const int s = gc::qsgd::levels(cfg.bits);
-      const double slack = t == DType::F32 ? 1e-5 : t == DType::F16 ? 1e-3 : 8e-3;
       for (size_t e = 0; e < m; ++e) {
         const double ex = exact[r][e], bound = sumMax[r][e / cfg.bucketSize] / s;
         const double err = fabs((double)got[e] * (avg ? N : 1) - ex);
-        ASSERT_LE(err, bound * (1 + 1e-5) + slack * (fabs(ex) + bound) + 1e-5) << "e=" << e;
+        ASSERT_LE(err, gctest::boundWithSlack(bound, ex, t, 1e-5)) << "e=" << e;
       }
       gradcompStats_t st;
       ASSERT_EQ(gradcompGetStats(world.comm(r), &st), gradcompSuccess);
@@ -249,24 +215,16 @@ void checkSparse(const gradcompConfig_t& base, int N, int L, DType t, bool avg, 
   const int k = N / L;
   const size_t n = N * m;
   std::vector<std::vector<SparseState>> st;
-  std::vector<std::vector<float>> out(N, std::vector<float>(m));
-  std::vector<std::vector<uint16_t>> outH(N, std::vector<uint16_t>(m));
+  gctest::RsOutputs out(N, m);
   for (int step = 0; step < steps; ++step) {
     std::vector<Rank> in = makeInputs(N, n, t, 31 * step + m + N);
     std::vector<std::vector<float>> g(N);
     for (int i = 0; i < N; ++i) g[i] = widen(in[i], t, n);
-    auto res = world.run([&](int r) {
-      void* recv = t == DType::F32 ? (void*)out[r].data() : (void*)outH[r].data();
-      return gradcompReduceScatter(dataOf(in[r], t), recv, m, nccl(t), avg ? ncclAvg : ncclSum,
-                                   world.comm(r), nullptr);
-    });
+    auto res = out.run(world, in, t, m, avg, false);
     for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
     const auto expect = refHierSparseReduceScatter(cfg, t, avg, step, g, st, L);
     for (int r = 0; r < N; ++r) {
-      std::vector<float> got(m);
-      for (size_t e = 0; e < m; ++e) {
-        got[e] = t == DType::F32 ? out[r][e] : gc::loadAsFloat(outH[r].data(), t, e);
-      }
+      const std::vector<float> got = out.read(in[r], r, t, m, false);
       ASSERT_EQ(memcmp(got.data(), expect[r].data(), m * 4), 0) << "rank " << r << " step " << step;
       const std::vector<float>& v = st[r % L][r / L].v;
       if (!v.empty()) {
@@ -279,18 +237,9 @@ void checkSparse(const gradcompConfig_t& base, int N, int L, DType t, bool avg, 
   }
 }
 
-gradcompConfig_t sparseConfig(gradcompMethod_t method) {
-  gradcompConfig_t cfg;
-  gradcompConfigInit(&cfg);
-  cfg.method = method;
-  cfg.minElements = 0;
-  cfg.density = 0.05f;
-  return cfg;
-}
-
 TEST(HierReduceScatterCpu, TopkThresholdAndExact) {
   for (gradcompSelect_t sel : {gradcompSelectThreshold, gradcompSelectExact}) {
-    gradcompConfig_t cfg = sparseConfig(gradcompMethodTopk);
+    gradcompConfig_t cfg = gctest::sparseTestConfig(gradcompMethodTopk);
     cfg.select = sel;
     for (int N : {4, 6, 8})
       for (int L : {2, N / 2})
@@ -300,7 +249,7 @@ TEST(HierReduceScatterCpu, TopkThresholdAndExact) {
 }
 
 TEST(HierReduceScatterCpu, Dgc) {
-  gradcompConfig_t cfg = sparseConfig(gradcompMethodDgc);
+  gradcompConfig_t cfg = gctest::sparseTestConfig(gradcompMethodDgc);
   cfg.density = 0.01f;
   cfg.clipNorm = 5.0f;
   cfg.momentumMasking = 1;
@@ -310,7 +259,7 @@ TEST(HierReduceScatterCpu, Dgc) {
 }
 
 TEST(HierReduceScatterCpu, Randk) {
-  gradcompConfig_t cfg = sparseConfig(gradcompMethodRandk);
+  gradcompConfig_t cfg = gctest::sparseTestConfig(gradcompMethodRandk);
   for (int N : {4, 8})
     for (DType t : {DType::F32, DType::BF16})
       for (size_t m : {(size_t)1, (size_t)999}) checkSparse(cfg, N, N / 2, t, N == 4, m, 3);
@@ -329,10 +278,7 @@ TEST(HierReduceScatterCpu, ErrorFeedbackConservesTheSum) {
         prev(N, std::vector<float>(n, 0.0f));
     for (int step = 0; step < 5; ++step) {
       for (int i = 0; i < N; ++i) g[i] = gctest::normal(n, 100 * step + i, 1.0f + i);
-      auto res = world.run([&](int r) {
-        return gradcompReduceScatter(g[r].data(), out[r].data(), m, ncclFloat32, ncclSum,
-                                     world.comm(r), nullptr);
-      });
+      auto res = gctest::reduceScatterSum(world, g, out, m);
       for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
       for (int b = 0; b < N; ++b) {
         const int nb = b / L, l = b % L;
@@ -370,8 +316,9 @@ TEST(HierReduceScatterCpu, InterNodeSavingIsTheLocalSize) {
     for (int G : {2, 4}) {
       uint64_t bytes[2] = {0, 0};
       for (int hier = 0; hier < 2; ++hier) {
-        gradcompConfig_t cfg =
-            method == gradcompMethodQsgd ? qsgdConfig(1) : sparseConfig(gradcompMethodTopk);
+        gradcompConfig_t cfg = method == gradcompMethodQsgd
+                                   ? qsgdConfig(1)
+                                   : gctest::sparseTestConfig(gradcompMethodTopk);
         cfg.localSize = G;
         gctest::CpuWorld world(N, cfg);
         if (!hier) {
@@ -380,10 +327,7 @@ TEST(HierReduceScatterCpu, InterNodeSavingIsTheLocalSize) {
         }
         std::vector<std::vector<float>> g(N), out(N, std::vector<float>(m));
         for (int i = 0; i < N; ++i) g[i] = gctest::normal(N * m, 11 + i, 1.0f);
-        auto res = world.run([&](int r) {
-          return gradcompReduceScatter(g[r].data(), out[r].data(), m, ncclFloat32, ncclSum,
-                                       world.comm(r), nullptr);
-        });
+        auto res = gctest::reduceScatterSum(world, g, out, m);
         for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
         gradcompStats_t st;
         ASSERT_EQ(gradcompGetStats(world.comm(0), &st), gradcompSuccess);

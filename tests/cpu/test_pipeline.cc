@@ -19,6 +19,7 @@
 #include "tests/common/cpu_world.h"
 #include "tests/common/ref_algos.h"
 #include "tests/common/test_util.h"
+#include "tests/common/world_checks.h"
 
 namespace {
 
@@ -96,12 +97,8 @@ TEST(PipelineCpu, OffsetEncodeEqualsSliceOfWholeEncode) {
 }
 
 gradcompConfig_t twoShotConfig(size_t pipelineBytes) {
-  gradcompConfig_t cfg;
-  gradcompConfigInit(&cfg);
+  gradcompConfig_t cfg = gctest::qsgdTestConfig();
   cfg.algo = gradcompAlgoTwoShot;
-  cfg.minElements = 0;
-  cfg.bucketSize = 64;
-  cfg.bits = 4;
   cfg.pipelineBytes = pipelineBytes;
   return cfg;
 }

@@ -19,32 +19,14 @@
 #include "tests/common/cpu_world.h"
 #include "tests/common/ref_rs.h"
 #include "tests/common/test_util.h"
+#include "tests/common/world_checks.h"
 
 namespace {
 
 using gc::DType;
 using namespace gctest::ref;
 
-void* dataOf(Rank& r, DType t) {
-  return t == DType::F32 ? (void*)r.f32.data() : (void*)r.half.data();
-}
-
-// The reduce-scatter residual of a comm's only reduce-scatter buffer.
-const float* rsResidual(gradcompComm_t c) {
-  for (auto& kv : c->states) {
-    if (std::get<0>(kv.first) >= gc::kStateReduceScatter) return kv.second.residual;
-  }
-  return nullptr;
-}
-
-gradcompConfig_t qsgdConfig() {
-  gradcompConfig_t cfg;
-  gradcompConfigInit(&cfg);
-  cfg.minElements = 0;
-  cfg.bucketSize = 64;
-  cfg.bits = 4;
-  return cfg;
-}
+using gctest::rsResidual;
 
 // `steps` calls with fresh inputs each; each checked bit for bit against the
 // reference (out of place, or in place at sendbuff + r*m), and the first
@@ -52,20 +34,15 @@ gradcompConfig_t qsgdConfig() {
 void checkQsgd(int N, DType t, bool avg, size_t m, int steps, bool inPlace) {
   SCOPED_TRACE(testing::Message() << "N=" << N << " dtype=" << (int)t << " avg=" << avg
                                   << " m=" << m << " inPlace=" << inPlace);
-  const gradcompConfig_t cfg = qsgdConfig();
+  const gradcompConfig_t cfg = gctest::qsgdTestConfig();
   gctest::CpuWorld world(N, cfg);
   const size_t n = N * m;
   std::vector<Rank> ref = makeInputs(N, n, t, 7 * m + N);
   std::vector<Rank> bufs = ref;  // the same buffers every call: the residual follows them
-  std::vector<std::vector<float>> outF(N, std::vector<float>(m));
-  std::vector<std::vector<uint16_t>> outH(N, std::vector<uint16_t>(m));
+  gctest::RsOutputs out(N, m);
   for (int step = 0; step < steps; ++step) {
     std::vector<Rank> in = makeInputs(N, n, t, 1000 * step + m + N);
-    for (int i = 0; i < N; ++i) {
-      in[i].residual = ref[i].residual;
-      bufs[i].f32 = in[i].f32;
-      bufs[i].half = in[i].half;
-    }
+    gctest::loadStep(in, ref, bufs);
     // Bound terms before the reference advances the residuals: per block
     // bucket, the sum over the peers of max|x + residual|.
     const size_t nb = (m + cfg.bucketSize - 1) / cfg.bucketSize;
@@ -76,23 +53,11 @@ void checkQsgd(int N, DType t, bool avg, size_t m, int steps, bool inPlace) {
       for (int j = 0; j < N; ++j) {
         for (size_t k = 0; k < m; ++k) exact[j][k] += x[j * m + k];
         if (i == j) continue;
-        for (size_t b = 0; b < nb; ++b) {
-          double mx = 0;
-          for (size_t k = b * cfg.bucketSize; k < std::min(m, (b + 1) * cfg.bucketSize); ++k) {
-            mx = std::max(mx, fabs((double)x[j * m + k] + in[i].residual[j * m + k]));
-          }
-          sumMax[j][b] += mx;
-        }
+        gctest::addBucketMax(x.data() + j * m, in[i].residual.data() + j * m, m, cfg.bucketSize,
+                             sumMax[j]);
       }
     }
-    auto res = world.run([&](int r) {
-      char* send = static_cast<char*>(dataOf(bufs[r], t));
-      const size_t esz = t == DType::F32 ? 4 : 2;
-      void* recv = inPlace ? send + r * m * esz
-                           : (t == DType::F32 ? (void*)outF[r].data() : (void*)outH[r].data());
-      return gradcompReduceScatter(send, recv, m, nccl(t), avg ? ncclAvg : ncclSum, world.comm(r),
-                                   nullptr);
-    });
+    auto res = out.run(world, bufs, t, m, avg, inPlace);
     for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
 
     std::vector<std::vector<float>> expect;
@@ -103,13 +68,7 @@ void checkQsgd(int N, DType t, bool avg, size_t m, int steps, bool inPlace) {
       expect = refReduceScatter(ref = in, t, m, cfg, cfg.bits, step, avg);
     }
     for (int r = 0; r < N; ++r) {
-      std::vector<float> got(m);
-      for (size_t k = 0; k < m; ++k) {
-        const void* base =
-            inPlace ? dataOf(bufs[r], t)
-                    : (t == DType::F32 ? (const void*)outF[r].data() : (const void*)outH[r].data());
-        got[k] = gc::loadAsFloat(base, t, (inPlace ? r * m : 0) + k);
-      }
+      const std::vector<float> got = out.read(bufs[r], r, t, m, inPlace);
       ASSERT_EQ(memcmp(got.data(), expect[r].data(), m * 4), 0) << "rank " << r << " step " << step;
       if (N > 1) {
         const float* res = rsResidual(world.comm(r));
@@ -120,13 +79,12 @@ void checkQsgd(int N, DType t, bool avg, size_t m, int steps, bool inPlace) {
       // peers of their bucket max / s (plus the output type's rounding).
       if (N > 1) {
         const int s = gc::qsgd::levels(cfg.bits);
-        const double slack = t == DType::F32 ? 1e-5 : t == DType::F16 ? 1e-3 : 8e-3;
         for (size_t k = 0; k < m; ++k) {
           double ex = exact[r][k];
           for (int i = 0; i < N; ++i) ex += in[i].residual[r * m + k];
           const double bound = sumMax[r][k / cfg.bucketSize] / s;
           const double e = fabs((double)got[k] * (avg ? N : 1) - ex);
-          ASSERT_LE(e, bound * (1 + 1e-5) + slack * (fabs(ex) + bound) + 1e-6) << "k=" << k;
+          ASSERT_LE(e, gctest::boundWithSlack(bound, ex, t, 1e-6)) << "k=" << k;
         }
       }
     }
@@ -165,15 +123,12 @@ TEST(ReduceScatterCpu, QsgdInPlaceMatchesReference) {
 TEST(ReduceScatterCpu, ErrorFeedbackConservesTheSum) {
   const int N = 4;
   const size_t m = 1000, n = N * m;
-  gctest::CpuWorld world(N, qsgdConfig());
+  gctest::CpuWorld world(N, gctest::qsgdTestConfig());
   std::vector<std::vector<float>> g(N), out(N, std::vector<float>(m)),
       prev(N, std::vector<float>(n, 0.0f));
   for (int step = 0; step < 6; ++step) {
     for (int i = 0; i < N; ++i) g[i] = gctest::normal(n, 100 * step + i, 1.0f + i);
-    auto res = world.run([&](int r) {
-      return gradcompReduceScatter(g[r].data(), out[r].data(), m, ncclFloat32, ncclSum,
-                                   world.comm(r), nullptr);
-    });
+    auto res = gctest::reduceScatterSum(world, g, out, m);
     for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
     for (int j = 0; j < N; ++j) {
       for (size_t k = 0; k < m; ++k) {
@@ -200,7 +155,7 @@ TEST(ReduceScatterCpu, ErrorFeedbackConservesTheSum) {
 TEST(ReduceScatterCpu, MeanOfCallsConvergesToTheExactBlock) {
   const int N = 3, T = 256;
   const size_t m = 700, n = N * m;
-  gradcompConfig_t cfg = qsgdConfig();
+  gradcompConfig_t cfg = gctest::qsgdTestConfig();
   cfg.bits = 2;
   gctest::CpuWorld world(N, cfg);
   std::vector<std::vector<float>> g(N), out(N, std::vector<float>(m));
@@ -208,10 +163,7 @@ TEST(ReduceScatterCpu, MeanOfCallsConvergesToTheExactBlock) {
   std::vector<std::vector<double>> sum(N, std::vector<double>(m, 0.0));
   double firstErr = 0;
   for (int step = 0; step < T; ++step) {
-    auto res = world.run([&](int r) {
-      return gradcompReduceScatter(g[r].data(), out[r].data(), m, ncclFloat32, ncclSum,
-                                   world.comm(r), nullptr);
-    });
+    auto res = gctest::reduceScatterSum(world, g, out, m);
     for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], gradcompSuccess);
     for (int j = 0; j < N; ++j)
       for (size_t k = 0; k < m; ++k) sum[j][k] += out[j][k];
@@ -247,7 +199,7 @@ TEST(ReduceScatterCpu, MeanOfCallsConvergesToTheExactBlock) {
 TEST(ReduceScatterCpu, DynamicBitsAgreeAndMatchReference) {
   const int N = 3;
   const size_t m = 900, n = N * m;
-  gradcompConfig_t cfg = qsgdConfig();
+  gradcompConfig_t cfg = gctest::qsgdTestConfig();
   cfg.bitsMode = gradcompBitsDynamic;
   cfg.bitsMin = 2;
   cfg.bitsMax = 8;
@@ -315,26 +267,18 @@ void checkSparse(const gradcompConfig_t& cfg, int N, DType t, bool avg, size_t m
   gctest::CpuWorld world(N, cfg);
   const size_t n = N * m;
   std::vector<SparseState> st(N);
-  std::vector<std::vector<float>> out(N, std::vector<float>(m));
-  std::vector<std::vector<uint16_t>> outH(N, std::vector<uint16_t>(m));
+  gctest::RsOutputs out(N, m);
   for (int step = 0; step < steps; ++step) {
     std::vector<Rank> in = makeInputs(N, n, t, 31 * step + m + N);
     std::vector<std::vector<float>> g(N);
     for (int i = 0; i < N; ++i) g[i] = widen(in[i], t, n);
-    auto res = world.run([&](int r) {
-      void* recv = t == DType::F32 ? (void*)out[r].data() : (void*)outH[r].data();
-      return gradcompReduceScatter(dataOf(in[r], t), recv, m, nccl(t), avg ? ncclAvg : ncclSum,
-                                   world.comm(r), nullptr);
-    });
+    auto res = out.run(world, in, t, m, avg, false);
     for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
     std::vector<std::vector<float>> expect = N == 1
                                                  ? std::vector<std::vector<float>>{g[0]}
                                                  : refSparseReduceScatter(cfg, t, avg, step, g, st);
     for (int r = 0; r < N; ++r) {
-      std::vector<float> got(m);
-      for (size_t k = 0; k < m; ++k) {
-        got[k] = t == DType::F32 ? out[r][k] : gc::loadAsFloat(outH[r].data(), t, k);
-      }
+      const std::vector<float> got = out.read(in[r], r, t, m, false);
       ASSERT_EQ(memcmp(got.data(), expect[r].data(), m * 4), 0) << "rank " << r << " step " << step;
       if (N > 1 && !st[r].v.empty()) {
         const float* v = rsResidual(world.comm(r));
@@ -345,32 +289,23 @@ void checkSparse(const gradcompConfig_t& cfg, int N, DType t, bool avg, size_t m
   }
 }
 
-gradcompConfig_t sparseConfig(gradcompMethod_t method) {
-  gradcompConfig_t cfg;
-  gradcompConfigInit(&cfg);
-  cfg.method = method;
-  cfg.minElements = 0;
-  cfg.density = 0.05f;
-  return cfg;
-}
-
 TEST(ReduceScatterCpu, TopkThresholdAndExactMatchReference) {
   for (gradcompSelect_t sel : {gradcompSelectThreshold, gradcompSelectExact}) {
-    gradcompConfig_t cfg = sparseConfig(gradcompMethodTopk);
+    gradcompConfig_t cfg = gctest::sparseTestConfig(gradcompMethodTopk);
     cfg.select = sel;
     for (int N : {1, 2, 3, 5, 8})
       for (DType t : {DType::F32, DType::BF16})
         for (size_t m : {(size_t)1, (size_t)300, (size_t)2051})
           checkSparse(cfg, N, t, N == 3, m, 3);
   }
-  gradcompConfig_t half = sparseConfig(gradcompMethodTopk);
+  gradcompConfig_t half = gctest::sparseTestConfig(gradcompMethodTopk);
   half.valueType = ncclFloat16;
   half.errorFeedback = 0;
   checkSparse(half, 4, DType::F16, true, 4000, 3);
 }
 
 TEST(ReduceScatterCpu, DgcMatchesReference) {
-  gradcompConfig_t cfg = sparseConfig(gradcompMethodDgc);
+  gradcompConfig_t cfg = gctest::sparseTestConfig(gradcompMethodDgc);
   cfg.density = 0.01f;
   cfg.clipNorm = 5.0f;
   cfg.momentumMasking = 1;
@@ -380,24 +315,21 @@ TEST(ReduceScatterCpu, DgcMatchesReference) {
 }
 
 TEST(ReduceScatterCpu, RandkMatchesReference) {
-  gradcompConfig_t cfg = sparseConfig(gradcompMethodRandk);
+  gradcompConfig_t cfg = gctest::sparseTestConfig(gradcompMethodRandk);
   for (int N : {1, 2, 4, 7})
     for (DType t : {DType::F32, DType::BF16})
       for (size_t m : {(size_t)1, (size_t)999}) checkSparse(cfg, N, t, N == 4, m, 3);
 }
 
 TEST(ReduceScatterCpu, DenseBlocksWhenSlotsWouldNotBeSmaller) {
-  gradcompConfig_t cfg = sparseConfig(gradcompMethodDgc);
+  gradcompConfig_t cfg = gctest::sparseTestConfig(gradcompMethodDgc);
   cfg.density = 0.5f;  // kmax = m: slots of 8m bytes against 4m dense
   cfg.momentumMasking = 1;
   checkSparse(cfg, 3, DType::F32, false, 500, 3);
   gradcompStats_t st;
   gctest::CpuWorld world(2, cfg);
   std::vector<std::vector<float>> g(2, gctest::normal(1000, 9)), out(2, std::vector<float>(500));
-  world.run([&](int r) {
-    return gradcompReduceScatter(g[r].data(), out[r].data(), 500, ncclFloat32, ncclSum,
-                                 world.comm(r), nullptr);
-  });
+  gctest::reduceScatterSum(world, g, out, 500);
   gradcompGetStats(world.comm(0), &st);
   EXPECT_EQ(st.denseFallbacks, 1u);
 }
@@ -476,7 +408,7 @@ TEST(ReduceScatterCpu, PassThroughForOtherTypesOpsSmallCountsAndOneRank) {
 }
 
 TEST(ReduceScatterCpu, StateIsNotSharedWithTheAllReduce) {
-  gradcompConfig_t cfg = qsgdConfig();
+  gradcompConfig_t cfg = gctest::qsgdTestConfig();
   const int N = 2;
   const size_t m = 256;
   gctest::CpuWorld world(N, cfg);
@@ -509,7 +441,7 @@ TEST(ReduceScatterCpu, StateIsNotSharedWithTheAllReduce) {
 TEST(ReduceScatterCpu, SavedStateReproducesTheNextCall) {
   for (gradcompMethod_t method : {gradcompMethodQsgd, gradcompMethodDgc}) {
     SCOPED_TRACE(testing::Message() << "method=" << method);
-    gradcompConfig_t cfg = qsgdConfig();
+    gradcompConfig_t cfg = gctest::qsgdTestConfig();
     cfg.method = method;
     cfg.density = 0.05f;
     const int N = 3;
@@ -551,7 +483,7 @@ TEST(ReduceScatterCpu, SavedStateReproducesTheNextCall) {
 }
 
 TEST(ReduceScatterCpu, BadArgumentsRefusedCleanly) {
-  gradcompConfig_t cfg = qsgdConfig();
+  gradcompConfig_t cfg = gctest::qsgdTestConfig();
   gctest::CpuWorld world(2, cfg);
   const size_t m = 1000;
   std::vector<float> buf(2 * m + 8, 1.0f), out(m, 0.0f), before = buf;
@@ -588,7 +520,7 @@ TEST(ReduceScatterCpu, RanksDisagreeingOnRecvcountAllFail) {
   for (gradcompMethod_t method : {gradcompMethodQsgd, gradcompMethodTopk, gradcompMethodRandk}) {
     for (size_t other : {(size_t)1001, (size_t)10}) {
       SCOPED_TRACE(testing::Message() << "method=" << method << " other=" << other);
-      gradcompConfig_t cfg = qsgdConfig();
+      gradcompConfig_t cfg = gctest::qsgdTestConfig();
       cfg.method = method;
       cfg.minElements = 1000;
       const int N = 3;

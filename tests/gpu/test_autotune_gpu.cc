@@ -16,82 +16,13 @@
 #include "plugin/comm.h"
 #include "tests/common/test_util.h"
 #include "tests/gpu/gpu_util.h"
+#include "tests/gpu/mirror_transport.h"
 
 namespace {
 
 using gctest::DeviceBuffer;
 
 class AutoTuneGpu : public gctest::GpuTest {};
-
-#define GC_TEST_CHECK(x)                  \
-  do {                                    \
-    gradcompResult_t r_ = (x);            \
-    if (r_ != gradcompSuccess) return r_; \
-  } while (0)
-
-// N ranks seen from rank 0, every rank sending what rank 0 sends: an
-// allgather repeats the block, a float sum is N times the input, a max the
-// input itself. Through the backend's own ops, so it runs on the stream.
-class SumMirror final : public gc::Transport {
- public:
-  SumMirror(int size, gc::Backend* be, size_t maxFloats) : be_(be), maxFloats_(maxFloats) {
-    rank_ = 0;
-    size_ = size;
-    void* p = nullptr;
-    EXPECT_EQ(be_->alloc(maxFloats * sizeof(float), &p), gradcompSuccess);
-    tmp_ = static_cast<float*>(p);
-  }
-  ~SumMirror() override { be_->release(tmp_); }
-  gradcompResult_t allToAll(const void* const*, const size_t*, void* const*,
-                            const size_t*) override {
-    return gradcompNotSupported;
-  }
-  gradcompResult_t sendRecv(const void*, size_t, int, void*, size_t, int) override {
-    return gradcompNotSupported;
-  }
-  gradcompResult_t allGather(const void* send, void* recv, size_t bytes) override {
-    for (int i = 0; i < size_; ++i)
-      GC_TEST_CHECK(be_->copy(static_cast<char*>(recv) + i * bytes, send, bytes));
-    return gradcompSuccess;
-  }
-  gradcompResult_t allReduceSumFloat(const float* send, float* recv, size_t n) override {
-    if (n > maxFloats_) return gradcompNotSupported;
-    GC_TEST_CHECK(be_->copy(tmp_, send, n * sizeof(float)));
-    GC_TEST_CHECK(be_->zero(recv, n * sizeof(float)));
-    for (int i = 0; i < size_; ++i) GC_TEST_CHECK(be_->add(recv, tmp_, n));
-    return gradcompSuccess;
-  }
-  gradcompResult_t passThrough(const void* send, void* recv, size_t count, ncclDataType_t type,
-                               ncclRedOp_t op) override {
-    if (type != ncclFloat32) return gradcompNotSupported;
-    if (op == ncclMax) return be_->copy(recv, send, count * sizeof(float));
-    if (op != ncclSum) return gradcompNotSupported;
-    return allReduceSumFloat(static_cast<const float*>(send), static_cast<float*>(recv), count);
-  }
-  gradcompResult_t reduceScatter(const void*, void*, size_t, ncclDataType_t, ncclRedOp_t) override {
-    return gradcompNotSupported;
-  }
-
- private:
-  gc::Backend* be_;
-  size_t maxFloats_;
-  float* tmp_ = nullptr;
-};
-
-gradcompComm* mirrorComm(const gradcompConfig_t& cfg, int nranks, size_t maxFloats,
-                         cudaStream_t stream) {
-  gradcompComm* c = new gradcompComm();
-  c->cfg = cfg;
-  c->rank = 0;
-  c->nranks = nranks;
-  c->backend = gc::makeCudaBackend();
-  EXPECT_EQ(c->backend->init(), gradcompSuccess);
-  c->backend->setStream(stream);
-  c->transport.reset(new SumMirror(nranks, c->backend.get(), maxFloats));
-  c->transport->setStream(stream);
-  c->sparse = gc::makeCudaSparseOps();
-  return c;
-}
 
 gc::AutoFigures compressWins() {
   gc::AutoFigures f;
@@ -124,8 +55,8 @@ std::vector<char> savedState(gradcompComm* c) {
 
 TEST_F(AutoTuneGpu, TimingLeavesTheCommAsItWas) {
   const size_t n = 100000, maxFloats = size_t(1) << 20;
-  gradcompComm* a = mirrorComm(topkConfig(1), 2, maxFloats, stream);
-  gradcompComm* b = mirrorComm(topkConfig(0), 2, maxFloats, stream);
+  gradcompComm* a = gctest::mirrorComm(topkConfig(1), true, 2, maxFloats, stream, true);
+  gradcompComm* b = gctest::mirrorComm(topkConfig(0), true, 2, maxFloats, stream, true);
   gc::autoInjectFigures(a, compressWins());
   DeviceBuffer<float> x(n), y(n);
   auto step = [&](int k) {
@@ -176,7 +107,7 @@ TEST_F(AutoTuneGpu, TimingLeavesTheCommAsItWas) {
 
 TEST_F(AutoTuneGpu, FirstCallUnderCaptureIsRefused) {
   const size_t n = 50000;
-  gradcompComm* a = mirrorComm(topkConfig(1), 2, n, stream);
+  gradcompComm* a = gctest::mirrorComm(topkConfig(1), true, 2, n, stream, true);
   gc::autoInjectFigures(a, compressWins());
   DeviceBuffer<float> x(n);
   x.upload(gctest::normal(n, 3));

@@ -17,6 +17,7 @@
 #include "plugin/comm.h"
 #include "tests/common/test_util.h"
 #include "tests/gpu/gpu_util.h"
+#include "tests/gpu/mirror_transport.h"
 
 namespace {
 
@@ -37,71 +38,6 @@ class SparseAlgoGpu : public gctest::GpuTest {};
 }
 
 // ---------------------------------------------------------------- algorithms
-
-#define GC_TEST_CHECK(x)                  \
-  do {                                    \
-    gradcompResult_t r_ = (x);            \
-    if (r_ != gradcompSuccess) return r_; \
-  } while (0)
-
-// A transport of N ranks seen from rank 0 where every rank sends what rank 0
-// sends. Works on either backend's memory through the backend's own ops, so
-// the same calls run on the CPU and the CUDA backend (and in a graph).
-class MirrorTransport final : public gc::Transport {
- public:
-  MirrorTransport(int size, gc::Backend* be, size_t maxFloats) : be_(be) {
-    rank_ = 0;
-    size_ = size;
-    void* p = nullptr;
-    EXPECT_EQ(be_->alloc(maxFloats * sizeof(float), &p), gradcompSuccess);
-    tmp_ = static_cast<float*>(p);
-  }
-  ~MirrorTransport() override { be_->release(tmp_); }
-  gradcompResult_t allToAll(const void* const*, const size_t*, void* const*,
-                            const size_t*) override {
-    return gradcompNotSupported;
-  }
-  gradcompResult_t sendRecv(const void*, size_t, int, void*, size_t, int) override {
-    return gradcompNotSupported;
-  }
-  gradcompResult_t allGather(const void* send, void* recv, size_t bytes) override {
-    for (int i = 0; i < size_; ++i) {
-      GC_TEST_CHECK(be_->copy(static_cast<char*>(recv) + i * bytes, send, bytes));
-    }
-    return gradcompSuccess;
-  }
-  gradcompResult_t allReduceSumFloat(const float* send, float* recv, size_t n) override {
-    GC_TEST_CHECK(be_->copy(tmp_, send, n * sizeof(float)));
-    GC_TEST_CHECK(be_->zero(recv, n * sizeof(float)));
-    for (int i = 0; i < size_; ++i) GC_TEST_CHECK(be_->add(recv, tmp_, n));
-    return gradcompSuccess;
-  }
-  gradcompResult_t reduceScatter(const void*, void*, size_t, ncclDataType_t, ncclRedOp_t) override {
-    return gradcompNotSupported;
-  }
-  gradcompResult_t passThrough(const void*, void*, size_t, ncclDataType_t, ncclRedOp_t) override {
-    return gradcompNotSupported;
-  }
-
- private:
-  gc::Backend* be_;
-  float* tmp_ = nullptr;
-};
-
-gradcompComm* mirrorComm(const gradcompConfig_t& cfg, bool device, int nranks, size_t maxFloats,
-                         cudaStream_t stream) {
-  gradcompComm* c = new gradcompComm();
-  c->cfg = cfg;
-  c->rank = 0;
-  c->nranks = nranks;
-  c->backend = device ? gc::makeCudaBackend() : gc::makeCpuBackend();
-  EXPECT_EQ(c->backend->init(), gradcompSuccess);
-  c->backend->setStream(stream);
-  c->transport.reset(new MirrorTransport(nranks, c->backend.get(), maxFloats));
-  c->transport->setStream(stream);
-  c->sparse = device ? gc::makeCudaSparseOps() : gc::makeCpuSparseOps();
-  return c;
-}
 
 struct AlgoCase {
   const char* name;
@@ -160,8 +96,8 @@ TEST_F(SparseAlgoGpu, AlgorithmsEqualCpuBackendEagerAndInGraphs) {
                                                              : ncclBfloat16;
     const ncclRedOp_t op = ac.avg ? ncclAvg : ncclSum;
     const size_t bytes = n * gc::dtypeBytes(ac.dtype);
-    gradcompComm* cpu = mirrorComm(cfg, false, N, n, nullptr);
-    gradcompComm* gpu = mirrorComm(cfg, true, N, n, stream);
+    gradcompComm* cpu = gctest::mirrorComm(cfg, false, N, n, nullptr, false);
+    gradcompComm* gpu = gctest::mirrorComm(cfg, true, N, n, stream, false);
     std::vector<uint8_t> hostBuf(bytes);
     DeviceBuffer<uint8_t> dbuf(bytes), dsrc(bytes);
     cudaGraph_t graph = nullptr;
@@ -234,7 +170,7 @@ TEST_F(SparseAlgoGpu, CaptureDuringDgcWarmupIsRefused) {
   cfg.minElements = 0;
   cfg.warmupSteps = 10;
   const size_t n = 50000;
-  gradcompComm* gpu = mirrorComm(cfg, true, 2, n, stream);
+  gradcompComm* gpu = gctest::mirrorComm(cfg, true, 2, n, stream, false);
   DeviceBuffer<float> d(n);  // warm-up starts at 25%: the dense fallback
   d.upload(gctest::normal(n, 1));
   ASSERT_EQ(gradcompAllReduce(d.get(), d.get(), n, ncclFloat32, ncclSum, gpu, stream),

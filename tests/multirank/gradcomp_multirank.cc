@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <functional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -84,6 +85,16 @@ ncclUniqueId exchangeId(const char* path) {
   exit(2);
 }
 
+// `count` elements of type t at device address d, as fp32.
+std::vector<float> downloadAsFloat(const void* d, DType t, size_t count) {
+  Rank out;
+  out.f32.resize(count);
+  out.half.resize(count);
+  CK(cudaMemcpy(t == DType::F32 ? (void*)out.f32.data() : (void*)out.half.data(), d,
+                count * (t == DType::F32 ? 4 : 2), cudaMemcpyDeviceToHost));
+  return widen(out, t, count);
+}
+
 // pipelineBytes > 0: the pipelined two-shot (comm stream + events on the
 // CUDA backend) must give the unpipelined reference's bits.
 void checkAlgo(ncclComm_t nc, cudaStream_t st, gradcompAlgo_t algo, DType t, bool avg, size_t n,
@@ -117,16 +128,13 @@ void checkAlgo(ncclComm_t nc, cudaStream_t st, gradcompAlgo_t algo, DType t, boo
     gradcompResult_t res =
         gradcompAllReduce(dbuf, dbuf, n, nccl(t), avg ? ncclAvg : ncclSum, gc, st);
     CK(cudaStreamSynchronize(st));
-    std::vector<Rank> out = in;
-    CK(cudaMemcpy(t == DType::F32 ? (void*)out[rank].f32.data() : (void*)out[rank].half.data(),
-                  dbuf, n * esz, cudaMemcpyDeviceToHost));
     refState = in;
     std::vector<float> expect =
         localSize > 1                   ? refHier(refState, t, n, cfg, step, avg, localSize, mid)
         : algo == gradcompAlgoRing      ? refRing(refState, t, n, cfg, step, avg)
         : algo == gradcompAlgoAllgather ? refAllgather(refState, t, n, cfg, step, avg)
                                         : refTwoShot(refState, t, n, cfg, step, avg);
-    std::vector<float> got = widen(out[rank], t, n);
+    std::vector<float> got = downloadAsFloat(dbuf, t, n);
     char what[160];
     snprintf(what, sizeof(what), "algo=%d dtype=%d avg=%d n=%zu step=%d pipelineBytes=%zu",
              (int)algo, (int)t, avg, n, step, pipelineBytes);
@@ -184,10 +192,8 @@ struct SparseCase {
   bool dgcExtras;  // momentum correction, masking, warm-up, clipping
 };
 
-// Three calls on one buffer of a fresh comm: every rank computes all ranks'
-// inputs and the serial reference, and checks its own output.
-void checkSparse(ncclComm_t nc, cudaStream_t st, const SparseCase& sc, DType t, bool avg,
-                 size_t n) {
+// The config of a sparse case, for the allreduce and the reduce-scatter.
+gradcompConfig_t sparseCaseConfig(const SparseCase& sc, uint64_t seed) {
   gradcompConfig_t cfg;
   gradcompConfigInit(&cfg);
   cfg.autoTune = 0;  // these check compression: auto must not pass calls to NCCL
@@ -195,12 +201,10 @@ void checkSparse(ncclComm_t nc, cudaStream_t st, const SparseCase& sc, DType t, 
   cfg.select = sc.select;
   cfg.valueType = sc.valueType;
   cfg.minElements = 0;
-  cfg.seed = 4321;
+  cfg.seed = seed;
   cfg.density = 0.01f;
-  cfg.errorFeedback = 1;
   cfg.localSize = localSize;
   if (sc.dgcExtras) {
-    cfg.momentum = 0.9f;
     cfg.momentumCorrection = 1;
     cfg.momentumMasking = 1;
     cfg.warmupSteps = 4;  // densities 25%, 6.25%, 1.5625% on calls 0..2
@@ -208,6 +212,16 @@ void checkSparse(ncclComm_t nc, cudaStream_t st, const SparseCase& sc, DType t, 
   } else if (sc.method == gradcompMethodDgc) {
     cfg.momentumCorrection = 0;
   }
+  return cfg;
+}
+
+// Three calls on one buffer of a fresh comm: every rank computes all ranks'
+// inputs and the serial reference, and checks its own output.
+void checkSparse(ncclComm_t nc, cudaStream_t st, const SparseCase& sc, DType t, bool avg,
+                 size_t n) {
+  gradcompConfig_t cfg = sparseCaseConfig(sc, 4321);
+  cfg.errorFeedback = 1;
+  if (sc.dgcExtras) cfg.momentum = 0.9f;
   gradcompComm_t gc;
   CK(gradcompCommCreate(nc, &cfg, &gc));
   const size_t esz = t == DType::F32 ? 4 : 2;
@@ -231,10 +245,7 @@ void checkSparse(ncclComm_t nc, cudaStream_t st, const SparseCase& sc, DType t, 
     gradcompResult_t res =
         gradcompAllReduce(dbuf, dbuf, n, nccl(t), avg ? ncclAvg : ncclSum, gc, st);
     CK(cudaStreamSynchronize(st));
-    Rank out = in[rank];
-    CK(cudaMemcpy(t == DType::F32 ? (void*)out.f32.data() : (void*)out.half.data(), dbuf, n * esz,
-                  cudaMemcpyDeviceToHost));
-    const std::vector<float> got = widen(out, t, n);
+    const std::vector<float> got = downloadAsFloat(dbuf, t, n);
     size_t bad = 0, first = n;
     for (size_t i = 0; i < n; ++i) {
       if (!sparseClose(got[i], expect[i], call, i, t, avg)) {
@@ -263,6 +274,36 @@ void checkSparse(ncclComm_t nc, cudaStream_t st, const SparseCase& sc, DType t, 
 // same calls eagerly; results and residual state must match bit for bit.
 // pipelineBytes > 0: the graphed comm is pipelined (its comm stream joins
 // the capture through events), the eager one is not: same bits still.
+// One call per comm (creating state and workspace), the graphed comm's next
+// call captured, then `replays` rounds of a replay and an eager call; call(c,
+// out) writes `count` floats at out. True when every call and the capture
+// succeeded and the two outputs are then equal bit for bit: every replay
+// advances the comm's device step counter exactly as an eager call does.
+bool replaysEqualEager(cudaStream_t st, gradcompComm_t eager, float* a, gradcompComm_t graphed,
+                       float* b, size_t count, int replays,
+                       const std::function<gradcompResult_t(gradcompComm_t, float*)>& call) {
+  bool ok = call(eager, a) == gradcompSuccess;
+  ok &= call(graphed, b) == gradcompSuccess;
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+  CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+  gradcompResult_t cap = call(graphed, b);
+  CK(cudaStreamEndCapture(st, &graph));
+  ok &= cap == gradcompSuccess;
+  CK(cudaGraphInstantiate(&exec, graph, 0));
+  for (int k = 0; k < replays; ++k) {
+    CK(cudaGraphLaunch(exec, st));
+    ok &= call(eager, a) == gradcompSuccess;
+  }
+  CK(cudaStreamSynchronize(st));
+  std::vector<float> ra(count), rb(count);
+  CK(cudaMemcpy(ra.data(), a, count * 4, cudaMemcpyDeviceToHost));
+  CK(cudaMemcpy(rb.data(), b, count * 4, cudaMemcpyDeviceToHost));
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  return ok && memcmp(ra.data(), rb.data(), count * 4) == 0;
+}
+
 void checkGraph(ncclComm_t nc, cudaStream_t st, size_t pipelineBytes) {
   gradcompConfig_t cfg;
   gradcompConfigInit(&cfg);
@@ -280,31 +321,13 @@ void checkGraph(ncclComm_t nc, cudaStream_t st, size_t pipelineBytes) {
   float *a, *b;
   CK(cudaMalloc(&a, n * 4));
   CK(cudaMalloc(&b, n * 4));
-  const int replays = 4;
-  bool ok = true;
-  // Warm-up (creates state and workspace), then capture.
   CK(cudaMemcpyAsync(a, g.data(), n * 4, cudaMemcpyHostToDevice, st));
   CK(cudaMemcpyAsync(b, g.data(), n * 4, cudaMemcpyHostToDevice, st));
-  ok &= gradcompAllReduceKeyed(a, a, n, ncclFloat32, ncclAvg, eager, st, 7) == gradcompSuccess;
-  ok &= gradcompAllReduceKeyed(b, b, n, ncclFloat32, ncclAvg, graphed, st, 7) == gradcompSuccess;
-  cudaGraph_t graph;
-  cudaGraphExec_t exec;
-  CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-  gradcompResult_t cap = gradcompAllReduceKeyed(b, b, n, ncclFloat32, ncclAvg, graphed, st, 7);
-  CK(cudaStreamEndCapture(st, &graph));
-  ok &= cap == gradcompSuccess;
-  CK(cudaGraphInstantiate(&exec, graph, 0));
-  // Every replay advances the comm's device step counter exactly as an eager
-  // call does, so `replays` replays equal `replays` eager calls, bit for bit.
-  for (int k = 0; k < replays; ++k) {
-    CK(cudaGraphLaunch(exec, st));
-    ok &= gradcompAllReduceKeyed(a, a, n, ncclFloat32, ncclAvg, eager, st, 7) == gradcompSuccess;
-  }
-  CK(cudaStreamSynchronize(st));
-  std::vector<float> ra(n), rb(n);
-  CK(cudaMemcpy(ra.data(), a, n * 4, cudaMemcpyDeviceToHost));
-  CK(cudaMemcpy(rb.data(), b, n * 4, cudaMemcpyDeviceToHost));
-  report(ok && memcmp(ra.data(), rb.data(), n * 4) == 0, "graph replays equal eager calls" + pipe);
+  report(replaysEqualEager(st, eager, a, graphed, b, n, 4,
+                           [&](gradcompComm_t c, float* x) {
+                             return gradcompAllReduceKeyed(x, x, n, ncclFloat32, ncclAvg, c, st, 7);
+                           }),
+         "graph replays equal eager calls" + pipe);
   // And the residual state is the same too.
   size_t sa = 0, sb = 0;
   gradcompCommStateSize(eager, &sa);
@@ -326,8 +349,6 @@ void checkGraph(ncclComm_t nc, cudaStream_t st, size_t pipelineBytes) {
   }
   report(saved && sa >= 112 + 64 && memcmp(bufA.data(), bufB.data(), sa) == 0,
          "graph replays leave the same residuals as eager calls" + pipe);
-  cudaGraphExecDestroy(exec);
-  cudaGraphDestroy(graph);
   cudaFree(a);
   cudaFree(b);
   gradcompCommDestroy(eager);
@@ -392,11 +413,7 @@ void checkRsQsgd(ncclComm_t nc, cudaStream_t st, DType t, bool avg, size_t m, bo
     gradcompResult_t res =
         gradcompReduceScatter(dsend, recv, m, nccl(t), avg ? ncclAvg : ncclSum, gc, st);
     CK(cudaStreamSynchronize(st));
-    Rank out;
-    out.f32.resize(m);
-    out.half.resize(m);
-    CK(cudaMemcpy(t == DType::F32 ? (void*)out.f32.data() : (void*)out.half.data(), recv, m * esz,
-                  cudaMemcpyDeviceToHost));
+    const std::vector<float> got = downloadAsFloat(recv, t, m);
     gradcompStats_t stats;
     gradcompGetStats(gc, &stats);
     refState = in;
@@ -404,7 +421,6 @@ void checkRsQsgd(ncclComm_t nc, cudaStream_t st, DType t, bool avg, size_t m, bo
         localSize > 1
             ? refHierReduceScatter(refState, t, m, cfg, stats.bitsLast, step, avg, localSize)
             : refReduceScatter(refState, t, m, cfg, stats.bitsLast, step, avg);
-    const std::vector<float> got = widen(out, t, m);
     char what[200];
     snprintf(what, sizeof(what), "rs qsgd%s%s dtype=%d avg=%d m=%zu inPlace=%d step=%d bits=%d",
              localSize > 1 ? "-hier" : "", dynamic ? "-dynamic" : "", (int)t, avg, m, inPlace, step,
@@ -428,24 +444,7 @@ void checkRsQsgd(ncclComm_t nc, cudaStream_t st, DType t, bool avg, size_t m, bo
 
 void checkRsSparse(ncclComm_t nc, cudaStream_t st, const SparseCase& sc, DType t, bool avg,
                    size_t m) {
-  gradcompConfig_t cfg;
-  gradcompConfigInit(&cfg);
-  cfg.autoTune = 0;
-  cfg.method = sc.method;
-  cfg.select = sc.select;
-  cfg.valueType = sc.valueType;
-  cfg.minElements = 0;
-  cfg.seed = 99;
-  cfg.density = 0.01f;
-  cfg.localSize = localSize;
-  if (sc.dgcExtras) {
-    cfg.momentumCorrection = 1;
-    cfg.momentumMasking = 1;
-    cfg.warmupSteps = 4;
-    cfg.clipNorm = 50.0f;
-  } else if (sc.method == gradcompMethodDgc) {
-    cfg.momentumCorrection = 0;
-  }
+  const gradcompConfig_t cfg = sparseCaseConfig(sc, 99);
   gradcompComm_t gc;
   CK(gradcompCommCreate(nc, &cfg, &gc));
   const size_t esz = t == DType::F32 ? 4 : 2, n = nranks * m;
@@ -466,12 +465,7 @@ void checkRsSparse(ncclComm_t nc, cudaStream_t st, const SparseCase& sc, DType t
     gradcompResult_t res =
         gradcompReduceScatter(dsend, drecv, m, nccl(t), avg ? ncclAvg : ncclSum, gc, st);
     CK(cudaStreamSynchronize(st));
-    Rank out;
-    out.f32.resize(m);
-    out.half.resize(m);
-    CK(cudaMemcpy(t == DType::F32 ? (void*)out.f32.data() : (void*)out.half.data(), drecv, m * esz,
-                  cudaMemcpyDeviceToHost));
-    const std::vector<float> got = widen(out, t, m);
+    const std::vector<float> got = downloadAsFloat(drecv, t, m);
     size_t bad = 0;
     for (size_t i = 0; i < m; ++i) bad += memcmp(&got[i], &expect[rank][i], 4) != 0;
     char what[200];
@@ -501,26 +495,11 @@ void checkRsGraph(ncclComm_t nc, cudaStream_t st) {
   CK(cudaMalloc(&a, m * 4));
   CK(cudaMalloc(&b, m * 4));
   CK(cudaMemcpyAsync(in, g.data(), n * 4, cudaMemcpyHostToDevice, st));
-  bool ok = gradcompReduceScatter(in, a, m, ncclFloat32, ncclAvg, eager, st) == gradcompSuccess;
-  ok &= gradcompReduceScatter(in, b, m, ncclFloat32, ncclAvg, graphed, st) == gradcompSuccess;
-  cudaGraph_t graph;
-  cudaGraphExec_t exec;
-  CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-  gradcompResult_t cap = gradcompReduceScatter(in, b, m, ncclFloat32, ncclAvg, graphed, st);
-  CK(cudaStreamEndCapture(st, &graph));
-  ok &= cap == gradcompSuccess;
-  CK(cudaGraphInstantiate(&exec, graph, 0));
-  for (int k = 0; k < 4; ++k) {
-    CK(cudaGraphLaunch(exec, st));
-    ok &= gradcompReduceScatter(in, a, m, ncclFloat32, ncclAvg, eager, st) == gradcompSuccess;
-  }
-  CK(cudaStreamSynchronize(st));
-  std::vector<float> ra(m), rb(m);
-  CK(cudaMemcpy(ra.data(), a, m * 4, cudaMemcpyDeviceToHost));
-  CK(cudaMemcpy(rb.data(), b, m * 4, cudaMemcpyDeviceToHost));
-  report(ok && memcmp(ra.data(), rb.data(), m * 4) == 0, "rs graph replays equal eager calls");
-  cudaGraphExecDestroy(exec);
-  cudaGraphDestroy(graph);
+  report(replaysEqualEager(st, eager, a, graphed, b, m, 4,
+                           [&](gradcompComm_t c, float* out) {
+                             return gradcompReduceScatter(in, out, m, ncclFloat32, ncclAvg, c, st);
+                           }),
+         "rs graph replays equal eager calls");
   cudaFree(in);
   cudaFree(a);
   cudaFree(b);

@@ -1,0 +1,92 @@
+// A comm of N ranks in one process, seen from rank 0, over a transport where
+// every rank sends what rank 0 sends: an allgather repeats the block, a float
+// sum is N times the input, a max the input itself. It works on either
+// backend's memory through the backend's own ops, so the same calls run on
+// the CPU and the CUDA backend, on the caller's stream (and in a graph).
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include "gradcomp.h"
+#include "plugin/comm.h"
+
+namespace gctest {
+
+#define GC_TEST_CHECK(x)                  \
+  do {                                    \
+    gradcompResult_t r_ = (x);            \
+    if (r_ != gradcompSuccess) return r_; \
+  } while (0)
+
+class MirrorTransport final : public gc::Transport {
+ public:
+  // passThrough: whether NCCL's own allreduce (fp32 sum and max) is offered;
+  // tests of compression leave it out, so a call the library wrongly passes
+  // to NCCL fails instead of matching.
+  MirrorTransport(int size, gc::Backend* be, size_t maxFloats, bool passThrough)
+      : be_(be), maxFloats_(maxFloats), passThrough_(passThrough) {
+    rank_ = 0;
+    size_ = size;
+    void* p = nullptr;
+    EXPECT_EQ(be_->alloc(maxFloats * sizeof(float), &p), gradcompSuccess);
+    tmp_ = static_cast<float*>(p);
+  }
+  ~MirrorTransport() override { be_->release(tmp_); }
+  gradcompResult_t allToAll(const void* const*, const size_t*, void* const*,
+                            const size_t*) override {
+    return gradcompNotSupported;
+  }
+  gradcompResult_t sendRecv(const void*, size_t, int, void*, size_t, int) override {
+    return gradcompNotSupported;
+  }
+  gradcompResult_t allGather(const void* send, void* recv, size_t bytes) override {
+    for (int i = 0; i < size_; ++i) {
+      GC_TEST_CHECK(be_->copy(static_cast<char*>(recv) + i * bytes, send, bytes));
+    }
+    return gradcompSuccess;
+  }
+  gradcompResult_t allReduceSumFloat(const float* send, float* recv, size_t n) override {
+    if (n > maxFloats_) return gradcompNotSupported;
+    GC_TEST_CHECK(be_->copy(tmp_, send, n * sizeof(float)));
+    GC_TEST_CHECK(be_->zero(recv, n * sizeof(float)));
+    for (int i = 0; i < size_; ++i) GC_TEST_CHECK(be_->add(recv, tmp_, n));
+    return gradcompSuccess;
+  }
+  gradcompResult_t passThrough(const void* send, void* recv, size_t count, ncclDataType_t type,
+                               ncclRedOp_t op) override {
+    if (!passThrough_ || type != ncclFloat32) return gradcompNotSupported;
+    if (op == ncclMax) return be_->copy(recv, send, count * sizeof(float));
+    if (op != ncclSum) return gradcompNotSupported;
+    return allReduceSumFloat(static_cast<const float*>(send), static_cast<float*>(recv), count);
+  }
+  gradcompResult_t reduceScatter(const void*, void*, size_t, ncclDataType_t, ncclRedOp_t) override {
+    return gradcompNotSupported;
+  }
+
+ private:
+  gc::Backend* be_;
+  size_t maxFloats_;
+  bool passThrough_;
+  float* tmp_ = nullptr;
+};
+
+#undef GC_TEST_CHECK
+
+// A comm of nranks over the mirror on the CUDA backend (device) or the CPU
+// one; free it with gradcompCommDestroy.
+inline gradcompComm* mirrorComm(const gradcompConfig_t& cfg, bool device, int nranks,
+                                size_t maxFloats, cudaStream_t stream, bool passThrough) {
+  gradcompComm* c = new gradcompComm();
+  c->cfg = cfg;
+  c->rank = 0;
+  c->nranks = nranks;
+  c->backend = device ? gc::makeCudaBackend() : gc::makeCpuBackend();
+  EXPECT_EQ(c->backend->init(), gradcompSuccess);
+  c->backend->setStream(stream);
+  c->transport.reset(new MirrorTransport(nranks, c->backend.get(), maxFloats, passThrough));
+  c->transport->setStream(stream);
+  c->sparse = device ? gc::makeCudaSparseOps() : gc::makeCpuSparseOps();
+  return c;
+}
+
+}  // namespace gctest

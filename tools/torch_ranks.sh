@@ -1,0 +1,112 @@
+# Sourced by tools/ddp_check.sh and tools/fsdp_check.sh, from the repository
+# root: their arguments and prerequisites, and one PyTorch training as N ranks
+# sharing ONE GPU (DESIGN.md's multi-rank set-up; tools/gc_ranks.py is the
+# same for the Python drivers). Each rank gets its own NCCL_HOSTID and NCCL
+# over loopback sockets, as NCCL refuses two ranks of one host on one GPU
+# otherwise.
+
+# check_args NAME OUTDIR [BUILD_DIR]: sets root, out (absolute, created),
+# build (BUILD_DIR, default build-gpu, else build), preload (the interposer
+# there) and py (PYTHON, default python3).
+check_args() {
+  local name=$1
+  shift
+  root=$(pwd)
+  out=${1:?usage: tools/${name}_check.sh OUTDIR [BUILD_DIR]}
+  build=${2:-build-gpu}
+  [ -d "$build" ] || build=build
+  mkdir -p "$out"
+  out=$(cd "$out" && pwd)
+  preload=$root/$build/plugin/preload/libgradcomp_preload.so
+  py=${PYTHON:-python3}
+}
+
+# Prerequisites, each ending the check through the caller's give_up with a
+# clear message; their output goes to $out/NAME_prereq.log (need_torch
+# starts it).
+need_torch() {  # need_torch NAME
+  if ! "$py" -c 'import torch, sklearn, numpy' > "$out/$1_prereq.log" 2>&1; then
+    give_up "$py cannot import torch, sklearn and numpy ($(tail -1 "$out/$1_prereq.log"))"
+  fi
+}
+
+need_cuda() {  # need_cuda NAME: PyTorch sees the GPU $gpu
+  if ! CUDA_VISIBLE_DEVICES=$gpu "$py" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' \
+      >> "$out/$1_prereq.log" 2>&1; then
+    give_up "PyTorch sees no CUDA device (CUDA_VISIBLE_DEVICES=$gpu)"
+  fi
+}
+
+need_preload() {  # need_preload NAME: builds the interposer when missing
+  if [ ! -f "$preload" ]; then
+    echo "$1_check: building the interposer in $build"
+    cmake --build "$build" --target gradcomp_preload -j 8 >> "$out/$1_prereq.log" 2>&1 ||
+      give_up "$preload is missing and could not be built (configure $build with CMake first)"
+  fi
+}
+
+# The training itself: py and gpu (the shared GPU) set by the caller.
+
+free_port() {
+  "$py" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+ranks_pids=()
+
+# For a caller's TERM/INT trap: the ranks of the run in progress go too.
+stop_ranks() {
+  local p
+  for p in "${ranks_pids[@]}"; do kill -TERM "$p" 2>/dev/null; done
+  sleep 2
+  for p in "${ranks_pids[@]}"; do kill -KILL "$p" 2>/dev/null; done
+}
+
+# run_ranks WORLD LIMIT LOG_PREFIX PRELOAD [VAR=VALUE...] -- SCRIPT [ARG...]
+# Runs "$py" SCRIPT ARG... as WORLD ranks, each under `timeout LIMIT`, rank r's
+# output in LOG_PREFIX_r<r>.log, PRELOAD (empty: none) as LD_PRELOAD and the
+# VAR=VALUE pairs on top of the shared environment. Returns the first nonzero
+# exit status seen (124 or 137: the time limit), else 0.
+run_ranks() {
+  local world=$1 limit=$2 logs=$3 lib=$4
+  shift 4
+  local vars=() r p port alive failed=0
+  while [ $# -gt 0 ] && [ "$1" != -- ]; do
+    vars+=("$1")
+    shift
+  done
+  shift
+  port=$(free_port)
+  ranks_pids=()
+  for r in $(seq 0 $((world - 1))); do
+    local envs=(CUDA_VISIBLE_DEVICES=$gpu RANK=$r WORLD_SIZE=$world LOCAL_RANK=0
+                MASTER_ADDR=127.0.0.1 MASTER_PORT=$port OMP_NUM_THREADS=2
+                NCCL_HOSTID=host-$r NCCL_NET=Socket NCCL_SOCKET_IFNAME=lo NCCL_IB_DISABLE=1
+                NCCL_P2P_DISABLE=1 NCCL_SHM_DISABLE=1 NCCL_NVLS_ENABLE=0
+                TORCH_NCCL_USE_COMM_NONBLOCKING=0 GRADCOMP_DEBUG=INFO "${vars[@]}")
+    [ -n "$lib" ] && envs+=(LD_PRELOAD=$lib)
+    env "${envs[@]}" timeout -k 5 "$limit" "$py" "$@" > "${logs}_r$r.log" 2>&1 &
+    ranks_pids+=($!)
+  done
+  # One rank failing leaves the others waiting on it: stop them all.
+  local -A rcs=()
+  while :; do
+    alive=0
+    for p in "${ranks_pids[@]}"; do
+      [ -n "${rcs[$p]:-}" ] && continue
+      if kill -0 "$p" 2>/dev/null; then
+        alive=1
+        continue
+      fi
+      wait "$p"
+      rcs[$p]=$?
+      [ "${rcs[$p]}" != 0 ] && [ "$failed" = 0 ] && failed=${rcs[$p]}
+    done
+    [ "$alive" = 0 ] && break
+    if [ "$failed" != 0 ]; then
+      for p in "${ranks_pids[@]}"; do kill -TERM "$p" 2>/dev/null; done
+    fi
+    sleep 1
+  done
+  ranks_pids=()
+  return "$failed"
+}
