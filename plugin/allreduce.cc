@@ -53,17 +53,7 @@ gradcompResult_t allReduce(const void* send, void* recv, size_t count, ncclDataT
   c->backend->setStream(stream);
   c->transport->setStream(stream);
   if (count == 0) return gradcompSuccess;
-  c->transport->beginCall(CallInfo{c->step, count, (int)type, (int)op});
-  if (c->verifyNext) {
-    if (c->backend->capturing()) {
-      return setError(gradcompInvalidUsage,
-                      "the first call after a state load or reset checks that all ranks agree "
-                      "(a host sync) and cannot be captured into a CUDA graph; make one eager "
-                      "call first");
-    }
-    GC_CHECK(c->transport->verifyCall());
-    c->verifyNext = false;
-  }
+  GC_CHECK(beginCollective(*c, count, type, op));
 
   if (!compressible(*c, count, type, op)) {
     GC_TRACE("pass through: count=%zu type=%d op=%d ranks=%d", count, (int)type, (int)op,

@@ -8,6 +8,22 @@
 
 namespace gc {
 
+gradcompResult_t beginCollective(gradcompComm& c, size_t count, ncclDataType_t type,
+                                 ncclRedOp_t op) {
+  c.transport->beginCall(CallInfo{c.step, count, (int)type, (int)op});
+  if (c.verifyNext) {
+    if (c.backend->capturing()) {
+      return setError(gradcompInvalidUsage,
+                      "the first call after a state load or reset checks that all ranks agree "
+                      "(a host sync) and cannot be captured into a CUDA graph; make one eager "
+                      "call first");
+    }
+    GC_CHECK(c.transport->verifyCall());
+    c.verifyNext = false;
+  }
+  return gradcompSuccess;
+}
+
 bool compressible(const gradcompComm& c, size_t count, ncclDataType_t type, ncclRedOp_t op) {
   const bool typeOk = type == ncclFloat32 || type == ncclFloat16 || type == ncclBfloat16;
   return c.cfg.method != gradcompMethodNone && typeOk && (op == ncclSum || op == ncclAvg) &&

@@ -16,6 +16,13 @@ enum StateKind : int {
   kStateReduceScatter = 2
 };
 
+// What every collective does first, once its stream is set: records the call
+// for the CPU world's per-collective agreement (step, count, type, op) and,
+// after a state load or reset, checks once that all ranks are at the same
+// step (a host sync, so refused under capture).
+gradcompResult_t beginCollective(gradcompComm& c, size_t count, ncclDataType_t type,
+                                 ncclRedOp_t op);
+
 // DESIGN.md's eligibility rule: fp32/fp16/bf16, Sum/Avg, count >=
 // minElements, more than one rank, a method. `count` is the input count
 // (the reduce-scatter's nranks * recvcount).

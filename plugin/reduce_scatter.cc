@@ -31,6 +31,7 @@ gradcompResult_t reduceScatter(const void* send, void* recv, size_t recvCount, n
   c->transport->setStream(stream);
   if (recvCount == 0) return gradcompSuccess;
   const size_t count = recvCount * (size_t)c->nranks;
+  GC_CHECK(beginCollective(*c, count, type, op));
 
   if (!compressible(*c, count, type, op)) {
     GC_TRACE("reduce-scatter pass through: recvcount=%zu type=%d op=%d ranks=%d", recvCount,
@@ -41,6 +42,7 @@ gradcompResult_t reduceScatter(const void* send, void* recv, size_t recvCount, n
 
   DType t;
   GC_CHECK(dtypeFromNccl(type, &t));
+  GC_CHECK(codecCheckCount(count));
   GC_CHECK(checkBuffers(*c, send, count, recv, recvCount, (size_t)c->rank * recvCount, t));
   const bool qsgd = c->cfg.method == gradcompMethodQsgd;
   if (!qsgd) {
@@ -94,14 +96,18 @@ GC_EXPORT gradcompResult_t gradcompReduceScatter(const void* sendbuff, void* rec
                                                  size_t recvcount, ncclDataType_t datatype,
                                                  ncclRedOp_t op, gradcompComm_t comm,
                                                  cudaStream_t stream) {
-  return gc::reduceScatter(sendbuff, recvbuff, recvcount, datatype, op, comm, stream, false, 0);
+  return gc::guarded([&] {
+    return gc::reduceScatter(sendbuff, recvbuff, recvcount, datatype, op, comm, stream, false, 0);
+  });
 }
 
 GC_EXPORT gradcompResult_t gradcompReduceScatterKeyed(const void* sendbuff, void* recvbuff,
                                                       size_t recvcount, ncclDataType_t datatype,
                                                       ncclRedOp_t op, gradcompComm_t comm,
                                                       cudaStream_t stream, uint64_t key) {
-  return gc::reduceScatter(sendbuff, recvbuff, recvcount, datatype, op, comm, stream, true, key);
+  return gc::guarded([&] {
+    return gc::reduceScatter(sendbuff, recvbuff, recvcount, datatype, op, comm, stream, true, key);
+  });
 }
 
 }  // extern "C"

@@ -160,6 +160,43 @@ TEST(StateBlob, RanksRestoredAtDifferentStepsFailAtTheNextCall) {
   }
 }
 
+// The same check guards a reduce-scatter that is the first call after the
+// load: its per-block encodings are keyed by the step too.
+TEST(StateBlob, ReduceScatterAfterLoadsOfDifferentStepsFails) {
+  gctest::CpuWorld w(2, baseConfig(gradcompMethodQsgd));
+  const size_t m = 4096;
+  auto rs = [&](int t, std::vector<gradcompResult_t>* results, std::vector<std::string>* errors) {
+    std::vector<std::vector<float>> in(2), out(2, std::vector<float>(m));
+    for (int r = 0; r < 2; ++r) in[r] = gctest::normal(2 * m, 500 + 10 * t + r);
+    *results = w.run([&](int r) {
+      gradcompResult_t rc = gradcompReduceScatterKeyed(in[r].data(), out[r].data(), m, ncclFloat32,
+                                                       ncclSum, w.comm(r), nullptr, 9);
+      (*errors)[r] = gradcompGetLastError();
+      return rc;
+    });
+    return out;
+  };
+  std::vector<gradcompResult_t> res;
+  std::vector<std::string> err(2);
+  rs(0, &res, &err);
+  for (auto rc : res) ASSERT_EQ(rc, gradcompSuccess);
+  const Blob s1[2] = {save(w.comm(0)), save(w.comm(1))};
+  rs(1, &res, &err);
+  for (auto rc : res) ASSERT_EQ(rc, gradcompSuccess);
+  const Blob s2[2] = {save(w.comm(0)), save(w.comm(1))};
+  ASSERT_EQ(gradcompCommLoadState(w.comm(0), s1[0].data(), s1[0].size()), gradcompSuccess);
+  ASSERT_EQ(gradcompCommLoadState(w.comm(1), s2[1].data(), s2[1].size()), gradcompSuccess);
+  rs(2, &res, &err);
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_EQ(res[r], gradcompInvalidUsage);
+    EXPECT_NE(err[r].find("is at step 1"), std::string::npos) << err[r];
+    EXPECT_NE(err[r].find("is at step 2"), std::string::npos) << err[r];
+  }
+  ASSERT_EQ(gradcompCommLoadState(w.comm(0), s2[0].data(), s2[0].size()), gradcompSuccess);
+  rs(2, &res, &err);
+  for (auto rc : res) EXPECT_EQ(rc, gradcompSuccess) << gradcompGetLastError();
+}
+
 // A resumed DQ-SGD run chooses the bit widths the original run chooses.
 TEST(StateBlob, DqsgdHistoryIsPartOfTheState) {
   for (gradcompBitsMode_t mode : {gradcompBitsDynamic, gradcompBitsBudget}) {
