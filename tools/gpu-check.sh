@@ -5,7 +5,7 @@
 # the last (the machine is kept only while calls follow each other; the build
 # in build-gpu/ is then reused):
 #
-#   GC_STEPS=core    build, tests (GRADCOMP_TEST_GPU=1), multirank              ~5 min
+#   GC_STEPS=core    build, tests (GRADCOMP_TEST_GPU=1), multirank, memcheck    ~5 min
 #   GC_STEPS=perf    gradcomp_perf rows, kernels, torch.topk, plots             ~5 min
 #   GC_STEPS=hooks   gradcomp.torch's DDP and FSDP2 hooks (torch_hooks)         ~7 min
 #   GC_STEPS=ddp     PyTorch DDP under LD_PRELOAD, flat and hierarchical        ~7 min
@@ -39,14 +39,14 @@ root=$(pwd)
 
 # Groups of steps, in the order a session runs them; each fits one call.
 declare -A groups=(
-  [core]="tests multirank"
+  [core]="tests multirank memcheck"
   [perf]="perf kernels torch_topk plots"
   [hooks]="torch_hooks"
   [ddp]="ddp"
   [fsdp_lm]="fsdp lm_compare"
   [link]="tc_link"
 )
-all_steps="tests multirank perf kernels torch_topk tc_link ddp fsdp torch_hooks lm_compare plots"
+all_steps="tests multirank memcheck perf kernels torch_topk tc_link ddp fsdp torch_hooks lm_compare plots"
 steps_sel=" "
 for s in ${GC_STEPS:-$all_steps}; do
   if [ -n "${groups[$s]:-}" ]; then
@@ -150,11 +150,6 @@ if "The following tests FAILED:" in text:
     open(os.path.join(d, "tests_failed.txt"), "w").write(text.split("The following tests FAILED:")[1])
 PY
 
-# --- the GPU parsers of bytes from the wire under compute-sanitizer: an
-# out-of-bounds access is a failure (docs/reliability.md)
-gc_csan=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
-want tests && [ -x "$gc_csan" ] && run_step memcheck 240 "$raw/memcheck.txt" "$gc_csan" \
-  --error-exitcode 1 "$build/tests/gradcomp_gpu_tests" --gtest_filter='ReliabilityGpu*'
 
 # --- multi-process NCCL tests and the DDP check, written by their owners
 if ! want multirank; then
@@ -164,6 +159,12 @@ elif [ -f tools/multirank_check.sh ]; then
 else
   printf 'multirank\tmissing\t0\ttools/multirank_check.sh not in this tree\n' >> "$steps"
 fi
+
+# --- the GPU parsers of bytes from the wire under compute-sanitizer: an
+# out-of-bounds access is a failure (docs/reliability.md)
+gc_csan=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+want memcheck && [ -x "$gc_csan" ] && run_step memcheck 60 "$raw/memcheck.txt" "$gc_csan" \
+  --error-exitcode 1 "$build/tests/gradcomp_gpu_tests" --gtest_filter='ReliabilityGpu*'
 
 # --- benchmarks
 perf=$build/bench/gradcomp_perf
