@@ -28,6 +28,7 @@ enum class GroupMode : int {
 
 struct Settings {
   bool ok = false;  // the configuration is valid: compression is possible
+  std::string why;  // when not ok: the sentence naming the bad variable
   gradcompConfig_t config;
   GroupMode group = GroupMode::Defer;
   uint64_t hash = 0;  // of config and group mode: every rank must have the same

@@ -221,4 +221,42 @@ TEST(NcclSetup, FailedExchangeKeepsOwnError) {
   EXPECT_FALSE(c.intra);
 }
 
+// A rank whose GRADCOMP_* value the LD_PRELOAD library refused still goes
+// through the collective set-up, voting that it failed: its peers wait in
+// the exchange for it. Every rank's result is gradcompInvalidArgument with
+// the refused sentence. With a GPU the exchange runs (one allgather of the
+// votes, rank 0's first); without one it cannot, and the rank's own sentence
+// is the result.
+TEST(NcclSetup, RefusedConfigurationStillVotes) {
+  char path[] = "/tmp/gc_fake_nccl_XXXXXX";
+  const int fd = mkstemp(path);
+  close(fd);
+  setenv("FAKE_NCCL_LOG", path, 1);
+  gradcompConfig_t cfg;
+  gradcompConfigInit(&cfg);
+  const char* refused = "GRADCOMP_BITS=99 is not an integer in 2..8";
+  gradcompComm_t c = (gradcompComm_t)(uintptr_t)1;
+  const gradcompResult_t res = gc::commCreate(fakeComm(), &cfg, refused, &c);
+  const std::string error = gradcompGetLastError();
+  unsetenv("FAKE_NCCL_LOG");
+  std::ifstream f(path);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  unlink(path);
+  EXPECT_EQ(res, gradcompInvalidArgument);
+  EXPECT_EQ(c, nullptr);
+  int n = 0;
+  const bool gpu = cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
+  (void)cudaGetLastError();
+  if (gpu) {
+    EXPECT_EQ(count(ss.str(), "AllGather"), 1) << ss.str();
+    EXPECT_EQ(error, std::string("rank 0 of 4 could not set up its gradcomp comm, so no rank made "
+                                 "one: ") +
+                         refused);
+  } else {
+    EXPECT_EQ(error, refused);
+  }
+  EXPECT_EQ(count(ss.str(), "CommSplit"), 0) << ss.str();
+}
+
 }  // namespace
