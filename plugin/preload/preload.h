@@ -108,6 +108,21 @@ struct Deferred {
   Collective coll = Collective::AllReduce;
 };
 
+// The residual key of a fused set (GRADCOMP_GROUP=fuse): its members'
+// receive buffers and counts in order, and its op. Unfused calls are keyed by
+// their receive buffers too; a key of the counts alone gave every group of
+// the same shape (the layers of a model) one residual between them.
+inline uint64_t fusedStateKey(const std::vector<const Deferred*>& members) {
+  uint64_t key = 0xcbf29ce484222325ull;
+  auto mix = [&](uint64_t v) { key = (key ^ v) * 0x100000001b3ull; };
+  for (const Deferred* d : members) {
+    mix((uint64_t)(uintptr_t)d->recv);
+    mix(d->count);
+  }
+  if (!members.empty()) mix((uint64_t)members[0]->op);
+  return key;
+}
+
 // The real ncclAllReduce / ncclReduceScatter with the caller's arguments,
 // counted as passed through.
 ncclResult_t forward(CommEntry* e, const Deferred& d);

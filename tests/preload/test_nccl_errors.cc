@@ -19,6 +19,7 @@
 #include "plugin/backends/transport.h"
 #include "plugin/checks.h"
 #include "plugin/comm.h"
+#include "plugin/preload/preload.h"
 #include "plugin/topology.h"
 
 namespace {
@@ -257,6 +258,27 @@ TEST(NcclSetup, RefusedConfigurationStillVotes) {
     EXPECT_EQ(error, refused);
   }
   EXPECT_EQ(count(ss.str(), "CommSplit"), 0) << ss.str();
+}
+
+// GRADCOMP_GROUP=fuse keys a fused set's residual as unfused calls are keyed,
+// by their receive buffers: two groups of the same shape (the layers of a
+// model) keep their own residuals, and a repeated group finds its own again.
+TEST(PreloadFusion, EachSetKeepsItsOwnState) {
+  using gc::preload::Deferred;
+  using gc::preload::fusedStateKey;
+  float a[8], b[8], c[8], d[8];
+  auto call = [](float* p, size_t n, ncclRedOp_t op) {
+    return Deferred{p, p, n, ncclFloat32, op, fakeComm(), nullptr};
+  };
+  const Deferred a4 = call(a, 4, ncclSum), b8 = call(b, 8, ncclSum);
+  const Deferred c4 = call(c, 4, ncclSum), d8 = call(d, 8, ncclSum);
+  const Deferred a4again = call(a, 4, ncclSum), b8again = call(b, 8, ncclSum);
+  const Deferred a4avg = call(a, 4, ncclAvg);
+  const uint64_t ab = fusedStateKey({&a4, &b8});
+  EXPECT_EQ(ab, fusedStateKey({&a4again, &b8again}));
+  EXPECT_NE(ab, fusedStateKey({&c4, &d8}));
+  EXPECT_NE(ab, fusedStateKey({&b8, &a4}));
+  EXPECT_NE(ab, fusedStateKey({&a4avg, &b8}));
 }
 
 }  // namespace
