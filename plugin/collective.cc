@@ -11,6 +11,11 @@ namespace gc {
 gradcompResult_t beginCollective(gradcompComm& c, size_t count, ncclDataType_t type,
                                  ncclRedOp_t op) {
   c.transport->beginCall(CallInfo{c.step, count, (int)type, (int)op});
+  // A hierarchical call runs on the node and inter-node sub-worlds alone,
+  // which see neither the call nor each other: the CPU world agrees on it
+  // first, so that a rank's different op or count fails every rank with its
+  // sentence rather than one node, or none.
+  if (c.intra && !c.backend->onDevice()) GC_CHECK(c.transport->verifyCall());
   if (c.verifyNext) {
     if (c.backend->capturing()) {
       return setError(gradcompInvalidUsage,

@@ -17,7 +17,9 @@ enum StateKind : int {
 };
 
 // What every collective does first, once its stream is set: records the call
-// for the CPU world's per-collective agreement (step, count, type, op) and,
+// for the CPU world's per-collective agreement (step, count, type, op; on a
+// hierarchical CPU comm, which calls only sub-worlds, one agreement of the
+// whole world) and,
 // after a state load or reset, checks once that all ranks are at the same
 // step (a host sync, so refused under capture).
 gradcompResult_t beginCollective(gradcompComm& c, size_t count, ncclDataType_t type,

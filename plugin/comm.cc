@@ -150,10 +150,10 @@ gradcompResult_t initNcclComm(gradcompComm* c, ncclComm_t nccl, int ncclDev,
 
 }  // namespace
 
-extern "C" {
+namespace gc {
 
-GC_EXPORT gradcompResult_t gradcompCommCreate(ncclComm_t nccl, const gradcompConfig_t* config,
-                                              gradcompComm_t* comm) {
+gradcompResult_t commCreate(ncclComm_t nccl, const gradcompConfig_t* config, const char* refused,
+                            gradcompComm_t* comm) {
   GC_ARG(comm != nullptr, "comm (output) is NULL");
   *comm = nullptr;
   GC_ARG(nccl != nullptr, "nccl communicator is NULL");
@@ -167,7 +167,9 @@ GC_EXPORT gradcompResult_t gradcompCommCreate(ncclComm_t nccl, const gradcompCon
   // The exchange's buffer first; then, whatever the rank's own set-up gives,
   // it joins the exchange and votes with it.
   const gc::VoteGather gather = gc::ncclVoteGather(nccl, c->rank, c->nranks, ncclDev);
-  const gradcompResult_t local = initNcclComm(c.get(), nccl, ncclDev, config);
+  const gradcompResult_t local = refused != nullptr
+                                     ? setError(gradcompInvalidArgument, "%s", refused)
+                                     : initNcclComm(c.get(), nccl, ncclDev, config);
   const gc::SetupVote mine =
       gc::makeSetupVote(local, c->cfg, gc::hostIdentity(),
                         local != gradcompSuccess ? gradcompGetLastError() : nullptr);
@@ -180,6 +182,15 @@ GC_EXPORT gradcompResult_t gradcompCommCreate(ncclComm_t nccl, const gradcompCon
           (int)c->cfg.method, c->cfg.bits, c->cfg.bucketSize);
   *comm = c.release();
   return gradcompSuccess;
+}
+
+}  // namespace gc
+
+extern "C" {
+
+GC_EXPORT gradcompResult_t gradcompCommCreate(ncclComm_t nccl, const gradcompConfig_t* config,
+                                              gradcompComm_t* comm) {
+  return gc::commCreate(nccl, config, nullptr, comm);
 }
 
 GC_EXPORT gradcompResult_t gradcompCommCreateCpu(int nranks, const gradcompConfig_t* config,

@@ -96,4 +96,12 @@ namespace gc {
 // Splits [0, count) into `parts` chunks aligned to `align` elements; chunk j
 // is [off[j], off[j+1]). Chunks may be empty when count is small.
 void splitAligned(size_t count, int parts, size_t align, size_t* off);
+
+// gradcompCommCreate. A non-null `refused` is this rank's configuration
+// error found before (the LD_PRELOAD library's bad GRADCOMP_* value): the
+// rank still joins the collective set-up, voting that it failed, so that
+// its peers, already in the exchange, fail with its sentence instead of
+// waiting for it; the result is gradcompInvalidArgument on every rank.
+gradcompResult_t commCreate(ncclComm_t nccl, const gradcompConfig_t* config, const char* refused,
+                            gradcompComm_t* comm);
 }  // namespace gc

@@ -180,7 +180,9 @@ gradcompResult_t runInterNode(gradcompComm& c, const Algorithm& algo, const Call
 }
 
 bool useHier(const gradcompComm& c) {
-  return c.topo.hier() && c.inter && c.intra && !c.cfg.elias;
+  // Elias codes QSGD levels: the sparse methods do not read it.
+  const bool elias = c.cfg.elias && c.cfg.method == gradcompMethodQsgd;
+  return c.topo.hier() && c.inter && c.intra && !elias;
 }
 
 size_t hierWorkspaceBytes(const gradcompComm& c, size_t count, int bits, uint64_t calls) {

@@ -11,6 +11,7 @@
 #include <map>
 #include <set>
 
+#include "comm.h"
 #include "debug.h"
 #include "nccl_dlsym.h"
 #include "params.h"
@@ -66,13 +67,14 @@ const char* methodName(gradcompMethod_t m) {
 Settings* readSettings() {
   Settings* s = new Settings;
   // Every valid variable is applied even past a bad one, so this rank finds
-  // the same calls eligible as its peers and joins their agreement (voting
-  // pass-through) instead of leaving them waiting in it.
+  // the same calls eligible as its peers and joins their set-up (voting that
+  // it failed, see decide) instead of leaving them waiting in it.
   if (configFromEnvLenient(&s->config) == gradcompSuccess) {
     s->ok = true;
   } else {
+    s->why = gradcompGetLastError();
     fprintf(stderr, "gradcomp %d WARN bad configuration (%s); passing every call to NCCL\n",
-            (int)getpid(), gradcompGetLastError());
+            (int)getpid(), s->why.c_str());
   }
   const char* g = paramString("GRADCOMP_GROUP", "defer");
   if (strcasecmp(g, "fuse") == 0) {
@@ -245,12 +247,12 @@ void decide(CommEntry& e, cudaStream_t stream) {
 
   DeviceGuard guard(e.device);
   gradcompComm_t gc = nullptr;
-  std::string localError = "bad configuration";
-  const gradcompResult_t res =
-      s.ok ? gradcompCommCreate(e.nccl, &s.config, &gc) : gradcompInvalidArgument;
-  if (res != gradcompSuccess && s.ok) {
-    localError = std::string(gradcompGetErrorString(res)) + ": " + gradcompGetLastError();
-  }
+  // A rank with a bad value joins the set-up exchange too, voting that it
+  // failed: its peers are already waiting in it.
+  const gradcompResult_t res = commCreate(e.nccl, &s.config, s.ok ? nullptr : s.why.c_str(), &gc);
+  const std::string localError = res == gradcompSuccess ? ""
+                                                        : std::string(gradcompGetErrorString(res)) +
+                                                              ": " + gradcompGetLastError();
   std::string why;
   const Agreement a = agree(e, stream, res == gradcompSuccess, &why);
   if (res == gradcompSuccess && a == Agreement::Agreed) {

@@ -30,12 +30,8 @@ ncclResult_t runFusedSet(CommEntry& e, const std::vector<const Deferred*>& membe
   }
   const size_t esz = typeBytes(d0.type);
   size_t total = 0;
-  // Residual state follows the group's shape, which a training loop repeats.
-  uint64_t key = 0xcbf29ce484222325ull;
-  for (const Deferred* d : members) {
-    total += d->count;
-    key = (key ^ d->count) * 0x100000001b3ull;
-  }
+  for (const Deferred* d : members) total += d->count;
+  const uint64_t key = fusedStateKey(members);
   {
     std::lock_guard<std::mutex> lock(e.callMu);
     if (e.fusionBytes < total * esz) {

@@ -28,6 +28,7 @@ enum class GroupMode : int {
 
 struct Settings {
   bool ok = false;  // the configuration is valid: compression is possible
+  std::string why;  // when not ok: the sentence naming the bad variable
   gradcompConfig_t config;
   GroupMode group = GroupMode::Defer;
   uint64_t hash = 0;  // of config and group mode: every rank must have the same
@@ -106,6 +107,21 @@ struct Deferred {
   cudaStream_t stream;
   Collective coll = Collective::AllReduce;
 };
+
+// The residual key of a fused set (GRADCOMP_GROUP=fuse): its members'
+// receive buffers and counts in order, and its op. Unfused calls are keyed by
+// their receive buffers too; a key of the counts alone gave every group of
+// the same shape (the layers of a model) one residual between them.
+inline uint64_t fusedStateKey(const std::vector<const Deferred*>& members) {
+  uint64_t key = 0xcbf29ce484222325ull;
+  auto mix = [&](uint64_t v) { key = (key ^ v) * 0x100000001b3ull; };
+  for (const Deferred* d : members) {
+    mix((uint64_t)(uintptr_t)d->recv);
+    mix(d->count);
+  }
+  if (!members.empty()) mix((uint64_t)members[0]->op);
+  return key;
+}
 
 // The real ncclAllReduce / ncclReduceScatter with the caller's arguments,
 // counted as passed through.

@@ -446,3 +446,67 @@ TEST(AutoTune, RefusedUnderCapture) {
 }
 
 }  // namespace
+
+// A timing inside a call runs collectives of its own, under the caller's
+// call record: a rank that passed another count on the first eligible call
+// makes every rank fail with the sentence naming both counts, before any
+// figure is agreed (a call passed to NCCL would otherwise read past the
+// shorter buffer).
+TEST(AutoTune, TimingKeepsTheCallsAgreement) {
+  gctest::CpuWorld w(2, autoConfig(1));
+  for (int r = 0; r < 2; ++r) {
+    gc::AutoState& a = w.comm(r)->autoState;
+    a.timeOnHost = true;
+    a.timedCounts[0] = 2048;
+    a.timedCounts[1] = 8192;
+  }
+  const size_t n[2] = {4096, 6144};
+  std::vector<std::vector<float>> buf = {gctest::normal(n[0], 1), gctest::normal(n[1], 2)};
+  std::vector<std::string> why(2);
+  auto res = w.run([&](int r) {
+    const gradcompResult_t x = gradcompAllReduce(buf[r].data(), buf[r].data(), n[r], ncclFloat32,
+                                                 ncclSum, w.comm(r), nullptr);
+    why[r] = gradcompGetLastError();
+    return x;
+  });
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_FALSE(w.comm(r)->autoState.timed) << r;
+    EXPECT_EQ(res[r], gradcompInvalidUsage) << r;
+    EXPECT_NE(why[r].find("count=4096"), std::string::npos) << why[r];
+    EXPECT_NE(why[r].find("count=6144"), std::string::npos) << why[r];
+  }
+}
+
+// Auto times the allreduce and decides for allreduces only: a reduce-scatter
+// compresses whenever eligible, and does not set off the timing.
+TEST(AutoTune, ReduceScatterCompressesAsConfigured) {
+  gctest::CpuWorld w(2, autoConfig(1));
+  for (int r = 0; r < 2; ++r) gc::autoInjectFigures(w.comm(r), kNcclWins);
+  const size_t rc = 4096;
+  std::vector<std::vector<float>> in = {gctest::normal(2 * rc, 5), gctest::normal(2 * rc, 6)};
+  std::vector<std::vector<float>> out(2, std::vector<float>(rc));
+  auto rs = [&] {
+    auto res = w.run([&](int r) {
+      return gradcompReduceScatter(in[r].data(), out[r].data(), rc, ncclFloat32, ncclSum, w.comm(r),
+                                   nullptr);
+    });
+    for (int r = 0; r < 2; ++r) EXPECT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
+  };
+  rs();
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_FALSE(w.comm(r)->autoState.decided) << r;
+    const gradcompStats_t s = stats(w.comm(r));
+    EXPECT_EQ(s.callsReduceScatter, 1u);
+    EXPECT_EQ(s.callsCompressed, 1u);
+    EXPECT_EQ(s.callsPassedThrough, 0u);
+  }
+  callAll(w, 8192, 3);  // times (injected): NCCL wins at every size
+  rs();
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_TRUE(w.comm(r)->autoState.timed) << r;
+    const gradcompStats_t s = stats(w.comm(r));
+    EXPECT_EQ(s.callsAutoPassed, 1u);
+    EXPECT_EQ(s.callsReduceScatter, 2u);
+    EXPECT_EQ(s.callsCompressed, 2u);
+  }
+}

@@ -244,6 +244,18 @@ TEST(HierCpu, SparseMethods) {
       }
 }
 
+// GRADCOMP_ELIAS codes QSGD levels only: a sparse method with it set stays
+// hierarchical, bit-equal to the hierarchical reference.
+TEST(HierCpu, SparseMethodsIgnoreElias) {
+  for (gradcompMethod_t m : {gradcompMethodTopk, gradcompMethodDgc, gradcompMethodRandk}) {
+    gradcompConfig_t cfg = baseConfig(0);
+    cfg.density = 0.05f;
+    cfg.method = m;
+    cfg.elias = 1;
+    checkSparse(cfg, 4, 2, DType::F32, false, 5000, 3);
+  }
+}
+
 // Error feedback keeps what was not sent: over T calls, the sum of the
 // outputs plus what all ranks hold in their residuals equals the sum of all
 // inputs (one quantization per element and step: allgather across nodes;

@@ -340,4 +340,37 @@ TEST(Reliability, MismatchedCallsNameBothCounts) {
   }
 }
 
+// A hierarchical call runs only on the node and inter-node sub-worlds: they
+// check the caller's call too. A rank passing Avg where the others pass Sum
+// (every exchanged size the same) fails on every rank with the sentence
+// giving both ops, for the allreduce and the reduce-scatter.
+TEST(Reliability, HierarchicalCallsAgreeOnTheOp) {
+  for (gradcompMethod_t m : {gradcompMethodQsgd, gradcompMethodTopk}) {
+    for (bool rs : {false, true}) {
+      SCOPED_TRACE(testing::Message() << "method " << m << (rs ? " reduce-scatter" : ""));
+      gradcompConfig_t cfg = quickConfig(m);
+      cfg.localSize = 2;
+      CpuWorld w(4, cfg);
+      const size_t n = 8192;
+      std::vector<std::vector<float>> in(4), out(4, std::vector<float>(n));
+      for (int r = 0; r < 4; ++r) in[r] = gctest::normal(n, 20 + r);
+      std::vector<std::string> err(4);
+      auto res = w.run([&](int r) {
+        const ncclRedOp_t op = r == 3 ? ncclAvg : ncclSum;
+        gradcompResult_t rc = rs ? gradcompReduceScatter(in[r].data(), out[r].data(), n / 4,
+                                                         ncclFloat32, op, w.comm(r), nullptr)
+                                 : gradcompAllReduce(in[r].data(), out[r].data(), n, ncclFloat32,
+                                                     op, w.comm(r), nullptr);
+        err[r] = gradcompGetLastError();
+        return rc;
+      });
+      for (int r = 0; r < 4; ++r) {
+        EXPECT_EQ(res[r], gradcompInvalidUsage) << "rank " << r;
+        EXPECT_NE(err[r].find("op=0"), std::string::npos) << err[r];
+        EXPECT_NE(err[r].find("op=4"), std::string::npos) << err[r];
+      }
+    }
+  }
+}
+
 }  // namespace

@@ -19,6 +19,7 @@
 #include "plugin/backends/transport.h"
 #include "plugin/checks.h"
 #include "plugin/comm.h"
+#include "plugin/preload/preload.h"
 #include "plugin/topology.h"
 
 namespace {
@@ -219,6 +220,65 @@ TEST(NcclSetup, FailedExchangeKeepsOwnError) {
   };
   EXPECT_EQ(gc::setupNcclHierarchy(&c, ok, shortAnswer), gradcompInternalError);
   EXPECT_FALSE(c.intra);
+}
+
+// A rank whose GRADCOMP_* value the LD_PRELOAD library refused still goes
+// through the collective set-up, voting that it failed: its peers wait in
+// the exchange for it. Every rank's result is gradcompInvalidArgument with
+// the refused sentence. With a GPU the exchange runs (one allgather of the
+// votes, rank 0's first); without one it cannot, and the rank's own sentence
+// is the result.
+TEST(NcclSetup, RefusedConfigurationStillVotes) {
+  char path[] = "/tmp/gc_fake_nccl_XXXXXX";
+  const int fd = mkstemp(path);
+  close(fd);
+  setenv("FAKE_NCCL_LOG", path, 1);
+  gradcompConfig_t cfg;
+  gradcompConfigInit(&cfg);
+  const char* refused = "GRADCOMP_BITS=99 is not an integer in 2..8";
+  gradcompComm_t c = (gradcompComm_t)(uintptr_t)1;
+  const gradcompResult_t res = gc::commCreate(fakeComm(), &cfg, refused, &c);
+  const std::string error = gradcompGetLastError();
+  unsetenv("FAKE_NCCL_LOG");
+  std::ifstream f(path);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  unlink(path);
+  EXPECT_EQ(res, gradcompInvalidArgument);
+  EXPECT_EQ(c, nullptr);
+  int n = 0;
+  const bool gpu = cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
+  (void)cudaGetLastError();
+  if (gpu) {
+    EXPECT_EQ(count(ss.str(), "AllGather"), 1) << ss.str();
+    EXPECT_EQ(error, std::string("rank 0 of 4 could not set up its gradcomp comm, so no rank made "
+                                 "one: ") +
+                         refused);
+  } else {
+    EXPECT_EQ(error, refused);
+  }
+  EXPECT_EQ(count(ss.str(), "CommSplit"), 0) << ss.str();
+}
+
+// GRADCOMP_GROUP=fuse keys a fused set's residual as unfused calls are keyed,
+// by their receive buffers: two groups of the same shape (the layers of a
+// model) keep their own residuals, and a repeated group finds its own again.
+TEST(PreloadFusion, EachSetKeepsItsOwnState) {
+  using gc::preload::Deferred;
+  using gc::preload::fusedStateKey;
+  float a[8], b[8], c[8], d[8];
+  auto call = [](float* p, size_t n, ncclRedOp_t op) {
+    return Deferred{p, p, n, ncclFloat32, op, fakeComm(), nullptr};
+  };
+  const Deferred a4 = call(a, 4, ncclSum), b8 = call(b, 8, ncclSum);
+  const Deferred c4 = call(c, 4, ncclSum), d8 = call(d, 8, ncclSum);
+  const Deferred a4again = call(a, 4, ncclSum), b8again = call(b, 8, ncclSum);
+  const Deferred a4avg = call(a, 4, ncclAvg);
+  const uint64_t ab = fusedStateKey({&a4, &b8});
+  EXPECT_EQ(ab, fusedStateKey({&a4again, &b8again}));
+  EXPECT_NE(ab, fusedStateKey({&c4, &d8}));
+  EXPECT_NE(ab, fusedStateKey({&b8, &a4}));
+  EXPECT_NE(ab, fusedStateKey({&a4avg, &b8}));
 }
 
 }  // namespace
