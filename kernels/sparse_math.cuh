@@ -202,7 +202,7 @@ GC_HD bool masksAfterSend(float v) {
 // v holds a non-finite value), summed with them so NaN propagates; a NaN
 // flag makes every drawn value NaN, the same on every rank.
 GC_HD float nonFiniteFlag(float v) {
-  return isFiniteBits(absKey(v)) ? 0.0f : bitsToFloat(0x7fc00000u);
+  return isFiniteBits(absKey(v)) ? 0.0f : canonicalNaN();
 }
 
 GC_HD float flagged(float x, float flag) {

@@ -192,7 +192,7 @@ inline void refRestoreNonFinite(const RefNonFinite& nf, const RefSparseSetup& S,
 // Rand-k's flag: NaN at every drawn element when a rank's v held a non-finite
 // value.
 inline float refRandkNaN() {
-  return gc::bitsToFloat(0x7fc00000u);
+  return gc::canonicalNaN();
 }
 
 // One selected element: its value travels in the value type, the output
