@@ -33,8 +33,9 @@ class SparseOps {
                                            const KeySpec& key, uint32_t* idx, void* scratch) = 0;
   virtual gradcompResult_t selectExact(const float* v, size_t n, size_t k, uint32_t* idx,
                                        void* scratch) = 0;
-  // Wire values of the slots; v keeps what was not sent; u = 0 where sent
-  // when u is not null (momentum factor masking).
+  // Wire values of the slots; v keeps what was not sent (a non-finite v
+  // stays for settle()); u = 0 where a finite v was sent when u is not null
+  // (momentum factor masking).
   virtual gradcompResult_t commit(const uint32_t* idx, size_t slots, DType vt, void* val, float* v,
                                   float* u) = 0;
   // out has n elements; idx comes from the wire and is bounded by n.
