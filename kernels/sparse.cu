@@ -120,11 +120,37 @@ __global__ void sumSqFinalKernel(const double* __restrict__ partial, size_t chun
 
 __global__ void accumulateKernel(const void* __restrict__ g, DType t, size_t n,
                                  const float* __restrict__ scale, float m, float* __restrict__ u,
-                                 float* __restrict__ v, bool vIn) {
+                                 float* __restrict__ v, bool vIn, float* __restrict__ keep) {
   const float s = scale ? *scale : 1.0f;
   for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
        i += (size_t)gridDim.x * blockDim.x) {
-    sparse::accumulate(loadAsFloat(g, t, i), s, m, u ? u + i : nullptr, v + i, vIn);
+    sparse::accumulate(loadAsFloat(g, t, i), s, m, u ? u + i : nullptr, v + i, vIn,
+                       keep ? keep + i : nullptr);
+  }
+}
+
+__global__ void settleKernel(float* __restrict__ v, const float* __restrict__ keep,
+                             float* __restrict__ u, size_t n, bool clear) {
+  for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+       i += (size_t)gridDim.x * blockDim.x) {
+    sparse::settle(v + i, keep ? keep[i] : 0.0f, u ? u + i : nullptr, clear);
+  }
+}
+
+// Every thread that finds a non-finite v writes the same NaN: the result
+// does not depend on which one writes last.
+__global__ void nonFiniteFlagKernel(const float* __restrict__ v, size_t n, float* flag) {
+  for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+       i += (size_t)gridDim.x * blockDim.x) {
+    if (!isFiniteBits(sparse::absKey(v[i]))) *flag = sparse::nonFiniteFlag(v[i]);
+  }
+}
+
+__global__ void applyFlagKernel(float* __restrict__ val, size_t k, const float* __restrict__ flag) {
+  const float f = *flag;
+  for (size_t j = (size_t)blockIdx.x * blockDim.x + threadIdx.x; j < k;
+       j += (size_t)gridDim.x * blockDim.x) {
+    val[j] = sparse::flagged(val[j], f);
   }
 }
 
@@ -350,7 +376,7 @@ __global__ void commitKernel(const uint32_t* __restrict__ idx, size_t slots, DTy
     const float w = sparse::wireValue(a, vt);
     storeFromFloat(val, vt, j, w);
     v[i] = sparse::residualAfterSend(a, w);
-    if (u) u[i] = 0.0f;
+    if (u && sparse::masksAfterSend(a)) u[i] = 0.0f;
   }
 }
 
@@ -378,8 +404,9 @@ __global__ void gatherKernel(float* __restrict__ v, const uint32_t* __restrict__
                              float* __restrict__ out, bool clear) {
   for (size_t j = (size_t)blockIdx.x * blockDim.x + threadIdx.x; j < k;
        j += (size_t)gridDim.x * blockDim.x) {
-    out[j] = v[idx[j]];
-    if (clear) v[idx[j]] = 0.0f;
+    const float a = v[idx[j]];
+    out[j] = a;
+    if (clear) v[idx[j]] = sparse::residualAfterSend(a, a);
   }
 }
 
@@ -390,7 +417,7 @@ size_t sparseScratchBytes(size_t n, size_t m) {
 }
 
 cudaError_t sparseAccumulate(const void* g, DType t, size_t n, float clipThr, float m, float* u,
-                             float* v, bool vIn, void* scratch, cudaStream_t s) {
+                             float* v, bool vIn, float* keep, void* scratch, cudaStream_t s) {
   if (n == 0) return cudaSuccess;
   float* scale = nullptr;
   if (clipThr > 0.0f) {
@@ -400,7 +427,27 @@ cudaError_t sparseAccumulate(const void* g, DType t, size_t n, float clipThr, fl
     sumSqChunkKernel<<<(unsigned)L.chunks, kThreads, 0, s>>>(g, t, n, partial);
     sumSqFinalKernel<<<1, kThreads, 0, s>>>(partial, L.chunks, clipThr, scale);
   }
-  accumulateKernel<<<blocksFor(n), kThreads, 0, s>>>(g, t, n, scale, m, u, v, vIn);
+  accumulateKernel<<<blocksFor(n), kThreads, 0, s>>>(g, t, n, scale, m, u, v, vIn, keep);
+  return cudaGetLastError();
+}
+
+cudaError_t sparseSettle(float* v, const float* keep, float* u, size_t n, bool clear,
+                         cudaStream_t s) {
+  if (n == 0) return cudaSuccess;
+  settleKernel<<<blocksFor(n), kThreads, 0, s>>>(v, keep, u, n, clear);
+  return cudaGetLastError();
+}
+
+cudaError_t sparseNonFiniteFlag(const float* v, size_t n, float* flag, cudaStream_t s) {
+  cudaError_t err = cudaMemsetAsync(flag, 0, sizeof(float), s);
+  if (err != cudaSuccess || n == 0) return err;
+  nonFiniteFlagKernel<<<blocksFor(n), kThreads, 0, s>>>(v, n, flag);
+  return cudaGetLastError();
+}
+
+cudaError_t sparseApplyFlag(float* val, size_t k, const float* flag, cudaStream_t s) {
+  if (k == 0) return cudaSuccess;
+  applyFlagKernel<<<blocksFor(k), kThreads, 0, s>>>(val, k, flag);
   return cudaGetLastError();
 }
 

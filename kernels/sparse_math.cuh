@@ -140,27 +140,43 @@ GC_HD float clipScale(double sumsq, float thr) {
 
 // One element of the accumulation: g scaled, then u = m*u + g (momentum
 // correction, u may be null), then v += u (or g). vIn null: v starts at 0.
-// A non-finite g is put in v as is, so it is selected and reaches the output
-// (AMP's scaler must see it), and u is left as it was: folded into u it
-// would stay there at every later step when momentum masking is off.
-GC_HD void accumulate(float g, float scale, float m, float* u, float* v, bool vIn) {
+// keep (may be null) receives v as it was before the call. An element whose
+// v would not be finite (a NaN/Inf g, or an overflow) gets that value in v,
+// so it is selected and reaches the output (AMP's scaler must see it), and
+// u is left as it was; settle() then puts the old v back from keep, so the
+// step leaves no trace in the element's state (as if it had been skipped).
+GC_HD void accumulate(float g, float scale, float m, float* u, float* v, bool vIn, float* keep) {
+  const float old = vIn ? *v : 0.0f;
+  if (keep) *keep = old;
   float x = scale == 1.0f ? g : fmul(g, scale);
   if (!isFiniteBits(absKey(x))) {
     *v = x;
     return;
   }
-  if (u) {
-    x = fadd(fmul(m, *u), x);
-    *u = x;
+  float ux = x;
+  if (u) ux = fadd(fmul(m, *u), x);
+  const float nv = vIn ? fadd(old, ux) : ux;
+  if (u && isFiniteBits(absKey(nv))) *u = ux;
+  *v = nv;
+}
+
+// After the exchange: an element whose v is not finite takes its old value
+// back from keep; a finite one is cleared when all of v was sent (clear),
+// with u when momentum masking is on (u not null).
+GC_HD void settle(float* v, float keep, float* u, bool clear) {
+  if (!isFiniteBits(absKey(*v))) {
+    *v = keep;
+  } else if (clear) {
+    *v = 0.0f;
+    if (u) *u = 0.0f;
   }
-  *v = vIn ? fadd(*v, x) : x;
 }
 
 // Value put on the wire for a selected v, and what stays in v. For a finite
 // v the wire value w is v rounded to the value type and v - w is exact
 // (Sterbenz: w is within a factor 2 of v), so sent + residual == v. fp16
 // overflow saturates to the largest half. A non-finite v is sent as is and
-// leaves 0 behind.
+// stays in v until settle() restores the old value.
 GC_HD float wireValue(float v, DType vt) {
   if (vt == DType::F32) return v;
   if (vt == DType::F16) {
@@ -172,7 +188,25 @@ GC_HD float wireValue(float v, DType vt) {
 }
 
 GC_HD float residualAfterSend(float v, float w) {
-  return isFiniteBits(absKey(v)) ? fsub(v, w) : 0.0f;
+  return isFiniteBits(absKey(v)) ? fsub(v, w) : v;
+}
+
+// Momentum masking clears u where v was sent, but not for a non-finite v:
+// accumulate() left that element's u as it was before the call.
+GC_HD bool masksAfterSend(float v) {
+  return isFiniteBits(absKey(v));
+}
+
+// Rand-k draws k elements, so a non-finite v elsewhere would not reach the
+// output: each rank sends a flag with the k values, 0 or NaN (NaN where its
+// v holds a non-finite value), summed with them so NaN propagates; a NaN
+// flag makes every drawn value NaN, the same on every rank.
+GC_HD float nonFiniteFlag(float v) {
+  return isFiniteBits(absKey(v)) ? 0.0f : canonicalNaN();
+}
+
+GC_HD float flagged(float x, float flag) {
+  return isFiniteBits(absKey(flag)) ? x : flag;
 }
 
 // Rand-k: a keyed bijection of [0, n) (a 4-round Feistel network on the

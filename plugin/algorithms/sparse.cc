@@ -12,7 +12,11 @@
 //   Dense fallback when N*kmax*(4 + value bytes) >= 4*count: all of v goes
 //   through an fp32 allreduce (density 1, error feedback still exact).
 // Rand-k: k indices from a key shared by all ranks, an fp32 allreduce of the
-// k values of v, scattered into a zeroed output; v keeps the rest.
+// k values of v and a non-finite flag (sparse::nonFiniteFlag), scattered
+// into a zeroed output; v keeps the rest.
+// Non-finite v (a NaN/Inf gradient): it reaches the output (selected first,
+// or through rand-k's flag) and the element's v and u end as they were
+// before the call: accumulate saves the old v in `keep`, settle puts it back.
 #include <math.h>
 
 #include "algorithms/algorithms.h"
@@ -32,7 +36,7 @@ struct Layout {
   DType vt = DType::F32;
   bool dense = false;
   size_t valOff = 0, slotBytes = 0;
-  size_t slot = 0, gather = 0, out = 0, v = 0, ridx = 0, rval = 0, scratch = 0, total = 0;
+  size_t slot = 0, gather = 0, out = 0, v = 0, keep = 0, ridx = 0, rval = 0, scratch = 0, total = 0;
 };
 
 bool randk(const gradcompComm& c) {
@@ -49,13 +53,14 @@ Layout layout(const gradcompComm& c, size_t count, DType t, bool haveResidual, u
   size_t p = 0;
   if (randk(c)) {
     L.ridx = p, p += alignUp(L.plan.k * 4);
-    L.rval = p, p += alignUp(L.plan.k * 4);
+    L.rval = p, p += alignUp((L.plan.k + 1) * 4);  // k values, then the flag
   } else if (!L.dense) {
     L.slot = p, p += alignUp(L.slotBytes);
     L.gather = p, p += alignUp(N * L.slotBytes);
   }
   if (t != DType::F32) L.out = p, p += alignUp(count * 4);
   if (!haveResidual) L.v = p, p += alignUp(count * 4);
+  if (haveResidual) L.keep = p, p += alignUp(count * 4);
   L.scratch = p, p += alignUp(c.sparse->scratchBytes(count, L.plan.sample));
   L.total = p;
   return L;
@@ -64,7 +69,7 @@ Layout layout(const gradcompComm& c, size_t count, DType t, bool haveResidual, u
 // Bytes to `peers` of the other ranks (all of them: N-1).
 size_t wire(const gradcompComm& c, const Layout& L, size_t count, size_t peers) {
   const size_t N = c.nranks;
-  if (randk(c)) return 2 * peers * L.plan.k * 4 / N;  // ring allreduce of k floats
+  if (randk(c)) return 2 * peers * (L.plan.k + 1) * 4 / N;  // ring allreduce of k floats + flag
   if (L.dense) return 2 * peers * count * 4 / N;
   return peers * L.slotBytes;
 }
@@ -92,6 +97,7 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
   char* ws = static_cast<char*>(workspace);
   void* scratch = ws + L.scratch;
   float* v = st.residual ? st.residual : reinterpret_cast<float*>(ws + L.v);
+  float* keep = st.residual ? reinterpret_cast<float*>(ws + L.keep) : nullptr;
   float* u = c.cfg.method == gradcompMethodDgc ? st.momentum : nullptr;
   const float clipThr = sparseClipThreshold(c);
   ops.setStream(be.stream());
@@ -99,7 +105,7 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
   // 1. Accumulate (the send buffer is read before recv, which may alias it,
   // is written).
   GC_CHECK(ops.accumulate(a.send, a.dtype, n, clipThr, c.cfg.momentum, u, v, st.residual != nullptr,
-                          scratch));
+                          keep, scratch));
   float* out =
       a.dtype == DType::F32 ? static_cast<float*>(a.recv) : reinterpret_cast<float*>(ws + L.out);
   float* mask = u && c.cfg.momentumMasking ? u : nullptr;
@@ -111,19 +117,22 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
     KeySpec key{c.cfg.seed, a.step, be.deviceStep(), 0, kRandkStream, true};
     GC_CHECK(ops.randkIndices(n, L.plan.k, key, idx));
     GC_CHECK(ops.gather(v, idx, L.plan.k, val, true));
-    GC_CHECK(c.transport->allReduceSumFloat(val, val, L.plan.k));
+    GC_CHECK(ops.nonFiniteFlag(v, n, val + L.plan.k));
+    GC_CHECK(c.transport->allReduceSumFloat(val, val, L.plan.k + 1));
+    GC_CHECK(ops.applyFlag(val, L.plan.k, val + L.plan.k));
     GC_CHECK(be.zero(out, n * 4));
     GC_CHECK(ops.scatterAdd(idx, val, DType::F32, L.plan.k, n, out));
+    if (keep) GC_CHECK(ops.settle(v, keep, nullptr, n, false));
   } else if (L.dense) {
     GC_CHECK(c.transport->allReduceSumFloat(v, out, n));
-    GC_CHECK(be.zero(v, n * 4));
-    if (mask) GC_CHECK(be.zero(mask, n * 4));
+    GC_CHECK(ops.settle(v, keep, mask, n, true));
     c.stats.denseFallbacks++;
   } else {
     char* slot = ws + L.slot;
     char* gather = ws + L.gather;
     GC_CHECK(sparseSelect(c, v, n, L.plan, c.key(a.step, kSelectStream), L.vt, slot, L.valOff, mask,
                           scratch));
+    if (keep) GC_CHECK(ops.settle(v, keep, nullptr, n, false));
     GC_CHECK(c.transport->allGather(slot, gather, L.slotBytes));
     GC_CHECK(be.zero(out, n * 4));
     for (int r = 0; r < N; ++r) {

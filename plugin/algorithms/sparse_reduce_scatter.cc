@@ -9,7 +9,9 @@
 //      in the value type), v keeps exactly what was not sent, masking zeroes
 //      u where sent; rand-k takes k indices of block j from the key
 //      (seed, step, 0, kRandkStream + j), the same on every rank, and sends
-//      their fp32 values only; a block for which the slots would be no
+//      their fp32 values and the block's non-finite flag (0 or NaN, see
+//      sparse::nonFiniteFlag; a NaN flag makes the k values NaN at the
+//      owner); a block for which the slots would be no
 //      smaller than the block (kmax*(4+value bytes) >= 4m) goes as fp32 values
 //      (dense, v cleared there).
 //   3. All-to-all of the fixed-size slots.
@@ -17,6 +19,9 @@
 //      the peers' slots, and its own block of v in full precision (v there
 //      is then spent; u is kept: with nothing delayed, momentum correction is
 //      plain momentum). Converted once to the output type, Avg divides once.
+// A non-finite v reaches its block's owner (selected first, flagged or in
+// the owner's own block) and the element's v and u end as they were before
+// the call (accumulate saves the old v in `keep`, settle puts it back).
 // Bytes each rank sends: (N-1) * slot bytes.
 #include <math.h>
 
@@ -42,7 +47,7 @@ struct Layout {
   DType vt = DType::F32;
   Payload payload = Payload::Sparse;
   size_t valOff = 0, slotBytes = 0;
-  size_t sendSlots = 0, recvSlots = 0, idx = 0, out = 0, v = 0, scratch = 0, total = 0;
+  size_t sendSlots = 0, recvSlots = 0, idx = 0, out = 0, v = 0, keep = 0, scratch = 0, total = 0;
 };
 
 Layout layout(const gradcompComm& c, size_t m, DType, bool haveResidual, uint64_t calls) {
@@ -51,7 +56,7 @@ Layout layout(const gradcompComm& c, size_t m, DType, bool haveResidual, uint64_
   const size_t vb = dtypeBytes(L.vt), kmax = L.plan.kmax, n = c.nranks;
   if (c.cfg.method == gradcompMethodRandk) {
     L.payload = Payload::Randk;
-    L.slotBytes = alignUp(L.plan.k * 4, 16);
+    L.slotBytes = alignUp((L.plan.k + 1) * 4, 16);  // k values, then the flag
   } else if (kmax * (4 + vb) >= m * 4) {
     L.payload = Payload::Dense;
     L.slotBytes = alignUp(m * 4, 16);
@@ -65,6 +70,7 @@ Layout layout(const gradcompComm& c, size_t m, DType, bool haveResidual, uint64_
   if (L.payload == Payload::Randk) L.idx = p, p += alignUp(L.plan.k * 4);
   L.out = p, p += alignUp(m * 4);  // unused for an fp32 Sum, which sums into recv
   if (!haveResidual) L.v = p, p += alignUp(n * m * 4);
+  if (haveResidual) L.keep = p, p += alignUp(n * m * 4);
   L.scratch = p, p += alignUp(c.sparse->scratchBytes(n * m, L.plan.sample));
   L.total = p;
   return L;
@@ -89,6 +95,7 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
   char* ws = static_cast<char*>(workspace);
   void* scratch = ws + L.scratch;
   float* v = st.residual ? st.residual : reinterpret_cast<float*>(ws + L.v);
+  float* keep = st.residual ? reinterpret_cast<float*>(ws + L.keep) : nullptr;
   float* u = c.cfg.method == gradcompMethodDgc ? st.momentum : nullptr;
   float* mask = u && c.cfg.momentumMasking ? u : nullptr;
   const float clipThr = sparseClipThreshold(c);
@@ -103,7 +110,7 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
   // 1. Accumulate: all of send is read here, before recv (which may alias
   // block r) is written.
   GC_CHECK(ops.accumulate(a.send, a.dtype, n * m, clipThr, c.cfg.momentum, u, v,
-                          st.residual != nullptr, scratch));
+                          st.residual != nullptr, keep, scratch));
 
   // 2. Fill the peers' slots.
   uint64_t selected = 0;
@@ -113,18 +120,22 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
       if (j == r) continue;
       char* slot = sendSlots + j * L.slotBytes;
       float* vj = v + j * m;
+      float* keepj = keep ? keep + j * m : nullptr;
       if (L.payload == Payload::Randk) {
+        float* val = reinterpret_cast<float*>(slot);
         GC_CHECK(ops.randkIndices(m, L.plan.k, randkKey(j), ridx));
-        GC_CHECK(ops.gather(vj, ridx, L.plan.k, reinterpret_cast<float*>(slot), true));
+        GC_CHECK(ops.gather(vj, ridx, L.plan.k, val, true));
+        GC_CHECK(ops.nonFiniteFlag(vj, m, val + L.plan.k));
+        if (keep) GC_CHECK(ops.settle(vj, keepj, nullptr, m, false));
         selected += L.plan.k;
       } else if (L.payload == Payload::Dense) {
         GC_CHECK(be.copy(slot, vj, m * 4));
-        GC_CHECK(be.zero(vj, m * 4));
-        if (mask) GC_CHECK(be.zero(mask + j * m, m * 4));
+        GC_CHECK(ops.settle(vj, keepj, mask ? mask + j * m : nullptr, m, true));
         selected += m;
       } else {
         GC_CHECK(sparseSelect(c, vj, m, L.plan, c.key(a.step, kSelectStream + j), L.vt, slot,
                               L.valOff, mask ? mask + j * m : nullptr, scratch));
+        if (keep) GC_CHECK(ops.settle(vj, keepj, nullptr, m, false));
         selected += ops.lastSelected();
       }
     }
@@ -151,11 +162,13 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
   if (L.payload == Payload::Randk) GC_CHECK(ops.randkIndices(m, L.plan.k, randkKey(r), ridx));
   GC_CHECK(be.zero(out, m * 4));
   for (int i = 0; i < n; ++i) {
-    const char* slot = recvSlots + i * L.slotBytes;
+    char* slot = recvSlots + i * L.slotBytes;
     if (i == r) {
       GC_CHECK(be.add(out, v + r * m, m));
     } else if (L.payload == Payload::Randk) {
-      GC_CHECK(ops.scatterAdd(ridx, slot, DType::F32, L.plan.k, m, out));
+      float* val = reinterpret_cast<float*>(slot);
+      GC_CHECK(ops.applyFlag(val, L.plan.k, val + L.plan.k));
+      GC_CHECK(ops.scatterAdd(ridx, val, DType::F32, L.plan.k, m, out));
     } else if (L.payload == Payload::Dense) {
       GC_CHECK(be.add(out, reinterpret_cast<const float*>(slot), m));
     } else {
@@ -163,7 +176,7 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
                               L.plan.kmax, m, out));
     }
   }
-  GC_CHECK(be.zero(v + r * m, m * 4));
+  GC_CHECK(ops.settle(v + r * m, keep ? keep + r * m : nullptr, nullptr, m, true));
   if (L.payload == Payload::Dense) c.stats.denseFallbacks++;
   c.stats.selectedLast = selected + m;
   c.stats.targetLast = (n - 1) * L.plan.k + m;

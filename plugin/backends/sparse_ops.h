@@ -21,24 +21,35 @@ class SparseOps {
   // Scratch the operations below need for n elements and a sample of m.
   virtual size_t scratchBytes(size_t n, size_t m) const = 0;
   // v = (vIn ? v : 0) + (u ? (u = m*u + s*g) : s*g); s scales g to norm
-  // clipThr when clipThr > 0 and ||g|| is larger.
+  // clipThr when clipThr > 0 and ||g|| is larger. keep (may be null)
+  // receives the old v, for settle() to put back where v is not finite.
   virtual gradcompResult_t accumulate(const void* g, DType t, size_t n, float clipThr, float m,
-                                      float* u, float* v, bool vIn, void* scratch) = 0;
+                                      float* u, float* v, bool vIn, float* keep, void* scratch) = 0;
+  // After the exchange: a non-finite v takes keep back; a finite one is
+  // cleared when clear (and u with it, when u is not null).
+  virtual gradcompResult_t settle(float* v, const float* keep, float* u, size_t n, bool clear) = 0;
   // Selectors: idx[0..slots) in index order, kEmptySlot after the last.
   virtual gradcompResult_t selectThreshold(const float* v, size_t n, const sparse::Plan& p,
                                            const KeySpec& key, uint32_t* idx, void* scratch) = 0;
   virtual gradcompResult_t selectExact(const float* v, size_t n, size_t k, uint32_t* idx,
                                        void* scratch) = 0;
-  // Wire values of the slots; v keeps what was not sent; u = 0 where sent
-  // when u is not null (momentum factor masking).
+  // Wire values of the slots; v keeps what was not sent (a non-finite v
+  // stays for settle()); u = 0 where a finite v was sent when u is not null
+  // (momentum factor masking).
   virtual gradcompResult_t commit(const uint32_t* idx, size_t slots, DType vt, void* val, float* v,
                                   float* u) = 0;
   // out has n elements; idx comes from the wire and is bounded by n.
   virtual gradcompResult_t scatterAdd(const uint32_t* idx, const void* val, DType vt, size_t slots,
                                       size_t n, float* out) = 0;
   virtual gradcompResult_t randkIndices(size_t n, size_t k, const KeySpec& key, uint32_t* idx) = 0;
+  // out[j] = v[idx[j]]; clear: v there is spent (a non-finite v stays for
+  // settle()).
   virtual gradcompResult_t gather(float* v, const uint32_t* idx, size_t k, float* out,
                                   bool clear) = 0;
+  // *flag (one float, device memory on CUDA) = 0, or NaN when v holds a
+  // non-finite value; applyFlag makes val[0..k) NaN when *flag is NaN.
+  virtual gradcompResult_t nonFiniteFlag(const float* v, size_t n, float* flag) = 0;
+  virtual gradcompResult_t applyFlag(float* val, size_t k, const float* flag) = 0;
   // Slots filled by the last select. The CUDA count arrives asynchronously
   // (no sync on the data path), so there it may describe an earlier call.
   virtual uint64_t lastSelected() const = 0;

@@ -15,9 +15,16 @@ namespace host {
 // sparse_math.cuh.
 double sparseSumSq(const void* x, DType t, size_t n);
 // v = (vIn ? v : 0) + (u ? (u = m*u + s*g) : s*g), s the clipping scale of
-// clipThr (0: off).
+// clipThr (0: off); keep (may be null) receives the old v (see
+// sparse::accumulate for a non-finite element).
 void sparseAccumulate(const void* g, DType t, size_t n, float clipThr, float m, float* u, float* v,
-                      bool vIn);
+                      bool vIn, float* keep);
+// sparse::settle over n elements (keep null: the old v was 0; u may be null).
+void sparseSettle(float* v, const float* keep, float* u, size_t n, bool clear);
+// *flag = 0, or NaN when v holds a non-finite value (sparse::nonFiniteFlag).
+void sparseNonFiniteFlag(const float* v, size_t n, float* flag);
+// val[j] = sparse::flagged(val[j], *flag).
+void sparseApplyFlag(float* val, size_t k, const float* flag);
 // Both selectors fill idx[0..slots) with the selected indices in index
 // order and kEmptySlot after them; *selected is the number filled.
 void selectThreshold(const float* v, size_t n, const sparse::Plan& p, uint64_t key, uint32_t* idx,
@@ -26,14 +33,16 @@ void selectExact(const float* v, size_t n, size_t k, uint32_t* idx, uint64_t* se
 // The k-th largest key with ties broken by lower index, as a SelectRule.
 sparse::SelectRule exactRule(const float* v, size_t n, size_t k);
 // Filled slots: val[j] = wire value of v[idx[j]] in type vt, v[idx[j]] keeps
-// the remainder, u[idx[j]] = 0 when u is not null. Empty slots: val 0.
+// the remainder, u[idx[j]] = 0 when u is not null and v[idx[j]] finite.
+// Empty slots: val 0.
 void sparseCommit(const uint32_t* idx, size_t slots, DType vt, void* val, float* v, float* u);
 // out[idx[j]] += val[j] for the filled slots, in slot order. The slots come
 // from the wire: false (out untouched) when a filled one is not below n.
 bool sparseScatterAdd(const uint32_t* idx, const void* val, DType vt, size_t slots, size_t n,
                       float* out);
 void randkIndices(size_t n, size_t k, uint64_t key, uint32_t* idx);
-// out[j] = v[idx[j]]; then v[idx[j]] = 0 when clear.
+// out[j] = v[idx[j]]; then v[idx[j]] = 0 when clear, but a non-finite v
+// stays for sparseSettle.
 void sparseGather(float* v, const uint32_t* idx, size_t k, float* out, bool clear);
 }  // namespace host
 
@@ -41,7 +50,11 @@ namespace cuda {
 // Scratch bytes of the selectors for n elements and a sample of m.
 size_t sparseScratchBytes(size_t n, size_t m);
 cudaError_t sparseAccumulate(const void* g, DType t, size_t n, float clipThr, float m, float* u,
-                             float* v, bool vIn, void* scratch, cudaStream_t s);
+                             float* v, bool vIn, float* keep, void* scratch, cudaStream_t s);
+cudaError_t sparseSettle(float* v, const float* keep, float* u, size_t n, bool clear,
+                         cudaStream_t s);
+cudaError_t sparseNonFiniteFlag(const float* v, size_t n, float* flag, cudaStream_t s);
+cudaError_t sparseApplyFlag(float* val, size_t k, const float* flag, cudaStream_t s);
 // *selectedDev (device memory) receives the filled count.
 cudaError_t selectThreshold(const float* v, size_t n, const sparse::Plan& p, const KeySpec& key,
                             uint32_t* idx, uint64_t* selectedDev, void* scratch, cudaStream_t s);

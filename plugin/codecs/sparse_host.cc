@@ -38,11 +38,32 @@ double sparseSumSq(const void* x, DType t, size_t n) {
 }
 
 void sparseAccumulate(const void* g, DType t, size_t n, float clipThr, float m, float* u, float* v,
-                      bool vIn) {
+                      bool vIn, float* keep) {
   const float scale = clipThr > 0.0f ? sparse::clipScale(sparseSumSq(g, t, n), clipThr) : 1.0f;
   for (size_t i = 0; i < n; ++i) {
-    sparse::accumulate(loadAsFloat(g, t, i), scale, m, u ? u + i : nullptr, v + i, vIn);
+    sparse::accumulate(loadAsFloat(g, t, i), scale, m, u ? u + i : nullptr, v + i, vIn,
+                       keep ? keep + i : nullptr);
   }
+}
+
+void sparseSettle(float* v, const float* keep, float* u, size_t n, bool clear) {
+  for (size_t i = 0; i < n; ++i) {
+    sparse::settle(v + i, keep ? keep[i] : 0.0f, u ? u + i : nullptr, clear);
+  }
+}
+
+void sparseNonFiniteFlag(const float* v, size_t n, float* flag) {
+  *flag = 0.0f;
+  for (size_t i = 0; i < n; ++i) {
+    if (!isFiniteBits(absKey(v[i]))) {
+      *flag = sparse::nonFiniteFlag(v[i]);
+      return;
+    }
+  }
+}
+
+void sparseApplyFlag(float* val, size_t k, const float* flag) {
+  for (size_t j = 0; j < k; ++j) val[j] = sparse::flagged(val[j], *flag);
 }
 
 namespace {
@@ -110,7 +131,7 @@ void sparseCommit(const uint32_t* idx, size_t slots, DType vt, void* val, float*
     const float w = sparse::wireValue(a, vt);
     storeFromFloat(val, vt, j, w);
     v[idx[j]] = sparse::residualAfterSend(a, w);
-    if (u) u[idx[j]] = 0.0f;
+    if (u && sparse::masksAfterSend(a)) u[idx[j]] = 0.0f;
   }
 }
 
@@ -131,8 +152,9 @@ void randkIndices(size_t n, size_t k, uint64_t key, uint32_t* idx) {
 
 void sparseGather(float* v, const uint32_t* idx, size_t k, float* out, bool clear) {
   for (size_t j = 0; j < k; ++j) {
-    out[j] = v[idx[j]];
-    if (clear) v[idx[j]] = 0.0f;
+    const float a = v[idx[j]];
+    out[j] = a;
+    if (clear) v[idx[j]] = sparse::residualAfterSend(a, a);
   }
 }
 

@@ -73,7 +73,7 @@ inline std::vector<std::vector<float>> refSparseReduceScatter(
   const Plan& p = S.p;
   const bool randk = S.randk, haveU = S.haveU, masking = S.masking;
   const bool dense = !randk && p.kmax * (4 + S.vb) >= m * 4;
-  refAccumulateAll(cfg, S, g, st);
+  const RefNonFinite nf = refAccumulateAll(cfg, S, g, st);
 
   std::vector<std::vector<float>> out(N, std::vector<float>(m, 0.0f));
   for (int j = 0; j < N; ++j) {
@@ -84,10 +84,13 @@ inline std::vector<std::vector<float>> refSparseReduceScatter(
       if (i == j) {
         for (size_t k = 0; k < m; ++k) o[k] = gc::fadd(o[k], v[k]), v[k] = 0.0f;
       } else if (randk) {
+        // Block j of rank i holding a non-finite v: the k values arrive as NaN.
+        bool flag = false;
+        for (uint32_t e : nf.at[i]) flag |= e / m == (size_t)j;
         const uint64_t key = gc::deriveKey(cfg.seed, step, 0, kRandkStream + j);
         for (size_t q = 0; q < p.k; ++q) {
           const uint32_t idx = permute(key, (uint32_t)q, (uint32_t)m);
-          o[idx] = gc::fadd(o[idx], v[idx]);
+          o[idx] = gc::fadd(o[idx], flag ? refRandkNaN() : v[idx]);
           v[idx] = 0.0f;
         }
       } else if (dense) {
@@ -105,6 +108,7 @@ inline std::vector<std::vector<float>> refSparseReduceScatter(
       }
     }
   }
+  refRestoreNonFinite(nf, S, st);
   for (auto& s : st) {
     s.calls++;
     if (!S.keepV) s.v.clear();

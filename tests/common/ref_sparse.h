@@ -10,6 +10,7 @@
 #include <math.h>
 #include <stdint.h>
 
+#include <cmath>
 #include <algorithm>
 #include <functional>
 #include <vector>
@@ -137,11 +138,26 @@ inline RefSparseSetup refSparseSetup(const gradcompConfig_t& cfg, size_t count, 
   return S;
 }
 
+// Elements whose v is not finite after step 1 (a NaN/Inf gradient), per
+// rank, with v and u as they were before the call: the contract is that the
+// call leaves them so (as if the step had been skipped).
+struct RefNonFinite {
+  std::vector<std::vector<uint32_t>> at;
+  std::vector<std::vector<float>> v, u;
+  bool any() const {
+    for (const auto& a : at)
+      if (!a.empty()) return true;
+    return false;
+  }
+};
+
 // Step 1 on every rank, over all of g[r]: v = (v) + (u = m*u + s*g).
-inline void refAccumulateAll(const gradcompConfig_t& cfg, const RefSparseSetup& S,
-                             const std::vector<std::vector<float>>& g,
-                             std::vector<SparseState>& st) {
+inline RefNonFinite refAccumulateAll(const gradcompConfig_t& cfg, const RefSparseSetup& S,
+                                     const std::vector<std::vector<float>>& g,
+                                     std::vector<SparseState>& st) {
   using namespace gc::sparse;
+  RefNonFinite nf;
+  nf.at.resize(g.size()), nf.v.resize(g.size()), nf.u.resize(g.size());
   for (size_t r = 0; r < g.size(); ++r) {
     SparseState& s = st[r];
     const size_t n = g[r].size();
@@ -149,9 +165,34 @@ inline void refAccumulateAll(const gradcompConfig_t& cfg, const RefSparseSetup& 
     if (S.haveU && s.u.size() != n) s.u.assign(n, 0.0f);
     const float scale = S.clipThr > 0.0f ? clipScale(refSumSq(g[r]), S.clipThr) : 1.0f;
     for (size_t i = 0; i < n; ++i) {
-      accumulate(g[r][i], scale, cfg.momentum, S.haveU ? &s.u[i] : nullptr, &s.v[i], S.keepV);
+      const float v0 = S.keepV ? s.v[i] : 0.0f, u0 = S.haveU ? s.u[i] : 0.0f;
+      accumulate(g[r][i], scale, cfg.momentum, S.haveU ? &s.u[i] : nullptr, &s.v[i], S.keepV,
+                 nullptr);
+      if (!std::isfinite(s.v[i])) {
+        nf.at[r].push_back((uint32_t)i);
+        nf.v[r].push_back(v0);
+        nf.u[r].push_back(u0);
+      }
     }
   }
+  return nf;
+}
+
+// After the exchange: the affected elements get their v and u back.
+inline void refRestoreNonFinite(const RefNonFinite& nf, const RefSparseSetup& S,
+                                std::vector<SparseState>& st) {
+  for (size_t r = 0; r < nf.at.size(); ++r) {
+    for (size_t q = 0; q < nf.at[r].size(); ++q) {
+      st[r].v[nf.at[r][q]] = nf.v[r][q];
+      if (S.haveU) st[r].u[nf.at[r][q]] = nf.u[r][q];
+    }
+  }
+}
+
+// Rand-k's flag: NaN at every drawn element when a rank's v held a non-finite
+// value.
+inline float refRandkNaN() {
+  return gc::canonicalNaN();
 }
 
 // One selected element: its value travels in the value type, the output
@@ -207,7 +248,7 @@ inline std::vector<float> refSparse(const gradcompConfig_t& cfg, gc::DType t, bo
   call.dense = !randk && (size_t)N * p.kmax * (4 + S.vb) >= n * 4;
   call.rsum = randk || call.dense;
 
-  refAccumulateAll(cfg, S, g, st);
+  const RefNonFinite nf = refAccumulateAll(cfg, S, g, st);
 
   std::vector<float> out(n, 0.0f);
   if (randk) {
@@ -224,6 +265,7 @@ inline std::vector<float> refSparse(const gradcompConfig_t& cfg, gc::DType t, bo
         st[r].v[idx[j]] = 0.0f;
       }
     }
+    if (nf.any()) std::fill(val.begin(), val.end(), refRandkNaN());
     for (size_t j = 0; j < p.k; ++j) out[idx[j]] = gc::fadd(out[idx[j]], val[j]);
   } else if (call.dense) {
     call.absSum.assign(n, 0.0f);
@@ -248,6 +290,7 @@ inline std::vector<float> refSparse(const gradcompConfig_t& cfg, gc::DType t, bo
         refSendValue(out[i], s.v[i], masking ? &s.u[i] : nullptr, S.vt, masking);
     }
   }
+  refRestoreNonFinite(nf, S, st);
   for (auto& s : st) s.calls++;
   if (!S.keepV) {
     for (auto& s : st) s.v.clear();  // a fresh v next call

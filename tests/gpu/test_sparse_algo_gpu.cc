@@ -3,8 +3,8 @@
 // transport (every rank sends what rank 0 sends), so the CUDA path (kernels,
 // workspace carving, device step counter) runs whole and its results,
 // residuals and momenta are compared after every call, eager calls first,
-// then replays of a captured CUDA graph. And capture during DGC warm-up is
-// refused.
+// then replays of a captured CUDA graph, with NaN/Inf gradients in one eager
+// call and one replay. And capture during DGC warm-up is refused.
 #include <gtest/gtest.h>
 #include <math.h>
 #include <string.h>
@@ -80,6 +80,12 @@ const AlgoCase kCases[] = {
 
 std::vector<uint8_t> stepInput(size_t n, gc::DType t, int step) {
   std::vector<float> x = gctest::normal(n, 300 + step, 1.0f + step);
+  // Non-finite gradients in an eager call and a replay: kept out of v and u
+  // by settle, rand-k's flag (docs/sparse.md, "Non-finite gradients").
+  if (step == 1 || step == 3) {
+    x[n / 2] = NAN;
+    x[777] = -INFINITY;
+  }
   std::vector<uint8_t> b(n * gc::dtypeBytes(t));
   for (size_t i = 0; i < n; ++i) gc::storeFromFloat(b.data(), t, i, x[i]);
   return b;

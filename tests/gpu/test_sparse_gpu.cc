@@ -36,17 +36,42 @@ TEST_F(SparseGpu, AccumulateEqualsHost) {
   for (size_t n : {1, 1000, 4097, 300000}) {
     for (float clip : {0.0f, 3.0f}) {
       auto g = gctest::normal(n, 5 + n, 2.0f);
+      // Non-finite gradients and an overflow of v: kept back by settle.
+      if (n > 1) {
+        g[n / 2] = std::numeric_limits<float>::quiet_NaN();
+        g[n / 3] = -std::numeric_limits<float>::infinity();
+      }
       auto u = gctest::normal(n, 6), v = gctest::normal(n, 7);
-      DeviceBuffer<float> dg(n), du(n), dv(n);
+      if (n > 4) v[n / 4] = 3e38f, g[n / 4] = 3e38f;
+      std::vector<float> keep(n);
+      DeviceBuffer<float> dg(n), du(n), dv(n), dkeep(n), dflag(1);
       DeviceBuffer<char> scratch(gc::cuda::sparseScratchBytes(n, 1));
       dg.upload(g), du.upload(u), dv.upload(v);
       ASSERT_EQ(gc::cuda::sparseAccumulate(dg.get(), DType::F32, n, clip, 0.9f, du.get(), dv.get(),
-                                           true, scratch.get(), stream),
+                                           true, dkeep.get(), scratch.get(), stream),
                 cudaSuccess);
       ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
-      gc::host::sparseAccumulate(g.data(), DType::F32, n, clip, 0.9f, u.data(), v.data(), true);
+      gc::host::sparseAccumulate(g.data(), DType::F32, n, clip, 0.9f, u.data(), v.data(), true,
+                                 keep.data());
       ASSERT_EQ(memcmp(du.download(n).data(), u.data(), n * 4), 0) << "n=" << n;
       ASSERT_EQ(memcmp(dv.download(n).data(), v.data(), n * 4), 0) << "n=" << n;
+      ASSERT_EQ(memcmp(dkeep.download(n).data(), keep.data(), n * 4), 0) << "n=" << n;
+      float flag = 1.0f;
+      ASSERT_EQ(gc::cuda::sparseNonFiniteFlag(dv.get(), n, dflag.get(), stream), cudaSuccess);
+      gc::host::sparseNonFiniteFlag(v.data(), n, &flag);
+      ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+      ASSERT_EQ(memcmp(dflag.download(1).data(), &flag, 4), 0) << "n=" << n;
+      for (bool clear : {false, true}) {
+        ASSERT_EQ(gc::cuda::sparseSettle(dv.get(), dkeep.get(), du.get(), n, clear, stream),
+                  cudaSuccess);
+        gc::host::sparseSettle(v.data(), keep.data(), u.data(), n, clear);
+        ASSERT_EQ(gc::cuda::sparseApplyFlag(dg.get(), n, dflag.get(), stream), cudaSuccess);
+        gc::host::sparseApplyFlag(g.data(), n, &flag);
+        ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+        ASSERT_EQ(memcmp(du.download(n).data(), u.data(), n * 4), 0) << "n=" << n;
+        ASSERT_EQ(memcmp(dv.download(n).data(), v.data(), n * 4), 0) << "n=" << n;
+        ASSERT_EQ(memcmp(dg.download(n).data(), g.data(), n * 4), 0) << "n=" << n;
+      }
     }
   }
 }

@@ -10,8 +10,12 @@ class CpuSparseOps final : public SparseOps {
  public:
   size_t scratchBytes(size_t, size_t) const override { return 0; }
   gradcompResult_t accumulate(const void* g, DType t, size_t n, float clipThr, float m, float* u,
-                              float* v, bool vIn, void*) override {
-    host::sparseAccumulate(g, t, n, clipThr, m, u, v, vIn);
+                              float* v, bool vIn, float* keep, void*) override {
+    host::sparseAccumulate(g, t, n, clipThr, m, u, v, vIn, keep);
+    return gradcompSuccess;
+  }
+  gradcompResult_t settle(float* v, const float* keep, float* u, size_t n, bool clear) override {
+    host::sparseSettle(v, keep, u, n, clear);
     return gradcompSuccess;
   }
   gradcompResult_t selectThreshold(const float* v, size_t n, const sparse::Plan& p,
@@ -45,6 +49,14 @@ class CpuSparseOps final : public SparseOps {
   gradcompResult_t gather(float* v, const uint32_t* idx, size_t k, float* out,
                           bool clear) override {
     host::sparseGather(v, idx, k, out, clear);
+    return gradcompSuccess;
+  }
+  gradcompResult_t nonFiniteFlag(const float* v, size_t n, float* flag) override {
+    host::sparseNonFiniteFlag(v, n, flag);
+    return gradcompSuccess;
+  }
+  gradcompResult_t applyFlag(float* val, size_t k, const float* flag) override {
+    host::sparseApplyFlag(val, k, flag);
     return gradcompSuccess;
   }
   uint64_t lastSelected() const override { return selected_; }

@@ -21,9 +21,13 @@ class CudaSparseOps final : public SparseOps {
     return kCountBytes + cuda::sparseScratchBytes(n, m);
   }
   gradcompResult_t accumulate(const void* g, DType t, size_t n, float clipThr, float m, float* u,
-                              float* v, bool vIn, void* scratch) override {
-    GC_CUDACHECK(
-        cuda::sparseAccumulate(g, t, n, clipThr, m, u, v, vIn, kernelScratch(scratch), stream_));
+                              float* v, bool vIn, float* keep, void* scratch) override {
+    GC_CUDACHECK(cuda::sparseAccumulate(g, t, n, clipThr, m, u, v, vIn, keep,
+                                        kernelScratch(scratch), stream_));
+    return gradcompSuccess;
+  }
+  gradcompResult_t settle(float* v, const float* keep, float* u, size_t n, bool clear) override {
+    GC_CUDACHECK(cuda::sparseSettle(v, keep, u, n, clear, stream_));
     return gradcompSuccess;
   }
   gradcompResult_t selectThreshold(const float* v, size_t n, const sparse::Plan& p,
@@ -55,6 +59,14 @@ class CudaSparseOps final : public SparseOps {
   gradcompResult_t gather(float* v, const uint32_t* idx, size_t k, float* out,
                           bool clear) override {
     GC_CUDACHECK(cuda::sparseGather(v, idx, k, out, clear, stream_));
+    return gradcompSuccess;
+  }
+  gradcompResult_t nonFiniteFlag(const float* v, size_t n, float* flag) override {
+    GC_CUDACHECK(cuda::sparseNonFiniteFlag(v, n, flag, stream_));
+    return gradcompSuccess;
+  }
+  gradcompResult_t applyFlag(float* val, size_t k, const float* flag) override {
+    GC_CUDACHECK(cuda::sparseApplyFlag(val, k, flag, stream_));
     return gradcompSuccess;
   }
   uint64_t lastSelected() const override {

@@ -1,0 +1,324 @@
+// Non-finite gradients on the sparse methods (issue 16, defect 6), on the
+// CPU world against the serial references of tests/common (which model the
+// contract from its description): a NaN or Inf gradient element makes the
+// call's output non-finite where docs/reliability.md says, and the element's
+// residual v and momentum u end the call exactly as they were before it.
+//
+// "Recovers" is checked as: (1) after the poisoned call the affected
+// element's v and u are bit-identical to their values before it, so the step
+// AMP's scaler skips leaves no trace of the NaN in gradcomp's state; (2) every
+// output and every rank's state of that and the following calls is
+// bit-identical to the reference; (3) the next calls, with finite gradients,
+// give finite outputs on every rank.
+#include <gtest/gtest.h>
+#include <math.h>
+#include <string.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "gradcomp.h"
+#include "plugin/comm.h"
+#include "tests/common/cpu_world.h"
+#include "tests/common/ref_hier.h"
+#include "tests/common/ref_hier_rs.h"
+#include "tests/common/ref_rs.h"
+#include "tests/common/ref_sparse.h"
+#include "tests/common/test_util.h"
+#include "tests/common/world_checks.h"
+
+namespace {
+
+using gc::DType;
+using namespace gctest::ref;
+
+struct Case {
+  std::string name;
+  gradcompConfig_t cfg;
+};
+
+std::vector<Case> cases() {
+  std::vector<Case> cs;
+  auto add = [&](const std::string& name, gradcompMethod_t m, auto&& edit) {
+    gradcompConfig_t cfg = gctest::sparseTestConfig(m);
+    edit(cfg);
+    cs.push_back({name, cfg});
+  };
+  add("topk-threshold", gradcompMethodTopk, [](gradcompConfig_t&) {});
+  add("topk-exact", gradcompMethodTopk,
+      [](gradcompConfig_t& c) { c.select = gradcompSelectExact; });
+  add("topk-dense", gradcompMethodTopk, [](gradcompConfig_t& c) { c.density = 0.5f; });
+  add("dgc-masking", gradcompMethodDgc, [](gradcompConfig_t& c) { c.momentumMasking = 1; });
+  add("dgc-no-masking-bf16", gradcompMethodDgc, [](gradcompConfig_t& c) {
+    c.momentumMasking = 0;
+    c.valueType = ncclBfloat16;
+  });
+  add("dgc-exact-clip", gradcompMethodDgc, [](gradcompConfig_t& c) {
+    c.select = gradcompSelectExact;
+    c.momentumMasking = 0;
+    c.clipNorm = 50.0f;
+  });
+  add("dgc-no-correction", gradcompMethodDgc,
+      [](gradcompConfig_t& c) { c.momentumCorrection = 0; });
+  add("randk", gradcompMethodRandk, [](gradcompConfig_t&) {});
+  add("randk-no-ef", gradcompMethodRandk, [](gradcompConfig_t& c) { c.errorFeedback = 0; });
+  return cs;
+}
+
+const float kBad[] = {std::numeric_limits<float>::quiet_NaN(),
+                      -std::numeric_limits<float>::infinity()};
+constexpr int kSteps = 4;
+constexpr int kPoisoned = 1;  // the call whose gradient holds the bad element
+constexpr int kRank = 1;      // the rank whose gradient holds it
+
+std::vector<std::vector<float>> inputs(int N, size_t n, int step) {
+  std::vector<std::vector<float>> g(N);
+  for (int r = 0; r < N; ++r) g[r] = gctest::normal(n, 1000 * step + 17 * r + n, 2.0f);
+  return g;
+}
+
+gc::BufferState* stateOf(gradcompComm_t c, bool reduceScatter) {
+  for (auto& kv : c->states) {
+    if ((std::get<0>(kv.first) >= gc::kStateReduceScatter) == reduceScatter) return &kv.second;
+  }
+  return nullptr;
+}
+
+size_t countNonFinite(const std::vector<float>& x) {
+  size_t c = 0;
+  for (float f : x) c += !std::isfinite(f);
+  return c;
+}
+
+// Flat allreduce: outputs and every rank's v/u bit-equal to refSparse; the
+// element's state untouched by the poisoned call.
+void checkAllReduce(const Case& c, float bad) {
+  SCOPED_TRACE(c.name + " bad=" + std::to_string(bad));
+  const int N = 4;
+  const size_t n = 3000, at = 1234;
+  gctest::CpuWorld w(N, c.cfg);
+  std::vector<SparseState> st(N);
+  // One buffer per rank for all calls: gradcomp keys its state by address.
+  std::vector<std::vector<float>> buf(N, std::vector<float>(n));
+  const RefSparseSetup S = refSparseSetup(c.cfg, n, N, 0);
+  for (int step = 0; step < kSteps; ++step) {
+    std::vector<std::vector<float>> g = inputs(N, n, step);
+    if (step == kPoisoned) g[kRank][at] = bad;
+    float v0 = 0.0f, u0 = 0.0f;
+    if (step == kPoisoned && S.keepV) {
+      const gc::BufferState* bs = stateOf(w.comm(kRank), false);
+      ASSERT_NE(bs, nullptr);
+      v0 = bs->residual[at];
+      if (S.haveU) u0 = bs->momentum[at];
+    }
+    for (int r = 0; r < N; ++r) std::copy(g[r].begin(), g[r].end(), buf[r].begin());
+    auto res = w.run([&](int r) {
+      return gradcompAllReduce(buf[r].data(), buf[r].data(), n, ncclFloat32, ncclSum, w.comm(r),
+                               nullptr);
+    });
+    for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
+    SparseCall call;
+    const std::vector<float> expect = refSparse(c.cfg, DType::F32, false, step, g, st, &call);
+    for (int r = 0; r < N; ++r) {
+      ASSERT_EQ(memcmp(buf[r].data(), expect.data(), n * 4), 0) << "rank " << r << " step " << step;
+      if (step != kPoisoned) {
+        ASSERT_EQ(countNonFinite(buf[r]), 0u) << "rank " << r << " step " << step;
+      } else if (S.randk) {
+        // Every drawn element is NaN, nothing else.
+        EXPECT_EQ(countNonFinite(buf[r]), call.k) << "rank " << r;
+      } else {
+        EXPECT_FALSE(std::isfinite(buf[r][at])) << "rank " << r;
+        EXPECT_EQ(countNonFinite(buf[r]), 1u) << "rank " << r;
+      }
+      if (!S.keepV) continue;
+      const gc::BufferState* bs = stateOf(w.comm(r), false);
+      ASSERT_EQ(memcmp(bs->residual, st[r].v.data(), n * 4), 0) << "v of rank " << r;
+      if (S.haveU) ASSERT_EQ(memcmp(bs->momentum, st[r].u.data(), n * 4), 0) << "u of rank " << r;
+    }
+    if (step == kPoisoned && S.keepV) {
+      const gc::BufferState* bs = stateOf(w.comm(kRank), false);
+      EXPECT_EQ(gc::floatToBits(bs->residual[at]), gc::floatToBits(v0));
+      if (S.haveU) EXPECT_EQ(gc::floatToBits(bs->momentum[at]), gc::floatToBits(u0));
+    }
+  }
+}
+
+// Flat reduce-scatter: the element sits in block `blk` of rank kRank, so its
+// owner blk sees it (top-k/DGC at the element, rand-k at the k drawn
+// elements of a peer's block, the element itself in the owner's own block).
+void checkReduceScatter(const Case& c, float bad, int blk) {
+  SCOPED_TRACE(c.name + " bad=" + std::to_string(bad) + " block=" + std::to_string(blk));
+  const int N = 3;
+  const size_t m = 2000, at = blk * m + 77;
+  const size_t n = N * m;
+  gctest::CpuWorld w(N, c.cfg);
+  std::vector<SparseState> st(N);
+  std::vector<std::vector<float>> in(N, std::vector<float>(n)), out(N, std::vector<float>(m));
+  const RefSparseSetup S = refSparseSetup(c.cfg, m, N, 0);
+  for (int step = 0; step < kSteps; ++step) {
+    std::vector<std::vector<float>> g = inputs(N, n, step);
+    if (step == kPoisoned) g[kRank][at] = bad;
+    float v0 = 0.0f, u0 = 0.0f;
+    if (step == kPoisoned && S.keepV) {
+      const gc::BufferState* bs = stateOf(w.comm(kRank), true);
+      ASSERT_NE(bs, nullptr);
+      v0 = bs->residual[at];
+      if (S.haveU) u0 = bs->momentum[at];
+    }
+    for (int r = 0; r < N; ++r) std::copy(g[r].begin(), g[r].end(), in[r].begin());
+    auto res = gctest::reduceScatterSum(w, in, out, m);
+    for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
+    const auto expect = refSparseReduceScatter(c.cfg, DType::F32, false, step, g, st);
+    for (int r = 0; r < N; ++r) {
+      ASSERT_EQ(memcmp(out[r].data(), expect[r].data(), m * 4), 0)
+          << "rank " << r << " step " << step;
+      const size_t bad = countNonFinite(out[r]);
+      if (step != kPoisoned || r != blk) {
+        ASSERT_EQ(bad, 0u) << "rank " << r << " step " << step;
+      } else if (S.randk && blk != kRank) {
+        EXPECT_EQ(bad, S.p.k) << "rank " << r;
+      } else {
+        EXPECT_FALSE(std::isfinite(out[r][at - blk * m])) << "rank " << r;
+        EXPECT_EQ(bad, 1u) << "rank " << r;
+      }
+      if (!S.keepV) continue;
+      const gc::BufferState* bs = stateOf(w.comm(r), true);
+      ASSERT_EQ(memcmp(bs->residual, st[r].v.data(), n * 4), 0) << "v of rank " << r;
+      if (S.haveU) ASSERT_EQ(memcmp(bs->momentum, st[r].u.data(), n * 4), 0) << "u of rank " << r;
+    }
+    if (step == kPoisoned && S.keepV) {
+      const gc::BufferState* bs = stateOf(w.comm(kRank), true);
+      EXPECT_EQ(gc::floatToBits(bs->residual[at]), gc::floatToBits(v0));
+      if (S.haveU) EXPECT_EQ(gc::floatToBits(bs->momentum[at]), gc::floatToBits(u0));
+    }
+  }
+}
+
+// Hierarchical, L = 2 (two nodes of two): the node sums carry the element to
+// the shard's inter-node exchange, which is the flat sparse code.
+void checkHier(const Case& c, float bad) {
+  SCOPED_TRACE(c.name + " hier bad=" + std::to_string(bad));
+  const int N = 4, L = 2;
+  gradcompConfig_t cfg = c.cfg;
+  cfg.localSize = L;
+  {
+    const size_t n = 5000, at = 4321;
+    gctest::CpuWorld w(N, cfg);
+    std::vector<std::vector<SparseState>> st;
+    std::vector<std::vector<float>> buf(N, std::vector<float>(n));
+    for (int step = 0; step < kSteps; ++step) {
+      std::vector<std::vector<float>> g = inputs(N, n, step);
+      if (step == kPoisoned) g[kRank][at] = bad;
+      for (int r = 0; r < N; ++r) std::copy(g[r].begin(), g[r].end(), buf[r].begin());
+      auto res = w.run([&](int r) {
+        return gradcompAllReduce(buf[r].data(), buf[r].data(), n, ncclFloat32, ncclSum, w.comm(r),
+                                 nullptr);
+      });
+      for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
+      const std::vector<float> expect = refHierSparse(cfg, DType::F32, false, step, g, st, L);
+      for (int r = 0; r < N; ++r) {
+        ASSERT_EQ(memcmp(buf[r].data(), expect.data(), n * 4), 0)
+            << "rank " << r << " step " << step;
+        if (step == kPoisoned) {
+          EXPECT_GT(countNonFinite(buf[r]), 0u) << "rank " << r;
+          if (c.cfg.method != gradcompMethodRandk) EXPECT_FALSE(std::isfinite(buf[r][at]));
+        } else {
+          ASSERT_EQ(countNonFinite(buf[r]), 0u) << "rank " << r << " step " << step;
+        }
+      }
+    }
+  }
+  {
+    const size_t m = 1500, n = N * m, at = 2 * m + 5;  // owner: rank 2
+    gctest::CpuWorld w(N, cfg);
+    std::vector<std::vector<SparseState>> st;
+    std::vector<std::vector<float>> in(N, std::vector<float>(n)), out(N, std::vector<float>(m));
+    for (int step = 0; step < kSteps; ++step) {
+      std::vector<std::vector<float>> g = inputs(N, n, step);
+      if (step == kPoisoned) g[kRank][at] = bad;
+      for (int r = 0; r < N; ++r) std::copy(g[r].begin(), g[r].end(), in[r].begin());
+      auto res = gctest::reduceScatterSum(w, in, out, m);
+      for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
+      const auto expect = refHierSparseReduceScatter(cfg, DType::F32, false, step, g, st, L);
+      for (int r = 0; r < N; ++r) {
+        ASSERT_EQ(memcmp(out[r].data(), expect[r].data(), m * 4), 0)
+            << "rank " << r << " step " << step;
+        if (step == kPoisoned && r == 2) {
+          EXPECT_GT(countNonFinite(out[r]), 0u);
+        } else {
+          ASSERT_EQ(countNonFinite(out[r]), 0u) << "rank " << r << " step " << step;
+        }
+      }
+    }
+  }
+}
+
+TEST(NonFinite, AllReduceKeepsStateAndReachesOutput) {
+  for (const Case& c : cases())
+    for (float bad : kBad) checkAllReduce(c, bad);
+}
+
+TEST(NonFinite, ReduceScatterKeepsStateAndReachesOwner) {
+  for (const Case& c : cases())
+    for (float bad : kBad)
+      for (int blk : {2, kRank}) checkReduceScatter(c, bad, blk);
+}
+
+TEST(NonFinite, HierarchicalKeepsStateAndReachesOutput) {
+  for (const Case& c : cases())
+    for (float bad : kBad) checkHier(c, bad);
+}
+
+// The shared math: an element whose v would not be finite (a NaN/Inf g, or
+// an overflow of finite v + u) keeps u, leaves its value in v for the
+// selectors and its old v in keep; settle puts the old v back and clears
+// (with u) only finite elements.
+TEST(NonFinite, AccumulateAndSettleKeepTheOldState) {
+  using namespace gc::sparse;
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  struct {
+    float g, u, v;
+  } in[] = {{nan, 0.5f, 2.0f},
+            {-INFINITY, 0.5f, 2.0f},
+            {3e38f, 0.0f, 3e38f},
+            {1.0f, 3e38f, 2.0f},
+            {1.0f, 0.5f, 2.0f}};
+  for (auto& e : in) {
+    for (bool withU : {false, true}) {
+      float u = e.u, v = e.v, keep = -1.0f;
+      accumulate(e.g, 1.0f, 10.0f, withU ? &u : nullptr, &v, true, &keep);
+      EXPECT_EQ(gc::floatToBits(keep), gc::floatToBits(e.v));
+      const float ux = withU ? 10.0f * e.u + e.g : e.g;
+      const bool finite = std::isfinite(ux) && std::isfinite(e.v + ux);
+      EXPECT_EQ(std::isfinite(v), finite) << e.g << " " << e.u << " " << e.v << " " << withU;
+      EXPECT_EQ(gc::floatToBits(u), gc::floatToBits(withU && finite ? ux : e.u));
+      if (finite) EXPECT_EQ(v, e.v + ux);
+      for (bool clear : {false, true}) {
+        float vs = v, us = u;
+        settle(&vs, keep, &us, clear);
+        if (!finite) {
+          EXPECT_EQ(gc::floatToBits(vs), gc::floatToBits(e.v));
+          EXPECT_EQ(gc::floatToBits(us), gc::floatToBits(u));
+        } else {
+          EXPECT_EQ(vs, clear ? 0.0f : v);
+          EXPECT_EQ(us, clear ? 0.0f : u);
+        }
+      }
+    }
+  }
+  // The residual of a non-finite sent value stays for settle; masking
+  // leaves its u; the flag is NaN exactly when v is not finite.
+  EXPECT_TRUE(std::isnan(residualAfterSend(nan, nan)));
+  EXPECT_EQ(residualAfterSend(1.5f, 1.5f), 0.0f);
+  EXPECT_FALSE(masksAfterSend(INFINITY));
+  EXPECT_TRUE(masksAfterSend(-2.0f));
+  EXPECT_EQ(nonFiniteFlag(-3.0f), 0.0f);
+  EXPECT_TRUE(std::isnan(nonFiniteFlag(INFINITY)));
+  EXPECT_EQ(flagged(2.0f, 0.0f), 2.0f);
+  EXPECT_TRUE(std::isnan(flagged(2.0f, nonFiniteFlag(nan))));
+}
+
+}  // namespace
