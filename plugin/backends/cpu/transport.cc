@@ -147,6 +147,43 @@ void reduceHalf(const std::vector<const void*>& src, void* dst, size_t count, nc
   }
 }
 
+// Element size and reduction of every NCCL type the CPU transport serves
+// (esz 0: not served).
+struct TypeOps {
+  size_t esz = 0;
+  void (*reduce)(const std::vector<const void*>& src, void* dst, size_t count, ncclRedOp_t op,
+                 int n) = nullptr;
+};
+
+TypeOps typeOps(ncclDataType_t type) {
+  switch (type) {
+    case ncclInt8:
+      return {1, reduceTyped<int8_t>};
+    case ncclUint8:
+      return {1, reduceTyped<uint8_t>};
+    case ncclInt32:
+      return {4, reduceTyped<int32_t>};
+    case ncclUint32:
+      return {4, reduceTyped<uint32_t>};
+    case ncclInt64:
+      return {8, reduceTyped<int64_t>};
+    case ncclUint64:
+      return {8, reduceTyped<uint64_t>};
+    case ncclFloat32:
+      return {4, reduceTyped<float>};
+    case ncclFloat64:
+      return {8, reduceTyped<double>};
+    case ncclFloat16:
+      return {2, [](const std::vector<const void*>& src, void* dst, size_t count, ncclRedOp_t op,
+                    int n) { reduceHalf(src, dst, count, op, n, DType::F16); }};
+    case ncclBfloat16:
+      return {2, [](const std::vector<const void*>& src, void* dst, size_t count, ncclRedOp_t op,
+                    int n) { reduceHalf(src, dst, count, op, n, DType::BF16); }};
+    default:
+      return {};
+  }
+}
+
 class CpuTransport final : public Transport {
  public:
   CpuTransport(std::shared_ptr<CpuWorld> world, int rank) : world_(std::move(world)) {
@@ -293,29 +330,8 @@ class CpuTransport final : public Transport {
                           size_t count, size_t first, ncclDataType_t type, ncclRedOp_t op) {
     world_->slots[rank_].send = send;
     GC_CHECK(meet(collective, check));
-    size_t esz = 0;
-    switch (type) {
-      case ncclInt8:
-      case ncclUint8:
-        esz = 1;
-        break;
-      case ncclFloat16:
-      case ncclBfloat16:
-        esz = 2;
-        break;
-      case ncclInt32:
-      case ncclUint32:
-      case ncclFloat32:
-        esz = 4;
-        break;
-      case ncclInt64:
-      case ncclUint64:
-      case ncclFloat64:
-        esz = 8;
-        break;
-      default:
-        break;
-    }
+    const TypeOps ops = typeOps(type);
+    const size_t esz = ops.esz;
     std::vector<const void*> src(size_);
     for (int i = 0; i < size_; ++i) {
       src[i] = static_cast<const char*>(world_->slots[i].send) + first * esz;
@@ -332,40 +348,7 @@ class CpuTransport final : public Transport {
       res = setError(gradcompSystemError, "out of host memory allocating %zu bytes (count=%zu)",
                      count * esz, count);
     } else {
-      switch (type) {
-        case ncclInt8:
-          reduceTyped<int8_t>(src, out.get(), count, op, size_);
-          break;
-        case ncclUint8:
-          reduceTyped<uint8_t>(src, out.get(), count, op, size_);
-          break;
-        case ncclInt32:
-          reduceTyped<int32_t>(src, out.get(), count, op, size_);
-          break;
-        case ncclUint32:
-          reduceTyped<uint32_t>(src, out.get(), count, op, size_);
-          break;
-        case ncclInt64:
-          reduceTyped<int64_t>(src, out.get(), count, op, size_);
-          break;
-        case ncclUint64:
-          reduceTyped<uint64_t>(src, out.get(), count, op, size_);
-          break;
-        case ncclFloat32:
-          reduceTyped<float>(src, out.get(), count, op, size_);
-          break;
-        case ncclFloat64:
-          reduceTyped<double>(src, out.get(), count, op, size_);
-          break;
-        case ncclFloat16:
-          reduceHalf(src, out.get(), count, op, size_, DType::F16);
-          break;
-        case ncclBfloat16:
-          reduceHalf(src, out.get(), count, op, size_, DType::BF16);
-          break;
-        default:
-          break;
-      }
+      ops.reduce(src, out.get(), count, op, size_);
     }
     GC_CHECK(finish(res));
     if (count) memcpy(recv, out.get(), count * esz);
