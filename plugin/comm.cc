@@ -62,7 +62,7 @@ gradcompComm::StateShape gradcompComm::stateShape(int kind, size_t count) const 
   StateShape sh;
   const bool sparse = cfg.method == gradcompMethodTopk || cfg.method == gradcompMethodRandk ||
                       cfg.method == gradcompMethodDgc;
-  sh.residual = cfg.errorFeedback || cfg.method == gradcompMethodDgc;
+  sh.residual = keepsResidual();
   sh.momentum = cfg.method == gradcompMethodDgc && cfg.momentumCorrection;
   // The reduce-scatter (kinds >= 2) quantizes once: no owner residual.
   const bool reduceScatter = kind >= 2;

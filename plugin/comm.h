@@ -81,6 +81,9 @@ struct gradcompComm {
     size_t ownerResidualCount = 0;  // 0: none
   };
   StateShape stateShape(int kind, size_t count) const;
+  // Whether a buffer keeps a residual (error feedback, or DGC's velocity):
+  // what stateShape allocates and the algorithms size their workspace by.
+  bool keepsResidual() const { return cfg.errorFeedback || cfg.method == gradcompMethodDgc; }
   // A new state (zeroed arrays of stateShape(kind, count)), not yet in `states`.
   gradcompResult_t allocState(int kind, size_t count, gc::DType t, gc::BufferState* out);
   void releaseState(gc::BufferState& s);

@@ -68,7 +68,6 @@ size_t sparseInterNodeBytes(const gradcompComm& c, size_t count, uint64_t calls)
 // and one selection from |v| into kmax (index, value) slots, v keeping
 // exactly what was not sent (mask, when not null, zeroed where sent).
 sparse::Plan sparsePlan(const gradcompComm& c, size_t count, uint64_t calls, DType* valueType);
-bool keepsResidual(const gradcompComm& c);
 float sparseClipThreshold(const gradcompComm& c);
 gradcompResult_t sparseSelect(const gradcompComm& c, float* v, size_t count,
                               const sparse::Plan& plan, const KeySpec& key, DType vt, char* slot,

@@ -53,10 +53,6 @@ sparse::Plan sparsePlan(const gradcompComm& c, size_t count, uint64_t calls, DTy
   return sparse::makePlan(count, density, exact, c.cfg.oversample, c.cfg.sampleRate);
 }
 
-bool keepsResidual(const gradcompComm& c) {
-  return c.cfg.errorFeedback || c.cfg.method == gradcompMethodDgc;
-}
-
 float sparseClipThreshold(const gradcompComm& c) {
   const bool dgc = c.cfg.method == gradcompMethodDgc;
   return dgc && c.cfg.clipNorm > 0.0f ? (float)(c.cfg.clipNorm / sqrt((double)c.nranks)) : 0.0f;

@@ -43,7 +43,7 @@ const Algorithm& middleAlgorithm(const gradcompComm& c, size_t len) {
 size_t middleWorkspace(const gradcompComm& c, size_t len, int bits, uint64_t calls) {
   if (len == 0) return 0;
   if (sparseMethod(c)) {
-    return sparseWorkspaceBytes(*c.inter, len, DType::F32, keepsResidual(c), calls);
+    return sparseWorkspaceBytes(*c.inter, len, DType::F32, c.keepsResidual(), calls);
   }
   return middleAlgorithm(c, len).workspaceBytes(*c.inter, len, bits);
 }

@@ -75,7 +75,7 @@ size_t wire(const gradcompComm& c, const Layout& L, size_t count, size_t peers) 
 }
 
 size_t workspaceBytesSteady(const gradcompComm& c, size_t count, int) {
-  return layout(c, count, DType::F16, keepsResidual(c), kSteadyState).total;
+  return layout(c, count, DType::F16, c.keepsResidual(), kSteadyState).total;
 }
 
 size_t wireBytesSteady(const gradcompComm& c, size_t count, int) {

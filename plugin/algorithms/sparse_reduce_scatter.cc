@@ -77,7 +77,7 @@ Layout layout(const gradcompComm& c, size_t m, DType, bool haveResidual, uint64_
 }
 
 size_t workspaceBytesSteady(const gradcompComm& c, size_t m, int) {
-  return layout(c, m, DType::F16, keepsResidual(c), kSteadyState).total;
+  return layout(c, m, DType::F16, c.keepsResidual(), kSteadyState).total;
 }
 
 size_t wireBytesSteady(const gradcompComm& c, size_t m, int) {
