@@ -6,8 +6,9 @@
 
 namespace gcbench {
 
-// Latency steps: the sends of an all-to-all leave together (one step);
-// ncclAllGather and ncclAllReduce run rings of N-1 and 2(N-1) steps.
+// Latency steps: the sends of an all-to-all leave together (one step), as do
+// two-shot's sends of the reduced chunks; ncclAllGather and ncclAllReduce run
+// rings of N-1 and 2(N-1) steps.
 AlgoShape algoShape(int algo, int nranks, int local, int middle) {
   const double n = nranks;
   switch (algo) {
@@ -18,7 +19,8 @@ AlgoShape algoShape(int algo, int nranks, int local, int middle) {
     }
     case 1:  // two-shot: encode N-1 chunks for their owners and the reduced own chunk (n in
              // all); decode N-1 chunks into the own chunk, then all N chunks of the result.
-      return {1.0, (2 * n - 1) / n, 1 + (n - 1)};
+             // Two rounds of direct sends: the all-to-all and the owners' sends of the sums.
+      return {1.0, (2 * n - 1) / n, 2};
     case 2:  // ring: decode-add-encode one chunk per hop, encode the reduced chunk, decode N.
       return {1.0, (2 * n - 1) / n, 2 * (n - 1)};
     case 3:  // allgather: encode everything once, decode-sum all N buffers.

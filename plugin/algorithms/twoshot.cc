@@ -5,10 +5,11 @@
 //   2. All-to-all of the encoded chunks (grouped send/recv).
 //   3. The owner sums the N contributions of its chunk in rank order, in
 //      fp32, and encodes the sum once (optionally with its own residual).
-//   4. Allgather of the encoded sums; every rank, owner included, decodes the
-//      same bytes, so results are bitwise identical everywhere.
-// Two quantizations in total, whatever N. Bytes each rank sends:
-//   sum_{j != r} E(n_j) + (N-1) * E(max_j n_j),  E(m) = 4*ceil(m/d) + 4*ceil(m*b/32).
+//   4. The owner sends its encoded sum to every peer (an allgather of direct
+//      sends: one latency step, not a ring's N-1); every rank, owner
+//      included, decodes the same bytes, so results are bitwise identical.
+// Two quantizations in total, whatever N. Bytes rank r sends:
+//   sum_{j != r} E(n_j) + (N-1) * E(n_r),  E(m) = 4*ceil(m/d) + 4*ceil(m*b/32).
 #include <algorithm>
 #include <vector>
 
@@ -57,16 +58,17 @@ size_t workspaceBytes(const gradcompComm& c, size_t count, int bits) {
   return layout(c, count, bits).total;
 }
 
-// Bytes to every peer, or to the peers on other nodes only.
+// Bytes to every peer, or to the peers on other nodes only: chunk j to its
+// owner, then the encoded sum of our own chunk to each peer.
 size_t wire(const gradcompComm& c, size_t count, int bits, bool remoteOnly) {
-  Layout L = layout(c, count, bits);
+  const Chunks ch = splitChunks(c, count, bits);
   size_t bytes = 0, peers = 0;
   for (int j = 0; j < c.nranks; ++j) {
     if (j == c.rank || (remoteOnly && !c.topo.remote(j, c.rank))) continue;
-    bytes += qsgd::encodedBytes(L.off[j + 1] - L.off[j], bits, c.cfg.bucketSize);
+    bytes += qsgd::encodedBytes(ch.len(j), bits, c.cfg.bucketSize);
     ++peers;
   }
-  return bytes + peers * qsgd::encodedBytes(L.maxLen, bits, c.cfg.bucketSize);
+  return bytes + peers * qsgd::encodedBytes(ch.len(c.rank), bits, c.cfg.bucketSize);
 }
 
 size_t wireBytes(const gradcompComm& c, size_t count, int bits) {
@@ -170,10 +172,19 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
     return be.qsgdEncode(sum, DType::F32, ownerResidual ? ownerResidual + start(q) : nullptr, m,
                          bits, d, keyAt(0x100000000ull, q), gatherBlock(r, q));
   };
-  // G: allgather of the encoded sums.
+  // G: the owner sends its encoded sum straight to every peer (one grouped
+  // send/recv, one latency step, where a ring allgather takes N-1), exactly
+  // enc(len) bytes of each block instead of the largest chunk's slot.
   auto gatherPiece = [&](size_t q) -> gradcompResult_t {
     GC_NVTX_RANGE("gradcomp allgather");
-    return c.transport->allGather(gatherBlock(r, q), gather + L.gatherOff[q], L.gatherSlot[q]);
+    for (int j = 0; j < n; ++j) {
+      sendPtr[j] = gatherBlock(r, q);
+      recvPtr[j] = gatherBlock(j, q);
+      sendBytes[j] = j == r ? 0 : enc(len(r, q));
+      recvBytes[j] = j == r ? 0 : enc(len(j, q));
+    }
+    return c.transport->allToAll(sendPtr.data(), sendBytes.data(), recvPtr.data(),
+                                 recvBytes.data());
   };
   // D: every rank, owner included, decodes the same bytes.
   auto decodePiece = [&](size_t q) -> gradcompResult_t {

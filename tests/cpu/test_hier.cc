@@ -333,13 +333,12 @@ TEST(HierCpu, InterNodeBytes) {
         if (len && nodes <= 2) {
           inter = (nodes - 1) * qsgdBytes(len, bits, d);
         } else if (len) {
+          // Chunk k to its owner, then our own encoded sum to every peer.
           const std::vector<size_t> c = split(len, nodes, d);
-          size_t maxLen = 0;
           for (int k = 0; k < nodes; ++k) {
-            maxLen = std::max(maxLen, c[k + 1] - c[k]);
             if (k != node) inter += qsgdBytes(c[k + 1] - c[k], bits, d);
           }
-          inter += (nodes - 1) * qsgdBytes(maxLen, bits, d);
+          inter += (nodes - 1) * qsgdBytes(c[node + 1] - c[node], bits, d);
         }
         const size_t intra = (L - 1) * shardMax * (4 + (t == DType::F32 ? 4 : 2));
         gradcompStats_t st;

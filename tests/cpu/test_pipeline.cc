@@ -140,14 +140,14 @@ std::vector<uint8_t> savedState(gradcompComm_t c) {
 
 // Wire bytes of rank r's pipelined two-shot, piece by piece from the
 // description: each piece of a peer's chunk, and (N-1) copies of each
-// allgathered piece (the largest chunk's).
+// piece of our own chunk's encoded sum (sent to every peer).
 size_t pieceWireBytes(const gc::Chunks& ch, const gc::Pieces& p, int N, int r, int bits, int d) {
   size_t bytes = 0;
   for (size_t q = 0; q < p.count; ++q) {
     for (int j = 0; j < N; ++j) {
       if (j != r) bytes += gc::qsgd::encodedBytes(p.len(ch.len(j), q), bits, d);
     }
-    bytes += (N - 1) * gc::qsgd::encodedBytes(p.len(ch.maxLen, q), bits, d);
+    bytes += (N - 1) * gc::qsgd::encodedBytes(p.len(ch.len(r), q), bits, d);
   }
   return bytes;
 }
