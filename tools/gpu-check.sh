@@ -11,12 +11,13 @@
 #   GC_STEPS=ddp     PyTorch DDP under LD_PRELOAD, flat and hierarchical        ~7 min
 #   GC_STEPS=fsdp_lm FSDP2 under LD_PRELOAD, the GPT head-to-head (lm_compare)  ~8.5 min
 #   GC_STEPS=link    gradcomp_perf over tc-shaped links (tc_link, root)         ~6 min
+#   GC_STEPS=profile Nsight Compute: each kernel's limiter (ncu_profile.sh)     ~3 min
 #
 # (minutes with a bare build; each group's limits fit 540 s.) With 15 minutes
 # of device time per session: core + perf in the first, hooks + link in the
 # second, ddp in the third, fsdp_lm in the fourth. GC_STEPS also takes step
 # names (tests multirank perf kernels torch_topk tc_link ddp fsdp torch_hooks
-# lm_compare plots) and several groups; unset, everything runs (about 40
+# lm_compare plots profile) and several groups; unset, everything runs (about 40
 # minutes). The build always runs first (seconds when build-gpu/ is built).
 #
 # Writes bench/results/<name>.md and .json (+ PNGs, raw outputs in
@@ -45,8 +46,9 @@ declare -A groups=(
   [ddp]="ddp"
   [fsdp_lm]="fsdp lm_compare"
   [link]="tc_link"
+  [profile]="profile"
 )
-all_steps="tests multirank memcheck perf kernels torch_topk tc_link ddp fsdp torch_hooks lm_compare plots"
+all_steps="tests multirank memcheck perf kernels torch_topk tc_link ddp fsdp torch_hooks lm_compare plots profile"
 steps_sel=" "
 for s in ${GC_STEPS:-$all_steps}; do
   if [ -n "${groups[$s]:-}" ]; then
@@ -54,7 +56,7 @@ for s in ${GC_STEPS:-$all_steps}; do
   elif [[ " $all_steps " == *" $s "* ]]; then
     steps_sel+="$s "
   else
-    echo "gpu-check: GC_STEPS names '$s', not a group (core perf hooks ddp fsdp_lm link) or a step ($all_steps)" >&2
+    echo "gpu-check: GC_STEPS names '$s', not a group (core perf hooks ddp fsdp_lm link profile) or a step ($all_steps)" >&2
     exit 2
   fi
 done
@@ -198,6 +200,9 @@ want kernels && run_step kernels 20 "$raw/kernels.txt" "$build/bench/gradcomp_ke
   --json "$raw/kernels.json"
 want torch_topk && run_step torch_topk 30 "$raw/torch_topk.txt" python3 bench/torch_topk.py \
   --json "$raw/torch_topk.json"
+# Nsight Compute on the kernels at 2^26: which of memory, issue or latency bounds each
+# (profile.json; the report's kernel limiters table, docs/algorithms.md's).
+want profile && run_step profile 150 "$raw/profile.txt" bash tools/ncu_profile.sh "$raw" "$build"
 # A real slow link: ranks in network namespaces over tc-shaped veths (10, 25 Gb/s; N = 2, 4).
 want tc_link && run_step tc_link 420 "$raw/tc_link.txt" bash tools/tc_link.sh "$raw" "$build"
 

@@ -168,7 +168,10 @@ def main():
     commit = os.environ.get("GC_COMMIT") or git_commit()
 
     enc = kernel_frac(kdoc, "qsgd_encode_ef")
+    enc16 = {t: kernel_frac(kdoc, "qsgd_encode_ef", dtype=t) for t in ("bfloat16", "half")}
     dec = kernel_frac(kdoc, "qsgd_decode")
+    # Nsight Compute's view of the same kernels (step profile; tools/ncu_limits.py).
+    prof = j("profile.json") or {}
     topk = topk_speedup(kdoc, tdoc)
     model = model_speedup(p8)
     model400 = model_speedup(p8, gbps=400)
@@ -187,7 +190,11 @@ def main():
         "date": a.name[:10],
         "commit": commit,
         "qsgd4_encode_ef_frac_of_copy": enc,
+        "qsgd4_bf16_encode_ef_frac_of_copy": enc16["bfloat16"],
+        "qsgd4_fp16_encode_ef_frac_of_copy": enc16["half"],
         "qsgd4_decode_frac_of_copy": dec,
+        "kernel_limiters": prof.get("kernels"),
+        "profile_unavailable_reason": prof.get("unavailable_reason"),
         "topk_dgc_speedup_vs_torch_topk": topk,
         "allreduce_qsgd4_model_speedup_10gbps_n8_256MB": model,
         # Pipelined (perf_n8_pipe), with the unpipelined model beside it.
@@ -230,9 +237,11 @@ def main():
         "tests_passed": tests.get("tests_passed"),
         "tests_failed": tests.get("tests_failed"),
         "goals": {
-            "encode_ef_ge_0.8_of_copy": goal(enc, 0.8),
-            "decode_ge_0.8_of_copy": goal(dec, 0.8),
-            "topk_ge_3x_torch_topk": goal(topk, 3.0),
+            "encode_ef_ge_0.9_of_copy": goal(enc, 0.9),
+            "bf16_encode_ef_ge_0.8_of_copy": goal(enc16["bfloat16"], 0.8),
+            "fp16_encode_ef_ge_0.8_of_copy": goal(enc16["half"], 0.8),
+            "decode_ge_0.95_of_copy": goal(dec, 0.95),
+            "topk_ge_8x_torch_topk": goal(topk, 8.0),
             "allreduce_qsgd4_model_ge_5x_nccl_10gbps_n8_256MB": goal(model, 5.0),
             "allreduce_qsgd4_pipelined_model_ge_6.5x_nccl_400gbps_n8_256MB": goal(piped[400], 6.5),
             "allreduce_qsgd4_pipelined_model_ge_7.4x_nccl_100gbps_n8_256MB": goal(piped[100], 7.4),
@@ -283,12 +292,16 @@ def main():
     L.append("")
     L.append("| measure | value | goal | met |")
     L.append("|---|---|---|---|")
-    L.append("| QSGD 4-bit encode+EF, fp32, n=2^26, d=512: fraction of copy bandwidth | %s | >= 0.8 | %s |"
-             % (fmt(enc), fmt(summary["goals"]["encode_ef_ge_0.8_of_copy"])))
-    L.append("| QSGD 4-bit decode, n=2^26, d=512: fraction of copy bandwidth | %s | >= 0.8 | %s |"
-             % (fmt(dec), fmt(summary["goals"]["decode_ge_0.8_of_copy"])))
-    L.append("| threshold top-k vs torch.topk(\\|x\\|), n=2^26, density 0.1%% | %s | >= 3x | %s |"
-             % (fmt(topk), fmt(summary["goals"]["topk_ge_3x_torch_topk"])))
+    L.append("| QSGD 4-bit encode+EF, fp32, n=2^26, d=512: fraction of copy bandwidth | %s | >= 0.9 | %s |"
+             % (fmt(enc), fmt(summary["goals"]["encode_ef_ge_0.9_of_copy"])))
+    L.append("| QSGD 4-bit encode+EF, bf16, n=2^26, d=512: fraction of copy bandwidth | %s | >= 0.8 | %s |"
+             % (fmt(enc16["bfloat16"]), fmt(summary["goals"]["bf16_encode_ef_ge_0.8_of_copy"])))
+    L.append("| QSGD 4-bit encode+EF, fp16, n=2^26, d=512: fraction of copy bandwidth | %s | >= 0.8 | %s |"
+             % (fmt(enc16["half"]), fmt(summary["goals"]["fp16_encode_ef_ge_0.8_of_copy"])))
+    L.append("| QSGD 4-bit decode, n=2^26, d=512: fraction of copy bandwidth | %s | >= 0.95 | %s |"
+             % (fmt(dec), fmt(summary["goals"]["decode_ge_0.95_of_copy"])))
+    L.append("| threshold top-k vs torch.topk(\\|x\\|), n=2^26, density 0.1%% | %s | >= 8x | %s |"
+             % (fmt(topk), fmt(summary["goals"]["topk_ge_8x_torch_topk"])))
     L.append("| 4-bit allreduce modeled speedup over NCCL fp32, 10 Gb/s, N=8, 256 MB | %s | >= 5x | %s |"
              % (fmt(model), fmt(summary["goals"]["allreduce_qsgd4_model_ge_5x_nccl_10gbps_n8_256MB"])))
     gl = summary["goals"]
@@ -341,6 +354,27 @@ def main():
         L.append("Top-k: gradcomp's selectors are not timed yet (no GPU entry points in "
                  "`include/gradcomp/sparse.h` in this build); torch.topk's times are below.")
         L.append("")
+    L.append("## Kernel limiters (Nsight Compute)")
+    L.append("")
+    if prof.get("kernels"):
+        L.append("What bounds each kernel at n=2^26 (tools/ncu_limits.py: memory when DRAM or "
+                 "memory throughput is >= 60% of peak and above the SM's, issue when the SM "
+                 "throughput or the share of cycles with an instruction issued is >= 60%, "
+                 "latency otherwise).")
+        L.append("")
+        L.append("| kernel | launch | us | DRAM % | memory % | SM % | issued % of cycles | "
+                 "achieved occupancy % | registers | limiter |")
+        L.append("|---|---|---|---|---|---|---|---|---|---|")
+        for k in prof["kernels"]:
+            L.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |"
+                     % (k.get("kernel"), k.get("launch"), fmt(k.get("duration_us")),
+                        fmt(k.get("dram_pct")), fmt(k.get("memory_pct")), fmt(k.get("sm_pct")),
+                        fmt(k.get("issue_pct")), fmt(k.get("occupancy_pct")),
+                        fmt(k.get("registers")), k.get("limiter")))
+    else:
+        L.append("Not profiled: %s" % (prof.get("unavailable_reason") or
+                                       "the profile step did not run"))
+    L.append("")
     L.append("## Tests")
     L.append("")
     L.append("- CTest with `GRADCOMP_TEST_GPU=1`: %s passed, %s failed"

@@ -47,6 +47,13 @@ struct Args {
   std::vector<ncclDataType_t> dtypes = {ncclFloat32, ncclFloat16, ncclBfloat16};
   std::vector<double> densities = {0.001, 0.01};
   std::string json;
+  // --only: one kind of kernel (copy, encode, decode, topk_threshold,
+  // topk_exact; empty: all); --once: every kernel launched once, untimed
+  // batches skipped, for a profiler that replays each launch (the profile
+  // step of tools/gpu-check.sh).
+  std::string only;
+  bool once = false;
+  bool runs(const char* kind) const { return only.empty() || only == kind; }
 };
 
 struct Result {
@@ -71,7 +78,10 @@ void usage() {
       "Usage: gradcomp_kernels_perf [--min-log2 20] [--max-log2 28] [--step-log2 2]\n"
       "                             [--bucket 512] [--bits 2,4,8] [--dtypes float,half,bfloat16]\n"
       "                             [--densities 0.001,0.01] [--json FILE]\n"
-      "Sizes n = 2^min .. 2^max elements, capped by free GPU memory.\n");
+      "                             [--only copy|encode|decode|topk_threshold|topk_exact]\n"
+      "                             [--once 1]\n"
+      "Sizes n = 2^min .. 2^max elements, capped by free GPU memory. --once 1 launches each\n"
+      "kernel once (its time is that one launch), for a profiler.\n");
 }
 
 std::vector<int> parseInts(const char* s) {
@@ -109,7 +119,19 @@ bool parseArgs(int argc, char** argv, Args* a) {
       a->bits = parseInts(v);
     else if (f == "--json")
       a->json = v;
-    else if (f == "--densities") {
+    else if (f == "--once")
+      a->once = atoi(v) != 0;
+    else if (f == "--only") {
+      a->only = v;
+      if (a->only != "copy" && a->only != "encode" && a->only != "decode" &&
+          a->only != "topk_threshold" && a->only != "topk_exact") {
+        fprintf(stderr,
+                "gradcomp_kernels_perf: --only %s: kinds are copy, encode, decode, "
+                "topk_threshold, topk_exact\n",
+                v);
+        return false;
+      }
+    } else if (f == "--densities") {
       a->densities.clear();
       for (const char* p = v; *p;) {
         a->densities.push_back(atof(p));
@@ -164,11 +186,23 @@ bool parseArgs(int argc, char** argv, Args* a) {
 }
 
 // Per-launch time in us: batches long enough to swamp launch gaps, median of 5.
+// once: a single launch, timed alone (under a profiler).
 template <typename F>
-double timeIt(cudaStream_t s, F&& launch) {
+double timeIt(cudaStream_t s, F&& launch, bool once = false) {
   cudaEvent_t a, b;
   CHECK_CUDA(cudaEventCreate(&a));
   CHECK_CUDA(cudaEventCreate(&b));
+  if (once) {
+    CHECK_CUDA(cudaEventRecord(a, s));
+    launch();
+    CHECK_CUDA(cudaEventRecord(b, s));
+    CHECK_CUDA(cudaEventSynchronize(b));
+    float ms = 0;
+    CHECK_CUDA(cudaEventElapsedTime(&ms, a, b));
+    cudaEventDestroy(a);
+    cudaEventDestroy(b);
+    return ms * 1e3;
+  }
   launch();
   launch();
   CHECK_CUDA(cudaEventRecord(a, s));
@@ -252,32 +286,39 @@ int main(int argc, char** argv) {
     const size_t n = (size_t)1 << lg;
     if (n > nmax) break;
     CHECK_CUDA(gcbench::fillDevice(out, gc::DType::F32, n, 5, 0, s));
+    // The copy is always timed (in batches): every row's frac is against it.
     const double copyUs =
         timeIt(s, [&] { CHECK_CUDA(cudaMemcpyAsync(r, out, n * 4, cudaMemcpyDeviceToDevice, s)); });
     const double copyGbps = 8.0 * n / copyUs / 1e3;
-    report({"copy", "float", 0, n, copyUs, 8.0 * n, copyGbps, copyGbps});
+    if (a.runs("copy")) report({"copy", "float", 0, n, copyUs, 8.0 * n, copyGbps, copyGbps});
     for (ncclDataType_t t : a.dtypes) {
+      if (!a.runs("encode")) break;
       const double ts = t == ncclFloat32 ? 4 : 2;
       CHECK_CUDA(gcbench::fillDevice(g, toDType(t), n, 1, 0, s));
       for (int bits : a.bits) {
         const double e = (double)gradcompQsgdEncodedBytes(n, bits, a.bucket);
         CHECK_CUDA(cudaMemsetAsync(r, 0, n * 4, s));
         uint64_t seed = 1;
-        const double us = timeIt(s, [&] {
-          gcCheck(gradcompQsgdEncodeEF(g, t, r, n, bits, a.bucket, seed++, enc, s), "encode");
-        });
+        const double us = timeIt(
+            s,
+            [&] {
+              gcCheck(gradcompQsgdEncodeEF(g, t, r, n, bits, a.bucket, seed++, enc, s), "encode");
+            },
+            a.once);
         const double bytes = n * ts + 8.0 * n + e;
         report({"qsgd_encode_ef", typeName(t), bits, n, us, bytes, bytes / us / 1e3, copyGbps});
       }
     }
     // Decode output is fp32 whatever the input type was.
     for (int bits : a.bits) {
+      if (!a.runs("decode")) break;
       const double e = (double)gradcompQsgdEncodedBytes(n, bits, a.bucket);
       CHECK_CUDA(gcbench::fillDevice(g, gc::DType::F32, n, 1, 0, s));
       gcCheck(gradcompQsgdEncode(g, ncclFloat32, n, bits, a.bucket, 1, enc, s), "encode");
       for (int acc = 0; acc < 2; ++acc) {
         const double us = timeIt(
-            s, [&] { gcCheck(gradcompQsgdDecode(enc, n, bits, a.bucket, out, acc, s), "decode"); });
+            s, [&] { gcCheck(gradcompQsgdDecode(enc, n, bits, a.bucket, out, acc, s), "decode"); },
+            a.once);
         const double bytes = e + (acc ? 8.0 : 4.0) * n;
         report({acc ? "qsgd_decode_acc" : "qsgd_decode", "float", bits, n, us, bytes,
                 bytes / us / 1e3, copyGbps});
@@ -287,6 +328,7 @@ int main(int argc, char** argv) {
     CHECK_CUDA(gcbench::fillDevice(g, gc::DType::F32, n, 1, 0, s));
     for (double d : a.densities) {
       for (int exact = 0; exact < 2; ++exact) {
+        if (!a.runs(exact ? "topk_exact" : "topk_threshold")) continue;
         size_t slots = 0, wsBytes = 0;
         gcCheck(gradcompTopkSlots(n, (float)d, cfg.oversample, exact, &slots), "topk slots");
         gcCheck(gradcompTopkWorkspaceBytes(n, (float)d, cfg.oversample, cfg.sampleRate, exact,
@@ -297,11 +339,15 @@ int main(int argc, char** argv) {
         CHECK_CUDA(cudaMalloc(&idx, slots * 4));
         CHECK_CUDA(cudaMalloc(&ws, wsBytes));
         uint64_t seed = 1;
-        const double us = timeIt(s, [&] {
-          gcCheck(gradcompTopkSelect(static_cast<const float*>(g), n, (float)d, cfg.oversample,
+        const double us = timeIt(
+            s,
+            [&] {
+              gcCheck(
+                  gradcompTopkSelect(static_cast<const float*>(g), n, (float)d, cfg.oversample,
                                      cfg.sampleRate, exact, seed++, idx, nullptr, ws, wsBytes, s),
                   "topk select");
-        });
+            },
+            a.once);
         const double bytes = 4.0 * n;
         report({exact ? "topk_exact" : "topk_threshold", "float", 0, n, us, bytes, bytes / us / 1e3,
                 copyGbps, d, slots});
