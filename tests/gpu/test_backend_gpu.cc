@@ -71,6 +71,31 @@ TEST_F(BackendGpu, ToFloatFromFloatAddMatchCpu) {
   }
 }
 
+// Every fp16 and bf16 bit pattern to fp32 (NaN payloads included): the
+// device's conversions give the host's bits.
+TEST_F(BackendGpu, EveryHalfAndBf16PatternWidensAsOnTheHost) {
+  const size_t n = 65536;
+  std::vector<uint16_t> h(n);
+  for (size_t i = 0; i < n; ++i) h[i] = (uint16_t)i;
+  for (DType t : {DType::F16, DType::BF16}) {
+    SCOPED_TRACE(testing::Message() << "dtype=" << (int)t);
+    std::vector<float> fc(n);
+    ASSERT_EQ(cpu->toFloat(h.data(), t, nullptr, n, fc.data()), gradcompSuccess);
+    DeviceBuffer<uint16_t> dx(n);
+    DeviceBuffer<float> df(n);
+    dx.upload(h);
+    ASSERT_EQ(gpu->toFloat(dx.get(), t, nullptr, n, df.get()), gradcompSuccess);
+    ASSERT_EQ(gpu->sync(), gradcompSuccess);
+    auto fg = df.download(n);
+    for (size_t i = 0; i < n; ++i) {
+      uint32_t a, b;
+      memcpy(&a, &fc[i], 4);
+      memcpy(&b, &fg[i], 4);
+      ASSERT_EQ(a, b) << "pattern 0x" << std::hex << i;
+    }
+  }
+}
+
 TEST_F(BackendGpu, AllocZeroCopyAndHostTransfers) {
   void* p = nullptr;
   ASSERT_EQ(gpu->alloc(1 << 20, &p), gradcompSuccess);
