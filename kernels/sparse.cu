@@ -1,9 +1,10 @@
 // CUDA kernels of the sparse methods. Same results as the host reference
 // (plugin/codec_sparse_host.cc): the selection rule is computed on the
-// device (sample sort or radix select), then a deterministic tile-wise
-// prefix-sum compaction writes the selected indices in index order. No host
-// sync, fixed sizes, capturable.
+// device (sample sort or radix select), then a deterministic one-pass
+// compaction writes the selected indices in index order. No host sync,
+// fixed sizes, capturable.
 #include <cub/cub.cuh>
+#include <cuda/std/functional>
 
 #include "plugin/codecs/sparse.h"
 #include "sparse_math.cuh"
@@ -33,11 +34,19 @@ struct RadixState {
   unsigned int hist[256];
 };
 
+// The compaction's running counts: (selected above the rule) << 32 | (equal
+// to its tie key). Both totals are at most n < 2^32, so the packed sum never
+// carries from one half into the other, and one scan gives both prefixes.
+using TileState = gradcomp_cub::cub::ScanTileState<unsigned long long>;
+using PrefixOp =
+    gradcomp_cub::cub::TilePrefixCallbackOp<unsigned long long,
+                                            ::cuda::std::plus<unsigned long long>, TileState>;
+
 // Scratch layout (all offsets 256-aligned).
 struct Scratch {
   size_t tiles, chunks;
-  size_t tileGt, tileEq, eqBefore, tileSel, selBefore, radix, rule, keys, sorted, partial, scale,
-      temp, tempBytes, total;
+  size_t tileState, tileStateBytes, selected, radix, rule, keys, sorted, partial, scale, temp,
+      tempBytes, total;
 };
 
 // The sample's count for the sort, the same type in the size query and the
@@ -55,18 +64,14 @@ Scratch layout(size_t n, size_t m) {
   Scratch s{};
   s.tiles = (n + kTile - 1) / kTile;
   s.chunks = (n + sparse::kNormChunk - 1) / sparse::kNormChunk;
-  size_t sortBytes = 0, scanBytes = 0;
+  size_t sortBytes = 0;
   gradcomp_cub::cub::DeviceRadixSort::SortKeys(nullptr, sortBytes, (const uint32_t*)nullptr,
                                                (uint32_t*)nullptr, sortCount(m > 0 ? m : 1));
-  gradcomp_cub::cub::DeviceScan::ExclusiveSum(nullptr, scanBytes, (const uint32_t*)nullptr,
-                                              (uint32_t*)nullptr, (int)(s.tiles > 0 ? s.tiles : 1));
-  s.tempBytes = sortBytes > scanBytes ? sortBytes : scanBytes;
+  s.tempBytes = sortBytes;
+  TileState::AllocationSize((int)(s.tiles > 0 ? s.tiles : 1), s.tileStateBytes);
   size_t p = 0;
-  s.tileGt = p, p += up(s.tiles * 4);
-  s.tileEq = p, p += up(s.tiles * 4);
-  s.eqBefore = p, p += up(s.tiles * 4);
-  s.tileSel = p, p += up(s.tiles * 4);
-  s.selBefore = p, p += up(s.tiles * 4);
+  s.tileState = p, p += up(s.tileStateBytes);
+  s.selected = p, p += up(sizeof(unsigned long long));
   s.radix = p, p += up(sizeof(RadixState));
   s.rule = p, p += up(sizeof(SelectRule));
   s.keys = p, p += up(m * 4);
@@ -247,87 +252,70 @@ __device__ __forceinline__ void ruleCounts(const uint32_t keys[kItems], size_t n
   *eq = e;
 }
 
-// A thread's keys of its tile and their counts against the rule.
-__device__ __forceinline__ void threadKeysAndCounts(const float* __restrict__ v, size_t n,
-                                                    size_t base, bool vec, const SelectRule& r,
-                                                    uint32_t keys[kItems], uint32_t* gt,
-                                                    uint32_t* eq) {
+__global__ void tileStateInitKernel(TileState state, int tiles) {
+  state.InitializeStatus(tiles);
+}
+
+// One pass over v: tile t (kTile elements, 16 per thread) counts its keys
+// above the rule and equal to its tie key, gets the counts of all earlier
+// tiles by decoupled look-back (each tile publishes its counts, then its
+// running total, in order of blockIdx, as CUB's single-pass scan does), and
+// writes its selections. With gtBefore and eqBefore the counts before a
+// thread, the ties taken before it are min(eqBefore, need), so its first
+// selection goes to slot gtBefore + min(eqBefore, need): the same slots, in
+// index order, as the host's loop. Slots past kmax are not written; the last
+// thread of the last tile writes the total selected.
+__global__ void __launch_bounds__(kThreads)
+    compactKernel(const float* __restrict__ v, size_t n, bool vec, const SelectRule* rule,
+                  TileState state, size_t kmax, uint32_t* __restrict__ idx,
+                  unsigned long long* __restrict__ selected) {
+  using Scan = gradcomp_cub::cub::BlockScan<unsigned long long, kThreads>;
+  __shared__ typename Scan::TempStorage scanTmp;
+  __shared__ typename PrefixOp::TempStorage prefixTmp;
+  const SelectRule r = *rule;
+  const int tile = (int)blockIdx.x;
+  const size_t base = (size_t)tile * kTile + (size_t)threadIdx.x * kItems;
+  uint32_t keys[kItems], g, e;
   loadKeys(v, n, base, vec, keys);
-  ruleCounts(keys, n, base, r, gt, eq);
-}
-
-__global__ void tileCountKernel(const float* __restrict__ v, size_t n, bool vec,
-                                const SelectRule* rule, uint32_t* __restrict__ tileGt,
-                                uint32_t* __restrict__ tileEq) {
-  using Reduce = gradcomp_cub::cub::BlockReduce<uint32_t, kThreads>;
-  __shared__ typename Reduce::TempStorage tmp;
-  const SelectRule r = *rule;
-  const size_t base = (size_t)blockIdx.x * kTile + (size_t)threadIdx.x * kItems;
-  uint32_t keys[kItems], g, e;
-  threadKeysAndCounts(v, n, base, vec, r, keys, &g, &e);
-  uint32_t sg = Reduce(tmp).Sum(g);
-  __syncthreads();
-  uint32_t se = Reduce(tmp).Sum(e);
-  if (threadIdx.x == 0) {
-    tileGt[blockIdx.x] = sg;
-    tileEq[blockIdx.x] = se;
+  ruleCounts(keys, n, base, r, &g, &e);
+  const unsigned long long mine = ((unsigned long long)g << 32) | e;
+  unsigned long long before;
+  if (tile == 0) {
+    unsigned long long aggregate;
+    Scan(scanTmp).ExclusiveSum(mine, before, aggregate);
+    if (threadIdx.x == 0) state.SetInclusive(0, aggregate);
+  } else {
+    PrefixOp prefix(state, prefixTmp, ::cuda::std::plus<unsigned long long>(), tile);
+    Scan(scanTmp).ExclusiveSum(mine, before, prefix);
   }
-}
-
-__global__ void tileSelKernel(size_t tiles, const SelectRule* rule, const uint32_t* __restrict__ gt,
-                              const uint32_t* __restrict__ eq,
-                              const uint32_t* __restrict__ eqBefore, uint32_t* __restrict__ sel) {
-  const uint64_t need = rule->need;
-  for (size_t b = (size_t)blockIdx.x * blockDim.x + threadIdx.x; b < tiles;
-       b += (size_t)gridDim.x * blockDim.x) {
-    uint64_t left = need > eqBefore[b] ? need - eqBefore[b] : 0;
-    sel[b] = gt[b] + (uint32_t)(left < eq[b] ? left : eq[b]);
-  }
-}
-
-__global__ void tileWriteKernel(const float* __restrict__ v, size_t n, bool vec,
-                                const SelectRule* rule, const uint32_t* __restrict__ eqBefore,
-                                const uint32_t* __restrict__ selBefore, size_t kmax,
-                                uint32_t* __restrict__ idx) {
-  using Scan = gradcomp_cub::cub::BlockScan<uint32_t, kThreads>;
-  __shared__ typename Scan::TempStorage tmp;
-  const SelectRule r = *rule;
-  const size_t base = (size_t)blockIdx.x * kTile + (size_t)threadIdx.x * kItems;
-  uint32_t keys[kItems], g, e;
-  threadKeysAndCounts(v, n, base, vec, r, keys, &g, &e);
-  uint32_t eqOff;
-  Scan(tmp).ExclusiveSum(e, eqOff);
-  __syncthreads();
-  uint64_t eqRank = (uint64_t)eqBefore[blockIdx.x] + eqOff;
-  uint32_t mine = 0;
-  bool take[kItems];
+  const uint64_t gtBefore = before >> 32, eqBefore = before & 0xffffffffull;
+  uint64_t eqRank = eqBefore;
+  uint64_t pos = gtBefore + (eqBefore < r.need ? eqBefore : r.need);
 #pragma unroll
   for (int i = 0; i < kItems; ++i) {
-    size_t j = base + i;
-    take[i] = false;
-    if (j >= n) continue;
-    const uint32_t key = keys[i];
-    if (key > r.gt) {
-      take[i] = true;
-    } else if (key == r.eq) {
-      take[i] = eqRank++ < r.need;
+    const size_t j = base + i;
+    if (j >= n) break;
+    bool take = false;
+    if (keys[i] > r.gt) {
+      take = true;
+    } else if (keys[i] == r.eq) {
+      take = eqRank++ < r.need;
     }
-    mine += take[i];
+    if (take) {
+      if (pos < kmax) idx[pos] = (uint32_t)j;
+      ++pos;
+    }
   }
-  uint32_t off;
-  Scan(tmp).ExclusiveSum(mine, off);
-  uint64_t pos = (uint64_t)selBefore[blockIdx.x] + off;
-  for (int i = 0; i < kItems; ++i) {
-    if (!take[i]) continue;
-    if (pos < kmax) idx[pos] = (uint32_t)(base + i);
-    ++pos;
+  if (tile == (int)gridDim.x - 1 && threadIdx.x == kThreads - 1) {
+    const unsigned long long all = before + mine;
+    const uint64_t eqAll = all & 0xffffffffull;
+    *selected = (all >> 32) + (eqAll < r.need ? eqAll : r.need);
   }
 }
 
-__global__ void fillEmptyKernel(size_t tiles, const uint32_t* __restrict__ sel,
-                                const uint32_t* __restrict__ selBefore, size_t kmax,
+__global__ void fillEmptyKernel(const unsigned long long* __restrict__ selected, size_t kmax,
                                 uint32_t* __restrict__ idx, uint64_t* selectedDev) {
-  uint64_t total = tiles ? (uint64_t)selBefore[tiles - 1] + sel[tiles - 1] : 0;
+  uint64_t total = *selected;
   if (total > kmax) total = kmax;
   if (blockIdx.x == 0 && threadIdx.x == 0 && selectedDev) *selectedDev = total;
   for (size_t j = (size_t)blockIdx.x * blockDim.x + threadIdx.x; j < kmax;
@@ -338,27 +326,17 @@ __global__ void fillEmptyKernel(size_t tiles, const uint32_t* __restrict__ sel,
 
 cudaError_t compact(const float* v, size_t n, size_t kmax, uint32_t* idx, uint64_t* selectedDev,
                     void* scratch, const Scratch& L, cudaStream_t s) {
-  SelectRule* rule = at<SelectRule>(scratch, L.rule);
-  uint32_t* gt = at<uint32_t>(scratch, L.tileGt);
-  uint32_t* eq = at<uint32_t>(scratch, L.tileEq);
-  uint32_t* eqBefore = at<uint32_t>(scratch, L.eqBefore);
-  uint32_t* sel = at<uint32_t>(scratch, L.tileSel);
-  uint32_t* selBefore = at<uint32_t>(scratch, L.selBefore);
-  void* temp = at<char>(scratch, L.temp);
-  size_t tempBytes = L.tempBytes;
   const int tiles = (int)L.tiles;
+  TileState state;
+  cudaError_t err = state.Init(tiles, at<char>(scratch, L.tileState), L.tileStateBytes);
+  if (err != cudaSuccess) return err;
+  // Every tile's status to "not yet", and the look-back's padding.
+  tileStateInitKernel<<<(tiles + kThreads - 1) / kThreads, kThreads, 0, s>>>(state, tiles);
   const bool vec = (reinterpret_cast<uintptr_t>(v) & 15) == 0;
-  tileCountKernel<<<tiles, kThreads, 0, s>>>(v, n, vec, rule, gt, eq);
-  cudaError_t err =
-      gradcomp_cub::cub::DeviceScan::ExclusiveSum(temp, tempBytes, eq, eqBefore, tiles, s);
-  if (err != cudaSuccess) return err;
-  tileSelKernel<<<blocksFor(L.tiles), kThreads, 0, s>>>(L.tiles, rule, gt, eq, eqBefore, sel);
-  tempBytes = L.tempBytes;
-  err = gradcomp_cub::cub::DeviceScan::ExclusiveSum(temp, tempBytes, sel, selBefore, tiles, s);
-  if (err != cudaSuccess) return err;
-  tileWriteKernel<<<tiles, kThreads, 0, s>>>(v, n, vec, rule, eqBefore, selBefore, kmax, idx);
-  fillEmptyKernel<<<blocksFor(kmax), kThreads, 0, s>>>(L.tiles, sel, selBefore, kmax, idx,
-                                                       selectedDev);
+  unsigned long long* selected = at<unsigned long long>(scratch, L.selected);
+  compactKernel<<<tiles, kThreads, 0, s>>>(v, n, vec, at<SelectRule>(scratch, L.rule), state, kmax,
+                                           idx, selected);
+  fillEmptyKernel<<<blocksFor(kmax), kThreads, 0, s>>>(selected, kmax, idx, selectedDev);
   return cudaGetLastError();
 }
 
