@@ -1,8 +1,10 @@
 // QSGD encode (+ fused error feedback) and decode kernels.
 //
 // Buckets of 128, 256, 512 or 1024 elements take the warp path: one warp per
-// bucket, each lane holding 4 consecutive elements of every 128-element row
-// in registers (16-byte loads when the pointers allow). g + r is read once,
+// bucket (a kernel per input type; aligned whole buckets, nearly all of
+// them, on a path without bounds checks), each lane holding 4 consecutive
+// elements of every 128-element row in registers (16-byte loads when the
+// pointers allow). g + r is read once,
 // the bucket's max |x| is a warp max of the bits (exact, order-free), codes
 // and the new residual are computed from registers, and each row's codes
 // (128 * bits bits, whole words) are assembled with warp shuffles or OR
@@ -172,34 +174,26 @@ __device__ __forceinline__ void storeRow(uint32_t chunk, int bits, int lane, int
   }
 }
 
+// One bucket of R rows on one warp. Inlined into the kernel with the type
+// and `full` (an aligned bucket of kBucket elements, wholly in range) as
+// constants, so that the type switches and every bounds check fold away on
+// the path nearly every bucket takes.
 template <int R>
-__global__ void __launch_bounds__(kWarpThreads)
-    qsgdEncodeWarpKernel(const void* __restrict__ x, DType t, float* __restrict__ residual,
-                         size_t n, int bits, KeySpec keySpec, float* __restrict__ scales,
-                         uint32_t* __restrict__ words, bool alignedIn) {
-  constexpr int kBucket = kRow * R;
-  __shared__ float levelTable[128];
-  __shared__ uint64_t sharedKey;
+__device__ __forceinline__ void encodeRows(const void* __restrict__ x, DType t,
+                                           float* __restrict__ residual, size_t n, int bits,
+                                           uint64_t key, const float* levelTable,
+                                           float* __restrict__ scales, uint32_t* __restrict__ words,
+                                           size_t b, size_t base, size_t len, int lane, bool full) {
   const int s = qsgd::levels(bits);
-  if (threadIdx.x == 0) sharedKey = resolveKey(keySpec);
-  fillLevelTable(levelTable, s);
-  const uint64_t key = sharedKey;
-  const int lane = threadIdx.x & 31;
-  const size_t b = (size_t)blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5);
-  const size_t base = b * kBucket;
-  if (base >= n) return;
-  const size_t len = min((size_t)kBucket, n - base);
-  const bool vec = alignedIn && len == kBucket;
-
   float v[R][4];
   uint32_t maxBits = 0;
 #pragma unroll
   for (int r = 0; r < R; ++r) {
     const size_t i = base + r * kRow + lane * 4;
-    load4(x, t, i, vec, n, v[r]);
+    load4(x, t, i, full, n, v[r]);
     if (residual) {
       float q[4];
-      loadF32x4(residual, i, vec, n, q);
+      loadF32x4(residual, i, full, n, q);
 #pragma unroll
       for (int c = 0; c < 4; ++c) v[r][c] = fadd(v[r][c], q[c]);
     }
@@ -224,16 +218,43 @@ __global__ void __launch_bounds__(kWarpThreads)
     for (int c = 0; c < 4; ++c) {
       uint32_t code = 0;
       const float u = uniform24FromHash(mix64(weyl + (uint64_t)c * kWeyl));
-      if (i + c < n) code = qsgd::encodeValue(v[r][c], scale, rec, bits, u);
+      if (full || i + c < n) code = qsgd::encodeValue(v[r][c], scale, rec, bits, u);
       chunk |= code << (c * bits);
       res[c] =
           fsub(v[r][c], qsgd::decodeWithLevel(code, levelTable[code & (uint32_t)s], scale, bits));
     }
-    if (residual && finite) store4(residual, i, vec, n, res);
+    if (residual && finite) store4(residual, i, full, n, res);
     const size_t rowStart = r * kRow;
     const int validWords =
-        rowStart >= len ? 0 : (int)min((size_t)rowWords, ((len - rowStart) * bits + 31) >> 5);
+        full ? rowWords
+             : (rowStart >= len ? 0
+                                : (int)min((size_t)rowWords, ((len - rowStart) * bits + 31) >> 5));
     storeRow(chunk, bits, lane, validWords, bucketWords + r * rowWords);
+  }
+}
+
+template <int R, DType T>
+__global__ void __launch_bounds__(kWarpThreads)
+    qsgdEncodeWarpKernel(const void* __restrict__ x, float* __restrict__ residual, size_t n,
+                         int bits, KeySpec keySpec, float* __restrict__ scales,
+                         uint32_t* __restrict__ words, bool alignedIn) {
+  constexpr int kBucket = kRow * R;
+  __shared__ float levelTable[128];
+  __shared__ uint64_t sharedKey;
+  if (threadIdx.x == 0) sharedKey = resolveKey(keySpec);
+  fillLevelTable(levelTable, qsgd::levels(bits));
+  const uint64_t key = sharedKey;
+  const int lane = threadIdx.x & 31;
+  const size_t b = (size_t)blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5);
+  const size_t base = b * kBucket;
+  if (base >= n) return;
+  const size_t len = min((size_t)kBucket, n - base);
+  if (alignedIn && len == kBucket) {
+    encodeRows<R>(x, T, residual, n, bits, key, levelTable, scales, words, b, base, kBucket, lane,
+                  true);
+  } else {
+    encodeRows<R>(x, T, residual, n, bits, key, levelTable, scales, words, b, base, len, lane,
+                  false);
   }
 }
 
@@ -347,8 +368,18 @@ cudaError_t qsgdEncode(const void* x, DType t, float* residual, size_t n, int bi
   uint32_t* words = reinterpret_cast<uint32_t*>(scales + nb);
   const bool alignedIn = aligned(x, t == DType::F32 ? 16 : 8) && aligned(residual, 16);
   if (withWarpRows(bucket, [&](auto rows) {
-        qsgdEncodeWarpKernel<decltype(rows)::value><<<warpBlocks(nb), kWarpThreads, 0, stream>>>(
-            x, t, residual, n, bits, key, scales, words, alignedIn);
+        constexpr int R = decltype(rows)::value;
+        const unsigned grid = warpBlocks(nb);
+        if (t == DType::F32) {
+          qsgdEncodeWarpKernel<R, DType::F32><<<grid, kWarpThreads, 0, stream>>>(
+              x, residual, n, bits, key, scales, words, alignedIn);
+        } else if (t == DType::F16) {
+          qsgdEncodeWarpKernel<R, DType::F16><<<grid, kWarpThreads, 0, stream>>>(
+              x, residual, n, bits, key, scales, words, alignedIn);
+        } else {
+          qsgdEncodeWarpKernel<R, DType::BF16><<<grid, kWarpThreads, 0, stream>>>(
+              x, residual, n, bits, key, scales, words, alignedIn);
+        }
       })) {
     return cudaGetLastError();
   }
