@@ -160,6 +160,52 @@ TEST(PipelineCpu, RingPipelinedUnevenAndEmptyChunks) {
   }
 }
 
+// The hierarchy's middle stage runs the configured ring on the inter-node
+// child comm, which inherits the setting: pipelined there too, same bits,
+// state and wire bytes, and the child's pieces reported.
+TEST(PipelineCpu, HierMiddleRingPipelinedEqualsUnpipelined) {
+  const size_t n = 20000;
+  const int L = 2;
+  for (int N : {4, 6, 8}) {
+    for (DType t : {DType::F32, DType::BF16}) {
+      SCOPED_TRACE(testing::Message() << "N=" << N << " dtype=" << (int)t);
+      gradcompConfig_t base = ringConfig(0, true);
+      base.localSize = L;
+      gradcompConfig_t pc = base;
+      pc.pipelineBytes = 2048;
+      gctest::CpuWorld flat(N, base), piped(N, pc);
+      std::vector<Rank> a = makeInputs(N, n, t, 91 + N), b = a;
+      for (int step = 0; step < 3; ++step) {
+        for (auto* w : {&flat, &piped}) {
+          std::vector<Rank>& bufs = w == &flat ? a : b;
+          auto res = w->run([&](int r) {
+            void* ptr = t == DType::F32 ? (void*)bufs[r].f32.data() : (void*)bufs[r].half.data();
+            return gradcompAllReduceKeyed(ptr, ptr, n, nccl(t), step % 2 ? ncclAvg : ncclSum,
+                                          w->comm(r), nullptr, 7);
+          });
+          for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
+        }
+        for (int r = 0; r < N; ++r) {
+          auto got = widen(b[r], t, n), want = widen(a[r], t, n);
+          ASSERT_EQ(memcmp(got.data(), want.data(), n * 4), 0) << "rank " << r << " step " << step;
+        }
+      }
+      for (int r = 0; r < N; ++r) {
+        gradcompStats_t sp, sf;
+        ASSERT_EQ(gradcompGetStats(piped.comm(r), &sp), gradcompSuccess);
+        ASSERT_EQ(gradcompGetStats(flat.comm(r), &sf), gradcompSuccess);
+        EXPECT_EQ(sp.callsPerAlgo[gradcompAlgoHier], 3u);
+        EXPECT_EQ(sp.bytesOnWire, sf.bytesOnWire);
+        EXPECT_EQ(savedState(piped.comm(r)), savedState(flat.comm(r))) << "state of rank " << r;
+        gradcompComm& inter = *piped.comm(r)->inter;
+        EXPECT_GT(sp.piecesLast, 1u) << "rank " << r;
+        EXPECT_EQ(sf.piecesLast, 1u) << "rank " << r;
+        EXPECT_EQ(gc::pickDenseAlgorithm(inter, n / L).id, gradcompAlgoRing);
+      }
+    }
+  }
+}
+
 // Pieces that hold the largest chunk: one piece, the serial reference.
 TEST(PipelineCpu, RingOnePieceWhenAPieceHoldsTheChunk) {
   const int N = 4;
