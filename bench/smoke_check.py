@@ -370,48 +370,57 @@ def main():
                 expect(abs(m["nccl_time_us"] - nccl) <= 1e-6 * nccl,
                        "%s: NCCL reduce-scatter model at %g" % (tag, g))
 
-    # Pipelined two-shot (GRADCOMP_PIPELINE_BYTES): the row records its pieces and
-    # the pipelined model, fill + drain + (K-1) * max(stage) with stages
+    # Pipelined two-shot and ring (GRADCOMP_PIPELINE_BYTES): the row records its
+    # pieces and the pipelined model, fill + drain + (K-1) * max(stage) with stages
     # k = kernel / K and w = wire / K / L + steps * a (docs/benchmark.md), beside the
-    # unpipelined model, which is unchanged; the wire bytes are the unpipelined ones.
+    # unpipelined model, which is unchanged; the wire bytes are the unpipelined ones
+    # (two-shot: ok.json's rows; ring: an unpipelined ring run of the same size).
     pipe_bytes = 64 << 10
-    code, out, rows = run(perf, ["-N", str(nranks), "-b", "256K", "-e", "256K", "-n", "1", "-w",
-                                 "0", "-d", "float,bfloat16", "-m", "qsgd", "-q", str(bits),
-                                 "-B", str(bucket), "-a", "twoshot"],
-                          os.path.join(work, "pipe.json"),
-                          env={"GRADCOMP_PIPELINE_BYTES": str(pipe_bytes)})
-    expect(code == 0 and len(rows) == 2, "pipelined run exits 0 with two rows")
-    plain = {r["dtype"]: r for r in json.load(open(os.path.join(work, "ok.json")))["rows"]
-             if r["method"] == "qsgd" and r["size"] == 256 << 10}
-    for r in rows:
-        tag = "pipelined %s" % r["dtype"]
-        count = r["count"]
-        units = math.ceil(count / bucket)
-        chunk = math.ceil(units / nranks) * bucket  # the largest bucket-aligned chunk
-        piece = max(1, math.ceil(math.ceil(pipe_bytes / 4 / nranks) / bucket)) * bucket
-        pieces = math.ceil(chunk / piece) if piece < chunk else 1
-        expect(pieces > 1, "%s: the case is cut into pieces" % tag)
-        expect(r.get("pieces") == pieces and r.get("piece_bytes") == pipe_bytes,
-               "%s: row records %s pieces of %s bytes (got %s, %s)" %
-               (tag, pieces, pipe_bytes, r.get("pieces"), r.get("piece_bytes")))
-        expect(r["wrong"] == 0, "%s: no wrong elements" % tag)
-        p = plain.get(r["dtype"])
-        expect(p is not None and r["wire_bytes"] == p["wire_bytes"],
-               "%s: wire bytes equal the unpipelined row's" % tag)
-        expect(p is not None and p.get("pieces") == 1 and
-               all(m.get("pipelined_time_us") is None for m in p["model"]),
-               "%s: the unpipelined row has one piece and no pipelined model" % tag)
-        for m in r["model"]:
-            g = m["link_gbps"]
-            ours = r["kernel_us"] + r["wire_bytes"] * 8 / (g * 1e3) + 2 * 10
-            expect(close(m["time_us"], ours, 1e-6), "%s: unpipelined model at %g" % (tag, g))
-            k = r["kernel_us"] / pieces
-            w = r["wire_bytes"] / pieces * 8 / (g * 1e3) + r["latency_steps"] * 10
-            piped = k + w + (pieces - 1) * max(k, w)
-            expect(close(m.get("pipelined_time_us"), piped, 1e-6),
-                   "%s: pipelined model at %g: %s vs %s" % (tag, g, m.get("pipelined_time_us"), piped))
-            expect(close(m.get("pipelined_speedup"), m["nccl_time_us"] / piped, 1e-6),
-                   "%s: pipelined speedup at %g" % (tag, g))
+    pipe_args = ["-N", str(nranks), "-b", "256K", "-e", "256K", "-n", "1", "-w", "0", "-d",
+                 "float,bfloat16", "-m", "qsgd", "-q", str(bits), "-B", str(bucket)]
+    ring_path = os.path.join(work, "ring.json")
+    code, _, _ = run(perf, pipe_args + ["-a", "ring"], ring_path)
+    expect(code == 0, "unpipelined ring run exits 0")
+    for algo, steps, plain_path in (("twoshot", 2, os.path.join(work, "ok.json")),
+                                    ("ring", 2 * (nranks - 1), ring_path)):
+        code, out, rows = run(perf, pipe_args + ["-a", algo],
+                              os.path.join(work, "pipe-%s.json" % algo),
+                              env={"GRADCOMP_PIPELINE_BYTES": str(pipe_bytes)})
+        expect(code == 0 and len(rows) == 2, "pipelined %s run exits 0 with two rows" % algo)
+        plain = {r["dtype"]: r for r in json.load(open(plain_path))["rows"]
+                 if r["method"] == "qsgd" and r["size"] == 256 << 10}
+        for r in rows:
+            tag = "pipelined %s %s" % (algo, r["dtype"])
+            count = r["count"]
+            units = math.ceil(count / bucket)
+            chunk = math.ceil(units / nranks) * bucket  # the largest bucket-aligned chunk
+            piece = max(1, math.ceil(math.ceil(pipe_bytes / 4 / nranks) / bucket)) * bucket
+            pieces = math.ceil(chunk / piece) if piece < chunk else 1
+            expect(r["algo"] == algo, "%s: ran %s (got %s)" % (tag, algo, r["algo"]))
+            expect(pieces > 1, "%s: the case is cut into pieces" % tag)
+            expect(r.get("pieces") == pieces and r.get("piece_bytes") == pipe_bytes,
+                   "%s: row records %s pieces of %s bytes (got %s, %s)" %
+                   (tag, pieces, pipe_bytes, r.get("pieces"), r.get("piece_bytes")))
+            expect(r["wrong"] == 0, "%s: no wrong elements" % tag)
+            expect(r["latency_steps"] == steps, "%s: %d latency steps" % (tag, steps))
+            p = plain.get(r["dtype"])
+            expect(p is not None and p["algo"] == algo and r["wire_bytes"] == p["wire_bytes"],
+                   "%s: wire bytes equal the unpipelined row's" % tag)
+            expect(p is not None and p.get("pieces") == 1 and
+                   all(m.get("pipelined_time_us") is None for m in p["model"]),
+                   "%s: the unpipelined row has one piece and no pipelined model" % tag)
+            for m in r["model"]:
+                g = m["link_gbps"]
+                ours = r["kernel_us"] + r["wire_bytes"] * 8 / (g * 1e3) + steps * 10
+                expect(close(m["time_us"], ours, 1e-6), "%s: unpipelined model at %g" % (tag, g))
+                k = r["kernel_us"] / pieces
+                w = r["wire_bytes"] / pieces * 8 / (g * 1e3) + steps * 10
+                piped = k + w + (pieces - 1) * max(k, w)
+                expect(close(m.get("pipelined_time_us"), piped, 1e-6),
+                       "%s: pipelined model at %g: %s vs %s" %
+                       (tag, g, m.get("pipelined_time_us"), piped))
+                expect(close(m.get("pipelined_speedup"), m["nccl_time_us"] / piped, 1e-6),
+                       "%s: pipelined speedup at %g" % (tag, g))
 
     # Reduce-scatter on 2 nodes of 2 ranks: the hierarchical reduce-scatter's rows.
     code, out, rows = run(perf, ["-N", "4", "-C", "reduce_scatter", "--local-size", "2", "-b", "64K",

@@ -76,8 +76,9 @@ static const ParamSpec kParams[] = {
      "time NCCL and compression at set-up and pass through the calls compression would not "
      "speed up; 0 always compresses (CUDA backend; the CPU backend never times)"},
     {"GRADCOMP_PIPELINE_BYTES", ParamKind::Size, GC_FIELD(pipelineBytes), 0, 1e18, nullptr, "0",
-     "two-shot: cut calls into pieces of this many bytes (as fp32) whose encode and decode "
-     "overlap the transfers (CUDA backend); 0 is off; results are bitwise the same"},
+     "two-shot and ring (flat or as the hierarchy's middle stage; not allgather, "
+     "reduce-scatter or the sparse methods): cut calls into pieces of this many bytes (as fp32) "
+     "whose kernels overlap the transfers (CUDA backend); 0 is off; results are bitwise the same"},
     {"GRADCOMP_CPU_TIMEOUT", ParamKind::Float, GC_FIELD(cpuTimeoutSec), 0.001, 86400, nullptr,
      "120", "CPU backend: seconds a rank waits at a collective for the others before it fails"},
     {"GRADCOMP_DEBUG", ParamKind::String, GC_PROCESS_KNOB, 0, 0, nullptr, "(unset)",

@@ -182,6 +182,11 @@ want perf && run_step perf_n8 90 "$raw/perf_n8.txt" "$perf" --backend cuda -N 8 
 want perf && run_step perf_n8_pipe 45 "$raw/perf_n8_pipe.txt" env GRADCOMP_PIPELINE_BYTES=67108864 \
   "$perf" --backend cuda -N 8 -b 256M -e 256M -n 2 -w 1 -m qsgd -d float \
   --link-gbps 10,25,100,400 --json "$raw/perf_n8_pipe.json"
+# The pipelined ring, same call and pieces (-a ring): checked like every row, with
+# its pipelined model beside the unpipelined one (docs/algorithms.md, "Pipelined ring").
+want perf && run_step perf_n8_ring_pipe 40 "$raw/perf_n8_ring_pipe.txt" \
+  env GRADCOMP_PIPELINE_BYTES=67108864 "$perf" --backend cuda -N 8 -b 256M -e 256M -n 2 -w 1 \
+  -m qsgd -d float -a ring --link-gbps 10,25,100,400 --json "$raw/perf_n8_ring_pipe.json"
 # GRADCOMP_AUTO against forced compression and NCCL on one link (2 ranks
 # sharing the GPU): auto_regret_max_frac of the report.
 want perf && run_step perf_auto 60 "$raw/perf_auto.txt" "$perf" --backend cuda -N 2 -b 1M -e 256M \

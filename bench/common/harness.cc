@@ -281,8 +281,10 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
                     : ncclModelUs(row->bytes, r.nranks(), g, o.linkLatencyUs);
       m.gradcompUs =
           gradcompModelUs(row->kernelUs, row->gradcompWire, row->latencySteps, g, o.linkLatencyUs);
-      // Only a call that was cut into pieces is modeled pipelined.
-      if (row->pieces > 1 && row->algoUsed == gradcompAlgoTwoShot) {
+      // Only a call that was cut into pieces is modeled pipelined (two-shot
+      // and ring run every stage piece by piece).
+      if (row->pieces > 1 &&
+          (row->algoUsed == gradcompAlgoTwoShot || row->algoUsed == gradcompAlgoRing)) {
         m.pipelinedUs = pipelinedModelUs(row->kernelUs, row->gradcompWire, row->latencySteps, g,
                                          o.linkLatencyUs, row->pieces);
       }

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "checks.h"
 #include "comm.h"
 
 namespace gc {
@@ -140,6 +141,15 @@ struct Pieces {
 };
 Pieces splitPieces(const gradcompComm& c, const Chunks& ch);
 
+// The allgather region of a pipelined call, piece after piece: piece p's N
+// blocks of slot[p] bytes (its largest chunk's encoding, 16-byte aligned)
+// start at off[p]; one piece: the N chunk slots. `bytes` in all.
+struct PieceGather {
+  std::vector<size_t> off, slot;
+  size_t bytes = 0;
+};
+PieceGather pieceGather(const gradcompComm& c, const Chunks& ch, const Pieces& p, int bits);
+
 // Puts the comm's transport on the backend's comm stream for a pipelined
 // call, and back on the compute stream when the call ends (errors too).
 class CommLane {
@@ -157,6 +167,34 @@ class CommLane {
   gradcompComm& c_;
   bool on_;
 };
+
+// The event hand-offs of a pipelined call between the compute lane (the
+// kernels) and the comm lane (the transport); all no-ops with one piece, so
+// the unpipelined call runs on the caller's stream alone. Slot 0 hands
+// compute work to the comm lane and is waited on at once; the caller picks
+// the slots >= 1 for the marks, each waited on before it is recorded again.
+struct LaneEvents {
+  Backend& be;
+  bool piped;
+  // Transport work issued next waits for the kernels issued so far.
+  gradcompResult_t toComm() const {
+    if (!piped) return gradcompSuccess;
+    GC_CHECK(be.record(Backend::kComputeLane, 0));
+    return be.wait(Backend::kCommLane, 0);
+  }
+  // The comm lane has reached this point (slot ev).
+  gradcompResult_t mark(int ev) const {
+    return piped ? be.record(Backend::kCommLane, ev) : gradcompSuccess;
+  }
+  // Kernels issued next wait for the last mark in slot ev.
+  gradcompResult_t await(int ev) const {
+    return piped ? be.wait(Backend::kComputeLane, ev) : gradcompSuccess;
+  }
+};
+
+// Pieces of a call to an algorithm that splits it with splitChunks and
+// splitPieces (its Algorithm::pieces).
+size_t chunkPieces(const gradcompComm& c, size_t count, int bits);
 
 // Decodes one encoded chunk into the caller's output: straight into an fp32
 // Sum output, otherwise through `scratch` (fp32) and one conversion, where

@@ -34,6 +34,23 @@ Pieces splitPieces(const gradcompComm& c, const Chunks& ch) {
   return pc;
 }
 
+PieceGather pieceGather(const gradcompComm& c, const Chunks& ch, const Pieces& p, int bits) {
+  PieceGather g;
+  for (size_t q = 0; q < p.count; ++q) {
+    const size_t slot =
+        p.count == 1 ? ch.slot
+                     : alignUp(qsgd::encodedBytes(p.len(ch.maxLen, q), bits, c.cfg.bucketSize), 16);
+    g.off.push_back(g.bytes);
+    g.slot.push_back(slot);
+    g.bytes += (size_t)c.nranks * slot;
+  }
+  return g;
+}
+
+size_t chunkPieces(const gradcompComm& c, size_t count, int bits) {
+  return splitPieces(c, splitChunks(c, count, bits)).count;
+}
+
 gradcompResult_t decodeToOutput(Backend& be, const void* enc, size_t len, int bits, int bucket,
                                 float divisor, DType t, void* out, float* scratch) {
   if (len == 0) return gradcompSuccess;

@@ -21,17 +21,20 @@ namespace gc {
 namespace {
 
 struct Layout : Chunks {
+  Pieces pieces;
+  PieceGather gathered;
   size_t sendEnc = 0, recvEnc = 0, gather = 0, acc = 0, total = 0;
 };
 
 Layout layout(const gradcompComm& c, size_t count, int bits) {
   Layout L;
   static_cast<Chunks&>(L) = splitChunks(c, count, bits);
-  const int n = c.nranks;
+  L.pieces = splitPieces(c, L);
+  L.gathered = pieceGather(c, L, L.pieces, bits);
   size_t p = 0;
   L.sendEnc = p, p += alignUp(L.slot);
   L.recvEnc = p, p += alignUp(L.slot);
-  L.gather = p, p += alignUp(n * L.slot);
+  L.gather = p, p += alignUp(L.gathered.bytes);
   L.acc = p, p += alignUp(L.maxLen * sizeof(float));
   L.total = p;
   return L;
@@ -65,12 +68,28 @@ size_t interNodeBytes(const gradcompComm& c, size_t count, int bits) {
   return wire(c, count, bits, true);
 }
 
+// Pipelined (more than one piece): every hop runs piece by piece, the
+// transfers on the comm lane, so that on the CUDA backend the
+// decode-add-encode of piece q overlaps the transfer of piece q+1, and in
+// the last hop the decode of piece q-1 the allgather of piece q:
+//   compute lane: E0 E1 R0 E2 R1 .. | R0 R1 R2 .. | .. | R0 R1 D0 R2 D1 ..
+//   comm lane:       X0 X1 X2 ..    | X0 X1 X2 .. | .. | X0 X1 G0 X2 G1 ..
+// (E encode our chunk, X the hop's send/recv, R decode-add-encode, in the
+// last hop into the allgather block, G allgather, D decode). A hop's first
+// transfer waits for all of the previous hop's kernels, its other transfers
+// follow it on the comm lane: one wait per hop, as waiting per piece across
+// hops would need an event slot per piece and hop in flight. Every element
+// meets the same operations as in the one-piece call: pieces are whole
+// buckets of its chunk (same scales), its RNG draw follows its index in the
+// chunk (KeySpec::offset), partial sums add in the same order. So results,
+// residuals and wire bytes are the one-piece call's, bit for bit.
 gradcompResult_t run(const CallArgs& a, void* workspace) {
   GC_NVTX_RANGE("gradcomp ring");
   gradcompComm& c = *a.comm;
   Backend& be = *c.backend;
   const int n = c.nranks, r = c.rank, d = c.cfg.bucketSize, bits = a.bits;
   const Layout L = layout(c, a.count, bits);
+  const Pieces& P = L.pieces;
   char* ws = static_cast<char*>(workspace);
   char* sendEnc = ws + L.sendEnc;
   char* recvEnc = ws + L.recvEnc;
@@ -78,44 +97,112 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
   float* acc = reinterpret_cast<float*>(ws + L.acc);
   const size_t esz = dtypeBytes(a.dtype);
   const char* send = static_cast<const char*>(a.send);
+  char* recv = static_cast<char*>(a.recv);
   float* residual = a.state->residual;
-  auto len = [&](int j) { return L.off[j + 1] - L.off[j]; };
+  float* ownerResidual = c.cfg.ownerResidual ? a.state->ownerResidual : nullptr;
+  auto enc = [&](size_t m) { return qsgd::encodedBytes(m, bits, d); };
   auto mod = [&](int x) { return ((x % n) + n) % n; };
-  auto key = [&](int s) { return c.key(a.step, (uint64_t)s); };
+  // Piece q of chunk j: its length, first element in the chunk, and where
+  // its encoding sits in a chunk slot (earlier pieces are whole buckets, so
+  // their encodings are exactly enc(start) bytes).
+  auto len = [&](int j, size_t q) { return P.len(L.len(j), q); };
+  auto start = [&](size_t q) { return q * P.piece; };
+  auto at = [&](char* slot, size_t q) { return slot + enc(start(q)); };
+  auto key = [&](uint64_t stream, size_t q) {
+    KeySpec k = c.key(a.step, stream);
+    k.offset = start(q);
+    return k;
+  };
+  // Block of rank i in piece q's allgather: the sum of chunk (i+1) mod N.
+  auto gatherBlock = [&](int i, size_t q) {
+    return gather + L.gathered.off[q] + (size_t)i * L.gathered.slot[q];
+  };
   const int next = mod(r + 1), prev = mod(r - 1);
-
-  // Step 0 sends our own chunk r, encoded with error feedback.
-  GC_CHECK(be.qsgdEncode(send + L.off[r] * esz, a.dtype, residual ? residual + L.off[r] : nullptr,
-                         len(r), bits, d, key(0), sendEnc));
-  for (int s = 0; s < n - 1; ++s) {
-    const int cs = mod(r - s), cr = mod(r - s - 1);
-    GC_CHECK(c.transport->sendRecv(sendEnc, qsgd::encodedBytes(len(cs), bits, d), next, recvEnc,
-                                   qsgd::encodedBytes(len(cr), bits, d), prev));
-    // y = decode(received partial sum) + g (+ residual, fused below).
-    GC_CHECK(be.qsgdDecode(recvEnc, len(cr), bits, d, acc, false));
-    GC_CHECK(be.toFloat(send + L.off[cr] * esz, a.dtype, acc, len(cr), acc));
-    float* res = residual ? residual + L.off[cr] : nullptr;
-    if (s < n - 2) {
-      GC_CHECK(be.qsgdEncode(acc, DType::F32, res, len(cr), bits, d, key(s + 1), sendEnc));
-    } else {
-      // Final owner of chunk cr: our whole contribution goes in at full precision.
-      if (res) {
-        GC_CHECK(be.add(acc, res, len(cr)));
-        GC_CHECK(be.zero(res, len(cr) * sizeof(float)));
-      }
-      GC_CHECK(be.qsgdEncode(acc, DType::F32,
-                             c.cfg.ownerResidual ? a.state->ownerResidual : nullptr, len(cr), bits,
-                             d, key(n), gather + r * L.slot));
-    }
-  }
-
-  GC_CHECK(c.transport->allGather(gather + r * L.slot, gather, L.slot));
-  // Slot i holds the sum of chunk (i+1) mod N.
   const float divisor = a.average ? (float)n : 1.0f;
-  for (int i = 0; i < n; ++i) {
-    const int j = mod(i + 1);
-    GC_CHECK(decodeToOutput(be, gather + i * L.slot, len(j), bits, d, divisor, a.dtype,
-                            static_cast<char*>(a.recv) + L.off[j] * esz, acc));
+
+  // E: step 0 sends our own chunk r, encoded with error feedback.
+  auto encodePiece = [&](size_t q) -> gradcompResult_t {
+    GC_NVTX_RANGE("gradcomp encode");
+    const size_t m = len(r, q), o = L.off[r] + start(q);
+    if (m == 0) return gradcompSuccess;
+    return be.qsgdEncode(send + o * esz, a.dtype, residual ? residual + o : nullptr, m, bits, d,
+                         key(0, q), at(sendEnc, q));
+  };
+  // X: hop s sends chunk (r-s) mod N on and receives chunk (r-s-1) mod N.
+  auto hopPiece = [&](int s, size_t q) -> gradcompResult_t {
+    GC_NVTX_RANGE("gradcomp exchange");
+    return c.transport->sendRecv(at(sendEnc, q), enc(len(mod(r - s), q)), next, at(recvEnc, q),
+                                 enc(len(mod(r - s - 1), q)), prev);
+  };
+  // R: y = decode(received partial sum) + g (+ residual, fused in the
+  // encode); the last hop makes us the final owner of the chunk.
+  auto reducePiece = [&](int s, size_t q) -> gradcompResult_t {
+    GC_NVTX_RANGE("gradcomp reduce+encode");
+    const int cr = mod(r - s - 1);
+    const size_t m = len(cr, q), o = L.off[cr] + start(q);
+    if (m == 0) return gradcompSuccess;
+    float* y = acc + start(q);
+    GC_CHECK(be.qsgdDecode(at(recvEnc, q), m, bits, d, y, false));
+    GC_CHECK(be.toFloat(send + o * esz, a.dtype, y, m, y));
+    float* res = residual ? residual + o : nullptr;
+    if (s < n - 2)
+      return be.qsgdEncode(y, DType::F32, res, m, bits, d, key(s + 1, q), at(sendEnc, q));
+    // Final owner of chunk cr: our whole contribution goes in at full precision.
+    if (res) {
+      GC_CHECK(be.add(y, res, m));
+      GC_CHECK(be.zero(res, m * sizeof(float)));
+    }
+    return be.qsgdEncode(y, DType::F32, ownerResidual ? ownerResidual + start(q) : nullptr, m, bits,
+                         d, key(n, q), gatherBlock(r, q));
+  };
+  // G: allgather of the reduced pieces.
+  auto gatherPiece = [&](size_t q) -> gradcompResult_t {
+    GC_NVTX_RANGE("gradcomp allgather");
+    return c.transport->allGather(gatherBlock(r, q), gather + L.gathered.off[q],
+                                  L.gathered.slot[q]);
+  };
+  // D: every rank, owner included, decodes the same bytes.
+  auto decodePiece = [&](size_t q) -> gradcompResult_t {
+    GC_NVTX_RANGE("gradcomp decode");
+    for (int i = 0; i < n; ++i) {
+      const int j = mod(i + 1);
+      GC_CHECK(decodeToOutput(be, gatherBlock(i, q), len(j, q), bits, d, divisor, a.dtype,
+                              recv + (L.off[j] + start(q)) * esz, acc + start(q)));
+    }
+    return gradcompSuccess;
+  };
+
+  // Event slots: 1+q%2 marks hop transfer q done, 3+q%2 allgather q done
+  // (one of each in flight while the next is issued).
+  const bool piped = P.count > 1;
+  CommLane lane(c, piped);
+  const LaneEvents ev{be, piped};
+  const size_t K = P.count;
+  for (int s = 0; s < n - 1; ++s) {
+    const bool last = s == n - 2;
+    for (size_t q = 0; q < K + 2; ++q) {
+      if (q < K) {
+        if (s == 0) GC_CHECK(encodePiece(q));
+        // Hop s > 0 sends what hop s-1's kernels made: its first transfer
+        // waits for all of them, the others follow it on the comm lane.
+        if (s == 0 || q == 0) GC_CHECK(ev.toComm());
+        GC_CHECK(hopPiece(s, q));
+        GC_CHECK(ev.mark(1 + (int)(q % 2)));
+      }
+      if (q >= 1 && q - 1 < K) {
+        GC_CHECK(ev.await(1 + (int)((q - 1) % 2)));
+        GC_CHECK(reducePiece(s, q - 1));
+        if (last) {
+          GC_CHECK(ev.toComm());
+          GC_CHECK(gatherPiece(q - 1));
+          GC_CHECK(ev.mark(3 + (int)((q - 1) % 2)));
+        }
+      }
+      if (last && q >= 2) {
+        GC_CHECK(ev.await(3 + (int)((q - 2) % 2)));
+        GC_CHECK(decodePiece(q - 2));
+      }
+    }
   }
   return gradcompSuccess;
 }
@@ -123,8 +210,8 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
 }  // namespace
 
 const Algorithm& ringAlgorithm() {
-  static const Algorithm algo = {gradcompAlgoRing, "ring", workspaceBytes,
-                                 wireBytes,        run,    interNodeBytes};
+  static const Algorithm algo = {gradcompAlgoRing, "ring",     workspaceBytes, wireBytes, run,
+                                 interNodeBytes,   chunkPieces};
   return algo;
 }
 

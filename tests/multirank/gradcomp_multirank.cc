@@ -95,8 +95,8 @@ std::vector<float> downloadAsFloat(const void* d, DType t, size_t count) {
   return widen(out, t, count);
 }
 
-// pipelineBytes > 0: the pipelined two-shot (comm stream + events on the
-// CUDA backend) must give the unpipelined reference's bits.
+// pipelineBytes > 0: the pipelined two-shot or ring (comm stream + events on
+// the CUDA backend) must give the unpipelined reference's bits.
 void checkAlgo(ncclComm_t nc, cudaStream_t st, gradcompAlgo_t algo, DType t, bool avg, size_t n,
                size_t pipelineBytes = 0) {
   gradcompConfig_t cfg;
@@ -304,18 +304,21 @@ bool replaysEqualEager(cudaStream_t st, gradcompComm_t eager, float* a, gradcomp
   return ok && memcmp(ra.data(), rb.data(), count * 4) == 0;
 }
 
-void checkGraph(ncclComm_t nc, cudaStream_t st, size_t pipelineBytes) {
+void checkGraph(ncclComm_t nc, cudaStream_t st, size_t pipelineBytes,
+                gradcompAlgo_t pipeAlgo = gradcompAlgoTwoShot) {
   gradcompConfig_t cfg;
   gradcompConfigInit(&cfg);
   cfg.autoTune = 0;  // these check compression: auto must not pass calls to NCCL
   cfg.minElements = 0;
   cfg.localSize = localSize;
-  if (pipelineBytes > 0) cfg.algo = gradcompAlgoTwoShot;
+  if (pipelineBytes > 0) cfg.algo = pipeAlgo;
   gradcompComm_t eager, graphed;
   CK(gradcompCommCreate(nc, &cfg, &eager));
   cfg.pipelineBytes = pipelineBytes;
   CK(gradcompCommCreate(nc, &cfg, &graphed));
-  const std::string pipe = pipelineBytes > 0 ? " (pipelined)" : "";
+  const std::string pipe = pipelineBytes == 0                ? ""
+                           : pipeAlgo == gradcompAlgoTwoShot ? " (pipelined)"
+                                                             : " (pipelined ring)";
   const size_t n = 1 << 18;
   std::vector<float> g = gctest::normal(n, 77 + rank);
   float *a, *b;
@@ -767,8 +770,16 @@ int main() {
       for (size_t piece : {(size_t)64, (size_t)192}) {
         checkAlgo(nc, st, gradcompAlgoTwoShot, t, avg, 100003, piece * 4 * nranks);
       }
+  // Pipelined ring (flat, or the hierarchy's middle stage): every hop piece
+  // by piece on the comm stream.
+  for (DType t : {DType::F32, DType::BF16})
+    for (bool avg : {false, true})
+      for (size_t piece : {(size_t)64, (size_t)192}) {
+        checkAlgo(nc, st, gradcompAlgoRing, t, avg, 100003, piece * 4 * nranks);
+      }
   checkGraph(nc, st, 0);
   checkGraph(nc, st, 64 << 10);
+  checkGraph(nc, st, 64 << 10, gradcompAlgoRing);
   checkSetupAgreement(nc, ndev);
   checkPassThrough(nc, st);  // also: the NCCL comm still works after refused set-ups
   inRs = true;
