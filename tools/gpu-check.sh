@@ -184,6 +184,10 @@ want perf && run_step perf_n8_pipe 45 "$raw/perf_n8_pipe.txt" env GRADCOMP_PIPEL
 # sharing the GPU): auto_regret_max_frac of the report.
 want perf && run_step perf_auto 60 "$raw/perf_auto.txt" "$perf" --backend cuda -N 2 -b 1M -e 256M \
   -f 4 -n 5 -w 2 -m qsgd --auto --json "$raw/perf_auto.json"
+# The same for the reduce-scatter, whose auto times its own two paths: inputs
+# of 1 MB .. 256 MB (outputs half that), auto_rs_regret_max_frac of the report.
+want perf && run_step perf_auto_rs 30 "$raw/perf_auto_rs.txt" "$perf" --backend cuda -N 2 \
+  -C reduce_scatter -b 512K -e 128M -f 4 -n 5 -w 2 -m qsgd --auto --json "$raw/perf_auto_rs.json"
 want perf && run_step perf_n8_sparse 50 "$raw/perf_n8_sparse.txt" "$perf" --backend cuda -N 8 -b 4M \
   -e 256M -f 4 -n 5 -w 2 -m topk,dgc,randk -k 0.001 --link-gbps 10,25,100,400 \
   --json "$raw/perf_n8_sparse.json"
@@ -194,9 +198,9 @@ want perf && run_step perf_n8_rs 40 "$raw/perf_n8_rs.txt" "$perf" --backend cuda
 want perf && run_step perf_n8_hier_rs 30 "$raw/perf_n8_hier_rs.txt" "$perf" --backend cuda -N 8 \
   -C reduce_scatter --local-size 4 -b 1M -e 32M -f 4 -n 5 -w 2 -m qsgd -d float,bfloat16 \
   --json "$raw/perf_n8_hier_rs.json"
-want kernels && run_step kernels 20 "$raw/kernels.txt" "$build/bench/gradcomp_kernels_perf" \
+want kernels && run_step kernels 15 "$raw/kernels.txt" "$build/bench/gradcomp_kernels_perf" \
   --json "$raw/kernels.json"
-want torch_topk && run_step torch_topk 30 "$raw/torch_topk.txt" python3 bench/torch_topk.py \
+want torch_topk && run_step torch_topk 20 "$raw/torch_topk.txt" python3 bench/torch_topk.py \
   --json "$raw/torch_topk.json"
 # A real slow link: ranks in network namespaces over tc-shaped veths (10, 25 Gb/s; N = 2, 4).
 want tc_link && run_step tc_link 420 "$raw/tc_link.txt" bash tools/tc_link.sh "$raw" "$build"
