@@ -86,6 +86,7 @@ dump("perf_n8_rs.json", {"rows": [rsrow(MB256, 8, 1.0), rsrow(MB256 // 8, 8, 1.5
                                   rsrow(MB256 // 8, 8, 7.4)]})
 dump("fsdp.json", {"fsdp_qsgd4_acc_delta_pts": 0.3, "fsdp_dgc_acc_delta_pts": -0.6})
 dump("perf_auto.json", {"auto_regret_max_frac": 0.031, "rows": []})
+dump("perf_auto_rs.json", {"auto_regret_max_frac": 0.072, "rows": []})
 dump("tests.json", {"tests_passed": 40, "tests_failed": 0})
 with open(os.path.join(raw, "steps.tsv"), "w") as f:
     f.write("build\tok\t100\t\nddp\tmissing\t0\tnot in this tree\n")
@@ -141,6 +142,8 @@ expect(r.get("measured_vs_model_tc_10gbps") == 0.8, "tc: measured / model from t
 expect("tc_unavailable_reason" in r and r["tc_unavailable_reason"] is None, "tc: shaping worked")
 expect(r.get("auto_regret_max_frac") == 0.031, "auto regret from perf_auto.json")
 expect(r.get("goals", {}).get("auto_regret_le_0.05") is True, "0.031 meets the 0.05 goal")
+expect(r.get("auto_rs_regret_max_frac") == 0.072, "reduce-scatter auto regret from perf_auto_rs.json")
+expect(r.get("goals", {}).get("auto_rs_regret_le_0.05") is False, "0.072 misses the 0.05 goal")
 expect(r.get("topk_dgc_speedup_vs_torch_topk") is None, "top-k null without selector times")
 expect(r.get("ddp_qsgd4_acc_delta_pts") is None, "DDP null without ddp.json")
 expect(r.get("multirank_tests_passed") == 12 and r.get("multirank_tests_failed") == 1, "multirank counts")

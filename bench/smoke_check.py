@@ -450,6 +450,14 @@ def main():
                "auto_regret_max_frac is null on the CPU backend")
     expect("Auto regret, worst" in out and "does not time, so auto compresses" in out,
            "--auto: the table says what auto did and its worst regret")
+    # The same with -C reduce_scatter: the auto comm's reduce-scatter is checked
+    # and reported like the allreduce's.
+    code, out, rows = run(perf, ["-N", "2", "-C", "reduce_scatter", "-b", "128K", "-e", "128K",
+                                 "-n", "1", "-w", "0", "--auto"], os.path.join(work, "auto-rs.json"))
+    expect(code == 0 and len(rows) == 1 and rows[0].get("collective") == "reduce_scatter",
+           "-C reduce_scatter --auto run exits 0 with one reduce-scatter row")
+    expect(all(r.get("auto_choice") == "compress" and r.get("auto_time_us", 0) > 0 for r in rows),
+           "-C reduce_scatter --auto: auto compresses on the CPU backend, timed")
 
     code, out, rows = run(perf, ["-N", "2", "-b", "256K", "-e", "256K", "-n", "1", "-w", "0",
                                  "--debug-corrupt"], os.path.join(work, "corrupt.json"))

@@ -106,8 +106,9 @@ typedef struct {
    * host identity share a node; CPU world: flat), 1 = flat, L = consecutive
    * blocks of L ranks form a node (L divides the comm size). */
   int localSize;
-  int autoTune; /* GRADCOMP_AUTO 0/1, default 1: time NCCL and compression at set-up and pass
-                   through the calls compression would not speed up (CUDA backend) */
+  int autoTune; /* GRADCOMP_AUTO 0/1, default 1: time NCCL and compression (each collective at
+                   its first eligible call) and pass through the calls compression would not
+                   speed up (CUDA backend) */
   /* GRADCOMP_PIPELINE_BYTES, 0 = off (default): two-shot calls larger than
    * this many bytes (of the gradient as fp32) are cut into pieces of about
    * this size whose encode and decode overlap the transfer of the next and
@@ -204,8 +205,10 @@ typedef struct {
 gradcompResult_t gradcompGetStats(gradcompComm_t comm, gradcompStats_t* stats);
 
 /* Re-times NCCL and compression on this comm now (autoTune=1), as at set-up:
- * collective, every rank calls it in the same order as its allreduces; not
- * while the stream is being captured. Caller data and residuals are untouched. */
+ * the allreduce, and the reduce-scatter if the comm has timed it (else it
+ * times at its next eligible call). Collective: every rank calls it in the
+ * same order as its collectives; not while the stream is being captured.
+ * Caller data and residuals are untouched. */
 gradcompResult_t gradcompCommRetune(gradcompComm_t comm, cudaStream_t stream);
 
 /* ------------------------------------------------- GPU codec entry points */

@@ -67,7 +67,7 @@ gradcompResult_t allReduce(const void* send, void* recv, size_t count, ncclDataT
   GC_CHECK(checkBuffers(*c, send, count, recv, count, 0, t));
 
   bool autoPass = false;
-  GC_CHECK(autoShouldPass(c, count, dtypeBytes(t), &autoPass));
+  GC_CHECK(autoShouldPass(c, AutoCall::AllReduce, count, dtypeBytes(t), &autoPass));
   if (autoPass) {
     c->stats.callsAutoPassed++;
     return passThrough(c, send, recv, count, type, op);

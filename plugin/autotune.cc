@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "checks.h"
+#include "collective.h"
 #include "comm.h"
 
 namespace gc {
@@ -19,6 +20,10 @@ namespace {
 
 constexpr int kWarmup = kAutoWarmupCalls;
 constexpr int kReps = kAutoTimedCalls;
+
+const char* callName(AutoCall k) {
+  return k == AutoCall::ReduceScatter ? "reduce-scatter" : "allreduce";
+}
 
 size_t toCount(double x) {
   if (!(x > 0.0)) return 0;
@@ -184,17 +189,22 @@ gradcompResult_t medianUs(CallTimer& timer, int first, float* us) {
   return gradcompSuccess;
 }
 
-// Times NCCL and the compressed path at the two sizes; one synchronize at
-// the end. Out of place, so every call reduces the same input.
-gradcompResult_t measure(gradcompComm* c, CallTimer& timer, AutoFigures* f) {
+// Times NCCL and the compressed path of collective k at the two sizes; one
+// synchronize at the end. Out of place, so every call reduces the same input.
+// A reduce-scatter's sizes are its input's, rounded down to whole blocks.
+gradcompResult_t measure(gradcompComm* c, AutoCall k, CallTimer& timer, AutoFigures* f) {
   AutoState& a = c->autoState;
-  f->smallCount = a.timedCounts[0];
-  f->largeCount = a.timedCounts[1];
-  const size_t large = f->largeCount;
+  const bool rs = k == AutoCall::ReduceScatter;
+  const size_t ranks = rs ? (size_t)c->nranks : 1;
+  size_t counts[2];
+  for (int i = 0; i < 2; ++i) counts[i] = std::max<size_t>(a.timedCounts[i] / ranks, 1) * ranks;
+  f->smallCount = counts[0];
+  f->largeCount = counts[1];
+  const size_t large = std::max(counts[0], counts[1]);
   const cudaStream_t stream = c->backend->stream();
   Scratch s(c);
   GC_CHECK(c->backend->alloc(large * sizeof(float), reinterpret_cast<void**>(&s.send)));
-  GC_CHECK(c->backend->alloc(large * sizeof(float), reinterpret_cast<void**>(&s.recv)));
+  GC_CHECK(c->backend->alloc(large / ranks * sizeof(float), reinterpret_cast<void**>(&s.recv)));
   {
     // Gradient-like values: every bucket has a spread, none is all zero.
     std::vector<float> host(large);
@@ -216,24 +226,28 @@ gradcompResult_t measure(gradcompComm* c, CallTimer& timer, AutoFigures* f) {
   SetAside aside(c, deviceStep);
   if (c->cfg.method == gradcompMethodDgc) {
     // Time the steady state, not the first stage of the warm-up ramp.
-    for (size_t n : a.timedCounts) {
+    for (size_t n : counts) {
       BufferState* st = nullptr;
-      GC_CHECK(c->getState(StateKey{0, (uint64_t)(uintptr_t)s.recv, n, (int)DType::F32}, n,
-                           DType::F32, &st));
+      GC_CHECK(findState(*c, rs ? kStateReduceScatter : kStateAllReduce, false, 0, s.recv, n,
+                         DType::F32, &st));
       st->calls = (uint64_t)c->cfg.warmupSteps;
     }
   }
   for (int i = 0; i < 2; ++i) {
-    const size_t n = a.timedCounts[i];
-    GC_CHECK(
-        series([&] { return c->transport->passThrough(s.send, s.recv, n, ncclFloat32, ncclSum); },
-               timer, (2 * i) * kMarks));
-    GC_CHECK(series(
-        [&] { return gradcompAllReduce(s.send, s.recv, n, ncclFloat32, ncclSum, c, stream); },
-        timer, (2 * i + 1) * kMarks));
+    const size_t n = counts[i];
+    auto nccl = [&] {
+      return rs ? c->transport->reduceScatter(s.send, s.recv, n / ranks, ncclFloat32, ncclSum)
+                : c->transport->passThrough(s.send, s.recv, n, ncclFloat32, ncclSum);
+    };
+    auto compressed = [&] {
+      return rs ? gradcompReduceScatter(s.send, s.recv, n / ranks, ncclFloat32, ncclSum, c, stream)
+                : gradcompAllReduce(s.send, s.recv, n, ncclFloat32, ncclSum, c, stream);
+    };
+    GC_CHECK(series(nccl, timer, (2 * i) * kMarks));
+    GC_CHECK(series(compressed, timer, (2 * i + 1) * kMarks));
   }
   GC_CHECK(timer.finish());
-  a.timedCompressed = c->stats.callsCompressed - aside.callsCompressedBefore();
+  a.of(k).timedCompressed = c->stats.callsCompressed - aside.callsCompressedBefore();
   for (int i = 0; i < 2; ++i) {
     GC_CHECK(medianUs(timer, (2 * i) * kMarks, &f->ncclUs[i]));
     GC_CHECK(medianUs(timer, (2 * i + 1) * kMarks, &f->compUs[i]));
@@ -243,56 +257,58 @@ gradcompResult_t measure(gradcompComm* c, CallTimer& timer, AutoFigures* f) {
 
 gradcompResult_t captureRefused() {
   return setError(gradcompInvalidUsage,
-                  "GRADCOMP_AUTO=1 times NCCL and compression on the first eligible call of a "
-                  "comm and on gradcompCommRetune, and this one is being captured into a CUDA "
-                  "graph; make one eager call first, or set GRADCOMP_AUTO=0");
+                  "GRADCOMP_AUTO=1 times NCCL and compression on the first eligible allreduce "
+                  "and reduce-scatter of a comm and on gradcompCommRetune, and this one is being "
+                  "captured into a CUDA graph; make one eager call first, or set GRADCOMP_AUTO=0");
 }
 
-gradcompResult_t tune(gradcompComm* c) {
+gradcompResult_t tune(gradcompComm* c, AutoCall k) {
   AutoState& a = c->autoState;
-  if (!a.injected && !c->backend->onDevice() && !a.timeOnHost) {
+  AutoDecision& d = a.of(k);
+  if (!d.injected && !c->backend->onDevice() && !a.timeOnHost) {
     static std::atomic<bool> logged{false};
     if (!logged.exchange(true)) {
       GC_INFO(
           "auto: the CPU backend does not time (host times say nothing of a GPU network); "
           "calls compress as configured");
     }
-    a.decided = true;
-    a.timed = false;
+    d.decided = true;
+    d.timed = false;
     return gradcompSuccess;
   }
   if (c->backend->capturing()) return captureRefused();
   AutoFigures f;
-  if (a.injected) {
-    f = a.injectedFigures;
+  if (d.injected) {
+    f = d.injectedFigures;
   } else if (c->backend->onDevice()) {
     EventTimer timer(c->backend->stream());
-    GC_CHECK(measure(c, timer, &f));
+    GC_CHECK(measure(c, k, timer, &f));
   } else {
     HostTimer timer;
-    GC_CHECK(measure(c, timer, &f));
+    GC_CHECK(measure(c, k, timer, &f));
   }
   GC_CHECK(autoAgree(c, &f));
   if (autoCheckFigures(f) != gradcompSuccess) {
     // autoCheckFigures logged why. Every rank holds the same figures, so every
     // rank lands here: compress as configured rather than time on every call.
-    GC_WARN("auto: the figures above are unusable; calls compress as configured");
+    GC_WARN("auto (%s): the figures above are unusable; calls compress as configured", callName(k));
     clearError();
-    a.decided = true;
-    a.timed = false;
+    d.decided = true;
+    d.timed = false;
     return gradcompSuccess;
   }
-  a.figures = f;
-  a.range[0] = autoRange(f, 2);
-  a.range[1] = autoRange(f, 4);
-  a.decided = a.timed = true;
+  d.figures = f;
+  d.range[0] = autoRange(f, 2);
+  d.range[1] = autoRange(f, 4);
+  d.decided = d.timed = true;
   char r32[64], r16[64];
-  rangeText(a.range[1], r32, sizeof(r32));
-  rangeText(a.range[0], r16, sizeof(r16));
+  rangeText(d.range[1], r32, sizeof(r32));
+  rangeText(d.range[0], r16, sizeof(r16));
   GC_INFO(
-      "auto: NCCL %.1f us, compressed %.1f us at %zu elements; NCCL %.1f us, compressed %.1f us "
-      "at %zu elements (slowest rank, fp32); compress calls: fp32 %s, fp16/bf16 %s",
-      f.ncclUs[0], f.compUs[0], f.smallCount, f.ncclUs[1], f.compUs[1], f.largeCount, r32, r16);
+      "auto (%s): NCCL %.1f us, compressed %.1f us at %zu elements; NCCL %.1f us, compressed "
+      "%.1f us at %zu elements (slowest rank, fp32%s); compress calls: fp32 %s, fp16/bf16 %s",
+      callName(k), f.ncclUs[0], f.compUs[0], f.smallCount, f.ncclUs[1], f.compUs[1], f.largeCount,
+      k == AutoCall::ReduceScatter ? ", input counts" : "", r32, r16);
   return gradcompSuccess;
 }
 
@@ -348,28 +364,41 @@ gradcompResult_t autoAgree(gradcompComm* c, AutoFigures* f) {
   return gradcompSuccess;
 }
 
-gradcompResult_t autoShouldPass(gradcompComm* c, size_t count, size_t elementBytes, bool* pass) {
+gradcompResult_t autoShouldPass(gradcompComm* c, AutoCall k, size_t count, size_t elementBytes,
+                                bool* pass) {
   *pass = false;
   AutoState& a = c->autoState;
   if (!c->cfg.autoTune || a.tuning) return gradcompSuccess;
-  if (!a.decided) GC_CHECK(tune(c));
-  if (a.timed) *pass = !a.range[elementBytes == 4 ? 1 : 0].contains(count);
+  AutoDecision& d = a.of(k);
+  if (!d.decided) GC_CHECK(tune(c, k));
+  if (d.timed) *pass = !d.range[elementBytes == 4 ? 1 : 0].contains(count);
   return gradcompSuccess;
 }
 
 gradcompResult_t autoRetune(gradcompComm* c) {
-  // Nothing would compress: nothing to decide (the allreduce never asks).
+  // Nothing would compress: nothing to decide (no call asks).
   if (!c->cfg.autoTune || c->cfg.method == gradcompMethodNone || c->nranks < 2)
     return gradcompSuccess;
-  // Under capture the decision in force stays.
+  // Under capture the decisions in force stay.
   if (c->backend->capturing()) return captureRefused();
-  c->autoState.decided = false;
-  return tune(c);
+  // Whether the reduce-scatter was tuned is the same on every rank (every
+  // rank made the same calls), so every rank runs the same timings.
+  c->autoState.allReduce.decided = false;
+  GC_CHECK(tune(c, AutoCall::AllReduce));
+  if (!c->autoState.reduceScatter.decided) return gradcompSuccess;
+  c->autoState.reduceScatter.decided = false;
+  return tune(c, AutoCall::ReduceScatter);
+}
+
+void autoInjectFigures(gradcompComm* c, AutoCall k, const AutoFigures& f) {
+  AutoDecision& d = c->autoState.of(k);
+  d.injected = true;
+  d.injectedFigures = f;
 }
 
 void autoInjectFigures(gradcompComm* c, const AutoFigures& f) {
-  c->autoState.injected = true;
-  c->autoState.injectedFigures = f;
+  autoInjectFigures(c, AutoCall::AllReduce, f);
+  autoInjectFigures(c, AutoCall::ReduceScatter, f);
 }
 
 }  // namespace gc

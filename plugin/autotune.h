@@ -1,8 +1,9 @@
-// GRADCOMP_AUTO: never slower than NCCL. On the first eligible call of a comm
-// (and on gradcompCommRetune) the comm times NCCL's allreduce and its own
-// compressed call at two sizes on scratch buffers, the ranks agree on the
-// slowest figures, and a latency + per-element fit of each path says which
-// call sizes compression speeds up; the others pass through to NCCL.
+// GRADCOMP_AUTO: never slower than NCCL. On the first eligible call of each
+// collective (allreduce, reduce-scatter) of a comm, and on gradcompCommRetune,
+// the comm times NCCL's collective and its own compressed one at two sizes on
+// scratch buffers, the ranks agree on the slowest figures, and a latency +
+// per-element fit of each path says which call sizes compression speeds up;
+// the others pass through to NCCL.
 #pragma once
 
 #include <stddef.h>
@@ -20,8 +21,9 @@ namespace gc {
 constexpr int kAutoWarmupCalls = 2;
 constexpr int kAutoTimedCalls = 5;
 
-// Microseconds per call of fp32 elements, NCCL's allreduce and the compressed
-// path, each at smallCount and largeCount elements.
+// Microseconds per call of fp32 elements, NCCL's collective and the
+// compressed path, each at smallCount and largeCount elements (of the input:
+// the reduce-scatter's nranks * recvcount).
 struct AutoFigures {
   size_t smallCount = 0, largeCount = 0;
   float ncclUs[2] = {0.0f, 0.0f};  // [0] at smallCount, [1] at largeCount
@@ -34,22 +36,34 @@ struct AutoRange {
   bool contains(size_t count) const { return count >= lo && count < hi; }
 };
 
-// Per comm. Only the host-side flags; the figures are agreed on every rank,
-// so every rank holds the same ranges.
-struct AutoState {
+// The collectives auto decides for. Each is timed and decided on its own:
+// NCCL's reduce-scatter moves half the bytes of its allreduce and gradcomp's
+// quantizes once, so one's figures say nothing of the other's.
+enum class AutoCall : int { AllReduce = 0, ReduceScatter = 1 };
+
+// One collective's decision. The figures are agreed on every rank, so every
+// rank holds the same ranges.
+struct AutoDecision {
   bool decided = false;   // tuned (or nothing to time: CPU backend) since set-up / retune
   bool timed = false;     // ranges below are in force
-  bool tuning = false;    // the set-up's own calls are running: none of them passes
   bool injected = false;  // tests: tune with injectedFigures instead of timing
   AutoFigures injectedFigures;
-  bool timeOnHost = false;  // tests: time the CPU backend too, with the host clock
-  // The fp32 sizes timed. They bracket the calls frameworks make (DDP buckets
-  // are 25 MB): 1 MB sits at the latency end, 32 MB is long enough for the
-  // per-byte cost to dominate on every link.
-  size_t timedCounts[2] = {size_t(1) << 18, size_t(1) << 23};
   uint64_t timedCompressed = 0;  // compressed calls the last timing made
   AutoFigures figures;           // agreed (slowest rank's) figures
   AutoRange range[2];            // [0] 2-byte types (fp16, bf16), [1] fp32
+};
+
+// Per comm: the host-side flags and one decision per collective.
+struct AutoState {
+  bool tuning = false;      // the set-up's own calls are running: none of them passes
+  bool timeOnHost = false;  // tests: time the CPU backend too, with the host clock
+  // The fp32 sizes timed (the reduce-scatter's input, nranks * recvcount,
+  // rounded down to a multiple of nranks). They bracket the calls frameworks
+  // make (DDP buckets are 25 MB): 1 MB sits at the latency end, 32 MB is long
+  // enough for the per-byte cost to dominate on every link.
+  size_t timedCounts[2] = {size_t(1) << 18, size_t(1) << 23};
+  AutoDecision allReduce, reduceScatter;
+  AutoDecision& of(AutoCall k) { return k == AutoCall::ReduceScatter ? reduceScatter : allReduce; }
 };
 
 // Checks figures: positive finite times, 0 < smallCount < largeCount.
@@ -64,13 +78,20 @@ AutoRange autoRange(const AutoFigures& f, size_t elementBytes);
 // allreduce on the comm's transport).
 gradcompResult_t autoAgree(gradcompComm* c, AutoFigures* f);
 
-// The allreduce hook for a call that would compress: tunes first when the
-// comm has not yet, then sets *pass when the call should go to NCCL instead.
-gradcompResult_t autoShouldPass(gradcompComm* c, size_t count, size_t elementBytes, bool* pass);
-// Forgets the decision and tunes again now (autoTune=1 only).
+// The hook of a call that would compress (count: the allreduce's count, the
+// reduce-scatter's input nranks * recvcount): tunes that collective first when
+// the comm has not yet, then sets *pass when the call should go to NCCL
+// instead.
+gradcompResult_t autoShouldPass(gradcompComm* c, AutoCall k, size_t count, size_t elementBytes,
+                                bool* pass);
+// Tunes again now (autoTune=1 only): the allreduce always, the reduce-scatter
+// if it was tuned before (a comm that never reduce-scatters keeps timing it
+// lazily, at its first eligible reduce-scatter).
 gradcompResult_t autoRetune(gradcompComm* c);
-// Tests: every later tuning of this comm uses these local figures instead of
-// timing, on any backend (the agreement still runs).
+// Tests: every later tuning of this comm (of one collective, or of both) uses
+// these local figures instead of timing, on any backend (the agreement still
+// runs).
 void autoInjectFigures(gradcompComm* c, const AutoFigures& f);
+void autoInjectFigures(gradcompComm* c, AutoCall k, const AutoFigures& f);
 
 }  // namespace gc

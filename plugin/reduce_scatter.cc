@@ -1,6 +1,7 @@
 // gradcompReduceScatter: ncclReduceScatter's contract. Decide compress or
-// pass through (the allreduce's rules on the input count nranks * recvcount),
-// check the buffers, find the buffer's state, run the algorithm, count.
+// pass through (the allreduce's rules on the input count nranks * recvcount,
+// GRADCOMP_AUTO from the reduce-scatter's own figures), check the buffers,
+// find the buffer's state, run the algorithm, count.
 // GRADCOMP_ALGO and GRADCOMP_ELIAS choose among allreduce algorithms only: a
 // reduce-scatter always runs the fixed-size exchange of reduce_scatter.cc (or
 // its sparse form, or their hierarchical arrangement on comms of >= 2 nodes
@@ -16,6 +17,12 @@
 
 namespace gc {
 namespace {
+
+gradcompResult_t passThrough(gradcompComm* c, const void* send, void* recv, size_t recvCount,
+                             ncclDataType_t type, ncclRedOp_t op) {
+  c->stats.callsPassedThrough++;
+  return c->transport->reduceScatter(send, recv, recvCount, type, op);
+}
 
 gradcompResult_t reduceScatter(const void* send, void* recv, size_t recvCount, ncclDataType_t type,
                                ncclRedOp_t op, gradcompComm* c, cudaStream_t stream, bool keyed,
@@ -36,14 +43,21 @@ gradcompResult_t reduceScatter(const void* send, void* recv, size_t recvCount, n
   if (!compressible(*c, count, type, op)) {
     GC_TRACE("reduce-scatter pass through: recvcount=%zu type=%d op=%d ranks=%d", recvCount,
              (int)type, (int)op, c->nranks);
-    c->stats.callsPassedThrough++;
-    return c->transport->reduceScatter(send, recv, recvCount, type, op);
+    return passThrough(c, send, recv, recvCount, type, op);
   }
 
   DType t;
   GC_CHECK(dtypeFromNccl(type, &t));
   GC_CHECK(codecCheckCount(count));
   GC_CHECK(checkBuffers(*c, send, count, recv, recvCount, (size_t)c->rank * recvCount, t));
+
+  bool autoPass = false;
+  GC_CHECK(autoShouldPass(c, AutoCall::ReduceScatter, count, dtypeBytes(t), &autoPass));
+  if (autoPass) {
+    c->stats.callsAutoPassed++;
+    return passThrough(c, send, recv, recvCount, type, op);
+  }
+
   const bool qsgd = c->cfg.method == gradcompMethodQsgd;
   if (!qsgd) {
     GC_ARG(recvCount < (size_t)sparse::kEmptySlot,

@@ -159,8 +159,10 @@ run_fsdp() {
   t0=$(date +%s)
   local preload_lib=""
   [ "$use_preload" = 1 ] && preload_lib=$preload
+  # GRADCOMP_AUTO=0: the runs measure compression itself (auto would pass
+  # reduce-scatters that NCCL does faster on this loopback).
   run_ranks "$world" "$limit" "$out/fsdp_$name" "$preload_lib" NCCL_DEBUG=INFO \
-    NCCL_DEBUG_SUBSYS=COLL "$@" -- tools/fsdp_train.py --epochs "$epochs" --momentum "$mom" \
+    NCCL_DEBUG_SUBSYS=COLL GRADCOMP_AUTO=0 "$@" -- tools/fsdp_train.py --epochs "$epochs" --momentum "$mom" \
     --out "$out/fsdp_$name.json"
   failed=$?
   case $failed in

@@ -191,6 +191,10 @@ want perf && run_step perf_n8_ring_pipe 40 "$raw/perf_n8_ring_pipe.txt" \
 # sharing the GPU): auto_regret_max_frac of the report.
 want perf && run_step perf_auto 60 "$raw/perf_auto.txt" "$perf" --backend cuda -N 2 -b 1M -e 256M \
   -f 4 -n 5 -w 2 -m qsgd --auto --json "$raw/perf_auto.json"
+# The same for the reduce-scatter, whose auto times its own two paths: inputs
+# of 1 MB .. 256 MB (outputs half that), auto_rs_regret_max_frac of the report.
+want perf && run_step perf_auto_rs 30 "$raw/perf_auto_rs.txt" "$perf" --backend cuda -N 2 \
+  -C reduce_scatter -b 512K -e 128M -f 4 -n 5 -w 2 -m qsgd --auto --json "$raw/perf_auto_rs.json"
 want perf && run_step perf_n8_sparse 50 "$raw/perf_n8_sparse.txt" "$perf" --backend cuda -N 8 -b 4M \
   -e 256M -f 4 -n 5 -w 2 -m topk,dgc,randk -k 0.001 --link-gbps 10,25,100,400 \
   --json "$raw/perf_n8_sparse.json"
@@ -201,9 +205,9 @@ want perf && run_step perf_n8_rs 40 "$raw/perf_n8_rs.txt" "$perf" --backend cuda
 want perf && run_step perf_n8_hier_rs 30 "$raw/perf_n8_hier_rs.txt" "$perf" --backend cuda -N 8 \
   -C reduce_scatter --local-size 4 -b 1M -e 32M -f 4 -n 5 -w 2 -m qsgd -d float,bfloat16 \
   --json "$raw/perf_n8_hier_rs.json"
-want kernels && run_step kernels 20 "$raw/kernels.txt" "$build/bench/gradcomp_kernels_perf" \
+want kernels && run_step kernels 15 "$raw/kernels.txt" "$build/bench/gradcomp_kernels_perf" \
   --json "$raw/kernels.json"
-want torch_topk && run_step torch_topk 30 "$raw/torch_topk.txt" python3 bench/torch_topk.py \
+want torch_topk && run_step torch_topk 20 "$raw/torch_topk.txt" python3 bench/torch_topk.py \
   --json "$raw/torch_topk.json"
 # Nsight Compute on the kernels at 2^26: which of memory, issue or latency bounds each
 # (profile.json; the report's kernel limiters table, docs/algorithms.md's).

@@ -110,7 +110,7 @@ void printSummary(CommEntry& e, bool waitForCalls) {
   GC_INFO(
       "summary comm %p rank %s method %s: %llu calls compressed, %llu passed through (%llu by "
       "auto), %llu bytes sent (%llu to other nodes) for %llu dense bytes (ratio %s); "
-      "reduce-scatter: %llu compressed, %llu passed through%s%s",
+      "reduce-scatter: %llu compressed, %llu passed through (%llu by auto)%s%s",
       (void*)e.nccl, ranks, s.ok ? methodName(s.config.method) : "none",
       (unsigned long long)e.callsCompressed.load(),
       // A fused call gradcomp passed counts once in st and userCalls times in e.
@@ -118,7 +118,9 @@ void printSummary(CommEntry& e, bool waitForCalls) {
                            e.callsAutoPassed.load()),
       (unsigned long long)e.callsAutoPassed.load(), (unsigned long long)st.bytesOnWire,
       (unsigned long long)st.bytesInterNode, (unsigned long long)st.bytesIn, ratio,
-      (unsigned long long)e.rsCompressed.load(), (unsigned long long)e.rsPassed.load(),
+      (unsigned long long)e.rsCompressed.load(),
+      (unsigned long long)(e.rsPassed.load() + e.rsAutoPassed.load()),
+      (unsigned long long)e.rsAutoPassed.load(),
       e.reason.empty() ? "" : "; compression off: ", e.reason.c_str());
 }
 

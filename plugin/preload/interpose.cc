@@ -87,9 +87,9 @@ ncclResult_t compress(CommEntry& e, const Deferred& d, bool keyed, uint64_t key,
   }
   if (r == gradcompSuccess) {
     gradcompGetStats(e.gc, &after);
-    (after.callsAutoPassed > before.callsAutoPassed ? e.callsAutoPassed : e.callsCompressed) +=
-        userCalls;
-    if (rs) e.rsCompressed += userCalls;
+    const bool autoPassed = after.callsAutoPassed > before.callsAutoPassed;
+    (autoPassed ? e.callsAutoPassed : e.callsCompressed) += userCalls;
+    if (rs) (autoPassed ? e.rsAutoPassed : e.rsCompressed) += userCalls;
     return ncclSuccess;
   }
   // These results come from checks made before anything is enqueued (first

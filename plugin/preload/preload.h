@@ -60,6 +60,7 @@ struct CommEntry {
   std::atomic<uint64_t> callsCompressed{0}, callsPassed{0};
   std::atomic<uint64_t> rsCompressed{0}, rsPassed{0};  // the reduce-scatter calls among them
   std::atomic<uint64_t> callsAutoPassed{0};  // eligible user calls GRADCOMP_AUTO gave to NCCL
+  std::atomic<uint64_t> rsAutoPassed{0};     // the reduce-scatter calls among them
   void* fusion = nullptr;                    // GRADCOMP_GROUP=fuse buffer (device)
   size_t fusionBytes = 0;
   ~CommEntry();

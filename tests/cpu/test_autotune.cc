@@ -165,7 +165,7 @@ TEST(AutoTune, RanksAgreeOnTheSlowestFigures) {
   std::vector<std::vector<float>> in;
   auto out = callAll(w, 5000, 11, &in);
   for (int r = 0; r < N; ++r) {
-    const gc::AutoState& a = w.comm(r)->autoState;
+    const gc::AutoDecision& a = w.comm(r)->autoState.allReduce;
     ASSERT_TRUE(a.timed) << r;
     EXPECT_EQ(a.figures.ncclUs[0], 16.0f) << r;
     EXPECT_EQ(a.figures.ncclUs[1], 80.0f) << r;
@@ -200,8 +200,8 @@ TEST(AutoTune, UnusableFiguresCompressAsConfigured) {
   callAll(w, 8192, 3);
   callAll(w, 8192, 4);
   for (int r = 0; r < 2; ++r) {
-    EXPECT_TRUE(w.comm(r)->autoState.decided);
-    EXPECT_FALSE(w.comm(r)->autoState.timed);
+    EXPECT_TRUE(w.comm(r)->autoState.allReduce.decided);
+    EXPECT_FALSE(w.comm(r)->autoState.allReduce.timed);
     EXPECT_EQ(stats(w.comm(r)).callsCompressed, 2u);
   }
 }
@@ -229,9 +229,9 @@ TEST(AutoTune, AutoOffAlwaysCompresses) {
     const gradcompStats_t s = stats(w.comm(r));
     EXPECT_EQ(s.callsCompressed, 1u);
     EXPECT_EQ(s.callsAutoPassed, 0u);
-    EXPECT_FALSE(w.comm(r)->autoState.decided);
+    EXPECT_FALSE(w.comm(r)->autoState.allReduce.decided);
     EXPECT_EQ(gradcompCommRetune(w.comm(r), nullptr), gradcompSuccess);
-    EXPECT_FALSE(w.comm(r)->autoState.decided);
+    EXPECT_FALSE(w.comm(r)->autoState.allReduce.decided);
   }
 }
 
@@ -241,8 +241,8 @@ TEST(AutoTune, CpuBackendNeverTimesNorPasses) {
   gctest::CpuWorld w(3, cfg);
   callAll(w, 8192, 5);
   for (int r = 0; r < 3; ++r) {
-    EXPECT_TRUE(w.comm(r)->autoState.decided);
-    EXPECT_FALSE(w.comm(r)->autoState.timed);
+    EXPECT_TRUE(w.comm(r)->autoState.allReduce.decided);
+    EXPECT_FALSE(w.comm(r)->autoState.allReduce.timed);
     EXPECT_EQ(stats(w.comm(r)).callsCompressed, 1u);
     EXPECT_EQ(stats(w.comm(r)).callsAutoPassed, 0u);
   }
@@ -274,7 +274,7 @@ TEST(AutoTune, RetuneWithNothingToCompressDoesNothing) {
   for (gradcompComm_t c : {w.comm(0), w.comm(1), one.comm(0)}) {
     gc::autoInjectFigures(c, kNcclWins);
     EXPECT_EQ(gradcompCommRetune(c, nullptr), gradcompSuccess);
-    EXPECT_FALSE(c->autoState.decided);
+    EXPECT_FALSE(c->autoState.allReduce.decided);
   }
 }
 
@@ -309,7 +309,7 @@ TEST(AutoTune, TimingLeavesTheCommAsItWas) {
       saved[r].resize(bytes);
       ASSERT_EQ(gradcompCommSaveState(c, saved[r].data(), bytes), gradcompSuccess);
       statsBefore[r] = stats(c);
-      c->autoState.injected = false;
+      c->autoState.allReduce.injected = false;
       c->autoState.timeOnHost = true;
       c->autoState.timedCounts[0] = 2048;
       c->autoState.timedCounts[1] = 8192;
@@ -320,15 +320,15 @@ TEST(AutoTune, TimingLeavesTheCommAsItWas) {
     for (int r = 0; r < 2; ++r) {
       gradcompComm* c = w.comm(r);
       ASSERT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
-      const gc::AutoState& a = c->autoState;
+      const gc::AutoDecision& a = c->autoState.allReduce;
       EXPECT_TRUE(a.timed);
       EXPECT_EQ(a.timedCompressed, 2u * (gc::kAutoWarmupCalls + gc::kAutoTimedCalls));
       EXPECT_EQ(a.figures.smallCount, 2048u);
       EXPECT_EQ(a.figures.largeCount, 8192u);
       EXPECT_EQ(gc::autoCheckFigures(a.figures), gradcompSuccess);
-      EXPECT_EQ(memcmp(&a.figures, &w.comm(0)->autoState.figures, sizeof(a.figures)), 0);
-      EXPECT_EQ(a.range[1].lo, w.comm(0)->autoState.range[1].lo);
-      EXPECT_EQ(a.range[1].hi, w.comm(0)->autoState.range[1].hi);
+      EXPECT_EQ(memcmp(&a.figures, &w.comm(0)->autoState.allReduce.figures, sizeof(a.figures)), 0);
+      EXPECT_EQ(a.range[1].lo, w.comm(0)->autoState.allReduce.range[1].lo);
+      EXPECT_EQ(a.range[1].hi, w.comm(0)->autoState.allReduce.range[1].hi);
       EXPECT_EQ(c->cfg.minElements, size_t(1) << 20);
       EXPECT_EQ(c->workspace, workspace[r]);
       const gradcompStats_t s = stats(c);
@@ -415,7 +415,7 @@ TEST(AutoTune, RefusedUnderCapture) {
   auto res = w.run(call);
   for (int r = 0; r < 2; ++r) {
     EXPECT_EQ(res[r], gradcompInvalidUsage);
-    EXPECT_FALSE(w.comm(r)->autoState.decided);
+    EXPECT_FALSE(w.comm(r)->autoState.allReduce.decided);
     const gradcompStats_t s = stats(w.comm(r));
     EXPECT_EQ(s.callsCompressed + s.callsPassedThrough, 0u);
     EXPECT_EQ(buf[r][0], 1.0f);
@@ -440,8 +440,8 @@ TEST(AutoTune, RefusedUnderCapture) {
   res = w.run([&](int r) { return gradcompCommRetune(w.comm(r), nullptr); });
   for (int r = 0; r < 2; ++r) {
     EXPECT_EQ(res[r], gradcompInvalidUsage);
-    EXPECT_TRUE(w.comm(r)->autoState.timed);
-    EXPECT_EQ(w.comm(r)->autoState.range[1].lo, 0u);
+    EXPECT_TRUE(w.comm(r)->autoState.allReduce.timed);
+    EXPECT_EQ(w.comm(r)->autoState.allReduce.range[1].lo, 0u);
   }
 }
 
@@ -470,43 +470,394 @@ TEST(AutoTune, TimingKeepsTheCallsAgreement) {
     return x;
   });
   for (int r = 0; r < 2; ++r) {
-    EXPECT_FALSE(w.comm(r)->autoState.timed) << r;
+    EXPECT_FALSE(w.comm(r)->autoState.allReduce.timed) << r;
     EXPECT_EQ(res[r], gradcompInvalidUsage) << r;
     EXPECT_NE(why[r].find("count=4096"), std::string::npos) << why[r];
     EXPECT_NE(why[r].find("count=6144"), std::string::npos) << why[r];
   }
 }
 
-// Auto times the allreduce and decides for allreduces only: a reduce-scatter
-// compresses whenever eligible, and does not set off the timing.
-TEST(AutoTune, ReduceScatterCompressesAsConfigured) {
-  gctest::CpuWorld w(2, autoConfig(1));
-  for (int r = 0; r < 2; ++r) gc::autoInjectFigures(w.comm(r), kNcclWins);
-  const size_t rc = 4096;
-  std::vector<std::vector<float>> in = {gctest::normal(2 * rc, 5), gctest::normal(2 * rc, 6)};
-  std::vector<std::vector<float>> out(2, std::vector<float>(rc));
-  auto rs = [&] {
-    auto res = w.run([&](int r) {
-      return gradcompReduceScatter(in[r].data(), out[r].data(), rc, ncclFloat32, ncclSum, w.comm(r),
-                                   nullptr);
-    });
-    for (int r = 0; r < 2; ++r) EXPECT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
-  };
-  rs();
-  for (int r = 0; r < 2; ++r) {
-    EXPECT_FALSE(w.comm(r)->autoState.decided) << r;
-    const gradcompStats_t s = stats(w.comm(r));
-    EXPECT_EQ(s.callsReduceScatter, 1u);
-    EXPECT_EQ(s.callsCompressed, 1u);
-    EXPECT_EQ(s.callsPassedThrough, 0u);
+// The reduce-scatter: timed and decided on its own (its figures are its
+// input counts, nranks * recvcount), at its first eligible call.
+
+namespace {
+
+// One fp32 Sum reduce-scatter of recvcount rc on every rank, out of place,
+// rank-dependent inputs of nranks * rc elements; returns each rank's block.
+std::vector<std::vector<float>> rsAll(gctest::CpuWorld& w, size_t rc, uint64_t seed,
+                                      std::vector<std::vector<float>>* inputs = nullptr,
+                                      bool keyed = false) {
+  const int N = w.size();
+  std::vector<std::vector<float>> in(N), out(N, std::vector<float>(rc));
+  for (int r = 0; r < N; ++r) in[r] = gctest::normal((size_t)N * rc, seed + r);
+  if (inputs) *inputs = in;
+  auto res = w.run([&](int r) {
+    return keyed ? gradcompReduceScatterKeyed(in[r].data(), out[r].data(), rc, ncclFloat32, ncclSum,
+                                              w.comm(r), nullptr, 42)
+                 : gradcompReduceScatter(in[r].data(), out[r].data(), rc, ncclFloat32, ncclSum,
+                                         w.comm(r), nullptr);
+  });
+  for (int r = 0; r < N; ++r) EXPECT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
+  return out;
+}
+
+// NCCL's reduce-scatter on the CPU backend: rank r's block summed in rank order.
+void expectExactReduceScatter(const std::vector<std::vector<float>>& in,
+                              const std::vector<std::vector<float>>& out, size_t rc) {
+  for (size_t r = 0; r < out.size(); ++r) {
+    for (size_t k = 0; k < rc; ++k) {
+      float sum = 0.0f;
+      for (size_t i = 0; i < in.size(); ++i) sum += in[i][r * rc + k];
+      ASSERT_EQ(out[r][k], sum) << "rank " << r << " element " << k;
+    }
   }
-  callAll(w, 8192, 3);  // times (injected): NCCL wins at every size
-  rs();
+}
+
+std::vector<char> savedState(gradcompComm_t c) {
+  size_t bytes = 0;
+  EXPECT_EQ(gradcompCommStateSize(c, &bytes), gradcompSuccess);
+  std::vector<char> v(bytes);
+  EXPECT_EQ(gradcompCommSaveState(c, v.data(), bytes), gradcompSuccess);
+  return v;
+}
+
+}  // namespace
+
+// Each collective decides from its own figures: figures where compression
+// wins for the allreduce and loses for the reduce-scatter pass the
+// reduce-scatter alone; the reduce-scatter's first call times nothing of the
+// allreduce.
+TEST(AutoTune, ReduceScatterDecidesFromItsOwnFigures) {
+  gctest::CpuWorld w(2, autoConfig(1));
   for (int r = 0; r < 2; ++r) {
-    EXPECT_TRUE(w.comm(r)->autoState.timed) << r;
+    gc::autoInjectFigures(w.comm(r), gc::AutoCall::AllReduce, kCompressWins);
+    gc::autoInjectFigures(w.comm(r), gc::AutoCall::ReduceScatter, kNcclWins);
+  }
+  const size_t rc = 4096;
+  std::vector<std::vector<float>> in;
+  auto out = rsAll(w, rc, 5, &in);
+  expectExactReduceScatter(in, out, rc);
+  for (int r = 0; r < 2; ++r) {
+    const gc::AutoState& a = w.comm(r)->autoState;
+    EXPECT_TRUE(a.reduceScatter.timed) << r;
+    EXPECT_FALSE(a.allReduce.decided) << r;
     const gradcompStats_t s = stats(w.comm(r));
     EXPECT_EQ(s.callsAutoPassed, 1u);
-    EXPECT_EQ(s.callsReduceScatter, 2u);
-    EXPECT_EQ(s.callsCompressed, 2u);
+    EXPECT_EQ(s.callsPassedThrough, 1u);
+    EXPECT_EQ(s.callsReduceScatter, 0u);
+    EXPECT_EQ(s.callsCompressed, 0u);
+    EXPECT_EQ(s.steps, 0u);
+    EXPECT_TRUE(w.comm(r)->states.empty());
+  }
+  callAll(w, 8192, 3);  // the allreduce's own figures: compressed
+  rsAll(w, rc, 6);
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_TRUE(w.comm(r)->autoState.allReduce.timed) << r;
+    const gradcompStats_t s = stats(w.comm(r));
+    EXPECT_EQ(s.callsCompressed, 1u);
+    EXPECT_EQ(s.callsAutoPassed, 2u);
+    EXPECT_EQ(s.callsReduceScatter, 0u);
+  }
+}
+
+// Ranks with different figures decide alike from the slowest ones, on both
+// sides of the crossover (input counts: fp32 compresses from 5121 elements,
+// fp16/bf16 never, kCrossover's), and a compressed call equals, bit for bit,
+// the same call on an autoTune=0 world.
+TEST(AutoTune, ReduceScatterRanksAgreeOnTheSlowestFigures) {
+  const int N = 4;
+  gradcompConfig_t off = autoConfig(0);
+  gctest::CpuWorld w(N, autoConfig(1)), twin(N, off);
+  for (int r = 0; r < N; ++r) {
+    const float d = (float)(N - 1 - r);
+    gc::autoInjectFigures(w.comm(r), gc::AutoCall::ReduceScatter,
+                          figures(1024, 5120, 16 - d, 80 - 2 * d, 48 - d, 80 - 4 * d));
+  }
+  // recvcount 1250: 5000 input elements, passed on every rank, where rank 0's
+  // own figures alone would have compressed it.
+  EXPECT_TRUE(gc::autoRange(figures(1024, 5120, 13, 74, 45, 68), 4).contains(5000));
+  std::vector<std::vector<float>> in;
+  auto out = rsAll(w, 1250, 11, &in);
+  expectExactReduceScatter(in, out, 1250);
+  for (int r = 0; r < N; ++r) {
+    const gc::AutoDecision& a = w.comm(r)->autoState.reduceScatter;
+    ASSERT_TRUE(a.timed) << r;
+    EXPECT_EQ(a.figures.ncclUs[0], 16.0f) << r;
+    EXPECT_EQ(a.figures.ncclUs[1], 80.0f) << r;
+    EXPECT_EQ(a.figures.compUs[0], 48.0f) << r;
+    EXPECT_EQ(a.figures.compUs[1], 80.0f) << r;
+    EXPECT_EQ(a.range[1].lo, 5121u) << r;
+    EXPECT_EQ(a.range[1].hi, SIZE_MAX) << r;
+    EXPECT_FALSE(a.range[0].contains(size_t(1) << 30)) << r;
+    const gradcompStats_t s = stats(w.comm(r));
+    EXPECT_EQ(s.callsAutoPassed, 1u) << r;
+    EXPECT_EQ(s.callsCompressed, 0u) << r;
+  }
+  // recvcount 1281: 5124 input elements, compressed on every rank, as the
+  // autoTune=0 twin compresses it.
+  out = rsAll(w, 1281, 7);
+  auto want = rsAll(twin, 1281, 7);
+  for (int r = 0; r < N; ++r) {
+    const gradcompStats_t s = stats(w.comm(r));
+    EXPECT_EQ(s.callsReduceScatter, 1u) << r;
+    EXPECT_EQ(s.callsCompressed, 1u) << r;
+    EXPECT_EQ(s.callsAutoPassed, 1u) << r;
+    EXPECT_TRUE(out[r] == want[r]) << r;
+  }
+  // bf16, the same count: NCCL moves half the bytes, and wins.
+  std::vector<std::vector<uint16_t>> hin(N, std::vector<uint16_t>(N * 1281, 0x3f80));
+  std::vector<std::vector<uint16_t>> hout(N, std::vector<uint16_t>(1281));
+  auto res = w.run([&](int r) {
+    return gradcompReduceScatter(hin[r].data(), hout[r].data(), 1281, ncclBfloat16, ncclSum,
+                                 w.comm(r), nullptr);
+  });
+  for (int r = 0; r < N; ++r) {
+    EXPECT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
+    EXPECT_EQ(stats(w.comm(r)).callsAutoPassed, 2u) << r;
+    EXPECT_EQ(hout[r][0], 0x4080) << r;  // 4.0 in bf16: N ones, exactly
+  }
+}
+
+// A passed reduce-scatter gives NCCL's exact result and leaves the buffer's
+// residual and the step alone; a retune re-times the reduce-scatter (it was
+// tuned) and the allreduce. Keyed and unkeyed.
+TEST(AutoTune, ReduceScatterPassLeavesTheResidualAlone) {
+  for (bool keyed : {false, true}) {
+    SCOPED_TRACE(keyed ? "keyed" : "unkeyed");
+    gctest::CpuWorld w(3, autoConfig(1));
+    for (int r = 0; r < 3; ++r) gc::autoInjectFigures(w.comm(r), kCompressWins);
+    const size_t rc = 3000;
+    rsAll(w, rc, 21, nullptr, keyed);
+    std::vector<std::vector<char>> before(3);
+    for (int r = 0; r < 3; ++r) {
+      EXPECT_EQ(stats(w.comm(r)).callsReduceScatter, 1u);
+      EXPECT_FALSE(w.comm(r)->autoState.allReduce.decided);
+      gc::autoInjectFigures(w.comm(r), kNcclWins);
+    }
+    // Still compressed: the decision holds until a retune.
+    rsAll(w, rc, 22, nullptr, keyed);
+    auto res = w.run([&](int r) { return gradcompCommRetune(w.comm(r), nullptr); });
+    for (int r = 0; r < 3; ++r) {
+      EXPECT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
+      EXPECT_TRUE(w.comm(r)->autoState.allReduce.timed);
+      EXPECT_TRUE(w.comm(r)->autoState.reduceScatter.timed);
+      before[r] = savedState(w.comm(r));
+    }
+    std::vector<std::vector<float>> in;
+    auto out = rsAll(w, rc, 23, &in, keyed);
+    expectExactReduceScatter(in, out, rc);
+    for (int r = 0; r < 3; ++r) {
+      const gradcompStats_t s = stats(w.comm(r));
+      EXPECT_EQ(s.callsReduceScatter, 2u);
+      EXPECT_EQ(s.callsAutoPassed, 1u);
+      EXPECT_EQ(s.steps, 2u);
+      EXPECT_TRUE(savedState(w.comm(r)) == before[r]) << "the residual state changed, rank " << r;
+    }
+  }
+}
+
+// A retune of a comm that never reduce-scattered times the allreduce only;
+// the reduce-scatter still times at its first eligible call.
+TEST(AutoTune, RetuneLeavesAnUntunedReduceScatterLazy) {
+  gctest::CpuWorld w(2, autoConfig(1));
+  for (int r = 0; r < 2; ++r) {
+    gc::autoInjectFigures(w.comm(r), gc::AutoCall::AllReduce, kCompressWins);
+    gc::autoInjectFigures(w.comm(r), gc::AutoCall::ReduceScatter, kNcclWins);
+  }
+  auto res = w.run([&](int r) { return gradcompCommRetune(w.comm(r), nullptr); });
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
+    EXPECT_TRUE(w.comm(r)->autoState.allReduce.timed);
+    EXPECT_FALSE(w.comm(r)->autoState.reduceScatter.decided);
+  }
+  rsAll(w, 4096, 1);
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_TRUE(w.comm(r)->autoState.reduceScatter.timed);
+    EXPECT_EQ(stats(w.comm(r)).callsAutoPassed, 1u);
+  }
+}
+
+TEST(AutoTune, ReduceScatterAutoOffAlwaysCompresses) {
+  gctest::CpuWorld w(2, autoConfig(0));
+  for (int r = 0; r < 2; ++r) gc::autoInjectFigures(w.comm(r), kNcclWins);
+  rsAll(w, 4096, 3);
+  for (int r = 0; r < 2; ++r) {
+    const gradcompStats_t s = stats(w.comm(r));
+    EXPECT_EQ(s.callsReduceScatter, 1u);
+    EXPECT_EQ(s.callsAutoPassed, 0u);
+    EXPECT_FALSE(w.comm(r)->autoState.reduceScatter.decided);
+  }
+}
+
+// The CPU backend does not time the reduce-scatter either.
+TEST(AutoTune, ReduceScatterCpuBackendNeverTimes) {
+  gctest::CpuWorld w(2, autoConfig(1));
+  rsAll(w, 4096, 3);
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_TRUE(w.comm(r)->autoState.reduceScatter.decided);
+    EXPECT_FALSE(w.comm(r)->autoState.reduceScatter.timed);
+    EXPECT_EQ(stats(w.comm(r)).callsReduceScatter, 1u);
+  }
+}
+
+// A hierarchical comm (2 nodes of 2 ranks): its reduce-scatter passes to
+// the whole world's reduce-scatter, or compresses exactly as autoTune=0 does.
+TEST(AutoTune, ReduceScatterOnAHierarchicalComm) {
+  gradcompConfig_t cfg = autoConfig(1);
+  cfg.localSize = 2;
+  gradcompConfig_t off = cfg;
+  off.autoTune = 0;
+  for (bool nccl : {true, false}) {
+    SCOPED_TRACE(nccl ? "NCCL wins" : "compression wins");
+    gctest::CpuWorld w(4, cfg), twin(4, off);
+    for (int r = 0; r < 4; ++r) gc::autoInjectFigures(w.comm(r), nccl ? kNcclWins : kCompressWins);
+    const size_t rc = 2500;
+    for (int step = 0; step < 2; ++step) {
+      std::vector<std::vector<float>> in;
+      auto out = rsAll(w, rc, 30 + step, &in);
+      if (nccl) {
+        expectExactReduceScatter(in, out, rc);
+      } else {
+        auto want = rsAll(twin, rc, 30 + step);
+        for (int r = 0; r < 4; ++r)
+          EXPECT_TRUE(out[r] == want[r]) << "step " << step << " rank " << r;
+      }
+    }
+    for (int r = 0; r < 4; ++r) {
+      ASSERT_TRUE(w.comm(r)->topo.hier());
+      const gradcompStats_t s = stats(w.comm(r));
+      EXPECT_EQ(s.callsAutoPassed, nccl ? 2u : 0u);
+      EXPECT_EQ(s.callsReduceScatter, nccl ? 0u : 2u);
+    }
+  }
+}
+
+// The timing path of the reduce-scatter (the CUDA backend's, on the host
+// clock here): its sizes are whole blocks of the input (3 ranks: 2048 and
+// 8192 round down to 2046 and 8190), it compresses at both although
+// minElements would pass them, and it leaves the comm as it was: calls
+// around it equal, bit for bit, those of a comm that never timed.
+TEST(AutoTune, ReduceScatterTimingLeavesTheCommAsItWas) {
+  for (gradcompMethod_t method : {gradcompMethodQsgd, gradcompMethodDgc}) {
+    SCOPED_TRACE(testing::Message() << "method " << (int)method);
+    gradcompConfig_t cfg = autoConfig(1);
+    cfg.method = method;
+    cfg.density = 0.05f;
+    cfg.warmupSteps = method == gradcompMethodDgc ? 3 : 0;
+    gradcompConfig_t off = cfg;
+    off.autoTune = 0;
+    gctest::CpuWorld w(3, cfg), twin(3, off);
+    const size_t rc = 2000;
+    for (int r = 0; r < 3; ++r) gc::autoInjectFigures(w.comm(r), kCompressWins);
+    std::vector<std::vector<std::vector<float>>> got, want;
+    for (int step = 0; step < 2; ++step) {
+      got.push_back(rsAll(w, rc, 10 + step));
+      want.push_back(rsAll(twin, rc, 10 + step));
+    }
+    std::vector<std::vector<char>> saved(3);
+    std::vector<gradcompStats_t> statsBefore(3);
+    for (int r = 0; r < 3; ++r) {
+      gradcompComm* c = w.comm(r);
+      saved[r] = savedState(c);
+      statsBefore[r] = stats(c);
+      c->autoState.reduceScatter.injected = false;
+      c->autoState.timeOnHost = true;
+      c->autoState.timedCounts[0] = 2048;
+      c->autoState.timedCounts[1] = 8192;
+      c->cfg.minElements = 1 << 20;
+    }
+    auto res = w.run([&](int r) { return gradcompCommRetune(w.comm(r), nullptr); });
+    for (int r = 0; r < 3; ++r) {
+      gradcompComm* c = w.comm(r);
+      ASSERT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
+      const gc::AutoDecision& a = c->autoState.reduceScatter;
+      EXPECT_TRUE(a.timed);
+      EXPECT_EQ(a.timedCompressed, 2u * (gc::kAutoWarmupCalls + gc::kAutoTimedCalls));
+      EXPECT_EQ(a.figures.smallCount, 2046u);
+      EXPECT_EQ(a.figures.largeCount, 8190u);
+      EXPECT_EQ(gc::autoCheckFigures(a.figures), gradcompSuccess);
+      EXPECT_EQ(memcmp(&a.figures, &w.comm(0)->autoState.reduceScatter.figures, sizeof(a.figures)),
+                0);
+      EXPECT_EQ(c->cfg.minElements, size_t(1) << 20);
+      const gradcompStats_t s = stats(c);
+      EXPECT_EQ(memcmp(&s, &statsBefore[r], sizeof(s)), 0);
+      EXPECT_TRUE(savedState(c) == saved[r]) << "the residual state changed";
+      c->cfg.minElements = 0;
+      gc::autoInjectFigures(c, kCompressWins);
+    }
+    res = w.run([&](int r) { return gradcompCommRetune(w.comm(r), nullptr); });
+    for (int step = 2; step < 4; ++step) {
+      got.push_back(rsAll(w, rc, 10 + step));
+      want.push_back(rsAll(twin, rc, 10 + step));
+    }
+    for (size_t k = 0; k < got.size(); ++k)
+      for (int r = 0; r < 3; ++r)
+        EXPECT_TRUE(got[k][r] == want[k][r]) << "call " << k << " rank " << r;
+    EXPECT_EQ(stats(w.comm(0)).callsReduceScatter, 4u);
+  }
+}
+
+// As for the allreduce: the timing runs under the caller's call record, so
+// ranks that passed different recvcounts all fail, naming both input counts.
+TEST(AutoTune, ReduceScatterTimingKeepsTheCallsAgreement) {
+  gctest::CpuWorld w(2, autoConfig(1));
+  for (int r = 0; r < 2; ++r) {
+    gc::AutoState& a = w.comm(r)->autoState;
+    a.timeOnHost = true;
+    a.timedCounts[0] = 2048;
+    a.timedCounts[1] = 8192;
+  }
+  const size_t rc[2] = {2048, 3072};
+  std::vector<std::vector<float>> in = {gctest::normal(2 * rc[0], 1), gctest::normal(2 * rc[1], 2)};
+  std::vector<std::vector<float>> out = {std::vector<float>(rc[0]), std::vector<float>(rc[1])};
+  std::vector<std::string> why(2);
+  auto res = w.run([&](int r) {
+    const gradcompResult_t x = gradcompReduceScatter(in[r].data(), out[r].data(), rc[r],
+                                                     ncclFloat32, ncclSum, w.comm(r), nullptr);
+    why[r] = gradcompGetLastError();
+    return x;
+  });
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_FALSE(w.comm(r)->autoState.reduceScatter.timed) << r;
+    EXPECT_EQ(res[r], gradcompInvalidUsage) << r;
+    EXPECT_NE(why[r].find("count=4096"), std::string::npos) << why[r];
+    EXPECT_NE(why[r].find("count=6144"), std::string::npos) << why[r];
+  }
+}
+
+// The reduce-scatter's first eligible call would time: refused under capture
+// before anything moves, and tuned at the first eager call.
+TEST(AutoTune, ReduceScatterRefusedUnderCapture) {
+  gctest::CpuWorld w(2, autoConfig(1));
+  bool capture = true;
+  for (int r = 0; r < 2; ++r) {
+    gradcompComm* c = w.comm(r);
+    c->backend.reset(new CapturingBackend(std::move(c->backend), &capture));
+    gc::autoInjectFigures(c, kCompressWins);
+  }
+  std::vector<std::vector<float>> in(2, std::vector<float>(8192, 1.0f));
+  std::vector<std::vector<float>> out(2, std::vector<float>(4096, -1.0f));
+  std::vector<std::string> why(2);
+  auto call = [&](int r) {
+    const gradcompResult_t x = gradcompReduceScatter(in[r].data(), out[r].data(), 4096, ncclFloat32,
+                                                     ncclSum, w.comm(r), nullptr);
+    why[r] = gradcompGetLastError();
+    return x;
+  };
+  auto res = w.run(call);
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_EQ(res[r], gradcompInvalidUsage);
+    EXPECT_NE(why[r].find("GRADCOMP_AUTO=0"), std::string::npos) << why[r];
+    EXPECT_FALSE(w.comm(r)->autoState.reduceScatter.decided);
+    const gradcompStats_t s = stats(w.comm(r));
+    EXPECT_EQ(s.callsCompressed + s.callsPassedThrough, 0u);
+    EXPECT_EQ(out[r][0], -1.0f);
+  }
+  capture = false;
+  res = w.run(call);
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_EQ(res[r], gradcompSuccess) << why[r];
+    EXPECT_TRUE(w.comm(r)->autoState.reduceScatter.timed);
+    EXPECT_EQ(stats(w.comm(r)).callsReduceScatter, 1u);
   }
 }

@@ -78,12 +78,12 @@ TEST_F(AutoTuneGpu, TimingLeavesTheCommAsItWas) {
   const std::vector<char> before = savedState(a);
   const gradcompStats_t statsBefore = a->stats;
   void* workspace = a->workspace;
-  a->autoState.injected = false;
+  a->autoState.allReduce.injected = false;
   a->autoState.timedCounts[0] = size_t(1) << 16;
   a->autoState.timedCounts[1] = size_t(1) << 20;
   a->cfg.minElements = size_t(1) << 22;  // the timing compresses anyway
   ASSERT_EQ(gradcompCommRetune(a, stream), gradcompSuccess) << gradcompGetLastError();
-  const gc::AutoState& s = a->autoState;
+  const gc::AutoDecision& s = a->autoState.allReduce;
   EXPECT_TRUE(s.timed);
   EXPECT_EQ(s.timedCompressed, 2u * (gc::kAutoWarmupCalls + gc::kAutoTimedCalls));
   EXPECT_EQ(gc::autoCheckFigures(s.figures), gradcompSuccess);
@@ -120,11 +120,11 @@ TEST_F(AutoTuneGpu, FirstCallUnderCaptureIsRefused) {
   if (graph) cudaGraphDestroy(graph);
   EXPECT_EQ(res, gradcompInvalidUsage);
   EXPECT_NE(msg.find("GRADCOMP_AUTO=0"), std::string::npos) << msg;
-  EXPECT_FALSE(a->autoState.decided);
+  EXPECT_FALSE(a->autoState.allReduce.decided);
   EXPECT_EQ(gradcompAllReduce(x.get(), x.get(), n, ncclFloat32, ncclSum, a, stream),
             gradcompSuccess)
       << gradcompGetLastError();
-  EXPECT_TRUE(a->autoState.timed);
+  EXPECT_TRUE(a->autoState.allReduce.timed);
   EXPECT_EQ(a->stats.callsCompressed, 1u);
   gradcompCommDestroy(a);
 }

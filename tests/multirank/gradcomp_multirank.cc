@@ -678,6 +678,94 @@ void checkAuto(ncclComm_t nc, cudaStream_t st) {
   gradcompCommDestroy(b);
 }
 
+// GRADCOMP_AUTO on the reduce-scatter over real NCCL (flat, or hierarchical
+// in the GRADCOMP_LOCAL_SIZE world): it times its own two paths at its first
+// eligible call; a call auto passes equals ncclReduceScatter bit for bit; a
+// call it compresses equals, bit for bit, the same call on an autoTune=0
+// comm, although a retune (which re-times the reduce-scatter) ran between the
+// calls and left the stats as they were; every rank takes the same decisions
+// over a sweep of sizes and types.
+void checkAutoRs(ncclComm_t nc, cudaStream_t st) {
+  if (nranks < 2) return;
+  gradcompConfig_t cfg;
+  gradcompConfigInit(&cfg);
+  cfg.localSize = localSize;
+  gradcompConfig_t off = cfg;
+  off.autoTune = 0;
+  gradcompComm_t a, b;
+  CK(gradcompCommCreate(nc, &cfg, &a));
+  CK(gradcompCommCreate(nc, &off, &b));
+  const size_t m = size_t(1) << 20, n = m * nranks;  // recvcount, input count
+  float *x, *ya, *yb, *yz;
+  CK(cudaMalloc(&x, n * 4));
+  CK(cudaMalloc(&ya, m * 4));
+  CK(cudaMalloc(&yb, m * 4));
+  CK(cudaMalloc(&yz, m * 4));
+  bool ok = true, allCompressed = true, retuneKeptStats = true;
+  gradcompStats_t sa, sr;
+  for (int step = 0; step < 2; ++step) {
+    std::vector<float> in = gctest::normal(n, 2000 * step + rank);
+    CK(cudaMemcpyAsync(x, in.data(), n * 4, cudaMemcpyHostToDevice, st));
+    gradcompGetStats(a, &sa);
+    const uint64_t before = sa.callsCompressed;
+    ok &= gradcompReduceScatter(x, ya, m, ncclFloat32, ncclSum, a, st) == gradcompSuccess;
+    ok &= gradcompReduceScatter(x, yb, m, ncclFloat32, ncclSum, b, st) == gradcompSuccess;
+    CK(ncclReduceScatter(x, yz, m, ncclFloat32, ncclSum, nc, st));
+    gradcompGetStats(a, &sa);
+    if (step == 0) {
+      ok &= gradcompCommRetune(a, st) == gradcompSuccess;
+      gradcompGetStats(a, &sr);
+      retuneKeptStats = memcmp(&sa, &sr, sizeof(sa)) == 0;
+    }
+    CK(cudaStreamSynchronize(st));
+    const bool compressed = sa.callsCompressed > before;
+    std::vector<float> ra(m), rb(m), rz(m);
+    CK(cudaMemcpy(ra.data(), ya, m * 4, cudaMemcpyDeviceToHost));
+    CK(cudaMemcpy(rb.data(), yb, m * 4, cudaMemcpyDeviceToHost));
+    CK(cudaMemcpy(rz.data(), yz, m * 4, cudaMemcpyDeviceToHost));
+    if (!compressed) {
+      ok &= memcmp(ra.data(), rz.data(), m * 4) == 0;
+    } else if (allCompressed) {
+      ok &= memcmp(ra.data(), rb.data(), m * 4) == 0;
+    }
+    allCompressed &= compressed;
+    printf("rank %d auto reduce-scatter step %d at recvcount %zu: %s\n", rank, step, m,
+           compressed ? "compressed" : "passed to NCCL");
+  }
+  report(retuneKeptStats, "auto reduce-scatter: a retune leaves the stats as they were");
+  report(ok,
+         "auto reduce-scatter: passed calls equal NCCL, compressed calls equal autoTune=0 across "
+         "a retune");
+
+  // The sweep: the same decisions on every rank (the decision does not read the data).
+  CK(cudaMemsetAsync(x, 0, n * 4, st));
+  for (size_t k = size_t(1) << 16; k <= m; k <<= 2) {
+    ok &= gradcompReduceScatter(x, ya, k, ncclFloat32, ncclSum, a, st) == gradcompSuccess;
+    ok &= gradcompReduceScatter(x, yb, k, ncclBfloat16, ncclSum, a, st) == gradcompSuccess;
+  }
+  gradcompGetStats(a, &sa);
+  uint64_t* counts;
+  CK(cudaMalloc(&counts, 2 * nranks * sizeof(uint64_t)));
+  const uint64_t mine[2] = {sa.callsAutoPassed, sa.callsReduceScatter};
+  CK(cudaMemcpyAsync(counts + 2 * rank, mine, sizeof(mine), cudaMemcpyHostToDevice, st));
+  CK(ncclAllGather(counts + 2 * rank, counts, 2, ncclUint64, nc, st));
+  CK(cudaStreamSynchronize(st));
+  std::vector<uint64_t> all(2 * nranks);
+  CK(cudaMemcpy(all.data(), counts, all.size() * sizeof(uint64_t), cudaMemcpyDeviceToHost));
+  for (int r = 0; r < nranks; ++r) ok &= all[2 * r] == mine[0] && all[2 * r + 1] == mine[1];
+  printf("rank %d auto reduce-scatter sweep: %llu calls passed by auto, %llu compressed\n", rank,
+         (unsigned long long)mine[0], (unsigned long long)mine[1]);
+  report(ok && sa.callsPassedThrough == sa.callsAutoPassed,
+         "auto reduce-scatter: every rank takes the same decisions");
+  cudaFree(counts);
+  cudaFree(x);
+  cudaFree(ya);
+  cudaFree(yb);
+  cudaFree(yz);
+  gradcompCommDestroy(a);
+  gradcompCommDestroy(b);
+}
+
 // Ranks restored from checkpoints of different steps: the first call after
 // the load checks the step on every rank (one allgather) and fails on all of
 // them; restored consistently, the next call works and agrees.
@@ -796,6 +884,9 @@ int main() {
   inRs = false;
   checkRestoredSteps(nc, st);
   checkAuto(nc, st);
+  inRs = true;
+  checkAutoRs(nc, st);
+  inRs = false;
   ncclCommDestroy(nc);
   printf("multirank rs rank %d of %d: %d passed, %d failed\n", rank, nranks, rsPassed, rsFailed);
   printf("multirank rank %d of %d%s: %d passed, %d failed\n", rank, nranks,

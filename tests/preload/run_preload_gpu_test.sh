@@ -140,7 +140,18 @@ a0=$(grep -o "$calls" "$work/auto_r0.err" | tail -1)
 a1=$(grep -o "$calls" "$work/auto_r1.err" | tail -1)
 check "auto: both ranks' summaries count the same calls, auto's included ('$a0')" "[ -n '$a0' ] && [ '$a0' = '$a1' ]"
 check "auto: the figures are logged at INFO" \
-  "grep -q 'auto: NCCL .* us, compressed .* us at' '$work/auto_r0.err'"
+  "grep -q 'auto (allreduce): NCCL .* us, compressed .* us at' '$work/auto_r0.err'"
+# The reduce-scatter times its own paths and decides alike on both ranks; its
+# 3 calls are compressed or passed by auto, and the summary says which.
+launch auto_rs 2 1 "rs 3" GRADCOMP_AUTO=1
+rs='reduce-scatter: [0-9]* compressed, [0-9]* passed through ([0-9]* by auto)'
+a0=$(grep -o "$rs" "$work/auto_rs_r0.err" | tail -1)
+a1=$(grep -o "$rs" "$work/auto_rs_r1.err" | tail -1)
+n=$(echo "$a0" | awk '{print $2 + $4}')
+check "auto_rs: both ranks' summaries count the same reduce-scatters ('$a0'), 3 in all" \
+  "[ -n '$a0' ] && [ '$a0' = '$a1' ] && [ '$n' = 3 ]"
+check "auto_rs: the reduce-scatter's figures are logged at INFO" \
+  "grep -q 'auto (reduce-scatter): NCCL .* us, compressed .* us at' '$work/auto_rs_r0.err'"
 
 # 5. A rank with an invalid value still joins the set-up exchange, voting
 # that it failed, and the agreement: nobody waits for it (before, the other
