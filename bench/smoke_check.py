@@ -100,10 +100,52 @@ def check_projection(tag, r, kdoc, bits, bucket, intra_gbps=3600.0, lat=10.0):
         expect(close(p["hier_speedup"], nccl / hier), "%s: hier speedup" % t)
         expect(close(p["inter_bytes_ratio_flat_vs_hier"], flat_inter / hier_inter),
                "%s: inter-node bytes ratio" % t)
+        # Pipelined hier at --model-pipe bytes: pieces as the library cuts the longest
+        # shard's chunks among the k nodes, three stages, each piece paying its steps.
+        pieces = hier_pieces(count, bucket, k, g, p["hier_pipeline_bytes"])
+        expect(p["hier_pieces"] == pieces, "%s: hier pieces %s vs %s" % (t, p["hier_pieces"], pieces))
+        # The middle stage's latency: what the unpipelined hier time above has beyond its
+        # kernels, bytes and two NVLink rings.
+        kernel = count / g * (enc + dec * (2 * k - 1) / k)
+        middle_lat = (hier - kernel - us(hier_intra, intra_gbps) - us(hier_inter, L / g)
+                      - 2 * (g - 1) * lat)
+        piped = hier_pipelined(kernel, hier_intra, hier_inter, intra_gbps, L / g, g, middle_lat,
+                               lat, pieces)
+        expect(close(p["hier_pipelined_time_us"], piped),
+               "%s: pipelined hier time %s vs %s" % (t, p["hier_pipelined_time_us"], piped))
+        expect(pieces > 1 or close(piped, hier), "%s: one piece is the unpipelined hier" % t)
+        # Auto passes through where the compressed call (hier on >= 2 nodes) is not faster.
+        expect(close(p["auto_time_us"], min(piped, nccl)), "%s: auto's time" % t)
+        expect(close(p["auto_speedup"], nccl / min(piped, nccl)), "%s: auto's speedup" % t)
     return seen
 
 
-def check_hier_rows(tag, rows, kdoc, nranks, local, middle, bits, intra_gbps=3600.0, lat=10.0):
+def first_part(n, parts, bucket):
+    """splitAligned's first (longest) part: whole buckets, as even as they go."""
+    units = -(-n // bucket)
+    return min(n, -(-units // parts) * bucket)
+
+
+def hier_pieces(count, bucket, k, g, pipe_bytes):
+    """Pieces of a hier call: two-shot's on the longest shard among k nodes, every chunk cut
+    into ceil(pipe_bytes / 4 / k) elements rounded up to whole buckets."""
+    chunk = first_part(first_part(count, g, bucket), k, bucket)
+    share = -(-(pipe_bytes // 4) // k)
+    piece = max(1, -(-share // bucket)) * bucket
+    return 1 if pipe_bytes == 0 or k < 2 or piece >= chunk else -(-chunk // piece)
+
+
+def hier_pipelined(kernel, intra, inter, intra_gbps, nic_gbps, g, middle_lat, lat, pieces):
+    """fill + drain + (P-1) * the slowest of: NVLink reduce-scatter, inter-node kernels and
+    transfer, NVLink allgather (docs/benchmark.md, "Pipelined hierarchy")."""
+    us = lambda b, gbps: b * 8 / (gbps * 1e3)  # noqa: E731
+    rs = us(intra / 2 / pieces, intra_gbps) + (g - 1) * lat
+    mid = kernel / pieces + us(inter / pieces, nic_gbps) + middle_lat
+    return 2 * rs + mid + (pieces - 1) * max(rs, mid)
+
+
+def check_hier_rows(tag, rows, kdoc, nranks, local, middle, bits, intra_gbps=3600.0, lat=10.0,
+                    pipe_bytes=0, bucket=512):
     """Rows run with --local-size L > 1: the per-row model of docs/benchmark.md with two link
     classes, each GPU's NIC at the column's rate; recomputed here from the row's own bytes."""
     k, g = nranks // local, local
@@ -145,6 +187,21 @@ def check_hier_rows(tag, rows, kdoc, nranks, local, middle, bits, intra_gbps=360
             flat_wrong = r["kernel_us"] + us(wire, L) + steps * lat
             expect(not close(m["time_us"], flat_wrong, 1e-3),
                    "%s: in-node bytes not charged to the NIC at %g" % (t, L))
+            if pipe_bytes == 0:
+                expect(m.get("pipelined_time_us") is None, "%s: no pipelined model" % t)
+                continue
+            piped = hier_pipelined(r["kernel_us"], wire - inter, inter, intra_gbps, L, g,
+                                   mid[2] * lat, lat, r["pieces"])
+            expect(close(m.get("pipelined_time_us"), piped, 1e-6),
+                   "%s: pipelined hier model at %g: %s vs %s" % (t, L, m.get("pipelined_time_us"),
+                                                                 piped))
+            expect(close(m.get("pipelined_speedup"), nccl / piped, 1e-6),
+                   "%s: pipelined speedup at %g" % (t, L))
+        if pipe_bytes:
+            pieces = hier_pieces(r["count"], bucket, k, g, pipe_bytes)
+            expect(pieces > 1 and r["pieces"] == pieces,
+                   "%s: %s pieces (the library's count %s)" % (t, r["pieces"], pieces))
+            expect(r["piece_bytes"] == pipe_bytes, "%s: piece bytes recorded" % t)
 
 
 def check_hier_rs_rows(tag, rows, kdoc, nranks, local, bits, bucket, intra_gbps=3600.0, lat=10.0):
@@ -269,12 +326,17 @@ def main():
     # The projection: 2 nodes x 4 GPUs (N = 8, L = 4) and 4 x 8, three NIC rates.
     code, out, rows = run(perf, ["-N", "2", "-b", "1M", "-e", "1M", "-n", "1", "-w", "0", "-q",
                                  str(bits), "-B", str(bucket), "--model-nodes", "2,4",
-                                 "--model-local", "4,8"], os.path.join(work, "projection.json"))
+                                 "--model-local", "4,8", "--model-pipe", "64K"],
+                          os.path.join(work, "projection.json"))
     expect(code == 0, "projection run exits 0 (got %d)" % code)
     expect("# projection onto K nodes x G GPUs" in out, "the projection table is printed")
     expect(len(rows) == 1, "one row for the projection run")
     if rows and kdoc:
         seen = check_projection("projection 1M", rows[0], kdoc, bits, bucket)
+        expect(all(p["hier_pipeline_bytes"] == 65536 for p in rows[0]["projection"]),
+               "the projection's hier pieces follow --model-pipe")
+        expect(any(p["hier_pieces"] > 1 for p in rows[0]["projection"]),
+               "the projection pipelines some hier points")
         want = {(k, g, L) for k in (2, 4) for g in (4, 8) for L in (100, 400, 3200)}
         expect(seen == want, "every K with every G at 100, 400, 3200 Gb/s (got %s)" % sorted(seen))
         p = [p for p in rows[0]["projection"] if (p["nodes"], p["local"]) == (2, 4)][0]
@@ -292,7 +354,18 @@ def main():
         expect(code == 0, "hier run -a %s exits 0 (got %d)" % (algo, code))
         expect("nodes of 2 ranks (--local-size)" in out,
                "the preamble says how hier rows are modeled")
-        check_hier_rows("hier -a %s" % algo, rows, kdoc, 4, 2, middle, bits)
+        check_hier_rows("hier -a %s" % algo, rows, kdoc, 4, 2, middle, bits, bucket=bucket)
+
+    # Pipelined hier (GRADCOMP_PIPELINE_BYTES) on 4 nodes of 2 ranks, whose middle stage is
+    # two-shot: the rows report the library's pieces and the three-stage pipelined model.
+    pipe_bytes = 32 << 10
+    code, out, rows = run(perf, ["-N", "8", "--local-size", "2", "-b", "1M", "-e", "1M", "-n",
+                                 "1", "-w", "0", "-q", str(bits), "-B", str(bucket), "-d",
+                                 "float,bfloat16"], os.path.join(work, "hier-piped.json"),
+                          env={"GRADCOMP_PIPELINE_BYTES": str(pipe_bytes)})
+    expect(code == 0 and len(rows) == 2, "pipelined hier run exits 0 with two rows")
+    check_hier_rows("hier pipelined", rows, kdoc, 8, 2, "twoshot", bits, pipe_bytes=pipe_bytes,
+                    bucket=bucket)
 
     # A missing or garbled report: the modeled columns are left out with a
     # sentence, never filled with host codec times; measured columns stay.

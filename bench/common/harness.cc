@@ -252,8 +252,8 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
         for (double gbps : o.nodeGbps) {
           if (k * g < 2) continue;
           const Cluster c{k, g, o.intraGbps, gbps, o.linkLatencyUs};
-          const ClusterTimes t =
-              clusterModel(count, dtypeSize(dtype), row->bits, row->bucket, enc, dec, c);
+          const ClusterTimes t = clusterModel(count, dtypeSize(dtype), row->bits, row->bucket, enc,
+                                              dec, c, o.modelPipelineBytes);
           row->projection.push_back({k, g, gbps, t});
         }
   }
@@ -271,11 +271,15 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
       const bool stages = row->algoUsed == gradcompAlgoHier ||
                           (row->algoUsed == kAlgoReduceScatter && c.nodes >= 2);
       m.ncclUs = rs ? ncclReduceScatterClusterUs(row->bytes, c) : ncclClusterUs(row->bytes, c);
+      const LinkBytes b{row->gradcompWire - row->interWire, row->interWire};
       m.gradcompUs = row->algoUsed == 0
                          ? m.ncclUs
-                         : gradcompClusterUs(row->kernelUs,
-                                             {row->gradcompWire - row->interWire, row->interWire},
-                                             stages, row->latencySteps, c);
+                         : gradcompClusterUs(row->kernelUs, b, stages, row->latencySteps, c);
+      // A hier call that was cut into pieces: its three stages pipelined.
+      if (row->pieces > 1 && row->algoUsed == gradcompAlgoHier) {
+        m.pipelinedUs = hierPipelinedUs(row->kernelUs, b, row->latencySteps - 2.0 * (local - 1), c,
+                                        row->pieces);
+      }
     } else {
       m.ncclUs = rs ? ncclReduceScatterModelUs(row->bytes, r.nranks(), g, o.linkLatencyUs)
                     : ncclModelUs(row->bytes, r.nranks(), g, o.linkLatencyUs);

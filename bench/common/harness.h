@@ -18,7 +18,7 @@ struct ModelPoint {
   double gbps;
   double gradcompUs;  // unpipelined: kernels, then the bytes
   double ncclUs;
-  double pipelinedUs = NAN;  // only when the call was cut into pieces (flat rows)
+  double pipelinedUs = NAN;  // only when the call was cut into pieces (two-shot, hier)
 };
 
 // One point of the --model-nodes/--model-local projection; the times are NaN

@@ -117,6 +117,25 @@ double sequentialLinkUs(const LinkBytes& b, const Cluster& c) {
   return transferUs(b.intra, c.intraGbps) + transferUs(b.inter, c.nodeGbps / c.local);
 }
 
+double hierPipelinedUs(double kernelUs, const LinkBytes& b, double middleSteps, const Cluster& c,
+                       double pieces) {
+  const double r = transferUs(b.intra / 2 / pieces, c.intraGbps) + (c.local - 1.0) * c.latencyUs;
+  const double m = kernelUs / pieces + transferUs(b.inter / pieces, c.nodeGbps / c.local) +
+                   middleSteps * c.latencyUs;
+  return 2 * r + m + (pieces - 1) * std::max(r, m);
+}
+
+double hierPieces(size_t count, int bucket, const Cluster& c, size_t pipelineBytes) {
+  const size_t d = (size_t)bucket, g = (size_t)c.local, k = (size_t)c.nodes;
+  if (pipelineBytes == 0 || k < 2 || count == 0) return 1;
+  // splitAligned's first (longest) part of n elements in p parts.
+  auto first = [d](size_t n, size_t p) { return std::min(n, ((n + d - 1) / d + p - 1) / p * d); };
+  const size_t chunk = first(first(count, g), k);
+  const size_t share = (pipelineBytes / 4 + k - 1) / k;
+  const size_t piece = std::max<size_t>(1, (share + d - 1) / d) * d;
+  return piece >= chunk ? 1 : (double)((chunk + piece - 1) / piece);
+}
+
 double ncclClusterUs(double bytes, const Cluster& c) {
   const int n = c.ranks();
   if (n <= 1) return 0;
@@ -130,7 +149,8 @@ double gradcompClusterUs(double kernelUs, const LinkBytes& b, bool stages, doubl
 }
 
 ClusterTimes clusterModel(size_t count, size_t elemBytes, int bits, int bucket,
-                          double encodeUsPerElem, double decodeUsPerElem, const Cluster& c) {
+                          double encodeUsPerElem, double decodeUsPerElem, const Cluster& c,
+                          size_t pipelineBytes) {
   ClusterTimes t;
   const double n = c.ranks(), k = c.nodes;
   const double bytes = (double)count * elemBytes;
@@ -147,13 +167,18 @@ ClusterTimes clusterModel(size_t count, size_t elemBytes, int bits, int bucket,
   // Hierarchical with a two-shot of the shard over the K nodes; one node is
   // NCCL inside it.
   if (k <= 1) {
-    t.hierUs = t.ncclUs;
+    t.hierUs = t.hierPipedUs = t.ncclUs;
     t.hier = t.nccl;
+    t.autoUs = std::min(t.flatUs, t.ncclUs);
     return t;
   }
   const AlgoShape hs = algoShape(5, c.ranks(), c.local, 1);
   t.hierKernelUs = count * (encodeUsPerElem * hs.encodeFactor + decodeUsPerElem * hs.decodeFactor);
   t.hierUs = gradcompClusterUs(t.hierKernelUs, t.hier, true, hs.latencySteps, c);
+  t.hierPieces = hierPieces(count, bucket, c, pipelineBytes);
+  t.hierPipedUs = hierPipelinedUs(t.hierKernelUs, t.hier, hs.latencySteps - 2.0 * (c.local - 1), c,
+                                  t.hierPieces);
+  t.autoUs = std::min(c.local >= 2 ? t.hierPipedUs : t.flatUs, t.ncclUs);
   return t;
 }
 

@@ -77,6 +77,24 @@ LinkBytes ncclReduceScatterClusterBytes(double outBytes, const Cluster& c);
 double concurrentLinkUs(const LinkBytes& b, const Cluster& c);
 double sequentialLinkUs(const LinkBytes& b, const Cluster& c);
 
+// The hierarchy cut into `pieces` pieces (GRADCOMP_PIPELINE_BYTES, a
+// two-shot middle stage): a three-stage pipeline of the NVLink
+// reduce-scatter (r), the inter-node stage (m: its kernels and its transfer
+// one after the other) and the NVLink allgather (a), each piece paying its
+// own latency steps:
+//   r = b.intra / 2 / pieces / intraGbps + (G-1) * latency
+//   m = kernelUs / pieces + b.inter / pieces / (nodeGbps / G) + middleSteps * latency
+//   a = r
+//   fill + drain + (pieces - 1) * max(stage) = r + m + a + (pieces - 1) * max(r, m, a).
+// One piece gives gradcompClusterUs with its stages in turn.
+double hierPipelinedUs(double kernelUs, const LinkBytes& b, double middleSteps, const Cluster& c,
+                       double pieces);
+// The pieces the library cuts a hierarchical call of `count` elements into on
+// c at pipelineBytes (0: off): the middle two-shot's pieces of the longest
+// shard, whose chunks among the K nodes are cut into pieces of
+// ceil(pipelineBytes / 4 / K) elements rounded up to whole buckets.
+double hierPieces(size_t count, int bucket, const Cluster& c, size_t pipelineBytes);
+
 // NCCL's ring over the cluster: both link classes at once, 2(N-1) steps.
 double ncclClusterUs(double bytes, const Cluster& c);
 // Its time: both link classes at once, N-1 steps.
@@ -89,13 +107,18 @@ double gradcompClusterUs(double kernelUs, const LinkBytes& b, bool stages, doubl
 
 // Modeled times of one allreduce of `count` elements of `elemBytes` each,
 // QSGD at (bits, bucket) with the kernel rates given per element (encode+EF,
-// decode-accumulate).
+// decode-accumulate). hierPipedUs: hier cut at pipelineBytes (hierPieces;
+// hierUs when one piece). autoUs: GRADCOMP_AUTO, which passes a call
+// through when its predicted compressed time (hier, pipelined, on >= 2 nodes
+// of >= 2 GPUs; else flat) is not below NCCL's: the smaller of the two.
 struct ClusterTimes {
   double ncclUs = 0, flatUs = 0, hierUs = 0;
   double flatKernelUs = 0, hierKernelUs = 0;
+  double hierPieces = 1, hierPipedUs = 0, autoUs = 0;
   LinkBytes nccl, flat, hier;
 };
 ClusterTimes clusterModel(size_t count, size_t elemBytes, int bits, int bucket,
-                          double encodeUsPerElem, double decodeUsPerElem, const Cluster& c);
+                          double encodeUsPerElem, double decodeUsPerElem, const Cluster& c,
+                          size_t pipelineBytes = 0);
 
 }  // namespace gcbench

@@ -41,6 +41,8 @@ void usage(const char* prog) {
       "      --model-local <list>   ... of G GPUs each, default 8\n"
       "      --node-gbps <list>     NIC bandwidth per node in Gb/s, default 100,400,3200\n"
       "      --intra-gbps <g>       in-node link per GPU in Gb/s, default 3600 (NVLink 4)\n"
+      "      --model-pipe <b>       the projection's pipelined hier: GRADCOMP_PIPELINE_BYTES,\n"
+      "                             default 8M (0: unpipelined)\n"
       "      --kernel-rates <f>     cpu backend: GPU report (.json, or a folder: the newest)\n"
       "                             whose kernel rates the model uses, or none; default\n"
       "                             the newest in bench/results\n"
@@ -159,6 +161,7 @@ bool parseOptions(int argc, char** argv, Options* o, int* exitCode) {
     kNodeGbps,
     kIntraGbps,
     kKernelRates,
+    kModelPipe,
     kAuto,
     kHelp,
     kLocalSize
@@ -191,6 +194,7 @@ bool parseOptions(int argc, char** argv, Options* o, int* exitCode) {
                                            {"node-gbps", required_argument, 0, kNodeGbps},
                                            {"intra-gbps", required_argument, 0, kIntraGbps},
                                            {"kernel-rates", required_argument, 0, kKernelRates},
+                                           {"model-pipe", required_argument, 0, kModelPipe},
                                            {"local-size", required_argument, 0, kLocalSize},
                                            {"auto", no_argument, 0, kAuto},
                                            {"help", no_argument, 0, 'h'},
@@ -373,6 +377,11 @@ bool parseOptions(int argc, char** argv, Options* o, int* exitCode) {
       case kIntraGbps:
         if (!parseDouble(v, 1e-3, 1e6, &o->intraGbps))
           return fail(exitCode, "%s %s not in [0.001, 1e6] Gb/s", "--intra-gbps", v);
+        break;
+      case kModelPipe:
+        if (!parseSize(v, &o->modelPipelineBytes) || o->modelPipelineBytes > (1ull << 40))
+          return fail(exitCode, "%s %s: a byte count in [0, 1T] (K/M/G suffixes)", "--model-pipe",
+                      v);
         break;
       case kKernelRates:
         o->kernelRates = v;

@@ -263,9 +263,13 @@ void printProjection(const Options& o, const std::vector<Row>& rows) {
           ? "measured in this run"
           : (first->kernelSource == KernelSource::Report ? "of the GPU report in the preamble"
                                                          : "unknown (times left out)"));
-  printf("# %10s  %8s  %5s  %6s  %9s  %9s  %9s  %6s  %6s  %11s  %11s  %11s  %9s\n", "size", "type",
-         "KxG", "L Gb/s", "nccl", "flat", "hier", "flat x", "hier x", "nccl inter", "flat inter",
-         "hier inter", "flat/hier");
+  printf(
+      "#  hier|P: hier cut into P pieces (--model-pipe %zu), its three stages "
+      "pipelined; auto: the smaller of the compressed time and NCCL's\n",
+      o.modelPipelineBytes);
+  printf("# %10s  %8s  %5s  %6s  %9s  %9s  %9s  %6s  %6s  %4s  %8s  %6s  %11s  %11s  %11s  %9s\n",
+         "size", "type", "KxG", "L Gb/s", "nccl", "flat", "hier", "flat x", "hier x", "P",
+         "hier|P x", "auto x", "nccl inter", "flat inter", "hier inter", "flat/hier");
   for (const Row& r : rows) {
     for (const ProjectionPoint& p : r.projection) {
       char kg[16];
@@ -279,12 +283,16 @@ void printProjection(const Options& o, const std::vector<Row>& rows) {
           snprintf(b, sizeof b, "-");
         return std::string(b);
       };
-      printf("  %10zu  %8s  %5s  %6g  %9s  %9s  %9s  %6s  %6s  %11.0f  %11.0f  %11.0f  %9s\n",
-             r.bytes, dtypeName(r.dtype), kg, p.nodeGbps, us(p.t.ncclUs).c_str(),
-             us(p.t.flatUs).c_str(), us(p.t.hierUs).c_str(),
-             x(ratioOrNan(p.t.ncclUs, p.t.flatUs)).c_str(),
-             x(ratioOrNan(p.t.ncclUs, p.t.hierUs)).c_str(), p.t.nccl.inter, p.t.flat.inter,
-             p.t.hier.inter, x(ratioOrNan(p.t.flat.inter, p.t.hier.inter)).c_str());
+      printf(
+          "  %10zu  %8s  %5s  %6g  %9s  %9s  %9s  %6s  %6s  %4.0f  %8s  %6s  %11.0f  %11.0f  "
+          "%11.0f  %9s\n",
+          r.bytes, dtypeName(r.dtype), kg, p.nodeGbps, us(p.t.ncclUs).c_str(),
+          us(p.t.flatUs).c_str(), us(p.t.hierUs).c_str(),
+          x(ratioOrNan(p.t.ncclUs, p.t.flatUs)).c_str(),
+          x(ratioOrNan(p.t.ncclUs, p.t.hierUs)).c_str(), p.t.hierPieces,
+          x(ratioOrNan(p.t.ncclUs, p.t.hierPipedUs)).c_str(),
+          x(ratioOrNan(p.t.ncclUs, p.t.autoUs)).c_str(), p.t.nccl.inter, p.t.flat.inter,
+          p.t.hier.inter, x(ratioOrNan(p.t.flat.inter, p.t.hier.inter)).c_str());
     }
   }
   printf("#\n");
@@ -386,6 +394,12 @@ bool writeJson(const std::string& path, const Options& o, const RunInfo& info,
               jsonNum(ratioOrNan(t.ncclUs, t.hierUs)).c_str());
       fprintf(f, "\"flat_kernel_us\": %s, \"hier_kernel_us\": %s, ",
               jsonNum(t.flatKernelUs).c_str(), jsonNum(t.hierKernelUs).c_str());
+      fprintf(f,
+              "\"hier_pipeline_bytes\": %zu, \"hier_pieces\": %s, \"hier_pipelined_time_us\": %s, "
+              "\"hier_pipelined_speedup\": %s, \"auto_time_us\": %s, \"auto_speedup\": %s, ",
+              o.modelPipelineBytes, jsonNum(t.hierPieces).c_str(), jsonNum(t.hierPipedUs).c_str(),
+              jsonNum(ratioOrNan(t.ncclUs, t.hierPipedUs)).c_str(), jsonNum(t.autoUs).c_str(),
+              jsonNum(ratioOrNan(t.ncclUs, t.autoUs)).c_str());
       fprintf(f,
               "\"nccl_intra_bytes\": %s, \"nccl_inter_bytes\": %s, \"flat_intra_bytes\": %s, "
               "\"flat_inter_bytes\": %s, \"hier_intra_bytes\": %s, \"hier_inter_bytes\": %s, ",

@@ -11,6 +11,22 @@
 
 namespace gc {
 
+// Work a wrapping stage runs around the pieces of a pipelined call (the
+// hierarchy's in-node reduce-scatter and allgather around two-shot). The
+// algorithm runs at least `pieces` pieces (the extra ones empty on this
+// rank) and calls, for q in [0, pieces + 2): before(q) if q < pieces, ahead
+// of piece q's first read of the input; then after(q - 2) if q >= 2, once
+// piece q - 2 of the output is written. Every rank thus calls them in one
+// order, whatever its own chunks' piece count.
+struct PieceHooks {
+  size_t pieces = 1;
+  virtual gradcompResult_t before(size_t q) = 0;
+  virtual gradcompResult_t after(size_t q) = 0;
+
+ protected:
+  ~PieceHooks() = default;
+};
+
 struct CallArgs {
   gradcompComm* comm;
   const void* send;
@@ -19,8 +35,9 @@ struct CallArgs {
   DType dtype;
   bool average;
   BufferState* state;
-  int bits;       // QSGD bit width for this call
-  uint64_t step;  // comm step: RNG keys are (seed, step, rank, stream)
+  int bits;                     // QSGD bit width for this call
+  uint64_t step;                // comm step: RNG keys are (seed, step, rank, stream)
+  PieceHooks* hooks = nullptr;  // two-shot only (PieceHooks)
 };
 
 struct Algorithm {

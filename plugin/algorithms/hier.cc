@@ -54,12 +54,44 @@ size_t middleWire(const gradcompComm& c, size_t len, int bits, uint64_t calls) {
   return middleAlgorithm(c, len).wireBytes(*c.inter, len, bits);
 }
 
+// A pipelined call (GRADCOMP_PIPELINE_BYTES cuts the two-shot middle stage
+// into pieces) moves the in-node stages piece by piece too. Piece q of shard
+// k is the middle's piece q of each of its chunks (two-shot's own pieces, so
+// scales and RNG draws are the unpipelined call's); in the in-node
+// collectives it travels packed, chunk after chunk, in a block of block[q]
+// elements (the longest shard's packed piece q).
+struct Seg {
+  size_t off, len;  // shard-relative
+};
+
 struct Layout {
   std::vector<size_t> off;  // shard k is [off[k], off[k+1])
   size_t shardMax = 0, myOff = 0, myLen = 0;
-  size_t padded = 0, shard = 0, middle = 0, total = 0;
+  size_t pieces = 1;
+  std::vector<Chunks> chunks;  // pipelined: shard k's middle chunks and pieces
+  std::vector<Pieces> piece;
+  std::vector<size_t> block, blockOff;  // pipelined: piece q's block and its offset in a row
+  size_t moved = 0;                     // elements of one rank's block, all pieces
+  size_t padded = 0, reduced = 0, shard = 0, middle = 0, total = 0;
   size_t len(int k) const { return off[k + 1] - off[k]; }
+  std::vector<Seg> segs(int k, size_t q) const {
+    std::vector<Seg> s;
+    const Chunks& ch = chunks[k];
+    for (size_t c = 0; c + 1 < ch.off.size(); ++c) {
+      s.push_back({ch.off[c] + q * piece[k].piece, piece[k].len(ch.len((int)c), q)});
+    }
+    return s;
+  }
 };
+
+// Pieces of a call: two-shot's on the longest shard (shard 0, which has the
+// most, splitAligned giving the earlier shards the longer chunks); one
+// where the middle stage is another algorithm or sparse.
+size_t hierPieceCount(const gradcompComm& c, size_t shardMax, int bits) {
+  if (sparseMethod(c) || shardMax == 0) return 1;
+  if (middleAlgorithm(c, shardMax).id != gradcompAlgoTwoShot) return 1;
+  return splitPieces(*c.inter, splitChunks(*c.inter, shardMax, bits)).count;
+}
 
 Layout layout(const gradcompComm& c, size_t count, int bits, uint64_t calls) {
   Layout L;
@@ -69,12 +101,182 @@ Layout layout(const gradcompComm& c, size_t count, int bits, uint64_t calls) {
   for (int k = 0; k < G; ++k) L.shardMax = std::max(L.shardMax, L.len(k));
   L.myOff = L.off[j];
   L.myLen = L.len(j);
+  L.pieces = hierPieceCount(c, L.shardMax, bits);
+  L.moved = L.shardMax;
+  if (L.pieces > 1) {
+    for (int k = 0; k < G; ++k) {
+      L.chunks.push_back(splitChunks(*c.inter, L.len(k), bits));
+      L.piece.push_back(splitPieces(*c.inter, L.chunks[k]));
+    }
+    L.moved = 0;
+    for (size_t q = 0; q < L.pieces; ++q) {
+      size_t b = 0;
+      for (int k = 0; k < G; ++k) {
+        size_t n = 0;
+        for (const Seg& s : L.segs(k, q)) n += s.len;
+        b = std::max(b, n);
+      }
+      L.blockOff.push_back(L.moved);
+      L.block.push_back(b);
+      L.moved += b;
+    }
+  }
   size_t p = 0;
-  L.padded = p, p += alignUp(G * L.shardMax * sizeof(float));  // also the allgather buffer
+  // The reduce-scatter's input, then the allgather's buffer (piece q's
+  // region: G blocks from G * blockOff[q]).
+  L.padded = p, p += alignUp(G * L.moved * sizeof(float));
+  if (L.pieces > 1) L.reduced = p, p += alignUp(L.moved * sizeof(float));
   L.shard = p, p += alignUp(L.shardMax * sizeof(float));
   L.middle = p, p += middleWorkspace(c, L.myLen, bits, calls);
   L.total = p;
   return L;
+}
+
+// Puts the in-node transport on the node lane for a pipelined call, and
+// back on the compute stream when the call ends (errors too).
+class NodeLane {
+ public:
+  NodeLane(Transport& t, Backend& be) : t_(t), be_(be) { t_.setStream(be_.nodeStream()); }
+  ~NodeLane() { t_.setStream(be_.stream()); }
+  NodeLane(const NodeLane&) = delete;
+  NodeLane& operator=(const NodeLane&) = delete;
+
+ private:
+  Transport& t_;
+  Backend& be_;
+};
+
+// The in-node stages of a pipelined call, run by two-shot's hooks. Lanes:
+// kernels (widen, copies, conversions) on the compute lane, the in-node
+// reduce-scatter and allgather on the node lane, the middle stage's
+// transfers on the comm lane. Piece q+1's reduce-scatter is issued before
+// piece q is encoded; piece q's allgather once it is decoded, and its copy
+// to the output one piece later, so the compute lane waits on neither at
+// once. Event slots (two-shot uses 0..4): kToNode hands compute work to the
+// node lane (waited on at once), kReduced+q%2 marks reduce-scatter q done,
+// kGathered+q%2 allgather q done; each is waited on one piece after it is
+// recorded, before the slot is recorded again.
+class HierPipe final : public PieceHooks {
+ public:
+  static constexpr int kToNode = 5, kReduced = 6, kGathered = 8;
+  static_assert(kGathered + 2 <= Backend::kPipeEvents, "event slots");
+
+  HierPipe(const CallArgs& a, const Layout& L, char* ws)
+      : c_(*a.comm),
+        be_(*c_.backend),
+        a_(a),
+        L_(L),
+        esz_(dtypeBytes(a.dtype)),
+        padded_(reinterpret_cast<float*>(ws + L.padded)),
+        reduced_(reinterpret_cast<float*>(ws + L.reduced)),
+        shard_(reinterpret_cast<float*>(ws + L.shard)),
+        divisor_(a.average ? (float)c_.nranks : 1.0f) {
+    pieces = L.pieces;
+  }
+
+  gradcompResult_t start() { return reducePiece(0); }
+
+  gradcompResult_t before(size_t q) override {
+    if (q + 1 < pieces) GC_CHECK(reducePiece(q + 1));
+    GC_CHECK(be_.wait(Backend::kComputeLane, kReduced + (int)(q % 2)));
+    const float* src = reduced_ + L_.blockOff[q];
+    for (const Seg& s : L_.segs(j(), q)) {
+      if (s.len) GC_CHECK(be_.copy(shard_ + s.off, src, s.len * sizeof(float)));
+      src += s.len;
+    }
+    return gradcompSuccess;
+  }
+
+  gradcompResult_t after(size_t q) override {
+    char* mine = region(q) + (size_t)j() * L_.block[q] * esz_;
+    for (const Seg& s : L_.segs(j(), q)) {
+      if (s.len) GC_CHECK(be_.fromFloat(shard_ + s.off, s.len, divisor_, a_.dtype, mine));
+      mine += s.len * esz_;
+    }
+    GC_CHECK(toNode());
+    GC_CHECK(c_.intra->allGather(region(q) + (size_t)j() * L_.block[q] * esz_, region(q),
+                                 L_.block[q] * esz_));
+    GC_CHECK(be_.record(Backend::kNodeLane, kGathered + (int)(q % 2)));
+    return q >= 1 ? unpack(q - 1) : gradcompSuccess;
+  }
+
+  gradcompResult_t finish() { return unpack(pieces - 1); }
+
+ private:
+  int j() const { return c_.topo.localRank; }
+  char* region(size_t q) const {
+    return reinterpret_cast<char*>(padded_ + c_.topo.localSize * L_.blockOff[q]);
+  }
+  gradcompResult_t toNode() {
+    GC_CHECK(be_.record(Backend::kComputeLane, kToNode));
+    return be_.wait(Backend::kNodeLane, kToNode);
+  }
+  // Widens piece q of every shard into its block and reduce-scatters them.
+  gradcompResult_t reducePiece(size_t q) {
+    const int G = c_.topo.localSize;
+    const size_t b = L_.block[q];
+    float* in = reinterpret_cast<float*>(region(q));
+    const char* send = static_cast<const char*>(a_.send);
+    for (int k = 0; k < G; ++k) {
+      float* dst = in + k * b;
+      for (const Seg& s : L_.segs(k, q)) {
+        const size_t o = L_.off[k] + s.off;
+        if (s.len) GC_CHECK(be_.toFloat(send + o * esz_, a_.dtype, nullptr, s.len, dst));
+        dst += s.len;
+      }
+      if (dst < in + (k + 1) * b) GC_CHECK(be_.zero(dst, (in + (k + 1) * b - dst) * sizeof(float)));
+    }
+    GC_CHECK(toNode());
+    GC_CHECK(c_.intra->reduceScatter(in, reduced_ + L_.blockOff[q], b, ncclFloat32, ncclSum));
+    return be_.record(Backend::kNodeLane, kReduced + (int)(q % 2));
+  }
+  // Copies piece q of every shard from the allgathered blocks to the output.
+  gradcompResult_t unpack(size_t q) {
+    GC_CHECK(be_.wait(Backend::kComputeLane, kGathered + (int)(q % 2)));
+    char* out = static_cast<char*>(a_.recv);
+    for (int k = 0; k < c_.topo.localSize; ++k) {
+      const char* src = region(q) + (size_t)k * L_.block[q] * esz_;
+      for (const Seg& s : L_.segs(k, q)) {
+        if (s.len) GC_CHECK(be_.copy(out + (L_.off[k] + s.off) * esz_, src, s.len * esz_));
+        src += s.len * esz_;
+      }
+    }
+    return gradcompSuccess;
+  }
+
+  gradcompComm& c_;
+  Backend& be_;
+  const CallArgs& a_;
+  const Layout& L_;
+  const size_t esz_;
+  float* padded_;
+  float* reduced_;
+  float* shard_;
+  const float divisor_;
+};
+
+// Pipelined: the in-node stages run piece by piece around the middle
+// stage's pieces (HierPipe). A rank whose shard is empty runs the hooks in
+// the order two-shot would, so that every rank of the node issues the same
+// in-node collectives in the same order.
+gradcompResult_t runPipelined(const CallArgs& a, const Layout& L, char* ws) {
+  gradcompComm& c = *a.comm;
+  NodeLane lane(*c.intra, *c.backend);
+  HierPipe pipe(a, L, ws);
+  GC_CHECK(pipe.start());
+  if (L.myLen) {
+    BufferState view = hierStateView(*a.state, L.myOff, L.myLen);
+    float* shard = reinterpret_cast<float*>(ws + L.shard);
+    CallArgs mid{c.inter.get(), shard, shard, L.myLen, DType::F32, false, &view, a.bits, a.step};
+    mid.hooks = &pipe;
+    GC_CHECK(runInterNode(c, middleAlgorithm(c, L.myLen), mid, ws + L.middle));
+  } else {
+    for (size_t q = 0; q < L.pieces + 2; ++q) {
+      if (q < L.pieces) GC_CHECK(pipe.before(q));
+      if (q >= 2) GC_CHECK(pipe.after(q - 2));
+    }
+  }
+  return pipe.finish();
 }
 
 gradcompResult_t run(const CallArgs& a, void* workspace) {
@@ -85,6 +287,8 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
   const int G = c.topo.localSize, j = c.topo.localRank;
   const Layout L = layout(c, a.count, a.bits, st.calls);
   char* ws = static_cast<char*>(workspace);
+  hierSetStreams(c);
+  if (L.pieces > 1) return runPipelined(a, L, ws);
   float* padded = reinterpret_cast<float*>(ws + L.padded);
   float* shard = reinterpret_cast<float*>(ws + L.shard);
   const size_t esz = dtypeBytes(a.dtype), m = L.shardMax;
@@ -92,7 +296,6 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
   char* recv = static_cast<char*>(a.recv);
   const bool unpadded = (size_t)G * m == a.count;  // every shard is m long
   gradcompComm& inter = *c.inter;
-  hierSetStreams(c);
 
   // 1. fp32 reduce-scatter inside the node (send is read before recv, which
   // may alias it, is written).
@@ -192,8 +395,7 @@ size_t hierWorkspaceBytes(const gradcompComm& c, size_t count, int bits, uint64_
 size_t hierWireBytes(const gradcompComm& c, size_t count, DType t, int bits, uint64_t calls) {
   const Layout L = layout(c, count, bits, calls);
   const size_t G = c.topo.localSize;
-  return (G - 1) * L.shardMax * (sizeof(float) + dtypeBytes(t)) +
-         middleWire(c, L.myLen, bits, calls);
+  return (G - 1) * L.moved * (sizeof(float) + dtypeBytes(t)) + middleWire(c, L.myLen, bits, calls);
 }
 
 size_t hierInterNodeBytes(const gradcompComm& c, size_t count, int bits, uint64_t calls) {
@@ -201,10 +403,12 @@ size_t hierInterNodeBytes(const gradcompComm& c, size_t count, int bits, uint64_
   return middleWire(c, L.myLen, bits, calls);
 }
 
-// The middle stage's pieces on this rank's shard.
+// Pipelined (two-shot middle): the call's pieces, the same on every rank.
+// Otherwise the middle stage's pieces on this rank's shard.
 static size_t hierPieces(const gradcompComm& c, size_t count, int bits) {
   if (sparseMethod(c)) return 1;
   const Layout L = layout(c, count, bits, kSteadyState);
+  if (L.pieces > 1) return L.pieces;
   const Algorithm& mid = middleAlgorithm(c, L.myLen);
   return mid.pieces != nullptr && L.myLen > 0 ? mid.pieces(*c.inter, L.myLen, bits) : 1;
 }

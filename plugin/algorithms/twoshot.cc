@@ -198,7 +198,9 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
 
   // Event slots: 0 hands compute work to the comm lane (waited on at once);
   // 1+q%2 marks exchange q done, 3+q%2 allgather q done (two in flight).
-  const bool piped = P.count > 1;
+  // Pieces past this rank's own count are empty: only the hooks run.
+  const size_t Q = a.hooks != nullptr ? std::max(P.count, a.hooks->pieces) : P.count;
+  const bool piped = Q > 1;
   CommLane lane(c, piped);
   auto toComm = [&]() -> gradcompResult_t {
     if (!piped) return gradcompSuccess;
@@ -207,7 +209,8 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
   };
   auto mark = [&](int ev) { return piped ? be.record(Backend::kCommLane, ev) : gradcompSuccess; };
   auto await = [&](int ev) { return piped ? be.wait(Backend::kComputeLane, ev) : gradcompSuccess; };
-  for (size_t q = 0; q < P.count + 2; ++q) {
+  for (size_t q = 0; q < Q + 2; ++q) {
+    if (q < Q && a.hooks != nullptr) GC_CHECK(a.hooks->before(q));
     if (q < P.count) {
       GC_CHECK(encodePiece(q));
       GC_CHECK(toComm());
@@ -221,10 +224,11 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
       GC_CHECK(gatherPiece(q - 1));
       GC_CHECK(mark(3 + (int)((q - 1) % 2)));
     }
-    if (q >= 2) {
+    if (q >= 2 && q - 2 < P.count) {
       GC_CHECK(await(3 + (int)((q - 2) % 2)));
       GC_CHECK(decodePiece(q - 2));
     }
+    if (q >= 2 && a.hooks != nullptr) GC_CHECK(a.hooks->after(q - 2));
   }
   return gradcompSuccess;
 }

@@ -58,14 +58,17 @@ class Backend {
   // acc[i] += x[i]
   virtual gradcompResult_t add(float* acc, const float* x, size_t n) = 0;
 
-  // Pipelined calls (algorithms/pipeline.h): the transport runs on a second
+  // Pipelined calls (algorithms.h, Pieces): the transport runs on a second
   // lane, the comm stream, while kernels stay on the compute lane (the
-  // caller's stream); event slots order one lane after the other. Each
-  // record is waited on before its slot is recorded again. The CPU backend
-  // runs every operation in call order, so there these are no-ops.
-  enum Lane { kComputeLane = 0, kCommLane = 1 };
-  static constexpr int kPipeEvents = 8;
+  // caller's stream); a pipelined hierarchical call moves its in-node
+  // collectives to a third, the node stream, so that they overlap the
+  // inter-node ones. Event slots order one lane after another. Each record is
+  // waited on before its slot is recorded again. The CPU backend runs every
+  // operation in call order, so there these are no-ops.
+  enum Lane { kComputeLane = 0, kCommLane = 1, kNodeLane = 2 };
+  static constexpr int kPipeEvents = 12;
   virtual cudaStream_t commStream() const { return stream_; }
+  virtual cudaStream_t nodeStream() const { return stream_; }
   // Marks the point the lane has reached in event slot `ev`.
   virtual gradcompResult_t record(int lane, int ev) { return gradcompSuccess; }
   // Later work on `lane` waits for the last record of slot `ev`.

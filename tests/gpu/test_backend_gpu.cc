@@ -119,4 +119,34 @@ TEST_F(BackendGpu, AllocZeroCopyAndHostTransfers) {
   EXPECT_FALSE(gpu->capturing());
 }
 
+// Pipelined calls' lanes (a pipelined hierarchical call uses all three): the
+// comm and node streams are the backend's own, and a chain compute -> node
+// -> comm -> compute ordered by event slots alone sees each copy complete.
+TEST_F(BackendGpu, LanesAreOrderedByEventSlots) {
+  ASSERT_EQ(gpu->init(), gradcompSuccess);
+  ASSERT_NE(gpu->commStream(), gpu->nodeStream());
+  ASSERT_NE(gpu->commStream(), stream);
+  ASSERT_NE(gpu->nodeStream(), stream);
+  const size_t n = 1 << 22;
+  const std::vector<float> x = gctest::normal(n, 3);
+  DeviceBuffer<float> a(n), b(n), c(n), d(n);
+  a.upload(x);
+  using B = gc::Backend;
+  ASSERT_EQ(gpu->copy(b.get(), a.get(), n * 4), gradcompSuccess);
+  ASSERT_EQ(gpu->record(B::kComputeLane, 5), gradcompSuccess);
+  ASSERT_EQ(gpu->wait(B::kNodeLane, 5), gradcompSuccess);
+  ASSERT_EQ(cudaMemcpyAsync(c.get(), b.get(), n * 4, cudaMemcpyDeviceToDevice, gpu->nodeStream()),
+            cudaSuccess);
+  ASSERT_EQ(gpu->record(B::kNodeLane, 6), gradcompSuccess);
+  ASSERT_EQ(gpu->wait(B::kCommLane, 6), gradcompSuccess);
+  ASSERT_EQ(cudaMemcpyAsync(d.get(), c.get(), n * 4, cudaMemcpyDeviceToDevice, gpu->commStream()),
+            cudaSuccess);
+  ASSERT_EQ(gpu->record(B::kCommLane, B::kPipeEvents - 1), gradcompSuccess);
+  ASSERT_EQ(gpu->wait(B::kComputeLane, B::kPipeEvents - 1), gradcompSuccess);
+  ASSERT_EQ(gpu->add(d.get(), a.get(), n), gradcompSuccess);
+  ASSERT_EQ(gpu->sync(), gradcompSuccess);
+  const std::vector<float> got = d.download(n);
+  for (size_t i = 0; i < n; ++i) ASSERT_EQ(got[i], x[i] + x[i]) << i;
+}
+
 }  // namespace

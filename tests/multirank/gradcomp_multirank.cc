@@ -145,6 +145,8 @@ void checkAlgo(ncclComm_t nc, cudaStream_t st, gradcompAlgo_t algo, DType t, boo
       report(stats.callsPerAlgo[gradcompAlgoHier] == (uint64_t)step + 1 &&
                  stats.bytesInterNode > 0 && stats.bytesInterNode < stats.bytesOnWire,
              std::string(what) + ": hier counted, inter-node bytes below the total");
+      // Pipelined: the in-node stages run piece by piece around two-shot's pieces.
+      if (pipelineBytes > 0) report(stats.piecesLast > 1, std::string(what) + ": hier pipelined");
     }
   }
   cudaFree(dbuf);
@@ -851,8 +853,9 @@ int main() {
           if (localSize > 1 && n == 5000) continue;
           checkSparse(nc, st, sc, t, avg, n);
         }
-  // Pipelined two-shot (flat, or the hierarchy's middle stage): pieces of
-  // one and of three buckets of every chunk, the latter not dividing them.
+  // Pipelined two-shot (flat, or the hierarchy's middle stage with its
+  // in-node stages around it on a third stream): pieces of one and of three
+  // buckets of every chunk, the latter not dividing them.
   for (DType t : {DType::F32, DType::F16, DType::BF16})
     for (bool avg : {false, true})
       for (size_t piece : {(size_t)64, (size_t)192}) {

@@ -30,6 +30,7 @@ class CudaBackend final : public Backend {
       if (e != nullptr) (void)cudaEventDestroy(e);
     }
     if (commStream_ != nullptr) (void)cudaStreamDestroy(commStream_);
+    if (nodeStream_ != nullptr) (void)cudaStreamDestroy(nodeStream_);
   }
 
   gradcompResult_t init() override {
@@ -39,12 +40,14 @@ class CudaBackend final : public Backend {
     // Made once here, never on the data path, so pipelined calls stay
     // capturable: the comm stream joins a capture through the events.
     GC_CUDACHECK(cudaStreamCreateWithFlags(&commStream_, cudaStreamNonBlocking));
+    GC_CUDACHECK(cudaStreamCreateWithFlags(&nodeStream_, cudaStreamNonBlocking));
     for (cudaEvent_t& e : events_) {
       GC_CUDACHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
     }
     return gradcompSuccess;
   }
   cudaStream_t commStream() const override { return commStream_; }
+  cudaStream_t nodeStream() const override { return nodeStream_; }
   gradcompResult_t record(int lane, int ev) override {
     GC_CUDACHECK(cudaEventRecord(events_[ev], laneStream(lane)));
     return gradcompSuccess;
@@ -140,10 +143,12 @@ class CudaBackend final : public Backend {
   }
 
  private:
-  cudaStream_t laneStream(int lane) const { return lane == kCommLane ? commStream_ : stream_; }
+  cudaStream_t laneStream(int lane) const {
+    return lane == kCommLane ? commStream_ : lane == kNodeLane ? nodeStream_ : stream_;
+  }
 
   uint64_t* stepDev_ = nullptr;
-  cudaStream_t commStream_ = nullptr;
+  cudaStream_t commStream_ = nullptr, nodeStream_ = nullptr;
   cudaEvent_t events_[kPipeEvents] = {};
 };
 
