@@ -5,20 +5,23 @@
 # the last (the machine is kept only while calls follow each other; the build
 # in build-gpu/ is then reused):
 #
-#   GC_STEPS=core    build, tests (GRADCOMP_TEST_GPU=1), multirank, memcheck    ~5 min
-#   GC_STEPS=perf    gradcomp_perf rows, kernels, torch.topk, plots             ~5 min
-#   GC_STEPS=hooks   gradcomp.torch's DDP and FSDP2 hooks (torch_hooks)         ~7 min
-#   GC_STEPS=ddp     PyTorch DDP under LD_PRELOAD, flat and hierarchical        ~7 min
-#   GC_STEPS=fsdp_lm FSDP2 under LD_PRELOAD, the GPT head-to-head (lm_compare)  ~8.5 min
-#   GC_STEPS=link    gradcomp_perf over tc-shaped links (tc_link, root)         ~6 min
-#   GC_STEPS=profile Nsight Compute: each kernel's limiter (ncu_profile.sh)     ~3 min
+#   GC_STEPS=core      build, tests (GRADCOMP_TEST_GPU=1), multirank, memcheck  ~5 min
+#   GC_STEPS=perf      the goal rows: gradcomp_perf N=1/8 and pipelined, kernels,
+#                      torch.topk, Nsight Compute's kernel limiters, plots      ~6 min
+#   GC_STEPS=perf_more pipelined ring and hierarchy, auto's regret (allreduce,
+#                      reduce-scatter), sparse and reduce-scatter rows          ~5 min
+#   GC_STEPS=hooks     gradcomp.torch's DDP and FSDP2 hooks (torch_hooks)       ~7 min
+#   GC_STEPS=ddp       PyTorch DDP under LD_PRELOAD, flat and hierarchical      ~7 min
+#   GC_STEPS=fsdp_lm   FSDP2 under LD_PRELOAD, the GPT head-to-head (lm_compare) ~8.5 min
+#   GC_STEPS=link      gradcomp_perf over tc-shaped links (tc_link, root)       ~6 min
 #
 # (minutes with a bare build; each group's limits fit 540 s.) With 15 minutes
-# of device time per session: core + perf in the first, hooks + link in the
-# second, ddp in the third, fsdp_lm in the fourth. GC_STEPS also takes step
-# names (tests multirank perf kernels torch_topk tc_link ddp fsdp torch_hooks
-# lm_compare plots profile) and several groups; unset, everything runs (about 40
-# minutes). The build always runs first (seconds when build-gpu/ is built).
+# of device time per session: core + perf in the first, perf_more + hooks in
+# the second, link + ddp in the third, fsdp_lm in the fourth. GC_STEPS also
+# takes step names (tests multirank memcheck perf kernels torch_topk profile
+# perf_more tc_link ddp fsdp torch_hooks lm_compare plots) and several groups;
+# unset, everything runs (about 45 minutes). The build always runs first
+# (seconds when build-gpu/ is built).
 #
 # Writes bench/results/<name>.md and .json (+ PNGs, raw outputs in
 # bench/results/<name>/, <name> = <date>-<gpu> or GC_RUN_NAME), and copies the
@@ -41,14 +44,14 @@ root=$(pwd)
 # Groups of steps, in the order a session runs them; each fits one call.
 declare -A groups=(
   [core]="tests multirank memcheck"
-  [perf]="perf kernels torch_topk plots"
+  [perf]="perf kernels torch_topk profile plots"
+  [perf_more]="perf_more"
   [hooks]="torch_hooks"
   [ddp]="ddp"
   [fsdp_lm]="fsdp lm_compare"
   [link]="tc_link"
-  [profile]="profile"
 )
-all_steps="tests multirank memcheck perf kernels torch_topk tc_link ddp fsdp torch_hooks lm_compare plots profile"
+all_steps="tests multirank memcheck perf kernels torch_topk profile perf_more tc_link ddp fsdp torch_hooks lm_compare plots"
 steps_sel=" "
 for s in ${GC_STEPS:-$all_steps}; do
   if [ -n "${groups[$s]:-}" ]; then
@@ -56,7 +59,7 @@ for s in ${GC_STEPS:-$all_steps}; do
   elif [[ " $all_steps " == *" $s "* ]]; then
     steps_sel+="$s "
   else
-    echo "gpu-check: GC_STEPS names '$s', not a group (core perf hooks ddp fsdp_lm link profile) or a step ($all_steps)" >&2
+    echo "gpu-check: GC_STEPS names '$s', not a group (core perf perf_more hooks ddp fsdp_lm link) or a step ($all_steps)" >&2
     exit 2
   fi
 done
@@ -182,29 +185,6 @@ want perf && run_step perf_n8 90 "$raw/perf_n8.txt" "$perf" --backend cuda -N 8 
 want perf && run_step perf_n8_pipe 45 "$raw/perf_n8_pipe.txt" env GRADCOMP_PIPELINE_BYTES=67108864 \
   "$perf" --backend cuda -N 8 -b 256M -e 256M -n 2 -w 1 -m qsgd -d float \
   --link-gbps 10,25,100,400 --json "$raw/perf_n8_pipe.json"
-# The pipelined ring, same call and pieces (-a ring): checked like every row, with
-# its pipelined model beside the unpipelined one (docs/algorithms.md, "Pipelined ring").
-want perf && run_step perf_n8_ring_pipe 40 "$raw/perf_n8_ring_pipe.txt" \
-  env GRADCOMP_PIPELINE_BYTES=67108864 "$perf" --backend cuda -N 8 -b 256M -e 256M -n 2 -w 1 \
-  -m qsgd -d float -a ring --link-gbps 10,25,100,400 --json "$raw/perf_n8_ring_pipe.json"
-# GRADCOMP_AUTO against forced compression and NCCL on one link (2 ranks
-# sharing the GPU): auto_regret_max_frac of the report.
-want perf && run_step perf_auto 60 "$raw/perf_auto.txt" "$perf" --backend cuda -N 2 -b 1M -e 256M \
-  -f 4 -n 5 -w 2 -m qsgd --auto --json "$raw/perf_auto.json"
-# The same for the reduce-scatter, whose auto times its own two paths: inputs
-# of 1 MB .. 256 MB (outputs half that), auto_rs_regret_max_frac of the report.
-want perf && run_step perf_auto_rs 30 "$raw/perf_auto_rs.txt" "$perf" --backend cuda -N 2 \
-  -C reduce_scatter -b 512K -e 128M -f 4 -n 5 -w 2 -m qsgd --auto --json "$raw/perf_auto_rs.json"
-want perf && run_step perf_n8_sparse 50 "$raw/perf_n8_sparse.txt" "$perf" --backend cuda -N 8 -b 4M \
-  -e 256M -f 4 -n 5 -w 2 -m topk,dgc,randk -k 0.001 --link-gbps 10,25,100,400 \
-  --json "$raw/perf_n8_sparse.json"
-want perf && run_step perf_n8_rs 40 "$raw/perf_n8_rs.txt" "$perf" --backend cuda -N 8 \
-  -C reduce_scatter -b 128K -e 32M -f 4 -n 5 -w 2 -m qsgd -d float --link-gbps 10,25,100 \
-  --json "$raw/perf_n8_rs.json"
-# The hierarchical reduce-scatter: 2 nodes of 4 ranks, two-link-class model.
-want perf && run_step perf_n8_hier_rs 30 "$raw/perf_n8_hier_rs.txt" "$perf" --backend cuda -N 8 \
-  -C reduce_scatter --local-size 4 -b 1M -e 32M -f 4 -n 5 -w 2 -m qsgd -d float,bfloat16 \
-  --json "$raw/perf_n8_hier_rs.json"
 want kernels && run_step kernels 15 "$raw/kernels.txt" "$build/bench/gradcomp_kernels_perf" \
   --json "$raw/kernels.json"
 want torch_topk && run_step torch_topk 20 "$raw/torch_topk.txt" python3 bench/torch_topk.py \
@@ -212,6 +192,36 @@ want torch_topk && run_step torch_topk 20 "$raw/torch_topk.txt" python3 bench/to
 # Nsight Compute on the kernels at 2^26: which of memory, issue or latency bounds each
 # (profile.json; the report's kernel limiters table, docs/algorithms.md's).
 want profile && run_step profile 150 "$raw/profile.txt" bash tools/ncu_profile.sh "$raw" "$build"
+# --- perf_more: the rows whose keys are not goals of the kernels or the pipelined model
+# The pipelined ring, same call and pieces (-a ring): checked like every row, with
+# its pipelined model beside the unpipelined one (docs/algorithms.md, "Pipelined ring").
+want perf_more && run_step perf_n8_ring_pipe 40 "$raw/perf_n8_ring_pipe.txt" \
+  env GRADCOMP_PIPELINE_BYTES=67108864 "$perf" --backend cuda -N 8 -b 256M -e 256M -n 2 -w 1 \
+  -m qsgd -d float -a ring --link-gbps 10,25,100,400 --json "$raw/perf_n8_ring_pipe.json"
+# GRADCOMP_AUTO against forced compression and NCCL on one link (2 ranks
+# sharing the GPU): auto_regret_max_frac of the report.
+want perf_more && run_step perf_auto 60 "$raw/perf_auto.txt" "$perf" --backend cuda -N 2 -b 1M -e 256M \
+  -f 4 -n 5 -w 2 -m qsgd --auto --json "$raw/perf_auto.json"
+# The same for the reduce-scatter, whose auto times its own two paths: inputs
+# of 1 MB .. 256 MB (outputs half that), auto_rs_regret_max_frac of the report.
+want perf_more && run_step perf_auto_rs 30 "$raw/perf_auto_rs.txt" "$perf" --backend cuda -N 2 \
+  -C reduce_scatter -b 512K -e 128M -f 4 -n 5 -w 2 -m qsgd --auto --json "$raw/perf_auto_rs.json"
+want perf_more && run_step perf_n8_sparse 50 "$raw/perf_n8_sparse.txt" "$perf" --backend cuda -N 8 -b 4M \
+  -e 256M -f 4 -n 5 -w 2 -m topk,dgc,randk -k 0.001 --link-gbps 10,25,100,400 \
+  --json "$raw/perf_n8_sparse.json"
+want perf_more && run_step perf_n8_rs 40 "$raw/perf_n8_rs.txt" "$perf" --backend cuda -N 8 \
+  -C reduce_scatter -b 128K -e 32M -f 4 -n 5 -w 2 -m qsgd -d float --link-gbps 10,25,100 \
+  --json "$raw/perf_n8_rs.json"
+# The hierarchical reduce-scatter: 2 nodes of 4 ranks, two-link-class model.
+want perf_more && run_step perf_n8_hier_rs 30 "$raw/perf_n8_hier_rs.txt" "$perf" --backend cuda -N 8 \
+  -C reduce_scatter --local-size 4 -b 1M -e 32M -f 4 -n 5 -w 2 -m qsgd -d float,bfloat16 \
+  --json "$raw/perf_n8_hier_rs.json"
+# The pipelined hierarchy: 8 ranks as 4 nodes of 2, 256 MB fp32, the middle two-shot's
+# shard cut into 32 MB pieces (docs/algorithms.md, "Pipelined hierarchy"): checked like
+# every row, with the row's pipelined three-stage model.
+want perf_more && run_step perf_n8_hier_pipe 45 "$raw/perf_n8_hier_pipe.txt" \
+  env GRADCOMP_PIPELINE_BYTES=33554432 "$perf" --backend cuda -N 8 --local-size 2 -b 256M \
+  -e 256M -n 3 -w 1 -m qsgd -d float --json "$raw/perf_n8_hier_pipe.json"
 # A real slow link: ranks in network namespaces over tc-shaped veths (10, 25 Gb/s; N = 2, 4).
 want tc_link && run_step tc_link 420 "$raw/tc_link.txt" bash tools/tc_link.sh "$raw" "$build"
 

@@ -437,6 +437,11 @@ def main():
                         ("perf_n8.txt", "gradcomp_perf, 8 ranks on one GPU (modeled columns)"),
                         ("perf_n8_pipe.txt",
                          "gradcomp_perf, 8 ranks, pipelined two-shot (GRADCOMP_PIPELINE_BYTES=64M)"),
+                        ("perf_n8_ring_pipe.txt",
+                         "gradcomp_perf, 8 ranks, pipelined ring (GRADCOMP_PIPELINE_BYTES=64M)"),
+                        ("perf_n8_hier_pipe.txt",
+                         "gradcomp_perf, 8 ranks as 4 nodes of 2, pipelined hierarchy "
+                         "(GRADCOMP_PIPELINE_BYTES=32M)"),
                         ("perf_n8_sparse.txt", "gradcomp_perf, sparse methods, 8 ranks"),
                         ("perf_n8_rs.txt", "gradcomp_perf -C reduce_scatter, 8 ranks (modeled columns)"),
                         ("perf_n8_hier_rs.txt", "gradcomp_perf -C reduce_scatter --local-size 4, 8 ranks "
@@ -445,6 +450,7 @@ def main():
                         ("perf_auto_rs.txt", "gradcomp_perf -C reduce_scatter --auto, 2 ranks "
                          "(GRADCOMP_AUTO's regret on the reduce-scatter)"),
                         ("kernels.txt", "gradcomp_kernels_perf"),
+                        ("profile.txt", "Nsight Compute, tools/ncu_profile.sh"),
                         ("torch_topk.txt", "torch.topk on the same data")):
         body = t(name)
         L += ["## " + title, ""]
