@@ -185,6 +185,18 @@ bool parseArgs(int argc, char** argv, Args* a) {
   return true;
 }
 
+// Microseconds per launch of `reps` back-to-back launches.
+template <typename F>
+double batchUs(cudaStream_t s, cudaEvent_t a, cudaEvent_t b, int reps, F&& launch) {
+  CHECK_CUDA(cudaEventRecord(a, s));
+  for (int i = 0; i < reps; ++i) launch();
+  CHECK_CUDA(cudaEventRecord(b, s));
+  CHECK_CUDA(cudaEventSynchronize(b));
+  float ms = 0;
+  CHECK_CUDA(cudaEventElapsedTime(&ms, a, b));
+  return ms * 1e3 / reps;
+}
+
 // Per-launch time in us: batches long enough to swamp launch gaps, median of 5.
 // once: a single launch, timed alone (under a profiler).
 template <typename F>
@@ -192,35 +204,14 @@ double timeIt(cudaStream_t s, F&& launch, bool once = false) {
   cudaEvent_t a, b;
   CHECK_CUDA(cudaEventCreate(&a));
   CHECK_CUDA(cudaEventCreate(&b));
-  if (once) {
-    CHECK_CUDA(cudaEventRecord(a, s));
-    launch();
-    CHECK_CUDA(cudaEventRecord(b, s));
-    CHECK_CUDA(cudaEventSynchronize(b));
-    float ms = 0;
-    CHECK_CUDA(cudaEventElapsedTime(&ms, a, b));
-    cudaEventDestroy(a);
-    cudaEventDestroy(b);
-    return ms * 1e3;
-  }
-  launch();
-  launch();
-  CHECK_CUDA(cudaEventRecord(a, s));
-  launch();
-  CHECK_CUDA(cudaEventRecord(b, s));
-  CHECK_CUDA(cudaEventSynchronize(b));
-  float one = 0;
-  CHECK_CUDA(cudaEventElapsedTime(&one, a, b));
-  const int reps = std::max(3, std::min(200, (int)(5.0 / std::max(one, 1e-3f))));
   std::vector<double> per;
-  for (int batch = 0; batch < 5; ++batch) {
-    CHECK_CUDA(cudaEventRecord(a, s));
-    for (int i = 0; i < reps; ++i) launch();
-    CHECK_CUDA(cudaEventRecord(b, s));
-    CHECK_CUDA(cudaEventSynchronize(b));
-    float ms = 0;
-    CHECK_CUDA(cudaEventElapsedTime(&ms, a, b));
-    per.push_back(ms * 1e3 / reps);
+  if (once) {
+    per.push_back(batchUs(s, a, b, 1, launch));
+  } else {
+    launch();
+    const double one = batchUs(s, a, b, 1, launch);
+    const int reps = std::max(3, std::min(200, (int)(5000.0 / std::max(one, 1.0))));
+    for (int batch = 0; batch < 5; ++batch) per.push_back(batchUs(s, a, b, reps, launch));
   }
   cudaEventDestroy(a);
   cudaEventDestroy(b);
