@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <memory>
 #include <string>
+#include <functional>
 #include <vector>
 
 #include "gradcomp.h"
@@ -278,12 +279,27 @@ TEST(AutoTune, RetuneWithNothingToCompressDoesNothing) {
   }
 }
 
-// The timing path itself (the CUDA backend's, with the host clock here): it
-// compresses at both sizes although minElements would pass them, agrees, and
-// leaves the caller's residuals, momentum, RNG step, stats, workspace and
-// config as they were: calls around a timing equal, bit for bit, those of a
-// comm that never timed.
-TEST(AutoTune, TimingLeavesTheCommAsItWas) {
+namespace {
+
+std::vector<char> savedState(gradcompComm_t c) {
+  size_t bytes = 0;
+  EXPECT_EQ(gradcompCommStateSize(c, &bytes), gradcompSuccess);
+  std::vector<char> v(bytes);
+  EXPECT_EQ(gradcompCommSaveState(c, v.data(), bytes), gradcompSuccess);
+  return v;
+}
+
+// The timing path itself (the CUDA backend's, with the host clock here), for
+// one collective: `call(world, count, seed)` makes one call on every rank and
+// `which` is that collective's decision. The timing compresses at both sizes
+// (whole blocks of the input: `small` and `large`) although minElements would
+// pass them, agrees, and leaves the caller's residuals, momentum, RNG step,
+// stats, workspace and config as they were: calls around a timing equal, bit
+// for bit, those of a comm that never timed (`calls` counts them).
+using CallFn = std::function<std::vector<std::vector<float>>(gctest::CpuWorld&, size_t, uint64_t)>;
+void checkTimingLeavesTheCommAsItWas(int N, size_t count, const CallFn& call,
+                                     gc::AutoDecision gc::AutoState::*which, size_t small,
+                                     size_t large, uint64_t gradcompStats_t::*calls) {
   for (gradcompMethod_t method : {gradcompMethodQsgd, gradcompMethodDgc}) {
     SCOPED_TRACE(testing::Message() << "method " << (int)method);
     gradcompConfig_t cfg = autoConfig(1);
@@ -292,65 +308,67 @@ TEST(AutoTune, TimingLeavesTheCommAsItWas) {
     cfg.warmupSteps = method == gradcompMethodDgc ? 3 : 0;
     gradcompConfig_t off = cfg;
     off.autoTune = 0;
-    gctest::CpuWorld w(2, cfg), twin(2, off);
-    const size_t n = 6000;
-    for (int r = 0; r < 2; ++r) gc::autoInjectFigures(w.comm(r), kCompressWins);
+    gctest::CpuWorld w(N, cfg), twin(N, off);
+    for (int r = 0; r < N; ++r) gc::autoInjectFigures(w.comm(r), kCompressWins);
     std::vector<std::vector<std::vector<float>>> got, want;
     for (int step = 0; step < 2; ++step) {
-      got.push_back(callAll(w, n, 10 + step));
-      want.push_back(callAll(twin, n, 10 + step));
+      got.push_back(call(w, count, 10 + step));
+      want.push_back(call(twin, count, 10 + step));
     }
-    std::vector<std::vector<char>> saved(2);
-    std::vector<gradcompStats_t> statsBefore(2);
-    for (int r = 0; r < 2; ++r) {
+    std::vector<std::vector<char>> saved(N);
+    std::vector<gradcompStats_t> statsBefore(N);
+    std::vector<void*> workspace(N);
+    for (int r = 0; r < N; ++r) {
       gradcompComm* c = w.comm(r);
-      size_t bytes = 0;
-      ASSERT_EQ(gradcompCommStateSize(c, &bytes), gradcompSuccess);
-      saved[r].resize(bytes);
-      ASSERT_EQ(gradcompCommSaveState(c, saved[r].data(), bytes), gradcompSuccess);
+      saved[r] = savedState(c);
       statsBefore[r] = stats(c);
-      c->autoState.allReduce.injected = false;
+      workspace[r] = c->workspace;
+      (c->autoState.*which).injected = false;
       c->autoState.timeOnHost = true;
       c->autoState.timedCounts[0] = 2048;
       c->autoState.timedCounts[1] = 8192;
       c->cfg.minElements = 1 << 20;
     }
-    std::vector<void*> workspace = {w.comm(0)->workspace, w.comm(1)->workspace};
     auto res = w.run([&](int r) { return gradcompCommRetune(w.comm(r), nullptr); });
-    for (int r = 0; r < 2; ++r) {
+    const gc::AutoDecision& a0 = w.comm(0)->autoState.*which;
+    for (int r = 0; r < N; ++r) {
       gradcompComm* c = w.comm(r);
       ASSERT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
-      const gc::AutoDecision& a = c->autoState.allReduce;
+      const gc::AutoDecision& a = c->autoState.*which;
       EXPECT_TRUE(a.timed);
       EXPECT_EQ(a.timedCompressed, 2u * (gc::kAutoWarmupCalls + gc::kAutoTimedCalls));
-      EXPECT_EQ(a.figures.smallCount, 2048u);
-      EXPECT_EQ(a.figures.largeCount, 8192u);
+      EXPECT_EQ(a.figures.smallCount, small);
+      EXPECT_EQ(a.figures.largeCount, large);
       EXPECT_EQ(gc::autoCheckFigures(a.figures), gradcompSuccess);
-      EXPECT_EQ(memcmp(&a.figures, &w.comm(0)->autoState.allReduce.figures, sizeof(a.figures)), 0);
-      EXPECT_EQ(a.range[1].lo, w.comm(0)->autoState.allReduce.range[1].lo);
-      EXPECT_EQ(a.range[1].hi, w.comm(0)->autoState.allReduce.range[1].hi);
+      EXPECT_EQ(memcmp(&a.figures, &a0.figures, sizeof(a.figures)), 0);
+      EXPECT_EQ(a.range[1].lo, a0.range[1].lo);
+      EXPECT_EQ(a.range[1].hi, a0.range[1].hi);
       EXPECT_EQ(c->cfg.minElements, size_t(1) << 20);
       EXPECT_EQ(c->workspace, workspace[r]);
       const gradcompStats_t s = stats(c);
       EXPECT_EQ(memcmp(&s, &statsBefore[r], sizeof(s)), 0);
-      size_t bytes = 0;
-      ASSERT_EQ(gradcompCommStateSize(c, &bytes), gradcompSuccess);
-      std::vector<char> now(bytes);
-      ASSERT_EQ(gradcompCommSaveState(c, now.data(), bytes), gradcompSuccess);
-      EXPECT_TRUE(now == saved[r]) << "the residual state changed";
+      EXPECT_TRUE(savedState(c) == saved[r]) << "the residual state changed";
       c->cfg.minElements = 0;
       gc::autoInjectFigures(c, kCompressWins);
     }
     res = w.run([&](int r) { return gradcompCommRetune(w.comm(r), nullptr); });
     for (int step = 2; step < 4; ++step) {
-      got.push_back(callAll(w, n, 10 + step));
-      want.push_back(callAll(twin, n, 10 + step));
+      got.push_back(call(w, count, 10 + step));
+      want.push_back(call(twin, count, 10 + step));
     }
     for (size_t k = 0; k < got.size(); ++k)
-      for (int r = 0; r < 2; ++r)
+      for (int r = 0; r < N; ++r)
         EXPECT_TRUE(got[k][r] == want[k][r]) << "call " << k << " rank " << r;
-    EXPECT_EQ(stats(w.comm(0)).callsCompressed, 4u);
+    EXPECT_EQ(stats(w.comm(0)).*calls, 4u);
   }
+}
+
+}  // namespace
+
+TEST(AutoTune, TimingLeavesTheCommAsItWas) {
+  checkTimingLeavesTheCommAsItWas(
+      2, 6000, [](gctest::CpuWorld& w, size_t n, uint64_t seed) { return callAll(w, n, seed); },
+      &gc::AutoState::allReduce, 2048, 8192, &gradcompStats_t::callsCompressed);
 }
 
 // The CPU backend, reporting a CUDA-graph capture in progress when told to.
@@ -511,14 +529,6 @@ void expectExactReduceScatter(const std::vector<std::vector<float>>& in,
       ASSERT_EQ(out[r][k], sum) << "rank " << r << " element " << k;
     }
   }
-}
-
-std::vector<char> savedState(gradcompComm_t c) {
-  size_t bytes = 0;
-  EXPECT_EQ(gradcompCommStateSize(c, &bytes), gradcompSuccess);
-  std::vector<char> v(bytes);
-  EXPECT_EQ(gradcompCommSaveState(c, v.data(), bytes), gradcompSuccess);
-  return v;
 }
 
 }  // namespace
@@ -732,69 +742,12 @@ TEST(AutoTune, ReduceScatterOnAHierarchicalComm) {
   }
 }
 
-// The timing path of the reduce-scatter (the CUDA backend's, on the host
-// clock here): its sizes are whole blocks of the input (3 ranks: 2048 and
-// 8192 round down to 2046 and 8190), it compresses at both although
-// minElements would pass them, and it leaves the comm as it was: calls
-// around it equal, bit for bit, those of a comm that never timed.
+// The same for the reduce-scatter's timing: its sizes are whole blocks of the
+// input (3 ranks: 2048 and 8192 round down to 2046 and 8190).
 TEST(AutoTune, ReduceScatterTimingLeavesTheCommAsItWas) {
-  for (gradcompMethod_t method : {gradcompMethodQsgd, gradcompMethodDgc}) {
-    SCOPED_TRACE(testing::Message() << "method " << (int)method);
-    gradcompConfig_t cfg = autoConfig(1);
-    cfg.method = method;
-    cfg.density = 0.05f;
-    cfg.warmupSteps = method == gradcompMethodDgc ? 3 : 0;
-    gradcompConfig_t off = cfg;
-    off.autoTune = 0;
-    gctest::CpuWorld w(3, cfg), twin(3, off);
-    const size_t rc = 2000;
-    for (int r = 0; r < 3; ++r) gc::autoInjectFigures(w.comm(r), kCompressWins);
-    std::vector<std::vector<std::vector<float>>> got, want;
-    for (int step = 0; step < 2; ++step) {
-      got.push_back(rsAll(w, rc, 10 + step));
-      want.push_back(rsAll(twin, rc, 10 + step));
-    }
-    std::vector<std::vector<char>> saved(3);
-    std::vector<gradcompStats_t> statsBefore(3);
-    for (int r = 0; r < 3; ++r) {
-      gradcompComm* c = w.comm(r);
-      saved[r] = savedState(c);
-      statsBefore[r] = stats(c);
-      c->autoState.reduceScatter.injected = false;
-      c->autoState.timeOnHost = true;
-      c->autoState.timedCounts[0] = 2048;
-      c->autoState.timedCounts[1] = 8192;
-      c->cfg.minElements = 1 << 20;
-    }
-    auto res = w.run([&](int r) { return gradcompCommRetune(w.comm(r), nullptr); });
-    for (int r = 0; r < 3; ++r) {
-      gradcompComm* c = w.comm(r);
-      ASSERT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
-      const gc::AutoDecision& a = c->autoState.reduceScatter;
-      EXPECT_TRUE(a.timed);
-      EXPECT_EQ(a.timedCompressed, 2u * (gc::kAutoWarmupCalls + gc::kAutoTimedCalls));
-      EXPECT_EQ(a.figures.smallCount, 2046u);
-      EXPECT_EQ(a.figures.largeCount, 8190u);
-      EXPECT_EQ(gc::autoCheckFigures(a.figures), gradcompSuccess);
-      EXPECT_EQ(memcmp(&a.figures, &w.comm(0)->autoState.reduceScatter.figures, sizeof(a.figures)),
-                0);
-      EXPECT_EQ(c->cfg.minElements, size_t(1) << 20);
-      const gradcompStats_t s = stats(c);
-      EXPECT_EQ(memcmp(&s, &statsBefore[r], sizeof(s)), 0);
-      EXPECT_TRUE(savedState(c) == saved[r]) << "the residual state changed";
-      c->cfg.minElements = 0;
-      gc::autoInjectFigures(c, kCompressWins);
-    }
-    res = w.run([&](int r) { return gradcompCommRetune(w.comm(r), nullptr); });
-    for (int step = 2; step < 4; ++step) {
-      got.push_back(rsAll(w, rc, 10 + step));
-      want.push_back(rsAll(twin, rc, 10 + step));
-    }
-    for (size_t k = 0; k < got.size(); ++k)
-      for (int r = 0; r < 3; ++r)
-        EXPECT_TRUE(got[k][r] == want[k][r]) << "call " << k << " rank " << r;
-    EXPECT_EQ(stats(w.comm(0)).callsReduceScatter, 4u);
-  }
+  checkTimingLeavesTheCommAsItWas(
+      3, 2000, [](gctest::CpuWorld& w, size_t rc, uint64_t seed) { return rsAll(w, rc, seed); },
+      &gc::AutoState::reduceScatter, 2046, 8190, &gradcompStats_t::callsReduceScatter);
 }
 
 // As for the allreduce: the timing runs under the caller's call record, so
