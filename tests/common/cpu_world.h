@@ -36,4 +36,14 @@ class CpuWorld {
   std::vector<gradcompComm_t> comms_;
 };
 
+// A comm's saved state (gradcompCommSaveState), to compare two comms or a
+// comm before and after a call.
+inline std::vector<uint8_t> savedState(gradcompComm_t c) {
+  size_t bytes = 0;
+  EXPECT_EQ(gradcompCommStateSize(c, &bytes), gradcompSuccess);
+  std::vector<uint8_t> s(bytes);
+  EXPECT_EQ(gradcompCommSaveState(c, s.data(), bytes), gradcompSuccess) << gradcompGetLastError();
+  return s;
+}
+
 }  // namespace gctest

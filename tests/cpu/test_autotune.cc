@@ -281,14 +281,6 @@ TEST(AutoTune, RetuneWithNothingToCompressDoesNothing) {
 
 namespace {
 
-std::vector<char> savedState(gradcompComm_t c) {
-  size_t bytes = 0;
-  EXPECT_EQ(gradcompCommStateSize(c, &bytes), gradcompSuccess);
-  std::vector<char> v(bytes);
-  EXPECT_EQ(gradcompCommSaveState(c, v.data(), bytes), gradcompSuccess);
-  return v;
-}
-
 // The timing path itself (the CUDA backend's, with the host clock here), for
 // one collective: `call(world, count, seed)` makes one call on every rank and
 // `which` is that collective's decision. The timing compresses at both sizes
@@ -315,12 +307,12 @@ void checkTimingLeavesTheCommAsItWas(int N, size_t count, const CallFn& call,
       got.push_back(call(w, count, 10 + step));
       want.push_back(call(twin, count, 10 + step));
     }
-    std::vector<std::vector<char>> saved(N);
+    std::vector<std::vector<uint8_t>> saved(N);
     std::vector<gradcompStats_t> statsBefore(N);
     std::vector<void*> workspace(N);
     for (int r = 0; r < N; ++r) {
       gradcompComm* c = w.comm(r);
-      saved[r] = savedState(c);
+      saved[r] = gctest::savedState(c);
       statsBefore[r] = stats(c);
       workspace[r] = c->workspace;
       (c->autoState.*which).injected = false;
@@ -347,7 +339,7 @@ void checkTimingLeavesTheCommAsItWas(int N, size_t count, const CallFn& call,
       EXPECT_EQ(c->workspace, workspace[r]);
       const gradcompStats_t s = stats(c);
       EXPECT_EQ(memcmp(&s, &statsBefore[r], sizeof(s)), 0);
-      EXPECT_TRUE(savedState(c) == saved[r]) << "the residual state changed";
+      EXPECT_TRUE(gctest::savedState(c) == saved[r]) << "the residual state changed";
       c->cfg.minElements = 0;
       gc::autoInjectFigures(c, kCompressWins);
     }
@@ -638,7 +630,7 @@ TEST(AutoTune, ReduceScatterPassLeavesTheResidualAlone) {
     for (int r = 0; r < 3; ++r) gc::autoInjectFigures(w.comm(r), kCompressWins);
     const size_t rc = 3000;
     rsAll(w, rc, 21, nullptr, keyed);
-    std::vector<std::vector<char>> before(3);
+    std::vector<std::vector<uint8_t>> before(3);
     for (int r = 0; r < 3; ++r) {
       EXPECT_EQ(stats(w.comm(r)).callsReduceScatter, 1u);
       EXPECT_FALSE(w.comm(r)->autoState.allReduce.decided);
@@ -651,7 +643,7 @@ TEST(AutoTune, ReduceScatterPassLeavesTheResidualAlone) {
       EXPECT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
       EXPECT_TRUE(w.comm(r)->autoState.allReduce.timed);
       EXPECT_TRUE(w.comm(r)->autoState.reduceScatter.timed);
-      before[r] = savedState(w.comm(r));
+      before[r] = gctest::savedState(w.comm(r));
     }
     std::vector<std::vector<float>> in;
     auto out = rsAll(w, rc, 23, &in, keyed);
@@ -661,7 +653,8 @@ TEST(AutoTune, ReduceScatterPassLeavesTheResidualAlone) {
       EXPECT_EQ(s.callsReduceScatter, 2u);
       EXPECT_EQ(s.callsAutoPassed, 1u);
       EXPECT_EQ(s.steps, 2u);
-      EXPECT_TRUE(savedState(w.comm(r)) == before[r]) << "the residual state changed, rank " << r;
+      EXPECT_TRUE(gctest::savedState(w.comm(r)) == before[r])
+          << "the residual state changed, rank " << r;
     }
   }
 }

@@ -78,14 +78,6 @@ PipeShape pipeShape(size_t n, int L, int nodes, size_t bytes, size_t d) {
   return s;
 }
 
-std::vector<uint8_t> savedState(gradcompComm_t c) {
-  size_t bytes = 0;
-  EXPECT_EQ(gradcompCommStateSize(c, &bytes), gradcompSuccess);
-  std::vector<uint8_t> s(bytes);
-  EXPECT_EQ(gradcompCommSaveState(c, s.data(), bytes), gradcompSuccess) << gradcompGetLastError();
-  return s;
-}
-
 void runKeyed(gctest::CpuWorld& w, std::vector<Rank>& bufs, DType t, size_t n, bool avg) {
   auto res = w.run([&](int r) {
     void* p = gctest::bufferOf(bufs[r], t);
@@ -124,7 +116,8 @@ void checkPipelined(int N, int L, DType t, bool avg, size_t n, size_t bytes) {
   }
   const size_t esz = gc::dtypeBytes(t);
   for (int r = 0; r < N; ++r) {
-    EXPECT_EQ(savedState(piped.comm(r)), savedState(flat.comm(r))) << "state of rank " << r;
+    EXPECT_EQ(gctest::savedState(piped.comm(r)), gctest::savedState(flat.comm(r)))
+        << "state of rank " << r;
     gradcompStats_t sp, sf;
     ASSERT_EQ(gradcompGetStats(piped.comm(r), &sp), gradcompSuccess);
     ASSERT_EQ(gradcompGetStats(flat.comm(r), &sf), gradcompSuccess);

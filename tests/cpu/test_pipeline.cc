@@ -130,14 +130,6 @@ TEST(PipelineCpu, PiecesAreWholeBucketsOfEveryChunk) {
   }
 }
 
-std::vector<uint8_t> savedState(gradcompComm_t c) {
-  size_t bytes = 0;
-  EXPECT_EQ(gradcompCommStateSize(c, &bytes), gradcompSuccess);
-  std::vector<uint8_t> s(bytes);
-  EXPECT_EQ(gradcompCommSaveState(c, s.data(), bytes), gradcompSuccess) << gradcompGetLastError();
-  return s;
-}
-
 // Wire bytes of rank r's pipelined two-shot, piece by piece from the
 // description: each piece of a peer's chunk, and (N-1) copies of each
 // piece of our own chunk's encoded sum (sent to every peer).
@@ -197,7 +189,8 @@ void checkPipelined(int N, DType t, bool avg, size_t n, size_t pieceElems) {
     }
   }
   for (int r = 0; r < N; ++r) {
-    EXPECT_EQ(savedState(piped.comm(r)), savedState(flat.comm(r))) << "state of rank " << r;
+    EXPECT_EQ(gctest::savedState(piped.comm(r)), gctest::savedState(flat.comm(r)))
+        << "state of rank " << r;
     gradcompStats_t sp, sf;
     ASSERT_EQ(gradcompGetStats(piped.comm(r), &sp), gradcompSuccess);
     ASSERT_EQ(gradcompGetStats(flat.comm(r), &sf), gradcompSuccess);
@@ -266,7 +259,7 @@ TEST(PipelineCpu, HierMiddleStagePipelinedEqualsUnpipelined) {
         EXPECT_EQ(sp.callsPerAlgo[gradcompAlgoHier], 3u);
         // The in-node blocks may pad (test_hier_pipeline.cc derives them).
         EXPECT_EQ(sp.bytesInterNode, sf.bytesInterNode);
-        EXPECT_EQ(savedState(piped.comm(0)), savedState(flat.comm(0)));
+        EXPECT_EQ(gctest::savedState(piped.comm(0)), gctest::savedState(flat.comm(0)));
         // Rank 0's shard (the first of L bucket-aligned shards), reduced over
         // the N/L nodes by the child comm, is cut into pieces.
         gradcompComm& inter = *piped.comm(0)->inter;

@@ -30,14 +30,6 @@ gradcompConfig_t ringConfig(size_t pipelineBytes, bool ownerResidual) {
   return cfg;
 }
 
-std::vector<uint8_t> savedState(gradcompComm_t c) {
-  size_t bytes = 0;
-  EXPECT_EQ(gradcompCommStateSize(c, &bytes), gradcompSuccess);
-  std::vector<uint8_t> s(bytes);
-  EXPECT_EQ(gradcompCommSaveState(c, s.data(), bytes), gradcompSuccess) << gradcompGetLastError();
-  return s;
-}
-
 // Wire bytes of rank r's pipelined ring, piece by piece from the
 // description: at hop s it sends piece q of chunk (r-s) mod N to r+1, and
 // the allgather sends (N-1) copies of each reduced piece (the largest
@@ -100,7 +92,8 @@ void checkPipelinedRing(int N, DType t, bool avg, bool ownerRes, size_t n, size_
     }
   }
   for (int r = 0; r < N; ++r) {
-    EXPECT_EQ(savedState(piped.comm(r)), savedState(flat.comm(r))) << "state of rank " << r;
+    EXPECT_EQ(gctest::savedState(piped.comm(r)), gctest::savedState(flat.comm(r)))
+        << "state of rank " << r;
     gradcompStats_t sp, sf;
     ASSERT_EQ(gradcompGetStats(piped.comm(r), &sp), gradcompSuccess);
     ASSERT_EQ(gradcompGetStats(flat.comm(r), &sf), gradcompSuccess);
@@ -196,7 +189,8 @@ TEST(PipelineCpu, HierMiddleRingPipelinedEqualsUnpipelined) {
         ASSERT_EQ(gradcompGetStats(flat.comm(r), &sf), gradcompSuccess);
         EXPECT_EQ(sp.callsPerAlgo[gradcompAlgoHier], 3u);
         EXPECT_EQ(sp.bytesOnWire, sf.bytesOnWire);
-        EXPECT_EQ(savedState(piped.comm(r)), savedState(flat.comm(r))) << "state of rank " << r;
+        EXPECT_EQ(gctest::savedState(piped.comm(r)), gctest::savedState(flat.comm(r)))
+            << "state of rank " << r;
         gradcompComm& inter = *piped.comm(r)->inter;
         EXPECT_GT(sp.piecesLast, 1u) << "rank " << r;
         EXPECT_EQ(sf.piecesLast, 1u) << "rank " << r;
