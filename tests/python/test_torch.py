@@ -1,10 +1,14 @@
 """gradcomp.torch without a GPU: the refusals a user meets first (gloo group, CPU tensors,
-unsupported dtypes). Skipped, with the reason, where PyTorch is not installed; the
-multi-rank GPU checks are tools/torch_hooks_check.sh's (tools/gpu-check.sh step torch_hooks)."""
+unsupported dtypes), the layer-aware plan, and the DDP hook's body on the CPU world (threads as
+ranks) against a serial reference, with its checkpoint resume. Skipped, with the reason, where
+PyTorch is not installed; the multi-rank GPU checks are tools/torch_hooks_check.py's
+(tools/gpu-check.sh step torch_hooks)."""
 import os
 import socket
 import sys
+import threading
 import unittest
+import warnings
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(HERE)), "python"))
@@ -166,6 +170,207 @@ class LayerAwarePlan(unittest.TestCase):
         _scatter(part, out, runs)
         self.assertEqual(out[[0, 1, 2, 7, 8, 9, 10, 11, 15, 16]].tolist(), part.tolist())
         self.assertEqual(float(out.sum()), float(part.sum()))
+
+
+@unittest.skipIf(torch is None, "PyTorch is not installed: gradcomp.torch is checked on the GPU "
+                 "box (tools/gpu-check.sh, step torch_hooks)")
+class HookOnCpuWorld(unittest.TestCase):
+    """gradcomp_hook's body (after its CUDA checks) with N threads as ranks: each its own
+    GradcompState, a gloo group on a shared store, and the CPU world's comm in place of the
+    NCCL one. Compared bit for bit with a serial reference: the mean of the buffers where the
+    hook sends full precision, the library's own keyed allreduce of the gathered compressed
+    parts (a second world making the same calls) elsewhere."""
+
+    N, START, STEPS = 2, 1, 4
+
+    def setUp(self):
+        ctx = warnings.catch_warnings()  # bucket 2's expected "sent uncompressed" warning
+        ctx.__enter__()
+        warnings.simplefilter("ignore")
+        self.addCleanup(ctx.__exit__, None, None, None)
+
+    class HostStream:
+        """_CudaStream's part on the host: no stream, plain futures, nothing to wait for."""
+
+        handle = None
+
+        def done(self, buf):
+            fut = torch.futures.Future()
+            fut.set_result(buf)
+            return fut
+
+        def mark(self):
+            return None
+
+        def wait(self, ev):
+            pass
+
+    class Bucket:
+        def __init__(self, buf, params, index, last):
+            self.buf, self.params, self.i, self.last = buf, params, index, last
+
+        def buffer(self):
+            return self.buf
+
+        def parameters(self):
+            return self.params
+
+        def index(self):
+            return self.i
+
+        def is_last(self):
+            return self.last
+
+    @classmethod
+    def setUpClass(cls):
+        import gradcomp
+
+        cls.gradcomp = gradcomp
+        torch.manual_seed(0)
+        # bucket 0: one large weight (all compressed); bucket 1: mixed (2048 and 1600
+        # compressed, a bias and a 50-element weight in full precision); bucket 2: a norm's
+        # weight and bias only (all full precision).
+        cls.model = torch.nn.Sequential(
+            torch.nn.Linear(48, 48, bias=False), torch.nn.Linear(32, 64),
+            torch.nn.Linear(5, 10, bias=False), torch.nn.Linear(40, 40, bias=False),
+            torch.nn.LayerNorm(16))
+        p = list(cls.model.parameters())
+        cls.buckets = [[p[0]], [p[1], p[2], p[3], p[4]], [p[5], p[6]]]
+
+    def config(self):
+        return self.gradcomp.Config(from_env=False, method="qsgd", bits=4, min_elements=0)
+
+    def grads(self, step, rank, b):
+        g = torch.Generator().manual_seed(1000 * step + 10 * rank + b)
+        n = sum(q.numel() for q in self.buckets[b])
+        return torch.randn(n, generator=g) * (rank + 1)
+
+    def states(self, world, tag):
+        import gradcomp.torch as gt
+        import gradcomp.torch._nccl as nccl
+
+        store = dist.HashStore()
+        pgs = [None] * self.N
+
+        def connect(r):  # gloo's rendezvous waits for every rank
+            pgs[r] = dist.ProcessGroupGloo(dist.PrefixStore(tag, store), r, self.N)
+
+        threads = [threading.Thread(target=connect, args=(r,)) for r in range(self.N)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        saved = nccl.check_group
+        out = []
+        try:
+            for r, pg in enumerate(pgs):
+                nccl.check_group = lambda pg, r=r: (pg, r, self.N)
+                st = gt.GradcompState(pg, module=self.model, start_iter=self.START,
+                                      config=self.config())
+                st._make_comm = lambda device, c=world.comms[r]: (c, None)
+                out.append(st)
+        finally:
+            nccl.check_group = saved
+        return out
+
+    def step(self, world, states, step):
+        """One DDP step of every rank: the buckets in order, then every future."""
+        from gradcomp.torch.ddp import _reduce_bucket
+
+        def rank(comm):
+            r = comm.rank
+            futs = []
+            for b, params in enumerate(self.buckets):
+                bucket = self.Bucket(self.grads(step, r, b), params, b,
+                                     b == len(self.buckets) - 1)
+                futs.append(_reduce_bucket(states[r], bucket, bucket.buf, self.HostStream()))
+            return [f.wait().clone() for f in futs]
+
+        return world.run(rank)
+
+    def reference(self, world, step, compressed):
+        """What every rank must hold after the step: (x_0 + x_1) / 2 computed as the hook's
+        torch allreduce does (x / N, then summed), the compressed runs replaced by the
+        library's keyed Avg allreduce of their gathered elements."""
+        plan_state = self.states(world, "plan")[0]
+        comp_runs = []
+        for b, params in enumerate(self.buckets):
+            plan = plan_state._plan(self.Bucket(None, params, b, False))
+            comp_runs.append(plan if compressed and plan["comp_n"] else None)
+
+        def rank(comm):
+            out = []
+            for b in range(len(self.buckets)):
+                xs = [self.grads(step, r, b) for r in range(self.N)]
+                mean = xs[0] / self.N
+                for x in xs[1:]:
+                    mean = mean + x / self.N
+                plan = comp_runs[b]
+                if plan is not None:
+                    idx = torch.cat([torch.arange(o, o + n) for o, n in plan["comp"]])
+                    part = xs[comm.rank][idx].contiguous()
+                    comm.allreduce(part, op="avg", key=plan["key"])
+                    mean[idx] = part
+                out.append(mean)
+            return out
+
+        return world.run(rank)
+
+    def same_bits(self, a, b, what):
+        self.assertTrue(torch.equal(a.view(torch.int32), b.view(torch.int32)),
+                        f"{what}: {int((a != b).sum())} of {a.numel()} elements differ")
+
+    def test_hook_matches_the_serial_reference_and_counts_what_it_sent(self):
+        N = self.N
+        with self.gradcomp.CpuWorld(N, self.config()) as w, \
+                self.gradcomp.CpuWorld(N, self.config()) as ref:
+            states = self.states(w, "hook")
+            for step in range(self.STEPS):
+                got = self.step(w, states, step)
+                want = self.reference(ref, step, step >= self.START)
+                for r in range(N):
+                    for b in range(len(self.buckets)):
+                        self.same_bits(got[r][b], want[0][b], f"step {step} rank {r} bucket {b}")
+            self.assertIn(("full", 2), states[0]._warned)  # the all-full bucket, warned once
+            st = states[0].stats()
+            comp = self.STEPS - self.START
+            self.assertEqual(st["iter"], self.STEPS)
+            self.assertEqual(st["uncompressed_steps"], self.START)
+            self.assertEqual(st["compressed_calls"], 2 * comp)  # buckets 0 and 1
+            self.assertEqual(st["compressed_dense_bytes"], 4 * (2304 + 2048 + 1600) * comp)
+            self.assertEqual(st["full_precision_calls"], 2 * comp)  # buckets 1 and 2
+            self.assertEqual(st["full_precision_bytes"], 4 * (64 + 50 + 32) * comp)
+            self.assertEqual(st["gradcomp"]["calls_compressed"], 2 * comp)
+            self.assertEqual(st["gradcomp"]["bytes_in"], st["compressed_dense_bytes"])
+            self.assertEqual(st["full_precision_params"],
+                             ["1.bias", "2.weight", "4.bias", "4.weight"])
+            self.assertEqual(st["compressed_params"], ["0.weight", "1.weight", "3.weight"])
+
+    def test_state_dict_resumes_bit_for_bit(self):
+        """Saved after K steps and loaded into fresh states and a fresh world, the next step
+        is bitwise the uninterrupted run's; without the load it is not (the residuals count)."""
+        N, K = self.N, self.START + 2
+        with self.gradcomp.CpuWorld(N, self.config()) as w:
+            states = self.states(w, "a")
+            for step in range(K):
+                self.step(w, states, step)
+            saved = [s.state_dict() for s in states]
+            self.assertTrue(all(d["gradcomp"] for d in saved))
+            after = self.step(w, states, K)
+        with self.gradcomp.CpuWorld(N, self.config()) as w2:
+            resumed = self.states(w2, "b")
+            for s, d in zip(resumed, saved):
+                s.load_state_dict(d)
+            again = self.step(w2, resumed, K)
+        with self.gradcomp.CpuWorld(N, self.config()) as w3:
+            fresh = self.states(w3, "c")
+            for s in fresh:
+                s.iter = K
+            cold = self.step(w3, fresh, K)
+        for r in range(N):
+            for b in range(len(self.buckets)):
+                self.same_bits(again[r][b], after[r][b], f"rank {r} bucket {b}")
+        self.assertFalse(torch.equal(cold[0][0], after[0][0]))
 
 
 if __name__ == "__main__":
