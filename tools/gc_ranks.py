@@ -24,6 +24,11 @@ NCCL_ENV = {"NCCL_NET": "Socket", "NCCL_SOCKET_IFNAME": "lo", "NCCL_IB_DISABLE":
             "NCCL_P2P_DISABLE": "1", "NCCL_SHM_DISABLE": "1", "NCCL_NVLS_ENABLE": "0",
             "NCCL_DEBUG": "WARN", "TORCH_NCCL_USE_COMM_NONBLOCKING": "0", "OMP_NUM_THREADS": "2"}
 
+# These runs measure what compression does to accuracy and bytes: every eligible call must be
+# compressed, not left to GRADCOMP_AUTO's timing (which would also let the hook's and the
+# preload's runs choose differently). A caller's env may still set it.
+GRADCOMP_ENV = {"GRADCOMP_AUTO": "0"}
+
 SUMMARY = re.compile(r"summary comm (\S+) rank (\S+) method (\S+): (\d+) calls compressed, "
                      r"(\d+) passed through(?: \(\d+ by auto\))?, (\d+) bytes sent"
                      r"(?: \(\d+ to other nodes\))? for (\d+) dense bytes")
@@ -49,6 +54,7 @@ def launch(world, argv, logs_prefix, env=None, timeout=150, gpu="0", preload=Non
     for r in range(world):
         e = dict(os.environ)
         e.update(NCCL_ENV)
+        e.update(GRADCOMP_ENV)
         e.update({"CUDA_VISIBLE_DEVICES": str(gpu), "RANK": str(r), "WORLD_SIZE": str(world),
                   "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
                   "NCCL_HOSTID": f"host-{r}"})
