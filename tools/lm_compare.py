@@ -25,7 +25,8 @@ minutes of device time: GC_LM_BUDGET_S bounds it, runs past it are skipped).
 
 Gradient bytes sent per step and rank: gradcomp's bytes_on_wire (hook stats,
 or the preload's INFO summary lines) plus the NCCL ring's 2(N-1)/N for what
-went through torch.distributed uncompressed; PowerSGD's and the fp16 hook's
+went uncompressed (through torch.distributed, or calls gradcomp passed to
+NCCL: the hook's and the preload's alike); PowerSGD's and the fp16 hook's
 all_reduce payloads counted as they are sent, times the ring's 2(N-1)/N.
 
 The runs are made in PRIORITY order (the goals' runs first), so a spent budget skips the
@@ -330,8 +331,15 @@ def main():
             if use_preload:
                 per_rank = gc_ranks.preload_bytes(os.path.join(out, f"lm_{name}"), world)
                 if per_rank and per_rank[0]:
-                    results[name]["bytes_per_step"] = per_rank[0][2] / results[name]["steps"]
-                    results[name]["preload_calls_compressed"] = per_rank[0][0]
+                    r = results[name]
+                    calls, _, sent, dense_compressed = per_rank[0]
+                    # What the preload passed to NCCL (calls below min_elements) went dense on
+                    # the ring, as the hook runs count it.
+                    ring = 2.0 * (world - 1) / world
+                    passed = max(0.0, r["dense_bytes_per_step"] * r["steps"]
+                                 - ring * dense_compressed)
+                    r["bytes_per_step"] = (sent + passed) / r["steps"]
+                    r["preload_calls_compressed"] = calls
                 else:
                     results[name]["bytes_per_step"] = None  # no summary line: not compressed?
     rep = {"lm_runs": status, "lm_world": world, "lm_steps": STEPS, "lm_device": DEVICE,
