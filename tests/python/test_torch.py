@@ -245,17 +245,19 @@ class HookOnCpuWorld(unittest.TestCase):
         n = sum(q.numel() for q in self.buckets[b])
         return torch.randn(n, generator=g) * (rank + 1)
 
-    def states(self, world, tag):
+    @staticmethod
+    def make_states(N, world, tag, module, start_iter, config):
+        """N GradcompStates, rank r's on a gloo group of a shared store and world.comms[r]."""
         import gradcomp.torch as gt
         import gradcomp.torch._nccl as nccl
 
         store = dist.HashStore()
-        pgs = [None] * self.N
+        pgs = [None] * N
 
         def connect(r):  # gloo's rendezvous waits for every rank
-            pgs[r] = dist.ProcessGroupGloo(dist.PrefixStore(tag, store), r, self.N)
+            pgs[r] = dist.ProcessGroupGloo(dist.PrefixStore(tag, store), r, N)
 
-        threads = [threading.Thread(target=connect, args=(r,)) for r in range(self.N)]
+        threads = [threading.Thread(target=connect, args=(r,)) for r in range(N)]
         for t in threads:
             t.start()
         for t in threads:
@@ -264,14 +266,16 @@ class HookOnCpuWorld(unittest.TestCase):
         out = []
         try:
             for r, pg in enumerate(pgs):
-                nccl.check_group = lambda pg, r=r: (pg, r, self.N)
-                st = gt.GradcompState(pg, module=self.model, start_iter=self.START,
-                                      config=self.config())
+                nccl.check_group = lambda pg, r=r: (pg, r, N)
+                st = gt.GradcompState(pg, module=module, start_iter=start_iter, config=config())
                 st._make_comm = lambda device, c=world.comms[r]: (c, None)
                 out.append(st)
         finally:
             nccl.check_group = saved
         return out
+
+    def states(self, world, tag):
+        return self.make_states(self.N, world, tag, self.model, self.START, self.config)
 
     def step(self, world, states, step):
         """One DDP step of every rank: the buckets in order, then every future."""
@@ -371,6 +375,92 @@ class HookOnCpuWorld(unittest.TestCase):
             for b in range(len(self.buckets)):
                 self.same_bits(again[r][b], after[r][b], f"rank {r} bucket {b}")
         self.assertFalse(torch.equal(cold[0][0], after[0][0]))
+
+
+@unittest.skipIf(torch is None, "PyTorch is not installed: gradcomp.torch is checked on the GPU "
+                 "box (tools/gpu-check.sh, step torch_hooks)")
+class FsdpReduceScatterOnCpuWorld(unittest.TestCase):
+    """GradcompReduceScatter's call (after its CUDA checks) from 2 threads as ranks on the CPU
+    world, FSDP's way: keyword arguments, FSDP's AVG (fp32/bf16) and SUM (fp16, pre/post
+    divided) ops, one module's flat gradients each step. Bit for bit the library's own keyed
+    reduce-scatter on a second world making the same calls."""
+
+    N, n, STEPS = 2, 1000, 3
+
+    def setUp(self):
+        import gradcomp
+        from unittest import mock
+
+        if not gradcomp.has("gradcompReduceScatterKeyed"):
+            self.skipTest("this libgradcomp has no gradcompReduceScatterKeyed")
+        self.gradcomp = gradcomp
+        # The bare gloo groups are not registered with torch.distributed: both are the world.
+        patch = mock.patch.object(dist, "get_process_group_ranks",
+                                  lambda group: list(range(self.N)))
+        patch.start()
+        self.addCleanup(patch.stop)
+
+    def config(self):
+        return self.gradcomp.Config(from_env=False, method="qsgd", bits=4, min_elements=0)
+
+    def inputs(self, step, rank):
+        g = torch.Generator().manual_seed(100 * step + rank)
+        return torch.randn(self.N * self.n, generator=g) * (rank + 1)
+
+    def test_reduce_scatter_matches_the_library_and_counts_its_calls(self):
+        import gradcomp.torch as gt
+
+        ops = [dist.ReduceOp.AVG, dist.ReduceOp.SUM, dist.ReduceOp.AVG]
+        with self.gradcomp.CpuWorld(self.N, self.config()) as w, \
+                self.gradcomp.CpuWorld(self.N, self.config()) as ref:
+            states = HookOnCpuWorld.make_states(self.N, w, "rs", None, 0, self.config)
+            hooks = [gt.GradcompReduceScatter(st, "layers.0") for st in states]
+
+            def rank(comm):
+                r, outs = comm.rank, []
+                for step, op in enumerate(ops):
+                    out = hooks[r].allocate((self.n,), dtype=torch.float32, device="cpu")
+                    self.assertIsNone(hooks[r]._reduce_scatter(
+                        out, self.inputs(step, r), states[r].process_group, op, False,
+                        lambda: None))
+                    outs.append(out)
+                return outs
+
+            def reference(comm):
+                outs = []
+                for step, op in enumerate(ops):
+                    out = torch.empty(self.n)
+                    comm.reduce_scatter(self.inputs(step, comm.rank), out,
+                                        op="avg" if op == dist.ReduceOp.AVG else "sum",
+                                        key=hooks[0].key)
+                    outs.append(out)
+                return outs
+
+            got, want = w.run(rank), ref.run(reference)
+            for r in range(self.N):
+                for step in range(len(ops)):
+                    self.assertTrue(torch.equal(got[r][step].view(torch.int32),
+                                                want[r][step].view(torch.int32)),
+                                    f"rank {r} step {step}")
+            self.assertFalse(torch.equal(got[0][0], got[1][0]))  # each rank its own block
+            st = states[0].stats()
+            self.assertEqual(st["compressed_calls"], len(ops))
+            self.assertEqual(st["compressed_dense_bytes"], 4 * self.N * self.n * len(ops))
+            self.assertEqual(st["gradcomp"]["calls_reduce_scatter"], len(ops))
+
+    def test_mismatched_sizes_are_refused(self):
+        import gradcomp.torch as gt
+
+        rs = gt.GradcompReduceScatter(None, "layers.0")
+
+        class Group:
+            def size(self):
+                return 2
+
+        with self.assertRaisesRegex(ValueError, r"input has 7 elements, not world_size \* "
+                                    r"output = 2 \* 3"):
+            rs._reduce_scatter(torch.zeros(3), torch.zeros(7), Group(), dist.ReduceOp.AVG,
+                               False, lambda: None)
 
 
 if __name__ == "__main__":
