@@ -38,15 +38,6 @@ def load_data():
     return x[perm[:cut]], y[perm[:cut]], x[perm[cut:]], y[perm[cut:]]
 
 
-def preload_loaded():
-    """True when libgradcomp_preload.so is mapped into this process."""
-    try:
-        with open("/proc/self/maps") as f:
-            return "libgradcomp_preload" in f.read()
-    except OSError:
-        return False
-
-
 def add_args(p):
     """The options both scripts take."""
     p.add_argument("--epochs", type=int, default=40)
@@ -140,6 +131,7 @@ def result(args, world, steps, acc, test_loss, blob, train_s, num_params):
                         if args.device == "cuda" else None)
     except Exception:  # noqa: BLE001 - only informative
         nccl_version = None
+    preloaded = gc_ranks.preload_loaded()
     return {
         "world": world,
         "device": args.device,
@@ -153,8 +145,8 @@ def result(args, world, steps, acc, test_loss, blob, train_s, num_params):
         "param_hashes": hashes,
         "params_identical": len(set(hashes)) == 1,
         "train_seconds": train_s,
-        "preload_loaded": preload_loaded(),
-        "gradcomp_method": os.environ.get("GRADCOMP_METHOD", "qsgd") if preload_loaded() else None,
+        "preload_loaded": preloaded,
+        "gradcomp_method": os.environ.get("GRADCOMP_METHOD", "qsgd") if preloaded else None,
         "torch_version": torch.__version__,
         "nccl_version": nccl_version,
         "num_params": num_params,

@@ -48,6 +48,10 @@ def launch(world, argv, logs_prefix, env=None, timeout=150, gpu="0", preload=Non
     status is "ok", "timed out" or "failed (exit N, rank R)"; rank r's output
     goes to f"{logs_prefix}_r{r}.log".
     """
+    if preload and not os.path.isfile(preload):
+        # LD_PRELOAD of a missing file only warns: the run would train uncompressed.
+        return (f"failed (LD_PRELOAD library {preload} is missing: build the gradcomp_preload "
+                "target)", 0.0)
     port = free_port()
     procs = []
     t0 = time.time()
@@ -109,6 +113,15 @@ def preload_bytes(logs_prefix, world):
         found = [m.groups() for m in SUMMARY.finditer(text)]
         out.append([sum(int(g[i]) for g in found) for i in (3, 4, 5, 6)] if found else None)
     return out
+
+
+def preload_loaded():
+    """True when libgradcomp_preload.so is mapped into this process."""
+    try:
+        with open("/proc/self/maps") as f:
+            return "libgradcomp_preload" in f.read()
+    except OSError:
+        return False
 
 
 def gather_hashes(blob):

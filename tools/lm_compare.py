@@ -258,6 +258,7 @@ def worker(args):
            "params_identical": len(set(hashes)) == 1, "corpus_files": nfiles,
            "corpus_train_bytes": len(train_b), "corpus_val_bytes": len(val_b),
            "hook_stats": state.stats() if state is not None else None,
+           "preload_loaded": gc_ranks.preload_loaded(),
            "torch_version": torch.__version__}
     return gc_ranks.finish_rank(res, rank, args.out, state)
 
@@ -328,7 +329,12 @@ def main():
         if st == "ok" and os.path.exists(path):
             with open(path) as f:
                 results[name] = json.load(f)
-            if use_preload:
+            if results[name]["preload_loaded"] != use_preload:
+                status[name] = (f"failed (the preload was {'not ' if use_preload else ''}"
+                                "loaded in the ranks)")
+                del results[name]
+                print(f"lm_compare: {name}: {status[name]}", flush=True)
+            elif use_preload:
                 per_rank = gc_ranks.preload_bytes(os.path.join(out, f"lm_{name}"), world)
                 if per_rank and per_rank[0]:
                     r = results[name]

@@ -86,7 +86,12 @@ def main():
         if status != "ok" or not os.path.exists(path):
             return None
         with open(path) as f:
-            return json.load(f)
+            r = json.load(f)
+        if r.get("preload_loaded", False) != use_preload:
+            runs[name]["status"] = (f"failed (the preload was {'not ' if use_preload else ''}"
+                                    "loaded in the ranks)")
+            return None
+        return r
 
     base = run("none", [], gradcomp=False)
     hq = run("hook_qsgd4", ["--hook", "gradcomp"])

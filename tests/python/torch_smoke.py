@@ -179,9 +179,8 @@ def main():
     missing = [m for m in NEEDS[which] if importlib.util.find_spec(m) is None]
     if missing:
         print(f"torch_smoke: SKIP: {sys.executable} cannot import {', '.join(missing)}: the "
-              f"{which} CPU smoke needs PyTorch (and {'matplotlib' if which == 'lm_compare' else 'scikit-learn'}); "
-              "configure CMake with -DPython3_EXECUTABLE=<a Python that has them> to run it",
-              flush=True)
+              f"{which} CPU smoke needs {' and '.join(NEEDS[which])}; configure CMake with "
+              "-DPython3_EXECUTABLE=<a Python that has them> to run it", flush=True)
         return SKIP
     with tempfile.TemporaryDirectory(prefix=f"gc_{which}_smoke_") as tmp:
         (check_lm if which == "lm_compare" else check_hooks)(tmp, build)
