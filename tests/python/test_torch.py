@@ -43,6 +43,23 @@ class TorchRefusals(unittest.TestCase):
         finally:
             dist.destroy_process_group()
 
+    def test_single_rank_group_is_refused(self):
+        from unittest import mock
+
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0,
+                                world_size=1)
+        try:  # an NCCL group of one rank, as far as the check can tell
+            with mock.patch.object(dist, "get_backend", lambda group=None: "nccl"):
+                with self.assertRaisesRegex(ValueError, r"has 1 rank: there is nothing to "
+                                            r"reduce.*register no comm hook"):
+                    self.gt.GradcompState()
+        finally:
+            dist.destroy_process_group()
+
     def test_uninitialized_distributed_is_refused(self):
         with self.assertRaisesRegex(RuntimeError, "init_process_group"):
             self.gt.GradcompState()
