@@ -94,6 +94,49 @@ class TorchRefusals(unittest.TestCase):
                 self.gt.GradcompReduceScatter(None, "layers.0")
 
 
+@unittest.skipIf(torch is None, "PyTorch is not installed: gradcomp.torch is checked on the GPU "
+                 "box (tools/gpu-check.sh, step torch_hooks)")
+class UniqueIdThroughTheStore(unittest.TestCase):
+    """The first half of make_comm on the CPU: rank 0's ncclGetUniqueId (from the libnccl
+    torch loaded; it needs no GPU) reaches every rank byte for byte through a store."""
+
+    def test_every_rank_gets_rank_0s_bytes(self):
+        import ctypes
+
+        from gradcomp.torch import _nccl
+
+        try:
+            _nccl.nccl()
+        except RuntimeError as e:  # a CPU-only torch brings no libnccl
+            self.skipTest(str(e))
+        store = dist.HashStore()
+        got = [None] * 3
+
+        def rank(r):
+            uid = _nccl.share_unique_id(store, "gradcomp/nccl_id/0-1-2/0", r)
+            got[r] = ctypes.string_at(ctypes.addressof(uid), ctypes.sizeof(uid))
+
+        threads = [threading.Thread(target=rank, args=(r,)) for r in (2, 1, 0)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        self.assertEqual(len(got[0]), 128)
+        self.assertEqual(got[1], got[0])
+        self.assertEqual(got[2], got[0])
+        self.assertIn(0, got[0][:16])  # NULs inside: a copy cut at the first one would differ
+        self.assertNotEqual(got[0], bytes(128))
+
+    def test_a_wrong_size_in_the_store_is_refused(self):
+        from gradcomp.torch import _nccl
+
+        store = dist.HashStore()
+        store.set("k", b"\x01" * 5)
+        with self.assertRaisesRegex(RuntimeError, "holds 5 bytes under k, not an NCCL unique id "
+                                    r"\(128 bytes\)"):
+            _nccl.share_unique_id(store, "k", 1)
+
+
 @unittest.skipIf(torch is None, "PyTorch is not installed")
 class TensorBuffers(unittest.TestCase):
     def test_torch_tensors_reduce_like_numpy_arrays(self):
