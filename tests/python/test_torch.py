@@ -439,6 +439,85 @@ class HookOnCpuWorld(unittest.TestCase):
 
 @unittest.skipIf(torch is None, "PyTorch is not installed: gradcomp.torch is checked on the GPU "
                  "box (tools/gpu-check.sh, step torch_hooks)")
+class RealDdpBuckets(unittest.TestCase):
+    """The hook's body under this torch's real DDP (one rank, gloo, a 1-rank CPU world that
+    passes through): the GradBucket calls it makes exist, a bucket's buffer is its
+    parameters() in order (the plan's offsets), steps are counted on the last bucket, and the
+    trained parameters are bitwise those of DDP without a hook."""
+
+    STEPS = 4
+
+    def train(self, use_hook):
+        import gradcomp
+        import gradcomp.torch as gt
+        import gradcomp.torch._nccl as nccl
+        from gradcomp.torch.ddp import _reduce_bucket
+
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(),
+                                    torch.nn.Linear(128, 10), torch.nn.LayerNorm(10))
+        ddp = torch.nn.parallel.DistributedDataParallel(model)
+        state = None
+        if use_hook:
+            config = gradcomp.Config(from_env=False, min_elements=0)
+            world = gradcomp.CpuWorld(1, config)
+            self.addCleanup(world.close)
+            saved = nccl.check_group
+            nccl.check_group = lambda pg: (dist.group.WORLD, 0, 1)
+            try:
+                state = gt.GradcompState(module=model, start_iter=1, config=config)
+            finally:
+                nccl.check_group = saved
+            state._make_comm = lambda device: (world.comms[0], None)
+
+            def hook(st, bucket):
+                buf, off = bucket.buffer(), 0
+                for p, g in zip(bucket.parameters(), bucket.gradients()):
+                    self.assertEqual(g.data_ptr(), buf.data_ptr() + off * buf.element_size())
+                    off += p.numel()
+                self.assertEqual(off, buf.numel())
+                return _reduce_bucket(st, bucket, buf, HookOnCpuWorld.HostStream())
+
+            ddp.register_comm_hook(state, hook)
+        opt = torch.optim.SGD(ddp.parameters(), lr=0.1, momentum=0.9)
+        g = torch.Generator().manual_seed(5)
+        for _ in range(self.STEPS):
+            x, y = torch.randn(8, 64, generator=g), torch.randint(0, 10, (8,), generator=g)
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(ddp(x), y).backward()
+            opt.step()
+        return [p.detach().clone() for p in model.parameters()], state
+
+    def test_real_buckets(self):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0,
+                                world_size=1)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                plain, _ = self.train(False)
+                hooked, state = self.train(True)
+        finally:
+            dist.destroy_process_group()
+        for a, b in zip(plain, hooked):
+            self.assertTrue(torch.equal(a.view(torch.int32), b.view(torch.int32)))
+        st = state.stats()
+        comp = self.STEPS - 1
+        self.assertEqual((st["iter"], st["uncompressed_steps"]), (self.STEPS, 1))
+        # DDP rebuilt its bucket after step 0 (the uncompressed one): one plan, for the new order.
+        self.assertEqual(len(state._plans), 1)
+        self.assertEqual(st["compressed_calls"], comp)
+        self.assertEqual(st["compressed_dense_bytes"], 4 * (128 * 64 + 10 * 128) * comp)
+        self.assertEqual(st["full_precision_bytes"], 4 * (128 + 10 + 10 + 10) * comp)
+        self.assertEqual(st["compressed_params"], ["0.weight", "2.weight"])
+        self.assertEqual(st["full_precision_params"], ["0.bias", "2.bias", "3.bias", "3.weight"])
+
+
+@unittest.skipIf(torch is None, "PyTorch is not installed: gradcomp.torch is checked on the GPU "
+                 "box (tools/gpu-check.sh, step torch_hooks)")
 class FsdpReduceScatterOnCpuWorld(unittest.TestCase):
     """GradcompReduceScatter's call (after its CUDA checks) from 2 threads as ranks on the CPU
     world, FSDP's way: keyword arguments, FSDP's AVG (fp32/bf16) and SUM (fp16, pre/post
