@@ -602,5 +602,48 @@ class FsdpReduceScatterOnCpuWorld(unittest.TestCase):
                                False, lambda: None)
 
 
+@unittest.skipIf(torch is None, "PyTorch is not installed: gradcomp.torch is checked on the GPU "
+                 "box (tools/gpu-check.sh, step torch_hooks)")
+class FsdpProtocol(unittest.TestCase):
+    """FSDP2 of this torch, 2 processes on gloo (fsdp_protocol_rank.py): it calls the objects
+    register_fsdp_reduce_scatter installs, by keyword, with AVG for fp32 gradients and an input
+    of world_size * output elements; on CPU tensors the call refuses with its sentence."""
+
+    def test_fsdp_calls_the_reduce_scatter_as_it_expects(self):
+        import json
+        import tempfile
+
+        import gradcomp
+        import gradcomp.torch as gt
+
+        if not gradcomp.has("gradcompReduceScatterKeyed"):
+            self.skipTest("this libgradcomp has no gradcompReduceScatterKeyed")
+        root = os.path.dirname(os.path.dirname(HERE))
+        sys.path.insert(0, os.path.join(root, "tools"))
+        import gc_ranks
+
+        env = {"PYTHONPATH": os.path.join(root, "python"),
+               "GRADCOMP_LIBRARY": gradcomp.library_path()}
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, "p")
+            status, _ = gc_ranks.launch(2, [os.path.join(HERE, "fsdp_protocol_rank.py"), out],
+                                        out, env=env, timeout=120)
+            logs = [open(f"{out}_r{r}.log").read() for r in range(2)]
+            self.assertEqual(status, "ok", logs)
+            got = [json.load(open(f"{out}.rank{r}.json")) for r in range(2)]
+        keys = {gt.GradcompReduceScatter(None, name).key for name in ("0", "2")}
+        for r, g in enumerate(got):
+            self.assertEqual(g["registered"], 3)  # model[0], model[2] and the root
+            self.assertEqual(len(g["calls"]), 1, g)  # the first call refused
+            c = g["calls"][0]
+            self.assertEqual((c["positional"], c["keywords"]),
+                             (0, ["group", "input_tensor", "op", "output_tensor"]))
+            self.assertIn("AVG", c["op"])
+            self.assertEqual(c["input_numel"], 2 * c["output_numel"])
+            self.assertEqual(c["dtype"], "torch.float32")
+            self.assertIn(c["key"], keys)
+            self.assertRegex(g["error"], "got CPU tensors: gradcomp reduces CUDA tensors")
+
+
 if __name__ == "__main__":
     unittest.main()
