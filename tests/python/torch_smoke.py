@@ -5,7 +5,8 @@ gloo) into a fresh folder, checks what they wrote against what the runs must giv
 counts from the model's shapes and PowerSGD's documented rule, the corpus split, the gradcomp
 runs reported as skipped on CPU, identical parameters on all ranks), then feeds the folder to
 tools/gpu_report.py and checks the report carries the values through. Exits 77 (CTest: skipped)
-with the reason when this Python has no torch (or no matplotlib / scikit-learn).
+with the reason when this Python has no torch (or no matplotlib / scikit-learn), and under
+GRADCOMP_TEST_GPU=1 (the GPU suite runs the scripts themselves).
 """
 import importlib.util
 import json
@@ -176,6 +177,12 @@ def check_hooks(out_root, build):
 def main():
     which = sys.argv[1]
     build = os.path.abspath(sys.argv[2]) if len(sys.argv) > 2 else os.path.join(ROOT, "build")
+    if os.environ.get("GRADCOMP_TEST_GPU") == "1":
+        # The GPU suite runs the scripts themselves (tools/gpu-check.sh steps torch_hooks and
+        # lm_compare): device time is not spent on their CPU rehearsal.
+        print("torch_smoke: SKIP: GRADCOMP_TEST_GPU=1: the GPU suite runs these scripts on the "
+              "GPU", flush=True)
+        return SKIP
     missing = [m for m in NEEDS[which] if importlib.util.find_spec(m) is None]
     if missing:
         print(f"torch_smoke: SKIP: {sys.executable} cannot import {', '.join(missing)}: the "
