@@ -54,7 +54,7 @@ def main():
         return dm.make_model(seed, args.hidden, dev)
 
     def wrap(model):
-        ddp = DDP(model, device_ids=[dev.index])
+        ddp = DDP(model, device_ids=[dev.index] if dev.type == "cuda" else None)
         state = None
         if args.hook == "gradcomp":
             import gradcomp.torch as gct
@@ -79,7 +79,7 @@ def main():
     steps = len(schedule)
     t0 = time.time()
     train(ddp, opt, range(steps))
-    torch.cuda.synchronize()
+    dm.synchronize(dev)
     train_s = time.time() - t0
     hook_stats = state.stats() if state is not None else None
 

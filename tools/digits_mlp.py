@@ -38,15 +38,6 @@ def load_data():
     return x[perm[:cut]], y[perm[:cut]], x[perm[cut:]], y[perm[cut:]]
 
 
-def preload_loaded():
-    """True when libgradcomp_preload.so is mapped into this process."""
-    try:
-        with open("/proc/self/maps") as f:
-            return "libgradcomp_preload" in f.read()
-    except OSError:
-        return False
-
-
 def add_args(p):
     """The options both scripts take."""
     p.add_argument("--epochs", type=int, default=40)
@@ -59,24 +50,33 @@ def add_args(p):
     p.add_argument("--timeout", type=float, default=180,
                    help="seconds a collective may hang before PyTorch aborts it")
     p.add_argument("--out", default=None, help="JSON result file (written by rank 0)")
+    p.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
+                   help="cpu: gloo on the CPU, to prove the script without a GPU")
 
 
 def setup(args, launcher):
-    """Joins the NCCL process group on this rank's GPU and puts the data there.
+    """Joins the NCCL process group on this rank's GPU (gloo on the CPU with --device cpu)
+    and puts the data there.
 
     Returns rank, world, dev and (xtr, ytr, xte, yte) as tensors on dev.
     """
-    if not torch.cuda.is_available():
-        fail("no CUDA device visible: this script trains with the NCCL backend on a GPU")
+    cpu = args.device == "cpu"
+    if not cpu and not torch.cuda.is_available():
+        fail("no CUDA device visible: this script trains with the NCCL backend on a GPU "
+             "(--device cpu trains with gloo on the CPU)")
     for v in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         if v not in os.environ:
             fail(f"{v} is not set: launch with torchrun or {launcher}")
 
-    dist.init_process_group("nccl", timeout=datetime.timedelta(seconds=args.timeout))
+    dist.init_process_group("gloo" if cpu else "nccl",
+                            timeout=datetime.timedelta(seconds=args.timeout))
     rank, world = dist.get_rank(), dist.get_world_size()
-    ndev = torch.cuda.device_count()
-    torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank)) % ndev)
-    dev = torch.device("cuda", torch.cuda.current_device())
+    if cpu:
+        dev = torch.device("cpu")
+    else:
+        ndev = torch.cuda.device_count()
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank)) % ndev)
+        dev = torch.device("cuda", torch.cuda.current_device())
     torch.manual_seed(args.seed)
 
     xtr, ytr, xte, yte = load_data()
@@ -104,6 +104,12 @@ def batch_schedule(args, n, world, rank, dev):
     return schedule
 
 
+def synchronize(dev):
+    """Waits for the device's queued work (nothing to wait for on the CPU)."""
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
 def train(model, opt, lossf, xtr, ytr, schedule, steps):
     for s in steps:
         idx = schedule[s]
@@ -121,11 +127,15 @@ def result(args, world, steps, acc, test_loss, blob, train_s, num_params):
     """The JSON result; gathers every rank's parameter hash (a collective)."""
     digest, hashes = gc_ranks.gather_hashes(blob)
     try:
-        nccl_version = ".".join(str(v) for v in torch.cuda.nccl.version())
+        nccl_version = (".".join(str(v) for v in torch.cuda.nccl.version())
+                        if args.device == "cuda" else None)
     except Exception:  # noqa: BLE001 - only informative
         nccl_version = None
+    preloaded = gc_ranks.preload_loaded()
     return {
         "world": world,
+        "device": args.device,
+        "backend": dist.get_backend(),
         "epochs": args.epochs,
         "steps": steps,
         "momentum": args.momentum,
@@ -135,8 +145,8 @@ def result(args, world, steps, acc, test_loss, blob, train_s, num_params):
         "param_hashes": hashes,
         "params_identical": len(set(hashes)) == 1,
         "train_seconds": train_s,
-        "preload_loaded": preload_loaded(),
-        "gradcomp_method": os.environ.get("GRADCOMP_METHOD", "qsgd") if preload_loaded() else None,
+        "preload_loaded": preloaded,
+        "gradcomp_method": os.environ.get("GRADCOMP_METHOD", "qsgd") if preloaded else None,
         "torch_version": torch.__version__,
         "nccl_version": nccl_version,
         "num_params": num_params,

@@ -23,13 +23,18 @@ def main():
     p.add_argument("--gradcomp", action="store_true")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--out", required=True)
+    p.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
+                   help="cpu: gloo on the CPU, FSDP's own reduce-scatter only (proves the "
+                   "script without a GPU; --gradcomp needs CUDA and NCCL)")
     args = p.parse_args()
     from torch.distributed.fsdp import fully_shard
 
-    dist.init_process_group("nccl")
+    cpu = args.device == "cpu"
+    dist.init_process_group("gloo" if cpu else "nccl")
     rank, world = dist.get_rank(), dist.get_world_size()
-    torch.cuda.set_device(0)
-    dev = torch.device("cuda", 0)
+    if not cpu:
+        torch.cuda.set_device(0)
+    dev = torch.device("cpu") if cpu else torch.device("cuda", 0)
     g = torch.Generator().manual_seed(7)
     teacher = torch.randn(64, 10, generator=g)
     xte = torch.randn(2048, 64, generator=g)
@@ -62,7 +67,7 @@ def main():
         test_loss = lossf(logits, yte.to(dev)).item()
     full = b"".join(q.full_tensor().detach().cpu().numpy().tobytes() for q in model.parameters())
     _, hashes = gc_ranks.gather_hashes(full)
-    res = {"gradcomp": args.gradcomp, "steps": args.steps, "test_loss": test_loss,
+    res = {"gradcomp": args.gradcomp, "device": args.device, "steps": args.steps, "test_loss": test_loss,
            "accuracy_pct": acc, "params_identical": len(set(hashes)) == 1,
            "stats": state.stats() if state is not None else None}
     return gc_ranks.finish_rank(res, rank, args.out, state)

@@ -54,7 +54,7 @@ def main():
     steps = len(schedule)
     t0 = time.time()
     dm.train(model, opt, lossf, xtr, ytr, schedule, range(steps))
-    torch.cuda.synchronize()
+    dm.synchronize(dev)
     train_s = time.time() - t0
 
     with torch.no_grad():

@@ -24,6 +24,11 @@ NCCL_ENV = {"NCCL_NET": "Socket", "NCCL_SOCKET_IFNAME": "lo", "NCCL_IB_DISABLE":
             "NCCL_P2P_DISABLE": "1", "NCCL_SHM_DISABLE": "1", "NCCL_NVLS_ENABLE": "0",
             "NCCL_DEBUG": "WARN", "TORCH_NCCL_USE_COMM_NONBLOCKING": "0", "OMP_NUM_THREADS": "2"}
 
+# These runs measure what compression does to accuracy and bytes: every eligible call must be
+# compressed, not left to GRADCOMP_AUTO's timing (which would also let the hook's and the
+# preload's runs choose differently). A caller's env may still set it.
+GRADCOMP_ENV = {"GRADCOMP_AUTO": "0"}
+
 SUMMARY = re.compile(r"summary comm (\S+) rank (\S+) method (\S+): (\d+) calls compressed, "
                      r"(\d+) passed through(?: \(\d+ by auto\))?, (\d+) bytes sent"
                      r"(?: \(\d+ to other nodes\))? for (\d+) dense bytes")
@@ -43,12 +48,17 @@ def launch(world, argv, logs_prefix, env=None, timeout=150, gpu="0", preload=Non
     status is "ok", "timed out" or "failed (exit N, rank R)"; rank r's output
     goes to f"{logs_prefix}_r{r}.log".
     """
+    if preload and not os.path.isfile(preload):
+        # LD_PRELOAD of a missing file only warns: the run would train uncompressed.
+        return (f"failed (LD_PRELOAD library {preload} is missing: build the gradcomp_preload "
+                "target)", 0.0)
     port = free_port()
     procs = []
     t0 = time.time()
     for r in range(world):
         e = dict(os.environ)
         e.update(NCCL_ENV)
+        e.update(GRADCOMP_ENV)
         e.update({"CUDA_VISIBLE_DEVICES": str(gpu), "RANK": str(r), "WORLD_SIZE": str(world),
                   "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
                   "NCCL_HOSTID": f"host-{r}"})
@@ -103,6 +113,15 @@ def preload_bytes(logs_prefix, world):
         found = [m.groups() for m in SUMMARY.finditer(text)]
         out.append([sum(int(g[i]) for g in found) for i in (3, 4, 5, 6)] if found else None)
     return out
+
+
+def preload_loaded():
+    """True when libgradcomp_preload.so is mapped into this process."""
+    try:
+        with open("/proc/self/maps") as f:
+            return "libgradcomp_preload" in f.read()
+    except OSError:
+        return False
 
 
 def gather_hashes(blob):

@@ -25,12 +25,20 @@ minutes of device time: GC_LM_BUDGET_S bounds it, runs past it are skipped).
 
 Gradient bytes sent per step and rank: gradcomp's bytes_on_wire (hook stats,
 or the preload's INFO summary lines) plus the NCCL ring's 2(N-1)/N for what
-went through torch.distributed uncompressed; PowerSGD's and the fp16 hook's
+went uncompressed (through torch.distributed, or calls gradcomp passed to
+NCCL: the hook's and the preload's alike); PowerSGD's and the fp16 hook's
 all_reduce payloads counted as they are sent, times the ring's 2(N-1)/N.
+
+The runs are made in PRIORITY order (the goals' runs first), so a spent budget skips the
+least needed; a run that the longest one so far would not fit in is skipped, not killed.
 
 Writes OUTDIR/lm.json (keys lm_val_loss_rel_delta_qsgd4, _dgc, _powersgd,
 lm_bytes_ratio_qsgd4_vs_powersgd, ...), OUTDIR/lm.md and OUTDIR/lm_loss.png.
-Usage: lm_compare.py OUTDIR [BUILD_DIR]; --worker NAME is the per-rank entry.
+Usage: lm_compare.py OUTDIR [BUILD_DIR] [--device cpu] [--smoke]; --worker is the per-rank
+entry. `--device cpu --smoke` (2 ranks, gloo, a tiny model, 6 steps, under a minute) proves
+everything but gradcomp without a GPU: the corpus, the model, the loop, the uncompressed,
+PowerSGD and fp16 runs, their bytes, lm.json, lm.md and the PNG; its gradcomp runs are
+reported "skipped on CPU" (CTest's python.lm_compare_cpu runs it).
 """
 import argparse
 import json
@@ -44,24 +52,46 @@ import zlib
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
-STEPS, WARMUP, LR, BATCH, CTX = int(os.environ.get("GC_LM_STEPS", "300")), 20, 1e-3, 16, 128
-# GC_LM_DEVICE=cpu: gloo on the CPU, for checking the script without a GPU (no gradcomp runs).
-DEVICE = os.environ.get("GC_LM_DEVICE", "cuda")
-WIDTH, LAYERS, HEADS = 256, 4, 4
-EVAL_EVERY, EVAL_BATCHES, START_ITER, SEED = 25, 8, 2, 1234
+WARMUP, LR, START_ITER, SEED = 20, 1e-3, 2, 1234
 
-QSGD = {"GRADCOMP_METHOD": "qsgd"}
-RUNS = [
-    ("none", "ddp", {}, False),
-    ("qsgd4_preload", "ddp", dict(QSGD, GRADCOMP_BITS="4", GRADCOMP_DEBUG="INFO"), True),
-    ("qsgd4_hook", "hook", dict(QSGD, GRADCOMP_BITS="4"), False),
-    ("qsgd2_hook", "hook", dict(QSGD, GRADCOMP_BITS="2"), False),
-    ("dgc_hook", "hook", {"GRADCOMP_METHOD": "dgc", "GRADCOMP_DENSITY": "0.001",
-                          "GRADCOMP_WARMUP_STEPS": str(STEPS // 5),
-                          "GRADCOMP_MOMENTUM_CORRECTION": "0"}, False),
-    ("powersgd", "powersgd", {}, False),
-    ("fp16", "fp16", {}, False),
-]
+
+def configure(device, smoke, steps=None):
+    """The run's sizes. device "cpu": gloo on the CPU, to prove the script without a GPU (the
+    gradcomp runs are skipped there: gradcomp compresses CUDA tensors over NCCL); smoke: a
+    tiny model and a few steps through the same code. The ranks get both through
+    GC_LM_DEVICE, GC_LM_SMOKE and GC_LM_STEPS."""
+    global DEVICE, SMOKE, STEPS, BATCH, CTX, WIDTH, LAYERS, HEADS, EVAL_EVERY, EVAL_BATCHES
+    DEVICE, SMOKE = device, bool(smoke)
+    if SMOKE:
+        BATCH, CTX, WIDTH, LAYERS, HEADS, EVAL_EVERY, EVAL_BATCHES = 4, 32, 32, 1, 2, 2, 2
+    else:
+        BATCH, CTX, WIDTH, LAYERS, HEADS, EVAL_EVERY, EVAL_BATCHES = 16, 128, 256, 4, 4, 25, 8
+    STEPS = int(steps) if steps else (6 if SMOKE else 300)
+
+
+configure(os.environ.get("GC_LM_DEVICE", "cuda"), os.environ.get("GC_LM_SMOKE") == "1",
+          os.environ.get("GC_LM_STEPS"))
+
+
+def runs():
+    """(name, mode, GRADCOMP_* variables, under LD_PRELOAD), in the report's order."""
+    qsgd = {"GRADCOMP_METHOD": "qsgd"}
+    return [
+        ("none", "ddp", {}, False),
+        ("qsgd4_preload", "ddp", dict(qsgd, GRADCOMP_BITS="4", GRADCOMP_DEBUG="INFO"), True),
+        ("qsgd4_hook", "hook", dict(qsgd, GRADCOMP_BITS="4"), False),
+        ("qsgd2_hook", "hook", dict(qsgd, GRADCOMP_BITS="2"), False),
+        ("dgc_hook", "hook", {"GRADCOMP_METHOD": "dgc", "GRADCOMP_DENSITY": "0.001",
+                              "GRADCOMP_WARMUP_STEPS": str(STEPS // 5),
+                              "GRADCOMP_MOMENTUM_CORRECTION": "0"}, False),
+        ("powersgd", "powersgd", {}, False),
+        ("fp16", "fp16", {}, False),
+    ]
+
+
+# The order the runs are made in: those the goals need first, so that a spent time budget
+# skips the others (qsgd4_hook, dgc_hook and powersgd give the report's goal keys).
+PRIORITY = ["none", "qsgd4_hook", "powersgd", "dgc_hook", "qsgd4_preload", "fp16", "qsgd2_hook"]
 LABELS = {"none": "uncompressed", "qsgd4_preload": "gradcomp QSGD 4-bit (LD_PRELOAD)",
           "qsgd4_hook": "gradcomp QSGD 4-bit (hook, layer-aware)",
           "qsgd2_hook": "gradcomp QSGD 2-bit (hook)", "dgc_hook": "gradcomp DGC 0.1% (hook)",
@@ -228,6 +258,7 @@ def worker(args):
            "params_identical": len(set(hashes)) == 1, "corpus_files": nfiles,
            "corpus_train_bytes": len(train_b), "corpus_val_bytes": len(val_b),
            "hook_stats": state.stats() if state is not None else None,
+           "preload_loaded": gc_ranks.preload_loaded(),
            "torch_version": torch.__version__}
     return gc_ranks.finish_rank(res, rank, args.out, state)
 
@@ -238,6 +269,11 @@ def main():
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("outdir", nargs="?")
     p.add_argument("build", nargs="?", default="build-gpu")
+    p.add_argument("--device", choices=("cuda", "cpu"), default=DEVICE,
+                   help="cpu: gloo on the CPU, the gradcomp runs skipped (proves the script, the "
+                   "data, the PyTorch runs, the JSON and the PNG without a GPU)")
+    p.add_argument("--smoke", action="store_true", default=SMOKE,
+                   help="a tiny model and %d steps (GC_LM_STEPS overrides)" % 6)
     p.add_argument("--worker", action="store_true")
     p.add_argument("--mode")
     p.add_argument("--out")
@@ -246,6 +282,7 @@ def main():
         return worker(args)
     if not args.outdir:
         p.error("OUTDIR is required")
+    configure(args.device, args.smoke, os.environ.get("GC_LM_STEPS"))
     sys.path.insert(0, HERE)
     import gc_ranks
 
@@ -253,19 +290,29 @@ def main():
     os.makedirs(out, exist_ok=True)
     build = os.path.join(ROOT, args.build if os.path.isdir(os.path.join(ROOT, args.build))
                          else "build")
-    world = int(os.environ.get("GC_LM_WORLD", "4"))
+    world = int(os.environ.get("GC_LM_WORLD", "2" if DEVICE == "cpu" else "4"))
     deadline = time.time() + float(os.environ.get("GC_LM_BUDGET_S", "300"))
     preload = os.path.join(build, "plugin", "preload", "libgradcomp_preload.so")
     env = {"PYTHONPATH": os.path.join(ROOT, "python"),
            "GRADCOMP_LIBRARY": os.path.join(build, "libgradcomp.so"),
-           "CUBLAS_WORKSPACE_CONFIG": ":4096:8", "GC_LM_STEPS": str(STEPS), "GC_LM_DEVICE": DEVICE}
+           "CUBLAS_WORKSPACE_CONFIG": ":4096:8", "GC_LM_STEPS": str(STEPS), "GC_LM_DEVICE": DEVICE,
+           "GC_LM_SMOKE": "1" if SMOKE else "0"}
     results, status = {}, {}
     only = os.environ.get("GC_LM_RUNS")  # a comma list picks runs (default: all)
-    for name, mode, extra, use_preload in RUNS:
+    table = {r[0]: r for r in runs()}
+    longest = 0.0  # the longest good run so far: a run that cannot finish in what is left is
+    # skipped rather than killed
+    for name in PRIORITY:
+        _, mode, extra, use_preload = table[name]
         if only and name not in only.split(","):
             continue
+        if DEVICE == "cpu" and (mode == "hook" or use_preload):
+            status[name] = ("skipped on CPU (gradcomp compresses CUDA tensors over NCCL; "
+                            "this run needs the GPU box)")
+            print(f"lm_compare: {name}: {status[name]}", flush=True)
+            continue
         left = deadline - time.time()
-        if left < 25:
+        if left < max(25.0, 1.1 * longest):
             status[name] = "skipped (time budget spent)"
             continue
         path = os.path.join(out, f"lm_{name}.json")
@@ -277,19 +324,35 @@ def main():
                                            "--out", path], os.path.join(out, f"lm_{name}"), env=e,
                                    timeout=min(120, left - 5),
                                    preload=preload if use_preload else None)
+        if st == "ok":  # a hung run's time says nothing about the next one's
+            longest = max(longest, secs)
         status[name] = st
         print(f"lm_compare: {name}: {st} in {secs:.0f}s", flush=True)
         if st == "ok" and os.path.exists(path):
             with open(path) as f:
                 results[name] = json.load(f)
-            if use_preload:
+            if results[name]["preload_loaded"] != use_preload:
+                status[name] = (f"failed (the preload was {'not ' if use_preload else ''}"
+                                "loaded in the ranks)")
+                del results[name]
+                print(f"lm_compare: {name}: {status[name]}", flush=True)
+            elif use_preload:
                 per_rank = gc_ranks.preload_bytes(os.path.join(out, f"lm_{name}"), world)
                 if per_rank and per_rank[0]:
-                    results[name]["bytes_per_step"] = per_rank[0][2] / results[name]["steps"]
-                    results[name]["preload_calls_compressed"] = per_rank[0][0]
+                    r = results[name]
+                    calls, _, sent, dense_compressed = per_rank[0]
+                    # What the preload passed to NCCL (calls below min_elements) went dense on
+                    # the ring, as the hook runs count it.
+                    ring = 2.0 * (world - 1) / world
+                    passed = max(0.0, r["dense_bytes_per_step"] * r["steps"]
+                                 - ring * dense_compressed)
+                    r["bytes_per_step"] = (sent + passed) / r["steps"]
+                    r["preload_calls_compressed"] = calls
                 else:
                     results[name]["bytes_per_step"] = None  # no summary line: not compressed?
-    rep = {"lm_runs": status, "lm_world": world, "lm_steps": STEPS}
+    rep = {"lm_runs": status, "lm_world": world, "lm_steps": STEPS, "lm_device": DEVICE,
+           "lm_smoke": SMOKE, "lm_model": {"width": WIDTH, "layers": LAYERS, "heads": HEADS,
+                                           "context": CTX, "batch_per_rank": BATCH}}
     base = results.get("none")
     for name, r in results.items():
         rep[f"lm_val_loss_{name}"] = r["final_val_loss"]
@@ -311,12 +374,15 @@ def main():
     with open(os.path.join(out, "lm.json"), "w") as f:
         json.dump(rep, f, indent=1, sort_keys=True)
     fmt = lambda v, f: "n/a" if v is None else f.format(v)  # noqa: E731
+    where = "on one GPU" if DEVICE == "cuda" else "on the CPU (gloo)"
+    smoke = (f"; SMOKE sizes: width {WIDTH}, {LAYERS} layer(s), context {CTX}, batch {BATCH}"
+             if SMOKE else "")
     lines = [f"### Language model head-to-head ({rep.get('lm_num_params')} parameters, byte-level "
-             f"GPT on {rep.get('lm_corpus_files')} stdlib files, {world} ranks on one GPU, "
-             f"{STEPS} steps)", "",
+             f"GPT on {rep.get('lm_corpus_files')} stdlib files, {world} ranks {where}, "
+             f"{STEPS} steps{smoke})", "",
              "| run | status | final val loss | vs uncompressed | gradient bytes sent per step "
              "and rank | params identical on all ranks |", "|---|---|---|---|---|---|"]
-    for name, *_ in RUNS:
+    for name, *_ in runs():
         r = results.get(name)
         lines.append(f"| {LABELS[name]} | {status.get(name, 'not run')} | "
                      f"{fmt(r and r['final_val_loss'], '{:.4f}')} | "
@@ -333,13 +399,13 @@ def main():
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        for name, *_ in RUNS:
+        for name, *_ in runs():
             if name in results and results[name]["val_curve"]:
                 s, v = zip(*results[name]["val_curve"])
                 ax.plot(s, v, label=LABELS[name])
         ax.set_xlabel("step")
         ax.set_ylabel("validation loss (nats/byte)")
-        ax.set_title("byte-level GPT on the Python stdlib, DDP 4 ranks")
+        ax.set_title(f"byte-level GPT on the Python stdlib, DDP {world} ranks {where}")
         ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(os.path.join(out, "lm_loss.png"), dpi=120)
@@ -349,7 +415,8 @@ def main():
     with open(os.path.join(out, "lm.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
-    return 0 if status.get("none") == "ok" and len(results) == len(status) else 1
+    expected = [n for n, st in status.items() if not st.startswith("skipped on CPU")]
+    return 0 if status.get("none") == "ok" and len(results) == len(expected) else 1
 
 
 if __name__ == "__main__":

@@ -9,8 +9,14 @@
   resume      the hook with --resume-check: checkpoint, resume in a fresh DDP, bit for bit
 and, when libgradcomp exports gradcompReduceScatterKeyed, tools/fsdp_hook_train.py's
 FSDP2 MLP with FSDP's reduce-scatter and with GradcompReduceScatter (QSGD 4-bit).
-Writes OUTDIR/torch_hooks.json and .md. Usage: torch_hooks_check.py OUTDIR [BUILD_DIR]
+Writes OUTDIR/torch_hooks.json and .md.
+Usage: torch_hooks_check.py OUTDIR [BUILD_DIR] [--device cpu] [--smoke]
+`--device cpu` (2 ranks, gloo) runs what needs no GPU: the uncompressed DDP and FSDP2
+trainings, their JSON, and this script's own JSON and report; the gradcomp runs are reported
+"skipped on CPU". --smoke trains 1 epoch (FSDP: 20 steps); CTest's python.torch_hooks_cpu
+runs both.
 """
+import argparse
 import json
 import os
 import subprocess
@@ -24,14 +30,23 @@ import gc_ranks  # noqa: E402
 
 
 def main():
-    out = os.path.abspath(sys.argv[1])
-    build = sys.argv[2] if len(sys.argv) > 2 else "build-gpu"
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("outdir")
+    ap.add_argument("build", nargs="?", default="build-gpu")
+    ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    ap.add_argument("--smoke", action="store_true", help="1 epoch, FSDP 20 steps")
+    a = ap.parse_args()
+    out = os.path.abspath(a.outdir)
+    build = a.build
     if not os.path.isdir(os.path.join(ROOT, build)):
         build = "build"
     build = os.path.join(ROOT, build)
     os.makedirs(out, exist_ok=True)
-    world = int(os.environ.get("GC_HOOK_WORLD", "4"))
-    epochs = os.environ.get("GC_HOOK_EPOCHS", "40")
+    cpu = a.device == "cpu"
+    world = int(os.environ.get("GC_HOOK_WORLD", "2" if cpu else "4"))
+    epochs = os.environ.get("GC_HOOK_EPOCHS", "1" if a.smoke else "40")
+    fsdp_steps = ["--steps", "20"] if a.smoke else []
     budget = float(os.environ.get("GC_HOOK_BUDGET_S", "420"))
     deadline = time.time() + budget
     # GRADCOMP_AUTO=0: the runs measure compression itself, which auto would
@@ -40,10 +55,20 @@ def main():
                 "GRADCOMP_LIBRARY": os.path.join(build, "libgradcomp.so"),
                 "GRADCOMP_METHOD": "qsgd", "GRADCOMP_BITS": "4", "GRADCOMP_AUTO": "0"}
     preload = os.path.join(build, "plugin", "preload", "libgradcomp_preload.so")
-    res = {"torch_hooks_world": world, "torch_hooks_epochs": int(epochs)}
+    res = {"torch_hooks_world": world, "torch_hooks_epochs": int(epochs),
+           "torch_hooks_device": a.device, "torch_hooks_smoke": a.smoke}
     runs = {}
 
-    def run(name, extra_args, env=None, use_preload=False, script="ddp_train.py", epochs_arg=True):
+    def run(name, extra_args, env=None, use_preload=False, script="ddp_train.py", epochs_arg=True,
+            gradcomp=True):
+        """gradcomp: the run compresses with gradcomp (skipped on the CPU)."""
+        if cpu and gradcomp:
+            runs[name] = {"status": "skipped on CPU (gradcomp compresses CUDA tensors over "
+                                    "NCCL; this run needs the GPU box)"}
+            print(f"torch_hooks: {name}: {runs[name]['status']}", flush=True)
+            return None
+        if cpu:
+            extra_args = extra_args + ["--device", "cpu"]
         left = deadline - time.time()
         if left < 30:
             runs[name] = {"status": "skipped (time budget spent)"}
@@ -63,9 +88,14 @@ def main():
         if status != "ok" or not os.path.exists(path):
             return None
         with open(path) as f:
-            return json.load(f)
+            r = json.load(f)
+        if r.get("preload_loaded", False) != use_preload:
+            runs[name]["status"] = (f"failed (the preload was {'not ' if use_preload else ''}"
+                                    "loaded in the ranks)")
+            return None
+        return r
 
-    base = run("none", [])
+    base = run("none", [], gradcomp=False)
     hq = run("hook_qsgd4", ["--hook", "gradcomp"])
     whole = run("hook_whole", ["--hook", "gradcomp", "--whole-buckets", "--layer-min-size", "0",
                                "--start-iter", "0"])
@@ -78,8 +108,10 @@ def main():
         env=dict(os.environ, **base_env), capture_output=True).returncode == 0
     fsdp_base = fsdp_gc = None
     if has_rs:
-        fsdp_base = run("fsdp_none", [], script="fsdp_hook_train.py", epochs_arg=False)
-        fsdp_gc = run("fsdp_qsgd4", ["--gradcomp"], script="fsdp_hook_train.py", epochs_arg=False)
+        fsdp_base = run("fsdp_none", fsdp_steps, script="fsdp_hook_train.py", epochs_arg=False,
+                        gradcomp=False)
+        fsdp_gc = run("fsdp_qsgd4", ["--gradcomp"] + fsdp_steps, script="fsdp_hook_train.py",
+                      epochs_arg=False)
     else:
         runs["fsdp"] = {"status": "skipped: libgradcomp has no gradcompReduceScatterKeyed"}
     if fsdp_base and fsdp_gc:
@@ -127,7 +159,8 @@ def main():
     with open(os.path.join(out, "torch_hooks.json"), "w") as f:
         json.dump(res, f, indent=1, sort_keys=True)
     fmt = lambda k: res.get(k, "n/a")  # noqa: E731
-    md = ["### gradcomp.torch DDP hook (MLP on digits, %d ranks on one GPU)" % world, "",
+    where = "on the CPU (gloo): the gradcomp runs need the GPU box" if cpu else "on one GPU"
+    md = ["### gradcomp.torch DDP hook (MLP on digits, %d ranks %s)" % (world, where), "",
           "| check | result |", "|---|---|",
           f"| accuracy, hook QSGD 4-bit layer-aware vs uncompressed (pts) | "
           f"{fmt('ddp_hook_qsgd4_acc_delta_pts')} |",
@@ -151,6 +184,8 @@ def main():
     bad = [k for k, v in runs.items() if v["status"].startswith(("failed", "timed out"))]
     checks = [res.get("torch_hook_vs_preload_bytes_equal"), res.get("torch_hook_resume_bitwise"),
               res.get("torch_hooks_params_identical_all_runs")]
+    if cpu:  # only the uncompressed runs were made: they must have run and agree on all ranks
+        checks = [res.get("torch_hooks_params_identical_all_runs"), base is not None]
     return 1 if bad or not all(c is True for c in checks) else 0
 
 

@@ -62,6 +62,8 @@ stop_ranks() {
 }
 
 # run_ranks WORLD LIMIT LOG_PREFIX PRELOAD [VAR=VALUE...] -- SCRIPT [ARG...]
+# (GRADCOMP_AUTO=0 unless a VAR=VALUE says otherwise: the trainings measure compression, so
+# every eligible call is compressed rather than left to auto's timing.)
 # Runs "$py" SCRIPT ARG... as WORLD ranks, each under `timeout LIMIT`, rank r's
 # output in LOG_PREFIX_r<r>.log, PRELOAD (empty: none) as LD_PRELOAD and the
 # VAR=VALUE pairs on top of the shared environment. Returns the first nonzero
@@ -82,7 +84,7 @@ run_ranks() {
                 MASTER_ADDR=127.0.0.1 MASTER_PORT=$port OMP_NUM_THREADS=2
                 NCCL_HOSTID=host-$r NCCL_NET=Socket NCCL_SOCKET_IFNAME=lo NCCL_IB_DISABLE=1
                 NCCL_P2P_DISABLE=1 NCCL_SHM_DISABLE=1 NCCL_NVLS_ENABLE=0
-                TORCH_NCCL_USE_COMM_NONBLOCKING=0 GRADCOMP_DEBUG=INFO "${vars[@]}")
+                TORCH_NCCL_USE_COMM_NONBLOCKING=0 GRADCOMP_DEBUG=INFO GRADCOMP_AUTO=0 "${vars[@]}")
     [ -n "$lib" ] && envs+=(LD_PRELOAD=$lib)
     env "${envs[@]}" timeout -k 5 "$limit" "$py" "$@" > "${logs}_r$r.log" 2>&1 &
     ranks_pids+=($!)

@@ -1,10 +1,14 @@
 """gradcomp.torch without a GPU: the refusals a user meets first (gloo group, CPU tensors,
-unsupported dtypes). Skipped, with the reason, where PyTorch is not installed; the
-multi-rank GPU checks are tools/torch_hooks_check.sh's (tools/gpu-check.sh step torch_hooks)."""
+unsupported dtypes), the layer-aware plan, and the DDP hook's body on the CPU world (threads as
+ranks) against a serial reference, with its checkpoint resume. Skipped, with the reason, where
+PyTorch is not installed; the multi-rank GPU checks are tools/torch_hooks_check.py's
+(tools/gpu-check.sh step torch_hooks)."""
 import os
 import socket
 import sys
+import threading
 import unittest
+import warnings
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(HERE)), "python"))
@@ -36,6 +40,23 @@ class TorchRefusals(unittest.TestCase):
             with self.assertRaisesRegex(ValueError, r"need an NCCL process group.*'gloo'.*"
                                         r"init_process_group\('nccl'\)"):
                 self.gt.GradcompState()
+        finally:
+            dist.destroy_process_group()
+
+    def test_single_rank_group_is_refused(self):
+        from unittest import mock
+
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0,
+                                world_size=1)
+        try:  # an NCCL group of one rank, as far as the check can tell
+            with mock.patch.object(dist, "get_backend", lambda group=None: "nccl"):
+                with self.assertRaisesRegex(ValueError, r"has 1 rank: there is nothing to "
+                                            r"reduce.*register no comm hook"):
+                    self.gt.GradcompState()
         finally:
             dist.destroy_process_group()
 
@@ -71,6 +92,49 @@ class TorchRefusals(unittest.TestCase):
         else:
             with self.assertRaisesRegex(RuntimeError, "has no gradcompReduceScatterKeyed: rebuild"):
                 self.gt.GradcompReduceScatter(None, "layers.0")
+
+
+@unittest.skipIf(torch is None, "PyTorch is not installed: gradcomp.torch is checked on the GPU "
+                 "box (tools/gpu-check.sh, step torch_hooks)")
+class UniqueIdThroughTheStore(unittest.TestCase):
+    """The first half of make_comm on the CPU: rank 0's ncclGetUniqueId (from the libnccl
+    torch loaded; it needs no GPU) reaches every rank byte for byte through a store."""
+
+    def test_every_rank_gets_rank_0s_bytes(self):
+        import ctypes
+
+        from gradcomp.torch import _nccl
+
+        try:
+            _nccl.nccl()
+        except RuntimeError as e:  # a CPU-only torch brings no libnccl
+            self.skipTest(str(e))
+        store = dist.HashStore()
+        got = [None] * 3
+
+        def rank(r):
+            uid = _nccl.share_unique_id(store, "gradcomp/nccl_id/0-1-2/0", r)
+            got[r] = ctypes.string_at(ctypes.addressof(uid), ctypes.sizeof(uid))
+
+        threads = [threading.Thread(target=rank, args=(r,)) for r in (2, 1, 0)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        self.assertEqual(len(got[0]), 128)
+        self.assertEqual(got[1], got[0])
+        self.assertEqual(got[2], got[0])
+        self.assertIn(0, got[0][:16])  # NULs inside: a copy cut at the first one would differ
+        self.assertNotEqual(got[0], bytes(128))
+
+    def test_a_wrong_size_in_the_store_is_refused(self):
+        from gradcomp.torch import _nccl
+
+        store = dist.HashStore()
+        store.set("k", b"\x01" * 5)
+        with self.assertRaisesRegex(RuntimeError, "holds 5 bytes under k, not an NCCL unique id "
+                                    r"\(128 bytes\)"):
+            _nccl.share_unique_id(store, "k", 1)
 
 
 @unittest.skipIf(torch is None, "PyTorch is not installed")
@@ -166,6 +230,419 @@ class LayerAwarePlan(unittest.TestCase):
         _scatter(part, out, runs)
         self.assertEqual(out[[0, 1, 2, 7, 8, 9, 10, 11, 15, 16]].tolist(), part.tolist())
         self.assertEqual(float(out.sum()), float(part.sum()))
+
+
+@unittest.skipIf(torch is None, "PyTorch is not installed: gradcomp.torch is checked on the GPU "
+                 "box (tools/gpu-check.sh, step torch_hooks)")
+class HookOnCpuWorld(unittest.TestCase):
+    """gradcomp_hook's body (after its CUDA checks) with N threads as ranks: each its own
+    GradcompState, a gloo group on a shared store, and the CPU world's comm in place of the
+    NCCL one. Compared bit for bit with a serial reference: the mean of the buffers where the
+    hook sends full precision, the library's own keyed allreduce of the gathered compressed
+    parts (a second world making the same calls) elsewhere."""
+
+    N, START, STEPS = 2, 1, 4
+
+    def setUp(self):
+        ctx = warnings.catch_warnings()  # bucket 2's expected "sent uncompressed" warning
+        ctx.__enter__()
+        warnings.simplefilter("ignore")
+        self.addCleanup(ctx.__exit__, None, None, None)
+
+    class HostStream:
+        """_CudaStream's part on the host: no stream, plain futures, nothing to wait for."""
+
+        handle = None
+
+        def done(self, buf):
+            fut = torch.futures.Future()
+            fut.set_result(buf)
+            return fut
+
+        def mark(self):
+            return None
+
+        def wait(self, ev):
+            pass
+
+    class Bucket:
+        def __init__(self, buf, params, index, last):
+            self.buf, self.params, self.i, self.last = buf, params, index, last
+
+        def buffer(self):
+            return self.buf
+
+        def parameters(self):
+            return self.params
+
+        def index(self):
+            return self.i
+
+        def is_last(self):
+            return self.last
+
+    @classmethod
+    def setUpClass(cls):
+        import gradcomp
+
+        cls.gradcomp = gradcomp
+        torch.manual_seed(0)
+        # bucket 0: one large weight (all compressed); bucket 1: mixed (2048 and 1600
+        # compressed, a bias and a 50-element weight in full precision); bucket 2: a norm's
+        # weight and bias only (all full precision).
+        cls.model = torch.nn.Sequential(
+            torch.nn.Linear(48, 48, bias=False), torch.nn.Linear(32, 64),
+            torch.nn.Linear(5, 10, bias=False), torch.nn.Linear(40, 40, bias=False),
+            torch.nn.LayerNorm(16))
+        p = list(cls.model.parameters())
+        cls.buckets = [[p[0]], [p[1], p[2], p[3], p[4]], [p[5], p[6]]]
+
+    def config(self):
+        return self.gradcomp.Config(from_env=False, method="qsgd", bits=4, min_elements=0)
+
+    def grads(self, step, rank, b):
+        g = torch.Generator().manual_seed(1000 * step + 10 * rank + b)
+        n = sum(q.numel() for q in self.buckets[b])
+        return torch.randn(n, generator=g) * (rank + 1)
+
+    @staticmethod
+    def make_states(N, world, tag, module, start_iter, config):
+        """N GradcompStates, rank r's on a gloo group of a shared store and world.comms[r]."""
+        import gradcomp.torch as gt
+        import gradcomp.torch._nccl as nccl
+
+        store = dist.HashStore()
+        pgs = [None] * N
+
+        def connect(r):  # gloo's rendezvous waits for every rank
+            pgs[r] = dist.ProcessGroupGloo(dist.PrefixStore(tag, store), r, N)
+
+        threads = [threading.Thread(target=connect, args=(r,)) for r in range(N)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        saved = nccl.check_group
+        out = []
+        try:
+            for r, pg in enumerate(pgs):
+                nccl.check_group = lambda pg, r=r: (pg, r, N)
+                st = gt.GradcompState(pg, module=module, start_iter=start_iter, config=config())
+                st._make_comm = lambda device, c=world.comms[r]: (c, None)
+                out.append(st)
+        finally:
+            nccl.check_group = saved
+        return out
+
+    def states(self, world, tag):
+        return self.make_states(self.N, world, tag, self.model, self.START, self.config)
+
+    def step(self, world, states, step):
+        """One DDP step of every rank: the buckets in order, then every future."""
+        from gradcomp.torch.ddp import _reduce_bucket
+
+        def rank(comm):
+            r = comm.rank
+            futs = []
+            for b, params in enumerate(self.buckets):
+                bucket = self.Bucket(self.grads(step, r, b), params, b,
+                                     b == len(self.buckets) - 1)
+                futs.append(_reduce_bucket(states[r], bucket, bucket.buf, self.HostStream()))
+            return [f.wait().clone() for f in futs]
+
+        return world.run(rank)
+
+    def reference(self, world, step, compressed):
+        """What every rank must hold after the step: (x_0 + x_1) / 2 computed as the hook's
+        torch allreduce does (x / N, then summed), the compressed runs replaced by the
+        library's keyed Avg allreduce of their gathered elements."""
+        plan_state = self.states(world, "plan")[0]
+        comp_runs = []
+        for b, params in enumerate(self.buckets):
+            plan = plan_state._plan(self.Bucket(None, params, b, False))
+            comp_runs.append(plan if compressed and plan["comp_n"] else None)
+
+        def rank(comm):
+            out = []
+            for b in range(len(self.buckets)):
+                xs = [self.grads(step, r, b) for r in range(self.N)]
+                mean = xs[0] / self.N
+                for x in xs[1:]:
+                    mean = mean + x / self.N
+                plan = comp_runs[b]
+                if plan is not None:
+                    idx = torch.cat([torch.arange(o, o + n) for o, n in plan["comp"]])
+                    part = xs[comm.rank][idx].contiguous()
+                    comm.allreduce(part, op="avg", key=plan["key"])
+                    mean[idx] = part
+                out.append(mean)
+            return out
+
+        return world.run(rank)
+
+    def same_bits(self, a, b, what):
+        self.assertTrue(torch.equal(a.view(torch.int32), b.view(torch.int32)),
+                        f"{what}: {int((a != b).sum())} of {a.numel()} elements differ")
+
+    def test_hook_matches_the_serial_reference_and_counts_what_it_sent(self):
+        N = self.N
+        with self.gradcomp.CpuWorld(N, self.config()) as w, \
+                self.gradcomp.CpuWorld(N, self.config()) as ref:
+            states = self.states(w, "hook")
+            for step in range(self.STEPS):
+                got = self.step(w, states, step)
+                want = self.reference(ref, step, step >= self.START)
+                for r in range(N):
+                    for b in range(len(self.buckets)):
+                        self.same_bits(got[r][b], want[0][b], f"step {step} rank {r} bucket {b}")
+            self.assertIn(("full", 2), states[0]._warned)  # the all-full bucket, warned once
+            st = states[0].stats()
+            comp = self.STEPS - self.START
+            self.assertEqual(st["iter"], self.STEPS)
+            self.assertEqual(st["uncompressed_steps"], self.START)
+            self.assertEqual(st["compressed_calls"], 2 * comp)  # buckets 0 and 1
+            self.assertEqual(st["compressed_dense_bytes"], 4 * (2304 + 2048 + 1600) * comp)
+            self.assertEqual(st["full_precision_calls"], 2 * comp)  # buckets 1 and 2
+            self.assertEqual(st["full_precision_bytes"], 4 * (64 + 50 + 32) * comp)
+            self.assertEqual(st["gradcomp"]["calls_compressed"], 2 * comp)
+            self.assertEqual(st["gradcomp"]["bytes_in"], st["compressed_dense_bytes"])
+            self.assertEqual(st["full_precision_params"],
+                             ["1.bias", "2.weight", "4.bias", "4.weight"])
+            self.assertEqual(st["compressed_params"], ["0.weight", "1.weight", "3.weight"])
+
+    def test_state_dict_resumes_bit_for_bit(self):
+        """Saved after K steps and loaded into fresh states and a fresh world, the next step
+        is bitwise the uninterrupted run's; without the load it is not (the residuals count)."""
+        N, K = self.N, self.START + 2
+        with self.gradcomp.CpuWorld(N, self.config()) as w:
+            states = self.states(w, "a")
+            for step in range(K):
+                self.step(w, states, step)
+            saved = [s.state_dict() for s in states]
+            self.assertTrue(all(d["gradcomp"] for d in saved))
+            after = self.step(w, states, K)
+        with self.gradcomp.CpuWorld(N, self.config()) as w2:
+            resumed = self.states(w2, "b")
+            for s, d in zip(resumed, saved):
+                s.load_state_dict(d)
+            again = self.step(w2, resumed, K)
+        with self.gradcomp.CpuWorld(N, self.config()) as w3:
+            fresh = self.states(w3, "c")
+            for s in fresh:
+                s.iter = K
+            cold = self.step(w3, fresh, K)
+        for r in range(N):
+            for b in range(len(self.buckets)):
+                self.same_bits(again[r][b], after[r][b], f"rank {r} bucket {b}")
+        self.assertFalse(torch.equal(cold[0][0], after[0][0]))
+
+
+@unittest.skipIf(torch is None, "PyTorch is not installed: gradcomp.torch is checked on the GPU "
+                 "box (tools/gpu-check.sh, step torch_hooks)")
+class RealDdpBuckets(unittest.TestCase):
+    """The hook's body under this torch's real DDP (one rank, gloo, a 1-rank CPU world that
+    passes through): the GradBucket calls it makes exist, a bucket's buffer is its
+    parameters() in order (the plan's offsets), steps are counted on the last bucket, and the
+    trained parameters are bitwise those of DDP without a hook."""
+
+    STEPS = 4
+
+    def train(self, use_hook):
+        import gradcomp
+        import gradcomp.torch as gt
+        import gradcomp.torch._nccl as nccl
+        from gradcomp.torch.ddp import _reduce_bucket
+
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(),
+                                    torch.nn.Linear(128, 10), torch.nn.LayerNorm(10))
+        ddp = torch.nn.parallel.DistributedDataParallel(model)
+        state = None
+        if use_hook:
+            config = gradcomp.Config(from_env=False, min_elements=0)
+            world = gradcomp.CpuWorld(1, config)
+            self.addCleanup(world.close)
+            saved = nccl.check_group
+            nccl.check_group = lambda pg: (dist.group.WORLD, 0, 1)
+            try:
+                state = gt.GradcompState(module=model, start_iter=1, config=config)
+            finally:
+                nccl.check_group = saved
+            state._make_comm = lambda device: (world.comms[0], None)
+
+            def hook(st, bucket):
+                buf, off = bucket.buffer(), 0
+                for p, g in zip(bucket.parameters(), bucket.gradients()):
+                    self.assertEqual(g.data_ptr(), buf.data_ptr() + off * buf.element_size())
+                    off += p.numel()
+                self.assertEqual(off, buf.numel())
+                return _reduce_bucket(st, bucket, buf, HookOnCpuWorld.HostStream())
+
+            ddp.register_comm_hook(state, hook)
+        opt = torch.optim.SGD(ddp.parameters(), lr=0.1, momentum=0.9)
+        g = torch.Generator().manual_seed(5)
+        for _ in range(self.STEPS):
+            x, y = torch.randn(8, 64, generator=g), torch.randint(0, 10, (8,), generator=g)
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(ddp(x), y).backward()
+            opt.step()
+        return [p.detach().clone() for p in model.parameters()], state
+
+    def test_real_buckets(self):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0,
+                                world_size=1)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                plain, _ = self.train(False)
+                hooked, state = self.train(True)
+        finally:
+            dist.destroy_process_group()
+        for a, b in zip(plain, hooked):
+            self.assertTrue(torch.equal(a.view(torch.int32), b.view(torch.int32)))
+        st = state.stats()
+        comp = self.STEPS - 1
+        self.assertEqual((st["iter"], st["uncompressed_steps"]), (self.STEPS, 1))
+        # DDP rebuilt its bucket after step 0 (the uncompressed one): one plan, for the new order.
+        self.assertEqual(len(state._plans), 1)
+        self.assertEqual(st["compressed_calls"], comp)
+        self.assertEqual(st["compressed_dense_bytes"], 4 * (128 * 64 + 10 * 128) * comp)
+        self.assertEqual(st["full_precision_bytes"], 4 * (128 + 10 + 10 + 10) * comp)
+        self.assertEqual(st["compressed_params"], ["0.weight", "2.weight"])
+        self.assertEqual(st["full_precision_params"], ["0.bias", "2.bias", "3.bias", "3.weight"])
+
+
+@unittest.skipIf(torch is None, "PyTorch is not installed: gradcomp.torch is checked on the GPU "
+                 "box (tools/gpu-check.sh, step torch_hooks)")
+class FsdpReduceScatterOnCpuWorld(unittest.TestCase):
+    """GradcompReduceScatter's call (after its CUDA checks) from 2 threads as ranks on the CPU
+    world, FSDP's way: keyword arguments, FSDP's AVG (fp32/bf16) and SUM (fp16, pre/post
+    divided) ops, one module's flat gradients each step. Bit for bit the library's own keyed
+    reduce-scatter on a second world making the same calls."""
+
+    N, n, STEPS = 2, 1000, 3
+
+    def setUp(self):
+        import gradcomp
+        from unittest import mock
+
+        if not gradcomp.has("gradcompReduceScatterKeyed"):
+            self.skipTest("this libgradcomp has no gradcompReduceScatterKeyed")
+        self.gradcomp = gradcomp
+        # The bare gloo groups are not registered with torch.distributed: both are the world.
+        patch = mock.patch.object(dist, "get_process_group_ranks",
+                                  lambda group: list(range(self.N)))
+        patch.start()
+        self.addCleanup(patch.stop)
+
+    def config(self):
+        return self.gradcomp.Config(from_env=False, method="qsgd", bits=4, min_elements=0)
+
+    def inputs(self, step, rank):
+        g = torch.Generator().manual_seed(100 * step + rank)
+        return torch.randn(self.N * self.n, generator=g) * (rank + 1)
+
+    def test_reduce_scatter_matches_the_library_and_counts_its_calls(self):
+        import gradcomp.torch as gt
+
+        ops = [dist.ReduceOp.AVG, dist.ReduceOp.SUM, dist.ReduceOp.AVG]
+        with self.gradcomp.CpuWorld(self.N, self.config()) as w, \
+                self.gradcomp.CpuWorld(self.N, self.config()) as ref:
+            states = HookOnCpuWorld.make_states(self.N, w, "rs", None, 0, self.config)
+            hooks = [gt.GradcompReduceScatter(st, "layers.0") for st in states]
+
+            def rank(comm):
+                r, outs = comm.rank, []
+                for step, op in enumerate(ops):
+                    out = hooks[r].allocate((self.n,), dtype=torch.float32, device="cpu")
+                    self.assertIsNone(hooks[r]._reduce_scatter(
+                        out, self.inputs(step, r), states[r].process_group, op, False,
+                        lambda: None))
+                    outs.append(out)
+                return outs
+
+            def reference(comm):
+                outs = []
+                for step, op in enumerate(ops):
+                    out = torch.empty(self.n)
+                    comm.reduce_scatter(self.inputs(step, comm.rank), out,
+                                        op="avg" if op == dist.ReduceOp.AVG else "sum",
+                                        key=hooks[0].key)
+                    outs.append(out)
+                return outs
+
+            got, want = w.run(rank), ref.run(reference)
+            for r in range(self.N):
+                for step in range(len(ops)):
+                    self.assertTrue(torch.equal(got[r][step].view(torch.int32),
+                                                want[r][step].view(torch.int32)),
+                                    f"rank {r} step {step}")
+            self.assertFalse(torch.equal(got[0][0], got[1][0]))  # each rank its own block
+            st = states[0].stats()
+            self.assertEqual(st["compressed_calls"], len(ops))
+            self.assertEqual(st["compressed_dense_bytes"], 4 * self.N * self.n * len(ops))
+            self.assertEqual(st["gradcomp"]["calls_reduce_scatter"], len(ops))
+
+    def test_mismatched_sizes_are_refused(self):
+        import gradcomp.torch as gt
+
+        rs = gt.GradcompReduceScatter(None, "layers.0")
+
+        class Group:
+            def size(self):
+                return 2
+
+        with self.assertRaisesRegex(ValueError, r"input has 7 elements, not world_size \* "
+                                    r"output = 2 \* 3"):
+            rs._reduce_scatter(torch.zeros(3), torch.zeros(7), Group(), dist.ReduceOp.AVG,
+                               False, lambda: None)
+
+
+@unittest.skipIf(torch is None, "PyTorch is not installed: gradcomp.torch is checked on the GPU "
+                 "box (tools/gpu-check.sh, step torch_hooks)")
+class FsdpProtocol(unittest.TestCase):
+    """FSDP2 of this torch, 2 processes on gloo (fsdp_protocol_rank.py): it calls the objects
+    register_fsdp_reduce_scatter installs, by keyword, with AVG for fp32 gradients and an input
+    of world_size * output elements; on CPU tensors the call refuses with its sentence."""
+
+    def test_fsdp_calls_the_reduce_scatter_as_it_expects(self):
+        import json
+        import tempfile
+
+        import gradcomp
+        import gradcomp.torch as gt
+
+        if not gradcomp.has("gradcompReduceScatterKeyed"):
+            self.skipTest("this libgradcomp has no gradcompReduceScatterKeyed")
+        root = os.path.dirname(os.path.dirname(HERE))
+        sys.path.insert(0, os.path.join(root, "tools"))
+        import gc_ranks
+
+        env = {"PYTHONPATH": os.path.join(root, "python"),
+               "GRADCOMP_LIBRARY": gradcomp.library_path()}
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, "p")
+            status, _ = gc_ranks.launch(2, [os.path.join(HERE, "fsdp_protocol_rank.py"), out],
+                                        out, env=env, timeout=120)
+            logs = [open(f"{out}_r{r}.log").read() for r in range(2)]
+            self.assertEqual(status, "ok", logs)
+            got = [json.load(open(f"{out}.rank{r}.json")) for r in range(2)]
+        keys = {gt.GradcompReduceScatter(None, name).key for name in ("0", "2")}
+        for r, g in enumerate(got):
+            self.assertEqual(g["registered"], 3)  # model[0], model[2] and the root
+            self.assertEqual(len(g["calls"]), 1, g)  # the first call refused
+            c = g["calls"][0]
+            self.assertEqual((c["positional"], c["keywords"]),
+                             (0, ["group", "input_tensor", "op", "output_tensor"]))
+            self.assertIn("AVG", c["op"])
+            self.assertEqual(c["input_numel"], 2 * c["output_numel"])
+            self.assertEqual(c["dtype"], "torch.float32")
+            self.assertIn(c["key"], keys)
+            self.assertRegex(g["error"], "got CPU tensors: gradcomp reduces CUDA tensors")
 
 
 if __name__ == "__main__":

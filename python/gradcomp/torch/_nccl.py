@@ -65,6 +65,23 @@ def check_group(process_group):
     return pg, dist.get_rank(pg), size
 
 
+def share_unique_id(store, key, rank):
+    """ncclGetUniqueId on rank 0, the same 128 bytes on every rank through the store."""
+    uid = T.NcclUniqueId()
+    if rank == 0:
+        lib = nccl()
+        lib.check(lib.lib.ncclGetUniqueId(ctypes.byref(uid)), "ncclGetUniqueId")
+        # The field reads as bytes cut at the first NUL: copy the raw 128 bytes.
+        store.set(key, ctypes.string_at(ctypes.addressof(uid), ctypes.sizeof(uid)))
+    else:
+        got = store.get(key)  # waits (up to the store's timeout) for rank 0
+        if len(got) != ctypes.sizeof(uid):
+            raise RuntimeError(f"the store holds {len(got)} bytes under {key}, not an NCCL "
+                               f"unique id ({ctypes.sizeof(uid)} bytes)")
+        ctypes.memmove(ctypes.addressof(uid), got, len(got))
+    return uid
+
+
 def make_comm(process_group, device, config):
     """ncclGetUniqueId on group rank 0, the id through the store, ncclCommInitRank, gradcompCommCreate.
 
@@ -76,18 +93,7 @@ def make_comm(process_group, device, config):
     lib = nccl()
     ranks = dist.get_process_group_ranks(pg)
     key = f"gradcomp/nccl_id/{'-'.join(map(str, ranks))}/{next(_seq)}"
-    store = dist.distributed_c10d._get_default_store()
-    uid = T.NcclUniqueId()
-    if rank == 0:
-        lib.check(lib.lib.ncclGetUniqueId(ctypes.byref(uid)), "ncclGetUniqueId")
-        # The field reads as bytes cut at the first NUL: copy the raw 128 bytes.
-        store.set(key, ctypes.string_at(ctypes.addressof(uid), ctypes.sizeof(uid)))
-    else:
-        got = store.get(key)  # waits (up to the store's timeout) for rank 0
-        if len(got) != ctypes.sizeof(uid):
-            raise RuntimeError(f"the store holds {len(got)} bytes under {key}, not an NCCL "
-                               f"unique id ({ctypes.sizeof(uid)} bytes)")
-        ctypes.memmove(ctypes.addressof(uid), got, len(got))
+    uid = share_unique_id(dist.distributed_c10d._get_default_store(), key, rank)
     handle = ctypes.c_void_p()
     with torch.cuda.device(device):
         lib.check(lib.lib.ncclCommInitRank(ctypes.byref(handle), size, uid, rank),

@@ -171,10 +171,13 @@ class GradcompState:
             self._warned.add(what)
             warnings.warn(f"gradcomp: {msg}", stacklevel=3)
 
+    def _make_comm(self, device):
+        """(Comm, ncclComm address): gradcomp's own NCCL communicator (a collective)."""
+        return _nccl.make_comm(self.process_group, device, self.config)
+
     def comm(self, device):
         if self._comm is None:
-            self._comm, self._nccl_handle = _nccl.make_comm(self.process_group, device,
-                                                            self.config)
+            self._comm, self._nccl_handle = self._make_comm(device)
             if self._pending_blob is not None:
                 self._comm.load_state(self._pending_blob)
             self._pending_blob = None
@@ -247,12 +250,30 @@ def _allreduce_avg(buf, state):
     return fut.then(lambda f: f.value()[0])
 
 
-def _done(buf):
-    """A future already holding buf; CUDA-aware, so DDP's consumers wait for the work
-    enqueued on the current stream (gradcomp's kernels and copies)."""
-    fut = torch.futures.Future(devices=[buf.device])
-    fut.set_result(buf)
-    return fut
+class _CudaStream:
+    """The stream DDP calls the hook on: gradcomp's kernels, the hook's copies and the
+    returned future all follow it. (The CPU-world tests give the hook a host stand-in.)"""
+
+    def __init__(self, device):
+        self.device = device
+        self.stream = torch.cuda.current_stream(device)
+        self.handle = self.stream.cuda_stream
+
+    def done(self, buf):
+        """A future already holding buf; CUDA-aware, so DDP's consumers wait for the work
+        enqueued on this stream (gradcomp's kernels and copies)."""
+        fut = torch.futures.Future(devices=[buf.device])
+        fut.set_result(buf)
+        return fut
+
+    def mark(self):
+        ev = torch.cuda.Event()
+        ev.record(self.stream)
+        return ev
+
+    def wait(self, ev):
+        """On the stream a future's callback runs on: wait for the work before mark()."""
+        torch.cuda.current_stream(self.device).wait_event(ev)
 
 
 def gradcomp_hook(state, bucket):
@@ -268,6 +289,10 @@ def gradcomp_hook(state, bucket):
         raise TypeError(f"gradcomp_hook got a {buf.dtype} gradient bucket: gradcomp compresses "
                         "float32, float16 and bfloat16; cast the model, or register DDP's "
                         "default hook for this model")
+    return _reduce_bucket(state, bucket, buf, _CudaStream(buf.device))
+
+
+def _reduce_bucket(state, bucket, buf, stream):
     last = bucket.is_last()
     if state._paused:
         return _allreduce_avg(buf, state)
@@ -291,14 +316,13 @@ def gradcomp_hook(state, bucket):
         return _allreduce_avg(buf, state)
 
     comm = state.comm(buf.device)
-    stream = torch.cuda.current_stream(buf.device)
     dtype = _DTYPES[buf.dtype]
     state.counters["compressed_calls"] += 1
     state.counters["compressed_dense_bytes"] += plan["comp_n"] * elem
     if plan["full_n"] == 0:
         comm.allreduce_raw(buf.data_ptr(), buf.data_ptr(), buf.numel(), dtype, "avg",
-                           stream.cuda_stream, plan["key"])
-        return _done(buf)
+                           stream.handle, plan["key"])
+        return stream.done(buf)
 
     # Mixed bucket: the full-precision part starts first on torch's NCCL stream,
     # the compressed part runs meanwhile on the current stream.
@@ -309,14 +333,13 @@ def gradcomp_hook(state, bucket):
     fut = dist.all_reduce(full, group=state.process_group, async_op=True).get_future()
     comp = _gather(buf, plan["comp"], plan["comp_n"])
     comm.allreduce_raw(comp.data_ptr(), comp.data_ptr(), comp.numel(), dtype, "avg",
-                       stream.cuda_stream, plan["key"])
+                       stream.handle, plan["key"])
     _scatter(comp, buf, plan["comp"])
-    comp_done = torch.cuda.Event()
-    comp_done.record(stream)
+    comp_done = stream.mark()
 
     def finish(f):
         # Runs on streams that waited for the allreduce; also wait for gradcomp's part.
-        torch.cuda.current_stream(buf.device).wait_event(comp_done)
+        stream.wait(comp_done)
         _scatter(f.value()[0], buf, plan["full"])
         return buf
 

@@ -55,7 +55,13 @@ class GradcompReduceScatter(_Base):
             raise TypeError(f"GradcompReduceScatter got {inp.dtype} -> {out.dtype}: gradcomp "
                             "compresses float32, float16 and bfloat16 (same type in and out); "
                             "set MixedPrecisionPolicy(reduce_dtype=torch.float32)")
-        size = dist.get_world_size(group)
+        return self._reduce_scatter(out, inp, group, op, async_op,
+                                    lambda: torch.cuda.current_stream(out.device).cuda_stream)
+
+    def _reduce_scatter(self, out, inp, group, op, async_op, stream_handle):
+        """The call on checked tensors; stream_handle() gives the stream gradcomp runs on (the
+        CPU-world tests give none)."""
+        size = group.size()
         if inp.numel() != size * out.numel():
             raise ValueError(f"input has {inp.numel()} elements, not world_size * output = "
                              f"{size} * {out.numel()}")
@@ -76,9 +82,8 @@ class GradcompReduceScatter(_Base):
             raise ValueError("FSDP reduces over another process group than the GradcompState's: "
                              "make the state with process_group=<FSDP's shard group>")
         comm = self.state.comm(out.device)
-        stream = torch.cuda.current_stream(out.device)
         comm.reduce_scatter_raw(inp.data_ptr(), out.data_ptr(), out.numel(), _DTYPES[inp.dtype],
-                                opname, stream.cuda_stream, self.key)
+                                opname, stream_handle(), self.key)
         self.state.counters["compressed_calls"] += 1
         self.state.counters["compressed_dense_bytes"] += inp.numel() * inp.element_size()
         # Enqueued on the current stream, like a synchronous collective: nothing to wait on.
