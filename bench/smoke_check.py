@@ -151,7 +151,7 @@ def check_hier_rows(tag, rows, kdoc, nranks, local, middle, bits, intra_gbps=360
     k, g = nranks // local, local
     # The middle algorithm on the 1/G shard among k nodes: (encoded, decoded) elements per
     # element of the shard and its latency steps (docs/benchmark.md's table).
-    mid = {"twoshot": (1, (2 * k - 1) / k, 2), "allgather": (1, k, k - 1)}[middle]
+    mid = {"twoshot": (1, (2 * k - 1) / k, 2), "allgather": (1, k, 1)}[middle]
     us = lambda b, gbps: b * 8 / (gbps * 1e3)  # noqa: E731
     expect(len(rows) > 0, "%s: rows" % tag)
     for r in rows:
@@ -455,7 +455,7 @@ def main():
     code, _, _ = run(perf, pipe_args + ["-a", "ring"], ring_path)
     expect(code == 0, "unpipelined ring run exits 0")
     for algo, steps, plain_path in (("twoshot", 2, os.path.join(work, "ok.json")),
-                                    ("ring", 2 * (nranks - 1), ring_path)):
+                                    ("ring", nranks, ring_path)):
         code, out, rows = run(perf, pipe_args + ["-a", algo],
                               os.path.join(work, "pipe-%s.json" % algo),
                               env={"GRADCOMP_PIPELINE_BYTES": str(pipe_bytes)})

@@ -7,8 +7,9 @@
 namespace gcbench {
 
 // Latency steps: the sends of an all-to-all leave together (one step), as do
-// two-shot's sends of the reduced chunks; ncclAllGather and ncclAllReduce run
-// rings of N-1 and 2(N-1) steps.
+// the compressed exchanges' allgathers (allGatherDirect: each rank's block
+// straight to every peer); the ring's hops follow one another; NCCL's
+// allgather and allreduce run rings of N-1 and 2(N-1) steps.
 AlgoShape algoShape(int algo, int nranks, int local, int middle) {
   const double n = nranks;
   switch (algo) {
@@ -21,10 +22,11 @@ AlgoShape algoShape(int algo, int nranks, int local, int middle) {
              // all); decode N-1 chunks into the own chunk, then all N chunks of the result.
              // Two rounds of direct sends: the all-to-all and the owners' sends of the sums.
       return {1.0, (2 * n - 1) / n, 2};
-    case 2:  // ring: decode-add-encode one chunk per hop, encode the reduced chunk, decode N.
-      return {1.0, (2 * n - 1) / n, 2 * (n - 1)};
-    case 3:  // allgather: encode everything once, decode-sum all N buffers.
-      return {1.0, n, n - 1};
+    case 2:  // ring: decode-add-encode one chunk per hop, encode the reduced chunk, decode N;
+             // N-1 hops, then one round of direct sends of the reduced chunks.
+      return {1.0, (2 * n - 1) / n, n};
+    case 3:  // allgather: encode everything once, decode-sum all N buffers (direct sends).
+      return {1.0, n, 1};
     case 6: {  // reduce-scatter (kAlgoReduceScatter), per element of the output
       // Hierarchical on >= 2 nodes of >= 2 ranks (as the library picks it): NCCL's
       // in-node ring reduce-scatter of fp32 (G-1 steps, no gradcomp kernels), then
@@ -37,8 +39,8 @@ AlgoShape algoShape(int algo, int nranks, int local, int middle) {
       // Flat: encode and decode N-1 blocks, one all-to-all.
       return {n - 1, n - 1, 1};
     }
-    case 4:  // sparse allgather: selection and scatter-add are not yet timed alone.
-      return {0.0, 0.0, n - 1};
+    case 4:  // sparse allgather (direct sends): selection and scatter-add are not yet timed alone.
+      return {0.0, 0.0, 1};
     default:  // passed through to ncclAllReduce
       return {0.0, 0.0, 2 * (n - 1)};
   }

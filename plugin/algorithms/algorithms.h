@@ -73,6 +73,14 @@ size_t sparseWireBytes(const gradcompComm& c, size_t count, uint64_t calls);
 // Of an all-to-all's `wire` bytes, where every peer receives the same size,
 // the bytes sent to ranks on other nodes.
 size_t allToAllInterNodeBytes(const gradcompComm& c, size_t wire);
+// An allgather of direct sends: block j (bytes[j] bytes at blocks[j]) is rank
+// j's; this rank's is in place and goes straight to every peer in one grouped
+// send/recv, so the exchange pays one latency step where NCCL's ring
+// allgather pays N-1 (the same bytes leave each rank). The compressed
+// exchanges gather with it; the full-precision in-node stages keep NCCL's.
+gradcompResult_t allGatherDirect(Transport& t, void* const* blocks, const size_t* bytes);
+// The same for blocks of `bytes` each, block j at recv + j * bytes.
+gradcompResult_t allGatherDirect(Transport& t, void* recv, size_t bytes);
 const Algorithm& reduceScatterAlgorithm();        // reduce_scatter.cc: qsgd
 const Algorithm& sparseReduceScatterAlgorithm();  // sparse_reduce_scatter.cc: topk, dgc, randk
 size_t sparseReduceScatterWorkspaceBytes(const gradcompComm& c, size_t recvCount, DType t,

@@ -37,7 +37,7 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
 
   GC_CHECK(be.qsgdEncode(a.send, a.dtype, a.state->residual, a.count, bits, d, c.key(a.step, 0),
                          gather + r * slot));
-  GC_CHECK(c.transport->allGather(gather + r * slot, gather, slot));
+  GC_CHECK(allGatherDirect(*c.transport, gather, slot));
   for (int i = 0; i < n; ++i) {
     GC_CHECK(be.qsgdDecode(gather + i * slot, a.count, bits, d, acc, i != 0));
   }

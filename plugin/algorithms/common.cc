@@ -6,6 +6,7 @@
 #include <math.h>
 
 #include <algorithm>
+#include <vector>
 
 #include "kernels/qsgd_math.cuh"
 
@@ -86,6 +87,22 @@ gradcompResult_t sparseSelect(const gradcompComm& c, float* v, size_t count,
     GC_CHECK(ops.selectThreshold(v, count, plan, key, idx, scratch));
   }
   return ops.commit(idx, plan.kmax, vt, slot + valOff, v, mask);
+}
+
+gradcompResult_t allGatherDirect(Transport& t, void* const* blocks, const size_t* bytes) {
+  const int n = t.size(), r = t.rank();
+  std::vector<const void*> send(n, blocks[r]);
+  std::vector<size_t> sendBytes(n, bytes[r]), recvBytes(bytes, bytes + n);
+  sendBytes[r] = recvBytes[r] = 0;
+  return t.allToAll(send.data(), sendBytes.data(), blocks, recvBytes.data());
+}
+
+gradcompResult_t allGatherDirect(Transport& t, void* recv, size_t bytes) {
+  const int n = t.size();
+  std::vector<void*> blocks(n);
+  for (int j = 0; j < n; ++j) blocks[j] = static_cast<char*>(recv) + (size_t)j * bytes;
+  const std::vector<size_t> sizes(n, bytes);
+  return allGatherDirect(t, blocks.data(), sizes.data());
 }
 
 size_t allToAllInterNodeBytes(const gradcompComm& c, size_t wire) {

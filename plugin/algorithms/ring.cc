@@ -158,8 +158,7 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
   // G: allgather of the reduced pieces.
   auto gatherPiece = [&](size_t q) -> gradcompResult_t {
     GC_NVTX_RANGE("gradcomp allgather");
-    return c.transport->allGather(gatherBlock(r, q), gather + L.gathered.off[q],
-                                  L.gathered.slot[q]);
+    return allGatherDirect(*c.transport, gather + L.gathered.off[q], L.gathered.slot[q]);
   };
   // D: every rank, owner included, decodes the same bytes.
   auto decodePiece = [&](size_t q) -> gradcompResult_t {

@@ -6,9 +6,10 @@
 //   2. Select from |v| into kmax fixed slots (DGC threshold sampling or
 //      exact top-k), index order; the values go on the wire in the value
 //      type and v keeps exactly what was not sent (masking also zeroes u).
-//   3. Allgather of the fixed-size slots; every rank scatter-adds the N
-//      ranks' slots into a zeroed fp32 output in rank order, so the result
-//      is deterministic and identical everywhere; Avg divides once.
+//   3. Allgather of the fixed-size slots (direct sends, allGatherDirect);
+//      every rank scatter-adds the N ranks' slots into a zeroed fp32 output
+//      in rank order, so the result is deterministic and identical
+//      everywhere; Avg divides once.
 //   Dense fallback when N*kmax*(4 + value bytes) >= 4*count: all of v goes
 //   through an fp32 allreduce (density 1, error feedback still exact).
 // Rand-k: k indices from a key shared by all ranks, an fp32 allreduce of the
@@ -36,7 +37,7 @@ struct Layout {
   DType vt = DType::F32;
   bool dense = false;
   size_t valOff = 0, slotBytes = 0;
-  size_t slot = 0, gather = 0, out = 0, v = 0, keep = 0, ridx = 0, rval = 0, scratch = 0, total = 0;
+  size_t gather = 0, out = 0, v = 0, keep = 0, ridx = 0, rval = 0, scratch = 0, total = 0;
 };
 
 bool randk(const gradcompComm& c) {
@@ -55,7 +56,6 @@ Layout layout(const gradcompComm& c, size_t count, DType t, bool haveResidual, u
     L.ridx = p, p += alignUp(L.plan.k * 4);
     L.rval = p, p += alignUp((L.plan.k + 1) * 4);  // k values, then the flag
   } else if (!L.dense) {
-    L.slot = p, p += alignUp(L.slotBytes);
     L.gather = p, p += alignUp(N * L.slotBytes);
   }
   if (t != DType::F32) L.out = p, p += alignUp(count * 4);
@@ -128,12 +128,12 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
     GC_CHECK(ops.settle(v, keep, mask, n, true));
     c.stats.denseFallbacks++;
   } else {
-    char* slot = ws + L.slot;
     char* gather = ws + L.gather;
+    char* slot = gather + (size_t)c.rank * L.slotBytes;  // our block of the gather, in place
     GC_CHECK(sparseSelect(c, v, n, L.plan, c.key(a.step, kSelectStream), L.vt, slot, L.valOff, mask,
                           scratch));
     if (keep) GC_CHECK(ops.settle(v, keep, nullptr, n, false));
-    GC_CHECK(c.transport->allGather(slot, gather, L.slotBytes));
+    GC_CHECK(allGatherDirect(*c.transport, gather, L.slotBytes));
     GC_CHECK(be.zero(out, n * 4));
     for (int r = 0; r < N; ++r) {
       const char* s = gather + (size_t)r * L.slotBytes;

@@ -178,13 +178,10 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
   auto gatherPiece = [&](size_t q) -> gradcompResult_t {
     GC_NVTX_RANGE("gradcomp allgather");
     for (int j = 0; j < n; ++j) {
-      sendPtr[j] = gatherBlock(r, q);
       recvPtr[j] = gatherBlock(j, q);
-      sendBytes[j] = j == r ? 0 : enc(len(r, q));
-      recvBytes[j] = j == r ? 0 : enc(len(j, q));
+      recvBytes[j] = enc(len(j, q));
     }
-    return c.transport->allToAll(sendPtr.data(), sendBytes.data(), recvPtr.data(),
-                                 recvBytes.data());
+    return allGatherDirect(*c.transport, recvPtr.data(), recvBytes.data());
   };
   // D: every rank, owner included, decodes the same bytes.
   auto decodePiece = [&](size_t q) -> gradcompResult_t {
