@@ -23,9 +23,7 @@ namespace {
 
 struct Layout : Chunks {
   Pieces pieces;
-  // The allgather region holds piece after piece: piece p's N blocks of
-  // gatherSlot[p] bytes start at gatherOff[p] (one piece: the N chunk slots).
-  std::vector<size_t> gatherOff, gatherSlot;
+  PieceGather gathered;  // the allgather region, piece after piece
   size_t sendEnc = 0, recvEnc = 0, gather = 0, own = 0, acc = 0, total = 0;
 };
 
@@ -33,21 +31,12 @@ Layout layout(const gradcompComm& c, size_t count, int bits) {
   Layout L;
   static_cast<Chunks&>(L) = splitChunks(c, count, bits);
   L.pieces = splitPieces(c, L);
+  L.gathered = pieceGather(c, L, L.pieces, bits);
   const int n = c.nranks;
-  size_t g = 0;
-  for (size_t q = 0; q < L.pieces.count; ++q) {
-    const size_t slot =
-        L.pieces.count == 1
-            ? L.slot
-            : alignUp(qsgd::encodedBytes(L.pieces.len(L.maxLen, q), bits, c.cfg.bucketSize), 16);
-    L.gatherOff.push_back(g);
-    L.gatherSlot.push_back(slot);
-    g += n * slot;
-  }
   size_t p = 0;
   L.sendEnc = p, p += alignUp(n * L.slot);
   L.recvEnc = p, p += alignUp(n * L.slot);
-  L.gather = p, p += alignUp(g);
+  L.gather = p, p += alignUp(L.gathered.bytes);
   L.own = p, p += alignUp(L.maxLen * sizeof(float));
   L.acc = p, p += alignUp(L.maxLen * sizeof(float));
   L.total = p;
@@ -119,7 +108,7 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
     return k;
   };
   auto gatherBlock = [&](int j, size_t q) {
-    return gather + L.gatherOff[q] + (size_t)j * L.gatherSlot[q];
+    return gather + L.gathered.off[q] + (size_t)j * L.gathered.slot[q];
   };
   const float divisor = a.average ? (float)n : 1.0f;
 
@@ -197,32 +186,25 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
   // 1+q%2 marks exchange q done, 3+q%2 allgather q done (two in flight).
   // Pieces past this rank's own count are empty: only the hooks run.
   const size_t Q = a.hooks != nullptr ? std::max(P.count, a.hooks->pieces) : P.count;
-  const bool piped = Q > 1;
-  CommLane lane(c, piped);
-  auto toComm = [&]() -> gradcompResult_t {
-    if (!piped) return gradcompSuccess;
-    GC_CHECK(be.record(Backend::kComputeLane, 0));
-    return be.wait(Backend::kCommLane, 0);
-  };
-  auto mark = [&](int ev) { return piped ? be.record(Backend::kCommLane, ev) : gradcompSuccess; };
-  auto await = [&](int ev) { return piped ? be.wait(Backend::kComputeLane, ev) : gradcompSuccess; };
+  const LaneEvents ev{be, Q > 1};
+  CommLane lane(c, ev.piped);
   for (size_t q = 0; q < Q + 2; ++q) {
     if (q < Q && a.hooks != nullptr) GC_CHECK(a.hooks->before(q));
     if (q < P.count) {
       GC_CHECK(encodePiece(q));
-      GC_CHECK(toComm());
+      GC_CHECK(ev.toComm());
       GC_CHECK(exchangePiece(q));
-      GC_CHECK(mark(1 + (int)(q % 2)));
+      GC_CHECK(ev.mark(1 + (int)(q % 2)));
     }
     if (q >= 1 && q - 1 < P.count) {
-      GC_CHECK(await(1 + (int)((q - 1) % 2)));
+      GC_CHECK(ev.await(1 + (int)((q - 1) % 2)));
       GC_CHECK(reducePiece(q - 1));
-      GC_CHECK(toComm());
+      GC_CHECK(ev.toComm());
       GC_CHECK(gatherPiece(q - 1));
-      GC_CHECK(mark(3 + (int)((q - 1) % 2)));
+      GC_CHECK(ev.mark(3 + (int)((q - 1) % 2)));
     }
     if (q >= 2 && q - 2 < P.count) {
-      GC_CHECK(await(3 + (int)((q - 2) % 2)));
+      GC_CHECK(ev.await(3 + (int)((q - 2) % 2)));
       GC_CHECK(decodePiece(q - 2));
     }
     if (q >= 2 && a.hooks != nullptr) GC_CHECK(a.hooks->after(q - 2));
@@ -230,15 +212,11 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
   return gradcompSuccess;
 }
 
-size_t pieces(const gradcompComm& c, size_t count, int bits) {
-  return splitPieces(c, splitChunks(c, count, bits)).count;
-}
-
 }  // namespace
 
 const Algorithm& twoShotAlgorithm() {
-  static const Algorithm algo = {gradcompAlgoTwoShot, "twoshot", workspaceBytes, wireBytes, run,
-                                 interNodeBytes,      pieces};
+  static const Algorithm algo = {gradcompAlgoTwoShot, "twoshot",  workspaceBytes, wireBytes, run,
+                                 interNodeBytes,      chunkPieces};
   return algo;
 }
 

@@ -159,9 +159,9 @@ TEST_F(QsgdGpu, EveryHalfPatternEncodesAsOnTheHost) {
     DeviceBuffer<uint8_t> denc(bytes);
     dx.upload(h);
     dr.upload(r);
-    ASSERT_EQ(gradcompQsgdEncodeEF(dx.get(), ncclFloat16, dr.get(), n, bits, 512, 77, denc.get(),
-                                   stream),
-              gradcompSuccess)
+    ASSERT_EQ(
+        gradcompQsgdEncodeEF(dx.get(), ncclFloat16, dr.get(), n, bits, 512, 77, denc.get(), stream),
+        gradcompSuccess)
         << gradcompGetLastError();
     ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
     EXPECT_EQ(denc.download(bytes), encHost);
