@@ -6,7 +6,7 @@
 set -uo pipefail
 src=$1
 fail=0
-for g in core perf perf_more hooks link ddp fsdp_lm; do
+for g in core perf perf_more hooks link ddp fsdp lm; do
   out=$(GC_PLAN=1 GC_STEPS=$g bash "$src/tools/gpu-check.sh" 2>&1)
   last=$(echo "$out" | grep '^plan:' | tail -1)
   sum=$(echo "$last" | sed -E 's/.*\(sum +([0-9]+)s of the ([0-9]+)s.*/\1 \2/')

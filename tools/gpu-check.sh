@@ -12,12 +12,13 @@
 #                      reduce-scatter), sparse and reduce-scatter rows          ~5 min
 #   GC_STEPS=hooks     gradcomp.torch's DDP and FSDP2 hooks (torch_hooks)       ~7 min
 #   GC_STEPS=ddp       PyTorch DDP under LD_PRELOAD, flat and hierarchical      ~7 min
-#   GC_STEPS=fsdp_lm   FSDP2 under LD_PRELOAD, the GPT head-to-head (lm_compare) ~8.5 min
+#   GC_STEPS=fsdp      FSDP2 under LD_PRELOAD (fsdp)                             ~4 min
+#   GC_STEPS=lm        the GPT head-to-head against PowerSGD (lm_compare, its 5 minutes) ~7 min
 #   GC_STEPS=link      gradcomp_perf over tc-shaped links (tc_link, root)       ~6 min
 #
 # (minutes with a bare build; each group's limits fit 540 s.) With 15 minutes
 # of device time per session: core + perf in the first, perf_more + hooks in
-# the second, link + ddp in the third, fsdp_lm in the fourth. GC_STEPS also
+# the second, link + ddp in the third, fsdp + lm in the fourth. GC_STEPS also
 # takes step names (tests multirank memcheck perf kernels torch_topk profile
 # perf_more tc_link ddp fsdp torch_hooks lm_compare plots) and several groups;
 # unset, everything runs (about 45 minutes). The build always runs first
@@ -48,7 +49,8 @@ declare -A groups=(
   [perf_more]="perf_more"
   [hooks]="torch_hooks"
   [ddp]="ddp"
-  [fsdp_lm]="fsdp lm_compare"
+  [fsdp]="fsdp"
+  [lm]="lm_compare"
   [link]="tc_link"
 )
 all_steps="tests multirank memcheck perf kernels torch_topk profile perf_more tc_link ddp fsdp torch_hooks lm_compare plots"
@@ -59,7 +61,7 @@ for s in ${GC_STEPS:-$all_steps}; do
   elif [[ " $all_steps " == *" $s "* ]]; then
     steps_sel+="$s "
   else
-    echo "gpu-check: GC_STEPS names '$s', not a group (core perf perf_more hooks ddp fsdp_lm link) or a step ($all_steps)" >&2
+    echo "gpu-check: GC_STEPS names '$s', not a group (core perf perf_more hooks link ddp fsdp lm) or a step ($all_steps)" >&2
     exit 2
   fi
 done
@@ -245,7 +247,7 @@ fi
 want torch_hooks && run_step torch_hooks 420 "$raw/torch_hooks.txt" bash -c \
   'GC_HOOK_BUDGET_S=${GC_HOOK_BUDGET_S:-$GC_STEP_BUDGET_S} exec "${PYTHON:-python3}" \
     tools/torch_hooks_check.py "$0" "$1"' "$raw" "$build"
-want lm_compare && run_step lm_compare 210 "$raw/lm_compare.txt" bash -c \
+want lm_compare && run_step lm_compare 330 "$raw/lm_compare.txt" bash -c \
   'GC_LM_BUDGET_S=${GC_LM_BUDGET_S:-$GC_STEP_BUDGET_S} exec "${PYTHON:-python3}" \
     tools/lm_compare.py "$0" "$1"' "$raw" "$build"
 
