@@ -436,7 +436,7 @@ def main():
     for name, title in (("perf_n1.txt", "gradcomp_perf, 1 rank"),
                         ("perf_n8.txt", "gradcomp_perf, 8 ranks on one GPU (modeled columns)"),
                         ("perf_n8_pipe.txt",
-                         "gradcomp_perf, 8 ranks, pipelined two-shot (GRADCOMP_PIPELINE_BYTES=64M)"),
+                         "gradcomp_perf, 8 ranks, pipelined two-shot (GRADCOMP_PIPELINE_BYTES=44739242, 6 pieces)"),
                         ("perf_n8_ring_pipe.txt",
                          "gradcomp_perf, 8 ranks, pipelined ring (GRADCOMP_PIPELINE_BYTES=64M)"),
                         ("perf_n8_hier_pipe.txt",
