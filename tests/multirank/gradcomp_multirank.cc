@@ -153,23 +153,29 @@ void checkAlgo(ncclComm_t nc, cudaStream_t st, gradcompAlgo_t algo, DType t, boo
   gradcompCommDestroy(gc);
 }
 
+// Words gathered from every rank (one ncclAllGather): equal everywhere.
+bool sameWordsOnAllRanks(ncclComm_t nc, cudaStream_t st, const std::vector<uint64_t>& w) {
+  const size_t k = w.size();
+  uint64_t* d;
+  CK(cudaMalloc(&d, 8 * k * (nranks + 1)));
+  CK(cudaMemcpy(d + k * nranks, w.data(), 8 * k, cudaMemcpyHostToDevice));
+  CK(ncclAllGather(d + k * nranks, d, k, ncclUint64, nc, st));
+  CK(cudaStreamSynchronize(st));
+  std::vector<uint64_t> all(k * nranks);
+  CK(cudaMemcpy(all.data(), d, 8 * k * nranks, cudaMemcpyDeviceToHost));
+  cudaFree(d);
+  for (size_t i = 0; i < all.size(); ++i) {
+    if (all[i] != w[i % k]) return false;
+  }
+  return true;
+}
+
 // Hash of a result's bits, gathered from every rank: equal everywhere.
 bool sameOnAllRanks(ncclComm_t nc, cudaStream_t st, const std::vector<float>& x) {
   uint64_t h = 1469598103934665603ull;
   const unsigned char* b = reinterpret_cast<const unsigned char*>(x.data());
   for (size_t i = 0; i < x.size() * 4; ++i) h = (h ^ b[i]) * 1099511628211ull;
-  uint64_t* d;
-  CK(cudaMalloc(&d, 8 * (nranks + 1)));
-  CK(cudaMemcpy(d + nranks, &h, 8, cudaMemcpyHostToDevice));
-  CK(ncclAllGather(d + nranks, d, 1, ncclUint64, nc, st));
-  CK(cudaStreamSynchronize(st));
-  std::vector<uint64_t> all(nranks);
-  CK(cudaMemcpy(all.data(), d, 8 * nranks, cudaMemcpyDeviceToHost));
-  cudaFree(d);
-  for (uint64_t a : all) {
-    if (a != h) return false;
-  }
-  return true;
+  return sameWordsOnAllRanks(nc, st, {h});
 }
 
 // Output element check. The sparse exchange sums in rank order, bit for bit
@@ -660,19 +666,11 @@ void checkAuto(ncclComm_t nc, cudaStream_t st) {
     ok &= gradcompAllReduce(y, y, m, ncclBfloat16, ncclSum, a, st) == gradcompSuccess;
   }
   gradcompGetStats(a, &sa);
-  uint64_t* counts;
-  CK(cudaMalloc(&counts, 2 * nranks * sizeof(uint64_t)));
-  const uint64_t mine[2] = {sa.callsAutoPassed, sa.callsCompressed};
-  CK(cudaMemcpyAsync(counts + 2 * rank, mine, sizeof(mine), cudaMemcpyHostToDevice, st));
-  CK(ncclAllGather(counts + 2 * rank, counts, 2, ncclUint64, nc, st));
-  CK(cudaStreamSynchronize(st));
-  std::vector<uint64_t> all(2 * nranks);
-  CK(cudaMemcpy(all.data(), counts, all.size() * sizeof(uint64_t), cudaMemcpyDeviceToHost));
-  for (int r = 0; r < nranks; ++r) ok &= all[2 * r] == mine[0] && all[2 * r + 1] == mine[1];
+  const std::vector<uint64_t> mine = {sa.callsAutoPassed, sa.callsCompressed};
+  ok &= sameWordsOnAllRanks(nc, st, mine);
   printf("rank %d auto sweep: %llu calls passed by auto, %llu compressed\n", rank,
          (unsigned long long)mine[0], (unsigned long long)mine[1]);
   report(ok, "auto: every rank takes the same decisions");
-  cudaFree(counts);
   cudaFree(x);
   cudaFree(y);
   cudaFree(z);
@@ -746,20 +744,12 @@ void checkAutoRs(ncclComm_t nc, cudaStream_t st) {
     ok &= gradcompReduceScatter(x, yb, k, ncclBfloat16, ncclSum, a, st) == gradcompSuccess;
   }
   gradcompGetStats(a, &sa);
-  uint64_t* counts;
-  CK(cudaMalloc(&counts, 2 * nranks * sizeof(uint64_t)));
-  const uint64_t mine[2] = {sa.callsAutoPassed, sa.callsReduceScatter};
-  CK(cudaMemcpyAsync(counts + 2 * rank, mine, sizeof(mine), cudaMemcpyHostToDevice, st));
-  CK(ncclAllGather(counts + 2 * rank, counts, 2, ncclUint64, nc, st));
-  CK(cudaStreamSynchronize(st));
-  std::vector<uint64_t> all(2 * nranks);
-  CK(cudaMemcpy(all.data(), counts, all.size() * sizeof(uint64_t), cudaMemcpyDeviceToHost));
-  for (int r = 0; r < nranks; ++r) ok &= all[2 * r] == mine[0] && all[2 * r + 1] == mine[1];
+  const std::vector<uint64_t> mine = {sa.callsAutoPassed, sa.callsReduceScatter};
+  ok &= sameWordsOnAllRanks(nc, st, mine);
   printf("rank %d auto reduce-scatter sweep: %llu calls passed by auto, %llu compressed\n", rank,
          (unsigned long long)mine[0], (unsigned long long)mine[1]);
   report(ok && sa.callsPassedThrough == sa.callsAutoPassed,
          "auto reduce-scatter: every rank takes the same decisions");
-  cudaFree(counts);
   cudaFree(x);
   cudaFree(ya);
   cudaFree(yb);
