@@ -1,4 +1,4 @@
-"""gradcompComm_t: an NCCL-backed comm or an in-process CPU world, and its calls."""
+"""gradcompComm_t: an NCCL-backed comm, a CPU comm over TCP or an in-process CPU world."""
 import ctypes
 import threading
 
@@ -66,7 +66,8 @@ def _check_stats_size(handle):
 
 
 class Comm:
-    """A gradcompComm_t. Make one with Comm.create (NCCL) or CpuWorld (CPU reference)."""
+    """A gradcompComm_t. Make one with Comm.create (NCCL), Comm.socket (the CPU reference
+    backend across processes, over TCP) or CpuWorld (the CPU reference backend in-process)."""
 
     def __init__(self, handle):
         self._h = ctypes.c_void_p(handle)
@@ -82,6 +83,25 @@ class Comm:
         out = ctypes.c_void_p()
         check(lib().gradcompCommCreate(ctypes.c_void_p(_addr(nccl_comm)), ctypes.byref(cfg.struct),
                                        ctypes.byref(out)), "gradcompCommCreate")
+        return cls(out.value)
+
+    @classmethod
+    def socket(cls, nranks, rank, root, config=None, **settings):
+        """gradcompCommCreateSocket: rank `rank` of `nranks` of the CPU reference backend, the
+        ranks connected by TCP; rank 0 listens at root ("host:port"). Collective: every rank
+        calls it with the same nranks, root and settings, and waits at most cpu_timeout_sec
+        (GRADCOMP_CPU_TIMEOUT) for the others. Host buffers; results bit for bit those of a
+        CpuWorld of nranks making the same calls."""
+        if not has("gradcompCommCreateSocket"):
+            raise GradcompError("this libgradcomp has no gradcompCommCreateSocket: rebuild it "
+                                "from a checkout that has the CPU backend's TCP transport", 7)
+        cfg = as_config(config, **settings)
+        if not isinstance(root, (str, bytes)):
+            raise InvalidArgumentError(f"root={root!r} is not a \"host:port\" string", 1)
+        out = ctypes.c_void_p()
+        check(lib().gradcompCommCreateSocket(int(nranks), int(rank), _text(root),
+                                             ctypes.byref(cfg.struct), ctypes.byref(out)),
+              "gradcompCommCreateSocket")
         return cls(out.value)
 
     @property
@@ -198,6 +218,10 @@ def _addr(x):
     if isinstance(x, ctypes.c_void_p):
         return x.value
     return int(x)
+
+
+def _text(s):
+    return s if isinstance(s, bytes) else s.encode()
 
 
 def _key(k):

@@ -7,8 +7,11 @@ does in C++), not with the library's own allreduce.
 import ctypes
 import os
 import re
+import socket
 import subprocess
 import sys
+import threading
+import time
 import unittest
 
 try:
@@ -462,6 +465,164 @@ class ReduceScatter(unittest.TestCase):
             # (N-1) * max|x| / s per element with s = 7.
             bound = (N - 1) * max(np.max(np.abs(x)) for x in xs) / 7
             self.assertLessEqual(np.max(np.abs(outs[r] - block)), bound)
+
+
+def free_root():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return f"127.0.0.1:{port}"
+
+
+def socket_run(N, cfg, fn, timeout=120.0, root=None):
+    """fn(comm) for ranks 0..N-1, each on its own thread with its own gradcompCommCreateSocket
+    comm (ranks connected over 127.0.0.1, as separate processes would be); results by rank,
+    the first rank's exception re-raised."""
+    root = root or free_root()
+    results, errors = [None] * N, [None] * N
+
+    def body(r):
+        comm = None
+        try:
+            comm = gradcomp.Comm.socket(N, r, root, cfg)
+            results[r] = fn(comm)
+        except BaseException as e:  # noqa: BLE001 - re-raised on the caller's thread
+            errors[r] = e
+        finally:
+            if comm is not None:
+                comm.close()
+
+    threads = [threading.Thread(target=body, args=(r,), daemon=True) for r in range(N)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    stuck = [r for r, t in enumerate(threads) if t.is_alive()]
+    for e in errors:
+        if e is not None:
+            raise e
+    if stuck:
+        raise TimeoutError(f"socket ranks {stuck} did not finish within {timeout}s")
+    return results
+
+
+@unittest.skipUnless(gradcomp.has("gradcompCommCreateSocket"),
+                     "this libgradcomp has no gradcompCommCreateSocket")
+class SocketComm(unittest.TestCase):
+    """gradcompCommCreateSocket: N ranks over TCP give, bit for bit, what the in-process world
+    gives for the same inputs and settings (results, saved state and stats), on every path:
+    each algorithm, sparse, hierarchical, uncompressed and passed through."""
+
+    CASES = [
+        ("qsgd twoshot", dict(method="qsgd", algo="twoshot", bits=4)),
+        ("qsgd ring 3-bit", dict(method="qsgd", algo="ring", bits=3)),
+        ("qsgd allgather", dict(method="qsgd", algo="allgather", bits=2)),
+        ("dgc", dict(method="dgc", density=0.01, warmup_steps=2)),
+        ("topk exact", dict(method="topk", select="exact", density=0.02)),
+        ("uncompressed", dict(method="none")),
+        ("passed through", dict(method="qsgd", min_elements=10 ** 6)),
+    ]
+
+    def same(self, a, b, what):
+        self.assertTrue(np.array_equal(bits_of(a), bits_of(b)), what)
+
+    def compare(self, N, settings, n=3001, steps=3, dtype=np.float32, rs=False):
+        cfg = gradcomp.Config(from_env=False, **dict(dict(min_elements=0, seed=5), **settings))
+        xs = [inputs(N, N * n if rs else n, dtype, 70 + s) for s in range(steps)]
+
+        def body(comm):
+            outs = []
+            for s in range(steps):
+                x = xs[s][comm.rank].copy()
+                op = "avg" if s % 2 else "sum"
+                if rs:
+                    out = np.zeros(n, dtype)
+                    comm.reduce_scatter(x, out, op=op, key=9)
+                else:
+                    out = comm.allreduce(x, op=op, key=9)
+                outs.append(out)
+            return outs, comm.save_state(), comm.stats()
+
+        with gradcomp.CpuWorld(N, cfg) as w:
+            want = w.run(body)
+        got = socket_run(N, cfg, body)
+        what = f"N={N} {settings} {np.dtype(dtype).name}{' reduce-scatter' if rs else ''}"
+        for r in range(N):
+            for s in range(steps):
+                self.same(got[r][0][s], want[r][0][s], f"{what} rank {r} step {s}")
+                if not rs:  # a reduce-scatter's ranks hold different blocks
+                    self.same(got[r][0][s], got[0][0][s], f"{what} rank {r} step {s}: ranks")
+            self.assertEqual(got[r][1], want[r][1], f"{what} rank {r}: saved state")
+            self.assertEqual(got[r][2], want[r][2], f"{what} rank {r}: stats")
+        return got
+
+    def test_allreduce_is_the_in_process_worlds(self):
+        for N in (2, 3, 4):
+            for name, settings in self.CASES:
+                with self.subTest(N=N, case=name):
+                    got = self.compare(N, settings)
+                    st = got[0][2]
+                    if name in ("uncompressed", "passed through"):
+                        self.assertEqual(st["calls_compressed"], 0)
+                    else:
+                        self.assertEqual(st["calls_compressed"], 3)
+                        self.assertGreater(st["bytes_on_wire"], 0)
+
+    def test_half_types_and_hierarchy(self):
+        self.compare(3, dict(method="qsgd"), dtype=np.float16)
+        got = self.compare(4, dict(method="qsgd", local_size=2))
+        self.assertEqual(got[0][2]["calls_per_algo"]["hier"], 3)
+
+    def test_reduce_scatter_is_the_in_process_worlds(self):
+        if not gradcomp.Comm.has_reduce_scatter():
+            self.skipTest("this libgradcomp has no gradcompReduceScatter")
+        for N in (2, 4):
+            for name, settings in (self.CASES[0], self.CASES[5]):
+                with self.subTest(N=N, case=name):
+                    self.compare(N, settings, n=2000, rs=True)
+
+    def test_bad_root_is_the_librarys_sentence(self):
+        cfg = gradcomp.Config(from_env=False, cpu_timeout_sec=5)
+        for root in ("127.0.0.1", "127.0.0.1:99999", ":"):
+            with self.subTest(root=root):
+                with self.assertRaises(gradcomp.InvalidArgumentError) as cm:
+                    gradcomp.Comm.socket(2, 0, root, cfg)
+                msg = str(cm.exception)
+                self.assertIn("gradcompCommCreateSocket", msg)
+                self.assertIn(root, msg)
+        with self.assertRaisesRegex(gradcomp.InvalidArgumentError, "not a \"host:port\" string"):
+            gradcomp.Comm.socket(2, 0, 1234, cfg)
+        with self.assertRaisesRegex(gradcomp.InvalidArgumentError, r"rank=2"):
+            gradcomp.Comm.socket(2, 2, free_root(), cfg)
+
+    def test_a_missing_rank_times_out_with_a_sentence(self):
+        cfg = gradcomp.Config(from_env=False, cpu_timeout_sec=1)
+        t0 = time.time()
+        with self.assertRaises(gradcomp.GradcompError) as cm:
+            gradcomp.Comm.socket(2, 0, free_root(), cfg)  # rank 1 never comes
+        self.assertLess(time.time() - t0, 30)
+        self.assertRegex(str(cm.exception), r"(?i)time")
+
+    def test_ranks_making_different_calls_fail_not_hang(self):
+        cfg = gradcomp.Config(from_env=False, min_elements=0, cpu_timeout_sec=5)
+
+        def body(comm):
+            x = np.ones(1000 * (comm.rank + 1), np.float32)
+            errors = []
+            for _ in range(2):  # after the error every later call fails too
+                try:
+                    comm.allreduce(x)
+                    errors.append(None)
+                except gradcomp.GradcompError as e:
+                    errors.append(str(e))
+            return errors
+
+        t0 = time.time()
+        got = socket_run(2, cfg, body, timeout=60)
+        self.assertLess(time.time() - t0, 30)
+        for r in range(2):
+            self.assertTrue(all(got[r]), f"rank {r}: {got[r]}")
 
 
 class LibraryErrors(unittest.TestCase):

@@ -38,8 +38,14 @@ class TorchRefusals(unittest.TestCase):
                                 world_size=1)
         try:
             with self.assertRaisesRegex(ValueError, r"need an NCCL process group.*'gloo'.*"
-                                        r"init_process_group\('nccl'\)"):
+                                        r"init_process_group\('nccl'\).*for CPU tensors on a "
+                                        r"gloo group, make the state with backend='cpu'"):
                 self.gt.GradcompState()
+            with self.assertRaisesRegex(ValueError, r"backend='mpi' is not one of nccl\|cpu"):
+                self.gt.GradcompState(backend="mpi")
+            # Opted in, the gloo group is accepted; one rank is still refused.
+            with self.assertRaisesRegex(ValueError, "has 1 rank: there is nothing to reduce"):
+                self.gt.GradcompState(backend="cpu")
         finally:
             dist.destroy_process_group()
 
@@ -57,6 +63,9 @@ class TorchRefusals(unittest.TestCase):
                 with self.assertRaisesRegex(ValueError, r"has 1 rank: there is nothing to "
                                             r"reduce.*register no comm hook"):
                     self.gt.GradcompState()
+                with self.assertRaisesRegex(ValueError, r"backend='cpu' needs a gloo process "
+                                            r"group.*this one is 'nccl'"):
+                    self.gt.GradcompState(backend="cpu")
         finally:
             dist.destroy_process_group()
 
@@ -73,9 +82,18 @@ class TorchRefusals(unittest.TestCase):
                 return self.t
 
         state = self.gt.GradcompState.__new__(self.gt.GradcompState)
+        state.backend = "nccl"
         with self.assertRaisesRegex(TypeError, "got a cpu gradient bucket.*move the model to the "
-                                    "GPU"):
+                                    "GPU.*make the state with backend='cpu'"):
             self.gt.gradcomp_hook(state, Bucket(torch.zeros(8)))
+        cpu_state = self.gt.GradcompState.__new__(self.gt.GradcompState)
+        cpu_state.backend = "cpu"
+        with self.assertRaisesRegex(TypeError, "got a meta gradient bucket: the state's backend "
+                                    "'cpu' compresses CPU tensors"):
+            self.gt.gradcomp_hook(cpu_state, Bucket(torch.zeros(8, device="meta")))
+        with self.assertRaisesRegex(TypeError, "torch.float64 gradient bucket.*float32, "
+                                    "float16 and bfloat16"):
+            self.gt.gradcomp_hook(cpu_state, Bucket(torch.zeros(8, dtype=torch.float64)))
         if torch.cuda.is_available():
             with self.assertRaisesRegex(TypeError, "torch.float64 gradient bucket.*float32, "
                                         "float16 and bfloat16"):
@@ -183,15 +201,15 @@ class LayerAwarePlan(unittest.TestCase):
                                    torch.nn.Linear(40, 40, bias=False))
 
     def state(self, module, **kw):
-        import gradcomp.torch._nccl as nccl
+        import gradcomp.torch._group as group
         import gradcomp.torch as gt
 
-        saved = nccl.check_group
-        nccl.check_group = lambda pg: (pg, 0, 2)  # no process group needed to plan
+        saved = group.check_group
+        group.check_group = lambda pg, backend: (pg, 0, 2)  # no process group needed to plan
         try:
             return gt.GradcompState(module=module, **kw)
         finally:
-            nccl.check_group = saved
+            group.check_group = saved
 
     def test_small_and_1d_parameters_stay_full_precision(self):
         m = self.model(0)
@@ -249,22 +267,6 @@ class HookOnCpuWorld(unittest.TestCase):
         warnings.simplefilter("ignore")
         self.addCleanup(ctx.__exit__, None, None, None)
 
-    class HostStream:
-        """_CudaStream's part on the host: no stream, plain futures, nothing to wait for."""
-
-        handle = None
-
-        def done(self, buf):
-            fut = torch.futures.Future()
-            fut.set_result(buf)
-            return fut
-
-        def mark(self):
-            return None
-
-        def wait(self, ev):
-            pass
-
     class Bucket:
         def __init__(self, buf, params, index, last):
             self.buf, self.params, self.i, self.last = buf, params, index, last
@@ -309,7 +311,7 @@ class HookOnCpuWorld(unittest.TestCase):
     def make_states(N, world, tag, module, start_iter, config):
         """N GradcompStates, rank r's on a gloo group of a shared store and world.comms[r]."""
         import gradcomp.torch as gt
-        import gradcomp.torch._nccl as nccl
+        import gradcomp.torch._group as group
 
         store = dist.HashStore()
         pgs = [None] * N
@@ -322,16 +324,17 @@ class HookOnCpuWorld(unittest.TestCase):
             t.start()
         for t in threads:
             t.join()
-        saved = nccl.check_group
+        saved = group.check_group
         out = []
         try:
             for r, pg in enumerate(pgs):
-                nccl.check_group = lambda pg, r=r: (pg, r, N)
-                st = gt.GradcompState(pg, module=module, start_iter=start_iter, config=config())
+                group.check_group = lambda pg, backend, r=r: (pg, r, N)
+                st = gt.GradcompState(pg, module=module, start_iter=start_iter, backend="cpu",
+                                      config=config())
                 st._make_comm = lambda device, c=world.comms[r]: (c, None)
                 out.append(st)
         finally:
-            nccl.check_group = saved
+            group.check_group = saved
         return out
 
     def states(self, world, tag):
@@ -339,7 +342,7 @@ class HookOnCpuWorld(unittest.TestCase):
 
     def step(self, world, states, step):
         """One DDP step of every rank: the buckets in order, then every future."""
-        from gradcomp.torch.ddp import _reduce_bucket
+        from gradcomp.torch.ddp import _HostStream, _reduce_bucket
 
         def rank(comm):
             r = comm.rank
@@ -347,7 +350,7 @@ class HookOnCpuWorld(unittest.TestCase):
             for b, params in enumerate(self.buckets):
                 bucket = self.Bucket(self.grads(step, r, b), params, b,
                                      b == len(self.buckets) - 1)
-                futs.append(_reduce_bucket(states[r], bucket, bucket.buf, self.HostStream()))
+                futs.append(_reduce_bucket(states[r], bucket, bucket.buf, _HostStream()))
             return [f.wait().clone() for f in futs]
 
         return world.run(rank)
@@ -450,8 +453,8 @@ class RealDdpBuckets(unittest.TestCase):
     def train(self, use_hook):
         import gradcomp
         import gradcomp.torch as gt
-        import gradcomp.torch._nccl as nccl
-        from gradcomp.torch.ddp import _reduce_bucket
+        import gradcomp.torch._group as group
+        from gradcomp.torch.ddp import _HostStream, _reduce_bucket
 
         torch.manual_seed(0)
         model = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(),
@@ -462,12 +465,13 @@ class RealDdpBuckets(unittest.TestCase):
             config = gradcomp.Config(from_env=False, min_elements=0)
             world = gradcomp.CpuWorld(1, config)
             self.addCleanup(world.close)
-            saved = nccl.check_group
-            nccl.check_group = lambda pg: (dist.group.WORLD, 0, 1)
+            saved = group.check_group
+            group.check_group = lambda pg, backend: (dist.group.WORLD, 0, 1)
             try:
-                state = gt.GradcompState(module=model, start_iter=1, config=config)
+                state = gt.GradcompState(module=model, start_iter=1, backend="cpu",
+                                         config=config)
             finally:
-                nccl.check_group = saved
+                group.check_group = saved
             state._make_comm = lambda device: (world.comms[0], None)
 
             def hook(st, bucket):
@@ -476,7 +480,7 @@ class RealDdpBuckets(unittest.TestCase):
                     self.assertEqual(g.data_ptr(), buf.data_ptr() + off * buf.element_size())
                     off += p.numel()
                 self.assertEqual(off, buf.numel())
-                return _reduce_bucket(st, bucket, buf, HookOnCpuWorld.HostStream())
+                return _reduce_bucket(st, bucket, buf, _HostStream())
 
             ddp.register_comm_hook(state, hook)
         opt = torch.optim.SGD(ddp.parameters(), lr=0.1, momentum=0.9)

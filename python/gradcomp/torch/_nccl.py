@@ -1,6 +1,5 @@
 """gradcomp's own NCCL communicator, made from a torch.distributed process group."""
 import ctypes
-import itertools
 
 import torch
 import torch.distributed as dist
@@ -8,8 +7,7 @@ import torch.distributed as dist
 from .. import _types as T
 from ..comm import Comm
 from ..info import nccl_library
-
-_seq = itertools.count()  # one per communicator this process makes, in the same order everywhere
+from ._group import check_group, seq
 
 
 class _Nccl:
@@ -46,25 +44,6 @@ def nccl():
     return _nccl
 
 
-def check_group(process_group):
-    """The group gradcomp can serve: NCCL, more than one rank. Returns (group, rank, size)."""
-    if not dist.is_available() or not dist.is_initialized():
-        raise RuntimeError("torch.distributed is not initialized: call "
-                           "dist.init_process_group('nccl') before making a GradcompState")
-    pg = process_group if process_group is not None else dist.group.WORLD
-    backend = str(dist.get_backend(pg)).lower()
-    if "nccl" not in backend:
-        raise ValueError(f"gradcomp's hooks need an NCCL process group, and this one is "
-                         f"'{backend}': init_process_group('nccl') (or pass an NCCL group) and keep "
-                         "the model's gradients on CUDA devices")
-    size = dist.get_world_size(pg)
-    if size < 2:
-        raise ValueError(f"the process group has {size} rank: there is nothing to reduce, so "
-                         "gradcomp would only add work; register no comm hook when "
-                         "world_size == 1")
-    return pg, dist.get_rank(pg), size
-
-
 def share_unique_id(store, key, rank):
     """ncclGetUniqueId on rank 0, the same 128 bytes on every rank through the store."""
     uid = T.NcclUniqueId()
@@ -92,7 +71,7 @@ def make_comm(process_group, device, config):
     pg, rank, size = check_group(process_group)
     lib = nccl()
     ranks = dist.get_process_group_ranks(pg)
-    key = f"gradcomp/nccl_id/{'-'.join(map(str, ranks))}/{next(_seq)}"
+    key = f"gradcomp/nccl_id/{'-'.join(map(str, ranks))}/{next(seq)}"
     uid = share_unique_id(dist.distributed_c10d._get_default_store(), key, rank)
     handle = ctypes.c_void_p()
     with torch.cuda.device(device):

@@ -7,7 +7,8 @@
 
 What is sent, per bucket and rank: the bucket's large parameters (dim() > 1
 and at least layer_min_size elements) go through one gradcompAllReduceKeyed
-call on gradcomp's own NCCL communicator, i.e. the compressed bytes of the
+call on gradcomp's own communicator (NCCL; with backend="cpu", CPU tensors on
+a gloo group, the CPU backend's TCP transport), i.e. the compressed bytes of the
 method (QSGD 4-bit, two-shot: about 2(N-1)/N * 4.06/32 of the fp32 bytes;
 DGC: (N-1) * kmax * 8 bytes), with error feedback keeping what was not sent;
 the small and 1-d parameters (biases, norms) of the bucket go through ONE
@@ -24,7 +25,7 @@ import torch.distributed as dist
 
 from .. import _types as T
 from ..config import Config, as_config
-from . import _nccl
+from . import _group, _nccl
 
 _DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 _STATE_VERSION = 1
@@ -40,7 +41,14 @@ class GradcompState:
     """Settings and state of gradcomp_hook (one per DDP model).
 
     Args:
-        process_group: the NCCL group DDP reduces over (default: the world).
+        process_group: the NCCL group DDP reduces over (default: the world);
+            with backend="cpu", a gloo group.
+        backend: "nccl" (CUDA tensors, gradcomp's own NCCL communicator) or
+            "cpu": CPU tensors of a gloo group, compressed by gradcomp's CPU
+            backend with its ranks connected by TCP (gradcompCommCreateSocket;
+            rank 0's "host:port" through the group's store). Same codecs and
+            algorithms, bit for bit; the opt-in is explicit so that a gloo
+            group by mistake is still refused.
         module: the model (or DDP wrapper) whose parameters the buckets hold.
             With it, each bucket's residual is keyed by the indices of its
             parameters in module.parameters(), so the key follows the
@@ -59,13 +67,16 @@ class GradcompState:
             e.g. method="dgc", density=0.001, bits=2, bucket_size=512,
             min_elements=..., algo="twoshot" (gradcomp.settings() lists them).
 
-    Raises ValueError for a gloo or single-rank group and for a bad setting
-    (the sentence names the value and its range).
+    Raises ValueError for a group that is not the backend's (gloo without
+    backend="cpu"), a single-rank group and a bad setting (the sentence names
+    the value and its range).
     """
 
     def __init__(self, process_group=None, module=None, *, layer_min_size=1024, start_iter=2,
-                 exclude_1d=True, config=None, **settings):
-        self.process_group, self.rank, self.world_size = _nccl.check_group(process_group)
+                 exclude_1d=True, backend="nccl", config=None, **settings):
+        self.process_group, self.rank, self.world_size = _group.check_group(process_group,
+                                                                            backend)
+        self.backend = backend
         if int(layer_min_size) < 0 or int(start_iter) < 0:
             raise ValueError(f"layer_min_size={layer_min_size} and start_iter={start_iter} must "
                              "be >= 0")
@@ -97,13 +108,14 @@ class GradcompState:
         """Settings, step counter and gradcomp's residuals; not the group or the comm."""
         return {"version": _STATE_VERSION, "settings": self.config.as_dict(),
                 "layer_min_size": self.layer_min_size, "start_iter": self.start_iter,
-                "exclude_1d": self.exclude_1d,
+                "exclude_1d": self.exclude_1d, "backend": self.backend,
                 "iter": self.iter, "gradcomp": self._blob()}
 
     def __setstate__(self, d):
         """Back on the default process group (as PowerSGDState); module keys need set_module()."""
         self.__init__(None, layer_min_size=d["layer_min_size"], start_iter=d["start_iter"],
-                      exclude_1d=d["exclude_1d"], config=Config(from_env=False, **d["settings"]))
+                      exclude_1d=d["exclude_1d"], backend=d.get("backend", "nccl"),
+                      config=Config(from_env=False, **d["settings"]))
         self.iter = d["iter"]
         self._pending_blob = d["gradcomp"]
 
@@ -117,7 +129,8 @@ class GradcompState:
                              "by another gradcomp.torch")
         self.iter = d["iter"]
         if self._comm is not None:
-            torch.cuda.current_stream().synchronize()
+            if self.backend == "nccl":
+                torch.cuda.current_stream().synchronize()
             if d["gradcomp"] is not None:
                 self._comm.load_state(d["gradcomp"])
             else:
@@ -159,7 +172,8 @@ class GradcompState:
             self._paused = old
 
     def close(self):
-        """Destroys gradcomp's comm and its NCCL communicator (all ranks, after the last step)."""
+        """Destroys gradcomp's comm and its NCCL communicator if any (all ranks, after the
+        last step)."""
         if self._comm is not None:
             self._comm.close()
             _nccl.destroy_nccl(self._nccl_handle)
@@ -172,7 +186,9 @@ class GradcompState:
             warnings.warn(f"gradcomp: {msg}", stacklevel=3)
 
     def _make_comm(self, device):
-        """(Comm, ncclComm address): gradcomp's own NCCL communicator (a collective)."""
+        """(Comm, ncclComm address or None): gradcomp's own communicator (a collective)."""
+        if self.backend == "cpu":
+            return _group.make_socket_comm(self.process_group, self.config), None
         return _nccl.make_comm(self.process_group, device, self.config)
 
     def comm(self, device):
@@ -250,9 +266,27 @@ def _allreduce_avg(buf, state):
     return fut.then(lambda f: f.value()[0])
 
 
+class _HostStream:
+    """_CudaStream's part on the host (backend "cpu"): gradcomp's calls return with the result
+    in place, so there is no stream, nothing to wait for, and plain futures."""
+
+    handle = None
+
+    def done(self, buf):
+        fut = torch.futures.Future()
+        fut.set_result(buf)
+        return fut
+
+    def mark(self):
+        return None
+
+    def wait(self, ev):
+        pass
+
+
 class _CudaStream:
     """The stream DDP calls the hook on: gradcomp's kernels, the hook's copies and the
-    returned future all follow it. (The CPU-world tests give the hook a host stand-in.)"""
+    returned future all follow it."""
 
     def __init__(self, device):
         self.device = device
@@ -281,15 +315,22 @@ def gradcomp_hook(state, bucket):
     the current stream, the rest through one torch.distributed all_reduce; returns the
     future of the averaged bucket. See the module docstring for the bytes it sends."""
     buf = bucket.buffer()
-    if buf.device.type != "cuda":
-        raise TypeError(f"gradcomp_hook got a {buf.device.type} gradient bucket: gradcomp "
-                        "compresses CUDA tensors; move the model to the GPU before wrapping it "
-                        "in DDP (or use no hook on CPU)")
+    want = "cpu" if state.backend == "cpu" else "cuda"
+    if buf.device.type != want:
+        if want == "cuda":
+            raise TypeError(f"gradcomp_hook got a {buf.device.type} gradient bucket: the state's "
+                            "backend 'nccl' compresses CUDA tensors; move the model to the GPU "
+                            "before wrapping it in DDP, or, for a CPU model on a gloo group, make "
+                            "the state with backend='cpu'")
+        raise TypeError(f"gradcomp_hook got a {buf.device.type} gradient bucket: the state's "
+                        "backend 'cpu' compresses CPU tensors; make the state with "
+                        "backend='nccl' (an NCCL group) for a model on the GPU")
     if buf.dtype not in _DTYPES:
         raise TypeError(f"gradcomp_hook got a {buf.dtype} gradient bucket: gradcomp compresses "
                         "float32, float16 and bfloat16; cast the model, or register DDP's "
                         "default hook for this model")
-    return _reduce_bucket(state, bucket, buf, _CudaStream(buf.device))
+    stream = _HostStream() if want == "cpu" else _CudaStream(buf.device)
+    return _reduce_bucket(state, bucket, buf, stream)
 
 
 def _reduce_bucket(state, bucket, buf, stream):

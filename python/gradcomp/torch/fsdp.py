@@ -7,7 +7,9 @@ with pre/post division for fp16, both compressed here):
 `allocate(size, *, dtype, device)` and `__call__(output_tensor, input_tensor,
 group, op, async_op=False)`, installed with `FSDPModule.set_custom_reduce_scatter`.
 FSDP calls it on its reduce-scatter stream with the flat padded gradients of
-one FSDP module (input: world_size * output.numel() elements).
+one FSDP module (input: world_size * output.numel() elements). With a
+GradcompState(backend="cpu") it reduces the CPU tensors of FSDP on a gloo
+group over gradcomp's CPU backend (TCP between the ranks).
 
 What is sent, per rank: the first half of two-shot (docs/algorithms.md): block
 j of the input encoded for rank j with error feedback, (N-1)/N * E(n) bytes
@@ -48,19 +50,27 @@ class GradcompReduceScatter(_Base):
 
     def __call__(self, output_tensor, input_tensor, group, op, async_op=False):
         out, inp = output_tensor, input_tensor
-        if out.device.type != "cuda" or inp.device.type != "cuda":
+        cpu = self.state is not None and self.state.backend == "cpu"
+        want = "cpu" if cpu else "cuda"
+        if out.device.type != want or inp.device.type != want:
+            if cpu:
+                raise TypeError(f"GradcompReduceScatter got {inp.device.type} tensors, but its "
+                                "state's backend 'cpu' reduces CPU tensors: make the state with "
+                                "backend='nccl' for a model on the GPU")
             raise TypeError("GradcompReduceScatter got CPU tensors: gradcomp reduces CUDA "
-                            "tensors; FSDP with CPU offload keeps the reduce-scatter on the GPU")
+                            "tensors; FSDP with CPU offload keeps the reduce-scatter on the GPU; "
+                            "for a CPU model on a gloo group, make the state with backend='cpu'")
         if inp.dtype not in _DTYPES or out.dtype != inp.dtype:
             raise TypeError(f"GradcompReduceScatter got {inp.dtype} -> {out.dtype}: gradcomp "
                             "compresses float32, float16 and bfloat16 (same type in and out); "
                             "set MixedPrecisionPolicy(reduce_dtype=torch.float32)")
-        return self._reduce_scatter(out, inp, group, op, async_op,
-                                    lambda: torch.cuda.current_stream(out.device).cuda_stream)
+        stream = (lambda: None) if cpu else (
+            lambda: torch.cuda.current_stream(out.device).cuda_stream)
+        return self._reduce_scatter(out, inp, group, op, async_op, stream)
 
     def _reduce_scatter(self, out, inp, group, op, async_op, stream_handle):
-        """The call on checked tensors; stream_handle() gives the stream gradcomp runs on (the
-        CPU-world tests give none)."""
+        """The call on checked tensors; stream_handle() gives the stream gradcomp runs on (none
+        on the CPU backend)."""
         size = group.size()
         if inp.numel() != size * out.numel():
             raise ValueError(f"input has {inp.numel()} elements, not world_size * output = "

@@ -1,0 +1,90 @@
+"""The process group gradcomp.torch serves, and gradcomp's CPU comm made from it.
+
+backend "nccl" (the default): an NCCL group and CUDA tensors; gradcomp makes its own NCCL
+communicator (_nccl.make_comm). backend "cpu", asked for explicitly: a gloo group and CPU
+tensors; gradcomp's CPU reference backend with its ranks connected by TCP
+(gradcompCommCreateSocket), the same algorithm code and codecs as on the GPU.
+"""
+import itertools
+import os
+import socket
+
+import torch.distributed as dist
+
+from ..comm import Comm
+
+BACKENDS = ("nccl", "cpu")
+
+# One per comm this process makes, in the same order on every rank: the store keys of two
+# comms of one group differ.
+seq = itertools.count()
+
+_OPT_IN = ("for CPU tensors on a gloo group, make the state with backend='cpu' (gradcomp's CPU "
+           "backend over TCP)")
+
+
+def check_group(process_group, backend="nccl"):
+    """The group gradcomp can serve with `backend`: NCCL for "nccl", gloo for "cpu", more than
+    one rank. Returns (group, rank, size)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r} is not one of {'|'.join(BACKENDS)}")
+    if not dist.is_available() or not dist.is_initialized():
+        raise RuntimeError("torch.distributed is not initialized: call "
+                           "dist.init_process_group('nccl') (or 'gloo' with backend='cpu') before "
+                           "making a GradcompState")
+    pg = process_group if process_group is not None else dist.group.WORLD
+    have = str(dist.get_backend(pg)).lower()
+    if backend == "nccl" and "nccl" not in have:
+        raise ValueError(f"gradcomp's hooks need an NCCL process group, and this one is "
+                         f"'{have}': init_process_group('nccl') (or pass an NCCL group) and keep "
+                         f"the model's gradients on CUDA devices; or, {_OPT_IN}")
+    if backend == "cpu" and "gloo" not in have:
+        raise ValueError(f"backend='cpu' needs a gloo process group (the hook's full-precision "
+                         f"part is a torch.distributed all_reduce of CPU tensors), and this one "
+                         f"is '{have}': init_process_group('gloo'), or leave backend='nccl' for "
+                         "CUDA tensors")
+    size = dist.get_world_size(pg)
+    if size < 2:
+        raise ValueError(f"the process group has {size} rank: there is nothing to reduce, so "
+                         "gradcomp would only add work; register no comm hook when "
+                         "world_size == 1")
+    return pg, dist.get_rank(pg), size
+
+
+def _root_host(store):
+    """Where rank 0 listens: MASTER_ADDR (env://), else the TCP store's host, else loopback."""
+    host = os.environ.get("MASTER_ADDR")
+    while host is None and store is not None:
+        host = getattr(store, "host", None)
+        store = getattr(store, "underlying_store", None)
+    return host or "127.0.0.1"
+
+
+def _free_port():
+    # The port is free now; the library binds it moments later. A port taken in between makes
+    # rank 0's gradcompCommCreateSocket fail with the library's sentence (no hang).
+    s = socket.socket()
+    s.bind(("", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def share_root(store, key, rank):
+    """Rank 0 picks "host:port" and publishes it under key; every rank returns it."""
+    if rank == 0:
+        root = f"{_root_host(store)}:{_free_port()}"
+        store.set(key, root)
+        return root
+    return store.get(key).decode()  # waits (up to the store's timeout) for rank 0
+
+
+def make_socket_comm(process_group, config):
+    """gradcompCommCreateSocket for every rank of the group, rank 0's address through the
+    group's store. Collective over the group (the hooks call it at their first compressed
+    call, which every rank reaches together)."""
+    pg, rank, size = check_group(process_group, "cpu")
+    ranks = dist.get_process_group_ranks(pg)
+    key = f"gradcomp/socket_root/{'-'.join(map(str, ranks))}/{next(seq)}"
+    root = share_root(dist.distributed_c10d._get_default_store(), key, rank)
+    return Comm.socket(size, rank, root, config)
