@@ -138,6 +138,20 @@ gradcompResult_t gradcompCommCreate(ncclComm_t nccl, const gradcompConfig_t* con
  * the same algorithm code as the CUDA backend, with the host codecs. */
 gradcompResult_t gradcompCommCreateCpu(int nranks, const gradcompConfig_t* config,
                                        gradcompComm_t* comms);
+/* CPU reference backend across processes (or threads): this is rank `rank` of
+ * `nranks`, connected to the others by TCP. Rank 0 listens at `root`
+ * ("host:port", an IPv4 address or a name); the others connect to it and then
+ * to each other (each rank listens on an ephemeral port of its own). Host
+ * pointers, stream ignored; the same algorithm code, and results bit for bit,
+ * as gradcompCommCreateCpu's in-process world. Collective: every rank calls it
+ * with the same nranks, root and config; a rank waits at most cpuTimeoutSec
+ * (GRADCOMP_CPU_TIMEOUT) for the others, here and at every collective.
+ * localSize L > 1 makes consecutive blocks of L ranks nodes; 0 (auto) groups
+ * ranks by host identity (NCCL_HOSTID, else the host name) as on NCCL.
+ * After a transport error (a peer gone, ranks making different calls) every
+ * later call on the comm fails: destroy it, as an NCCL comm after an error. */
+gradcompResult_t gradcompCommCreateSocket(int nranks, int rank, const char* root,
+                                          const gradcompConfig_t* config, gradcompComm_t* comm);
 gradcompResult_t gradcompCommDestroy(gradcompComm_t comm);
 gradcompResult_t gradcompCommRank(gradcompComm_t comm, int* rank);
 gradcompResult_t gradcompCommSize(gradcompComm_t comm, int* size);

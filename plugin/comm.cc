@@ -3,6 +3,7 @@
 
 #include <string.h>
 
+#include <string>
 #include <vector>
 
 #include "kernels/qsgd_math.cuh"
@@ -223,6 +224,52 @@ GC_EXPORT gradcompResult_t gradcompCommCreateCpu(int nranks, const gradcompConfi
     }
   }
   return res;
+}
+
+namespace {
+
+gradcompResult_t commCreateSocket(int nranks, int rank, const char* root,
+                                  const gradcompConfig_t* config, gradcompComm_t* comm) {
+  GC_ARG(comm != nullptr, "comm (output) is NULL");
+  *comm = nullptr;
+  GC_ARG(nranks >= 1 && nranks <= 1024, "nranks=%d is out of range 1..1024", nranks);
+  GC_ARG(rank >= 0 && rank < nranks, "rank=%d is out of range 0..%d (nranks=%d)", rank, nranks - 1,
+         nranks);
+  GC_ARG(root != nullptr, "root address is NULL: give rank 0's \"host:port\"");
+  std::unique_ptr<gradcompComm> c(new gradcompComm());
+  c->rank = rank;
+  c->nranks = nranks;
+  // A rank whose own config is refused still joins the world, so the others
+  // hear its sentence in the set-up vote instead of waiting for it.
+  const gradcompResult_t local = initComm(c.get(), config);
+  std::string why = local != gradcompSuccess ? gradcompGetLastError() : "";
+  gradcompConfig_t fallback;
+  gradcompConfigInit(&fallback);
+  const double timeout =
+      local == gradcompSuccess ? c->cfg.cpuTimeoutSec : (double)fallback.cpuTimeoutSec;
+  std::shared_ptr<gc::SocketMesh> mesh;
+  GC_CHECK(gc::makeSocketMesh(nranks, rank, root, timeout, &mesh));
+  std::vector<int> all(nranks);
+  for (int r = 0; r < nranks; ++r) all[r] = r;
+  c->backend = gc::makeCpuBackend();
+  c->sparse = gc::makeCpuSparseOps();
+  c->transport = gc::makeSocketTransport(mesh, all, rank, 0);
+  const gc::SetupVote mine = gc::makeSetupVote(local, c->cfg, gc::hostIdentity(),
+                                               local != gradcompSuccess ? why.c_str() : nullptr);
+  GC_CHECK(gc::setupSocketHierarchy(c.get(), mine, mesh));
+  GC_INFO("comm %p rank %d/%d over TCP (root %s): method %d bits %d bucket %d, %d node(s)",
+          (void*)c.get(), rank, nranks, root, (int)c->cfg.method, c->cfg.bits, c->cfg.bucketSize,
+          c->topo.nodes);
+  *comm = c.release();
+  return gradcompSuccess;
+}
+
+}  // namespace
+
+GC_EXPORT gradcompResult_t gradcompCommCreateSocket(int nranks, int rank, const char* root,
+                                                    const gradcompConfig_t* config,
+                                                    gradcompComm_t* comm) {
+  return gc::guarded([&] { return commCreateSocket(nranks, rank, root, config, comm); });
 }
 
 GC_EXPORT gradcompResult_t gradcompCommDestroy(gradcompComm_t comm) {

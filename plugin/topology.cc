@@ -281,8 +281,7 @@ VoteGather ncclVoteGather(ncclComm_t nccl, int rank, int nranks, int device) {
   return [x](const SetupVote& mine, std::vector<SetupVote>* votes) { return x->run(mine, votes); };
 }
 
-gradcompResult_t setupNcclHierarchy(gradcompComm* c, const SetupVote& mine,
-                                    const VoteGather& gather) {
+gradcompResult_t agreeTopology(gradcompComm* c, const SetupVote& mine, const VoteGather& gather) {
   std::vector<SetupVote> votes;
   const gradcompResult_t res = gather(mine, &votes);
   if (res != gradcompSuccess) {
@@ -311,6 +310,12 @@ gradcompResult_t setupNcclHierarchy(gradcompComm* c, const SetupVote& mine,
       GC_INFO("comm %p: %s; exchanging flat", (void*)c, why);
     }
   }
+  return gradcompSuccess;
+}
+
+gradcompResult_t setupNcclHierarchy(gradcompComm* c, const SetupVote& mine,
+                                    const VoteGather& gather) {
+  GC_CHECK(agreeTopology(c, mine, gather));
   if (!c->topo.hier()) return gradcompSuccess;
   const NcclApi* api = ncclApi();
   if (api->commSplit == nullptr || api->reduceScatter == nullptr || api->commDestroy == nullptr) {
@@ -331,6 +336,24 @@ gradcompResult_t setupNcclHierarchy(gradcompComm* c, const SetupVote& mine,
   c->inter->nccl = c->interNccl;
   GC_INFO("comm %p rank %d: node %d of %d, local rank %d of %d", (void*)c, c->rank, t.node, t.nodes,
           t.localRank, t.localSize);
+  return gradcompSuccess;
+}
+
+gradcompResult_t setupSocketHierarchy(gradcompComm* c, const SetupVote& mine,
+                                      std::shared_ptr<SocketMesh> mesh) {
+  Transport* world = c->transport.get();
+  const VoteGather gather = [world](const SetupVote& v, std::vector<SetupVote>* votes) {
+    votes->resize(world->size());
+    return world->allGather(&v, votes->data(), sizeof(SetupVote));
+  };
+  GC_CHECK(agreeTopology(c, mine, gather));
+  if (!c->topo.hier()) return gradcompSuccess;
+  const Topology& t = c->topo;
+  std::vector<int> intra, inter;
+  for (int l = 0; l < t.localSize; ++l) intra.push_back(t.rankAt(t.node, l));
+  for (int k = 0; k < t.nodes; ++k) inter.push_back(t.rankAt(k, t.localRank));
+  c->intra = makeSocketTransport(mesh, intra, t.localRank, 1);
+  c->inter = makeInterComm(*c, makeSocketTransport(mesh, inter, t.node, 2));
   return gradcompSuccess;
 }
 

@@ -6,6 +6,7 @@
 #include <stdint.h>
 
 #include <functional>
+#include <memory>
 #include <type_traits>
 #include <vector>
 
@@ -13,6 +14,10 @@
 #include "gradcomp.h"
 
 struct gradcompComm;
+
+namespace gc {
+struct SocketMesh;
+}
 
 namespace gc {
 
@@ -92,6 +97,14 @@ VoteGather ncclVoteGather(ncclComm_t nccl, int rank, int nranks, int device);
 // is hierarchical, the intra-node transport and the inter-node child comm.
 gradcompResult_t setupNcclHierarchy(gradcompComm* c, const SetupVote& mine,
                                     const VoteGather& gather);
+// The vote and the topology alone (no sub-communicators): every rank gathers
+// the votes, agrees, and takes blocks of cfg.localSize or, for auto, nodes by
+// host identity.
+gradcompResult_t agreeTopology(gradcompComm* c, const SetupVote& mine, const VoteGather& gather);
+// The same for a comm over TCP (c->transport spans the mesh): the votes
+// travel over it, and the hierarchy's sub-transports share its connections.
+gradcompResult_t setupSocketHierarchy(gradcompComm* c, const SetupVote& mine,
+                                      std::shared_ptr<SocketMesh> mesh);
 // The CPU world of nranks comms: blocks of cfg.localSize (auto = flat).
 gradcompResult_t setupCpuHierarchy(gradcompComm** comms, int nranks);
 // Gives the CPU world's comms the topologies (one per rank, uniform nodes)

@@ -74,6 +74,20 @@ class Transport {
 gradcompResult_t callMismatch(int rank, const CallInfo& mine, int peer, const CallInfo& theirs);
 
 std::unique_ptr<Transport> makeNcclTransport(ncclComm_t comm, int rank, int size);
+
+// The TCP connections of one process (or thread) to every other rank of a
+// CPU-backend world (backends/cpu/socket.cc).
+struct SocketMesh;
+// Rank `rank` of nranks meets the others through rank 0, which listens at
+// root ("host:port"); each waits at most timeoutSec, here and at every
+// collective.
+gradcompResult_t makeSocketMesh(int nranks, int rank, const char* root, double timeoutSec,
+                                std::shared_ptr<SocketMesh>* out);
+// A transport over members (global ranks, in member order) of the mesh, this
+// rank being members[index]; tag tells the hierarchy's sub-transports apart
+// on the connections they share.
+std::unique_ptr<Transport> makeSocketTransport(std::shared_ptr<SocketMesh> mesh,
+                                               std::vector<int> members, int index, uint32_t tag);
 // nranks transports sharing one in-process world; a rank waits at most
 // timeoutSec at a collective for the others.
 std::vector<std::unique_ptr<Transport>> makeCpuWorld(int nranks, double timeoutSec);

@@ -14,6 +14,7 @@
 #include "kernels/common_math.cuh"
 #include "checks.h"
 #include "backends/transport.h"
+#include "backends/cpu/host_reduce.h"
 
 namespace gc {
 namespace {
@@ -330,8 +331,7 @@ class CpuTransport final : public Transport {
                           size_t count, size_t first, ncclDataType_t type, ncclRedOp_t op) {
     world_->slots[rank_].send = send;
     GC_CHECK(meet(collective, check));
-    const TypeOps ops = typeOps(type);
-    const size_t esz = ops.esz;
+    const size_t esz = hostElementSize(type);
     std::vector<const void*> src(size_);
     for (int i = 0; i < size_; ++i) {
       src[i] = static_cast<const char*>(world_->slots[i].send) + first * esz;
@@ -348,7 +348,7 @@ class CpuTransport final : public Transport {
       res = setError(gradcompSystemError, "out of host memory allocating %zu bytes (count=%zu)",
                      count * esz, count);
     } else {
-      ops.reduce(src, out.get(), count, op, size_);
+      hostReduce(type, op, src, out.get(), count);
     }
     GC_CHECK(finish(res));
     if (count) memcpy(recv, out.get(), count * esz);
@@ -359,6 +359,15 @@ class CpuTransport final : public Transport {
 };
 
 }  // namespace
+
+size_t hostElementSize(ncclDataType_t type) {
+  return typeOps(type).esz;
+}
+
+void hostReduce(ncclDataType_t type, ncclRedOp_t op, const std::vector<const void*>& src, void* dst,
+                size_t count) {
+  typeOps(type).reduce(src, dst, count, op, (int)src.size());
+}
 
 std::vector<std::unique_ptr<Transport>> makeCpuWorld(int nranks, double timeoutSec) {
   auto world = std::make_shared<CpuWorld>(nranks, timeoutSec);

@@ -1,0 +1,21 @@
+// The CPU transports' reduction of NCCL's types and ops: elements of every
+// rank's block combined in rank order, so every transport (in-process world,
+// sockets) gives the same bits.
+#pragma once
+
+#include <nccl.h>
+#include <stddef.h>
+
+#include <vector>
+
+namespace gc {
+
+// Bytes per element of a type the CPU transports reduce; 0 when not served.
+size_t hostElementSize(ncclDataType_t type);
+// dst[i] = src[0][i] op src[1][i] op ... in rank order, i < count (Avg divides
+// once at the end, integer Sum/Prod wrap, fp16/bf16 round after every step as
+// NCCL does). type must be served and op one of Sum..Avg; dst may alias no src.
+void hostReduce(ncclDataType_t type, ncclRedOp_t op, const std::vector<const void*>& src, void* dst,
+                size_t count);
+
+}  // namespace gc

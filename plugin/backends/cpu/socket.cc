@@ -1,0 +1,783 @@
+// TCP transport of the CPU backend: each rank a process (or a thread) with
+// one connection to every other rank. Rank 0 listens at the root address;
+// the others connect to it, learn every rank's listening address from it and
+// connect to the ranks below them. Collectives move host memory with
+// non-blocking sockets driven by poll(), so a rank sends to and receives from
+// all its peers at once. Every message starts with a header naming the
+// collective, its size and the call it belongs to; the receiver checks it
+// before it reads a byte of payload, so ranks that make different calls fail
+// with a sentence naming both instead of exchanging unrelated bytes. Any
+// error closes every connection, so the peers fail at once instead of
+// waiting out their timeout. Reductions are the in-process world's (rank
+// order, host_reduce.h): results are bit for bit the same.
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "kernels/common_math.cuh"
+#include "checks.h"
+#include "backends/cpu/host_reduce.h"
+#include "backends/transport.h"
+
+namespace gc {
+
+namespace {
+
+constexpr uint32_t kHelloMagic = 0x47435348;  // "GCSH"
+constexpr uint32_t kMsgMagic = 0x4743534d;    // "GCSM"
+
+double now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+std::string errnoText(int err) {
+  char buf[128];
+  return std::string(strerror_r(err, buf, sizeof buf));
+}
+
+// The message header. Fields are fixed-width and the struct has no padding,
+// so it travels as bytes between ranks of one build.
+struct WireHeader {
+  uint32_t magic;
+  uint32_t collective;   // which collective, and which sub-transport (tag << 8)
+  uint64_t check;        // a size every rank must agree on (0: none)
+  uint64_t step, count;  // the call (CallInfo)
+  int32_t type, op;
+  uint64_t bytes;  // payload that follows
+};
+static_assert(sizeof(WireHeader) == 48, "no padding in the wire header");
+
+struct Hello {
+  uint32_t magic;
+  int32_t nranks, rank;
+  uint16_t port;  // the sender's listening port (rank > 0)
+  uint16_t pad;
+};
+struct Entry {
+  uint32_t addr;  // network order
+  uint16_t port;  // network order
+  uint16_t pad;
+};
+struct Verdict {
+  uint32_t magic;
+  int32_t ok;  // 0: rank 0 refused the world; the sentence follows in why
+  char why[192];
+};
+
+}  // namespace
+
+// The connections of one rank to every other rank, shared by the comm's
+// transport and its hierarchy's sub-transports.
+struct SocketMesh {
+  int nranks = 1, rank = 0;
+  double timeoutSec = 120;
+  std::vector<int> fds;  // by global rank, -1 for this rank
+  bool broken = false;
+  std::string brokenWhy;
+
+  ~SocketMesh() {
+    for (int fd : fds) {
+      if (fd >= 0) close(fd);
+    }
+  }
+
+  // Closes every connection after an error: peers see the close at once.
+  void breakAll(const char* why) {
+    if (broken) return;
+    broken = true;
+    brokenWhy = why ? why : "";
+    for (int& fd : fds) {
+      if (fd >= 0) {
+        shutdown(fd, SHUT_RDWR);
+        close(fd);
+      }
+      fd = -1;
+    }
+  }
+};
+
+namespace {
+
+gradcompResult_t parseRoot(const char* root, sockaddr_in* out) {
+  GC_ARG(root != nullptr && root[0] != '\0', "root address is empty: give \"host:port\"");
+  const std::string s(root);
+  const size_t colon = s.rfind(':');
+  GC_ARG(colon != std::string::npos && colon > 0 && colon + 1 < s.size(),
+         "root address \"%s\" is not \"host:port\"", root);
+  const std::string host = s.substr(0, colon), portText = s.substr(colon + 1);
+  char* end = nullptr;
+  const long port = strtol(portText.c_str(), &end, 10);
+  GC_ARG(end && *end == '\0' && port >= 1 && port <= 65535,
+         "root address \"%s\": port \"%s\" is out of range 1..65535", root, portText.c_str());
+  addrinfo hints = {};
+  hints.ai_family = AF_INET;
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* res = nullptr;
+  const int rc = getaddrinfo(host.c_str(), nullptr, &hints, &res);
+  if (rc != 0 || res == nullptr) {
+    return setError(gradcompInvalidArgument,
+                    "root address \"%s\": host \"%s\" does not resolve to an IPv4 address (%s)",
+                    root, host.c_str(), gai_strerror(rc));
+  }
+  *out = *reinterpret_cast<sockaddr_in*>(res->ai_addr);
+  out->sin_port = htons((uint16_t)port);
+  freeaddrinfo(res);
+  return gradcompSuccess;
+}
+
+void tuneSocket(int fd) {
+  const int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+}
+
+gradcompResult_t setNonBlocking(int fd) {
+  const int flags = fcntl(fd, F_GETFL, 0);
+  if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) {
+    return setError(gradcompSystemError, "socket transport: fcntl(O_NONBLOCK): %s",
+                    errnoText(errno).c_str());
+  }
+  return gradcompSuccess;
+}
+
+// Waits until fd is readable (POLLIN) or writable (POLLOUT) before the
+// deadline; the sentence says what was awaited.
+gradcompResult_t waitFd(int fd, short events, double deadline, const char* what) {
+  for (;;) {
+    const double left = deadline - now();
+    if (left <= 0) {
+      return setError(gradcompSystemError,
+                      "socket transport: timed out (cpuTimeoutSec, GRADCOMP_CPU_TIMEOUT) waiting "
+                      "for %s; every rank must create its comm with the same root and nranks",
+                      what);
+    }
+    pollfd p = {fd, events, 0};
+    const int rc = poll(&p, 1, (int)(left * 1000) + 1);
+    if (rc > 0) return gradcompSuccess;
+    if (rc < 0 && errno != EINTR) {
+      return setError(gradcompSystemError, "socket transport: poll: %s", errnoText(errno).c_str());
+    }
+  }
+}
+
+// Blocking-style exact transfer on a blocking socket during set-up.
+gradcompResult_t sendAll(int fd, const void* data, size_t bytes, double deadline,
+                         const char* what) {
+  const char* p = static_cast<const char*>(data);
+  while (bytes) {
+    GC_CHECK(waitFd(fd, POLLOUT, deadline, what));
+    const ssize_t n = send(fd, p, bytes, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n < 0) {
+      if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) continue;
+      return setError(gradcompSystemError, "socket transport: sending %s: %s", what,
+                      errnoText(errno).c_str());
+    }
+    p += n;
+    bytes -= (size_t)n;
+  }
+  return gradcompSuccess;
+}
+
+gradcompResult_t recvAll(int fd, void* data, size_t bytes, double deadline, const char* what) {
+  char* p = static_cast<char*>(data);
+  while (bytes) {
+    GC_CHECK(waitFd(fd, POLLIN, deadline, what));
+    const ssize_t n = recv(fd, p, bytes, MSG_DONTWAIT);
+    if (n == 0) {
+      return setError(gradcompSystemError,
+                      "socket transport: the peer closed the connection while this rank waited "
+                      "for %s",
+                      what);
+    }
+    if (n < 0) {
+      if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) continue;
+      return setError(gradcompSystemError, "socket transport: receiving %s: %s", what,
+                      errnoText(errno).c_str());
+    }
+    p += n;
+    bytes -= (size_t)n;
+  }
+  return gradcompSuccess;
+}
+
+gradcompResult_t listenOn(const sockaddr_in& addr, int* out, const char* what) {
+  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    return setError(gradcompSystemError, "socket transport: socket(): %s",
+                    errnoText(errno).c_str());
+  }
+  const int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  if (bind(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0 ||
+      listen(fd, 1024) != 0) {
+    const int err = errno;
+    close(fd);
+    char ip[INET_ADDRSTRLEN] = "?";
+    inet_ntop(AF_INET, &addr.sin_addr, ip, sizeof ip);
+    return setError(gradcompSystemError, "socket transport: cannot listen at %s:%d for %s: %s", ip,
+                    (int)ntohs(addr.sin_port), what, errnoText(err).c_str());
+  }
+  *out = fd;
+  return gradcompSuccess;
+}
+
+// Connects to addr, retrying while nobody listens there yet (rank 0 may
+// start last).
+gradcompResult_t connectTo(const sockaddr_in& addr, double deadline, int* out, const char* what) {
+  char ip[INET_ADDRSTRLEN] = "?";
+  inet_ntop(AF_INET, &addr.sin_addr, ip, sizeof ip);
+  for (;;) {
+    const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+      return setError(gradcompSystemError, "socket transport: socket(): %s",
+                      errnoText(errno).c_str());
+    }
+    if (connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr) == 0) {
+      tuneSocket(fd);
+      *out = fd;
+      return gradcompSuccess;
+    }
+    const int err = errno;
+    close(fd);
+    const bool retry = err == ECONNREFUSED || err == EINTR || err == ETIMEDOUT ||
+                       err == ECONNRESET || err == EAGAIN;
+    if (!retry || now() >= deadline) {
+      return setError(gradcompSystemError, "socket transport: cannot connect to %s at %s:%d: %s%s",
+                      what, ip, (int)ntohs(addr.sin_port), errnoText(err).c_str(),
+                      retry ? " (cpuTimeoutSec, GRADCOMP_CPU_TIMEOUT, ran out)" : "");
+    }
+    usleep(20000);
+  }
+}
+
+gradcompResult_t acceptOne(int listener, double deadline, int* out, sockaddr_in* peer,
+                           const char* what) {
+  GC_CHECK(waitFd(listener, POLLIN, deadline, what));
+  socklen_t len = sizeof *peer;
+  const int fd = accept4(listener, reinterpret_cast<sockaddr*>(peer), &len, SOCK_CLOEXEC);
+  if (fd < 0) {
+    return setError(gradcompSystemError, "socket transport: accept (%s): %s", what,
+                    errnoText(errno).c_str());
+  }
+  tuneSocket(fd);
+  *out = fd;
+  return gradcompSuccess;
+}
+
+// Closes a descriptor when it goes out of scope unless released.
+struct FdGuard {
+  int fd = -1;
+  ~FdGuard() {
+    if (fd >= 0) close(fd);
+  }
+};
+
+// Rank 0: collects every rank's hello, checks that they agree on the world,
+// then tells every rank where the others listen (or why the world is refused).
+gradcompResult_t rootRendezvous(SocketMesh& m, const sockaddr_in& rootAddr, double deadline) {
+  FdGuard listener;
+  GC_CHECK(listenOn(rootAddr, &listener.fd, "the other ranks (this is rank 0, the root)"));
+  std::vector<Entry> table(m.nranks);
+  table[0].addr = rootAddr.sin_addr.s_addr;
+  table[0].port = rootAddr.sin_port;
+  std::string refusal;
+  for (int got = 1; got < m.nranks; ++got) {
+    int fd = -1;
+    sockaddr_in peer = {};
+    GC_CHECK(acceptOne(listener.fd, deadline, &fd, &peer, "the other ranks to reach the root"));
+    FdGuard g{fd};
+    Hello h = {};
+    GC_CHECK(recvAll(fd, &h, sizeof h, deadline, "a rank's hello"));
+    if (h.magic != kHelloMagic) {
+      refusal = "a connection to the root address did not come from a gradcomp rank";
+      break;
+    }
+    if (h.nranks != m.nranks || h.rank < 1 || h.rank >= m.nranks || m.fds[h.rank] >= 0) {
+      char buf[192];
+      snprintf(buf, sizeof buf,
+               "rank %d says nranks=%d while rank 0 has nranks=%d (ranks 1..%d, each once)", h.rank,
+               h.nranks, m.nranks, m.nranks - 1);
+      refusal = buf;
+      Verdict no = {};
+      no.magic = kHelloMagic;
+      snprintf(no.why, sizeof no.why, "%s", buf);
+      sendAll(g.fd, &no, sizeof no, deadline, "the root's verdict");
+      break;
+    }
+    table[h.rank].addr = peer.sin_addr.s_addr;
+    table[h.rank].port = htons(h.port);
+    m.fds[h.rank] = g.fd;
+    g.fd = -1;
+  }
+  Verdict v = {};
+  v.magic = kHelloMagic;
+  v.ok = refusal.empty();
+  snprintf(v.why, sizeof v.why, "%s", refusal.c_str());
+  for (int r = 0; r < m.nranks; ++r) {
+    if (m.fds[r] < 0) continue;
+    if (sendAll(m.fds[r], &v, sizeof v, deadline, "the root's verdict") == gradcompSuccess &&
+        v.ok) {
+      GC_CHECK(sendAll(m.fds[r], table.data(), table.size() * sizeof(Entry), deadline,
+                       "the table of listening addresses"));
+    }
+  }
+  if (!refusal.empty()) {
+    return setError(gradcompInvalidArgument, "socket transport: rank 0 refused the world: %s",
+                    refusal.c_str());
+  }
+  return gradcompSuccess;
+}
+
+gradcompResult_t peerRendezvous(SocketMesh& m, const sockaddr_in& rootAddr, double deadline) {
+  // This rank's own listener first, so that it exists before rank 0 hands
+  // its address to anyone.
+  FdGuard listener;
+  sockaddr_in any = {};
+  any.sin_family = AF_INET;
+  any.sin_addr.s_addr = htonl(INADDR_ANY);
+  any.sin_port = 0;
+  GC_CHECK(listenOn(any, &listener.fd, "the ranks above this one"));
+  sockaddr_in mine = {};
+  socklen_t len = sizeof mine;
+  getsockname(listener.fd, reinterpret_cast<sockaddr*>(&mine), &len);
+  int fd = -1;
+  GC_CHECK(connectTo(rootAddr, deadline, &fd, "rank 0 (the root)"));
+  m.fds[0] = fd;
+  Hello h = {kHelloMagic, m.nranks, m.rank, ntohs(mine.sin_port), 0};
+  GC_CHECK(sendAll(fd, &h, sizeof h, deadline, "this rank's hello"));
+  Verdict v = {};
+  GC_CHECK(recvAll(fd, &v, sizeof v, deadline, "rank 0's answer"));
+  v.why[sizeof v.why - 1] = '\0';
+  if (v.magic != kHelloMagic) {
+    return setError(gradcompSystemError,
+                    "socket transport: the root address answered, but not as gradcomp's rank 0");
+  }
+  if (!v.ok) {
+    return setError(gradcompInvalidArgument, "socket transport: rank 0 refused the world: %s",
+                    v.why);
+  }
+  std::vector<Entry> table(m.nranks);
+  GC_CHECK(recvAll(fd, table.data(), table.size() * sizeof(Entry), deadline,
+                   "the table of listening addresses"));
+  for (int r = 1; r < m.rank; ++r) {
+    sockaddr_in a = {};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = table[r].addr;
+    a.sin_port = table[r].port;
+    char what[32];
+    snprintf(what, sizeof what, "rank %d", r);
+    GC_CHECK(connectTo(a, deadline, &m.fds[r], what));
+    const int32_t me = m.rank;
+    GC_CHECK(sendAll(m.fds[r], &me, sizeof me, deadline, "this rank's number"));
+  }
+  for (int got = m.rank + 1; got < m.nranks; ++got) {
+    int pfd = -1;
+    sockaddr_in peer = {};
+    GC_CHECK(acceptOne(listener.fd, deadline, &pfd, &peer, "the ranks above this one"));
+    FdGuard g{pfd};
+    int32_t who = -1;
+    GC_CHECK(recvAll(pfd, &who, sizeof who, deadline, "a rank's number"));
+    if (who <= m.rank || who >= m.nranks || m.fds[who] >= 0) {
+      return setError(gradcompSystemError,
+                      "socket transport: rank %d was reached by a connection claiming rank %d",
+                      m.rank, who);
+    }
+    m.fds[who] = g.fd;
+    g.fd = -1;
+  }
+  return gradcompSuccess;
+}
+
+// One message of a collective: a send to or a receive from one peer.
+struct Transfer {
+  int peer = -1;  // global rank
+  bool isSend = false;
+  WireHeader header = {};  // sent, or received
+  char* data = nullptr;    // payload (read from for a send)
+  size_t bytes = 0;        // payload this rank sends, or expects
+  size_t done = 0;         // header and payload bytes moved so far
+  bool checked = false;    // the received header was checked
+};
+
+}  // namespace
+
+class SocketTransport final : public Transport {
+ public:
+  SocketTransport(std::shared_ptr<SocketMesh> mesh, std::vector<int> members, int index,
+                  uint32_t tag)
+      : mesh_(std::move(mesh)), members_(std::move(members)), tag_(tag) {
+    rank_ = index;
+    size_ = (int)members_.size();
+  }
+
+  gradcompResult_t verifyCall() override {
+    // Headers only: each rank compares every peer's call with its own.
+    std::vector<Transfer> xs;
+    for (int i = 0; i < size_; ++i) {
+      if (i == rank_) continue;
+      xs.push_back(sendTo(i, nullptr, 0));
+      xs.push_back(recvFrom(i, nullptr, 0));
+    }
+    return run(kVerify, 0, xs);
+  }
+
+  gradcompResult_t allToAll(const void* const* send, const size_t* sendBytes, void* const* recv,
+                            const size_t* recvBytes) override {
+    std::vector<Transfer> xs;
+    for (int i = 0; i < size_; ++i) {
+      if (i == rank_) continue;
+      xs.push_back(sendTo(i, send[i], sendBytes[i]));
+      xs.push_back(recvFrom(i, recv[i], recvBytes[i]));
+    }
+    return run(kAllToAll, 0, xs);
+  }
+
+  gradcompResult_t sendRecv(const void* send, size_t sendBytes, int to, void* recv,
+                            size_t recvBytes, int from) override {
+    if (to == rank_ || from == rank_) {
+      if (to == rank_ && from == rank_ && sendBytes == recvBytes) {
+        if (recvBytes && recv != send) memmove(recv, send, recvBytes);
+        return gradcompSuccess;
+      }
+      return setError(gradcompInternalError,
+                      "socket transport: rank %d sends to %d and receives from %d", rank_, to,
+                      from);
+    }
+    std::vector<Transfer> xs{sendTo(to, send, sendBytes), recvFrom(from, recv, recvBytes)};
+    return run(kSendRecv, 0, xs);
+  }
+
+  gradcompResult_t allGather(const void* send, void* recv, size_t bytes) override {
+    std::vector<Transfer> xs;
+    char* out = static_cast<char*>(recv);
+    for (int i = 0; i < size_; ++i) {
+      if (i == rank_) continue;
+      xs.push_back(sendTo(i, send, bytes));
+      xs.push_back(recvFrom(i, out + (size_t)i * bytes, bytes));
+    }
+    char* own = out + (size_t)rank_ * bytes;
+    if (bytes && own != send) memmove(own, send, bytes);
+    return run(kAllGather, bytes, xs);
+  }
+
+  gradcompResult_t allReduceSumFloat(const float* send, float* recv, size_t n) override {
+    // sum = 0, then + every rank's value in rank order: the in-process world's bits.
+    auto sum = [](const std::vector<const void*>& src, void* dst, size_t count) {
+      float* out = static_cast<float*>(dst);
+      for (size_t k = 0; k < count; ++k) out[k] = 0.0f;
+      for (const void* s : src) {
+        const float* in = static_cast<const float*>(s);
+        for (size_t k = 0; k < count; ++k) out[k] = fadd(out[k], in[k]);
+      }
+    };
+    return twoPhase(kSumFloat, n, send, recv, n, sizeof(float), sum);
+  }
+
+  gradcompResult_t passThrough(const void* send, void* recv, size_t count, ncclDataType_t type,
+                               ncclRedOp_t op) override {
+    const size_t esz = hostElementSize(type);
+    GC_CHECK(checkReduction(type, op, count, esz));
+    return twoPhase(kPassThrough, 0, send, recv, count, esz,
+                    [type, op](const std::vector<const void*>& src, void* dst, size_t c) {
+                      hostReduce(type, op, src, dst, c);
+                    });
+  }
+
+  gradcompResult_t reduceScatter(const void* send, void* recv, size_t recvCount,
+                                 ncclDataType_t type, ncclRedOp_t op) override {
+    const size_t esz = hostElementSize(type);
+    GC_CHECK(checkReduction(type, op, recvCount, esz));
+    GC_ARG(recvCount <= SIZE_MAX / esz / (size_t)size_,
+           "recvcount=%zu times %d ranks overflows the address space", recvCount, size_);
+    const size_t blockBytes = recvCount * esz;
+    const char* in = static_cast<const char*>(send);
+    std::vector<std::unique_ptr<char[]>> staged(size_);
+    std::vector<Transfer> xs;
+    GC_CHECK(stageBlocks(blockBytes, &staged));
+    for (int i = 0; i < size_; ++i) {
+      if (i == rank_) continue;
+      xs.push_back(sendTo(i, in + (size_t)i * blockBytes, blockBytes));
+      xs.push_back(recvFrom(i, staged[i].get(), blockBytes));
+    }
+    const uint64_t check = (uint64_t)recvCount ^ ((uint64_t)type << 56) ^ ((uint64_t)op << 48);
+    GC_CHECK(run(kReduceScatter, check, xs));
+    std::vector<const void*> src(size_);
+    for (int i = 0; i < size_; ++i) {
+      src[i] = i == rank_ ? in + (size_t)rank_ * blockBytes : staged[i].get();
+    }
+    std::unique_ptr<char[]> out(new (std::nothrow) char[blockBytes ? blockBytes : 1]);
+    if (!out) return outOfMemory(blockBytes);
+    hostReduce(type, op, src, out.get(), recvCount);
+    if (blockBytes) memcpy(recv, out.get(), blockBytes);
+    return gradcompSuccess;
+  }
+
+ private:
+  enum : uint32_t {
+    kAllToAll = 1,
+    kSendRecv = 2,
+    kAllGather = 3,
+    kSumFloat = 4,
+    kPassThrough = 5,
+    kVerify = 6,
+    kReduceScatter = 7,
+    kGatherPhase = 8,
+  };
+
+  gradcompResult_t checkReduction(ncclDataType_t type, ncclRedOp_t op, size_t count, size_t esz) {
+    GC_ARG(esz != 0 && op >= ncclSum && op <= ncclAvg,
+           "CPU backend: datatype=%d / op=%d not supported", (int)type, (int)op);
+    GC_ARG(count <= SIZE_MAX / esz, "count=%zu elements of %zu bytes overflow the address space",
+           count, esz);
+    return gradcompSuccess;
+  }
+
+  gradcompResult_t outOfMemory(size_t bytes) {
+    return setError(gradcompSystemError, "out of host memory allocating %zu bytes", bytes);
+  }
+
+  gradcompResult_t stageBlocks(size_t bytes, std::vector<std::unique_ptr<char[]>>* staged) {
+    for (int i = 0; i < size_; ++i) {
+      if (i == rank_) continue;
+      (*staged)[i].reset(new (std::nothrow) char[bytes ? bytes : 1]);
+      if (!(*staged)[i]) return outOfMemory(bytes);
+    }
+    return gradcompSuccess;
+  }
+
+  // The uncompressed allreduce over direct sends: rank j owns block j of the
+  // buffer; every rank sends it block j, j reduces the blocks in rank order,
+  // then sends its reduced block to every rank. 2(N-1)/N of the buffer each
+  // way per rank, two latency steps.
+  template <typename Reduce>
+  gradcompResult_t twoPhase(uint32_t collective, uint64_t check, const void* send, void* recv,
+                            size_t count, size_t esz, Reduce reduce) {
+    std::vector<size_t> first(size_ + 1);
+    for (int j = 0; j <= size_; ++j)
+      first[j] = count / size_ * j + std::min<size_t>(j, count % size_);
+    auto blockOf = [&](const void* base, int j) {
+      return static_cast<const char*>(base) + first[j] * esz;
+    };
+    const size_t mineCount = first[rank_ + 1] - first[rank_], mineBytes = mineCount * esz;
+    std::vector<std::unique_ptr<char[]>> staged(size_);
+    GC_CHECK(stageBlocks(mineBytes, &staged));
+    std::vector<Transfer> xs;
+    for (int i = 0; i < size_; ++i) {
+      if (i == rank_) continue;
+      xs.push_back(sendTo(i, blockOf(send, i), (first[i + 1] - first[i]) * esz));
+      xs.push_back(recvFrom(i, staged[i].get(), mineBytes));
+    }
+    GC_CHECK(run(collective, check, xs));
+    std::vector<const void*> src(size_);
+    for (int i = 0; i < size_; ++i) src[i] = i == rank_ ? blockOf(send, i) : staged[i].get();
+    std::unique_ptr<char[]> out(new (std::nothrow) char[mineBytes ? mineBytes : 1]);
+    if (!out) return outOfMemory(mineBytes);
+    reduce(src, out.get(), mineCount);
+    xs.clear();
+    char* dst = static_cast<char*>(recv);
+    for (int i = 0; i < size_; ++i) {
+      if (i == rank_) continue;
+      xs.push_back(sendTo(i, out.get(), mineBytes));
+      xs.push_back(recvFrom(i, dst + first[i] * esz, (first[i + 1] - first[i]) * esz));
+    }
+    GC_CHECK(run(kGatherPhase, check, xs));
+    if (mineBytes) memcpy(dst + first[rank_] * esz, out.get(), mineBytes);
+    return gradcompSuccess;
+  }
+
+  Transfer sendTo(int i, const void* data, size_t bytes) {
+    Transfer t;
+    t.peer = members_[i];
+    t.isSend = true;
+    t.data = const_cast<char*>(static_cast<const char*>(data));
+    t.bytes = bytes;
+    return t;
+  }
+  Transfer recvFrom(int i, void* data, size_t bytes) {
+    Transfer t;
+    t.peer = members_[i];
+    t.data = static_cast<char*>(data);
+    t.bytes = bytes;
+    return t;
+  }
+
+  int indexOf(int global) const {
+    for (int i = 0; i < size_; ++i) {
+      if (members_[i] == global) return i;
+    }
+    return -1;
+  }
+
+  // The received header against this rank's own view of the collective.
+  gradcompResult_t checkHeader(const Transfer& t, const WireHeader& mine) {
+    const WireHeader& h = t.header;
+    const int peer = indexOf(t.peer);
+    if (h.magic != kMsgMagic) {
+      return setError(gradcompSystemError,
+                      "socket transport: rank %d received a corrupt message from rank %d", rank_,
+                      peer);
+    }
+    const CallInfo theirs{h.step, h.count, h.type, h.op};
+    if (!(theirs == call_)) return callMismatch(rank_, call_, peer, theirs);
+    if (h.collective != mine.collective || h.check != mine.check || h.bytes != t.bytes) {
+      return setError(gradcompInvalidUsage,
+                      "socket transport: rank %d entered collective %u (size %llu) expecting "
+                      "%zu bytes from rank %d, which sent %llu bytes for collective %u (size "
+                      "%llu): the ranks' calls or per-buffer state differ",
+                      rank_, mine.collective, (unsigned long long)mine.check, t.bytes, peer,
+                      (unsigned long long)h.bytes, h.collective, (unsigned long long)h.check);
+    }
+    return gradcompSuccess;
+  }
+
+  // Moves every transfer to completion; a peer silent for cpuTimeoutSec, a
+  // closed connection or a header that does not match fails the collective
+  // and closes the mesh.
+  gradcompResult_t run(uint32_t collective, uint64_t check, std::vector<Transfer>& xs) {
+    SocketMesh& m = *mesh_;
+    if (m.broken) {
+      return setError(gradcompInvalidUsage,
+                      "socket transport: this comm's connections were closed after an earlier "
+                      "error (%s); destroy the comm and create a new one",
+                      m.brokenWhy.c_str());
+    }
+    WireHeader mine = {};
+    mine.magic = kMsgMagic;
+    mine.collective = collective | (tag_ << 8);
+    mine.check = check;
+    mine.step = call_.step;
+    mine.count = call_.count;
+    mine.type = call_.type;
+    mine.op = call_.op;
+    for (Transfer& t : xs) {
+      if (t.isSend) {
+        t.header = mine;
+        t.header.bytes = t.bytes;
+      }
+    }
+    const gradcompResult_t res = progress(xs, mine);
+    if (res != gradcompSuccess) m.breakAll(gradcompGetLastError());
+    return res;
+  }
+
+  gradcompResult_t progress(std::vector<Transfer>& xs, const WireHeader& mine) {
+    SocketMesh& m = *mesh_;
+    constexpr size_t H = sizeof(WireHeader);
+    double lastProgress = now();
+    std::vector<pollfd> pfds;
+    std::vector<int> pending;
+    for (;;) {
+      pfds.clear();
+      pending.clear();
+      for (int k = 0; k < (int)xs.size(); ++k) {
+        const Transfer& t = xs[k];
+        if (t.done == H + t.bytes) continue;
+        pending.push_back(k);
+        pfds.push_back({m.fds[t.peer], (short)(t.isSend ? POLLOUT : POLLIN), 0});
+      }
+      if (pending.empty()) return gradcompSuccess;
+      const int rc = poll(pfds.data(), pfds.size(), 100);
+      if (rc < 0 && errno != EINTR) {
+        return setError(gradcompSystemError, "socket transport: poll: %s",
+                        errnoText(errno).c_str());
+      }
+      bool moved = false;
+      for (size_t q = 0; rc > 0 && q < pfds.size(); ++q) {
+        if (!pfds[q].revents) continue;
+        Transfer& t = xs[pending[q]];
+        ssize_t n;
+        if (t.isSend) {
+          iovec iov[2];
+          int cnt = 0;
+          if (t.done < H) {
+            iov[cnt++] = {reinterpret_cast<char*>(&t.header) + t.done, H - t.done};
+            if (t.bytes) iov[cnt++] = {t.data, t.bytes};
+          } else {
+            iov[cnt++] = {t.data + (t.done - H), t.bytes - (t.done - H)};
+          }
+          msghdr msg = {};
+          msg.msg_iov = iov;
+          msg.msg_iovlen = cnt;
+          n = sendmsg(pfds[q].fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+        } else if (t.done < H) {
+          n = recv(pfds[q].fd, reinterpret_cast<char*>(&t.header) + t.done, H - t.done,
+                   MSG_DONTWAIT);
+        } else {
+          n = recv(pfds[q].fd, t.data + (t.done - H), t.bytes - (t.done - H), MSG_DONTWAIT);
+        }
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) continue;
+        if (n <= 0) {
+          return setError(gradcompSystemError,
+                          "socket transport: rank %d lost its connection to rank %d (%s): that "
+                          "rank failed, exited or made a different call",
+                          rank_, indexOf(t.peer), n == 0 ? "closed" : errnoText(errno).c_str());
+        }
+        t.done += (size_t)n;
+        moved = true;
+        if (!t.isSend && !t.checked && t.done >= H) {
+          t.checked = true;
+          GC_CHECK(checkHeader(t, mine));
+        }
+      }
+      if (moved) {
+        lastProgress = now();
+      } else if (now() - lastProgress > m.timeoutSec) {
+        std::string who;
+        for (int k : pending) {
+          who += (who.empty() ? "" : ", ") + std::to_string(indexOf(xs[k].peer));
+        }
+        return setError(gradcompSystemError,
+                        "socket transport: rank %d waited %g s (cpuTimeoutSec, "
+                        "GRADCOMP_CPU_TIMEOUT) for rank(s) %s; every rank must make the same "
+                        "calls",
+                        rank_, m.timeoutSec, who.c_str());
+      }
+    }
+  }
+
+  std::shared_ptr<SocketMesh> mesh_;
+  std::vector<int> members_;  // global rank of every member, in member order
+  uint32_t tag_;
+};
+
+gradcompResult_t makeSocketMesh(int nranks, int rank, const char* root, double timeoutSec,
+                                std::shared_ptr<SocketMesh>* out) {
+  sockaddr_in rootAddr = {};
+  GC_CHECK(parseRoot(root, &rootAddr));
+  auto m = std::make_shared<SocketMesh>();
+  m->nranks = nranks;
+  m->rank = rank;
+  m->timeoutSec = timeoutSec;
+  m->fds.assign(nranks, -1);
+  if (nranks > 1) {
+    const double deadline = now() + timeoutSec;
+    GC_CHECK(rank == 0 ? rootRendezvous(*m, rootAddr, deadline)
+                       : peerRendezvous(*m, rootAddr, deadline));
+    for (int fd : m->fds) {
+      if (fd >= 0) GC_CHECK(setNonBlocking(fd));
+    }
+  }
+  *out = std::move(m);
+  return gradcompSuccess;
+}
+
+std::unique_ptr<Transport> makeSocketTransport(std::shared_ptr<SocketMesh> mesh,
+                                               std::vector<int> members, int index, uint32_t tag) {
+  return std::unique_ptr<Transport>(
+      new SocketTransport(std::move(mesh), std::move(members), index, tag));
+}
+
+}  // namespace gc

@@ -1,0 +1,398 @@
+// gradcompCommCreateSocket: the CPU backend over TCP gives, call for call,
+// the bits, residuals, stats and state of the in-process world (which the
+// other tests check against the serial references), flat and hierarchical,
+// for every method and both collectives; and bad input, ranks that make
+// different calls, a missing rank or a refused world fail with a sentence,
+// never a hang.
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "gradcomp.h"
+#include "tests/common/cpu_world.h"
+#include "tests/common/test_util.h"
+#include "tests/common/world_checks.h"
+
+namespace {
+
+// A loopback port nobody listens on now (the kernel's choice for port 0).
+int freePort() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a = {};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  EXPECT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  socklen_t len = sizeof a;
+  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  close(fd);
+  return ntohs(a.sin_port);
+}
+
+std::string loopbackRoot() {
+  return "127.0.0.1:" + std::to_string(freePort());
+}
+
+// N comms over TCP on loopback, one thread per rank (each made on its own
+// thread, as separate processes would).
+class SocketWorld {
+ public:
+  SocketWorld(int n, const gradcompConfig_t& cfg) : comms_(n, nullptr) {
+    const std::string root = loopbackRoot();
+    std::vector<std::thread> ts;
+    std::vector<gradcompResult_t> res(n);
+    std::vector<std::string> why(n);
+    for (int r = 0; r < n; ++r) {
+      ts.emplace_back([&, r] {
+        res[r] = gradcompCommCreateSocket(n, r, root.c_str(), &cfg, &comms_[r]);
+        why[r] = gradcompGetLastError();
+      });
+    }
+    for (auto& t : ts) t.join();
+    for (int r = 0; r < n; ++r)
+      EXPECT_EQ(res[r], gradcompSuccess) << "rank " << r << ": " << why[r];
+  }
+  ~SocketWorld() {
+    for (auto c : comms_) gradcompCommDestroy(c);
+  }
+  gradcompComm_t comm(int r) const { return comms_[r]; }
+  int size() const { return (int)comms_.size(); }
+  std::vector<gradcompResult_t> run(const std::function<gradcompResult_t(int)>& fn) {
+    std::vector<gradcompResult_t> res(comms_.size(), gradcompInternalError);
+    std::vector<std::thread> threads;
+    for (int r = 0; r < size(); ++r) threads.emplace_back([&, r] { res[r] = fn(r); });
+    for (auto& t : threads) t.join();
+    return res;
+  }
+
+ private:
+  std::vector<gradcompComm_t> comms_;
+};
+
+// What one rank's buffers hold after a run: the output bytes of every step.
+struct Trace {
+  std::vector<std::vector<uint8_t>> outputs;
+  std::vector<uint8_t> state;
+  gradcompStats_t stats = {};
+};
+
+size_t typeSize(ncclDataType_t t) {
+  return t == ncclFloat16 || t == ncclBfloat16 ? 2 : 4;
+}
+
+// Rank r's input of a step, in the type t (fp32 values narrowed by the
+// library's own rounding is not needed: the bits are arbitrary but the same
+// on both worlds).
+std::vector<uint8_t> input(int r, int step, size_t count, ncclDataType_t t) {
+  const std::vector<float> x = gctest::normal(count, 1000 * step + 17 * r + count, 1.0f);
+  std::vector<uint8_t> out(count * typeSize(t));
+  if (t == ncclInt32) {
+    for (size_t i = 0; i < count; ++i) {
+      const int32_t v = (int32_t)(x[i] * 1000);
+      memcpy(out.data() + 4 * i, &v, 4);
+    }
+  } else if (typeSize(t) == 4) {
+    memcpy(out.data(), x.data(), count * 4);
+  } else {
+    // The top half of the fp32 bits is a valid bf16 and an arbitrary fp16.
+    for (size_t i = 0; i < count; ++i) {
+      uint32_t b;
+      memcpy(&b, &x[i], 4);
+      const uint16_t h = (uint16_t)(b >> 16);
+      memcpy(out.data() + 2 * i, &h, 2);
+    }
+  }
+  return out;
+}
+
+// `steps` calls of the collective (allreduce, or reduce-scatter when rs) on
+// every rank of a world, the same buffers every step, and what each rank saw.
+template <typename World>
+std::vector<Trace> drive(World& world, size_t count, ncclDataType_t t, ncclRedOp_t op, int steps,
+                         bool rs) {
+  const int N = world.size();
+  std::vector<Trace> traces(N);
+  std::vector<std::vector<uint8_t>> bufs(N);
+  const size_t esz = typeSize(t);
+  const size_t outCount = rs ? count / N : count;
+  // Residuals follow the output buffer: the same buffers every step.
+  std::vector<std::vector<uint8_t>> outs(N, std::vector<uint8_t>(outCount * esz));
+  for (int step = 0; step < steps; ++step) {
+    for (int r = 0; r < N; ++r) {
+      const std::vector<uint8_t> x = input(r, step, count, t);
+      bufs[r].resize(x.size());
+      if (!x.empty()) memcpy(bufs[r].data(), x.data(), x.size());
+    }
+    auto res = world.run([&](int r) {
+      // An explicit key: saved state names buffers by it, and the two worlds'
+      // buffers lie at different addresses.
+      return rs ? gradcompReduceScatterKeyed(bufs[r].data(), outs[r].data(), outCount, t, op,
+                                             world.comm(r), nullptr, 0x5eed)
+                : gradcompAllReduceKeyed(bufs[r].data(), bufs[r].data(), count, t, op,
+                                         world.comm(r), nullptr, 0x5eed);
+    });
+    for (int r = 0; r < N; ++r) {
+      EXPECT_EQ(res[r], gradcompSuccess) << "rank " << r << ": " << gradcompGetLastError();
+      traces[r].outputs.push_back(rs ? outs[r] : bufs[r]);
+    }
+  }
+  for (int r = 0; r < N; ++r) {
+    traces[r].state = gctest::savedState(world.comm(r));
+    EXPECT_EQ(gradcompGetStats(world.comm(r), &traces[r].stats), gradcompSuccess);
+  }
+  return traces;
+}
+
+void expectSameRun(int N, const gradcompConfig_t& cfg, size_t count, ncclDataType_t t,
+                   ncclRedOp_t op, int steps, bool rs = false) {
+  SCOPED_TRACE(testing::Message() << "N=" << N << " method=" << cfg.method << " algo=" << cfg.algo
+                                  << " localSize=" << cfg.localSize << " type=" << t << " op=" << op
+                                  << " count=" << count << " rs=" << rs);
+  gctest::CpuWorld cpu(N, cfg);
+  SocketWorld tcp(N, cfg);
+  const std::vector<Trace> want = drive(cpu, count, t, op, steps, rs);
+  const std::vector<Trace> got = drive(tcp, count, t, op, steps, rs);
+  for (int r = 0; r < N; ++r) {
+    for (int s = 0; s < steps; ++s) {
+      ASSERT_EQ(got[r].outputs[s], want[r].outputs[s]) << "rank " << r << " step " << s;
+    }
+    EXPECT_EQ(got[r].state, want[r].state) << "saved state of rank " << r;
+    EXPECT_EQ(got[r].stats.bytesOnWire, want[r].stats.bytesOnWire) << "rank " << r;
+    if (cfg.localSize != 0) {
+      EXPECT_EQ(got[r].stats.bytesInterNode, want[r].stats.bytesInterNode) << "rank " << r;
+    } else {
+      // Auto: ranks of one host are one node over TCP (as on NCCL), while
+      // the in-process world counts every rank as its own node.
+      EXPECT_EQ(got[r].stats.bytesInterNode, 0u) << "rank " << r;
+    }
+    EXPECT_EQ(got[r].stats.callsCompressed, want[r].stats.callsCompressed) << "rank " << r;
+    EXPECT_EQ(got[r].stats.callsPassedThrough, want[r].stats.callsPassedThrough) << "rank " << r;
+  }
+  // And it did compress (or pass through) as the world did, not trivially.
+  const bool eligible =
+      cfg.method != gradcompMethodNone && t != ncclInt32 && N > 1 && count >= cfg.minElements;
+  if (count > 0) {  // an empty call is neither (the two worlds agree on that above)
+    EXPECT_EQ(eligible ? got[0].stats.callsCompressed : got[0].stats.callsPassedThrough,
+              (uint64_t)steps);
+  }
+}
+
+gradcompConfig_t withMethod(gradcompMethod_t m, gradcompAlgo_t a = gradcompAlgoAuto) {
+  gradcompConfig_t cfg = m == gradcompMethodQsgd || m == gradcompMethodNone
+                             ? gctest::qsgdTestConfig()
+                             : gctest::sparseTestConfig(m);
+  cfg.method = m;
+  cfg.algo = a;
+  cfg.cpuTimeoutSec = 60;
+  return cfg;
+}
+
+TEST(Socket, QsgdAlgorithmsMatchTheInProcessWorld) {
+  for (int N : {2, 3, 4}) {
+    for (gradcompAlgo_t a : {gradcompAlgoTwoShot, gradcompAlgoRing, gradcompAlgoAllgather}) {
+      expectSameRun(N, withMethod(gradcompMethodQsgd, a), 5001, ncclFloat32, ncclSum, 3);
+    }
+    expectSameRun(N, withMethod(gradcompMethodQsgd), 4099, ncclBfloat16, ncclAvg, 2);
+    expectSameRun(N, withMethod(gradcompMethodQsgd), 4099, ncclFloat16, ncclSum, 2);
+  }
+  gradcompConfig_t elias = withMethod(gradcompMethodQsgd);
+  elias.elias = 1;
+  expectSameRun(3, elias, 6000, ncclFloat32, ncclSum, 2);
+  gradcompConfig_t piped = withMethod(gradcompMethodQsgd, gradcompAlgoTwoShot);
+  piped.pipelineBytes = 4096;
+  expectSameRun(4, piped, 20000, ncclFloat32, ncclAvg, 2);
+}
+
+TEST(Socket, SparseMethodsMatchTheInProcessWorld) {
+  for (int N : {2, 4}) {
+    for (gradcompMethod_t m : {gradcompMethodTopk, gradcompMethodRandk, gradcompMethodDgc}) {
+      expectSameRun(N, withMethod(m), 7000, ncclFloat32, ncclSum, 3);
+    }
+  }
+  expectSameRun(3, withMethod(gradcompMethodTopk), 5000, ncclBfloat16, ncclAvg, 2);
+}
+
+TEST(Socket, PassThroughMatchesTheInProcessWorld) {
+  // Below minElements, method none and integer types go the uncompressed way.
+  gradcompConfig_t small = withMethod(gradcompMethodQsgd);
+  small.minElements = 1 << 20;
+  for (int N : {2, 3, 5}) {
+    expectSameRun(N, small, 1001, ncclFloat32, ncclSum, 1);
+    expectSameRun(N, withMethod(gradcompMethodNone), 3, ncclFloat16, ncclAvg, 1);
+    expectSameRun(N, withMethod(gradcompMethodQsgd), 777, ncclInt32, ncclMax, 1);
+  }
+  expectSameRun(4, withMethod(gradcompMethodNone), 0, ncclFloat32, ncclSum, 1);
+}
+
+TEST(Socket, HierarchyMatchesTheInProcessWorld) {
+  for (int L : {2, 3}) {
+    gradcompConfig_t q = withMethod(gradcompMethodQsgd);
+    q.localSize = L;
+    expectSameRun(2 * L, q, 6007, ncclFloat32, ncclSum, 2);
+    q.pipelineBytes = 8192;
+    expectSameRun(2 * L, q, 30011, ncclBfloat16, ncclAvg, 2);
+    gradcompConfig_t s = withMethod(gradcompMethodTopk);
+    s.localSize = L;
+    expectSameRun(2 * L, s, 6007, ncclFloat32, ncclSum, 2);
+  }
+}
+
+TEST(Socket, ReduceScatterMatchesTheInProcessWorld) {
+  for (int N : {2, 4}) {
+    expectSameRun(N, withMethod(gradcompMethodQsgd), N * 3000, ncclFloat32, ncclSum, 2, true);
+    expectSameRun(N, withMethod(gradcompMethodTopk), N * 3000, ncclBfloat16, ncclAvg, 2, true);
+    expectSameRun(N, withMethod(gradcompMethodNone), N * 301, ncclInt32, ncclSum, 1, true);
+  }
+  gradcompConfig_t h = withMethod(gradcompMethodQsgd);
+  h.localSize = 2;
+  expectSameRun(4, h, 4 * 2000, ncclFloat32, ncclSum, 2, true);
+}
+
+TEST(Socket, OneRankNeedsNoPeers) {
+  expectSameRun(1, withMethod(gradcompMethodQsgd), 5000, ncclFloat32, ncclSum, 1);
+}
+
+// Ranks that call with different counts: every rank fails with a sentence
+// naming the disagreement (not garbage, not a hang), and the comm refuses
+// every later call.
+TEST(Socket, DifferentCallsFailOnEveryRank) {
+  gradcompConfig_t cfg = withMethod(gradcompMethodQsgd);
+  cfg.cpuTimeoutSec = 20;
+  SocketWorld world(3, cfg);
+  std::vector<std::vector<float>> bufs(3, std::vector<float>(6000, 1.0f));
+  std::vector<std::string> why(3);
+  auto res = world.run([&](int r) {
+    const size_t count = r == 2 ? 5000 : 6000;
+    gradcompResult_t x = gradcompAllReduce(bufs[r].data(), bufs[r].data(), count, ncclFloat32,
+                                           ncclSum, world.comm(r), nullptr);
+    why[r] = gradcompGetLastError();
+    return x;
+  });
+  for (int r = 0; r < 3; ++r) {
+    EXPECT_NE(res[r], gradcompSuccess) << "rank " << r;
+    EXPECT_TRUE(why[r].find("count=") != std::string::npos ||
+                why[r].find("lost its connection") != std::string::npos ||
+                why[r].find("differ") != std::string::npos)
+        << why[r];
+  }
+  // Whichever rank read a mismatched header first names both counts; the
+  // others may only see it close its connections.
+  int named = 0;
+  for (int r = 0; r < 3; ++r) {
+    named += why[r].find("count=5000") != std::string::npos &&
+             why[r].find("count=6000") != std::string::npos;
+  }
+  EXPECT_GE(named, 1) << why[0] << "\n" << why[1] << "\n" << why[2];
+  float one[20000] = {};
+  EXPECT_NE(gradcompAllReduce(one, one, 20000, ncclFloat32, ncclSum, world.comm(0), nullptr),
+            gradcompSuccess);
+  EXPECT_NE(std::string(gradcompGetLastError()).find("destroy the comm"), std::string::npos)
+      << gradcompGetLastError();
+}
+
+TEST(Socket, AMissingRankTimesOut) {
+  gradcompConfig_t cfg = withMethod(gradcompMethodQsgd);
+  cfg.cpuTimeoutSec = 0.5f;
+  const std::string root = loopbackRoot();
+  gradcompComm_t c = nullptr;
+  // Rank 0 of 2 alone: nobody connects.
+  EXPECT_EQ(gradcompCommCreateSocket(2, 0, root.c_str(), &cfg, &c), gradcompSystemError);
+  EXPECT_NE(std::string(gradcompGetLastError()).find("timed out"), std::string::npos)
+      << gradcompGetLastError();
+  EXPECT_EQ(c, nullptr);
+  // Rank 1 of 2 alone: nobody listens.
+  EXPECT_EQ(gradcompCommCreateSocket(2, 1, root.c_str(), &cfg, &c), gradcompSystemError);
+  EXPECT_NE(std::string(gradcompGetLastError()).find("cannot connect to rank 0"), std::string::npos)
+      << gradcompGetLastError();
+
+  // A rank that stops making calls: the other waits cpuTimeoutSec, then fails.
+  SocketWorld world(2, cfg);
+  std::vector<float> x(5000, 1.0f);
+  EXPECT_EQ(
+      gradcompAllReduce(x.data(), x.data(), x.size(), ncclFloat32, ncclSum, world.comm(0), nullptr),
+      gradcompSystemError);
+  EXPECT_NE(std::string(gradcompGetLastError()).find("waited"), std::string::npos)
+      << gradcompGetLastError();
+}
+
+TEST(Socket, BadArgumentsAreNamed) {
+  gradcompComm_t c = nullptr;
+  gradcompConfig_t cfg = withMethod(gradcompMethodQsgd);
+  cfg.cpuTimeoutSec = 0.5f;
+  struct Case {
+    int nranks, rank;
+    const char* root;
+    const char* says;
+  } cases[] = {
+      {0, 0, "127.0.0.1:1", "nranks=0"},
+      {2, 2, "127.0.0.1:1", "rank=2"},
+      {2, -1, "127.0.0.1:1", "rank=-1"},
+      {2, 1, nullptr, "root address is NULL"},
+      {2, 1, "", "empty"},
+      {2, 1, "127.0.0.1", "not \"host:port\""},
+      {2, 1, "127.0.0.1:70000", "70000"},
+      {2, 1, "127.0.0.1:x1", "\"x1\""},
+      {2, 1, "no-such-host.invalid:1234", "no-such-host.invalid"},
+  };
+  for (const Case& k : cases) {
+    EXPECT_EQ(gradcompCommCreateSocket(k.nranks, k.rank, k.root, &cfg, &c), gradcompInvalidArgument)
+        << (k.root ? k.root : "(null)");
+    EXPECT_NE(std::string(gradcompGetLastError()).find(k.says), std::string::npos)
+        << gradcompGetLastError();
+  }
+  EXPECT_EQ(gradcompCommCreateSocket(2, 0, "127.0.0.1:1", &cfg, nullptr), gradcompInvalidArgument);
+}
+
+// Rank 0 and rank 1 disagree on the world's size: both refuse it at once.
+TEST(Socket, DisagreementOnTheWorldIsRefused) {
+  gradcompConfig_t cfg = withMethod(gradcompMethodQsgd);
+  cfg.cpuTimeoutSec = 10;
+  const std::string root = loopbackRoot();
+  gradcompComm_t c0 = nullptr, c1 = nullptr;
+  gradcompResult_t r0, r1;
+  std::string w0, w1;
+  std::thread t0([&] {
+    r0 = gradcompCommCreateSocket(2, 0, root.c_str(), &cfg, &c0);
+    w0 = gradcompGetLastError();
+  });
+  std::thread t1([&] {
+    r1 = gradcompCommCreateSocket(3, 1, root.c_str(), &cfg, &c1);
+    w1 = gradcompGetLastError();
+  });
+  t0.join();
+  t1.join();
+  EXPECT_EQ(r0, gradcompInvalidArgument);
+  EXPECT_EQ(r1, gradcompInvalidArgument);
+  EXPECT_NE(w0.find("nranks=3"), std::string::npos) << w0;
+  EXPECT_NE(w1.find("nranks=3"), std::string::npos) << w1;
+  EXPECT_EQ(c0, nullptr);
+  EXPECT_EQ(c1, nullptr);
+
+  // Settings that shape the exchange must agree too (the set-up vote).
+  const std::string root2 = loopbackRoot();
+  gradcompConfig_t other = cfg;
+  other.bits = 3;
+  std::thread u0([&] {
+    r0 = gradcompCommCreateSocket(2, 0, root2.c_str(), &cfg, &c0);
+    w0 = gradcompGetLastError();
+  });
+  std::thread u1([&] {
+    r1 = gradcompCommCreateSocket(2, 1, root2.c_str(), &other, &c1);
+    w1 = gradcompGetLastError();
+  });
+  u0.join();
+  u1.join();
+  EXPECT_EQ(r0, gradcompInvalidArgument) << w0;
+  EXPECT_EQ(r1, gradcompInvalidArgument) << w1;
+  EXPECT_EQ(w0, w1);
+  gradcompCommDestroy(c0);
+  gradcompCommDestroy(c1);
+}
+
+}  // namespace
