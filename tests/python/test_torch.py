@@ -649,5 +649,125 @@ class FsdpProtocol(unittest.TestCase):
             self.assertRegex(g["error"], "got CPU tensors: gradcomp reduces CUDA tensors")
 
 
+def launch_ranks(test, mode, world=2):
+    """tests/python/cpu_backend_rank.py as `world` gloo processes; (records, results) by rank."""
+    import json
+    import tempfile
+
+    import gradcomp
+
+    if not gradcomp.has("gradcompCommCreateSocket"):
+        test.skipTest("this libgradcomp has no gradcompCommCreateSocket")
+    root = os.path.dirname(os.path.dirname(HERE))
+    sys.path.insert(0, os.path.join(root, "tools"))
+    import gc_ranks
+
+    env = {"PYTHONPATH": os.path.join(root, "python"),
+           "GRADCOMP_LIBRARY": gradcomp.library_path(), "OMP_NUM_THREADS": "1"}
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, mode)
+        status, _ = gc_ranks.launch(world, [os.path.join(HERE, "cpu_backend_rank.py"), mode, out],
+                                    out, env=env, timeout=240)
+        logs = []
+        for r in range(world):
+            with open(f"{out}_r{r}.log") as f:
+                logs.append(f.read())
+        test.assertEqual(status, "ok", "\n".join(logs))
+        records = [torch.load(f"{out}.rank{r}.pt") for r in range(world)]
+        results = []
+        for r in range(world):
+            with open(f"{out}.rank{r}.json") as f:
+                results.append(json.load(f))
+    return records, results
+
+
+def same_bits(test, a, b, what):
+    test.assertTrue(torch.equal(a.view(torch.int32), b.view(torch.int32)),
+                    f"{what}: {int((a != b).sum())} of {a.numel()} elements differ")
+
+
+@unittest.skipIf(torch is None, "PyTorch is not installed")
+class CpuBackendDdp(unittest.TestCase):
+    """gradcomp_hook with GradcompState(backend="cpu") on real DDP: 2 processes on gloo,
+    gradcomp's comm made from the process group (rank 0's address through the store, TCP).
+    Every bucket's result on every rank is bit for bit the serial reference built from the
+    recorded gradients on the in-process CPU world: the mean (x_0/2 + x_1/2, as the hook's
+    torch all_reduce of x/N) where the hook sends full precision, the library's keyed Avg
+    allreduce of the gathered compressed parts, in the hook's call order, elsewhere."""
+
+    def test_hook_on_real_ddp_matches_the_serial_reference(self):
+        import gradcomp
+
+        records, results = launch_ranks(self, "ddp")
+        N = 2
+        order = [[(r["step"], r["index"], r["compressed"]) for r in rec] for rec in records]
+        self.assertEqual(order[0], order[1])
+        steps = sorted({s for s, _, _ in order[0]})
+        self.assertEqual(steps, list(range(5)))
+        buckets = {i for s, i, c in order[0] if s > 0}
+        self.assertGreater(len(buckets), 1, "the rebuilt DDP has one bucket: nothing mixed")
+        kinds = set()
+        cfg = gradcomp.Config(from_env=False, method="qsgd", bits=4, min_elements=0)
+        with gradcomp.CpuWorld(N, cfg) as world:
+            for k, rec0 in enumerate(records[0]):
+                xs = [records[r][k]["input"] for r in range(N)]
+                want = xs[0] / N + xs[1] / N
+                if rec0["compressed"] and rec0["comp_n"]:
+                    idx = torch.cat([torch.arange(o, o + n) for o, n in rec0["comp"]])
+                    parts = [x[idx].contiguous() for x in xs]
+                    world.run(lambda c: c.allreduce(parts[c.rank], op="avg", key=rec0["key"]))
+                    want[idx] = parts[0]
+                    kinds.add("whole" if not rec0["full"] else "mixed")
+                else:
+                    kinds.add("full precision")
+                for r in range(N):
+                    same_bits(self, records[r][k]["output"], want,
+                              f"rank {r} step {rec0['step']} bucket {rec0['index']}")
+        self.assertIn("mixed", kinds)
+        self.assertIn("full precision", kinds)
+        self.assertEqual(results[0]["param_hash"], results[1]["param_hash"])
+        st = results[0]["stats"]
+        self.assertEqual(st["compressed_params"], ["0.weight", "2.weight"])
+        self.assertEqual(st["full_precision_params"],
+                         ["0.bias", "4.bias", "4.weight", "5.bias", "5.weight"])
+        comp_steps = 5 - 1
+        self.assertEqual(st["uncompressed_steps"], 1)
+        self.assertEqual(st["compressed_dense_bytes"], 4 * (2048 + 2560) * comp_steps)
+        self.assertEqual(st["full_precision_bytes"], 4 * (64 + 200 + 5 + 5 + 5) * comp_steps)
+        self.assertEqual(st["gradcomp"]["bytes_in"], st["compressed_dense_bytes"])
+        self.assertGreater(st["gradcomp"]["bytes_on_wire"], 0)
+        for r in range(N):
+            self.assertTrue(results[r]["resume_bitwise"], f"rank {r}: resume is not bit for bit")
+
+
+@unittest.skipIf(torch is None, "PyTorch is not installed")
+class CpuBackendFsdp(unittest.TestCase):
+    """GradcompReduceScatter with GradcompState(backend="cpu") under FSDP2 on gloo (2
+    processes): every call's output on every rank is bit for bit the library's keyed
+    reduce-scatter on the in-process CPU world fed the recorded inputs in call order."""
+
+    def test_fsdp_reduce_scatter_matches_the_serial_reference(self):
+        import gradcomp
+
+        if not gradcomp.has("gradcompReduceScatterKeyed"):
+            self.skipTest("this libgradcomp has no gradcompReduceScatterKeyed")
+        records, results = launch_ranks(self, "fsdp")
+        N = 2
+        self.assertEqual([(r["key"], r["op"]) for r in records[0]],
+                         [(r["key"], r["op"]) for r in records[1]])
+        self.assertEqual(len(records[0]), 3 * 2)  # 3 steps, 2 sharded layers
+        cfg = gradcomp.Config(from_env=False, method="qsgd", bits=4, min_elements=0)
+        with gradcomp.CpuWorld(N, cfg) as world:
+            for k, rec0 in enumerate(records[0]):
+                self.assertIn(rec0["op"], ("avg", "sum"))
+                outs = [torch.empty_like(records[r][k]["output"]) for r in range(N)]
+                world.run(lambda c: c.reduce_scatter(records[c.rank][k]["input"], outs[c.rank],
+                                                     op=rec0["op"], key=rec0["key"]))
+                for r in range(N):
+                    same_bits(self, records[r][k]["output"], outs[r], f"rank {r} call {k}")
+        self.assertEqual(results[0]["param_hash"], results[1]["param_hash"])
+        self.assertEqual(results[0]["stats"]["gradcomp"]["calls_reduce_scatter"], 6)
+
+
 if __name__ == "__main__":
     unittest.main()
