@@ -4,7 +4,8 @@
 Compression enters through LD_PRELOAD=libgradcomp_preload.so and GRADCOMP_*
 variables (the script itself unchanged), or, with --hook gradcomp, through
 gradcomp.torch's DDP comm hook (settings from the same GRADCOMP_* variables;
---layer-min-size and --start-iter as GradcompState's). --resume-check K
+--layer-min-size and --start-iter as GradcompState's; on --device cpu the
+hook runs on gradcomp's CPU backend over TCP, GradcompState(backend="cpu")). --resume-check K
 (with the hook) also trains a second model K steps, checkpoints model,
 optimizer and hook state, resumes them in a fresh model, DDP and state, and
 reports whether the final parameters are bitwise those of the run without
@@ -61,7 +62,8 @@ def main():
 
             state = gct.GradcompState(module=model, layer_min_size=args.layer_min_size,
                                       start_iter=args.start_iter,
-                                      exclude_1d=not args.whole_buckets)
+                                      exclude_1d=not args.whole_buckets,
+                                      backend="cpu" if dev.type == "cpu" else "nccl")
             ddp.register_comm_hook(state, gct.gradcomp_hook)
         return ddp, state, torch.optim.SGD(ddp.parameters(), lr=args.lr, momentum=args.momentum)
 

@@ -24,8 +24,8 @@ def main():
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--out", required=True)
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
-                   help="cpu: gloo on the CPU, FSDP's own reduce-scatter only (proves the "
-                   "script without a GPU; --gradcomp needs CUDA and NCCL)")
+                   help="cpu: gloo on the CPU (--gradcomp: gradcomp's CPU backend over TCP, "
+                   "GradcompState(backend='cpu'))")
     args = p.parse_args()
     from torch.distributed.fsdp import fully_shard
 
@@ -49,7 +49,7 @@ def main():
     if args.gradcomp:
         import gradcomp.torch as gct
 
-        state = gct.GradcompState()
+        state = gct.GradcompState(backend="cpu" if cpu else "nccl")
         gct.register_fsdp_reduce_scatter(model, state)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     lossf = nn.CrossEntropyLoss()

@@ -16,6 +16,8 @@ steps, batches and seeds for every run:
                   first fifth of the steps; momentum correction off: AdamW keeps its own)
   powersgd        PyTorch's PowerSGD hook, rank 4, warm start, error feedback
   fp16            PyTorch's fp16_compress_hook
+  none_reseed     uncompressed again, another data order (GC_LM_DATA_SEED): its difference
+                  from `none` is the noise floor the other runs' differences stand on
 
 Compressed runs start at step 2 (after DDP's bucket rebuild; PowerSGD needs
 start_powerSGD_iter > 1), the preload from step 0. AdamW, lr 1e-3 after 20
@@ -34,11 +36,17 @@ least needed; a run that the longest one so far would not fit in is skipped, not
 
 Writes OUTDIR/lm.json (keys lm_val_loss_rel_delta_qsgd4, _dgc, _powersgd,
 lm_bytes_ratio_qsgd4_vs_powersgd, ...), OUTDIR/lm.md and OUTDIR/lm_loss.png.
-Usage: lm_compare.py OUTDIR [BUILD_DIR] [--device cpu] [--smoke]; --worker is the per-rank
-entry. `--device cpu --smoke` (2 ranks, gloo, a tiny model, 6 steps, under a minute) proves
-everything but gradcomp without a GPU: the corpus, the model, the loop, the uncompressed,
-PowerSGD and fp16 runs, their bytes, lm.json, lm.md and the PNG; its gradcomp runs are
-reported "skipped on CPU" (CTest's python.lm_compare_cpu runs it).
+Usage: lm_compare.py OUTDIR [BUILD_DIR] [--device cpu] [--smoke] [--keep]; --worker is the
+per-rank entry.
+
+`--device cpu`: gloo on the CPU, the gradcomp hook runs on gradcomp's CPU backend over TCP
+(GradcompState(backend="cpu"): the same codecs and algorithms, bit for bit); qsgd4_preload is
+skipped there (the preload interposes NCCL). Sizes for a 2-core machine: 2 layers, width 128,
+context 64, 16 sequences per rank, 4 ranks, one thread per rank, 500 steps (bench/results/
+2026-12-01-cpu-lm is such a study). `--device cpu --smoke` (a tiny model, 6 steps) runs every
+run but the preload in about a minute (CTest's python.lm_compare_cpu). --keep reuses the
+lm_<run>.json of OUTDIR made with the same sizes (a study resumed, or its uncompressed runs
+made ahead).
 """
 import argparse
 import json
@@ -53,20 +61,23 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
 WARMUP, LR, START_ITER, SEED = 20, 1e-3, 2, 1234
+# The data order's seed (the model's initialisation keeps SEED): none_reseed changes it.
+DATA_SEED = int(os.environ.get("GC_LM_DATA_SEED", SEED))
 
 
 def configure(device, smoke, steps=None):
-    """The run's sizes. device "cpu": gloo on the CPU, to prove the script without a GPU (the
-    gradcomp runs are skipped there: gradcomp compresses CUDA tensors over NCCL); smoke: a
-    tiny model and a few steps through the same code. The ranks get both through
-    GC_LM_DEVICE, GC_LM_SMOKE and GC_LM_STEPS."""
+    """The run's sizes. device "cpu": gloo on the CPU, the hook runs on gradcomp's CPU
+    backend, a smaller GPT; smoke: a tiny model and a few steps through the same code. The
+    ranks get both through GC_LM_DEVICE, GC_LM_SMOKE and GC_LM_STEPS."""
     global DEVICE, SMOKE, STEPS, BATCH, CTX, WIDTH, LAYERS, HEADS, EVAL_EVERY, EVAL_BATCHES
     DEVICE, SMOKE = device, bool(smoke)
     if SMOKE:
         BATCH, CTX, WIDTH, LAYERS, HEADS, EVAL_EVERY, EVAL_BATCHES = 4, 32, 32, 1, 2, 2, 2
+    elif DEVICE == "cpu":  # the CPU study: a GPT that trains in minutes on two cores
+        BATCH, CTX, WIDTH, LAYERS, HEADS, EVAL_EVERY, EVAL_BATCHES = 16, 64, 128, 2, 4, 50, 8
     else:
         BATCH, CTX, WIDTH, LAYERS, HEADS, EVAL_EVERY, EVAL_BATCHES = 16, 128, 256, 4, 4, 25, 8
-    STEPS = int(steps) if steps else (6 if SMOKE else 300)
+    STEPS = int(steps) if steps else (6 if SMOKE else 500 if DEVICE == "cpu" else 300)
 
 
 configure(os.environ.get("GC_LM_DEVICE", "cuda"), os.environ.get("GC_LM_SMOKE") == "1",
@@ -86,16 +97,19 @@ def runs():
                               "GRADCOMP_MOMENTUM_CORRECTION": "0"}, False),
         ("powersgd", "powersgd", {}, False),
         ("fp16", "fp16", {}, False),
+        ("none_reseed", "ddp", {"GC_LM_DATA_SEED": str(SEED + 1)}, False),
     ]
 
 
 # The order the runs are made in: those the goals need first, so that a spent time budget
 # skips the others (qsgd4_hook, dgc_hook and powersgd give the report's goal keys).
-PRIORITY = ["none", "qsgd4_hook", "powersgd", "dgc_hook", "qsgd4_preload", "fp16", "qsgd2_hook"]
+PRIORITY = ["none", "qsgd4_hook", "powersgd", "dgc_hook", "qsgd4_preload", "fp16", "qsgd2_hook",
+            "none_reseed"]
 LABELS = {"none": "uncompressed", "qsgd4_preload": "gradcomp QSGD 4-bit (LD_PRELOAD)",
           "qsgd4_hook": "gradcomp QSGD 4-bit (hook, layer-aware)",
           "qsgd2_hook": "gradcomp QSGD 2-bit (hook)", "dgc_hook": "gradcomp DGC 0.1% (hook)",
-          "powersgd": "PowerSGD rank 4 (torch hook)", "fp16": "fp16 compress (torch hook)"}
+          "powersgd": "PowerSGD rank 4 (torch hook)", "fp16": "fp16 compress (torch hook)",
+          "none_reseed": "uncompressed, another data order (noise floor)"}
 
 
 # ------------------------------------------------------------------ data, model
@@ -155,6 +169,13 @@ def batch(torch, data, gen, n):
     return x, y
 
 
+def sizes(world):
+    """What a run's result depends on besides its mode: --keep reuses a result only if equal."""
+    return {"width": WIDTH, "layers": LAYERS, "heads": HEADS, "context": CTX, "batch": BATCH,
+            "steps": STEPS, "world": world, "device": DEVICE, "data_seed": DATA_SEED,
+            "eval_every": EVAL_EVERY, "eval_batches": EVAL_BATCHES}
+
+
 # ------------------------------------------------------------------ one rank
 def worker(args):
     import gc_ranks  # beside this script, the launcher's module
@@ -175,14 +196,21 @@ def worker(args):
     torch.manual_seed(SEED)
     model = build_model(torch, nn).to(dev)
     nparams = sum(p.numel() for p in model.parameters())
-    ddp = DDP(model, device_ids=[0] if DEVICE == "cuda" else None)
+    if DEVICE == "cuda":
+        ddp = DDP(model, device_ids=[0])
+    else:
+        # One bucket (an explicit cap also lifts DDP's 1 MB first bucket): PowerSGD's hook
+        # issues collectives from its futures' callbacks, which on gloo race with the next
+        # bucket's and mismatch across ranks (gloo "Received data size doesn't match").
+        ddp = DDP(model, bucket_cap_mb=25)
     mode = args.mode
     sent = {"bytes": 0}
     state = None
     if mode == "hook":
         import gradcomp.torch as gct
 
-        state = gct.GradcompState(module=model, start_iter=START_ITER)
+        state = gct.GradcompState(module=model, start_iter=START_ITER,
+                                  backend="cpu" if DEVICE == "cpu" else "nccl")
         ddp.register_comm_hook(state, gct.gradcomp_hook)
     elif mode in ("powersgd", "fp16"):
         from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
@@ -205,7 +233,7 @@ def worker(args):
     opt = torch.optim.AdamW(ddp.parameters(), lr=LR, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / WARMUP))
     lossf = nn.CrossEntropyLoss()
-    gen = torch.Generator().manual_seed(SEED * 1000 + rank)  # rank's batches, same every run
+    gen = torch.Generator().manual_seed(DATA_SEED * 1000 + rank)  # rank's batches
     vgen = torch.Generator().manual_seed(SEED)
     vbatches = [batch(torch, val, vgen, BATCH) for _ in range(EVAL_BATCHES)]
 
@@ -258,7 +286,7 @@ def worker(args):
            "params_identical": len(set(hashes)) == 1, "corpus_files": nfiles,
            "corpus_train_bytes": len(train_b), "corpus_val_bytes": len(val_b),
            "hook_stats": state.stats() if state is not None else None,
-           "preload_loaded": gc_ranks.preload_loaded(),
+           "preload_loaded": gc_ranks.preload_loaded(), "sizes": sizes(world),
            "torch_version": torch.__version__}
     return gc_ranks.finish_rank(res, rank, args.out, state)
 
@@ -270,10 +298,12 @@ def main():
     p.add_argument("outdir", nargs="?")
     p.add_argument("build", nargs="?", default="build-gpu")
     p.add_argument("--device", choices=("cuda", "cpu"), default=DEVICE,
-                   help="cpu: gloo on the CPU, the gradcomp runs skipped (proves the script, the "
-                   "data, the PyTorch runs, the JSON and the PNG without a GPU)")
+                   help="cpu: gloo on the CPU, the hook runs on gradcomp's CPU backend over TCP, "
+                   "the preload run skipped, a smaller GPT")
     p.add_argument("--smoke", action="store_true", default=SMOKE,
                    help="a tiny model and %d steps (GC_LM_STEPS overrides)" % 6)
+    p.add_argument("--keep", action="store_true",
+                   help="reuse OUTDIR's lm_<run>.json made with the same sizes")
     p.add_argument("--worker", action="store_true")
     p.add_argument("--mode")
     p.add_argument("--out")
@@ -290,13 +320,18 @@ def main():
     os.makedirs(out, exist_ok=True)
     build = os.path.join(ROOT, args.build if os.path.isdir(os.path.join(ROOT, args.build))
                          else "build")
-    world = int(os.environ.get("GC_LM_WORLD", "2" if DEVICE == "cpu" else "4"))
+    world = int(os.environ.get("GC_LM_WORLD", "2" if SMOKE and DEVICE == "cpu" else "4"))
     deadline = time.time() + float(os.environ.get("GC_LM_BUDGET_S", "300"))
     preload = os.path.join(build, "plugin", "preload", "libgradcomp_preload.so")
     env = {"PYTHONPATH": os.path.join(ROOT, "python"),
            "GRADCOMP_LIBRARY": os.path.join(build, "libgradcomp.so"),
            "CUBLAS_WORKSPACE_CONFIG": ":4096:8", "GC_LM_STEPS": str(STEPS), "GC_LM_DEVICE": DEVICE,
-           "GC_LM_SMOKE": "1" if SMOKE else "0"}
+           "GC_LM_SMOKE": "1" if SMOKE else "0", "GC_LM_DATA_SEED": str(SEED)}
+    if DEVICE == "cpu":  # one core per rank: the ranks do not fight over the cores
+        env["OMP_NUM_THREADS"] = "1"
+    # A GPU run takes ~30 s; a CPU study's up to a few minutes on a busy 2-core machine.
+    run_limit = float(os.environ.get("GC_LM_RUN_TIMEOUT_S",
+                                     "600" if DEVICE == "cpu" and not SMOKE else "120"))
     results, status = {}, {}
     only = os.environ.get("GC_LM_RUNS")  # a comma list picks runs (default: all)
     table = {r[0]: r for r in runs()}
@@ -306,23 +341,30 @@ def main():
         _, mode, extra, use_preload = table[name]
         if only and name not in only.split(","):
             continue
-        if DEVICE == "cpu" and (mode == "hook" or use_preload):
-            status[name] = ("skipped on CPU (gradcomp compresses CUDA tensors over NCCL; "
-                            "this run needs the GPU box)")
+        if DEVICE == "cpu" and use_preload:
+            status[name] = ("skipped on CPU: the preload interposes NCCL, which the CPU runs "
+                            "do not use (this run needs the GPU box)")
             print(f"lm_compare: {name}: {status[name]}", flush=True)
             continue
+        path = os.path.join(out, f"lm_{name}.json")
+        e = dict(env)
+        e.update(extra)
+        if args.keep and os.path.exists(path):
+            with open(path) as f:
+                kept = json.load(f)
+            if kept.get("sizes") == dict(sizes(world), data_seed=int(e["GC_LM_DATA_SEED"])):
+                results[name], status[name] = kept, "ok"
+                print(f"lm_compare: {name}: kept from {path}", flush=True)
+                continue
         left = deadline - time.time()
         if left < max(25.0, 1.1 * longest):
             status[name] = "skipped (time budget spent)"
             continue
-        path = os.path.join(out, f"lm_{name}.json")
         if os.path.exists(path):
             os.remove(path)
-        e = dict(env)
-        e.update(extra)
         st, secs = gc_ranks.launch(world, [os.path.abspath(__file__), "--worker", "--mode", mode,
                                            "--out", path], os.path.join(out, f"lm_{name}"), env=e,
-                                   timeout=min(120, left - 5),
+                                   timeout=min(run_limit, left - 5),
                                    preload=preload if use_preload else None)
         if st == "ok":  # a hung run's time says nothing about the next one's
             longest = max(longest, secs)

@@ -11,10 +11,11 @@ and, when libgradcomp exports gradcompReduceScatterKeyed, tools/fsdp_hook_train.
 FSDP2 MLP with FSDP's reduce-scatter and with GradcompReduceScatter (QSGD 4-bit).
 Writes OUTDIR/torch_hooks.json and .md.
 Usage: torch_hooks_check.py OUTDIR [BUILD_DIR] [--device cpu] [--smoke]
-`--device cpu` (2 ranks, gloo) runs what needs no GPU: the uncompressed DDP and FSDP2
-trainings, their JSON, and this script's own JSON and report; the gradcomp runs are reported
-"skipped on CPU". --smoke trains 1 epoch (FSDP: 20 steps); CTest's python.torch_hooks_cpu
-runs both.
+`--device cpu` (2 ranks, gloo): every run but the preload's, the hook and the FSDP2
+reduce-scatter on gradcomp's CPU backend over TCP (GradcompState(backend="cpu"): the same
+codecs and algorithms); the preload run is reported "skipped on CPU" (it interposes NCCL), so
+the hook-vs-preload bytes are the GPU's to compare. --smoke trains 1 epoch (FSDP: 20 steps,
+resume after 20 steps of 1 epoch); CTest's python.torch_hooks_cpu runs both.
 """
 import argparse
 import json
@@ -54,17 +55,17 @@ def main():
     base_env = {"PYTHONPATH": os.path.join(ROOT, "python"),
                 "GRADCOMP_LIBRARY": os.path.join(build, "libgradcomp.so"),
                 "GRADCOMP_METHOD": "qsgd", "GRADCOMP_BITS": "4", "GRADCOMP_AUTO": "0"}
+    if cpu:  # one core per rank: the ranks do not fight over the cores
+        base_env["OMP_NUM_THREADS"] = "1"
     preload = os.path.join(build, "plugin", "preload", "libgradcomp_preload.so")
     res = {"torch_hooks_world": world, "torch_hooks_epochs": int(epochs),
            "torch_hooks_device": a.device, "torch_hooks_smoke": a.smoke}
     runs = {}
 
-    def run(name, extra_args, env=None, use_preload=False, script="ddp_train.py", epochs_arg=True,
-            gradcomp=True):
-        """gradcomp: the run compresses with gradcomp (skipped on the CPU)."""
-        if cpu and gradcomp:
-            runs[name] = {"status": "skipped on CPU (gradcomp compresses CUDA tensors over "
-                                    "NCCL; this run needs the GPU box)"}
+    def run(name, extra_args, env=None, use_preload=False, script="ddp_train.py", epochs_arg=True):
+        if cpu and use_preload:
+            runs[name] = {"status": "skipped on CPU: the preload interposes NCCL, which the CPU "
+                                    "runs do not use (this run needs the GPU box)"}
             print(f"torch_hooks: {name}: {runs[name]['status']}", flush=True)
             return None
         if cpu:
@@ -95,12 +96,14 @@ def main():
             return None
         return r
 
-    base = run("none", [], gradcomp=False)
+    base = run("none", [])
     hq = run("hook_qsgd4", ["--hook", "gradcomp"])
     whole = run("hook_whole", ["--hook", "gradcomp", "--whole-buckets", "--layer-min-size", "0",
                                "--start-iter", "0"])
     pre = run("preload", [], env={"GRADCOMP_DEBUG": "INFO"}, use_preload=True)
-    resume = run("resume", ["--hook", "gradcomp", "--epochs", "10", "--resume-check", "200"])
+    resume = run("resume", ["--hook", "gradcomp"] + (["--epochs", "1", "--resume-check", "20"]
+                                                      if a.smoke else
+                                                      ["--epochs", "10", "--resume-check", "200"]))
 
     has_rs = subprocess.run(
         [sys.executable, "-c", "import gradcomp, sys; "
@@ -108,8 +111,7 @@ def main():
         env=dict(os.environ, **base_env), capture_output=True).returncode == 0
     fsdp_base = fsdp_gc = None
     if has_rs:
-        fsdp_base = run("fsdp_none", fsdp_steps, script="fsdp_hook_train.py", epochs_arg=False,
-                        gradcomp=False)
+        fsdp_base = run("fsdp_none", fsdp_steps, script="fsdp_hook_train.py", epochs_arg=False)
         fsdp_gc = run("fsdp_qsgd4", ["--gradcomp"] + fsdp_steps, script="fsdp_hook_train.py",
                       epochs_arg=False)
     else:
@@ -159,7 +161,8 @@ def main():
     with open(os.path.join(out, "torch_hooks.json"), "w") as f:
         json.dump(res, f, indent=1, sort_keys=True)
     fmt = lambda k: res.get(k, "n/a")  # noqa: E731
-    where = "on the CPU (gloo): the gradcomp runs need the GPU box" if cpu else "on one GPU"
+    where = ("on the CPU (gloo; gradcomp's CPU backend over TCP, the preload run needs the GPU "
+             "box)" if cpu else "on one GPU")
     md = ["### gradcomp.torch DDP hook (MLP on digits, %d ranks %s)" % (world, where), "",
           "| check | result |", "|---|---|",
           f"| accuracy, hook QSGD 4-bit layer-aware vs uncompressed (pts) | "
@@ -184,8 +187,10 @@ def main():
     bad = [k for k, v in runs.items() if v["status"].startswith(("failed", "timed out"))]
     checks = [res.get("torch_hook_vs_preload_bytes_equal"), res.get("torch_hook_resume_bitwise"),
               res.get("torch_hooks_params_identical_all_runs")]
-    if cpu:  # only the uncompressed runs were made: they must have run and agree on all ranks
-        checks = [res.get("torch_hooks_params_identical_all_runs"), base is not None]
+    if cpu:  # no preload run to compare the hook's bytes with
+        checks = [res.get("torch_hook_resume_bitwise"),
+                  res.get("torch_hooks_params_identical_all_runs"),
+                  all(r is not None for r in (base, hq, whole))]
     return 1 if bad or not all(c is True for c in checks) else 0
 
 

@@ -71,8 +71,10 @@ def main():
     try:
         path = gradcomp.library_path()
         major, minor, patch = gradcomp.version()
+        yes = lambda name: "yes" if gradcomp.has(name) else "no"  # noqa: E731
         print(f"libgradcomp: {path} (version {major}.{minor}.{patch}); reduce-scatter: "
-              f"{'yes' if gradcomp.has('gradcompReduceScatter') else 'no'}")
+              f"{yes('gradcompReduceScatter')}; CPU backend over TCP (backend='cpu'): "
+              f"{yes('gradcompCommCreateSocket')}")
     except gradcomp.GradcompError as e:
         ok = False
         print(f"libgradcomp: not found: {e}")

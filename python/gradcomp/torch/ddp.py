@@ -153,12 +153,15 @@ class GradcompState:
     def stats(self):
         """gradcomp's counters (bytes_on_wire, calls_compressed, ...) and the hook's own:
         full_precision_bytes (dense bytes sent by the uncompressed allreduce), the names of
-        the parameters kept in full precision and of the compressed ones."""
+        the parameters kept in full precision and of the compressed ones, and per bucket
+        seen at a compressed step its [compressed, full-precision] element counts (what one
+        step sends follows from them and docs/algorithms.md)."""
         out = dict(self.counters)
         out["iter"] = self.iter
         out["gradcomp"] = self._comm.stats() if self._comm is not None else None
         out["full_precision_params"] = sorted(self.full_precision_params)
         out["compressed_params"] = sorted(self.compressed_params)
+        out["buckets"] = [[p["comp_n"], p["full_n"]] for p in self._plans.values()]
         return out
 
     @contextlib.contextmanager
