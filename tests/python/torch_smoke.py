@@ -5,9 +5,9 @@ gloo; the gradcomp hooks on gradcomp's CPU backend over TCP) into a fresh folder
 they wrote against what the runs must give (the byte counts from the model's shapes, PowerSGD's
 documented rule and docs/algorithms.md's two-shot formula, the corpus split, the preload runs
 reported as skipped on CPU, finite losses, identical parameters on all ranks), then feeds the
-folder to tools/gpu_report.py and checks the report carries the values through. Exits 77 (CTest: skipped)
-with the reason when this Python has no torch (or no matplotlib / scikit-learn), and under
-GRADCOMP_TEST_GPU=1 (the GPU suite runs the scripts themselves).
+folder to tools/gpu_report.py and checks the report carries the values through. Exits 77
+(CTest: skipped) with the reason when this Python has no torch (or no matplotlib /
+scikit-learn), and under GRADCOMP_TEST_GPU=1 (the GPU suite runs the scripts themselves).
 """
 import importlib.util
 import json

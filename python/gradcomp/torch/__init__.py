@@ -5,7 +5,9 @@
 
 gradcomp makes its own NCCL communicator from the process group (the unique
 id travels through the group's store; the libnccl is the one torch loaded)
-and runs on the stream the hook is called on.
+and runs on the stream the hook is called on. With GradcompState(...,
+backend="cpu"), CPU tensors of a gloo group go through gradcomp's CPU backend,
+its ranks connected by TCP (rank 0's "host:port" through the group's store).
 """
 try:
     import torch  # noqa: F401
