@@ -46,7 +46,8 @@ context 64, 16 sequences per rank, 4 ranks, one thread per rank, 500 steps (benc
 2026-12-01-cpu-lm is such a study). `--device cpu --smoke` (a tiny model, 6 steps) runs every
 run but the preload in about a minute (CTest's python.lm_compare_cpu). --keep reuses the
 lm_<run>.json of OUTDIR made with the same sizes (a study resumed, or its uncompressed runs
-made ahead).
+made ahead). GC_LM_SET="GRADCOMP_BITS=8,..." overrides every run's own GRADCOMP_* settings (a
+variant of the study, into its own OUTDIR); GC_LM_RUNS picks runs, GC_LM_STEPS the steps.
 """
 import argparse
 import json
@@ -334,6 +335,9 @@ def main():
                                      "600" if DEVICE == "cpu" and not SMOKE else "120"))
     results, status = {}, {}
     only = os.environ.get("GC_LM_RUNS")  # a comma list picks runs (default: all)
+    # GC_LM_SET="GRADCOMP_BITS=8,GRADCOMP_BUCKET=128" overrides every run's own settings: a
+    # variant of the study (into its own OUTDIR), e.g. to see what a gap depends on.
+    overrides = dict(kv.split("=", 1) for kv in os.environ.get("GC_LM_SET", "").split(",") if kv)
     table = {r[0]: r for r in runs()}
     longest = 0.0  # the longest good run so far: a run that cannot finish in what is left is
     # skipped rather than killed
@@ -349,6 +353,7 @@ def main():
         path = os.path.join(out, f"lm_{name}.json")
         e = dict(env)
         e.update(extra)
+        e.update(overrides)
         if args.keep and os.path.exists(path):
             with open(path) as f:
                 kept = json.load(f)
@@ -393,6 +398,7 @@ def main():
                 else:
                     results[name]["bytes_per_step"] = None  # no summary line: not compressed?
     rep = {"lm_runs": status, "lm_world": world, "lm_steps": STEPS, "lm_device": DEVICE,
+           "lm_overrides": overrides,
            "lm_smoke": SMOKE, "lm_model": {"width": WIDTH, "layers": LAYERS, "heads": HEADS,
                                            "context": CTX, "batch_per_rank": BATCH}}
     base = results.get("none")
