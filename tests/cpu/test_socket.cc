@@ -98,7 +98,7 @@ std::vector<uint8_t> input(int r, int step, size_t count, ncclDataType_t t) {
       memcpy(out.data() + 4 * i, &v, 4);
     }
   } else if (typeSize(t) == 4) {
-    memcpy(out.data(), x.data(), count * 4);
+    if (count) memcpy(out.data(), x.data(), count * 4);
   } else {
     // The top half of the fp32 bits is a valid bf16 and an arbitrary fp16.
     for (size_t i = 0; i < count; ++i) {
