@@ -308,6 +308,41 @@ TEST_F(QsgdGpu, GraphCaptureReplayEqualsEager) {
   cudaGraphDestroy(graph);
 }
 
+// Pointers off their element's alignment are refused, naming the pointer and
+// the alignment, before any device call (so this runs without a GPU too).
+TEST(QsgdApiArgs, PointersOffTheirElementAlignmentAreRefused) {
+  alignas(16) static char buf[4096];
+  EXPECT_EQ(gradcompQsgdEncode(buf + 1, ncclFloat32, 64, 4, 32, 1, buf + 256, nullptr),
+            gradcompInvalidArgument);
+  EXPECT_NE(strstr(gradcompGetLastError(), "is not aligned to its element size 4"), nullptr)
+      << gradcompGetLastError();
+  EXPECT_EQ(gradcompQsgdEncodeEF(buf + 3, ncclBfloat16, nullptr, 64, 4, 32, 1, buf + 256, nullptr),
+            gradcompInvalidArgument);
+  EXPECT_NE(strstr(gradcompGetLastError(), "is not aligned to its element size 2"), nullptr)
+      << gradcompGetLastError();
+  EXPECT_EQ(gradcompQsgdEncode(buf, ncclFloat16, 64, 4, 32, 1, buf + 258, nullptr),
+            gradcompInvalidArgument);
+  EXPECT_NE(strstr(gradcompGetLastError(), "must be 4-byte aligned"), nullptr)
+      << gradcompGetLastError();
+  EXPECT_EQ(gradcompQsgdDecode(buf + 2, 64, 4, 32, reinterpret_cast<float*>(buf + 512), 0, nullptr),
+            gradcompInvalidArgument);
+  EXPECT_NE(strstr(gradcompGetLastError(), "in="), nullptr) << gradcompGetLastError();
+  // fp32 arrays off 4 bytes: scalar loads there would be a misaligned-address
+  // fault, which ends the CUDA context.
+  EXPECT_EQ(gradcompQsgdEncodeEF(buf, ncclFloat32, reinterpret_cast<float*>(buf + 1026), 64, 4, 32,
+                                 1, buf + 256, nullptr),
+            gradcompInvalidArgument);
+  EXPECT_NE(strstr(gradcompGetLastError(), "residual="), nullptr) << gradcompGetLastError();
+  EXPECT_NE(strstr(gradcompGetLastError(), "must be 4-byte aligned"), nullptr)
+      << gradcompGetLastError();
+  EXPECT_EQ(
+      gradcompQsgdDecode(buf + 256, 64, 4, 32, reinterpret_cast<float*>(buf + 1025), 0, nullptr),
+      gradcompInvalidArgument);
+  EXPECT_NE(strstr(gradcompGetLastError(), "out="), nullptr) << gradcompGetLastError();
+  EXPECT_NE(strstr(gradcompGetLastError(), "must be 4-byte aligned"), nullptr)
+      << gradcompGetLastError();
+}
+
 TEST_F(QsgdGpu, HostPointerIsRefusedWithAClearError) {
   std::vector<float> x(4096, 1.0f);
   DeviceBuffer<uint8_t> denc(gradcompQsgdEncodedBytes(4096, 4, 512));
