@@ -136,7 +136,8 @@ int hierMiddle(const gradcompConfig_t& cfg, int nodes) {
 }
 
 // The socket backend's link is real: the model adds the link's time at each
-// --link-gbps to the call's host work timed here without a link
+// --link-gbps (its TCP payload share) to the call's host work timed here
+// without a link
 // (docs/benchmark.md, "A slow link on a CPU machine"). The baseline is the
 // transport's uncompressed direct two-shot: NCCL's ring's bytes in 2 steps,
 // its reduce-scatter half (N-1) * size in 1.
@@ -155,9 +156,10 @@ void modelSocketRow(const Options& o, Rank& r, const gradcompConfig_t& cfg, Row*
   for (double g : o.linkGbps) {
     ModelPoint m;
     m.gbps = g;
-    m.ncclUs = gradcompModelUs(baseUs, row->ncclWire, baseSteps, g, o.linkLatencyUs);
+    const double payload = g * kTcpPayloadShare;
+    m.ncclUs = gradcompModelUs(baseUs, row->ncclWire, baseSteps, payload, o.linkLatencyUs);
     m.gradcompUs =
-        gradcompModelUs(hostUs, row->gradcompWire, row->latencySteps, g, o.linkLatencyUs);
+        gradcompModelUs(hostUs, row->gradcompWire, row->latencySteps, payload, o.linkLatencyUs);
     row->model.push_back(m);
   }
 }

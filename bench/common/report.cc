@@ -120,9 +120,10 @@ void printPreamble(const Options& o, const RunInfo& info) {
   if (info.showModel && info.backend == "socket") {
     printf(
         "#  modeled at L Gb/s (docs/benchmark.md): gradcomp = its host work (the same call in an "
-        "in-process world of N threads\n#  here, no link) + bytes each rank sends / L + latency "
-        "steps * %g us; baseline = its host work + 2(N-1)/N * bytes / L\n#  + 2 * %g us (direct "
-        "two-shot). Columns m@L give baseline / gradcomp modeled time.\n",
+        "in-process world of N threads\n#  here, no link) + bytes each rank sends / L' + latency "
+        "steps * %g us; baseline = its host work + 2(N-1)/N * bytes / L'\n#  + 2 * %g us (direct "
+        "two-shot); L' = L * 1448/1514, TCP's payload in MTU-1500 frames. Columns m@L give\n#  "
+        "baseline / gradcomp modeled time.\n",
         o.linkLatencyUs, o.linkLatencyUs);
   } else if (info.showModel) {
     printf(
