@@ -79,6 +79,7 @@ def main():
         expect(r.get("wrong") == 0 and r.get("identical") is True,
                "%s: within bounds and identical on both ranks" % tag)
         expect(isinstance(r.get("link_measured_gbps"), float), "%s: link measured" % tag)
+        expect(r.get("tcp_congestion_control") == "reno", "%s: --cpu's TCP is reno" % tag)
         for k in ("time_us", "nccl_time_us", "model_time_us", "nccl_model_time_us", "host_us",
                   "baseline_host_us", "measured_speedup", "model_speedup", "measured_vs_model",
                   "time_vs_model", "baseline_vs_model", "wire_bytes"):

@@ -24,7 +24,11 @@
 # (shared by all ranks, so L each when all send at once) and says so; when
 # tc is refused too, RAW_DIR/tc_link.json carries tc_unavailable_reason with
 # the exact error. GC_TC_GBPS (default "10 25"; --cpu "0.1 1"), GC_TC_RANKS
-# ("2 4"), GC_TC_SIZE (256M; --cpu 32M) and GC_TC_ITERS (3) change the sweep.
+# ("2 4"), GC_TC_SIZE (256M; --cpu 32M) and GC_TC_ITERS (3) change the sweep;
+# GC_TC_PREFIX (gctc) names the namespaces, so that concurrent runs do not
+# meet; GC_TC_CC is the namespaces' TCP congestion control (recorded per run):
+# --cpu defaults to reno, since BBR's flows through a tbf shaper leave the
+# link a fifth idle at N = 4 (docs/benchmark.md); empty keeps the system's.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 
@@ -68,6 +72,9 @@ setup_netns() {
     ip netns exec "$prefix$r" ip addr add "$subnet.$((r + 1))/24" dev "$prefix${r}n" || return 1
     ip netns exec "$prefix$r" ip link set "$prefix${r}n" up || return 1
     ip netns exec "$prefix$r" ip link set lo up || return 1
+    if [ -n "${GC_TC_CC:-}" ]; then
+      ip netns exec "$prefix$r" sysctl -qw net.ipv4.tcp_congestion_control="$GC_TC_CC" || return 1
+    fi
     # The rank's sends (namespace side) and its receives (bridge side).
     ip netns exec "$prefix$r" tc qdisc add dev "$prefix${r}n" root tbf rate "${gbps}gbit" \
       burst "$burst" latency 100ms || return 1
@@ -143,6 +150,7 @@ if [ "$mode" = cpu ]; then
   build=${2:-build}
   gbps_list=${GC_TC_GBPS:-0.1 1}
   size=${GC_TC_SIZE:-32M}
+  GC_TC_CC=${GC_TC_CC-reno}
   port_step=32  # a run's comms listen at root port + k (gradcomp_perf --root)
 else
   build=${2:-build-gpu}
@@ -198,13 +206,15 @@ for gbps in $gbps_list; do
     fi
     link=$(measure_link 2 2>/dev/null)
     load=$(cut -d' ' -f1 /proc/loadavg)
-    echo "=== tc_link: N=$n at $gbps Gb/s per rank ($shaping; python sockets measure ${link:-?} Gb/s; load $load)"
+    cc=$(if [ "$shaping" = netns ]; then ip netns exec "${prefix}0" sysctl -n net.ipv4.tcp_congestion_control
+      else sysctl -n net.ipv4.tcp_congestion_control; fi 2>/dev/null)
+    echo "=== tc_link: N=$n at $gbps Gb/s per rank ($shaping, TCP $cc; python sockets measure ${link:-?} Gb/s; load $load)"
     run_ranks "$n" "$gbps" "$tag"
     rc=$?
     [ "$rc" -ne 0 ] && failed=1
     cat "$raw/tc_link_${tag}_r0.txt"
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$gbps" "$n" "$tag" "$rc" "$shaping" "${link:-}" "$load" \
-      >> "$runs"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$gbps" "$n" "$tag" "$rc" "$shaping" "${link:-}" \
+      "$load" "$cc" >> "$runs"
     cleanup
     shaping=""
   done
@@ -219,8 +229,9 @@ cpu = mode == "cpu"
 runs = []
 doc = {"mode": mode, "tc_unavailable_reason": reason or None, "size": size, "runs": runs}
 for line in open(os.path.join(raw, "tc_link_runs.tsv")).read().splitlines():
-    gbps, n, tag, rc, shaping, link, load = line.split("\t")
+    gbps, n, tag, rc, shaping, link, load, cc = line.split("\t")
     base = {"link_gbps": float(gbps), "nranks": int(n), "exit": int(rc), "shaping": shaping,
+            "tcp_congestion_control": cc or None,
             "link_measured_gbps": float(link) if link else None,
             "load_avg_1min": float(load) if load else None}
     try:
