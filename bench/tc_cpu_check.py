@@ -7,8 +7,8 @@ structure of tc_link.json: one run per method with the measured and modeled
 times, their ratios, the link rate python sockets measured, the ranks' results
 identical and exact within bounds, and none of the GPU report's keys (these are
 host codecs against our own uncompressed call, not GPU kernels against NCCL).
-Timings are never asserted. Skips (exit 77) where namespaces cannot be made:
-not root, no ip/tc, or the kernel refuses.
+Timings are never asserted. Skips (exit 77) where namespaces cannot be made
+and shaped: not root, no ip/tc, or the kernel refuses.
 Usage: tc_cpu_check.py SOURCE_DIR BUILD_DIR WORKDIR
 """
 import json
@@ -33,12 +33,19 @@ def skip_reason(prefix):
     for tool in ("ip", "tc"):
         if not shutil.which(tool):
             return "%s not found (iproute2; tools/deps.sh installs it)" % tool
-    p = subprocess.run(["ip", "netns", "add", prefix + "probe"], stdout=subprocess.PIPE,
-                       stderr=subprocess.STDOUT, text=True)
-    if p.returncode != 0:
-        return "ip netns add refused: " + p.stdout.strip()
-    subprocess.run(["ip", "netns", "del", prefix + "probe"])
-    return None
+    ns = prefix + "probe"
+    steps = [["ip", "netns", "add", ns],
+             ["ip", "-n", ns, "link", "add", "name", "va", "type", "veth", "peer", "name", "vb"],
+             ["ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", "va", "root", "tbf", "rate",
+              "1gbit", "burst", "131072", "latency", "100ms"]]
+    reason = None
+    for cmd in steps:
+        p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if p.returncode != 0:
+            reason = "%s refused: %s" % (" ".join(cmd[:4]), p.stdout.strip())
+            break
+    subprocess.run(["ip", "netns", "del", ns], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return reason
 
 
 def main():
