@@ -137,10 +137,9 @@ int hierMiddle(const gradcompConfig_t& cfg, int nodes) {
 
 // The socket backend's link is real: the model adds the link's time at each
 // --link-gbps (its TCP payload share) to the call's host work timed here
-// without a link
-// (docs/benchmark.md, "A slow link on a CPU machine"). The baseline is the
-// transport's uncompressed direct two-shot: NCCL's ring's bytes in 2 steps,
-// its reduce-scatter half (N-1) * size in 1.
+// without a link (docs/benchmark.md, "A slow link on a CPU machine"). The
+// baseline is the transport's uncompressed direct two-shot: NCCL's ring's
+// bytes in 2 steps, its reduce-scatter half (N-1) * size in 1.
 void modelSocketRow(const Options& o, Rank& r, const gradcompConfig_t& cfg, Row* row) {
   double hostUs = 0, baseUs = 0;
   if (!r.hostCallTimes(o, cfg, row->dtype, row->count, &hostUs, &baseUs)) return;

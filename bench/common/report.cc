@@ -232,6 +232,7 @@ void printRow(const Options& o, const RunInfo& info, const Row& r) {
       r.ncclBusbw(), wrongStr(r.ncclWrong).c_str(), timeStr(r.gradcompUs).c_str(), r.algbw(),
       r.busbw(), wrongStr(r.gradcompWrong).c_str(), r.gradcompWire, ratio,
       errStr(r, r.relErrMax).c_str(), errStr(r, r.relErrRms).c_str(), speed, algo, model.c_str());
+  if (r.identical == 0) printf("#  ^ FAILED: the ranks' results differ (hash of each output)\n");
   (void)o;
   (void)info;
   fflush(stdout);
@@ -248,6 +249,7 @@ void printFooter(const RunInfo& info, const std::vector<Row>& rows) {
       continue;
     }
     wrong += (r.gradcompWrong > 0 ? r.gradcompWrong : 0) + (r.ncclWrong > 0 ? r.ncclWrong : 0);
+    if (r.identical == 0) ++failed;
     bus += r.busbw();
     ncclBus += r.ncclBusbw();
     ++n;
