@@ -64,11 +64,7 @@ class SocketWorld {
   gradcompComm_t comm(int r) const { return comms_[r]; }
   int size() const { return (int)comms_.size(); }
   std::vector<gradcompResult_t> run(const std::function<gradcompResult_t(int)>& fn) {
-    std::vector<gradcompResult_t> res(comms_.size(), gradcompInternalError);
-    std::vector<std::thread> threads;
-    for (int r = 0; r < size(); ++r) threads.emplace_back([&, r] { res[r] = fn(r); });
-    for (auto& t : threads) t.join();
-    return res;
+    return gctest::runOnThreads(size(), fn);
   }
 
  private:
