@@ -12,7 +12,7 @@ int main(int argc, char** argv) {
   int code = 0;
   if (!gcbench::parseOptions(argc, argv, &o, &code)) return code;
   int gpus = 0;
-  if (o.backend != gcbench::BackendKind::Cpu) {
+  if (o.backend == gcbench::BackendKind::Cuda || o.backend == gcbench::BackendKind::Auto) {
     gpus = gcbench::probeGpuCount();
     if (o.backend == gcbench::BackendKind::Auto) {
       o.backend = gpus > 0 ? gcbench::BackendKind::Cuda : gcbench::BackendKind::Cpu;
@@ -21,5 +21,6 @@ int main(int argc, char** argv) {
     }
   }
   gcbench::applyDefaults(&o, gpus);
+  if (o.backend == gcbench::BackendKind::Socket) return gcbench::runSocket(o);
   return o.backend == gcbench::BackendKind::Cpu ? gcbench::runCpu(o) : gcbench::runCuda(o);
 }

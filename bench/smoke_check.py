@@ -277,6 +277,7 @@ def main():
         expect(r["size"] in sizes, "%s: size from -b/-e/-f" % tag)
         expect(r["count"] * TYPE_BYTES[r["dtype"]] == r["size"], "%s: count * type size == size" % tag)
         expect(r["wrong"] == 0 and r["nccl_wrong"] == 0, "%s: no wrong elements" % tag)
+        expect(r.get("identical") is True, "%s: the same result bits on every rank" % tag)
         expect(r["time_us"] > 0 and r["nccl_time_us"] > 0, "%s: positive times" % tag)
         algbw = r["size"] / r["time_us"] / 1e3
         expect(abs(r["algbw"] - algbw) <= 1e-3 * algbw, "%s: algbw = size / time" % tag)
@@ -536,6 +537,8 @@ def main():
                                  "--debug-corrupt"], os.path.join(work, "corrupt.json"))
     expect(code == 1, "a corrupted element makes the run exit 1 (got %d)" % code)
     expect(len(rows) == 1 and rows[0]["wrong"] >= 1, "the corrupted element is counted wrong")
+    expect(len(rows) == 1 and rows[0].get("identical") is False,
+           "rank 0's corrupted element makes the ranks' results differ")
     expect("FAILED" in out, "the footer says FAILED")
 
     if failures:

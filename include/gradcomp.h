@@ -229,7 +229,10 @@ gradcompResult_t gradcompCommRetune(gradcompComm_t comm, cudaStream_t stream);
 /* These mirror the host reference codecs in gradcomp/reference.h with device
  * pointers and a stream; for the same seed they produce the same bytes.
  * x may be ncclFloat32, ncclFloat16 or ncclBfloat16. No host sync, no
- * allocation; capturable in a CUDA graph; any alignment. */
+ * allocation; capturable in a CUDA graph. Any alignment of whole elements:
+ * x at a multiple of its element size, the fp32 arrays (residual, the
+ * decode's output) and the encoded bytes at a multiple of 4; anything else
+ * is gradcompInvalidArgument. */
 gradcompResult_t gradcompQsgdEncode(const void* x, ncclDataType_t datatype, size_t count, int bits,
                                     int bucketSize, uint64_t seed, void* out, cudaStream_t stream);
 /* Error feedback, fused: r += g; out = encode(r); r -= decode(out). Buckets

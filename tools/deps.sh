@@ -15,6 +15,12 @@ fi
 if [ "${GC_NEED_GTEST:-0}" = 1 ] && ! command -v python3 >/dev/null 2>&1; then
   gc_need_pkgs+=(python3)
 fi
+# CTest bench.tc_link_cpu shapes links in network namespaces (root only;
+# skipped otherwise) with ip and tc.
+if [ "${GC_NEED_GTEST:-0}" = 1 ] && [ "$(id -u)" = 0 ] && \
+   ! { command -v ip && command -v tc; } >/dev/null 2>&1; then
+  gc_need_pkgs+=(iproute2)
+fi
 if [ ${#gc_need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "gradcomp: installing ${gc_need_pkgs[*]}"

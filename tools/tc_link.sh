@@ -1,28 +1,41 @@
 #!/usr/bin/env bash
-# A real slow link (issue 15): gradcomp_perf's ranks on one GPU box, each in
-# its own network namespace joined to a bridge by a veth pair whose both ends
-# are shaped with a tc token bucket (tbf) at L Gb/s: every rank gets a link of
-# L Gb/s each way, which is what the link model assumes. NCCL's socket
-# transport runs over those links (one process per rank, as under mpirun).
-# For each L and N: QSGD 4-bit and DGC 0.1% against NCCL on the same link at
-# 256 MB, the measured times and speedups next to the model's prediction for
-# that link (gradcomp_perf --link-gbps L).
+# A real slow link (issue 15): gradcomp_perf's ranks, each in its own network
+# namespace joined to a bridge by a veth pair whose both ends are shaped with
+# a tc token bucket (tbf) at L Gb/s: every rank gets a link of L Gb/s each
+# way, which is what the link model assumes. One process per rank, as under
+# mpirun.
 #
-#   tools/tc_link.sh RAW_DIR [BUILD_DIR]      (root; needs ip, tc, python3, a GPU)
-#   tools/tc_link.sh --selftest               (root; no GPU: shape 2 namespaces at
-#                                              1 Gb/s, measure with python sockets)
+# GPU mode (the GPU box): NCCL's socket transport over those links, all ranks
+# on one GPU. For each L and N: QSGD 4-bit and DGC 0.1% against NCCL on the
+# same link at 256 MB, the measured times and speedups next to the model's
+# prediction for that link (gradcomp_perf --link-gbps L).
+# CPU mode (--cpu, no GPU): gradcomp_perf --backend socket, the CPU backend's
+# host codecs over gradcomp's own TCP transport; the baseline is the
+# uncompressed call over the same links (the transport's direct two-shot),
+# not NCCL, and the model adds the link to the host work timed in the same
+# run (docs/benchmark.md, "A slow link on a CPU machine").
+#
+#   tools/tc_link.sh RAW_DIR [BUILD_DIR]        (root; needs ip, tc, python3, a GPU)
+#   tools/tc_link.sh --cpu RAW_DIR [BUILD_DIR]  (root; needs ip, tc, python3)
+#   tools/tc_link.sh --selftest                 (root; no GPU: shape 2 namespaces at
+#                                                1 Gb/s, measure with python sockets)
 #
 # When namespaces cannot be made it falls back to shaping `lo` at N*L Gb/s
 # (shared by all ranks, so L each when all send at once) and says so; when
 # tc is refused too, RAW_DIR/tc_link.json carries tc_unavailable_reason with
-# the exact error. GC_TC_GBPS (default "10 25"), GC_TC_RANKS ("2 4"),
-# GC_TC_SIZE (256M) and GC_TC_ITERS (3) change the sweep.
+# the exact error. GC_TC_GBPS (default "10 25"; --cpu "0.1 1"), GC_TC_RANKS
+# ("2 4"), GC_TC_SIZE (256M; --cpu 32M) and GC_TC_ITERS (3) change the sweep;
+# GC_TC_PREFIX (gctc) names the namespaces, so that concurrent runs do not
+# meet; GC_TC_CC is the namespaces' TCP congestion control (recorded per run):
+# --cpu defaults to reno, since BBR's flows through a tbf shaper leave the
+# link a fifth idle at N = 4 (docs/benchmark.md); empty keeps the system's.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 
-prefix=gctc        # names of namespaces, links and the bridge
+prefix=${GC_TC_PREFIX:-gctc}  # names of namespaces, links and the bridge (<= 10 chars)
 subnet=10.233.0    # rank r is $subnet.$((r+1))
-port=29673
+port=29673        # the runs' roots count up from here
+link_port=29660   # measure_link's
 shaping=""         # netns or lo, once set up
 
 cleanup() {
@@ -37,9 +50,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# burst: 10 ms of traffic, at least 1 MB (a tbf bucket below the rate / HZ
-# cannot reach its rate).
-burst_bytes() { local b=$(($1 * 1250000)); [ "$b" -lt 1048576 ] && b=1048576; echo "$b"; }
+# burst: 10 ms of traffic (a tbf bucket below the rate / HZ cannot reach its
+# rate), at least 128 KB (two 64 KB GSO packets): at the CPU mode's 0.1 Gb/s a
+# 1 MB bucket would let 1 MB through at veth speed after every codec phase.
+burst_bytes() { python3 -c "print(max(int($1 * 1250000), 131072))"; }
 
 # setup_netns N GBPS: N namespaces on one bridge, both veth ends shaped.
 # Prints the failing command's error on stderr and returns 1 on failure.
@@ -58,6 +72,9 @@ setup_netns() {
     ip netns exec "$prefix$r" ip addr add "$subnet.$((r + 1))/24" dev "$prefix${r}n" || return 1
     ip netns exec "$prefix$r" ip link set "$prefix${r}n" up || return 1
     ip netns exec "$prefix$r" ip link set lo up || return 1
+    if [ -n "${GC_TC_CC:-}" ]; then
+      ip netns exec "$prefix$r" sysctl -qw net.ipv4.tcp_congestion_control="$GC_TC_CC" || return 1
+    fi
     # The rank's sends (namespace side) and its receives (bridge side).
     ip netns exec "$prefix$r" tc qdisc add dev "$prefix${r}n" root tbf rate "${gbps}gbit" \
       burst "$burst" latency 100ms || return 1
@@ -71,7 +88,9 @@ setup_netns() {
 setup_lo() {
   local n=$1 gbps=$2
   tc qdisc del dev lo root 2>/dev/null
-  tc qdisc add dev lo root tbf rate "$((n * gbps))gbit" burst "$(burst_bytes $((n * gbps)))" \
+  local total
+  total=$(python3 -c "print($n * $gbps)")
+  tc qdisc add dev lo root tbf rate "${total}gbit" burst "$(burst_bytes "$total")" \
     latency 100ms || return 1
   shaping=lo
 }
@@ -86,7 +105,7 @@ measure_link() {
   else
     srv=127.0.0.1
   fi
-  "${ns0[@]}" timeout $((secs + 10)) python3 - "$srv" $((port + 50)) <<'PY' &
+  "${ns0[@]}" timeout $((secs + 10)) python3 - "$srv" "$link_port" <<'PY' &
 import socket, sys, time
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind((sys.argv[1], int(sys.argv[2]))); s.listen(1); s.settimeout(8)
@@ -99,7 +118,7 @@ print("%.3f" % (n * 8 / max(time.time() - t0, 1e-9) / 1e9))
 PY
   local pid=$!
   sleep 0.5
-  "${ns1[@]}" timeout $((secs + 5)) python3 - "$srv" $((port + 50)) "$secs" <<'PY'
+  "${ns1[@]}" timeout $((secs + 5)) python3 - "$srv" "$link_port" "$secs" <<'PY'
 import socket, sys, time
 c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=8)
 buf, t0 = b"x" * (1 << 20), time.time()
@@ -121,39 +140,58 @@ if [ "${1:-}" = --selftest ]; then
   exit 0
 fi
 
-raw=${1:?usage: tools/tc_link.sh RAW_DIR [BUILD_DIR] | --selftest}
-build=${2:-build-gpu}
+mode=gpu
+if [ "${1:-}" = --cpu ]; then
+  mode=cpu
+  shift
+fi
+raw=${1:?usage: tools/tc_link.sh [--cpu] RAW_DIR [BUILD_DIR] | --selftest}
+if [ "$mode" = cpu ]; then
+  build=${2:-build}
+  gbps_list=${GC_TC_GBPS:-0.1 1}
+  size=${GC_TC_SIZE:-32M}
+  GC_TC_CC=${GC_TC_CC-reno}
+  port_step=32  # a run's comms listen at root port + k (gradcomp_perf --root)
+else
+  build=${2:-build-gpu}
+  gbps_list=${GC_TC_GBPS:-10 25}
+  size=${GC_TC_SIZE:-256M}
+  port_step=1
+fi
 perf=$build/bench/gradcomp_perf
 mkdir -p "$raw"
-out=$raw/tc_link.json
 runs=$raw/tc_link_runs.tsv
 : > "$runs"
 reason=""
 failed=0
 
 run_ranks() {  # run_ranks N GBPS TAG: one process per rank over the shaped links
-  local n=$1 gbps=$2 tag=$3 r pids=() rc=0 addr=$subnet.1 ifname=$prefix ns=()
+  local n=$1 gbps=$2 tag=$3 r pids=() rc=0 addr=$subnet.1 ifname=$prefix ns=() backend
   if [ "$shaping" = lo ]; then
     addr=127.0.0.1
     ifname=lo
   fi
   for r in $(seq 0 $((n - 1))); do
     [ "$shaping" = netns ] && ns=(ip netns exec "$prefix$r")
+    if [ "$mode" = cpu ]; then
+      backend=(env GRADCOMP_CPU_TIMEOUT=600 timeout 900 "$perf" --backend socket --root "$addr:$port")
+    else
+      backend=(env NCCL_COMM_ID="$addr:$port" NCCL_HOSTID="$prefix-host-$r" NCCL_NET=Socket
+        NCCL_SOCKET_IFNAME="$ifname" NCCL_IB_DISABLE=1 NCCL_P2P_DISABLE=1 NCCL_SHM_DISABLE=1
+        NCCL_NVLS_ENABLE=0 timeout 240 "$perf" --backend cuda)
+    fi
     "${ns[@]}" env OMPI_COMM_WORLD_RANK="$r" OMPI_COMM_WORLD_SIZE="$n" \
-      OMPI_COMM_WORLD_LOCAL_RANK=0 OMPI_COMM_WORLD_LOCAL_SIZE=1 \
-      NCCL_COMM_ID="$addr:$port" NCCL_HOSTID="$prefix-host-$r" NCCL_NET=Socket \
-      NCCL_SOCKET_IFNAME="$ifname" NCCL_IB_DISABLE=1 NCCL_P2P_DISABLE=1 NCCL_SHM_DISABLE=1 \
-      NCCL_NVLS_ENABLE=0 timeout 240 "$perf" --backend cuda -N "$n" -b "${GC_TC_SIZE:-256M}" \
-      -e "${GC_TC_SIZE:-256M}" -n "${GC_TC_ITERS:-3}" -w 1 -m qsgd,dgc -q 4 -k 0.001 \
+      OMPI_COMM_WORLD_LOCAL_RANK=0 OMPI_COMM_WORLD_LOCAL_SIZE=1 "${backend[@]}" -N "$n" \
+      -b "$size" -e "$size" -n "${GC_TC_ITERS:-3}" -w 1 -m qsgd,dgc -q 4 -k 0.001 \
       --link-gbps "$gbps" --json "$raw/tc_link_$tag.json" > "$raw/tc_link_${tag}_r$r.txt" 2>&1 &
     pids+=($!)
   done
   for r in "${pids[@]}"; do wait "$r" || rc=$?; done
-  port=$((port + 1))
+  port=$((port + port_step))
   return "$rc"
 }
 
-for gbps in ${GC_TC_GBPS:-10 25}; do
+for gbps in $gbps_list; do
   for n in ${GC_TC_RANKS:-2 4}; do
     tag=${gbps}gbps_n$n
     # Not in $(...): the set-up functions record the shaping in this shell.
@@ -164,71 +202,111 @@ for gbps in ${GC_TC_GBPS:-10 25}; do
         reason="network namespaces: $err; tc on lo: $(tr '\n' ' ' < "$raw/tc_link_setup.err")"
         break 2
       fi
-      echo "tc_link: namespaces refused ($err): shaping lo at $((n * gbps)) Gb/s instead"
+      echo "tc_link: namespaces refused ($err): shaping lo at $n x $gbps Gb/s instead"
     fi
     link=$(measure_link 2 2>/dev/null)
-    echo "=== tc_link: N=$n at $gbps Gb/s per rank ($shaping; python sockets measure ${link:-?} Gb/s)"
+    load=$(cut -d' ' -f1 /proc/loadavg)
+    cc=$(if [ "$shaping" = netns ]; then ip netns exec "${prefix}0" sysctl -n net.ipv4.tcp_congestion_control
+      else sysctl -n net.ipv4.tcp_congestion_control; fi 2>/dev/null)
+    echo "=== tc_link: N=$n at $gbps Gb/s per rank ($shaping, TCP $cc; python sockets measure ${link:-?} Gb/s; load $load)"
     run_ranks "$n" "$gbps" "$tag"
     rc=$?
     [ "$rc" -ne 0 ] && failed=1
     cat "$raw/tc_link_${tag}_r0.txt"
-    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$gbps" "$n" "$tag" "$rc" "$shaping" "${link:-}" >> "$runs"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$gbps" "$n" "$tag" "$rc" "$shaping" "${link:-}" \
+      "$load" "$cc" >> "$runs"
     cleanup
     shaping=""
   done
 done
 
-python3 - "$raw" "$reason" <<'PY'
+python3 - "$raw" "$reason" "$mode" "$size" <<'PY'
 import json, os, sys
-raw, reason = sys.argv[1], sys.argv[2]
-MB256 = 256 << 20
+raw, reason, mode, size_arg = sys.argv[1:5]
+mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+size = int(float(size_arg.rstrip("KMGkmg")) * mult.get(size_arg[-1].upper(), 1))
+cpu = mode == "cpu"
 runs = []
-doc = {"tc_unavailable_reason": reason or None, "runs": runs}
+doc = {"mode": mode, "tc_unavailable_reason": reason or None, "size": size, "runs": runs}
 for line in open(os.path.join(raw, "tc_link_runs.tsv")).read().splitlines():
-    gbps, n, tag, rc, shaping, link = line.split("\t")
+    gbps, n, tag, rc, shaping, link, load, cc = line.split("\t")
+    base = {"link_gbps": float(gbps), "nranks": int(n), "exit": int(rc), "shaping": shaping,
+            "tcp_congestion_control": cc or None,
+            "link_measured_gbps": float(link) if link else None,
+            "load_avg_1min": float(load) if load else None}
     try:
         perf = json.load(open(os.path.join(raw, "tc_link_%s.json" % tag)))
     except (OSError, ValueError):
-        runs.append({"link_gbps": float(gbps), "nranks": int(n), "exit": int(rc), "shaping": shaping,
-                     "error": "no JSON from rank 0 (see tc_link_%s_r*.txt)" % tag})
+        runs.append(dict(base, error="no JSON from rank 0 (see tc_link_%s_r*.txt)" % tag))
         continue
+    doc["baseline"] = perf.get("baseline")
     for r in perf["rows"]:
         m = next((m for m in r.get("model", []) if m["link_gbps"] == float(gbps)), {})
         measured = r["nccl_time_us"] / r["time_us"] if r.get("time_us") else None
         model = m.get("speedup")
-        runs.append({"link_gbps": float(gbps), "nranks": int(n), "exit": int(rc), "shaping": shaping,
-                     "link_measured_gbps": float(link) if link else None, "method": r["method"],
-                     "size": r["size"], "failed": r["failed"], "wrong": r.get("wrong"),
-                     "nccl_time_us": r["nccl_time_us"], "time_us": r["time_us"],
-                     "nccl_model_time_us": m.get("nccl_time_us"), "model_time_us": m.get("time_us"),
-                     "measured_speedup": measured, "model_speedup": model,
-                     "measured_vs_model": measured / model if measured and model else None})
+        run = dict(base, method=r["method"], size=r["size"], failed=r["failed"],
+                   error=r.get("error") or None, wrong=r.get("wrong"),
+                   identical=r.get("identical"), wire_bytes=r.get("wire_bytes"),
+                   nccl_time_us=r["nccl_time_us"], time_us=r["time_us"],
+                   nccl_model_time_us=m.get("nccl_time_us"), model_time_us=m.get("time_us"),
+                   measured_speedup=measured, model_speedup=model,
+                   measured_vs_model=measured / model if measured and model else None)
+        if cpu:
+            # The socket backend's model: host work timed in this run + the link.
+            run.update(host_us=r.get("host_us"), baseline_host_us=r.get("baseline_host_us"),
+                       time_vs_model=m.get("time_vs_model"),
+                       baseline_vs_model=m.get("baseline_vs_model"))
+        runs.append(run)
 
 
 def pick(gbps, n, method="qsgd", key="measured_speedup"):
     for r in runs:
         if (r["link_gbps"] == gbps and r["nranks"] == n and r.get("method") == method
-                and r.get("size") == MB256 and not r.get("failed")):
+                and r.get("size") == size and not r.get("failed")):
             return r.get(key)
     return None
 
 
-doc["measured_speedup_tc_10gbps_n4_256MB"] = pick(10, 4)
-doc["measured_vs_model_tc_10gbps"] = pick(10, 4, key="measured_vs_model")
-L = ["## A real slow link (tools/tc_link.sh)", ""]
+f = lambda v, d="%.3g": "n/a" if v is None else d % v  # noqa: E731
+L = ["## A real slow link (tools/tc_link.sh%s)" % (" --cpu" if cpu else ""), ""]
 if reason:
     L += ["Traffic shaping was refused: `%s`" % reason, ""]
-L += ["Each rank in its own network namespace, both ends of its veth shaped with tc tbf; "
-      "NCCL's socket transport; all ranks share one GPU.", "",
-      "| link | N | shaping | link measured (Gb/s) | method | NCCL (us) | gradcomp (us) | "
-      "measured x | model x | measured / model |", "|---|---|---|---|---|---|---|---|---|---|"]
-f = lambda v, d="%.3g": "n/a" if v is None else d % v  # noqa: E731
-for r in runs:
-    L.append("| %g Gb/s | %d | %s | %s | %s | %s | %s | %s | %s | %s |" % (
-        r["link_gbps"], r["nranks"], r["shaping"], f(r.get("link_measured_gbps")),
-        r.get("method", r.get("error", "?")), f(r.get("nccl_time_us"), "%.0f"),
-        f(r.get("time_us"), "%.0f"), f(r.get("measured_speedup")), f(r.get("model_speedup")),
-        f(r.get("measured_vs_model"))))
+if cpu:
+    # The GPU goal keys stay out: these are host codecs against our own
+    # uncompressed call, not GPU kernels against NCCL.
+    for r in runs:
+        if r.get("method") and not r.get("failed"):
+            key = "cpu_%s_measured_speedup_tc_%sgbps_n%d_%dMB" % (
+                r["method"], ("%g" % r["link_gbps"]).replace(".", "p"), r["nranks"], size >> 20)
+            doc[key] = r["measured_speedup"]
+            doc[key.replace("measured_speedup", "measured_vs_model")] = r["measured_vs_model"]
+    L += ["Each rank a process in its own network namespace, both ends of its veth shaped with "
+          "tc tbf; gradcomp_perf --backend socket: the CPU backend's host codecs over gradcomp's "
+          "TCP transport. Baseline: %s." % doc.get("baseline", "n/a"), "",
+          "| link | N | shaping | link measured (Gb/s) | load | method | baseline (us) | "
+          "gradcomp (us) | measured x | model x | measured / model | gradcomp / model | "
+          "baseline / model |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in runs:
+        L.append("| %g Gb/s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+            r["link_gbps"], r["nranks"], r["shaping"], f(r.get("link_measured_gbps")),
+            f(r.get("load_avg_1min")), r.get("method", r.get("error", "?")),
+            f(r.get("nccl_time_us"), "%.0f"), f(r.get("time_us"), "%.0f"),
+            f(r.get("measured_speedup")), f(r.get("model_speedup")),
+            f(r.get("measured_vs_model")), f(r.get("time_vs_model")),
+            f(r.get("baseline_vs_model"))))
+else:
+    doc["measured_speedup_tc_10gbps_n4_256MB"] = pick(10, 4)
+    doc["measured_vs_model_tc_10gbps"] = pick(10, 4, key="measured_vs_model")
+    L += ["Each rank in its own network namespace, both ends of its veth shaped with tc tbf; "
+          "NCCL's socket transport; all ranks share one GPU.", "",
+          "| link | N | shaping | link measured (Gb/s) | method | NCCL (us) | gradcomp (us) | "
+          "measured x | model x | measured / model |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in runs:
+        L.append("| %g Gb/s | %d | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+            r["link_gbps"], r["nranks"], r["shaping"], f(r.get("link_measured_gbps")),
+            r.get("method", r.get("error", "?")), f(r.get("nccl_time_us"), "%.0f"),
+            f(r.get("time_us"), "%.0f"), f(r.get("measured_speedup")), f(r.get("model_speedup")),
+            f(r.get("measured_vs_model"))))
 json.dump(doc, open(os.path.join(raw, "tc_link.json"), "w"), indent=1)
 open(os.path.join(raw, "tc_link.md"), "w").write("\n".join(L) + "\n")
 print("\n".join(L))

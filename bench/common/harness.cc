@@ -44,6 +44,18 @@ double timeCalls(Rank& r, int warmup, int iters, bool* ok, F&& call) {
   return us;
 }
 
+// 1 when every rank holds the same bytes, 0 when not, -1 when they cannot
+// be hashed here; collective.
+int ranksIdentical(Rank& r, const void* buf, size_t bytes) {
+  double h[3] = {0, 0, 0};
+  const bool hashed = r.resultHash(buf, bytes, &h[0]);
+  h[1] = -h[0];
+  h[2] = hashed ? 0 : 1;
+  r.reduce(h, 3, true);
+  if (h[2] > 0) return -1;
+  return h[0] == -h[1] ? 1 : 0;
+}
+
 struct Checked {
   long wrong;
   double relRms, relMax, errOverBound;
@@ -123,6 +135,34 @@ int hierMiddle(const gradcompConfig_t& cfg, int nodes) {
   return nodes <= 2 ? gradcompAlgoAllgather : gradcompAlgoTwoShot;
 }
 
+// The socket backend's link is real: the model adds the link's time at each
+// --link-gbps (its TCP payload share) to the call's host work timed here
+// without a link (docs/benchmark.md, "A slow link on a CPU machine"). The
+// baseline is the transport's uncompressed direct two-shot: NCCL's ring's
+// bytes in 2 steps, its reduce-scatter half (N-1) * size in 1.
+void modelSocketRow(const Options& o, Rank& r, const gradcompConfig_t& cfg, Row* row) {
+  double hostUs = 0, baseUs = 0;
+  if (!r.hostCallTimes(o, cfg, row->dtype, row->count, &hostUs, &baseUs)) return;
+  const double baseSteps = row->reduceScatter ? 1 : 2;
+  // A call that passed through is the baseline's direct two-shot (the
+  // in-process world's pass-through has every rank sum the whole buffer).
+  if (row->algoUsed == 0) {
+    hostUs = baseUs;
+    row->latencySteps = baseSteps;
+  }
+  row->hostUs = hostUs;
+  row->baselineHostUs = baseUs;
+  for (double g : o.linkGbps) {
+    ModelPoint m;
+    m.gbps = g;
+    const double payload = g * kTcpPayloadShare;
+    m.ncclUs = gradcompModelUs(baseUs, row->ncclWire, baseSteps, payload, o.linkLatencyUs);
+    m.gradcompUs =
+        gradcompModelUs(hostUs, row->gradcompWire, row->latencySteps, payload, o.linkLatencyUs);
+    row->model.push_back(m);
+  }
+}
+
 void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompConfig_t& cfg,
                  Row* row) {
   const size_t count = row->count;
@@ -191,6 +231,9 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
       row->relErrMax = c.relMax;
       row->errOverBound = c.errOverBound;
     }
+    // After the check, so that --debug-corrupt's element on rank 0 shows here
+    // too. A reduce-scatter's ranks hold different blocks: nothing to compare.
+    if (!rs) row->identical = ranksIdentical(r, r.recv(), row->bytes);
     bool timedOk = true;
     gradcompGetStats(comm, &s1);
     row->gradcompUs = timeCalls(r, o.warmup, o.iters, &timedOk, call);
@@ -260,6 +303,10 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
   // A CPU row without the report's rates for its settings: no model rather
   // than one made of host codec times.
   if (!info.showModel || (qsgdKernels && info.rates && !row->kernelsMeasured)) return;
+  if (info.backend == "socket") {
+    modelSocketRow(o, r, cfg, row);
+    return;
+  }
   for (double g : o.linkGbps) {
     ModelPoint m;
     m.gbps = g;
@@ -322,12 +369,14 @@ void runAuto(const Options& o, const RunInfo& info, Rank& r, gradcompConfig_t cf
 
 int runHarness(const Options& o, Rank& r) {
   RunInfo info;
-  info.backend = r.onDevice() ? "cuda" : "cpu";
+  info.backend = r.backendName();
   info.description = r.describe();
   info.baseline = r.baselineName();
   info.representative = r.representative();
   KernelRates rates;
-  if (!r.onDevice()) {
+  // The in-process CPU world models GPUs with the report's rates; the socket
+  // backend models its own links with its own host times.
+  if (info.backend == "cpu") {
     rates = loadKernelRates(o.kernelRates.empty() ? defaultResultsDir() : o.kernelRates);
     info.rates = &rates;
   }
@@ -385,7 +434,8 @@ int runHarness(const Options& o, Rank& r) {
         }
         runGradcomp(o, info, r, cfg, &row);
         if (o.autoRow && m != gradcompMethodNone && !row.failed) runAuto(o, info, r, cfg, &row);
-        if (row.failed || row.ncclWrong > 0 || row.gradcompWrong > 0 || row.autoWrong > 0)
+        if (row.failed || row.ncclWrong > 0 || row.gradcompWrong > 0 || row.autoWrong > 0 ||
+            row.identical == 0)
           exitCode = 1;
         if (lead) printRow(o, info, row);
         rows.push_back(row);
@@ -398,7 +448,7 @@ int runHarness(const Options& o, Rank& r) {
           break;
         }
       }
-      if (lead) printFooter(rows);
+      if (lead) printFooter(info, rows);
       if (lead && info.project) printProjection(o, rows);
       all.insert(all.end(), rows.begin(), rows.end());
     }

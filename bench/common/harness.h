@@ -16,6 +16,8 @@ namespace gcbench {
 
 struct ModelPoint {
   double gbps;
+  // ncclUs: the baseline's modeled time, NCCL's ring or (socket backend) the
+  // transport's uncompressed direct two-shot.
   double gradcompUs;  // unpipelined: kernels, then the bytes
   double ncclUs;
   double pipelinedUs = NAN;  // only when the call was cut into pieces (two-shot, hier)
@@ -68,6 +70,12 @@ struct Row {
   bool autoRan = false, autoPassed = false;  // passed: auto gave this size to NCCL
   double autoUs = 0;
   long autoWrong = -1;
+  // gradcomp's result hashed on every rank and compared: 1 identical, 0 not,
+  // -1 not compared (buffers on a device).
+  int identical = -1;
+  // Socket backend: the host work of the call and of the baseline (in-process
+  // world, no link), which its model adds the link's time to; NaN elsewhere.
+  double hostUs = NAN, baselineHostUs = NAN;
 
   // nccl-tests: a reduce-scatter's algbw counts its whole input (N * bytes),
   // busbw = algbw * (N-1)/N; an allreduce's busbw = algbw * 2(N-1)/N.

@@ -34,6 +34,11 @@ double ncclReduceScatterBytes(size_t outBytes, int nranks);
 double ncclReduceScatterModelUs(size_t outBytes, int nranks, double gbps, double latencyUs);
 double gradcompModelUs(double kernelUs, double wireBytes, double latencySteps, double gbps,
                        double latencyUs);
+// The share of a shaped Ethernet link's rate that carries TCP payload at MTU
+// 1500: 1448 bytes per 1514-byte frame (Ethernet 14, IP 20, TCP 20 with 12 of
+// timestamps), which tc's token bucket counts whole. The socket backend's
+// model moves its bytes at L times this.
+constexpr double kTcpPayloadShare = 1448.0 / 1514.0;
 // The same call cut into `pieces` pieces (GRADCOMP_PIPELINE_BYTES): a
 // two-stage pipeline of the kernels (k = kernelUs / pieces per piece, on the
 // caller's stream) and the transfers (w = wire / pieces / L + steps * a per

@@ -32,7 +32,13 @@ void usage(const char* prog) {
       "                             per-rank output (recvcount), as in reduce_scatter_perf\n"
       "  -N, --nranks <n>           ranks: threads (cpu) or processes (cuda), default cpu 4,\n"
       "                             cuda the number of GPUs, or 4 on one GPU\n"
-      "      --backend <b>          cuda|cpu, default cuda when a GPU is visible\n"
+      "      --backend <b>          cuda|cpu|socket, default cuda when a GPU is visible;\n"
+      "                             socket: this process is one rank of a CPU world over\n"
+      "                             TCP (rank and size from OMPI_COMM_WORLD_RANK/SIZE, PMI_*\n"
+      "                             or SLURM_*); the baseline is the uncompressed call over\n"
+      "                             the same links (tools/tc_link.sh --cpu starts the ranks)\n"
+      "      --root <host:port>     socket: rank 0's listening address, default $NCCL_COMM_ID;\n"
+      "                             comm k of the run listens at port + k\n"
       "      --json <file>          rows as JSON\n"
       "      --csv <file>           rows as CSV\n"
       "      --link-gbps <list>     modeled link bandwidths in Gb/s, default 10,25,100,400\n"
@@ -164,7 +170,8 @@ bool parseOptions(int argc, char** argv, Options* o, int* exitCode) {
     kModelPipe,
     kAuto,
     kHelp,
-    kLocalSize
+    kLocalSize,
+    kRoot
   };
   static const struct option longOpts[] = {{"minbytes", required_argument, 0, 'b'},
                                            {"maxbytes", required_argument, 0, 'e'},
@@ -196,6 +203,7 @@ bool parseOptions(int argc, char** argv, Options* o, int* exitCode) {
                                            {"kernel-rates", required_argument, 0, kKernelRates},
                                            {"model-pipe", required_argument, 0, kModelPipe},
                                            {"local-size", required_argument, 0, kLocalSize},
+                                           {"root", required_argument, 0, kRoot},
                                            {"auto", no_argument, 0, kAuto},
                                            {"help", no_argument, 0, 'h'},
                                            {0, 0, 0, 0}};
@@ -316,8 +324,13 @@ bool parseOptions(int argc, char** argv, Options* o, int* exitCode) {
           o->backend = BackendKind::Cuda;
         else if (strcmp(v, "cpu") == 0)
           o->backend = BackendKind::Cpu;
+        else if (strcmp(v, "socket") == 0)
+          o->backend = BackendKind::Socket;
         else
-          return fail(exitCode, "%s %s: backends are cuda or cpu", "--backend", v);
+          return fail(exitCode, "%s %s: backends are cuda, cpu or socket", "--backend", v);
+        break;
+      case kRoot:
+        o->root = v;
         break;
       case kJson:
         o->jsonPath = v;
@@ -417,7 +430,7 @@ bool parseOptions(int argc, char** argv, Options* o, int* exitCode) {
 }
 
 void applyDefaults(Options* o, int gpuCount) {
-  const bool cpu = o->backend == BackendKind::Cpu;
+  const bool cpu = o->backend == BackendKind::Cpu || o->backend == BackendKind::Socket;
   if (o->minBytes == 0) o->minBytes = cpu ? (256 << 10) : (1 << 20);
   if (o->maxBytes == 0) o->maxBytes = cpu ? (16 << 20) : (256 << 20);
   if (o->maxBytes < o->minBytes) o->maxBytes = o->minBytes;
@@ -425,7 +438,9 @@ void applyDefaults(Options* o, int gpuCount) {
   if (o->warmup < 0) o->warmup = cpu ? 1 : 5;
   if (o->dtypes.empty()) o->dtypes = {ncclFloat32};
   if (o->methods.empty()) o->methods = {gradcompMethodQsgd};
-  if (o->nranks == 0) o->nranks = cpu ? 4 : (gpuCount >= 2 ? gpuCount : 4);
+  // Socket ranks are the launcher's: -N only checks them.
+  if (o->nranks == 0 && o->backend != BackendKind::Socket)
+    o->nranks = cpu ? 4 : (gpuCount >= 2 ? gpuCount : 4);
   if (o->linkGbps.empty()) o->linkGbps = {10, 25, 100, 400};
   if (!o->modelNodes.empty() && o->modelLocal.empty()) o->modelLocal = {8};
   if (o->nodeGbps.empty()) o->nodeGbps = {100, 400, 3200};

@@ -12,7 +12,7 @@
 
 namespace gcbench {
 
-enum class BackendKind { Auto, Cuda, Cpu };
+enum class BackendKind { Auto, Cuda, Cpu, Socket };
 // -C: the collective measured (nccl-tests' all_reduce_perf / reduce_scatter_perf).
 enum class Collective { AllReduce, ReduceScatter };
 
@@ -35,6 +35,8 @@ struct Options {
   BackendKind backend = BackendKind::Auto;
   Collective collective = Collective::AllReduce;
   std::string jsonPath, csvPath;
+  // --backend socket: rank 0's "host:port" (--root, else NCCL_COMM_ID).
+  std::string root;
   std::vector<double> linkGbps;
   bool linkGiven = false;
   double linkLatencyUs = 10;

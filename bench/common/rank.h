@@ -1,7 +1,8 @@
 // One rank as the harness sees it: buffers, the NCCL baseline, gradcomp's
 // allreduce, small collectives for the harness's own bookkeeping, and the
 // kernels the link model needs. CpuRank is a thread of an in-process world;
-// CudaRank is a process with a GPU and an NCCL communicator.
+// CudaRank is a process with a GPU and an NCCL communicator; SocketRank a
+// process of a CPU world over TCP.
 #pragma once
 
 #include <stddef.h>
@@ -10,6 +11,7 @@
 #include <string>
 
 #include "data.h"
+#include "options.h"
 #include "gradcomp.h"
 
 namespace gcbench {
@@ -21,6 +23,8 @@ class Rank {
   int nranks() const { return nranks_; }
 
   virtual bool onDevice() const = 0;
+  // "cuda", "cpu" or "socket".
+  virtual std::string backendName() const { return onDevice() ? "cuda" : "cpu"; }
   // Times mean what they say only with a device per rank.
   virtual bool representative() const = 0;
   virtual std::string describe() const = 0;
@@ -69,6 +73,17 @@ class Rank {
   // this rank alone. False when unavailable.
   virtual bool qsgdKernelTimes(gc::DType t, size_t count, int bits, int bucket, double* encUs,
                                double* decUs) = 0;
+  // A hash of `bytes` of buf that a double holds exactly (ranks compare it);
+  // false where the buffer is not in host memory.
+  virtual bool resultHash(const void* buf, size_t bytes, double* hash) { return false; }
+  // Collective. The host work of one call of `count` elements, gradcomp's
+  // (cfg) and the baseline's, without a link: where the link is a real one
+  // (the socket backend), what the model adds the link's time to. False
+  // elsewhere.
+  virtual bool hostCallTimes(const Options& o, const gradcompConfig_t& cfg, ncclDataType_t t,
+                             size_t count, double* gradcompUs, double* baselineUs) {
+    return false;
+  }
 
  protected:
   int rank_ = 0, nranks_ = 1;
@@ -78,6 +93,10 @@ class Rank {
 
 // Prints "gradcomp_perf: rank R: <message>" and ends the process: the
 // harness cannot go on once a rank's buffers or communicator are gone.
+// Launched by mpirun or srun (or tools/tc_link.sh, which sets
+// OMPI_COMM_WORLD_*): rank, size and local rank from their variables.
+bool launcherRank(int* rank, int* size, int* localRank, int* localSize);
+
 [[noreturn]] void fatal(int rank, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
 
 }  // namespace gcbench

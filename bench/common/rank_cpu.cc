@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <mutex>
@@ -12,9 +13,8 @@
 #include <vector>
 
 #include "backends.h"
-#include "data_ops.h"
-#include "gradcomp/reference.h"
 #include "harness.h"
+#include "rank_host.h"
 
 namespace gcbench {
 
@@ -54,18 +54,13 @@ struct CpuWorld {
   std::vector<float> bucketMax;
 };
 
-class CpuRank : public Rank {
+class CpuRank : public HostRank {
  public:
   CpuRank(CpuWorld* w, int rank) : w_(w) {
     rank_ = rank;
     nranks_ = w->n;
   }
-  ~CpuRank() override {
-    free(send_);
-    free(recv_);
-  }
 
-  bool onDevice() const override { return false; }
   bool representative() const override { return false; }
   std::string describe() const override {
     return std::to_string(nranks_) + " ranks as threads of one process (" +
@@ -78,20 +73,10 @@ class CpuRank : public Rank {
   }
 
   void allocBuffers(size_t sendBytes, size_t recvBytes) override {
-    send_ = malloc(sendBytes ? sendBytes : 1);
-    recv_ = malloc(recvBytes ? recvBytes : 1);
-    if (!send_ || !recv_)
-      fatal(rank_, "out of host memory for %zu + %zu bytes", sendBytes, recvBytes);
+    HostRank::allocBuffers(sendBytes, recvBytes);
     w_->send[rank_] = send_;
     w_->recv[rank_] = recv_;
     barrier();
-  }
-  void fill(void* buf, gc::DType t, size_t count, uint64_t seed) override {
-    fillHost(buf, t, count, seed, rank_);
-  }
-  void poison(void* buf, size_t bytes) override { memset(buf, 0xff, bytes); }
-  void poke(void* buf, gc::DType t, size_t i, float v) override {
-    gc::storeFromFloat(buf, t, i, v);
   }
 
   const float* bucketMax(gc::DType t, size_t count, int bucket, uint64_t seed) override {
@@ -103,9 +88,6 @@ class CpuRank : public Rank {
     bucketMaxHost(w_->bucketMax.data() + nb * rank_, t, count, bucket, seed, rank_);
     barrier();
     return w_->bucketMax.data();
-  }
-  CheckTotals check(const CheckParams& p, const float* bm, const void* got, size_t count) override {
-    return checkHost(p, bm, got, count);
   }
 
   bool baseline(const void* send, void* recv, size_t count, ncclDataType_t t,
@@ -164,7 +146,6 @@ class CpuRank : public Rank {
     return gradcompAllReduce(send, recv, count, t, op, comm, nullptr);
   }
 
-  void sync() override {}
   void barrier() override { w_->barrier.wait(); }
   void reduce(double* v, int n, bool max) override {
     for (int k = 0; k < n; k += CpuWorld::kSlots) {
@@ -183,41 +164,7 @@ class CpuRank : public Rank {
     }
   }
 
-  bool qsgdKernelTimes(gc::DType t, size_t count, int bits, int bucket, double* encUs,
-                       double* decUs) override {
-    std::vector<unsigned char> enc(gradcompQsgdEncodedBytes(count, bits, bucket));
-    std::vector<float> residual(count, 0.0f), out(count, 0.0f);
-    auto seconds = [] {
-      return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
-          .count();
-    };
-    // Repeat until 50 ms have passed so that small sizes are timed too.
-    int reps = 0;
-    double t0 = seconds(), t1 = t0;
-    do {
-      if (gradcompQsgdEncodeTypedHost(send_, ncclTypeOf(t), residual.data(), count, bits, bucket,
-                                      7 + reps, enc.data()) != gradcompSuccess)
-        return false;
-      ++reps;
-      t1 = seconds();
-    } while (t1 - t0 < 0.05);
-    *encUs = (t1 - t0) / reps * 1e6;
-    reps = 0;
-    t0 = t1 = seconds();
-    do {
-      if (gradcompQsgdDecodeHost(enc.data(), count, bits, bucket, out.data(), 1) != gradcompSuccess)
-        return false;
-      ++reps;
-      t1 = seconds();
-    } while (t1 - t0 < 0.05);
-    *decUs = (t1 - t0) / reps * 1e6;
-    return true;
-  }
-
  private:
-  static ncclDataType_t ncclTypeOf(gc::DType t) {
-    return t == gc::DType::F16 ? ncclFloat16 : (t == gc::DType::BF16 ? ncclBfloat16 : ncclFloat32);
-  }
   CpuWorld* w_;
 };
 
@@ -237,6 +184,60 @@ int runCpu(const Options& o) {
   int code = 0;
   for (int c : codes) code = c > code ? c : code;
   return code;
+}
+
+bool timeInProcess(const Options& o, const gradcompConfig_t& cfg, ncclDataType_t t, size_t count,
+                   double* gradcompUs, double* baselineUs) {
+  const int n = o.nranks;
+  const bool rs = o.collective == Collective::ReduceScatter;
+  const size_t tsize = dtypeSize(t);
+  const gc::DType dt =
+      t == ncclFloat16 ? gc::DType::F16 : (t == ncclBfloat16 ? gc::DType::BF16 : gc::DType::F32);
+  CpuWorld world(n);
+  std::vector<double> gUs(n, 0), bUs(n, 0);
+  std::vector<int> ok(n, 1);
+  std::vector<std::thread> threads;
+  for (int q = 0; q < n; ++q) {
+    threads.emplace_back([&, q] {
+      CpuRank r(&world, q);
+      const size_t sendCount = rs ? count * n : count;
+      r.allocBuffers(sendCount * tsize, count * tsize);
+      r.fill(r.send(), dt, sendCount, o.seed);
+      // As the harness times: warm-up, the ranks lined up, the calls.
+      auto timed = [&](auto&& call) {
+        for (int i = 0; i < o.warmup; ++i) ok[q] &= call() ? 1 : 0;
+        r.barrier();
+        const auto t0 = std::chrono::steady_clock::now();
+        for (int i = 0; i < o.iters; ++i) ok[q] &= call() ? 1 : 0;
+        return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() /
+               o.iters * 1e6;
+      };
+      bUs[q] = timed([&] {
+        return rs ? r.baselineReduceScatter(r.send(), r.recv(), count, t, o.op)
+                  : r.baseline(r.send(), r.recv(), count, t, o.op);
+      });
+      gradcompComm_t comm = nullptr;
+      if (r.createComm(cfg, &comm) != gradcompSuccess) {
+        ok[q] = 0;
+        return;
+      }
+      gUs[q] = timed([&] {
+        const gradcompResult_t res = rs ? r.reduceScatter(comm, r.send(), r.recv(), count, t, o.op)
+                                        : r.allReduce(comm, r.send(), r.recv(), count, t, o.op);
+        return res == gradcompSuccess;
+      });
+      r.barrier();
+      r.destroyComm(comm);
+    });
+  }
+  for (auto& th : threads) th.join();
+  *gradcompUs = *baselineUs = 0;
+  for (int q = 0; q < n; ++q) {
+    if (!ok[q]) return false;
+    *gradcompUs = std::max(*gradcompUs, gUs[q]);
+    *baselineUs = std::max(*baselineUs, bUs[q]);
+  }
+  return true;
 }
 
 }  // namespace gcbench

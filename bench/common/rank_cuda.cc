@@ -292,40 +292,6 @@ class CudaRank : public Rank {
   size_t bucketMaxBytes_ = 0;
 };
 
-const char* firstEnv(const char* const* names) {
-  for (const char* const* n = names; *n; ++n) {
-    const char* v = getenv(*n);
-    if (v && *v) return v;
-  }
-  return nullptr;
-}
-
-// Launched by mpirun or srun: rank, size and local rank from their variables.
-bool launcherRank(int* rank, int* size, int* localRank, int* localSize) {
-  static const char* const rankVars[] = {"OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK",
-                                         "SLURM_PROCID", nullptr};
-  static const char* const sizeVars[] = {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_STEP_NUM_TASKS",
-                                         nullptr};
-  static const char* const localVars[] = {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID",
-                                          "SLURM_LOCALID", nullptr};
-  static const char* const localSizeVars[] = {"OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS",
-                                              "SLURM_STEP_TASKS_PER_NODE", nullptr};
-  // A batch script sees SLURM_PROCID too; only the tasks of an srun step count.
-  if (!getenv("OMPI_COMM_WORLD_RANK") && !getenv("PMI_RANK") && !getenv("PMIX_RANK") &&
-      !getenv("SLURM_STEP_NUM_TASKS"))
-    return false;
-  const char* r = firstEnv(rankVars);
-  const char* s = firstEnv(sizeVars);
-  if (!r || !s) return false;
-  *rank = atoi(r);
-  *size = atoi(s);
-  const char* lr = firstEnv(localVars);
-  const char* ls = firstEnv(localSizeVars);
-  *localRank = lr ? atoi(lr) : *rank;
-  *localSize = ls ? atoi(ls) : *size;
-  return *size >= 1 && *rank >= 0 && *rank < *size;
-}
-
 // Ranks that share one GPU: NCCL refuses two ranks of one host on one GPU; a
 // distinct host id per process lifts that and forces the socket transport.
 void setSharedGpuEnv(int rank) {

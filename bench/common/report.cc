@@ -112,7 +112,20 @@ void printPreamble(const Options& o, const RunInfo& info) {
         "algbw * (N-1)/N; NCCL's ring sends (N-1) * size per rank\n#  in N-1 steps (the model "
         "below uses that instead of the allreduce's).\n");
   }
-  if (info.showModel) {
+  if (info.backend == "socket") {
+    printf(
+        "#  socket backend: host codecs over real TCP links; the baseline columns are the "
+        "uncompressed call over the same links, not NCCL\n");
+  }
+  if (info.showModel && info.backend == "socket") {
+    printf(
+        "#  modeled at L Gb/s (docs/benchmark.md): gradcomp = its host work (the same call in an "
+        "in-process world of N threads\n#  here, no link) + bytes each rank sends / L' + latency "
+        "steps * %g us; baseline = its host work + 2(N-1)/N * bytes / L'\n#  + 2 * %g us (direct "
+        "two-shot); L' = L * 1448/1514, TCP's payload in MTU-1500 frames. Columns m@L give\n#  "
+        "baseline / gradcomp modeled time.\n",
+        o.linkLatencyUs, o.linkLatencyUs);
+  } else if (info.showModel) {
     printf(
         "#  modeled at L Gb/s (docs/benchmark.md): gradcomp = kernels measured alone + bytes "
         "each rank sends / L + latency steps * %g us;\n#  NCCL = 2(N-1)/N * bytes / L + 2(N-1) * "
@@ -164,7 +177,10 @@ void printHeader(const Options& o, const RunInfo& info, const std::string& label
   const bool rs = o.collective == Collective::ReduceScatter;
   const char* ncclName = rs ? "ncclReduceScatter" : "ncclAllReduce";
   const std::string hostSum = std::string("exact host sum (for ") + ncclName + ")";
-  printf("#%45s%-36s%s\n", "", info.backend == "cpu" ? hostSum.c_str() : ncclName,
+  printf("#%45s%-36s%s\n", "",
+         info.backend == "cpu"      ? hostSum.c_str()
+         : info.backend == "socket" ? "uncompressed over TCP"
+                                    : ncclName,
          rs ? "gradcompReduceScatter" : "gradcompAllReduce");
   printf(
       "# %10s  %12s  %8s  %6s  %8s  %7s  %7s  %6s  %8s  %7s  %7s  %6s  %11s  %6s  %8s  %8s  "
@@ -216,12 +232,13 @@ void printRow(const Options& o, const RunInfo& info, const Row& r) {
       r.ncclBusbw(), wrongStr(r.ncclWrong).c_str(), timeStr(r.gradcompUs).c_str(), r.algbw(),
       r.busbw(), wrongStr(r.gradcompWrong).c_str(), r.gradcompWire, ratio,
       errStr(r, r.relErrMax).c_str(), errStr(r, r.relErrRms).c_str(), speed, algo, model.c_str());
+  if (r.identical == 0) printf("#  ^ FAILED: the ranks' results differ (hash of each output)\n");
   (void)o;
   (void)info;
   fflush(stdout);
 }
 
-void printFooter(const std::vector<Row>& rows) {
+void printFooter(const RunInfo& info, const std::vector<Row>& rows) {
   long wrong = 0;
   int failed = 0;
   double bus = 0, ncclBus = 0;
@@ -232,6 +249,7 @@ void printFooter(const std::vector<Row>& rows) {
       continue;
     }
     wrong += (r.gradcompWrong > 0 ? r.gradcompWrong : 0) + (r.ncclWrong > 0 ? r.ncclWrong : 0);
+    if (r.identical == 0) ++failed;
     bus += r.busbw();
     ncclBus += r.ncclBusbw();
     ++n;
@@ -240,7 +258,10 @@ void printFooter(const std::vector<Row>& rows) {
   if (failed) printf("# Failed sizes         : %d\n", failed);
   const bool rs = !rows.empty() && rows[0].reduceScatter;
   printf("# Avg bus bandwidth    : %g (gradcomp)  %g (%s)\n", n ? bus / n : 0.0,
-         n ? ncclBus / n : 0.0, rs ? "ncclReduceScatter" : "ncclAllReduce");
+         n ? ncclBus / n : 0.0,
+         info.backend == "socket" ? "uncompressed over TCP"
+         : rs                     ? "ncclReduceScatter"
+                                  : "ncclAllReduce");
   const double regret = worstAutoRegret(rows);
   if (isfinite(regret)) printf("# Auto regret, worst   : %.3f\n", regret);
   printf("#\n");
@@ -357,6 +378,9 @@ bool writeJson(const std::string& path, const Options& o, const RunInfo& info,
             checked ? std::to_string(r.gradcompWrong).c_str() : "null",
             r.ncclWrong >= 0 ? std::to_string(r.ncclWrong).c_str() : "null");
     fprintf(f, "\"err_over_bound\": %s, ", checked ? jsonNum(r.errOverBound).c_str() : "null");
+    fprintf(f, "\"identical\": %s, \"host_us\": %s, \"baseline_host_us\": %s, ",
+            r.identical < 0 ? "null" : (r.identical ? "true" : "false"), jsonNum(r.hostUs).c_str(),
+            jsonNum(r.baselineHostUs).c_str());
     fprintf(f, "\"pieces\": %s, \"piece_bytes\": %zu, ", jsonNum(r.pieces).c_str(), r.pieceBytes);
     if (r.autoRan) {
       fprintf(f, "\"auto_time_us\": %s, \"auto_choice\": %s, \"auto_regret\": %s, ",
@@ -377,9 +401,17 @@ bool writeJson(const std::string& path, const Options& o, const RunInfo& info,
               m.ncclUs > 0 && m.gradcompUs > 0 ? jsonNum(modelSpeedup(m)).c_str() : "null");
       // Pipelined rows: the pipelined model beside the unpipelined one.
       const bool piped = m.pipelinedUs > 0;
-      fprintf(f, ", \"pipelined_time_us\": %s, \"pipelined_speedup\": %s}",
+      fprintf(f, ", \"pipelined_time_us\": %s, \"pipelined_speedup\": %s",
               piped ? jsonNum(m.pipelinedUs).c_str() : "null",
               piped && m.ncclUs > 0 ? jsonNum(m.ncclUs / m.pipelinedUs).c_str() : "null");
+      // Where the link is the real one (socket backend): measured speedup over
+      // the modeled one, and each time over its model.
+      if (info.backend == "socket")
+        fprintf(f, ", \"measured_vs_model\": %s, \"time_vs_model\": %s, \"baseline_vs_model\": %s",
+                jsonNum(ratioOrNan(r.speedup(), modelSpeedup(m))).c_str(),
+                jsonNum(ratioOrNan(r.gradcompUs, m.gradcompUs)).c_str(),
+                jsonNum(ratioOrNan(r.ncclUs, m.ncclUs)).c_str());
+      fprintf(f, "}");
     }
     fprintf(f, "],\n     \"projection\": [");
     for (size_t k = 0; k < r.projection.size(); ++k) {

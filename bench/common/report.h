@@ -11,7 +11,7 @@
 namespace gcbench {
 
 struct RunInfo {
-  std::string backend;      // "cuda" or "cpu"
+  std::string backend;      // "cuda", "cpu" or "socket"
   std::string description;  // ranks and devices
   std::string baseline;     // what the NCCL columns measure
   bool representative = true;
@@ -25,7 +25,7 @@ void printPreamble(const Options& o, const RunInfo& info);
 void printHeader(const Options& o, const RunInfo& info, const std::string& label,
                  ncclDataType_t dtype);
 void printRow(const Options& o, const RunInfo& info, const Row& row);
-void printFooter(const std::vector<Row>& rows);
+void printFooter(const RunInfo& info, const std::vector<Row>& rows);
 // The --model-nodes projection of a method's rows.
 void printProjection(const Options& o, const std::vector<Row>& rows);
 bool writeJson(const std::string& path, const Options& o, const RunInfo& info,

@@ -69,7 +69,9 @@ gradcompResult_t gradcompEliasDecodeHost(const void* in, size_t inBytes, size_t 
  * encoder runs a sizes pass, a prefix sum over buckets and a write pass in a
  * caller-owned workspace of gradcompEliasWorkspaceBytes; the size it wrote is
  * in the header on the device (copy 4 bytes at HeaderBytes-4 to read it).
- * Bytes equal the host reference's for the same seed. */
+ * Bytes equal the host reference's for the same seed. x at a multiple of
+ * its element size, the other pointers at a multiple of 4; anything else is
+ * gradcompInvalidArgument. */
 gradcompResult_t gradcompEliasWorkspaceBytes(size_t count, int bucketSize, size_t* bytes);
 gradcompResult_t gradcompEliasEncode(const void* x, ncclDataType_t datatype, float* residual,
                                      size_t count, const gradcompEliasParams_t* params,

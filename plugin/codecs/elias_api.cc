@@ -28,20 +28,24 @@ GC_EXPORT gradcompResult_t gradcompEliasEncode(const void* x, ncclDataType_t dat
   gc::DType t = gc::DType::F32;
   GC_CHECK(gc::dtypeFromNccl(datatype, &t));
   GC_ARG(((uintptr_t)out & 3) == 0, "out=%p must be 4-byte aligned (it is 32-bit words)", out);
-  GC_CHECK(gc::checkDevicePointer(out, "out"));
   if (count > 0) {
+    GC_ARG(((uintptr_t)x % gc::dtypeBytes(t)) == 0, "x=%p is not aligned to its element size %zu",
+           x, gc::dtypeBytes(t));
+    GC_ARG(((uintptr_t)residual & 3) == 0, "residual=%p must be 4-byte aligned (fp32)",
+           (void*)residual);
+    GC_ARG(((uintptr_t)workspace & 3) == 0,
+           "workspace=%p must be 4-byte aligned (it starts with 32-bit bucket sizes)", workspace);
     size_t need = 0;
     GC_CUDACHECK(gc::cuda::eliasWorkspaceBytes(count, p.bucket, &need));
     GC_ARG(workspace != nullptr && workspaceBytes >= need,
            "workspace=%p with workspaceBytes=%zu is too small: gradcompEliasWorkspaceBytes gives "
            "%zu",
            workspace, workspaceBytes, need);
-    GC_ARG(((uintptr_t)x % gc::dtypeBytes(t)) == 0, "x=%p is not aligned to its element size %zu",
-           x, gc::dtypeBytes(t));
     GC_CHECK(gc::checkDevicePointer(x, "x"));
     GC_CHECK(gc::checkDevicePointer(workspace, "workspace"));
     if (residual != nullptr) GC_CHECK(gc::checkDevicePointer(residual, "residual"));
   }
+  GC_CHECK(gc::checkDevicePointer(out, "out"));
   GC_CUDACHECK(gc::cuda::eliasEncode(x, t, residual, count, p, gc::plainKey(seed), out, workspace,
                                      workspaceBytes, stream));
   return gradcompSuccess;
@@ -54,6 +58,7 @@ GC_EXPORT gradcompResult_t gradcompEliasDecode(const void* in, size_t count,
   GC_CHECK(gc::eliasCheckParams(params, count, &p));
   if (count == 0) return gradcompSuccess;
   GC_ARG(((uintptr_t)in & 3) == 0, "in=%p must be 4-byte aligned (it is 32-bit words)", in);
+  GC_ARG(((uintptr_t)out & 3) == 0, "out=%p must be 4-byte aligned (fp32)", (void*)out);
   GC_CHECK(gc::checkDevicePointer(in, "in"));
   GC_CHECK(gc::checkDevicePointer(out, "out"));
   GC_CUDACHECK(gc::cuda::eliasDecode(in, count, p, out, accumulate != 0, stream));

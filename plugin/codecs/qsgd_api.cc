@@ -18,6 +18,8 @@ GC_EXPORT gradcompResult_t gradcompQsgdEncodeEF(const void* g, ncclDataType_t da
          out);
   GC_ARG(((uintptr_t)g % gc::dtypeBytes(t)) == 0, "g=%p is not aligned to its element size %zu", g,
          gc::dtypeBytes(t));
+  GC_ARG(((uintptr_t)residual & 3) == 0, "residual=%p must be 4-byte aligned (fp32)",
+         (void*)residual);
   GC_CHECK(gc::checkDevicePointer(g, "g"));
   GC_CHECK(gc::checkDevicePointer(out, "out"));
   if (residual != nullptr) GC_CHECK(gc::checkDevicePointer(residual, "residual"));
@@ -39,6 +41,7 @@ GC_EXPORT gradcompResult_t gradcompQsgdDecode(const void* in, size_t count, int 
   GC_CHECK(gc::codecCheckCount(count));
   if (count == 0) return gradcompSuccess;
   GC_ARG(((uintptr_t)in & 3) == 0, "in=%p must be 4-byte aligned (it starts with fp32 scales)", in);
+  GC_ARG(((uintptr_t)out & 3) == 0, "out=%p must be 4-byte aligned (fp32)", (void*)out);
   GC_CHECK(gc::checkDevicePointer(in, "in"));
   GC_CHECK(gc::checkDevicePointer(out, "out"));
   GC_CUDACHECK(gc::cuda::qsgdDecode(in, count, bits, bucketSize, out, accumulate != 0, stream));

@@ -11,6 +11,16 @@
 
 namespace gctest {
 
+// Runs fn(rank) on one thread per rank of n; returns each rank's result.
+inline std::vector<gradcompResult_t> runOnThreads(int n,
+                                                  const std::function<gradcompResult_t(int)>& fn) {
+  std::vector<gradcompResult_t> res(n, gradcompInternalError);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < n; ++r) threads.emplace_back([&, r] { res[r] = fn(r); });
+  for (auto& t : threads) t.join();
+  return res;
+}
+
 class CpuWorld {
  public:
   CpuWorld(int n, const gradcompConfig_t& cfg) : comms_(n) {
@@ -25,11 +35,7 @@ class CpuWorld {
 
   // Runs fn(rank) on one thread per rank; returns each rank's result.
   std::vector<gradcompResult_t> run(const std::function<gradcompResult_t(int)>& fn) {
-    std::vector<gradcompResult_t> res(comms_.size(), gradcompInternalError);
-    std::vector<std::thread> threads;
-    for (int r = 0; r < size(); ++r) threads.emplace_back([&, r] { res[r] = fn(r); });
-    for (auto& t : threads) t.join();
-    return res;
+    return runOnThreads(size(), fn);
   }
 
  private:

@@ -64,11 +64,7 @@ class SocketWorld {
   gradcompComm_t comm(int r) const { return comms_[r]; }
   int size() const { return (int)comms_.size(); }
   std::vector<gradcompResult_t> run(const std::function<gradcompResult_t(int)>& fn) {
-    std::vector<gradcompResult_t> res(comms_.size(), gradcompInternalError);
-    std::vector<std::thread> threads;
-    for (int r = 0; r < size(); ++r) threads.emplace_back([&, r] { res[r] = fn(r); });
-    for (auto& t : threads) t.join();
-    return res;
+    return gctest::runOnThreads(size(), fn);
   }
 
  private:
@@ -98,7 +94,7 @@ std::vector<uint8_t> input(int r, int step, size_t count, ncclDataType_t t) {
       memcpy(out.data() + 4 * i, &v, 4);
     }
   } else if (typeSize(t) == 4) {
-    memcpy(out.data(), x.data(), count * 4);
+    if (count) memcpy(out.data(), x.data(), count * 4);
   } else {
     // The top half of the fp32 bits is a valid bf16 and an arbitrary fp16.
     for (size_t i = 0; i < count; ++i) {

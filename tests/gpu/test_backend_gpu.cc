@@ -149,4 +149,61 @@ TEST_F(BackendGpu, LanesAreOrderedByEventSlots) {
   for (size_t i = 0; i < n; ++i) ASSERT_EQ(got[i], x[i] + x[i]) << i;
 }
 
+// The same chain captured from the caller's stream, as a pipelined call is
+// captured in a CUDA graph: the node and comm streams join the capture
+// through the event slots and are joined back before it ends (an unjoined
+// lane fails cudaStreamEndCapture), a slot recorded again after its wait
+// orders the second use, and each replay gives the eager result.
+TEST_F(BackendGpu, LanesJoinACaptureAndReplay) {
+  ASSERT_EQ(gpu->init(), gradcompSuccess);
+  const size_t n = 1 << 20;
+  const std::vector<float> x = gctest::normal(n, 4);
+  DeviceBuffer<float> a(n), b(n), c(n), d(n);
+  a.upload(x);
+  using B = gc::Backend;
+  auto chain = [&]() {
+    EXPECT_EQ(gpu->copy(b.get(), a.get(), n * 4), gradcompSuccess);
+    EXPECT_EQ(gpu->record(B::kComputeLane, 5), gradcompSuccess);
+    EXPECT_EQ(gpu->wait(B::kNodeLane, 5), gradcompSuccess);
+    EXPECT_EQ(cudaMemcpyAsync(c.get(), b.get(), n * 4, cudaMemcpyDeviceToDevice, gpu->nodeStream()),
+              cudaSuccess);
+    EXPECT_EQ(gpu->record(B::kNodeLane, 6), gradcompSuccess);
+    EXPECT_EQ(gpu->wait(B::kCommLane, 6), gradcompSuccess);
+    EXPECT_EQ(cudaMemcpyAsync(d.get(), c.get(), n * 4, cudaMemcpyDeviceToDevice, gpu->commStream()),
+              cudaSuccess);
+    EXPECT_EQ(gpu->record(B::kCommLane, 1), gradcompSuccess);
+    EXPECT_EQ(gpu->wait(B::kComputeLane, 1), gradcompSuccess);
+    EXPECT_EQ(gpu->add(d.get(), a.get(), n), gradcompSuccess);
+    // Slot 5 again, after its wait: d + a on the node lane, back by slot 1.
+    EXPECT_EQ(gpu->record(B::kComputeLane, 5), gradcompSuccess);
+    EXPECT_EQ(gpu->wait(B::kNodeLane, 5), gradcompSuccess);
+    EXPECT_EQ(cudaMemcpyAsync(c.get(), d.get(), n * 4, cudaMemcpyDeviceToDevice, gpu->nodeStream()),
+              cudaSuccess);
+    EXPECT_EQ(gpu->record(B::kNodeLane, 1), gradcompSuccess);
+    EXPECT_EQ(gpu->wait(B::kComputeLane, 1), gradcompSuccess);
+    EXPECT_EQ(gpu->add(c.get(), a.get(), n), gradcompSuccess);
+  };
+  cudaGraph_t graph;
+  ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+  ASSERT_TRUE(gpu->capturing());
+  chain();
+  ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
+  ASSERT_FALSE(gpu->capturing());
+  cudaGraphExec_t exec;
+  ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
+  for (int replay = 0; replay < 3; ++replay) {
+    ASSERT_EQ(gpu->zero(b.get(), n * 4), gradcompSuccess);
+    ASSERT_EQ(gpu->zero(c.get(), n * 4), gradcompSuccess);
+    ASSERT_EQ(gpu->zero(d.get(), n * 4), gradcompSuccess);
+    ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
+    ASSERT_EQ(gpu->sync(), gradcompSuccess);
+    const std::vector<float> got = c.download(n);
+    for (size_t i = 0; i < n; ++i) {
+      ASSERT_EQ(got[i], (x[i] + x[i]) + x[i]) << "replay " << replay << " " << i;
+    }
+  }
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+}
+
 }  // namespace

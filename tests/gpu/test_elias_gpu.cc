@@ -183,6 +183,44 @@ TEST_F(EliasGpu, CorruptStreamStaysInBounds) {
   for (size_t i = n; i < n + 64; ++i) ASSERT_EQ(out[i], 5.0f) << "wrote past the output at " << i;
 }
 
+// Pointers off their alignment are refused, naming the pointer, before any
+// device call (so this runs without a GPU too): the kernels' fp32 and 32-bit
+// accesses there would be a misaligned-address fault, which ends the CUDA
+// context.
+TEST(EliasApiArgs, PointersOffTheirAlignmentAreRefused) {
+  alignas(16) static char buf[4096];
+  const gradcompEliasParams_t p = params(7, 512, gradcompEliasGamma, gradcompEliasScaleMax);
+  struct Case {
+    const char* name;
+    const void* x;
+    ncclDataType_t t;
+    float* residual;
+    void* out;
+    void* workspace;
+  };
+  float* aligned = reinterpret_cast<float*>(buf + 1024);
+  const Case cases[] = {
+      {"x=", buf + 1, ncclFloat16, nullptr, buf + 256, buf + 2048},
+      {"residual=", buf, ncclFloat32, reinterpret_cast<float*>(buf + 1026), buf + 256, buf + 2048},
+      {"out=", buf, ncclFloat32, aligned, buf + 258, buf + 2048},
+      {"workspace=", buf, ncclBfloat16, aligned, buf + 256, buf + 2049},
+  };
+  for (const Case& c : cases) {
+    EXPECT_EQ(
+        gradcompEliasEncode(c.x, c.t, c.residual, 64, &p, 1, c.out, c.workspace, 1024, nullptr),
+        gradcompInvalidArgument)
+        << c.name;
+    EXPECT_NE(strstr(gradcompGetLastError(), c.name), nullptr) << gradcompGetLastError();
+    EXPECT_NE(strstr(gradcompGetLastError(), "aligned"), nullptr) << gradcompGetLastError();
+  }
+  EXPECT_EQ(
+      gradcompEliasDecode(buf + 256, 64, &p, reinterpret_cast<float*>(buf + 1025), 0, nullptr),
+      gradcompInvalidArgument);
+  EXPECT_NE(strstr(gradcompGetLastError(), "out="), nullptr) << gradcompGetLastError();
+  EXPECT_EQ(gradcompEliasDecode(buf + 258, 64, &p, aligned, 0, nullptr), gradcompInvalidArgument);
+  EXPECT_NE(strstr(gradcompGetLastError(), "in="), nullptr) << gradcompGetLastError();
+}
+
 TEST_F(EliasGpu, SmallWorkspaceIsRefusedWithAClearError) {
   const size_t n = 100000;
   const auto p = params(7, 512, gradcompEliasGamma, gradcompEliasScaleMax);

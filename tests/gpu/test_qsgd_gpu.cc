@@ -195,6 +195,84 @@ TEST_F(QsgdGpu, MisalignedPointersAndAccumulate) {
   EXPECT_EQ(memcmp(accDev.data(), accHost.data(), n * 4), 0);
 }
 
+// The encode's paths by alignment: x and the residual aligned take the warp
+// path's whole-bucket branch without bounds checks (16-byte fp32 / 8-byte
+// fp16 and bf16 loads), either one misaligned the checked branch for every
+// bucket; the encoded bytes at a misaligned word too. Every bucket size with
+// a warp path and the block path (96, 160), every bit width, each input
+// type, error feedback on and off, counts below one bucket, of whole buckets
+// and with a tail, a bucket of zeros, one with a NaN, one with +-Inf: the host
+// codec's bytes and residual, and its decode accumulated into a misaligned
+// output.
+TEST_F(QsgdGpu, EveryBucketBitsTypeAndAlignmentAsOnTheHost) {
+  struct Offsets {
+    size_t x, r, enc, out;  // elements (of x's type, floats, words, floats) past an aligned base
+  };
+  const Offsets offsets[] = {{0, 0, 0, 0}, {1, 0, 1, 3}, {0, 1, 0, 1}, {3, 2, 1, 0}};
+  for (ncclDataType_t t : {ncclFloat32, ncclFloat16, ncclBfloat16}) {
+    const size_t esz = t == ncclFloat32 ? 4 : 2;
+    for (int d : {96, 128, 160, 256, 512, 1024}) {
+      for (size_t n : {(size_t)d - 32, (size_t)(3 * d), (size_t)(4 * d + 37)}) {
+        std::vector<float> x = gctest::normal(n, 11 * n + d);
+        // Bucket 0 all zeros, bucket 1 a NaN, bucket 2 +-Inf.
+        if (n > 2 * (size_t)d) {
+          std::fill(x.begin(), x.begin() + d, 0.0f);
+          x[d + 5] = NAN;
+          x[2 * d + 1] = INFINITY, x[2 * d + 9] = -INFINITY;
+        }
+        std::vector<uint16_t> h = narrow(x, t);
+        const void* hostIn = t == ncclFloat32 ? (const void*)x.data() : (const void*)h.data();
+        const std::vector<float> r0 = gctest::normal(n, 5 + n, 0.1f);
+        const std::vector<float> acc0 = gctest::normal(n, 6 + n);
+        const size_t maxBytes = gradcompQsgdEncodedBytes(n, 8, d);
+        DeviceBuffer<uint8_t> dx((n + 4) * esz);
+        DeviceBuffer<float> dr(n + 4), dout(n + 4);
+        DeviceBuffer<uint32_t> denc(maxBytes / 4 + 4);
+        for (const Offsets& o : offsets) {
+          ASSERT_EQ(cudaMemcpy(dx.get() + o.x * esz, hostIn, n * esz, cudaMemcpyHostToDevice),
+                    cudaSuccess);
+          for (int bits = 2; bits <= 8; ++bits) {
+            for (int ef = 0; ef <= 1; ++ef) {
+              SCOPED_TRACE(testing::Message()
+                           << "type=" << t << " d=" << d << " n=" << n << " bits=" << bits
+                           << " ef=" << ef << " offsets x=" << o.x << " r=" << o.r
+                           << " enc=" << o.enc << " out=" << o.out);
+              const size_t bytes = gradcompQsgdEncodedBytes(n, bits, d);
+              std::vector<float> rHost = r0;
+              std::vector<uint8_t> encHost(bytes);
+              ASSERT_EQ(gradcompQsgdEncodeTypedHost(hostIn, t, ef ? rHost.data() : nullptr, n, bits,
+                                                    d, 4321 + bits, encHost.data()),
+                        gradcompSuccess);
+              std::vector<float> accHost = acc0;
+              ASSERT_EQ(gradcompQsgdDecodeHost(encHost.data(), n, bits, d, accHost.data(), 1),
+                        gradcompSuccess);
+              dr.upload(r0, o.r);
+              dout.upload(acc0, o.out);
+              ASSERT_EQ(gradcompQsgdEncodeEF(dx.get() + o.x * esz, t, ef ? dr.get(o.r) : nullptr, n,
+                                             bits, d, 4321 + bits, denc.get(o.enc), stream),
+                        gradcompSuccess)
+                  << gradcompGetLastError();
+              ASSERT_EQ(gradcompQsgdDecode(denc.get(o.enc), n, bits, d, dout.get(o.out), 1, stream),
+                        gradcompSuccess);
+              ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+              std::vector<uint8_t> encDev(bytes);
+              ASSERT_EQ(cudaMemcpy(encDev.data(), denc.get(o.enc), bytes, cudaMemcpyDeviceToHost),
+                        cudaSuccess);
+              ASSERT_EQ(encDev, encHost);
+              if (ef) {
+                const std::vector<float> rDev = dr.download(n, o.r);
+                ASSERT_EQ(memcmp(rDev.data(), rHost.data(), n * 4), 0);
+              }
+              const std::vector<float> accDev = dout.download(n, o.out);
+              ASSERT_EQ(memcmp(accDev.data(), accHost.data(), n * 4), 0);
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
 TEST_F(QsgdGpu, GraphCaptureReplayEqualsEager) {
   const size_t n = 1 << 16;
   std::vector<float> g = gctest::normal(n, 42);
@@ -228,6 +306,41 @@ TEST_F(QsgdGpu, GraphCaptureReplayEqualsEager) {
   EXPECT_EQ(memcmp(rGraph.data(), rEager.data(), n * 4), 0);
   cudaGraphExecDestroy(exec);
   cudaGraphDestroy(graph);
+}
+
+// Pointers off their element's alignment are refused, naming the pointer and
+// the alignment, before any device call (so this runs without a GPU too).
+TEST(QsgdApiArgs, PointersOffTheirElementAlignmentAreRefused) {
+  alignas(16) static char buf[4096];
+  EXPECT_EQ(gradcompQsgdEncode(buf + 1, ncclFloat32, 64, 4, 32, 1, buf + 256, nullptr),
+            gradcompInvalidArgument);
+  EXPECT_NE(strstr(gradcompGetLastError(), "is not aligned to its element size 4"), nullptr)
+      << gradcompGetLastError();
+  EXPECT_EQ(gradcompQsgdEncodeEF(buf + 3, ncclBfloat16, nullptr, 64, 4, 32, 1, buf + 256, nullptr),
+            gradcompInvalidArgument);
+  EXPECT_NE(strstr(gradcompGetLastError(), "is not aligned to its element size 2"), nullptr)
+      << gradcompGetLastError();
+  EXPECT_EQ(gradcompQsgdEncode(buf, ncclFloat16, 64, 4, 32, 1, buf + 258, nullptr),
+            gradcompInvalidArgument);
+  EXPECT_NE(strstr(gradcompGetLastError(), "must be 4-byte aligned"), nullptr)
+      << gradcompGetLastError();
+  EXPECT_EQ(gradcompQsgdDecode(buf + 2, 64, 4, 32, reinterpret_cast<float*>(buf + 512), 0, nullptr),
+            gradcompInvalidArgument);
+  EXPECT_NE(strstr(gradcompGetLastError(), "in="), nullptr) << gradcompGetLastError();
+  // fp32 arrays off 4 bytes: scalar loads there would be a misaligned-address
+  // fault, which ends the CUDA context.
+  EXPECT_EQ(gradcompQsgdEncodeEF(buf, ncclFloat32, reinterpret_cast<float*>(buf + 1026), 64, 4, 32,
+                                 1, buf + 256, nullptr),
+            gradcompInvalidArgument);
+  EXPECT_NE(strstr(gradcompGetLastError(), "residual="), nullptr) << gradcompGetLastError();
+  EXPECT_NE(strstr(gradcompGetLastError(), "must be 4-byte aligned"), nullptr)
+      << gradcompGetLastError();
+  EXPECT_EQ(
+      gradcompQsgdDecode(buf + 256, 64, 4, 32, reinterpret_cast<float*>(buf + 1025), 0, nullptr),
+      gradcompInvalidArgument);
+  EXPECT_NE(strstr(gradcompGetLastError(), "out="), nullptr) << gradcompGetLastError();
+  EXPECT_NE(strstr(gradcompGetLastError(), "must be 4-byte aligned"), nullptr)
+      << gradcompGetLastError();
 }
 
 TEST_F(QsgdGpu, HostPointerIsRefusedWithAClearError) {

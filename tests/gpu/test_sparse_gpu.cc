@@ -4,7 +4,9 @@
 #include <math.h>
 #include <string.h>
 
+#include <algorithm>
 #include <limits>
+#include <string>
 #include <vector>
 
 #include "gpu_util.h"
@@ -122,6 +124,77 @@ TEST_F(SparseGpu, SelectorsCommitScatterEqualHost) {
           ASSERT_EQ(dval.download(p.kmax), val);
           ASSERT_EQ(memcmp(dv.download(n).data(), hv.data(), n * 4), 0);
           ASSERT_EQ(memcmp(dout.download(n).data(), out.data(), n * 4), 0);
+        }
+      }
+    }
+  }
+}
+
+// The one-pass compaction's edges (a tile is 256 threads x 16 elements; the
+// counts of earlier tiles come by decoupled look-back): sizes within one
+// thread's run, one tile, at and past tile edges, and 1025 tiles, more than
+// an H100/H200 holds resident at once; v aligned (16-byte loads) and one
+// float past it (scalar loads); exact selections whose tie cut falls on a
+// thread edge, a tile edge and mid-thread (all entries equal), with ties
+// left over, and more NaN/Inf (NaN payloads differ) than slots; threshold
+// selections exceeding kmax. Indices and count equal the host's.
+TEST_F(SparseGpu, CompactionEdgesEqualHost) {
+  const size_t tile = 4096;
+  for (size_t n : {(size_t)1, (size_t)15, (size_t)16, (size_t)17, tile - 1, tile, tile + 1,
+                   3 * tile + 5, ((size_t)1 << 22) + 7}) {
+    std::vector<std::vector<float>> cases;
+    cases.push_back(std::vector<float>(n, 0.25f));  // every entry a tie
+    std::vector<float> someLarger(n, 0.25f);
+    for (size_t i = 3; i < n; i += 997) someLarger[i] = -1.0f;
+    cases.push_back(someLarger);
+    std::vector<float> nonFinite = gctest::normal(n, 31 + n);
+    for (size_t i = 0; i < n; ++i) {
+      if (i % 3 == 1) {
+        uint32_t b = 0x7fc00000u | (uint32_t)(i % 7) | (i % 2 ? 0x80000000u : 0u);
+        memcpy(&nonFinite[i], &b, 4);
+      } else if (i % 5 == 2) {
+        nonFinite[i] = i % 2 ? std::numeric_limits<float>::infinity()
+                             : -std::numeric_limits<float>::infinity();
+      }
+    }
+    cases.push_back(nonFinite);
+    cases.push_back(gctest::normal(n, 41 + n));
+    std::vector<size_t> ks = {1, 16, 17, tile, tile + 17, n / 2 + 1, n};
+    for (size_t& k : ks) k = std::min(k, n);
+    DeviceBuffer<float> dv(n + 1);
+    DeviceBuffer<uint32_t> didx(n);
+    DeviceBuffer<uint64_t> dsel(1);
+    DeviceBuffer<char> scratch(gc::cuda::sparseScratchBytes(n, n));
+    for (size_t c = 0; c < cases.size(); ++c) {
+      const std::vector<float>& v = cases[c];
+      for (size_t off : {(size_t)0, (size_t)1}) {
+        dv.upload(v, off);
+        auto check = [&](const char* what, size_t slots, const std::vector<uint32_t>& idx,
+                         uint64_t sel) {
+          ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+          ASSERT_EQ(didx.download(slots), idx)
+              << what << " n=" << n << " case=" << c << " offset=" << off;
+          ASSERT_EQ(dsel.download(1)[0], sel)
+              << what << " n=" << n << " case=" << c << " offset=" << off;
+        };
+        for (size_t k : ks) {
+          std::vector<uint32_t> idx(k);
+          uint64_t sel = 0;
+          gc::host::selectExact(v.data(), n, k, idx.data(), &sel);
+          ASSERT_EQ(gc::cuda::selectExact(dv.get(off), n, k, didx.get(), dsel.get(), scratch.get(),
+                                          stream),
+                    cudaSuccess);
+          check(("exact k=" + std::to_string(k)).c_str(), k, idx, sel);
+        }
+        for (double density : {0.001, 0.05}) {
+          const Plan p = gc::sparse::makePlan(n, density, false, 2, 0.01);
+          std::vector<uint32_t> idx(p.kmax);
+          uint64_t sel = 0;
+          gc::host::selectThreshold(v.data(), n, p, 99 + n, idx.data(), &sel);
+          ASSERT_EQ(gc::cuda::selectThreshold(dv.get(off), n, p, gc::plainKey(99 + n), didx.get(),
+                                              dsel.get(), scratch.get(), stream),
+                    cudaSuccess);
+          check(("threshold density=" + std::to_string(density)).c_str(), p.kmax, idx, sel);
         }
       }
     }

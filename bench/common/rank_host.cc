@@ -1,0 +1,65 @@
+#include "rank_host.h"
+
+#include <chrono>
+#include <vector>
+
+#include "gradcomp/reference.h"
+
+namespace gcbench {
+
+namespace {
+
+ncclDataType_t ncclTypeOf(gc::DType t) {
+  return t == gc::DType::F16 ? ncclFloat16 : (t == gc::DType::BF16 ? ncclBfloat16 : ncclFloat32);
+}
+
+double seconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+}  // namespace
+
+// FNV-1a over 64-bit words (the tail byte by byte); 52 bits, so that a double
+// holds it exactly and the ranks can compare it with a max.
+bool HostRank::resultHash(const void* buf, size_t bytes, double* hash) {
+  const unsigned char* p = static_cast<const unsigned char*>(buf);
+  uint64_t h = 0xcbf29ce484222325ull;
+  size_t i = 0;
+  for (; i + 8 <= bytes; i += 8) {
+    uint64_t w;
+    memcpy(&w, p + i, 8);
+    h = (h ^ w) * 0x100000001b3ull;
+  }
+  for (; i < bytes; ++i) h = (h ^ p[i]) * 0x100000001b3ull;
+  *hash = (double)(h >> 12);
+  return true;
+}
+
+bool HostRank::qsgdKernelTimes(gc::DType t, size_t count, int bits, int bucket, double* encUs,
+                               double* decUs) {
+  std::vector<unsigned char> enc(gradcompQsgdEncodedBytes(count, bits, bucket));
+  std::vector<float> residual(count, 0.0f), out(count, 0.0f);
+  // Repeat until 50 ms have passed so that small sizes are timed too.
+  int reps = 0;
+  double t0 = seconds(), t1 = t0;
+  do {
+    if (gradcompQsgdEncodeTypedHost(send_, ncclTypeOf(t), residual.data(), count, bits, bucket,
+                                    7 + reps, enc.data()) != gradcompSuccess)
+      return false;
+    ++reps;
+    t1 = seconds();
+  } while (t1 - t0 < 0.05);
+  *encUs = (t1 - t0) / reps * 1e6;
+  reps = 0;
+  t0 = t1 = seconds();
+  do {
+    if (gradcompQsgdDecodeHost(enc.data(), count, bits, bucket, out.data(), 1) != gradcompSuccess)
+      return false;
+    ++reps;
+    t1 = seconds();
+  } while (t1 - t0 < 0.05);
+  *decUs = (t1 - t0) / reps * 1e6;
+  return true;
+}
+
+}  // namespace gcbench

@@ -1,0 +1,201 @@
+#!/usr/bin/env python3
+"""CTest check of gradcomp_perf --backend socket: 2 processes on loopback.
+
+Runs the socket backend's ranks as separate processes (OMPI_COMM_WORLD_* set
+here, rank 0's root on 127.0.0.1) with --link-gbps, and checks its JSON:
+every row present and not failed, no wrong element, the same result bits on
+both ranks, the baseline labelled as what it is (our uncompressed call over
+the same links, not NCCL), the wire bytes the CPU world reports for the same
+call, and the socket model recomputed from the row's own measured host times
+(docs/benchmark.md, "A slow link on a CPU machine"). Also: a missing root and
+a missing launcher are refused with a sentence. Timings are never asserted.
+Usage: socket_check.py GRADCOMP_PERF WORKDIR
+"""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+failures = []
+GBPS, LAT = 2.0, 10.0
+
+
+def expect(cond, what):
+    if not cond:
+        failures.append(what)
+        print("FAIL:", what)
+
+
+def close(a, b, rel=1e-6):
+    return a is not None and b is not None and abs(a - b) <= rel * max(abs(a), abs(b), 1e-30)
+
+
+def free_port(span=64):
+    """A port p with p..p+span free now (comm k of a run listens at p + k)."""
+    for _ in range(50):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        p = s.getsockname()[1]
+        s.close()
+        if p + span > 65000:
+            continue
+        ok = True
+        for q in range(p, p + span):
+            t = socket.socket()
+            try:
+                t.bind(("127.0.0.1", q))
+            except OSError:
+                ok = False
+            finally:
+                t.close()
+            if not ok:
+                break
+        if ok:
+            return p
+    raise RuntimeError("no free port range")
+
+
+def run_socket(perf, n, args, json_path):
+    port = free_port()
+    procs = []
+    for r in range(n):
+        env = dict(os.environ, OMPI_COMM_WORLD_RANK=str(r), OMPI_COMM_WORLD_SIZE=str(n),
+                   GRADCOMP_CPU_TIMEOUT="30")
+        cmd = [perf, "--backend", "socket", "--root", "127.0.0.1:%d" % port, "--json",
+               json_path] + args if r == 0 else [perf, "--backend", "socket", "--root",
+                                                 "127.0.0.1:%d" % port] + args
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True, env=env))
+    outs, codes = [], []
+    for p in procs:
+        try:
+            out, _ = p.communicate(timeout=100)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            out, _ = p.communicate()
+        outs.append(out)
+        codes.append(p.returncode)
+    print("$ %d ranks: gradcomp_perf --backend socket %s -> exits %s" % (n, " ".join(args), codes))
+    print(outs[0])
+    for r in range(1, n):
+        if codes[r]:
+            print("rank %d:\n%s" % (r, outs[r]))
+    try:
+        with open(json_path) as f:
+            doc = json.load(f)
+    except (OSError, ValueError):
+        doc = {"rows": []}
+    return codes, outs[0], doc
+
+
+def run_cpu(perf, n, args, json_path):
+    cmd = [perf, "--backend", "cpu", "-N", str(n), "--kernel-rates", "none", "--json",
+           json_path] + args
+    p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                       timeout=100)
+    print("$", " ".join(cmd), "-> exit", p.returncode)
+    with open(json_path) as f:
+        return p.returncode, json.load(f)["rows"]
+
+
+def check_rows(tag, doc, cpu_rows, n, collective):
+    rows = doc["rows"]
+    expect(doc.get("backend") == "socket", "%s: backend socket" % tag)
+    expect(str(doc.get("baseline", "")).startswith("uncompressed over the same TCP links"),
+           "%s: the baseline is labelled as the uncompressed call over the same links" % tag)
+    expect("nccl" not in str(doc.get("baseline", "")).lower().replace("not nccl", ""),
+           "%s: the baseline does not call itself NCCL" % tag)
+    expect(len(rows) == len(cpu_rows) and len(rows) > 0,
+           "%s: as many rows as the CPU world's run (%d vs %d)" % (tag, len(rows), len(cpu_rows)))
+    cpu = {(r["method"], r["dtype"], r["size"]): r for r in cpu_rows}
+    for r in rows:
+        key = (r["method"], r["dtype"], r["size"])
+        t = "%s %s %s %d" % (tag, *key)
+        expect(not r["failed"], "%s: not failed (%s)" % (t, r.get("error")))
+        if r["failed"]:
+            continue
+        expect(r["wrong"] == 0 and r["nccl_wrong"] == 0, "%s: no wrong elements" % t)
+        if collective == "all_reduce":
+            expect(r["identical"] is True, "%s: the same result bits on every rank" % t)
+        else:
+            expect(r["identical"] is None, "%s: reduce-scatter blocks are not compared" % t)
+        c = cpu.get(key)
+        expect(c is not None, "%s: the CPU world ran the same row" % t)
+        if c:
+            expect(r["wire_bytes"] == c["wire_bytes"] and r["algo"] == c["algo"],
+                   "%s: wire bytes and algorithm as in the CPU world (%s %s vs %s %s)" % (
+                       t, r["wire_bytes"], r["algo"], c["wire_bytes"], c["algo"]))
+            expect(r["nccl_wire_bytes"] == c["nccl_wire_bytes"], "%s: baseline bytes" % t)
+        # The socket model, from the row's own host times (never a GPU report's).
+        host, base = r.get("host_us"), r.get("baseline_host_us")
+        expect(host is not None and host > 0 and base is not None and base > 0,
+               "%s: host times measured in this run" % t)
+        expect(len(r["model"]) == 1 and r["model"][0]["link_gbps"] == GBPS,
+               "%s: one model point at --link-gbps" % t)
+        if host is None or base is None or len(r["model"]) != 1:
+            continue
+        m = r["model"][0]
+        # TCP payload of MTU-1500 Ethernet frames: 1448 of 1514 bytes.
+        us = lambda b: b * 8 / (GBPS * 1448 / 1514 * 1e3)  # noqa: E731
+        steps = 1 if collective == "reduce_scatter" else 2
+        if collective == "all_reduce":
+            expect(r["nccl_wire_bytes"] == 2 * (n - 1) / n * r["size"],
+                   "%s: baseline sends 2(N-1)/N of the buffer" % t)
+        base_model = base + us(r["nccl_wire_bytes"]) + steps * LAT
+        g_steps = r["latency_steps"]
+        if r["algo"] == "passthrough":
+            expect(g_steps == steps, "%s: pass-through is the direct two-shot's steps" % t)
+        g_model = host + us(r["wire_bytes"]) + g_steps * LAT
+        expect(close(m["nccl_time_us"], base_model), "%s: baseline model %s == %s" % (
+            t, m["nccl_time_us"], base_model))
+        expect(close(m["time_us"], g_model), "%s: gradcomp model %s == %s" % (
+            t, m["time_us"], g_model))
+        sp = r["nccl_time_us"] / r["time_us"]
+        expect(close(m["measured_vs_model"], sp / (base_model / g_model)),
+               "%s: measured_vs_model = measured speedup / model speedup" % t)
+        expect(close(m["time_vs_model"], r["time_us"] / g_model), "%s: time_vs_model" % t)
+
+
+def main():
+    perf, work = sys.argv[1], sys.argv[2]
+    os.makedirs(work, exist_ok=True)
+    n = 2
+    common = ["-b", "256K", "-e", "1M", "-f", "4", "-n", "1", "-w", "0", "-d", "float,bfloat16",
+              "-m", "none,qsgd,dgc", "-q", "4", "-k", "0.01", "--link-gbps", str(GBPS)]
+    codes, out, doc = run_socket(perf, n, common, os.path.join(work, "socket.json"))
+    expect(codes == [0] * n, "socket run: every rank exits 0 (got %s)" % codes)
+    expect("uncompressed over TCP" in out, "the table's baseline columns say what they are")
+    code, cpu_rows = run_cpu(perf, n, common, os.path.join(work, "cpu.json"))
+    expect(code == 0, "CPU world run exits 0")
+    check_rows("allreduce", doc, cpu_rows, n, "all_reduce")
+
+    rs = ["-C", "reduce_scatter", "-b", "128K", "-e", "128K", "-n", "1", "-w", "0", "-m", "qsgd",
+          "--link-gbps", str(GBPS)]
+    codes, out, doc = run_socket(perf, n, rs, os.path.join(work, "socket_rs.json"))
+    expect(codes == [0] * n, "socket reduce-scatter run: every rank exits 0 (got %s)" % codes)
+    code, cpu_rows = run_cpu(perf, n, rs, os.path.join(work, "cpu_rs.json"))
+    check_rows("reduce_scatter", doc, cpu_rows, n, "reduce_scatter")
+
+    # Refusals: a sentence and exit 2, no hang.
+    env = dict(os.environ, OMPI_COMM_WORLD_RANK="0", OMPI_COMM_WORLD_SIZE="2")
+    env.pop("NCCL_COMM_ID", None)
+    p = subprocess.run([perf, "--backend", "socket"], env=env, stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, text=True, timeout=30)
+    expect(p.returncode == 2 and "--root host:port" in p.stdout,
+           "no root: exit 2 naming --root (got %d: %s)" % (p.returncode, p.stdout.strip()))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMPI_", "PMI", "SLURM"))}
+    p = subprocess.run([perf, "--backend", "socket", "--root", "127.0.0.1:1234"], env=env,
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=30)
+    expect(p.returncode == 2 and "OMPI_COMM_WORLD_RANK" in p.stdout,
+           "no launcher: exit 2 naming the variables (got %d: %s)" % (p.returncode,
+                                                                       p.stdout.strip()))
+    if failures:
+        print("%d check(s) failed" % len(failures))
+        return 1
+    print("all checks passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

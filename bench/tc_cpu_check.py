@@ -1,0 +1,115 @@
+#!/usr/bin/env python3
+"""CTest check of tools/tc_link.sh --cpu: a tiny run over shaped namespaces.
+
+Two ranks of gradcomp_perf --backend socket, each in its own network
+namespace behind a tbf-shaped veth at 1 Gb/s, 1 MB, one timed call; then the
+structure of tc_link.json: one run per method with the measured and modeled
+times, their ratios, the link rate python sockets measured, the ranks' results
+identical and exact within bounds, and none of the GPU report's keys (these are
+host codecs against our own uncompressed call, not GPU kernels against NCCL).
+Timings are never asserted. Skips (exit 77) where namespaces cannot be made
+and shaped: not root, no ip/tc, or the kernel refuses.
+Usage: tc_cpu_check.py SOURCE_DIR BUILD_DIR WORKDIR
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+SKIP = 77
+failures = []
+
+
+def expect(cond, what):
+    if not cond:
+        failures.append(what)
+        print("FAIL:", what)
+
+
+def skip_reason(prefix):
+    if os.geteuid() != 0:
+        return "not root (network namespaces and tc need it)"
+    for tool in ("ip", "tc"):
+        if not shutil.which(tool):
+            return "%s not found (iproute2; tools/deps.sh installs it)" % tool
+    ns = prefix + "probe"
+    steps = [["ip", "netns", "add", ns],
+             ["ip", "-n", ns, "link", "add", "name", "va", "type", "veth", "peer", "name", "vb"],
+             ["ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", "va", "root", "tbf", "rate",
+              "1gbit", "burst", "131072", "latency", "100ms"]]
+    reason = None
+    for cmd in steps:
+        p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if p.returncode != 0:
+            reason = "%s refused: %s" % (" ".join(cmd[:4]), p.stdout.strip())
+            break
+    subprocess.run(["ip", "netns", "del", ns], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return reason
+
+
+def main():
+    src, build, work = sys.argv[1:4]
+    os.makedirs(work, exist_ok=True)
+    # Unique names: other checkouts on this machine may run the same test.
+    prefix = "gcck%d" % (os.getpid() % 100000)
+    reason = skip_reason(prefix)
+    if reason:
+        print("SKIPPED: " + reason)
+        return SKIP
+    env = dict(os.environ, GC_TC_GBPS="1", GC_TC_RANKS="2", GC_TC_SIZE="1M", GC_TC_ITERS="1",
+               GC_TC_PREFIX=prefix)
+    cmd = ["bash", os.path.join(src, "tools", "tc_link.sh"), "--cpu", os.path.abspath(work),
+           os.path.abspath(build)]
+    p = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                       timeout=150)
+    print("$", " ".join(cmd), "-> exit", p.returncode)
+    print(p.stdout)
+    expect(p.returncode == 0, "tc_link.sh --cpu exits 0 (got %d)" % p.returncode)
+    with open(os.path.join(work, "tc_link.json")) as f:
+        doc = json.load(f)
+    expect(doc.get("mode") == "cpu", "mode cpu")
+    expect(doc.get("tc_unavailable_reason") is None, "shaping worked where namespaces can be made")
+    expect(str(doc.get("baseline", "")).startswith("uncompressed over the same TCP links"),
+           "the baseline says what it is")
+    expect(not any(k.startswith(("measured_speedup_tc_", "measured_vs_model_tc_")) for k in doc),
+           "no GPU report keys from a CPU run")
+    runs = doc.get("runs", [])
+    expect(sorted(r.get("method", "?") for r in runs) == ["dgc", "qsgd"],
+           "one run per method (got %s)" % [r.get("method", r.get("error")) for r in runs])
+    for r in runs:
+        tag = "%s N=%s %s Gb/s" % (r.get("method"), r.get("nranks"), r.get("link_gbps"))
+        expect(r.get("shaping") == "netns", "%s: shaped in namespaces" % tag)
+        expect(r.get("nranks") == 2 and r.get("link_gbps") == 1.0 and r.get("size") == 1 << 20,
+               "%s: the sweep asked for" % tag)
+        expect(not r.get("failed") and r.get("exit") == 0, "%s: not failed" % tag)
+        expect(r.get("wrong") == 0 and r.get("identical") is True,
+               "%s: within bounds and identical on both ranks" % tag)
+        expect(isinstance(r.get("link_measured_gbps"), float), "%s: link measured" % tag)
+        expect(r.get("tcp_congestion_control") == "reno", "%s: --cpu's TCP is reno" % tag)
+        for k in ("time_us", "nccl_time_us", "model_time_us", "nccl_model_time_us", "host_us",
+                  "baseline_host_us", "measured_speedup", "model_speedup", "measured_vs_model",
+                  "time_vs_model", "baseline_vs_model", "wire_bytes"):
+            v = r.get(k)
+            expect(isinstance(v, (int, float)) and v > 0, "%s: %s a positive number (%s)" % (
+                tag, k, v))
+        if all(isinstance(r.get(k), (int, float)) and r.get(k) for k in
+               ("measured_speedup", "model_speedup", "measured_vs_model")):
+            expect(abs(r["measured_vs_model"] - r["measured_speedup"] / r["model_speedup"])
+                   <= 1e-9 * r["measured_vs_model"], "%s: measured_vs_model = measured / model" % tag)
+        key = "cpu_%s_measured_speedup_tc_1gbps_n2_1MB" % r.get("method")
+        expect(doc.get(key) == r.get("measured_speedup"), "%s: headline key %s" % (tag, key))
+    md = os.path.join(work, "tc_link.md")
+    expect(os.path.isfile(md) and "baseline (us)" in open(md).read(), "tc_link.md table")
+    # Nothing left behind.
+    left = subprocess.run(["ip", "netns", "list"], stdout=subprocess.PIPE, text=True).stdout
+    expect(prefix not in left, "namespaces removed")
+    if failures:
+        print("%d check(s) failed" % len(failures))
+        return 1
+    print("all checks passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
