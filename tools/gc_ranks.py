@@ -15,7 +15,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -35,11 +34,12 @@ SUMMARY = re.compile(r"summary comm (\S+) rank (\S+) method (\S+): (\d+) calls c
 
 
 def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    # Below the ephemeral range, so that no socket of a concurrent test takes it before the
+    # store binds it (gradcomp._ports).
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                    "python"))
+    from gradcomp._ports import unused_port
+    return unused_port("127.0.0.1")
 
 
 def launch(world, argv, logs_prefix, env=None, timeout=150, gpu="0", preload=None):

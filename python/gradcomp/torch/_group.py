@@ -7,10 +7,10 @@ tensors; gradcomp's CPU reference backend with its ranks connected by TCP
 """
 import itertools
 import os
-import socket
 
 import torch.distributed as dist
 
+from .._ports import unused_port
 from ..comm import Comm
 
 BACKENDS = ("nccl", "cpu")
@@ -61,13 +61,10 @@ def _root_host(store):
 
 
 def _free_port():
-    # The port is free now; the library binds it moments later. A port taken in between makes
-    # rank 0's gradcompCommCreateSocket fail with the library's sentence (no hang).
-    s = socket.socket()
-    s.bind(("", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    # Free now and outside the ephemeral range (gradcomp._ports); the library binds it moments
+    # later. A port taken in between still makes rank 0's gradcompCommCreateSocket fail with
+    # the library's sentence (no hang).
+    return unused_port()
 
 
 def share_root(store, key, rank):
