@@ -12,8 +12,6 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include <stdio.h>
-
 #include <random>
 #include <string>
 #include <thread>
