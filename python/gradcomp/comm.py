@@ -231,6 +231,34 @@ def _key(k):
     return k
 
 
+def run_on_threads(n, body, timeout=300.0):
+    """body(r) for r in 0..n-1, each on its own thread; the results by rank, the first rank's
+    exception re-raised, TimeoutError naming the ranks still running after timeout seconds."""
+    results = [None] * n
+    errors = [None] * n
+
+    def run(r):
+        try:
+            results[r] = body(r)
+        except BaseException as e:  # noqa: BLE001 - re-raised on the caller's thread
+            errors[r] = e
+
+    # Daemon threads: a rank stuck because another failed must not keep the process alive.
+    threads = [threading.Thread(target=run, args=(r,), daemon=True) for r in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    stuck = [r for r, t in enumerate(threads) if t.is_alive()]
+    for e in errors:
+        if e is not None:
+            raise e
+    if stuck:
+        raise TimeoutError(f"ranks {stuck} did not finish within {timeout}s: every rank must "
+                           "make the same gradcomp calls in the same order")
+    return results
+
+
 class CpuWorld:
     """gradcompCommCreateCpu: `nranks` comms of one in-process world (host buffers).
 
@@ -253,29 +281,7 @@ class CpuWorld:
 
     def run(self, fn, timeout=300.0):
         """Calls fn(comm) for every rank on its own thread; returns the results by rank."""
-        results = [None] * self.size
-        errors = [None] * self.size
-
-        def body(r):
-            try:
-                results[r] = fn(self.comms[r])
-            except BaseException as e:  # noqa: BLE001 - re-raised on the caller's thread
-                errors[r] = e
-
-        # Daemon threads: a rank stuck because another failed must not keep the process alive.
-        threads = [threading.Thread(target=body, args=(r,), daemon=True) for r in range(self.size)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout)
-        stuck = [r for r, t in enumerate(threads) if t.is_alive()]
-        for e in errors:
-            if e is not None:
-                raise e
-        if stuck:
-            raise TimeoutError(f"ranks {stuck} did not finish within {timeout}s: every rank must "
-                               "make the same gradcomp calls in the same order")
-        return results
+        return run_on_threads(self.size, lambda r: fn(self.comms[r]), timeout)
 
     def close(self):
         for c in self.comms:

@@ -7,10 +7,8 @@ does in C++), not with the library's own allreduce.
 import ctypes
 import os
 import re
-import socket
 import subprocess
 import sys
-import threading
 import time
 import unittest
 
@@ -468,11 +466,8 @@ class ReduceScatter(unittest.TestCase):
 
 
 def free_root():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return f"127.0.0.1:{port}"
+    from gradcomp._ports import unused_port
+    return f"127.0.0.1:{unused_port('127.0.0.1')}"
 
 
 def socket_run(N, cfg, fn, timeout=120.0, root=None):
@@ -480,31 +475,15 @@ def socket_run(N, cfg, fn, timeout=120.0, root=None):
     comm (ranks connected over 127.0.0.1, as separate processes would be); results by rank,
     the first rank's exception re-raised."""
     root = root or free_root()
-    results, errors = [None] * N, [None] * N
 
     def body(r):
-        comm = None
+        comm = gradcomp.Comm.socket(N, r, root, cfg)
         try:
-            comm = gradcomp.Comm.socket(N, r, root, cfg)
-            results[r] = fn(comm)
-        except BaseException as e:  # noqa: BLE001 - re-raised on the caller's thread
-            errors[r] = e
+            return fn(comm)
         finally:
-            if comm is not None:
-                comm.close()
+            comm.close()
 
-    threads = [threading.Thread(target=body, args=(r,), daemon=True) for r in range(N)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout)
-    stuck = [r for r, t in enumerate(threads) if t.is_alive()]
-    for e in errors:
-        if e is not None:
-            raise e
-    if stuck:
-        raise TimeoutError(f"socket ranks {stuck} did not finish within {timeout}s")
-    return results
+    return gradcomp.comm.run_on_threads(N, body, timeout)
 
 
 @unittest.skipUnless(gradcomp.has("gradcompCommCreateSocket"),
