@@ -239,6 +239,7 @@ def main():
         "lm_val_loss_rel_delta_qsgd4": lm.get("lm_val_loss_rel_delta_qsgd4"),
         "lm_val_loss_rel_delta_dgc": lm.get("lm_val_loss_rel_delta_dgc"),
         "lm_val_loss_rel_delta_powersgd": lm.get("lm_val_loss_rel_delta_powersgd"),
+        "lm_val_loss_rel_delta_qsgd5_hook": lm.get("lm_val_loss_rel_delta_qsgd5_hook"),
         "lm_bytes_ratio_qsgd4_vs_powersgd": lm.get("lm_bytes_ratio_qsgd4_vs_powersgd"),
         "multirank_tests_passed": multi.get("multirank_tests_passed"),
         "multirank_tests_failed": multi.get("multirank_tests_failed"),
@@ -357,6 +358,8 @@ def main():
                 fmt(summary["goals"]["lm_dgc_val_loss_within_3pct"])))
     L.append("| GPT val loss, PowerSGD rank 4 vs uncompressed, relative | %s | reported | |"
              % fmt(summary["lm_val_loss_rel_delta_powersgd"]))
+    L.append("| GPT val loss, QSGD 5-bit hook vs uncompressed, relative | %s | reported | |"
+             % fmt(summary["lm_val_loss_rel_delta_qsgd5_hook"]))
     L.append("| gradient bytes per step, QSGD 4-bit hook / PowerSGD | %s | reported | |"
              % fmt(summary["lm_bytes_ratio_qsgd4_vs_powersgd"]))
     L.append("| 4-bit reduce-scatter modeled speedup over NCCL fp32, 10 Gb/s, N=8, 256 MB input | %s | >= 7x | %s |"
