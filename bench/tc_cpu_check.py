@@ -6,7 +6,9 @@ namespace behind a tbf-shaped veth at 1 Gb/s, 1 MB, one timed call; then the
 structure of tc_link.json: one run per method with the measured and modeled
 times, their ratios, the link rate python sockets measured, the ranks' results
 identical and exact within bounds, and none of the GPU report's keys (these are
-host codecs against our own uncompressed call, not GPU kernels against NCCL).
+host codecs against our own uncompressed call, not GPU kernels against NCCL);
+then the same with GC_TC_AUTO=1 (QSGD with GRADCOMP_AUTO: auto's time, choice
+and regret, and the worst-regret keys).
 Timings are never asserted. Skips (exit 77) where namespaces cannot be made
 and shaped: not root, no ip/tc, or the kernel refuses.
 Usage: tc_cpu_check.py SOURCE_DIR BUILD_DIR WORKDIR
@@ -46,6 +48,52 @@ def skip_reason(prefix):
             break
     subprocess.run(["ip", "netns", "del", ns], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return reason
+
+
+def check_auto(src, build, work, prefix):
+    """GC_TC_AUTO=1: QSGD with GRADCOMP_AUTO beside it over the shaped link (its
+    first call times both paths at 1 MB and 32 MB over the link): auto's time,
+    choice and regret per size, and the worst regret as headline keys."""
+    os.makedirs(work, exist_ok=True)
+    env = dict(os.environ, GC_TC_GBPS="1", GC_TC_RANKS="2", GC_TC_SIZE="1M", GC_TC_ITERS="1",
+               GC_TC_PREFIX=prefix, GC_TC_AUTO="1")
+    cmd = ["bash", os.path.join(src, "tools", "tc_link.sh"), "--cpu", os.path.abspath(work),
+           os.path.abspath(build)]
+    p = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                       timeout=150)
+    print("$ GC_TC_AUTO=1", " ".join(cmd), "-> exit", p.returncode)
+    print(p.stdout)
+    expect(p.returncode == 0, "GC_TC_AUTO=1 tc_link.sh --cpu exits 0 (got %d)" % p.returncode)
+    with open(os.path.join(work, "tc_link.json")) as f:
+        doc = json.load(f)
+    runs = doc.get("runs", [])
+    expect([r.get("method", r.get("error")) for r in runs] == ["qsgd"],
+           "auto: one QSGD run (got %s)" % [r.get("method", r.get("error")) for r in runs])
+    for r in runs:
+        expect(not r.get("failed") and r.get("wrong") == 0 and r.get("identical") is True,
+               "auto: the forced row not failed, within bounds, identical")
+        expect(isinstance(r.get("auto_time_us"), (int, float)) and r["auto_time_us"] > 0,
+               "auto: auto_time_us a positive number (%s)" % r.get("auto_time_us"))
+        expect(r.get("auto_choice") in ("nccl", "compress"), "auto: choice %s" % r.get("auto_choice"))
+        want = None
+        if all(isinstance(r.get(k), (int, float)) for k in ("auto_time_us", "time_us",
+                                                              "nccl_time_us")):
+            want = r["auto_time_us"] / min(r["time_us"], r["nccl_time_us"]) - 1
+        expect(want is not None and abs(r.get("auto_regret", float("nan")) - want) <= 1e-6,
+               "auto: regret = auto / min(forced, baseline) - 1 (%s, want %s)" % (
+                   r.get("auto_regret"), want))
+        expect(doc.get("cpu_auto_regret_max_frac_tc_1gbps_n2") == r.get("auto_regret") and
+               doc.get("cpu_auto_regret_max_frac") == r.get("auto_regret"),
+               "auto: headline keys hold the worst (only) regret")
+        took = r.get("time_us") if r.get("auto_choice") == "compress" else r.get("nccl_time_us")
+        expect(isinstance(took, (int, float)) and want is not None and abs(
+            r.get("auto_choice_regret", float("nan")) -
+            (took / min(r["time_us"], r["nccl_time_us"]) - 1)) <= 1e-9,
+            "auto: choice regret = the row's time of auto's path / the faster - 1")
+        expect(doc.get("cpu_auto_choice_regret_max_frac") == r.get("auto_choice_regret"),
+               "auto: the choice's headline key")
+    md = os.path.join(work, "tc_link.md")
+    expect(os.path.isfile(md) and "auto regret" in open(md).read(), "auto: tc_link.md table")
 
 
 def main():
@@ -101,6 +149,7 @@ def main():
         expect(doc.get(key) == r.get("measured_speedup"), "%s: headline key %s" % (tag, key))
     md = os.path.join(work, "tc_link.md")
     expect(os.path.isfile(md) and "baseline (us)" in open(md).read(), "tc_link.md table")
+    check_auto(src, build, os.path.join(work, "auto"), prefix)
     # Nothing left behind.
     left = subprocess.run(["ip", "netns", "list"], stdout=subprocess.PIPE, text=True).stdout
     expect(prefix not in left, "namespaces removed")

@@ -108,7 +108,8 @@ typedef struct {
   int localSize;
   int autoTune; /* GRADCOMP_AUTO 0/1, default 1: time NCCL and compression (each collective at
                    its first eligible call) and pass through the calls compression would not
-                   speed up (CUDA backend) */
+                   speed up (CUDA backend, and socket comms on the host clock; the
+                   in-process CPU world does not time) */
   /* GRADCOMP_PIPELINE_BYTES, 0 = off (default): two-shot calls larger than
    * this many bytes (of the gradient as fp32) are cut into pieces of about
    * this size whose encode and decode overlap the transfer of the next and
@@ -143,7 +144,9 @@ gradcompResult_t gradcompCommCreateCpu(int nranks, const gradcompConfig_t* confi
  * ("host:port", an IPv4 address or a name); the others connect to it and then
  * to each other (each rank listens on an ephemeral port of its own). Host
  * pointers, stream ignored; the same algorithm code, and results bit for bit,
- * as gradcompCommCreateCpu's in-process world. Collective: every rank calls it
+ * as gradcompCommCreateCpu's in-process world (with autoTune=0: with 1, the
+ * default, a socket comm times its links and passes through the calls
+ * compression would not speed up; the in-process world never does). Collective: every rank calls it
  * with the same nranks, root and config; a rank waits at most cpuTimeoutSec
  * (GRADCOMP_CPU_TIMEOUT) for the others, here and at every collective.
  * localSize L > 1 makes consecutive blocks of L ranks nodes; 0 (auto) groups

@@ -92,8 +92,8 @@ class SetAside {
 };
 
 // Marks between the timed calls, read after one synchronize: CUDA events on
-// the caller's stream, or (tests on the CPU backend, whose calls return when
-// done) the host clock.
+// the caller's stream, or (the CPU backend, whose calls return when done:
+// socket comms, and tests) the host clock.
 class CallTimer {
  public:
   virtual ~CallTimer() = default;
@@ -269,8 +269,8 @@ gradcompResult_t tune(gradcompComm* c, AutoCall k) {
     static std::atomic<bool> logged{false};
     if (!logged.exchange(true)) {
       GC_INFO(
-          "auto: the CPU backend does not time (host times say nothing of a GPU network); "
-          "calls compress as configured");
+          "auto: the in-process CPU world does not time (its ranks share the cores; socket "
+          "comms do); calls compress as configured");
     }
     d.decided = true;
     d.timed = false;

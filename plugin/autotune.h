@@ -3,7 +3,11 @@
 // the comm times NCCL's collective and its own compressed one at two sizes on
 // scratch buffers, the ranks agree on the slowest figures, and a latency +
 // per-element fit of each path says which call sizes compression speeds up;
-// the others pass through to NCCL.
+// the others pass through to NCCL. Who times: the CUDA backend (CUDA events on
+// the caller's stream) and socket comms (gradcompCommCreateSocket: one process
+// per rank over real links, the host clock; the uncompressed call is the
+// transport's direct two-shot). The in-process CPU world does not: its ranks
+// are threads sharing the cores, so its times would say nothing of a network.
 #pragma once
 
 #include <stddef.h>
@@ -44,7 +48,7 @@ enum class AutoCall : int { AllReduce = 0, ReduceScatter = 1 };
 // One collective's decision. The figures are agreed on every rank, so every
 // rank holds the same ranges.
 struct AutoDecision {
-  bool decided = false;   // tuned (or nothing to time: CPU backend) since set-up / retune
+  bool decided = false;   // tuned (or nothing to time: in-process CPU world) since set-up / retune
   bool timed = false;     // ranges below are in force
   bool injected = false;  // tests: tune with injectedFigures instead of timing
   AutoFigures injectedFigures;
@@ -55,8 +59,10 @@ struct AutoDecision {
 
 // Per comm: the host-side flags and one decision per collective.
 struct AutoState {
-  bool tuning = false;      // the set-up's own calls are running: none of them passes
-  bool timeOnHost = false;  // tests: time the CPU backend too, with the host clock
+  bool tuning = false;  // the set-up's own calls are running: none of them passes
+  // Time the CPU backend with the host clock: set by gradcompCommCreateSocket
+  // (and by tests of the in-process world, to reach the timing path).
+  bool timeOnHost = false;
   // The fp32 sizes timed (the reduce-scatter's input, nranks * recvcount,
   // rounded down to a multiple of nranks). They bracket the calls frameworks
   // make (DDP buckets are 25 MB): 1 MB sits at the latency end, 32 MB is long

@@ -254,6 +254,8 @@ gradcompResult_t commCreateSocket(int nranks, int rank, const char* root,
   c->backend = gc::makeCpuBackend();
   c->sparse = gc::makeCpuSparseOps();
   c->transport = gc::makeSocketTransport(mesh, all, rank, 0);
+  // One process per rank over real links: the host clock measures them (auto).
+  c->autoState.timeOnHost = true;
   const gc::SetupVote mine = gc::makeSetupVote(local, c->cfg, gc::hostIdentity(),
                                                local != gradcompSuccess ? why.c_str() : nullptr);
   GC_CHECK(gc::setupSocketHierarchy(c.get(), mine, mesh));

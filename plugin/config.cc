@@ -75,7 +75,8 @@ static const ParamSpec kParams[] = {
     {"GRADCOMP_AUTO", ParamKind::Int, GC_FIELD(autoTune), 0, 1, nullptr, "1",
      "time NCCL and compression (allreduce at the first eligible allreduce, reduce-scatter at "
      "the first eligible reduce-scatter) and pass through the calls compression would not speed "
-     "up; 0 always compresses (CUDA backend; the CPU backend never times)"},
+     "up; 0 always compresses (CUDA backend, and socket comms on the host clock; the "
+     "in-process CPU world never times)"},
     {"GRADCOMP_PIPELINE_BYTES", ParamKind::Size, GC_FIELD(pipelineBytes), 0, 1e18, nullptr, "0",
      "two-shot and ring (flat or as the hierarchy's middle stage; not allgather, "
      "reduce-scatter or the sparse methods): cut calls into pieces of this many bytes (as fp32) "

@@ -29,6 +29,15 @@
 # meet; GC_TC_CC is the namespaces' TCP congestion control (recorded per run):
 # --cpu defaults to reno, since BBR's flows through a tbf shaper leave the
 # link a fifth idle at N = 4 (docs/benchmark.md); empty keeps the system's.
+# GC_TC_AUTO=1 (--cpu): GRADCOMP_AUTO on the real links: QSGD 4-bit over a
+# sweep of sizes from GC_TC_MIN (1M) to GC_TC_SIZE, factor 2, each size forced
+# compression, the uncompressed baseline and auto's time (gradcomp_perf
+# --auto: a fresh autoTune=1 comm whose first call times both paths at 1 MB
+# and 32 MB over the link), auto's choice and regret; the JSON gains
+# cpu_auto_regret_max_frac_tc_<L>gbps_n<N> (worst size) and
+# cpu_auto_regret_max_frac (worst run), and the same of the choice alone
+# (cpu_auto_choice_regret_*: the row's time of the path auto took over the
+# row's faster path, without the noise between auto's calls and the row's).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 
@@ -152,6 +161,10 @@ if [ "$mode" = cpu ]; then
   size=${GC_TC_SIZE:-32M}
   GC_TC_CC=${GC_TC_CC-reno}
   port_step=32  # a run's comms listen at root port + k (gradcomp_perf --root)
+  if [ "${GC_TC_AUTO:-0}" = 1 ]; then
+    sweep=(-b "${GC_TC_MIN:-1M}" -e "$size" -f 2 -m qsgd --auto)
+    port_step=64  # two comms per size
+  fi
 else
   build=${2:-build-gpu}
   gbps_list=${GC_TC_GBPS:-10 25}
@@ -159,6 +172,7 @@ else
   port_step=1
 fi
 perf=$build/bench/gradcomp_perf
+[ -n "${sweep+x}" ] || sweep=(-b "$size" -e "$size" -m qsgd,dgc)
 mkdir -p "$raw"
 runs=$raw/tc_link_runs.tsv
 : > "$runs"
@@ -182,7 +196,7 @@ run_ranks() {  # run_ranks N GBPS TAG: one process per rank over the shaped link
     fi
     "${ns[@]}" env OMPI_COMM_WORLD_RANK="$r" OMPI_COMM_WORLD_SIZE="$n" \
       OMPI_COMM_WORLD_LOCAL_RANK=0 OMPI_COMM_WORLD_LOCAL_SIZE=1 "${backend[@]}" -N "$n" \
-      -b "$size" -e "$size" -n "${GC_TC_ITERS:-3}" -w 1 -m qsgd,dgc -q 4 -k 0.001 \
+      "${sweep[@]}" -n "${GC_TC_ITERS:-3}" -w 1 -q 4 -k 0.001 \
       --link-gbps "$gbps" --json "$raw/tc_link_$tag.json" > "$raw/tc_link_${tag}_r$r.txt" 2>&1 &
     pids+=($!)
   done
@@ -256,6 +270,16 @@ for line in open(os.path.join(raw, "tc_link_runs.tsv")).read().splitlines():
             run.update(host_us=r.get("host_us"), baseline_host_us=r.get("baseline_host_us"),
                        time_vs_model=m.get("time_vs_model"),
                        baseline_vs_model=m.get("baseline_vs_model"))
+        if "auto_time_us" in r:
+            # The regret of the choice itself: the row's own time of the path
+            # auto took over the row's faster path (0 when it took the faster).
+            # auto_regret also holds the noise between auto's calls and the
+            # row's, which on shared cores can exceed the choice's.
+            took = r["time_us"] if r.get("auto_choice") == "compress" else r["nccl_time_us"]
+            best = min(r["time_us"], r["nccl_time_us"])
+            run.update(auto_time_us=r["auto_time_us"], auto_choice=r.get("auto_choice"),
+                       auto_regret=r.get("auto_regret"),
+                       auto_choice_regret=took / best - 1 if took and best else None)
         runs.append(run)
 
 
@@ -276,24 +300,42 @@ if cpu:
     # uncompressed call, not GPU kernels against NCCL.
     for r in runs:
         if r.get("method") and not r.get("failed"):
+            link = ("%g" % r["link_gbps"]).replace(".", "p")
             key = "cpu_%s_measured_speedup_tc_%sgbps_n%d_%dMB" % (
-                r["method"], ("%g" % r["link_gbps"]).replace(".", "p"), r["nranks"], size >> 20)
+                r["method"], link, r["nranks"], r["size"] >> 20)
             doc[key] = r["measured_speedup"]
             doc[key.replace("measured_speedup", "measured_vs_model")] = r["measured_vs_model"]
+            if r.get("auto_regret") is not None:
+                # Worst size of each link and N, and of the whole sweep.
+                key = "cpu_auto_regret_max_frac_tc_%sgbps_n%d" % (link, r["nranks"])
+                doc[key] = max(doc.get(key, r["auto_regret"]), r["auto_regret"])
+                doc["cpu_auto_regret_max_frac"] = max(
+                    doc.get("cpu_auto_regret_max_frac", r["auto_regret"]), r["auto_regret"])
+                c = r["auto_choice_regret"]
+                key = "cpu_auto_choice_regret_max_frac_tc_%sgbps_n%d" % (link, r["nranks"])
+                doc[key] = max(doc.get(key, c), c)
+                doc["cpu_auto_choice_regret_max_frac"] = max(
+                    doc.get("cpu_auto_choice_regret_max_frac", c), c)
     L += ["Each rank a process in its own network namespace, both ends of its veth shaped with "
           "tc tbf; gradcomp_perf --backend socket: the CPU backend's host codecs over gradcomp's "
           "TCP transport. Baseline: %s." % doc.get("baseline", "n/a"), "",
-          "| link | N | shaping | link measured (Gb/s) | load | method | baseline (us) | "
-          "gradcomp (us) | measured x | model x | measured / model | gradcomp / model | "
-          "baseline / model |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+          "| link | N | shaping | link measured (Gb/s) | load | method | size (MB) | "
+          "baseline (us) | gradcomp (us) | measured x | model x | measured / model | "
+          "gradcomp / model | baseline / model | auto (us) | auto choice | auto regret | "
+          "choice regret |",
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
-        L.append("| %g Gb/s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+        L.append("| %g Gb/s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s "
+                 "| %s | %s | %s | %s |" % (
             r["link_gbps"], r["nranks"], r["shaping"], f(r.get("link_measured_gbps")),
             f(r.get("load_avg_1min")), r.get("method", r.get("error", "?")),
+            f(r["size"] / 1048576 if r.get("size") else None, "%g"),
             f(r.get("nccl_time_us"), "%.0f"), f(r.get("time_us"), "%.0f"),
             f(r.get("measured_speedup")), f(r.get("model_speedup")),
             f(r.get("measured_vs_model")), f(r.get("time_vs_model")),
-            f(r.get("baseline_vs_model"))))
+            f(r.get("baseline_vs_model")), f(r.get("auto_time_us"), "%.0f"),
+            r.get("auto_choice") or "-", f(r.get("auto_regret"), "%.3f"),
+            f(r.get("auto_choice_regret"), "%.3f")))
 else:
     doc["measured_speedup_tc_10gbps_n4_256MB"] = pick(10, 4)
     doc["measured_vs_model_tc_10gbps"] = pick(10, 4, key="measured_vs_model")

@@ -342,9 +342,12 @@ bool writeJson(const std::string& path, const Options& o, const RunInfo& info,
             jsonStr(info.rates->report).c_str(), jsonStr(info.rates->gpu).c_str());
   else
     fprintf(f, "  \"kernel_rates\": null,\n");
-  // Auto's regret means something only where it times: the CUDA backend.
+  // Auto's regret means something only where it times: the CUDA backend and
+  // socket comms (the in-process CPU world does not time).
   fprintf(f, "  \"auto_regret_max_frac\": %s,\n",
-          info.backend == "cuda" ? jsonNum(worstAutoRegret(rows)).c_str() : "null");
+          info.backend == "cuda" || info.backend == "socket"
+              ? jsonNum(worstAutoRegret(rows)).c_str()
+              : "null");
   fprintf(f, "  \"kernel_rates_missing\": %s,\n  \"intra_gbps\": %s,\n  \"rows\": [",
           info.rates && !info.rates->ok ? jsonStr(info.rates->reason).c_str() : "null",
           jsonNum(o.intraGbps).c_str());

@@ -1,5 +1,5 @@
-// GRADCOMP_AUTO on the CPU backend, with injected figures (host times say
-// nothing of a GPU network, so the CPU backend never times): the decision
+// GRADCOMP_AUTO on the in-process CPU world, with injected figures (its ranks
+// share the cores, so it never times; socket comms do: test_socket.cc): the decision
 // from the figures against a reference written from the model, the agreement
 // of ranks with different figures, the hook in the allreduce, autoTune=0,
 // retune on request, and the refusal under CUDA-graph capture.

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "gradcomp.h"
+#include "plugin/autotune.h"
 #include "tests/common/cpu_world.h"
 #include "tests/common/test_util.h"
 #include "tests/common/world_checks.h"
@@ -202,6 +203,9 @@ gradcompConfig_t withMethod(gradcompMethod_t m, gradcompAlgo_t a = gradcompAlgoA
   cfg.method = m;
   cfg.algo = a;
   cfg.cpuTimeoutSec = 60;
+  // Bit for bit against the in-process world, which never times: auto must
+  // neither spend time tuning nor pass calls through.
+  cfg.autoTune = 0;
   return cfg;
 }
 
@@ -405,6 +409,178 @@ TEST(Socket, DisagreementOnTheWorldIsRefused) {
   EXPECT_EQ(w0, w1);
   gradcompCommDestroy(c0);
   gradcompCommDestroy(c1);
+}
+
+// GRADCOMP_AUTO over TCP: a socket comm times on the host clock (one process
+// per rank over real links), the ranks agree on the slowest figures over the
+// transport, and every rank decides alike. The calls auto passes through are
+// the uncompressed call's bits (the in-process world with method none); the
+// ones it compresses are the forced compression's (autoTune=0).
+
+gc::AutoFigures autoFigures(float n0, float n1, float c0, float c1) {
+  gc::AutoFigures f;
+  f.smallCount = 1024;
+  f.largeCount = 5120;
+  f.ncclUs[0] = n0;
+  f.ncclUs[1] = n1;
+  f.compUs[0] = c0;
+  f.compUs[1] = c1;
+  return f;
+}
+
+gradcompConfig_t autoOn() {
+  gradcompConfig_t cfg = withMethod(gradcompMethodQsgd);
+  cfg.autoTune = 1;
+  return cfg;
+}
+
+gradcompConfig_t methodNone() {
+  gradcompConfig_t cfg = withMethod(gradcompMethodNone);
+  return cfg;
+}
+
+// The in-process world a socket auto world's calls must equal: forced
+// compression when `compress`, else the uncompressed call.
+void expectOutputsOf(const std::vector<Trace>& got, int N, bool compress, size_t count,
+                     ncclDataType_t t, int steps, bool rs) {
+  gctest::CpuWorld want(N, compress ? withMethod(gradcompMethodQsgd) : methodNone());
+  const std::vector<Trace> w = drive(want, count, t, ncclSum, steps, rs);
+  for (int r = 0; r < N; ++r) {
+    for (int s = 0; s < steps; ++s)
+      ASSERT_EQ(got[r].outputs[s], w[r].outputs[s]) << "rank " << r << " step " << s;
+    if (compress) EXPECT_EQ(got[r].state, w[r].state) << "saved state of rank " << r;
+  }
+}
+
+TEST(SocketAuto, SocketCommsTimeTheInProcessWorldDoesNot) {
+  SocketWorld tcp(2, autoOn());
+  gctest::CpuWorld cpu(2, autoOn());
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_TRUE(tcp.comm(r)->autoState.timeOnHost) << r;
+    EXPECT_FALSE(cpu.comm(r)->autoState.timeOnHost) << r;
+  }
+}
+
+TEST(SocketAuto, FiguresFavouringTheUncompressedCallPassThrough) {
+  const int N = 3;
+  for (bool rs : {false, true}) {
+    SCOPED_TRACE(rs ? "reduce-scatter" : "allreduce");
+    SocketWorld tcp(N, autoOn());
+    for (int r = 0; r < N; ++r) gc::autoInjectFigures(tcp.comm(r), autoFigures(16, 32, 48, 80));
+    const size_t count = N * 2731;
+    const std::vector<Trace> got = drive(tcp, count, ncclFloat32, ncclSum, 2, rs);
+    for (int r = 0; r < N; ++r) {
+      const gc::AutoDecision& d =
+          rs ? tcp.comm(r)->autoState.reduceScatter : tcp.comm(r)->autoState.allReduce;
+      EXPECT_TRUE(d.timed) << r;
+      EXPECT_EQ(got[r].stats.callsAutoPassed, 2u) << r;
+      EXPECT_EQ(got[r].stats.callsPassedThrough, 2u) << r;
+      EXPECT_EQ(got[r].stats.callsCompressed, 0u) << r;
+      EXPECT_EQ(got[r].stats.bytesOnWire, 0u) << r;
+    }
+    expectOutputsOf(got, N, false, count, ncclFloat32, 2, rs);
+  }
+}
+
+TEST(SocketAuto, FiguresFavouringCompressionCompress) {
+  const int N = 3;
+  for (bool rs : {false, true}) {
+    SCOPED_TRACE(rs ? "reduce-scatter" : "allreduce");
+    SocketWorld tcp(N, autoOn());
+    for (int r = 0; r < N; ++r) gc::autoInjectFigures(tcp.comm(r), autoFigures(64, 128, 32, 64));
+    const size_t count = N * 2731;
+    const std::vector<Trace> got = drive(tcp, count, ncclFloat32, ncclSum, 2, rs);
+    for (int r = 0; r < N; ++r) {
+      EXPECT_EQ(got[r].stats.callsAutoPassed, 0u) << r;
+      EXPECT_EQ(got[r].stats.callsCompressed, 2u) << r;
+    }
+    expectOutputsOf(got, N, true, count, ncclFloat32, 2, rs);
+  }
+}
+
+// Each rank measured differently; the slowest figures (agreed over TCP) are a
+// crossover at 5120 fp32 elements that rank 0's own figures alone put below
+// 5000: every rank passes 5000 through and compresses 6000.
+TEST(SocketAuto, RanksWithDifferentFiguresDecideAlike) {
+  const int N = 4;
+  SocketWorld tcp(N, autoOn());
+  for (int r = 0; r < N; ++r) {
+    const float d = (float)(N - 1 - r);
+    gc::autoInjectFigures(tcp.comm(r), autoFigures(16 - d, 80 - 2 * d, 48 - d, 80 - 4 * d));
+  }
+  ASSERT_TRUE(gc::autoRange(autoFigures(13, 74, 45, 68), 4).contains(5000));
+  const std::vector<Trace> passed = drive(tcp, 5000, ncclFloat32, ncclSum, 1, false);
+  for (int r = 0; r < N; ++r) {
+    const gc::AutoDecision& a = tcp.comm(r)->autoState.allReduce;
+    ASSERT_TRUE(a.timed) << r;
+    EXPECT_EQ(a.figures.ncclUs[0], 16.0f) << r;
+    EXPECT_EQ(a.figures.ncclUs[1], 80.0f) << r;
+    EXPECT_EQ(a.figures.compUs[0], 48.0f) << r;
+    EXPECT_EQ(a.figures.compUs[1], 80.0f) << r;
+    EXPECT_EQ(a.range[1].lo, 5121u) << r;
+    EXPECT_EQ(a.range[1].hi, SIZE_MAX) << r;
+    EXPECT_EQ(passed[r].stats.callsAutoPassed, 1u) << r;
+  }
+  expectOutputsOf(passed, N, false, 5000, ncclFloat32, 1, false);
+  const std::vector<Trace> compressed = drive(tcp, 6000, ncclFloat32, ncclSum, 1, false);
+  for (int r = 0; r < N; ++r) {
+    EXPECT_EQ(compressed[r].stats.callsCompressed, 1u) << r;
+    EXPECT_EQ(compressed[r].stats.callsAutoPassed, 1u) << r;
+  }
+  expectOutputsOf(compressed, N, true, 6000, ncclFloat32, 1, false);
+}
+
+// The timing itself over loopback (small sizes, to keep the test short; the
+// path is the one the default 1 MB and 32 MB take): it completes, every rank
+// holds the same agreed figures and ranges, the caller's stats and state are
+// untouched, and the call then does what the ranges say, bit for bit. No
+// timing is asserted: either decision is right here.
+TEST(SocketAuto, RealTimingOnLoopbackAgrees) {
+  const int N = 3;
+  for (bool rs : {false, true}) {
+    SCOPED_TRACE(rs ? "reduce-scatter" : "allreduce");
+    SocketWorld tcp(N, autoOn());
+    for (int r = 0; r < N; ++r) {
+      gc::AutoState& a = tcp.comm(r)->autoState;
+      a.timedCounts[0] = 3 << 10;
+      a.timedCounts[1] = 3 << 14;
+    }
+    const size_t count = N * 4000;
+    const std::vector<Trace> got = drive(tcp, count, ncclFloat32, ncclSum, 2, rs);
+    const gc::AutoDecision& d0 =
+        rs ? tcp.comm(0)->autoState.reduceScatter : tcp.comm(0)->autoState.allReduce;
+    ASSERT_TRUE(d0.timed);
+    EXPECT_EQ(gc::autoCheckFigures(d0.figures), gradcompSuccess) << gradcompGetLastError();
+    EXPECT_EQ(d0.timedCompressed, 2u * (gc::kAutoWarmupCalls + gc::kAutoTimedCalls));
+    for (int r = 0; r < N; ++r) {
+      const gc::AutoDecision& d =
+          rs ? tcp.comm(r)->autoState.reduceScatter : tcp.comm(r)->autoState.allReduce;
+      ASSERT_TRUE(d.timed) << r;
+      EXPECT_EQ(memcmp(&d.figures, &d0.figures, sizeof(d.figures)), 0) << r;
+      for (int i = 0; i < 2; ++i) {
+        EXPECT_EQ(d.range[i].lo, d0.range[i].lo) << r;
+        EXPECT_EQ(d.range[i].hi, d0.range[i].hi) << r;
+      }
+    }
+    const bool compress = d0.range[1].contains(count);
+    for (int r = 0; r < N; ++r) {
+      EXPECT_EQ(got[r].stats.callsCompressed, compress ? 2u : 0u) << r;
+      EXPECT_EQ(got[r].stats.callsAutoPassed, compress ? 0u : 2u) << r;
+    }
+    expectOutputsOf(got, N, compress, count, ncclFloat32, 2, rs);
+    // A retune over TCP agrees again.
+    auto res = tcp.run([&](int r) { return gradcompCommRetune(tcp.comm(r), nullptr); });
+    for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
+    const gc::AutoDecision& e0 =
+        rs ? tcp.comm(0)->autoState.reduceScatter : tcp.comm(0)->autoState.allReduce;
+    for (int r = 1; r < N; ++r) {
+      const gc::AutoDecision& e =
+          rs ? tcp.comm(r)->autoState.reduceScatter : tcp.comm(r)->autoState.allReduce;
+      EXPECT_EQ(memcmp(&e.figures, &e0.figures, sizeof(e.figures)), 0) << r;
+      EXPECT_EQ(e.range[1].lo, e0.range[1].lo) << r;
+      EXPECT_EQ(e.range[1].hi, e0.range[1].hi) << r;
+    }
+  }
 }
 
 }  // namespace
