@@ -22,7 +22,7 @@ STEPS, START, RESUME_AT = 5, 1, 3
 
 
 def config():
-    return gradcomp.Config(from_env=False, method="qsgd", bits=4, min_elements=0)
+    return gradcomp.Config(from_env=False, method="qsgd", bits=4, min_elements=0, auto_tune=0)
 
 
 def param_bytes(params):
