@@ -97,6 +97,18 @@ def launch(world, argv, logs_prefix, env=None, timeout=150, gpu="0", preload=Non
                 pass
             p.wait()
         log.close()
+    if status != "ok":
+        # The caller's temporary directory may go with the logs: say here why it failed.
+        first = bad[0][0] if bad else 0
+        for r in sorted({first, 0}):
+            try:
+                with open(f"{logs_prefix}_r{r}.log", errors="replace") as f:
+                    tail = f.read().splitlines()[-15:]
+            except OSError:
+                continue
+            print(f"gc_ranks: {status}; the end of rank {r}'s log:", flush=True)
+            for line in tail:
+                print(f"  r{r}| {line}", flush=True)
     return status, time.time() - t0
 
 
