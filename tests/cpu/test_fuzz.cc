@@ -1,5 +1,6 @@
 // Seeded fuzz drivers for every parser of external bytes: Elias encodings,
-// sparse slots from the wire, state blobs and GRADCOMP_* strings. Inputs are
+// sparse slots from the wire, state blobs, GRADCOMP_* strings and the TCP
+// transport's messages. Inputs are
 // mutations of valid ones (bit flips, truncations, overwritten words,
 // random bytes), each placed so that it ends at a no-access page. Every
 // outcome must be success or gradcompInvalidArgument, and a refused state
@@ -7,11 +8,13 @@
 // ASan/UBSan build too); GRADCOMP_FUZZ_ITERATIONS=N runs N cases per driver
 // and GRADCOMP_FUZZ_SEED another seed (docs/reliability.md).
 #include <gtest/gtest.h>
+#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "codecs/sparse.h"
@@ -19,6 +22,7 @@
 #include "gradcomp/elias.h"
 #include "tests/common/cpu_world.h"
 #include "tests/common/guarded.h"
+#include "tests/common/loopback.h"
 #include "tests/common/test_util.h"
 
 namespace {
@@ -267,6 +271,133 @@ TEST(Fuzz, ConfigStrings) {
       ASSERT_EQ(memcmp(&cfg, &before, sizeof(cfg)), 0) << name << "='" << v << "'";
     }
   }
+}
+
+// The TCP transport's bytes from a peer (plugin/backends/cpu/socket.cc): a
+// fake rank 1 speaks to a real rank 0. Odd cases send a mutated hello; even
+// ones a valid hello, rank 0's own set-up vote echoed back (so the comm is
+// made), then rank 0's allreduce messages echoed back with one of them
+// mutated, after which the fake rank closes. Rank 0 must come back with a
+// result (success or an error sentence) within its timeout, never crash,
+// hang or write outside its buffers (the ASan build runs this too).
+namespace wire {
+
+bool sendAll(int fd, const void* p, size_t n) {
+  const char* c = static_cast<const char*>(p);
+  while (n) {
+    const ssize_t k = send(fd, c, n, MSG_NOSIGNAL);
+    if (k <= 0) return false;
+    c += k;
+    n -= (size_t)k;
+  }
+  return true;
+}
+
+bool recvAll(int fd, void* p, size_t n) {
+  char* c = static_cast<char*>(p);
+  while (n) {
+    pollfd q = {fd, POLLIN, 0};
+    if (poll(&q, 1, 5000) <= 0) return false;
+    const ssize_t k = recv(fd, c, n, 0);
+    if (k <= 0) return false;
+    c += k;
+    n -= (size_t)k;
+  }
+  return true;
+}
+
+// One whole message (the 48-byte header, whose last word is the payload's
+// length, then the payload); empty when the peer closed or went quiet.
+std::vector<char> recvMessage(int fd) {
+  std::vector<char> m(48);
+  if (!recvAll(fd, m.data(), 48)) return {};
+  uint64_t bytes;
+  memcpy(&bytes, m.data() + 40, 8);
+  if (bytes > (64u << 20)) return {};
+  m.resize(48 + bytes);
+  if (bytes && !recvAll(fd, m.data() + 48, bytes)) return {};
+  return m;
+}
+
+int connectRoot(int port) {
+  for (int attempt = 0; attempt < 500; ++attempt) {
+    const int fd = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a = {};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = htons((uint16_t)port);
+    if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0) return fd;
+    close(fd);
+    usleep(2000);
+  }
+  return -1;
+}
+
+}  // namespace wire
+
+TEST(Fuzz, SocketMessagesFromAPeer) {
+  std::mt19937_64 rng(seed(0x50cc));
+  gradcompConfig_t cfg;
+  gradcompConfigInit(&cfg);
+  cfg.minElements = 0;
+  cfg.autoTune = 0;
+  cfg.cpuTimeoutSec = 2;
+  const size_t n = 4096;  // two equal chunks: rank 0's messages are valid as rank 1's
+  int made = 0, refused = 0;
+  for (int it = 0, iters = iterations(48); it < iters; ++it) {
+    SCOPED_TRACE(testing::Message() << "case " << it);
+    const int port = gctest::freePort();
+    const std::string root = gctest::loopbackRoot(port);
+    gradcompResult_t created = gradcompInternalError, reduced = gradcompInternalError;
+    std::vector<float> x(n, 1.0f);
+    std::thread rank0([&] {
+      gradcompComm_t c = nullptr;
+      created = gradcompCommCreateSocket(2, 0, root.c_str(), &cfg, &c);
+      if (created == gradcompSuccess) {
+        reduced = gradcompAllReduce(x.data(), x.data(), n, ncclFloat32, ncclSum, c, nullptr);
+        gradcompCommDestroy(c);
+      }
+    });
+    const int fd = wire::connectRoot(port);
+    ASSERT_GE(fd, 0);
+    // The hello: magic, nranks, rank, listening port (unused with 2 ranks).
+    struct {
+      uint32_t magic;
+      int32_t nranks, rank;
+      uint16_t port, pad;
+    } hello = {0x47435348, 2, 1, 1, 0};
+    std::vector<char> h(sizeof hello);
+    memcpy(h.data(), &hello, sizeof hello);
+    if (it % 2) {
+      mutate(&h, rng);
+      wire::sendAll(fd, h.data(), h.size());
+    } else {
+      std::vector<char> verdict(200 + 2 * 8);
+      if (wire::sendAll(fd, h.data(), h.size()) &&
+          wire::recvAll(fd, verdict.data(), verdict.size())) {
+        const int mutateAt = (int)(rng() % 3);  // 0: the vote; 1, 2: the allreduce's
+        for (int k = 0;; ++k) {
+          std::vector<char> m = wire::recvMessage(fd);
+          if (m.empty()) break;
+          if (k == mutateAt) mutate(&m, rng);
+          if (!wire::sendAll(fd, m.data(), m.size()) || k == mutateAt) break;
+        }
+      }
+    }
+    close(fd);
+    rank0.join();
+    made += created == gradcompSuccess;
+    refused += created != gradcompSuccess || reduced != gradcompSuccess;
+    for (gradcompResult_t r : {created, reduced}) {
+      EXPECT_TRUE(r == gradcompSuccess || r == gradcompInvalidArgument ||
+                  r == gradcompInvalidUsage || r == gradcompSystemError ||
+                  (r == gradcompInternalError && created != gradcompSuccess))
+          << "result " << r << ": " << gradcompGetLastError();
+    }
+  }
+  // Both sides of the driver were exercised.
+  EXPECT_GT(made, 0);
+  EXPECT_GT(refused, 0);
 }
 
 }  // namespace
