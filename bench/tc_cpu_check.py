@@ -50,22 +50,32 @@ def skip_reason(prefix):
     return reason
 
 
-def check_auto(src, build, work, prefix):
-    """GC_TC_AUTO=1: QSGD with GRADCOMP_AUTO beside it over the shaped link (its
-    first call times both paths at 1 MB and 32 MB over the link): auto's time,
-    choice and regret per size, and the worst regret as headline keys."""
+def run_tc(src, build, work, prefix, auto):
+    """tools/tc_link.sh --cpu at 1 Gb/s, 2 ranks, 1 MB, one call (GC_TC_AUTO=1 when auto) into
+    work; checks it exits 0 and returns its tc_link.json."""
     os.makedirs(work, exist_ok=True)
     env = dict(os.environ, GC_TC_GBPS="1", GC_TC_RANKS="2", GC_TC_SIZE="1M", GC_TC_ITERS="1",
-               GC_TC_PREFIX=prefix, GC_TC_AUTO="1")
+               GC_TC_PREFIX=prefix)
+    tag = ""
+    if auto:
+        env["GC_TC_AUTO"] = "1"
+        tag = "GC_TC_AUTO=1 "
     cmd = ["bash", os.path.join(src, "tools", "tc_link.sh"), "--cpu", os.path.abspath(work),
            os.path.abspath(build)]
     p = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                        timeout=150)
-    print("$ GC_TC_AUTO=1", " ".join(cmd), "-> exit", p.returncode)
+    print("$", tag + " ".join(cmd), "-> exit", p.returncode)
     print(p.stdout)
-    expect(p.returncode == 0, "GC_TC_AUTO=1 tc_link.sh --cpu exits 0 (got %d)" % p.returncode)
+    expect(p.returncode == 0, "%stc_link.sh --cpu exits 0 (got %d)" % (tag, p.returncode))
     with open(os.path.join(work, "tc_link.json")) as f:
-        doc = json.load(f)
+        return json.load(f)
+
+
+def check_auto(src, build, work, prefix):
+    """GC_TC_AUTO=1: QSGD with GRADCOMP_AUTO beside it over the shaped link (its
+    first call times both paths at 1 MB and 32 MB over the link): auto's time,
+    choice and regret per size, and the worst regret as headline keys."""
+    doc = run_tc(src, build, work, prefix, auto=True)
     runs = doc.get("runs", [])
     expect([r.get("method", r.get("error")) for r in runs] == ["qsgd"],
            "auto: one QSGD run (got %s)" % [r.get("method", r.get("error")) for r in runs])
@@ -105,17 +115,7 @@ def main():
     if reason:
         print("SKIPPED: " + reason)
         return SKIP
-    env = dict(os.environ, GC_TC_GBPS="1", GC_TC_RANKS="2", GC_TC_SIZE="1M", GC_TC_ITERS="1",
-               GC_TC_PREFIX=prefix)
-    cmd = ["bash", os.path.join(src, "tools", "tc_link.sh"), "--cpu", os.path.abspath(work),
-           os.path.abspath(build)]
-    p = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                       timeout=150)
-    print("$", " ".join(cmd), "-> exit", p.returncode)
-    print(p.stdout)
-    expect(p.returncode == 0, "tc_link.sh --cpu exits 0 (got %d)" % p.returncode)
-    with open(os.path.join(work, "tc_link.json")) as f:
-        doc = json.load(f)
+    doc = run_tc(src, build, work, prefix, auto=False)
     expect(doc.get("mode") == "cpu", "mode cpu")
     expect(doc.get("tc_unavailable_reason") is None, "shaping worked where namespaces can be made")
     expect(str(doc.get("baseline", "")).startswith("uncompressed over the same TCP links"),

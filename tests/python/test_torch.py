@@ -4,7 +4,6 @@ ranks) against a serial reference, with its checkpoint resume. Skipped, with the
 PyTorch is not installed; the multi-rank GPU checks are tools/torch_hooks_check.py's
 (tools/gpu-check.sh step torch_hooks)."""
 import os
-import socket
 import sys
 import threading
 import unittest
@@ -12,6 +11,8 @@ import warnings
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(HERE)), "python"))
+
+from gradcomp._ports import unused_port  # noqa: E402
 
 try:
     import torch
@@ -30,10 +31,7 @@ class TorchRefusals(unittest.TestCase):
         cls.gt = gt
 
     def test_gloo_group_is_refused_with_what_to_do(self):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-        s.close()
+        port = unused_port("127.0.0.1")
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0,
                                 world_size=1)
         try:
@@ -52,10 +50,7 @@ class TorchRefusals(unittest.TestCase):
     def test_single_rank_group_is_refused(self):
         from unittest import mock
 
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-        s.close()
+        port = unused_port("127.0.0.1")
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0,
                                 world_size=1)
         try:  # an NCCL group of one rank, as far as the check can tell
@@ -493,10 +488,7 @@ class RealDdpBuckets(unittest.TestCase):
         return [p.detach().clone() for p in model.parameters()], state
 
     def test_real_buckets(self):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-        s.close()
+        port = unused_port("127.0.0.1")
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0,
                                 world_size=1)
         try:
