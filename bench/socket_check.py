@@ -32,28 +32,12 @@ def close(a, b, rel=1e-6):
 
 
 def free_port(span=64):
-    """A port p with p..p+span free now (comm k of a run listens at p + k)."""
-    for _ in range(50):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        p = s.getsockname()[1]
-        s.close()
-        if p + span > 65000:
-            continue
-        ok = True
-        for q in range(p, p + span):
-            t = socket.socket()
-            try:
-                t.bind(("127.0.0.1", q))
-            except OSError:
-                ok = False
-            finally:
-                t.close()
-            if not ok:
-                break
-        if ok:
-            return p
-    raise RuntimeError("no free port range")
+    """A port p with p..p+span free now (comm k of a run listens at p + k), below the
+    ephemeral range (gradcomp._ports)."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                    "python"))
+    from gradcomp._ports import unused_port
+    return unused_port("127.0.0.1", span)
 
 
 def run_socket(perf, n, args, json_path):
