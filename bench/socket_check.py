@@ -13,7 +13,6 @@ Usage: socket_check.py GRADCOMP_PERF WORKDIR
 """
 import json
 import os
-import socket
 import subprocess
 import sys
 
