@@ -1,6 +1,6 @@
 """One rank of test_torch.CpuBackendDdp / CpuBackendFsdp: gradcomp.torch with backend="cpu"
 on real DDP / FSDP2 over gloo, gradcomp's comm made from the process group (TCP between the
-ranks). Usage: cpu_backend_rank.py ddp|fsdp OUT (the env:// variables from tools/gc_ranks.py).
+ranks). Usage: cpu_backend_rank.py ddp|fsdp|dgc OUT (the env:// variables from tools/gc_ranks.py).
 
 Records every call the hook (DDP) or the reduce-scatter (FSDP) gets, its input before and its
 result after, in call order, for the test to compare with a serial reference on the in-process
@@ -147,11 +147,72 @@ def fsdp(out, rank):
     return records, {"stats": stats, "param_hash": hashlib.sha256(full).hexdigest()}
 
 
+def dgc(out, rank):
+    """DGC's momentum correction through state.param_groups: gradcomp keeps u = m*u + g for
+    the compressed parameters, the optimizer's group for them has momentum 0. At density 1
+    without momentum masking every step sends all of u, so the run must follow momentum SGD
+    on plain DDP (up to the order of the sums: sum of u_r against u of the sum)."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    def make():
+        # One compressed parameter (0.weight, 2048 elements): its key, and so its velocity,
+        # survives DDP's bucket rebuild after step 0 (a bucket whose compressed parameters
+        # come in another order gets a new key and a fresh state), so compression can start
+        # at step 0 and the run follows momentum SGD from the first step.
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 5))
+
+    m = 0.9
+    res = {}
+    ref = make()
+    d_ref = DDP(ref)
+    o_ref = torch.optim.SGD(d_ref.parameters(), lr=0.05, momentum=m)
+    runs = {"ref": (d_ref, o_ref)}
+    states = []
+    # "groups": as documented; "twice": every parameter with the optimizer's momentum too,
+    # the mistake param_groups exists to prevent (the test checks it is told apart).
+    for name in ("groups", "twice"):
+        model = make()
+        d = DDP(model, bucket_cap_mb=100)
+        st = gct.GradcompState(module=model, start_iter=0, backend="cpu",
+                               config=gradcomp.Config(from_env=False, method="dgc", density=1.0,
+                                                      momentum=m, momentum_masking=0,
+                                                      min_elements=0, auto_tune=0))
+        d.register_comm_hook(st, gct.gradcomp_hook)
+        groups = st.param_groups(d.parameters())
+        if name == "groups":
+            res["membership"] = [[(n, g["momentum"]) for n, p in model.named_parameters()
+                              if any(p is q for q in g["params"])] for g in groups]
+            opt = torch.optim.SGD(groups, lr=0.05)
+        else:
+            opt = torch.optim.SGD(d.parameters(), lr=0.05, momentum=m)
+        runs[name] = (d, opt)
+        states.append(st)
+    for step in range(6):
+        x, y = batch(step, rank, 32)
+        for d, opt in runs.values():
+            opt.zero_grad(set_to_none=True)
+            nn.functional.cross_entropy(d(x), y).backward()
+            opt.step()
+    for name, (d, _) in runs.items():
+        res[name] = [p.detach().clone() for p in d.parameters()]
+    res["stats"] = states[0].stats()
+    qsgd = gct.GradcompState(module=ref, backend="cpu", config=config())
+    res["qsgd_groups"] = len(qsgd.param_groups(ref.parameters()))
+    off = gct.GradcompState(module=ref, backend="cpu", method="dgc", momentum_correction=0,
+                            min_elements=0, auto_tune=0)
+    res["uncorrected_groups"] = len(off.param_groups(ref.parameters()))
+    for st in states + [qsgd, off]:
+        st.close()
+    return [res], {"param_hash": hashlib.sha256(param_bytes(runs["groups"][0].parameters()))
+                   .hexdigest()}
+
+
 def main():
     mode, out = sys.argv[1], sys.argv[2]
     dist.init_process_group("gloo")
     rank = dist.get_rank()
-    records, res = (ddp if mode == "ddp" else fsdp)(out, rank)
+    records, res = {"ddp": ddp, "fsdp": fsdp, "dgc": dgc}[mode](out, rank)
     torch.save(records, f"{out}.rank{rank}.pt")
     with open(f"{out}.rank{rank}.json", "w") as f:
         json.dump(res, f)

@@ -733,6 +733,35 @@ class CpuBackendDdp(unittest.TestCase):
 
 
 @unittest.skipIf(torch is None, "PyTorch is not installed")
+class CpuBackendDgcMomentum(unittest.TestCase):
+    """DGC's momentum correction from PyTorch: GradcompState.param_groups gives the parameters
+    gradcomp compresses an optimizer group with momentum 0 (gradcomp keeps their velocity) and
+    the others momentum m. At density 1 without masking all of u is sent every step, so 6 steps
+    of DDP with the hook and plain SGD on those groups follow momentum SGD on plain DDP to
+    float rounding; giving the compressed parameters the optimizer's momentum as well (the
+    mistake the groups prevent) is off by far more."""
+
+    def test_param_groups_make_dgc_follow_momentum_sgd(self):
+        records, results = launch_ranks(self, "dgc")
+        self.assertEqual(results[0]["param_hash"], results[1]["param_hash"])
+        for r, (res,) in enumerate(records):
+            full, comp = res["membership"]
+            self.assertEqual(sorted(n for n, _ in comp), res["stats"]["compressed_params"])
+            self.assertEqual(sorted(n for n, _ in full), res["stats"]["full_precision_params"])
+            self.assertEqual({mo for _, mo in comp}, {0.0})
+            self.assertEqual({round(mo, 6) for _, mo in full}, {0.9})
+            self.assertEqual(res["stats"]["gradcomp"]["dense_fallbacks"],
+                             res["stats"]["compressed_calls"])
+            worst = max(float((a - b).abs().max()) for a, b in zip(res["groups"], res["ref"]))
+            twice = max(float((a - b).abs().max()) for a, b in zip(res["twice"], res["ref"]))
+            self.assertLess(worst, 1e-5, f"rank {r}: the DGC run is {worst} from momentum SGD")
+            self.assertGreater(twice, 100 * max(worst, 1e-7),
+                               f"rank {r}: momentum applied twice is only {twice} away")
+            self.assertEqual(res["qsgd_groups"], 1)
+            self.assertEqual(res["uncorrected_groups"], 1)
+
+
+@unittest.skipIf(torch is None, "PyTorch is not installed")
 class CpuBackendFsdp(unittest.TestCase):
     """GradcompReduceScatter with GradcompState(backend="cpu") under FSDP2 on gloo (2
     processes): every call's output on every rank is bit for bit the library's keyed

@@ -207,6 +207,34 @@ class GradcompState:
             return self._param_names[id(p)]
         return f"bucket parameter {i} {tuple(p.shape)}"
 
+    def is_compressed(self, p):
+        """True when the hook compresses parameter p: dim() > 1 (unless exclude_1d=False) and
+        at least layer_min_size elements; the others go through torch's allreduce."""
+        return not (p.numel() < self.layer_min_size or (self.exclude_1d and p.dim() <= 1))
+
+    def param_groups(self, params):
+        """Optimizer parameter groups that fit the method: with DGC's momentum correction
+        (method="dgc", momentum_correction=1, the default) gradcomp applies the momentum
+        u = m*u + g itself, before selection, to every parameter it compresses (DGC's rule:
+        accumulate the velocity, not the gradient), so the optimizer must apply none to them
+        and momentum m to the full-precision rest:
+
+            opt = torch.optim.SGD(state.param_groups(model.parameters()), lr=0.1)
+
+        gives the compressed parameters a group with momentum 0 and the others one with
+        momentum m (GRADCOMP_MOMENTUM, the state's momentum setting), so one setting
+        rules both. Other methods: one group of all parameters, the optimizer's own momentum
+        (pass it to the optimizer as usual). Empty groups are left out."""
+        params = list(params)
+        cfg = self.config
+        if not (cfg.method == "dgc" and cfg.momentum_correction):
+            return [{"params": params}]
+        comp = [p for p in params if self.is_compressed(p)]
+        full = [p for p in params if not self.is_compressed(p)]
+        groups = [{"params": full, "momentum": float(cfg.momentum)},
+                  {"params": comp, "momentum": 0.0}]
+        return [g for g in groups if g["params"]]
+
     def _plan(self, bucket):
         params = bucket.parameters()
         sig = tuple(id(p) for p in params)
@@ -216,8 +244,7 @@ class GradcompState:
         comp, full, off = [], [], 0
         for i, p in enumerate(params):
             n = p.numel()
-            small = n < self.layer_min_size or (self.exclude_1d and p.dim() <= 1)
-            (full if small else comp).append((off, n, p, i))
+            (comp if self.is_compressed(p) else full).append((off, n, p, i))
             off += n
         if self._param_ids is not None:
             missing = [i for _, _, p, i in comp if id(p) not in self._param_ids]
