@@ -224,7 +224,10 @@ class GradcompState:
         gives the compressed parameters a group with momentum 0 and the others one with
         momentum m (GRADCOMP_MOMENTUM, the state's momentum setting), so one setting
         rules both. Other methods: one group of all parameters, the optimizer's own momentum
-        (pass it to the optimizer as usual). Empty groups are left out."""
+        (pass it to the optimizer as usual). Empty groups are left out. The start_iter steps
+        before compression (2 by default) update the compressed parameters without momentum;
+        a bucket whose compressed parameters DDP regroups in another order gets a new key and
+        so a fresh velocity (the default start_iter compresses only rebuilt buckets)."""
         params = list(params)
         cfg = self.config
         if not (cfg.method == "dgc" and cfg.momentum_correction):
