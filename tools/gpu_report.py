@@ -240,6 +240,8 @@ def main():
         "lm_val_loss_rel_delta_dgc": lm.get("lm_val_loss_rel_delta_dgc"),
         "lm_val_loss_rel_delta_powersgd": lm.get("lm_val_loss_rel_delta_powersgd"),
         "lm_val_loss_rel_delta_qsgd5_hook": lm.get("lm_val_loss_rel_delta_qsgd5_hook"),
+        "lm_val_loss_rel_delta_qsgd4_sgd": lm.get("lm_val_loss_rel_delta_qsgd4_sgd"),
+        "lm_val_loss_rel_delta_dgc_sgd": lm.get("lm_val_loss_rel_delta_dgc_sgd"),
         "lm_bytes_ratio_qsgd4_vs_powersgd": lm.get("lm_bytes_ratio_qsgd4_vs_powersgd"),
         "multirank_tests_passed": multi.get("multirank_tests_passed"),
         "multirank_tests_failed": multi.get("multirank_tests_failed"),
@@ -360,6 +362,11 @@ def main():
              % fmt(summary["lm_val_loss_rel_delta_powersgd"]))
     L.append("| GPT val loss, QSGD 5-bit hook vs uncompressed, relative | %s | reported | |"
              % fmt(summary["lm_val_loss_rel_delta_qsgd5_hook"]))
+    L.append("| GPT val loss, QSGD 4-bit hook under momentum SGD vs uncompressed momentum SGD, "
+             "relative | %s | reported | |" % fmt(summary["lm_val_loss_rel_delta_qsgd4_sgd"]))
+    L.append("| GPT val loss, DGC 0.1%% in its setting (momentum SGD, momentum correction) vs "
+             "uncompressed momentum SGD, relative | %s | reported | |"
+             % fmt(summary["lm_val_loss_rel_delta_dgc_sgd"]))
     L.append("| gradient bytes per step, QSGD 4-bit hook / PowerSGD | %s | reported | |"
              % fmt(summary["lm_bytes_ratio_qsgd4_vs_powersgd"]))
     L.append("| 4-bit reduce-scatter modeled speedup over NCCL fp32, 10 Gb/s, N=8, 256 MB input | %s | >= 7x | %s |"

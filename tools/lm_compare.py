@@ -20,6 +20,14 @@ steps, batches and seeds for every run:
   fp16            PyTorch's fp16_compress_hook
   none_reseed     uncompressed again, another data order (GC_LM_DATA_SEED): its difference
                   from `none` is the noise floor the other runs' differences stand on
+  none_sgd        uncompressed DDP with momentum SGD (0.9, lr GC_LM_SGD_LR) instead of AdamW
+  qsgd4_sgd_hook  qsgd4_hook under momentum SGD, compared with none_sgd (on the CPU study
+                  4-bit was +3.1% under AdamW and -0.02% under momentum SGD)
+  dgc_sgd_hook    DGC 0.1% in DGC's own setting: momentum SGD with gradcomp's momentum
+                  correction (the velocity is accumulated before selection; the optimizer's
+                  groups from GradcompState.param_groups: no momentum for what is compressed),
+                  masking and the same warm-up; compared with none_sgd, not with AdamW's none
+                  (key lm_val_loss_rel_delta_dgc_sgd, reported beside the goal's _dgc)
 
 Compressed runs start at step 2 (after DDP's bucket rebuild; PowerSGD needs
 start_powerSGD_iter > 1), the preload from step 0. AdamW, lr 1e-3 after 20
@@ -64,6 +72,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
 WARMUP, LR, START_ITER, SEED = 20, 1e-3, 2, 1234
+# The *_sgd runs: momentum SGD, DGC's own setting (momentum correction on: gradcomp keeps the
+# velocity of what it compresses, GradcompState.param_groups gives those parameters no optimizer
+# momentum). Learning rate GC_LM_SGD_LR, by default the best of uncompressed runs at 0.1, 0.3,
+# 0.5 and 1 for the CPU model (0.5 and 1 diverge; bench/results/2026-12-01-cpu-lm/README.md) and
+# 0.1 for the GPU study's, which diverges at 0.3 (a 100-step CPU probe of its model at one
+# rank's batch: bench/results/2026-12-01-cpu-lm/sgd_probe.md).
+SGD_MOMENTUM = 0.9
+OPT = os.environ.get("GC_LM_OPT", "adamw")
 # The data order's seed (the model's initialisation keeps SEED): none_reseed changes it.
 DATA_SEED = int(os.environ.get("GC_LM_DATA_SEED", SEED))
 
@@ -72,7 +88,7 @@ def configure(device, smoke, steps=None):
     """The run's sizes. device "cpu": gloo on the CPU, the hook runs on gradcomp's CPU
     backend, a smaller GPT; smoke: a tiny model and a few steps through the same code. The
     ranks get both through GC_LM_DEVICE, GC_LM_SMOKE and GC_LM_STEPS."""
-    global DEVICE, SMOKE, STEPS, BATCH, CTX, WIDTH, LAYERS, HEADS, EVAL_EVERY, EVAL_BATCHES
+    global DEVICE, SMOKE, STEPS, BATCH, CTX, WIDTH, LAYERS, HEADS, EVAL_EVERY, EVAL_BATCHES, SGD_LR
     DEVICE, SMOKE = device, bool(smoke)
     if SMOKE:
         BATCH, CTX, WIDTH, LAYERS, HEADS, EVAL_EVERY, EVAL_BATCHES = 4, 32, 32, 1, 2, 2, 2
@@ -81,6 +97,7 @@ def configure(device, smoke, steps=None):
     else:
         BATCH, CTX, WIDTH, LAYERS, HEADS, EVAL_EVERY, EVAL_BATCHES = 16, 128, 256, 4, 4, 25, 8
     STEPS = int(steps) if steps else (6 if SMOKE else 500 if DEVICE == "cpu" else 300)
+    SGD_LR = float(os.environ.get("GC_LM_SGD_LR", "0.3" if DEVICE == "cpu" else "0.1"))
 
 
 configure(os.environ.get("GC_LM_DEVICE", "cuda"), os.environ.get("GC_LM_SMOKE") == "1",
@@ -102,19 +119,34 @@ def runs():
         ("powersgd", "powersgd", {}, False),
         ("fp16", "fp16", {}, False),
         ("none_reseed", "ddp", {"GC_LM_DATA_SEED": str(SEED + 1)}, False),
+        ("none_sgd", "ddp", {"GC_LM_OPT": "sgd"}, False),
+        ("qsgd4_sgd_hook", "hook", dict(qsgd, GRADCOMP_BITS="4", GC_LM_OPT="sgd"), False),
+        ("dgc_sgd_hook", "hook", {"GRADCOMP_METHOD": "dgc", "GRADCOMP_DENSITY": "0.001",
+                                  "GRADCOMP_WARMUP_STEPS": str(STEPS // 5),
+                                  "GRADCOMP_MOMENTUM": str(SGD_MOMENTUM),
+                                  "GRADCOMP_MOMENTUM_CORRECTION": "1", "GC_LM_OPT": "sgd"}, False),
     ]
+
+
+def baseline(name):
+    """The uncompressed run a run is compared with: the one with the same optimizer."""
+    return "none_sgd" if dict((r[0], r[2]) for r in runs())[name].get("GC_LM_OPT") == "sgd" \
+        and name != "none_sgd" else "none"
 
 
 # The order the runs are made in: those the goals need first, so that a spent time budget
 # skips the others (qsgd4_hook, dgc_hook and powersgd give the report's goal keys).
-PRIORITY = ["none", "qsgd4_hook", "powersgd", "dgc_hook", "qsgd4_preload", "fp16", "qsgd5_hook",
-            "qsgd2_hook", "none_reseed"]
+PRIORITY = ["none", "qsgd4_hook", "powersgd", "dgc_hook", "qsgd4_preload", "fp16", "qsgd2_hook",
+            "none_sgd", "qsgd4_sgd_hook", "dgc_sgd_hook", "qsgd5_hook", "none_reseed"]
 LABELS = {"none": "uncompressed", "qsgd4_preload": "gradcomp QSGD 4-bit (LD_PRELOAD)",
           "qsgd4_hook": "gradcomp QSGD 4-bit (hook, layer-aware)",
           "qsgd2_hook": "gradcomp QSGD 2-bit (hook)", "qsgd5_hook": "gradcomp QSGD 5-bit (hook)",
           "dgc_hook": "gradcomp DGC 0.1% (hook)",
           "powersgd": "PowerSGD rank 4 (torch hook)", "fp16": "fp16 compress (torch hook)",
-          "none_reseed": "uncompressed, another data order (noise floor)"}
+          "none_reseed": "uncompressed, another data order (noise floor)",
+          "none_sgd": "uncompressed, momentum SGD (vs AdamW)",
+          "qsgd4_sgd_hook": "gradcomp QSGD 4-bit (hook), momentum SGD (vs SGD)",
+          "dgc_sgd_hook": "gradcomp DGC 0.1%, momentum SGD + correction (vs SGD)"}
 
 
 # ------------------------------------------------------------------ data, model
@@ -178,7 +210,7 @@ def sizes(world):
     """What a run's result depends on besides its mode: --keep reuses a result only if equal."""
     return {"width": WIDTH, "layers": LAYERS, "heads": HEADS, "context": CTX, "batch": BATCH,
             "steps": STEPS, "world": world, "device": DEVICE, "data_seed": DATA_SEED,
-            "eval_every": EVAL_EVERY, "eval_batches": EVAL_BATCHES}
+            "eval_every": EVAL_EVERY, "eval_batches": EVAL_BATCHES, "sgd_lr": SGD_LR}
 
 
 # ------------------------------------------------------------------ one rank
@@ -235,7 +267,13 @@ def worker(args):
             ddp.register_comm_hook(st, psgd.powerSGD_hook)
         else:
             ddp.register_comm_hook(None, default_hooks.fp16_compress_hook)
-    opt = torch.optim.AdamW(ddp.parameters(), lr=LR, weight_decay=0.0)
+    if OPT == "sgd":
+        # Under DGC's momentum correction gradcomp applies the momentum of what it compresses.
+        groups = state.param_groups(ddp.parameters()) if state is not None else \
+            [{"params": list(ddp.parameters())}]
+        opt = torch.optim.SGD(groups, lr=SGD_LR, momentum=SGD_MOMENTUM)
+    else:
+        opt = torch.optim.AdamW(ddp.parameters(), lr=LR, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / WARMUP))
     lossf = nn.CrossEntropyLoss()
     gen = torch.Generator().manual_seed(DATA_SEED * 1000 + rank)  # rank's batches
@@ -292,6 +330,10 @@ def worker(args):
            "corpus_train_bytes": len(train_b), "corpus_val_bytes": len(val_b),
            "hook_stats": state.stats() if state is not None else None,
            "preload_loaded": gc_ranks.preload_loaded(), "sizes": sizes(world),
+           "optimizer": {"name": OPT, "lr": SGD_LR if OPT == "sgd" else LR,
+                         "momentum": SGD_MOMENTUM if OPT == "sgd" else None,
+                         "groups": [{"n": len(g["params"]), "momentum": g["momentum"]}
+                                    for g in opt.param_groups] if OPT == "sgd" else None},
            "torch_version": torch.__version__}
     return gc_ranks.finish_rank(res, rank, args.out, state)
 
@@ -405,8 +447,8 @@ def main():
            "lm_overrides": overrides,
            "lm_smoke": SMOKE, "lm_model": {"width": WIDTH, "layers": LAYERS, "heads": HEADS,
                                            "context": CTX, "batch_per_rank": BATCH}}
-    base = results.get("none")
     for name, r in results.items():
+        base = results.get(baseline(name))
         rep[f"lm_val_loss_{name}"] = r["final_val_loss"]
         rep[f"lm_bytes_per_step_{name}"] = r["bytes_per_step"]
         rep[f"lm_params_identical_{name}"] = r["params_identical"]
@@ -418,7 +460,8 @@ def main():
         if base and name != "none" and r["final_val_loss"] is not None:
             rep[f"lm_val_loss_rel_delta_{name}"] = (r["final_val_loss"] - base["final_val_loss"]) \
                 / base["final_val_loss"]
-    for key, name in (("qsgd4", "qsgd4_hook"), ("dgc", "dgc_hook"), ("powersgd", "powersgd")):
+    for key, name in (("qsgd4", "qsgd4_hook"), ("dgc", "dgc_hook"), ("powersgd", "powersgd"),
+                      ("qsgd4_sgd", "qsgd4_sgd_hook"), ("dgc_sgd", "dgc_sgd_hook")):
         if f"lm_val_loss_rel_delta_{name}" in rep:
             rep[f"lm_val_loss_rel_delta_{key}"] = rep[f"lm_val_loss_rel_delta_{name}"]
     q, ps = rep.get("lm_bytes_per_step_qsgd4_hook"), rep.get("lm_bytes_per_step_powersgd")

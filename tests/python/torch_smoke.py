@@ -26,6 +26,7 @@ SKIP = 77
 NEEDS = {"lm_compare": ("torch", "matplotlib"), "torch_hooks": ("torch", "sklearn")}
 CPU_SKIP = "skipped on CPU"
 HOOK_RUNS = ("qsgd4_hook", "qsgd2_hook", "dgc_hook")
+SGD_RUNS = ("none_sgd", "qsgd4_sgd_hook", "dgc_sgd_hook")  # DGC in its setting: momentum SGD, momentum correction
 
 
 def fail(msg):
@@ -107,14 +108,15 @@ def powersgd_bytes_per_compressed_step(model, rank=4, min_compression_rate=2):
 def check_lm(out_root, build):
     out = os.path.join(out_root, "raw")
     # none_reseed (the noise floor) is the full study's: the smoke's numbers would be noise.
-    os.environ["GC_LM_RUNS"] = "none,powersgd,fp16,qsgd4_preload," + ",".join(HOOK_RUNS)
+    os.environ["GC_LM_RUNS"] = ",".join(("none", "powersgd", "fp16", "qsgd4_preload") + HOOK_RUNS
+                                        + SGD_RUNS)
     rc = run([os.path.join(TOOLS, "lm_compare.py"), out, build, "--device", "cpu", "--smoke"],
              500)
     expect(rc == 0, f"lm_compare.py exited {rc}")
     lm = load(os.path.join(out, "lm.json"))
     expect(lm["lm_device"] == "cpu" and lm["lm_smoke"] is True, f"device/smoke: {lm}")
     runs = lm["lm_runs"]
-    made = ("none", "powersgd", "fp16") + HOOK_RUNS
+    made = ("none", "powersgd", "fp16") + HOOK_RUNS + SGD_RUNS
     for name in made:
         expect(runs.get(name) == "ok", f"run {name}: {runs.get(name)}")
         expect(lm[f"lm_params_identical_{name}"] is True, f"{name}: ranks' parameters differ")
@@ -122,8 +124,13 @@ def check_lm(out_root, build):
     expect(runs.get("qsgd4_preload", "").startswith(CPU_SKIP) and "interposes NCCL" in
            runs["qsgd4_preload"], f"run qsgd4_preload: {runs.get('qsgd4_preload')}")
     expect("lm_val_loss_qsgd4_preload" not in lm, "the preload has a loss though it did not run")
-    for key in ("qsgd4", "dgc", "powersgd"):
+    for key in ("qsgd4", "dgc", "powersgd", "qsgd4_sgd", "dgc_sgd"):
         expect(math.isfinite(lm[f"lm_val_loss_rel_delta_{key}"]), f"{key}: no finite delta")
+    # The SGD runs are compared with each other, not with AdamW's uncompressed run.
+    sgd = lm["lm_val_loss_none_sgd"]
+    want = (lm["lm_val_loss_dgc_sgd_hook"] - sgd) / sgd
+    expect(lm["lm_val_loss_rel_delta_dgc_sgd"] == want,
+           f"dgc_sgd delta {lm['lm_val_loss_rel_delta_dgc_sgd']} is not against none_sgd ({want})")
 
     # The corpus: every top-level .py of this Python's stdlib, 1 in ~10 by crc32 for validation.
     lib = sysconfig.get_paths()["stdlib"]
@@ -173,6 +180,17 @@ def check_lm(out_root, build):
     expect(g["calls_compressed"] >= steps - start, f"dgc_hook: calls {g['calls_compressed']}")
     expect(0 < g["bytes_on_wire"] <= (steps - start) * ring * 4 * comp_n,
            f"dgc_hook: {g['bytes_on_wire']} bytes on the wire")
+    # DGC under momentum SGD: the parameters gradcomp compresses (and keeps the velocity of) get
+    # no optimizer momentum, the others SGD's 0.9.
+    opt = load(os.path.join(out, "lm_dgc_sgd_hook.json"))["optimizer"]
+    n_comp = sum(1 for p in model.parameters() if p.dim() > 1 and p.numel() >= 1024)
+    n_all = len(list(model.parameters()))
+    expect(opt["name"] == "sgd" and [(g["n"], round(g["momentum"], 6)) for g in opt["groups"]]
+           == [(n_all - n_comp, 0.9), (n_comp, 0.0)], f"dgc_sgd_hook optimizer groups {opt}")
+    for name in ("none_sgd", "qsgd4_sgd_hook"):  # one group, the optimizer's momentum
+        opt = load(os.path.join(out, f"lm_{name}.json"))["optimizer"]
+        expect([(g["n"], g["momentum"]) for g in opt["groups"]] == [(n_all, 0.9)],
+               f"{name} optimizer groups {opt}")
     expect(got["qsgd2_hook"] < got["qsgd4_hook"] < got["fp16"], f"bytes/step: {got}")
     expect(got["fp16"] == dense / 2, f"fp16 bytes/step {got['fp16']} != {dense / 2}")
     expect(abs(got["powersgd"] - psgd) <= 1e-9 * psgd,
@@ -191,7 +209,9 @@ def check_lm(out_root, build):
 
     summary, rep_md = report(out)
     for key in ("lm_val_loss_rel_delta_powersgd", "lm_val_loss_rel_delta_qsgd4",
-                "lm_val_loss_rel_delta_dgc", "lm_bytes_ratio_qsgd4_vs_powersgd"):
+                "lm_val_loss_rel_delta_dgc", "lm_val_loss_rel_delta_dgc_sgd",
+                "lm_val_loss_rel_delta_qsgd4_sgd",
+                "lm_bytes_ratio_qsgd4_vs_powersgd"):
         expect(summary[key] == lm[key], f"the report lost {key}")
     expect("](smoke/lm_loss.png)" in rep_md and "Language model head-to-head" in rep_md,
            "the report does not carry lm.md and its PNG link")
