@@ -2,13 +2,17 @@
 // and input type, on misaligned pointers, and under CUDA-graph capture.
 #include <gtest/gtest.h>
 
+#include <stdio.h>
 #include <string.h>
 
 #include <algorithm>
+#include <memory>
 #include <vector>
 
 #include "gradcomp.h"
 #include "gradcomp/reference.h"
+#include "backends/backend.h"
+#include "codecs/qsgd.h"
 #include "kernels/common_math.cuh"
 #include "tests/common/test_util.h"
 #include "tests/gpu/gpu_util.h"
@@ -341,6 +345,47 @@ TEST(QsgdApiArgs, PointersOffTheirElementAlignmentAreRefused) {
   EXPECT_NE(strstr(gradcompGetLastError(), "out="), nullptr) << gradcompGetLastError();
   EXPECT_NE(strstr(gradcompGetLastError(), "must be 4-byte aligned"), nullptr)
       << gradcompGetLastError();
+}
+
+// The kernels launch up to one block per bucket and a grid holds at most
+// 2^31 - 1 blocks: a count past that many buckets (here 2^36 elements in
+// buckets of 32, an fp16 gradient of 128 GiB) is refused, naming the count,
+// the bucket and the limit, before any device call (so this runs without a
+// GPU too). The launch used to cast the block count to 32 bits and encode
+// only part of the buffer beyond 2^37 elements.
+TEST(QsgdApiArgs, CountsBeyondTheGridLimitAreRefused) {
+  alignas(16) static char buf[4096];
+  for (int bucket : {32, 128, 1024, 8192}) {
+    const size_t limit = gc::kMaxDeviceBuckets * (size_t)bucket;
+    EXPECT_EQ(gc::qsgdCheckDeviceCount(limit, bucket), gradcompSuccess);
+    ASSERT_EQ(gc::qsgdCheckDeviceCount(limit + 1, bucket), gradcompInvalidArgument);
+    char want[128];
+    snprintf(want, sizeof(want), "count=%zu is out of range 0..%zu", limit + 1, limit);
+    EXPECT_NE(strstr(gradcompGetLastError(), want), nullptr) << gradcompGetLastError();
+
+    EXPECT_EQ(gradcompQsgdEncode(buf, ncclFloat16, limit + 1, 4, bucket, 1, buf + 256, nullptr),
+              gradcompInvalidArgument);
+    EXPECT_NE(strstr(gradcompGetLastError(), want), nullptr) << gradcompGetLastError();
+    EXPECT_EQ(gradcompQsgdEncodeEF(buf, ncclFloat32, reinterpret_cast<float*>(buf + 1024),
+                                   limit + 1, 4, bucket, 1, buf + 256, nullptr),
+              gradcompInvalidArgument);
+    EXPECT_NE(strstr(gradcompGetLastError(), want), nullptr) << gradcompGetLastError();
+    EXPECT_EQ(gradcompQsgdDecode(buf, limit + 1, 4, bucket, reinterpret_cast<float*>(buf + 1024), 0,
+                                 nullptr),
+              gradcompInvalidArgument);
+    EXPECT_NE(strstr(gradcompGetLastError(), want), nullptr) << gradcompGetLastError();
+
+    // The comm path reaches the kernels through the backend, chunk by chunk.
+    std::unique_ptr<gc::Backend> be = gc::makeCudaBackend();
+    EXPECT_EQ(be->qsgdEncode(buf, gc::DType::F32, nullptr, limit + 1, 4, bucket, gc::plainKey(1),
+                             buf + 256),
+              gradcompInvalidArgument);
+    EXPECT_NE(strstr(gradcompGetLastError(), want), nullptr) << gradcompGetLastError();
+    EXPECT_EQ(
+        be->qsgdDecode(buf, limit + 1, 4, bucket, reinterpret_cast<float*>(buf + 1024), false),
+        gradcompInvalidArgument);
+    EXPECT_NE(strstr(gradcompGetLastError(), want), nullptr) << gradcompGetLastError();
+  }
 }
 
 TEST_F(QsgdGpu, HostPointerIsRefusedWithAClearError) {

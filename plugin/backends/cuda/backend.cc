@@ -120,11 +120,13 @@ class CudaBackend final : public Backend {
 
   gradcompResult_t qsgdEncode(const void* x, DType t, float* residual, size_t n, int bits,
                               int bucket, const KeySpec& key, void* out) override {
+    GC_CHECK(qsgdCheckDeviceCount(n, bucket));
     GC_CUDACHECK(cuda::qsgdEncode(x, t, residual, n, bits, bucket, key, out, stream_));
     return gradcompSuccess;
   }
   gradcompResult_t qsgdDecode(const void* in, size_t n, int bits, int bucket, float* out,
                               bool accumulate) override {
+    GC_CHECK(qsgdCheckDeviceCount(n, bucket));
     GC_CUDACHECK(cuda::qsgdDecode(in, n, bits, bucket, out, accumulate, stream_));
     return gradcompSuccess;
   }
