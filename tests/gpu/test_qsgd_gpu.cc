@@ -396,4 +396,35 @@ TEST_F(QsgdGpu, HostPointerIsRefusedWithAClearError) {
   EXPECT_NE(strstr(gradcompGetLastError(), "pageable host memory"), nullptr);
 }
 
+// Memory of another GPU is refused as NCCL refuses it: the kernels run on the
+// current device, where it would be an illegal address (a lost context)
+// unless peer access happens to be on.
+TEST_F(QsgdGpu, AnotherGpusMemoryIsRefused) {
+  int devices = 0;
+  ASSERT_EQ(cudaGetDeviceCount(&devices), cudaSuccess);
+  if (devices < 2) GTEST_SKIP() << "needs two GPUs";
+  int current = -1;
+  ASSERT_EQ(cudaGetDevice(&current), cudaSuccess);
+  const int other = current == 0 ? 1 : 0;
+  ASSERT_EQ(cudaSetDevice(other), cudaSuccess);
+  void* foreign = nullptr;
+  ASSERT_EQ(cudaMalloc(&foreign, 1 << 16), cudaSuccess);
+  ASSERT_EQ(cudaSetDevice(current), cudaSuccess);
+  DeviceBuffer<float> x(4096);
+  DeviceBuffer<uint8_t> enc(gradcompQsgdEncodedBytes(4096, 4, 512));
+  char want[64];
+  snprintf(want, sizeof(want), "is memory of CUDA device %d", other);
+  EXPECT_EQ(gradcompQsgdEncode(foreign, ncclFloat32, 4096, 4, 512, 1, enc.get(), stream),
+            gradcompInvalidArgument);
+  EXPECT_NE(strstr(gradcompGetLastError(), want), nullptr) << gradcompGetLastError();
+  EXPECT_EQ(gradcompQsgdEncode(x.get(), ncclFloat32, 4096, 4, 512, 1, foreign, stream),
+            gradcompInvalidArgument);
+  EXPECT_NE(strstr(gradcompGetLastError(), want), nullptr) << gradcompGetLastError();
+  EXPECT_EQ(gradcompQsgdDecode(enc.get(), 4096, 4, 512, static_cast<float*>(foreign), 0, stream),
+            gradcompInvalidArgument);
+  EXPECT_NE(strstr(gradcompGetLastError(), want), nullptr) << gradcompGetLastError();
+  EXPECT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+  cudaFree(foreign);
+}
+
 }  // namespace
