@@ -4,6 +4,9 @@
 #include <gtest/gtest.h>
 #include <string.h>
 
+#include <atomic>
+#include <chrono>
+#include <thread>
 #include <vector>
 
 #include "plugin/backends/backend.h"
@@ -117,6 +120,58 @@ TEST_F(BackendGpu, AllocZeroCopyAndHostTransfers) {
   gpu->release(p);
   gpu->release(q);
   EXPECT_FALSE(gpu->capturing());
+}
+
+// A comm's calls share its workspace and device step counter: a call on a
+// second stream waits for the last compressed call on the first. Stream A is
+// held by a host function until the test opens it; the work of a "call" on
+// B (after advanceStep, the end of a compressed call, on A) must not finish
+// while A is held, and sees A's copy and step increment once it does. A
+// second switch back to A waits for B's call the same way.
+TEST_F(BackendGpu, CallOnAnotherStreamWaitsForTheLastCall) {
+  ASSERT_EQ(gpu->init(), gradcompSuccess);
+  cudaStream_t other = nullptr;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&other, cudaStreamNonBlocking), cudaSuccess);
+  const size_t n = 1 << 20;
+  const std::vector<float> x = gctest::normal(n, 5);
+  DeviceBuffer<float> a(n), b(n), c(n);
+  a.upload(x);
+  std::atomic<bool> open{false};
+  auto hold = [](void* p) {
+    while (!static_cast<std::atomic<bool>*>(p)->load()) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+  };
+  cudaStream_t streams[2] = {stream, other};
+  for (int round = 0; round < 2; ++round) {
+    SCOPED_TRACE(testing::Message() << "round " << round);
+    cudaStream_t first = streams[round], second = streams[1 - round];
+    open = false;
+    gpu->setStream(first);
+    ASSERT_EQ(cudaLaunchHostFunc(first, hold, &open), cudaSuccess);
+    ASSERT_EQ(gpu->copy(b.get(), a.get(), n * 4), gradcompSuccess);
+    ASSERT_EQ(gpu->advanceStep(), gradcompSuccess);
+    gpu->setStream(second);
+    ASSERT_EQ(gpu->copy(c.get(), b.get(), n * 4), gradcompSuccess);
+    uint64_t step = 0;
+    ASSERT_EQ(
+        cudaMemcpyAsync(&step, gpu->deviceStep(), sizeof(step), cudaMemcpyDeviceToHost, second),
+        cudaSuccess);
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    EXPECT_EQ(cudaStreamQuery(second), cudaErrorNotReady)
+        << "the second stream ran ahead of the call held on the first";
+    open = true;
+    ASSERT_EQ(cudaStreamSynchronize(second), cudaSuccess);
+    EXPECT_EQ(step, (uint64_t)(2 * round + 1));  // each round advances twice
+    EXPECT_EQ(c.download(n), x);
+    ASSERT_EQ(gpu->advanceStep(), gradcompSuccess);
+    ASSERT_EQ(gpu->sync(), gradcompSuccess);
+    ASSERT_EQ(gpu->zero(c.get(), n * 4), gradcompSuccess);
+    ASSERT_EQ(gpu->zero(b.get(), n * 4), gradcompSuccess);
+    ASSERT_EQ(gpu->sync(), gradcompSuccess);
+  }
+  gpu->setStream(stream);
+  cudaStreamDestroy(other);
 }
 
 // Pipelined calls' lanes (a pipelined hierarchical call uses all three): the
