@@ -38,40 +38,42 @@ std::vector<uint16_t> narrow(const std::vector<float>& x, DType t) {
   return h;
 }
 
+// The second count passes the elementwise kernels' 65536-block grid, so
+// every thread goes round the grid-stride loop more than once.
 TEST_F(BackendGpu, ToFloatFromFloatAddMatchCpu) {
-  const size_t n = 100003;
-  for (DType t : {DType::F32, DType::F16, DType::BF16}) {
-    SCOPED_TRACE(testing::Message() << "dtype=" << (int)t);
-    std::vector<float> x = gctest::normal(n, 1, 100.0f), add = gctest::normal(n, 2);
-    std::vector<uint16_t> h = narrow(x, t);
-    const void* hx = t == DType::F32 ? (const void*)x.data() : (const void*)h.data();
-    const size_t esz = gc::dtypeBytes(t);
-    DeviceBuffer<uint8_t> dx(n * esz), dout(n * esz);
-    DeviceBuffer<float> dadd(n), df(n);
-    ASSERT_EQ(cudaMemcpy(dx.get(), hx, n * esz, cudaMemcpyHostToDevice), cudaSuccess);
-    dadd.upload(add);
+  for (size_t n : {(size_t)100003, (size_t)65536 * 256 + 4099})
+    for (DType t : {DType::F32, DType::F16, DType::BF16}) {
+      SCOPED_TRACE(testing::Message() << "n=" << n << " dtype=" << (int)t);
+      std::vector<float> x = gctest::normal(n, 1, 100.0f), add = gctest::normal(n, 2);
+      std::vector<uint16_t> h = narrow(x, t);
+      const void* hx = t == DType::F32 ? (const void*)x.data() : (const void*)h.data();
+      const size_t esz = gc::dtypeBytes(t);
+      DeviceBuffer<uint8_t> dx(n * esz), dout(n * esz);
+      DeviceBuffer<float> dadd(n), df(n);
+      ASSERT_EQ(cudaMemcpy(dx.get(), hx, n * esz, cudaMemcpyHostToDevice), cudaSuccess);
+      dadd.upload(add);
 
-    std::vector<float> fc(n);
-    ASSERT_EQ(cpu->toFloat(hx, t, add.data(), n, fc.data()), gradcompSuccess);
-    ASSERT_EQ(gpu->toFloat(dx.get(), t, dadd.get(), n, df.get()), gradcompSuccess);
-    ASSERT_EQ(gpu->sync(), gradcompSuccess);
-    auto fg = df.download(n);
-    ASSERT_EQ(memcmp(fc.data(), fg.data(), n * 4), 0);
-
-    for (float divisor : {1.0f, 3.0f, 8.0f}) {
-      std::vector<uint8_t> oc(n * esz);
-      ASSERT_EQ(cpu->fromFloat(fc.data(), n, divisor, t, oc.data()), gradcompSuccess);
-      ASSERT_EQ(gpu->fromFloat(df.get(), n, divisor, t, dout.get()), gradcompSuccess);
+      std::vector<float> fc(n);
+      ASSERT_EQ(cpu->toFloat(hx, t, add.data(), n, fc.data()), gradcompSuccess);
+      ASSERT_EQ(gpu->toFloat(dx.get(), t, dadd.get(), n, df.get()), gradcompSuccess);
       ASSERT_EQ(gpu->sync(), gradcompSuccess);
-      EXPECT_EQ(dout.download(n * esz), oc) << "divisor " << divisor;
-    }
+      auto fg = df.download(n);
+      ASSERT_EQ(memcmp(fc.data(), fg.data(), n * 4), 0);
 
-    ASSERT_EQ(cpu->add(fc.data(), add.data(), n), gradcompSuccess);
-    ASSERT_EQ(gpu->add(df.get(), dadd.get(), n), gradcompSuccess);
-    ASSERT_EQ(gpu->sync(), gradcompSuccess);
-    fg = df.download(n);
-    ASSERT_EQ(memcmp(fc.data(), fg.data(), n * 4), 0);
-  }
+      for (float divisor : {1.0f, 3.0f, 8.0f}) {
+        std::vector<uint8_t> oc(n * esz);
+        ASSERT_EQ(cpu->fromFloat(fc.data(), n, divisor, t, oc.data()), gradcompSuccess);
+        ASSERT_EQ(gpu->fromFloat(df.get(), n, divisor, t, dout.get()), gradcompSuccess);
+        ASSERT_EQ(gpu->sync(), gradcompSuccess);
+        EXPECT_EQ(dout.download(n * esz), oc) << "divisor " << divisor;
+      }
+
+      ASSERT_EQ(cpu->add(fc.data(), add.data(), n), gradcompSuccess);
+      ASSERT_EQ(gpu->add(df.get(), dadd.get(), n), gradcompSuccess);
+      ASSERT_EQ(gpu->sync(), gradcompSuccess);
+      fg = df.download(n);
+      ASSERT_EQ(memcmp(fc.data(), fg.data(), n * 4), 0);
+    }
 }
 
 // Every fp16 and bf16 bit pattern to fp32 (NaN payloads included): the

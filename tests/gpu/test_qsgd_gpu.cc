@@ -81,6 +81,52 @@ TEST_F(QsgdGpu, EncodeEFAndDecodeBitExactAllBitsAndTypes) {
   }
 }
 
+// The block-path decode runs a grid of at most 132 * 32 blocks of 256
+// threads and strides over the rest, and the block encode one block per
+// bucket: a count past 132 * 32 * 256 = 1081344 takes each thread round the
+// decode loop more than once (the other tests stay below it). Bucket 96 (an
+// odd number of words per bucket at 3 bits) and 2048, with and without
+// accumulation, bit for bit against the host codec.
+TEST_F(QsgdGpu, BlockPathPastItsDecodeGrid) {
+  const size_t n = 2 * 132 * 32 * 256 + 12345;
+  std::vector<float> x = gctest::normal(n, 17), acc0 = gctest::normal(n, 18);
+  std::vector<float> r = gctest::normal(n, 19, 0.1f);
+  DeviceBuffer<float> dx(n), dr(n), dout(n);
+  dx.upload(x);
+  for (int d : {96, 2048}) {
+    for (int bits : {3, 8}) {
+      SCOPED_TRACE(testing::Message() << "bucket=" << d << " bits=" << bits);
+      const size_t bytes = gradcompQsgdEncodedBytes(n, bits, d);
+      std::vector<float> rHost = r;
+      std::vector<uint8_t> encHost(bytes);
+      ASSERT_EQ(gradcompQsgdEncodeTypedHost(x.data(), ncclFloat32, rHost.data(), n, bits, d, 77,
+                                            encHost.data()),
+                gradcompSuccess);
+      DeviceBuffer<uint8_t> denc(bytes);
+      dr.upload(r);
+      ASSERT_EQ(
+          gradcompQsgdEncodeEF(dx.get(), ncclFloat32, dr.get(), n, bits, d, 77, denc.get(), stream),
+          gradcompSuccess)
+          << gradcompGetLastError();
+      ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+      ASSERT_EQ(denc.download(bytes), encHost);
+      auto rDev = dr.download(n);
+      ASSERT_EQ(memcmp(rDev.data(), rHost.data(), n * 4), 0);
+      for (int accumulate = 0; accumulate <= 1; ++accumulate) {
+        std::vector<float> decHost = acc0;
+        ASSERT_EQ(gradcompQsgdDecodeHost(encHost.data(), n, bits, d, decHost.data(), accumulate),
+                  gradcompSuccess);
+        dout.upload(acc0);
+        ASSERT_EQ(gradcompQsgdDecode(denc.get(), n, bits, d, dout.get(), accumulate, stream),
+                  gradcompSuccess);
+        ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+        auto decDev = dout.download(n);
+        ASSERT_EQ(memcmp(decDev.data(), decHost.data(), n * 4), 0) << "accumulate=" << accumulate;
+      }
+    }
+  }
+}
+
 // Pipelined calls encode a chunk piece by piece (whole buckets, the last one
 // short) with KeySpec::offset = the piece's first element: every piece, on
 // the block path (96) and each warp path, decodes to the slice of the whole
