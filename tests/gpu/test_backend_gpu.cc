@@ -139,6 +139,17 @@ TEST_F(BackendGpu, CallOnAnotherStreamWaitsForTheLastCall) {
   DeviceBuffer<float> a(n), b(n), c(n);
   a.upload(x);
   std::atomic<bool> open{false};
+  // Whatever fails below, the held stream is released (and drained before
+  // `open` goes) so that later tests do not hang behind it.
+  struct Release {
+    std::atomic<bool>& open;
+    ~Release() {
+      open = true;
+      cudaDeviceSynchronize();
+    }
+  } release{open};
+  uint64_t* step = nullptr;
+  ASSERT_EQ(cudaMallocHost(&step, sizeof(*step)), cudaSuccess);
   auto hold = [](void* p) {
     while (!static_cast<std::atomic<bool>*>(p)->load()) {
       std::this_thread::sleep_for(std::chrono::milliseconds(1));
@@ -155,16 +166,18 @@ TEST_F(BackendGpu, CallOnAnotherStreamWaitsForTheLastCall) {
     ASSERT_EQ(gpu->advanceStep(), gradcompSuccess);
     gpu->setStream(second);
     ASSERT_EQ(gpu->copy(c.get(), b.get(), n * 4), gradcompSuccess);
-    uint64_t step = 0;
+    // Pinned: a copy to pageable memory would block this thread, which
+    // alone can release the first stream.
+    *step = 0;
     ASSERT_EQ(
-        cudaMemcpyAsync(&step, gpu->deviceStep(), sizeof(step), cudaMemcpyDeviceToHost, second),
+        cudaMemcpyAsync(step, gpu->deviceStep(), sizeof(*step), cudaMemcpyDeviceToHost, second),
         cudaSuccess);
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
     EXPECT_EQ(cudaStreamQuery(second), cudaErrorNotReady)
         << "the second stream ran ahead of the call held on the first";
     open = true;
     ASSERT_EQ(cudaStreamSynchronize(second), cudaSuccess);
-    EXPECT_EQ(step, (uint64_t)(2 * round + 1));  // each round advances twice
+    EXPECT_EQ(*step, (uint64_t)(2 * round + 1));  // each round advances twice
     EXPECT_EQ(c.download(n), x);
     ASSERT_EQ(gpu->advanceStep(), gradcompSuccess);
     ASSERT_EQ(gpu->sync(), gradcompSuccess);
@@ -174,6 +187,7 @@ TEST_F(BackendGpu, CallOnAnotherStreamWaitsForTheLastCall) {
   }
   gpu->setStream(stream);
   cudaStreamDestroy(other);
+  cudaFreeHost(step);
 }
 
 // Pipelined calls' lanes (a pipelined hierarchical call uses all three): the
