@@ -82,9 +82,9 @@ for group in defer fuse; do
 done
 
 # 2b. One communicator on two streams, nothing but gradcomp ordering the
-#     calls (no host sync between rounds): deferred calls one by one, and
-#     fused sets (one per stream and op) sharing the fusion buffer. Two
-#     streams must give the bits of one (the same calls, sets and steps).
+#     calls (buffers reused, no host sync inside a round): deferred calls
+#     one by one, and fused sets (one per stream and op) sharing the fusion
+#     buffer. Two streams must give the bits of one (same calls, sets, steps).
 for group in defer fuse; do
   for ns in 1 2; do
     launch streams_${group}_$ns 2 1 "streams 3" GRADCOMP_GROUP=$group GC_STREAMS=$ns
