@@ -364,6 +364,7 @@ cudaError_t qsgdEncode(const void* x, DType t, float* residual, size_t n, int bi
                        const KeySpec& key, void* out, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
   const size_t nb = qsgd::numBuckets(n, bucket);
+  if (nb > kMaxDeviceBuckets) return cudaErrorInvalidValue;  // the callers say why first
   float* scales = static_cast<float*>(out);
   uint32_t* words = reinterpret_cast<uint32_t*>(scales + nb);
   const bool alignedIn = aligned(x, t == DType::F32 ? 16 : 8) && aligned(residual, 16);
@@ -394,6 +395,7 @@ cudaError_t qsgdDecode(const void* in, size_t n, int bits, int bucket, float* ou
                        cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
   const size_t nb = qsgd::numBuckets(n, bucket);
+  if (nb > kMaxDeviceBuckets) return cudaErrorInvalidValue;  // the callers say why first
   const float* scales = static_cast<const float*>(in);
   const uint32_t* words = reinterpret_cast<const uint32_t*>(scales + nb);
   const bool alignedOut = aligned(out, 16);

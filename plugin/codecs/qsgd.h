@@ -18,6 +18,13 @@ constexpr size_t kMaxCodecCount = (size_t)1 << 56;
 gradcompResult_t qsgdCheckParams(int bits, int bucketSize);
 // Validates a codec's element count against kMaxCodecCount.
 gradcompResult_t codecCheckCount(size_t count);
+// The CUDA QSGD kernels launch up to one block per bucket, and a grid holds
+// at most 2^31 - 1 blocks: beyond that a launch would fail (or, with the
+// block count cast to 32 bits, cover only part of the buffer).
+constexpr size_t kMaxDeviceBuckets = 0x7fffffff;
+// Validates a count for the CUDA QSGD kernels: at most kMaxDeviceBuckets
+// buckets of bucketSize (message names count, bucket and the limit).
+gradcompResult_t qsgdCheckDeviceCount(size_t count, int bucketSize);
 // Maps an NCCL type to a gradient type, or an error naming it.
 gradcompResult_t dtypeFromNccl(ncclDataType_t t, DType* out);
 

@@ -11,6 +11,7 @@ GC_EXPORT gradcompResult_t gradcompQsgdEncodeEF(const void* g, ncclDataType_t da
                                                 cudaStream_t stream) {
   GC_CHECK(gc::qsgdCheckParams(bits, bucketSize));
   GC_CHECK(gc::codecCheckCount(count));
+  GC_CHECK(gc::qsgdCheckDeviceCount(count, bucketSize));
   gc::DType t;
   GC_CHECK(gc::dtypeFromNccl(datatype, &t));
   if (count == 0) return gradcompSuccess;
@@ -39,6 +40,7 @@ GC_EXPORT gradcompResult_t gradcompQsgdDecode(const void* in, size_t count, int 
                                               cudaStream_t stream) {
   GC_CHECK(gc::qsgdCheckParams(bits, bucketSize));
   GC_CHECK(gc::codecCheckCount(count));
+  GC_CHECK(gc::qsgdCheckDeviceCount(count, bucketSize));
   if (count == 0) return gradcompSuccess;
   GC_ARG(((uintptr_t)in & 3) == 0, "in=%p must be 4-byte aligned (it starts with fp32 scales)", in);
   GC_ARG(((uintptr_t)out & 3) == 0, "out=%p must be 4-byte aligned (fp32)", (void*)out);

@@ -24,6 +24,15 @@ gradcompResult_t codecCheckCount(size_t count) {
   return gradcompSuccess;
 }
 
+gradcompResult_t qsgdCheckDeviceCount(size_t count, int bucketSize) {
+  const size_t limit = kMaxDeviceBuckets * (size_t)bucketSize;
+  GC_ARG(count <= limit,
+         "count=%zu is out of range 0..%zu for the CUDA QSGD kernels with bucketSize=%d (at most "
+         "2^31 - 1 buckets, one grid block each); split the buffer",
+         count, limit, bucketSize);
+  return gradcompSuccess;
+}
+
 gradcompResult_t dtypeFromNccl(ncclDataType_t t, DType* out) {
   switch (t) {
     case ncclFloat32:

@@ -210,10 +210,11 @@ size_t typeBytes(ncclDataType_t type) {
 }
 
 CommEntry::~CommEntry() {
-  if (gc == nullptr && fusion == nullptr) return;
+  if (gc == nullptr && fusion == nullptr && fusionDone == nullptr) return;
   DeviceGuard guard(device);
   if (gc != nullptr) gradcompCommDestroy(gc);
   if (fusion != nullptr) cudaFree(fusion);
+  if (fusionDone != nullptr) cudaEventDestroy(fusionDone);
 }
 
 EntryPtr entryFor(ncclComm_t comm) {

@@ -58,6 +58,19 @@ ncclResult_t runFusedSet(CommEntry& e, const std::vector<const Deferred*>& membe
       e.fusionBytes = total * esz;
     }
     GC_NVTX_RANGE("gradcomp fuse copy-in");
+    // The last set may have used the buffer on another stream: its copy out
+    // must be done before this set's copy in overwrites it.
+    if (e.fusionDone != nullptr && e.fusionStream != d0.stream && !capturing(d0.stream)) {
+      cudaError_t err = cudaStreamWaitEvent(d0.stream, e.fusionDone, 0);
+      if (err != cudaSuccess) {
+        (void)cudaGetLastError();
+        warnOnce("fuse-wait",
+                 "cannot order the fusion buffer across streams (%s); the calls pass through",
+                 cudaGetErrorString(err));
+        return passEach(e, members);
+      }
+      e.fusionStream = d0.stream;
+    }
     char* fusion = static_cast<char*>(e.fusion);
     size_t off = 0;
     for (const Deferred* d : members) {
@@ -88,6 +101,20 @@ ncclResult_t runFusedSet(CommEntry& e, const std::vector<const Deferred*>& membe
       return ncclUnhandledCudaError;
     }
     off += d->count * esz;
+  }
+  if (!capturing(d0.stream)) {
+    std::lock_guard<std::mutex> lock(e.callMu);
+    DeviceGuard guard(e.device);
+    cudaError_t err = e.fusionDone != nullptr
+                          ? cudaSuccess
+                          : cudaEventCreateWithFlags(&e.fusionDone, cudaEventDisableTiming);
+    if (err == cudaSuccess) err = cudaEventRecord(e.fusionDone, d0.stream);
+    if (err != cudaSuccess) {
+      (void)cudaGetLastError();
+      warnOnce("fuse-record", "cannot record the end of a fused set: %s", cudaGetErrorString(err));
+      return ncclUnhandledCudaError;
+    }
+    e.fusionStream = d0.stream;
   }
   return ncclSuccess;
 }

@@ -63,6 +63,11 @@ struct CommEntry {
   std::atomic<uint64_t> rsAutoPassed{0};     // the reduce-scatter calls among them
   void* fusion = nullptr;                    // GRADCOMP_GROUP=fuse buffer (device)
   size_t fusionBytes = 0;
+  // Recorded after the last eager copy out of the fusion buffer, on
+  // fusionStream: a fused set on another stream waits for it before its
+  // copy in.
+  cudaEvent_t fusionDone = nullptr;
+  cudaStream_t fusionStream = nullptr;
   ~CommEntry();
 };
 using EntryPtr = std::shared_ptr<CommEntry>;

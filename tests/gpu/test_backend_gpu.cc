@@ -4,6 +4,9 @@
 #include <gtest/gtest.h>
 #include <string.h>
 
+#include <atomic>
+#include <chrono>
+#include <thread>
 #include <vector>
 
 #include "plugin/backends/backend.h"
@@ -35,40 +38,42 @@ std::vector<uint16_t> narrow(const std::vector<float>& x, DType t) {
   return h;
 }
 
+// The second count passes the elementwise kernels' 65536-block grid, so
+// every thread goes round the grid-stride loop more than once.
 TEST_F(BackendGpu, ToFloatFromFloatAddMatchCpu) {
-  const size_t n = 100003;
-  for (DType t : {DType::F32, DType::F16, DType::BF16}) {
-    SCOPED_TRACE(testing::Message() << "dtype=" << (int)t);
-    std::vector<float> x = gctest::normal(n, 1, 100.0f), add = gctest::normal(n, 2);
-    std::vector<uint16_t> h = narrow(x, t);
-    const void* hx = t == DType::F32 ? (const void*)x.data() : (const void*)h.data();
-    const size_t esz = gc::dtypeBytes(t);
-    DeviceBuffer<uint8_t> dx(n * esz), dout(n * esz);
-    DeviceBuffer<float> dadd(n), df(n);
-    ASSERT_EQ(cudaMemcpy(dx.get(), hx, n * esz, cudaMemcpyHostToDevice), cudaSuccess);
-    dadd.upload(add);
+  for (size_t n : {(size_t)100003, (size_t)65536 * 256 + 4099})
+    for (DType t : {DType::F32, DType::F16, DType::BF16}) {
+      SCOPED_TRACE(testing::Message() << "n=" << n << " dtype=" << (int)t);
+      std::vector<float> x = gctest::normal(n, 1, 100.0f), add = gctest::normal(n, 2);
+      std::vector<uint16_t> h = narrow(x, t);
+      const void* hx = t == DType::F32 ? (const void*)x.data() : (const void*)h.data();
+      const size_t esz = gc::dtypeBytes(t);
+      DeviceBuffer<uint8_t> dx(n * esz), dout(n * esz);
+      DeviceBuffer<float> dadd(n), df(n);
+      ASSERT_EQ(cudaMemcpy(dx.get(), hx, n * esz, cudaMemcpyHostToDevice), cudaSuccess);
+      dadd.upload(add);
 
-    std::vector<float> fc(n);
-    ASSERT_EQ(cpu->toFloat(hx, t, add.data(), n, fc.data()), gradcompSuccess);
-    ASSERT_EQ(gpu->toFloat(dx.get(), t, dadd.get(), n, df.get()), gradcompSuccess);
-    ASSERT_EQ(gpu->sync(), gradcompSuccess);
-    auto fg = df.download(n);
-    ASSERT_EQ(memcmp(fc.data(), fg.data(), n * 4), 0);
-
-    for (float divisor : {1.0f, 3.0f, 8.0f}) {
-      std::vector<uint8_t> oc(n * esz);
-      ASSERT_EQ(cpu->fromFloat(fc.data(), n, divisor, t, oc.data()), gradcompSuccess);
-      ASSERT_EQ(gpu->fromFloat(df.get(), n, divisor, t, dout.get()), gradcompSuccess);
+      std::vector<float> fc(n);
+      ASSERT_EQ(cpu->toFloat(hx, t, add.data(), n, fc.data()), gradcompSuccess);
+      ASSERT_EQ(gpu->toFloat(dx.get(), t, dadd.get(), n, df.get()), gradcompSuccess);
       ASSERT_EQ(gpu->sync(), gradcompSuccess);
-      EXPECT_EQ(dout.download(n * esz), oc) << "divisor " << divisor;
-    }
+      auto fg = df.download(n);
+      ASSERT_EQ(memcmp(fc.data(), fg.data(), n * 4), 0);
 
-    ASSERT_EQ(cpu->add(fc.data(), add.data(), n), gradcompSuccess);
-    ASSERT_EQ(gpu->add(df.get(), dadd.get(), n), gradcompSuccess);
-    ASSERT_EQ(gpu->sync(), gradcompSuccess);
-    fg = df.download(n);
-    ASSERT_EQ(memcmp(fc.data(), fg.data(), n * 4), 0);
-  }
+      for (float divisor : {1.0f, 3.0f, 8.0f}) {
+        std::vector<uint8_t> oc(n * esz);
+        ASSERT_EQ(cpu->fromFloat(fc.data(), n, divisor, t, oc.data()), gradcompSuccess);
+        ASSERT_EQ(gpu->fromFloat(df.get(), n, divisor, t, dout.get()), gradcompSuccess);
+        ASSERT_EQ(gpu->sync(), gradcompSuccess);
+        EXPECT_EQ(dout.download(n * esz), oc) << "divisor " << divisor;
+      }
+
+      ASSERT_EQ(cpu->add(fc.data(), add.data(), n), gradcompSuccess);
+      ASSERT_EQ(gpu->add(df.get(), dadd.get(), n), gradcompSuccess);
+      ASSERT_EQ(gpu->sync(), gradcompSuccess);
+      fg = df.download(n);
+      ASSERT_EQ(memcmp(fc.data(), fg.data(), n * 4), 0);
+    }
 }
 
 // Every fp16 and bf16 bit pattern to fp32 (NaN payloads included): the
@@ -117,6 +122,72 @@ TEST_F(BackendGpu, AllocZeroCopyAndHostTransfers) {
   gpu->release(p);
   gpu->release(q);
   EXPECT_FALSE(gpu->capturing());
+}
+
+// A comm's calls share its workspace and device step counter: a call on a
+// second stream waits for the last compressed call on the first. Stream A is
+// held by a host function until the test opens it; the work of a "call" on
+// B (after advanceStep, the end of a compressed call, on A) must not finish
+// while A is held, and sees A's copy and step increment once it does. A
+// second switch back to A waits for B's call the same way.
+TEST_F(BackendGpu, CallOnAnotherStreamWaitsForTheLastCall) {
+  ASSERT_EQ(gpu->init(), gradcompSuccess);
+  cudaStream_t other = nullptr;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&other, cudaStreamNonBlocking), cudaSuccess);
+  const size_t n = 1 << 20;
+  const std::vector<float> x = gctest::normal(n, 5);
+  DeviceBuffer<float> a(n), b(n), c(n);
+  a.upload(x);
+  std::atomic<bool> open{false};
+  // Whatever fails below, the held stream is released (and drained before
+  // `open` goes) so that later tests do not hang behind it.
+  struct Release {
+    std::atomic<bool>& open;
+    ~Release() {
+      open = true;
+      cudaDeviceSynchronize();
+    }
+  } release{open};
+  uint64_t* step = nullptr;
+  ASSERT_EQ(cudaMallocHost(&step, sizeof(*step)), cudaSuccess);
+  auto hold = [](void* p) {
+    while (!static_cast<std::atomic<bool>*>(p)->load()) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+  };
+  cudaStream_t streams[2] = {stream, other};
+  for (int round = 0; round < 2; ++round) {
+    SCOPED_TRACE(testing::Message() << "round " << round);
+    cudaStream_t first = streams[round], second = streams[1 - round];
+    open = false;
+    gpu->setStream(first);
+    ASSERT_EQ(cudaLaunchHostFunc(first, hold, &open), cudaSuccess);
+    ASSERT_EQ(gpu->copy(b.get(), a.get(), n * 4), gradcompSuccess);
+    ASSERT_EQ(gpu->advanceStep(), gradcompSuccess);
+    gpu->setStream(second);
+    ASSERT_EQ(gpu->copy(c.get(), b.get(), n * 4), gradcompSuccess);
+    // Pinned: a copy to pageable memory would block this thread, which
+    // alone can release the first stream.
+    *step = 0;
+    ASSERT_EQ(
+        cudaMemcpyAsync(step, gpu->deviceStep(), sizeof(*step), cudaMemcpyDeviceToHost, second),
+        cudaSuccess);
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    EXPECT_EQ(cudaStreamQuery(second), cudaErrorNotReady)
+        << "the second stream ran ahead of the call held on the first";
+    open = true;
+    ASSERT_EQ(cudaStreamSynchronize(second), cudaSuccess);
+    EXPECT_EQ(*step, (uint64_t)(2 * round + 1));  // each round advances twice
+    EXPECT_EQ(c.download(n), x);
+    ASSERT_EQ(gpu->advanceStep(), gradcompSuccess);
+    ASSERT_EQ(gpu->sync(), gradcompSuccess);
+    ASSERT_EQ(gpu->zero(c.get(), n * 4), gradcompSuccess);
+    ASSERT_EQ(gpu->zero(b.get(), n * 4), gradcompSuccess);
+    ASSERT_EQ(gpu->sync(), gradcompSuccess);
+  }
+  gpu->setStream(stream);
+  cudaStreamDestroy(other);
+  cudaFreeHost(step);
 }
 
 // Pipelined calls' lanes (a pipelined hierarchical call uses all three): the

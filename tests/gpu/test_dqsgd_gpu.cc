@@ -3,12 +3,15 @@
 // input type; under CUDA-graph capture the DQ-SGD modes and the Elias
 // allgather refuse with a clear error before enqueueing anything.
 #include <gtest/gtest.h>
+#include <math.h>
 #include <string.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "gradcomp.h"
 #include "kernels/common_math.cuh"
+#include "kernels/grad_stats.h"
 #include "plugin/algorithms/algorithms.h"
 #include "plugin/codecs/bits_policy.h"
 #include "plugin/comm.h"
@@ -70,6 +73,102 @@ TEST_F(DqsgdGpu, DeviceStatisticsGiveTheHostRulesChoice) {
       EXPECT_EQ(bits,
                 gc::dynamicBits(st, comm.cfg.varianceTarget, comm.cfg.bitsMin, comm.cfg.bitsMax));
       if (spiky) EXPECT_GE(bits, 6);
+    }
+  }
+}
+
+// The statistics kernels' order as kernels/grad_stats.cu states it: warp w
+// of block k takes buckets k*8 + w, then every 132*8-th; lane l sums the
+// bucket's elements l, l+32, ... and the lanes meet in the shuffle-down tree
+// (16, 8, 4, 2, 1); lane 0 adds len * max^2 and the sum of squares to its
+// warp's partials; then lane l of one warp sums partials l, l+32, ... and the
+// same tree. Bit for bit, so every rank's choice depends on the data alone.
+gc::GradStats fixedOrderStats(const void* x, gc::DType t, size_t n, int bucket) {
+  constexpr int kBlocks = 132, kWarps = 8, kPartials = kBlocks * kWarps;
+  auto tree = [](double* s) {
+    for (int o = 16; o > 0; o >>= 1) {
+      for (int l = 0; l + o < 32; ++l) s[l] = gc::dadd(s[l], s[l + o]);
+    }
+    return s[0];
+  };
+  const size_t nb = (n + bucket - 1) / bucket;
+  std::vector<gc::GradStats> partials(kPartials, gc::GradStats{0.0, 0.0});
+  for (int w = 0; w < kPartials; ++w) {
+    double a = 0.0, g = 0.0;
+    for (size_t b = (size_t)w; b < nb; b += kPartials) {
+      const size_t base = b * (size_t)bucket, len = std::min((size_t)bucket, n - base);
+      uint32_t maxBits = 0;
+      double ss[32] = {};
+      for (size_t i = 0; i < len; ++i) {
+        const float v = gc::loadAsFloat(x, t, base + i);
+        maxBits = std::max(maxBits, gc::floatToBits(v) & 0x7fffffffu);
+        ss[i % 32] = gc::dadd(ss[i % 32], gc::dmul((double)v, (double)v));
+      }
+      const double m = (double)gc::bitsToFloat(maxBits);
+      a = gc::dadd(a, gc::dmul((double)len, gc::dmul(m, m)));
+      g = gc::dadd(g, tree(ss));
+    }
+    partials[w] = gc::GradStats{a, g};
+  }
+  double a[32] = {}, g[32] = {};
+  for (int i = 0; i < kPartials; ++i) {
+    a[i % 32] = gc::dadd(a[i % 32], partials[i].sumLenMaxSq);
+    g[i % 32] = gc::dadd(g[i % 32], partials[i].sumSq);
+  }
+  return gc::GradStats{tree(a), tree(g)};
+}
+
+// Sizes around one bucket, one round of the 1056 warps and several rounds,
+// counts not a multiple of the bucket, every type, and Inf/NaN elements.
+TEST_F(DqsgdGpu, DeviceStatisticsBitExactWithTheirFixedOrder) {
+  DeviceBuffer<uint8_t> scratch(gc::cuda::gradStatsScratchBytes() + sizeof(gc::GradStats));
+  gc::GradStats* result =
+      reinterpret_cast<gc::GradStats*>(scratch.get(gc::cuda::gradStatsScratchBytes()));
+  const struct {
+    size_t n;
+    int bucket;
+  } cases[] = {{1, 32},
+               {31, 32},
+               {33, 32},
+               {1056 * 32, 32},
+               {1056 * 32 + 1, 32},
+               {3 * 1056 * 32 + 17, 32},
+               {100000, 512},
+               {8191, 8192},
+               {300001, 8192}};
+  for (const auto& cs : cases) {
+    for (gc::DType t : {gc::DType::F32, gc::DType::F16, gc::DType::BF16}) {
+      for (int special = 0; special <= 2; ++special) {
+        SCOPED_TRACE(testing::Message() << "n=" << cs.n << " bucket=" << cs.bucket
+                                        << " type=" << (int)t << " special=" << special);
+        std::vector<float> x = gctest::normal(cs.n, cs.n + (size_t)t, 3.0f);
+        if (special >= 1) x[cs.n / 2] = -INFINITY;
+        if (special == 2) x[cs.n - 1] = NAN;
+        std::vector<uint16_t> h = narrow(x, t);
+        const void* host = t == gc::DType::F32 ? (const void*)x.data() : (const void*)h.data();
+        const size_t bytes = cs.n * gc::dtypeBytes(t);
+        DeviceBuffer<uint8_t> dx(bytes);
+        ASSERT_EQ(cudaMemcpy(dx.get(), host, bytes, cudaMemcpyHostToDevice), cudaSuccess);
+        gctest::settle();
+        gc::GradStats got[2];
+        for (gc::GradStats& st : got) {
+          ASSERT_EQ(
+              gc::cuda::gradStats(dx.get(), t, cs.n, cs.bucket, scratch.get(), result, stream),
+              cudaSuccess);
+          ASSERT_EQ(cudaMemcpyAsync(&st, result, sizeof(st), cudaMemcpyDeviceToHost, stream),
+                    cudaSuccess);
+          ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+        }
+        const gc::GradStats want = fixedOrderStats(host, t, cs.n, cs.bucket);
+        // A NaN's payload is the hardware's own; NaN-ness is what must agree.
+        auto same = [](double a, double b) {
+          return (isnan(a) && isnan(b)) || memcmp(&a, &b, sizeof(a)) == 0;
+        };
+        EXPECT_TRUE(same(got[0].sumLenMaxSq, want.sumLenMaxSq) && same(got[0].sumSq, want.sumSq))
+            << got[0].sumLenMaxSq << " " << got[0].sumSq << " want " << want.sumLenMaxSq << " "
+            << want.sumSq;
+        EXPECT_EQ(memcmp(&got[1], &got[0], sizeof(want)), 0) << "run to run";
+      }
     }
   }
 }

@@ -2,13 +2,17 @@
 // and input type, on misaligned pointers, and under CUDA-graph capture.
 #include <gtest/gtest.h>
 
+#include <stdio.h>
 #include <string.h>
 
 #include <algorithm>
+#include <memory>
 #include <vector>
 
 #include "gradcomp.h"
 #include "gradcomp/reference.h"
+#include "backends/backend.h"
+#include "codecs/qsgd.h"
 #include "kernels/common_math.cuh"
 #include "tests/common/test_util.h"
 #include "tests/gpu/gpu_util.h"
@@ -72,6 +76,52 @@ TEST_F(QsgdGpu, EncodeEFAndDecodeBitExactAllBitsAndTypes) {
           auto decDev = dout.download(n);
           ASSERT_EQ(memcmp(decDev.data(), decHost.data(), n * 4), 0);
         }
+      }
+    }
+  }
+}
+
+// The block-path decode runs a grid of at most 132 * 32 blocks of 256
+// threads and strides over the rest, and the block encode one block per
+// bucket: a count past 132 * 32 * 256 = 1081344 takes each thread round the
+// decode loop more than once (the other tests stay below it). Bucket 96 (an
+// odd number of words per bucket at 3 bits) and 2048, with and without
+// accumulation, bit for bit against the host codec.
+TEST_F(QsgdGpu, BlockPathPastItsDecodeGrid) {
+  const size_t n = 2 * 132 * 32 * 256 + 12345;
+  std::vector<float> x = gctest::normal(n, 17), acc0 = gctest::normal(n, 18);
+  std::vector<float> r = gctest::normal(n, 19, 0.1f);
+  DeviceBuffer<float> dx(n), dr(n), dout(n);
+  dx.upload(x);
+  for (int d : {96, 2048}) {
+    for (int bits : {3, 8}) {
+      SCOPED_TRACE(testing::Message() << "bucket=" << d << " bits=" << bits);
+      const size_t bytes = gradcompQsgdEncodedBytes(n, bits, d);
+      std::vector<float> rHost = r;
+      std::vector<uint8_t> encHost(bytes);
+      ASSERT_EQ(gradcompQsgdEncodeTypedHost(x.data(), ncclFloat32, rHost.data(), n, bits, d, 77,
+                                            encHost.data()),
+                gradcompSuccess);
+      DeviceBuffer<uint8_t> denc(bytes);
+      dr.upload(r);
+      ASSERT_EQ(
+          gradcompQsgdEncodeEF(dx.get(), ncclFloat32, dr.get(), n, bits, d, 77, denc.get(), stream),
+          gradcompSuccess)
+          << gradcompGetLastError();
+      ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+      ASSERT_EQ(denc.download(bytes), encHost);
+      auto rDev = dr.download(n);
+      ASSERT_EQ(memcmp(rDev.data(), rHost.data(), n * 4), 0);
+      for (int accumulate = 0; accumulate <= 1; ++accumulate) {
+        std::vector<float> decHost = acc0;
+        ASSERT_EQ(gradcompQsgdDecodeHost(encHost.data(), n, bits, d, decHost.data(), accumulate),
+                  gradcompSuccess);
+        dout.upload(acc0);
+        ASSERT_EQ(gradcompQsgdDecode(denc.get(), n, bits, d, dout.get(), accumulate, stream),
+                  gradcompSuccess);
+        ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+        auto decDev = dout.download(n);
+        ASSERT_EQ(memcmp(decDev.data(), decHost.data(), n * 4), 0) << "accumulate=" << accumulate;
       }
     }
   }
@@ -343,12 +393,84 @@ TEST(QsgdApiArgs, PointersOffTheirElementAlignmentAreRefused) {
       << gradcompGetLastError();
 }
 
+// The kernels launch up to one block per bucket and a grid holds at most
+// 2^31 - 1 blocks: a count past that many buckets (here 2^36 elements in
+// buckets of 32, an fp16 gradient of 128 GiB) is refused, naming the count,
+// the bucket and the limit, before any device call (so this runs without a
+// GPU too). The launch used to cast the block count to 32 bits and encode
+// only part of the buffer beyond 2^37 elements.
+TEST(QsgdApiArgs, CountsBeyondTheGridLimitAreRefused) {
+  alignas(16) static char buf[4096];
+  for (int bucket : {32, 128, 1024, 8192}) {
+    const size_t limit = gc::kMaxDeviceBuckets * (size_t)bucket;
+    EXPECT_EQ(gc::qsgdCheckDeviceCount(limit, bucket), gradcompSuccess);
+    ASSERT_EQ(gc::qsgdCheckDeviceCount(limit + 1, bucket), gradcompInvalidArgument);
+    char want[128];
+    snprintf(want, sizeof(want), "count=%zu is out of range 0..%zu", limit + 1, limit);
+    EXPECT_NE(strstr(gradcompGetLastError(), want), nullptr) << gradcompGetLastError();
+
+    EXPECT_EQ(gradcompQsgdEncode(buf, ncclFloat16, limit + 1, 4, bucket, 1, buf + 256, nullptr),
+              gradcompInvalidArgument);
+    EXPECT_NE(strstr(gradcompGetLastError(), want), nullptr) << gradcompGetLastError();
+    EXPECT_EQ(gradcompQsgdEncodeEF(buf, ncclFloat32, reinterpret_cast<float*>(buf + 1024),
+                                   limit + 1, 4, bucket, 1, buf + 256, nullptr),
+              gradcompInvalidArgument);
+    EXPECT_NE(strstr(gradcompGetLastError(), want), nullptr) << gradcompGetLastError();
+    EXPECT_EQ(gradcompQsgdDecode(buf, limit + 1, 4, bucket, reinterpret_cast<float*>(buf + 1024), 0,
+                                 nullptr),
+              gradcompInvalidArgument);
+    EXPECT_NE(strstr(gradcompGetLastError(), want), nullptr) << gradcompGetLastError();
+
+    // The comm path reaches the kernels through the backend, chunk by chunk.
+    std::unique_ptr<gc::Backend> be = gc::makeCudaBackend();
+    EXPECT_EQ(be->qsgdEncode(buf, gc::DType::F32, nullptr, limit + 1, 4, bucket, gc::plainKey(1),
+                             buf + 256),
+              gradcompInvalidArgument);
+    EXPECT_NE(strstr(gradcompGetLastError(), want), nullptr) << gradcompGetLastError();
+    EXPECT_EQ(
+        be->qsgdDecode(buf, limit + 1, 4, bucket, reinterpret_cast<float*>(buf + 1024), false),
+        gradcompInvalidArgument);
+    EXPECT_NE(strstr(gradcompGetLastError(), want), nullptr) << gradcompGetLastError();
+  }
+}
+
 TEST_F(QsgdGpu, HostPointerIsRefusedWithAClearError) {
   std::vector<float> x(4096, 1.0f);
   DeviceBuffer<uint8_t> denc(gradcompQsgdEncodedBytes(4096, 4, 512));
   EXPECT_EQ(gradcompQsgdEncode(x.data(), ncclFloat32, 4096, 4, 512, 1, denc.get(), stream),
             gradcompInvalidArgument);
   EXPECT_NE(strstr(gradcompGetLastError(), "pageable host memory"), nullptr);
+}
+
+// Memory of another GPU is refused as NCCL refuses it: the kernels run on the
+// current device, where it would be an illegal address (a lost context)
+// unless peer access happens to be on.
+TEST_F(QsgdGpu, AnotherGpusMemoryIsRefused) {
+  int devices = 0;
+  ASSERT_EQ(cudaGetDeviceCount(&devices), cudaSuccess);
+  if (devices < 2) GTEST_SKIP() << "needs two GPUs";
+  int current = -1;
+  ASSERT_EQ(cudaGetDevice(&current), cudaSuccess);
+  const int other = current == 0 ? 1 : 0;
+  ASSERT_EQ(cudaSetDevice(other), cudaSuccess);
+  void* foreign = nullptr;
+  ASSERT_EQ(cudaMalloc(&foreign, 1 << 16), cudaSuccess);
+  ASSERT_EQ(cudaSetDevice(current), cudaSuccess);
+  DeviceBuffer<float> x(4096);
+  DeviceBuffer<uint8_t> enc(gradcompQsgdEncodedBytes(4096, 4, 512));
+  char want[64];
+  snprintf(want, sizeof(want), "is memory of CUDA device %d", other);
+  EXPECT_EQ(gradcompQsgdEncode(foreign, ncclFloat32, 4096, 4, 512, 1, enc.get(), stream),
+            gradcompInvalidArgument);
+  EXPECT_NE(strstr(gradcompGetLastError(), want), nullptr) << gradcompGetLastError();
+  EXPECT_EQ(gradcompQsgdEncode(x.get(), ncclFloat32, 4096, 4, 512, 1, foreign, stream),
+            gradcompInvalidArgument);
+  EXPECT_NE(strstr(gradcompGetLastError(), want), nullptr) << gradcompGetLastError();
+  EXPECT_EQ(gradcompQsgdDecode(enc.get(), 4096, 4, 512, static_cast<float*>(foreign), 0, stream),
+            gradcompInvalidArgument);
+  EXPECT_NE(strstr(gradcompGetLastError(), want), nullptr) << gradcompGetLastError();
+  EXPECT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+  cudaFree(foreign);
 }
 
 }  // namespace

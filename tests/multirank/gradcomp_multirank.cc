@@ -4,7 +4,8 @@
 // for bit against the serial host reference of the same algorithm (which
 // also makes them identical across ranks), then the sparse methods (top-k,
 // DGC, rand-k) against tests/common/ref_sparse.h, then CUDA-graph capture
-// against eager calls, then set-ups that every rank must refuse alike, then
+// against eager calls, then calls of one comm on two streams, then set-ups
+// that every rank must refuse alike, then
 // pass-through; then gradcompReduceScatter (QSGD fixed and DQ-SGD bits, the
 // sparse methods, in place, a graph, pass-through) against tests/common/ref_rs.h
 // (ref_hier_rs.h when hierarchical), then GRADCOMP_AUTO. Prints "N passed, M
@@ -364,6 +365,64 @@ void checkGraph(ncclComm_t nc, cudaStream_t st, size_t pipelineBytes,
   cudaFree(b);
   gradcompCommDestroy(eager);
   gradcompCommDestroy(graphed);
+}
+
+// One comm's calls on two streams, issued back to back with no host sync:
+// the comm shares its workspace, residual and device step counter between
+// them, so each call must wait for the previous one (the CUDA backend's
+// cross-stream join). The same calls on one stream of a second comm give the
+// reference bits; pipelined, so the comm stream joins in too.
+void checkTwoStreams(ncclComm_t nc, cudaStream_t st) {
+  gradcompConfig_t cfg;
+  gradcompConfigInit(&cfg);
+  cfg.autoTune = 0;  // these check compression: auto must not pass calls to NCCL
+  cfg.minElements = 0;
+  cfg.localSize = localSize;
+  cfg.algo = localSize > 1 ? gradcompAlgoAuto : gradcompAlgoTwoShot;
+  cfg.pipelineBytes = 64 << 10;
+  gradcompComm_t one, two;
+  CK(gradcompCommCreate(nc, &cfg, &one));
+  CK(gradcompCommCreate(nc, &cfg, &two));
+  cudaStream_t st2;
+  CK(cudaStreamCreateWithFlags(&st2, cudaStreamNonBlocking));
+  const size_t n = (1 << 18) + 77;
+  const int calls = 7;
+  std::vector<float*> a(calls), b(calls);
+  for (int k = 0; k < calls; ++k) {
+    std::vector<float> g = gctest::normal(n, 500 + 10 * k + rank);
+    CK(cudaMalloc(&a[k], n * 4));
+    CK(cudaMalloc(&b[k], n * 4));
+    CK(cudaMemcpyAsync(a[k], g.data(), n * 4, cudaMemcpyHostToDevice, st));
+    CK(cudaMemcpyAsync(b[k], g.data(), n * 4, cudaMemcpyHostToDevice, st));
+  }
+  CK(cudaStreamSynchronize(st));
+  // One key: one residual across the calls, as a training loop's buffer. The
+  // first call makes the state (a host sync); the rest are issued at once.
+  bool ok = true;
+  for (int k = 0; k < calls; ++k) {
+    ok &=
+        gradcompAllReduceKeyed(a[k], a[k], n, ncclFloat32, ncclAvg, one, st, 11) == gradcompSuccess;
+  }
+  for (int k = 0; k < calls; ++k) {
+    ok &= gradcompAllReduceKeyed(b[k], b[k], n, ncclFloat32, ncclAvg, two, k % 2 ? st2 : st, 11) ==
+          gradcompSuccess;
+  }
+  CK(cudaDeviceSynchronize());
+  std::vector<float> ra(n), rb(n);
+  for (int k = 0; k < calls; ++k) {
+    CK(cudaMemcpy(ra.data(), a[k], n * 4, cudaMemcpyDeviceToHost));
+    CK(cudaMemcpy(rb.data(), b[k], n * 4, cudaMemcpyDeviceToHost));
+    ok &= memcmp(ra.data(), rb.data(), n * 4) == 0;
+  }
+  report(ok, "calls alternating between two streams give the one-stream bits");
+  report(sameOnAllRanks(nc, st, rb), "two-stream calls: the same bits on every rank");
+  for (int k = 0; k < calls; ++k) {
+    cudaFree(a[k]);
+    cudaFree(b[k]);
+  }
+  cudaStreamDestroy(st2);
+  gradcompCommDestroy(one);
+  gradcompCommDestroy(two);
 }
 
 void checkPassThrough(ncclComm_t nc, cudaStream_t st) {
@@ -861,6 +920,7 @@ int main() {
   checkGraph(nc, st, 0);
   checkGraph(nc, st, 64 << 10);
   checkGraph(nc, st, 64 << 10, gradcompAlgoRing);
+  checkTwoStreams(nc, st);
   checkSetupAgreement(nc, ndev);
   checkPassThrough(nc, st);  // also: the NCCL comm still works after refused set-ups
   inRs = true;

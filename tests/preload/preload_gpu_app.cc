@@ -2,14 +2,19 @@
 // ncclAllReduce as a framework would and prints what it got. Rank and size
 // from GC_RANK / GC_NRANKS; rank 0 hands the NCCL id over in GC_ID_FILE.
 //   preload_gpu_app probe        prints the number of CUDA devices
-//   preload_gpu_app single|group|rs|rsgroup [calls]
+//   preload_gpu_app single|group|rs|rsgroup|streams [calls]
 // "single" makes `calls` allreduces of 2^20 floats; "group" makes three of
 // different sizes inside one ncclGroupStart/End; "rs" makes `calls`
 // reduce-scatters of 2^18 floats per rank (odd calls in place at
 // sendbuff + rank * recvcount), "rsgroup" two of different sizes in a group
-// (each rank prints its own block). Each result is checked
-// against the exact sum (inputs are a formula of rank and index), and its
-// FNV-1a hash printed, so the script can compare ranks and runs.
+// (each rank prints its own block); "streams" makes `calls` rounds of a
+// group of four allreduces of reused buffers with no host sync inside a
+// round, buffer b on stream b % GC_STREAMS (1 or 2), op Sum for even b and
+// Avg for odd b, so that GRADCOMP_GROUP=fuse makes the same two fused sets
+// with one stream or two, and a run on two streams must give the one-stream
+// run's bits. Each result is checked against the exact sum (inputs are a
+// formula of rank and index), and its FNV-1a hash printed, so the script can
+// compare ranks and runs.
 #include <cuda_runtime_api.h>
 #include <math.h>
 #include <nccl.h>
@@ -134,6 +139,61 @@ static int reduceScatters(const std::string& mode, int calls, int rank, int nran
   return bad;
 }
 
+// Calls of one communicator on two streams with nothing but gradcomp itself
+// ordering them. The four buffers are reused every round, as a training
+// loop's gradients are, so only the first round makes gradcomp state and
+// workspace (a device sync); from the second on, each round's inputs are
+// uploaded on the buffer's stream and the group issued with no host sync, so
+// the two streams' sets overlap unless gradcomp orders them.
+static int twoStreams(int calls, int rank, int nranks, ncclComm_t comm, cudaStream_t first) {
+  const size_t counts[4] = {(size_t)1 << 18, 100000, (size_t)1 << 19, 70001};
+  const int nstreams = getenv("GC_STREAMS") ? atoi(getenv("GC_STREAMS")) : 2;
+  cudaStream_t streams[2] = {first, first};
+  if (nstreams == 2) CK_CUDA(cudaStreamCreateWithFlags(&streams[1], cudaStreamNonBlocking));
+  float* bufs[4];
+  for (int b = 0; b < 4; ++b) CK_CUDA(cudaMalloc(&bufs[b], counts[b] * sizeof(float)));
+  int bad = 0;
+  for (int call = 0; call < calls; ++call) {
+    std::vector<std::vector<float>> in(4), got(4);
+    for (int b = 0; b < 4; ++b) {
+      in[b].resize(counts[b]);
+      got[b].resize(counts[b]);
+      for (size_t i = 0; i < counts[b]; ++i) in[b][i] = input(rank, i + b, call);
+      // Pageable: staged before the call returns, ordered on the stream.
+      CK_CUDA(cudaMemcpyAsync(bufs[b], in[b].data(), counts[b] * sizeof(float),
+                              cudaMemcpyHostToDevice, streams[b % 2]));
+    }
+    CK_NCCL(ncclGroupStart());
+    for (int b = 0; b < 4; ++b) {
+      CK_NCCL(ncclAllReduce(bufs[b], bufs[b], counts[b], ncclFloat32, b % 2 ? ncclAvg : ncclSum,
+                            comm, streams[b % 2]));
+    }
+    CK_NCCL(ncclGroupEnd());
+    for (int b = 0; b < 4; ++b) {
+      CK_CUDA(cudaMemcpyAsync(got[b].data(), bufs[b], counts[b] * sizeof(float),
+                              cudaMemcpyDeviceToHost, streams[b % 2]));
+    }
+    CK_CUDA(cudaDeviceSynchronize());
+    for (int b = 0; b < 4; ++b) {
+      double err = 0, norm = 0;
+      for (size_t i = 0; i < counts[b]; ++i) {
+        double exact = 0;
+        for (int r = 0; r < nranks; ++r) exact += input(r, i + b, call);
+        if (b % 2) exact /= nranks;
+        err += (got[b][i] - exact) * (got[b][i] - exact);
+        norm += exact * exact;
+      }
+      const double rel = sqrt(err / norm);
+      printf("call %d buffer %d count %zu rel_error %.6f hash %016llx\n", call, b, counts[b], rel,
+             (unsigned long long)fnv1a(got[b].data(), counts[b] * sizeof(float)));
+      if (!(rel < 0.5)) bad = 1;
+    }
+  }
+  for (float* d : bufs) cudaFree(d);
+  if (nstreams == 2) cudaStreamDestroy(streams[1]);
+  return bad;
+}
+
 int main(int argc, char** argv) {
   const std::string mode = argc > 1 ? argv[1] : "single";
   if (mode == "probe") {
@@ -162,6 +222,12 @@ int main(int argc, char** argv) {
 
   if (mode == "rs" || mode == "rsgroup") {
     const int bad = reduceScatters(mode, calls, rank, nranks, comm, stream);
+    CK_NCCL(ncclCommDestroy(comm));
+    printf("rank %d done%s\n", rank, bad ? " with errors" : "");
+    return bad;
+  }
+  if (mode == "streams") {
+    const int bad = twoStreams(calls, rank, nranks, comm, stream);
     CK_NCCL(ncclCommDestroy(comm));
     printf("rank %d done%s\n", rank, bad ? " with errors" : "");
     return bad;

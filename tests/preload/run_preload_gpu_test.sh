@@ -81,6 +81,20 @@ for group in defer fuse; do
   compressed_calls group_$group 2 6
 done
 
+# 2b. One communicator on two streams, nothing but gradcomp ordering the
+#     calls (buffers reused, no host sync inside a round): deferred calls
+#     one by one, and fused sets (one per stream and op) sharing the fusion
+#     buffer. Two streams must give the bits of one (same calls, sets, steps).
+for group in defer fuse; do
+  for ns in 1 2; do
+    launch streams_${group}_$ns 2 1 "streams 3" GRADCOMP_GROUP=$group GC_STREAMS=$ns
+    same_on_all_ranks streams_${group}_$ns 2
+  done
+  compressed_calls streams_${group}_2 2 12
+  check "streams_$group: two streams give the one-stream bits" \
+    "[ -s '$work/streams_${group}_1_r0.out' ] && [ \"\$(hashes streams_${group}_1 0)\" = \"\$(hashes streams_${group}_2 0)\" ]"
+done
+
 # 3. Reduce-scatter (FSDP's collective): QSGD and DGC on 2 and 4 ranks, in
 # and out of place, and in a group (deferred, and under fuse one by one).
 rs_compressed() {  # NAME NRANKS EXPECTED: reduce-scatters compressed on every rank

@@ -11,20 +11,45 @@
 namespace gc {
 namespace {
 
+bool isCapturing(cudaStream_t stream) {
+  cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
+  if (cudaStreamIsCapturing(stream, &st) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  return st != cudaStreamCaptureStatusNone;
+}
+
 class CudaBackend final : public Backend {
  public:
   bool onDevice() const override { return true; }
 
-  bool capturing() const override {
-    cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
-    if (cudaStreamIsCapturing(stream_, &st) != cudaSuccess) {
-      (void)cudaGetLastError();
-      return false;
+  bool capturing() const override { return isCapturing(stream_); }
+
+  // A comm's calls share its workspace, buffer states and device step
+  // counter, so a call on another stream than the last compressed call's
+  // must not start before that call's work ends (NCCL orders its own calls
+  // on one communicator, not gradcomp's kernels around them): without this,
+  // the new call's encode could overwrite a workspace the previous call's
+  // exchange still reads, and read the step counter before its increment,
+  // keying its RNG differently from ranks where the timing fell otherwise.
+  // The wait is on an event recorded at the end of the last eager compressed
+  // call (advanceStep), on a stream that was alive then. Captures neither
+  // record nor wait: an eager wait cannot name work inside a graph, and a
+  // graph's launches are ordered by the stream the caller launches it on.
+  void setStream(cudaStream_t stream) override {
+    if (lastCallRecorded_ && stream != lastCallStream_ && !isCapturing(stream)) {
+      if (cudaStreamWaitEvent(stream, lastCall_, 0) == cudaSuccess) {
+        lastCallStream_ = stream;
+      } else {
+        (void)cudaGetLastError();  // the call's first launch on this stream reports it
+      }
     }
-    return st != cudaStreamCaptureStatusNone;
+    stream_ = stream;
   }
 
   ~CudaBackend() override {
+    if (lastCall_ != nullptr) (void)cudaEventDestroy(lastCall_);
     release(stepDev_);
     for (cudaEvent_t e : events_) {
       if (e != nullptr) (void)cudaEventDestroy(e);
@@ -44,6 +69,7 @@ class CudaBackend final : public Backend {
     for (cudaEvent_t& e : events_) {
       GC_CUDACHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
     }
+    GC_CUDACHECK(cudaEventCreateWithFlags(&lastCall_, cudaEventDisableTiming));
     return gradcompSuccess;
   }
   cudaStream_t commStream() const override { return commStream_; }
@@ -57,8 +83,14 @@ class CudaBackend final : public Backend {
     return gradcompSuccess;
   }
   const uint64_t* deviceStep() const override { return stepDev_; }
+  // The last thing a compressed call enqueues: marks its end for setStream.
   gradcompResult_t advanceStep() override {
     GC_CUDACHECK(cuda::advanceStep(stepDev_, stream_));
+    if (!capturing()) {
+      GC_CUDACHECK(cudaEventRecord(lastCall_, stream_));
+      lastCallRecorded_ = true;
+      lastCallStream_ = stream_;
+    }
     return gradcompSuccess;
   }
   gradcompResult_t setStep(uint64_t step) override {
@@ -120,11 +152,13 @@ class CudaBackend final : public Backend {
 
   gradcompResult_t qsgdEncode(const void* x, DType t, float* residual, size_t n, int bits,
                               int bucket, const KeySpec& key, void* out) override {
+    GC_CHECK(qsgdCheckDeviceCount(n, bucket));
     GC_CUDACHECK(cuda::qsgdEncode(x, t, residual, n, bits, bucket, key, out, stream_));
     return gradcompSuccess;
   }
   gradcompResult_t qsgdDecode(const void* in, size_t n, int bits, int bucket, float* out,
                               bool accumulate) override {
+    GC_CHECK(qsgdCheckDeviceCount(n, bucket));
     GC_CUDACHECK(cuda::qsgdDecode(in, n, bits, bucket, out, accumulate, stream_));
     return gradcompSuccess;
   }
@@ -148,6 +182,9 @@ class CudaBackend final : public Backend {
   }
 
   uint64_t* stepDev_ = nullptr;
+  cudaEvent_t lastCall_ = nullptr;         // recorded at the end of each eager compressed call
+  cudaStream_t lastCallStream_ = nullptr;  // a stream ordered after that record
+  bool lastCallRecorded_ = false;
   cudaStream_t commStream_ = nullptr, nodeStream_ = nullptr;
   cudaEvent_t events_[kPipeEvents] = {};
 };

@@ -17,6 +17,16 @@ gradcompResult_t checkDevicePointer(const void* p, const char* name) {
   }
   GC_ARG(attr.type != cudaMemoryTypeUnregistered,
          "%s=%p is pageable host memory; a device, managed or pinned pointer is needed", name, p);
+  if (attr.type == cudaMemoryTypeDevice) {
+    // The kernels run on the current device (a launch into another device's
+    // stream fails): another GPU's memory would be an illegal address there
+    // unless peer access happens to be on, and NCCL refuses it as well.
+    int dev = -1;
+    GC_CUDACHECK(cudaGetDevice(&dev));
+    GC_ARG(attr.device == dev,
+           "%s=%p is memory of CUDA device %d, not of the current device %d where the work runs",
+           name, p, attr.device, dev);
+  }
   return gradcompSuccess;
 }
 
