@@ -156,6 +156,17 @@ gradcompResult_t gradcompCommCreateCpu(int nranks, const gradcompConfig_t* confi
 gradcompResult_t gradcompCommCreateSocket(int nranks, int rank, const char* root,
                                           const gradcompConfig_t* config, gradcompComm_t* comm);
 gradcompResult_t gradcompCommDestroy(gradcompComm_t comm);
+/* As ncclCommAbort: call it after aborting the NCCL communicator the comm was
+ * made from (or, on the CPU backend, when a peer is gone). Aborts the comm's
+ * own NCCL sub-communicators (ncclCommAbort) and closes its CPU transport, so
+ * that nothing of it waits on a peer: a call in progress on another thread
+ * returns an error, and abort waits for it to return. Then frees the comm
+ * without waiting for its work: CUDA memory is freed once the comm's streams
+ * have drained (aborted NCCL kernels exit; gradcomp's own kernels finish by
+ * themselves) and left allocated, with a warning, when they have not within
+ * a few seconds. Never blocks on a peer; NULL is a no-op, as for destroy. No
+ * call may start on the comm once abort has begun. */
+gradcompResult_t gradcompCommAbort(gradcompComm_t comm);
 gradcompResult_t gradcompCommRank(gradcompComm_t comm, int* rank);
 gradcompResult_t gradcompCommSize(gradcompComm_t comm, int* size);
 

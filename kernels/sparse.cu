@@ -388,6 +388,10 @@ __global__ void gatherKernel(float* __restrict__ v, const uint32_t* __restrict__
   }
 }
 
+__global__ void addCountKernel(const uint64_t* __restrict__ count, uint64_t* __restrict__ sum) {
+  *sum += *count;
+}
+
 }  // namespace
 
 size_t sparseScratchBytes(size_t n, size_t m) {
@@ -483,6 +487,11 @@ cudaError_t sparseGather(float* v, const uint32_t* idx, size_t k, float* out, bo
                          cudaStream_t s) {
   if (k == 0) return cudaSuccess;
   gatherKernel<<<blocksFor(k), kThreads, 0, s>>>(v, idx, k, out, clear);
+  return cudaGetLastError();
+}
+
+cudaError_t addCount(const uint64_t* count, uint64_t* sum, cudaStream_t s) {
+  addCountKernel<<<1, 1, 0, s>>>(count, sum);
   return cudaGetLastError();
 }
 

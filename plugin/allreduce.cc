@@ -110,6 +110,8 @@ GC_EXPORT gradcompResult_t gradcompAllReduce(const void* sendbuff, void* recvbuf
                                              ncclDataType_t datatype, ncclRedOp_t op,
                                              gradcompComm_t comm, cudaStream_t stream) {
   return gc::guarded([&] {
+    gc::CommCall call(comm);
+    GC_CHECK(call.check());
     return gc::allReduce(sendbuff, recvbuff, count, datatype, op, comm, stream, false, 0);
   });
 }
@@ -119,6 +121,8 @@ GC_EXPORT gradcompResult_t gradcompAllReduceKeyed(const void* sendbuff, void* re
                                                   ncclRedOp_t op, gradcompComm_t comm,
                                                   cudaStream_t stream, uint64_t key) {
   return gc::guarded([&] {
+    gc::CommCall call(comm);
+    GC_CHECK(call.check());
     return gc::allReduce(sendbuff, recvbuff, count, datatype, op, comm, stream, true, key);
   });
 }

@@ -3,7 +3,9 @@
 
 #include <string.h>
 
+#include <chrono>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "kernels/qsgd_math.cuh"
@@ -19,6 +21,14 @@ void splitAligned(size_t count, int parts, size_t align, size_t* off) {
     size_t o = (size_t)j * per * align;
     off[j] = o < count ? o : count;
   }
+}
+
+gradcompResult_t CommCall::check() const {
+  if (c_ != nullptr && c_->aborted) {
+    return setError(gradcompInvalidUsage,
+                    "comm %p was aborted (gradcompCommAbort); no call may use it", (void*)c_);
+  }
+  return gradcompSuccess;
 }
 
 }  // namespace gc
@@ -185,6 +195,60 @@ gradcompResult_t commCreate(ncclComm_t nccl, const gradcompConfig_t* config, con
   return gradcompSuccess;
 }
 
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// gradcompCommAbort's bounds: the whole wait for calls in progress and the
+// device work, and the part of it before the sub-communicators are aborted.
+constexpr double kAbortWaitSec = 10;
+constexpr double kAbortEnqueueSec = 1;
+
+Clock::time_point after(Clock::time_point t, double sec) {
+  return t + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(sec));
+}
+
+// True when no public call is in progress on c before the deadline.
+bool waitCalls(gradcompComm* c, Clock::time_point deadline) {
+  while (c->callsInFlight > 0) {
+    if (Clock::now() >= deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return true;
+}
+
+// Frees what destroy and abort both free, once nothing uses it.
+void freeComm(gradcompComm* comm, const char* how) {
+  if (comm->backend) {
+    for (auto& kv : comm->states) comm->releaseState(kv.second);
+    comm->backend->release(comm->workspace);
+  }
+  gc::destroyHierarchy(comm);
+  GC_INFO("comm %p %s: %llu calls compressed, %llu passed through", (void*)comm, how,
+          (unsigned long long)comm->stats.callsCompressed,
+          (unsigned long long)comm->stats.callsPassedThrough);
+  delete comm;
+}
+
+}  // namespace
+
+void commStop(gradcompComm* c) {
+  if (c->aborted.exchange(true)) return;
+  for (Transport* t :
+       {c->transport.get(), c->intra.get(), c->inter ? c->inter->transport.get() : nullptr}) {
+    if (t != nullptr) t->abort();
+  }
+  // A call that is only enqueueing NCCL work finishes it before the
+  // sub-communicators go; one stuck in a host sync on them is what the abort
+  // below releases.
+  waitCalls(c, after(Clock::now(), kAbortEnqueueSec));
+  const NcclApi* api = ncclApi();
+  for (ncclComm_t* sub : {&c->intraNccl, &c->interNccl}) {
+    if (*sub != nullptr && api->commAbort != nullptr) api->commAbort(*sub);
+    *sub = nullptr;
+  }
+}
+
 }  // namespace gc
 
 extern "C" {
@@ -276,16 +340,35 @@ GC_EXPORT gradcompResult_t gradcompCommCreateSocket(int nranks, int rank, const 
 
 GC_EXPORT gradcompResult_t gradcompCommDestroy(gradcompComm_t comm) {
   if (comm == nullptr) return gradcompSuccess;
-  if (comm->backend) {
-    comm->backend->sync();
-    for (auto& kv : comm->states) comm->releaseState(kv.second);
-    comm->backend->release(comm->workspace);
+  if (comm->backend) comm->backend->sync();
+  gc::freeComm(comm, "destroyed");
+  return gradcompSuccess;
+}
+
+GC_EXPORT gradcompResult_t gradcompCommAbort(gradcompComm_t comm) {
+  if (comm == nullptr) return gradcompSuccess;
+  const auto deadline = gc::after(gc::Clock::now(), gc::kAbortWaitSec);
+  gc::commStop(comm);
+  // Calls in progress now wait on nothing but their own work.
+  if (!gc::waitCalls(comm, deadline)) {
+    GC_WARN(
+        "comm %p aborted while %d call(s) on other threads had not returned after %g s: its "
+        "memory is left allocated",
+        (void*)comm, (int)comm->callsInFlight, gc::kAbortWaitSec);
+    return gradcompSuccess;
   }
-  gc::destroyHierarchy(comm);
-  GC_INFO("comm %p destroyed: %llu calls compressed, %llu passed through", (void*)comm,
-          (unsigned long long)comm->stats.callsCompressed,
-          (unsigned long long)comm->stats.callsPassedThrough);
-  delete comm;
+  // NCCL's abort frees once its kernels have exited; freeing memory a kernel
+  // may still touch is undefined, so a comm whose work has not drained (a
+  // kernel behind one of a communicator nobody aborted) is left allocated.
+  const double left = std::chrono::duration<double>(deadline - gc::Clock::now()).count();
+  if (comm->backend && !comm->backend->drain(left > 0 ? left : 0)) {
+    GC_WARN(
+        "comm %p aborted while its device work had not finished after %g s: its memory is "
+        "left allocated (abort every NCCL communicator with a dead peer first)",
+        (void*)comm, gc::kAbortWaitSec);
+    return gradcompSuccess;
+  }
+  gc::freeComm(comm, "aborted");
   return gradcompSuccess;
 }
 
@@ -313,6 +396,8 @@ GC_EXPORT gradcompResult_t gradcompCommResetState(gradcompComm_t comm) {
 
 GC_EXPORT gradcompResult_t gradcompCommRetune(gradcompComm_t comm, cudaStream_t stream) {
   GC_ARG(validComm(comm), "comm is NULL");
+  gc::CommCall call(comm);
+  GC_CHECK(call.check());
   comm->backend->setStream(stream);
   comm->transport->setStream(stream);
   return gc::autoRetune(comm);

@@ -5,6 +5,7 @@
 
 #include <stdint.h>
 
+#include <atomic>
 #include <map>
 #include <memory>
 #include <tuple>
@@ -63,6 +64,10 @@ struct gradcompComm {
   // Set by a state load or reset: the next call first checks that every
   // rank is at the same step (Transport::verifyCall).
   bool verifyNext = false;
+  // gradcompCommAbort: set once abort begins (every later call fails), and
+  // the public calls in progress, which abort waits for before it frees.
+  std::atomic<bool> aborted{false};
+  std::atomic<int> callsInFlight{0};
 
   // RNG key of one encode of this call (see gc::KeySpec).
   gc::KeySpec key(uint64_t callStep, uint64_t stream) const {
@@ -107,4 +112,30 @@ void splitAligned(size_t count, int parts, size_t align, size_t* off);
 // waiting for it; the result is gradcompInvalidArgument on every rank.
 gradcompResult_t commCreate(ncclComm_t nccl, const gradcompConfig_t* config, const char* refused,
                             gradcompComm_t* comm);
+
+// The first half of gradcompCommAbort, which frees nothing: marks the comm
+// aborted, aborts its transports and then its NCCL sub-communicators, so that
+// no call in progress on another thread waits on a peer. The LD_PRELOAD
+// library runs it at ncclCommAbort, when a call may still hold the comm.
+// Idempotent.
+void commStop(gradcompComm* c);
+
+// Counts a public call on a comm (a collective, a retune) while it runs, so
+// that gradcompCommAbort on another thread waits for it; fails the call
+// once the comm is aborted.
+class CommCall {
+ public:
+  explicit CommCall(gradcompComm* c) : c_(c) {
+    if (c_ != nullptr) c_->callsInFlight++;
+  }
+  ~CommCall() {
+    if (c_ != nullptr) c_->callsInFlight--;
+  }
+  CommCall(const CommCall&) = delete;
+  CommCall& operator=(const CommCall&) = delete;
+  gradcompResult_t check() const;
+
+ private:
+  gradcompComm* c_;
+};
 }  // namespace gc

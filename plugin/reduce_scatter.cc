@@ -111,6 +111,8 @@ GC_EXPORT gradcompResult_t gradcompReduceScatter(const void* sendbuff, void* rec
                                                  ncclRedOp_t op, gradcompComm_t comm,
                                                  cudaStream_t stream) {
   return gc::guarded([&] {
+    gc::CommCall call(comm);
+    GC_CHECK(call.check());
     return gc::reduceScatter(sendbuff, recvbuff, recvcount, datatype, op, comm, stream, false, 0);
   });
 }
@@ -120,6 +122,8 @@ GC_EXPORT gradcompResult_t gradcompReduceScatterKeyed(const void* sendbuff, void
                                                       ncclRedOp_t op, gradcompComm_t comm,
                                                       cudaStream_t stream, uint64_t key) {
   return gc::guarded([&] {
+    gc::CommCall call(comm);
+    GC_CHECK(call.check());
     return gc::reduceScatter(sendbuff, recvbuff, recvcount, datatype, op, comm, stream, true, key);
   });
 }

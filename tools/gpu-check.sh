@@ -162,7 +162,8 @@ PY
 if ! want multirank; then
   :
 elif [ -f tools/multirank_check.sh ]; then
-  run_step multirank 240 "$raw/multirank.txt" bash tools/multirank_check.sh "$raw" "$build"
+  # +60 s: the abort runs (a rank dies mid-call; the survivors must come back).
+  run_step multirank 300 "$raw/multirank.txt" bash tools/multirank_check.sh "$raw" "$build"
 else
   printf 'multirank\tmissing\t0\ttools/multirank_check.sh not in this tree\n' >> "$steps"
 fi

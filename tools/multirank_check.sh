@@ -63,8 +63,46 @@ for run in 2:0 4:0 4:2; do
     grep -E "FAILED" "$log" | head -5 | sed 's/^/    /' >> "$out/multirank_failures.txt" || true
   done
 done
+# gradcompCommAbort after a peer died mid-call (GC_ABORT_TEST=1): the last rank
+# exits while the others are in a two-shot (N=2) or hierarchical (N=4, L=2)
+# call; every survivor must come back from ncclCommAbort + gradcompCommAbort.
+# The binary's own watchdog fails a hung rank after 60 s; timeout is the backstop.
+abort_pass=0; abort_fail=0
+for run in 2:0 4:2; do
+  n=${run%%:*}; local_size=${run##*:}
+  idfile=$(mktemp -u /tmp/gc_ncclid.XXXXXX)
+  pids=()
+  for r in $(seq 0 $((n - 1))); do
+    env_extra=()
+    if [ "$ngpu" -lt "$n" ]; then
+      env_extra=(NCCL_HOSTID=host-$r NCCL_NET=Socket NCCL_SOCKET_IFNAME=lo NCCL_IB_DISABLE=1
+                 NCCL_P2P_DISABLE=1 NCCL_SHM_DISABLE=1 NCCL_NVLS_ENABLE=0)
+    fi
+    [ "$local_size" != 0 ] && env_extra+=(GRADCOMP_LOCAL_SIZE=$local_size)
+    env "${env_extra[@]}" GC_ABORT_TEST=1 GRADCOMP_AUTO=0 GC_RANK=$r GC_NRANKS=$n \
+      GC_ID_FILE=$idfile timeout 90 "$bin" > "$out/multirank_abort_n${n}_r${r}.log" 2>&1 &
+    pids+=($!)
+  done
+  for p in "${pids[@]}"; do wait "$p"; done
+  rm -f "$idfile"
+  for r in $(seq 0 $((n - 2))); do  # the last rank is the one that dies
+    log=$out/multirank_abort_n${n}_r${r}.log
+    line=$(grep -E "^multirank abort rank .*passed" "$log" | tail -1)
+    if [ -n "$line" ]; then
+      abort_pass=$((abort_pass + $(echo "$line" | sed -E 's/.*: ([0-9]+) passed, ([0-9]+) failed/\1/')))
+      abort_fail=$((abort_fail + $(echo "$line" | sed -E 's/.*: ([0-9]+) passed, ([0-9]+) failed/\2/')))
+    else
+      abort_fail=$((abort_fail + 1)); line="rank $r of $n: crashed or hung ($(tail -2 "$log" | tr '\n' ' '))"
+    fi
+    lines="$lines- abort N=$n$([ "$local_size" != 0 ] && echo " GRADCOMP_LOCAL_SIZE=$local_size"): $line"$'\n'
+    grep -E "FAILED" "$log" | head -5 | sed 's/^/    /' >> "$out/multirank_failures.txt" || true
+  done
+done
+total_pass=$((total_pass + abort_pass)); total_fail=$((total_fail + abort_fail))
+
 cat > "$out/multirank.json" <<J
 {"multirank_tests_passed": $total_pass, "multirank_tests_failed": $total_fail,
+ "multirank_abort_tests_passed": $abort_pass, "multirank_abort_tests_failed": $abort_fail,
  "multirank_hier_tests_passed": $hier_pass, "multirank_hier_tests_failed": $hier_fail,
  "multirank_rs_tests_passed": $rs_pass, "multirank_rs_tests_failed": $rs_fail}
 J

@@ -101,6 +101,7 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
   float* u = c.cfg.method == gradcompMethodDgc ? st.momentum : nullptr;
   const float clipThr = sparseClipThreshold(c);
   ops.setStream(be.stream());
+  GC_CHECK(ops.resetSelected());
 
   // 1. Accumulate (the send buffer is read before recv, which may alias it,
   // is written).
@@ -145,6 +146,7 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
   if (!(a.dtype == DType::F32 && divisor == 1.0f)) {
     GC_CHECK(be.fromFloat(out, n, divisor, a.dtype, a.recv));
   }
+  GC_CHECK(ops.publishSelected());
   c.stats.selectedLast = L.dense ? n : ops.lastSelected();
   c.stats.targetLast = L.plan.k;
   return gradcompSuccess;

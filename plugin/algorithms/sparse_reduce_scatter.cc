@@ -112,8 +112,10 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
   GC_CHECK(ops.accumulate(a.send, a.dtype, n * m, clipThr, c.cfg.momentum, u, v,
                           st.residual != nullptr, keep, scratch));
 
-  // 2. Fill the peers' slots.
+  // 2. Fill the peers' slots. The selections' count is summed by the sparse
+  // ops (on CUDA on the device, where each select leaves it).
   uint64_t selected = 0;
+  GC_CHECK(ops.resetSelected());
   {
     GC_NVTX_RANGE("gradcomp select");
     for (int j = 0; j < n; ++j) {
@@ -136,9 +138,10 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
         GC_CHECK(sparseSelect(c, vj, m, L.plan, c.key(a.step, kSelectStream + j), L.vt, slot,
                               L.valOff, mask ? mask + j * m : nullptr, scratch));
         if (keep) GC_CHECK(ops.settle(vj, keepj, nullptr, m, false));
-        selected += ops.lastSelected();
       }
     }
+    GC_CHECK(ops.publishSelected());
+    if (L.payload == Payload::Sparse) selected = ops.lastSelected();
   }
 
   // 3. All-to-all.

@@ -42,6 +42,10 @@ class Backend {
   virtual gradcompResult_t toHost(void* hostDst, const void* src, size_t bytes) = 0;
   virtual gradcompResult_t fromHost(void* dst, const void* hostSrc, size_t bytes) = 0;
   virtual gradcompResult_t sync() = 0;
+  // gradcompCommAbort: waits at most timeoutSec, polling, never blocking on
+  // it, for the work this backend enqueued to finish; true when it has (then
+  // its memory may be freed). The CPU backend runs nothing asynchronously.
+  virtual bool drain(double timeoutSec) { return true; }
 
   // QSGD (residual may be null: no error feedback).
   virtual gradcompResult_t qsgdEncode(const void* x, DType t, float* residual, size_t n, int bits,

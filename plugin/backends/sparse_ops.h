@@ -50,8 +50,14 @@ class SparseOps {
   // non-finite value; applyFlag makes val[0..k) NaN when *flag is NaN.
   virtual gradcompResult_t nonFiniteFlag(const float* v, size_t n, float* flag) = 0;
   virtual gradcompResult_t applyFlag(float* val, size_t k, const float* flag) = 0;
-  // Slots filled by the last select. The CUDA count arrives asynchronously
-  // (no sync on the data path), so there it may describe an earlier call.
+  // The slots a call's selects fill (the sparse reduce-scatter selects once
+  // per peer): resetSelected() before the first, publishSelected() after the
+  // last, then lastSelected() is their sum. On CUDA the sum is kept on the
+  // device and copied to the host asynchronously at publish (no sync on the
+  // data path), so lastSelected() may give an earlier call's sum, but always
+  // a whole call's.
+  virtual gradcompResult_t resetSelected() = 0;
+  virtual gradcompResult_t publishSelected() = 0;
   virtual uint64_t lastSelected() const = 0;
 
  protected:

@@ -15,4 +15,10 @@ gradcompResult_t callMismatch(int rank, const CallInfo& mine, int peer, const Ca
                   theirs.type, theirs.op);
 }
 
+gradcompResult_t Transport::checkOpen() const {
+  if (!aborted_) return gradcompSuccess;
+  return setError(gradcompInvalidUsage,
+                  "rank %d: the comm was aborted (gradcompCommAbort); no call may use it", rank_);
+}
+
 }  // namespace gc

@@ -9,6 +9,7 @@
 
 #include <stdint.h>
 
+#include <atomic>
 #include <memory>
 #include <vector>
 
@@ -44,6 +45,12 @@ class Transport {
   // when they differ. Both transports override it; the default serves
   // single-process stand-ins, which have nobody to disagree with.
   virtual gradcompResult_t verifyCall() { return gradcompSuccess; }
+  // gradcompCommAbort: fails every later collective at once and wakes one in
+  // progress on another thread, never waiting for a peer (the CPU transports
+  // also release their peers: the in-process world fails every rank's wait,
+  // the socket transport shuts its connections down). Any thread, any number
+  // of times.
+  virtual void abort() { aborted_ = true; }
 
   // send[j] (sendBytes[j] bytes) goes to rank j and recv[i] (recvBytes[i])
   // comes from rank i; the entries of this rank are skipped.
@@ -68,6 +75,9 @@ class Transport {
   int rank_ = 0, size_ = 1;
   cudaStream_t stream_ = nullptr;
   CallInfo call_;
+  std::atomic<bool> aborted_{false};
+  // InvalidUsage once abort() was called.
+  gradcompResult_t checkOpen() const;
 };
 
 // The sentence of a disagreement between this rank's call and rank `peer`'s.

@@ -68,6 +68,8 @@ cudaError_t sparseScatterAdd(const uint32_t* idx, const void* val, DType vt, siz
 cudaError_t randkIndices(size_t n, size_t k, const KeySpec& key, uint32_t* idx, cudaStream_t s);
 cudaError_t sparseGather(float* v, const uint32_t* idx, size_t k, float* out, bool clear,
                          cudaStream_t s);
+// *sum += *count, one thread: the selected counts of a call, summed on the device.
+cudaError_t addCount(const uint64_t* count, uint64_t* sum, cudaStream_t s);
 }  // namespace cuda
 
 }  // namespace gc

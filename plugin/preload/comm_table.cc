@@ -212,7 +212,16 @@ size_t typeBytes(ncclDataType_t type) {
 CommEntry::~CommEntry() {
   if (gc == nullptr && fusion == nullptr && fusionDone == nullptr) return;
   DeviceGuard guard(device);
-  if (gc != nullptr) gradcompCommDestroy(gc);
+  if (aborted) {
+    if (gc != nullptr) gradcompCommAbort(gc);
+    // As gradcompCommAbort: memory a copy may still touch stays allocated.
+    if (fusionDone != nullptr && cudaEventQuery(fusionDone) == cudaErrorNotReady) {
+      (void)cudaGetLastError();
+      return;
+    }
+  } else if (gc != nullptr) {
+    gradcompCommDestroy(gc);
+  }
   if (fusion != nullptr) cudaFree(fusion);
   if (fusionDone != nullptr) cudaEventDestroy(fusionDone);
 }
@@ -306,7 +315,7 @@ void decideUnlessCapturing(CommEntry& e, ncclComm_t comm, cudaStream_t stream) {
   decide(e, stream);
 }
 
-void release(ncclComm_t comm) {
+void release(ncclComm_t comm, bool abort) {
   EntryPtr e;
   {
     std::lock_guard<std::mutex> lock(tableMu());
@@ -315,6 +324,15 @@ void release(ncclComm_t comm) {
     if (it == table().end()) return;
     e = std::move(it->second);
     table().erase(it);
+  }
+  if (abort) {
+    e->aborted = true;
+    // decide() publishes gc before the mode; a decision still in progress
+    // leaves it to the entry's end, which aborts it too.
+    if (e->mode == Mode::Compress && e->gc != nullptr) {
+      DeviceGuard guard(e->device);
+      commStop(e->gc);
+    }
   }
   printSummary(*e, true);
 }

@@ -230,11 +230,12 @@ GC_INTERPOSE ncclResult_t ncclCommDestroy(ncclComm_t comm) {
 }
 
 GC_INTERPOSE ncclResult_t ncclCommAbort(ncclComm_t comm) {
-  // NCCL's first: aborting stops kernels that may be stuck on a dead peer,
-  // which freeing our state would otherwise wait for.
+  // NCCL's first: aborting stops kernels that may be stuck on a dead peer;
+  // then ours (gradcompCommAbort), whose sub-communicators' kernels may be
+  // stuck too, and which never waits on a peer.
   const ncclResult_t r =
       realNccl()->commAbort != nullptr ? realNccl()->commAbort(comm) : ncclSystemError;
-  release(comm);
+  release(comm, /*abort=*/true);
   return r;
 }
 

@@ -68,6 +68,9 @@ struct CommEntry {
   // copy in.
   cudaEvent_t fusionDone = nullptr;
   cudaStream_t fusionStream = nullptr;
+  // Set by ncclCommAbort: the entry's end aborts the gradcomp comm instead of
+  // destroying it (no waiting on kernels that may be stuck on a dead peer).
+  std::atomic<bool> aborted{false};
   ~CommEntry();
 };
 using EntryPtr = std::shared_ptr<CommEntry>;
@@ -83,8 +86,11 @@ void decide(CommEntry& e, cudaStream_t stream);
 // eager one), which is said once.
 void decideUnlessCapturing(CommEntry& e, ncclComm_t comm, cudaStream_t stream);
 // Forgets `comm` (destroyed or aborted), printing its summary at INFO; its
-// gradcomp state goes when the last call using it returns.
-void release(ncclComm_t comm);
+// gradcomp state goes when the last call using it returns. With `abort`
+// (ncclCommAbort, after NCCL's own) the gradcomp comm is stopped at once
+// (gc::commStop: its sub-communicators aborted, so a call still holding it
+// waits on no peer) and aborted rather than destroyed at the end.
+void release(ncclComm_t comm, bool abort = false);
 // Records how a communicator was created: non-blocking ones always pass through.
 void noteCreated(ncclComm_t comm, bool nonBlocking);
 // Non-blocking by NCCL's rules: NCCL_COMM_BLOCKING overrides; a null config

@@ -208,6 +208,17 @@ class Comm:
             h, self._h = self._h, ctypes.c_void_p()
             check(lib().gradcompCommDestroy(h))
 
+    def abort(self):
+        """gradcompCommAbort, as ncclCommAbort: after the NCCL communicator the comm was made
+        from is aborted (or, on the CPU backend, when a peer is gone). Frees the comm without
+        waiting on a peer; a call in progress on another thread raises. Closed afterwards."""
+        if not has("gradcompCommAbort"):
+            raise GradcompError("this libgradcomp has no gradcompCommAbort: rebuild it from a "
+                                "checkout that has it", 7)
+        if self._h:
+            h, self._h = self._h, ctypes.c_void_p()
+            check(lib().gradcompCommAbort(h))
+
     def __repr__(self):
         return f"Comm(rank={self.rank}, size={self.size})"
 

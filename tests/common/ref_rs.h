@@ -62,10 +62,13 @@ inline std::vector<std::vector<float>> refReduceScatter(std::vector<Rank>& R, DT
 // (seed, step, 0, kRandkStream + j), and a block whose slots would not be
 // smaller than 4m bytes goes whole as fp32; owner j sums from +0 in rank
 // order, its own block of v in full precision (v spent there, u kept).
-// g[i] holds N*m floats (exact values of type t); st is advanced.
+// g[i] holds N*m floats (exact values of type t); st is advanced. selected
+// (optional) receives stats.selectedLast of every rank: the slots it filled
+// for its peers (selected, k, or m for a dense block) plus its own m.
 inline std::vector<std::vector<float>> refSparseReduceScatter(
     const gradcompConfig_t& cfg, gc::DType t, bool avg, uint64_t step,
-    const std::vector<std::vector<float>>& g, std::vector<SparseState>& st) {
+    const std::vector<std::vector<float>>& g, std::vector<SparseState>& st,
+    std::vector<uint64_t>* selected = nullptr) {
   using namespace gc::sparse;
   const int N = (int)g.size();
   const size_t m = g[0].size() / N;
@@ -76,11 +79,13 @@ inline std::vector<std::vector<float>> refSparseReduceScatter(
   const RefNonFinite nf = refAccumulateAll(cfg, S, g, st);
 
   std::vector<std::vector<float>> out(N, std::vector<float>(m, 0.0f));
+  std::vector<uint64_t> filled(N, m);
   for (int j = 0; j < N; ++j) {
     std::vector<float>& o = out[j];
     for (int i = 0; i < N; ++i) {
       float* v = st[i].v.data() + j * m;
       float* u = haveU ? st[i].u.data() + j * m : nullptr;
+      if (i != j) filled[i] += randk ? p.k : dense ? m : 0;
       if (i == j) {
         for (size_t k = 0; k < m; ++k) o[k] = gc::fadd(o[k], v[k]), v[k] = 0.0f;
       } else if (randk) {
@@ -104,10 +109,12 @@ inline std::vector<std::vector<float>> refSparseReduceScatter(
         const std::vector<uint32_t> idx =
             S.exact ? refTopkExact(blk, p.k)
                     : refTopkThreshold(blk, p, gc::deriveKey(cfg.seed, step, i, kSelectStream + j));
+        filled[i] += idx.size();
         for (uint32_t q : idx) refSendValue(o[q], v[q], masking ? &u[q] : nullptr, S.vt, masking);
       }
     }
   }
+  if (selected) *selected = filled;
   refRestoreNonFinite(nf, S, st);
   for (auto& s : st) {
     s.calls++;

@@ -274,12 +274,19 @@ void checkSparse(const gradcompConfig_t& cfg, int N, DType t, bool avg, size_t m
     for (int i = 0; i < N; ++i) g[i] = widen(in[i], t, n);
     auto res = out.run(world, in, t, m, avg, false);
     for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
-    std::vector<std::vector<float>> expect = N == 1
-                                                 ? std::vector<std::vector<float>>{g[0]}
-                                                 : refSparseReduceScatter(cfg, t, avg, step, g, st);
+    std::vector<uint64_t> selected;
+    std::vector<std::vector<float>> expect =
+        N == 1 ? std::vector<std::vector<float>>{g[0]}
+               : refSparseReduceScatter(cfg, t, avg, step, g, st, &selected);
     for (int r = 0; r < N; ++r) {
       const std::vector<float> got = out.read(in[r], r, t, m, false);
       ASSERT_EQ(memcmp(got.data(), expect[r].data(), m * 4), 0) << "rank " << r << " step " << step;
+      if (N > 1) {
+        // Every peer's selection counted once (not the last one N-1 times).
+        gradcompStats_t stats;
+        ASSERT_EQ(gradcompGetStats(world.comm(r), &stats), gradcompSuccess);
+        EXPECT_EQ(stats.selectedLast, selected[r]) << "rank " << r << " step " << step;
+      }
       if (N > 1 && !st[r].v.empty()) {
         const float* v = rsResidual(world.comm(r));
         ASSERT_NE(v, nullptr);

@@ -14,6 +14,14 @@
 // 4, L = 2) the comms are hierarchical (nodes of L consecutive ranks) and the
 // references those of tests/common/ref_hier.h and ref_hier_rs.h; L = 2 keeps
 // the in-node sums exact whatever order NCCL adds in.
+//
+// With GC_ABORT_TEST=1 it runs the abort check alone (abortMain): after one
+// healthy call the last rank exits while the others are in a compressed
+// call (two-shot, or hierarchical with GRADCOMP_LOCAL_SIZE=2), whose NCCL
+// kernels then wait for it forever; each survivor aborts its NCCL comm
+// (ncclCommAbort) and then gradcompCommAbort, which must return within
+// kAbortBoundSec (a watchdog fails the rank instead of letting it hang).
+// Prints "multirank abort rank R of N: P passed, F failed".
 #include <cuda_runtime_api.h>
 #include <nccl.h>
 #include <stdio.h>
@@ -21,6 +29,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <functional>
 #include <string>
@@ -864,6 +873,74 @@ void checkRestoredSteps(ncclComm_t nc, cudaStream_t st) {
 
 }  // namespace
 
+// The abort check (GC_ABORT_TEST=1): see the top of the file.
+constexpr double kAbortBoundSec = 30;
+
+int abortMain(ncclComm_t nc, cudaStream_t st) {
+  const size_t n = 100003;
+  gradcompConfig_t cfg;
+  gradcompConfigInit(&cfg);
+  cfg.autoTune = 0;
+  cfg.minElements = 0;
+  cfg.localSize = localSize;
+  cfg.algo = localSize > 1 ? gradcompAlgoHier : gradcompAlgoTwoShot;
+  gradcompComm_t gc;
+  CK(gradcompCommCreate(nc, &cfg, &gc));
+  float* dbuf;
+  CK(cudaMalloc(&dbuf, n * sizeof(float)));
+  CK(cudaMemsetAsync(dbuf, 0, n * sizeof(float), st));
+  // A healthy call first: buffer state, workspace and sub-communicators exist.
+  report(gradcompAllReduce(dbuf, dbuf, n, ncclFloat32, ncclSum, gc, st) == gradcompSuccess,
+         "abort: the healthy call");
+  CK(cudaStreamSynchronize(st));
+  if (rank == nranks - 1) {
+    printf("multirank abort rank %d of %d: exits without its second call\n", rank, nranks);
+    fflush(stdout);
+    _exit(0);
+  }
+  // Same size: no workspace growth, so the call only enqueues.
+  report(gradcompAllReduce(dbuf, dbuf, n, ncclFloat32, ncclSum, gc, st) == gradcompSuccess,
+         "abort: the call the dead rank never joins is enqueued");
+  std::this_thread::sleep_for(std::chrono::seconds(2));  // its kernels now wait on the dead rank
+  // Not counted: NCCL may have failed the call already; the aborts must return either way.
+  printf("rank %d: the call the dead rank never joins is %s\n", rank,
+         cudaStreamQuery(st) == cudaErrorNotReady ? "stuck, as intended" : "already over");
+  std::atomic<bool> done{false};
+  std::thread watchdog([&] {
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (!done && std::chrono::steady_clock::now() < until) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    if (!done) {
+      fprintf(stderr, "rank %d FAILED: ncclCommAbort + gradcompCommAbort hung for 60 s\n", rank);
+      printf("multirank abort rank %d of %d: %d passed, %d failed\n", rank, nranks, passed,
+             failed + 1);
+      fflush(stdout);
+      _exit(3);
+    }
+  });
+  const auto t0 = std::chrono::steady_clock::now();
+  const ncclResult_t nr = ncclCommAbort(nc);
+  const gradcompResult_t gr = gradcompCommAbort(gc);
+  const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  done = true;
+  watchdog.join();
+  printf("rank %d: ncclCommAbort + gradcompCommAbort took %.2f s\n", rank, sec);
+  report(nr == ncclSuccess && gr == gradcompSuccess, "abort: both aborts succeed");
+  report(sec < kAbortBoundSec, "abort: both aborts return within the bound");
+  // Every communicator the call's kernels were on is aborted: the stream drains.
+  bool drained = false;
+  for (int i = 0; i < 1000 && !drained; ++i) {
+    drained = cudaStreamQuery(st) != cudaErrorNotReady;
+    if (!drained) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  report(drained, "abort: the stream drains");
+  printf("multirank abort rank %d of %d%s: %d passed, %d failed\n", rank, nranks,
+         localSize > 1 ? " (hier)" : "", passed, failed);
+  fflush(stdout);
+  _exit(failed ? 1 : 0);  // dbuf and the stream go with the process
+}
+
 int main() {
   rank = atoi(getenv("GC_RANK") ? getenv("GC_RANK") : "0");
   nranks = atoi(getenv("GC_NRANKS") ? getenv("GC_NRANKS") : "1");
@@ -877,6 +954,7 @@ int main() {
   CK(ncclCommInitRank(&nc, nranks, id, rank));
   cudaStream_t st;
   CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+  if (getenv("GC_ABORT_TEST") && atoi(getenv("GC_ABORT_TEST"))) return abortMain(nc, st);
   for (gradcompAlgo_t algo :
        {gradcompAlgoAuto, gradcompAlgoTwoShot, gradcompAlgoRing, gradcompAlgoAllgather}) {
     if (algo == gradcompAlgoAuto && localSize <= 1) continue;  // flat: auto is one of the three

@@ -634,5 +634,47 @@ class LibraryErrors(unittest.TestCase):
         self.assertIn("libgradcomp", p.stdout)
 
 
+@unittest.skipUnless(gradcomp.has("gradcompCommAbort") and gradcomp.has("gradcompCommCreateSocket"),
+                     "this libgradcomp has no gradcompCommAbort")
+class CommAbort(unittest.TestCase):
+    """Comm.abort (gradcompCommAbort) on the CPU world and on TCP comms; a call waiting on a
+    peer while another thread aborts is tests/cpu/test_abort.cc's (it needs the comm's
+    internals to know the call has started)."""
+
+    def test_abort_frees_healthy_comms(self):
+        cfg = gradcomp.Config(from_env=False, min_elements=0, auto_tune=0)
+        world = gradcomp.CpuWorld(2, cfg)
+        x = [np.full(256, r + 1.0, np.float32) for r in range(2)]
+        world.run(lambda c: c.allreduce(x[c.rank]))
+        for c in world.comms:
+            c.abort()
+            c.abort()  # a closed comm: nothing to do
+            with self.assertRaises(gradcomp.GradcompError):
+                c.handle
+        world.close()
+
+        def body(comm):
+            comm.allreduce(np.ones(256, np.float32))
+            comm.abort()
+            return True
+
+        self.assertEqual(socket_run(2, cfg, body, timeout=60), [True, True])
+
+    def test_abort_after_a_peer_is_gone(self):
+        cfg = gradcomp.Config(from_env=False, min_elements=0, auto_tune=0, cpu_timeout_sec=60)
+
+        def body(comm):
+            if comm.rank == 1:
+                return None  # socket_run closes it: its connections end
+            with self.assertRaisesRegex(gradcomp.GradcompError, "lost its connection to rank 1"):
+                comm.allreduce(np.ones(256, np.float32))
+            comm.abort()
+            return True
+
+        t0 = time.time()
+        self.assertEqual(socket_run(2, cfg, body, timeout=60)[0], True)
+        self.assertLess(time.time() - t0, 30)  # the peer's end, not cpu_timeout_sec
+
+
 if __name__ == "__main__":
     unittest.main()

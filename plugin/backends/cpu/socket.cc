@@ -22,6 +22,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <memory>
 #include <mutex>
@@ -88,6 +89,10 @@ struct SocketMesh {
   std::vector<int> fds;  // by global rank, -1 for this rank
   bool broken = false;
   std::string brokenWhy;
+  // abort() may come from another thread than the collectives': it shuts the
+  // connections down, never closes them (a poll in progress may hold them).
+  std::mutex mu;
+  std::atomic<bool> aborted{false};
 
   ~SocketMesh() {
     for (int fd : fds) {
@@ -97,6 +102,7 @@ struct SocketMesh {
 
   // Closes every connection after an error: peers see the close at once.
   void breakAll(const char* why) {
+    std::lock_guard<std::mutex> lock(mu);
     if (broken) return;
     broken = true;
     brokenWhy = why ? why : "";
@@ -106,6 +112,17 @@ struct SocketMesh {
         close(fd);
       }
       fd = -1;
+    }
+  }
+
+  // gradcompCommAbort: a collective in progress wakes (its poll sees the
+  // shutdown) and fails, later ones fail at once, and the peers see the
+  // connections end instead of waiting out their timeout.
+  void abort() {
+    std::lock_guard<std::mutex> lock(mu);
+    aborted = true;
+    for (int fd : fds) {
+      if (fd >= 0) shutdown(fd, SHUT_RDWR);
     }
   }
 };
@@ -423,6 +440,11 @@ class SocketTransport final : public Transport {
     size_ = (int)members_.size();
   }
 
+  void abort() override {
+    Transport::abort();
+    mesh_->abort();
+  }
+
   gradcompResult_t verifyCall() override {
     // Headers only: each rank compares every peer's call with its own.
     std::vector<Transfer> xs;
@@ -648,6 +670,7 @@ class SocketTransport final : public Transport {
   // and closes the mesh.
   gradcompResult_t run(uint32_t collective, uint64_t check, std::vector<Transfer>& xs) {
     SocketMesh& m = *mesh_;
+    GC_CHECK(checkOpen());
     if (m.broken) {
       return setError(gradcompInvalidUsage,
                       "socket transport: this comm's connections were closed after an earlier "
@@ -680,6 +703,8 @@ class SocketTransport final : public Transport {
     std::vector<pollfd> pfds;
     std::vector<int> pending;
     for (;;) {
+      // Checked before the connections' state: after abort() they read as closed.
+      GC_CHECK(checkOpen());
       pfds.clear();
       pending.clear();
       for (int k = 0; k < (int)xs.size(); ++k) {
@@ -720,6 +745,7 @@ class SocketTransport final : public Transport {
         }
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) continue;
         if (n <= 0) {
+          GC_CHECK(checkOpen());
           return setError(gradcompSystemError,
                           "socket transport: rank %d lost its connection to rank %d (%s): that "
                           "rank failed, exited or made a different call",

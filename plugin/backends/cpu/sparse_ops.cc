@@ -20,11 +20,15 @@ class CpuSparseOps final : public SparseOps {
   }
   gradcompResult_t selectThreshold(const float* v, size_t n, const sparse::Plan& p,
                                    const KeySpec& key, uint32_t* idx, void*) override {
-    host::selectThreshold(v, n, p, resolveKey(key), idx, &selected_);
+    uint64_t got = 0;
+    host::selectThreshold(v, n, p, resolveKey(key), idx, &got);
+    selected_ += got;
     return gradcompSuccess;
   }
   gradcompResult_t selectExact(const float* v, size_t n, size_t k, uint32_t* idx, void*) override {
-    host::selectExact(v, n, k, idx, &selected_);
+    uint64_t got = 0;
+    host::selectExact(v, n, k, idx, &got);
+    selected_ += got;
     return gradcompSuccess;
   }
   gradcompResult_t commit(const uint32_t* idx, size_t slots, DType vt, void* val, float* v,
@@ -43,7 +47,7 @@ class CpuSparseOps final : public SparseOps {
   }
   gradcompResult_t randkIndices(size_t n, size_t k, const KeySpec& key, uint32_t* idx) override {
     host::randkIndices(n, k, resolveKey(key), idx);
-    selected_ = k;
+    selected_ += k;
     return gradcompSuccess;
   }
   gradcompResult_t gather(float* v, const uint32_t* idx, size_t k, float* out,
@@ -59,6 +63,11 @@ class CpuSparseOps final : public SparseOps {
     host::sparseApplyFlag(val, k, flag);
     return gradcompSuccess;
   }
+  gradcompResult_t resetSelected() override {
+    selected_ = 0;
+    return gradcompSuccess;
+  }
+  gradcompResult_t publishSelected() override { return gradcompSuccess; }
   uint64_t lastSelected() const override { return selected_; }
 
  private:

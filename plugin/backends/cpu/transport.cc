@@ -39,10 +39,24 @@ struct CpuWorld {
   std::condition_variable cv;
   int arrived = 0;
   uint64_t generation = 0;
+  bool aborted = false;  // a rank aborted its comm: every wait of the world fails
   std::vector<Slot> slots;
+
+  void abort() {
+    std::lock_guard<std::mutex> lock(mu);
+    aborted = true;
+    cv.notify_all();
+  }
+
+  gradcompResult_t abortedError() {
+    return setError(gradcompSystemError,
+                    "CPU transport: a rank of this world aborted its comm (gradcompCommAbort); "
+                    "every collective of the world fails");
+  }
 
   gradcompResult_t barrier() {
     std::unique_lock<std::mutex> lock(mu);
+    if (aborted) return abortedError();
     const uint64_t gen = generation;
     if (++arrived == nranks) {
       arrived = 0;
@@ -51,7 +65,12 @@ struct CpuWorld {
       return gradcompSuccess;
     }
     const auto timeout = std::chrono::duration<double>(timeoutSec);
-    if (!cv.wait_for(lock, timeout, [&] { return generation != gen; })) {
+    const bool released = cv.wait_for(lock, timeout, [&] { return generation != gen || aborted; });
+    if (released && generation == gen) {
+      --arrived;
+      return abortedError();
+    }
+    if (!released) {
       // Withdraw, so the next collective counts only the ranks that are in it.
       const int present = arrived--;
       return setError(gradcompSystemError,
@@ -190,6 +209,11 @@ class CpuTransport final : public Transport {
   CpuTransport(std::shared_ptr<CpuWorld> world, int rank) : world_(std::move(world)) {
     rank_ = rank;
     size_ = world_->nranks;
+  }
+
+  void abort() override {
+    Transport::abort();
+    world_->abort();
   }
 
   // Enters a collective: every rank must be in the same one with the same

@@ -3,6 +3,9 @@
 // workspace or creates a buffer's state, never while capturing.
 #include <cuda_runtime_api.h>
 
+#include <chrono>
+#include <thread>
+
 #include "kernels/elementwise.h"
 #include "backends/backend.h"
 #include "checks.h"
@@ -148,6 +151,30 @@ class CudaBackend final : public Backend {
   gradcompResult_t sync() override {
     GC_CUDACHECK(cudaStreamSynchronize(stream_));
     return gradcompSuccess;
+  }
+  bool drain(double timeoutSec) override {
+    // A mark after all this backend enqueued on the last stream (a call that
+    // failed half way records no lastCall_); the side streams are its own.
+    cudaEvent_t mark = nullptr;
+    bool marked = !isCapturing(stream_) &&
+                  cudaEventCreateWithFlags(&mark, cudaEventDisableTiming) == cudaSuccess &&
+                  cudaEventRecord(mark, stream_) == cudaSuccess;
+    (void)cudaGetLastError();  // the last stream may be gone: then lastCall_ has to do
+    auto busy = [](cudaError_t e) { return e == cudaErrorNotReady; };
+    const auto deadline =
+        std::chrono::steady_clock::now() + std::chrono::duration<double>(timeoutSec);
+    bool pending = true;
+    while (pending) {
+      pending = (marked && busy(cudaEventQuery(mark))) ||
+                (lastCallRecorded_ && busy(cudaEventQuery(lastCall_))) ||
+                (commStream_ != nullptr && busy(cudaStreamQuery(commStream_))) ||
+                (nodeStream_ != nullptr && busy(cudaStreamQuery(nodeStream_)));
+      (void)cudaGetLastError();
+      if (!pending || std::chrono::steady_clock::now() >= deadline) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    if (mark != nullptr) (void)cudaEventDestroy(mark);
+    return !pending;
   }
 
   gradcompResult_t qsgdEncode(const void* x, DType t, float* residual, size_t n, int bits,

@@ -27,6 +27,8 @@ struct NcclApi {
                                 cudaStream_t);
   ncclResult_t (*commSplit)(ncclComm_t, int, int, ncclComm_t*, ncclConfig_t*);
   ncclResult_t (*commDestroy)(ncclComm_t);
+  // gradcompCommAbort: the sub-communicators are aborted, never destroyed.
+  ncclResult_t (*commAbort)(ncclComm_t);
 };
 
 // The table of the library this code is linked into; never null.

@@ -7,7 +7,7 @@ const NcclApi* ncclApi() {
   static const NcclApi api = {
       ncclAllReduce,     ncclAllGather, ncclSend,         ncclRecv,         ncclGroupStart,
       ncclGroupEnd,      ncclCommCount, ncclCommUserRank, ncclCommCuDevice, ncclGetErrorString,
-      ncclReduceScatter, ncclCommSplit, ncclCommDestroy};
+      ncclReduceScatter, ncclCommSplit, ncclCommDestroy,  ncclCommAbort};
   return &api;
 }
 

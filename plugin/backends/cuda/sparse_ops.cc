@@ -16,6 +16,7 @@ class CudaSparseOps final : public SparseOps {
  public:
   ~CudaSparseOps() override {
     if (host_) cudaFreeHost(host_);
+    if (sumDev_) cudaFree(sumDev_);
   }
   size_t scratchBytes(size_t n, size_t m) const override {
     return kCountBytes + cuda::sparseScratchBytes(n, m);
@@ -53,7 +54,7 @@ class CudaSparseOps final : public SparseOps {
   }
   gradcompResult_t randkIndices(size_t n, size_t k, const KeySpec& key, uint32_t* idx) override {
     GC_CUDACHECK(cuda::randkIndices(n, k, key, idx, stream_));
-    randk_ = k;
+    randk_ += k;
     return gradcompSuccess;
   }
   gradcompResult_t gather(float* v, const uint32_t* idx, size_t k, float* out,
@@ -69,6 +70,18 @@ class CudaSparseOps final : public SparseOps {
     GC_CUDACHECK(cuda::sparseApplyFlag(val, k, flag, stream_));
     return gradcompSuccess;
   }
+  gradcompResult_t resetSelected() override {
+    GC_CHECK(ensureCounters());
+    randk_ = 0;
+    GC_CUDACHECK(cudaMemsetAsync(sumDev_, 0, sizeof(uint64_t), stream_));
+    return gradcompSuccess;
+  }
+  gradcompResult_t publishSelected() override {
+    GC_CHECK(ensureCounters());
+    GC_CUDACHECK(
+        cudaMemcpyAsync(host_, sumDev_, sizeof(uint64_t), cudaMemcpyDeviceToHost, stream_));
+    return gradcompSuccess;
+  }
   uint64_t lastSelected() const override {
     if (randk_) return randk_;
     return host_ ? *host_ : 0;
@@ -77,20 +90,32 @@ class CudaSparseOps final : public SparseOps {
  private:
   static uint64_t* count(void* scratch) { return static_cast<uint64_t*>(scratch); }
   static void* kernelScratch(void* scratch) { return static_cast<char*>(scratch) + kCountBytes; }
-  gradcompResult_t record(void* scratch) {
-    randk_ = 0;
+  // Made at a comm's first sparse call, which is eager (its buffer state is
+  // created outside capture).
+  gradcompResult_t ensureCounters() {
     if (!host_) {
       void* p = nullptr;
       GC_CUDACHECK(cudaMallocHost(&p, sizeof(uint64_t)));
       host_ = static_cast<uint64_t*>(p);
       *host_ = 0;
     }
-    GC_CUDACHECK(
-        cudaMemcpyAsync(host_, count(scratch), sizeof(uint64_t), cudaMemcpyDeviceToHost, stream_));
+    if (!sumDev_) {
+      void* p = nullptr;
+      GC_CUDACHECK(cudaMalloc(&p, sizeof(uint64_t)));
+      sumDev_ = static_cast<uint64_t*>(p);
+      GC_CUDACHECK(cudaMemset(sumDev_, 0, sizeof(uint64_t)));
+      GC_CUDACHECK(cudaDeviceSynchronize());
+    }
     return gradcompSuccess;
   }
-  uint64_t* host_ = nullptr;  // pinned
-  uint64_t randk_ = 0;
+  gradcompResult_t record(void* scratch) {
+    GC_CHECK(ensureCounters());
+    GC_CUDACHECK(cuda::addCount(count(scratch), sumDev_, stream_));
+    return gradcompSuccess;
+  }
+  uint64_t* host_ = nullptr;    // pinned: the last published sum
+  uint64_t* sumDev_ = nullptr;  // the current call's sum
+  uint64_t randk_ = 0;          // rand-k fills k slots, known on the host
 };
 
 }  // namespace

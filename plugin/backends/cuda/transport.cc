@@ -23,6 +23,7 @@ class NcclTransport final : public Transport {
   // One allgather of every rank's CallInfo and a host sync: paid once after
   // a state load or reset, never on the steady path.
   gradcompResult_t verifyCall() override {
+    GC_CHECK(checkOpen());
     const size_t bytes = sizeof(CallInfo);
     if (agree_ == nullptr) GC_CUDACHECK(cudaMalloc(&agree_, bytes * size_));
     char* mine = static_cast<char*>(agree_) + bytes * rank_;
@@ -40,6 +41,7 @@ class NcclTransport final : public Transport {
 
   gradcompResult_t allToAll(const void* const* send, const size_t* sendBytes, void* const* recv,
                             const size_t* recvBytes) override {
+    GC_CHECK(checkOpen());
     const NcclApi* api = ncclApi();
     GC_NCCLCHECK(api->groupStart());
     ncclResult_t res = ncclSuccess;
@@ -59,6 +61,7 @@ class NcclTransport final : public Transport {
 
   gradcompResult_t sendRecv(const void* send, size_t sendBytes, int to, void* recv,
                             size_t recvBytes, int from) override {
+    GC_CHECK(checkOpen());
     const NcclApi* api = ncclApi();
     GC_NCCLCHECK(api->groupStart());
     ncclResult_t res = ncclSuccess;
@@ -73,23 +76,27 @@ class NcclTransport final : public Transport {
   }
 
   gradcompResult_t allGather(const void* send, void* recv, size_t bytes) override {
+    GC_CHECK(checkOpen());
     GC_NCCLCHECK(ncclApi()->allGather(send, recv, bytes, ncclUint8, comm_, stream_));
     return gradcompSuccess;
   }
 
   gradcompResult_t allReduceSumFloat(const float* send, float* recv, size_t n) override {
+    GC_CHECK(checkOpen());
     GC_NCCLCHECK(ncclApi()->allReduce(send, recv, n, ncclFloat32, ncclSum, comm_, stream_));
     return gradcompSuccess;
   }
 
   gradcompResult_t passThrough(const void* send, void* recv, size_t count, ncclDataType_t type,
                                ncclRedOp_t op) override {
+    GC_CHECK(checkOpen());
     GC_NCCLCHECK(ncclApi()->allReduce(send, recv, count, type, op, comm_, stream_));
     return gradcompSuccess;
   }
 
   gradcompResult_t reduceScatter(const void* send, void* recv, size_t recvCount,
                                  ncclDataType_t type, ncclRedOp_t op) override {
+    GC_CHECK(checkOpen());
     if (ncclApi()->reduceScatter == nullptr) {
       return setError(gradcompSystemError, "the loaded NCCL has no ncclReduceScatter");
     }

@@ -1,0 +1,214 @@
+// gradcompCommAbort on the CPU backend: NULL is a no-op; a healthy comm is
+// freed; a call waiting in a collective on another thread for a rank that
+// never comes (in-process world, TCP, hierarchical TCP) returns an error
+// naming the abort, and abort returns, both long before the transport's
+// timeout; a TCP peer that is gone does not hold abort; and a comm stopped
+// by gc::commStop (the LD_PRELOAD library's ncclCommAbort) fails every
+// later call before it is freed.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "comm.h"
+#include "gradcomp.h"
+#include "tests/common/loopback.h"
+
+namespace {
+
+// Far longer than any wait the tests allow: a call that returns did so
+// because of the abort, never because a rank timed out.
+constexpr float kTimeoutSec = 120;
+constexpr double kPromptSec = 30;
+constexpr size_t kCount = 1 << 15;
+
+gradcompConfig_t config(int localSize = 0) {
+  gradcompConfig_t cfg;
+  gradcompConfigInit(&cfg);
+  cfg.method = gradcompMethodQsgd;
+  cfg.autoTune = 0;
+  cfg.cpuTimeoutSec = kTimeoutSec;
+  cfg.localSize = localSize;
+  return cfg;
+}
+
+double seconds(std::chrono::steady_clock::time_point since) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - since).count();
+}
+
+// One rank's allreduce, on its own thread, with what it returned.
+struct Caller {
+  gradcompResult_t res = gradcompInternalError;
+  std::string why;
+  std::vector<float> buf = std::vector<float>(kCount, 1.0f);
+  std::thread thread;
+
+  void start(gradcompComm_t c) {
+    thread = std::thread([this, c] {
+      res = gradcompAllReduce(buf.data(), buf.data(), kCount, ncclFloat32, ncclSum, c, nullptr);
+      why = gradcompGetLastError();
+    });
+  }
+};
+
+// Until `c` is inside a public call (the abort then meets a call in flight).
+void waitInCall(gradcompComm_t c) {
+  while (c->callsInFlight.load() == 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+}
+
+std::vector<gradcompComm_t> socketComms(int n, const gradcompConfig_t& cfg) {
+  const std::string root = gctest::loopbackRoot();
+  std::vector<gradcompComm_t> comms(n, nullptr);
+  std::vector<std::thread> ts;
+  for (int r = 0; r < n; ++r) {
+    ts.emplace_back([&, r] {
+      EXPECT_EQ(gradcompCommCreateSocket(n, r, root.c_str(), &cfg, &comms[r]), gradcompSuccess)
+          << gradcompGetLastError();
+    });
+  }
+  for (auto& t : ts) t.join();
+  return comms;
+}
+
+TEST(Abort, NullIsANoOp) {
+  EXPECT_EQ(gradcompCommAbort(nullptr), gradcompSuccess);
+}
+
+// After a call on every rank (so buffer state and workspace exist): abort
+// frees it all (the sanitizer build, tools/sanitize.sh, sees a leak).
+TEST(Abort, HealthyCommsAreFreed) {
+  const gradcompConfig_t cfg = config();
+  std::vector<gradcompComm_t> comms(3);
+  ASSERT_EQ(gradcompCommCreateCpu(3, &cfg, comms.data()), gradcompSuccess);
+  std::vector<Caller> calls(3);
+  for (int r = 0; r < 3; ++r) calls[r].start(comms[r]);
+  for (auto& c : calls) {
+    c.thread.join();
+    EXPECT_EQ(c.res, gradcompSuccess) << c.why;
+  }
+  for (gradcompComm_t c : comms) EXPECT_EQ(gradcompCommAbort(c), gradcompSuccess);
+
+  std::vector<gradcompComm_t> sock = socketComms(2, cfg);
+  std::vector<Caller> scalls(2);
+  for (int r = 0; r < 2; ++r) scalls[r].start(sock[r]);
+  for (auto& c : scalls) {
+    c.thread.join();
+    EXPECT_EQ(c.res, gradcompSuccess) << c.why;
+  }
+  for (gradcompComm_t c : sock) EXPECT_EQ(gradcompCommAbort(c), gradcompSuccess);
+}
+
+// Ranks 0 and 1 of 3 wait in a collective for rank 2, which never calls.
+// Aborting rank 0's comm wakes rank 0 (abort waits for its call to return)
+// and fails the world, so rank 1 returns too instead of timing out.
+TEST(Abort, WakesRanksWaitingInTheInProcessWorld) {
+  const gradcompConfig_t cfg = config();
+  std::vector<gradcompComm_t> comms(3);
+  ASSERT_EQ(gradcompCommCreateCpu(3, &cfg, comms.data()), gradcompSuccess);
+  std::vector<Caller> calls(2);
+  for (int r = 0; r < 2; ++r) calls[r].start(comms[r]);
+  waitInCall(comms[0]);
+  waitInCall(comms[1]);
+  const auto t0 = std::chrono::steady_clock::now();
+  EXPECT_EQ(gradcompCommAbort(comms[0]), gradcompSuccess);
+  for (auto& c : calls) c.thread.join();
+  EXPECT_LT(seconds(t0), kPromptSec);
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_NE(calls[r].res, gradcompSuccess) << "rank " << r;
+    EXPECT_NE(calls[r].why.find("aborted"), std::string::npos) << calls[r].why;
+  }
+  EXPECT_EQ(gradcompCommAbort(comms[1]), gradcompSuccess);
+  EXPECT_EQ(gradcompCommAbort(comms[2]), gradcompSuccess);
+}
+
+// TCP: rank 0 waits in a collective for rank 1, which stays alive but does
+// not call. Abort wakes it; the shut-down connections make rank 1's calls
+// fail at once instead of waiting out its timeout.
+TEST(Abort, WakesARankWaitingOverTcp) {
+  std::vector<gradcompComm_t> comms = socketComms(2, config());
+  ASSERT_NE(comms[0], nullptr);
+  ASSERT_NE(comms[1], nullptr);
+  Caller zero;
+  zero.start(comms[0]);
+  waitInCall(comms[0]);
+  const auto t0 = std::chrono::steady_clock::now();
+  EXPECT_EQ(gradcompCommAbort(comms[0]), gradcompSuccess);
+  zero.thread.join();
+  EXPECT_LT(seconds(t0), kPromptSec);
+  EXPECT_NE(zero.res, gradcompSuccess);
+  EXPECT_NE(zero.why.find("aborted"), std::string::npos) << zero.why;
+
+  // Rank 1's first call may still complete on what rank 0 sent before the
+  // abort; the next finds the connection gone.
+  Caller one[2];
+  for (Caller& c : one) {
+    c.start(comms[1]);
+    c.thread.join();
+    if (c.res != gradcompSuccess) break;
+  }
+  EXPECT_LT(seconds(t0), kPromptSec);
+  const Caller& failed = one[0].res != gradcompSuccess ? one[0] : one[1];
+  EXPECT_EQ(failed.res, gradcompSystemError);
+  EXPECT_NE(failed.why.find("lost its connection to rank 0"), std::string::npos) << failed.why;
+  EXPECT_EQ(gradcompCommAbort(comms[1]), gradcompSuccess);
+}
+
+// A hierarchical TCP comm (2 nodes of 2): three ranks in a call, the fourth
+// absent; each is aborted from another thread while waiting in the node
+// or inter-node sub-transport.
+TEST(Abort, WakesRanksOfAHierarchicalTcpComm) {
+  std::vector<gradcompComm_t> comms = socketComms(4, config(2));
+  for (gradcompComm_t c : comms) ASSERT_NE(c, nullptr);
+  std::vector<Caller> calls(3);
+  for (int r = 0; r < 3; ++r) calls[r].start(comms[r]);
+  for (int r = 0; r < 3; ++r) waitInCall(comms[r]);
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int r = 0; r < 3; ++r) EXPECT_EQ(gradcompCommAbort(comms[r]), gradcompSuccess);
+  for (auto& c : calls) c.thread.join();
+  EXPECT_LT(seconds(t0), kPromptSec);
+  for (int r = 0; r < 3; ++r) EXPECT_NE(calls[r].res, gradcompSuccess) << "rank " << r;
+  EXPECT_EQ(gradcompCommAbort(comms[3]), gradcompSuccess);
+}
+
+// The peer is gone (its comm destroyed, its connections closed): abort
+// neither talks to it nor waits for it.
+TEST(Abort, APeerThatIsGoneDoesNotHoldAbort) {
+  std::vector<gradcompComm_t> comms = socketComms(2, config());
+  ASSERT_NE(comms[1], nullptr);
+  EXPECT_EQ(gradcompCommDestroy(comms[1]), gradcompSuccess);
+  const auto t0 = std::chrono::steady_clock::now();
+  EXPECT_EQ(gradcompCommAbort(comms[0]), gradcompSuccess);
+  EXPECT_LT(seconds(t0), kPromptSec);
+}
+
+// gc::commStop, the LD_PRELOAD library's ncclCommAbort: the comm stays
+// allocated for the calls that still hold it, each of which fails, and is
+// freed by gradcompCommAbort at the end.
+TEST(Abort, AStoppedCommFailsEveryCall) {
+  const gradcompConfig_t cfg = config();
+  std::vector<gradcompComm_t> comms(2);
+  ASSERT_EQ(gradcompCommCreateCpu(2, &cfg, comms.data()), gradcompSuccess);
+  gc::commStop(comms[0]);
+  gc::commStop(comms[0]);  // idempotent
+  std::vector<float> buf(kCount, 1.0f);
+  EXPECT_EQ(
+      gradcompAllReduce(buf.data(), buf.data(), kCount, ncclFloat32, ncclSum, comms[0], nullptr),
+      gradcompInvalidUsage);
+  EXPECT_NE(std::string(gradcompGetLastError()).find("aborted"), std::string::npos);
+  EXPECT_EQ(gradcompReduceScatter(buf.data(), buf.data(), kCount / 2, ncclFloat32, ncclSum,
+                                  comms[0], nullptr),
+            gradcompInvalidUsage);
+  EXPECT_EQ(gradcompCommRetune(comms[0], nullptr), gradcompInvalidUsage);
+  // The world is aborted too: rank 1's call fails at once.
+  EXPECT_EQ(
+      gradcompAllReduce(buf.data(), buf.data(), kCount, ncclFloat32, ncclSum, comms[1], nullptr),
+      gradcompSystemError);
+  EXPECT_NE(std::string(gradcompGetLastError()).find("aborted"), std::string::npos);
+  EXPECT_EQ(gradcompCommAbort(comms[0]), gradcompSuccess);
+  EXPECT_EQ(gradcompCommAbort(comms[1]), gradcompSuccess);
+}
+
+}  // namespace
