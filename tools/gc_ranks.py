@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -66,6 +67,11 @@ def exit_text(code):
     return str(code)
 
 
+def _no_core():
+    # The ranks' working directory is the caller's (often the checkout): no core files there.
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
 # Lines of a failed rank's log printed: a fault handler's stacks of every thread fit.
 TAIL_LINES = 60
 
@@ -88,7 +94,8 @@ def _launch(world, argv, logs_prefix, env, timeout, gpu, preload, port):
             e["LD_PRELOAD"] = preload
         log = open(f"{logs_prefix}_r{r}.log", "w")
         procs.append((subprocess.Popen([sys.executable] + list(argv), env=e, stdout=log,
-                                       stderr=subprocess.STDOUT, start_new_session=True), log))
+                                       stderr=subprocess.STDOUT, start_new_session=True,
+                                       preexec_fn=_no_core), log))
     status = "ok"
     bad = []
     while True:
@@ -103,10 +110,13 @@ def _launch(world, argv, logs_prefix, env, timeout, gpu, preload, port):
             status = f"timed out (after {timeout:.0f} s)"
             break
         time.sleep(0.5)
+    # A hang is explained by where each rank waits: SIGABRT makes the fault handler print
+    # every thread's Python stack before the rank dies (no core: RLIMIT_CORE is 0 in the ranks).
+    stop = signal.SIGABRT if status.startswith("timed out") else signal.SIGTERM
     for p, log in procs:
         if p.poll() is None:
             try:
-                os.killpg(p.pid, signal.SIGTERM)
+                os.killpg(p.pid, stop)
             except OSError:
                 pass
     for p, log in procs:
@@ -124,8 +134,8 @@ def _launch(world, argv, logs_prefix, env, timeout, gpu, preload, port):
         # every rank's exit and the end of every rank's log (the first failure is not always
         # the cause: a rank that lost its peer fails too).
         print(f"gc_ranks: {status} after {time.time() - t0:.1f} s; exits by rank: "
-              f"{[exit_text(p.returncode) for p, _ in procs]} (the launcher ends the others with "
-              "SIGTERM after a failure)", flush=True)
+              f"{[exit_text(p.returncode) for p, _ in procs]} (the launcher ends the ranks still "
+              f"running with {stop.name})", flush=True)
         for r in range(world):
             try:
                 with open(f"{logs_prefix}_r{r}.log", errors="replace") as f:
