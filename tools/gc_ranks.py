@@ -46,8 +46,8 @@ def reserve_port():
 def launch(world, argv, logs_prefix, env=None, timeout=150, gpu="0", preload=None):
     """Runs argv (a python command line) as `world` ranks; returns (status, seconds).
 
-    status is "ok", "timed out" or "failed (exit N[ = SIGNAME], rank R)"; rank r's output
-    goes to f"{logs_prefix}_r{r}.log".
+    status is "ok", "timed out (after T s)" or "failed (exit N[ = SIGNAME], rank R)"; rank r's
+    output goes to f"{logs_prefix}_r{r}.log".
     """
     if preload and not os.path.isfile(preload):
         # LD_PRELOAD of a missing file only warns: the run would train uncompressed.
@@ -65,11 +65,6 @@ def exit_text(code):
         except ValueError:
             pass
     return str(code)
-
-
-def _no_core():
-    # The ranks' working directory is the caller's (often the checkout): no core files there.
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
 # Lines of a failed rank's log printed: a fault handler's stacks of every thread fit.
@@ -93,11 +88,16 @@ def _launch(world, argv, logs_prefix, env, timeout, gpu, preload, port):
         if preload:
             e["LD_PRELOAD"] = preload
         log = open(f"{logs_prefix}_r{r}.log", "w")
-        procs.append((subprocess.Popen([sys.executable] + list(argv), env=e, stdout=log,
-                                       stderr=subprocess.STDOUT, start_new_session=True,
-                                       preexec_fn=_no_core), log))
+        p = subprocess.Popen([sys.executable] + list(argv), env=e, stdout=log,
+                             stderr=subprocess.STDOUT, start_new_session=True)
+        # The SIGABRT of a timeout writes no core file into the caller's directory (often the
+        # checkout). Set from here: a preexec_fn is unsafe in a caller that has threads.
+        try:
+            resource.prlimit(p.pid, resource.RLIMIT_CORE, (0, 0))
+        except (OSError, AttributeError):
+            pass
+        procs.append((p, log))
     status = "ok"
-    bad = []
     while True:
         codes = [p.poll() for p, _ in procs]
         bad = [(r, c) for r, c in enumerate(codes) if c not in (None, 0)]
@@ -111,7 +111,7 @@ def _launch(world, argv, logs_prefix, env, timeout, gpu, preload, port):
             break
         time.sleep(0.5)
     # A hang is explained by where each rank waits: SIGABRT makes the fault handler print
-    # every thread's Python stack before the rank dies (no core: RLIMIT_CORE is 0 in the ranks).
+    # every thread's Python stack before the rank dies.
     stop = signal.SIGABRT if status.startswith("timed out") else signal.SIGTERM
     for p, log in procs:
         if p.poll() is None:
