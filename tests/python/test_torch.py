@@ -625,9 +625,15 @@ class FsdpProtocol(unittest.TestCase):
             out = os.path.join(tmp, "p")
             status, _ = gc_ranks.launch(2, [os.path.join(HERE, "fsdp_protocol_rank.py"), out],
                                         out, env=env, timeout=120)
-            logs = [open(f"{out}_r{r}.log").read() for r in range(2)]
+            logs = []
+            for r in range(2):
+                with open(f"{out}_r{r}.log") as f:
+                    logs.append(f.read())
             self.assertEqual(status, "ok", logs)
-            got = [json.load(open(f"{out}.rank{r}.json")) for r in range(2)]
+            got = []
+            for r in range(2):
+                with open(f"{out}.rank{r}.json") as f:
+                    got.append(json.load(f))
         keys = {gt.GradcompReduceScatter(None, name).key for name in ("0", "2")}
         for r, g in enumerate(got):
             self.assertEqual(g["registered"], 3)  # model[0], model[2] and the root
