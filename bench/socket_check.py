@@ -30,17 +30,21 @@ def close(a, b, rel=1e-6):
     return a is not None and b is not None and abs(a - b) <= rel * max(abs(a), abs(b), 1e-30)
 
 
-def free_port(span=64):
-    """A port p with p..p+span free now (comm k of a run listens at p + k), below the
-    ephemeral range (gradcomp._ports)."""
+def reserve_ports(span=64):
+    """Ports p..p+span-1 (comm k of a run listens at p + k), below the ephemeral range and held
+    until the run ends, so that no concurrent test's choice takes one (gradcomp._ports)."""
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                     "python"))
-    from gradcomp._ports import unused_port
-    return unused_port("127.0.0.1", span)
+    from gradcomp._ports import reserve_port
+    return reserve_port("127.0.0.1", span)
 
 
 def run_socket(perf, n, args, json_path):
-    port = free_port()
+    with reserve_ports() as held:
+        return _run_socket(perf, n, args, json_path, held.port)
+
+
+def _run_socket(perf, n, args, json_path, port):
     procs = []
     for r in range(n):
         env = dict(os.environ, OMPI_COMM_WORLD_RANK=str(r), OMPI_COMM_WORLD_SIZE=str(n),

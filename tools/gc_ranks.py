@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -33,32 +34,53 @@ SUMMARY = re.compile(r"summary comm (\S+) rank (\S+) method (\S+): (\d+) calls c
                      r"(?: \(\d+ to other nodes\))? for (\d+) dense bytes")
 
 
-def free_port():
-    # Below the ephemeral range, so that no socket of a concurrent test takes it before the
-    # store binds it (gradcomp._ports).
+def reserve_port():
+    # Below the ephemeral range and held until the launch ends, so that neither a socket nor
+    # another test's port choice takes it before rank 0's store binds it (gradcomp._ports).
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                     "python"))
-    from gradcomp._ports import unused_port
-    return unused_port("127.0.0.1")
+    from gradcomp._ports import reserve_port as reserve
+    return reserve("127.0.0.1")
 
 
 def launch(world, argv, logs_prefix, env=None, timeout=150, gpu="0", preload=None):
     """Runs argv (a python command line) as `world` ranks; returns (status, seconds).
 
-    status is "ok", "timed out" or "failed (exit N, rank R)"; rank r's output
-    goes to f"{logs_prefix}_r{r}.log".
+    status is "ok", "timed out (after T s)" or "failed (exit N[ = SIGNAME], rank R)"; rank r's
+    output goes to f"{logs_prefix}_r{r}.log".
     """
     if preload and not os.path.isfile(preload):
         # LD_PRELOAD of a missing file only warns: the run would train uncompressed.
         return (f"failed (LD_PRELOAD library {preload} is missing: build the gradcomp_preload "
                 "target)", 0.0)
-    port = free_port()
+    with reserve_port() as held:
+        return _launch(world, argv, logs_prefix, env, timeout, gpu, preload, held.port)
+
+
+def exit_text(code):
+    """A Popen return code, with the signal's name where a signal ended the process."""
+    if code is not None and code < 0:
+        try:
+            return f"{code} = {signal.Signals(-code).name}"
+        except ValueError:
+            pass
+    return str(code)
+
+
+# Lines of a failed rank's log printed: a fault handler's stacks of every thread fit.
+TAIL_LINES = 60
+
+
+def _launch(world, argv, logs_prefix, env, timeout, gpu, preload, port):
     procs = []
     t0 = time.time()
     for r in range(world):
         e = dict(os.environ)
         e.update(NCCL_ENV)
         e.update(GRADCOMP_ENV)
+        # A rank killed by a signal (an abort in a library, a crash) prints every thread's
+        # Python stack into its log first.
+        e["PYTHONFAULTHANDLER"] = "1"
         e.update({"CUDA_VISIBLE_DEVICES": str(gpu), "RANK": str(r), "WORLD_SIZE": str(world),
                   "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
                   "NCCL_HOSTID": f"host-{r}"})
@@ -66,25 +88,35 @@ def launch(world, argv, logs_prefix, env=None, timeout=150, gpu="0", preload=Non
         if preload:
             e["LD_PRELOAD"] = preload
         log = open(f"{logs_prefix}_r{r}.log", "w")
-        procs.append((subprocess.Popen([sys.executable] + list(argv), env=e, stdout=log,
-                                       stderr=subprocess.STDOUT, start_new_session=True), log))
+        p = subprocess.Popen([sys.executable] + list(argv), env=e, stdout=log,
+                             stderr=subprocess.STDOUT, start_new_session=True)
+        # The SIGABRT of a timeout writes no core file into the caller's directory (often the
+        # checkout). Set from here: a preexec_fn is unsafe in a caller that has threads.
+        try:
+            resource.prlimit(p.pid, resource.RLIMIT_CORE, (0, 0))
+        except (OSError, AttributeError):
+            pass
+        procs.append((p, log))
     status = "ok"
     while True:
         codes = [p.poll() for p, _ in procs]
         bad = [(r, c) for r, c in enumerate(codes) if c not in (None, 0)]
         if bad:
-            status = f"failed (exit {bad[0][1]}, rank {bad[0][0]})"
+            status = f"failed (exit {exit_text(bad[0][1])}, rank {bad[0][0]})"
             break
         if all(c == 0 for c in codes):
             break
         if time.time() - t0 > timeout:
-            status = "timed out"
+            status = f"timed out (after {timeout:.0f} s)"
             break
         time.sleep(0.5)
+    # A hang is explained by where each rank waits: SIGABRT makes the fault handler print
+    # every thread's Python stack before the rank dies.
+    stop = signal.SIGABRT if status.startswith("timed out") else signal.SIGTERM
     for p, log in procs:
         if p.poll() is None:
             try:
-                os.killpg(p.pid, signal.SIGTERM)
+                os.killpg(p.pid, stop)
             except OSError:
                 pass
     for p, log in procs:
@@ -98,15 +130,19 @@ def launch(world, argv, logs_prefix, env=None, timeout=150, gpu="0", preload=Non
             p.wait()
         log.close()
     if status != "ok":
-        # The caller's temporary directory may go with the logs: say here why it failed.
-        first = bad[0][0] if bad else 0
-        for r in sorted({first, 0}):
+        # The caller's temporary directory may go with the logs: say here why it failed,
+        # every rank's exit and the end of every rank's log (the first failure is not always
+        # the cause: a rank that lost its peer fails too).
+        print(f"gc_ranks: {status} after {time.time() - t0:.1f} s; exits by rank: "
+              f"{[exit_text(p.returncode) for p, _ in procs]} (the launcher ends the ranks still "
+              f"running with {stop.name})", flush=True)
+        for r in range(world):
             try:
                 with open(f"{logs_prefix}_r{r}.log", errors="replace") as f:
-                    tail = f.read().splitlines()[-15:]
+                    tail = f.read().splitlines()[-TAIL_LINES:]
             except OSError:
                 continue
-            print(f"gc_ranks: {status}; the end of rank {r}'s log:", flush=True)
+            print(f"gc_ranks: the end of rank {r}'s log ({logs_prefix}_r{r}.log):", flush=True)
             for line in tail:
                 print(f"  r{r}| {line}", flush=True)
     return status, time.time() - t0
@@ -146,8 +182,21 @@ def gather_hashes(blob):
     return digest, hashes
 
 
+def leave(code=0):
+    """Ends a rank whose work is written and whose group is destroyed, without finalizing the
+    interpreter: a process group that outlives destroy_process_group (FSDP keeps the default
+    one) can still have gloo's worker thread destroying a finished work that holds a
+    Python-owned tensor; during finalization its GIL wait exits the thread through a destructor
+    that may not throw, and the rank dies in SIGABRT after its work is done
+    (docs/reliability.md, "Teardown")."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def finish_rank(res, rank, out, state=None):
-    """Rank 0 writes res to out; then every rank closes its gradcomp state and leaves."""
+    """Rank 0 writes res to out; then every rank closes its gradcomp state and leaves (leave:
+    the process ends here)."""
     import torch.distributed as dist
 
     if rank == 0:
@@ -157,4 +206,4 @@ def finish_rank(res, rank, out, state=None):
     if state is not None:
         state.close()
     dist.destroy_process_group()
-    return 0
+    leave(0)

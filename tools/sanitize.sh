@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The host sources and every CPU test built with ASan and UBSan
-# (-fno-sanitize-recover=all: any report fails), run once. CI runs it after
+# (-fno-sanitize-recover=all: any report fails), run once; then the Python
+# tests on the library built the same way. CI runs it after
 # tools/test.sh in the same build directory, which reuses the CUDA objects.
 # Arguments go to the test binary (e.g. --gtest_filter='Reliability*').
 set -euo pipefail
@@ -14,4 +15,19 @@ cmake --build "$GC_BUILD_DIR" -j "$GC_JOBS" --target gradcomp_cpu_tests_san
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:allocator_may_return_null=1:abort_on_error=1:strict_string_checks=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 "$GC_BUILD_DIR/tests/gradcomp_cpu_tests_san" --gtest_brief=1 "$@"
+
+# The Python binding's tests and gradcomp.torch's (their 2-process DDP and FSDP runs on the
+# CPU backend over TCP included) on libgradcomp_san.so: the pointers the binding and the
+# hooks hand the library, under the same checks. Skipped when arguments chose C++ tests.
+if [ $# -eq 0 ]; then
+  cmake --build "$GC_BUILD_DIR" -j "$GC_JOBS" --target gradcomp_san
+  cxx=$(sed -n 's/^CMAKE_CXX_COMPILER:[A-Z]*=//p' "$GC_BUILD_DIR/CMakeCache.txt")
+  runtimes="$("${cxx:-c++}" -print-file-name=libasan.so):$("${cxx:-c++}" -print-file-name=libubsan.so)"
+  lib="$(cd "$GC_BUILD_DIR" && pwd)/tests/libgradcomp_san.so"
+  pkg="$(pwd)/python"
+  # The interpreter's own allocations are not the library's: no leak report.
+  (cd tests/python &&
+   LD_PRELOAD="$runtimes" ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1:abort_on_error=1 \
+   GRADCOMP_LIBRARY="$lib" PYTHONPATH="$pkg" python3 -m unittest test_binding test_torch)
+fi
 echo "sanitize: ASan/UBSan clean"

@@ -48,7 +48,10 @@ need_preload() {  # need_preload NAME: builds the interposer when missing
 # The training itself: py and gpu (the shared GPU) set by the caller.
 
 free_port() {
-  "$py" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+  # Below the ephemeral range (gradcomp._ports): a bind(0) port is one a rank's own connects
+  # (NCCL's sockets, the store's clients retrying before rank 0 listens) can be given.
+  PYTHONPATH="$root/python" "$py" -c \
+    'from gradcomp._ports import unused_port; print(unused_port("127.0.0.1"))'
 }
 
 ranks_pids=()

@@ -9,6 +9,7 @@ the resume check).
 """
 import hashlib
 import json
+import os
 import sys
 
 import torch
@@ -222,4 +223,9 @@ def main():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # No interpreter finalization under a gloo thread that outlives the group
+    # (tools/gc_ranks.py leave, docs/reliability.md "Teardown").
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

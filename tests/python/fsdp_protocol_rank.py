@@ -5,6 +5,7 @@ Each rank records the call FSDP makes (keyword names, op, sizes) and the sentenc
 GradcompReduceScatter refuses CPU tensors with, and writes them to OUT.rank<r>.json.
 """
 import json
+import os
 import sys
 
 import torch
@@ -52,4 +53,9 @@ def main():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # No interpreter finalization under a gloo thread that outlives the group
+    # (tools/gc_ranks.py leave, docs/reliability.md "Teardown").
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -474,16 +474,20 @@ def socket_run(N, cfg, fn, timeout=120.0, root=None):
     """fn(comm) for ranks 0..N-1, each on its own thread with its own gradcompCommCreateSocket
     comm (ranks connected over 127.0.0.1, as separate processes would be); results by rank,
     the first rank's exception re-raised."""
-    root = root or free_root()
+    from gradcomp._ports import reserve_port
 
-    def body(r):
-        comm = gradcomp.Comm.socket(N, r, root, cfg)
-        try:
-            return fn(comm)
-        finally:
-            comm.close()
+    # The root's port held until rank 0 listens there: no concurrent test's choice takes it.
+    with reserve_port("127.0.0.1") as held:
+        root = root or f"127.0.0.1:{held.port}"
 
-    return gradcomp.comm.run_on_threads(N, body, timeout)
+        def body(r):
+            comm = gradcomp.Comm.socket(N, r, root, cfg)
+            try:
+                return fn(comm)
+            finally:
+                comm.close()
+
+        return gradcomp.comm.run_on_threads(N, body, timeout)
 
 
 @unittest.skipUnless(gradcomp.has("gradcompCommCreateSocket"),
@@ -614,6 +618,56 @@ class SocketComm(unittest.TestCase):
             self.assertRegex(first, rf"rank {r} is at step 0 with count={1000 * (r + 1)} .* "
                              rf"while rank {1 - r} is at step 0 with count={2000 - 1000 * r}")
             self.assertRegex(later, r"closed after an earlier error .* destroy the comm")
+
+
+class PortReservation(unittest.TestCase):
+    """gradcomp._ports.reserve_port: a held port is refused to every other chooser (even one
+    that draws the same number) and still taken by the listener that needs it."""
+
+    def test_a_second_chooser_drawing_the_same_port_gets_another(self):
+        import random
+        from unittest import mock
+
+        from gradcomp import _ports
+
+        first = _ports.reserve_port("127.0.0.1")
+        self.addCleanup(first.release)
+        draws = iter([first.port, first.port + 7] * 2)  # each call: the held port, then another
+
+        class Rng:
+            def randrange(self, lo, hi):
+                return next(draws)
+
+        with mock.patch.object(random, "SystemRandom", Rng), \
+                mock.patch.object(_ports.random, "SystemRandom", Rng):
+            # unused_port (no hold) and reserve_port both pass over the held port.
+            self.assertNotEqual(_ports.unused_port("127.0.0.1"), first.port)
+            second = _ports.reserve_port("127.0.0.1")
+        second.release()
+        self.assertEqual(second.port, first.port + 7)
+        # The C++ tests' check (tests/common/loopback.h: a bind without SO_REUSEADDR) fails.
+        self.assertFalse(_ports._bindable("127.0.0.1", first.port))
+        self.assertFalse(_ports._bindable("", first.port))
+
+    def test_the_listener_binds_a_held_port_and_a_released_one_is_free(self):
+        import socket
+
+        from gradcomp import _ports
+
+        with _ports.reserve_port("127.0.0.1", span=3) as held:
+            for q in range(held.port, held.port + 3):
+                self.assertFalse(_ports._bindable("127.0.0.1", q))
+            # As the torch store and gradcomp's root bind: SO_REUSEADDR, then listen.
+            lst = socket.socket()
+            lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            lst.bind(("127.0.0.1", held.port + 1))
+            lst.listen(1)
+            c = socket.create_connection(("127.0.0.1", held.port + 1), timeout=10)
+            a, _ = lst.accept()
+            a.close(), c.close(), lst.close()
+        # Released (the listener's own port may wait out TIME_WAIT after its connection).
+        for q in (held.port, held.port + 2):
+            self.assertTrue(_ports._bindable("127.0.0.1", q))
 
 
 class LibraryErrors(unittest.TestCase):

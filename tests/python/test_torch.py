@@ -12,13 +12,20 @@ import warnings
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(HERE)), "python"))
 
-from gradcomp._ports import unused_port  # noqa: E402
+from gradcomp._ports import reserve_port  # noqa: E402
 
 try:
     import torch
     import torch.distributed as dist
 except ImportError:
     torch = None
+
+
+def init_one_rank_gloo():
+    """A gloo world of this process alone, its store on a port held until it listens there."""
+    with reserve_port("127.0.0.1") as held:
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{held.port}", rank=0,
+                                world_size=1)
 
 
 @unittest.skipIf(torch is None, "PyTorch is not installed: gradcomp.torch is checked on the GPU "
@@ -31,9 +38,7 @@ class TorchRefusals(unittest.TestCase):
         cls.gt = gt
 
     def test_gloo_group_is_refused_with_what_to_do(self):
-        port = unused_port("127.0.0.1")
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0,
-                                world_size=1)
+        init_one_rank_gloo()
         try:
             with self.assertRaisesRegex(ValueError, r"need an NCCL process group.*'gloo'.*"
                                         r"init_process_group\('nccl'\).*for CPU tensors on a "
@@ -50,9 +55,7 @@ class TorchRefusals(unittest.TestCase):
     def test_single_rank_group_is_refused(self):
         from unittest import mock
 
-        port = unused_port("127.0.0.1")
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0,
-                                world_size=1)
+        init_one_rank_gloo()
         try:  # an NCCL group of one rank, as far as the check can tell
             with mock.patch.object(dist, "get_backend", lambda group=None: "nccl"):
                 with self.assertRaisesRegex(ValueError, r"has 1 rank: there is nothing to "
@@ -488,9 +491,7 @@ class RealDdpBuckets(unittest.TestCase):
         return [p.detach().clone() for p in model.parameters()], state
 
     def test_real_buckets(self):
-        port = unused_port("127.0.0.1")
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0,
-                                world_size=1)
+        init_one_rank_gloo()
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -624,9 +625,15 @@ class FsdpProtocol(unittest.TestCase):
             out = os.path.join(tmp, "p")
             status, _ = gc_ranks.launch(2, [os.path.join(HERE, "fsdp_protocol_rank.py"), out],
                                         out, env=env, timeout=120)
-            logs = [open(f"{out}_r{r}.log").read() for r in range(2)]
+            logs = []
+            for r in range(2):
+                with open(f"{out}_r{r}.log") as f:
+                    logs.append(f.read())
             self.assertEqual(status, "ok", logs)
-            got = [json.load(open(f"{out}.rank{r}.json")) for r in range(2)]
+            got = []
+            for r in range(2):
+                with open(f"{out}.rank{r}.json") as f:
+                    got.append(json.load(f))
         keys = {gt.GradcompReduceScatter(None, name).key for name in ("0", "2")}
         for r, g in enumerate(got):
             self.assertEqual(g["registered"], 3)  # model[0], model[2] and the root

@@ -13,6 +13,7 @@ import importlib.util
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -297,8 +298,20 @@ def main():
               f"{which} CPU smoke needs {' and '.join(NEEDS[which])}; configure CMake with "
               "-DPython3_EXECUTABLE=<a Python that has them> to run it", flush=True)
         return SKIP
-    with tempfile.TemporaryDirectory(prefix=f"gc_{which}_smoke_") as tmp:
+    tmp = tempfile.mkdtemp(prefix=f"gc_{which}_smoke_")
+    try:
         (check_lm if which == "lm_compare" else check_hooks)(tmp, build)
+    except BaseException:
+        # A failure that does not come back on a rerun is explained by these or not at all:
+        # every rank's full log and every run's JSON.
+        keep = os.path.join(build, "Testing", "Temporary", os.path.basename(tmp))
+        try:
+            shutil.move(tmp, keep)
+            print(f"torch_smoke: the runs' logs and results are kept in {keep}", flush=True)
+        except OSError as e:
+            print(f"torch_smoke: could not keep the runs' folder {tmp} in {keep}: {e}", flush=True)
+        raise
+    shutil.rmtree(tmp, ignore_errors=True)
     print(f"torch_smoke: {which}: OK", flush=True)
     return 0
 

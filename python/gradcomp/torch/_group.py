@@ -10,7 +10,7 @@ import os
 
 import torch.distributed as dist
 
-from .._ports import unused_port
+from .._ports import reserve_port
 from ..comm import Comm
 
 BACKENDS = ("nccl", "cpu")
@@ -60,22 +60,6 @@ def _root_host(store):
     return host or "127.0.0.1"
 
 
-def _free_port():
-    # Free now and outside the ephemeral range (gradcomp._ports); the library binds it moments
-    # later. A port taken in between still makes rank 0's gradcompCommCreateSocket fail with
-    # the library's sentence (no hang).
-    return unused_port()
-
-
-def share_root(store, key, rank):
-    """Rank 0 picks "host:port" and publishes it under key; every rank returns it."""
-    if rank == 0:
-        root = f"{_root_host(store)}:{_free_port()}"
-        store.set(key, root)
-        return root
-    return store.get(key).decode()  # waits (up to the store's timeout) for rank 0
-
-
 def make_socket_comm(process_group, config):
     """gradcompCommCreateSocket for every rank of the group, rank 0's address through the
     group's store. Collective over the group (the hooks call it at their first compressed
@@ -83,5 +67,13 @@ def make_socket_comm(process_group, config):
     pg, rank, size = check_group(process_group, "cpu")
     ranks = dist.get_process_group_ranks(pg)
     key = f"gradcomp/socket_root/{'-'.join(map(str, ranks))}/{next(seq)}"
-    root = share_root(dist.distributed_c10d._get_default_store(), key, rank)
-    return Comm.socket(size, rank, root, config)
+    store = dist.distributed_c10d._get_default_store()
+    if rank != 0:
+        root = store.get(key).decode()  # waits (up to the store's timeout) for rank 0
+        return Comm.socket(size, rank, root, config)
+    # Free, outside the ephemeral range and held (gradcomp._ports) until rank 0 listens there:
+    # no concurrent port choice of another job can take it meanwhile.
+    with reserve_port() as held:
+        root = f"{_root_host(store)}:{held.port}"
+        store.set(key, root)
+        return Comm.socket(size, rank, root, config)
