@@ -19,6 +19,17 @@ if [ ! -x "$bin" ]; then
   exit 1
 fi
 ngpu=$(nvidia-smi -L 2>/dev/null | wc -l)
+# rank_env R N L: env_extra for rank R of N (L: GRADCOMP_LOCAL_SIZE, 0 = flat):
+# with fewer GPUs than ranks, each rank its own NCCL host over loopback sockets.
+rank_env() {
+  env_extra=()
+  if [ "$ngpu" -lt "$2" ]; then
+    env_extra=(NCCL_HOSTID=host-$1 NCCL_NET=Socket NCCL_SOCKET_IFNAME=lo NCCL_IB_DISABLE=1
+               NCCL_P2P_DISABLE=1 NCCL_SHM_DISABLE=1 NCCL_NVLS_ENABLE=0)
+  fi
+  [ "$3" != 0 ] && env_extra+=(GRADCOMP_LOCAL_SIZE=$3)
+  return 0
+}
 # Runs: N ranks, and GRADCOMP_LOCAL_SIZE for the hierarchical suite (0: flat).
 for run in 2:0 4:0 4:2; do
   n=${run%%:*}; local_size=${run##*:}
@@ -27,12 +38,7 @@ for run in 2:0 4:0 4:2; do
   port=$((29500 + RANDOM % 1000))
   pids=()
   for r in $(seq 0 $((n - 1))); do
-    env_extra=()
-    if [ "$ngpu" -lt "$n" ]; then
-      env_extra=(NCCL_HOSTID=host-$r NCCL_NET=Socket NCCL_SOCKET_IFNAME=lo NCCL_IB_DISABLE=1
-                 NCCL_P2P_DISABLE=1 NCCL_SHM_DISABLE=1 NCCL_NVLS_ENABLE=0)
-    fi
-    [ "$local_size" != 0 ] && env_extra+=(GRADCOMP_LOCAL_SIZE=$local_size)
+    rank_env "$r" "$n" "$local_size"
     # Each check sets autoTune itself; GRADCOMP_AUTO=0 keeps any config read
     # from the environment compressing.
     env "${env_extra[@]}" GRADCOMP_AUTO=0 GC_RANK=$r GC_NRANKS=$n GC_ID_FILE=$idfile \
@@ -73,12 +79,7 @@ for run in 2:0 4:2; do
   idfile=$(mktemp -u /tmp/gc_ncclid.XXXXXX)
   pids=()
   for r in $(seq 0 $((n - 1))); do
-    env_extra=()
-    if [ "$ngpu" -lt "$n" ]; then
-      env_extra=(NCCL_HOSTID=host-$r NCCL_NET=Socket NCCL_SOCKET_IFNAME=lo NCCL_IB_DISABLE=1
-                 NCCL_P2P_DISABLE=1 NCCL_SHM_DISABLE=1 NCCL_NVLS_ENABLE=0)
-    fi
-    [ "$local_size" != 0 ] && env_extra+=(GRADCOMP_LOCAL_SIZE=$local_size)
+    rank_env "$r" "$n" "$local_size"
     env "${env_extra[@]}" GC_ABORT_TEST=1 GRADCOMP_AUTO=0 GC_RANK=$r GC_NRANKS=$n \
       GC_ID_FILE=$idfile timeout 90 "$bin" > "$out/multirank_abort_n${n}_r${r}.log" 2>&1 &
     pids+=($!)

@@ -305,7 +305,7 @@ void decide(CommEntry& e, cudaStream_t stream) {
 }
 
 void decideUnlessCapturing(CommEntry& e, ncclComm_t comm, cudaStream_t stream) {
-  if (capturing(stream)) {
+  if (streamCapturing(stream)) {
     warnOnce("capture",
              "NCCL comm %p is used in a CUDA graph capture before gradcomp set it up; calls "
              "pass through until an eager call sets it up",
@@ -359,15 +359,6 @@ void noteCreated(ncclComm_t comm, bool nonBlocking) {
 bool isNonBlocking(ncclComm_t comm) {
   std::lock_guard<std::mutex> lock(tableMu());
   return nonBlockingComms().count(comm) > 0 || envNonBlocking();
-}
-
-bool capturing(cudaStream_t stream) {
-  cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
-  if (cudaStreamIsCapturing(stream, &st) != cudaSuccess) {
-    (void)cudaGetLastError();
-    return false;
-  }
-  return st != cudaStreamCaptureStatusNone;
 }
 
 void warnOnce(const std::string& key, const char* fmt, ...) {

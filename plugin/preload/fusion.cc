@@ -35,7 +35,7 @@ ncclResult_t runFusedSet(CommEntry& e, const std::vector<const Deferred*>& membe
   {
     std::lock_guard<std::mutex> lock(e.callMu);
     if (e.fusionBytes < total * esz) {
-      if (capturing(d0.stream)) {
+      if (streamCapturing(d0.stream)) {
         warnOnce("fuse-capture",
                  "a fused group needing a larger fusion buffer (%zu bytes) is being captured into "
                  "a CUDA graph; its calls pass through (run the group once eagerly first)",
@@ -60,7 +60,7 @@ ncclResult_t runFusedSet(CommEntry& e, const std::vector<const Deferred*>& membe
     GC_NVTX_RANGE("gradcomp fuse copy-in");
     // The last set may have used the buffer on another stream: its copy out
     // must be done before this set's copy in overwrites it.
-    if (e.fusionDone != nullptr && e.fusionStream != d0.stream && !capturing(d0.stream)) {
+    if (e.fusionDone != nullptr && e.fusionStream != d0.stream && !streamCapturing(d0.stream)) {
       cudaError_t err = cudaStreamWaitEvent(d0.stream, e.fusionDone, 0);
       if (err != cudaSuccess) {
         (void)cudaGetLastError();
@@ -102,7 +102,7 @@ ncclResult_t runFusedSet(CommEntry& e, const std::vector<const Deferred*>& membe
     }
     off += d->count * esz;
   }
-  if (!capturing(d0.stream)) {
+  if (!streamCapturing(d0.stream)) {
     std::lock_guard<std::mutex> lock(e.callMu);
     DeviceGuard guard(e.device);
     cudaError_t err = e.fusionDone != nullptr

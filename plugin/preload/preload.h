@@ -98,9 +98,6 @@ void noteCreated(ncclComm_t comm, bool nonBlocking);
 bool nonBlockingFrom(const void* config, int blockingField, bool parentNonBlocking);
 bool isNonBlocking(ncclComm_t comm);
 
-// True while `stream` is being captured into a CUDA graph (false when CUDA
-// cannot tell, e.g. without a GPU).
-bool capturing(cudaStream_t stream);
 // Prints `msg` once per distinct key, whatever GRADCOMP_DEBUG says.
 void warnOnce(const std::string& key, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
 

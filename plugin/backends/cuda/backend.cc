@@ -8,26 +8,18 @@
 
 #include "kernels/elementwise.h"
 #include "backends/backend.h"
+#include "backends/cuda/device_guard.h"
 #include "checks.h"
 #include "codecs/qsgd.h"
 
 namespace gc {
 namespace {
 
-bool isCapturing(cudaStream_t stream) {
-  cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
-  if (cudaStreamIsCapturing(stream, &st) != cudaSuccess) {
-    (void)cudaGetLastError();
-    return false;
-  }
-  return st != cudaStreamCaptureStatusNone;
-}
-
 class CudaBackend final : public Backend {
  public:
   bool onDevice() const override { return true; }
 
-  bool capturing() const override { return isCapturing(stream_); }
+  bool capturing() const override { return streamCapturing(stream_); }
 
   // A comm's calls share its workspace, buffer states and device step
   // counter, so a call on another stream than the last compressed call's
@@ -41,7 +33,7 @@ class CudaBackend final : public Backend {
   // record nor wait: an eager wait cannot name work inside a graph, and a
   // graph's launches are ordered by the stream the caller launches it on.
   void setStream(cudaStream_t stream) override {
-    if (lastCallRecorded_ && stream != lastCallStream_ && !isCapturing(stream)) {
+    if (lastCallRecorded_ && stream != lastCallStream_ && !streamCapturing(stream)) {
       if (cudaStreamWaitEvent(stream, lastCall_, 0) == cudaSuccess) {
         lastCallStream_ = stream;
       } else {
@@ -156,7 +148,7 @@ class CudaBackend final : public Backend {
     // A mark after all this backend enqueued on the last stream (a call that
     // failed half way records no lastCall_); the side streams are its own.
     cudaEvent_t mark = nullptr;
-    bool marked = !isCapturing(stream_) &&
+    bool marked = !streamCapturing(stream_) &&
                   cudaEventCreateWithFlags(&mark, cudaEventDisableTiming) == cudaSuccess &&
                   cudaEventRecord(mark, stream_) == cudaSuccess;
     (void)cudaGetLastError();  // the last stream may be gone: then lastCall_ has to do

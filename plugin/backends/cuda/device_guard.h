@@ -8,6 +8,17 @@
 
 namespace gc {
 
+// True while `stream` is being captured into a CUDA graph; false when CUDA
+// cannot tell (e.g. without a GPU), with the query's error cleared.
+inline bool streamCapturing(cudaStream_t stream) {
+  cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
+  if (cudaStreamIsCapturing(stream, &st) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  return st != cudaStreamCaptureStatusNone;
+}
+
 class DeviceGuard {
  public:
   explicit DeviceGuard(int device) {
