@@ -9,7 +9,6 @@ the resume check).
 """
 import hashlib
 import json
-import os
 import sys
 
 import torch
@@ -18,6 +17,7 @@ import torch.nn as nn
 
 import gradcomp
 import gradcomp.torch as gct
+import gc_ranks  # tools/, on the PYTHONPATH the tests give
 
 STEPS, START, RESUME_AT = 5, 1, 3
 
@@ -219,13 +219,8 @@ def main():
         json.dump(res, f)
     dist.barrier()
     dist.destroy_process_group()
-    return 0
+    gc_ranks.leave(0)  # tools/: the process ends here (docs/reliability.md, "Teardown")
 
 
 if __name__ == "__main__":
-    code = main()
-    # No interpreter finalization under a gloo thread that outlives the group
-    # (tools/gc_ranks.py leave, docs/reliability.md "Teardown").
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    sys.exit(main())

@@ -5,7 +5,6 @@ Each rank records the call FSDP makes (keyword names, op, sizes) and the sentenc
 GradcompReduceScatter refuses CPU tensors with, and writes them to OUT.rank<r>.json.
 """
 import json
-import os
 import sys
 
 import torch
@@ -14,6 +13,7 @@ import torch.nn as nn
 from torch.distributed.fsdp import fully_shard
 
 import gradcomp.torch as gct
+import gc_ranks  # tools/, on the PYTHONPATH the tests give
 
 
 class Recording(gct.GradcompReduceScatter):
@@ -49,13 +49,8 @@ def main():
         json.dump({"registered": n, "calls": Recording.calls, "error": error}, f)
     dist.barrier()
     dist.destroy_process_group()
-    return 0
+    gc_ranks.leave(0)  # tools/: the process ends here (docs/reliability.md, "Teardown")
 
 
 if __name__ == "__main__":
-    code = main()
-    # No interpreter finalization under a gloo thread that outlives the group
-    # (tools/gc_ranks.py leave, docs/reliability.md "Teardown").
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    sys.exit(main())

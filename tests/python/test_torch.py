@@ -619,7 +619,7 @@ class FsdpProtocol(unittest.TestCase):
         sys.path.insert(0, os.path.join(root, "tools"))
         import gc_ranks
 
-        env = {"PYTHONPATH": os.path.join(root, "python"),
+        env = {"PYTHONPATH": os.pathsep.join(os.path.join(root, d) for d in ("python", "tools")),
                "GRADCOMP_LIBRARY": gradcomp.library_path()}
         with tempfile.TemporaryDirectory() as tmp:
             out = os.path.join(tmp, "p")
@@ -661,7 +661,7 @@ def launch_ranks(test, mode, world=2):
     sys.path.insert(0, os.path.join(root, "tools"))
     import gc_ranks
 
-    env = {"PYTHONPATH": os.path.join(root, "python"),
+    env = {"PYTHONPATH": os.pathsep.join(os.path.join(root, d) for d in ("python", "tools")),
            "GRADCOMP_LIBRARY": gradcomp.library_path(), "OMP_NUM_THREADS": "1"}
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, mode)
