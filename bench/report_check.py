@@ -10,6 +10,8 @@ import os
 import subprocess
 import sys
 
+from checklib import expect, verdict
+
 src, work = sys.argv[1], sys.argv[2]
 raw = os.path.join(work, "raw")
 os.makedirs(raw, exist_ok=True)
@@ -100,15 +102,6 @@ md, js = os.path.join(work, "r.md"), os.path.join(work, "r.json")
 subprocess.check_call([sys.executable, os.path.join(src, "tools", "gpu_report.py"), "--dir", raw,
                        "--name", "2030-01-02-test-gpu", "--md", md, "--json", js])
 r = json.load(open(js))
-fails = []
-
-
-def expect(cond, what):
-    if not cond:
-        fails.append(what)
-        print("FAIL:", what)
-
-
 for key in ["gpu", "date", "commit", "qsgd4_encode_ef_frac_of_copy", "qsgd4_decode_frac_of_copy",
             "topk_dgc_speedup_vs_torch_topk", "allreduce_qsgd4_model_speedup_10gbps_n8_256MB",
             "ddp_qsgd4_acc_delta_pts", "ddp_dgc_acc_delta_pts", "multirank_tests_passed",
@@ -220,7 +213,4 @@ expect(r2.get("kernel_limiters") is None, "no limiters without the profile step"
 expect("Not profiled: the profile step did not run" in open(os.path.join(work, "r2.md")).read(),
        "report says the kernels were not profiled")
 
-if fails:
-    print("%d check(s) failed" % len(fails))
-    sys.exit(1)
-print("all checks passed")
+sys.exit(verdict())

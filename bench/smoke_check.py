@@ -18,16 +18,11 @@ import os
 import subprocess
 import sys
 
+from checklib import close, expect, verdict
+
 FIELDS = ["size", "count", "dtype", "method", "time_us", "nccl_time_us", "algbw", "busbw",
           "wire_bytes", "ratio", "rel_err", "wrong"]
 TYPE_BYTES = {"float": 4, "half": 2, "bfloat16": 2}
-failures = []
-
-
-def expect(cond, what):
-    if not cond:
-        failures.append(what)
-        print("FAIL:", what)
 
 
 def run(perf, args, json_path, env=None):
@@ -59,10 +54,6 @@ def report_rate(kdoc, kernel, dtype, bits, count):
 
 def encoded(n, bits, bucket):
     return 4 * math.ceil(n / bucket) + 4 * math.ceil(n * bits / 32)
-
-
-def close(a, b, rel=1e-9):
-    return a is not None and b is not None and abs(a - b) <= rel * max(abs(a), abs(b), 1e-30)
 
 
 def check_projection(tag, r, kdoc, bits, bucket, intra_gbps=3600.0, lat=10.0):
@@ -541,11 +532,7 @@ def main():
            "rank 0's corrupted element makes the ranks' results differ")
     expect("FAILED" in out, "the footer says FAILED")
 
-    if failures:
-        print("%d check(s) failed" % len(failures))
-        return 1
-    print("all checks passed")
-    return 0
+    return verdict()
 
 
 if __name__ == "__main__":

@@ -16,18 +16,9 @@ import os
 import subprocess
 import sys
 
-failures = []
+from checklib import close, expect, verdict
+
 GBPS, LAT = 2.0, 10.0
-
-
-def expect(cond, what):
-    if not cond:
-        failures.append(what)
-        print("FAIL:", what)
-
-
-def close(a, b, rel=1e-6):
-    return a is not None and b is not None and abs(a - b) <= rel * max(abs(a), abs(b), 1e-30)
 
 
 def reserve_ports(span=64):
@@ -134,14 +125,14 @@ def check_rows(tag, doc, cpu_rows, n, collective):
         if r["algo"] == "passthrough":
             expect(g_steps == steps, "%s: pass-through is the direct two-shot's steps" % t)
         g_model = host + us(r["wire_bytes"]) + g_steps * LAT
-        expect(close(m["nccl_time_us"], base_model), "%s: baseline model %s == %s" % (
+        expect(close(m["nccl_time_us"], base_model, rel=1e-6), "%s: baseline model %s == %s" % (
             t, m["nccl_time_us"], base_model))
-        expect(close(m["time_us"], g_model), "%s: gradcomp model %s == %s" % (
+        expect(close(m["time_us"], g_model, rel=1e-6), "%s: gradcomp model %s == %s" % (
             t, m["time_us"], g_model))
         sp = r["nccl_time_us"] / r["time_us"]
-        expect(close(m["measured_vs_model"], sp / (base_model / g_model)),
+        expect(close(m["measured_vs_model"], sp / (base_model / g_model), rel=1e-6),
                "%s: measured_vs_model = measured speedup / model speedup" % t)
-        expect(close(m["time_vs_model"], r["time_us"] / g_model), "%s: time_vs_model" % t)
+        expect(close(m["time_vs_model"], r["time_us"] / g_model, rel=1e-6), "%s: time_vs_model" % t)
 
 
 def main():
@@ -177,11 +168,7 @@ def main():
     expect(p.returncode == 2 and "OMPI_COMM_WORLD_RANK" in p.stdout,
            "no launcher: exit 2 naming the variables (got %d: %s)" % (p.returncode,
                                                                        p.stdout.strip()))
-    if failures:
-        print("%d check(s) failed" % len(failures))
-        return 1
-    print("all checks passed")
-    return 0
+    return verdict()
 
 
 if __name__ == "__main__":

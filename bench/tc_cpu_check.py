@@ -19,14 +19,9 @@ import shutil
 import subprocess
 import sys
 
+from checklib import expect, verdict
+
 SKIP = 77
-failures = []
-
-
-def expect(cond, what):
-    if not cond:
-        failures.append(what)
-        print("FAIL:", what)
 
 
 def skip_reason(prefix):
@@ -153,11 +148,7 @@ def main():
     # Nothing left behind.
     left = subprocess.run(["ip", "netns", "list"], stdout=subprocess.PIPE, text=True).stdout
     expect(prefix not in left, "namespaces removed")
-    if failures:
-        print("%d check(s) failed" % len(failures))
-        return 1
-    print("all checks passed")
-    return 0
+    return verdict()
 
 
 if __name__ == "__main__":
