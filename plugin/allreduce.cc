@@ -47,6 +47,8 @@ gradcompResult_t sparseAllReduce(gradcompComm* c, const void* send, void* recv, 
 gradcompResult_t allReduce(const void* send, void* recv, size_t count, ncclDataType_t type,
                            ncclRedOp_t op, gradcompComm* c, cudaStream_t stream, bool keyed,
                            uint64_t key) {
+  CommCall call(c);  // gradcompCommAbort waits for it
+  GC_CHECK(call.check());
   GC_ARG(c != nullptr && c->backend && c->transport, "comm is NULL or destroyed");
   GC_ARG(count == 0 || (send != nullptr && recv != nullptr),
          "sendbuff=%p and recvbuff=%p must not be NULL for count=%zu", send, recv, count);
@@ -110,8 +112,6 @@ GC_EXPORT gradcompResult_t gradcompAllReduce(const void* sendbuff, void* recvbuf
                                              ncclDataType_t datatype, ncclRedOp_t op,
                                              gradcompComm_t comm, cudaStream_t stream) {
   return gc::guarded([&] {
-    gc::CommCall call(comm);
-    GC_CHECK(call.check());
     return gc::allReduce(sendbuff, recvbuff, count, datatype, op, comm, stream, false, 0);
   });
 }
@@ -121,8 +121,6 @@ GC_EXPORT gradcompResult_t gradcompAllReduceKeyed(const void* sendbuff, void* re
                                                   ncclRedOp_t op, gradcompComm_t comm,
                                                   cudaStream_t stream, uint64_t key) {
   return gc::guarded([&] {
-    gc::CommCall call(comm);
-    GC_CHECK(call.check());
     return gc::allReduce(sendbuff, recvbuff, count, datatype, op, comm, stream, true, key);
   });
 }

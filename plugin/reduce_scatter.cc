@@ -27,6 +27,8 @@ gradcompResult_t passThrough(gradcompComm* c, const void* send, void* recv, size
 gradcompResult_t reduceScatter(const void* send, void* recv, size_t recvCount, ncclDataType_t type,
                                ncclRedOp_t op, gradcompComm* c, cudaStream_t stream, bool keyed,
                                uint64_t key) {
+  CommCall call(c);  // gradcompCommAbort waits for it
+  GC_CHECK(call.check());
   GC_ARG(c != nullptr && c->backend && c->transport, "comm is NULL or destroyed");
   GC_ARG(recvCount == 0 || (send != nullptr && recv != nullptr),
          "sendbuff=%p and recvbuff=%p must not be NULL for recvcount=%zu", send, recv, recvCount);
@@ -111,8 +113,6 @@ GC_EXPORT gradcompResult_t gradcompReduceScatter(const void* sendbuff, void* rec
                                                  ncclRedOp_t op, gradcompComm_t comm,
                                                  cudaStream_t stream) {
   return gc::guarded([&] {
-    gc::CommCall call(comm);
-    GC_CHECK(call.check());
     return gc::reduceScatter(sendbuff, recvbuff, recvcount, datatype, op, comm, stream, false, 0);
   });
 }
@@ -122,8 +122,6 @@ GC_EXPORT gradcompResult_t gradcompReduceScatterKeyed(const void* sendbuff, void
                                                       ncclRedOp_t op, gradcompComm_t comm,
                                                       cudaStream_t stream, uint64_t key) {
   return gc::guarded([&] {
-    gc::CommCall call(comm);
-    GC_CHECK(call.check());
     return gc::reduceScatter(sendbuff, recvbuff, recvcount, datatype, op, comm, stream, true, key);
   });
 }
