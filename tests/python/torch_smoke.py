@@ -86,10 +86,15 @@ def hook_step_bytes(stats, world, bits, min_elements=16384):
     return sum(twoshot_bytes(c, world, 0, bits) for c in parts), len(parts)
 
 
-def layer_split(model, layer_min_size=1024):
-    """(compressed, full-precision) element counts by GradcompState's layer-aware rule."""
-    comp = sum(p.numel() for p in model.parameters()
-               if p.dim() > 1 and p.numel() >= layer_min_size)
+def compressed(p, layer_min_size=1024):
+    """GradcompState's layer-aware rule, written from its description: dim() > 1 and at least
+    layer_min_size elements."""
+    return p.dim() > 1 and p.numel() >= layer_min_size
+
+
+def layer_split(model):
+    """(compressed, full-precision) element counts by the layer-aware rule."""
+    comp = sum(p.numel() for p in model.parameters() if compressed(p))
     return comp, sum(p.numel() for p in model.parameters()) - comp
 
 
@@ -184,7 +189,7 @@ def check_lm(out_root, build):
     # DGC under momentum SGD: the parameters gradcomp compresses (and keeps the velocity of) get
     # no optimizer momentum, the others SGD's 0.9.
     opt = load(os.path.join(out, "lm_dgc_sgd_hook.json"))["optimizer"]
-    n_comp = sum(1 for p in model.parameters() if p.dim() > 1 and p.numel() >= 1024)
+    n_comp = sum(1 for p in model.parameters() if compressed(p))
     n_all = len(list(model.parameters()))
     expect(opt["name"] == "sgd" and [(g["n"], round(g["momentum"], 6)) for g in opt["groups"]]
            == [(n_all - n_comp, 0.9), (n_comp, 0.0)], f"dgc_sgd_hook optimizer groups {opt}")

@@ -232,8 +232,9 @@ class GradcompState:
         cfg = self.config
         if not (cfg.method == "dgc" and cfg.momentum_correction):
             return [{"params": params}]
-        comp = [p for p in params if self.is_compressed(p)]
-        full = [p for p in params if not self.is_compressed(p)]
+        comp, full = [], []
+        for p in params:
+            (comp if self.is_compressed(p) else full).append(p)
         groups = [{"params": full, "momentum": float(cfg.momentum)},
                   {"params": comp, "momentum": 0.0}]
         return [g for g in groups if g["params"]]
