@@ -141,8 +141,9 @@ gradcompResult_t gradcompCommCreateCpu(int nranks, const gradcompConfig_t* confi
                                        gradcompComm_t* comms);
 /* CPU reference backend across processes (or threads): this is rank `rank` of
  * `nranks`, connected to the others by TCP. Rank 0 listens at `root`
- * ("host:port", an IPv4 address or a name); the others connect to it and then
- * to each other (each rank listens on an ephemeral port of its own). Host
+ * ("host:port" with an IPv4 address or a name, or "[IPv6]:port"); the others
+ * connect to it and then to each other over the root's address family (each
+ * rank listens on an ephemeral port of its own). Host
  * pointers, stream ignored; the same algorithm code, and results bit for bit,
  * as gradcompCommCreateCpu's in-process world (with autoTune=0: with 1, the
  * default, a socket comm times its links and passes through the calls

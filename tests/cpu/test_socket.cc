@@ -27,8 +27,8 @@ using gctest::loopbackRoot;
 // thread, as separate processes would).
 class SocketWorld {
  public:
-  SocketWorld(int n, const gradcompConfig_t& cfg) : comms_(n, nullptr) {
-    const std::string root = loopbackRoot();
+  SocketWorld(int n, const gradcompConfig_t& cfg, std::string root = "") : comms_(n, nullptr) {
+    if (root.empty()) root = loopbackRoot();
     std::vector<std::thread> ts;
     std::vector<gradcompResult_t> res(n);
     std::vector<std::string> why(n);
@@ -130,12 +130,12 @@ std::vector<Trace> drive(World& world, size_t count, ncclDataType_t t, ncclRedOp
 }
 
 void expectSameRun(int N, const gradcompConfig_t& cfg, size_t count, ncclDataType_t t,
-                   ncclRedOp_t op, int steps, bool rs = false) {
+                   ncclRedOp_t op, int steps, bool rs = false, const std::string& root = "") {
   SCOPED_TRACE(testing::Message() << "N=" << N << " method=" << cfg.method << " algo=" << cfg.algo
                                   << " localSize=" << cfg.localSize << " type=" << t << " op=" << op
                                   << " count=" << count << " rs=" << rs);
   gctest::CpuWorld cpu(N, cfg);
-  SocketWorld tcp(N, cfg);
+  SocketWorld tcp(N, cfg, root);
   const std::vector<Trace> want = drive(cpu, count, t, op, steps, rs);
   const std::vector<Trace> got = drive(tcp, count, t, op, steps, rs);
   for (int r = 0; r < N; ++r) {
@@ -304,6 +304,32 @@ TEST(Socket, AMissingRankTimesOut) {
       << gradcompGetLastError();
 }
 
+// IPv6 roots, bracketed or not: the same bits as the in-process world, with
+// every rank's listener and connections on IPv6 (a machine without IPv6
+// loopback skips, saying so).
+bool ipv6Loopback(int port) {
+  const int fd = socket(AF_INET6, SOCK_STREAM, 0);
+  if (fd < 0) return false;
+  sockaddr_in6 a = {};
+  a.sin6_family = AF_INET6;
+  a.sin6_addr = in6addr_loopback;
+  a.sin6_port = htons((uint16_t)port);
+  const bool ok = bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
+  close(fd);
+  return ok;
+}
+
+TEST(Socket, Ipv6RootsMatchTheInProcessWorld) {
+  const int port = gctest::freePort();
+  if (!ipv6Loopback(port)) GTEST_SKIP() << "this machine cannot bind [::1]:" << port;
+  gradcompConfig_t cfg = withMethod(gradcompMethodQsgd);
+  expectSameRun(3, cfg, 5000, ncclFloat32, ncclSum, 2, false, "[::1]:" + std::to_string(port));
+  const int port2 = gctest::freePort();
+  if (!ipv6Loopback(port2)) GTEST_SKIP() << "this machine cannot bind [::1]:" << port2;
+  expectSameRun(3, withMethod(gradcompMethodDgc), 5000, ncclFloat32, ncclSum, 2, false,
+                "::1:" + std::to_string(port2));
+}
+
 TEST(Socket, BadArgumentsAreNamed) {
   gradcompComm_t c = nullptr;
   gradcompConfig_t cfg = withMethod(gradcompMethodQsgd);
@@ -322,6 +348,9 @@ TEST(Socket, BadArgumentsAreNamed) {
       {2, 1, "127.0.0.1:70000", "70000"},
       {2, 1, "127.0.0.1:x1", "\"x1\""},
       {2, 1, "no-such-host.invalid:1234", "no-such-host.invalid"},
+      {2, 1, "[::1]", "has no port"},
+      {2, 1, "[::1:5000", "unbalanced brackets"},
+      {2, 1, "::1]:5000", "unbalanced brackets"},
   };
   for (const Case& k : cases) {
     EXPECT_EQ(gradcompCommCreateSocket(k.nranks, k.rank, k.root, &cfg, &c), gradcompInvalidArgument)

@@ -110,6 +110,32 @@ class TorchRefusals(unittest.TestCase):
                 self.gt.GradcompReduceScatter(None, "layers.0")
 
 
+@unittest.skipIf(torch is None, "PyTorch is not installed")
+class SocketRootAddress(unittest.TestCase):
+    """backend="cpu": rank 0's address as gradcomp reads it; an IPv6 MASTER_ADDR goes in
+    brackets (gradcompCommCreateSocket takes "[IPv6]:port"; its IPv6 comm is test_socket's)."""
+
+    def host(self, addr):
+        from gradcomp.torch import _group
+
+        old = os.environ.get("MASTER_ADDR")
+        os.environ["MASTER_ADDR"] = addr
+        try:
+            return _group._root_host(None)
+        finally:
+            if old is None:
+                del os.environ["MASTER_ADDR"]
+            else:
+                os.environ["MASTER_ADDR"] = old
+
+    def test_hosts(self):
+        self.assertEqual(self.host("::1"), "[::1]")
+        self.assertEqual(self.host("fd00::7"), "[fd00::7]")
+        self.assertEqual(self.host("[fd00::7]"), "[fd00::7]")
+        self.assertEqual(self.host("10.1.2.3"), "10.1.2.3")
+        self.assertEqual(self.host("node-3.cluster"), "node-3.cluster")
+
+
 @unittest.skipIf(torch is None, "PyTorch is not installed: gradcomp.torch is checked on the GPU "
                  "box (tools/gpu-check.sh, step torch_hooks)")
 class UniqueIdThroughTheStore(unittest.TestCase):

@@ -69,10 +69,12 @@ struct Hello {
   uint16_t pad;
 };
 struct Entry {
-  uint32_t addr;  // network order
-  uint16_t port;  // network order
-  uint16_t pad;
+  uint8_t addr[16];  // network order: 4 bytes for IPv4, 16 for IPv6
+  uint32_t scope;    // IPv6 scope id (link-local addresses), else 0
+  uint16_t family;   // AF_INET or AF_INET6
+  uint16_t port;     // network order
 };
+static_assert(sizeof(Entry) == 24, "no padding in the address table");
 struct Verdict {
   uint32_t magic;
   int32_t ok;  // 0: rank 0 refused the world; the sentence follows in why
@@ -129,29 +131,114 @@ struct SocketMesh {
 
 namespace {
 
-gradcompResult_t parseRoot(const char* root, sockaddr_in* out) {
+// An IPv4 or IPv6 socket address.
+struct Addr {
+  sockaddr_storage ss = {};
+  int family() const { return ss.ss_family; }
+  socklen_t len() const {
+    return family() == AF_INET6 ? sizeof(sockaddr_in6) : sizeof(sockaddr_in);
+  }
+  const sockaddr* sa() const { return reinterpret_cast<const sockaddr*>(&ss); }
+  sockaddr* sa() { return reinterpret_cast<sockaddr*>(&ss); }
+  sockaddr_in* v4() { return reinterpret_cast<sockaddr_in*>(&ss); }
+  sockaddr_in6* v6() { return reinterpret_cast<sockaddr_in6*>(&ss); }
+  const sockaddr_in* v4() const { return reinterpret_cast<const sockaddr_in*>(&ss); }
+  const sockaddr_in6* v6() const { return reinterpret_cast<const sockaddr_in6*>(&ss); }
+  uint16_t portNet() const { return family() == AF_INET6 ? v6()->sin6_port : v4()->sin_port; }
+  void setPortNet(uint16_t p) { (family() == AF_INET6 ? v6()->sin6_port : v4()->sin_port) = p; }
+  // "1.2.3.4:5" or "[::1]:5", for sentences.
+  std::string text() const {
+    char ip[INET6_ADDRSTRLEN] = "?";
+    const void* a =
+        family() == AF_INET6 ? (const void*)&v6()->sin6_addr : (const void*)&v4()->sin_addr;
+    inet_ntop(family(), a, ip, sizeof ip);
+    const std::string host = family() == AF_INET6 ? "[" + std::string(ip) + "]" : std::string(ip);
+    return host + ":" + std::to_string((int)ntohs(portNet()));
+  }
+  // The wildcard address of this address's family, port 0.
+  Addr any() const {
+    Addr a;
+    a.ss.ss_family = (sa_family_t)family();
+    if (family() == AF_INET6) {
+      a.v6()->sin6_addr = in6addr_any;
+    } else {
+      a.v4()->sin_addr.s_addr = htonl(INADDR_ANY);
+    }
+    return a;
+  }
+  Entry entry() const {
+    Entry e = {};
+    e.family = (uint16_t)family();
+    e.port = portNet();
+    if (family() == AF_INET6) {
+      memcpy(e.addr, &v6()->sin6_addr, 16);
+      e.scope = v6()->sin6_scope_id;
+    } else {
+      memcpy(e.addr, &v4()->sin_addr, 4);
+    }
+    return e;
+  }
+  static bool fromEntry(const Entry& e, Addr* out) {
+    Addr a;
+    a.ss.ss_family = (sa_family_t)e.family;
+    if (e.family == AF_INET6) {
+      memcpy(&a.v6()->sin6_addr, e.addr, 16);
+      a.v6()->sin6_scope_id = e.scope;
+    } else if (e.family == AF_INET) {
+      memcpy(&a.v4()->sin_addr, e.addr, 4);
+    } else {
+      return false;
+    }
+    a.setPortNet(e.port);
+    *out = a;
+    return true;
+  }
+};
+
+// "host:port", "[IPv6]:port", or an unbracketed IPv6 literal whose last
+// colon starts the port ("::1:29500"). The host resolves to the first
+// address getaddrinfo gives, IPv4 or IPv6; every rank resolves the same name.
+gradcompResult_t parseRoot(const char* root, Addr* out) {
   GC_ARG(root != nullptr && root[0] != '\0', "root address is empty: give \"host:port\"");
   const std::string s(root);
   const size_t colon = s.rfind(':');
   GC_ARG(colon != std::string::npos && colon > 0 && colon + 1 < s.size(),
-         "root address \"%s\" is not \"host:port\"", root);
-  const std::string host = s.substr(0, colon), portText = s.substr(colon + 1);
+         "root address \"%s\" is not \"host:port\" (an IPv6 host in brackets: \"[::1]:port\")",
+         root);
+  GC_ARG(s.back() != ']', "root address \"%s\" has no port: give \"[IPv6]:port\"", root);
+  std::string host = s.substr(0, colon);
+  const std::string portText = s.substr(colon + 1);
+  if (!host.empty() && (host.front() == '[' || host.back() == ']')) {
+    GC_ARG(host.size() > 2 && host.front() == '[' && host.back() == ']',
+           "root address \"%s\": unbalanced brackets around the host (give \"[IPv6]:port\")", root);
+    host = host.substr(1, host.size() - 2);
+  }
   char* end = nullptr;
   const long port = strtol(portText.c_str(), &end, 10);
   GC_ARG(end && *end == '\0' && port >= 1 && port <= 65535,
          "root address \"%s\": port \"%s\" is out of range 1..65535", root, portText.c_str());
   addrinfo hints = {};
-  hints.ai_family = AF_INET;
+  hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
   addrinfo* res = nullptr;
   const int rc = getaddrinfo(host.c_str(), nullptr, &hints, &res);
   if (rc != 0 || res == nullptr) {
     return setError(gradcompInvalidArgument,
-                    "root address \"%s\": host \"%s\" does not resolve to an IPv4 address (%s)",
+                    "root address \"%s\": host \"%s\" does not resolve to an IPv4 or IPv6 address "
+                    "(%s)",
                     root, host.c_str(), gai_strerror(rc));
   }
-  *out = *reinterpret_cast<sockaddr_in*>(res->ai_addr);
-  out->sin_port = htons((uint16_t)port);
+  const addrinfo* pick = res;
+  while (pick && pick->ai_family != AF_INET && pick->ai_family != AF_INET6) pick = pick->ai_next;
+  if (pick == nullptr) {
+    freeaddrinfo(res);
+    return setError(gradcompInvalidArgument,
+                    "root address \"%s\": host \"%s\" resolves to no IPv4 or IPv6 address", root,
+                    host.c_str());
+  }
+  *out = Addr();
+  memcpy(&out->ss, pick->ai_addr, pick->ai_addrlen);
+  out->setPortNet(htons((uint16_t)port));
   freeaddrinfo(res);
   return gradcompSuccess;
 }
@@ -230,22 +317,19 @@ gradcompResult_t recvAll(int fd, void* data, size_t bytes, double deadline, cons
   return gradcompSuccess;
 }
 
-gradcompResult_t listenOn(const sockaddr_in& addr, int* out, const char* what) {
-  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+gradcompResult_t listenOn(const Addr& addr, int* out, const char* what) {
+  const int fd = socket(addr.family(), SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) {
     return setError(gradcompSystemError, "socket transport: socket(): %s",
                     errnoText(errno).c_str());
   }
   const int one = 1;
   setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  if (bind(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0 ||
-      listen(fd, 1024) != 0) {
+  if (bind(fd, addr.sa(), addr.len()) != 0 || listen(fd, 1024) != 0) {
     const int err = errno;
     close(fd);
-    char ip[INET_ADDRSTRLEN] = "?";
-    inet_ntop(AF_INET, &addr.sin_addr, ip, sizeof ip);
-    return setError(gradcompSystemError, "socket transport: cannot listen at %s:%d for %s: %s", ip,
-                    (int)ntohs(addr.sin_port), what, errnoText(err).c_str());
+    return setError(gradcompSystemError, "socket transport: cannot listen at %s for %s: %s",
+                    addr.text().c_str(), what, errnoText(err).c_str());
   }
   *out = fd;
   return gradcompSuccess;
@@ -253,16 +337,14 @@ gradcompResult_t listenOn(const sockaddr_in& addr, int* out, const char* what) {
 
 // Connects to addr, retrying while nobody listens there yet (rank 0 may
 // start last).
-gradcompResult_t connectTo(const sockaddr_in& addr, double deadline, int* out, const char* what) {
-  char ip[INET_ADDRSTRLEN] = "?";
-  inet_ntop(AF_INET, &addr.sin_addr, ip, sizeof ip);
+gradcompResult_t connectTo(const Addr& addr, double deadline, int* out, const char* what) {
   for (;;) {
-    const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    const int fd = socket(addr.family(), SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) {
       return setError(gradcompSystemError, "socket transport: socket(): %s",
                       errnoText(errno).c_str());
     }
-    if (connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr) == 0) {
+    if (connect(fd, addr.sa(), addr.len()) == 0) {
       tuneSocket(fd);
       *out = fd;
       return gradcompSuccess;
@@ -272,19 +354,18 @@ gradcompResult_t connectTo(const sockaddr_in& addr, double deadline, int* out, c
     const bool retry = err == ECONNREFUSED || err == EINTR || err == ETIMEDOUT ||
                        err == ECONNRESET || err == EAGAIN;
     if (!retry || now() >= deadline) {
-      return setError(gradcompSystemError, "socket transport: cannot connect to %s at %s:%d: %s%s",
-                      what, ip, (int)ntohs(addr.sin_port), errnoText(err).c_str(),
+      return setError(gradcompSystemError, "socket transport: cannot connect to %s at %s: %s%s",
+                      what, addr.text().c_str(), errnoText(err).c_str(),
                       retry ? " (cpuTimeoutSec, GRADCOMP_CPU_TIMEOUT, ran out)" : "");
     }
     usleep(20000);
   }
 }
 
-gradcompResult_t acceptOne(int listener, double deadline, int* out, sockaddr_in* peer,
-                           const char* what) {
+gradcompResult_t acceptOne(int listener, double deadline, int* out, Addr* peer, const char* what) {
   GC_CHECK(waitFd(listener, POLLIN, deadline, what));
-  socklen_t len = sizeof *peer;
-  const int fd = accept4(listener, reinterpret_cast<sockaddr*>(peer), &len, SOCK_CLOEXEC);
+  socklen_t len = sizeof peer->ss;
+  const int fd = accept4(listener, peer->sa(), &len, SOCK_CLOEXEC);
   if (fd < 0) {
     return setError(gradcompSystemError, "socket transport: accept (%s): %s", what,
                     errnoText(errno).c_str());
@@ -304,16 +385,15 @@ struct FdGuard {
 
 // Rank 0: collects every rank's hello, checks that they agree on the world,
 // then tells every rank where the others listen (or why the world is refused).
-gradcompResult_t rootRendezvous(SocketMesh& m, const sockaddr_in& rootAddr, double deadline) {
+gradcompResult_t rootRendezvous(SocketMesh& m, const Addr& rootAddr, double deadline) {
   FdGuard listener;
   GC_CHECK(listenOn(rootAddr, &listener.fd, "the other ranks (this is rank 0, the root)"));
   std::vector<Entry> table(m.nranks);
-  table[0].addr = rootAddr.sin_addr.s_addr;
-  table[0].port = rootAddr.sin_port;
+  table[0] = rootAddr.entry();
   std::string refusal;
   for (int got = 1; got < m.nranks; ++got) {
     int fd = -1;
-    sockaddr_in peer = {};
+    Addr peer;
     GC_CHECK(acceptOne(listener.fd, deadline, &fd, &peer, "the other ranks to reach the root"));
     FdGuard g{fd};
     Hello h = {};
@@ -334,8 +414,9 @@ gradcompResult_t rootRendezvous(SocketMesh& m, const sockaddr_in& rootAddr, doub
       sendAll(g.fd, &no, sizeof no, deadline, "the root's verdict");
       break;
     }
-    table[h.rank].addr = peer.sin_addr.s_addr;
-    table[h.rank].port = htons(h.port);
+    // Where the peer listens: the address it reached the root from, its port.
+    peer.setPortNet(htons(h.port));
+    table[h.rank] = peer.entry();
     m.fds[h.rank] = g.fd;
     g.fd = -1;
   }
@@ -358,22 +439,20 @@ gradcompResult_t rootRendezvous(SocketMesh& m, const sockaddr_in& rootAddr, doub
   return gradcompSuccess;
 }
 
-gradcompResult_t peerRendezvous(SocketMesh& m, const sockaddr_in& rootAddr, double deadline) {
+gradcompResult_t peerRendezvous(SocketMesh& m, const Addr& rootAddr, double deadline) {
   // This rank's own listener first, so that it exists before rank 0 hands
   // its address to anyone.
   FdGuard listener;
-  sockaddr_in any = {};
-  any.sin_family = AF_INET;
-  any.sin_addr.s_addr = htonl(INADDR_ANY);
-  any.sin_port = 0;
-  GC_CHECK(listenOn(any, &listener.fd, "the ranks above this one"));
-  sockaddr_in mine = {};
-  socklen_t len = sizeof mine;
-  getsockname(listener.fd, reinterpret_cast<sockaddr*>(&mine), &len);
+  // The root's family: the root records the address this rank reaches it
+  // from, so the peers connect here over the same family.
+  GC_CHECK(listenOn(rootAddr.any(), &listener.fd, "the ranks above this one"));
+  Addr mine;
+  socklen_t len = sizeof mine.ss;
+  getsockname(listener.fd, mine.sa(), &len);
   int fd = -1;
   GC_CHECK(connectTo(rootAddr, deadline, &fd, "rank 0 (the root)"));
   m.fds[0] = fd;
-  Hello h = {kHelloMagic, m.nranks, m.rank, ntohs(mine.sin_port), 0};
+  Hello h = {kHelloMagic, m.nranks, m.rank, ntohs(mine.portNet()), 0};
   GC_CHECK(sendAll(fd, &h, sizeof h, deadline, "this rank's hello"));
   Verdict v = {};
   GC_CHECK(recvAll(fd, &v, sizeof v, deadline, "rank 0's answer"));
@@ -390,10 +469,13 @@ gradcompResult_t peerRendezvous(SocketMesh& m, const sockaddr_in& rootAddr, doub
   GC_CHECK(recvAll(fd, table.data(), table.size() * sizeof(Entry), deadline,
                    "the table of listening addresses"));
   for (int r = 1; r < m.rank; ++r) {
-    sockaddr_in a = {};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = table[r].addr;
-    a.sin_port = table[r].port;
+    Addr a;
+    if (!Addr::fromEntry(table[r], &a)) {
+      return setError(gradcompSystemError,
+                      "socket transport: rank 0 sent rank %d's address with family %d (not IPv4 or "
+                      "IPv6)",
+                      r, (int)table[r].family);
+    }
     char what[32];
     snprintf(what, sizeof what, "rank %d", r);
     GC_CHECK(connectTo(a, deadline, &m.fds[r], what));
@@ -402,7 +484,7 @@ gradcompResult_t peerRendezvous(SocketMesh& m, const sockaddr_in& rootAddr, doub
   }
   for (int got = m.rank + 1; got < m.nranks; ++got) {
     int pfd = -1;
-    sockaddr_in peer = {};
+    Addr peer;
     GC_CHECK(acceptOne(listener.fd, deadline, &pfd, &peer, "the ranks above this one"));
     FdGuard g{pfd};
     int32_t who = -1;
@@ -781,7 +863,7 @@ class SocketTransport final : public Transport {
 
 gradcompResult_t makeSocketMesh(int nranks, int rank, const char* root, double timeoutSec,
                                 std::shared_ptr<SocketMesh>* out) {
-  sockaddr_in rootAddr = {};
+  Addr rootAddr;
   GC_CHECK(parseRoot(root, &rootAddr));
   auto m = std::make_shared<SocketMesh>();
   m->nranks = nranks;

@@ -57,7 +57,9 @@ def _root_host(store):
     while host is None and store is not None:
         host = getattr(store, "host", None)
         store = getattr(store, "underlying_store", None)
-    return host or "127.0.0.1"
+    host = host or "127.0.0.1"
+    # An IPv6 literal goes in brackets: gradcomp reads "[::1]:port" unambiguously.
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 def make_socket_comm(process_group, config):
