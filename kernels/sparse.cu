@@ -324,6 +324,48 @@ __global__ void fillEmptyKernel(const unsigned long long* __restrict__ selected,
   }
 }
 
+// Threshold selection only, after the compaction: when more entries
+// qualified than there are slots (*selected > kmax) and v holds a non-finite
+// value, the slots are rewritten with the non-finite entries alone, in index
+// order (the host's second selectByRule with nonFiniteRule). One block, so
+// the usual call costs one launch that returns at once; the rare call it
+// works on (a step AMP's scaler skips) reads v once more from one block.
+__global__ void __launch_bounds__(kThreads)
+    nonFiniteOnlyKernel(const float* __restrict__ v, size_t n, size_t kmax,
+                        const unsigned long long* __restrict__ selected, uint32_t* __restrict__ idx,
+                        uint64_t* selectedDev) {
+  if (*selected <= kmax) return;
+  using Scan = gradcomp_cub::cub::BlockScan<unsigned int, kThreads>;
+  __shared__ typename Scan::TempStorage scanTmp;
+  const SelectRule r = sparse::nonFiniteRule();
+  uint64_t found = 0;  // the same in every thread (block aggregates)
+  for (size_t tile = 0; tile < n; tile += kTile) {
+    const size_t base = tile + (size_t)threadIdx.x * kItems;
+    unsigned int c = 0;
+#pragma unroll
+    for (int i = 0; i < kItems; ++i) {
+      if (base + i < n && absKey(v[base + i]) > r.gt) ++c;
+    }
+    unsigned int before, all;
+    Scan(scanTmp).ExclusiveSum(c, before, all);
+    uint64_t pos = found + before;
+#pragma unroll
+    for (int i = 0; i < kItems; ++i) {
+      if (base + i < n && absKey(v[base + i]) > r.gt) {
+        if (pos < kmax) idx[pos] = (uint32_t)(base + i);
+        ++pos;
+      }
+    }
+    found += all;
+    __syncthreads();  // scanTmp is reused
+  }
+  if (found == 0) return;  // all finite: the compaction's slots stand
+  for (size_t j = threadIdx.x; j < kmax; j += kThreads) {
+    if (j >= found) idx[j] = kEmptySlot;
+  }
+  if (threadIdx.x == 0 && selectedDev) *selectedDev = found < kmax ? found : kmax;
+}
+
 cudaError_t compact(const float* v, size_t n, size_t kmax, uint32_t* idx, uint64_t* selectedDev,
                     void* scratch, const Scratch& L, cudaStream_t s) {
   const int tiles = (int)L.tiles;
@@ -446,7 +488,11 @@ cudaError_t selectThreshold(const float* v, size_t n, const sparse::Plan& p, con
       at<char>(scratch, L.temp), tempBytes, keys, sorted, sortCount(p.sample), 0, 32, s);
   if (err != cudaSuccess) return err;
   thresholdRuleKernel<<<1, 1, 0, s>>>(sorted, p.sample, p.keep, at<SelectRule>(scratch, L.rule));
-  return compact(v, n, p.kmax, idx, selectedDev, scratch, L, s);
+  err = compact(v, n, p.kmax, idx, selectedDev, scratch, L, s);
+  if (err != cudaSuccess) return err;
+  nonFiniteOnlyKernel<<<1, kThreads, 0, s>>>(
+      v, n, p.kmax, at<unsigned long long>(scratch, L.selected), idx, selectedDev);
+  return cudaGetLastError();
 }
 
 cudaError_t selectExact(const float* v, size_t n, size_t k, uint32_t* idx, uint64_t* selectedDev,

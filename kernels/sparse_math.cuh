@@ -51,6 +51,13 @@ GC_HD SelectRule thresholdRule(uint32_t thrKey) {
   return SelectRule{thrKey > 0 ? thrKey - 1 : 0, 0, 0};
 }
 
+// Threshold selection's rule for a call where more entries qualify than there
+// are slots and v holds a non-finite value: the non-finite entries alone
+// (keys above the largest finite one).
+GC_HD SelectRule nonFiniteRule() {
+  return SelectRule{0x7f7fffffu, 0, 0};
+}
+
 // Sizes of one call, computed on the host from the config and call number.
 struct Plan {
   double density;      // this call's density (after warm-up)

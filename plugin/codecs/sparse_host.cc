@@ -68,18 +68,22 @@ void sparseApplyFlag(float* val, size_t k, const float* flag) {
 
 namespace {
 
-void selectByRule(const float* v, size_t n, const SelectRule& rule, uint32_t* idx, size_t slots,
-                  uint64_t* selected) {
+// Fills at most `slots` in index order; returns how many entries qualify.
+uint64_t selectByRule(const float* v, size_t n, const SelectRule& rule, uint32_t* idx, size_t slots,
+                      uint64_t* selected) {
   size_t filled = 0;
-  uint64_t eqSeen = 0;
-  for (size_t i = 0; i < n && filled < slots; ++i) {
+  uint64_t eqSeen = 0, all = 0;
+  for (size_t i = 0; i < n; ++i) {
     const uint32_t key = absKey(v[i]);
     bool take = key > rule.gt;
     if (!take && key == rule.eq) take = eqSeen++ < rule.need;
-    if (take) idx[filled++] = (uint32_t)i;
+    if (!take) continue;
+    if (filled < slots) idx[filled++] = (uint32_t)i;
+    ++all;
   }
   *selected = filled;
   for (size_t j = filled; j < slots; ++j) idx[j] = kEmptySlot;
+  return all;
 }
 
 }  // namespace
@@ -118,7 +122,17 @@ void selectThreshold(const float* v, size_t n, const sparse::Plan& p, uint64_t k
   std::vector<uint32_t> s(p.sample);
   for (size_t j = 0; j < p.sample; ++j) s[j] = absKey(v[off + j * p.stride]);
   std::nth_element(s.begin(), s.begin() + (p.sample - p.keep), s.end());
-  selectByRule(v, n, sparse::thresholdRule(s[p.sample - p.keep]), idx, p.kmax, selected);
+  const uint64_t all =
+      selectByRule(v, n, sparse::thresholdRule(s[p.sample - p.keep]), idx, p.kmax, selected);
+  // More qualify than there are slots: the first kmax in index order might
+  // leave a non-finite element out, and the output would be finite. Then
+  // the slots carry the non-finite elements alone (the step is skipped, and
+  // the finite ones stay in v for the next call).
+  if (all > p.kmax) {
+    uint64_t nonFinite = 0;
+    for (size_t i = 0; i < n; ++i) nonFinite += !isFiniteBits(absKey(v[i]));
+    if (nonFinite > 0) selectByRule(v, n, sparse::nonFiniteRule(), idx, p.kmax, selected);
+  }
 }
 
 void sparseCommit(const uint32_t* idx, size_t slots, DType vt, void* val, float* v, float* u) {

@@ -98,14 +98,27 @@ inline std::vector<uint32_t> refTopkExact(const std::vector<float>& v, size_t k)
 }
 
 // DGC threshold: the keep-th largest key of the strided sample at the key's
-// offset; nonzero entries at or above it, up to kmax.
+// offset; nonzero entries at or above it, up to kmax. When more than kmax
+// qualify and v holds NaN or Inf, the NaN/Inf entries alone, up to kmax
+// (so none is left out of a call whose output must be non-finite).
 inline std::vector<uint32_t> refTopkThreshold(const std::vector<float>& v,
                                               const gc::sparse::Plan& p, uint64_t key) {
   const size_t off = gc::sparse::sampleOffset(key, p.offsetRange);
   std::vector<uint32_t> s(p.sample);
   for (size_t j = 0; j < p.sample; ++j) s[j] = gc::sparse::absKey(v[off + j * p.stride]);
   std::nth_element(s.begin(), s.begin() + (p.sample - p.keep), s.end());
-  return refSelectByRule(v, gc::sparse::thresholdRule(s[p.sample - p.keep]), p.kmax);
+  const uint32_t thr = s[p.sample - p.keep];
+  size_t qualify = 0;
+  std::vector<uint32_t> bad;
+  for (size_t i = 0; i < v.size(); ++i) {
+    qualify += thr > 0 && gc::sparse::absKey(v[i]) >= thr;
+    if (!std::isfinite(v[i])) bad.push_back((uint32_t)i);
+  }
+  if (qualify > p.kmax && !bad.empty()) {
+    if (bad.size() > p.kmax) bad.resize(p.kmax);
+    return bad;
+  }
+  return refSelectByRule(v, gc::sparse::thresholdRule(thr), p.kmax);
 }
 
 // What the sparse references derive from the config for a buffer of

@@ -272,6 +272,55 @@ TEST(NonFinite, HierarchicalKeepsStateAndReachesOutput) {
     for (float bad : kBad) checkHier(c, bad);
 }
 
+// Threshold selection where the poisoned rank's v has more qualifying
+// entries than slots (all of the same magnitude, at the first call) and the
+// bad element lies past the first kmax: it is still sent, so the output is
+// non-finite there on every rank, and that rank's finite entries stay in v
+// (the reference models both).
+TEST(NonFinite, ThresholdOverflowStillSendsTheElement) {
+  for (const Case& c : cases()) {
+    if (c.cfg.select == gradcompSelectExact || c.cfg.method == gradcompMethodRandk) continue;
+    for (float bad : kBad) {
+      SCOPED_TRACE(c.name + " bad=" + std::to_string(bad));
+      const int N = 4;
+      const size_t n = 3000, at = n - 2;
+      gctest::CpuWorld w(N, c.cfg);
+      std::vector<SparseState> st(N);
+      std::vector<std::vector<float>> buf(N, std::vector<float>(n));
+      const RefSparseSetup S = refSparseSetup(c.cfg, n, N, 0);
+      if ((size_t)N * S.p.kmax * (4 + S.vb) >= 4 * n) continue;  // dense: all of v is sent
+      ASSERT_LT(S.p.kmax, at);
+      for (int step = 0; step < 2; ++step) {
+        std::vector<std::vector<float>> g = inputs(N, n, step);
+        if (step == 0) {
+          for (size_t i = 0; i < n; ++i) g[kRank][i] = i % 2 ? 0.25f : -0.25f;
+          g[kRank][at] = bad;
+        }
+        for (int r = 0; r < N; ++r) std::copy(g[r].begin(), g[r].end(), buf[r].begin());
+        auto res = w.run([&](int r) {
+          return gradcompAllReduce(buf[r].data(), buf[r].data(), n, ncclFloat32, ncclSum, w.comm(r),
+                                   nullptr);
+        });
+        for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
+        const std::vector<float> expect = refSparse(c.cfg, DType::F32, false, step, g, st);
+        for (int r = 0; r < N; ++r) {
+          ASSERT_EQ(memcmp(buf[r].data(), expect.data(), n * 4), 0)
+              << "rank " << r << " step " << step;
+          EXPECT_EQ(countNonFinite(buf[r]), step == 0 ? 1u : 0u) << "rank " << r;
+          if (step == 0) EXPECT_FALSE(std::isfinite(buf[r][at])) << "rank " << r;
+        }
+        if (step == 0 && S.keepV) {
+          // Nothing finite of that rank was spent: its v holds every finite entry.
+          const gc::BufferState* bs = stateOf(w.comm(kRank), false);
+          size_t kept = 0;
+          for (size_t i = 0; i < n; ++i) kept += i != at && bs->residual[i] != 0.0f;
+          EXPECT_EQ(kept, n - 1);
+        }
+      }
+    }
+  }
+}
+
 // The shared math: an element whose v would not be finite (a NaN/Inf g, or
 // an overflow of finite v + u) keeps u, leaves its value in v for the
 // selectors and its old v in keep; settle puts the old v back and clears

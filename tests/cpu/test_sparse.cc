@@ -165,6 +165,49 @@ TEST(SparseSelect, ThresholdAwkwardCases) {
   EXPECT_EQ(idx[0], 0u);
 }
 
+// More entries qualify than there are slots (all equal) and v holds NaN/Inf
+// past the first kmax: the slots carry the non-finite entries alone, so the
+// call's output is non-finite, as docs/sparse.md promises; the serial
+// reference agrees. Without non-finite entries the first kmax stand.
+TEST(SparseSelect, ThresholdOverflowSendsTheNonFiniteEntriesAlone) {
+  const size_t n = 30000;
+  Plan p = gc::sparse::makePlan(n, 0.01, false, 2, 0.01);
+  auto run = [&](const std::vector<float>& v, std::vector<uint32_t>* idx) {
+    idx->assign(p.kmax, 0);
+    uint64_t sel = 0;
+    gc::host::selectThreshold(v.data(), v.size(), p, 99, idx->data(), &sel);
+    checkSlots(*idx, sel, v.size());
+    std::vector<uint32_t> got(idx->begin(), idx->begin() + sel);
+    EXPECT_EQ(got, gctest::ref::refTopkThreshold(v, p, 99));
+    return sel;
+  };
+  std::vector<uint32_t> idx;
+  std::vector<float> v(n, 0.5f);
+  for (size_t i = 0; i < n; i += 3) v[i] = -0.5f;
+  v[n - 3] = -INFINITY;
+  v[n - 1] = std::numeric_limits<float>::quiet_NaN();
+  ASSERT_GT(p.kmax, 2u);
+  EXPECT_EQ(run(v, &idx), 2u);
+  EXPECT_EQ(idx[0], (uint32_t)(n - 3));
+  EXPECT_EQ(idx[1], (uint32_t)(n - 1));
+  EXPECT_EQ(idx[2], gc::sparse::kEmptySlot);
+  // More non-finite entries than slots: the first kmax of them.
+  std::vector<float> infs(n, INFINITY);
+  infs[0] = 1.0f;
+  EXPECT_EQ(run(infs, &idx), p.kmax);
+  EXPECT_EQ(idx[0], 1u);
+  EXPECT_EQ(idx.back(), (uint32_t)p.kmax);
+  // Overflow without a non-finite entry: the first kmax in index order.
+  std::vector<float> flat(n, 0.5f);
+  EXPECT_EQ(run(flat, &idx), p.kmax);
+  EXPECT_EQ(idx.back(), (uint32_t)(p.kmax - 1));
+  // A non-finite entry without overflow is selected by the usual rule.
+  auto one = gctest::normal(n, 3);
+  one[n - 1] = std::numeric_limits<float>::quiet_NaN();
+  EXPECT_GT(run(one, &idx), 1u);
+  EXPECT_TRUE(std::binary_search(idx.begin(), idx.end(), (uint32_t)(n - 1)));
+}
+
 TEST(SparseCommit, SentPlusResidualIsExact) {
   const size_t n = 20000;
   auto v0 = gctest::normal(n, 21, 1e3f);

@@ -1,5 +1,6 @@
 // Sparse kernels against the host reference, bit for bit: accumulation with
-// clipping and momentum correction, both selectors, commit, scatter-add and
+// clipping and momentum correction, both selectors (threshold selection's
+// non-finite-only slots when more qualify than fit included), commit, scatter-add and
 // rand-k; a captured graph of a selection replays to the eager result.
 #include <math.h>
 #include <string.h>
@@ -163,6 +164,11 @@ TEST_F(SparseGpu, CompactionEdgesEqualHost) {
     }
     cases.push_back(nonFinite);
     cases.push_back(gctest::normal(n, 41 + n));
+    // Ties everywhere (more qualify than kmax) and one NaN at the end: the
+    // threshold selector's slots hold the NaN alone (nonFiniteOnlyKernel).
+    std::vector<float> lateNan(n, 0.25f);
+    lateNan[n - 1] = std::numeric_limits<float>::quiet_NaN();
+    cases.push_back(lateNan);
     std::vector<size_t> ks = {1, 16, 17, tile, tile + 17, n / 2 + 1, n};
     for (size_t& k : ks) k = std::min(k, n);
     DeviceBuffer<float> dv(n + 1);
