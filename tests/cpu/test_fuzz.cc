@@ -372,7 +372,8 @@ TEST(Fuzz, SocketMessagesFromAPeer) {
       mutate(&h, rng);
       wire::sendAll(fd, h.data(), h.size());
     } else {
-      std::vector<char> verdict(200 + 2 * 8);
+      // The verdict (200 bytes), then the address table: 2 entries of 24 bytes.
+      std::vector<char> verdict(200 + 2 * 24);
       if (wire::sendAll(fd, h.data(), h.size()) &&
           wire::recvAll(fd, verdict.data(), verdict.size())) {
         const int mutateAt = (int)(rng() % 3);  // 0: the vote; 1, 2: the allreduce's
