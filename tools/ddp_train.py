@@ -9,7 +9,9 @@ hook runs on gradcomp's CPU backend over TCP, GradcompState(backend="cpu")). --r
 (with the hook) also trains a second model K steps, checkpoints model,
 optimizer and hook state, resumes them in a fresh model, DDP and state, and
 reports whether the final parameters are bitwise those of the run without
-the break. Launched one
+the break. --abort-check (with the hook) ends the hook's state with abort()
+instead of close() and reports whether a second abort() and close() were
+no-ops and a hook call then refused. Launched one
 process per rank with the usual env:// variables (RANK, WORLD_SIZE,
 MASTER_ADDR, MASTER_PORT, LOCAL_RANK) by torchrun or tools/ddp_check.sh.
 Fixed seeds and a fixed data order, so runs differ only by what the
@@ -47,6 +49,8 @@ def main():
                    help="with --hook gradcomp: compress 1-d parameters too (as the preload)")
     p.add_argument("--resume-check", type=int, default=0, metavar="K",
                    help="with --hook gradcomp: also check a checkpoint/resume after K steps")
+    p.add_argument("--abort-check", action="store_true",
+                   help="with --hook gradcomp: end with state.abort() and check what follows")
     args = p.parse_args()
 
     rank, world, dev, (xtr, ytr, xte, yte) = dm.setup(args, "tools/ddp_check.sh")
@@ -113,9 +117,34 @@ def main():
     res = dm.result(args, world, steps, acc, test_loss, param_bytes(model), train_s,
                     sum(q.numel() for q in model.parameters()))
     res.update({"hook": args.hook, "hook_stats": hook_stats, "resume_check": resume})
-    if state is not None:
+    if state is not None and args.abort_check:
+        res["abort_check"] = abort_check(state, dev)
+    elif state is not None:
         state.close()
     return dm.finish(res, rank, args.out)
+
+
+def abort_check(state, dev):
+    """state.abort() (ncclCommAbort of gradcomp's communicator, then gradcompCommAbort; on the
+    CPU only the latter) after the last step; then abort() and close() again, which must do
+    nothing, and a hook call, which must refuse."""
+    import gradcomp.torch as gct
+
+    class Bucket:  # refused before anything but the state is looked at
+        def buffer(self):
+            return torch.zeros(8, device=dev)
+
+    t0 = time.time()
+    state.abort()
+    seconds = time.time() - t0
+    state.abort()
+    state.close()
+    try:
+        gct.gradcomp_hook(state, Bucket())
+        refused = False
+    except RuntimeError as e:
+        refused = "make a new GradcompState" in str(e)
+    return {"seconds": round(seconds, 3), "hook_refused": refused}
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@
   hook_qsgd4  the hook, QSGD 4-bit, layer-aware (biases and small layers in fp32)
   hook_whole  the hook on whole buckets (--whole-buckets --layer-min-size 0 --start-iter 0)
   preload     QSGD 4-bit under LD_PRELOAD: the same buckets, so the same compressed bytes
-  resume      the hook with --resume-check: checkpoint, resume in a fresh DDP, bit for bit
+  resume      the hook with --resume-check: checkpoint, resume in a fresh DDP, bit for bit;
+              its state ends with abort() (--abort-check: a second abort() and close() do
+              nothing, a hook call then refuses)
 and, when libgradcomp exports gradcompReduceScatterKeyed, tools/fsdp_hook_train.py's
 FSDP2 MLP with FSDP's reduce-scatter and with GradcompReduceScatter (QSGD 4-bit).
 Writes OUTDIR/torch_hooks.json and .md.
@@ -101,9 +103,9 @@ def main():
     whole = run("hook_whole", ["--hook", "gradcomp", "--whole-buckets", "--layer-min-size", "0",
                                "--start-iter", "0"])
     pre = run("preload", [], env={"GRADCOMP_DEBUG": "INFO"}, use_preload=True)
-    resume = run("resume", ["--hook", "gradcomp"] + (["--epochs", "1", "--resume-check", "20"]
-                                                      if a.smoke else
-                                                      ["--epochs", "10", "--resume-check", "200"]))
+    resume = run("resume", ["--hook", "gradcomp", "--abort-check"]
+                 + (["--epochs", "1", "--resume-check", "20"]
+                    if a.smoke else ["--epochs", "10", "--resume-check", "200"]))
 
     has_rs = subprocess.run(
         [sys.executable, "-c", "import gradcomp, sys; "
@@ -153,6 +155,9 @@ def main():
     if resume and resume.get("resume_check"):
         res["torch_hook_resume_bitwise"] = resume["resume_check"]["bitwise_equal"]
         res["torch_hook_resume_after_steps"] = resume["resume_check"]["after_steps"]
+    if resume and resume.get("abort_check"):
+        res["torch_hook_abort_refuses_after"] = resume["abort_check"]["hook_refused"]
+        res["torch_hook_abort_seconds_rank0"] = resume["abort_check"]["seconds"]
     ident = [r["params_identical"] for r in (base, hq, whole, pre, resume, fsdp_base, fsdp_gc)
              if r]
     res["torch_hooks_params_identical_all_runs"] = all(ident) if ident else None
@@ -177,6 +182,9 @@ def main():
           f"| compressed | {', '.join(res.get('torch_hook_compressed_params', [])) or 'n/a'} |",
           f"| save / resume in a fresh DDP + state, bit for bit | "
           f"{fmt('torch_hook_resume_bitwise')} |",
+          f"| state.abort() (gradcomp's NCCL comm, then its comm; s, rank 0); hook refused "
+          f"after | {fmt('torch_hook_abort_seconds_rank0')}, "
+          f"{fmt('torch_hook_abort_refuses_after')} |",
           f"| FSDP2 GradcompReduceScatter QSGD 4-bit: accuracy vs FSDP's own (pts), compressed "
           f"calls | {fmt('fsdp_hook_qsgd4_acc_delta_pts')}, {fmt('fsdp_hook_qsgd4_calls_compressed_rank0')} |",
           ""]
@@ -186,9 +194,10 @@ def main():
     print("\n".join(md))
     bad = [k for k, v in runs.items() if v["status"].startswith(("failed", "timed out"))]
     checks = [res.get("torch_hook_vs_preload_bytes_equal"), res.get("torch_hook_resume_bitwise"),
+              res.get("torch_hook_abort_refuses_after"),
               res.get("torch_hooks_params_identical_all_runs")]
     if cpu:  # no preload run to compare the hook's bytes with
-        checks = [res.get("torch_hook_resume_bitwise"),
+        checks = [res.get("torch_hook_resume_bitwise"), res.get("torch_hook_abort_refuses_after"),
                   res.get("torch_hooks_params_identical_all_runs"),
                   all(r is not None for r in (base, hq, whole))]
     return 1 if bad or not all(c is True for c in checks) else 0

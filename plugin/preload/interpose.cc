@@ -7,11 +7,15 @@
 // gradcomp comm created lazily from GRADCOMP_*; every other call reaches the
 // real NCCL with identical arguments. Eligible calls inside a user group are
 // taken out of it and run after the outer ncclGroupEnd (GRADCOMP_GROUP=defer,
-// the default, or fuse), or left in it (pass). It never breaks the host
-// program: whatever fails to set up is warned about once and passed through.
+// the default, or fuse), or left in it (pass); a group ended by
+// ncclGroupSimulateEnd runs nothing, so its eligible calls go back into it
+// uncompressed and are dropped. It never breaks the host program: whatever
+// fails to set up is warned about once and passed through.
 #include <cuda_runtime_api.h>
 #include <nccl.h>
 #include <stdint.h>
+
+#include <utility>
 
 #include "debug.h"
 #include "nccl_dlsym.h"
@@ -41,6 +45,14 @@ ncclResult_t toNccl(gradcompResult_t r) {
 // Group depth and deferred calls are per thread, as NCCL's own group state is.
 thread_local int tGroupDepth = 0;
 thread_local std::vector<Deferred> tDeferred;
+// Calls handed to NCCL inside the thread's open group: counted as passed
+// through when the group runs, not when it is only simulated.
+thread_local std::vector<std::pair<EntryPtr, Collective>> tGroupForwarded;
+
+void countPassed(CommEntry& e, Collective coll) {
+  e.callsPassed++;
+  if (coll == Collective::ReduceScatter) e.rsPassed++;
+}
 
 // The input count eligibility compares with minElements: the reduce-scatter
 // reads nranks * recvcount. 0 (never eligible unless minElements is 0, and
@@ -60,10 +72,7 @@ ncclResult_t forward(CommEntry* e, const Deferred& d) {
   const bool rs = d.coll == Collective::ReduceScatter;
   const NcclApi* api = ncclApi();
   if ((rs ? (void*)api->reduceScatter : (void*)api->allReduce) == nullptr) return ncclSystemError;
-  if (e != nullptr) {
-    e->callsPassed++;
-    if (rs) e->rsPassed++;
-  }
+  if (e != nullptr) countPassed(*e, d.coll);
   return rs ? api->reduceScatter(d.send, d.recv, d.count, d.type, d.op, d.comm, d.stream)
             : api->allReduce(d.send, d.recv, d.count, d.type, d.op, d.comm, d.stream);
 }
@@ -110,14 +119,16 @@ ncclResult_t compress(CommEntry& e, const Deferred& d, bool keyed, uint64_t key,
 ncclResult_t route(const Deferred& d) {
   if (!ncclResolved() || d.comm == nullptr) return forward(nullptr, d);
   EntryPtr e = entryFor(d.comm);
-  if (e->mode == Mode::PassThrough || !eligible(inputCount(d), d.type, d.op)) {
-    return forward(e.get(), d);
-  }
+  const bool pass = e->mode == Mode::PassThrough || !eligible(inputCount(d), d.type, d.op);
   if (tGroupDepth > 0) {
-    if (settings().group == GroupMode::Pass) return forward(e.get(), d);
+    if (pass || settings().group == GroupMode::Pass) {
+      tGroupForwarded.emplace_back(e, d.coll);
+      return forward(nullptr, d);
+    }
     tDeferred.push_back(d);
     return ncclSuccess;
   }
+  if (pass) return forward(e.get(), d);
   if (e->mode == Mode::Undecided) {
     decideUnlessCapturing(*e, d.comm, d.stream);
     if (e->mode != Mode::Compress) return forward(e.get(), d);
@@ -125,6 +136,25 @@ ncclResult_t route(const Deferred& d) {
   return compress(*e, d, false, 0, 1);
 }
 
+namespace {
+
+// After NCCL ended one level of the thread's group (with result `r`): at the
+// outermost, the group's calls ran, and its deferred eligible calls run now.
+ncclResult_t leaveGroup(ncclResult_t r) {
+  if (tGroupDepth > 0) --tGroupDepth;
+  if (tGroupDepth > 0) return r;
+  for (auto& f : tGroupForwarded) countPassed(*f.first, f.second);
+  tGroupForwarded.clear();
+  if (!tDeferred.empty()) {
+    std::vector<Deferred> calls;
+    calls.swap(tDeferred);
+    const ncclResult_t f = runDeferred(calls);
+    if (r == ncclSuccess) r = f;
+  }
+  return r;
+}
+
+}  // namespace
 }  // namespace preload
 }  // namespace gc
 
@@ -156,16 +186,40 @@ GC_INTERPOSE ncclResult_t ncclGroupStart() {
 
 GC_INTERPOSE ncclResult_t ncclGroupEnd() {
   if (ncclApi()->groupEnd == nullptr) return ncclSystemError;
-  ncclResult_t r = ncclApi()->groupEnd();
-  if (tGroupDepth > 0) --tGroupDepth;
-  if (tGroupDepth == 0 && !tDeferred.empty()) {
-    std::vector<Deferred> calls;
-    calls.swap(tDeferred);
-    const ncclResult_t f = runDeferred(calls);
-    if (r == ncclSuccess) r = f;
-  }
-  return r;
+  return leaveGroup(ncclApi()->groupEnd());
 }
+
+#if GC_NCCL_HAS_SIMULATE
+// NCCL simulates only at the outermost end and only with a simInfo: an inner
+// end closes its level, and a null simInfo runs the group, both as
+// ncclGroupEnd (group.cc, ncclGroupEndInternal).
+GC_INTERPOSE ncclResult_t ncclGroupSimulateEnd(ncclSimInfo_t* simInfo) {
+  if (realNccl()->groupSimulateEnd == nullptr) {
+    // The group stays open in NCCL, so its deferred calls stay with it.
+    warnOnce("no-simulate",
+             "ncclGroupSimulateEnd is not in the loaded NCCL (it needs NCCL 2.22 or later); "
+             "returning ncclSystemError, the group is still open");
+    return ncclSystemError;
+  }
+  if (tGroupDepth != 1 || simInfo == nullptr) {
+    return leaveGroup(realNccl()->groupSimulateEnd(simInfo));
+  }
+  // The estimate must cover the eligible calls as NCCL would have seen them:
+  // they join the group uncompressed before it ends. Nothing of a simulated
+  // group runs, so they are dropped, and nothing counts as passed through.
+  std::vector<Deferred> calls;
+  calls.swap(tDeferred);
+  ncclResult_t f = ncclSuccess;
+  for (const Deferred& d : calls) {
+    const ncclResult_t r = forward(nullptr, d);
+    if (r != ncclSuccess && f == ncclSuccess) f = r;
+  }
+  tGroupForwarded.clear();
+  const ncclResult_t r = realNccl()->groupSimulateEnd(simInfo);
+  tGroupDepth = 0;
+  return r != ncclSuccess ? r : f;
+}
+#endif
 
 #if GC_NCCL_HAS_CONFIG
 GC_INTERPOSE ncclResult_t ncclCommInitRankConfig(ncclComm_t* comm, int nranks, ncclUniqueId commId,

@@ -73,6 +73,9 @@ void resolve() {
 #if GC_NCCL_HAS_SPLIT
   GC_SYM(gReal.commSplit, "ncclCommSplit");
 #endif
+#if GC_NCCL_HAS_SIMULATE
+  GC_SYM(gReal.groupSimulateEnd, "ncclGroupSimulateEnd");
+#endif
 #if GC_NCCL_HAS_SCALABLE
   GC_SYM(gReal.commInitRankScalable, "ncclCommInitRankScalable");
 #endif

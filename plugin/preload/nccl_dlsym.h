@@ -7,6 +7,7 @@
 // (whose `blocking` field makes a communicator non-blocking).
 #define GC_NCCL_HAS_CONFIG (NCCL_VERSION_CODE >= NCCL_VERSION(2, 14, 0))
 #define GC_NCCL_HAS_SPLIT (NCCL_VERSION_CODE >= NCCL_VERSION(2, 18, 0))
+#define GC_NCCL_HAS_SIMULATE (NCCL_VERSION_CODE >= NCCL_VERSION(2, 22, 0))
 #define GC_NCCL_HAS_SCALABLE (NCCL_VERSION_CODE >= NCCL_VERSION(2, 23, 0))
 #define GC_NCCL_HAS_SHRINK (NCCL_VERSION_CODE >= NCCL_VERSION(2, 27, 0))
 
@@ -23,6 +24,9 @@ struct RealNccl {
 #endif
 #if GC_NCCL_HAS_SPLIT
   ncclResult_t (*commSplit)(ncclComm_t, int, int, ncclComm_t*, ncclConfig_t*);
+#endif
+#if GC_NCCL_HAS_SIMULATE
+  ncclResult_t (*groupSimulateEnd)(ncclSimInfo_t*);
 #endif
 #if GC_NCCL_HAS_SCALABLE
   ncclResult_t (*commInitRankScalable)(ncclComm_t*, int, int, int, ncclUniqueId*, ncclConfig_t*);

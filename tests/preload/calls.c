@@ -163,6 +163,129 @@ static int nonblocking(void) {
 }
 #endif
 
+#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 22, 0)
+static void flushDeferred(void) {
+  for (int i = 0; i < numDeferred; ++i) EXPECT("%s", deferred[i]);
+  numDeferred = 0;
+}
+
+/* A simulated group's calls all reach NCCL inside it, deferred eligible ones
+ * too (so that its estimate counts them), and none of them runs afterwards. */
+static int simulated(const char* what, const ncclSimInfo_t* info, int calls) {
+  flushDeferred();
+  EXPECT("GroupSimulateEnd simulated %d calls", calls);
+  if (info->estimatedTime != (float)calls) {
+    fprintf(stderr, "%s: estimatedTime %g, expected %d (NCCL did not get the simInfo?)\n", what,
+            (double)info->estimatedTime, calls);
+    return 1;
+  }
+  return 0;
+}
+
+/* ncclGroupSimulateEnd: the outermost end with a simInfo runs nothing; an
+ * inner one or a null simInfo ends its level as ncclGroupEnd does. After each
+ * group, an eligible call outside any group must reach NCCL at once (a group
+ * depth left behind would defer it). Stderr marks where the first such call
+ * is made: gradcomp must not set up before it. */
+static int simulate(void) {
+  const char* g = getenv("GC_TEST_GROUP_CALLS_DEFERRED");
+  const int deferGroupCalls = g != NULL && strcmp(g, "1") == 0;
+  /* A new communicator for each group: the call after it is the first
+   * outside a group, which gradcomp would defer (not pass through, as on a
+   * communicator that already failed to set up) were the group still open. */
+  const ncclComm_t comm[4] = {(ncclComm_t)(uintptr_t)0x1000, (ncclComm_t)(uintptr_t)0x1100,
+                              (ncclComm_t)(uintptr_t)0x1200, (ncclComm_t)(uintptr_t)0x1300};
+  cudaStream_t stream = (cudaStream_t)(uintptr_t)0x2000;
+  char* a = (char*)(uintptr_t)0x7f0000000000ull;
+  char* b = (char*)(uintptr_t)0x7f0010000000ull;
+  ncclSimInfo_t info = NCCL_SIM_INFO_INITIALIZER;
+  CHECK(ncclGroupStart());
+  EXPECT("GroupStart");
+  CALL(a, a, 1000, ncclInt32, ncclSum, comm[0], stream);
+  CALL_IN_GROUP(a, a, 1 << 20, ncclFloat32, ncclSum, comm[0], stream);
+  RS_IN_GROUP(a, b, 1 << 18, ncclBfloat16, ncclAvg, comm[0], stream);
+  CHECK(ncclGroupSimulateEnd(&info));
+  if (simulated("flat", &info, 3)) return 1;
+  fprintf(stderr, "test: first call outside a group\n");
+  CALL(b, b, 1 << 20, ncclFloat32, ncclSum, comm[0], stream);
+
+  /* Inner simulate end: the group goes on and the outer ncclGroupEnd runs
+   * all of it; the inner simInfo is left as it was. */
+  ncclSimInfo_t inner = NCCL_SIM_INFO_INITIALIZER;
+  const ncclSimInfo_t fresh = NCCL_SIM_INFO_INITIALIZER;
+  CHECK(ncclGroupStart());
+  EXPECT("GroupStart");
+  CHECK(ncclGroupStart());
+  EXPECT("GroupStart");
+  CALL_IN_GROUP(a, b, 1 << 20, ncclFloat32, ncclSum, comm[1], stream);
+  CHECK(ncclGroupSimulateEnd(&inner));
+  EXPECT("GroupSimulateEnd inner");
+  if (memcmp(&inner, &fresh, sizeof(inner)) != 0) {
+    fprintf(stderr, "inner ncclGroupSimulateEnd changed its simInfo\n");
+    return 1;
+  }
+  CALL_IN_GROUP(b, a, 1 << 19, ncclFloat16, ncclAvg, comm[1], stream);
+  CHECK(ncclGroupEnd());
+  EXPECT("GroupEnd");
+  flushDeferred();
+  CALL(a, a, 1 << 21, ncclFloat32, ncclSum, comm[1], stream);
+
+  /* A real inner group inside a simulated outer one: simulated as a whole. */
+  ncclSimInfo_t outer = NCCL_SIM_INFO_INITIALIZER;
+  CHECK(ncclGroupStart());
+  EXPECT("GroupStart");
+  CALL_IN_GROUP(b, b, 1 << 20, ncclFloat32, ncclSum, comm[2], stream);
+  CHECK(ncclGroupStart());
+  EXPECT("GroupStart");
+  CALL_IN_GROUP(a, b, 1 << 20, ncclBfloat16, ncclSum, comm[2], stream);
+  CHECK(ncclGroupEnd());
+  EXPECT("GroupEnd");
+  CHECK(ncclGroupSimulateEnd(&outer));
+  if (simulated("nested", &outer, 2)) return 1;
+  CALL(b, a, 1 << 21, ncclFloat32, ncclSum, comm[2], stream);
+
+  /* No simInfo: NCCL ends the group for real. */
+  CHECK(ncclGroupStart());
+  EXPECT("GroupStart");
+  CALL_IN_GROUP(a, a, 1 << 20, ncclFloat32, ncclAvg, comm[3], stream);
+  CHECK(ncclGroupSimulateEnd(NULL));
+  EXPECT("GroupSimulateEnd simInfo=null");
+  flushDeferred();
+  CALL(a, b, 1 << 21, ncclFloat32, ncclSum, comm[3], stream);
+  for (int i = 0; i < 4; ++i) {
+    CHECK(ncclCommDestroy(comm[i]));
+    EXPECT("CommDestroy comm=%p", (void*)comm[i]);
+  }
+  return 0;
+}
+
+/* With an NCCL that lacks ncclGroupSimulateEnd the call fails and the group
+ * stays open: the ncclGroupEnd that follows runs it, deferred calls included. */
+static int simulateMissing(void) {
+  const char* g = getenv("GC_TEST_GROUP_CALLS_DEFERRED");
+  const int deferGroupCalls = g != NULL && strcmp(g, "1") == 0;
+  ncclComm_t comm = (ncclComm_t)(uintptr_t)0x1000;
+  cudaStream_t stream = (cudaStream_t)(uintptr_t)0x2000;
+  char* a = (char*)(uintptr_t)0x7f0000000000ull;
+  ncclSimInfo_t info = NCCL_SIM_INFO_INITIALIZER;
+  CHECK(ncclGroupStart());
+  EXPECT("GroupStart");
+  CALL_IN_GROUP(a, a, 1 << 20, ncclFloat32, ncclSum, comm, stream);
+  const ncclResult_t r = ncclGroupSimulateEnd(&info);
+  if (r != ncclSystemError) {
+    fprintf(stderr, "ncclGroupSimulateEnd returned %d, expected ncclSystemError\n", (int)r);
+    return 1;
+  }
+  CHECK(ncclGroupEnd());
+  EXPECT("GroupEnd");
+  flushDeferred();
+  CALL(a, a, 1 << 21, ncclFloat32, ncclSum, comm, stream);
+  CHECK(ncclCommDestroy(comm));
+  EXPECT("CommDestroy comm=%p", (void*)comm);
+  return 0;
+}
+#endif
+
 __attribute__((visibility("default"))) int gcTestRunCalls(const char* mode) {
   int rc;
   if (strcmp(mode, "basic") == 0) {
@@ -170,6 +293,12 @@ __attribute__((visibility("default"))) int gcTestRunCalls(const char* mode) {
 #if NCCL_VERSION_CODE >= NCCL_VERSION(2, 18, 0)
   } else if (strcmp(mode, "nonblocking") == 0) {
     rc = nonblocking();
+#endif
+#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 22, 0)
+  } else if (strcmp(mode, "simulate") == 0) {
+    rc = simulate();
+  } else if (strcmp(mode, "simulate_missing") == 0) {
+    rc = simulateMissing();
 #endif
   } else {
     fprintf(stderr, "unknown mode %s\n", mode);

@@ -1,6 +1,6 @@
 /* Loads a framework library with RTLD_LOCAL, as Python loads PyTorch, so the
  * NCCL it depends on is invisible to RTLD_NEXT, then runs its calls:
- * dlopen_app FRAMEWORK.so [basic|nonblocking]. */
+ * dlopen_app FRAMEWORK.so [mode of calls.c]. */
 #include <dlfcn.h>
 #include <stdio.h>
 

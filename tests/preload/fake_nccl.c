@@ -27,8 +27,16 @@ static ncclResult_t result(void) {
 
 #define ALIAS(name) __attribute__((weak, alias("p" #name)))
 
+/* The open group's nesting level and the data calls it holds, so that
+ * ncclGroupSimulateEnd can say what it simulated (the tests are one thread). */
+static int groupDepth = 0, groupCalls = 0;
+static void held(void) {
+  if (groupDepth > 0) ++groupCalls;
+}
+
 ncclResult_t pncclAllReduce(const void* s, void* r, size_t n, ncclDataType_t t, ncclRedOp_t op,
                             ncclComm_t c, cudaStream_t st) {
+  held();
   record("AllReduce send=%p recv=%p count=%zu type=%d op=%d comm=%p stream=%p", s, r, n, (int)t,
          (int)op, (void*)c, (void*)st);
   return result();
@@ -38,6 +46,7 @@ ncclResult_t ncclAllReduce(const void*, void*, size_t, ncclDataType_t, ncclRedOp
 
 ncclResult_t pncclReduceScatter(const void* s, void* r, size_t n, ncclDataType_t t, ncclRedOp_t op,
                                 ncclComm_t c, cudaStream_t st) {
+  held();
   record("ReduceScatter send=%p recv=%p count=%zu type=%d op=%d comm=%p stream=%p", s, r, n, (int)t,
          (int)op, (void*)c, (void*)st);
   return result();
@@ -47,6 +56,7 @@ ncclResult_t ncclReduceScatter(const void*, void*, size_t, ncclDataType_t, ncclR
 
 ncclResult_t pncclAllGather(const void* s, void* r, size_t n, ncclDataType_t t, ncclComm_t c,
                             cudaStream_t st) {
+  held();
   record("AllGather send=%p recv=%p count=%zu type=%d comm=%p stream=%p", s, r, n, (int)t, (void*)c,
          (void*)st);
   return result();
@@ -54,9 +64,9 @@ ncclResult_t pncclAllGather(const void* s, void* r, size_t n, ncclDataType_t t, 
 ncclResult_t ncclAllGather(const void*, void*, size_t, ncclDataType_t, ncclComm_t, cudaStream_t)
     ALIAS(ncclAllGather);
 
-
 ncclResult_t pncclSend(const void* s, size_t n, ncclDataType_t t, int peer, ncclComm_t c,
                        cudaStream_t st) {
+  held();
   record("Send count=%zu peer=%d", n, peer);
   return result();
 }
@@ -65,6 +75,7 @@ ncclResult_t ncclSend(const void*, size_t, ncclDataType_t, int, ncclComm_t, cuda
 
 ncclResult_t pncclRecv(void* r, size_t n, ncclDataType_t t, int peer, ncclComm_t c,
                        cudaStream_t st) {
+  held();
   record("Recv count=%zu peer=%d", n, peer);
   return result();
 }
@@ -72,15 +83,45 @@ ncclResult_t ncclRecv(void*, size_t, ncclDataType_t, int, ncclComm_t, cudaStream
 
 ncclResult_t pncclGroupStart(void) {
   record("GroupStart");
+  if (groupDepth++ == 0) groupCalls = 0;
   return ncclSuccess;
 }
 ncclResult_t ncclGroupStart(void) ALIAS(ncclGroupStart);
 
 ncclResult_t pncclGroupEnd(void) {
   record("GroupEnd");
+  if (groupDepth > 0) --groupDepth;
   return ncclSuccess;
 }
 ncclResult_t ncclGroupEnd(void) ALIAS(ncclGroupEnd);
+
+#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 22, 0) && !defined(FAKE_NCCL_NO_SIMULATE)
+/* As NCCL's: only the outermost end with a simInfo simulates (the group's
+ * calls never run); an inner end or a null simInfo is a plain group end. The
+ * estimate is one made-up unit per call the group held. */
+ncclResult_t pncclGroupSimulateEnd(ncclSimInfo_t* info) {
+  if (groupDepth == 0) {
+    record("GroupSimulateEnd outside a group");
+    return ncclInvalidUsage;
+  }
+  if (--groupDepth > 0) {
+    record("GroupSimulateEnd inner");
+    return ncclSuccess;
+  }
+  if (info == NULL) {
+    record("GroupSimulateEnd simInfo=null");
+    return ncclSuccess;
+  }
+  if (info->magic != 0x74685283) {
+    record("GroupSimulateEnd uninitialized simInfo");
+    return ncclInvalidArgument;
+  }
+  info->estimatedTime = (float)groupCalls;
+  record("GroupSimulateEnd simulated %d calls", groupCalls);
+  return ncclSuccess;
+}
+ncclResult_t ncclGroupSimulateEnd(ncclSimInfo_t*) ALIAS(ncclGroupSimulateEnd);
+#endif
 
 ncclResult_t pncclCommCount(const ncclComm_t c, int* n) {
   const char* v = getenv("FAKE_NCCL_NRANKS");

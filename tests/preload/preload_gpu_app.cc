@@ -2,7 +2,7 @@
 // ncclAllReduce as a framework would and prints what it got. Rank and size
 // from GC_RANK / GC_NRANKS; rank 0 hands the NCCL id over in GC_ID_FILE.
 //   preload_gpu_app probe        prints the number of CUDA devices
-//   preload_gpu_app single|group|rs|rsgroup|streams [calls]
+//   preload_gpu_app single|simulate|group|rs|rsgroup|streams [calls]
 // "single" makes `calls` allreduces of 2^20 floats; "group" makes three of
 // different sizes inside one ncclGroupStart/End; "rs" makes `calls`
 // reduce-scatters of 2^18 floats per rank (odd calls in place at
@@ -14,7 +14,9 @@
 // with one stream or two, and a run on two streams must give the one-stream
 // run's bits. Each result is checked against the exact sum (inputs are a
 // formula of rank and index), and its FNV-1a hash printed, so the script can
-// compare ranks and runs.
+// compare ranks and runs. "simulate" is "single" with, before each call, the
+// same allreduce in a group ended by ncclGroupSimulateEnd (NCCL >= 2.22),
+// which must leave the buffer as it was and give an estimate.
 #include <cuda_runtime_api.h>
 #include <math.h>
 #include <nccl.h>
@@ -194,6 +196,23 @@ static int twoStreams(int calls, int rank, int nranks, ncclComm_t comm, cudaStre
   return bad;
 }
 
+#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 22, 0)
+static int simulatedGroup(float* buf, size_t count, ncclComm_t comm, cudaStream_t stream) {
+  std::vector<float> before(count), after(count);
+  CK_CUDA(cudaMemcpy(before.data(), buf, count * sizeof(float), cudaMemcpyDeviceToHost));
+  ncclSimInfo_t info = NCCL_SIM_INFO_INITIALIZER;
+  CK_NCCL(ncclGroupStart());
+  CK_NCCL(ncclAllReduce(buf, buf, count, ncclFloat32, ncclSum, comm, stream));
+  CK_NCCL(ncclGroupSimulateEnd(&info));
+  CK_CUDA(cudaStreamSynchronize(stream));
+  CK_CUDA(cudaMemcpy(after.data(), buf, count * sizeof(float), cudaMemcpyDeviceToHost));
+  const bool unchanged = memcmp(before.data(), after.data(), count * sizeof(float)) == 0;
+  printf("simulated group: estimatedTime %g, buffer %s\n", (double)info.estimatedTime,
+         unchanged ? "unchanged" : "CHANGED");
+  return unchanged && info.estimatedTime > 0 ? 0 : 1;
+}
+#endif
+
 int main(int argc, char** argv) {
   const std::string mode = argc > 1 ? argv[1] : "single";
   if (mode == "probe") {
@@ -233,7 +252,7 @@ int main(int argc, char** argv) {
     return bad;
   }
   std::vector<size_t> counts;
-  if (mode == "single") {
+  if (mode == "single" || mode == "simulate") {
     counts.assign(1, (size_t)1 << 20);
   } else if (mode == "group") {
     counts = {(size_t)1 << 18, (size_t)100000, (size_t)1 << 20};
@@ -253,6 +272,14 @@ int main(int argc, char** argv) {
       std::vector<float> h(counts[b]);
       for (size_t i = 0; i < h.size(); ++i) h[i] = input(rank, i + b, call);
       CK_CUDA(cudaMemcpy(bufs[b], h.data(), h.size() * sizeof(float), cudaMemcpyHostToDevice));
+    }
+    if (mode == "simulate") {
+#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 22, 0)
+      bad |= simulatedGroup(bufs[0], counts[0], comm, stream);
+#else
+      fprintf(stderr, "ncclGroupSimulateEnd needs NCCL 2.22 headers\n");
+      return 2;
+#endif
     }
     if (mode == "group") CK_NCCL(ncclGroupStart());
     for (size_t b = 0; b < counts.size(); ++b) {

@@ -81,6 +81,15 @@ for group in defer fuse; do
   compressed_calls group_$group 2 6
 done
 
+# 2a. A group ended by ncclGroupSimulateEnd runs nothing (the app checks its
+#     buffer and NCCL's estimate) and leaves no group open: the allreduce
+#     after it is compressed at once, and nothing simulated is counted.
+launch simulate 2 1 "simulate 2" GRADCOMP_METHOD=qsgd
+same_on_all_ranks simulate 2
+compressed_calls simulate 2 2
+check "simulate: no rank counts a simulated call as passed through" \
+  "grep -q '2 calls compressed, 0 passed through' '$work/simulate_r0.err' && grep -q '2 calls compressed, 0 passed through' '$work/simulate_r1.err'"
+
 # 2b. One communicator on two streams, nothing but gradcomp ordering the
 #     calls (buffers reused, no host sync inside a round): deferred calls
 #     one by one, and fused sets (one per stream and op) sharing the fusion

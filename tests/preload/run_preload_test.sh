@@ -42,7 +42,7 @@ count() { grep -c -- "$1" "$2" || true; }
 check "no DT_NEEDED on libnccl" "! readelf -d '$preload' | grep -q 'NEEDED.*libnccl'"
 exports=$(nm -D --defined-only "$preload" | awk '{print $3}' | sed 's/@.*//' | sort -u)
 required="ncclAllReduce ncclReduceScatter ncclCommAbort ncclCommDestroy ncclCommFinalize ncclGroupEnd ncclGroupStart"
-optional="ncclCommInitRankConfig ncclCommInitRankScalable ncclCommShrink ncclCommSplit"
+optional="ncclCommInitRankConfig ncclCommInitRankScalable ncclCommShrink ncclCommSplit ncclGroupSimulateEnd"
 for s in $required; do
   check "exports $s" "grep -qx $s <<< '$exports'"
 done
@@ -98,6 +98,51 @@ if "$app" nonblocking > /dev/null 2>&1 < /dev/null || [ $? != 2 ]; then
     same_calls nonblocking_env
     n=$(count "cannot set up compression" "$work/nonblocking_env.err")
     check "NCCL_COMM_BLOCKING=0: no comm tried to set up (got $n warnings)" "[ '$n' = 0 ]"
+  }
+fi
+
+# 4b. ncclGroupSimulateEnd (NCCL >= 2.22): NCCL receives a simulated group's
+# calls inside it, deferred eligible ones included, and none runs later;
+# gradcomp neither sets up nor counts anything for them; the group depth is
+# back to 0 after every kind of end (the next eligible call is not deferred).
+# The calls that ran, by the rule (a group's calls run unless its outermost
+# end simulated it), from what NCCL received:
+ran_calls() {  # ran_calls LOG PATTERN
+  awk -v pat="$2" '
+    /^GroupStart/ { depth++; next }
+    /^GroupSimulateEnd simulated/ { depth = 0; pending = 0; next }
+    /^GroupEnd|^GroupSimulateEnd/ { if (--depth == 0) { ran += pending; pending = 0 }; next }
+    $0 ~ pat { if (depth > 0) pending++; else ran++ }
+    END { print ran + 0 }' "$1"
+}
+if "$app" simulate > /dev/null 2>&1 < /dev/null || [ $? != 2 ]; then
+  for group in defer pass fuse; do
+    name=simulate_$group
+    deferred=1
+    [ "$group" = pass ] && deferred=0
+    run $name env GRADCOMP_GROUP=$group GC_TEST_GROUP_CALLS_DEFERRED=$deferred GRADCOMP_METHOD=qsgd \
+      GRADCOMP_DEBUG=INFO "$app" simulate || continue
+    same_calls $name
+    n=$(count "GroupSimulateEnd simulated" "$work/$name.log")
+    check "$name: NCCL simulated both outer groups (got $n)" "[ '$n' = 2 ]"
+    n=$(count "cannot set up compression" "$work/$name.err")
+    check "$name: one set-up warning (got $n)" "[ '$n' = 1 ]"
+    check "$name: no set-up before the first call outside a group" \
+      "awk '/test: first call outside a group/ { m = 1 } /cannot set up compression/ && !m { bad = 1 } END { exit bad }' '$work/$name.err'"
+    for c in 0x1000 0x1100 0x1200 0x1300; do
+      calls=$(ran_calls "$work/$name.log" "^(AllReduce|ReduceScatter) .*comm=$c ")
+      rs=$(ran_calls "$work/$name.log" "^ReduceScatter .*comm=$c ")
+      check "$name: comm $c's summary counts the $calls calls that ran, $rs reduce-scatter" \
+        "grep -q 'summary comm $c rank 0/4 method qsgd: 0 calls compressed, $calls passed through.*reduce-scatter: 0 compressed, $rs passed through' '$work/$name.err'"
+    done
+  done
+  # An NCCL without ncclGroupSimulateEnd (older than 2.22): an error and a
+  # warning, and the group stays open for the ncclGroupEnd that follows.
+  run simulate_missing env GRADCOMP_NCCL_LIBRARY="$nccl_alt" GC_TEST_GROUP_CALLS_DEFERRED=1 \
+    "$dlopen_app" "$framework_alt" simulate_missing && {
+    same_calls simulate_missing
+    check "simulate_missing: the warning names the missing function" \
+      "grep -q 'ncclGroupSimulateEnd is not in the loaded NCCL' '$work/simulate_missing.err'"
   }
 fi
 

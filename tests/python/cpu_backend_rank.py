@@ -1,6 +1,7 @@
-"""One rank of test_torch.CpuBackendDdp / CpuBackendFsdp: gradcomp.torch with backend="cpu"
-on real DDP / FSDP2 over gloo, gradcomp's comm made from the process group (TCP between the
-ranks). Usage: cpu_backend_rank.py ddp|fsdp|dgc OUT (the env:// variables from tools/gc_ranks.py).
+"""One rank of test_torch.CpuBackendDdp / CpuBackendFsdp / CpuBackendAbort: gradcomp.torch with
+backend="cpu" on real DDP / FSDP2 over gloo, gradcomp's comm made from the process group (TCP
+between the ranks). Usage: cpu_backend_rank.py ddp|fsdp|dgc|abort OUT (the env:// variables from
+tools/gc_ranks.py).
 
 Records every call the hook (DDP) or the reduce-scatter (FSDP) gets, its input before and its
 result after, in call order, for the test to compare with a serial reference on the in-process
@@ -10,6 +11,8 @@ the resume check).
 import hashlib
 import json
 import sys
+import threading
+import time
 
 import torch
 import torch.distributed as dist
@@ -209,10 +212,101 @@ def dgc(out, rank):
                    .hexdigest()}
 
 
+class _Bucket:
+    """Enough of DDP's GradBucket for a hook call that must be refused before it reads it."""
+
+    def __init__(self, t):
+        self.t = t
+
+    def buffer(self):
+        return self.t
+
+
+def _error(fn):
+    try:
+        fn()
+    except Exception as e:  # noqa: BLE001 - the test reads the sentence
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def _refusals(state):
+    """What a DDP hook call, an FSDP reduce-scatter call and state_dict() say on `state`."""
+    rs = gct.GradcompReduceScatter(state, "layers.0")
+    return {"hook": _error(lambda: gct.gradcomp_hook(state, _Bucket(torch.zeros(8)))),
+            "fsdp": _error(lambda: rs(output_tensor=torch.zeros(4), input_tensor=torch.zeros(8),
+                                      group=dist.group.WORLD, op=dist.ReduceOp.AVG)),
+            "state_dict": _error(state.state_dict)}
+
+
+def abort(out, rank):
+    """Rank 1 dies after STEPS compressed steps (leaves without a word); rank 0's next step
+    meets the dead peer, then rank 0 destroys the process group (PyTorch's abort path) and
+    calls state.abort(), which must return (it runs on a thread joined with a generous timeout,
+    a hang check only) having aborted gradcomp's comm, never closed it. Then a second abort()
+    and close() are no-ops and the hook, the FSDP reduce-scatter and state_dict() refuse with
+    the aborted sentence. Also a state aborted before its first use (through the FSDP object's
+    abort()): nothing was made, and it refuses the same way."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    res = {}
+    early = gct.GradcompState(backend="cpu", config=config())
+    rs = gct.GradcompReduceScatter(early, "layers.0")
+    res["early_abort_errors"] = [_error(rs.abort), _error(rs.abort), _error(early.close)]
+    res["early_comm_made"] = early._comm is not None
+    res["early"] = _refusals(early)
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 5))
+    d = DDP(model)
+    state = gct.GradcompState(module=model, start_iter=1, backend="cpu", config=config())
+    d.register_comm_hook(state, gct.gradcomp_hook)
+    opt = torch.optim.SGD(d.parameters(), lr=0.1)
+
+    def step(s):
+        x, y = batch(s, rank, 32)
+        opt.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(d(x), y).backward()
+        opt.step()
+
+    for s in range(STEPS):
+        step(s)
+    res["compressed_calls"] = state.counters["compressed_calls"]
+    if rank == 1:
+        return [], {"left_after_steps": STEPS, **res}
+
+    res["step_error"] = _error(lambda: step(STEPS))
+    comm = state._comm
+    used = []
+    for name in ("abort", "close"):
+        real = getattr(comm, name)
+        setattr(comm, name, lambda real=real, name=name: (used.append(name), real())[1])
+    _error(dist.destroy_process_group)
+    errors = []
+    t0 = time.monotonic()
+    th = threading.Thread(target=lambda: errors.append(_error(state.abort)), daemon=True)
+    th.start()
+    th.join(120)
+    res["abort_returned"] = not th.is_alive()
+    res["abort_seconds"] = round(time.monotonic() - t0, 3)
+    res["abort_error"] = errors[0] if errors else "did not return"
+    res["comm_calls"] = used
+    res["comm_handle_error"] = _error(lambda: comm.handle)
+    res["again_errors"] = [_error(state.abort), _error(state.close)]
+    res["after"] = _refusals(state)
+    return [], res
+
+
 def main():
     mode, out = sys.argv[1], sys.argv[2]
     dist.init_process_group("gloo")
     rank = dist.get_rank()
+    if mode == "abort":
+        records, res = abort(out, rank)
+        torch.save(records, f"{out}.rank{rank}.pt")
+        with open(f"{out}.rank{rank}.json", "w") as f:
+            json.dump(res, f)
+        gc_ranks.leave(0)  # rank 1 dies here, rank 0 has no group left
     records, res = {"ddp": ddp, "fsdp": fsdp, "dgc": dgc}[mode](out, rank)
     torch.save(records, f"{out}.rank{rank}.pt")
     with open(f"{out}.rank{rank}.json", "w") as f:

@@ -823,5 +823,106 @@ class CpuBackendFsdp(unittest.TestCase):
         self.assertEqual(results[0]["stats"]["gradcomp"]["calls_reduce_scatter"], 6)
 
 
+ABORTED = (r"RuntimeError: gradcomp: the state was aborted \(GradcompState.abort\(\)\).*make a new "
+           r"GradcompState")
+
+
+@unittest.skipIf(torch is None, "PyTorch is not installed")
+class CpuBackendAbort(unittest.TestCase):
+    """GradcompState.abort() on real DDP over gloo (2 processes, gradcomp's CPU backend over
+    TCP): rank 1 dies mid-training; rank 0's next step meets the dead peer, and after PyTorch's
+    abort path (destroy_process_group) state.abort() returns, having aborted gradcomp's comm
+    rather than closed it. A second abort() and close() are no-ops; the DDP hook, the FSDP
+    reduce-scatter and state_dict() then refuse with the sentence saying to make a new state.
+    A state aborted before its first use makes nothing and refuses the same way."""
+
+    results = None  # one launch serves both tests
+
+    def launch(self):
+        if CpuBackendAbort.results is None:
+            CpuBackendAbort.results = launch_ranks(self, "abort")[1]
+        return CpuBackendAbort.results
+
+    def test_abort_after_a_peer_died(self):
+        r0, r1 = self.launch()
+        self.assertEqual(r1["left_after_steps"], 5)
+        self.assertEqual(r0["compressed_calls"], r1["compressed_calls"])
+        self.assertGreater(r0["compressed_calls"], 0, "the comm never compressed: nothing to abort")
+        self.assertIsNotNone(r0["step_error"], "the step after rank 1 died did not fail")
+        self.assertTrue(r0["abort_returned"], "state.abort() did not return (hang check)")
+        self.assertIsNone(r0["abort_error"])
+        self.assertEqual(r0["comm_calls"], ["abort"])
+        self.assertRegex(r0["comm_handle_error"], "the comm is closed")
+        self.assertEqual(r0["again_errors"], [None, None])
+        for what in ("hook", "fsdp", "state_dict"):
+            self.assertRegex(r0["after"][what] or "", ABORTED, what)
+
+    def test_abort_before_first_use_and_twice(self):
+        # The same run's early state (every rank): the FSDP object's abort() twice, then close().
+        for r, res in enumerate(self.launch()):
+            self.assertEqual(res["early_abort_errors"], [None, None, None], f"rank {r}")
+            self.assertFalse(res["early_comm_made"], f"rank {r}")
+            for what in ("hook", "fsdp", "state_dict"):
+                self.assertRegex(res["early"][what] or "", ABORTED, f"rank {r} {what}")
+
+
+@unittest.skipIf(torch is None, "PyTorch is not installed")
+class AbortOrder(unittest.TestCase):
+    """GradcompState.abort() with an NCCL communicator (no GPU needed: NCCL and the comm are
+    stand-ins): ncclCommAbort of gradcomp's communicator first, then Comm.abort(), never
+    ncclCommDestroy or Comm.close(); the comm goes even when NCCL's abort fails."""
+
+    def make_state(self):
+        from unittest import mock
+
+        import gradcomp.torch as gt
+        from gradcomp.torch import _group
+
+        with mock.patch.object(_group, "check_group", lambda pg, backend="nccl": (pg, 0, 2)):
+            state = gt.GradcompState(config=None)
+        calls = []
+
+        class Comm:
+            def abort(self):
+                calls.append("Comm.abort")
+
+            def close(self):
+                calls.append("Comm.close")
+
+        state._comm, state._nccl_handle = Comm(), 0x1234
+        return state, calls
+
+    def test_nccl_first_then_the_comm_once(self):
+        from unittest import mock
+
+        from gradcomp.torch import _nccl
+
+        state, calls = self.make_state()
+        with mock.patch.object(_nccl, "abort_nccl", lambda h: calls.append(("ncclCommAbort", h))), \
+                mock.patch.object(_nccl, "destroy_nccl", lambda h: calls.append(("destroy", h))):
+            state.abort()
+            state.abort()
+            state.close()
+        self.assertEqual(calls, [("ncclCommAbort", 0x1234), "Comm.abort"])
+        with self.assertRaisesRegex(RuntimeError, ABORTED[len("RuntimeError: "):]):
+            state.comm(None)
+
+    def test_the_comm_goes_when_ncclcommabort_fails(self):
+        from unittest import mock
+
+        from gradcomp.torch import _nccl
+
+        state, calls = self.make_state()
+
+        def fail(h):
+            raise RuntimeError("ncclCommAbort failed: NCCL error 3")
+
+        with mock.patch.object(_nccl, "abort_nccl", fail):
+            with self.assertRaisesRegex(RuntimeError, "ncclCommAbort failed"):
+                state.abort()
+            state.abort()  # aborted all the same: nothing left to do
+        self.assertEqual(calls, ["Comm.abort"])
+
+
 if __name__ == "__main__":
     unittest.main()

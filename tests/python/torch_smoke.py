@@ -236,6 +236,8 @@ def check_hooks(out_root, build):
            runs["preload"]["status"], f"run preload: {runs['preload']}")
     expect(res["torch_hooks_params_identical_all_runs"] is True, "ranks' parameters differ")
     expect(res["torch_hook_resume_bitwise"] is True, "the resumed hook run is not bit for bit")
+    expect(res["torch_hook_abort_refuses_after"] is True,
+           "after state.abort() a hook call did not refuse (or abort/close again failed)")
     expect(math.isfinite(res["ddp_hook_qsgd4_acc_delta_pts"]), "no hook accuracy delta")
     expect("torch_hook_vs_preload_bytes_equal" not in res, "a preload comparison without a run")
 

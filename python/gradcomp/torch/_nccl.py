@@ -25,6 +25,7 @@ class _Nccl:
         L.ncclCommInitRank.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_int,
                                        T.NcclUniqueId, ctypes.c_int]
         L.ncclCommDestroy.argtypes = [ctypes.c_void_p]
+        L.ncclCommAbort.argtypes = [ctypes.c_void_p]
         L.ncclGetErrorString.restype = ctypes.c_char_p
         L.ncclGetErrorString.argtypes = [ctypes.c_int]
 
@@ -88,3 +89,11 @@ def make_comm(process_group, device, config):
 def destroy_nccl(handle):
     if handle:
         nccl().lib.ncclCommDestroy(ctypes.c_void_p(handle))
+
+
+def abort_nccl(handle):
+    """ncclCommAbort through the libnccl the communicator was made with: its kernels stop, and
+    nothing waits on a peer."""
+    if handle:
+        lib = nccl()
+        lib.check(lib.lib.ncclCommAbort(ctypes.c_void_p(handle)), "ncclCommAbort")

@@ -29,6 +29,8 @@ from . import _group, _nccl
 
 _DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 _STATE_VERSION = 1
+_ABORTED = ("gradcomp: the state was aborted (GradcompState.abort()) and its residuals are gone; "
+            "make a new GradcompState (and register it again) to go on")
 
 
 def _key_of(ids):
@@ -72,6 +74,8 @@ class GradcompState:
     the value and its range).
     """
 
+    _aborted = False  # set for good by abort()
+
     def __init__(self, process_group=None, module=None, *, layer_min_size=1024, start_iter=2,
                  exclude_1d=True, backend="nccl", config=None, **settings):
         self.process_group, self.rank, self.world_size = _group.check_group(process_group,
@@ -106,6 +110,7 @@ class GradcompState:
     # -------------------------------------------------------------- checkpoint
     def __getstate__(self):
         """Settings, step counter and gradcomp's residuals; not the group or the comm."""
+        self._check_usable()
         return {"version": _STATE_VERSION, "settings": self.config.as_dict(),
                 "layer_min_size": self.layer_min_size, "start_iter": self.start_iter,
                 "exclude_1d": self.exclude_1d, "backend": self.backend,
@@ -127,6 +132,7 @@ class GradcompState:
         if d.get("version") != _STATE_VERSION:
             raise ValueError(f"state version {d.get('version')} is not {_STATE_VERSION}: saved "
                              "by another gradcomp.torch")
+        self._check_usable()
         self.iter = d["iter"]
         if self._comm is not None:
             if self.backend == "nccl":
@@ -176,11 +182,35 @@ class GradcompState:
 
     def close(self):
         """Destroys gradcomp's comm and its NCCL communicator if any (all ranks, after the
-        last step)."""
+        last step; may wait for the peers: after a failure, abort() instead). A no-op after
+        abort()."""
         if self._comm is not None:
             self._comm.close()
             _nccl.destroy_nccl(self._nccl_handle)
             self._comm, self._nccl_handle = None, None
+
+    def abort(self):
+        """What to call instead of close() when a peer died, after PyTorch's own abort
+        (dist.destroy_process_group, or before torchelastic restarts the worker): aborts
+        gradcomp's NCCL communicator (ncclCommAbort, so its kernels stop), then gradcomp's comm
+        (Comm.abort, docs/reliability.md), waiting on no peer and no stream. The state is
+        unusable afterwards: a hook call, state_dict() or load_state_dict() raises, saying to
+        make a new GradcompState. Before the first compressed call there is nothing to abort;
+        a second abort() and close() are no-ops."""
+        if self._aborted:
+            return
+        self._aborted = True
+        comm, handle = self._comm, self._nccl_handle
+        self._comm, self._nccl_handle, self._pending_blob = None, None, None
+        try:
+            _nccl.abort_nccl(handle)
+        finally:  # gradcomp's comm goes whatever NCCL said
+            if comm is not None:
+                comm.abort()
+
+    def _check_usable(self):
+        if self._aborted:
+            raise RuntimeError(_ABORTED)
 
     # --------------------------------------------------------------- internal
     def _warn_once(self, what, msg):
@@ -195,6 +225,7 @@ class GradcompState:
         return _nccl.make_comm(self.process_group, device, self.config)
 
     def comm(self, device):
+        self._check_usable()
         if self._comm is None:
             self._comm, self._nccl_handle = self._make_comm(device)
             if self._pending_blob is not None:
@@ -348,6 +379,7 @@ def gradcomp_hook(state, bucket):
     """DDP comm hook: the bucket's large parameters through gradcompAllReduceKeyed (Avg) on
     the current stream, the rest through one torch.distributed all_reduce; returns the
     future of the averaged bucket. See the module docstring for the bytes it sends."""
+    state._check_usable()
     buf = bucket.buffer()
     want = "cpu" if state.backend == "cpu" else "cuda"
     if buf.device.type != want:

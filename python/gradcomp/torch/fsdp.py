@@ -48,7 +48,15 @@ class GradcompReduceScatter(_Base):
     def allocate(self, size, *, dtype, device):
         return torch.empty(*size, dtype=dtype, device=device)
 
+    def abort(self):
+        """GradcompState.abort() of the state every module's reduce-scatter shares (its comm
+        is theirs): after a peer died, instead of the state's close()."""
+        if self.state is not None:
+            self.state.abort()
+
     def __call__(self, output_tensor, input_tensor, group, op, async_op=False):
+        if self.state is not None:
+            self.state._check_usable()
         out, inp = output_tensor, input_tensor
         cpu = self.state is not None and self.state.backend == "cpu"
         want = "cpu" if cpu else "cuda"
