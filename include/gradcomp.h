@@ -229,6 +229,10 @@ typedef struct {
   /* QSGD allreduce: pieces the last call was cut into (GRADCOMP_PIPELINE_BYTES; two-shot, flat
      or as the hierarchy's middle stage); 1 = not pipelined */
   uint64_t piecesLast;
+  /* sparse, CUDA backend: received slot lists dropped whole as malformed (not strictly increasing
+     indices below the count, then empty slots), since the comm was made; every rank drops the same
+     lists. The CPU backend fails the call instead (0 there). */
+  uint64_t peerSlotsRejected;
 } gradcompStats_t;
 
 gradcompResult_t gradcompGetStats(gradcompComm_t comm, gradcompStats_t* stats);

@@ -400,15 +400,33 @@ __global__ void commitKernel(const uint32_t* __restrict__ idx, size_t slots, DTy
   }
 }
 
-// Indices within one rank's slots are distinct, so no two threads touch
-// the same element; ranks are added by successive launches, in order. The
-// indices come from the wire: any at or past n is skipped.
+// A received list breaks the wire rule when any slot fails against its
+// successor. Every failing thread stores the same 1: the flag does not
+// depend on which one stores last.
+__global__ void checkSlotsKernel(const uint32_t* __restrict__ idx, size_t slots, size_t n,
+                                 uint32_t* __restrict__ rejected) {
+  for (size_t j = (size_t)blockIdx.x * blockDim.x + threadIdx.x; j < slots;
+       j += (size_t)gridDim.x * blockDim.x) {
+    if (!sparse::slotPairOk(idx[j], sparse::slotSuccessor(idx, slots, j), n)) *rejected = 1;
+  }
+}
+
+// Indices within one list are distinct and below n (checked by
+// checkSlotsKernel for a received list; rand-k draws a permutation of
+// [0, n)), so no two threads touch the same element and none writes out of
+// bounds; ranks are added by successive launches, in order. A list flagged
+// as rejected is skipped whole and counted once.
 __global__ void scatterAddKernel(const uint32_t* __restrict__ idx, const void* __restrict__ val,
-                                 DType vt, size_t slots, size_t n, float* __restrict__ out) {
+                                 DType vt, size_t slots, const uint32_t* rejected,
+                                 uint64_t* rejectedCount, float* __restrict__ out) {
+  if (rejected && *rejected) {
+    if (rejectedCount && blockIdx.x == 0 && threadIdx.x == 0) *rejectedCount += 1;
+    return;
+  }
   for (size_t j = (size_t)blockIdx.x * blockDim.x + threadIdx.x; j < slots;
        j += (size_t)gridDim.x * blockDim.x) {
     const uint32_t i = idx[j];
-    if (i != kEmptySlot && i < n) out[i] = fadd(out[i], loadAsFloat(val, vt, j));
+    if (i != kEmptySlot) out[i] = fadd(out[i], loadAsFloat(val, vt, j));
   }
 }
 
@@ -517,9 +535,22 @@ cudaError_t sparseCommit(const uint32_t* idx, size_t slots, DType vt, void* val,
 }
 
 cudaError_t sparseScatterAdd(const uint32_t* idx, const void* val, DType vt, size_t slots, size_t n,
-                             float* out, cudaStream_t s) {
+                             float* out, uint32_t* rejected, uint64_t* rejectedCount,
+                             cudaStream_t s) {
   if (slots == 0) return cudaSuccess;
-  scatterAddKernel<<<blocksFor(slots), kThreads, 0, s>>>(idx, val, vt, slots, n, out);
+  cudaError_t err = cudaMemsetAsync(rejected, 0, sizeof(uint32_t), s);
+  if (err != cudaSuccess) return err;
+  checkSlotsKernel<<<blocksFor(slots), kThreads, 0, s>>>(idx, slots, n, rejected);
+  scatterAddKernel<<<blocksFor(slots), kThreads, 0, s>>>(idx, val, vt, slots, rejected,
+                                                         rejectedCount, out);
+  return cudaGetLastError();
+}
+
+cudaError_t sparseScatterAddDrawn(const uint32_t* idx, const float* val, size_t k, float* out,
+                                  cudaStream_t s) {
+  if (k == 0) return cudaSuccess;
+  scatterAddKernel<<<blocksFor(k), kThreads, 0, s>>>(idx, val, DType::F32, k, nullptr, nullptr,
+                                                     out);
   return cudaGetLastError();
 }
 

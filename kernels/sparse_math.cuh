@@ -1,9 +1,9 @@
 // Math of the sparse methods shared by the CUDA kernels and the host
 // reference: the call plan (k, kmax, sample), selection keys, the
 // deterministic squared-norm reduction of local clipping, the DGC
-// accumulation step, the rand-k permutation and the slot commit. Both sides
-// evaluate the same expressions in the same order, so results are bitwise
-// identical.
+// accumulation step, the rand-k permutation, the slot commit and the rule a
+// received slot list must follow. Both sides evaluate the same expressions
+// in the same order, so results are bitwise identical.
 #pragma once
 
 #include <math.h>
@@ -238,6 +238,24 @@ GC_HD uint32_t permute(uint64_t key, uint32_t x, uint32_t n) {
     x = (l << h) | r;
   } while (x >= n);
   return x;
+}
+
+// Wire slots. A rank's received slot list is well-formed iff its filled
+// entries are a strictly increasing prefix of indices below n, followed
+// only by kEmptySlot: what every selector writes. Scatter-adding a list that
+// is not (a duplicate index, say) would depend on the order of the adds, and
+// on a GPU on thread timing, so ranks could diverge; such a list is dropped
+// whole. The rule holds iff every slot j passes slotPairOk against slot j+1
+// (kEmptySlot past the last one): the pairs chain the order and carry the
+// bound (a filled successor is checked as the next pair's first entry), so
+// the slots can be checked in parallel.
+GC_HD bool slotPairOk(uint32_t cur, uint32_t next, size_t n) {
+  if (cur == kEmptySlot) return next == kEmptySlot;
+  return cur < n && (next == kEmptySlot || next > cur);
+}
+
+GC_HD uint32_t slotSuccessor(const uint32_t* idx, size_t slots, size_t j) {
+  return j + 1 < slots ? idx[j + 1] : kEmptySlot;
 }
 
 // Pairwise tree over kNormLanes lane sums in place (the order of the

@@ -98,6 +98,10 @@ float sparseClipThreshold(const gradcompComm& c);
 gradcompResult_t sparseSelect(const gradcompComm& c, float* v, size_t count,
                               const sparse::Plan& plan, const KeySpec& key, DType vt, char* slot,
                               size_t valOff, float* mask, void* scratch);
+// After publishSelected: the stats take the published count of received
+// slot lists dropped as malformed; the first time it is not zero the comm
+// warns (once: the count only grows).
+void notePeerSlotsRejected(gradcompComm& c);
 
 // Hierarchical exchange (hier.cc): used for every compressed call of a
 // comm with >= 2 nodes of >= 2 ranks (Elias-coded QSGD excepted); the

@@ -379,6 +379,7 @@ gradcompResult_t runInterNode(gradcompComm& c, const Algorithm& algo, const Call
   c.stats.denseFallbacks += inter.stats.denseFallbacks - fallbacks;
   c.stats.selectedLast = inter.stats.selectedLast;
   c.stats.targetLast = inter.stats.targetLast;
+  c.stats.peerSlotsRejected = inter.stats.peerSlotsRejected;
   return gradcompSuccess;
 }
 

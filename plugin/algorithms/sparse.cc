@@ -9,7 +9,9 @@
 //   3. Allgather of the fixed-size slots (direct sends, allGatherDirect);
 //      every rank scatter-adds the N ranks' slots into a zeroed fp32 output
 //      in rank order, so the result is deterministic and identical
-//      everywhere; Avg divides once.
+//      everywhere; Avg divides once. A rank's list that is not well-formed
+//      (sparse::slotPairOk) is refused on the CPU backend and dropped whole
+//      on CUDA, alike on every rank.
 //   Dense fallback when N*kmax*(4 + value bytes) >= 4*count: all of v goes
 //   through an fp32 allreduce (density 1, error feedback still exact).
 // Rand-k: k indices from a key shared by all ranks, an fp32 allreduce of the
@@ -122,7 +124,7 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
     GC_CHECK(c.transport->allReduceSumFloat(val, val, L.plan.k + 1));
     GC_CHECK(ops.applyFlag(val, L.plan.k, val + L.plan.k));
     GC_CHECK(be.zero(out, n * 4));
-    GC_CHECK(ops.scatterAdd(idx, val, DType::F32, L.plan.k, n, out));
+    GC_CHECK(ops.scatterAddDrawn(idx, val, L.plan.k, out));
     if (keep) GC_CHECK(ops.settle(v, keep, nullptr, n, false));
   } else if (L.dense) {
     GC_CHECK(c.transport->allReduceSumFloat(v, out, n));
@@ -138,8 +140,8 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
     GC_CHECK(be.zero(out, n * 4));
     for (int r = 0; r < N; ++r) {
       const char* s = gather + (size_t)r * L.slotBytes;
-      GC_CHECK(ops.scatterAdd(reinterpret_cast<const uint32_t*>(s), s + L.valOff, L.vt, L.plan.kmax,
-                              n, out));
+      GC_CHECK(ops.scatterAddReceived(reinterpret_cast<const uint32_t*>(s), s + L.valOff, L.vt,
+                                      L.plan.kmax, n, out, r));
     }
   }
   const float divisor = a.average ? (float)N : 1.0f;
@@ -147,6 +149,7 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
     GC_CHECK(be.fromFloat(out, n, divisor, a.dtype, a.recv));
   }
   GC_CHECK(ops.publishSelected());
+  notePeerSlotsRejected(c);
   c.stats.selectedLast = L.dense ? n : ops.lastSelected();
   c.stats.targetLast = L.plan.k;
   return gradcompSuccess;

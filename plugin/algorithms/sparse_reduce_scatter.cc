@@ -19,6 +19,8 @@
 //      the peers' slots, and its own block of v in full precision (v there
 //      is then spent; u is kept: with nothing delayed, momentum correction is
 //      plain momentum). Converted once to the output type, Avg divides once.
+//      A peer's list that is not well-formed (sparse::slotPairOk) is refused
+//      on the CPU backend and dropped whole on CUDA.
 // A non-finite v reaches its block's owner (selected first, flagged or in
 // the owner's own block) and the element's v and u end as they were before
 // the call (accumulate saves the old v in `keep`, settle puts it back).
@@ -140,8 +142,6 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
         if (keep) GC_CHECK(ops.settle(vj, keepj, nullptr, m, false));
       }
     }
-    GC_CHECK(ops.publishSelected());
-    if (L.payload == Payload::Sparse) selected = ops.lastSelected();
   }
 
   // 3. All-to-all.
@@ -171,15 +171,20 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
     } else if (L.payload == Payload::Randk) {
       float* val = reinterpret_cast<float*>(slot);
       GC_CHECK(ops.applyFlag(val, L.plan.k, val + L.plan.k));
-      GC_CHECK(ops.scatterAdd(ridx, val, DType::F32, L.plan.k, m, out));
+      GC_CHECK(ops.scatterAddDrawn(ridx, val, L.plan.k, out));
     } else if (L.payload == Payload::Dense) {
       GC_CHECK(be.add(out, reinterpret_cast<const float*>(slot), m));
     } else {
-      GC_CHECK(ops.scatterAdd(reinterpret_cast<const uint32_t*>(slot), slot + L.valOff, L.vt,
-                              L.plan.kmax, m, out));
+      GC_CHECK(ops.scatterAddReceived(reinterpret_cast<const uint32_t*>(slot), slot + L.valOff,
+                                      L.vt, L.plan.kmax, m, out, i));
     }
   }
   GC_CHECK(ops.settle(v + r * m, keep ? keep + r * m : nullptr, nullptr, m, true));
+  // Published after the scatter-adds, so the count of rejected lists
+  // includes this call's.
+  GC_CHECK(ops.publishSelected());
+  notePeerSlotsRejected(c);
+  if (L.payload == Payload::Sparse) selected = ops.lastSelected();
   if (L.payload == Payload::Dense) c.stats.denseFallbacks++;
   c.stats.selectedLast = selected + m;
   c.stats.targetLast = (n - 1) * L.plan.k + m;

@@ -38,9 +38,19 @@ class SparseOps {
   // (momentum factor masking).
   virtual gradcompResult_t commit(const uint32_t* idx, size_t slots, DType vt, void* val, float* v,
                                   float* u) = 0;
-  // out has n elements; idx comes from the wire and is bounded by n.
-  virtual gradcompResult_t scatterAdd(const uint32_t* idx, const void* val, DType vt, size_t slots,
-                                      size_t n, float* out) = 0;
+  // out[idx[j]] += val[j] over a slot list received from rank `peer` (out has
+  // n elements). The list must be well-formed (sparse::slotPairOk: strictly
+  // increasing indices below n, then kEmptySlot), or it is dropped whole:
+  // the CPU backend fails with InvalidArgument naming the peer and the slot;
+  // the CUDA backend skips it on the device (no sync), as every rank does
+  // with the same list, and counts it in peerSlotsRejected().
+  virtual gradcompResult_t scatterAddReceived(const uint32_t* idx, const void* val, DType vt,
+                                              size_t slots, size_t n, float* out, int peer) = 0;
+  // out[idx[j]] += val[j], j < k, over indices drawn on this rank
+  // (randkIndices: distinct and below n, but not increasing), so the wire
+  // rule is not applied.
+  virtual gradcompResult_t scatterAddDrawn(const uint32_t* idx, const float* val, size_t k,
+                                           float* out) = 0;
   virtual gradcompResult_t randkIndices(size_t n, size_t k, const KeySpec& key, uint32_t* idx) = 0;
   // out[j] = v[idx[j]]; clear: v there is spent (a non-finite v stays for
   // settle()).
@@ -59,6 +69,10 @@ class SparseOps {
   virtual gradcompResult_t resetSelected() = 0;
   virtual gradcompResult_t publishSelected() = 0;
   virtual uint64_t lastSelected() const = 0;
+  // Received slot lists dropped as malformed since the comm was made (CUDA;
+  // the CPU backend fails the call instead, so 0 there). Counted on the
+  // device and published with the selected count, so it may lag a call.
+  virtual uint64_t peerSlotsRejected() const = 0;
 
  protected:
   cudaStream_t stream_ = nullptr;

@@ -36,10 +36,18 @@ sparse::SelectRule exactRule(const float* v, size_t n, size_t k);
 // the remainder, u[idx[j]] = 0 when u is not null and v[idx[j]] finite.
 // Empty slots: val 0.
 void sparseCommit(const uint32_t* idx, size_t slots, DType vt, void* val, float* v, float* u);
+// A received slot list: the first slot that breaks sparse::slotPairOk
+// against its successor, or `slots` when the list is well-formed.
+size_t firstMalformedSlot(const uint32_t* idx, size_t slots, size_t n);
 // out[idx[j]] += val[j] for the filled slots, in slot order. The slots come
-// from the wire: false (out untouched) when a filled one is not below n.
+// from the wire: false (out untouched) when the list is not well-formed
+// (sparse::slotPairOk).
 bool sparseScatterAdd(const uint32_t* idx, const void* val, DType vt, size_t slots, size_t n,
                       float* out);
+// out[idx[j]] += val[j], j < k: indices drawn on this rank (rand-k's, distinct
+// and below n by construction, in permutation order), so the wire rule does
+// not apply.
+void sparseScatterAddDrawn(const uint32_t* idx, const float* val, size_t k, float* out);
 void randkIndices(size_t n, size_t k, uint64_t key, uint32_t* idx);
 // out[j] = v[idx[j]]; then v[idx[j]] = 0 when clear, but a non-finite v
 // stays for sparseSettle.
@@ -62,9 +70,17 @@ cudaError_t selectExact(const float* v, size_t n, size_t k, uint32_t* idx, uint6
                         void* scratch, cudaStream_t s);
 cudaError_t sparseCommit(const uint32_t* idx, size_t slots, DType vt, void* val, float* v, float* u,
                          cudaStream_t s);
-// Indices from the wire at or past n are skipped (never written).
+// A received slot list, checked against the wire rule on the device with no
+// host sync: *rejected (4 bytes of device memory) is cleared, then set when
+// any slot breaks sparse::slotPairOk; the scatter-add then skips the whole
+// list (the same list, so the same outcome, on every rank) and adds 1 to
+// *rejectedCount (device memory; may be null).
 cudaError_t sparseScatterAdd(const uint32_t* idx, const void* val, DType vt, size_t slots, size_t n,
-                             float* out, cudaStream_t s);
+                             float* out, uint32_t* rejected, uint64_t* rejectedCount,
+                             cudaStream_t s);
+// host::sparseScatterAddDrawn: rand-k's own distinct indices, not checked.
+cudaError_t sparseScatterAddDrawn(const uint32_t* idx, const float* val, size_t k, float* out,
+                                  cudaStream_t s);
 cudaError_t randkIndices(size_t n, size_t k, const KeySpec& key, uint32_t* idx, cudaStream_t s);
 cudaError_t sparseGather(float* v, const uint32_t* idx, size_t k, float* out, bool clear,
                          cudaStream_t s);

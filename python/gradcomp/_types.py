@@ -62,6 +62,7 @@ STATS_FIELDS = [
     ("callsReduceScatter", ctypes.c_uint64),
     ("callsAutoPassed", ctypes.c_uint64),
     ("piecesLast", ctypes.c_uint64),
+    ("peerSlotsRejected", ctypes.c_uint64),
 ]
 
 # Enum fields take these names (the GRADCOMP_* spellings) or their numbers.

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <algorithm>
 #include <random>
 #include <string>
 #include <thread>
@@ -110,45 +111,88 @@ TEST(Fuzz, EliasHostDecoder) {
   EXPECT_GT(refused, iters / 10);
 }
 
-// Slots as received from a peer: any index at or past n is refused before
-// anything is written; valid ones are added.
+// Slots as received from a peer. Half the lists are built as a selector
+// writes them (distinct sorted indices below n, then empty slots) and then
+// mutated: an index past n, a duplicate, two slots swapped, a filled slot
+// after the empty ones, or a random word. The verdict is the rule as
+// docs/sparse.md states it, checked here on the whole list: the filled
+// slots are a prefix, strictly increasing and below n. A refused list
+// leaves out untouched; an accepted one is added slot by slot.
 TEST(Fuzz, SparseSlotsFromTheWire) {
   std::mt19937_64 rng(seed(16002));
-  for (int it = 0, iters = iterations(400); it < iters; ++it) {
+  const uint32_t empty = gc::sparse::kEmptySlot;
+  int refused = 0, accepted = 0;
+  const int iters = iterations(600);
+  for (int it = 0; it < iters; ++it) {
     const size_t n = 1 + rng() % 5000, slots = rng() % 200;
-    std::vector<uint32_t> idx(slots);
+    std::vector<uint32_t> idx(slots, empty);
     std::vector<float> val(slots);
-    bool bad = false;
-    for (size_t j = 0; j < slots; ++j) {
-      switch (rng() % 8) {
+    for (size_t j = 0; j < slots; ++j) val[j] = (float)(rng() % 1000) * 0.25f;
+    if (rng() % 2 && slots > 0) {
+      std::vector<uint32_t> pick(n);
+      for (size_t i = 0; i < n; ++i) pick[i] = (uint32_t)i;
+      std::shuffle(pick.begin(), pick.end(), rng);
+      const size_t filled = std::min(n, (size_t)(rng() % (slots + 1)));
+      std::sort(pick.begin(), pick.begin() + filled);
+      std::copy(pick.begin(), pick.begin() + filled, idx.begin());
+      const size_t j = rng() % slots;
+      switch (rng() % 6) {
         case 0:
-          idx[j] = gc::sparse::kEmptySlot;
-          break;
-        case 1:
           idx[j] = (uint32_t)(n + rng() % 1000);
           break;
+        case 1:  // a duplicate, next to its twin or anywhere
+          if (slots > 1) idx[j] = idx[rng() % 2 ? (j + 1) % slots : rng() % slots];
+          break;
         case 2:
+          std::swap(idx[j], idx[rng() % slots]);
+          break;
+        case 3:
+          idx[slots - 1] = (uint32_t)(rng() % n);
+          break;
+        case 4:
           idx[j] = (uint32_t)rng();
           break;
-        default:
-          idx[j] = (uint32_t)(rng() % n);
+        default:  // as selected
+          break;
       }
-      bad |= idx[j] != gc::sparse::kEmptySlot && idx[j] >= n;
-      val[j] = (float)(rng() % 1000) * 0.25f;
+    } else {
+      for (size_t j = 0; j < slots; ++j) {
+        switch (rng() % 8) {
+          case 0:
+            idx[j] = empty;
+            break;
+          case 1:
+            idx[j] = (uint32_t)(n + rng() % 1000);
+            break;
+          case 2:
+            idx[j] = (uint32_t)rng();
+            break;
+          default:
+            idx[j] = (uint32_t)(rng() % n);
+        }
+      }
     }
+    size_t filled = 0;
+    while (filled < slots && idx[filled] != empty) ++filled;
+    bool good = true;
+    for (size_t j = filled; j < slots; ++j) good &= idx[j] == empty;
+    for (size_t j = 0; j < filled; ++j) good &= idx[j] < n && (j == 0 || idx[j - 1] < idx[j]);
     GuardedBuffer out(n * 4);
     memset(out.data(), 0, n * 4);
     std::vector<float> want(n, 0.0f);
-    if (!bad) {
-      for (size_t j = 0; j < slots; ++j) {
-        if (idx[j] != gc::sparse::kEmptySlot) want[idx[j]] += val[j];
-      }
+    if (good) {
+      for (size_t j = 0; j < filled; ++j) want[idx[j]] += val[j];
     }
     const bool ok = gc::host::sparseScatterAdd(idx.data(), val.data(), gc::DType::F32, slots, n,
                                                out.as<float>());
-    ASSERT_EQ(ok, !bad) << "case " << it;
+    ASSERT_EQ(ok, good) << "case " << it;
     ASSERT_EQ(memcmp(out.data(), want.data(), n * 4), 0) << "case " << it;
+    refused += !good;
+    accepted += good && filled > 1;
   }
+  // Both verdicts are reached, accepted lists of more than one index too.
+  EXPECT_GT(refused, iters / 10);
+  EXPECT_GT(accepted, iters / 10);
 }
 
 // CRC32C as its definition reads (bit by bit), to re-seal mutated blobs so

@@ -7,7 +7,10 @@
 #include <math.h>
 #include <string.h>
 
+#include <map>
+#include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "tests/common/cpu_world.h"
@@ -368,6 +371,169 @@ TEST(Reliability, HierarchicalCallsAgreeOnTheOp) {
         EXPECT_EQ(res[r], gradcompInvalidUsage) << "rank " << r;
         EXPECT_NE(err[r].find("op=0"), std::string::npos) << err[r];
         EXPECT_NE(err[r].find("op=4"), std::string::npos) << err[r];
+      }
+    }
+  }
+}
+
+// A peer whose sparse slots break the wire rule (docs/sparse.md: the filled
+// slots strictly increasing below the count, then only empty ones). Rank
+// `bad`'s transport rewrites the first two indices of every slot block it
+// sends, in place, as a broken selector would have written them: in the
+// allgather its own block is the one it sends, so it adds the same list.
+// The other ranks' transports are wrapped too, untouched, so every rank's
+// call check sees the same calls.
+enum class SlotDefect { Duplicate, Unordered, PastTheBuffer, FilledAfterEmpty };
+
+class HostileSlotsTransport final : public gc::Transport {
+ public:
+  HostileSlotsTransport(std::unique_ptr<gc::Transport> inner, bool hostile, SlotDefect defect,
+                        uint32_t n)
+      : inner_(std::move(inner)), hostile_(hostile), defect_(defect), n_(n) {
+    rank_ = inner_->rank();
+    size_ = inner_->size();
+    sent.assign(size_, {0u, 0u});
+  }
+  gradcompResult_t verifyCall() override {
+    inner_->beginCall(call_);
+    return inner_->verifyCall();
+  }
+  void abort() override {
+    inner_->abort();
+    gc::Transport::abort();
+  }
+  gradcompResult_t allToAll(const void* const* send, const size_t* sendBytes, void* const* recv,
+                            const size_t* recvBytes) override {
+    inner_->beginCall(call_);
+    std::map<const void*, std::pair<uint32_t, uint32_t>> done;
+    for (int j = 0; hostile_ && j < size_; ++j) {
+      if (j == rank_ || sendBytes[j] < 8) continue;
+      if (!done.count(send[j])) {
+        uint32_t* idx = static_cast<uint32_t*>(const_cast<void*>(send[j]));
+        done[send[j]] = {idx[0], idx[1]};
+        switch (defect_) {
+          case SlotDefect::Duplicate:
+            idx[1] = idx[0];
+            break;
+          case SlotDefect::Unordered:
+            std::swap(idx[0], idx[1]);
+            break;
+          case SlotDefect::PastTheBuffer:
+            idx[1] = n_ + 5;
+            break;
+          case SlotDefect::FilledAfterEmpty:
+            idx[0] = gc::sparse::kEmptySlot;
+            break;
+        }
+      }
+      sent[j] = done[send[j]];
+    }
+    return inner_->allToAll(send, sendBytes, recv, recvBytes);
+  }
+  gradcompResult_t sendRecv(const void* send, size_t sendBytes, int to, void* recv,
+                            size_t recvBytes, int from) override {
+    inner_->beginCall(call_);
+    return inner_->sendRecv(send, sendBytes, to, recv, recvBytes, from);
+  }
+  gradcompResult_t allGather(const void* send, void* recv, size_t bytes) override {
+    inner_->beginCall(call_);
+    return inner_->allGather(send, recv, bytes);
+  }
+  gradcompResult_t allReduceSumFloat(const float* send, float* recv, size_t n) override {
+    inner_->beginCall(call_);
+    return inner_->allReduceSumFloat(send, recv, n);
+  }
+  gradcompResult_t passThrough(const void* send, void* recv, size_t count, ncclDataType_t type,
+                               ncclRedOp_t op) override {
+    inner_->beginCall(call_);
+    return inner_->passThrough(send, recv, count, type, op);
+  }
+  gradcompResult_t reduceScatter(const void* send, void* recv, size_t recvCount,
+                                 ncclDataType_t type, ncclRedOp_t op) override {
+    inner_->beginCall(call_);
+    return inner_->reduceScatter(send, recv, recvCount, type, op);
+  }
+  // The first two indices of the block sent to each rank, as selected
+  // (the allgather sends one block to all).
+  std::vector<std::pair<uint32_t, uint32_t>> sent;
+
+ private:
+  std::unique_ptr<gc::Transport> inner_;
+  bool hostile_;
+  SlotDefect defect_;
+  uint32_t n_;
+};
+
+// Every rank that adds the malformed slots fails with InvalidArgument
+// naming rank `bad` and what is wrong with its slots: in the allreduce every
+// rank (the allgather's scatter-add checks every rank's list, its own too),
+// in the reduce-scatter every rank but `bad` (which adds its own block in
+// full precision).
+TEST(Reliability, MalformedPeerSlotsFailOnEveryRankThatAddsThem) {
+  const int N = 3, bad = 1;
+  const char* defects[] = {"duplicate", "unordered", "past the buffer", "filled after empty"};
+  for (gradcompMethod_t m : {gradcompMethodTopk, gradcompMethodDgc}) {
+    for (auto sel : {gradcompSelectThreshold, gradcompSelectExact}) {
+      for (bool reduceScatter : {false, true}) {
+        for (int d = 0; d < 4; ++d) {
+          const std::string what =
+              std::string("method ") + std::to_string(m) + " select " + std::to_string(sel) +
+              (reduceScatter ? " reduce-scatter " : " allreduce ") + defects[d];
+          gradcompConfig_t cfg = quickConfig(m);
+          cfg.select = sel;
+          CpuWorld w(N, cfg);
+          // The slot indices count elements of the whole buffer (allreduce)
+          // or of one block (reduce-scatter).
+          const size_t n = 8192, total = reduceScatter ? N * n : n;
+          std::vector<HostileSlotsTransport*> hostile(N);
+          for (int r = 0; r < N; ++r) {
+            gradcompComm* c = w.comm(r);
+            hostile[r] = new HostileSlotsTransport(std::move(c->transport), r == bad, (SlotDefect)d,
+                                                   (uint32_t)n);
+            c->transport.reset(hostile[r]);
+          }
+          std::vector<std::vector<float>> in(N), out(N, std::vector<float>(n));
+          for (int r = 0; r < N; ++r) in[r] = gctest::normal(total, 30 + r);
+          std::vector<std::string> err(N);
+          auto res = w.run([&](int r) {
+            const gradcompResult_t rc =
+                reduceScatter ? gradcompReduceScatter(in[r].data(), out[r].data(), n, ncclFloat32,
+                                                      ncclSum, w.comm(r), nullptr)
+                              : gradcompAllReduce(in[r].data(), out[r].data(), n, ncclFloat32,
+                                                  ncclSum, w.comm(r), nullptr);
+            err[r] = gradcompGetLastError();
+            return rc;
+          });
+          if (reduceScatter) EXPECT_EQ(res[bad], gradcompSuccess) << what << ": " << err[bad];
+          for (int r = 0; r < N; ++r) {
+            if (r == bad && reduceScatter) continue;
+            // The block rank r added: in the allgather, the one sent to all.
+            const int to = r == bad ? (bad + 1) % N : r;
+            const uint32_t a = hostile[bad]->sent[to].first, b = hostile[bad]->sent[to].second;
+            ASSERT_LT(a, b) << what << ": the selection filled fewer than two slots";
+            std::string want = "rank " + std::to_string(bad) + "'s sparse slots: ";
+            switch ((SlotDefect)d) {
+              case SlotDefect::Duplicate:
+                want += "indices not strictly increasing at slot 0: " + std::to_string(a) + ", " +
+                        std::to_string(a);
+                break;
+              case SlotDefect::Unordered:
+                want += "indices not strictly increasing at slot 0: " + std::to_string(b) + ", " +
+                        std::to_string(a);
+                break;
+              case SlotDefect::PastTheBuffer:
+                want += "index " + std::to_string(n + 5) + " at slot 1 is past the buffer's " +
+                        std::to_string(n) + " elements";
+                break;
+              case SlotDefect::FilledAfterEmpty:
+                want += "slot 0 is empty but slot 1 holds index " + std::to_string(b);
+                break;
+            }
+            EXPECT_EQ(res[r], gradcompInvalidArgument) << what << " rank " << r;
+            EXPECT_NE(err[r].find(want), std::string::npos)
+                << what << " rank " << r << ": '" << err[r] << "' lacks '" << want << "'";
+          }
+        }
       }
     }
   }

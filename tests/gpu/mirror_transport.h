@@ -1,8 +1,9 @@
 // A comm of N ranks in one process, seen from rank 0, over a transport where
-// every rank sends what rank 0 sends: an allgather repeats the block, a float
-// sum is N times the input, a max the input itself. It works on either
-// backend's memory through the backend's own ops, so the same calls run on
-// the CPU and the CUDA backend, on the caller's stream (and in a graph).
+// every rank sends what rank 0 sends: an allgather (also as direct sends)
+// repeats the block, a float sum is N times the input, a max the input
+// itself. It works on either backend's memory through the backend's own ops,
+// so the same calls run on the CPU and the CUDA backend, on the caller's
+// stream (and in a graph).
 #pragma once
 
 #include <gtest/gtest.h>
@@ -32,9 +33,25 @@ class MirrorTransport final : public gc::Transport {
     tmp_ = static_cast<float*>(p);
   }
   ~MirrorTransport() override { be_->release(tmp_); }
-  gradcompResult_t allToAll(const void* const*, const size_t*, void* const*,
-                            const size_t*) override {
-    return gradcompNotSupported;
+  // An allgather as direct sends (allGatherDirect: one block to every peer,
+  // as the sparse allgather sends its slots): every rank's block is rank
+  // 0's. Other all-to-alls have no mirror image (rank j would send rank 0
+  // its own part for rank 0, which rank 0 never computes).
+  gradcompResult_t allToAll(const void* const* send, const size_t* sendBytes, void* const* recv,
+                            const size_t* recvBytes) override {
+    const void* block = nullptr;
+    size_t bytes = 0;
+    for (int j = 0; j < size_; ++j) {
+      if (j == rank_) continue;
+      if (block == nullptr) block = send[j], bytes = sendBytes[j];
+      if (send[j] != block || sendBytes[j] != bytes || recvBytes[j] != bytes) {
+        return gradcompNotSupported;
+      }
+    }
+    for (int i = 0; i < size_; ++i) {
+      if (i != rank_) GC_TEST_CHECK(be_->copy(recv[i], block, bytes));
+    }
+    return gradcompSuccess;
   }
   gradcompResult_t sendRecv(const void*, size_t, int, void*, size_t, int) override {
     return gradcompNotSupported;

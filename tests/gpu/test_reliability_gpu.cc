@@ -1,14 +1,19 @@
-// Bytes from the wire on the GPU (issue 16): the scatter-add drops indices
-// past the buffer, and the Elias decoder never reads past the stream or the
-// caller's buffer; a malformed bucket decodes to NaN. Out-of-bounds accesses
+// Bytes from the wire on the GPU (issue 16): the scatter-add drops a slot
+// list that breaks the wire rule whole (an index past the buffer, a
+// duplicate, an unordered pair), and the Elias decoder never reads past the
+// stream or the caller's buffer; a malformed bucket decodes to NaN. Out-of-bounds accesses
 // here would show as a CUDA error (run under compute-sanitizer on a GPU
 // machine: tools/gpu-check.sh) or as changed guard words.
 #include <math.h>
 #include <string.h>
 
+#include <algorithm>
+#include <memory>
+#include <random>
 #include <vector>
 
 #include "codecs/elias.h"
+#include "backends/sparse_ops.h"
 #include "codecs/sparse.h"
 #include "gradcomp/elias.h"
 #include "tests/common/test_util.h"
@@ -21,23 +26,113 @@ using gctest::DeviceBuffer;
 
 class ReliabilityGpu : public gctest::GpuTest {};
 
-TEST_F(ReliabilityGpu, ScatterAddDropsIndicesPastTheBuffer) {
+// A list with indices past the buffer (and unordered ones) breaks the wire
+// rule: it is dropped whole, nothing written, and counted once.
+TEST_F(ReliabilityGpu, ScatterAddDropsAListWithIndicesPastTheBuffer) {
   const size_t n = 1000, slots = 6;
   const std::vector<uint32_t> idx = {3, 999, 1000, 0xfffffff0u, gc::sparse::kEmptySlot, 5};
   const std::vector<float> val = {1, 2, 3, 4, 5, 6};
-  DeviceBuffer<uint32_t> didx(slots);
+  DeviceBuffer<uint32_t> didx(slots), dflag(1);
+  DeviceBuffer<uint64_t> drejected(1);
   DeviceBuffer<float> dval(slots), dout(n + 64, 0);  // 64 guard floats after the n
   didx.upload(idx);
   dval.upload(val);
-  ASSERT_EQ(
-      gc::cuda::sparseScatterAdd(didx.get(), dval.get(), DType::F32, slots, n, dout.get(), stream),
-      cudaSuccess);
+  ASSERT_EQ(gc::cuda::sparseScatterAdd(didx.get(), dval.get(), DType::F32, slots, n, dout.get(),
+                                       dflag.get(), drejected.get(), stream),
+            cudaSuccess);
   ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
   const std::vector<float> out = dout.download(n + 64);
-  for (size_t i = 0; i < n + 64; ++i) {
-    const float want = i == 3 ? 1.0f : i == 999 ? 2.0f : i == 5 ? 6.0f : 0.0f;
-    ASSERT_EQ(out[i], want) << "i " << i;
+  for (size_t i = 0; i < n + 64; ++i) ASSERT_EQ(out[i], 0.0f) << "i " << i;
+  EXPECT_EQ(drejected.download(1)[0], 1u);
+}
+
+// Received slot lists of 8 ranks through the CUDA backend's SparseOps, as
+// the sparse allgather adds them (rank order, one output): well-formed
+// lists, and lists with a duplicate index (next to its twin, and far from
+// it, in other blocks of threads), two slots swapped, an index past n, and a
+// filled slot after an empty one. The old kernel added duplicates with two
+// threads racing on one element. Every malformed list is dropped whole: the
+// output equals the serial sum of the well-formed lists, bit for bit, run
+// after run and in a replayed CUDA graph, and the rejected lists are counted
+// (published with the selected count).
+TEST_F(ReliabilityGpu, MalformedSlotListsAreDroppedWhole) {
+  const size_t n = 50000, slots = 4096, ranks = 8;
+  const uint32_t empty = gc::sparse::kEmptySlot;
+  std::mt19937_64 rng(16006);
+  std::vector<std::vector<uint32_t>> idx(ranks);
+  std::vector<std::vector<float>> val(ranks);
+  for (size_t r = 0; r < ranks; ++r) {
+    // As a selector writes them: sorted distinct indices, then empty slots
+    // (rank 6 fills every slot).
+    std::vector<uint32_t> pick(n);
+    for (size_t i = 0; i < n; ++i) pick[i] = (uint32_t)i;
+    std::shuffle(pick.begin(), pick.end(), rng);
+    const size_t filled = r == 6 ? slots : slots - 1 - rng() % 500;
+    std::sort(pick.begin(), pick.begin() + filled);
+    idx[r].assign(slots, empty);
+    std::copy(pick.begin(), pick.begin() + filled, idx[r].begin());
+    val[r] = gctest::normal(slots, 100 + r);
   }
+  idx[1][2001] = idx[1][2000];          // a duplicate next to its twin
+  std::swap(idx[2][10], idx[2][3000]);  // unordered, distinct
+  idx[4][100] = (uint32_t)n;            // past the buffer
+  idx[5][0] = empty;                    // a filled slot after an empty one
+  idx[7][4000 - 500] = idx[7][3];       // a duplicate thousands of slots away
+  const bool wellFormed[ranks] = {true, false, false, true, false, false, true, false};
+  const uint64_t rejectedPerRun = 5;
+
+  // The serial sum of the well-formed lists, in rank and slot order.
+  std::vector<float> want(n, 0.0f);
+  for (size_t r = 0; r < ranks; ++r) {
+    if (!wellFormed[r]) continue;
+    for (size_t j = 0; j < slots && idx[r][j] != empty; ++j) want[idx[r][j]] += val[r][j];
+  }
+
+  DeviceBuffer<uint32_t> didx(ranks * slots);
+  DeviceBuffer<float> dval(ranks * slots), dout(n + 64, 0);
+  for (size_t r = 0; r < ranks; ++r) {
+    didx.upload(idx[r], r * slots);
+    dval.upload(val[r], r * slots);
+  }
+  std::unique_ptr<gc::SparseOps> ops = gc::makeCudaSparseOps();
+  ops->setStream(stream);
+  auto run = [&]() -> gradcompResult_t {
+    if (cudaMemsetAsync(dout.get(), 0, n * 4, stream) != cudaSuccess) return gradcompCudaError;
+    for (size_t r = 0; r < ranks; ++r) {
+      gradcompResult_t res = ops->scatterAddReceived(didx.get(r * slots), dval.get(r * slots),
+                                                     DType::F32, slots, n, dout.get(), (int)r);
+      if (res != gradcompSuccess) return res;
+    }
+    return ops->publishSelected();
+  };
+  std::vector<float> first;
+  for (int rep = 0; rep < 2; ++rep) {
+    ASSERT_EQ(run(), gradcompSuccess) << gradcompGetLastError();
+    ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+    const std::vector<float> out = dout.download(n + 64);
+    ASSERT_EQ(memcmp(out.data(), want.data(), n * 4), 0) << "run " << rep;
+    for (size_t i = n; i < n + 64; ++i) ASSERT_EQ(out[i], 0.0f) << "guard " << i;
+    if (rep == 0) first = out;
+    ASSERT_EQ(memcmp(out.data(), first.data(), (n + 64) * 4), 0) << "run " << rep;
+    EXPECT_EQ(ops->peerSlotsRejected(), rejectedPerRun * (rep + 1)) << "run " << rep;
+  }
+
+  // Captured once, replayed twice: the same output, the count still grows.
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+  const gradcompResult_t captured = run();
+  ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
+  ASSERT_EQ(captured, gradcompSuccess) << gradcompGetLastError();
+  ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
+  for (int rep = 0; rep < 2; ++rep) {
+    ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
+    ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+    ASSERT_EQ(memcmp(dout.download(n).data(), want.data(), n * 4), 0) << "replay " << rep;
+    EXPECT_EQ(ops->peerSlotsRejected(), rejectedPerRun * (rep + 3)) << "replay " << rep;
+  }
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
 }
 
 // Bucket 0 claims 256 words of a 2-word stream (as the host test

@@ -159,6 +159,9 @@ TEST_F(SparseAlgoGpu, AlgorithmsEqualCpuBackendEagerAndInGraphs) {
         EXPECT_EQ(stg.targetLast, stc.targetLast);
         EXPECT_EQ(stg.denseFallbacks, stc.denseFallbacks);
         EXPECT_EQ(stg.bytesOnWire, stc.bytesOnWire);
+        // Selectors' slots are well-formed: none is ever dropped.
+        EXPECT_EQ(stg.peerSlotsRejected, 0u);
+        EXPECT_EQ(stc.peerSlotsRejected, 0u);
       }
     }
     if (exec) cudaGraphExecDestroy(exec);

@@ -91,7 +91,8 @@ TEST_F(SparseGpu, SelectorsCommitScatterEqualHost) {
           Plan p = gc::sparse::makePlan(n, density, exact, 2, 0.01);
           DeviceBuffer<float> dv(n), dout(n);
           DeviceBuffer<uint32_t> didx(p.kmax);
-          DeviceBuffer<uint64_t> dsel(1);
+          DeviceBuffer<uint64_t> dsel(1), drejected(1);
+          DeviceBuffer<uint32_t> dflag(1);
           DeviceBuffer<uint16_t> dval(p.kmax);
           DeviceBuffer<char> scratch(gc::cuda::sparseScratchBytes(n, p.sample));
           dv.upload(v);
@@ -121,7 +122,7 @@ TEST_F(SparseGpu, SelectorsCommitScatterEqualHost) {
           std::vector<float> out(n, 0.0f);
           cudaMemsetAsync(dout.get(), 0, n * 4, stream);
           ASSERT_EQ(gc::cuda::sparseScatterAdd(didx.get(), dval.get(), DType::F16, p.kmax, n,
-                                               dout.get(), stream),
+                                               dout.get(), dflag.get(), drejected.get(), stream),
                     cudaSuccess);
           ASSERT_TRUE(gc::host::sparseScatterAdd(idx.data(), val.data(), DType::F16, p.kmax, n,
                                                  out.data()));
@@ -129,6 +130,8 @@ TEST_F(SparseGpu, SelectorsCommitScatterEqualHost) {
           ASSERT_EQ(dval.download(p.kmax), val);
           ASSERT_EQ(memcmp(dv.download(n).data(), hv.data(), n * 4), 0);
           ASSERT_EQ(memcmp(dout.download(n).data(), out.data(), n * 4), 0);
+          // A selector's slots always pass the wire rule.
+          ASSERT_EQ(drejected.download(1)[0], 0u);
         }
       }
     }

@@ -36,13 +36,30 @@ class CpuSparseOps final : public SparseOps {
     host::sparseCommit(idx, slots, vt, val, v, u);
     return gradcompSuccess;
   }
-  gradcompResult_t scatterAdd(const uint32_t* idx, const void* val, DType vt, size_t slots,
-                              size_t n, float* out) override {
-    if (!host::sparseScatterAdd(idx, val, vt, slots, n, out)) {
+  gradcompResult_t scatterAddReceived(const uint32_t* idx, const void* val, DType vt, size_t slots,
+                                      size_t n, float* out, int peer) override {
+    if (host::sparseScatterAdd(idx, val, vt, slots, n, out)) return gradcompSuccess;
+    const size_t j = host::firstMalformedSlot(idx, slots, n);
+    const uint32_t next = sparse::slotSuccessor(idx, slots, j);
+    if (idx[j] == sparse::kEmptySlot) {
       return setError(gradcompInvalidArgument,
-                      "received sparse slots (%zu) hold an index past the buffer's %zu elements",
-                      slots, n);
+                      "rank %d's sparse slots: slot %zu is empty but slot %zu holds index %u (an "
+                      "empty slot may only be followed by empty ones)",
+                      peer, j, j + 1, next);
     }
+    if (idx[j] >= n) {
+      return setError(gradcompInvalidArgument,
+                      "rank %d's sparse slots: index %u at slot %zu is past the buffer's %zu "
+                      "elements",
+                      peer, idx[j], j, n);
+    }
+    return setError(gradcompInvalidArgument,
+                    "rank %d's sparse slots: indices not strictly increasing at slot %zu: %u, %u",
+                    peer, j, idx[j], next);
+  }
+  gradcompResult_t scatterAddDrawn(const uint32_t* idx, const float* val, size_t k,
+                                   float* out) override {
+    host::sparseScatterAddDrawn(idx, val, k, out);
     return gradcompSuccess;
   }
   gradcompResult_t randkIndices(size_t n, size_t k, const KeySpec& key, uint32_t* idx) override {
@@ -69,6 +86,7 @@ class CpuSparseOps final : public SparseOps {
   }
   gradcompResult_t publishSelected() override { return gradcompSuccess; }
   uint64_t lastSelected() const override { return selected_; }
+  uint64_t peerSlotsRejected() const override { return 0; }
 
  private:
   uint64_t selected_ = 0;

@@ -1,6 +1,7 @@
 // SparseOps of the CUDA backend: the kernels of kernels/sparse.cu on the
-// backend's stream. The selected count is copied to pinned host memory
-// asynchronously for the stats (no sync on the data path).
+// backend's stream. The selected count and the count of rejected received
+// slot lists are copied to pinned host memory asynchronously for the stats
+// (no sync on the data path).
 #include <cuda_runtime_api.h>
 
 #include "checks.h"
@@ -16,7 +17,7 @@ class CudaSparseOps final : public SparseOps {
  public:
   ~CudaSparseOps() override {
     if (host_) cudaFreeHost(host_);
-    if (sumDev_) cudaFree(sumDev_);
+    if (dev_) cudaFree(dev_);
   }
   size_t scratchBytes(size_t n, size_t m) const override {
     return kCountBytes + cuda::sparseScratchBytes(n, m);
@@ -47,9 +48,16 @@ class CudaSparseOps final : public SparseOps {
     GC_CUDACHECK(cuda::sparseCommit(idx, slots, vt, val, v, u, stream_));
     return gradcompSuccess;
   }
-  gradcompResult_t scatterAdd(const uint32_t* idx, const void* val, DType vt, size_t slots,
-                              size_t n, float* out) override {
-    GC_CUDACHECK(cuda::sparseScatterAdd(idx, val, vt, slots, n, out, stream_));
+  gradcompResult_t scatterAddReceived(const uint32_t* idx, const void* val, DType vt, size_t slots,
+                                      size_t n, float* out, int) override {
+    GC_CHECK(ensureCounters());
+    GC_CUDACHECK(cuda::sparseScatterAdd(idx, val, vt, slots, n, out, &dev_->rejectFlag,
+                                        &dev_->counts.rejected, stream_));
+    return gradcompSuccess;
+  }
+  gradcompResult_t scatterAddDrawn(const uint32_t* idx, const float* val, size_t k,
+                                   float* out) override {
+    GC_CUDACHECK(cuda::sparseScatterAddDrawn(idx, val, k, out, stream_));
     return gradcompSuccess;
   }
   gradcompResult_t randkIndices(size_t n, size_t k, const KeySpec& key, uint32_t* idx) override {
@@ -73,21 +81,32 @@ class CudaSparseOps final : public SparseOps {
   gradcompResult_t resetSelected() override {
     GC_CHECK(ensureCounters());
     randk_ = 0;
-    GC_CUDACHECK(cudaMemsetAsync(sumDev_, 0, sizeof(uint64_t), stream_));
+    GC_CUDACHECK(cudaMemsetAsync(&dev_->counts.selected, 0, sizeof(uint64_t), stream_));
     return gradcompSuccess;
   }
   gradcompResult_t publishSelected() override {
     GC_CHECK(ensureCounters());
     GC_CUDACHECK(
-        cudaMemcpyAsync(host_, sumDev_, sizeof(uint64_t), cudaMemcpyDeviceToHost, stream_));
+        cudaMemcpyAsync(host_, &dev_->counts, sizeof(Published), cudaMemcpyDeviceToHost, stream_));
     return gradcompSuccess;
   }
   uint64_t lastSelected() const override {
     if (randk_) return randk_;
-    return host_ ? *host_ : 0;
+    return host_ ? host_->selected : 0;
   }
+  uint64_t peerSlotsRejected() const override { return host_ ? host_->rejected : 0; }
 
  private:
+  // What publishSelected copies to the host.
+  struct Published {
+    uint64_t selected;  // the current call's selected sum
+    uint64_t rejected;  // received slot lists dropped, since the comm was made
+  };
+  // On the device, followed by the flag of the list being scatter-added.
+  struct Counters {
+    Published counts;
+    uint32_t rejectFlag;
+  };
   static uint64_t* count(void* scratch) { return static_cast<uint64_t*>(scratch); }
   static void* kernelScratch(void* scratch) { return static_cast<char*>(scratch) + kCountBytes; }
   // Made at a comm's first sparse call, which is eager (its buffer state is
@@ -95,27 +114,27 @@ class CudaSparseOps final : public SparseOps {
   gradcompResult_t ensureCounters() {
     if (!host_) {
       void* p = nullptr;
-      GC_CUDACHECK(cudaMallocHost(&p, sizeof(uint64_t)));
-      host_ = static_cast<uint64_t*>(p);
-      *host_ = 0;
+      GC_CUDACHECK(cudaMallocHost(&p, sizeof(Published)));
+      host_ = static_cast<Published*>(p);
+      *host_ = Published{};
     }
-    if (!sumDev_) {
+    if (!dev_) {
       void* p = nullptr;
-      GC_CUDACHECK(cudaMalloc(&p, sizeof(uint64_t)));
-      sumDev_ = static_cast<uint64_t*>(p);
-      GC_CUDACHECK(cudaMemset(sumDev_, 0, sizeof(uint64_t)));
+      GC_CUDACHECK(cudaMalloc(&p, sizeof(Counters)));
+      dev_ = static_cast<Counters*>(p);
+      GC_CUDACHECK(cudaMemset(dev_, 0, sizeof(Counters)));
       GC_CUDACHECK(cudaDeviceSynchronize());
     }
     return gradcompSuccess;
   }
   gradcompResult_t record(void* scratch) {
     GC_CHECK(ensureCounters());
-    GC_CUDACHECK(cuda::addCount(count(scratch), sumDev_, stream_));
+    GC_CUDACHECK(cuda::addCount(count(scratch), &dev_->counts.selected, stream_));
     return gradcompSuccess;
   }
-  uint64_t* host_ = nullptr;    // pinned: the last published sum
-  uint64_t* sumDev_ = nullptr;  // the current call's sum
-  uint64_t randk_ = 0;          // rand-k fills k slots, known on the host
+  Published* host_ = nullptr;  // pinned: the last published counts
+  Counters* dev_ = nullptr;
+  uint64_t randk_ = 0;  // rand-k fills k slots, known on the host
 };
 
 }  // namespace
