@@ -234,6 +234,8 @@ def main():
         "ddp_hook_qsgd4_acc_delta_pts": hooks.get("ddp_hook_qsgd4_acc_delta_pts"),
         "torch_hook_vs_preload_bytes_equal": hooks.get("torch_hook_vs_preload_bytes_equal"),
         "torch_hook_resume_bitwise": hooks.get("torch_hook_resume_bitwise"),
+        "torch_hook_abort_refuses_after": hooks.get("torch_hook_abort_refuses_after"),
+        "torch_hook_abort_seconds_rank0": hooks.get("torch_hook_abort_seconds_rank0"),
         "torch_hooks_params_identical_all_runs": hooks.get("torch_hooks_params_identical_all_runs"),
         "torch_hook_full_precision_params": hooks.get("torch_hook_full_precision_params"),
         "lm_val_loss_rel_delta_qsgd4": lm.get("lm_val_loss_rel_delta_qsgd4"),
