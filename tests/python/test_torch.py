@@ -623,7 +623,9 @@ class FsdpProtocol(unittest.TestCase):
                "GRADCOMP_LIBRARY": gradcomp.library_path()}
         with tempfile.TemporaryDirectory() as tmp:
             out = os.path.join(tmp, "p")
-            status, _ = gc_ranks.launch(2, [os.path.join(HERE, "fsdp_protocol_rank.py"), out],
+            # As on the GPU box (as_if_cuda.py): FSDP2 must not take the CPU model to CUDA.
+            status, _ = gc_ranks.launch(2, [os.path.join(HERE, "as_if_cuda.py"),
+                                            os.path.join(HERE, "fsdp_protocol_rank.py"), out],
                                         out, env=env, timeout=120)
             logs = []
             for r in range(2):
@@ -665,7 +667,10 @@ def launch_ranks(test, mode, world=2):
            "GRADCOMP_LIBRARY": gradcomp.library_path(), "OMP_NUM_THREADS": "1"}
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, mode)
-        status, _ = gc_ranks.launch(world, [os.path.join(HERE, "cpu_backend_rank.py"), mode, out],
+        # As on the GPU box (as_if_cuda.py): the CPU backend's tensors must stay on the host
+        # where torch's default device would be CUDA.
+        status, _ = gc_ranks.launch(world, [os.path.join(HERE, "as_if_cuda.py"),
+                                            os.path.join(HERE, "cpu_backend_rank.py"), mode, out],
                                     out, env=env, timeout=240)
         logs = []
         for r in range(world):
