@@ -830,5 +830,48 @@ class LmCompareExitStatus(unittest.TestCase):
         self.assertEqual(lm_compare.verdict({"none": budget}, {}), 1)
 
 
+class LauncherTeardown(unittest.TestCase):
+    """tools/gc_ranks.launch (no torch needed): the ranks run in sessions of their own, out of
+    reach of the SIGTERM that gpu-check's step limit (timeout(1)) sends the launcher's group;
+    the launcher ends them before it goes, or they would hold the GPU into the next steps."""
+
+    @staticmethod
+    def alive(pid):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+        except OSError:
+            return False
+
+    def test_sigterm_to_the_launcher_ends_its_ranks(self):
+        import signal
+        import subprocess
+        import tempfile
+        import time
+
+        root = os.path.dirname(os.path.dirname(HERE))
+        with tempfile.TemporaryDirectory() as tmp:
+            pidfile = os.path.join(tmp, "rank.pid")
+            rank = (f"import os, time; open({pidfile!r} + '.tmp', 'w').write(str(os.getpid())); "
+                    f"os.rename({pidfile!r} + '.tmp', {pidfile!r}); time.sleep(300)")
+            launcher = ("import sys; sys.path.insert(0, sys.argv[1]); import gc_ranks; "
+                        "gc_ranks.launch(1, ['-c', sys.argv[2]], sys.argv[3], timeout=600)")
+            p = subprocess.Popen([sys.executable, "-c", launcher, os.path.join(root, "tools"), rank,
+                                  os.path.join(tmp, "r")])
+            self.addCleanup(lambda: p.poll() is None and p.kill())
+            t0 = time.time()
+            while not os.path.exists(pidfile) and time.time() - t0 < 120:
+                time.sleep(0.1)
+            with open(pidfile) as f:
+                pid = int(f.read())
+            self.addCleanup(lambda: self.alive(pid) and os.kill(pid, signal.SIGKILL))
+            p.send_signal(signal.SIGTERM)
+            self.assertEqual(p.wait(60), -signal.SIGTERM)
+            t0 = time.time()
+            while self.alive(pid) and time.time() - t0 < 20:
+                time.sleep(0.1)
+            self.assertFalse(self.alive(pid), "the rank outlived its launcher")
+
+
 if __name__ == "__main__":
     unittest.main()
