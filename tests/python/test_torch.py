@@ -438,6 +438,99 @@ class HookOnCpuWorld(unittest.TestCase):
         self.assertFalse(torch.equal(cold[0][0], after[0][0]))
 
 
+@unittest.skipIf(torch is None, "PyTorch is not installed")
+class CudaStreamOrder(unittest.TestCase):
+    """The hook's GPU-only part (_CudaStream) on the CPU world, torch.cuda's stream, event and
+    CUDA-aware future replaced by recorders: gradcomp gets the hook stream's handle; in a mixed
+    bucket the event is recorded once the compressed part is back in the bucket, and the
+    future's callback waits on it before it writes the full-precision part (on the GPU they
+    run on two streams); the other futures are made for the bucket's device."""
+
+    def test_mixed_bucket_orders_its_two_streams(self):
+        from unittest import mock
+
+        import gradcomp
+        import gradcomp.torch.ddp as ddp_mod
+
+        H = HookOnCpuWorld
+        H.setUpClass()  # its model, buckets and gradients
+        N, cuda = 2, torch.device("cuda", 0)
+        local = threading.local()  # the rank thread's bucket buffer and events
+        devices_seen = []
+
+        class Event:
+            def record(self, stream):
+                self.buf = local.buf
+                self.at_record = local.buf.clone()
+                local.events.append(self)
+
+        class Stream:
+            cuda_stream = 0x5000
+
+            def wait_event(self, ev):  # called from the future's callback
+                ev.at_wait = ev.buf.clone()
+
+        class Future(torch.futures.Future):
+            def __init__(self, devices=None):
+                devices_seen.append(devices)
+                super().__init__()
+
+        def config():
+            return gradcomp.Config(from_env=False, method="qsgd", bits=4, min_elements=0)
+
+        def grads(r, b):
+            return H.grads(H, 0, r, b)
+
+        with gradcomp.CpuWorld(N, config()) as world, \
+                mock.patch.object(torch.cuda, "current_stream", lambda device=None: Stream()), \
+                mock.patch.object(torch.cuda, "Event", Event), \
+                mock.patch.object(torch.futures, "Future", Future):
+            states = H.make_states(N, world, "cuda-order", H.model, 0, config)
+            streams = [[] for _ in range(N)]
+            for r, c in enumerate(world.comms):
+                def raw(*args, real=c.allreduce_raw, r=r):
+                    streams[r].append(args[5])  # the stream argument
+                    return real(*args)
+
+                c.allreduce_raw = raw
+
+            def rank(comm):
+                r = comm.rank
+                local.events = []
+                out = []
+                for b in (0, 1):  # all compressed, then mixed
+                    local.buf = grads(r, b)
+                    bucket = H.Bucket(local.buf, H.buckets[b], b, b == 1)
+                    fut = ddp_mod._reduce_bucket(states[r], bucket, local.buf,
+                                                 ddp_mod._CudaStream(cuda))
+                    out.append((local.buf, fut.wait()))
+                return out, local.events
+
+            got = world.run(rank)
+        plan = states[0]._plan(H.Bucket(None, H.buckets[1], 1, False))
+        comp = torch.cat([torch.arange(o, o + n) for o, n in plan["comp"]])
+        full = torch.cat([torch.arange(o, o + n) for o, n in plan["full"]])
+        mean = sum(grads(q, 1) / N for q in range(N))
+        for r in range(N):
+            out, events = got[r]
+            self.assertEqual(streams[r], [Stream.cuda_stream] * 2)
+            buf, result = out[1]
+            self.assertIs(result, buf)
+            sent = grads(r, 1)
+            (ev,) = events  # the mixed bucket's
+            # Recorded after the compressed part came back: it is the final one, the
+            # full-precision part still this rank's own gradient.
+            self.assertTrue(torch.equal(ev.at_record[comp], buf[comp]))
+            self.assertFalse(torch.equal(buf[comp], sent[comp]))
+            self.assertTrue(torch.equal(ev.at_record[full], sent[full]))
+            # Waited on before the full-precision part was written.
+            self.assertTrue(torch.equal(ev.at_wait[full], sent[full]))
+            self.assertTrue(torch.allclose(buf[full], mean[full]))
+        # Bucket 0's done(), for its buffer's device (the CPU here; the GPU's on the GPU);
+        # bucket 1's future is then()'s, which follows the allreduce's.
+        self.assertEqual(devices_seen, [[torch.device("cpu")]] * N)
+
+
 @unittest.skipIf(torch is None, "PyTorch is not installed: gradcomp.torch is checked on the GPU "
                  "box (tools/gpu-check.sh, step torch_hooks)")
 class RealDdpBuckets(unittest.TestCase):
