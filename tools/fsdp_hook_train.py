@@ -27,6 +27,7 @@ def main():
                    help="cpu: gloo on the CPU (--gradcomp: gradcomp's CPU backend over TCP, "
                    "GradcompState(backend='cpu'))")
     args = p.parse_args()
+    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
     cpu = args.device == "cpu"
@@ -42,9 +43,12 @@ def main():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(64, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(),
                           nn.Linear(512, 10)).to(dev)
+    # FSDP2's default mesh is the accelerator's: on a machine with a GPU, --device cpu needs a
+    # CPU mesh, or FSDP moves the model to the GPU.
+    mesh = {"mesh": init_device_mesh("cpu", (world,))} if cpu else {}
     for layer in (model[0], model[2], model[4]):
-        fully_shard(layer)
-    fully_shard(model)
+        fully_shard(layer, **mesh)
+    fully_shard(model, **mesh)
     state = None
     if args.gradcomp:
         import gradcomp.torch as gct

@@ -42,11 +42,17 @@ def main():
 
     model = dm.make_model(args.seed, args.hidden, dev)
     # One FSDP unit per linear layer, then the root: one gradient
-    # reduce-scatter per layer per step.
+    # reduce-scatter per layer per step. FSDP2's default mesh is the accelerator's: with
+    # --device cpu on a machine with a GPU, a CPU mesh keeps the model on the host.
+    mesh = {}
+    if dev.type == "cpu":
+        from torch.distributed.device_mesh import init_device_mesh
+
+        mesh = {"mesh": init_device_mesh("cpu", (world,))}
     for layer in model:
         if isinstance(layer, nn.Linear):
-            fully_shard(layer)
-    fully_shard(model)
+            fully_shard(layer, **mesh)
+    fully_shard(model, **mesh)
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
     lossf = nn.CrossEntropyLoss()
 

@@ -18,6 +18,7 @@ import resource
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 NCCL_ENV = {"NCCL_NET": "Socket", "NCCL_SOCKET_IFNAME": "lo", "NCCL_IB_DISABLE": "1",
@@ -71,8 +72,39 @@ def exit_text(code):
 TAIL_LINES = 60
 
 
+def _end_ranks_on_term(procs):
+    """While the ranks run, a SIGTERM to the launcher (gpu-check's step limit, timeout(1)) ends
+    them first: they run in sessions of their own, which the launcher's killer does not reach,
+    and would go on holding the GPU through the steps after. Returns what restores the
+    launcher's own handling."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None  # signal handlers belong to the main thread
+
+    def on_term(signum, frame):
+        for p, _ in procs:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except OSError:
+                pass
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+    old = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, on_term)
+    # None: a handler set outside Python, which signal.signal cannot put back.
+    return lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL if old is None else old)
+
+
 def _launch(world, argv, logs_prefix, env, timeout, gpu, preload, port):
     procs = []
+    restore = _end_ranks_on_term(procs)
+    try:
+        return _run_ranks(procs, world, argv, logs_prefix, env, timeout, gpu, preload, port)
+    finally:
+        restore()
+
+
+def _run_ranks(procs, world, argv, logs_prefix, env, timeout, gpu, preload, port):
     t0 = time.time()
     for r in range(world):
         e = dict(os.environ)

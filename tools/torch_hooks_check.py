@@ -63,8 +63,14 @@ def main():
     res = {"torch_hooks_world": world, "torch_hooks_epochs": int(epochs),
            "torch_hooks_device": a.device, "torch_hooks_smoke": a.smoke}
     runs = {}
+    # The longest finished run of each kind (a script and its length): a run that it says cannot
+    # finish in what is left is skipped, not started to be killed at the budget (a timed-out run
+    # fails the step).
+    longest = {}
 
-    def run(name, extra_args, env=None, use_preload=False, script="ddp_train.py", epochs_arg=True):
+    def run(name, extra_args, env=None, use_preload=False, script="ddp_train.py", epochs_arg=True,
+            kind=None):
+        kind = kind or script
         if cpu and use_preload:
             runs[name] = {"status": "skipped on CPU: the preload interposes NCCL, which the CPU "
                                     "runs do not use (this run needs the GPU box)"}
@@ -73,8 +79,9 @@ def main():
         if cpu:
             extra_args = extra_args + ["--device", "cpu"]
         left = deadline - time.time()
-        if left < 30:
+        if left < max(30.0, 1.1 * longest.get(kind, 0.0) + 10):
             runs[name] = {"status": "skipped (time budget spent)"}
+            print(f"torch_hooks: {name}: {runs[name]['status']}", flush=True)
             return None
         path = os.path.join(out, f"hook_{name}.json")
         if os.path.exists(path):
@@ -88,6 +95,8 @@ def main():
             timeout=min(240, left - 10), preload=preload if use_preload else None)
         runs[name] = {"status": status, "seconds": round(secs, 1)}
         print(f"torch_hooks: {name}: {status} in {secs:.0f}s", flush=True)
+        if status == "ok":
+            longest[kind] = max(longest.get(kind, 0.0), secs)
         if status != "ok" or not os.path.exists(path):
             return None
         with open(path) as f:
@@ -105,7 +114,8 @@ def main():
     pre = run("preload", [], env={"GRADCOMP_DEBUG": "INFO"}, use_preload=True)
     resume = run("resume", ["--hook", "gradcomp", "--abort-check"]
                  + (["--epochs", "1", "--resume-check", "20"]
-                    if a.smoke else ["--epochs", "10", "--resume-check", "200"]))
+                    if a.smoke else ["--epochs", "10", "--resume-check", "200"]),
+                 kind="resume")
 
     has_rs = subprocess.run(
         [sys.executable, "-c", "import gradcomp, sys; "

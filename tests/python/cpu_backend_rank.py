@@ -117,6 +117,7 @@ def ddp(out, rank):
 
 
 def fsdp(out, rank):
+    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
     records = []
@@ -133,9 +134,12 @@ def fsdp(out, rank):
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 5))
+    # FSDP2's default mesh is the accelerator's: where a GPU is visible it would move the model
+    # there. The CPU backend reduces CPU tensors: a CPU mesh keeps them on the host.
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
     for layer in (model[0], model[2]):
-        fully_shard(layer)
-    fully_shard(model)
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
     state = gct.GradcompState(backend="cpu", config=config())
     gct.fsdp.GradcompReduceScatter = Recording  # what register_fsdp_reduce_scatter makes
     gct.register_fsdp_reduce_scatter(model, state)

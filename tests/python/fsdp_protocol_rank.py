@@ -10,6 +10,7 @@ import sys
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 
 import gradcomp.torch as gct
@@ -35,9 +36,11 @@ def main():
     rank = dist.get_rank()
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
-    fully_shard(model[0])
-    fully_shard(model[2])
-    fully_shard(model)
+    # A CPU mesh: FSDP2's default (the accelerator's) would move the model to a visible GPU.
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+    fully_shard(model[0], mesh=mesh)
+    fully_shard(model[2], mesh=mesh)
+    fully_shard(model, mesh=mesh)
     gct.fsdp.GradcompReduceScatter = Recording  # what register_fsdp_reduce_scatter makes
     n = gct.register_fsdp_reduce_scatter(model, state=None)
     error = None

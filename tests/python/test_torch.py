@@ -464,6 +464,99 @@ class HookOnCpuWorld(unittest.TestCase):
         self.assertFalse(torch.equal(cold[0][0], after[0][0]))
 
 
+@unittest.skipIf(torch is None, "PyTorch is not installed")
+class CudaStreamOrder(unittest.TestCase):
+    """The hook's GPU-only part (_CudaStream) on the CPU world, torch.cuda's stream, event and
+    CUDA-aware future replaced by recorders: gradcomp gets the hook stream's handle; in a mixed
+    bucket the event is recorded once the compressed part is back in the bucket, and the
+    future's callback waits on it before it writes the full-precision part (on the GPU they
+    run on two streams); the other futures are made for the bucket's device."""
+
+    def test_mixed_bucket_orders_its_two_streams(self):
+        from unittest import mock
+
+        import gradcomp
+        import gradcomp.torch.ddp as ddp_mod
+
+        H = HookOnCpuWorld
+        H.setUpClass()  # its model, buckets and gradients
+        N, cuda = 2, torch.device("cuda", 0)
+        local = threading.local()  # the rank thread's bucket buffer and events
+        devices_seen = []
+
+        class Event:
+            def record(self, stream):
+                self.buf = local.buf
+                self.at_record = local.buf.clone()
+                local.events.append(self)
+
+        class Stream:
+            cuda_stream = 0x5000
+
+            def wait_event(self, ev):  # called from the future's callback
+                ev.at_wait = ev.buf.clone()
+
+        class Future(torch.futures.Future):
+            def __init__(self, devices=None):
+                devices_seen.append(devices)
+                super().__init__()
+
+        def config():
+            return gradcomp.Config(from_env=False, method="qsgd", bits=4, min_elements=0)
+
+        def grads(r, b):
+            return H.grads(H, 0, r, b)
+
+        with gradcomp.CpuWorld(N, config()) as world, \
+                mock.patch.object(torch.cuda, "current_stream", lambda device=None: Stream()), \
+                mock.patch.object(torch.cuda, "Event", Event), \
+                mock.patch.object(torch.futures, "Future", Future):
+            states = H.make_states(N, world, "cuda-order", H.model, 0, config)
+            streams = [[] for _ in range(N)]
+            for r, c in enumerate(world.comms):
+                def raw(*args, real=c.allreduce_raw, r=r):
+                    streams[r].append(args[5])  # the stream argument
+                    return real(*args)
+
+                c.allreduce_raw = raw
+
+            def rank(comm):
+                r = comm.rank
+                local.events = []
+                out = []
+                for b in (0, 1):  # all compressed, then mixed
+                    local.buf = grads(r, b)
+                    bucket = H.Bucket(local.buf, H.buckets[b], b, b == 1)
+                    fut = ddp_mod._reduce_bucket(states[r], bucket, local.buf,
+                                                 ddp_mod._CudaStream(cuda))
+                    out.append((local.buf, fut.wait()))
+                return out, local.events
+
+            got = world.run(rank)
+        plan = states[0]._plan(H.Bucket(None, H.buckets[1], 1, False))
+        comp = torch.cat([torch.arange(o, o + n) for o, n in plan["comp"]])
+        full = torch.cat([torch.arange(o, o + n) for o, n in plan["full"]])
+        mean = sum(grads(q, 1) / N for q in range(N))
+        for r in range(N):
+            out, events = got[r]
+            self.assertEqual(streams[r], [Stream.cuda_stream] * 2)
+            buf, result = out[1]
+            self.assertIs(result, buf)
+            sent = grads(r, 1)
+            (ev,) = events  # the mixed bucket's
+            # Recorded after the compressed part came back: it is the final one, the
+            # full-precision part still this rank's own gradient.
+            self.assertTrue(torch.equal(ev.at_record[comp], buf[comp]))
+            self.assertFalse(torch.equal(buf[comp], sent[comp]))
+            self.assertTrue(torch.equal(ev.at_record[full], sent[full]))
+            # Waited on before the full-precision part was written.
+            self.assertTrue(torch.equal(ev.at_wait[full], sent[full]))
+            self.assertTrue(torch.allclose(buf[full], mean[full]))
+        # Bucket 0's done(), for its buffer's device (the CPU here; the GPU's on the GPU);
+        # bucket 1's future is then()'s, which follows the allreduce's.
+        self.assertEqual(devices_seen, [[torch.device("cpu")]] * N)
+
+
 @unittest.skipIf(torch is None, "PyTorch is not installed: gradcomp.torch is checked on the GPU "
                  "box (tools/gpu-check.sh, step torch_hooks)")
 class RealDdpBuckets(unittest.TestCase):
@@ -649,7 +742,9 @@ class FsdpProtocol(unittest.TestCase):
                "GRADCOMP_LIBRARY": gradcomp.library_path()}
         with tempfile.TemporaryDirectory() as tmp:
             out = os.path.join(tmp, "p")
-            status, _ = gc_ranks.launch(2, [os.path.join(HERE, "fsdp_protocol_rank.py"), out],
+            # As on the GPU box (as_if_cuda.py): FSDP2 must not take the CPU model to CUDA.
+            status, _ = gc_ranks.launch(2, [os.path.join(HERE, "as_if_cuda.py"),
+                                            os.path.join(HERE, "fsdp_protocol_rank.py"), out],
                                         out, env=env, timeout=120)
             logs = []
             for r in range(2):
@@ -691,7 +786,10 @@ def launch_ranks(test, mode, world=2):
            "GRADCOMP_LIBRARY": gradcomp.library_path(), "OMP_NUM_THREADS": "1"}
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, mode)
-        status, _ = gc_ranks.launch(world, [os.path.join(HERE, "cpu_backend_rank.py"), mode, out],
+        # As on the GPU box (as_if_cuda.py): the CPU backend's tensors must stay on the host
+        # where torch's default device would be CUDA.
+        status, _ = gc_ranks.launch(world, [os.path.join(HERE, "as_if_cuda.py"),
+                                            os.path.join(HERE, "cpu_backend_rank.py"), mode, out],
                                     out, env=env, timeout=240)
         logs = []
         for r in range(world):
@@ -922,6 +1020,77 @@ class AbortOrder(unittest.TestCase):
                 state.abort()
             state.abort()  # aborted all the same: nothing left to do
         self.assertEqual(calls, ["Comm.abort"])
+
+
+class LmCompareExitStatus(unittest.TestCase):
+    """tools/lm_compare.py's exit status (no torch needed): on the GPU box its 13 runs do not
+    fit the study's 5 minutes, so the runs past the budget are skipped; that is the design
+    (goals' runs first), not a failed study. A failed or timed-out run still fails it."""
+
+    def test_runs_past_the_budget_do_not_fail_the_study(self):
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(HERE)), "tools"))
+        import lm_compare
+
+        ok = {"status": "ok"}
+        budget = "skipped (time budget spent)"
+        cpu = "skipped on CPU: the preload interposes NCCL"
+        self.assertEqual(lm_compare.verdict(
+            {"none": "ok", "qsgd4_hook": "ok", "fp16": budget, "none_reseed": budget},
+            {"none": ok, "qsgd4_hook": ok}), 0)
+        self.assertEqual(lm_compare.verdict({"none": "ok", "qsgd4_preload": cpu}, {"none": ok}),
+                         0)
+        self.assertEqual(lm_compare.verdict(
+            {"none": "ok", "qsgd4_hook": "timed out (after 115 s)", "fp16": budget},
+            {"none": ok}), 1)
+        self.assertEqual(lm_compare.verdict(
+            {"none": "ok", "qsgd4_preload": "failed (the preload was not loaded in the ranks)"},
+            {"none": ok}), 1)
+        self.assertEqual(lm_compare.verdict({"none": "failed (exit 1, rank 0)",
+                                             "qsgd4_hook": "ok"}, {"qsgd4_hook": ok}), 1)
+        self.assertEqual(lm_compare.verdict({"none": budget}, {}), 1)
+
+
+class LauncherTeardown(unittest.TestCase):
+    """tools/gc_ranks.launch (no torch needed): the ranks run in sessions of their own, out of
+    reach of the SIGTERM that gpu-check's step limit (timeout(1)) sends the launcher's group;
+    the launcher ends them before it goes, or they would hold the GPU into the next steps."""
+
+    @staticmethod
+    def alive(pid):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+        except OSError:
+            return False
+
+    def test_sigterm_to_the_launcher_ends_its_ranks(self):
+        import signal
+        import subprocess
+        import tempfile
+        import time
+
+        root = os.path.dirname(os.path.dirname(HERE))
+        with tempfile.TemporaryDirectory() as tmp:
+            pidfile = os.path.join(tmp, "rank.pid")
+            rank = (f"import os, time; open({pidfile!r} + '.tmp', 'w').write(str(os.getpid())); "
+                    f"os.rename({pidfile!r} + '.tmp', {pidfile!r}); time.sleep(300)")
+            launcher = ("import sys; sys.path.insert(0, sys.argv[1]); import gc_ranks; "
+                        "gc_ranks.launch(1, ['-c', sys.argv[2]], sys.argv[3], timeout=600)")
+            p = subprocess.Popen([sys.executable, "-c", launcher, os.path.join(root, "tools"), rank,
+                                  os.path.join(tmp, "r")])
+            self.addCleanup(lambda: p.poll() is None and p.kill())
+            t0 = time.time()
+            while not os.path.exists(pidfile) and time.time() - t0 < 120:
+                time.sleep(0.1)
+            with open(pidfile) as f:
+                pid = int(f.read())
+            self.addCleanup(lambda: self.alive(pid) and os.kill(pid, signal.SIGKILL))
+            p.send_signal(signal.SIGTERM)
+            self.assertEqual(p.wait(60), -signal.SIGTERM)
+            t0 = time.time()
+            while self.alive(pid) and time.time() - t0 < 20:
+                time.sleep(0.1)
+            self.assertFalse(self.alive(pid), "the rank outlived its launcher")
 
 
 if __name__ == "__main__":

@@ -64,7 +64,9 @@ class GradcompReduceScatter(_Base):
             if cpu:
                 raise TypeError(f"GradcompReduceScatter got {inp.device.type} tensors, but its "
                                 "state's backend 'cpu' reduces CPU tensors: make the state with "
-                                "backend='nccl' for a model on the GPU")
+                                "backend='nccl' for a model on the GPU; for a CPU model, FSDP2 "
+                                "(whose default mesh is the accelerator's) needs fully_shard(..., "
+                                "mesh=init_device_mesh('cpu', (world_size,)))")
             raise TypeError("GradcompReduceScatter got CPU tensors: gradcomp reduces CUDA "
                             "tensors; FSDP with CPU offload keeps the reduce-scatter on the GPU; "
                             "for a CPU model on a gloo group, make the state with backend='cpu'")
