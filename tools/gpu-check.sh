@@ -241,13 +241,18 @@ fi
 
 # --- PyTorch FSDP2 under LD_PRELOAD (reduce-scatter)
 if want fsdp && [ -f tools/fsdp_check.sh ]; then
+  # 10 epochs at 4 ranks fit the step (docs/benchmark.md: 40 epochs at 2 and 4 ranks need ~8
+  # minutes); GC_FSDP_EPOCHS / GC_FSDP_WORLDS="2 4" ask for more in a session with time.
   run_step fsdp 200 "$raw/fsdp.txt" bash -c 'GC_FSDP_BUDGET_S=${GC_FSDP_BUDGET_S:-$GC_STEP_BUDGET_S} \
+    GC_FSDP_EPOCHS=${GC_FSDP_EPOCHS:-10} GC_FSDP_WORLDS="${GC_FSDP_WORLDS:-4}" \
     exec bash tools/fsdp_check.sh "$0" "$1"' "$raw" "$build"
 fi
 # --- gradcomp.torch: the DDP hook's GPU checks on the MLP, then the GPT head-to-head
 # against PowerSGD and fp16 (tools/lm_compare.py says what it runs)
+# 30 epochs: ~350 s of the 420 by the H100's DDP timings (40 need ~400 s).
 want torch_hooks && run_step torch_hooks 420 "$raw/torch_hooks.txt" bash -c \
-  'GC_HOOK_BUDGET_S=${GC_HOOK_BUDGET_S:-$GC_STEP_BUDGET_S} exec "${PYTHON:-python3}" \
+  'GC_HOOK_BUDGET_S=${GC_HOOK_BUDGET_S:-$GC_STEP_BUDGET_S} GC_HOOK_EPOCHS=${GC_HOOK_EPOCHS:-30} \
+    exec "${PYTHON:-python3}" \
     tools/torch_hooks_check.py "$0" "$1"' "$raw" "$build"
 want lm_compare && run_step lm_compare 330 "$raw/lm_compare.txt" bash -c \
   'GC_LM_BUDGET_S=${GC_LM_BUDGET_S:-$GC_STEP_BUDGET_S} exec "${PYTHON:-python3}" \
