@@ -19,6 +19,21 @@ if [ ! -x "$bin" ]; then
   exit 1
 fi
 ngpu=$(nvidia-smi -L 2>/dev/null | wc -l)
+# GC_MULTIRANK_BUDGET_S (default gpu-check's GC_STEP_BUDGET_S; unset or 0: none)
+# bounds the script: each run's ranks get what is left of it (the suites less
+# what the abort runs need), so a run that is slow or hangs is counted failed
+# and the JSON is still written before the step's own limit kills the script.
+budget=${GC_MULTIRANK_BUDGET_S:-${GC_STEP_BUDGET_S:-0}}
+t_end=$(($(date +%s) + budget))
+abort_reserve=40
+# run_limit CAP [RESERVE]: seconds for the next run, CAP or less when the budget runs out.
+run_limit() {
+  local cap=$1 left
+  [ "$budget" -gt 0 ] || { echo "$cap"; return; }
+  left=$((t_end - $(date +%s) - ${2:-0}))
+  [ "$left" -lt 5 ] && left=5
+  [ "$left" -lt "$cap" ] && echo "$left" || echo "$cap"
+}
 # rank_env R N L: env_extra for rank R of N (L: GRADCOMP_LOCAL_SIZE, 0 = flat):
 # with fewer GPUs than ranks, each rank its own NCCL host over loopback sockets.
 rank_env() {
@@ -36,16 +51,18 @@ for run in 2:0 4:0 4:2; do
   tag=n$n; [ "$local_size" != 0 ] && tag=hier_n$n
   idfile=$(mktemp -u /tmp/gc_ncclid.XXXXXX)
   port=$((29500 + RANDOM % 1000))
+  limit=$(run_limit 600 $abort_reserve)
   pids=()
   for r in $(seq 0 $((n - 1))); do
     rank_env "$r" "$n" "$local_size"
     # Each check sets autoTune itself; GRADCOMP_AUTO=0 keeps any config read
     # from the environment compressing.
     env "${env_extra[@]}" GRADCOMP_AUTO=0 GC_RANK=$r GC_NRANKS=$n GC_ID_FILE=$idfile \
-      timeout 600 "$bin" > "$out/multirank_${tag}_r${r}.log" 2>&1 &
+      timeout "$limit" "$bin" > "$out/multirank_${tag}_r${r}.log" 2>&1 &
     pids+=($!)
   done
-  for p in "${pids[@]}"; do wait "$p"; done
+  rcs=()
+  for p in "${pids[@]}"; do wait "$p"; rcs+=($?); done
   rm -f "$idfile"
   for r in $(seq 0 $((n - 1))); do
     log=$out/multirank_${tag}_r${r}.log
@@ -62,6 +79,7 @@ for run in 2:0 4:0 4:2; do
       f=$(echo "$line" | sed -E 's/.*: ([0-9]+) passed, ([0-9]+) failed/\2/')
     else
       p=0; f=1; line="rank $r of $n: crashed or timed out ($(tail -2 "$log" | tr '\n' ' '))"
+      [ "${rcs[$r]}" = 124 ] && line="rank $r of $n: timed out after ${limit}s ($(tail -2 "$log" | tr '\n' ' '))"
     fi
     total_pass=$((total_pass + p)); total_fail=$((total_fail + f))
     if [ "$local_size" != 0 ]; then hier_pass=$((hier_pass + p)); hier_fail=$((hier_fail + f)); fi
@@ -77,11 +95,12 @@ abort_pass=0; abort_fail=0
 for run in 2:0 4:2; do
   n=${run%%:*}; local_size=${run##*:}
   idfile=$(mktemp -u /tmp/gc_ncclid.XXXXXX)
+  limit=$(run_limit 90)
   pids=()
   for r in $(seq 0 $((n - 1))); do
     rank_env "$r" "$n" "$local_size"
     env "${env_extra[@]}" GC_ABORT_TEST=1 GRADCOMP_AUTO=0 GC_RANK=$r GC_NRANKS=$n \
-      GC_ID_FILE=$idfile timeout 90 "$bin" > "$out/multirank_abort_n${n}_r${r}.log" 2>&1 &
+      GC_ID_FILE=$idfile timeout "$limit" "$bin" > "$out/multirank_abort_n${n}_r${r}.log" 2>&1 &
     pids+=($!)
   done
   for p in "${pids[@]}"; do wait "$p"; done

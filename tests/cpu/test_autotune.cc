@@ -282,21 +282,28 @@ namespace {
 // (whole blocks of the input: `small` and `large`) although minElements would
 // pass them, agrees, and leaves the caller's residuals, momentum, RNG step,
 // stats, workspace and config as they were: calls around a timing equal, bit
-// for bit, those of a comm that never timed (`calls` counts them).
+// for bit, those of a comm that never timed (`calls` counts them). localSize
+// L > 1: hierarchical comms (nodes of L ranks), whose timed calls also run
+// the inter-node child comm.
 using CallFn = std::function<std::vector<std::vector<float>>(gctest::CpuWorld&, size_t, uint64_t)>;
 void checkTimingLeavesTheCommAsItWas(int N, size_t count, const CallFn& call,
                                      gc::AutoDecision gc::AutoState::*which, size_t small,
-                                     size_t large, uint64_t gradcompStats_t::*calls) {
+                                     size_t large, uint64_t gradcompStats_t::*calls,
+                                     int localSize = 0) {
   for (gradcompMethod_t method : {gradcompMethodQsgd, gradcompMethodDgc}) {
-    SCOPED_TRACE(testing::Message() << "method " << (int)method);
+    SCOPED_TRACE(testing::Message() << "method " << (int)method << " localSize " << localSize);
     gradcompConfig_t cfg = autoConfig(1);
+    cfg.localSize = localSize;
     cfg.method = method;
     cfg.density = 0.05f;
     cfg.warmupSteps = method == gradcompMethodDgc ? 3 : 0;
     gradcompConfig_t off = cfg;
     off.autoTune = 0;
     gctest::CpuWorld w(N, cfg), twin(N, off);
-    for (int r = 0; r < N; ++r) gc::autoInjectFigures(w.comm(r), kCompressWins);
+    for (int r = 0; r < N; ++r) {
+      ASSERT_EQ(w.comm(r)->topo.hier(), localSize > 1);
+      gc::autoInjectFigures(w.comm(r), kCompressWins);
+    }
     std::vector<std::vector<std::vector<float>>> got, want;
     for (int step = 0; step < 2; ++step) {
       got.push_back(call(w, count, 10 + step));
@@ -356,6 +363,14 @@ TEST(AutoTune, TimingLeavesTheCommAsItWas) {
   checkTimingLeavesTheCommAsItWas(
       2, 6000, [](gctest::CpuWorld& w, size_t n, uint64_t seed) { return callAll(w, n, seed); },
       &gc::AutoState::allReduce, 2048, 8192, &gradcompStats_t::callsCompressed);
+}
+
+// The same on hierarchical comms (2 nodes of 2 ranks), which tests/multirank's
+// GRADCOMP_LOCAL_SIZE=2 world times on the GPU.
+TEST(AutoTune, TimingLeavesAHierarchicalCommAsItWas) {
+  checkTimingLeavesTheCommAsItWas(
+      4, 6000, [](gctest::CpuWorld& w, size_t n, uint64_t seed) { return callAll(w, n, seed); },
+      &gc::AutoState::allReduce, 2048, 8192, &gradcompStats_t::callsCompressed, 2);
 }
 
 // The CPU backend, reporting a CUDA-graph capture in progress when told to.
@@ -730,6 +745,14 @@ TEST(AutoTune, ReduceScatterTimingLeavesTheCommAsItWas) {
   checkTimingLeavesTheCommAsItWas(
       3, 2000, [](gctest::CpuWorld& w, size_t rc, uint64_t seed) { return rsAll(w, rc, seed); },
       &gc::AutoState::reduceScatter, 2046, 8190, &gradcompStats_t::callsReduceScatter);
+}
+
+// And on hierarchical comms (2 nodes of 2 ranks), as tests/multirank's
+// checkAutoRs times them in its GRADCOMP_LOCAL_SIZE=2 world.
+TEST(AutoTune, ReduceScatterTimingLeavesAHierarchicalCommAsItWas) {
+  checkTimingLeavesTheCommAsItWas(
+      4, 2000, [](gctest::CpuWorld& w, size_t rc, uint64_t seed) { return rsAll(w, rc, seed); },
+      &gc::AutoState::reduceScatter, 2048, 8192, &gradcompStats_t::callsReduceScatter, 2);
 }
 
 // As for the allreduce: the timing runs under the caller's call record, so

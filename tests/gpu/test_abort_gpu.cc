@@ -5,6 +5,7 @@
 // with a warning, and abort still returns. The multi-process case (a peer
 // that dies mid-call) is tests/multirank's GC_ABORT_TEST.
 #include <gtest/gtest.h>
+#include <stdlib.h>
 
 #include <atomic>
 #include <chrono>
@@ -13,12 +14,19 @@
 
 #include "gradcomp.h"
 #include "plugin/comm.h"
+#include "plugin/debug.h"
 #include "tests/gpu/gpu_util.h"
 #include "tests/gpu/mirror_transport.h"
 
 namespace {
 
 using gctest::DeviceBuffer;
+
+// Abort reports memory it leaves allocated only as a WARN line, and an unset
+// GRADCOMP_DEBUG logs nothing: turn WARN on before main, ahead of the first
+// log call, which fixes the level for the process (a value the caller set
+// stays).
+const bool kWarnLogged = setenv("GRADCOMP_DEBUG", "WARN", 0) == 0;
 
 class AbortGpu : public gctest::GpuTest {};
 
@@ -51,6 +59,9 @@ TEST_F(AbortGpu, FreesACommWhoseWorkFinished) {
 }
 
 TEST_F(AbortGpu, LeavesTheMemoryOfWorkThatDoesNotDrain) {
+  const char* level = getenv("GRADCOMP_DEBUG");
+  ASSERT_TRUE(kWarnLogged && gc::logLevel() >= gc::LogLevel::Warn)
+      << "GRADCOMP_DEBUG=" << (level ? level : "") << " hides the warning this test reads";
   gradcompComm* c = gctest::mirrorComm(qsgdConfig(), true, 2, kCount, stream, false);
   DeviceBuffer<float> buf(kCount);
   ASSERT_EQ(gradcompAllReduce(buf.get(), buf.get(), kCount, ncclFloat32, ncclSum, c, stream),

@@ -152,8 +152,14 @@ void checkAlgo(ncclComm_t nc, cudaStream_t st, gradcompAlgo_t algo, DType t, boo
     if (localSize > 1) {
       gradcompStats_t stats;
       gradcompGetStats(gc, &stats);
+      // Only a rank whose bucket-aligned shard is not empty crosses nodes
+      // (n = 1: local rank 1's shard is).
+      const std::vector<size_t> shard = split(n, localSize, cfg.bucketSize);
+      const int j = rank % localSize;
+      const bool crosses = shard[j + 1] > shard[j];
       report(stats.callsPerAlgo[gradcompAlgoHier] == (uint64_t)step + 1 &&
-                 stats.bytesInterNode > 0 && stats.bytesInterNode < stats.bytesOnWire,
+                 (crosses ? stats.bytesInterNode > 0 : stats.bytesInterNode == 0) &&
+                 stats.bytesInterNode < stats.bytesOnWire,
              std::string(what) + ": hier counted, inter-node bytes below the total");
       // Pipelined: the in-node stages run piece by piece around two-shot's pieces.
       if (pipelineBytes > 0) report(stats.piecesLast > 1, std::string(what) + ": hier pipelined");
