@@ -87,7 +87,8 @@ void printPreamble(const Options& o, const RunInfo& info) {
     if (info.backend == "cpu")
       printf(
           "#  CPU reference backend: times are of the host codecs and threads, not of a GPU "
-          "or a network\n");
+          "or a network;\n#  so the measured speedup column shows '-' (the JSON keeps the "
+          "ratio of the two times)\n");
     else
       printf(
           "#  ranks share one GPU over NCCL's socket transport: measured times are NOT "
@@ -209,7 +210,12 @@ void printRow(const Options& o, const RunInfo& info, const Row& r) {
     snprintf(ratio, sizeof ratio, "%.2f", r.ratio());
   else
     snprintf(ratio, sizeof ratio, "-");
-  snprintf(speed, sizeof speed, "%.2f", r.speedup());
+  // In-process CPU threads against a host sum say nothing of a speed: no ratio
+  // that reads as one (the JSON keeps it).
+  if (info.backend == "cpu")
+    snprintf(speed, sizeof speed, "-");
+  else
+    snprintf(speed, sizeof speed, "%.2f", r.speedup());
   std::string model;
   for (const ModelPoint& m : r.model) {
     char b[16];
@@ -260,6 +266,7 @@ void printFooter(const RunInfo& info, const std::vector<Row>& rows) {
   printf("# Avg bus bandwidth    : %g (gradcomp)  %g (%s)\n", n ? bus / n : 0.0,
          n ? ncclBus / n : 0.0,
          info.backend == "socket" ? "uncompressed over TCP"
+         : info.backend == "cpu"  ? "exact host sum"
          : rs                     ? "ncclReduceScatter"
                                   : "ncclAllReduce");
   const double regret = worstAutoRegret(rows);
