@@ -400,19 +400,23 @@ __global__ void commitKernel(const uint32_t* __restrict__ idx, size_t slots, DTy
   }
 }
 
-// A received list breaks the wire rule when any slot fails against its
-// successor. Every failing thread stores the same 1: the flag does not
-// depend on which one stores last.
-__global__ void checkSlotsKernel(const uint32_t* __restrict__ idx, size_t slots, size_t n,
-                                 uint32_t* __restrict__ rejected) {
-  for (size_t j = (size_t)blockIdx.x * blockDim.x + threadIdx.x; j < slots;
-       j += (size_t)gridDim.x * blockDim.x) {
-    if (!sparse::slotPairOk(idx[j], sparse::slotSuccessor(idx, slots, j), n)) *rejected = 1;
+// Received list i (blockIdx.y, strided) at base + i * stride breaks the wire
+// rule when any slot fails against its successor. Every failing thread
+// stores the same 1: the flag does not depend on which one stores last.
+__global__ void checkListsKernel(const char* __restrict__ base, size_t stride, int lists, int skip,
+                                 size_t slots, size_t n, uint32_t* __restrict__ rejected) {
+  for (int i = blockIdx.y; i < lists; i += gridDim.y) {
+    if (i == skip) continue;
+    const uint32_t* idx = reinterpret_cast<const uint32_t*>(base + (size_t)i * stride);
+    for (size_t j = (size_t)blockIdx.x * blockDim.x + threadIdx.x; j < slots;
+         j += (size_t)gridDim.x * blockDim.x) {
+      if (!sparse::slotPairOk(idx[j], sparse::slotSuccessor(idx, slots, j), n)) rejected[i] = 1;
+    }
   }
 }
 
 // Indices within one list are distinct and below n (checked by
-// checkSlotsKernel for a received list; rand-k draws a permutation of
+// checkListsKernel for a received list; rand-k draws a permutation of
 // [0, n)), so no two threads touch the same element and none writes out of
 // bounds; ranks are added by successive launches, in order. A list flagged
 // as rejected is skipped whole and counted once.
@@ -534,16 +538,33 @@ cudaError_t sparseCommit(const uint32_t* idx, size_t slots, DType vt, void* val,
   return cudaGetLastError();
 }
 
+cudaError_t sparseCheckLists(const void* base, size_t stride, int lists, int skip, size_t slots,
+                             size_t n, uint32_t* rejected, cudaStream_t s) {
+  if (lists <= 0) return cudaSuccess;
+  cudaError_t err = cudaMemsetAsync(rejected, 0, (size_t)lists * sizeof(uint32_t), s);
+  if (err != cudaSuccess || slots == 0) return err;
+  const dim3 grid(blocksFor(slots), lists < 65535 ? lists : 65535);
+  checkListsKernel<<<grid, kThreads, 0, s>>>(static_cast<const char*>(base), stride, lists, skip,
+                                             slots, n, rejected);
+  return cudaGetLastError();
+}
+
+cudaError_t sparseScatterAddChecked(const uint32_t* idx, const void* val, DType vt, size_t slots,
+                                    float* out, const uint32_t* rejected, uint64_t* rejectedCount,
+                                    cudaStream_t s) {
+  if (slots == 0) return cudaSuccess;
+  scatterAddKernel<<<blocksFor(slots), kThreads, 0, s>>>(idx, val, vt, slots, rejected,
+                                                         rejectedCount, out);
+  return cudaGetLastError();
+}
+
 cudaError_t sparseScatterAdd(const uint32_t* idx, const void* val, DType vt, size_t slots, size_t n,
                              float* out, uint32_t* rejected, uint64_t* rejectedCount,
                              cudaStream_t s) {
   if (slots == 0) return cudaSuccess;
-  cudaError_t err = cudaMemsetAsync(rejected, 0, sizeof(uint32_t), s);
+  cudaError_t err = sparseCheckLists(idx, 0, 1, -1, slots, n, rejected, s);
   if (err != cudaSuccess) return err;
-  checkSlotsKernel<<<blocksFor(slots), kThreads, 0, s>>>(idx, slots, n, rejected);
-  scatterAddKernel<<<blocksFor(slots), kThreads, 0, s>>>(idx, val, vt, slots, rejected,
-                                                         rejectedCount, out);
-  return cudaGetLastError();
+  return sparseScatterAddChecked(idx, val, vt, slots, out, rejected, rejectedCount, s);
 }
 
 cudaError_t sparseScatterAddDrawn(const uint32_t* idx, const float* val, size_t k, float* out,

@@ -138,6 +138,7 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
     if (keep) GC_CHECK(ops.settle(v, keep, nullptr, n, false));
     GC_CHECK(allGatherDirect(*c.transport, gather, L.slotBytes));
     GC_CHECK(be.zero(out, n * 4));
+    GC_CHECK(ops.checkReceived(gather, L.slotBytes, N, -1, L.plan.kmax, n));
     for (int r = 0; r < N; ++r) {
       const char* s = gather + (size_t)r * L.slotBytes;
       GC_CHECK(ops.scatterAddReceived(reinterpret_cast<const uint32_t*>(s), s + L.valOff, L.vt,

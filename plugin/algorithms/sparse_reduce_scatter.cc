@@ -164,6 +164,9 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
   float* out = direct ? static_cast<float*>(a.recv) : reinterpret_cast<float*>(ws + L.out);
   if (L.payload == Payload::Randk) GC_CHECK(ops.randkIndices(m, L.plan.k, randkKey(r), ridx));
   GC_CHECK(be.zero(out, m * 4));
+  if (L.payload == Payload::Sparse) {
+    GC_CHECK(ops.checkReceived(recvSlots, L.slotBytes, n, r, L.plan.kmax, m));
+  }
   for (int i = 0; i < n; ++i) {
     char* slot = recvSlots + i * L.slotBytes;
     if (i == r) {

@@ -46,6 +46,17 @@ class SparseOps {
   // with the same list, and counts it in peerSlotsRejected().
   virtual gradcompResult_t scatterAddReceived(const uint32_t* idx, const void* val, DType vt,
                                               size_t slots, size_t n, float* out, int peer) = 0;
+  // Before the scatter-adds of a call's received lists (list i at base +
+  // i * stride bytes, `lists` of them, `skip` not received: -1 for none):
+  // the CUDA backend checks them all in one launch, and scatterAddReceived of
+  // list `peer` at base + peer * stride in the same call uses that check
+  // (other lists are checked one by one). The CPU backend checks each list
+  // at its scatter-add, so this does nothing there.
+  virtual gradcompResult_t checkReceived(const void* base, size_t stride, int lists, int skip,
+                                         size_t slots, size_t n) {
+    (void)base, (void)stride, (void)lists, (void)skip, (void)slots, (void)n;
+    return gradcompSuccess;
+  }
   // out[idx[j]] += val[j], j < k, over indices drawn on this rank
   // (randkIndices: distinct and below n, but not increasing), so the wire
   // rule is not applied.

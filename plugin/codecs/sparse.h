@@ -78,6 +78,17 @@ cudaError_t sparseCommit(const uint32_t* idx, size_t slots, DType vt, void* val,
 cudaError_t sparseScatterAdd(const uint32_t* idx, const void* val, DType vt, size_t slots, size_t n,
                              float* out, uint32_t* rejected, uint64_t* rejectedCount,
                              cudaStream_t s);
+// The same check for all of a call's received lists at once (list i at
+// base + i * stride bytes; list `skip` is not checked, -1: none): rejected[i]
+// cleared, then set when list i breaks the rule. One memset and one launch
+// for the N lists instead of a pair per list.
+cudaError_t sparseCheckLists(const void* base, size_t stride, int lists, int skip, size_t slots,
+                             size_t n, uint32_t* rejected, cudaStream_t s);
+// The scatter-add of a list that sparseCheckLists checked: skipped whole
+// (and counted in *rejectedCount) when *rejected is set.
+cudaError_t sparseScatterAddChecked(const uint32_t* idx, const void* val, DType vt, size_t slots,
+                                    float* out, const uint32_t* rejected, uint64_t* rejectedCount,
+                                    cudaStream_t s);
 // host::sparseScatterAddDrawn: rand-k's own distinct indices, not checked.
 cudaError_t sparseScatterAddDrawn(const uint32_t* idx, const float* val, size_t k, float* out,
                                   cudaStream_t s);

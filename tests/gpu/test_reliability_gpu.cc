@@ -96,8 +96,14 @@ TEST_F(ReliabilityGpu, MalformedSlotListsAreDroppedWhole) {
   }
   std::unique_ptr<gc::SparseOps> ops = gc::makeCudaSparseOps();
   ops->setStream(stream);
-  auto run = [&]() -> gradcompResult_t {
+  // batched: the call's lists checked in one launch first (checkReceived, as
+  // the sparse algorithms do), then each list's scatter-add uses that check.
+  auto run = [&](bool batched) -> gradcompResult_t {
     if (cudaMemsetAsync(dout.get(), 0, n * 4, stream) != cudaSuccess) return gradcompCudaError;
+    if (batched) {
+      gradcompResult_t res = ops->checkReceived(didx.get(), slots * 4, (int)ranks, -1, slots, n);
+      if (res != gradcompSuccess) return res;
+    }
     for (size_t r = 0; r < ranks; ++r) {
       gradcompResult_t res = ops->scatterAddReceived(didx.get(r * slots), dval.get(r * slots),
                                                      DType::F32, slots, n, dout.get(), (int)r);
@@ -106,8 +112,8 @@ TEST_F(ReliabilityGpu, MalformedSlotListsAreDroppedWhole) {
     return ops->publishSelected();
   };
   std::vector<float> first;
-  for (int rep = 0; rep < 2; ++rep) {
-    ASSERT_EQ(run(), gradcompSuccess) << gradcompGetLastError();
+  for (int rep = 0; rep < 4; ++rep) {  // list by list twice, then batched twice
+    ASSERT_EQ(run(rep >= 2), gradcompSuccess) << gradcompGetLastError();
     ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
     const std::vector<float> out = dout.download(n + 64);
     ASSERT_EQ(memcmp(out.data(), want.data(), n * 4), 0) << "run " << rep;
@@ -121,7 +127,7 @@ TEST_F(ReliabilityGpu, MalformedSlotListsAreDroppedWhole) {
   cudaGraph_t graph = nullptr;
   cudaGraphExec_t exec = nullptr;
   ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
-  const gradcompResult_t captured = run();
+  const gradcompResult_t captured = run(true);
   ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
   ASSERT_EQ(captured, gradcompSuccess) << gradcompGetLastError();
   ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
@@ -129,7 +135,7 @@ TEST_F(ReliabilityGpu, MalformedSlotListsAreDroppedWhole) {
     ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
     ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
     ASSERT_EQ(memcmp(dout.download(n).data(), want.data(), n * 4), 0) << "replay " << rep;
-    EXPECT_EQ(ops->peerSlotsRejected(), rejectedPerRun * (rep + 3)) << "replay " << rep;
+    EXPECT_EQ(ops->peerSlotsRejected(), rejectedPerRun * (rep + 5)) << "replay " << rep;
   }
   cudaGraphExecDestroy(exec);
   cudaGraphDestroy(graph);

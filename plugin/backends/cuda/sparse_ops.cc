@@ -49,10 +49,27 @@ class CudaSparseOps final : public SparseOps {
     return gradcompSuccess;
   }
   gradcompResult_t scatterAddReceived(const uint32_t* idx, const void* val, DType vt, size_t slots,
-                                      size_t n, float* out, int) override {
+                                      size_t n, float* out, int peer) override {
     GC_CHECK(ensureCounters());
+    if (batch_.base && peer >= 0 && peer < batch_.lists && peer != batch_.skip &&
+        reinterpret_cast<const char*>(idx) == batch_.base + (size_t)peer * batch_.stride &&
+        slots == batch_.slots && n == batch_.n) {
+      GC_CUDACHECK(cuda::sparseScatterAddChecked(idx, val, vt, slots, out, &dev_->listFlags[peer],
+                                                 &dev_->counts.rejected, stream_));
+      return gradcompSuccess;
+    }
     GC_CUDACHECK(cuda::sparseScatterAdd(idx, val, vt, slots, n, out, &dev_->rejectFlag,
                                         &dev_->counts.rejected, stream_));
+    return gradcompSuccess;
+  }
+  gradcompResult_t checkReceived(const void* base, size_t stride, int lists, int skip, size_t slots,
+                                 size_t n) override {
+    GC_CHECK(ensureCounters());
+    batch_ = Batch{};
+    if (base == nullptr || lists <= 0 || lists > kMaxBatch) return gradcompSuccess;
+    GC_CUDACHECK(
+        cuda::sparseCheckLists(base, stride, lists, skip, slots, n, dev_->listFlags, stream_));
+    batch_ = Batch{static_cast<const char*>(base), stride, lists, skip, slots, n};
     return gradcompSuccess;
   }
   gradcompResult_t scatterAddDrawn(const uint32_t* idx, const float* val, size_t k,
@@ -81,11 +98,13 @@ class CudaSparseOps final : public SparseOps {
   gradcompResult_t resetSelected() override {
     GC_CHECK(ensureCounters());
     randk_ = 0;
+    batch_ = Batch{};
     GC_CUDACHECK(cudaMemsetAsync(&dev_->counts.selected, 0, sizeof(uint64_t), stream_));
     return gradcompSuccess;
   }
   gradcompResult_t publishSelected() override {
     GC_CHECK(ensureCounters());
+    batch_ = Batch{};  // a call's check serves that call only
     GC_CUDACHECK(
         cudaMemcpyAsync(host_, &dev_->counts, sizeof(Published), cudaMemcpyDeviceToHost, stream_));
     return gradcompSuccess;
@@ -103,9 +122,20 @@ class CudaSparseOps final : public SparseOps {
     uint64_t rejected;  // received slot lists dropped, since the comm was made
   };
   // On the device, followed by the flag of the list being scatter-added.
+  // checkReceived's flags serve up to kMaxBatch lists (ranks) a call; larger
+  // worlds check list by list.
+  static constexpr int kMaxBatch = 1024;
   struct Counters {
     Published counts;
     uint32_t rejectFlag;
+    uint32_t listFlags[kMaxBatch];
+  };
+  // The lists checkReceived checked in the current call.
+  struct Batch {
+    const char* base = nullptr;
+    size_t stride = 0;
+    int lists = 0, skip = -1;
+    size_t slots = 0, n = 0;
   };
   static uint64_t* count(void* scratch) { return static_cast<uint64_t*>(scratch); }
   static void* kernelScratch(void* scratch) { return static_cast<char*>(scratch) + kCountBytes; }
@@ -135,6 +165,7 @@ class CudaSparseOps final : public SparseOps {
   Published* host_ = nullptr;  // pinned: the last published counts
   Counters* dev_ = nullptr;
   uint64_t randk_ = 0;  // rand-k fills k slots, known on the host
+  Batch batch_;
 };
 
 }  // namespace
