@@ -92,10 +92,11 @@ gradcompResult_t sparseSelect(const gradcompComm& c, float* v, size_t count,
 void notePeerSlotsRejected(gradcompComm& c) {
   const uint64_t rejected = c.sparse->peerSlotsRejected();
   if (rejected != 0 && c.stats.peerSlotsRejected == 0) {
-    GC_WARN("rank %d dropped %llu received sparse slot list(s) as malformed (indices not strictly "
-            "increasing, or past the buffer); every rank drops the same ones, the sum lacks those "
-            "ranks' contributions (stats.peerSlotsRejected)",
-            c.rank, (unsigned long long)rejected);
+    GC_WARN(
+        "rank %d dropped %llu received sparse slot list(s) as malformed (indices not strictly "
+        "increasing, or past the buffer); every rank drops the same ones, the sum lacks those "
+        "ranks' contributions (stats.peerSlotsRejected)",
+        c.rank, (unsigned long long)rejected);
   }
   c.stats.peerSlotsRejected = rejected;
 }
