@@ -111,7 +111,8 @@ inline std::vector<uint32_t> refTopkThreshold(const std::vector<float>& v,
   size_t qualify = 0;
   std::vector<uint32_t> bad;
   for (size_t i = 0; i < v.size(); ++i) {
-    qualify += thr > 0 && gc::sparse::absKey(v[i]) >= thr;
+    const uint32_t key = gc::sparse::absKey(v[i]);
+    qualify += key != 0 && key >= thr;  // nonzero at or above the threshold
     if (!std::isfinite(v[i])) bad.push_back((uint32_t)i);
   }
   if (qualify > p.kmax && !bad.empty()) {

@@ -201,6 +201,26 @@ TEST(SparseSelect, ThresholdOverflowSendsTheNonFiniteEntriesAlone) {
   std::vector<float> flat(n, 0.5f);
   EXPECT_EQ(run(flat, &idx), p.kmax);
   EXPECT_EQ(idx.back(), (uint32_t)(p.kmax - 1));
+  // The sample sees only zeros (threshold key 0: every nonzero entry
+  // qualifies), more than kmax nonzero entries lie off the sample, and a NaN
+  // after them: the NaN alone.
+  std::vector<float> sparseV(n, 0.0f);
+  {
+    const size_t off = gc::sparse::sampleOffset(99, p.offsetRange);
+    std::vector<bool> sampled(n, false);
+    for (size_t j = 0; j < p.sample; ++j) sampled[off + j * p.stride] = true;
+    size_t placed = 0, last = 0;
+    for (size_t i = 0; i < n && placed < p.kmax + 10; ++i) {
+      if (!sampled[i]) sparseV[i] = 1.0f, ++placed, last = i;
+    }
+    ASSERT_EQ(placed, p.kmax + 10);
+    size_t at = last + 1;
+    while (at < n && sampled[at]) ++at;
+    ASSERT_LT(at, n);
+    sparseV[at] = std::numeric_limits<float>::quiet_NaN();
+    EXPECT_EQ(run(sparseV, &idx), 1u);
+    EXPECT_EQ(idx[0], (uint32_t)at);
+  }
   // A non-finite entry without overflow is selected by the usual rule.
   auto one = gctest::normal(n, 3);
   one[n - 1] = std::numeric_limits<float>::quiet_NaN();
