@@ -229,9 +229,9 @@ typedef struct {
   /* QSGD allreduce: pieces the last call was cut into (GRADCOMP_PIPELINE_BYTES; two-shot, flat
      or as the hierarchy's middle stage); 1 = not pipelined */
   uint64_t piecesLast;
-  /* sparse, CUDA backend: received slot lists dropped whole as malformed (not strictly increasing
-     indices below the count, then empty slots), since the comm was made; every rank drops the same
-     lists. The CPU backend fails the call instead (0 there). */
+  /* sparse: received slot lists dropped whole as malformed (not strictly increasing indices below
+     the count, then empty slots), since the comm was made; every rank that receives such a list
+     drops it and the call succeeds without it. On the CUDA backend it may lag a call. */
   uint64_t peerSlotsRejected;
 } gradcompStats_t;
 

@@ -10,8 +10,8 @@
 //      every rank scatter-adds the N ranks' slots into a zeroed fp32 output
 //      in rank order, so the result is deterministic and identical
 //      everywhere; Avg divides once. A rank's list that is not well-formed
-//      (sparse::slotPairOk) is refused on the CPU backend and dropped whole
-//      on CUDA, alike on every rank.
+//      (sparse::slotPairOk) is dropped whole, alike on every rank, and
+//      counted (stats.peerSlotsRejected).
 //   Dense fallback when N*kmax*(4 + value bytes) >= 4*count: all of v goes
 //   through an fp32 allreduce (density 1, error feedback still exact).
 // Rand-k: k indices from a key shared by all ranks, an fp32 allreduce of the

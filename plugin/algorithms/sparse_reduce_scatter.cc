@@ -19,8 +19,8 @@
 //      the peers' slots, and its own block of v in full precision (v there
 //      is then spent; u is kept: with nothing delayed, momentum correction is
 //      plain momentum). Converted once to the output type, Avg divides once.
-//      A peer's list that is not well-formed (sparse::slotPairOk) is refused
-//      on the CPU backend and dropped whole on CUDA.
+//      A peer's list that is not well-formed (sparse::slotPairOk) is dropped
+//      whole and counted (stats.peerSlotsRejected).
 // A non-finite v reaches its block's owner (selected first, flagged or in
 // the owner's own block) and the element's v and u end as they were before
 // the call (accumulate saves the old v in `keep`, settle puts it back).

@@ -40,10 +40,9 @@ class SparseOps {
                                   float* u) = 0;
   // out[idx[j]] += val[j] over a slot list received from rank `peer` (out has
   // n elements). The list must be well-formed (sparse::slotPairOk: strictly
-  // increasing indices below n, then kEmptySlot), or it is dropped whole:
-  // the CPU backend fails with InvalidArgument naming the peer and the slot;
-  // the CUDA backend skips it on the device (no sync), as every rank does
-  // with the same list, and counts it in peerSlotsRejected().
+  // increasing indices below n, then kEmptySlot), or it is dropped whole, as
+  // every rank does with the same list, and counted in peerSlotsRejected();
+  // the call goes on (the CUDA backend checks on the device, no sync).
   virtual gradcompResult_t scatterAddReceived(const uint32_t* idx, const void* val, DType vt,
                                               size_t slots, size_t n, float* out, int peer) = 0;
   // Before the scatter-adds of a call's received lists (list i at base +
@@ -80,9 +79,9 @@ class SparseOps {
   virtual gradcompResult_t resetSelected() = 0;
   virtual gradcompResult_t publishSelected() = 0;
   virtual uint64_t lastSelected() const = 0;
-  // Received slot lists dropped as malformed since the comm was made (CUDA;
-  // the CPU backend fails the call instead, so 0 there). Counted on the
-  // device and published with the selected count, so it may lag a call.
+  // Received slot lists dropped as malformed since the comm was made. On
+  // CUDA counted on the device and published with the selected count, so it
+  // may lag a call; the CPU backend counts on the host, at once.
   virtual uint64_t peerSlotsRejected() const = 0;
 
  protected:

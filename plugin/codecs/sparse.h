@@ -36,9 +36,6 @@ sparse::SelectRule exactRule(const float* v, size_t n, size_t k);
 // the remainder, u[idx[j]] = 0 when u is not null and v[idx[j]] finite.
 // Empty slots: val 0.
 void sparseCommit(const uint32_t* idx, size_t slots, DType vt, void* val, float* v, float* u);
-// A received slot list: the first slot that breaks sparse::slotPairOk
-// against its successor, or `slots` when the list is well-formed.
-size_t firstMalformedSlot(const uint32_t* idx, size_t slots, size_t n);
 // out[idx[j]] += val[j] for the filled slots, in slot order. The slots come
 // from the wire: false (out untouched) when the list is not well-formed
 // (sparse::slotPairOk).

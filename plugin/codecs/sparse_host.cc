@@ -149,16 +149,11 @@ void sparseCommit(const uint32_t* idx, size_t slots, DType vt, void* val, float*
   }
 }
 
-size_t firstMalformedSlot(const uint32_t* idx, size_t slots, size_t n) {
-  for (size_t j = 0; j < slots; ++j) {
-    if (!sparse::slotPairOk(idx[j], sparse::slotSuccessor(idx, slots, j), n)) return j;
-  }
-  return slots;
-}
-
 bool sparseScatterAdd(const uint32_t* idx, const void* val, DType vt, size_t slots, size_t n,
                       float* out) {
-  if (firstMalformedSlot(idx, slots, n) != slots) return false;
+  for (size_t j = 0; j < slots; ++j) {
+    if (!sparse::slotPairOk(idx[j], sparse::slotSuccessor(idx, slots, j), n)) return false;
+  }
   for (size_t j = 0; j < slots && idx[j] != kEmptySlot; ++j) {
     out[idx[j]] = fadd(out[idx[j]], loadAsFloat(val, vt, j));
   }

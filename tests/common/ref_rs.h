@@ -65,10 +65,13 @@ inline std::vector<std::vector<float>> refReduceScatter(std::vector<Rank>& R, DT
 // g[i] holds N*m floats (exact values of type t); st is advanced. selected
 // (optional) receives stats.selectedLast of every rank: the slots it filled
 // for its peers (selected, k, or m for a dense block) plus its own m.
+// dropped (optional, one flag per rank): ranks whose slot lists arrive
+// malformed at every owner, which drops them whole; such a rank's v still
+// gives up what it sent, its own block is summed as always.
 inline std::vector<std::vector<float>> refSparseReduceScatter(
     const gradcompConfig_t& cfg, gc::DType t, bool avg, uint64_t step,
     const std::vector<std::vector<float>>& g, std::vector<SparseState>& st,
-    std::vector<uint64_t>* selected = nullptr) {
+    std::vector<uint64_t>* selected = nullptr, const std::vector<bool>* dropped = nullptr) {
   using namespace gc::sparse;
   const int N = (int)g.size();
   const size_t m = g[0].size() / N;
@@ -110,7 +113,10 @@ inline std::vector<std::vector<float>> refSparseReduceScatter(
             S.exact ? refTopkExact(blk, p.k)
                     : refTopkThreshold(blk, p, gc::deriveKey(cfg.seed, step, i, kSelectStream + j));
         filled[i] += idx.size();
-        for (uint32_t q : idx) refSendValue(o[q], v[q], masking ? &u[q] : nullptr, S.vt, masking);
+        float lost = 0.0f;  // what a dropped list would have added
+        const bool drop = dropped && (*dropped)[i];
+        for (uint32_t q : idx)
+          refSendValue(drop ? lost : o[q], v[q], masking ? &u[q] : nullptr, S.vt, masking);
       }
     }
   }

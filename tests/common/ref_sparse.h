@@ -242,10 +242,14 @@ inline void refRoundOutput(std::vector<float>& out, gc::DType t, bool avg, int N
 // One gradcompAllReduce of all N ranks with config cfg (method topk, dgc or
 // randk; errorFeedback, momentum..., as the comm has them) at comm step
 // `step`: g[r] is rank r's input as floats (exact values of type t). Returns
-// the output every rank holds, widened from t, and advances st.
+// the output every rank holds, widened from t, and advances st. dropped
+// (optional, one flag per rank): ranks whose slot lists arrive malformed,
+// so every rank drops them whole; such a rank's v still gives up what it
+// sent, but the output gets none of it.
 inline std::vector<float> refSparse(const gradcompConfig_t& cfg, gc::DType t, bool avg,
                                     uint64_t step, const std::vector<std::vector<float>>& g,
-                                    std::vector<SparseState>& st, SparseCall* info = nullptr) {
+                                    std::vector<SparseState>& st, SparseCall* info = nullptr,
+                                    const std::vector<bool>* dropped = nullptr) {
   using namespace gc::sparse;
   const int N = (int)g.size();
   const size_t n = g[0].size();
@@ -300,8 +304,10 @@ inline std::vector<float> refSparse(const gradcompConfig_t& cfg, gc::DType t, bo
               : refTopkThreshold(s.v, p, gc::deriveKey(cfg.seed, step, (uint64_t)r, kSelectStream));
       call.selected.push_back(idx.size());
       // The value travels in the value type; v keeps exactly the rest.
+      float lost = 0.0f;  // what a dropped list would have added
+      const bool drop = dropped && (*dropped)[r];
       for (uint32_t i : idx)
-        refSendValue(out[i], s.v[i], masking ? &s.u[i] : nullptr, S.vt, masking);
+        refSendValue(drop ? lost : out[i], s.v[i], masking ? &s.u[i] : nullptr, S.vt, masking);
     }
   }
   refRestoreNonFinite(nf, S, st);

@@ -13,17 +13,19 @@
 #include <string.h>
 
 #include <algorithm>
+#include <memory>
 #include <random>
 #include <string>
 #include <thread>
 #include <vector>
 
-#include "codecs/sparse.h"
+#include "backends/sparse_ops.h"
 #include "gradcomp.h"
 #include "gradcomp/elias.h"
 #include "tests/common/cpu_world.h"
 #include "tests/common/guarded.h"
 #include "tests/common/loopback.h"
+#include "tests/common/ref_slot_lists.h"
 #include "tests/common/test_util.h"
 
 namespace {
@@ -114,13 +116,17 @@ TEST(Fuzz, EliasHostDecoder) {
 // Slots as received from a peer. Half the lists are built as a selector
 // writes them (distinct sorted indices below n, then empty slots) and then
 // mutated: an index past n, a duplicate, two slots swapped, a filled slot
-// after the empty ones, or a random word. The verdict is the rule as
-// docs/sparse.md states it, checked here on the whole list: the filled
-// slots are a prefix, strictly increasing and below n. A refused list
-// leaves out untouched; an accepted one is added slot by slot.
+// after the empty ones, or a random word. They go through the CPU backend's
+// SparseOps as a received list does. The verdict is the rule as
+// docs/sparse.md states it, checked on the whole list
+// (ref::refSlotListWellFormed): the filled slots are a prefix, strictly
+// increasing and below n. Every call succeeds; a refused list leaves out
+// untouched and is counted (peerSlotsRejected), an accepted one is added
+// slot by slot.
 TEST(Fuzz, SparseSlotsFromTheWire) {
   std::mt19937_64 rng(seed(16002));
   const uint32_t empty = gc::sparse::kEmptySlot;
+  std::unique_ptr<gc::SparseOps> ops = gc::makeCpuSparseOps();
   int refused = 0, accepted = 0;
   const int iters = iterations(600);
   for (int it = 0; it < iters; ++it) {
@@ -174,21 +180,21 @@ TEST(Fuzz, SparseSlotsFromTheWire) {
     }
     size_t filled = 0;
     while (filled < slots && idx[filled] != empty) ++filled;
-    bool good = true;
-    for (size_t j = filled; j < slots; ++j) good &= idx[j] == empty;
-    for (size_t j = 0; j < filled; ++j) good &= idx[j] < n && (j == 0 || idx[j - 1] < idx[j]);
+    const bool good = gctest::ref::refSlotListWellFormed(idx.data(), slots, n);
     GuardedBuffer out(n * 4);
     memset(out.data(), 0, n * 4);
     std::vector<float> want(n, 0.0f);
     if (good) {
       for (size_t j = 0; j < filled; ++j) want[idx[j]] += val[j];
     }
-    const bool ok = gc::host::sparseScatterAdd(idx.data(), val.data(), gc::DType::F32, slots, n,
-                                               out.as<float>());
-    ASSERT_EQ(ok, good) << "case " << it;
+    ASSERT_EQ(ops->scatterAddReceived(idx.data(), val.data(), gc::DType::F32, slots, n,
+                                      out.as<float>(), 1),
+              gradcompSuccess)
+        << "case " << it << ": " << gradcompGetLastError();
     ASSERT_EQ(memcmp(out.data(), want.data(), n * 4), 0) << "case " << it;
     refused += !good;
     accepted += good && filled > 1;
+    ASSERT_EQ(ops->peerSlotsRejected(), (uint64_t)refused) << "case " << it;
   }
   // Both verdicts are reached, accepted lists of more than one index too.
   EXPECT_GT(refused, iters / 10);

@@ -3,10 +3,13 @@
 // bounds, and a comm that keeps working afterwards.
 #include <gtest/gtest.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <limits.h>
 #include <math.h>
 #include <string.h>
 
+#include <algorithm>
 #include <map>
 #include <memory>
 #include <string>
@@ -14,8 +17,12 @@
 #include <vector>
 
 #include "tests/common/cpu_world.h"
+#include "tests/common/ref_rs.h"
+#include "tests/common/ref_slot_lists.h"
+#include "tests/common/ref_sparse.h"
 #include "tests/common/guarded.h"
 #include "tests/common/test_util.h"
+#include "backends/sparse_ops.h"
 #include "comm.h"
 #include "gradcomp.h"
 #include "gradcomp/sparse.h"
@@ -464,14 +471,33 @@ class HostileSlotsTransport final : public gc::Transport {
   uint32_t n_;
 };
 
-// Every rank that adds the malformed slots fails with InvalidArgument
-// naming rank `bad` and what is wrong with its slots: in the allreduce every
-// rank (the allgather's scatter-add checks every rank's list, its own too),
-// in the reduce-scatter every rank but `bad` (which adds its own block in
-// full precision).
-TEST(Reliability, MalformedPeerSlotsFailOnEveryRankThatAddsThem) {
-  const int N = 3, bad = 1;
+// Rank `bad`'s transport breaks its slots with `defect`; the other ranks'
+// transports are wrapped untouched. n: the elements the slot indices count.
+std::vector<HostileSlotsTransport*> breakSlotsOf(CpuWorld& w, int bad, SlotDefect defect,
+                                                 size_t n) {
+  std::vector<HostileSlotsTransport*> hostile(w.size());
+  for (int r = 0; r < w.size(); ++r) {
+    gradcompComm* c = w.comm(r);
+    hostile[r] = new HostileSlotsTransport(std::move(c->transport), r == bad, defect, (uint32_t)n);
+    c->transport.reset(hostile[r]);
+  }
+  return hostile;
+}
+
+// Every rank that receives the malformed slots drops rank `bad`'s list
+// whole, as the CUDA backend does, and every rank's call succeeds: in the
+// allreduce every rank drops it (the allgather's scatter-add checks every
+// rank's list, its own too), in the reduce-scatter every rank but `bad`
+// (which adds its own block in full precision). The outputs equal, bit for
+// bit, the serial reference with `bad`'s lists left out (its residual gives
+// up what it sent all the same), over two calls (the second selects from
+// the residuals the first left), and stats.peerSlotsRejected counts the
+// lists each rank dropped.
+TEST(Reliability, MalformedPeerSlotsAreDroppedOnEveryRank) {
+  const int N = 3, bad = 1, calls = 2;
   const char* defects[] = {"duplicate", "unordered", "past the buffer", "filled after empty"};
+  std::vector<bool> dropped(N, false);
+  dropped[bad] = true;
   for (gradcompMethod_t m : {gradcompMethodTopk, gradcompMethodDgc}) {
     for (auto sel : {gradcompSelectThreshold, gradcompSelectExact}) {
       for (bool reduceScatter : {false, true}) {
@@ -482,60 +508,160 @@ TEST(Reliability, MalformedPeerSlotsFailOnEveryRankThatAddsThem) {
           gradcompConfig_t cfg = quickConfig(m);
           cfg.select = sel;
           CpuWorld w(N, cfg);
-          // The slot indices count elements of the whole buffer (allreduce)
-          // or of one block (reduce-scatter).
           const size_t n = 8192, total = reduceScatter ? N * n : n;
-          std::vector<HostileSlotsTransport*> hostile(N);
-          for (int r = 0; r < N; ++r) {
-            gradcompComm* c = w.comm(r);
-            hostile[r] = new HostileSlotsTransport(std::move(c->transport), r == bad, (SlotDefect)d,
-                                                   (uint32_t)n);
-            c->transport.reset(hostile[r]);
-          }
-          std::vector<std::vector<float>> in(N), out(N, std::vector<float>(n));
-          for (int r = 0; r < N; ++r) in[r] = gctest::normal(total, 30 + r);
-          std::vector<std::string> err(N);
-          auto res = w.run([&](int r) {
-            const gradcompResult_t rc =
-                reduceScatter ? gradcompReduceScatter(in[r].data(), out[r].data(), n, ncclFloat32,
-                                                      ncclSum, w.comm(r), nullptr)
-                              : gradcompAllReduce(in[r].data(), out[r].data(), n, ncclFloat32,
-                                                  ncclSum, w.comm(r), nullptr);
-            err[r] = gradcompGetLastError();
-            return rc;
-          });
-          if (reduceScatter) EXPECT_EQ(res[bad], gradcompSuccess) << what << ": " << err[bad];
-          for (int r = 0; r < N; ++r) {
-            if (r == bad && reduceScatter) continue;
-            // The block rank r added: in the allgather, the one sent to all.
-            const int to = r == bad ? (bad + 1) % N : r;
-            const uint32_t a = hostile[bad]->sent[to].first, b = hostile[bad]->sent[to].second;
-            ASSERT_LT(a, b) << what << ": the selection filled fewer than two slots";
-            std::string want = "rank " + std::to_string(bad) + "'s sparse slots: ";
-            switch ((SlotDefect)d) {
-              case SlotDefect::Duplicate:
-                want += "indices not strictly increasing at slot 0: " + std::to_string(a) + ", " +
-                        std::to_string(a);
-                break;
-              case SlotDefect::Unordered:
-                want += "indices not strictly increasing at slot 0: " + std::to_string(b) + ", " +
-                        std::to_string(a);
-                break;
-              case SlotDefect::PastTheBuffer:
-                want += "index " + std::to_string(n + 5) + " at slot 1 is past the buffer's " +
-                        std::to_string(n) + " elements";
-                break;
-              case SlotDefect::FilledAfterEmpty:
-                want += "slot 0 is empty but slot 1 holds index " + std::to_string(b);
-                break;
+          std::vector<HostileSlotsTransport*> hostile = breakSlotsOf(w, bad, (SlotDefect)d, n);
+          std::vector<gctest::ref::SparseState> st(N);
+          // The same buffers every call: the comm keys a buffer's state by
+          // recvbuff.
+          std::vector<std::vector<float>> in(N, std::vector<float>(total)),
+              out(N, std::vector<float>(n));
+          for (int step = 0; step < calls; ++step) {
+            for (int r = 0; r < N; ++r) {
+              const std::vector<float> g = gctest::normal(total, 30 + r + 10 * step);
+              std::copy(g.begin(), g.end(), in[r].begin());
             }
-            EXPECT_EQ(res[r], gradcompInvalidArgument) << what << " rank " << r;
-            EXPECT_NE(err[r].find(want), std::string::npos)
-                << what << " rank " << r << ": '" << err[r] << "' lacks '" << want << "'";
+            std::vector<std::vector<float>> want;
+            if (reduceScatter) {
+              want = gctest::ref::refSparseReduceScatter(cfg, gc::DType::F32, false, step, in, st,
+                                                         nullptr, &dropped);
+            } else {
+              gctest::ref::SparseCall call;
+              want.assign(N, gctest::ref::refSparse(cfg, gc::DType::F32, false, step, in, st, &call,
+                                                    &dropped));
+              ASSERT_FALSE(call.dense) << what;
+            }
+            std::vector<std::string> err(N);
+            auto res = w.run([&](int r) {
+              const gradcompResult_t rc =
+                  reduceScatter ? gradcompReduceScatter(in[r].data(), out[r].data(), n, ncclFloat32,
+                                                        ncclSum, w.comm(r), nullptr)
+                                : gradcompAllReduce(in[r].data(), out[r].data(), n, ncclFloat32,
+                                                    ncclSum, w.comm(r), nullptr);
+              err[r] = gradcompGetLastError();
+              return rc;
+            });
+            for (int r = 0; r < N; ++r) {
+              ASSERT_EQ(res[r], gradcompSuccess) << what << " rank " << r << ": " << err[r];
+            }
+            for (int r = 0; r < N; ++r) {
+              const bool received = !(reduceScatter && r == bad);
+              if (received) {
+                // The list rank r dropped was broken (in the allgather, the
+                // one block sent to all): the selection filled two slots.
+                const int to = r == bad ? (bad + 1) % N : r;
+                const uint32_t a = hostile[bad]->sent[to].first, b = hostile[bad]->sent[to].second;
+                ASSERT_LT(a, b) << what << ": the selection filled fewer than two slots";
+              }
+              ASSERT_EQ(memcmp(out[r].data(), want[r].data(), n * 4), 0)
+                  << what << " rank " << r << " call " << step;
+              if (!reduceScatter) {
+                ASSERT_EQ(memcmp(out[r].data(), out[0].data(), n * 4), 0) << what << " rank " << r;
+              }
+              gradcompStats_t stats;
+              ASSERT_EQ(gradcompGetStats(w.comm(r), &stats), gradcompSuccess);
+              EXPECT_EQ(stats.peerSlotsRejected, received ? (uint64_t)step + 1 : 0u)
+                  << what << " rank " << r << " call " << step;
+            }
           }
         }
       }
     }
+  }
+}
+
+// Three allreduces in which rank 1's list is malformed, with WARN logging
+// on and stderr captured: 0 when every rank logged the drop exactly once
+// (at the first call, with its count then: 1), 1 otherwise. The log goes
+// back to stderr for the caller to read.
+int malformedSlotsWarnings() {
+  setenv("GRADCOMP_DEBUG", "WARN", 1);
+  const int N = 3, bad = 1;
+  const size_t n = 8192;
+  testing::internal::CaptureStderr();
+  {
+    CpuWorld w(N, quickConfig(gradcompMethodTopk));
+    breakSlotsOf(w, bad, SlotDefect::Duplicate, n);
+    std::vector<std::vector<float>> in(N), out(N, std::vector<float>(n));
+    for (int r = 0; r < N; ++r) in[r] = gctest::normal(n, 50 + r);
+    for (int call = 0; call < 3; ++call) {
+      auto res = w.run([&](int r) {
+        return gradcompAllReduce(in[r].data(), out[r].data(), n, ncclFloat32, ncclSum, w.comm(r),
+                                 nullptr);
+      });
+      for (int r = 0; r < N; ++r) {
+        if (res[r] != gradcompSuccess) fprintf(stderr, "rank %d call %d failed\n", r, call);
+      }
+    }
+  }
+  const std::string log = testing::internal::GetCapturedStderr();
+  fprintf(stderr, "%s", log.c_str());
+  size_t lines = 0;
+  for (size_t at = log.find("as malformed"); at != std::string::npos;
+       at = log.find("as malformed", at + 1)) {
+    ++lines;
+  }
+  bool once = lines == (size_t)N && log.find("failed") == std::string::npos;
+  for (int r = 0; r < N; ++r) {
+    once &= log.find("rank " + std::to_string(r) +
+                     " dropped 1 received sparse slot list(s) as "
+                     "malformed") != std::string::npos;
+  }
+  return once ? 0 : 1;
+}
+
+// The WARN names the rank and the count, once per comm (not once per
+// call). The log level is read once per process, so the calls run in a
+// fresh one: a death test of the threadsafe style runs this binary again.
+TEST(Reliability, MalformedPeerSlotsWarnOncePerComm) {
+  const std::string style = GTEST_FLAG_GET(death_test_style);
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(exit(malformedSlotsWarnings()), testing::ExitedWithCode(0),
+              "rank 1 dropped 1 received sparse slot list");
+  GTEST_FLAG_SET(death_test_style, style);
+}
+
+// The CPU backend's SparseOps on the lists the GPU test
+// ReliabilityGpu.MalformedSlotListsAreDroppedWhole gives the CUDA backend
+// (tests/common/ref_slot_lists.h): every malformed list is dropped whole,
+// the output equals the serial sum of the well-formed lists bit for bit and
+// nothing past it is written, every call succeeds, and the dropped lists are
+// counted, list by list and after checkReceived alike.
+TEST(Reliability, CpuSparseOpsDropMalformedListsWhole) {
+  const gctest::ref::RefSlotLists L = gctest::ref::refMalformedSlotLists();
+  const size_t n = L.n, slots = L.slots, ranks = L.idx.size();
+  for (size_t r = 0; r < ranks; ++r) {
+    ASSERT_EQ(gctest::ref::refSlotListWellFormed(L.idx[r].data(), slots, n), L.wellFormed[r])
+        << "rank " << r;
+  }
+  uint64_t rejectedPerRun = 0;
+  const std::vector<float> want =
+      gctest::ref::refSumWellFormedLists(L.idx, L.val, n, &rejectedPerRun);
+  ASSERT_EQ(rejectedPerRun, 5u);
+  // As the allgather receives them: one block of slots after another.
+  std::vector<uint32_t> idx(ranks * slots);
+  std::vector<float> val(ranks * slots);
+  for (size_t r = 0; r < ranks; ++r) {
+    std::copy(L.idx[r].begin(), L.idx[r].end(), idx.begin() + r * slots);
+    std::copy(L.val[r].begin(), L.val[r].end(), val.begin() + r * slots);
+  }
+  std::unique_ptr<gc::SparseOps> ops = gc::makeCpuSparseOps();
+  std::vector<float> out(n + 64);      // 64 guard floats after the n
+  for (int rep = 0; rep < 4; ++rep) {  // list by list twice, then after checkReceived twice
+    std::fill(out.begin(), out.end(), 0.0f);
+    if (rep >= 2) {
+      ASSERT_EQ(ops->checkReceived(idx.data(), slots * 4, (int)ranks, -1, slots, n),
+                gradcompSuccess);
+    }
+    for (size_t r = 0; r < ranks; ++r) {
+      ASSERT_EQ(ops->scatterAddReceived(idx.data() + r * slots, val.data() + r * slots,
+                                        gc::DType::F32, slots, n, out.data(), (int)r),
+                gradcompSuccess)
+          << "run " << rep << " rank " << r << ": " << gradcompGetLastError();
+    }
+    ASSERT_EQ(ops->publishSelected(), gradcompSuccess);
+    ASSERT_EQ(memcmp(out.data(), want.data(), n * 4), 0) << "run " << rep;
+    for (size_t i = n; i < n + 64; ++i) ASSERT_EQ(out[i], 0.0f) << "guard " << i;
+    EXPECT_EQ(ops->peerSlotsRejected(), rejectedPerRun * (rep + 1)) << "run " << rep;
   }
 }
 

@@ -16,6 +16,7 @@
 #include "backends/sparse_ops.h"
 #include "codecs/sparse.h"
 #include "gradcomp/elias.h"
+#include "tests/common/ref_slot_lists.h"
 #include "tests/common/test_util.h"
 #include "tests/gpu/gpu_util.h"
 
@@ -47,46 +48,22 @@ TEST_F(ReliabilityGpu, ScatterAddDropsAListWithIndicesPastTheBuffer) {
 }
 
 // Received slot lists of 8 ranks through the CUDA backend's SparseOps, as
-// the sparse allgather adds them (rank order, one output): well-formed
-// lists, and lists with a duplicate index (next to its twin, and far from
-// it, in other blocks of threads), two slots swapped, an index past n, and a
-// filled slot after an empty one. The old kernel added duplicates with two
-// threads racing on one element. Every malformed list is dropped whole: the
-// output equals the serial sum of the well-formed lists, bit for bit, run
-// after run and in a replayed CUDA graph, and the rejected lists are counted
-// (published with the selected count).
+// the sparse allgather adds them (rank order, one output): the lists of
+// ref::refMalformedSlotLists (tests/common/ref_slot_lists.h), which the CPU
+// test Reliability.CpuSparseOpsDropMalformedListsWhole feeds to the CPU
+// backend. The old kernel added duplicates with two threads racing on one
+// element. Every malformed list is dropped whole: the output equals the
+// serial sum of the well-formed lists, bit for bit, run after run and in a
+// replayed CUDA graph, and the rejected lists are counted (published with
+// the selected count).
 TEST_F(ReliabilityGpu, MalformedSlotListsAreDroppedWhole) {
-  const size_t n = 50000, slots = 4096, ranks = 8;
-  const uint32_t empty = gc::sparse::kEmptySlot;
-  std::mt19937_64 rng(16006);
-  std::vector<std::vector<uint32_t>> idx(ranks);
-  std::vector<std::vector<float>> val(ranks);
-  for (size_t r = 0; r < ranks; ++r) {
-    // As a selector writes them: sorted distinct indices, then empty slots
-    // (rank 6 fills every slot).
-    std::vector<uint32_t> pick(n);
-    for (size_t i = 0; i < n; ++i) pick[i] = (uint32_t)i;
-    std::shuffle(pick.begin(), pick.end(), rng);
-    const size_t filled = r == 6 ? slots : slots - 1 - rng() % 500;
-    std::sort(pick.begin(), pick.begin() + filled);
-    idx[r].assign(slots, empty);
-    std::copy(pick.begin(), pick.begin() + filled, idx[r].begin());
-    val[r] = gctest::normal(slots, 100 + r);
-  }
-  idx[1][2001] = idx[1][2000];          // a duplicate next to its twin
-  std::swap(idx[2][10], idx[2][3000]);  // unordered, distinct
-  idx[4][100] = (uint32_t)n;            // past the buffer
-  idx[5][0] = empty;                    // a filled slot after an empty one
-  idx[7][4000 - 500] = idx[7][3];       // a duplicate thousands of slots away
-  const bool wellFormed[ranks] = {true, false, false, true, false, false, true, false};
-  const uint64_t rejectedPerRun = 5;
-
-  // The serial sum of the well-formed lists, in rank and slot order.
-  std::vector<float> want(n, 0.0f);
-  for (size_t r = 0; r < ranks; ++r) {
-    if (!wellFormed[r]) continue;
-    for (size_t j = 0; j < slots && idx[r][j] != empty; ++j) want[idx[r][j]] += val[r][j];
-  }
+  const gctest::ref::RefSlotLists L = gctest::ref::refMalformedSlotLists();
+  const size_t n = L.n, slots = L.slots, ranks = L.idx.size();
+  const std::vector<std::vector<uint32_t>>& idx = L.idx;
+  const std::vector<std::vector<float>>& val = L.val;
+  uint64_t rejectedPerRun = 0;
+  const std::vector<float> want = gctest::ref::refSumWellFormedLists(idx, val, n, &rejectedPerRun);
+  ASSERT_EQ(rejectedPerRun, 5u);
 
   DeviceBuffer<uint32_t> didx(ranks * slots);
   DeviceBuffer<float> dval(ranks * slots), dout(n + 64, 0);

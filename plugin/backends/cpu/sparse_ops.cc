@@ -1,5 +1,4 @@
 // SparseOps of the CPU backend: the host reference on host memory.
-#include "checks.h"
 #include "codecs/sparse.h"
 #include "backends/sparse_ops.h"
 
@@ -37,25 +36,11 @@ class CpuSparseOps final : public SparseOps {
     return gradcompSuccess;
   }
   gradcompResult_t scatterAddReceived(const uint32_t* idx, const void* val, DType vt, size_t slots,
-                                      size_t n, float* out, int peer) override {
-    if (host::sparseScatterAdd(idx, val, vt, slots, n, out)) return gradcompSuccess;
-    const size_t j = host::firstMalformedSlot(idx, slots, n);
-    const uint32_t next = sparse::slotSuccessor(idx, slots, j);
-    if (idx[j] == sparse::kEmptySlot) {
-      return setError(gradcompInvalidArgument,
-                      "rank %d's sparse slots: slot %zu is empty but slot %zu holds index %u (an "
-                      "empty slot may only be followed by empty ones)",
-                      peer, j, j + 1, next);
-    }
-    if (idx[j] >= n) {
-      return setError(gradcompInvalidArgument,
-                      "rank %d's sparse slots: index %u at slot %zu is past the buffer's %zu "
-                      "elements",
-                      peer, idx[j], j, n);
-    }
-    return setError(gradcompInvalidArgument,
-                    "rank %d's sparse slots: indices not strictly increasing at slot %zu: %u, %u",
-                    peer, j, idx[j], next);
+                                      size_t n, float* out, int) override {
+    // A malformed list is dropped whole, as on CUDA: every rank that
+    // receives it drops it alike and the call succeeds on all of them.
+    if (!host::sparseScatterAdd(idx, val, vt, slots, n, out)) ++rejected_;
+    return gradcompSuccess;
   }
   gradcompResult_t scatterAddDrawn(const uint32_t* idx, const float* val, size_t k,
                                    float* out) override {
@@ -86,10 +71,11 @@ class CpuSparseOps final : public SparseOps {
   }
   gradcompResult_t publishSelected() override { return gradcompSuccess; }
   uint64_t lastSelected() const override { return selected_; }
-  uint64_t peerSlotsRejected() const override { return 0; }
+  uint64_t peerSlotsRejected() const override { return rejected_; }
 
  private:
   uint64_t selected_ = 0;
+  uint64_t rejected_ = 0;  // received slot lists dropped, since the comm was made
 };
 
 }  // namespace
