@@ -490,7 +490,8 @@ std::vector<HostileSlotsTransport*> breakSlotsOf(CpuWorld& w, int bad, SlotDefec
 // rank's list, its own too), in the reduce-scatter every rank but `bad`
 // (which adds its own block in full precision). The outputs equal, bit for
 // bit, the serial reference with `bad`'s lists left out (its residual gives
-// up what it sent all the same), over two calls (the second selects from
+// up what it sent all the same, and the residuals equal the reference's
+// too), over two calls (the second selects from
 // the residuals the first left), and stats.peerSlotsRejected counts the
 // lists each rank dropped.
 TEST(Reliability, MalformedPeerSlotsAreDroppedOnEveryRank) {
@@ -556,6 +557,14 @@ TEST(Reliability, MalformedPeerSlotsAreDroppedOnEveryRank) {
                   << what << " rank " << r << " call " << step;
               if (!reduceScatter) {
                 ASSERT_EQ(memcmp(out[r].data(), out[0].data(), n * 4), 0) << what << " rank " << r;
+              }
+              // The residual (DGC keeps one) gave up what was sent,
+              // dropped or not: the sender cannot know.
+              const float* v = w.comm(r)->states.begin()->second.residual;
+              ASSERT_EQ(v != nullptr, !st[r].v.empty()) << what << " rank " << r;
+              if (v) {
+                ASSERT_EQ(memcmp(v, st[r].v.data(), total * 4), 0)
+                    << what << " residual of rank " << r << " call " << step;
               }
               gradcompStats_t stats;
               ASSERT_EQ(gradcompGetStats(w.comm(r), &stats), gradcompSuccess);
