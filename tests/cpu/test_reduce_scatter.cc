@@ -31,10 +31,12 @@ using gctest::rsResidual;
 // `steps` calls with fresh inputs each; each checked bit for bit against the
 // reference (out of place, or in place at sendbuff + r*m), and the first
 // against the one-quantization bound.
-void checkQsgd(int N, DType t, bool avg, size_t m, int steps, bool inPlace) {
-  SCOPED_TRACE(testing::Message() << "N=" << N << " dtype=" << (int)t << " avg=" << avg
-                                  << " m=" << m << " inPlace=" << inPlace);
-  const gradcompConfig_t cfg = gctest::qsgdTestConfig();
+void checkQsgd(int N, DType t, bool avg, size_t m, int steps, bool inPlace,
+               gradcompRounding_t rounding = gradcompRoundStochastic) {
+  SCOPED_TRACE(testing::Message() << "N=" << N << " dtype=" << (int)t << " avg=" << avg << " m="
+                                  << m << " inPlace=" << inPlace << " rounding=" << rounding);
+  gradcompConfig_t cfg = gctest::qsgdTestConfig();
+  cfg.rounding = rounding;
   gctest::CpuWorld world(N, cfg);
   const size_t n = N * m;
   std::vector<Rank> ref = makeInputs(N, n, t, 7 * m + N);
@@ -108,6 +110,12 @@ TEST(ReduceScatterCpu, QsgdMatchesReferenceAllRanksTypesOps) {
     for (DType t : {DType::F32, DType::F16, DType::BF16})
       for (bool avg : {false, true})
         for (size_t m : kRecvCounts) checkQsgd(N, t, avg, m, 2, false);
+}
+
+TEST(ReduceScatterCpu, NearestRoundingMatchesReference) {
+  for (int N : {2, 3, 5, 8})
+    for (DType t : {DType::F32, DType::BF16})
+      for (size_t m : kRecvCounts) checkQsgd(N, t, N % 2 == 0, m, 3, m == 7, gradcompRoundNearest);
 }
 
 TEST(ReduceScatterCpu, QsgdInPlaceMatchesReference) {
