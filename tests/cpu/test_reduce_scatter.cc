@@ -204,10 +204,12 @@ TEST(ReduceScatterCpu, MeanOfCallsConvergesToTheExactBlock) {
 // DQ-SGD: the bits come from the previous result's statistics, gathered
 // over the blocks so every rank chooses the same; recomputed here from the
 // outputs (buckets from each block's start, summed in rank order).
-TEST(ReduceScatterCpu, DynamicBitsAgreeAndMatchReference) {
+void checkDynamicBits(gradcompRounding_t rounding) {
+  SCOPED_TRACE(testing::Message() << "rounding=" << rounding);
   const int N = 3;
   const size_t m = 900, n = N * m;
   gradcompConfig_t cfg = gctest::qsgdTestConfig();
+  cfg.rounding = rounding;
   cfg.bitsMode = gradcompBitsDynamic;
   cfg.bitsMin = 2;
   cfg.bitsMax = 8;
@@ -266,6 +268,17 @@ TEST(ReduceScatterCpu, DynamicBitsAgreeAndMatchReference) {
     }
   }
   EXPECT_GT(*std::max_element(seen.begin(), seen.end()), 2);
+}
+
+TEST(ReduceScatterCpu, DynamicBitsAgreeAndMatchReference) {
+  checkDynamicBits(gradcompRoundStochastic);
+}
+
+// DQ-SGD with nearest rounding: the same rule picks the bits (its bound
+// holds for nearest rounding's error too, docs/adaptive.md), and every
+// encode rounds to the nearest level at the width picked.
+TEST(ReduceScatterCpu, DynamicBitsWithNearestRounding) {
+  checkDynamicBits(gradcompRoundNearest);
 }
 
 // Sparse methods, `steps` calls on the same buffers, bit for bit.
