@@ -69,6 +69,11 @@ typedef enum {
   gradcompBitsBudget = 2   /* DQ-SGD: an average bits budget over a window */
 } gradcompBitsMode_t;
 
+typedef enum {
+  gradcompRoundStochastic = 0, /* QSGD level rounded up with probability frac: unbiased */
+  gradcompRoundNearest = 1     /* nearest level (ties down), no random draw; needs error feedback */
+} gradcompRounding_t;
+
 /* Configuration. Always start from gradcompConfigInit (defaults) or
  * gradcompConfigFromEnv (defaults + GRADCOMP_* variables): it sets structSize,
  * which lets later versions add fields without breaking callers. */
@@ -116,6 +121,7 @@ typedef struct {
    * previous piece; results are bit for bit the unpipelined call's. */
   size_t pipelineBytes;
   float cpuTimeoutSec; /* GRADCOMP_CPU_TIMEOUT: CPU backend, seconds a rank waits for the others */
+  gradcompRounding_t rounding; /* GRADCOMP_ROUNDING stochastic|nearest (QSGD levels) */
 } gradcompConfig_t;
 
 gradcompResult_t gradcompConfigInit(gradcompConfig_t* config);

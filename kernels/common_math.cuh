@@ -270,6 +270,10 @@ struct KeySpec {
   // piece of (pipelined calls): element i draws what element offset + i of
   // the whole encode draws, so a piece's bytes are the whole's.
   uint64_t offset = 0;
+  // QSGD nearest rounding (GRADCOMP_ROUNDING=nearest): the level's draw is
+  // the constant 1/2 instead of uniform24, so the encode draws nothing.
+  // Only the comm's QSGD keys set it (Comm::key); rand-k's keys never do.
+  bool nearest = false;
 };
 
 GC_HD KeySpec plainKey(uint64_t key) {

@@ -17,6 +17,7 @@
 #include <cuda_runtime.h>
 
 #include <cub/device/device_scan.cuh>
+#include <type_traits>
 
 #include "plugin/codecs/elias.h"
 #include "elias_math.cuh"
@@ -129,7 +130,8 @@ using BitReader = elias::BitReader<uint32_t>;
 
 // kWrite = false: the sizes pass (scales and per-bucket word counts);
 // kWrite = true: the write pass (bits at the scanned offsets, residual).
-template <bool kWrite>
+// kNearest: nearest rounding (KeySpec::nearest), no hash computed.
+template <bool kWrite, bool kNearest>
 __global__ void __launch_bounds__(kThreads)
     eliasBucketKernel(const void* __restrict__ x, DType t, float* __restrict__ residual, size_t n,
                       elias::Params p, KeySpec keySpec, float* __restrict__ scales,
@@ -177,7 +179,8 @@ __global__ void __launch_bounds__(kThreads)
 
   for (int i = tid; i < len; i += T) {
     const float v = bitsToFloat(sv[padIdx(i)]);
-    const int lev = elias::quantizeLevel(v, scale, rec, p.s, uniform24(key, base + i));
+    const int lev =
+        elias::quantizeLevel(v, scale, rec, p.s, qsgd::roundingDraw<kNearest>(key, base + i));
     const bool neg = elias::negativeCode(v, lev);
     if (kWrite && residual && finite) {
       residual[base + i] = fsub(v, elias::decodeValue(lev, neg, scale, p.s));
@@ -330,16 +333,21 @@ cudaError_t eliasEncode(const void* x, DType t, float* residual, size_t n, const
 
   const int threads = p.bucket < kThreads ? p.bucket : kThreads;
   const size_t smem = (size_t)(p.bucket + p.bucket / 32) * sizeof(uint32_t);
-  eliasBucketKernel<false><<<(unsigned)nb, threads, smem, stream>>>(
-      x, t, residual, n, p, key, scales, counts, nullptr, nullptr);
-  err = cudaGetLastError();
-  if (err != cudaSuccess) return err;
-  err = CUB_NS_QUALIFIER::DeviceScan::ExclusiveSum(scanTemp, scanBytes, counts, offsets, nb + 1,
+  // Both passes must draw the same levels: one rounding for both launches.
+  auto launch = [&](auto nearest) -> cudaError_t {
+    constexpr bool kNearest = decltype(nearest)::value;
+    eliasBucketKernel<false, kNearest><<<(unsigned)nb, threads, smem, stream>>>(
+        x, t, residual, n, p, key, scales, counts, nullptr, nullptr);
+    cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess) return e;
+    e = CUB_NS_QUALIFIER::DeviceScan::ExclusiveSum(scanTemp, scanBytes, counts, offsets, nb + 1,
                                                    stream);
-  if (err != cudaSuccess) return err;
-  eliasBucketKernel<true><<<(unsigned)nb, threads, smem, stream>>>(
-      x, t, residual, n, p, key, scales, nullptr, offsets, streamWords);
-  return cudaGetLastError();
+    if (e != cudaSuccess) return e;
+    eliasBucketKernel<true, kNearest><<<(unsigned)nb, threads, smem, stream>>>(
+        x, t, residual, n, p, key, scales, nullptr, offsets, streamWords);
+    return cudaGetLastError();
+  };
+  return key.nearest ? launch(std::true_type()) : launch(std::false_type());
 }
 
 cudaError_t eliasDecode(const void* in, size_t n, const elias::Params& p, float* out,

@@ -46,6 +46,7 @@ __device__ __forceinline__ uint32_t blockMaxU32(uint32_t v, uint32_t* smem) {
   return smem[0];
 }
 
+template <bool kNearest>
 __global__ void __launch_bounds__(kEncodeThreads)
     qsgdEncodeKernel(const void* __restrict__ x, DType t, float* __restrict__ residual, size_t n,
                      int bits, int bucket, KeySpec keySpec, float* __restrict__ scales,
@@ -73,7 +74,8 @@ __global__ void __launch_bounds__(kEncodeThreads)
   const bool finite = isFiniteBits(maxBits);
   if (threadIdx.x == 0) scales[b] = scale;
   for (int i = threadIdx.x; i < len; i += blockDim.x) {
-    const uint32_t code = qsgd::encodeValue(sx[i], scale, rec, bits, uniform24(key, base + i));
+    const uint32_t code =
+        qsgd::encodeValue(sx[i], scale, rec, bits, qsgd::roundingDraw<kNearest>(key, base + i));
     codes[i] = (uint8_t)code;
     if (residual && finite) residual[base + i] = fsub(sx[i], qsgd::decodeValue(code, scale, bits));
   }
@@ -178,7 +180,7 @@ __device__ __forceinline__ void storeRow(uint32_t chunk, int bits, int lane, int
 // and `full` (an aligned bucket of kBucket elements, wholly in range) as
 // constants, so that the type switches and every bounds check fold away on
 // the path nearly every bucket takes.
-template <int R>
+template <int R, bool kNearest>
 __device__ __forceinline__ void encodeRows(const void* __restrict__ x, DType t,
                                            float* __restrict__ residual, size_t n, int bits,
                                            uint64_t key, const float* levelTable,
@@ -217,7 +219,8 @@ __device__ __forceinline__ void encodeRows(const void* __restrict__ x, DType t,
 #pragma unroll
     for (int c = 0; c < 4; ++c) {
       uint32_t code = 0;
-      const float u = uniform24FromHash(mix64(weyl + (uint64_t)c * kWeyl));
+      const float u =
+          kNearest ? qsgd::kNearestDraw : uniform24FromHash(mix64(weyl + (uint64_t)c * kWeyl));
       if (full || i + c < n) code = qsgd::encodeValue(v[r][c], scale, rec, bits, u);
       chunk |= code << (c * bits);
       res[c] =
@@ -233,7 +236,7 @@ __device__ __forceinline__ void encodeRows(const void* __restrict__ x, DType t,
   }
 }
 
-template <int R, DType T>
+template <int R, DType T, bool kNearest>
 __global__ void __launch_bounds__(kWarpThreads)
     qsgdEncodeWarpKernel(const void* __restrict__ x, float* __restrict__ residual, size_t n,
                          int bits, KeySpec keySpec, float* __restrict__ scales,
@@ -250,11 +253,11 @@ __global__ void __launch_bounds__(kWarpThreads)
   if (base >= n) return;
   const size_t len = min((size_t)kBucket, n - base);
   if (alignedIn && len == kBucket) {
-    encodeRows<R>(x, T, residual, n, bits, key, levelTable, scales, words, b, base, kBucket, lane,
-                  true);
+    encodeRows<R, kNearest>(x, T, residual, n, bits, key, levelTable, scales, words, b, base,
+                            kBucket, lane, true);
   } else {
-    encodeRows<R>(x, T, residual, n, bits, key, levelTable, scales, words, b, base, len, lane,
-                  false);
+    encodeRows<R, kNearest>(x, T, residual, n, bits, key, levelTable, scales, words, b, base, len,
+                            lane, false);
   }
 }
 
@@ -368,26 +371,35 @@ cudaError_t qsgdEncode(const void* x, DType t, float* residual, size_t n, int bi
   float* scales = static_cast<float*>(out);
   uint32_t* words = reinterpret_cast<uint32_t*>(scales + nb);
   const bool alignedIn = aligned(x, t == DType::F32 ? 16 : 8) && aligned(residual, 16);
-  if (withWarpRows(bucket, [&](auto rows) {
-        constexpr int R = decltype(rows)::value;
-        const unsigned grid = warpBlocks(nb);
-        if (t == DType::F32) {
-          qsgdEncodeWarpKernel<R, DType::F32><<<grid, kWarpThreads, 0, stream>>>(
-              x, residual, n, bits, key, scales, words, alignedIn);
-        } else if (t == DType::F16) {
-          qsgdEncodeWarpKernel<R, DType::F16><<<grid, kWarpThreads, 0, stream>>>(
-              x, residual, n, bits, key, scales, words, alignedIn);
-        } else {
-          qsgdEncodeWarpKernel<R, DType::BF16><<<grid, kWarpThreads, 0, stream>>>(
-              x, residual, n, bits, key, scales, words, alignedIn);
-        }
-      })) {
-    return cudaGetLastError();
+  // Nearest rounding is a template argument: its kernels compute no hash.
+  auto launch = [&](auto nearest) {
+    constexpr bool kNearest = decltype(nearest)::value;
+    if (withWarpRows(bucket, [&](auto rows) {
+          constexpr int R = decltype(rows)::value;
+          const unsigned grid = warpBlocks(nb);
+          if (t == DType::F32) {
+            qsgdEncodeWarpKernel<R, DType::F32, kNearest><<<grid, kWarpThreads, 0, stream>>>(
+                x, residual, n, bits, key, scales, words, alignedIn);
+          } else if (t == DType::F16) {
+            qsgdEncodeWarpKernel<R, DType::F16, kNearest><<<grid, kWarpThreads, 0, stream>>>(
+                x, residual, n, bits, key, scales, words, alignedIn);
+          } else {
+            qsgdEncodeWarpKernel<R, DType::BF16, kNearest><<<grid, kWarpThreads, 0, stream>>>(
+                x, residual, n, bits, key, scales, words, alignedIn);
+          }
+        })) {
+      return;
+    }
+    const int threads = bucket < kEncodeThreads ? bucket : kEncodeThreads;
+    const size_t smem = (size_t)bucket * (sizeof(float) + 1);
+    qsgdEncodeKernel<kNearest><<<(unsigned)nb, threads, smem, stream>>>(x, t, residual, n, bits,
+                                                                        bucket, key, scales, words);
+  };
+  if (key.nearest) {
+    launch(std::true_type());
+  } else {
+    launch(std::false_type());
   }
-  const int threads = bucket < kEncodeThreads ? bucket : kEncodeThreads;
-  const size_t smem = (size_t)bucket * (sizeof(float) + 1);
-  qsgdEncodeKernel<<<(unsigned)nb, threads, smem, stream>>>(x, t, residual, n, bits, bucket, key,
-                                                            scales, words);
   return cudaGetLastError();
 }
 

@@ -62,6 +62,22 @@ GC_HD uint32_t encodeValue(float x, float scale, float rec, int bits, float u) {
   return (sign << (bits - 1)) | (uint32_t)level;
 }
 
+// Nearest rounding is encodeValue at u = 1/2: level = floor(r) + (frac > 1/2),
+// ties rounding down; |decode - x| <= scale / (2s) per element.
+constexpr float kNearestDraw = 0.5f;
+
+// The draw of element `index` under key: uniform24 for stochastic rounding,
+// kNearestDraw for nearest (a compile-time choice in the kernels, so the
+// nearest encode computes no hash at all).
+template <bool kNearest>
+GC_HD float roundingDraw(uint64_t key, uint64_t index) {
+  if (kNearest) return kNearestDraw;
+  return uniform24(key, index);
+}
+GC_HD float roundingDraw(bool nearest, uint64_t key, uint64_t index) {
+  return nearest ? kNearestDraw : uniform24(key, index);
+}
+
 GC_HD float levelValue(int level, int s) {
   return fdiv((float)level, (float)s);
 }

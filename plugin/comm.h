@@ -69,9 +69,12 @@ struct gradcompComm {
   std::atomic<bool> aborted{false};
   std::atomic<int> callsInFlight{0};
 
-  // RNG key of one encode of this call (see gc::KeySpec).
+  // RNG key of one encode of this call (see gc::KeySpec); it carries the
+  // QSGD rounding, so every algorithm's QSGD encode follows GRADCOMP_ROUNDING.
   gc::KeySpec key(uint64_t callStep, uint64_t stream) const {
-    return gc::KeySpec{cfg.seed, callStep, backend->deviceStep(), (uint64_t)rank, stream, true};
+    gc::KeySpec k{cfg.seed, callStep, backend->deviceStep(), (uint64_t)rank, stream, true};
+    k.nearest = cfg.rounding == gradcompRoundNearest;
+    return k;
   }
   // Grows the workspace to at least `bytes` (never while capturing).
   gradcompResult_t ensureWorkspace(size_t bytes);

@@ -35,6 +35,10 @@ static const ParamSpec kParams[] = {
      "error feedback: keep what was not sent in a per-buffer residual"},
     {"GRADCOMP_OWNER_RESIDUAL", ParamKind::Int, GC_FIELD(ownerResidual), 0, 1, nullptr, "1",
      "two-shot: residual of the second quantization on the chunk owner"},
+    {"GRADCOMP_ROUNDING", ParamKind::Choice, GC_FIELD(rounding), 0, 0, "stochastic=0|nearest=1",
+     "stochastic",
+     "QSGD level rounding: stochastic (unbiased) or nearest (ties down, no random draw; needs "
+     "error feedback, and the owner residual where the algorithm quantizes twice)"},
     {"GRADCOMP_DENSITY", ParamKind::Float, GC_FIELD(density), 1e-6, 1, nullptr, "0.01",
      "sparse methods: share of elements sent (k = density*n)"},
     {"GRADCOMP_OVERSAMPLE", ParamKind::Float, GC_FIELD(oversample), 1, 16, nullptr, "2",
@@ -339,6 +343,7 @@ GC_EXPORT gradcompResult_t gradcompConfigInit(gradcompConfig_t* c) {
   c->autoTune = 1;
   c->pipelineBytes = 0;
   c->cpuTimeoutSec = 120.0f;
+  c->rounding = gradcompRoundStochastic;
   return gradcompSuccess;
 }
 
@@ -380,6 +385,19 @@ GC_EXPORT gradcompResult_t gradcompConfigValidate(const gradcompConfig_t* c) {
          "algo=%d (GRADCOMP_ALGO) is for method qsgd; the sparse methods (topk, randk, dgc) take "
          "auto, sparse or hier",
          (int)c->algo);
+  // Nearest rounding is biased per step: an entry below half a level would
+  // never be sent unless a residual carries it to later steps.
+  const bool nearest = c->method == gradcompMethodQsgd && c->rounding == gradcompRoundNearest;
+  GC_ARG(!nearest || c->errorFeedback,
+         "rounding=nearest (GRADCOMP_ROUNDING) with errorFeedback=0 (GRADCOMP_EF) would never "
+         "send entries below half a QSGD level: set GRADCOMP_EF=1 or GRADCOMP_ROUNDING=stochastic");
+  GC_ARG(
+      !nearest || c->ownerResidual || c->algo == gradcompAlgoAllgather || c->elias,
+      "rounding=nearest (GRADCOMP_ROUNDING) with ownerResidual=0 (GRADCOMP_OWNER_RESIDUAL) would "
+      "bias the second quantization of algo=%d (GRADCOMP_ALGO; twoshot, ring, hier and auto "
+      "quantize twice): set GRADCOMP_OWNER_RESIDUAL=1, GRADCOMP_ALGO=allgather or "
+      "GRADCOMP_ROUNDING=stochastic",
+      (int)c->algo);
   GC_ARG(c->method != gradcompMethodQsgd || c->algo != gradcompAlgoSparseAllgather,
          "algo=sparse (GRADCOMP_ALGO) is for the sparse methods; method qsgd takes auto, twoshot, "
          "ring, allgather or hier");

@@ -96,6 +96,7 @@ const SettingSpec kSettings[kSetupSettings] = {
     {"GRADCOMP_DENSITY (density)", kFloat},
     {"GRADCOMP_VALUE_TYPE (valueType)", kInt},
     {"GRADCOMP_PIPELINE_BYTES (pipelineBytes)", kUint},
+    {"GRADCOMP_ROUNDING (rounding)", kInt},
 };
 
 uint64_t floatBits(float f) {
@@ -235,7 +236,8 @@ SetupVote makeSetupVote(gradcompResult_t local, const gradcompConfig_t& cfg, uin
                                       cfg.seed,
                                       floatBits(cfg.density),
                                       (uint64_t)(int64_t)cfg.valueType,
-                                      (uint64_t)cfg.pipelineBytes};
+                                      (uint64_t)cfg.pipelineBytes,
+                                      (uint64_t)(int64_t)cfg.rounding};
   memcpy(v.settings, s, sizeof(s));
   return v;
 }

@@ -418,6 +418,7 @@ int runHarness(const Options& o, Rank& r) {
         row.label = label;
         row.bits = cfg.bits;
         row.bucket = cfg.bucketSize;
+        row.rounding = cfg.rounding;
         row.density = cfg.density;
         row.nranks = r.nranks();
         row.reduceScatter = rs;

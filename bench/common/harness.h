@@ -41,6 +41,7 @@ struct Row {
   gradcompMethod_t method = gradcompMethodNone;
   std::string label;  // method with its settings
   int bits = 0, bucket = 0;
+  gradcompRounding_t rounding = gradcompRoundStochastic;  // GRADCOMP_ROUNDING
   float density = 0;
   int algoUsed = 0;  // gradcompAlgo_t that ran; 0 = passed through
   // Pipelined calls (GRADCOMP_PIPELINE_BYTES): pieces of the last call (max

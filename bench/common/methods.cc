@@ -33,8 +33,11 @@ std::string methodLabel(const gradcompConfig_t& cfg) {
   char buf[160];
   switch (cfg.method) {
     case gradcompMethodQsgd:
-      snprintf(buf, sizeof buf, "qsgd bits=%d bucket=%d ef=%d algo=%s", cfg.bits, cfg.bucketSize,
-               cfg.errorFeedback, algoName(cfg.algo));
+      // The label names the rounding only when it is not the default, so
+      // the labels of earlier results still match.
+      snprintf(buf, sizeof buf, "qsgd bits=%d bucket=%d ef=%d algo=%s%s", cfg.bits, cfg.bucketSize,
+               cfg.errorFeedback, algoName(cfg.algo),
+               cfg.rounding == gradcompRoundNearest ? " rounding=nearest" : "");
       break;
     case gradcompMethodTopk:
     case gradcompMethodRandk:

@@ -365,8 +365,11 @@ bool writeJson(const std::string& path, const Options& o, const RunInfo& info,
             "\"redop\": %s, ",
             i ? "," : "", r.reduceScatter ? "\"reduce_scatter\"" : "\"all_reduce\"", r.bytes,
             r.count, jsonStr(dtypeName(r.dtype)).c_str(), jsonStr(opName(r.op)).c_str());
-    fprintf(f, "\"method\": %s, \"label\": %s, \"bits\": %d, \"bucket\": %d, \"density\": %s, ",
+    fprintf(f,
+            "\"method\": %s, \"label\": %s, \"bits\": %d, \"bucket\": %d, \"rounding\": %s, "
+            "\"density\": %s, ",
             jsonStr(methodName(r.method)).c_str(), jsonStr(r.label).c_str(), r.bits, r.bucket,
+            r.rounding == gradcompRoundNearest ? "\"nearest\"" : "\"stochastic\"",
             jsonNum(r.density).c_str());
     fprintf(f, "\"algo\": %s, \"nranks\": %d, \"failed\": %s, \"error\": %s,\n     ",
             jsonStr(r.algoUsed ? algoName(r.algoUsed) : "passthrough").c_str(), r.nranks,

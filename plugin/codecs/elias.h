@@ -31,8 +31,9 @@ inline size_t eliasSizeWordOffset(size_t count, int bucket) {
 
 namespace host {
 // Returns the encoded size in bytes (<= maxEncodedBytes). residual may be null.
+// nearest: round to the nearest level (KeySpec::nearest) instead of drawing.
 size_t eliasEncode(const void* x, DType t, float* residual, size_t n, const elias::Params& p,
-                   uint64_t key, void* out);
+                   uint64_t key, bool nearest, void* out);
 // False when the bytes are not a well-formed encoding of n elements within
 // inBytes (out is then partly written).
 bool eliasDecode(const void* in, size_t inBytes, size_t n, const elias::Params& p, float* out,

@@ -86,7 +86,7 @@ float bucketScale(const float* v, size_t len, elias::Norm norm, uint32_t maxBits
 }  // namespace
 
 size_t eliasEncode(const void* x, DType t, float* residual, size_t n, const elias::Params& p,
-                   uint64_t key, void* out) {
+                   uint64_t key, bool nearest, void* out) {
   const size_t nb = elias::numBuckets(n, p.bucket);
   unsigned char* bytes = static_cast<unsigned char*>(out);
   uint32_t* offsets = reinterpret_cast<uint32_t*>(bytes + nb * 4);
@@ -113,7 +113,8 @@ size_t eliasEncode(const void* x, DType t, float* residual, size_t n, const elia
     BitWriter w(stream + words);
     long prev = -1;
     for (size_t i = 0; i < len; ++i) {
-      const int lev = elias::quantizeLevel(v[i], scale, rec, p.s, uniform24(key, base + i));
+      const int lev =
+          elias::quantizeLevel(v[i], scale, rec, p.s, qsgd::roundingDraw(nearest, key, base + i));
       const bool neg = elias::negativeCode(v[i], lev);
       if (residual && finite) {
         residual[base + i] = fsub(v[i], elias::decodeValue(lev, neg, scale, p.s));
@@ -184,7 +185,7 @@ gradcompResult_t eliasEncode(Backend& be, const void* x, DType t, float* residua
                              const elias::Params& p, const KeySpec& key, void* out, void* workspace,
                              size_t workspaceBytes) {
   if (!be.onDevice()) {
-    host::eliasEncode(x, t, residual, n, p, resolveKey(key), out);
+    host::eliasEncode(x, t, residual, n, p, resolveKey(key), key.nearest, out);
     return gradcompSuccess;
   }
   GC_CUDACHECK(
@@ -259,7 +260,7 @@ GC_EXPORT gradcompResult_t gradcompEliasEncodeHost(const void* x, ncclDataType_t
          count, need);
   GC_ARG(((uintptr_t)out & 3) == 0, "out=%p must be 4-byte aligned (it is 32-bit words)", out);
   GC_ARG(count == 0 || x != nullptr, "x is NULL for count=%zu", count);
-  const size_t bytes = gc::host::eliasEncode(x, t, residual, count, p, seed, out);
+  const size_t bytes = gc::host::eliasEncode(x, t, residual, count, p, seed, false, out);
   if (encodedBytes) *encodedBytes = bytes;
   return gradcompSuccess;
 }

@@ -30,8 +30,9 @@ gradcompResult_t dtypeFromNccl(ncclDataType_t t, DType* out);
 
 namespace host {
 // residual may be null (no error feedback). x may be any of the three types.
+// nearest: round to the nearest level (KeySpec::nearest) instead of drawing.
 void qsgdEncode(const void* x, DType t, float* residual, size_t n, int bits, int bucket,
-                uint64_t key, void* out);
+                uint64_t key, bool nearest, void* out);
 void qsgdDecode(const void* in, size_t n, int bits, int bucket, float* out, bool accumulate);
 }  // namespace host
 

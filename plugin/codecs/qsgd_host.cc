@@ -55,7 +55,7 @@ gradcompResult_t dtypeFromNccl(ncclDataType_t t, DType* out) {
 namespace host {
 
 void qsgdEncode(const void* x, DType t, float* residual, size_t n, int bits, int bucket,
-                uint64_t key, void* out) {
+                uint64_t key, bool nearest, void* out) {
   const size_t nb = qsgd::numBuckets(n, bucket);
   unsigned char* scalesOut = static_cast<unsigned char*>(out);
   unsigned char* wordsOut = scalesOut + nb * 4;
@@ -77,7 +77,8 @@ void qsgdEncode(const void* x, DType t, float* residual, size_t n, int bits, int
     const size_t nw = qsgd::codeWords(len, bits);
     memset(words.data(), 0, nw * 4);
     for (size_t i = 0; i < len; ++i) {
-      uint32_t code = qsgd::encodeValue(v[i], scale, rec, bits, uniform24(key, base + i));
+      uint32_t code =
+          qsgd::encodeValue(v[i], scale, rec, bits, qsgd::roundingDraw(nearest, key, base + i));
       size_t bit = i * bits;
       words[bit >> 5] |= code << (bit & 31);
       if ((bit & 31) + bits > 32) words[(bit >> 5) + 1] |= code >> (32 - (bit & 31));
@@ -124,7 +125,7 @@ GC_EXPORT gradcompResult_t gradcompQsgdEncodeTypedHost(const void* x, ncclDataTy
          count);
   GC_ARG(((uintptr_t)out & 3) == 0, "out=%p must be 4-byte aligned (it starts with fp32 scales)",
          out);
-  gc::host::qsgdEncode(x, t, residual, count, bits, bucketSize, seed, out);
+  gc::host::qsgdEncode(x, t, residual, count, bits, bucketSize, seed, false, out);
   return gradcompSuccess;
 }
 

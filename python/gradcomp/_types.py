@@ -44,6 +44,7 @@ CONFIG_FIELDS = [
     ("autoTune", ctypes.c_int),
     ("pipelineBytes", ctypes.c_size_t),
     ("cpuTimeoutSec", ctypes.c_float),
+    ("rounding", c_enum),
 ]
 
 # (C name, ctypes type), in the order of gradcompStats_t.
@@ -72,6 +73,7 @@ CHOICES = {
     "select": {"threshold": 0, "exact": 1},
     "valueType": {"float": 7, "half": 6, "bfloat16": 9},
     "bitsMode": {"fixed": 0, "dynamic": 1, "budget": 2},
+    "rounding": {"stochastic": 0, "nearest": 1},
     "localSize": {"auto": 0},
 }
 

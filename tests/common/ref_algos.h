@@ -49,11 +49,66 @@ inline std::vector<size_t> split(size_t count, int parts, size_t d) {
   return off;
 }
 
+// Code of v under nearest rounding (GRADCOMP_ROUNDING=nearest), from its
+// rule: level = floor(r) + (frac(r) > 1/2), ties down, r = |v| s / scale as
+// the shared math computes it; zero or non-finite scales code to 0.
+inline uint32_t nearestCode(float v, float scale, int bits) {
+  const uint32_t sb = gc::floatToBits(scale);
+  if (sb == 0 || !gc::isFiniteBits(sb)) return 0;
+  const int s = gc::qsgd::levels(bits);
+  const float r = gc::qsgd::quantRatio(fabsf(v), scale, gc::qsgd::reciprocal(scale, s), s);
+  const float lo = floorf(r);
+  int level = (int)lo + (r - lo > 0.5f ? 1 : 0);
+  if (level > s) level = s;
+  const uint32_t sign = level != 0 && signbit(v) ? 1u : 0u;
+  return (sign << (bits - 1)) | (uint32_t)level;
+}
+
+// QSGD encode with nearest rounding, serially: per bucket the max-|v| scale,
+// nearestCode per element, codes packed little-endian at bit i*bits, and
+// with a residual v - decode(code) left behind (v = x + residual).
+inline void encNearest(const void* x, DType t, float* res, size_t n, int bits, int d,
+                       uint8_t* out) {
+  const size_t nb = (n + d - 1) / d;
+  std::vector<uint32_t> words((n * bits + 31) / 32, 0u);
+  for (size_t b = 0; b < nb; ++b) {
+    const size_t lo = b * d, hi = std::min(n, lo + d);
+    std::vector<float> v(hi - lo);
+    uint32_t maxBits = 0;
+    for (size_t i = lo; i < hi; ++i) {
+      const float xi = gc::loadAsFloat(x, t, i);
+      v[i - lo] = res ? xi + res[i] : xi;
+      maxBits = std::max(maxBits, gc::floatToBits(v[i - lo]) & 0x7fffffffu);
+    }
+    const float scale = gc::qsgd::scaleFromMaxBits(maxBits);
+    memcpy(out + b * 4, &scale, 4);
+    for (size_t i = lo; i < hi; ++i) {
+      const uint32_t code = nearestCode(v[i - lo], scale, bits);
+      const size_t bit = i * bits;
+      words[bit / 32] |= code << (bit % 32);
+      if (bit % 32 + bits > 32) words[bit / 32 + 1] |= code >> (32 - bit % 32);
+      if (res && gc::isFiniteBits(maxBits)) {
+        res[i] = v[i - lo] - gc::qsgd::decodeValue(code, scale, bits);
+      }
+    }
+  }
+  memcpy(out + nb * 4, words.data(), words.size() * 4);
+}
+
+// One QSGD encode as the algorithms do it: stochastic rounding through the
+// C API with `key`, or nearest rounding (key unused) from its rule.
 inline std::vector<uint8_t> enc(const void* x, DType t, float* res, size_t n, int bits, int d,
-                                uint64_t key) {
+                                uint64_t key, bool nearest = false) {
   std::vector<uint8_t> out(gradcompQsgdEncodedBytes(n, bits, d) + 4);
-  if (n) EXPECT_EQ(gradcompQsgdEncodeTypedHost(x, nccl(t), res, n, bits, d, key, out.data()), 0);
+  if (n && nearest) encNearest(x, t, res, n, bits, d, out.data());
+  if (n && !nearest) {
+    EXPECT_EQ(gradcompQsgdEncodeTypedHost(x, nccl(t), res, n, bits, d, key, out.data()), 0);
+  }
   return out;
+}
+
+inline bool nearest(const gradcompConfig_t& c) {
+  return c.rounding == gradcompRoundNearest;
 }
 
 inline void dec(const std::vector<uint8_t>& e, size_t n, int bits, int d, float* out, bool acc) {
@@ -89,7 +144,8 @@ inline std::vector<float> refTwoShot(std::vector<Rank>& R, DType t, size_t n,
       size_t lo = off[j], len = off[j + 1] - off[j];
       float* res = c.errorFeedback ? R[i].residual.data() + lo : nullptr;
       if (j != i) {
-        e[i][j] = enc(x.data() + lo, DType::F32, res, len, b, d, gc::deriveKey(c.seed, step, i, j));
+        e[i][j] = enc(x.data() + lo, DType::F32, res, len, b, d, gc::deriveKey(c.seed, step, i, j),
+                      nearest(c));
       } else {
         own[i].assign(len, 0.0f);
         for (size_t k = 0; k < len; ++k) {
@@ -111,7 +167,7 @@ inline std::vector<float> refTwoShot(std::vector<Rank>& R, DType t, size_t n,
       }
     }
     auto e2 = enc(acc.data(), DType::F32, c.ownerResidual ? R[j].ownerRes.data() : nullptr, len, b,
-                  d, gc::deriveKey(c.seed, step, j, 0x100000000ull));
+                  d, gc::deriveKey(c.seed, step, j, 0x100000000ull), nearest(c));
     dec(e2, len, b, d, result.data() + lo, false);
   }
   return finish(result, t, avg ? (float)N : 1.0f);
@@ -126,7 +182,7 @@ inline std::vector<float> refRing(std::vector<Rank>& R, DType t, size_t n,
     size_t lo = off[j], len = off[j + 1] - off[j];
     std::vector<float> x = widen(R[j], t, n);
     auto cur = enc(x.data() + lo, DType::F32, c.errorFeedback ? R[j].residual.data() + lo : nullptr,
-                   len, b, d, gc::deriveKey(c.seed, step, j, 0));
+                   len, b, d, gc::deriveKey(c.seed, step, j, 0), nearest(c));
     for (int hop = 1; hop < N; ++hop) {
       int r = (j + hop) % N;  // receiver; at its step s = hop-1
       std::vector<float> y(len);
@@ -135,13 +191,14 @@ inline std::vector<float> refRing(std::vector<Rank>& R, DType t, size_t n,
       for (size_t k = 0; k < len; ++k) y[k] = xr[lo + k] + y[k];
       float* res = c.errorFeedback ? R[r].residual.data() + lo : nullptr;
       if (hop < N - 1) {
-        cur = enc(y.data(), DType::F32, res, len, b, d, gc::deriveKey(c.seed, step, r, hop));
+        cur = enc(y.data(), DType::F32, res, len, b, d, gc::deriveKey(c.seed, step, r, hop),
+                  nearest(c));
       } else {
         if (res) {
           for (size_t k = 0; k < len; ++k) y[k] = y[k] + res[k], res[k] = 0.0f;
         }
         auto e2 = enc(y.data(), DType::F32, c.ownerResidual ? R[r].ownerRes.data() : nullptr, len,
-                      b, d, gc::deriveKey(c.seed, step, r, N));
+                      b, d, gc::deriveKey(c.seed, step, r, N), nearest(c));
         dec(e2, len, b, d, result.data() + lo, false);
       }
     }
@@ -155,7 +212,7 @@ inline std::vector<float> refAllgather(std::vector<Rank>& R, DType t, size_t n,
   std::vector<float> acc(n);
   for (int i = 0; i < N; ++i) {
     auto e = enc(data(R[i], t), t, c.errorFeedback ? R[i].residual.data() : nullptr, n, c.bits,
-                 c.bucketSize, gc::deriveKey(c.seed, step, i, 0));
+                 c.bucketSize, gc::deriveKey(c.seed, step, i, 0), nearest(c));
     dec(e, n, c.bits, c.bucketSize, acc.data(), i != 0);
   }
   return finish(acc, t, avg ? (float)N : 1.0f);

@@ -30,8 +30,8 @@ inline std::vector<std::vector<float>> refReduceScatter(std::vector<Rank>& R, DT
     for (int j = 0; j < N; ++j) {
       float* res = c.errorFeedback ? R[i].residual.data() + j * m : nullptr;
       if (j != i) {
-        e[i][j] =
-            enc(x.data() + j * m, DType::F32, res, m, bits, d, gc::deriveKey(c.seed, step, i, j));
+        e[i][j] = enc(x.data() + j * m, DType::F32, res, m, bits, d,
+                      gc::deriveKey(c.seed, step, i, j), nearest(c));
         continue;
       }
       for (size_t k = 0; k < m; ++k) {

@@ -26,11 +26,13 @@ using namespace gctest::ref;
 
 // Runs `steps` calls on the world (in place), checks each against the
 // reference, identity across ranks and the error bound.
-void checkAlgorithm(gradcompAlgo_t algo, int N, DType t, bool avg, size_t n, int steps) {
+void checkAlgorithm(gradcompAlgo_t algo, int N, DType t, bool avg, size_t n, int steps,
+                    gradcompRounding_t rounding = gradcompRoundStochastic) {
   SCOPED_TRACE(testing::Message() << "algo=" << algo << " N=" << N << " dtype=" << (int)t
-                                  << " avg=" << avg << " n=" << n);
+                                  << " avg=" << avg << " n=" << n << " rounding=" << rounding);
   gradcompConfig_t cfg = gctest::qsgdTestConfig();
   cfg.algo = algo;
+  cfg.rounding = rounding;
   gctest::CpuWorld world(N, cfg);
   std::vector<Rank> ref = makeInputs(N, n, t, n + N);
   // What the library reduces in place: the same buffers every step, since
@@ -91,6 +93,18 @@ TEST(AllReduceCpu, AllgatherAllRanksTypesOps) {
     for (DType t : {DType::F32, DType::F16, DType::BF16})
       for (bool avg : {false, true})
         for (size_t n : kCounts) checkAlgorithm(gradcompAlgoAllgather, N, t, avg, n, 2);
+}
+
+// GRADCOMP_ROUNDING=nearest reaches every encode of every algorithm (the
+// reference rounds each one to the nearest level; a stochastic encode
+// anywhere would differ), bit for bit on every rank, within the bounds.
+TEST(AllReduceCpu, NearestRoundingEveryAlgorithm) {
+  for (gradcompAlgo_t algo :
+       {gradcompAlgoTwoShot, gradcompAlgoRing, gradcompAlgoAllgather, gradcompAlgoAuto})
+    for (int N : {2, 3, 5, 8})
+      for (DType t : {DType::F32, DType::BF16})
+        for (size_t n : {(size_t)63, (size_t)1000, (size_t)3001})
+          checkAlgorithm(algo, N, t, N % 2 == 1, n, 3, gradcompRoundNearest);
 }
 
 TEST(AllReduceCpu, AutoPicksAllgatherForTwoRanksTwoShotAbove) {

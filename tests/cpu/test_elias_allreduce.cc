@@ -9,7 +9,9 @@
 
 #include "gradcomp.h"
 #include "gradcomp/elias.h"
+#include "kernels/elias_math.cuh"
 #include "kernels/qsgd_math.cuh"
+#include "plugin/codecs/elias.h"
 #include "tests/common/cpu_world.h"
 #include "tests/common/ref_algos.h"
 #include "tests/common/test_util.h"
@@ -31,18 +33,27 @@ gradcompEliasParams_t eliasParams(const gradcompConfig_t& c) {
 
 // Serial reference: rank i encodes with key (seed, step, i, 0), every
 // encoding is decoded and summed in rank order. Adds each rank's wire bytes.
+// Nearest rounding has no public Elias entry point: the host codec's own
+// (its levels are checked against the rule in test_rounding.cc).
 std::vector<float> refElias(std::vector<Rank>& R, DType t, size_t n, const gradcompConfig_t& c,
                             uint64_t step, bool avg, std::vector<uint64_t>* wire) {
   const int N = (int)R.size();
   const gradcompEliasParams_t p = eliasParams(c);
   std::vector<float> acc(n, 0.0f);
-  std::vector<uint8_t> buf(gradcompEliasMaxEncodedBytes(n, &p));
+  std::vector<uint32_t> buf(gradcompEliasMaxEncodedBytes(n, &p) / 4 + 1);
   for (int i = 0; i < N; ++i) {
     size_t bytes = 0;
-    EXPECT_EQ(
-        gradcompEliasEncodeHost(data(R[i], t), nccl(t), R[i].residual.data(), n, &p,
-                                gc::deriveKey(c.seed, step, i, 0), buf.data(), buf.size(), &bytes),
-        gradcompSuccess);
+    const uint64_t key = gc::deriveKey(c.seed, step, i, 0);
+    if (nearest(c)) {
+      const gc::elias::Params ip{p.levels, p.bucketSize, gc::elias::Code::Gamma,
+                                 gc::elias::Norm::Max};
+      bytes = gc::host::eliasEncode(data(R[i], t), t, R[i].residual.data(), n, ip, key, true,
+                                    buf.data());
+    } else {
+      EXPECT_EQ(gradcompEliasEncodeHost(data(R[i], t), nccl(t), R[i].residual.data(), n, &p, key,
+                                        buf.data(), buf.size() * 4, &bytes),
+                gradcompSuccess);
+    }
     EXPECT_EQ(gradcompEliasDecodeHost(buf.data(), bytes, n, &p, acc.data(), i != 0),
               gradcompSuccess);
     (*wire)[i] += (uint64_t)(N - 1) * (4 + bytes);
@@ -50,11 +61,13 @@ std::vector<float> refElias(std::vector<Rank>& R, DType t, size_t n, const gradc
   return finish(acc, t, avg ? (float)N : 1.0f);
 }
 
-void checkElias(int N, DType t, bool avg, size_t n, int bits, int steps) {
+void checkElias(int N, DType t, bool avg, size_t n, int bits, int steps,
+                gradcompRounding_t rounding = gradcompRoundStochastic) {
   SCOPED_TRACE(testing::Message() << "N=" << N << " dtype=" << (int)t << " avg=" << avg
-                                  << " n=" << n << " bits=" << bits);
+                                  << " n=" << n << " bits=" << bits << " rounding=" << rounding);
   gradcompConfig_t cfg;
   gradcompConfigInit(&cfg);
+  cfg.rounding = rounding;
   cfg.elias = 1;
   cfg.minElements = 0;
   cfg.bucketSize = 64;
@@ -99,6 +112,15 @@ TEST(EliasAllReduceCpu, AllRanksTypesOpsCountsBits) {
       }
     }
   }
+}
+
+// Nearest rounding: the Elias allgather equals the fixed-width nearest
+// reference (levels from the rule), bit for bit on every rank.
+TEST(EliasAllReduceCpu, NearestRoundingEqualsFixedWidthNearest) {
+  for (int N : {2, 3, 5})
+    for (DType t : {DType::F32, DType::BF16})
+      for (size_t n : {(size_t)63, (size_t)3001})
+        checkElias(N, t, N == 3, n, t == DType::F32 ? 2 + n % 7 : 4, 3, gradcompRoundNearest);
 }
 
 // On Gaussian gradients the Elias code beats the fixed width at 2 and 3 bits

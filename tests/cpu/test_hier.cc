@@ -37,11 +37,14 @@ gradcompConfig_t baseConfig(int L) {
 
 // Runs `steps` in-place calls and checks each against the reference, across
 // ranks, and (step 0) against the error bound.
-void checkQsgd(gradcompAlgo_t algo, int N, int L, DType t, bool avg, size_t n, int steps) {
+void checkQsgd(gradcompAlgo_t algo, int N, int L, DType t, bool avg, size_t n, int steps,
+               gradcompRounding_t rounding = gradcompRoundStochastic) {
   SCOPED_TRACE(testing::Message() << "algo=" << algo << " N=" << N << " L=" << L
-                                  << " dtype=" << (int)t << " avg=" << avg << " n=" << n);
+                                  << " dtype=" << (int)t << " avg=" << avg << " n=" << n
+                                  << " rounding=" << rounding);
   gradcompConfig_t cfg = baseConfig(L);
   cfg.algo = algo;
+  cfg.rounding = rounding;
   gctest::CpuWorld world(N, cfg);
   const int nodes = N / L;
   const bool hier = nodes >= 2 && L >= 2;
@@ -109,6 +112,19 @@ TEST(HierCpu, QsgdEachInterNodeAlgorithm) {
       for (size_t n : {(size_t)63, (size_t)1000, (size_t)3001}) {
         checkQsgd(algo, s[0], s[1], DType::F32, false, n, 3);
         checkQsgd(algo, s[0], s[1], DType::BF16, true, n, 2);
+      }
+}
+
+// The inter-node child comm inherits GRADCOMP_ROUNDING=nearest: every
+// middle algorithm's encodes round to the nearest level.
+TEST(HierCpu, NearestRoundingEachInterNodeAlgorithm) {
+  const int shapes[][2] = {{4, 2}, {6, 2}, {6, 3}, {8, 2}};
+  for (auto& s : shapes)
+    for (gradcompAlgo_t algo :
+         {gradcompAlgoTwoShot, gradcompAlgoRing, gradcompAlgoAllgather, gradcompAlgoHier})
+      for (size_t n : {(size_t)63, (size_t)3001}) {
+        checkQsgd(algo, s[0], s[1], DType::F32, false, n, 3, gradcompRoundNearest);
+        checkQsgd(algo, s[0], s[1], DType::BF16, true, n, 2, gradcompRoundNearest);
       }
 }
 

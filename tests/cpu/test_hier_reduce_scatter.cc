@@ -45,10 +45,13 @@ bool hierWorld(int N, int L) {
 // the reference (hierarchical, or flat for L = 1 and L = N), residuals
 // included, stats against their formulas, the first call against the
 // one-quantization bound.
-void checkQsgd(int N, int L, DType t, bool avg, size_t m, int steps, bool inPlace) {
+void checkQsgd(int N, int L, DType t, bool avg, size_t m, int steps, bool inPlace,
+               gradcompRounding_t rounding = gradcompRoundStochastic) {
   SCOPED_TRACE(testing::Message() << "N=" << N << " L=" << L << " dtype=" << (int)t
-                                  << " avg=" << avg << " m=" << m << " inPlace=" << inPlace);
-  const gradcompConfig_t cfg = qsgdConfig(L);
+                                  << " avg=" << avg << " m=" << m << " inPlace=" << inPlace
+                                  << " rounding=" << rounding);
+  gradcompConfig_t cfg = qsgdConfig(L);
+  cfg.rounding = rounding;
   gctest::CpuWorld world(N, cfg);
   const bool hier = hierWorld(N, L);
   const int k = N / L;
@@ -158,6 +161,14 @@ TEST(HierReduceScatterCpu, QsgdInPlace) {
     for (int L : {2, N / 2})
       for (DType t : {DType::F32, DType::BF16})
         for (bool avg : {false, true}) checkQsgd(N, L, t, avg, 517, 3, true);
+}
+
+TEST(HierReduceScatterCpu, NearestRounding) {
+  for (int N : {4, 6, 8})
+    for (int L : {2, N / 2})
+      for (DType t : {DType::F32, DType::BF16})
+        for (size_t m : {(size_t)7, (size_t)517})
+          checkQsgd(N, L, t, N == 6, m, 3, false, gradcompRoundNearest);
 }
 
 // DQ-SGD: the bits are chosen by the comm as for the flat reduce-scatter

@@ -96,10 +96,12 @@ TEST(PipelineCpu, OffsetEncodeEqualsSliceOfWholeEncode) {
   }
 }
 
-gradcompConfig_t twoShotConfig(size_t pipelineBytes) {
+gradcompConfig_t twoShotConfig(size_t pipelineBytes,
+                               gradcompRounding_t rounding = gradcompRoundStochastic) {
   gradcompConfig_t cfg = gctest::qsgdTestConfig();
   cfg.algo = gradcompAlgoTwoShot;
   cfg.pipelineBytes = pipelineBytes;
+  cfg.rounding = rounding;
   return cfg;
 }
 
@@ -149,13 +151,15 @@ size_t pieceWireBytes(const gc::Chunks& ch, const gc::Pieces& p, int N, int r, i
 // other and the serial reference bit for bit on every rank, states are the
 // same bytes, and the wire bytes are the sum of the pieces' encodings,
 // which equals the unpipelined count.
-void checkPipelined(int N, DType t, bool avg, size_t n, size_t pieceElems) {
+void checkPipelined(int N, DType t, bool avg, size_t n, size_t pieceElems,
+                    gradcompRounding_t rounding = gradcompRoundStochastic) {
   const int d = 64, bits = 4, steps = 3;
   // pieceElems per chunk: pipelineBytes is the whole call's share as fp32.
   const size_t pipelineBytes = pieceElems * 4 * N;
-  SCOPED_TRACE(testing::Message() << "N=" << N << " dtype=" << (int)t << " avg=" << avg
-                                  << " n=" << n << " piece=" << pieceElems);
-  gctest::CpuWorld flat(N, twoShotConfig(0)), piped(N, twoShotConfig(pipelineBytes));
+  SCOPED_TRACE(testing::Message() << "N=" << N << " dtype=" << (int)t << " avg=" << avg << " n="
+                                  << n << " piece=" << pieceElems << " rounding=" << rounding);
+  gctest::CpuWorld flat(N, twoShotConfig(0, rounding)),
+      piped(N, twoShotConfig(pipelineBytes, rounding));
   const gc::Chunks ch = gc::splitChunks(*piped.comm(0), n, bits);
   const gc::Pieces p = gc::splitPieces(*piped.comm(0), ch);
   ASSERT_GT(p.count, 1u) << "the case must actually pipeline";
@@ -179,7 +183,7 @@ void checkPipelined(int N, DType t, bool avg, size_t n, size_t pieceElems) {
     };
     runOn(flat, a);
     runOn(piped, b);
-    gradcompConfig_t rc = twoShotConfig(0);
+    gradcompConfig_t rc = twoShotConfig(0, rounding);
     rc.bucketSize = d;
     const std::vector<float> expect = refTwoShot(ref = in, t, n, rc, step, avg);
     for (int r = 0; r < N; ++r) {
@@ -217,6 +221,17 @@ TEST(PipelineCpu, TwoShotPipelinedEqualsUnpipelined) {
       }
     }
   }
+}
+
+// Nearest rounding: the pieces' encodes round as the whole call's do.
+TEST(PipelineCpu, TwoShotPipelinedNearestEqualsUnpipelined) {
+  for (int N : {2, 3, 5, 8})
+    for (DType t : {DType::F32, DType::BF16})
+      for (size_t piece : {64ul, 192ul}) {
+        if ((3001 + N - 1) / N <= piece) continue;
+        checkPipelined(N, t, N % 2 == 1, 3001, piece, gradcompRoundNearest);
+        if (HasFatalFailure()) return;
+      }
 }
 
 // The hierarchy's middle stage runs two-shot on the inter-node child comm,

@@ -22,11 +22,13 @@ namespace {
 using gc::DType;
 using namespace gctest::ref;
 
-gradcompConfig_t ringConfig(size_t pipelineBytes, bool ownerResidual) {
+gradcompConfig_t ringConfig(size_t pipelineBytes, bool ownerResidual,
+                            gradcompRounding_t rounding = gradcompRoundStochastic) {
   gradcompConfig_t cfg = gctest::qsgdTestConfig();
   cfg.algo = gradcompAlgoRing;
   cfg.pipelineBytes = pipelineBytes;
   cfg.ownerResidual = ownerResidual ? 1 : 0;
+  cfg.rounding = rounding;
   return cfg;
 }
 
@@ -50,14 +52,16 @@ size_t pieceWireBytes(const gc::Chunks& ch, const gc::Pieces& p, int N, int r, i
 // reference bit for bit on every rank, the saved states (residuals, owner
 // residuals) are the same bytes, and the wire bytes are the sum of the
 // pieces' encodings, which equals the unpipelined count.
-void checkPipelinedRing(int N, DType t, bool avg, bool ownerRes, size_t n, size_t pieceElems) {
+void checkPipelinedRing(int N, DType t, bool avg, bool ownerRes, size_t n, size_t pieceElems,
+                        gradcompRounding_t rounding = gradcompRoundStochastic) {
   const int d = 64, bits = 4, steps = 3;
   // pieceElems per chunk: pipelineBytes is the whole call's share as fp32.
   const size_t pipelineBytes = pieceElems * 4 * N;
   SCOPED_TRACE(testing::Message() << "N=" << N << " dtype=" << (int)t << " avg=" << avg
                                   << " ownerRes=" << ownerRes << " n=" << n
-                                  << " piece=" << pieceElems);
-  gctest::CpuWorld flat(N, ringConfig(0, ownerRes)), piped(N, ringConfig(pipelineBytes, ownerRes));
+                                  << " piece=" << pieceElems << " rounding=" << rounding);
+  gctest::CpuWorld flat(N, ringConfig(0, ownerRes, rounding)),
+      piped(N, ringConfig(pipelineBytes, ownerRes, rounding));
   const gc::Chunks ch = gc::splitChunks(*piped.comm(0), n, bits);
   const gc::Pieces p = gc::splitPieces(*piped.comm(0), ch);
   ASSERT_GT(p.count, 1u) << "the case must actually pipeline";
@@ -82,7 +86,7 @@ void checkPipelinedRing(int N, DType t, bool avg, bool ownerRes, size_t n, size_
     };
     runOn(flat, a);
     runOn(piped, b);
-    gradcompConfig_t rc = ringConfig(0, ownerRes);
+    gradcompConfig_t rc = ringConfig(0, ownerRes, rounding);
     rc.bucketSize = d;
     const std::vector<float> expect = refRing(ref = in, t, n, rc, step, avg);
     for (int r = 0; r < N; ++r) {
@@ -128,6 +132,18 @@ TEST(PipelineCpu, RingPipelinedEqualsUnpipelined) {
       }
     }
   }
+}
+
+// Nearest rounding (owner residual on, as it requires): every hop's and the
+// owner's piece encodes round as the whole call's do.
+TEST(PipelineCpu, RingPipelinedNearestEqualsUnpipelined) {
+  for (int N : {2, 3, 5, 8})
+    for (DType t : {DType::F32, DType::BF16})
+      for (size_t piece : {64ul, 192ul}) {
+        if ((3001 + N - 1) / N <= piece) continue;
+        checkPipelinedRing(N, t, N % 2 == 0, true, 3001, piece, gradcompRoundNearest);
+        if (HasFatalFailure()) return;
+      }
 }
 
 // Chunks of different lengths and an empty one (splitAligned gives the

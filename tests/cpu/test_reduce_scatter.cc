@@ -31,10 +31,12 @@ using gctest::rsResidual;
 // `steps` calls with fresh inputs each; each checked bit for bit against the
 // reference (out of place, or in place at sendbuff + r*m), and the first
 // against the one-quantization bound.
-void checkQsgd(int N, DType t, bool avg, size_t m, int steps, bool inPlace) {
-  SCOPED_TRACE(testing::Message() << "N=" << N << " dtype=" << (int)t << " avg=" << avg
-                                  << " m=" << m << " inPlace=" << inPlace);
-  const gradcompConfig_t cfg = gctest::qsgdTestConfig();
+void checkQsgd(int N, DType t, bool avg, size_t m, int steps, bool inPlace,
+               gradcompRounding_t rounding = gradcompRoundStochastic) {
+  SCOPED_TRACE(testing::Message() << "N=" << N << " dtype=" << (int)t << " avg=" << avg << " m="
+                                  << m << " inPlace=" << inPlace << " rounding=" << rounding);
+  gradcompConfig_t cfg = gctest::qsgdTestConfig();
+  cfg.rounding = rounding;
   gctest::CpuWorld world(N, cfg);
   const size_t n = N * m;
   std::vector<Rank> ref = makeInputs(N, n, t, 7 * m + N);
@@ -108,6 +110,12 @@ TEST(ReduceScatterCpu, QsgdMatchesReferenceAllRanksTypesOps) {
     for (DType t : {DType::F32, DType::F16, DType::BF16})
       for (bool avg : {false, true})
         for (size_t m : kRecvCounts) checkQsgd(N, t, avg, m, 2, false);
+}
+
+TEST(ReduceScatterCpu, NearestRoundingMatchesReference) {
+  for (int N : {2, 3, 5, 8})
+    for (DType t : {DType::F32, DType::BF16})
+      for (size_t m : kRecvCounts) checkQsgd(N, t, N % 2 == 0, m, 3, m == 7, gradcompRoundNearest);
 }
 
 TEST(ReduceScatterCpu, QsgdInPlaceMatchesReference) {
@@ -196,10 +204,12 @@ TEST(ReduceScatterCpu, MeanOfCallsConvergesToTheExactBlock) {
 // DQ-SGD: the bits come from the previous result's statistics, gathered
 // over the blocks so every rank chooses the same; recomputed here from the
 // outputs (buckets from each block's start, summed in rank order).
-TEST(ReduceScatterCpu, DynamicBitsAgreeAndMatchReference) {
+void checkDynamicBits(gradcompRounding_t rounding) {
+  SCOPED_TRACE(testing::Message() << "rounding=" << rounding);
   const int N = 3;
   const size_t m = 900, n = N * m;
   gradcompConfig_t cfg = gctest::qsgdTestConfig();
+  cfg.rounding = rounding;
   cfg.bitsMode = gradcompBitsDynamic;
   cfg.bitsMin = 2;
   cfg.bitsMax = 8;
@@ -258,6 +268,17 @@ TEST(ReduceScatterCpu, DynamicBitsAgreeAndMatchReference) {
     }
   }
   EXPECT_GT(*std::max_element(seen.begin(), seen.end()), 2);
+}
+
+TEST(ReduceScatterCpu, DynamicBitsAgreeAndMatchReference) {
+  checkDynamicBits(gradcompRoundStochastic);
+}
+
+// DQ-SGD with nearest rounding: the same rule picks the bits (its bound
+// holds for nearest rounding's error too, docs/adaptive.md), and every
+// encode rounds to the nearest level at the width picked.
+TEST(ReduceScatterCpu, DynamicBitsWithNearestRounding) {
+  checkDynamicBits(gradcompRoundNearest);
 }
 
 // Sparse methods, `steps` calls on the same buffers, bit for bit.

@@ -83,6 +83,10 @@ TEST(SetupAgreement, EachSettingIsNamed) {
       // Ranks cutting calls into different pieces would post mismatched transfers.
       {"GRADCOMP_PIPELINE_BYTES (pipelineBytes) = 4194304 while rank 0 has 0",
        [](gradcompConfig_t* c) { c->pipelineBytes = 4u << 20; }},
+      // Ranks rounding differently exchange well-formed bytes: nothing else
+      // would catch it.
+      {"GRADCOMP_ROUNDING (rounding) = 1 while rank 0 has 0",
+       [](gradcompConfig_t* c) { c->rounding = gradcompRoundNearest; }},
   };
   const gradcompConfig_t base = config(2);
   ASSERT_NE(base.method, 2);

@@ -128,6 +128,32 @@ TEST(StateBlob, ForeignRankOrSettingsAreRefused) {
   EXPECT_NE(strstr(gradcompGetLastError(), "rank 0 of 2; this comm is rank 0 of 3"), nullptr);
 }
 
+// The QSGD rounding is not part of the state: a residual is v - decode(code)
+// under either rule, so a state saved under stochastic rounding loads into a
+// nearest-rounding comm, whose next step then rounds to the nearest.
+TEST(StateBlob, RoundingIsNotPartOfTheState) {
+  const int N = 3;
+  const size_t n = 5000;
+  const gradcompConfig_t sc = baseConfig(gradcompMethodQsgd);
+  gradcompConfig_t nc = sc;
+  nc.rounding = gradcompRoundNearest;
+  gctest::CpuWorld a(N, sc), b(N, nc), c(N, nc);
+  step(a, n, 0);
+  step(a, n, 1);
+  std::vector<Blob> blobs;
+  for (int r = 0; r < N; ++r) blobs.push_back(save(a.comm(r)));
+  for (int r = 0; r < N; ++r) {
+    ASSERT_EQ(gradcompCommLoadState(b.comm(r), blobs[r].data(), blobs[r].size()), gradcompSuccess)
+        << gradcompGetLastError();
+    ASSERT_EQ(gradcompCommLoadState(c.comm(r), blobs[r].data(), blobs[r].size()), gradcompSuccess)
+        << gradcompGetLastError();
+  }
+  const auto outA = step(a, n, 2), outB = step(b, n, 2), outC = step(c, n, 2);
+  EXPECT_NE(outA[0], outB[0]) << "the loaded comm rounds as its own config says";
+  for (int r = 0; r < N; ++r) EXPECT_EQ(outB[r], outC[r]) << "rank " << r;
+  for (int r = 0; r < N; ++r) EXPECT_EQ(save(b.comm(r)), save(c.comm(r))) << "rank " << r;
+}
+
 // Rand-k draws its coordinates from the step: ranks restored at different
 // steps would sum different coordinates. They fail together, and work again
 // once restored consistently.

@@ -10,7 +10,10 @@
 
 #include "gradcomp.h"
 #include "gradcomp/elias.h"
+#include "codecs/elias.h"
+#include "codecs/qsgd.h"
 #include "kernels/common_math.cuh"
+#include "kernels/elias_math.cuh"
 #include "tests/common/test_util.h"
 #include "tests/gpu/gpu_util.h"
 
@@ -84,6 +87,53 @@ void checkOne(cudaStream_t stream, ncclDataType_t t, size_t n, const gradcompEli
             gradcompSuccess);
   auto decDev = dout.download(n);
   ASSERT_EQ(memcmp(decDev.data(), decHost.data(), n * 4), 0) << "decodes differ";
+}
+
+// Nearest rounding (KeySpec::nearest): both passes of the device encode
+// draw the host codec's levels, so bytes, residual and decode are the host's.
+TEST_F(EliasGpu, NearestBitExactWithHost) {
+  for (ncclDataType_t t : {ncclFloat32, ncclBfloat16}) {
+    gc::DType dt = gc::DType::F32;
+    ASSERT_EQ(gc::dtypeFromNccl(t, &dt), gradcompSuccess);
+    for (gc::elias::Norm norm : {gc::elias::Norm::Max, gc::elias::Norm::L2}) {
+      for (int s : {1, 7, 127}) {
+        for (size_t n : {(size_t)1, (size_t)1000, (size_t)100003}) {
+          SCOPED_TRACE(testing::Message()
+                       << "type=" << t << " norm=" << (int)norm << " s=" << s << " n=" << n);
+          const int d = s == 7 ? 96 : 512;
+          const gc::elias::Params p{s, d, gc::elias::Code::Gamma, norm};
+          const gradcompEliasParams_t pub =
+              params(s, d, gradcompEliasGamma,
+                     norm == gc::elias::Norm::Max ? gradcompEliasScaleMax : gradcompEliasScaleL2);
+          std::vector<float> x = gctest::normal(n, 11 * n + s);
+          std::vector<uint16_t> h = narrow(x, t);
+          const void* hostIn = t == ncclFloat32 ? (const void*)x.data() : (const void*)h.data();
+          const size_t esz = t == ncclFloat32 ? 4 : 2;
+          std::vector<float> r = gctest::normal(n, 97, 0.1f), rHost = r;
+          const size_t maxBytes = gradcompEliasMaxEncodedBytes(n, &pub);
+          std::vector<uint32_t> encHost(maxBytes / 4 + 1);
+          const size_t hostBytes =
+              gc::host::eliasEncode(hostIn, dt, rHost.data(), n, p, 1, true, encHost.data());
+          size_t wsBytes = 0;
+          ASSERT_EQ(gradcompEliasWorkspaceBytes(n, d, &wsBytes), gradcompSuccess);
+          DeviceBuffer<uint8_t> dx(n * esz), denc(maxBytes), dws(wsBytes + 1);
+          DeviceBuffer<float> dr(n);
+          ASSERT_EQ(cudaMemcpy(dx.get(), hostIn, n * esz, cudaMemcpyHostToDevice), cudaSuccess);
+          dr.upload(r);
+          gc::KeySpec k = gc::plainKey(555);  // another key: nearest draws nothing
+          k.nearest = true;
+          ASSERT_EQ(gc::cuda::eliasEncode(dx.get(), dt, dr.get(), n, p, k, denc.get(), dws.get(),
+                                          wsBytes, stream),
+                    cudaSuccess);
+          ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+          auto encDev = denc.download(maxBytes);
+          ASSERT_EQ(memcmp(encDev.data(), encHost.data(), hostBytes), 0) << "encodings differ";
+          auto rDev = dr.download(n);
+          ASSERT_EQ(memcmp(rDev.data(), rHost.data(), n * 4), 0) << "residuals differ";
+        }
+      }
+    }
+  }
 }
 
 TEST_F(EliasGpu, BitExactWithHostAcrossCodesScalesLevelsTypes) {

@@ -2,6 +2,7 @@
 // and input type, on misaligned pointers, and under CUDA-graph capture.
 #include <gtest/gtest.h>
 
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -14,6 +15,8 @@
 #include "backends/backend.h"
 #include "codecs/qsgd.h"
 #include "kernels/common_math.cuh"
+#include "kernels/qsgd_math.cuh"
+#include "tests/common/ref_algos.h"
 #include "tests/common/test_util.h"
 #include "tests/gpu/gpu_util.h"
 
@@ -75,6 +78,58 @@ TEST_F(QsgdGpu, EncodeEFAndDecodeBitExactAllBitsAndTypes) {
                     gradcompSuccess);
           auto decDev = dout.download(n);
           ASSERT_EQ(memcmp(decDev.data(), decHost.data(), n * 4), 0);
+        }
+      }
+    }
+  }
+}
+
+// Nearest rounding (KeySpec::nearest, GRADCOMP_ROUNDING=nearest): every
+// encode path (block path at 96, each warp-path width) gives the host
+// codec's bytes and residual and the serial rule's bytes, whatever the key.
+TEST_F(QsgdGpu, NearestEncodeBitExactWithHostEveryPath) {
+  const size_t counts[] = {1, 33, 1000, 100003};
+  for (ncclDataType_t t : {ncclFloat32, ncclFloat16, ncclBfloat16}) {
+    gc::DType dt = gc::DType::F32;
+    ASSERT_EQ(gc::dtypeFromNccl(t, &dt), gradcompSuccess);
+    for (int bits = 2; bits <= 8; ++bits) {
+      for (size_t n : counts) {
+        for (int withResidual = 0; withResidual <= 1; ++withResidual) {
+          const int d = bits == 3 ? 96 : bits == 2 ? 128 : bits == 6 ? 1024 : bits == 7 ? 256 : 512;
+          SCOPED_TRACE(testing::Message() << "type=" << t << " bits=" << bits << " d=" << d
+                                          << " n=" << n << " ef=" << withResidual);
+          std::vector<float> x = gctest::normal(n, 3 * n + bits);
+          // Half-level ties where the bucket max is s (r = |x| there).
+          const int s = gc::qsgd::levels(bits);
+          for (size_t i = 0; i < n; ++i) x[i] = fmaxf(-(float)s, fminf((float)s, x[i] * s / 3));
+          if (n > 40) x[0] = (float)s, x[1] = 0.5f, x[2] = -1.5f, x[3] = (float)s - 0.5f;
+          std::vector<uint16_t> h = narrow(x, t);
+          const void* hostIn = t == ncclFloat32 ? (const void*)x.data() : (const void*)h.data();
+          std::vector<float> r = gctest::normal(n, 98, 0.1f), rHost = r, rRef = r;
+          const size_t bytes = gradcompQsgdEncodedBytes(n, bits, d);
+          std::vector<uint8_t> encHost(bytes), encRef(bytes);
+          gc::host::qsgdEncode(hostIn, dt, withResidual ? rHost.data() : nullptr, n, bits, d, 1234,
+                               true, encHost.data());
+          gctest::ref::encNearest(hostIn, dt, withResidual ? rRef.data() : nullptr, n, bits, d,
+                                  encRef.data());
+          ASSERT_EQ(encHost, encRef) << "host codec against the rule";
+
+          const size_t esz = t == ncclFloat32 ? 4 : 2;
+          DeviceBuffer<uint8_t> dx(n * esz), denc(bytes);
+          DeviceBuffer<float> dr(n);
+          ASSERT_EQ(cudaMemcpy(dx.get(), hostIn, n * esz, cudaMemcpyHostToDevice), cudaSuccess);
+          dr.upload(r);
+          gc::KeySpec k = gc::plainKey(987654321);  // another key: nearest draws nothing
+          k.nearest = true;
+          ASSERT_EQ(gc::cuda::qsgdEncode(dx.get(), dt, withResidual ? dr.get() : nullptr, n, bits,
+                                         d, k, denc.get(), stream),
+                    cudaSuccess);
+          ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+          ASSERT_EQ(denc.download(bytes), encHost);
+          if (withResidual) {
+            auto rDev = dr.download(n);
+            ASSERT_EQ(memcmp(rDev.data(), rHost.data(), n * 4), 0);
+          }
         }
       }
     }

@@ -108,11 +108,12 @@ std::vector<float> downloadAsFloat(const void* d, DType t, size_t count) {
 // pipelineBytes > 0: the pipelined two-shot or ring (comm stream + events on
 // the CUDA backend) must give the unpipelined reference's bits.
 void checkAlgo(ncclComm_t nc, cudaStream_t st, gradcompAlgo_t algo, DType t, bool avg, size_t n,
-               size_t pipelineBytes = 0) {
+               size_t pipelineBytes = 0, gradcompRounding_t rounding = gradcompRoundStochastic) {
   gradcompConfig_t cfg;
   gradcompConfigInit(&cfg);
   cfg.autoTune = 0;  // these check compression: auto must not pass calls to NCCL
   cfg.algo = algo;
+  cfg.rounding = rounding;
   cfg.pipelineBytes = pipelineBytes;
   cfg.minElements = 0;
   cfg.bucketSize = 64;
@@ -146,8 +147,9 @@ void checkAlgo(ncclComm_t nc, cudaStream_t st, gradcompAlgo_t algo, DType t, boo
                                         : refTwoShot(refState, t, n, cfg, step, avg);
     std::vector<float> got = downloadAsFloat(dbuf, t, n);
     char what[160];
-    snprintf(what, sizeof(what), "algo=%d dtype=%d avg=%d n=%zu step=%d pipelineBytes=%zu",
-             (int)algo, (int)t, avg, n, step, pipelineBytes);
+    snprintf(what, sizeof(what),
+             "algo=%d dtype=%d avg=%d n=%zu step=%d pipelineBytes=%zu rounding=%d", (int)algo,
+             (int)t, avg, n, step, pipelineBytes, (int)rounding);
     report(res == gradcompSuccess && memcmp(got.data(), expect.data(), n * 4) == 0, what);
     if (localSize > 1) {
       gradcompStats_t stats;
@@ -1001,6 +1003,15 @@ int main() {
       for (size_t piece : {(size_t)64, (size_t)192}) {
         checkAlgo(nc, st, gradcompAlgoRing, t, avg, 100003, piece * 4 * nranks);
       }
+  // Nearest rounding (GRADCOMP_ROUNDING=nearest): the CUDA encode kernels
+  // of every algorithm, flat or hierarchical, and pipelined, against the
+  // serial references rounding every encode to the nearest level.
+  for (gradcompAlgo_t algo : {gradcompAlgoTwoShot, gradcompAlgoRing, gradcompAlgoAllgather})
+    for (DType t : {DType::F32, DType::BF16})
+      for (size_t n : {(size_t)5000, (size_t)100003})
+        checkAlgo(nc, st, algo, t, n == 5000, n, 0, gradcompRoundNearest);
+  for (gradcompAlgo_t algo : {gradcompAlgoTwoShot, gradcompAlgoRing})
+    checkAlgo(nc, st, algo, DType::F32, false, 100003, 192 * 4 * nranks, gradcompRoundNearest);
   checkGraph(nc, st, 0);
   checkGraph(nc, st, 64 << 10);
   checkGraph(nc, st, 64 << 10, gradcompAlgoRing);

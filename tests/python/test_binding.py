@@ -209,6 +209,12 @@ class ConfigSettings(unittest.TestCase):
         self.assertEqual((c.method, c.bits, c.bucket_size, c.algo, c.value_type, c.min_elements),
                          ("dgc", 3, 256, "sparse", "half", 0))
         self.assertEqual(c.struct.density, np.float32(0.001))
+        c = gradcomp.Config(from_env=False, rounding="nearest")
+        self.assertEqual((c.rounding, c.struct.rounding), ("nearest", 1))
+        self.assertEqual(gradcomp.Config(from_env=False).rounding, "stochastic")
+        with self.assertRaisesRegex(gradcomp.InvalidArgumentError,
+                                    r"rounding=nearest \(GRADCOMP_ROUNDING\) with errorFeedback=0"):
+            gradcomp.Config(from_env=False, rounding="nearest", error_feedback=0)
 
     def test_defaults_then_environment(self):
         self.assertEqual(gradcomp.Config(from_env=False).bits, 4)

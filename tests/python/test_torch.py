@@ -332,8 +332,9 @@ class HookOnCpuWorld(unittest.TestCase):
         return torch.randn(n, generator=g) * (rank + 1)
 
     @staticmethod
-    def make_states(N, world, tag, module, start_iter, config):
-        """N GradcompStates, rank r's on a gloo group of a shared store and world.comms[r]."""
+    def make_states(N, world, tag, module, start_iter, config, **settings):
+        """N GradcompStates, rank r's on a gloo group of a shared store and world.comms[r]
+        (settings: GradcompState's keywords over config())."""
         import gradcomp.torch as gt
         import gradcomp.torch._group as group
 
@@ -354,7 +355,7 @@ class HookOnCpuWorld(unittest.TestCase):
             for r, pg in enumerate(pgs):
                 group.check_group = lambda pg, backend, r=r: (pg, r, N)
                 st = gt.GradcompState(pg, module=module, start_iter=start_iter, backend="cpu",
-                                      config=config())
+                                      config=config(), **settings)
                 st._make_comm = lambda device, c=world.comms[r]: (c, None)
                 out.append(st)
         finally:
@@ -462,6 +463,31 @@ class HookOnCpuWorld(unittest.TestCase):
             for b in range(len(self.buckets)):
                 self.same_bits(again[r][b], after[r][b], f"rank {r} bucket {b}")
         self.assertFalse(torch.equal(cold[0][0], after[0][0]))
+
+
+class HookNearestOnCpuWorld(HookOnCpuWorld):
+    """HookOnCpuWorld's tests with GRADCOMP_ROUNDING=nearest, given to the states as
+    GradcompState's keyword rounding="nearest" (the worlds' comms, which the hook uses here,
+    are made from the same settings)."""
+
+    def config(self):
+        return self.gradcomp.Config(from_env=False, method="qsgd", bits=4, min_elements=0,
+                                    rounding="nearest")
+
+    def states(self, world, tag):
+        def plain():
+            return self.gradcomp.Config(from_env=False, method="qsgd", bits=4, min_elements=0)
+
+        states = self.make_states(self.N, world, tag, self.model, self.START, plain,
+                                  rounding="nearest")
+        for s in states:
+            self.assertEqual((s.config.rounding, s.config.struct.rounding), ("nearest", 1))
+        return states
+
+    def test_nearest_without_error_feedback_is_refused(self):
+        with self.assertRaisesRegex(ValueError, r"rounding=nearest \(GRADCOMP_ROUNDING\) with "
+                                    r"errorFeedback=0 \(GRADCOMP_EF\)"):
+            self.gradcomp.Config(from_env=False, rounding="nearest", error_feedback=0)
 
 
 @unittest.skipIf(torch is None, "PyTorch is not installed")
@@ -1023,7 +1049,7 @@ class AbortOrder(unittest.TestCase):
 
 
 class LmCompareExitStatus(unittest.TestCase):
-    """tools/lm_compare.py's exit status (no torch needed): on the GPU box its 13 runs do not
+    """tools/lm_compare.py's exit status (no torch needed): on the GPU box its 14 runs do not
     fit the study's 5 minutes, so the runs past the budget are skipped; that is the design
     (goals' runs first), not a failed study. A failed or timed-out run still fails it."""
 

@@ -27,6 +27,7 @@ SKIP = 77
 NEEDS = {"lm_compare": ("torch", "matplotlib"), "torch_hooks": ("torch", "sklearn")}
 CPU_SKIP = "skipped on CPU"
 HOOK_RUNS = ("qsgd4_hook", "qsgd2_hook", "dgc_hook")
+NEAREST_RUNS = ("qsgd4_nearest_d128_hook",)  # GRADCOMP_ROUNDING=nearest reaches the hook
 SGD_RUNS = ("none_sgd", "qsgd4_sgd_hook", "dgc_sgd_hook")  # DGC in its setting: momentum SGD, momentum correction
 
 
@@ -115,14 +116,14 @@ def check_lm(out_root, build):
     out = os.path.join(out_root, "raw")
     # none_reseed (the noise floor) is the full study's: the smoke's numbers would be noise.
     os.environ["GC_LM_RUNS"] = ",".join(("none", "powersgd", "fp16", "qsgd4_preload") + HOOK_RUNS
-                                        + SGD_RUNS)
+                                        + SGD_RUNS + NEAREST_RUNS)
     rc = run([os.path.join(TOOLS, "lm_compare.py"), out, build, "--device", "cpu", "--smoke"],
              500)
     expect(rc == 0, f"lm_compare.py exited {rc}")
     lm = load(os.path.join(out, "lm.json"))
     expect(lm["lm_device"] == "cpu" and lm["lm_smoke"] is True, f"device/smoke: {lm}")
     runs = lm["lm_runs"]
-    made = ("none", "powersgd", "fp16") + HOOK_RUNS + SGD_RUNS
+    made = ("none", "powersgd", "fp16") + HOOK_RUNS + SGD_RUNS + NEAREST_RUNS
     for name in made:
         expect(runs.get(name) == "ok", f"run {name}: {runs.get(name)}")
         expect(lm[f"lm_params_identical_{name}"] is True, f"{name}: ranks' parameters differ")
@@ -130,7 +131,7 @@ def check_lm(out_root, build):
     expect(runs.get("qsgd4_preload", "").startswith(CPU_SKIP) and "interposes NCCL" in
            runs["qsgd4_preload"], f"run qsgd4_preload: {runs.get('qsgd4_preload')}")
     expect("lm_val_loss_qsgd4_preload" not in lm, "the preload has a loss though it did not run")
-    for key in ("qsgd4", "dgc", "powersgd", "qsgd4_sgd", "dgc_sgd"):
+    for key in ("qsgd4", "dgc", "powersgd", "qsgd4_sgd", "dgc_sgd", "qsgd4_nearest_d128_hook"):
         expect(math.isfinite(lm[f"lm_val_loss_rel_delta_{key}"]), f"{key}: no finite delta")
     # The SGD runs are compared with each other, not with AdamW's uncompressed run.
     sgd = lm["lm_val_loss_none_sgd"]
