@@ -471,8 +471,8 @@ struct Entry {
   uint16_t port;  // network order
 };
 static_assert(sizeof(Entry) == 24, "socket.cc's table entry");
-// The verdict: magic, ok (1, or 0 and the sentence), the sentence.
-constexpr size_t kVerdictBytes = 200, kOkAt = 4;
+// The verdict: magic, ok (1, or 0 and the sentence), the world's nranks, the sentence.
+constexpr size_t kVerdictBytes = 200, kOkAt = 4, kNranksAt = 8, kWhyAt = 12;
 
 Entry entryAt(const std::vector<char>& b, int k) {
   Entry e;
@@ -611,6 +611,7 @@ std::vector<Outcome> run(int family, int nranks, const gradcompConfig_t& cfg,
   std::vector<char> valid(kVerdictBytes + nranks * sizeof(Entry), 0);
   setWord(&valid, 0, (int32_t)kHelloMagic);
   setWord(&valid, kOkAt, 1);
+  setWord(&valid, kNranksAt, nranks);
   for (int r = 0; r < nranks; ++r) setEntry(&valid, r, table[r]);
   std::vector<std::thread> echoes;
   for (int r = 1; r < nranks; ++r) {
@@ -731,6 +732,84 @@ TEST(Fuzz, SocketRootMessagesToAPeer) {
   // mutations of bytes they need not read.
   EXPECT_GT(made, 0);
   EXPECT_GT(refused, 0);
+}
+
+// Answers from rank 0 that a broken or hostile root could send, each named:
+// no rank makes a comm, and the rank that reads the bad bytes says what was
+// wrong with them (the value, or the address it could not use) within its
+// timeout.
+TEST(Fuzz, SocketRootAnswersNamed) {
+  using namespace fakeroot;
+  const gradcompConfig_t cfg = config();
+  struct Case {
+    const char* name;
+    int nranks;
+    Answer answer;
+    int reader;  // the rank that reads the bad bytes
+    gradcompResult_t want;
+    std::string says;
+  };
+  const Case cases[] = {
+      {"a refusal in unprintable bytes", 3,
+       [](int, std::vector<char> b) {
+         setWord(&b, kOkAt, 0);
+         const char why[] = "bad\x01\x7f\xff\n world";
+         memcpy(b.data() + kWhyAt, why, sizeof why);
+         b.resize(kVerdictBytes);
+         return b;
+       },
+       2, gradcompInvalidArgument, "rank 0 refused the world: bad"},
+      {"a refusal with no end", 3,
+       [](int, std::vector<char> b) {
+         setWord(&b, kOkAt, 0);
+         memset(b.data() + kWhyAt, 'x', kVerdictBytes - kWhyAt);
+         b.resize(kVerdictBytes);
+         return b;
+       },
+       1, gradcompInvalidArgument, "refused the world: xxx"},
+      {"a table cut short", 3,
+       [](int, std::vector<char> b) {
+         b.resize(b.size() - 10);
+         return b;
+       },
+       2, gradcompSystemError, "table of listening addresses"},
+      {"a verdict for 4 ranks", 3,
+       [](int, std::vector<char> b) {
+         setWord(&b, kNranksAt, 4);
+         return b;
+       },
+       1, gradcompSystemError, "4 ranks"},
+      {"ok=2", 3,
+       [](int, std::vector<char> b) {
+         setWord(&b, kOkAt, 2);
+         return b;
+       },
+       1, gradcompSystemError, "not as gradcomp's rank 0"},
+      {"a bad magic", 3,
+       [](int, std::vector<char> b) {
+         b[0] ^= 1;
+         return b;
+       },
+       2, gradcompSystemError, "not as gradcomp's rank 0"},
+      {"bytes after the table", 3,
+       [](int, std::vector<char> b) {
+         b.resize(b.size() + 48, 'z');
+         return b;
+       },
+       1, gradcompSystemError, "corrupt message from rank 0"},
+  };
+  for (const Case& k : cases) {
+    SCOPED_TRACE(k.name);
+    const std::vector<Outcome> out = run(AF_INET, k.nranks, cfg, k.answer);
+    for (int r = 1; r < k.nranks; ++r) {
+      EXPECT_NE(out[r].created, gradcompSuccess) << "rank " << r << " made a comm";
+      EXPECT_TRUE(allowed(out[r].created)) << "rank " << r << ": " << out[r].created;
+    }
+    const Outcome& o = out[k.reader];
+    EXPECT_EQ(o.created, k.want) << "rank " << k.reader << ": " << o.why;
+    EXPECT_NE(o.why.find(k.says), std::string::npos) << "rank " << k.reader << ": " << o.why;
+    for (char c : o.why) EXPECT_TRUE(c >= 0x20 && c < 0x7f) << "a raw byte in: " << o.why;
+  }
 }
 
 }  // namespace

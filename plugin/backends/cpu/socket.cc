@@ -77,9 +77,11 @@ struct Entry {
 static_assert(sizeof(Entry) == 24, "no padding in the address table");
 struct Verdict {
   uint32_t magic;
-  int32_t ok;  // 0: rank 0 refused the world; the sentence follows in why
-  char why[192];
+  int32_t ok;      // 1, or 0: rank 0 refused the world; the sentence follows in why
+  int32_t nranks;  // the world rank 0 answers for
+  char why[188];
 };
+static_assert(sizeof(Verdict) == 200, "no padding in the verdict");
 
 }  // namespace
 
@@ -375,6 +377,17 @@ gradcompResult_t acceptOne(int listener, double deadline, int* out, Addr* peer, 
   return gradcompSuccess;
 }
 
+// The sentence in a verdict, as received: up to its end or the field's, any
+// byte that is not printable ASCII shown as '?' (it goes into this rank's
+// error sentence and logs).
+std::string printable(const char* s, size_t max) {
+  std::string out;
+  for (size_t i = 0; i < max && s[i] != '\0'; ++i) {
+    out += s[i] >= 0x20 && s[i] < 0x7f ? s[i] : '?';
+  }
+  return out;
+}
+
 // Closes a descriptor when it goes out of scope unless released.
 struct FdGuard {
   int fd = -1;
@@ -410,6 +423,7 @@ gradcompResult_t rootRendezvous(SocketMesh& m, const Addr& rootAddr, double dead
       refusal = buf;
       Verdict no = {};
       no.magic = kHelloMagic;
+      no.nranks = m.nranks;
       snprintf(no.why, sizeof no.why, "%s", buf);
       sendAll(g.fd, &no, sizeof no, deadline, "the root's verdict");
       break;
@@ -423,6 +437,7 @@ gradcompResult_t rootRendezvous(SocketMesh& m, const Addr& rootAddr, double dead
   Verdict v = {};
   v.magic = kHelloMagic;
   v.ok = refusal.empty();
+  v.nranks = m.nranks;
   snprintf(v.why, sizeof v.why, "%s", refusal.c_str());
   for (int r = 0; r < m.nranks; ++r) {
     if (m.fds[r] < 0) continue;
@@ -456,14 +471,21 @@ gradcompResult_t peerRendezvous(SocketMesh& m, const Addr& rootAddr, double dead
   GC_CHECK(sendAll(fd, &h, sizeof h, deadline, "this rank's hello"));
   Verdict v = {};
   GC_CHECK(recvAll(fd, &v, sizeof v, deadline, "rank 0's answer"));
-  v.why[sizeof v.why - 1] = '\0';
-  if (v.magic != kHelloMagic) {
+  if (v.magic != kHelloMagic || (v.ok != 0 && v.ok != 1)) {
     return setError(gradcompSystemError,
-                    "socket transport: the root address answered, but not as gradcomp's rank 0");
+                    "socket transport: the root address answered, but not as gradcomp's rank 0 "
+                    "(magic 0x%08x, verdict %d)",
+                    v.magic, v.ok);
   }
   if (!v.ok) {
     return setError(gradcompInvalidArgument, "socket transport: rank 0 refused the world: %s",
-                    v.why);
+                    printable(v.why, sizeof v.why).c_str());
+  }
+  if (v.nranks != m.nranks) {
+    return setError(gradcompSystemError,
+                    "socket transport: rank 0 answered for a world of %d ranks; this rank has "
+                    "nranks=%d",
+                    v.nranks, m.nranks);
   }
   std::vector<Entry> table(m.nranks);
   GC_CHECK(recvAll(fd, table.data(), table.size() * sizeof(Entry), deadline,
