@@ -741,6 +741,27 @@ TEST(Fuzz, SocketRootMessagesToAPeer) {
 TEST(Fuzz, SocketRootAnswersNamed) {
   using namespace fakeroot;
   const gradcompConfig_t cfg = config();
+  // Bound, not listening: refuses every connection.
+  Socket closed;
+  ASSERT_TRUE(openLoopback(AF_INET, -1, &closed));
+  // Listening with a full queue (backlog 0 and one connection nobody
+  // accepts): a connection never completes, as to a host that drops packets.
+  Socket silent, filler;
+  ASSERT_TRUE(openLoopback(AF_INET, 0, &silent));
+  filler.fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in s = {};
+  s.sin_family = AF_INET;
+  s.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  s.sin_port = silent.entry.port;
+  ASSERT_EQ(connect(filler.fd, reinterpret_cast<sockaddr*>(&s), sizeof s), 0);
+  auto rank1At = [](const Entry& e) {
+    return [e](int, std::vector<char> b) {
+      Entry x = entryAt(b, 1);
+      x.port = e.port;
+      setEntry(&b, 1, x);
+      return b;
+    };
+  };
   struct Case {
     const char* name;
     int nranks;
@@ -750,6 +771,10 @@ TEST(Fuzz, SocketRootAnswersNamed) {
     std::string says;
   };
   const Case cases[] = {
+      {"rank 1 where nobody listens", 3, rank1At(closed.entry), 2, gradcompSystemError,
+       text(closed.entry)},
+      {"rank 1 where nothing answers", 3, rank1At(silent.entry), 2, gradcompSystemError,
+       text(silent.entry)},
       {"a refusal in unprintable bytes", 3,
        [](int, std::vector<char> b) {
          setWord(&b, kOkAt, 0);

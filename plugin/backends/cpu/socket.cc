@@ -337,24 +337,47 @@ gradcompResult_t listenOn(const Addr& addr, int* out, const char* what) {
   return gradcompSuccess;
 }
 
-// Connects to addr, retrying while nobody listens there yet (rank 0 may
-// start last).
-gradcompResult_t connectTo(const Addr& addr, double deadline, int* out, const char* what) {
+// Closes a descriptor when it goes out of scope unless released.
+struct FdGuard {
+  int fd = -1;
+  ~FdGuard() {
+    if (fd >= 0) close(fd);
+  }
+};
+
+// Connects to addr before the deadline. The connect does not block: a host
+// that drops the packets would hold a blocking one for minutes.
+// waitForListener retries while nobody listens there yet (rank 0 may start
+// last); the ranks' own listeners exist before rank 0 hands out their
+// addresses, so there a refusal is final.
+gradcompResult_t connectTo(const Addr& addr, double deadline, bool waitForListener, int* out,
+                           const char* what) {
   for (;;) {
-    const int fd = socket(addr.family(), SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) {
+    FdGuard g;
+    g.fd = socket(addr.family(), SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (g.fd < 0) {
       return setError(gradcompSystemError, "socket transport: socket(): %s",
                       errnoText(errno).c_str());
     }
-    if (connect(fd, addr.sa(), addr.len()) == 0) {
-      tuneSocket(fd);
-      *out = fd;
+    int err = connect(g.fd, addr.sa(), addr.len()) == 0 ? 0 : errno;
+    if (err == EINPROGRESS || err == EINTR) {
+      if (waitFd(g.fd, POLLOUT, deadline, what) != gradcompSuccess) {
+        return setError(gradcompSystemError,
+                        "socket transport: cannot connect to %s at %s: no answer "
+                        "(cpuTimeoutSec, GRADCOMP_CPU_TIMEOUT, ran out)",
+                        what, addr.text().c_str());
+      }
+      socklen_t len = sizeof err;
+      if (getsockopt(g.fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
+    }
+    if (err == 0) {
+      tuneSocket(g.fd);
+      *out = g.fd;
+      g.fd = -1;
       return gradcompSuccess;
     }
-    const int err = errno;
-    close(fd);
-    const bool retry = err == ECONNREFUSED || err == EINTR || err == ETIMEDOUT ||
-                       err == ECONNRESET || err == EAGAIN;
+    const bool retry = waitForListener && (err == ECONNREFUSED || err == EINTR ||
+                                           err == ETIMEDOUT || err == ECONNRESET || err == EAGAIN);
     if (!retry || now() >= deadline) {
       return setError(gradcompSystemError, "socket transport: cannot connect to %s at %s: %s%s",
                       what, addr.text().c_str(), errnoText(err).c_str(),
@@ -387,14 +410,6 @@ std::string printable(const char* s, size_t max) {
   }
   return out;
 }
-
-// Closes a descriptor when it goes out of scope unless released.
-struct FdGuard {
-  int fd = -1;
-  ~FdGuard() {
-    if (fd >= 0) close(fd);
-  }
-};
 
 // Rank 0: collects every rank's hello, checks that they agree on the world,
 // then tells every rank where the others listen (or why the world is refused).
@@ -465,7 +480,7 @@ gradcompResult_t peerRendezvous(SocketMesh& m, const Addr& rootAddr, double dead
   socklen_t len = sizeof mine.ss;
   getsockname(listener.fd, mine.sa(), &len);
   int fd = -1;
-  GC_CHECK(connectTo(rootAddr, deadline, &fd, "rank 0 (the root)"));
+  GC_CHECK(connectTo(rootAddr, deadline, true, &fd, "rank 0 (the root)"));
   m.fds[0] = fd;
   Hello h = {kHelloMagic, m.nranks, m.rank, ntohs(mine.portNet()), 0};
   GC_CHECK(sendAll(fd, &h, sizeof h, deadline, "this rank's hello"));
@@ -500,7 +515,7 @@ gradcompResult_t peerRendezvous(SocketMesh& m, const Addr& rootAddr, double dead
     }
     char what[32];
     snprintf(what, sizeof what, "rank %d", r);
-    GC_CHECK(connectTo(a, deadline, &m.fds[r], what));
+    GC_CHECK(connectTo(a, deadline, false, &m.fds[r], what));
     const int32_t me = m.rank;
     GC_CHECK(sendAll(m.fds[r], &me, sizeof me, deadline, "this rank's number"));
   }
