@@ -771,6 +771,31 @@ TEST(Fuzz, SocketRootAnswersNamed) {
     std::string says;
   };
   const Case cases[] = {
+      {"rank 1's family 7", 3,
+       [](int, std::vector<char> b) {
+         Entry e = entryAt(b, 1);
+         e.family = 7;
+         setEntry(&b, 1, e);
+         return b;
+       },
+       2, gradcompSystemError, "family 7"},
+      {"rank 1 on IPv6 in an IPv4 world", 3,
+       [](int, std::vector<char> b) {
+         Entry e = entryAt(b, 1);
+         e.family = AF_INET6;
+         memcpy(e.addr, &in6addr_loopback, 16);
+         setEntry(&b, 1, e);
+         return b;
+       },
+       2, gradcompSystemError, "family " + std::to_string(AF_INET6)},
+      {"rank 1 at port 0", 3,
+       [](int, std::vector<char> b) {
+         Entry e = entryAt(b, 1);
+         e.port = 0;
+         setEntry(&b, 1, e);
+         return b;
+       },
+       2, gradcompSystemError, "port 0"},
       {"rank 1 where nobody listens", 3, rank1At(closed.entry), 2, gradcompSystemError,
        text(closed.entry)},
       {"rank 1 where nothing answers", 3, rank1At(silent.entry), 2, gradcompSystemError,

@@ -507,11 +507,17 @@ gradcompResult_t peerRendezvous(SocketMesh& m, const Addr& rootAddr, double dead
                    "the table of listening addresses"));
   for (int r = 1; r < m.rank; ++r) {
     Addr a;
-    if (!Addr::fromEntry(table[r], &a)) {
+    // Every rank listens in the root address's family (above).
+    if (table[r].family != rootAddr.family() || !Addr::fromEntry(table[r], &a)) {
       return setError(gradcompSystemError,
-                      "socket transport: rank 0 sent rank %d's address with family %d (not IPv4 or "
-                      "IPv6)",
-                      r, (int)table[r].family);
+                      "socket transport: rank 0 sent rank %d's address with family %d; the ranks "
+                      "listen in the root address's family %d",
+                      r, (int)table[r].family, rootAddr.family());
+    }
+    if (table[r].port == 0) {
+      return setError(gradcompSystemError,
+                      "socket transport: rank 0 sent rank %d's address %s with port 0", r,
+                      a.text().c_str());
     }
     char what[32];
     snprintf(what, sizeof what, "rank %d", r);
