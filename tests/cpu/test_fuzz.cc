@@ -754,6 +754,10 @@ TEST(Fuzz, SocketRootAnswersNamed) {
   s.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   s.sin_port = silent.entry.port;
   ASSERT_EQ(connect(filler.fd, reinterpret_cast<sockaddr*>(&s), sizeof s), 0);
+  // Listening, but not a gradcomp rank: the connection completes and nothing answers.
+  Socket stranger;
+  ASSERT_TRUE(openLoopback(AF_INET, 8, &stranger));
+
   auto rank1At = [](const Entry& e) {
     return [e](int, std::vector<char> b) {
       Entry x = entryAt(b, 1);
@@ -800,6 +804,19 @@ TEST(Fuzz, SocketRootAnswersNamed) {
        text(closed.entry)},
       {"rank 1 where nothing answers", 3, rank1At(silent.entry), 2, gradcompSystemError,
        text(silent.entry)},
+      {"rank 1 where a stranger listens", 3, rank1At(stranger.entry), 2, gradcompSystemError,
+       text(stranger.entry)},
+      {"ranks 1 and 2 swapped", 4,
+       [](int r, std::vector<char> b) {
+         // Only rank 3 hears it: it would reach rank 2 as rank 1 and rank 1 as rank 2.
+         if (r == 3) {
+           const Entry one = entryAt(b, 1), two = entryAt(b, 2);
+           setEntry(&b, 1, two);
+           setEntry(&b, 2, one);
+         }
+         return b;
+       },
+       3, gradcompSystemError, "rank 2"},
       {"a refusal in unprintable bytes", 3,
        [](int, std::vector<char> b) {
          setWord(&b, kOkAt, 0);

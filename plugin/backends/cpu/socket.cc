@@ -519,11 +519,22 @@ gradcompResult_t peerRendezvous(SocketMesh& m, const Addr& rootAddr, double dead
                       "socket transport: rank 0 sent rank %d's address %s with port 0", r,
                       a.text().c_str());
     }
-    char what[32];
-    snprintf(what, sizeof what, "rank %d", r);
-    GC_CHECK(connectTo(a, deadline, false, &m.fds[r], what));
+    const std::string who = "rank " + std::to_string(r);
+    GC_CHECK(connectTo(a, deadline, false, &m.fds[r], who.c_str()));
     const int32_t me = m.rank;
     GC_CHECK(sendAll(m.fds[r], &me, sizeof me, deadline, "this rank's number"));
+    // The rank listening there says which it is: a table that points
+    // elsewhere (another rank, or a socket that is no rank) would otherwise
+    // make a comm whose messages reach the wrong ranks.
+    const std::string reply = who + "'s reply at " + a.text();
+    int32_t them = -1;
+    GC_CHECK(recvAll(m.fds[r], &them, sizeof them, deadline, reply.c_str()));
+    if (them != r) {
+      return setError(gradcompSystemError,
+                      "socket transport: rank %d reached %s, rank 0's address for rank %d, and "
+                      "the rank listening there says it is rank %d",
+                      m.rank, a.text().c_str(), r, them);
+    }
   }
   for (int got = m.rank + 1; got < m.nranks; ++got) {
     int pfd = -1;
@@ -537,6 +548,8 @@ gradcompResult_t peerRendezvous(SocketMesh& m, const Addr& rootAddr, double dead
                       "socket transport: rank %d was reached by a connection claiming rank %d",
                       m.rank, who);
     }
+    const int32_t me = m.rank;
+    GC_CHECK(sendAll(pfd, &me, sizeof me, deadline, "this rank's number"));
     m.fds[who] = g.fd;
     g.fd = -1;
   }
