@@ -1,7 +1,9 @@
 // TCP transport of the CPU backend: each rank a process (or a thread) with
 // one connection to every other rank. Rank 0 listens at the root address;
 // the others connect to it, learn every rank's listening address from it and
-// connect to the ranks below them. Collectives move host memory with
+// connect to the ranks below them, each of which answers with its number.
+// Nothing rank 0 answers is trusted: a bad verdict or table fails the rank
+// with a sentence naming the value, within cpuTimeoutSec. Collectives move host memory with
 // non-blocking sockets driven by poll(), so a rank sends to and receives from
 // all its peers at once. Every message starts with a header naming the
 // collective, its size and the call it belongs to; the receiver checks it
