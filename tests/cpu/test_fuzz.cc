@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include <algorithm>
+#include <functional>
 #include <memory>
 #include <random>
 #include <string>
@@ -449,6 +450,444 @@ TEST(Fuzz, SocketMessagesFromAPeer) {
   // Both sides of the driver were exercised.
   EXPECT_GT(made, 0);
   EXPECT_GT(refused, 0);
+}
+
+// The TCP transport's set-up bytes from rank 0 (plugin/backends/cpu/socket.cc),
+// the other direction: a fake rank 0 listens on loopback, real ranks
+// 1..N-1 (threads) connect and say hello, and the fake root answers each
+// with the verdict and the table of listening addresses a real root would
+// send (made from the hellos and the addresses they came from), changed by
+// the case. Then it echoes every collective message a rank sends it back to
+// that rank: with N equal chunks each is the size and header the rank
+// expects from rank 0, so a valid answer makes comms whose allreduce
+// completes.
+namespace fakeroot {
+
+// socket.cc's set-up structs, byte for byte.
+constexpr uint32_t kHelloMagic = 0x47435348;
+struct Hello {
+  uint32_t magic;
+  int32_t nranks, rank;
+  uint16_t port, pad;
+};
+struct Entry {
+  uint8_t addr[16];  // network order
+  uint32_t scope;
+  uint16_t family;
+  uint16_t port;  // network order
+};
+static_assert(sizeof(Entry) == 24, "socket.cc's table entry");
+// The verdict: magic, ok (1, or 0 and the sentence), the world's nranks, the sentence.
+constexpr size_t kVerdictBytes = 200, kOkAt = 4, kNranksAt = 8, kWhyAt = 12;
+
+Entry entryAt(const std::vector<char>& b, int k) {
+  Entry e;
+  memcpy(&e, b.data() + kVerdictBytes + sizeof(Entry) * k, sizeof e);
+  return e;
+}
+void setEntry(std::vector<char>* b, int k, const Entry& e) {
+  memcpy(b->data() + kVerdictBytes + sizeof(Entry) * k, &e, sizeof e);
+}
+void setWord(std::vector<char>* b, size_t at, int32_t v) {
+  memcpy(b->data() + at, &v, 4);
+}
+
+Entry entryOf(const sockaddr_storage& ss) {
+  Entry e = {};
+  e.family = ss.ss_family;
+  if (ss.ss_family == AF_INET6) {
+    const auto* a = reinterpret_cast<const sockaddr_in6*>(&ss);
+    memcpy(e.addr, &a->sin6_addr, 16);
+    e.scope = a->sin6_scope_id;
+    e.port = a->sin6_port;
+  } else {
+    const auto* a = reinterpret_cast<const sockaddr_in*>(&ss);
+    memcpy(e.addr, &a->sin_addr, 4);
+    e.port = a->sin_port;
+  }
+  return e;
+}
+
+std::string text(const Entry& e) {
+  return (e.family == AF_INET6 ? "[::1]:" : "127.0.0.1:") + std::to_string(ntohs(e.port));
+}
+
+// A loopback socket of `family` on a port the kernel picks (held from the
+// start, so no concurrent test can take it): listening with `backlog`, or,
+// with backlog < 0, bound only, so that every connection to it is refused.
+struct Socket {
+  int fd = -1;
+  Entry entry = {};
+  ~Socket() {
+    if (fd >= 0) close(fd);
+  }
+};
+
+bool openLoopback(int family, int backlog, Socket* s) {
+  s->fd = socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (s->fd < 0) return false;
+  sockaddr_storage ss = {};
+  socklen_t len = sizeof(sockaddr_in);
+  if (family == AF_INET6) {
+    auto* a = reinterpret_cast<sockaddr_in6*>(&ss);
+    a->sin6_family = AF_INET6;
+    a->sin6_addr = in6addr_loopback;
+    len = sizeof *a;
+  } else {
+    auto* a = reinterpret_cast<sockaddr_in*>(&ss);
+    a->sin_family = AF_INET;
+    a->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  }
+  if (bind(s->fd, reinterpret_cast<sockaddr*>(&ss), len) != 0) return false;
+  if (backlog >= 0 && listen(s->fd, backlog) != 0) return false;
+  len = sizeof ss;
+  if (getsockname(s->fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) return false;
+  s->entry = entryOf(ss);
+  return true;
+}
+
+bool hasIpv6Loopback() {
+  Socket s;
+  return openLoopback(AF_INET6, -1, &s);
+}
+
+struct Outcome {
+  gradcompResult_t created = gradcompInternalError, reduced = gradcompInternalError;
+  std::string why;  // the rank's error sentence, if any
+};
+
+bool allowed(gradcompResult_t r) {
+  return r == gradcompSuccess || r == gradcompInvalidArgument || r == gradcompInvalidUsage ||
+         r == gradcompSystemError;
+}
+
+// What the fake root sends rank r, given the valid verdict and table.
+using Answer = std::function<std::vector<char>(int r, std::vector<char> valid)>;
+
+// Ranks 1..nranks-1 against the fake root; every rank's outcome (0 unused).
+std::vector<Outcome> run(int family, int nranks, const gradcompConfig_t& cfg,
+                         const Answer& answer) {
+  std::vector<Outcome> out(nranks);
+  Socket root;
+  if (!openLoopback(family, 64, &root)) {
+    ADD_FAILURE() << "the fake root cannot listen on loopback (family " << family << ")";
+    return out;
+  }
+  const std::string rootText = text(root.entry);
+  const size_t n = 1024 * (size_t)nranks;
+  std::vector<std::thread> ranks;
+  for (int r = 1; r < nranks; ++r) {
+    ranks.emplace_back([&, r] {
+      Outcome& o = out[r];
+      gradcompComm_t c = nullptr;
+      o.created = gradcompCommCreateSocket(nranks, r, rootText.c_str(), &cfg, &c);
+      if (o.created != gradcompSuccess) {
+        o.why = gradcompGetLastError();
+        return;
+      }
+      std::vector<float> x(n, (float)r);
+      o.reduced = gradcompAllReduce(x.data(), x.data(), n, ncclFloat32, ncclSum, c, nullptr);
+      if (o.reduced != gradcompSuccess) o.why = gradcompGetLastError();
+      gradcompCommDestroy(c);
+    });
+  }
+  std::vector<int> fds(nranks, -1);
+  std::vector<Entry> table(nranks);
+  table[0] = root.entry;
+  bool complete = true;
+  for (int k = 1; k < nranks && complete; ++k) {
+    pollfd p = {root.fd, POLLIN, 0};
+    sockaddr_storage peer = {};
+    socklen_t len = sizeof peer;
+    const int fd = poll(&p, 1, 10000) == 1
+                       ? accept4(root.fd, reinterpret_cast<sockaddr*>(&peer), &len, SOCK_CLOEXEC)
+                       : -1;
+    Hello h = {};
+    complete = fd >= 0 && wire::recvAll(fd, &h, sizeof h) && h.magic == kHelloMagic &&
+               h.nranks == nranks && h.rank >= 1 && h.rank < nranks && fds[h.rank] < 0;
+    if (!complete) {
+      ADD_FAILURE() << "the fake root got no valid hello from a rank";
+      if (fd >= 0) close(fd);
+      break;
+    }
+    fds[h.rank] = fd;
+    table[h.rank] = entryOf(peer);
+    table[h.rank].port = htons(h.port);
+  }
+  std::vector<char> valid(kVerdictBytes + nranks * sizeof(Entry), 0);
+  setWord(&valid, 0, (int32_t)kHelloMagic);
+  setWord(&valid, kOkAt, 1);
+  setWord(&valid, kNranksAt, nranks);
+  for (int r = 0; r < nranks; ++r) setEntry(&valid, r, table[r]);
+  std::vector<std::thread> echoes;
+  for (int r = 1; r < nranks; ++r) {
+    if (fds[r] < 0) continue;
+    const std::vector<char> bytes = answer(r, valid);
+    wire::sendAll(fds[r], bytes.data(), bytes.size());
+    echoes.emplace_back([fd = fds[r]] {
+      for (;;) {
+        std::vector<char> m = wire::recvMessage(fd);
+        if (m.empty() || !wire::sendAll(fd, m.data(), m.size())) break;
+      }
+    });
+  }
+  // A rank ends within its timeout and closes its connections, which ends its echo.
+  for (auto& t : ranks) t.join();
+  for (auto& t : echoes) t.join();
+  for (int fd : fds) {
+    if (fd >= 0) close(fd);
+  }
+  return out;
+}
+
+gradcompConfig_t config() {
+  gradcompConfig_t cfg;
+  gradcompConfigInit(&cfg);
+  cfg.minElements = 0;
+  cfg.autoTune = 0;
+  cfg.cpuTimeoutSec = 0.5f;
+  return cfg;
+}
+
+// A mutated table still names no address off this host and no port a
+// concurrent test may listen on: an IPv4 address keeps 127/8, an IPv6 one
+// becomes ::1, and a changed port other than 0 becomes `closedPort`, where
+// nobody listens.
+void keepOnHost(std::vector<char>* b, const std::vector<char>& valid, int nranks,
+                uint16_t closedPort) {
+  for (int k = 0; k < nranks && kVerdictBytes + sizeof(Entry) * (k + 1) <= b->size(); ++k) {
+    Entry e = entryAt(*b, k);
+    if (e.family == AF_INET6) {
+      memcpy(e.addr, &in6addr_loopback, 16);
+    } else {
+      e.addr[0] = 127;
+    }
+    if (e.port != entryAt(valid, k).port && e.port != 0) e.port = closedPort;
+    setEntry(b, k, e);
+  }
+}
+
+}  // namespace fakeroot
+
+// Mutated answers from rank 0 to 3 real ranks: every 4th case the valid one
+// (which must make working comms, proving the fake root right), the others
+// mutated as a whole, in the table only, or differently for each rank.
+// Every rank comes back within its timeout with an allowed result; comms
+// made by every rank work (a mutation they were made through was one the
+// ranks need not read).
+TEST(Fuzz, SocketRootMessagesToAPeer) {
+  using namespace fakeroot;
+  std::mt19937_64 rng(seed(0x50ce));
+  // A valid answer takes milliseconds, however long the timeout: a long one
+  // keeps a loaded machine from failing it.
+  const gradcompConfig_t cfg = config();
+  gradcompConfig_t patient = cfg;
+  patient.cpuTimeoutSec = 10;
+  std::vector<int> families{AF_INET};
+  if (hasIpv6Loopback()) {
+    families.push_back(AF_INET6);
+  } else {
+    printf("[   INFO   ] no IPv6 loopback on this machine: the [::1] half is skipped\n");
+  }
+  int made = 0, refused = 0;
+  const int nranks = 3;
+  for (int family : families) {
+    Socket closed;
+    ASSERT_TRUE(openLoopback(family, -1, &closed));
+    for (int it = 0, iters = iterations(24); it < iters; ++it) {
+      SCOPED_TRACE(testing::Message() << "family " << family << " case " << it);
+      const bool valid = it % 4 == 0;
+      const int mode = (int)(rng() % 3);  // 0: all the bytes; 1: the table; 2: per rank
+      const uint64_t caseSeed = rng();
+      std::vector<Outcome> out =
+          run(family, nranks, valid ? patient : cfg, [&](int r, std::vector<char> b) {
+            if (valid) return b;
+            const std::vector<char> good = b;
+            std::mt19937_64 local(caseSeed + (mode == 2 ? (uint64_t)r : 0));
+            for (int k = 0, muts = 1 + (int)(local() % 3); k < muts; ++k) {
+              if (mode == 1) {
+                std::vector<char> t(b.begin() + kVerdictBytes, b.end());
+                mutate(&t, local);
+                b.resize(kVerdictBytes);
+                b.insert(b.end(), t.begin(), t.end());
+              } else {
+                mutate(&b, local);
+              }
+            }
+            keepOnHost(&b, good, nranks, closed.entry.port);
+            return b;
+          });
+      bool all = true;
+      for (int r = 1; r < nranks; ++r) {
+        const Outcome& o = out[r];
+        EXPECT_TRUE(allowed(o.created)) << "rank " << r << ": " << o.created << " " << o.why;
+        if (o.created != gradcompSuccess) {
+          EXPECT_FALSE(o.why.empty()) << "rank " << r;
+        } else {
+          EXPECT_TRUE(allowed(o.reduced)) << "rank " << r << ": " << o.reduced << " " << o.why;
+        }
+        if (valid) {
+          EXPECT_EQ(o.created, gradcompSuccess) << "rank " << r << ": " << o.why;
+          EXPECT_EQ(o.reduced, gradcompSuccess) << "rank " << r << ": " << o.why;
+        }
+        all &= o.created == gradcompSuccess;
+        made += !valid && o.created == gradcompSuccess;
+        refused += o.created != gradcompSuccess;
+      }
+      for (int r = 1; r < nranks && all; ++r) {
+        EXPECT_EQ(out[r].reduced, gradcompSuccess) << "rank " << r << ": " << out[r].why;
+      }
+    }
+  }
+  // Both sides of the driver were exercised: mutations the ranks refuse, and
+  // mutations of bytes they need not read.
+  EXPECT_GT(made, 0);
+  EXPECT_GT(refused, 0);
+}
+
+// Answers from rank 0 that a broken or hostile root could send, each named:
+// no rank makes a comm, and the rank that reads the bad bytes says what was
+// wrong with them (the value, or the address it could not use) within its
+// timeout.
+TEST(Fuzz, SocketRootAnswersNamed) {
+  using namespace fakeroot;
+  const gradcompConfig_t cfg = config();
+  // Bound, not listening: refuses every connection.
+  Socket closed;
+  ASSERT_TRUE(openLoopback(AF_INET, -1, &closed));
+  // Listening with a full queue (backlog 0 and one connection nobody
+  // accepts): a connection never completes, as to a host that drops packets.
+  Socket silent, filler;
+  ASSERT_TRUE(openLoopback(AF_INET, 0, &silent));
+  filler.fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in s = {};
+  s.sin_family = AF_INET;
+  s.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  s.sin_port = silent.entry.port;
+  ASSERT_EQ(connect(filler.fd, reinterpret_cast<sockaddr*>(&s), sizeof s), 0);
+  // Listening, but not a gradcomp rank: the connection completes and nothing answers.
+  Socket stranger;
+  ASSERT_TRUE(openLoopback(AF_INET, 8, &stranger));
+
+  auto rank1At = [](const Entry& e) {
+    return [e](int, std::vector<char> b) {
+      Entry x = entryAt(b, 1);
+      x.port = e.port;
+      setEntry(&b, 1, x);
+      return b;
+    };
+  };
+  struct Case {
+    const char* name;
+    int nranks;
+    Answer answer;
+    int reader;  // the rank that reads the bad bytes
+    gradcompResult_t want;
+    std::string says;
+  };
+  const Case cases[] = {
+      {"rank 1's family 7", 3,
+       [](int, std::vector<char> b) {
+         Entry e = entryAt(b, 1);
+         e.family = 7;
+         setEntry(&b, 1, e);
+         return b;
+       },
+       2, gradcompSystemError, "family 7"},
+      {"rank 1 on IPv6 in an IPv4 world", 3,
+       [](int, std::vector<char> b) {
+         Entry e = entryAt(b, 1);
+         e.family = AF_INET6;
+         memcpy(e.addr, &in6addr_loopback, 16);
+         setEntry(&b, 1, e);
+         return b;
+       },
+       2, gradcompSystemError, "family " + std::to_string(AF_INET6)},
+      {"rank 1 at port 0", 3,
+       [](int, std::vector<char> b) {
+         Entry e = entryAt(b, 1);
+         e.port = 0;
+         setEntry(&b, 1, e);
+         return b;
+       },
+       2, gradcompSystemError, "port 0"},
+      {"rank 1 where nobody listens", 3, rank1At(closed.entry), 2, gradcompSystemError,
+       text(closed.entry)},
+      {"rank 1 where nothing answers", 3, rank1At(silent.entry), 2, gradcompSystemError,
+       text(silent.entry)},
+      {"rank 1 where a stranger listens", 3, rank1At(stranger.entry), 2, gradcompSystemError,
+       text(stranger.entry)},
+      {"ranks 1 and 2 swapped", 4,
+       [](int r, std::vector<char> b) {
+         // Only rank 3 hears it: it would reach rank 2 as rank 1 and rank 1 as rank 2.
+         if (r == 3) {
+           const Entry one = entryAt(b, 1), two = entryAt(b, 2);
+           setEntry(&b, 1, two);
+           setEntry(&b, 2, one);
+         }
+         return b;
+       },
+       3, gradcompSystemError, "rank 2"},
+      {"a refusal in unprintable bytes", 3,
+       [](int, std::vector<char> b) {
+         setWord(&b, kOkAt, 0);
+         const char why[] = "bad\x01\x7f\xff\n world";
+         memcpy(b.data() + kWhyAt, why, sizeof why);
+         b.resize(kVerdictBytes);
+         return b;
+       },
+       2, gradcompInvalidArgument, "rank 0 refused the world: bad"},
+      {"a refusal with no end", 3,
+       [](int, std::vector<char> b) {
+         setWord(&b, kOkAt, 0);
+         memset(b.data() + kWhyAt, 'x', kVerdictBytes - kWhyAt);
+         b.resize(kVerdictBytes);
+         return b;
+       },
+       1, gradcompInvalidArgument, "refused the world: xxx"},
+      {"a table cut short", 3,
+       [](int, std::vector<char> b) {
+         b.resize(b.size() - 10);
+         return b;
+       },
+       2, gradcompSystemError, "table of listening addresses"},
+      {"a verdict for 4 ranks", 3,
+       [](int, std::vector<char> b) {
+         setWord(&b, kNranksAt, 4);
+         return b;
+       },
+       1, gradcompSystemError, "4 ranks"},
+      {"ok=2", 3,
+       [](int, std::vector<char> b) {
+         setWord(&b, kOkAt, 2);
+         return b;
+       },
+       1, gradcompSystemError, "not as gradcomp's rank 0"},
+      {"a bad magic", 3,
+       [](int, std::vector<char> b) {
+         b[0] ^= 1;
+         return b;
+       },
+       2, gradcompSystemError, "not as gradcomp's rank 0"},
+      {"bytes after the table", 3,
+       [](int, std::vector<char> b) {
+         b.resize(b.size() + 48, 'z');
+         return b;
+       },
+       1, gradcompSystemError, "corrupt message from rank 0"},
+  };
+  for (const Case& k : cases) {
+    SCOPED_TRACE(k.name);
+    const std::vector<Outcome> out = run(AF_INET, k.nranks, cfg, k.answer);
+    for (int r = 1; r < k.nranks; ++r) {
+      EXPECT_NE(out[r].created, gradcompSuccess) << "rank " << r << " made a comm";
+      EXPECT_TRUE(allowed(out[r].created)) << "rank " << r << ": " << out[r].created;
+    }
+    const Outcome& o = out[k.reader];
+    EXPECT_EQ(o.created, k.want) << "rank " << k.reader << ": " << o.why;
+    EXPECT_NE(o.why.find(k.says), std::string::npos) << "rank " << k.reader << ": " << o.why;
+    for (char c : o.why) EXPECT_TRUE(c >= 0x20 && c < 0x7f) << "a raw byte in: " << o.why;
+  }
 }
 
 }  // namespace

@@ -1,7 +1,9 @@
 // TCP transport of the CPU backend: each rank a process (or a thread) with
 // one connection to every other rank. Rank 0 listens at the root address;
 // the others connect to it, learn every rank's listening address from it and
-// connect to the ranks below them. Collectives move host memory with
+// connect to the ranks below them, each of which answers with its number.
+// Nothing rank 0 answers is trusted: a bad verdict or table fails the rank
+// with a sentence naming the value, within cpuTimeoutSec. Collectives move host memory with
 // non-blocking sockets driven by poll(), so a rank sends to and receives from
 // all its peers at once. Every message starts with a header naming the
 // collective, its size and the call it belongs to; the receiver checks it
@@ -77,9 +79,11 @@ struct Entry {
 static_assert(sizeof(Entry) == 24, "no padding in the address table");
 struct Verdict {
   uint32_t magic;
-  int32_t ok;  // 0: rank 0 refused the world; the sentence follows in why
-  char why[192];
+  int32_t ok;      // 1, or 0: rank 0 refused the world; the sentence follows in why
+  int32_t nranks;  // the world rank 0 answers for
+  char why[188];
 };
+static_assert(sizeof(Verdict) == 200, "no padding in the verdict");
 
 }  // namespace
 
@@ -335,24 +339,47 @@ gradcompResult_t listenOn(const Addr& addr, int* out, const char* what) {
   return gradcompSuccess;
 }
 
-// Connects to addr, retrying while nobody listens there yet (rank 0 may
-// start last).
-gradcompResult_t connectTo(const Addr& addr, double deadline, int* out, const char* what) {
+// Closes a descriptor when it goes out of scope unless released.
+struct FdGuard {
+  int fd = -1;
+  ~FdGuard() {
+    if (fd >= 0) close(fd);
+  }
+};
+
+// Connects to addr before the deadline. The connect does not block: a host
+// that drops the packets would hold a blocking one for minutes.
+// waitForListener retries while nobody listens there yet (rank 0 may start
+// last); the ranks' own listeners exist before rank 0 hands out their
+// addresses, so there a refusal is final.
+gradcompResult_t connectTo(const Addr& addr, double deadline, bool waitForListener, int* out,
+                           const char* what) {
   for (;;) {
-    const int fd = socket(addr.family(), SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) {
+    FdGuard g;
+    g.fd = socket(addr.family(), SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (g.fd < 0) {
       return setError(gradcompSystemError, "socket transport: socket(): %s",
                       errnoText(errno).c_str());
     }
-    if (connect(fd, addr.sa(), addr.len()) == 0) {
-      tuneSocket(fd);
-      *out = fd;
+    int err = connect(g.fd, addr.sa(), addr.len()) == 0 ? 0 : errno;
+    if (err == EINPROGRESS || err == EINTR) {
+      if (waitFd(g.fd, POLLOUT, deadline, what) != gradcompSuccess) {
+        return setError(gradcompSystemError,
+                        "socket transport: cannot connect to %s at %s: no answer "
+                        "(cpuTimeoutSec, GRADCOMP_CPU_TIMEOUT, ran out)",
+                        what, addr.text().c_str());
+      }
+      socklen_t len = sizeof err;
+      if (getsockopt(g.fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
+    }
+    if (err == 0) {
+      tuneSocket(g.fd);
+      *out = g.fd;
+      g.fd = -1;
       return gradcompSuccess;
     }
-    const int err = errno;
-    close(fd);
-    const bool retry = err == ECONNREFUSED || err == EINTR || err == ETIMEDOUT ||
-                       err == ECONNRESET || err == EAGAIN;
+    const bool retry = waitForListener && (err == ECONNREFUSED || err == EINTR ||
+                                           err == ETIMEDOUT || err == ECONNRESET || err == EAGAIN);
     if (!retry || now() >= deadline) {
       return setError(gradcompSystemError, "socket transport: cannot connect to %s at %s: %s%s",
                       what, addr.text().c_str(), errnoText(err).c_str(),
@@ -375,13 +402,16 @@ gradcompResult_t acceptOne(int listener, double deadline, int* out, Addr* peer, 
   return gradcompSuccess;
 }
 
-// Closes a descriptor when it goes out of scope unless released.
-struct FdGuard {
-  int fd = -1;
-  ~FdGuard() {
-    if (fd >= 0) close(fd);
+// The sentence in a verdict, as received: up to its end or the field's, any
+// byte that is not printable ASCII shown as '?' (it goes into this rank's
+// error sentence and logs).
+std::string printable(const char* s, size_t max) {
+  std::string out;
+  for (size_t i = 0; i < max && s[i] != '\0'; ++i) {
+    out += s[i] >= 0x20 && s[i] < 0x7f ? s[i] : '?';
   }
-};
+  return out;
+}
 
 // Rank 0: collects every rank's hello, checks that they agree on the world,
 // then tells every rank where the others listen (or why the world is refused).
@@ -410,6 +440,7 @@ gradcompResult_t rootRendezvous(SocketMesh& m, const Addr& rootAddr, double dead
       refusal = buf;
       Verdict no = {};
       no.magic = kHelloMagic;
+      no.nranks = m.nranks;
       snprintf(no.why, sizeof no.why, "%s", buf);
       sendAll(g.fd, &no, sizeof no, deadline, "the root's verdict");
       break;
@@ -423,6 +454,7 @@ gradcompResult_t rootRendezvous(SocketMesh& m, const Addr& rootAddr, double dead
   Verdict v = {};
   v.magic = kHelloMagic;
   v.ok = refusal.empty();
+  v.nranks = m.nranks;
   snprintf(v.why, sizeof v.why, "%s", refusal.c_str());
   for (int r = 0; r < m.nranks; ++r) {
     if (m.fds[r] < 0) continue;
@@ -450,37 +482,61 @@ gradcompResult_t peerRendezvous(SocketMesh& m, const Addr& rootAddr, double dead
   socklen_t len = sizeof mine.ss;
   getsockname(listener.fd, mine.sa(), &len);
   int fd = -1;
-  GC_CHECK(connectTo(rootAddr, deadline, &fd, "rank 0 (the root)"));
+  GC_CHECK(connectTo(rootAddr, deadline, true, &fd, "rank 0 (the root)"));
   m.fds[0] = fd;
   Hello h = {kHelloMagic, m.nranks, m.rank, ntohs(mine.portNet()), 0};
   GC_CHECK(sendAll(fd, &h, sizeof h, deadline, "this rank's hello"));
   Verdict v = {};
   GC_CHECK(recvAll(fd, &v, sizeof v, deadline, "rank 0's answer"));
-  v.why[sizeof v.why - 1] = '\0';
-  if (v.magic != kHelloMagic) {
+  if (v.magic != kHelloMagic || (v.ok != 0 && v.ok != 1)) {
     return setError(gradcompSystemError,
-                    "socket transport: the root address answered, but not as gradcomp's rank 0");
+                    "socket transport: the root address answered, but not as gradcomp's rank 0 "
+                    "(magic 0x%08x, verdict %d)",
+                    v.magic, v.ok);
   }
   if (!v.ok) {
     return setError(gradcompInvalidArgument, "socket transport: rank 0 refused the world: %s",
-                    v.why);
+                    printable(v.why, sizeof v.why).c_str());
+  }
+  if (v.nranks != m.nranks) {
+    return setError(gradcompSystemError,
+                    "socket transport: rank 0 answered for a world of %d ranks; this rank has "
+                    "nranks=%d",
+                    v.nranks, m.nranks);
   }
   std::vector<Entry> table(m.nranks);
   GC_CHECK(recvAll(fd, table.data(), table.size() * sizeof(Entry), deadline,
                    "the table of listening addresses"));
   for (int r = 1; r < m.rank; ++r) {
     Addr a;
-    if (!Addr::fromEntry(table[r], &a)) {
+    // Every rank listens in the root address's family (above).
+    if (table[r].family != rootAddr.family() || !Addr::fromEntry(table[r], &a)) {
       return setError(gradcompSystemError,
-                      "socket transport: rank 0 sent rank %d's address with family %d (not IPv4 or "
-                      "IPv6)",
-                      r, (int)table[r].family);
+                      "socket transport: rank 0 sent rank %d's address with family %d; the ranks "
+                      "listen in the root address's family %d",
+                      r, (int)table[r].family, rootAddr.family());
     }
-    char what[32];
-    snprintf(what, sizeof what, "rank %d", r);
-    GC_CHECK(connectTo(a, deadline, &m.fds[r], what));
+    if (table[r].port == 0) {
+      return setError(gradcompSystemError,
+                      "socket transport: rank 0 sent rank %d's address %s with port 0", r,
+                      a.text().c_str());
+    }
+    const std::string who = "rank " + std::to_string(r);
+    GC_CHECK(connectTo(a, deadline, false, &m.fds[r], who.c_str()));
     const int32_t me = m.rank;
     GC_CHECK(sendAll(m.fds[r], &me, sizeof me, deadline, "this rank's number"));
+    // The rank listening there says which it is: a table that points
+    // elsewhere (another rank, or a socket that is no rank) would otherwise
+    // make a comm whose messages reach the wrong ranks.
+    const std::string reply = who + "'s reply at " + a.text();
+    int32_t them = -1;
+    GC_CHECK(recvAll(m.fds[r], &them, sizeof them, deadline, reply.c_str()));
+    if (them != r) {
+      return setError(gradcompSystemError,
+                      "socket transport: rank %d reached %s, rank 0's address for rank %d, and "
+                      "the rank listening there says it is rank %d",
+                      m.rank, a.text().c_str(), r, them);
+    }
   }
   for (int got = m.rank + 1; got < m.nranks; ++got) {
     int pfd = -1;
@@ -494,6 +550,8 @@ gradcompResult_t peerRendezvous(SocketMesh& m, const Addr& rootAddr, double dead
                       "socket transport: rank %d was reached by a connection claiming rank %d",
                       m.rank, who);
     }
+    const int32_t me = m.rank;
+    GC_CHECK(sendAll(pfd, &me, sizeof me, deadline, "this rank's number"));
     m.fds[who] = g.fd;
     g.fd = -1;
   }
