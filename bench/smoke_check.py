@@ -487,6 +487,48 @@ def main():
                 expect(close(m.get("pipelined_speedup"), m["nccl_time_us"] / piped, 1e-6),
                        "%s: pipelined speedup at %g" % (tag, g))
 
+    # Pipelined reduce-scatter: each block of m = count elements is cut as two-shot cuts
+    # its chunks (piece = ceil(B/4/N) rounded up to whole buckets); the row records the
+    # pieces and the same two-stage pipelined model with its one all-to-all step per piece;
+    # the wire bytes are the unpipelined rows' of rs.json.
+    code, out, rows = run(perf, ["-N", str(nranks), "-C", "reduce_scatter", "-b", "256K", "-e",
+                                 "256K", "-n", "1", "-w", "0", "-d", "float,bfloat16", "-m", "qsgd",
+                                 "-q", str(bits), "-B", str(bucket)],
+                          os.path.join(work, "pipe-rs.json"),
+                          env={"GRADCOMP_PIPELINE_BYTES": str(pipe_bytes)})
+    expect(code == 0 and len(rows) == 2, "pipelined reduce-scatter run exits 0 with two rows")
+    plain = {r["dtype"]: r for r in json.load(open(os.path.join(work, "rs.json")))["rows"]
+             if r["method"] == "qsgd" and r["size"] == 256 << 10}
+    for r in rows:
+        tag = "pipelined rs %s" % r["dtype"]
+        piece = max(1, math.ceil(math.ceil(pipe_bytes / 4 / nranks) / bucket)) * bucket
+        pieces = math.ceil(r["count"] / piece) if piece < r["count"] else 1
+        expect(r["algo"] == "reducescatter", "%s: ran the reduce-scatter (got %s)" % (tag, r["algo"]))
+        expect(pieces > 1, "%s: the case is cut into pieces" % tag)
+        expect(r.get("pieces") == pieces and r.get("piece_bytes") == pipe_bytes,
+               "%s: row records %s pieces of %s bytes (got %s, %s)" %
+               (tag, pieces, pipe_bytes, r.get("pieces"), r.get("piece_bytes")))
+        expect(r["wrong"] == 0 and r["latency_steps"] == 1, "%s: no wrong elements, one step" % tag)
+        p = plain.get(r["dtype"])
+        expect(p is not None and r["wire_bytes"] == p["wire_bytes"],
+               "%s: wire bytes equal the unpipelined row's" % tag)
+        expect(p is not None and p.get("pieces") == 1 and
+               all(m.get("pipelined_time_us") is None for m in p["model"]),
+               "%s: the unpipelined row has one piece and no pipelined model" % tag)
+        expect(len(r["model"]) > 0, "%s: modeled" % tag)
+        for m in r["model"]:
+            g = m["link_gbps"]
+            ours = r["kernel_us"] + r["wire_bytes"] * 8 / (g * 1e3) + 10
+            expect(close(m["time_us"], ours, 1e-6), "%s: unpipelined model at %g" % (tag, g))
+            k = r["kernel_us"] / pieces
+            w = r["wire_bytes"] / pieces * 8 / (g * 1e3) + 10
+            piped = k + w + (pieces - 1) * max(k, w)
+            expect(close(m.get("pipelined_time_us"), piped, 1e-6),
+                   "%s: pipelined model at %g: %s vs %s" %
+                   (tag, g, m.get("pipelined_time_us"), piped))
+            expect(close(m.get("pipelined_speedup"), m["nccl_time_us"] / piped, 1e-6),
+                   "%s: pipelined speedup at %g" % (tag, g))
+
     # Reduce-scatter on 2 nodes of 2 ranks: the hierarchical reduce-scatter's rows.
     code, out, rows = run(perf, ["-N", "4", "-C", "reduce_scatter", "--local-size", "2", "-b", "64K",
                                  "-e", "256K", "-f", "4", "-n", "1", "-w", "0", "-d", "float,bfloat16",

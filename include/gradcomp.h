@@ -115,10 +115,11 @@ typedef struct {
                    its first eligible call) and pass through the calls compression would not
                    speed up (CUDA backend, and socket comms on the host clock; the
                    in-process CPU world does not time) */
-  /* GRADCOMP_PIPELINE_BYTES, 0 = off (default): two-shot calls larger than
-   * this many bytes (of the gradient as fp32) are cut into pieces of about
-   * this size whose encode and decode overlap the transfer of the next and
-   * previous piece; results are bit for bit the unpipelined call's. */
+  /* GRADCOMP_PIPELINE_BYTES, 0 = off (default): QSGD allreduce (two-shot,
+   * ring, the hierarchy) and reduce-scatter calls larger than this many bytes
+   * (of the gradient as fp32) are cut into pieces of about this size whose
+   * encode and decode overlap the transfer of the next and previous piece;
+   * results are bit for bit the unpipelined call's. */
   size_t pipelineBytes;
   float cpuTimeoutSec; /* GRADCOMP_CPU_TIMEOUT: CPU backend, seconds a rank waits for the others */
   gradcompRounding_t rounding; /* GRADCOMP_ROUNDING stochastic|nearest (QSGD levels) */
@@ -232,8 +233,8 @@ typedef struct {
   uint64_t callsReduceScatter;
   uint64_t callsAutoPassed; /* eligible calls passed through because auto predicted NCCL faster
                                (also counted in callsPassedThrough) */
-  /* QSGD allreduce: pieces the last call was cut into (GRADCOMP_PIPELINE_BYTES; two-shot, flat
-     or as the hierarchy's middle stage); 1 = not pipelined */
+  /* QSGD allreduce or reduce-scatter: pieces the last call was cut into
+     (GRADCOMP_PIPELINE_BYTES; flat or as the hierarchy's middle stage); 1 = not pipelined */
   uint64_t piecesLast;
   /* sparse: received slot lists dropped whole as malformed (not strictly increasing indices below
      the count, then empty slots), since the comm was made; every rank that receives such a list

@@ -82,8 +82,8 @@ static const ParamSpec kParams[] = {
      "up; 0 always compresses (CUDA backend, and socket comms on the host clock; the "
      "in-process CPU world never times)"},
     {"GRADCOMP_PIPELINE_BYTES", ParamKind::Size, GC_FIELD(pipelineBytes), 0, 1e18, nullptr, "0",
-     "two-shot and ring (flat or as the hierarchy's middle stage; not allgather, "
-     "reduce-scatter or the sparse methods): cut calls into pieces of this many bytes (as fp32) "
+     "two-shot, ring and the QSGD reduce-scatter (flat or as the hierarchy's middle stage; not "
+     "allgather or the sparse methods): cut calls into pieces of this many bytes (as fp32) "
      "whose kernels overlap the transfers (CUDA backend); 0 is off; results are bitwise the same"},
     {"GRADCOMP_CPU_TIMEOUT", ParamKind::Float, GC_FIELD(cpuTimeoutSec), 0.001, 86400, nullptr,
      "120", "CPU backend: seconds a rank waits at a collective for the others before it fails"},

@@ -99,6 +99,7 @@ gradcompResult_t reduceScatter(const void* send, void* recv, size_t recvCount, n
     GC_CHECK(recordGatheredStats(*c, *state, recv, recvCount, t));
     c->stats.bitsLast = bits;
   }
+  c->stats.piecesLast = algo.pieces != nullptr ? algo.pieces(*c, recvCount, bits) : 1;
   c->stats.callsReduceScatter++;
   return finishCall(*c, *state, -1, count * dtypeBytes(t), wire, interNode);
 }

@@ -216,6 +216,13 @@ want perf_more && run_step perf_n8_sparse 50 "$raw/perf_n8_sparse.txt" "$perf" -
 want perf_more && run_step perf_n8_rs 40 "$raw/perf_n8_rs.txt" "$perf" --backend cuda -N 8 \
   -C reduce_scatter -b 128K -e 32M -f 4 -n 5 -w 2 -m qsgd -d float --link-gbps 10,25,100 \
   --json "$raw/perf_n8_rs.json"
+# The pipelined reduce-scatter: 256 MB fp32 input (32 MB out per rank) in 4 pieces
+# (docs/algorithms.md, "Pipelined reduce-scatter"), checked like every row, with its
+# pipelined model beside the unpipelined one.
+want perf_more && run_step perf_n8_rs_pipe 40 "$raw/perf_n8_rs_pipe.txt" \
+  env GRADCOMP_PIPELINE_BYTES=67108864 "$perf" --backend cuda -N 8 -C reduce_scatter -b 32M \
+  -e 32M -n 2 -w 1 -m qsgd -d float,bfloat16 --link-gbps 10,25,100,400 \
+  --json "$raw/perf_n8_rs_pipe.json"
 # The hierarchical reduce-scatter: 2 nodes of 4 ranks, two-link-class model.
 want perf_more && run_step perf_n8_hier_rs 30 "$raw/perf_n8_hier_rs.txt" "$perf" --backend cuda -N 8 \
   -C reduce_scatter --local-size 4 -b 1M -e 32M -f 4 -n 5 -w 2 -m qsgd -d float,bfloat16 \

@@ -464,6 +464,8 @@ def main():
                          "(GRADCOMP_PIPELINE_BYTES=32M)"),
                         ("perf_n8_sparse.txt", "gradcomp_perf, sparse methods, 8 ranks"),
                         ("perf_n8_rs.txt", "gradcomp_perf -C reduce_scatter, 8 ranks (modeled columns)"),
+                        ("perf_n8_rs_pipe.txt", "gradcomp_perf -C reduce_scatter, 8 ranks, pipelined "
+                         "(GRADCOMP_PIPELINE_BYTES=64M)"),
                         ("perf_n8_hier_rs.txt", "gradcomp_perf -C reduce_scatter --local-size 4, 8 ranks "
                          "(hierarchical, two link classes)"),
                         ("perf_auto.txt", "gradcomp_perf --auto, 2 ranks (GRADCOMP_AUTO's regret)"),

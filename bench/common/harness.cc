@@ -192,7 +192,7 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
     r.sync();
     gradcompGetStats(comm, &s1);
     row->algoUsed = algoFromStats(s0, s1);
-    double pieces = row->algoUsed != 0 && !rs && s1.piecesLast > 1 ? (double)s1.piecesLast : 1;
+    double pieces = row->algoUsed != 0 && s1.piecesLast > 1 ? (double)s1.piecesLast : 1;
     r.reduce(&pieces, 1, true);
     row->pieces = pieces;
     row->pieceBytes = pieces > 1 ? cfg.pipelineBytes : 0;
@@ -332,10 +332,11 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
                     : ncclModelUs(row->bytes, r.nranks(), g, o.linkLatencyUs);
       m.gradcompUs =
           gradcompModelUs(row->kernelUs, row->gradcompWire, row->latencySteps, g, o.linkLatencyUs);
-      // Only a call that was cut into pieces is modeled pipelined (two-shot
-      // and ring run every stage piece by piece).
+      // Only a call that was cut into pieces is modeled pipelined (two-shot,
+      // ring and the reduce-scatter run every stage piece by piece).
       if (row->pieces > 1 &&
-          (row->algoUsed == gradcompAlgoTwoShot || row->algoUsed == gradcompAlgoRing)) {
+          (row->algoUsed == gradcompAlgoTwoShot || row->algoUsed == gradcompAlgoRing ||
+           row->algoUsed == kAlgoReduceScatter)) {
         m.pipelinedUs = pipelinedModelUs(row->kernelUs, row->gradcompWire, row->latencySteps, g,
                                          o.linkLatencyUs, row->pieces);
       }

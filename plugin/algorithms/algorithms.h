@@ -225,6 +225,47 @@ struct LaneEvents {
 // splitPieces (its Algorithm::pieces).
 size_t chunkPieces(const gradcompComm& c, size_t count, int bits);
 
+// The reduce-scatter's input as Chunks: N blocks of m elements, block j
+// rank j's output, each block's encoding in a slot of its own.
+Chunks equalBlocks(const gradcompComm& c, size_t m, int bits);
+
+// The first half of two-shot, which is the whole compressed reduce-scatter,
+// one piece at a time: chunk j of (g + residual) is encoded for rank j
+// (error feedback fused, RNG draws following the element: KeySpec::offset
+// is the piece's start in the chunk), this rank's own chunk stays full
+// precision in `own` (its residual there spent), an all-to-all moves piece
+// q of every chunk, and the owner sums its piece in rank order in fp32.
+// Piece q of a chunk's encoding sits enc(q * piece) bytes into its slot
+// (earlier pieces are whole buckets).
+class ScatterSum {
+ public:
+  ScatterSum(const CallArgs& a, const Chunks& ch, const Pieces& p, char* sendEnc, char* recvEnc,
+             float* own);
+  size_t len(int j, size_t q) const { return p_.len(ch_.len(j), q); }
+  size_t start(size_t q) const { return q * p_.piece; }
+  // The key of an encode of piece q (from comm.key, so every field of the
+  // call's key flows through).
+  KeySpec key(uint64_t stream, size_t q) const;
+  // E: encodes every peer's piece q; keeps our own in full precision.
+  gradcompResult_t encode(size_t q);
+  // X: the all-to-all of the encoded pieces q.
+  gradcompResult_t exchange(size_t q);
+  // The owner's fp32 sum of its piece q into sum[0, len(rank, q)).
+  gradcompResult_t sum(size_t q, float* sum) const;
+
+ private:
+  char* slot(char* base, int j, size_t q) const;
+  const CallArgs& a_;
+  const Chunks& ch_;
+  const Pieces& p_;
+  char* sendEnc_;
+  char* recvEnc_;
+  float* own_;
+  std::vector<const void*> sendPtr_;
+  std::vector<void*> recvPtr_;
+  std::vector<size_t> sendBytes_, recvBytes_;
+};
+
 // Decodes one encoded chunk into the caller's output: straight into an fp32
 // Sum output, otherwise through `scratch` (fp32) and one conversion, where
 // Avg divides (once, at the end).

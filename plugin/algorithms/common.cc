@@ -2,6 +2,7 @@
 #include "algorithms/algorithms.h"
 #include "checks.h"
 #include "codecs/qsgd.h"
+#include "nvtx.h"
 
 #include <math.h>
 
@@ -50,6 +51,89 @@ PieceGather pieceGather(const gradcompComm& c, const Chunks& ch, const Pieces& p
 
 size_t chunkPieces(const gradcompComm& c, size_t count, int bits) {
   return splitPieces(c, splitChunks(c, count, bits)).count;
+}
+
+Chunks equalBlocks(const gradcompComm& c, size_t m, int bits) {
+  Chunks ch;
+  for (int j = 0; j <= c.nranks; ++j) ch.off.push_back((size_t)j * m);
+  ch.maxLen = m;
+  ch.slot = alignUp(qsgd::encodedBytes(m, bits, c.cfg.bucketSize), 16);
+  return ch;
+}
+
+ScatterSum::ScatterSum(const CallArgs& a, const Chunks& ch, const Pieces& p, char* sendEnc,
+                       char* recvEnc, float* own)
+    : a_(a),
+      ch_(ch),
+      p_(p),
+      sendEnc_(sendEnc),
+      recvEnc_(recvEnc),
+      own_(own),
+      sendPtr_(a.comm->nranks),
+      recvPtr_(a.comm->nranks),
+      sendBytes_(a.comm->nranks),
+      recvBytes_(a.comm->nranks) {}
+
+char* ScatterSum::slot(char* base, int j, size_t q) const {
+  return base + j * ch_.slot + qsgd::encodedBytes(start(q), a_.bits, a_.comm->cfg.bucketSize);
+}
+
+KeySpec ScatterSum::key(uint64_t stream, size_t q) const {
+  KeySpec k = a_.comm->key(a_.step, stream);
+  k.offset = start(q);
+  return k;
+}
+
+gradcompResult_t ScatterSum::encode(size_t q) {
+  GC_NVTX_RANGE("gradcomp encode");
+  const gradcompComm& c = *a_.comm;
+  Backend& be = *c.backend;
+  const int n = c.nranks, r = c.rank, d = c.cfg.bucketSize;
+  const size_t esz = dtypeBytes(a_.dtype);
+  const char* send = static_cast<const char*>(a_.send);
+  float* residual = a_.state->residual;
+  for (int j = 0; j < n; ++j) {
+    const size_t m = len(j, q), o = ch_.off[j] + start(q);
+    if (j == r || m == 0) continue;
+    GC_CHECK(be.qsgdEncode(send + o * esz, a_.dtype, residual ? residual + o : nullptr, m, a_.bits,
+                           d, key(j, q), slot(sendEnc_, j, q)));
+  }
+  const size_t m = len(r, q), o = ch_.off[r] + start(q);
+  if (m == 0) return gradcompSuccess;
+  float* myResidual = residual ? residual + o : nullptr;
+  GC_CHECK(be.toFloat(send + o * esz, a_.dtype, myResidual, m, own_ + start(q)));
+  if (myResidual) GC_CHECK(be.zero(myResidual, m * sizeof(float)));
+  return gradcompSuccess;
+}
+
+gradcompResult_t ScatterSum::exchange(size_t q) {
+  GC_NVTX_RANGE("gradcomp exchange");
+  const gradcompComm& c = *a_.comm;
+  const int n = c.nranks, r = c.rank, bits = a_.bits, d = c.cfg.bucketSize;
+  for (int j = 0; j < n; ++j) {
+    sendPtr_[j] = slot(sendEnc_, j, q);
+    recvPtr_[j] = slot(recvEnc_, j, q);
+    sendBytes_[j] = j == r ? 0 : qsgd::encodedBytes(len(j, q), bits, d);
+    recvBytes_[j] = j == r ? 0 : qsgd::encodedBytes(len(r, q), bits, d);
+  }
+  return c.transport->allToAll(sendPtr_.data(), sendBytes_.data(), recvPtr_.data(),
+                               recvBytes_.data());
+}
+
+gradcompResult_t ScatterSum::sum(size_t q, float* sum) const {
+  const gradcompComm& c = *a_.comm;
+  Backend& be = *c.backend;
+  const int n = c.nranks, r = c.rank;
+  const size_t m = len(r, q);
+  for (int i = 0; i < n && m > 0; ++i) {
+    if (i == r) {
+      GC_CHECK(i == 0 ? be.copy(sum, own_ + start(q), m * sizeof(float))
+                      : be.add(sum, own_ + start(q), m));
+    } else {
+      GC_CHECK(be.qsgdDecode(slot(recvEnc_, i, q), m, a_.bits, c.cfg.bucketSize, sum, i != 0));
+    }
+  }
+  return gradcompSuccess;
 }
 
 gradcompResult_t decodeToOutput(Backend& be, const void* enc, size_t len, int bits, int bucket,

@@ -114,6 +114,13 @@ size_t interNodeSteady(const gradcompComm& c, size_t m, int bits) {
   return hierReduceScatterInterNodeBytes(c, m, bits, kSteadyState);
 }
 
+// The middle stage's pieces (it pipelines itself, QSGD only); the in-node
+// stages run whole.
+size_t piecesSteady(const gradcompComm& c, size_t m, int bits) {
+  const Algorithm& mid = middleAlgorithm(c);
+  return mid.pieces != nullptr ? mid.pieces(*c.inter, m, bits) : 1;
+}
+
 }  // namespace
 
 bool useHierReduceScatter(const gradcompComm& c) {
@@ -138,7 +145,8 @@ size_t hierReduceScatterInterNodeBytes(const gradcompComm& c, size_t recvCount, 
 
 const Algorithm& hierReduceScatterAlgorithm() {
   static const Algorithm algo = {
-      gradcompAlgoHier, "hier-reducescatter", workspaceSteady, wireSteady, run, interNodeSteady};
+      gradcompAlgoHier, "hier-reducescatter", workspaceSteady, wireSteady, run,
+      interNodeSteady,  piecesSteady};
   return algo;
 }
 

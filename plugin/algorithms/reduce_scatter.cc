@@ -9,8 +9,8 @@
 //      its own block; the sum is converted once to the output type (Avg
 //      divides there, once).
 // Bytes each rank sends: (N-1) * E(m), E(m) = 4*ceil(m/d) + 4*ceil(m*b/32);
-// NCCL's ring reduce-scatter sends (N-1) * m * sizeof(T).
-#include <vector>
+// NCCL's ring reduce-scatter sends (N-1) * m * sizeof(T). Pipelined with
+// GRADCOMP_PIPELINE_BYTES as two-shot's first half (run below).
 
 #include "algorithms/algorithms.h"
 #include "checks.h"
@@ -20,14 +20,16 @@
 namespace gc {
 namespace {
 
-struct Layout {
-  size_t slot = 0, sendEnc = 0, recvEnc = 0, own = 0, acc = 0, total = 0;
+struct Layout : Chunks {
+  Pieces pieces;
+  size_t sendEnc = 0, recvEnc = 0, own = 0, acc = 0, total = 0;
 };
 
 Layout layout(const gradcompComm& c, size_t m, int bits) {
   Layout L;
+  static_cast<Chunks&>(L) = equalBlocks(c, m, bits);
+  L.pieces = splitPieces(c, L);
   const size_t n = c.nranks;
-  L.slot = alignUp(qsgd::encodedBytes(m, bits, c.cfg.bucketSize), 16);
   size_t p = 0;
   L.sendEnc = p, p += alignUp(n * L.slot);
   L.recvEnc = p, p += alignUp(n * L.slot);
@@ -45,64 +47,66 @@ size_t wireBytes(const gradcompComm& c, size_t m, int bits) {
   return (size_t)(c.nranks - 1) * qsgd::encodedBytes(m, bits, c.cfg.bucketSize);
 }
 
+size_t pieces(const gradcompComm& c, size_t m, int bits) {
+  return splitPieces(c, equalBlocks(c, m, bits)).count;
+}
+
+// Pipelined (more than one piece, GRADCOMP_PIPELINE_BYTES): the blocks are
+// cut into pieces of whole buckets as two-shot cuts its chunks, and the
+// transport runs on the comm lane, so that on the CUDA backend the encode of
+// piece q+1 and the owner's sum of piece q-1 overlap the all-to-all of
+// piece q:
+//   compute lane: E0 E1 S0 E2 S1 E3 S2 ...
+//   comm lane:       X0    X1    X2 ...
+// (E encode, X all-to-all, S sum + conversion to the output type). Every
+// element sees the one-piece call's operations (same bucket scales, RNG draw
+// by its index in the block, rank-order sums, one conversion, Avg dividing
+// there): results, residuals and wire bytes are the one-piece call's, bit for
+// bit. In place, piece q of recv overwrites piece q of block r, which E read
+// into `own` earlier on the same lane.
 gradcompResult_t run(const CallArgs& a, void* workspace) {
   gradcompComm& c = *a.comm;
   Backend& be = *c.backend;
-  const int n = c.nranks, r = c.rank, d = c.cfg.bucketSize, bits = a.bits;
-  const size_t m = a.count, esz = dtypeBytes(a.dtype);
-  const Layout L = layout(c, m, bits);
+  const int n = c.nranks, r = c.rank;
+  const Layout L = layout(c, a.count, a.bits);
+  const Pieces& P = L.pieces;
   char* ws = static_cast<char*>(workspace);
-  char* sendEnc = ws + L.sendEnc;
-  char* recvEnc = ws + L.recvEnc;
-  float* own = reinterpret_cast<float*>(ws + L.own);
-  const char* send = static_cast<const char*>(a.send);
-  float* residual = a.state->residual;
-  const size_t encBytes = qsgd::encodedBytes(m, bits, d);
-
-  std::vector<const void*> sendPtr(n);
-  std::vector<void*> recvPtr(n);
-  std::vector<size_t> bytes(n);
-  for (int j = 0; j < n; ++j) {
-    sendPtr[j] = sendEnc + j * L.slot;
-    recvPtr[j] = recvEnc + j * L.slot;
-    bytes[j] = j == r ? 0 : encBytes;
-  }
-
-  // 1. Encode the peers' blocks; our own block stays full precision. Every
-  // read of send happens here, before recv (which may alias block r) is
-  // written.
-  {
-    GC_NVTX_RANGE("gradcomp encode");
-    for (int j = 0; j < n; ++j) {
-      if (j == r) continue;
-      GC_CHECK(be.qsgdEncode(send + j * m * esz, a.dtype, residual ? residual + j * m : nullptr, m,
-                             bits, d, c.key(a.step, j), sendEnc + j * L.slot));
-    }
-    float* myResidual = residual ? residual + r * m : nullptr;
-    GC_CHECK(be.toFloat(send + r * m * esz, a.dtype, myResidual, m, own));
-    if (myResidual) GC_CHECK(be.zero(myResidual, m * sizeof(float)));
-  }
-
-  // 2. All-to-all.
-  {
-    GC_NVTX_RANGE("gradcomp exchange");
-    GC_CHECK(c.transport->allToAll(sendPtr.data(), bytes.data(), recvPtr.data(), bytes.data()));
-  }
-
-  // 3. Sum in rank order in fp32: straight into an fp32 Sum output, else into
-  // scratch and one conversion.
-  GC_NVTX_RANGE("gradcomp reduce");
+  ScatterSum sc(a, L, P, ws + L.sendEnc, ws + L.recvEnc, reinterpret_cast<float*>(ws + L.own));
+  const size_t esz = dtypeBytes(a.dtype);
+  char* recv = static_cast<char*>(a.recv);
+  // Sums go straight into an fp32 Sum output, else into scratch and one
+  // conversion.
   const bool direct = a.dtype == DType::F32 && !a.average;
   float* acc = direct ? static_cast<float*>(a.recv) : reinterpret_cast<float*>(ws + L.acc);
-  for (int i = 0; i < n; ++i) {
-    if (i == r) {
-      GC_CHECK(i == 0 ? be.copy(acc, own, m * sizeof(float)) : be.add(acc, own, m));
-    } else {
-      GC_CHECK(be.qsgdDecode(recvEnc + i * L.slot, m, bits, d, acc, i != 0));
+  const float divisor = a.average ? (float)n : 1.0f;
+
+  // S: the owner's sum of piece q in the output type.
+  auto sumPiece = [&](size_t q) -> gradcompResult_t {
+    GC_NVTX_RANGE("gradcomp reduce");
+    const size_t m = sc.len(r, q), o = sc.start(q);
+    GC_CHECK(sc.sum(q, acc + o));
+    if (direct || m == 0) return gradcompSuccess;
+    return be.fromFloat(acc + o, m, divisor, a.dtype, recv + o * esz);
+  };
+
+  // Event slots: 0 hands compute work to the comm lane (waited on at once);
+  // 1+q%2 marks all-to-all q done (two in flight). One piece: no events, the
+  // caller's stream alone, every read of send before recv is written.
+  const LaneEvents ev{be, P.count > 1};
+  CommLane lane(c, ev.piped);
+  for (size_t q = 0; q < P.count + 1; ++q) {
+    if (q < P.count) {
+      GC_CHECK(sc.encode(q));
+      GC_CHECK(ev.toComm());
+      GC_CHECK(sc.exchange(q));
+      GC_CHECK(ev.mark(1 + (int)(q % 2)));
+    }
+    if (q >= 1) {
+      GC_CHECK(ev.await(1 + (int)((q - 1) % 2)));
+      GC_CHECK(sumPiece(q - 1));
     }
   }
-  if (direct) return gradcompSuccess;
-  return be.fromFloat(acc, m, a.average ? (float)n : 1.0f, a.dtype, a.recv);
+  return gradcompSuccess;
 }
 
 size_t interNodeBytes(const gradcompComm& c, size_t m, int bits) {
@@ -113,7 +117,7 @@ size_t interNodeBytes(const gradcompComm& c, size_t m, int bits) {
 
 const Algorithm& reduceScatterAlgorithm() {
   static const Algorithm algo = {
-      gradcompAlgoTwoShot, "reducescatter", workspaceBytes, wireBytes, run, interNodeBytes};
+      gradcompAlgoTwoShot, "reducescatter", workspaceBytes, wireBytes, run, interNodeBytes, pieces};
   return algo;
 }
 

@@ -85,81 +85,34 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
   const Layout L = layout(c, a.count, bits);
   const Pieces& P = L.pieces;
   char* ws = static_cast<char*>(workspace);
-  char* sendEnc = ws + L.sendEnc;
-  char* recvEnc = ws + L.recvEnc;
   char* gather = ws + L.gather;
-  float* own = reinterpret_cast<float*>(ws + L.own);
   float* acc = reinterpret_cast<float*>(ws + L.acc);
   const size_t esz = dtypeBytes(a.dtype);
-  const char* send = static_cast<const char*>(a.send);
   char* recv = static_cast<char*>(a.recv);
-  float* residual = a.state->residual;
   float* ownerResidual = c.cfg.ownerResidual ? a.state->ownerResidual : nullptr;
   auto enc = [&](size_t m) { return qsgd::encodedBytes(m, bits, d); };
-  // Piece q of chunk j: its length, first element in the chunk, and where
-  // its encoding sits in the chunk's slot (earlier pieces are whole buckets,
-  // so their encodings are exactly enc(start) bytes).
-  auto len = [&](int j, size_t q) { return P.len(L.len(j), q); };
-  auto start = [&](size_t q) { return q * P.piece; };
-  auto slotAt = [&](char* base, int j, size_t q) { return base + j * L.slot + enc(start(q)); };
-  auto keyAt = [&](uint64_t stream, size_t q) {
-    KeySpec k = c.key(a.step, stream);
-    k.offset = start(q);
-    return k;
-  };
+  // E (encode) and X (all-to-all) are the reduce-scatter's, as is the
+  // owner's sum in R.
+  ScatterSum sc(a, L, P, ws + L.sendEnc, ws + L.recvEnc, reinterpret_cast<float*>(ws + L.own));
+  auto len = [&](int j, size_t q) { return sc.len(j, q); };
+  auto start = [&](size_t q) { return sc.start(q); };
   auto gatherBlock = [&](int j, size_t q) {
     return gather + L.gathered.off[q] + (size_t)j * L.gathered.slot[q];
   };
   const float divisor = a.average ? (float)n : 1.0f;
 
-  std::vector<const void*> sendPtr(n);
   std::vector<void*> recvPtr(n);
-  std::vector<size_t> sendBytes(n), recvBytes(n);
+  std::vector<size_t> recvBytes(n);
 
-  // E: encode every peer's piece; keep our own in full precision.
-  auto encodePiece = [&](size_t q) -> gradcompResult_t {
-    GC_NVTX_RANGE("gradcomp encode");
-    for (int j = 0; j < n; ++j) {
-      const size_t m = len(j, q), o = L.off[j] + start(q);
-      if (j == r || m == 0) continue;
-      GC_CHECK(be.qsgdEncode(send + o * esz, a.dtype, residual ? residual + o : nullptr, m, bits, d,
-                             keyAt(j, q), slotAt(sendEnc, j, q)));
-    }
-    const size_t m = len(r, q), o = L.off[r] + start(q);
-    if (m == 0) return gradcompSuccess;
-    float* myResidual = residual ? residual + o : nullptr;
-    GC_CHECK(be.toFloat(send + o * esz, a.dtype, myResidual, m, own + start(q)));
-    if (myResidual) GC_CHECK(be.zero(myResidual, m * sizeof(float)));
-    return gradcompSuccess;
-  };
-  // X: all-to-all of the encoded pieces.
-  auto exchangePiece = [&](size_t q) -> gradcompResult_t {
-    GC_NVTX_RANGE("gradcomp exchange");
-    for (int j = 0; j < n; ++j) {
-      sendPtr[j] = slotAt(sendEnc, j, q);
-      recvPtr[j] = slotAt(recvEnc, j, q);
-      sendBytes[j] = j == r ? 0 : enc(len(j, q));
-      recvBytes[j] = j == r ? 0 : enc(len(r, q));
-    }
-    return c.transport->allToAll(sendPtr.data(), sendBytes.data(), recvPtr.data(),
-                                 recvBytes.data());
-  };
   // R: the owner sums its piece in rank order and encodes the sum once.
   auto reducePiece = [&](size_t q) -> gradcompResult_t {
     GC_NVTX_RANGE("gradcomp reduce+encode");
     const size_t m = len(r, q);
-    float* sum = acc + start(q);
-    for (int i = 0; i < n && m > 0; ++i) {
-      if (i == r) {
-        GC_CHECK(i == 0 ? be.copy(sum, own + start(q), m * sizeof(float))
-                        : be.add(sum, own + start(q), m));
-      } else {
-        GC_CHECK(be.qsgdDecode(slotAt(recvEnc, i, q), m, bits, d, sum, i != 0));
-      }
-    }
     if (m == 0) return gradcompSuccess;
+    float* sum = acc + start(q);
+    GC_CHECK(sc.sum(q, sum));
     return be.qsgdEncode(sum, DType::F32, ownerResidual ? ownerResidual + start(q) : nullptr, m,
-                         bits, d, keyAt(0x100000000ull, q), gatherBlock(r, q));
+                         bits, d, sc.key(0x100000000ull, q), gatherBlock(r, q));
   };
   // G: the owner sends its encoded sum straight to every peer (one grouped
   // send/recv, one latency step, where a ring allgather takes N-1), exactly
@@ -191,9 +144,9 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
   for (size_t q = 0; q < Q + 2; ++q) {
     if (q < Q && a.hooks != nullptr) GC_CHECK(a.hooks->before(q));
     if (q < P.count) {
-      GC_CHECK(encodePiece(q));
+      GC_CHECK(sc.encode(q));
       GC_CHECK(ev.toComm());
-      GC_CHECK(exchangePiece(q));
+      GC_CHECK(sc.exchange(q));
       GC_CHECK(ev.mark(1 + (int)(q % 2)));
     }
     if (q >= 1 && q - 1 < P.count) {

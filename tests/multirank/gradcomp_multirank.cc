@@ -471,14 +471,17 @@ void checkPassThrough(ncclComm_t nc, cudaStream_t st) {
 // QSGD uses the width the library reports (DQ-SGD's statistics come from the
 // GPU's reduction, whose double sums may round apart from the host's), which
 // must be the same on every rank.
+// pipelineBytes > 0: the pipelined reduce-scatter (hier: its middle stage;
+// comm stream + events on the CUDA backend) must give the same reference bits.
 void checkRsQsgd(ncclComm_t nc, cudaStream_t st, DType t, bool avg, size_t m, bool inPlace,
-                 bool dynamic) {
+                 bool dynamic, size_t pipelineBytes = 0) {
   gradcompConfig_t cfg;
   gradcompConfigInit(&cfg);
   cfg.autoTune = 0;
   cfg.minElements = 0;
   cfg.bucketSize = 64;
   cfg.localSize = localSize;
+  cfg.pipelineBytes = pipelineBytes;
   if (dynamic) {
     cfg.bitsMode = gradcompBitsDynamic;
     cfg.bitsMin = 2;
@@ -508,13 +511,15 @@ void checkRsQsgd(ncclComm_t nc, cudaStream_t st, DType t, bool avg, size_t m, bo
         localSize > 1
             ? refHierReduceScatter(refState, t, m, cfg, stats.bitsLast, step, avg, localSize)
             : refReduceScatter(refState, t, m, cfg, stats.bitsLast, step, avg);
-    char what[200];
-    snprintf(what, sizeof(what), "rs qsgd%s%s dtype=%d avg=%d m=%zu inPlace=%d step=%d bits=%d",
+    char what[240];
+    snprintf(what, sizeof(what),
+             "rs qsgd%s%s dtype=%d avg=%d m=%zu inPlace=%d step=%d bits=%d pipelineBytes=%zu",
              localSize > 1 ? "-hier" : "", dynamic ? "-dynamic" : "", (int)t, avg, m, inPlace, step,
-             stats.bitsLast);
+             stats.bitsLast, pipelineBytes);
     report(res == gradcompSuccess && (dynamic || stats.bitsLast == cfg.bits) &&
                memcmp(got.data(), expect[rank].data(), m * 4) == 0,
            what);
+    if (pipelineBytes > 0) report(stats.piecesLast > 1, std::string(what) + ": pipelined");
     if (localSize > 1 && !dynamic) {
       // Across nodes only the (k-1) encoded blocks of the inter-node stage.
       const size_t inter = (size_t)(nranks / localSize - 1) *
@@ -566,7 +571,9 @@ void checkRsSparse(ncclComm_t nc, cudaStream_t st, const SparseCase& sc, DType t
 }
 
 // One reduce-scatter captured and replayed equals the same calls made eagerly.
-void checkRsGraph(ncclComm_t nc, cudaStream_t st) {
+// pipelineBytes > 0: the graphed comm is pipelined (its comm stream joins the
+// capture through events), the eager one is not: same bits still.
+void checkRsGraph(ncclComm_t nc, cudaStream_t st, size_t pipelineBytes = 0) {
   gradcompConfig_t cfg;
   gradcompConfigInit(&cfg);
   cfg.autoTune = 0;
@@ -574,6 +581,7 @@ void checkRsGraph(ncclComm_t nc, cudaStream_t st) {
   cfg.localSize = localSize;
   gradcompComm_t eager, graphed;
   CK(gradcompCommCreate(nc, &cfg, &eager));
+  cfg.pipelineBytes = pipelineBytes;
   CK(gradcompCommCreate(nc, &cfg, &graphed));
   const size_t m = 1 << 16, n = nranks * m;
   std::vector<float> g = gctest::normal(n, 91 + rank);
@@ -586,7 +594,8 @@ void checkRsGraph(ncclComm_t nc, cudaStream_t st) {
                            [&](gradcompComm_t c, float* out) {
                              return gradcompReduceScatter(in, out, m, ncclFloat32, ncclAvg, c, st);
                            }),
-         "rs graph replays equal eager calls");
+         std::string("rs graph replays equal eager calls") +
+             (pipelineBytes > 0 ? " (pipelined)" : ""));
   cudaFree(in);
   cudaFree(a);
   cudaFree(b);
@@ -1024,10 +1033,18 @@ int main() {
       for (size_t m : {(size_t)1, (size_t)517, (size_t)25001})
         for (bool inPlace : {false, true}) checkRsQsgd(nc, st, t, avg, m, inPlace, false);
   for (DType t : {DType::F32, DType::BF16}) checkRsQsgd(nc, st, t, false, 20000, false, true);
+  // Pipelined: pieces of one and of three buckets of every block, the blocks
+  // not a multiple of either.
+  for (DType t : {DType::F32, DType::F16, DType::BF16})
+    for (bool avg : {false, true})
+      for (size_t piece : {(size_t)64, (size_t)192})
+        for (bool inPlace : {false, true})
+          checkRsQsgd(nc, st, t, avg, 25001, inPlace, false, piece * 4 * nranks);
   for (const SparseCase& sc : sparseCases)
     for (DType t : {DType::F32, DType::BF16})
       for (size_t m : {(size_t)7, (size_t)30001}) checkRsSparse(nc, st, sc, t, t == DType::BF16, m);
   checkRsGraph(nc, st);
+  checkRsGraph(nc, st, 64 << 10);
   checkRsPassThrough(nc, st);
   inRs = false;
   checkRestoredSteps(nc, st);
