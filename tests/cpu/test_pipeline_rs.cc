@@ -38,10 +38,12 @@ std::vector<gradcompResult_t> runKeyed(gctest::CpuWorld& w, gctest::RsOutputs& o
   });
 }
 
-gradcompConfig_t rsConfig(size_t pipelineBytes, int localSize = 1) {
+gradcompConfig_t rsConfig(size_t pipelineBytes, int localSize = 1,
+                          gradcompRounding_t rounding = gradcompRoundStochastic) {
   gradcompConfig_t cfg = gctest::qsgdTestConfig();
   cfg.pipelineBytes = pipelineBytes;
   cfg.localSize = localSize;
+  cfg.rounding = rounding;
   return cfg;
 }
 
@@ -109,20 +111,23 @@ size_t pieceWireBytes(const Cut& cut, int N, size_t m, int bits, int d) {
 // serial reference bit for bit on every rank, residuals equal the
 // reference's, saved states are the same bytes, the wire bytes are the sum
 // of the pieces' encodings (the unpipelined count), piecesLast as predicted.
-void checkPipelined(int N, DType t, bool avg, size_t m, size_t pieceElems, bool inPlace) {
+void checkPipelined(int N, DType t, bool avg, size_t m, size_t pieceElems, bool inPlace,
+                    gradcompRounding_t rounding = gradcompRoundStochastic) {
   const int d = 64, bits = 4, steps = 3;
   // pieceElems per block: pipelineBytes is the whole input's share as fp32.
   const size_t pipelineBytes = pieceElems * 4 * N, n = N * m;
-  SCOPED_TRACE(testing::Message() << "N=" << N << " dtype=" << (int)t << " avg=" << avg << " m="
-                                  << m << " piece=" << pieceElems << " inPlace=" << inPlace);
+  SCOPED_TRACE(testing::Message() << "N=" << N << " dtype=" << (int)t << " avg=" << avg
+                                  << " m=" << m << " piece=" << pieceElems << " inPlace=" << inPlace
+                                  << " rounding=" << (int)rounding);
   const Cut cut = expectedCut(pipelineBytes, N, m, d);
   ASSERT_EQ(cut.piece, pieceElems);
   ASSERT_GT(cut.count, 1u) << "the case must actually pipeline";
-  gctest::CpuWorld flat(N, rsConfig(0)), piped(N, rsConfig(pipelineBytes));
+  gctest::CpuWorld flat(N, rsConfig(0, 1, rounding)),
+      piped(N, rsConfig(pipelineBytes, 1, rounding));
   std::vector<Rank> ref = makeInputs(N, n, t, 3 * m + N);
   std::vector<Rank> a = ref, b = ref;
   gctest::RsOutputs outA(N, m), outB(N, m);
-  const gradcompConfig_t rc = rsConfig(0);
+  const gradcompConfig_t rc = rsConfig(0, 1, rounding);
   for (int step = 0; step < steps; ++step) {
     std::vector<Rank> in = makeInputs(N, n, t, 1000 * step + m + N);
     gctest::loadStep(in, ref, a);
@@ -172,6 +177,16 @@ TEST(PipelineRsCpu, ReduceScatterPipelinedEqualsUnpipelined) {
           }
         }
       }
+    }
+  }
+}
+
+// Nearest rounding: the pieces' encodes round as the whole call's do.
+TEST(PipelineRsCpu, ReduceScatterPipelinedNearestEqualsUnpipelined) {
+  for (int N : {2, 3, 5, 8}) {
+    for (DType t : {DType::F32, DType::BF16}) {
+      checkPipelined(N, t, N % 2 == 1, 517, 192, N == 3, gradcompRoundNearest);
+      if (HasFatalFailure()) return;
     }
   }
 }
