@@ -111,6 +111,23 @@ def check_projection(tag, r, kdoc, bits, bucket, intra_gbps=3600.0, lat=10.0):
     return seen
 
 
+def check_pipelined_model(tag, r, pieces, steps, lat=10.0):
+    """A flat row's model at every link: the unpipelined time (kernels + wire + steps
+    latencies) and the two-stage pipeline of docs/benchmark.md, k = kernel / K and
+    w = wire / K / L + steps * a, time k + w + (K-1) max(k, w)."""
+    for m in r["model"]:
+        g = m["link_gbps"]
+        ours = r["kernel_us"] + r["wire_bytes"] * 8 / (g * 1e3) + steps * lat
+        expect(close(m["time_us"], ours, 1e-6), "%s: unpipelined model at %g" % (tag, g))
+        k = r["kernel_us"] / pieces
+        w = r["wire_bytes"] / pieces * 8 / (g * 1e3) + steps * lat
+        piped = k + w + (pieces - 1) * max(k, w)
+        expect(close(m.get("pipelined_time_us"), piped, 1e-6),
+               "%s: pipelined model at %g: %s vs %s" % (tag, g, m.get("pipelined_time_us"), piped))
+        expect(close(m.get("pipelined_speedup"), m["nccl_time_us"] / piped, 1e-6),
+               "%s: pipelined speedup at %g" % (tag, g))
+
+
 def first_part(n, parts, bucket):
     """splitAligned's first (longest) part: whole buckets, as even as they go."""
     units = -(-n // bucket)
@@ -516,18 +533,7 @@ def main():
                all(m.get("pipelined_time_us") is None for m in p["model"]),
                "%s: the unpipelined row has one piece and no pipelined model" % tag)
         expect(len(r["model"]) > 0, "%s: modeled" % tag)
-        for m in r["model"]:
-            g = m["link_gbps"]
-            ours = r["kernel_us"] + r["wire_bytes"] * 8 / (g * 1e3) + 10
-            expect(close(m["time_us"], ours, 1e-6), "%s: unpipelined model at %g" % (tag, g))
-            k = r["kernel_us"] / pieces
-            w = r["wire_bytes"] / pieces * 8 / (g * 1e3) + 10
-            piped = k + w + (pieces - 1) * max(k, w)
-            expect(close(m.get("pipelined_time_us"), piped, 1e-6),
-                   "%s: pipelined model at %g: %s vs %s" %
-                   (tag, g, m.get("pipelined_time_us"), piped))
-            expect(close(m.get("pipelined_speedup"), m["nccl_time_us"] / piped, 1e-6),
-                   "%s: pipelined speedup at %g" % (tag, g))
+        check_pipelined_model(tag, r, pieces, 1)
 
     # Reduce-scatter on 2 nodes of 2 ranks: the hierarchical reduce-scatter's rows.
     code, out, rows = run(perf, ["-N", "4", "-C", "reduce_scatter", "--local-size", "2", "-b", "64K",
