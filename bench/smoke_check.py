@@ -491,18 +491,7 @@ def main():
             expect(p is not None and p.get("pieces") == 1 and
                    all(m.get("pipelined_time_us") is None for m in p["model"]),
                    "%s: the unpipelined row has one piece and no pipelined model" % tag)
-            for m in r["model"]:
-                g = m["link_gbps"]
-                ours = r["kernel_us"] + r["wire_bytes"] * 8 / (g * 1e3) + steps * 10
-                expect(close(m["time_us"], ours, 1e-6), "%s: unpipelined model at %g" % (tag, g))
-                k = r["kernel_us"] / pieces
-                w = r["wire_bytes"] / pieces * 8 / (g * 1e3) + steps * 10
-                piped = k + w + (pieces - 1) * max(k, w)
-                expect(close(m.get("pipelined_time_us"), piped, 1e-6),
-                       "%s: pipelined model at %g: %s vs %s" %
-                       (tag, g, m.get("pipelined_time_us"), piped))
-                expect(close(m.get("pipelined_speedup"), m["nccl_time_us"] / piped, 1e-6),
-                       "%s: pipelined speedup at %g" % (tag, g))
+            check_pipelined_model(tag, r, pieces, steps)
 
     # Pipelined reduce-scatter: each block of m = count elements is cut as two-shot cuts
     # its chunks (piece = ceil(B/4/N) rounded up to whole buckets); the row records the
