@@ -147,9 +147,12 @@ def baseline(name):
 
 # The order the runs are made in: those the goals need first, so that a spent time budget
 # skips the others (qsgd4_hook, dgc_hook and powersgd give the report's goal keys).
-PRIORITY = ["none", "qsgd4_hook", "powersgd", "dgc_hook", "qsgd4_preload", "fp16", "qsgd2_hook",
-            "none_sgd", "qsgd4_sgd_hook", "dgc_sgd_hook", "qsgd5_hook", "qsgd4_d128_hook",
-            "qsgd4_nearest_d128_hook", "none_reseed"]
+# qsgd4_nearest_d128_hook right after the goal's QSGD run: on the CPU study it was the setting
+# that met the 1% goal under AdamW (+0.53% where the goal's run was +3.13%), so the GPU study
+# must not skip it for its 5 minutes.
+PRIORITY = ["none", "qsgd4_hook", "qsgd4_nearest_d128_hook", "powersgd", "dgc_hook",
+            "qsgd4_preload", "fp16", "qsgd2_hook", "none_sgd", "qsgd4_sgd_hook", "dgc_sgd_hook",
+            "qsgd5_hook", "qsgd4_d128_hook", "none_reseed"]
 LABELS = {"none": "uncompressed", "qsgd4_preload": "gradcomp QSGD 4-bit (LD_PRELOAD)",
           "qsgd4_hook": "gradcomp QSGD 4-bit (hook, layer-aware)",
           "qsgd2_hook": "gradcomp QSGD 2-bit (hook)", "qsgd5_hook": "gradcomp QSGD 5-bit (hook)",
