@@ -212,9 +212,13 @@ def check_hier_rows(tag, rows, kdoc, nranks, local, middle, bits, intra_gbps=360
             expect(r["piece_bytes"] == pipe_bytes, "%s: piece bytes recorded" % t)
 
 
-def check_hier_rs_rows(tag, rows, kdoc, nranks, local, bits, bucket, intra_gbps=3600.0, lat=10.0):
+def check_hier_rs_rows(tag, rows, kdoc, nranks, local, bits, bucket, intra_gbps=3600.0, lat=10.0,
+                       pipe_bytes=0):
     """Reduce-scatter rows run with --local-size L > 1 on >= 2 nodes: the hierarchical
-    reduce-scatter, two link classes (docs/benchmark.md), recomputed from the row's own bytes."""
+    reduce-scatter, two link classes (docs/benchmark.md), recomputed from the row's own bytes.
+    pipe_bytes > 0 (GRADCOMP_PIPELINE_BYTES): QSGD rows are cut into the middle stage's pieces
+    (each block of m among the k nodes into ceil(pipe_bytes / 4 / k) elements rounded up to
+    whole buckets) and get the two-stage pipelined model; the sparse rows stay one piece."""
     k, g = nranks // local, local
     us = lambda b, gbps: b * 8 / (gbps * 1e3)  # noqa: E731
     expect(len(rows) > 0, "%s: rows" % tag)
@@ -255,6 +259,29 @@ def check_hier_rs_rows(tag, rows, kdoc, nranks, local, bits, bucket, intra_gbps=
             flat_wrong = kernel + us(wire, L) + steps * lat
             expect(not close(m["time_us"], flat_wrong, 1e-3),
                    "%s: in-node bytes not charged to the NIC at %g" % (t, L))
+            pieces = r.get("pieces", 1)
+            if pieces == 1:
+                expect(m.get("pipelined_time_us") is None, "%s: no pipelined model" % t)
+                continue
+            # Per piece: the NVLink reduce-scatter (G-1 steps), then the inter-node stage's
+            # kernels and transfer (one step); fill + drain + (P-1) * the slower.
+            rs = us((wire - inter) / pieces, intra_gbps) + (g - 1) * lat
+            mid = kernel / pieces + us(inter / pieces, L) + lat
+            piped = rs + mid + (pieces - 1) * max(rs, mid)
+            expect(close(m.get("pipelined_time_us"), piped, 1e-6),
+                   "%s: pipelined hier reduce-scatter model at %g: %s vs %s"
+                   % (t, L, m.get("pipelined_time_us"), piped))
+            expect(close(m.get("pipelined_speedup"), nccl / piped, 1e-6),
+                   "%s: pipelined speedup at %g" % (t, L))
+        if r["method"] == "qsgd" and pipe_bytes:
+            share = -(-(pipe_bytes // 4) // k)
+            piece = max(1, -(-share // bucket)) * bucket
+            pieces = -(-m_ // piece) if piece < m_ else 1
+            expect(pieces > 1 and r.get("pieces") == pieces and r.get("piece_bytes") == pipe_bytes,
+                   "%s: %s pieces of %s bytes (the library's %s, %s)"
+                   % (t, pieces, pipe_bytes, r.get("pieces"), r.get("piece_bytes")))
+        else:
+            expect(r.get("pieces") == 1, "%s: one piece (got %s)" % (t, r.get("pieces")))
 
 
 def main():
@@ -534,6 +561,23 @@ def main():
            "the preamble says how hier reduce-scatter rows are modeled")
     expect(len(rows) == 2 * 2 * len(sizes), "hier reduce-scatter: one row per type, method, size")
     check_hier_rs_rows("hier rs", rows, kdoc, 4, 2, bits, bucket)
+    # The same pipelined (GRADCOMP_PIPELINE_BYTES): the in-node reduce-scatter of each piece
+    # overlaps the inter-node stage of the one before; the bytes are the unpipelined rows'.
+    code, out, rows = run(perf, ["-N", "4", "-C", "reduce_scatter", "--local-size", "2", "-b", "256K",
+                                 "-e", "256K", "-n", "1", "-w", "0", "-d", "float,bfloat16",
+                                 "-m", "qsgd,topk", "-q", str(bits), "-B", str(bucket)],
+                          os.path.join(work, "hier-rs-pipe.json"),
+                          env={"GRADCOMP_PIPELINE_BYTES": str(pipe_bytes)})
+    expect(code == 0 and len(rows) == 4, "pipelined hier reduce-scatter run exits 0 with 4 rows")
+    check_hier_rs_rows("pipelined hier rs", rows, kdoc, 4, 2, bits, bucket, pipe_bytes=pipe_bytes)
+    plain = {(r["method"], r["dtype"]): r
+             for r in json.load(open(os.path.join(work, "hier-rs.json")))["rows"]
+             if r["size"] == 256 << 10}
+    for r in rows:
+        p = plain.get((r["method"], r["dtype"]))
+        expect(p is not None and (p["wire_bytes"], p["inter_wire_bytes"]) ==
+               (r["wire_bytes"], r["inter_wire_bytes"]),
+               "pipelined hier rs %s %s: bytes equal the unpipelined row's" % (r["method"], r["dtype"]))
 
     # --auto: each row also runs a comm with GRADCOMP_AUTO=1; the CPU backend
     # does not time, so auto compresses, is checked, and the regret key is null.

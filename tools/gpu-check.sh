@@ -227,6 +227,13 @@ want perf_more && run_step perf_n8_rs_pipe 40 "$raw/perf_n8_rs_pipe.txt" \
 want perf_more && run_step perf_n8_hier_rs 30 "$raw/perf_n8_hier_rs.txt" "$perf" --backend cuda -N 8 \
   -C reduce_scatter --local-size 4 -b 1M -e 32M -f 4 -n 5 -w 2 -m qsgd -d float,bfloat16 \
   --json "$raw/perf_n8_hier_rs.json"
+# The pipelined hierarchical reduce-scatter: 8 ranks as 4 nodes of 2, 256 MB fp32 input, its
+# in-node stage piece by piece around the inter-node stage's 3 pieces (docs/algorithms.md,
+# "Pipelined hierarchical reduce-scatter"), with the row's two-stage pipelined model.
+want perf_more && run_step perf_n8_hier_rs_pipe 40 "$raw/perf_n8_hier_rs_pipe.txt" \
+  env GRADCOMP_PIPELINE_BYTES=44739242 "$perf" --backend cuda -N 8 -C reduce_scatter \
+  --local-size 2 -b 32M -e 32M -n 2 -w 1 -m qsgd -d float,bfloat16 --link-gbps 10,25,100,400 \
+  --json "$raw/perf_n8_hier_rs_pipe.json"
 # The pipelined hierarchy: 8 ranks as 4 nodes of 2, 256 MB fp32, the middle two-shot's
 # shard cut into 32 MB pieces (docs/algorithms.md, "Pipelined hierarchy"): checked like
 # every row, with the row's pipelined three-stage model.

@@ -468,6 +468,8 @@ def main():
                          "(GRADCOMP_PIPELINE_BYTES=64M)"),
                         ("perf_n8_hier_rs.txt", "gradcomp_perf -C reduce_scatter --local-size 4, 8 ranks "
                          "(hierarchical, two link classes)"),
+                        ("perf_n8_hier_rs_pipe.txt", "gradcomp_perf -C reduce_scatter --local-size 2, "
+                         "8 ranks, pipelined hierarchical (GRADCOMP_PIPELINE_BYTES=44739242, 3 pieces)"),
                         ("perf_auto.txt", "gradcomp_perf --auto, 2 ranks (GRADCOMP_AUTO's regret)"),
                         ("perf_auto_rs.txt", "gradcomp_perf -C reduce_scatter --auto, 2 ranks "
                          "(GRADCOMP_AUTO's regret on the reduce-scatter)"),

@@ -322,10 +322,14 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
       m.gradcompUs = row->algoUsed == 0
                          ? m.ncclUs
                          : gradcompClusterUs(row->kernelUs, b, stages, row->latencySteps, c);
-      // A hier call that was cut into pieces: its three stages pipelined.
+      // A hier call that was cut into pieces: its three stages pipelined; a
+      // hierarchical reduce-scatter's two.
       if (row->pieces > 1 && row->algoUsed == gradcompAlgoHier) {
         m.pipelinedUs = hierPipelinedUs(row->kernelUs, b, row->latencySteps - 2.0 * (local - 1), c,
                                         row->pieces);
+      } else if (row->pieces > 1 && row->algoUsed == kAlgoReduceScatter && c.nodes >= 2) {
+        m.pipelinedUs = hierReduceScatterPipelinedUs(
+            row->kernelUs, b, row->latencySteps - (local - 1.0), c, row->pieces);
       }
     } else {
       m.ncclUs = rs ? ncclReduceScatterModelUs(row->bytes, r.nranks(), g, o.linkLatencyUs)

@@ -119,12 +119,30 @@ double sequentialLinkUs(const LinkBytes& b, const Cluster& c) {
   return transferUs(b.intra, c.intraGbps) + transferUs(b.inter, c.nodeGbps / c.local);
 }
 
+// The hierarchy's stages per piece: an NVLink collective moving `intra`
+// bytes in the node's G-1 ring steps, and the inter-node stage.
+static double nodeStageUs(double intra, const Cluster& c, double pieces) {
+  return transferUs(intra / pieces, c.intraGbps) + (c.local - 1.0) * c.latencyUs;
+}
+
+static double interStageUs(double kernelUs, const LinkBytes& b, double middleSteps,
+                           const Cluster& c, double pieces) {
+  return kernelUs / pieces + transferUs(b.inter / pieces, c.nodeGbps / c.local) +
+         middleSteps * c.latencyUs;
+}
+
 double hierPipelinedUs(double kernelUs, const LinkBytes& b, double middleSteps, const Cluster& c,
                        double pieces) {
-  const double r = transferUs(b.intra / 2 / pieces, c.intraGbps) + (c.local - 1.0) * c.latencyUs;
-  const double m = kernelUs / pieces + transferUs(b.inter / pieces, c.nodeGbps / c.local) +
-                   middleSteps * c.latencyUs;
+  const double r = nodeStageUs(b.intra / 2, c, pieces);
+  const double m = interStageUs(kernelUs, b, middleSteps, c, pieces);
   return 2 * r + m + (pieces - 1) * std::max(r, m);
+}
+
+double hierReduceScatterPipelinedUs(double kernelUs, const LinkBytes& b, double middleSteps,
+                                    const Cluster& c, double pieces) {
+  const double r = nodeStageUs(b.intra, c, pieces);
+  const double m = interStageUs(kernelUs, b, middleSteps, c, pieces);
+  return r + m + (pieces - 1) * std::max(r, m);
 }
 
 double hierPieces(size_t count, int bucket, const Cluster& c, size_t pipelineBytes) {

@@ -94,6 +94,16 @@ double sequentialLinkUs(const LinkBytes& b, const Cluster& c);
 // One piece gives gradcompClusterUs with its stages in turn.
 double hierPipelinedUs(double kernelUs, const LinkBytes& b, double middleSteps, const Cluster& c,
                        double pieces);
+// The hierarchical reduce-scatter cut into `pieces` pieces (its middle
+// stage's, GRADCOMP_PIPELINE_BYTES): a two-stage pipeline of the NVLink
+// reduce-scatter (r, all of b.intra) and the inter-node stage (m as above);
+// the conversion to the output type is not timed, as in the unpipelined
+// model:
+//   r = b.intra / pieces / intraGbps + (G-1) * latency
+//   r + m + (pieces - 1) * max(r, m).
+// One piece gives gradcompClusterUs with its stages in turn.
+double hierReduceScatterPipelinedUs(double kernelUs, const LinkBytes& b, double middleSteps,
+                                    const Cluster& c, double pieces);
 // The pieces the library cuts a hierarchical call of `count` elements into on
 // c at pipelineBytes (0: off): the middle two-shot's pieces of the longest
 // shard, whose chunks among the K nodes are cut into pieces of

@@ -142,8 +142,9 @@ void printPreamble(const Options& o, const RunInfo& info) {
           o.localSize, o.localSize, o.intraGbps, o.intraGbps, o.linkLatencyUs, o.linkLatencyUs);
       if (o.collective == Collective::ReduceScatter)
         printf(
-            "#  reduce-scatter: the hierarchical one (>= 2 nodes) runs its stages in turn; NCCL's "
-            "ring sends 1/G of (N-1) * size\n#  across nodes: max(in-node, NIC) + (N-1) * %g us.\n",
+            "#  reduce-scatter: the hierarchical one (>= 2 nodes) runs its stages in turn (cut "
+            "into P pieces: pipelined, JSON only); NCCL's ring sends 1/G of (N-1) * size\n#  "
+            "across nodes: max(in-node, NIC) + (N-1) * %g us.\n",
             o.linkLatencyUs);
     }
   }

@@ -12,12 +12,13 @@
 namespace gc {
 
 // Work a wrapping stage runs around the pieces of a pipelined call (the
-// hierarchy's in-node reduce-scatter and allgather around two-shot). The
+// hierarchy's in-node stages around two-shot or the reduce-scatter). The
 // algorithm runs at least `pieces` pieces (the extra ones empty on this
-// rank) and calls, for q in [0, pieces + 2): before(q) if q < pieces, ahead
-// of piece q's first read of the input; then after(q - 2) if q >= 2, once
-// piece q - 2 of the output is written. Every rank thus calls them in one
-// order, whatever its own chunks' piece count.
+// rank) and calls, for q in [0, pieces + lag): before(q) if q < pieces, ahead
+// of piece q's first read of the input; then after(q - lag) if q >= lag,
+// once piece q - lag of the output is written. The lag is the algorithm's
+// (two-shot 2, the reduce-scatter 1), so every rank calls them in one order,
+// whatever its own chunks' piece count.
 struct PieceHooks {
   size_t pieces = 1;
   virtual gradcompResult_t before(size_t q) = 0;
@@ -37,8 +38,13 @@ struct CallArgs {
   BufferState* state;
   int bits;                     // QSGD bit width for this call
   uint64_t step;                // comm step: RNG keys are (seed, step, rank, stream)
-  PieceHooks* hooks = nullptr;  // two-shot only (PieceHooks)
+  PieceHooks* hooks = nullptr;  // two-shot and the QSGD reduce-scatter (PieceHooks)
 };
+
+// The pieces a call runs: its own, or the hooks' count where that is more.
+inline size_t hookedPieces(const CallArgs& a, size_t own) {
+  return a.hooks != nullptr ? std::max(own, a.hooks->pieces) : own;
+}
 
 struct Algorithm {
   gradcompAlgo_t id;
@@ -195,6 +201,21 @@ class CommLane {
  private:
   gradcompComm& c_;
   bool on_;
+};
+
+// Puts a hierarchical comm's in-node transport on the node lane for a
+// pipelined call, and back on the compute stream when the call ends (errors
+// too).
+class NodeLane {
+ public:
+  NodeLane(Transport& t, Backend& be) : t_(t), be_(be) { t_.setStream(be_.nodeStream()); }
+  ~NodeLane() { t_.setStream(be_.stream()); }
+  NodeLane(const NodeLane&) = delete;
+  NodeLane& operator=(const NodeLane&) = delete;
+
+ private:
+  Transport& t_;
+  Backend& be_;
 };
 
 // The event hand-offs of a pipelined call between the compute lane (the

@@ -132,20 +132,6 @@ Layout layout(const gradcompComm& c, size_t count, int bits, uint64_t calls) {
   return L;
 }
 
-// Puts the in-node transport on the node lane for a pipelined call, and
-// back on the compute stream when the call ends (errors too).
-class NodeLane {
- public:
-  NodeLane(Transport& t, Backend& be) : t_(t), be_(be) { t_.setStream(be_.nodeStream()); }
-  ~NodeLane() { t_.setStream(be_.stream()); }
-  NodeLane(const NodeLane&) = delete;
-  NodeLane& operator=(const NodeLane&) = delete;
-
- private:
-  Transport& t_;
-  Backend& be_;
-};
-
 // The in-node stages of a pipelined call, run by two-shot's hooks. Lanes:
 // kernels (widen, copies, conversions) on the compute lane, the in-node
 // reduce-scatter and allgather on the node lane, the middle stage's

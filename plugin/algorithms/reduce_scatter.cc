@@ -63,7 +63,10 @@ size_t pieces(const gradcompComm& c, size_t m, int bits) {
 // by its index in the block, rank-order sums, one conversion, Avg dividing
 // there): results, residuals and wire bytes are the one-piece call's, bit for
 // bit. In place, piece q of recv overwrites piece q of block r, which E read
-// into `own` earlier on the same lane.
+// into `own` earlier on the same lane. With hooks (CallArgs::hooks, the
+// hierarchical reduce-scatter's in-node stages) before(q) runs ahead of E_q
+// and after(q) right after S_q (a lag of one piece), for every piece the
+// hooks ask for, on every rank.
 gradcompResult_t run(const CallArgs& a, void* workspace) {
   gradcompComm& c = *a.comm;
   Backend& be = *c.backend;
@@ -92,19 +95,23 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
   // Event slots: 0 hands compute work to the comm lane (waited on at once);
   // 1+q%2 marks all-to-all q done (two in flight). One piece: no events, the
   // caller's stream alone, every read of send before recv is written.
-  const LaneEvents ev{be, P.count > 1};
+  // Pieces past this rank's own count are empty: only the hooks run.
+  const size_t Q = hookedPieces(a, P.count);
+  const LaneEvents ev{be, Q > 1};
   CommLane lane(c, ev.piped);
-  for (size_t q = 0; q < P.count + 1; ++q) {
+  for (size_t q = 0; q < Q + 1; ++q) {
+    if (q < Q && a.hooks != nullptr) GC_CHECK(a.hooks->before(q));
     if (q < P.count) {
       GC_CHECK(sc.encode(q));
       GC_CHECK(ev.toComm());
       GC_CHECK(sc.exchange(q));
       GC_CHECK(ev.mark(1 + (int)(q % 2)));
     }
-    if (q >= 1) {
+    if (q >= 1 && q - 1 < P.count) {
       GC_CHECK(ev.await(1 + (int)((q - 1) % 2)));
       GC_CHECK(sumPiece(q - 1));
     }
+    if (q >= 1 && a.hooks != nullptr) GC_CHECK(a.hooks->after(q - 1));
   }
   return gradcompSuccess;
 }

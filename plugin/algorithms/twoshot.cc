@@ -138,7 +138,7 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
   // Event slots: 0 hands compute work to the comm lane (waited on at once);
   // 1+q%2 marks exchange q done, 3+q%2 allgather q done (two in flight).
   // Pieces past this rank's own count are empty: only the hooks run.
-  const size_t Q = a.hooks != nullptr ? std::max(P.count, a.hooks->pieces) : P.count;
+  const size_t Q = hookedPieces(a, P.count);
   const LaneEvents ev{be, Q > 1};
   CommLane lane(c, ev.piped);
   for (size_t q = 0; q < Q + 2; ++q) {

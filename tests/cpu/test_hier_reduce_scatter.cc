@@ -420,64 +420,72 @@ TEST(HierReduceScatterCpu, RanksDisagreeingOnRecvcountAllFail) {
 
 // Nodes not contiguous in rank order (hosts A B A B, and A B B A C C): the
 // permutation follows the topology's mapping, bit-exact against the
-// reference given that mapping; residual slices included.
+// reference given that mapping; residual slices included. Also pipelined
+// (pieces of two buckets of the middle stage's blocks: the in-node stage
+// piece by piece), where QSGD runs 6 pieces and top-k one.
 TEST(HierReduceScatterCpu, NodesNotContiguousInRankOrder) {
   struct Case {
     std::vector<uint64_t> hosts;
     std::vector<int> at;  // at[n*L + l]: rank of local rank l on node n
   } cases[] = {{{7, 9, 7, 9}, {0, 2, 1, 3}}, {{7, 9, 9, 7, 5, 5}, {0, 3, 1, 2, 4, 5}}};
   for (const Case& cs : cases) {
-    for (gradcompMethod_t method : {gradcompMethodQsgd, gradcompMethodTopk}) {
-      const int N = (int)cs.hosts.size(), L = 2, k = N / L;
-      SCOPED_TRACE(testing::Message() << "N=" << N << " method=" << method);
-      gradcompConfig_t cfg = qsgdConfig(1);
-      cfg.method = method;
-      cfg.density = 0.05f;
-      gctest::CpuWorld world(N, cfg);
-      std::vector<gc::Topology> topos(N);
-      const char* why = nullptr;
-      for (int r = 0; r < N; ++r) topos[r] = gc::hostTopology(r, cs.hosts, &why);
-      ASSERT_EQ(why, nullptr);
-      std::vector<gradcompComm_t> comms(N);
-      for (int r = 0; r < N; ++r) comms[r] = world.comm(r);
-      gc::splitCpuWorld(comms.data(), topos);
-      const size_t m = 700, n = N * m;
-      std::vector<Rank> ref = makeInputs(N, n, DType::BF16, 9);
-      std::vector<std::vector<SparseState>> st;
-      std::vector<std::vector<uint16_t>> out(N, std::vector<uint16_t>(m));
-      for (int step = 0; step < 3; ++step) {
-        std::vector<Rank> in = makeInputs(N, n, DType::BF16, 50 + step);
-        std::vector<std::vector<float>> g(N);
-        for (int i = 0; i < N; ++i) {
-          in[i].residual = ref[i].residual;
-          g[i] = widen(in[i], DType::BF16, n);
-        }
-        auto res = world.run([&](int r) {
-          return gradcompReduceScatter(in[r].half.data(), out[r].data(), m, ncclBfloat16, ncclAvg,
-                                       world.comm(r), nullptr);
-        });
-        for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
-        const auto expect =
-            method == gradcompMethodQsgd
-                ? refHierReduceScatter(ref = in, DType::BF16, m, cfg, cfg.bits, step, true, L,
-                                       cs.at)
-                : refHierSparseReduceScatter(cfg, DType::BF16, true, step, g, st, L, cs.at);
-        for (int r = 0; r < N; ++r) {
-          std::vector<float> got(m);
-          for (size_t e = 0; e < m; ++e) got[e] = gc::loadAsFloat(out[r].data(), DType::BF16, e);
-          ASSERT_EQ(memcmp(got.data(), expect[r].data(), m * 4), 0) << "rank " << r;
-          const float* rs = rsResidual(world.comm(r));
-          ASSERT_NE(rs, nullptr);
-          if (method == gradcompMethodQsgd) {
-            ASSERT_EQ(memcmp(rs, ref[r].residual.data(), n * 4), 0) << "residual of rank " << r;
-          } else {
-            const int l = topos[r].localRank;
-            ASSERT_EQ(memcmp(rs + (size_t)l * k * m, st[l][topos[r].node].v.data(), k * m * 4), 0)
-                << "residual slice of rank " << r;
+    for (gradcompMethod_t method : {gradcompMethodQsgd, gradcompMethodTopk})
+      for (bool piped : {false, true}) {
+        const int N = (int)cs.hosts.size(), L = 2, k = N / L;
+        SCOPED_TRACE(testing::Message() << "N=" << N << " method=" << method << " piped=" << piped);
+        gradcompConfig_t cfg = qsgdConfig(1);
+        cfg.method = method;
+        cfg.density = 0.05f;
+        cfg.pipelineBytes = piped ? 128 * 4 * k : 0;
+        gctest::CpuWorld world(N, cfg);
+        std::vector<gc::Topology> topos(N);
+        const char* why = nullptr;
+        for (int r = 0; r < N; ++r) topos[r] = gc::hostTopology(r, cs.hosts, &why);
+        ASSERT_EQ(why, nullptr);
+        std::vector<gradcompComm_t> comms(N);
+        for (int r = 0; r < N; ++r) comms[r] = world.comm(r);
+        gc::splitCpuWorld(comms.data(), topos);
+        const size_t m = 700, n = N * m;
+        std::vector<Rank> ref = makeInputs(N, n, DType::BF16, 9);
+        std::vector<std::vector<SparseState>> st;
+        std::vector<std::vector<uint16_t>> out(N, std::vector<uint16_t>(m));
+        for (int step = 0; step < 3; ++step) {
+          std::vector<Rank> in = makeInputs(N, n, DType::BF16, 50 + step);
+          std::vector<std::vector<float>> g(N);
+          for (int i = 0; i < N; ++i) {
+            in[i].residual = ref[i].residual;
+            g[i] = widen(in[i], DType::BF16, n);
+          }
+          auto res = world.run([&](int r) {
+            return gradcompReduceScatter(in[r].half.data(), out[r].data(), m, ncclBfloat16, ncclAvg,
+                                         world.comm(r), nullptr);
+          });
+          for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
+          const auto expect =
+              method == gradcompMethodQsgd
+                  ? refHierReduceScatter(ref = in, DType::BF16, m, cfg, cfg.bits, step, true, L,
+                                         cs.at)
+                  : refHierSparseReduceScatter(cfg, DType::BF16, true, step, g, st, L, cs.at);
+          for (int r = 0; r < N; ++r) {
+            std::vector<float> got(m);
+            for (size_t e = 0; e < m; ++e) got[e] = gc::loadAsFloat(out[r].data(), DType::BF16, e);
+            ASSERT_EQ(memcmp(got.data(), expect[r].data(), m * 4), 0) << "rank " << r;
+            const float* rs = rsResidual(world.comm(r));
+            ASSERT_NE(rs, nullptr);
+            gradcompStats_t stats;
+            ASSERT_EQ(gradcompGetStats(world.comm(r), &stats), gradcompSuccess);
+            const bool qsgd = method == gradcompMethodQsgd;
+            EXPECT_EQ(stats.piecesLast, piped && qsgd ? 6u : 1u) << "rank " << r;  // 700 in 128s
+            if (qsgd) {
+              ASSERT_EQ(memcmp(rs, ref[r].residual.data(), n * 4), 0) << "residual of rank " << r;
+            } else {
+              const int l = topos[r].localRank;
+              ASSERT_EQ(memcmp(rs + (size_t)l * k * m, st[l][topos[r].node].v.data(), k * m * 4), 0)
+                  << "residual slice of rank " << r;
+            }
           }
         }
       }
-    }
   }
 }
 

@@ -471,8 +471,10 @@ void checkPassThrough(ncclComm_t nc, cudaStream_t st) {
 // QSGD uses the width the library reports (DQ-SGD's statistics come from the
 // GPU's reduction, whose double sums may round apart from the host's), which
 // must be the same on every rank.
-// pipelineBytes > 0: the pipelined reduce-scatter (hier: its middle stage;
-// comm stream + events on the CUDA backend) must give the same reference bits.
+// pipelineBytes > 0: the pipelined reduce-scatter (comm stream + events on
+// the CUDA backend; hier: its middle stage, with the in-node reduce-scatter
+// and the conversion piece by piece around it on the node stream) must give
+// the same reference bits.
 void checkRsQsgd(ncclComm_t nc, cudaStream_t st, DType t, bool avg, size_t m, bool inPlace,
                  bool dynamic, size_t pipelineBytes = 0) {
   gradcompConfig_t cfg;
@@ -1034,7 +1036,8 @@ int main() {
         for (bool inPlace : {false, true}) checkRsQsgd(nc, st, t, avg, m, inPlace, false);
   for (DType t : {DType::F32, DType::BF16}) checkRsQsgd(nc, st, t, false, 20000, false, true);
   // Pipelined: pieces of one and of three buckets of every block, the blocks
-  // not a multiple of either.
+  // not a multiple of either (hier: the in-node stage pipelined with the
+  // inter-node one, three streams; the graph below captures the same).
   for (DType t : {DType::F32, DType::F16, DType::BF16})
     for (bool avg : {false, true})
       for (size_t piece : {(size_t)64, (size_t)192})
