@@ -67,9 +67,14 @@ inline std::vector<float> refHier(std::vector<Rank>& R, DType t, size_t n,
 
 // Sparse methods: g[r] is rank r's input as floats (exact values of type t);
 // st[j] holds the per-node states of shard j (created on first use).
+// dropped (optional, one flag per node): the nodes whose slot lists arrive
+// malformed in shard droppedShard's middle stage, where every node drops
+// them whole (refSparse's dropped).
 inline std::vector<float> refHierSparse(const gradcompConfig_t& c, DType t, bool avg, uint64_t step,
                                         const std::vector<std::vector<float>>& g,
-                                        std::vector<std::vector<SparseState>>& st, int L) {
+                                        std::vector<std::vector<SparseState>>& st, int L,
+                                        int droppedShard = -1,
+                                        const std::vector<bool>* dropped = nullptr) {
   const int N = (int)g.size(), nodes = N / L;
   const size_t n = g[0].size();
   const std::vector<size_t> off = split(n, L, c.bucketSize);
@@ -83,7 +88,8 @@ inline std::vector<float> refHierSparse(const gradcompConfig_t& c, DType t, bool
     st[j].resize(nodes);
     gradcompConfig_t sc = c;
     sc.seed = gc::hierSeed(c.seed, j);
-    const std::vector<float> out = refSparse(sc, DType::F32, false, step, S, st[j]);
+    const std::vector<float> out = refSparse(sc, DType::F32, false, step, S, st[j], nullptr,
+                                             j == droppedShard ? dropped : nullptr);
     std::copy(out.begin(), out.end(), sum.begin() + lo);
   }
   return finish(sum, t, avg ? (float)N : 1.0f);

@@ -73,10 +73,13 @@ inline std::vector<std::vector<float>> refHierReduceScatter(std::vector<Rank>& R
 
 // Sparse methods: g[i] is rank i's input as floats (exact values of type t);
 // st[l][n] is the state of rank R(n, l)'s slice (created on first use).
+// dropped (optional, one flag per node): the nodes whose slot lists arrive
+// malformed in local rank droppedLocal's middle stage, where every owner
+// drops them whole (refSparseReduceScatter's dropped).
 inline std::vector<std::vector<float>> refHierSparseReduceScatter(
     const gradcompConfig_t& c, DType t, bool avg, uint64_t step,
     const std::vector<std::vector<float>>& g, std::vector<std::vector<SparseState>>& st, int L,
-    std::vector<int> at = {}) {
+    std::vector<int> at = {}, int droppedLocal = -1, const std::vector<bool>* dropped = nullptr) {
   const int N = (int)g.size(), k = N / L;
   if (at.empty()) at = blockRanks(N);
   const size_t m = g[0].size() / N;
@@ -87,8 +90,8 @@ inline std::vector<std::vector<float>> refHierSparseReduceScatter(
     for (int n = 0; n < k; ++n) sums[n] = hierRsNodeSums(g, L, n, l, m, at);
     gradcompConfig_t sc = c;
     sc.seed = gc::hierSeed(c.seed, l);
-    const std::vector<std::vector<float>> o =
-        refSparseReduceScatter(sc, DType::F32, false, step, sums, st[l]);
+    const std::vector<std::vector<float>> o = refSparseReduceScatter(
+        sc, DType::F32, false, step, sums, st[l], nullptr, l == droppedLocal ? dropped : nullptr);
     for (int n = 0; n < k; ++n) out[at[n * L + l]] = finish(o[n], t, avg ? (float)N : 1.0f);
   }
   return out;

@@ -17,6 +17,8 @@
 #include <vector>
 
 #include "tests/common/cpu_world.h"
+#include "tests/common/ref_hier.h"
+#include "tests/common/ref_hier_rs.h"
 #include "tests/common/ref_rs.h"
 #include "tests/common/ref_slot_lists.h"
 #include "tests/common/ref_sparse.h"
@@ -571,6 +573,86 @@ TEST(Reliability, MalformedPeerSlotsAreDroppedOnEveryRank) {
               EXPECT_EQ(stats.peerSlotsRejected, received ? (uint64_t)step + 1 : 0u)
                   << what << " rank " << r << " call " << step;
             }
+          }
+        }
+      }
+    }
+  }
+}
+
+// The hierarchy's middle stage scatter-adds received lists too (the sparse
+// allgather or reduce-scatter among the nodes, on the comm's SparseOps): a
+// malformed list there is dropped whole as in the flat call. N = 4 as 2
+// nodes of 2; the inter-node transport of rank 2 (node 1, local rank 0)
+// breaks its lists, so in local rank 0's middle stage every receiver drops
+// node 1's list. The outputs equal, bit for bit, the serial hierarchical
+// reference with that list left out, and stats.peerSlotsRejected counts the
+// lists each rank dropped: local rank 0's ranks in the allreduce (rank 2
+// drops its own, as in the flat allgather), rank 0 alone in the
+// reduce-scatter (rank 2 adds its own block in full precision), none on
+// local rank 1.
+TEST(Reliability, MalformedPeerSlotsAreDroppedInTheHierarchyMiddleStage) {
+  const int N = 4, L = 2, nodes = N / L, bad = 2, calls = 2;
+  const char* defects[] = {"duplicate", "unordered", "past the buffer", "filled after empty"};
+  std::vector<bool> dropped(nodes, false);
+  dropped[bad / L] = true;
+  for (gradcompMethod_t m : {gradcompMethodTopk, gradcompMethodDgc}) {
+    for (bool reduceScatter : {false, true}) {
+      for (int d = 0; d < 4; ++d) {
+        const std::string what = std::string("method ") + std::to_string(m) +
+                                 (reduceScatter ? " reduce-scatter " : " allreduce ") + defects[d];
+        gradcompConfig_t cfg = quickConfig(m);
+        cfg.localSize = L;
+        CpuWorld w(N, cfg);
+        const size_t n = 8192, total = reduceScatter ? N * n : n;
+        std::vector<HostileSlotsTransport*> hostile(N);
+        for (int r = 0; r < N; ++r) {
+          gradcompComm* c = w.comm(r);
+          ASSERT_TRUE(c->inter && c->topo.hier()) << what << " rank " << r;
+          hostile[r] = new HostileSlotsTransport(std::move(c->inter->transport), r == bad,
+                                                 (SlotDefect)d, (uint32_t)total);
+          c->inter->transport.reset(hostile[r]);
+        }
+        std::vector<std::vector<gctest::ref::SparseState>> st;
+        std::vector<std::vector<float>> in(N, std::vector<float>(total)),
+            out(N, std::vector<float>(n));
+        for (int step = 0; step < calls; ++step) {
+          for (int r = 0; r < N; ++r) {
+            const std::vector<float> g = gctest::normal(total, 40 + r + 10 * step);
+            std::copy(g.begin(), g.end(), in[r].begin());
+          }
+          std::vector<std::vector<float>> want;
+          if (reduceScatter) {
+            want = gctest::ref::refHierSparseReduceScatter(cfg, gc::DType::F32, false, step, in, st,
+                                                           L, {}, bad % L, &dropped);
+          } else {
+            want.assign(N, gctest::ref::refHierSparse(cfg, gc::DType::F32, false, step, in, st, L,
+                                                      bad % L, &dropped));
+          }
+          std::vector<std::string> err(N);
+          auto res = w.run([&](int r) {
+            const gradcompResult_t rc =
+                reduceScatter ? gradcompReduceScatter(in[r].data(), out[r].data(), n, ncclFloat32,
+                                                      ncclSum, w.comm(r), nullptr)
+                              : gradcompAllReduce(in[r].data(), out[r].data(), n, ncclFloat32,
+                                                  ncclSum, w.comm(r), nullptr);
+            err[r] = gradcompGetLastError();
+            return rc;
+          });
+          for (int r = 0; r < N; ++r) {
+            ASSERT_EQ(res[r], gradcompSuccess) << what << " rank " << r << ": " << err[r];
+          }
+          // The broken list had two filled slots to break (node 0 is the
+          // one peer in the middle stage).
+          ASSERT_LT(hostile[bad]->sent[0].first, hostile[bad]->sent[0].second) << what;
+          for (int r = 0; r < N; ++r) {
+            ASSERT_EQ(memcmp(out[r].data(), want[r].data(), n * 4), 0)
+                << what << " rank " << r << " call " << step;
+            const bool received = r % L == bad % L && !(reduceScatter && r == bad);
+            gradcompStats_t stats;
+            ASSERT_EQ(gradcompGetStats(w.comm(r), &stats), gradcompSuccess);
+            EXPECT_EQ(stats.peerSlotsRejected, received ? (uint64_t)step + 1 : 0u)
+                << what << " rank " << r << " call " << step;
           }
         }
       }
