@@ -5,6 +5,7 @@
 // refuses nearest where nothing would carry its bias to later steps.
 #include <gtest/gtest.h>
 #include <math.h>
+#include <stddef.h>
 #include <string.h>
 
 #include <string>
@@ -289,6 +290,26 @@ TEST(RoundingConfig, NearestWithoutOwnerResidualOnlyWhereOneQuantization) {
   c.elias = 0;
   c.rounding = gradcompRoundStochastic;  // unbiased: allowed as before
   EXPECT_EQ(gradcompConfigValidate(&c), gradcompSuccess) << gradcompGetLastError();
+}
+
+// A caller built against the header before rounding was appended passes
+// a config whose structSize ends where rounding begins: the library refuses
+// it by its size, as for every appended field, before it reads any field
+// past the caller's struct (here garbage where rounding would be).
+TEST(RoundingConfig, ConfigOfAnOlderHeaderIsRefusedBeforeRoundingIsRead) {
+  gradcompConfig_t c;
+  ASSERT_EQ(gradcompConfigInit(&c), gradcompSuccess);
+  c.structSize = offsetof(gradcompConfig_t, rounding);
+  memset(&c.rounding, 0x5a, sizeof(c.rounding));
+  const std::string expect = "config structSize=" + std::to_string(c.structSize) + ", expected " +
+                             std::to_string(sizeof(c)) + ": initialize it with gradcompConfigInit";
+  EXPECT_EQ(gradcompConfigValidate(&c), gradcompInvalidArgument);
+  EXPECT_EQ(std::string(gradcompGetLastError()), expect);
+  gradcompComm_t comms[2] = {nullptr, nullptr};
+  EXPECT_EQ(gradcompCommCreateCpu(2, &c, comms), gradcompInvalidArgument);
+  EXPECT_EQ(std::string(gradcompGetLastError()), expect);
+  EXPECT_EQ(comms[0], nullptr);
+  EXPECT_EQ(comms[1], nullptr);
 }
 
 }  // namespace
