@@ -43,6 +43,9 @@ struct gradcompComm {
   gradcompConfig_t cfg;
   int rank = 0;
   int nranks = 1;
+  // A hierarchy's inter-node child comm (rank = node): its parent's rank,
+  // which its warnings name; -1 otherwise.
+  int parentRank = -1;
   ncclComm_t nccl = nullptr;  // null for the CPU backend
   // Shared with the inter-node child comm of a hierarchical comm.
   std::shared_ptr<gc::Backend> backend;

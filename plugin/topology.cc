@@ -130,6 +130,7 @@ std::unique_ptr<gradcompComm> makeInterComm(const gradcompComm& c,
   m->cfg.localSize = 1;
   if (m->cfg.algo == gradcompAlgoHier) m->cfg.algo = gradcompAlgoAuto;
   m->rank = c.topo.node;
+  m->parentRank = c.rank;
   m->nranks = c.topo.nodes;
   m->topo = blockTopology(m->rank, m->nranks, 1);
   m->backend = c.backend;

@@ -180,7 +180,7 @@ void notePeerSlotsRejected(gradcompComm& c) {
         "rank %d dropped %llu received sparse slot list(s) as malformed (indices not strictly "
         "increasing, or past the buffer); every rank drops the same ones, the sum lacks those "
         "ranks' contributions (stats.peerSlotsRejected)",
-        c.rank, (unsigned long long)rejected);
+        c.parentRank >= 0 ? c.parentRank : c.rank, (unsigned long long)rejected);
   }
   c.stats.peerSlotsRejected = rejected;
 }

@@ -663,15 +663,29 @@ TEST(Reliability, MalformedPeerSlotsAreDroppedInTheHierarchyMiddleStage) {
 // Three allreduces in which rank 1's list is malformed, with WARN logging
 // on and stderr captured: 0 when every rank logged the drop exactly once
 // (at the first call, with its count then: 1), 1 otherwise. The log goes
-// back to stderr for the caller to read.
-int malformedSlotsWarnings() {
+// back to stderr for the caller to read. hier: 4 ranks as 2 nodes of 2,
+// rank 2's list broken in the middle stage of local rank 0, where ranks 0
+// and 2 drop it: each names its own rank, not its node (its rank in the
+// middle stage's comm).
+int malformedSlotsWarnings(bool hier) {
   setenv("GRADCOMP_DEBUG", "WARN", 1);
-  const int N = 3, bad = 1;
+  const int N = hier ? 4 : 3, bad = hier ? 2 : 1;
+  const std::vector<int> dropping = hier ? std::vector<int>{0, 2} : std::vector<int>{0, 1, 2};
   const size_t n = 8192;
   testing::internal::CaptureStderr();
   {
-    CpuWorld w(N, quickConfig(gradcompMethodTopk));
-    breakSlotsOf(w, bad, SlotDefect::Duplicate, n);
+    gradcompConfig_t cfg = quickConfig(gradcompMethodTopk);
+    cfg.localSize = hier ? 2 : 1;
+    CpuWorld w(N, cfg);
+    if (hier) {
+      for (int r = 0; r < N; ++r) {
+        gradcompComm* c = w.comm(r);
+        c->inter->transport.reset(new HostileSlotsTransport(
+            std::move(c->inter->transport), r == bad, SlotDefect::Duplicate, (uint32_t)n));
+      }
+    } else {
+      breakSlotsOf(w, bad, SlotDefect::Duplicate, n);
+    }
     std::vector<std::vector<float>> in(N), out(N, std::vector<float>(n));
     for (int r = 0; r < N; ++r) in[r] = gctest::normal(n, 50 + r);
     for (int call = 0; call < 3; ++call) {
@@ -691,8 +705,8 @@ int malformedSlotsWarnings() {
        at = log.find("as malformed", at + 1)) {
     ++lines;
   }
-  bool once = lines == (size_t)N && log.find("failed") == std::string::npos;
-  for (int r = 0; r < N; ++r) {
+  bool once = lines == dropping.size() && log.find("failed") == std::string::npos;
+  for (int r : dropping) {
     once &= log.find("rank " + std::to_string(r) +
                      " dropped 1 received sparse slot list(s) as "
                      "malformed") != std::string::npos;
@@ -706,8 +720,10 @@ int malformedSlotsWarnings() {
 TEST(Reliability, MalformedPeerSlotsWarnOncePerComm) {
   const std::string style = GTEST_FLAG_GET(death_test_style);
   GTEST_FLAG_SET(death_test_style, "threadsafe");
-  EXPECT_EXIT(exit(malformedSlotsWarnings()), testing::ExitedWithCode(0),
+  EXPECT_EXIT(exit(malformedSlotsWarnings(false)), testing::ExitedWithCode(0),
               "rank 1 dropped 1 received sparse slot list");
+  EXPECT_EXIT(exit(malformedSlotsWarnings(true)), testing::ExitedWithCode(0),
+              "rank 2 dropped 1 received sparse slot list");
   GTEST_FLAG_SET(death_test_style, style);
 }
 
