@@ -12,7 +12,8 @@
 // call's reuse of the workspace is checked too); at the end of a call every
 // side-lane operation must be ordered before the caller's stream (a call
 // returns joined, and a captured one would otherwise fail with an unjoined
-// fork); an event slot is waited on before it is recorded again (Backend's
+// fork); a wait names a record of its own call (as a captured call must);
+// an event slot is waited on before it is recorded again (Backend's
 // contract). Backend operations run on
 // the caller's stream (stream()); a transport's lane is the stream it was set
 // to (commStream(), nodeStream() or the caller's).
@@ -46,8 +47,12 @@ class LaneCheck final : public gc::Backend {
   // test can show the check fails without it.
   int dropWaitSlot = -1;
 
-  // Every side-lane operation ordered before the caller's stream's next one.
-  void checkJoined(const char* what) {
+  // Ends a call: every side-lane operation is ordered before the caller's
+  // stream's next one, and the next call's waits must name its own records
+  // (under capture a wait on an event recorded outside the graph fails with
+  // cudaErrorStreamCaptureIsolation).
+  void endCall(const char* what) {
+    calls_++;
     for (const Op& o : ops_) {
       if (o.lane != kComputeLane && o.clock[o.lane] > lane_[kComputeLane][o.lane]) {
         fail("%s: %s on lane %d is not joined back into the caller's stream", what, o.name, o.lane);
@@ -164,12 +169,15 @@ class LaneCheck final : public gc::Backend {
            lane);
     }
     slot_[ev] = lane_[lane];
+    slotCall_[ev] = calls_;
     recorded_[ev] = true;
     waited_[ev] = false;
     return gradcompSuccess;
   }
   gradcompResult_t wait(int lane, int ev) override {
-    if (!recorded_[ev]) fail("lane %d waits on event slot %d, never recorded", lane, ev);
+    if (!recorded_[ev] || slotCall_[ev] != calls_) {
+      fail("lane %d waits on event slot %d, not recorded in this call", lane, ev);
+    }
     waited_[ev] = true;
     if (ev == dropWaitSlot) return gradcompSuccess;
     for (int l = 0; l < kLanes; ++l) lane_[lane][l] = std::max(lane_[lane][l], slot_[ev][l]);
@@ -197,6 +205,8 @@ class LaneCheck final : public gc::Backend {
   std::shared_ptr<gc::Backend> inner_;
   Clock lane_[kLanes] = {};
   Clock slot_[kPipeEvents] = {};
+  uint64_t slotCall_[kPipeEvents] = {};
+  uint64_t calls_ = 0;
   bool recorded_[kPipeEvents] = {};
   bool waited_[kPipeEvents] = {};
   std::vector<Op> ops_;

@@ -3,7 +3,8 @@
 // operations on different lanes (the caller's stream, the comm stream, the
 // node stream) that touch the same bytes, one writing, is ordered by event
 // slots; every call returns with its side lanes joined into the caller's
-// stream; no slot is recorded again before it was waited on. The CPU backend
+// stream; every wait names a record of its own call; no slot is recorded
+// again before it was waited on. The CPU backend
 // runs every lane at once, so without this a missing hand-off would show
 // only on a GPU.
 #include <gtest/gtest.h>
@@ -21,7 +22,8 @@ using gc::Backend;
 using gctest::LaneCheck;
 
 // The check itself: an unordered write/read pair across lanes, an unjoined
-// side lane and a slot recorded twice are found; event hand-offs clear them.
+// side lane, a slot recorded twice and a wait on an earlier call's record
+// are found; event hand-offs clear them.
 TEST(LaneCheck, FindsWhatTheCudaBackendWouldRace) {
   std::vector<float> buf(16);
   const LaneCheck::Range w{buf.data(), 64, true}, r{buf.data() + 8, 8, false};
@@ -39,16 +41,19 @@ TEST(LaneCheck, FindsWhatTheCudaBackendWouldRace) {
     lc.op(Backend::kCommLane, "read", {r});
     lc.op(Backend::kComputeLane, "read", {r});  // reads do not conflict
     EXPECT_TRUE(lc.errors().empty());
-    lc.checkJoined("call");
+    lc.endCall("call");
     EXPECT_EQ(lc.errors().size(), 1u) << "the comm lane's read is not joined";
     lc.record(Backend::kCommLane, 1);
     lc.wait(Backend::kComputeLane, 1);
-    lc.checkJoined("call");
+    lc.endCall("call");
     lc.op(Backend::kComputeLane, "write", {w});  // after the read, through slot 1
     EXPECT_EQ(lc.errors().size(), 1u);
     lc.record(Backend::kNodeLane, 2);
     lc.record(Backend::kNodeLane, 2);
     EXPECT_EQ(lc.errors().size(), 2u) << "slot 2 recorded twice, not waited on between";
+    lc.endCall("call");
+    lc.wait(Backend::kCommLane, 2);
+    EXPECT_EQ(lc.errors().size(), 3u) << "a wait on the last call's record";
   }
   {
     LaneCheck lc(nullptr);  // write on the comm lane, then an unordered read
@@ -115,7 +120,7 @@ std::vector<std::string> runChecked(const Case& k, int dropWait, size_t sideOps[
     });
     for (int r = 0; r < k.N; ++r) {
       EXPECT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
-      checks[r]->checkJoined(k.name);
+      checks[r]->endCall(k.name);
     }
   }
   gradcompStats_t st;
