@@ -43,6 +43,12 @@ class LaneCheck final : public gc::Backend {
 
   explicit LaneCheck(std::shared_ptr<gc::Backend> inner) : inner_(std::move(inner)) {}
 
+  // The collectives this rank issued, in program order: per collective its
+  // transport's tag and the operation's initial. NCCL orders the kernels of
+  // two communicators on different streams only by the order each rank
+  // issues them, so every rank must issue one order.
+  std::string order;
+
   // Test hook: waits on this slot are dropped (a missing hand-off), so that a
   // test can show the check fails without it.
   int dropWaitSlot = -1;
@@ -216,8 +222,10 @@ class LaneCheck final : public gc::Backend {
 // A transport whose collectives are logged on the lane of its stream.
 class LaneTransport final : public gc::Transport {
  public:
-  LaneTransport(std::unique_ptr<gc::Transport> inner, LaneCheck* check)
-      : inner_(std::move(inner)), check_(check) {
+  // tag names the transport in LaneCheck::order (w: the comm's, n: the
+  // node's, x: the inter-node child comm's).
+  LaneTransport(std::unique_ptr<gc::Transport> inner, LaneCheck* check, char tag)
+      : inner_(std::move(inner)), check_(check), tag_(tag) {
     rank_ = inner_->rank();
     size_ = inner_->size();
   }
@@ -275,10 +283,13 @@ class LaneTransport final : public gc::Transport {
     return t == ncclFloat16 || t == ncclBfloat16 ? 2 : t == ncclFloat64 ? 8 : 4;
   }
   void log(const char* name, const void* src, size_t srcBytes, void* dst, size_t dstBytes) {
+    check_->order += tag_;
+    check_->order += name[0];
     check_->op(check_->laneOf(stream_), name, {{src, srcBytes, false}, {dst, dstBytes, true}});
   }
   std::unique_ptr<gc::Transport> inner_;
   LaneCheck* check_;
+  const char tag_;
 };
 
 // Puts a LaneCheck under comm c (its child comms' too) and returns it.
@@ -286,11 +297,11 @@ inline LaneCheck* checkLanes(gradcompComm* c) {
   auto check = std::make_shared<LaneCheck>(c->backend);
   check->setStream(c->backend->stream());
   c->backend = check;
-  c->transport.reset(new LaneTransport(std::move(c->transport), check.get()));
-  if (c->intra) c->intra.reset(new LaneTransport(std::move(c->intra), check.get()));
+  c->transport.reset(new LaneTransport(std::move(c->transport), check.get(), 'w'));
+  if (c->intra) c->intra.reset(new LaneTransport(std::move(c->intra), check.get(), 'n'));
   if (c->inter) {
     c->inter->backend = check;
-    c->inter->transport.reset(new LaneTransport(std::move(c->inter->transport), check.get()));
+    c->inter->transport.reset(new LaneTransport(std::move(c->inter->transport), check.get(), 'x'));
   }
   return check.get();
 }

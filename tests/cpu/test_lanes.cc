@@ -4,7 +4,9 @@
 // node stream) that touch the same bytes, one writing, is ordered by event
 // slots; every call returns with its side lanes joined into the caller's
 // stream; every wait names a record of its own call; no slot is recorded
-// again before it was waited on. The CPU backend
+// again before it was waited on; every rank issues the collectives of the
+// comm and its node and inter-node sub-comms in one order (NCCL's kernels of
+// two communicators on two streams are ordered by nothing else). The CPU backend
 // runs every lane at once, so without this a missing hand-off would show
 // only on a GPU.
 #include <gtest/gtest.h>
@@ -129,6 +131,10 @@ std::vector<std::string> runChecked(const Case& k, int dropWait, size_t sideOps[
   std::vector<std::string> found;
   sideOps[0] = sideOps[1] = SIZE_MAX;
   for (int r = 0; r < k.N; ++r) {
+    if (checks[r]->order != checks[0]->order) {
+      found.push_back("rank " + std::to_string(r) + " issues its collectives in another order (" +
+                      checks[r]->order + ") than rank 0 (" + checks[0]->order + ")");
+    }
     for (const std::string& e : checks[r]->errors()) found.push_back(e);
     sideOps[0] = std::min(sideOps[0], checks[r]->opsOn(Backend::kCommLane));
     sideOps[1] = std::min(sideOps[1], checks[r]->opsOn(Backend::kNodeLane));
