@@ -76,10 +76,12 @@ struct Case {
   bool avg, inPlace;
 };
 
-// Runs `steps` calls of the case on a pipelined world whose comms are under
+// Runs three calls of the case on a pipelined world whose comms are under
 // LaneCheck, with waits on slot dropWait ignored (-1: none); returns every
 // rank's findings and, in *sideOps, the fewest operations a rank ran on the
-// comm lane and on the node lane.
+// comm lane and on the node lane. In these shapes every rank's chunks or
+// shard have the same pieces, so every rank issues the very same
+// collectives: their order must be one string.
 std::vector<std::string> runChecked(const Case& k, int dropWait, size_t sideOps[2]) {
   gradcompConfig_t cfg = gctest::qsgdTestConfig();
   cfg.localSize = k.L;
