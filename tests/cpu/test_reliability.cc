@@ -486,6 +486,26 @@ std::vector<HostileSlotsTransport*> breakSlotsOf(CpuWorld& w, int bad, SlotDefec
   return hostile;
 }
 
+// Every rank's fp32 Sum allreduce (or reduce-scatter of n per rank) of in
+// into out succeeds; a failure names the rank and its error sentence.
+void expectEveryRankSucceeds(CpuWorld& w, std::vector<std::vector<float>>& in,
+                             std::vector<std::vector<float>>& out, size_t n, bool reduceScatter,
+                             const std::string& what) {
+  std::vector<std::string> err(w.size());
+  auto res = w.run([&](int r) {
+    const gradcompResult_t rc =
+        reduceScatter ? gradcompReduceScatter(in[r].data(), out[r].data(), n, ncclFloat32, ncclSum,
+                                              w.comm(r), nullptr)
+                      : gradcompAllReduce(in[r].data(), out[r].data(), n, ncclFloat32, ncclSum,
+                                          w.comm(r), nullptr);
+    err[r] = gradcompGetLastError();
+    return rc;
+  });
+  for (int r = 0; r < w.size(); ++r) {
+    ASSERT_EQ(res[r], gradcompSuccess) << what << " rank " << r << ": " << err[r];
+  }
+}
+
 // Every rank that receives the malformed slots drops rank `bad`'s list
 // whole, as the CUDA backend does, and every rank's call succeeds: in the
 // allreduce every rank drops it (the allgather's scatter-add checks every
@@ -533,19 +553,7 @@ TEST(Reliability, MalformedPeerSlotsAreDroppedOnEveryRank) {
                                                     &dropped));
               ASSERT_FALSE(call.dense) << what;
             }
-            std::vector<std::string> err(N);
-            auto res = w.run([&](int r) {
-              const gradcompResult_t rc =
-                  reduceScatter ? gradcompReduceScatter(in[r].data(), out[r].data(), n, ncclFloat32,
-                                                        ncclSum, w.comm(r), nullptr)
-                                : gradcompAllReduce(in[r].data(), out[r].data(), n, ncclFloat32,
-                                                    ncclSum, w.comm(r), nullptr);
-              err[r] = gradcompGetLastError();
-              return rc;
-            });
-            for (int r = 0; r < N; ++r) {
-              ASSERT_EQ(res[r], gradcompSuccess) << what << " rank " << r << ": " << err[r];
-            }
+            ASSERT_NO_FATAL_FAILURE(expectEveryRankSucceeds(w, in, out, n, reduceScatter, what));
             for (int r = 0; r < N; ++r) {
               const bool received = !(reduceScatter && r == bad);
               if (received) {
@@ -629,19 +637,7 @@ TEST(Reliability, MalformedPeerSlotsAreDroppedInTheHierarchyMiddleStage) {
             want.assign(N, gctest::ref::refHierSparse(cfg, gc::DType::F32, false, step, in, st, L,
                                                       bad % L, &dropped));
           }
-          std::vector<std::string> err(N);
-          auto res = w.run([&](int r) {
-            const gradcompResult_t rc =
-                reduceScatter ? gradcompReduceScatter(in[r].data(), out[r].data(), n, ncclFloat32,
-                                                      ncclSum, w.comm(r), nullptr)
-                              : gradcompAllReduce(in[r].data(), out[r].data(), n, ncclFloat32,
-                                                  ncclSum, w.comm(r), nullptr);
-            err[r] = gradcompGetLastError();
-            return rc;
-          });
-          for (int r = 0; r < N; ++r) {
-            ASSERT_EQ(res[r], gradcompSuccess) << what << " rank " << r << ": " << err[r];
-          }
+          ASSERT_NO_FATAL_FAILURE(expectEveryRankSucceeds(w, in, out, n, reduceScatter, what));
           // The broken list had two filled slots to break (node 0 is the
           // one peer in the middle stage).
           ASSERT_LT(hostile[bad]->sent[0].first, hostile[bad]->sent[0].second) << what;
