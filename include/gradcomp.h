@@ -268,6 +268,15 @@ gradcompResult_t gradcompQsgdEncodeEF(const void* g, ncclDataType_t datatype, fl
                                       void* out, cudaStream_t stream);
 gradcompResult_t gradcompQsgdDecode(const void* in, size_t count, int bits, int bucketSize,
                                     float* out, int accumulate, cudaStream_t stream);
+/* gradcompQsgdEncodeEF with the level rounding named: gradcompRoundStochastic
+ * (what gradcompQsgdEncodeEF does) or gradcompRoundNearest (GRADCOMP_ROUNDING=
+ * nearest: no random draw, the seed is not read; its bias is carried only by
+ * a residual). The kernel an allreduce runs under that setting. */
+gradcompResult_t gradcompQsgdEncodeEFRounding(const void* g, ncclDataType_t datatype,
+                                              float* residual, size_t count, int bits,
+                                              int bucketSize, uint64_t seed,
+                                              gradcompRounding_t rounding, void* out,
+                                              cudaStream_t stream);
 
 #ifdef __cplusplus
 }

@@ -10,7 +10,8 @@ if [ -n "$bad" ]; then
 fi
 for s in gradcompGetErrorString gradcompGetLastError gradcompConfigInit gradcompConfigFromEnv \
          gradcompQsgdEncodedBytes gradcompQsgdEncodeHost gradcompQsgdDecodeHost \
-         gradcompQsgdEncode gradcompQsgdEncodeEF gradcompQsgdDecode gradcompCommCreate \
+         gradcompQsgdEncode gradcompQsgdEncodeEF gradcompQsgdDecode \
+         gradcompQsgdEncodeEFRounding gradcompQsgdEncodeEFRoundingHost gradcompCommCreate \
          gradcompCommCreateCpu gradcompCommDestroy gradcompAllReduce gradcompAllReduceKeyed \
          gradcompReduceScatter gradcompReduceScatterKeyed \
          gradcompGetStats gradcompCommSaveState gradcompCommLoadState gradcompCommResetState \

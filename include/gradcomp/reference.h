@@ -30,6 +30,13 @@ gradcompResult_t gradcompQsgdEncodeTypedHost(const void* x, ncclDataType_t datat
                                              float* residual, size_t count, int bits,
                                              int bucketSize, uint64_t seed, void* out);
 
+/* gradcompQsgdEncodeTypedHost with the level rounding named, as the GPU's
+ * gradcompQsgdEncodeEFRounding: the same bytes and residual. */
+gradcompResult_t gradcompQsgdEncodeEFRoundingHost(const void* x, ncclDataType_t datatype,
+                                                  float* residual, size_t count, int bits,
+                                                  int bucketSize, uint64_t seed,
+                                                  gradcompRounding_t rounding, void* out);
+
 #ifdef __cplusplus
 }
 #endif

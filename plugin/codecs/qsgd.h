@@ -16,6 +16,8 @@ constexpr size_t kMaxCodecCount = (size_t)1 << 56;
 
 // Validates bits/bucket (message names the value and range).
 gradcompResult_t qsgdCheckParams(int bits, int bucketSize);
+// Validates a public codec entry point's rounding (gradcompRounding_t).
+gradcompResult_t qsgdCheckRounding(int rounding);
 // Validates a codec's element count against kMaxCodecCount.
 gradcompResult_t codecCheckCount(size_t count);
 // The CUDA QSGD kernels launch up to one block per bucket, and a grid holds

@@ -5,11 +5,13 @@
 
 extern "C" {
 
-GC_EXPORT gradcompResult_t gradcompQsgdEncodeEF(const void* g, ncclDataType_t datatype,
-                                                float* residual, size_t count, int bits,
-                                                int bucketSize, uint64_t seed, void* out,
-                                                cudaStream_t stream) {
+GC_EXPORT gradcompResult_t gradcompQsgdEncodeEFRounding(const void* g, ncclDataType_t datatype,
+                                                        float* residual, size_t count, int bits,
+                                                        int bucketSize, uint64_t seed,
+                                                        gradcompRounding_t rounding, void* out,
+                                                        cudaStream_t stream) {
   GC_CHECK(gc::qsgdCheckParams(bits, bucketSize));
+  GC_CHECK(gc::qsgdCheckRounding((int)rounding));
   GC_CHECK(gc::codecCheckCount(count));
   GC_CHECK(gc::qsgdCheckDeviceCount(count, bucketSize));
   gc::DType t;
@@ -24,9 +26,18 @@ GC_EXPORT gradcompResult_t gradcompQsgdEncodeEF(const void* g, ncclDataType_t da
   GC_CHECK(gc::checkDevicePointer(g, "g"));
   GC_CHECK(gc::checkDevicePointer(out, "out"));
   if (residual != nullptr) GC_CHECK(gc::checkDevicePointer(residual, "residual"));
-  GC_CUDACHECK(gc::cuda::qsgdEncode(g, t, residual, count, bits, bucketSize, gc::plainKey(seed),
-                                    out, stream));
+  gc::KeySpec key = gc::plainKey(seed);
+  key.nearest = rounding == gradcompRoundNearest;
+  GC_CUDACHECK(gc::cuda::qsgdEncode(g, t, residual, count, bits, bucketSize, key, out, stream));
   return gradcompSuccess;
+}
+
+GC_EXPORT gradcompResult_t gradcompQsgdEncodeEF(const void* g, ncclDataType_t datatype,
+                                                float* residual, size_t count, int bits,
+                                                int bucketSize, uint64_t seed, void* out,
+                                                cudaStream_t stream) {
+  return gradcompQsgdEncodeEFRounding(g, datatype, residual, count, bits, bucketSize, seed,
+                                      gradcompRoundStochastic, out, stream);
 }
 
 GC_EXPORT gradcompResult_t gradcompQsgdEncode(const void* x, ncclDataType_t datatype, size_t count,

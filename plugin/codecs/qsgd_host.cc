@@ -19,6 +19,13 @@ gradcompResult_t qsgdCheckParams(int bits, int bucketSize) {
   return gradcompSuccess;
 }
 
+gradcompResult_t qsgdCheckRounding(int rounding) {
+  GC_ARG(rounding == gradcompRoundStochastic || rounding == gradcompRoundNearest,
+         "rounding=%d is out of range 0..1 (gradcompRoundStochastic=0, gradcompRoundNearest=1)",
+         rounding);
+  return gradcompSuccess;
+}
+
 gradcompResult_t codecCheckCount(size_t count) {
   GC_ARG(count <= kMaxCodecCount, "count=%zu is out of range 0..%zu", count, kMaxCodecCount);
   return gradcompSuccess;
@@ -113,10 +120,13 @@ GC_EXPORT size_t gradcompQsgdEncodedBytes(size_t count, int bits, int bucketSize
   return gc::qsgd::encodedBytes(count, bits, bucketSize);
 }
 
-GC_EXPORT gradcompResult_t gradcompQsgdEncodeTypedHost(const void* x, ncclDataType_t datatype,
-                                                       float* residual, size_t count, int bits,
-                                                       int bucketSize, uint64_t seed, void* out) {
+GC_EXPORT gradcompResult_t gradcompQsgdEncodeEFRoundingHost(const void* x, ncclDataType_t datatype,
+                                                            float* residual, size_t count, int bits,
+                                                            int bucketSize, uint64_t seed,
+                                                            gradcompRounding_t rounding,
+                                                            void* out) {
   GC_CHECK(gc::qsgdCheckParams(bits, bucketSize));
+  GC_CHECK(gc::qsgdCheckRounding((int)rounding));
   GC_CHECK(gc::codecCheckCount(count));
   gc::DType t = gc::DType::F32;
   GC_CHECK(gc::dtypeFromNccl(datatype, &t));
@@ -125,8 +135,16 @@ GC_EXPORT gradcompResult_t gradcompQsgdEncodeTypedHost(const void* x, ncclDataTy
          count);
   GC_ARG(((uintptr_t)out & 3) == 0, "out=%p must be 4-byte aligned (it starts with fp32 scales)",
          out);
-  gc::host::qsgdEncode(x, t, residual, count, bits, bucketSize, seed, false, out);
+  gc::host::qsgdEncode(x, t, residual, count, bits, bucketSize, seed,
+                       rounding == gradcompRoundNearest, out);
   return gradcompSuccess;
+}
+
+GC_EXPORT gradcompResult_t gradcompQsgdEncodeTypedHost(const void* x, ncclDataType_t datatype,
+                                                       float* residual, size_t count, int bits,
+                                                       int bucketSize, uint64_t seed, void* out) {
+  return gradcompQsgdEncodeEFRoundingHost(x, datatype, residual, count, bits, bucketSize, seed,
+                                          gradcompRoundStochastic, out);
 }
 
 GC_EXPORT gradcompResult_t gradcompQsgdEncodeHost(const float* x, size_t count, int bits,

@@ -84,6 +84,10 @@ OPTIONAL_SIGNATURES = {
     "gradcompReduceScatter": (R, [c_void_p, c_void_p, c_size_t, E, E, c_void_p, c_void_p]),
     "gradcompReduceScatterKeyed": (R, [c_void_p, c_void_p, c_size_t, E, E, c_void_p, c_void_p,
                                        c_uint64]),
+    "gradcompQsgdEncodeEFRounding": (R, [c_void_p, E, c_void_p, c_size_t, c_int, c_int, c_uint64,
+                                         E, c_void_p, c_void_p]),
+    "gradcompQsgdEncodeEFRoundingHost": (R, [c_void_p, E, c_void_p, c_size_t, c_int, c_int,
+                                             c_uint64, E, c_void_p]),
 }
 
 

@@ -220,6 +220,78 @@ TEST(RoundingNearest, EliasLevelsAreTheFixedWidthRule) {
       }
 }
 
+// ---- public codec entry points
+
+// gradcompQsgdEncodeEFRoundingHost: nearest gives the serial rule's bytes
+// and residual whatever the seed; stochastic gives gradcompQsgdEncodeTypedHost's.
+TEST(RoundingNearest, PublicHostEntryPointFollowsTheRoundingItNames) {
+  for (DType t : {DType::F32, DType::F16, DType::BF16})
+    for (int bits : {2, 3, 4, 8})
+      for (int d : {32, 512})
+        for (bool ef : {false, true}) {
+          SCOPED_TRACE(testing::Message()
+                       << "dtype=" << (int)t << " bits=" << bits << " d=" << d << " ef=" << ef);
+          const size_t n = 3 * (size_t)d + 5;
+          const std::vector<float> f = gctest::normal(n, 7 * bits + d);
+          std::vector<uint16_t> h(n);
+          for (size_t i = 0; i < n; ++i)
+            h[i] = t == DType::F16 ? gc::floatToHalf(f[i]) : gc::floatToBf16(f[i]);
+          const void* x = t == DType::F32 ? (const void*)f.data() : (const void*)h.data();
+          const std::vector<float> r0 = gctest::normal(n, 3 + d, 0.1f);
+          const size_t bytes = gradcompQsgdEncodedBytes(n, bits, d);
+          std::vector<float> rRef = r0;
+          const auto want = refNearest(x, t, ef ? rRef.data() : nullptr, n, bits, d);
+          for (uint64_t seed : {1ull, 0x123456789abcdefull}) {
+            std::vector<float> r = r0;
+            std::vector<uint8_t> got(bytes);
+            ASSERT_EQ(gradcompQsgdEncodeEFRoundingHost(x, gctest::ref::nccl(t),
+                                                       ef ? r.data() : nullptr, n, bits, d, seed,
+                                                       gradcompRoundNearest, got.data()),
+                      gradcompSuccess)
+                << gradcompGetLastError();
+            ASSERT_EQ(got, want) << "seed " << seed;
+            ASSERT_EQ(memcmp(r.data(), rRef.data(), n * 4), 0) << "residual, seed " << seed;
+
+            std::vector<float> rs = r0, rt = r0;
+            std::vector<uint8_t> gs(bytes), gt(bytes);
+            ASSERT_EQ(gradcompQsgdEncodeEFRoundingHost(x, gctest::ref::nccl(t),
+                                                       ef ? rs.data() : nullptr, n, bits, d, seed,
+                                                       gradcompRoundStochastic, gs.data()),
+                      gradcompSuccess);
+            ASSERT_EQ(gradcompQsgdEncodeTypedHost(x, gctest::ref::nccl(t), ef ? rt.data() : nullptr,
+                                                  n, bits, d, seed, gt.data()),
+                      gradcompSuccess);
+            ASSERT_EQ(gs, gt) << "stochastic, seed " << seed;
+            ASSERT_EQ(memcmp(rs.data(), rt.data(), n * 4), 0) << "stochastic residual";
+            ASSERT_NE(gs, want) << "stochastic rounding drew nothing";
+          }
+        }
+}
+
+// Both entry points, host and GPU, refuse a rounding outside the enum with
+// the same sentence, before reading any pointer (so also for count 0, and
+// the GPU one without a GPU).
+TEST(RoundingNearest, EntryPointsRefuseAnUnknownRounding) {
+  std::vector<float> x(64, 1.0f), r(64, 0.0f);
+  std::vector<uint8_t> out(gradcompQsgdEncodedBytes(64, 4, 32));
+  for (int bad : {2, -1}) {
+    const std::string want = "rounding=" + std::to_string(bad) +
+                             " is out of range 0..1 (gradcompRoundStochastic=0, "
+                             "gradcompRoundNearest=1)";
+    for (size_t n : {(size_t)64, (size_t)0}) {
+      EXPECT_EQ(gradcompQsgdEncodeEFRoundingHost(x.data(), ncclFloat32, r.data(), n, 4, 32, 1,
+                                                 (gradcompRounding_t)bad, out.data()),
+                gradcompInvalidArgument);
+      EXPECT_EQ(gradcompGetLastError(), want);
+      EXPECT_EQ(gradcompQsgdEncodeEFRounding(x.data(), ncclFloat32, r.data(), n, 4, 32, 1,
+                                             (gradcompRounding_t)bad, out.data(), nullptr),
+                gradcompInvalidArgument);
+      EXPECT_EQ(gradcompGetLastError(), want);
+    }
+  }
+  for (float v : r) ASSERT_EQ(v, 0.0f) << "a refused call wrote the residual";
+}
+
 // ---- config
 
 TEST(RoundingConfig, EnvParsesAndDefaultsToStochastic) {

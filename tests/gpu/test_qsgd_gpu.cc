@@ -136,6 +136,54 @@ TEST_F(QsgdGpu, NearestEncodeBitExactWithHostEveryPath) {
   }
 }
 
+// The public gradcompQsgdEncodeEFRounding (what gradcomp_perf and
+// gradcomp_kernels_perf time for rows run with GRADCOMP_ROUNDING=nearest)
+// against its host twin gradcompQsgdEncodeEFRoundingHost: the same bytes and
+// residual for both roundings, every encode path, seeds the nearest rule
+// does not read.
+TEST_F(QsgdGpu, EncodeEFRoundingBitExactWithHostEntryPoint) {
+  const size_t counts[] = {1, 1000, 100003};
+  for (ncclDataType_t t : {ncclFloat32, ncclFloat16, ncclBfloat16}) {
+    for (int bits : {2, 3, 4, 8}) {
+      for (size_t n : counts) {
+        for (int withResidual = 0; withResidual <= 1; ++withResidual) {
+          for (gradcompRounding_t rounding : {gradcompRoundStochastic, gradcompRoundNearest}) {
+            const int d = bits == 3 ? 96 : bits == 2 ? 128 : 512;
+            SCOPED_TRACE(testing::Message() << "type=" << t << " bits=" << bits << " n=" << n
+                                            << " ef=" << withResidual << " rounding=" << rounding);
+            std::vector<float> x = gctest::normal(n, 5 * n + bits);
+            std::vector<uint16_t> h = narrow(x, t);
+            const void* hostIn = t == ncclFloat32 ? (const void*)x.data() : (const void*)h.data();
+            std::vector<float> r = gctest::normal(n, 97, 0.1f), rHost = r;
+            const size_t bytes = gradcompQsgdEncodedBytes(n, bits, d);
+            std::vector<uint8_t> encHost(bytes);
+            ASSERT_EQ(
+                gradcompQsgdEncodeEFRoundingHost(hostIn, t, withResidual ? rHost.data() : nullptr,
+                                                 n, bits, d, 4321, rounding, encHost.data()),
+                gradcompSuccess)
+                << gradcompGetLastError();
+            const size_t esz = t == ncclFloat32 ? 4 : 2;
+            DeviceBuffer<uint8_t> dx(n * esz), denc(bytes);
+            DeviceBuffer<float> dr(n);
+            ASSERT_EQ(cudaMemcpy(dx.get(), hostIn, n * esz, cudaMemcpyHostToDevice), cudaSuccess);
+            dr.upload(r);
+            ASSERT_EQ(gradcompQsgdEncodeEFRounding(dx.get(), t, withResidual ? dr.get() : nullptr,
+                                                   n, bits, d, 4321, rounding, denc.get(), stream),
+                      gradcompSuccess)
+                << gradcompGetLastError();
+            ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+            ASSERT_EQ(denc.download(bytes), encHost);
+            if (withResidual) {
+              auto rDev = dr.download(n);
+              ASSERT_EQ(memcmp(rDev.data(), rHost.data(), n * 4), 0);
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
 // The block-path decode runs a grid of at most 132 * 32 blocks of 256
 // threads and strides over the rest, and the block encode one block per
 // bucket: a count past 132 * 32 * 256 = 1081344 takes each thread round the
