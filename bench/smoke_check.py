@@ -441,6 +441,55 @@ def main():
         expect(r["model"] == [] and r["kernel_source"] == "none" and r["wrong"] == 0,
                "3-bit row: no rate in the report, no model, result still checked")
 
+    # The report's rates follow the row's settings: a GRADCOMP_ROUNDING=nearest row takes
+    # the nearest kernel's rows (qsgd_encode_ef_nearest), a bucket the report's rows name
+    # (per row, else the report's "bucket"), and nothing else stands in: where the report
+    # has no row for the rounding or bucket, the row's model is left out with a sentence.
+    fx = os.path.join(work, "fixture-rates")
+    os.makedirs(os.path.join(fx, "2030-01-01-test-gpu"), exist_ok=True)
+    open(os.path.join(fx, "2030-01-01-test-gpu.json"), "w").write("{}")
+    M = 1 << 20
+
+    def frow(kernel, us, bucket=None, dtype="float"):
+        r = {"kernel": kernel, "dtype": dtype, "bits": 4, "n": M, "time_us": us}
+        if bucket:
+            r["bucket"] = bucket
+        return r
+
+    fdoc = {"gpu": "Fixture GPU", "bucket": 512, "rows": [
+        frow("qsgd_encode_ef", 100.0), frow("qsgd_encode_ef_nearest", 40.0),
+        frow("qsgd_decode_acc", 50.0), frow("qsgd_encode_ef", 300.0, 128),
+        frow("qsgd_decode_acc", 150.0, 128), frow("qsgd_encode_ef_nearest", 7.0, dtype="half")]}
+    json.dump(fdoc, open(os.path.join(fx, "2030-01-01-test-gpu", "kernels.json"), "w"))
+    for rounding, bkt, enc_us, dec_us in (("stochastic", 512, 100.0, 50.0),
+                                          ("nearest", 512, 40.0, 50.0),
+                                          ("stochastic", 128, 300.0, 150.0),
+                                          ("nearest", 128, None, None)):
+        tag = "fixture rates, rounding=%s, bucket %d" % (rounding, bkt)
+        code, out, rows = run(perf, ["-N", "2", "-b", "256K", "-e", "256K", "-n", "1", "-w", "0",
+                                     "-m", "qsgd", "-q", "4", "-B", str(bkt), "--kernel-rates",
+                                     os.path.join(fx, "2030-01-01-test-gpu.json")],
+                              os.path.join(work, "rates-%s-%d.json" % (rounding, bkt)),
+                              env={"GRADCOMP_ROUNDING": rounding})
+        expect(code == 0 and len(rows) == 1, "%s: exits 0 with one row" % tag)
+        for r in rows:
+            expect(r.get("rounding") == rounding and r.get("bucket") == bkt and r["wrong"] == 0,
+                   "%s: the row's settings, checked" % tag)
+            if enc_us is None:
+                expect(r["model"] == [] and r["kernel_source"] == "none",
+                       "%s: no rate for these settings, no model" % tag)
+                why = r.get("model_missing") or ""
+                expect("qsgd_encode_ef_nearest" in why and "bucket=128" in why,
+                       "%s: the row says which rate is missing (%s)" % (tag, why))
+                expect("#  ^ modeled columns left out: " + why in out, "%s: the table says so" % tag)
+                continue
+            scale = r["count"] / M
+            expect(r.get("kernel_source") == "gpu_report" and r.get("model_missing") is None,
+                   "%s: modeled from the report" % tag)
+            expect(close(r["encode_us"], enc_us * scale) and close(r["decode_us"], dec_us * scale),
+                   "%s: encode %s, decode %s from the rows of its rounding and bucket"
+                   % (tag, r["encode_us"], r["decode_us"]))
+
     # Reduce-scatter (-C reduce_scatter): sizes are the per-rank output; nccl-tests'
     # reduce_scatter_perf bandwidths; NCCL's ring sends (N-1) * size; one quantization.
     code, out, rows = run(perf, ["-N", str(nranks), "-C", "reduce_scatter", "-b", "64K", "-e",

@@ -270,15 +270,28 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
     if (info.rates) {
       // CPU backend: the GPU report's rates; the host codecs' times would
       // model a GPU network with CPU kernels.
-      v[2] = info.rates->lookup(dtypeName(dtype), row->bits, count, &v[0], &v[1]) ? 1 : 0;
+      v[2] = info.rates->lookup(dtypeName(dtype), row->bits, row->bucket, row->rounding, count,
+                                &v[0], &v[1])
+                 ? 1
+                 : 0;
     } else {
       // Rank 0 alone, the others wait: the kernels' own time, not the shared GPU's.
       r.barrier();
       if (r.rank() == 0)
-        v[2] = r.qsgdKernelTimes(toDType(dtype), count, row->bits, row->bucket, &v[0], &v[1]);
+        v[2] = r.qsgdKernelTimes(toDType(dtype), count, row->bits, row->bucket, row->rounding,
+                                 &v[0], &v[1]);
       r.reduce(v, 3, true);
     }
     row->kernelsMeasured = v[2] > 0;
+    if (info.rates && info.rates->ok && !row->kernelsMeasured) {
+      char why[256];
+      snprintf(why, sizeof why,
+               "%s has no %s rows for %s, bits=%d, bucket=%d (and qsgd_decode_acc at those)",
+               info.rates->report.c_str(),
+               row->rounding == gradcompRoundNearest ? "qsgd_encode_ef_nearest" : "qsgd_encode_ef",
+               dtypeName(dtype), row->bits, row->bucket);
+      row->modelMissing = why;
+    }
     row->kernelSource = !row->kernelsMeasured ? KernelSource::None
                         : info.rates          ? KernelSource::Report
                                               : KernelSource::Measured;

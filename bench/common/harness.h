@@ -65,6 +65,8 @@ struct Row {
   bool kernelsMeasured = false;  // kernel times known, from kernelSource
   KernelSource kernelSource = KernelSource::None;
   double encodeUs = 0, decodeUs = 0, kernelUs = 0, latencySteps = 0;
+  // Why a row that needs the GPU report's rates has no model (empty: it has one).
+  std::string modelMissing;
   std::vector<ModelPoint> model;
   std::vector<ProjectionPoint> projection;
   // --auto: the same size through a comm with autoTune=1.

@@ -107,16 +107,22 @@ KernelRates loadKernelRates(const std::string& where) {
   if (!rows || rows->kind != JsonValue::Array)
     return unavailable(shortName(kernelsPath) + " has no \"rows\" list");
   KernelRates k;
+  // The bucket of every row (gradcomp_kernels_perf --bucket), unless a row names its own.
+  const JsonValue* docBucket = doc.get("bucket");
   for (const JsonValue& r : rows->items) {
     const JsonValue *kernel = r.get("kernel"), *dtype = r.get("dtype"), *bits = r.get("bits"),
-                    *n = r.get("n"), *us = r.get("time_us");
-    if (!kernel || !dtype || !bits || !n || !us || kernel->kind != JsonValue::String ||
+                    *n = r.get("n"), *us = r.get("time_us"), *bucket = r.get("bucket");
+    if (!bucket) bucket = docBucket;
+    if (!kernel || !dtype || !bits || !n || !us || !bucket || kernel->kind != JsonValue::String ||
         dtype->kind != JsonValue::String || bits->kind != JsonValue::Number ||
-        n->kind != JsonValue::Number || us->kind != JsonValue::Number)
+        n->kind != JsonValue::Number || us->kind != JsonValue::Number ||
+        bucket->kind != JsonValue::Number)
       continue;
-    if (kernel->str != "qsgd_encode_ef" && kernel->str != "qsgd_decode_acc") continue;
+    if (kernel->str != "qsgd_encode_ef" && kernel->str != "qsgd_encode_ef_nearest" &&
+        kernel->str != "qsgd_decode_acc")
+      continue;
     if (!(n->num >= 1) || !(us->num > 0) || !isfinite(us->num)) continue;
-    k.rows.push_back({kernel->str, dtype->str, (int)bits->num, n->num, us->num});
+    k.rows.push_back({kernel->str, dtype->str, (int)bits->num, (int)bucket->num, n->num, us->num});
   }
   if (k.rows.empty())
     return unavailable(shortName(kernelsPath) +
@@ -128,18 +134,19 @@ KernelRates loadKernelRates(const std::string& where) {
   return k;
 }
 
-bool KernelRates::lookup(const char* dtype, int bits, size_t count, double* encodeUs,
-                         double* decodeUs) const {
+bool KernelRates::lookup(const char* dtype, int bits, int bucket, gradcompRounding_t rounding,
+                         size_t count, double* encodeUs, double* decodeUs) const {
   if (!ok || count == 0) return false;
   auto nearest = [&](const char* kernel, const char* type) -> const Entry* {
     const Entry* best = nullptr;
     for (const Entry& e : rows) {
-      if (e.kernel != kernel || e.dtype != type || e.bits != bits) continue;
+      if (e.kernel != kernel || e.dtype != type || e.bits != bits || e.bucket != bucket) continue;
       if (!best || fabs(log(e.n / count)) < fabs(log(best->n / count))) best = &e;
     }
     return best;
   };
-  const Entry* enc = nearest("qsgd_encode_ef", dtype);
+  const Entry* enc = nearest(
+      rounding == gradcompRoundNearest ? "qsgd_encode_ef_nearest" : "qsgd_encode_ef", dtype);
   const Entry* dec = nearest("qsgd_decode_acc", "float");
   if (!enc || !dec) return false;
   *encodeUs = enc->timeUs / enc->n * count;

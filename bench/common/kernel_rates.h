@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "gradcomp.h"
+
 namespace gcbench {
 
 struct KernelRates {
@@ -18,16 +20,19 @@ struct KernelRates {
   std::string gpu;
   std::string reason;  // why there are none
   struct Entry {
-    std::string kernel, dtype;
-    int bits;
+    std::string kernel, dtype;  // kernel: qsgd_encode_ef, qsgd_encode_ef_nearest, qsgd_decode_acc
+    int bits, bucket;
     double n, timeUs;
   };
   std::vector<Entry> rows;
 
-  // Encode+EF of `dtype` and decode-accumulate (fp32) of `count` elements at
-  // `bits`: the report's row of the nearest n (log scale), scaled by count/n.
-  // False when the report has no row for these bits.
-  bool lookup(const char* dtype, int bits, size_t count, double* encodeUs, double* decodeUs) const;
+  // Encode+EF of `dtype` with `rounding` (the nearest kernel's own rows for
+  // gradcompRoundNearest) and decode-accumulate (fp32) of `count` elements
+  // at `bits` and `bucket`: the report's row of the nearest n (log scale),
+  // scaled by count/n. False when the report has no row for these settings:
+  // another rounding's, bucket's or bits' rate never stands in.
+  bool lookup(const char* dtype, int bits, int bucket, gradcompRounding_t rounding, size_t count,
+              double* encodeUs, double* decodeUs) const;
 };
 
 // `where`: a report's .json, a folder of reports (the newest by name whose

@@ -71,10 +71,11 @@ double timeKernel(int rank_, cudaStream_t stream, F&& launch) {
   return ms[ms.size() / 2] * 1e3;
 }
 
-// QSGD encode+EF of x and decode (accumulate) of the result, `count`
-// elements, through the public entry points.
+// QSGD encode+EF of x with the row's rounding and decode (accumulate) of the
+// result, `count` elements, through the public entry points.
 bool timeQsgdKernels(int rank_, cudaStream_t stream, const void* x, ncclDataType_t t, size_t count,
-                     int bits, int bucket, double* encUs, double* decUs) {
+                     int bits, int bucket, gradcompRounding_t rounding, double* encUs,
+                     double* decUs) {
   const size_t encBytes = gradcompQsgdEncodedBytes(count, bits, bucket);
   float* residual = nullptr;
   float* out = nullptr;
@@ -90,8 +91,8 @@ bool timeQsgdKernels(int rank_, cudaStream_t stream, const void* x, ncclDataType
   BENCH_CUDA(cudaMemsetAsync(out, 0, count * 4, stream));
   bool ok = true;
   *encUs = timeKernel(rank_, stream, [&](int i) {
-    ok = ok && gradcompQsgdEncodeEF(x, t, residual, count, bits, bucket, 7 + i, enc, stream) ==
-                   gradcompSuccess;
+    ok = ok && gradcompQsgdEncodeEFRounding(x, t, residual, count, bits, bucket, 7 + i, rounding,
+                                            enc, stream) == gradcompSuccess;
   });
   *decUs = timeKernel(rank_, stream, [&](int) {
     ok = ok && gradcompQsgdDecode(enc, count, bits, bucket, out, 1, stream) == gradcompSuccess;
@@ -102,8 +103,8 @@ bool timeQsgdKernels(int rank_, cudaStream_t stream, const void* x, ncclDataType
   return ok;
 }
 
-// (dtype, count, bits, bucket) -> (encode us, decode us)
-using KernelKey = std::tuple<int, size_t, int, int>;
+// (dtype, count, bits, bucket, rounding) -> (encode us, decode us)
+using KernelKey = std::tuple<int, size_t, int, int, int>;
 using KernelTable = std::map<KernelKey, std::pair<double, double>>;
 
 // Rank 0 measures every kernel the link model will need while the other
@@ -111,11 +112,11 @@ using KernelTable = std::map<KernelKey, std::pair<double, double>>;
 // the kernels run alone (later, waiting ranks spin NCCL kernels).
 void measureKernelTable(const Options& o, int device, KernelTable* table) {
   const int rank_ = 0;
-  std::vector<std::pair<int, int>> configs;  // (bits, bucket)
+  std::vector<std::tuple<int, int, gradcompRounding_t>> configs;  // (bits, bucket, rounding)
   for (gradcompMethod_t m : o.methods) {
     gradcompConfig_t cfg;
     if (!methodSpec(m).qsgdKernels || methodConfig(o, m, &cfg) != gradcompSuccess) continue;
-    configs.emplace_back(cfg.bits, cfg.bucketSize);
+    configs.emplace_back(cfg.bits, cfg.bucketSize, cfg.rounding);
   }
   if (configs.empty()) return;
   BENCH_CUDA(cudaSetDevice(device));
@@ -130,9 +131,11 @@ void measureKernelTable(const Options& o, int device, KernelTable* table) {
     for (size_t size : sizeList(o)) {
       const size_t count = size / dtypeSize(dt);
       for (const auto& c : configs) {
+        const int bits = std::get<0>(c), bucket = std::get<1>(c);
+        const gradcompRounding_t rounding = std::get<2>(c);
         double e = 0, d = 0;
-        if (count && timeQsgdKernels(0, stream, x, dt, count, c.first, c.second, &e, &d))
-          (*table)[KernelKey{(int)t, count, c.first, c.second}] = {e, d};
+        if (count && timeQsgdKernels(0, stream, x, dt, count, bits, bucket, rounding, &e, &d))
+          (*table)[KernelKey{(int)t, count, bits, bucket, (int)rounding}] = {e, d};
       }
     }
   }
@@ -257,17 +260,18 @@ class CudaRank : public Rank {
     }
   }
 
-  bool qsgdKernelTimes(gc::DType t, size_t count, int bits, int bucket, double* encUs,
-                       double* decUs) override {
+  bool qsgdKernelTimes(gc::DType t, size_t count, int bits, int bucket, gradcompRounding_t rounding,
+                       double* encUs, double* decUs) override {
     if (kernels_) {
-      auto it = kernels_->find(KernelKey{(int)t, count, bits, bucket});
+      auto it = kernels_->find(KernelKey{(int)t, count, bits, bucket, (int)rounding});
       if (it != kernels_->end()) {
         *encUs = it->second.first;
         *decUs = it->second.second;
         return true;
       }
     }
-    return timeQsgdKernels(rank_, stream_, send_, toNccl(t), count, bits, bucket, encUs, decUs);
+    return timeQsgdKernels(rank_, stream_, send_, toNccl(t), count, bits, bucket, rounding, encUs,
+                           decUs);
   }
   // Kernel times measured before the other ranks started any GPU work.
   void setKernelTable(const KernelTable* table) { kernels_ = table; }

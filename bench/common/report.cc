@@ -240,6 +240,8 @@ void printRow(const Options& o, const RunInfo& info, const Row& r) {
       r.busbw(), wrongStr(r.gradcompWrong).c_str(), r.gradcompWire, ratio,
       errStr(r, r.relErrMax).c_str(), errStr(r, r.relErrRms).c_str(), speed, algo, model.c_str());
   if (r.identical == 0) printf("#  ^ FAILED: the ranks' results differ (hash of each output)\n");
+  if (!r.modelMissing.empty())
+    printf("#  ^ modeled columns left out: %s\n", r.modelMissing.c_str());
   (void)o;
   (void)info;
   fflush(stdout);
@@ -401,6 +403,8 @@ bool writeJson(const std::string& path, const Options& o, const RunInfo& info,
               jsonNum(r.autoUs).c_str(), jsonStr(r.autoPassed ? "nccl" : "compress").c_str(),
               jsonNum(r.autoRegret()).c_str());
     }
+    fprintf(f, "\"model_missing\": %s, ",
+            r.modelMissing.empty() ? "null" : jsonStr(r.modelMissing).c_str());
     fprintf(f,
             "\"kernels_measured\": %s, \"kernel_source\": %s, \"encode_us\": %s, "
             "\"decode_us\": %s, \"kernel_us\": %s, \"latency_steps\": %s, \"model\": [",
