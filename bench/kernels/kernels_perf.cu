@@ -3,12 +3,23 @@
 // device-to-device copy measured in the same run at the same n.
 //
 //   QSGD encode + error feedback: reads g (n * type) and r (4n), writes r (4n)
-//                                 and the encoding E(n) = 4*ceil(n/d) + 4*ceil(n*b/32)
+//   (stochastic rounding, and     and the encoding E(n) = 4*ceil(n/d) + 4*ceil(n*b/32)
+//   _nearest: GRADCOMP_ROUNDING=nearest's kernel)
 //   QSGD decode:                  reads E(n), writes 4n (overwrite) or reads
 //                                 and writes 4n (accumulate)
 //   copy:                         reads and writes 4n
 //   top-k select (threshold,      reads 4n (the vector; the sample, counts
 //   exact), fp32 input:           and the kmax indices are not counted)
+//   sparse_check_lists:           reads L * kmax * 4 (the indices of the L
+//                                 received slot lists the sparse allgather
+//                                 checks in one launch, after a memset of L flags)
+//   nonfinite_flag:               reads 4n (rand-k's non-finite flag of v)
+//
+// The last two have no public entry point: this benchmark links the
+// library's objects, as the tests do, to time gc::cuda::sparseCheckLists and
+// gc::cuda::sparseNonFiniteFlag, which every sparse allgather (the lists) and
+// every rand-k call (the flag) launches. Their rows carry "lists" and
+// "density"/"k" (the slots of each list: the threshold selector's kmax).
 //
 // The top-k rows select from benchValue(seed 1, rank 0), the data
 // bench/torch_topk.py gives torch.topk, with the library's default
@@ -25,6 +36,7 @@
 #include <vector>
 
 #include "../common/data_ops.h"
+#include "codecs/sparse.h"
 #include "gradcomp.h"
 #include "gradcomp/reference.h"
 #include "gradcomp/sparse.h"
@@ -46,9 +58,11 @@ struct Args {
   std::vector<int> bits = {2, 4, 8};
   std::vector<ncclDataType_t> dtypes = {ncclFloat32, ncclFloat16, ncclBfloat16};
   std::vector<double> densities = {0.001, 0.01};
+  int lists = 8;  // received slot lists the sparse check reads: the ranks of perf_n8_sparse
   std::string json;
-  // --only: one kind of kernel (copy, encode, decode, topk_threshold,
-  // topk_exact; empty: all); --once: every kernel launched once, untimed
+  // --only: one kind of kernel (copy, encode, encode_nearest, decode,
+  // topk_threshold, topk_exact, sparse_checks; empty: all); --once: every
+  // kernel launched once, untimed
   // batches skipped, for a profiler that replays each launch (the profile
   // step of tools/gpu-check.sh).
   std::string only;
@@ -62,8 +76,10 @@ struct Result {
   int bits;
   size_t n;
   double us, bytes, gbps, copyGbps;
-  double density = 0;  // top-k rows only
+  double density = 0;  // top-k and sparse-check rows only
   size_t k = 0;
+  const char* rounding = nullptr;  // encode rows: "stochastic" or "nearest"
+  int lists = 0;                   // sparse_check_lists rows
 };
 
 const char* typeName(ncclDataType_t t) {
@@ -77,11 +93,13 @@ void usage() {
   printf(
       "Usage: gradcomp_kernels_perf [--min-log2 20] [--max-log2 28] [--step-log2 2]\n"
       "                             [--bucket 512] [--bits 2,4,8] [--dtypes float,half,bfloat16]\n"
-      "                             [--densities 0.001,0.01] [--json FILE]\n"
-      "                             [--only copy|encode|decode|topk_threshold|topk_exact]\n"
+      "                             [--densities 0.001,0.01] [--lists 8] [--json FILE]\n"
+      "                             [--only copy|encode|encode_nearest|decode|topk_threshold|\n"
+      "                                     topk_exact|sparse_checks]\n"
       "                             [--once 1]\n"
       "Sizes n = 2^min .. 2^max elements, capped by free GPU memory. --once 1 launches each\n"
-      "kernel once (its time is that one launch), for a profiler.\n");
+      "kernel once (its time is that one launch), for a profiler. --lists: the received slot\n"
+      "lists the sparse check reads (the ranks of a sparse allgather).\n");
 }
 
 std::vector<int> parseInts(const char* s) {
@@ -121,13 +139,16 @@ bool parseArgs(int argc, char** argv, Args* a) {
       a->json = v;
     else if (f == "--once")
       a->once = atoi(v) != 0;
+    else if (f == "--lists")
+      a->lists = atoi(v);
     else if (f == "--only") {
       a->only = v;
-      if (a->only != "copy" && a->only != "encode" && a->only != "decode" &&
-          a->only != "topk_threshold" && a->only != "topk_exact") {
+      if (a->only != "copy" && a->only != "encode" && a->only != "encode_nearest" &&
+          a->only != "decode" && a->only != "topk_threshold" && a->only != "topk_exact" &&
+          a->only != "sparse_checks") {
         fprintf(stderr,
-                "gradcomp_kernels_perf: --only %s: kinds are copy, encode, decode, "
-                "topk_threshold, topk_exact\n",
+                "gradcomp_kernels_perf: --only %s: kinds are copy, encode, encode_nearest, "
+                "decode, topk_threshold, topk_exact, sparse_checks\n",
                 v);
         return false;
       }
@@ -182,6 +203,10 @@ bool parseArgs(int argc, char** argv, Args* a) {
       return false;
     }
   }
+  if (a->lists < 1 || a->lists > 1024) {
+    fprintf(stderr, "gradcomp_kernels_perf: --lists %d not in 1..1024\n", a->lists);
+    return false;
+  }
   return true;
 }
 
@@ -226,6 +251,75 @@ void gcCheck(gradcompResult_t r, const char* what) {
   }
 }
 
+// The sparse exchange's per-call checks at n: the received slot lists'
+// check (a.lists lists of the threshold selector's kmax slots, laid out as
+// the sparse allgather's gather buffer, each a well-formed list the selector
+// picked from g, so every slot is read and none is rejected) per density,
+// and rand-k's non-finite flag of an all-finite g (the whole vector read).
+template <typename Report>
+void timeSparseChecks(const Args& a, cudaStream_t s, const float* g, size_t n,
+                      const gradcompConfig_t& cfg, double copyGbps, Report&& report) {
+  for (double d : a.densities) {
+    size_t slots = 0, wsBytes = 0;
+    gcCheck(gradcompTopkSlots(n, (float)d, cfg.oversample, 0, &slots), "topk slots");
+    gcCheck(gradcompTopkWorkspaceBytes(n, (float)d, cfg.oversample, cfg.sampleRate, 0, &wsBytes),
+            "topk workspace");
+    // A slot list of kmax indices and fp32 values, 16-byte aligned parts.
+    const size_t stride = (slots * 4 + 15) / 16 * 16 + (slots * 4 + 15) / 16 * 16;
+    char* gather = nullptr;
+    void* ws = nullptr;
+    uint32_t* flags = nullptr;
+    CHECK_CUDA(cudaMalloc(&gather, stride * a.lists));
+    CHECK_CUDA(cudaMalloc(&ws, wsBytes));
+    CHECK_CUDA(cudaMalloc(&flags, a.lists * sizeof(uint32_t)));
+    gcCheck(gradcompTopkSelect(g, n, (float)d, cfg.oversample, cfg.sampleRate, 0, 1,
+                               reinterpret_cast<uint32_t*>(gather), nullptr, ws, wsBytes, s),
+            "topk select");
+    for (int i = 1; i < a.lists; ++i)
+      CHECK_CUDA(
+          cudaMemcpyAsync(gather + i * stride, gather, slots * 4, cudaMemcpyDeviceToDevice, s));
+    const double us = timeIt(
+        s,
+        [&] {
+          CHECK_CUDA(gc::cuda::sparseCheckLists(gather, stride, a.lists, -1, slots, n, flags, s));
+        },
+        a.once);
+    std::vector<uint32_t> rejected(a.lists);
+    CHECK_CUDA(cudaMemcpyAsync(rejected.data(), flags, a.lists * sizeof(uint32_t),
+                               cudaMemcpyDeviceToHost, s));
+    CHECK_CUDA(cudaStreamSynchronize(s));
+    for (int i = 0; i < a.lists; ++i) {
+      if (rejected[i] != 0) {
+        fprintf(stderr,
+                "gradcomp_kernels_perf: sparse_check_lists rejected list %d, a list the selector "
+                "made (n=%zu, density %g)\n",
+                i, n, d);
+        exit(3);
+      }
+    }
+    const double bytes = 4.0 * slots * a.lists;
+    Result x{"sparse_check_lists", "float", 0, n, us, bytes, bytes / us / 1e3, copyGbps, d, slots};
+    x.lists = a.lists;
+    report(x);
+    CHECK_CUDA(cudaFree(gather));
+    CHECK_CUDA(cudaFree(ws));
+    CHECK_CUDA(cudaFree(flags));
+  }
+  float* flag = nullptr;
+  CHECK_CUDA(cudaMalloc(&flag, sizeof(float)));
+  const double us = timeIt(
+      s, [&] { CHECK_CUDA(gc::cuda::sparseNonFiniteFlag(g, n, flag, s)); }, a.once);
+  float got = 1;
+  CHECK_CUDA(cudaMemcpyAsync(&got, flag, sizeof got, cudaMemcpyDeviceToHost, s));
+  CHECK_CUDA(cudaStreamSynchronize(s));
+  if (got != 0.0f) {
+    fprintf(stderr, "gradcomp_kernels_perf: nonfinite_flag set on finite data (n=%zu)\n", n);
+    exit(3);
+  }
+  CHECK_CUDA(cudaFree(flag));
+  report({"nonfinite_flag", "float", 0, n, us, 4.0 * n, 4.0 * n / us / 1e3, copyGbps});
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -250,7 +344,7 @@ int main(int argc, char** argv) {
   printf(
       "# GB/s by ideal bytes moved; frac = fraction of a device-to-device copy of 4n bytes "
       "(GB/s = 8n / time) in this run\n");
-  printf("# %11s  %-16s  %8s  %6s  %10s  %12s  %8s  %9s  %6s\n", "n", "kernel", "type", "bits/d",
+  printf("# %11s  %-22s  %8s  %6s  %10s  %12s  %8s  %9s  %6s\n", "n", "kernel", "type", "bits/d",
          "time(us)", "ideal bytes", "GB/s", "copy GB/s", "frac");
 
   void *g = nullptr, *enc = nullptr;
@@ -269,7 +363,7 @@ int main(int argc, char** argv) {
     char col[32] = "-";  // bits, or a top-k row's density
     if (x.bits) snprintf(col, sizeof col, "%d", x.bits);
     if (x.density > 0) snprintf(col, sizeof col, "%g", x.density);
-    printf("  %11zu  %-16s  %8s  %6s  %10.2f  %12.0f  %8.1f  %9.1f  %6.3f\n", x.n, x.kernel.c_str(),
+    printf("  %11zu  %-22s  %8s  %6s  %10.2f  %12.0f  %8.1f  %9.1f  %6.3f\n", x.n, x.kernel.c_str(),
            x.dtype, col, x.us, x.bytes, x.gbps, x.copyGbps, x.gbps / x.copyGbps);
     fflush(stdout);
   };
@@ -282,22 +376,38 @@ int main(int argc, char** argv) {
         timeIt(s, [&] { CHECK_CUDA(cudaMemcpyAsync(r, out, n * 4, cudaMemcpyDeviceToDevice, s)); });
     const double copyGbps = 8.0 * n / copyUs / 1e3;
     if (a.runs("copy")) report({"copy", "float", 0, n, copyUs, 8.0 * n, copyGbps, copyGbps});
-    for (ncclDataType_t t : a.dtypes) {
-      if (!a.runs("encode")) break;
-      const double ts = t == ncclFloat32 ? 4 : 2;
-      CHECK_CUDA(gcbench::fillDevice(g, toDType(t), n, 1, 0, s));
-      for (int bits : a.bits) {
-        const double e = (double)gradcompQsgdEncodedBytes(n, bits, a.bucket);
-        CHECK_CUDA(cudaMemsetAsync(r, 0, n * 4, s));
-        uint64_t seed = 1;
-        const double us = timeIt(
-            s,
-            [&] {
-              gcCheck(gradcompQsgdEncodeEF(g, t, r, n, bits, a.bucket, seed++, enc, s), "encode");
-            },
-            a.once);
-        const double bytes = n * ts + 8.0 * n + e;
-        report({"qsgd_encode_ef", typeName(t), bits, n, us, bytes, bytes / us / 1e3, copyGbps});
+    // Both roundings through the public entry point, stochastic first: the
+    // kernel a call runs under each GRADCOMP_ROUNDING, side by side.
+    for (gradcompRounding_t rounding : {gradcompRoundStochastic, gradcompRoundNearest}) {
+      const bool nearest = rounding == gradcompRoundNearest;
+      if (!a.runs(nearest ? "encode_nearest" : "encode")) continue;
+      for (ncclDataType_t t : a.dtypes) {
+        const double ts = t == ncclFloat32 ? 4 : 2;
+        CHECK_CUDA(gcbench::fillDevice(g, toDType(t), n, 1, 0, s));
+        for (int bits : a.bits) {
+          const double e = (double)gradcompQsgdEncodedBytes(n, bits, a.bucket);
+          CHECK_CUDA(cudaMemsetAsync(r, 0, n * 4, s));
+          uint64_t seed = 1;
+          const double us = timeIt(
+              s,
+              [&] {
+                gcCheck(gradcompQsgdEncodeEFRounding(g, t, r, n, bits, a.bucket, seed++, rounding,
+                                                     enc, s),
+                        "encode");
+              },
+              a.once);
+          const double bytes = n * ts + 8.0 * n + e;
+          Result x{nearest ? "qsgd_encode_ef_nearest" : "qsgd_encode_ef",
+                   typeName(t),
+                   bits,
+                   n,
+                   us,
+                   bytes,
+                   bytes / us / 1e3,
+                   copyGbps};
+          x.rounding = nearest ? "nearest" : "stochastic";
+          report(x);
+        }
       }
     }
     // Decode output is fp32 whatever the input type was.
@@ -347,6 +457,8 @@ int main(int argc, char** argv) {
         CHECK_CUDA(cudaFree(ws));
       }
     }
+    if (a.runs("sparse_checks"))
+      timeSparseChecks(a, s, static_cast<const float*>(g), n, cfg, copyGbps, report);
   }
   CHECK_CUDA(cudaStreamSynchronize(s));
 
@@ -372,6 +484,8 @@ int main(int argc, char** argv) {
               i ? "," : "", x.kernel.c_str(), x.dtype, x.bits, x.n, x.us, x.bytes, x.gbps,
               x.copyGbps, x.gbps / x.copyGbps);
       if (x.density > 0) fprintf(f, ", \"density\": %.17g, \"k\": %zu", x.density, x.k);
+      if (x.rounding) fprintf(f, ", \"rounding\": \"%s\", \"bucket\": %d", x.rounding, a.bucket);
+      if (x.lists) fprintf(f, ", \"lists\": %d", x.lists);
       fprintf(f, "}");
     }
     fprintf(f, "\n  ]\n}\n");
