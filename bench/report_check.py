@@ -28,8 +28,31 @@ def krow(kernel, dtype, bits, n, frac):
             "ideal_bytes": 1, "gbps": frac * 3000, "copy_gbps": 3000, "frac_of_copy": frac}
 
 
-# Decoys around the right rows: other n, type, bits must not be picked.
+def srow(kernel, n, us, frac=0.5, density=None, lists=None, k=None):
+    r = {"kernel": kernel, "dtype": "float", "bits": 0, "n": n, "time_us": us, "ideal_bytes": 1,
+         "gbps": 1, "copy_gbps": 3000, "frac_of_copy": frac}
+    if density is not None:
+        r.update({"density": density, "k": k})
+    if lists is not None:
+        r["lists"] = lists
+    return r
+
+
+# Decoys around the right rows: other n, type, bits must not be picked; the
+# nearest-rounding rows come first, so a stochastic key that took them fails.
 dump("kernels.json", {"gpu": "Test GPU", "rows": [
+    krow("qsgd_encode_ef_nearest", "float", 4, N26 * 4, 0.12),
+    krow("qsgd_encode_ef_nearest", "float", 8, N26, 0.13),
+    krow("qsgd_encode_ef_nearest", "float", 4, N26, 0.91),
+    krow("qsgd_encode_ef_nearest", "bfloat16", 4, N26, 0.83),
+    krow("qsgd_encode_ef_nearest", "half", 4, N26, 0.79),
+    # The sparse checks at 2^26: 8 lists at density 0.1% (decoys: another density, list
+    # count, n), and the non-finite flag (decoy: another n).
+    srow("sparse_check_lists", N26, 99.0, density=0.01, lists=8, k=1342178),
+    srow("sparse_check_lists", N26, 98.0, density=0.001, lists=4, k=134218),
+    srow("sparse_check_lists", N26 // 4, 97.0, density=0.001, lists=8, k=33555),
+    srow("sparse_check_lists", N26, 6.0, 0.02, density=0.001, lists=8, k=134218),
+    srow("nonfinite_flag", N26 * 4, 320.0), srow("nonfinite_flag", N26, 80.0, 0.45),
     krow("qsgd_encode_ef", "float", 4, N26 * 4, 0.11), krow("qsgd_encode_ef", "half", 4, N26, 0.22),
     krow("qsgd_encode_ef", "float", 8, N26, 0.33), krow("qsgd_encode_ef", "float", 4, N26, 0.85),
     krow("qsgd_decode_acc", "float", 4, N26, 0.44), krow("qsgd_decode", "float", 4, N26, 0.75),
@@ -63,8 +86,27 @@ right["projection"] = [proj(2, 8, 100, 11.0, 12.0, 8.0), proj(4, 4, 100, 13.0, 1
                        proj(2, 4, 3200, 9.0, 3.0, 4.0, 9.0, 0.5)]
 bf16 = prow(MB256, 4, "bfloat16", [(10, 2.0)])
 bf16["projection"] = decoy
+# The 64 MB rows the nearest-rounding run is compared with (stochastic; a nearest decoy).
+mb64 = prow(MB256 // 4, 4, "float", [(10, 1.0)])
+mb64["encode_us"] = 100.0
+mb64_bf16 = prow(MB256 // 4, 4, "bfloat16", [(10, 1.0)])
+mb64_bf16["encode_us"] = 80.0
+mb64_near = prow(MB256 // 4, 4, "float", [(10, 1.0)])
+mb64_near.update({"encode_us": 1.0, "rounding": "nearest"})
 dump("perf_n8.json", {"rows": [
-    prow(MB256 // 4, 4, "float", [(10, 1.0)]), bf16, prow(MB256, 8, "float", [(10, 3.0)]), right]})
+    mb64_near, mb64, mb64_bf16, bf16, prow(MB256, 8, "float", [(10, 3.0)]), right]})
+
+
+def nrow(size, dtype, enc, rounding="nearest", speedup400=None):
+    r = prow(size, 4, dtype, [(10, 9.0), (400, speedup400 or 0.1)])
+    r.update({"encode_us": enc, "rounding": rounding})
+    return r
+
+
+# GRADCOMP_ROUNDING=nearest at 64 MB (decoys: a stochastic row, another size).
+dump("perf_n8_nearest.json", {"rows": [
+    nrow(MB256 // 4, "float", 999.0, "stochastic"), nrow(MB256, "float", 5.0),
+    nrow(MB256 // 4, "float", 90.0, speedup400=3.3), nrow(MB256 // 4, "bfloat16", 60.0)]})
 # The pipelined run: the 256 MB fp32 4-bit row cut into pieces; a decoy row of
 # another size, and the unpipelined "speedup" beside the pipelined one.
 piped = prow(MB256, 4, "float", [])
@@ -74,6 +116,17 @@ piped["model"] = [{"link_gbps": g, "speedup": 0.5, "pipelined_speedup": s}
 other = prow(MB256 // 4, 4, "float", [])
 other["model"] = [{"link_gbps": 400, "speedup": 0.5, "pipelined_speedup": 99.0}]
 dump("perf_n8_pipe.json", {"rows": [other, piped]})
+# The sparse rows' modeled times at 400 Gb/s (the checks' denominators); decoys:
+# another link, method, size.
+def sparse_row(method, size, models):
+    return {"size": size, "method": method, "bits": 0, "dtype": "float", "failed": False,
+            "model": [{"link_gbps": g, "time_us": t} for g, t in models]}
+
+
+dump("perf_n8_sparse.json", {"rows": [
+    sparse_row("dgc", MB256 // 4, [(400, 11.0)]), sparse_row("topk", MB256, [(400, 999.0)]),
+    sparse_row("dgc", MB256, [(100, 500.0), (400, 120.0)]),
+    sparse_row("randk", MB256, [(10, 900.0), (400, 40.0)])]})
 dump("tc_link.json", {"tc_unavailable_reason": None, "measured_speedup_tc_10gbps_n4_256MB": 5.5,
                       "measured_vs_model_tc_10gbps": 0.8, "runs": []})
 dump("multirank.json", {"multirank_tests_passed": 12, "multirank_tests_failed": 1,
@@ -113,6 +166,23 @@ expect(r.get("qsgd4_encode_ef_frac_of_copy") == 0.85, "encode: fp32, 4-bit, 2^26
 expect(r.get("qsgd4_decode_frac_of_copy") == 0.75, "decode: overwrite, 4-bit, 2^26 row")
 expect(r.get("qsgd4_bf16_encode_ef_frac_of_copy") == 0.81, "bf16 encode: 4-bit, 2^26 row")
 expect(r.get("qsgd4_fp16_encode_ef_frac_of_copy") == 0.22, "fp16 encode: 4-bit, 2^26 row")
+expect(r.get("qsgd4_nearest_encode_ef_frac_of_copy") == 0.91, "nearest encode: fp32 4-bit 2^26 row")
+expect(r.get("qsgd4_bf16_nearest_encode_ef_frac_of_copy") == 0.83, "nearest encode: bf16 row")
+expect(r.get("qsgd4_fp16_nearest_encode_ef_frac_of_copy") == 0.79, "nearest encode: fp16 row")
+expect(abs(r.get("qsgd4_nearest_vs_stochastic_model_encode_n8_64MB", 0) - 0.9) < 1e-12,
+       "nearest / stochastic model encode time, fp32 64 MB: 90 / 100")
+expect(abs(r.get("qsgd4_bf16_nearest_vs_stochastic_model_encode_n8_64MB", 0) - 0.75) < 1e-12,
+       "nearest / stochastic model encode time, bf16 64 MB: 60 / 80")
+expect(r.get("allreduce_qsgd4_nearest_model_speedup_400gbps_n8_64MB") == 3.3,
+       "nearest row's modeled speedup at 400 Gb/s")
+expect(r.get("sparse_check_lists_us_n8_2p26") == 6.0, "slot lists' check: 8 lists, 0.1%, 2^26")
+expect(r.get("sparse_check_lists_slots_2p26") == 134218, "slot lists' check: slots of that row")
+expect(abs(r.get("sparse_check_lists_frac_of_dgc_model_400gbps_n8_256MB", 0) - 0.05) < 1e-12,
+       "slot lists' check over the 256 MB dgc row's modeled time at 400 Gb/s: 6 / 120")
+expect(r.get("nonfinite_flag_us_2p26") == 80.0, "non-finite flag at 2^26")
+expect(r.get("nonfinite_flag_frac_of_copy") == 0.45, "non-finite flag: its row's frac_of_copy")
+expect(abs(r.get("nonfinite_flag_frac_of_randk_model_400gbps_n8_256MB", 0) - 2.0) < 1e-12,
+       "non-finite flag over the 256 MB randk row's modeled time at 400 Gb/s: 80 / 40")
 expect((r.get("kernel_limiters") or [{}])[0].get("limiter") == "memory",
        "kernel limiters from profile.json")
 expect(r.get("allreduce_qsgd4_model_speedup_10gbps_n8_256MB") == 7.5, "model: fp32 4-bit 256 MB at 10")
@@ -175,6 +245,12 @@ expect("| 0.85 | >= 0.9 | no |" in text, "report table shows the encode value an
 expect("| qsgdEncodeWarpKernel<4> | qsgd_encode_ef float 4 | 310 |" in text and "| memory |" in text,
        "report shows the kernel limiters")
 expect("# table text" in text, "report includes the benchmark tables")
+expect("| 0.91 / 0.83 / 0.79 | reported |" in text, "report shows the nearest encode fractions")
+expect("| 0.9 / 0.75 | reported |" in text, "report shows the nearest / stochastic model encode")
+expect("| received slot lists' check, 8 lists of 134218 slots (DGC 0.1%) | 6 | 0.02 | 0.05 (dgc) |"
+       in text, "report shows the slot lists' check")
+expect("| rand-k's non-finite flag (reads v once) | 80 | 0.45 | 2 (randk) |" in text,
+       "report shows the non-finite flag")
 
 # With selector rows as gradcomp_kernels_perf writes them and torch_topk.py's
 # file, the top-k ratio is torch's 2^26, 0.1% time over the threshold row's

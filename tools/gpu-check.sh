@@ -189,6 +189,11 @@ want perf && run_step perf_n8 90 "$raw/perf_n8.txt" "$perf" --backend cuda -N 8 
 want perf && run_step perf_n8_pipe 45 "$raw/perf_n8_pipe.txt" env GRADCOMP_PIPELINE_BYTES=44739242 \
   "$perf" --backend cuda -N 8 -b 256M -e 256M -n 2 -w 1 -m qsgd -d float \
   --link-gbps 10,25,100,400 --json "$raw/perf_n8_pipe.json"
+# GRADCOMP_ROUNDING=nearest: the rows' link model times the nearest encode kernel (gradcomp_perf
+# keys its kernel table by rounding); beside perf_n8's stochastic 64 MB rows in the report.
+want perf && run_step perf_n8_nearest 30 "$raw/perf_n8_nearest.txt" env GRADCOMP_ROUNDING=nearest \
+  "$perf" --backend cuda -N 8 -b 64M -e 64M -n 2 -w 1 -m qsgd -d float,bfloat16 \
+  --link-gbps 10,25,100,400 --json "$raw/perf_n8_nearest.json"
 want kernels && run_step kernels 15 "$raw/kernels.txt" "$build/bench/gradcomp_kernels_perf" \
   --json "$raw/kernels.json"
 want torch_topk && run_step torch_topk 20 "$raw/torch_topk.txt" python3 bench/torch_topk.py \

@@ -44,6 +44,41 @@ def kernel_frac(kdoc, kernel, dtype="float", bits=4, n=N26):
     return None
 
 
+def kernel_row(kdoc, kernel, n=N26, density=None, lists=None):
+    """A gradcomp_kernels_perf row without bits (the sparse checks), by n, density, lists."""
+    for r in (kdoc or {}).get("rows", []):
+        if (r["kernel"] == kernel and r["n"] == n and
+                (density is None or abs(r.get("density", -1) - density) < 1e-12) and
+                (lists is None or r.get("lists") == lists)):
+            return r
+    return None
+
+
+def sparse_model_time(pdoc, method, gbps=400, size=MB256, dtype="float"):
+    """A sparse row's modeled time (us) at gbps: its bytes and latency steps only."""
+    for r in (pdoc or {}).get("rows", []):
+        if (r["method"] == method and r["dtype"] == dtype and r["size"] == size and
+                not r.get("failed")):
+            for m in r.get("model", []):
+                if m["link_gbps"] == gbps:
+                    return m.get("time_us")
+    return None
+
+
+def qsgd_row(pdoc, size, dtype="float", bits=4, rounding="stochastic"):
+    """A QSGD row of gradcomp_perf's JSON by size, type, bits and GRADCOMP_ROUNDING."""
+    for r in (pdoc or {}).get("rows", []):
+        if (r["method"] == "qsgd" and r["bits"] == bits and r["dtype"] == dtype and
+                r["size"] == size and r.get("rounding", "stochastic") == rounding and
+                not r.get("failed")):
+            return r
+    return None
+
+
+def share(a, b):
+    return a / b if a is not None and b else None
+
+
 def model_speedup(pdoc, gbps=10, size=MB256, bits=4, dtype="float", key="speedup"):
     """key: "speedup" (unpipelined model) or "pipelined_speedup" (rows cut into pieces)."""
     if not pdoc:
@@ -172,6 +207,30 @@ def main():
     enc = kernel_frac(kdoc, "qsgd_encode_ef")
     enc16 = {t: kernel_frac(kdoc, "qsgd_encode_ef", dtype=t) for t in ("bfloat16", "half")}
     dec = kernel_frac(kdoc, "qsgd_decode")
+    # GRADCOMP_ROUNDING=nearest's encode kernel, timed beside the stochastic one.
+    near = {t: kernel_frac(kdoc, "qsgd_encode_ef_nearest", dtype=t)
+            for t in ("float", "bfloat16", "half")}
+    # The sparse exchange's per-call checks at 2^26 (not in the link model,
+    # docs/benchmark.md): the 8 received slot lists of a 0.1% DGC call, and
+    # rand-k's non-finite flag; beside the modeled time of perf_n8_sparse's
+    # 256 MB row at 400 Gb/s (bytes and latency only).
+    lists_row = kernel_row(kdoc, "sparse_check_lists", density=0.001, lists=8)
+    lists_us = lists_row["time_us"] if lists_row else None
+    flag_row = kernel_row(kdoc, "nonfinite_flag")
+    flag_us = flag_row["time_us"] if flag_row else None
+    dgc400, randk400 = sparse_model_time(p8s, "dgc"), sparse_model_time(p8s, "randk")
+    # perf_n8_nearest (GRADCOMP_ROUNDING=nearest, 64 MB): the encode time its model took,
+    # over perf_n8's stochastic row of the same size and type, and its modeled speedup.
+    p8n = j("perf_n8_nearest.json")
+    MB64 = 64 << 20
+    near_rows = {t: qsgd_row(p8n, MB64, t, rounding="nearest") for t in ("float", "bfloat16")}
+    stoch_rows = {t: qsgd_row(p8, MB64, t) for t in ("float", "bfloat16")}
+    near_enc = {t: share((near_rows[t] or {}).get("encode_us"), (stoch_rows[t] or {}).get("encode_us"))
+                for t in ("float", "bfloat16")}
+    near400 = None
+    for m in (near_rows["float"] or {}).get("model", []):
+        if m["link_gbps"] == 400:
+            near400 = m.get("speedup")
     # Nsight Compute's view of the same kernels (step profile; tools/ncu_limits.py).
     prof = j("profile.json") or {}
     topk = topk_speedup(kdoc, tdoc)
@@ -199,6 +258,18 @@ def main():
         "qsgd4_bf16_encode_ef_frac_of_copy": enc16["bfloat16"],
         "qsgd4_fp16_encode_ef_frac_of_copy": enc16["half"],
         "qsgd4_decode_frac_of_copy": dec,
+        "qsgd4_nearest_encode_ef_frac_of_copy": near["float"],
+        "qsgd4_bf16_nearest_encode_ef_frac_of_copy": near["bfloat16"],
+        "qsgd4_fp16_nearest_encode_ef_frac_of_copy": near["half"],
+        "qsgd4_nearest_vs_stochastic_model_encode_n8_64MB": near_enc["float"],
+        "qsgd4_bf16_nearest_vs_stochastic_model_encode_n8_64MB": near_enc["bfloat16"],
+        "allreduce_qsgd4_nearest_model_speedup_400gbps_n8_64MB": near400,
+        "sparse_check_lists_us_n8_2p26": lists_us,
+        "sparse_check_lists_slots_2p26": lists_row.get("k") if lists_row else None,
+        "sparse_check_lists_frac_of_dgc_model_400gbps_n8_256MB": share(lists_us, dgc400),
+        "nonfinite_flag_us_2p26": flag_us,
+        "nonfinite_flag_frac_of_copy": flag_row.get("frac_of_copy") if flag_row else None,
+        "nonfinite_flag_frac_of_randk_model_400gbps_n8_256MB": share(flag_us, randk400),
         "kernel_limiters": prof.get("kernels"),
         "profile_unavailable_reason": prof.get("unavailable_reason"),
         "topk_dgc_speedup_vs_torch_topk": topk,
@@ -323,6 +394,14 @@ def main():
              % (fmt(enc16["half"]), fmt(summary["goals"]["fp16_encode_ef_ge_0.8_of_copy"])))
     L.append("| QSGD 4-bit decode, n=2^26, d=512: fraction of copy bandwidth | %s | >= 0.95 | %s |"
              % (fmt(dec), fmt(summary["goals"]["decode_ge_0.95_of_copy"])))
+    L.append("| QSGD 4-bit encode+EF, nearest rounding (GRADCOMP_ROUNDING=nearest), n=2^26, d=512: "
+             "fraction of copy bandwidth, fp32 / bf16 / fp16 | %s / %s / %s | reported | |"
+             % (fmt(near["float"]), fmt(near["bfloat16"]), fmt(near["half"])))
+    L.append("| nearest / stochastic encode time in the link model of gradcomp_perf's rows, N=8, "
+             "64 MB, fp32 / bf16 (perf_n8_nearest over perf_n8) | %s / %s | reported | |"
+             % (fmt(near_enc["float"]), fmt(near_enc["bfloat16"])))
+    L.append("| 4-bit allreduce, nearest rounding, modeled speedup over NCCL fp32, 400 Gb/s, N=8, "
+             "64 MB | %s | reported | |" % fmt(near400))
     L.append("| threshold top-k vs torch.topk(\\|x\\|), n=2^26, density 0.1%% | %s | >= 8x | %s |"
              % (fmt(topk), fmt(summary["goals"]["topk_ge_8x_torch_topk"])))
     L.append("| 4-bit allreduce modeled speedup over NCCL fp32, 10 Gb/s, N=8, 256 MB | %s | >= 5x | %s |"
@@ -394,6 +473,23 @@ def main():
         L.append("")
         L.append("Traffic shaping was refused: `%s`" % summary["tc_unavailable_reason"])
     L.append("")
+    L.append("## Per-call checks of the sparse exchange")
+    L.append("")
+    L.append("Not in the link model (docs/benchmark.md, \"Untimed kernels of the sparse rows\"); "
+             "their time at n=2^26 beside the modeled time of perf_n8_sparse's 256 MB row at "
+             "400 Gb/s, N=8.")
+    L.append("")
+    L.append("| kernel | us per call | fraction of copy bandwidth | share of the row's modeled "
+             "time at 400 Gb/s |")
+    L.append("|---|---|---|---|")
+    L.append("| received slot lists' check, 8 lists of %s slots (DGC 0.1%%) | %s | %s | %s (dgc) |"
+             % (fmt(summary["sparse_check_lists_slots_2p26"]), fmt(lists_us),
+                fmt(lists_row.get("frac_of_copy") if lists_row else None),
+                fmt(summary["sparse_check_lists_frac_of_dgc_model_400gbps_n8_256MB"])))
+    L.append("| rand-k's non-finite flag (reads v once) | %s | %s | %s (randk) |"
+             % (fmt(flag_us), fmt(summary["nonfinite_flag_frac_of_copy"]),
+                fmt(summary["nonfinite_flag_frac_of_randk_model_400gbps_n8_256MB"])))
+    L.append("")
     if topk is None:
         L.append("Top-k: gradcomp's selectors are not timed yet (no GPU entry points in "
                  "`include/gradcomp/sparse.h` in this build); torch.topk's times are below.")
@@ -455,6 +551,8 @@ def main():
             L += ["### " + title, "", "![%s](%s%s.png)" % (title, a.plots_prefix, p), ""]
     for name, title in (("perf_n1.txt", "gradcomp_perf, 1 rank"),
                         ("perf_n8.txt", "gradcomp_perf, 8 ranks on one GPU (modeled columns)"),
+                        ("perf_n8_nearest.txt",
+                         "gradcomp_perf, 8 ranks, GRADCOMP_ROUNDING=nearest, 64 MB"),
                         ("perf_n8_pipe.txt",
                          "gradcomp_perf, 8 ranks, pipelined two-shot (GRADCOMP_PIPELINE_BYTES=44739242, 6 pieces)"),
                         ("perf_n8_ring_pipe.txt",
