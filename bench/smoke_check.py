@@ -442,9 +442,10 @@ def main():
                "3-bit row: no rate in the report, no model, result still checked")
 
     # The report's rates follow the row's settings: a GRADCOMP_ROUNDING=nearest row takes
-    # the nearest kernel's rows (qsgd_encode_ef_nearest), a bucket the report's rows name
-    # (per row, else the report's "bucket"), and nothing else stands in: where the report
-    # has no row for the rounding or bucket, the row's model is left out with a sentence.
+    # the nearest kernel's rows (qsgd_encode_ef_nearest), a GRADCOMP_EF=0 row the encode
+    # without error feedback (qsgd_encode), a bucket the report's rows name (per row, else
+    # the report's "bucket"), and nothing else stands in: where the report has no row for
+    # the settings, the row's model is left out with a sentence.
     fx = os.path.join(work, "fixture-rates")
     os.makedirs(os.path.join(fx, "2030-01-01-test-gpu"), exist_ok=True)
     open(os.path.join(fx, "2030-01-01-test-gpu.json"), "w").write("{}")
@@ -459,18 +460,20 @@ def main():
     fdoc = {"gpu": "Fixture GPU", "bucket": 512, "rows": [
         frow("qsgd_encode_ef", 100.0), frow("qsgd_encode_ef_nearest", 40.0),
         frow("qsgd_decode_acc", 50.0), frow("qsgd_encode_ef", 300.0, 128),
-        frow("qsgd_decode_acc", 150.0, 128), frow("qsgd_encode_ef_nearest", 7.0, dtype="half")]}
+        frow("qsgd_decode_acc", 150.0, 128), frow("qsgd_encode_ef_nearest", 7.0, dtype="half"),
+        frow("qsgd_encode", 70.0)]}
     json.dump(fdoc, open(os.path.join(fx, "2030-01-01-test-gpu", "kernels.json"), "w"))
-    for rounding, bkt, enc_us, dec_us in (("stochastic", 512, 100.0, 50.0),
-                                          ("nearest", 512, 40.0, 50.0),
-                                          ("stochastic", 128, 300.0, 150.0),
-                                          ("nearest", 128, None, None)):
-        tag = "fixture rates, rounding=%s, bucket %d" % (rounding, bkt)
+    for rounding, bkt, ef, enc_us, dec_us, missing in (
+            ("stochastic", 512, 1, 100.0, 50.0, None), ("nearest", 512, 1, 40.0, 50.0, None),
+            ("stochastic", 512, 0, 70.0, 50.0, None), ("stochastic", 128, 1, 300.0, 150.0, None),
+            ("nearest", 128, 1, None, None, ["qsgd_encode_ef_nearest", "bucket=128"]),
+            ("stochastic", 128, 0, None, None, ["no qsgd_encode rows", "bucket=128"])):
+        tag = "fixture rates, rounding=%s, bucket %d, ef=%d" % (rounding, bkt, ef)
         code, out, rows = run(perf, ["-N", "2", "-b", "256K", "-e", "256K", "-n", "1", "-w", "0",
                                      "-m", "qsgd", "-q", "4", "-B", str(bkt), "--kernel-rates",
                                      os.path.join(fx, "2030-01-01-test-gpu.json")],
-                              os.path.join(work, "rates-%s-%d.json" % (rounding, bkt)),
-                              env={"GRADCOMP_ROUNDING": rounding})
+                              os.path.join(work, "rates-%s-%d-%d.json" % (rounding, bkt, ef)),
+                              env={"GRADCOMP_ROUNDING": rounding, "GRADCOMP_EF": str(ef)})
         expect(code == 0 and len(rows) == 1, "%s: exits 0 with one row" % tag)
         for r in rows:
             expect(r.get("rounding") == rounding and r.get("bucket") == bkt and r["wrong"] == 0,
@@ -479,7 +482,7 @@ def main():
                 expect(r["model"] == [] and r["kernel_source"] == "none",
                        "%s: no rate for these settings, no model" % tag)
                 why = r.get("model_missing") or ""
-                expect("qsgd_encode_ef_nearest" in why and "bucket=128" in why,
+                expect(all(m in why for m in missing),
                        "%s: the row says which rate is missing (%s)" % (tag, why))
                 expect("#  ^ modeled columns left out: " + why in out, "%s: the table says so" % tag)
                 continue
@@ -489,6 +492,20 @@ def main():
             expect(close(r["encode_us"], enc_us * scale) and close(r["decode_us"], dec_us * scale),
                    "%s: encode %s, decode %s from the rows of its rounding and bucket"
                    % (tag, r["encode_us"], r["decode_us"]))
+
+    # Rows whose kernels the model cannot time (Elias-coded levels, DQ-SGD bits): no model,
+    # no projection, a sentence; never the fixed-width kernels' times or bytes.
+    for env, why in (({"GRADCOMP_ELIAS": "1"}, "Elias-coded QSGD"),
+                     ({"GRADCOMP_BITS_MODE": "dynamic"}, "DQ-SGD bits")):
+        code, out, rows = run(perf, ["-N", "2", "-b", "256K", "-e", "256K", "-n", "1", "-w", "0",
+                                     "-m", "qsgd", "--model-nodes", "2"],
+                              os.path.join(work, "unmodeled.json"), env=env)
+        expect(code == 0 and len(rows) == 1, "%s run exits 0 with one row" % why)
+        for r in rows:
+            expect(r["model"] == [] and r["projection"] == [] and not r["kernels_measured"],
+                   "%s: no model, no projection" % why)
+            expect(why in (r.get("model_missing") or "") and r["wrong"] == 0,
+                   "%s: the row says why, its result still checked" % why)
 
     # Reduce-scatter (-C reduce_scatter): sizes are the per-rank output; nccl-tests'
     # reduce_scatter_perf bandwidths; NCCL's ring sends (N-1) * size; one quantization.

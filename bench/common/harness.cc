@@ -265,33 +265,36 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
       algoShape(row->algoUsed, r.nranks(), local, hierMiddle(cfg, r.nranks() / local));
   row->latencySteps = shape.latencySteps;
   const bool qsgdKernels = row->algoUsed != 0 && methodSpec(cfg.method).qsgdKernels;
+  // The kernels the row's calls ran; where the model cannot time them
+  // (Elias, DQ-SGD bits), no model and no projection rather than another
+  // configuration's times and bytes.
+  QsgdKernels kernels;
+  std::string unmodeled;
+  const bool modelable = !qsgdKernels || qsgdKernelsOf(cfg, &kernels, &unmodeled);
   if (qsgdKernels) {
     double v[3] = {0, 0, 0};
-    if (info.rates) {
+    if (!modelable) {
+      row->modelMissing = unmodeled;
+    } else if (info.rates) {
       // CPU backend: the GPU report's rates; the host codecs' times would
       // model a GPU network with CPU kernels.
-      v[2] = info.rates->lookup(dtypeName(dtype), row->bits, row->bucket, row->rounding, count,
-                                &v[0], &v[1])
-                 ? 1
-                 : 0;
+      v[2] = info.rates->lookup(dtypeName(dtype), kernels, count, &v[0], &v[1]) ? 1 : 0;
+      if (info.rates->ok && v[2] == 0) {
+        char why[256];
+        snprintf(why, sizeof why,
+                 "%s has no %s rows for %s, bits=%d, bucket=%d (and qsgd_decode_acc at those)",
+                 info.rates->report.c_str(), kernels.encodeName().c_str(), dtypeName(dtype),
+                 kernels.bits, kernels.bucket);
+        row->modelMissing = why;
+      }
     } else {
       // Rank 0 alone, the others wait: the kernels' own time, not the shared GPU's.
       r.barrier();
-      if (r.rank() == 0)
-        v[2] = r.qsgdKernelTimes(toDType(dtype), count, row->bits, row->bucket, row->rounding,
-                                 &v[0], &v[1]);
+      if (r.rank() == 0) v[2] = r.qsgdKernelTimes(toDType(dtype), count, kernels, &v[0], &v[1]);
       r.reduce(v, 3, true);
+      if (v[2] == 0) row->modelMissing = "rank 0 could not time the row's kernels alone";
     }
     row->kernelsMeasured = v[2] > 0;
-    if (info.rates && info.rates->ok && !row->kernelsMeasured) {
-      char why[256];
-      snprintf(why, sizeof why,
-               "%s has no %s rows for %s, bits=%d, bucket=%d (and qsgd_decode_acc at those)",
-               info.rates->report.c_str(),
-               row->rounding == gradcompRoundNearest ? "qsgd_encode_ef_nearest" : "qsgd_encode_ef",
-               dtypeName(dtype), row->bits, row->bucket);
-      row->modelMissing = why;
-    }
     row->kernelSource = !row->kernelsMeasured ? KernelSource::None
                         : info.rates          ? KernelSource::Report
                                               : KernelSource::Measured;
@@ -299,7 +302,7 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
     row->decodeUs = v[1];
     row->kernelUs = shape.encodeFactor * v[0] + shape.decodeFactor * v[1];
   }
-  if (qsgdKernels && info.project) {
+  if (qsgdKernels && modelable && info.project) {
     const double nan = NAN;
     const double enc = row->kernelsMeasured ? row->encodeUs / count : nan;
     const double dec = row->kernelsMeasured ? row->decodeUs / count : nan;
@@ -313,13 +316,16 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
           row->projection.push_back({k, g, gbps, t});
         }
   }
-  // A CPU row without the report's rates for its settings: no model rather
-  // than one made of host codec times.
-  if (!info.showModel || (qsgdKernels && info.rates && !row->kernelsMeasured)) return;
+  // A row whose kernel times are unknown (no report rates for its settings,
+  // kernels the model cannot time): no model rather than one made of host
+  // codec times or another configuration's.
+  // The socket backend's model takes the whole call's host work, not these.
   if (info.backend == "socket") {
-    modelSocketRow(o, r, cfg, row);
+    row->modelMissing.clear();
+    if (info.showModel) modelSocketRow(o, r, cfg, row);
     return;
   }
+  if (!info.showModel || (qsgdKernels && !row->kernelsMeasured)) return;
   for (double g : o.linkGbps) {
     ModelPoint m;
     m.gbps = g;

@@ -118,8 +118,7 @@ KernelRates loadKernelRates(const std::string& where) {
         n->kind != JsonValue::Number || us->kind != JsonValue::Number ||
         bucket->kind != JsonValue::Number)
       continue;
-    if (kernel->str != "qsgd_encode_ef" && kernel->str != "qsgd_encode_ef_nearest" &&
-        kernel->str != "qsgd_decode_acc")
+    if (kernel->str.compare(0, 11, "qsgd_encode") != 0 && kernel->str != "qsgd_decode_acc")
       continue;
     if (!(n->num >= 1) || !(us->num > 0) || !isfinite(us->num)) continue;
     k.rows.push_back({kernel->str, dtype->str, (int)bits->num, (int)bucket->num, n->num, us->num});
@@ -134,8 +133,9 @@ KernelRates loadKernelRates(const std::string& where) {
   return k;
 }
 
-bool KernelRates::lookup(const char* dtype, int bits, int bucket, gradcompRounding_t rounding,
-                         size_t count, double* encodeUs, double* decodeUs) const {
+bool KernelRates::lookup(const char* dtype, const QsgdKernels& k, size_t count, double* encodeUs,
+                         double* decodeUs) const {
+  const int bits = k.bits, bucket = k.bucket;
   if (!ok || count == 0) return false;
   auto nearest = [&](const char* kernel, const char* type) -> const Entry* {
     const Entry* best = nullptr;
@@ -145,8 +145,7 @@ bool KernelRates::lookup(const char* dtype, int bits, int bucket, gradcompRoundi
     }
     return best;
   };
-  const Entry* enc = nearest(
-      rounding == gradcompRoundNearest ? "qsgd_encode_ef_nearest" : "qsgd_encode_ef", dtype);
+  const Entry* enc = nearest(k.encodeName().c_str(), dtype);
   const Entry* dec = nearest("qsgd_decode_acc", "float");
   if (!enc || !dec) return false;
   *encodeUs = enc->timeUs / enc->n * count;

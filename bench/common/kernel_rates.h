@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "gradcomp.h"
+#include "methods.h"
 
 namespace gcbench {
 
@@ -20,19 +20,19 @@ struct KernelRates {
   std::string gpu;
   std::string reason;  // why there are none
   struct Entry {
-    std::string kernel, dtype;  // kernel: qsgd_encode_ef, qsgd_encode_ef_nearest, qsgd_decode_acc
+    std::string kernel, dtype;  // an encode kernel (QsgdKernels::encodeName) or qsgd_decode_acc
     int bits, bucket;
     double n, timeUs;
   };
   std::vector<Entry> rows;
 
-  // Encode+EF of `dtype` with `rounding` (the nearest kernel's own rows for
-  // gradcompRoundNearest) and decode-accumulate (fp32) of `count` elements
-  // at `bits` and `bucket`: the report's row of the nearest n (log scale),
-  // scaled by count/n. False when the report has no row for these settings:
-  // another rounding's, bucket's or bits' rate never stands in.
-  bool lookup(const char* dtype, int bits, int bucket, gradcompRounding_t rounding, size_t count,
-              double* encodeUs, double* decodeUs) const;
+  // The row's encode of `dtype` (k.encodeName(): its error feedback and
+  // rounding) and decode-accumulate (fp32) of `count` elements at k's bits
+  // and bucket: the report's row of the nearest n (log scale), scaled by
+  // count/n. False when the report has no row for these settings: another
+  // kernel's, bucket's or bits' rate never stands in.
+  bool lookup(const char* dtype, const QsgdKernels& k, size_t count, double* encodeUs,
+              double* decodeUs) const;
 };
 
 // `where`: a report's .json, a folder of reports (the newest by name whose

@@ -2,6 +2,8 @@
 
 #include <stdio.h>
 
+#include <tuple>
+
 namespace gcbench {
 
 const MethodSpec& methodSpec(gradcompMethod_t m) {
@@ -50,6 +52,36 @@ std::string methodLabel(const gradcompConfig_t& cfg) {
       snprintf(buf, sizeof buf, "none (pass-through to ncclAllReduce)");
   }
   return buf;
+}
+
+std::string QsgdKernels::encodeName() const {
+  std::string name = errorFeedback ? "qsgd_encode_ef" : "qsgd_encode";
+  return rounding == gradcompRoundNearest ? name + "_nearest" : name;
+}
+
+bool QsgdKernels::operator<(const QsgdKernels& o) const {
+  return std::make_tuple(bits, bucket, (int)rounding, errorFeedback) <
+         std::make_tuple(o.bits, o.bucket, (int)o.rounding, o.errorFeedback);
+}
+
+bool qsgdKernelsOf(const gradcompConfig_t& cfg, QsgdKernels* k, std::string* why) {
+  if (cfg.elias) {
+    *why =
+        "Elias-coded QSGD (GRADCOMP_ELIAS=1): its kernels are not timed alone, and the "
+        "fixed-width ones' times would stand in for them";
+    return false;
+  }
+  if (cfg.bitsMode != gradcompBitsFixed) {
+    *why =
+        "DQ-SGD bits (GRADCOMP_BITS_MODE): the bits change from call to call, and one width's "
+        "kernel times would stand in for all";
+    return false;
+  }
+  k->bits = cfg.bits;
+  k->bucket = cfg.bucketSize;
+  k->rounding = cfg.rounding;
+  k->errorFeedback = cfg.errorFeedback != 0;
+  return true;
 }
 
 }  // namespace gcbench

@@ -20,4 +20,23 @@ const MethodSpec& methodSpec(gradcompMethod_t m);
 gradcompResult_t methodConfig(const Options& o, gradcompMethod_t m, gradcompConfig_t* cfg);
 std::string methodLabel(const gradcompConfig_t& cfg);
 
+// The QSGD kernels a row's calls run, as the link model times them: encode
+// (with error feedback unless GRADCOMP_EF=0, in the row's rounding) and
+// decode-accumulate at the row's bits and bucket.
+struct QsgdKernels {
+  int bits = 4, bucket = 512;
+  gradcompRounding_t rounding = gradcompRoundStochastic;
+  bool errorFeedback = true;
+  // gradcomp_kernels_perf's name of the encode kernel: qsgd_encode_ef,
+  // qsgd_encode_ef_nearest, qsgd_encode (no error feedback) or
+  // qsgd_encode_nearest (no error feedback, nearest: a config refuses it).
+  std::string encodeName() const;
+  bool operator<(const QsgdKernels& o) const;
+};
+
+// cfg's QSGD kernels; false, with why the model cannot time them, for
+// Elias-coded levels (variable-size kernels that are not timed alone) and
+// DQ-SGD bits (the bits change from call to call).
+bool qsgdKernelsOf(const gradcompConfig_t& cfg, QsgdKernels* k, std::string* why);
+
 }  // namespace gcbench

@@ -11,6 +11,7 @@
 #include <string>
 
 #include "data.h"
+#include "methods.h"
 #include "options.h"
 #include "gradcomp.h"
 
@@ -69,10 +70,11 @@ class Rank {
   // Collective, in place: element-wise max (or sum) over ranks.
   virtual void reduce(double* v, int n, bool max) = 0;
 
-  // QSGD encode+EF (with the row's rounding) and decode (accumulate) of
-  // `count` elements, measured on this rank alone. False when unavailable.
-  virtual bool qsgdKernelTimes(gc::DType t, size_t count, int bits, int bucket,
-                               gradcompRounding_t rounding, double* encUs, double* decUs) = 0;
+  // The row's QSGD encode (k: error feedback, rounding) and decode
+  // (accumulate) of `count` elements, measured on this rank alone. False
+  // when unavailable.
+  virtual bool qsgdKernelTimes(gc::DType t, size_t count, const QsgdKernels& k, double* encUs,
+                               double* decUs) = 0;
   // A hash of `bytes` of buf that a double holds exactly (ranks compare it);
   // false where the buffer is not in host memory.
   virtual bool resultHash(const void* buf, size_t bytes, double* hash) { return false; }

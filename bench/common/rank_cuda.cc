@@ -71,11 +71,11 @@ double timeKernel(int rank_, cudaStream_t stream, F&& launch) {
   return ms[ms.size() / 2] * 1e3;
 }
 
-// QSGD encode+EF of x with the row's rounding and decode (accumulate) of the
-// result, `count` elements, through the public entry points.
+// The row's QSGD encode of x (k: error feedback, rounding) and decode
+// (accumulate) of the result, `count` elements, through the public entry points.
 bool timeQsgdKernels(int rank_, cudaStream_t stream, const void* x, ncclDataType_t t, size_t count,
-                     int bits, int bucket, gradcompRounding_t rounding, double* encUs,
-                     double* decUs) {
+                     const QsgdKernels& k, double* encUs, double* decUs) {
+  const int bits = k.bits, bucket = k.bucket;
   const size_t encBytes = gradcompQsgdEncodedBytes(count, bits, bucket);
   float* residual = nullptr;
   float* out = nullptr;
@@ -91,8 +91,9 @@ bool timeQsgdKernels(int rank_, cudaStream_t stream, const void* x, ncclDataType
   BENCH_CUDA(cudaMemsetAsync(out, 0, count * 4, stream));
   bool ok = true;
   *encUs = timeKernel(rank_, stream, [&](int i) {
-    ok = ok && gradcompQsgdEncodeEFRounding(x, t, residual, count, bits, bucket, 7 + i, rounding,
-                                            enc, stream) == gradcompSuccess;
+    ok = ok &&
+         gradcompQsgdEncodeEFRounding(x, t, k.errorFeedback ? residual : nullptr, count, bits,
+                                      bucket, 7 + i, k.rounding, enc, stream) == gradcompSuccess;
   });
   *decUs = timeKernel(rank_, stream, [&](int) {
     ok = ok && gradcompQsgdDecode(enc, count, bits, bucket, out, 1, stream) == gradcompSuccess;
@@ -103,8 +104,8 @@ bool timeQsgdKernels(int rank_, cudaStream_t stream, const void* x, ncclDataType
   return ok;
 }
 
-// (dtype, count, bits, bucket, rounding) -> (encode us, decode us)
-using KernelKey = std::tuple<int, size_t, int, int, int>;
+// (dtype, count, the row's kernels) -> (encode us, decode us)
+using KernelKey = std::tuple<int, size_t, QsgdKernels>;
 using KernelTable = std::map<KernelKey, std::pair<double, double>>;
 
 // Rank 0 measures every kernel the link model will need while the other
@@ -112,11 +113,15 @@ using KernelTable = std::map<KernelKey, std::pair<double, double>>;
 // the kernels run alone (later, waiting ranks spin NCCL kernels).
 void measureKernelTable(const Options& o, int device, KernelTable* table) {
   const int rank_ = 0;
-  std::vector<std::tuple<int, int, gradcompRounding_t>> configs;  // (bits, bucket, rounding)
+  std::vector<QsgdKernels> configs;
   for (gradcompMethod_t m : o.methods) {
     gradcompConfig_t cfg;
-    if (!methodSpec(m).qsgdKernels || methodConfig(o, m, &cfg) != gradcompSuccess) continue;
-    configs.emplace_back(cfg.bits, cfg.bucketSize, cfg.rounding);
+    QsgdKernels k;
+    std::string why;
+    if (!methodSpec(m).qsgdKernels || methodConfig(o, m, &cfg) != gradcompSuccess ||
+        !qsgdKernelsOf(cfg, &k, &why))
+      continue;
+    configs.push_back(k);
   }
   if (configs.empty()) return;
   BENCH_CUDA(cudaSetDevice(device));
@@ -130,12 +135,10 @@ void measureKernelTable(const Options& o, int device, KernelTable* table) {
     BENCH_CUDA(fillDevice(x, t, o.maxBytes / dtypeSize(dt), o.seed, 0, stream));
     for (size_t size : sizeList(o)) {
       const size_t count = size / dtypeSize(dt);
-      for (const auto& c : configs) {
-        const int bits = std::get<0>(c), bucket = std::get<1>(c);
-        const gradcompRounding_t rounding = std::get<2>(c);
+      for (const QsgdKernels& k : configs) {
         double e = 0, d = 0;
-        if (count && timeQsgdKernels(0, stream, x, dt, count, bits, bucket, rounding, &e, &d))
-          (*table)[KernelKey{(int)t, count, bits, bucket, (int)rounding}] = {e, d};
+        if (count && timeQsgdKernels(0, stream, x, dt, count, k, &e, &d))
+          (*table)[KernelKey{(int)t, count, k}] = {e, d};
       }
     }
   }
@@ -260,18 +263,17 @@ class CudaRank : public Rank {
     }
   }
 
-  bool qsgdKernelTimes(gc::DType t, size_t count, int bits, int bucket, gradcompRounding_t rounding,
-                       double* encUs, double* decUs) override {
+  bool qsgdKernelTimes(gc::DType t, size_t count, const QsgdKernels& k, double* encUs,
+                       double* decUs) override {
     if (kernels_) {
-      auto it = kernels_->find(KernelKey{(int)t, count, bits, bucket, (int)rounding});
+      auto it = kernels_->find(KernelKey{(int)t, count, k});
       if (it != kernels_->end()) {
         *encUs = it->second.first;
         *decUs = it->second.second;
         return true;
       }
     }
-    return timeQsgdKernels(rank_, stream_, send_, toNccl(t), count, bits, bucket, rounding, encUs,
-                           decUs);
+    return timeQsgdKernels(rank_, stream_, send_, toNccl(t), count, k, encUs, decUs);
   }
   // Kernel times measured before the other ranks started any GPU work.
   void setKernelTable(const KernelTable* table) { kernels_ = table; }

@@ -35,16 +35,18 @@ bool HostRank::resultHash(const void* buf, size_t bytes, double* hash) {
   return true;
 }
 
-bool HostRank::qsgdKernelTimes(gc::DType t, size_t count, int bits, int bucket,
-                               gradcompRounding_t rounding, double* encUs, double* decUs) {
+bool HostRank::qsgdKernelTimes(gc::DType t, size_t count, const QsgdKernels& k, double* encUs,
+                               double* decUs) {
+  const int bits = k.bits, bucket = k.bucket;
   std::vector<unsigned char> enc(gradcompQsgdEncodedBytes(count, bits, bucket));
   std::vector<float> residual(count, 0.0f), out(count, 0.0f);
   // Repeat until 50 ms have passed so that small sizes are timed too.
   int reps = 0;
   double t0 = seconds(), t1 = t0;
   do {
-    if (gradcompQsgdEncodeEFRoundingHost(send_, ncclTypeOf(t), residual.data(), count, bits, bucket,
-                                         7 + reps, rounding, enc.data()) != gradcompSuccess)
+    if (gradcompQsgdEncodeEFRoundingHost(
+            send_, ncclTypeOf(t), k.errorFeedback ? residual.data() : nullptr, count, bits, bucket,
+            7 + reps, k.rounding, enc.data()) != gradcompSuccess)
       return false;
     ++reps;
     t1 = seconds();

@@ -5,6 +5,7 @@
 //   QSGD encode + error feedback: reads g (n * type) and r (4n), writes r (4n)
 //   (stochastic rounding, and     and the encoding E(n) = 4*ceil(n/d) + 4*ceil(n*b/32)
 //   _nearest: GRADCOMP_ROUNDING=nearest's kernel)
+//   QSGD encode (GRADCOMP_EF=0):  reads g, writes E(n)
 //   QSGD decode:                  reads E(n), writes 4n (overwrite) or reads
 //                                 and writes 4n (accumulate)
 //   copy:                         reads and writes 4n
@@ -60,8 +61,8 @@ struct Args {
   std::vector<double> densities = {0.001, 0.01};
   int lists = 8;  // received slot lists the sparse check reads: the ranks of perf_n8_sparse
   std::string json;
-  // --only: one kind of kernel (copy, encode, encode_nearest, decode,
-  // topk_threshold, topk_exact, sparse_checks; empty: all); --once: every
+  // --only: one kind of kernel (copy, encode, encode_nearest, encode_no_ef,
+  // decode, topk_threshold, topk_exact, sparse_checks; empty: all); --once: every
   // kernel launched once, untimed
   // batches skipped, for a profiler that replays each launch (the profile
   // step of tools/gpu-check.sh).
@@ -94,8 +95,8 @@ void usage() {
       "Usage: gradcomp_kernels_perf [--min-log2 20] [--max-log2 28] [--step-log2 2]\n"
       "                             [--bucket 512] [--bits 2,4,8] [--dtypes float,half,bfloat16]\n"
       "                             [--densities 0.001,0.01] [--lists 8] [--json FILE]\n"
-      "                             [--only copy|encode|encode_nearest|decode|topk_threshold|\n"
-      "                                     topk_exact|sparse_checks]\n"
+      "                             [--only copy|encode|encode_nearest|encode_no_ef|decode|\n"
+      "                                     topk_threshold|topk_exact|sparse_checks]\n"
       "                             [--once 1]\n"
       "Sizes n = 2^min .. 2^max elements, capped by free GPU memory. --once 1 launches each\n"
       "kernel once (its time is that one launch), for a profiler. --lists: the received slot\n"
@@ -144,11 +145,11 @@ bool parseArgs(int argc, char** argv, Args* a) {
     else if (f == "--only") {
       a->only = v;
       if (a->only != "copy" && a->only != "encode" && a->only != "encode_nearest" &&
-          a->only != "decode" && a->only != "topk_threshold" && a->only != "topk_exact" &&
-          a->only != "sparse_checks") {
+          a->only != "encode_no_ef" && a->only != "decode" && a->only != "topk_threshold" &&
+          a->only != "topk_exact" && a->only != "sparse_checks") {
         fprintf(stderr,
                 "gradcomp_kernels_perf: --only %s: kinds are copy, encode, encode_nearest, "
-                "decode, topk_threshold, topk_exact, sparse_checks\n",
+                "encode_no_ef, decode, topk_threshold, topk_exact, sparse_checks\n",
                 v);
         return false;
       }
@@ -376,11 +377,20 @@ int main(int argc, char** argv) {
         timeIt(s, [&] { CHECK_CUDA(cudaMemcpyAsync(r, out, n * 4, cudaMemcpyDeviceToDevice, s)); });
     const double copyGbps = 8.0 * n / copyUs / 1e3;
     if (a.runs("copy")) report({"copy", "float", 0, n, copyUs, 8.0 * n, copyGbps, copyGbps});
-    // Both roundings through the public entry point, stochastic first: the
-    // kernel a call runs under each GRADCOMP_ROUNDING, side by side.
-    for (gradcompRounding_t rounding : {gradcompRoundStochastic, gradcompRoundNearest}) {
-      const bool nearest = rounding == gradcompRoundNearest;
-      if (!a.runs(nearest ? "encode_nearest" : "encode")) continue;
+    // The encodes a call runs, through the public entry point: with error
+    // feedback in both roundings (GRADCOMP_ROUNDING), and without it
+    // (GRADCOMP_EF=0: g read, no residual), side by side.
+    struct Variant {
+      const char *kind, *kernel;
+      gradcompRounding_t rounding;
+      bool ef;
+    };
+    const Variant variants[] = {
+        {"encode", "qsgd_encode_ef", gradcompRoundStochastic, true},
+        {"encode_nearest", "qsgd_encode_ef_nearest", gradcompRoundNearest, true},
+        {"encode_no_ef", "qsgd_encode", gradcompRoundStochastic, false}};
+    for (const Variant& v : variants) {
+      if (!a.runs(v.kind)) continue;
       for (ncclDataType_t t : a.dtypes) {
         const double ts = t == ncclFloat32 ? 4 : 2;
         CHECK_CUDA(gcbench::fillDevice(g, toDType(t), n, 1, 0, s));
@@ -391,21 +401,14 @@ int main(int argc, char** argv) {
           const double us = timeIt(
               s,
               [&] {
-                gcCheck(gradcompQsgdEncodeEFRounding(g, t, r, n, bits, a.bucket, seed++, rounding,
-                                                     enc, s),
+                gcCheck(gradcompQsgdEncodeEFRounding(g, t, v.ef ? r : nullptr, n, bits, a.bucket,
+                                                     seed++, v.rounding, enc, s),
                         "encode");
               },
               a.once);
-          const double bytes = n * ts + 8.0 * n + e;
-          Result x{nearest ? "qsgd_encode_ef_nearest" : "qsgd_encode_ef",
-                   typeName(t),
-                   bits,
-                   n,
-                   us,
-                   bytes,
-                   bytes / us / 1e3,
-                   copyGbps};
-          x.rounding = nearest ? "nearest" : "stochastic";
+          const double bytes = n * ts + (v.ef ? 8.0 * n : 0.0) + e;
+          Result x{v.kernel, typeName(t), bits, n, us, bytes, bytes / us / 1e3, copyGbps};
+          x.rounding = v.rounding == gradcompRoundNearest ? "nearest" : "stochastic";
           report(x);
         }
       }
