@@ -316,15 +316,16 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
           row->projection.push_back({k, g, gbps, t});
         }
   }
-  // A row whose kernel times are unknown (no report rates for its settings,
-  // kernels the model cannot time): no model rather than one made of host
-  // codec times or another configuration's.
-  // The socket backend's model takes the whole call's host work, not these.
+  // The socket backend's model takes the whole call's host work, not the
+  // kernel times.
   if (info.backend == "socket") {
     row->modelMissing.clear();
     if (info.showModel) modelSocketRow(o, r, cfg, row);
     return;
   }
+  // A row whose kernel times are unknown (no report rates for its settings,
+  // kernels the model cannot time): no model rather than one made of host
+  // codec times or another configuration's.
   if (!info.showModel || (qsgdKernels && !row->kernelsMeasured)) return;
   for (double g : o.linkGbps) {
     ModelPoint m;
