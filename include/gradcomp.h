@@ -19,7 +19,7 @@ extern "C" {
 #endif
 
 #define GRADCOMP_VERSION_MAJOR 0
-#define GRADCOMP_VERSION_MINOR 2
+#define GRADCOMP_VERSION_MINOR 3
 #define GRADCOMP_VERSION_PATCH 0
 #define GRADCOMP_VERSION_CODE \
   (GRADCOMP_VERSION_MAJOR * 10000 + GRADCOMP_VERSION_MINOR * 100 + GRADCOMP_VERSION_PATCH)
@@ -75,8 +75,16 @@ typedef enum {
 } gradcompRounding_t;
 
 /* Configuration. Always start from gradcompConfigInit (defaults) or
- * gradcompConfigFromEnv (defaults + GRADCOMP_* variables): it sets structSize,
- * which lets later versions add fields without breaking callers. */
+ * gradcompConfigFromEnv (defaults + GRADCOMP_* variables). Both are macros
+ * that pass the library sizeof(*config) as the caller's header has it: the
+ * library writes only that many bytes and records the size in structSize, and
+ * every call that reads a config reads only the caller's fields. Fields are
+ * only ever appended, so a program built against an older header (0.3 or
+ * later) runs on a newer library, the fields its header lacks at their
+ * defaults; a size the library does not know (a newer header's, or not a
+ * size any header had) is gradcompInvalidArgument naming it, and nothing is
+ * written. A field appended must change sizeof(gradcompConfig_t): the size is
+ * all the library knows of the caller's layout. */
 typedef struct {
   size_t structSize;
   gradcompMethod_t method; /* GRADCOMP_METHOD, default qsgd */
@@ -125,11 +133,22 @@ typedef struct {
   gradcompRounding_t rounding; /* GRADCOMP_ROUNDING stochastic|nearest (QSGD levels) */
 } gradcompConfig_t;
 
-gradcompResult_t gradcompConfigInit(gradcompConfig_t* config);
+/* Defaults in the first structSize bytes of *config (structSize included). */
+gradcompResult_t gradcompConfigInitSized(gradcompConfig_t* config, size_t structSize);
 /* Defaults, then every GRADCOMP_* variable that is set (logged at INFO).
- * A bad value is gradcompInvalidArgument naming the variable and range. */
+ * A bad value is gradcompInvalidArgument naming the variable and range, as
+ * is a variable set for a field the caller's struct does not have; *config
+ * changes only on success. */
+gradcompResult_t gradcompConfigFromEnvSized(gradcompConfig_t* config, size_t structSize);
+/* For binaries built against headers before 0.3, where these were functions:
+ * they write the struct of the last such header (144 bytes on LP64). */
+gradcompResult_t gradcompConfigInit(gradcompConfig_t* config);
 gradcompResult_t gradcompConfigFromEnv(gradcompConfig_t* config);
-/* Checks every field; the last error names the first bad one. */
+#define gradcompConfigInit(config) gradcompConfigInitSized((config), sizeof(*(config)))
+#define gradcompConfigFromEnv(config) gradcompConfigFromEnvSized((config), sizeof(*(config)))
+/* Checks every field; the last error names the first bad one. As every call
+ * taking a config, it reads structSize first and refuses a size it does not
+ * know before reading any other field. */
 gradcompResult_t gradcompConfigValidate(const gradcompConfig_t* config);
 
 /* ---------------------------------------------------------------- comms */
@@ -214,9 +233,13 @@ gradcompResult_t gradcompCommStateSize(gradcompComm_t comm, size_t* bytes);
 gradcompResult_t gradcompCommSaveState(gradcompComm_t comm, void* buffer, size_t bytes);
 gradcompResult_t gradcompCommLoadState(gradcompComm_t comm, const void* buffer, size_t bytes);
 
-/* gradcompGetStats fills the whole struct: a program compiled against another
- * minor version's header (0.2 grew callsPerAlgo to 6 entries and appended
- * fields) must be rebuilt; gradcompGetVersion() says which library it has. */
+/* gradcompGetStats is a macro passing sizeof(*stats): the library fills only
+ * the caller's bytes, so a program built against an older header (0.3 or
+ * later) gets the fields its header has. Fields are only appended; a size the
+ * library does not know is gradcompInvalidArgument and nothing is written.
+ * Binaries built against headers before 0.3 call the function of that name,
+ * which writes the struct of the last such header (160 bytes on LP64); a
+ * program built against 0.1 (5 callsPerAlgo entries) must be rebuilt. */
 typedef struct {
   uint64_t callsCompressed;
   uint64_t callsPassedThrough;
@@ -242,7 +265,10 @@ typedef struct {
   uint64_t peerSlotsRejected;
 } gradcompStats_t;
 
+gradcompResult_t gradcompGetStatsSized(gradcompComm_t comm, gradcompStats_t* stats,
+                                       size_t structSize);
 gradcompResult_t gradcompGetStats(gradcompComm_t comm, gradcompStats_t* stats);
+#define gradcompGetStats(comm, stats) gradcompGetStatsSized((comm), (stats), sizeof(*(stats)))
 
 /* Re-times NCCL and compression on this comm now (autoTune=1), as at set-up:
  * the allreduce, and the reduce-scatter if the comm has timed it (else it

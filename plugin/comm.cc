@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "kernels/qsgd_math.cuh"
+#include "abi.h"
 #include "checks.h"
 #include "backends/cuda/nccl_api.h"
 
@@ -126,8 +127,7 @@ bool validComm(gradcompComm_t c) {
 
 gradcompResult_t initComm(gradcompComm* c, const gradcompConfig_t* config) {
   if (config) {
-    GC_CHECK(gradcompConfigValidate(config));
-    c->cfg = *config;
+    GC_CHECK(gc::validConfigFromCaller(config, &c->cfg));
   } else {
     GC_CHECK(gradcompConfigFromEnv(&c->cfg));
   }
@@ -264,8 +264,7 @@ GC_EXPORT gradcompResult_t gradcompCommCreateCpu(int nranks, const gradcompConfi
   GC_ARG(nranks >= 1 && nranks <= 1024, "nranks=%d is out of range 1..1024", nranks);
   gradcompConfig_t cfg;
   if (config) {
-    GC_CHECK(gradcompConfigValidate(config));
-    cfg = *config;
+    GC_CHECK(gc::validConfigFromCaller(config, &cfg));
   } else {
     GC_CHECK(gradcompConfigFromEnv(&cfg));
   }
@@ -403,11 +402,22 @@ GC_EXPORT gradcompResult_t gradcompCommRetune(gradcompComm_t comm, cudaStream_t 
   return gc::autoRetune(comm);
 }
 
-GC_EXPORT gradcompResult_t gradcompGetStats(gradcompComm_t comm, gradcompStats_t* stats) {
+GC_EXPORT gradcompResult_t gradcompGetStatsSized(gradcompComm_t comm, gradcompStats_t* stats,
+                                                 size_t structSize) {
   GC_ARG(validComm(comm) && stats, "comm or stats is NULL");
-  *stats = comm->stats;
-  stats->steps = comm->step;
+  GC_CHECK(gc::checkStatsSize(structSize));
+  gradcompStats_t whole = comm->stats;
+  whole.steps = comm->step;
+  memcpy(stats, &whole, structSize);
   return gradcompSuccess;
+}
+
+// For binaries built against headers before 0.3 (the header's macro of the
+// same name calls the Sized form).
+#undef gradcompGetStats
+
+GC_EXPORT gradcompResult_t gradcompGetStats(gradcompComm_t comm, gradcompStats_t* stats) {
+  return gradcompGetStatsSized(comm, stats, gc::kLegacyStatsSize);
 }
 
 }  // extern "C"

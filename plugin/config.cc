@@ -7,6 +7,7 @@
 
 #include <string>
 
+#include "abi.h"
 #include "checks.h"
 #include "params.h"
 #include "kernels/qsgd_math.cuh"
@@ -280,8 +281,10 @@ static gradcompResult_t checkField(const ParamSpec& p, const gradcompConfig_t* c
   return gradcompSuccess;
 }
 
+static gradcompResult_t validateWhole(const gradcompConfig_t* c);
+
 gradcompResult_t configFromEnvLenient(gradcompConfig_t* c) {
-  GC_CHECK(gradcompConfigInit(c));
+  configDefaults(c);
   size_t n;
   const ParamSpec* table = paramTable(&n);
   gradcompResult_t first = gradcompSuccess;
@@ -303,15 +306,10 @@ gradcompResult_t configFromEnvLenient(gradcompConfig_t* c) {
     }
   }
   if (first != gradcompSuccess) return setError(first, "%s", firstMsg.c_str());
-  return gradcompConfigValidate(c);
+  return validateWhole(c);
 }
 
-}  // namespace gc
-
-extern "C" {
-
-GC_EXPORT gradcompResult_t gradcompConfigInit(gradcompConfig_t* c) {
-  if (c == nullptr) return gc::setError(gradcompInvalidArgument, "config is NULL");
+void configDefaults(gradcompConfig_t* c) {
   memset(c, 0, sizeof(*c));
   c->structSize = sizeof(*c);
   c->method = gradcompMethodQsgd;
@@ -344,24 +342,30 @@ GC_EXPORT gradcompResult_t gradcompConfigInit(gradcompConfig_t* c) {
   c->pipelineBytes = 0;
   c->cpuTimeoutSec = 120.0f;
   c->rounding = gradcompRoundStochastic;
+}
+
+static size_t fieldBytes(ParamKind kind) {
+  return kind == ParamKind::Size || kind == ParamKind::U64 ? 8 : 4;
+}
+
+// A variable set for a field the caller's header does not have would be
+// dropped without a word: refuse it instead.
+static gradcompResult_t checkEnvFitsCaller(size_t structSize) {
+  size_t n;
+  const ParamSpec* table = paramTable(&n);
+  for (size_t i = 0; i < n; ++i) {
+    const ParamSpec& p = table[i];
+    if (p.offset < 0 || getenv(p.env) == nullptr) continue;
+    GC_ARG(configHasField(structSize, (size_t)p.offset, fieldBytes(p.kind)),
+           "%s is set but the caller's gradcompConfig_t (structSize=%zu) has no field %s: build "
+           "against this library's gradcomp.h, or unset it",
+           p.env, structSize, p.field);
+  }
   return gradcompSuccess;
 }
 
-GC_EXPORT gradcompResult_t gradcompConfigFromEnv(gradcompConfig_t* c) {
-  GC_ARG(c != nullptr, "config is NULL");
-  // The caller's struct changes only on success.
-  gradcompConfig_t parsed;
-  GC_CHECK(gc::configFromEnvLenient(&parsed));
-  *c = parsed;
-  return gradcompSuccess;
-}
-
-GC_EXPORT gradcompResult_t gradcompConfigValidate(const gradcompConfig_t* c) {
-  using namespace gc;
-  GC_ARG(c != nullptr, "config is NULL");
-  GC_ARG(c->structSize == sizeof(*c),
-         "config structSize=%zu, expected %zu: initialize it with gradcompConfigInit",
-         c->structSize, sizeof(*c));
+// Every field of the library's whole struct; configFromCaller has made it one.
+static gradcompResult_t validateWhole(const gradcompConfig_t* c) {
   size_t n;
   const ParamSpec* table = paramTable(&n);
   for (size_t i = 0; i < n; ++i) {
@@ -402,6 +406,53 @@ GC_EXPORT gradcompResult_t gradcompConfigValidate(const gradcompConfig_t* c) {
          "algo=sparse (GRADCOMP_ALGO) is for the sparse methods; method qsgd takes auto, twoshot, "
          "ring, allgather or hier");
   return gradcompSuccess;
+}
+
+gradcompResult_t validConfigFromCaller(const gradcompConfig_t* caller, gradcompConfig_t* whole) {
+  GC_CHECK(configFromCaller(caller, whole));
+  return validateWhole(whole);
+}
+
+}  // namespace gc
+
+extern "C" {
+
+GC_EXPORT gradcompResult_t gradcompConfigInitSized(gradcompConfig_t* c, size_t structSize) {
+  GC_ARG(c != nullptr, "config is NULL");
+  GC_CHECK(gc::checkConfigSize(structSize));
+  gradcompConfig_t whole;
+  gc::configDefaults(&whole);
+  gc::configToCaller(whole, c, structSize);
+  return gradcompSuccess;
+}
+
+GC_EXPORT gradcompResult_t gradcompConfigFromEnvSized(gradcompConfig_t* c, size_t structSize) {
+  GC_ARG(c != nullptr, "config is NULL");
+  GC_CHECK(gc::checkConfigSize(structSize));
+  // The caller's struct changes only on success.
+  gradcompConfig_t parsed;
+  GC_CHECK(gc::configFromEnvLenient(&parsed));
+  GC_CHECK(gc::checkEnvFitsCaller(structSize));
+  gc::configToCaller(parsed, c, structSize);
+  return gradcompSuccess;
+}
+
+GC_EXPORT gradcompResult_t gradcompConfigValidate(const gradcompConfig_t* c) {
+  gradcompConfig_t whole;
+  return gc::validConfigFromCaller(c, &whole);
+}
+
+// The functions binaries built against headers before 0.3 call (the header's
+// macros of the same names call the Sized forms).
+#undef gradcompConfigInit
+#undef gradcompConfigFromEnv
+
+GC_EXPORT gradcompResult_t gradcompConfigInit(gradcompConfig_t* c) {
+  return gradcompConfigInitSized(c, gc::kLegacyConfigSize);
+}
+
+GC_EXPORT gradcompResult_t gradcompConfigFromEnv(gradcompConfig_t* c) {
+  return gradcompConfigFromEnvSized(c, gc::kLegacyConfigSize);
 }
 
 }  // extern "C"

@@ -18,7 +18,8 @@ for s in gradcompGetErrorString gradcompGetLastError gradcompConfigInit gradcomp
          gradcompEliasMaxEncodedBytes gradcompEliasHeaderBytes gradcompEliasEncodedBytes \
          gradcompEliasEncodeHost gradcompEliasDecodeHost gradcompEliasWorkspaceBytes \
          gradcompEliasEncode gradcompEliasDecode gradcompTopkSlots gradcompTopkSelectHost \
-         gradcompTopkWorkspaceBytes gradcompTopkSelect gradcompCommRetune gradcompCommAbort; do
+         gradcompTopkWorkspaceBytes gradcompTopkSelect gradcompCommRetune gradcompCommAbort \
+         gradcompConfigInitSized gradcompConfigFromEnvSized gradcompGetStatsSized; do
   grep -qx "$s" <<< "$syms" || { echo "FAIL: $lib does not export $s"; exit 1; }
 done
 echo "PASS: $(echo "$syms" | wc -l) exported symbols, all gradcomp*"

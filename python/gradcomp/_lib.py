@@ -26,6 +26,8 @@ SIGNATURES = {
     "gradcompGetErrorString": (ctypes.c_char_p, [R]),
     "gradcompGetLastError": (ctypes.c_char_p, []),
     "gradcompGetVersion": (c_int, []),
+    "gradcompConfigInitSized": (R, [c_void_p, c_size_t]),
+    "gradcompConfigFromEnvSized": (R, [c_void_p, c_size_t]),
     "gradcompConfigInit": (R, [c_void_p]),
     "gradcompConfigFromEnv": (R, [c_void_p]),
     "gradcompConfigValidate": (R, [c_void_p]),
@@ -42,6 +44,7 @@ SIGNATURES = {
     "gradcompCommStateSize": (R, [c_void_p, P(c_size_t)]),
     "gradcompCommSaveState": (R, [c_void_p, c_void_p, c_size_t]),
     "gradcompCommLoadState": (R, [c_void_p, c_void_p, c_size_t]),
+    "gradcompGetStatsSized": (R, [c_void_p, c_void_p, c_size_t]),
     "gradcompGetStats": (R, [c_void_p, c_void_p]),
     "gradcompQsgdEncode": (R, [c_void_p, E, c_size_t, c_int, c_int, c_uint64, c_void_p,
                                c_void_p]),
@@ -146,16 +149,21 @@ def _declare(cdll):
 
 
 def _check_config_size(cdll):
-    """The mirror must have the C struct's size: gradcompConfigInit says it in structSize."""
+    """The library must know the mirror's layout.
+
+    gradcompConfigInitSized takes the mirror's size as the C header's macro
+    passes sizeof: a mirror of this or an earlier header works (the library
+    writes only its bytes), and one the library does not know (ahead of the
+    loaded library) is refused with the library's sentence naming both sizes.
+    """
     mine = ctypes.sizeof(T.ConfigStruct)
-    buf = ctypes.create_string_buffer(mine + 1024)  # room for a larger C struct
-    cdll.gradcompConfigInit(buf)
-    theirs = ctypes.c_size_t.from_buffer(buf).value
-    if theirs != mine:
+    buf = T.ConfigStruct()
+    res = cdll.gradcompConfigInitSized(ctypes.byref(buf), mine)
+    if res != 0:
+        sentence = (cdll.gradcompGetLastError() or b"").decode(errors="replace")
         raise GradcompError(
-            f"gradcompConfig_t is {theirs} bytes in {_path} but {mine} in the Python mirror: "
-            "the library and python/gradcomp/_types.py CONFIG_FIELDS disagree; append the "
-            "missing fields there in include/gradcomp.h's order (or use a matching build)")
+            f"the Python mirror of gradcompConfig_t (python/gradcomp/_types.py CONFIG_FIELDS, "
+            f"{mine} bytes) does not fit {_path}: {sentence}", res)
 
 
 def _torch_first():

@@ -2,10 +2,12 @@
 
 The field lists are the single source of truth on the Python side: a field
 added to gradcompConfig_t or gradcompStats_t is one line appended here, in the
-header's order. The loader compares the sizes with what the library reports
-(gradcompConfigInit's structSize; the bytes gradcompGetStats writes), and
-tests/python/test_binding.py compares the field names with the header, so a
-mirror that falls behind fails loudly instead of corrupting memory.
+header's order. The binding passes ctypes.sizeof of each mirror to the Sized
+entry points, as the C header's macros pass sizeof: the library writes only
+the mirror's bytes, reads a config of an earlier layout with the missing
+fields at their defaults, and refuses a size it does not know (a mirror ahead
+of the loaded library) with a sentence naming it. tests/python/test_binding.py
+compares the field names with the header.
 """
 import ctypes
 import re

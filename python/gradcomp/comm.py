@@ -42,29 +42,6 @@ def _writable(x):
         raise InvalidArgumentError("the receive array is read-only", 1)
 
 
-_stats_size_checked = False
-
-
-def _check_stats_size(handle):
-    """The mirror must match the bytes gradcompGetStats writes (it has no structSize)."""
-    global _stats_size_checked
-    n = ctypes.sizeof(T.StatsStruct)
-    written = 0
-    for fill in (0xA5, 0x5A):  # a written byte differs from at least one of the two
-        buf = ctypes.create_string_buffer(bytes([fill]) * (n + 1024), n + 1024)
-        check(lib().gradcompGetStats(handle, buf))
-        raw = buf.raw
-        changed = [i for i in range(len(raw)) if raw[i] != fill]
-        written = max(written, changed[-1] + 1 if changed else 0)
-    align = ctypes.alignment(T.StatsStruct)
-    if (written + align - 1) // align * align != n:
-        raise GradcompError(
-            f"gradcompGetStats writes {written} bytes but the Python mirror of gradcompStats_t "
-            f"is {n}: the library and python/gradcomp/_types.py STATS_FIELDS disagree; append "
-            "the missing fields there in include/gradcomp.h's order (or use a matching build)")
-    _stats_size_checked = True
-
-
 class Comm:
     """A gradcompComm_t. Make one with Comm.create (NCCL), Comm.socket (the CPU reference
     backend across processes, over TCP) or CpuWorld (the CPU reference backend in-process)."""
@@ -189,12 +166,12 @@ class Comm:
 
     def stats(self):
         """gradcompGetStats as a dict (snake_case keys; calls_per_algo by algorithm name)."""
-        if not _stats_size_checked:
-            _check_stats_size(self.handle)
         s = T.StatsStruct()
-        check(lib().gradcompGetStats(self.handle, ctypes.byref(s)))
+        # The mirror's size, as the C header's macro passes sizeof: the
+        # library fills its fields and refuses a layout it does not know.
+        check(lib().gradcompGetStatsSized(self.handle, ctypes.byref(s), ctypes.sizeof(s)))
         out = {}
-        for name, _ in T.STATS_FIELDS:
+        for name, _ in s._fields_:
             v = getattr(s, name)
             if name == "callsPerAlgo":
                 v = {T.ALGO_NAMES[i]: v[i] for i in range(1, len(v))}

@@ -57,8 +57,8 @@ class Config:
 
     def __init__(self, from_env=True, **settings_):
         self.struct = T.ConfigStruct()
-        init = lib().gradcompConfigFromEnv if from_env else lib().gradcompConfigInit
-        check(init(ctypes.byref(self.struct)))
+        init = lib().gradcompConfigFromEnvSized if from_env else lib().gradcompConfigInitSized
+        check(init(ctypes.byref(self.struct), ctypes.sizeof(self.struct)))
         self.update(**settings_)
 
     def update(self, **settings_):

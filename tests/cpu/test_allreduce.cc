@@ -271,9 +271,14 @@ TEST(AllReduceCpu, SaveLoadStateReproducesTheNextStep) {
   const int N = 3;
   const size_t n = 3000;
   gctest::CpuWorld world(N, cfg);
+  // The residuals follow the buffers' addresses: every step reduces in the
+  // same buffers (fresh vectors could land elsewhere, and start from zero).
+  std::vector<std::vector<float>> g(N, std::vector<float>(n));
   auto step = [&](int t) {
-    std::vector<std::vector<float>> g(N);
-    for (int r = 0; r < N; ++r) g[r] = gctest::normal(n, 50 + t * 7 + r);
+    for (int r = 0; r < N; ++r) {
+      const std::vector<float> x = gctest::normal(n, 50 + t * 7 + r);
+      g[r].assign(x.begin(), x.end());
+    }
     auto res = world.run([&](int r) {
       return gradcompAllReduce(g[r].data(), g[r].data(), n, ncclFloat32, ncclSum, world.comm(r),
                                nullptr);

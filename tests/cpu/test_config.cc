@@ -99,7 +99,8 @@ TEST(Config, ValidateCatchesBadFieldsAndUninitializedStruct) {
   EXPECT_STREQ(gradcompGetLastError(),
                "momentum=1 (GRADCOMP_MOMENTUM) is out of range [0, 0.999999]");
   EXPECT_EQ(gradcompConfigValidate(nullptr), gradcompInvalidArgument);
-  EXPECT_EQ(gradcompConfigInit(nullptr), gradcompInvalidArgument);
+  EXPECT_EQ(gradcompConfigInitSized(nullptr, sizeof(gradcompConfig_t)), gradcompInvalidArgument);
+  EXPECT_EQ(gradcompConfigFromEnvSized(nullptr, sizeof(gradcompConfig_t)), gradcompInvalidArgument);
 }
 
 TEST(Config, ErrorStringsForEveryResult) {

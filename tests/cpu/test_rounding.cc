@@ -18,6 +18,7 @@
 #include "kernels/qsgd_math.cuh"
 #include "plugin/codecs/elias.h"
 #include "plugin/codecs/qsgd.h"
+#include "plugin/comm.h"
 #include "tests/common/ref_algos.h"
 #include "tests/common/test_util.h"
 
@@ -364,20 +365,39 @@ TEST(RoundingConfig, NearestWithoutOwnerResidualOnlyWhereOneQuantization) {
   EXPECT_EQ(gradcompConfigValidate(&c), gradcompSuccess) << gradcompGetLastError();
 }
 
-// A caller built against the header before rounding was appended passes
-// a config whose structSize ends where rounding begins: the library refuses
-// it by its size, as for every appended field, before it reads any field
-// past the caller's struct (here garbage where rounding would be).
-TEST(RoundingConfig, ConfigOfAnOlderHeaderIsRefusedBeforeRoundingIsRead) {
+// A caller built against a header before rounding was appended has a
+// layout ending at cpuTimeoutSec (0.2.0, rounding then filled its padding) or
+// earlier. Here pipelineBytes' layout (136 bytes, before cpuTimeoutSec too):
+// the bytes after it say nearest and a 5 s timeout, and the library reads
+// neither; the comms round stochastically and wait the default 120 s. A
+// structSize ending where rounding begins (140) is no header's layout and is
+// refused, naming it, before any field is read.
+TEST(RoundingConfig, ConfigOfAnOlderLayoutNeverHasRoundingRead) {
   gradcompConfig_t c;
   ASSERT_EQ(gradcompConfigInit(&c), gradcompSuccess);
+  c.rounding = gradcompRoundNearest;
+  c.cpuTimeoutSec = 5.0f;
+  ASSERT_EQ(gradcompConfigValidate(&c), gradcompSuccess) << gradcompGetLastError();
+  c.structSize = offsetof(gradcompConfig_t, cpuTimeoutSec);
+  ASSERT_EQ(c.structSize, 136u);
+  EXPECT_EQ(gradcompConfigValidate(&c), gradcompSuccess) << gradcompGetLastError();
+  gradcompComm_t comms[2] = {nullptr, nullptr};
+  ASSERT_EQ(gradcompCommCreateCpu(2, &c, comms), gradcompSuccess) << gradcompGetLastError();
+  for (gradcompComm_t comm : comms) {
+    EXPECT_EQ(comm->cfg.rounding, gradcompRoundStochastic);
+    EXPECT_EQ(comm->cfg.cpuTimeoutSec, 120.0f);
+    EXPECT_EQ(comm->cfg.structSize, sizeof(gradcompConfig_t));
+    gradcompCommDestroy(comm);
+  }
+
   c.structSize = offsetof(gradcompConfig_t, rounding);
-  memset(&c.rounding, 0x5a, sizeof(c.rounding));
-  const std::string expect = "config structSize=" + std::to_string(c.structSize) + ", expected " +
-                             std::to_string(sizeof(c)) + ": initialize it with gradcompConfigInit";
+  const std::string expect =
+      "config structSize=140 is not the size of a gradcompConfig_t this library (0.3.0) knows "
+      "(120, 128, 136 or 144 bytes): start from gradcompConfigInit, which passes "
+      "sizeof(gradcompConfig_t)";
   EXPECT_EQ(gradcompConfigValidate(&c), gradcompInvalidArgument);
   EXPECT_EQ(std::string(gradcompGetLastError()), expect);
-  gradcompComm_t comms[2] = {nullptr, nullptr};
+  comms[0] = comms[1] = nullptr;
   EXPECT_EQ(gradcompCommCreateCpu(2, &c, comms), gradcompInvalidArgument);
   EXPECT_EQ(std::string(gradcompGetLastError()), expect);
   EXPECT_EQ(comms[0], nullptr);

@@ -16,44 +16,14 @@
 #include "tests/common/auto_checks.h"
 #include "tests/common/cpu_world.h"
 #include "tests/common/loopback.h"
+#include "tests/common/socket_world.h"
 #include "tests/common/test_util.h"
 #include "tests/common/world_checks.h"
 
 namespace {
 
 using gctest::loopbackRoot;
-
-// N comms over TCP on loopback, one thread per rank (each made on its own
-// thread, as separate processes would).
-class SocketWorld {
- public:
-  SocketWorld(int n, const gradcompConfig_t& cfg, std::string root = "") : comms_(n, nullptr) {
-    if (root.empty()) root = loopbackRoot();
-    std::vector<std::thread> ts;
-    std::vector<gradcompResult_t> res(n);
-    std::vector<std::string> why(n);
-    for (int r = 0; r < n; ++r) {
-      ts.emplace_back([&, r] {
-        res[r] = gradcompCommCreateSocket(n, r, root.c_str(), &cfg, &comms_[r]);
-        why[r] = gradcompGetLastError();
-      });
-    }
-    for (auto& t : ts) t.join();
-    for (int r = 0; r < n; ++r)
-      EXPECT_EQ(res[r], gradcompSuccess) << "rank " << r << ": " << why[r];
-  }
-  ~SocketWorld() {
-    for (auto c : comms_) gradcompCommDestroy(c);
-  }
-  gradcompComm_t comm(int r) const { return comms_[r]; }
-  int size() const { return (int)comms_.size(); }
-  std::vector<gradcompResult_t> run(const std::function<gradcompResult_t(int)>& fn) {
-    return gctest::runOnThreads(size(), fn);
-  }
-
- private:
-  std::vector<gradcompComm_t> comms_;
-};
+using gctest::SocketWorld;
 
 // What one rank's buffers hold after a run: the output bytes of every step.
 struct Trace {

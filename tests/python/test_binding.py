@@ -167,38 +167,109 @@ class StructMirror(unittest.TestCase):
         self.assertEqual([n for n, _ in _types.STATS_FIELDS], self.header_fields("gradcompStats_t"),
                          "python/gradcomp/_types.py STATS_FIELDS is out of step with gradcomp.h")
 
-    def test_config_size_is_the_library_struct_size(self):
-        buf = ctypes.create_string_buffer(4096)
-        self.assertEqual(gradcomp.lib().gradcompConfigInit(buf), 0)
-        self.assertEqual(ctypes.c_size_t.from_buffer(buf).value,
-                         ctypes.sizeof(_types.ConfigStruct))
+    def test_init_writes_the_mirror_and_nothing_after(self):
+        n = ctypes.sizeof(_types.ConfigStruct)
+        for canary in (0xA5, 0x5A):
+            buf = ctypes.create_string_buffer(bytes([canary]) * (n + 64), n + 64)
+            self.assertEqual(gradcomp.lib().gradcompConfigInitSized(buf, n), 0)
+            self.assertEqual(ctypes.c_size_t.from_buffer(buf).value, n)
+            self.assertEqual(buf.raw[n:], bytes([canary]) * 64)
 
-    def test_size_checks_fail_on_a_short_mirror(self):
-        def shorter(fields, full):
-            # Drop trailing fields until the size changes (padding can hide one int).
-            for cut in range(1, len(fields)):
-                short = type("Short", (ctypes.Structure,), {"_fields_": fields[:-cut]})
-                if ctypes.sizeof(short) != ctypes.sizeof(full):
-                    return short
-            raise AssertionError("no shorter mirror changes the size")
+    @staticmethod
+    def mirror(fields):
+        return type("Mirror", (ctypes.Structure,), {"_fields_": fields})
 
-        Short = shorter(_types.CONFIG_FIELDS, _types.ConfigStruct)
-        ShortStats = shorter(_types.STATS_FIELDS, _types.StatsStruct)
+    @staticmethod
+    def refused(what, ctype, size, known):
+        """The library's sentence for a struct larger than its own."""
+        major, minor, patch = gradcomp.version()
+        return (f"{what} structSize={size} is not the size of a {ctype} this library "
+                f"({major}.{minor}.{patch}) knows ({known} bytes): the caller was built against "
+                "a newer gradcomp.h than this library's")
 
+    def test_a_mirror_ahead_of_the_library_is_refused_with_its_sentence(self):
+        ahead = [("future", ctypes.c_int), ("future2", ctypes.c_uint64)]
+        Ahead = self.mirror(_types.CONFIG_FIELDS + ahead)
+        AheadStats = self.mirror(_types.STATS_FIELDS + ahead)
+        size, stats_size = ctypes.sizeof(Ahead), ctypes.sizeof(AheadStats)
         saved = _types.ConfigStruct, _types.StatsStruct
         try:
-            _types.ConfigStruct = Short
-            with self.assertRaisesRegex(gradcomp.GradcompError, "CONFIG_FIELDS disagree"):
+            _types.ConfigStruct = Ahead
+            with self.assertRaises(gradcomp.GradcompError) as e:
                 _lib._check_config_size(gradcomp.lib())
+            self.assertIn(self.refused("config", "gradcompConfig_t", size,
+                                       "120, 128, 136 or 144"), str(e.exception))
+            self.assertIn("CONFIG_FIELDS", str(e.exception))
+            with self.assertRaises(gradcomp.InvalidArgumentError) as e:
+                gradcomp.Config(from_env=False)
+            self.assertEqual(str(e.exception), self.refused(
+                "config", "gradcompConfig_t", size, "120, 128, 136 or 144"))
             _types.ConfigStruct = saved[0]
-            _types.StatsStruct = ShortStats
+            _types.StatsStruct = AheadStats
             with gradcomp.CpuWorld(1) as w:
-                with self.assertRaisesRegex(gradcomp.GradcompError, "STATS_FIELDS disagree"):
-                    comm_mod._check_stats_size(w.comms[0].handle)
+                with self.assertRaises(gradcomp.InvalidArgumentError) as e:
+                    w.comms[0].stats()
+            self.assertEqual(str(e.exception), self.refused(
+                "stats", "gradcompStats_t", stats_size, "128, 136, 144, 152 or 160"))
         finally:
             _types.ConfigStruct, _types.StatsStruct = saved
-        with gradcomp.CpuWorld(1) as w:
-            comm_mod._check_stats_size(w.comms[0].handle)  # the real mirror passes
+        _lib._check_config_size(gradcomp.lib())  # the real mirror passes
+
+    def test_an_earlier_mirror_runs_as_the_whole_config_at_defaults(self):
+        # The mirror of an earlier header (up to pipelineBytes, 136 bytes): the
+        # library writes and reads its fields only, the others at defaults.
+        names = [n for n, _ in _types.CONFIG_FIELDS]
+        Earlier = self.mirror(_types.CONFIG_FIELDS[:names.index("pipelineBytes") + 1])
+        EarlierStats = self.mirror(
+            _types.STATS_FIELDS[:[n for n, _ in _types.STATS_FIELDS].index("piecesLast") + 1])
+        self.assertEqual((ctypes.sizeof(Earlier), ctypes.sizeof(EarlierStats)), (136, 152))
+        n, N = 3000, 3
+        data = [np.random.default_rng(40 + r).standard_normal(n).astype(np.float32)
+                for r in range(N)]
+
+        def run(cfg):
+            with gradcomp.CpuWorld(N, cfg) as w:
+                bufs = [d.copy() for d in data]
+                w.run(lambda c: c.allreduce(bufs[c.rank]))
+                return bufs, w.comms[0].stats()
+
+        whole = gradcomp.Config(from_env=False, min_elements=0, bits=3, algo="twoshot")
+        expect, expect_stats = run(whole)
+        saved = _types.ConfigStruct, _types.StatsStruct
+        try:
+            _types.ConfigStruct, _types.StatsStruct = Earlier, EarlierStats
+            earlier = gradcomp.Config(from_env=False, min_elements=0, bits=3, algo="twoshot")
+            self.assertEqual(earlier.struct.structSize, 136)
+            got, got_stats = run(earlier)
+        finally:
+            _types.ConfigStruct, _types.StatsStruct = saved
+        for r in range(N):
+            np.testing.assert_array_equal(got[r].view(np.uint32), expect[r].view(np.uint32))
+        self.assertEqual(got_stats["calls_compressed"], 1)
+        self.assertEqual({k: got_stats[k] for k in got_stats},
+                         {k: expect_stats[k] for k in got_stats})
+        self.assertNotIn("peer_slots_rejected", got_stats)
+
+
+class Version(unittest.TestCase):
+    def test_every_place_states_the_library_version(self):
+        def read(*path):
+            with open(os.path.join(ROOT, *path)) as f:
+                return f.read()
+
+        header = read("include", "gradcomp.h")
+        parts = tuple(int(re.search(r"#define GRADCOMP_VERSION_%s (\d+)" % p, header).group(1))
+                      for p in ("MAJOR", "MINOR", "PATCH"))
+        text = "%d.%d.%d" % parts
+        self.assertEqual(gradcomp.version(), parts)
+        self.assertEqual(re.search(r"project\(gradcomp VERSION ([\d.]+)",
+                                   read("CMakeLists.txt")).group(1), text)
+        self.assertEqual(re.search(r'^version = "([\d.]+)"', read("pyproject.toml"),
+                                   re.M).group(1), text)
+        # The shared library's file name follows the CMake project version.
+        path = os.path.realpath(_lib.library_path())
+        if os.path.basename(path).startswith("libgradcomp.so."):
+            self.assertEqual(os.path.basename(path), "libgradcomp.so." + text)
 
 
 class ConfigSettings(unittest.TestCase):
