@@ -263,6 +263,10 @@ typedef struct {
      the count, then empty slots), since the comm was made; every rank that receives such a list
      drops it and the call succeeds without it. On the CUDA backend it may lag a call. */
   uint64_t peerSlotsRejected;
+  /* QSGD allreduce and reduce-scatter: compressed calls by the bit width they used, at index
+     bits (2..8; entries 0 and 1 stay 0). With GRADCOMP_BITS_MODE=fixed every call is at `bits`;
+     with DQ-SGD's dynamic and budget modes, the widths its policy chose (bitsLast is the last). */
+  uint64_t callsPerBits[9];
 } gradcompStats_t;
 
 gradcompResult_t gradcompGetStatsSized(gradcompComm_t comm, gradcompStats_t* stats,

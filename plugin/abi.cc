@@ -30,7 +30,7 @@ constexpr size_t kConfigSizes[] = {
 };
 // Every gradcompStats_t since callsPerAlgo grew to 6 entries (the hierarchy):
 // 128: bytesInterNode; 136: callsReduceScatter; 144: callsAutoPassed; 152:
-// piecesLast (0.2.0); 160: peerSlotsRejected. The 0.1 layout before them
+// piecesLast (0.2.0); 160: peerSlotsRejected; 232: callsPerBits (0.3). The 0.1 layout before them
 // (callsPerAlgo[5], 112 bytes) is no prefix and is refused.
 constexpr size_t kStatsSizes[] = {
     GC_LAYOUT_END(gradcompStats_t, bytesInterNode),
@@ -38,6 +38,7 @@ constexpr size_t kStatsSizes[] = {
     GC_LAYOUT_END(gradcompStats_t, callsAutoPassed),
     GC_LAYOUT_END(gradcompStats_t, piecesLast),
     GC_LAYOUT_END(gradcompStats_t, peerSlotsRejected),
+    GC_LAYOUT_END(gradcompStats_t, callsPerBits),
 };
 
 #undef GC_LAYOUT_END

@@ -94,7 +94,7 @@ gradcompResult_t allReduce(const void* send, void* recv, size_t count, ncclDataT
            (unsigned long long)c->step);
   GC_CHECK(algo.run(args, c->workspace));
   GC_CHECK(recordReducedStats(*c, *state, recv, count, t));
-  c->stats.bitsLast = bits;
+  recordBits(*c, bits);
   c->stats.piecesLast = algo.pieces != nullptr ? algo.pieces(*c, count, bits) : 1;
   // The hier allgather moves the buffer type: its bytes depend on it.
   const size_t wire = algo.id == gradcompAlgoHier ? hierWireBytes(*c, count, t, bits, state->calls)

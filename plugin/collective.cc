@@ -99,4 +99,12 @@ gradcompResult_t finishCall(gradcompComm& c, BufferState& s, int algoId, size_t 
   return gradcompSuccess;
 }
 
+void recordBits(gradcompComm& c, int bits) {
+  c.stats.bitsLast = bits;
+  // The validator and DQ-SGD's policy keep bits in 2..8; the bound keeps a
+  // stats write in the array whatever reaches here.
+  if (bits >= 0 && bits < (int)(sizeof(c.stats.callsPerBits) / sizeof(c.stats.callsPerBits[0])))
+    c.stats.callsPerBits[bits]++;
+}
+
 }  // namespace gc

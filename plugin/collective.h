@@ -52,4 +52,7 @@ gradcompResult_t checkRanksAgree(gradcompComm& c, uint64_t value, const char* wh
 gradcompResult_t finishCall(gradcompComm& c, BufferState& s, int algoId, size_t bytesIn,
                             size_t bytesOnWire, size_t bytesInterNode);
 
+// A QSGD call's bit width: bitsLast and the per-width call count.
+void recordBits(gradcompComm& c, int bits);
+
 }  // namespace gc

@@ -97,7 +97,7 @@ gradcompResult_t reduceScatter(const void* send, void* recv, size_t recvCount, n
   GC_CHECK(algo.run(args, c->workspace));
   if (qsgd) {
     GC_CHECK(recordGatheredStats(*c, *state, recv, recvCount, t));
-    c->stats.bitsLast = bits;
+    recordBits(*c, bits);
   }
   c->stats.piecesLast = algo.pieces != nullptr ? algo.pieces(*c, recvCount, bits) : 1;
   c->stats.callsReduceScatter++;

@@ -10,6 +10,7 @@
 
 #include <map>
 #include <set>
+#include <string>
 
 #include "comm.h"
 #include "debug.h"
@@ -105,12 +106,21 @@ void printSummary(CommEntry& e, bool waitForCalls) {
   if (st.bytesOnWire > 0) {
     snprintf(ratio, sizeof(ratio), "%.2fx", (double)st.bytesIn / (double)st.bytesOnWire);
   }
+  // DQ-SGD picks a width per call: which ones it used, "; bits 3:12 4:30".
+  std::string widths;
+  if (s.ok && s.config.bitsMode != gradcompBitsFixed) {
+    for (int b = 0; b < 9; ++b) {
+      if (st.callsPerBits[b] == 0) continue;
+      widths += widths.empty() ? "; bits " : " ";
+      widths += std::to_string(b) + ":" + std::to_string(st.callsPerBits[b]);
+    }
+  }
   char ranks[32] = "?";  // rank and size are queried only when a call could compress
   if (e.nranks > 0) snprintf(ranks, sizeof(ranks), "%d/%d", e.rank, e.nranks);
   GC_INFO(
       "summary comm %p rank %s method %s: %llu calls compressed, %llu passed through (%llu by "
       "auto), %llu bytes sent (%llu to other nodes) for %llu dense bytes (ratio %s); "
-      "reduce-scatter: %llu compressed, %llu passed through (%llu by auto)%s%s",
+      "reduce-scatter: %llu compressed, %llu passed through (%llu by auto)%s%s%s",
       (void*)e.nccl, ranks, s.ok ? methodName(s.config.method) : "none",
       (unsigned long long)e.callsCompressed.load(),
       // A fused call gradcomp passed counts once in st and userCalls times in e.
@@ -120,7 +130,7 @@ void printSummary(CommEntry& e, bool waitForCalls) {
       (unsigned long long)st.bytesInterNode, (unsigned long long)st.bytesIn, ratio,
       (unsigned long long)e.rsCompressed.load(),
       (unsigned long long)(e.rsPassed.load() + e.rsAutoPassed.load()),
-      (unsigned long long)e.rsAutoPassed.load(),
+      (unsigned long long)e.rsAutoPassed.load(), widths.c_str(),
       e.reason.empty() ? "" : "; compression off: ", e.reason.c_str());
 }
 

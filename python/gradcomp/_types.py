@@ -66,6 +66,7 @@ STATS_FIELDS = [
     ("callsAutoPassed", ctypes.c_uint64),
     ("piecesLast", ctypes.c_uint64),
     ("peerSlotsRejected", ctypes.c_uint64),
+    ("callsPerBits", ctypes.c_uint64 * 9),
 ]
 
 # Enum fields take these names (the GRADCOMP_* spellings) or their numbers.

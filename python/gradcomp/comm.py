@@ -165,7 +165,8 @@ class Comm:
         check(lib().gradcompCommLoadState(self.handle, blob, len(blob)))
 
     def stats(self):
-        """gradcompGetStats as a dict (snake_case keys; calls_per_algo by algorithm name)."""
+        """gradcompGetStats as a dict (snake_case keys; calls_per_algo by algorithm name,
+        calls_per_bits by bit width 2..8)."""
         s = T.StatsStruct()
         # The mirror's size, as the C header's macro passes sizeof: the
         # library fills its fields and refuses a layout it does not know.
@@ -175,6 +176,8 @@ class Comm:
             v = getattr(s, name)
             if name == "callsPerAlgo":
                 v = {T.ALGO_NAMES[i]: v[i] for i in range(1, len(v))}
+            elif name == "callsPerBits":
+                v = {b: v[b] for b in range(2, len(v))}
             elif isinstance(v, ctypes.Array):
                 v = list(v)
             out[T.snake(name)] = v

@@ -39,6 +39,7 @@ namespace old {
 #define GCT_STATS_RS(X) GCT_STATS_HIER(X) X(uint64_t, callsReduceScatter)
 #define GCT_STATS_AUTO(X) GCT_STATS_RS(X) X(uint64_t, callsAutoPassed)
 #define GCT_STATS_0_2_0(X) GCT_STATS_AUTO(X) X(uint64_t, piecesLast)
+#define GCT_STATS_SLOTS(X) GCT_STATS_0_2_0(X) X(uint64_t, peerSlotsRejected)
 // clang-format on
 
 #define GCT_DECLARE(type, name) type name;
@@ -84,6 +85,11 @@ struct Stats020 {  // d2d1a3e, released as 0.2.0: piecesLast
   uint64_t callsPerAlgo[6];
   GCT_STATS_0_2_0(GCT_DECLARE)
 };
+struct StatsSlots {  // 36891fb (0.2): peerSlotsRejected, the last layout before 0.3's sizes
+  GCT_STATS_HEAD(GCT_DECLARE)
+  uint64_t callsPerAlgo[6];
+  GCT_STATS_SLOTS(GCT_DECLARE)
+};
 
 #undef GCT_DECLARE
 
@@ -93,12 +99,12 @@ struct Stats020 {  // d2d1a3e, released as 0.2.0: piecesLast
                     sizeof(((Old*)nullptr)->name) == sizeof(((New*)nullptr)->name), \
                 #Old "." #name " is not where " #New " has it");
 #define GCT_CONFIG_AT(type, name) GCT_SAME_OFFSET(Config020, gradcompConfig_t, type, name)
-#define GCT_STATS_AT(type, name) GCT_SAME_OFFSET(Stats020, gradcompStats_t, type, name)
+#define GCT_STATS_AT(type, name) GCT_SAME_OFFSET(StatsSlots, gradcompStats_t, type, name)
 GCT_CONFIG_0_2_0(GCT_CONFIG_AT)
 GCT_STATS_HEAD(GCT_STATS_AT)
-GCT_STATS_0_2_0(GCT_STATS_AT)
-static_assert(offsetof(Stats020, callsPerAlgo) == offsetof(gradcompStats_t, callsPerAlgo) &&
-                  sizeof(Stats020::callsPerAlgo) == sizeof(gradcompStats_t::callsPerAlgo),
+GCT_STATS_SLOTS(GCT_STATS_AT)
+static_assert(offsetof(StatsSlots, callsPerAlgo) == offsetof(gradcompStats_t, callsPerAlgo) &&
+                  sizeof(StatsSlots::callsPerAlgo) == sizeof(gradcompStats_t::callsPerAlgo),
               "callsPerAlgo moved");
 #undef GCT_CONFIG_AT
 #undef GCT_STATS_AT
@@ -109,8 +115,8 @@ static_assert(offsetof(Stats020, callsPerAlgo) == offsetof(gradcompStats_t, call
 // Config020's (rounding filled its padding).
 constexpr size_t kConfigSizes[] = {sizeof(ConfigHier), sizeof(ConfigAuto), sizeof(ConfigPipe),
                                    sizeof(Config020)};
-constexpr size_t kStatsSizes[] = {sizeof(StatsHier), sizeof(StatsRs), sizeof(StatsAuto),
-                                  sizeof(Stats020), sizeof(gradcompStats_t)};
+constexpr size_t kStatsSizes[] = {sizeof(StatsHier), sizeof(StatsRs),    sizeof(StatsAuto),
+                                  sizeof(Stats020),  sizeof(StatsSlots), sizeof(gradcompStats_t)};
 
 inline std::string libraryVersion() {
   return std::to_string(GRADCOMP_VERSION_MAJOR) + "." + std::to_string(GRADCOMP_VERSION_MINOR) +
@@ -130,8 +136,8 @@ inline std::string refusedConfigSize(size_t structSize) {
 inline std::string refusedStatsSize(size_t structSize) {
   return "stats structSize=" + std::to_string(structSize) +
          " is not the size of a gradcompStats_t this library (" + libraryVersion() +
-         ") knows (128, 136, 144, 152 or 160 bytes): " +
-         (structSize > 160 ? "the caller was built against a newer gradcomp.h than this library's"
+         ") knows (128, 136, 144, 152, 160 or 232 bytes): " +
+         (structSize > 232 ? "the caller was built against a newer gradcomp.h than this library's"
                            : "call gradcompGetStats, which passes sizeof(gradcompStats_t)");
 }
 

@@ -24,7 +24,7 @@ namespace old = gctest::old;
 
 // A caller's buffer: either struct and at least 64 bytes after it, where
 // nothing may be written.
-constexpr size_t kRoom = 256;
+constexpr size_t kRoom = 320;
 static_assert(kRoom >= sizeof(gradcompConfig_t) + 64 && kRoom >= sizeof(gradcompStats_t) + 64,
               "room for canaries after either struct");
 
@@ -71,7 +71,8 @@ TEST(Abi, HistoricalLayoutsHaveTheSizesTheLibraryAccepts) {
   EXPECT_EQ(sizeof(old::Stats01), 112u);
   EXPECT_EQ(sizeof(old::StatsHier), 128u);
   EXPECT_EQ(sizeof(old::Stats020), 152u);
-  EXPECT_EQ(sizeof(gradcompStats_t), 160u);
+  EXPECT_EQ(sizeof(old::StatsSlots), 160u);
+  EXPECT_EQ(sizeof(gradcompStats_t), 232u);
 }
 
 TEST(Abi, InitWritesOnlyTheCallersLayout) {
@@ -275,13 +276,16 @@ TEST(Abi, GetStatsWritesOnlyTheCallersLayout) {
     EXPECT_EQ(s.name, whole.name) << #name << " in " << size << " bytes"; \
   }
       GCT_STATS_HEAD(GCT_SAME)
-      GCT_STATS_0_2_0(GCT_SAME)
-      GCT_SAME(uint64_t, peerSlotsRejected)
+      GCT_STATS_SLOTS(GCT_SAME)
 #undef GCT_SAME
       for (int a = 0; a < 6; ++a) EXPECT_EQ(s.callsPerAlgo[a], whole.callsPerAlgo[a]) << a;
+      if (size >= offsetof(gradcompStats_t, callsPerBits) + sizeof(whole.callsPerBits)) {
+        for (int b = 0; b < 9; ++b) EXPECT_EQ(s.callsPerBits[b], whole.callsPerBits[b]) << b;
+      }
     }
   }
-  for (size_t size : {(size_t)0, (size_t)8, sizeof(old::Stats01), (size_t)156, (size_t)168}) {
+  for (size_t size :
+       {(size_t)0, (size_t)8, sizeof(old::Stats01), (size_t)156, (size_t)168, (size_t)240}) {
     Buffer b(kCanaries[0]);
     EXPECT_EQ(gradcompGetStatsSized(w.comm(0), b.stats(), size), gradcompInvalidArgument) << size;
     EXPECT_EQ(std::string(gradcompGetLastError()), old::refusedStatsSize(size));

@@ -133,6 +133,15 @@ WorldRun runWorld(const gradcompConfig_t& cfg, int N, size_t n, int steps,
     run.bits.push_back(bits);
     run.out.push_back(buf[0]);
   }
+  // callsPerBits tallies the widths the calls used, as bitsLast gave them.
+  for (int r = 0; r < N; ++r) {
+    uint64_t tally[9] = {};
+    for (const auto& b : run.bits) tally[b[r]]++;
+    gradcompStats_t st;
+    EXPECT_EQ(gradcompGetStats(world.comm(r), &st), gradcompSuccess);
+    for (int b = 0; b < 9; ++b)
+      EXPECT_EQ(st.callsPerBits[b], tally[b]) << "rank " << r << " bits " << b;
+  }
   return run;
 }
 

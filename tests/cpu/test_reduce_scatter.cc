@@ -268,6 +268,15 @@ void checkDynamicBits(gradcompRounding_t rounding) {
     }
   }
   EXPECT_GT(*std::max_element(seen.begin(), seen.end()), 2);
+  // callsPerBits tallies the widths the reference expected, call by call.
+  uint64_t tally[9] = {};
+  for (int b : seen) tally[b]++;
+  for (int r = 0; r < N; ++r) {
+    gradcompStats_t st;
+    ASSERT_EQ(gradcompGetStats(world.comm(r), &st), gradcompSuccess);
+    for (int b = 0; b < 9; ++b)
+      EXPECT_EQ(st.callsPerBits[b], tally[b]) << "rank " << r << " bits " << b;
+  }
 }
 
 TEST(ReduceScatterCpu, DynamicBitsAgreeAndMatchReference) {

@@ -210,7 +210,7 @@ class StructMirror(unittest.TestCase):
                 with self.assertRaises(gradcomp.InvalidArgumentError) as e:
                     w.comms[0].stats()
             self.assertEqual(str(e.exception), self.refused(
-                "stats", "gradcompStats_t", stats_size, "128, 136, 144, 152 or 160"))
+                "stats", "gradcompStats_t", stats_size, "128, 136, 144, 152, 160 or 232"))
         finally:
             _types.ConfigStruct, _types.StatsStruct = saved
         _lib._check_config_size(gradcomp.lib())  # the real mirror passes
@@ -361,6 +361,8 @@ class CpuAllReduce(unittest.TestCase):
             self.assertEqual(st["steps"], steps)
             self.assertEqual(st["bytes_in"], steps * n * np.dtype(dtype).itemsize)
             self.assertEqual(st["calls_per_algo"][algo], steps)
+            self.assertEqual(st["calls_per_bits"],
+                             {b: steps if b == st["bits_last"] else 0 for b in range(2, 9)})
 
     def test_allgather_twoshot_and_ring_match_the_references(self):
         for algo in ("allgather", "twoshot", "ring"):
