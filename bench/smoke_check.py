@@ -73,7 +73,7 @@ def report_costs(kdoc, r, bits, bucket, encode="qsgd_encode_ef", owner="qsgd_enc
     return costs
 
 
-def kernel_work(algo, n, e, residual=True, convert=False, local=1, middle="twoshot"):
+def kernel_work(algo, n, e, residual=True, convert=False, local=1, middle="twoshot", piped=False):
     """Per element of the buffer (of the output for the reduce-scatter), what one rank other
     than rank 0 runs, read off plugin/algorithms/: encodes of the input type, of fp32 sums,
     the owners' re-encodes, decodes overwrite and accumulate, elementwise bytes."""
@@ -112,6 +112,8 @@ def kernel_work(algo, n, e, residual=True, convert=False, local=1, middle="twosh
         scatter_sum(k, 4, 1)  # the k node sums, fp32
         w["encode_f32"], w["encode"] = w["encode"], 0.0
         w["elementwise_bytes"] += n * (e + 4) + out  # all N blocks widened, one conversion
+        if piped:  # HierRsPipe: each piece's k node sums copied to the middle's input
+            w["elementwise_bytes"] += 8 * k
     elif algo == "reducescatter":
         scatter_sum(n, e, 1)
         w["elementwise_bytes"] += out
@@ -121,7 +123,10 @@ def kernel_work(algo, n, e, residual=True, convert=False, local=1, middle="twosh
         for key in m:
             w[key] = m[key] / local
         w["encode_f32"], w["encode"] = w["encode_f32"] + w["encode"], 0.0
-        w["elementwise_bytes"] += (0 if e == 4 else e + 4) + (4 + e) / local
+        # Widened unless an fp32 buffer of whole shards; the shard converted.
+        w["elementwise_bytes"] += (0 if e == 4 and not piped else e + 4) + (4 + e) / local
+        if piped:  # HierPipe: the reduced shard staged, the gathered blocks copied out
+            w["elementwise_bytes"] += 8 / local + 2 * e
     return w
 
 
@@ -134,7 +139,8 @@ def check_kernels(tag, r, kdoc, bits, bucket, algo, n, local=1, middle="twoshot"
                   residual=True):
     """The row's kernel work, costs and kernel_us against the recomputation."""
     e = TYPE_BYTES[r["dtype"]]
-    w = kernel_work(algo, n, e, residual, r["dtype"] != "float", local, middle)
+    w = kernel_work(algo, n, e, residual, r["dtype"] != "float", local, middle,
+                    r.get("pieces", 1) > 1)
     got = r.get("kernel_work") or {}
     expect(all(close(got.get(k), v) for k, v in w.items()),
            "%s: kernel work %s vs %s" % (tag, got, w))
@@ -202,8 +208,16 @@ def check_projection(tag, r, kdoc, bits, bucket, intra_gbps=3600.0, lat=10.0):
         # kernels, bytes and two NVLink rings.
         middle_lat = (hier - kernel - us(hier_intra, intra_gbps) - us(hier_inter, L / g)
                       - 2 * (g - 1) * lat)
-        piped = hier_pipelined(kernel, hier_intra, hier_inter, intra_gbps, L / g, g, middle_lat,
-                               lat, pieces)
+        # Cut into pieces, the pipelined path's kernels (every piece widened, staged,
+        # copied out).
+        piped_kernel = kernel_total(kernel_work("hier", n, e_in, True, convert, g, "twoshot",
+                                                pieces > 1), costs, count)
+        expect(close(p["hier_pipelined_kernel_us"], piped_kernel) and
+               (pieces == 1 or piped_kernel > kernel),
+               "%s: pipelined hier kernels %s vs %s" % (t, p["hier_pipelined_kernel_us"],
+                                                         piped_kernel))
+        piped = hier_pipelined(piped_kernel, hier_intra, hier_inter, intra_gbps, L / g, g,
+                               middle_lat, lat, pieces)
         expect(close(p["hier_pipelined_time_us"], piped),
                "%s: pipelined hier time %s vs %s" % (t, p["hier_pipelined_time_us"], piped))
         expect(pieces > 1 or close(piped, hier), "%s: one piece is the unpipelined hier" % t)

@@ -266,6 +266,7 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
   kind.residual = cfg.errorFeedback != 0;
   kind.convert = dtype != ncclFloat32 || o.op == ncclAvg;
   kind.ownerResidual = cfg.ownerResidual != 0;
+  kind.piped = row->pieces > 1;
   const AlgoShape shape =
       algoShape(row->algoUsed, r.nranks(), local, hierMiddle(cfg, r.nranks() / local), kind);
   row->latencySteps = shape.latencySteps;

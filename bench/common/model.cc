@@ -77,8 +77,11 @@ AlgoShape algoShape(int algo, int nranks, int local, int middle, const CallKind&
       // The buffer widened to fp32 for the in-node reduce-scatter (an fp32
       // buffer of whole shards goes as it is), and this rank's reduced shard
       // converted (Avg divided) into the gathered output.
-      if (kind.elemBytes != 4) w.elementwiseBytes += e + 4;
+      if (kind.elemBytes != 4 || kind.piped) w.elementwiseBytes += e + 4;
       w.elementwiseBytes += (4 + e) / g;
+      // Pipelined (HierPipe): every piece is widened, even fp32; its reduced
+      // shard copied to the middle's buffer; the gathered blocks copied out.
+      if (kind.piped) w.elementwiseBytes += 8.0 / g + 2 * e;
       s.latencySteps = 2.0 * (g - 1) + m.latencySteps;
       return s;
     }
@@ -125,6 +128,8 @@ AlgoShape algoShape(int algo, int nranks, int local, int middle, const CallKind&
         w = onFp32(w);
         w.elementwiseBytes += n * (e + 4);
         if (kind.convert) w.elementwiseBytes += 4 + e;
+        // Pipelined (HierRsPipe): each piece's k node sums copied to the middle's input.
+        if (kind.piped) w.elementwiseBytes += 8 * k;
         s.latencySteps = (g - 1) + 1.0;
         return s;
       }
@@ -293,8 +298,12 @@ ClusterTimes clusterModel(size_t count, const CallKind& kind, int bits, int buck
   t.hierKernelUs = kernelUs(hs.work, costs, (double)count);
   t.hierUs = gradcompClusterUs(t.hierKernelUs, t.hier, true, hs.latencySteps, c);
   t.hierPieces = hierPieces(count, bucket, c, pipelineBytes);
-  t.hierPipedUs = hierPipelinedUs(t.hierKernelUs, t.hier, hs.latencySteps - 2.0 * (c.local - 1), c,
-                                  t.hierPieces);
+  CallKind piped = kind;
+  piped.piped = t.hierPieces > 1;
+  t.hierPipedKernelUs =
+      kernelUs(algoShape(5, c.ranks(), c.local, 1, piped).work, costs, (double)count);
+  t.hierPipedUs = hierPipelinedUs(t.hierPipedKernelUs, t.hier,
+                                  hs.latencySteps - 2.0 * (c.local - 1), c, t.hierPieces);
   t.autoUs = std::min(c.local >= 2 ? t.hierPipedUs : t.flatUs, t.ncclUs);
   return t;
 }

@@ -18,6 +18,9 @@ struct CallKind {
   bool residual = true;
   bool convert = false;
   bool ownerResidual = false;
+  // Cut into pieces (GRADCOMP_PIPELINE_BYTES): the hierarchies' pipelined
+  // paths widen, stage and unpack piece by piece, which costs more passes.
+  bool piped = false;
 };
 
 // The kernels one rank runs per element of the buffer (of the output, for a
@@ -162,6 +165,7 @@ struct ClusterTimes {
   double ncclUs = 0, flatUs = 0, hierUs = 0;
   double flatKernelUs = 0, hierKernelUs = 0;
   double hierPieces = 1, hierPipedUs = 0, autoUs = 0;
+  double hierPipedKernelUs = 0;  // the pipelined path's kernels (CallKind::piped)
   LinkBytes nccl, flat, hier;
 };
 ClusterTimes clusterModel(size_t count, const CallKind& kind, int bits, int bucket,

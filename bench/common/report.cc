@@ -464,8 +464,10 @@ bool writeJson(const std::string& path, const Options& o, const RunInfo& info,
       fprintf(f, "\"flat_speedup\": %s, \"hier_speedup\": %s, ",
               jsonNum(ratioOrNan(t.ncclUs, t.flatUs)).c_str(),
               jsonNum(ratioOrNan(t.ncclUs, t.hierUs)).c_str());
-      fprintf(f, "\"flat_kernel_us\": %s, \"hier_kernel_us\": %s, ",
-              jsonNum(t.flatKernelUs).c_str(), jsonNum(t.hierKernelUs).c_str());
+      fprintf(f,
+              "\"flat_kernel_us\": %s, \"hier_kernel_us\": %s, \"hier_pipelined_kernel_us\": %s, ",
+              jsonNum(t.flatKernelUs).c_str(), jsonNum(t.hierKernelUs).c_str(),
+              jsonNum(t.hierPipedKernelUs).c_str());
       fprintf(f,
               "\"hier_pipeline_bytes\": %zu, \"hier_pieces\": %s, \"hier_pipelined_time_us\": %s, "
               "\"hier_pipelined_speedup\": %s, \"auto_time_us\": %s, \"auto_speedup\": %s, ",
