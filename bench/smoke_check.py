@@ -44,12 +44,119 @@ def newest_report(results):
     return None
 
 
-def report_rate(kdoc, kernel, dtype, bits, count):
-    """Per-call time from the report: the row of the nearest n (log scale), scaled to count."""
+KINDS = ["encode", "encode_f32", "owner_encode", "decode", "decode_acc"]
+
+
+def report_cost(kdoc, kernel, dtype, bits, bucket, count):
+    """Microseconds per element from the report's row of the nearest n (None: no row)."""
     rows = [r for r in kdoc["rows"] if r["kernel"] == kernel and r["dtype"] == dtype
-            and r["bits"] == bits]
+            and (kernel == "copy" or (r["bits"] == bits and r.get("bucket", kdoc.get("bucket"))
+                                      == bucket))]
+    if not rows:
+        return None
     best = min(rows, key=lambda r: abs(math.log(r["n"] / count)))
-    return best["time_us"] / best["n"] * count
+    return best["time_us"] / best["n"]
+
+
+def report_costs(kdoc, r, bits, bucket, encode="qsgd_encode_ef", owner="qsgd_encode_ef"):
+    """The costs the model charges a row (docs/benchmark.md): each kernel at its own rate;
+    the decode overwrite at the accumulate's and the owners' encode without error feedback at
+    the encode with it where the report lacks them; elementwise passes at the copy's
+    bandwidth (8 bytes per element copied)."""
+    c = r["count"]
+    cost = lambda k, t="float": report_cost(kdoc, k, t, bits, bucket, c)  # noqa: E731
+    costs = {"encode": cost(encode, r["dtype"]), "encode_f32": cost(encode),
+             "decode_acc": cost("qsgd_decode_acc")}
+    costs["owner_encode"] = cost(owner) or costs["encode_f32"]
+    costs["decode"] = cost("qsgd_decode") or costs["decode_acc"]
+    costs["elementwise_per_byte"] = cost("copy") / 8
+    return costs
+
+
+def kernel_work(algo, n, e, residual=True, convert=False, local=1, middle="twoshot", piped=False):
+    """Per element of the buffer (of the output for the reduce-scatter), what one rank other
+    than rank 0 runs, read off plugin/algorithms/: encodes of the input type, of fp32 sums,
+    the owners' re-encodes, decodes overwrite and accumulate, elementwise bytes."""
+    R = 4 if residual else 0
+    w = dict.fromkeys(KINDS + ["elementwise_bytes"], 0.0)
+    out = 4 + e if convert else 0  # fp32 scratch -> output type
+
+    def scatter_sum(n, e, b):
+        # n-1 blocks encoded; own block toFloat (reads e + residual, writes 4), residual
+        # zeroed; rank 0's block decoded overwrite, n-2 accumulated, the own block added.
+        w["encode"] += (n - 1) * b
+        w["elementwise_bytes"] += b * (e + R + 4) + b * R + 12 * b
+        w["decode"] += b
+        w["decode_acc"] += (n - 2) * b
+
+    if algo == "twoshot":
+        scatter_sum(n, e, 1 / n)
+        w["owner_encode"] += 1 / n
+        w["decode"] += 1
+        w["elementwise_bytes"] += out
+    elif algo == "ring":
+        # Own chunk encoded; each of n-1 hops: decode overwrite + toFloat(x, addend y);
+        # fp32 re-encode on n-2 hops; the last adds and zeroes the residual, owner encodes.
+        w["encode"] += 1 / n
+        w["decode"] += (n - 1) / n + 1
+        w["elementwise_bytes"] += (n - 1) * (e + 8) / n + (16 if residual else 0) / n + out
+        w["encode_f32"] += (n - 2) / n
+        w["owner_encode"] += 1 / n
+    elif algo == "allgather":
+        w["encode"] += 1
+        w["decode"] += 1
+        w["decode_acc"] += n - 1
+        w["elementwise_bytes"] += 4 + e
+    elif algo == "reducescatter" and local > 1:
+        k = n // local
+        scatter_sum(k, 4, 1)  # the k node sums, fp32
+        w["encode_f32"], w["encode"] = w["encode"], 0.0
+        w["elementwise_bytes"] += n * (e + 4) + out  # all N blocks widened, one conversion
+        if piped:  # HierRsPipe: each piece's k node sums copied to the middle's input
+            w["elementwise_bytes"] += 8 * k
+    elif algo == "reducescatter":
+        scatter_sum(n, e, 1)
+        w["elementwise_bytes"] += out
+    elif algo == "hier":
+        k = n // local
+        m = kernel_work(middle, k, 4, residual)
+        for key in m:
+            w[key] = m[key] / local
+        w["encode_f32"], w["encode"] = w["encode_f32"] + w["encode"], 0.0
+        # Widened unless an fp32 buffer of whole shards; the shard converted.
+        w["elementwise_bytes"] += (0 if e == 4 and not piped else e + 4) + (4 + e) / local
+        if piped:  # HierPipe: the reduced shard staged, the gathered blocks copied out
+            w["elementwise_bytes"] += 8 / local + 2 * e
+    return w
+
+
+def kernel_total(w, costs, count):
+    return count * (sum(w[k] * costs[k] for k in KINDS)
+                    + w["elementwise_bytes"] * costs["elementwise_per_byte"])
+
+
+def check_kernels(tag, r, kdoc, bits, bucket, algo, n, local=1, middle="twoshot", costs=None,
+                  residual=True):
+    """The row's kernel work, costs and kernel_us against the recomputation."""
+    e = TYPE_BYTES[r["dtype"]]
+    w = kernel_work(algo, n, e, residual, r["dtype"] != "float", local, middle,
+                    r.get("pieces", 1) > 1)
+    got = r.get("kernel_work") or {}
+    expect(all(close(got.get(k), v) for k, v in w.items()),
+           "%s: kernel work %s vs %s" % (tag, got, w))
+    if costs is None and kdoc:
+        costs = report_costs(kdoc, r, bits, bucket)
+    if costs is None:
+        return
+    gc = r.get("kernel_costs") or {}
+    expect(all(close(gc.get(k), v) for k, v in costs.items()),
+           "%s: kernel costs %s vs %s" % (tag, gc, costs))
+    total = kernel_total(w, costs, r["count"])
+    expect(close(r["kernel_us"], total, 1e-6),
+           "%s: kernel_us %s vs %s" % (tag, r["kernel_us"], total))
+    expect(close(r["encode_us"], costs["encode"] * r["count"]) and
+           close(r["decode_us"], costs["decode_acc"] * r["count"]),
+           "%s: encode_us and decode_us are the encode and decode-accumulate" % tag)
 
 
 def encoded(n, bits, bucket):
@@ -59,8 +166,8 @@ def encoded(n, bits, bucket):
 def check_projection(tag, r, kdoc, bits, bucket, intra_gbps=3600.0, lat=10.0):
     """Every projection point against the formulas, written here from docs/benchmark.md."""
     count, size = r["count"], r["size"]
-    enc = report_rate(kdoc, "qsgd_encode_ef", r["dtype"], bits, count) / count
-    dec = report_rate(kdoc, "qsgd_decode_acc", "float", bits, count) / count
+    costs = report_costs(kdoc, r, bits, bucket)
+    e_in, convert = TYPE_BYTES[r["dtype"]], r["dtype"] != "float"
     us = lambda b, gbps: b * 8 / (gbps * 1e3)  # noqa: E731
     seen = set()
     for p in r["projection"]:
@@ -72,13 +179,15 @@ def check_projection(tag, r, kdoc, bits, bucket, intra_gbps=3600.0, lat=10.0):
         nccl = max(us(nccl_intra, intra_gbps), us(nccl_inter, L / g)) + 2 * (n - 1) * lat
         e = encoded(count, bits, bucket)
         flat_intra, flat_inter = 2 * e * (g - 1) / n, 2 * e * (n - g) / n
-        flat = (count * (enc + dec * (2 * n - 1) / n) + max(us(flat_intra, intra_gbps),
-                us(flat_inter, L / g)) + 2 * lat)
+        flat_kernel = kernel_total(kernel_work("twoshot", n, e_in, True, convert), costs, count)
+        flat = flat_kernel + max(us(flat_intra, intra_gbps), us(flat_inter, L / g)) + 2 * lat
         shard = -(-count // g)
         es = encoded(shard, bits, bucket)
         hier_intra, hier_inter = 2 * (g - 1) / g * size, 2 * (k - 1) / k * es
-        hier = (count / g * (enc + dec * (2 * k - 1) / k) + us(hier_intra, intra_gbps)
-                + us(hier_inter, L / g) + (2 * (g - 1) + 2) * lat)
+        kernel = kernel_total(kernel_work("hier", n, e_in, True, convert, g, "twoshot"), costs,
+                              count)
+        hier = (kernel + us(hier_intra, intra_gbps) + us(hier_inter, L / g)
+                + (2 * (g - 1) + 2) * lat)
         t = "%s %dx%d@%g" % (tag, k, g, L)
         expect(close(p["nccl_inter_bytes"], nccl_inter) and close(p["nccl_intra_bytes"], nccl_intra),
                "%s: NCCL ring bytes per link class" % t)
@@ -97,11 +206,18 @@ def check_projection(tag, r, kdoc, bits, bucket, intra_gbps=3600.0, lat=10.0):
         expect(p["hier_pieces"] == pieces, "%s: hier pieces %s vs %s" % (t, p["hier_pieces"], pieces))
         # The middle stage's latency: what the unpipelined hier time above has beyond its
         # kernels, bytes and two NVLink rings.
-        kernel = count / g * (enc + dec * (2 * k - 1) / k)
         middle_lat = (hier - kernel - us(hier_intra, intra_gbps) - us(hier_inter, L / g)
                       - 2 * (g - 1) * lat)
-        piped = hier_pipelined(kernel, hier_intra, hier_inter, intra_gbps, L / g, g, middle_lat,
-                               lat, pieces)
+        # Cut into pieces, the pipelined path's kernels (every piece widened, staged,
+        # copied out).
+        piped_kernel = kernel_total(kernel_work("hier", n, e_in, True, convert, g, "twoshot",
+                                                pieces > 1), costs, count)
+        expect(close(p["hier_pipelined_kernel_us"], piped_kernel) and
+               (pieces == 1 or piped_kernel > kernel),
+               "%s: pipelined hier kernels %s vs %s" % (t, p["hier_pipelined_kernel_us"],
+                                                         piped_kernel))
+        piped = hier_pipelined(piped_kernel, hier_intra, hier_inter, intra_gbps, L / g, g,
+                               middle_lat, lat, pieces)
         expect(close(p["hier_pipelined_time_us"], piped),
                "%s: pipelined hier time %s vs %s" % (t, p["hier_pipelined_time_us"], piped))
         expect(pieces > 1 or close(piped, hier), "%s: one piece is the unpipelined hier" % t)
@@ -157,9 +273,8 @@ def check_hier_rows(tag, rows, kdoc, nranks, local, middle, bits, intra_gbps=360
     """Rows run with --local-size L > 1: the per-row model of docs/benchmark.md with two link
     classes, each GPU's NIC at the column's rate; recomputed here from the row's own bytes."""
     k, g = nranks // local, local
-    # The middle algorithm on the 1/G shard among k nodes: (encoded, decoded) elements per
-    # element of the shard and its latency steps (docs/benchmark.md's table).
-    mid = {"twoshot": (1, (2 * k - 1) / k, 2), "allgather": (1, k, 1)}[middle]
+    # The middle algorithm's latency steps (docs/benchmark.md's table).
+    mid = {"twoshot": 2, "allgather": 1}[middle]
     us = lambda b, gbps: b * 8 / (gbps * 1e3)  # noqa: E731
     expect(len(rows) > 0, "%s: rows" % tag)
     for r in rows:
@@ -170,13 +285,9 @@ def check_hier_rows(tag, rows, kdoc, nranks, local, middle, bits, intra_gbps=360
         expect(inter is not None and 0 < inter < wire, "%s: 0 < inter-node bytes < wire bytes" % t)
         expect(r["kernels_measured"] and r.get("kernel_source") == "gpu_report",
                "%s: kernel times from the GPU report" % t)
-        if kdoc:
-            expect(close(r["encode_us"], report_rate(kdoc, "qsgd_encode_ef", r["dtype"], bits,
-                                                     r["count"])), "%s: encode rate" % t)
-        kernel = (r["encode_us"] * mid[0] + r["decode_us"] * mid[1]) / g
-        expect(close(r["kernel_us"], kernel), "%s: hier kernel work %s vs %s (middle %s on n/G)"
-               % (t, r["kernel_us"], kernel, middle))
-        steps = 2 * (g - 1) + mid[2]
+        # The middle on the fp32 1/G shard among the k nodes, the widening and conversion.
+        check_kernels(t, r, kdoc, bits, bucket, "hier", nranks, local, middle)
+        steps = 2 * (g - 1) + mid
         expect(r["latency_steps"] == steps,
                "%s: latency steps %s vs 2(G-1) + %s's" % (t, r["latency_steps"], middle))
         expect([m["link_gbps"] for m in r["model"]] == [10, 25, 100, 400],
@@ -199,7 +310,7 @@ def check_hier_rows(tag, rows, kdoc, nranks, local, middle, bits, intra_gbps=360
                 expect(m.get("pipelined_time_us") is None, "%s: no pipelined model" % t)
                 continue
             piped = hier_pipelined(r["kernel_us"], wire - inter, inter, intra_gbps, L, g,
-                                   mid[2] * lat, lat, r["pieces"])
+                                   mid * lat, lat, r["pieces"])
             expect(close(m.get("pipelined_time_us"), piped, 1e-6),
                    "%s: pipelined hier model at %g: %s vs %s" % (t, L, m.get("pipelined_time_us"),
                                                                  piped))
@@ -235,11 +346,12 @@ def check_hier_rs_rows(tag, rows, kdoc, nranks, local, bits, bucket, intra_gbps=
                    "%s: inter-node bytes %s = (k-1) * E(m)" % (t, inter))
             expect(r["kernels_measured"] and r.get("kernel_source") == "gpu_report",
                    "%s: kernel times from the GPU report" % t)
-            kernel = (k - 1) * (r["encode_us"] + r["decode_us"])
+            # k-1 fp32 blocks encoded, the owner's sum of k, every block widened.
+            check_kernels(t, r, kdoc, bits, bucket, "reducescatter", nranks, local)
+            kernel = r["kernel_us"]
         else:
             kernel = 0
-        expect(close(r["kernel_us"], kernel), "%s: hier reduce-scatter kernel work %s vs %s (k-1 "
-               "blocks encoded and decoded)" % (t, r["kernel_us"], kernel))
+            expect(close(r["kernel_us"], 0), "%s: sparse kernels not timed" % t)
         steps = (g - 1) + 1
         expect(r["latency_steps"] == steps,
                "%s: latency steps %s vs (G-1) + 1" % (t, r["latency_steps"]))
@@ -336,15 +448,9 @@ def main():
             # its kernel times are the GPU report's, not the host codecs'.
             expect(r["kernels_measured"] and r.get("kernel_source") == "gpu_report",
                    "%s: kernel times from the GPU report" % tag)
-            if kdoc:
-                expect(close(r["encode_us"], report_rate(kdoc, "qsgd_encode_ef", r["dtype"], bits,
-                                                         r["count"])),
-                       "%s: encode time %s from the report's rate" % (tag, r["encode_us"]))
-                expect(close(r["decode_us"], report_rate(kdoc, "qsgd_decode_acc", "float", bits,
-                                                         r["count"])),
-                       "%s: decode time %s from the report's rate" % (tag, r["decode_us"]))
-            kernel = r["encode_us"] + r["decode_us"] * (2 * nranks - 1) / nranks
-            expect(abs(r["kernel_us"] - kernel) <= 1e-6 * kernel, "%s: two-shot kernel work" % tag)
+            check_kernels(tag, r, kdoc, bits, bucket, "twoshot", nranks)
+            expect("elementwise passes estimated at copy bandwidth" in (r.get("kernel_note") or ""),
+                   "%s: the row says the elementwise passes are estimated" % tag)
             expect(r["latency_steps"] == 2, "%s: two-shot latency steps: two send/recv rounds" % tag)
             gbps = [m["link_gbps"] for m in r["model"]]
             expect(gbps == [10, 25, 100, 400],
@@ -461,20 +567,37 @@ def main():
         frow("qsgd_encode_ef", 100.0), frow("qsgd_encode_ef_nearest", 40.0),
         frow("qsgd_decode_acc", 50.0), frow("qsgd_encode_ef", 300.0, 128),
         frow("qsgd_decode_acc", 150.0, 128), frow("qsgd_encode_ef_nearest", 7.0, dtype="half"),
-        frow("qsgd_encode", 70.0)]}
+        frow("qsgd_encode", 70.0), frow("qsgd_decode", 30.0), frow("copy", 20.0),
+        frow("qsgd_encode_ef", 400.0, dtype="bfloat16")]}
     json.dump(fdoc, open(os.path.join(fx, "2030-01-01-test-gpu", "kernels.json"), "w"))
-    for rounding, bkt, ef, enc_us, dec_us, missing in (
-            ("stochastic", 512, 1, 100.0, 50.0, None), ("nearest", 512, 1, 40.0, 50.0, None),
-            ("stochastic", 512, 0, 70.0, 50.0, None), ("stochastic", 128, 1, 300.0, 150.0, None),
-            ("nearest", 128, 1, None, None, ["qsgd_encode_ef_nearest", "bucket=128"]),
-            ("stochastic", 128, 0, None, None, ["no qsgd_encode rows", "bucket=128"])):
-        tag = "fixture rates, rounding=%s, bucket %d, ef=%d" % (rounding, bkt, ef)
+    # Every kernel at its own rate (distinct in the fixture, so a wrong factor fails): the
+    # owners' encode (GRADCOMP_OWNER_RESIDUAL: with error feedback or without), decode
+    # overwrite (bucket 128 has none: the accumulate's stands in, and the row says so).
+    S, N_, EF, E = "stochastic", "nearest", "qsgd_encode_ef", "qsgd_encode"
+    for rounding, bkt, ef, ores, enc, owner, enc_us, dec_us, algo, missing in (
+            (S, 512, 1, 1, EF, EF, 100.0, 50.0, "twoshot", None),
+            (N_, 512, 1, 1, EF + "_nearest", EF + "_nearest", 40.0, 50.0, "twoshot", None),
+            (S, 512, 0, 1, E, EF, 70.0, 50.0, "twoshot", None),
+            (S, 512, 1, 0, EF, E, 100.0, 50.0, "ring", None),
+            (S, 512, 1, 0, EF, E, 100.0, 50.0, "allgather", None),
+            (S, 128, 1, 1, EF, EF, 300.0, 150.0, "twoshot", None),
+            (N_, 128, 1, 1, None, None, None, None, "twoshot",
+             ["qsgd_encode_ef_nearest", "bucket=128"]),
+            (S, 128, 0, 1, None, None, None, None, "twoshot",
+             ["no qsgd_encode rows", "bucket=128"])):
+        tag = "fixture rates, rounding=%s, bucket %d, ef=%d, owner residual %d, %s" % (
+            rounding, bkt, ef, ores, algo)
+        # bf16 where the fixture has its encode (stochastic, bucket 512, error feedback).
+        dts = "float,bfloat16" if (rounding, bkt, ef) == (S, 512, 1) else "float"
         code, out, rows = run(perf, ["-N", "2", "-b", "256K", "-e", "256K", "-n", "1", "-w", "0",
-                                     "-m", "qsgd", "-q", "4", "-B", str(bkt), "--kernel-rates",
+                                     "-m", "qsgd", "-q", "4", "-B", str(bkt), "-a", algo,
+                                     "-d", dts, "--kernel-rates",
                                      os.path.join(fx, "2030-01-01-test-gpu.json")],
-                              os.path.join(work, "rates-%s-%d-%d.json" % (rounding, bkt, ef)),
-                              env={"GRADCOMP_ROUNDING": rounding, "GRADCOMP_EF": str(ef)})
-        expect(code == 0 and len(rows) == 1, "%s: exits 0 with one row" % tag)
+                              os.path.join(work, "rates-%s-%d-%d-%d-%s.json"
+                                           % (rounding, bkt, ef, ores, algo)),
+                              env={"GRADCOMP_ROUNDING": rounding, "GRADCOMP_EF": str(ef),
+                                   "GRADCOMP_OWNER_RESIDUAL": str(ores)})
+        expect(code == 0 and len(rows) == len(dts.split(",")), "%s: exits 0, a row a type" % tag)
         for r in rows:
             expect(r.get("rounding") == rounding and r.get("bucket") == bkt and r["wrong"] == 0,
                    "%s: the row's settings, checked" % tag)
@@ -487,11 +610,21 @@ def main():
                 expect("#  ^ modeled columns left out: " + why in out, "%s: the table says so" % tag)
                 continue
             scale = r["count"] / M
+            t = "%s %s" % (tag, r["dtype"])
             expect(r.get("kernel_source") == "gpu_report" and r.get("model_missing") is None,
-                   "%s: modeled from the report" % tag)
+                   "%s: modeled from the report" % t)
+            if r["dtype"] == "bfloat16":
+                enc_us = 400.0
             expect(close(r["encode_us"], enc_us * scale) and close(r["decode_us"], dec_us * scale),
                    "%s: encode %s, decode %s from the rows of its rounding and bucket"
-                   % (tag, r["encode_us"], r["decode_us"]))
+                   % (t, r["encode_us"], r["decode_us"]))
+            expect(r["algo"] == algo, "%s: ran %s" % (t, r["algo"]))
+            costs = report_costs(fdoc, r, 4, bkt, enc, owner)
+            check_kernels(t, r, fdoc, 4, bkt, algo, 2, costs=costs, residual=ef == 1)
+            note = r.get("kernel_note") or ""
+            expect(("decode overwrite estimated at the decode-accumulate rate" in note) ==
+                   (bkt == 128), "%s: the row says when the decode overwrite is estimated (%s)"
+                   % (t, note))
 
     # Rows whose kernels the model cannot time (Elias-coded levels, DQ-SGD bits): no model,
     # no projection, a sentence; never the fixed-width kernels' times or bytes.
@@ -539,6 +672,7 @@ def main():
             expect(0 < r["rel_err"] < 0.5, "%s: 0 < rel_err %s < 0.5" % (tag, r["rel_err"]))
             expect(0 < r["err_over_bound"] <= 1, "%s: errors within the one-call bound" % tag)
             expect(r["latency_steps"] == 1, "%s: one all-to-all step" % tag)
+            check_kernels(tag, r, kdoc, bits, bucket, "reducescatter", nranks)
             for m in r["model"]:
                 g = m["link_gbps"]
                 nccl = (nranks - 1) * r["size"] * 8 / (g * 1e3) + (nranks - 1) * 10
@@ -584,6 +718,7 @@ def main():
             expect(p is not None and p.get("pieces") == 1 and
                    all(m.get("pipelined_time_us") is None for m in p["model"]),
                    "%s: the unpipelined row has one piece and no pipelined model" % tag)
+            check_kernels(tag, r, kdoc, bits, bucket, algo, nranks)
             check_pipelined_model(tag, r, pieces, steps)
 
     # Pipelined reduce-scatter: each block of m = count elements is cut as two-shot cuts
@@ -678,6 +813,11 @@ def main():
     expect(len(rows) == 1 and rows[0].get("identical") is False,
            "rank 0's corrupted element makes the ranks' results differ")
     expect("FAILED" in out, "the footer says FAILED")
+
+    # The check gpu-check runs on the CUDA backend's rows, here on the CPU backend's.
+    import model_check
+    for name in ("ok.json", "ring.json", "rs.json", "hier-rs.json", "hier-piped.json"):
+        model_check.check_rows(os.path.join(work, name))
 
     return verdict()
 

@@ -194,6 +194,10 @@ want perf && run_step perf_n8_pipe 45 "$raw/perf_n8_pipe.txt" env GRADCOMP_PIPEL
 want perf && run_step perf_n8_nearest 30 "$raw/perf_n8_nearest.txt" env GRADCOMP_ROUNDING=nearest \
   "$perf" --backend cuda -N 8 -b 64M -e 64M -n 2 -w 1 -m qsgd -d float,bfloat16 \
   --link-gbps 10,25,100,400 --json "$raw/perf_n8_nearest.json"
+# The link model's kernel accounting in those rows: each kernel's cost, the work per element,
+# kernel_us their sum (bench/model_check.py; decode overwrite / accumulate printed).
+want perf && run_step model_check 10 "$raw/model_check.txt" python3 bench/model_check.py \
+  "$raw/perf_n8.json" "$raw/perf_n8_pipe.json" "$raw/perf_n8_nearest.json"
 want kernels && run_step kernels 15 "$raw/kernels.txt" "$build/bench/gradcomp_kernels_perf" \
   --json "$raw/kernels.json"
 want torch_topk && run_step torch_topk 20 "$raw/torch_topk.txt" python3 bench/torch_topk.py \

@@ -261,8 +261,14 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
   if (!ok || !(info.showModel || info.project)) return;
   // Nodes of `local` ranks (--local-size L > 1; auto is modeled flat).
   const int local = o.localSize > 1 ? o.localSize : 1;
+  CallKind kind;
+  kind.elemBytes = dtypeSize(dtype);
+  kind.residual = cfg.errorFeedback != 0;
+  kind.convert = dtype != ncclFloat32 || o.op == ncclAvg;
+  kind.ownerResidual = cfg.ownerResidual != 0;
+  kind.piped = row->pieces > 1;
   const AlgoShape shape =
-      algoShape(row->algoUsed, r.nranks(), local, hierMiddle(cfg, r.nranks() / local));
+      algoShape(row->algoUsed, r.nranks(), local, hierMiddle(cfg, r.nranks() / local), kind);
   row->latencySteps = shape.latencySteps;
   const bool qsgdKernels = row->algoUsed != 0 && methodSpec(cfg.method).qsgdKernels;
   // The kernels the row's calls ran; where the model cannot time them
@@ -272,17 +278,20 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
   std::string unmodeled;
   const bool modelable = !qsgdKernels || qsgdKernelsOf(cfg, &kernels, &unmodeled);
   if (qsgdKernels) {
-    double v[3] = {0, 0, 0};
+    // The costs in KernelCosts' order, then whether they are known.
+    double v[7] = {0, 0, 0, 0, 0, 0, 0};
+    KernelCosts& k = row->costs;
     if (!modelable) {
       row->modelMissing = unmodeled;
     } else if (info.rates) {
       // CPU backend: the GPU report's rates; the host codecs' times would
       // model a GPU network with CPU kernels.
-      v[2] = info.rates->lookup(dtypeName(dtype), kernels, count, &v[0], &v[1]) ? 1 : 0;
-      if (info.rates->ok && v[2] == 0) {
-        char why[256];
+      v[6] = info.rates->lookup(dtypeName(dtype), kernels, count, &k, &row->kernelNote) ? 1 : 0;
+      if (info.rates->ok && v[6] == 0) {
+        char why[320];
         snprintf(why, sizeof why,
-                 "%s has no %s rows for %s, bits=%d, bucket=%d (and qsgd_decode_acc at those)",
+                 "%s has no %s rows for %s and float, bits=%d, bucket=%d (and qsgd_decode_acc at "
+                 "those, and copy)",
                  info.rates->report.c_str(), kernels.encodeName().c_str(), dtypeName(dtype),
                  kernels.bits, kernels.bucket);
         row->modelMissing = why;
@@ -290,29 +299,34 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
     } else {
       // Rank 0 alone, the others wait: the kernels' own time, not the shared GPU's.
       r.barrier();
-      if (r.rank() == 0) v[2] = r.qsgdKernelTimes(toDType(dtype), count, kernels, &v[0], &v[1]);
-      r.reduce(v, 3, true);
-      if (v[2] == 0) row->modelMissing = "rank 0 could not time the row's kernels alone";
+      if (r.rank() == 0 && r.qsgdKernelTimes(toDType(dtype), count, kernels, &k)) {
+        const double c[7] = {
+            k.encode, k.encodeF32, k.ownerEncode, k.decode, k.decodeAcc, k.elementwisePerByte, 1};
+        std::copy(c, c + 7, v);
+      }
+      r.reduce(v, 7, true);
+      k = KernelCosts{v[0], v[1], v[2], v[3], v[4], v[5]};
+      if (v[6] == 0) row->modelMissing = "rank 0 could not time the row's kernels alone";
     }
-    row->kernelsMeasured = v[2] > 0;
+    row->kernelsMeasured = v[6] > 0;
     row->kernelSource = !row->kernelsMeasured ? KernelSource::None
                         : info.rates          ? KernelSource::Report
                                               : KernelSource::Measured;
-    row->encodeUs = v[0];
-    row->decodeUs = v[1];
-    row->kernelUs = shape.encodeFactor * v[0] + shape.decodeFactor * v[1];
+    row->work = shape.work;
+    row->encodeUs = k.encode * count;
+    row->decodeUs = k.decodeAcc * count;
+    row->kernelUs = kernelUs(shape.work, k, (double)count);
   }
   if (qsgdKernels && modelable && info.project) {
-    const double nan = NAN;
-    const double enc = row->kernelsMeasured ? row->encodeUs / count : nan;
-    const double dec = row->kernelsMeasured ? row->decodeUs / count : nan;
+    KernelCosts costs = row->costs;
+    if (!row->kernelsMeasured) costs = KernelCosts{NAN, NAN, NAN, NAN, NAN, NAN};
     for (int k : o.modelNodes)
       for (int g : o.modelLocal)
         for (double gbps : o.nodeGbps) {
           if (k * g < 2) continue;
           const Cluster c{k, g, o.intraGbps, gbps, o.linkLatencyUs};
-          const ClusterTimes t = clusterModel(count, dtypeSize(dtype), row->bits, row->bucket, enc,
-                                              dec, c, o.modelPipelineBytes);
+          const ClusterTimes t =
+              clusterModel(count, kind, row->bits, row->bucket, costs, c, o.modelPipelineBytes);
           row->projection.push_back({k, g, gbps, t});
         }
   }

@@ -64,7 +64,13 @@ struct Row {
   // Link model.
   bool kernelsMeasured = false;  // kernel times known, from kernelSource
   KernelSource kernelSource = KernelSource::None;
+  // The row's encode and decode-accumulate of its `count` elements (the
+  // costs' encode and decodeAcc), and every kernel the algorithm runs, each
+  // charged at its own cost: kernelUs = kernelUs(work, costs, count).
   double encodeUs = 0, decodeUs = 0, kernelUs = 0, latencySteps = 0;
+  KernelCosts costs;
+  KernelWork work;
+  std::string kernelNote;  // which costs are estimates, and from what
   // Why a row that needs the GPU report's rates has no model (empty: it has one).
   std::string modelMissing;
   std::vector<ModelPoint> model;

@@ -118,12 +118,18 @@ KernelRates loadKernelRates(const std::string& where) {
         n->kind != JsonValue::Number || us->kind != JsonValue::Number ||
         bucket->kind != JsonValue::Number)
       continue;
-    if (kernel->str.compare(0, 11, "qsgd_encode") != 0 && kernel->str != "qsgd_decode_acc")
+    if (kernel->str.compare(0, 11, "qsgd_encode") != 0 && kernel->str != "qsgd_decode_acc" &&
+        kernel->str != "qsgd_decode" && kernel->str != "copy")
       continue;
     if (!(n->num >= 1) || !(us->num > 0) || !isfinite(us->num)) continue;
-    k.rows.push_back({kernel->str, dtype->str, (int)bits->num, (int)bucket->num, n->num, us->num});
+    // The copy's rate holds for every bits and bucket.
+    const bool copy = kernel->str == "copy";
+    k.rows.push_back({kernel->str, dtype->str, copy ? 0 : (int)bits->num,
+                      copy ? 0 : (int)bucket->num, n->num, us->num});
   }
-  if (k.rows.empty())
+  const bool anyQsgd = std::any_of(k.rows.begin(), k.rows.end(),
+                                   [](const KernelRates::Entry& e) { return e.kernel != "copy"; });
+  if (!anyQsgd)
     return unavailable(shortName(kernelsPath) +
                        " has no qsgd_encode_ef / qsgd_decode_acc rows with times");
   const JsonValue* gpu = doc.get("gpu");
@@ -133,11 +139,11 @@ KernelRates loadKernelRates(const std::string& where) {
   return k;
 }
 
-bool KernelRates::lookup(const char* dtype, const QsgdKernels& k, size_t count, double* encodeUs,
-                         double* decodeUs) const {
-  const int bits = k.bits, bucket = k.bucket;
+bool KernelRates::lookup(const char* dtype, const QsgdKernels& k, size_t count, KernelCosts* c,
+                         std::string* note) const {
   if (!ok || count == 0) return false;
-  auto nearest = [&](const char* kernel, const char* type) -> const Entry* {
+  auto nearest = [&](const std::string& kernel, const char* type, int bits,
+                     int bucket) -> const Entry* {
     const Entry* best = nullptr;
     for (const Entry& e : rows) {
       if (e.kernel != kernel || e.dtype != type || e.bits != bits || e.bucket != bucket) continue;
@@ -145,11 +151,31 @@ bool KernelRates::lookup(const char* dtype, const QsgdKernels& k, size_t count, 
     }
     return best;
   };
-  const Entry* enc = nearest(k.encodeName().c_str(), dtype);
-  const Entry* dec = nearest("qsgd_decode_acc", "float");
-  if (!enc || !dec) return false;
-  *encodeUs = enc->timeUs / enc->n * count;
-  *decodeUs = dec->timeUs / dec->n * count;
+  auto rate = [&](const std::string& kernel, const char* type) {
+    const Entry* e = nearest(kernel, type, k.bits, k.bucket);
+    return e ? e->timeUs / e->n : 0.0;
+  };
+  note->clear();
+  auto say = [&](const char* what) { *note += (note->empty() ? "" : "; ") + std::string(what); };
+  c->encode = rate(k.encodeName(), dtype);
+  c->encodeF32 = rate(k.encodeName(), "float");
+  c->decodeAcc = rate("qsgd_decode_acc", "float");
+  if (c->encode == 0 || c->encodeF32 == 0 || c->decodeAcc == 0) return false;
+  c->ownerEncode = rate(k.owner().encodeName(), "float");
+  if (c->ownerEncode == 0) {
+    c->ownerEncode = c->encodeF32;
+    say("owners' encode without error feedback estimated at the encode-with-EF rate");
+  }
+  c->decode = rate("qsgd_decode", "float");
+  if (c->decode == 0) {
+    c->decode = c->decodeAcc;
+    say("decode overwrite estimated at the decode-accumulate rate");
+  }
+  // The copy reads and writes n floats: 8n bytes.
+  const Entry* copy = nearest("copy", "float", 0, 0);
+  if (!copy) return false;
+  c->elementwisePerByte = copy->timeUs / (8.0 * copy->n);
+  say("elementwise passes estimated at copy bandwidth");
   return true;
 }
 

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "methods.h"
+#include "model.h"
 
 namespace gcbench {
 
@@ -20,19 +21,25 @@ struct KernelRates {
   std::string gpu;
   std::string reason;  // why there are none
   struct Entry {
-    std::string kernel, dtype;  // an encode kernel (QsgdKernels::encodeName) or qsgd_decode_acc
+    std::string kernel, dtype;  // an encode kernel (QsgdKernels::encodeName), qsgd_decode,
+                                // qsgd_decode_acc or copy (n floats read and written)
     int bits, bucket;
     double n, timeUs;
   };
   std::vector<Entry> rows;
 
-  // The row's encode of `dtype` (k.encodeName(): its error feedback and
-  // rounding) and decode-accumulate (fp32) of `count` elements at k's bits
-  // and bucket: the report's row of the nearest n (log scale), scaled by
-  // count/n. False when the report has no row for these settings: another
-  // kernel's, bucket's or bits' rate never stands in.
-  bool lookup(const char* dtype, const QsgdKernels& k, size_t count, double* encodeUs,
-              double* decodeUs) const;
+  // The costs of the row's kernels at `count` elements (KernelCosts, per
+  // element): its encode of `dtype` (k.encodeName(): its error feedback and
+  // rounding), the same encode of fp32, the owners' re-encode (k.owner()),
+  // decode overwrite and accumulate at k's bits and bucket, each from the
+  // report's row of the nearest n (log scale), and the elementwise passes at
+  // the copy's bandwidth. False when the report has no row for the encode or
+  // the decode-accumulate at these settings: another bucket's or bits' rate
+  // never stands in. Older reports lack rows the model now charges; `note`
+  // then says which rate stood in for which (the owners' encode without
+  // error feedback at the one with it, decode overwrite at accumulate).
+  bool lookup(const char* dtype, const QsgdKernels& k, size_t count, KernelCosts* costs,
+              std::string* note) const;
 };
 
 // `where`: a report's .json, a folder of reports (the newest by name whose

@@ -60,8 +60,8 @@ std::string QsgdKernels::encodeName() const {
 }
 
 bool QsgdKernels::operator<(const QsgdKernels& o) const {
-  return std::make_tuple(bits, bucket, (int)rounding, errorFeedback) <
-         std::make_tuple(o.bits, o.bucket, (int)o.rounding, o.errorFeedback);
+  return std::make_tuple(bits, bucket, (int)rounding, errorFeedback, ownerResidual) <
+         std::make_tuple(o.bits, o.bucket, (int)o.rounding, o.errorFeedback, o.ownerResidual);
 }
 
 bool qsgdKernelsOf(const gradcompConfig_t& cfg, QsgdKernels* k, std::string* why) {
@@ -81,6 +81,7 @@ bool qsgdKernelsOf(const gradcompConfig_t& cfg, QsgdKernels* k, std::string* why
   k->bucket = cfg.bucketSize;
   k->rounding = cfg.rounding;
   k->errorFeedback = cfg.errorFeedback != 0;
+  k->ownerResidual = cfg.ownerResidual != 0;
   return true;
 }
 

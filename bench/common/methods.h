@@ -21,16 +21,26 @@ gradcompResult_t methodConfig(const Options& o, gradcompMethod_t m, gradcompConf
 std::string methodLabel(const gradcompConfig_t& cfg);
 
 // The QSGD kernels a row's calls run, as the link model times them: encode
-// (with error feedback unless GRADCOMP_EF=0, in the row's rounding) and
-// decode-accumulate at the row's bits and bucket.
+// (with error feedback unless GRADCOMP_EF=0, in the row's rounding), the
+// owners' re-encode, decode overwrite and accumulate at the row's bits and
+// bucket.
 struct QsgdKernels {
   int bits = 4, bucket = 512;
   gradcompRounding_t rounding = gradcompRoundStochastic;
   bool errorFeedback = true;
+  // GRADCOMP_OWNER_RESIDUAL: the owners' re-encodes of reduced chunks run
+  // with error feedback (else without).
+  bool ownerResidual = false;
   // gradcomp_kernels_perf's name of the encode kernel: qsgd_encode_ef,
   // qsgd_encode_ef_nearest, qsgd_encode (no error feedback) or
   // qsgd_encode_nearest (no error feedback, nearest: a config refuses it).
   std::string encodeName() const;
+  // The owners' re-encode (fp32): the encode with or without error feedback.
+  QsgdKernels owner() const {
+    QsgdKernels o = *this;
+    o.errorFeedback = ownerResidual;
+    return o;
+  }
   bool operator<(const QsgdKernels& o) const;
 };
 

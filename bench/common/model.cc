@@ -6,43 +6,146 @@
 
 namespace gcbench {
 
-// Latency steps: the sends of an all-to-all leave together (one step), as do
-// the compressed exchanges' allgathers (allGatherDirect: each rank's block
-// straight to every peer); the ring's hops follow one another; NCCL's
-// allgather and allreduce run rings of N-1 and 2(N-1) steps.
-AlgoShape algoShape(int algo, int nranks, int local, int middle) {
-  const double n = nranks;
+namespace {
+
+// The reduce-scatter half every scatter-sum runs (ScatterSum: encode, the
+// own block widened, the owner's sum), `b` elements of the buffer per block:
+// n-1 blocks encoded for their owners; the own block's toFloat (reads the
+// input and the residual, writes fp32) and the residual zeroed; the sum of a
+// rank other than rank 0: rank 0's block decoded overwrite, the other n-2
+// peers' accumulated, the own block added (reads two fp32, writes one).
+void scatterSum(KernelWork& w, double n, const CallKind& k, double b) {
+  const double e = (double)k.elemBytes, r = k.residual ? 4.0 : 0.0;
+  w.encode += (n - 1) * b;
+  w.elementwiseBytes += b * (e + r + 4) + b * r;
+  if (n >= 2) {
+    w.decode += b;
+    w.decodeAcc += (n - 2) * b;
+    w.elementwiseBytes += 12 * b;
+  } else {
+    w.elementwiseBytes += 8 * b;  // rank 0 alone: its block copied
+  }
+}
+
+// decodeToOutput: a decode overwrite of every element, and where the output
+// is not fp32 or Avg divides, through fp32 scratch and one fromFloat.
+void decodeOut(KernelWork& w, const CallKind& k) {
+  w.decode += 1;
+  if (k.convert) w.elementwiseBytes += 4.0 + k.elemBytes;
+}
+
+KernelWork scaled(KernelWork w, double f) {
+  w.encode *= f, w.encodeF32 *= f, w.ownerEncode *= f;
+  w.decode *= f, w.decodeAcc *= f, w.elementwiseBytes *= f;
+  return w;
+}
+
+// The middle stage of a hierarchy runs on fp32 node sums: its encodes are
+// fp32 ones, whatever the buffer's type.
+KernelWork onFp32(KernelWork w) {
+  w.encodeF32 += w.encode;
+  w.encode = 0;
+  return w;
+}
+
+}  // namespace
+
+double kernelUs(const KernelWork& w, const KernelCosts& c, double count) {
+  return count * (w.encode * c.encode + w.encodeF32 * c.encodeF32 + w.ownerEncode * c.ownerEncode +
+                  w.decode * c.decode + w.decodeAcc * c.decodeAcc +
+                  w.elementwiseBytes * c.elementwisePerByte);
+}
+
+// Kernel work per element of the buffer, as plugin/algorithms/ runs it (the
+// comment of each case says which calls). Latency steps: the sends of an
+// all-to-all leave together (one step), as do the compressed exchanges'
+// allgathers (allGatherDirect: each rank's block straight to every peer);
+// the ring's hops follow one another; NCCL's allgather and allreduce run
+// rings of N-1 and 2(N-1) steps.
+AlgoShape algoShape(int algo, int nranks, int local, int middle, const CallKind& kind) {
+  const double n = nranks, e = (double)kind.elemBytes, r = kind.residual ? 4.0 : 0.0;
+  AlgoShape s{};
+  KernelWork& w = s.work;
   switch (algo) {
-    case 5: {  // hier: the middle algorithm on the shard, between two in-node rings
+    case 5: {  // hier: the middle algorithm on the fp32 shard, between two in-node rings
       const int g = local > 1 ? local : 1;
-      const AlgoShape m = algoShape(middle, nranks / g);
-      return {m.encodeFactor / g, m.decodeFactor / g, 2.0 * (g - 1) + m.latencySteps};
+      CallKind mid = kind;
+      mid.elemBytes = 4;
+      mid.convert = false;  // the middle sums in place into the fp32 shard
+      const AlgoShape m = algoShape(middle, nranks / g, 1, 1, mid);
+      w = onFp32(scaled(m.work, 1.0 / g));
+      // The buffer widened to fp32 for the in-node reduce-scatter (an fp32
+      // buffer of whole shards goes as it is), and this rank's reduced shard
+      // converted (Avg divided) into the gathered output.
+      if (kind.elemBytes != 4 || kind.piped) w.elementwiseBytes += e + 4;
+      w.elementwiseBytes += (4 + e) / g;
+      // Pipelined (HierPipe): every piece is widened, even fp32; its reduced
+      // shard copied to the middle's buffer; the gathered blocks copied out.
+      if (kind.piped) w.elementwiseBytes += 8.0 / g + 2 * e;
+      s.latencySteps = 2.0 * (g - 1) + m.latencySteps;
+      return s;
     }
-    case 1:  // two-shot: encode N-1 chunks for their owners and the reduced own chunk (n in
-             // all); decode N-1 chunks into the own chunk, then all N chunks of the result.
-             // Two rounds of direct sends: the all-to-all and the owners' sends of the sums.
-      return {1.0, (2 * n - 1) / n, 2};
-    case 2:  // ring: decode-add-encode one chunk per hop, encode the reduced chunk, decode N;
-             // N-1 hops, then one round of direct sends of the reduced chunks.
-      return {1.0, (2 * n - 1) / n, n};
-    case 3:  // allgather: encode everything once, decode-sum all N buffers (direct sends).
-      return {1.0, n, 1};
+    case 1:  // two-shot: ScatterSum on chunks of 1/N; the owner's re-encode of its reduced
+             // chunk; every chunk decoded into the output. Two rounds of direct sends: the
+             // all-to-all and the owners' sends of the sums.
+      scatterSum(w, n, kind, 1.0 / n);
+      w.ownerEncode += 1.0 / n;
+      decodeOut(w, kind);
+      s.latencySteps = 2;
+      return s;
+    case 2:  // ring: the own chunk encoded; every hop decodes overwrite and adds the local
+             // chunk (toFloat with an addend), re-encodes fp32 with EF except at the last,
+             // where the residual is added and zeroed and the owner re-encodes; then every
+             // chunk decoded into the output. N-1 hops, then one round of direct sends.
+      w.encode += 1.0 / n;
+      w.decode += (n - 1) / n;
+      w.elementwiseBytes += (n - 1) * (e + 8) / n;
+      w.encodeF32 += std::max(0.0, n - 2) / n;
+      w.elementwiseBytes += (r > 0 ? 16.0 : 0.0) / n;
+      w.ownerEncode += 1.0 / n;
+      decodeOut(w, kind);
+      s.latencySteps = n;
+      return s;
+    case 3:  // allgather: encode everything once, decode all N buffers into fp32 (the first
+             // overwrite), one fromFloat to the output (direct sends).
+      w.encode += 1;
+      w.decode += 1;
+      w.decodeAcc += n - 1;
+      w.elementwiseBytes += 4 + e;
+      s.latencySteps = 1;
+      return s;
     case 6: {  // reduce-scatter (kAlgoReduceScatter), per element of the output
-      // Hierarchical on >= 2 nodes of >= 2 ranks (as the library picks it): NCCL's
-      // in-node ring reduce-scatter of fp32 (G-1 steps, no gradcomp kernels), then
-      // the flat exchange among the k nodes.
+      // Hierarchical on >= 2 nodes of >= 2 ranks (as the library picks it): the
+      // N blocks widened (permuted) to fp32, NCCL's in-node ring reduce-scatter
+      // (G-1 steps, no gradcomp kernels), the flat exchange of fp32 node sums
+      // among the k nodes into the fp32 output, one conversion.
       const int g = local > 1 ? local : 1;
       if (g > 1 && nranks / g >= 2) {
         const double k = nranks / g;
-        return {k - 1, k - 1, (g - 1) + 1.0};
+        CallKind mid = kind;
+        mid.elemBytes = 4;
+        scatterSum(w, k, mid, 1.0);
+        w = onFp32(w);
+        w.elementwiseBytes += n * (e + 4);
+        if (kind.convert) w.elementwiseBytes += 4 + e;
+        // Pipelined (HierRsPipe): each piece's k node sums copied to the middle's input.
+        if (kind.piped) w.elementwiseBytes += 8 * k;
+        s.latencySteps = (g - 1) + 1.0;
+        return s;
       }
-      // Flat: encode and decode N-1 blocks, one all-to-all.
-      return {n - 1, n - 1, 1};
+      // Flat: ScatterSum on blocks of the output's size, one conversion unless the
+      // output is an fp32 Sum (summed in place); one all-to-all.
+      scatterSum(w, n, kind, 1.0);
+      if (kind.convert) w.elementwiseBytes += 4 + e;
+      s.latencySteps = 1;
+      return s;
     }
     case 4:  // sparse allgather (direct sends): selection and scatter-add are not yet timed alone.
-      return {0.0, 0.0, 1};
+      s.latencySteps = 1;
+      return s;
     default:  // passed through to ncclAllReduce
-      return {0.0, 0.0, 2 * (n - 1)};
+      s.latencySteps = 2 * (n - 1);
+      return s;
   }
 }
 
@@ -168,12 +271,11 @@ double gradcompClusterUs(double kernelUs, const LinkBytes& b, bool stages, doubl
          latencySteps * c.latencyUs;
 }
 
-ClusterTimes clusterModel(size_t count, size_t elemBytes, int bits, int bucket,
-                          double encodeUsPerElem, double decodeUsPerElem, const Cluster& c,
-                          size_t pipelineBytes) {
+ClusterTimes clusterModel(size_t count, const CallKind& kind, int bits, int bucket,
+                          const KernelCosts& costs, const Cluster& c, size_t pipelineBytes) {
   ClusterTimes t;
   const double n = c.ranks(), k = c.nodes;
-  const double bytes = (double)count * elemBytes;
+  const double bytes = (double)count * kind.elemBytes;
   const size_t shard = (count + c.local - 1) / c.local;
   t.nccl = ncclClusterBytes(bytes, c);
   t.flat = flatTwoShotBytes((double)gradcompQsgdEncodedBytes(count, bits, bucket), c);
@@ -181,8 +283,8 @@ ClusterTimes clusterModel(size_t count, size_t elemBytes, int bits, int bucket,
   if (n <= 1) return t;
   t.ncclUs = ncclClusterUs(bytes, c);
   // Flat two-shot over all N ranks.
-  const AlgoShape fs = algoShape(1, c.ranks());
-  t.flatKernelUs = count * (encodeUsPerElem * fs.encodeFactor + decodeUsPerElem * fs.decodeFactor);
+  const AlgoShape fs = algoShape(1, c.ranks(), 1, 1, kind);
+  t.flatKernelUs = kernelUs(fs.work, costs, (double)count);
   t.flatUs = gradcompClusterUs(t.flatKernelUs, t.flat, false, fs.latencySteps, c);
   // Hierarchical with a two-shot of the shard over the K nodes; one node is
   // NCCL inside it.
@@ -192,12 +294,16 @@ ClusterTimes clusterModel(size_t count, size_t elemBytes, int bits, int bucket,
     t.autoUs = std::min(t.flatUs, t.ncclUs);
     return t;
   }
-  const AlgoShape hs = algoShape(5, c.ranks(), c.local, 1);
-  t.hierKernelUs = count * (encodeUsPerElem * hs.encodeFactor + decodeUsPerElem * hs.decodeFactor);
+  const AlgoShape hs = algoShape(5, c.ranks(), c.local, 1, kind);
+  t.hierKernelUs = kernelUs(hs.work, costs, (double)count);
   t.hierUs = gradcompClusterUs(t.hierKernelUs, t.hier, true, hs.latencySteps, c);
   t.hierPieces = hierPieces(count, bucket, c, pipelineBytes);
-  t.hierPipedUs = hierPipelinedUs(t.hierKernelUs, t.hier, hs.latencySteps - 2.0 * (c.local - 1), c,
-                                  t.hierPieces);
+  CallKind piped = kind;
+  piped.piped = t.hierPieces > 1;
+  t.hierPipedKernelUs =
+      kernelUs(algoShape(5, c.ranks(), c.local, 1, piped).work, costs, (double)count);
+  t.hierPipedUs = hierPipelinedUs(t.hierPipedKernelUs, t.hier,
+                                  hs.latencySteps - 2.0 * (c.local - 1), c, t.hierPieces);
   t.autoUs = std::min(c.local >= 2 ? t.hierPipedUs : t.flatUs, t.ncclUs);
   return t;
 }

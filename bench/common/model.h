@@ -10,21 +10,57 @@
 
 namespace gcbench {
 
+// What a call's kernels depend on besides the algorithm: the buffer's element
+// size, error feedback (a residual per element), whether the output needs a
+// conversion pass (not fp32, or Avg) and GRADCOMP_OWNER_RESIDUAL.
+struct CallKind {
+  size_t elemBytes = 4;
+  bool residual = true;
+  bool convert = false;
+  bool ownerResidual = false;
+  // Cut into pieces (GRADCOMP_PIPELINE_BYTES): the hierarchies' pipelined
+  // paths widen, stage and unpack piece by piece, which costs more passes.
+  bool piped = false;
+};
+
+// The kernels one rank runs per element of the buffer (of the output, for a
+// reduce-scatter), each kind charged at its own rate (KernelCosts).
+struct KernelWork {
+  double encode = 0;       // the row's encode of the input type (its EF and rounding)
+  double encodeF32 = 0;    // the same encode of fp32 partial sums (ring hops, hier's middle)
+  double ownerEncode = 0;  // the owner's re-encode of a reduced chunk (EF only with ownerResidual)
+  double decode = 0;       // decode overwrite
+  double decodeAcc = 0;    // decode-accumulate
+  double elementwiseBytes = 0;  // read + written by toFloat, fromFloat, add, copy and zero passes
+};
+
+// Microseconds per element of each kernel (elementwise: per byte), for the
+// row's type, bits, bucket and rounding.
+struct KernelCosts {
+  double encode = 0, encodeF32 = 0, ownerEncode = 0, decode = 0, decodeAcc = 0;
+  double elementwisePerByte = 0;
+};
+double kernelUs(const KernelWork& w, const KernelCosts& c, double count);
+
 // Per-rank kernel work and sequential message steps of one allreduce, for
 // the algorithm gradcomp ran (gradcompAlgo_t; 0 = passed through to NCCL).
+// The work is that of a rank other than rank 0 (rank 0's sum starts with its
+// own chunk: one decode-accumulate and a copy where the others have a decode
+// overwrite and an add).
 struct AlgoShape {
-  double encodeFactor;  // encoded elements per element of the buffer
-  double decodeFactor;  // decoded elements per element of the buffer
+  KernelWork work;
   double latencySteps;  // messages that must follow one another
 };
 // Hier (algo 5) on nodes of `local` ranks: the `middle` algorithm (as hier
-// picks it) on each rank's 1/G shard among the k = N/G nodes, between NCCL's
-// in-node reduce-scatter and allgather (no gradcomp kernels, G-1 ring steps
-// each). The same work clusterModel gives hier with a two-shot middle.
+// picks it) on each rank's fp32 1/G shard among the k = N/G nodes, between
+// NCCL's in-node reduce-scatter and allgather (no gradcomp kernels, G-1 ring
+// steps each), plus the widening to fp32 and the conversion of the shard.
+// The same work clusterModel gives hier with a two-shot middle.
 // Reduce-scatter (algo 6) on nodes of `local` >= 2 ranks and >= 2 nodes: the
 // hierarchical reduce-scatter, NCCL's in-node ring (G-1 steps) then the flat
 // exchange among k = N/G nodes (k-1 blocks encoded and decoded, one step).
-AlgoShape algoShape(int algo, int nranks, int local = 1, int middle = 1);
+AlgoShape algoShape(int algo, int nranks, int local = 1, int middle = 1,
+                    const CallKind& kind = CallKind());
 
 double ncclRingBytes(size_t bytes, int nranks);
 double ncclModelUs(size_t bytes, int nranks, double gbps, double latencyUs);
@@ -120,20 +156,19 @@ double ncclReduceScatterClusterUs(double outBytes, const Cluster& c);
 double gradcompClusterUs(double kernelUs, const LinkBytes& b, bool stages, double latencySteps,
                          const Cluster& c);
 
-// Modeled times of one allreduce of `count` elements of `elemBytes` each,
-// QSGD at (bits, bucket) with the kernel rates given per element (encode+EF,
-// decode-accumulate). hierPipedUs: hier cut at pipelineBytes (hierPieces;
-// hierUs when one piece). autoUs: GRADCOMP_AUTO, which passes a call
+// Modeled times of one allreduce of `count` elements of kind.elemBytes each,
+// QSGD at (bits, bucket) with the kernels' costs per element. hierPipedUs: hier cut at
+// pipelineBytes (hierPieces; hierUs when one piece). autoUs: GRADCOMP_AUTO, which passes a call
 // through when its predicted compressed time (hier, pipelined, on >= 2 nodes
 // of >= 2 GPUs; else flat) is not below NCCL's: the smaller of the two.
 struct ClusterTimes {
   double ncclUs = 0, flatUs = 0, hierUs = 0;
   double flatKernelUs = 0, hierKernelUs = 0;
   double hierPieces = 1, hierPipedUs = 0, autoUs = 0;
+  double hierPipedKernelUs = 0;  // the pipelined path's kernels (CallKind::piped)
   LinkBytes nccl, flat, hier;
 };
-ClusterTimes clusterModel(size_t count, size_t elemBytes, int bits, int bucket,
-                          double encodeUsPerElem, double decodeUsPerElem, const Cluster& c,
-                          size_t pipelineBytes = 0);
+ClusterTimes clusterModel(size_t count, const CallKind& kind, int bits, int bucket,
+                          const KernelCosts& costs, const Cluster& c, size_t pipelineBytes = 0);
 
 }  // namespace gcbench

@@ -12,6 +12,7 @@
 
 #include "data.h"
 #include "methods.h"
+#include "model.h"
 #include "options.h"
 #include "gradcomp.h"
 
@@ -70,11 +71,14 @@ class Rank {
   // Collective, in place: element-wise max (or sum) over ranks.
   virtual void reduce(double* v, int n, bool max) = 0;
 
-  // The row's QSGD encode (k: error feedback, rounding) and decode
-  // (accumulate) of `count` elements, measured on this rank alone. False
-  // when unavailable.
-  virtual bool qsgdKernelTimes(gc::DType t, size_t count, const QsgdKernels& k, double* encUs,
-                               double* decUs) = 0;
+  // The costs of the row's kernels (KernelCosts, per element) at `count`
+  // elements, measured on this rank alone: its QSGD encode (k: error
+  // feedback, rounding), the same of fp32, the owners' re-encode, decode
+  // overwrite and accumulate, and a device copy standing for the elementwise
+  // passes (toFloat, fromFloat, add, copy, zero: one read and one write per
+  // element, as a copy). False when unavailable.
+  virtual bool qsgdKernelTimes(gc::DType t, size_t count, const QsgdKernels& k,
+                               KernelCosts* costs) = 0;
   // A hash of `bytes` of buf that a double holds exactly (ranks compare it);
   // false where the buffer is not in host memory.
   virtual bool resultHash(const void* buf, size_t bytes, double* hash) { return false; }

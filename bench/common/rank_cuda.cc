@@ -71,42 +71,72 @@ double timeKernel(int rank_, cudaStream_t stream, F&& launch) {
   return ms[ms.size() / 2] * 1e3;
 }
 
-// The row's QSGD encode of x (k: error feedback, rounding) and decode
-// (accumulate) of the result, `count` elements, through the public entry points.
+// The row's kernels' costs per element (Rank::qsgdKernelTimes) through the
+// public entry points: its QSGD encode of x, decode overwrite and accumulate
+// of the result, the fp32 encodes of the decoded values, and a device copy
+// for the elementwise passes (one read, one write per element, as the
+// library's toFloat, fromFloat and copy; add reads one more).
 bool timeQsgdKernels(int rank_, cudaStream_t stream, const void* x, ncclDataType_t t, size_t count,
-                     const QsgdKernels& k, double* encUs, double* decUs) {
+                     const QsgdKernels& k, KernelCosts* costs) {
   const int bits = k.bits, bucket = k.bucket;
   const size_t encBytes = gradcompQsgdEncodedBytes(count, bits, bucket);
   float* residual = nullptr;
   float* out = nullptr;
+  float* copy = nullptr;
   void* enc = nullptr;
   if (cudaMalloc(&residual, count * 4) != cudaSuccess ||
-      cudaMalloc(&out, count * 4) != cudaSuccess || cudaMalloc(&enc, encBytes) != cudaSuccess) {
+      cudaMalloc(&out, count * 4) != cudaSuccess || cudaMalloc(&copy, count * 4) != cudaSuccess ||
+      cudaMalloc(&enc, encBytes) != cudaSuccess) {
     (void)cudaGetLastError();
     cudaFree(residual);
     cudaFree(out);
+    cudaFree(copy);
     return false;
   }
   BENCH_CUDA(cudaMemsetAsync(residual, 0, count * 4, stream));
   BENCH_CUDA(cudaMemsetAsync(out, 0, count * 4, stream));
   bool ok = true;
-  *encUs = timeKernel(rank_, stream, [&](int i) {
-    ok = ok &&
-         gradcompQsgdEncodeEFRounding(x, t, k.errorFeedback ? residual : nullptr, count, bits,
-                                      bucket, 7 + i, k.rounding, enc, stream) == gradcompSuccess;
-  });
-  *decUs = timeKernel(rank_, stream, [&](int) {
-    ok = ok && gradcompQsgdDecode(enc, count, bits, bucket, out, 1, stream) == gradcompSuccess;
-  });
+  const double n = (double)count;
+  auto encode = [&](const void* in, ncclDataType_t type, const QsgdKernels& q) {
+    return timeKernel(rank_, stream,
+                      [&](int i) {
+                        ok = ok && gradcompQsgdEncodeEFRounding(
+                                       in, type, q.errorFeedback ? residual : nullptr, count, bits,
+                                       bucket, 7 + i, q.rounding, enc, stream) == gradcompSuccess;
+                      }) /
+           n;
+  };
+  auto decode = [&](int acc) {
+    return timeKernel(rank_, stream,
+                      [&](int) {
+                        ok = ok && gradcompQsgdDecode(enc, count, bits, bucket, out, acc, stream) ==
+                                       gradcompSuccess;
+                      }) /
+           n;
+  };
+  costs->encode = encode(x, t, k);
+  costs->decodeAcc = decode(1);
+  costs->decode = decode(0);
+  // fp32 input: the decoded values (the partial sums the ring and the owners encode).
+  costs->encodeF32 = t == ncclFloat32 ? costs->encode : encode(out, ncclFloat32, k);
+  costs->ownerEncode = encode(out, ncclFloat32, k.owner());
+  costs->elementwisePerByte =
+      timeKernel(
+          rank_, stream,
+          [&](int) {
+            BENCH_CUDA(cudaMemcpyAsync(copy, out, count * 4, cudaMemcpyDeviceToDevice, stream));
+          }) /
+      (8.0 * n);
   cudaFree(residual);
   cudaFree(out);
+  cudaFree(copy);
   cudaFree(enc);
   return ok;
 }
 
-// (dtype, count, the row's kernels) -> (encode us, decode us)
+// (dtype, count, the row's kernels) -> their costs
 using KernelKey = std::tuple<int, size_t, QsgdKernels>;
-using KernelTable = std::map<KernelKey, std::pair<double, double>>;
+using KernelTable = std::map<KernelKey, KernelCosts>;
 
 // Rank 0 measures every kernel the link model will need while the other
 // ranks still wait for the NCCL id: on a shared GPU that is the only time
@@ -136,9 +166,9 @@ void measureKernelTable(const Options& o, int device, KernelTable* table) {
     for (size_t size : sizeList(o)) {
       const size_t count = size / dtypeSize(dt);
       for (const QsgdKernels& k : configs) {
-        double e = 0, d = 0;
-        if (count && timeQsgdKernels(0, stream, x, dt, count, k, &e, &d))
-          (*table)[KernelKey{(int)t, count, k}] = {e, d};
+        KernelCosts costs;
+        if (count && timeQsgdKernels(0, stream, x, dt, count, k, &costs))
+          (*table)[KernelKey{(int)t, count, k}] = costs;
       }
     }
   }
@@ -263,17 +293,16 @@ class CudaRank : public Rank {
     }
   }
 
-  bool qsgdKernelTimes(gc::DType t, size_t count, const QsgdKernels& k, double* encUs,
-                       double* decUs) override {
+  bool qsgdKernelTimes(gc::DType t, size_t count, const QsgdKernels& k,
+                       KernelCosts* costs) override {
     if (kernels_) {
       auto it = kernels_->find(KernelKey{(int)t, count, k});
       if (it != kernels_->end()) {
-        *encUs = it->second.first;
-        *decUs = it->second.second;
+        *costs = it->second;
         return true;
       }
     }
-    return timeQsgdKernels(rank_, stream_, send_, toNccl(t), count, k, encUs, decUs);
+    return timeQsgdKernels(rank_, stream_, send_, toNccl(t), count, k, costs);
   }
   // Kernel times measured before the other ranks started any GPU work.
   void setKernelTable(const KernelTable* table) { kernels_ = table; }

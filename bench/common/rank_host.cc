@@ -35,33 +35,50 @@ bool HostRank::resultHash(const void* buf, size_t bytes, double* hash) {
   return true;
 }
 
-bool HostRank::qsgdKernelTimes(gc::DType t, size_t count, const QsgdKernels& k, double* encUs,
-                               double* decUs) {
+bool HostRank::qsgdKernelTimes(gc::DType t, size_t count, const QsgdKernels& k,
+                               KernelCosts* costs) {
   const int bits = k.bits, bucket = k.bucket;
   std::vector<unsigned char> enc(gradcompQsgdEncodedBytes(count, bits, bucket));
-  std::vector<float> residual(count, 0.0f), out(count, 0.0f);
-  // Repeat until 50 ms have passed so that small sizes are timed too.
-  int reps = 0;
-  double t0 = seconds(), t1 = t0;
-  do {
-    if (gradcompQsgdEncodeEFRoundingHost(
-            send_, ncclTypeOf(t), k.errorFeedback ? residual.data() : nullptr, count, bits, bucket,
-            7 + reps, k.rounding, enc.data()) != gradcompSuccess)
-      return false;
-    ++reps;
-    t1 = seconds();
-  } while (t1 - t0 < 0.05);
-  *encUs = (t1 - t0) / reps * 1e6;
-  reps = 0;
-  t0 = t1 = seconds();
-  do {
-    if (gradcompQsgdDecodeHost(enc.data(), count, bits, bucket, out.data(), 1) != gradcompSuccess)
-      return false;
-    ++reps;
-    t1 = seconds();
-  } while (t1 - t0 < 0.05);
-  *decUs = (t1 - t0) / reps * 1e6;
-  return true;
+  std::vector<float> residual(count, 0.0f), out(count, 0.0f), copy(count, 0.0f);
+  bool ok = true;
+  // Microseconds per element, repeating until 50 ms have passed so that
+  // small sizes are timed too.
+  auto perElem = [&](auto&& body) {
+    int reps = 0;
+    const double t0 = seconds();
+    double t1 = t0;
+    do {
+      ok = ok && body(reps);
+      ++reps;
+      t1 = seconds();
+    } while (ok && t1 - t0 < 0.05);
+    return (t1 - t0) / reps * 1e6 / (double)count;
+  };
+  auto encode = [&](const void* x, ncclDataType_t type, const QsgdKernels& q) {
+    return perElem([&](int i) {
+      return gradcompQsgdEncodeEFRoundingHost(x, type, q.errorFeedback ? residual.data() : nullptr,
+                                              count, bits, bucket, 7 + i, q.rounding,
+                                              enc.data()) == gradcompSuccess;
+    });
+  };
+  auto decode = [&](int acc) {
+    return perElem([&](int) {
+      return gradcompQsgdDecodeHost(enc.data(), count, bits, bucket, out.data(), acc) ==
+             gradcompSuccess;
+    });
+  };
+  costs->encode = encode(send_, ncclTypeOf(t), k);
+  costs->decodeAcc = decode(1);
+  costs->decode = decode(0);
+  // fp32 input: the decoded values.
+  costs->encodeF32 = t == gc::DType::F32 ? costs->encode : encode(out.data(), ncclFloat32, k);
+  costs->ownerEncode = encode(out.data(), ncclFloat32, k.owner());
+  costs->elementwisePerByte = perElem([&](int) {
+                                memcpy(copy.data(), out.data(), count * sizeof(float));
+                                return true;
+                              }) /
+                              8.0;
+  return ok;
 }
 
 }  // namespace gcbench

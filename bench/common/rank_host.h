@@ -37,8 +37,8 @@ class HostRank : public Rank {
   bool resultHash(const void* buf, size_t bytes, double* hash) override;
   void sync() override {}
   // The host reference codecs on this rank's input, repeated for 50 ms.
-  bool qsgdKernelTimes(gc::DType t, size_t count, const QsgdKernels& k, double* encUs,
-                       double* decUs) override;
+  bool qsgdKernelTimes(gc::DType t, size_t count, const QsgdKernels& k,
+                       KernelCosts* costs) override;
 };
 
 }  // namespace gcbench

@@ -98,7 +98,8 @@ void printPreamble(const Options& o, const RunInfo& info) {
     if (info.rates->ok)
       printf(
           "#  modeled with the kernel rates of %s (%s), not with this machine's host codec "
-          "times\n",
+          "times;\n#  elementwise passes estimated at copy bandwidth (a row's JSON kernel_note "
+          "names every estimate)\n",
           info.rates->report.c_str(), info.rates->gpu.c_str());
     else
       printf(
@@ -407,10 +408,31 @@ bool writeJson(const std::string& path, const Options& o, const RunInfo& info,
             r.modelMissing.empty() ? "null" : jsonStr(r.modelMissing).c_str());
     fprintf(f,
             "\"kernels_measured\": %s, \"kernel_source\": %s, \"encode_us\": %s, "
-            "\"decode_us\": %s, \"kernel_us\": %s, \"latency_steps\": %s, \"model\": [",
+            "\"decode_us\": %s, \"kernel_us\": %s, \"latency_steps\": %s, ",
             r.kernelsMeasured ? "true" : "false", jsonStr(kernelSourceName(r.kernelSource)).c_str(),
             jsonNum(r.encodeUs).c_str(), jsonNum(r.decodeUs).c_str(), jsonNum(r.kernelUs).c_str(),
             jsonNum(r.latencySteps).c_str());
+    // Per element of the buffer: the kernels the algorithm runs (work) and what
+    // each costs (microseconds per element; elementwise per byte).
+    if (r.kernelsMeasured) {
+      const KernelCosts& c = r.costs;
+      const KernelWork& w = r.work;
+      fprintf(f,
+              "\"kernel_costs\": {\"encode\": %s, \"encode_f32\": %s, \"owner_encode\": %s, "
+              "\"decode\": %s, \"decode_acc\": %s, \"elementwise_per_byte\": %s}, ",
+              jsonNum(c.encode).c_str(), jsonNum(c.encodeF32).c_str(),
+              jsonNum(c.ownerEncode).c_str(), jsonNum(c.decode).c_str(),
+              jsonNum(c.decodeAcc).c_str(), jsonNum(c.elementwisePerByte).c_str());
+      fprintf(f,
+              "\"kernel_work\": {\"encode\": %s, \"encode_f32\": %s, \"owner_encode\": %s, "
+              "\"decode\": %s, \"decode_acc\": %s, \"elementwise_bytes\": %s}, "
+              "\"kernel_note\": %s, ",
+              jsonNum(w.encode).c_str(), jsonNum(w.encodeF32).c_str(),
+              jsonNum(w.ownerEncode).c_str(), jsonNum(w.decode).c_str(),
+              jsonNum(w.decodeAcc).c_str(), jsonNum(w.elementwiseBytes).c_str(),
+              r.kernelNote.empty() ? "null" : jsonStr(r.kernelNote).c_str());
+    }
+    fprintf(f, "\"model\": [");
     for (size_t k = 0; k < r.model.size(); ++k) {
       const ModelPoint& m = r.model[k];
       fprintf(f, "%s{\"link_gbps\": %s, \"time_us\": %s, \"nccl_time_us\": %s, \"speedup\": %s",
@@ -442,8 +464,10 @@ bool writeJson(const std::string& path, const Options& o, const RunInfo& info,
       fprintf(f, "\"flat_speedup\": %s, \"hier_speedup\": %s, ",
               jsonNum(ratioOrNan(t.ncclUs, t.flatUs)).c_str(),
               jsonNum(ratioOrNan(t.ncclUs, t.hierUs)).c_str());
-      fprintf(f, "\"flat_kernel_us\": %s, \"hier_kernel_us\": %s, ",
-              jsonNum(t.flatKernelUs).c_str(), jsonNum(t.hierKernelUs).c_str());
+      fprintf(f,
+              "\"flat_kernel_us\": %s, \"hier_kernel_us\": %s, \"hier_pipelined_kernel_us\": %s, ",
+              jsonNum(t.flatKernelUs).c_str(), jsonNum(t.hierKernelUs).c_str(),
+              jsonNum(t.hierPipedKernelUs).c_str());
       fprintf(f,
               "\"hier_pipeline_bytes\": %zu, \"hier_pieces\": %s, \"hier_pipelined_time_us\": %s, "
               "\"hier_pipelined_speedup\": %s, \"auto_time_us\": %s, \"auto_speedup\": %s, ",

@@ -1,0 +1,67 @@
+#!/usr/bin/env python3
+"""The link model's kernel accounting in gradcomp_perf JSON rows, CUDA backend included.
+
+Every QSGD row whose kernels were timed carries kernel_costs (microseconds per element of each
+kernel; the elementwise passes per byte), kernel_work (how many of each per element of the
+buffer) and kernel_us. This checks, per row: every cost finite and positive, kernel_us the sum
+of work times cost over the row's count, and, for the flat algorithms (two-shot, ring,
+allgather, the flat reduce-scatter), the work what bench/smoke_check.py reads off
+plugin/algorithms/. Beside that it prints, as information only (timing is never asserted),
+each row's decode overwrite over decode-accumulate and elementwise bandwidth.
+tools/gpu-check.sh runs it on the perf step's JSON; CTest's smoke check on the CPU backend's.
+Usage: model_check.py PERF_JSON...
+"""
+import json
+import math
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from checklib import close, expect, verdict  # noqa: E402
+from smoke_check import TYPE_BYTES, kernel_total, kernel_work  # noqa: E402
+
+FLAT = ("twoshot", "ring", "allgather", "reducescatter")
+
+
+def check_rows(path):
+    rows = json.load(open(path))["rows"]
+    seen = 0
+    for r in rows:
+        if r.get("method") != "qsgd" or not r.get("kernels_measured"):
+            continue
+        seen += 1
+        tag = "%s: %s %s %s %d" % (os.path.basename(path), r["algo"], r["dtype"], r.get("label"),
+                                    r["size"])
+        costs, work = r.get("kernel_costs"), r.get("kernel_work")
+        expect(costs is not None and work is not None, "%s: kernel_costs and kernel_work" % tag)
+        if costs is None or work is None:
+            continue
+        expect(all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0
+                   for v in costs.values()), "%s: every cost finite and positive: %s" % (tag, costs))
+        total = kernel_total(work, costs, r["count"])
+        expect(close(r["kernel_us"], total, 1e-6),
+               "%s: kernel_us %s = sum of work * cost, %s" % (tag, r["kernel_us"], total))
+        label = r.get("label") or ""
+        # Flat: every byte leaves the node (a hierarchy keeps its in-node stages' bytes).
+        inter = r.get("inter_wire_bytes")
+        flat = inter is None or inter >= r["wire_bytes"]
+        if r["algo"] in FLAT and flat:
+            residual = "ef=0" not in label
+            convert = r["dtype"] != "float" or r.get("redop") == "avg"
+            w = kernel_work(r["algo"], r["nranks"], TYPE_BYTES[r["dtype"]], residual, convert)
+            expect(all(close(work.get(k), v) for k, v in w.items()),
+                   "%s: kernel work %s vs %s" % (tag, work, w))
+        print("%s: decode overwrite / accumulate %.2f, elementwise %.0f GB/s, K %.1f us" %
+              (tag, costs["decode"] / costs["decode_acc"], 1e-3 / costs["elementwise_per_byte"],
+               r["kernel_us"]))
+    expect(seen > 0, "%s: QSGD rows with timed kernels" % path)
+
+
+def main():
+    for path in sys.argv[1:]:
+        check_rows(path)
+    return verdict()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
