@@ -18,15 +18,41 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from checklib import close, expect, verdict  # noqa: E402
-from smoke_check import TYPE_BYTES, kernel_total, kernel_work  # noqa: E402
+from smoke_check import TYPE_BYTES, check_sparse_row, kernel_total, kernel_work  # noqa: E402
 
 FLAT = ("twoshot", "ring", "allgather", "reducescatter")
+
+
+SPARSE = ("topk", "dgc", "randk")
+
+
+def check_sparse(tag, r):
+    """A sparse row: its costs (the selector's only where it runs one), its work read off its
+    settings (sparse_kind) and kernel_us = the sum, as smoke_check recomputes them."""
+    costs, kind = r.get("kernel_costs") or {}, r.get("sparse_kind")
+    expect(kind is not None, "%s: sparse_kind" % tag)
+    if kind is None:
+        return
+    selects = r["method"] != "randk" and not kind["dense"]
+    expect(all(isinstance(v, (int, float)) and math.isfinite(v) and v >= 0
+               for v in costs.values()) and costs.get("elementwise_per_byte", 0) > 0 and
+           (costs.get("select", 0) > 0) == selects,
+           "%s: costs finite, positive where charged: %s" % (tag, costs))
+    check_sparse_row(tag, r, None, r["method"], kind)
+    print("%s: select %.1f us, elementwise %.0f GB/s, K %.1f us" %
+          (tag, costs.get("select", 0) * r["count"], 1e-3 / costs["elementwise_per_byte"],
+           r["kernel_us"]))
 
 
 def check_rows(path):
     rows = json.load(open(path))["rows"]
     seen = 0
     for r in rows:
+        if r.get("method") in SPARSE and r.get("kernels_measured") and r["algo"] == "sparse":
+            seen += 1
+            check_sparse("%s: %s %s %s %d" % (os.path.basename(path), r["algo"], r["dtype"],
+                                               r.get("label"), r["size"]), r)
+            continue
         if r.get("method") != "qsgd" or not r.get("kernels_measured"):
             continue
         seen += 1
@@ -54,7 +80,7 @@ def check_rows(path):
         print("%s: decode overwrite / accumulate %.2f, elementwise %.0f GB/s, K %.1f us" %
               (tag, costs["decode"] / costs["decode_acc"], 1e-3 / costs["elementwise_per_byte"],
                r["kernel_us"]))
-    expect(seen > 0, "%s: QSGD rows with timed kernels" % path)
+    expect(seen > 0, "%s: QSGD or sparse rows with timed kernels" % path)
 
 
 def main():

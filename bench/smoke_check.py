@@ -15,6 +15,7 @@ import glob
 import json
 import math
 import os
+import struct
 import subprocess
 import sys
 
@@ -131,8 +132,87 @@ def kernel_work(algo, n, e, residual=True, convert=False, local=1, middle="twosh
 
 
 def kernel_total(w, costs, count):
-    return count * (sum(w[k] * costs[k] for k in KINDS)
+    return count * (sum(w.get(k, 0) * costs.get(k, 0) for k in KINDS + ["select"])
                     + w["elementwise_bytes"] * costs["elementwise_per_byte"])
+
+
+def f32(x):
+    return struct.unpack("f", struct.pack("f", x))[0]
+
+
+def ceil_mul(a, n):
+    """sparse::ceilMul: ceil(a * n) in double."""
+    x = a * n
+    c = int(x)
+    return c + 1 if c < x else c
+
+
+def sparse_slots(n, density, oversample=2.0, exact=False):
+    """kmax (k when exact) of sparse::makePlan, from the config's floats."""
+    k = min(max(ceil_mul(f32(density), n), 1), n)
+    if exact:
+        return k
+    return min(max(ceil_mul(f32(oversample) * f32(density), n), k), n)
+
+
+def sparse_work(method, nranks, e, slots_per_elem, vb=4, residual=True, convert=False,
+                momentum=False, clip=False, mask=False, dense=False):
+    """Bytes per element (and selector passes) of one rank's sparse call, read off
+    plugin/algorithms/sparse.cc and kernels/sparse.cu (docs/benchmark.md)."""
+    s, n = slots_per_elem, nranks
+    b = e + 4 + (8 if residual else 0) + (8 if momentum else 0) + (e if clip else 0)  # accumulate
+    select = 0
+    if dense:
+        b += (12 if residual else 8) + (4 if mask else 0)  # settle(clear)
+    elif method == "randk":
+        b += 4 * s + 16 * s + 4 + 8 * s + 4 + 16 * s  # draw, gather, flag, apply, zero, add
+    else:
+        select = 1
+        b += s * (12 + vb + (4 if mask else 0))  # commit
+        b += n * s * 4 + 4 + n * s * (12 + vb)  # lists' check, zero, N scatter-adds
+    if residual and not dense:
+        b += 8  # settle
+    if convert:
+        b += 4 + e
+    return {"select": select, "elementwise_bytes": b}
+
+
+def sparse_steps(method, nranks, dense=False):
+    return 2 * (nranks - 1) if dense or method == "randk" else 1
+
+
+def check_sparse_row(tag, r, costs, method, kind, lat=10.0):
+    """A flat sparse row's work, costs, kernel_us and modeled times against the
+    recomputation from its settings `kind` (slots, value_bytes, residual, momentum, clip,
+    mask, dense) and the rates `costs` (select, elementwise_per_byte)."""
+    e = TYPE_BYTES[r["dtype"]]
+    got_kind = r.get("sparse_kind") or {}
+    expect(all(got_kind.get(k) == v for k, v in kind.items()),
+           "%s: sparse settings %s vs %s" % (tag, got_kind, kind))
+    convert = r["dtype"] != "float" or r.get("redop") == "avg"
+    w = sparse_work(method, r["nranks"], e, kind["slots"] / r["count"], kind["value_bytes"],
+                    kind["residual"], convert, kind["momentum"], kind["clip"], kind["mask"],
+                    kind["dense"])
+    got = r.get("kernel_work") or {}
+    expect(all(close(got.get(k), v) for k, v in w.items()),
+           "%s: kernel work %s vs %s" % (tag, got, w))
+    if costs is not None:
+        gc = r.get("kernel_costs") or {}
+        expect(all(close(gc.get(k), v) for k, v in costs.items()),
+               "%s: kernel costs %s vs %s" % (tag, gc, costs))
+    else:
+        costs = r.get("kernel_costs") or {}
+    total = kernel_total(w, costs, r["count"])
+    expect(close(r["kernel_us"], total, 1e-6),
+           "%s: kernel_us %s vs %s" % (tag, r["kernel_us"], total))
+    steps = sparse_steps(method, r["nranks"], kind["dense"])
+    expect(r["latency_steps"] == steps, "%s: latency steps %s vs %s" % (tag, r["latency_steps"],
+                                                                       steps))
+    for m in r["model"]:
+        g = m["link_gbps"]
+        ours = total + r["wire_bytes"] * 8 / (g * 1e3) + steps * lat
+        expect(close(m["time_us"], ours, 1e-6),
+               "%s: modeled time at %g: %s vs %s" % (tag, g, m["time_us"], ours))
 
 
 def check_kernels(tag, r, kdoc, bits, bucket, algo, n, local=1, middle="twoshot", costs=None,
@@ -397,6 +477,7 @@ def check_hier_rs_rows(tag, rows, kdoc, nranks, local, bits, bucket, intra_gbps=
 
 
 def main():
+    import model_check
     perf, work, src = sys.argv[1], sys.argv[2], sys.argv[3]
     report = newest_report(os.path.join(src, "bench", "results"))
     expect(report is not None, "the source tree holds a GPU report with kernel rates")
@@ -626,6 +707,88 @@ def main():
                    (bkt == 128), "%s: the row says when the decode overwrite is estimated (%s)"
                    % (t, note))
 
+    # The sparse rows (topk, dgc, randk; algo sparse): every kernel charged, the selector at
+    # the report's rate of the nearest density then n, everything else by bytes at the copy's
+    # bandwidth. Distinct rates in the fixture (and a second n and density that must not be
+    # taken), so a wrong factor or a wrong row fails.
+    fs = os.path.join(work, "fixture-sparse")
+    os.makedirs(os.path.join(fs, "2030-01-01-sparse-gpu"), exist_ok=True)
+    open(os.path.join(fs, "2030-01-01-sparse-gpu.json"), "w").write("{}")
+    K = 1 << 16
+
+    def srow(kernel, n, us, density=None):
+        r = {"kernel": kernel, "dtype": "float", "bits": 0, "n": n, "time_us": us}
+        if density:
+            r["density"] = density
+        return r
+
+    sdoc = {"gpu": "Sparse fixture GPU", "bucket": 512, "rows": [
+        frow("qsgd_encode_ef", 100.0), frow("qsgd_decode_acc", 50.0),
+        srow("copy", K, 3.0), srow("copy", 64 * K, 900.0),
+        srow("topk_threshold", K, 70.0, 0.01), srow("topk_threshold", K, 170.0, 0.1),
+        srow("topk_threshold", 64 * K, 9000.0, 0.01), srow("topk_exact", K, 130.0, 0.01)]}
+    json.dump(sdoc, open(os.path.join(fs, "2030-01-01-sparse-gpu", "kernels.json"), "w"))
+    sel = {"threshold": 70.0 / K, "exact": 130.0 / K}
+    for method, env, dts in (
+            ("topk", {}, "float,bfloat16"),
+            ("topk", {"GRADCOMP_SELECT": "exact", "GRADCOMP_EF": "0"}, "float"),
+            ("dgc", {"GRADCOMP_CLIP_NORM": "1", "GRADCOMP_VALUE_TYPE": "half"}, "float"),
+            ("dgc", {"GRADCOMP_MOMENTUM_MASKING": "0"}, "half"),
+            ("randk", {}, "float"),
+            ("topk", {"GRADCOMP_DENSITY": "0.3"}, "float")):
+        tag = "sparse fixture %s %s" % (method, env)
+        code, out, rows = run(perf, ["-N", str(nranks), "-b", "256K", "-e", "256K", "-n", "1",
+                                     "-w", "0", "-m", method, "-d", dts, "--kernel-rates",
+                                     os.path.join(fs, "2030-01-01-sparse-gpu.json")],
+                              os.path.join(work, "sparse-%s-%d.json" % (method, len(env))),
+                              env=dict({"GRADCOMP_DENSITY": "0.01"}, **env))
+        expect(code == 0 and len(rows) == len(dts.split(",")), "%s: exits 0, a row a type" % tag)
+        for r in rows:
+            t = "%s %s" % (tag, r["dtype"])
+            expect(r["algo"] == "sparse" and r["wrong"] == 0, "%s: ran sparse, checked" % t)
+            expect(r.get("kernel_source") == "gpu_report" and r["kernels_measured"],
+                   "%s: modeled from the report" % t)
+            n = r["count"]
+            density = float(env.get("GRADCOMP_DENSITY", "0.01"))
+            exact = method == "randk" or env.get("GRADCOMP_SELECT") == "exact"
+            dgc = method == "dgc"
+            kind = {"slots": sparse_slots(n, density, 2.0, exact),
+                    "value_bytes": 2 if env.get("GRADCOMP_VALUE_TYPE") == "half" else 4,
+                    "residual": env.get("GRADCOMP_EF") != "0" or dgc, "momentum": dgc,
+                    "clip": dgc and "GRADCOMP_CLIP_NORM" in env,
+                    "mask": dgc and env.get("GRADCOMP_MOMENTUM_MASKING") != "0",
+                    "dense": density == 0.3}
+            selects = method != "randk" and not kind["dense"]
+            costs = {"select": sel[env.get("GRADCOMP_SELECT", "threshold")] if selects else 0,
+                     "elementwise_per_byte": 3.0 / K / 8}
+            check_sparse_row(t, r, costs, method, kind)
+            note = r.get("kernel_note") or ""
+            expect(("topk_" in note) == selects and "copy bandwidth" in note,
+                   "%s: the note names the rates that stand in (%s)" % (t, note))
+    model_check.check_rows(os.path.join(work, "sparse-dgc-2.json"))
+    # As hier's middle stage (nodes of 2 at N = 4): the sparse exchange among the k = 2 nodes on
+    # the fp32 shard, / G, beside the widening and the shard's conversion.
+    code, out, rows = run(perf, ["-N", "4", "--local-size", "2", "-b", "256K", "-e", "256K",
+                                 "-n", "1", "-w", "0", "-m", "topk", "-d", "float,bfloat16",
+                                 "--kernel-rates", os.path.join(fs, "2030-01-01-sparse-gpu.json")],
+                          os.path.join(work, "sparse-hier.json"), env={"GRADCOMP_DENSITY": "0.01"})
+    expect(code == 0 and len(rows) == 2, "sparse hier run exits 0, a row a type")
+    for r in rows:
+        t = "sparse hier %s" % r["dtype"]
+        e, n = TYPE_BYTES[r["dtype"]], r["count"]
+        expect(r["algo"] == "hier" and r["wrong"] == 0, "%s: ran hier, checked" % t)
+        w = sparse_work("topk", 2, 4, sparse_slots(n, 0.01) / n)
+        w = {k: v / 2 for k, v in w.items()}
+        w["elementwise_bytes"] += (0 if e == 4 else e + 4) + (4 + e) / 2
+        got = r.get("kernel_work") or {}
+        expect(all(close(got.get(k), v) for k, v in w.items()),
+               "%s: kernel work %s vs %s" % (t, got, w))
+        total = kernel_total(w, {"select": sel["threshold"], "elementwise_per_byte": 3.0 / K / 8},
+                             n)
+        expect(close(r["kernel_us"], total, 1e-6), "%s: kernel_us %s vs %s" % (t, r["kernel_us"],
+                                                                              total))
+        expect(r["latency_steps"] == 2 * (2 - 1) + 1, "%s: latency steps 2(G-1) + 1" % t)
+
     # Rows whose kernels the model cannot time (Elias-coded levels, DQ-SGD bits): no model,
     # no projection, a sentence; never the fixed-width kernels' times or bytes.
     for env, why in (({"GRADCOMP_ELIAS": "1"}, "Elias-coded QSGD"),
@@ -815,7 +978,6 @@ def main():
     expect("FAILED" in out, "the footer says FAILED")
 
     # The check gpu-check runs on the CUDA backend's rows, here on the CPU backend's.
-    import model_check
     for name in ("ok.json", "ring.json", "rs.json", "hier-rs.json", "hier-piped.json"):
         model_check.check_rows(os.path.join(work, name))
 

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <map>
 
+#include "gradcomp/sparse.h"
 #include "kernel_rates.h"
 #include "methods.h"
 #include "model.h"
@@ -240,6 +241,9 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
     gradcompGetStats(comm, &s2);
     ok = allOk(r, timedOk);
     const double calls = (double)(s2.callsCompressed - s1.callsCompressed);
+    double dense = s2.denseFallbacks > s1.denseFallbacks ? 1 : 0;
+    r.reduce(&dense, 1, true);
+    row->dense = dense > 0;
     double wire = calls > 0 ? (double)(s2.bytesOnWire - s1.bytesOnWire) / calls : row->ncclWire;
     r.reduce(&wire, 1, true);
     row->gradcompWire = wire;
@@ -267,6 +271,27 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
   kind.convert = dtype != ncclFloat32 || o.op == ncclAvg;
   kind.ownerResidual = cfg.ownerResidual != 0;
   kind.piped = row->pieces > 1;
+  // The sparse exchange, flat or as hier's middle stage (its sparse
+  // reduce-scatter is not charged yet).
+  const bool sparseMethod = cfg.method == gradcompMethodTopk || cfg.method == gradcompMethodDgc ||
+                            cfg.method == gradcompMethodRandk;
+  const bool sparseKernels = sparseMethod && (row->algoUsed == gradcompAlgoSparseAllgather ||
+                                              row->algoUsed == gradcompAlgoHier);
+  if (sparseKernels) {
+    kind.residual = cfg.errorFeedback != 0 || cfg.method == gradcompMethodDgc;  // keepsResidual
+    kind.randk = cfg.method == gradcompMethodRandk;
+    kind.dense = row->dense;
+    const bool exact = kind.randk || cfg.select == gradcompSelectExact;
+    size_t slots = 0;
+    if (gradcompTopkSlots(count, cfg.density, cfg.oversample, exact ? 1 : 0, &slots) ==
+        gradcompSuccess)
+      kind.slots = (double)slots / (double)count;
+    row->slots = slots;
+    kind.valueBytes = kind.randk ? 4 : dtypeSize(cfg.valueType);
+    kind.momentum = cfg.method == gradcompMethodDgc;
+    kind.clip = kind.momentum && cfg.clipNorm > 0;
+    kind.mask = kind.momentum && cfg.momentumMasking != 0;
+  }
   const AlgoShape shape =
       algoShape(row->algoUsed, r.nranks(), local, hierMiddle(cfg, r.nranks() / local), kind);
   row->latencySteps = shape.latencySteps;
@@ -317,6 +342,48 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
     row->decodeUs = k.decodeAcc * count;
     row->kernelUs = kernelUs(shape.work, k, (double)count);
   }
+  if (sparseKernels) {
+    KernelCosts& k = row->costs;
+    bool known = false;
+    const bool exact = cfg.select == gradcompSelectExact;
+    if (info.rates) {
+      const bool select = !(kind.randk || kind.dense);
+      known = info.rates->lookupSparse(select, exact, cfg.density, count, &k, &row->kernelNote);
+      if (info.rates->ok && !known)
+        row->modelMissing = info.rates->report + " has no " +
+                            (select ? (exact ? "topk_exact rows or no copy rows"
+                                             : "topk_threshold rows or no copy rows")
+                                    : "copy rows");
+    } else {
+      double v[3] = {0, 0, 0};
+      r.barrier();
+      if (r.rank() == 0 && r.sparseKernelTimes(count, cfg, kind.randk || kind.dense, &k)) {
+        v[0] = k.select, v[1] = k.elementwisePerByte, v[2] = 1;
+      }
+      r.reduce(v, 3, true);
+      k = KernelCosts{};
+      k.select = v[0], k.elementwisePerByte = v[1];
+      known = v[2] > 0;
+      if (!known)
+        row->modelMissing = "rank 0 could not time the row's kernels alone";
+      else
+        row->kernelNote = std::string(kind.randk || kind.dense
+                                          ? ""
+                                          : "selection timed alone at the row's n and density; ") +
+                          "elementwise passes, the received lists' check, the non-finite flag "
+                          "and the scatter-adds' random accesses at the measured copy's bandwidth";
+    }
+    if (known && cfg.method == gradcompMethodDgc && cfg.warmupSteps > 0)
+      row->kernelNote += "; DGC's warm-up calls (denser) charged at the final density";
+    row->sparseKernels = known;
+    row->kind = kind;
+    row->kernelsMeasured = known;
+    row->kernelSource = !known       ? KernelSource::None
+                        : info.rates ? KernelSource::Report
+                                     : KernelSource::Measured;
+    row->work = shape.work;
+    row->kernelUs = known ? kernelUs(shape.work, k, (double)count) : 0;
+  }
   if (qsgdKernels && modelable && info.project) {
     KernelCosts costs = row->costs;
     if (!row->kernelsMeasured) costs = KernelCosts{NAN, NAN, NAN, NAN, NAN, NAN};
@@ -340,7 +407,7 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
   // A row whose kernel times are unknown (no report rates for its settings,
   // kernels the model cannot time): no model rather than one made of host
   // codec times or another configuration's.
-  if (!info.showModel || (qsgdKernels && !row->kernelsMeasured)) return;
+  if (!info.showModel || ((qsgdKernels || sparseKernels) && !row->kernelsMeasured)) return;
   for (double g : o.linkGbps) {
     ModelPoint m;
     m.gbps = g;

@@ -70,7 +70,11 @@ struct Row {
   double encodeUs = 0, decodeUs = 0, kernelUs = 0, latencySteps = 0;
   KernelCosts costs;
   KernelWork work;
-  std::string kernelNote;  // which costs are estimates, and from what
+  std::string kernelNote;      // which costs are estimates, and from what
+  bool sparseKernels = false;  // the sparse exchange's kernels charged (work.select and bytes)
+  bool dense = false;          // a sparse method's timed calls went dense (denseFallbacks)
+  size_t slots = 0;            // sparse: the slots each rank sends (kmax; rand-k's k)
+  CallKind kind;               // what the row's kernel work was read off
   // Why a row that needs the GPU report's rates has no model (empty: it has one).
   std::string modelMissing;
   std::vector<ModelPoint> model;

@@ -3,6 +3,7 @@
 #include <ctype.h>
 #include <dirent.h>
 #include <math.h>
+#include <stdio.h>
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -118,17 +119,21 @@ KernelRates loadKernelRates(const std::string& where) {
         n->kind != JsonValue::Number || us->kind != JsonValue::Number ||
         bucket->kind != JsonValue::Number)
       continue;
+    const bool topk = kernel->str == "topk_threshold" || kernel->str == "topk_exact";
     if (kernel->str.compare(0, 11, "qsgd_encode") != 0 && kernel->str != "qsgd_decode_acc" &&
-        kernel->str != "qsgd_decode" && kernel->str != "copy")
+        kernel->str != "qsgd_decode" && kernel->str != "copy" && !topk)
       continue;
     if (!(n->num >= 1) || !(us->num > 0) || !isfinite(us->num)) continue;
-    // The copy's rate holds for every bits and bucket.
-    const bool copy = kernel->str == "copy";
-    k.rows.push_back({kernel->str, dtype->str, copy ? 0 : (int)bits->num,
-                      copy ? 0 : (int)bucket->num, n->num, us->num});
+    const JsonValue* density = r.get("density");
+    if (topk && (!density || density->kind != JsonValue::Number || !(density->num > 0))) continue;
+    // The copy's and the selectors' rates hold for every bits and bucket.
+    const bool any = kernel->str == "copy" || topk;
+    k.rows.push_back({kernel->str, dtype->str, any ? 0 : (int)bits->num, any ? 0 : (int)bucket->num,
+                      n->num, us->num, topk ? density->num : 0.0});
   }
-  const bool anyQsgd = std::any_of(k.rows.begin(), k.rows.end(),
-                                   [](const KernelRates::Entry& e) { return e.kernel != "copy"; });
+  const bool anyQsgd = std::any_of(k.rows.begin(), k.rows.end(), [](const KernelRates::Entry& e) {
+    return e.kernel.compare(0, 4, "qsgd") == 0;
+  });
   if (!anyQsgd)
     return unavailable(shortName(kernelsPath) +
                        " has no qsgd_encode_ef / qsgd_decode_acc rows with times");
@@ -176,6 +181,39 @@ bool KernelRates::lookup(const char* dtype, const QsgdKernels& k, size_t count, 
   if (!copy) return false;
   c->elementwisePerByte = copy->timeUs / (8.0 * copy->n);
   say("elementwise passes estimated at copy bandwidth");
+  return true;
+}
+
+bool KernelRates::lookupSparse(bool select, bool exact, double density, size_t count,
+                               KernelCosts* c, std::string* note) const {
+  if (!ok || count == 0 || !(density > 0)) return false;
+  const char* kernel = exact ? "topk_exact" : "topk_threshold";
+  const Entry* best = nullptr;
+  auto far = [&](const Entry& e) {
+    return std::make_pair(fabs(log(e.density / density)), fabs(log(e.n / count)));
+  };
+  for (const Entry& e : rows)
+    if (select && e.kernel == kernel && e.dtype == "float" && (!best || far(e) < far(*best)))
+      best = &e;
+  const Entry* copy = nullptr;
+  for (const Entry& e : rows)
+    if (e.kernel == "copy" && e.dtype == "float" &&
+        (!copy || fabs(log(e.n / count)) < fabs(log(copy->n / count))))
+      copy = &e;
+  if ((select && !best) || !copy) return false;
+  *c = KernelCosts{};
+  c->elementwisePerByte = copy->timeUs / (8.0 * copy->n);
+  note->clear();
+  if (best) {
+    c->select = best->timeUs / best->n;
+    char buf[128];
+    snprintf(buf, sizeof buf, "selection at the report's %s rate (n = %.0f, density %g); ", kernel,
+             best->n, best->density);
+    *note = buf;
+  }
+  *note +=
+      "elementwise passes, the received lists' check, the non-finite flag and the scatter-adds' "
+      "random accesses estimated at copy bandwidth";
   return true;
 }
 

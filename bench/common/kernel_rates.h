@@ -25,6 +25,7 @@ struct KernelRates {
                                 // qsgd_decode_acc or copy (n floats read and written)
     int bits, bucket;
     double n, timeUs;
+    double density = 0;  // topk_threshold and topk_exact: the density selected at
   };
   std::vector<Entry> rows;
 
@@ -40,6 +41,14 @@ struct KernelRates {
   // error feedback at the one with it, decode overwrite at accumulate).
   bool lookup(const char* dtype, const QsgdKernels& k, size_t count, KernelCosts* costs,
               std::string* note) const;
+  // The sparse exchanges' costs: when `select`, the selector (topk_exact
+  // when exact, else topk_threshold) from the report's row of the nearest
+  // density, then the nearest n (log scale); the passes charged by bytes at
+  // the copy's bandwidth. `note` says which rates stand in for what. False
+  // when the report has no copy row, or no row of a selector the row runs
+  // (rand-k and the dense fallback run none).
+  bool lookupSparse(bool select, bool exact, double density, size_t count, KernelCosts* costs,
+                    std::string* note) const;
 };
 
 // `where`: a report's .json, a folder of reports (the newest by name whose

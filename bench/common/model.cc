@@ -37,6 +37,7 @@ void decodeOut(KernelWork& w, const CallKind& k) {
 KernelWork scaled(KernelWork w, double f) {
   w.encode *= f, w.encodeF32 *= f, w.ownerEncode *= f;
   w.decode *= f, w.decodeAcc *= f, w.elementwiseBytes *= f;
+  w.select *= f;
   return w;
 }
 
@@ -53,7 +54,7 @@ KernelWork onFp32(KernelWork w) {
 double kernelUs(const KernelWork& w, const KernelCosts& c, double count) {
   return count * (w.encode * c.encode + w.encodeF32 * c.encodeF32 + w.ownerEncode * c.ownerEncode +
                   w.decode * c.decode + w.decodeAcc * c.decodeAcc +
-                  w.elementwiseBytes * c.elementwisePerByte);
+                  w.elementwiseBytes * c.elementwisePerByte + w.select * c.select);
 }
 
 // Kernel work per element of the buffer, as plugin/algorithms/ runs it (the
@@ -106,6 +107,39 @@ AlgoShape algoShape(int algo, int nranks, int local, int middle, const CallKind&
       decodeOut(w, kind);
       s.latencySteps = n;
       return s;
+    case 4: {  // the sparse exchanges (plugin/algorithms/sparse.cc), bytes per element
+      const double sl = kind.slots, vb = kind.valueBytes;
+      // Accumulate: reads g (and v with a residual, which keep receives),
+      // writes v; DGC reads and writes u; clipping reads g once more first.
+      w.elementwiseBytes += e + 4 + (kind.residual ? 8 : 0) + (kind.momentum ? 8 : 0);
+      if (kind.clip) w.elementwiseBytes += e;
+      if (kind.dense) {
+        // All of v through NCCL's fp32 allreduce (its kernel is NCCL's, as
+        // in the baseline); settle reads v (and keep) and clears v (and u).
+        w.elementwiseBytes += (kind.residual ? 12 : 8) + (kind.mask ? 4 : 0);
+        s.latencySteps = 2.0 * (n - 1);
+      } else if (kind.randk) {
+        // The k indices drawn (written), gathered (index, v read, value
+        // written, v cleared), the non-finite flag (reads v), the flag
+        // applied to the k values, the output zeroed, the k values
+        // scatter-added (index, value, out read and written).
+        w.elementwiseBytes += sl * 4 + sl * 16 + 4 + sl * 8 + 4 + sl * 16;
+        s.latencySteps = 2.0 * (n - 1);  // NCCL's ring allreduce of k + 1 floats
+      } else {
+        // The selector over v; the commit of the kmax slots (index, v read,
+        // value and v written, u with masking); the N received lists'
+        // indices checked; the output zeroed; N scatter-adds of kmax slots.
+        w.select += 1;
+        w.elementwiseBytes += sl * (12 + vb + (kind.mask ? 4 : 0));
+        w.elementwiseBytes += n * sl * 4 + 4 + n * sl * (12 + vb);
+        s.latencySteps = 1;  // allGatherDirect
+      }
+      // Settle with error feedback (not the dense path's): reads v and keep,
+      // writes only where v is not finite.
+      if (kind.residual && !kind.dense) w.elementwiseBytes += 8;
+      if (kind.convert) w.elementwiseBytes += 4 + e;
+      return s;
+    }
     case 3:  // allgather: encode everything once, decode all N buffers into fp32 (the first
              // overwrite), one fromFloat to the output (direct sends).
       w.encode += 1;
@@ -140,9 +174,6 @@ AlgoShape algoShape(int algo, int nranks, int local, int middle, const CallKind&
       s.latencySteps = 1;
       return s;
     }
-    case 4:  // sparse allgather (direct sends): selection and scatter-add are not yet timed alone.
-      s.latencySteps = 1;
-      return s;
     default:  // passed through to ncclAllReduce
       s.latencySteps = 2 * (n - 1);
       return s;

@@ -21,6 +21,13 @@ struct CallKind {
   // Cut into pieces (GRADCOMP_PIPELINE_BYTES): the hierarchies' pipelined
   // paths widen, stage and unpack piece by piece, which costs more passes.
   bool piped = false;
+  // The sparse exchanges (algo 4: topk, dgc, randk), per element of the
+  // buffer they run on: the slots each rank sends (kmax / n; rand-k's k / n)
+  // and their value bytes; DGC's momentum, its clipping's norm pass and
+  // momentum masking; a dense fallback (all of v through an fp32 allreduce).
+  bool randk = false, dense = false;
+  double slots = 0, valueBytes = 4;
+  bool momentum = false, clip = false, mask = false;
 };
 
 // The kernels one rank runs per element of the buffer (of the output, for a
@@ -32,6 +39,7 @@ struct KernelWork {
   double decode = 0;       // decode overwrite
   double decodeAcc = 0;    // decode-accumulate
   double elementwiseBytes = 0;  // read + written by toFloat, fromFloat, add, copy and zero passes
+  double select = 0;            // the sparse selector (threshold or exact top-k) over v
 };
 
 // Microseconds per element of each kernel (elementwise: per byte), for the
@@ -39,6 +47,7 @@ struct KernelWork {
 struct KernelCosts {
   double encode = 0, encodeF32 = 0, ownerEncode = 0, decode = 0, decodeAcc = 0;
   double elementwisePerByte = 0;
+  double select = 0;
 };
 double kernelUs(const KernelWork& w, const KernelCosts& c, double count);
 

@@ -79,6 +79,16 @@ class Rank {
   // element, as a copy). False when unavailable.
   virtual bool qsgdKernelTimes(gc::DType t, size_t count, const QsgdKernels& k,
                                KernelCosts* costs) = 0;
+  // The sparse exchange's costs at `count` elements, measured on this rank
+  // alone: cfg's selector (gradcompTopkSelect at its density, oversample,
+  // sample rate; not timed when noSelect: rand-k, the dense fallback) per
+  // element, and a device copy per byte for the passes charged by bytes.
+  // False when unavailable.
+  virtual bool sparseKernelTimes(size_t count, const gradcompConfig_t& cfg, bool noSelect,
+                                 KernelCosts* costs) {
+    (void)count, (void)cfg, (void)noSelect, (void)costs;
+    return false;
+  }
   // A hash of `bytes` of buf that a double holds exactly (ranks compare it);
   // false where the buffer is not in host memory.
   virtual bool resultHash(const void* buf, size_t bytes, double* hash) { return false; }

@@ -27,6 +27,7 @@
 #include "backends.h"
 #include "data_ops.h"
 #include "gradcomp/reference.h"
+#include "gradcomp/sparse.h"
 #include "harness.h"
 #include "methods.h"
 
@@ -131,6 +132,59 @@ bool timeQsgdKernels(int rank_, cudaStream_t stream, const void* x, ncclDataType
   cudaFree(out);
   cudaFree(copy);
   cudaFree(enc);
+  return ok;
+}
+
+// The sparse exchange's costs (Rank::sparseKernelTimes): the selector through
+// its public entry point on the benchmark's fp32 data (rank 0's values, as
+// gradcomp_kernels_perf selects from), and a device copy.
+bool timeSparseKernels(int rank_, cudaStream_t stream, size_t count, const gradcompConfig_t& cfg,
+                       bool noSelect, KernelCosts* costs) {
+  const int exact = cfg.select == gradcompSelectExact ? 1 : 0;
+  size_t slots = 0, wsBytes = 0;
+  if (gradcompTopkSlots(count, cfg.density, cfg.oversample, exact, &slots) != gradcompSuccess ||
+      gradcompTopkWorkspaceBytes(count, cfg.density, cfg.oversample, cfg.sampleRate, exact,
+                                 &wsBytes) != gradcompSuccess)
+    return false;
+  float* v = nullptr;
+  float* copy = nullptr;
+  uint32_t* idx = nullptr;
+  void* ws = nullptr;
+  if (cudaMalloc(&v, count * 4) != cudaSuccess || cudaMalloc(&copy, count * 4) != cudaSuccess ||
+      cudaMalloc(&idx, std::max<size_t>(slots, 1) * 4) != cudaSuccess ||
+      cudaMalloc(&ws, std::max<size_t>(wsBytes, 1)) != cudaSuccess) {
+    (void)cudaGetLastError();
+    cudaFree(v);
+    cudaFree(copy);
+    cudaFree(idx);
+    return false;
+  }
+  BENCH_CUDA(fillDevice(v, gc::DType::F32, count, 1, 0, stream));
+  bool ok = true;
+  const double n = (double)count;
+  *costs = KernelCosts{};
+  if (!noSelect) {
+    costs->select =
+        timeKernel(rank_, stream,
+                   [&](int i) {
+                     ok = ok && gradcompTopkSelect(v, count, cfg.density, cfg.oversample,
+                                                   cfg.sampleRate, exact, 1 + i, idx, nullptr, ws,
+                                                   wsBytes, stream) == gradcompSuccess;
+                   }) /
+        n;
+  }
+  costs->elementwisePerByte =
+      timeKernel(
+          rank_, stream,
+          [&](int) {
+            BENCH_CUDA(cudaMemcpyAsync(copy, v, count * 4, cudaMemcpyDeviceToDevice, stream));
+          }) /
+      (8.0 * n);
+  BENCH_CUDA(cudaStreamSynchronize(stream));
+  cudaFree(v);
+  cudaFree(copy);
+  cudaFree(idx);
+  cudaFree(ws);
   return ok;
 }
 
@@ -303,6 +357,10 @@ class CudaRank : public Rank {
       }
     }
     return timeQsgdKernels(rank_, stream_, send_, toNccl(t), count, k, costs);
+  }
+  bool sparseKernelTimes(size_t count, const gradcompConfig_t& cfg, bool noSelect,
+                         KernelCosts* costs) override {
+    return timeSparseKernels(rank_, stream_, count, cfg, noSelect, costs);
   }
   // Kernel times measured before the other ranks started any GPU work.
   void setKernelTable(const KernelTable* table) { kernels_ = table; }

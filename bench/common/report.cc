@@ -414,7 +414,21 @@ bool writeJson(const std::string& path, const Options& o, const RunInfo& info,
             jsonNum(r.latencySteps).c_str());
     // Per element of the buffer: the kernels the algorithm runs (work) and what
     // each costs (microseconds per element; elementwise per byte).
-    if (r.kernelsMeasured) {
+    if (r.kernelsMeasured && r.sparseKernels) {
+      // The sparse exchange: its selector and the passes charged by bytes.
+      fprintf(f,
+              "\"kernel_costs\": {\"select\": %s, \"elementwise_per_byte\": %s}, "
+              "\"kernel_work\": {\"select\": %s, \"elementwise_bytes\": %s}, "
+              "\"sparse_kind\": {\"slots\": %zu, \"value_bytes\": %g, \"residual\": %s, "
+              "\"momentum\": %s, \"clip\": %s, \"mask\": %s, \"dense\": %s}, "
+              "\"kernel_note\": %s, ",
+              jsonNum(r.costs.select).c_str(), jsonNum(r.costs.elementwisePerByte).c_str(),
+              jsonNum(r.work.select).c_str(), jsonNum(r.work.elementwiseBytes).c_str(), r.slots,
+              r.kind.valueBytes, r.kind.residual ? "true" : "false",
+              r.kind.momentum ? "true" : "false", r.kind.clip ? "true" : "false",
+              r.kind.mask ? "true" : "false", r.dense ? "true" : "false",
+              r.kernelNote.empty() ? "null" : jsonStr(r.kernelNote).c_str());
+    } else if (r.kernelsMeasured) {
       const KernelCosts& c = r.costs;
       const KernelWork& w = r.work;
       fprintf(f,
