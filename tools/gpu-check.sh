@@ -222,6 +222,11 @@ want perf_more && run_step perf_auto_rs 30 "$raw/perf_auto_rs.txt" "$perf" --bac
 want perf_more && run_step perf_n8_sparse 50 "$raw/perf_n8_sparse.txt" "$perf" --backend cuda -N 8 -b 4M \
   -e 256M -f 4 -n 5 -w 2 -m topk,dgc,randk -k 0.001 --link-gbps 10,25,100,400 \
   --json "$raw/perf_n8_sparse.json"
+# The sparse rows' kernel accounting: the selector timed alone, the bytes at the copy's rate,
+# the work read off each row's sparse_kind (bench/model_check.py; docs/benchmark.md, "The
+# sparse rows' kernels").
+want perf_more && run_step model_check_sparse 10 "$raw/model_check_sparse.txt" \
+  python3 bench/model_check.py "$raw/perf_n8_sparse.json"
 want perf_more && run_step perf_n8_rs 40 "$raw/perf_n8_rs.txt" "$perf" --backend cuda -N 8 \
   -C reduce_scatter -b 128K -e 32M -f 4 -n 5 -w 2 -m qsgd -d float --link-gbps 10,25,100 \
   --json "$raw/perf_n8_rs.json"

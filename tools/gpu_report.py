@@ -475,9 +475,9 @@ def main():
     L.append("")
     L.append("## Per-call checks of the sparse exchange")
     L.append("")
-    L.append("Not in the link model (docs/benchmark.md, \"Untimed kernels of the sparse rows\"); "
-             "their time at n=2^26 beside the modeled time of perf_n8_sparse's 256 MB row at "
-             "400 Gb/s, N=8.")
+    L.append("Charged in the link model by their bytes at copy bandwidth (docs/benchmark.md, "
+             "\"The sparse rows' kernels\"); their own time at n=2^26 beside the modeled time "
+             "of perf_n8_sparse's 256 MB row at 400 Gb/s, N=8.")
     L.append("")
     L.append("| kernel | us per call | fraction of copy bandwidth | share of the row's modeled "
              "time at 400 Gb/s |")
