@@ -34,9 +34,12 @@ def check_sparse(tag, r):
     if kind is None:
         return
     selects = r["method"] != "randk" and not kind["dense"]
+    flags = r["method"] == "randk" and not kind["dense"]
     expect(all(isinstance(v, (int, float)) and math.isfinite(v) and v >= 0
                for v in costs.values()) and costs.get("elementwise_per_byte", 0) > 0 and
-           (costs.get("select", 0) > 0) == selects,
+           (costs.get("select", 0) > 0) == selects and
+           (costs.get("check_lists", 0) > 0) == selects and
+           (costs.get("nonfinite_flag", 0) > 0) == flags,
            "%s: costs finite, positive where charged: %s" % (tag, costs))
     check_sparse_row(tag, r, None, r["method"], kind)
     print("%s: select %.1f us, elementwise %.0f GB/s, K %.1f us" %

@@ -46,6 +46,9 @@ def newest_report(results):
 
 
 KINDS = ["encode", "encode_f32", "owner_encode", "decode", "decode_acc"]
+# The sparse rows' kernels charged at their own rates: the selector (passes over v), the
+# received lists' check (indices checked), rand-k's non-finite flag (passes over v).
+SPARSE_KINDS = ["select", "check_lists", "nonfinite_flag"]
 
 
 def report_cost(kdoc, kernel, dtype, bits, bucket, count):
@@ -132,7 +135,7 @@ def kernel_work(algo, n, e, residual=True, convert=False, local=1, middle="twosh
 
 
 def kernel_total(w, costs, count):
-    return count * (sum(w.get(k, 0) * costs.get(k, 0) for k in KINDS + ["select"])
+    return count * (sum(w.get(k, 0) * costs.get(k, 0) for k in KINDS + SPARSE_KINDS)
                     + w["elementwise_bytes"] * costs["elementwise_per_byte"])
 
 
@@ -161,20 +164,23 @@ def sparse_work(method, nranks, e, slots_per_elem, vb=4, residual=True, convert=
     plugin/algorithms/sparse.cc and kernels/sparse.cu (docs/benchmark.md)."""
     s, n = slots_per_elem, nranks
     b = e + 4 + (8 if residual else 0) + (8 if momentum else 0) + (e if clip else 0)  # accumulate
-    select = 0
+    w = dict.fromkeys(SPARSE_KINDS, 0.0)
     if dense:
         b += (12 if residual else 8) + (4 if mask else 0)  # settle(clear)
     elif method == "randk":
-        b += 4 * s + 16 * s + 4 + 8 * s + 4 + 16 * s  # draw, gather, flag, apply, zero, add
+        w["nonfinite_flag"] = 1
+        b += 4 * s + 16 * s + 8 * s + 4 + 16 * s  # draw, gather, apply the flag, zero, add
     else:
-        select = 1
+        w["select"] = 1
+        w["check_lists"] = n * s  # the N received lists' indices
         b += s * (12 + vb + (4 if mask else 0))  # commit
-        b += n * s * 4 + 4 + n * s * (12 + vb)  # lists' check, zero, N scatter-adds
+        b += 4 + n * s * (12 + vb)  # zero, N scatter-adds
     if residual and not dense:
         b += 8  # settle
     if convert:
         b += 4 + e
-    return {"select": select, "elementwise_bytes": b}
+    w["elementwise_bytes"] = b
+    return w
 
 
 def sparse_steps(method, nranks, dense=False):
@@ -716,19 +722,25 @@ def main():
     open(os.path.join(fs, "2030-01-01-sparse-gpu.json"), "w").write("{}")
     K = 1 << 16
 
-    def srow(kernel, n, us, density=None):
+    def srow(kernel, n, us, density=None, lists=None, slots=None):
         r = {"kernel": kernel, "dtype": "float", "bits": 0, "n": n, "time_us": us}
         if density:
             r["density"] = density
+        if lists:
+            r["lists"], r["k"] = lists, slots
         return r
 
     sdoc = {"gpu": "Sparse fixture GPU", "bucket": 512, "rows": [
         frow("qsgd_encode_ef", 100.0), frow("qsgd_decode_acc", 50.0),
         srow("copy", K, 3.0), srow("copy", 64 * K, 900.0),
         srow("topk_threshold", K, 70.0, 0.01), srow("topk_threshold", K, 170.0, 0.1),
-        srow("topk_threshold", 64 * K, 9000.0, 0.01), srow("topk_exact", K, 130.0, 0.01)]}
+        srow("topk_threshold", 64 * K, 9000.0, 0.01), srow("topk_exact", K, 130.0, 0.01),
+        srow("sparse_check_lists", K, 11.0, 0.01, 3, 1311),
+        srow("sparse_check_lists", 64 * K, 500.0, 0.01, 8, 100000),
+        srow("nonfinite_flag", K, 5.0), srow("nonfinite_flag", 64 * K, 777.0)]}
     json.dump(sdoc, open(os.path.join(fs, "2030-01-01-sparse-gpu", "kernels.json"), "w"))
     sel = {"threshold": 70.0 / K, "exact": 130.0 / K}
+    checks = {"check_lists": 11.0 / (3 * 1311), "nonfinite_flag": 5.0 / K}
     for method, env, dts in (
             ("topk", {}, "float,bfloat16"),
             ("topk", {"GRADCOMP_SELECT": "exact", "GRADCOMP_EF": "0"}, "float"),
@@ -760,10 +772,13 @@ def main():
                     "dense": density == 0.3}
             selects = method != "randk" and not kind["dense"]
             costs = {"select": sel[env.get("GRADCOMP_SELECT", "threshold")] if selects else 0,
+                     "check_lists": checks["check_lists"] if selects else 0,
+                     "nonfinite_flag": checks["nonfinite_flag"] if method == "randk" else 0,
                      "elementwise_per_byte": 3.0 / K / 8}
             check_sparse_row(t, r, costs, method, kind)
             note = r.get("kernel_note") or ""
-            expect(("topk_" in note) == selects and "copy bandwidth" in note,
+            expect(("topk_" in note) == selects and "copy bandwidth" in note and
+                   "no sparse_check_lists row" not in note and "no nonfinite_flag" not in note,
                    "%s: the note names the rates that stand in (%s)" % (t, note))
     model_check.check_rows(os.path.join(work, "sparse-dgc-2.json"))
     # As hier's middle stage (nodes of 2 at N = 4): the sparse exchange among the k = 2 nodes on
@@ -783,11 +798,36 @@ def main():
         got = r.get("kernel_work") or {}
         expect(all(close(got.get(k), v) for k, v in w.items()),
                "%s: kernel work %s vs %s" % (t, got, w))
-        total = kernel_total(w, {"select": sel["threshold"], "elementwise_per_byte": 3.0 / K / 8},
-                             n)
+        total = kernel_total(w, {"select": sel["threshold"], "check_lists": checks["check_lists"],
+                                 "elementwise_per_byte": 3.0 / K / 8}, n)
         expect(close(r["kernel_us"], total, 1e-6), "%s: kernel_us %s vs %s" % (t, r["kernel_us"],
                                                                               total))
         expect(r["latency_steps"] == 2 * (2 - 1) + 1, "%s: latency steps 2(G-1) + 1" % t)
+    # A report without the per-call checks' rows (the committed H100 one): the lists' check and
+    # the non-finite flag by their 4-byte reads at the copy's bandwidth, and the note says so.
+    code, out, rows = run(perf, ["-N", str(nranks), "-b", "256K", "-e", "256K", "-n", "1", "-w",
+                                 "0", "-m", "topk,randk"], os.path.join(work, "sparse-report.json"),
+                          env={"GRADCOMP_DENSITY": "0.01"})
+    expect(code == 0 and len(rows) == 2, "sparse rows on the committed report: exits 0")
+    for r in rows:
+        t = "sparse %s on %s" % (r["method"], report)
+        n, c = r["count"], r.get("kernel_costs") or {}
+        randk = r["method"] == "randk"
+        sel_rows = [x for x in kdoc["rows"] if x["kernel"] == "topk_threshold" and
+                    abs(x["density"] / 0.01 - 1) < 1e-6]
+        near = min(sel_rows, key=lambda x: abs(math.log(x["n"] / n)))
+        copy_byte = report_cost(kdoc, "copy", "float", 0, 0, n) / 8
+        costs = {"select": 0 if randk else near["time_us"] / near["n"],
+                 "check_lists": 0 if randk else 4 * copy_byte,
+                 "nonfinite_flag": 4 * copy_byte if randk else 0,
+                 "elementwise_per_byte": copy_byte}
+        kind = {"slots": sparse_slots(n, 0.01, 2.0, randk), "value_bytes": 4, "residual": True,
+                "momentum": False, "clip": False, "mask": False, "dense": False}
+        check_sparse_row(t, r, costs, r["method"], kind)
+        note = r.get("kernel_note") or ""
+        expect(("no nonfinite_flag row" in note) == randk and
+               ("no sparse_check_lists row" in note) == (not randk),
+               "%s: the note says the checks are at copy bandwidth (%s)" % (t, note))
 
     # Rows whose kernels the model cannot time (Elias-coded levels, DQ-SGD bits): no model,
     # no projection, a sentence; never the fixed-width kernels' times or bytes.

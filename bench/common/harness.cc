@@ -348,7 +348,8 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
     const bool exact = cfg.select == gradcompSelectExact;
     if (info.rates) {
       const bool select = !(kind.randk || kind.dense);
-      known = info.rates->lookupSparse(select, exact, cfg.density, count, &k, &row->kernelNote);
+      known = info.rates->lookupSparse(select, exact, shape.work.flag > 0, cfg.density, count,
+                                       shape.work.checkSlots * (double)count, &k, &row->kernelNote);
       if (info.rates->ok && !known)
         row->modelMissing = info.rates->report + " has no " +
                             (select ? (exact ? "topk_exact rows or no copy rows"
@@ -363,15 +364,21 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
       r.reduce(v, 3, true);
       k = KernelCosts{};
       k.select = v[0], k.elementwisePerByte = v[1];
+      // The per-call checks have no public entry point: their 4-byte reads
+      // at the copy's bandwidth.
+      if (shape.work.checkSlots > 0) k.checkSlot = 4 * k.elementwisePerByte;
+      if (shape.work.flag > 0) k.flag = 4 * k.elementwisePerByte;
       known = v[2] > 0;
       if (!known)
         row->modelMissing = "rank 0 could not time the row's kernels alone";
       else
-        row->kernelNote = std::string(kind.randk || kind.dense
-                                          ? ""
-                                          : "selection timed alone at the row's n and density; ") +
-                          "elementwise passes, the received lists' check, the non-finite flag "
-                          "and the scatter-adds' random accesses at the measured copy's bandwidth";
+        row->kernelNote =
+            std::string(shape.work.select > 0 ? "selection timed alone at the row's n and density; "
+                                              : "") +
+            "elementwise passes" +
+            (shape.work.checkSlots > 0 ? ", the received lists' check" : "") +
+            (shape.work.flag > 0 ? ", the non-finite flag" : "") +
+            " and the scatter-adds' random accesses at the measured copy's bandwidth";
     }
     if (known && cfg.method == gradcompMethodDgc && cfg.warmupSteps > 0)
       row->kernelNote += "; DGC's warm-up calls (denser) charged at the final density";

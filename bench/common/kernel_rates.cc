@@ -120,16 +120,28 @@ KernelRates loadKernelRates(const std::string& where) {
         bucket->kind != JsonValue::Number)
       continue;
     const bool topk = kernel->str == "topk_threshold" || kernel->str == "topk_exact";
+    const bool lists = kernel->str == "sparse_check_lists";
     if (kernel->str.compare(0, 11, "qsgd_encode") != 0 && kernel->str != "qsgd_decode_acc" &&
-        kernel->str != "qsgd_decode" && kernel->str != "copy" && !topk)
+        kernel->str != "qsgd_decode" && kernel->str != "copy" && !topk && !lists &&
+        kernel->str != "nonfinite_flag")
       continue;
     if (!(n->num >= 1) || !(us->num > 0) || !isfinite(us->num)) continue;
     const JsonValue* density = r.get("density");
     if (topk && (!density || density->kind != JsonValue::Number || !(density->num > 0))) continue;
-    // The copy's and the selectors' rates hold for every bits and bucket.
-    const bool any = kernel->str == "copy" || topk;
+    // The lists' check is timed over `lists` lists of `k` slots: its n is
+    // the indices it checked.
+    double items = n->num;
+    if (lists) {
+      const JsonValue *count = r.get("lists"), *slots = r.get("k");
+      if (!count || !slots || count->kind != JsonValue::Number ||
+          slots->kind != JsonValue::Number || !(count->num >= 1) || !(slots->num >= 1))
+        continue;
+      items = count->num * slots->num;
+    }
+    // Only the QSGD kernels' rates depend on bits and bucket.
+    const bool any = kernel->str.compare(0, 4, "qsgd") != 0;
     k.rows.push_back({kernel->str, dtype->str, any ? 0 : (int)bits->num, any ? 0 : (int)bucket->num,
-                      n->num, us->num, topk ? density->num : 0.0});
+                      items, us->num, topk ? density->num : 0.0});
   }
   const bool anyQsgd = std::any_of(k.rows.begin(), k.rows.end(), [](const KernelRates::Entry& e) {
     return e.kernel.compare(0, 4, "qsgd") == 0;
@@ -184,8 +196,8 @@ bool KernelRates::lookup(const char* dtype, const QsgdKernels& k, size_t count, 
   return true;
 }
 
-bool KernelRates::lookupSparse(bool select, bool exact, double density, size_t count,
-                               KernelCosts* c, std::string* note) const {
+bool KernelRates::lookupSparse(bool select, bool exact, bool flagged, double density, size_t count,
+                               double checked, KernelCosts* c, std::string* note) const {
   if (!ok || count == 0 || !(density > 0)) return false;
   const char* kernel = exact ? "topk_exact" : "topk_threshold";
   const Entry* best = nullptr;
@@ -195,14 +207,25 @@ bool KernelRates::lookupSparse(bool select, bool exact, double density, size_t c
   for (const Entry& e : rows)
     if (select && e.kernel == kernel && e.dtype == "float" && (!best || far(e) < far(*best)))
       best = &e;
-  const Entry* copy = nullptr;
-  for (const Entry& e : rows)
-    if (e.kernel == "copy" && e.dtype == "float" &&
-        (!copy || fabs(log(e.n / count)) < fabs(log(copy->n / count))))
-      copy = &e;
+  auto nearest = [&](const char* name, double size) -> const Entry* {
+    const Entry* e = nullptr;
+    for (const Entry& x : rows)
+      if (x.kernel == name && x.dtype == "float" &&
+          (!e || fabs(log(x.n / size)) < fabs(log(e->n / size))))
+        e = &x;
+    return e;
+  };
+  const Entry* copy = nearest("copy", (double)count);
   if ((select && !best) || !copy) return false;
   *c = KernelCosts{};
   c->elementwisePerByte = copy->timeUs / (8.0 * copy->n);
+  // The per-call checks at their own rows where the report has them (the
+  // lists' check nearest in indices checked), else their 4-byte reads at
+  // the copy's bandwidth; 0 for those the row does not run.
+  const Entry* lists = checked > 0 ? nearest("sparse_check_lists", checked) : nullptr;
+  const Entry* flag = flagged ? nearest("nonfinite_flag", (double)count) : nullptr;
+  if (checked > 0) c->checkSlot = lists ? lists->timeUs / lists->n : 4 * c->elementwisePerByte;
+  if (flagged) c->flag = flag ? flag->timeUs / flag->n : 4 * c->elementwisePerByte;
   note->clear();
   if (best) {
     c->select = best->timeUs / best->n;
@@ -212,8 +235,10 @@ bool KernelRates::lookupSparse(bool select, bool exact, double density, size_t c
     *note = buf;
   }
   *note +=
-      "elementwise passes, the received lists' check, the non-finite flag and the scatter-adds' "
-      "random accesses estimated at copy bandwidth";
+      std::string("elementwise passes") +
+      (lists || checked <= 0 ? "" : ", the received lists' check (no sparse_check_lists row)") +
+      (flag || !flagged ? "" : ", the non-finite flag (no nonfinite_flag row)") +
+      " and the scatter-adds' random accesses estimated at copy bandwidth";
   return true;
 }
 

@@ -26,6 +26,7 @@ struct KernelRates {
     int bits, bucket;
     double n, timeUs;
     double density = 0;  // topk_threshold and topk_exact: the density selected at
+    // n: elements; for sparse_check_lists the indices checked (lists * k).
   };
   std::vector<Entry> rows;
 
@@ -43,12 +44,15 @@ struct KernelRates {
               std::string* note) const;
   // The sparse exchanges' costs: when `select`, the selector (topk_exact
   // when exact, else topk_threshold) from the report's row of the nearest
-  // density, then the nearest n (log scale); the passes charged by bytes at
-  // the copy's bandwidth. `note` says which rates stand in for what. False
-  // when the report has no copy row, or no row of a selector the row runs
-  // (rand-k and the dense fallback run none).
-  bool lookupSparse(bool select, bool exact, double density, size_t count, KernelCosts* costs,
-                    std::string* note) const;
+  // density, then the nearest n (log scale); the received lists' check
+  // (`checked` indices a call) and rand-k's non-finite flag (`flagged`) from their rows
+  // (sparse_check_lists, nonfinite_flag) where the report has them; the
+  // other passes, and those checks where it has not, by bytes at the copy's
+  // bandwidth. `note` says which rates stand in for what. False when the
+  // report has no copy row, or no row of a selector the row runs (rand-k
+  // and the dense fallback run none).
+  bool lookupSparse(bool select, bool exact, bool flagged, double density, size_t count,
+                    double checked, KernelCosts* costs, std::string* note) const;
 };
 
 // `where`: a report's .json, a folder of reports (the newest by name whose

@@ -37,7 +37,7 @@ void decodeOut(KernelWork& w, const CallKind& k) {
 KernelWork scaled(KernelWork w, double f) {
   w.encode *= f, w.encodeF32 *= f, w.ownerEncode *= f;
   w.decode *= f, w.decodeAcc *= f, w.elementwiseBytes *= f;
-  w.select *= f;
+  w.select *= f, w.checkSlots *= f, w.flag *= f;
   return w;
 }
 
@@ -54,7 +54,8 @@ KernelWork onFp32(KernelWork w) {
 double kernelUs(const KernelWork& w, const KernelCosts& c, double count) {
   return count * (w.encode * c.encode + w.encodeF32 * c.encodeF32 + w.ownerEncode * c.ownerEncode +
                   w.decode * c.decode + w.decodeAcc * c.decodeAcc +
-                  w.elementwiseBytes * c.elementwisePerByte + w.select * c.select);
+                  w.elementwiseBytes * c.elementwisePerByte + w.select * c.select +
+                  w.checkSlots * c.checkSlot + w.flag * c.flag);
 }
 
 // Kernel work per element of the buffer, as plugin/algorithms/ runs it (the
@@ -120,10 +121,11 @@ AlgoShape algoShape(int algo, int nranks, int local, int middle, const CallKind&
         s.latencySteps = 2.0 * (n - 1);
       } else if (kind.randk) {
         // The k indices drawn (written), gathered (index, v read, value
-        // written, v cleared), the non-finite flag (reads v), the flag
-        // applied to the k values, the output zeroed, the k values
+        // written, v cleared), the non-finite flag (one pass over v), the
+        // flag applied to the k values, the output zeroed, the k values
         // scatter-added (index, value, out read and written).
-        w.elementwiseBytes += sl * 4 + sl * 16 + 4 + sl * 8 + 4 + sl * 16;
+        w.flag += 1;
+        w.elementwiseBytes += sl * 4 + sl * 16 + sl * 8 + 4 + sl * 16;
         s.latencySteps = 2.0 * (n - 1);  // NCCL's ring allreduce of k + 1 floats
       } else {
         // The selector over v; the commit of the kmax slots (index, v read,
@@ -131,7 +133,8 @@ AlgoShape algoShape(int algo, int nranks, int local, int middle, const CallKind&
         // indices checked; the output zeroed; N scatter-adds of kmax slots.
         w.select += 1;
         w.elementwiseBytes += sl * (12 + vb + (kind.mask ? 4 : 0));
-        w.elementwiseBytes += n * sl * 4 + 4 + n * sl * (12 + vb);
+        w.checkSlots += n * sl;
+        w.elementwiseBytes += 4 + n * sl * (12 + vb);
         s.latencySteps = 1;  // allGatherDirect
       }
       // Settle with error feedback (not the dense path's): reads v and keep,

@@ -40,6 +40,8 @@ struct KernelWork {
   double decodeAcc = 0;    // decode-accumulate
   double elementwiseBytes = 0;  // read + written by toFloat, fromFloat, add, copy and zero passes
   double select = 0;            // the sparse selector (threshold or exact top-k) over v
+  double checkSlots = 0;        // received slot lists' indices checked (sparseCheckLists)
+  double flag = 0;              // rand-k's non-finite flag passes over v
 };
 
 // Microseconds per element of each kernel (elementwise: per byte), for the
@@ -48,6 +50,7 @@ struct KernelCosts {
   double encode = 0, encodeF32 = 0, ownerEncode = 0, decode = 0, decodeAcc = 0;
   double elementwisePerByte = 0;
   double select = 0;
+  double checkSlot = 0, flag = 0;  // per index checked; per element flagged
 };
 double kernelUs(const KernelWork& w, const KernelCosts& c, double count);
 

@@ -417,13 +417,17 @@ bool writeJson(const std::string& path, const Options& o, const RunInfo& info,
     if (r.kernelsMeasured && r.sparseKernels) {
       // The sparse exchange: its selector and the passes charged by bytes.
       fprintf(f,
-              "\"kernel_costs\": {\"select\": %s, \"elementwise_per_byte\": %s}, "
-              "\"kernel_work\": {\"select\": %s, \"elementwise_bytes\": %s}, "
+              "\"kernel_costs\": {\"select\": %s, \"check_lists\": %s, \"nonfinite_flag\": %s, "
+              "\"elementwise_per_byte\": %s}, "
+              "\"kernel_work\": {\"select\": %s, \"check_lists\": %s, \"nonfinite_flag\": %s, "
+              "\"elementwise_bytes\": %s}, "
               "\"sparse_kind\": {\"slots\": %zu, \"value_bytes\": %g, \"residual\": %s, "
               "\"momentum\": %s, \"clip\": %s, \"mask\": %s, \"dense\": %s}, "
               "\"kernel_note\": %s, ",
-              jsonNum(r.costs.select).c_str(), jsonNum(r.costs.elementwisePerByte).c_str(),
-              jsonNum(r.work.select).c_str(), jsonNum(r.work.elementwiseBytes).c_str(), r.slots,
+              jsonNum(r.costs.select).c_str(), jsonNum(r.costs.checkSlot).c_str(),
+              jsonNum(r.costs.flag).c_str(), jsonNum(r.costs.elementwisePerByte).c_str(),
+              jsonNum(r.work.select).c_str(), jsonNum(r.work.checkSlots).c_str(),
+              jsonNum(r.work.flag).c_str(), jsonNum(r.work.elementwiseBytes).c_str(), r.slots,
               r.kind.valueBytes, r.kind.residual ? "true" : "false",
               r.kind.momentum ? "true" : "false", r.kind.clip ? "true" : "false",
               r.kind.mask ? "true" : "false", r.dense ? "true" : "false",
