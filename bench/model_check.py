@@ -51,7 +51,10 @@ def check_rows(path):
     rows = json.load(open(path))["rows"]
     seen = 0
     for r in rows:
-        if r.get("method") in SPARSE and r.get("kernels_measured") and r["algo"] == "sparse":
+        inter = r.get("inter_wire_bytes")
+        flat = inter is None or inter >= r["wire_bytes"]
+        if (r.get("method") in SPARSE and r.get("kernels_measured") and r.get("sparse_kind") and
+                r["algo"] in ("sparse", "reducescatter") and flat):
             seen += 1
             check_sparse("%s: %s %s %s %d" % (os.path.basename(path), r["algo"], r["dtype"],
                                                r.get("label"), r["size"]), r)

@@ -183,6 +183,29 @@ def sparse_work(method, nranks, e, slots_per_elem, vb=4, residual=True, convert=
     return w
 
 
+def sparse_rs_work(method, nranks, e, s, vb=4, residual=True, convert=False, momentum=False,
+                   clip=False, mask=False, dense=False):
+    """Per element of the output block, one rank's flat sparse reduce-scatter, read off
+    plugin/algorithms/sparse_reduce_scatter.cc (docs/benchmark.md)."""
+    n, p, R = nranks, nranks - 1, 8 if residual else 0
+    w = dict.fromkeys(SPARSE_KINDS, 0.0)
+    b = n * (e + 4 + R + (8 if momentum else 0) + (e if clip else 0))  # accumulate, N blocks
+    if method == "randk":
+        w["nonfinite_flag"] = p
+        b += p * (4 * s + 16 * s + R) + 4 * s + p * (8 * s + 16 * s)  # draw, gather, settle; own
+        # draw, the flags applied, the scatter-adds
+    elif dense:
+        b += p * (8 + (12 if residual else 8) + (4 if mask else 0)) + p * 12  # copy, settle; add
+    else:
+        w["select"] = p
+        w["check_lists"] = p * s
+        b += p * (s * (12 + vb + (4 if mask else 0)) + R) + p * s * (12 + vb)  # commit, settle;
+        # the scatter-adds
+    b += 4 + 12 + (12 if residual else 8) + (4 + e if convert else 0)  # zero, own, settle, out
+    w["elementwise_bytes"] = b
+    return w
+
+
 def sparse_steps(method, nranks, dense=False):
     return 2 * (nranks - 1) if dense or method == "randk" else 1
 
@@ -196,9 +219,10 @@ def check_sparse_row(tag, r, costs, method, kind, lat=10.0):
     expect(all(got_kind.get(k) == v for k, v in kind.items()),
            "%s: sparse settings %s vs %s" % (tag, got_kind, kind))
     convert = r["dtype"] != "float" or r.get("redop") == "avg"
-    w = sparse_work(method, r["nranks"], e, kind["slots"] / r["count"], kind["value_bytes"],
-                    kind["residual"], convert, kind["momentum"], kind["clip"], kind["mask"],
-                    kind["dense"])
+    rs = r.get("collective") == "reduce_scatter"
+    w = (sparse_rs_work if rs else sparse_work)(
+        method, r["nranks"], e, kind["slots"] / r["count"], kind["value_bytes"], kind["residual"],
+        convert, kind["momentum"], kind["clip"], kind["mask"], kind["dense"])
     got = r.get("kernel_work") or {}
     expect(all(close(got.get(k), v) for k, v in w.items()),
            "%s: kernel work %s vs %s" % (tag, got, w))
@@ -211,7 +235,7 @@ def check_sparse_row(tag, r, costs, method, kind, lat=10.0):
     total = kernel_total(w, costs, r["count"])
     expect(close(r["kernel_us"], total, 1e-6),
            "%s: kernel_us %s vs %s" % (tag, r["kernel_us"], total))
-    steps = sparse_steps(method, r["nranks"], kind["dense"])
+    steps = 1 if rs else sparse_steps(method, r["nranks"], kind["dense"])
     expect(r["latency_steps"] == steps, "%s: latency steps %s vs %s" % (tag, r["latency_steps"],
                                                                        steps))
     for m in r["model"]:
@@ -781,6 +805,35 @@ def main():
                    "no sparse_check_lists row" not in note and "no nonfinite_flag" not in note,
                    "%s: the note names the rates that stand in (%s)" % (t, note))
     model_check.check_rows(os.path.join(work, "sparse-dgc-2.json"))
+    # The flat sparse reduce-scatter (-C reduce_scatter), per element of the output block.
+    for method, env in (("topk", {}), ("dgc", {"GRADCOMP_CLIP_NORM": "1",
+                                               "GRADCOMP_VALUE_TYPE": "half"}),
+                        ("randk", {}), ("topk", {"GRADCOMP_DENSITY": "0.3"})):
+        tag = "sparse reduce-scatter fixture %s %s" % (method, env)
+        path = os.path.join(work, "sparse-rs-%s-%d.json" % (method, len(env)))
+        code, out, rows = run(perf, ["-N", str(nranks), "-C", "reduce_scatter", "-b", "64K", "-e",
+                                     "64K", "-n", "1", "-w", "0", "-m", method, "-d",
+                                     "float,bfloat16", "--kernel-rates",
+                                     os.path.join(fs, "2030-01-01-sparse-gpu.json")],
+                              path, env=dict({"GRADCOMP_DENSITY": "0.01"}, **env))
+        expect(code == 0 and len(rows) == 2, "%s: exits 0, a row a type" % tag)
+        for r in rows:
+            t = "%s %s" % (tag, r["dtype"])
+            expect(r["algo"] == "reducescatter" and r["wrong"] == 0, "%s: ran, checked" % t)
+            m_ = r["count"]
+            density = float(env.get("GRADCOMP_DENSITY", "0.01"))
+            dgc = method == "dgc"
+            kind = {"slots": sparse_slots(m_, density, 2.0, method == "randk"),
+                    "value_bytes": 2 if env.get("GRADCOMP_VALUE_TYPE") == "half" else 4,
+                    "residual": True, "momentum": dgc, "clip": dgc, "mask": dgc,
+                    "dense": density == 0.3}
+            selects = method != "randk" and not kind["dense"]
+            costs = {"select": sel["threshold"] if selects else 0,
+                     "check_lists": checks["check_lists"] if selects else 0,
+                     "nonfinite_flag": checks["nonfinite_flag"] if method == "randk" else 0,
+                     "elementwise_per_byte": 3.0 / K / 8}
+            check_sparse_row(t, r, costs, method, kind)
+        model_check.check_rows(path)
     # As hier's middle stage (nodes of 2 at N = 4): the sparse exchange among the k = 2 nodes on
     # the fp32 shard, / G, beside the widening and the shard's conversion.
     code, out, rows = run(perf, ["-N", "4", "--local-size", "2", "-b", "256K", "-e", "256K",

@@ -271,14 +271,18 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
   kind.convert = dtype != ncclFloat32 || o.op == ncclAvg;
   kind.ownerResidual = cfg.ownerResidual != 0;
   kind.piped = row->pieces > 1;
-  // The sparse exchange, flat or as hier's middle stage (its sparse
-  // reduce-scatter is not charged yet).
+  // The sparse exchange, flat or as hier's middle stage.
   const bool sparseMethod = cfg.method == gradcompMethodTopk || cfg.method == gradcompMethodDgc ||
                             cfg.method == gradcompMethodRandk;
+  // The flat sparse reduce-scatter too; the hierarchical one (>= 2 nodes of
+  // >= 2 ranks) is not charged yet.
+  const bool flatRs =
+      row->algoUsed == kAlgoReduceScatter && !(local > 1 && r.nranks() / local >= 2);
   const bool sparseKernels = sparseMethod && (row->algoUsed == gradcompAlgoSparseAllgather ||
-                                              row->algoUsed == gradcompAlgoHier);
+                                              row->algoUsed == gradcompAlgoHier || flatRs);
   if (sparseKernels) {
     kind.residual = cfg.errorFeedback != 0 || cfg.method == gradcompMethodDgc;  // keepsResidual
+    kind.sparse = true;
     kind.randk = cfg.method == gradcompMethodRandk;
     kind.dense = row->dense;
     const bool exact = kind.randk || cfg.select == gradcompSelectExact;

@@ -34,6 +34,32 @@ void decodeOut(KernelWork& w, const CallKind& k) {
   if (k.convert) w.elementwiseBytes += 4.0 + k.elemBytes;
 }
 
+// The flat sparse reduce-scatter (plugin/algorithms/sparse_reduce_scatter.cc)
+// per element of the output block m: v += g over all N blocks; for each of
+// the N-1 peers' blocks a selection and commit (rand-k: its draw, gather and
+// non-finite flag; a dense block: copied whole, settled clearing); the owner
+// zeroes its sum, checks the N-1 received lists, adds its own block of v and
+// scatter-adds (rand-k: draws its indices, applies the flags; dense: adds)
+// the peers', settles its block clearing and converts once.
+void sparseReduceScatter(KernelWork& w, double n, const CallKind& k) {
+  const double e = (double)k.elemBytes, sl = k.slots, vb = k.valueBytes;
+  const double res = k.residual ? 8 : 0, peers = n - 1;
+  w.elementwiseBytes += n * (e + 4 + res + (k.momentum ? 8 : 0) + (k.clip ? e : 0));
+  if (k.randk) {
+    w.flag += peers;
+    w.elementwiseBytes += peers * (20 * sl + res) + 4 * sl + peers * 24 * sl;
+  } else if (k.dense) {
+    w.elementwiseBytes += peers * (8 + (k.residual ? 12 : 8) + (k.mask ? 4 : 0)) + peers * 12;
+  } else {
+    w.select += peers;
+    w.checkSlots += peers * sl;
+    w.elementwiseBytes += peers * (sl * (12 + vb + (k.mask ? 4 : 0)) + res);
+    w.elementwiseBytes += peers * sl * (12 + vb);
+  }
+  w.elementwiseBytes += 4 + 12 + (k.residual ? 12 : 8);  // zero, own block added, settle
+  if (k.convert) w.elementwiseBytes += 4 + e;
+}
+
 KernelWork scaled(KernelWork w, double f) {
   w.encode *= f, w.encodeF32 *= f, w.ownerEncode *= f;
   w.decode *= f, w.decodeAcc *= f, w.elementwiseBytes *= f;
@@ -172,6 +198,11 @@ AlgoShape algoShape(int algo, int nranks, int local, int middle, const CallKind&
       }
       // Flat: ScatterSum on blocks of the output's size, one conversion unless the
       // output is an fp32 Sum (summed in place); one all-to-all.
+      s.latencySteps = 1;
+      if (kind.sparse) {
+        sparseReduceScatter(w, n, kind);
+        return s;
+      }
       scatterSum(w, n, kind, 1.0);
       if (kind.convert) w.elementwiseBytes += 4 + e;
       s.latencySteps = 1;

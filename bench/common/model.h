@@ -25,7 +25,7 @@ struct CallKind {
   // buffer they run on: the slots each rank sends (kmax / n; rand-k's k / n)
   // and their value bytes; DGC's momentum, its clipping's norm pass and
   // momentum masking; a dense fallback (all of v through an fp32 allreduce).
-  bool randk = false, dense = false;
+  bool sparse = false, randk = false, dense = false;
   double slots = 0, valueBytes = 4;
   bool momentum = false, clip = false, mask = false;
 };
