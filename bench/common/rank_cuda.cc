@@ -72,6 +72,17 @@ double timeKernel(int rank_, cudaStream_t stream, F&& launch) {
   return ms[ms.size() / 2] * 1e3;
 }
 
+// Microseconds per byte moved (read + written) by a device copy of count
+// floats: the rate the model charges the elementwise passes at.
+double copyUsPerByte(int rank_, cudaStream_t stream, const float* src, float* dst, size_t count) {
+  return timeKernel(
+             rank_, stream,
+             [&](int) {
+               BENCH_CUDA(cudaMemcpyAsync(dst, src, count * 4, cudaMemcpyDeviceToDevice, stream));
+             }) /
+         (8.0 * (double)count);
+}
+
 // The row's kernels' costs per element (Rank::qsgdKernelTimes) through the
 // public entry points: its QSGD encode of x, decode overwrite and accumulate
 // of the result, the fp32 encodes of the decoded values, and a device copy
@@ -121,13 +132,7 @@ bool timeQsgdKernels(int rank_, cudaStream_t stream, const void* x, ncclDataType
   // fp32 input: the decoded values (the partial sums the ring and the owners encode).
   costs->encodeF32 = t == ncclFloat32 ? costs->encode : encode(out, ncclFloat32, k);
   costs->ownerEncode = encode(out, ncclFloat32, k.owner());
-  costs->elementwisePerByte =
-      timeKernel(
-          rank_, stream,
-          [&](int) {
-            BENCH_CUDA(cudaMemcpyAsync(copy, out, count * 4, cudaMemcpyDeviceToDevice, stream));
-          }) /
-      (8.0 * n);
+  costs->elementwisePerByte = copyUsPerByte(rank_, stream, out, copy, count);
   cudaFree(residual);
   cudaFree(out);
   cudaFree(copy);
@@ -173,13 +178,7 @@ bool timeSparseKernels(int rank_, cudaStream_t stream, size_t count, const gradc
                    }) /
         n;
   }
-  costs->elementwisePerByte =
-      timeKernel(
-          rank_, stream,
-          [&](int) {
-            BENCH_CUDA(cudaMemcpyAsync(copy, v, count * 4, cudaMemcpyDeviceToDevice, stream));
-          }) /
-      (8.0 * n);
+  costs->elementwisePerByte = copyUsPerByte(rank_, stream, v, copy, count);
   BENCH_CUDA(cudaStreamSynchronize(stream));
   cudaFree(v);
   cudaFree(copy);
