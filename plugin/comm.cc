@@ -125,12 +125,14 @@ bool validComm(gradcompComm_t c) {
   return c != nullptr && c->backend && c->transport;
 }
 
+// The caller's config, checked and filled out to the whole struct, or the
+// GRADCOMP_* environment when there is none.
+gradcompResult_t configOrEnv(const gradcompConfig_t* config, gradcompConfig_t* whole) {
+  return config ? gc::validConfigFromCaller(config, whole) : gradcompConfigFromEnv(whole);
+}
+
 gradcompResult_t initComm(gradcompComm* c, const gradcompConfig_t* config) {
-  if (config) {
-    GC_CHECK(gc::validConfigFromCaller(config, &c->cfg));
-  } else {
-    GC_CHECK(gradcompConfigFromEnv(&c->cfg));
-  }
+  GC_CHECK(configOrEnv(config, &c->cfg));
   if (c->cfg.method == gradcompMethodDgc && c->cfg.momentumCorrection) {
     GC_INFO(
         "DGC momentum correction is on: gradcomp accumulates the velocity, so the "
@@ -263,11 +265,7 @@ GC_EXPORT gradcompResult_t gradcompCommCreateCpu(int nranks, const gradcompConfi
   GC_ARG(comms != nullptr, "comms (output array) is NULL");
   GC_ARG(nranks >= 1 && nranks <= 1024, "nranks=%d is out of range 1..1024", nranks);
   gradcompConfig_t cfg;
-  if (config) {
-    GC_CHECK(gc::validConfigFromCaller(config, &cfg));
-  } else {
-    GC_CHECK(gradcompConfigFromEnv(&cfg));
-  }
+  GC_CHECK(configOrEnv(config, &cfg));
   auto transports = gc::makeCpuWorld(nranks, cfg.cpuTimeoutSec);
   for (int r = 0; r < nranks; ++r) {
     gradcompComm* c = new gradcompComm();
