@@ -19,7 +19,7 @@ extern "C" {
 #endif
 
 #define GRADCOMP_VERSION_MAJOR 0
-#define GRADCOMP_VERSION_MINOR 3
+#define GRADCOMP_VERSION_MINOR 4
 #define GRADCOMP_VERSION_PATCH 0
 #define GRADCOMP_VERSION_CODE \
   (GRADCOMP_VERSION_MAJOR * 10000 + GRADCOMP_VERSION_MINOR * 100 + GRADCOMP_VERSION_PATCH)
@@ -131,6 +131,15 @@ typedef struct {
   size_t pipelineBytes;
   float cpuTimeoutSec; /* GRADCOMP_CPU_TIMEOUT: CPU backend, seconds a rank waits for the others */
   gradcompRounding_t rounding; /* GRADCOMP_ROUNDING stochastic|nearest (QSGD levels) */
+  /* GRADCOMP_CHECK_CALLS 0/1, default 0: before every allreduce and
+   * reduce-scatter (compressed or passed through), the ranks agree that they
+   * are in the same call (collective, step, count, datatype, op), and a
+   * disagreement fails every rank with gradcompInvalidUsage naming both
+   * calls instead of hanging or summing unrelated bytes. On NCCL it costs a
+   * small allgather and a host sync per call (a debugging aid, as Horovod's
+   * shape check); calls being captured into a CUDA graph are not checked.
+   * The CPU backend checks every call whatever this says. */
+  int checkCalls;
 } gradcompConfig_t;
 
 /* Defaults in the first structSize bytes of *config (structSize included). */

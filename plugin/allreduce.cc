@@ -55,7 +55,7 @@ gradcompResult_t allReduce(const void* send, void* recv, size_t count, ncclDataT
   c->backend->setStream(stream);
   c->transport->setStream(stream);
   if (count == 0) return gradcompSuccess;
-  GC_CHECK(beginCollective(*c, count, type, op));
+  GC_CHECK(beginCollective(*c, kCallAllReduce, count, type, op));
 
   if (!compressible(*c, count, type, op)) {
     GC_TRACE("pass through: count=%zu type=%d op=%d ranks=%d", count, (int)type, (int)op,

@@ -8,9 +8,9 @@
 
 namespace gc {
 
-gradcompResult_t beginCollective(gradcompComm& c, size_t count, ncclDataType_t type,
+gradcompResult_t beginCollective(gradcompComm& c, CallKind kind, size_t count, ncclDataType_t type,
                                  ncclRedOp_t op) {
-  c.transport->beginCall(CallInfo{c.step, count, (int)type, (int)op});
+  c.transport->beginCall(CallInfo{c.step, count, (int)type, (int)op, (int)kind});
   // A hierarchical call runs on the node and inter-node sub-worlds alone,
   // which see neither the call nor each other: the CPU world agrees on it
   // first, so that a rank's different op or count fails every rank with its
@@ -25,6 +25,19 @@ gradcompResult_t beginCollective(gradcompComm& c, size_t count, ncclDataType_t t
     }
     GC_CHECK(c.transport->verifyCall());
     c.verifyNext = false;
+  } else if (c.cfg.checkCalls && !c.transport->checksEveryCall()) {
+    // GRADCOMP_CHECK_CALLS: the same agreement before every call. Its host
+    // sync cannot be captured, and refusing would make the setting break
+    // graphs, so captured calls go unchecked, said once per comm.
+    if (!c.backend->capturing()) {
+      GC_CHECK(c.transport->verifyCall());
+    } else if (!c.warnedCheckCapture) {
+      c.warnedCheckCapture = true;
+      GC_WARN(
+          "rank %d: GRADCOMP_CHECK_CALLS does not check calls captured into a CUDA graph "
+          "(its agreement is a host sync); eager calls are still checked",
+          c.rank);
+    }
   }
   return gradcompSuccess;
 }

@@ -17,12 +17,13 @@ enum StateKind : int {
 };
 
 // What every collective does first, once its stream is set: records the call
-// for the CPU world's per-collective agreement (step, count, type, op; on a
-// hierarchical CPU comm, which calls only sub-worlds, one agreement of the
-// whole world) and,
-// after a state load or reset, checks once that all ranks are at the same
-// step (a host sync, so refused under capture).
-gradcompResult_t beginCollective(gradcompComm& c, size_t count, ncclDataType_t type,
+// for the CPU world's per-collective agreement (kind, step, count, type, op;
+// on a hierarchical CPU comm, which calls only sub-worlds, one agreement of
+// the whole world) and, after a state load or reset, checks once that all
+// ranks are at the same step (a host sync, so refused under capture). With
+// GRADCOMP_CHECK_CALLS, a transport that does not check every collective
+// (NCCL) runs that agreement before every call outside capture.
+gradcompResult_t beginCollective(gradcompComm& c, CallKind kind, size_t count, ncclDataType_t type,
                                  ncclRedOp_t op);
 
 // DESIGN.md's eligibility rule: fp32/fp16/bf16, Sum/Avg, count >=

@@ -67,6 +67,7 @@ struct gradcompComm {
   // Set by a state load or reset: the next call first checks that every
   // rank is at the same step (Transport::verifyCall).
   bool verifyNext = false;
+  bool warnedCheckCapture = false;  // GRADCOMP_CHECK_CALLS skipped a captured call
   // gradcompCommAbort: set once abort begins (every later call fails), and
   // the public calls in progress, which abort waits for before it frees.
   std::atomic<bool> aborted{false};

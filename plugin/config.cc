@@ -88,6 +88,11 @@ static const ParamSpec kParams[] = {
      "whose kernels overlap the transfers (CUDA backend); 0 is off; results are bitwise the same"},
     {"GRADCOMP_CPU_TIMEOUT", ParamKind::Float, GC_FIELD(cpuTimeoutSec), 0.001, 86400, nullptr,
      "120", "CPU backend: seconds a rank waits at a collective for the others before it fails"},
+    {"GRADCOMP_CHECK_CALLS", ParamKind::Int, GC_FIELD(checkCalls), 0, 1, nullptr, "0",
+     "NCCL backend: before every allreduce and reduce-scatter the ranks agree on the call "
+     "(collective, step, count, datatype, op), so that mismatched calls fail on every rank "
+     "instead of hanging; costs a small allgather and a host sync per call; not inside CUDA "
+     "graph capture (the CPU backend always checks)"},
     {"GRADCOMP_DEBUG", ParamKind::String, GC_PROCESS_KNOB, 0, 0, nullptr, "(unset)",
      "log level: WARN, INFO or TRACE, to stderr"},
     {"GRADCOMP_GROUP", ParamKind::String, GC_PROCESS_KNOB, 0, 0, nullptr, "defer",
@@ -342,6 +347,7 @@ void configDefaults(gradcompConfig_t* c) {
   c->pipelineBytes = 0;
   c->cpuTimeoutSec = 120.0f;
   c->rounding = gradcompRoundStochastic;
+  c->checkCalls = 0;
 }
 
 static size_t fieldBytes(ParamKind kind) {

@@ -40,7 +40,7 @@ gradcompResult_t reduceScatter(const void* send, void* recv, size_t recvCount, n
   c->transport->setStream(stream);
   if (recvCount == 0) return gradcompSuccess;
   const size_t count = recvCount * (size_t)c->nranks;
-  GC_CHECK(beginCollective(*c, count, type, op));
+  GC_CHECK(beginCollective(*c, kCallReduceScatter, count, type, op));
 
   if (!compressible(*c, count, type, op)) {
     GC_TRACE("reduce-scatter pass through: recvcount=%zu type=%d op=%d ranks=%d", recvCount,

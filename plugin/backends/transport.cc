@@ -5,14 +5,21 @@
 
 namespace gc {
 
+static const char* callKindName(int kind) {
+  return kind == kCallAllReduce       ? "allreduce"
+         : kind == kCallReduceScatter ? "reduce-scatter"
+                                      : "an unknown collective";
+}
+
 gradcompResult_t callMismatch(int rank, const CallInfo& mine, int peer, const CallInfo& theirs) {
   return setError(gradcompInvalidUsage,
-                  "rank %d is at step %llu with count=%llu datatype=%d op=%d while rank %d is at "
-                  "step %llu with count=%llu datatype=%d op=%d: every rank must make the same "
-                  "calls in the same order from the same state",
+                  "rank %d is at step %llu with count=%llu datatype=%d op=%d (%s) while rank %d "
+                  "is at step %llu with count=%llu datatype=%d op=%d (%s): every rank must make "
+                  "the same calls in the same order from the same state",
                   rank, (unsigned long long)mine.step, (unsigned long long)mine.count, mine.type,
-                  mine.op, peer, (unsigned long long)theirs.step, (unsigned long long)theirs.count,
-                  theirs.type, theirs.op);
+                  mine.op, callKindName(mine.kind), peer, (unsigned long long)theirs.step,
+                  (unsigned long long)theirs.count, theirs.type, theirs.op,
+                  callKindName(theirs.kind));
 }
 
 gradcompResult_t Transport::checkOpen() const {

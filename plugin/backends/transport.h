@@ -17,16 +17,21 @@
 
 namespace gc {
 
-// What every rank must agree on for one gradcompAllReduce: ranks that differ
-// here would exchange unrelated bytes (sparse indices past a shorter buffer,
-// rand-k sums of different coordinates).
+// The collective a CallInfo belongs to.
+enum CallKind : int { kCallAllReduce = 0, kCallReduceScatter = 1 };
+
+// What every rank must agree on for one gradcompAllReduce or
+// gradcompReduceScatter: ranks that differ here would exchange unrelated
+// bytes (sparse indices past a shorter buffer, rand-k sums of different
+// coordinates) or wait for each other in different NCCL collectives.
 struct CallInfo {
   uint64_t step = 0;   // the comm's compressed-call counter (every RNG key reads it)
-  uint64_t count = 0;  // elements
+  uint64_t count = 0;  // elements (the reduce-scatter's input: nranks * recvcount)
   int type = -1;       // ncclDataType_t
   int op = -1;         // ncclRedOp_t
+  int kind = kCallAllReduce;
   bool operator==(const CallInfo& o) const {
-    return step == o.step && count == o.count && type == o.type && op == o.op;
+    return step == o.step && count == o.count && type == o.type && op == o.op && kind == o.kind;
   }
 };
 
@@ -39,6 +44,10 @@ class Transport {
   // The call the next collectives belong to. The CPU transport checks it at
   // every collective, for free; NCCL only in verifyCall.
   void beginCall(const CallInfo& call) { call_ = call; }
+  // Whether every collective of this transport already checks the call
+  // (the CPU world and the socket transport): then GRADCOMP_CHECK_CALLS has
+  // nothing to add.
+  virtual bool checksEveryCall() const { return false; }
   // An explicit agreement on the current call (one small allgather and a
   // host sync on NCCL): the comm runs it once after its state was loaded or
   // reset, where ranks can disagree on the step. InvalidUsage on every rank

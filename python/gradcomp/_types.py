@@ -47,6 +47,7 @@ CONFIG_FIELDS = [
     ("pipelineBytes", ctypes.c_size_t),
     ("cpuTimeoutSec", ctypes.c_float),
     ("rounding", c_enum),
+    ("checkCalls", ctypes.c_int),
 ]
 
 # (C name, ctypes type), in the order of gradcompStats_t.

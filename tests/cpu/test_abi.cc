@@ -67,7 +67,8 @@ TEST(Abi, HistoricalLayoutsHaveTheSizesTheLibraryAccepts) {
   EXPECT_EQ(sizeof(old::ConfigAuto), 128u);
   EXPECT_EQ(sizeof(old::ConfigPipe), 136u);
   EXPECT_EQ(sizeof(old::Config020), 144u);
-  EXPECT_EQ(sizeof(gradcompConfig_t), 144u);
+  EXPECT_EQ(sizeof(old::Config030), 144u);
+  EXPECT_EQ(sizeof(gradcompConfig_t), 152u);
   EXPECT_EQ(sizeof(old::Stats01), 112u);
   EXPECT_EQ(sizeof(old::StatsHier), 128u);
   EXPECT_EQ(sizeof(old::Stats020), 152u);
@@ -129,6 +130,7 @@ TEST(Abi, FromEnvRefusesAVariableForAFieldTheCallerLacks) {
     const char* field;
   };
   const Case refused[] = {
+      {"GRADCOMP_CHECK_CALLS", "1", sizeof(old::Config030), "checkCalls"},
       {"GRADCOMP_ROUNDING", "nearest", sizeof(old::ConfigPipe), "rounding"},
       {"GRADCOMP_CPU_TIMEOUT", "5", sizeof(old::ConfigPipe), "cpuTimeoutSec"},
       {"GRADCOMP_AUTO", "0", sizeof(old::ConfigHier), "autoTune"},
@@ -156,7 +158,7 @@ TEST(Abi, FromEnvRefusesAVariableForAFieldTheCallerLacks) {
 
 // Sizes no header had: 0, inside structSize, the end of a field short of
 // the struct's padding (elias, rounding), between layouts, a newer header's.
-const size_t kUnknownConfigSizes[] = {0, 4, 8, 116, 124, 140, 152, 4096};
+const size_t kUnknownConfigSizes[] = {0, 4, 8, 116, 124, 140, 148, 160, 4096};
 
 TEST(Abi, UnknownConfigSizesAreRefusedNamingThemAndNothingIsWritten) {
   for (size_t size : kUnknownConfigSizes) {

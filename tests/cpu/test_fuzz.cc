@@ -357,16 +357,17 @@ bool recvAll(int fd, void* p, size_t n) {
   return true;
 }
 
-// One whole message (the 48-byte header, whose last word is the payload's
+// One whole message (the 56-byte header, whose last word is the payload's
 // length, then the payload); empty when the peer closed or went quiet.
+constexpr size_t kHeaderBytes = 56;
 std::vector<char> recvMessage(int fd) {
-  std::vector<char> m(48);
-  if (!recvAll(fd, m.data(), 48)) return {};
+  std::vector<char> m(kHeaderBytes);
+  if (!recvAll(fd, m.data(), kHeaderBytes)) return {};
   uint64_t bytes;
-  memcpy(&bytes, m.data() + 40, 8);
+  memcpy(&bytes, m.data() + kHeaderBytes - 8, 8);
   if (bytes > (64u << 20)) return {};
-  m.resize(48 + bytes);
-  if (bytes && !recvAll(fd, m.data() + 48, bytes)) return {};
+  m.resize(kHeaderBytes + bytes);
+  if (bytes && !recvAll(fd, m.data() + kHeaderBytes, bytes)) return {};
   return m;
 }
 

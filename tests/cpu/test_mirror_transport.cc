@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 #include <string.h>
 
+#include <string>
 #include <vector>
 
 #include "gradcomp.h"
@@ -114,6 +115,70 @@ TEST(MirrorTransportCpu, AutoTimesOverTheMirror) {
   EXPECT_EQ(gc::autoCheckFigures(d.figures), gradcompSuccess);
   EXPECT_EQ(c->stats.callsCompressed, 0u);
   gradcompCommDestroy(c);
+}
+
+// GRADCOMP_CHECK_CALLS on a transport that does not check every collective
+// (the mirror stands for NCCL here): every allreduce and reduce-scatter,
+// compressed or passed through, first agrees on its call, and a rank whose
+// call differs fails it before a byte moves, its buffer untouched.
+TEST(MirrorTransportCpu, CheckCallsAgreesBeforeEveryCall) {
+  gradcompConfig_t cfg;
+  gradcompConfigInit(&cfg);
+  cfg.autoTune = 0;
+  cfg.minElements = 0;
+  const size_t n = 10000;
+  const std::vector<float> x = gctest::normal(n, 11);
+  for (int check : {0, 1}) {
+    SCOPED_TRACE(testing::Message() << "checkCalls=" << check);
+    cfg.checkCalls = check;
+    gradcompComm* c = gctest::mirrorComm(cfg, false, 2, n, nullptr, true);
+    auto* mirror = static_cast<gctest::MirrorTransport*>(c->transport.get());
+    std::vector<float> out = x;
+    ASSERT_EQ(gradcompAllReduce(out.data(), out.data(), n, ncclFloat32, ncclSum, c, nullptr),
+              gradcompSuccess)
+        << gradcompGetLastError();
+    EXPECT_EQ(mirror->verifyCalls, check);
+    // Passed through (Max is not compressed): checked too, at the next step.
+    ASSERT_EQ(gradcompAllReduce(x.data(), out.data(), n, ncclFloat32, ncclMax, c, nullptr),
+              gradcompSuccess)
+        << gradcompGetLastError();
+    EXPECT_EQ(mirror->verifyCalls, 2 * check);
+    if (check) {
+      EXPECT_EQ(mirror->lastVerified.step, 1u);
+      EXPECT_EQ(mirror->lastVerified.count, n);
+      EXPECT_EQ(mirror->lastVerified.op, (int)ncclMax);
+      EXPECT_EQ(mirror->lastVerified.kind, (int)gc::kCallAllReduce);
+    }
+    // A reduce-scatter agrees as one, on its input count (the mirror has no
+    // reduce-scatter of its own, so the call then fails at the transport).
+    EXPECT_EQ(gradcompReduceScatter(x.data(), out.data(), n / 2, ncclFloat32, ncclMax, c, nullptr),
+              gradcompNotSupported);
+    EXPECT_EQ(mirror->verifyCalls, 3 * check);
+    if (check) {
+      EXPECT_EQ(mirror->lastVerified.kind, (int)gc::kCallReduceScatter);
+      EXPECT_EQ(mirror->lastVerified.count, n);
+    }
+
+    // Rank 1 one step ahead: detected only with the check, before any byte
+    // of the buffer is written.
+    mirror->peerStepAhead = true;
+    out = x;
+    const gradcompResult_t res =
+        gradcompAllReduce(out.data(), out.data(), n, ncclFloat32, ncclSum, c, nullptr);
+    if (check) {
+      EXPECT_EQ(res, gradcompInvalidUsage);
+      EXPECT_EQ(std::string(gradcompGetLastError()),
+                "rank 0 is at step 1 with count=10000 datatype=7 op=0 (allreduce) while rank 1 "
+                "is at step 2 with count=10000 datatype=7 op=0 (allreduce): every rank must make "
+                "the same calls in the same order from the same state");
+      EXPECT_EQ(memcmp(out.data(), x.data(), n * sizeof(float)), 0);
+      EXPECT_EQ(c->stats.callsCompressed, 1u);
+    } else {
+      EXPECT_EQ(res, gradcompSuccess) << gradcompGetLastError();
+      EXPECT_EQ(mirror->verifyCalls, 0);
+    }
+    gradcompCommDestroy(c);
+  }
 }
 
 }  // namespace

@@ -392,8 +392,8 @@ TEST(RoundingConfig, ConfigOfAnOlderLayoutNeverHasRoundingRead) {
 
   c.structSize = offsetof(gradcompConfig_t, rounding);
   const std::string expect =
-      "config structSize=140 is not the size of a gradcompConfig_t this library (0.3.0) knows "
-      "(120, 128, 136 or 144 bytes): start from gradcompConfigInit, which passes "
+      "config structSize=140 is not the size of a gradcompConfig_t this library (0.4.0) knows "
+      "(120, 128, 136, 144 or 152 bytes): start from gradcompConfigInit, which passes "
       "sizeof(gradcompConfig_t)";
   EXPECT_EQ(gradcompConfigValidate(&c), gradcompInvalidArgument);
   EXPECT_EQ(std::string(gradcompGetLastError()), expect);

@@ -79,6 +79,20 @@ class MirrorTransport final : public gc::Transport {
   gradcompResult_t reduceScatter(const void*, void*, size_t, ncclDataType_t, ncclRedOp_t) override {
     return gradcompNotSupported;
   }
+  // The agreement on the call (GRADCOMP_CHECK_CALLS, a load or reset):
+  // counted, and with peerStepAhead rank 1 stands one step ahead, so it
+  // fails as NCCL's agreement fails for ranks whose calls differ.
+  gradcompResult_t verifyCall() override {
+    ++verifyCalls;
+    lastVerified = call_;
+    if (!peerStepAhead) return gradcompSuccess;
+    gc::CallInfo peer = call_;
+    peer.step++;
+    return gc::callMismatch(rank_, call_, 1, peer);
+  }
+  int verifyCalls = 0;
+  gc::CallInfo lastVerified;
+  bool peerStepAhead = false;
 
  private:
   gc::Backend* be_;

@@ -8,7 +8,8 @@
 // that every rank must refuse alike, then
 // pass-through; then gradcompReduceScatter (QSGD fixed and DQ-SGD bits, the
 // sparse methods, in place, a graph, pass-through) against tests/common/ref_rs.h
-// (ref_hier_rs.h when hierarchical), then GRADCOMP_AUTO. Prints "N passed, M
+// (ref_hier_rs.h when hierarchical), then GRADCOMP_CHECK_CALLS, then
+// GRADCOMP_AUTO. Prints "N passed, M
 // failed" and, for the reduce-scatter checks alone, "multirank rs ...: N passed,
 // M failed". With GRADCOMP_LOCAL_SIZE=L > 1 (tools/multirank_check.sh runs N =
 // 4, L = 2) the comms are hierarchical (nodes of L consecutive ranks) and the
@@ -890,6 +891,72 @@ void checkRestoredSteps(ncclComm_t nc, cudaStream_t st) {
   gradcompCommDestroy(gc);
 }
 
+// GRADCOMP_CHECK_CALLS: ranks whose calls differ (count; allreduce against
+// reduce-scatter of the same input) fail every rank with InvalidUsage before
+// any NCCL collective of the call, where NCCL alone would hang or sum
+// unrelated bytes; the comm and the NCCL comm then work on. A captured call
+// is left unchecked and still replays.
+void checkCallsCheck(ncclComm_t nc, cudaStream_t st) {
+  if (nranks < 2) return;
+  gradcompConfig_t cfg;
+  gradcompConfigInit(&cfg);
+  cfg.autoTune = 0;
+  cfg.minElements = 0;
+  cfg.checkCalls = 1;
+  gradcompComm_t gc;
+  CK(gradcompCommCreate(nc, &cfg, &gc));
+  const size_t n = 25000 * (size_t)nranks;
+  std::vector<float> g = gctest::normal(n, 131 + rank), got(n);
+  float* d;
+  CK(cudaMalloc(&d, n * 4));
+  auto run = [&](std::function<gradcompResult_t()> call) {
+    CK(cudaMemcpyAsync(d, g.data(), n * 4, cudaMemcpyHostToDevice, st));
+    gradcompResult_t r = call();
+    CK(cudaStreamSynchronize(st));
+    return r;
+  };
+  auto allreduce = [&](size_t count) {
+    return [&, count] { return gradcompAllReduce(d, d, count, ncclFloat32, ncclSum, gc, st); };
+  };
+  report(run(allreduce(n)) == gradcompSuccess, "check calls: matching calls pass");
+  const gradcompResult_t differ = run(allreduce(rank == 0 ? n : n - 512));
+  std::string why = gradcompGetLastError();
+  report(differ == gradcompInvalidUsage && why.find("count=") != std::string::npos,
+         "check calls: a different count fails every rank (" + why + ")");
+  const gradcompResult_t kinds = run([&] {
+    return rank == 0 ? gradcompAllReduce(d, d, n, ncclFloat32, ncclSum, gc, st)
+                     : gradcompReduceScatter(d, d + rank * (n / nranks), n / nranks, ncclFloat32,
+                                             ncclSum, gc, st);
+  });
+  why = gradcompGetLastError();
+  report(kinds == gradcompInvalidUsage && why.find("(reduce-scatter)") != std::string::npos,
+         "check calls: allreduce against reduce-scatter fails every rank (" + why + ")");
+  report(run(allreduce(n)) == gradcompSuccess, "check calls: the comm works on after refusals");
+  CK(cudaMemcpy(got.data(), d, n * 4, cudaMemcpyDeviceToHost));
+  report(sameOnAllRanks(nc, st, got), "check calls: same on all ranks after refusals");
+  // Captured: unchecked (the check is a host sync), the graph replays.
+  CK(cudaMemcpyAsync(d, g.data(), n * 4, cudaMemcpyHostToDevice, st));
+  CK(cudaStreamSynchronize(st));
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+  const gradcompResult_t captured = gradcompAllReduce(d, d, n, ncclFloat32, ncclSum, gc, st);
+  CK(cudaStreamEndCapture(st, &graph));
+  bool ok = captured == gradcompSuccess && graph != nullptr;
+  if (ok) {
+    CK(cudaGraphInstantiate(&exec, graph, 0));
+    CK(cudaGraphLaunch(exec, st));
+    CK(cudaStreamSynchronize(st));
+    CK(cudaMemcpy(got.data(), d, n * 4, cudaMemcpyDeviceToHost));
+    ok = sameOnAllRanks(nc, st, got);
+  }
+  report(ok, "check calls: a captured call is not checked and replays alike on all ranks");
+  if (exec) cudaGraphExecDestroy(exec);
+  if (graph) cudaGraphDestroy(graph);
+  cudaFree(d);
+  gradcompCommDestroy(gc);
+}
+
 }  // namespace
 
 // The abort check (GC_ABORT_TEST=1): see the top of the file.
@@ -1051,6 +1118,7 @@ int main() {
   checkRsPassThrough(nc, st);
   inRs = false;
   checkRestoredSteps(nc, st);
+  checkCallsCheck(nc, st);
   checkAuto(nc, st);
   inRs = true;
   checkAutoRs(nc, st);

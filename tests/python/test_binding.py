@@ -198,12 +198,12 @@ class StructMirror(unittest.TestCase):
             with self.assertRaises(gradcomp.GradcompError) as e:
                 _lib._check_config_size(gradcomp.lib())
             self.assertIn(self.refused("config", "gradcompConfig_t", size,
-                                       "120, 128, 136 or 144"), str(e.exception))
+                                       "120, 128, 136, 144 or 152"), str(e.exception))
             self.assertIn("CONFIG_FIELDS", str(e.exception))
             with self.assertRaises(gradcomp.InvalidArgumentError) as e:
                 gradcomp.Config(from_env=False)
             self.assertEqual(str(e.exception), self.refused(
-                "config", "gradcompConfig_t", size, "120, 128, 136 or 144"))
+                "config", "gradcompConfig_t", size, "120, 128, 136, 144 or 152"))
             _types.ConfigStruct = saved[0]
             _types.StatsStruct = AheadStats
             with gradcomp.CpuWorld(1) as w:

@@ -59,10 +59,11 @@ struct WireHeader {
   uint32_t collective;   // which collective, and which sub-transport (tag << 8)
   uint64_t check;        // a size every rank must agree on (0: none)
   uint64_t step, count;  // the call (CallInfo)
-  int32_t type, op;
-  uint64_t bytes;  // payload that follows
+  int32_t type, op, kind;
+  uint32_t reserved;  // zero
+  uint64_t bytes;     // payload that follows
 };
-static_assert(sizeof(WireHeader) == 48, "no padding in the wire header");
+static_assert(sizeof(WireHeader) == 56, "no padding in the wire header");
 
 struct Hello {
   uint32_t magic;
@@ -580,6 +581,8 @@ class SocketTransport final : public Transport {
     size_ = (int)members_.size();
   }
 
+  bool checksEveryCall() const override { return true; }  // every message's header
+
   void abort() override {
     Transport::abort();
     mesh_->abort();
@@ -792,7 +795,7 @@ class SocketTransport final : public Transport {
                       "socket transport: rank %d received a corrupt message from rank %d", rank_,
                       peer);
     }
-    const CallInfo theirs{h.step, h.count, h.type, h.op};
+    const CallInfo theirs{h.step, h.count, h.type, h.op, h.kind};
     if (!(theirs == call_)) return callMismatch(rank_, call_, peer, theirs);
     if (h.collective != mine.collective || h.check != mine.check || h.bytes != t.bytes) {
       return setError(gradcompInvalidUsage,
@@ -825,6 +828,7 @@ class SocketTransport final : public Transport {
     mine.count = call_.count;
     mine.type = call_.type;
     mine.op = call_.op;
+    mine.kind = call_.kind;
     for (Transfer& t : xs) {
       if (t.isSend) {
         t.header = mine;

@@ -211,6 +211,8 @@ class CpuTransport final : public Transport {
     size_ = world_->nranks;
   }
 
+  bool checksEveryCall() const override { return true; }  // every collective's slots
+
   void abort() override {
     Transport::abort();
     world_->abort();
