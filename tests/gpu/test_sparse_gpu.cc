@@ -91,8 +91,8 @@ TEST_F(SparseGpu, AccumulateEqualsHost) {
 // (no momentum, no v in: v is s*g itself).
 TEST_F(SparseGpu, ClippedAccumulateOfFiniteGradientEqualsHost) {
   for (size_t n : {(size_t)4097, (size_t)300000, (size_t)65536 * 256 + 4097}) {
+    const std::vector<float> x = gctest::normal(n, 11 + n, 2.0f);
     for (DType t : {DType::F32, DType::F16, DType::BF16}) {
-      const std::vector<float> x = gctest::normal(n, 11 + n, 2.0f);
       std::vector<uint16_t> g(n * 2);  // fp32 bits, or one half per element
       for (size_t i = 0; i < n; ++i) gc::storeFromFloat(g.data(), t, i, x[i]);
       const float clip = 3.0f;
