@@ -191,22 +191,40 @@ bool timeSparseKernels(int rank_, cudaStream_t stream, size_t count, const gradc
 using KernelKey = std::tuple<int, size_t, QsgdKernels>;
 using KernelTable = std::map<KernelKey, KernelCosts>;
 
+// (count, the selector's settings) -> the sparse exchange's costs; a row
+// that times no selector (rand-k, the dense fallback) has the key of
+// noSelect, whatever its settings.
+using SparseKey = std::tuple<size_t, int, float, float, float>;
+using SparseTable = std::map<SparseKey, KernelCosts>;
+
+SparseKey sparseKeyOf(size_t count, const gradcompConfig_t& cfg, bool noSelect) {
+  if (noSelect) return SparseKey{count, -1, 0.0f, 0.0f, 0.0f};
+  return SparseKey{count, cfg.select == gradcompSelectExact ? 1 : 0, cfg.density, cfg.oversample,
+                   cfg.sampleRate};
+}
+
+bool isSparse(gradcompMethod_t m) {
+  return m == gradcompMethodTopk || m == gradcompMethodDgc || m == gradcompMethodRandk;
+}
+
 // Rank 0 measures every kernel the link model will need while the other
 // ranks still wait for the NCCL id: on a shared GPU that is the only time
-// the kernels run alone (later, waiting ranks spin NCCL kernels).
-void measureKernelTable(const Options& o, int device, KernelTable* table) {
+// the kernels run alone (later, waiting ranks spin NCCL kernels, and the
+// GPU time-slices between the processes).
+void measureKernelTable(const Options& o, int device, KernelTable* table, SparseTable* sparse) {
   const int rank_ = 0;
   std::vector<QsgdKernels> configs;
+  std::vector<gradcompConfig_t> sparseConfigs;
   for (gradcompMethod_t m : o.methods) {
     gradcompConfig_t cfg;
     QsgdKernels k;
     std::string why;
-    if (!methodSpec(m).qsgdKernels || methodConfig(o, m, &cfg) != gradcompSuccess ||
-        !qsgdKernelsOf(cfg, &k, &why))
-      continue;
+    if (methodConfig(o, m, &cfg) != gradcompSuccess) continue;
+    if (isSparse(m)) sparseConfigs.push_back(cfg);
+    if (!methodSpec(m).qsgdKernels || !qsgdKernelsOf(cfg, &k, &why)) continue;
     configs.push_back(k);
   }
-  if (configs.empty()) return;
+  if (configs.empty() && sparseConfigs.empty()) return;
   BENCH_CUDA(cudaSetDevice(device));
   cudaStream_t stream;
   BENCH_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
@@ -222,6 +240,19 @@ void measureKernelTable(const Options& o, int device, KernelTable* table) {
         KernelCosts costs;
         if (count && timeQsgdKernels(0, stream, x, dt, count, k, &costs))
           (*table)[KernelKey{(int)t, count, k}] = costs;
+      }
+      // The sparse rows' costs (Rank::sparseKernelTimes), at the counts of
+      // every type's rows; the dense fallback's rows use the copy alone.
+      for (const gradcompConfig_t& cfg : sparseConfigs) {
+        const bool noSelect = cfg.method == gradcompMethodRandk;
+        const SparseKey key = sparseKeyOf(count, cfg, noSelect);
+        KernelCosts costs;
+        if (count == 0 || sparse->count(key) ||
+            !timeSparseKernels(0, stream, count, cfg, noSelect, &costs))
+          continue;
+        (*sparse)[key] = costs;
+        costs.select = 0;
+        sparse->emplace(sparseKeyOf(count, cfg, true), costs);
       }
     }
   }
@@ -359,10 +390,20 @@ class CudaRank : public Rank {
   }
   bool sparseKernelTimes(size_t count, const gradcompConfig_t& cfg, bool noSelect,
                          KernelCosts* costs) override {
+    if (sparseKernels_) {
+      auto it = sparseKernels_->find(sparseKeyOf(count, cfg, noSelect));
+      if (it != sparseKernels_->end()) {
+        *costs = it->second;
+        return true;
+      }
+    }
     return timeSparseKernels(rank_, stream_, count, cfg, noSelect, costs);
   }
   // Kernel times measured before the other ranks started any GPU work.
-  void setKernelTable(const KernelTable* table) { kernels_ = table; }
+  void setKernelTable(const KernelTable* table, const SparseTable* sparse) {
+    kernels_ = table;
+    sparseKernels_ = sparse;
+  }
 
  private:
   // The baselines' NCCL result, an error said with the call's name.
@@ -373,6 +414,7 @@ class CudaRank : public Rank {
   }
 
   const KernelTable* kernels_ = nullptr;
+  const SparseTable* sparseKernels_ = nullptr;
   int device_;
   bool shared_;
   int gpus_;
@@ -439,10 +481,11 @@ int rankMain(const Options& o, int rank, int nranks, int localRank, int localRan
   if (shared && localRanks == nranks) setSharedGpuEnv(rank);
   ncclUniqueId id;
   KernelTable kernels;
+  SparseTable sparseKernels;
   if (idPipe == nullptr) {
     BENCH_NCCL(ncclGetUniqueId(&id));  // from NCCL_COMM_ID: the same on every rank
   } else if (rank == 0) {
-    if (shared || o.linkGiven) measureKernelTable(o, localRank % gpus, &kernels);
+    if (shared || o.linkGiven) measureKernelTable(o, localRank % gpus, &kernels, &sparseKernels);
     BENCH_NCCL(ncclGetUniqueId(&id));
     for (int r = 1; r < nranks; ++r)
       if (!writeFull(idPipe[1], &id, sizeof id)) fatal(rank, "cannot pass the NCCL id on");
@@ -452,7 +495,7 @@ int rankMain(const Options& o, int rank, int nranks, int localRank, int localRan
   }
   if (idPipe) close(idPipe[0]);
   CudaRank r(rank, nranks, localRank % gpus, shared, gpus, id);
-  r.setKernelTable(&kernels);
+  r.setKernelTable(&kernels, &sparseKernels);
   return runHarness(o, r);
 }
 

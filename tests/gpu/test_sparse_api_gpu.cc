@@ -64,7 +64,8 @@ TEST_F(TopkApiGpu, EqualsHostEntryPointBitForBit) {
     special[n / 2] = std::numeric_limits<float>::quiet_NaN();
     special[n / 3] = std::numeric_limits<float>::infinity();
     for (const auto* v : {&normal, &ties, &special}) {
-      for (float density : {0.001f, 0.01f, 0.3f}) {
+      // 1: k = kmax = n, the threshold the sample's smallest key.
+      for (float density : {0.001f, 0.01f, 0.3f, 1.0f}) {
         for (int exact : {0, 1}) {
           for (uint64_t seed : {0ull, 12345ull}) {
             compare(*v, density, 2.0f, 0.01f, exact, seed, seed == 0);
