@@ -1,0 +1,144 @@
+// The dense QSGD exchanges on the CUDA backend against the CPU backend, bit
+// for bit, in one process on one GPU: both comms see N ranks through the
+// mirroring transport (every rank sends what rank 0 sends), so the CUDA path
+// (kernels, workspace carving, keys from the device step counter) runs whole.
+// The QSGD allgather (two ranks) with both roundings, each input type, the
+// block path and two warp-path bucket sizes, eager and in replays of a
+// captured graph (each replay's advanceStep must give the next call's draws);
+// and the Elias allgather (GRADCOMP_ELIAS=1, three ranks), whose CUDA path
+// (sizes pass, scan, write pass, size allgather read back by the host,
+// decodes bounded by the slot) no other GPU test runs. Outputs and residuals
+// are compared after every call, NaN and Inf gradients included: decodes
+// give the canonical NaN on both backends.
+#include <gtest/gtest.h>
+#include <math.h>
+#include <string.h>
+
+#include <vector>
+
+#include "gradcomp.h"
+#include "kernels/common_math.cuh"
+#include "plugin/comm.h"
+#include "tests/common/test_util.h"
+#include "tests/gpu/gpu_util.h"
+#include "tests/gpu/mirror_transport.h"
+
+namespace {
+
+using gctest::DeviceBuffer;
+
+class DenseAlgoGpu : public gctest::GpuTest {};
+
+struct DenseCase {
+  const char* name;
+  int elias;
+  int bits, bucket;
+  gradcompRounding_t rounding;
+  gc::DType dtype;
+  bool avg;
+  int ranks;
+};
+
+const DenseCase kCases[] = {
+    {"qsgd4 fp32 d512", 0, 4, 512, gradcompRoundStochastic, gc::DType::F32, false, 2},
+    {"qsgd3 bf16 d96 nearest", 0, 3, 96, gradcompRoundNearest, gc::DType::BF16, true, 2},
+    {"qsgd8 fp16 d1024", 0, 8, 1024, gradcompRoundStochastic, gc::DType::F16, true, 2},
+    {"elias qsgd4 fp32 d512", 1, 4, 512, gradcompRoundStochastic, gc::DType::F32, false, 3},
+    {"elias qsgd2 bf16 d128 nearest", 1, 2, 128, gradcompRoundNearest, gc::DType::BF16, true, 3},
+};
+
+gradcompConfig_t caseConfig(const DenseCase& dc) {
+  gradcompConfig_t cfg;
+  gradcompConfigInit(&cfg);
+  cfg.autoTune = 0;  // these check compression: auto must not pass calls to NCCL
+  cfg.minElements = 0;
+  cfg.bits = dc.bits;
+  cfg.bucketSize = dc.bucket;
+  cfg.rounding = dc.rounding;
+  cfg.elias = dc.elias;
+  return cfg;
+}
+
+ncclDataType_t ncclType(gc::DType t) {
+  return t == gc::DType::F32 ? ncclFloat32 : t == gc::DType::F16 ? ncclFloat16 : ncclBfloat16;
+}
+
+// Step 1 holds a NaN and an Inf in different buckets.
+std::vector<uint8_t> stepInput(size_t n, gc::DType t, int step) {
+  std::vector<float> x = gctest::normal(n, 500 + step, 1.0f + step);
+  if (step == 1) {
+    x[n / 2] = NAN;
+    x[1234] = INFINITY;
+  }
+  std::vector<uint8_t> b(n * gc::dtypeBytes(t));
+  for (size_t i = 0; i < n; ++i) gc::storeFromFloat(b.data(), t, i, x[i]);
+  return b;
+}
+
+TEST_F(DenseAlgoGpu, QsgdAndEliasAllgatherEqualCpuBackendEagerAndInGraphs) {
+  const int steps = 4, eager = 2;
+  const size_t n = 100003;
+  for (const DenseCase& dc : kCases) {
+    SCOPED_TRACE(dc.name);
+    const gradcompConfig_t cfg = caseConfig(dc);
+    const ncclDataType_t type = ncclType(dc.dtype);
+    const ncclRedOp_t op = dc.avg ? ncclAvg : ncclSum;
+    const size_t bytes = n * gc::dtypeBytes(dc.dtype);
+    gradcompComm* cpu = gctest::mirrorComm(cfg, false, dc.ranks, n, nullptr, false);
+    gradcompComm* gpu = gctest::mirrorComm(cfg, true, dc.ranks, n, stream, false);
+    std::vector<uint8_t> hostBuf(bytes);
+    DeviceBuffer<uint8_t> dbuf(bytes), dsrc(bytes);
+    cudaGraph_t graph = nullptr;
+    cudaGraphExec_t exec = nullptr;
+    for (int step = 0; step < steps; ++step) {
+      SCOPED_TRACE(testing::Message() << "step " << step);
+      const std::vector<uint8_t> in = stepInput(n, dc.dtype, step);
+      hostBuf = in;
+      ASSERT_EQ(gradcompAllReduce(hostBuf.data(), hostBuf.data(), n, type, op, cpu, nullptr),
+                gradcompSuccess)
+          << gradcompGetLastError();
+      ASSERT_EQ(cudaMemcpy(dsrc.get(), in.data(), bytes, cudaMemcpyHostToDevice), cudaSuccess);
+      gctest::settle();  // the copy from dsrc below runs on the non-blocking stream
+      // The Elias allgather reads the sizes on the host: never captured.
+      if (step < eager || dc.elias) {
+        ASSERT_EQ(cudaMemcpyAsync(dbuf.get(), dsrc.get(), bytes, cudaMemcpyDeviceToDevice, stream),
+                  cudaSuccess);
+        ASSERT_EQ(gradcompAllReduce(dbuf.get(), dbuf.get(), n, type, op, gpu, stream),
+                  gradcompSuccess)
+            << gradcompGetLastError();
+      } else {
+        if (!exec) {
+          ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+          cudaMemcpyAsync(dbuf.get(), dsrc.get(), bytes, cudaMemcpyDeviceToDevice, stream);
+          const gradcompResult_t res =
+              gradcompAllReduce(dbuf.get(), dbuf.get(), n, type, op, gpu, stream);
+          ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
+          ASSERT_EQ(res, gradcompSuccess) << gradcompGetLastError();
+          ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
+        }
+        ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
+      }
+      ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+      ASSERT_EQ(dbuf.download(bytes), hostBuf);
+      const gc::BufferState& sc = cpu->states.begin()->second;
+      const gc::BufferState& sg = gpu->states.begin()->second;
+      ASSERT_NE(sc.residual, nullptr);
+      std::vector<float> rc(sc.residual, sc.residual + n), rg(n);
+      ASSERT_EQ(cudaMemcpy(rg.data(), sg.residual, n * 4, cudaMemcpyDeviceToHost), cudaSuccess);
+      ASSERT_EQ(memcmp(rg.data(), rc.data(), n * 4), 0) << "residuals differ";
+      if (step < eager || dc.elias) {
+        gradcompStats_t stc, stg;
+        ASSERT_EQ(gradcompGetStats(cpu, &stc), gradcompSuccess);
+        ASSERT_EQ(gradcompGetStats(gpu, &stg), gradcompSuccess);
+        EXPECT_EQ(stg.callsCompressed, stc.callsCompressed);
+        EXPECT_EQ(stg.bytesOnWire, stc.bytesOnWire);  // Elias: the encodings' own sizes
+      }
+    }
+    if (exec) cudaGraphExecDestroy(exec);
+    if (graph) cudaGraphDestroy(graph);
+    gradcompCommDestroy(gpu);
+    gradcompCommDestroy(cpu);
+  }
+}
+
+}  // namespace
