@@ -9,6 +9,8 @@
 
 #include <vector>
 
+#include "gradcomp.h"
+
 namespace gctest {
 
 inline bool gpuRequired() {
@@ -73,5 +75,29 @@ class DeviceBuffer {
   void* raw_ = nullptr;
   size_t count_;
 };
+
+// dst = src (bytes), then `call` (a gradcomp call on stream, on dst): eager,
+// or, when graphed, as the replay of a graph that captured the copy and the
+// call at its first use (*graph and *exec; the caller destroys them). Returns
+// with the stream idle. Wrap in ASSERT_NO_FATAL_FAILURE.
+template <typename Call>
+void copyThenCall(cudaStream_t stream, void* dst, const void* src, size_t bytes, bool graphed,
+                  cudaGraph_t* graph, cudaGraphExec_t* exec, Call call) {
+  if (!graphed) {
+    ASSERT_EQ(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream), cudaSuccess);
+    ASSERT_EQ(call(), gradcompSuccess) << gradcompGetLastError();
+  } else {
+    if (!*exec) {
+      ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+      cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream);
+      const gradcompResult_t res = call();
+      ASSERT_EQ(cudaStreamEndCapture(stream, graph), cudaSuccess);
+      ASSERT_EQ(res, gradcompSuccess) << gradcompGetLastError();
+      ASSERT_EQ(cudaGraphInstantiate(exec, *graph, 0), cudaSuccess);
+    }
+    ASSERT_EQ(cudaGraphLaunch(*exec, stream), cudaSuccess);
+  }
+  ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+}
 
 }  // namespace gctest

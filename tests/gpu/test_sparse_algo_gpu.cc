@@ -117,25 +117,9 @@ TEST_F(SparseAlgoGpu, AlgorithmsEqualCpuBackendEagerAndInGraphs) {
           << gradcompGetLastError();
       ASSERT_EQ(cudaMemcpy(dsrc.get(), in.data(), bytes, cudaMemcpyHostToDevice), cudaSuccess);
       gctest::settle();  // the copy from dsrc below runs on the non-blocking stream
-      if (step < eager) {
-        ASSERT_EQ(cudaMemcpyAsync(dbuf.get(), dsrc.get(), bytes, cudaMemcpyDeviceToDevice, stream),
-                  cudaSuccess);
-        ASSERT_EQ(gradcompAllReduce(dbuf.get(), dbuf.get(), n, type, op, gpu, stream),
-                  gradcompSuccess)
-            << gradcompGetLastError();
-      } else {
-        if (!exec) {
-          ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
-          cudaMemcpyAsync(dbuf.get(), dsrc.get(), bytes, cudaMemcpyDeviceToDevice, stream);
-          const gradcompResult_t res =
-              gradcompAllReduce(dbuf.get(), dbuf.get(), n, type, op, gpu, stream);
-          ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
-          ASSERT_EQ(res, gradcompSuccess) << gradcompGetLastError();
-          ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
-        }
-        ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
-      }
-      ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+      ASSERT_NO_FATAL_FAILURE(gctest::copyThenCall(
+          stream, dbuf.get(), dsrc.get(), bytes, step >= eager, &graph, &exec,
+          [&] { return gradcompAllReduce(dbuf.get(), dbuf.get(), n, type, op, gpu, stream); }));
       ASSERT_EQ(dbuf.download(bytes), hostBuf);
       // Residual and momentum too.
       const gc::BufferState& sc = cpu->states.begin()->second;
