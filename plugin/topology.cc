@@ -97,6 +97,7 @@ const SettingSpec kSettings[kSetupSettings] = {
     {"GRADCOMP_VALUE_TYPE (valueType)", kInt},
     {"GRADCOMP_PIPELINE_BYTES (pipelineBytes)", kUint},
     {"GRADCOMP_ROUNDING (rounding)", kInt},
+    {"GRADCOMP_CHECK_CALLS (checkCalls)", kInt},
 };
 
 uint64_t floatBits(float f) {
@@ -238,7 +239,8 @@ SetupVote makeSetupVote(gradcompResult_t local, const gradcompConfig_t& cfg, uin
                                       floatBits(cfg.density),
                                       (uint64_t)(int64_t)cfg.valueType,
                                       (uint64_t)cfg.pipelineBytes,
-                                      (uint64_t)(int64_t)cfg.rounding};
+                                      (uint64_t)(int64_t)cfg.rounding,
+                                      (uint64_t)(int64_t)cfg.checkCalls};
   memcpy(v.settings, s, sizeof(s));
   return v;
 }

@@ -87,6 +87,10 @@ TEST(SetupAgreement, EachSettingIsNamed) {
       // would catch it.
       {"GRADCOMP_ROUNDING (rounding) = 1 while rank 0 has 0",
        [](gradcompConfig_t* c) { c->rounding = gradcompRoundNearest; }},
+      // A rank checking its calls runs an agreement before each call that
+      // the others would never join.
+      {"GRADCOMP_CHECK_CALLS (checkCalls) = 1 while rank 0 has 0",
+       [](gradcompConfig_t* c) { c->checkCalls = 1; }},
   };
   const gradcompConfig_t base = config(2);
   ASSERT_NE(base.method, 2);
