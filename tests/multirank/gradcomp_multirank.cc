@@ -176,7 +176,9 @@ bool sameWordsOnAllRanks(ncclComm_t nc, cudaStream_t st, const std::vector<uint6
   const size_t k = w.size();
   uint64_t* d;
   CK(cudaMalloc(&d, 8 * k * (nranks + 1)));
-  CK(cudaMemcpy(d + k * nranks, w.data(), 8 * k, cudaMemcpyHostToDevice));
+  // On the gather's stream: a pageable cudaMemcpy may return before its DMA
+  // lands, and the non-blocking stream would not wait for it.
+  CK(cudaMemcpyAsync(d + k * nranks, w.data(), 8 * k, cudaMemcpyHostToDevice, st));
   CK(ncclAllGather(d + k * nranks, d, k, ncclUint64, nc, st));
   CK(cudaStreamSynchronize(st));
   std::vector<uint64_t> all(k * nranks);
