@@ -189,24 +189,49 @@ bool timeSparseKernels(int rank_, cudaStream_t stream, size_t count, const gradc
 
 // (dtype, count, the row's kernels) -> their costs
 using KernelKey = std::tuple<int, size_t, QsgdKernels>;
-using KernelTable = std::map<KernelKey, KernelCosts>;
+// (count, density, oversample, sample rate, exact selector, rand-k) -> the
+// sparse exchange's costs, the selector timed unless rand-k (which selects
+// nothing)
+using SparseKey = std::tuple<size_t, float, float, float, int, int>;
+struct KernelTable {
+  std::map<KernelKey, KernelCosts> qsgd;
+  std::map<SparseKey, KernelCosts> sparse;
+};
+
+bool randkMethod(const gradcompConfig_t& cfg) {
+  return cfg.method == gradcompMethodRandk;
+}
+
+SparseKey sparseKey(size_t count, const gradcompConfig_t& cfg) {
+  return SparseKey{count,
+                   cfg.density,
+                   cfg.oversample,
+                   cfg.sampleRate,
+                   cfg.select == gradcompSelectExact ? 1 : 0,
+                   randkMethod(cfg) ? 1 : 0};
+}
 
 // Rank 0 measures every kernel the link model will need while the other
 // ranks still wait for the NCCL id: on a shared GPU that is the only time
-// the kernels run alone (later, waiting ranks spin NCCL kernels).
+// the kernels run alone (later, waiting ranks spin NCCL kernels, and the GPU
+// time-slices between their processes and rank 0's timing).
 void measureKernelTable(const Options& o, int device, KernelTable* table) {
   const int rank_ = 0;
   std::vector<QsgdKernels> configs;
+  std::vector<gradcompConfig_t> sparseConfigs;
   for (gradcompMethod_t m : o.methods) {
     gradcompConfig_t cfg;
+    if (methodConfig(o, m, &cfg) != gradcompSuccess) continue;
+    if (m == gradcompMethodTopk || m == gradcompMethodDgc || m == gradcompMethodRandk) {
+      sparseConfigs.push_back(cfg);
+      continue;
+    }
     QsgdKernels k;
     std::string why;
-    if (!methodSpec(m).qsgdKernels || methodConfig(o, m, &cfg) != gradcompSuccess ||
-        !qsgdKernelsOf(cfg, &k, &why))
-      continue;
+    if (!methodSpec(m).qsgdKernels || !qsgdKernelsOf(cfg, &k, &why)) continue;
     configs.push_back(k);
   }
-  if (configs.empty()) return;
+  if (configs.empty() && sparseConfigs.empty()) return;
   BENCH_CUDA(cudaSetDevice(device));
   cudaStream_t stream;
   BENCH_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
@@ -221,7 +246,15 @@ void measureKernelTable(const Options& o, int device, KernelTable* table) {
       for (const QsgdKernels& k : configs) {
         KernelCosts costs;
         if (count && timeQsgdKernels(0, stream, x, dt, count, k, &costs))
-          (*table)[KernelKey{(int)t, count, k}] = costs;
+          table->qsgd[KernelKey{(int)t, count, k}] = costs;
+      }
+      // The selector reads fp32 whatever the row's type: one timing per count.
+      for (const gradcompConfig_t& cfg : sparseConfigs) {
+        KernelCosts costs;
+        const SparseKey key = sparseKey(count, cfg);
+        if (count && !table->sparse.count(key) &&
+            timeSparseKernels(0, stream, count, cfg, randkMethod(cfg), &costs))
+          table->sparse[key] = costs;
       }
     }
   }
@@ -349,8 +382,8 @@ class CudaRank : public Rank {
   bool qsgdKernelTimes(gc::DType t, size_t count, const QsgdKernels& k,
                        KernelCosts* costs) override {
     if (kernels_) {
-      auto it = kernels_->find(KernelKey{(int)t, count, k});
-      if (it != kernels_->end()) {
+      auto it = kernels_->qsgd.find(KernelKey{(int)t, count, k});
+      if (it != kernels_->qsgd.end()) {
         *costs = it->second;
         return true;
       }
@@ -359,6 +392,14 @@ class CudaRank : public Rank {
   }
   bool sparseKernelTimes(size_t count, const gradcompConfig_t& cfg, bool noSelect,
                          KernelCosts* costs) override {
+    if (kernels_) {
+      auto it = kernels_->sparse.find(sparseKey(count, cfg));
+      if (it != kernels_->sparse.end()) {
+        *costs = it->second;
+        if (noSelect) costs->select = 0;  // a dense fallback row selects nothing
+        return true;
+      }
+    }
     return timeSparseKernels(rank_, stream_, count, cfg, noSelect, costs);
   }
   // Kernel times measured before the other ranks started any GPU work.
