@@ -186,14 +186,17 @@ struct PieceGather {
 PieceGather pieceGather(const gradcompComm& c, const Chunks& ch, const Pieces& p, int bits);
 
 // Puts the comm's transport on the backend's comm stream for a pipelined
-// call, and back on the compute stream when the call ends (errors too).
+// call, and back on the compute stream when the call ends, the comm lane
+// joined into it (errors too).
 class CommLane {
  public:
   CommLane(gradcompComm& c, bool on) : c_(c), on_(on) {
     if (on_) c_.transport->setStream(c_.backend->commStream());
   }
   ~CommLane() {
-    if (on_) c_.transport->setStream(c_.backend->stream());
+    if (!on_) return;
+    c_.backend->join(Backend::kCommLane);
+    c_.transport->setStream(c_.backend->stream());
   }
   CommLane(const CommLane&) = delete;
   CommLane& operator=(const CommLane&) = delete;
@@ -204,12 +207,15 @@ class CommLane {
 };
 
 // Puts a hierarchical comm's in-node transport on the node lane for a
-// pipelined call, and back on the compute stream when the call ends (errors
-// too).
+// pipelined call, and back on the compute stream when the call ends, the node
+// lane joined into it (errors too).
 class NodeLane {
  public:
   NodeLane(Transport& t, Backend& be) : t_(t), be_(be) { t_.setStream(be_.nodeStream()); }
-  ~NodeLane() { t_.setStream(be_.stream()); }
+  ~NodeLane() {
+    be_.join(Backend::kNodeLane);
+    t_.setStream(be_.stream());
+  }
   NodeLane(const NodeLane&) = delete;
   NodeLane& operator=(const NodeLane&) = delete;
 

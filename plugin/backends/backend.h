@@ -77,6 +77,12 @@ class Backend {
   virtual gradcompResult_t record(int lane, int ev) { return gradcompSuccess; }
   // Later work on `lane` waits for the last record of slot `ev`.
   virtual gradcompResult_t wait(int lane, int ev) { return gradcompSuccess; }
+  // Later work on the compute lane waits for everything issued on `lane` so
+  // far, without a slot and without reporting (CommLane and NodeLane end
+  // every pipelined call with it): a call that fails half way returns with
+  // its side lanes joined too, as a capture must end, and the next call's
+  // kernels cannot overwrite workspace a transfer of this one still reads.
+  virtual void join(int lane) {}
 
  protected:
   cudaStream_t stream_ = nullptr;

@@ -9,14 +9,13 @@
 // then, as cudaEventRecord/cudaStreamWaitEvent order streams). Two operations
 // on different lanes touching the same bytes, one of them writing, must be
 // ordered, within a call and across calls (the log spans them: the next
-// call's reuse of the workspace is checked too); at the end of a call every
-// side-lane operation must be ordered before the caller's stream (a call
-// returns joined, and a captured one would otherwise fail with an unjoined
-// fork); a wait names a record of its own call (as a captured call must);
-// an event slot is waited on before it is recorded again (Backend's
-// contract). Backend operations run on
-// the caller's stream (stream()); a transport's lane is the stream it was set
-// to (commStream(), nodeStream() or the caller's).
+// call's reuse of the workspace is checked too); at the end of a call, a
+// failed one too, every side-lane operation must be ordered before the
+// caller's stream, by a record/wait pair or Backend::join (a call returns
+// joined, and a captured one would otherwise fail with an unjoined fork); a wait names a record of
+// its own call (as a captured call must); an event slot is waited on before it is recorded again
+// (Backend's contract). Backend operations run on the caller's stream (stream()); a transport's
+// lane is the stream it was set to (commStream(), nodeStream() or the caller's).
 #pragma once
 
 #include <stdint.h>
@@ -30,6 +29,7 @@
 
 #include "plugin/backends/backend.h"
 #include "plugin/backends/transport.h"
+#include "plugin/checks.h"
 #include "kernels/qsgd_math.cuh"
 #include "plugin/codecs/qsgd.h"
 #include "plugin/comm.h"
@@ -52,6 +52,9 @@ class LaneCheck final : public gc::Backend {
   // Test hook: waits on this slot are dropped (a missing hand-off), so that a
   // test can show the check fails without it.
   int dropWaitSlot = -1;
+  // Test hook: the failDecode-th qsgdDecode from now fails (0: none), as a
+  // launch or a transfer failing half way through a call would.
+  int failDecode = 0;
 
   // Ends a call: every side-lane operation is ordered before the caller's
   // stream's next one, and the next call's waits must name its own records
@@ -143,6 +146,9 @@ class LaneCheck final : public gc::Backend {
   }
   gradcompResult_t qsgdDecode(const void* in, size_t n, int bits, int bucket, float* out,
                               bool accumulate) override {
+    if (failDecode > 0 && --failDecode == 0) {
+      return gc::setError(gradcompInternalError, "qsgdDecode failed (LaneCheck::failDecode)");
+    }
     op(kComputeLane, "qsgdDecode",
        {{in, gc::qsgd::encodedBytes(n, bits, bucket), false}, {out, n * sizeof(float), true}});
     return inner_->qsgdDecode(in, n, bits, bucket, out, accumulate);
@@ -179,6 +185,13 @@ class LaneCheck final : public gc::Backend {
     recorded_[ev] = true;
     waited_[ev] = false;
     return gradcompSuccess;
+  }
+  // As cudaEventRecord on the lane and cudaStreamWaitEvent on the caller's
+  // stream.
+  void join(int lane) override {
+    for (int l = 0; l < kLanes; ++l) {
+      lane_[kComputeLane][l] = std::max(lane_[kComputeLane][l], lane_[lane][l]);
+    }
   }
   gradcompResult_t wait(int lane, int ev) override {
     if (!recorded_[ev] || slotCall_[ev] != calls_) {

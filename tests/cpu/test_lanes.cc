@@ -82,7 +82,10 @@ struct Case {
 // comm lane and on the node lane. In these shapes every rank's chunks or
 // shard have the same pieces, so every rank issues the very same
 // collectives: their order must be one string.
-std::vector<std::string> runChecked(const Case& k, int dropWait, size_t sideOps[2]) {
+// failDecode > 0: one call, whose failDecode-th decode fails on every rank
+// (so that no rank waits for another at a collective).
+std::vector<std::string> runChecked(const Case& k, int dropWait, size_t sideOps[2],
+                                    int failDecode = 0) {
   gradcompConfig_t cfg = gctest::qsgdTestConfig();
   cfg.localSize = k.L;
   cfg.algo = k.algo;
@@ -96,10 +99,11 @@ std::vector<std::string> runChecked(const Case& k, int dropWait, size_t sideOps[
   for (int r = 0; r < k.N; ++r) {
     checks[r] = gctest::checkLanes(world.comm(r));
     checks[r]->dropWaitSlot = dropWait;
+    checks[r]->failDecode = failDecode;
   }
   std::vector<std::vector<uint16_t>> send(k.N, std::vector<uint16_t>(n * esz / 2));
   std::vector<std::vector<uint16_t>> recv(k.N, std::vector<uint16_t>(out * esz / 2));
-  for (int step = 0; step < 3; ++step) {
+  for (int step = 0; step < (failDecode > 0 ? 1 : 3); ++step) {
     for (int r = 0; r < k.N; ++r) {
       for (size_t i = 0; i < n; ++i) {
         const float v = (float)((i * 7 + r * 13 + step * 5) % 29) - 14.0f;
@@ -123,13 +127,14 @@ std::vector<std::string> runChecked(const Case& k, int dropWait, size_t sideOps[
       return gradcompAllReduce(s, o, n, k.type, op, world.comm(r), nullptr);
     });
     for (int r = 0; r < k.N; ++r) {
-      EXPECT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
+      EXPECT_EQ(res[r], failDecode > 0 ? gradcompInternalError : gradcompSuccess)
+          << gradcompGetLastError();
       checks[r]->endCall(k.name);
     }
   }
   gradcompStats_t st;
   EXPECT_EQ(gradcompGetStats(world.comm(0), &st), gradcompSuccess);
-  EXPECT_GT(st.piecesLast, 1u) << k.name << ": the case must pipeline";
+  if (failDecode == 0) EXPECT_GT(st.piecesLast, 1u) << k.name << ": the case must pipeline";
   std::vector<std::string> found;
   sideOps[0] = sideOps[1] = SIZE_MAX;
   for (int r = 0; r < k.N; ++r) {
@@ -189,6 +194,22 @@ TEST(LanesCpu, AMissingHandOffIsFound) {
     SCOPED_TRACE(testing::Message() << k.name << " without waits on slot " << d.slot);
     size_t side[2];
     EXPECT_FALSE(runChecked(k, d.slot, side).empty());
+  }
+}
+
+// A call that fails half way (a decode of the first piece, with the next
+// piece's transfer already issued on the comm lane, and in the hierarchy the
+// in-node reduce-scatters on the node lane) still returns with its side
+// lanes joined into the caller's stream: a capture must end joined, and the
+// next call's kernels must not overwrite what a transfer still reads.
+TEST(LanesCpu, AFailedCallReturnsJoined) {
+  for (int kase : {0, 2, 5, 7, 8}) {
+    const Case& k = kCases[kase];
+    SCOPED_TRACE(k.name);
+    size_t side[2];
+    const std::vector<std::string> found = runChecked(k, -1, side, 1);
+    EXPECT_TRUE(found.empty()) << found.size() << " findings, first: " << found[0];
+    EXPECT_GT(side[0], 0u) << "the call failed before it used the comm lane";
   }
 }
 

@@ -277,4 +277,70 @@ TEST_F(BackendGpu, LanesJoinACaptureAndReplay) {
   cudaGraphDestroy(graph);
 }
 
+// Backend::join, with which CommLane and NodeLane end every pipelined call
+// (failed ones too): the caller's later work waits for all the comm lane
+// issued, with no event slot (eagerly: while a host function holds the comm
+// stream, the caller's stream does not finish); under capture the comm lane,
+// forked into it, is joined back (cudaStreamEndCapture succeeds) and the node
+// lane, never forked, is left alone (a captured wait on its eager record
+// would invalidate the capture); each replay gives the eager result.
+TEST_F(BackendGpu, JoinOrdersASideLaneBackIntoTheCallersStream) {
+  ASSERT_EQ(gpu->init(), gradcompSuccess);
+  const size_t n = 1 << 20;
+  const std::vector<float> x = gctest::normal(n, 6);
+  DeviceBuffer<float> a(n), b(n);
+  a.upload(x);
+  using B = gc::Backend;
+  std::atomic<bool> open{true};
+  struct Release {
+    std::atomic<bool>& open;
+    ~Release() {
+      open = true;
+      cudaDeviceSynchronize();
+    }
+  } release{open};
+  auto hold = [](void* p) {
+    while (!static_cast<std::atomic<bool>*>(p)->load()) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+  };
+  auto chain = [&](bool held) {
+    EXPECT_EQ(gpu->record(B::kComputeLane, 0), gradcompSuccess);
+    EXPECT_EQ(gpu->wait(B::kCommLane, 0), gradcompSuccess);
+    if (held) EXPECT_EQ(cudaLaunchHostFunc(gpu->commStream(), hold, &open), cudaSuccess);
+    EXPECT_EQ(cudaMemcpyAsync(b.get(), a.get(), n * 4, cudaMemcpyDeviceToDevice, gpu->commStream()),
+              cudaSuccess);
+    gpu->join(B::kCommLane);
+    gpu->join(B::kNodeLane);
+    EXPECT_EQ(gpu->add(b.get(), a.get(), n), gradcompSuccess);
+  };
+  auto expectTwice = [&](const char* what) {
+    const std::vector<float> got = b.download(n);
+    for (size_t i = 0; i < n; ++i) ASSERT_EQ(got[i], x[i] + x[i]) << what << " " << i;
+  };
+  open = false;
+  chain(true);
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  EXPECT_EQ(cudaStreamQuery(stream), cudaErrorNotReady)
+      << "the caller's stream ran ahead of the held comm lane";
+  open = true;
+  ASSERT_EQ(gpu->sync(), gradcompSuccess);
+  expectTwice("eager");
+
+  cudaGraph_t graph;
+  ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+  chain(false);
+  ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
+  cudaGraphExec_t exec;
+  ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
+  for (int replay = 0; replay < 2; ++replay) {
+    ASSERT_EQ(gpu->zero(b.get(), n * 4), gradcompSuccess);
+    ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
+    ASSERT_EQ(gpu->sync(), gradcompSuccess);
+    expectTwice("replay");
+  }
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+}
+
 }  // namespace

@@ -177,7 +177,9 @@ bool sameWordsOnAllRanks(ncclComm_t nc, cudaStream_t st, const std::vector<uint6
   const size_t k = w.size();
   uint64_t* d;
   CK(cudaMalloc(&d, 8 * k * (nranks + 1)));
-  CK(cudaMemcpy(d + k * nranks, w.data(), 8 * k, cudaMemcpyHostToDevice));
+  // On the gather's stream: a pageable cudaMemcpy may return before its DMA
+  // lands, and the non-blocking stream would not wait for it.
+  CK(cudaMemcpyAsync(d + k * nranks, w.data(), 8 * k, cudaMemcpyHostToDevice, st));
   CK(ncclAllGather(d + k * nranks, d, k, ncclUint64, nc, st));
   CK(cudaStreamSynchronize(st));
   std::vector<uint64_t> all(k * nranks);
@@ -1068,18 +1070,23 @@ int main() {
         }
   // Pipelined two-shot (flat, or the hierarchy's middle stage with its
   // in-node stages around it on a third stream): pieces of one and of three
-  // buckets of every chunk, the latter not dividing them.
+  // buckets of every chunk, the latter not dividing them, 4 to 40 pieces a
+  // call. Every piece costs grouped NCCL calls, and over the shared GPU's
+  // sockets each waits milliseconds for the other ranks' time slices, so
+  // the buffer stays small (at 100003 elements, 66 to 782 pieces a call, the
+  // pipelined checks alone would outlast gpu-check's multirank step).
+  const size_t pipedN = 5003;  // 78 buckets of 64 and a partial one
   for (DType t : {DType::F32, DType::F16, DType::BF16})
     for (bool avg : {false, true})
       for (size_t piece : {(size_t)64, (size_t)192}) {
-        checkAlgo(nc, st, gradcompAlgoTwoShot, t, avg, 100003, piece * 4 * nranks);
+        checkAlgo(nc, st, gradcompAlgoTwoShot, t, avg, pipedN, piece * 4 * nranks);
       }
   // Pipelined ring (flat, or the hierarchy's middle stage): every hop piece
   // by piece on the comm stream.
   for (DType t : {DType::F32, DType::BF16})
     for (bool avg : {false, true})
       for (size_t piece : {(size_t)64, (size_t)192}) {
-        checkAlgo(nc, st, gradcompAlgoRing, t, avg, 100003, piece * 4 * nranks);
+        checkAlgo(nc, st, gradcompAlgoRing, t, avg, pipedN, piece * 4 * nranks);
       }
   // Nearest rounding (GRADCOMP_ROUNDING=nearest): the CUDA encode kernels
   // of every algorithm, flat or hierarchical, and pipelined, against the
@@ -1089,7 +1096,7 @@ int main() {
       for (size_t n : {(size_t)5000, (size_t)100003})
         checkAlgo(nc, st, algo, t, n == 5000, n, 0, gradcompRoundNearest);
   for (gradcompAlgo_t algo : {gradcompAlgoTwoShot, gradcompAlgoRing})
-    checkAlgo(nc, st, algo, DType::F32, false, 100003, 192 * 4 * nranks, gradcompRoundNearest);
+    checkAlgo(nc, st, algo, DType::F32, false, pipedN, 192 * 4 * nranks, gradcompRoundNearest);
   checkGraph(nc, st, 0);
   checkGraph(nc, st, 64 << 10);
   checkGraph(nc, st, 64 << 10, gradcompAlgoRing);
@@ -1103,13 +1110,14 @@ int main() {
         for (bool inPlace : {false, true}) checkRsQsgd(nc, st, t, avg, m, inPlace, false);
   for (DType t : {DType::F32, DType::BF16}) checkRsQsgd(nc, st, t, false, 20000, false, true);
   // Pipelined: pieces of one and of three buckets of every block, the blocks
-  // not a multiple of either (hier: the in-node stage pipelined with the
-  // inter-node one, three streams; the graph below captures the same).
+  // not a multiple of either, 7 to 40 pieces a call (small, as pipedN above)
+  // (hier: the in-node stage pipelined with the inter-node one, three
+  // streams; the graph below captures the same).
   for (DType t : {DType::F32, DType::F16, DType::BF16})
     for (bool avg : {false, true})
       for (size_t piece : {(size_t)64, (size_t)192})
         for (bool inPlace : {false, true})
-          checkRsQsgd(nc, st, t, avg, 25001, inPlace, false, piece * 4 * nranks);
+          checkRsQsgd(nc, st, t, avg, 2501, inPlace, false, piece * 4 * nranks);
   for (const SparseCase& sc : sparseCases)
     for (DType t : {DType::F32, DType::BF16})
       for (size_t m : {(size_t)7, (size_t)30001}) checkRsSparse(nc, st, sc, t, t == DType::BF16, m);

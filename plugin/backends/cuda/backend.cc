@@ -45,6 +45,9 @@ class CudaBackend final : public Backend {
 
   ~CudaBackend() override {
     if (lastCall_ != nullptr) (void)cudaEventDestroy(lastCall_);
+    for (cudaEvent_t e : joined_) {
+      if (e != nullptr) (void)cudaEventDestroy(e);
+    }
     release(stepDev_);
     for (cudaEvent_t e : events_) {
       if (e != nullptr) (void)cudaEventDestroy(e);
@@ -65,6 +68,9 @@ class CudaBackend final : public Backend {
       GC_CUDACHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
     }
     GC_CUDACHECK(cudaEventCreateWithFlags(&lastCall_, cudaEventDisableTiming));
+    for (cudaEvent_t& e : joined_) {
+      GC_CUDACHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+    }
     return gradcompSuccess;
   }
   cudaStream_t commStream() const override { return commStream_; }
@@ -76,6 +82,17 @@ class CudaBackend final : public Backend {
   gradcompResult_t wait(int lane, int ev) override {
     GC_CUDACHECK(cudaStreamWaitEvent(laneStream(lane), events_[ev], 0));
     return gradcompSuccess;
+  }
+  void join(int lane) override {
+    const cudaStream_t side = laneStream(lane);
+    // Under capture, a lane the call never forked holds none of its work, and
+    // a captured wait on its eager record would invalidate the capture.
+    if (side == stream_ || streamCapturing(side) != streamCapturing(stream_)) return;
+    // Errors are left to the call's own result (this runs on its way out).
+    if (cudaEventRecord(joined_[lane], side) == cudaSuccess) {
+      (void)cudaStreamWaitEvent(stream_, joined_[lane], 0);
+    }
+    (void)cudaGetLastError();
   }
   const uint64_t* deviceStep() const override { return stepDev_; }
   // The last thing a compressed call enqueues: marks its end for setStream.
@@ -206,6 +223,7 @@ class CudaBackend final : public Backend {
   bool lastCallRecorded_ = false;
   cudaStream_t commStream_ = nullptr, nodeStream_ = nullptr;
   cudaEvent_t events_[kPipeEvents] = {};
+  cudaEvent_t joined_[kNodeLane + 1] = {};  // join's record, per lane
 };
 
 }  // namespace
