@@ -93,6 +93,9 @@ mb64_bf16 = prow(MB256 // 4, 4, "bfloat16", [(10, 1.0)])
 mb64_bf16["encode_us"] = 80.0
 mb64_near = prow(MB256 // 4, 4, "float", [(10, 1.0)])
 mb64_near.update({"encode_us": 1.0, "rounding": "nearest"})
+# Each rank's result hashed and compared (identical): counted over every perf_*.json,
+# a row without the field (a reduce-scatter's null) in neither count.
+mb64["identical"] = mb64_bf16["identical"] = True
 dump("perf_n8.json", {"rows": [
     mb64_near, mb64, mb64_bf16, bf16, prow(MB256, 8, "float", [(10, 3.0)]), right]})
 
@@ -110,7 +113,7 @@ dump("perf_n8_nearest.json", {"rows": [
 # The pipelined run: the 256 MB fp32 4-bit row cut into pieces; a decoy row of
 # another size, and the unpipelined "speedup" beside the pipelined one.
 piped = prow(MB256, 4, "float", [])
-piped.update({"pieces": 4, "piece_bytes": 64 << 20})
+piped.update({"pieces": 4, "piece_bytes": 64 << 20, "identical": False})
 piped["model"] = [{"link_gbps": g, "speedup": 0.5, "pipelined_speedup": s}
                   for g, s in [(10, 7.8), (100, 7.2), (400, 5.6)]]
 other = prow(MB256 // 4, 4, "float", [])
@@ -161,6 +164,8 @@ for key in ["gpu", "date", "commit", "qsgd4_encode_ef_frac_of_copy", "qsgd4_deco
             "multirank_tests_failed"]:
     expect(key in r, "key %s present" % key)
 expect(r.get("gpu") == "Test GPU", "gpu from the kernel run")
+expect(r.get("perf_rows_identical_on_all_ranks") == 2, "rows identical on all ranks, all files")
+expect(r.get("perf_rows_differing_between_ranks") == 1, "rows whose ranks differ, all files")
 expect(r.get("date") == "2030-01-02", "date from the name")
 expect(r.get("qsgd4_encode_ef_frac_of_copy") == 0.85, "encode: fp32, 4-bit, 2^26 row")
 expect(r.get("qsgd4_decode_frac_of_copy") == 0.75, "decode: overwrite, 4-bit, 2^26 row")

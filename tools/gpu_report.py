@@ -10,6 +10,7 @@ ddp.json/.md, torch_hooks.json/.md, lm.json/.md (+ lm_loss.png), fsdp.json/.md, 
 saying so in the report.
 """
 import argparse
+import glob
 import json
 import os
 import subprocess
@@ -200,6 +201,13 @@ def main():
     # The same for the reduce-scatter (-C reduce_scatter --auto, inputs 1 MB .. 256 MB).
     auto_rs_regret = (j("perf_auto_rs.json") or {}).get("auto_regret_max_frac")
     steps = steps_table(os.path.join(d, "steps.tsv"))
+    # Every gradcomp_perf allreduce row hashes each rank's result and compares (JSON identical;
+    # null for reduce-scatter rows): how many agreed bit for bit on all ranks, and how many not.
+    same = differ = 0
+    for f in sorted(glob.glob(os.path.join(d, "perf_*.json"))):
+        for r in (load(f) or {}).get("rows", []):
+            same += r.get("identical") is True
+            differ += r.get("identical") is False
     # GC_COMMIT names the commit when the tree's .git is not the one it came
     # from (a copy sent to a GPU machine carries the checkout's older .git).
     commit = os.environ.get("GC_COMMIT") or git_commit()
@@ -328,6 +336,8 @@ def main():
         "fsdp_dgc_acc_delta_pts": fsdp.get("fsdp_dgc_acc_delta_pts"),
         "tests_passed": tests.get("tests_passed"),
         "tests_failed": tests.get("tests_failed"),
+        "perf_rows_identical_on_all_ranks": same if same or differ else None,
+        "perf_rows_differing_between_ranks": differ if same or differ else None,
         "goals": {
             "encode_ef_ge_0.9_of_copy": goal(enc, 0.9),
             "bf16_encode_ef_ge_0.8_of_copy": goal(enc16["bfloat16"], 0.8),
@@ -519,6 +529,9 @@ def main():
     L.append("")
     L.append("- CTest with `GRADCOMP_TEST_GPU=1`: %s passed, %s failed"
              % (fmt(summary["tests_passed"]), fmt(summary["tests_failed"])))
+    L.append("- gradcomp_perf allreduce rows with the same result bits on every rank: %s; "
+             "differing: %s" % (fmt(summary["perf_rows_identical_on_all_ranks"]),
+                                fmt(summary["perf_rows_differing_between_ranks"])))
     L.append("- multi-process NCCL tests: %s passed, %s failed"
              % (fmt(summary["multirank_tests_passed"]), fmt(summary["multirank_tests_failed"])))
     L.append("- of which hierarchical (N=4, GRADCOMP_LOCAL_SIZE=2): %s passed, %s failed"

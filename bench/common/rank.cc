@@ -1,11 +1,28 @@
 #include "rank.h"
 
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 namespace gcbench {
+
+// FNV-1a over 64-bit words (the tail byte by byte); 52 bits, so that a double
+// holds it exactly and the ranks can compare it with a max.
+double hashBytes(const void* buf, size_t bytes) {
+  const unsigned char* p = static_cast<const unsigned char*>(buf);
+  uint64_t h = 0xcbf29ce484222325ull;
+  size_t i = 0;
+  for (; i + 8 <= bytes; i += 8) {
+    uint64_t w;
+    memcpy(&w, p + i, 8);
+    h = (h ^ w) * 0x100000001b3ull;
+  }
+  for (; i < bytes; ++i) h = (h ^ p[i]) * 0x100000001b3ull;
+  return (double)(h >> 12);
+}
 
 void fatal(int rank, const char* fmt, ...) {
   char msg[512];

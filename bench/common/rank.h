@@ -89,8 +89,8 @@ class Rank {
     (void)count, (void)cfg, (void)noSelect, (void)costs;
     return false;
   }
-  // A hash of `bytes` of buf that a double holds exactly (ranks compare it);
-  // false where the buffer is not in host memory.
+  // A hash of `bytes` of buf (hashBytes) that a double holds exactly (ranks
+  // compare it), after the rank's work on buf ends; false where unavailable.
   virtual bool resultHash(const void* buf, size_t bytes, double* hash) { return false; }
   // Collective. The host work of one call of `count` elements, gradcomp's
   // (cfg) and the baseline's, without a link: where the link is a real one
@@ -114,5 +114,8 @@ class Rank {
 bool launcherRank(int* rank, int* size, int* localRank, int* localSize);
 
 [[noreturn]] void fatal(int rank, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
+
+// FNV-1a of the bytes, cut to 52 bits so that a double holds it exactly.
+double hashBytes(const void* buf, size_t bytes);
 
 }  // namespace gcbench

@@ -19,19 +19,8 @@ double seconds() {
 
 }  // namespace
 
-// FNV-1a over 64-bit words (the tail byte by byte); 52 bits, so that a double
-// holds it exactly and the ranks can compare it with a max.
 bool HostRank::resultHash(const void* buf, size_t bytes, double* hash) {
-  const unsigned char* p = static_cast<const unsigned char*>(buf);
-  uint64_t h = 0xcbf29ce484222325ull;
-  size_t i = 0;
-  for (; i + 8 <= bytes; i += 8) {
-    uint64_t w;
-    memcpy(&w, p + i, 8);
-    h = (h ^ w) * 0x100000001b3ull;
-  }
-  for (; i < bytes; ++i) h = (h ^ p[i]) * 0x100000001b3ull;
-  *hash = (double)(h >> 12);
+  *hash = hashBytes(buf, bytes);
   return true;
 }
 
