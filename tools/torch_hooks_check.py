@@ -9,8 +9,10 @@
   resume      the hook with --resume-check: checkpoint, resume in a fresh DDP, bit for bit;
               its state ends with abort() (--abort-check: a second abort() and close() do
               nothing, a hook call then refuses)
-and, when libgradcomp exports gradcompReduceScatterKeyed, tools/fsdp_hook_train.py's
-FSDP2 MLP with FSDP's reduce-scatter and with GradcompReduceScatter (QSGD 4-bit).
+and, when libgradcomp exports gradcompReduceScatterKeyed and this PyTorch's FSDP2 takes
+set_custom_reduce_scatter (PyTorch >= 2.9; otherwise the run "fsdp" is skipped with the
+reason), tools/fsdp_hook_train.py's FSDP2 MLP with FSDP's reduce-scatter and with
+GradcompReduceScatter (QSGD 4-bit).
 Writes OUTDIR/torch_hooks.json and .md.
 Usage: torch_hooks_check.py OUTDIR [BUILD_DIR] [--device cpu] [--smoke]
 `--device cpu` (2 ranks, gloo): every run but the preload's, the hook and the FSDP2
@@ -117,17 +119,22 @@ def main():
                     if a.smoke else ["--epochs", "10", "--resume-check", "200"]),
                  kind="resume")
 
-    has_rs = subprocess.run(
-        [sys.executable, "-c", "import gradcomp, sys; "
-         "sys.exit(0 if gradcomp.has('gradcompReduceScatterKeyed') else 1)"],
-        env=dict(os.environ, **base_env), capture_output=True).returncode == 0
+    # FSDP2's custom reduce-scatter needs PyTorch >= 2.9 and a libgradcomp with the keyed
+    # reduce-scatter: without them the FSDP runs are skipped with the reason, not failed.
+    probe = subprocess.run(
+        [sys.executable, "-c", "import gradcomp.torch.fsdp as f; print(f.unsupported_reason() "
+         "or '')"], env=dict(os.environ, **base_env), capture_output=True, text=True)
+    no_rs = (probe.stdout.strip() if probe.returncode == 0 else
+             "failed (could not ask gradcomp.torch.fsdp: %s)"
+             % (probe.stderr.strip().splitlines() or ["no output"])[-1])
     fsdp_base = fsdp_gc = None
-    if has_rs:
+    if not no_rs:
         fsdp_base = run("fsdp_none", fsdp_steps, script="fsdp_hook_train.py", epochs_arg=False)
         fsdp_gc = run("fsdp_qsgd4", ["--gradcomp"] + fsdp_steps, script="fsdp_hook_train.py",
                       epochs_arg=False)
     else:
-        runs["fsdp"] = {"status": "skipped: libgradcomp has no gradcompReduceScatterKeyed"}
+        runs["fsdp"] = {"status": no_rs if no_rs.startswith("failed") else "skipped: " + no_rs}
+        print(f"torch_hooks: fsdp: {runs['fsdp']['status']}", flush=True)
     if fsdp_base and fsdp_gc:
         res["fsdp_hook_qsgd4_acc_delta_pts"] = fsdp_gc["accuracy_pct"] - fsdp_base["accuracy_pct"]
         res["fsdp_hook_qsgd4_test_loss_rel_delta"] = (

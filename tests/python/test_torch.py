@@ -109,6 +109,40 @@ class TorchRefusals(unittest.TestCase):
             with self.assertRaisesRegex(RuntimeError, "has no gradcompReduceScatterKeyed: rebuild"):
                 self.gt.GradcompReduceScatter(None, "layers.0")
 
+    def test_fsdp2_without_custom_reduce_scatter_is_refused_with_what_to_do(self):
+        """FSDP2 took set_custom_reduce_scatter in PyTorch 2.9: on an older FSDPModule (a
+        stand-in without the method) registering refuses before touching the model, and
+        unsupported_reason() (which the GPU script's skip prints) says the same."""
+        from unittest import mock
+
+        import gradcomp
+        from gradcomp.torch import fsdp
+
+        class OldFsdpModule:  # FSDP2 of PyTorch 2.4 .. 2.8
+            pass
+
+        with mock.patch.object(fsdp, "_fsdp_module_class", lambda: OldFsdpModule):
+            reason = fsdp.unsupported_reason()
+            self.assertRegex(reason, r"has FSDP2 without FSDPModule.set_custom_reduce_scatter "
+                             r"\(PyTorch >= 2.9\): upgrade PyTorch, or compress FSDP2's "
+                             r"reduce-scatters with LD_PRELOAD=libgradcomp_preload.so")
+            self.assertIn(torch.__version__, reason)
+            with self.assertRaisesRegex(RuntimeError, "gradcomp: this PyTorch .* without "
+                                        "FSDPModule.set_custom_reduce_scatter"):
+                self.gt.register_fsdp_reduce_scatter(torch.nn.Linear(2, 2), None)
+        with mock.patch.object(fsdp, "_fsdp_module_class", lambda: None):
+            self.assertRegex(fsdp.unsupported_reason(), r"has no FSDP2 \(fully_shard, PyTorch "
+                             r">= 2.4\)")
+            with self.assertRaisesRegex(RuntimeError, "has no FSDP2"):
+                self.gt.register_fsdp_reduce_scatter(torch.nn.Linear(2, 2), None)
+        # This PyTorch: the class found, and no reason unless it or the library lacks the call.
+        cls = fsdp._fsdp_module_class()
+        if cls is not None and hasattr(cls, "set_custom_reduce_scatter") and gradcomp.has(
+                "gradcompReduceScatterKeyed"):
+            self.assertIsNone(fsdp.unsupported_reason())
+            with self.assertRaisesRegex(ValueError, "the model has no FSDP module"):
+                self.gt.register_fsdp_reduce_scatter(torch.nn.Linear(2, 2), None)
+
 
 @unittest.skipIf(torch is None, "PyTorch is not installed")
 class SocketRootAddress(unittest.TestCase):
@@ -758,8 +792,9 @@ class FsdpProtocol(unittest.TestCase):
         import gradcomp
         import gradcomp.torch as gt
 
-        if not gradcomp.has("gradcompReduceScatterKeyed"):
-            self.skipTest("this libgradcomp has no gradcompReduceScatterKeyed")
+        reason = gt.fsdp.unsupported_reason()
+        if reason:
+            self.skipTest(reason)
         root = os.path.dirname(os.path.dirname(HERE))
         sys.path.insert(0, os.path.join(root, "tools"))
         import gc_ranks
@@ -926,9 +961,11 @@ class CpuBackendFsdp(unittest.TestCase):
 
     def test_fsdp_reduce_scatter_matches_the_serial_reference(self):
         import gradcomp
+        import gradcomp.torch.fsdp
 
-        if not gradcomp.has("gradcompReduceScatterKeyed"):
-            self.skipTest("this libgradcomp has no gradcompReduceScatterKeyed")
+        reason = gradcomp.torch.fsdp.unsupported_reason()
+        if reason:
+            self.skipTest(reason)
         records, results = launch_ranks(self, "fsdp")
         N = 2
         self.assertEqual([(r["key"], r["op"]) for r in records[0]],
