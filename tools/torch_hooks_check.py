@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """GPU checks of gradcomp.torch's DDP hook (tools/gpu-check.sh step torch_hooks).
 
-4 ranks on one GPU (tools/gc_ranks.py), tools/ddp_train.py's MLP:
+First hook_exact: tools/hook_exact_rank.py on 2 ranks, gradcomp_hook and
+GradcompReduceScatter bit for bit against the CPU world's serial reference, their inputs
+written late on a non-default stream (key torch_hook_exact_bitwise). Then 4 ranks on one GPU
+(tools/gc_ranks.py), tools/ddp_train.py's MLP:
   none        uncompressed, no hook: the baseline
   hook_qsgd4  the hook, QSGD 4-bit, layer-aware (biases and small layers in fp32)
   hook_whole  the hook on whole buckets (--whole-buckets --layer-min-size 0 --start-iter 0)
@@ -71,7 +74,7 @@ def main():
     longest = {}
 
     def run(name, extra_args, env=None, use_preload=False, script="ddp_train.py", epochs_arg=True,
-            kind=None):
+            kind=None, ranks=None):
         kind = kind or script
         if cpu and use_preload:
             runs[name] = {"status": "skipped on CPU: the preload interposes NCCL, which the CPU "
@@ -91,7 +94,7 @@ def main():
         e = dict(base_env)
         e.update(env or {})
         status, secs = gc_ranks.launch(
-            world, [os.path.join(HERE, script), "--out", path]
+            ranks or world, [os.path.join(HERE, script), "--out", path]
             + (["--epochs", epochs] if epochs_arg else []) + extra_args,
             os.path.join(out, f"hook_{name}"), env=e,
             timeout=min(240, left - 10), preload=preload if use_preload else None)
@@ -109,6 +112,15 @@ def main():
             return None
         return r
 
+    # First, the hooks bit for bit against the CPU world's serial reference on 2 ranks, their
+    # gradients written late on a non-default stream (tools/hook_exact_rank.py): a stream or
+    # kernel the hooks get wrong shows here as differing bits, before any training.
+    exact = run("hook_exact", [], script="hook_exact_rank.py", epochs_arg=False, ranks=2)
+    if exact:
+        res["torch_hook_exact_bitwise"] = exact["bitwise"]
+        res["torch_hook_exact_results_checked"] = (exact["allreduce_results_checked"]
+                                                   + exact["reduce_scatter_results_checked"])
+        res["torch_hook_exact_mismatches"] = exact["mismatches"]
     base = run("none", [])
     hq = run("hook_qsgd4", ["--hook", "gradcomp"])
     whole = run("hook_whole", ["--hook", "gradcomp", "--whole-buckets", "--layer-min-size", "0",
@@ -187,6 +199,9 @@ def main():
              "box)" if cpu else "on one GPU")
     md = ["### gradcomp.torch DDP hook (MLP on digits, %d ranks %s)" % (world, where), "",
           "| check | result |", "|---|---|",
+          f"| hooks bit for bit vs the CPU world's serial reference, 2 ranks, gradients "
+          f"written late on another stream (results checked) | "
+          f"{fmt('torch_hook_exact_bitwise')} ({fmt('torch_hook_exact_results_checked')}) |",
           f"| accuracy, hook QSGD 4-bit layer-aware vs uncompressed (pts) | "
           f"{fmt('ddp_hook_qsgd4_acc_delta_pts')} |",
           f"| parameters bitwise identical on all ranks (every run) | "
@@ -210,11 +225,13 @@ def main():
         f.write("\n".join(md) + "\n")
     print("\n".join(md))
     bad = [k for k, v in runs.items() if v["status"].startswith(("failed", "timed out"))]
-    checks = [res.get("torch_hook_vs_preload_bytes_equal"), res.get("torch_hook_resume_bitwise"),
+    checks = [res.get("torch_hook_exact_bitwise"),
+              res.get("torch_hook_vs_preload_bytes_equal"), res.get("torch_hook_resume_bitwise"),
               res.get("torch_hook_abort_refuses_after"),
               res.get("torch_hooks_params_identical_all_runs")]
     if cpu:  # no preload run to compare the hook's bytes with
-        checks = [res.get("torch_hook_resume_bitwise"), res.get("torch_hook_abort_refuses_after"),
+        checks = [res.get("torch_hook_exact_bitwise"), res.get("torch_hook_resume_bitwise"),
+                  res.get("torch_hook_abort_refuses_after"),
                   res.get("torch_hooks_params_identical_all_runs"),
                   all(r is not None for r in (base, hq, whole))]
     return 1 if bad or not all(c is True for c in checks) else 0

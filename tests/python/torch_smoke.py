@@ -240,8 +240,14 @@ def check_hooks(out_root, build):
     if no_fsdp:
         expect(runs["fsdp"]["status"] == "skipped: " + no_fsdp, f"run fsdp: {runs['fsdp']}")
         expect(not any(k.startswith("fsdp_") for k in runs), f"FSDP runs made: {runs}")
-    for name in ("none", "hook_qsgd4", "hook_whole", "resume") + fsdp_runs:
+    for name in ("hook_exact", "none", "hook_qsgd4", "hook_whole", "resume") + fsdp_runs:
         expect(runs[name]["status"] == "ok", f"run {name}: {runs[name]}")
+    # 2 ranks x (4 steps x 3 buckets + 3 reduce-scatters), every one bit for bit.
+    expect(res["torch_hook_exact_bitwise"] is True and
+           res["torch_hook_exact_results_checked"] == 2 * (4 * 3 + 3),
+           f"hook_exact: {res.get('torch_hook_exact_bitwise')}, "
+           f"{res.get('torch_hook_exact_results_checked')} results, "
+           f"{res.get('torch_hook_exact_mismatches')}")
     expect(runs["preload"]["status"].startswith(CPU_SKIP) and "interposes NCCL" in
            runs["preload"]["status"], f"run preload: {runs['preload']}")
     expect(res["torch_hooks_params_identical_all_runs"] is True, "ranks' parameters differ")
@@ -298,6 +304,7 @@ def check_hooks(out_root, build):
     summary, rep_md = report(out)
     expect(summary["torch_hooks_params_identical_all_runs"] is True,
            "the report lost torch_hooks_params_identical_all_runs")
+    expect(summary["torch_hook_exact_bitwise"] is True, "the report lost torch_hook_exact_bitwise")
     expect(summary["ddp_hook_qsgd4_acc_delta_pts"] == res["ddp_hook_qsgd4_acc_delta_pts"],
            "the report lost ddp_hook_qsgd4_acc_delta_pts")
     expect("gradcomp.torch DDP hook" in rep_md, "the report does not carry torch_hooks.md")
