@@ -214,6 +214,46 @@ class UniqueIdThroughTheStore(unittest.TestCase):
 
 
 @unittest.skipIf(torch is None, "PyTorch is not installed")
+class OneLibnccl(unittest.TestCase):
+    """libgradcomp needs libnccl.so.2 and the loader keeps the first one a process maps for
+    everyone: loaded before torch, gradcomp's build-time libnccl would become torch's too, and
+    the communicators gradcomp.torch makes through torch's library (_nccl) would be served by
+    another NCCL than torch's. gradcomp imports torch first: in a fresh interpreter that only
+    imports gradcomp, the one libnccl mapped is torch's (the nvidia-nccl wheel's, where torch
+    brings one), and _nccl calls that one."""
+
+    def test_gradcomp_loads_after_torch_and_shares_its_libnccl(self):
+        import subprocess
+
+        probe = (
+            "import json, os, gradcomp\n"
+            "gradcomp.library_path()\n"
+            "maps = sorted({l.split()[-1] for l in open('/proc/self/maps') if 'libnccl.so' in l})\n"
+            "import torch\n"
+            "from gradcomp.info import nccl_library\n"
+            "try:\n"
+            "    import nvidia.nccl as m\n"
+            "    wheel = [os.path.realpath(os.path.join(p, 'lib', 'libnccl.so.2')) for p in m.__path__]\n"
+            "except ImportError:\n"
+            "    wheel = []\n"
+            "print(json.dumps({'maps': [os.path.realpath(p) for p in maps], 'wheel': wheel,\n"
+            "                  'nccl_library': nccl_library()}))\n")
+        p = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                           timeout=120)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        import json
+
+        got = json.loads(p.stdout.strip().splitlines()[-1])
+        if not got["maps"]:
+            self.skipTest("no libnccl in this process (a libgradcomp built without NCCL?)")
+        self.assertEqual(len(got["maps"]), 1, got)
+        wheel = [w for w in got["wheel"] if os.path.exists(w)]
+        if wheel:  # torch's NCCL is the wheel's: gradcomp must be on it, not its build-time one
+            self.assertIn(got["maps"][0], wheel, got)
+        self.assertEqual(os.path.realpath(got["nccl_library"]), got["maps"][0], got)
+
+
+@unittest.skipIf(torch is None, "PyTorch is not installed")
 class TensorBuffers(unittest.TestCase):
     def test_torch_tensors_reduce_like_numpy_arrays(self):
         """The hook hands gradcomp tensors by data_ptr(): the same call on the same bytes."""
