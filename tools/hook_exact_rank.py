@@ -20,7 +20,6 @@ Usage: hook_exact_rank.py --out JSON [--device cpu]; launched as 2 ranks with th
 variables by tools/gc_ranks.py (one NCCL_HOSTID per rank, all on one GPU).
 """
 import argparse
-import os
 import sys
 import warnings
 
