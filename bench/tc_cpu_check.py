@@ -8,7 +8,8 @@ times, their ratios, the link rate python sockets measured, the ranks' results
 identical and exact within bounds, and none of the GPU report's keys (these are
 host codecs against our own uncompressed call, not GPU kernels against NCCL);
 then the same with GC_TC_AUTO=1 (QSGD with GRADCOMP_AUTO: auto's time, choice
-and regret, and the worst-regret keys).
+and regret, and the worst-regret keys); then a GC_TC_BUDGET_S too short for the run: recorded
+as skipped, the JSON and table still written.
 Timings are never asserted. Skips (exit 77) where namespaces cannot be made
 and shaped: not root, no ip/tc, or the kernel refuses.
 Usage: tc_cpu_check.py SOURCE_DIR BUILD_DIR WORKDIR
@@ -45,16 +46,21 @@ def skip_reason(prefix):
     return reason
 
 
-def run_tc(src, build, work, prefix, auto):
-    """tools/tc_link.sh --cpu at 1 Gb/s, 2 ranks, 1 MB, one call (GC_TC_AUTO=1 when auto) into
-    work; checks it exits 0 and returns its tc_link.json."""
+def run_tc(src, build, work, prefix, auto, budget=None):
+    """tools/tc_link.sh --cpu at 1 Gb/s, 2 ranks, 1 MB, one call (GC_TC_AUTO=1 when auto;
+    GC_TC_BUDGET_S=budget when given, else no budget, whatever gpu-check's step set) into work;
+    checks it exits 0 and returns its tc_link.json."""
     os.makedirs(work, exist_ok=True)
-    env = dict(os.environ, GC_TC_GBPS="1", GC_TC_RANKS="2", GC_TC_SIZE="1M", GC_TC_ITERS="1",
+    env = {k: v for k, v in os.environ.items() if k not in ("GC_TC_BUDGET_S", "GC_STEP_BUDGET_S")}
+    env.update(GC_TC_GBPS="1", GC_TC_RANKS="2", GC_TC_SIZE="1M", GC_TC_ITERS="1",
                GC_TC_PREFIX=prefix)
     tag = ""
     if auto:
         env["GC_TC_AUTO"] = "1"
         tag = "GC_TC_AUTO=1 "
+    if budget is not None:
+        env["GC_TC_BUDGET_S"] = str(budget)
+        tag += "GC_TC_BUDGET_S=%d " % budget
     cmd = ["bash", os.path.join(src, "tools", "tc_link.sh"), "--cpu", os.path.abspath(work),
            os.path.abspath(build)]
     p = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -101,6 +107,19 @@ def check_auto(src, build, work, prefix):
     expect(os.path.isfile(md) and "auto regret" in open(md).read(), "auto: tc_link.md table")
 
 
+def check_budget(src, build, work, prefix):
+    """A budget too short for a run (under a minute left once 20 s are kept for the summary):
+    the run is recorded as skipped, and the JSON and the table are still written."""
+    doc = run_tc(src, build, work, prefix, auto=False, budget=70)
+    runs = doc.get("runs", [])
+    expect(runs == [{"link_gbps": 1.0, "nranks": 2, "shaping": "-", "skipped": True,
+                     "error": "skipped (time budget spent)"}],
+           "budget: the run recorded as skipped (got %s)" % runs)
+    md = os.path.join(work, "tc_link.md")
+    expect(os.path.isfile(md) and "skipped (time budget spent)" in open(md).read(),
+           "budget: tc_link.md names the skipped run")
+
+
 def main():
     src, build, work = sys.argv[1:4]
     os.makedirs(work, exist_ok=True)
@@ -145,6 +164,7 @@ def main():
     md = os.path.join(work, "tc_link.md")
     expect(os.path.isfile(md) and "baseline (us)" in open(md).read(), "tc_link.md table")
     check_auto(src, build, os.path.join(work, "auto"), prefix)
+    check_budget(src, build, os.path.join(work, "budget"), prefix)
     # Nothing left behind.
     left = subprocess.run(["ip", "netns", "list"], stdout=subprocess.PIPE, text=True).stdout
     expect(prefix not in left, "namespaces removed")

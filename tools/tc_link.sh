@@ -38,6 +38,10 @@
 # cpu_auto_regret_max_frac (worst run), and the same of the choice alone
 # (cpu_auto_choice_regret_*: the row's time of the path auto took over the
 # row's faster path, without the noise between auto's calls and the row's).
+# GC_TC_BUDGET_S (default GC_STEP_BUDGET_S, the budget tools/gpu-check.sh gives its step;
+# unset: no bound) bounds the sweep: each run's ranks get at most what is left, and a run that
+# would start with less than a minute left is recorded as skipped, so that tc_link.json and the
+# report rows of the runs made are written before the step's own limit ends this script.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 
@@ -178,6 +182,20 @@ runs=$raw/tc_link_runs.tsv
 : > "$runs"
 reason=""
 failed=0
+budget=${GC_TC_BUDGET_S:-${GC_STEP_BUDGET_S:-}}
+deadline=""
+[ -n "$budget" ] && deadline=$(($(date +%s) + budget - 20))  # 20 s for the summary below
+
+# rank_limit DEFAULT: a rank's time limit, cut to what the budget leaves.
+rank_limit() {
+  local lim=$1 left
+  if [ -n "$deadline" ]; then
+    left=$((deadline - $(date +%s)))
+    [ "$left" -lt "$lim" ] && lim=$left
+    [ "$lim" -lt 30 ] && lim=30
+  fi
+  echo "$lim"
+}
 
 run_ranks() {  # run_ranks N GBPS TAG: one process per rank over the shaped links
   local n=$1 gbps=$2 tag=$3 r pids=() rc=0 addr=$subnet.1 ifname=$prefix ns=() backend
@@ -185,14 +203,16 @@ run_ranks() {  # run_ranks N GBPS TAG: one process per rank over the shaped link
     addr=127.0.0.1
     ifname=lo
   fi
+  local limit
+  if [ "$mode" = cpu ]; then limit=$(rank_limit 900); else limit=$(rank_limit 240); fi
   for r in $(seq 0 $((n - 1))); do
     [ "$shaping" = netns ] && ns=(ip netns exec "$prefix$r")
     if [ "$mode" = cpu ]; then
-      backend=(env GRADCOMP_CPU_TIMEOUT=600 timeout 900 "$perf" --backend socket --root "$addr:$port")
+      backend=(env GRADCOMP_CPU_TIMEOUT=600 timeout "$limit" "$perf" --backend socket --root "$addr:$port")
     else
       backend=(env NCCL_COMM_ID="$addr:$port" NCCL_HOSTID="$prefix-host-$r" NCCL_NET=Socket
         NCCL_SOCKET_IFNAME="$ifname" NCCL_IB_DISABLE=1 NCCL_P2P_DISABLE=1 NCCL_SHM_DISABLE=1
-        NCCL_NVLS_ENABLE=0 timeout 240 "$perf" --backend cuda)
+        NCCL_NVLS_ENABLE=0 timeout "$limit" "$perf" --backend cuda)
     fi
     "${ns[@]}" env OMPI_COMM_WORLD_RANK="$r" OMPI_COMM_WORLD_SIZE="$n" \
       OMPI_COMM_WORLD_LOCAL_RANK=0 OMPI_COMM_WORLD_LOCAL_SIZE=1 "${backend[@]}" -N "$n" \
@@ -208,6 +228,11 @@ run_ranks() {  # run_ranks N GBPS TAG: one process per rank over the shaped link
 for gbps in $gbps_list; do
   for n in ${GC_TC_RANKS:-2 4}; do
     tag=${gbps}gbps_n$n
+    if [ -n "$deadline" ] && [ $((deadline - $(date +%s))) -lt 60 ]; then
+      printf '%s\t%s\t%s\tskipped\t\t\t\t\n' "$gbps" "$n" "$tag" >> "$runs"
+      echo "=== tc_link: N=$n at $gbps Gb/s per rank: skipped (time budget spent)"
+      continue
+    fi
     # Not in $(...): the set-up functions record the shaping in this shell.
     if ! setup_netns "$n" "$gbps" 2> "$raw/tc_link_setup.err"; then
       err=$(tr '\n' ' ' < "$raw/tc_link_setup.err")
@@ -244,6 +269,10 @@ runs = []
 doc = {"mode": mode, "tc_unavailable_reason": reason or None, "size": size, "runs": runs}
 for line in open(os.path.join(raw, "tc_link_runs.tsv")).read().splitlines():
     gbps, n, tag, rc, shaping, link, load, cc = line.split("\t")
+    if rc == "skipped":
+        runs.append({"link_gbps": float(gbps), "nranks": int(n), "shaping": "-",
+                     "skipped": True, "error": "skipped (time budget spent)"})
+        continue
     base = {"link_gbps": float(gbps), "nranks": int(n), "exit": int(rc), "shaping": shaping,
             "tcp_congestion_control": cc or None,
             "link_measured_gbps": float(link) if link else None,

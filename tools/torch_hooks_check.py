@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """GPU checks of gradcomp.torch's DDP hook (tools/gpu-check.sh step torch_hooks).
 
-4 ranks on one GPU (tools/gc_ranks.py), tools/ddp_train.py's MLP:
+First hook_exact: tools/hook_exact_rank.py on 2 ranks, gradcomp_hook and
+GradcompReduceScatter bit for bit against the CPU world's serial reference, their inputs
+written late on a non-default stream (key torch_hook_exact_bitwise). Then 4 ranks on one GPU
+(tools/gc_ranks.py), tools/ddp_train.py's MLP:
   none        uncompressed, no hook: the baseline
   hook_qsgd4  the hook, QSGD 4-bit, layer-aware (biases and small layers in fp32)
   hook_whole  the hook on whole buckets (--whole-buckets --layer-min-size 0 --start-iter 0)
@@ -9,8 +12,10 @@
   resume      the hook with --resume-check: checkpoint, resume in a fresh DDP, bit for bit;
               its state ends with abort() (--abort-check: a second abort() and close() do
               nothing, a hook call then refuses)
-and, when libgradcomp exports gradcompReduceScatterKeyed, tools/fsdp_hook_train.py's
-FSDP2 MLP with FSDP's reduce-scatter and with GradcompReduceScatter (QSGD 4-bit).
+and, when libgradcomp exports gradcompReduceScatterKeyed and this PyTorch's FSDP2 takes
+set_custom_reduce_scatter (PyTorch >= 2.9; otherwise the run "fsdp" is skipped with the
+reason), tools/fsdp_hook_train.py's FSDP2 MLP with FSDP's reduce-scatter and with
+GradcompReduceScatter (QSGD 4-bit).
 Writes OUTDIR/torch_hooks.json and .md.
 Usage: torch_hooks_check.py OUTDIR [BUILD_DIR] [--device cpu] [--smoke]
 `--device cpu` (2 ranks, gloo): every run but the preload's, the hook and the FSDP2
@@ -69,7 +74,7 @@ def main():
     longest = {}
 
     def run(name, extra_args, env=None, use_preload=False, script="ddp_train.py", epochs_arg=True,
-            kind=None):
+            kind=None, ranks=None):
         kind = kind or script
         if cpu and use_preload:
             runs[name] = {"status": "skipped on CPU: the preload interposes NCCL, which the CPU "
@@ -89,7 +94,7 @@ def main():
         e = dict(base_env)
         e.update(env or {})
         status, secs = gc_ranks.launch(
-            world, [os.path.join(HERE, script), "--out", path]
+            ranks or world, [os.path.join(HERE, script), "--out", path]
             + (["--epochs", epochs] if epochs_arg else []) + extra_args,
             os.path.join(out, f"hook_{name}"), env=e,
             timeout=min(240, left - 10), preload=preload if use_preload else None)
@@ -107,6 +112,15 @@ def main():
             return None
         return r
 
+    # First, the hooks bit for bit against the CPU world's serial reference on 2 ranks, their
+    # gradients written late on a non-default stream (tools/hook_exact_rank.py): a stream or
+    # kernel the hooks get wrong shows here as differing bits, before any training.
+    exact = run("hook_exact", [], script="hook_exact_rank.py", epochs_arg=False, ranks=2)
+    if exact:
+        res["torch_hook_exact_bitwise"] = exact["bitwise"]
+        res["torch_hook_exact_results_checked"] = (exact["allreduce_results_checked"]
+                                                   + exact["reduce_scatter_results_checked"])
+        res["torch_hook_exact_mismatches"] = exact["mismatches"]
     base = run("none", [])
     hq = run("hook_qsgd4", ["--hook", "gradcomp"])
     whole = run("hook_whole", ["--hook", "gradcomp", "--whole-buckets", "--layer-min-size", "0",
@@ -117,17 +131,22 @@ def main():
                     if a.smoke else ["--epochs", "10", "--resume-check", "200"]),
                  kind="resume")
 
-    has_rs = subprocess.run(
-        [sys.executable, "-c", "import gradcomp, sys; "
-         "sys.exit(0 if gradcomp.has('gradcompReduceScatterKeyed') else 1)"],
-        env=dict(os.environ, **base_env), capture_output=True).returncode == 0
+    # FSDP2's custom reduce-scatter needs PyTorch >= 2.9 and a libgradcomp with the keyed
+    # reduce-scatter: without them the FSDP runs are skipped with the reason, not failed.
+    probe = subprocess.run(
+        [sys.executable, "-c", "import gradcomp.torch.fsdp as f; print(f.unsupported_reason() "
+         "or '')"], env=dict(os.environ, **base_env), capture_output=True, text=True)
+    no_rs = (probe.stdout.strip() if probe.returncode == 0 else
+             "failed (could not ask gradcomp.torch.fsdp: %s)"
+             % (probe.stderr.strip().splitlines() or ["no output"])[-1])
     fsdp_base = fsdp_gc = None
-    if has_rs:
+    if not no_rs:
         fsdp_base = run("fsdp_none", fsdp_steps, script="fsdp_hook_train.py", epochs_arg=False)
         fsdp_gc = run("fsdp_qsgd4", ["--gradcomp"] + fsdp_steps, script="fsdp_hook_train.py",
                       epochs_arg=False)
     else:
-        runs["fsdp"] = {"status": "skipped: libgradcomp has no gradcompReduceScatterKeyed"}
+        runs["fsdp"] = {"status": no_rs if no_rs.startswith("failed") else "skipped: " + no_rs}
+        print(f"torch_hooks: fsdp: {runs['fsdp']['status']}", flush=True)
     if fsdp_base and fsdp_gc:
         res["fsdp_hook_qsgd4_acc_delta_pts"] = fsdp_gc["accuracy_pct"] - fsdp_base["accuracy_pct"]
         res["fsdp_hook_qsgd4_test_loss_rel_delta"] = (
@@ -180,6 +199,9 @@ def main():
              "box)" if cpu else "on one GPU")
     md = ["### gradcomp.torch DDP hook (MLP on digits, %d ranks %s)" % (world, where), "",
           "| check | result |", "|---|---|",
+          f"| hooks bit for bit vs the CPU world's serial reference, 2 ranks, gradients "
+          f"written late on another stream (results checked) | "
+          f"{fmt('torch_hook_exact_bitwise')} ({fmt('torch_hook_exact_results_checked')}) |",
           f"| accuracy, hook QSGD 4-bit layer-aware vs uncompressed (pts) | "
           f"{fmt('ddp_hook_qsgd4_acc_delta_pts')} |",
           f"| parameters bitwise identical on all ranks (every run) | "
@@ -203,11 +225,13 @@ def main():
         f.write("\n".join(md) + "\n")
     print("\n".join(md))
     bad = [k for k, v in runs.items() if v["status"].startswith(("failed", "timed out"))]
-    checks = [res.get("torch_hook_vs_preload_bytes_equal"), res.get("torch_hook_resume_bitwise"),
+    checks = [res.get("torch_hook_exact_bitwise"),
+              res.get("torch_hook_vs_preload_bytes_equal"), res.get("torch_hook_resume_bitwise"),
               res.get("torch_hook_abort_refuses_after"),
               res.get("torch_hooks_params_identical_all_runs")]
     if cpu:  # no preload run to compare the hook's bytes with
-        checks = [res.get("torch_hook_resume_bitwise"), res.get("torch_hook_abort_refuses_after"),
+        checks = [res.get("torch_hook_exact_bitwise"), res.get("torch_hook_resume_bitwise"),
+                  res.get("torch_hook_abort_refuses_after"),
                   res.get("torch_hooks_params_identical_all_runs"),
                   all(r is not None for r in (base, hq, whole))]
     return 1 if bad or not all(c is True for c in checks) else 0

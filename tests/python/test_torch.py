@@ -109,6 +109,40 @@ class TorchRefusals(unittest.TestCase):
             with self.assertRaisesRegex(RuntimeError, "has no gradcompReduceScatterKeyed: rebuild"):
                 self.gt.GradcompReduceScatter(None, "layers.0")
 
+    def test_fsdp2_without_custom_reduce_scatter_is_refused_with_what_to_do(self):
+        """FSDP2 took set_custom_reduce_scatter in PyTorch 2.9: on an older FSDPModule (a
+        stand-in without the method) registering refuses before touching the model, and
+        unsupported_reason() (which the GPU script's skip prints) says the same."""
+        from unittest import mock
+
+        import gradcomp
+        from gradcomp.torch import fsdp
+
+        class OldFsdpModule:  # FSDP2 of PyTorch 2.4 .. 2.8
+            pass
+
+        with mock.patch.object(fsdp, "_fsdp_module_class", lambda: OldFsdpModule):
+            reason = fsdp.unsupported_reason()
+            self.assertRegex(reason, r"has FSDP2 without FSDPModule.set_custom_reduce_scatter "
+                             r"\(PyTorch >= 2.9\): upgrade PyTorch, or compress FSDP2's "
+                             r"reduce-scatters with LD_PRELOAD=libgradcomp_preload.so")
+            self.assertIn(torch.__version__, reason)
+            with self.assertRaisesRegex(RuntimeError, "gradcomp: this PyTorch .* without "
+                                        "FSDPModule.set_custom_reduce_scatter"):
+                self.gt.register_fsdp_reduce_scatter(torch.nn.Linear(2, 2), None)
+        with mock.patch.object(fsdp, "_fsdp_module_class", lambda: None):
+            self.assertRegex(fsdp.unsupported_reason(), r"has no FSDP2 \(fully_shard, PyTorch "
+                             r">= 2.4\)")
+            with self.assertRaisesRegex(RuntimeError, "has no FSDP2"):
+                self.gt.register_fsdp_reduce_scatter(torch.nn.Linear(2, 2), None)
+        # This PyTorch: the class found, and no reason unless it or the library lacks the call.
+        cls = fsdp._fsdp_module_class()
+        if cls is not None and hasattr(cls, "set_custom_reduce_scatter") and gradcomp.has(
+                "gradcompReduceScatterKeyed"):
+            self.assertIsNone(fsdp.unsupported_reason())
+            with self.assertRaisesRegex(ValueError, "the model has no FSDP module"):
+                self.gt.register_fsdp_reduce_scatter(torch.nn.Linear(2, 2), None)
+
 
 @unittest.skipIf(torch is None, "PyTorch is not installed")
 class SocketRootAddress(unittest.TestCase):
@@ -177,6 +211,46 @@ class UniqueIdThroughTheStore(unittest.TestCase):
         with self.assertRaisesRegex(RuntimeError, "holds 5 bytes under k, not an NCCL unique id "
                                     r"\(128 bytes\)"):
             _nccl.share_unique_id(store, "k", 1)
+
+
+@unittest.skipIf(torch is None, "PyTorch is not installed")
+class OneLibnccl(unittest.TestCase):
+    """libgradcomp needs libnccl.so.2 and the loader keeps the first one a process maps for
+    everyone: loaded before torch, gradcomp's build-time libnccl would become torch's too, and
+    the communicators gradcomp.torch makes through torch's library (_nccl) would be served by
+    another NCCL than torch's. gradcomp imports torch first: in a fresh interpreter that only
+    imports gradcomp, the one libnccl mapped is torch's (the nvidia-nccl wheel's, where torch
+    brings one), and _nccl calls that one."""
+
+    def test_gradcomp_loads_after_torch_and_shares_its_libnccl(self):
+        import subprocess
+
+        probe = (
+            "import json, os, gradcomp\n"
+            "gradcomp.library_path()\n"
+            "maps = sorted({l.split()[-1] for l in open('/proc/self/maps') if 'libnccl.so' in l})\n"
+            "import torch\n"
+            "from gradcomp.info import nccl_library\n"
+            "try:\n"
+            "    import nvidia.nccl as m\n"
+            "    wheel = [os.path.realpath(os.path.join(p, 'lib', 'libnccl.so.2')) for p in m.__path__]\n"
+            "except ImportError:\n"
+            "    wheel = []\n"
+            "print(json.dumps({'maps': [os.path.realpath(p) for p in maps], 'wheel': wheel,\n"
+            "                  'nccl_library': nccl_library()}))\n")
+        p = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                           timeout=120)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        import json
+
+        got = json.loads(p.stdout.strip().splitlines()[-1])
+        if not got["maps"]:
+            self.skipTest("no libnccl in this process (a libgradcomp built without NCCL?)")
+        self.assertEqual(len(got["maps"]), 1, got)
+        wheel = [w for w in got["wheel"] if os.path.exists(w)]
+        if wheel:  # torch's NCCL is the wheel's: gradcomp must be on it, not its build-time one
+            self.assertIn(got["maps"][0], wheel, got)
+        self.assertEqual(os.path.realpath(got["nccl_library"]), got["maps"][0], got)
 
 
 @unittest.skipIf(torch is None, "PyTorch is not installed")
@@ -758,8 +832,9 @@ class FsdpProtocol(unittest.TestCase):
         import gradcomp
         import gradcomp.torch as gt
 
-        if not gradcomp.has("gradcompReduceScatterKeyed"):
-            self.skipTest("this libgradcomp has no gradcompReduceScatterKeyed")
+        reason = gt.fsdp.unsupported_reason()
+        if reason:
+            self.skipTest(reason)
         root = os.path.dirname(os.path.dirname(HERE))
         sys.path.insert(0, os.path.join(root, "tools"))
         import gc_ranks
@@ -926,9 +1001,11 @@ class CpuBackendFsdp(unittest.TestCase):
 
     def test_fsdp_reduce_scatter_matches_the_serial_reference(self):
         import gradcomp
+        import gradcomp.torch.fsdp
 
-        if not gradcomp.has("gradcompReduceScatterKeyed"):
-            self.skipTest("this libgradcomp has no gradcompReduceScatterKeyed")
+        reason = gradcomp.torch.fsdp.unsupported_reason()
+        if reason:
+            self.skipTest(reason)
         records, results = launch_ranks(self, "fsdp")
         N = 2
         self.assertEqual([(r["key"], r["op"]) for r in records[0]],

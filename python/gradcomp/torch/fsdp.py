@@ -110,11 +110,45 @@ class GradcompReduceScatter(_Base):
         return None
 
 
+def _fsdp_module_class():
+    """FSDP2's FSDPModule, or None where this PyTorch has no FSDP2."""
+    try:
+        from torch.distributed.fsdp import FSDPModule  # PyTorch >= 2.6
+    except ImportError:
+        try:
+            from torch.distributed._composable.fsdp import FSDPModule  # PyTorch 2.4, 2.5
+        except ImportError:
+            return None
+    return FSDPModule
+
+
+def unsupported_reason():
+    """None when this PyTorch and libgradcomp can run GradcompReduceScatter, else the sentence
+    saying why not and what to do: FSDP2's set_custom_reduce_scatter came with PyTorch 2.9,
+    while FSDP2 itself (and so LD_PRELOAD's compressed reduce-scatter) needs only 2.4."""
+    preload = ("compress FSDP2's reduce-scatters with LD_PRELOAD=libgradcomp_preload.so "
+               "instead (tools/fsdp_check.sh)")
+    cls = _fsdp_module_class()
+    if cls is None:
+        return (f"this PyTorch ({torch.__version__}) has no FSDP2 (fully_shard, PyTorch >= "
+                "2.4): upgrade PyTorch to use FSDP2")
+    if not hasattr(cls, "set_custom_reduce_scatter"):
+        return (f"this PyTorch ({torch.__version__}) has FSDP2 without "
+                "FSDPModule.set_custom_reduce_scatter (PyTorch >= 2.9): upgrade PyTorch, or "
+                + preload)
+    if not _lib.has("gradcompReduceScatterKeyed"):
+        return (f"{_lib.library_path()} has no gradcompReduceScatterKeyed: rebuild libgradcomp "
+                "from a checkout with the reduce-scatter entry point, or " + preload)
+    return None
+
+
 def register_fsdp_reduce_scatter(model, state):
     """set_custom_reduce_scatter on every FSDPModule of `model`, keyed by its name.
-    Returns the number of modules."""
-    from torch.distributed.fsdp import FSDPModule
-
+    Returns the number of modules. Raises RuntimeError with unsupported_reason() where this
+    PyTorch's FSDP2 cannot take a custom reduce-scatter."""
+    FSDPModule = _fsdp_module_class()
+    if FSDPModule is None or not hasattr(FSDPModule, "set_custom_reduce_scatter"):
+        raise RuntimeError(f"gradcomp: {unsupported_reason()}")
     n = 0
     for name, module in model.named_modules():
         if isinstance(module, FSDPModule):

@@ -1,0 +1,256 @@
+#!/usr/bin/env python3
+"""gradcomp.torch's hooks bit for bit on the device they serve (tools/torch_hooks_check.py's
+run hook_exact; --device cpu: gloo and GradcompState(backend="cpu")).
+
+2 ranks call gradcomp_hook on three buckets (all compressed, mixed, all full precision) for
+4 steps (the first uncompressed), and GradcompReduceScatter (FSDP2's protocol, called as FSDP
+calls it) with Avg and Sum, on gradients that a late producer writes on a non-default
+stream: a NaN fill, a spin of the GPU, then the copy of the gradient, all on that stream,
+which is current when the hook is called. The results are read on the default stream
+through the hook's futures (FSDP's way for the reduce-scatter: an event recorded on its
+stream after the call). Rank 0 compares every result with a serial reference on gradcomp's
+in-process CPU world (the host codecs, the same algorithms): the mean of the two ranks' inputs
+where the hook sends full precision (x0/2 + x1/2: exact, whatever order NCCL adds in), the
+library's keyed Avg allreduce of the gathered compressed parts, its keyed reduce-scatter. A
+stream the hooks do not follow (gradcomp reading a bucket before its producer wrote it, a
+future ready before gradcomp's kernels or the mixed bucket's copies) shows as differing bits;
+so does a kernel that differs from its host twin. Every rank's results must also hash alike.
+
+Usage: hook_exact_rank.py --out JSON [--device cpu]; launched as 2 ranks with the env://
+variables by tools/gc_ranks.py (one NCCL_HOSTID per rank, all on one GPU).
+"""
+import argparse
+import sys
+import warnings
+
+import gc_ranks
+import torch
+import torch.distributed as dist
+
+N, START, STEPS = 2, 1, 4
+RS_OPS = ("avg", "sum", "avg")
+RS_ELEMENTS = 1000  # per rank: two QSGD buckets of 512, the second a tail
+SPIN_CYCLES = 20_000_000  # ~10 ms of a GPU clock: the producer is late on its stream
+
+
+def config():
+    import gradcomp
+
+    # Flat two-shot on both backends (each rank its own node; no auto pass-through to NCCL,
+    # which the CPU world does not time): the same algorithm, so the same bits.
+    return gradcomp.Config(from_env=False, method="qsgd", bits=4, min_elements=0, auto_tune=0,
+                           algo="twoshot", local_size=1)
+
+
+def layout():
+    """A model whose parameters make bucket 0 all compressed, bucket 1 mixed (2048 and 1600
+    compressed; a bias and a 50-element weight in full precision) and bucket 2 all full
+    precision (a norm), as tests/python/test_torch.py's HookOnCpuWorld."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(48, 48, bias=False), torch.nn.Linear(32, 64),
+        torch.nn.Linear(5, 10, bias=False), torch.nn.Linear(40, 40, bias=False),
+        torch.nn.LayerNorm(16))
+    p = list(model.parameters())
+    return model, [[p[0]], [p[1], p[2], p[3], p[4]], [p[5], p[6]]]
+
+
+def grads(step, rank, b, buckets):
+    g = torch.Generator().manual_seed(1000 * step + 10 * rank + b)
+    return torch.randn(sum(q.numel() for q in buckets[b]), generator=g) * (rank + 1)
+
+
+def rs_input(step, rank):
+    g = torch.Generator().manual_seed(5000 + 10 * step + rank)
+    return torch.randn(N * RS_ELEMENTS, generator=g) * (rank + 1)
+
+
+class Bucket:
+    """The part of DDP's GradBucket the hook reads."""
+
+    def __init__(self, buf, params, index, last):
+        self.buf, self.params, self.i, self.last = buf, params, index, last
+
+    def buffer(self):
+        return self.buf
+
+    def parameters(self):
+        return self.params
+
+    def index(self):
+        return self.i
+
+    def is_last(self):
+        return self.last
+
+
+class Producer:
+    """Writes a host tensor into a fresh device buffer late, on a non-default stream that is
+    current while the hook runs (on the CPU: the tensor itself, no stream)."""
+
+    def __init__(self, dev):
+        self.dev = dev
+        self.stream = torch.cuda.Stream(dev) if dev.type == "cuda" else None
+        self.keep = []  # host and device buffers alive until the results are read
+
+    def context(self):
+        import contextlib
+
+        return torch.cuda.stream(self.stream) if self.stream else contextlib.nullcontext()
+
+    def make(self, host):
+        if self.stream is None:
+            return host.clone()
+        host = host.pin_memory()
+        buf = torch.full(host.shape, float("nan"), device=self.dev)
+        torch.cuda._sleep(SPIN_CYCLES)
+        buf.copy_(host, non_blocking=True)
+        self.keep += [host, buf]
+        return buf
+
+
+def run_hook(state, buckets, producer):
+    """Every step's bucket results as the default stream reads them (host tensors)."""
+    import gradcomp.torch as gct
+
+    out = []
+    for step in range(STEPS):
+        with producer.context():
+            futs = [gct.gradcomp_hook(state, Bucket(producer.make(grads(step, state.rank, b,
+                                                                          buckets)),
+                                                    params, b, b == len(buckets) - 1))
+                    for b, params in enumerate(buckets)]
+        out.append([f.wait().cpu() for f in futs])  # wait(): this stream after the hook's work
+    return out
+
+
+def run_reduce_scatter(state, producer):
+    import gradcomp.torch as gct
+
+    rs = gct.GradcompReduceScatter(state, "layers.0")
+    ops = {"avg": dist.ReduceOp.AVG, "sum": dist.ReduceOp.SUM}
+    out = []
+    for step, op in enumerate(RS_OPS):
+        with producer.context():
+            inp = producer.make(rs_input(step, state.rank))
+            res = producer.make(torch.zeros(RS_ELEMENTS))
+            rs(output_tensor=res, input_tensor=inp, group=state.process_group, op=ops[op])
+            done = producer.stream.record_event() if producer.stream else None
+        if done is not None:  # FSDP waits for its reduce-scatter stream's event
+            torch.cuda.current_stream(producer.dev).wait_event(done)
+        out.append(res.cpu())
+    return out, rs.key
+
+
+def reference(state, buckets, rs_key):
+    """The serial reference on the CPU world, by rank: [step][bucket] and [reduce-scatter
+    call]. The hook's own plans (split and key) of the buckets."""
+    import gradcomp
+
+    plans = [state._plan(Bucket(None, params, b, False)) for b, params in enumerate(buckets)]
+
+    def hook_rank(comm):
+        out = []
+        for step in range(STEPS):
+            row = []
+            for b, plan in enumerate(plans):
+                xs = [grads(step, r, b, buckets) for r in range(N)]
+                mean = xs[0] / N
+                for x in xs[1:]:
+                    mean = mean + x / N
+                if step >= START and plan["comp_n"]:
+                    idx = torch.cat([torch.arange(o, o + n) for o, n in plan["comp"]])
+                    part = xs[comm.rank][idx].contiguous()
+                    comm.allreduce(part, op="avg", key=plan["key"])
+                    mean[idx] = part
+                row.append(mean)
+            out.append(row)
+        return out
+
+    def rs_rank(comm):
+        out = []
+        for step, op in enumerate(RS_OPS):
+            res = torch.zeros(RS_ELEMENTS)
+            comm.reduce_scatter(rs_input(step, comm.rank), res, op=op, key=rs_key)
+            out.append(res)
+        return out
+
+    with gradcomp.CpuWorld(N, config()) as w:
+        hook = w.run(hook_rank)
+    rs = None
+    if rs_key is not None:
+        with gradcomp.CpuWorld(N, config()) as w:
+            rs = w.run(rs_rank)
+    return hook, rs
+
+
+def differ(a, b):
+    """Elements whose bits differ (NaN is a value like any other here)."""
+    return int((a.view(torch.int32) != b.view(torch.int32)).sum())
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True)
+    p.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    args = p.parse_args()
+    cpu = args.device == "cpu"
+    dist.init_process_group("gloo" if cpu else "nccl")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    if world != N:
+        print(f"hook_exact_rank.py: needs {N} ranks (the reference mean is exact for 2), got "
+              f"{world}", file=sys.stderr)
+        return 2
+    if not cpu:
+        torch.cuda.set_device(0)
+    dev = torch.device("cpu") if cpu else torch.device("cuda", 0)
+    import gradcomp
+    import gradcomp.torch as gct
+
+    warnings.simplefilter("ignore")  # bucket 2's expected "sent uncompressed" warning
+    model, buckets = layout()
+    backend = "cpu" if cpu else "nccl"
+    state = gct.GradcompState(module=model, start_iter=START, backend=backend, config=config())
+    producer = Producer(dev)
+    got = run_hook(state, buckets, producer)
+    rs_state, got_rs, rs_key = None, None, None
+    if gradcomp.has("gradcompReduceScatterKeyed"):
+        rs_state = gct.GradcompState(backend=backend, config=config())
+        got_rs, rs_key = run_reduce_scatter(rs_state, producer)
+    # Every rank checks its own results (the reduce-scatter's differ by rank); the hook's
+    # must also be the same bytes on every rank.
+    want, want_rs = reference(state, buckets, rs_key)
+    bad = [f"rank {rank} step {s} bucket {b}: {differ(got[s][b], want[rank][s][b])} of "
+           f"{got[s][b].numel()} elements differ"
+           for s in range(STEPS) for b in range(len(buckets))
+           if differ(got[s][b], want[rank][s][b])]
+    bad += [f"rank {rank} reduce-scatter {k} ({RS_OPS[k]}): {differ(g, want_rs[rank][k])} of "
+            f"{g.numel()} elements differ"
+            for k, g in enumerate(got_rs or []) if differ(g, want_rs[rank][k])]
+    _, hashes = gc_ranks.gather_hashes(b"".join(t.numpy().tobytes() for row in got for t in row))
+    all_bad = [None] * world
+    dist.all_gather_object(all_bad, bad)
+    all_bad = [m for ms in all_bad for m in ms]
+    res = None
+    if rank == 0:
+        st = state.stats()
+        res = {"device": args.device, "world": world, "steps": STEPS, "start_iter": START,
+               "allreduce_results_checked": world * STEPS * len(buckets),
+               "reduce_scatter_results_checked": world * len(got_rs or []),
+               "reduce_scatter_skipped": None if got_rs is not None else
+               "libgradcomp has no gradcompReduceScatterKeyed",
+               "mismatches": all_bad[:8], "mismatch_count": len(all_bad),
+               "ranks_identical": len(set(hashes)) == 1,
+               "bitwise": not all_bad and len(set(hashes)) == 1,
+               "hook_calls_compressed": (st["gradcomp"] or {}).get("calls_compressed"),
+               "preload_loaded": gc_ranks.preload_loaded()}
+        print(f"hook_exact: {res}", flush=True)
+    dist.barrier()
+    if rs_state is not None:
+        rs_state.close()
+    return gc_ranks.finish_rank(res, rank, args.out, state)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
