@@ -7,6 +7,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <atomic>
+#include <chrono>
+#include <thread>
 #include <vector>
 
 #include "gradcomp.h"
@@ -74,6 +77,34 @@ class DeviceBuffer {
  private:
   void* raw_ = nullptr;
   size_t count_;
+};
+
+// Holds a stream at a host function until open(); at the end of its scope it
+// opens and drains the device, whatever failed, so that later tests never
+// hang behind a held stream.
+class StreamGate {
+ public:
+  StreamGate() = default;
+  StreamGate(const StreamGate&) = delete;
+  StreamGate& operator=(const StreamGate&) = delete;
+  ~StreamGate() {
+    open();
+    cudaDeviceSynchronize();
+  }
+  // Later work on s waits until open().
+  cudaError_t hold(cudaStream_t s) {
+    open_ = false;
+    return cudaLaunchHostFunc(s, &StreamGate::wait, &open_);
+  }
+  void open() { open_ = true; }
+
+ private:
+  static void wait(void* p) {
+    while (!static_cast<std::atomic<bool>*>(p)->load()) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+  }
+  std::atomic<bool> open_{true};
 };
 
 // dst = src (bytes), then `call` (a gradcomp call on stream, on dst): eager,

@@ -4,7 +4,6 @@
 #include <gtest/gtest.h>
 #include <string.h>
 
-#include <atomic>
 #include <chrono>
 #include <thread>
 #include <vector>
@@ -138,30 +137,15 @@ TEST_F(BackendGpu, CallOnAnotherStreamWaitsForTheLastCall) {
   const std::vector<float> x = gctest::normal(n, 5);
   DeviceBuffer<float> a(n), b(n), c(n);
   a.upload(x);
-  std::atomic<bool> open{false};
-  // Whatever fails below, the held stream is released (and drained before
-  // `open` goes) so that later tests do not hang behind it.
-  struct Release {
-    std::atomic<bool>& open;
-    ~Release() {
-      open = true;
-      cudaDeviceSynchronize();
-    }
-  } release{open};
+  gctest::StreamGate gate;  // whatever fails below, released before the buffers go
   uint64_t* step = nullptr;
   ASSERT_EQ(cudaMallocHost(&step, sizeof(*step)), cudaSuccess);
-  auto hold = [](void* p) {
-    while (!static_cast<std::atomic<bool>*>(p)->load()) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    }
-  };
   cudaStream_t streams[2] = {stream, other};
   for (int round = 0; round < 2; ++round) {
     SCOPED_TRACE(testing::Message() << "round " << round);
     cudaStream_t first = streams[round], second = streams[1 - round];
-    open = false;
     gpu->setStream(first);
-    ASSERT_EQ(cudaLaunchHostFunc(first, hold, &open), cudaSuccess);
+    ASSERT_EQ(gate.hold(first), cudaSuccess);
     ASSERT_EQ(gpu->copy(b.get(), a.get(), n * 4), gradcompSuccess);
     ASSERT_EQ(gpu->advanceStep(), gradcompSuccess);
     gpu->setStream(second);
@@ -175,7 +159,7 @@ TEST_F(BackendGpu, CallOnAnotherStreamWaitsForTheLastCall) {
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
     EXPECT_EQ(cudaStreamQuery(second), cudaErrorNotReady)
         << "the second stream ran ahead of the call held on the first";
-    open = true;
+    gate.open();
     ASSERT_EQ(cudaStreamSynchronize(second), cudaSuccess);
     EXPECT_EQ(*step, (uint64_t)(2 * round + 1));  // each round advances twice
     EXPECT_EQ(c.download(n), x);
@@ -291,23 +275,11 @@ TEST_F(BackendGpu, JoinOrdersASideLaneBackIntoTheCallersStream) {
   DeviceBuffer<float> a(n), b(n);
   a.upload(x);
   using B = gc::Backend;
-  std::atomic<bool> open{true};
-  struct Release {
-    std::atomic<bool>& open;
-    ~Release() {
-      open = true;
-      cudaDeviceSynchronize();
-    }
-  } release{open};
-  auto hold = [](void* p) {
-    while (!static_cast<std::atomic<bool>*>(p)->load()) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    }
-  };
+  gctest::StreamGate gate;
   auto chain = [&](bool held) {
     EXPECT_EQ(gpu->record(B::kComputeLane, 0), gradcompSuccess);
     EXPECT_EQ(gpu->wait(B::kCommLane, 0), gradcompSuccess);
-    if (held) EXPECT_EQ(cudaLaunchHostFunc(gpu->commStream(), hold, &open), cudaSuccess);
+    if (held) EXPECT_EQ(gate.hold(gpu->commStream()), cudaSuccess);
     EXPECT_EQ(cudaMemcpyAsync(b.get(), a.get(), n * 4, cudaMemcpyDeviceToDevice, gpu->commStream()),
               cudaSuccess);
     gpu->join(B::kCommLane);
@@ -318,12 +290,11 @@ TEST_F(BackendGpu, JoinOrdersASideLaneBackIntoTheCallersStream) {
     const std::vector<float> got = b.download(n);
     for (size_t i = 0; i < n; ++i) ASSERT_EQ(got[i], x[i] + x[i]) << what << " " << i;
   };
-  open = false;
   chain(true);
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
   EXPECT_EQ(cudaStreamQuery(stream), cudaErrorNotReady)
       << "the caller's stream ran ahead of the held comm lane";
-  open = true;
+  gate.open();
   ASSERT_EQ(gpu->sync(), gradcompSuccess);
   expectTwice("eager");
 
