@@ -193,7 +193,9 @@ static int twoStreams(int calls, int rank, int nranks, ncclComm_t comm, cudaStre
     }
   }
   for (float* d : bufs) cudaFree(d);
-  if (nstreams == 2) cudaStreamDestroy(streams[1]);
+  // Before ncclCommDestroy, as NCCL allows: the last compressed call was on
+  // this stream, and the preload's destroy must not wait on it.
+  if (nstreams == 2) CK_CUDA(cudaStreamDestroy(streams[1]));
   return bad;
 }
 

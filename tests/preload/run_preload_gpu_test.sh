@@ -102,6 +102,9 @@ check "simulate: no rank counts a simulated call as passed through" simulate_cou
 #     calls (buffers reused, no host sync inside a round): deferred calls
 #     one by one, and fused sets (one per stream and op) sharing the fusion
 #     buffer. Two streams must give the bits of one (same calls, sets, steps).
+#     The second stream, where the last compressed call ran, is destroyed
+#     before ncclCommDestroy, as NCCL allows: the preload's destroy of the
+#     gradcomp comm must not wait on it.
 for group in defer fuse; do
   for ns in 1 2; do
     launch streams_${group}_$ns 2 1 "streams 3" GRADCOMP_GROUP=$group GC_STREAMS=$ns
