@@ -327,6 +327,13 @@ void decide(CommEntry& e, cudaStream_t stream) {
   }
 }
 
+void passAlways(CommEntry& e, const std::string& why) {
+  std::lock_guard<std::mutex> lock(e.callMu);
+  if (e.mode != Mode::Undecided) return;
+  e.reason = why;
+  e.mode = Mode::PassThrough;
+}
+
 void decideUnlessCapturing(CommEntry& e, ncclComm_t comm, cudaStream_t stream) {
   if (streamCapturing(stream)) {
     warnOnce("capture",
