@@ -230,7 +230,20 @@ CommEntry::~CommEntry() {
       return;
     }
   } else if (gc != nullptr) {
+    // gradcompCommDestroy waits on the stream of the comm's last call, which
+    // the program may have destroyed already: NCCL lets it destroy its
+    // streams before ncclCommDestroy. A zero-count call on a stream of ours
+    // makes that the last call's stream; the comm orders it after the end of
+    // its last compressed call, whatever stream that was on.
+    cudaStream_t own = nullptr;
+    if (cudaStreamCreateWithFlags(&own, cudaStreamNonBlocking) == cudaSuccess) {
+      (void)gradcompAllReduce(nullptr, nullptr, 0, ncclFloat32, ncclSum, gc, own);
+    } else {
+      own = nullptr;
+      (void)cudaGetLastError();
+    }
     gradcompCommDestroy(gc);
+    if (own != nullptr) cudaStreamDestroy(own);
   }
   if (fusion != nullptr) cudaFree(fusion);
   if (fusionDone != nullptr) cudaEventDestroy(fusionDone);
@@ -312,6 +325,13 @@ void decide(CommEntry& e, cudaStream_t stream) {
                (void*)e.nccl, why.c_str());
       return passAll("no agreement between ranks: " + why);
   }
+}
+
+void passAlways(CommEntry& e, const std::string& why) {
+  std::lock_guard<std::mutex> lock(e.callMu);
+  if (e.mode != Mode::Undecided) return;
+  e.reason = why;
+  e.mode = Mode::PassThrough;
 }
 
 void decideUnlessCapturing(CommEntry& e, ncclComm_t comm, cudaStream_t stream) {

@@ -138,6 +138,43 @@ ncclResult_t route(const Deferred& d) {
 
 namespace {
 
+// Before the outermost end of the thread's group. A group holding eligible
+// calls of communicators on different devices is one thread driving several
+// GPUs (as nccl-tests -g N): their ranks may be ranks of one communicator,
+// whose calls NCCL must get in one group; taken out of it, one comm would set
+// up or compress alone and wait forever for a rank this same thread has not
+// reached. So they stay in the group, uncompressed, and those communicators
+// pass through from then on; every rank of such a communicator is driven the
+// same way and decides alike.
+ncclResult_t keepMultiDeviceGroup() {
+  const NcclApi* api = ncclApi();
+  if (tDeferred.size() < 2 || api->commCuDevice == nullptr) return ncclSuccess;
+  int device0 = -1;
+  bool several = false;
+  for (const Deferred& d : tDeferred) {
+    int dev = -1;
+    if (api->commCuDevice(d.comm, &dev) != ncclSuccess) continue;
+    if (device0 < 0) device0 = dev;
+    several = several || dev != device0;
+  }
+  if (!several) return ncclSuccess;
+  warnOnce("multi-device",
+           "a user NCCL group holds eligible calls of communicators on several devices (one "
+           "thread driving several GPUs): they stay in the group uncompressed, and those "
+           "communicators pass through");
+  std::vector<Deferred> calls;
+  calls.swap(tDeferred);
+  ncclResult_t failed = ncclSuccess;
+  for (const Deferred& d : calls) {
+    EntryPtr e = entryFor(d.comm);
+    passAlways(*e, "one thread drives it in a group with other devices' communicators");
+    tGroupForwarded.emplace_back(e, d.coll);
+    const ncclResult_t r = forward(nullptr, d);
+    if (r != ncclSuccess && failed == ncclSuccess) failed = r;
+  }
+  return failed;
+}
+
 // After NCCL ended one level of the thread's group (with result `r`): at the
 // outermost, the group's calls ran, and its deferred eligible calls run now.
 ncclResult_t leaveGroup(ncclResult_t r) {
@@ -186,7 +223,9 @@ GC_INTERPOSE ncclResult_t ncclGroupStart() {
 
 GC_INTERPOSE ncclResult_t ncclGroupEnd() {
   if (ncclApi()->groupEnd == nullptr) return ncclSystemError;
-  return leaveGroup(ncclApi()->groupEnd());
+  const ncclResult_t kept = tGroupDepth == 1 ? keepMultiDeviceGroup() : ncclSuccess;
+  const ncclResult_t r = leaveGroup(ncclApi()->groupEnd());
+  return r != ncclSuccess ? r : kept;
 }
 
 #if GC_NCCL_HAS_SIMULATE
@@ -202,7 +241,9 @@ GC_INTERPOSE ncclResult_t ncclGroupSimulateEnd(ncclSimInfo_t* simInfo) {
     return ncclSystemError;
   }
   if (tGroupDepth != 1 || simInfo == nullptr) {
-    return leaveGroup(realNccl()->groupSimulateEnd(simInfo));
+    const ncclResult_t kept = tGroupDepth == 1 ? keepMultiDeviceGroup() : ncclSuccess;
+    const ncclResult_t r = leaveGroup(realNccl()->groupSimulateEnd(simInfo));
+    return r != ncclSuccess ? r : kept;
   }
   // The estimate must cover the eligible calls as NCCL would have seen them:
   // they join the group uncompressed before it ends. Nothing of a simulated

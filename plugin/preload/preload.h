@@ -91,6 +91,8 @@ void decideUnlessCapturing(CommEntry& e, ncclComm_t comm, cudaStream_t stream);
 // (gc::commStop: its sub-communicators aborted, so a call still holding it
 // waits on no peer) and aborted rather than destroyed at the end.
 void release(ncclComm_t comm, bool abort = false);
+// Makes an Undecided entry pass through from now on, saying why in its summary.
+void passAlways(CommEntry& e, const std::string& why);
 // Records how a communicator was created: non-blocking ones always pass through.
 void noteCreated(ncclComm_t comm, bool nonBlocking);
 // Non-blocking by NCCL's rules: NCCL_COMM_BLOCKING overrides; a null config

@@ -129,6 +129,46 @@ static int basic(void) {
   return 0;
 }
 
+/* One thread driving two GPUs (the stand-in puts 0x3000 and 0x3200 on
+ * device 0, 0x3100 on device 1 with FAKE_NCCL_DEVICES=2): a group with
+ * eligible calls of communicators on both devices keeps them, uncompressed
+ * and in order, whatever GRADCOMP_GROUP says, and those communicators never
+ * set up, not even for a later call alone. A group of one device's calls is
+ * deferred as usual. */
+static int multiDevice(void) {
+  const char* g = getenv("GC_TEST_GROUP_CALLS_DEFERRED");
+  const int deferGroupCalls = g != NULL && strcmp(g, "1") == 0;
+  const ncclComm_t dev0 = (ncclComm_t)(uintptr_t)0x3000, dev1 = (ncclComm_t)(uintptr_t)0x3100,
+                   other = (ncclComm_t)(uintptr_t)0x3200;
+  cudaStream_t s0 = (cudaStream_t)(uintptr_t)0x2000, s1 = (cudaStream_t)(uintptr_t)0x2100;
+  char* a = (char*)(uintptr_t)0x7f0000000000ull;
+  char* b = (char*)(uintptr_t)0x7f0010000000ull;
+  for (int round = 0; round < 2; ++round) {
+    CHECK(ncclGroupStart());
+    EXPECT("GroupStart");
+    CALL(a, a, 1 << 20, ncclFloat32, ncclSum, dev0, s0);
+    CALL(b, b, 1 << 20, ncclFloat32, ncclSum, dev1, s1);
+    CALL(a, b, 1 << 19, ncclBfloat16, ncclAvg, dev0, s0);
+    CHECK(ncclGroupEnd());
+    EXPECT("GroupEnd");
+  }
+  CALL(a, a, 1 << 20, ncclFloat32, ncclSum, dev1, s1);
+  CHECK(ncclGroupStart());
+  EXPECT("GroupStart");
+  CALL_IN_GROUP(a, a, 1 << 20, ncclFloat32, ncclSum, other, s0);
+  CALL_IN_GROUP(b, b, 1 << 20, ncclFloat32, ncclSum, other, s0);
+  CHECK(ncclGroupEnd());
+  EXPECT("GroupEnd");
+  for (int i = 0; i < numDeferred; ++i) EXPECT("%s", deferred[i]);
+  numDeferred = 0;
+  const ncclComm_t comms[3] = {dev0, dev1, other};
+  for (int i = 0; i < 3; ++i) {
+    CHECK(ncclCommDestroy(comms[i]));
+    EXPECT("CommDestroy comm=%p", (void*)comms[i]);
+  }
+  return 0;
+}
+
 #if NCCL_VERSION_CODE >= NCCL_VERSION(2, 18, 0)
 /* Non-blocking communicators (and a split child inheriting that) pass
  * through without gradcomp trying to set up; a blocking one made with a
@@ -290,6 +330,8 @@ __attribute__((visibility("default"))) int gcTestRunCalls(const char* mode) {
   int rc;
   if (strcmp(mode, "basic") == 0) {
     rc = basic();
+  } else if (strcmp(mode, "multidevice") == 0) {
+    rc = multiDevice();
 #if NCCL_VERSION_CODE >= NCCL_VERSION(2, 18, 0)
   } else if (strcmp(mode, "nonblocking") == 0) {
     rc = nonblocking();

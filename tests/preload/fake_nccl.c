@@ -3,6 +3,7 @@
  * records every call it receives (one line each) to $FAKE_NCCL_LOG. */
 #include <nccl.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -136,8 +137,12 @@ ncclResult_t pncclCommUserRank(const ncclComm_t c, int* r) {
 }
 ncclResult_t ncclCommUserRank(const ncclComm_t, int*) ALIAS(ncclCommUserRank);
 
+/* FAKE_NCCL_DEVICES=n spreads the communicators over n devices by address
+ * (0x3000 on device 0, 0x3100 on 1, ...), as in a process driving n GPUs. */
 ncclResult_t pncclCommCuDevice(const ncclComm_t c, int* d) {
-  *d = 0;
+  const char* v = getenv("FAKE_NCCL_DEVICES");
+  const int n = v ? atoi(v) : 1;
+  *d = n > 1 ? (int)(((uintptr_t)c >> 8) % (uintptr_t)n) : 0;
   return ncclSuccess;
 }
 ncclResult_t ncclCommCuDevice(const ncclComm_t, int*) ALIAS(ncclCommCuDevice);

@@ -82,18 +82,29 @@ for group in defer fuse; do
 done
 
 # 2a. A group ended by ncclGroupSimulateEnd runs nothing (the app checks its
-#     buffer and NCCL's estimate) and leaves no group open: the allreduce
-#     after it is compressed at once, and nothing simulated is counted.
+#     buffer and NCCL's estimate) and leaves no group open: the allreduces
+#     after it are compressed at once, and nothing simulated is counted. The
+#     simulation has a communicator of its own (see preload_gpu_app.cc).
 launch simulate 2 1 "simulate 2" GRADCOMP_METHOD=qsgd
 same_on_all_ranks simulate 2
 compressed_calls simulate 2 2
-check "simulate: no rank counts a simulated call as passed through" \
-  "grep -q '2 calls compressed, 0 passed through' '$work/simulate_r0.err' && grep -q '2 calls compressed, 0 passed through' '$work/simulate_r1.err'"
+simulate_counts() {  # both ranks: the simulated comm counts nothing, the other 2 compressed
+  local r
+  for r in 0 1; do
+    grep -q 'method qsgd: 0 calls compressed, 0 passed through' "$work/simulate_r$r.err" &&
+      grep -q 'method qsgd: 2 calls compressed, 0 passed through' "$work/simulate_r$r.err" ||
+      return 1
+  done
+}
+check "simulate: no rank counts a simulated call as passed through" simulate_counts
 
 # 2b. One communicator on two streams, nothing but gradcomp ordering the
 #     calls (buffers reused, no host sync inside a round): deferred calls
 #     one by one, and fused sets (one per stream and op) sharing the fusion
 #     buffer. Two streams must give the bits of one (same calls, sets, steps).
+#     The second stream, where the last compressed call ran, is destroyed
+#     before ncclCommDestroy, as NCCL allows: the preload's destroy of the
+#     gradcomp comm must not wait on it.
 for group in defer fuse; do
   for ns in 1 2; do
     launch streams_${group}_$ns 2 1 "streams 3" GRADCOMP_GROUP=$group GC_STREAMS=$ns

@@ -101,6 +101,27 @@ if "$app" nonblocking > /dev/null 2>&1 < /dev/null || [ $? != 2 ]; then
   }
 fi
 
+# 4a. One thread driving two devices (FAKE_NCCL_DEVICES=2): a group with
+# eligible calls of communicators on both keeps them in it, uncompressed
+# (taken out, one comm would set up alone and wait for a rank the same thread
+# drives); those comms pass through from then on, without a set-up, and say
+# why in their summary; another comm's one-device group is deferred and set
+# up as usual. (GRADCOMP_GROUP=pass leaves every group call in its group.)
+for group in defer fuse; do
+  name=multidevice_$group
+  run $name env FAKE_NCCL_DEVICES=2 GRADCOMP_GROUP=$group GC_TEST_GROUP_CALLS_DEFERRED=1 \
+    GRADCOMP_METHOD=qsgd GRADCOMP_DEBUG=INFO "$app" multidevice || continue
+  same_calls $name
+  n=$(count "communicators on several devices" "$work/$name.err")
+  check "$name: one warning for the multi-device group (got $n)" "[ '$n' = 1 ]"
+  for c in "0x3000 .* 4 passed through" "0x3100 .* 3 passed through"; do
+    check "$name: summary comm ${c%% *} counts its calls and says why it passes" \
+      "grep -q 'summary comm $c.*compression off: one thread drives it in a group with other devices' '$work/$name.err'"
+  done
+  check "$name: summary comm 0x3200 says it tried to set up" \
+    "grep -q 'summary comm 0x3200 .* 2 passed through.*compression off: set-up failed' '$work/$name.err'"
+done
+
 # 4b. ncclGroupSimulateEnd (NCCL >= 2.22): NCCL receives a simulated group's
 # calls inside it, deferred eligible ones included, and none runs later;
 # gradcomp neither sets up nor counts anything for them; the group depth is
