@@ -711,19 +711,32 @@ class PortReservation(unittest.TestCase):
 
         first = _ports.reserve_port("127.0.0.1")
         self.addCleanup(first.release)
-        draws = iter([first.port, first.port + 7] * 2)  # each call: the held port, then another
+        real = random.Random(12345)
+        rngs = []
 
         class Rng:
+            # reserve_port makes one per call: its first draw is the held port, later draws
+            # are ordinary ones (a fixed next port could be taken by a test running beside).
+            def __init__(self):
+                self.drawn = []
+                rngs.append(self)
+
             def randrange(self, lo, hi):
-                return next(draws)
+                self.drawn.append(first.port if not self.drawn else real.randrange(lo, hi))
+                return self.drawn[-1]
 
         with mock.patch.object(random, "SystemRandom", Rng), \
                 mock.patch.object(_ports.random, "SystemRandom", Rng):
             # unused_port (no hold) and reserve_port both pass over the held port.
-            self.assertNotEqual(_ports.unused_port("127.0.0.1"), first.port)
+            port = _ports.unused_port("127.0.0.1")
             second = _ports.reserve_port("127.0.0.1")
         second.release()
-        self.assertEqual(second.port, first.port + 7)
+        self.assertEqual(len(rngs), 2)
+        for rng, got in zip(rngs, (port, second.port)):
+            self.assertEqual(rng.drawn[0], first.port)
+            self.assertGreaterEqual(len(rng.drawn), 2)
+            self.assertNotEqual(got, first.port)
+            self.assertEqual(got, rng.drawn[-1])
         # The C++ tests' check (tests/common/loopback.h: a bind without SO_REUSEADDR) fails.
         self.assertFalse(_ports._bindable("127.0.0.1", first.port))
         self.assertFalse(_ports._bindable("", first.port))
