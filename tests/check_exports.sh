@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # libgradcomp.so must export gradcomp* symbols only (C++ internals, CUDA
-# runtime and CUB stay hidden), and must export the documented C API.
+# runtime and CUB stay hidden), must export the documented C API, and must
+# reach NCCL through its pnccl* names only.
 set -euo pipefail
 lib=$1
 syms=$(nm -D --defined-only "$lib" | awk '{print $3}' | sed 's/@.*//' | sort -u)
@@ -22,4 +23,12 @@ for s in gradcompGetErrorString gradcompGetLastError gradcompConfigInit gradcomp
          gradcompConfigInitSized gradcompConfigFromEnvSized gradcompGetStatsSized; do
   grep -qx "$s" <<< "$syms" || { echo "FAIL: $lib does not export $s"; exit 1; }
 done
-echo "PASS: $(echo "$syms" | wc -l) exported symbols, all gradcomp*"
+# NCCL is reached through its pnccl* names only: an interposer of the nccl* names
+# (libgradcomp_preload.so in the same process) must not see the library's own calls.
+direct=$(nm -D --undefined-only "$lib" | awk '{print $2}' | sed 's/@.*//' | grep -E '^nccl' || true)
+if [ -n "$direct" ]; then
+  echo "FAIL: $lib calls NCCL by names an LD_PRELOAD interposer replaces:"; echo "$direct"; exit 1
+fi
+pnccl=$(nm -D --undefined-only "$lib" | awk '{print $2}' | grep -c -E '^pnccl' || true)
+[ "$pnccl" -ge 10 ] || { echo "FAIL: $lib references $pnccl pnccl* symbols (expected >= 10)"; exit 1; }
+echo "PASS: $(echo "$syms" | wc -l) exported symbols, all gradcomp*; NCCL through $pnccl pnccl* names"
