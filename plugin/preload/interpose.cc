@@ -317,6 +317,28 @@ GC_INTERPOSE ncclResult_t ncclCommShrink(ncclComm_t comm, int* excludeRanksList,
 }
 #endif
 
+#if GC_NCCL_HAS_GROW
+// An existing rank's new communicator with no config inherits its parent's
+// blocking mode (as a split's or a shrink's); a joining rank (comm NULL) gets
+// NCCL's default unless its config says otherwise.
+GC_INTERPOSE ncclResult_t ncclCommGrow(ncclComm_t comm, int nRanks, const ncclUniqueId* uniqueId,
+                                       int rank, ncclComm_t* newcomm, ncclConfig_t* config) {
+  if (realNccl()->commGrow == nullptr) {
+    warnOnce("no-grow",
+             "ncclCommGrow is not in the loaded NCCL (it needs NCCL 2.30 or later); "
+             "returning ncclInvalidUsage");
+    return ncclInvalidUsage;
+  }
+  const bool parentNonBlocking = comm != nullptr && isNonBlocking(comm);
+  const ncclResult_t r = realNccl()->commGrow(comm, nRanks, uniqueId, rank, newcomm, config);
+  if ((r == ncclSuccess || r == ncclInProgress) && newcomm != nullptr && *newcomm != nullptr) {
+    noteCreated(*newcomm,
+                nonBlockingFrom(config, config ? config->blocking : 1, parentNonBlocking));
+  }
+  return r;
+}
+#endif
+
 GC_INTERPOSE ncclResult_t ncclCommDestroy(ncclComm_t comm) {
   // Ours first: freeing it waits for gradcomp's work on the communicator.
   release(comm);

@@ -82,6 +82,9 @@ void resolve() {
 #if GC_NCCL_HAS_SHRINK
   GC_SYM(gReal.commShrink, "ncclCommShrink");
 #endif
+#if GC_NCCL_HAS_GROW
+  GC_SYM(gReal.commGrow, "ncclCommGrow");
+#endif
 #undef GC_SYM
   gResolved = gApi.allReduce && gApi.groupStart && gApi.groupEnd && gApi.commCount &&
               gApi.commUserRank && gApi.getErrorString;

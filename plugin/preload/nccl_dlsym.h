@@ -10,6 +10,16 @@
 #define GC_NCCL_HAS_SIMULATE (NCCL_VERSION_CODE >= NCCL_VERSION(2, 22, 0))
 #define GC_NCCL_HAS_SCALABLE (NCCL_VERSION_CODE >= NCCL_VERSION(2, 23, 0))
 #define GC_NCCL_HAS_SHRINK (NCCL_VERSION_CODE >= NCCL_VERSION(2, 27, 0))
+// ncclCommGrow came with NCCL 2.30. It is interposed whatever nccl.h built
+// gradcomp (declared here where that header is older, with 2.30's signature):
+// the NCCL a program loads at run time is often newer than the toolkit's
+// header (PyTorch's wheels carry their own), and a communicator it grows with
+// a non-blocking config must be known as one. Found at run time like the rest.
+#define GC_NCCL_HAS_GROW GC_NCCL_HAS_CONFIG
+#if GC_NCCL_HAS_GROW && NCCL_VERSION_CODE < NCCL_VERSION(2, 30, 0)
+extern "C" ncclResult_t ncclCommGrow(ncclComm_t comm, int nRanks, const ncclUniqueId* uniqueId,
+                                     int rank, ncclComm_t* newcomm, ncclConfig_t* config);
+#endif
 
 namespace gc {
 
@@ -33,6 +43,9 @@ struct RealNccl {
 #endif
 #if GC_NCCL_HAS_SHRINK
   ncclResult_t (*commShrink)(ncclComm_t, int*, int, ncclComm_t*, ncclConfig_t*, int);
+#endif
+#if GC_NCCL_HAS_GROW
+  ncclResult_t (*commGrow)(ncclComm_t, int, const ncclUniqueId*, int, ncclComm_t*, ncclConfig_t*);
 #endif
 };
 

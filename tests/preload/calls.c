@@ -13,6 +13,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 14, 0) && NCCL_VERSION_CODE < NCCL_VERSION(2, 30, 0)
+/* NCCL 2.30's, for an older nccl.h. */
+ncclResult_t ncclCommGrow(ncclComm_t comm, int nRanks, const ncclUniqueId* uniqueId, int rank,
+                          ncclComm_t* newcomm, ncclConfig_t* config);
+ncclResult_t pncclCommGrow(ncclComm_t comm, int nRanks, const ncclUniqueId* uniqueId, int rank,
+                           ncclComm_t* newcomm, ncclConfig_t* config);
+#endif
+
 #define EXPECT(...)      \
   do {                   \
     printf(__VA_ARGS__); \
@@ -180,13 +188,17 @@ static int nonblocking(void) {
   memset(&id, 0, sizeof(id));
   ncclConfig_t cfg = NCCL_CONFIG_INITIALIZER;
   cfg.blocking = 0;
-  ncclComm_t nb = NULL, child = NULL, blocking = NULL;
+  ncclComm_t nb = NULL, child = NULL, grown = NULL, blocking = NULL;
   CHECK(ncclCommInitRankConfig(&nb, 4, id, 0, &cfg));
   EXPECT("CommInitRankConfig nranks=4 rank=0 blocking=0 comm=%p", (void*)nb);
   CALL(a, a, 1 << 22, ncclFloat32, ncclSum, nb, stream);
   CHECK(ncclCommSplit(nb, 1, 0, &child, NULL));
   EXPECT("CommSplit parent=%p color=1 key=0 blocking=-1 comm=%p", (void*)nb, (void*)child);
   CALL(a, a, 1 << 22, ncclFloat32, ncclSum, child, stream);
+  /* Grown from the non-blocking parent without a config: non-blocking too. */
+  CHECK(ncclCommGrow(nb, 6, NULL, -1, &grown, NULL));
+  EXPECT("CommGrow parent=%p nranks=6 rank=-1 blocking=-1 comm=%p", (void*)nb, (void*)grown);
+  CALL(a, a, 1 << 22, ncclFloat32, ncclSum, grown, stream);
   cfg.blocking = 1;
   CHECK(ncclCommInitRankConfig(&blocking, 4, id, 0, &cfg));
   EXPECT("CommInitRankConfig nranks=4 rank=0 blocking=1 comm=%p", (void*)blocking);
@@ -199,6 +211,8 @@ static int nonblocking(void) {
   EXPECT("CommDestroy comm=%p", (void*)nb);
   CHECK(ncclCommDestroy(blocking));
   EXPECT("CommDestroy comm=%p", (void*)blocking);
+  CHECK(ncclCommDestroy(grown));
+  EXPECT("CommDestroy comm=%p", (void*)grown);
   return 0;
 }
 #endif

@@ -7,6 +7,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 14, 0) && NCCL_VERSION_CODE < NCCL_VERSION(2, 30, 0)
+/* NCCL 2.30's, for an older nccl.h. */
+ncclResult_t ncclCommGrow(ncclComm_t comm, int nRanks, const ncclUniqueId* uniqueId, int rank,
+                          ncclComm_t* newcomm, ncclConfig_t* config);
+ncclResult_t pncclCommGrow(ncclComm_t comm, int nRanks, const ncclUniqueId* uniqueId, int rank,
+                           ncclComm_t* newcomm, ncclConfig_t* config);
+#endif
+
 static void record(const char* fmt, ...) {
   const char* path = getenv("FAKE_NCCL_LOG");
   if (!path) return;
@@ -225,4 +233,17 @@ ncclResult_t pncclCommShrink(ncclComm_t p, int* excl, int nexcl, ncclComm_t* c, 
 }
 ncclResult_t ncclCommShrink(ncclComm_t, int*, int, ncclComm_t*, ncclConfig_t*, int)
     ALIAS(ncclCommShrink);
+#endif
+
+#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 14, 0)
+/* NCCL 2.30's ncclCommGrow, whatever nccl.h built this stand-in. */
+ncclResult_t pncclCommGrow(ncclComm_t p, int n, const ncclUniqueId* id, int r, ncclComm_t* c,
+                           ncclConfig_t* cfg) {
+  *c = newComm();
+  record("CommGrow parent=%p nranks=%d rank=%d blocking=%d comm=%p", (void*)p, n, r,
+         blockingOf(cfg), (void*)*c);
+  return ncclSuccess;
+}
+ncclResult_t ncclCommGrow(ncclComm_t, int, const ncclUniqueId*, int, ncclComm_t*, ncclConfig_t*)
+    ALIAS(ncclCommGrow);
 #endif

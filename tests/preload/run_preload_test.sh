@@ -42,7 +42,7 @@ count() { grep -c -- "$1" "$2" || true; }
 check "no DT_NEEDED on libnccl" "! readelf -d '$preload' | grep -q 'NEEDED.*libnccl'"
 exports=$(nm -D --defined-only "$preload" | awk '{print $3}' | sed 's/@.*//' | sort -u)
 required="ncclAllReduce ncclReduceScatter ncclCommAbort ncclCommDestroy ncclCommFinalize ncclGroupEnd ncclGroupStart"
-optional="ncclCommInitRankConfig ncclCommInitRankScalable ncclCommShrink ncclCommSplit ncclGroupSimulateEnd"
+optional="ncclCommGrow ncclCommInitRankConfig ncclCommInitRankScalable ncclCommShrink ncclCommSplit ncclGroupSimulateEnd"
 for s in $required; do
   check "exports $s" "grep -qx $s <<< '$exports'"
 done
@@ -81,18 +81,18 @@ run bad_config env GRADCOMP_BITS=9 GC_TEST_GROUP_CALLS_DEFERRED=1 "$app" basic &
     "grep -q 'GRADCOMP_BITS=9 is not an integer in 2..8' '$work/bad_config.err'"
 }
 
-# 4. Non-blocking communicators (config, inherited by a split, or
+# 4. Non-blocking communicators (config, inherited by a split or a grow, or
 # NCCL_COMM_BLOCKING=0) pass through without a set-up attempt; a blocking
 # one made with a config is set up as usual.
 if "$app" nonblocking > /dev/null 2>&1 < /dev/null || [ $? != 2 ]; then
   run nonblocking env GRADCOMP_DEBUG=INFO "$app" nonblocking && {
     same_calls nonblocking
     n=$(count "is non-blocking" "$work/nonblocking.err")
-    check "nonblocking: parent and split child recognized (got $n)" "[ '$n' = 2 ]"
+    check "nonblocking: parent, split child and grown comm recognized (got $n)" "[ '$n' = 3 ]"
     n=$(count "cannot set up compression" "$work/nonblocking.err")
     check "nonblocking: only the blocking comm tried to set up (got $n warnings)" "[ '$n' = 1 ]"
     n=$(count "compression off: non-blocking communicator" "$work/nonblocking.err")
-    check "nonblocking: summary lines say why (got $n)" "[ '$n' = 2 ]"
+    check "nonblocking: summary lines say why (got $n)" "[ '$n' = 3 ]"
   }
   run nonblocking_env env NCCL_COMM_BLOCKING=0 GRADCOMP_DEBUG=INFO "$app" nonblocking && {
     same_calls nonblocking_env
