@@ -173,7 +173,9 @@ TEST(ConfigStrict, FailedFromEnvLeavesTheStructUntouched) {
   gradcompConfigInit(&cfg);
   cfg.bits = 7;
   cfg.density = 0.25f;
-  before = cfg;
+  // Byte for byte, padding included: an assignment need not copy the padding
+  // that the memcmp below compares.
+  memcpy(&before, &cfg, sizeof(cfg));
   // A good variable ahead of a bad one: nothing of either lands.
   ScopedEnv a("GRADCOMP_BITS", "3"), b("GRADCOMP_DENSITY", "2");
   EXPECT_EQ(gradcompConfigFromEnv(&cfg), gradcompInvalidArgument);
