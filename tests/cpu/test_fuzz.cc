@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include <algorithm>
+#include <chrono>
 #include <functional>
 #include <memory>
 #include <random>
@@ -373,8 +374,12 @@ std::vector<char> recvMessage(int fd) {
   return m;
 }
 
+// Retries until the real rank 0 listens: its thread may start late on a
+// loaded machine (a fixed number of quick retries ran out after about a
+// second). The deadline is a hang check only.
 int connectRoot(int port) {
-  for (int attempt = 0; attempt < 500; ++attempt) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  do {
     const int fd = socket(AF_INET, SOCK_STREAM, 0);
     sockaddr_in a = {};
     a.sin_family = AF_INET;
@@ -383,7 +388,7 @@ int connectRoot(int port) {
     if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0) return fd;
     close(fd);
     usleep(2000);
-  }
+  } while (std::chrono::steady_clock::now() < deadline);
   return -1;
 }
 
@@ -413,6 +418,7 @@ TEST(Fuzz, SocketMessagesFromAPeer) {
       }
     });
     const int fd = wire::connectRoot(port);
+    if (fd < 0) rank0.join();  // a fatal failure must not leave the thread joinable
     ASSERT_GE(fd, 0);
     // The hello: magic, nranks, rank, listening port (unused with 2 ranks).
     struct {
