@@ -131,9 +131,18 @@ print("%.3f" % (n * 8 / max(time.time() - t0, 1e-9) / 1e9))
 PY
   local pid=$!
   sleep 0.5
-  "${ns1[@]}" timeout $((secs + 5)) python3 - "$srv" "$link_port" "$secs" <<'PY'
+  # The server may not listen yet (a loaded machine starts its python late): retry.
+  "${ns1[@]}" timeout $((secs + 15)) python3 - "$srv" "$link_port" "$secs" <<'PY'
 import socket, sys, time
-c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=8)
+until = time.time() + 8
+while True:
+    try:
+        c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=8)
+        break
+    except ConnectionRefusedError:
+        if time.time() > until:
+            raise
+        time.sleep(0.05)
 buf, t0 = b"x" * (1 << 20), time.time()
 while time.time() - t0 < float(sys.argv[3]): c.sendall(buf)
 c.close()
