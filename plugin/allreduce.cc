@@ -33,6 +33,7 @@ gradcompResult_t sparseAllReduce(gradcompComm* c, const void* send, void* recv, 
   GC_CHECK(c->ensureWorkspace(
       hier ? hierWorkspaceBytes(*c, count, 0, state->calls)
            : sparseWorkspaceBytes(*c, count, t, state->residual != nullptr, state->calls)));
+  if (c->autoState.reserving) return gradcompSuccess;
   CallArgs args{c, send, recv, count, t, op == ncclAvg, state, 0, c->step};
   GC_TRACE("%s: count=%zu type=%d step=%llu", algo.name, count, (int)t,
            (unsigned long long)c->step);
@@ -88,6 +89,7 @@ gradcompResult_t allReduce(const void* send, void* recv, size_t count, ncclDataT
                     algo.name);
   }
   GC_CHECK(c->ensureWorkspace(algo.workspaceBytes(*c, count, bits)));
+  if (c->autoState.reserving) return gradcompSuccess;
 
   CallArgs args{c, send, recv, count, t, op == ncclAvg, state, bits, c->step};
   GC_TRACE("%s: count=%zu type=%d bits=%d step=%llu", algo.name, count, (int)type, bits,

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -161,10 +162,12 @@ struct Scratch {
   gradcompComm* c;
   float* send = nullptr;
   float* recv = nullptr;
+  float* ready = nullptr;
   ~Scratch() {
     c->backend->sync();
     c->backend->release(send);
     c->backend->release(recv);
+    c->backend->release(ready);
   }
 };
 
@@ -189,10 +192,32 @@ gradcompResult_t medianUs(CallTimer& timer, int first, float* us) {
   return gradcompSuccess;
 }
 
+// Whether every rank could set up the timing: *refused is the highest rank
+// whose set-up failed, or -1 (one allreduce of a float on the comm's
+// transport, in `ready`, allocated before anything else).
+gradcompResult_t agreeReady(gradcompComm* c, gradcompResult_t local, float* ready, int* refused) {
+  float v = local == gradcompSuccess ? 0.0f : (float)(c->rank + 1);
+  // The reserving calls left the call record alone (beginCollective): this
+  // exchange carries the call that started the timing, so that transports
+  // checking every call still catch a rank that passed another one.
+  GC_CHECK(c->backend->fromHost(ready, &v, sizeof(v)));
+  GC_CHECK(c->transport->passThrough(ready, ready, 1, ncclFloat32, ncclMax));
+  GC_CHECK(c->backend->toHost(&v, ready, sizeof(v)));
+  *refused = (int)v - 1;
+  return gradcompSuccess;
+}
+
 // Times NCCL and the compressed path of collective k at the two sizes; one
 // synchronize at the end. Out of place, so every call reduces the same input.
 // A reduce-scatter's sizes are its input's, rounded down to whole blocks.
-gradcompResult_t measure(gradcompComm* c, AutoCall k, CallTimer& timer, AutoFigures* f) {
+// Everything the timing needs on a rank (scratch buffers, timer, the timed
+// buffers' states and workspace) is made first, and the ranks agree that each
+// could before any of them starts a timed call: a rank out of memory would
+// otherwise return while its peers wait in a call it never joins. *refused is
+// then the highest rank that could not, or -1 when the figures were measured.
+gradcompResult_t measure(gradcompComm* c, AutoCall k, CallTimer& timer, AutoFigures* f,
+                         int* refused) {
+  *refused = -1;
   AutoState& a = c->autoState;
   const bool rs = k == AutoCall::ReduceScatter;
   const size_t ranks = rs ? (size_t)c->nranks : 1;
@@ -203,35 +228,62 @@ gradcompResult_t measure(gradcompComm* c, AutoCall k, CallTimer& timer, AutoFigu
   const size_t large = std::max(counts[0], counts[1]);
   const cudaStream_t stream = c->backend->stream();
   Scratch s(c);
-  GC_CHECK(c->backend->alloc(large * sizeof(float), reinterpret_cast<void**>(&s.send)));
-  GC_CHECK(c->backend->alloc(large / ranks * sizeof(float), reinterpret_cast<void**>(&s.recv)));
-  {
-    // Gradient-like values: every bucket has a spread, none is all zero.
-    std::vector<float> host(large);
-    uint32_t x = 0x9e3779b9u ^ (uint32_t)c->rank;
-    for (float& v : host) {
-      x ^= x << 13;
-      x ^= x >> 17;
-      x ^= x << 5;
-      v = ((float)(x >> 8) * (1.0f / 8388608.0f) - 1.0f) * 1e-3f;
-    }
-    GC_CHECK(c->backend->fromHost(s.send, host.data(), host.size() * sizeof(float)));
-  }
+  GC_CHECK(c->backend->alloc(sizeof(float), reinterpret_cast<void**>(&s.ready)));
   constexpr int kMarks = kReps + 1;
-  GC_CHECK(timer.init(4 * kMarks));
 
   uint64_t deviceStep = c->step;
   if (c->backend->deviceStep() != nullptr)
     GC_CHECK(c->backend->toHost(&deviceStep, c->backend->deviceStep(), sizeof(deviceStep)));
   SetAside aside(c, deviceStep);
-  if (c->cfg.method == gradcompMethodDgc) {
-    // Time the steady state, not the first stage of the warm-up ramp.
-    for (size_t n : counts) {
-      BufferState* st = nullptr;
-      GC_CHECK(findState(*c, rs ? kStateReduceScatter : kStateAllReduce, false, 0, s.recv, n,
-                         DType::F32, &st));
-      st->calls = (uint64_t)c->cfg.warmupSteps;
+  auto compressed = [&](size_t n) {
+    return rs ? gradcompReduceScatter(s.send, s.recv, n / ranks, ncclFloat32, ncclSum, c, stream)
+              : gradcompAllReduce(s.send, s.recv, n, ncclFloat32, ncclSum, c, stream);
+  };
+  auto prepare = [&]() -> gradcompResult_t {
+    GC_CHECK(c->backend->alloc(large * sizeof(float), reinterpret_cast<void**>(&s.send)));
+    GC_CHECK(c->backend->alloc(large / ranks * sizeof(float), reinterpret_cast<void**>(&s.recv)));
+    {
+      // Gradient-like values: every bucket has a spread, none is all zero.
+      std::vector<float> host(large);
+      uint32_t x = 0x9e3779b9u ^ (uint32_t)c->rank;
+      for (float& v : host) {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        v = ((float)(x >> 8) * (1.0f / 8388608.0f) - 1.0f) * 1e-3f;
+      }
+      GC_CHECK(c->backend->fromHost(s.send, host.data(), host.size() * sizeof(float)));
     }
+    GC_CHECK(timer.init(4 * kMarks));
+    if (c->cfg.method == gradcompMethodDgc) {
+      // Time the steady state, not the first stage of the warm-up ramp.
+      for (size_t n : counts) {
+        BufferState* st = nullptr;
+        GC_CHECK(findState(*c, rs ? kStateReduceScatter : kStateAllReduce, false, 0, s.recv, n,
+                           DType::F32, &st));
+        st->calls = (uint64_t)c->cfg.warmupSteps;
+      }
+    }
+    // The timed calls' states and workspace (the larger size last: the
+    // workspace only grows), made by calls that return before their exchange.
+    a.reserving = true;
+    gradcompResult_t res = gradcompSuccess;
+    for (size_t n : counts) {
+      if (res == gradcompSuccess) res = compressed(n);
+    }
+    a.reserving = false;
+    return res;
+  };
+  const gradcompResult_t local = prepare();
+  const std::string why = local != gradcompSuccess ? gradcompGetLastError() : "";
+  GC_CHECK(agreeReady(c, local, s.ready, refused));
+  if (*refused >= 0) {
+    if (local != gradcompSuccess) {
+      GC_WARN("auto (%s): rank %d could not set up the timing: %s", callName(k), c->rank,
+              why.c_str());
+    }
+    clearError();
+    return aside.restore();
   }
   for (int i = 0; i < 2; ++i) {
     const size_t n = counts[i];
@@ -239,12 +291,8 @@ gradcompResult_t measure(gradcompComm* c, AutoCall k, CallTimer& timer, AutoFigu
       return rs ? c->transport->reduceScatter(s.send, s.recv, n / ranks, ncclFloat32, ncclSum)
                 : c->transport->passThrough(s.send, s.recv, n, ncclFloat32, ncclSum);
     };
-    auto compressed = [&] {
-      return rs ? gradcompReduceScatter(s.send, s.recv, n / ranks, ncclFloat32, ncclSum, c, stream)
-                : gradcompAllReduce(s.send, s.recv, n, ncclFloat32, ncclSum, c, stream);
-    };
     GC_CHECK(series(nccl, timer, (2 * i) * kMarks));
-    GC_CHECK(series(compressed, timer, (2 * i + 1) * kMarks));
+    GC_CHECK(series([&] { return compressed(n); }, timer, (2 * i + 1) * kMarks));
   }
   GC_CHECK(timer.finish());
   a.of(k).timedCompressed = c->stats.callsCompressed - aside.callsCompressedBefore();
@@ -280,12 +328,28 @@ gradcompResult_t tune(gradcompComm* c, AutoCall k) {
   AutoFigures f;
   if (d.injected) {
     f = d.injectedFigures;
-  } else if (c->backend->onDevice()) {
-    EventTimer timer(c->backend->stream());
-    GC_CHECK(measure(c, k, timer, &f));
   } else {
-    HostTimer timer;
-    GC_CHECK(measure(c, k, timer, &f));
+    int refused = -1;
+    if (c->backend->onDevice()) {
+      EventTimer timer(c->backend->stream());
+      GC_CHECK(measure(c, k, timer, &f, &refused));
+    } else {
+      HostTimer timer;
+      GC_CHECK(measure(c, k, timer, &f, &refused));
+    }
+    if (refused >= 0) {
+      // Every rank got the same rank: every rank passes alike. A rank short
+      // of memory for the timing is short of it for compression's state too.
+      GC_WARN(
+          "auto (%s): rank %d could not allocate what the timing needs (see its warning); comm "
+          "%p passes every %s through to NCCL uncompressed until gradcompCommRetune "
+          "(GRADCOMP_AUTO=0 compresses without timing)",
+          callName(k), refused, (void*)c, callName(k));
+      d.figures = AutoFigures();
+      d.range[0] = d.range[1] = AutoRange{0, 0};
+      d.decided = d.timed = true;
+      return gradcompSuccess;
+    }
   }
   GC_CHECK(autoAgree(c, &f));
   if (autoCheckFigures(f) != gradcompSuccess) {

@@ -60,6 +60,11 @@ struct AutoDecision {
 // Per comm: the host-side flags and one decision per collective.
 struct AutoState {
   bool tuning = false;  // the set-up's own calls are running: none of them passes
+  // The timing's first pass: each compressed call makes its buffer state and
+  // workspace and returns before its exchange, so that a rank that cannot
+  // (out of memory) says so in an agreement instead of leaving its peers
+  // waiting in a timed call it never joins.
+  bool reserving = false;
   // Time the CPU backend with the host clock: set by gradcompCommCreateSocket
   // (and by tests of the in-process world, to reach the timing path).
   bool timeOnHost = false;

@@ -10,6 +10,9 @@ namespace gc {
 
 gradcompResult_t beginCollective(gradcompComm& c, CallKind kind, size_t count, ncclDataType_t type,
                                  ncclRedOp_t op) {
+  // The auto timing's reserving pass only makes state and workspace, on each
+  // rank alone: it exchanges nothing, so it neither records nor agrees on a call.
+  if (c.autoState.reserving) return gradcompSuccess;
   c.transport->beginCall(CallInfo{c.step, count, (int)type, (int)op, (int)kind});
   // A hierarchical call runs on the node and inter-node sub-worlds alone,
   // which see neither the call nor each other: the CPU world agrees on it
@@ -87,7 +90,7 @@ gradcompResult_t checkWarmupCapture(const gradcompComm& c, const BufferState& s)
 }
 
 gradcompResult_t checkRanksAgree(gradcompComm& c, uint64_t value, const char* what) {
-  if (c.backend->onDevice()) return gradcompSuccess;
+  if (c.backend->onDevice() || c.autoState.reserving) return gradcompSuccess;
   std::vector<uint64_t> all(c.nranks);
   GC_CHECK(c.transport->allGather(&value, all.data(), sizeof(value)));
   for (int i = 0; i < c.nranks; ++i) {

@@ -85,6 +85,7 @@ gradcompResult_t reduceScatter(const void* send, void* recv, size_t recvCount, n
       : qsgd ? algo.workspaceBytes(*c, recvCount, bits)
              : sparseReduceScatterWorkspaceBytes(*c, recvCount, t, residual, state->calls);
   GC_CHECK(c->ensureWorkspace(ws));
+  if (c->autoState.reserving) return gradcompSuccess;
   const size_t wire = hier   ? hierReduceScatterWireBytes(*c, recvCount, bits, state->calls)
                       : qsgd ? algo.wireBytes(*c, recvCount, bits)
                              : sparseReduceScatterWireBytes(*c, recvCount, state->calls);

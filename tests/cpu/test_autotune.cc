@@ -15,6 +15,7 @@
 #include "gradcomp.h"
 #include "plugin/autotune.h"
 #include "plugin/comm.h"
+#include "tests/common/alloc_limit_backend.h"
 #include "tests/common/auto_checks.h"
 #include "tests/common/cpu_world.h"
 #include "tests/common/stats_compare.h"
@@ -495,6 +496,65 @@ TEST(AutoTune, TimingKeepsTheCallsAgreement) {
     EXPECT_EQ(res[r], gradcompInvalidUsage) << r;
     EXPECT_NE(why[r].find("count=4096"), std::string::npos) << why[r];
     EXPECT_NE(why[r].find("count=6144"), std::string::npos) << why[r];
+  }
+}
+
+// A rank that cannot allocate what the timing needs (its scratch buffers, or
+// the timed buffers' state and workspace) says so in an agreement before any
+// timed call: every rank then passes that collective through, and the call
+// that started the timing returns NCCL's result on every rank. Before, the
+// short rank returned its allocation error while the other waited in the
+// first timed call until the world's timeout.
+TEST(AutoTune, ARankShortOfMemoryMakesEveryRankPassThrough) {
+  // 16 KiB: the 32 KiB send scratch is refused; 80 KiB: the scratch (2 x 32
+  // KiB) fits and a timed buffer's state or the workspace is refused.
+  for (const size_t budget : {size_t(16) << 10, size_t(80) << 10}) {
+    for (const bool rs : {false, true}) {
+      SCOPED_TRACE(std::string(rs ? "reduce-scatter" : "allreduce") + ", budget " +
+                   std::to_string(budget));
+      gradcompConfig_t cfg = autoConfig(1);
+      cfg.cpuTimeoutSec = 5;
+      gctest::CpuWorld w(2, cfg);
+      for (int r = 0; r < 2; ++r) {
+        gc::AutoState& a = w.comm(r)->autoState;
+        a.timeOnHost = true;
+        a.timedCounts[0] = 2048;
+        a.timedCounts[1] = 8192;
+      }
+      auto shortRank = std::make_shared<gctest::AllocLimitBackend>(w.comm(1)->backend, budget);
+      w.comm(1)->backend = shortRank;
+      const size_t n = 4096, out = rs ? n / 2 : n;
+      std::vector<std::vector<float>> in = {gctest::normal(n, 1), gctest::normal(n, 2)};
+      std::vector<float> sum(n);
+      for (size_t i = 0; i < n; ++i) sum[i] = in[0][i] + in[1][i];
+      for (int call = 0; call < 2; ++call) {
+        std::vector<std::vector<float>> got(2, std::vector<float>(out));
+        auto res = w.run([&](int r) {
+          return rs ? gradcompReduceScatter(in[r].data(), got[r].data(), out, ncclFloat32, ncclSum,
+                                            w.comm(r), nullptr)
+                    : gradcompAllReduce(in[r].data(), got[r].data(), n, ncclFloat32, ncclSum,
+                                        w.comm(r), nullptr);
+        });
+        for (int r = 0; r < 2; ++r) {
+          ASSERT_EQ(res[r], gradcompSuccess) << "rank " << r << ": " << gradcompGetLastError();
+          const float* want = sum.data() + (rs ? r * out : 0);
+          EXPECT_EQ(memcmp(got[r].data(), want, out * sizeof(float)), 0) << "rank " << r;
+        }
+      }
+      EXPECT_GE(shortRank->refused(), 1u);
+      for (int r = 0; r < 2; ++r) {
+        gradcompComm* c = w.comm(r);
+        const gc::AutoDecision& d = rs ? c->autoState.reduceScatter : c->autoState.allReduce;
+        EXPECT_TRUE(d.decided && d.timed) << r;
+        EXPECT_FALSE(d.range[1].contains(n)) << r;
+        EXPECT_FALSE(d.range[0].contains(n)) << r;
+        EXPECT_EQ(c->stats.callsAutoPassed, 2u) << r;
+        EXPECT_EQ(c->stats.callsCompressed, 0u) << r;
+        EXPECT_TRUE(c->states.empty()) << r;
+        EXPECT_EQ(c->workspace, nullptr) << r;
+        EXPECT_FALSE(c->autoState.reserving) << r;
+      }
+    }
   }
 }
 
