@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <new>
 #include <string>
 #include <utility>
 #include <vector>
@@ -274,7 +275,15 @@ gradcompResult_t measure(gradcompComm* c, AutoCall k, CallTimer& timer, AutoFigu
     a.reserving = false;
     return res;
   };
-  const gradcompResult_t local = prepare();
+  gradcompResult_t local;
+  try {
+    local = prepare();
+  } catch (const std::bad_alloc&) {
+    // The host copy of the scratch: this rank still votes.
+    a.reserving = false;
+    local = setError(gradcompSystemError, "out of host memory for the timing's %zu-element input",
+                     large);
+  }
   const std::string why = local != gradcompSuccess ? gradcompGetLastError() : "";
   GC_CHECK(agreeReady(c, local, s.ready, refused));
   if (*refused >= 0) {
