@@ -2,6 +2,8 @@
 // state, size the workspace, run the algorithm, count bytes.
 #include <stdint.h>
 
+#include <algorithm>
+
 #include "algorithms/algorithms.h"
 #include "checks.h"
 #include "codecs/bits_policy.h"
@@ -33,7 +35,7 @@ gradcompResult_t sparseAllReduce(gradcompComm* c, const void* send, void* recv, 
   GC_CHECK(c->ensureWorkspace(
       hier ? hierWorkspaceBytes(*c, count, 0, state->calls)
            : sparseWorkspaceBytes(*c, count, t, state->residual != nullptr, state->calls)));
-  if (c->autoState.reserving) return gradcompSuccess;
+  if (c->autoState.reserving) return c->sparse->reserve();
   CallArgs args{c, send, recv, count, t, op == ncclAvg, state, 0, c->step};
   GC_TRACE("%s: count=%zu type=%d step=%llu", algo.name, count, (int)t,
            (unsigned long long)c->step);
@@ -88,7 +90,13 @@ gradcompResult_t allReduce(const void* send, void* recv, size_t count, ncclDataT
     return setError(gradcompInternalError, "algorithm %s does not state its inter-node bytes",
                     algo.name);
   }
-  GC_CHECK(c->ensureWorkspace(algo.workspaceBytes(*c, count, bits)));
+  size_t ws = algo.workspaceBytes(*c, count, bits);
+  if (c->autoState.reserving && c->cfg.bitsMode != gradcompBitsFixed) {
+    // The timed calls choose their widths from the results before them.
+    for (int b = c->cfg.bitsMin; b <= c->cfg.bitsMax; ++b)
+      ws = std::max(ws, algo.workspaceBytes(*c, count, b));
+  }
+  GC_CHECK(c->ensureWorkspace(ws));
   if (c->autoState.reserving) return gradcompSuccess;
 
   CallArgs args{c, send, recv, count, t, op == ncclAvg, state, bits, c->step};

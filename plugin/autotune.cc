@@ -163,12 +163,10 @@ struct Scratch {
   gradcompComm* c;
   float* send = nullptr;
   float* recv = nullptr;
-  float* ready = nullptr;
   ~Scratch() {
     c->backend->sync();
     c->backend->release(send);
     c->backend->release(recv);
-    c->backend->release(ready);
   }
 };
 
@@ -195,8 +193,9 @@ gradcompResult_t medianUs(CallTimer& timer, int first, float* us) {
 
 // Whether every rank could set up the timing: *refused is the highest rank
 // whose set-up failed, or -1 (one allreduce of a float on the comm's
-// transport, in `ready`, allocated before anything else).
-gradcompResult_t agreeReady(gradcompComm* c, gradcompResult_t local, float* ready, int* refused) {
+// transport, in the backend's agreement scratch: nothing to allocate).
+gradcompResult_t agreeReady(gradcompComm* c, gradcompResult_t local, int* refused) {
+  float* ready = c->backend->agreeScratch();
   float v = local == gradcompSuccess ? 0.0f : (float)(c->rank + 1);
   // The reserving calls left the call record alone (beginCollective): this
   // exchange carries the call that started the timing, so that transports
@@ -229,7 +228,6 @@ gradcompResult_t measure(gradcompComm* c, AutoCall k, CallTimer& timer, AutoFigu
   const size_t large = std::max(counts[0], counts[1]);
   const cudaStream_t stream = c->backend->stream();
   Scratch s(c);
-  GC_CHECK(c->backend->alloc(sizeof(float), reinterpret_cast<void**>(&s.ready)));
   constexpr int kMarks = kReps + 1;
 
   uint64_t deviceStep = c->step;
@@ -283,10 +281,14 @@ gradcompResult_t measure(gradcompComm* c, AutoCall k, CallTimer& timer, AutoFigu
     a.reserving = false;
     local = setError(gradcompSystemError, "out of host memory for the timing's %zu-element input",
                      large);
+  } catch (...) {
+    a.reserving = false;
+    local = setError(gradcompInternalError, "unexpected exception setting up the timing");
   }
   const std::string why = local != gradcompSuccess ? gradcompGetLastError() : "";
-  GC_CHECK(agreeReady(c, local, s.ready, refused));
+  GC_CHECK(agreeReady(c, local, refused));
   if (*refused >= 0) {
+    a.of(k).timedCompressed = 0;
     if (local != gradcompSuccess) {
       GC_WARN("auto (%s): rank %d could not set up the timing: %s", callName(k), c->rank,
               why.c_str());
@@ -423,13 +425,10 @@ AutoRange autoRange(const AutoFigures& f, size_t elementBytes) {
 
 gradcompResult_t autoAgree(gradcompComm* c, AutoFigures* f) {
   float v[4] = {f->ncclUs[0], f->ncclUs[1], f->compUs[0], f->compUs[1]};
-  float* d = nullptr;
-  GC_CHECK(c->backend->alloc(sizeof(v), reinterpret_cast<void**>(&d)));
-  gradcompResult_t res = c->backend->fromHost(d, v, sizeof(v));
-  if (res == gradcompSuccess) res = c->transport->passThrough(d, d, 4, ncclFloat32, ncclMax);
-  if (res == gradcompSuccess) res = c->backend->toHost(v, d, sizeof(v));
-  c->backend->release(d);
-  GC_CHECK(res);
+  float* d = c->backend->agreeScratch();  // nothing to allocate after the readiness agreement
+  GC_CHECK(c->backend->fromHost(d, v, sizeof(v)));
+  GC_CHECK(c->transport->passThrough(d, d, 4, ncclFloat32, ncclMax));
+  GC_CHECK(c->backend->toHost(v, d, sizeof(v)));
   f->ncclUs[0] = v[0];
   f->ncclUs[1] = v[1];
   f->compUs[0] = v[2];

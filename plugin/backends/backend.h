@@ -28,6 +28,11 @@ class Backend {
   // The step counter the RNG keys read (see KeySpec): device memory on the
   // CUDA backend, advanced on the stream after every compressed call.
   virtual const uint64_t* deviceStep() const { return nullptr; }
+  // Four floats of backend memory made with the backend (CUDA: in init(),
+  // part of the comm's set-up vote), for GRADCOMP_AUTO's agreements: a rank
+  // that could not allocate what the timing needs still takes part in them
+  // without allocating.
+  virtual float* agreeScratch() = 0;
   virtual gradcompResult_t advanceStep() { return gradcompSuccess; }
   virtual gradcompResult_t setStep(uint64_t step) { return gradcompSuccess; }
 

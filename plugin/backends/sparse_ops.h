@@ -77,6 +77,10 @@ class SparseOps {
   // data path), so lastSelected() may give an earlier call's sum, but always
   // a whole call's.
   virtual gradcompResult_t resetSelected() = 0;
+  // Makes what the calls above need beyond the workspace (the CUDA counters),
+  // outside any exchange: GRADCOMP_AUTO's reserving pass calls it so that its
+  // timed sparse calls allocate nothing.
+  virtual gradcompResult_t reserve() { return gradcompSuccess; }
   virtual gradcompResult_t publishSelected() = 0;
   virtual uint64_t lastSelected() const = 0;
   // Received slot lists dropped as malformed since the comm was made. On

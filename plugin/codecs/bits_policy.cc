@@ -44,7 +44,7 @@ const char* modeName(gradcompBitsMode_t m) {
   return m == gradcompBitsDynamic ? "dynamic" : m == gradcompBitsBudget ? "budget" : "fixed";
 }
 
-gradcompResult_t createHistory(gradcompComm& c, BufferState& s) {
+gradcompResult_t makeHistory(gradcompComm& c, BufferState& s) {
   auto h = std::make_shared<BitsHistory>();
   h->onDevice = c.backend->onDevice();
   if (h->onDevice) {
@@ -58,6 +58,14 @@ gradcompResult_t createHistory(gradcompComm& c, BufferState& s) {
   }
   s.bitsHistory = h;
   return gradcompSuccess;
+}
+
+// A failed allocation leaves no error behind for the next kernel launch to
+// report on this rank alone.
+gradcompResult_t createHistory(gradcompComm& c, BufferState& s) {
+  const gradcompResult_t res = makeHistory(c, s);
+  if (res != gradcompSuccess && c.backend->onDevice()) (void)cudaGetLastError();
+  return res;
 }
 
 bool usable(const GradStats& st) {

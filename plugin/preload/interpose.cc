@@ -325,7 +325,7 @@ GC_INTERPOSE ncclResult_t ncclCommGrow(ncclComm_t comm, int nRanks, const ncclUn
                                        int rank, ncclComm_t* newcomm, ncclConfig_t* config) {
   if (realNccl()->commGrow == nullptr) {
     warnOnce("no-grow",
-             "ncclCommGrow is not in the loaded NCCL (it needs NCCL 2.30 or later); "
+             "ncclCommGrow is not in the loaded NCCL (it needs NCCL 2.29.2 or later); "
              "returning ncclInvalidUsage");
     return ncclInvalidUsage;
   }

@@ -10,8 +10,9 @@
 #define GC_NCCL_HAS_SIMULATE (NCCL_VERSION_CODE >= NCCL_VERSION(2, 22, 0))
 #define GC_NCCL_HAS_SCALABLE (NCCL_VERSION_CODE >= NCCL_VERSION(2, 23, 0))
 #define GC_NCCL_HAS_SHRINK (NCCL_VERSION_CODE >= NCCL_VERSION(2, 27, 0))
-// ncclCommGrow came with NCCL 2.30. It is interposed whatever nccl.h built
-// gradcomp (declared here where that header is older, with 2.30's signature):
+// ncclCommGrow came with NCCL 2.29.2. It is interposed whatever nccl.h built
+// gradcomp (declared here where that header may be older, with its signature;
+// an identical redeclaration in a 2.29 header is harmless):
 // the NCCL a program loads at run time is often newer than the toolkit's
 // header (PyTorch's wheels carry their own), and a communicator it grows with
 // a non-blocking config must be known as one. Found at run time like the rest.

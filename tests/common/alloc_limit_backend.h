@@ -1,6 +1,8 @@
 // A backend that refuses an allocation taking what it allocated past `budget`
 // bytes and forwards everything else to the backend it wraps: one rank short
-// of memory, for the tests of what its peers do meanwhile.
+// of memory, for the tests of what its peers do meanwhile. It also counts the
+// allocations made between GRADCOMP_AUTO's two agreements (each begins with a
+// copy into agreeScratch()): the timed calls, which must make none.
 #pragma once
 
 #include <memory>
@@ -18,6 +20,8 @@ class AllocLimitBackend final : public gc::Backend {
     stream_ = inner_->stream();
   }
   size_t refused() const { return refused_; }
+  int agreements() const { return agreements_; }
+  size_t allocsBetweenAgreements() const { return between_; }
 
   bool onDevice() const override { return inner_->onDevice(); }
   void setStream(cudaStream_t stream) override {
@@ -27,6 +31,7 @@ class AllocLimitBackend final : public gc::Backend {
   bool capturing() const override { return inner_->capturing(); }
   gradcompResult_t init() override { return inner_->init(); }
   const uint64_t* deviceStep() const override { return inner_->deviceStep(); }
+  float* agreeScratch() override { return inner_->agreeScratch(); }
   gradcompResult_t advanceStep() override { return inner_->advanceStep(); }
   gradcompResult_t setStep(uint64_t step) override { return inner_->setStep(step); }
   gradcompResult_t alloc(size_t bytes, void** p) override {
@@ -37,6 +42,7 @@ class AllocLimitBackend final : public gc::Backend {
                           "test: an allocation of %zu bytes refused (%zu of %zu bytes used)", bytes,
                           used_, budget_);
     }
+    if (agreements_ % 2 == 1) ++between_;
     const gradcompResult_t res = inner_->alloc(bytes, p);
     if (res == gradcompSuccess) used_ += bytes;
     return res;
@@ -50,6 +56,7 @@ class AllocLimitBackend final : public gc::Backend {
     return inner_->toHost(dst, src, bytes);
   }
   gradcompResult_t fromHost(void* dst, const void* src, size_t bytes) override {
+    if (dst == inner_->agreeScratch()) ++agreements_;
     return inner_->fromHost(dst, src, bytes);
   }
   gradcompResult_t sync() override { return inner_->sync(); }
@@ -83,6 +90,8 @@ class AllocLimitBackend final : public gc::Backend {
   std::shared_ptr<gc::Backend> inner_;
   size_t budget_, used_ = 0;  // bytes released are not given back to the budget
   size_t refused_ = 0;
+  int agreements_ = 0;
+  size_t between_ = 0;
 };
 
 }  // namespace gctest

@@ -114,6 +114,7 @@ class LaneCheck final : public gc::Backend {
     inner_->setStream(s);
   }
   const uint64_t* deviceStep() const override { return inner_->deviceStep(); }
+  float* agreeScratch() override { return inner_->agreeScratch(); }
   gradcompResult_t advanceStep() override { return inner_->advanceStep(); }
   gradcompResult_t setStep(uint64_t step) override { return inner_->setStep(step); }
   gradcompResult_t alloc(size_t bytes, void** p) override { return inner_->alloc(bytes, p); }

@@ -381,6 +381,7 @@ class CapturingBackend final : public gc::Backend {
   CapturingBackend(std::shared_ptr<gc::Backend> inner, const bool* capture)
       : inner_(std::move(inner)), capture_(capture) {}
   bool onDevice() const override { return inner_->onDevice(); }
+  float* agreeScratch() override { return inner_->agreeScratch(); }
   bool capturing() const override { return *capture_; }
   gradcompResult_t alloc(size_t bytes, void** p) override { return inner_->alloc(bytes, p); }
   void release(void* p) override { inner_->release(p); }
@@ -554,6 +555,66 @@ TEST(AutoTune, ARankShortOfMemoryMakesEveryRankPassThrough) {
         EXPECT_EQ(c->workspace, nullptr) << r;
         EXPECT_FALSE(c->autoState.reserving) << r;
       }
+    }
+  }
+}
+
+// After the readiness agreement the timed calls allocate nothing: the
+// reserving pass made every buffer state and the workspace for the widest
+// bits a DQ-SGD width may reach (a low variance target moves the timed calls
+// from the configured 4 bits to 8 after the first), and the agreements use
+// the backend's scratch. An allocation between the two agreements could fail
+// on one rank while the others wait in a timed call.
+TEST(AutoTune, TimedCallsAllocateNothing) {
+  struct Case {
+    const char* name;
+    gradcompMethod_t method;
+    gradcompBitsMode_t bitsMode;
+    bool rs;
+  };
+  for (const Case& k : {Case{"qsgd dynamic", gradcompMethodQsgd, gradcompBitsDynamic, false},
+                        Case{"qsgd dynamic rs", gradcompMethodQsgd, gradcompBitsDynamic, true},
+                        Case{"qsgd budget", gradcompMethodQsgd, gradcompBitsBudget, false},
+                        Case{"topk", gradcompMethodTopk, gradcompBitsFixed, false},
+                        Case{"dgc rs", gradcompMethodDgc, gradcompBitsFixed, true}}) {
+    SCOPED_TRACE(k.name);
+    gradcompConfig_t cfg = autoConfig(1);
+    cfg.method = k.method;
+    cfg.bitsMode = k.bitsMode;
+    cfg.bits = 4;
+    cfg.bitsMin = 2;
+    cfg.bitsMax = 8;
+    cfg.varianceTarget = 1e-4f;
+    cfg.bitsBudget = 6;
+    cfg.cpuTimeoutSec = 5;
+    gctest::CpuWorld w(2, cfg);
+    std::vector<std::shared_ptr<gctest::AllocLimitBackend>> wrapped;
+    for (int r = 0; r < 2; ++r) {
+      gc::AutoState& a = w.comm(r)->autoState;
+      a.timeOnHost = true;
+      a.timedCounts[0] = 2048;
+      a.timedCounts[1] = 8192;
+      wrapped.push_back(
+          std::make_shared<gctest::AllocLimitBackend>(w.comm(r)->backend, size_t(1) << 30));
+      w.comm(r)->backend = wrapped.back();
+    }
+    const size_t n = 4096, out = k.rs ? n / 2 : n;
+    std::vector<std::vector<float>> in = {gctest::normal(n, 1), gctest::normal(n, 2)};
+    std::vector<std::vector<float>> got(2, std::vector<float>(out));
+    auto res = w.run([&](int r) {
+      return k.rs ? gradcompReduceScatter(in[r].data(), got[r].data(), out, ncclFloat32, ncclSum,
+                                          w.comm(r), nullptr)
+                  : gradcompAllReduce(in[r].data(), got[r].data(), n, ncclFloat32, ncclSum,
+                                      w.comm(r), nullptr);
+    });
+    for (int r = 0; r < 2; ++r) {
+      ASSERT_EQ(res[r], gradcompSuccess) << "rank " << r << ": " << gradcompGetLastError();
+      const gc::AutoDecision& d =
+          k.rs ? w.comm(r)->autoState.reduceScatter : w.comm(r)->autoState.allReduce;
+      EXPECT_TRUE(d.timed) << r;
+      EXPECT_GT(d.timedCompressed, 0u) << r;
+      EXPECT_EQ(wrapped[r]->agreements(), 2) << r;
+      EXPECT_EQ(wrapped[r]->allocsBetweenAgreements(), 0u) << r;
     }
   }
 }

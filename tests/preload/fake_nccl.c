@@ -8,7 +8,7 @@
 #include <stdlib.h>
 
 #if NCCL_VERSION_CODE >= NCCL_VERSION(2, 14, 0) && NCCL_VERSION_CODE < NCCL_VERSION(2, 30, 0)
-/* NCCL 2.30's, for an older nccl.h. */
+/* NCCL 2.29.2's, for an older nccl.h (identical where it has it). */
 ncclResult_t ncclCommGrow(ncclComm_t comm, int nRanks, const ncclUniqueId* uniqueId, int rank,
                           ncclComm_t* newcomm, ncclConfig_t* config);
 ncclResult_t pncclCommGrow(ncclComm_t comm, int nRanks, const ncclUniqueId* uniqueId, int rank,
@@ -236,7 +236,7 @@ ncclResult_t ncclCommShrink(ncclComm_t, int*, int, ncclComm_t*, ncclConfig_t*, i
 #endif
 
 #if NCCL_VERSION_CODE >= NCCL_VERSION(2, 14, 0)
-/* NCCL 2.30's ncclCommGrow, whatever nccl.h built this stand-in. */
+/* NCCL 2.29.2's ncclCommGrow, whatever nccl.h built this stand-in. */
 ncclResult_t pncclCommGrow(ncclComm_t p, int n, const ncclUniqueId* id, int r, ncclComm_t* c,
                            ncclConfig_t* cfg) {
   *c = newComm();

@@ -12,6 +12,7 @@ namespace {
 class CpuBackend final : public Backend {
  public:
   bool onDevice() const override { return false; }
+  float* agreeScratch() override { return agree_; }
 
   gradcompResult_t alloc(size_t bytes, void** p) override {
     *p = bytes ? calloc(1, bytes) : nullptr;
@@ -65,6 +66,9 @@ class CpuBackend final : public Backend {
     for (size_t i = 0; i < n; ++i) acc[i] = fadd(acc[i], x[i]);
     return gradcompSuccess;
   }
+
+ private:
+  float agree_[4] = {};
 };
 
 }  // namespace

@@ -49,6 +49,7 @@ class CudaBackend final : public Backend {
       if (e != nullptr) (void)cudaEventDestroy(e);
     }
     release(stepDev_);
+    release(agree_);
     for (cudaEvent_t e : events_) {
       if (e != nullptr) (void)cudaEventDestroy(e);
     }
@@ -60,6 +61,8 @@ class CudaBackend final : public Backend {
     void* p = nullptr;
     GC_CHECK(alloc(sizeof(uint64_t), &p));
     stepDev_ = static_cast<uint64_t*>(p);
+    GC_CHECK(alloc(4 * sizeof(float), &p));
+    agree_ = static_cast<float*>(p);
     // Made once here, never on the data path, so pipelined calls stay
     // capturable: the comm stream joins a capture through the events.
     GC_CUDACHECK(cudaStreamCreateWithFlags(&commStream_, cudaStreamNonBlocking));
@@ -95,6 +98,7 @@ class CudaBackend final : public Backend {
     (void)cudaGetLastError();
   }
   const uint64_t* deviceStep() const override { return stepDev_; }
+  float* agreeScratch() override { return agree_; }
   // The last thing a compressed call enqueues: marks its end for setStream.
   gradcompResult_t advanceStep() override {
     GC_CUDACHECK(cuda::advanceStep(stepDev_, stream_));
@@ -218,6 +222,7 @@ class CudaBackend final : public Backend {
   }
 
   uint64_t* stepDev_ = nullptr;
+  float* agree_ = nullptr;                 // agreeScratch()
   cudaEvent_t lastCall_ = nullptr;         // recorded at the end of each eager compressed call
   cudaStream_t lastCallStream_ = nullptr;  // a stream ordered after that record
   bool lastCallRecorded_ = false;

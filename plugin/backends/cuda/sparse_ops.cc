@@ -102,6 +102,7 @@ class CudaSparseOps final : public SparseOps {
     GC_CUDACHECK(cudaMemsetAsync(&dev_->counts.selected, 0, sizeof(uint64_t), stream_));
     return gradcompSuccess;
   }
+  gradcompResult_t reserve() override { return ensureCounters(); }
   gradcompResult_t publishSelected() override {
     GC_CHECK(ensureCounters());
     batch_ = Batch{};  // a call's check serves that call only
@@ -140,8 +141,14 @@ class CudaSparseOps final : public SparseOps {
   static uint64_t* count(void* scratch) { return static_cast<uint64_t*>(scratch); }
   static void* kernelScratch(void* scratch) { return static_cast<char*>(scratch) + kCountBytes; }
   // Made at a comm's first sparse call, which is eager (its buffer state is
-  // created outside capture).
+  // created outside capture), or by GRADCOMP_AUTO's reserving pass. A failed
+  // allocation leaves no error behind for the next kernel launch to report.
   gradcompResult_t ensureCounters() {
+    const gradcompResult_t res = makeCounters();
+    if (res != gradcompSuccess) (void)cudaGetLastError();
+    return res;
+  }
+  gradcompResult_t makeCounters() {
     if (!host_) {
       void* p = nullptr;
       GC_CUDACHECK(cudaMallocHost(&p, sizeof(Published)));
