@@ -18,6 +18,7 @@
 #include "tests/common/alloc_limit_backend.h"
 #include "tests/common/auto_checks.h"
 #include "tests/common/cpu_world.h"
+#include "tests/common/forwarding_backend.h"
 #include "tests/common/stats_compare.h"
 #include "tests/common/test_util.h"
 
@@ -376,48 +377,13 @@ TEST(AutoTune, TimingLeavesAHierarchicalCommAsItWas) {
 }
 
 // The CPU backend, reporting a CUDA-graph capture in progress when told to.
-class CapturingBackend final : public gc::Backend {
+class CapturingBackend final : public gctest::ForwardingBackend {
  public:
   CapturingBackend(std::shared_ptr<gc::Backend> inner, const bool* capture)
-      : inner_(std::move(inner)), capture_(capture) {}
-  bool onDevice() const override { return inner_->onDevice(); }
-  float* agreeScratch() override { return inner_->agreeScratch(); }
+      : ForwardingBackend(std::move(inner)), capture_(capture) {}
   bool capturing() const override { return *capture_; }
-  gradcompResult_t alloc(size_t bytes, void** p) override { return inner_->alloc(bytes, p); }
-  void release(void* p) override { inner_->release(p); }
-  gradcompResult_t zero(void* p, size_t bytes) override { return inner_->zero(p, bytes); }
-  gradcompResult_t copy(void* d, const void* s, size_t bytes) override {
-    return inner_->copy(d, s, bytes);
-  }
-  gradcompResult_t toHost(void* d, const void* s, size_t bytes) override {
-    return inner_->toHost(d, s, bytes);
-  }
-  gradcompResult_t fromHost(void* d, const void* s, size_t bytes) override {
-    return inner_->fromHost(d, s, bytes);
-  }
-  gradcompResult_t sync() override { return inner_->sync(); }
-  gradcompResult_t qsgdEncode(const void* x, gc::DType t, float* residual, size_t n, int bits,
-                              int bucket, const gc::KeySpec& key, void* out) override {
-    return inner_->qsgdEncode(x, t, residual, n, bits, bucket, key, out);
-  }
-  gradcompResult_t qsgdDecode(const void* in, size_t n, int bits, int bucket, float* out,
-                              bool accumulate) override {
-    return inner_->qsgdDecode(in, n, bits, bucket, out, accumulate);
-  }
-  gradcompResult_t toFloat(const void* x, gc::DType t, const float* addend, size_t n,
-                           float* out) override {
-    return inner_->toFloat(x, t, addend, n, out);
-  }
-  gradcompResult_t fromFloat(const float* x, size_t n, float divisor, gc::DType t,
-                             void* out) override {
-    return inner_->fromFloat(x, n, divisor, t, out);
-  }
-  gradcompResult_t add(float* acc, const float* x, size_t n) override {
-    return inner_->add(acc, x, n);
-  }
 
  private:
-  std::shared_ptr<gc::Backend> inner_;
   const bool* capture_;
 };
 

@@ -13,13 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 14, 0) && NCCL_VERSION_CODE < NCCL_VERSION(2, 30, 0)
-/* NCCL 2.29.2's, for an older nccl.h (identical where it has it). */
-ncclResult_t ncclCommGrow(ncclComm_t comm, int nRanks, const ncclUniqueId* uniqueId, int rank,
-                          ncclComm_t* newcomm, ncclConfig_t* config);
-ncclResult_t pncclCommGrow(ncclComm_t comm, int nRanks, const ncclUniqueId* uniqueId, int rank,
-                           ncclComm_t* newcomm, ncclConfig_t* config);
-#endif
+#include "nccl_grow.h"
 
 #define EXPECT(...)      \
   do {                   \

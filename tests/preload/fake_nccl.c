@@ -7,13 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 14, 0) && NCCL_VERSION_CODE < NCCL_VERSION(2, 30, 0)
-/* NCCL 2.29.2's, for an older nccl.h (identical where it has it). */
-ncclResult_t ncclCommGrow(ncclComm_t comm, int nRanks, const ncclUniqueId* uniqueId, int rank,
-                          ncclComm_t* newcomm, ncclConfig_t* config);
-ncclResult_t pncclCommGrow(ncclComm_t comm, int nRanks, const ncclUniqueId* uniqueId, int rank,
-                           ncclComm_t* newcomm, ncclConfig_t* config);
-#endif
+#include "nccl_grow.h"
 
 static void record(const char* fmt, ...) {
   const char* path = getenv("FAKE_NCCL_LOG");
