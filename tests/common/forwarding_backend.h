@@ -12,8 +12,9 @@ namespace gctest {
 
 class ForwardingBackend : public gc::Backend {
  public:
+  // A null inner backend serves tests that call only what a wrapper adds.
   explicit ForwardingBackend(std::shared_ptr<gc::Backend> inner) : inner_(std::move(inner)) {
-    stream_ = inner_->stream();
+    if (inner_) stream_ = inner_->stream();
   }
 
   bool onDevice() const override { return inner_->onDevice(); }

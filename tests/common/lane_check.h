@@ -33,15 +33,16 @@
 #include "kernels/qsgd_math.cuh"
 #include "plugin/codecs/qsgd.h"
 #include "plugin/comm.h"
+#include "tests/common/forwarding_backend.h"
 
 namespace gctest {
 
-class LaneCheck final : public gc::Backend {
+class LaneCheck final : public ForwardingBackend {
  public:
   static constexpr int kLanes = 3;
   using Clock = std::array<uint64_t, kLanes>;
 
-  explicit LaneCheck(std::shared_ptr<gc::Backend> inner) : inner_(std::move(inner)) {}
+  explicit LaneCheck(std::shared_ptr<gc::Backend> inner) : ForwardingBackend(std::move(inner)) {}
 
   // The collectives this rank issued, in program order: per collective its
   // transport's tag and the operation's initial. NCCL orders the kernels of
@@ -108,17 +109,6 @@ class LaneCheck final : public gc::Backend {
     ops_.push_back(std::move(o));
   }
 
-  bool onDevice() const override { return inner_->onDevice(); }
-  void setStream(cudaStream_t s) override {
-    stream_ = s;
-    inner_->setStream(s);
-  }
-  const uint64_t* deviceStep() const override { return inner_->deviceStep(); }
-  float* agreeScratch() override { return inner_->agreeScratch(); }
-  gradcompResult_t advanceStep() override { return inner_->advanceStep(); }
-  gradcompResult_t setStep(uint64_t step) override { return inner_->setStep(step); }
-  gradcompResult_t alloc(size_t bytes, void** p) override { return inner_->alloc(bytes, p); }
-  void release(void* p) override { inner_->release(p); }
   gradcompResult_t zero(void* p, size_t bytes) override {
     op(kComputeLane, "zero", {{p, bytes, true}});
     return inner_->zero(p, bytes);
@@ -135,8 +125,6 @@ class LaneCheck final : public gc::Backend {
     op(kComputeLane, "fromHost", {{dst, bytes, true}});
     return inner_->fromHost(dst, src, bytes);
   }
-  gradcompResult_t sync() override { return inner_->sync(); }
-  bool drain(double timeoutSec) override { return inner_->drain(timeoutSec); }
   gradcompResult_t qsgdEncode(const void* x, gc::DType t, float* residual, size_t n, int bits,
                               int bucket, const gc::KeySpec& key, void* out) override {
     op(kComputeLane, "qsgdEncode",
@@ -222,7 +210,6 @@ class LaneCheck final : public gc::Backend {
     if (errors_.size() < 20) errors_.push_back(b);
   }
 
-  std::shared_ptr<gc::Backend> inner_;
   Clock lane_[kLanes] = {};
   Clock slot_[kPipeEvents] = {};
   uint64_t slotCall_[kPipeEvents] = {};
