@@ -2,8 +2,6 @@
 // state, size the workspace, run the algorithm, count bytes.
 #include <stdint.h>
 
-#include <algorithm>
-
 #include "algorithms/algorithms.h"
 #include "checks.h"
 #include "codecs/bits_policy.h"
@@ -90,13 +88,8 @@ gradcompResult_t allReduce(const void* send, void* recv, size_t count, ncclDataT
     return setError(gradcompInternalError, "algorithm %s does not state its inter-node bytes",
                     algo.name);
   }
-  size_t ws = algo.workspaceBytes(*c, count, bits);
-  if (c->autoState.reserving && c->cfg.bitsMode != gradcompBitsFixed) {
-    // The timed calls choose their widths from the results before them.
-    for (int b = c->cfg.bitsMin; b <= c->cfg.bitsMax; ++b)
-      ws = std::max(ws, algo.workspaceBytes(*c, count, b));
-  }
-  GC_CHECK(c->ensureWorkspace(ws));
+  GC_CHECK(c->ensureWorkspace(
+      qsgdWorkspaceBytes(*c, bits, [&](int b) { return algo.workspaceBytes(*c, count, b); })));
   if (c->autoState.reserving) return gradcompSuccess;
 
   CallArgs args{c, send, recv, count, t, op == ncclAvg, state, bits, c->step};

@@ -40,6 +40,22 @@ gradcompResult_t checkBuffers(const gradcompComm& c, const void* send, size_t se
 gradcompResult_t findState(gradcompComm& c, int kind, bool keyed, uint64_t key, const void* recv,
                            size_t count, DType t, BufferState** state);
 
+// The workspace a QSGD call of `bits` sizes, bytesFor(bits); in GRADCOMP_AUTO's
+// reserving pass with a DQ-SGD width (dynamic, budget), the largest over
+// bitsMin..bitsMax: the timed calls choose their widths from the results
+// before them and must find their workspace made (autotune.h).
+template <typename BytesFor>
+size_t qsgdWorkspaceBytes(const gradcompComm& c, int bits, BytesFor bytesFor) {
+  size_t ws = bytesFor(bits);
+  if (c.autoState.reserving && c.cfg.bitsMode != gradcompBitsFixed) {
+    for (int b = c.cfg.bitsMin; b <= c.cfg.bitsMax; ++b) {
+      const size_t w = bytesFor(b);
+      if (w > ws) ws = w;
+    }
+  }
+  return ws;
+}
+
 // DGC warm-up changes sizes by stage, which a captured graph cannot follow.
 gradcompResult_t checkWarmupCapture(const gradcompComm& c, const BufferState& s);
 

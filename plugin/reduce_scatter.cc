@@ -8,8 +8,6 @@
 // of >= 2 ranks), which keeps it capturable.
 #include <stdint.h>
 
-#include <algorithm>
-
 #include "algorithms/algorithms.h"
 #include "checks.h"
 #include "codecs/bits_policy.h"
@@ -87,12 +85,7 @@ gradcompResult_t reduceScatter(const void* send, void* recv, size_t recvCount, n
            : qsgd ? algo.workspaceBytes(*c, recvCount, b)
                   : sparseReduceScatterWorkspaceBytes(*c, recvCount, t, residual, state->calls);
   };
-  size_t ws = wsFor(bits);
-  if (c->autoState.reserving && qsgd && c->cfg.bitsMode != gradcompBitsFixed) {
-    // The timed calls choose their widths from the results before them.
-    for (int b = c->cfg.bitsMin; b <= c->cfg.bitsMax; ++b) ws = std::max(ws, wsFor(b));
-  }
-  GC_CHECK(c->ensureWorkspace(ws));
+  GC_CHECK(c->ensureWorkspace(qsgd ? qsgdWorkspaceBytes(*c, bits, wsFor) : wsFor(bits)));
   if (c->autoState.reserving) return qsgd ? gradcompSuccess : c->sparse->reserve();
   const size_t wire = hier   ? hierReduceScatterWireBytes(*c, recvCount, bits, state->calls)
                       : qsgd ? algo.wireBytes(*c, recvCount, bits)
