@@ -365,26 +365,16 @@ class HookOnCpuWorld(unittest.TestCase):
         warnings.simplefilter("ignore")
         self.addCleanup(ctx.__exit__, None, None, None)
 
-    class Bucket:
-        def __init__(self, buf, params, index, last):
-            self.buf, self.params, self.i, self.last = buf, params, index, last
-
-        def buffer(self):
-            return self.buf
-
-        def parameters(self):
-            return self.params
-
-        def index(self):
-            return self.i
-
-        def is_last(self):
-            return self.last
-
     @classmethod
     def setUpClass(cls):
         import gradcomp
 
+        # The GPU box's twin of this test (tools/hook_exact_rank.py) holds the part of DDP's
+        # GradBucket the hook reads.
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(HERE)), "tools"))
+        import hook_exact_rank
+
+        cls.Bucket = hook_exact_rank.Bucket
         cls.gradcomp = gradcomp
         torch.manual_seed(0)
         # bucket 0: one large weight (all compressed); bucket 1: mixed (2048 and 1600
