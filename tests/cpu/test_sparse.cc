@@ -17,6 +17,7 @@
 #include "plugin/codecs/sparse.h"
 #include "plugin/comm.h"
 #include "tests/common/cpu_world.h"
+#include "tests/common/ref_algos.h"
 #include "tests/common/ref_sparse.h"
 #include "tests/common/test_util.h"
 
@@ -317,10 +318,6 @@ std::vector<float> toType(const std::vector<float>& x, DType t, std::vector<uint
   return out;
 }
 
-ncclDataType_t ncclOf(DType t) {
-  return t == DType::F32 ? ncclFloat32 : t == DType::F16 ? ncclFloat16 : ncclBfloat16;
-}
-
 void checkTopkAllReduce(int N, DType t, ncclDataType_t vtype, gradcompSelect_t select, bool avg,
                         size_t n, double density, int ef) {
   SCOPED_TRACE(testing::Message() << "N=" << N << " t=" << (int)t << " vt=" << vtype
@@ -348,8 +345,8 @@ void checkTopkAllReduce(int N, DType t, ncclDataType_t vtype, gradcompSelect_t s
     const bool dense = call.dense;
     auto rc = world.run([&](int r) {
       void* buf = t == DType::F32 ? (void*)f32[r].data() : (void*)h16[r].data();
-      return gradcompAllReduce(buf, buf, n, ncclOf(t), avg ? ncclAvg : ncclSum, world.comm(r),
-                               nullptr);
+      return gradcompAllReduce(buf, buf, n, gctest::ref::nccl(t), avg ? ncclAvg : ncclSum,
+                               world.comm(r), nullptr);
     });
     for (int r = 0; r < N; ++r) ASSERT_EQ(rc[r], gradcompSuccess) << gradcompGetLastError();
     for (int r = 0; r < N; ++r) {
@@ -410,8 +407,8 @@ void checkSparseBitExact(int N, const gradcompConfig_t& cfg, DType t, bool avg, 
     const auto expect = gctest::ref::refSparse(cfg, t, avg, (uint64_t)step, g, ref, &call);
     auto rc = world.run([&](int r) {
       void* buf = t == DType::F32 ? (void*)f32[r].data() : (void*)h16[r].data();
-      return gradcompAllReduce(buf, buf, n, ncclOf(t), avg ? ncclAvg : ncclSum, world.comm(r),
-                               nullptr);
+      return gradcompAllReduce(buf, buf, n, gctest::ref::nccl(t), avg ? ncclAvg : ncclSum,
+                               world.comm(r), nullptr);
     });
     for (int r = 0; r < N; ++r) ASSERT_EQ(rc[r], gradcompSuccess) << gradcompGetLastError();
     for (int r = 0; r < N; ++r) {

@@ -19,6 +19,7 @@
 #include "gradcomp.h"
 #include "kernels/common_math.cuh"
 #include "plugin/comm.h"
+#include "tests/common/ref_algos.h"
 #include "tests/common/test_util.h"
 #include "tests/gpu/gpu_util.h"
 #include "tests/gpu/mirror_transport.h"
@@ -59,10 +60,6 @@ gradcompConfig_t caseConfig(const DenseCase& dc) {
   return cfg;
 }
 
-ncclDataType_t ncclType(gc::DType t) {
-  return t == gc::DType::F32 ? ncclFloat32 : t == gc::DType::F16 ? ncclFloat16 : ncclBfloat16;
-}
-
 // Step 1 holds a NaN and an Inf in different buckets.
 std::vector<uint8_t> stepInput(size_t n, gc::DType t, int step) {
   std::vector<float> x = gctest::normal(n, 500 + step, 1.0f + step);
@@ -81,7 +78,7 @@ TEST_F(DenseAlgoGpu, QsgdAndEliasAllgatherEqualCpuBackendEagerAndInGraphs) {
   for (const DenseCase& dc : kCases) {
     SCOPED_TRACE(dc.name);
     const gradcompConfig_t cfg = caseConfig(dc);
-    const ncclDataType_t type = ncclType(dc.dtype);
+    const ncclDataType_t type = gctest::ref::nccl(dc.dtype);
     const ncclRedOp_t op = dc.avg ? ncclAvg : ncclSum;
     const size_t bytes = n * gc::dtypeBytes(dc.dtype);
     gradcompComm* cpu = gctest::mirrorComm(cfg, false, dc.ranks, n, nullptr, false);

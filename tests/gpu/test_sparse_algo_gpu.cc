@@ -15,6 +15,7 @@
 #include "gradcomp.h"
 #include "kernels/common_math.cuh"
 #include "plugin/comm.h"
+#include "tests/common/ref_algos.h"
 #include "tests/common/test_util.h"
 #include "tests/gpu/gpu_util.h"
 #include "tests/gpu/mirror_transport.h"
@@ -97,9 +98,7 @@ TEST_F(SparseAlgoGpu, AlgorithmsEqualCpuBackendEagerAndInGraphs) {
   for (const AlgoCase& ac : kCases) {
     SCOPED_TRACE(ac.name);
     const gradcompConfig_t cfg = caseConfig(ac);
-    const ncclDataType_t type = ac.dtype == gc::DType::F32   ? ncclFloat32
-                                : ac.dtype == gc::DType::F16 ? ncclFloat16
-                                                             : ncclBfloat16;
+    const ncclDataType_t type = gctest::ref::nccl(ac.dtype);
     const ncclRedOp_t op = ac.avg ? ncclAvg : ncclSum;
     const size_t bytes = n * gc::dtypeBytes(ac.dtype);
     gradcompComm* cpu = gctest::mirrorComm(cfg, false, N, n, nullptr, false);
