@@ -36,6 +36,12 @@ std::set<ncclComm_t>& nonBlockingComms() {
   static auto* s = new std::set<ncclComm_t>;
   return *s;
 }
+// Revoked (ncclCommRevoke) and not yet destroyed: NCCL refuses their
+// collectives, so gradcomp never sets them up again.
+std::set<ncclComm_t>& revokedComms() {
+  static auto* s = new std::set<ncclComm_t>;
+  return *s;
+}
 
 // NCCL_COMM_BLOCKING=0 makes every communicator non-blocking, whatever its config.
 bool envNonBlocking() {
@@ -259,6 +265,9 @@ EntryPtr entryFor(ncclComm_t comm) {
     if (e->nonBlocking) {
       e->reason = "non-blocking communicator";
       e->mode = Mode::PassThrough;
+    } else if (revokedComms().count(comm) > 0) {
+      e->reason = "revoked communicator";
+      e->mode = Mode::PassThrough;
     }
   }
   return e;
@@ -350,6 +359,7 @@ void release(ncclComm_t comm, bool abort) {
   {
     std::lock_guard<std::mutex> lock(tableMu());
     nonBlockingComms().erase(comm);
+    revokedComms().erase(comm);
     auto it = table().find(comm);
     if (it == table().end()) return;
     e = std::move(it->second);
@@ -384,6 +394,12 @@ void noteCreated(ncclComm_t comm, bool nonBlocking) {
     nonBlockingComms().insert(comm);
   }
   GC_INFO("comm %p is non-blocking: its calls pass through to NCCL", (void*)comm);
+}
+
+void noteRevoked(ncclComm_t comm) {
+  release(comm, /*abort=*/true);
+  std::lock_guard<std::mutex> lock(tableMu());
+  revokedComms().insert(comm);
 }
 
 bool isNonBlocking(ncclComm_t comm) {

@@ -339,6 +339,24 @@ GC_INTERPOSE ncclResult_t ncclCommGrow(ncclComm_t comm, int nRanks, const ncclUn
 }
 #endif
 
+#if GC_NCCL_HAS_REVOKE
+// NCCL's first, as at an abort: revoking stops its in-flight work on the
+// communicator, gradcomp's own calls on it included. Then gradcomp's comm
+// stops (its sub-communicators aborted, so no call waits on a peer) and is
+// released without waiting; the program's next step is a shrink or destroy.
+GC_INTERPOSE ncclResult_t ncclCommRevoke(ncclComm_t comm, int revokeFlags) {
+  if (realNccl()->commRevoke == nullptr) {
+    warnOnce("no-revoke",
+             "ncclCommRevoke is not in the loaded NCCL (it needs NCCL 2.28 or later); "
+             "returning ncclInvalidUsage");
+    return ncclInvalidUsage;
+  }
+  const ncclResult_t r = realNccl()->commRevoke(comm, revokeFlags);
+  if (r == ncclSuccess || r == ncclInProgress) noteRevoked(comm);
+  return r;
+}
+#endif
+
 GC_INTERPOSE ncclResult_t ncclCommDestroy(ncclComm_t comm) {
   // Ours first: freeing it waits for gradcomp's work on the communicator.
   release(comm);

@@ -85,6 +85,9 @@ void resolve() {
 #if GC_NCCL_HAS_GROW
   GC_SYM(gReal.commGrow, "ncclCommGrow");
 #endif
+#if GC_NCCL_HAS_REVOKE
+  GC_SYM(gReal.commRevoke, "ncclCommRevoke");
+#endif
 #undef GC_SYM
   gResolved = gApi.allReduce && gApi.groupStart && gApi.groupEnd && gApi.commCount &&
               gApi.commUserRank && gApi.getErrorString;

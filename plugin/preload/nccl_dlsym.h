@@ -21,6 +21,12 @@
 extern "C" ncclResult_t ncclCommGrow(ncclComm_t comm, int nRanks, const ncclUniqueId* uniqueId,
                                      int rank, ncclComm_t* newcomm, ncclConfig_t* config);
 #endif
+// ncclCommRevoke (NCCL 2.28) likewise: a program whose NCCL has it may
+// revoke a communicator gradcomp runs on, whatever header built gradcomp.
+#define GC_NCCL_HAS_REVOKE GC_NCCL_HAS_CONFIG
+#if GC_NCCL_HAS_REVOKE && NCCL_VERSION_CODE < NCCL_VERSION(2, 28, 0)
+extern "C" ncclResult_t ncclCommRevoke(ncclComm_t comm, int revokeFlags);
+#endif
 
 namespace gc {
 
@@ -47,6 +53,9 @@ struct RealNccl {
 #endif
 #if GC_NCCL_HAS_GROW
   ncclResult_t (*commGrow)(ncclComm_t, int, const ncclUniqueId*, int, ncclComm_t*, ncclConfig_t*);
+#endif
+#if GC_NCCL_HAS_REVOKE
+  ncclResult_t (*commRevoke)(ncclComm_t, int);
 #endif
 };
 

@@ -91,6 +91,10 @@ void decideUnlessCapturing(CommEntry& e, ncclComm_t comm, cudaStream_t stream);
 // (gc::commStop: its sub-communicators aborted, so a call still holding it
 // waits on no peer) and aborted rather than destroyed at the end.
 void release(ncclComm_t comm, bool abort = false);
+// After NCCL revoked `comm` (ncclCommRevoke): its gradcomp comm is stopped
+// and released as at an abort, and the communicator's later calls pass
+// through to NCCL (which refuses them) until it is destroyed.
+void noteRevoked(ncclComm_t comm);
 // Makes an Undecided entry pass through from now on, saying why in its summary.
 void passAlways(CommEntry& e, const std::string& why);
 // Records how a communicator was created: non-blocking ones always pass through.

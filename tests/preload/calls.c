@@ -13,7 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "nccl_grow.h"
+#include "nccl_newer.h"
 
 #define EXPECT(...)      \
   do {                   \
@@ -211,6 +211,35 @@ static int nonblocking(void) {
 }
 #endif
 
+#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 27, 0)
+/* A revoked communicator is never set up again: its later calls reach NCCL
+ * unchanged without a set-up attempt, until it is destroyed; a communicator
+ * shrunk from it is set up as usual (and fails without a GPU). */
+static int revoked(void) {
+  cudaStream_t stream = (cudaStream_t)(uintptr_t)0x2000;
+  char* a = (char*)(uintptr_t)0x7f0000000000ull;
+  ncclUniqueId id;
+  memset(&id, 0, sizeof(id));
+  ncclConfig_t cfg = NCCL_CONFIG_INITIALIZER;
+  cfg.blocking = 1;
+  ncclComm_t comm = NULL, shrunk = NULL;
+  int excluded = 3;
+  CHECK(ncclCommInitRankConfig(&comm, 4, id, 0, &cfg));
+  EXPECT("CommInitRankConfig nranks=4 rank=0 blocking=1 comm=%p", (void*)comm);
+  CHECK(ncclCommRevoke(comm, 0));
+  EXPECT("CommRevoke comm=%p flags=0", (void*)comm);
+  CALL(a, a, 1 << 22, ncclFloat32, ncclSum, comm, stream);
+  CHECK(ncclCommShrink(comm, &excluded, 1, &shrunk, NULL, 0));
+  EXPECT("CommShrink parent=%p excluded=1 blocking=-1 comm=%p", (void*)comm, (void*)shrunk);
+  CHECK(ncclCommDestroy(comm));
+  EXPECT("CommDestroy comm=%p", (void*)comm);
+  CALL(a, a, 1 << 22, ncclFloat32, ncclSum, shrunk, stream);
+  CHECK(ncclCommDestroy(shrunk));
+  EXPECT("CommDestroy comm=%p", (void*)shrunk);
+  return 0;
+}
+#endif
+
 #if NCCL_VERSION_CODE >= NCCL_VERSION(2, 22, 0)
 static void flushDeferred(void) {
   for (int i = 0; i < numDeferred; ++i) EXPECT("%s", deferred[i]);
@@ -330,6 +359,11 @@ static int simulateMissing(void) {
   EXPECT("GroupEnd");
   flushDeferred();
   CALL(a, a, 1 << 21, ncclFloat32, ncclSum, comm, stream);
+  /* Nor ncclCommRevoke (NCCL 2.28): refused, nothing reaches NCCL. */
+  if (ncclCommRevoke(comm, 0) != ncclInvalidUsage) {
+    fprintf(stderr, "ncclCommRevoke without the function did not return ncclInvalidUsage\n");
+    return 1;
+  }
   CHECK(ncclCommDestroy(comm));
   EXPECT("CommDestroy comm=%p", (void*)comm);
   return 0;
@@ -345,6 +379,10 @@ __attribute__((visibility("default"))) int gcTestRunCalls(const char* mode) {
 #if NCCL_VERSION_CODE >= NCCL_VERSION(2, 18, 0)
   } else if (strcmp(mode, "nonblocking") == 0) {
     rc = nonblocking();
+#endif
+#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 27, 0)
+  } else if (strcmp(mode, "revoked") == 0) {
+    rc = revoked();
 #endif
 #if NCCL_VERSION_CODE >= NCCL_VERSION(2, 22, 0)
   } else if (strcmp(mode, "simulate") == 0) {

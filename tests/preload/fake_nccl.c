@@ -7,7 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "nccl_grow.h"
+#include "nccl_newer.h"
 
 static void record(const char* fmt, ...) {
   const char* path = getenv("FAKE_NCCL_LOG");
@@ -240,4 +240,13 @@ ncclResult_t pncclCommGrow(ncclComm_t p, int n, const ncclUniqueId* id, int r, n
 }
 ncclResult_t ncclCommGrow(ncclComm_t, int, const ncclUniqueId*, int, ncclComm_t*, ncclConfig_t*)
     ALIAS(ncclCommGrow);
+#endif
+
+#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 14, 0) && !defined(FAKE_NCCL_NO_SIMULATE)
+/* NCCL 2.28's ncclCommRevoke (not in the stand-in for an NCCL older than 2.22). */
+ncclResult_t pncclCommRevoke(ncclComm_t c, int flags) {
+  record("CommRevoke comm=%p flags=%d", (void*)c, flags);
+  return ncclSuccess;
+}
+ncclResult_t ncclCommRevoke(ncclComm_t, int) ALIAS(ncclCommRevoke);
 #endif

@@ -1,5 +1,5 @@
 /* Runs the calls of calls.c with NCCL linked by the program:
- * preload_app [basic|nonblocking|simulate|simulate_missing]. */
+ * preload_app [basic|multidevice|nonblocking|revoked|simulate|simulate_missing]. */
 int gcTestRunCalls(const char* mode);
 
 int main(int argc, char** argv) {

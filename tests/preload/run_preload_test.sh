@@ -42,7 +42,7 @@ count() { grep -c -- "$1" "$2" || true; }
 check "no DT_NEEDED on libnccl" "! readelf -d '$preload' | grep -q 'NEEDED.*libnccl'"
 exports=$(nm -D --defined-only "$preload" | awk '{print $3}' | sed 's/@.*//' | sort -u)
 required="ncclAllReduce ncclReduceScatter ncclCommAbort ncclCommDestroy ncclCommFinalize ncclGroupEnd ncclGroupStart"
-optional="ncclCommGrow ncclCommInitRankConfig ncclCommInitRankScalable ncclCommShrink ncclCommSplit ncclGroupSimulateEnd"
+optional="ncclCommGrow ncclCommRevoke ncclCommInitRankConfig ncclCommInitRankScalable ncclCommShrink ncclCommSplit ncclGroupSimulateEnd"
 for s in $required; do
   check "exports $s" "grep -qx $s <<< '$exports'"
 done
@@ -98,6 +98,18 @@ if "$app" nonblocking > /dev/null 2>&1 < /dev/null || [ $? != 2 ]; then
     same_calls nonblocking_env
     n=$(count "cannot set up compression" "$work/nonblocking_env.err")
     check "NCCL_COMM_BLOCKING=0: no comm tried to set up (got $n warnings)" "[ '$n' = 0 ]"
+  }
+fi
+
+# 4b. A revoked communicator (ncclCommRevoke, NCCL 2.28) is never set up
+# again; one shrunk from it is set up as usual.
+if "$app" revoked > /dev/null 2>&1 < /dev/null || [ $? != 2 ]; then
+  run revoked env GRADCOMP_DEBUG=INFO "$app" revoked && {
+    same_calls revoked
+    n=$(count "compression off: revoked communicator" "$work/revoked.err")
+    check "revoked: its later call passed through without a set-up attempt (got $n)" "[ '$n' = 1 ]"
+    n=$(count "compression off: set-up failed" "$work/revoked.err")
+    check "revoked: the shrunk comm tried to set up (got $n)" "[ '$n' = 1 ]"
   }
 fi
 
@@ -158,12 +170,15 @@ if "$app" simulate > /dev/null 2>&1 < /dev/null || [ $? != 2 ]; then
     done
   done
   # An NCCL without ncclGroupSimulateEnd (older than 2.22): an error and a
-  # warning, and the group stays open for the ncclGroupEnd that follows.
+  # warning, and the group stays open for the ncclGroupEnd that follows;
+  # ncclCommRevoke is refused with a warning.
   run simulate_missing env GRADCOMP_NCCL_LIBRARY="$nccl_alt" GC_TEST_GROUP_CALLS_DEFERRED=1 \
     "$dlopen_app" "$framework_alt" simulate_missing && {
     same_calls simulate_missing
     check "simulate_missing: the warning names the missing function" \
       "grep -q 'ncclGroupSimulateEnd is not in the loaded NCCL' '$work/simulate_missing.err'"
+    check "simulate_missing: ncclCommRevoke (missing too) refused with a warning" \
+      "grep -q 'ncclCommRevoke is not in the loaded NCCL' '$work/simulate_missing.err'"
   }
 fi
 
