@@ -135,10 +135,15 @@ typedef struct {
    * reduce-scatter (compressed or passed through), the ranks agree that they
    * are in the same call (collective, step, count, datatype, op), and a
    * disagreement fails every rank with gradcompInvalidUsage naming both
-   * calls instead of hanging or summing unrelated bytes. On NCCL it costs a
-   * small allgather and a host sync per call (a debugging aid, as Horovod's
-   * shape check); calls being captured into a CUDA graph are not checked.
-   * The CPU backend checks every call whatever this says. */
+   * calls instead of hanging or summing unrelated bytes. A compressed call
+   * also votes, before any rank exchanges, that every rank could prepare it
+   * (the buffer's state, the workspace): a rank that could not (out of
+   * memory, say) returns its own error and the others gradcompInvalidUsage
+   * naming it, instead of waiting for it. On NCCL it costs a small allgather
+   * and a host sync per call, and one more allreduce of a float per
+   * compressed call (a debugging aid, as Horovod's shape check); calls being
+   * captured into a CUDA graph are not checked. The CPU backend checks every
+   * call's agreement whatever this says; the vote is this setting's. */
   int checkCalls;
 } gradcompConfig_t;
 

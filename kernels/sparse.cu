@@ -1,5 +1,5 @@
 // CUDA kernels of the sparse methods. Same results as the host reference
-// (plugin/codec_sparse_host.cc): the selection rule is computed on the
+// (plugin/codecs/sparse_host.cc): the selection rule is computed on the
 // device (sample sort or radix select), then a deterministic one-pass
 // compaction writes the selected indices in index order. No host sync,
 // fixed sizes, capturable.

@@ -23,17 +23,20 @@ gradcompResult_t sparseAllReduce(gradcompComm* c, const void* send, void* recv, 
   GC_ARG(count < (size_t)sparse::kEmptySlot,
          "count=%zu is too large for the u32 indices of the sparse methods (at most %u)", count,
          sparse::kEmptySlot - 1);
-  BufferState* state = nullptr;
-  GC_CHECK(findState(*c, kStateAllReduce, keyed, key, recv, count, t, &state));
-  GC_CHECK(checkWarmupCapture(*c, *state));
   const bool hier = useHier(*c);
   const Algorithm& algo = hier                                   ? hierAlgorithm()
                           : c->cfg.method == gradcompMethodRandk ? randkAlgorithm()
                                                                  : sparseAllgatherAlgorithm();
-  GC_CHECK(c->ensureWorkspace(
-      hier ? hierWorkspaceBytes(*c, count, 0, state->calls)
-           : sparseWorkspaceBytes(*c, count, t, state->residual != nullptr, state->calls)));
-  if (c->autoState.reserving) return c->sparse->reserve();
+  BufferState* state = nullptr;
+  GC_CHECK(agreePrepared(*c, [&]() -> gradcompResult_t {
+    GC_CHECK(findState(*c, kStateAllReduce, keyed, key, recv, count, t, &state));
+    GC_CHECK(checkWarmupCapture(*c, *state));
+    GC_CHECK(c->ensureWorkspace(
+        hier ? hierWorkspaceBytes(*c, count, 0, state->calls)
+             : sparseWorkspaceBytes(*c, count, t, state->residual != nullptr, state->calls)));
+    return c->sparse->reserve();
+  }()));
+  if (c->autoState.reserving) return gradcompSuccess;
   CallArgs args{c, send, recv, count, t, op == ncclAvg, state, 0, c->step};
   GC_TRACE("%s: count=%zu type=%d step=%llu", algo.name, count, (int)t,
            (unsigned long long)c->step);
@@ -79,17 +82,19 @@ gradcompResult_t allReduce(const void* send, void* recv, size_t count, ncclDataT
   if (c->cfg.method != gradcompMethodQsgd)
     return sparseAllReduce(c, send, recv, count, t, op, keyed, key);
 
-  BufferState* state = nullptr;
-  GC_CHECK(findState(*c, kStateAllReduce, keyed, key, recv, count, t, &state));
-  int bits = 0;
-  GC_CHECK(chooseBits(*c, *state, &bits));
   const Algorithm& algo = c->cfg.elias ? eliasAlgorithm() : pickDenseAlgorithm(*c, count);
   if (algo.interNodeBytes == nullptr) {
     return setError(gradcompInternalError, "algorithm %s does not state its inter-node bytes",
                     algo.name);
   }
-  GC_CHECK(c->ensureWorkspace(
-      qsgdWorkspaceBytes(*c, bits, [&](int b) { return algo.workspaceBytes(*c, count, b); })));
+  BufferState* state = nullptr;
+  int bits = 0;
+  GC_CHECK(agreePrepared(*c, [&]() -> gradcompResult_t {
+    GC_CHECK(findState(*c, kStateAllReduce, keyed, key, recv, count, t, &state));
+    GC_CHECK(chooseBits(*c, *state, &bits));
+    return c->ensureWorkspace(
+        qsgdWorkspaceBytes(*c, bits, [&](int b) { return algo.workspaceBytes(*c, count, b); }));
+  }()));
   if (c->autoState.reserving) return gradcompSuccess;
 
   CallArgs args{c, send, recv, count, t, op == ncclAvg, state, bits, c->step};

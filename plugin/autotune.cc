@@ -191,22 +191,6 @@ gradcompResult_t medianUs(CallTimer& timer, int first, float* us) {
   return gradcompSuccess;
 }
 
-// Whether every rank could set up the timing: *refused is the highest rank
-// whose set-up failed, or -1 (one allreduce of a float on the comm's
-// transport, in the backend's agreement scratch: nothing to allocate).
-gradcompResult_t agreeReady(gradcompComm* c, gradcompResult_t local, int* refused) {
-  float* ready = c->backend->agreeScratch();
-  float v = local == gradcompSuccess ? 0.0f : (float)(c->rank + 1);
-  // The reserving calls left the call record alone (beginCollective): this
-  // exchange carries the call that started the timing, so that transports
-  // checking every call still catch a rank that passed another one.
-  GC_CHECK(c->backend->fromHost(ready, &v, sizeof(v)));
-  GC_CHECK(c->transport->passThrough(ready, ready, 1, ncclFloat32, ncclMax));
-  GC_CHECK(c->backend->toHost(&v, ready, sizeof(v)));
-  *refused = (int)v - 1;
-  return gradcompSuccess;
-}
-
 // Times NCCL and the compressed path of collective k at the two sizes; one
 // synchronize at the end. Out of place, so every call reduces the same input.
 // A reduce-scatter's sizes are its input's, rounded down to whole blocks.

@@ -1,6 +1,7 @@
 // Shared pieces of the entry points (see collective.h).
 #include "collective.h"
 
+#include <string>
 #include <vector>
 
 #include "backends/cuda/device_ptr.h"
@@ -85,6 +86,40 @@ gradcompResult_t checkWarmupCapture(const gradcompComm& c, const BufferState& s)
                     "DGC warm-up (warmupSteps=%d; this buffer has made %llu calls) changes the "
                     "density and message size by stage; capture a CUDA graph after the warm-up",
                     c.cfg.warmupSteps, (unsigned long long)s.calls);
+  }
+  return gradcompSuccess;
+}
+
+gradcompResult_t agreeReady(gradcompComm* c, gradcompResult_t local, int* refused) {
+  float* ready = c->backend->agreeScratch();
+  float v = local == gradcompSuccess ? 0.0f : (float)(c->rank + 1);
+  // The exchange carries the current call record (the auto timing's
+  // reserving calls leave it alone), so transports that check every call
+  // still catch a rank that passed another one.
+  GC_CHECK(c->backend->fromHost(ready, &v, sizeof(v)));
+  GC_CHECK(c->transport->passThrough(ready, ready, 1, ncclFloat32, ncclMax));
+  GC_CHECK(c->backend->toHost(&v, ready, sizeof(v)));
+  *refused = (int)v - 1;
+  return gradcompSuccess;
+}
+
+gradcompResult_t agreePrepared(gradcompComm& c, gradcompResult_t local) {
+  if (!c.cfg.checkCalls || c.autoState.reserving || c.backend->capturing()) return local;
+  const std::string why = local != gradcompSuccess ? gradcompGetLastError() : "";
+  int refused = -1;
+  const gradcompResult_t voted = agreeReady(&c, local, &refused);
+  if (local != gradcompSuccess) {
+    // A vote that ran leaves this rank's own sentence as the last error.
+    return voted == gradcompSuccess ? local : setError(local, "%s", why.c_str());
+  }
+  GC_CHECK(voted);
+  if (refused >= 0) {
+    return setError(
+        gradcompInvalidUsage,
+        "rank %d could not prepare this call (the state or workspace of its buffer; its "
+        "own error says why), so rank %d fails it too instead of waiting in an "
+        "exchange rank %d will not join (GRADCOMP_CHECK_CALLS)",
+        refused, c.rank, refused);
   }
   return gradcompSuccess;
 }

@@ -59,6 +59,21 @@ size_t qsgdWorkspaceBytes(const gradcompComm& c, int bits, BytesFor bytesFor) {
 // DGC warm-up changes sizes by stage, which a captured graph cannot follow.
 gradcompResult_t checkWarmupCapture(const gradcompComm& c, const BufferState& s);
 
+// Whether every rank's `local` step succeeded: *refused is the highest rank
+// whose step failed, or -1. One allreduce (max) of a float on the comm's
+// transport in the backend's agreement scratch and a host sync: nothing to
+// allocate, so a rank short of memory can still vote.
+gradcompResult_t agreeReady(gradcompComm* c, gradcompResult_t local, int* refused);
+
+// GRADCOMP_CHECK_CALLS, for a compressed call: `local` is how this rank's
+// preparation went (the buffer's state and the workspace: what one rank
+// alone can fail, out of memory say). The ranks vote on it
+// (agreeReady) before any of them exchanges, so a rank that failed returns
+// its own error and its peers return gradcompInvalidUsage naming it, instead
+// of waiting in an exchange it never joins. Without the setting, while
+// capturing (no host sync) or in the auto timing's reserving pass: `local`.
+gradcompResult_t agreePrepared(gradcompComm& c, gradcompResult_t local);
+
 // CPU world only: every rank must pass the same `value` (an allgather of 8
 // bytes), else all fail with gradcompInvalidUsage. NCCL cannot check this
 // without a host sync, so the CUDA backend skips it, as NCCL does.

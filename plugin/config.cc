@@ -92,7 +92,9 @@ static const ParamSpec kParams[] = {
      "NCCL backend: before every allreduce and reduce-scatter the ranks agree on the call "
      "(collective, step, count, datatype, op), so that mismatched calls fail on every rank "
      "instead of hanging; costs a small allgather and a host sync per call; not inside CUDA "
-     "graph capture (the CPU backend always checks)"},
+     "graph capture (the CPU backend always checks). Both backends: a compressed call first "
+     "votes that every rank prepared it (its buffer's state, workspace), so a rank out of memory "
+     "fails it on every rank instead of leaving them waiting"},
     {"GRADCOMP_DEBUG", ParamKind::String, GC_PROCESS_KNOB, 0, 0, nullptr, "(unset)",
      "log level: WARN, INFO or TRACE, to stderr"},
     {"GRADCOMP_GROUP", ParamKind::String, GC_PROCESS_KNOB, 0, 0, nullptr, "defer",

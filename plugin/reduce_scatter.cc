@@ -70,23 +70,26 @@ gradcompResult_t reduceScatter(const void* send, void* recv, size_t recvCount, n
 
   // Blocks of different sizes would be exchanged as if they matched.
   GC_CHECK(checkRanksAgree(*c, recvCount, "recvcount"));
-  BufferState* state = nullptr;
-  GC_CHECK(findState(*c, kStateReduceScatter, keyed, key, recv, count, t, &state));
-  GC_CHECK(checkWarmupCapture(*c, *state));
-  int bits = 0;
-  if (qsgd) GC_CHECK(chooseBits(*c, *state, &bits));
   const bool hier = useHierReduceScatter(*c);
-  const bool residual = state->residual != nullptr;
   const Algorithm& algo = hier   ? hierReduceScatterAlgorithm()
                           : qsgd ? reduceScatterAlgorithm()
                                  : sparseReduceScatterAlgorithm();
-  auto wsFor = [&](int b) {
-    return hier   ? hierReduceScatterWorkspaceBytes(*c, recvCount, b, residual, state->calls)
-           : qsgd ? algo.workspaceBytes(*c, recvCount, b)
-                  : sparseReduceScatterWorkspaceBytes(*c, recvCount, t, residual, state->calls);
-  };
-  GC_CHECK(c->ensureWorkspace(qsgd ? qsgdWorkspaceBytes(*c, bits, wsFor) : wsFor(bits)));
-  if (c->autoState.reserving) return qsgd ? gradcompSuccess : c->sparse->reserve();
+  BufferState* state = nullptr;
+  int bits = 0;
+  GC_CHECK(agreePrepared(*c, [&]() -> gradcompResult_t {
+    GC_CHECK(findState(*c, kStateReduceScatter, keyed, key, recv, count, t, &state));
+    GC_CHECK(checkWarmupCapture(*c, *state));
+    if (qsgd) GC_CHECK(chooseBits(*c, *state, &bits));
+    const bool residual = state->residual != nullptr;
+    auto wsFor = [&](int b) {
+      return hier   ? hierReduceScatterWorkspaceBytes(*c, recvCount, b, residual, state->calls)
+             : qsgd ? algo.workspaceBytes(*c, recvCount, b)
+                    : sparseReduceScatterWorkspaceBytes(*c, recvCount, t, residual, state->calls);
+    };
+    GC_CHECK(c->ensureWorkspace(qsgd ? qsgdWorkspaceBytes(*c, bits, wsFor) : wsFor(bits)));
+    return qsgd ? gradcompSuccess : c->sparse->reserve();
+  }()));
+  if (c->autoState.reserving) return gradcompSuccess;
   const size_t wire = hier   ? hierReduceScatterWireBytes(*c, recvCount, bits, state->calls)
                       : qsgd ? algo.wireBytes(*c, recvCount, bits)
                              : sparseReduceScatterWireBytes(*c, recvCount, state->calls);

@@ -16,6 +16,7 @@
 #include <utility>
 #include <vector>
 
+#include "tests/common/alloc_limit_backend.h"
 #include "tests/common/cpu_world.h"
 #include "tests/common/ref_hier.h"
 #include "tests/common/ref_hier_rs.h"
@@ -83,6 +84,70 @@ TEST(Reliability, CpuWorldRecoversAfterTimeout) {
     }
     if (m == gradcompMethodNone) {
       for (size_t i = 0; i < n; ++i) ASSERT_EQ(out[0][i], in[0][i] + in[1][i]);
+    }
+  }
+}
+
+// GRADCOMP_CHECK_CALLS: a rank that cannot prepare a compressed call (here
+// out of memory for the buffer's state) says so before any rank exchanges.
+// It returns its own error and its peer an error naming it, at once rather
+// than after the peer's timeout; no output is written, and the same call made
+// again once the memory is there gives, state included, what a comm that
+// never failed gives.
+TEST(Reliability, CheckCallsFailsEveryRankWhenOneCannotPrepare) {
+  for (gradcompMethod_t m : {gradcompMethodQsgd, gradcompMethodTopk}) {
+    for (const bool rs : {false, true}) {
+      SCOPED_TRACE(testing::Message() << "method " << m << (rs ? " reduce-scatter" : " allreduce"));
+      gradcompConfig_t cfg = quickConfig(m);
+      cfg.autoTune = 0;
+      cfg.checkCalls = 1;
+      // A rank left waiting would fail after this with the timeout's error.
+      cfg.cpuTimeoutSec = 20.0f;
+      const size_t n = 8192, out = rs ? n / 2 : n;
+      const std::vector<std::vector<float>> in = {gctest::normal(n, 31), gctest::normal(n, 32)};
+      std::vector<std::string> why(2);
+      auto call = [&](CpuWorld& w, std::vector<std::vector<float>>& got) {
+        return w.run([&](int r) {
+          const gradcompResult_t res =
+              rs ? gradcompReduceScatter(in[r].data(), got[r].data(), out, ncclFloat32, ncclSum,
+                                         w.comm(r), nullptr)
+                 : gradcompAllReduce(in[r].data(), got[r].data(), n, ncclFloat32, ncclSum,
+                                     w.comm(r), nullptr);
+          why[r] = gradcompGetLastError();
+          return res;
+        });
+      };
+      CpuWorld w(2, cfg);
+      const std::shared_ptr<gc::Backend> inner = w.comm(1)->backend;
+      w.comm(1)->backend = std::make_shared<gctest::AllocLimitBackend>(inner, 0);
+      const std::vector<float> untouched(out, -7.0f);
+      std::vector<std::vector<float>> got(2, untouched);
+      auto res = call(w, got);
+      EXPECT_EQ(res[1], gradcompSystemError) << why[1];
+      EXPECT_NE(why[1].find("test: an allocation of"), std::string::npos) << why[1];
+      EXPECT_EQ(res[0], gradcompInvalidUsage) << why[0];
+      EXPECT_NE(why[0].find("rank 1 could not prepare this call"), std::string::npos) << why[0];
+      for (int r = 0; r < 2; ++r) {
+        EXPECT_EQ(memcmp(got[r].data(), untouched.data(), out * sizeof(float)), 0) << r;
+        EXPECT_EQ(w.comm(r)->stats.callsCompressed, 0u) << r;
+      }
+
+      w.comm(1)->backend = inner;
+      res = call(w, got);
+      ASSERT_EQ(res[0], gradcompSuccess) << why[0];
+      ASSERT_EQ(res[1], gradcompSuccess) << why[1];
+      // The fresh comm writes to the same buffers: a state is keyed by its
+      // output's address, which the saved states carry.
+      const std::vector<std::vector<float>> retried = got;
+      got.assign(2, untouched);
+      CpuWorld fresh(2, cfg);
+      res = call(fresh, got);
+      ASSERT_EQ(res[0], gradcompSuccess) << why[0];
+      ASSERT_EQ(res[1], gradcompSuccess) << why[1];
+      for (int r = 0; r < 2; ++r) {
+        EXPECT_EQ(memcmp(retried[r].data(), got[r].data(), out * sizeof(float)), 0) << r;
+        EXPECT_EQ(gctest::savedState(w.comm(r)), gctest::savedState(fresh.comm(r))) << r;
+      }
     }
   }
 }
