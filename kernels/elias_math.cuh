@@ -200,7 +200,9 @@ class BitReader {
     return (uint32_t)((lo | (hi << 32)) >> (pos_ & 31));
   }
   GC_HD void skip(int k) { pos_ += (Index)k; }
-  GC_HD bool overrun() const { return pos_ > nWords_ * (Index)32; }
+  // In 64 bits: the kernels' uint32_t word count times 32 wraps from 2^27
+  // words on (a bucket span only a malformed header gives).
+  GC_HD bool overrun() const { return (uint64_t)pos_ > (uint64_t)nWords_ * 32u; }
   GC_HD uint32_t number(Code c) {
     uint32_t p = peek();
     if (c == Code::Gamma) {

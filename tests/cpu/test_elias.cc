@@ -69,6 +69,24 @@ TEST(EliasCodes, MatchBitStringsAndLengthsAreMonotone) {
   }
 }
 
+// The decode kernel's reader counts bits in uint32_t, over one bucket's
+// words from the header: a span of 2^27 words or more (a malformed header)
+// must not wrap its bit count, or a read well inside the span reports an
+// overrun (the bucket then decodes to NaN) that the host's reader does not.
+TEST(EliasCodes, KernelReaderOverrunDoesNotWrap) {
+  const uint32_t words[2] = {0u, 0u};
+  for (uint32_t nWords : {1u << 27, (1u << 27) + 1u, 0xffffffffu}) {
+    gc::elias::BitReader<uint32_t> r(words, nWords);  // skip and overrun read no word
+    r.skip(64);
+    EXPECT_FALSE(r.overrun()) << "nWords=" << nWords;
+  }
+  gc::elias::BitReader<uint32_t> r(words, 2);
+  r.skip(64);
+  EXPECT_FALSE(r.overrun());
+  r.skip(1);
+  EXPECT_TRUE(r.overrun());
+}
+
 // ---- encode/decode helpers
 gradcompEliasParams_t params(int s, int d, gradcompEliasCode_t c = gradcompEliasGamma,
                              gradcompEliasScale_t sc = gradcompEliasScaleMax) {
