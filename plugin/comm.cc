@@ -245,10 +245,20 @@ void commStop(gradcompComm* c) {
   // below releases.
   waitCalls(c, after(Clock::now(), kAbortEnqueueSec));
   const NcclApi* api = ncclApi();
+  // In one NCCL group (NCCL 2.22 and later abort a group's communicators
+  // together): ncclCommAbort waits for the kernels enqueued on its
+  // communicator, and the two sub-communicators' kernels share the caller's
+  // stream, so aborting one alone can wait forever for its kernel queued
+  // behind the other's, stuck on the dead peer (the node comm's behind the
+  // inter-node comm's on one rank, the reverse on another).
+  const bool group = (c->intraNccl != nullptr || c->interNccl != nullptr) &&
+                     api->groupStart != nullptr && api->groupEnd != nullptr;
+  if (group) api->groupStart();
   for (ncclComm_t* sub : {&c->intraNccl, &c->interNccl}) {
     if (*sub != nullptr && api->commAbort != nullptr) api->commAbort(*sub);
     *sub = nullptr;
   }
+  if (group) api->groupEnd();
 }
 
 }  // namespace gc

@@ -18,7 +18,9 @@ if [ ! -x "$bin" ]; then
   echo "- multirank: **not built**" > "$out/multirank.md"
   exit 1
 fi
-ngpu=$(nvidia-smi -L 2>/dev/null | wc -l)
+# Whole GPUs only: with MIG on, `nvidia-smi -L` also lists each instance on a
+# line of its own, and ranks on one GPU need a host id each whatever its MIG mode.
+ngpu=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ')
 # GC_MULTIRANK_BUDGET_S (default gpu-check's GC_STEP_BUDGET_S; unset or 0: none)
 # bounds the script: each run's ranks get what is left of it (the suites less
 # what the abort runs need), so a run that is slow or hangs is counted failed

@@ -6,6 +6,7 @@
 #include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -139,6 +140,49 @@ TEST(NcclSetup, AgreeingVotesSplitOnce) {
   EXPECT_EQ(count(run.log, "color=0 key=1 "), 1) << run.log;  // intra: color node, key rank
   EXPECT_EQ(count(run.log, "color=1 key=0 "), 1) << run.log;  // inter: color local rank, key node
   EXPECT_EQ(count(run.log, "CommDestroy"), 2) << run.log;
+}
+
+// gradcompCommAbort's stop aborts both sub-communicators inside one NCCL
+// group and destroys neither: ncclCommAbort waits for its communicator's
+// queued kernels, which on a GPU can sit behind the other sub-communicator's
+// kernel stuck on a dead peer (one rank the node comm's behind the
+// inter-node comm's, another the reverse), so one at a time hangs a rank.
+TEST(NcclSetup, StopAbortsTheSubCommunicatorsInOneGroup) {
+  char path[] = "/tmp/gc_fake_nccl_XXXXXX";
+  const int fd = mkstemp(path);
+  close(fd);
+  setenv("FAKE_NCCL_LOG", path, 1);
+  const gradcompConfig_t cfg = localSizeConfig(2);
+  const std::vector<gc::SetupVote> votes = votesOf(4, cfg);
+  gradcompComm c;
+  c.cfg = cfg;
+  c.rank = 1;
+  c.nranks = 4;
+  c.nccl = fakeComm();
+  const gradcompResult_t res = gc::setupNcclHierarchy(
+      &c, votes[1], [&](const gc::SetupVote&, std::vector<gc::SetupVote>* all) {
+        *all = votes;
+        return gradcompSuccess;
+      });
+  char intra[32] = "", inter[32] = "";
+  snprintf(intra, sizeof(intra), "%p", (void*)c.intraNccl);
+  snprintf(inter, sizeof(inter), "%p", (void*)c.interNccl);
+  gc::commStop(&c);
+  const bool cleared = c.intraNccl == nullptr && c.interNccl == nullptr;
+  gc::destroyHierarchy(&c);
+  unsetenv("FAKE_NCCL_LOG");
+  std::ifstream f(path);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  unlink(path);
+  const std::string log = ss.str();
+  ASSERT_EQ(res, gradcompSuccess) << gradcompGetLastError();
+  EXPECT_TRUE(cleared);
+  const std::string want = std::string("GroupStart\nCommAbort comm=") + intra +
+                           "\nCommAbort comm=" + inter + "\nGroupEnd\n";
+  EXPECT_NE(log.find(want), std::string::npos) << log;
+  EXPECT_EQ(count(log, "CommAbort"), 2) << log;
+  EXPECT_EQ(count(log, "CommDestroy"), 0) << log;
 }
 
 // Auto: the hosts in the votes make the nodes (A B A B: nodes of 2 ranks
