@@ -212,6 +212,19 @@ gradcompResult_t gradcompCommDestroy(gradcompComm_t comm);
  * a few seconds. Never blocks on a peer; NULL is a no-op, as for destroy. No
  * call may start on the comm once abort has begun. */
 gradcompResult_t gradcompCommAbort(gradcompComm_t comm);
+/* The first step of gradcompCommAbort alone: every later call fails, a call
+ * in progress on another thread is woken, and the comm's own NCCL
+ * sub-communicators (the hierarchy's) are aborted; nothing is freed, so
+ * gradcompCommAbort must follow. For a hierarchical comm, call it between the
+ * ncclGroupStart and ncclGroupEnd in which the program aborts the NCCL
+ * communicator the comm was made from: NCCL (2.22 and later) then aborts them
+ * together, where either order of separate aborts can wait forever (each
+ * waits for kernels the other's communicator holds on the stream, stuck on the
+ * dead peer). Then gradcompCommAbort, after the group:
+ *   ncclGroupStart(); ncclCommAbort(nccl); gradcompCommStop(gc); ncclGroupEnd();
+ *   gradcompCommAbort(gc);
+ * Never blocks on a peer; a second stop is a no-op; NULL is a no-op. */
+gradcompResult_t gradcompCommStop(gradcompComm_t comm);
 gradcompResult_t gradcompCommRank(gradcompComm_t comm, int* rank);
 gradcompResult_t gradcompCommSize(gradcompComm_t comm, int* size);
 

@@ -352,6 +352,11 @@ GC_EXPORT gradcompResult_t gradcompCommDestroy(gradcompComm_t comm) {
   return gradcompSuccess;
 }
 
+GC_EXPORT gradcompResult_t gradcompCommStop(gradcompComm_t comm) {
+  if (comm != nullptr) gc::commStop(comm);
+  return gradcompSuccess;
+}
+
 GC_EXPORT gradcompResult_t gradcompCommAbort(gradcompComm_t comm) {
   if (comm == nullptr) return gradcompSuccess;
   const auto deadline = gc::after(gc::Clock::now(), gc::kAbortWaitSec);

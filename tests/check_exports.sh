@@ -19,7 +19,7 @@ for s in gradcompGetErrorString gradcompGetLastError gradcompConfigInit gradcomp
          gradcompEliasMaxEncodedBytes gradcompEliasHeaderBytes gradcompEliasEncodedBytes \
          gradcompEliasEncodeHost gradcompEliasDecodeHost gradcompEliasWorkspaceBytes \
          gradcompEliasEncode gradcompEliasDecode gradcompTopkSlots gradcompTopkSelectHost \
-         gradcompTopkWorkspaceBytes gradcompTopkSelect gradcompCommRetune gradcompCommAbort \
+         gradcompTopkWorkspaceBytes gradcompTopkSelect gradcompCommRetune gradcompCommAbort gradcompCommStop \
          gradcompConfigInitSized gradcompConfigFromEnvSized gradcompGetStatsSized; do
   grep -qx "$s" <<< "$syms" || { echo "FAIL: $lib does not export $s"; exit 1; }
 done

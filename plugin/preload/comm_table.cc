@@ -396,6 +396,48 @@ void noteCreated(ncclComm_t comm, bool nonBlocking) {
   GC_INFO("comm %p is non-blocking: its calls pass through to NCCL", (void*)comm);
 }
 
+ncclResult_t abortComm(ncclComm_t comm) {
+  const RealNccl* real = realNccl();
+  if (real->commAbort == nullptr) {
+    release(comm, /*abort=*/true);
+    return ncclSystemError;
+  }
+  EntryPtr e;
+  {
+    std::lock_guard<std::mutex> lock(tableMu());
+    auto it = table().find(comm);
+    if (it != table().end()) e = it->second;
+  }
+  // decide() publishes gc before the mode.
+  gradcompComm* gcComm = e && e->mode == Mode::Compress ? e->gc : nullptr;
+  const NcclApi* api = ncclApi();
+  const bool group = gcComm != nullptr &&
+                     (gcComm->intraNccl != nullptr || gcComm->interNccl != nullptr) &&
+                     api->groupStart != nullptr && api->groupEnd != nullptr;
+  if (!group) {
+    // NCCL's first: aborting stops kernels that may be stuck on a dead peer;
+    // then ours (gradcompCommAbort), which never waits on a peer.
+    const ncclResult_t r = real->commAbort(comm);
+    release(comm, /*abort=*/true);
+    return r;
+  }
+  // The communicator's abort and the stop of the gradcomp comm's own
+  // sub-communicators (the hierarchy's) in one NCCL group, which NCCL 2.22
+  // and later abort together: each abort waits for the kernels queued on its
+  // communicator, and the caller's stream can hold this communicator's
+  // kernels behind a sub-communicator's stuck on the dead peer, or the
+  // reverse, so neither order of two aborts is safe.
+  api->groupStart();
+  const ncclResult_t r = real->commAbort(comm);
+  {
+    DeviceGuard guard(e->device);
+    commStop(gcComm);
+  }
+  api->groupEnd();
+  release(comm, /*abort=*/true);  // the stop above is done: forgets the entry
+  return r;
+}
+
 void noteRevoked(ncclComm_t comm) {
   release(comm, /*abort=*/true);
   std::lock_guard<std::mutex> lock(tableMu());

@@ -364,14 +364,12 @@ GC_INTERPOSE ncclResult_t ncclCommDestroy(ncclComm_t comm) {
   return realNccl()->commDestroy(comm);
 }
 
+// NCCL's abort first (it stops kernels that may be stuck on a dead peer),
+// then ours (gradcompCommAbort, whose sub-communicators' kernels may be stuck
+// too, and which never waits on a peer); in one NCCL group where the gradcomp
+// comm has sub-communicators (abortComm).
 GC_INTERPOSE ncclResult_t ncclCommAbort(ncclComm_t comm) {
-  // NCCL's first: aborting stops kernels that may be stuck on a dead peer;
-  // then ours (gradcompCommAbort), whose sub-communicators' kernels may be
-  // stuck too, and which never waits on a peer.
-  const ncclResult_t r =
-      realNccl()->commAbort != nullptr ? realNccl()->commAbort(comm) : ncclSystemError;
-  release(comm, /*abort=*/true);
-  return r;
+  return abortComm(comm);
 }
 
 GC_INTERPOSE ncclResult_t ncclCommFinalize(ncclComm_t comm) {

@@ -91,6 +91,10 @@ void decideUnlessCapturing(CommEntry& e, ncclComm_t comm, cudaStream_t stream);
 // (gc::commStop: its sub-communicators aborted, so a call still holding it
 // waits on no peer) and aborted rather than destroyed at the end.
 void release(ncclComm_t comm, bool abort = false);
+// ncclCommAbort under the preload: NCCL's abort of `comm`, then release(comm,
+// abort); when the gradcomp comm on it has NCCL sub-communicators of its own
+// (the hierarchy), NCCL's abort and theirs run in one NCCL group.
+ncclResult_t abortComm(ncclComm_t comm);
 // After NCCL revoked `comm` (ncclCommRevoke): its gradcomp comm is stopped
 // and released as at an abort, and the communicator's later calls pass
 // through to NCCL (which refuses them) until it is destroyed.

@@ -83,6 +83,7 @@ SIGNATURES = {
 # Bound only when the loaded library has them (newer than some builds).
 OPTIONAL_SIGNATURES = {
     "gradcompCommAbort": (R, [c_void_p]),
+    "gradcompCommStop": (R, [c_void_p]),
     "gradcompCommCreateSocket": (R, [c_int, c_int, ctypes.c_char_p, c_void_p, P(c_void_p)]),
     "gradcompReduceScatter": (R, [c_void_p, c_void_p, c_size_t, E, E, c_void_p, c_void_p]),
     "gradcompReduceScatterKeyed": (R, [c_void_p, c_void_p, c_size_t, E, E, c_void_p, c_void_p,

@@ -188,6 +188,16 @@ class Comm:
             h, self._h = self._h, ctypes.c_void_p()
             check(lib().gradcompCommDestroy(h))
 
+    def stop(self):
+        """gradcompCommStop: abort()'s first step alone (every later call fails, the comm's own
+        NCCL sub-communicators are aborted, nothing is freed), for the NCCL group in which the
+        communicator the comm was made from is aborted; abort() must follow, after the group."""
+        if not has("gradcompCommStop"):
+            raise GradcompError("this libgradcomp has no gradcompCommStop: rebuild it from a "
+                                "checkout that has it", 7)
+        if self._h:
+            check(lib().gradcompCommStop(self._h))
+
     def abort(self):
         """gradcompCommAbort, as ncclCommAbort: after the NCCL communicator the comm was made
         from is aborted (or, on the CPU backend, when a peer is gone). Frees the comm without

@@ -20,7 +20,8 @@
 // healthy call the last rank exits while the others are in a compressed
 // call (two-shot, or hierarchical with GRADCOMP_LOCAL_SIZE=2), whose NCCL
 // kernels then wait for it forever; each survivor aborts its NCCL comm
-// (ncclCommAbort) and then gradcompCommAbort, which must return within
+// (ncclCommAbort; hierarchical: in one NCCL group with gradcompCommStop) and
+// then gradcompCommAbort, which must return within
 // kAbortBoundSec (a watchdog fails the rank instead of letting it hang).
 // Prints "multirank abort rank R of N: P passed, F failed".
 #include <cuda_runtime_api.h>
@@ -1009,8 +1010,21 @@ int abortMain(ncclComm_t nc, cudaStream_t st) {
     }
   });
   const auto t0 = std::chrono::steady_clock::now();
-  const ncclResult_t nr = ncclCommAbort(nc);
-  const gradcompResult_t gr = gradcompCommAbort(gc);
+  ncclResult_t nr;
+  gradcompResult_t gr;
+  if (localSize > 1) {
+    // A hierarchical comm's sub-communicators are aborted in the same NCCL
+    // group as the program's communicator (include/gradcomp.h, gradcompCommStop).
+    const ncclResult_t gs = ncclGroupStart();
+    nr = ncclCommAbort(nc);
+    gr = gradcompCommStop(gc);
+    const ncclResult_t ge = ncclGroupEnd();
+    if (nr == ncclSuccess) nr = gs != ncclSuccess ? gs : ge;
+    if (gr == gradcompSuccess) gr = gradcompCommAbort(gc);
+  } else {
+    nr = ncclCommAbort(nc);
+    gr = gradcompCommAbort(gc);
+  }
   const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   done = true;
   watchdog.join();

@@ -806,6 +806,23 @@ class CommAbort(unittest.TestCase):
 
         self.assertEqual(socket_run(2, cfg, body, timeout=60), [True, True])
 
+    @unittest.skipUnless(gradcomp.has("gradcompCommStop"), "this libgradcomp has no gradcompCommStop")
+    def test_stop_then_abort(self):
+        """Comm.stop (gradcompCommStop): later calls fail saying the comm was aborted, a second
+        stop is a no-op, and abort() frees the comm afterwards."""
+        cfg = gradcomp.Config(from_env=False, min_elements=0, auto_tune=0)
+        world = gradcomp.CpuWorld(2, cfg)
+        world.run(lambda c: c.allreduce(np.ones(256, np.float32)))
+        for c in world.comms:
+            c.stop()
+            c.stop()
+            with self.assertRaisesRegex(gradcomp.GradcompError, "was aborted"):
+                c.allreduce(np.ones(256, np.float32))
+            c.abort()
+            with self.assertRaises(gradcomp.GradcompError):
+                c.handle
+        world.close()
+
     def test_abort_after_a_peer_is_gone(self):
         cfg = gradcomp.Config(from_env=False, min_elements=0, auto_tune=0, cpu_timeout_sec=60)
 

@@ -1060,8 +1060,9 @@ class CpuBackendAbort(unittest.TestCase):
 @unittest.skipIf(torch is None, "PyTorch is not installed")
 class AbortOrder(unittest.TestCase):
     """GradcompState.abort() with an NCCL communicator (no GPU needed: NCCL and the comm are
-    stand-ins): ncclCommAbort of gradcomp's communicator first, then Comm.abort(), never
-    ncclCommDestroy or Comm.close(); the comm goes even when NCCL's abort fails."""
+    stand-ins): ncclCommAbort of gradcomp's communicator with Comm.stop() in its NCCL group,
+    then Comm.abort(), never ncclCommDestroy or Comm.close(); the comm goes even when NCCL's
+    abort fails."""
 
     def make_state(self):
         from unittest import mock
@@ -1074,6 +1075,9 @@ class AbortOrder(unittest.TestCase):
         calls = []
 
         class Comm:
+            def stop(self):
+                calls.append("Comm.stop")
+
             def abort(self):
                 calls.append("Comm.abort")
 
@@ -1089,12 +1093,18 @@ class AbortOrder(unittest.TestCase):
         from gradcomp.torch import _nccl
 
         state, calls = self.make_state()
-        with mock.patch.object(_nccl, "abort_nccl", lambda h: calls.append(("ncclCommAbort", h))), \
+
+        def abort_nccl(h, inside=None):
+            calls.append(("ncclCommAbort", h))
+            if inside is not None:
+                inside()
+
+        with mock.patch.object(_nccl, "abort_nccl", abort_nccl), \
                 mock.patch.object(_nccl, "destroy_nccl", lambda h: calls.append(("destroy", h))):
             state.abort()
             state.abort()
             state.close()
-        self.assertEqual(calls, [("ncclCommAbort", 0x1234), "Comm.abort"])
+        self.assertEqual(calls, [("ncclCommAbort", 0x1234), "Comm.stop", "Comm.abort"])
         with self.assertRaisesRegex(RuntimeError, ABORTED[len("RuntimeError: "):]):
             state.comm(None)
 
@@ -1105,7 +1115,7 @@ class AbortOrder(unittest.TestCase):
 
         state, calls = self.make_state()
 
-        def fail(h):
+        def fail(h, inside=None):
             raise RuntimeError("ncclCommAbort failed: NCCL error 3")
 
         with mock.patch.object(_nccl, "abort_nccl", fail):
@@ -1113,6 +1123,55 @@ class AbortOrder(unittest.TestCase):
                 state.abort()
             state.abort()  # aborted all the same: nothing left to do
         self.assertEqual(calls, ["Comm.abort"])
+
+    def test_stop_runs_inside_the_abort_group(self):
+        """abort_nccl: ncclGroupStart, ncclCommAbort, inside(), ncclGroupEnd, the group closed
+        even when inside() raises, and NCCL's error reported after it."""
+        from unittest import mock
+
+        from gradcomp.torch import _nccl
+
+        calls = []
+
+        class Lib:
+            def ncclGroupStart(self):
+                calls.append("GroupStart")
+
+            def ncclGroupEnd(self):
+                calls.append("GroupEnd")
+
+            def ncclCommAbort(self, h):
+                calls.append(("CommAbort", h.value))
+                return self.abort_result
+
+        class Nccl:
+            lib = Lib()
+
+            def check(self, res, what):
+                if res != 0:
+                    raise RuntimeError(f"{what} failed: NCCL error {res}")
+
+        fake = Nccl()
+        fake.lib.abort_result = 0
+        with mock.patch.object(_nccl, "nccl", lambda: fake):
+            _nccl.abort_nccl(0x1234, inside=lambda: calls.append("stop"))
+            self.assertEqual(calls, ["GroupStart", ("CommAbort", 0x1234), "stop", "GroupEnd"])
+            calls.clear()
+
+            def boom():
+                raise RuntimeError("stop failed")
+
+            with self.assertRaisesRegex(RuntimeError, "stop failed"):
+                _nccl.abort_nccl(0x1234, inside=boom)
+            self.assertEqual(calls, ["GroupStart", ("CommAbort", 0x1234), "GroupEnd"])
+            calls.clear()
+            fake.lib.abort_result = 3
+            with self.assertRaisesRegex(RuntimeError, "ncclCommAbort failed: NCCL error 3"):
+                _nccl.abort_nccl(0x1234, inside=lambda: calls.append("stop"))
+            self.assertEqual(calls, ["GroupStart", ("CommAbort", 0x1234), "stop", "GroupEnd"])
+            calls.clear()
+            _nccl.abort_nccl(0, inside=lambda: calls.append("stop"))  # no communicator yet
+            self.assertEqual(calls, ["stop"])
 
 
 class LmCompareExitStatus(unittest.TestCase):

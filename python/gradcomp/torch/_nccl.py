@@ -91,9 +91,22 @@ def destroy_nccl(handle):
         nccl().lib.ncclCommDestroy(ctypes.c_void_p(handle))
 
 
-def abort_nccl(handle):
+def abort_nccl(handle, inside=None):
     """ncclCommAbort through the libnccl the communicator was made with: its kernels stop, and
-    nothing waits on a peer."""
-    if handle:
-        lib = nccl()
-        lib.check(lib.lib.ncclCommAbort(ctypes.c_void_p(handle)), "ncclCommAbort")
+    nothing waits on a peer. `inside()` (gradcomp's Comm.stop, which aborts the comm's own
+    sub-communicators) runs in the same NCCL group, which NCCL 2.22 and later abort together:
+    separate aborts can each wait for kernels the other's communicator holds, stuck on the dead
+    peer (docs/reliability.md)."""
+    if not handle:
+        if inside is not None:
+            inside()
+        return
+    lib = nccl()
+    lib.lib.ncclGroupStart()
+    try:
+        res = lib.lib.ncclCommAbort(ctypes.c_void_p(handle))
+        if inside is not None:
+            inside()
+    finally:
+        lib.lib.ncclGroupEnd()
+    lib.check(res, "ncclCommAbort")

@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 
 from .. import _types as T
+from .._lib import has
 from ..config import Config, as_config
 from . import _group, _nccl
 
@@ -192,7 +193,8 @@ class GradcompState:
     def abort(self):
         """What to call instead of close() when a peer died, after PyTorch's own abort
         (dist.destroy_process_group, or before torchelastic restarts the worker): aborts
-        gradcomp's NCCL communicator (ncclCommAbort, so its kernels stop), then gradcomp's comm
+        gradcomp's NCCL communicator (ncclCommAbort, so its kernels stop) and, in the same NCCL
+        group, gradcomp's own sub-communicators (Comm.stop), then frees gradcomp's comm
         (Comm.abort, docs/reliability.md), waiting on no peer and no stream. The state is
         unusable afterwards: a hook call, state_dict() or load_state_dict() raises, saying to
         make a new GradcompState. Before the first compressed call there is nothing to abort;
@@ -202,8 +204,10 @@ class GradcompState:
         self._aborted = True
         comm, handle = self._comm, self._nccl_handle
         self._comm, self._nccl_handle, self._pending_blob = None, None, None
+        # gradcomp's sub-communicators (a hierarchical comm) are aborted in NCCL's group.
+        stop = comm.stop if comm is not None and has("gradcompCommStop") else None
         try:
-            _nccl.abort_nccl(handle)
+            _nccl.abort_nccl(handle, inside=stop)
         finally:  # gradcomp's comm goes whatever NCCL said
             if comm is not None:
                 comm.abort()
