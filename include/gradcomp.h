@@ -258,7 +258,11 @@ gradcompResult_t gradcompReduceScatterKeyed(const void* sendbuff, void* recvbuff
 
 /* Residual / momentum state. Save writes every buffer's state to a caller
  * buffer (host memory) so a training checkpoint can hold it. Call with
- * buffer == NULL to learn the size. Both wait for the comm's last stream. */
+ * buffer == NULL to learn the size. Both wait for the comm's last stream.
+ * A CUDA graph captured before a reset or load still uses the states they
+ * replaced: capture it again. (Their memory, and a workspace an eager call
+ * outgrew after a capture, stays allocated until the comm is freed, so an
+ * old graph's replays corrupt nothing.) */
 gradcompResult_t gradcompCommResetState(gradcompComm_t comm);
 gradcompResult_t gradcompCommStateSize(gradcompComm_t comm, size_t* bytes);
 gradcompResult_t gradcompCommSaveState(gradcompComm_t comm, void* buffer, size_t bytes);

@@ -57,6 +57,7 @@ class SetAside {
     std::swap(states_, c->states);
     std::swap(workspace_, c->workspace);
     std::swap(workspaceBytes_, c->workspaceBytes);
+    std::swap(workspaceCaptured_, c->workspaceCaptured);
     stats_ = c->stats;
     step_ = c->step;
     minElements_ = c->cfg.minElements;
@@ -74,6 +75,7 @@ class SetAside {
     c_->states = std::move(states_);
     c_->workspace = workspace_;
     c_->workspaceBytes = workspaceBytes_;
+    c_->workspaceCaptured = workspaceCaptured_;
     c_->stats = stats_;
     c_->step = step_;
     c_->cfg.minElements = minElements_;
@@ -87,6 +89,7 @@ class SetAside {
   std::map<StateKey, BufferState> states_;
   void* workspace_ = nullptr;
   size_t workspaceBytes_ = 0;
+  bool workspaceCaptured_ = false;
   gradcompStats_t stats_{};
   uint64_t step_ = 0, deviceStep_ = 0;
   size_t minElements_ = 0;
@@ -270,6 +273,9 @@ gradcompResult_t measure(gradcompComm* c, AutoCall k, CallTimer& timer, AutoFigu
     local = setError(gradcompInternalError, "unexpected exception setting up the timing");
   }
   const std::string why = local != gradcompSuccess ? gradcompGetLastError() : "";
+  // A failed CUDA call (an event, a copy) leaves CUDA's last error set: the
+  // process's next launch, maybe the framework's, would report it.
+  if (local != gradcompSuccess && c->backend->onDevice()) (void)cudaGetLastError();
   GC_CHECK(agreeReady(c, local, refused));
   if (*refused >= 0) {
     a.of(k).timedCompressed = 0;

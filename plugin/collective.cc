@@ -106,6 +106,8 @@ gradcompResult_t agreeReady(gradcompComm* c, gradcompResult_t local, int* refuse
 gradcompResult_t agreePrepared(gradcompComm& c, gradcompResult_t local) {
   if (!c.cfg.checkCalls || c.autoState.reserving || c.backend->capturing()) return local;
   const std::string why = local != gradcompSuccess ? gradcompGetLastError() : "";
+  // A failed CUDA call leaves CUDA's last error set for the next launch.
+  if (local != gradcompSuccess && c.backend->onDevice()) (void)cudaGetLastError();
   int refused = -1;
   const gradcompResult_t voted = agreeReady(&c, local, &refused);
   if (local != gradcompSuccess) {

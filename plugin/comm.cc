@@ -35,7 +35,10 @@ gradcompResult_t CommCall::check() const {
 }  // namespace gc
 
 gradcompResult_t gradcompComm::ensureWorkspace(size_t bytes) {
-  if (bytes <= workspaceBytes) return gradcompSuccess;
+  if (bytes <= workspaceBytes) {
+    if (backend->capturing()) workspaceCaptured = true;
+    return gradcompSuccess;
+  }
   if (backend->capturing()) {
     return gc::setError(gradcompInvalidUsage,
                         "a call needing %zu bytes of workspace (have %zu) is being captured into a "
@@ -45,9 +48,14 @@ gradcompResult_t gradcompComm::ensureWorkspace(size_t bytes) {
   void* p = nullptr;
   GC_CHECK(backend->sync());  // the old workspace may still be in use
   GC_CHECK(backend->alloc(bytes, &p));
-  backend->release(workspace);
+  if (workspaceCaptured) {
+    retiredWorkspaces.push_back(workspace);
+  } else {
+    backend->release(workspace);
+  }
   workspace = p;
   workspaceBytes = bytes;
+  workspaceCaptured = false;
   return gradcompSuccess;
 }
 
@@ -55,6 +63,7 @@ gradcompResult_t gradcompComm::getState(const gc::StateKey& key, size_t count, g
                                         gc::BufferState** out) {
   auto it = states.find(key);
   if (it != states.end()) {
+    if (backend->capturing()) it->second.captured = true;
     *out = &it->second;
     return gradcompSuccess;
   }
@@ -110,6 +119,15 @@ gradcompResult_t gradcompComm::allocState(int kind, size_t count, gc::DType t,
   }
   *out = s;
   return gradcompSuccess;
+}
+
+void gradcompComm::dropState(gc::BufferState& s) {
+  if (s.captured) {
+    retiredStates.push_back(s);
+    s.residual = s.ownerResidual = s.momentum = nullptr;
+  } else {
+    releaseState(s);
+  }
 }
 
 void gradcompComm::releaseState(gc::BufferState& s) {
@@ -224,6 +242,8 @@ void freeComm(gradcompComm* comm, const char* how) {
   if (comm->backend) {
     for (auto& kv : comm->states) comm->releaseState(kv.second);
     comm->backend->release(comm->workspace);
+    for (void* w : comm->retiredWorkspaces) comm->backend->release(w);
+    for (auto& s : comm->retiredStates) comm->releaseState(s);
   }
   gc::destroyHierarchy(comm);
   GC_INFO("comm %p %s: %llu calls compressed, %llu passed through", (void*)comm, how,
@@ -399,7 +419,7 @@ GC_EXPORT gradcompResult_t gradcompCommSize(gradcompComm_t comm, int* size) {
 GC_EXPORT gradcompResult_t gradcompCommResetState(gradcompComm_t comm) {
   GC_ARG(validComm(comm), "comm is NULL");
   GC_CHECK(comm->backend->sync());
-  for (auto& kv : comm->states) comm->releaseState(kv.second);
+  for (auto& kv : comm->states) comm->dropState(kv.second);
   comm->states.clear();
   comm->step = 0;
   comm->verifyNext = true;  // a rank that did not reset is at another step

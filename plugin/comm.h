@@ -9,6 +9,7 @@
 #include <map>
 #include <memory>
 #include <tuple>
+#include <vector>
 
 #include "autotune.h"
 #include "backends/backend.h"
@@ -33,6 +34,7 @@ struct BufferState {
   uint64_t calls = 0;         // compressed calls on this buffer (warm-up, DQ-SGD)
   int bitsNext = 0;           // DQ-SGD: bit width chosen for the next call (0: config bits)
   std::shared_ptr<BitsHistory> bitsHistory;  // DQ-SGD modes only
+  bool captured = false;                     // a captured call used it: a CUDA graph may replay it
 };
 
 using StateKey = std::tuple<int, uint64_t, size_t, int>;  // (kind, ptr-or-key, count, dtype)
@@ -61,6 +63,14 @@ struct gradcompComm {
   std::map<gc::StateKey, gc::BufferState> states;
   void* workspace = nullptr;
   size_t workspaceBytes = 0;
+  // A captured call used the workspace: a CUDA graph may replay it, so
+  // growing it keeps the old one allocated (retiredWorkspaces) until the comm
+  // is freed instead of leaving the graph with freed memory.
+  bool workspaceCaptured = false;
+  std::vector<void*> retiredWorkspaces;
+  // States a reset or load replaced that a captured call used, kept allocated
+  // for the same reason until the comm is freed.
+  std::vector<gc::BufferState> retiredStates;
   gradcompStats_t stats{};
   uint64_t step = 0;        // compressed calls so far: part of every RNG key
   gc::AutoState autoState;  // GRADCOMP_AUTO decision (autotune.h)
@@ -96,6 +106,9 @@ struct gradcompComm {
   // Whether a buffer keeps a residual (error feedback, or DGC's velocity):
   // what stateShape allocates and the algorithms size their workspace by.
   bool keepsResidual() const { return cfg.errorFeedback || cfg.method == gradcompMethodDgc; }
+  // A state a reset or load replaces: freed, or retired when a captured call
+  // used it.
+  void dropState(gc::BufferState& s);
   // A new state (zeroed arrays of stateShape(kind, count)), not yet in `states`.
   gradcompResult_t allocState(int kind, size_t count, gc::DType t, gc::BufferState* out);
   void releaseState(gc::BufferState& s);

@@ -479,7 +479,7 @@ gradcompResult_t loadState(gradcompComm_t comm, const void* buffer, size_t bytes
     releaseFresh();
     return res;
   }
-  for (auto& kv : comm->states) comm->releaseState(kv.second);
+  for (auto& kv : comm->states) comm->dropState(kv.second);
   comm->states.swap(fresh);
   comm->step = step;
   // Ranks restored from blobs of different steps must not go on: the next

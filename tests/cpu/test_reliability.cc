@@ -18,6 +18,7 @@
 
 #include "tests/common/alloc_limit_backend.h"
 #include "tests/common/cpu_world.h"
+#include "tests/common/forwarding_backend.h"
 #include "tests/common/ref_hier.h"
 #include "tests/common/ref_hier_rs.h"
 #include "tests/common/ref_rs.h"
@@ -149,6 +150,122 @@ TEST(Reliability, CheckCallsFailsEveryRankWhenOneCannotPrepare) {
         EXPECT_EQ(gctest::savedState(w.comm(r)), gctest::savedState(fresh.comm(r))) << r;
       }
     }
+  }
+}
+
+// A backend standing for CUDA's during a graph capture (capturing() as the
+// test says) that records what the comm frees.
+class CaptureRecordingBackend final : public gctest::ForwardingBackend {
+ public:
+  CaptureRecordingBackend(std::shared_ptr<gc::Backend> inner, const bool* capture,
+                          std::shared_ptr<std::vector<void*>> released)
+      : ForwardingBackend(std::move(inner)), capture_(capture), released_(std::move(released)) {}
+  bool capturing() const override { return *capture_; }
+  void release(void* p) override {
+    if (p != nullptr) released_->push_back(p);
+    inner_->release(p);
+  }
+
+ private:
+  const bool* capture_;
+  std::shared_ptr<std::vector<void*>> released_;
+};
+
+// A captured call used the workspace: a later eager call that grows it must
+// not free the old one while a CUDA graph may still replay it; the comm frees
+// it when it goes. A workspace no captured call used is freed when it grows.
+TEST(Reliability, GrowingTheWorkspaceKeepsTheOneAGraphUses) {
+  gradcompConfig_t cfg = quickConfig(gradcompMethodQsgd);
+  cfg.autoTune = 0;
+  bool capture = false;
+  auto released = std::make_shared<std::vector<void*>>();
+  void* captured[2] = {nullptr, nullptr};
+  void* second[2] = {nullptr, nullptr};
+  {
+    CpuWorld w(2, cfg);
+    for (int r = 0; r < 2; ++r) {
+      gradcompComm* c = w.comm(r);
+      c->backend = std::make_shared<CaptureRecordingBackend>(c->backend, &capture, released);
+    }
+    std::vector<std::vector<float>> buf(2, std::vector<float>(size_t(1) << 16, 1.0f));
+    auto call = [&](size_t n) {
+      return w.run([&](int r) {
+        return gradcompAllReduce(buf[r].data(), buf[r].data(), n, ncclFloat32, ncclSum, w.comm(r),
+                                 nullptr);
+      });
+    };
+    for (const gradcompResult_t res : call(4096)) ASSERT_EQ(res, gradcompSuccess);
+    capture = true;  // the same call "captured": its state and workspace exist
+    for (const gradcompResult_t res : call(4096)) ASSERT_EQ(res, gradcompSuccess);
+    capture = false;
+    for (int r = 0; r < 2; ++r) captured[r] = w.comm(r)->workspace;
+    for (const gradcompResult_t res : call(16384)) ASSERT_EQ(res, gradcompSuccess);
+    for (int r = 0; r < 2; ++r) {
+      gradcompComm* c = w.comm(r);
+      ASSERT_NE(captured[r], nullptr);
+      EXPECT_NE(c->workspace, captured[r]) << r;  // it grew
+      EXPECT_EQ(std::count(released->begin(), released->end(), captured[r]), 0) << r;
+      EXPECT_EQ(c->retiredWorkspaces, std::vector<void*>{captured[r]}) << r;
+      second[r] = c->workspace;
+    }
+    // Grown again, eagerly only: the second workspace goes at once.
+    for (const gradcompResult_t res : call(size_t(1) << 16)) ASSERT_EQ(res, gradcompSuccess);
+    for (int r = 0; r < 2; ++r) {
+      EXPECT_EQ(std::count(released->begin(), released->end(), second[r]), 1) << r;
+      EXPECT_EQ(w.comm(r)->retiredWorkspaces.size(), 1u) << r;
+    }
+  }
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_EQ(std::count(released->begin(), released->end(), captured[r]), 1) << r;
+  }
+}
+
+// A state reset (and a load, through the same dropState) frees the states no
+// captured call used and keeps those a CUDA graph may replay until the comm
+// goes.
+TEST(Reliability, ResetKeepsTheStatesAGraphUses) {
+  gradcompConfig_t cfg = quickConfig(gradcompMethodQsgd);
+  cfg.autoTune = 0;
+  bool capture = false;
+  auto released = std::make_shared<std::vector<void*>>();
+  const size_t n = 4096;
+  std::vector<std::vector<float>> a(2, std::vector<float>(n, 1.0f)), b = a;
+  float* residualA[2] = {nullptr, nullptr};
+  float* residualB[2] = {nullptr, nullptr};
+  {
+    CpuWorld w(2, cfg);
+    for (int r = 0; r < 2; ++r) {
+      gradcompComm* c = w.comm(r);
+      c->backend = std::make_shared<CaptureRecordingBackend>(c->backend, &capture, released);
+    }
+    auto call = [&](std::vector<std::vector<float>>& buf) {
+      return w.run([&](int r) {
+        return gradcompAllReduce(buf[r].data(), buf[r].data(), n, ncclFloat32, ncclSum, w.comm(r),
+                                 nullptr);
+      });
+    };
+    for (const gradcompResult_t res : call(a)) ASSERT_EQ(res, gradcompSuccess);
+    for (const gradcompResult_t res : call(b)) ASSERT_EQ(res, gradcompSuccess);
+    capture = true;  // a's call captured
+    for (const gradcompResult_t res : call(a)) ASSERT_EQ(res, gradcompSuccess);
+    capture = false;
+    for (int r = 0; r < 2; ++r) {
+      for (auto& kv : w.comm(r)->states) {
+        const bool isA = std::get<1>(kv.first) == (uint64_t)(uintptr_t)a[r].data();
+        (isA ? residualA : residualB)[r] = kv.second.residual;
+      }
+      ASSERT_NE(residualA[r], nullptr);
+      ASSERT_NE(residualB[r], nullptr);
+      ASSERT_EQ(gradcompCommResetState(w.comm(r)), gradcompSuccess) << gradcompGetLastError();
+      EXPECT_EQ(std::count(released->begin(), released->end(), residualA[r]), 0) << r;
+      EXPECT_EQ(std::count(released->begin(), released->end(), residualB[r]), 1) << r;
+      ASSERT_EQ(w.comm(r)->retiredStates.size(), 1u) << r;
+      EXPECT_EQ(w.comm(r)->retiredStates[0].residual, residualA[r]) << r;
+      EXPECT_TRUE(w.comm(r)->states.empty()) << r;
+    }
+  }
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_EQ(std::count(released->begin(), released->end(), residualA[r]), 1) << r;
   }
 }
 
