@@ -29,14 +29,16 @@ class CudaBackend final : public Backend {
   // exchange still reads, and read the step counter before its increment,
   // keying its RNG differently from ranks where the timing fell otherwise.
   // The wait is on an event recorded at the end of the last eager compressed
-  // call (advanceStep), on a stream that was alive then. Captures neither
-  // record nor wait: an eager wait cannot name work inside a graph, and a
-  // graph's launches are ordered by the stream the caller launches it on.
+  // call (advanceStep), on a stream that was alive then. Every eager call
+  // waits, on the last call's stream too: one handle can name another stream
+  // (cudaStreamPerThread from another thread, a handle cudaStreamCreate reused
+  // after cudaStreamDestroy), and a wait for work already ordered before the
+  // call costs one driver call, no sync. Captures neither record nor wait: an
+  // eager wait cannot name work inside a graph, and a graph's launches are
+  // ordered by the stream the caller launches it on.
   void setStream(cudaStream_t stream) override {
-    if (lastCallRecorded_ && stream != lastCallStream_ && !streamCapturing(stream)) {
-      if (cudaStreamWaitEvent(stream, lastCall_, 0) == cudaSuccess) {
-        lastCallStream_ = stream;
-      } else {
+    if (lastCallRecorded_ && !streamCapturing(stream)) {
+      if (cudaStreamWaitEvent(stream, lastCall_, 0) != cudaSuccess) {
         (void)cudaGetLastError();  // the call's first launch on this stream reports it
       }
     }
@@ -105,7 +107,6 @@ class CudaBackend final : public Backend {
     if (!capturing()) {
       GC_CUDACHECK(cudaEventRecord(lastCall_, stream_));
       lastCallRecorded_ = true;
-      lastCallStream_ = stream_;
     }
     return gradcompSuccess;
   }
@@ -222,9 +223,8 @@ class CudaBackend final : public Backend {
   }
 
   uint64_t* stepDev_ = nullptr;
-  float* agree_ = nullptr;                 // agreeScratch()
-  cudaEvent_t lastCall_ = nullptr;         // recorded at the end of each eager compressed call
-  cudaStream_t lastCallStream_ = nullptr;  // a stream ordered after that record
+  float* agree_ = nullptr;          // agreeScratch()
+  cudaEvent_t lastCall_ = nullptr;  // recorded at the end of each eager compressed call
   bool lastCallRecorded_ = false;
   cudaStream_t commStream_ = nullptr, nodeStream_ = nullptr;
   cudaEvent_t events_[kPipeEvents] = {};
