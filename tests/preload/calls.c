@@ -172,19 +172,26 @@ static int multiDevice(void) {
 }
 
 #if NCCL_VERSION_CODE >= NCCL_VERSION(2, 18, 0)
+/* A communicator of 4 ranks made with a config saying `blocking`, and the
+ * line NCCL must have received for it. */
+static int initWithConfig(int blocking, ncclComm_t* comm) {
+  ncclUniqueId id;
+  memset(&id, 0, sizeof(id));
+  ncclConfig_t cfg = NCCL_CONFIG_INITIALIZER;
+  cfg.blocking = blocking;
+  CHECK(ncclCommInitRankConfig(comm, 4, id, 0, &cfg));
+  EXPECT("CommInitRankConfig nranks=4 rank=0 blocking=%d comm=%p", blocking, (void*)*comm);
+  return 0;
+}
+
 /* Non-blocking communicators (and a split child inheriting that) pass
  * through without gradcomp trying to set up; a blocking one made with a
  * config is set up as usual (and fails without a GPU). */
 static int nonblocking(void) {
   cudaStream_t stream = (cudaStream_t)(uintptr_t)0x2000;
   char* a = (char*)(uintptr_t)0x7f0000000000ull;
-  ncclUniqueId id;
-  memset(&id, 0, sizeof(id));
-  ncclConfig_t cfg = NCCL_CONFIG_INITIALIZER;
-  cfg.blocking = 0;
   ncclComm_t nb = NULL, child = NULL, grown = NULL, blocking = NULL;
-  CHECK(ncclCommInitRankConfig(&nb, 4, id, 0, &cfg));
-  EXPECT("CommInitRankConfig nranks=4 rank=0 blocking=0 comm=%p", (void*)nb);
+  if (initWithConfig(0, &nb)) return 1;
   CALL(a, a, 1 << 22, ncclFloat32, ncclSum, nb, stream);
   CHECK(ncclCommSplit(nb, 1, 0, &child, NULL));
   EXPECT("CommSplit parent=%p color=1 key=0 blocking=-1 comm=%p", (void*)nb, (void*)child);
@@ -193,9 +200,7 @@ static int nonblocking(void) {
   CHECK(ncclCommGrow(nb, 6, NULL, -1, &grown, NULL));
   EXPECT("CommGrow parent=%p nranks=6 rank=-1 blocking=-1 comm=%p", (void*)nb, (void*)grown);
   CALL(a, a, 1 << 22, ncclFloat32, ncclSum, grown, stream);
-  cfg.blocking = 1;
-  CHECK(ncclCommInitRankConfig(&blocking, 4, id, 0, &cfg));
-  EXPECT("CommInitRankConfig nranks=4 rank=0 blocking=1 comm=%p", (void*)blocking);
+  if (initWithConfig(1, &blocking)) return 1;
   CALL(a, a, 1 << 22, ncclFloat32, ncclSum, blocking, stream);
   CHECK(ncclCommAbort(child));
   EXPECT("CommAbort comm=%p", (void*)child);
@@ -218,14 +223,9 @@ static int nonblocking(void) {
 static int revoked(void) {
   cudaStream_t stream = (cudaStream_t)(uintptr_t)0x2000;
   char* a = (char*)(uintptr_t)0x7f0000000000ull;
-  ncclUniqueId id;
-  memset(&id, 0, sizeof(id));
-  ncclConfig_t cfg = NCCL_CONFIG_INITIALIZER;
-  cfg.blocking = 1;
   ncclComm_t comm = NULL, shrunk = NULL;
   int excluded = 3;
-  CHECK(ncclCommInitRankConfig(&comm, 4, id, 0, &cfg));
-  EXPECT("CommInitRankConfig nranks=4 rank=0 blocking=1 comm=%p", (void*)comm);
+  if (initWithConfig(1, &comm)) return 1;
   CHECK(ncclCommRevoke(comm, 0));
   EXPECT("CommRevoke comm=%p flags=0", (void*)comm);
   CALL(a, a, 1 << 22, ncclFloat32, ncclSum, comm, stream);
