@@ -59,8 +59,10 @@ ncclResult_t runFusedSet(CommEntry& e, const std::vector<const Deferred*>& membe
     }
     GC_NVTX_RANGE("gradcomp fuse copy-in");
     // The last set may have used the buffer on another stream: its copy out
-    // must be done before this set's copy in overwrites it.
-    if (e.fusionDone != nullptr && e.fusionStream != d0.stream && !streamCapturing(d0.stream)) {
+    // must be done before this set's copy in overwrites it. Waited for on the
+    // same handle too: one handle can name another stream (cudaStreamPerThread
+    // from another thread, a handle reused after cudaStreamDestroy).
+    if (e.fusionDone != nullptr && !streamCapturing(d0.stream)) {
       cudaError_t err = cudaStreamWaitEvent(d0.stream, e.fusionDone, 0);
       if (err != cudaSuccess) {
         (void)cudaGetLastError();

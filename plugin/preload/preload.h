@@ -64,8 +64,8 @@ struct CommEntry {
   void* fusion = nullptr;                    // GRADCOMP_GROUP=fuse buffer (device)
   size_t fusionBytes = 0;
   // Recorded after the last eager copy out of the fusion buffer, on
-  // fusionStream: a fused set on another stream waits for it before its
-  // copy in.
+  // fusionStream: the next eager fused set waits for it before its copy in,
+  // whatever its stream handle.
   cudaEvent_t fusionDone = nullptr;
   cudaStream_t fusionStream = nullptr;
   // Set by ncclCommAbort: the entry's end aborts the gradcomp comm instead of
