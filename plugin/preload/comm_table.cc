@@ -252,6 +252,7 @@ CommEntry::~CommEntry() {
     if (own != nullptr) cudaStreamDestroy(own);
   }
   if (fusion != nullptr) cudaFree(fusion);
+  for (void* p : fusionRetired) cudaFree(p);
   if (fusionDone != nullptr) cudaEventDestroy(fusionDone);
 }
 

@@ -43,8 +43,13 @@ ncclResult_t runFusedSet(CommEntry& e, const std::vector<const Deferred*>& membe
         return passEach(e, members);
       }
       DeviceGuard guard(e.device);
-      if (e.fusion != nullptr) cudaFree(e.fusion);  // waits for work still using it
+      if (e.fusion != nullptr && e.fusionCaptured) {
+        e.fusionRetired.push_back(e.fusion);
+      } else if (e.fusion != nullptr) {
+        cudaFree(e.fusion);  // waits for work still using it
+      }
       e.fusion = nullptr;
+      e.fusionCaptured = false;
       e.fusionBytes = 0;
       cudaError_t err = cudaMalloc(&e.fusion, total * esz);
       if (err != cudaSuccess) {
@@ -86,6 +91,7 @@ ncclResult_t runFusedSet(CommEntry& e, const std::vector<const Deferred*>& membe
       }
       off += d->count * esz;
     }
+    if (streamCapturing(d0.stream)) e.fusionCaptured = true;
   }
   const Deferred fused{e.fusion, e.fusion, total, d0.type, d0.op, d0.comm, d0.stream};
   ncclResult_t r = compress(e, fused, true, key, members.size());

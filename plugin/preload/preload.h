@@ -63,6 +63,10 @@ struct CommEntry {
   std::atomic<uint64_t> rsAutoPassed{0};     // the reduce-scatter calls among them
   void* fusion = nullptr;                    // GRADCOMP_GROUP=fuse buffer (device)
   size_t fusionBytes = 0;
+  // A captured fused set used the fusion buffer: a CUDA graph may replay it,
+  // so growing the buffer keeps the old one (fusionRetired) until the end.
+  bool fusionCaptured = false;
+  std::vector<void*> fusionRetired;
   // Recorded after the last eager copy out of the fusion buffer, on
   // fusionStream: the next eager fused set waits for it before its copy in,
   // whatever its stream handle.
