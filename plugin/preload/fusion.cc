@@ -51,14 +51,18 @@ ncclResult_t runFusedSet(CommEntry& e, const std::vector<const Deferred*>& membe
       e.fusion = nullptr;
       e.fusionCaptured = false;
       e.fusionBytes = 0;
+      // A failure from here on is this rank's alone: passing its calls to
+      // NCCL would pair them with the other ranks' fused compressed call
+      // (mismatched collectives), so they fail, as a call that cannot
+      // allocate its state does.
       cudaError_t err = cudaMalloc(&e.fusion, total * esz);
       if (err != cudaSuccess) {
         (void)cudaGetLastError();
         e.fusion = nullptr;
         warnOnce("fuse-alloc",
-                 "cannot allocate a %zu-byte fusion buffer (%s); the group's calls pass through",
+                 "cannot allocate a %zu-byte fusion buffer (%s); the group's calls fail",
                  total * esz, cudaGetErrorString(err));
-        return passEach(e, members);
+        return ncclUnhandledCudaError;
       }
       e.fusionBytes = total * esz;
     }
@@ -71,10 +75,9 @@ ncclResult_t runFusedSet(CommEntry& e, const std::vector<const Deferred*>& membe
       cudaError_t err = cudaStreamWaitEvent(d0.stream, e.fusionDone, 0);
       if (err != cudaSuccess) {
         (void)cudaGetLastError();
-        warnOnce("fuse-wait",
-                 "cannot order the fusion buffer across streams (%s); the calls pass through",
+        warnOnce("fuse-wait", "cannot order the fusion buffer across streams (%s); the calls fail",
                  cudaGetErrorString(err));
-        return passEach(e, members);
+        return ncclUnhandledCudaError;
       }
       e.fusionStream = d0.stream;
     }
@@ -83,11 +86,11 @@ ncclResult_t runFusedSet(CommEntry& e, const std::vector<const Deferred*>& membe
     for (const Deferred* d : members) {
       cudaError_t err = cudaMemcpyAsync(fusion + off, d->send, d->count * esz,
                                         cudaMemcpyDeviceToDevice, d0.stream);
-      if (err != cudaSuccess) {  // nothing of the caller's was written: NCCL gets the calls
+      if (err != cudaSuccess) {
         (void)cudaGetLastError();
-        warnOnce("fuse-copy", "cannot copy into the fusion buffer (%s); the calls pass through",
+        warnOnce("fuse-copy", "cannot copy into the fusion buffer (%s); the calls fail",
                  cudaGetErrorString(err));
-        return passEach(e, members);
+        return ncclUnhandledCudaError;
       }
       off += d->count * esz;
     }
