@@ -14,12 +14,19 @@ gradcompResult_t beginCollective(gradcompComm& c, CallKind kind, size_t count, n
   // The auto timing's reserving pass only makes state and workspace, on each
   // rank alone: it exchanges nothing, so it neither records nor agrees on a call.
   if (c.autoState.reserving) return gradcompSuccess;
+  c.failedTogether = false;
+  // Every rank runs an agreement: one that fails, fails on all of them.
+  auto agreement = [&c]() {
+    const gradcompResult_t r = c.transport->verifyCall();
+    if (r != gradcompSuccess) c.failedTogether = true;
+    return r;
+  };
   c.transport->beginCall(CallInfo{c.step, count, (int)type, (int)op, (int)kind});
   // A hierarchical call runs on the node and inter-node sub-worlds alone,
   // which see neither the call nor each other: the CPU world agrees on it
   // first, so that a rank's different op or count fails every rank with its
   // sentence rather than one node, or none.
-  if (c.intra && !c.backend->onDevice()) GC_CHECK(c.transport->verifyCall());
+  if (c.intra && !c.backend->onDevice()) GC_CHECK(agreement());
   if (c.verifyNext) {
     if (c.backend->capturing()) {
       return setError(gradcompInvalidUsage,
@@ -27,14 +34,14 @@ gradcompResult_t beginCollective(gradcompComm& c, CallKind kind, size_t count, n
                       "(a host sync) and cannot be captured into a CUDA graph; make one eager "
                       "call first");
     }
-    GC_CHECK(c.transport->verifyCall());
+    GC_CHECK(agreement());
     c.verifyNext = false;
   } else if (c.cfg.checkCalls && !c.transport->checksEveryCall()) {
     // GRADCOMP_CHECK_CALLS: the same agreement before every call. Its host
     // sync cannot be captured, and refusing would make the setting break
     // graphs, so captured calls go unchecked, said once per comm.
     if (!c.backend->capturing()) {
-      GC_CHECK(c.transport->verifyCall());
+      GC_CHECK(agreement());
     } else if (!c.warnedCheckCapture) {
       c.warnedCheckCapture = true;
       GC_WARN(
@@ -110,6 +117,7 @@ gradcompResult_t agreePrepared(gradcompComm& c, gradcompResult_t local) {
   if (local != gradcompSuccess && c.backend->onDevice()) (void)cudaGetLastError();
   int refused = -1;
   const gradcompResult_t voted = agreeReady(&c, local, &refused);
+  if (voted == gradcompSuccess && refused >= 0) c.failedTogether = true;
   if (local != gradcompSuccess) {
     // A vote that ran leaves this rank's own sentence as the last error.
     return voted == gradcompSuccess ? local : setError(local, "%s", why.c_str());

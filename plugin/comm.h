@@ -78,6 +78,11 @@ struct gradcompComm {
   // rank is at the same step (Transport::verifyCall).
   bool verifyNext = false;
   bool warnedCheckCapture = false;  // GRADCOMP_CHECK_CALLS skipped a captured call
+  // The current call failed on every rank alike, after the ranks compared it
+  // (a call agreement that found them different, GRADCOMP_CHECK_CALLS's
+  // vote): no rank may then hand the call to NCCL as it is, which the
+  // preload does with other calls refused before anything was enqueued.
+  bool failedTogether = false;
   // gradcompCommAbort: set once abort begins (every later call fails), and
   // the public calls in progress, which abort waits for before it frees.
   std::atomic<bool> aborted{false};

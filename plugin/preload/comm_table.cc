@@ -439,6 +439,10 @@ ncclResult_t abortComm(ncclComm_t comm) {
   return r;
 }
 
+bool failedTogether(gradcompComm_t gc) {
+  return gc != nullptr && gc->failedTogether;
+}
+
 void noteRevoked(ncclComm_t comm) {
   release(comm, /*abort=*/true);
   std::lock_guard<std::mutex> lock(tableMu());

@@ -103,8 +103,12 @@ ncclResult_t compress(CommEntry& e, const Deferred& d, bool keyed, uint64_t key,
   }
   // These results come from checks made before anything is enqueued (first
   // call of a buffer under capture, a misaligned or host pointer): NCCL can
-  // still take the call as it is.
-  if (r == gradcompInvalidUsage || r == gradcompInvalidArgument || r == gradcompNotSupported) {
+  // still take the call as it is. Not a call every rank failed after
+  // comparing it (ranks at different calls, GRADCOMP_CHECK_CALLS's vote on a
+  // rank that could not prepare it): NCCL would get the calls the ranks do
+  // not share, or wait for the rank that returned an error.
+  if ((r == gradcompInvalidUsage || r == gradcompInvalidArgument || r == gradcompNotSupported) &&
+      !failedTogether(e.gc)) {
     const std::string why = gradcompGetLastError();
     warnOnce(why, "passing a call to NCCL: %s", why.c_str());
     e.callsPassed += userCalls - 1;

@@ -103,6 +103,9 @@ ncclResult_t abortComm(ncclComm_t comm);
 // and released as at an abort, and the communicator's later calls pass
 // through to NCCL (which refuses them) until it is destroyed.
 void noteRevoked(ncclComm_t comm);
+// Whether the gradcomp comm's last call failed on every rank alike after
+// they compared it (gradcompComm::failedTogether): not one to hand to NCCL.
+bool failedTogether(gradcompComm_t gc);
 // Makes an Undecided entry pass through from now on, saying why in its summary.
 void passAlways(CommEntry& e, const std::string& why);
 // Records how a communicator was created: non-blocking ones always pass through.

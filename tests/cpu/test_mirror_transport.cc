@@ -173,6 +173,8 @@ TEST(MirrorTransportCpu, CheckCallsAgreesBeforeEveryCall) {
                 "the same calls in the same order from the same state");
       EXPECT_EQ(memcmp(out.data(), x.data(), n * sizeof(float)), 0);
       EXPECT_EQ(c->stats.callsCompressed, 1u);
+      // Every rank failed it after comparing: not a call to hand to NCCL.
+      EXPECT_TRUE(c->failedTogether);
     } else {
       EXPECT_EQ(res, gradcompSuccess) << gradcompGetLastError();
       EXPECT_EQ(mirror->verifyCalls, 0);

@@ -131,12 +131,15 @@ TEST(Reliability, CheckCallsFailsEveryRankWhenOneCannotPrepare) {
       for (int r = 0; r < 2; ++r) {
         EXPECT_EQ(memcmp(got[r].data(), untouched.data(), out * sizeof(float)), 0) << r;
         EXPECT_EQ(w.comm(r)->stats.callsCompressed, 0u) << r;
+        // The LD_PRELOAD library must not hand such a call to NCCL on any rank.
+        EXPECT_TRUE(w.comm(r)->failedTogether) << r;
       }
 
       w.comm(1)->backend = inner;
       res = call(w, got);
       ASSERT_EQ(res[0], gradcompSuccess) << why[0];
       ASSERT_EQ(res[1], gradcompSuccess) << why[1];
+      for (int r = 0; r < 2; ++r) EXPECT_FALSE(w.comm(r)->failedTogether) << r;
       // The fresh comm writes to the same buffers: a state is keyed by its
       // output's address, which the saved states carry.
       const std::vector<std::vector<float>> retried = got;
