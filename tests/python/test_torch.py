@@ -649,6 +649,70 @@ class CudaStreamOrder(unittest.TestCase):
 
 @unittest.skipIf(torch is None, "PyTorch is not installed: gradcomp.torch is checked on the GPU "
                  "box (tools/gpu-check.sh, step torch_hooks)")
+class StateCallsOnTheCommDevice(unittest.TestCase):
+    """gradcomp's calls outside the hook (state save, load and reset, destroy) act on the current
+    CUDA device: its NULL stream is the handle the hook passed for DDP's default stream, and a
+    load allocates the restored states there. They run with the device the comm was made on
+    current, whatever device the caller's thread has (DDP(device_ids=[k]) without
+    torch.cuda.set_device(k)); torch.cuda's device switch and stream replaced by recorders."""
+
+    def test_save_load_reset_close_run_on_the_comm_device(self):
+        from unittest import mock
+
+        import gradcomp.torch.ddp as ddp_mod
+
+        current = ["cuda:0"]  # the caller's thread: not the comm's device
+        seen = []
+
+        class Device:
+            def __init__(self, device):
+                self.device = str(device)
+
+            def __enter__(self):
+                self.prev, current[0] = current[0], self.device
+
+            def __exit__(self, *exc):
+                current[0] = self.prev
+
+        class Stream:
+            def synchronize(self):
+                seen.append(("synchronize", current[0]))
+
+        class Comm:
+            def save_state(self):
+                seen.append(("save", current[0]))
+                return b"blob"
+
+            def load_state(self, blob):
+                seen.append(("load", current[0]))
+
+            def reset_state(self):
+                seen.append(("reset", current[0]))
+
+            def close(self):
+                seen.append(("close", current[0]))
+
+        with mock.patch.object(ddp_mod._group, "check_group", lambda pg, backend: (None, 0, 2)), \
+                mock.patch.object(torch.cuda, "device", Device), \
+                mock.patch.object(torch.cuda, "current_stream", lambda device=None: Stream()), \
+                mock.patch.object(ddp_mod._nccl, "destroy_nccl",
+                                  lambda handle: seen.append(("destroy", current[0]))):
+            state = ddp_mod.GradcompState()
+            state._make_comm = lambda device: (Comm(), 0x1234)
+            state.comm(torch.device("cuda", 1))  # as the hook does, on the bucket's device
+            v = ddp_mod._STATE_VERSION
+            state.load_state_dict({"version": v, "iter": 5, "gradcomp": b"saved"})
+            state.load_state_dict({"version": v, "iter": 5, "gradcomp": None})
+            self.assertEqual(state.state_dict()["gradcomp"], b"blob")
+            state.close()
+        self.assertEqual([what for what, _ in seen], ["synchronize", "load", "synchronize",
+                                                      "reset", "save", "close", "destroy"])
+        self.assertEqual({dev for _, dev in seen}, {"cuda:1"})
+        self.assertEqual(current, ["cuda:0"])
+
+
+@unittest.skipIf(torch is None, "PyTorch is not installed: gradcomp.torch is checked on the GPU "
+                 "box (tools/gpu-check.sh, step torch_hooks)")
 class RealDdpBuckets(unittest.TestCase):
     """The hook's body under this torch's real DDP (one rank, gloo, a 1-rank CPU world that
     passes through): the GradBucket calls it makes exist, a bucket's buffer is its

@@ -98,6 +98,7 @@ class GradcompState:
             self._param_names = {id(p): n for n, p in named}
         self._comm = None
         self._nccl_handle = None
+        self._device = None  # the CUDA device the comm was made on
         self._pending_blob = None
         self._plans = {}
         self._paused = False
@@ -136,12 +137,13 @@ class GradcompState:
         self._check_usable()
         self.iter = d["iter"]
         if self._comm is not None:
-            if self.backend == "nccl":
-                torch.cuda.current_stream().synchronize()
-            if d["gradcomp"] is not None:
-                self._comm.load_state(d["gradcomp"])
-            else:
-                self._comm.reset_state()
+            with self._on_comm_device():
+                if self.backend == "nccl":
+                    torch.cuda.current_stream().synchronize()
+                if d["gradcomp"] is not None:
+                    self._comm.load_state(d["gradcomp"])
+                else:
+                    self._comm.reset_state()
         else:
             self._pending_blob = d["gradcomp"]
 
@@ -154,7 +156,18 @@ class GradcompState:
     def _blob(self):
         if self._comm is None:
             return self._pending_blob
-        return self._comm.save_state()  # waits for the comm's last stream
+        with self._on_comm_device():
+            return self._comm.save_state()  # waits for the comm's last stream
+
+    def _on_comm_device(self):
+        """The comm's CUDA device made current around gradcomp's calls outside the hook (state
+        save, load and reset, destroy): they act on the current device, whose NULL stream is the
+        handle the hook passed for DDP's default stream and where a load allocates the restored
+        states; the caller's thread may have another device current (DDP(device_ids=[k])
+        without torch.cuda.set_device(k))."""
+        if self.backend != "nccl" or self._device is None:
+            return contextlib.nullcontext()
+        return torch.cuda.device(self._device)
 
     # ------------------------------------------------------------------ stats
     def stats(self):
@@ -186,8 +199,9 @@ class GradcompState:
         last step; may wait for the peers: after a failure, abort() instead). A no-op after
         abort()."""
         if self._comm is not None:
-            self._comm.close()
-            _nccl.destroy_nccl(self._nccl_handle)
+            with self._on_comm_device():
+                self._comm.close()
+                _nccl.destroy_nccl(self._nccl_handle)
             self._comm, self._nccl_handle = None, None
 
     def abort(self):
@@ -232,6 +246,7 @@ class GradcompState:
         self._check_usable()
         if self._comm is None:
             self._comm, self._nccl_handle = self._make_comm(device)
+            self._device = device
             if self._pending_blob is not None:
                 self._comm.load_state(self._pending_blob)
             self._pending_blob = None
