@@ -11,8 +11,8 @@ namespace gc {
 namespace cuda {
 namespace {
 
-constexpr int kBlocks = 132;
-constexpr int kWarps = 8;
+constexpr int kBlocks = kGradStatsBlocks;
+constexpr int kWarps = kGradStatsWarps;
 constexpr int kPartials = kBlocks * kWarps;
 constexpr unsigned kFull = 0xffffffffu;
 

@@ -15,6 +15,13 @@ struct GradStats {
   double sumSq;
 };
 
+// The kernels' launch shape, which fixes the order of the sums: warp w of
+// block k takes buckets k*W + w, k*W + w + B*W, ...; lane l of a warp the
+// elements l, l + 32, ... of a bucket. hostGradStats follows the same order,
+// so the CPU backend and the GPU choose the same widths bit for bit.
+constexpr int kGradStatsBlocks = 132;
+constexpr int kGradStatsWarps = 8;
+
 namespace cuda {
 // Device scratch of gradStatsScratchBytes; *result (device) gets the stats.
 size_t gradStatsScratchBytes();

@@ -86,20 +86,40 @@ GradStats sumInRankOrder(const GradStats* all, int n) {
 }  // namespace
 
 GradStats hostGradStats(const void* x, DType t, size_t n, int bucket) {
-  GradStats st{0.0, 0.0};
-  for (size_t base = 0; base < n; base += bucket) {
-    const size_t len = n - base < (size_t)bucket ? n - base : (size_t)bucket;
-    uint32_t maxBits = 0;
-    for (size_t i = 0; i < len; ++i) {
-      const float v = loadAsFloat(x, t, base + i);
-      const uint32_t a = floatToBits(v) & 0x7fffffffu;
-      if (a > maxBits) maxBits = a;
-      st.sumSq += (double)v * (double)v;
+  // The kernels' order (grad_stats.h): per warp w, its buckets in turn; per
+  // bucket, 32 lane sums of strided squares added by the shuffle-down tree;
+  // then the warps' partials, 32 strided sums and the same tree. dadd/dmul
+  // keep the compiler from fusing what the device computes in two roundings.
+  constexpr int kPartials = kGradStatsBlocks * kGradStatsWarps;
+  auto tree = [](double* s) {
+    for (int o = 16; o > 0; o >>= 1) {
+      for (int l = 0; l + o < 32; ++l) s[l] = dadd(s[l], s[l + o]);
     }
-    const double m = (double)bitsToFloat(maxBits);
-    st.sumLenMaxSq += (double)len * (m * m);
+    return s[0];
+  };
+  const size_t nb = (n + bucket - 1) / bucket;
+  double a[32] = {}, g[32] = {};
+  for (int w = 0; w < kPartials; ++w) {
+    double wa = 0.0, wg = 0.0;
+    for (size_t b = (size_t)w; b < nb; b += kPartials) {
+      const size_t base = b * (size_t)bucket;
+      const size_t len = n - base < (size_t)bucket ? n - base : (size_t)bucket;
+      uint32_t maxBits = 0;
+      double ss[32] = {};
+      for (size_t i = 0; i < len; ++i) {
+        const float v = loadAsFloat(x, t, base + i);
+        const uint32_t m = floatToBits(v) & 0x7fffffffu;
+        if (m > maxBits) maxBits = m;
+        ss[i % 32] = dadd(ss[i % 32], dmul((double)v, (double)v));
+      }
+      const double m = (double)bitsToFloat(maxBits);
+      wa = dadd(wa, dmul((double)len, dmul(m, m)));
+      wg = dadd(wg, tree(ss));
+    }
+    a[w % 32] = dadd(a[w % 32], wa);
+    g[w % 32] = dadd(g[w % 32], wg);
   }
-  return st;
+  return GradStats{tree(a), tree(g)};
 }
 
 int dynamicBits(const GradStats& st, double varianceTarget, int bitsMin, int bitsMax) {

@@ -77,50 +77,12 @@ TEST_F(DqsgdGpu, DeviceStatisticsGiveTheHostRulesChoice) {
   }
 }
 
-// The statistics kernels' order as kernels/grad_stats.cu states it: warp w
-// of block k takes buckets k*8 + w, then every 132*8-th; lane l sums the
-// bucket's elements l, l+32, ... and the lanes meet in the shuffle-down tree
-// (16, 8, 4, 2, 1); lane 0 adds len * max^2 and the sum of squares to its
-// warp's partials; then lane l of one warp sums partials l, l+32, ... and the
-// same tree. Bit for bit, so every rank's choice depends on the data alone.
-gc::GradStats fixedOrderStats(const void* x, gc::DType t, size_t n, int bucket) {
-  constexpr int kBlocks = 132, kWarps = 8, kPartials = kBlocks * kWarps;
-  auto tree = [](double* s) {
-    for (int o = 16; o > 0; o >>= 1) {
-      for (int l = 0; l + o < 32; ++l) s[l] = gc::dadd(s[l], s[l + o]);
-    }
-    return s[0];
-  };
-  const size_t nb = (n + bucket - 1) / bucket;
-  std::vector<gc::GradStats> partials(kPartials, gc::GradStats{0.0, 0.0});
-  for (int w = 0; w < kPartials; ++w) {
-    double a = 0.0, g = 0.0;
-    for (size_t b = (size_t)w; b < nb; b += kPartials) {
-      const size_t base = b * (size_t)bucket, len = std::min((size_t)bucket, n - base);
-      uint32_t maxBits = 0;
-      double ss[32] = {};
-      for (size_t i = 0; i < len; ++i) {
-        const float v = gc::loadAsFloat(x, t, base + i);
-        maxBits = std::max(maxBits, gc::floatToBits(v) & 0x7fffffffu);
-        ss[i % 32] = gc::dadd(ss[i % 32], gc::dmul((double)v, (double)v));
-      }
-      const double m = (double)gc::bitsToFloat(maxBits);
-      a = gc::dadd(a, gc::dmul((double)len, gc::dmul(m, m)));
-      g = gc::dadd(g, tree(ss));
-    }
-    partials[w] = gc::GradStats{a, g};
-  }
-  double a[32] = {}, g[32] = {};
-  for (int i = 0; i < kPartials; ++i) {
-    a[i % 32] = gc::dadd(a[i % 32], partials[i].sumLenMaxSq);
-    g[i % 32] = gc::dadd(g[i % 32], partials[i].sumSq);
-  }
-  return gc::GradStats{tree(a), tree(g)};
-}
-
-// Sizes around one bucket, one round of the 1056 warps and several rounds,
-// counts not a multiple of the bucket, every type, and Inf/NaN elements.
-TEST_F(DqsgdGpu, DeviceStatisticsBitExactWithTheirFixedOrder) {
+// The statistics kernels against gc::hostGradStats, the same sums in the same
+// order (kernels/grad_stats.h), bit for bit: every rank's choice depends on
+// the data alone, and the CPU backend's on the same bits. Sizes around one
+// bucket, one round of the 1056 warps and several rounds, counts not a
+// multiple of the bucket, every type, and Inf/NaN elements.
+TEST_F(DqsgdGpu, DeviceStatisticsBitExactWithTheHost) {
   DeviceBuffer<uint8_t> scratch(gc::cuda::gradStatsScratchBytes() + sizeof(gc::GradStats));
   gc::GradStats* result =
       reinterpret_cast<gc::GradStats*>(scratch.get(gc::cuda::gradStatsScratchBytes()));
@@ -159,7 +121,7 @@ TEST_F(DqsgdGpu, DeviceStatisticsBitExactWithTheirFixedOrder) {
                     cudaSuccess);
           ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
         }
-        const gc::GradStats want = fixedOrderStats(host, t, cs.n, cs.bucket);
+        const gc::GradStats want = gc::hostGradStats(host, t, cs.n, cs.bucket);
         // A NaN's payload is the hardware's own; NaN-ness is what must agree.
         auto same = [](double a, double b) {
           return (isnan(a) && isnan(b)) || memcmp(&a, &b, sizeof(a)) == 0;
