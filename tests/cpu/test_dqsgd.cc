@@ -19,6 +19,7 @@
 #include "kernels/qsgd_math.cuh"
 #include "plugin/codecs/bits_policy.h"
 #include "tests/common/cpu_world.h"
+#include "tests/common/grad_stats_cases.h"
 #include "tests/common/test_util.h"
 
 namespace {
@@ -53,30 +54,19 @@ int expectedDynamic(const gc::GradStats& st, double target, int bmin, int bmax) 
 // the plain one: every bucket and element counted once, so it differs from
 // the test's plain sums only by rounding. Both add nonnegative terms, so each
 // is within n*u relative (u = 2^-53) of the exact sum, and the two within
-// 2*n*u of each other. Sizes around one bucket, one and several rounds of
-// the 1056 warps, tails; an Inf makes both infinite.
+// 2*n*u of each other, for every size of the GPU test
+// (tests/common/grad_stats_cases.h); an Inf makes both infinite.
 TEST(DqsgdPolicy, HostStatisticsCountEveryBucketOnce) {
-  const struct {
-    size_t n;
-    int d;
-  } cases[] = {{1, 32},
-               {31, 32},
-               {33, 32},
-               {1056 * 32, 32},
-               {1056 * 32 + 1, 32},
-               {3 * 1056 * 32 + 17, 32},
-               {100000, 512},
-               {300001, 8192}};
-  for (const auto& cs : cases) {
-    SCOPED_TRACE(testing::Message() << "n=" << cs.n << " d=" << cs.d);
+  for (const gctest::GradStatsCase& cs : gctest::kGradStatsCases) {
+    SCOPED_TRACE(testing::Message() << "n=" << cs.n << " bucket=" << cs.bucket);
     std::vector<float> x = gctest::normal(cs.n, cs.n, 3.0f);
-    const gc::GradStats got = gc::hostGradStats(x.data(), gc::DType::F32, cs.n, cs.d);
-    const gc::GradStats want = stats(x, cs.d);
+    const gc::GradStats got = gc::hostGradStats(x.data(), gc::DType::F32, cs.n, cs.bucket);
+    const gc::GradStats want = stats(x, cs.bucket);
     const double tol = 2.0 * (double)cs.n * ldexp(1.0, -53);
     EXPECT_LE(fabs(got.sumSq - want.sumSq), tol * want.sumSq);
     EXPECT_LE(fabs(got.sumLenMaxSq - want.sumLenMaxSq), tol * want.sumLenMaxSq);
     x[cs.n / 2] = -INFINITY;
-    const gc::GradStats inf = gc::hostGradStats(x.data(), gc::DType::F32, cs.n, cs.d);
+    const gc::GradStats inf = gc::hostGradStats(x.data(), gc::DType::F32, cs.n, cs.bucket);
     EXPECT_TRUE(isinf(inf.sumSq) && isinf(inf.sumLenMaxSq));
   }
 }

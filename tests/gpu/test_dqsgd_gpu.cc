@@ -15,6 +15,7 @@
 #include "plugin/algorithms/algorithms.h"
 #include "plugin/codecs/bits_policy.h"
 #include "plugin/comm.h"
+#include "tests/common/grad_stats_cases.h"
 #include "tests/common/test_util.h"
 #include "tests/gpu/gpu_util.h"
 
@@ -79,26 +80,13 @@ TEST_F(DqsgdGpu, DeviceStatisticsGiveTheHostRulesChoice) {
 
 // The statistics kernels against gc::hostGradStats, the same sums in the same
 // order (kernels/grad_stats.h), bit for bit: every rank's choice depends on
-// the data alone, and the CPU backend's on the same bits. Sizes around one
-// bucket, one round of the 1056 warps and several rounds, counts not a
-// multiple of the bucket, every type, and Inf/NaN elements.
+// the data alone, and the CPU backend's on the same bits. The sizes of
+// tests/common/grad_stats_cases.h, every type, and Inf/NaN elements.
 TEST_F(DqsgdGpu, DeviceStatisticsBitExactWithTheHost) {
   DeviceBuffer<uint8_t> scratch(gc::cuda::gradStatsScratchBytes() + sizeof(gc::GradStats));
   gc::GradStats* result =
       reinterpret_cast<gc::GradStats*>(scratch.get(gc::cuda::gradStatsScratchBytes()));
-  const struct {
-    size_t n;
-    int bucket;
-  } cases[] = {{1, 32},
-               {31, 32},
-               {33, 32},
-               {1056 * 32, 32},
-               {1056 * 32 + 1, 32},
-               {3 * 1056 * 32 + 17, 32},
-               {100000, 512},
-               {8191, 8192},
-               {300001, 8192}};
-  for (const auto& cs : cases) {
+  for (const gctest::GradStatsCase& cs : gctest::kGradStatsCases) {
     for (gc::DType t : {gc::DType::F32, gc::DType::F16, gc::DType::BF16}) {
       for (int special = 0; special <= 2; ++special) {
         SCOPED_TRACE(testing::Message() << "n=" << cs.n << " bucket=" << cs.bucket
