@@ -102,11 +102,19 @@ void printSummary(CommEntry& e, bool waitForCalls) {
   if (logLevel() < LogLevel::Info) return;
   gradcompStats_t st;
   memset(&st, 0, sizeof(st));
-  if (e.gc != nullptr) {
-    std::unique_lock<std::mutex> lock(e.callMu, std::defer_lock);
-    // At exit a thread may be stuck in a call: report without its stats.
-    if (waitForCalls ? (lock.lock(), true) : lock.try_lock()) gradcompGetStats(e.gc, &st);
+  // decide() writes the entry's fields under callMu, and compressed calls
+  // hold it. Once decided, the fields stay as they are. A decision in
+  // progress may be waiting on a peer (an abort during set-up) and at exit a
+  // thread may be stuck in a call: neither is waited for, and a decision in
+  // progress is reported as such instead of read while it writes.
+  std::unique_lock<std::mutex> lock(e.callMu, std::defer_lock);
+  const bool deciding = e.mode == Mode::Undecided;
+  const bool locked = waitForCalls && !deciding ? (lock.lock(), true) : lock.try_lock();
+  if (!locked && deciding) {
+    GC_INFO("summary comm %p: its set-up was still in progress", (void*)e.nccl);
+    return;
   }
+  if (locked && e.gc != nullptr) gradcompGetStats(e.gc, &st);
   const Settings& s = settings();
   char ratio[32] = "n/a";
   if (st.bytesOnWire > 0) {
