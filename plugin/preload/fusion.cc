@@ -32,6 +32,9 @@ ncclResult_t runFusedSet(CommEntry& e, const std::vector<const Deferred*>& membe
   size_t total = 0;
   for (const Deferred* d : members) total += d->count;
   const uint64_t key = fusedStateKey(members);
+  // The copies and the event on the comm's device: the legacy stream (0) is
+  // the current device's, which need not be the comm's.
+  DeviceGuard guard(e.device);
   {
     std::lock_guard<std::mutex> lock(e.callMu);
     if (e.fusionBytes < total * esz) {
@@ -42,7 +45,6 @@ ncclResult_t runFusedSet(CommEntry& e, const std::vector<const Deferred*>& membe
                  total * esz);
         return passEach(e, members);
       }
-      DeviceGuard guard(e.device);
       if (e.fusion != nullptr && e.fusionCaptured) {
         e.fusionRetired.push_back(e.fusion);
       } else if (e.fusion != nullptr) {
@@ -115,7 +117,6 @@ ncclResult_t runFusedSet(CommEntry& e, const std::vector<const Deferred*>& membe
   }
   if (!streamCapturing(d0.stream)) {
     std::lock_guard<std::mutex> lock(e.callMu);
-    DeviceGuard guard(e.device);
     cudaError_t err = e.fusionDone != nullptr
                           ? cudaSuccess
                           : cudaEventCreateWithFlags(&e.fusionDone, cudaEventDisableTiming);
