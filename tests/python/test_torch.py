@@ -1190,7 +1190,8 @@ class AbortOrder(unittest.TestCase):
 
     def test_stop_runs_inside_the_abort_group(self):
         """abort_nccl: ncclGroupStart, ncclCommAbort, inside(), ncclGroupEnd, the group closed
-        even when inside() raises, and NCCL's error reported after it."""
+        even when inside() raises, and NCCL's errors (the abort's, the group end's) reported
+        after it."""
         from unittest import mock
 
         from gradcomp.torch import _nccl
@@ -1203,6 +1204,7 @@ class AbortOrder(unittest.TestCase):
 
             def ncclGroupEnd(self):
                 calls.append("GroupEnd")
+                return self.end_result
 
             def ncclCommAbort(self, h):
                 calls.append(("CommAbort", h.value))
@@ -1217,6 +1219,7 @@ class AbortOrder(unittest.TestCase):
 
         fake = Nccl()
         fake.lib.abort_result = 0
+        fake.lib.end_result = 0
         with mock.patch.object(_nccl, "nccl", lambda: fake):
             _nccl.abort_nccl(0x1234, inside=lambda: calls.append("stop"))
             self.assertEqual(calls, ["GroupStart", ("CommAbort", 0x1234), "stop", "GroupEnd"])
@@ -1231,6 +1234,11 @@ class AbortOrder(unittest.TestCase):
             calls.clear()
             fake.lib.abort_result = 3
             with self.assertRaisesRegex(RuntimeError, "ncclCommAbort failed: NCCL error 3"):
+                _nccl.abort_nccl(0x1234, inside=lambda: calls.append("stop"))
+            self.assertEqual(calls, ["GroupStart", ("CommAbort", 0x1234), "stop", "GroupEnd"])
+            calls.clear()
+            fake.lib.abort_result, fake.lib.end_result = 0, 5  # the grouped aborts failed
+            with self.assertRaisesRegex(RuntimeError, "ncclGroupEnd .* failed: NCCL error 5"):
                 _nccl.abort_nccl(0x1234, inside=lambda: calls.append("stop"))
             self.assertEqual(calls, ["GroupStart", ("CommAbort", 0x1234), "stop", "GroupEnd"])
             calls.clear()

@@ -108,5 +108,6 @@ def abort_nccl(handle, inside=None):
         if inside is not None:
             inside()
     finally:
-        lib.lib.ncclGroupEnd()
+        end = lib.lib.ncclGroupEnd()  # where NCCL 2.22 and later run the grouped aborts
     lib.check(res, "ncclCommAbort")
+    lib.check(end, "ncclGroupEnd (ending the abort's group)")
