@@ -442,9 +442,9 @@ ncclResult_t abortComm(ncclComm_t comm) {
     DeviceGuard guard(e->device);
     commStop(gcComm);
   }
-  api->groupEnd();
-  release(comm, /*abort=*/true);  // the stop above is done: forgets the entry
-  return r;
+  const ncclResult_t end = api->groupEnd();  // where the grouped aborts run
+  release(comm, /*abort=*/true);             // the stop above is done: forgets the entry
+  return r != ncclSuccess ? r : end;
 }
 
 bool failedTogether(gradcompComm_t gc) {
