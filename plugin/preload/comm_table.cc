@@ -363,12 +363,18 @@ void decideUnlessCapturing(CommEntry& e, ncclComm_t comm, cudaStream_t stream) {
   decide(e, stream);
 }
 
-void release(ncclComm_t comm, bool abort) {
+void release(ncclComm_t comm, bool abort, bool revoked) {
   EntryPtr e;
   {
     std::lock_guard<std::mutex> lock(tableMu());
     nonBlockingComms().erase(comm);
-    revokedComms().erase(comm);
+    // Marked in the same step as the entry goes: a call on another thread
+    // never finds the communicator unmarked and without its entry.
+    if (revoked) {
+      revokedComms().insert(comm);
+    } else {
+      revokedComms().erase(comm);
+    }
     auto it = table().find(comm);
     if (it == table().end()) return;
     e = std::move(it->second);
@@ -452,9 +458,7 @@ bool failedTogether(gradcompComm_t gc) {
 }
 
 void noteRevoked(ncclComm_t comm) {
-  release(comm, /*abort=*/true);
-  std::lock_guard<std::mutex> lock(tableMu());
-  revokedComms().insert(comm);
+  release(comm, /*abort=*/true, /*revoked=*/true);
 }
 
 bool isNonBlocking(ncclComm_t comm) {

@@ -94,7 +94,9 @@ void decideUnlessCapturing(CommEntry& e, ncclComm_t comm, cudaStream_t stream);
 // (ncclCommAbort, after NCCL's own) the gradcomp comm is stopped at once
 // (gc::commStop: its sub-communicators aborted, so a call still holding it
 // waits on no peer) and aborted rather than destroyed at the end.
-void release(ncclComm_t comm, bool abort = false);
+// With `revoked` (ncclCommRevoke) the communicator is marked revoked in the
+// same step (see noteRevoked).
+void release(ncclComm_t comm, bool abort = false, bool revoked = false);
 // ncclCommAbort under the preload: NCCL's abort of `comm`, then release(comm,
 // abort); when the gradcomp comm on it has NCCL sub-communicators of its own
 // (the hierarchy), NCCL's abort and theirs run in one NCCL group.
