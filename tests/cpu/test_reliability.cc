@@ -54,6 +54,24 @@ gradcompConfig_t quickConfig(gradcompMethod_t method) {
   return cfg;
 }
 
+// Every rank's fp32 Sum allreduce of in into out (n elements), or
+// reduce-scatter (n per rank), each on its own thread: every rank's result,
+// and its error sentence in (*why)[r].
+std::vector<gradcompResult_t> sumOnEveryRank(CpuWorld& w, const std::vector<std::vector<float>>& in,
+                                             std::vector<std::vector<float>>& out, size_t n,
+                                             bool reduceScatter, std::vector<std::string>* why) {
+  why->assign(w.size(), "");
+  return w.run([&](int r) {
+    const gradcompResult_t rc =
+        reduceScatter ? gradcompReduceScatter(in[r].data(), out[r].data(), n, ncclFloat32, ncclSum,
+                                              w.comm(r), nullptr)
+                      : gradcompAllReduce(in[r].data(), out[r].data(), n, ncclFloat32, ncclSum,
+                                          w.comm(r), nullptr);
+    (*why)[r] = gradcompGetLastError();
+    return rc;
+  });
+}
+
 // Defect 4: rank 1 fails before the collective; rank 0 times out. Every
 // later correct call must work on every rank.
 TEST(Reliability, CpuWorldRecoversAfterTimeout) {
@@ -106,17 +124,9 @@ TEST(Reliability, CheckCallsFailsEveryRankWhenOneCannotPrepare) {
       cfg.cpuTimeoutSec = 20.0f;
       const size_t n = 8192, out = rs ? n / 2 : n;
       const std::vector<std::vector<float>> in = {gctest::normal(n, 31), gctest::normal(n, 32)};
-      std::vector<std::string> why(2);
+      std::vector<std::string> why;
       auto call = [&](CpuWorld& w, std::vector<std::vector<float>>& got) {
-        return w.run([&](int r) {
-          const gradcompResult_t res =
-              rs ? gradcompReduceScatter(in[r].data(), got[r].data(), out, ncclFloat32, ncclSum,
-                                         w.comm(r), nullptr)
-                 : gradcompAllReduce(in[r].data(), got[r].data(), n, ncclFloat32, ncclSum,
-                                     w.comm(r), nullptr);
-          why[r] = gradcompGetLastError();
-          return res;
-        });
+        return sumOnEveryRank(w, in, got, rs ? out : n, rs, &why);
       };
       CpuWorld w(2, cfg);
       const std::shared_ptr<gc::Backend> inner = w.comm(1)->backend;
@@ -679,16 +689,8 @@ std::vector<HostileSlotsTransport*> breakSlotsOf(CpuWorld& w, int bad, SlotDefec
 void expectEveryRankSucceeds(CpuWorld& w, std::vector<std::vector<float>>& in,
                              std::vector<std::vector<float>>& out, size_t n, bool reduceScatter,
                              const std::string& what) {
-  std::vector<std::string> err(w.size());
-  auto res = w.run([&](int r) {
-    const gradcompResult_t rc =
-        reduceScatter ? gradcompReduceScatter(in[r].data(), out[r].data(), n, ncclFloat32, ncclSum,
-                                              w.comm(r), nullptr)
-                      : gradcompAllReduce(in[r].data(), out[r].data(), n, ncclFloat32, ncclSum,
-                                          w.comm(r), nullptr);
-    err[r] = gradcompGetLastError();
-    return rc;
-  });
+  std::vector<std::string> err;
+  const auto res = sumOnEveryRank(w, in, out, n, reduceScatter, &err);
   for (int r = 0; r < w.size(); ++r) {
     ASSERT_EQ(res[r], gradcompSuccess) << what << " rank " << r << ": " << err[r];
   }
