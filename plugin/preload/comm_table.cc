@@ -429,27 +429,22 @@ ncclResult_t abortComm(ncclComm_t comm) {
   const bool group = gcComm != nullptr &&
                      (gcComm->intraNccl != nullptr || gcComm->interNccl != nullptr) &&
                      api->groupStart != nullptr && api->groupEnd != nullptr;
-  if (!group) {
-    // NCCL's first: aborting stops kernels that may be stuck on a dead peer;
-    // then ours (gradcompCommAbort), which never waits on a peer.
-    const ncclResult_t r = real->commAbort(comm);
-    release(comm, /*abort=*/true);
-    return r;
-  }
-  // The communicator's abort and the stop of the gradcomp comm's own
-  // sub-communicators (the hierarchy's) in one NCCL group, which NCCL 2.22
-  // and later abort together: each abort waits for the kernels queued on its
-  // communicator, and the caller's stream can hold this communicator's
-  // kernels behind a sub-communicator's stuck on the dead peer, or the
-  // reverse, so neither order of two aborts is safe.
-  api->groupStart();
+  // NCCL's first: aborting stops kernels that may be stuck on a dead peer;
+  // then ours (gradcompCommAbort), which never waits on a peer. With
+  // sub-communicators (the hierarchy's), the communicator's abort and their
+  // stop run in one NCCL group, which NCCL 2.22 and later abort together:
+  // each abort waits for the kernels queued on its communicator, and the
+  // caller's stream can hold this communicator's kernels behind a
+  // sub-communicator's stuck on the dead peer, or the reverse, so neither
+  // order of two aborts is safe.
+  if (group) api->groupStart();
   const ncclResult_t r = real->commAbort(comm);
-  {
+  if (group) {
     DeviceGuard guard(e->device);
     commStop(gcComm);
   }
-  const ncclResult_t end = api->groupEnd();  // where the grouped aborts run
-  release(comm, /*abort=*/true);             // the stop above is done: forgets the entry
+  const ncclResult_t end = group ? api->groupEnd() : ncclSuccess;  // the grouped aborts run here
+  release(comm, /*abort=*/true);  // stops the comm (if not above) and forgets the entry
   return r != ncclSuccess ? r : end;
 }
 
