@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <utility>
 #include <vector>
@@ -166,22 +167,40 @@ TEST(Reliability, CheckCallsFailsEveryRankWhenOneCannotPrepare) {
   }
 }
 
+// What the comms of a world freed. The ranks run on threads of their own, so
+// every rank's release goes through one lock.
+class ReleaseLog {
+ public:
+  void add(void* p) {
+    std::lock_guard<std::mutex> lock(mu_);
+    freed_.push_back(p);
+  }
+  long count(const void* p) const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return (long)std::count(freed_.begin(), freed_.end(), p);
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::vector<void*> freed_;
+};
+
 // A backend standing for CUDA's during a graph capture (capturing() as the
 // test says) that records what the comm frees.
 class CaptureRecordingBackend final : public gctest::ForwardingBackend {
  public:
   CaptureRecordingBackend(std::shared_ptr<gc::Backend> inner, const bool* capture,
-                          std::shared_ptr<std::vector<void*>> released)
+                          std::shared_ptr<ReleaseLog> released)
       : ForwardingBackend(std::move(inner)), capture_(capture), released_(std::move(released)) {}
   bool capturing() const override { return *capture_; }
   void release(void* p) override {
-    if (p != nullptr) released_->push_back(p);
+    if (p != nullptr) released_->add(p);
     inner_->release(p);
   }
 
  private:
   const bool* capture_;
-  std::shared_ptr<std::vector<void*>> released_;
+  std::shared_ptr<ReleaseLog> released_;
 };
 
 // A captured call used the workspace: a later eager call that grows it must
@@ -191,7 +210,7 @@ TEST(Reliability, GrowingTheWorkspaceKeepsTheOneAGraphUses) {
   gradcompConfig_t cfg = quickConfig(gradcompMethodQsgd);
   cfg.autoTune = 0;
   bool capture = false;
-  auto released = std::make_shared<std::vector<void*>>();
+  auto released = std::make_shared<ReleaseLog>();
   void* captured[2] = {nullptr, nullptr};
   void* second[2] = {nullptr, nullptr};
   {
@@ -217,19 +236,19 @@ TEST(Reliability, GrowingTheWorkspaceKeepsTheOneAGraphUses) {
       gradcompComm* c = w.comm(r);
       ASSERT_NE(captured[r], nullptr);
       EXPECT_NE(c->workspace, captured[r]) << r;  // it grew
-      EXPECT_EQ(std::count(released->begin(), released->end(), captured[r]), 0) << r;
+      EXPECT_EQ(released->count(captured[r]), 0) << r;
       EXPECT_EQ(c->retiredWorkspaces, std::vector<void*>{captured[r]}) << r;
       second[r] = c->workspace;
     }
     // Grown again, eagerly only: the second workspace goes at once.
     for (const gradcompResult_t res : call(size_t(1) << 16)) ASSERT_EQ(res, gradcompSuccess);
     for (int r = 0; r < 2; ++r) {
-      EXPECT_EQ(std::count(released->begin(), released->end(), second[r]), 1) << r;
+      EXPECT_EQ(released->count(second[r]), 1) << r;
       EXPECT_EQ(w.comm(r)->retiredWorkspaces.size(), 1u) << r;
     }
   }
   for (int r = 0; r < 2; ++r) {
-    EXPECT_EQ(std::count(released->begin(), released->end(), captured[r]), 1) << r;
+    EXPECT_EQ(released->count(captured[r]), 1) << r;
   }
 }
 
@@ -240,7 +259,7 @@ TEST(Reliability, ResetKeepsTheStatesAGraphUses) {
   gradcompConfig_t cfg = quickConfig(gradcompMethodQsgd);
   cfg.autoTune = 0;
   bool capture = false;
-  auto released = std::make_shared<std::vector<void*>>();
+  auto released = std::make_shared<ReleaseLog>();
   const size_t n = 4096;
   std::vector<std::vector<float>> a(2, std::vector<float>(n, 1.0f)), b = a;
   float* residualA[2] = {nullptr, nullptr};
@@ -270,15 +289,15 @@ TEST(Reliability, ResetKeepsTheStatesAGraphUses) {
       ASSERT_NE(residualA[r], nullptr);
       ASSERT_NE(residualB[r], nullptr);
       ASSERT_EQ(gradcompCommResetState(w.comm(r)), gradcompSuccess) << gradcompGetLastError();
-      EXPECT_EQ(std::count(released->begin(), released->end(), residualA[r]), 0) << r;
-      EXPECT_EQ(std::count(released->begin(), released->end(), residualB[r]), 1) << r;
+      EXPECT_EQ(released->count(residualA[r]), 0) << r;
+      EXPECT_EQ(released->count(residualB[r]), 1) << r;
       ASSERT_EQ(w.comm(r)->retiredStates.size(), 1u) << r;
       EXPECT_EQ(w.comm(r)->retiredStates[0].residual, residualA[r]) << r;
       EXPECT_TRUE(w.comm(r)->states.empty()) << r;
     }
   }
   for (int r = 0; r < 2; ++r) {
-    EXPECT_EQ(std::count(released->begin(), released->end(), residualA[r]), 1) << r;
+    EXPECT_EQ(released->count(residualA[r]), 1) << r;
   }
 }
 
