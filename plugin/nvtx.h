@@ -6,9 +6,19 @@
 #if __has_include(<nvtx3/nvToolsExt.h>)
 #include <nvtx3/nvToolsExt.h>
 namespace gc {
+// NVTX binds its functions on first use, and a second thread's first use reads
+// the pointers the first thread is writing. Every range therefore starts
+// behind one initialisation that C++ runs once, whichever thread comes first.
+inline void nvtxReady() {
+  static const bool ready = (nvtxInitialize(nullptr), true);
+  (void)ready;
+}
 class NvtxRange {
  public:
-  explicit NvtxRange(const char* name) { nvtxRangePushA(name); }
+  explicit NvtxRange(const char* name) {
+    nvtxReady();
+    nvtxRangePushA(name);
+  }
   ~NvtxRange() { nvtxRangePop(); }
   NvtxRange(const NvtxRange&) = delete;
   NvtxRange& operator=(const NvtxRange&) = delete;

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The host sources and every CPU test built with ASan and UBSan
-# (-fno-sanitize-recover=all: any report fails), run once; then the Python
-# tests on the library built the same way. CI runs it after
+# (-fno-sanitize-recover=all: any report fails), run once; then the same
+# tests built with ThreadSanitizer (the CPU world's ranks are threads, so a
+# race between ranks, in the library or in a test, fails here rather than
+# once in a while); then the Python tests on the ASan/UBSan library. CI runs it after
 # tools/test.sh in the same build directory, which reuses the CUDA objects.
 # Arguments go to the test binary (e.g. --gtest_filter='Reliability*').
 set -euo pipefail
@@ -15,6 +17,11 @@ cmake --build "$GC_BUILD_DIR" -j "$GC_JOBS" --target gradcomp_cpu_tests_san
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:allocator_may_return_null=1:abort_on_error=1:strict_string_checks=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 "$GC_BUILD_DIR/tests/gradcomp_cpu_tests_san" --gtest_brief=1 "$@"
+
+cmake --build "$GC_BUILD_DIR" -j "$GC_JOBS" --target gradcomp_cpu_tests_tsan
+# halt_on_error: the first race fails the run, with both stacks printed.
+TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=1:allocator_may_return_null=1:second_deadlock_stack=1} \
+  "$GC_BUILD_DIR/tests/gradcomp_cpu_tests_tsan" --gtest_brief=1 "$@"
 
 # The Python binding's tests and gradcomp.torch's (their 2-process DDP and FSDP runs on the
 # CPU backend over TCP included) on libgradcomp_san.so: the pointers the binding and the
@@ -30,4 +37,4 @@ if [ $# -eq 0 ]; then
    LD_PRELOAD="$runtimes" ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1:abort_on_error=1 \
    GRADCOMP_LIBRARY="$lib" PYTHONPATH="$pkg" python3 -m unittest test_binding test_torch)
 fi
-echo "sanitize: ASan/UBSan clean"
+echo "sanitize: ASan/UBSan and TSan clean"
