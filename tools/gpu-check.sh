@@ -136,7 +136,7 @@ run_step build 150 "$raw/build.txt" bash -c \
   "cmake -S . -B $build -DGRADCOMP_CUDA_ARCHS=$archs && cmake --build $build -j $jobs"
 
 # --- tests (GPU tests fail instead of skipping without a usable GPU)
-# 180 s: python.torch takes ~60 s alone and preload.gpu_real_nccl makes 23 multi-process runs.
+# 180 s: python.torch takes ~60 s alone and preload.gpu_real_nccl makes 26 multi-process runs.
 want tests && run_step tests 180 "$raw/tests.txt" bash -c \
   "cd $build && GRADCOMP_TEST_GPU=1 ctest -j 8 --output-on-failure --timeout 100"
 want tests && [ "$plan" != 1 ] && python3 - "$raw" <<'PY'

@@ -2,7 +2,7 @@
 // ncclAllReduce as a framework would and prints what it got. Rank and size
 // from GC_RANK / GC_NRANKS; rank 0 hands the NCCL id over in GC_ID_FILE.
 //   preload_gpu_app probe        prints the number of CUDA devices
-//   preload_gpu_app single|simulate|group|rs|rsgroup|streams [calls]
+//   preload_gpu_app single|simulate|group|rs|rsgroup|streams|abort [calls]
 // "single" makes `calls` allreduces of 2^20 floats; "group" makes three of
 // different sizes inside one ncclGroupStart/End; "rs" makes `calls`
 // reduce-scatters of 2^18 floats per rank (odd calls in place at
@@ -17,7 +17,9 @@
 // compare ranks and runs. "simulate" is "single" with, before the first call,
 // the same allreduce in a group ended by ncclGroupSimulateEnd (NCCL >= 2.22)
 // on a communicator split off for it, which must leave the buffer as it was
-// and give an estimate.
+// and give an estimate. "abort" is "single" followed by one more allreduce
+// that the last rank never makes, then ncclCommAbort on every rank (see
+// abortWithACallPending).
 #include <cuda_runtime_api.h>
 #include <math.h>
 #include <nccl.h>
@@ -227,6 +229,29 @@ static int simulatedGroup(float* buf, size_t count, ncclComm_t parent, int rank,
 }
 #endif
 
+// A peer that stops calling, as a dead one does: every rank but the last
+// enqueues one more allreduce, whose kernels wait for it, and after 2 s every
+// rank aborts its communicator, as a framework's watchdog does. The abort
+// must end those kernels: under the preload with a hierarchy they belong to
+// gradcomp's node and inter-node communicators as well as the program's, and
+// the preload aborts all of them in one NCCL group. Prints whether the call
+// was still pending before the abort and that the stream drained after it;
+// a hang is the failure the script's timeout catches.
+static int abortWithACallPending(float* buf, size_t count, int rank, int nranks, ncclComm_t comm,
+                                 cudaStream_t stream) {
+  const bool calls = rank != nranks - 1;
+  if (calls) CK_NCCL(ncclAllReduce(buf, buf, count, ncclFloat32, ncclSum, comm, stream));
+  sleep(2);
+  const cudaError_t before = cudaStreamQuery(stream);
+  CK_NCCL(ncclCommAbort(comm));
+  const cudaError_t after = cudaStreamSynchronize(stream);
+  printf("rank %d aborted: call %s before the abort, stream after it: %s\n", rank,
+         !calls ? "not made" : (before == cudaErrorNotReady ? "pending" : "finished"),
+         cudaGetErrorString(after));
+  (void)cudaGetLastError();
+  return calls && before != cudaErrorNotReady ? 1 : 0;
+}
+
 int main(int argc, char** argv) {
   const std::string mode = argc > 1 ? argv[1] : "single";
   if (mode == "probe") {
@@ -266,7 +291,7 @@ int main(int argc, char** argv) {
     return bad;
   }
   std::vector<size_t> counts;
-  if (mode == "single" || mode == "simulate") {
+  if (mode == "single" || mode == "simulate" || mode == "abort") {
     counts.assign(1, (size_t)1 << 20);
   } else if (mode == "group") {
     counts = {(size_t)1 << 18, (size_t)100000, (size_t)1 << 20};
@@ -317,8 +342,12 @@ int main(int argc, char** argv) {
       if (!(rel < 0.5)) bad = 1;  // QSGD 4-bit is far below this; garbage is not
     }
   }
+  if (mode == "abort") {
+    bad |= abortWithACallPending(bufs[0], counts[0], rank, nranks, comm, stream);
+  } else {
+    CK_NCCL(ncclCommDestroy(comm));
+  }
   for (float* d : bufs) cudaFree(d);
-  CK_NCCL(ncclCommDestroy(comm));
   printf("rank %d done%s\n", rank, bad ? " with errors" : "");
   return bad;
 }

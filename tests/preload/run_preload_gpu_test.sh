@@ -5,7 +5,10 @@
 # identical on all ranks and close to the exact sum, deferred and fused group
 # calls too, GRADCOMP_METHOD=none gives NCCL's bits exactly, and ranks with
 # different GRADCOMP_* settings agree to pass everything through (no hang),
-# also when one rank's value is invalid.
+# also when one rank's value is invalid. The hierarchy (GRADCOMP_LOCAL_SIZE=2)
+# compresses alike on every rank, and ncclCommAbort with a call pending (a
+# rank that stopped calling) ends it, NCCL's alone and under the preload with
+# gradcomp's sub-communicators.
 # Without a GPU it prints SKIPPED (a failure when GRADCOMP_TEST_GPU=1).
 # Usage: run_preload_gpu_test.sh PRELOAD APP
 set -uo pipefail
@@ -25,6 +28,7 @@ check() { if eval "$2"; then echo "PASS: $1"; else echo "FAIL: $1"; fail=1; fi; 
 # launch NAME NRANKS PRELOAD(0/1) MODE [VAR=VALUE... applied to every rank]
 # GRADCOMP_AUTO=0 unless a case sets it: these cases check compression itself.
 # Rank-specific settings: RANK1_ENV="VAR=VALUE" applies to rank 1 only.
+# CASE_TIMEOUT: seconds each rank may take (120).
 launch() {
   local name=$1 n=$2 use=$3 mode=$4 r pids=() rc=0
   shift 4
@@ -34,7 +38,7 @@ launch() {
                 NCCL_SHM_DISABLE=1 NCCL_NVLS_ENABLE=0 GRADCOMP_DEBUG=INFO GRADCOMP_AUTO=0 "$@")
     [ "$use" = 1 ] && envs+=(LD_PRELOAD=$preload)
     [ "$r" = 1 ] && [ -n "${RANK1_ENV:-}" ] && envs+=($RANK1_ENV)
-    env "${envs[@]}" timeout -k 5 120 "$app" $mode > "$work/${name}_r$r.out" \
+    env "${envs[@]}" timeout -k 5 "${CASE_TIMEOUT:-120}" "$app" $mode > "$work/${name}_r$r.out" \
       2> "$work/${name}_r$r.err" &
     pids+=($!)
   done
@@ -198,6 +202,41 @@ check "badvalue: rank 1 names the variable" \
 n=$(cat "$work"/badvalue_r*.err | grep -c "WARN cannot set up compression for NCCL comm .*rank 1 \
 of 2 could not set up its gradcomp comm, so no rank made one: GRADCOMP_BITS=99 is not an integer in 2..8")
 check "badvalue: every rank learns that rank 1 could not set up, and why (got $n)" "[ '$n' = 2 ]"
+
+# 7. The hierarchy under the preload: two "nodes" of two ranks.
+launch hier_n4 4 1 "single 3" GRADCOMP_LOCAL_SIZE=2
+same_on_all_ranks hier_n4 4
+compressed_calls hier_n4 4 3
+e=$(max_error hier_n4)
+check "hier_n4: relative error $e is that of 4-bit quantization (0 < e < 0.5)" \
+  "awk 'BEGIN {exit !($e > 0 && $e < 0.5)}'"
+
+# 8. A rank stops calling: the others' next allreduce waits for it until every
+#    rank calls ncclCommAbort, which must end it. NCCL alone first (what the
+#    preload must match), then the preload with the hierarchy, where the
+#    pending kernels are also gradcomp's node and inter-node communicators'
+#    and the preload aborts them in the program's NCCL group.
+pending_aborted() {  # NAME NRANKS: ranks 0..N-2 had the call pending and came back from the abort
+  local r
+  for r in $(seq 0 $(($2 - 2))); do
+    grep -q "rank $r aborted: call pending before the abort" "$work/$1_r$r.out" || return 1
+  done
+  grep -q "rank $(($2 - 1)) aborted: call not made" "$work/$1_r$(($2 - 1)).out"
+}
+for name in abort_nccl abort_hier; do
+  if [ $name = abort_nccl ]; then
+    CASE_TIMEOUT=30 launch $name 4 0 "abort 2"
+  else
+    CASE_TIMEOUT=30 launch $name 4 1 "abort 2" GRADCOMP_LOCAL_SIZE=2
+  fi
+  same_on_all_ranks $name 4
+  check "$name: the abort ended the call pending on ranks 0..2, every stream drained" \
+    "pending_aborted $name 4"
+done
+check "abort_hier: the calls before the abort were compressed" \
+  "grep -q 'summary comm .* method [a-z]*: [1-9][0-9]* calls compressed' '$work/abort_hier_r0.err'"
+check "abort_hier: no rank left gradcomp's memory allocated (its device work ended)" \
+  "! grep -q 'left allocated' \"$work\"/abort_hier_r*.err"
 
 if [ "$fail" = 0 ]; then echo "preload GPU tests: all passed"; else echo "preload GPU tests: FAILED"; fi
 exit $fail
