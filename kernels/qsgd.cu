@@ -176,6 +176,49 @@ __device__ __forceinline__ void storeRow(uint32_t chunk, int bits, int lane, int
   }
 }
 
+// The codes and new residuals of one bucket's R rows from its values in
+// registers, and the codes' stores. kPlain: the bucket is plain
+// (qsgd::plainBucket: finite non-zero scale, usable reciprocal), so each
+// element is coded and decoded without encodeValue's and decodeWithLevel's
+// checks, which give the same bits for such a bucket.
+template <int R, bool kNearest, bool kPlain>
+__device__ __forceinline__ void codeRows(const float (&v)[R][4], float* __restrict__ residual,
+                                         size_t n, int bits, uint64_t key, const float* levelTable,
+                                         float scale, float rec, bool finite,
+                                         uint32_t* __restrict__ bucketWords, size_t base,
+                                         size_t len, int lane, bool full) {
+  const int s = qsgd::levels(bits);
+  const int rowWords = 4 * bits;
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const size_t i = base + r * kRow + lane * 4;
+    uint32_t chunk = 0;
+    float res[4];
+    const uint64_t weyl = weylPoint(key, i);  // uniform24(key, i + c), Weyl steps added
+#pragma unroll
+    for (int c = 0; c < 4; ++c) {
+      uint32_t code = 0;
+      const float u =
+          kNearest ? qsgd::kNearestDraw : uniform24FromHash(mix64(weyl + (uint64_t)c * kWeyl));
+      if (full || i + c < n) {
+        code = kPlain ? qsgd::encodePlain(v[r][c], rec, bits, s, u)
+                      : qsgd::encodeValue(v[r][c], scale, rec, bits, u);
+      }
+      chunk |= code << (c * bits);
+      const float level = levelTable[code & (uint32_t)s];
+      res[c] = fsub(v[r][c], kPlain ? qsgd::decodePlain(code, level, scale, bits)
+                                    : qsgd::decodeWithLevel(code, level, scale, bits));
+    }
+    if (residual && (kPlain || finite)) store4(residual, i, full, n, res);
+    const size_t rowStart = r * kRow;
+    const int validWords =
+        full ? rowWords
+             : (rowStart >= len ? 0
+                                : (int)min((size_t)rowWords, ((len - rowStart) * bits + 31) >> 5));
+    storeRow(chunk, bits, lane, validWords, bucketWords + r * rowWords);
+  }
+}
+
 // One bucket of R rows on one warp. Inlined into the kernel with the type
 // and `full` (an aligned bucket of kBucket elements, wholly in range) as
 // constants, so that the type switches and every bounds check fold away on
@@ -186,7 +229,6 @@ __device__ __forceinline__ void encodeRows(const void* __restrict__ x, DType t,
                                            uint64_t key, const float* levelTable,
                                            float* __restrict__ scales, uint32_t* __restrict__ words,
                                            size_t b, size_t base, size_t len, int lane, bool full) {
-  const int s = qsgd::levels(bits);
   float v[R][4];
   uint32_t maxBits = 0;
 #pragma unroll
@@ -204,40 +246,28 @@ __device__ __forceinline__ void encodeRows(const void* __restrict__ x, DType t,
   }
   maxBits = __reduce_max_sync(0xffffffffu, maxBits);
   const float scale = qsgd::scaleFromMaxBits(maxBits);
-  const float rec = qsgd::reciprocal(scale, s);
+  const float rec = qsgd::reciprocal(scale, qsgd::levels(bits));
   const bool finite = isFiniteBits(maxBits);
   if (lane == 0) scales[b] = scale;
 
   uint32_t* bucketWords = words + (base * bits >> 5);
-  const int rowWords = 4 * bits;
-#pragma unroll
-  for (int r = 0; r < R; ++r) {
-    const size_t i = base + r * kRow + lane * 4;
-    uint32_t chunk = 0;
-    float res[4];
-    const uint64_t weyl = weylPoint(key, i);  // uniform24(key, i + c), Weyl steps added
-#pragma unroll
-    for (int c = 0; c < 4; ++c) {
-      uint32_t code = 0;
-      const float u =
-          kNearest ? qsgd::kNearestDraw : uniform24FromHash(mix64(weyl + (uint64_t)c * kWeyl));
-      if (full || i + c < n) code = qsgd::encodeValue(v[r][c], scale, rec, bits, u);
-      chunk |= code << (c * bits);
-      res[c] =
-          fsub(v[r][c], qsgd::decodeWithLevel(code, levelTable[code & (uint32_t)s], scale, bits));
-    }
-    if (residual && finite) store4(residual, i, full, n, res);
-    const size_t rowStart = r * kRow;
-    const int validWords =
-        full ? rowWords
-             : (rowStart >= len ? 0
-                                : (int)min((size_t)rowWords, ((len - rowStart) * bits + 31) >> 5));
-    storeRow(chunk, bits, lane, validWords, bucketWords + r * rowWords);
+  // Warp-uniform: the whole warp takes one path. The bounds-checked branch
+  // (a tail bucket, or misaligned pointers) codes on the checked path too:
+  // rare, and not worth the registers of a third copy.
+  if (full && qsgd::plainBucket(scale, rec)) {
+    codeRows<R, kNearest, true>(v, residual, n, bits, key, levelTable, scale, rec, finite,
+                                bucketWords, base, len, lane, full);
+  } else {
+    codeRows<R, kNearest, false>(v, residual, n, bits, key, levelTable, scale, rec, finite,
+                                 bucketWords, base, len, lane, full);
   }
 }
 
+// fp32 buckets of up to 512: at most 55 registers, so that 9 blocks (36
+// warps) fit on an SM; the plain path's extra code would otherwise take 64
+// and leave 8.
 template <int R, DType T, bool kNearest>
-__global__ void __launch_bounds__(kWarpThreads)
+__global__ void __launch_bounds__(kWarpThreads, T == DType::F32 && R <= 4 ? 9 : 1)
     qsgdEncodeWarpKernel(const void* __restrict__ x, float* __restrict__ residual, size_t n,
                          int bits, KeySpec keySpec, float* __restrict__ scales,
                          uint32_t* __restrict__ words, bool alignedIn) {

@@ -45,21 +45,38 @@ GC_HD float quantRatio(float ax, float scale, float rec, int s) {
   return rec != 0.0f ? fmul(ax, rec) : fmul(fdiv(ax, scale), (float)s);
 }
 
-// Code of x: sign << (b-1) | level. level = floor(r) + (u < frac(r)), which is
-// exactly unbiased for u uniform on its grid. Non-finite or zero buckets code
-// to 0 (decode then yields NaN resp. 0 from the scale alone).
-GC_HD uint32_t encodeValue(float x, float scale, float rec, int bits, float u) {
-  uint32_t scaleBits = floatToBits(scale);
-  if (scaleBits == 0 || !isFiniteBits(scaleBits)) return 0;
-  const int s = levels(bits);
-  float ax = bitsToFloat(floatToBits(x) & 0x7fffffffu);
-  float r = quantRatio(ax, scale, rec, s);
+// Code of x from its ratio r = |x| * s / scale (quantRatio): sign << (b-1) |
+// level, level = floor(r) + (u < frac(r)), which is exactly unbiased for u
+// uniform on its grid.
+GC_HD uint32_t codeFromRatio(float x, float r, int bits, int s, float u) {
   float lo = (float)(int)r;  // r >= 0: truncation is floor
   float frac = fsub(r, lo);  // exact
   int level = (int)lo + (u < frac ? 1 : 0);
   if (level > s) level = s;
   uint32_t sign = (level != 0 && (floatToBits(x) >> 31)) ? 1u : 0u;
   return (sign << (bits - 1)) | (uint32_t)level;
+}
+
+// Code of x. Non-finite or zero buckets code to 0 (decode then yields NaN
+// resp. 0 from the scale alone).
+GC_HD uint32_t encodeValue(float x, float scale, float rec, int bits, float u) {
+  uint32_t scaleBits = floatToBits(scale);
+  if (scaleBits == 0 || !isFiniteBits(scaleBits)) return 0;
+  const int s = levels(bits);
+  float ax = bitsToFloat(floatToBits(x) & 0x7fffffffu);
+  return codeFromRatio(x, quantRatio(ax, scale, rec, s), bits, s, u);
+}
+
+// A bucket is plain when its scale is finite and non-zero and reciprocal()
+// gave a non-zero rec: nearly every bucket. encodeValue of such a bucket is
+// encodePlain, and decodeWithLevel is decodePlain: the same arithmetic
+// without the per-element checks, so the kernels test once per bucket.
+GC_HD bool plainBucket(float scale, float rec) {
+  const uint32_t b = floatToBits(scale);
+  return b != 0 && isFiniteBits(b) && rec != 0.0f;
+}
+GC_HD uint32_t encodePlain(float x, float rec, int bits, int s, float u) {
+  return codeFromRatio(x, fmul(bitsToFloat(floatToBits(x) & 0x7fffffffu), rec), bits, s, u);
 }
 
 // Nearest rounding is encodeValue at u = 1/2: level = floor(r) + (frac > 1/2),
@@ -83,12 +100,17 @@ GC_HD float levelValue(int level, int s) {
 }
 
 // Value of `code` given its level's value levelValue(code & s, s) (kernels
-// look it up in a table instead of dividing). A non-finite scale (a NaN/Inf
-// bucket, coded all zeros) decodes to the canonical NaN on host and device.
-GC_HD float decodeWithLevel(uint32_t code, float level, float scale, int bits) {
-  if (!isFiniteBits(floatToBits(scale) & 0x7fffffffu)) return canonicalNaN();
+// look it up in a table instead of dividing), for a finite scale.
+GC_HD float decodePlain(uint32_t code, float level, float scale, int bits) {
   const float v = fmul(level, scale);
   return (code >> (bits - 1)) & 1u ? -v : v;
+}
+
+// decodePlain for any scale: a non-finite one (a NaN/Inf bucket, coded all
+// zeros) decodes to the canonical NaN on host and device.
+GC_HD float decodeWithLevel(uint32_t code, float level, float scale, int bits) {
+  if (!isFiniteBits(floatToBits(scale) & 0x7fffffffu)) return canonicalNaN();
+  return decodePlain(code, level, scale, bits);
 }
 
 GC_HD float decodeValue(uint32_t code, float scale, int bits) {

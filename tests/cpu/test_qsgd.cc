@@ -1,6 +1,7 @@
 // Host QSGD codec: layout, unbiasedness, variance bounds, error feedback,
 // special values. Bounds come from the codec's math, not from tuning.
 #include <gtest/gtest.h>
+#include <float.h>
 #include <math.h>
 #include <string.h>
 
@@ -203,6 +204,58 @@ TEST(QsgdHost, DenormalsAndHugeValues) {
         ASSERT_LE(fabs((double)out[i] - x[i]), (double)scale / s * (1 + 1e-5)) << i;
       }
     }
+  }
+}
+
+// The warp kernels code a plain bucket (finite non-zero scale, non-zero
+// reciprocal) with encodePlain and decodePlain, and every other bucket with
+// encodeValue and decodeWithLevel; the GPU tests compare the kernels with the
+// host codec, which uses the checked pair. The pairs must give the same bits
+// wherever a bucket is plain: values across the bucket's range (signed
+// zeros, the scale itself, values on and next to every level boundary),
+// scales from subnormal to FLT_MAX, every width and draws at the grid's ends.
+TEST(QsgdHost, PlainBucketPathGivesTheCheckedPathsBits) {
+  std::mt19937 rng(41);
+  std::uniform_real_distribution<float> unit(0.0f, 1.0f);
+  int plain = 0, notPlain = 0;
+  const float scales[] = {1e-45f, 1e-40f, 1.2e-38f, 1e-20f, 1e-3f,   0.7f,
+                          1.0f,   3.0f,   1e20f,    1e38f,  3.0e38f, FLT_MAX};
+  const float draws[] = {0.0f, 0.5f, 1.0f - 1.0f / 16777216.0f, 0.25f, 0.999f};
+  for (int bits = gc::qsgd::kMinBits; bits <= gc::qsgd::kMaxBits; ++bits) {
+    const int s = levels(bits);
+    for (float scale : scales) {
+      const float rec = gc::qsgd::reciprocal(scale, s);
+      if (!gc::qsgd::plainBucket(scale, rec)) {
+        ++notPlain;
+        continue;
+      }
+      ++plain;
+      std::vector<float> xs = {0.0f, -0.0f, scale, -scale};
+      for (int l = 0; l <= s; ++l) {
+        const float on = gc::qsgd::decodeValue((uint32_t)l, scale, bits);
+        xs.insert(xs.end(), {on, -on, nextafterf(on, 0.0f), nextafterf(on, scale)});
+      }
+      for (int k = 0; k < 64; ++k) xs.push_back((unit(rng) * 2 - 1) * scale);
+      for (float x : xs) {
+        if (!(fabsf(x) <= scale)) continue;  // a bucket's values never exceed its scale
+        for (float u : draws) {
+          const uint32_t code = gc::qsgd::encodeValue(x, scale, rec, bits, u);
+          ASSERT_EQ(gc::qsgd::encodePlain(x, rec, bits, s, u), code)
+              << "bits " << bits << " scale " << scale << " x " << x << " u " << u;
+          const float level = gc::qsgd::levelValue((int)(code & (uint32_t)s), s);
+          const float a = gc::qsgd::decodePlain(code, level, scale, bits);
+          const float b = gc::qsgd::decodeWithLevel(code, level, scale, bits);
+          ASSERT_EQ(memcmp(&a, &b, sizeof(a)), 0) << "bits " << bits << " code " << code;
+        }
+      }
+    }
+  }
+  // Both kinds of bucket occurred: a tiny scale overflows s/scale (no
+  // reciprocal), and 1/FLT_MAX at 2 bits is subnormal.
+  EXPECT_GT(plain, 50);
+  EXPECT_GT(notPlain, 0);
+  for (float scale : {0.0f, INFINITY, NAN}) {
+    EXPECT_FALSE(gc::qsgd::plainBucket(scale, gc::qsgd::reciprocal(scale, 7))) << scale;
   }
 }
 

@@ -354,9 +354,9 @@ TEST_F(QsgdGpu, MisalignedPointersAndAccumulate) {
 // bucket; the encoded bytes at a misaligned word too. Every bucket size with
 // a warp path and the block path (96, 160), every bit width, each input
 // type, error feedback on and off, counts below one bucket, of whole buckets
-// and with a tail, a bucket of zeros, one with a NaN, one with +-Inf: the host
-// codec's bytes and residual, and its decode accumulated into a misaligned
-// output.
+// and with a tail, a bucket of zeros, one with a NaN, one with +-Inf, one of
+// subnormals (no reciprocal): the host codec's bytes and residual, and its decode accumulated into
+// a misaligned output.
 TEST_F(QsgdGpu, EveryBucketBitsTypeAndAlignmentAsOnTheHost) {
   struct Offsets {
     size_t x, r, enc, out;  // elements (of x's type, floats, words, floats) past an aligned base
@@ -367,11 +367,17 @@ TEST_F(QsgdGpu, EveryBucketBitsTypeAndAlignmentAsOnTheHost) {
     for (int d : {96, 128, 160, 256, 512, 1024}) {
       for (size_t n : {(size_t)d - 32, (size_t)(3 * d), (size_t)(4 * d + 37)}) {
         std::vector<float> x = gctest::normal(n, 11 * n + d);
-        // Bucket 0 all zeros, bucket 1 a NaN, bucket 2 +-Inf.
+        // Bucket 0 all zeros, bucket 1 a NaN, bucket 2 +-Inf, bucket 3
+        // subnormal (s / scale overflows: no reciprocal, the kernels divide
+        // per element). Only bucket 4 and the tail are plain: the warp path
+        // codes the others on its checked path (qsgd::plainBucket).
         if (n > 2 * (size_t)d) {
           std::fill(x.begin(), x.begin() + d, 0.0f);
           x[d + 5] = NAN;
           x[2 * d + 1] = INFINITY, x[2 * d + 9] = -INFINITY;
+        }
+        if (n > 4 * (size_t)d) {
+          for (size_t i = 3 * (size_t)d; i < 4 * (size_t)d; ++i) x[i] *= 1e-42f;
         }
         std::vector<uint16_t> h = narrow(x, t);
         const void* hostIn = t == ncclFloat32 ? (const void*)x.data() : (const void*)h.data();
