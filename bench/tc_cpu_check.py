@@ -32,7 +32,9 @@ def skip_reason(prefix):
         if not shutil.which(tool):
             return "%s not found (iproute2; tools/deps.sh installs it)" % tool
     ns = prefix + "probe"
-    steps = [["ip", "netns", "add", ns],
+    # What tools/tc_link.sh's set-up makes: a bridge, a namespace, a veth pair and a tbf qdisc.
+    steps = [["ip", "link", "add", "name", prefix + "pbr", "type", "bridge"],
+             ["ip", "netns", "add", ns],
              ["ip", "-n", ns, "link", "add", "name", "va", "type", "veth", "peer", "name", "vb"],
              ["ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", "va", "root", "tbf", "rate",
               "1gbit", "burst", "131072", "latency", "100ms"]]
@@ -42,7 +44,8 @@ def skip_reason(prefix):
         if p.returncode != 0:
             reason = "%s refused: %s" % (" ".join(cmd[:4]), p.stdout.strip())
             break
-    subprocess.run(["ip", "netns", "del", ns], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for cmd in (["ip", "netns", "del", ns], ["ip", "link", "del", prefix + "pbr"]):
+        subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return reason
 
 
@@ -52,8 +55,10 @@ def run_tc(src, build, work, prefix, auto, budget=None):
     checks it exits 0 and returns its tc_link.json."""
     os.makedirs(work, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k not in ("GC_TC_BUDGET_S", "GC_STEP_BUDGET_S")}
+    # GC_TC_NO_LO: never the fallback of shaping lo, which the tests running beside this one
+    # use (the probe above made what the namespaces need).
     env.update(GC_TC_GBPS="1", GC_TC_RANKS="2", GC_TC_SIZE="1M", GC_TC_ITERS="1",
-               GC_TC_PREFIX=prefix)
+               GC_TC_PREFIX=prefix, GC_TC_NO_LO="1")
     tag = ""
     if auto:
         env["GC_TC_AUTO"] = "1"

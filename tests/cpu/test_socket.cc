@@ -265,7 +265,12 @@ TEST(Socket, AMissingRankTimesOut) {
       << gradcompGetLastError();
 
   // A rank that stops making calls: the other waits cpuTimeoutSec, then fails.
-  SocketWorld world(2, cfg);
+  // The world's set-up is a healthy one (both ranks come): 0.5 s is within
+  // reach of a loaded machine's delay in starting a rank's thread, so the
+  // world waits 3 s, which the call below then waits out.
+  gradcompConfig_t patient = cfg;
+  patient.cpuTimeoutSec = 3.0f;
+  SocketWorld world(2, patient);
   std::vector<float> x(5000, 1.0f);
   EXPECT_EQ(
       gradcompAllReduce(x.data(), x.data(), x.size(), ncclFloat32, ncclSum, world.comm(0), nullptr),
