@@ -206,6 +206,15 @@ class CaptureRecordingBackend final : public gctest::ForwardingBackend {
   std::shared_ptr<ReleaseLog> released_;
 };
 
+// Every rank's backend of w behind a CaptureRecordingBackend.
+void recordCapturesAndFrees(CpuWorld& w, const bool* capture,
+                            const std::shared_ptr<ReleaseLog>& released) {
+  for (int r = 0; r < w.size(); ++r) {
+    gradcompComm* c = w.comm(r);
+    c->backend = std::make_shared<CaptureRecordingBackend>(c->backend, capture, released);
+  }
+}
+
 // A captured call used the workspace: a later eager call that grows it must
 // not free the old one while a CUDA graph may still replay it; the comm frees
 // it when it goes. A workspace no captured call used is freed when it grows.
@@ -218,10 +227,7 @@ TEST(Reliability, GrowingTheWorkspaceKeepsTheOneAGraphUses) {
   void* second[2] = {nullptr, nullptr};
   {
     CpuWorld w(2, cfg);
-    for (int r = 0; r < 2; ++r) {
-      gradcompComm* c = w.comm(r);
-      c->backend = std::make_shared<CaptureRecordingBackend>(c->backend, &capture, released);
-    }
+    recordCapturesAndFrees(w, &capture, released);
     std::vector<std::vector<float>> buf(2, std::vector<float>(size_t(1) << 16, 1.0f));
     auto call = [&](size_t n) {
       return w.run([&](int r) {
@@ -269,10 +275,7 @@ TEST(Reliability, ResetKeepsTheStatesAGraphUses) {
   float* residualB[2] = {nullptr, nullptr};
   {
     CpuWorld w(2, cfg);
-    for (int r = 0; r < 2; ++r) {
-      gradcompComm* c = w.comm(r);
-      c->backend = std::make_shared<CaptureRecordingBackend>(c->backend, &capture, released);
-    }
+    recordCapturesAndFrees(w, &capture, released);
     auto call = [&](std::vector<std::vector<float>>& buf) {
       return w.run([&](int r) {
         return gradcompAllReduce(buf[r].data(), buf[r].data(), n, ncclFloat32, ncclSum, w.comm(r),
