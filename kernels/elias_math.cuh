@@ -152,11 +152,7 @@ GC_HD int quantizeLevel(float x, float scale, float rec, int s, float u) {
   const uint32_t scaleBits = floatToBits(scale);
   if (scaleBits == 0 || !isFiniteBits(scaleBits)) return 0;
   const float ax = bitsToFloat(floatToBits(x) & 0x7fffffffu);
-  const float r = qsgd::quantRatio(ax, scale, rec, s);
-  const float lo = (float)(int)r;
-  const float frac = fsub(r, lo);
-  int level = (int)lo + (u < frac ? 1 : 0);
-  return level > s ? s : level;
+  return qsgd::levelFromRatio(qsgd::quantRatio(ax, scale, rec, s), s, u);
 }
 
 GC_HD bool negativeCode(float x, int level) {

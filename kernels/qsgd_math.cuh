@@ -45,14 +45,18 @@ GC_HD float quantRatio(float ax, float scale, float rec, int s) {
   return rec != 0.0f ? fmul(ax, rec) : fmul(fdiv(ax, scale), (float)s);
 }
 
-// Code of x from its ratio r = |x| * s / scale (quantRatio): sign << (b-1) |
-// level, level = floor(r) + (u < frac(r)), which is exactly unbiased for u
-// uniform on its grid.
-GC_HD uint32_t codeFromRatio(float x, float r, int bits, int s, float u) {
+// Level of a ratio r = |x| * s / scale (quantRatio): floor(r) + (u < frac(r)),
+// at most s, which is exactly unbiased for u uniform on its grid.
+GC_HD int levelFromRatio(float r, int s, float u) {
   float lo = (float)(int)r;  // r >= 0: truncation is floor
   float frac = fsub(r, lo);  // exact
   int level = (int)lo + (u < frac ? 1 : 0);
-  if (level > s) level = s;
+  return level > s ? s : level;
+}
+
+// Code of x from its ratio: sign << (b-1) | level.
+GC_HD uint32_t codeFromRatio(float x, float r, int bits, int s, float u) {
+  const int level = levelFromRatio(r, s, u);
   uint32_t sign = (level != 0 && (floatToBits(x) >> 31)) ? 1u : 0u;
   return (sign << (bits - 1)) | (uint32_t)level;
 }
