@@ -56,6 +56,8 @@ dump("kernels.json", {"gpu": "Test GPU", "rows": [
     krow("qsgd_encode_ef", "float", 4, N26 * 4, 0.11), krow("qsgd_encode_ef", "half", 4, N26, 0.22),
     krow("qsgd_encode_ef", "float", 8, N26, 0.33), krow("qsgd_encode_ef", "float", 4, N26, 0.85),
     krow("qsgd_decode_acc", "float", 4, N26, 0.44), krow("qsgd_decode", "float", 4, N26, 0.75),
+    # The write-only fill (decoy first: another n); decode's 2250 GB/s over 2500.
+    krow("fill", "float", 0, N26 // 4, 0.5), krow("fill", "float", 0, N26, 2500.0 / 3000),
     krow("qsgd_encode_ef", "bfloat16", 8, N26, 0.99), krow("qsgd_encode_ef", "bfloat16", 4, N26, 0.81)]})
 # tools/ncu_limits.py's summary of the profile step.
 dump("profile.json", {"unavailable_reason": None, "kernels": [
@@ -169,6 +171,8 @@ expect(r.get("perf_rows_differing_between_ranks") == 1, "rows whose ranks differ
 expect(r.get("date") == "2030-01-02", "date from the name")
 expect(r.get("qsgd4_encode_ef_frac_of_copy") == 0.85, "encode: fp32, 4-bit, 2^26 row")
 expect(r.get("qsgd4_decode_frac_of_copy") == 0.75, "decode: overwrite, 4-bit, 2^26 row")
+expect(abs(r.get("qsgd4_decode_frac_of_fill", 0) - 0.9) < 1e-12, "decode over the 2^26 fill")
+expect(abs(r.get("fill_frac_of_copy", 0) - 2500.0 / 3000) < 1e-12, "fill: its 2^26 row")
 expect(r.get("qsgd4_bf16_encode_ef_frac_of_copy") == 0.81, "bf16 encode: 4-bit, 2^26 row")
 expect(r.get("qsgd4_fp16_encode_ef_frac_of_copy") == 0.22, "fp16 encode: 4-bit, 2^26 row")
 expect(r.get("qsgd4_nearest_encode_ef_frac_of_copy") == 0.91, "nearest encode: fp32 4-bit 2^26 row")

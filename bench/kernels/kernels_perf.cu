@@ -9,6 +9,8 @@
 //   QSGD decode:                  reads E(n), writes 4n (overwrite) or reads
 //                                 and writes 4n (accumulate)
 //   copy:                         reads and writes 4n
+//   fill:                         writes 4n (cudaMemsetAsync: the write-only
+//                                 stream a decode's 4n of output is, beside it)
 //   top-k select (threshold,      reads 4n (the vector; the sample, counts
 //   exact), fp32 input:           and the kmax indices are not counted)
 //   sparse_check_lists:           reads L * kmax * 4 (the indices of the L
@@ -377,6 +379,14 @@ int main(int argc, char** argv) {
         timeIt(s, [&] { CHECK_CUDA(cudaMemcpyAsync(r, out, n * 4, cudaMemcpyDeviceToDevice, s)); });
     const double copyGbps = 8.0 * n / copyUs / 1e3;
     if (a.runs("copy")) report({"copy", "float", 0, n, copyUs, 8.0 * n, copyGbps, copyGbps});
+    // A decode reads E(n) (an eighth of its output at 4 bits) and writes 4n:
+    // nearly write-only, which HBM may serve at another rate than a copy's
+    // even mix. The fill is that ceiling, measured beside it (not under a
+    // profiler's --once).
+    if (!a.once && (a.runs("copy") || a.runs("decode"))) {
+      const double fillUs = timeIt(s, [&] { CHECK_CUDA(cudaMemsetAsync(r, 0, n * 4, s)); });
+      report({"fill", "float", 0, n, fillUs, 4.0 * n, 4.0 * n / fillUs / 1e3, copyGbps});
+    }
     // The encodes a call runs, through the public entry point: with error
     // feedback in both roundings (GRADCOMP_ROUNDING), and without it
     // (GRADCOMP_EF=0: g read, no residual), side by side.
