@@ -12,7 +12,9 @@
 //   fill:                         writes 4n (cudaMemsetAsync: the write-only
 //                                 stream a decode's 4n of output is, beside it)
 //   top-k select (threshold,      reads 4n (the vector; the sample, counts
-//   exact), fp32 input:           and the kmax indices are not counted)
+//   exact), fp32 input:           and the kmax indices are not counted); the
+//                                 threshold selector also at the least sample
+//                                 rate (topk_threshold_min_sample)
 //   sparse_check_lists:           reads L * kmax * 4 (the indices of the L
 //                                 received slot lists the sparse allgather
 //                                 checks in one launch, after a memset of L flags)
@@ -64,7 +66,8 @@ struct Args {
   int lists = 8;  // received slot lists the sparse check reads: the ranks of perf_n8_sparse
   std::string json;
   // --only: one kind of kernel (copy, encode, encode_nearest, encode_no_ef,
-  // decode, topk_threshold, topk_exact, sparse_checks; empty: all); --once: every
+  // decode, topk_threshold, topk_threshold_min_sample, topk_exact,
+  // sparse_checks; empty: all); --once: every
   // kernel launched once, untimed
   // batches skipped, for a profiler that replays each launch (the profile
   // step of tools/gpu-check.sh).
@@ -72,6 +75,10 @@ struct Args {
   bool once = false;
   bool runs(const char* kind) const { return only.empty() || only == kind; }
 };
+
+// GRADCOMP_SAMPLE_RATE's least value (plugin/config.cc): the threshold
+// selector's sample is then as small as its floor max(1024, 64/density) allows.
+constexpr float kMinSampleRate = 1e-4f;
 
 struct Result {
   std::string kernel;
@@ -83,6 +90,7 @@ struct Result {
   size_t k = 0;
   const char* rounding = nullptr;  // encode rows: "stochastic" or "nearest"
   int lists = 0;                   // sparse_check_lists rows
+  double sampleRate = 0;           // threshold top-k rows
 };
 
 const char* typeName(ncclDataType_t t) {
@@ -98,7 +106,8 @@ void usage() {
       "                             [--bucket 512] [--bits 2,4,8] [--dtypes float,half,bfloat16]\n"
       "                             [--densities 0.001,0.01] [--lists 8] [--json FILE]\n"
       "                             [--only copy|encode|encode_nearest|encode_no_ef|decode|\n"
-      "                                     topk_threshold|topk_exact|sparse_checks]\n"
+      "                                     topk_threshold|topk_threshold_min_sample|topk_exact|\n"
+      "                                     sparse_checks]\n"
       "                             [--once 1]\n"
       "Sizes n = 2^min .. 2^max elements, capped by free GPU memory. --once 1 launches each\n"
       "kernel once (its time is that one launch), for a profiler. --lists: the received slot\n"
@@ -148,10 +157,12 @@ bool parseArgs(int argc, char** argv, Args* a) {
       a->only = v;
       if (a->only != "copy" && a->only != "encode" && a->only != "encode_nearest" &&
           a->only != "encode_no_ef" && a->only != "decode" && a->only != "topk_threshold" &&
-          a->only != "topk_exact" && a->only != "sparse_checks") {
+          a->only != "topk_threshold_min_sample" && a->only != "topk_exact" &&
+          a->only != "sparse_checks") {
         fprintf(stderr,
                 "gradcomp_kernels_perf: --only %s: kinds are copy, encode, encode_nearest, "
-                "encode_no_ef, decode, topk_threshold, topk_exact, sparse_checks\n",
+                "encode_no_ef, decode, topk_threshold, topk_threshold_min_sample, topk_exact, "
+                "sparse_checks\n",
                 v);
         return false;
       }
@@ -440,12 +451,25 @@ int main(int argc, char** argv) {
     }
     // Top-k selection on the torch_topk.py data.
     CHECK_CUDA(gcbench::fillDevice(g, gc::DType::F32, n, 1, 0, s));
+    // The threshold selector twice: at the default sample rate (the goal's row)
+    // and at the least one allowed (kMinSampleRate), whose sample is then
+    // max(1024, 64/density) entries at these n: how much of the row is the
+    // sample's sort (topk_threshold_min_sample).
+    struct Select {
+      const char* kernel;
+      int exact;
+      float sampleRate;
+    };
+    const Select selects[] = {{"topk_threshold", 0, cfg.sampleRate},
+                              {"topk_threshold_min_sample", 0, kMinSampleRate},
+                              {"topk_exact", 1, cfg.sampleRate}};
     for (double d : a.densities) {
-      for (int exact = 0; exact < 2; ++exact) {
-        if (!a.runs(exact ? "topk_exact" : "topk_threshold")) continue;
+      for (const Select& sel : selects) {
+        const int exact = sel.exact;
+        if (!a.runs(sel.kernel)) continue;
         size_t slots = 0, wsBytes = 0;
         gcCheck(gradcompTopkSlots(n, (float)d, cfg.oversample, exact, &slots), "topk slots");
-        gcCheck(gradcompTopkWorkspaceBytes(n, (float)d, cfg.oversample, cfg.sampleRate, exact,
+        gcCheck(gradcompTopkWorkspaceBytes(n, (float)d, cfg.oversample, sel.sampleRate, exact,
                                            &wsBytes),
                 "topk workspace");
         uint32_t* idx = nullptr;
@@ -458,13 +482,14 @@ int main(int argc, char** argv) {
             [&] {
               gcCheck(
                   gradcompTopkSelect(static_cast<const float*>(g), n, (float)d, cfg.oversample,
-                                     cfg.sampleRate, exact, seed++, idx, nullptr, ws, wsBytes, s),
+                                     sel.sampleRate, exact, seed++, idx, nullptr, ws, wsBytes, s),
                   "topk select");
             },
             a.once);
         const double bytes = 4.0 * n;
-        report({exact ? "topk_exact" : "topk_threshold", "float", 0, n, us, bytes, bytes / us / 1e3,
-                copyGbps, d, slots});
+        Result x{sel.kernel, "float", 0, n, us, bytes, bytes / us / 1e3, copyGbps, d, slots};
+        if (!exact) x.sampleRate = sel.sampleRate;
+        report(x);
         CHECK_CUDA(cudaStreamSynchronize(s));
         CHECK_CUDA(cudaFree(idx));
         CHECK_CUDA(cudaFree(ws));
@@ -499,6 +524,7 @@ int main(int argc, char** argv) {
       if (x.density > 0) fprintf(f, ", \"density\": %.17g, \"k\": %zu", x.density, x.k);
       if (x.rounding) fprintf(f, ", \"rounding\": \"%s\", \"bucket\": %d", x.rounding, a.bucket);
       if (x.lists) fprintf(f, ", \"lists\": %d", x.lists);
+      if (x.sampleRate > 0) fprintf(f, ", \"sample_rate\": %.9g", x.sampleRate);
       fprintf(f, "}");
     }
     fprintf(f, "\n  ]\n}\n");
