@@ -108,7 +108,9 @@ __device__ __forceinline__ void fillLevelTable(float* table, int s) {
 }
 
 // Four consecutive elements as floats. `vec`: 16-byte (fp32) or 8-byte
-// (fp16/bf16) aligned and all four in range.
+// (fp16/bf16) aligned and all four in range. fp16 converts with one cvt and
+// no branch for NaN (halfToFloatAnyNaN): the encode writes the same bits for
+// any NaN payload.
 __device__ __forceinline__ void load4(const void* __restrict__ x, DType t, size_t i, bool vec,
                                       size_t limit, float v[4]) {
   if (vec) {
@@ -120,7 +122,9 @@ __device__ __forceinline__ void load4(const void* __restrict__ x, DType t, size_
       const uint16_t e[4] = {(uint16_t)(h.x & 0xffffu), (uint16_t)(h.x >> 16),
                              (uint16_t)(h.y & 0xffffu), (uint16_t)(h.y >> 16)};
 #pragma unroll
-      for (int c = 0; c < 4; ++c) v[c] = t == DType::F16 ? halfToFloat(e[c]) : bf16ToFloat(e[c]);
+      for (int c = 0; c < 4; ++c) {
+        v[c] = t == DType::F16 ? halfToFloatAnyNaN(e[c]) : bf16ToFloat(e[c]);
+      }
     }
     return;
   }

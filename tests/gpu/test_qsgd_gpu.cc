@@ -292,9 +292,10 @@ TEST_F(QsgdGpu, OffsetEncodeEqualsSliceOfWholeEncode) {
 
 // Every fp16 bit pattern (subnormals, infinities, NaNs with their payloads)
 // through the warp-path encode with error feedback, against the host: the
-// device converts with one cvt where the value fixes the bits and with the
-// host's formula for NaN. Buckets of 512 hold 512 consecutive patterns, so
-// some are all finite and some hold Inf or NaN (scale NaN, residual kept).
+// warp path's aligned loads convert with one cvt whatever the payload
+// (halfToFloatAnyNaN), the host keeps NaN payloads, and the bytes and
+// residuals must still agree. Buckets of 512 hold 512 consecutive patterns,
+// so some are all finite and some hold Inf or NaN (scale NaN, residual kept).
 TEST_F(QsgdGpu, EveryHalfPatternEncodesAsOnTheHost) {
   const size_t n = 65536;
   std::vector<uint16_t> h(n);
