@@ -106,7 +106,7 @@ for run in 2:0 4:2; do
     pids+=($!)
   done
   for p in "${pids[@]}"; do wait "$p"; done
-  rm -f "$idfile"
+  rm -f "$idfile" "$idfile".done*  # the id and the survivors' healthy-call marks
   for r in $(seq 0 $((n - 2))); do  # the last rank is the one that dies
     log=$out/multirank_abort_n${n}_r${r}.log
     line=$(grep -E "^multirank abort rank .*passed" "$log" | tail -1)

@@ -966,7 +966,7 @@ void checkCallsCheck(ncclComm_t nc, cudaStream_t st) {
 // The abort check (GC_ABORT_TEST=1): see the top of the file.
 constexpr double kAbortBoundSec = 30;
 
-int abortMain(ncclComm_t nc, cudaStream_t st) {
+int abortMain(ncclComm_t nc, cudaStream_t st, const std::string& idPath) {
   const size_t n = 100003;
   gradcompConfig_t cfg;
   gradcompConfigInit(&cfg);
@@ -983,7 +983,22 @@ int abortMain(ncclComm_t nc, cudaStream_t st) {
   report(gradcompAllReduce(dbuf, dbuf, n, ncclFloat32, ncclSum, gc, st) == gradcompSuccess,
          "abort: the healthy call");
   CK(cudaStreamSynchronize(st));
+  // The last rank exits only once every other rank's healthy call has ended:
+  // its own call can end while its proxy still sends the last bytes another
+  // rank waits for, and exiting then would leave that rank stuck in the
+  // healthy call. A file per survivor next to the NCCL id says so.
+  const std::string healthyDone = idPath + ".done";
+  if (rank != nranks - 1) {
+    FILE* f = fopen((healthyDone + std::to_string(rank)).c_str(), "w");
+    if (f) fclose(f);
+  }
   if (rank == nranks - 1) {
+    for (int r = 0; r < nranks - 1; ++r) {
+      for (int i = 0; i < 300 && access((healthyDone + std::to_string(r)).c_str(), F_OK) != 0;
+           ++i) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      }
+    }
     printf("multirank abort rank %d of %d: exits without its second call\n", rank, nranks);
     fflush(stdout);
     _exit(0);
@@ -1057,7 +1072,7 @@ int main() {
   CK(ncclCommInitRank(&nc, nranks, id, rank));
   cudaStream_t st;
   CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
-  if (getenv("GC_ABORT_TEST") && atoi(getenv("GC_ABORT_TEST"))) return abortMain(nc, st);
+  if (getenv("GC_ABORT_TEST") && atoi(getenv("GC_ABORT_TEST"))) return abortMain(nc, st, idPath);
   for (gradcompAlgo_t algo :
        {gradcompAlgoAuto, gradcompAlgoTwoShot, gradcompAlgoRing, gradcompAlgoAllgather}) {
     if (algo == gradcompAlgoAuto && localSize <= 1) continue;  // flat: auto is one of the three
