@@ -11,7 +11,8 @@ then the same with GC_TC_AUTO=1 (QSGD with GRADCOMP_AUTO: auto's time, choice
 and regret, and the worst-regret keys); then a GC_TC_BUDGET_S too short for the run: recorded
 as skipped, the JSON and table still written.
 Timings are never asserted. Skips (exit 77) where namespaces cannot be made
-and shaped: not root, no ip/tc, or the kernel refuses.
+and shaped: not root, no ip/tc, or the kernel refuses; and under
+GRADCOMP_TEST_GPU=1 (gpu-check's tc_link step runs the real thing).
 Usage: tc_cpu_check.py SOURCE_DIR BUILD_DIR WORKDIR
 """
 import json
@@ -127,6 +128,11 @@ def check_budget(src, build, work, prefix):
 
 def main():
     src, build, work = sys.argv[1:4]
+    if os.environ.get("GRADCOMP_TEST_GPU") == "1":
+        # The GPU suite runs tools/tc_link.sh itself (gpu-check's tc_link step): device time is
+        # not spent on its CPU rehearsal.
+        print("SKIPPED: GRADCOMP_TEST_GPU=1: the GPU suite runs tools/tc_link.sh on the GPU")
+        return SKIP
     os.makedirs(work, exist_ok=True)
     # Unique names: other checkouts on this machine may run the same test.
     prefix = "gcck%d" % (os.getpid() % 100000)

@@ -80,8 +80,18 @@ for run in 2:0 4:0 4:2; do
       p=$(echo "$line" | sed -E 's/.*: ([0-9]+) passed, ([0-9]+) failed/\1/')
       f=$(echo "$line" | sed -E 's/.*: ([0-9]+) passed, ([0-9]+) failed/\2/')
     else
-      p=0; f=1; line="rank $r of $n: crashed or timed out ($(tail -2 "$log" | tr '\n' ' '))"
-      [ "${rcs[$r]}" = 124 ] && line="rank $r of $n: timed out after ${limit}s ($(tail -2 "$log" | tr '\n' ' '))"
+      # Cut short: what its last finished section had (gradcomp_multirank's progress
+      # lines) counts, and the run's end counts as one failure.
+      p=0; f=1; where=""
+      prog=$(grep -E "^multirank progress rank" "$log" | tail -1)
+      if [ -n "$prog" ]; then
+        p=$(echo "$prog" | sed -E 's/.*: ([0-9]+) passed, ([0-9]+) failed/\1/')
+        f=$(($(echo "$prog" | sed -E 's/.*: ([0-9]+) passed, ([0-9]+) failed/\2/') + 1))
+        where=" after '$(echo "$prog" | sed -E 's/^multirank progress rank [0-9]+ of [0-9]+: (.*) done: .*/\1/')' ($p passed, $((f - 1)) failed by then)"
+      fi
+      last=$(grep -v '^multirank progress' "$log" | tail -2 | tr '\n' ' ')
+      line="rank $r of $n: crashed or timed out$where ($last)"
+      [ "${rcs[$r]}" = 124 ] && line="rank $r of $n: timed out after ${limit}s$where ($last)"
     fi
     total_pass=$((total_pass + p)); total_fail=$((total_fail + f))
     if [ "$local_size" != 0 ]; then hier_pass=$((hier_pass + p)); hier_fail=$((hier_fail + f)); fi
@@ -106,7 +116,7 @@ for run in 2:0 4:2; do
     pids+=($!)
   done
   for p in "${pids[@]}"; do wait "$p"; done
-  rm -f "$idfile"
+  rm -f "$idfile" "$idfile".done*  # the id and the survivors' healthy-call marks
   for r in $(seq 0 $((n - 2))); do  # the last rank is the one that dies
     log=$out/multirank_abort_n${n}_r${r}.log
     line=$(grep -E "^multirank abort rank .*passed" "$log" | tail -1)

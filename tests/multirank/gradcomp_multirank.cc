@@ -11,8 +11,10 @@
 // (ref_hier_rs.h when hierarchical), then GRADCOMP_CHECK_CALLS, then
 // GRADCOMP_AUTO. Prints "N passed, M
 // failed" and, for the reduce-scatter checks alone, "multirank rs ...: N passed,
-// M failed". With GRADCOMP_LOCAL_SIZE=L > 1 (tools/multirank_check.sh runs N =
-// 4, L = 2) the comms are hierarchical (nodes of L consecutive ranks) and the
+// M failed"; after each section, a "multirank progress" line with the counts
+// so far, which the script reads when its time limit cuts a run short.
+// With GRADCOMP_LOCAL_SIZE=L > 1 (tools/multirank_check.sh runs N = 4, L = 2)
+// the comms are hierarchical (nodes of L consecutive ranks) and the
 // references those of tests/common/ref_hier.h and ref_hier_rs.h; L = 2 keeps
 // the in-node sums exact whatever order NCCL adds in.
 //
@@ -63,6 +65,14 @@ void report(bool ok, const std::string& what) {
     ++failed;
     fprintf(stderr, "rank %d FAILED: %s (%s)\n", rank, what.c_str(), gradcompGetLastError());
   }
+}
+
+// A line per finished section, flushed (stdout is a file): a run that the
+// script's time limit cuts short still shows how far it got and what passed.
+void progress(const char* section) {
+  printf("multirank progress rank %d of %d: %s done: %d passed, %d failed\n", rank, nranks, section,
+         passed, failed);
+  fflush(stdout);
 }
 
 #define CK(x)                                                                                \
@@ -966,7 +976,7 @@ void checkCallsCheck(ncclComm_t nc, cudaStream_t st) {
 // The abort check (GC_ABORT_TEST=1): see the top of the file.
 constexpr double kAbortBoundSec = 30;
 
-int abortMain(ncclComm_t nc, cudaStream_t st) {
+int abortMain(ncclComm_t nc, cudaStream_t st, const std::string& idPath) {
   const size_t n = 100003;
   gradcompConfig_t cfg;
   gradcompConfigInit(&cfg);
@@ -983,7 +993,22 @@ int abortMain(ncclComm_t nc, cudaStream_t st) {
   report(gradcompAllReduce(dbuf, dbuf, n, ncclFloat32, ncclSum, gc, st) == gradcompSuccess,
          "abort: the healthy call");
   CK(cudaStreamSynchronize(st));
+  // The last rank exits only once every other rank's healthy call has ended:
+  // its own call can end while its proxy still sends the last bytes another
+  // rank waits for, and exiting then would leave that rank stuck in the
+  // healthy call. A file per survivor next to the NCCL id says so.
+  const std::string healthyDone = idPath + ".done";
+  if (rank != nranks - 1) {
+    FILE* f = fopen((healthyDone + std::to_string(rank)).c_str(), "w");
+    if (f) fclose(f);
+  }
   if (rank == nranks - 1) {
+    for (int r = 0; r < nranks - 1; ++r) {
+      for (int i = 0; i < 300 && access((healthyDone + std::to_string(r)).c_str(), F_OK) != 0;
+           ++i) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      }
+    }
     printf("multirank abort rank %d of %d: exits without its second call\n", rank, nranks);
     fflush(stdout);
     _exit(0);
@@ -1057,7 +1082,7 @@ int main() {
   CK(ncclCommInitRank(&nc, nranks, id, rank));
   cudaStream_t st;
   CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
-  if (getenv("GC_ABORT_TEST") && atoi(getenv("GC_ABORT_TEST"))) return abortMain(nc, st);
+  if (getenv("GC_ABORT_TEST") && atoi(getenv("GC_ABORT_TEST"))) return abortMain(nc, st, idPath);
   for (gradcompAlgo_t algo :
        {gradcompAlgoAuto, gradcompAlgoTwoShot, gradcompAlgoRing, gradcompAlgoAllgather}) {
     if (algo == gradcompAlgoAuto && localSize <= 1) continue;  // flat: auto is one of the three
@@ -1069,6 +1094,7 @@ int main() {
           checkAlgo(nc, st, algo, t, avg, n);
         }
   }
+  progress("dense");
   const SparseCase sparseCases[] = {
       {"topk-threshold", gradcompMethodTopk, gradcompSelectThreshold, ncclFloat32, false},
       {"topk-exact-bf16values", gradcompMethodTopk, gradcompSelectExact, ncclBfloat16, false},
@@ -1083,6 +1109,7 @@ int main() {
           if (localSize > 1 && n == 5000) continue;
           checkSparse(nc, st, sc, t, avg, n);
         }
+  progress("sparse");
   // Pipelined two-shot (flat, or the hierarchy's middle stage with its
   // in-node stages around it on a third stream): pieces of one and of three
   // buckets of every chunk, the latter not dividing them, 4 to 40 pieces a
@@ -1112,12 +1139,14 @@ int main() {
         checkAlgo(nc, st, algo, t, n == 5000, n, 0, gradcompRoundNearest);
   for (gradcompAlgo_t algo : {gradcompAlgoTwoShot, gradcompAlgoRing})
     checkAlgo(nc, st, algo, DType::F32, false, pipedN, 192 * 4 * nranks, gradcompRoundNearest);
+  progress("pipelined and nearest");
   checkGraph(nc, st, 0);
   checkGraph(nc, st, 64 << 10);
   checkGraph(nc, st, 64 << 10, gradcompAlgoRing);
   checkTwoStreams(nc, st);
   checkSetupAgreement(nc, ndev);
   checkPassThrough(nc, st);  // also: the NCCL comm still works after refused set-ups
+  progress("graphs, two streams, set-up, pass-through");
   inRs = true;
   for (DType t : {DType::F32, DType::F16, DType::BF16})
     for (bool avg : {false, true})
@@ -1133,15 +1162,18 @@ int main() {
       for (size_t piece : {(size_t)64, (size_t)192})
         for (bool inPlace : {false, true})
           checkRsQsgd(nc, st, t, avg, 2501, inPlace, false, piece * 4 * nranks);
+  progress("reduce-scatter qsgd");
   for (const SparseCase& sc : sparseCases)
     for (DType t : {DType::F32, DType::BF16})
       for (size_t m : {(size_t)7, (size_t)30001}) checkRsSparse(nc, st, sc, t, t == DType::BF16, m);
   checkRsGraph(nc, st);
   checkRsGraph(nc, st, 64 << 10);
   checkRsPassThrough(nc, st);
+  progress("reduce-scatter sparse, graphs, pass-through");
   inRs = false;
   checkRestoredSteps(nc, st);
   checkCallsCheck(nc, st);
+  progress("restored steps, check calls");
   checkAuto(nc, st);
   inRs = true;
   checkAutoRs(nc, st);

@@ -28,7 +28,8 @@ check() { if eval "$2"; then echo "PASS: $1"; else echo "FAIL: $1"; fail=1; fi; 
 # launch NAME NRANKS PRELOAD(0/1) MODE [VAR=VALUE... applied to every rank]
 # GRADCOMP_AUTO=0 unless a case sets it: these cases check compression itself.
 # Rank-specific settings: RANK1_ENV="VAR=VALUE" applies to rank 1 only.
-# CASE_TIMEOUT: seconds each rank may take (120).
+# CASE_TIMEOUT: seconds each rank may take (60: a case takes seconds, and one hung case must
+# leave the test inside gpu-check's 180 s tests step).
 launch() {
   local name=$1 n=$2 use=$3 mode=$4 r pids=() rc=0
   shift 4
@@ -38,7 +39,7 @@ launch() {
                 NCCL_SHM_DISABLE=1 NCCL_NVLS_ENABLE=0 GRADCOMP_DEBUG=INFO GRADCOMP_AUTO=0 "$@")
     [ "$use" = 1 ] && envs+=(LD_PRELOAD=$preload)
     [ "$r" = 1 ] && [ -n "${RANK1_ENV:-}" ] && envs+=($RANK1_ENV)
-    env "${envs[@]}" timeout -k 5 "${CASE_TIMEOUT:-120}" "$app" $mode > "$work/${name}_r$r.out" \
+    env "${envs[@]}" timeout -k 5 "${CASE_TIMEOUT:-60}" "$app" $mode > "$work/${name}_r$r.out" \
       2> "$work/${name}_r$r.err" &
     pids+=($!)
   done
