@@ -262,8 +262,11 @@ __global__ void __launch_bounds__(kDecodeThreads)
   float* o = out + base;
   uint32_t i = 0;
   while (!bad && i < len) {
+    // A gap read past the bucket's span is malformed too: a last code (the
+    // trailing zeros' terminator) cut off by the span would otherwise read
+    // zeros past it as its own bits and decode without a NaN.
     const uint32_t g = r.number(p.code);
-    if (g == 0 || g > len - i + 1) {
+    if (g == 0 || g > len - i + 1 || r.overrun()) {
       bad = true;
       break;
     }

@@ -233,6 +233,62 @@ TEST_F(EliasGpu, CorruptStreamStaysInBounds) {
   for (size_t i = n; i < n + 64; ++i) ASSERT_EQ(out[i], 5.0f) << "wrote past the output at " << i;
 }
 
+// One bucket of 64 (gamma, 7 levels, max scale 1): 1 at elements 0 and 32,
+// zeros after; its stream is 24 bits of codes, then the trailing zeros'
+// terminator gamma(32) at bits 24..34, whose '1' (bit 29) lies in the first
+// word and whose last three bits (zeros) in the second. The header is then
+// cut to one stream word, and the word past it set to ones: the terminator
+// runs past its bucket's span, a malformed encoding (its tail read as zeros
+// would still give 32).
+std::vector<uint8_t> truncatedTerminator(const gradcompEliasParams_t& p, size_t n) {
+  std::vector<float> x(n, 0.0f);
+  x[0] = x[32] = 1.0f;
+  const size_t maxBytes = gradcompEliasMaxEncodedBytes(n, &p);
+  std::vector<uint8_t> enc(maxBytes);
+  size_t bytes = 0;
+  EXPECT_EQ(gradcompEliasEncodeHost(x.data(), ncclFloat32, nullptr, n, &p, 1, enc.data(), maxBytes,
+                                    &bytes),
+            gradcompSuccess);
+  EXPECT_EQ(bytes, 20u);  // scale, offsets {0, 2}, two stream words
+  enc.resize(20);
+  uint32_t w[5];
+  memcpy(w, enc.data(), sizeof(w));
+  EXPECT_EQ(w[1], 0u);
+  EXPECT_EQ(w[2], 2u);
+  EXPECT_EQ(w[4], 0u);  // the terminator's last bits
+  w[2] = 1;
+  w[4] = 0xffffffffu;
+  memcpy(enc.data(), w, sizeof(w));
+  return enc;
+}
+
+TEST(EliasHost, TerminatorPastItsBucketIsRejected) {
+  const auto p = params(7, 64, gradcompEliasGamma, gradcompEliasScaleMax);
+  const std::vector<uint8_t> enc = truncatedTerminator(p, 64);
+  std::vector<float> out(64);
+  EXPECT_EQ(gradcompEliasDecodeHost(enc.data(), enc.size(), 64, &p, out.data(), 0),
+            gradcompInvalidArgument);
+}
+
+// The GPU decoder on that encoding: the values before the terminator, then
+// NaN from where it breaks (its trailing zeros), and nothing read past the
+// span (the ones there would make other codes).
+TEST_F(EliasGpu, TerminatorPastItsBucketDecodesToNaN) {
+  const size_t n = 64;
+  const auto p = params(7, 64, gradcompEliasGamma, gradcompEliasScaleMax);
+  const std::vector<uint8_t> enc = truncatedTerminator(p, n);
+  DeviceBuffer<uint8_t> denc(enc.size());
+  denc.upload(enc);
+  DeviceBuffer<float> dout(n + 16);
+  dout.upload(std::vector<float>(n + 16, 5.0f));
+  ASSERT_EQ(gradcompEliasDecode(denc.get(), n, &p, dout.get(), 0, stream), gradcompSuccess);
+  ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+  const std::vector<float> out = dout.download(n + 16);
+  for (size_t i = 0; i < 33; ++i) EXPECT_EQ(out[i], i % 32 == 0 ? 1.0f : 0.0f) << i;
+  for (size_t i = 33; i < n; ++i) EXPECT_TRUE(isnan(out[i])) << i << ": " << out[i];
+  for (size_t i = n; i < n + 16; ++i) ASSERT_EQ(out[i], 5.0f) << "wrote past the output at " << i;
+}
+
 // Pointers off their alignment are refused, naming the pointer, before any
 // device call (so this runs without a GPU too): the kernels' fp32 and 32-bit
 // accesses there would be a misaligned-address fault, which ends the CUDA
