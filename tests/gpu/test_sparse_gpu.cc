@@ -367,29 +367,44 @@ TEST_F(SparseGpu, RandkEqualsHost) {
   }
 }
 
+// Both selectors captured into one graph (sharing one scratch), replayed
+// over two different inputs: each replay re-initializes the look-back's tile
+// states and the radix state, so the second equals the host on its input
+// too (stale tile states from the first replay would shift its slots).
 TEST_F(SparseGpu, CapturedSelectionReplaysToEagerResult) {
   const size_t n = 1 << 20;
-  auto v = gctest::normal(n, 9);
   Plan p = gc::sparse::makePlan(n, 0.01, false, 2, 0.01);
   DeviceBuffer<float> dv(n);
-  DeviceBuffer<uint32_t> didx(p.kmax);
-  DeviceBuffer<uint64_t> dsel(1);
+  DeviceBuffer<uint32_t> didx(p.kmax), dexact(p.k);
+  DeviceBuffer<uint64_t> dsel(2);
   DeviceBuffer<char> scratch(gc::cuda::sparseScratchBytes(n, p.sample));
-  dv.upload(v);
   cudaGraph_t graph;
   ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
   ASSERT_EQ(gc::cuda::selectThreshold(dv.get(), n, p, gc::plainKey(5), didx.get(), dsel.get(),
                                       scratch.get(), stream),
             cudaSuccess);
+  ASSERT_EQ(
+      gc::cuda::selectExact(dv.get(), n, p.k, dexact.get(), dsel.get(1), scratch.get(), stream),
+      cudaSuccess);
   ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
   cudaGraphExec_t exec;
   ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
-  ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
-  ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
-  std::vector<uint32_t> idx(p.kmax);
-  uint64_t sel = 0;
-  gc::host::selectThreshold(v.data(), n, p, 5, idx.data(), &sel);
-  EXPECT_EQ(didx.download(p.kmax), idx);
+  for (int replay = 0; replay < 2; ++replay) {
+    std::vector<float> v = gctest::normal(n, 9 + replay);
+    if (replay == 1) {
+      for (size_t i = 0; i < n; i += 3) v[i] = 4.0f;  // ties at the exact cut
+    }
+    dv.upload(v);
+    ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
+    ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+    std::vector<uint32_t> idx(p.kmax), exact(p.k);
+    uint64_t sel = 0, selExact = 0;
+    gc::host::selectThreshold(v.data(), n, p, 5, idx.data(), &sel);
+    gc::host::selectExact(v.data(), n, p.k, exact.data(), &selExact);
+    EXPECT_EQ(didx.download(p.kmax), idx) << "replay " << replay;
+    EXPECT_EQ(dexact.download(p.k), exact) << "replay " << replay;
+    EXPECT_EQ(dsel.download(2), (std::vector<uint64_t>{sel, selExact})) << "replay " << replay;
+  }
   cudaGraphExecDestroy(exec);
   cudaGraphDestroy(graph);
 }
