@@ -7,9 +7,11 @@
 
 #include <algorithm>
 #include <limits>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "backends/sparse_ops.h"
 #include "gpu_util.h"
 #include "kernels/sparse_math.cuh"
 #include "plugin/codecs/sparse.h"
@@ -245,6 +247,114 @@ TEST_F(SparseGpu, CompactionEdgesEqualHost) {
   }
 }
 
+// The compaction over many waves of tiles: 4097 tiles, about eight times
+// what an H100/H200 holds resident at once (compactKernel: 60 registers, 4
+// blocks of 256 per SM), so most tiles find their predecessors still
+// partial or not yet started and look back over many of them. 32 magnitudes
+// in a scrambled order: every tile holds ties of every class, so each exact
+// cut falls on a tie class spread over all tiles; threshold selections with
+// kmax below and at n; v aligned and one float past it.
+TEST_F(SparseGpu, CompactionOverManyWavesEqualsHost) {
+  const size_t n = ((size_t)1 << 24) + 9;
+  std::vector<float> v(n);
+  for (size_t i = 0; i < n; ++i) {
+    const uint32_t h = (uint32_t)i * 2654435761u;
+    v[i] = (float)(h >> 27) * (h & 1 ? 0.125f : -0.125f);
+  }
+  const Plan lo = gc::sparse::makePlan(n, 0.01, false, 2, 0.01);
+  const Plan all = gc::sparse::makePlan(n, 0.6, false, 2, 0.01);
+  ASSERT_EQ(all.kmax, n);
+  DeviceBuffer<float> dv(n + 1);
+  DeviceBuffer<uint32_t> didx(n);
+  DeviceBuffer<uint64_t> dsel(1);
+  DeviceBuffer<char> scratch(gc::cuda::sparseScratchBytes(n, std::max(lo.sample, all.sample)));
+  for (size_t off : {(size_t)0, (size_t)1}) {
+    dv.upload(v, off);
+    for (size_t k : {(size_t)1, n / 3 + 1, n - 4097}) {
+      std::vector<uint32_t> idx(k);
+      uint64_t sel = 0;
+      gc::host::selectExact(v.data(), n, k, idx.data(), &sel);
+      ASSERT_EQ(
+          gc::cuda::selectExact(dv.get(off), n, k, didx.get(), dsel.get(), scratch.get(), stream),
+          cudaSuccess);
+      ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+      ASSERT_EQ(didx.download(k), idx) << "exact k=" << k << " offset=" << off;
+      ASSERT_EQ(dsel.download(1)[0], sel) << "exact k=" << k << " offset=" << off;
+    }
+    for (const Plan& p : {lo, all}) {
+      std::vector<uint32_t> idx(p.kmax);
+      uint64_t sel = 0;
+      gc::host::selectThreshold(v.data(), n, p, 7, idx.data(), &sel);
+      ASSERT_EQ(gc::cuda::selectThreshold(dv.get(off), n, p, gc::plainKey(7), didx.get(),
+                                          dsel.get(), scratch.get(), stream),
+                cudaSuccess);
+      ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+      ASSERT_EQ(didx.download(p.kmax), idx) << "threshold kmax=" << p.kmax << " offset=" << off;
+      ASSERT_EQ(dsel.download(1)[0], sel) << "threshold kmax=" << p.kmax << " offset=" << off;
+    }
+  }
+}
+
+// Selections through the CUDA backend's SparseOps as the sparse
+// reduce-scatter makes them: slices of one v (odd length, so most slices are
+// not 16-byte aligned) selected one after another with one scratch, the
+// threshold and exact selectors alternating, a slice whose threshold slots
+// hold its NaN alone (nonFiniteOnlyKernel writes that slice's count) and one
+// whose exact cut falls among ties spread over its 25 tiles.
+// The slots equal the CPU backend's, and the count summed on the device
+// (each select's count in the scratch, added to the call's sum) equals the
+// CPU backend's sum once published; a second round starts again from 0.
+TEST_F(SparseGpu, SparseOpsSlicesEqualCpuBackendAndSumTheirCounts) {
+  const size_t m = 100003, parts = 5;
+  const size_t n = m * parts;
+  std::vector<float> v = gctest::normal(n, 77);
+  for (size_t i = 2 * m; i < 3 * m; ++i) v[i] = 0.25f;  // slice 2: all qualify, one NaN
+  v[2 * m + m / 2] = std::numeric_limits<float>::quiet_NaN();
+  // Slice 3 (exact): 1031 ties above the rest for k = 1001, the cut near its end.
+  for (size_t i = 3 * m; i < 4 * m; i += 97) v[i] = 8.0f;
+  const Plan p = gc::sparse::makePlan(m, 0.01, false, 2, 0.01);
+  std::unique_ptr<gc::SparseOps> gpu = gc::makeCudaSparseOps(), cpu = gc::makeCpuSparseOps();
+  gpu->setStream(stream);
+  ASSERT_EQ(gpu->reserve(), gradcompSuccess);
+  DeviceBuffer<float> dv(n);
+  DeviceBuffer<uint32_t> didx(parts * p.kmax);
+  DeviceBuffer<char> scratch(gpu->scratchBytes(m, p.sample));
+  dv.upload(v);
+  std::vector<uint32_t> idx(parts * p.kmax, gc::sparse::kEmptySlot);
+  for (int round = 0; round < 2; ++round) {
+    ASSERT_EQ(gpu->resetSelected(), gradcompSuccess);
+    ASSERT_EQ(cpu->resetSelected(), gradcompSuccess);
+    for (size_t j = 0; j < parts; ++j) {
+      uint32_t* h = idx.data() + j * p.kmax;
+      uint32_t* d = didx.get(j * p.kmax);
+      if (j % 2 == 1) {
+        ASSERT_EQ(cpu->selectExact(v.data() + j * m, m, p.k, h, nullptr), gradcompSuccess);
+        ASSERT_EQ(gpu->selectExact(dv.get(j * m), m, p.k, d, scratch.get()), gradcompSuccess);
+      } else {
+        const gc::KeySpec key = gc::plainKey(500 + j + round);
+        ASSERT_EQ(cpu->selectThreshold(v.data() + j * m, m, p, key, h, nullptr), gradcompSuccess);
+        ASSERT_EQ(gpu->selectThreshold(dv.get(j * m), m, p, key, d, scratch.get()),
+                  gradcompSuccess);
+      }
+    }
+    ASSERT_EQ(gpu->publishSelected(), gradcompSuccess);
+    ASSERT_EQ(cpu->publishSelected(), gradcompSuccess);
+    ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+    // The cases are what they claim: slice 2 sends its NaN alone, slice 3 its
+    // first k ties.
+    ASSERT_EQ(p.k, 1001u);
+    ASSERT_EQ(idx[2 * p.kmax], (uint32_t)(m / 2));
+    ASSERT_EQ(idx[2 * p.kmax + 1], gc::sparse::kEmptySlot);
+    ASSERT_EQ(idx[3 * p.kmax + p.k - 1], (uint32_t)(97 * (p.k - 1)));
+    for (size_t j = 0; j < parts; ++j) {
+      const size_t slots = j % 2 == 1 ? p.k : p.kmax;
+      const std::vector<uint32_t> want(idx.begin() + j * p.kmax, idx.begin() + j * p.kmax + slots);
+      ASSERT_EQ(didx.download(slots, j * p.kmax), want) << "round " << round << " slice " << j;
+    }
+    EXPECT_EQ(gpu->lastSelected(), cpu->lastSelected()) << "round " << round;
+  }
+}
+
 TEST_F(SparseGpu, RandkEqualsHost) {
   for (size_t n : {1, 1000, 1 << 20}) {
     const size_t k = (n + 99) / 100;
@@ -257,29 +367,44 @@ TEST_F(SparseGpu, RandkEqualsHost) {
   }
 }
 
+// Both selectors captured into one graph (sharing one scratch), replayed
+// over two different inputs: each replay re-initializes the look-back's tile
+// states and the radix state, so the second equals the host on its input
+// too (stale tile states from the first replay would shift its slots).
 TEST_F(SparseGpu, CapturedSelectionReplaysToEagerResult) {
   const size_t n = 1 << 20;
-  auto v = gctest::normal(n, 9);
   Plan p = gc::sparse::makePlan(n, 0.01, false, 2, 0.01);
   DeviceBuffer<float> dv(n);
-  DeviceBuffer<uint32_t> didx(p.kmax);
-  DeviceBuffer<uint64_t> dsel(1);
+  DeviceBuffer<uint32_t> didx(p.kmax), dexact(p.k);
+  DeviceBuffer<uint64_t> dsel(2);
   DeviceBuffer<char> scratch(gc::cuda::sparseScratchBytes(n, p.sample));
-  dv.upload(v);
   cudaGraph_t graph;
   ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
   ASSERT_EQ(gc::cuda::selectThreshold(dv.get(), n, p, gc::plainKey(5), didx.get(), dsel.get(),
                                       scratch.get(), stream),
             cudaSuccess);
+  ASSERT_EQ(
+      gc::cuda::selectExact(dv.get(), n, p.k, dexact.get(), dsel.get(1), scratch.get(), stream),
+      cudaSuccess);
   ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
   cudaGraphExec_t exec;
   ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
-  ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
-  ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
-  std::vector<uint32_t> idx(p.kmax);
-  uint64_t sel = 0;
-  gc::host::selectThreshold(v.data(), n, p, 5, idx.data(), &sel);
-  EXPECT_EQ(didx.download(p.kmax), idx);
+  for (int replay = 0; replay < 2; ++replay) {
+    std::vector<float> v = gctest::normal(n, 9 + replay);
+    if (replay == 1) {
+      for (size_t i = 0; i < n; i += 3) v[i] = 4.0f;  // ties at the exact cut
+    }
+    dv.upload(v);
+    ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
+    ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+    std::vector<uint32_t> idx(p.kmax), exact(p.k);
+    uint64_t sel = 0, selExact = 0;
+    gc::host::selectThreshold(v.data(), n, p, 5, idx.data(), &sel);
+    gc::host::selectExact(v.data(), n, p.k, exact.data(), &selExact);
+    EXPECT_EQ(didx.download(p.kmax), idx) << "replay " << replay;
+    EXPECT_EQ(dexact.download(p.k), exact) << "replay " << replay;
+    EXPECT_EQ(dsel.download(2), (std::vector<uint64_t>{sel, selExact})) << "replay " << replay;
+  }
   cudaGraphExecDestroy(exec);
   cudaGraphDestroy(graph);
 }
