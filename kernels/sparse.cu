@@ -88,6 +88,12 @@ T* at(void* base, size_t off) {
   return reinterpret_cast<T*>(static_cast<char*>(base) + off);
 }
 
+// The compaction's non-finite flag: the word after the selected count, in the
+// same 256-byte slot.
+unsigned int* nonFiniteFlag(void* scratch, const Scratch& L) {
+  return reinterpret_cast<unsigned int*>(at<unsigned long long>(scratch, L.selected) + 1);
+}
+
 // ---------------------------------------------------------------- clipping
 __global__ void sumSqChunkKernel(const void* __restrict__ x, DType t, size_t n,
                                  double* __restrict__ partial) {
@@ -234,14 +240,17 @@ __device__ __forceinline__ void loadKeys(const float* __restrict__ v, size_t n, 
   for (int i = 0; i < kItems; ++i) keys[i] = base + i < n ? absKey(v[base + i]) : 0u;
 }
 
-// Counts a thread's keys above the rule and equal to its tie key, up to n.
+// Counts a thread's keys above the rule and equal to its tie key, up to n,
+// and gives their largest (a key's order is |v|'s, NaN above Inf).
 __device__ __forceinline__ void ruleCounts(const uint32_t keys[kItems], size_t n, size_t base,
-                                           const SelectRule& r, uint32_t* gt, uint32_t* eq) {
-  uint32_t g = 0, e = 0;
+                                           const SelectRule& r, uint32_t* gt, uint32_t* eq,
+                                           uint32_t* top) {
+  uint32_t g = 0, e = 0, t = 0;
 #pragma unroll
   for (int i = 0; i < kItems; ++i) {
     if (base + i >= n) break;
     const uint32_t key = keys[i];
+    t = max(t, key);
     if (key > r.gt) {
       ++g;
     } else if (key == r.eq) {
@@ -250,10 +259,13 @@ __device__ __forceinline__ void ruleCounts(const uint32_t keys[kItems], size_t n
   }
   *gt = g;
   *eq = e;
+  *top = t;
 }
 
-__global__ void tileStateInitKernel(TileState state, int tiles) {
+// Also clears the compaction's non-finite flag (the word after `selected`).
+__global__ void tileStateInitKernel(TileState state, int tiles, unsigned int* nonFinite) {
   state.InitializeStatus(tiles);
+  if (blockIdx.x == 0 && threadIdx.x == 0) *nonFinite = 0;
 }
 
 // One pass over v: tile t (kTile elements, 16 per thread) counts its keys
@@ -264,20 +276,23 @@ __global__ void tileStateInitKernel(TileState state, int tiles) {
 // thread, the ties taken before it are min(eqBefore, need), so its first
 // selection goes to slot gtBefore + min(eqBefore, need): the same slots, in
 // index order, as the host's loop. Slots past kmax are not written; the last
-// thread of the last tile writes the total selected.
+// thread of the last tile writes the total selected. A thread that read a
+// NaN or Inf sets *nonFinite, so that nonFiniteOnlyKernel need not read v
+// again when it has none.
 __global__ void __launch_bounds__(kThreads)
     compactKernel(const float* __restrict__ v, size_t n, bool vec, const SelectRule* rule,
                   TileState state, size_t kmax, uint32_t* __restrict__ idx,
-                  unsigned long long* __restrict__ selected) {
+                  unsigned long long* __restrict__ selected, unsigned int* nonFinite) {
   using Scan = gradcomp_cub::cub::BlockScan<unsigned long long, kThreads>;
   __shared__ typename Scan::TempStorage scanTmp;
   __shared__ typename PrefixOp::TempStorage prefixTmp;
   const SelectRule r = *rule;
   const int tile = (int)blockIdx.x;
   const size_t base = (size_t)tile * kTile + (size_t)threadIdx.x * kItems;
-  uint32_t keys[kItems], g, e;
+  uint32_t keys[kItems], g, e, top;
   loadKeys(v, n, base, vec, keys);
-  ruleCounts(keys, n, base, r, &g, &e);
+  ruleCounts(keys, n, base, r, &g, &e, &top);
+  if (top >= 0x7f800000u) atomicOr(nonFinite, 1u);  // |v| is Inf or NaN: rare
   const unsigned long long mine = ((unsigned long long)g << 32) | e;
   unsigned long long before;
   if (tile == 0) {
@@ -328,13 +343,16 @@ __global__ void fillEmptyKernel(const unsigned long long* __restrict__ selected,
 // qualified than there are slots (*selected > kmax) and v holds a non-finite
 // value, the slots are rewritten with the non-finite entries alone, in index
 // order (the host's second selectByRule with nonFiniteRule). One block, so
-// the usual call costs one launch that returns at once; the rare call it
-// works on (a step AMP's scaler skips) reads v once more from one block.
+// the usual call costs one launch that returns at once, also when more
+// finite entries qualified than kmax (ties at the threshold): the
+// compaction's flag says v has no NaN or Inf. The rare call it works on (a
+// step AMP's scaler skips) reads v once more from one block.
 __global__ void __launch_bounds__(kThreads)
     nonFiniteOnlyKernel(const float* __restrict__ v, size_t n, size_t kmax,
-                        const unsigned long long* __restrict__ selected, uint32_t* __restrict__ idx,
+                        const unsigned long long* __restrict__ selected,
+                        const unsigned int* __restrict__ nonFinite, uint32_t* __restrict__ idx,
                         uint64_t* selectedDev) {
-  if (*selected <= kmax) return;
+  if (*selected <= kmax || *nonFinite == 0) return;
   using Scan = gradcomp_cub::cub::BlockScan<unsigned int, kThreads>;
   __shared__ typename Scan::TempStorage scanTmp;
   const SelectRule r = sparse::nonFiniteRule();
@@ -373,11 +391,13 @@ cudaError_t compact(const float* v, size_t n, size_t kmax, uint32_t* idx, uint64
   cudaError_t err = state.Init(tiles, at<char>(scratch, L.tileState), L.tileStateBytes);
   if (err != cudaSuccess) return err;
   // Every tile's status to "not yet", and the look-back's padding.
-  tileStateInitKernel<<<(tiles + kThreads - 1) / kThreads, kThreads, 0, s>>>(state, tiles);
-  const bool vec = (reinterpret_cast<uintptr_t>(v) & 15) == 0;
   unsigned long long* selected = at<unsigned long long>(scratch, L.selected);
+  unsigned int* nonFinite = nonFiniteFlag(scratch, L);
+  tileStateInitKernel<<<(tiles + kThreads - 1) / kThreads, kThreads, 0, s>>>(state, tiles,
+                                                                             nonFinite);
+  const bool vec = (reinterpret_cast<uintptr_t>(v) & 15) == 0;
   compactKernel<<<tiles, kThreads, 0, s>>>(v, n, vec, at<SelectRule>(scratch, L.rule), state, kmax,
-                                           idx, selected);
+                                           idx, selected, nonFinite);
   fillEmptyKernel<<<blocksFor(kmax), kThreads, 0, s>>>(selected, kmax, idx, selectedDev);
   return cudaGetLastError();
 }
@@ -512,8 +532,9 @@ cudaError_t selectThreshold(const float* v, size_t n, const sparse::Plan& p, con
   thresholdRuleKernel<<<1, 1, 0, s>>>(sorted, p.sample, p.keep, at<SelectRule>(scratch, L.rule));
   err = compact(v, n, p.kmax, idx, selectedDev, scratch, L, s);
   if (err != cudaSuccess) return err;
-  nonFiniteOnlyKernel<<<1, kThreads, 0, s>>>(
-      v, n, p.kmax, at<unsigned long long>(scratch, L.selected), idx, selectedDev);
+  nonFiniteOnlyKernel<<<1, kThreads, 0, s>>>(v, n, p.kmax,
+                                             at<unsigned long long>(scratch, L.selected),
+                                             nonFiniteFlag(scratch, L), idx, selectedDev);
   return cudaGetLastError();
 }
 
