@@ -699,13 +699,15 @@ class StateCallsOnTheCommDevice(unittest.TestCase):
                                   lambda handle: seen.append(("destroy", current[0]))):
             state = ddp_mod.GradcompState()
             state._make_comm = lambda device: (Comm(), 0x1234)
-            state.comm(torch.device("cuda", 1))  # as the hook does, on the bucket's device
             v = ddp_mod._STATE_VERSION
+            # Restored before the first call (a resumed run): loaded when the hook makes the comm.
+            state.load_state_dict({"version": v, "iter": 5, "gradcomp": b"pending"})
+            state.comm(torch.device("cuda", 1))  # as the hook does, on the bucket's device
             state.load_state_dict({"version": v, "iter": 5, "gradcomp": b"saved"})
             state.load_state_dict({"version": v, "iter": 5, "gradcomp": None})
             self.assertEqual(state.state_dict()["gradcomp"], b"blob")
             state.close()
-        self.assertEqual([what for what, _ in seen], ["synchronize", "load", "synchronize",
+        self.assertEqual([what for what, _ in seen], ["load", "synchronize", "load", "synchronize",
                                                       "reset", "save", "close", "destroy"])
         self.assertEqual({dev for _, dev in seen}, {"cuda:1"})
         self.assertEqual(current, ["cuda:0"])

@@ -248,7 +248,11 @@ class GradcompState:
             self._comm, self._nccl_handle = self._make_comm(device)
             self._device = device
             if self._pending_blob is not None:
-                self._comm.load_state(self._pending_blob)
+                # On the comm's device, as load_state_dict's: the restored states are
+                # allocated on the current device (FSDP's final callback may call from a
+                # thread with another device current).
+                with self._on_comm_device():
+                    self._comm.load_state(self._pending_blob)
             self._pending_blob = None
         return self._comm
 
