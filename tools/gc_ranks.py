@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 
 NCCL_ENV = {"NCCL_NET": "Socket", "NCCL_SOCKET_IFNAME": "lo", "NCCL_IB_DISABLE": "1",
             "NCCL_P2P_DISABLE": "1", "NCCL_SHM_DISABLE": "1", "NCCL_NVLS_ENABLE": "0",
@@ -224,6 +225,21 @@ def leave(code=0):
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def run_rank(main):
+    """Runs a rank script's main and ends the process with its return code. An exception is
+    printed and ends the process at once (leave), so the launcher sees this rank fail and stops
+    the others, instead of this rank hanging in the interpreter's shutdown with its process
+    group and gradcomp comm alive until the run's time limit."""
+    try:
+        code = main()
+    except SystemExit:
+        raise
+    except BaseException:
+        traceback.print_exc()
+        leave(1)
+    sys.exit(code)
 
 
 def finish_rank(res, rank, out, state=None):

@@ -382,7 +382,9 @@ def main():
     p.add_argument("--out")
     args = p.parse_args()
     if args.worker:
-        return worker(args)
+        import gc_ranks  # beside this file: the script's folder is on sys.path
+
+        gc_ranks.run_rank(lambda: worker(args))
     if not args.outdir:
         p.error("OUTDIR is required")
     configure(args.device, args.smoke, os.environ.get("GC_LM_STEPS"))

@@ -1319,5 +1319,39 @@ class LauncherTeardown(unittest.TestCase):
             self.assertFalse(self.alive(pid), "the rank outlived its launcher")
 
 
+class RankExitOnError(unittest.TestCase):
+    """tools/gc_ranks.run_rank (no torch needed): a rank script whose main raises ends at once
+    with status 1 and its traceback, even when a thread that would hold the interpreter's
+    shutdown (a process group's, a comm's) is still alive; a main that returns ends with its
+    code."""
+
+    def run_script(self, body):
+        import subprocess
+
+        tools = os.path.join(os.path.dirname(os.path.dirname(HERE)), "tools")
+        script = ("import sys, threading, time; sys.path.insert(0, sys.argv[1]); import gc_ranks\n"
+                  "threading.Thread(target=time.sleep, args=(300,)).start()  # not a daemon\n"
+                  + body)
+        return subprocess.run([sys.executable, "-c", script, tools], capture_output=True,
+                              text=True, timeout=60)
+
+    def test_an_exception_ends_the_rank_at_once(self):
+        import time
+
+        t0 = time.time()
+        r = self.run_script("def main():\n    raise RuntimeError('rank failed here')\n"
+                            "gc_ranks.run_rank(main)\n")
+        self.assertLess(time.time() - t0, 30, "the rank waited for its thread")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("RuntimeError: rank failed here", r.stderr)
+
+    def test_a_return_code_is_the_exit_status(self):
+        r = self.run_script("import os\n"
+                            "def main():\n    return 3\n"
+                            "try:\n    gc_ranks.run_rank(main)\n"
+                            "except SystemExit as e:\n    os._exit(e.code)\n")
+        self.assertEqual(r.returncode, 3)
+
+
 if __name__ == "__main__":
     unittest.main()
