@@ -92,7 +92,7 @@ class Comm:
         """gradcomp<name>, or gradcomp<name>Keyed with a key, on addresses."""
         t = _enum(datatype, T.NCCL_TYPES, "datatype")
         o = _enum(op, T.NCCL_OPS, "op")
-        s = ctypes.c_void_p(_addr(stream))
+        s = ctypes.c_void_p(_stream(stream))
         args = (_addr(sendbuff), _addr(recvbuff), count, t, o, self.handle, s)
         if key is None:
             check(getattr(lib(), "gradcomp" + name)(*args))
@@ -146,7 +146,7 @@ class Comm:
         """gradcompCommRetune: re-time NCCL against compression (GRADCOMP_AUTO); collective.
 
         On the CPU world it only records that nothing is timed there."""
-        check(lib().gradcompCommRetune(self.handle, stream))
+        check(lib().gradcompCommRetune(self.handle, _stream(stream)))
 
     def state_size(self):
         n = ctypes.c_size_t()
@@ -219,6 +219,18 @@ def _addr(x):
     if isinstance(x, ctypes.c_void_p):
         return x.value
     return int(x)
+
+
+def _stream(s):
+    """A stream argument as an address: None (the default stream), an int or c_void_p handle, or
+    an object that carries one in `cuda_stream` (torch.cuda.Stream, torch.cuda.ExternalStream)."""
+    handle = getattr(s, "cuda_stream", s)
+    try:
+        return _addr(handle)
+    except (TypeError, ValueError):
+        raise InvalidArgumentError(
+            f"stream={s!r} is not a CUDA stream: pass None, an int or ctypes.c_void_p handle, or "
+            "an object with a cuda_stream handle such as torch.cuda.Stream", 1) from None
 
 
 def _text(s):

@@ -501,6 +501,29 @@ class SaveLoadState(unittest.TestCase):
             w.comms[0].retune()
             self.assertEqual(w.comms[0].stats(), before)
 
+    def test_streams_are_handles_or_carry_one(self):
+        # What a caller passes as a stream: None, a handle, or an object with cuda_stream
+        # (torch.cuda.Stream); anything else is refused by name before the library sees it.
+        from gradcomp.comm import _stream
+
+        class FakeTorchStream:
+            cuda_stream = 0x7f00
+
+        self.assertIsNone(_stream(None))
+        self.assertEqual(_stream(0x10), 0x10)
+        self.assertEqual(_stream(ctypes.c_void_p(0x20)), 0x20)
+        self.assertEqual(_stream(FakeTorchStream()), 0x7f00)
+        with gradcomp.CpuWorld(1) as w:
+            null = FakeTorchStream()
+            null.cuda_stream = 0
+            w.comms[0].retune(null)
+            x = np.arange(4, dtype=np.float32)
+            w.comms[0].allreduce(x, stream=null)
+            with self.assertRaisesRegex(gradcomp.InvalidArgumentError, "stream=.* is not a CUDA "):
+                w.comms[0].retune("stream 0")
+            with self.assertRaisesRegex(gradcomp.InvalidArgumentError, "stream=.* is not a CUDA "):
+                w.comms[0].allreduce(x, stream=object())
+
 
 class Codecs(unittest.TestCase):
     def test_qsgd_size_and_error_bound(self):
