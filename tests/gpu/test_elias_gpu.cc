@@ -40,6 +40,20 @@ std::vector<uint16_t> narrow(const std::vector<float>& x, ncclDataType_t t) {
   return h;
 }
 
+// The host encoding of fp32 x without a residual, cut to its length.
+std::vector<uint8_t> encodeOnHost(const std::vector<float>& x, const gradcompEliasParams_t& p,
+                                  uint64_t seed) {
+  const size_t maxBytes = gradcompEliasMaxEncodedBytes(x.size(), &p);
+  std::vector<uint8_t> enc(maxBytes);
+  size_t bytes = 0;
+  EXPECT_EQ(gradcompEliasEncodeHost(x.data(), ncclFloat32, nullptr, x.size(), &p, seed, enc.data(),
+                                    maxBytes, &bytes),
+            gradcompSuccess)
+      << gradcompGetLastError();
+  enc.resize(bytes);
+  return enc;
+}
+
 // Encodes on host and device, compares bytes, residuals and decodes.
 void checkOne(cudaStream_t stream, ncclDataType_t t, size_t n, const gradcompEliasParams_t& p,
               bool withResidual, std::vector<float> x, uint64_t seed) {
@@ -177,11 +191,8 @@ TEST_F(EliasGpu, MisalignedPointersAndAccumulate) {
   const auto p = params(15, 512, gradcompEliasGamma, gradcompEliasScaleMax);
   std::vector<float> x = gctest::normal(n, 5);
   const size_t maxBytes = gradcompEliasMaxEncodedBytes(n, &p);
-  std::vector<uint8_t> encHost(maxBytes);
-  size_t bytes = 0;
-  ASSERT_EQ(gradcompEliasEncodeHost(x.data(), ncclFloat32, nullptr, n, &p, 8, encHost.data(),
-                                    maxBytes, &bytes),
-            gradcompSuccess);
+  const std::vector<uint8_t> encHost = encodeOnHost(x, p, 8);
+  const size_t bytes = encHost.size();
   std::vector<float> acc = gctest::normal(n, 6), accHost = acc;
   ASSERT_EQ(gradcompEliasDecodeHost(encHost.data(), bytes, n, &p, accHost.data(), 1),
             gradcompSuccess);
@@ -200,7 +211,7 @@ TEST_F(EliasGpu, MisalignedPointersAndAccumulate) {
   ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
   std::vector<uint8_t> encDev(bytes);
   ASSERT_EQ(cudaMemcpy(encDev.data(), denc.get(1), bytes, cudaMemcpyDeviceToHost), cudaSuccess);
-  EXPECT_EQ(encDev, std::vector<uint8_t>(encHost.begin(), encHost.begin() + bytes));
+  EXPECT_EQ(encDev, encHost);
   auto accDev = dacc.download(n, 3);
   EXPECT_EQ(memcmp(accDev.data(), accHost.data(), n * 4), 0);
 }
@@ -211,12 +222,8 @@ TEST_F(EliasGpu, CorruptStreamStaysInBounds) {
   const size_t n = 4096;
   const auto p = params(7, 512, gradcompEliasOmega, gradcompEliasScaleMax);
   std::vector<float> x = gctest::normal(n, 12);
-  const size_t maxBytes = gradcompEliasMaxEncodedBytes(n, &p);
-  std::vector<uint8_t> enc(maxBytes);
-  size_t bytes = 0;
-  ASSERT_EQ(gradcompEliasEncodeHost(x.data(), ncclFloat32, nullptr, n, &p, 1, enc.data(), maxBytes,
-                                    &bytes),
-            gradcompSuccess);
+  std::vector<uint8_t> enc = encodeOnHost(x, p, 1);
+  const size_t bytes = enc.size();
   const size_t header = gradcompEliasHeaderBytes(n, 512);
   for (size_t i = header; i < bytes; ++i) enc[i] = 0xFF;  // every code turns into garbage
   DeviceBuffer<uint8_t> denc(bytes);
@@ -243,13 +250,8 @@ TEST_F(EliasGpu, CorruptStreamStaysInBounds) {
 std::vector<uint8_t> truncatedTerminator(const gradcompEliasParams_t& p, size_t n) {
   std::vector<float> x(n, 0.0f);
   x[0] = x[32] = 1.0f;
-  const size_t maxBytes = gradcompEliasMaxEncodedBytes(n, &p);
-  std::vector<uint8_t> enc(maxBytes);
-  size_t bytes = 0;
-  EXPECT_EQ(gradcompEliasEncodeHost(x.data(), ncclFloat32, nullptr, n, &p, 1, enc.data(), maxBytes,
-                                    &bytes),
-            gradcompSuccess);
-  EXPECT_EQ(bytes, 20u);  // scale, offsets {0, 2}, two stream words
+  std::vector<uint8_t> enc = encodeOnHost(x, p, 1);
+  EXPECT_EQ(enc.size(), 20u);  // scale, offsets {0, 2}, two stream words
   enc.resize(20);
   uint32_t w[5];
   memcpy(w, enc.data(), sizeof(w));
