@@ -81,7 +81,6 @@ ncclResult_t runFusedSet(CommEntry& e, const std::vector<const Deferred*>& membe
                  cudaGetErrorString(err));
         return ncclUnhandledCudaError;
       }
-      e.fusionStream = d0.stream;
     }
     char* fusion = static_cast<char*>(e.fusion);
     size_t off = 0;
@@ -126,7 +125,6 @@ ncclResult_t runFusedSet(CommEntry& e, const std::vector<const Deferred*>& membe
       warnOnce("fuse-record", "cannot record the end of a fused set: %s", cudaGetErrorString(err));
       return ncclUnhandledCudaError;
     }
-    e.fusionStream = d0.stream;
   }
   return ncclSuccess;
 }

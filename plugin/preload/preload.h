@@ -67,11 +67,10 @@ struct CommEntry {
   // so growing the buffer keeps the old one (fusionRetired) until the end.
   bool fusionCaptured = false;
   std::vector<void*> fusionRetired;
-  // Recorded after the last eager copy out of the fusion buffer, on
-  // fusionStream: the next eager fused set waits for it before its copy in,
+  // Recorded after the last eager copy out of the fusion buffer, on that
+  // set's stream: the next eager fused set waits for it before its copy in,
   // whatever its stream handle.
   cudaEvent_t fusionDone = nullptr;
-  cudaStream_t fusionStream = nullptr;
   // Set by ncclCommAbort: the entry's end aborts the gradcomp comm instead of
   // destroying it (no waiting on kernels that may be stuck on a dead peer).
   std::atomic<bool> aborted{false};
