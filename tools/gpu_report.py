@@ -218,10 +218,11 @@ def main():
     dec = kernel_frac(kdoc, "qsgd_decode")
     # The decode against the write-only fill beside it (kernels_perf's fill
     # row): its 4n of output is nearly all it moves, so the fill is its ceiling.
+    # Both fractions are of the same copy (same n, same run): their ratio is
+    # the decode's GB/s over the fill's.
     fill_row = kernel_row(kdoc, "fill")
-    dec_row = next((r for r in (kdoc or {}).get("rows", []) if r["kernel"] == "qsgd_decode" and
-                    r["dtype"] == "float" and r["bits"] == 4 and r["n"] == N26), None)
-    dec_fill = share(dec_row["gbps"] if dec_row else None, fill_row["gbps"] if fill_row else None)
+    fill = fill_row.get("frac_of_copy") if fill_row else None
+    dec_fill = share(dec, fill)
     # GRADCOMP_ROUNDING=nearest's encode kernel, timed beside the stochastic one.
     near = {t: kernel_frac(kdoc, "qsgd_encode_ef_nearest", dtype=t)
             for t in ("float", "bfloat16", "half")}
@@ -275,7 +276,7 @@ def main():
         "qsgd4_fp16_encode_ef_frac_of_copy": enc16["half"],
         "qsgd4_decode_frac_of_copy": dec,
         "qsgd4_decode_frac_of_fill": dec_fill,
-        "fill_frac_of_copy": fill_row.get("frac_of_copy") if fill_row else None,
+        "fill_frac_of_copy": fill,
         "qsgd4_nearest_encode_ef_frac_of_copy": near["float"],
         "qsgd4_bf16_nearest_encode_ef_frac_of_copy": near["bfloat16"],
         "qsgd4_fp16_nearest_encode_ef_frac_of_copy": near["half"],
