@@ -46,6 +46,11 @@ dump("kernels.json", {"gpu": "Test GPU", "rows": [
     krow("qsgd_encode_ef_nearest", "float", 4, N26, 0.91),
     krow("qsgd_encode_ef_nearest", "bfloat16", 4, N26, 0.83),
     krow("qsgd_encode_ef_nearest", "half", 4, N26, 0.79),
+    # The pipelined variant's rows, before the default's: neither may take the other's.
+    krow("qsgd_encode_ef_pipelined", "float", 4, N26 * 4, 0.14),
+    krow("qsgd_encode_ef_pipelined", "float", 4, N26, 0.93),
+    krow("qsgd_encode_ef_pipelined", "bfloat16", 4, N26, 0.86),
+    krow("qsgd_encode_ef_pipelined", "half", 4, N26, 0.84),
     # The sparse checks at 2^26: 8 lists at density 0.1% (decoys: another density, list
     # count, n), and the non-finite flag (decoy: another n).
     srow("sparse_check_lists", N26, 99.0, density=0.01, lists=8, k=1342178),
@@ -175,6 +180,9 @@ expect(abs(r.get("qsgd4_decode_frac_of_fill", 0) - 0.9) < 1e-12, "decode over th
 expect(abs(r.get("fill_frac_of_copy", 0) - 2500.0 / 3000) < 1e-12, "fill: its 2^26 row")
 expect(r.get("qsgd4_bf16_encode_ef_frac_of_copy") == 0.81, "bf16 encode: 4-bit, 2^26 row")
 expect(r.get("qsgd4_fp16_encode_ef_frac_of_copy") == 0.22, "fp16 encode: 4-bit, 2^26 row")
+expect(r.get("qsgd4_pipelined_encode_ef_frac_of_copy") == 0.93, "pipelined encode: fp32 4-bit 2^26 row")
+expect(r.get("qsgd4_bf16_pipelined_encode_ef_frac_of_copy") == 0.86, "pipelined encode: bf16 row")
+expect(r.get("qsgd4_fp16_pipelined_encode_ef_frac_of_copy") == 0.84, "pipelined encode: fp16 row")
 expect(r.get("qsgd4_nearest_encode_ef_frac_of_copy") == 0.91, "nearest encode: fp32 4-bit 2^26 row")
 expect(r.get("qsgd4_bf16_nearest_encode_ef_frac_of_copy") == 0.83, "nearest encode: bf16 row")
 expect(r.get("qsgd4_fp16_nearest_encode_ef_frac_of_copy") == 0.79, "nearest encode: fp16 row")
@@ -255,6 +263,7 @@ expect("| qsgdEncodeWarpKernel<4> | qsgd_encode_ef float 4 | 310 |" in text and 
        "report shows the kernel limiters")
 expect("# table text" in text, "report includes the benchmark tables")
 expect("| 0.91 / 0.83 / 0.79 | reported |" in text, "report shows the nearest encode fractions")
+expect("| 0.93 / 0.86 / 0.84 | reported |" in text, "report shows the pipelined encode fractions")
 expect("| 0.9 / 0.75 | reported |" in text, "report shows the nearest / stochastic model encode")
 expect("| received slot lists' check, 8 lists of 134218 slots (DGC 0.1%) | 6 | 0.02 | 0.05 (dgc) |"
        in text, "report shows the slot lists' check")

@@ -17,6 +17,7 @@
 // per element otherwise.
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <type_traits>
 
 #include "plugin/codecs/qsgd.h"
@@ -107,6 +108,14 @@ __device__ __forceinline__ void fillLevelTable(float* table, int s) {
   __syncthreads();
 }
 
+// Four fp16 or bf16 values, packed as loaded, as floats.
+__device__ __forceinline__ void halves4ToFloat(uint2 h, DType t, float v[4]) {
+  const uint16_t e[4] = {(uint16_t)(h.x & 0xffffu), (uint16_t)(h.x >> 16),
+                         (uint16_t)(h.y & 0xffffu), (uint16_t)(h.y >> 16)};
+#pragma unroll
+  for (int c = 0; c < 4; ++c) v[c] = t == DType::F16 ? halfToFloatAnyNaN(e[c]) : bf16ToFloat(e[c]);
+}
+
 // Four consecutive elements as floats. `vec`: 16-byte (fp32) or 8-byte
 // (fp16/bf16) aligned and all four in range. fp16 converts with one cvt and
 // no branch for NaN (halfToFloatAnyNaN): the encode writes the same bits for
@@ -118,13 +127,7 @@ __device__ __forceinline__ void load4(const void* __restrict__ x, DType t, size_
       const float4 f = *reinterpret_cast<const float4*>(static_cast<const float*>(x) + i);
       v[0] = f.x, v[1] = f.y, v[2] = f.z, v[3] = f.w;
     } else {
-      const uint2 h = *reinterpret_cast<const uint2*>(static_cast<const uint16_t*>(x) + i);
-      const uint16_t e[4] = {(uint16_t)(h.x & 0xffffu), (uint16_t)(h.x >> 16),
-                             (uint16_t)(h.y & 0xffffu), (uint16_t)(h.y >> 16)};
-#pragma unroll
-      for (int c = 0; c < 4; ++c) {
-        v[c] = t == DType::F16 ? halfToFloatAnyNaN(e[c]) : bf16ToFloat(e[c]);
-      }
+      halves4ToFloat(*reinterpret_cast<const uint2*>(static_cast<const uint16_t*>(x) + i), t, v);
     }
     return;
   }
@@ -223,18 +226,11 @@ __device__ __forceinline__ void codeRows(const float (&v)[R][4], float* __restri
   }
 }
 
-// One bucket of R rows on one warp. Inlined into the kernel with the type
-// and `full` (an aligned bucket of kBucket elements, wholly in range) as
-// constants, so that the type switches and every bounds check fold away on
-// the path nearly every bucket takes.
-template <int R, bool kNearest>
-__device__ __forceinline__ void encodeRows(const void* __restrict__ x, DType t,
-                                           float* __restrict__ residual, size_t n, int bits,
-                                           uint64_t key, const float* levelTable,
-                                           float* __restrict__ scales, uint32_t* __restrict__ words,
-                                           size_t b, size_t base, size_t len, int lane, bool full) {
-  float v[R][4];
-  uint32_t maxBits = 0;
+// The bucket's values g + r in registers, as v[row][c].
+template <int R>
+__device__ __forceinline__ void loadRows(const void* __restrict__ x, DType t,
+                                         const float* __restrict__ residual, size_t n, size_t base,
+                                         int lane, bool full, float (&v)[R][4]) {
 #pragma unroll
   for (int r = 0; r < R; ++r) {
     const size_t i = base + r * kRow + lane * 4;
@@ -245,6 +241,20 @@ __device__ __forceinline__ void encodeRows(const void* __restrict__ x, DType t,
 #pragma unroll
       for (int c = 0; c < 4; ++c) v[r][c] = fadd(v[r][c], q[c]);
     }
+  }
+}
+
+// Codes one bucket whose values v are in registers: the scale, the codes and
+// the new residual.
+template <int R, bool kNearest>
+__device__ __forceinline__ void codeBucket(const float (&v)[R][4], float* __restrict__ residual,
+                                           size_t n, int bits, uint64_t key,
+                                           const float* levelTable, float* __restrict__ scales,
+                                           uint32_t* __restrict__ words, size_t b, size_t base,
+                                           size_t len, int lane, bool full) {
+  uint32_t maxBits = 0;
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
 #pragma unroll
     for (int c = 0; c < 4; ++c) maxBits = max(maxBits, floatToBits(v[r][c]) & 0x7fffffffu);
   }
@@ -265,6 +275,22 @@ __device__ __forceinline__ void encodeRows(const void* __restrict__ x, DType t,
     codeRows<R, kNearest, false>(v, residual, n, bits, key, levelTable, scale, rec, finite,
                                  bucketWords, base, len, lane, full);
   }
+}
+
+// One bucket of R rows on one warp. Inlined into the kernel with the type
+// and `full` (an aligned bucket of kBucket elements, wholly in range) as
+// constants, so that the type switches and every bounds check fold away on
+// the path nearly every bucket takes.
+template <int R, bool kNearest>
+__device__ __forceinline__ void encodeRows(const void* __restrict__ x, DType t,
+                                           float* __restrict__ residual, size_t n, int bits,
+                                           uint64_t key, const float* levelTable,
+                                           float* __restrict__ scales, uint32_t* __restrict__ words,
+                                           size_t b, size_t base, size_t len, int lane, bool full) {
+  float v[R][4];
+  loadRows<R>(x, t, residual, n, base, lane, full, v);
+  codeBucket<R, kNearest>(v, residual, n, bits, key, levelTable, scales, words, b, base, len, lane,
+                          full);
 }
 
 // Buckets of up to 512, every input type: at most 56 registers, so that 9
@@ -294,6 +320,87 @@ __global__ void __launch_bounds__(kWarpThreads, R <= 4 ? 9 : 1)
   } else {
     encodeRows<R, kNearest>(x, T, residual, n, bits, key, levelTable, scales, words, b, base, len,
                             lane, false);
+  }
+}
+
+// One whole, aligned bucket's loads as they come from memory (x in its own
+// type, the residual as floats), not yet waited on: sumRows converts and adds
+// them, with load4's and loadRows' arithmetic.
+template <DType T>
+using RawX4 = std::conditional_t<T == DType::F32, float4, uint2>;
+
+template <int R, DType T>
+__device__ __forceinline__ void prefetchRows(const void* __restrict__ x,
+                                             const float* __restrict__ residual, size_t base,
+                                             int lane, RawX4<T> (&xr)[R], float4 (&rr)[R]) {
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const size_t i = base + r * kRow + lane * 4;
+    if constexpr (T == DType::F32) {
+      xr[r] = *reinterpret_cast<const float4*>(static_cast<const float*>(x) + i);
+    } else {
+      xr[r] = *reinterpret_cast<const uint2*>(static_cast<const uint16_t*>(x) + i);
+    }
+    if (residual) rr[r] = *reinterpret_cast<const float4*>(residual + i);
+  }
+}
+
+template <int R, DType T>
+__device__ __forceinline__ void sumRows(const RawX4<T> (&xr)[R], const float4 (&rr)[R], bool ef,
+                                        float (&v)[R][4]) {
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    if constexpr (T == DType::F32) {
+      v[r][0] = xr[r].x, v[r][1] = xr[r].y, v[r][2] = xr[r].z, v[r][3] = xr[r].w;
+    } else {
+      halves4ToFloat(xr[r], T, v[r]);
+    }
+    if (ef) {
+      v[r][0] = fadd(v[r][0], rr[r].x), v[r][1] = fadd(v[r][1], rr[r].y);
+      v[r][2] = fadd(v[r][2], rr[r].z), v[r][3] = fadd(v[r][3], rr[r].w);
+    }
+  }
+}
+
+// The same encode as qsgdEncodeWarpKernel (the same bytes, scales and
+// residual: the keys follow the element), on a grid that stays resident:
+// each warp codes every stride-th whole bucket and issues the loads of its
+// next one before it codes the current one, so a warp's loads are in flight
+// while it computes instead of the SM's other warps alone hiding them. The
+// partial tail bucket, and every bucket when the pointers are not aligned,
+// take the checked path after. An A/B variant for buckets of 128 and 512
+// (qsgdEncodePipelined), timed beside the default by gradcomp_kernels_perf.
+template <int R, DType T, bool kNearest>
+__global__ void __launch_bounds__(kWarpThreads, 4)
+    qsgdEncodeWarpPipelinedKernel(const void* __restrict__ x, float* __restrict__ residual,
+                                  size_t n, int bits, KeySpec keySpec, float* __restrict__ scales,
+                                  uint32_t* __restrict__ words, bool alignedIn) {
+  constexpr int kBucket = kRow * R;
+  __shared__ float levelTable[128];
+  __shared__ uint64_t sharedKey;
+  if (threadIdx.x == 0) sharedKey = resolveKey(keySpec);
+  fillLevelTable(levelTable, qsgd::levels(bits));
+  const uint64_t key = sharedKey;
+  const int lane = threadIdx.x & 31;
+  const size_t warp0 = (size_t)blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5);
+  const size_t stride = (size_t)gridDim.x * kWarpsPerBlock;
+  const size_t nb = (n + kBucket - 1) / kBucket;
+  const size_t nFull = alignedIn ? n / kBucket : 0;
+  RawX4<T> xr[R];
+  float4 rr[R];
+  if (warp0 < nFull) prefetchRows<R, T>(x, residual, warp0 * kBucket, lane, xr, rr);
+  for (size_t b = warp0; b < nFull; b += stride) {
+    float v[R][4];
+    sumRows<R, T>(xr, rr, residual != nullptr, v);
+    const size_t next = b + stride;
+    if (next < nFull) prefetchRows<R, T>(x, residual, next * kBucket, lane, xr, rr);
+    codeBucket<R, kNearest>(v, residual, n, bits, key, levelTable, scales, words, b, b * kBucket,
+                            kBucket, lane, true);
+  }
+  for (size_t b = nFull + warp0; b < nb; b += stride) {
+    const size_t base = b * kBucket;
+    encodeRows<R, kNearest>(x, T, residual, n, bits, key, levelTable, scales, words, b, base,
+                            min((size_t)kBucket, n - base), lane, false);
   }
 }
 
@@ -437,6 +544,71 @@ cudaError_t qsgdEncode(const void* x, DType t, float* residual, size_t n, int bi
     launch(std::false_type());
   }
   return cudaGetLastError();
+}
+
+namespace {
+// Blocks of `kernel` resident on the current device at once (at least one).
+template <typename K>
+unsigned residentBlocks(K kernel) {
+  int dev = 0, sms = 0, perSm = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess ||
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&perSm, kernel, kWarpThreads, 0) !=
+          cudaSuccess) {
+    return 0;
+  }
+  return (unsigned)std::max(1, sms * perSm);
+}
+}  // namespace
+
+cudaError_t qsgdEncodePipelined(const void* x, DType t, float* residual, size_t n, int bits,
+                                int bucket, const KeySpec& key, void* out, cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  if (bucket != 128 && bucket != 512) {
+    return qsgdEncode(x, t, residual, n, bits, bucket, key, out, stream);
+  }
+  const size_t nb = qsgd::numBuckets(n, bucket);
+  if (nb > kMaxDeviceBuckets) return cudaErrorInvalidValue;  // the callers say why first
+  float* scales = static_cast<float*>(out);
+  uint32_t* words = reinterpret_cast<uint32_t*>(scales + nb);
+  const bool alignedIn = aligned(x, t == DType::F32 ? 16 : 8) && aligned(residual, 16);
+  cudaError_t err = cudaSuccess;
+  auto launch = [&](auto rows, auto type, auto nearest) {
+    constexpr int R = decltype(rows)::value;
+    constexpr DType T = decltype(type)::value;
+    constexpr bool kNearest = decltype(nearest)::value;
+    auto* kernel = qsgdEncodeWarpPipelinedKernel<R, T, kNearest>;
+    const unsigned resident = residentBlocks(kernel);
+    if (resident == 0) {
+      err = cudaGetLastError();
+      if (err == cudaSuccess) err = cudaErrorUnknown;
+      return;
+    }
+    const unsigned grid = std::min(warpBlocks(nb), resident);
+    kernel<<<grid, kWarpThreads, 0, stream>>>(x, residual, n, bits, key, scales, words, alignedIn);
+  };
+  auto withType = [&](auto rows, auto nearest) {
+    if (t == DType::F32) {
+      launch(rows, std::integral_constant<DType, DType::F32>(), nearest);
+    } else if (t == DType::F16) {
+      launch(rows, std::integral_constant<DType, DType::F16>(), nearest);
+    } else {
+      launch(rows, std::integral_constant<DType, DType::BF16>(), nearest);
+    }
+  };
+  auto withRows = [&](auto nearest) {
+    if (bucket == 128) {
+      withType(std::integral_constant<int, 1>(), nearest);
+    } else {
+      withType(std::integral_constant<int, 4>(), nearest);
+    }
+  };
+  if (key.nearest) {
+    withRows(std::true_type());
+  } else {
+    withRows(std::false_type());
+  }
+  return err != cudaSuccess ? err : cudaGetLastError();
 }
 
 cudaError_t qsgdDecode(const void* in, size_t n, int bits, int bucket, float* out, bool accumulate,

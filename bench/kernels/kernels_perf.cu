@@ -4,7 +4,10 @@
 //
 //   QSGD encode + error feedback: reads g (n * type) and r (4n), writes r (4n)
 //   (stochastic rounding, and     and the encoding E(n) = 4*ceil(n/d) + 4*ceil(n*b/32)
-//   _nearest: GRADCOMP_ROUNDING=nearest's kernel)
+//   _nearest: GRADCOMP_ROUNDING=nearest's kernel;
+//   _pipelined: the same bytes from
+//   a resident grid that loads each
+//   warp's next bucket while it codes)
 //   QSGD encode (GRADCOMP_EF=0):  reads g, writes E(n)
 //   QSGD decode:                  reads E(n), writes 4n (overwrite) or reads
 //                                 and writes 4n (accumulate)
@@ -41,10 +44,12 @@
 #include <vector>
 
 #include "../common/data_ops.h"
+#include "codecs/qsgd.h"
 #include "codecs/sparse.h"
 #include "gradcomp.h"
 #include "gradcomp/reference.h"
 #include "gradcomp/sparse.h"
+#include "kernels/common_math.cuh"
 
 namespace {
 
@@ -156,12 +161,13 @@ bool parseArgs(int argc, char** argv, Args* a) {
     else if (f == "--only") {
       a->only = v;
       if (a->only != "copy" && a->only != "encode" && a->only != "encode_nearest" &&
-          a->only != "encode_no_ef" && a->only != "decode" && a->only != "topk_threshold" &&
-          a->only != "topk_threshold_min_sample" && a->only != "topk_exact" &&
-          a->only != "sparse_checks") {
+          a->only != "encode_no_ef" && a->only != "encode_pipelined" && a->only != "decode" &&
+          a->only != "topk_threshold" && a->only != "topk_threshold_min_sample" &&
+          a->only != "topk_exact" && a->only != "sparse_checks") {
         fprintf(stderr,
                 "gradcomp_kernels_perf: --only %s: kinds are copy, encode, encode_nearest, "
-                "encode_no_ef, decode, topk_threshold, topk_threshold_min_sample, topk_exact, "
+                "encode_no_ef, encode_pipelined, decode, topk_threshold, "
+                "topk_threshold_min_sample, topk_exact, "
                 "sparse_checks\n",
                 v);
         return false;
@@ -400,16 +406,20 @@ int main(int argc, char** argv) {
     }
     // The encodes a call runs, through the public entry point: with error
     // feedback in both roundings (GRADCOMP_ROUNDING), and without it
-    // (GRADCOMP_EF=0: g read, no residual), side by side.
+    // (GRADCOMP_EF=0: g read, no residual), side by side. Beside them the
+    // pipelined variant of the default encode (gc::cuda::qsgdEncodePipelined:
+    // a resident grid, each warp loading its next bucket while it codes; the
+    // same bytes), which no call runs yet: its rows decide whether it should.
     struct Variant {
       const char *kind, *kernel;
       gradcompRounding_t rounding;
-      bool ef;
+      bool ef, pipelined;
     };
     const Variant variants[] = {
-        {"encode", "qsgd_encode_ef", gradcompRoundStochastic, true},
-        {"encode_nearest", "qsgd_encode_ef_nearest", gradcompRoundNearest, true},
-        {"encode_no_ef", "qsgd_encode", gradcompRoundStochastic, false}};
+        {"encode", "qsgd_encode_ef", gradcompRoundStochastic, true, false},
+        {"encode_nearest", "qsgd_encode_ef_nearest", gradcompRoundNearest, true, false},
+        {"encode_no_ef", "qsgd_encode", gradcompRoundStochastic, false, false},
+        {"encode_pipelined", "qsgd_encode_ef_pipelined", gradcompRoundStochastic, true, true}};
     for (const Variant& v : variants) {
       if (!a.runs(v.kind)) continue;
       for (ncclDataType_t t : a.dtypes) {
@@ -422,6 +432,11 @@ int main(int argc, char** argv) {
           const double us = timeIt(
               s,
               [&] {
+                if (v.pipelined) {
+                  CHECK_CUDA(gc::cuda::qsgdEncodePipelined(g, toDType(t), r, n, bits, a.bucket,
+                                                           gc::plainKey(seed++), enc, s));
+                  return;
+                }
                 gcCheck(gradcompQsgdEncodeEFRounding(g, t, v.ef ? r : nullptr, n, bits, a.bucket,
                                                      seed++, v.rounding, enc, s),
                         "encode");
