@@ -108,6 +108,16 @@ __device__ __forceinline__ void fillLevelTable(float* table, int s) {
   __syncthreads();
 }
 
+// The encode's RNG key (resolved once per block: it may read the comm's
+// device step) and the level table, for every warp of the block.
+__device__ __forceinline__ uint64_t encodeKeyAndLevels(KeySpec keySpec, int bits,
+                                                       float* levelTable) {
+  __shared__ uint64_t sharedKey;
+  if (threadIdx.x == 0) sharedKey = resolveKey(keySpec);
+  fillLevelTable(levelTable, qsgd::levels(bits));
+  return sharedKey;
+}
+
 // Four fp16 or bf16 values, packed as loaded, as floats.
 __device__ __forceinline__ void halves4ToFloat(uint2 h, DType t, float v[4]) {
   const uint16_t e[4] = {(uint16_t)(h.x & 0xffffu), (uint16_t)(h.x >> 16),
@@ -305,10 +315,7 @@ __global__ void __launch_bounds__(kWarpThreads, R <= 4 ? 9 : 1)
                          uint32_t* __restrict__ words, bool alignedIn) {
   constexpr int kBucket = kRow * R;
   __shared__ float levelTable[128];
-  __shared__ uint64_t sharedKey;
-  if (threadIdx.x == 0) sharedKey = resolveKey(keySpec);
-  fillLevelTable(levelTable, qsgd::levels(bits));
-  const uint64_t key = sharedKey;
+  const uint64_t key = encodeKeyAndLevels(keySpec, bits, levelTable);
   const int lane = threadIdx.x & 31;
   const size_t b = (size_t)blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5);
   const size_t base = b * kBucket;
@@ -377,10 +384,7 @@ __global__ void __launch_bounds__(kWarpThreads, 4)
                                   uint32_t* __restrict__ words, bool alignedIn) {
   constexpr int kBucket = kRow * R;
   __shared__ float levelTable[128];
-  __shared__ uint64_t sharedKey;
-  if (threadIdx.x == 0) sharedKey = resolveKey(keySpec);
-  fillLevelTable(levelTable, qsgd::levels(bits));
-  const uint64_t key = sharedKey;
+  const uint64_t key = encodeKeyAndLevels(keySpec, bits, levelTable);
   const int lane = threadIdx.x & 31;
   const size_t warp0 = (size_t)blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5);
   const size_t stride = (size_t)gridDim.x * kWarpsPerBlock;
