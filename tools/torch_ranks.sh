@@ -17,7 +17,10 @@ check_args() {
   [ -d "$build" ] || build=build
   mkdir -p "$out"
   out=$(cd "$out" && pwd)
-  preload=$root/$build/plugin/preload/libgradcomp_preload.so
+  case $build in
+    /*) preload=$build/plugin/preload/libgradcomp_preload.so ;;
+    *) preload=$root/$build/plugin/preload/libgradcomp_preload.so ;;
+  esac
   py=${PYTHON:-python3}
 }
 
