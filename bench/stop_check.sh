@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# CTest: how the GPU box's checks that start ranks (tools/ddp_check.sh, tools/fsdp_check.sh)
-# find the interposer (no torch, no GPU): a BUILD_DIR given as an absolute path names the
-# interposer inside it (gpu-check passes GC_BUILD_DIR on). Skips (77) under
+# CTest: the GPU box's checks that start ranks (tools/ddp_check.sh, tools/fsdp_check.sh) end
+# those ranks when gpu-check's step limit TERMs them. The ranks run under timeout(1), each in
+# a process group of its own that the step's TERM does not reach: left running, they would
+# hold the GPU through the steps after. A stand-in replaces the interpreter (no torch, no
+# GPU): a rank records its pid and waits. Also: a BUILD_DIR given as an absolute path names
+# the interposer inside it (gpu-check passes GC_BUILD_DIR on). Skips (77) under
 # GRADCOMP_TEST_GPU=1: it times nothing on the GPU.
 #   bench/stop_check.sh SOURCE_DIR
 set -uo pipefail
@@ -12,10 +15,27 @@ if [ "${GRADCOMP_TEST_GPU:-0}" = 1 ]; then
 fi
 work=$(mktemp -d)
 fail=0
-trap 'rm -rf "$work"' EXIT
+all_pids=()
+# shellcheck disable=SC2317  # run by the trap
+finish() {
+  local p
+  for p in "${all_pids[@]}"; do kill -KILL "$p" 2>/dev/null; done
+  rm -rf "$work"
+}
+trap finish EXIT
 
-mkdir -p "$work/build/plugin/preload"
+mkdir -p "$work/bin" "$work/build/plugin/preload"
 : > "$work/build/plugin/preload/libgradcomp_preload.so"
+# The interpreter: PyTorch's prerequisites pass, a training records its pid and waits.
+cat > "$work/bin/python" <<'EOF'
+#!/usr/bin/env bash
+case "${1:-}" in
+  *_train.py) echo $$ >> "$GC_STOP_PIDS"; exec sleep 120 ;;
+  -c) case "${2:-}" in *torch* | *sklearn* | *fully_shard*) exit 0 ;; esac ;;
+esac
+exec python3 "$@"
+EOF
+chmod +x "$work/bin/python"
 
 # check_args with an absolute BUILD_DIR (it sets preload)
 # shellcheck disable=SC1091,SC2154
@@ -23,5 +43,52 @@ mkdir -p "$work/build/plugin/preload"
   cd "$src" && source tools/torch_ranks.sh && check_args ddp "$work/args" "$work/build" &&
     [ "$preload" = "$work/build/plugin/preload/libgradcomp_preload.so" ]
 ) || { echo "FAIL: check_args with an absolute BUILD_DIR names another interposer"; fail=1; }
+
+# stopped NAME RANKS CMD...: runs CMD under timeout(1) as gpu-check does, TERMs it once
+# RANKS ranks have started, and checks that none of them is left. Returns 2 when the ranks
+# never started.
+stopped() {
+  local name=$1 ranks=$2 pids=$work/$1.pids tpid n=0 p left=()
+  shift 2
+  : > "$pids"
+  GC_STOP_PIDS=$pids timeout -k 20 100 "$@" > "$work/$name.log" 2>&1 &
+  tpid=$!
+  for _ in $(seq 1 300); do
+    n=$(wc -l < "$pids")
+    [ "$n" -ge "$ranks" ] && break
+    kill -0 "$tpid" 2>/dev/null || break
+    sleep 0.1
+  done
+  if [ "$n" -lt "$ranks" ]; then
+    kill -TERM "$tpid" 2>/dev/null
+    wait "$tpid"
+    while read -r p; do all_pids+=("$p"); done < "$pids"
+    return 2
+  fi
+  kill -TERM "$tpid"
+  wait "$tpid"
+  sleep 1
+  while read -r p; do
+    all_pids+=("$p")
+    kill -0 "$p" 2>/dev/null && left+=("$p")
+  done < "$pids"
+  if [ ${#left[@]} -gt 0 ]; then
+    echo "FAIL: $name: ranks ${left[*]} still run after the check was ended"
+    sed 's/^/  | /' "$work/$name.log"
+    return 1
+  fi
+  echo "ok: $name ended its $n ranks"
+}
+
+for c in ddp fsdp; do
+  stopped "${c}_check" 2 env PYTHON="$work/bin/python" GC_DDP_WORLDS=2 GC_FSDP_WORLDS=2 \
+    bash "$src/tools/${c}_check.sh" "$work/$c" "$work/build"
+  case $? in
+    0) ;;
+    2) echo "FAIL: ${c}_check: its ranks never started"; sed 's/^/  | /' "$work/${c}_check.log"
+       fail=1 ;;
+    *) fail=1 ;;
+  esac
+done
 
 exit $fail

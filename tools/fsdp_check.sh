@@ -125,6 +125,14 @@ note_run() {
   summarize > /dev/null 2>&1 || echo "fsdp_check: could not write the summary" >&2
 }
 
+stop() {
+  stop_ranks
+  summarize > /dev/null 2>&1
+  echo "fsdp_check: stopped; partial results in $out/fsdp.md" >&2
+  exit 143
+}
+trap stop TERM INT
+
 give_up() {
   echo "fsdp_check: $1" >&2
   printf '{"fsdp_error": "%s"}\n' "$(echo "$1" | tr -d '"\\')" > "$out/fsdp.json"
