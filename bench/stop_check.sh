@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# CTest: the GPU box's checks that start ranks (tools/ddp_check.sh, tools/fsdp_check.sh) end
-# those ranks when gpu-check's step limit TERMs them. The ranks run under timeout(1), each in
-# a process group of its own that the step's TERM does not reach: left running, they would
-# hold the GPU through the steps after. A stand-in replaces the interpreter (no torch, no
-# GPU): a rank records its pid and waits. Also: a BUILD_DIR given as an absolute path names
-# the interposer inside it (gpu-check passes GC_BUILD_DIR on). Skips (77) under
-# GRADCOMP_TEST_GPU=1: it times nothing on the GPU.
+# CTest: the GPU box's checks that start ranks (tools/ddp_check.sh, tools/fsdp_check.sh,
+# tools/tc_link.sh) end those ranks when gpu-check's step limit TERMs them. The ranks run
+# under timeout(1), each in a process group of its own that the step's TERM does not reach:
+# left running, they would hold the GPU through the steps after; tc_link.sh must also leave
+# no namespace behind (its clean-up survives timeout's second TERM). Stand-ins replace the
+# interpreter and gradcomp_perf (no torch, no GPU): a rank records its pid and waits. Also:
+# a BUILD_DIR given as an absolute path names the interposer inside it (gpu-check passes
+# GC_BUILD_DIR on). tc_link.sh's part needs root and network namespaces, and is skipped
+# without them. Skips (77) under GRADCOMP_TEST_GPU=1: it times nothing on the GPU.
 #   bench/stop_check.sh SOURCE_DIR
 set -uo pipefail
 src=$(cd "$1" && pwd)
@@ -20,11 +22,16 @@ all_pids=()
 finish() {
   local p
   for p in "${all_pids[@]}"; do kill -KILL "$p" 2>/dev/null; done
+  for p in 0 1; do
+    ip netns del "gcsp$p" 2>/dev/null
+    ip link del "gcsp${p}h" 2>/dev/null
+  done
+  ip link del gcspbr 2>/dev/null
   rm -rf "$work"
 }
 trap finish EXIT
 
-mkdir -p "$work/bin" "$work/build/plugin/preload"
+mkdir -p "$work/bin" "$work/build/plugin/preload" "$work/build/bench"
 : > "$work/build/plugin/preload/libgradcomp_preload.so"
 # The interpreter: PyTorch's prerequisites pass, a training records its pid and waits.
 cat > "$work/bin/python" <<'EOF'
@@ -35,7 +42,13 @@ case "${1:-}" in
 esac
 exec python3 "$@"
 EOF
-chmod +x "$work/bin/python"
+# gradcomp_perf: a rank records its pid and waits.
+cat > "$work/build/bench/gradcomp_perf" <<'EOF'
+#!/usr/bin/env bash
+echo $$ >> "$GC_STOP_PIDS"
+exec sleep 120
+EOF
+chmod +x "$work/bin/python" "$work/build/bench/gradcomp_perf"
 
 # check_args with an absolute BUILD_DIR (it sets preload)
 # shellcheck disable=SC1091,SC2154
@@ -91,4 +104,20 @@ for c in ddp fsdp; do
   esac
 done
 
+if [ "$(id -u)" != 0 ] || ! command -v ip > /dev/null || ! command -v tc > /dev/null; then
+  echo "skipped: tc_link.sh (needs root, ip and tc)"
+else
+  stopped tc_link 2 env GC_TC_PREFIX=gcsp GC_TC_NO_LO=1 GC_TC_GBPS=1 GC_TC_RANKS=2 \
+    bash "$src/tools/tc_link.sh" "$work/tc" "$work/build"
+  case $? in
+    0)
+      if ip netns list | grep -q '^gcsp'; then
+        echo "FAIL: tc_link: namespaces left behind: $(ip netns list | grep '^gcsp' | tr '\n' ' ')"
+        fail=1
+      fi ;;
+    2) echo "skipped: tc_link.sh: no ranks started (namespaces refused?):"
+       sed 's/^/  | /' "$work/tc_link.log" ;;
+    *) fail=1 ;;
+  esac
+fi
 exit $fail

@@ -53,9 +53,19 @@ subnet=10.233.0    # rank r is $subnet.$((r+1))
 port=29673        # the runs' roots count up from here
 link_port=29660   # measure_link's
 shaping=""         # netns or lo, once set up
+rank_pids=()      # the ranks of the run in progress
 
+# Ends the ranks of a run in progress (a TERM from gpu-check's step limit: the
+# ranks' own `timeout` put each in a process group of its own, which that TERM
+# does not reach), then removes the namespaces, links and lo's shaping.
 cleanup() {
-  local r
+  local r p
+  if [ ${#rank_pids[@]} -gt 0 ]; then
+    for p in "${rank_pids[@]}"; do kill -TERM -- "-$p" 2>/dev/null || kill -TERM "$p" 2>/dev/null; done
+    sleep 2
+    for p in "${rank_pids[@]}"; do kill -KILL -- "-$p" 2>/dev/null || kill -KILL "$p" 2>/dev/null; done
+    rank_pids=()
+  fi
   for r in $(seq 0 7); do
     ip netns del "$prefix$r" 2>/dev/null
     ip link del "$prefix${r}h" 2>/dev/null
@@ -65,6 +75,10 @@ cleanup() {
   return 0
 }
 trap cleanup EXIT
+# timeout(1) sends its TERM twice (to this script, then to its process group): a second one
+# during the clean-up would end it halfway, leaving namespaces or lo's shaping to the steps
+# after. The first ignores the rest and exits through the clean-up.
+trap 'trap "" TERM INT; exit 143' TERM INT
 
 # burst: 10 ms of traffic (a tbf bucket below the rate / HZ cannot reach its
 # rate), at least 128 KB (two 64 KB GSO packets): at the CPU mode's 0.1 Gb/s a
@@ -232,7 +246,9 @@ run_ranks() {  # run_ranks N GBPS TAG: one process per rank over the shaped link
       --link-gbps "$gbps" --json "$raw/tc_link_$tag.json" > "$raw/tc_link_${tag}_r$r.txt" 2>&1 &
     pids+=($!)
   done
+  rank_pids=("${pids[@]}")
   for r in "${pids[@]}"; do wait "$r" || rc=$?; done
+  rank_pids=()
   port=$((port + port_step))
   return "$rc"
 }
