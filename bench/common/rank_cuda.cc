@@ -492,6 +492,11 @@ int rankMain(const Options& o, int rank, int nranks, int localRank, int localRan
   KernelTable kernels;
   SparseTable sparseKernels;
   if (idPipe == nullptr) {
+    // As below, for ranks a launcher started (tools/tc_link.sh's share one GPU, each seeing
+    // itself alone on its host): rank 0 measures before its ncclCommInitRank makes the
+    // bootstrap root, while the others wait in NCCL's connect with no kernel on the GPU.
+    if (rank == 0 && (shared || o.linkGiven))
+      measureKernelTable(o, localRank % gpus, &kernels, &sparseKernels);
     BENCH_NCCL(ncclGetUniqueId(&id));  // from NCCL_COMM_ID: the same on every rank
   } else if (rank == 0) {
     if (shared || o.linkGiven) measureKernelTable(o, localRank % gpus, &kernels, &sparseKernels);
