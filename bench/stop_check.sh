@@ -3,7 +3,8 @@
 # tools/tc_link.sh) end those ranks when gpu-check's step limit TERMs them. The ranks run
 # under timeout(1), each in a process group of its own that the step's TERM does not reach:
 # left running, they would hold the GPU through the steps after; tc_link.sh must also leave
-# no namespace behind (its clean-up survives timeout's second TERM). Stand-ins replace the
+# no namespace behind (its clean-up survives timeout's second TERM), and end a run whose rank
+# failed instead of waiting for the others' limit. Stand-ins replace the
 # interpreter and gradcomp_perf (no torch, no GPU): a rank records its pid and waits. Also:
 # a BUILD_DIR given as an absolute path names the interposer inside it (gpu-check passes
 # GC_BUILD_DIR on). tc_link.sh's part needs root and network namespaces, and is skipped
@@ -42,10 +43,11 @@ case "${1:-}" in
 esac
 exec python3 "$@"
 EOF
-# gradcomp_perf: a rank records its pid and waits.
+# gradcomp_perf: a rank records its pid and waits; rank GC_STOP_FAIL_RANK fails at once.
 cat > "$work/build/bench/gradcomp_perf" <<'EOF'
 #!/usr/bin/env bash
 echo $$ >> "$GC_STOP_PIDS"
+[ "$OMPI_COMM_WORLD_RANK" = "${GC_STOP_FAIL_RANK:-}" ] && exit 3
 exec sleep 120
 EOF
 chmod +x "$work/bin/python" "$work/build/bench/gradcomp_perf"
@@ -119,5 +121,25 @@ else
        sed 's/^/  | /' "$work/tc_link.log" ;;
     *) fail=1 ;;
   esac
+  # A rank that fails ends the run: the others, which would wait on it until their own limit
+  # (240 s), go 10 s later, and the run records the failure.
+  pids=$work/tc_fail.pids
+  : > "$pids"
+  t0=$(date +%s)
+  GC_STOP_PIDS=$pids GC_STOP_FAIL_RANK=1 GC_TC_PREFIX=gcsp GC_TC_NO_LO=1 GC_TC_GBPS=1 \
+    GC_TC_RANKS=2 timeout -k 5 90 bash "$src/tools/tc_link.sh" "$work/tcf" "$work/build" \
+    > "$work/tc_fail.log" 2>&1
+  secs=$(($(date +%s) - t0))
+  while read -r p; do all_pids+=("$p"); done < "$pids"
+  if [ "$(wc -l < "$pids")" -lt 2 ]; then
+    echo "skipped: tc_link.sh with a failing rank: no ranks started"
+  elif [ "$(cut -f4 "$work/tcf/tc_link_runs.tsv" 2> /dev/null)" != 3 ] || [ "$secs" -gt 60 ]; then
+    echo "FAIL: tc_link: a run with a failing rank took ${secs}s and recorded" \
+      "'$(cut -f4 "$work/tcf/tc_link_runs.tsv" 2> /dev/null)' (want its exit 3 within 60 s)"
+    sed 's/^/  | /' "$work/tc_fail.log"
+    fail=1
+  else
+    echo "ok: tc_link ended a run with a failing rank in ${secs}s"
+  fi
 fi
 exit $fail

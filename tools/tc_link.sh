@@ -247,7 +247,35 @@ run_ranks() {  # run_ranks N GBPS TAG: one process per rank over the shaped link
     pids+=($!)
   done
   rank_pids=("${pids[@]}")
-  for r in "${pids[@]}"; do wait "$r" || rc=$?; done
+  # Once a rank fails, the others wait on it (in NCCL's collective, whose kernel never ends)
+  # until their own limit: 10 s after the first failure, end them (TERM, then KILL).
+  local -A ended=()
+  local p alive sig failed_at=""
+  while :; do
+    alive=0
+    for p in "${pids[@]}"; do
+      [ -n "${ended[$p]:-}" ] && continue
+      if kill -0 "$p" 2>/dev/null; then
+        alive=1
+        continue
+      fi
+      wait "$p"
+      ended[$p]=$?
+      if [ "${ended[$p]}" != 0 ] && [ -z "$failed_at" ]; then
+        rc=${ended[$p]}
+        failed_at=$(date +%s)
+      fi
+    done
+    [ "$alive" = 0 ] && break
+    if [ -n "$failed_at" ] && [ $(($(date +%s) - failed_at)) -ge 10 ]; then
+      sig=TERM
+      [ $(($(date +%s) - failed_at)) -ge 15 ] && sig=KILL
+      for p in "${pids[@]}"; do
+        [ -z "${ended[$p]:-}" ] && { kill -$sig -- "-$p" 2>/dev/null || kill -$sig "$p" 2>/dev/null; }
+      done
+    fi
+    sleep 0.5
+  done
   rank_pids=()
   port=$((port + port_step))
   return "$rc"
