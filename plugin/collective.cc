@@ -77,11 +77,44 @@ gradcompResult_t checkBuffers(const gradcompComm& c, const void* send, size_t se
   return gradcompSuccess;
 }
 
+namespace {
+// Unkeyed calls find a buffer's state by its address. A training loop hands
+// over the same buffers every step, so new addresses come in its first steps.
+// One that first comes after the comm has made four calls for every state it
+// holds (and at least 64 since the last reset or load) most likely belongs to
+// a buffer that moved: it starts a new residual (the old one is never sent
+// and stays allocated), and with DGC's warm-up or DQ-SGD its schedule can
+// differ between ranks whose buffers moved differently. Warned once per comm,
+// whatever GRADCOMP_DEBUG says (as the preload's fall-backs are): it is what
+// explains a memory growth or a hang that nothing else names.
+void warnIfLateBuffer(gradcompComm& c, const void* recv, size_t count, DType t, size_t held) {
+  const uint64_t calls = c.step - c.stateEpochStep;
+  if (c.warnedLateBuffer || calls < kLateBufferMinCalls || calls < 4 * (uint64_t)held) return;
+  c.warnedLateBuffer = true;
+  logMessage(
+      LogLevel::Warn, __FILE__, __LINE__,
+      "rank %d: recvbuff %p (%zu elements of %s) is new at call %llu of this comm, which "
+      "holds the states of %zu other buffers: a buffer that moves between steps starts a new "
+      "residual each time (the old one is never sent and stays allocated), and with DGC "
+      "warm-up or DQ-SGD its schedule can differ between ranks. Give such buffers a key "
+      "(gradcompAllReduceKeyed, gradcompReduceScatterKeyed; under LD_PRELOAD, the Python "
+      "hooks, which key by parameter)",
+      c.rank, recv, count,
+      t == DType::F32   ? "float"
+      : t == DType::F16 ? "half"
+                        : "bfloat16",
+      (unsigned long long)calls, held);
+}
+}  // namespace
+
 gradcompResult_t findState(gradcompComm& c, int kind, bool keyed, uint64_t key, const void* recv,
                            size_t count, DType t, BufferState** state) {
   const StateKey skey = keyed ? StateKey{kind + 1, key, count, (int)t}
                               : StateKey{kind, (uint64_t)(uintptr_t)recv, count, (int)t};
-  return c.getState(skey, count, t, state);
+  const size_t held = c.states.size();
+  GC_CHECK(c.getState(skey, count, t, state));
+  if (!keyed && c.states.size() > held) warnIfLateBuffer(c, recv, count, t, held);
+  return gradcompSuccess;
 }
 
 gradcompResult_t checkWarmupCapture(const gradcompComm& c, const BufferState& s) {

@@ -36,7 +36,11 @@ bool compressible(const gradcompComm& c, size_t count, ncclDataType_t type, nccl
 gradcompResult_t checkBuffers(const gradcompComm& c, const void* send, size_t sendCount,
                               const void* recv, size_t recvCount, size_t inPlaceOffset, DType t);
 
-// The state of the call's buffer: by recvbuff, or by the caller's key.
+// The state of the call's buffer: by recvbuff, or by the caller's key. An
+// unkeyed buffer new after the comm's first kLateBufferMinCalls calls, and
+// after four calls per state it holds, is warned about once (it most likely
+// moved: docs/reliability.md, "Known limits").
+constexpr uint64_t kLateBufferMinCalls = 64;
 gradcompResult_t findState(gradcompComm& c, int kind, bool keyed, uint64_t key, const void* recv,
                            size_t count, DType t, BufferState** state);
 

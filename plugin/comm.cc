@@ -422,6 +422,7 @@ GC_EXPORT gradcompResult_t gradcompCommResetState(gradcompComm_t comm) {
   for (auto& kv : comm->states) comm->dropState(kv.second);
   comm->states.clear();
   comm->step = 0;
+  comm->stateEpochStep = 0;
   comm->verifyNext = true;  // a rank that did not reset is at another step
   return comm->backend->setStep(0);
 }

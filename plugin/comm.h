@@ -72,7 +72,11 @@ struct gradcompComm {
   // for the same reason until the comm is freed.
   std::vector<gc::BufferState> retiredStates;
   gradcompStats_t stats{};
-  uint64_t step = 0;        // compressed calls so far: part of every RNG key
+  uint64_t step = 0;  // compressed calls so far: part of every RNG key
+  // The step of the last state load (0 after a reset), and whether a buffer
+  // new after many calls was warned about (gc::findState).
+  uint64_t stateEpochStep = 0;
+  bool warnedLateBuffer = false;
   gc::AutoState autoState;  // GRADCOMP_AUTO decision (autotune.h)
   // Set by a state load or reset: the next call first checks that every
   // rank is at the same step (Transport::verifyCall).

@@ -482,6 +482,7 @@ gradcompResult_t loadState(gradcompComm_t comm, const void* buffer, size_t bytes
   for (auto& kv : comm->states) comm->dropState(kv.second);
   comm->states.swap(fresh);
   comm->step = step;
+  comm->stateEpochStep = step;
   // Ranks restored from blobs of different steps must not go on: the next
   // call checks that they agree.
   comm->verifyNext = true;

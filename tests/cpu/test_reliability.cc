@@ -938,6 +938,79 @@ TEST(Reliability, MalformedPeerSlotsWarnOncePerComm) {
   GTEST_FLAG_SET(death_test_style, style);
 }
 
+// Unkeyed state is found by the receive buffer's address. A buffer new after
+// the comm's first steps most likely moved, so it is warned about, once per
+// comm and whatever GRADCOMP_DEBUG says, naming the call and the buffers
+// held. Buffers that come in the first steps, keyed buffers, and buffers new
+// soon after a reset are not warned about.
+TEST(Reliability, ABufferNewAfterManyCallsIsWarnedAboutOnce) {
+  const int N = 2;
+  const size_t n = 4096;
+  using Bufs = std::vector<std::vector<float>>;
+  auto bufs = [&] { return Bufs(N, std::vector<float>(n, 1.0f)); };
+  std::vector<Bufs> steady = {bufs(), bufs(), bufs()};
+  Bufs keyed = bufs(), moved = bufs(), again = bufs(), afterReset = bufs();
+  testing::internal::CaptureStderr();
+  {
+    CpuWorld w(N, quickConfig(gradcompMethodQsgd));
+    auto call = [&](Bufs& b, bool byKey) {
+      const auto res = w.run([&](int r) {
+        return byKey ? gradcompAllReduceKeyed(b[r].data(), b[r].data(), n, ncclFloat32, ncclSum,
+                                              w.comm(r), nullptr, 7)
+                     : gradcompAllReduce(b[r].data(), b[r].data(), n, ncclFloat32, ncclSum,
+                                         w.comm(r), nullptr);
+      });
+      for (int r = 0; r < N; ++r) EXPECT_EQ(res[r], gradcompSuccess) << "rank " << r;
+    };
+    // 30 steps of three buffers: all three new in the first step.
+    for (int step = 0; step < 30; ++step) {
+      for (Bufs& b : steady) call(b, false);
+    }
+    fprintf(stderr, "-- steady\n");
+    call(keyed, true);
+    fprintf(stderr, "-- keyed\n");
+    call(moved, false);  // call 91 of the comm, which holds 4 states
+    call(again, false);  // warned once per comm
+    fprintf(stderr, "-- moved\n");
+    for (int r = 0; r < N; ++r) ASSERT_EQ(gradcompCommResetState(w.comm(r)), gradcompSuccess);
+    for (int k = 0; k < 3; ++k) call(afterReset, false);
+  }
+  {
+    // A fresh comm warns again, but not before 64 calls: 40 calls of a
+    // buffer, then a new one.
+    CpuWorld w(N, quickConfig(gradcompMethodQsgd));
+    for (int k = 0; k < 41; ++k) {
+      Bufs& b = k < 40 ? steady[0] : moved;
+      const auto res = w.run([&](int r) {
+        return gradcompAllReduce(b[r].data(), b[r].data(), n, ncclFloat32, ncclSum, w.comm(r),
+                                 nullptr);
+      });
+      for (int r = 0; r < N; ++r) EXPECT_EQ(res[r], gradcompSuccess) << "rank " << r;
+    }
+  }
+  const std::string log = testing::internal::GetCapturedStderr();
+  const size_t steadyAt = log.find("-- steady"), keyedAt = log.find("-- keyed"),
+               movedAt = log.find("-- moved");
+  ASSERT_NE(movedAt, std::string::npos) << log;
+  size_t warnings = 0;
+  for (size_t at = log.find("is new at call"); at != std::string::npos;
+       at = log.find("is new at call", at + 1)) {
+    EXPECT_GT(at, keyedAt) << log;
+    EXPECT_LT(at, movedAt) << log;
+    ++warnings;
+  }
+  EXPECT_EQ(warnings, (size_t)N) << log;
+  for (int r = 0; r < N; ++r) {
+    char want[160];
+    snprintf(want, sizeof(want),
+             "rank %d: recvbuff %p (4096 elements of float) is new at call 91 of this comm, "
+             "which holds the states of 4 other buffers",
+             r, (void*)moved[r].data());
+    EXPECT_NE(log.find(want), std::string::npos) << want << "\n" << log;
+  }
+  EXPECT_LT(steadyAt, keyedAt);
+}
+
 // The CPU backend's SparseOps on the lists the GPU test
 // ReliabilityGpu.MalformedSlotListsAreDroppedWhole gives the CUDA backend
 // (tests/common/ref_slot_lists.h): every malformed list is dropped whole,
