@@ -245,7 +245,9 @@ def main():
     MB64 = 64 << 20
     near_rows = {t: qsgd_row(p8n, MB64, t, rounding="nearest") for t in ("float", "bfloat16")}
     stoch_rows = {t: qsgd_row(p8, MB64, t) for t in ("float", "bfloat16")}
-    near_enc = {t: share((near_rows[t] or {}).get("encode_us"), (stoch_rows[t] or {}).get("encode_us"))
+    # A row whose kernels were not timed (model_missing) has encode_us 0: no ratio from it.
+    enc_us = lambda row: (row or {}).get("encode_us") or None  # noqa: E731
+    near_enc = {t: share(enc_us(near_rows[t]), enc_us(stoch_rows[t]))
                 for t in ("float", "bfloat16")}
     near400 = None
     for m in (near_rows["float"] or {}).get("model", []):
