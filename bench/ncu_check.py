@@ -99,6 +99,68 @@ doc = json.load(open(out))
 expect(rc == 0 and doc.get("unavailable_reason") == "ncu not found (PATH, /usr/local/cuda/bin)"
        and doc.get("kernels") is None, "the refusal's reason kept")
 
+# tools/ncu_profile.sh with a stand-in ncu on PATH that launches what gradcomp_kernels_perf
+# --once --only KIND launches (bench/kernels/kernels_perf.cu: the data fills, and the decode
+# run's encode of its input) and profiles those --kernel-name regex:... matches, as ncu does:
+# every kernel in the profile is its label's.
+fake = os.path.join(work, "fake-bin")
+os.makedirs(fake, exist_ok=True)
+LAUNCHES = {
+    "encode": ["fillKernel", "fillKernel", "qsgdEncodeWarpKernel", "fillKernel"],
+    "decode": ["fillKernel", "fillKernel", "qsgdEncodeWarpKernel", "qsgdDecodeWarpKernel",
+               "qsgdDecodeWarpKernel", "fillKernel"],
+    "topk_threshold": ["fillKernel", "fillKernel", "sampleKernel", "DeviceRadixSortOnesweepKernel",
+                       "thresholdRuleKernel", "compactKernel"],
+    "topk_exact": ["fillKernel", "fillKernel", "radixInitKernel", "radixHistKernel",
+                   "radixPickKernel", "compactKernel"]}
+calls = os.path.join(work, "ncu-calls.txt")
+cfg = os.path.join(work, "fake-ncu.json")
+json.dump({"head": HEAD, "launches": LAUNCHES, "calls": calls,
+           "rows": {k: rows(0, k, launch("80", "80", "40", "30"))
+                    for ks in LAUNCHES.values() for k in ks}}, open(cfg, "w"))
+with open(os.path.join(fake, "ncu"), "w") as f:
+    f.write("#!%s\n" % sys.executable + """import json, re, sys
+cfg = json.load(open(%r))
+a = sys.argv[1:]
+if "--version" in a:
+    print("NVIDIA (R) Nsight Compute Command Line Profiler (stand-in)")
+    sys.exit(0)
+open(cfg["calls"], "a").write(" ".join(a) + "\\n")
+only = a[a.index("--kernel-name") + 1] if "--kernel-name" in a else None
+kp = next(i for i, x in enumerate(a) if x.endswith("gradcomp_kernels_perf"))
+kind = a[a.index("--only", kp) + 1]
+names = [k for k in cfg["launches"][kind]
+         if only is None or re.search(only[len("regex:"):], k)]
+print("==PROF== Connected to process 77")
+print("\\n".join([cfg["head"]] + [r.replace('"0"', '"%%d"' %% i, 1)
+                                  for i, k in enumerate(names) for r in cfg["rows"][k]]))
+""" % cfg)
+os.chmod(os.path.join(fake, "ncu"), 0o755)
+raw = os.path.join(work, "profile-raw")
+os.makedirs(raw, exist_ok=True)
+if os.path.exists(calls):
+    os.remove(calls)
+env = dict(os.environ, PATH=fake + os.pathsep + os.environ.get("PATH", ""))
+rc = subprocess.call(["bash", os.path.join(src, "tools", "ncu_profile.sh"), raw,
+                      os.path.join(work, "no-build")], env=env)
+expect(rc == 0, "ncu_profile.sh with the stand-in ncu: exit 0 (got %d)" % rc)
+doc = json.load(open(os.path.join(raw, "profile.json")))
+ks = doc.get("kernels") or []
+by = {}
+for k in ks:
+    by.setdefault(k["launch"], []).append(k["kernel"])
+expect(len(open(calls).read().splitlines()) == 6 if os.path.exists(calls) else False,
+       "six profiled runs")
+expect(by.get("qsgd_decode, then _acc, 4") == ["qsgdDecodeWarpKernel"] * 2,
+       "the decode's label holds its two decodes, not the encode that made its input (got %s)"
+       % by.get("qsgd_decode, then _acc, 4"))
+expect(all(by.get("qsgd_encode_ef %s 4" % t) == ["qsgdEncodeWarpKernel"]
+           for t in ("float", "bfloat16", "half")), "each encode label holds its encode (got %s)"
+       % by)
+expect(by.get("topk_threshold 0.001") == LAUNCHES["topk_threshold"][2:] and
+       by.get("topk_exact 0.001") == LAUNCHES["topk_exact"][2:],
+       "the selectors' labels hold all their kernels, the fills left out (got %s)" % by)
+
 if fails:
     print("%d check(s) failed" % len(fails))
     sys.exit(1)

@@ -21,14 +21,18 @@ fi
 "$ncu" --version | head -2
 common=(--min-log2 26 --max-log2 26 --bits 4 --bucket 512 --densities 0.001 --once 1)
 runs=()
-profile() {  # LABEL FILE gradcomp_kernels_perf-args...
-  local label=$1 file=$2
-  shift 2
+# KERNELS: a regex of the kernel names to profile ("" for all): a run that launches another
+# of gradcomp's kernels to make its input (the decode's encode) profiles only its own.
+profile() {  # LABEL FILE KERNELS gradcomp_kernels_perf-args...
+  local label=$1 file=$2 kernels=$3
+  shift 3
+  local only=()
+  [ -n "$kernels" ] && only=(--kernel-name "regex:$kernels")
   echo "=== ncu: $label"
   # --clock-control none: ncu's default locks the GPU's clocks to base while it profiles, a
   # change of the card's settings that the GPU box's rules forbid; the card is measured as found.
   "$ncu" --csv --page details --clock-control none --print-kernel-base function --section SpeedOfLight \
-    --section Occupancy --section LaunchStats --section SchedulerStats \
+    --section Occupancy --section LaunchStats --section SchedulerStats ${only[@]+"${only[@]}"} \
     "$kp" "${common[@]}" "$@" > "$raw/$file" 2> "$raw/$file.err"
   local rc=$?
   tail -3 "$raw/$file.err"
@@ -42,13 +46,14 @@ profile() {  # LABEL FILE gradcomp_kernels_perf-args...
   fi
   runs+=("$label=$raw/$file")
 }
-profile "qsgd_encode_ef float 4" ncu_encode_float.csv --only encode --dtypes float
-profile "qsgd_encode_ef bfloat16 4" ncu_encode_bf16.csv --only encode --dtypes bfloat16
-profile "qsgd_encode_ef half 4" ncu_encode_half.csv --only encode --dtypes half
-profile "qsgd_encode_ef_pipelined float 4" ncu_encode_pipelined_float.csv --only encode_pipelined \
-  --dtypes float
-profile "qsgd_decode, then _acc, 4" ncu_decode.csv --only decode
-profile "topk_threshold 0.001" ncu_topk_threshold.csv --only topk_threshold
-profile "topk_exact 0.001" ncu_topk_exact.csv --only topk_exact
+profile "qsgd_encode_ef float 4" ncu_encode_float.csv "" --only encode --dtypes float
+profile "qsgd_encode_ef bfloat16 4" ncu_encode_bf16.csv "" --only encode --dtypes bfloat16
+profile "qsgd_encode_ef half 4" ncu_encode_half.csv "" --only encode --dtypes half
+profile "qsgd_encode_ef_pipelined float 4" ncu_encode_pipelined_float.csv "" \
+  --only encode_pipelined --dtypes float
+# The decode run encodes its input first (gradcompQsgdEncode, no residual): not its label's.
+profile "qsgd_decode, then _acc, 4" ncu_decode.csv ".*qsgdDecode.*" --only decode
+profile "topk_threshold 0.001" ncu_topk_threshold.csv "" --only topk_threshold
+profile "topk_exact 0.001" ncu_topk_exact.csv "" --only topk_exact
 # fillKernel writes the benchmark's data; it is not gradcomp's.
 python3 tools/ncu_limits.py --out "$raw/profile.json" --skip fillKernel "${runs[@]}"
