@@ -6,8 +6,18 @@
 set -uo pipefail
 src=$1
 fail=0
-for g in core perf perf_more hooks link ddp fsdp lm; do
+# Groups in the order sessions run them; where each step is first planned, and the plots
+# step's last group.
+order=(core perf perf_more hooks link ddp fsdp lm)
+declare -A first_group
+plots_group=-1
+for i in "${!order[@]}"; do
+  g=${order[$i]}
   out=$(GC_PLAN=1 GC_STEPS=$g bash "$src/tools/gpu-check.sh" 2>&1)
+  for s in $(echo "$out" | awk '/^plan:/ {print $2}'); do
+    [ -z "${first_group[$s]:-}" ] && first_group[$s]=$i
+    [ "$s" = plots ] && plots_group=$i
+  done
   last=$(echo "$out" | grep '^plan:' | tail -1)
   sum=$(echo "$last" | sed -E 's/.*\(sum +([0-9]+)s of the ([0-9]+)s.*/\1 \2/')
   read -r used avail <<< "$sum"
@@ -18,6 +28,24 @@ for g in core perf perf_more hooks link ddp fsdp lm; do
     echo "FAIL: group $g plans ${used}s of ${avail}s:"; echo "$out"; fail=1
   else
     echo "ok: group $g plans ${used}s of ${avail}s ($((steps - 1)) steps after the build)"
+  fi
+done
+# The plots step draws the JSON of other steps ("$raw/<step>.json" on its command line): it
+# must run in a group no earlier than every step that writes one, or its plots lack them.
+inputs=$(awk '/^want plots && run_step plots/ {on = 1} on {print} on && !/\\$/ {exit}' \
+  "$src/tools/gpu-check.sh" | grep -o '"$raw/[a-z0-9_]*\.json"' | sed -E 's/.*raw\/([a-z0-9_]+)\.json"/\1/')
+if [ -z "$inputs" ] || [ "$plots_group" -lt 0 ]; then
+  echo "FAIL: no plots step or no inputs on its command line"; fail=1
+fi
+for f in $inputs; do
+  gi=${first_group[$f]:-}
+  if [ -z "$gi" ]; then
+    echo "FAIL: the plots step reads $f.json, which no group's step $f writes"; fail=1
+  elif [ "$gi" -gt "$plots_group" ]; then
+    echo "FAIL: the plots step (last in group ${order[$plots_group]}) reads $f.json, written in" \
+      "the later group ${order[$gi]}"; fail=1
+  else
+    echo "ok: plots reads $f.json (group ${order[$gi]}), drawn last in group ${order[$plots_group]}"
   fi
 done
 if GC_PLAN=1 GC_STEPS=nosuchgroup bash "$src/tools/gpu-check.sh" > /dev/null 2>&1; then

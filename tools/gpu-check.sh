@@ -9,7 +9,8 @@
 #   GC_STEPS=perf      the goal rows: gradcomp_perf N=1/8 and pipelined, kernels,
 #                      torch.topk, Nsight Compute's kernel limiters, plots      ~6 min
 #   GC_STEPS=perf_more pipelined ring and hierarchy, auto's regret (allreduce,
-#                      reduce-scatter), sparse and reduce-scatter rows          ~5 min
+#                      reduce-scatter), sparse and reduce-scatter rows, plots
+#                      again (now with the sparse rows)                         ~5 min
 #   GC_STEPS=hooks     gradcomp.torch's DDP and FSDP2 hooks (torch_hooks)       ~7 min
 #   GC_STEPS=ddp       PyTorch DDP under LD_PRELOAD, flat and hierarchical      ~7 min
 #   GC_STEPS=fsdp      FSDP2 under LD_PRELOAD (fsdp)                             ~4 min
@@ -46,7 +47,7 @@ root=$(pwd)
 declare -A groups=(
   [core]="tests multirank memcheck"
   [perf]="perf kernels torch_topk profile plots"
-  [perf_more]="perf_more"
+  [perf_more]="perf_more plots"
   [hooks]="torch_hooks"
   [ddp]="ddp"
   [fsdp]="fsdp"
