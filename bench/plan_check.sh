@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # CTest: every group of tools/gpu-check.sh fits one device call. A bare build
 # (90 s in the plan) and the group's step limits must fit the 510 s the call
-# keeps before its report; an unknown group must be refused.
+# keeps before its report; an unknown group must be refused; the plots step must
+# run no earlier than the steps whose JSON it draws.
 #   bench/plan_check.sh SOURCE_DIR
 set -uo pipefail
 src=$1
