@@ -210,9 +210,9 @@ want perf && run_step perf_n8_nearest 30 "$raw/perf_n8_nearest.txt" env GRADCOMP
 # kernel_us their sum (bench/model_check.py; decode overwrite / accumulate printed).
 want perf && run_step model_check 10 "$raw/model_check.txt" python3 bench/model_check.py \
   "$raw/perf_n8.json" "$raw/perf_n8_pipe.json" "$raw/perf_n8_nearest.json"
-want kernels && run_step kernels 15 "$raw/kernels.txt" "$build/bench/gradcomp_kernels_perf" \
+want kernels && run_step kernels 25 "$raw/kernels.txt" "$build/bench/gradcomp_kernels_perf" \
   --json "$raw/kernels.json"
-want torch_topk && run_step torch_topk 20 "$raw/torch_topk.txt" python3 bench/torch_topk.py \
+want torch_topk && run_step torch_topk 20 "$raw/torch_topk.txt" "${PYTHON:-python3}" bench/torch_topk.py \
   --json "$raw/torch_topk.json"
 # Nsight Compute on the kernels at 2^26: which of memory, issue or latency bounds each
 # (profile.json; the report's kernel limiters table, docs/algorithms.md's).
