@@ -83,6 +83,17 @@ GradStats sumInRankOrder(const GradStats* all, int n) {
   return st;
 }
 
+// Takes the statistics of the copy in flight, once it has landed: a
+// reduce-scatter's (gathered) are every rank's block, summed.
+gradcompResult_t settlePending(BitsHistory& h) {
+  if (!h.pending) return gradcompSuccess;
+  GC_CUDACHECK(cudaEventSynchronize(h.ready));
+  h.stats = h.gathered ? sumInRankOrder(h.resultHost, h.gathered) : *h.resultHost;
+  h.haveStats = true;
+  h.pending = false;
+  return gradcompSuccess;
+}
+
 }  // namespace
 
 GradStats hostGradStats(const void* x, DType t, size_t n, int bucket) {
@@ -170,12 +181,7 @@ gradcompResult_t exportBitsHistory(BufferState& s, bool* present, BitsHistoryRec
   *present = s.bitsHistory != nullptr;
   if (!*present) return gradcompSuccess;
   BitsHistory& h = *s.bitsHistory;
-  if (h.pending) {
-    GC_CUDACHECK(cudaEventSynchronize(h.ready));
-    h.stats = *h.resultHost;
-    h.haveStats = true;
-    h.pending = false;
-  }
+  GC_CHECK(settlePending(h));
   out->stats = h.stats;
   out->haveStats = h.haveStats ? 1 : 0;
   out->lastBits = h.lastBits;
@@ -229,13 +235,8 @@ gradcompResult_t chooseBits(gradcompComm& c, BufferState& s, int* bits) {
   }
   if (!s.bitsHistory) GC_CHECK(createHistory(c, s));
   BitsHistory& h = *s.bitsHistory;
-  if (h.pending) {
-    // Only the previous call on this buffer must have finished.
-    GC_CUDACHECK(cudaEventSynchronize(h.ready));
-    h.stats = h.gathered ? sumInRankOrder(h.resultHost, h.gathered) : *h.resultHost;
-    h.haveStats = true;
-    h.pending = false;
-  }
+  // Only the previous call on this buffer must have finished.
+  GC_CHECK(settlePending(h));
   int b;
   const int clampedBits = cfg.bits < cfg.bitsMin   ? cfg.bitsMin
                           : cfg.bits > cfg.bitsMax ? cfg.bitsMax

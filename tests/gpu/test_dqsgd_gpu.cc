@@ -18,6 +18,7 @@
 #include "tests/common/grad_stats_cases.h"
 #include "tests/common/test_util.h"
 #include "tests/gpu/gpu_util.h"
+#include "tests/gpu/mirror_transport.h"
 
 namespace {
 
@@ -121,6 +122,51 @@ TEST_F(DqsgdGpu, DeviceStatisticsBitExactWithTheHost) {
       }
     }
   }
+}
+
+// A reduce-scatter's statistics are every rank's block, gathered and summed
+// in rank order. A checkpoint taken while they are in flight
+// (gradcompCommStateSize and SaveState settle them) must hold that sum, the
+// one the next call's choice uses, not rank 0's block alone.
+TEST_F(DqsgdGpu, CheckpointSettlesGatheredStatisticsAsTheNextCallDoes) {
+  gradcompConfig_t cfg;
+  gradcompConfigInit(&cfg);
+  cfg.autoTune = 0;
+  cfg.bitsMode = gradcompBitsDynamic;
+  cfg.bucketSize = 512;
+  const int ranks = 4;
+  gradcompComm* c = gctest::mirrorComm(cfg, true, ranks, 16, stream, false);
+  const size_t n = 100003;
+  const std::vector<float> x = gctest::normal(n, 11, 3.0f);
+  DeviceBuffer<float> dx(n);
+  ASSERT_EQ(cudaMemcpy(dx.get(), x.data(), n * sizeof(float), cudaMemcpyHostToDevice), cudaSuccess);
+  gctest::settle();
+  // The mirror gives every rank rank 0's block.
+  const gc::GradStats mine = gc::hostGradStats(x.data(), gc::DType::F32, n, cfg.bucketSize);
+  gc::GradStats want{0.0, 0.0};
+  for (int i = 0; i < ranks; ++i) {
+    want.sumLenMaxSq += mine.sumLenMaxSq;
+    want.sumSq += mine.sumSq;
+  }
+
+  gc::BufferState state;
+  state.count = n * ranks;
+  int bits = 0;
+  ASSERT_EQ(gc::chooseBits(*c, state, &bits), gradcompSuccess) << gradcompGetLastError();
+  ASSERT_EQ(gc::recordGatheredStats(*c, state, dx.get(), n, gc::DType::F32), gradcompSuccess)
+      << gradcompGetLastError();
+  bool present = false;
+  gc::BitsHistoryRecord saved;
+  ASSERT_EQ(gc::exportBitsHistory(state, &present, &saved), gradcompSuccess)
+      << gradcompGetLastError();
+  EXPECT_TRUE(present);
+  EXPECT_EQ(saved.haveStats, 1);
+  EXPECT_EQ(saved.stats.sumLenMaxSq, want.sumLenMaxSq);
+  EXPECT_EQ(saved.stats.sumSq, want.sumSq);
+  ASSERT_EQ(gc::chooseBits(*c, state, &bits), gradcompSuccess) << gradcompGetLastError();
+  EXPECT_EQ(bits, gc::dynamicBits(want, cfg.varianceTarget, cfg.bitsMin, cfg.bitsMax));
+  state.bitsHistory.reset();
+  gradcompCommDestroy(c);
 }
 
 TEST_F(DqsgdGpu, CaptureIsRefusedForDqsgdAndElias) {
