@@ -131,8 +131,16 @@ class CudaBackend final : public Backend {
     // Zero before any stream may touch it: a synchronous memset on the
     // legacy stream orders before later work on every blocking stream, and
     // we synchronize for non-blocking ones.
-    GC_CUDACHECK(cudaMemset(*p, 0, bytes));
-    GC_CUDACHECK(cudaDeviceSynchronize());
+    err = cudaMemset(*p, 0, bytes);
+    if (err == cudaSuccess) err = cudaDeviceSynchronize();
+    if (err != cudaSuccess) {
+      // A failed allocation hands back nothing: callers keep only successes.
+      (void)cudaFree(*p);
+      *p = nullptr;
+      (void)cudaGetLastError();
+      return setError(gradcompCudaError, "zeroing a new buffer of %zu bytes failed: %s", bytes,
+                      cudaGetErrorString(err));
+    }
     return gradcompSuccess;
   }
   void release(void* p) override {
