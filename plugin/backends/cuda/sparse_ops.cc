@@ -158,9 +158,14 @@ class CudaSparseOps final : public SparseOps {
     if (!dev_) {
       void* p = nullptr;
       GC_CUDACHECK(cudaMalloc(&p, sizeof(Counters)));
+      // Kept only once zeroed: a later call would count on top of garbage.
+      cudaError_t err = cudaMemset(p, 0, sizeof(Counters));
+      if (err == cudaSuccess) err = cudaDeviceSynchronize();
+      if (err != cudaSuccess) {
+        (void)cudaFree(p);
+        GC_CUDACHECK(err);
+      }
       dev_ = static_cast<Counters*>(p);
-      GC_CUDACHECK(cudaMemset(dev_, 0, sizeof(Counters)));
-      GC_CUDACHECK(cudaDeviceSynchronize());
     }
     return gradcompSuccess;
   }
