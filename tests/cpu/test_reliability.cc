@@ -481,6 +481,30 @@ TEST(Reliability, IntegerPassThroughWrapsAround) {
   }
 }
 
+// An 8-bit average over more ranks than the type holds divides by the rank
+// count, as NCCL does: the count cast to the element type was 0 at 256 ranks
+// (a division by zero) and 44 at 300.
+TEST(Reliability, EightBitAverageOverManyRanks) {
+  for (int n : {300, 256}) {
+    SCOPED_TRACE(testing::Message() << "ranks=" << n);
+    CpuWorld w(n, quickConfig(gradcompMethodQsgd));
+    std::vector<uint8_t> u(n, 0), uOut(n, 1);
+    std::vector<int8_t> s(n, 0), sOut(n, 1);
+    u[0] = 255;  // sum 255: no wrap
+    s[0] = 127;
+    s[1] = -27;  // sum 100
+    auto res = w.run([&](int r) {
+      GC_TEST_RETURN(gradcompAllReduce(&u[r], &uOut[r], 1, ncclUint8, ncclAvg, w.comm(r), nullptr));
+      return gradcompAllReduce(&s[r], &sOut[r], 1, ncclInt8, ncclAvg, w.comm(r), nullptr);
+    });
+    for (int r = 0; r < n; ++r) {
+      ASSERT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
+      EXPECT_EQ(uOut[r], 255 / n);
+      EXPECT_EQ(sOut[r], 100 / n);
+    }
+  }
+}
+
 // Defect 9: densities so small that 1/density overflows a size_t.
 TEST(Reliability, TinyDensityPlansAreDefined) {
   size_t slots = 0;

@@ -112,6 +112,19 @@ T wrapMul(T a, T b) {
   }
 }
 
+// ncclAvg: the sum divided by the rank count. Integers divide the wrapped sum
+// by the count itself, as NCCL's SumPostDiv does; (T)n would wrap for the
+// 8-bit types (a divisor of 0 at 256 ranks, 44 at 300).
+template <typename T>
+T averageOf(T sum, int n) {
+  if constexpr (std::is_integral<T>::value) {
+    using W = typename std::conditional<std::is_signed<T>::value, int64_t, uint64_t>::type;
+    return (T)((W)sum / (W)n);
+  } else {
+    return sum / (T)n;
+  }
+}
+
 template <typename T>
 void reduceTyped(const std::vector<const void*>& src, void* dst, size_t count, ncclRedOp_t op,
                  int n) {
@@ -134,7 +147,7 @@ void reduceTyped(const std::vector<const void*>& src, void* dst, size_t count, n
           break;
       }
     }
-    if (op == ncclAvg) acc = (T)(acc / (T)n);
+    if (op == ncclAvg) acc = averageOf(acc, n);
     memcpy(static_cast<char*>(dst) + i * sizeof(T), &acc, sizeof(T));
   }
 }
