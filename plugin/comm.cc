@@ -3,7 +3,9 @@
 
 #include <string.h>
 
+#include <algorithm>
 #include <chrono>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
@@ -287,34 +289,44 @@ extern "C" {
 
 GC_EXPORT gradcompResult_t gradcompCommCreate(ncclComm_t nccl, const gradcompConfig_t* config,
                                               gradcompComm_t* comm) {
-  return gc::commCreate(nccl, config, nullptr, comm);
+  return gc::guarded([&] { return gc::commCreate(nccl, config, nullptr, comm); });
 }
 
-GC_EXPORT gradcompResult_t gradcompCommCreateCpu(int nranks, const gradcompConfig_t* config,
-                                                 gradcompComm_t* comms) {
+namespace {
+
+// The comms are owned here until every one is made and the hierarchy set
+// up: a failure, or an exception (out of host memory), frees them all and
+// leaves `comms` all NULL.
+gradcompResult_t commCreateCpu(int nranks, const gradcompConfig_t* config, gradcompComm_t* comms) {
   GC_ARG(comms != nullptr, "comms (output array) is NULL");
   GC_ARG(nranks >= 1 && nranks <= 1024, "nranks=%d is out of range 1..1024", nranks);
+  std::fill(comms, comms + nranks, nullptr);
   gradcompConfig_t cfg;
   GC_CHECK(configOrEnv(config, &cfg));
   auto transports = gc::makeCpuWorld(nranks, cfg.cpuTimeoutSec);
+  std::vector<std::unique_ptr<gradcompComm>> made;
+  std::vector<gradcompComm_t> raw(nranks);
   for (int r = 0; r < nranks; ++r) {
-    gradcompComm* c = new gradcompComm();
+    made.emplace_back(new gradcompComm());
+    gradcompComm* c = made.back().get();
     initComm(c, &cfg);
     c->rank = r;
     c->nranks = nranks;
     c->backend = gc::makeCpuBackend();
     c->sparse = gc::makeCpuSparseOps();
     c->transport = std::move(transports[r]);
-    comms[r] = c;
+    raw[r] = c;
   }
-  gradcompResult_t res = gc::setupCpuHierarchy(comms, nranks);
-  if (res != gradcompSuccess) {
-    for (int r = 0; r < nranks; ++r) {
-      delete comms[r];
-      comms[r] = nullptr;
-    }
-  }
-  return res;
+  GC_CHECK(gc::setupCpuHierarchy(raw.data(), nranks));
+  for (int r = 0; r < nranks; ++r) comms[r] = made[r].release();
+  return gradcompSuccess;
+}
+
+}  // namespace
+
+GC_EXPORT gradcompResult_t gradcompCommCreateCpu(int nranks, const gradcompConfig_t* config,
+                                                 gradcompComm_t* comms) {
+  return gc::guarded([&] { return commCreateCpu(nranks, config, comms); });
 }
 
 namespace {
