@@ -508,6 +508,30 @@ int decodeBlocks(size_t n) {
   return (int)min(blocks, (size_t)132 * 32);
 }
 
+// Calls f(std::integral_constant<DType, T>()) for the input type t: each
+// input type has its own encode kernel.
+template <typename F>
+void withInputType(DType t, F&& f) {
+  if (t == DType::F32) {
+    f(std::integral_constant<DType, DType::F32>());
+  } else if (t == DType::F16) {
+    f(std::integral_constant<DType, DType::F16>());
+  } else {
+    f(std::integral_constant<DType, DType::BF16>());
+  }
+}
+
+// Calls f(std::bool_constant<nearest>()): nearest rounding is a template
+// argument, so its kernels compute no hash.
+template <typename F>
+void withRounding(const KeySpec& key, F&& f) {
+  if (key.nearest) {
+    f(std::true_type());
+  } else {
+    f(std::false_type());
+  }
+}
+
 }  // namespace
 
 cudaError_t qsgdEncode(const void* x, DType t, float* residual, size_t n, int bits, int bucket,
@@ -518,22 +542,14 @@ cudaError_t qsgdEncode(const void* x, DType t, float* residual, size_t n, int bi
   float* scales = static_cast<float*>(out);
   uint32_t* words = reinterpret_cast<uint32_t*>(scales + nb);
   const bool alignedIn = aligned(x, t == DType::F32 ? 16 : 8) && aligned(residual, 16);
-  // Nearest rounding is a template argument: its kernels compute no hash.
-  auto launch = [&](auto nearest) {
+  withRounding(key, [&](auto nearest) {
     constexpr bool kNearest = decltype(nearest)::value;
     if (withWarpRows(bucket, [&](auto rows) {
-          constexpr int R = decltype(rows)::value;
-          const unsigned grid = warpBlocks(nb);
-          if (t == DType::F32) {
-            qsgdEncodeWarpKernel<R, DType::F32, kNearest><<<grid, kWarpThreads, 0, stream>>>(
-                x, residual, n, bits, key, scales, words, alignedIn);
-          } else if (t == DType::F16) {
-            qsgdEncodeWarpKernel<R, DType::F16, kNearest><<<grid, kWarpThreads, 0, stream>>>(
-                x, residual, n, bits, key, scales, words, alignedIn);
-          } else {
-            qsgdEncodeWarpKernel<R, DType::BF16, kNearest><<<grid, kWarpThreads, 0, stream>>>(
-                x, residual, n, bits, key, scales, words, alignedIn);
-          }
+          withInputType(t, [&](auto type) {
+            qsgdEncodeWarpKernel<decltype(rows)::value, decltype(type)::value, kNearest>
+                <<<warpBlocks(nb), kWarpThreads, 0, stream>>>(x, residual, n, bits, key, scales,
+                                                              words, alignedIn);
+          });
         })) {
       return;
     }
@@ -541,12 +557,7 @@ cudaError_t qsgdEncode(const void* x, DType t, float* residual, size_t n, int bi
     const size_t smem = (size_t)bucket * (sizeof(float) + 1);
     qsgdEncodeKernel<kNearest><<<(unsigned)nb, threads, smem, stream>>>(x, t, residual, n, bits,
                                                                         bucket, key, scales, words);
-  };
-  if (key.nearest) {
-    launch(std::true_type());
-  } else {
-    launch(std::false_type());
-  }
+  });
   return cudaGetLastError();
 }
 
@@ -578,10 +589,8 @@ cudaError_t qsgdEncodePipelined(const void* x, DType t, float* residual, size_t 
   const bool alignedIn = aligned(x, t == DType::F32 ? 16 : 8) && aligned(residual, 16);
   cudaError_t err = cudaSuccess;
   auto launch = [&](auto rows, auto type, auto nearest) {
-    constexpr int R = decltype(rows)::value;
-    constexpr DType T = decltype(type)::value;
-    constexpr bool kNearest = decltype(nearest)::value;
-    auto* kernel = qsgdEncodeWarpPipelinedKernel<R, T, kNearest>;
+    auto* kernel = qsgdEncodeWarpPipelinedKernel<decltype(rows)::value, decltype(type)::value,
+                                                 decltype(nearest)::value>;
     const unsigned resident = residentBlocks(kernel);
     if (resident == 0) {
       err = cudaGetLastError();
@@ -591,27 +600,15 @@ cudaError_t qsgdEncodePipelined(const void* x, DType t, float* residual, size_t 
     const unsigned grid = std::min(warpBlocks(nb), resident);
     kernel<<<grid, kWarpThreads, 0, stream>>>(x, residual, n, bits, key, scales, words, alignedIn);
   };
-  auto withType = [&](auto rows, auto nearest) {
-    if (t == DType::F32) {
-      launch(rows, std::integral_constant<DType, DType::F32>(), nearest);
-    } else if (t == DType::F16) {
-      launch(rows, std::integral_constant<DType, DType::F16>(), nearest);
-    } else {
-      launch(rows, std::integral_constant<DType, DType::BF16>(), nearest);
-    }
-  };
-  auto withRows = [&](auto nearest) {
-    if (bucket == 128) {
-      withType(std::integral_constant<int, 1>(), nearest);
-    } else {
-      withType(std::integral_constant<int, 4>(), nearest);
-    }
-  };
-  if (key.nearest) {
-    withRows(std::true_type());
-  } else {
-    withRows(std::false_type());
-  }
+  withRounding(key, [&](auto nearest) {
+    withInputType(t, [&](auto type) {
+      if (bucket == 128) {
+        launch(std::integral_constant<int, 1>(), type, nearest);
+      } else {
+        launch(std::integral_constant<int, 4>(), type, nearest);
+      }
+    });
+  });
   return err != cudaSuccess ? err : cudaGetLastError();
 }
 
