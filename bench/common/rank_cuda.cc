@@ -491,15 +491,15 @@ int rankMain(const Options& o, int rank, int nranks, int localRank, int localRan
   ncclUniqueId id;
   KernelTable kernels;
   SparseTable sparseKernels;
+  // Rank 0 measures before NCCL starts. Forked ranks wait for the id it passes on;
+  // ranks a launcher started (tools/tc_link.sh's share one GPU, each seeing itself alone
+  // on its host) wait in NCCL's connect to the bootstrap root its ncclCommInitRank makes.
+  // Either way no other rank has a kernel on the GPU meanwhile.
+  if (rank == 0 && (shared || o.linkGiven))
+    measureKernelTable(o, localRank % gpus, &kernels, &sparseKernels);
   if (idPipe == nullptr) {
-    // As below, for ranks a launcher started (tools/tc_link.sh's share one GPU, each seeing
-    // itself alone on its host): rank 0 measures before its ncclCommInitRank makes the
-    // bootstrap root, while the others wait in NCCL's connect with no kernel on the GPU.
-    if (rank == 0 && (shared || o.linkGiven))
-      measureKernelTable(o, localRank % gpus, &kernels, &sparseKernels);
     BENCH_NCCL(ncclGetUniqueId(&id));  // from NCCL_COMM_ID: the same on every rank
   } else if (rank == 0) {
-    if (shared || o.linkGiven) measureKernelTable(o, localRank % gpus, &kernels, &sparseKernels);
     BENCH_NCCL(ncclGetUniqueId(&id));
     for (int r = 1; r < nranks; ++r)
       if (!writeFull(idPipe[1], &id, sizeof id)) fatal(rank, "cannot pass the NCCL id on");
