@@ -18,7 +18,8 @@ for s in gradcompGetErrorString gradcompGetLastError gradcompConfigInit gradcomp
          gradcompGetStats gradcompCommSaveState gradcompCommLoadState gradcompCommResetState \
          gradcompEliasMaxEncodedBytes gradcompEliasHeaderBytes gradcompEliasEncodedBytes \
          gradcompEliasEncodeHost gradcompEliasDecodeHost gradcompEliasWorkspaceBytes \
-         gradcompEliasEncode gradcompEliasDecode gradcompTopkSlots gradcompTopkSelectHost \
+         gradcompEliasEncode gradcompEliasDecode gradcompEliasDecodeBounded gradcompTopkSlots \
+         gradcompTopkSelectHost \
          gradcompTopkWorkspaceBytes gradcompTopkSelect gradcompCommRetune gradcompCommAbort gradcompCommStop \
          gradcompConfigInitSized gradcompConfigFromEnvSized gradcompGetStatsSized; do
   grep -qx "$s" <<< "$syms" || { echo "FAIL: $lib does not export $s"; exit 1; }

@@ -77,6 +77,17 @@ gradcompResult_t gradcompEliasEncode(const void* x, ncclDataType_t datatype, flo
                                      size_t count, const gradcompEliasParams_t* params,
                                      uint64_t seed, void* out, void* workspace,
                                      size_t workspaceBytes, cudaStream_t stream);
+/* Decodes the inBytes bytes at in (device memory: the bytes as received).
+ * No bucket reads past inBytes or past the stream length in the header,
+ * whichever is shorter, and a malformed bucket decodes to NaN from where it
+ * goes wrong (the decoder does not sync to report it). inBytes shorter than
+ * gradcompEliasHeaderBytes is gradcompInvalidArgument. */
+gradcompResult_t gradcompEliasDecodeBounded(const void* in, size_t inBytes, size_t count,
+                                            const gradcompEliasParams_t* params, float* out,
+                                            int accumulate, cudaStream_t stream);
+/* As gradcompEliasDecodeBounded without a length: trusts the header's stream
+ * length, so bytes from elsewhere must be checked first (their size against
+ * gradcompEliasEncodedBytes). Prefer gradcompEliasDecodeBounded. */
 gradcompResult_t gradcompEliasDecode(const void* in, size_t count,
                                      const gradcompEliasParams_t* params, float* out,
                                      int accumulate, cudaStream_t stream);

@@ -51,18 +51,33 @@ GC_EXPORT gradcompResult_t gradcompEliasEncode(const void* x, ncclDataType_t dat
   return gradcompSuccess;
 }
 
-GC_EXPORT gradcompResult_t gradcompEliasDecode(const void* in, size_t count,
-                                               const gradcompEliasParams_t* params, float* out,
-                                               int accumulate, cudaStream_t stream) {
+GC_EXPORT gradcompResult_t gradcompEliasDecodeBounded(const void* in, size_t inBytes, size_t count,
+                                                      const gradcompEliasParams_t* params,
+                                                      float* out, int accumulate,
+                                                      cudaStream_t stream) {
   gc::elias::Params p{};
   GC_CHECK(gc::eliasCheckParams(params, count, &p));
   if (count == 0) return gradcompSuccess;
+  const size_t header = gradcompEliasHeaderBytes(count, p.bucket);
+  GC_ARG(inBytes >= header,
+         "inBytes=%zu is smaller than the header of an encoding of count=%zu with bucketSize=%d "
+         "(%zu bytes: the scales and offsets)",
+         inBytes, count, p.bucket, header);
   GC_ARG(((uintptr_t)in & 3) == 0, "in=%p must be 4-byte aligned (it is 32-bit words)", in);
   GC_ARG(((uintptr_t)out & 3) == 0, "out=%p must be 4-byte aligned (fp32)", (void*)out);
   GC_CHECK(gc::checkDevicePointer(in, "in"));
   GC_CHECK(gc::checkDevicePointer(out, "out"));
-  GC_CUDACHECK(gc::cuda::eliasDecode(in, count, p, out, accumulate != 0, stream));
+  const size_t words = (inBytes - header) / 4;
+  GC_CUDACHECK(gc::cuda::eliasDecode(in, count, p, out, accumulate != 0, stream,
+                                     words < 0xffffffffu ? (uint32_t)words : 0xffffffffu));
   return gradcompSuccess;
+}
+
+// Trusts the header's stream length (no inBytes to bound it by).
+GC_EXPORT gradcompResult_t gradcompEliasDecode(const void* in, size_t count,
+                                               const gradcompEliasParams_t* params, float* out,
+                                               int accumulate, cudaStream_t stream) {
+  return gradcompEliasDecodeBounded(in, (size_t)-1, count, params, out, accumulate, stream);
 }
 
 }  // extern "C"

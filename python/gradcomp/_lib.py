@@ -92,6 +92,8 @@ OPTIONAL_SIGNATURES = {
                                          E, c_void_p, c_void_p]),
     "gradcompQsgdEncodeEFRoundingHost": (R, [c_void_p, E, c_void_p, c_size_t, c_int, c_int,
                                              c_uint64, E, c_void_p]),
+    "gradcompEliasDecodeBounded": (R, [c_void_p, c_size_t, c_size_t, P(T.EliasParams), c_void_p,
+                                       c_int, c_void_p]),
 }
 
 

@@ -329,6 +329,67 @@ TEST(EliasApiArgs, PointersOffTheirAlignmentAreRefused) {
   EXPECT_NE(strstr(gradcompGetLastError(), "in="), nullptr) << gradcompGetLastError();
 }
 
+// The bounded decoder refuses a length shorter than the header (the scales
+// and offsets it must read whole), naming both sizes, and misaligned
+// pointers, all before any device call.
+TEST(EliasApiArgs, BoundedDecodeRefusesALengthShorterThanTheHeader) {
+  alignas(16) static char buf[4096];
+  const gradcompEliasParams_t p = params(7, 512, gradcompEliasGamma, gradcompEliasScaleMax);
+  float* out = reinterpret_cast<float*>(buf + 1024);
+  const size_t n = 1000, header = gradcompEliasHeaderBytes(n, 512);  // 2 scales, 3 offsets
+  ASSERT_EQ(header, 20u);
+  EXPECT_EQ(gradcompEliasDecodeBounded(buf, header - 1, n, &p, out, 0, nullptr),
+            gradcompInvalidArgument);
+  const std::string why = gradcompGetLastError();
+  EXPECT_NE(why.find("inBytes=19"), std::string::npos) << why;
+  EXPECT_NE(why.find("20 bytes"), std::string::npos) << why;
+  EXPECT_EQ(gradcompEliasDecodeBounded(buf + 2, 64, n, &p, out, 0, nullptr),
+            gradcompInvalidArgument);
+  EXPECT_NE(strstr(gradcompGetLastError(), "in="), nullptr) << gradcompGetLastError();
+  EXPECT_EQ(
+      gradcompEliasDecodeBounded(buf, 64, n, &p, reinterpret_cast<float*>(buf + 1025), 0, nullptr),
+      gradcompInvalidArgument);
+  EXPECT_NE(strstr(gradcompGetLastError(), "out="), nullptr) << gradcompGetLastError();
+  EXPECT_EQ(gradcompEliasDecodeBounded(buf, 0, 0, &p, out, 0, nullptr), gradcompSuccess)
+      << "count 0 decodes nothing, whatever the length";
+}
+
+// The bounded decoder given the bytes as received: whole, it gives the host
+// decoder's values; cut at the start of bucket 4's stream (the device buffer
+// holding only those bytes), buckets 0..3 still decode exactly, 4..7 are NaN,
+// and nothing is read past the cut (compute-sanitizer's memcheck runs this
+// test) or written past the output.
+TEST_F(EliasGpu, BoundedDecodeStopsAtTheCallersBytes) {
+  const size_t n = 4096, d = 512, nb = n / d;
+  const auto p = params(7, (int)d, gradcompEliasGamma, gradcompEliasScaleMax);
+  const std::vector<float> x = gctest::normal(n, 21);
+  const std::vector<uint8_t> enc = encodeOnHost(x, p, 3);
+  const size_t header = gradcompEliasHeaderBytes(n, (int)d);
+  std::vector<float> want(n);
+  ASSERT_EQ(gradcompEliasDecodeHost(enc.data(), enc.size(), n, &p, want.data(), 0),
+            gradcompSuccess);
+  uint32_t o4 = 0;  // offsets[4], in stream words
+  memcpy(&o4, enc.data() + nb * 4 + 4 * 4, 4);
+  ASSERT_GT(o4, 0u);
+  const size_t cut = header + 4 * (size_t)o4;
+  ASSERT_LT(cut, enc.size());
+  for (const size_t len : {enc.size(), cut}) {
+    DeviceBuffer<uint8_t> denc(len);
+    ASSERT_EQ(cudaMemcpy(denc.get(), enc.data(), len, cudaMemcpyHostToDevice), cudaSuccess);
+    DeviceBuffer<float> dout(n + 16);
+    dout.upload(std::vector<float>(n + 16, 5.0f));
+    ASSERT_EQ(gradcompEliasDecodeBounded(denc.get(), len, n, &p, dout.get(), 0, stream),
+              gradcompSuccess)
+        << gradcompGetLastError();
+    ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+    const std::vector<float> out = dout.download(n + 16);
+    const size_t exact = len == cut ? 4 * d : n;
+    EXPECT_EQ(memcmp(out.data(), want.data(), exact * 4), 0) << "len " << len;
+    for (size_t i = exact; i < n; ++i) ASSERT_TRUE(isnan(out[i])) << "len " << len << " at " << i;
+    for (size_t i = n; i < n + 16; ++i) ASSERT_EQ(out[i], 5.0f) << "wrote past the output at " << i;
+  }
+}
+
 TEST_F(EliasGpu, SmallWorkspaceIsRefusedWithAClearError) {
   const size_t n = 100000;
   const auto p = params(7, 512, gradcompEliasGamma, gradcompEliasScaleMax);
