@@ -238,7 +238,7 @@ run_ranks() {  # run_ranks N GBPS TAG: one process per rank over the shaped link
     else
       backend=(env NCCL_COMM_ID="$addr:$port" NCCL_HOSTID="$prefix-host-$r" NCCL_NET=Socket
         NCCL_SOCKET_IFNAME="$ifname" NCCL_IB_DISABLE=1 NCCL_P2P_DISABLE=1 NCCL_SHM_DISABLE=1
-        NCCL_NVLS_ENABLE=0 timeout "$limit" "$perf" --backend cuda)
+        NCCL_NVLS_ENABLE=0 GC_PERF_GPUS=1 timeout "$limit" "$perf" --backend cuda)
     fi
     "${ns[@]}" env OMPI_COMM_WORLD_RANK="$r" OMPI_COMM_WORLD_SIZE="$n" \
       OMPI_COMM_WORLD_LOCAL_RANK=0 OMPI_COMM_WORLD_LOCAL_SIZE=1 "${backend[@]}" -N "$n" \

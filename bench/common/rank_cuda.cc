@@ -288,10 +288,19 @@ class CudaRank : public Rank {
   bool onDevice() const override { return true; }
   bool representative() const override { return !shared_; }
   std::string describe() const override {
+    // Ranks a launcher started each see their own host and cannot tell that
+    // they share a GPU (tools/tc_link.sh's, one per network namespace):
+    // GC_PERF_GPUS, when set, is how many GPUs they run on.
+    int used = shared_ ? 1 : nranks_;
+    const char* given = getenv("GC_PERF_GPUS");
+    const bool told = !shared_ && given != nullptr && atoi(given) >= 1 && atoi(given) < nranks_;
+    if (told) used = atoi(given);
     char b[256];
-    snprintf(b, sizeof b, "%d ranks (processes) on %d GPU%s: %s%s", nranks_, shared_ ? 1 : nranks_,
-             shared_ || nranks_ == 1 ? "" : "s", name_.c_str(),
-             shared_ ? " (shared; NCCL socket transport over loopback)" : "");
+    snprintf(b, sizeof b, "%d ranks (processes) on %d GPU%s: %s%s", nranks_, used,
+             used == 1 ? "" : "s", name_.c_str(),
+             shared_ ? " (shared; NCCL socket transport over loopback)"
+             : told  ? " (shared by ranks a launcher started, GC_PERF_GPUS)"
+                     : "");
     (void)gpus_;
     return b;
   }
