@@ -65,7 +65,9 @@ context 64, 16 sequences per rank, 4 ranks, one thread per rank, 500 steps (benc
 run but the preload in about a minute (CTest's python.lm_compare_cpu). --keep reuses the
 lm_<run>.json of OUTDIR made with the same sizes (a study resumed, or its uncompressed runs
 made ahead). GC_LM_SET="GRADCOMP_BITS=8,..." overrides every run's own GRADCOMP_* settings (a
-variant of the study, into its own OUTDIR); GC_LM_RUNS picks runs, GC_LM_STEPS the steps.
+variant of the study, into its own OUTDIR); GC_LM_RUNS picks runs, GC_LM_STEPS the steps;
+GC_LM_MODEL=gpu gives `--device cpu` the GPU study's model, steps and SGD rate (a CPU forecast
+of the GPU study, bench/results/2026-12-03-cpu-lm-gpu-model; about 10 minutes a run on two cores).
 """
 import argparse
 import json
@@ -92,6 +94,11 @@ OPT = os.environ.get("GC_LM_OPT", "adamw")
 DATA_SEED = int(os.environ.get("GC_LM_DATA_SEED", SEED))
 
 
+# GC_LM_MODEL=gpu: the GPU study's model, steps and SGD rate on any device (with --device cpu, a
+# CPU forecast of the GPU study's figures: about 10 minutes a run on two cores).
+GPU_MODEL = os.environ.get("GC_LM_MODEL", "") == "gpu"
+
+
 def configure(device, smoke, steps=None):
     """The run's sizes. device "cpu": gloo on the CPU, the hook runs on gradcomp's CPU
     backend, a smaller GPT; smoke: a tiny model and a few steps through the same code. The
@@ -100,12 +107,13 @@ def configure(device, smoke, steps=None):
     DEVICE, SMOKE = device, bool(smoke)
     if SMOKE:
         BATCH, CTX, WIDTH, LAYERS, HEADS, EVAL_EVERY, EVAL_BATCHES = 4, 32, 32, 1, 2, 2, 2
-    elif DEVICE == "cpu":  # the CPU study: a GPT that trains in minutes on two cores
+    elif DEVICE == "cpu" and not GPU_MODEL:  # the CPU study: trains in minutes on two cores
         BATCH, CTX, WIDTH, LAYERS, HEADS, EVAL_EVERY, EVAL_BATCHES = 16, 64, 128, 2, 4, 50, 8
     else:
         BATCH, CTX, WIDTH, LAYERS, HEADS, EVAL_EVERY, EVAL_BATCHES = 16, 128, 256, 4, 4, 25, 8
-    STEPS = int(steps) if steps else (6 if SMOKE else 500 if DEVICE == "cpu" else 300)
-    SGD_LR = float(os.environ.get("GC_LM_SGD_LR", "0.3" if DEVICE == "cpu" else "0.1"))
+    cpu_sizes = DEVICE == "cpu" and not GPU_MODEL
+    STEPS = int(steps) if steps else (6 if SMOKE else 500 if cpu_sizes else 300)
+    SGD_LR = float(os.environ.get("GC_LM_SGD_LR", "0.3" if cpu_sizes else "0.1"))
 
 
 configure(os.environ.get("GC_LM_DEVICE", "cuda"), os.environ.get("GC_LM_SMOKE") == "1",
@@ -401,7 +409,8 @@ def main():
     env = {"PYTHONPATH": os.path.join(ROOT, "python"),
            "GRADCOMP_LIBRARY": os.path.join(build, "libgradcomp.so"),
            "CUBLAS_WORKSPACE_CONFIG": ":4096:8", "GC_LM_STEPS": str(STEPS), "GC_LM_DEVICE": DEVICE,
-           "GC_LM_SMOKE": "1" if SMOKE else "0", "GC_LM_DATA_SEED": str(SEED)}
+           "GC_LM_SMOKE": "1" if SMOKE else "0", "GC_LM_DATA_SEED": str(SEED),
+           "GC_LM_MODEL": "gpu" if GPU_MODEL else ""}
     if DEVICE == "cpu":  # one core per rank: the ranks do not fight over the cores
         env["OMP_NUM_THREADS"] = "1"
     # A GPU run takes ~30 s; a CPU study's up to a few minutes on a busy 2-core machine.
