@@ -67,7 +67,8 @@ lm_<run>.json of OUTDIR made with the same sizes (a study resumed, or its uncomp
 made ahead). GC_LM_SET="GRADCOMP_BITS=8,..." overrides every run's own GRADCOMP_* settings (a
 variant of the study, into its own OUTDIR); GC_LM_RUNS picks runs, GC_LM_STEPS the steps;
 GC_LM_MODEL=gpu gives `--device cpu` the GPU study's model, steps and SGD rate (a CPU forecast
-of the GPU study, bench/results/2026-12-03-cpu-lm-gpu-model; about 10 minutes a run on two cores).
+of the GPU study, bench/results/2026-12-03-cpu-lm-gpu-model; about 10 minutes a run on two cores,
+so raise GC_LM_BUDGET_S, the whole study's seconds, 300 by default, to fit the runs wanted).
 """
 import argparse
 import json
@@ -94,8 +95,7 @@ OPT = os.environ.get("GC_LM_OPT", "adamw")
 DATA_SEED = int(os.environ.get("GC_LM_DATA_SEED", SEED))
 
 
-# GC_LM_MODEL=gpu: the GPU study's model, steps and SGD rate on any device (with --device cpu, a
-# CPU forecast of the GPU study's figures: about 10 minutes a run on two cores).
+# GC_LM_MODEL=gpu: the GPU study's sizes with --device cpu too (see the module's text).
 GPU_MODEL = os.environ.get("GC_LM_MODEL", "") == "gpu"
 
 
@@ -105,13 +105,13 @@ def configure(device, smoke, steps=None):
     ranks get both through GC_LM_DEVICE, GC_LM_SMOKE and GC_LM_STEPS."""
     global DEVICE, SMOKE, STEPS, BATCH, CTX, WIDTH, LAYERS, HEADS, EVAL_EVERY, EVAL_BATCHES, SGD_LR
     DEVICE, SMOKE = device, bool(smoke)
+    cpu_sizes = DEVICE == "cpu" and not GPU_MODEL
     if SMOKE:
         BATCH, CTX, WIDTH, LAYERS, HEADS, EVAL_EVERY, EVAL_BATCHES = 4, 32, 32, 1, 2, 2, 2
-    elif DEVICE == "cpu" and not GPU_MODEL:  # the CPU study: trains in minutes on two cores
+    elif cpu_sizes:  # the CPU study: a GPT that trains in minutes on two cores
         BATCH, CTX, WIDTH, LAYERS, HEADS, EVAL_EVERY, EVAL_BATCHES = 16, 64, 128, 2, 4, 50, 8
     else:
         BATCH, CTX, WIDTH, LAYERS, HEADS, EVAL_EVERY, EVAL_BATCHES = 16, 128, 256, 4, 4, 25, 8
-    cpu_sizes = DEVICE == "cpu" and not GPU_MODEL
     STEPS = int(steps) if steps else (6 if SMOKE else 500 if cpu_sizes else 300)
     SGD_LR = float(os.environ.get("GC_LM_SGD_LR", "0.3" if cpu_sizes else "0.1"))
 
@@ -414,8 +414,10 @@ def main():
     if DEVICE == "cpu":  # one core per rank: the ranks do not fight over the cores
         env["OMP_NUM_THREADS"] = "1"
     # A GPU run takes ~30 s; a CPU study's up to a few minutes on a busy 2-core machine.
+    # The GPU study's model on two CPU cores: about 10 minutes a run.
     run_limit = float(os.environ.get("GC_LM_RUN_TIMEOUT_S",
-                                     "600" if DEVICE == "cpu" and not SMOKE else "120"))
+                                     "120" if SMOKE or DEVICE != "cpu" else
+                                     "3600" if GPU_MODEL else "600"))
     results, status = {}, {}
     only = os.environ.get("GC_LM_RUNS")  # a comma list picks runs (default: all)
     # GC_LM_SET="GRADCOMP_BITS=8,GRADCOMP_BUCKET=128" overrides every run's own settings: a

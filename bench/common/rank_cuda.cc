@@ -291,10 +291,10 @@ class CudaRank : public Rank {
     // Ranks a launcher started each see their own host and cannot tell that
     // they share a GPU (tools/tc_link.sh's, one per network namespace):
     // GC_PERF_GPUS, when set, is how many GPUs they run on.
-    int used = shared_ ? 1 : nranks_;
     const char* given = getenv("GC_PERF_GPUS");
-    const bool told = !shared_ && given != nullptr && atoi(given) >= 1 && atoi(given) < nranks_;
-    if (told) used = atoi(given);
+    const int gpus = given != nullptr ? atoi(given) : 0;
+    const bool told = !shared_ && gpus >= 1 && gpus < nranks_;
+    const int used = shared_ ? 1 : told ? gpus : nranks_;
     char b[256];
     snprintf(b, sizeof b, "%d ranks (processes) on %d GPU%s: %s%s", nranks_, used,
              used == 1 ? "" : "s", name_.c_str(),
