@@ -354,9 +354,14 @@ cudaError_t eliasEncode(const void* x, DType t, float* residual, size_t n, const
 }
 
 cudaError_t eliasDecode(const void* in, size_t n, const elias::Params& p, float* out,
-                        bool accumulate, cudaStream_t stream, uint32_t maxStreamWords) {
+                        bool accumulate, cudaStream_t stream, size_t inBytes) {
   const size_t nb = elias::numBuckets(n, p.bucket);
   if (nb == 0) return cudaSuccess;
+  // The stream words the caller holds past the header (none when it holds
+  // less than the header), at most what a uint32 offset can name.
+  const size_t header = 4 * elias::headerWords(n, p.bucket);
+  const size_t words = inBytes > header ? (inBytes - header) / 4 : 0;
+  const uint32_t maxStreamWords = words < 0xffffffffu ? (uint32_t)words : 0xffffffffu;
   const float* scales = static_cast<const float*>(in);
   const uint32_t* offsets = reinterpret_cast<const uint32_t*>(scales + nb);
   const uint32_t* streamWords = offsets + nb + 1;

@@ -46,11 +46,10 @@ cudaError_t eliasEncode(const void* x, DType t, float* residual, size_t n, const
                         const KeySpec& key, void* out, void* workspace, size_t workspaceBytes,
                         cudaStream_t stream);
 // A malformed bucket decodes to NaN from where it goes wrong (never reads or
-// writes out of bounds): no bucket reads past maxStreamWords stream words or
+// writes out of bounds): no bucket reads past the inBytes bytes at in or
 // the stream length in the header, whichever is smaller.
 cudaError_t eliasDecode(const void* in, size_t n, const elias::Params& p, float* out,
-                        bool accumulate, cudaStream_t stream,
-                        uint32_t maxStreamWords = 0xffffffffu);
+                        bool accumulate, cudaStream_t stream, size_t inBytes = SIZE_MAX);
 }  // namespace cuda
 
 // The codec on whichever backend a comm runs (for the algorithms).

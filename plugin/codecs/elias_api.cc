@@ -67,9 +67,7 @@ GC_EXPORT gradcompResult_t gradcompEliasDecodeBounded(const void* in, size_t inB
   GC_ARG(((uintptr_t)out & 3) == 0, "out=%p must be 4-byte aligned (fp32)", (void*)out);
   GC_CHECK(gc::checkDevicePointer(in, "in"));
   GC_CHECK(gc::checkDevicePointer(out, "out"));
-  const size_t words = (inBytes - header) / 4;
-  GC_CUDACHECK(gc::cuda::eliasDecode(in, count, p, out, accumulate != 0, stream,
-                                     words < 0xffffffffu ? (uint32_t)words : 0xffffffffu));
+  GC_CUDACHECK(gc::cuda::eliasDecode(in, count, p, out, accumulate != 0, stream, inBytes));
   return gradcompSuccess;
 }
 

@@ -196,10 +196,7 @@ gradcompResult_t eliasEncode(Backend& be, const void* x, DType t, float* residua
 gradcompResult_t eliasDecode(Backend& be, const void* in, size_t inBytes, size_t n,
                              const elias::Params& p, float* out, bool accumulate) {
   if (be.onDevice()) {
-    const size_t header = 4 * elias::headerWords(n, p.bucket);
-    const size_t words = inBytes > header ? (inBytes - header) / 4 : 0;
-    GC_CUDACHECK(cuda::eliasDecode(in, n, p, out, accumulate, be.stream(),
-                                   words < 0xffffffffu ? (uint32_t)words : 0xffffffffu));
+    GC_CUDACHECK(cuda::eliasDecode(in, n, p, out, accumulate, be.stream(), inBytes));
     return gradcompSuccess;
   }
   if (!host::eliasDecode(in, inBytes, n, p, out, accumulate)) {

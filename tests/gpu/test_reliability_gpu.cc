@@ -163,10 +163,8 @@ TEST_F(ReliabilityGpu, EliasDecoderSurvivesBitFlips) {
     DeviceBuffer<uint32_t> din(enc.size(), 0);
     DeviceBuffer<float> dout(n + 64, 0);
     din.upload(enc);
-    const size_t header = gradcompEliasHeaderBytes(n, p.bucketSize);
     gc::elias::Params ep{p.levels, p.bucketSize, (gc::elias::Code)p.code, gc::elias::Norm::Max};
-    ASSERT_EQ(gc::cuda::eliasDecode(din.get(), n, ep, dout.get(), false, stream,
-                                    (uint32_t)((bytes - header) / 4)),
+    ASSERT_EQ(gc::cuda::eliasDecode(din.get(), n, ep, dout.get(), false, stream, bytes),
               cudaSuccess);
     ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess) << "case " << it;
     const std::vector<float> guard = dout.download(64, n);
