@@ -322,4 +322,43 @@ expect(abs(r2.get("qsgd4_bf16_nearest_vs_stochastic_model_encode_n8_64MB", 0) - 
 expect("Not profiled: the profile step did not run" in open(os.path.join(work, "r2.md")).read(),
        "report says the kernels were not profiled")
 
+# tools/kernels_merge.py: the kernels step's second process (kinds new to the GPU) joins the
+# first's file; rows of the same kernels are replaced, not repeated, when it runs again.
+mdir = os.path.join(work, "merge")
+os.makedirs(mdir, exist_ok=True)
+merge = [sys.executable, os.path.join(src, "tools", "kernels_merge.py"), mdir]
+with open(os.path.join(mdir, "kernels.json"), "w") as f:
+    json.dump({"gpu": "Test GPU", "bucket": 512, "complete": True,
+               "rows": [krow("copy", "float", 0, N26, 1.0), krow("qsgd_encode_ef", "float", 4, N26, 0.9)]}, f)
+with open(os.path.join(mdir, "kernels_more.json"), "w") as f:
+    json.dump({"gpu": "Test GPU", "bucket": 512, "complete": False,
+               "rows": [krow("qsgd_encode_ef_pipelined", "float", 4, N26, 0.93)]}, f)
+for _ in range(2):
+    subprocess.check_call(merge)
+mk = json.load(open(os.path.join(mdir, "kernels.json")))
+expect([r["kernel"] for r in mk["rows"]] == ["copy", "qsgd_encode_ef", "qsgd_encode_ef_pipelined"],
+       "merge: the second run's rows once, after the first's: %s" % [r["kernel"] for r in mk["rows"]])
+expect(mk.get("complete") is False, "merge: incomplete when the second run stopped early")
+expect(mk.get("gpu") == "Test GPU", "merge keeps the first file's fields")
+os.remove(os.path.join(mdir, "kernels.json"))
+subprocess.check_call(merge)
+mk = json.load(open(os.path.join(mdir, "kernels.json")))
+expect([r["kernel"] for r in mk["rows"]] == ["qsgd_encode_ef_pipelined"] and mk.get("complete") is False,
+       "merge without the first file: the second's rows, incomplete")
+expect(not os.path.exists(os.path.join(mdir, "kernels.json.part")), "merge leaves no part file")
+
+# A gradcomp_perf output whose run stopped early ("complete": false) is named in the report.
+adoc = json.load(open(os.path.join(raw, "perf_n8.json")))
+adoc["complete"] = False
+dump("perf_n8.json", adoc)
+js3, md3 = os.path.join(work, "r3.json"), os.path.join(work, "r3.md")
+subprocess.check_call([sys.executable, os.path.join(src, "tools", "gpu_report.py"), "--dir", raw,
+                       "--name", "2030-01-03-test-gpu", "--md", md3, "--json", js3])
+expect(json.load(open(js3)).get("partial_outputs") == ["perf_n8.json"],
+       "partial outputs: %s" % json.load(open(js3)).get("partial_outputs"))
+expect("Partial outputs" in open(md3).read() and "`perf_n8.json`" in open(md3).read(),
+       "the report names the partial output")
+expect(r2.get("partial_outputs") == [], "no partial outputs where every file is complete: %s"
+       % r2.get("partial_outputs"))
+
 sys.exit(verdict())

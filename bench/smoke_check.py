@@ -18,6 +18,7 @@ import os
 import struct
 import subprocess
 import sys
+import time
 
 from checklib import close, expect, verdict
 
@@ -519,6 +520,8 @@ def main():
                                  "-w", "1", "-d", "all", "-m", "none,qsgd", "-q", str(bits),
                                  "-B", str(bucket), "-a", "twoshot"], os.path.join(work, "ok.json"))
     expect(code == 0, "clean run exits 0 (got %d)" % code)
+    expect(json.load(open(os.path.join(work, "ok.json"))).get("complete") is True,
+           "a finished run's JSON says \"complete\": true")
     expect("# Avg bus bandwidth" in out, "table has the '# Avg bus bandwidth' footer")
     expect("CPU reference backend" in out, "table says it is the CPU reference backend")
     if report:
@@ -649,6 +652,26 @@ def main():
             expect(all(p["hier_time_us"] is None for p in r["projection"]),
                    "projection times left out (%s)" % where)
             expect(r["wire_bytes"] > 0 and r["wrong"] == 0, "measured columns stay (%s)" % where)
+
+    # The JSON is rewritten after every row: a run killed part way (a step limit on the GPU
+    # box) keeps the rows it measured, marked "complete": false.
+    part = os.path.join(work, "killed.json")
+    if os.path.exists(part):
+        os.remove(part)
+    p = subprocess.Popen([perf, "--backend", "cpu", "--json", part, "-N", "2", "-b", "64K", "-e",
+                          "1G", "-f", "2", "-n", "20", "-w", "1", "-m", "qsgd", "-d", "float"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and not os.path.exists(part) and p.poll() is None:
+        time.sleep(0.02)
+    p.kill()
+    p.wait()
+    # (A kill between a rewrite's write and its rename leaves killed.json.part beside it.)
+    pdoc = json.load(open(part)) if os.path.exists(part) else {}
+    expect(pdoc.get("complete") is False and len(pdoc.get("rows", [])) >= 1 and
+           pdoc["rows"][0]["size"] == 64 << 10,
+           "a killed run's JSON holds its first rows and says \"complete\": false (complete %s, "
+           "%d rows)" % (pdoc.get("complete"), len(pdoc.get("rows", []))))
 
     # Bits the report did not time (it has 2, 4, 8): that row's model is left out.
     code, out, rows = run(perf, ["-N", "2", "-b", "256K", "-e", "256K", "-n", "1", "-w", "0",

@@ -190,6 +190,10 @@ def main():
     t = lambda f: read(os.path.join(d, f))  # noqa: E731
 
     kdoc, tdoc = j("kernels.json"), j("torch_topk.json")
+    # gradcomp_perf and gradcomp_kernels_perf rewrite their JSON after every
+    # row; one whose run stopped early says "complete": false.
+    partial = sorted(f for f in os.listdir(d) if f.endswith(".json")
+                     and isinstance(j(f), dict) and j(f).get("complete") is False)
     p8, p8s = j("perf_n8.json"), j("perf_n8_sparse.json")
     multi, ddp, tests = j("multirank.json") or {}, j("ddp.json") or {}, j("tests.json") or {}
     tc = j("tc_link.json") or {}
@@ -395,6 +399,7 @@ def main():
             str(g): model_speedup(p8, gbps=g) for g in (10, 25, 100, 400)},
         "allreduce_qsgd4_pipelined_model_speedup_n8_256MB": {str(g): v for g, v in piped.items()},
         "steps": steps,
+        "partial_outputs": partial,
     }
     with open(a.json, "w") as f:
         json.dump(summary, f, indent=2)
@@ -414,6 +419,10 @@ def main():
     for s in steps:
         L.append("| %s | %s | %d | %s |" % (s["name"], s["status"], s["seconds"], s["note"]))
     L.append("")
+    if partial:
+        L.append("Partial outputs (their run stopped before its last row; the values from them "
+                 "cover only the sizes it reached): %s." % ", ".join("`%s`" % f for f in partial))
+        L.append("")
     L.append("## Against the goals")
     L.append("")
     L.append("| measure | value | goal | met |")

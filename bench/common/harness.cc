@@ -557,6 +557,11 @@ int runHarness(const Options& o, Rank& r) {
           exitCode = 1;
         if (lead) printRow(o, info, row);
         rows.push_back(row);
+        if (lead && !o.jsonPath.empty()) {  // what is measured survives a later size that dies
+          std::vector<Row> sofar = all;
+          sofar.insert(sofar.end(), rows.begin(), rows.end());
+          writeJson(o.jsonPath, o, info, sofar, false);
+        }
         // A method this build lacks fails the same way at every larger size.
         double unsupported = row.failed && row.result == gradcompNotSupported ? 1 : 0;
         r.reduce(&unsupported, 1, true);

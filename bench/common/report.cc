@@ -332,10 +332,12 @@ void printProjection(const Options& o, const std::vector<Row>& rows) {
 }
 
 bool writeJson(const std::string& path, const Options& o, const RunInfo& info,
-               const std::vector<Row>& rows) {
-  FILE* f = fopen(path.c_str(), "w");
+               const std::vector<Row>& rows, bool complete) {
+  // Written aside and renamed over: a kill mid-write leaves the last whole file.
+  const std::string tmp = path + ".part";
+  FILE* f = fopen(tmp.c_str(), "w");
   if (!f) {
-    fprintf(stderr, "gradcomp_perf: cannot write --json %s\n", path.c_str());
+    fprintf(stderr, "gradcomp_perf: cannot write --json %s\n", tmp.c_str());
     return false;
   }
   char date[32];
@@ -348,6 +350,8 @@ bool writeJson(const std::string& path, const Options& o, const RunInfo& info,
           jsonStr(info.baseline).c_str());
   fprintf(f, "  \"representative\": %s,\n  \"link_latency_us\": %s,\n",
           info.representative ? "true" : "false", jsonNum(o.linkLatencyUs).c_str());
+  // false while the run goes on: the rows of the sizes measured so far.
+  fprintf(f, "  \"complete\": %s,\n", complete ? "true" : "false");
   if (info.rates && info.rates->ok)
     fprintf(f, "  \"kernel_rates\": {\"report\": %s, \"gpu\": %s},\n",
             jsonStr(info.rates->report).c_str(), jsonStr(info.rates->gpu).c_str());
@@ -504,7 +508,11 @@ bool writeJson(const std::string& path, const Options& o, const RunInfo& info,
     fprintf(f, "]}");
   }
   fprintf(f, "\n  ]\n}\n");
-  return fclose(f) == 0;
+  if (fclose(f) != 0 || rename(tmp.c_str(), path.c_str()) != 0) {
+    fprintf(stderr, "gradcomp_perf: cannot write --json %s\n", path.c_str());
+    return false;
+  }
+  return true;
 }
 
 bool writeCsv(const std::string& path, const Options& o, const std::vector<Row>& rows) {

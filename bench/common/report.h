@@ -28,8 +28,10 @@ void printRow(const Options& o, const RunInfo& info, const Row& row);
 void printFooter(const RunInfo& info, const std::vector<Row>& rows);
 // The --model-nodes projection of a method's rows.
 void printProjection(const Options& o, const std::vector<Row>& rows);
+// complete = false: the rows so far of a run that goes on (rewritten after
+// every row, so a run that stops early keeps what it measured).
 bool writeJson(const std::string& path, const Options& o, const RunInfo& info,
-               const std::vector<Row>& rows);
+               const std::vector<Row>& rows, bool complete = true);
 bool writeCsv(const std::string& path, const Options& o, const std::vector<Row>& rows);
 
 }  // namespace gcbench

@@ -70,16 +70,56 @@ struct Args {
   std::vector<double> densities = {0.001, 0.01};
   int lists = 8;  // received slot lists the sparse check reads: the ranks of perf_n8_sparse
   std::string json;
-  // --only: one kind of kernel (copy, encode, encode_nearest, encode_no_ef,
-  // decode, topk_threshold, topk_threshold_min_sample, topk_exact,
-  // sparse_checks; empty: all); --once: every
-  // kernel launched once, untimed
+  // --only: the kinds of kernel to run (kKinds, comma-separated; empty: all);
+  // --skip: kinds not to run. --once: every kernel launched once, untimed
   // batches skipped, for a profiler that replays each launch (the profile
   // step of tools/gpu-check.sh).
-  std::string only;
+  std::vector<std::string> only, skip;
   bool once = false;
-  bool runs(const char* kind) const { return only.empty() || only == kind; }
+  bool runs(const char* kind) const {
+    auto has = [kind](const std::vector<std::string>& v) {
+      for (const std::string& k : v)
+        if (k == kind) return true;
+      return false;
+    };
+    return (only.empty() || has(only)) && !has(skip);
+  }
 };
+
+const char* const kKinds[] = {"copy",
+                              "encode",
+                              "encode_nearest",
+                              "encode_no_ef",
+                              "encode_pipelined",
+                              "decode",
+                              "topk_threshold",
+                              "topk_threshold_min_sample",
+                              "topk_exact",
+                              "sparse_checks"};
+
+// A comma-separated list of kinds into *out; false (and a message naming the
+// value and the kinds) for a name that is not one.
+bool parseKinds(const char* flag, const char* v, std::vector<std::string>* out) {
+  out->clear();
+  std::string s = v;
+  for (size_t p = 0; p <= s.size();) {
+    size_t q = s.find(',', p);
+    if (q == std::string::npos) q = s.size();
+    const std::string k = s.substr(p, q - p);
+    bool known = false;
+    for (const char* kind : kKinds) known = known || k == kind;
+    if (!known) {
+      std::string all;
+      for (const char* kind : kKinds) all += std::string(all.empty() ? "" : ", ") + kind;
+      fprintf(stderr, "gradcomp_kernels_perf: %s %s: '%s' is not a kind; kinds are %s\n", flag, v,
+              k.c_str(), all.c_str());
+      return false;
+    }
+    out->push_back(k);
+    p = q + 1;
+  }
+  return true;
+}
 
 // GRADCOMP_SAMPLE_RATE's least value (plugin/config.cc): the threshold
 // selector's sample is then as small as its floor max(1024, 64/density) allows.
@@ -110,13 +150,14 @@ void usage() {
       "Usage: gradcomp_kernels_perf [--min-log2 20] [--max-log2 28] [--step-log2 2]\n"
       "                             [--bucket 512] [--bits 2,4,8] [--dtypes float,half,bfloat16]\n"
       "                             [--densities 0.001,0.01] [--lists 8] [--json FILE]\n"
-      "                             [--only copy|encode|encode_nearest|encode_no_ef|decode|\n"
-      "                                     topk_threshold|topk_threshold_min_sample|topk_exact|\n"
-      "                                     sparse_checks]\n"
+      "                             [--only KINDS] [--skip KINDS]\n"
       "                             [--once 1]\n"
       "Sizes n = 2^min .. 2^max elements, capped by free GPU memory. --once 1 launches each\n"
       "kernel once (its time is that one launch), for a profiler. --lists: the received slot\n"
-      "lists the sparse check reads (the ranks of a sparse allgather).\n");
+      "lists the sparse check reads (the ranks of a sparse allgather). KINDS: comma-separated\n"
+      "from copy, encode, encode_nearest, encode_no_ef, encode_pipelined, decode,\n"
+      "topk_threshold, topk_threshold_min_sample, topk_exact, sparse_checks. The JSON is\n"
+      "rewritten after every row, so a run that stops keeps what it measured.\n");
 }
 
 std::vector<int> parseInts(const char* s) {
@@ -159,19 +200,9 @@ bool parseArgs(int argc, char** argv, Args* a) {
     else if (f == "--lists")
       a->lists = atoi(v);
     else if (f == "--only") {
-      a->only = v;
-      if (a->only != "copy" && a->only != "encode" && a->only != "encode_nearest" &&
-          a->only != "encode_no_ef" && a->only != "encode_pipelined" && a->only != "decode" &&
-          a->only != "topk_threshold" && a->only != "topk_threshold_min_sample" &&
-          a->only != "topk_exact" && a->only != "sparse_checks") {
-        fprintf(stderr,
-                "gradcomp_kernels_perf: --only %s: kinds are copy, encode, encode_nearest, "
-                "encode_no_ef, encode_pipelined, decode, topk_threshold, "
-                "topk_threshold_min_sample, topk_exact, "
-                "sparse_checks\n",
-                v);
-        return false;
-      }
+      if (!parseKinds("--only", v, &a->only)) return false;
+    } else if (f == "--skip") {
+      if (!parseKinds("--skip", v, &a->skip)) return false;
     } else if (f == "--densities") {
       a->densities.clear();
       for (const char* p = v; *p;) {
@@ -378,6 +409,46 @@ int main(int argc, char** argv) {
   gradcompConfig_t cfg;
   gcCheck(gradcompConfigInit(&cfg), "config");  // top-k oversample and sample rate
   std::vector<Result> results;
+  // Rewritten after every row ("complete": false until the last): a later
+  // size or kind that exits (CHECK_CUDA, gcCheck, a sparse check) or a step
+  // limit keeps the rows already measured.
+  auto writeJson = [&](bool complete) -> bool {
+    if (a.json.empty()) return true;
+    // Written aside and renamed over: a kill mid-write leaves the last whole file.
+    const std::string tmp = a.json + ".part";
+    FILE* f = fopen(tmp.c_str(), "w");
+    if (!f) {
+      fprintf(stderr, "gradcomp_kernels_perf: cannot write %s\n", tmp.c_str());
+      return false;
+    }
+    char date[32];
+    time_t now = time(nullptr);
+    strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%S", localtime(&now));
+    fprintf(f,
+            "{\n  \"tool\": \"gradcomp_kernels_perf\",\n  \"date\": \"%s\",\n  \"gpu\": \"%s\",\n"
+            "  \"bucket\": %d,\n  \"complete\": %s,\n  \"rows\": [",
+            date, prop.name, a.bucket, complete ? "true" : "false");
+    for (size_t i = 0; i < results.size(); ++i) {
+      const Result& x = results[i];
+      fprintf(f,
+              "%s\n    {\"kernel\": \"%s\", \"dtype\": \"%s\", \"bits\": %d, \"n\": %zu, "
+              "\"time_us\": %.4f, \"ideal_bytes\": %.0f, \"gbps\": %.3f, \"copy_gbps\": %.3f, "
+              "\"frac_of_copy\": %.4f",
+              i ? "," : "", x.kernel.c_str(), x.dtype, x.bits, x.n, x.us, x.bytes, x.gbps,
+              x.copyGbps, x.gbps / x.copyGbps);
+      if (x.density > 0) fprintf(f, ", \"density\": %.17g, \"k\": %zu", x.density, x.k);
+      if (x.rounding) fprintf(f, ", \"rounding\": \"%s\", \"bucket\": %d", x.rounding, a.bucket);
+      if (x.lists) fprintf(f, ", \"lists\": %d", x.lists);
+      if (x.sampleRate > 0) fprintf(f, ", \"sample_rate\": %.9g", x.sampleRate);
+      fprintf(f, "}");
+    }
+    fprintf(f, "\n  ]\n}\n");
+    if (fclose(f) != 0 || rename(tmp.c_str(), a.json.c_str()) != 0) {
+      fprintf(stderr, "gradcomp_kernels_perf: cannot write %s\n", a.json.c_str());
+      return false;
+    }
+    return true;
+  };
   auto report = [&](const Result& x) {
     results.push_back(x);
     char col[32] = "-";  // bits, or a top-k row's density
@@ -386,6 +457,7 @@ int main(int argc, char** argv) {
     printf("  %11zu  %-22s  %8s  %6s  %10.2f  %12.0f  %8.1f  %9.1f  %6.3f\n", x.n, x.kernel.c_str(),
            x.dtype, col, x.us, x.bytes, x.gbps, x.copyGbps, x.gbps / x.copyGbps);
     fflush(stdout);
+    if (!writeJson(false)) exit(2);
   };
   for (int lg = a.minLog2; lg <= a.maxLog2; lg += a.stepLog2) {
     const size_t n = (size_t)1 << lg;
@@ -515,36 +587,7 @@ int main(int argc, char** argv) {
   }
   CHECK_CUDA(cudaStreamSynchronize(s));
 
-  if (!a.json.empty()) {
-    FILE* f = fopen(a.json.c_str(), "w");
-    if (!f) {
-      fprintf(stderr, "gradcomp_kernels_perf: cannot write %s\n", a.json.c_str());
-      return 2;
-    }
-    char date[32];
-    time_t now = time(nullptr);
-    strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%S", localtime(&now));
-    fprintf(f,
-            "{\n  \"tool\": \"gradcomp_kernels_perf\",\n  \"date\": \"%s\",\n  \"gpu\": \"%s\",\n"
-            "  \"bucket\": %d,\n  \"rows\": [",
-            date, prop.name, a.bucket);
-    for (size_t i = 0; i < results.size(); ++i) {
-      const Result& x = results[i];
-      fprintf(f,
-              "%s\n    {\"kernel\": \"%s\", \"dtype\": \"%s\", \"bits\": %d, \"n\": %zu, "
-              "\"time_us\": %.4f, \"ideal_bytes\": %.0f, \"gbps\": %.3f, \"copy_gbps\": %.3f, "
-              "\"frac_of_copy\": %.4f",
-              i ? "," : "", x.kernel.c_str(), x.dtype, x.bits, x.n, x.us, x.bytes, x.gbps,
-              x.copyGbps, x.gbps / x.copyGbps);
-      if (x.density > 0) fprintf(f, ", \"density\": %.17g, \"k\": %zu", x.density, x.k);
-      if (x.rounding) fprintf(f, ", \"rounding\": \"%s\", \"bucket\": %d", x.rounding, a.bucket);
-      if (x.lists) fprintf(f, ", \"lists\": %d", x.lists);
-      if (x.sampleRate > 0) fprintf(f, ", \"sample_rate\": %.9g", x.sampleRate);
-      fprintf(f, "}");
-    }
-    fprintf(f, "\n  ]\n}\n");
-    fclose(f);
-  }
+  if (!writeJson(true)) return 2;
   cudaFree(g);
   cudaFree(r);
   cudaFree(out);
