@@ -357,10 +357,13 @@ cudaError_t eliasDecode(const void* in, size_t n, const elias::Params& p, float*
                         bool accumulate, cudaStream_t stream, size_t inBytes) {
   const size_t nb = elias::numBuckets(n, p.bucket);
   if (nb == 0) return cudaSuccess;
-  // The stream words the caller holds past the header (none when it holds
-  // less than the header), at most what a uint32 offset can name.
+  // The kernel reads the whole header (scales and offsets): a caller holding
+  // less has nothing to decode (gradcompEliasDecodeBounded refuses it with a
+  // sentence first). Otherwise the stream words it holds past the header, at
+  // most what a uint32 offset can name.
   const size_t header = 4 * elias::headerWords(n, p.bucket);
-  const size_t words = inBytes > header ? (inBytes - header) / 4 : 0;
+  if (inBytes < header) return cudaErrorInvalidValue;
+  const size_t words = (inBytes - header) / 4;
   const uint32_t maxStreamWords = words < 0xffffffffu ? (uint32_t)words : 0xffffffffu;
   const float* scales = static_cast<const float*>(in);
   const uint32_t* offsets = reinterpret_cast<const uint32_t*>(scales + nb);

@@ -519,7 +519,9 @@ cudaError_t sparseApplyFlag(float* val, size_t k, const float* flag, cudaStream_
 
 cudaError_t selectThreshold(const float* v, size_t n, const sparse::Plan& p, const KeySpec& key,
                             uint32_t* idx, uint64_t* selectedDev, void* scratch, cudaStream_t s) {
-  if (n == 0) return cudaSuccess;
+  // The count is the call's result: zero, not the previous call's.
+  if (n == 0)
+    return selectedDev ? cudaMemsetAsync(selectedDev, 0, sizeof(uint64_t), s) : cudaSuccess;
   const Scratch L = layout(n, p.sample);
   uint32_t* keys = at<uint32_t>(scratch, L.keys);
   uint32_t* sorted = at<uint32_t>(scratch, L.sorted);
@@ -540,7 +542,9 @@ cudaError_t selectThreshold(const float* v, size_t n, const sparse::Plan& p, con
 
 cudaError_t selectExact(const float* v, size_t n, size_t k, uint32_t* idx, uint64_t* selectedDev,
                         void* scratch, cudaStream_t s) {
-  if (n == 0) return cudaSuccess;
+  // The count is the call's result: zero, not the previous call's.
+  if (n == 0)
+    return selectedDev ? cudaMemsetAsync(selectedDev, 0, sizeof(uint64_t), s) : cudaSuccess;
   const Scratch L = layout(n, 1);
   RadixState* st = at<RadixState>(scratch, L.radix);
   SelectRule* rule = at<SelectRule>(scratch, L.rule);

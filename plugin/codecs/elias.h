@@ -47,7 +47,8 @@ cudaError_t eliasEncode(const void* x, DType t, float* residual, size_t n, const
                         cudaStream_t stream);
 // A malformed bucket decodes to NaN from where it goes wrong (never reads or
 // writes out of bounds): no bucket reads past the inBytes bytes at in or
-// the stream length in the header, whichever is smaller.
+// the stream length in the header, whichever is smaller. inBytes shorter
+// than the header: cudaErrorInvalidValue, nothing launched.
 cudaError_t eliasDecode(const void* in, size_t n, const elias::Params& p, float* out,
                         bool accumulate, cudaStream_t stream, size_t inBytes = SIZE_MAX);
 }  // namespace cuda
