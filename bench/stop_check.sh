@@ -142,4 +142,31 @@ else
     echo "ok: tc_link ended a run with a failing rank in ${secs}s"
   fi
 fi
+
+# tools/wait_ranks.sh (multirank_check.sh, the preload GPU test): a crashed rank ends the ranks
+# still waiting for it GRACE seconds later (TERM to their timeout: 143), not at their limit;
+# a non-zero exit the caller's rank_crashed does not call a crash ends nobody.
+(
+  . "$src/tools/wait_ranks.sh"
+  t0=$SECONDS
+  (sleep 0.3; exit 3) & a=$!
+  timeout 30 sleep 30 & b=$!
+  timeout 30 sleep 30 & c=$!
+  wait_ranks 1 "$a" "$b" "$c"
+  if [ "${wait_rcs[*]}" != "3 143 143" ] || [ $((SECONDS - t0)) -gt 10 ]; then
+    echo "FAIL: wait_ranks after a crash: statuses '${wait_rcs[*]}' in $((SECONDS - t0))s" \
+      "(want '3 143 143' within 10 s)"
+    exit 1
+  fi
+  rank_crashed() { [ "$1" != 0 ]; }  # the first rank's exit 3 is a result, not a crash
+  (sleep 0.3; exit 3) & a=$!
+  timeout 30 sleep 2 & b=$!
+  wait_ranks 1 "$a" "$b"
+  if [ "${wait_rcs[*]}" != "3 0" ]; then
+    echo "FAIL: wait_ranks ended a rank after an exit rank_crashed does not call a crash:" \
+      "statuses '${wait_rcs[*]}' (want '3 0')"
+    exit 1
+  fi
+  echo "ok: wait_ranks ends the others after a crash, and only after one"
+) || fail=1
 exit $fail

@@ -121,8 +121,13 @@ def _run_ranks(procs, world, argv, logs_prefix, env, timeout, gpu, preload, port
         if preload:
             e["LD_PRELOAD"] = preload
         log = open(f"{logs_prefix}_r{r}.log", "w")
+        # A process group of its own (killpg reaches the rank; the step's TERM does not), not a
+        # session: what a device call leaves running in a session of its own outlives the call
+        # and would hold the GPU through the next one.
+        group = ({"process_group": 0} if sys.version_info >= (3, 11)
+                 else {"start_new_session": True})
         p = subprocess.Popen([sys.executable] + list(argv), env=e, stdout=log,
-                             stderr=subprocess.STDOUT, start_new_session=True)
+                             stderr=subprocess.STDOUT, **group)
         # The SIGABRT of a timeout writes no core file into the caller's directory (often the
         # checkout). Set from here: a preexec_fn is unsafe in a caller that has threads.
         try:

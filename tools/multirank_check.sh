@@ -7,6 +7,7 @@
 # reference). Writes OUTDIR/multirank.json and OUTDIR/multirank.md.
 # Usage: tools/multirank_check.sh OUTDIR [BUILD_DIR]
 set -uo pipefail
+. "$(dirname "$0")/wait_ranks.sh"
 out=${1:?usage: multirank_check.sh OUTDIR [BUILD_DIR]}
 build=${2:-build}
 bin=$build/tests/gradcomp_multirank
@@ -67,8 +68,11 @@ for run in 2:0 4:2 4:0; do
       timeout "$limit" "$bin" > "$out/multirank_${tag}_r${r}.log" 2>&1 &
     pids+=($!)
   done
-  rcs=()
-  for p in "${pids[@]}"; do wait "$p"; rcs+=($?); done
+  # A rank that exits without its summary line crashed: the others are ended 10 s later
+  # (and counted as cut short) instead of holding the next worlds' time.
+  rank_crashed() { ! grep -q "^multirank rank" "$out/multirank_${tag}_r$1.log"; }
+  wait_ranks 10 "${pids[@]}"
+  rcs=("${wait_rcs[@]}")
   rm -f "$idfile"
   for r in $(seq 0 $((n - 1))); do
     log=$out/multirank_${tag}_r${r}.log

@@ -36,7 +36,9 @@ profile() {  # LABEL FILE KERNELS gradcomp_kernels_perf-args...
     "$kp" "${common[@]}" "$@" > "$raw/$file" 2> "$raw/$file.err"
   local rc=$?
   tail -3 "$raw/$file.err"
-  if [ "$rc" -ne 0 ] && ! grep -q '^"ID"' "$raw/$file"; then
+  # No table is a refusal whatever ncu's exit status (it can run the program unprofiled and
+  # exit 0 when it cannot load its library, as on gVisor): the next runs would say the same.
+  if ! grep -q '^"ID"' "$raw/$file"; then
     # The first refusal (e.g. ERR_NVGPUCTRPERM) stops the step: the rest would say the same.
     local why
     why=$(grep -h -m1 -E '==ERROR==|ERR_' "$raw/$file" "$raw/$file.err" | head -1)

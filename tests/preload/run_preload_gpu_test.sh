@@ -13,6 +13,7 @@
 # Usage: run_preload_gpu_test.sh PRELOAD APP
 set -uo pipefail
 preload=$1 app=$2
+. "$(dirname "$0")/../../tools/wait_ranks.sh"
 ngpu=$("$app" probe 2>/dev/null || echo 0)
 if [ "${ngpu:-0}" = 0 ]; then
   if [ "${GRADCOMP_TEST_GPU:-0}" = 1 ]; then echo "FAIL: no GPU (GRADCOMP_TEST_GPU=1)"; exit 1; fi
@@ -43,8 +44,13 @@ launch() {
       2> "$work/${name}_r$r.err" &
     pids+=($!)
   done
+  # A rank that fails ends the others 5 s later instead of at their CASE_TIMEOUT.
+  wait_ranks 5 "${pids[@]}"
   for r in "${!pids[@]}"; do
-    wait "${pids[$r]}" || { rc=1; echo "  | $name rank $r failed:"; tail -5 "$work/${name}_r$r.err" | sed 's/^/  | /'; }
+    [ "${wait_rcs[$r]}" = 0 ] && continue
+    rc=1
+    echo "  | $name rank $r failed (exit ${wait_rcs[$r]}):"
+    tail -5 "$work/${name}_r$r.err" | sed 's/^/  | /'
   done
   check "$name: every rank finished" "[ $rc = 0 ]"
 }
