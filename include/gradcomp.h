@@ -196,10 +196,9 @@ gradcompResult_t gradcompCommCreateCpu(int nranks, const gradcompConfig_t* confi
  * later call on the comm fails: destroy it, as an NCCL comm after an error. */
 gradcompResult_t gradcompCommCreateSocket(int nranks, int rank, const char* root,
                                           const gradcompConfig_t* config, gradcompComm_t* comm);
-/* Waits for the comm's work on the stream of its last call, then frees it:
- * destroy that stream only after this (and after StateSize, Save, Load and
- * Reset, which wait for it too), as an NCCL comm's operations must complete
- * before ncclCommDestroy. */
+/* Waits for the comm's last call to finish, then frees it. The wait is on a
+ * stream of the comm's own (as in StateSize, Save, Load and Reset), so the
+ * last call's stream may already be destroyed, as NCCL allows. */
 gradcompResult_t gradcompCommDestroy(gradcompComm_t comm);
 /* As ncclCommAbort: call it after aborting the NCCL communicator the comm was
  * made from (or, on the CPU backend, when a peer is gone). Aborts the comm's

@@ -78,6 +78,7 @@ gradcompResult_t allReduce(const void* send, void* recv, size_t count, ncclDataT
     c->stats.callsAutoPassed++;
     return passThrough(c, send, recv, count, type, op);
   }
+  const CallEnd end(*c->backend);
 
   if (c->cfg.method != gradcompMethodQsgd)
     return sparseAllReduce(c, send, recv, count, t, op, keyed, key);

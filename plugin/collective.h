@@ -26,6 +26,21 @@ enum StateKind : int {
 gradcompResult_t beginCollective(gradcompComm& c, CallKind kind, size_t count, ncclDataType_t type,
                                  ncclRedOp_t op);
 
+// Held by a compressed call from its first enqueued work to its return:
+// marks the call's end on its stream on every way out, failures included
+// (Backend::markCallEnd), so the next call, on any stream, waits for all of it
+// before it reuses the workspace or reads the step counter.
+class CallEnd {
+ public:
+  explicit CallEnd(Backend& be) : be_(be) {}
+  ~CallEnd() { be_.markCallEnd(); }
+  CallEnd(const CallEnd&) = delete;
+  CallEnd& operator=(const CallEnd&) = delete;
+
+ private:
+  Backend& be_;
+};
+
 // DESIGN.md's eligibility rule: fp32/fp16/bf16, Sum/Avg, count >=
 // minElements, more than one rank, a method. `count` is the input count
 // (the reduce-scatter's nranks * recvcount).

@@ -379,7 +379,10 @@ GC_EXPORT gradcompResult_t gradcompCommCreateSocket(int nranks, int rank, const 
 
 GC_EXPORT gradcompResult_t gradcompCommDestroy(gradcompComm_t comm) {
   if (comm == nullptr) return gradcompSuccess;
-  if (comm->backend) comm->backend->sync();
+  if (comm->backend) {
+    comm->backend->useOwnStream();  // waits for the last call; its stream may be gone
+    comm->backend->sync();
+  }
   gc::freeComm(comm, "destroyed");
   return gradcompSuccess;
 }
@@ -430,6 +433,7 @@ GC_EXPORT gradcompResult_t gradcompCommSize(gradcompComm_t comm, int* size) {
 
 GC_EXPORT gradcompResult_t gradcompCommResetState(gradcompComm_t comm) {
   GC_ARG(validComm(comm), "comm is NULL");
+  comm->backend->useOwnStream();  // the last call's stream may be gone
   GC_CHECK(comm->backend->sync());
   for (auto& kv : comm->states) comm->dropState(kv.second);
   comm->states.clear();

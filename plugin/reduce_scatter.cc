@@ -59,6 +59,7 @@ gradcompResult_t reduceScatter(const void* send, void* recv, size_t recvCount, n
     c->stats.callsAutoPassed++;
     return passThrough(c, send, recv, recvCount, type, op);
   }
+  const CallEnd end(*c->backend);
 
   const bool qsgd = c->cfg.method == gradcompMethodQsgd;
   if (!qsgd) {

@@ -386,6 +386,7 @@ namespace {
 
 gradcompResult_t stateSize(gradcompComm_t comm, size_t* bytes) {
   GC_ARG(gc::validComm(comm) && bytes, "comm or bytes is NULL");
+  comm->backend->useOwnStream();  // the last call's stream may be gone
   std::vector<gc::BitsHistoryRecord> h;
   std::vector<bool> present;
   GC_CHECK(gc::histories(*comm, &h, &present));
@@ -396,6 +397,7 @@ gradcompResult_t stateSize(gradcompComm_t comm, size_t* bytes) {
 gradcompResult_t saveState(gradcompComm_t comm, void* buffer, size_t bytes) {
   using namespace gc;
   GC_ARG(validComm(comm), "comm is NULL");
+  comm->backend->useOwnStream();  // the last call's stream may be gone
   std::vector<BitsHistoryRecord> hist;
   std::vector<bool> present;
   GC_CHECK(histories(*comm, &hist, &present));
@@ -447,6 +449,7 @@ gradcompResult_t loadState(gradcompComm_t comm, const void* buffer, size_t bytes
   using namespace gc;
   GC_ARG(validComm(comm), "comm is NULL");
   GC_ARG(buffer != nullptr, "buffer is NULL (bytes=%zu)", bytes);
+  comm->backend->useOwnStream();  // the last call's stream may be gone
   std::vector<Parsed> recs;
   uint64_t step = 0;
   GC_CHECK(parse(*comm, static_cast<const char*>(buffer), bytes, &recs, &step));

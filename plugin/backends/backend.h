@@ -35,6 +35,14 @@ class Backend {
   virtual float* agreeScratch() = 0;
   virtual gradcompResult_t advanceStep() { return gradcompSuccess; }
   virtual gradcompResult_t setStep(uint64_t step) { return gradcompSuccess; }
+  // Marks the end of what a compressed call enqueued on its stream, on every
+  // way out (CallEnd), a call that failed part way included: setStream makes
+  // the next call, on whatever stream, wait for it.
+  virtual void markCallEnd() {}
+  // Points the backend at a stream of its own that waits for the last call,
+  // for the work between calls (saving, loading or resetting state, destroy):
+  // the last call's stream may be gone by then.
+  virtual void useOwnStream() {}
 
   // Persistent memory, zero-filled. Not stream-ordered: never call while
   // capturing (the comm grows workspace only outside capture).

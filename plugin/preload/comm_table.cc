@@ -244,20 +244,10 @@ CommEntry::~CommEntry() {
       return;
     }
   } else if (gc != nullptr) {
-    // gradcompCommDestroy waits on the stream of the comm's last call, which
-    // the program may have destroyed already: NCCL lets it destroy its
-    // streams before ncclCommDestroy. A zero-count call on a stream of ours
-    // makes that the last call's stream; the comm orders it after the end of
-    // its last compressed call, whatever stream that was on.
-    cudaStream_t own = nullptr;
-    if (cudaStreamCreateWithFlags(&own, cudaStreamNonBlocking) == cudaSuccess) {
-      (void)gradcompAllReduce(nullptr, nullptr, 0, ncclFloat32, ncclSum, gc, own);
-    } else {
-      own = nullptr;
-      (void)cudaGetLastError();
-    }
+    // NCCL lets the program destroy its streams before ncclCommDestroy:
+    // gradcompCommDestroy waits for the comm's last call on a stream of its
+    // own, not on that call's stream.
     gradcompCommDestroy(gc);
-    if (own != nullptr) cudaStreamDestroy(own);
   }
   if (fusion != nullptr) cudaFree(fusion);
   for (void* p : fusionRetired) cudaFree(p);

@@ -131,3 +131,66 @@ TEST_F(AutoTuneGpu, FirstCallUnderCaptureIsRefused) {
 }
 
 }  // namespace
+
+namespace {
+
+class StateGpu : public gctest::GpuTest {};
+
+// Saving, loading and resetting state run between calls, on the backend's own
+// stream after the last call's work: the caller may have destroyed the stream
+// of its last call by then. A comm whose last call ran on a stream destroyed
+// since saves the same bytes as a twin whose stream lives, loads them, and is
+// destroyed cleanly; the calls after the load equal the twin's bit for bit.
+// Keyed calls: the saved state names the key, not the buffer's address.
+TEST_F(StateGpu, StateOutlivesTheLastCallsStream) {
+  const size_t n = 100000, maxFloats = size_t(1) << 20;
+  gradcompConfig_t cfg;
+  gradcompConfigInit(&cfg);
+  cfg.minElements = 0;
+  cfg.autoTune = 0;  // QSGD 4-bit with its residual
+  gradcompComm* a = gctest::mirrorComm(cfg, true, 2, maxFloats, stream, true);
+  gradcompComm* b = gctest::mirrorComm(cfg, true, 2, maxFloats, stream, true);
+  DeviceBuffer<float> x(n), y(n);
+  cudaStream_t gone = nullptr;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&gone, cudaStreamNonBlocking), cudaSuccess);
+  const std::vector<float> g = gctest::normal(n, 77);
+  x.upload(g);
+  y.upload(g);
+  ASSERT_EQ(gradcompAllReduceKeyed(x.get(), x.get(), n, ncclFloat32, ncclSum, a, gone, 7),
+            gradcompSuccess)
+      << gradcompGetLastError();
+  ASSERT_EQ(gradcompAllReduceKeyed(y.get(), y.get(), n, ncclFloat32, ncclSum, b, stream, 7),
+            gradcompSuccess)
+      << gradcompGetLastError();
+  // Destroyed with the call's work possibly still queued: CUDA finishes it.
+  ASSERT_EQ(cudaStreamDestroy(gone), cudaSuccess);
+  const std::vector<char> saved = savedState(a);
+  EXPECT_TRUE(saved == savedState(b)) << "the state saved after the stream went differs";
+  EXPECT_EQ(cudaGetLastError(), cudaSuccess);
+  ASSERT_EQ(gradcompCommLoadState(a, saved.data(), saved.size()), gradcompSuccess)
+      << gradcompGetLastError();
+  ASSERT_EQ(gradcompCommLoadState(b, saved.data(), saved.size()), gradcompSuccess)
+      << gradcompGetLastError();
+  x.upload(g);
+  y.upload(g);
+  ASSERT_EQ(gradcompAllReduceKeyed(x.get(), x.get(), n, ncclFloat32, ncclSum, a, stream, 7),
+            gradcompSuccess)
+      << gradcompGetLastError();
+  ASSERT_EQ(gradcompAllReduceKeyed(y.get(), y.get(), n, ncclFloat32, ncclSum, b, stream, 7),
+            gradcompSuccess)
+      << gradcompGetLastError();
+  ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+  EXPECT_TRUE(x.download(n) == y.download(n)) << "the calls after the load differ";
+  // Reset and destroy after another call on a stream that is then destroyed.
+  ASSERT_EQ(cudaStreamCreateWithFlags(&gone, cudaStreamNonBlocking), cudaSuccess);
+  ASSERT_EQ(gradcompAllReduceKeyed(x.get(), x.get(), n, ncclFloat32, ncclSum, a, gone, 7),
+            gradcompSuccess)
+      << gradcompGetLastError();
+  ASSERT_EQ(cudaStreamDestroy(gone), cudaSuccess);
+  EXPECT_EQ(gradcompCommResetState(a), gradcompSuccess) << gradcompGetLastError();
+  EXPECT_EQ(gradcompCommDestroy(a), gradcompSuccess);
+  EXPECT_EQ(gradcompCommDestroy(b), gradcompSuccess);
+  EXPECT_EQ(cudaGetLastError(), cudaSuccess);
+}
+
+}  // namespace

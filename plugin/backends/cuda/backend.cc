@@ -29,7 +29,8 @@ class CudaBackend final : public Backend {
   // exchange still reads, and read the step counter before its increment,
   // keying its RNG differently from ranks where the timing fell otherwise.
   // The wait is on an event recorded at the end of the last eager compressed
-  // call (advanceStep), on a stream that was alive then. Every eager call
+  // call (markCallEnd, also after a call that failed part way), on a stream
+  // that was alive then. Every eager call
   // waits, on the last call's stream too: one handle can name another stream
   // (cudaStreamPerThread from another thread, a handle cudaStreamCreate reused
   // after cudaStreamDestroy), and a wait for work already ordered before the
@@ -57,6 +58,7 @@ class CudaBackend final : public Backend {
     }
     if (commStream_ != nullptr) (void)cudaStreamDestroy(commStream_);
     if (nodeStream_ != nullptr) (void)cudaStreamDestroy(nodeStream_);
+    if (ownStream_ != nullptr) (void)cudaStreamDestroy(ownStream_);
   }
 
   gradcompResult_t init() override {
@@ -69,6 +71,7 @@ class CudaBackend final : public Backend {
     // capturable: the comm stream joins a capture through the events.
     GC_CUDACHECK(cudaStreamCreateWithFlags(&commStream_, cudaStreamNonBlocking));
     GC_CUDACHECK(cudaStreamCreateWithFlags(&nodeStream_, cudaStreamNonBlocking));
+    GC_CUDACHECK(cudaStreamCreateWithFlags(&ownStream_, cudaStreamNonBlocking));
     for (cudaEvent_t& e : events_) {
       GC_CUDACHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
     }
@@ -101,14 +104,21 @@ class CudaBackend final : public Backend {
   }
   const uint64_t* deviceStep() const override { return stepDev_; }
   float* agreeScratch() override { return agree_; }
-  // The last thing a compressed call enqueues: marks its end for setStream.
+  // The last thing a successful compressed call enqueues (markCallEnd then
+  // marks its end).
   gradcompResult_t advanceStep() override {
     GC_CUDACHECK(cuda::advanceStep(stepDev_, stream_));
-    if (!capturing()) {
-      GC_CUDACHECK(cudaEventRecord(lastCall_, stream_));
-      lastCallRecorded_ = true;
-    }
     return gradcompSuccess;
+  }
+  void markCallEnd() override {
+    if (lastCall_ == nullptr || capturing()) return;
+    // A stream that failed to take the record leaves the mark where it was;
+    // the error is the next launch's to report.
+    if (cudaEventRecord(lastCall_, stream_) == cudaSuccess) lastCallRecorded_ = true;
+    (void)cudaGetLastError();
+  }
+  void useOwnStream() override {
+    if (ownStream_ != nullptr) setStream(ownStream_);
   }
   gradcompResult_t setStep(uint64_t step) override {
     // Synchronous on the legacy stream: the caller's last stream may be gone.
@@ -235,6 +245,7 @@ class CudaBackend final : public Backend {
   cudaEvent_t lastCall_ = nullptr;  // recorded at the end of each eager compressed call
   bool lastCallRecorded_ = false;
   cudaStream_t commStream_ = nullptr, nodeStream_ = nullptr;
+  cudaStream_t ownStream_ = nullptr;  // useOwnStream()
   cudaEvent_t events_[kPipeEvents] = {};
   cudaEvent_t joined_[kNodeLane + 1] = {};  // join's record, per lane
 };
