@@ -46,6 +46,7 @@
 # would start with less than a minute left is recorded as skipped, so that tc_link.json and the
 # report rows of the runs made are written before the step's own limit ends this script.
 set -uo pipefail
+. "$(dirname "$0")/wait_ranks.sh"
 cd "$(dirname "$0")/.." || exit 1
 
 prefix=${GC_TC_PREFIX:-gctc}  # names of namespaces, links and the bridge (<= 10 chars)
@@ -249,33 +250,8 @@ run_ranks() {  # run_ranks N GBPS TAG: one process per rank over the shaped link
   rank_pids=("${pids[@]}")
   # Once a rank fails, the others wait on it (in NCCL's collective, whose kernel never ends)
   # until their own limit: 10 s after the first failure, end them (TERM, then KILL).
-  local -A ended=()
-  local p alive sig failed_at=""
-  while :; do
-    alive=0
-    for p in "${pids[@]}"; do
-      [ -n "${ended[$p]:-}" ] && continue
-      if kill -0 "$p" 2>/dev/null; then
-        alive=1
-        continue
-      fi
-      wait "$p"
-      ended[$p]=$?
-      if [ "${ended[$p]}" != 0 ] && [ -z "$failed_at" ]; then
-        rc=${ended[$p]}
-        failed_at=$(date +%s)
-      fi
-    done
-    [ "$alive" = 0 ] && break
-    if [ -n "$failed_at" ] && [ $(($(date +%s) - failed_at)) -ge 10 ]; then
-      sig=TERM
-      [ $(($(date +%s) - failed_at)) -ge 15 ] && sig=KILL
-      for p in "${pids[@]}"; do
-        [ -z "${ended[$p]:-}" ] && { kill -$sig -- "-$p" 2>/dev/null || kill -$sig "$p" 2>/dev/null; }
-      done
-    fi
-    sleep 0.5
-  done
+  wait_ranks 10 "${pids[@]}"
+  [ "$wait_first_rc" != 0 ] && rc=$wait_first_rc
   rank_pids=()
   port=$((port + port_step))
   return "$rc"

@@ -4,6 +4,7 @@
 # same for the Python drivers). Each rank gets its own NCCL_HOSTID and NCCL
 # over loopback sockets, as NCCL refuses two ranks of one host on one GPU
 # otherwise.
+. "$(dirname "${BASH_SOURCE[0]}")/wait_ranks.sh"
 
 # check_args NAME OUTDIR [BUILD_DIR]: sets root, out (absolute, created),
 # build (BUILD_DIR, default build-gpu, else build), preload (the interposer
@@ -77,7 +78,7 @@ stop_ranks() {
 run_ranks() {
   local world=$1 limit=$2 logs=$3 lib=$4
   shift 4
-  local vars=() r p port alive failed=0
+  local vars=() r port failed=0
   while [ $# -gt 0 ] && [ "$1" != -- ]; do
     vars+=("$1")
     shift
@@ -95,26 +96,9 @@ run_ranks() {
     env "${envs[@]}" timeout -k 5 "$limit" "$py" "$@" > "${logs}_r$r.log" 2>&1 &
     ranks_pids+=($!)
   done
-  # One rank failing leaves the others waiting on it: stop them all.
-  local -A rcs=()
-  while :; do
-    alive=0
-    for p in "${ranks_pids[@]}"; do
-      [ -n "${rcs[$p]:-}" ] && continue
-      if kill -0 "$p" 2>/dev/null; then
-        alive=1
-        continue
-      fi
-      wait "$p"
-      rcs[$p]=$?
-      [ "${rcs[$p]}" != 0 ] && [ "$failed" = 0 ] && failed=${rcs[$p]}
-    done
-    [ "$alive" = 0 ] && break
-    if [ "$failed" != 0 ]; then
-      for p in "${ranks_pids[@]}"; do kill -TERM "$p" 2>/dev/null; done
-    fi
-    sleep 1
-  done
+  # One rank failing leaves the others waiting on it: stop them all at once.
+  wait_ranks 0 "${ranks_pids[@]}"
+  failed=$wait_first_rc
   ranks_pids=()
   return "$failed"
 }

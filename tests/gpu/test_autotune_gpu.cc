@@ -151,41 +151,34 @@ TEST_F(StateGpu, StateOutlivesTheLastCallsStream) {
   gradcompComm* a = gctest::mirrorComm(cfg, true, 2, maxFloats, stream, true);
   gradcompComm* b = gctest::mirrorComm(cfg, true, 2, maxFloats, stream, true);
   DeviceBuffer<float> x(n), y(n);
+  auto call = [&](gradcompComm* c, DeviceBuffer<float>& buf, cudaStream_t s) {
+    return gradcompAllReduceKeyed(buf.get(), buf.get(), n, ncclFloat32, ncclSum, c, s, 7);
+  };
   cudaStream_t gone = nullptr;
   ASSERT_EQ(cudaStreamCreateWithFlags(&gone, cudaStreamNonBlocking), cudaSuccess);
   const std::vector<float> g = gctest::normal(n, 77);
   x.upload(g);
   y.upload(g);
-  ASSERT_EQ(gradcompAllReduceKeyed(x.get(), x.get(), n, ncclFloat32, ncclSum, a, gone, 7),
-            gradcompSuccess)
-      << gradcompGetLastError();
-  ASSERT_EQ(gradcompAllReduceKeyed(y.get(), y.get(), n, ncclFloat32, ncclSum, b, stream, 7),
-            gradcompSuccess)
-      << gradcompGetLastError();
+  ASSERT_EQ(call(a, x, gone), gradcompSuccess) << gradcompGetLastError();
+  ASSERT_EQ(call(b, y, stream), gradcompSuccess) << gradcompGetLastError();
   // Destroyed with the call's work possibly still queued: CUDA finishes it.
   ASSERT_EQ(cudaStreamDestroy(gone), cudaSuccess);
   const std::vector<char> saved = savedState(a);
   EXPECT_TRUE(saved == savedState(b)) << "the state saved after the stream went differs";
   EXPECT_EQ(cudaGetLastError(), cudaSuccess);
-  ASSERT_EQ(gradcompCommLoadState(a, saved.data(), saved.size()), gradcompSuccess)
-      << gradcompGetLastError();
-  ASSERT_EQ(gradcompCommLoadState(b, saved.data(), saved.size()), gradcompSuccess)
-      << gradcompGetLastError();
+  for (gradcompComm* c : {a, b}) {
+    ASSERT_EQ(gradcompCommLoadState(c, saved.data(), saved.size()), gradcompSuccess)
+        << gradcompGetLastError();
+  }
   x.upload(g);
   y.upload(g);
-  ASSERT_EQ(gradcompAllReduceKeyed(x.get(), x.get(), n, ncclFloat32, ncclSum, a, stream, 7),
-            gradcompSuccess)
-      << gradcompGetLastError();
-  ASSERT_EQ(gradcompAllReduceKeyed(y.get(), y.get(), n, ncclFloat32, ncclSum, b, stream, 7),
-            gradcompSuccess)
-      << gradcompGetLastError();
+  ASSERT_EQ(call(a, x, stream), gradcompSuccess) << gradcompGetLastError();
+  ASSERT_EQ(call(b, y, stream), gradcompSuccess) << gradcompGetLastError();
   ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
   EXPECT_TRUE(x.download(n) == y.download(n)) << "the calls after the load differ";
   // Reset and destroy after another call on a stream that is then destroyed.
   ASSERT_EQ(cudaStreamCreateWithFlags(&gone, cudaStreamNonBlocking), cudaSuccess);
-  ASSERT_EQ(gradcompAllReduceKeyed(x.get(), x.get(), n, ncclFloat32, ncclSum, a, gone, 7),
-            gradcompSuccess)
-      << gradcompGetLastError();
+  ASSERT_EQ(call(a, x, gone), gradcompSuccess) << gradcompGetLastError();
   ASSERT_EQ(cudaStreamDestroy(gone), cudaSuccess);
   EXPECT_EQ(gradcompCommResetState(a), gradcompSuccess) << gradcompGetLastError();
   EXPECT_EQ(gradcompCommDestroy(a), gradcompSuccess);
