@@ -283,6 +283,36 @@ void commStop(gradcompComm* c) {
   if (group) api->groupEnd();
 }
 
+bool commAbort(gradcompComm* comm) {
+  if (comm == nullptr) return true;
+  const auto deadline = after(Clock::now(), kAbortWaitSec);
+  commStop(comm);
+  // Calls in progress now wait on nothing but their own work.
+  if (!waitCalls(comm, deadline)) {
+    GC_WARN(
+        "comm %p aborted while %d call(s) on other threads had not returned after %g s: its "
+        "memory is left allocated",
+        (void*)comm, (int)comm->callsInFlight, kAbortWaitSec);
+    return false;
+  }
+  // NCCL's abort frees once its kernels have exited; freeing memory a kernel
+  // may still touch is undefined, so a comm whose work has not drained (a
+  // kernel behind one of a communicator nobody aborted) is left allocated.
+  // The drain waits on the comm's own stream, ordered after the last call's
+  // end: that call's stream may be gone (NCCL lets the program destroy it).
+  const double left = std::chrono::duration<double>(deadline - Clock::now()).count();
+  if (comm->backend) comm->backend->useOwnStream();
+  if (comm->backend && !comm->backend->drain(left > 0 ? left : 0)) {
+    GC_WARN(
+        "comm %p aborted while its device work had not finished after %g s: its memory is "
+        "left allocated (abort every NCCL communicator with a dead peer first)",
+        (void*)comm, kAbortWaitSec);
+    return false;
+  }
+  freeComm(comm, "aborted");
+  return true;
+}
+
 }  // namespace gc
 
 extern "C" {
@@ -393,29 +423,7 @@ GC_EXPORT gradcompResult_t gradcompCommStop(gradcompComm_t comm) {
 }
 
 GC_EXPORT gradcompResult_t gradcompCommAbort(gradcompComm_t comm) {
-  if (comm == nullptr) return gradcompSuccess;
-  const auto deadline = gc::after(gc::Clock::now(), gc::kAbortWaitSec);
-  gc::commStop(comm);
-  // Calls in progress now wait on nothing but their own work.
-  if (!gc::waitCalls(comm, deadline)) {
-    GC_WARN(
-        "comm %p aborted while %d call(s) on other threads had not returned after %g s: its "
-        "memory is left allocated",
-        (void*)comm, (int)comm->callsInFlight, gc::kAbortWaitSec);
-    return gradcompSuccess;
-  }
-  // NCCL's abort frees once its kernels have exited; freeing memory a kernel
-  // may still touch is undefined, so a comm whose work has not drained (a
-  // kernel behind one of a communicator nobody aborted) is left allocated.
-  const double left = std::chrono::duration<double>(deadline - gc::Clock::now()).count();
-  if (comm->backend && !comm->backend->drain(left > 0 ? left : 0)) {
-    GC_WARN(
-        "comm %p aborted while its device work had not finished after %g s: its memory is "
-        "left allocated (abort every NCCL communicator with a dead peer first)",
-        (void*)comm, gc::kAbortWaitSec);
-    return gradcompSuccess;
-  }
-  gc::freeComm(comm, "aborted");
+  gc::commAbort(comm);
   return gradcompSuccess;
 }
 

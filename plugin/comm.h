@@ -149,6 +149,12 @@ gradcompResult_t commCreate(ncclComm_t nccl, const gradcompConfig_t* config, con
 // Idempotent.
 void commStop(gradcompComm* c);
 
+// gradcompCommAbort: commStop, then frees the comm once the calls on other
+// threads have returned and its device work has drained (kAbortWaitSec in
+// all). Returns whether it freed it: false leaves its memory allocated (with
+// a warning), as a kernel stuck on a dead peer may still touch it.
+bool commAbort(gradcompComm* c);
+
 // Counts a public call on a comm (a collective, a retune) while it runs, so
 // that gradcompCommAbort on another thread waits for it; fails the call
 // once the comm is aborted.

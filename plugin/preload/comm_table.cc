@@ -237,9 +237,11 @@ CommEntry::~CommEntry() {
   if (gc == nullptr && fusion == nullptr && fusionDone == nullptr) return;
   DeviceGuard guard(device);
   if (aborted) {
-    if (gc != nullptr) gradcompCommAbort(gc);
-    // As gradcompCommAbort: memory a copy may still touch stays allocated.
-    if (fusionDone != nullptr && cudaEventQuery(fusionDone) == cudaErrorNotReady) {
+    // As the comm's own memory: while a kernel may still be stuck on a dead
+    // peer (the comm could not drain) or a fused copy is pending, the fusion
+    // buffers stay allocated; cudaFree would also wait for that kernel.
+    const bool drained = gc::commAbort(gc);
+    if (!drained || (fusionDone != nullptr && cudaEventQuery(fusionDone) == cudaErrorNotReady)) {
       (void)cudaGetLastError();
       return;
     }

@@ -185,27 +185,21 @@ class CudaBackend final : public Backend {
     return gradcompSuccess;
   }
   bool drain(double timeoutSec) override {
-    // A mark after all this backend enqueued on the last stream (a call that
-    // failed half way records no lastCall_); the side streams are its own.
-    cudaEvent_t mark = nullptr;
-    bool marked = !streamCapturing(stream_) &&
-                  cudaEventCreateWithFlags(&mark, cudaEventDisableTiming) == cudaSuccess &&
-                  cudaEventRecord(mark, stream_) == cudaSuccess;
-    (void)cudaGetLastError();  // the last stream may be gone: then lastCall_ has to do
+    // Every compressed call marks its end (markCallEnd, failed ones too); the
+    // side streams are the backend's own.
     auto busy = [](cudaError_t e) { return e == cudaErrorNotReady; };
     const auto deadline =
         std::chrono::steady_clock::now() + std::chrono::duration<double>(timeoutSec);
     bool pending = true;
     while (pending) {
-      pending = (marked && busy(cudaEventQuery(mark))) ||
-                (lastCallRecorded_ && busy(cudaEventQuery(lastCall_))) ||
+      pending = (lastCallRecorded_ && busy(cudaEventQuery(lastCall_))) ||
                 (commStream_ != nullptr && busy(cudaStreamQuery(commStream_))) ||
-                (nodeStream_ != nullptr && busy(cudaStreamQuery(nodeStream_)));
+                (nodeStream_ != nullptr && busy(cudaStreamQuery(nodeStream_))) ||
+                (ownStream_ != nullptr && busy(cudaStreamQuery(ownStream_)));
       (void)cudaGetLastError();
       if (!pending || std::chrono::steady_clock::now() >= deadline) break;
       std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }
-    if (mark != nullptr) (void)cudaEventDestroy(mark);
     return !pending;
   }
 
