@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034  # wait_rcs, wait_first_rc: for the caller
 # Sourced by the scripts that start ranks as background jobs of their shell
 # (tools/multirank_check.sh, tools/torch_ranks.sh, tools/tc_link.sh,
 # tests/preload/run_preload_gpu_test.sh).
