@@ -11,6 +11,7 @@
 #include <string>
 
 #include "backends/cuda/device_guard.h"
+#include "backends/cuda/device_ptr.h"
 #include "backends/cuda/nccl_api.h"
 #include "checks.h"
 #include "comm.h"
@@ -26,18 +27,21 @@ uint64_t fnv1a(const char* s) {
 
 // The vote exchange's stream and buffer on the comm's device, made before
 // the rank's own set-up so that its running out of memory still leaves
-// this rank able to vote; then one small ncclAllGather.
+// this rank able to vote; then one small ncclAllGather. A device too full
+// for even these still votes: the legacy stream stands in for the stream,
+// and mapped host memory (which NCCL's kernels reach over the bus) for the
+// buffer, so its peers hear that it failed instead of waiting for it.
 class NcclVoteExchange {
  public:
-  NcclVoteExchange(ncclComm_t nccl, int rank, int nranks, int device)
+  NcclVoteExchange(ncclComm_t nccl, int rank, int nranks, int device, bool hostBuffer)
       : nccl_(nccl), rank_(rank), nranks_(nranks), device_(device) {
-    ready_ = prepare();
+    ready_ = prepare(hostBuffer);
     if (ready_ != gradcompSuccess) why_ = gradcompGetLastError();
   }
   ~NcclVoteExchange() {
     DeviceGuard g(device_);
-    if (buf_ != nullptr) cudaFree(buf_);
-    if (stream_ != nullptr) cudaStreamDestroy(stream_);
+    buf_.reset();
+    if (stream_ != cudaStreamLegacy) cudaStreamDestroy(stream_);
   }
 
   gradcompResult_t run(const SetupVote& mine, std::vector<SetupVote>* votes) {
@@ -46,29 +50,35 @@ class NcclVoteExchange {
     GC_CUDACHECK(g.error());
     const size_t bytes = sizeof(SetupVote);
     votes->assign(nranks_, SetupVote());
+    char* buf = static_cast<char*>(buf_->get());
     GC_CUDACHECK(
-        cudaMemcpyAsync(buf_ + rank_ * bytes, &mine, bytes, cudaMemcpyHostToDevice, stream_));
-    GC_NCCLCHECK(
-        ncclApi()->allGather(buf_ + rank_ * bytes, buf_, bytes, ncclUint8, nccl_, stream_));
+        cudaMemcpyAsync(buf + rank_ * bytes, &mine, bytes, cudaMemcpyHostToDevice, stream_));
+    GC_NCCLCHECK(ncclApi()->allGather(buf + rank_ * bytes, buf, bytes, ncclUint8, nccl_, stream_));
     GC_CUDACHECK(
-        cudaMemcpyAsync(votes->data(), buf_, nranks_ * bytes, cudaMemcpyDeviceToHost, stream_));
+        cudaMemcpyAsync(votes->data(), buf, nranks_ * bytes, cudaMemcpyDeviceToHost, stream_));
     GC_CUDACHECK(cudaStreamSynchronize(stream_));
     return gradcompSuccess;
   }
 
  private:
-  gradcompResult_t prepare() {
+  // hostBuffer: mapped host memory even when device memory is to be had
+  // (the GPU test of that path).
+  gradcompResult_t prepare(bool hostBuffer) {
     DeviceGuard g(device_);
     GC_CUDACHECK(g.error());
-    GC_CUDACHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
-    GC_CUDACHECK(cudaMalloc(&buf_, nranks_ * sizeof(SetupVote)));
+    if (cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking) != cudaSuccess) {
+      (void)cudaGetLastError();
+      stream_ = cudaStreamLegacy;
+    }
+    buf_.reset(new ExchangeBuffer());
+    GC_CUDACHECK(buf_->alloc(nranks_ * sizeof(SetupVote), hostBuffer));
     return gradcompSuccess;
   }
 
   ncclComm_t nccl_;
   int rank_, nranks_, device_;
-  cudaStream_t stream_ = nullptr;
-  char* buf_ = nullptr;
+  cudaStream_t stream_ = cudaStreamLegacy;
+  std::unique_ptr<ExchangeBuffer> buf_;  // freed on the comm's device
   gradcompResult_t ready_;
   std::string why_;
 };
@@ -279,10 +289,10 @@ gradcompResult_t agreeOnSetup(const std::vector<SetupVote>& votes) {
   return gradcompSuccess;
 }
 
-VoteGather ncclVoteGather(ncclComm_t nccl, int rank, int nranks, int device) {
+VoteGather ncclVoteGather(ncclComm_t nccl, int rank, int nranks, int device, bool hostBuffer) {
   // A rank whose current device is not the comm's still joins, on the comm's
   // device, to vote that it failed.
-  std::shared_ptr<NcclVoteExchange> x(new NcclVoteExchange(nccl, rank, nranks, device));
+  std::shared_ptr<NcclVoteExchange> x(new NcclVoteExchange(nccl, rank, nranks, device, hostBuffer));
   return [x](const SetupVote& mine, std::vector<SetupVote>* votes) { return x->run(mine, votes); };
 }
 

@@ -88,9 +88,12 @@ const char* setupSettingName(int i);
 gradcompResult_t agreeOnSetup(const std::vector<SetupVote>& votes);
 
 // Gives every rank's vote; the NCCL one is a single ncclAllGather run on the
-// comm's device (made current for the exchange, then restored).
+// comm's device (made current for the exchange, then restored), in mapped
+// host memory where the device has none left (hostBuffer: always, for its
+// GPU test).
 using VoteGather = std::function<gradcompResult_t(const SetupVote& mine, std::vector<SetupVote>*)>;
-VoteGather ncclVoteGather(ncclComm_t nccl, int rank, int nranks, int device);
+VoteGather ncclVoteGather(ncclComm_t nccl, int rank, int nranks, int device,
+                          bool hostBuffer = false);
 
 // Collective: gathers the votes, agrees, then gives comm c (rank, nranks,
 // cfg and backend set when mine.result is success) its topology and, when it

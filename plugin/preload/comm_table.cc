@@ -12,6 +12,7 @@
 #include <set>
 #include <string>
 
+#include "backends/cuda/device_ptr.h"
 #include "comm.h"
 #include "debug.h"
 #include "nccl_dlsym.h"
@@ -165,13 +166,15 @@ enum class Agreement { Agreed, SomeRankFailed, ConfigsDiffer, NotRun };
 Agreement agree(CommEntry& e, cudaStream_t stream, bool localOk, std::string* why) {
   const uint64_t hash = settings().hash;
   uint64_t words[3] = {localOk ? 1ull : 0ull, hash, ~hash};
-  uint64_t* dev = nullptr;
-  cudaError_t err = cudaMalloc(&dev, sizeof(words));
+  // In mapped host memory where the device has none left: this rank still
+  // joins, and a rank out of memory is one that failed, not one awaited.
+  ExchangeBuffer buf;
+  cudaError_t err = buf.alloc(sizeof(words));
   if (err != cudaSuccess) {
-    (void)cudaGetLastError();
     *why = std::string("CUDA: ") + cudaGetErrorString(err);
     return Agreement::NotRun;
   }
+  uint64_t* dev = static_cast<uint64_t*>(buf.get());
   ncclResult_t nr = ncclSuccess;
   err = cudaMemcpyAsync(dev, words, sizeof(words), cudaMemcpyHostToDevice, stream);
   if (err == cudaSuccess) {
@@ -181,7 +184,6 @@ Agreement agree(CommEntry& e, cudaStream_t stream, bool localOk, std::string* wh
     }
     if (nr == ncclSuccess && err == cudaSuccess) err = cudaStreamSynchronize(stream);
   }
-  cudaFree(dev);
   if (err != cudaSuccess) {
     (void)cudaGetLastError();
     *why = std::string("CUDA: ") + cudaGetErrorString(err);

@@ -6,6 +6,27 @@
 
 namespace gc {
 
+ExchangeBuffer::~ExchangeBuffer() {
+  if (host_ != nullptr) {
+    (void)cudaFreeHost(host_);
+  } else if (dev_ != nullptr) {
+    (void)cudaFree(dev_);
+  }
+}
+
+cudaError_t ExchangeBuffer::alloc(size_t bytes, bool hostOnly) {
+  if (!hostOnly && cudaMalloc(&dev_, bytes) == cudaSuccess) return cudaSuccess;
+  (void)cudaGetLastError();
+  dev_ = nullptr;
+  cudaError_t err = cudaHostAlloc(&host_, bytes, cudaHostAllocMapped | cudaHostAllocPortable);
+  if (err == cudaSuccess) err = cudaHostGetDevicePointer(&dev_, host_, 0);
+  if (err != cudaSuccess) {
+    (void)cudaGetLastError();
+    dev_ = nullptr;
+  }
+  return err;
+}
+
 gradcompResult_t checkDevicePointer(const void* p, const char* name) {
   GC_ARG(p != nullptr, "%s is NULL", name);
   cudaPointerAttributes attr;

@@ -1,8 +1,35 @@
 #pragma once
 
+#include <cuda_runtime_api.h>
+#include <stddef.h>
+
 #include "gradcomp.h"
 
 namespace gc {
+
+// A small buffer for an exchange every rank must join (the set-up vote, the
+// preload's agreement), on the current device: device memory, or where the
+// device has none left, mapped host memory, which NCCL's kernels reach over
+// the bus. A rank out of device memory then still takes part, and its peers
+// hear that it failed instead of waiting for it. Freed with the object (on
+// the device current then).
+class ExchangeBuffer {
+ public:
+  ExchangeBuffer() = default;
+  ~ExchangeBuffer();
+  ExchangeBuffer(const ExchangeBuffer&) = delete;
+  ExchangeBuffer& operator=(const ExchangeBuffer&) = delete;
+  // hostOnly: mapped host memory even when device memory is to be had (the
+  // GPU test of that path). The error is the mapped allocation's.
+  cudaError_t alloc(size_t bytes, bool hostOnly = false);
+  // The buffer as the device addresses it (NULL before alloc succeeds).
+  void* get() const { return dev_; }
+
+ private:
+  void* dev_ = nullptr;
+  void* host_ = nullptr;  // the host allocation, when the buffer is mapped host memory
+};
+
 // gradcompInvalidArgument when p is NULL, plain host memory the GPU cannot
 // read, or device memory of a GPU other than the current one;
 // gradcompCudaError when CUDA itself cannot be queried (no GPU).
