@@ -157,14 +157,14 @@ class GradcompState:
         if self._comm is None:
             return self._pending_blob
         with self._on_comm_device():
-            return self._comm.save_state()  # waits for the comm's last stream
+            return self._comm.save_state()  # waits for the comm's last call
 
     def _on_comm_device(self):
         """The comm's CUDA device made current around gradcomp's calls outside the hook (state
-        save, load and reset, destroy): they act on the current device, whose NULL stream is the
-        handle the hook passed for DDP's default stream and where a load allocates the restored
-        states; the caller's thread may have another device current (DDP(device_ids=[k])
-        without torch.cuda.set_device(k))."""
+        save, load and reset, destroy): they wait for the comm's last call on a stream of the
+        comm's own, and a load allocates the restored states on the current device; the
+        caller's thread may have another device current (DDP(device_ids=[k]) without
+        torch.cuda.set_device(k))."""
         if self.backend != "nccl" or self._device is None:
             return contextlib.nullcontext()
         return torch.cuda.device(self._device)
