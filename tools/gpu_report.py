@@ -192,8 +192,9 @@ def main():
     kdoc, tdoc = j("kernels.json"), j("torch_topk.json")
     # gradcomp_perf and gradcomp_kernels_perf rewrite their JSON after every
     # row; one whose run stopped early says "complete": false.
-    partial = sorted(f for f in os.listdir(d) if f.endswith(".json")
-                     and isinstance(j(f), dict) and j(f).get("complete") is False)
+    docs = {f: j(f) for f in os.listdir(d) if f.endswith(".json")}
+    partial = sorted(f for f, doc in docs.items()
+                     if isinstance(doc, dict) and doc.get("complete") is False)
     p8, p8s = j("perf_n8.json"), j("perf_n8_sparse.json")
     multi, ddp, tests = j("multirank.json") or {}, j("ddp.json") or {}, j("tests.json") or {}
     tc = j("tc_link.json") or {}

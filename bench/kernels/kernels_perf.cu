@@ -97,15 +97,25 @@ const char* const kKinds[] = {"copy",
                               "topk_exact",
                               "sparse_checks"};
 
+// The names of a comma-separated list, empty ones included (which no list
+// of names accepts).
+std::vector<std::string> splitNames(const char* v) {
+  std::vector<std::string> names;
+  const std::string s = v;
+  for (size_t p = 0; p <= s.size();) {
+    size_t q = s.find(',', p);
+    if (q == std::string::npos) q = s.size();
+    names.push_back(s.substr(p, q - p));
+    p = q + 1;
+  }
+  return names;
+}
+
 // A comma-separated list of kinds into *out; false (and a message naming the
 // value and the kinds) for a name that is not one.
 bool parseKinds(const char* flag, const char* v, std::vector<std::string>* out) {
   out->clear();
-  std::string s = v;
-  for (size_t p = 0; p <= s.size();) {
-    size_t q = s.find(',', p);
-    if (q == std::string::npos) q = s.size();
-    const std::string k = s.substr(p, q - p);
+  for (const std::string& k : splitNames(v)) {
     bool known = false;
     for (const char* kind : kKinds) known = known || k == kind;
     if (!known) {
@@ -116,7 +126,6 @@ bool parseKinds(const char* flag, const char* v, std::vector<std::string>* out) 
       return false;
     }
     out->push_back(k);
-    p = q + 1;
   }
   return true;
 }
@@ -212,11 +221,7 @@ bool parseArgs(int argc, char** argv, Args* a) {
       }
     } else if (f == "--dtypes") {
       a->dtypes.clear();
-      std::string s = v;
-      for (size_t p = 0; p <= s.size();) {
-        size_t q = s.find(',', p);
-        if (q == std::string::npos) q = s.size();
-        std::string t = s.substr(p, q - p);
+      for (const std::string& t : splitNames(v)) {
         if (t == "float")
           a->dtypes.push_back(ncclFloat32);
         else if (t == "half")
@@ -228,7 +233,6 @@ bool parseArgs(int argc, char** argv, Args* a) {
                   v);
           return false;
         }
-        p = q + 1;
       }
     } else {
       fprintf(stderr, "gradcomp_kernels_perf: unknown flag %s (see --help)\n", f.c_str());
