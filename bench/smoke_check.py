@@ -1078,9 +1078,12 @@ def main():
     for r in rows:
         expect(r.get("auto_choice") == "compress" and r.get("auto_time_us", 0) > 0,
                "--auto row at %d B: auto compresses on the CPU backend, timed" % r["size"])
-        best = min(r["time_us"], r["nccl_time_us"])
-        expect(abs(r.get("auto_regret", -9) - (r["auto_time_us"] / best - 1)) < 1e-6,
-               "--auto row at %d B: regret = auto / min(forced, NCCL) - 1" % r["size"])
+        expect(all(r.get(k, 0) > 0 for k in ("auto_forced_time_us", "auto_nccl_time_us")),
+               "--auto row at %d B: forced and NCCL timed beside auto" % r["size"])
+        best = min(r.get("auto_forced_time_us", 0), r.get("auto_nccl_time_us", 0))
+        expect(best > 0 and abs(r.get("auto_regret", -9) - (r["auto_time_us"] / best - 1)) < 1e-6,
+               "--auto row at %d B: regret = auto / min(forced, NCCL) - 1, of the times taken "
+               "side by side" % r["size"])
     with open(apath) as f:
         expect(json.load(f).get("auto_regret_max_frac", 0) is None,
                "auto_regret_max_frac is null on the CPU backend")

@@ -93,20 +93,21 @@ def check_auto(src, build, work, prefix):
                "auto: auto_time_us a positive number (%s)" % r.get("auto_time_us"))
         expect(r.get("auto_choice") in ("nccl", "compress"), "auto: choice %s" % r.get("auto_choice"))
         want = None
-        if all(isinstance(r.get(k), (int, float)) for k in ("auto_time_us", "time_us",
-                                                              "nccl_time_us")):
-            want = r["auto_time_us"] / min(r["time_us"], r["nccl_time_us"]) - 1
+        if all(isinstance(r.get(k), (int, float)) for k in ("auto_time_us", "auto_forced_time_us",
+                                                              "auto_nccl_time_us")):
+            want = r["auto_time_us"] / min(r["auto_forced_time_us"], r["auto_nccl_time_us"]) - 1
         expect(want is not None and abs(r.get("auto_regret", float("nan")) - want) <= 1e-6,
-               "auto: regret = auto / min(forced, baseline) - 1 (%s, want %s)" % (
-                   r.get("auto_regret"), want))
+               "auto: regret = auto / min(forced, baseline) - 1 of the side-by-side times (%s, "
+               "want %s)" % (r.get("auto_regret"), want))
         expect(doc.get("cpu_auto_regret_max_frac_tc_1gbps_n2") == r.get("auto_regret") and
                doc.get("cpu_auto_regret_max_frac") == r.get("auto_regret"),
                "auto: headline keys hold the worst (only) regret")
-        took = r.get("time_us") if r.get("auto_choice") == "compress" else r.get("nccl_time_us")
+        took = r.get("auto_forced_time_us" if r.get("auto_choice") == "compress" else
+                     "auto_nccl_time_us")
         expect(isinstance(took, (int, float)) and want is not None and abs(
             r.get("auto_choice_regret", float("nan")) -
-            (took / min(r["time_us"], r["nccl_time_us"]) - 1)) <= 1e-9,
-            "auto: choice regret = the row's time of auto's path / the faster - 1")
+            (took / min(r["auto_forced_time_us"], r["auto_nccl_time_us"]) - 1)) <= 1e-9,
+            "auto: choice regret = the side-by-side time of auto's path / the faster - 1")
         expect(doc.get("cpu_auto_choice_regret_max_frac") == r.get("auto_choice_regret"),
                "auto: the choice's headline key")
     md = os.path.join(work, "tc_link.md")

@@ -39,8 +39,8 @@
 # and 32 MB over the link), auto's choice and regret; the JSON gains
 # cpu_auto_regret_max_frac_tc_<L>gbps_n<N> (worst size) and
 # cpu_auto_regret_max_frac (worst run), and the same of the choice alone
-# (cpu_auto_choice_regret_*: the row's time of the path auto took over the
-# row's faster path, without the noise between auto's calls and the row's).
+# (cpu_auto_choice_regret_*: the side-by-side time of the path auto took over
+# the faster path's, without what auto's own calls add).
 # GC_TC_BUDGET_S (default GC_STEP_BUDGET_S, the budget tools/gpu-check.sh gives its step;
 # unset: no bound) bounds the sweep: each run's ranks get at most what is left, and a run that
 # would start with less than a minute left is recorded as skipped, so that tc_link.json and the
@@ -336,13 +336,16 @@ for line in open(os.path.join(raw, "tc_link_runs.tsv")).read().splitlines():
                        time_vs_model=m.get("time_vs_model"),
                        baseline_vs_model=m.get("baseline_vs_model"))
         if "auto_time_us" in r:
-            # The regret of the choice itself: the row's own time of the path
-            # auto took over the row's faster path (0 when it took the faster).
-            # auto_regret also holds the noise between auto's calls and the
-            # row's, which on shared cores can exceed the choice's.
-            took = r["time_us"] if r.get("auto_choice") == "compress" else r["nccl_time_us"]
-            best = min(r["time_us"], r["nccl_time_us"])
+            # The regret of the choice itself: the side-by-side time of the path
+            # auto took over the faster path's (0 when it took the faster).
+            # auto_regret also holds what auto's own calls add to that path and
+            # the noise left between them.
+            took = r["auto_forced_time_us" if r.get("auto_choice") == "compress" else
+                     "auto_nccl_time_us"]
+            best = min(r["auto_forced_time_us"], r["auto_nccl_time_us"])
             run.update(auto_time_us=r["auto_time_us"], auto_choice=r.get("auto_choice"),
+                       auto_forced_time_us=r["auto_forced_time_us"],
+                       auto_nccl_time_us=r["auto_nccl_time_us"],
                        auto_regret=r.get("auto_regret"),
                        auto_choice_regret=took / best - 1 if took and best else None)
         runs.append(run)

@@ -3,6 +3,7 @@
 #include <math.h>
 #include <stdio.h>
 
+#include <algorithm>
 #include <chrono>
 #include <map>
 
@@ -461,8 +462,84 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
   }
 }
 
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n == 0 ? 0 : n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+// Auto's regret from times taken side by side: a forced comm (autoTune=0), a
+// tuned comm (autoTune=1; its first call tunes) and the baseline, one window
+// of each path per round (an untimed call, then a timed one, so that each
+// timed call follows its own path's, as in training), the three in another
+// of their 6 orders every round, so that a shared machine's drift and noise,
+// and what a path leaves a shaped link, fall on the three alike. Each path's
+// figure is its median over the rounds. The row's own windows, one path
+// after the other, would put the noise between windows into the regret (a
+// min of two noisy times is biased low). Rounds: max(-n, 6) rounded up to a
+// multiple of 6.
+constexpr int kOrders[6][3] = {{0, 1, 2}, {1, 2, 0}, {2, 0, 1}, {0, 2, 1}, {2, 1, 0}, {1, 0, 2}};
+
+bool timeAutoPaired(const Options& o, Rank& r, gradcompConfig_t cfg, Row* row, std::string* err,
+                    gradcompResult_t* result) {
+  const bool rs = o.collective == Collective::ReduceScatter;
+  const size_t count = row->count;
+  const ncclDataType_t dtype = row->dtype;
+  gradcompComm_t comm[2] = {nullptr, nullptr};  // forced, auto
+  gradcompResult_t res = gradcompSuccess;
+  bool ok = true;
+  for (int k = 0; k < 2 && ok; ++k) {
+    cfg.autoTune = k;
+    res = r.createComm(cfg, &comm[k]);
+    ok = allOk(r, res == gradcompSuccess);
+    if (!ok) {
+      *err = std::string("gradcompCommCreate: ") + gradcompGetLastError();
+      if (res == gradcompSuccess) r.destroyComm(comm[k]);
+      comm[k] = nullptr;
+    }
+  }
+  auto path = [&](int p) {
+    if (p == 2) {
+      const bool bok = baselineCall(o, r, dtype, count);
+      if (!bok) *err = rs ? "baseline reduce-scatter failed" : "baseline allreduce failed";
+      return bok;
+    }
+    res = rs ? r.reduceScatter(comm[p], r.send(), r.recv(), count, dtype, o.op)
+             : r.allReduce(comm[p], r.send(), r.recv(), count, dtype, o.op);
+    if (res != gradcompSuccess) *err = gradcompGetLastError();
+    return res == gradcompSuccess;
+  };
+  std::vector<double> us[3];
+  // Warm-up; the auto comm's tuning call is its first, never a timed one.
+  for (int p = 0; p < 3 && ok; ++p) {
+    bool wok = true;
+    for (int i = 0; i < o.warmup; ++i) wok = path(p) && wok;
+    r.sync();
+    ok = allOk(r, wok);
+  }
+  const int rounds = (std::max(o.iters, 6) + 5) / 6 * 6;
+  for (int k = 0; k < rounds && ok; ++k) {
+    for (int j = 0; j < 3 && ok; ++j) {
+      const int p = kOrders[k % 6][j];
+      bool cok = true;
+      us[p].push_back(timeCalls(r, 1, 1, &cok, [&] { return path(p); }));
+      ok = allOk(r, cok);
+    }
+  }
+  r.barrier();
+  for (gradcompComm_t c : comm)
+    if (c != nullptr) r.destroyComm(c);
+  *result = res;
+  if (!ok) return false;
+  row->autoForcedUs = median(us[0]);
+  row->autoUs = median(us[1]);
+  row->autoNcclUs = median(us[2]);
+  return true;
+}
+
 // The row's size again through a fresh comm with autoTune=1: its first call
-// tunes (and is checked against the bound of what it did), then the timing.
+// tunes (and is checked against the bound of what it did); then the three
+// paths timed side by side (timeAutoPaired).
 void runAuto(const Options& o, const RunInfo& info, Rank& r, gradcompConfig_t cfg, Row* row) {
   cfg.autoTune = 1;
   RunInfo plain = info;
@@ -472,10 +549,17 @@ void runAuto(const Options& o, const RunInfo& info, Rank& r, gradcompConfig_t cf
   a.projection.clear();
   runGradcomp(o, plain, r, cfg, &a);
   row->autoRan = !a.failed;
-  row->autoUs = a.gradcompUs;
   row->autoPassed = a.algoUsed == 0;
   row->autoWrong = a.gradcompWrong;
+  std::string err;
+  gradcompResult_t res = gradcompSuccess;
+  if (!a.failed && !timeAutoPaired(o, r, cfg, row, &err, &res)) {
+    a.failed = true;
+    a.result = res;
+    a.error = "side-by-side timing: " + err;
+  }
   if (a.failed) {
+    row->autoRan = false;
     row->failed = true;
     row->result = a.result;
     row->error = "auto: " + a.error;

@@ -79,9 +79,10 @@ struct Row {
   std::string modelMissing;
   std::vector<ModelPoint> model;
   std::vector<ProjectionPoint> projection;
-  // --auto: the same size through a comm with autoTune=1.
+  // --auto: the same size through a comm with autoTune=1 (checked), then it, a
+  // forced comm and the baseline timed side by side (medians over rounds).
   bool autoRan = false, autoPassed = false;  // passed: auto gave this size to NCCL
-  double autoUs = 0;
+  double autoUs = 0, autoForcedUs = 0, autoNcclUs = 0;
   long autoWrong = -1;
   // gradcomp's result hashed on every rank and compared: 1 identical, 0 not,
   // -1 not compared (buffers on a device).
@@ -103,9 +104,10 @@ struct Row {
   double ncclBusbw() const { return ncclAlgbw() * busFactor(); }
   double speedup() const { return gradcompUs > 0 ? ncclUs / gradcompUs : 0; }
   double ratio() const { return gradcompWire > 0 ? ncclWire / gradcompWire : 0; }
-  // auto's time over the better of forced compression and NCCL, minus 1.
+  // auto's time over the better of forced compression and NCCL, minus 1, all
+  // three timed side by side (autoUs, autoForcedUs, autoNcclUs).
   double autoRegret() const {
-    const double best = gradcompUs < ncclUs ? gradcompUs : ncclUs;
+    const double best = autoForcedUs < autoNcclUs ? autoForcedUs : autoNcclUs;
     return autoRan && best > 0 ? autoUs / best - 1.0 : 0;
   }
 };

@@ -152,7 +152,9 @@ void printPreamble(const Options& o, const RunInfo& info) {
   if (o.autoRow) {
     printf(
         "#  auto: the same size through a comm with GRADCOMP_AUTO=1 (the rows force compression);"
-        " regret = auto / min(gradcomp, NCCL) - 1%s\n",
+        " regret = auto / min(gradcomp, NCCL) - 1,\n#  the three timed side by side: a window "
+        "of each per round, in all 6 orders,\n#  medians over max(-n, 6) rounds "
+        "(docs/benchmark.md)%s\n",
         info.backend == "cpu" ? ";\n#  the CPU backend does not time, so auto compresses" : "");
   }
   printf(
@@ -407,6 +409,8 @@ bool writeJson(const std::string& path, const Options& o, const RunInfo& info,
       fprintf(f, "\"auto_time_us\": %s, \"auto_choice\": %s, \"auto_regret\": %s, ",
               jsonNum(r.autoUs).c_str(), jsonStr(r.autoPassed ? "nccl" : "compress").c_str(),
               jsonNum(r.autoRegret()).c_str());
+      fprintf(f, "\"auto_forced_time_us\": %s, \"auto_nccl_time_us\": %s, ",
+              jsonNum(r.autoForcedUs).c_str(), jsonNum(r.autoNcclUs).c_str());
     }
     fprintf(f, "\"model_missing\": %s, ",
             r.modelMissing.empty() ? "null" : jsonStr(r.modelMissing).c_str());
