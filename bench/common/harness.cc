@@ -477,8 +477,10 @@ double median(std::vector<double> v) {
 // figure is its median over the rounds. The row's own windows, one path
 // after the other, would put the noise between windows into the regret (a
 // min of two noisy times is biased low). Rounds: max(-n, 6) rounded up to a
-// multiple of 6.
+// multiple of 6, and more, 6 at a time, up to kMostRounds, while the timed
+// calls so far took under a second (short calls are the noisy ones).
 constexpr int kOrders[6][3] = {{0, 1, 2}, {1, 2, 0}, {2, 0, 1}, {0, 2, 1}, {2, 1, 0}, {1, 0, 2}};
+constexpr int kMostRounds = 36;
 
 bool timeAutoPaired(const Options& o, Rank& r, gradcompConfig_t cfg, Row* row, std::string* err,
                     gradcompResult_t* result) {
@@ -517,12 +519,16 @@ bool timeAutoPaired(const Options& o, Rank& r, gradcompConfig_t cfg, Row* row, s
     r.sync();
     ok = allOk(r, wok);
   }
-  const int rounds = (std::max(o.iters, 6) + 5) / 6 * 6;
-  for (int k = 0; k < rounds && ok; ++k) {
+  // Every rank sees the same times (the slowest rank's), so all run the same
+  // rounds.
+  const int least = (std::max(o.iters, 6) + 5) / 6 * 6;
+  double spent = 0;
+  for (int k = 0; ok && (k < least || (k % 6 != 0) || (k < kMostRounds && spent < 1e6)); ++k) {
     for (int j = 0; j < 3 && ok; ++j) {
       const int p = kOrders[k % 6][j];
       bool cok = true;
       us[p].push_back(timeCalls(r, 1, 1, &cok, [&] { return path(p); }));
+      spent += us[p].back();
       ok = allOk(r, cok);
     }
   }

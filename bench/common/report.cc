@@ -153,7 +153,7 @@ void printPreamble(const Options& o, const RunInfo& info) {
     printf(
         "#  auto: the same size through a comm with GRADCOMP_AUTO=1 (the rows force compression);"
         " regret = auto / min(gradcomp, NCCL) - 1,\n#  the three timed side by side: a window "
-        "of each per round, in all 6 orders,\n#  medians over max(-n, 6) rounds "
+        "of each per round, in all 6 orders,\n#  medians over max(-n, 6) to 36 rounds "
         "(docs/benchmark.md)%s\n",
         info.backend == "cpu" ? ";\n#  the CPU backend does not time, so auto compresses" : "");
   }
