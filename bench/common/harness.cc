@@ -165,8 +165,10 @@ void modelSocketRow(const Options& o, Rank& r, const gradcompConfig_t& cfg, Row*
   }
 }
 
+// keep: not null, the comm is handed back there instead of destroyed (when
+// the row did not fail).
 void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompConfig_t& cfg,
-                 Row* row) {
+                 Row* row, gradcompComm_t* keep = nullptr) {
   const size_t count = row->count;
   const ncclDataType_t dtype = row->dtype;
   gradcompComm_t comm = nullptr;
@@ -261,7 +263,10 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
                  gradcompGetLastError();
   }
   r.barrier();
-  r.destroyComm(comm);
+  if (keep != nullptr && ok)
+    *keep = comm;
+  else
+    r.destroyComm(comm);
 
   if (!ok || !(info.showModel || info.project)) return;
   // Nodes of `local` ranks (--local-size L > 1; auto is modeled flat).
@@ -468,37 +473,34 @@ double median(std::vector<double> v) {
   return n == 0 ? 0 : n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
-// Auto's regret from times taken side by side: a forced comm (autoTune=0), a
-// tuned comm (autoTune=1; its first call tunes) and the baseline, one window
-// of each path per round (an untimed call, then a timed one, so that each
-// timed call follows its own path's, as in training), the three in another
-// of their 6 orders every round, so that a shared machine's drift and noise,
-// and what a path leaves a shaped link, fall on the three alike. Each path's
-// figure is its median over the rounds. The row's own windows, one path
-// after the other, would put the noise between windows into the regret (a
-// min of two noisy times is biased low). Rounds: max(-n, 6) rounded up to a
-// multiple of 6, and more, 6 at a time, up to kMostRounds, while the timed
-// calls so far took under a second (short calls are the noisy ones).
+// Auto's regret from times taken side by side: a forced comm (autoTune=0),
+// the row's auto comm (autoTune=1, tuned at its first call) and the
+// baseline, one window of each path per round (an untimed call, then a
+// timed one, so that each timed call follows its own path's, as in
+// training), the three in another of their 6 orders every round, so that a
+// shared machine's drift and noise, and what a path leaves a shaped link,
+// fall on the three alike. Each path's figure is its median over the
+// rounds. The row's own windows, one path after the other, would put the
+// noise between windows into the regret (a min of two noisy times is
+// biased low). Rounds: max(-n, 6) rounded up to a multiple of 6, and more,
+// 6 at a time, up to kMostRounds, while the timed calls so far took under a
+// second (short calls are the noisy ones).
 constexpr int kOrders[6][3] = {{0, 1, 2}, {1, 2, 0}, {2, 0, 1}, {0, 2, 1}, {2, 1, 0}, {1, 0, 2}};
 constexpr int kMostRounds = 36;
 
-bool timeAutoPaired(const Options& o, Rank& r, gradcompConfig_t cfg, Row* row, std::string* err,
-                    gradcompResult_t* result) {
+bool timeAutoPaired(const Options& o, Rank& r, gradcompConfig_t cfg, gradcompComm_t autoComm,
+                    Row* row, std::string* err, gradcompResult_t* result) {
   const bool rs = o.collective == Collective::ReduceScatter;
   const size_t count = row->count;
   const ncclDataType_t dtype = row->dtype;
-  gradcompComm_t comm[2] = {nullptr, nullptr};  // forced, auto
-  gradcompResult_t res = gradcompSuccess;
-  bool ok = true;
-  for (int k = 0; k < 2 && ok; ++k) {
-    cfg.autoTune = k;
-    res = r.createComm(cfg, &comm[k]);
-    ok = allOk(r, res == gradcompSuccess);
-    if (!ok) {
-      *err = std::string("gradcompCommCreate: ") + gradcompGetLastError();
-      if (res == gradcompSuccess) r.destroyComm(comm[k]);
-      comm[k] = nullptr;
-    }
+  gradcompComm_t comm[2] = {nullptr, autoComm};  // forced, auto
+  cfg.autoTune = 0;
+  gradcompResult_t res = r.createComm(cfg, &comm[0]);
+  bool ok = allOk(r, res == gradcompSuccess);
+  if (!ok) {
+    *err = std::string("gradcompCommCreate: ") + gradcompGetLastError();
+    if (res == gradcompSuccess) r.destroyComm(comm[0]);
+    comm[0] = nullptr;
   }
   auto path = [&](int p) {
     if (p == 2) {
@@ -512,7 +514,7 @@ bool timeAutoPaired(const Options& o, Rank& r, gradcompConfig_t cfg, Row* row, s
     return res == gradcompSuccess;
   };
   std::vector<double> us[3];
-  // Warm-up; the auto comm's tuning call is its first, never a timed one.
+  // Warm-up (the auto comm has tuned and run the row's calls already).
   for (int p = 0; p < 3 && ok; ++p) {
     bool wok = true;
     for (int i = 0; i < o.warmup; ++i) wok = path(p) && wok;
@@ -544,8 +546,9 @@ bool timeAutoPaired(const Options& o, Rank& r, gradcompConfig_t cfg, Row* row, s
 }
 
 // The row's size again through a fresh comm with autoTune=1: its first call
-// tunes (and is checked against the bound of what it did); then the three
-// paths timed side by side (timeAutoPaired).
+// tunes (and is checked against the bound of what it did); then it, a forced
+// comm and the baseline timed side by side (timeAutoPaired), so that the
+// choice reported is the one timed.
 void runAuto(const Options& o, const RunInfo& info, Rank& r, gradcompConfig_t cfg, Row* row) {
   cfg.autoTune = 1;
   RunInfo plain = info;
@@ -553,13 +556,14 @@ void runAuto(const Options& o, const RunInfo& info, Rank& r, gradcompConfig_t cf
   Row a = *row;
   a.model.clear();
   a.projection.clear();
-  runGradcomp(o, plain, r, cfg, &a);
+  gradcompComm_t comm = nullptr;
+  runGradcomp(o, plain, r, cfg, &a, &comm);
   row->autoRan = !a.failed;
   row->autoPassed = a.algoUsed == 0;
   row->autoWrong = a.gradcompWrong;
   std::string err;
   gradcompResult_t res = gradcompSuccess;
-  if (!a.failed && !timeAutoPaired(o, r, cfg, row, &err, &res)) {
+  if (!a.failed && !timeAutoPaired(o, r, cfg, comm, row, &err, &res)) {
     a.failed = true;
     a.result = res;
     a.error = "side-by-side timing: " + err;
