@@ -165,8 +165,9 @@ void modelSocketRow(const Options& o, Rank& r, const gradcompConfig_t& cfg, Row*
   }
 }
 
-// keep: not null, the comm is handed back there instead of destroyed (when
-// the row did not fail).
+// keep: not null, the comm is handed back there after its checked first
+// call, untimed, for the caller to time (when the row did not fail);
+// null, the row's calls are timed and the comm destroyed.
 void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompConfig_t& cfg,
                  Row* row, gradcompComm_t* keep = nullptr) {
   const size_t count = row->count;
@@ -238,6 +239,8 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
     // After the check, so that --debug-corrupt's element on rank 0 shows here
     // too. A reduce-scatter's ranks hold different blocks: nothing to compare.
     if (!rs) row->identical = ranksIdentical(r, r.recv(), row->bytes);
+  }
+  if (ok && keep == nullptr) {
     bool timedOk = true;
     gradcompGetStats(comm, &s1);
     row->gradcompUs = timeCalls(r, o.warmup, o.iters, &timedOk, call);
