@@ -101,6 +101,14 @@ bool baselineCall(const Options& o, Rank& r, ncclDataType_t dtype, size_t count)
              : r.baseline(r.send(), r.recv(), count, dtype, o.op);
 }
 
+// The row's collective through a gradcomp comm.
+gradcompResult_t gradcompCall(const Options& o, Rank& r, gradcompComm_t comm, ncclDataType_t dtype,
+                              size_t count) {
+  return o.collective == Collective::ReduceScatter
+             ? r.reduceScatter(comm, r.send(), r.recv(), count, dtype, o.op)
+             : r.allReduce(comm, r.send(), r.recv(), count, dtype, o.op);
+}
+
 Baseline runBaseline(const Options& o, Rank& r, ncclDataType_t dtype, size_t count) {
   Baseline b;
   const size_t bytes = count * dtypeSize(dtype);
@@ -183,8 +191,7 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
   }
   const bool rs = o.collective == Collective::ReduceScatter;
   auto call = [&] {
-    res = rs ? r.reduceScatter(comm, r.send(), r.recv(), count, dtype, o.op)
-             : r.allReduce(comm, r.send(), r.recv(), count, dtype, o.op);
+    res = gradcompCall(o, r, comm, dtype, count);
     return res == gradcompSuccess;
   };
   gradcompStats_t s0{}, s1{}, s2{};
@@ -511,8 +518,7 @@ bool timeAutoPaired(const Options& o, Rank& r, gradcompConfig_t cfg, gradcompCom
       if (!bok) *err = rs ? "baseline reduce-scatter failed" : "baseline allreduce failed";
       return bok;
     }
-    res = rs ? r.reduceScatter(comm[p], r.send(), r.recv(), count, dtype, o.op)
-             : r.allReduce(comm[p], r.send(), r.recv(), count, dtype, o.op);
+    res = gradcompCall(o, r, comm[p], dtype, count);
     if (res != gradcompSuccess) *err = gradcompGetLastError();
     return res == gradcompSuccess;
   };
