@@ -407,6 +407,10 @@ AutoRange autoRange(const AutoFigures& f, size_t elementBytes) {
     r.lo = x < 0.0 ? 0 : toCount(floor(x) + 1.0);
   } else if (s < 0.0) {
     r.hi = toCount(ceil(k / -s));  // compress for n < k / -s
+    // Only below the smallest timed count: no timing says compression wins
+    // there, and lines through two noisy points can cross at any small n (both
+    // intercepts negative). Extrapolating down must not turn a loss into a win.
+    if (r.hi <= f.smallCount) r.hi = 0;
   } else if (!(k > 0.0)) {
     r.hi = 0;
   }

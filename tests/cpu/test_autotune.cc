@@ -48,9 +48,14 @@ bool refCompresses(const AutoFigures& f, double n, double elementBytes) {
   const double compPer = (f.compUs[1] - f.compUs[0]) / span;
   const double ncclLatency = f.ncclUs[0] - ncclPer * (double)f.smallCount;
   const double compLatency = f.compUs[0] - compPer * (double)f.smallCount;
-  const double nccl = ncclLatency + ncclPer * elementBytes / 4 * n;
-  const double comp = compLatency + compPer * n;
-  return comp < nccl;
+  const auto wins = [&](double x) {
+    return compLatency + compPer * x < ncclLatency + ncclPer * elementBytes / 4 * x;
+  };
+  // Below the smallest timed count a win needs the line to win at that count
+  // too, when compression has the steeper slope (docs/algorithms.md).
+  if (compPer > ncclPer * elementBytes / 4 && n < (double)f.smallCount)
+    return wins(n) && wins((double)f.smallCount);
+  return wins(n);
 }
 
 // Every count where the decision could turn, and far beyond.
@@ -114,6 +119,26 @@ TEST(AutoTune, CrossoverFromTheFit) {
   EXPECT_EQ(r.lo, 0u);
   EXPECT_EQ(r.hi, 5120u);
   expectMatchesReference(kUpperBound);
+}
+
+// Compression slower at both timed sizes, its line steeper and both
+// intercepts negative (noisy timings on a loaded machine): the lines cross
+// below the smallest timed count, where no timing supports compressing.
+TEST(AutoTune, NoWinIsExtrapolatedBelowTheSmallestTimedCount) {
+  // fp32: NCCL n/128 - 4 us, compressed n/16 - 48 us: equal at n = 804.6,
+  // below smallCount = 1024, where compression is 4x slower (16 against 4 us).
+  const AutoFigures f = figures(1024, 5120, 4, 36, 16, 272);
+  for (size_t eb : {2, 4}) {
+    const AutoRange r = gc::autoRange(f, eb);
+    EXPECT_FALSE(r.contains(1)) << eb;
+    EXPECT_FALSE(r.contains(600)) << eb;
+    EXPECT_FALSE(r.contains(f.smallCount)) << eb;
+    EXPECT_FALSE(r.contains(f.largeCount)) << eb;
+  }
+  expectMatchesReference(f);
+  // The same slopes with compression winning at the smallest count keep the
+  // range below the crossing (kUpperBound above): small calls do gain.
+  EXPECT_TRUE(gc::autoRange(kUpperBound, 4).contains(1));
 }
 
 TEST(AutoTune, BadFiguresAreRefused) {
