@@ -229,7 +229,11 @@ gradcompResult_t gradcompCommSize(gradcompComm_t comm, int* size);
 
 /* Same contract as ncclAllReduce; in place allowed. fp32/fp16/bf16 with
  * Sum or Avg and count >= minElements on more than one rank are compressed;
- * everything else goes to ncclAllReduce unchanged. Residual state is keyed by
+ * everything else goes to ncclAllReduce unchanged, except on a DGC comm with
+ * momentum correction: its fp32/fp16/bf16 Sum/Avg calls that are not
+ * compressed (minElements, autoTune, one rank) still carry its velocity
+ * (v += (u = m*u + g), all of v to ncclAllReduce, v cleared), since the
+ * optimizer adds no momentum then. Residual state is keyed by
  * (recvbuff, count, datatype). */
 gradcompResult_t gradcompAllReduce(const void* sendbuff, void* recvbuff, size_t count,
                                    ncclDataType_t datatype, ncclRedOp_t op, gradcompComm_t comm,

@@ -64,6 +64,8 @@ gradcompResult_t allReduce(const void* send, void* recv, size_t count, ncclDataT
   if (!compressible(*c, count, type, op)) {
     GC_TRACE("pass through: count=%zu type=%d op=%d ranks=%d", count, (int)type, (int)op,
              c->nranks);
+    if (passesMomentum(*c, type, op))
+      return momentumPassThrough(*c, kStateAllReduce, keyed, key, send, recv, count, type, op);
     return passThrough(c, send, recv, count, type, op);
   }
 
@@ -76,6 +78,8 @@ gradcompResult_t allReduce(const void* send, void* recv, size_t count, ncclDataT
   GC_CHECK(autoShouldPass(c, AutoCall::AllReduce, count, dtypeBytes(t), &autoPass));
   if (autoPass) {
     c->stats.callsAutoPassed++;
+    if (passesMomentum(*c, type, op))
+      return momentumPassThrough(*c, kStateAllReduce, keyed, key, send, recv, count, type, op);
     return passThrough(c, send, recv, count, type, op);
   }
   const CallEnd end(*c->backend);

@@ -4,8 +4,11 @@
 #include <string>
 #include <vector>
 
+#include "algorithms/algorithms.h"
 #include "backends/cuda/device_ptr.h"
+#include "backends/sparse_ops.h"
 #include "checks.h"
+#include "codecs/qsgd.h"
 
 namespace gc {
 
@@ -57,6 +60,56 @@ bool compressible(const gradcompComm& c, size_t count, ncclDataType_t type, nccl
   const bool typeOk = type == ncclFloat32 || type == ncclFloat16 || type == ncclBfloat16;
   return c.cfg.method != gradcompMethodNone && typeOk && (op == ncclSum || op == ncclAvg) &&
          count >= c.cfg.minElements && c.nranks > 1;
+}
+
+bool passesMomentum(const gradcompComm& c, ncclDataType_t type, ncclRedOp_t op) {
+  const bool typeOk = type == ncclFloat32 || type == ncclFloat16 || type == ncclBfloat16;
+  return c.cfg.method == gradcompMethodDgc && c.cfg.momentumCorrection && c.cfg.momentum > 0.0f &&
+         typeOk && (op == ncclSum || op == ncclAvg);
+}
+
+gradcompResult_t momentumPassThrough(gradcompComm& c, int kind, bool keyed, uint64_t key,
+                                     const void* send, void* recv, size_t count,
+                                     ncclDataType_t type, ncclRedOp_t op) {
+  const bool rs = kind == kStateReduceScatter;
+  const size_t n = rs ? count * (size_t)c.nranks : count;
+  DType t;
+  GC_CHECK(dtypeFromNccl(type, &t));
+  GC_CHECK(checkBuffers(c, send, n, recv, count, rs ? (size_t)c.rank * count : 0, t));
+  // Workspace: the old v (settle's keep), v itself when there is no error
+  // feedback, the reduce-scatter's input in the buffer type (the caller's
+  // send buffer is read only), the clipping's scratch.
+  BufferState* st = nullptr;
+  size_t keepAt = 0, vAt = 0, typedAt = 0, scratchAt = 0;
+  GC_CHECK(agreePrepared(c, [&]() -> gradcompResult_t {
+    GC_CHECK(findState(c, kind, keyed, key, recv, n, t, &st));
+    size_t p = 0;
+    if (st->residual) keepAt = p, p += alignUp(n * 4);
+    if (!st->residual) vAt = p, p += alignUp(n * 4);
+    if (rs) typedAt = p, p += alignUp(n * dtypeBytes(t));
+    scratchAt = p, p += alignUp(c.sparse->scratchBytes(n, 1));
+    GC_CHECK(c.ensureWorkspace(p));
+    return c.sparse->reserve();
+  }()));
+  if (c.autoState.reserving) return gradcompSuccess;
+  const CallEnd end(*c.backend);
+  SparseOps& ops = *c.sparse;
+  ops.setStream(c.backend->stream());
+  char* ws = static_cast<char*>(c.workspace);
+  float* v = st->residual ? st->residual : reinterpret_cast<float*>(ws + vAt);
+  float* keep = st->residual ? reinterpret_cast<float*>(ws + keepAt) : nullptr;
+  GC_TRACE("momentum pass through: count=%zu type=%d op=%d reduce-scatter=%d", count, (int)type,
+           (int)op, (int)rs);
+  // The send buffer is read before recv, which may alias it, is written.
+  GC_CHECK(ops.accumulate(send, t, n, sparseClipThreshold(c), c.cfg.momentum, st->momentum, v,
+                          st->residual != nullptr, keep, ws + scratchAt));
+  void* typed = rs ? static_cast<void*>(ws + typedAt) : recv;
+  GC_CHECK(c.backend->fromFloat(v, n, 1.0f, t, typed));
+  GC_CHECK(rs ? c.transport->reduceScatter(typed, recv, count, type, op)
+              : c.transport->passThrough(typed, recv, n, type, op));
+  GC_CHECK(ops.settle(v, keep, nullptr, n, true));
+  c.stats.callsPassedThrough++;
+  return gradcompSuccess;
 }
 
 gradcompResult_t checkBuffers(const gradcompComm& c, const void* send, size_t sendCount,

@@ -75,6 +75,24 @@ size_t qsgdWorkspaceBytes(const gradcompComm& c, int bits, BytesFor bytesFor) {
   return ws;
 }
 
+// DGC with momentum correction keeps the velocity that the optimizer then
+// leaves out (momentum 0 on the parameters gradcomp serves), so a call it does
+// not compress must still carry it: true for a DGC comm with momentum
+// correction and m > 0, on fp32/fp16/bf16 Sum/Avg, whatever the count, rank
+// count or GRADCOMP_AUTO decide.
+bool passesMomentum(const gradcompComm& c, ncclDataType_t type, ncclRedOp_t op);
+
+// Such a call, uncompressed: v += (u = m*u + s*g) as a compressed call
+// accumulates (clipping included), all of v goes to NCCL's collective in the
+// buffer type, then v is spent (cleared) and u kept, as in the dense
+// fallback without masking: the step is momentum SGD's. A non-finite v
+// reaches the output and the element's u and v stay as they were. Counted
+// as passed through. `kind` is kStateAllReduce or kStateReduceScatter;
+// `count` is recvcount (the allreduce's count).
+gradcompResult_t momentumPassThrough(gradcompComm& c, int kind, bool keyed, uint64_t key,
+                                     const void* send, void* recv, size_t count,
+                                     ncclDataType_t type, ncclRedOp_t op);
+
 // DGC warm-up changes sizes by stage, which a captured graph cannot follow.
 gradcompResult_t checkWarmupCapture(const gradcompComm& c, const BufferState& s);
 

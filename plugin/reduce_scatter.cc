@@ -45,6 +45,10 @@ gradcompResult_t reduceScatter(const void* send, void* recv, size_t recvCount, n
   if (!compressible(*c, count, type, op)) {
     GC_TRACE("reduce-scatter pass through: recvcount=%zu type=%d op=%d ranks=%d", recvCount,
              (int)type, (int)op, c->nranks);
+    if (passesMomentum(*c, type, op)) {
+      return momentumPassThrough(*c, kStateReduceScatter, keyed, key, send, recv, recvCount, type,
+                                 op);
+    }
     return passThrough(c, send, recv, recvCount, type, op);
   }
 
@@ -57,6 +61,10 @@ gradcompResult_t reduceScatter(const void* send, void* recv, size_t recvCount, n
   GC_CHECK(autoShouldPass(c, AutoCall::ReduceScatter, count, dtypeBytes(t), &autoPass));
   if (autoPass) {
     c->stats.callsAutoPassed++;
+    if (passesMomentum(*c, type, op)) {
+      return momentumPassThrough(*c, kStateReduceScatter, keyed, key, send, recv, recvCount, type,
+                                 op);
+    }
     return passThrough(c, send, recv, recvCount, type, op);
   }
   const CallEnd end(*c->backend);

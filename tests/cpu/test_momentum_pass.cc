@@ -1,0 +1,233 @@
+// DGC's momentum correction on calls gradcomp does not compress: with
+// momentum correction the optimizer adds no momentum of its own to the
+// parameters a DGC comm serves (state.param_groups, the preload's
+// --momentum 0), so a call passed through (a count under minElements,
+// GRADCOMP_AUTO's decision, one rank) must still carry the velocity
+// u = m*u + g. Each check compares with momentum SGD computed here: the same
+// inputs' velocities through a plain pass-through comm, which sums them as
+// the transport does.
+#include <gtest/gtest.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <vector>
+
+#include "autotune.h"
+#include "comm.h"
+#include "gradcomp.h"
+#include "kernels/common_math.cuh"
+#include "tests/common/cpu_world.h"
+#include "tests/common/test_util.h"
+
+namespace {
+
+using gctest::CpuWorld;
+
+constexpr float kM = 0.9f;
+
+gradcompConfig_t dgcConfig() {
+  gradcompConfig_t cfg;
+  gradcompConfigInit(&cfg);
+  cfg.method = gradcompMethodDgc;
+  cfg.density = 0.01f;
+  cfg.momentum = kM;
+  cfg.momentumCorrection = 1;
+  cfg.momentumMasking = 1;
+  cfg.clipNorm = 0.0f;
+  cfg.warmupSteps = 0;
+  cfg.minElements = 1 << 20;  // every call below is smaller: passed through
+  cfg.autoTune = 0;
+  cfg.cpuTimeoutSec = 10.0f;
+  return cfg;
+}
+
+// A comm that passes everything through unchanged: the reference's sums.
+gradcompConfig_t plainConfig() {
+  gradcompConfig_t cfg;
+  gradcompConfigInit(&cfg);
+  cfg.method = gradcompMethodNone;
+  cfg.autoTune = 0;
+  cfg.cpuTimeoutSec = 10.0f;
+  return cfg;
+}
+
+gradcompStats_t statsOf(gradcompComm_t c) {
+  gradcompStats_t s;
+  memset(&s, 0, sizeof(s));
+  EXPECT_EQ(gradcompGetStats(c, &s), gradcompSuccess);
+  return s;
+}
+
+// Element type of the test's buffers: fp32 as float, fp16 as its bits.
+struct Elem {
+  ncclDataType_t type;
+  size_t bytes;
+  float load(const std::vector<uint8_t>& b, size_t i) const {
+    if (type == ncclFloat32) {
+      float f;
+      memcpy(&f, b.data() + 4 * i, 4);
+      return f;
+    }
+    uint16_t h;
+    memcpy(&h, b.data() + 2 * i, 2);
+    return gc::halfToFloat(h);
+  }
+  void store(std::vector<uint8_t>* b, size_t i, float f) const {
+    if (type == ncclFloat32) {
+      memcpy(b->data() + 4 * i, &f, 4);
+    } else {
+      const uint16_t h = gc::floatToHalf(f);
+      memcpy(b->data() + 2 * i, &h, 2);
+    }
+  }
+};
+
+enum class Route { MinElements, Auto };
+
+// `steps` calls of n input elements per rank through a DGC comm that passes
+// them through by `route`, against momentum SGD's velocities summed by a plain
+// comm; bit for bit, and every call counted as passed through.
+void expectMomentumSgd(int N, size_t n, Elem e, ncclRedOp_t op, bool reduceScatter, Route route,
+                       int steps) {
+  gradcompConfig_t cfg = dgcConfig();
+  if (route == Route::Auto) {
+    cfg.autoTune = 1;
+    cfg.minElements = 0;
+  }
+  CpuWorld dgc(N, cfg), plain(N, plainConfig());
+  if (route == Route::Auto) {
+    // NCCL faster at every size: every call passes through by auto's decision.
+    gc::AutoFigures f;
+    f.smallCount = 1024;
+    f.largeCount = 5120;
+    f.ncclUs[0] = 16.0f, f.ncclUs[1] = 32.0f, f.compUs[0] = 48.0f, f.compUs[1] = 80.0f;
+    for (int r = 0; r < N; ++r) gc::autoInjectFigures(dgc.comm(r), f);
+  }
+  const size_t outN = reduceScatter ? n / (size_t)N : n;
+  std::vector<std::vector<float>> u(N, std::vector<float>(n, 0.0f));
+  // Unkeyed state follows the receive buffer: the buffers stay put, as a
+  // training loop's do.
+  std::vector<std::vector<uint8_t>> g(N, std::vector<uint8_t>(n * e.bytes)), vel = g;
+  std::vector<std::vector<uint8_t>> out(N, std::vector<uint8_t>(outN * e.bytes)), ref = out;
+  for (int t = 0; t < steps; ++t) {
+    for (int r = 0; r < N; ++r) {
+      const std::vector<float> x = gctest::normal(n, 1000 + 37 * (uint64_t)t + (uint64_t)r);
+      for (size_t i = 0; i < n; ++i) {
+        e.store(&g[r], i, x[i]);
+        const float p = kM * u[r][i];
+        u[r][i] = p + e.load(g[r], i);
+        e.store(&vel[r], i, u[r][i]);
+      }
+    }
+    auto call = [&](CpuWorld& w, std::vector<std::vector<uint8_t>>& in,
+                    std::vector<std::vector<uint8_t>>& o) {
+      return w.run([&](int r) {
+        return reduceScatter ? gradcompReduceScatter(in[r].data(), o[r].data(), outN, e.type, op,
+                                                     w.comm(r), nullptr)
+                             : gradcompAllReduce(in[r].data(), o[r].data(), n, e.type, op,
+                                                 w.comm(r), nullptr);
+      });
+    };
+    auto res = call(dgc, g, out);
+    auto resRef = call(plain, vel, ref);
+    for (int r = 0; r < N; ++r) {
+      ASSERT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
+      ASSERT_EQ(resRef[r], gradcompSuccess) << gradcompGetLastError();
+      for (size_t i = 0; i < outN; ++i) {
+        ASSERT_EQ(e.load(out[r], i), e.load(ref[r], i))
+            << "step " << t << " rank " << r << " element " << i;
+      }
+    }
+  }
+  for (int r = 0; r < N; ++r) {
+    const gradcompStats_t s = statsOf(dgc.comm(r));
+    EXPECT_EQ(s.callsCompressed, 0u) << r;
+    EXPECT_EQ(s.callsPassedThrough, (uint64_t)steps) << r;
+    EXPECT_EQ(s.callsAutoPassed, route == Route::Auto ? (uint64_t)steps : 0u) << r;
+  }
+}
+
+const Elem kF32{ncclFloat32, 4};
+const Elem kF16{ncclFloat16, 2};
+
+TEST(DgcMomentumPassThrough, CallsUnderMinElementsAreMomentumSgd) {
+  expectMomentumSgd(3, 1000, kF32, ncclSum, false, Route::MinElements, 5);
+  expectMomentumSgd(4, 1024, kF32, ncclAvg, false, Route::MinElements, 3);
+}
+
+TEST(DgcMomentumPassThrough, CallsAutoPassesAreMomentumSgd) {
+  expectMomentumSgd(2, 4096, kF32, ncclSum, false, Route::Auto, 4);
+}
+
+TEST(DgcMomentumPassThrough, HalfBuffers) {
+  expectMomentumSgd(2, 2048, kF16, ncclSum, false, Route::MinElements, 4);
+}
+
+TEST(DgcMomentumPassThrough, ReduceScatter) {
+  expectMomentumSgd(4, 4096, kF32, ncclSum, true, Route::MinElements, 4);
+  expectMomentumSgd(2, 4096, kF32, ncclAvg, true, Route::Auto, 3);
+}
+
+TEST(DgcMomentumPassThrough, OneRankKeepsTheVelocity) {
+  expectMomentumSgd(1, 512, kF32, ncclSum, false, Route::MinElements, 3);
+}
+
+// Without momentum correction the comm keeps no velocity: a passed call is
+// NCCL's, unchanged (the optimizer keeps its own momentum then).
+TEST(DgcMomentumPassThrough, WithoutCorrectionCallsPassUnchanged) {
+  gradcompConfig_t cfg = dgcConfig();
+  cfg.momentumCorrection = 0;
+  CpuWorld w(2, cfg);
+  const size_t n = 1000;
+  std::vector<std::vector<float>> in(2), out(2, std::vector<float>(n));
+  for (int t = 0; t < 3; ++t) {
+    for (int r = 0; r < 2; ++r) in[r] = gctest::normal(n, 50 + 2 * (uint64_t)t + (uint64_t)r);
+    auto res = w.run([&](int r) {
+      return gradcompAllReduce(in[r].data(), out[r].data(), n, ncclFloat32, ncclSum, w.comm(r),
+                               nullptr);
+    });
+    for (int r = 0; r < 2; ++r) {
+      ASSERT_EQ(res[r], gradcompSuccess);
+      for (size_t i = 0; i < n; ++i) ASSERT_EQ(out[r][i], 0.0f + in[0][i] + in[1][i]);
+    }
+  }
+  EXPECT_TRUE(w.comm(0)->states.empty());
+}
+
+// A NaN gradient reaches that step's output and leaves the element's velocity
+// as it was, so the next steps stay finite and are momentum SGD's without it.
+TEST(DgcMomentumPassThrough, NonFiniteGradientDoesNotPoisonTheVelocity) {
+  CpuWorld w(2, dgcConfig());
+  const size_t n = 256, at = 7;
+  std::vector<std::vector<float>> u(2, std::vector<float>(n, 0.0f));
+  std::vector<std::vector<float>> g(2), out(2, std::vector<float>(n));
+  for (int t = 0; t < 4; ++t) {
+    for (int r = 0; r < 2; ++r) g[r] = gctest::normal(n, 70 + 2 * (uint64_t)t + (uint64_t)r);
+    if (t == 1) g[0][at] = NAN;
+    auto res = w.run([&](int r) {
+      return gradcompAllReduce(g[r].data(), out[r].data(), n, ncclFloat32, ncclSum, w.comm(r),
+                               nullptr);
+    });
+    for (int r = 0; r < 2; ++r) {
+      ASSERT_EQ(res[r], gradcompSuccess);
+      for (size_t i = 0; i < n; ++i) {
+        // The step with the NaN leaves rank 0's u of that element alone.
+        if (t == 1 && r == 0 && i == at) continue;
+        const float p = kM * u[r][i];
+        u[r][i] = p + g[r][i];
+      }
+    }
+    for (int r = 0; r < 2; ++r) {
+      for (size_t i = 0; i < n; ++i) {
+        if (t == 1 && i == at) {
+          EXPECT_TRUE(isnan(out[r][i])) << r;
+        } else {
+          ASSERT_EQ(out[r][i], 0.0f + u[0][i] + u[1][i]) << "step " << t << " element " << i;
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
