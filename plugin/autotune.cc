@@ -314,7 +314,7 @@ gradcompResult_t captureRefused() {
 gradcompResult_t tune(gradcompComm* c, AutoCall k) {
   AutoState& a = c->autoState;
   AutoDecision& d = a.of(k);
-  if (!d.injected && !c->backend->onDevice() && !a.timeOnHost) {
+  if (!d.restored && !d.injected && !c->backend->onDevice() && !a.timeOnHost) {
     static std::atomic<bool> logged{false};
     if (!logged.exchange(true)) {
       GC_INFO(
@@ -327,7 +327,10 @@ gradcompResult_t tune(gradcompComm* c, AutoCall k) {
   }
   if (c->backend->capturing()) return captureRefused();
   AutoFigures f;
-  if (d.injected) {
+  if (d.restored) {
+    f = d.restoredFigures;
+    d.restored = false;
+  } else if (d.injected) {
     f = d.injectedFigures;
   } else {
     int refused = -1;
@@ -454,6 +457,24 @@ gradcompResult_t autoRetune(gradcompComm* c) {
   if (!c->autoState.reduceScatter.decided) return gradcompSuccess;
   c->autoState.reduceScatter.decided = false;
   return tune(c, AutoCall::ReduceScatter);
+}
+
+bool autoSavedFigures(const gradcompComm& c, AutoCall k, AutoFigures* f) {
+  const AutoDecision& d = k == AutoCall::ReduceScatter ? c.autoState.reduceScatter
+                                                       : c.autoState.allReduce;
+  if (!d.decided || !d.timed || autoCheckFigures(d.figures) != gradcompSuccess) {
+    clearError();
+    return false;
+  }
+  *f = d.figures;
+  return true;
+}
+
+void autoRestoreFigures(gradcompComm* c, AutoCall k, const AutoFigures& f) {
+  AutoDecision& d = c->autoState.of(k);
+  d.restored = true;
+  d.restoredFigures = f;
+  d.decided = false;
 }
 
 void autoInjectFigures(gradcompComm* c, AutoCall k, const AutoFigures& f) {

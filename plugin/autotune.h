@@ -52,6 +52,8 @@ struct AutoDecision {
   bool timed = false;     // ranges below are in force
   bool injected = false;  // tests: tune with injectedFigures instead of timing
   AutoFigures injectedFigures;
+  bool restored = false;  // a loaded state: the next tuning uses restoredFigures, once
+  AutoFigures restoredFigures;
   uint64_t timedCompressed = 0;  // compressed calls the last timing made
   AutoFigures figures;           // agreed (slowest rank's) figures
   AutoRange range[2];            // [0] 2-byte types (fp16, bf16), [1] fp32
@@ -99,6 +101,13 @@ gradcompResult_t autoShouldPass(gradcompComm* c, AutoCall k, size_t count, size_
 // if it was tuned before (a comm that never reduce-scatters keeps timing it
 // lazily, at its first eligible reduce-scatter).
 gradcompResult_t autoRetune(gradcompComm* c);
+// Checkpoints (state.cc). Saved: the agreed figures of a collective whose
+// decision came from usable figures (false otherwise). Restored: the next
+// tuning of that collective uses these figures instead of timing, once (the
+// ranks still agree on them), so a resumed comm passes and compresses the
+// sizes the saved one did; gradcompCommRetune times afresh.
+bool autoSavedFigures(const gradcompComm& c, AutoCall k, AutoFigures* f);
+void autoRestoreFigures(gradcompComm* c, AutoCall k, const AutoFigures& f);
 // Tests: every later tuning of this comm (of one collective, or of both) uses
 // these local figures instead of timing, on any backend (the agreement still
 // runs).

@@ -17,6 +17,13 @@
 //       in that order, then the history: f64 sumLenMaxSq, f64 sumSq, i32
 //       haveStats, i32 lastBits, i32 budget used, i32 budget position, u32 n,
 //       u32 0, f64[n] budget history.
+//     tag 2, GRADCOMP_AUTO's figures (at most one record; written when a
+//       collective's decision came from usable figures): for the allreduce,
+//       then the reduce-scatter, u32 present, u32 0, u64 smallCount, u64
+//       largeCount, f32 NCCL us at both, f32 compressed us at both. A comm
+//       with autoTune=1 that loads it decides from these figures instead of
+//       timing again, so a resumed run passes and compresses what the saved
+//       one did (bit for bit); autoTune=0 ignores it.
 // New kinds of state get new tags (an older loader refuses them by name);
 // settings get new shape fields in the header's reserved words.
 #include <stdarg.h>
@@ -24,8 +31,10 @@
 #include <string.h>
 
 #include <map>
+#include <string>
 #include <vector>
 
+#include "autotune.h"
 #include "checks.h"
 #include "codecs/bits_policy.h"
 #include "codecs/qsgd.h"
@@ -39,6 +48,10 @@ constexpr uint32_t kVersion = 2;
 constexpr int kShapeFields = 16;
 constexpr size_t kHeaderBytes = 48 + 4 * kShapeFields;
 constexpr uint32_t kTagBuffer = 1;
+constexpr uint32_t kTagAuto = 2;
+constexpr size_t kAutoEntryBytes = 40;  // present, 0, two counts, four times
+constexpr size_t kAutoRecordBytes = 16 + 2 * kAutoEntryBytes;
+constexpr AutoCall kAutoCalls[2] = {AutoCall::AllReduce, AutoCall::ReduceScatter};
 constexpr size_t kRecordPrefix = 16;
 constexpr size_t kBufferFixed = 48;  // the buffer payload before its arrays
 constexpr size_t kHistoryFixed = 40;
@@ -193,9 +206,18 @@ gradcompResult_t histories(gradcompComm& c, std::vector<BitsHistoryRecord>* out,
   return gradcompSuccess;
 }
 
+// GRADCOMP_AUTO's saved figures, per collective; true when there are any.
+bool autoFigures(const gradcompComm& c, AutoFigures f[2], bool have[2]) {
+  bool any = false;
+  for (int k = 0; k < 2; ++k) any |= have[k] = autoSavedFigures(c, kAutoCalls[k], &f[k]);
+  return any;
+}
+
 size_t totalBytes(gradcompComm& c, const std::vector<BitsHistoryRecord>& h,
                   const std::vector<bool>& present) {
-  size_t total = kHeaderBytes, i = 0;
+  AutoFigures f[2];
+  bool have[2];
+  size_t total = kHeaderBytes + (autoFigures(c, f, have) ? kAutoRecordBytes : 0), i = 0;
   for (auto& kv : c.states) {
     total += recordBytes(kv.second, present[i] ? &h[i] : nullptr);
     ++i;
@@ -212,6 +234,13 @@ struct Parsed {
   const char *residual = nullptr, *owner = nullptr, *momentum = nullptr;
   bool hasHistory = false;
   BitsHistoryRecord history;
+};
+
+// The blob's GRADCOMP_AUTO record, validated.
+struct ParsedAuto {
+  bool record = false;
+  bool have[2] = {false, false};
+  AutoFigures f[2];
 };
 
 gradcompResult_t refuse(const char* what, ...) __attribute__((format(printf, 1, 2)));
@@ -294,9 +323,34 @@ gradcompResult_t parseBuffer(const gradcompComm& c, Reader& r, uint64_t index, P
   return gradcompSuccess;
 }
 
+gradcompResult_t parseAuto(Reader& r, uint64_t index, ParsedAuto* out) {
+  for (int k = 0; k < 2; ++k) {
+    uint32_t present, zero;
+    uint64_t small, large;
+    AutoFigures& f = out->f[k];
+    if (!r.get(&present) || !r.get(&zero) || !r.get(&small) || !r.get(&large) ||
+        !r.get(&f.ncclUs[0]) || !r.get(&f.ncclUs[1]) || !r.get(&f.compUs[0]) ||
+        !r.get(&f.compUs[1])) {
+      return refuse("auto record %llu is truncated", (unsigned long long)index);
+    }
+    if (present > 1 || zero != 0) {
+      return refuse("auto record %llu has present=%u, padding %u (expected 0 or 1, 0)",
+                    (unsigned long long)index, present, zero);
+    }
+    f.smallCount = (size_t)small;
+    f.largeCount = (size_t)large;
+    out->have[k] = present == 1;
+    if (out->have[k] && autoCheckFigures(f) != gradcompSuccess) {
+      const std::string why = gradcompGetLastError();
+      return refuse("auto record %llu: %s", (unsigned long long)index, why.c_str());
+    }
+  }
+  return gradcompSuccess;
+}
+
 // Checks the whole blob; fills the records and the step.
 gradcompResult_t parse(const gradcompComm& c, const char* blob, size_t bytes,
-                       std::vector<Parsed>* recs, uint64_t* step) {
+                       std::vector<Parsed>* recs, ParsedAuto* autoRec, uint64_t* step) {
   if (bytes < kHeaderBytes) {
     return refuse("%zu bytes are fewer than the %zu of a state header", bytes, kHeaderBytes);
   }
@@ -350,25 +404,34 @@ gradcompResult_t parse(const gradcompComm& c, const char* blob, size_t bytes,
     if (!r.get(&tag) || !r.get(&zero) || !r.get(&recBytes)) {
       return refuse("record %llu is truncated", (unsigned long long)i);
     }
-    if (tag != kTagBuffer || zero != 0) {
+    if ((tag != kTagBuffer && tag != kTagAuto) || zero != 0) {
       return refuse(
-          "record %llu has tag %u, which this gradcomp does not know (it reads tag %u, "
-          "buffer state)",
-          (unsigned long long)i, tag, kTagBuffer);
+          "record %llu has tag %u, which this gradcomp does not know (it reads tags %u, "
+          "buffer state, and %u, GRADCOMP_AUTO's figures)",
+          (unsigned long long)i, tag, kTagBuffer, kTagAuto);
     }
     if (recBytes < kRecordPrefix || recBytes - kRecordPrefix > r.left()) {
       return refuse("record %llu says it is %llu bytes; %zu are left", (unsigned long long)i,
                     (unsigned long long)recBytes, r.left() + kRecordPrefix);
     }
     Reader body(r.take(recBytes - kRecordPrefix), recBytes - kRecordPrefix);
+    if (tag == kTagAuto) {
+      if (autoRec->record) return refuse("record %llu is a second auto record", (unsigned long long)i);
+      autoRec->record = true;
+      GC_CHECK(parseAuto(body, i, autoRec));
+      if (body.left() != 0) {
+        return refuse("record %llu has %zu bytes past its end", (unsigned long long)i, body.left());
+      }
+      continue;
+    }
     recs->emplace_back();
     GC_CHECK(parseBuffer(c, body, i, &recs->back()));
     if (body.left() != 0) {
       return refuse("record %llu has %zu bytes past its end", (unsigned long long)i, body.left());
     }
-    if (!seen.emplace((*recs)[i].key, i).second) {
+    if (!seen.emplace(recs->back().key, i).second) {
       return refuse("records %llu and %llu are for the same buffer",
-                    (unsigned long long)seen[(*recs)[i].key], (unsigned long long)i);
+                    (unsigned long long)seen[recs->back().key], (unsigned long long)i);
     }
   }
   if (r.left() != 0) return refuse("%zu bytes follow the last record", r.left());
@@ -410,7 +473,10 @@ gradcompResult_t saveState(gradcompComm_t comm, void* buffer, size_t bytes) {
   w.put<uint32_t>(0);  // CRC, below
   w.put<uint64_t>(need), w.put<uint64_t>(comm->step);
   w.put<int32_t>(comm->rank), w.put<int32_t>(comm->nranks);
-  w.put<uint64_t>(comm->states.size());
+  AutoFigures af[2];
+  bool have[2];
+  const bool autoRec = autoFigures(*comm, af, have);
+  w.put<uint64_t>(comm->states.size() + (autoRec ? 1 : 0));
   int32_t shape[kShapeFields];
   shapeOf(*comm, shape);
   for (int i = 0; i < kShapeFields; ++i) w.put<int32_t>(shape[i]);
@@ -440,6 +506,16 @@ gradcompResult_t saveState(gradcompComm_t comm, void* buffer, size_t bytes) {
       for (double v : h->halfLog2A) w.put<double>(v);
     }
   }
+  if (autoRec) {
+    w.put<uint32_t>(kTagAuto), w.put<uint32_t>(0), w.put<uint64_t>(kAutoRecordBytes);
+    for (int k = 0; k < 2; ++k) {
+      const AutoFigures f = have[k] ? af[k] : AutoFigures();
+      w.put<uint32_t>(have[k] ? 1u : 0u), w.put<uint32_t>(0);
+      w.put<uint64_t>(f.smallCount), w.put<uint64_t>(f.largeCount);
+      w.put<float>(f.ncclUs[0]), w.put<float>(f.ncclUs[1]);
+      w.put<float>(f.compUs[0]), w.put<float>(f.compUs[1]);
+    }
+  }
   const uint32_t crc = blobCrc(blob, need);
   memcpy(blob + kCrcOffset, &crc, 4);
   return gradcompSuccess;
@@ -451,8 +527,9 @@ gradcompResult_t loadState(gradcompComm_t comm, const void* buffer, size_t bytes
   GC_ARG(buffer != nullptr, "buffer is NULL (bytes=%zu)", bytes);
   comm->backend->useOwnStream();  // the last call's stream may be gone
   std::vector<Parsed> recs;
+  ParsedAuto autoRec;
   uint64_t step = 0;
-  GC_CHECK(parse(*comm, static_cast<const char*>(buffer), bytes, &recs, &step));
+  GC_CHECK(parse(*comm, static_cast<const char*>(buffer), bytes, &recs, &autoRec, &step));
   // Build the new states aside; the comm changes only once all of them exist.
   std::map<StateKey, BufferState> fresh;
   auto releaseFresh = [&] {
@@ -489,6 +566,11 @@ gradcompResult_t loadState(gradcompComm_t comm, const void* buffer, size_t bytes
   // Ranks restored from blobs of different steps must not go on: the next
   // call checks that they agree.
   comm->verifyNext = true;
+  if (comm->cfg.autoTune) {
+    for (int k = 0; k < 2; ++k) {
+      if (autoRec.have[k]) autoRestoreFigures(comm, kAutoCalls[k], autoRec.f[k]);
+    }
+  }
   return comm->backend->setStep(step);
 }
 

@@ -342,7 +342,7 @@ void checkTimingLeavesTheCommAsItWas(int N, size_t count, const CallFn& call,
     std::vector<void*> workspace(N);
     for (int r = 0; r < N; ++r) {
       gradcompComm* c = w.comm(r);
-      saved[r] = gctest::savedState(c);
+      saved[r] = gctest::savedBufferState(c);
       statsBefore[r] = stats(c);
       workspace[r] = c->workspace;
       (c->autoState.*which).injected = false;
@@ -369,7 +369,7 @@ void checkTimingLeavesTheCommAsItWas(int N, size_t count, const CallFn& call,
       EXPECT_EQ(c->workspace, workspace[r]);
       const gradcompStats_t s = stats(c);
       EXPECT_TRUE(gctest::sameStats(s, statsBefore[r])) << "rank " << r;
-      EXPECT_TRUE(gctest::savedState(c) == saved[r]) << "the residual state changed";
+      EXPECT_TRUE(gctest::savedBufferState(c) == saved[r]) << "the residual state changed";
       c->cfg.minElements = 0;
       gc::autoInjectFigures(c, kCompressWins);
     }
@@ -760,7 +760,7 @@ TEST(AutoTune, ReduceScatterPassLeavesTheResidualAlone) {
       EXPECT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
       EXPECT_TRUE(w.comm(r)->autoState.allReduce.timed);
       EXPECT_TRUE(w.comm(r)->autoState.reduceScatter.timed);
-      before[r] = gctest::savedState(w.comm(r));
+      before[r] = gctest::savedBufferState(w.comm(r));
     }
     std::vector<std::vector<float>> in;
     auto out = rsAll(w, rc, 23, &in, keyed);
@@ -770,7 +770,7 @@ TEST(AutoTune, ReduceScatterPassLeavesTheResidualAlone) {
       EXPECT_EQ(s.callsReduceScatter, 2u);
       EXPECT_EQ(s.callsAutoPassed, 1u);
       EXPECT_EQ(s.steps, 2u);
-      EXPECT_TRUE(gctest::savedState(w.comm(r)) == before[r])
+      EXPECT_TRUE(gctest::savedBufferState(w.comm(r)) == before[r])
           << "the residual state changed, rank " << r;
     }
   }
@@ -931,4 +931,98 @@ TEST(AutoTune, ReduceScatterRefusedUnderCapture) {
     EXPECT_TRUE(w.comm(r)->autoState.reduceScatter.timed);
     EXPECT_EQ(stats(w.comm(r)).callsReduceScatter, 1u);
   }
+}
+
+// A checkpoint carries auto's agreed figures: a comm that loads it decides as
+// the saved one did (the resumed run passes and compresses the same calls, bit
+// for bit), not from a timing of its own; gradcompCommRetune times afresh, and
+// autoTune=0 ignores them.
+TEST(AutoTune, ALoadedStateDecidesAsTheSavedComm) {
+  auto blobOf = [](gradcompComm_t c) {
+    size_t bytes = 0;
+    EXPECT_EQ(gradcompCommStateSize(c, &bytes), gradcompSuccess);
+    std::vector<char> b(bytes);
+    EXPECT_EQ(gradcompCommSaveState(c, b.data(), bytes), gradcompSuccess) << gradcompGetLastError();
+    return b;
+  };
+  std::vector<std::vector<char>> blobs(2), untimed(2);
+  {
+    gctest::CpuWorld saved(2, autoConfig(1));
+    for (int r = 0; r < 2; ++r) untimed[r] = blobOf(saved.comm(r));
+    for (int r = 0; r < 2; ++r) gc::autoInjectFigures(saved.comm(r), kNcclWins);
+    callAll(saved, 5000, 21);  // tunes: NCCL wins, passed
+    for (int r = 0; r < 2; ++r) {
+      ASSERT_EQ(stats(saved.comm(r)).callsAutoPassed, 1u);
+      blobs[r] = blobOf(saved.comm(r));
+      // The figures' record: 96 bytes more than before any tuning.
+      EXPECT_EQ(blobs[r].size(), untimed[r].size() + 96) << r;
+    }
+  }
+  // This comm's own figures would compress everything; the loaded ones pass.
+  gctest::CpuWorld resumed(2, autoConfig(1));
+  for (int r = 0; r < 2; ++r) {
+    gc::autoInjectFigures(resumed.comm(r), kCompressWins);
+    ASSERT_EQ(gradcompCommLoadState(resumed.comm(r), blobs[r].data(), blobs[r].size()),
+              gradcompSuccess)
+        << gradcompGetLastError();
+  }
+  callAll(resumed, 5000, 22);
+  for (int r = 0; r < 2; ++r) {
+    const gradcompStats_t s = stats(resumed.comm(r));
+    EXPECT_EQ(s.callsAutoPassed, 1u) << r;
+    EXPECT_EQ(s.callsCompressed, 0u) << r;
+    const gc::AutoDecision& d = resumed.comm(r)->autoState.allReduce;
+    EXPECT_EQ(d.figures.ncclUs[1], kNcclWins.ncclUs[1]);
+    EXPECT_EQ(d.figures.compUs[1], kNcclWins.compUs[1]);
+    EXPECT_FALSE(d.restored);
+  }
+  // Saved again: the same figures, so a second resume decides alike too.
+  for (int r = 0; r < 2; ++r) EXPECT_EQ(blobOf(resumed.comm(r)).size(), blobs[r].size());
+  auto res = resumed.run([&](int r) { return gradcompCommRetune(resumed.comm(r), nullptr); });
+  for (int r = 0; r < 2; ++r) ASSERT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
+  callAll(resumed, 5000, 23);
+  for (int r = 0; r < 2; ++r) EXPECT_EQ(stats(resumed.comm(r)).callsCompressed, 1u) << r;
+
+  gctest::CpuWorld off(2, autoConfig(0));
+  for (int r = 0; r < 2; ++r) {
+    ASSERT_EQ(gradcompCommLoadState(off.comm(r), blobs[r].data(), blobs[r].size()),
+              gradcompSuccess);
+  }
+  callAll(off, 5000, 24);
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_EQ(stats(off.comm(r)).callsCompressed, 1u) << r;
+    EXPECT_FALSE(off.comm(r)->autoState.allReduce.restored) << r;
+  }
+}
+
+// A figures record that does not hold usable figures is refused by name.
+TEST(AutoTune, ALoadedStateWithBadFiguresIsRefused) {
+  std::vector<char> blob;
+  {
+    gctest::CpuWorld saved(2, autoConfig(1));
+    for (int r = 0; r < 2; ++r) gc::autoInjectFigures(saved.comm(r), kNcclWins);
+    callAll(saved, 5000, 31);
+    size_t bytes = 0;
+    ASSERT_EQ(gradcompCommStateSize(saved.comm(0), &bytes), gradcompSuccess);
+    blob.resize(bytes);
+    ASSERT_EQ(gradcompCommSaveState(saved.comm(0), blob.data(), bytes), gradcompSuccess);
+  }
+  // The allreduce's first time (NCCL at smallCount), 16 + 8 + 16 bytes into the
+  // record at the end; the CRC over the blob with its own field zeroed.
+  const size_t at = blob.size() - 80 + 24;
+  const float bad = -5.0f;
+  memcpy(blob.data() + at, &bad, 4);
+  uint32_t crc = ~0u;
+  for (size_t i = 0; i < blob.size(); ++i) {
+    crc ^= (unsigned char)(i >= 12 && i < 16 ? 0 : blob[i]);
+    for (int k = 0; k < 8; ++k) crc = (crc >> 1) ^ (0x82F63B78u & (0u - (crc & 1u)));
+  }
+  crc = ~crc;
+  memcpy(blob.data() + 12, &crc, 4);
+  gctest::CpuWorld w(2, autoConfig(1));
+  EXPECT_EQ(gradcompCommLoadState(w.comm(0), blob.data(), blob.size()), gradcompInvalidArgument);
+  const std::string why = gradcompGetLastError();
+  EXPECT_NE(why.find("auto record"), std::string::npos) << why;
+  EXPECT_NE(why.find("NCCL -5 us"), std::string::npos) << why;
+  EXPECT_FALSE(w.comm(0)->autoState.allReduce.restored);
 }

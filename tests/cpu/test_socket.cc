@@ -93,7 +93,7 @@ std::vector<Trace> drive(World& world, size_t count, ncclDataType_t t, ncclRedOp
     }
   }
   for (int r = 0; r < N; ++r) {
-    traces[r].state = gctest::savedState(world.comm(r));
+    traces[r].state = gctest::savedBufferState(world.comm(r));
     EXPECT_EQ(gradcompGetStats(world.comm(r), &traces[r].stats), gradcompSuccess);
   }
   return traces;

@@ -14,6 +14,7 @@
 #include "gradcomp.h"
 #include "plugin/autotune.h"
 #include "plugin/comm.h"
+#include "tests/common/cpu_world.h"
 #include "tests/common/stats_compare.h"
 #include "tests/common/test_util.h"
 #include "tests/gpu/gpu_util.h"
@@ -46,12 +47,11 @@ gradcompConfig_t topkConfig(int autoTune) {
   return cfg;
 }
 
+// The buffers' saved states, without auto's figures record (which a timing
+// rewrites by design); still a blob that loads.
 std::vector<char> savedState(gradcompComm* c) {
-  size_t bytes = 0;
-  EXPECT_EQ(gradcompCommStateSize(c, &bytes), gradcompSuccess);
-  std::vector<char> v(bytes);
-  EXPECT_EQ(gradcompCommSaveState(c, v.data(), bytes), gradcompSuccess);
-  return v;
+  const std::vector<uint8_t> s = gctest::savedBufferState(c);
+  return std::vector<char>(s.begin(), s.end());
 }
 
 TEST_F(AutoTuneGpu, TimingLeavesTheCommAsItWas) {
