@@ -338,8 +338,8 @@ def worker(args):
     elif mode == "hook":
         st = state.stats()
         g = st["gradcomp"] or {}
-        # Calls gradcomp passed to NCCL (fewer than min_elements) are dense on the ring too.
-        passed = st["compressed_dense_bytes"] - g.get("bytes_in", 0)
+        # Calls gradcomp passed to NCCL (fewer than min_elements, auto) are dense on the ring too.
+        passed = st["passed_dense_bytes"]
         per_step = (g.get("bytes_on_wire", 0) + ring * (st["full_precision_bytes"] + passed)
                     + ring * dense * st["uncompressed_steps"]) / STEPS
     elif sent["bytes"]:

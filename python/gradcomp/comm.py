@@ -183,6 +183,13 @@ class Comm:
             out[T.snake(name)] = v
         return out
 
+    def call_counts(self):
+        """(calls_compressed, calls_passed_through, calls_auto_passed): the three counters a
+        hook compares around one call to learn whether gradcomp compressed it, in one read."""
+        s = T.StatsStruct()
+        check(lib().gradcompGetStatsSized(self.handle, ctypes.byref(s), ctypes.sizeof(s)))
+        return s.callsCompressed, s.callsPassedThrough, s.callsAutoPassed
+
     def close(self):
         if self._h:
             h, self._h = self._h, ctypes.c_void_p()

@@ -52,7 +52,8 @@ class Config:
     min_elements, error_feedback, ...; enum fields also take the GRADCOMP_*
     spellings, method="dgc", algo="ring") and validates with
     gradcompConfigValidate. A bad value raises InvalidArgumentError (a
-    ValueError) with the library's sentence, e.g. "bits=9 is out of range 2..8".
+    ValueError) with the library's sentence, e.g. "bits=9 (GRADCOMP_BITS) is out of
+    range 2..8".
     """
 
     def __init__(self, from_env=True, **settings_):

@@ -72,8 +72,9 @@ def main():
         path = gradcomp.library_path()
         major, minor, patch = gradcomp.version()
         yes = lambda name: "yes" if gradcomp.has(name) else "no"  # noqa: E731
-        print(f"libgradcomp: {path} (version {major}.{minor}.{patch}); reduce-scatter: "
-              f"{yes('gradcompReduceScatter')}; CPU backend over TCP (backend='cpu'): "
+        # The FSDP2 reduce-scatter needs the keyed entry point (fsdp.py).
+        print(f"libgradcomp: {path} (version {major}.{minor}.{patch}); reduce-scatter (FSDP2): "
+              f"{yes('gradcompReduceScatterKeyed')}; CPU backend over TCP (backend='cpu'): "
               f"{yes('gradcompCommCreateSocket')}")
     except gradcomp.GradcompError as e:
         ok = False

@@ -10,6 +10,7 @@ the resume check).
 """
 import hashlib
 import json
+import warnings
 import sys
 import threading
 import time
@@ -178,33 +179,42 @@ def dgc(out, rank):
     runs = {"ref": (d_ref, o_ref)}
     states = []
     # "groups": as documented; "twice": every parameter with the optimizer's momentum too,
-    # the mistake param_groups exists to prevent (the test checks it is told apart).
-    for name in ("groups", "twice"):
+    # the mistake param_groups exists to prevent (the test checks it is told apart);
+    # "passed": DGC at 0.1% with masking, but every call under min_elements, so gradcomp
+    # passes it through: it must still carry gradcomp's velocity (momentum SGD again).
+    for name in ("groups", "twice", "passed"):
         model = make()
         d = DDP(model, bucket_cap_mb=100)
+        dense = dict(density=1.0, momentum_masking=0, min_elements=0)
+        passed = dict(density=0.001, momentum_masking=1, min_elements=1 << 20)
         st = gct.GradcompState(module=model, start_iter=0, backend="cpu",
-                               config=gradcomp.Config(from_env=False, method="dgc", density=1.0,
-                                                      momentum=m, momentum_masking=0,
-                                                      min_elements=0, auto_tune=0))
+                               config=gradcomp.Config(from_env=False, method="dgc", momentum=m,
+                                                      auto_tune=0,
+                                                      **(passed if name == "passed" else dense)))
         d.register_comm_hook(st, gct.gradcomp_hook)
         groups = st.param_groups(d.parameters())
         if name == "groups":
             res["membership"] = [[(n, g["momentum"]) for n, p in model.named_parameters()
                               if any(p is q for q in g["params"])] for g in groups]
-            opt = torch.optim.SGD(groups, lr=0.05)
-        else:
+        if name == "twice":
             opt = torch.optim.SGD(d.parameters(), lr=0.05, momentum=m)
+        else:
+            opt = torch.optim.SGD(groups, lr=0.05)
         runs[name] = (d, opt)
         states.append(st)
-    for step in range(6):
-        x, y = batch(step, rank, 32)
-        for d, opt in runs.values():
-            opt.zero_grad(set_to_none=True)
-            nn.functional.cross_entropy(d(x), y).backward()
-            opt.step()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for step in range(6):
+            x, y = batch(step, rank, 32)
+            for d, opt in runs.values():
+                opt.zero_grad(set_to_none=True)
+                nn.functional.cross_entropy(d(x), y).backward()
+                opt.step()
+    res["passed_warnings"] = [str(w.message) for w in caught if "uncompressed" in str(w.message)]
     for name, (d, _) in runs.items():
         res[name] = [p.detach().clone() for p in d.parameters()]
     res["stats"] = states[0].stats()
+    res["passed_stats"] = states[2].stats()
     qsgd = gct.GradcompState(module=ref, backend="cpu", config=config())
     res["qsgd_groups"] = len(qsgd.param_groups(ref.parameters()))
     off = gct.GradcompState(module=ref, backend="cpu", method="dgc", momentum_correction=0,

@@ -781,8 +781,9 @@ class RealDdpBuckets(unittest.TestCase):
         self.assertEqual((st["iter"], st["uncompressed_steps"]), (self.STEPS, 1))
         # DDP rebuilt its bucket after step 0 (the uncompressed one): one plan, for the new order.
         self.assertEqual(len(state._plans), 1)
-        self.assertEqual(st["compressed_calls"], comp)
-        self.assertEqual(st["compressed_dense_bytes"], 4 * (128 * 64 + 10 * 128) * comp)
+        # The one-rank world passes every call through: handed to gradcomp, not compressed.
+        self.assertEqual((st["compressed_calls"], st["passed_calls"]), (0, comp))
+        self.assertEqual(st["passed_dense_bytes"], 4 * (128 * 64 + 10 * 128) * comp)
         self.assertEqual(st["full_precision_bytes"], 4 * (128 + 10 + 10 + 10) * comp)
         self.assertEqual(st["compressed_params"], ["0.weight", "2.weight"])
         self.assertEqual(st["full_precision_params"], ["0.bias", "2.bias", "3.bias", "3.weight"])
@@ -1047,6 +1048,18 @@ class CpuBackendDgcMomentum(unittest.TestCase):
                                f"rank {r}: momentum applied twice is only {twice} away")
             self.assertEqual(res["qsgd_groups"], 1)
             self.assertEqual(res["uncorrected_groups"], 1)
+            # DGC at 0.1% whose calls gradcomp passes through (under min_elements): the
+            # compressed parameters still get gradcomp's velocity, so momentum SGD again,
+            # counted as passed and warned about once.
+            passed = max(float((a - b).abs().max()) for a, b in zip(res["passed"], res["ref"]))
+            self.assertLess(passed, 1e-5, f"rank {r}: passed-through DGC is {passed} from "
+                            "momentum SGD (its parameters lost their momentum)")
+            ps = res["passed_stats"]
+            self.assertEqual((ps["compressed_calls"], ps["passed_calls"]), (0, 6))
+            self.assertEqual(ps["gradcomp"]["calls_passed_through"], 6)
+            self.assertEqual(len(res["passed_warnings"]), 1, res["passed_warnings"])
+            self.assertIn("min_elements=1048576", res["passed_warnings"][0])
+            self.assertIn("still applies its DGC momentum", res["passed_warnings"][0])
 
 
 @unittest.skipIf(torch is None, "PyTorch is not installed")

@@ -103,8 +103,11 @@ class GradcompState:
         self._plans = {}
         self._paused = False
         self._warned = set()
+        # compressed_*: calls gradcomp compressed; passed_*: calls handed to gradcomp that it
+        # sent uncompressed (GRADCOMP_AUTO, min_elements; a DGC comm still applies its momentum).
         self.counters = {"compressed_calls": 0, "full_precision_calls": 0,
                          "full_precision_bytes": 0, "compressed_dense_bytes": 0,
+                         "passed_calls": 0, "passed_dense_bytes": 0,
                          "uncompressed_steps": 0}
         self.full_precision_params = set()
         self.compressed_params = set()
@@ -172,6 +175,9 @@ class GradcompState:
     # ------------------------------------------------------------------ stats
     def stats(self):
         """gradcomp's counters (bytes_on_wire, calls_compressed, ...) and the hook's own:
+        compressed_calls / compressed_dense_bytes (calls gradcomp compressed, their dense
+        bytes), passed_calls / passed_dense_bytes (calls handed to gradcomp that it sent
+        uncompressed: GRADCOMP_AUTO, min_elements; warned once),
         full_precision_bytes (dense bytes sent by the uncompressed allreduce), the names of
         the parameters kept in full precision and of the compressed ones, and per bucket
         seen at a compressed step its [compressed, full-precision] element counts (what one
@@ -231,6 +237,32 @@ class GradcompState:
             raise RuntimeError(_ABORTED)
 
     # --------------------------------------------------------------- internal
+    def _count_call(self, comm, before, dense_bytes, what, count):
+        """Counts a call handed to gradcomp as compressed or passed through, from gradcomp's
+        counters before (comm.call_counts()) and after it; warns once per reason when gradcomp
+        sent it uncompressed, so that no run is silently uncompressed."""
+        after = comm.call_counts()
+        if after[0] > before[0]:
+            self.counters["compressed_calls"] += 1
+            self.counters["compressed_dense_bytes"] += dense_bytes
+            return
+        self.counters["passed_calls"] += 1
+        self.counters["passed_dense_bytes"] += dense_bytes
+        if after[2] > before[2]:
+            why = ("GRADCOMP_AUTO timed NCCL faster than compression for calls of this size on "
+                   "this link (auto_tune=0 compresses every call; GRADCOMP_DEBUG=INFO shows the "
+                   "timings)", "auto")
+        elif count < self.config.min_elements:
+            why = (f"fewer than min_elements={self.config.min_elements} elements are not worth "
+                   "compressing", "min")
+        else:
+            why = ("gradcomp compresses only between two or more ranks", "one rank")
+        extra = (" gradcomp still applies its DGC momentum to it."
+                 if self.config.method == "dgc" and self.config.momentum_correction else "")
+        self._warn_once(("passed", why[1]), f"gradcomp sent {what} ({count} elements) "
+                        f"uncompressed: {why[0]}.{extra} state.stats() counts such calls in "
+                        "passed_calls (warned once)")
+
     def _warn_once(self, what, msg):
         if what not in self._warned:
             self._warned.add(what)
@@ -447,11 +479,12 @@ def _reduce_bucket(state, bucket, buf, stream):
 
     comm = state.comm(buf.device)
     dtype = _DTYPES[buf.dtype]
-    state.counters["compressed_calls"] += 1
-    state.counters["compressed_dense_bytes"] += plan["comp_n"] * elem
+    what = f"bucket {bucket.index()}'s compressed part"
+    before = comm.call_counts()
     if plan["full_n"] == 0:
         comm.allreduce_raw(buf.data_ptr(), buf.data_ptr(), buf.numel(), dtype, "avg",
                            stream.handle, plan["key"])
+        state._count_call(comm, before, plan["comp_n"] * elem, what, plan["comp_n"])
         return stream.done(buf)
 
     # Mixed bucket: the full-precision part starts first on torch's NCCL stream,
@@ -464,6 +497,7 @@ def _reduce_bucket(state, bucket, buf, stream):
     comp = _gather(buf, plan["comp"], plan["comp_n"])
     comm.allreduce_raw(comp.data_ptr(), comp.data_ptr(), comp.numel(), dtype, "avg",
                        stream.handle, plan["key"])
+    state._count_call(comm, before, plan["comp_n"] * elem, what, plan["comp_n"])
     _scatter(comp, buf, plan["comp"])
     comp_done = stream.mark()
 

@@ -102,10 +102,11 @@ class GradcompReduceScatter(_Base):
             raise ValueError("FSDP reduces over another process group than the GradcompState's: "
                              "make the state with process_group=<FSDP's shard group>")
         comm = self.state.comm(out.device)
+        before = comm.call_counts()
         comm.reduce_scatter_raw(inp.data_ptr(), out.data_ptr(), out.numel(), _DTYPES[inp.dtype],
                                 opname, stream_handle(), self.key)
-        self.state.counters["compressed_calls"] += 1
-        self.state.counters["compressed_dense_bytes"] += inp.numel() * inp.element_size()
+        self.state._count_call(comm, before, inp.numel() * inp.element_size(),
+                               "an FSDP reduce-scatter", inp.numel())
         # Enqueued on the current stream, like a synchronous collective: nothing to wait on.
         return None
 
