@@ -460,8 +460,8 @@ gradcompResult_t autoRetune(gradcompComm* c) {
 }
 
 bool autoSavedFigures(const gradcompComm& c, AutoCall k, AutoFigures* f) {
-  const AutoDecision& d = k == AutoCall::ReduceScatter ? c.autoState.reduceScatter
-                                                       : c.autoState.allReduce;
+  const AutoDecision& d =
+      k == AutoCall::ReduceScatter ? c.autoState.reduceScatter : c.autoState.allReduce;
   if (!d.decided || !d.timed || autoCheckFigures(d.figures) != gradcompSuccess) {
     clearError();
     return false;

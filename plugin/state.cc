@@ -416,7 +416,8 @@ gradcompResult_t parse(const gradcompComm& c, const char* blob, size_t bytes,
     }
     Reader body(r.take(recBytes - kRecordPrefix), recBytes - kRecordPrefix);
     if (tag == kTagAuto) {
-      if (autoRec->record) return refuse("record %llu is a second auto record", (unsigned long long)i);
+      if (autoRec->record)
+        return refuse("record %llu is a second auto record", (unsigned long long)i);
       autoRec->record = true;
       GC_CHECK(parseAuto(body, i, autoRec));
       if (body.left() != 0) {
