@@ -21,6 +21,7 @@ int main(int argc, char** argv) {
     }
   }
   gcbench::applyDefaults(&o, gpus);
+  if (!gcbench::checkOptions(o, &code)) return code;
   if (o.backend == gcbench::BackendKind::Socket) return gcbench::runSocket(o);
   return o.backend == gcbench::BackendKind::Cpu ? gcbench::runCpu(o) : gcbench::runCuda(o);
 }

@@ -8,9 +8,13 @@ math says, and that a corrupted element makes the run fail.
 The link model on the CPU backend: its kernel times are the newest committed
 GPU report's rates (never the host codecs'), a missing or garbled report
 leaves the modeled columns out with a sentence, and the --model-nodes
-projection matches the byte and time formulas of docs/benchmark.md.
+projection matches the byte and time formulas of docs/benchmark.md. The flags' edges
+(check_flags): crossed, zero or empty size ranges and a --local-size that does not divide -N
+refused with exit 2, GRADCOMP_METHOD and GRADCOMP_LOCAL_SIZE taken as their flags are, every
+scalar JSON field in the --csv, --help's ranges.
 Usage: smoke_check.py GRADCOMP_PERF WORKDIR SOURCE_DIR
 """
+import csv
 import glob
 import json
 import math
@@ -35,6 +39,121 @@ def run(perf, args, json_path, env=None):
     print(p.stdout)
     with open(json_path) as f:
         return p.returncode, p.stdout, json.load(f)["rows"]
+
+
+def run_plain(perf, args, env=None):
+    """A run whose refusal (no JSON) is the point: its exit code and output."""
+    cmd = [perf, "--backend", "cpu"] + args
+    p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                       timeout=100, env=dict(os.environ, **(env or {})))
+    print("$", " ".join(cmd), "-> exit", p.returncode)
+    print(p.stdout)
+    return p.returncode, p.stdout
+
+
+def csv_matches_json(tag, cell, value):
+    """A CSV cell against its JSON value: null is empty, booleans 1/0, numbers as %g."""
+    if value is None:
+        return cell == ""
+    if isinstance(value, bool):
+        return cell == ("1" if value else "0")
+    if isinstance(value, (int, float)):
+        try:
+            return close(float(cell), value, 1e-5)
+        except ValueError:
+            return False
+    return cell == value
+
+
+def check_flags(perf, work, src, kdoc, bits, bucket):
+    """The flags' and settings' edges: refusals with exit 2 and a sentence, GRADCOMP_METHOD and
+    GRADCOMP_LOCAL_SIZE taken as their flags are, the CSV's columns, --help and the doc's table."""
+    tiny = ["-n", "1", "-w", "0"]
+    # -b above -e, both given: refused naming both (nccl-tests refuses min > max).
+    code, out = run_plain(perf, ["-b", "1M", "-e", "64K"] + tiny)
+    expect(code == 2 and "-b 1M is larger than -e 64K" in out,
+           "-b 1M -e 64K: exit 2 naming both sizes (got %d)" % code)
+    # -e alone below the default -b (256K): one size, -e's.
+    code, _, rows = run(perf, ["-N", "2", "-e", "64K"] + tiny, os.path.join(work, "e-alone.json"))
+    expect(code == 0 and [r["size"] for r in rows] == [64 << 10],
+           "-e 64K alone: one 64K row (got %s)" % [r["size"] for r in rows])
+    # An explicit 0 is no size (0 was the "unset" value once).
+    for flag in ("-b", "-e"):
+        code, out = run_plain(perf, ["-b", "64K", "-e", "64K", flag, "0"] + tiny)
+        expect(code == 2 and ("%s 0" % flag) in out and "positive" in out,
+               "%s 0: exit 2, sizes must be positive (got %d)" % (flag, code))
+    # A range where no size holds one element: refused; some sizes below one element of a type:
+    # skipped for that type, and the table says so.
+    code, out = run_plain(perf, ["-b", "1", "-e", "1"] + tiny)
+    expect(code == 2 and "below one element" in out,
+           "-b 1 -e 1: exit 2, every size below one element (got %d)" % code)
+    code, out, rows = run(perf, ["-N", "2", "-b", "2", "-e", "4", "-f", "2", "-d", "float,half"]
+                          + tiny, os.path.join(work, "tiny.json"))
+    expect(code == 0 and sorted((r["dtype"], r["size"]) for r in rows) ==
+           [("float", 4), ("half", 2), ("half", 4)], "-b 2 -e 4: float's 2 B skipped, the rest run")
+    expect("sizes 2 B skipped: below one float element (4 B)" in out,
+           "the table names the sizes it skipped")
+    # --local-size must divide -N: refused at option time, as GRADCOMP_LOCAL_SIZE is.
+    code, out = run_plain(perf, ["-N", "4", "--local-size", "3", "-b", "64K", "-e", "64K"] + tiny)
+    expect(code == 2 and "--local-size 3" in out and "-N 4" in out and "1, 2, 4" in out,
+           "--local-size 3 -N 4: exit 2 naming both and the divisors (got %d)" % code)
+    code, out = run_plain(perf, ["-N", "4", "-b", "64K", "-e", "64K"] + tiny,
+                          env={"GRADCOMP_LOCAL_SIZE": "3"})
+    expect(code == 2 and "GRADCOMP_LOCAL_SIZE=3" in out,
+           "GRADCOMP_LOCAL_SIZE=3 at N = 4: exit 2 naming it (got %d)" % code)
+    # GRADCOMP_LOCAL_SIZE reaches the link model as it reaches the comm: the same hier rows and
+    # model columns as --local-size 2 (hier-auto.json, main's run).
+    hargs = ["-N", "4", "-b", "256K", "-e", "256K", "-q", str(bits), "-B", str(bucket), "-a",
+             "auto"] + tiny
+    code, out, rows = run(perf, hargs, os.path.join(work, "hier-env.json"),
+                          env={"GRADCOMP_LOCAL_SIZE": "2"})
+    expect(code == 0 and "nodes of 2 ranks (GRADCOMP_LOCAL_SIZE)" in out,
+           "GRADCOMP_LOCAL_SIZE=2: exits 0, the preamble models nodes of 2 ranks")
+    check_hier_rows("hier GRADCOMP_LOCAL_SIZE=2", rows, kdoc, 4, 2, "allgather", bits,
+                    bucket=bucket)
+    flag_rows = json.load(open(os.path.join(work, "hier-auto.json")))["rows"]
+
+    def model(rs):
+        return [(m["link_gbps"], m["nccl_time_us"], m["time_us"]) for r in rs for m in r["model"]]
+
+    ours, theirs = model(rows), model(flag_rows)
+    expect(len(ours) == len(theirs) > 0 and
+           all(close(a, b) for pa, pb in zip(ours, theirs) for a, b in zip(pa, pb)),
+           "GRADCOMP_LOCAL_SIZE=2 and --local-size 2 give the same model columns (%s vs %s)"
+           % (ours, theirs))
+    # GRADCOMP_METHOD is -m's default; -m still wins; a bad value is exit 2.
+    code, _, rows = run(perf, ["-N", "2", "-b", "64K", "-e", "64K"] + tiny,
+                        os.path.join(work, "env-method.json"), env={"GRADCOMP_METHOD": "topk"})
+    expect(code == 0 and [r["method"] for r in rows] == ["topk"],
+           "GRADCOMP_METHOD=topk without -m runs topk (got %s)" % [r["method"] for r in rows])
+    code, _, rows = run(perf, ["-N", "2", "-b", "64K", "-e", "64K", "-m", "qsgd"] + tiny,
+                        os.path.join(work, "env-method-m.json"), env={"GRADCOMP_METHOD": "topk"})
+    expect(code == 0 and [r["method"] for r in rows] == ["qsgd"], "-m qsgd beats GRADCOMP_METHOD")
+    code, out = run_plain(perf, ["-N", "2", "-b", "64K", "-e", "64K"] + tiny,
+                          env={"GRADCOMP_METHOD": "bogus"})
+    expect(code == 2 and "GRADCOMP_METHOD" in out, "GRADCOMP_METHOD=bogus: exit 2 naming it")
+    # --csv: every scalar field of the JSON row as a column, with the same value.
+    cpath = os.path.join(work, "rows.csv")
+    code, _, rows = run(perf, ["-N", "2", "-b", "64K", "-e", "64K", "-m", "none,qsgd,topk",
+                               "--csv", cpath] + tiny, os.path.join(work, "rows-csv.json"))
+    with open(cpath, newline="") as f:
+        crows = list(csv.DictReader(f))
+    expect(code == 0 and len(crows) == len(rows) == 3, "--csv: a CSV row per JSON row")
+    for r, c in zip(rows, crows):
+        for k, v in r.items():
+            if isinstance(v, (dict, list)):
+                continue
+            expect(k in c and csv_matches_json(k, c[k], v),
+                   "--csv %s row: column %s is %r, JSON %r" % (r["method"], k, c.get(k), v))
+    # --help's ranges are the enforced ones; the doc's -a row lists every algorithm.
+    code, out = run_plain(perf, ["--help"])
+    expect(code == 0 and "[1e-6, 1]" in out and "(0,1]" not in out and "GRADCOMP_METHOD" in out,
+           "--help gives -k's enforced range and -m's default from GRADCOMP_METHOD")
+    doc = open(os.path.join(src, "docs", "benchmark.md")).read()
+    arow = [ln for ln in doc.splitlines() if ln.startswith("| `-a` |")]
+    expect(len(arow) == 1 and all("`%s`" % a in arow[0] for a in
+                                  ("auto", "twoshot", "ring", "allgather", "sparse", "hier")),
+           "docs/benchmark.md's -a row lists every algorithm -a takes")
 
 
 def newest_report(results):
@@ -1089,6 +1208,10 @@ def main():
                "auto_regret_max_frac is null on the CPU backend")
     expect("Auto regret, worst" in out and "does not time, so auto compresses" in out,
            "--auto: the table says what auto did and its worst regret")
+    footer = [ln for ln in out.splitlines() if ln.startswith("# Auto regret, worst")]
+    expect(len(footer) == 1 and "not measured on the cpu backend" in footer[0],
+           "--auto on the CPU backend: the footer's worst regret is not measured, as the JSON's "
+           "null (got %s)" % footer)
     # The same with -C reduce_scatter: the auto comm's reduce-scatter is checked
     # and reported like the allreduce's.
     code, out, rows = run(perf, ["-N", "2", "-C", "reduce_scatter", "-b", "128K", "-e", "128K",
@@ -1105,6 +1228,8 @@ def main():
     expect(len(rows) == 1 and rows[0].get("identical") is False,
            "rank 0's corrupted element makes the ranks' results differ")
     expect("FAILED" in out, "the footer says FAILED")
+
+    check_flags(perf, work, src, kdoc, bits, bucket)
 
     # The check gpu-check runs on the CUDA backend's rows, here on the CPU backend's.
     for name in ("ok.json", "ring.json", "rs.json", "hier-rs.json", "hier-piped.json"):

@@ -279,8 +279,9 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
     r.destroyComm(comm);
 
   if (!ok || !(info.showModel || info.project)) return;
-  // Nodes of `local` ranks (--local-size L > 1; auto is modeled flat).
-  const int local = o.localSize > 1 ? o.localSize : 1;
+  // Nodes of `local` ranks: the comm's own setting, --local-size or else
+  // GRADCOMP_LOCAL_SIZE (L > 1; auto is modeled flat).
+  const int local = modelLocalSize(cfg);
   CallKind kind;
   kind.elemBytes = dtypeSize(dtype);
   kind.residual = cfg.errorFeedback != 0;
@@ -603,6 +604,23 @@ int runHarness(const Options& o, Rank& r) {
   info.showModel = (!info.representative || o.linkGiven) && (!info.rates || rates.ok);
   info.project = !o.modelNodes.empty();
   const bool lead = r.rank() == 0;
+  // The node layout the comms get, from the flag or the environment (every
+  // method's config has the same); a bad config is refused below, per method.
+  gradcompConfig_t layout;
+  if (methodConfig(o, o.methods[0], &layout) == gradcompSuccess) {
+    info.localSize = modelLocalSize(layout);
+    info.localSizeFrom = o.localSize >= 0 ? "--local-size" : "GRADCOMP_LOCAL_SIZE";
+    // The comm would refuse it at creation (exit 1); a bad setting is exit 2.
+    if (layout.localSize > 1 && r.nranks() % layout.localSize != 0) {
+      if (lead)
+        fprintf(stderr,
+                "gradcomp_perf: %s%s%d does not divide the %d ranks: ranks per node must be "
+                "auto or a divisor of %d\n",
+                info.localSizeFrom.c_str(), o.localSize >= 0 ? " " : "=", layout.localSize,
+                r.nranks(), r.nranks());
+      return 2;
+    }
+  }
   if (lead) printPreamble(o, info);
 
   const std::vector<size_t> sizes = sizeList(o);
@@ -626,6 +644,13 @@ int runHarness(const Options& o, Rank& r) {
       }
       const std::string label = methodLabel(cfg);
       if (lead) printHeader(o, info, label, dtype);
+      // Sizes below one element of this type give it no row.
+      std::string skipped;
+      for (size_t size : sizes)
+        if (size < tsize) skipped += (skipped.empty() ? "" : ", ") + std::to_string(size);
+      if (lead && !skipped.empty())
+        printf("#  sizes %s B skipped: below one %s element (%zu B)\n", skipped.c_str(),
+               dtypeName(dtype), tsize);
       std::vector<Row> rows;
       for (size_t size : sizes) {
         Row row;

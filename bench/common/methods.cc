@@ -32,6 +32,10 @@ gradcompResult_t methodConfig(const Options& o, gradcompMethod_t m, gradcompConf
   return gradcompConfigValidate(cfg);
 }
 
+int modelLocalSize(const gradcompConfig_t& cfg) {
+  return cfg.localSize > 1 ? cfg.localSize : 1;
+}
+
 std::string methodLabel(const gradcompConfig_t& cfg) {
   char buf[160];
   switch (cfg.method) {

@@ -19,6 +19,12 @@ const MethodSpec& methodSpec(gradcompMethod_t m);
 // gradcompConfigFromEnv, then the flags the user gave, then the method.
 gradcompResult_t methodConfig(const Options& o, gradcompMethod_t m, gradcompConfig_t* cfg);
 std::string methodLabel(const gradcompConfig_t& cfg);
+// The ranks per node the link model takes for comms made from cfg: its
+// localSize (--local-size, else GRADCOMP_LOCAL_SIZE) when > 1, else 1 (flat).
+// Auto (0) is flat on the in-process CPU world, as gradcompCommCreateCpu
+// makes it; NCCL and socket comms group auto by host identity, which the
+// model does not see (modeled flat).
+int modelLocalSize(const gradcompConfig_t& cfg);
 
 // The QSGD kernels a row's calls run, as the link model times them: encode
 // (with error feedback unless GRADCOMP_EF=0, in the row's rounding), the

@@ -13,8 +13,12 @@ void usage(const char* prog) {
   printf(
       "Usage: %s [flags]\n"
       "  all_reduce_perf flags:\n"
-      "  -b, --minbytes <size>      smallest size (K/M/G suffixes), default cuda 1M, cpu 256K\n"
-      "  -e, --maxbytes <size>      largest size, default cuda 256M, cpu 16M\n"
+      "  -b, --minbytes <size>      smallest size (K/M/G suffixes), default cuda 1M, cpu 256K;\n"
+      "                             -b alone above the default -e raises -e to it (one size)\n"
+      "  -e, --maxbytes <size>      largest size, not below -b, default cuda 256M, cpu 16M;\n"
+      "                             -e alone below the default -b lowers -b to it (one size).\n"
+      "                             Sizes are positive; sizes below one element of a type are\n"
+      "                             skipped for it (refused when no size gives a row)\n"
       "  -i, --stepbytes <size>     additive step (used when -f is not given), default 1M\n"
       "  -f, --stepfactor <f>       multiplicative step, default 4\n"
       "  -n, --iters <n>            timed iterations, default cuda 20, cpu 5\n"
@@ -23,10 +27,11 @@ void usage(const char* prog) {
       "  -d, --datatype <t>         float|half|bfloat16|all (list with commas), default float\n"
       "  -o, --op <op>              sum|avg, default sum\n"
       "  gradcomp flags:\n"
-      "  -m, --method <m>           none|qsgd|topk|randk|dgc (list with commas), default qsgd\n"
+      "  -m, --method <m>           none|qsgd|topk|randk|dgc (list with commas), default\n"
+      "                             $GRADCOMP_METHOD, else qsgd\n"
       "  -q, --bits <b>             QSGD bits 2..8 including the sign\n"
       "  -B, --bucket <d>           QSGD bucket size 32..8192, multiple of 32\n"
-      "  -k, --density <p>          sparse methods: share of elements sent, (0,1]\n"
+      "  -k, --density <p>          sparse methods: share of elements sent, [1e-6, 1]\n"
       "  -a, --algo <a>             auto|twoshot|ring|allgather|sparse|hier\n"
       "  -C, --collective <c>       all_reduce (default) | reduce_scatter: sizes are then the\n"
       "                             per-rank output (recvcount), as in reduce_scatter_perf\n"
@@ -53,8 +58,9 @@ void usage(const char* prog) {
       "                             whose kernel rates the model uses, or none; default\n"
       "                             the newest in bench/results\n"
       "      --seed <n>             input data seed, default 1\n"
-      "      --local-size <L|auto>  ranks per node (GRADCOMP_LOCAL_SIZE); L > 1 on >= 2 nodes:\n"
-      "                             hierarchical exchange (CPU backend: auto is flat)\n"
+      "      --local-size <L|auto>  ranks per node (GRADCOMP_LOCAL_SIZE), L a divisor of -N;\n"
+      "                             L > 1 on >= 2 nodes: hierarchical exchange (CPU backend:\n"
+      "                             auto is flat); the link model follows the same setting\n"
       "      --debug-corrupt        corrupt one gradcomp output element (checks the checker)\n"
       "      --auto                 also time each size with GRADCOMP_AUTO's decision (rows\n"
       "                             force compression) and report auto's regret:\n"
@@ -117,6 +123,11 @@ bool fail(int* exitCode, const char* fmt, const char* flag, const char* value) {
   fprintf(stderr, " (see --help)\n");
   *exitCode = 2;
   return false;
+}
+
+// The size after s in sizeList (not above s when the step overflows).
+size_t nextSize(const Options& o, size_t s) {
+  return o.stepFactor > 1 ? (size_t)(s * o.stepFactor) : s + o.stepBytes;
 }
 
 }  // namespace
@@ -213,6 +224,7 @@ bool parseOptions(int argc, char** argv, Options* o, int* exitCode) {
   }
   *exitCode = 0;
   bool factorGiven = false, stepGiven = false;
+  const char *minArg = "", *maxArg = "";
   int c;
   long lv;
   double dv;
@@ -221,11 +233,20 @@ bool parseOptions(int argc, char** argv, Options* o, int* exitCode) {
     const char* v = optarg;
     switch (c) {
       case 'b':
-        if (!parseSize(v, &o->minBytes)) return fail(exitCode, "%s %s is not a size", "-b", v);
+      case 'e': {
+        const char* flag = c == 'b' ? "-b" : "-e";
+        size_t* bytes = c == 'b' ? &o->minBytes : &o->maxBytes;
+        if (!parseSize(v, bytes)) return fail(exitCode, "%s %s is not a size", flag, v);
+        // 0 is no size (nor "the default": leave the flag out for that).
+        if (*bytes == 0)
+          return fail(exitCode,
+                      "%s %s: sizes must be positive, at least one element of the type (2 bytes "
+                      "for half and bfloat16, 4 for float)",
+                      flag, v);
+        (c == 'b' ? o->minGiven : o->maxGiven) = true;
+        (c == 'b' ? minArg : maxArg) = v;
         break;
-      case 'e':
-        if (!parseSize(v, &o->maxBytes)) return fail(exitCode, "%s %s is not a size", "-e", v);
-        break;
+      }
       case 'i':
         if (!parseSize(v, &o->stepBytes) || o->stepBytes == 0)
           return fail(exitCode, "%s %s is not a size > 0", "-i", v);
@@ -318,6 +339,7 @@ bool parseOptions(int argc, char** argv, Options* o, int* exitCode) {
       case 'N':
         if (!parseInt(v, 1, 64, &lv)) return fail(exitCode, "%s %s not in 1..64", "-N", v);
         o->nranks = (int)lv;
+        o->nranksGiven = true;
         break;
       case kBackend:
         if (strcmp(v, "cuda") == 0)
@@ -419,6 +441,16 @@ bool parseOptions(int argc, char** argv, Options* o, int* exitCode) {
     }
   }
   if (optind < argc) return fail(exitCode, "%s %s: unexpected argument", "", argv[optind]);
+  // As nccl-tests: both sizes given, the smallest above the largest is refused
+  // (one of them alone beyond the other's default moves that default).
+  if (o->minGiven && o->maxGiven && o->minBytes > o->maxBytes) {
+    fprintf(stderr,
+            "gradcomp_perf: -b %s is larger than -e %s: the smallest size must not exceed the "
+            "largest (see --help)\n",
+            minArg, maxArg);
+    *exitCode = 2;
+    return false;
+  }
   if (!o->modelLocal.empty() && o->modelNodes.empty())
     return fail(exitCode, "%s %s: the projection needs --model-nodes too", "--model-local",
                 "given");
@@ -431,13 +463,27 @@ bool parseOptions(int argc, char** argv, Options* o, int* exitCode) {
 
 void applyDefaults(Options* o, int gpuCount) {
   const bool cpu = o->backend == BackendKind::Cpu || o->backend == BackendKind::Socket;
-  if (o->minBytes == 0) o->minBytes = cpu ? (256 << 10) : (1 << 20);
-  if (o->maxBytes == 0) o->maxBytes = cpu ? (16 << 20) : (256 << 20);
-  if (o->maxBytes < o->minBytes) o->maxBytes = o->minBytes;
+  if (!o->minGiven) o->minBytes = cpu ? (256 << 10) : (1 << 20);
+  if (!o->maxGiven) o->maxBytes = cpu ? (16 << 20) : (256 << 20);
+  // One size given beyond the other's default: that one size (both given and
+  // crossed were refused by parseOptions).
+  if (o->maxBytes < o->minBytes) {
+    if (o->maxGiven && !o->minGiven)
+      o->minBytes = o->maxBytes;
+    else
+      o->maxBytes = o->minBytes;
+  }
   if (o->iters < 0) o->iters = cpu ? 5 : 20;
   if (o->warmup < 0) o->warmup = cpu ? 1 : 5;
   if (o->dtypes.empty()) o->dtypes = {ncclFloat32};
-  if (o->methods.empty()) o->methods = {gradcompMethodQsgd};
+  if (o->methods.empty()) {
+    // GRADCOMP_METHOD as every other unset setting; a bad value falls back
+    // here, and methodConfig's gradcompConfigFromEnv refuses it (exit 2).
+    gradcompConfig_t cfg;
+    const bool fromEnv =
+        getenv("GRADCOMP_METHOD") != nullptr && gradcompConfigFromEnv(&cfg) == gradcompSuccess;
+    o->methods = {fromEnv ? cfg.method : gradcompMethodQsgd};
+  }
   // Socket ranks are the launcher's: -N only checks them.
   if (o->nranks == 0 && o->backend != BackendKind::Socket)
     o->nranks = cpu ? 4 : (gpuCount >= 2 ? gpuCount : 4);
@@ -446,11 +492,56 @@ void applyDefaults(Options* o, int gpuCount) {
   if (o->nodeGbps.empty()) o->nodeGbps = {100, 400, 3200};
 }
 
+bool checkOptions(const Options& o, int* exitCode) {
+  *exitCode = 0;
+  // The comm refuses a local size that does not divide its ranks at creation
+  // (checkLocalSize); known here when the ranks are: -N, or the CPU world's count.
+  const bool ranksKnown = o.nranksGiven || o.backend == BackendKind::Cpu;
+  if (o.localSize > 1 && ranksKnown && o.nranks > 0 &&
+      (o.localSize > o.nranks || o.nranks % o.localSize != 0)) {
+    std::string divisors;
+    for (int d = 1; d <= o.nranks; ++d)
+      if (o.nranks % d == 0) divisors += (divisors.empty() ? "" : ", ") + std::to_string(d);
+    fprintf(stderr,
+            "gradcomp_perf: --local-size %d does not divide -N %d%s: ranks per node must be auto "
+            "or a divisor of %d (%s) (see --help)\n",
+            o.localSize, o.nranks, o.nranksGiven ? "" : " (the CPU backend's default)", o.nranks,
+            divisors.c_str());
+    *exitCode = 2;
+    return false;
+  }
+  // A size below one element of a type gives no row of that type (the
+  // harness says which it skips); no row at all is refused.
+  size_t smallest = 0;
+  std::string types;
+  for (ncclDataType_t t : o.dtypes) {
+    if (smallest == 0 || dtypeSize(t) < smallest) smallest = dtypeSize(t);
+    types += std::string(types.empty() ? "" : ", ") + dtypeName(t) + " " +
+             std::to_string(dtypeSize(t)) + " B";
+  }
+  bool any = false;
+  for (size_t s = o.minBytes; s <= o.maxBytes && !any;) {
+    any = s >= smallest;
+    const size_t next = nextSize(o, s);
+    if (next <= s) break;
+    s = next;
+  }
+  if (!any) {
+    fprintf(stderr,
+            "gradcomp_perf: -b %zu -e %zu: every size is below one element of the type (%s), "
+            "so no row would run; sizes must be at least one element (see --help)\n",
+            o.minBytes, o.maxBytes, types.c_str());
+    *exitCode = 2;
+    return false;
+  }
+  return true;
+}
+
 std::vector<size_t> sizeList(const Options& o) {
   std::vector<size_t> out;
   for (size_t s = o.minBytes; s <= o.maxBytes;) {
     out.push_back(s);
-    size_t next = o.stepFactor > 1 ? (size_t)(s * o.stepFactor) : s + o.stepBytes;
+    const size_t next = nextSize(o, s);
     if (next <= s) break;
     s = next;
   }

@@ -17,8 +17,10 @@ enum class BackendKind { Auto, Cuda, Cpu, Socket };
 enum class Collective { AllReduce, ReduceScatter };
 
 struct Options {
-  // Sizes in bytes; 0 means the backend's default (see applyDefaults).
+  // Sizes in bytes; not given (minGiven, maxGiven false): the backend's
+  // default (see applyDefaults). A given size is at least 1.
   size_t minBytes = 0, maxBytes = 0;
+  bool minGiven = false, maxGiven = false;
   size_t stepBytes = 1 << 20;
   double stepFactor = 0;  // > 1: multiply; else add stepBytes
   int iters = -1, warmup = -1;
@@ -32,6 +34,7 @@ struct Options {
   int algo = -1;
   int localSize = -1;  // --local-size: ranks per node (cfg.localSize)
   int nranks = 0;
+  bool nranksGiven = false;  // -N given (else applyDefaults' count, or the launcher's)
   BackendKind backend = BackendKind::Auto;
   Collective collective = Collective::AllReduce;
   std::string jsonPath, csvPath;
@@ -65,6 +68,10 @@ bool parseOptions(int argc, char** argv, Options* o, int* exitCode);
 // Fills what the user left unset: defaults differ per backend so that the
 // CPU run (CI, tools/run.sh) stays short.
 void applyDefaults(Options* o, int gpuCount);
+// After applyDefaults: refuses (a sentence, false, *exitCode 2) what can only
+// be judged with the defaults in: --local-size against the ranks, a size
+// range that gives no row for the chosen types.
+bool checkOptions(const Options& o, int* exitCode);
 
 const char* dtypeName(ncclDataType_t t);
 size_t dtypeSize(ncclDataType_t t);

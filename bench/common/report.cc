@@ -72,6 +72,27 @@ double worstAutoRegret(const std::vector<Row>& rows) {
   return worst;
 }
 
+// A CSV cell: quoted (quotes doubled) when it holds a comma, a quote or a
+// line break, which becomes a space.
+std::string csvStr(const std::string& s) {
+  bool quote = false;
+  std::string out;
+  for (char c : s) {
+    if (c == ',' || c == '"' || c == '\n' || c == '\r') quote = true;
+    if (c == '"') out += '"';
+    out += c == '\n' || c == '\r' ? ' ' : c;
+  }
+  return quote ? "\"" + out + "\"" : out;
+}
+
+// A CSV number; empty where the JSON has null.
+std::string csvNum(double v, const char* fmt = "%g") {
+  if (!isfinite(v)) return "";
+  char b[40];
+  snprintf(b, sizeof b, fmt, v);
+  return b;
+}
+
 const char* kernelSourceName(KernelSource k) {
   return k == KernelSource::Measured ? "measured"
                                      : (k == KernelSource::Report ? "gpu_report" : "none");
@@ -133,14 +154,15 @@ void printPreamble(const Options& o, const RunInfo& info) {
         "each rank sends / L + latency steps * %g us;\n#  NCCL = 2(N-1)/N * bytes / L + 2(N-1) * "
         "%g us. Columns m@L give NCCL / gradcomp modeled time.\n",
         o.linkLatencyUs, o.linkLatencyUs);
-    if (o.localSize > 1) {
+    if (info.localSize > 1) {
       printf(
-          "#  nodes of %d ranks (--local-size): each GPU has its own NIC at L (a node: %d x L); "
+          "#  nodes of %d ranks (%s): each GPU has its own NIC at L (a node: %d x L); "
           "in-node bytes (wire - inter_wire)\n#  go over --intra-gbps %g: hier = kernels + "
           "in-node / %g + inter-node / L (its stages in turn) + steps * %g us;\n#  a flat "
           "algorithm overlaps the two links (max). NCCL = its ring over both: max(in-node, "
           "NIC) + 2(N-1) * %g us.\n",
-          o.localSize, o.localSize, o.intraGbps, o.intraGbps, o.linkLatencyUs, o.linkLatencyUs);
+          info.localSize, info.localSizeFrom.c_str(), info.localSize, o.intraGbps, o.intraGbps,
+          o.linkLatencyUs, o.linkLatencyUs);
       if (o.collective == Collective::ReduceScatter)
         printf(
             "#  reduce-scatter: the hierarchical one (>= 2 nodes) runs its stages in turn (cut "
@@ -276,7 +298,15 @@ void printFooter(const RunInfo& info, const std::vector<Row>& rows) {
          : rs                     ? "ncclReduceScatter"
                                   : "ncclAllReduce");
   const double regret = worstAutoRegret(rows);
-  if (isfinite(regret)) printf("# Auto regret, worst   : %.3f\n", regret);
+  // As the JSON's auto_regret_max_frac: the in-process CPU world does not
+  // time, so its auto always compresses and the regret says nothing of auto's
+  // choice (the rows keep their side-by-side host times' ratio).
+  if (isfinite(regret) && info.backend == "cpu")
+    printf(
+        "# Auto regret, worst   : not measured on the cpu backend (it does not time, so auto "
+        "compresses; the rows' regret compares host times)\n");
+  else if (isfinite(regret))
+    printf("# Auto regret, worst   : %.3f\n", regret);
   printf("#\n");
   fflush(stdout);
 }
@@ -529,7 +559,10 @@ bool writeCsv(const std::string& path, const Options& o, const std::vector<Row>&
           "size,count,dtype,redop,method,bits,bucket,density,algo,nranks,failed,time_us,"
           "nccl_time_us,algbw,busbw,nccl_algbw,nccl_busbw,wire_bytes,nccl_wire_bytes,ratio,"
           "speedup,rel_err,rel_err_max,wrong,nccl_wrong,kernel_us,auto_time_us,auto_choice,"
-          "auto_regret");
+          "auto_regret,collective,label,rounding,error,inter_wire_bytes,err_over_bound,identical,"
+          "host_us,baseline_host_us,pieces,piece_bytes,auto_forced_time_us,auto_nccl_time_us,"
+          "model_missing,kernels_measured,kernel_source,encode_us,decode_us,latency_steps,"
+          "kernel_note");
   for (double g : o.linkGbps)
     fprintf(f, ",model_%gg_us,nccl_model_%gg_us,model_%gg_speedup", g, g, g);
   fprintf(f, "\n");
@@ -545,6 +578,25 @@ bool writeCsv(const std::string& path, const Options& o, const std::vector<Row>&
       fprintf(f, ",%g,%s,%g", r.autoUs, r.autoPassed ? "nccl" : "compress", r.autoRegret());
     else
       fprintf(f, ",,,");
+    // The JSON row's other scalars, after the earlier columns so that those
+    // keep their places (docs/benchmark.md); its objects and lists are left
+    // out, but for the model's columns below.
+    const bool checked = r.gradcompWrong >= 0;
+    fprintf(f, ",%s,%s,%s,%s,%s,%s,%s", r.reduceScatter ? "reduce_scatter" : "all_reduce",
+            csvStr(r.label).c_str(), r.rounding == gradcompRoundNearest ? "nearest" : "stochastic",
+            csvStr(r.error).c_str(), csvNum(r.interWire, "%.0f").c_str(),
+            checked ? csvNum(r.errOverBound).c_str() : "",
+            r.identical < 0 ? "" : (r.identical ? "1" : "0"));
+    fprintf(f, ",%s,%s,%s,%zu", csvNum(r.hostUs).c_str(), csvNum(r.baselineHostUs).c_str(),
+            csvNum(r.pieces).c_str(), r.pieceBytes);
+    if (r.autoRan)
+      fprintf(f, ",%s,%s", csvNum(r.autoForcedUs).c_str(), csvNum(r.autoNcclUs).c_str());
+    else
+      fprintf(f, ",,");
+    fprintf(f, ",%s,%d,%s,%s,%s,%s,%s", csvStr(r.modelMissing).c_str(), r.kernelsMeasured ? 1 : 0,
+            kernelSourceName(r.kernelSource), csvNum(r.encodeUs).c_str(),
+            csvNum(r.decodeUs).c_str(), csvNum(r.latencySteps).c_str(),
+            csvStr(r.kernelsMeasured ? r.kernelNote : "").c_str());
     for (size_t k = 0; k < o.linkGbps.size(); ++k) {
       if (k < r.model.size())
         fprintf(f, ",%g,%g,%g", r.model[k].gradcompUs, r.model[k].ncclUs, modelSpeedup(r.model[k]));

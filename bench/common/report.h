@@ -17,6 +17,10 @@ struct RunInfo {
   bool representative = true;
   bool showModel = false;
   bool project = false;  // --model-nodes given
+  // Ranks per node of the run's comms as the link model takes them
+  // (modelLocalSize: 1 = flat), and the setting it came from.
+  int localSize = 1;
+  std::string localSizeFrom = "--local-size";
   // CPU backend: the GPU report whose kernel rates the model uses (null on cuda).
   const KernelRates* rates = nullptr;
 };
