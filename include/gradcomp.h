@@ -96,7 +96,7 @@ typedef struct {
   int errorFeedback;       /* GRADCOMP_EF 0/1, default 1 */
   int ownerResidual;       /* GRADCOMP_OWNER_RESIDUAL 0/1: residual for the 2nd quantization */
   /* sparse methods */
-  float density;            /* GRADCOMP_DENSITY (0,1], default 0.01 */
+  float density;            /* GRADCOMP_DENSITY [1e-6, 1], default 0.01 */
   float oversample;         /* GRADCOMP_OVERSAMPLE c in kmax = ceil(c*density*n), default 2 */
   float sampleRate;         /* GRADCOMP_SAMPLE_RATE share of |v| sampled, default 0.01 */
   gradcompSelect_t select;  /* GRADCOMP_SELECT threshold|exact */

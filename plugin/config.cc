@@ -18,11 +18,12 @@ namespace gc {
 #define GC_FIELD(f) (ptrdiff_t) offsetof(gradcompConfig_t, f), #f
 #define GC_PROCESS_KNOB -1, nullptr
 
+static const char kAlgoChoices[] = "auto=0|twoshot=1|ring=2|allgather=3|sparse=4|hier=5";
+
 static const ParamSpec kParams[] = {
     {"GRADCOMP_METHOD", ParamKind::Choice, GC_FIELD(method), 0, 0,
      "none=0|qsgd=1|topk=2|randk=3|dgc=4", "qsgd", "compression method"},
-    {"GRADCOMP_ALGO", ParamKind::Choice, GC_FIELD(algo), 0, 0,
-     "auto=0|twoshot=1|ring=2|allgather=3|sparse=4|hier=5", "auto",
+    {"GRADCOMP_ALGO", ParamKind::Choice, GC_FIELD(algo), 0, 0, kAlgoChoices, "auto",
      "exchange algorithm; auto picks by method, ranks, nodes and size"},
     {"GRADCOMP_BITS", ParamKind::Int, GC_FIELD(bits), 2, 8, nullptr, "4",
      "QSGD bits per element including the sign; s = 2^(bits-1)-1 levels"},
@@ -166,6 +167,19 @@ static bool choiceHasValue(const char* choices, int x) {
   return false;
 }
 
+// The name of value x in a choice list ("auto=0|twoshot=1|..."), for
+// sentences that name a setting as GRADCOMP_* spells it; the number if none.
+static std::string choiceName(const char* choices, int x) {
+  for (const char* p = choices; *p;) {
+    const char* eq = strchr(p, '=');
+    if (atoi(eq + 1) == x) return std::string(p, eq - p);
+    const char* bar = strchr(p, '|');
+    if (!bar) break;
+    p = bar + 1;
+  }
+  return std::to_string(x);
+}
+
 // Integers in the environment are plain decimal: digits only, no sign, no
 // space, no leading zero (so 010 is neither octal 8 nor a typo of 10) and no
 // 0x. hexOk (the seed) also takes 0x followed by 1..16 hex digits.
@@ -203,7 +217,9 @@ static gradcompResult_t applyParam(const ParamSpec& p, const char* v, gradcompCo
         return gradcompSuccess;
       }
       unsigned long long x = 0;
-      if (!parseUnsigned(v, false, &x) || (double)x < p.min || (double)x > p.max) {
+      // Compared as integers: 1e18 + 1 is 1e18 as a double.
+      if (!parseUnsigned(v, false, &x) || x < (unsigned long long)p.min ||
+          x > (unsigned long long)p.max) {
         return setError(gradcompInvalidArgument, "%s=%s is not %s%san integer in %.0f..%.0f", p.env,
                         v, p.choices ? choiceNames(p.choices).c_str() : "", p.choices ? " or " : "",
                         p.min, p.max);
@@ -265,7 +281,7 @@ static gradcompResult_t checkField(const ParamSpec& p, const gradcompConfig_t* c
     }
     case ParamKind::Size: {
       const size_t x = field<size_t>(c, p.offset);
-      GC_ARG((double)x >= p.min && (double)x <= p.max, "%s=%zu (%s) is out of range %.0f..%.0f",
+      GC_ARG(x >= (size_t)p.min && x <= (size_t)p.max, "%s=%zu (%s) is out of range %.0f..%.0f",
              name, x, p.env, p.min, p.max);
       return gradcompSuccess;
     }
@@ -394,9 +410,9 @@ static gradcompResult_t validateWhole(const gradcompConfig_t* c) {
                       c->method == gradcompMethodDgc;
   GC_ARG(!sparse || c->algo == gradcompAlgoAuto || c->algo == gradcompAlgoSparseAllgather ||
              c->algo == gradcompAlgoHier,
-         "algo=%d (GRADCOMP_ALGO) is for method qsgd; the sparse methods (topk, randk, dgc) take "
+         "algo=%s (GRADCOMP_ALGO) is for method qsgd; the sparse methods (topk, randk, dgc) take "
          "auto, sparse or hier",
-         (int)c->algo);
+         choiceName(kAlgoChoices, (int)c->algo).c_str());
   // Nearest rounding is biased per step: an entry below half a level would
   // never be sent unless a residual carries it to later steps.
   const bool nearest = c->method == gradcompMethodQsgd && c->rounding == gradcompRoundNearest;
@@ -406,10 +422,10 @@ static gradcompResult_t validateWhole(const gradcompConfig_t* c) {
   GC_ARG(
       !nearest || c->ownerResidual || c->algo == gradcompAlgoAllgather || c->elias,
       "rounding=nearest (GRADCOMP_ROUNDING) with ownerResidual=0 (GRADCOMP_OWNER_RESIDUAL) would "
-      "bias the second quantization of algo=%d (GRADCOMP_ALGO; twoshot, ring, hier and auto "
+      "bias the second quantization of algo=%s (GRADCOMP_ALGO; twoshot, ring, hier and auto "
       "quantize twice): set GRADCOMP_OWNER_RESIDUAL=1, GRADCOMP_ALGO=allgather or "
       "GRADCOMP_ROUNDING=stochastic",
-      (int)c->algo);
+      choiceName(kAlgoChoices, (int)c->algo).c_str());
   GC_ARG(c->method != gradcompMethodQsgd || c->algo != gradcompAlgoSparseAllgather,
          "algo=sparse (GRADCOMP_ALGO) is for the sparse methods; method qsgd takes auto, twoshot, "
          "ring, allgather or hier");

@@ -71,7 +71,16 @@ class Config:
         for key, value in settings_.items():
             cname = _C_NAME[key]
             setattr(trial, cname, _coerce(key, cname, value))
-        check(lib().gradcompConfigValidate(ctypes.byref(trial)))
+        try:
+            check(lib().gradcompConfigValidate(ctypes.byref(trial)))
+        except InvalidArgumentError as e:
+            # The library names C fields (warmupSteps=-1); say the keyword the caller typed.
+            msg = str(e)
+            for key in settings_:
+                cname = _C_NAME[key]
+                if cname != key:
+                    msg = msg.replace(f"{cname}=", f"{key}=")
+            raise InvalidArgumentError(msg, e.result) from None
         ctypes.memmove(ctypes.byref(self.struct), ctypes.byref(trial), ctypes.sizeof(trial))
         return self
 

@@ -165,6 +165,34 @@ TEST(ConfigStrict, IntegersAreDecimalWithoutSignSpaceOrLeadingZero) {
   EXPECT_EQ(cfg.minElements, 0u);
 }
 
+// The 64-bit sizes compare as integers: 1e18 + 1 is 1e18 as a double, and
+// was let through.
+TEST(ConfigStrict, SizesJustPastTheirMaximumAreRefused) {
+  for (const char* env : {"GRADCOMP_MIN_ELEMENTS", "GRADCOMP_PIPELINE_BYTES"}) {
+    {
+      ScopedEnv e(env, "1000000000000000001");
+      gradcompConfig_t cfg;
+      EXPECT_EQ(gradcompConfigFromEnv(&cfg), gradcompInvalidArgument) << env;
+      EXPECT_EQ(
+          std::string(gradcompGetLastError()),
+          std::string(env) + "=1000000000000000001 is not an integer in 0..1000000000000000000");
+    }
+    ScopedEnv e(env, "1000000000000000000");
+    gradcompConfig_t cfg;
+    EXPECT_EQ(gradcompConfigFromEnv(&cfg), gradcompSuccess)
+        << env << ": " << gradcompGetLastError();
+  }
+  gradcompConfig_t cfg;
+  gradcompConfigInit(&cfg);
+  cfg.minElements = (size_t)1000000000000000001ull;
+  EXPECT_EQ(gradcompConfigValidate(&cfg), gradcompInvalidArgument);
+  EXPECT_NE(strstr(gradcompGetLastError(), "GRADCOMP_MIN_ELEMENTS"), nullptr);
+  gradcompConfigInit(&cfg);
+  cfg.pipelineBytes = (size_t)1000000000000000001ull;
+  EXPECT_EQ(gradcompConfigValidate(&cfg), gradcompInvalidArgument);
+  EXPECT_NE(strstr(gradcompGetLastError(), "GRADCOMP_PIPELINE_BYTES"), nullptr);
+}
+
 TEST(ConfigStrict, EmptyValueIsAnErrorNamingTheVariable) {
   ScopedEnv env("GRADCOMP_DENSITY", "");
   gradcompConfig_t cfg;
@@ -240,6 +268,11 @@ TEST(ConfigStrict, MethodAlgorithmCombinationsAreRefusedUpFront) {
       cfg.algo = a;
       EXPECT_EQ(gradcompConfigValidate(&cfg), gradcompInvalidArgument) << m << " " << a;
       EXPECT_NE(strstr(gradcompGetLastError(), "GRADCOMP_ALGO"), nullptr);
+      // The algorithm as GRADCOMP_ALGO spells it, not its number.
+      const char* name = a == gradcompAlgoTwoShot ? "algo=twoshot"
+                         : a == gradcompAlgoRing  ? "algo=ring"
+                                                  : "algo=allgather";
+      EXPECT_NE(strstr(gradcompGetLastError(), name), nullptr) << gradcompGetLastError();
     }
   }
   gradcompConfig_t cfg;

@@ -284,7 +284,7 @@ class ConfigSettings(unittest.TestCase):
         self.assertEqual((c.rounding, c.struct.rounding), ("nearest", 1))
         self.assertEqual(gradcomp.Config(from_env=False).rounding, "stochastic")
         with self.assertRaisesRegex(gradcomp.InvalidArgumentError,
-                                    r"rounding=nearest \(GRADCOMP_ROUNDING\) with errorFeedback=0"):
+                                    r"rounding=nearest \(GRADCOMP_ROUNDING\) with error_feedback=0"):
             gradcomp.Config(from_env=False, rounding="nearest", error_feedback=0)
 
     def test_defaults_then_environment(self):
@@ -307,7 +307,9 @@ class ConfigSettings(unittest.TestCase):
         cases = [
             (dict(bits=9), r"bits=9 \(GRADCOMP_BITS\) is out of range 2\.\.8"),
             (dict(bits=1), r"bits=1 \(GRADCOMP_BITS\) is out of range 2\.\.8"),
-            (dict(bucket_size=100), r"bucketSize=100 \(GRADCOMP_BUCKET\) is not a multiple of 32"),
+            # The keyword the caller typed, not the C field (bucketSize, warmupSteps).
+            (dict(bucket_size=100), r"bucket_size=100 \(GRADCOMP_BUCKET\) is not a multiple of 32"),
+            (dict(warmup_steps=-1), r"warmup_steps=-1 \(GRADCOMP_WARMUP_STEPS\) is out of range"),
             (dict(density=0.0), r"density=0 \(GRADCOMP_DENSITY\) is out of range \[1e-06, 1\]"),
             (dict(momentum=1.0), r"momentum=1 \(GRADCOMP_MOMENTUM\) is out of range \[0, 0\.999999\]"),
             (dict(method="foo"), r"method='foo' is not one of none\|qsgd\|topk\|randk\|dgc"),
