@@ -258,6 +258,22 @@ CommEntry::~CommEntry() {
   if (fusionDone != nullptr) cudaEventDestroy(fusionDone);
 }
 
+namespace {
+// DGC's momentum correction replaces the optimizer's (which the user set to
+// 0): a communicator that passes its calls through keeps no velocity, so the
+// training loses its momentum. Said once per process, beside the reason.
+void warnIfMomentumLost() {
+  const gradcompConfig_t& c = settings().config;
+  if (c.method != gradcompMethodDgc || !c.momentumCorrection || !(c.momentum > 0.0f)) return;
+  warnOnce("dgc-momentum",
+           "GRADCOMP_METHOD=dgc: a communicator passes its calls through uncompressed, and "
+           "gradcomp's momentum correction (GRADCOMP_MOMENTUM=%g) does not reach them: if the "
+           "optimizer's momentum was set to 0 for DGC, those gradients now train without momentum; "
+           "fix the cause warned about, or give the optimizer its momentum back",
+           (double)c.momentum);
+}
+}  // namespace
+
 EntryPtr entryFor(ncclComm_t comm) {
   std::lock_guard<std::mutex> lock(tableMu());
   EntryPtr& e = table()[comm];
@@ -268,6 +284,7 @@ EntryPtr entryFor(ncclComm_t comm) {
     if (e->nonBlocking) {
       e->reason = "non-blocking communicator";
       e->mode = Mode::PassThrough;
+      warnIfMomentumLost();
     } else if (revokedComms().count(comm) > 0) {
       e->reason = "revoked communicator";
       e->mode = Mode::PassThrough;
@@ -282,6 +299,7 @@ void decide(CommEntry& e, cudaStream_t stream) {
   auto passAll = [&](const std::string& why) {
     e.reason = why;
     e.mode = Mode::PassThrough;
+    if (why != "one rank") warnIfMomentumLost();
   };
   const Settings& s = settings();
   const NcclApi* api = ncclApi();
@@ -344,6 +362,7 @@ void passAlways(CommEntry& e, const std::string& why) {
   if (e.mode != Mode::Undecided) return;
   e.reason = why;
   e.mode = Mode::PassThrough;
+  warnIfMomentumLost();
 }
 
 void decideUnlessCapturing(CommEntry& e, ncclComm_t comm, cudaStream_t stream) {

@@ -71,6 +71,19 @@ for group in "" defer pass fuse; do
     "grep -q 'summary comm 0x1000 .*reduce-scatter: 0 compressed, $rs passed through' '$work/$name.err'"
 done
 
+# 2b. DGC whose set-up fails: the calls pass through, and the warning says that
+# gradcomp's momentum correction does not reach them (the optimizer's is 0).
+run dgc_momentum env GRADCOMP_METHOD=dgc GC_TEST_GROUP_CALLS_DEFERRED=1 "$app" basic && {
+  same_calls dgc_momentum
+  n=$(count "momentum correction (GRADCOMP_MOMENTUM=0.9) does not reach them" "$work/dgc_momentum.err")
+  check "dgc: one warning that the momentum is lost (got $n)" "[ '$n' = 1 ]"
+}
+run dgc_no_correction env GRADCOMP_METHOD=dgc GRADCOMP_MOMENTUM_CORRECTION=0 \
+  GC_TEST_GROUP_CALLS_DEFERRED=1 "$app" basic && {
+  n=$(count "does not reach them" "$work/dgc_no_correction.err")
+  check "dgc without momentum correction: no momentum warning (got $n)" "[ '$n' = 0 ]"
+}
+
 # 3. A bad configuration warns once, naming the variable, and passes all
 # through. Its eligible group calls are deferred as a valid configuration's
 # are, so that the rank makes the same NCCL calls in the same order as its
