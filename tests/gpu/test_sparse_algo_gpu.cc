@@ -182,3 +182,65 @@ TEST_F(SparseAlgoGpu, CaptureDuringDgcWarmupIsRefused) {
 }
 
 }  // namespace
+
+// DGC with momentum correction on calls it does not compress (here: under
+// minElements): the velocity, residual and output of the CUDA backend are the
+// CPU backend's, bit for bit, eager and replayed in a graph, with clipping
+// and non-finite gradients (docs/sparse.md; tests/cpu/test_momentum_pass.cc
+// checks the CPU backend against momentum SGD).
+TEST_F(SparseAlgoGpu, MomentumPassThroughEqualsCpuBackend) {
+  const int N = 3, steps = 5, eager = 2;
+  const size_t n = 200003;
+  gradcompConfig_t cfg;
+  gradcompConfigInit(&cfg);
+  cfg.method = gradcompMethodDgc;
+  cfg.density = 0.001f;
+  cfg.clipNorm = 50.0f;
+  cfg.warmupSteps = 0;
+  cfg.minElements = n + 1;
+  cfg.autoTune = 0;
+  const size_t bytes = n * 4;
+  gradcompComm* cpu = gctest::mirrorComm(cfg, false, N, n, nullptr, true);
+  gradcompComm* gpu = gctest::mirrorComm(cfg, true, N, n, stream, true);
+  std::vector<uint8_t> hostBuf(bytes);
+  DeviceBuffer<uint8_t> dbuf(bytes), dsrc(bytes);
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  for (int step = 0; step < steps; ++step) {
+    SCOPED_TRACE(testing::Message() << "step " << step);
+    const std::vector<uint8_t> in = stepInput(n, gc::DType::F32, step);
+    hostBuf = in;
+    ASSERT_EQ(
+        gradcompAllReduce(hostBuf.data(), hostBuf.data(), n, ncclFloat32, ncclSum, cpu, nullptr),
+        gradcompSuccess)
+        << gradcompGetLastError();
+    ASSERT_EQ(cudaMemcpy(dsrc.get(), in.data(), bytes, cudaMemcpyHostToDevice), cudaSuccess);
+    gctest::settle();
+    ASSERT_NO_FATAL_FAILURE(gctest::copyThenCall(
+        stream, dbuf.get(), dsrc.get(), bytes, step >= eager, &graph, &exec, [&] {
+          return gradcompAllReduce(dbuf.get(), dbuf.get(), n, ncclFloat32, ncclSum, gpu, stream);
+        }));
+    ASSERT_EQ(dbuf.download(bytes), hostBuf);
+    const gc::BufferState& sc = cpu->states.begin()->second;
+    const gc::BufferState& sg = gpu->states.begin()->second;
+    ASSERT_NE(sc.momentum, nullptr);
+    std::vector<float> uc(sc.momentum, sc.momentum + n), ug(n);
+    ASSERT_EQ(cudaMemcpy(ug.data(), sg.momentum, n * 4, cudaMemcpyDeviceToHost), cudaSuccess);
+    ASSERT_TRUE(sameFloats(ug, uc));
+    std::vector<float> vc(sc.residual, sc.residual + n), vg(n);
+    ASSERT_EQ(cudaMemcpy(vg.data(), sg.residual, n * 4, cudaMemcpyDeviceToHost), cudaSuccess);
+    ASSERT_TRUE(sameFloats(vg, vc));
+    if (step < eager) {
+      gradcompStats_t stc, stg;
+      ASSERT_EQ(gradcompGetStats(cpu, &stc), gradcompSuccess);
+      ASSERT_EQ(gradcompGetStats(gpu, &stg), gradcompSuccess);
+      EXPECT_EQ(stg.callsPassedThrough, (uint64_t)step + 1);
+      EXPECT_EQ(stc.callsPassedThrough, (uint64_t)step + 1);
+      EXPECT_EQ(stg.callsCompressed, 0u);
+    }
+  }
+  if (exec) cudaGraphExecDestroy(exec);
+  if (graph) cudaGraphDestroy(graph);
+  gradcompCommDestroy(gpu);
+  gradcompCommDestroy(cpu);
+}
