@@ -79,6 +79,20 @@ const AlgoCase kCases[] = {
      true},
 };
 
+// The first buffer state's residual and momentum (when it has them) on the
+// CUDA comm, bit for bit the CPU comm's.
+void expectSameState(const gradcompComm& cpu, const gradcompComm& gpu, size_t n) {
+  const gc::BufferState& sc = cpu.states.begin()->second;
+  const gc::BufferState& sg = gpu.states.begin()->second;
+  for (auto arrays :
+       {std::make_pair(sc.residual, sg.residual), std::make_pair(sc.momentum, sg.momentum)}) {
+    if (arrays.first == nullptr) continue;
+    std::vector<float> onCpu(arrays.first, arrays.first + n), onGpu(n);
+    ASSERT_EQ(cudaMemcpy(onGpu.data(), arrays.second, n * 4, cudaMemcpyDeviceToHost), cudaSuccess);
+    ASSERT_TRUE(sameFloats(onGpu, onCpu));
+  }
+}
+
 std::vector<uint8_t> stepInput(size_t n, gc::DType t, int step) {
   std::vector<float> x = gctest::normal(n, 300 + step, 1.0f + step);
   // Non-finite gradients in an eager call and a replay: kept out of v and u
@@ -121,18 +135,7 @@ TEST_F(SparseAlgoGpu, AlgorithmsEqualCpuBackendEagerAndInGraphs) {
           [&] { return gradcompAllReduce(dbuf.get(), dbuf.get(), n, type, op, gpu, stream); }));
       ASSERT_EQ(dbuf.download(bytes), hostBuf);
       // Residual and momentum too.
-      const gc::BufferState& sc = cpu->states.begin()->second;
-      const gc::BufferState& sg = gpu->states.begin()->second;
-      if (sc.residual) {
-        std::vector<float> rc(sc.residual, sc.residual + n), rg(n);
-        ASSERT_EQ(cudaMemcpy(rg.data(), sg.residual, n * 4, cudaMemcpyDeviceToHost), cudaSuccess);
-        ASSERT_TRUE(sameFloats(rg, rc));
-      }
-      if (sc.momentum) {
-        std::vector<float> uc(sc.momentum, sc.momentum + n), ug(n);
-        ASSERT_EQ(cudaMemcpy(ug.data(), sg.momentum, n * 4, cudaMemcpyDeviceToHost), cudaSuccess);
-        ASSERT_TRUE(sameFloats(ug, uc));
-      }
+      ASSERT_NO_FATAL_FAILURE(expectSameState(*cpu, *gpu, n));
       if (step < eager) {
         gradcompStats_t stc, stg;
         ASSERT_EQ(gradcompGetStats(cpu, &stc), gradcompSuccess);
@@ -221,15 +224,8 @@ TEST_F(SparseAlgoGpu, MomentumPassThroughEqualsCpuBackend) {
           return gradcompAllReduce(dbuf.get(), dbuf.get(), n, ncclFloat32, ncclSum, gpu, stream);
         }));
     ASSERT_EQ(dbuf.download(bytes), hostBuf);
-    const gc::BufferState& sc = cpu->states.begin()->second;
-    const gc::BufferState& sg = gpu->states.begin()->second;
-    ASSERT_NE(sc.momentum, nullptr);
-    std::vector<float> uc(sc.momentum, sc.momentum + n), ug(n);
-    ASSERT_EQ(cudaMemcpy(ug.data(), sg.momentum, n * 4, cudaMemcpyDeviceToHost), cudaSuccess);
-    ASSERT_TRUE(sameFloats(ug, uc));
-    std::vector<float> vc(sc.residual, sc.residual + n), vg(n);
-    ASSERT_EQ(cudaMemcpy(vg.data(), sg.residual, n * 4, cudaMemcpyDeviceToHost), cudaSuccess);
-    ASSERT_TRUE(sameFloats(vg, vc));
+    ASSERT_NE(cpu->states.begin()->second.momentum, nullptr);
+    ASSERT_NO_FATAL_FAILURE(expectSameState(*cpu, *gpu, n));
     if (step < eager) {
       gradcompStats_t stc, stg;
       ASSERT_EQ(gradcompGetStats(cpu, &stc), gradcompSuccess);
