@@ -73,6 +73,7 @@ gradcompResult_t allReduce(const void* send, void* recv, size_t count, ncclDataT
   GC_CHECK(dtypeFromNccl(type, &t));
   GC_CHECK(codecCheckCount(count));
   GC_CHECK(checkBuffers(*c, send, count, recv, count, 0, t));
+  GC_CHECK(agreeBeforeState(*c));
 
   bool autoPass = false;
   GC_CHECK(autoShouldPass(c, AutoCall::AllReduce, count, dtypeBytes(t), &autoPass));

@@ -12,18 +12,29 @@
 
 namespace gc {
 
+namespace {
+// Every rank runs an agreement on the call: one that fails, fails on all of them.
+gradcompResult_t agreeOnCall(gradcompComm& c) {
+  const gradcompResult_t r = c.transport->verifyCall();
+  if (r != gradcompSuccess) c.failedTogether = true;
+  return r;
+}
+}  // namespace
+
+gradcompResult_t agreeBeforeState(gradcompComm& c) {
+  if (!c.transport->checksEveryCall() || c.intra || c.backend->capturing() || c.autoState.tuning ||
+      c.autoState.reserving)
+    return gradcompSuccess;
+  return agreeOnCall(c);
+}
+
 gradcompResult_t beginCollective(gradcompComm& c, CallKind kind, size_t count, ncclDataType_t type,
                                  ncclRedOp_t op) {
   // The auto timing's reserving pass only makes state and workspace, on each
   // rank alone: it exchanges nothing, so it neither records nor agrees on a call.
   if (c.autoState.reserving) return gradcompSuccess;
   c.failedTogether = false;
-  // Every rank runs an agreement: one that fails, fails on all of them.
-  auto agreement = [&c]() {
-    const gradcompResult_t r = c.transport->verifyCall();
-    if (r != gradcompSuccess) c.failedTogether = true;
-    return r;
-  };
+  auto agreement = [&c]() { return agreeOnCall(c); };
   c.transport->beginCall(CallInfo{c.step, count, (int)type, (int)op, (int)kind});
   // A hierarchical call runs on the node and inter-node sub-worlds alone,
   // which see neither the call nor each other: the CPU world agrees on it
@@ -76,6 +87,7 @@ gradcompResult_t momentumPassThrough(gradcompComm& c, int kind, bool keyed, uint
   DType t;
   GC_CHECK(dtypeFromNccl(type, &t));
   GC_CHECK(checkBuffers(c, send, n, recv, count, rs ? (size_t)c.rank * count : 0, t));
+  GC_CHECK(agreeBeforeState(c));
   // Workspace: the old v (settle's keep), v itself when there is no error
   // feedback, the reduce-scatter's input in the buffer type (the caller's
   // send buffer is read only), the clipping's scratch.

@@ -41,6 +41,16 @@ class CallEnd {
   Backend& be_;
 };
 
+// The CPU backend's ranks agree on a call (step, count, type, op, kind) once
+// its local arguments are checked and before it touches a buffer's state:
+// its exchanges check the call too, but a compressed call has changed the
+// residual (and DGC's momentum) before its first one, and a refused call must
+// leave the comm as it was. Only on transports that check every call (the
+// CPU world, sockets; NCCL checks nothing: see GRADCOMP_CHECK_CALLS), not on
+// a hierarchical CPU comm (beginCollective agreed), not under capture (a
+// host sync), not for the auto timing's own calls (the same on every rank).
+gradcompResult_t agreeBeforeState(gradcompComm& c);
+
 // DESIGN.md's eligibility rule: fp32/fp16/bf16, Sum/Avg, count >=
 // minElements, more than one rank, a method. `count` is the input count
 // (the reduce-scatter's nranks * recvcount).

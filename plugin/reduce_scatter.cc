@@ -56,6 +56,7 @@ gradcompResult_t reduceScatter(const void* send, void* recv, size_t recvCount, n
   GC_CHECK(dtypeFromNccl(type, &t));
   GC_CHECK(codecCheckCount(count));
   GC_CHECK(checkBuffers(*c, send, count, recv, recvCount, (size_t)c->rank * recvCount, t));
+  GC_CHECK(agreeBeforeState(*c));
 
   bool autoPass = false;
   GC_CHECK(autoShouldPass(c, AutoCall::ReduceScatter, count, dtypeBytes(t), &autoPass));

@@ -353,7 +353,10 @@ TEST(RoundingConfig, NearestWithoutOwnerResidualOnlyWhereOneQuantization) {
     EXPECT_EQ(std::string(gradcompGetLastError()),
               std::string("rounding=nearest (GRADCOMP_ROUNDING) with ownerResidual=0 "
                           "(GRADCOMP_OWNER_RESIDUAL) would bias the second quantization of algo=") +
-                  std::to_string((int)a) +
+                  (a == gradcompAlgoAuto      ? "auto"
+                   : a == gradcompAlgoTwoShot ? "twoshot"
+                   : a == gradcompAlgoRing    ? "ring"
+                                              : "hier") +
                   " (GRADCOMP_ALGO; twoshot, ring, hier and auto quantize twice): set "
                   "GRADCOMP_OWNER_RESIDUAL=1, GRADCOMP_ALGO=allgather or "
                   "GRADCOMP_ROUNDING=stochastic");

@@ -278,3 +278,39 @@ TEST(StateBlob, ChecksumIsCrc32c) {
 }
 
 }  // namespace
+
+namespace {
+
+// A call the ranks disagree on (one passes another op or count) fails on every
+// rank and leaves every rank's state as it was (docs/reliability.md): the
+// CPU backend's ranks agree on the call before it touches a buffer's state, so
+// the next good call gives what a run without the refused one gives.
+TEST(StateBlob, ARefusedCallLeavesTheStateAsItWas) {
+  for (gradcompMethod_t m : {gradcompMethodQsgd, gradcompMethodTopk, gradcompMethodDgc}) {
+    SCOPED_TRACE(m);
+    const size_t n = 4096;
+    gctest::CpuWorld w(2, baseConfig(m)), clean(2, baseConfig(m));
+    for (gctest::CpuWorld* x : {&w, &clean}) step(*x, n, 0);
+    std::vector<Blob> before = {save(w.comm(0)), save(w.comm(1))};
+    for (int bad = 0; bad < 2; ++bad) {
+      std::vector<std::vector<float>> buf(2, gctest::normal(n, 5));
+      std::vector<std::string> why(2);
+      auto res = w.run([&](int r) {
+        const size_t count = bad == 1 && r == 1 ? n - 32 : n;           // a count
+        const ncclRedOp_t op = bad == 0 && r == 1 ? ncclAvg : ncclSum;  // or an op
+        const gradcompResult_t rc = gradcompAllReduceKeyed(buf[r].data(), buf[r].data(), count,
+                                                           ncclFloat32, op, w.comm(r), nullptr, 7);
+        why[r] = gradcompGetLastError();
+        return rc;
+      });
+      for (int r = 0; r < 2; ++r) {
+        EXPECT_EQ(res[r], gradcompInvalidUsage) << "rank " << r << " case " << bad;
+        EXPECT_EQ(save(w.comm(r)), before[r]) << "rank " << r << " case " << bad << ": " << why[r];
+      }
+    }
+    const auto got = step(w, n, 1), want = step(clean, n, 1);
+    EXPECT_EQ(got, want);
+  }
+}
+
+}  // namespace

@@ -550,7 +550,7 @@ class HookNearestOnCpuWorld(HookOnCpuWorld):
 
     def test_nearest_without_error_feedback_is_refused(self):
         with self.assertRaisesRegex(ValueError, r"rounding=nearest \(GRADCOMP_ROUNDING\) with "
-                                    r"errorFeedback=0 \(GRADCOMP_EF\)"):
+                                    r"error_feedback=0 \(GRADCOMP_EF\)"):
             self.gradcomp.Config(from_env=False, rounding="nearest", error_feedback=0)
 
 
