@@ -159,6 +159,10 @@ void modelSocketRow(const Options& o, Rank& r, const gradcompConfig_t& cfg, Row*
   if (row->algoUsed == 0) {
     hostUs = baseUs;
     row->latencySteps = baseSteps;
+  } else {
+    // A compressed call's ranks first agree on it, headers only, before it
+    // touches its state (collective.h, agreeBeforeState): one more step.
+    row->latencySteps += 1;
   }
   row->hostUs = hostUs;
   row->baselineHostUs = baseUs;
