@@ -473,6 +473,11 @@ gradcompResult_t autoRetune(gradcompComm* c) {
 bool autoSavedFigures(const gradcompComm& c, AutoCall k, AutoFigures* f) {
   const AutoDecision& d =
       k == AutoCall::ReduceScatter ? c.autoState.reduceScatter : c.autoState.allReduce;
+  // Loaded and not yet used: a save passes them on unchanged.
+  if (d.restored) {
+    *f = d.restoredFigures;
+    return true;
+  }
   if (!d.decided || !d.timed || autoCheckFigures(d.figures) != gradcompSuccess) {
     clearError();
     return false;

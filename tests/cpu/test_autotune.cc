@@ -965,6 +965,8 @@ TEST(AutoTune, ALoadedStateDecidesAsTheSavedComm) {
     ASSERT_EQ(gradcompCommLoadState(resumed.comm(r), blobs[r].data(), blobs[r].size()),
               gradcompSuccess)
         << gradcompGetLastError();
+    // Saved again before any call: the same bytes, figures included.
+    EXPECT_EQ(blobOf(resumed.comm(r)), blobs[r]) << r;
   }
   callAll(resumed, 5000, 22);
   for (int r = 0; r < 2; ++r) {

@@ -21,6 +21,7 @@
 #include <thread>
 #include <vector>
 
+#include "autotune.h"
 #include "backends/sparse_ops.h"
 #include "gradcomp.h"
 #include "gradcomp/elias.h"
@@ -216,13 +217,26 @@ uint32_t crc32cBitwise(const std::vector<char>& b) {
 
 TEST(Fuzz, StateBlobs) {
   std::mt19937_64 rng(seed(16003));
-  for (gradcompMethod_t m : {gradcompMethodQsgd, gradcompMethodDgc, gradcompMethodRandk}) {
+  // The last case is QSGD whose comm decided GRADCOMP_AUTO from figures: its
+  // blob ends with their record (96 bytes), where half its mutations land.
+  const gradcompMethod_t cases[] = {gradcompMethodQsgd, gradcompMethodDgc, gradcompMethodRandk,
+                                    gradcompMethodQsgd};
+  for (int ci = 0; ci < 4; ++ci) {
+    const gradcompMethod_t m = cases[ci];
+    const bool withAuto = ci == 3;
     gradcompConfig_t cfg;
     gradcompConfigInit(&cfg);
     cfg.method = m;
     cfg.minElements = 0;
-    cfg.bitsMode = m == gradcompMethodQsgd ? gradcompBitsBudget : gradcompBitsFixed;
+    cfg.autoTune = withAuto ? 1 : 0;
+    cfg.bitsMode = m == gradcompMethodQsgd && !withAuto ? gradcompBitsBudget : gradcompBitsFixed;
     gctest::CpuWorld w(2, cfg);
+    if (withAuto) {
+      gc::AutoFigures f;  // compression faster at every size
+      f.smallCount = 256, f.largeCount = 1024;
+      f.ncclUs[0] = 64.0f, f.ncclUs[1] = 128.0f, f.compUs[0] = 32.0f, f.compUs[1] = 64.0f;
+      for (int r = 0; r < 2; ++r) gc::autoInjectFigures(w.comm(r), f);
+    }
     for (int t = 0; t < 2; ++t) {
       for (size_t n : {300, 700}) {
         std::vector<std::vector<float>> buf(2);
@@ -242,10 +256,19 @@ TEST(Fuzz, StateBlobs) {
       return b;
     };
     std::vector<char> good = save();
+    if (withAuto) {
+      uint32_t tag = 0;
+      memcpy(&tag, good.data() + good.size() - 96, 4);
+      ASSERT_EQ(tag, 2u) << "the blob does not end with auto's figures";
+    }
     int accepted = 0;
     for (int it = 0, iters = iterations(300); it < iters; ++it) {
       std::vector<char> b = good;
-      for (int k = 0, muts = 1 + (int)(rng() % 3); k < muts; ++k) mutate(&b, rng);
+      if (withAuto && rng() % 2) {
+        b[good.size() - 96 + (size_t)(rng() % 96)] = (char)rng();  // within the figures' record
+      } else {
+        for (int k = 0, muts = 1 + (int)(rng() % 3); k < muts; ++k) mutate(&b, rng);
+      }
       if (rng() % 2 && b.size() >= 16) {
         const uint32_t crc = crc32cBitwise(b);
         memcpy(b.data() + 12, &crc, 4);
