@@ -11,8 +11,15 @@
 namespace gc {
 namespace {
 
-gradcompResult_t passThrough(gradcompComm* c, const void* send, void* recv, size_t count,
-                             ncclDataType_t type, ncclRedOp_t op) {
+// A call gradcomp does not compress; on a DGC comm with momentum correction
+// it still carries the velocity (collective.h). `agreed`: the buffers are
+// checked and the call agreed on already.
+gradcompResult_t passThrough(gradcompComm* c, bool keyed, uint64_t key, bool agreed,
+                             const void* send, void* recv, size_t count, ncclDataType_t type,
+                             ncclRedOp_t op) {
+  if (passesMomentum(*c, type, op))
+    return momentumPassThrough(*c, kStateAllReduce, keyed, key, agreed, send, recv, count, type,
+                               op);
   c->stats.callsPassedThrough++;
   return c->transport->passThrough(send, recv, count, type, op);
 }
@@ -64,9 +71,7 @@ gradcompResult_t allReduce(const void* send, void* recv, size_t count, ncclDataT
   if (!compressible(*c, count, type, op)) {
     GC_TRACE("pass through: count=%zu type=%d op=%d ranks=%d", count, (int)type, (int)op,
              c->nranks);
-    if (passesMomentum(*c, type, op))
-      return momentumPassThrough(*c, kStateAllReduce, keyed, key, send, recv, count, type, op);
-    return passThrough(c, send, recv, count, type, op);
+    return passThrough(c, keyed, key, false, send, recv, count, type, op);
   }
 
   DType t;
@@ -79,9 +84,7 @@ gradcompResult_t allReduce(const void* send, void* recv, size_t count, ncclDataT
   GC_CHECK(autoShouldPass(c, AutoCall::AllReduce, count, dtypeBytes(t), &autoPass));
   if (autoPass) {
     c->stats.callsAutoPassed++;
-    if (passesMomentum(*c, type, op))
-      return momentumPassThrough(*c, kStateAllReduce, keyed, key, send, recv, count, type, op);
-    return passThrough(c, send, recv, count, type, op);
+    return passThrough(c, keyed, key, true, send, recv, count, type, op);
   }
   const CallEnd end(*c->backend);
 

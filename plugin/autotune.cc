@@ -231,8 +231,8 @@ gradcompResult_t measure(gradcompComm* c, AutoCall k, CallTimer& timer, AutoFigu
   const bool momentum = passesMomentum(*c, ncclFloat32, ncclSum);
   auto passed = [&](size_t n) -> gradcompResult_t {
     if (momentum) {
-      return momentumPassThrough(*c, rs ? kStateReduceScatter : kStateAllReduce, false, 0, s.send,
-                                 s.recv, n / ranks, ncclFloat32, ncclSum);
+      return momentumPassThrough(*c, rs ? kStateReduceScatter : kStateAllReduce, false, 0, false,
+                                 s.send, s.recv, n / ranks, ncclFloat32, ncclSum);
     }
     return rs ? c->transport->reduceScatter(s.send, s.recv, n / ranks, ncclFloat32, ncclSum)
               : c->transport->passThrough(s.send, s.recv, n, ncclFloat32, ncclSum);

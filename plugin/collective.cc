@@ -80,14 +80,16 @@ bool passesMomentum(const gradcompComm& c, ncclDataType_t type, ncclRedOp_t op) 
 }
 
 gradcompResult_t momentumPassThrough(gradcompComm& c, int kind, bool keyed, uint64_t key,
-                                     const void* send, void* recv, size_t count,
+                                     bool agreed, const void* send, void* recv, size_t count,
                                      ncclDataType_t type, ncclRedOp_t op) {
   const bool rs = kind == kStateReduceScatter;
   const size_t n = rs ? count * (size_t)c.nranks : count;
   DType t;
   GC_CHECK(dtypeFromNccl(type, &t));
-  GC_CHECK(checkBuffers(c, send, n, recv, count, rs ? (size_t)c.rank * count : 0, t));
-  GC_CHECK(agreeBeforeState(c));
+  if (!agreed) {
+    GC_CHECK(checkBuffers(c, send, n, recv, count, rs ? (size_t)c.rank * count : 0, t));
+    GC_CHECK(agreeBeforeState(c));
+  }
   // Workspace: the old v (settle's keep), v itself when there is no error
   // feedback, the reduce-scatter's input in the buffer type (the caller's
   // send buffer is read only), the clipping's scratch.

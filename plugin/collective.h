@@ -98,9 +98,10 @@ bool passesMomentum(const gradcompComm& c, ncclDataType_t type, ncclRedOp_t op);
 // fallback without masking: the step is momentum SGD's. A non-finite v
 // reaches the output and the element's u and v stay as they were. Counted
 // as passed through. `kind` is kStateAllReduce or kStateReduceScatter;
-// `count` is recvcount (the allreduce's count).
+// `count` is recvcount (the allreduce's count). `agreed`: the caller has
+// already checked the buffers and run agreeBeforeState for this call.
 gradcompResult_t momentumPassThrough(gradcompComm& c, int kind, bool keyed, uint64_t key,
-                                     const void* send, void* recv, size_t count,
+                                     bool agreed, const void* send, void* recv, size_t count,
                                      ncclDataType_t type, ncclRedOp_t op);
 
 // DGC warm-up changes sizes by stage, which a captured graph cannot follow.

@@ -18,8 +18,16 @@
 namespace gc {
 namespace {
 
-gradcompResult_t passThrough(gradcompComm* c, const void* send, void* recv, size_t recvCount,
-                             ncclDataType_t type, ncclRedOp_t op) {
+// A call gradcomp does not compress; on a DGC comm with momentum correction
+// it still carries the velocity (collective.h). `agreed`: the buffers are
+// checked and the call agreed on already.
+gradcompResult_t passThrough(gradcompComm* c, bool keyed, uint64_t key, bool agreed,
+                             const void* send, void* recv, size_t recvCount, ncclDataType_t type,
+                             ncclRedOp_t op) {
+  if (passesMomentum(*c, type, op)) {
+    return momentumPassThrough(*c, kStateReduceScatter, keyed, key, agreed, send, recv, recvCount,
+                               type, op);
+  }
   c->stats.callsPassedThrough++;
   return c->transport->reduceScatter(send, recv, recvCount, type, op);
 }
@@ -45,11 +53,7 @@ gradcompResult_t reduceScatter(const void* send, void* recv, size_t recvCount, n
   if (!compressible(*c, count, type, op)) {
     GC_TRACE("reduce-scatter pass through: recvcount=%zu type=%d op=%d ranks=%d", recvCount,
              (int)type, (int)op, c->nranks);
-    if (passesMomentum(*c, type, op)) {
-      return momentumPassThrough(*c, kStateReduceScatter, keyed, key, send, recv, recvCount, type,
-                                 op);
-    }
-    return passThrough(c, send, recv, recvCount, type, op);
+    return passThrough(c, keyed, key, false, send, recv, recvCount, type, op);
   }
 
   DType t;
@@ -62,11 +66,7 @@ gradcompResult_t reduceScatter(const void* send, void* recv, size_t recvCount, n
   GC_CHECK(autoShouldPass(c, AutoCall::ReduceScatter, count, dtypeBytes(t), &autoPass));
   if (autoPass) {
     c->stats.callsAutoPassed++;
-    if (passesMomentum(*c, type, op)) {
-      return momentumPassThrough(*c, kStateReduceScatter, keyed, key, send, recv, recvCount, type,
-                                 op);
-    }
-    return passThrough(c, send, recv, recvCount, type, op);
+    return passThrough(c, keyed, key, true, send, recv, recvCount, type, op);
   }
   const CallEnd end(*c->backend);
 
