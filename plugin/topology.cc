@@ -85,7 +85,10 @@ class NcclVoteExchange {
 
 // Settings every rank must share: the first shapes the split, the others
 // what each call sends (a rank passing a call through or encoding it
-// differently would wait forever for peers that do not).
+// differently would wait forever for peers that do not) or what its values
+// are (momentum, clipping: ranks that differ would train different models
+// from one sum). Every field of the config but cpuTimeoutSec, a rank's own
+// wait.
 enum SettingKind { kInt, kUint, kFloat };
 struct SettingSpec {
   const char* name;
@@ -108,6 +111,20 @@ const SettingSpec kSettings[kSetupSettings] = {
     {"GRADCOMP_PIPELINE_BYTES (pipelineBytes)", kUint},
     {"GRADCOMP_ROUNDING (rounding)", kInt},
     {"GRADCOMP_CHECK_CALLS (checkCalls)", kInt},
+    {"GRADCOMP_OVERSAMPLE (oversample)", kFloat},
+    {"GRADCOMP_SAMPLE_RATE (sampleRate)", kFloat},
+    {"GRADCOMP_SELECT (select)", kInt},
+    {"GRADCOMP_MOMENTUM (momentum)", kFloat},
+    {"GRADCOMP_MOMENTUM_CORRECTION (momentumCorrection)", kInt},
+    {"GRADCOMP_CLIP_NORM (clipNorm)", kFloat},
+    {"GRADCOMP_MOMENTUM_MASKING (momentumMasking)", kInt},
+    {"GRADCOMP_WARMUP_STEPS (warmupSteps)", kInt},
+    {"GRADCOMP_BITS_MIN (bitsMin)", kInt},
+    {"GRADCOMP_BITS_MAX (bitsMax)", kInt},
+    {"GRADCOMP_VARIANCE_TARGET (varianceTarget)", kFloat},
+    {"GRADCOMP_BITS_BUDGET (bitsBudget)", kFloat},
+    {"GRADCOMP_BUDGET_WINDOW (budgetWindow)", kInt},
+    {"GRADCOMP_AUTO (autoTune)", kInt},
 };
 
 uint64_t floatBits(float f) {
@@ -250,7 +267,21 @@ SetupVote makeSetupVote(gradcompResult_t local, const gradcompConfig_t& cfg, uin
                                       (uint64_t)(int64_t)cfg.valueType,
                                       (uint64_t)cfg.pipelineBytes,
                                       (uint64_t)(int64_t)cfg.rounding,
-                                      (uint64_t)(int64_t)cfg.checkCalls};
+                                      (uint64_t)(int64_t)cfg.checkCalls,
+                                      floatBits(cfg.oversample),
+                                      floatBits(cfg.sampleRate),
+                                      (uint64_t)(int64_t)cfg.select,
+                                      floatBits(cfg.momentum),
+                                      (uint64_t)(int64_t)cfg.momentumCorrection,
+                                      floatBits(cfg.clipNorm),
+                                      (uint64_t)(int64_t)cfg.momentumMasking,
+                                      (uint64_t)(int64_t)cfg.warmupSteps,
+                                      (uint64_t)(int64_t)cfg.bitsMin,
+                                      (uint64_t)(int64_t)cfg.bitsMax,
+                                      floatBits(cfg.varianceTarget),
+                                      floatBits(cfg.bitsBudget),
+                                      (uint64_t)(int64_t)cfg.budgetWindow,
+                                      (uint64_t)(int64_t)cfg.autoTune};
   memcpy(v.settings, s, sizeof(s));
   return v;
 }

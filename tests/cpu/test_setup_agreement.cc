@@ -2,6 +2,7 @@
 // (plugin/topology.h): a rank that failed its local checks, or one whose
 // settings differ, makes every rank return the same error, before any split.
 #include <gtest/gtest.h>
+#include <stddef.h>
 #include <string.h>
 
 #include <string>
@@ -91,7 +92,43 @@ TEST(SetupAgreement, EachSettingIsNamed) {
       // the others would never join.
       {"GRADCOMP_CHECK_CALLS (checkCalls) = 1 while rank 0 has 0",
        [](gradcompConfig_t* c) { c->checkCalls = 1; }},
+      // The sparse slots' count (kmax) and how they are filled.
+      {"GRADCOMP_OVERSAMPLE (oversample) = 3 while rank 0 has 2",
+       [](gradcompConfig_t* c) { c->oversample = 3.0f; }},
+      {"GRADCOMP_SAMPLE_RATE (sampleRate) = 0.05",
+       [](gradcompConfig_t* c) { c->sampleRate = 0.05f; }},
+      {"GRADCOMP_SELECT (select) = 1 while rank 0 has 0",
+       [](gradcompConfig_t* c) { c->select = gradcompSelectExact; }},
+      // DGC: what a call adds, and (warm-up) each call's density.
+      {"GRADCOMP_MOMENTUM (momentum) = 0.5", [](gradcompConfig_t* c) { c->momentum = 0.5f; }},
+      {"GRADCOMP_MOMENTUM_CORRECTION (momentumCorrection)",
+       [](gradcompConfig_t* c) { c->momentumCorrection = !c->momentumCorrection; }},
+      {"GRADCOMP_CLIP_NORM (clipNorm) = 1.5", [](gradcompConfig_t* c) { c->clipNorm = 1.5f; }},
+      {"GRADCOMP_MOMENTUM_MASKING (momentumMasking)",
+       [](gradcompConfig_t* c) { c->momentumMasking = !c->momentumMasking; }},
+      {"GRADCOMP_WARMUP_STEPS (warmupSteps) = 500",
+       [](gradcompConfig_t* c) { c->warmupSteps = 500; }},
+      // DQ-SGD: each call's bit width.
+      {"GRADCOMP_BITS_MIN (bitsMin) = 3", [](gradcompConfig_t* c) { c->bitsMin = 3; }},
+      {"GRADCOMP_BITS_MAX (bitsMax) = 7", [](gradcompConfig_t* c) { c->bitsMax = 7; }},
+      {"GRADCOMP_VARIANCE_TARGET (varianceTarget) = 0.125",
+       [](gradcompConfig_t* c) { c->varianceTarget = 0.125f; }},
+      {"GRADCOMP_BITS_BUDGET (bitsBudget) = 3.5",
+       [](gradcompConfig_t* c) { c->bitsBudget = 3.5f; }},
+      {"GRADCOMP_BUDGET_WINDOW (budgetWindow) = 7",
+       [](gradcompConfig_t* c) { c->budgetWindow = 7; }},
+      // A rank timing NCCL and compression runs calls the others never join.
+      {"GRADCOMP_AUTO (autoTune)", [](gradcompConfig_t* c) { c->autoTune = !c->autoTune; }},
   };
+  // Every field of the config is voted on but structSize and cpuTimeoutSec
+  // (a rank's own wait): a field appended must join the vote and the list
+  // above, or be named here as a rank's own.
+  static_assert(offsetof(gradcompConfig_t, checkCalls) + sizeof(int) == sizeof(gradcompConfig_t) ||
+                    offsetof(gradcompConfig_t, checkCalls) + sizeof(int) + 4 ==
+                        sizeof(gradcompConfig_t),
+                "checkCalls is no longer the config's last field: vote on the new one");
+  EXPECT_EQ(sizeof(changes) / sizeof(changes[0]), (size_t)gc::kSetupSettings - 1)
+      << "one change per voted setting (the local size is tested above)";
   const gradcompConfig_t base = config(2);
   ASSERT_NE(base.method, 2);
   ASSERT_NE(base.algo, 2);
