@@ -1,9 +1,11 @@
 #include <ctype.h>
 #include <errno.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 #include <string>
 
@@ -115,6 +117,10 @@ const ParamSpec* paramTable(size_t* count) {
 
 const char* paramString(const char* env, const char* fallback) {
   const char* v = getenv(env);
+  if (v != nullptr && *v == '\0') {
+    fprintf(stderr, "gradcomp %d WARN %s is set but empty; using %s\n", (int)getpid(), env,
+            fallback);
+  }
   return (v != nullptr && *v != '\0') ? v : fallback;
 }
 
@@ -186,7 +192,10 @@ static std::string choiceName(const char* choices, int x) {
 static bool parseUnsigned(const char* v, bool hexOk, unsigned long long* out) {
   const bool hex = hexOk && v[0] == '0' && (v[1] == 'x' || v[1] == 'X');
   const char* digits = hex ? v + 2 : v;
-  if (!(hex ? isxdigit((unsigned char)digits[0]) : isdigit((unsigned char)digits[0]))) return false;
+  // Digits only: strtoull alone would also take a sign, space, or (base 16)
+  // a second 0x.
+  const size_t n = strspn(digits, hex ? "0123456789abcdefABCDEF" : "0123456789");
+  if (n == 0 || digits[n] != '\0' || (hex && n > 16)) return false;
   if (!hex && digits[0] == '0' && digits[1] != '\0') return false;
   char* end = nullptr;
   errno = 0;

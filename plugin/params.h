@@ -30,7 +30,8 @@ const ParamSpec* paramTable(size_t* count);
 // are eligible as its peers do.
 gradcompResult_t configFromEnvLenient(gradcompConfig_t* c);
 
-// Process-level string knobs (not part of a config): value or fallback.
+// Process-level string knobs (not part of a config): value or fallback (set
+// but empty: the fallback, with a warning naming the variable).
 const char* paramString(const char* env, const char* fallback);
 
 }  // namespace gc

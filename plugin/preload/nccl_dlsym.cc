@@ -20,13 +20,23 @@ RealNccl gReal;
 bool gResolved = false;
 std::once_flag gOnce;
 
+// Whether s lies in this library: GRADCOMP_NCCL_LIBRARY naming the
+// interposer itself (or a library that re-exports its ncclX) would bind
+// its own ncclX, and every call would then call itself.
+bool ownSymbol(void* s) {
+  Dl_info mine, theirs;
+  return s != nullptr && dladdr(reinterpret_cast<void*>(&ownSymbol), &mine) != 0 &&
+         dladdr(s, &theirs) != 0 && mine.dli_fbase == theirs.dli_fbase;
+}
+
 void* findSymbol(void* h, const char* name) {
   char p[128];
   snprintf(p, sizeof(p), "p%s", name);
   void* s = h ? dlsym(h, p) : nullptr;
   if (!s && h) s = dlsym(h, name);
+  if (ownSymbol(s)) s = nullptr;
   if (!s) s = dlsym(RTLD_NEXT, p);
-  return s;
+  return ownSymbol(s) ? nullptr : s;
 }
 
 void resolve() {
@@ -48,6 +58,11 @@ void resolve() {
     fprintf(stderr,
             "gradcomp WARN cannot open %s (%s); looking for pnccl* symbols in the process\n", lib,
             dlerror());
+  } else if (ownSymbol(dlsym(h, "ncclAllReduce"))) {
+    fprintf(stderr,
+            "gradcomp WARN GRADCOMP_NCCL_LIBRARY=%s is gradcomp's interposer, not NCCL; looking "
+            "for pnccl* symbols in the process\n",
+            lib);
   }
 #define GC_SYM(field, name) *reinterpret_cast<void**>(&field) = findSymbol(h, name)
   GC_SYM(gApi.allReduce, "ncclAllReduce");

@@ -150,12 +150,20 @@ TEST(ConfigStrict, IntegersAreDecimalWithoutSignSpaceOrLeadingZero) {
     EXPECT_EQ(std::string(gradcompGetLastError()),
               std::string("GRADCOMP_BITS=") + v + " is not an integer in 2..8");
   }
-  const char* badSeed[] = {" -1", "-1", "+1", "010", "0x", "0x1g", " 1", "0x10000000000000000"};
+  const char* badSeed[] = {" -1",  "-1",     "+1",     "010",   "0x",                  "0x1g",
+                           " 1",   "0x0x1F", "0x0X10", "0x-1",  "0x00000000000000001", "1 ",
+                           "0x10000000000000000"};
   for (const char* v : badSeed) {
     ScopedEnv env("GRADCOMP_SEED", v);
     gradcompConfig_t cfg;
     EXPECT_EQ(gradcompConfigFromEnv(&cfg), gradcompInvalidArgument) << "'" << v << "'";
     EXPECT_NE(strstr(gradcompGetLastError(), "GRADCOMP_SEED="), nullptr);
+  }
+  {
+    ScopedEnv env("GRADCOMP_SEED", "0x000000000000001F");  // 16 digits: the most
+    gradcompConfig_t cfg;
+    ASSERT_EQ(gradcompConfigFromEnv(&cfg), gradcompSuccess) << gradcompGetLastError();
+    EXPECT_EQ(cfg.seed, 31u);
   }
   ScopedEnv a("GRADCOMP_SEED", "0x10"), b("GRADCOMP_BITS", "8"), c("GRADCOMP_MIN_ELEMENTS", "0");
   gradcompConfig_t cfg;

@@ -210,6 +210,26 @@ run other_name env GRADCOMP_NCCL_LIBRARY="$nccl_alt" GC_TEST_GROUP_CALLS_DEFERRE
   check "other_name: the interposer was in the path (one set-up warning, got $n)" "[ '$n' = 1 ]"
 }
 
+# 6b. GRADCOMP_NCCL_LIBRARY naming the interposer itself: its own ncclX are
+# never bound (each call would call itself until the stack ran out); it says
+# so and binds the pnccl* of the NCCL in the process.
+run self_named env GRADCOMP_NCCL_LIBRARY="$preload" GC_TEST_GROUP_CALLS_DEFERRED=1 \
+  "$app" basic && {
+  same_calls self_named
+  check "self_named: the warning says the library is the interposer" \
+    "grep -q \"GRADCOMP_NCCL_LIBRARY=$preload is gradcomp's interposer, not NCCL\" '$work/self_named.err'"
+}
+
+# 6c. Set but empty: the default, with a warning naming the variable.
+run empty_knobs env GRADCOMP_GROUP= GRADCOMP_NCCL_LIBRARY= GC_TEST_GROUP_CALLS_DEFERRED=1 \
+  "$app" basic && {
+  same_calls empty_knobs
+  check "empty_knobs: GRADCOMP_GROUP= warns and defers" \
+    "grep -q 'GRADCOMP_GROUP is set but empty; using defer' '$work/empty_knobs.err'"
+  check "empty_knobs: GRADCOMP_NCCL_LIBRARY= warns and takes libnccl.so.2" \
+    "grep -q 'GRADCOMP_NCCL_LIBRARY is set but empty; using libnccl.so.2' '$work/empty_knobs.err'"
+}
+
 # 7. Without LD_PRELOAD the program talks to the stand-in directly (sanity).
 : > "$work/direct.log"
 FAKE_NCCL_LOG=$work/direct.log "$app" basic > "$work/direct.expected"
