@@ -8,7 +8,7 @@
 // rank r holds the whole sum of chunk (r+1) mod N, encodes it once and the
 // allgather spreads it. N quantizations on the reduce path (one per hop), the
 // same bytes as two-shot, 2(N-1) latency steps. Bytes each rank sends:
-//   sum_{s} E(n_{(r-s) mod N}) + (N-1) * E(max_j n_j).
+//   sum_{s} E(n_{(r-s) mod N}) + (N-1) * E(n_{(r+1) mod N}).
 #include <algorithm>
 #include <vector>
 
@@ -45,7 +45,9 @@ size_t workspaceBytes(const gradcompComm& c, size_t count, int bits) {
 }
 
 // Bytes to every peer, or to the peers on other nodes only: the ring steps
-// all go to the next rank, the allgather to every peer.
+// all go to the next rank, the allgather to every peer (the sum of chunk
+// (r+1) mod N, which this rank owns last). Pieces are whole buckets, so
+// their encodings add up to the chunk's: the same bytes pipelined.
 size_t wire(const gradcompComm& c, size_t count, int bits, bool remoteOnly) {
   Layout L = layout(c, count, bits);
   const int n = c.nranks;
@@ -57,7 +59,7 @@ size_t wire(const gradcompComm& c, size_t count, int bits, bool remoteOnly) {
     }
   }
   const size_t peers = remoteOnly ? c.remotePeers() : n - 1;
-  return bytes + peers * qsgd::encodedBytes(L.maxLen, bits, c.cfg.bucketSize);
+  return bytes + peers * qsgd::encodedBytes(L.len((c.rank + 1) % n), bits, c.cfg.bucketSize);
 }
 
 size_t wireBytes(const gradcompComm& c, size_t count, int bits) {
@@ -156,9 +158,17 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
                          d, key(n, q), gatherBlock(r, q));
   };
   // G: allgather of the reduced pieces.
+  // Each rank's block goes at its encoding's own size, not its slot's (the
+  // padding to 16 bytes, per piece, would be wire bytes too).
   auto gatherPiece = [&](size_t q) -> gradcompResult_t {
     GC_NVTX_RANGE("gradcomp allgather");
-    return allGatherDirect(*c.transport, gather + L.gathered.off[q], L.gathered.slot[q]);
+    std::vector<void*> blocks(n);
+    std::vector<size_t> sizes(n);
+    for (int i = 0; i < n; ++i) {
+      blocks[i] = gatherBlock(i, q);
+      sizes[i] = enc(len(mod(i + 1), q));
+    }
+    return allGatherDirect(*c.transport, blocks.data(), sizes.data());
   };
   // D: every rank, owner included, decodes the same bytes.
   auto decodePiece = [&](size_t q) -> gradcompResult_t {

@@ -34,15 +34,15 @@ gradcompConfig_t ringConfig(size_t pipelineBytes, bool ownerResidual,
 
 // Wire bytes of rank r's pipelined ring, piece by piece from the
 // description: at hop s it sends piece q of chunk (r-s) mod N to r+1, and
-// the allgather sends (N-1) copies of each reduced piece (the largest
-// chunk's).
+// the allgather sends (N-1) copies of each reduced piece (of chunk
+// (r+1) mod N, which rank r owns last).
 size_t pieceWireBytes(const gc::Chunks& ch, const gc::Pieces& p, int N, int r, int bits, int d) {
   size_t bytes = 0;
   for (size_t q = 0; q < p.count; ++q) {
     for (int s = 0; s < N - 1; ++s) {
       bytes += gc::qsgd::encodedBytes(p.len(ch.len(((r - s) % N + N) % N), q), bits, d);
     }
-    bytes += (N - 1) * gc::qsgd::encodedBytes(p.len(ch.maxLen, q), bits, d);
+    bytes += (N - 1) * gc::qsgd::encodedBytes(p.len(ch.len((r + 1) % N), q), bits, d);
   }
   return bytes;
 }
