@@ -226,6 +226,14 @@ gradcompResult_t gradcompCommAbort(gradcompComm_t comm);
 gradcompResult_t gradcompCommStop(gradcompComm_t comm);
 gradcompResult_t gradcompCommRank(gradcompComm_t comm, int* rank);
 gradcompResult_t gradcompCommSize(gradcompComm_t comm, int* size);
+/* The node layout the comm runs on: *nodes nodes of *localSize ranks, as
+ * localSize (GRADCOMP_LOCAL_SIZE) set it or, for auto (0), as the host
+ * identities grouped the ranks (NCCL and socket comms; the in-process CPU
+ * world's auto is flat: nranks nodes of 1). The exchange is hierarchical when
+ * both are >= 2. Hosts with different numbers of ranks run flat: *localSize
+ * is then 1 and *nodes the number of hosts (bytesInterNode still counts
+ * those hosts' boundaries). */
+gradcompResult_t gradcompCommLayout(gradcompComm_t comm, int* nodes, int* localSize);
 
 /* Same contract as ncclAllReduce; in place allowed. fp32/fp16/bf16 with
  * Sum or Avg and count >= minElements on more than one rank are compressed;

@@ -439,6 +439,14 @@ GC_EXPORT gradcompResult_t gradcompCommSize(gradcompComm_t comm, int* size) {
   return gradcompSuccess;
 }
 
+GC_EXPORT gradcompResult_t gradcompCommLayout(gradcompComm_t comm, int* nodes, int* localSize) {
+  GC_ARG(validComm(comm) && nodes && localSize, "comm=%p, nodes=%p or localSize=%p is NULL",
+         (void*)comm, (void*)nodes, (void*)localSize);
+  *nodes = comm->topo.nodes;
+  *localSize = comm->topo.localSize;
+  return gradcompSuccess;
+}
+
 GC_EXPORT gradcompResult_t gradcompCommResetState(gradcompComm_t comm) {
   GC_ARG(validComm(comm), "comm is NULL");
   comm->backend->useOwnStream();  // the last call's stream may be gone

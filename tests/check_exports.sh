@@ -20,7 +20,7 @@ for s in gradcompGetErrorString gradcompGetLastError gradcompConfigInit gradcomp
          gradcompEliasEncodeHost gradcompEliasDecodeHost gradcompEliasWorkspaceBytes \
          gradcompEliasEncode gradcompEliasDecode gradcompEliasDecodeBounded gradcompTopkSlots \
          gradcompTopkSelectHost \
-         gradcompTopkWorkspaceBytes gradcompTopkSelect gradcompCommRetune gradcompCommAbort gradcompCommStop \
+         gradcompTopkWorkspaceBytes gradcompTopkSelect gradcompCommRetune gradcompCommAbort gradcompCommStop gradcompCommLayout \
          gradcompConfigInitSized gradcompConfigFromEnvSized gradcompGetStatsSized; do
   grep -qx "$s" <<< "$syms" || { echo "FAIL: $lib does not export $s"; exit 1; }
 done

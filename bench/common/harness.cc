@@ -283,9 +283,8 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
     r.destroyComm(comm);
 
   if (!ok || !(info.showModel || info.project)) return;
-  // Nodes of `local` ranks: the comm's own setting, --local-size or else
-  // GRADCOMP_LOCAL_SIZE (L > 1; auto is modeled flat).
-  const int local = modelLocalSize(cfg);
+  // Nodes of `local` ranks: the run's layout (RunInfo::localSize).
+  const int local = info.localSize;
   CallKind kind;
   kind.elemBytes = dtypeSize(dtype);
   kind.residual = cfg.errorFeedback != 0;
@@ -614,6 +613,19 @@ int runHarness(const Options& o, Rank& r) {
   if (methodConfig(o, o.methods[0], &layout) == gradcompSuccess) {
     info.localSize = modelLocalSize(layout);
     info.localSizeFrom = o.localSize >= 0 ? "--local-size" : "GRADCOMP_LOCAL_SIZE";
+    // Auto: the layout a comm finds from the ranks' host identities (NCCL
+    // and socket comms), when it is a hierarchy; one node, or a rank per
+    // node, stays modeled flat (each rank on its own link).
+    gradcompComm_t probe = nullptr;
+    if (layout.localSize == 0 && allOk(r, r.createComm(layout, &probe) == gradcompSuccess)) {
+      int nodes = 0, perNode = 0;
+      if (gradcompCommLayout(probe, &nodes, &perNode) == gradcompSuccess && nodes >= 2 &&
+          perNode >= 2) {
+        info.localSize = perNode;
+        info.localSizeFrom = "auto, from the ranks' host identities";
+      }
+    }
+    if (probe != nullptr) r.destroyComm(probe);
     // The comm would refuse it at creation (exit 1); a bad setting is exit 2.
     if (layout.localSize > 1 && r.nranks() % layout.localSize != 0) {
       if (lead)

@@ -21,9 +21,8 @@ gradcompResult_t methodConfig(const Options& o, gradcompMethod_t m, gradcompConf
 std::string methodLabel(const gradcompConfig_t& cfg);
 // The ranks per node the link model takes for comms made from cfg: its
 // localSize (--local-size, else GRADCOMP_LOCAL_SIZE) when > 1, else 1 (flat).
-// Auto (0) is flat on the in-process CPU world, as gradcompCommCreateCpu
-// makes it; NCCL and socket comms group auto by host identity, which the
-// model does not see (modeled flat).
+// Auto (0) is flat here; the harness reads the layout NCCL and socket comms
+// find by host identity back from a comm (gradcompCommLayout).
 int modelLocalSize(const gradcompConfig_t& cfg);
 
 // The QSGD kernels a row's calls run, as the link model times them: encode

@@ -21,6 +21,7 @@
 #include "plugin/topology.h"
 #include "tests/common/cpu_world.h"
 #include "tests/common/ref_hier.h"
+#include "tests/common/socket_world.h"
 #include "tests/common/test_util.h"
 #include "tests/common/world_checks.h"
 
@@ -508,6 +509,45 @@ TEST(HierCpu, HostTopology) {
     gctest::ScopedEnv f("NCCL_HOSTID", "host-b");
     EXPECT_NE(a, gc::hostIdentity());
     EXPECT_NE(a, 0u);
+  }
+}
+
+// gradcompCommLayout: the layout the comm runs on, from localSize or (socket
+// comms) auto's host identities; the in-process world's auto is flat.
+TEST(HierCpu, LayoutIsWhatTheCommRuns) {
+  const int N = 8;
+  const int want[][3] = {{0, 8, 1}, {1, 8, 1}, {2, 4, 2}, {4, 2, 4}, {8, 1, 8}};
+  for (const auto& w : want) {
+    SCOPED_TRACE(testing::Message() << "localSize=" << w[0]);
+    gradcompConfig_t cfg = baseConfig(w[0]);
+    gradcompComm_t comms[N];
+    ASSERT_EQ(gradcompCommCreateCpu(N, &cfg, comms), gradcompSuccess) << gradcompGetLastError();
+    for (int r = 0; r < N; ++r) {
+      int nodes = -1, local = -1;
+      ASSERT_EQ(gradcompCommLayout(comms[r], &nodes, &local), gradcompSuccess);
+      EXPECT_EQ(nodes, w[1]);
+      EXPECT_EQ(local, w[2]);
+      EXPECT_EQ(comms[r]->topo.hier(), nodes >= 2 && local >= 2);
+    }
+    int nodes = 0;
+    EXPECT_EQ(gradcompCommLayout(comms[0], &nodes, nullptr), gradcompInvalidArgument);
+    EXPECT_NE(strstr(gradcompGetLastError(), "localSize=(nil) is NULL"), nullptr)
+        << gradcompGetLastError();
+    for (gradcompComm_t c : comms) gradcompCommDestroy(c);
+  }
+  int nodes = 0, local = 0;
+  EXPECT_EQ(gradcompCommLayout(nullptr, &nodes, &local), gradcompInvalidArgument);
+  // Socket comms of one process share its host identity: auto makes one
+  // node of every rank (flat exchange), an explicit 1 a rank per node.
+  for (int L : {0, 1}) {
+    gradcompConfig_t cfg = baseConfig(L);
+    gctest::SocketWorld w(3, cfg);
+    for (int r = 0; r < 3; ++r) {
+      ASSERT_EQ(gradcompCommLayout(w.comm(r), &nodes, &local), gradcompSuccess)
+          << gradcompGetLastError();
+      EXPECT_EQ(nodes, L == 0 ? 1 : 3) << "L=" << L;
+      EXPECT_EQ(local, L == 0 ? 3 : 1) << "L=" << L;
+    }
   }
 }
 
