@@ -178,7 +178,8 @@ def report_cost(kdoc, kernel, dtype, bits, bucket, count):
                                       == bucket))]
     if not rows:
         return None
-    best = min(rows, key=lambda r: abs(math.log(r["n"] / count)))
+    # Nearest on a log scale; halfway between two rows, the larger (kernel_rates.cc nearer).
+    best = min(rows, key=lambda r: (abs(math.log(r["n"] / count)), -r["n"]))
     return best["time_us"] / best["n"]
 
 
@@ -197,7 +198,8 @@ def report_costs(kdoc, r, bits, bucket, encode="qsgd_encode_ef", owner="qsgd_enc
     return costs
 
 
-def kernel_work(algo, n, e, residual=True, convert=False, local=1, middle="twoshot", piped=False):
+def kernel_work(algo, n, e, residual=True, convert=False, local=1, middle="twoshot", piped=False,
+                padded=False):
     """Per element of the buffer (of the output for the reduce-scatter), what one rank other
     than rank 0 runs, read off plugin/algorithms/: encodes of the input type, of fp32 sums,
     the owners' re-encodes, decodes overwrite and accumulate, elementwise bytes."""
@@ -248,7 +250,9 @@ def kernel_work(algo, n, e, residual=True, convert=False, local=1, middle="twosh
             w[key] = m[key] / local
         w["encode_f32"], w["encode"] = w["encode_f32"] + w["encode"], 0.0
         # Widened unless an fp32 buffer of whole shards; the shard converted.
-        w["elementwise_bytes"] += (0 if e == 4 and not piped else e + 4) + (4 + e) / local
+        # Widened to fp32 blocks unless an fp32 buffer of equal shards (padded: not).
+        w["elementwise_bytes"] += (0 if e == 4 and not piped and not padded else e + 4) + \
+            (4 + e) / local
         if piped:  # HierPipe: the reduced shard staged, the gathered blocks copied out
             w["elementwise_bytes"] += 8 / local + 2 * e
     return w
@@ -369,8 +373,9 @@ def check_kernels(tag, r, kdoc, bits, bucket, algo, n, local=1, middle="twoshot"
                   residual=True):
     """The row's kernel work, costs and kernel_us against the recomputation."""
     e = TYPE_BYTES[r["dtype"]]
+    padded = algo == "hier" and first_part(r["count"], local, bucket) * local != r["count"]
     w = kernel_work(algo, n, e, residual, r["dtype"] != "float", local, middle,
-                    r.get("pieces", 1) > 1)
+                    r.get("pieces", 1) > 1, padded)
     got = r.get("kernel_work") or {}
     expect(all(close(got.get(k), v) for k, v in w.items()),
            "%s: kernel work %s vs %s" % (tag, got, w))
@@ -414,8 +419,9 @@ def check_projection(tag, r, kdoc, bits, bucket, intra_gbps=3600.0, lat=10.0):
         shard = -(-count // g)
         es = encoded(shard, bits, bucket)
         hier_intra, hier_inter = 2 * (g - 1) / g * size, 2 * (k - 1) / k * es
-        kernel = kernel_total(kernel_work("hier", n, e_in, True, convert, g, "twoshot"), costs,
-                              count)
+        padded = first_part(count, g, bucket) * g != count
+        kernel = kernel_total(kernel_work("hier", n, e_in, True, convert, g, "twoshot",
+                                          padded=padded), costs, count)
         hier = (kernel + us(hier_intra, intra_gbps) + us(hier_inter, L / g)
                 + (2 * (g - 1) + 2) * lat)
         t = "%s %dx%d@%g" % (tag, k, g, L)
@@ -441,7 +447,7 @@ def check_projection(tag, r, kdoc, bits, bucket, intra_gbps=3600.0, lat=10.0):
         # Cut into pieces, the pipelined path's kernels (every piece widened, staged,
         # copied out).
         piped_kernel = kernel_total(kernel_work("hier", n, e_in, True, convert, g, "twoshot",
-                                                pieces > 1), costs, count)
+                                                pieces > 1, padded), costs, count)
         expect(close(p["hier_pipelined_kernel_us"], piped_kernel) and
                (pieces == 1 or piped_kernel > kernel),
                "%s: pipelined hier kernels %s vs %s" % (t, p["hier_pipelined_kernel_us"],
@@ -451,6 +457,15 @@ def check_projection(tag, r, kdoc, bits, bucket, intra_gbps=3600.0, lat=10.0):
         expect(close(p["hier_pipelined_time_us"], piped),
                "%s: pipelined hier time %s vs %s" % (t, p["hier_pipelined_time_us"], piped))
         expect(pieces > 1 or close(piped, hier), "%s: one piece is the unpipelined hier" % t)
+        # Never shorter than either lane's own work: the node stream runs every piece's
+        # reduce-scatter and allgather, 2 * pieces * r (each piece paying G-1 ring steps).
+        r_piece = us(hier_intra / 2 / pieces, intra_gbps) + (g - 1) * lat
+        m_piece = piped_kernel / pieces + us(hier_inter / pieces, L / g) + middle_lat
+        expect(p["hier_pipelined_time_us"] >= (1 - 1e-9) * max(2 * pieces * r_piece,
+                                                                  pieces * m_piece),
+               "%s: pipelined hier %s us is shorter than its node stream's %s us or its middle "
+               "stage's %s us" % (t, p["hier_pipelined_time_us"], 2 * pieces * r_piece,
+                                  pieces * m_piece))
         # Auto passes through where the compressed call (hier on >= 2 nodes) is not faster.
         expect(close(p["auto_time_us"], min(piped, nccl)), "%s: auto's time" % t)
         expect(close(p["auto_speedup"], nccl / min(piped, nccl)), "%s: auto's speedup" % t)
@@ -489,13 +504,29 @@ def hier_pieces(count, bucket, k, g, pipe_bytes):
     return 1 if pipe_bytes == 0 or k < 2 or piece >= chunk else -(-chunk // piece)
 
 
+def hier_schedule(r, m, pieces):
+    """The pipelined hierarchy's lanes (docs/benchmark.md, "Pipelined hierarchy"): the NVLink
+    reduce-scatter S_q and allgather A_q of each piece on one node stream, in the library's
+    issue order S0 S1 S2 A0 S3 A1 ..., the inter-node stage M_q after S_q and M_{q-1}, A_q
+    after M_q; the call ends with the last A."""
+    node, middle, mid_end = 0.0, 0.0, []
+    for q in range(pieces + 2):
+        if q < pieces:
+            node += r
+            middle = max(middle, node) + m
+            mid_end.append(middle)
+        if 2 <= q < pieces + 2:
+            node = max(node, mid_end[q - 2]) + r
+    return node
+
+
 def hier_pipelined(kernel, intra, inter, intra_gbps, nic_gbps, g, middle_lat, lat, pieces):
-    """fill + drain + (P-1) * the slowest of: NVLink reduce-scatter, inter-node kernels and
-    transfer, NVLink allgather (docs/benchmark.md, "Pipelined hierarchy")."""
+    """Per piece: NVLink reduce-scatter r, inter-node kernels and transfer m, NVLink allgather r,
+    scheduled as the library issues them (hier_schedule)."""
     us = lambda b, gbps: b * 8 / (gbps * 1e3)  # noqa: E731
     rs = us(intra / 2 / pieces, intra_gbps) + (g - 1) * lat
     mid = kernel / pieces + us(inter / pieces, nic_gbps) + middle_lat
-    return 2 * rs + mid + (pieces - 1) * max(rs, mid)
+    return hier_schedule(rs, mid, max(1, round(pieces)))
 
 
 def check_hier_rows(tag, rows, kdoc, nranks, local, middle, bits, intra_gbps=3600.0, lat=10.0,
@@ -730,6 +761,15 @@ def main():
         expect("nodes of 2 ranks (--local-size)" in out,
                "the preamble says how hier rows are modeled")
         check_hier_rows("hier -a %s" % algo, rows, kdoc, 4, 2, middle, bits, bucket=bucket)
+    # A count whose two shards differ (250001 floats): the library widens even an fp32 buffer
+    # into equal blocks, and the row's kernels count that pass (check_kernels' padded).
+    odd = 4 * 250001
+    code, out, rows = run(perf, ["-N", "4", "--local-size", "2", "-b", str(odd), "-e", str(odd),
+                                 "-n", "1", "-w", "0", "-q", str(bits), "-B", str(bucket),
+                                 "-a", "twoshot"], os.path.join(work, "hier-odd.json"))
+    expect(code == 0 and len(rows) == 1 and first_part(rows[0]["count"], 2, bucket) * 2 !=
+           rows[0]["count"], "hier run of uneven shards exits 0 with one row")
+    check_hier_rows("hier uneven shards", rows, kdoc, 4, 2, "twoshot", bits, bucket=bucket)
 
     # Pipelined hier (GRADCOMP_PIPELINE_BYTES) on 4 nodes of 2 ranks, whose middle stage is
     # two-shot: the rows report the library's pieces and the three-stage pipelined model.
@@ -879,6 +919,28 @@ def main():
                    (bkt == 128), "%s: the row says when the decode overwrite is estimated (%s)"
                    % (t, note))
 
+    # A call halfway (log scale) between two report sizes takes the larger size's rates: the
+    # fixture's rows at M/2 and 2M have distinct per-element times, the call has M elements.
+    ft = os.path.join(work, "fixture-tie", "2030-01-01-tie-gpu")
+    os.makedirs(ft, exist_ok=True)
+    open(ft + ".json", "w").write("{}")
+    tie_rows = []
+    for kernel, small_us, large_us in (("qsgd_encode_ef", 90.0, 200.0),
+                                       ("qsgd_decode_acc", 45.0, 100.0), ("copy", 30.0, 80.0)):
+        for n, us in ((M // 2, small_us), (2 * M, large_us)):
+            tie_rows.append({"kernel": kernel, "dtype": "float", "bits": 4, "n": n, "time_us": us})
+    json.dump({"gpu": "Fixture GPU", "bucket": 512, "rows": tie_rows},
+              open(os.path.join(ft, "kernels.json"), "w"))
+    code, out, rows = run(perf, ["-N", "2", "-b", "4M", "-e", "4M", "-n", "1", "-w", "0", "-m",
+                                 "qsgd", "-a", "twoshot", "--kernel-rates", ft + ".json"],
+                          os.path.join(work, "rates-tie.json"))
+    expect(code == 0 and len(rows) == 1 and rows[0]["count"] == M,
+           "fixture tie: one row of %d elements" % M)
+    for r in rows:
+        expect(close(r["encode_us"], 200.0 / 2) and close(r["decode_us"], 100.0 / 2),
+               "fixture tie: encode %s and decode %s us at the larger row's rates (100, 50), not "
+               "the smaller's (180, 90)" % (r["encode_us"], r["decode_us"]))
+
     # The sparse rows (topk, dgc, randk; algo sparse): every kernel charged, the selector at
     # the report's rate of the nearest density then n, everything else by bytes at the copy's
     # bandwidth. Distinct rates in the fixture (and a second n and density that must not be
@@ -1020,7 +1082,7 @@ def main():
         randk = r["method"] == "randk"
         sel_rows = [x for x in ndoc["rows"] if x["kernel"] == "topk_threshold" and
                     abs(x["density"] / 0.01 - 1) < 1e-6]
-        near = min(sel_rows, key=lambda x: abs(math.log(x["n"] / n)))
+        near = min(sel_rows, key=lambda x: (abs(math.log(x["n"] / n)), -x["n"]))
         copy_byte = report_cost(ndoc, "copy", "float", 0, 0, n) / 8
         costs = {"select": 0 if randk else near["time_us"] / near["n"],
                  "check_lists": 0 if randk else 4 * copy_byte,

@@ -9,6 +9,8 @@
 #include <algorithm>
 #include <fstream>
 #include <sstream>
+#include <string>
+#include <tuple>
 
 #include "json_read.h"
 
@@ -39,6 +41,16 @@ bool isDir(const std::string& path) {
 bool isFile(const std::string& path) {
   struct stat st;
   return stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+// Whether a report row of size n is a better stand-in for a call of `count`
+// elements than one of size best: nearer on a log scale, or as near (a
+// count halfway between two sizes) and larger, whose per-element time has
+// less of the launch in it. Taking the smaller there made the modeled
+// speedup dip at those sizes.
+bool nearer(double n, double best, double count) {
+  const double a = fabs(log(n / count)), b = fabs(log(best / count));
+  return a < b || (a == b && n > best);
 }
 
 bool endsWith(const std::string& s, const std::string& tail) {
@@ -164,7 +176,7 @@ bool KernelRates::lookup(const char* dtype, const QsgdKernels& k, size_t count, 
     const Entry* best = nullptr;
     for (const Entry& e : rows) {
       if (e.kernel != kernel || e.dtype != type || e.bits != bits || e.bucket != bucket) continue;
-      if (!best || fabs(log(e.n / count)) < fabs(log(best->n / count))) best = &e;
+      if (!best || nearer(e.n, best->n, (double)count)) best = &e;
     }
     return best;
   };
@@ -201,8 +213,9 @@ bool KernelRates::lookupSparse(bool select, bool exact, bool flagged, double den
   if (!ok || count == 0 || !(density > 0)) return false;
   const char* kernel = exact ? "topk_exact" : "topk_threshold";
   const Entry* best = nullptr;
+  // Nearest density first, then size (a tie: the larger size).
   auto far = [&](const Entry& e) {
-    return std::make_pair(fabs(log(e.density / density)), fabs(log(e.n / count)));
+    return std::make_tuple(fabs(log(e.density / density)), fabs(log(e.n / count)), -e.n);
   };
   for (const Entry& e : rows)
     if (select && e.kernel == kernel && e.dtype == "float" && (!best || far(e) < far(*best)))
@@ -211,7 +224,7 @@ bool KernelRates::lookupSparse(bool select, bool exact, bool flagged, double den
     const Entry* e = nullptr;
     for (const Entry& x : rows)
       if (x.kernel == name && x.dtype == "float" &&
-          (!e || fabs(log(x.n / size)) < fabs(log(e->n / size))))
+          (!e || nearer(x.n, e->n, size)))
         e = &x;
     return e;
   };

@@ -1,6 +1,9 @@
 #include "model.h"
 
+#include <math.h>
+
 #include <algorithm>
+#include <vector>
 
 #include "gradcomp/reference.h"
 
@@ -90,6 +93,13 @@ double kernelUs(const KernelWork& w, const KernelCosts& c, double count) {
 // allgathers (allGatherDirect: each rank's block straight to every peer);
 // the ring's hops follow one another; NCCL's allgather and allreduce run
 // rings of N-1 and 2(N-1) steps.
+bool hierShardsPadded(size_t count, int bucket, int local) {
+  if (local <= 1 || bucket <= 0) return false;
+  const size_t d = (size_t)bucket, g = (size_t)local;
+  const size_t first = std::min(count, ((count + d - 1) / d + g - 1) / g * d);
+  return first * g != count;
+}
+
 AlgoShape algoShape(int algo, int nranks, int local, int middle, const CallKind& kind) {
   const double n = nranks, e = (double)kind.elemBytes, r = kind.residual ? 4.0 : 0.0;
   AlgoShape s{};
@@ -105,7 +115,7 @@ AlgoShape algoShape(int algo, int nranks, int local, int middle, const CallKind&
       // The buffer widened to fp32 for the in-node reduce-scatter (an fp32
       // buffer of whole shards goes as it is), and this rank's reduced shard
       // converted (Avg divided) into the gathered output.
-      if (kind.elemBytes != 4 || kind.piped) w.elementwiseBytes += e + 4;
+      if (kind.elemBytes != 4 || kind.piped || kind.paddedShards) w.elementwiseBytes += e + 4;
       w.elementwiseBytes += (4 + e) / g;
       // Pipelined (HierPipe): every piece is widened, even fp32; its reduced
       // shard copied to the middle's buffer; the gathered blocks copied out.
@@ -299,11 +309,26 @@ static double interStageUs(double kernelUs, const LinkBytes& b, double middleSte
          middleSteps * c.latencyUs;
 }
 
+double hierPipelineScheduleUs(double r, double m, int pieces) {
+  double node = 0, middle = 0;  // when each lane is next free
+  std::vector<double> middleEnd(pieces > 0 ? pieces : 0);
+  const int P = pieces;
+  for (int q = 0; q < P + 2; ++q) {
+    if (q < P) {  // before(q): S_q on the node stream, then piece q's middle stage
+      node += r;
+      middle = std::max(middle, node) + m;
+      middleEnd[q] = middle;
+    }
+    if (q >= 2 && q - 2 < P) node = std::max(node, middleEnd[q - 2]) + r;  // after(q-2): A
+  }
+  return node;
+}
+
 double hierPipelinedUs(double kernelUs, const LinkBytes& b, double middleSteps, const Cluster& c,
                        double pieces) {
   const double r = nodeStageUs(b.intra / 2, c, pieces);
   const double m = interStageUs(kernelUs, b, middleSteps, c, pieces);
-  return 2 * r + m + (pieces - 1) * std::max(r, m);
+  return hierPipelineScheduleUs(r, m, std::max(1, (int)llround(pieces)));
 }
 
 double hierReduceScatterPipelinedUs(double kernelUs, const LinkBytes& b, double middleSteps,
@@ -359,11 +384,13 @@ ClusterTimes clusterModel(size_t count, const CallKind& kind, int bits, int buck
     t.autoUs = std::min(t.flatUs, t.ncclUs);
     return t;
   }
-  const AlgoShape hs = algoShape(5, c.ranks(), c.local, 1, kind);
+  CallKind hk = kind;
+  hk.paddedShards = hierShardsPadded(count, bucket, c.local);
+  const AlgoShape hs = algoShape(5, c.ranks(), c.local, 1, hk);
   t.hierKernelUs = kernelUs(hs.work, costs, (double)count);
   t.hierUs = gradcompClusterUs(t.hierKernelUs, t.hier, true, hs.latencySteps, c);
   t.hierPieces = hierPieces(count, bucket, c, pipelineBytes);
-  CallKind piped = kind;
+  CallKind piped = hk;
   piped.piped = t.hierPieces > 1;
   t.hierPipedKernelUs =
       kernelUs(algoShape(5, c.ranks(), c.local, 1, piped).work, costs, (double)count);

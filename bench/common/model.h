@@ -21,6 +21,9 @@ struct CallKind {
   // Cut into pieces (GRADCOMP_PIPELINE_BYTES): the hierarchies' pipelined
   // paths widen, stage and unpack piece by piece, which costs more passes.
   bool piped = false;
+  // The hierarchy's shards of different lengths (hierShardsPadded): even an
+  // fp32 buffer is widened into equal blocks for the in-node reduce-scatter.
+  bool paddedShards = false;
   // The sparse exchanges (algo 4: topk, dgc, randk), per element of the
   // buffer they run on: the slots each rank sends (kmax / n; rand-k's k / n)
   // and their value bytes; DGC's momentum, its clipping's norm pass and
@@ -73,6 +76,9 @@ struct AlgoShape {
 // exchange among k = N/G nodes (k-1 blocks encoded and decoded, one step).
 AlgoShape algoShape(int algo, int nranks, int local = 1, int middle = 1,
                     const CallKind& kind = CallKind());
+// Whether the hierarchy splits `count` elements into `local` shards of
+// different lengths (splitAligned: whole buckets, the first ones longer).
+bool hierShardsPadded(size_t count, int bucket, int local);
 
 double ncclRingBytes(size_t bytes, int nranks);
 double ncclModelUs(size_t bytes, int nranks, double gbps, double latencyUs);
@@ -131,15 +137,18 @@ double concurrentLinkUs(const LinkBytes& b, const Cluster& c);
 double sequentialLinkUs(const LinkBytes& b, const Cluster& c);
 
 // The hierarchy cut into `pieces` pieces (GRADCOMP_PIPELINE_BYTES, a
-// two-shot middle stage): a three-stage pipeline of the NVLink
-// reduce-scatter (r), the inter-node stage (m: its kernels and its transfer
-// one after the other) and the NVLink allgather (a), each piece paying its
-// own latency steps:
+// two-shot middle stage): per piece the NVLink reduce-scatter S (r), the
+// inter-node stage M (m: its kernels and its transfer one after the other)
+// and the NVLink allgather A (r), each piece paying its own latency steps:
 //   r = b.intra / 2 / pieces / intraGbps + (G-1) * latency
 //   m = kernelUs / pieces + b.inter / pieces / (nodeGbps / G) + middleSteps * latency
-//   a = r
-//   fill + drain + (pieces - 1) * max(stage) = r + m + a + (pieces - 1) * max(r, m, a).
-// One piece gives gradcompClusterUs with its stages in turn.
+// S and A share the node stream, in the order the library issues them
+// (S0 S1 S2 A0 S3 A1 ... : two-shot's piece loop calls the hooks' before(q)
+// then after(q-2)); M_q follows S_q and M_{q-1}; A_q waits for M_q. The call
+// ends with the last A (hierPipelineScheduleUs). At least 2 * pieces * r,
+// the node stream's own work; one piece gives 2r + m, gradcompClusterUs with
+// its stages in turn.
+double hierPipelineScheduleUs(double r, double m, int pieces);
 double hierPipelinedUs(double kernelUs, const LinkBytes& b, double middleSteps, const Cluster& c,
                        double pieces);
 // The hierarchical reduce-scatter cut into `pieces` pieces (its middle

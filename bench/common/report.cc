@@ -328,8 +328,9 @@ void printProjection(const Options& o, const std::vector<Row>& rows) {
           : (first->kernelSource == KernelSource::Report ? "of the GPU report in the preamble"
                                                          : "unknown (times left out)"));
   printf(
-      "#  hier|P: hier cut into P pieces (--model-pipe %zu), its three stages "
-      "pipelined; auto: the smaller of the compressed time and NCCL's\n",
+      "#  hier|P: hier cut into P pieces (--model-pipe %zu), pipelined (each piece's NVLink "
+      "reduce-scatter and allgather in turn on one node stream); auto: the smaller of the "
+      "compressed time and NCCL's\n",
       o.modelPipelineBytes);
   printf("# %10s  %8s  %5s  %6s  %9s  %9s  %9s  %6s  %6s  %4s  %8s  %6s  %11s  %11s  %11s  %9s\n",
          "size", "type", "KxG", "L Gb/s", "nccl", "flat", "hier", "flat x", "hier x", "P",
