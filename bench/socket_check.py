@@ -124,6 +124,13 @@ def check_rows(tag, doc, cpu_rows, n, collective):
         g_steps = r["latency_steps"]
         if r["algo"] == "passthrough":
             expect(g_steps == steps, "%s: pass-through is the direct two-shot's steps" % t)
+        else:
+            # The algorithm's rounds (docs/benchmark.md, "A slow link on a CPU machine") plus
+            # one for the ranks' agreement on the call before it touches a buffer's state.
+            algo_steps = {"twoshot": 2, "allgather": 1, "sparse": 1, "reducescatter": 1}
+            expect(r["algo"] in algo_steps and g_steps == algo_steps[r["algo"]] + 1,
+                   "%s: %s steps, the algorithm's %s + 1 for the call's agreement" % (
+                       t, g_steps, algo_steps.get(r["algo"])))
         g_model = host + us(r["wire_bytes"]) + g_steps * LAT
         expect(close(m["nccl_time_us"], base_model, rel=1e-6), "%s: baseline model %s == %s" % (
             t, m["nccl_time_us"], base_model))
