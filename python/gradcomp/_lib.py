@@ -94,6 +94,7 @@ OPTIONAL_SIGNATURES = {
                                              c_uint64, E, c_void_p]),
     "gradcompEliasDecodeBounded": (R, [c_void_p, c_size_t, c_size_t, P(T.EliasParams), c_void_p,
                                        c_int, c_void_p]),
+    "gradcompCommLayout": (R, [c_void_p, P(c_int), P(c_int)]),
 }
 
 

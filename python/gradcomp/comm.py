@@ -164,6 +164,17 @@ class Comm:
         blob = bytes(blob)
         check(lib().gradcompCommLoadState(self.handle, blob, len(blob)))
 
+    def layout(self):
+        """gradcompCommLayout: (nodes, ranks per node) the comm runs on, from local_size or, for
+        auto, the ranks' host identities (NCCL and TCP comms; the in-process world's auto is
+        flat). The exchange is hierarchical when both are >= 2."""
+        if not has("gradcompCommLayout"):
+            raise GradcompError("this libgradcomp has no gradcompCommLayout: rebuild it from a "
+                                "checkout that has it", 7)
+        nodes, local = ctypes.c_int(), ctypes.c_int()
+        check(lib().gradcompCommLayout(self.handle, ctypes.byref(nodes), ctypes.byref(local)))
+        return nodes.value, local.value
+
     def stats(self):
         """gradcompGetStats as a dict (snake_case keys; calls_per_algo by algorithm name,
         calls_per_bits by bit width 2..8)."""

@@ -668,6 +668,18 @@ class SocketComm(unittest.TestCase):
         got = self.compare(4, dict(method="qsgd", local_size=2))
         self.assertEqual(got[0][2]["calls_per_algo"]["hier"], 3)
 
+    def test_layout(self):
+        """Comm.layout: local_size's nodes; auto groups TCP ranks by host identity (these
+        threads share one: one node), the in-process world's auto is flat."""
+        for local, want_socket, want_world in ((0, (1, 4), (4, 1)), (2, (2, 2), (2, 2)),
+                                               (1, (4, 1), (4, 1))):
+            cfg = gradcomp.Config(from_env=False, local_size=local, auto_tune=0)
+            got = socket_run(4, cfg, lambda comm: comm.layout())
+            self.assertEqual(got, [want_socket] * 4, f"local_size={local}")
+            with gradcomp.CpuWorld(4, cfg) as w:
+                self.assertEqual([c.layout() for c in w.comms], [want_world] * 4,
+                                 f"local_size={local}")
+
     def test_reduce_scatter_is_the_in_process_worlds(self):
         if not gradcomp.Comm.has_reduce_scatter():
             self.skipTest("this libgradcomp has no gradcompReduceScatter")
