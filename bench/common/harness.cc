@@ -291,8 +291,8 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
   kind.convert = dtype != ncclFloat32 || o.op == ncclAvg;
   kind.ownerResidual = cfg.ownerResidual != 0;
   kind.piped = row->pieces > 1;
-  kind.paddedShards = row->algoUsed == gradcompAlgoHier &&
-                      hierShardsPadded(count, cfg.bucketSize, local);
+  kind.paddedShards =
+      row->algoUsed == gradcompAlgoHier && hierShardsPadded(count, cfg.bucketSize, local);
   // The sparse exchange, flat or as hier's middle stage.
   const bool sparseMethod = cfg.method == gradcompMethodTopk || cfg.method == gradcompMethodDgc ||
                             cfg.method == gradcompMethodRandk;

@@ -223,9 +223,7 @@ bool KernelRates::lookupSparse(bool select, bool exact, bool flagged, double den
   auto nearest = [&](const char* name, double size) -> const Entry* {
     const Entry* e = nullptr;
     for (const Entry& x : rows)
-      if (x.kernel == name && x.dtype == "float" &&
-          (!e || nearer(x.n, e->n, size)))
-        e = &x;
+      if (x.kernel == name && x.dtype == "float" && (!e || nearer(x.n, e->n, size))) e = &x;
     return e;
   };
   const Entry* copy = nearest("copy", (double)count);

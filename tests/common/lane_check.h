@@ -34,6 +34,7 @@
 #include "plugin/codecs/qsgd.h"
 #include "plugin/comm.h"
 #include "tests/common/forwarding_backend.h"
+#include "tests/common/forwarding_transport.h"
 
 namespace gctest {
 
@@ -221,21 +222,12 @@ class LaneCheck final : public ForwardingBackend {
 };
 
 // A transport whose collectives are logged on the lane of its stream.
-class LaneTransport final : public gc::Transport {
+class LaneTransport final : public ForwardingTransport {
  public:
   // tag names the transport in LaneCheck::order (w: the comm's, n: the
   // node's, x: the inter-node child comm's).
   LaneTransport(std::unique_ptr<gc::Transport> inner, LaneCheck* check, char tag)
-      : inner_(std::move(inner)), check_(check), tag_(tag) {
-    rank_ = inner_->rank();
-    size_ = inner_->size();
-  }
-  void setStream(cudaStream_t s) override {
-    stream_ = s;
-    inner_->setStream(s);
-  }
-  gradcompResult_t verifyCall() override { return inner_->verifyCall(); }
-  void abort() override { inner_->abort(); }
+      : ForwardingTransport(std::move(inner)), check_(check), tag_(tag) {}
 
   gradcompResult_t allToAll(const void* const* send, const size_t* sendBytes, void* const* recv,
                             const size_t* recvBytes) override {
@@ -243,12 +235,12 @@ class LaneTransport final : public gc::Transport {
       if (p == rank_) continue;
       log("allToAll", send[p], sendBytes[p], recv[p], recvBytes[p]);
     }
-    return inner_->allToAll(send, sendBytes, recv, recvBytes);
+    return ForwardingTransport::allToAll(send, sendBytes, recv, recvBytes);
   }
   gradcompResult_t sendRecv(const void* send, size_t sendBytes, int to, void* recv,
                             size_t recvBytes, int from) override {
     log("sendRecv", send, sendBytes, recv, recvBytes);
-    return inner_->sendRecv(send, sendBytes, to, recv, recvBytes, from);
+    return ForwardingTransport::sendRecv(send, sendBytes, to, recv, recvBytes, from);
   }
   gradcompResult_t allGather(const void* send, void* recv, size_t bytes) override {
     // In place (send is this rank's block of recv): the block is only read.
@@ -260,23 +252,23 @@ class LaneTransport final : public gc::Transport {
     } else {
       log("allGather", send, bytes, recv, bytes * size_);
     }
-    return inner_->allGather(send, recv, bytes);
+    return ForwardingTransport::allGather(send, recv, bytes);
   }
   gradcompResult_t allReduceSumFloat(const float* send, float* recv, size_t n) override {
     log("allReduceSumFloat", send, send == recv ? 0 : n * 4, recv, n * 4);
-    return inner_->allReduceSumFloat(send, recv, n);
+    return ForwardingTransport::allReduceSumFloat(send, recv, n);
   }
   gradcompResult_t passThrough(const void* send, void* recv, size_t count, ncclDataType_t type,
                                ncclRedOp_t op) override {
     log("passThrough", send, send == recv ? 0 : count * typeBytes(type), recv,
         count * typeBytes(type));
-    return inner_->passThrough(send, recv, count, type, op);
+    return ForwardingTransport::passThrough(send, recv, count, type, op);
   }
   gradcompResult_t reduceScatter(const void* send, void* recv, size_t recvCount,
                                  ncclDataType_t type, ncclRedOp_t op) override {
     log("reduceScatter", send, recvCount * typeBytes(type) * size_, recv,
         recvCount * typeBytes(type));
-    return inner_->reduceScatter(send, recv, recvCount, type, op);
+    return ForwardingTransport::reduceScatter(send, recv, recvCount, type, op);
   }
 
  private:
@@ -288,7 +280,6 @@ class LaneTransport final : public gc::Transport {
     check_->order += name[0];
     check_->op(check_->laneOf(stream_), name, {{src, srcBytes, false}, {dst, dstBytes, true}});
   }
-  std::unique_ptr<gc::Transport> inner_;
   LaneCheck* check_;
   const char tag_;
 };

@@ -150,8 +150,18 @@ TEST(ConfigStrict, IntegersAreDecimalWithoutSignSpaceOrLeadingZero) {
     EXPECT_EQ(std::string(gradcompGetLastError()),
               std::string("GRADCOMP_BITS=") + v + " is not an integer in 2..8");
   }
-  const char* badSeed[] = {" -1",  "-1",     "+1",     "010",   "0x",                  "0x1g",
-                           " 1",   "0x0x1F", "0x0X10", "0x-1",  "0x00000000000000001", "1 ",
+  const char* badSeed[] = {" -1",
+                           "-1",
+                           "+1",
+                           "010",
+                           "0x",
+                           "0x1g",
+                           " 1",
+                           "0x0x1F",
+                           "0x0X10",
+                           "0x-1",
+                           "0x00000000000000001",
+                           "1 ",
                            "0x10000000000000000"};
   for (const char* v : badSeed) {
     ScopedEnv env("GRADCOMP_SEED", v);

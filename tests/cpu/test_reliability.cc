@@ -27,6 +27,7 @@
 #include "tests/common/ref_sparse.h"
 #include "tests/common/guarded.h"
 #include "tests/common/test_util.h"
+#include "tests/common/forwarding_transport.h"
 #include "backends/sparse_ops.h"
 #include "comm.h"
 #include "gradcomp.h"
@@ -641,26 +642,15 @@ TEST(Reliability, HierarchicalCallsAgreeOnTheOp) {
 // call check sees the same calls.
 enum class SlotDefect { Duplicate, Unordered, PastTheBuffer, FilledAfterEmpty };
 
-class HostileSlotsTransport final : public gc::Transport {
+class HostileSlotsTransport final : public gctest::ForwardingTransport {
  public:
   HostileSlotsTransport(std::unique_ptr<gc::Transport> inner, bool hostile, SlotDefect defect,
                         uint32_t n)
-      : inner_(std::move(inner)), hostile_(hostile), defect_(defect), n_(n) {
-    rank_ = inner_->rank();
-    size_ = inner_->size();
+      : ForwardingTransport(std::move(inner)), hostile_(hostile), defect_(defect), n_(n) {
     sent.assign(size_, {0u, 0u});
-  }
-  gradcompResult_t verifyCall() override {
-    inner_->beginCall(call_);
-    return inner_->verifyCall();
-  }
-  void abort() override {
-    inner_->abort();
-    gc::Transport::abort();
   }
   gradcompResult_t allToAll(const void* const* send, const size_t* sendBytes, void* const* recv,
                             const size_t* recvBytes) override {
-    inner_->beginCall(call_);
     std::map<const void*, std::pair<uint32_t, uint32_t>> done;
     for (int j = 0; hostile_ && j < size_; ++j) {
       if (j == rank_ || sendBytes[j] < 8) continue;
@@ -684,37 +674,13 @@ class HostileSlotsTransport final : public gc::Transport {
       }
       sent[j] = done[send[j]];
     }
-    return inner_->allToAll(send, sendBytes, recv, recvBytes);
-  }
-  gradcompResult_t sendRecv(const void* send, size_t sendBytes, int to, void* recv,
-                            size_t recvBytes, int from) override {
-    inner_->beginCall(call_);
-    return inner_->sendRecv(send, sendBytes, to, recv, recvBytes, from);
-  }
-  gradcompResult_t allGather(const void* send, void* recv, size_t bytes) override {
-    inner_->beginCall(call_);
-    return inner_->allGather(send, recv, bytes);
-  }
-  gradcompResult_t allReduceSumFloat(const float* send, float* recv, size_t n) override {
-    inner_->beginCall(call_);
-    return inner_->allReduceSumFloat(send, recv, n);
-  }
-  gradcompResult_t passThrough(const void* send, void* recv, size_t count, ncclDataType_t type,
-                               ncclRedOp_t op) override {
-    inner_->beginCall(call_);
-    return inner_->passThrough(send, recv, count, type, op);
-  }
-  gradcompResult_t reduceScatter(const void* send, void* recv, size_t recvCount,
-                                 ncclDataType_t type, ncclRedOp_t op) override {
-    inner_->beginCall(call_);
-    return inner_->reduceScatter(send, recv, recvCount, type, op);
+    return ForwardingTransport::allToAll(send, sendBytes, recv, recvBytes);
   }
   // The first two indices of the block sent to each rank, as selected
   // (the allgather sends one block to all).
   std::vector<std::pair<uint32_t, uint32_t>> sent;
 
  private:
-  std::unique_ptr<gc::Transport> inner_;
   bool hostile_;
   SlotDefect defect_;
   uint32_t n_;

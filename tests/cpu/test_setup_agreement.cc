@@ -123,10 +123,10 @@ TEST(SetupAgreement, EachSettingIsNamed) {
   // Every field of the config is voted on but structSize and cpuTimeoutSec
   // (a rank's own wait): a field appended must join the vote and the list
   // above, or be named here as a rank's own.
-  static_assert(offsetof(gradcompConfig_t, checkCalls) + sizeof(int) == sizeof(gradcompConfig_t) ||
-                    offsetof(gradcompConfig_t, checkCalls) + sizeof(int) + 4 ==
-                        sizeof(gradcompConfig_t),
-                "checkCalls is no longer the config's last field: vote on the new one");
+  static_assert(
+      offsetof(gradcompConfig_t, checkCalls) + sizeof(int) == sizeof(gradcompConfig_t) ||
+          offsetof(gradcompConfig_t, checkCalls) + sizeof(int) + 4 == sizeof(gradcompConfig_t),
+      "checkCalls is no longer the config's last field: vote on the new one");
   EXPECT_EQ(sizeof(changes) / sizeof(changes[0]), (size_t)gc::kSetupSettings - 1)
       << "one change per voted setting (the local size is tested above)";
   const gradcompConfig_t base = config(2);

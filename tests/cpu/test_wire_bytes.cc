@@ -14,6 +14,7 @@
 #include "plugin/backends/transport.h"
 #include "plugin/comm.h"
 #include "tests/common/cpu_world.h"
+#include "tests/common/forwarding_transport.h"
 #include "tests/common/test_util.h"
 #include "tests/common/world_checks.h"
 
@@ -23,56 +24,26 @@ struct Carried {
   uint64_t all = 0, remote = 0;
 };
 
-// Forwards to the comm's transport and counts what its exchanges send to
-// other ranks (the uncompressed collectives are not compressed bytes and
-// are not counted: no call here passes through).
-class CountingTransport final : public gc::Transport {
+// Counts what the comm's exchanges send to other ranks. The QSGD
+// algorithms' bytes go by allToAll and sendRecv; allGather carries only the
+// CPU backend's own agreement on a call's arguments (checkRanksAgree), which
+// the CUDA backend does not send, and the uncompressed collectives are not
+// compressed bytes (no call here passes through).
+class CountingTransport final : public gctest::ForwardingTransport {
  public:
   CountingTransport(std::unique_ptr<gc::Transport> inner, Carried* out,
                     std::function<bool(int)> remote)
-      : inner_(std::move(inner)), out_(out), remote_(std::move(remote)) {
-    rank_ = inner_->rank();
-    size_ = inner_->size();
-  }
-  void setStream(cudaStream_t s) override { inner_->setStream(s); }
-  bool checksEveryCall() const override { return inner_->checksEveryCall(); }
-  gradcompResult_t verifyCall() override {
-    inner_->beginCall(call_);
-    return inner_->verifyCall();
-  }
+      : ForwardingTransport(std::move(inner)), out_(out), remote_(std::move(remote)) {}
   gradcompResult_t allToAll(const void* const* send, const size_t* sendBytes, void* const* recv,
                             const size_t* recvBytes) override {
     for (int j = 0; j < size_; ++j)
       if (j != rank_) count(j, sendBytes[j]);
-    inner_->beginCall(call_);
-    return inner_->allToAll(send, sendBytes, recv, recvBytes);
+    return ForwardingTransport::allToAll(send, sendBytes, recv, recvBytes);
   }
   gradcompResult_t sendRecv(const void* send, size_t sendBytes, int to, void* recv,
                             size_t recvBytes, int from) override {
     if (to != rank_) count(to, sendBytes);
-    inner_->beginCall(call_);
-    return inner_->sendRecv(send, sendBytes, to, recv, recvBytes, from);
-  }
-  // The QSGD algorithms' bytes go by allToAll and sendRecv; allGather
-  // carries only the CPU backend's own agreement on a call's arguments
-  // (checkRanksAgree), which the CUDA backend does not send.
-  gradcompResult_t allGather(const void* send, void* recv, size_t bytes) override {
-    inner_->beginCall(call_);
-    return inner_->allGather(send, recv, bytes);
-  }
-  gradcompResult_t allReduceSumFloat(const float* send, float* recv, size_t n) override {
-    inner_->beginCall(call_);
-    return inner_->allReduceSumFloat(send, recv, n);
-  }
-  gradcompResult_t passThrough(const void* send, void* recv, size_t n, ncclDataType_t t,
-                               ncclRedOp_t op) override {
-    inner_->beginCall(call_);
-    return inner_->passThrough(send, recv, n, t, op);
-  }
-  gradcompResult_t reduceScatter(const void* send, void* recv, size_t n, ncclDataType_t t,
-                                 ncclRedOp_t op) override {
-    inner_->beginCall(call_);
-    return inner_->reduceScatter(send, recv, n, t, op);
+    return ForwardingTransport::sendRecv(send, sendBytes, to, recv, recvBytes, from);
   }
 
  private:
@@ -80,7 +51,6 @@ class CountingTransport final : public gc::Transport {
     out_->all += bytes;
     if (remote_(peer)) out_->remote += bytes;
   }
-  std::unique_ptr<gc::Transport> inner_;
   Carried* out_;
   std::function<bool(int)> remote_;
 };
@@ -113,8 +83,8 @@ void checkCase(const Case& k) {
   for (int r = 0; r < k.N; ++r) {
     gradcompComm* c = comms[r];
     if (c->inter) {
-      c->inter->transport = std::make_unique<CountingTransport>(std::move(c->inter->transport),
-                                                                &carried[r], [](int) { return true; });
+      c->inter->transport = std::make_unique<CountingTransport>(
+          std::move(c->inter->transport), &carried[r], [](int) { return true; });
     } else {
       c->transport = std::make_unique<CountingTransport>(
           std::move(c->transport), &carried[r], [c](int j) { return c->topo.remote(j, c->rank); });
