@@ -4,9 +4,9 @@
 Every QSGD row whose kernels were timed carries kernel_costs (microseconds per element of each
 kernel; the elementwise passes per byte), kernel_work (how many of each per element of the
 buffer) and kernel_us. This checks, per row: every cost finite and positive, kernel_us the sum
-of work times cost over the row's count, and, for the flat algorithms (two-shot, ring,
-allgather, the flat reduce-scatter), the work what bench/smoke_check.py reads off
-plugin/algorithms/. Beside that it prints, as information only (timing is never asserted),
+of work times cost over the row's count, and the work what bench/smoke_check.py reads off
+plugin/algorithms/ for the flat algorithms (two-shot, ring, allgather, the flat reduce-scatter)
+and the hierarchies (on the JSON's local_size). Beside that it prints, as information only (timing is never asserted),
 each row's decode overwrite over decode-accumulate and elementwise bandwidth.
 tools/gpu-check.sh runs it on the perf step's JSON; CTest's smoke check on the CPU backend's.
 Usage: model_check.py PERF_JSON...
@@ -18,7 +18,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from checklib import close, expect, verdict  # noqa: E402
-from smoke_check import TYPE_BYTES, check_sparse_row, kernel_total, kernel_work  # noqa: E402
+from smoke_check import (TYPE_BYTES, check_sparse_row, first_part, kernel_total,  # noqa: E402
+                         kernel_work)
 
 FLAT = ("twoshot", "ring", "allgather", "reducescatter")
 
@@ -47,8 +48,17 @@ def check_sparse(tag, r):
            r["kernel_us"]))
 
 
+def hier_middle(label, nodes):
+    """The middle algorithm a hierarchical row ran (gradcomp_perf's hierMiddle)."""
+    for algo in ("twoshot", "ring", "allgather"):
+        if "algo=%s" % algo in label:
+            return algo
+    return "allgather" if nodes <= 2 else "twoshot"
+
+
 def check_rows(path):
-    rows = json.load(open(path))["rows"]
+    doc = json.load(open(path))
+    rows, local = doc["rows"], doc.get("local_size", 1)
     seen = 0
     for r in rows:
         inter = r.get("inter_wire_bytes")
@@ -77,10 +87,22 @@ def check_rows(path):
         # Flat: every byte leaves the node (a hierarchy keeps its in-node stages' bytes).
         inter = r.get("inter_wire_bytes")
         flat = inter is None or inter >= r["wire_bytes"]
+        residual = "ef=0" not in label
+        w = None
         if r["algo"] in FLAT and flat:
-            residual = "ef=0" not in label
             convert = r["dtype"] != "float" or r.get("redop") == "avg"
             w = kernel_work(r["algo"], r["nranks"], TYPE_BYTES[r["dtype"]], residual, convert)
+        elif r["algo"] in ("hier", "reducescatter") and local > 1 and not flat:
+            # The hierarchies, on nodes of `local` ranks (the JSON's local_size), as
+            # smoke_check's check_kernels reads them off plugin/algorithms/.
+            bucket = int(label.split("bucket=")[1].split()[0]) if "bucket=" in label else 512
+            padded = (r["algo"] == "hier" and
+                      first_part(r["count"], local, bucket) * local != r["count"])
+            w = kernel_work(r["algo"], r["nranks"], TYPE_BYTES[r["dtype"]], residual,
+                            r["dtype"] != "float", local,
+                            hier_middle(label, r["nranks"] // local), r.get("pieces", 1) > 1,
+                            padded)
+        if w is not None:
             expect(all(close(work.get(k), v) for k, v in w.items()),
                    "%s: kernel work %s vs %s" % (tag, work, w))
         print("%s: decode overwrite / accumulate %.2f, elementwise %.0f GB/s, K %.1f us" %

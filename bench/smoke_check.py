@@ -1294,7 +1294,8 @@ def main():
     check_flags(perf, work, src, kdoc, bits, bucket)
 
     # The check gpu-check runs on the CUDA backend's rows, here on the CPU backend's.
-    for name in ("ok.json", "ring.json", "rs.json", "hier-rs.json", "hier-piped.json"):
+    for name in ("ok.json", "ring.json", "rs.json", "hier-rs.json", "hier-piped.json",
+                 "hier-auto.json", "hier-twoshot.json", "hier-odd.json"):
         model_check.check_rows(os.path.join(work, name))
 
     return verdict()

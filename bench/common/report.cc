@@ -385,6 +385,8 @@ bool writeJson(const std::string& path, const Options& o, const RunInfo& info,
           info.representative ? "true" : "false", jsonNum(o.linkLatencyUs).c_str());
   // false while the run goes on: the rows of the sizes measured so far.
   fprintf(f, "  \"complete\": %s,\n", complete ? "true" : "false");
+  // The ranks per node the rows were modeled with (1: flat).
+  fprintf(f, "  \"local_size\": %d,\n", info.localSize);
   if (info.rates && info.rates->ok)
     fprintf(f, "  \"kernel_rates\": {\"report\": %s, \"gpu\": %s},\n",
             jsonStr(info.rates->report).c_str(), jsonStr(info.rates->gpu).c_str());
