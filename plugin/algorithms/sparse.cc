@@ -127,8 +127,11 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
     GC_CHECK(ops.scatterAddDrawn(idx, val, L.plan.k, out));
     if (keep) GC_CHECK(ops.settle(v, keep, nullptr, n, false));
   } else if (L.dense) {
+    // All of v goes, nothing is delayed: u is kept (no masking), so the step
+    // is momentum SGD's, as a passed-through call's and the reduce-scatter's
+    // own block. Masking every u would make each such call plain SGD.
     GC_CHECK(c.transport->allReduceSumFloat(v, out, n));
-    GC_CHECK(ops.settle(v, keep, mask, n, true));
+    GC_CHECK(ops.settle(v, keep, nullptr, n, true));
     c.stats.denseFallbacks++;
   } else {
     char* gather = ws + L.gather;

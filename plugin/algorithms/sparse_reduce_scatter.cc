@@ -134,7 +134,8 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
         selected += L.plan.k;
       } else if (L.payload == Payload::Dense) {
         GC_CHECK(be.copy(slot, vj, m * 4));
-        GC_CHECK(ops.settle(vj, keepj, mask ? mask + j * m : nullptr, m, true));
+        // Nothing delayed: u kept, as for the own block (sparse.cc's dense fallback).
+        GC_CHECK(ops.settle(vj, keepj, nullptr, m, true));
         selected += m;
       } else {
         GC_CHECK(sparseSelect(c, vj, m, L.plan, c.key(a.step, kSelectStream + j), L.vt, slot,

@@ -102,10 +102,10 @@ inline std::vector<std::vector<float>> refSparseReduceScatter(
           v[idx] = 0.0f;
         }
       } else if (dense) {
+        // A dense block delays nothing: u kept, as for the own block.
         for (size_t k = 0; k < m; ++k) {
           o[k] = gc::fadd(o[k], v[k]);
           v[k] = 0.0f;
-          if (masking) u[k] = 0.0f;
         }
       } else {
         std::vector<float> blk(v, v + m);

@@ -292,8 +292,8 @@ inline std::vector<float> refSparse(const gradcompConfig_t& cfg, gc::DType t, bo
         out[i] = gc::fadd(out[i], st[r].v[i]);
         call.absSum[i] += fabsf(st[r].v[i]);
       }
+      // Nothing delayed: u kept (no masking), the step momentum SGD's.
       std::fill(st[r].v.begin(), st[r].v.end(), 0.0f);
-      if (masking) std::fill(st[r].u.begin(), st[r].u.end(), 0.0f);
     }
   } else {
     for (int r = 0; r < N; ++r) {

@@ -556,10 +556,12 @@ TEST(SparseDgcCpu, ExtrasMatchPerStepReference) {
           } else {
             sel = sortTopk(v[r], k);
           }
+          // Momentum factor masking clears u where a delayed coordinate went;
+          // the dense fallback delays nothing and keeps u (momentum SGD).
           for (uint32_t i : sel) {
             out[i] += v[r][i];
             v[r][i] = 0;
-            if (masking) u[r][i] = 0;
+            if (masking && !dense) u[r][i] = 0;
           }
         }
         for (int r = 0; r < N; ++r) std::copy(g[r].begin(), g[r].end(), buf[r].begin());
