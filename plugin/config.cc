@@ -422,6 +422,13 @@ static gradcompResult_t validateWhole(const gradcompConfig_t* c) {
          "algo=%s (GRADCOMP_ALGO) is for method qsgd; the sparse methods (topk, randk, dgc) take "
          "auto, sparse or hier",
          choiceName(kAlgoChoices, (int)c->algo).c_str());
+  // Rand-k sends its k drawn values unscaled, which is right with memory
+  // (the rest waits in the residual); without it the sum would be about
+  // density times the gradient and the undrawn entries lost.
+  GC_ARG(c->method != gradcompMethodRandk || c->errorFeedback,
+         "method=randk with errorFeedback=0 (GRADCOMP_EF) would send k of n entries unscaled and "
+         "drop the rest (a sum of about density=%g times the gradient): set GRADCOMP_EF=1",
+         (double)c->density);
   // Nearest rounding is biased per step: an entry below half a level would
   // never be sent unless a residual carries it to later steps.
   const bool nearest = c->method == gradcompMethodQsgd && c->rounding == gradcompRoundNearest;

@@ -64,7 +64,6 @@ std::vector<Case> cases() {
   add("dgc-no-correction", gradcompMethodDgc,
       [](gradcompConfig_t& c) { c.momentumCorrection = 0; });
   add("randk", gradcompMethodRandk, [](gradcompConfig_t&) {});
-  add("randk-no-ef", gradcompMethodRandk, [](gradcompConfig_t& c) { c.errorFeedback = 0; });
   return cs;
 }
 
