@@ -217,6 +217,11 @@ def dgc(out, rank):
     res["passed_stats"] = states[2].stats()
     qsgd = gct.GradcompState(module=ref, backend="cpu", config=config())
     res["qsgd_groups"] = len(qsgd.param_groups(ref.parameters()))
+    # Weight decay: the full-precision group's wd, the compressed group's wd / (1 - m).
+    res["wd_groups"] = [(len(g["params"]), g["momentum"], g["weight_decay"])
+                        for g in states[0].param_groups(ref.parameters(), weight_decay=1e-4)]
+    res["qsgd_wd"] = [g["weight_decay"] for g in qsgd.param_groups(ref.parameters(),
+                                                                    weight_decay=1e-4)]
     off = gct.GradcompState(module=ref, backend="cpu", method="dgc", momentum_correction=0,
                             min_elements=0, auto_tune=0)
     res["uncorrected_groups"] = len(off.param_groups(ref.parameters()))

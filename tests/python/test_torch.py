@@ -1047,6 +1047,15 @@ class CpuBackendDgcMomentum(unittest.TestCase):
             self.assertGreater(twice, 100 * max(worst, 1e-7),
                                f"rank {r}: momentum applied twice is only {twice} away")
             self.assertEqual(res["qsgd_groups"], 1)
+            # weight_decay=wd: wd on the full-precision group, wd / (1 - m) on the compressed
+            # one (momentum SGD's steady-state decay), wd alone for the other methods.
+            (nf, mf, wf), (nc, mc, wc) = res["wd_groups"]
+            self.assertEqual((nf, nc), (len(full), len(comp)))
+            self.assertAlmostEqual(mf, 0.9, places=6)
+            self.assertEqual(mc, 0.0)
+            self.assertAlmostEqual(wf, 1e-4, places=12)
+            self.assertAlmostEqual(wc, 1e-4 / (1 - mf), places=9)
+            self.assertEqual(res["qsgd_wd"], [1e-4])
             self.assertEqual(res["uncorrected_groups"], 1)
             # DGC at 0.1% whose calls gradcomp passes through (under min_elements): the
             # compressed parameters still get gradcomp's velocity, so momentum SGD again,

@@ -298,7 +298,7 @@ class GradcompState:
         at least layer_min_size elements; the others go through torch's allreduce."""
         return not (p.numel() < self.layer_min_size or (self.exclude_1d and p.dim() <= 1))
 
-    def param_groups(self, params):
+    def param_groups(self, params, weight_decay=None):
         """Optimizer parameter groups that fit the method: with DGC's momentum correction
         (method="dgc", momentum_correction=1, the default) gradcomp applies the momentum
         u = m*u + g itself, before selection, to every parameter it compresses (DGC's rule:
@@ -313,16 +313,28 @@ class GradcompState:
         (pass it to the optimizer as usual). Empty groups are left out. The start_iter steps
         before compression (2 by default) update the compressed parameters without momentum;
         a bucket whose compressed parameters DDP regroups in another order gets a new key and
-        so a fresh velocity (the default start_iter compresses only rebuilt buckets)."""
+        so a fresh velocity (the default start_iter compresses only rebuilt buckets).
+
+        Weight decay: an optimizer's weight_decay on the momentum-0 group acts outside any
+        momentum, about (1 - m) of what momentum SGD's decay does (its wd*p goes through the
+        momentum buffer). Pass weight_decay=wd here instead of to the optimizer: the
+        full-precision group gets wd and the compressed one wd / (1 - m), momentum SGD's
+        steady-state decay for a slowly changing p. These groups are for momentum SGD:
+        Adam-family optimizers apply their own first moment on top of gradcomp's velocity
+        (use momentum_correction=0 with them)."""
         params = list(params)
         cfg = self.config
+        wd = {} if weight_decay is None else {"weight_decay": float(weight_decay)}
         if not (cfg.method == "dgc" and cfg.momentum_correction):
-            return [{"params": params}]
+            return [dict({"params": params}, **wd)]
         comp, full = [], []
         for p in params:
             (comp if self.is_compressed(p) else full).append(p)
-        groups = [{"params": full, "momentum": float(cfg.momentum)},
-                  {"params": comp, "momentum": 0.0}]
+        m = float(cfg.momentum)
+        comp_wd = {} if weight_decay is None else {
+            "weight_decay": float(weight_decay) / (1.0 - m) if m < 1.0 else float(weight_decay)}
+        groups = [dict({"params": full, "momentum": m}, **wd),
+                  dict({"params": comp, "momentum": 0.0}, **comp_wd)]
         return [g for g in groups if g["params"]]
 
     def _plan(self, bucket):
