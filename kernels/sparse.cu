@@ -168,10 +168,11 @@ __global__ void applyFlagKernel(float* __restrict__ val, size_t k, const float* 
 // ---------------------------------------------------------------- rules
 __global__ void sampleKernel(const float* __restrict__ v, size_t m, size_t stride,
                              size_t offsetRange, KeySpec key, uint32_t* __restrict__ keys) {
-  const size_t off = sparse::sampleOffset(resolveKey(key), offsetRange);
+  const uint64_t k = resolveKey(key);
+  const size_t off = sparse::sampleOffset(k, offsetRange);
   for (size_t j = (size_t)blockIdx.x * blockDim.x + threadIdx.x; j < m;
        j += (size_t)gridDim.x * blockDim.x) {
-    keys[j] = absKey(v[off + j * stride]);
+    keys[j] = absKey(v[sparse::sampleIndex(k, off, j, stride)]);
   }
 }
 

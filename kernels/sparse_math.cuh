@@ -65,7 +65,7 @@ struct Plan {
   size_t kmax;         // slots per rank
   size_t sample;       // threshold sample size m
   size_t keep;         // sample entries above the threshold
-  size_t stride;       // sample stride
+  size_t stride;       // sample stratum width: sample j is drawn from its stride (sampleIndex)
   size_t offsetRange;  // per-step offset drawn from [0, offsetRange)
 };
 
@@ -113,13 +113,25 @@ inline Plan makePlan(size_t n, double density, bool exact, double oversample, do
   if (p.keep < 1) p.keep = 1;
   if (p.keep > m) p.keep = m;
   p.stride = n / m;
-  p.offsetRange = n - (m - 1) * p.stride;  // offset + (m-1)*stride < n
+  p.offsetRange = n - m * p.stride + 1;  // offset + m*stride - 1 < n
   return p;
 }
 
 // Per-step sample offset from the call's key.
 GC_HD size_t sampleOffset(uint64_t key, size_t range) {
   return (size_t)(hashKey(key, 0x5a17ull) % (uint64_t)range);
+}
+
+// Sample j of a call: one element of its stratum [off + j*stride, off +
+// (j+1)*stride), drawn by the call's key (jittered stratified sampling). A
+// fixed stride alone sees the same few columns of a matrix whose row length
+// shares a factor with it, and column-scaled gradients (dW = delta x^T)
+// then put the selected count far from k.
+GC_HD size_t sampleIndex(uint64_t key, size_t off, size_t j, size_t stride) {
+  const size_t jitter =
+      stride > 1 ? (size_t)(hashKey(key, 0x5a18000000000000ull ^ (uint64_t)j) % (uint64_t)stride)
+                 : 0;
+  return off + j * stride + jitter;
 }
 
 // The squared norm is summed in double (gc::dadd): the square of any finite

@@ -97,7 +97,7 @@ inline std::vector<uint32_t> refTopkExact(const std::vector<float>& v, size_t k)
   return refSelectByRule(v, gc::sparse::SelectRule{kth, kth, k - above}, k);
 }
 
-// DGC threshold: the keep-th largest key of the strided sample at the key's
+// DGC threshold: the keep-th largest key of the stratified sample at the key's
 // offset; nonzero entries at or above it, up to kmax. When more than kmax
 // qualify and v holds NaN or Inf, the NaN/Inf entries alone, up to kmax
 // (so none is left out of a call whose output must be non-finite).
@@ -105,7 +105,8 @@ inline std::vector<uint32_t> refTopkThreshold(const std::vector<float>& v,
                                               const gc::sparse::Plan& p, uint64_t key) {
   const size_t off = gc::sparse::sampleOffset(key, p.offsetRange);
   std::vector<uint32_t> s(p.sample);
-  for (size_t j = 0; j < p.sample; ++j) s[j] = gc::sparse::absKey(v[off + j * p.stride]);
+  for (size_t j = 0; j < p.sample; ++j)
+    s[j] = gc::sparse::absKey(v[gc::sparse::sampleIndex(key, off, j, p.stride)]);
   std::nth_element(s.begin(), s.begin() + (p.sample - p.keep), s.end());
   const uint32_t thr = s[p.sample - p.keep];
   size_t qualify = 0;

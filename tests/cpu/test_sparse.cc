@@ -131,6 +131,33 @@ TEST(SparseSelect, ThresholdOnTypicalDataWithinHalfKToKmax) {
   }
 }
 
+// Weight gradients are column-structured (dW = delta x^T: column j scales
+// with input feature j). A matrix whose row length shares a large factor
+// with the sample stride (3200 columns, stride 100) showed a fixed-stride
+// sample only 32 of its columns, and the count strayed from k by factors of
+// 0.1 to 6. Each sample is drawn at random within its stratum, so the count
+// stays in [k/2, kmax] as on i.i.d. data.
+TEST(SparseSelect, ThresholdOnColumnScaledMatricesWithinHalfKToKmax) {
+  const size_t rows = 512, cols = 3200, n = rows * cols;
+  std::mt19937_64 rng(21);
+  std::lognormal_distribution<float> colScale(0.0f, 1.0f);
+  std::vector<float> scale(cols);
+  for (float& c : scale) c = colScale(rng);
+  std::vector<float> v = gctest::normal(n, 22);
+  for (size_t i = 0; i < n; ++i) v[i] *= scale[i % cols];
+  const Plan p = gc::sparse::makePlan(n, 0.01, false, 2, 0.01);
+  ASSERT_EQ(p.stride, 100u);
+  std::vector<uint32_t> idx(p.kmax);
+  for (uint64_t step = 0; step < 16; ++step) {
+    uint64_t sel = 0;
+    gc::host::selectThreshold(v.data(), n, p, gc::deriveKey(5, step, 0, 0), idx.data(), &sel);
+    EXPECT_GE(sel, (p.k + 1) / 2) << "step " << step;
+    EXPECT_LE(sel, p.kmax) << "step " << step;
+    // Below kmax, so every qualifying entry went: not the overflow's cut.
+    EXPECT_LT(sel, p.kmax) << "step " << step;
+  }
+}
+
 TEST(SparseSelect, ThresholdAwkwardCases) {
   const size_t n = 30000;
   auto data = awkwardData(n);
@@ -209,7 +236,8 @@ TEST(SparseSelect, ThresholdOverflowSendsTheNonFiniteEntriesAlone) {
   {
     const size_t off = gc::sparse::sampleOffset(99, p.offsetRange);
     std::vector<bool> sampled(n, false);
-    for (size_t j = 0; j < p.sample; ++j) sampled[off + j * p.stride] = true;
+    for (size_t j = 0; j < p.sample; ++j)
+      sampled[gc::sparse::sampleIndex(99, off, j, p.stride)] = true;
     size_t placed = 0, last = 0;
     for (size_t i = 0; i < n && placed < p.kmax + 10; ++i) {
       if (!sampled[i]) sparseV[i] = 1.0f, ++placed, last = i;
