@@ -162,6 +162,20 @@ TEST(QsgdHost, UnbiasedOverSeeds) {
   }
 }
 
+// A bucket's largest element has ratio s up to the reciprocal's rounding,
+// often just above it: the level is capped at s. Level s + 1 would be the
+// sign bit with a level of 0, and the element would decode to -0.
+TEST(QsgdHost, LevelIsCappedAtS) {
+  for (int bits = 2; bits <= 8; ++bits) {
+    const int s = levels(bits);
+    const float above = std::nextafter((float)s, INFINITY);
+    EXPECT_EQ(gc::qsgd::levelFromRatio(above, s, 0.0f), s) << "bits=" << bits;
+    EXPECT_EQ(gc::qsgd::codeFromRatio(-1.0f, above, bits, s, 0.0f),
+              (1u << (bits - 1)) | (uint32_t)s)
+        << "bits=" << bits;
+  }
+}
+
 TEST(QsgdHost, DecodeAccumulates) {
   const size_t n = 777;
   std::vector<float> x = gctest::normal(n, 3);

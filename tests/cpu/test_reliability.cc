@@ -119,53 +119,62 @@ TEST(Reliability, CpuWorldRecoversAfterTimeout) {
 // again once the memory is there gives, state included, what a comm that
 // never failed gives.
 TEST(Reliability, CheckCallsFailsEveryRankWhenOneCannotPrepare) {
+  // Three ranks, each in turn the one that cannot prepare: the first, a
+  // middle and the last (the vote's "highest failed rank" is 0 for rank 0).
+  const int N = 3;
   for (gradcompMethod_t m : {gradcompMethodQsgd, gradcompMethodTopk}) {
     for (const bool rs : {false, true}) {
-      SCOPED_TRACE(testing::Message() << "method " << m << (rs ? " reduce-scatter" : " allreduce"));
-      gradcompConfig_t cfg = quickConfig(m);
-      cfg.autoTune = 0;
-      cfg.checkCalls = 1;
-      // A rank left waiting would fail after this with the timeout's error.
-      cfg.cpuTimeoutSec = 20.0f;
-      const size_t n = 8192, out = rs ? n / 2 : n;
-      const std::vector<std::vector<float>> in = {gctest::normal(n, 31), gctest::normal(n, 32)};
-      std::vector<std::string> why;
-      auto call = [&](CpuWorld& w, std::vector<std::vector<float>>& got) {
-        return sumOnEveryRank(w, in, got, rs ? out : n, rs, &why);
-      };
-      CpuWorld w(2, cfg);
-      const std::shared_ptr<gc::Backend> inner = w.comm(1)->backend;
-      w.comm(1)->backend = std::make_shared<gctest::AllocLimitBackend>(inner, 0);
-      const std::vector<float> untouched(out, -7.0f);
-      std::vector<std::vector<float>> got(2, untouched);
-      auto res = call(w, got);
-      EXPECT_EQ(res[1], gradcompSystemError) << why[1];
-      EXPECT_NE(why[1].find("test: an allocation of"), std::string::npos) << why[1];
-      EXPECT_EQ(res[0], gradcompInvalidUsage) << why[0];
-      EXPECT_NE(why[0].find("rank 1 could not prepare this call"), std::string::npos) << why[0];
-      for (int r = 0; r < 2; ++r) {
-        EXPECT_EQ(memcmp(got[r].data(), untouched.data(), out * sizeof(float)), 0) << r;
-        EXPECT_EQ(w.comm(r)->stats.callsCompressed, 0u) << r;
-        // The LD_PRELOAD library must not hand such a call to NCCL on any rank.
-        EXPECT_TRUE(w.comm(r)->failedTogether) << r;
-      }
+      for (int bad = 0; bad < N; ++bad) {
+        SCOPED_TRACE(testing::Message() << "method " << m << (rs ? " reduce-scatter" : " allreduce")
+                                        << " rank " << bad << " cannot prepare");
+        gradcompConfig_t cfg = quickConfig(m);
+        cfg.autoTune = 0;
+        cfg.checkCalls = 1;
+        // A rank left waiting would fail after this with the timeout's error.
+        cfg.cpuTimeoutSec = 20.0f;
+        const size_t n = 8190, out = rs ? n / N : n;
+        std::vector<std::vector<float>> in;
+        for (int r = 0; r < N; ++r) in.push_back(gctest::normal(n, 31 + r));
+        std::vector<std::string> why;
+        auto call = [&](CpuWorld& w, std::vector<std::vector<float>>& got) {
+          return sumOnEveryRank(w, in, got, rs ? out : n, rs, &why);
+        };
+        CpuWorld w(N, cfg);
+        const std::shared_ptr<gc::Backend> inner = w.comm(bad)->backend;
+        w.comm(bad)->backend = std::make_shared<gctest::AllocLimitBackend>(inner, 0);
+        const std::vector<float> untouched(out, -7.0f);
+        std::vector<std::vector<float>> got(N, untouched);
+        auto res = call(w, got);
+        const std::string named = "rank " + std::to_string(bad) + " could not prepare this call";
+        for (int r = 0; r < N; ++r) {
+          if (r == bad) {
+            EXPECT_EQ(res[r], gradcompSystemError) << why[r];
+            EXPECT_NE(why[r].find("test: an allocation of"), std::string::npos) << why[r];
+          } else {
+            EXPECT_EQ(res[r], gradcompInvalidUsage) << why[r];
+            EXPECT_NE(why[r].find(named), std::string::npos) << why[r];
+          }
+          EXPECT_EQ(memcmp(got[r].data(), untouched.data(), out * sizeof(float)), 0) << r;
+          EXPECT_EQ(w.comm(r)->stats.callsCompressed, 0u) << r;
+          // The LD_PRELOAD library must not hand such a call to NCCL on any rank.
+          EXPECT_TRUE(w.comm(r)->failedTogether) << r;
+        }
 
-      w.comm(1)->backend = inner;
-      res = call(w, got);
-      ASSERT_EQ(res[0], gradcompSuccess) << why[0];
-      ASSERT_EQ(res[1], gradcompSuccess) << why[1];
-      for (int r = 0; r < 2; ++r) EXPECT_FALSE(w.comm(r)->failedTogether) << r;
-      // The fresh comm writes to the same buffers: a state is keyed by its
-      // output's address, which the saved states carry.
-      const std::vector<std::vector<float>> retried = got;
-      got.assign(2, untouched);
-      CpuWorld fresh(2, cfg);
-      res = call(fresh, got);
-      ASSERT_EQ(res[0], gradcompSuccess) << why[0];
-      ASSERT_EQ(res[1], gradcompSuccess) << why[1];
-      for (int r = 0; r < 2; ++r) {
-        EXPECT_EQ(memcmp(retried[r].data(), got[r].data(), out * sizeof(float)), 0) << r;
-        EXPECT_EQ(gctest::savedState(w.comm(r)), gctest::savedState(fresh.comm(r))) << r;
+        w.comm(bad)->backend = inner;
+        res = call(w, got);
+        for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], gradcompSuccess) << why[r];
+        for (int r = 0; r < N; ++r) EXPECT_FALSE(w.comm(r)->failedTogether) << r;
+        // The fresh comm writes to the same buffers: a state is keyed by its
+        // output's address, which the saved states carry.
+        const std::vector<std::vector<float>> retried = got;
+        got.assign(N, untouched);
+        CpuWorld fresh(N, cfg);
+        res = call(fresh, got);
+        for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], gradcompSuccess) << why[r];
+        for (int r = 0; r < N; ++r) {
+          EXPECT_EQ(memcmp(retried[r].data(), got[r].data(), out * sizeof(float)), 0) << r;
+          EXPECT_EQ(gctest::savedState(w.comm(r)), gctest::savedState(fresh.comm(r))) << r;
+        }
       }
     }
   }

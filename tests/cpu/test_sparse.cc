@@ -548,6 +548,40 @@ TEST(SparseAllReduceCpu, RandkSameIndicesOnAllRanksAndNoMassLost) {
   }
 }
 
+// The warm-up's stages, written from the documented schedule: a quarter of
+// W calls each at 25%, 6.25%, 1.5625%, 0.390625%, then the final density
+// from call W on (0-based), never below the final density. A final density
+// of 1e-4 shows the boundary: one more ramp call would run at 0.098%.
+TEST(SparseDgcCpu, WarmupStagesEndAtCallW) {
+  const int W = 8;
+  const double want[] = {0.25,       0.25,       0.0625, 0.0625, 0.015625, 0.015625,
+                         0.00390625, 0.00390625, 1e-4,   1e-4,   1e-4};
+  for (uint64_t t = 0; t < 11; ++t)
+    EXPECT_EQ(gc::sparse::warmupDensity(1e-4, W, t), want[t]) << "call " << t;
+  EXPECT_EQ(gc::sparse::warmupDensity(0.3, W, 0), 0.3);  // never below the final density
+  EXPECT_EQ(gc::sparse::warmupDensity(1e-4, 0, 0), 1e-4);
+  // As a comm runs it: each call's target count.
+  gradcompConfig_t cfg = sparseConfig(gradcompMethodDgc);
+  cfg.select = gradcompSelectExact;
+  cfg.density = 1e-4f;
+  cfg.warmupSteps = W;
+  const size_t n = 20000;
+  gctest::CpuWorld world(2, cfg);
+  for (int t = 0; t < 11; ++t) {
+    std::vector<std::vector<float>> buf(2);
+    for (int r = 0; r < 2; ++r) buf[r] = gctest::normal(n, 500 + 10 * t + r);
+    auto rc = world.run([&](int r) {
+      return gradcompAllReduce(buf[r].data(), buf[r].data(), n, ncclFloat32, ncclSum, world.comm(r),
+                               nullptr);
+    });
+    for (int r = 0; r < 2; ++r) ASSERT_EQ(rc[r], gradcompSuccess) << gradcompGetLastError();
+    gradcompStats_t st;
+    ASSERT_EQ(gradcompGetStats(world.comm(0), &st), gradcompSuccess);
+    const double d = t < W ? want[t] : (double)1e-4f;
+    EXPECT_EQ(st.targetLast, (uint64_t)ceil(d * n)) << "call " << t;
+  }
+}
+
 // DGC: direct per-step model (double where it does not matter for ties).
 TEST(SparseDgcCpu, ExtrasMatchPerStepReference) {
   const int N = 2;

@@ -11,8 +11,11 @@
 
 namespace {
 
-void checkContinues(gradcompMethod_t method) {
-  SCOPED_TRACE(testing::Message() << "method " << method);
+// warmupSteps: DGC's warm-up follows each buffer's call count, which the
+// blob carries: a resumed comm stays in the ramp's stage (0.25 for calls 0-1,
+// 0.0625 for 2-3 at W = 8) instead of starting it again.
+void checkContinues(gradcompMethod_t method, int warmupSteps = 0) {
+  SCOPED_TRACE(testing::Message() << "method " << method << " warmupSteps " << warmupSteps);
   gradcompConfig_t cfg;
   gradcompConfigInit(&cfg);
   cfg.method = method;
@@ -21,6 +24,7 @@ void checkContinues(gradcompMethod_t method) {
   cfg.momentumCorrection = 1;
   cfg.momentumMasking = 1;
   cfg.clipNorm = method == gradcompMethodDgc ? 40.0f : 0.0f;
+  cfg.warmupSteps = warmupSteps;
   const int N = 3;
   const size_t n = 5000;
   gctest::CpuWorld a(N, cfg), b(N, cfg);
@@ -48,6 +52,10 @@ void checkContinues(gradcompMethod_t method) {
     step(a, bufA, t);
     step(b, bufB, t);
     for (int r = 0; r < N; ++r) ASSERT_EQ(bufA[r], bufB[r]) << "rank " << r << " step " << t;
+    gradcompStats_t sa, sb;
+    ASSERT_EQ(gradcompGetStats(a.comm(0), &sa), gradcompSuccess);
+    ASSERT_EQ(gradcompGetStats(b.comm(0), &sb), gradcompSuccess);
+    EXPECT_EQ(sb.targetLast, sa.targetLast) << "step " << t;
   }
   // A world that did not load the state diverges: the test can tell.
   gctest::CpuWorld c(N, cfg);
@@ -61,6 +69,7 @@ TEST(SparseStateCpu, SaveLoadContinuesExactly) {
   for (gradcompMethod_t m : {gradcompMethodTopk, gradcompMethodDgc, gradcompMethodRandk}) {
     checkContinues(m);
   }
+  checkContinues(gradcompMethodDgc, 8);
 }
 
 }  // namespace
