@@ -46,7 +46,8 @@ GC_HD float quantRatio(float ax, float scale, float rec, int s) {
 }
 
 // Level of a ratio r = |x| * s / scale (quantRatio): floor(r) + (u < frac(r)),
-// at most s, which is exactly unbiased for u uniform on its grid.
+// at most s: unbiased up to u's grid of 2^-24 (P(u < frac) rounds frac up to
+// it, a bias below 2^-24 of a level step).
 GC_HD int levelFromRatio(float r, int s, float u) {
   float lo = (float)(int)r;  // r >= 0: truncation is floor
   float frac = fsub(r, lo);  // exact
