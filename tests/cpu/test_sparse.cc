@@ -568,11 +568,13 @@ TEST(SparseDgcCpu, WarmupStagesEndAtCallW) {
   const size_t n = 20000;
   gctest::CpuWorld world(2, cfg);
   for (int t = 0; t < 11; ++t) {
+    // Keyed: the schedule follows one buffer's calls wherever its memory is
+    // (a new vector may get a new address, and an unkeyed call a new state).
     std::vector<std::vector<float>> buf(2);
     for (int r = 0; r < 2; ++r) buf[r] = gctest::normal(n, 500 + 10 * t + r);
     auto rc = world.run([&](int r) {
-      return gradcompAllReduce(buf[r].data(), buf[r].data(), n, ncclFloat32, ncclSum, world.comm(r),
-                               nullptr);
+      return gradcompAllReduceKeyed(buf[r].data(), buf[r].data(), n, ncclFloat32, ncclSum,
+                                    world.comm(r), nullptr, 7);
     });
     for (int r = 0; r < 2; ++r) ASSERT_EQ(rc[r], gradcompSuccess) << gradcompGetLastError();
     gradcompStats_t st;
