@@ -120,7 +120,8 @@ void selectThreshold(const float* v, size_t n, const sparse::Plan& p, uint64_t k
                      uint64_t* selected) {
   const size_t off = sparse::sampleOffset(key, p.offsetRange);
   std::vector<uint32_t> s(p.sample);
-  for (size_t j = 0; j < p.sample; ++j) s[j] = absKey(v[sparse::sampleIndex(key, off, j, p.stride)]);
+  for (size_t j = 0; j < p.sample; ++j)
+    s[j] = absKey(v[sparse::sampleIndex(key, off, j, p.stride)]);
   std::nth_element(s.begin(), s.begin() + (p.sample - p.keep), s.end());
   const uint64_t all =
       selectByRule(v, n, sparse::thresholdRule(s[p.sample - p.keep]), idx, p.kmax, selected);
