@@ -85,8 +85,9 @@ size_t allToAllInterNodeBytes(const gradcompComm& c, size_t wire);
 // allgather pays N-1 (the same bytes leave each rank). The compressed
 // exchanges gather with it; the full-precision in-node stages keep NCCL's.
 gradcompResult_t allGatherDirect(Transport& t, void* const* blocks, const size_t* bytes);
-// The same for blocks of `bytes` each, block j at recv + j * bytes.
-gradcompResult_t allGatherDirect(Transport& t, void* recv, size_t bytes);
+// The same for blocks of `bytes` each, block j at recv + j * stride (a slot
+// of stride >= bytes: only the payload goes on the wire, not the padding).
+gradcompResult_t allGatherDirect(Transport& t, void* recv, size_t stride, size_t bytes);
 const Algorithm& reduceScatterAlgorithm();        // reduce_scatter.cc: qsgd
 const Algorithm& sparseReduceScatterAlgorithm();  // sparse_reduce_scatter.cc: topk, dgc, randk
 size_t sparseReduceScatterWorkspaceBytes(const gradcompComm& c, size_t recvCount, DType t,

@@ -7,8 +7,6 @@
 #include "checks.h"
 #include "nvtx.h"
 
-#include <vector>
-
 namespace gc {
 namespace {
 
@@ -40,10 +38,7 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
   GC_CHECK(be.qsgdEncode(a.send, a.dtype, a.state->residual, a.count, bits, d, c.key(a.step, 0),
                          gather + r * slot));
   // Each encoding at its own size, in its 16-byte slot.
-  std::vector<void*> blocks(n);
-  const std::vector<size_t> sizes(n, qsgd::encodedBytes(a.count, bits, d));
-  for (int i = 0; i < n; ++i) blocks[i] = gather + i * slot;
-  GC_CHECK(allGatherDirect(*c.transport, blocks.data(), sizes.data()));
+  GC_CHECK(allGatherDirect(*c.transport, gather, slot, qsgd::encodedBytes(a.count, bits, d)));
   for (int i = 0; i < n; ++i) {
     GC_CHECK(be.qsgdDecode(gather + i * slot, a.count, bits, d, acc, i != 0));
   }

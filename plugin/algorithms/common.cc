@@ -193,10 +193,10 @@ gradcompResult_t allGatherDirect(Transport& t, void* const* blocks, const size_t
   return t.allToAll(send.data(), sendBytes.data(), blocks, recvBytes.data());
 }
 
-gradcompResult_t allGatherDirect(Transport& t, void* recv, size_t bytes) {
+gradcompResult_t allGatherDirect(Transport& t, void* recv, size_t stride, size_t bytes) {
   const int n = t.size();
   std::vector<void*> blocks(n);
-  for (int j = 0; j < n; ++j) blocks[j] = static_cast<char*>(recv) + (size_t)j * bytes;
+  for (int j = 0; j < n; ++j) blocks[j] = static_cast<char*>(recv) + (size_t)j * stride;
   const std::vector<size_t> sizes(n, bytes);
   return allGatherDirect(t, blocks.data(), sizes.data());
 }

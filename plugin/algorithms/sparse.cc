@@ -139,7 +139,7 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
     GC_CHECK(sparseSelect(c, v, n, L.plan, c.key(a.step, kSelectStream), L.vt, slot, L.valOff, mask,
                           scratch));
     if (keep) GC_CHECK(ops.settle(v, keep, nullptr, n, false));
-    GC_CHECK(allGatherDirect(*c.transport, gather, L.slotBytes));
+    GC_CHECK(allGatherDirect(*c.transport, gather, L.slotBytes, L.slotBytes));
     GC_CHECK(be.zero(out, n * 4));
     GC_CHECK(ops.checkReceived(gather, L.slotBytes, N, -1, L.plan.kmax, n));
     for (int r = 0; r < N; ++r) {
