@@ -177,12 +177,19 @@ def dgc(out, rank):
     d_ref = DDP(ref)
     o_ref = torch.optim.SGD(d_ref.parameters(), lr=0.05, momentum=m)
     runs = {"ref": (d_ref, o_ref)}
+    # Weight decay large enough that 6 steps tell its momentum apart from wd / (1 - m).
+    wd = 0.05
+    d_wd = DDP(make())
+    runs["ref_wd"] = (d_wd, torch.optim.SGD(d_wd.parameters(), lr=0.05, momentum=m,
+                                            weight_decay=wd))
     states = []
     # "groups": as documented; "twice": every parameter with the optimizer's momentum too,
     # the mistake param_groups exists to prevent (the test checks it is told apart);
     # "passed": DGC at 0.1% with masking, but every call under min_elements, so gradcomp
     # passes it through: it must still carry gradcomp's velocity (momentum SGD again).
-    for name in ("groups", "twice", "passed"):
+    # "wd_exact": param_groups(weight_decay=wd) with gct.DGCSGD, momentum SGD with decay
+    # exactly; "wd_approx": the same groups with torch.optim.SGD (wd / (1 - m), no momentum).
+    for name in ("groups", "twice", "passed", "wd_exact", "wd_approx"):
         model = make()
         d = DDP(model, bucket_cap_mb=100)
         dense = dict(density=1.0, momentum_masking=0, min_elements=0)
@@ -192,12 +199,15 @@ def dgc(out, rank):
                                                       auto_tune=0,
                                                       **(passed if name == "passed" else dense)))
         d.register_comm_hook(st, gct.gradcomp_hook)
-        groups = st.param_groups(d.parameters())
+        groups = st.param_groups(d.parameters(),
+                                 weight_decay=wd if name.startswith("wd_") else None)
         if name == "groups":
             res["membership"] = [[(n, g["momentum"]) for n, p in model.named_parameters()
                               if any(p is q for q in g["params"])] for g in groups]
         if name == "twice":
             opt = torch.optim.SGD(d.parameters(), lr=0.05, momentum=m)
+        elif name == "wd_exact":
+            opt = gct.DGCSGD(groups, lr=0.05)
         else:
             opt = torch.optim.SGD(groups, lr=0.05)
         runs[name] = (d, opt)

@@ -277,6 +277,74 @@ class TensorBuffers(unittest.TestCase):
         self.assertFalse(np.array_equal(got["torch"][0], xs[0].numpy().view(np.uint32)))
 
 
+@unittest.skipIf(torch is None, "PyTorch is not installed")
+class DgcSgdOptimizer(unittest.TestCase):
+    """gradcomp.torch.DGCSGD: torch.optim.SGD bit for bit on unmarked groups; on a group marked
+    by param_groups, p -= lr * (g + w) with the decay's own buffer w = m*w + wd*p (written out
+    here); a marked group with its own momentum, dampening, nesterov or maximize is refused."""
+
+    @staticmethod
+    def params(seed):
+        torch.manual_seed(seed)
+        return [torch.randn(7, 5), torch.randn(11)]
+
+    def grads(self, params, step):
+        g = torch.Generator().manual_seed(100 + step)
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=g)
+
+    def test_unmarked_groups_are_torch_sgd_bit_for_bit(self):
+        from gradcomp.torch import DGCSGD
+
+        for kw in (dict(momentum=0.9, weight_decay=1e-2), dict(momentum=0.8, nesterov=True),
+                   dict(momentum=0.5, dampening=0.3, maximize=True), dict(weight_decay=0.1)):
+            a, b = self.params(1), self.params(1)
+            oa = torch.optim.SGD(a, lr=0.1, foreach=False, **kw)
+            ob = DGCSGD(b, lr=0.1, **kw)
+            for step in range(4):
+                self.grads(a, step)
+                self.grads(b, step)
+                oa.step()
+                ob.step()
+            for x, y in zip(a, b):
+                self.assertTrue(torch.equal(x, y), f"{kw}: DGCSGD differs from torch.optim.SGD")
+
+    def test_marked_group_keeps_the_decay_momentum(self):
+        from gradcomp.torch import DGCSGD
+
+        m, wd, lr = 0.9, 0.05, 0.1
+        p = self.params(2)
+        ref = [x.clone() for x in p]
+        w = [None] * len(p)
+        opt = DGCSGD([{"params": p, "momentum": 0.0, "weight_decay": wd / (1 - m),
+                       "gradcomp_velocity": m, "gradcomp_weight_decay": wd}], lr=lr)
+        for step in range(5):
+            self.grads(p, step)
+            for i, x in enumerate(ref):
+                w[i] = wd * x if w[i] is None else m * w[i] + wd * x
+                ref[i] = x - lr * (p[i].grad + w[i])
+            opt.step()
+        for x, y in zip(p, ref):
+            self.assertLess(float((x - y).abs().max()), 1e-6)
+        self.assertIn("weight_decay_buffer", opt.state[p[0]])
+
+    def test_marked_group_with_its_own_momentum_is_refused(self):
+        from gradcomp.torch import DGCSGD
+
+        for extra, named in (({"momentum": 0.9}, "momentum=0.9"),
+                             ({"nesterov": True}, "nesterov=True"),
+                             ({"dampening": 0.1}, "dampening=0.1"),
+                             ({"gradcomp_velocity": 1.0}, "gradcomp_velocity=1.0")):
+            g = dict({"params": self.params(3), "momentum": 0.0, "gradcomp_velocity": 0.9},
+                     **extra)
+            with self.assertRaisesRegex(ValueError, named):
+                DGCSGD([g], lr=0.1)
+            opt = DGCSGD(self.params(4), lr=0.1)
+            with self.assertRaisesRegex(ValueError, named):
+                opt.add_param_group(g)
+            self.assertEqual(len(opt.param_groups), 1, "the refused group was added")
+
+
 @unittest.skipIf(torch is None, "PyTorch is not installed: gradcomp.torch is checked on the GPU "
                  "box (tools/gpu-check.sh, step torch_hooks)")
 class LayerAwarePlan(unittest.TestCase):
@@ -1046,6 +1114,16 @@ class CpuBackendDgcMomentum(unittest.TestCase):
             self.assertLess(worst, 1e-5, f"rank {r}: the DGC run is {worst} from momentum SGD")
             self.assertGreater(twice, 100 * max(worst, 1e-7),
                                f"rank {r}: momentum applied twice is only {twice} away")
+            # Weight decay through param_groups: gct.DGCSGD keeps the decay's own momentum
+            # and follows momentum SGD with decay; torch.optim.SGD's wd / (1 - m) does not.
+            exact = max(float((a - b).abs().max()) for a, b in zip(res["wd_exact"],
+                                                                      res["ref_wd"]))
+            approx = max(float((a - b).abs().max()) for a, b in zip(res["wd_approx"],
+                                                                       res["ref_wd"]))
+            self.assertLess(exact, 1e-5, f"rank {r}: DGCSGD is {exact} from momentum SGD "
+                            "with weight decay")
+            self.assertGreater(approx, 100 * max(exact, 1e-7),
+                               f"rank {r}: the steady-state decay is only {approx} away")
             self.assertEqual(res["qsgd_groups"], 1)
             # weight_decay=wd: wd on the full-precision group, wd / (1 - m) on the compressed
             # one (momentum SGD's steady-state decay), wd alone for the other methods.

@@ -18,6 +18,7 @@ except ImportError as e:  # pragma: no cover - depends on the machine
 
 from .ddp import GradcompState, gradcomp_hook
 from .fsdp import GradcompReduceScatter, register_fsdp_reduce_scatter
+from .optim import DGCSGD
 
-__all__ = ["GradcompReduceScatter", "GradcompState", "gradcomp_hook",
+__all__ = ["DGCSGD", "GradcompReduceScatter", "GradcompState", "gradcomp_hook",
            "register_fsdp_reduce_scatter"]

@@ -315,13 +315,15 @@ class GradcompState:
         a bucket whose compressed parameters DDP regroups in another order gets a new key and
         so a fresh velocity (the default start_iter compresses only rebuilt buckets).
 
-        Weight decay: an optimizer's weight_decay on the momentum-0 group acts outside any
-        momentum, about (1 - m) of what momentum SGD's decay does (its wd*p goes through the
-        momentum buffer). Pass weight_decay=wd here instead of to the optimizer: the
-        full-precision group gets wd and the compressed one wd / (1 - m), momentum SGD's
-        steady-state decay for a slowly changing p. These groups are for momentum SGD:
-        Adam-family optimizers apply their own first moment on top of gradcomp's velocity
-        (use momentum_correction=0 with them)."""
+        Weight decay: pass weight_decay=wd here instead of to the optimizer. With
+        gradcomp.torch.DGCSGD the compressed group's decay gets its own momentum buffer
+        w = m*w + wd*p, so the run is momentum SGD with decay exactly (the compressed group
+        is marked for it: keys "gradcomp_velocity" = m and "gradcomp_weight_decay" = wd).
+        torch.optim.SGD cannot keep that buffer: its decay on the momentum-0 group would act
+        outside any momentum, about (1 - m) of momentum SGD's, so the group's weight_decay is
+        wd / (1 - m), momentum SGD's steady-state decay for a slowly changing p. These groups
+        are for momentum SGD: Adam-family optimizers apply their own first moment on top of
+        gradcomp's velocity (use momentum_correction=0 with them)."""
         params = list(params)
         cfg = self.config
         wd = {} if weight_decay is None else {"weight_decay": float(weight_decay)}
@@ -333,8 +335,10 @@ class GradcompState:
         m = float(cfg.momentum)
         comp_wd = {} if weight_decay is None else {
             "weight_decay": float(weight_decay) / (1.0 - m) if m < 1.0 else float(weight_decay)}
+        exact = {"gradcomp_velocity": m,
+                 "gradcomp_weight_decay": 0.0 if weight_decay is None else float(weight_decay)}
         groups = [dict({"params": full, "momentum": m}, **wd),
-                  dict({"params": comp, "momentum": 0.0}, **comp_wd)]
+                  dict({"params": comp, "momentum": 0.0}, **comp_wd, **exact)]
         return [g for g in groups if g["params"]]
 
     def _plan(self, bucket):
