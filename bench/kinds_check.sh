@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # CTest: gradcomp_kernels_perf's --only and --skip (comma-separated kinds, as
-# tools/gpu-check.sh's kernels steps pass them) are checked before it looks for
-# a GPU. A name that is not a kind is refused by name with exit 2; good lists
+# tools/gpu-check.sh's kernels steps pass them) and --bucket are checked before
+# it looks for a GPU. A name that is not a kind is refused by name with exit 2; good lists
 # get as far as the GPU: without one, exit 2 saying so; with one, a single
 # small size runs and its JSON says the run completed.
 #   bench/kinds_check.sh GRADCOMP_KERNELS_PERF WORKDIR
@@ -17,6 +17,14 @@ out=$("$bin" --skip sparse_checks, 2>&1); rc=$?
 if [ "$rc" != 2 ] || ! grep -q "'' is not a kind" <<< "$out"; then
   echo "FAIL: --skip with an empty name: exit $rc: $out"; fail=1
 fi
+# The bucket is checked as the library checks it: the pipelined encode rows
+# call the kernel entry point, which does not.
+for b in 100 16 16384; do
+  out=$("$bin" --only encode_pipelined --bucket "$b" 2>&1); rc=$?
+  if [ "$rc" != 2 ] || ! grep -q -- "--bucket $b not a multiple of 32 in 32..8192" <<< "$out"; then
+    echo "FAIL: --bucket $b: exit $rc: $out"; fail=1
+  fi
+done
 rm -f "$work/k.json"
 out=$("$bin" --only copy,encode --skip encode --min-log2 16 --max-log2 16 --bits 4 \
   --dtypes float --json "$work/k.json" 2>&1); rc=$?

@@ -50,6 +50,7 @@
 #include "gradcomp/reference.h"
 #include "gradcomp/sparse.h"
 #include "kernels/common_math.cuh"
+#include "kernels/qsgd_math.cuh"
 
 namespace {
 
@@ -251,6 +252,13 @@ bool parseArgs(int argc, char** argv, Args* a) {
       fprintf(stderr, "gradcomp_kernels_perf: --densities %g not in (0, 1]\n", d);
       return false;
     }
+  }
+  // The library's range (gradcompConfig's bucketSize): the pipelined encode
+  // rows call the kernel entry point, which checks nothing.
+  if (a->bucket < gc::qsgd::kMinBucket || a->bucket > gc::qsgd::kMaxBucket || a->bucket % 32 != 0) {
+    fprintf(stderr, "gradcomp_kernels_perf: --bucket %d not a multiple of 32 in %d..%d\n",
+            a->bucket, gc::qsgd::kMinBucket, gc::qsgd::kMaxBucket);
+    return false;
   }
   for (int b : a->bits) {
     if (b < 2 || b > 8) {

@@ -67,14 +67,18 @@ TEST_F(AbortGpu, LeavesTheMemoryOfWorkThatDoesNotDrain) {
   ASSERT_EQ(gradcompAllReduce(buf.get(), buf.get(), kCount, ncclFloat32, ncclSum, c, stream),
             gradcompSuccess)
       << gradcompGetLastError();
+  // Held: the comm's own stream, which drain waits for (work the caller's
+  // stream takes after the call returned is not the comm's: drain watches the
+  // call's end mark, recorded before this).
   std::atomic<bool> release{false};
-  ASSERT_EQ(cudaLaunchHostFunc(stream, holdStream, &release), cudaSuccess);
+  ASSERT_EQ(cudaLaunchHostFunc(c->backend->commStream(), holdStream, &release), cudaSuccess);
   testing::internal::CaptureStderr();
   EXPECT_EQ(gradcompCommAbort(c), gradcompSuccess);  // returns though the stream is held
   const std::string log = testing::internal::GetCapturedStderr();
   EXPECT_NE(log.find("left allocated"), std::string::npos) << log;
   release = true;
-  EXPECT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+  // The held stream's handle went with the comm's backend.
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
 }
 
 }  // namespace

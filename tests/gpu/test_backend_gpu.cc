@@ -126,7 +126,7 @@ TEST_F(BackendGpu, AllocZeroCopyAndHostTransfers) {
 // A comm's calls share its workspace and device step counter: a call on a
 // second stream waits for the last compressed call on the first. Stream A is
 // held by a host function until the test opens it; the work of a "call" on
-// B (after advanceStep, the end of a compressed call, on A) must not finish
+// B (after advanceStep and markCallEnd, the end of a compressed call, on A) must not finish
 // while A is held, and sees A's copy and step increment once it does. A
 // second switch back to A waits for B's call the same way.
 TEST_F(BackendGpu, CallOnAnotherStreamWaitsForTheLastCall) {
@@ -148,6 +148,7 @@ TEST_F(BackendGpu, CallOnAnotherStreamWaitsForTheLastCall) {
     ASSERT_EQ(gate.hold(first), cudaSuccess);
     ASSERT_EQ(gpu->copy(b.get(), a.get(), n * 4), gradcompSuccess);
     ASSERT_EQ(gpu->advanceStep(), gradcompSuccess);
+    gpu->markCallEnd();  // as every compressed call ends
     gpu->setStream(second);
     ASSERT_EQ(gpu->copy(c.get(), b.get(), n * 4), gradcompSuccess);
     // Pinned: a copy to pageable memory would block this thread, which
@@ -164,6 +165,7 @@ TEST_F(BackendGpu, CallOnAnotherStreamWaitsForTheLastCall) {
     EXPECT_EQ(*step, (uint64_t)(2 * round + 1));  // each round advances twice
     EXPECT_EQ(c.download(n), x);
     ASSERT_EQ(gpu->advanceStep(), gradcompSuccess);
+    gpu->markCallEnd();
     ASSERT_EQ(gpu->sync(), gradcompSuccess);
     ASSERT_EQ(gpu->zero(c.get(), n * 4), gradcompSuccess);
     ASSERT_EQ(gpu->zero(b.get(), n * 4), gradcompSuccess);
