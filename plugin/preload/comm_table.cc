@@ -262,15 +262,17 @@ namespace {
 // DGC's momentum correction replaces the optimizer's (which the user set to
 // 0): a communicator that passes its calls through keeps no velocity, so the
 // training loses its momentum. Said once per process, beside the reason.
-void warnIfMomentumLost() {
+// why: the reason the communicator passes through (e.g. "one rank", which
+// nothing else warns about: a single-GPU run under the preload).
+void warnIfMomentumLost(const std::string& why) {
   const gradcompConfig_t& c = settings().config;
   if (c.method != gradcompMethodDgc || !c.momentumCorrection || !(c.momentum > 0.0f)) return;
   warnOnce("dgc-momentum",
-           "GRADCOMP_METHOD=dgc: a communicator passes its calls through uncompressed, and "
+           "GRADCOMP_METHOD=dgc: a communicator passes its calls through uncompressed (%s), and "
            "gradcomp's momentum correction (GRADCOMP_MOMENTUM=%g) does not reach them: if the "
            "optimizer's momentum was set to 0 for DGC, those gradients now train without momentum; "
-           "fix the cause warned about, or give the optimizer its momentum back",
-           (double)c.momentum);
+           "fix the cause, or give the optimizer its momentum back",
+           why.c_str(), (double)c.momentum);
 }
 }  // namespace
 
@@ -284,7 +286,7 @@ EntryPtr entryFor(ncclComm_t comm) {
     if (e->nonBlocking) {
       e->reason = "non-blocking communicator";
       e->mode = Mode::PassThrough;
-      warnIfMomentumLost();
+      warnIfMomentumLost(e->reason);
     } else if (revokedComms().count(comm) > 0) {
       e->reason = "revoked communicator";
       e->mode = Mode::PassThrough;
@@ -299,7 +301,7 @@ void decide(CommEntry& e, cudaStream_t stream) {
   auto passAll = [&](const std::string& why) {
     e.reason = why;
     e.mode = Mode::PassThrough;
-    if (why != "one rank") warnIfMomentumLost();
+    warnIfMomentumLost(why);
   };
   const Settings& s = settings();
   const NcclApi* api = ncclApi();
@@ -362,7 +364,7 @@ void passAlways(CommEntry& e, const std::string& why) {
   if (e.mode != Mode::Undecided) return;
   e.reason = why;
   e.mode = Mode::PassThrough;
-  warnIfMomentumLost();
+  warnIfMomentumLost(why);
 }
 
 void decideUnlessCapturing(CommEntry& e, ncclComm_t comm, cudaStream_t stream) {

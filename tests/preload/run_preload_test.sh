@@ -78,6 +78,17 @@ run dgc_momentum env GRADCOMP_METHOD=dgc GC_TEST_GROUP_CALLS_DEFERRED=1 "$app" b
   n=$(count "momentum correction (GRADCOMP_MOMENTUM=0.9) does not reach them" "$work/dgc_momentum.err")
   check "dgc: one warning that the momentum is lost (got $n)" "[ '$n' = 1 ]"
 }
+# One rank (a single-GPU run): nothing to compress, but the calls then miss
+# gradcomp's momentum too, and that is said (nothing else warns about one rank).
+# The first group's eligible calls are deferred until the comm is decided,
+# the later ones not (the app prints one order): NCCL gets every call, each once.
+run dgc_one_rank env GRADCOMP_METHOD=dgc FAKE_NCCL_NRANKS=1 GC_TEST_GROUP_CALLS_DEFERRED=0 \
+  "$app" basic && {
+  check "dgc_one_rank: NCCL received every call of the program" \
+    "diff <(sort '$work/dgc_one_rank.expected') <(sort '$work/dgc_one_rank.log')"
+  n=$(count "uncompressed (one rank), and gradcomp's momentum correction (GRADCOMP_MOMENTUM=0.9) does not reach them" "$work/dgc_one_rank.err")
+  check "dgc on one rank: one warning that the momentum is lost (got $n)" "[ '$n' = 1 ]"
+}
 run dgc_no_correction env GRADCOMP_METHOD=dgc GRADCOMP_MOMENTUM_CORRECTION=0 \
   GC_TEST_GROUP_CALLS_DEFERRED=1 "$app" basic && {
   n=$(count "does not reach them" "$work/dgc_no_correction.err")
