@@ -363,6 +363,7 @@ def main():
         "fsdp_dgc_acc_delta_pts": fsdp.get("fsdp_dgc_acc_delta_pts"),
         "tests_passed": tests.get("tests_passed"),
         "tests_failed": tests.get("tests_failed"),
+        "tests_skipped": tests.get("tests_skipped"),
         "perf_rows_identical_on_all_ranks": same if same or differ else None,
         "perf_rows_differing_between_ranks": differ if same or differ else None,
         "goals": {
