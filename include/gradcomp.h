@@ -269,7 +269,9 @@ gradcompResult_t gradcompReduceScatterKeyed(const void* sendbuff, void* recvbuff
 
 /* Residual / momentum state. Save writes every buffer's state to a caller
  * buffer (host memory) so a training checkpoint can hold it. Call with
- * buffer == NULL to learn the size. Both wait for the comm's last stream.
+ * buffer == NULL to learn the size. Both wait for the comm's last eager
+ * call; not for a replayed CUDA graph: synchronize (or order) the stream a
+ * graph was launched on before a save, load, reset, retune or destroy.
  * A CUDA graph captured before a reset or load still uses the states they
  * replaced: capture it again. (Their memory, and a workspace an eager call
  * outgrew after a capture, stays allocated until the comm is freed, so an

@@ -9,6 +9,7 @@
 #include "kernels/elementwise.h"
 #include "backends/backend.h"
 #include "backends/cuda/device_guard.h"
+#include "backends/cuda/device_ptr.h"
 #include "checks.h"
 #include "codecs/qsgd.h"
 
@@ -62,16 +63,17 @@ class CudaBackend final : public Backend {
   }
 
   gradcompResult_t init() override {
+    // Made once here, never on the data path, so pipelined calls stay
+    // capturable: the comm stream joins a capture through the events. The
+    // own stream first: alloc zeroes on it.
+    GC_CUDACHECK(cudaStreamCreateWithFlags(&ownStream_, cudaStreamNonBlocking));
+    GC_CUDACHECK(cudaStreamCreateWithFlags(&commStream_, cudaStreamNonBlocking));
+    GC_CUDACHECK(cudaStreamCreateWithFlags(&nodeStream_, cudaStreamNonBlocking));
     void* p = nullptr;
     GC_CHECK(alloc(sizeof(uint64_t), &p));
     stepDev_ = static_cast<uint64_t*>(p);
     GC_CHECK(alloc(4 * sizeof(float), &p));
     agree_ = static_cast<float*>(p);
-    // Made once here, never on the data path, so pipelined calls stay
-    // capturable: the comm stream joins a capture through the events.
-    GC_CUDACHECK(cudaStreamCreateWithFlags(&commStream_, cudaStreamNonBlocking));
-    GC_CUDACHECK(cudaStreamCreateWithFlags(&nodeStream_, cudaStreamNonBlocking));
-    GC_CUDACHECK(cudaStreamCreateWithFlags(&ownStream_, cudaStreamNonBlocking));
     for (cudaEvent_t& e : events_) {
       GC_CUDACHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
     }
@@ -121,11 +123,15 @@ class CudaBackend final : public Backend {
     if (ownStream_ != nullptr) setStream(ownStream_);
   }
   gradcompResult_t setStep(uint64_t step) override {
-    // Synchronous on the legacy stream: the caller's last stream may be gone.
-    // A pageable cudaMemcpy may return before its DMA lands, and work on a
-    // non-blocking stream is not ordered after the legacy stream: wait for it.
-    GC_CUDACHECK(cudaMemcpy(stepDev_, &step, sizeof(step), cudaMemcpyHostToDevice));
-    GC_CUDACHECK(cudaStreamSynchronize(cudaStreamLegacy));
+    // On the backend's own stream, after the last eager call (the caller's
+    // last stream may be gone; its callers have synchronized it), and waited
+    // for: later work on any stream reads the new step. Not on the legacy
+    // stream, whose sync would wait for every blocking stream's kernels
+    // (writeNow).
+    if (lastCallRecorded_ && ownStream_ != nullptr) {
+      GC_CUDACHECK(cudaStreamWaitEvent(ownStream_, lastCall_, 0));
+    }
+    GC_CUDACHECK(writeNow(stepDev_, &step, sizeof(step), ownStream_));
     return gradcompSuccess;
   }
 
@@ -138,11 +144,9 @@ class CudaBackend final : public Backend {
       return setError(gradcompCudaError, "cudaMalloc of %zu bytes failed: %s", bytes,
                       cudaGetErrorString(err));
     }
-    // Zero before any stream may touch it: a synchronous memset on the
-    // legacy stream orders before later work on every blocking stream, and
-    // we synchronize for non-blocking ones.
-    err = cudaMemset(*p, 0, bytes);
-    if (err == cudaSuccess) err = cudaDeviceSynchronize();
+    // Zeroed, and waited for, before any stream may touch it; on the
+    // backend's own stream, not device-wide (writeNow).
+    err = writeNow(*p, nullptr, bytes, ownStream_);
     if (err != cudaSuccess) {
       // A failed allocation hands back nothing: callers keep only successes.
       (void)cudaFree(*p);

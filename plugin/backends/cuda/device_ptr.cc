@@ -27,6 +27,23 @@ cudaError_t ExchangeBuffer::alloc(size_t bytes, bool hostOnly) {
   return err;
 }
 
+cudaError_t writeNow(void* dst, const void* src, size_t bytes, cudaStream_t s) {
+  if (bytes == 0) return cudaSuccess;
+  cudaStream_t own = nullptr;
+  cudaError_t err = cudaSuccess;
+  if (s == nullptr) {
+    err = cudaStreamCreateWithFlags(&own, cudaStreamNonBlocking);
+    s = own;
+  }
+  if (err == cudaSuccess) {
+    err = src != nullptr ? cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, s)
+                         : cudaMemsetAsync(dst, 0, bytes, s);
+  }
+  if (err == cudaSuccess) err = cudaStreamSynchronize(s);
+  if (own != nullptr) (void)cudaStreamDestroy(own);
+  return err;
+}
+
 gradcompResult_t checkDevicePointer(const void* p, const char* name) {
   GC_ARG(p != nullptr, "%s is NULL", name);
   cudaPointerAttributes attr;

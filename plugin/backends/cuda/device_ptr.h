@@ -30,6 +30,14 @@ class ExchangeBuffer {
   void* host_ = nullptr;  // the host allocation, when the buffer is mapped host memory
 };
 
+// Copies bytes from host src to device dst (or zeroes dst when src is NULL)
+// and waits for it, on the non-blocking stream s, or on a temporary one when
+// s is NULL: work issued after it on any stream sees the bytes, and no other
+// stream is waited for. A device-wide or legacy-stream sync would also wait
+// for other communicators' kernels, e.g. a pipeline-parallel send whose
+// receive the peer posts only after its gradcomp call returns: a deadlock.
+cudaError_t writeNow(void* dst, const void* src, size_t bytes, cudaStream_t s = nullptr);
+
 // gradcompInvalidArgument when p is NULL, plain host memory the GPU cannot
 // read, or device memory of a GPU other than the current one;
 // gradcompCudaError when CUDA itself cannot be queried (no GPU).

@@ -7,6 +7,7 @@
 #include "checks.h"
 #include "codecs/sparse.h"
 #include "backends/sparse_ops.h"
+#include "backends/cuda/device_ptr.h"
 
 namespace gc {
 namespace {
@@ -159,8 +160,8 @@ class CudaSparseOps final : public SparseOps {
       void* p = nullptr;
       GC_CUDACHECK(cudaMalloc(&p, sizeof(Counters)));
       // Kept only once zeroed: a later call would count on top of garbage.
-      cudaError_t err = cudaMemset(p, 0, sizeof(Counters));
-      if (err == cudaSuccess) err = cudaDeviceSynchronize();
+      // Zeroed on a stream of its own, not device-wide (writeNow).
+      const cudaError_t err = writeNow(p, nullptr, sizeof(Counters));
       if (err != cudaSuccess) {
         (void)cudaFree(p);
         GC_CUDACHECK(err);

@@ -160,7 +160,11 @@ class GradcompState:
         if self._comm is None:
             return self._pending_blob
         with self._on_comm_device():
-            return self._comm.save_state()  # waits for the comm's last call
+            # The comm waits for its last eager call; a replayed CUDA graph's calls are the
+            # stream's to wait for (as before a load).
+            if self.backend == "nccl":
+                torch.cuda.current_stream().synchronize()
+            return self._comm.save_state()
 
     def _on_comm_device(self):
         """The comm's CUDA device made current around gradcomp's calls outside the hook (state
