@@ -171,7 +171,11 @@ typedef struct gradcompComm* gradcompComm_t;
 /* Wraps (never owns) an NCCL communicator. Buffers are device pointers and
  * work is enqueued on the caller's stream. Collective over the NCCL comm:
  * every rank calls it with the same config (it exchanges host identities and,
- * when ranks share nodes, splits node and local-rank sub-communicators). */
+ * when ranks share nodes, splits node and local-rank sub-communicators).
+ * The NCCL comm must be blocking (ncclConfig_t.blocking = 1, NCCL's
+ * default). Made with the NCCL comm's device current; the comm's later calls (the
+ * collectives, state, retune, destroy, abort) work from any current device,
+ * as NCCL's do: each makes the comm's device current for its duration. */
 gradcompResult_t gradcompCommCreate(ncclComm_t nccl, const gradcompConfig_t* config,
                                     gradcompComm_t* comm);
 /* CPU reference backend: nranks communicators of one in-process world, each

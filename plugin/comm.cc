@@ -174,6 +174,7 @@ gradcompResult_t initNcclComm(gradcompComm* c, ncclComm_t nccl, int ncclDev,
                         dev, ncclDev);
   }
   c->nccl = nccl;
+  c->device = ncclDev;
   c->backend = gc::makeCudaBackend();
   c->sparse = gc::makeCudaSparseOps();
   GC_CHECK(c->backend->init());
@@ -409,6 +410,7 @@ GC_EXPORT gradcompResult_t gradcompCommCreateSocket(int nranks, int rank, const 
 
 GC_EXPORT gradcompResult_t gradcompCommDestroy(gradcompComm_t comm) {
   if (comm == nullptr) return gradcompSuccess;
+  gc::OnCommDevice onDevice(comm);
   if (comm->backend) {
     comm->backend->useOwnStream();  // waits for the last call; its stream may be gone
     comm->backend->sync();
@@ -423,6 +425,7 @@ GC_EXPORT gradcompResult_t gradcompCommStop(gradcompComm_t comm) {
 }
 
 GC_EXPORT gradcompResult_t gradcompCommAbort(gradcompComm_t comm) {
+  gc::OnCommDevice onDevice(comm);
   gc::commAbort(comm);
   return gradcompSuccess;
 }
@@ -449,6 +452,7 @@ GC_EXPORT gradcompResult_t gradcompCommLayout(gradcompComm_t comm, int* nodes, i
 
 GC_EXPORT gradcompResult_t gradcompCommResetState(gradcompComm_t comm) {
   GC_ARG(validComm(comm), "comm is NULL");
+  gc::OnCommDevice onDevice(comm);
   comm->backend->useOwnStream();  // the last call's stream may be gone
   GC_CHECK(comm->backend->sync());
   for (auto& kv : comm->states) comm->dropState(kv.second);
@@ -461,6 +465,7 @@ GC_EXPORT gradcompResult_t gradcompCommResetState(gradcompComm_t comm) {
 
 GC_EXPORT gradcompResult_t gradcompCommRetune(gradcompComm_t comm, cudaStream_t stream) {
   GC_ARG(validComm(comm), "comm is NULL");
+  gc::OnCommDevice onDevice(comm);
   gc::CommCall call(comm);
   GC_CHECK(call.check());
   comm->backend->setStream(stream);

@@ -13,6 +13,7 @@
 
 #include "autotune.h"
 #include "backends/backend.h"
+#include "backends/cuda/device_guard.h"
 #include "backends/sparse_ops.h"
 #include "gradcomp.h"
 #include "backends/transport.h"
@@ -49,6 +50,11 @@ struct gradcompComm {
   // which its warnings name; -1 otherwise.
   int parentRank = -1;
   ncclComm_t nccl = nullptr;  // null for the CPU backend
+  // The NCCL comm's CUDA device (-1: the CPU backend). The C API's entry
+  // points make it current for their scope (OnCommDevice): NCCL's calls work
+  // from any current device, and so must gradcomp's (its allocations, kernels
+  // and events go to the current device).
+  int device = -1;
   // Shared with the inter-node child comm of a hierarchical comm.
   std::shared_ptr<gc::Backend> backend;
   std::unique_ptr<gc::Transport> transport;
@@ -172,5 +178,15 @@ class CommCall {
 
  private:
   gradcompComm* c_;
+};
+
+// The comm's device current for a scope (no-op for the CPU backend or a
+// comm without a backend, e.g. NULL).
+class OnCommDevice {
+ public:
+  explicit OnCommDevice(gradcompComm_t c) : guard_(c != nullptr && c->backend ? c->device : -1) {}
+
+ private:
+  DeviceGuard guard_;
 };
 }  // namespace gc

@@ -580,15 +580,18 @@ gradcompResult_t loadState(gradcompComm_t comm, const void* buffer, size_t bytes
 extern "C" {
 
 GC_EXPORT gradcompResult_t gradcompCommStateSize(gradcompComm_t comm, size_t* bytes) {
+  gc::OnCommDevice onDevice(comm);
   return gc::guarded([&] { return stateSize(comm, bytes); });
 }
 
 GC_EXPORT gradcompResult_t gradcompCommSaveState(gradcompComm_t comm, void* buffer, size_t bytes) {
+  gc::OnCommDevice onDevice(comm);
   return gc::guarded([&] { return saveState(comm, buffer, bytes); });
 }
 
 GC_EXPORT gradcompResult_t gradcompCommLoadState(gradcompComm_t comm, const void* buffer,
                                                  size_t bytes) {
+  gc::OnCommDevice onDevice(comm);
   return gc::guarded([&] { return loadState(comm, buffer, bytes); });
 }
 
