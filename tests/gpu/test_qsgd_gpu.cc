@@ -188,7 +188,8 @@ TEST_F(QsgdGpu, EncodeEFRoundingBitExactWithHostEntryPoint) {
 // threads and strides over the rest, and the block encode one block per
 // bucket: a count past 132 * 32 * 256 = 1081344 takes each thread round the
 // decode loop more than once (the other tests stay below it). Bucket 96 (an
-// odd number of words per bucket at 3 bits) and 2048, with and without
+// odd number of words per bucket at 3 bits), 2048 and the range's ends, 32
+// (a one-warp block) and 8192 (the most shared memory), with and without
 // accumulation, bit for bit against the host codec.
 TEST_F(QsgdGpu, BlockPathPastItsDecodeGrid) {
   const size_t n = 2 * 132 * 32 * 256 + 12345;
@@ -196,7 +197,7 @@ TEST_F(QsgdGpu, BlockPathPastItsDecodeGrid) {
   std::vector<float> r = gctest::normal(n, 19, 0.1f);
   DeviceBuffer<float> dx(n), dr(n), dout(n);
   dx.upload(x);
-  for (int d : {96, 2048}) {
+  for (int d : {32, 96, 2048, 8192}) {
     for (int bits : {3, 8}) {
       SCOPED_TRACE(testing::Message() << "bucket=" << d << " bits=" << bits);
       const size_t bytes = gradcompQsgdEncodedBytes(n, bits, d);
