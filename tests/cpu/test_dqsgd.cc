@@ -122,6 +122,93 @@ TEST(DqsgdPolicy, BudgetWindowsNeverOverspend) {
   EXPECT_EQ(total, 40 * 3.5);  // the whole budget, no more, no less
 }
 
+// The bound is "within" the target (<=): at exact equality A = 4 t G s^2 the
+// width is taken. Values exact in double: t = 1/4, G = 1 or t = 1/8, G = 2,
+// so 4 t G = 1 and A = s^2, s = 2^(b-1) - 1 written out.
+TEST(DqsgdPolicy, DynamicBitsTakesTheWidthAtExactlyTheBound) {
+  const double s[9] = {0, 0, 1, 3, 7, 15, 31, 63, 127};
+  for (int b = 2; b <= 8; ++b) {
+    const double A = s[b] * s[b];
+    EXPECT_EQ(gc::dynamicBits(gc::GradStats{A, 1.0}, 0.25, 2, 8), b) << "b=" << b;
+    EXPECT_EQ(gc::dynamicBits(gc::GradStats{A, 2.0}, 0.125, 2, 8), b) << "b=" << b;
+    // One ulp above the bound needs one bit more (bitsMax has no more).
+    const int above = b < 8 ? b + 1 : 8;
+    EXPECT_EQ(gc::dynamicBits(gc::GradStats{std::nextafter(A, 1e300), 1.0}, 0.25, 2, 8), above)
+        << "b=" << b;
+  }
+}
+
+// The budget rule from its statement (bits_policy.h), written out: target
+// = (B*W - spent) / (calls left, this one included) + log2 sqrt(A_t) - the
+// mean of log2 sqrt(A) over the last W statistics (A_t's included); rounded
+// to nearest (halves up), clamped to [bitsMin, bitsMax], then capped so that
+// every later call of the window can still take bitsMin.
+struct RefBudget {
+  std::vector<double> logs;  // log2(sqrt(A)) of every usable statistic so far
+  int spent = 0, pos = 0;
+  int choose(const gc::GradStats* st, double B, int W, int bmin, int bmax) {
+    const int left = W - pos;
+    const double remaining = B * W - spent;
+    double target = remaining / left;
+    if (st && std::isfinite(st->sumLenMaxSq) && std::isfinite(st->sumSq) && st->sumLenMaxSq > 0) {
+      logs.push_back(0.5 * std::log2(st->sumLenMaxSq));
+      const size_t from = logs.size() > (size_t)W ? logs.size() - W : 0;
+      double mean = 0;
+      for (size_t i = from; i < logs.size(); ++i) mean += logs[i];
+      mean /= (double)(logs.size() - from);
+      target += logs.back() - mean;
+    }
+    int b = (int)std::floor(target + 0.5);
+    b = std::min(std::max(b, bmin), bmax);
+    while (b > bmin && b + bmin * (left - 1) > remaining + 1e-9) --b;
+    spent += b;
+    if (++pos == W) pos = spent = 0;
+    return b;
+  }
+};
+
+// Known answers worked by hand, then the rule on random statistics.
+TEST(DqsgdPolicy, BudgetChoiceFollowsTheStatedRule) {
+  {
+    // Steady scale, B = 3.5, W = 4: 14/4 = 3.5 rounds up to 4, then 10/3
+    // -> 3, 7/2 = 3.5 -> 4, 3/1 -> 3.
+    gc::BudgetPolicy pol;
+    const gc::GradStats st{1e6, 1.0};
+    std::vector<int> got;
+    for (int t = 0; t < 8; ++t) got.push_back(pol.choose(t ? &st : nullptr, 3.5, 4, 2, 8));
+    EXPECT_EQ(got, (std::vector<int>{4, 3, 4, 3, 4, 3, 4, 3}));
+  }
+  {
+    // sqrt(A_t) doubling each call (A_t = 4^t), B = 4, W = 8: log2 sqrt(A_t)
+    // = t. t=0 (no statistics): 32/8 = 4. t=1: 28/7 + (1 - 1) = 4. t=2:
+    // 24/6 + (2 - 1.5) = 4.5 -> 5. t=3: 19/5 + (3 - 2) = 4.8 -> 5.
+    gc::BudgetPolicy pol;
+    std::vector<int> got;
+    for (int t = 0; t < 4; ++t) {
+      const gc::GradStats st{std::pow(4.0, t), 1.0};
+      got.push_back(pol.choose(t ? &st : nullptr, 4.0, 8, 2, 8));
+    }
+    EXPECT_EQ(got, (std::vector<int>{4, 4, 5, 5}));
+  }
+  std::mt19937_64 rng(17);
+  std::uniform_real_distribution<double> logA(-30, 30);
+  for (double budget : {2.0, 3.5, 4.0, 5.25, 7.0}) {
+    for (int window : {1, 3, 8, 20}) {
+      for (int bmin : {2, 3}) {
+        if (budget < bmin) continue;
+        gc::BudgetPolicy pol;
+        RefBudget ref;
+        for (int t = 0; t < 10 * window; ++t) {
+          const gc::GradStats st{std::exp2(logA(rng)), 1.0};
+          const gc::GradStats* p = t == 0 ? nullptr : &st;
+          ASSERT_EQ(pol.choose(p, budget, window, bmin, 8), ref.choose(p, budget, window, bmin, 8))
+              << "budget=" << budget << " W=" << window << " bmin=" << bmin << " t=" << t;
+        }
+      }
+    }
+  }
+}
+
 struct WorldRun {
   std::vector<std::vector<int>> bits;   // [step][rank]
   std::vector<std::vector<float>> out;  // [step] rank 0's result
@@ -289,6 +376,38 @@ TEST(DqsgdCpu, BudgetBelowBitsMinIsRefused) {
       << gradcompGetLastError();
   gradcompComm_t comms[2];
   EXPECT_EQ(gradcompCommCreateCpu(2, &cfg, comms), gradcompInvalidArgument);
+}
+
+// The dynamic rule's two special cases, at the comm: a zero result
+// quantizes exactly at any width, so the next call takes bitsMin (not
+// cfg.bits); a non-finite result says nothing about the next gradient, so
+// the next call keeps the width of the call that produced it (not cfg.bits,
+// which only the first call takes). cfg.bits = 6 differs from both.
+TEST(DqsgdCpu, ZeroResultTakesBitsMinNonFiniteResultKeepsTheLastWidth) {
+  gradcompConfig_t cfg = dynamicConfig();
+  cfg.bits = 6;
+  cfg.errorFeedback = 0;  // each result is that step's gradients alone
+  const size_t n = 4096;
+  const int N = 2, steps = 5;
+  // 0: zeros. 1, 2: Gaussian. 3: Gaussian with a NaN on rank 1. 4: Gaussian.
+  WorldRun run = runWorld(cfg, N, n, steps, [&](int step, int r) {
+    if (step == 0) return std::vector<float>(n, 0.0f);
+    std::vector<float> g = shapedGrad(step, r, n, cfg.bucketSize, false, 1.0f);
+    if (step == 3 && r == 1) g[100] = NAN;
+    return g;
+  });
+  for (int s = 0; s < steps; ++s) {
+    for (int r = 1; r < N; ++r) ASSERT_EQ(run.bits[s][r], run.bits[s][0]) << "step " << s;
+  }
+  ASSERT_FALSE(isfinite(run.out[3][100])) << "step 3's result is not finite";
+  EXPECT_EQ(run.bits[0][0], 6) << "the first call takes cfg.bits";
+  EXPECT_EQ(run.bits[1][0], 2) << "after a zero result: bitsMin";
+  const int b2 = expectedDynamic(stats(run.out[1], cfg.bucketSize), cfg.varianceTarget, 2, 8);
+  const int b3 = expectedDynamic(stats(run.out[2], cfg.bucketSize), cfg.varianceTarget, 2, 8);
+  ASSERT_NE(b3, 6) << "the test needs a width other than cfg.bits before the NaN";
+  EXPECT_EQ(run.bits[2][0], b2);
+  EXPECT_EQ(run.bits[3][0], b3);
+  EXPECT_EQ(run.bits[4][0], b3) << "after a non-finite result: the last width";
 }
 
 // ---- convergence: least squares, 4 ranks, plain SGD on full local batches

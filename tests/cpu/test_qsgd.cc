@@ -176,6 +176,38 @@ TEST(QsgdHost, LevelIsCappedAtS) {
   }
 }
 
+// The rounding draw, against numbers that do not come from the library:
+// hashKey(key, i) is SplitMix64's output i of the generator seeded with key
+// (published vectors for seed 0: 0xe220a8397b1dcdaf, 0x6e789e6aa1b965f4,
+// 0x06c45d188009454f), and the uniform is its top 24 bits times 2^-24: on
+// the 2^-24 grid, in [0, 1), low 40 bits ignored.
+TEST(QsgdHost, RoundingDrawIsSplitMix64TopBitsOnTheGrid) {
+  EXPECT_EQ(gc::hashKey(0, 0), 0xe220a8397b1dcdafull);
+  EXPECT_EQ(gc::hashKey(0, 1), 0x6e789e6aa1b965f4ull);
+  EXPECT_EQ(gc::hashKey(0, 2), 0x06c45d188009454full);
+  const float ulp = 1.0f / 16777216.0f;  // 2^-24
+  EXPECT_EQ(gc::uniform24FromHash(0), 0.0f);
+  EXPECT_EQ(gc::uniform24FromHash((1ull << 40) - 1), 0.0f);
+  EXPECT_EQ(gc::uniform24FromHash(1ull << 40), ulp);
+  EXPECT_EQ(gc::uniform24FromHash(1ull << 63), 0.5f);
+  EXPECT_EQ(gc::uniform24FromHash(~0ull), 1.0f - ulp);
+  EXPECT_LT(gc::uniform24FromHash(~0ull), 1.0f);
+  EXPECT_EQ(gc::uniform24(0, 0), (float)0xe220a8u * ulp);
+  EXPECT_EQ(gc::uniform24(0, 2), (float)0x06c45du * ulp);
+  // The draw decides the level: a ratio f < 1 on the grid rounds up to
+  // level 1 exactly when u < f (scale s makes element 1's ratio x[1]).
+  const int bits = 4, s = levels(bits);
+  const float u1 = (float)0x6e789eu * ulp;  // element 1's draw under seed 0
+  for (float f : {u1 - ulp, u1, u1 + ulp}) {
+    std::vector<float> x(32, 0.0f);
+    x[0] = (float)s;
+    x[1] = f;
+    std::vector<uint8_t> enc(gradcompQsgdEncodedBytes(32, bits, 32));
+    ASSERT_EQ(gradcompQsgdEncodeHost(x.data(), 32, bits, 32, 0, enc.data()), gradcompSuccess);
+    EXPECT_EQ(readCodeBitwise(enc, 1, 1, bits), u1 < f ? 1u : 0u) << "f=" << f;
+  }
+}
+
 TEST(QsgdHost, DecodeAccumulates) {
   const size_t n = 777;
   std::vector<float> x = gctest::normal(n, 3);
@@ -356,6 +388,37 @@ TEST(QsgdHost, ErrorFeedbackSkipsNonFiniteBucket) {
   for (size_t i = 0; i < 512; ++i) changed |= r[i] != rOld[i];
   EXPECT_TRUE(changed);
   for (size_t i = 0; i < 512; ++i) ASSERT_TRUE(isfinite(r[i]));
+}
+
+// An infinite bucket (an Inf input, or x + residual overflowing) is not
+// finite either: its scale is Inf, its elements decode to NaN, and its
+// residual must stay as it was, exactly as for NaN. The other bucket's
+// residual moves and stays finite.
+TEST(QsgdHost, ErrorFeedbackSkipsInfiniteBucket) {
+  const size_t n = 1024;
+  for (int kind = 0; kind < 3; ++kind) {
+    SCOPED_TRACE(testing::Message() << "kind=" << kind);
+    std::vector<float> r(n), g = gctest::normal(n, 4);
+    for (size_t i = 0; i < n; ++i) r[i] = 0.01f * (float)(i % 13);
+    if (kind == 0) g[700] = INFINITY;
+    if (kind == 1) g[700] = -INFINITY;
+    if (kind == 2) g[700] = FLT_MAX, r[700] = FLT_MAX;  // fl(g + r) = +Inf
+    const std::vector<float> rOld = r;
+    std::vector<uint8_t> enc(gradcompQsgdEncodedBytes(n, 4, 512));
+    ASSERT_EQ(
+        gradcompQsgdEncodeTypedHost(g.data(), ncclFloat32, r.data(), n, 4, 512, 1, enc.data()),
+        gradcompSuccess);
+    float scale1;
+    memcpy(&scale1, enc.data() + 4, 4);
+    ASSERT_TRUE(isinf(scale1)) << "bucket 1's scale is the max of |x + r|: Inf";
+    for (size_t i = 512; i < n; ++i) ASSERT_EQ(r[i], rOld[i]) << "residual changed at " << i;
+    bool changed = false;
+    for (size_t i = 0; i < 512; ++i) {
+      changed |= r[i] != rOld[i];
+      ASSERT_TRUE(isfinite(r[i])) << i;
+    }
+    EXPECT_TRUE(changed);
+  }
 }
 
 TEST(QsgdHost, BadArgumentsNameTheValue) {

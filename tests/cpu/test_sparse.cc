@@ -322,6 +322,56 @@ TEST(SparseRandk, DistinctAndUniform) {
   EXPECT_GT(chi2, chi2Quantile(n - 1, -3.29));
 }
 
+// The index map from its documented construction, written out with the
+// test's own SplitMix64 (anchored to the generator's published first output
+// for seed 0): a 4-round Feistel network on the smallest even power of two
+// 2^(2h) >= n (h >= 1), halves of h bits, round function F_j(r) = the low h
+// bits of SplitMix64 output (j << 32 | r) under the key; cycle-walked into
+// [0, n). Every image is then the library's, and for small n the map is a
+// bijection of [0, n).
+uint64_t testSplitMix(uint64_t key, uint64_t i) {
+  uint64_t z = key + (i + 1) * 0x9e3779b97f4a7c15ull;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+uint32_t testFeistel(uint64_t key, uint32_t x, uint32_t n) {
+  int h = 1;
+  while ((1ull << (2 * h)) < n) ++h;
+  const uint32_t mask = (uint32_t)((1ull << h) - 1);
+  do {
+    uint32_t l = x >> h, r = x & mask;
+    for (uint64_t j = 0; j < 4; ++j) {
+      const uint32_t t = l ^ ((uint32_t)testSplitMix(key, j << 32 | r) & mask);
+      l = r;
+      r = t;
+    }
+    x = l << h | r;
+  } while (x >= n);
+  return x;
+}
+
+TEST(SparseRandk, IndicesFollowTheDocumentedFeistelNetwork) {
+  ASSERT_EQ(testSplitMix(0, 0), 0xe220a8397b1dcdafull);
+  for (uint32_t n : {1u, 2u, 3u, 4u, 5u, 16u, 17u, 1000u, 4096u, 4097u, 1000003u}) {
+    const uint64_t keys[] = {0, 1, 0x5eed, gc::deriveKey(77, 3, 0, gc::sparse::kRandkStream)};
+    for (uint64_t key : keys) {
+      const size_t k = std::min<size_t>(n, 3000);
+      std::vector<uint32_t> idx(k);
+      gc::host::randkIndices(n, k, key, idx.data());
+      std::vector<bool> seen(n, false);
+      for (size_t j = 0; j < k; ++j) {
+        ASSERT_EQ(idx[j], testFeistel(key, (uint32_t)j, n))
+            << "n=" << n << " key=" << key << " j=" << j;
+        ASSERT_LT(idx[j], n);
+        ASSERT_FALSE(seen[idx[j]]) << "n=" << n << " j=" << j;
+        seen[idx[j]] = true;
+      }
+    }
+  }
+}
+
 // ------------------------------------------------------------ the comm path
 gradcompConfig_t sparseConfig(gradcompMethod_t method) {
   gradcompConfig_t cfg;
