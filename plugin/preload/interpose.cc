@@ -82,7 +82,6 @@ ncclResult_t compress(CommEntry& e, const Deferred& d, bool keyed, uint64_t key,
   const bool rs = d.coll == Collective::ReduceScatter;
   GC_NVTX_RANGE(rs ? "gradcomp reducescatter" : "gradcomp allreduce");
   std::lock_guard<std::mutex> lock(e.callMu);
-  DeviceGuard guard(e.device);
   gradcompStats_t before, after;
   gradcompGetStats(e.gc, &before);
   gradcompResult_t r;

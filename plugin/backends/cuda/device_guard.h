@@ -1,7 +1,7 @@
 // Sets the current CUDA device for a scope, then gives the caller its own
 // back (no-op when it already is current, or when device < 0). Used where
 // gradcomp works on a comm's device on the caller's thread: the collective
-// set-up and the LD_PRELOAD library.
+// set-up, the C API's entry points (OnCommDevice) and the LD_PRELOAD library.
 #pragma once
 
 #include <cuda_runtime_api.h>
