@@ -145,6 +145,27 @@ def check_flags(perf, work, src, kdoc, bits, bucket):
                 continue
             expect(k in c and csv_matches_json(k, c[k], v),
                    "--csv %s row: column %s is %r, JSON %r" % (r["method"], k, c.get(k), v))
+    # -c 0: the unchecked cells are empty in the CSV, as they are null in the JSON.
+    cpath = os.path.join(work, "rows-c0.csv")
+    code, _, rows = run(perf, ["-N", "2", "-b", "64K", "-e", "64K", "-c", "0", "--csv",
+                               cpath] + tiny, os.path.join(work, "rows-c0.json"))
+    with open(cpath, newline="") as f:
+        crows = list(csv.DictReader(f))
+    expect(code == 0 and len(crows) == len(rows) == 1 and rows[0]["wrong"] is None,
+           "-c 0: one unchecked row")
+    for k, v in rows[0].items():
+        if not isinstance(v, (dict, list)):
+            expect(k in crows[0] and csv_matches_json(k, crows[0][k], v),
+                   "-c 0 --csv: column %s is %r, JSON %r" % (k, crows[0].get(k), v))
+    # Sizes and sweeps that cannot be run are refused with the value and what is allowed.
+    for args, says in ((["-b", "nan"], "-b nan is not a size: a whole number of bytes up to 1T"),
+                       (["-b", "1.5"], "-b 1.5 is not a size"),
+                       (["-e", "1e30"], "-e 1e30 is not a size"),
+                       (["-b", "64", "-e", "1M", "-f", "1.01"],
+                        "-f 1.01 cannot grow -b 64"),
+                       (["--link-gbps", ","], "--link-gbps ,: give at least one bandwidth")):
+        code, out = run_plain(perf, args + tiny)
+        expect(code == 2 and says in out, "%s: exit 2 saying %r (got %d)" % (args, says, code))
     # --help's ranges are the enforced ones; the doc's -a row lists every algorithm.
     code, out = run_plain(perf, ["--help"])
     expect(code == 0 and "[1e-6, 1]" in out and "(0,1]" not in out and "GRADCOMP_METHOD" in out,
@@ -1282,6 +1303,11 @@ def main():
            "-C reduce_scatter --auto run exits 0 with one reduce-scatter row")
     expect(all(r.get("auto_choice") == "compress" and r.get("auto_time_us", 0) > 0 for r in rows),
            "-C reduce_scatter --auto: auto compresses on the CPU backend, timed")
+    # The auto comm's own check: its result's values, hash and rank weights reported.
+    expect(all(r.get("auto_wrong") == 0 and r.get("auto_identical") is None and
+               r.get("auto_rank_weights_wrong") == 0 for r in rows),
+           "-C reduce_scatter --auto: the auto comm's result checked (auto_wrong 0, its rank "
+           "weights right; nothing to hash-compare)")
 
     code, out, rows = run(perf, ["-N", "2", "-b", "256K", "-e", "256K", "-n", "1", "-w", "0",
                                  "--debug-corrupt"], os.path.join(work, "corrupt.json"))
@@ -1290,6 +1316,31 @@ def main():
     expect(len(rows) == 1 and rows[0].get("identical") is False,
            "rank 0's corrupted element makes the ranks' results differ")
     expect("FAILED" in out, "the footer says FAILED")
+
+    # The rank-weight check: every rank's input enters an unbiased (stochastic QSGD)
+    # result with weight 1; a lost input (weight 0) or a doubled one (2) fails the run,
+    # which the per-element bound, about four input deviations wide at 4 bits, lets pass.
+    sizes = ["-N", "4", "-b", "256K", "-e", "256K", "-n", "1", "-w", "0"]
+    code, out, rows = run(perf, sizes + ["--auto"], os.path.join(work, "weights.json"))
+    expect(code == 0 and len(rows) == 1 and rows[0].get("rank_weights_wrong") == 0 and
+           0.95 < rows[0]["rank_weight_min"] <= rows[0]["rank_weight_max"] < 1.05,
+           "4-bit two-shot at 4 ranks: every input's weight within 0.05 of 1 (got %s .. %s)" %
+           (rows[0].get("rank_weight_min"), rows[0].get("rank_weight_max")))
+    expect(rows[0].get("auto_wrong") == 0 and rows[0].get("auto_identical") is True and
+           rows[0].get("auto_rank_weights_wrong") == 0,
+           "--auto: the auto comm's result checked, compared across ranks and weighed")
+    for w in (0, 2):
+        code, out, rows = run(perf, sizes + ["--debug-rank-weight", str(w)],
+                              os.path.join(work, "weights%d.json" % w))
+        got = rows[0]["rank_weight_min"] if w == 0 else rows[0]["rank_weight_max"]
+        expect(code == 1 and rows[0].get("rank_weights_wrong") == 1 and abs(got - w) < 0.05 and
+               rows[0].get("wrong") == 0 and "wrong weight" in out,
+               "--debug-rank-weight %d: rank 0's input weighed %.3f, the run fails though no "
+               "value is out of bounds" % (w, got))
+    code, out, rows = run(perf, sizes + ["-m", "topk", "--debug-rank-weight", "0"],
+                          os.path.join(work, "weights-topk.json"))
+    expect(code == 0 and rows[0].get("rank_weights_wrong") is None,
+           "top-k rows are not weighed (a sparse result takes each input partly by design)")
 
     check_flags(perf, work, src, kdoc, bits, bucket)
 

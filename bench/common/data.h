@@ -122,6 +122,26 @@ GC_HD double maxKeepNan(double a, double b) {
   return (a != a || b != b) ? (double)NAN : (a > b ? a : b);
 }
 
+// The rank-weight check (host, on a prefix of the result): the per-element
+// bound above is a worst case, about four input standard deviations wide at
+// 4 bits, so a result that lost one rank's input, or counted it twice, stays
+// inside it. Unbiased codecs (stochastic rounding, zero residual) make the
+// error independent in mean of every input: the least-squares coefficient of
+// err on rank r's input y_r, beta_r = sum err*y_r / sum y_r^2, is 0 up to
+// its standard error se_r = sqrt(sum err^2 y_r^2) / sum y_r^2, where a lost
+// input gives -1 and a doubled one +1. Rank r's weight in the result is
+// 1 + beta_r.
+struct RankWeightSums {
+  double num = 0, den = 0, var = 0;
+};
+// A weight is wrong when its beta is both large (a quarter of an input) and
+// far outside its own noise (8 standard errors: no unbiased run gets there).
+inline bool rankWeightWrong(const RankWeightSums& w) {
+  const double beta = w.num / w.den;
+  const double se = sqrt(w.var) / w.den;
+  return !(w.den > 0) || !(fabs(beta) <= 0.25 || fabs(beta) <= 8 * se);  // NaN is wrong
+}
+
 // Per-rank totals of one check; combined across ranks with max/sum.
 struct CheckTotals {
   double sumErr2 = 0, sumExact2 = 0, maxErr = 0, maxExact = 0, maxErrOverBound = 0;

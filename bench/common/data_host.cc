@@ -34,4 +34,25 @@ CheckTotals checkHost(const CheckParams& p, const float* bucketMax, const void* 
   return t;
 }
 
+void rankWeightsHost(const CheckParams& p, const void* got, size_t count,
+                     std::vector<RankWeightSums>* w) {
+  w->assign(p.nranks, RankWeightSums());
+  std::vector<double> y(p.nranks);
+  const double scale = p.average ? 1.0 / p.nranks : 1.0;
+  for (size_t i = 0; i < count; ++i) {
+    double exact = 0;
+    for (int r = 0; r < p.nranks; ++r) {
+      y[r] = typedValue(p.seed, r, i + p.offset, p.dtype) * scale;
+      exact += y[r];
+    }
+    const double err = (double)gc::loadAsFloat(got, p.dtype, i) - exact;
+    for (int r = 0; r < p.nranks; ++r) {
+      RankWeightSums& s = (*w)[r];
+      s.num += err * y[r];
+      s.den += y[r] * y[r];
+      s.var += err * err * y[r] * y[r];
+    }
+  }
+}
+
 }  // namespace gcbench

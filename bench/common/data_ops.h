@@ -5,6 +5,8 @@
 #include <cuda_runtime_api.h>
 #include <stddef.h>
 
+#include <vector>
+
 #include "data.h"
 
 namespace gcbench {
@@ -13,6 +15,10 @@ void fillHost(void* buf, gc::DType t, size_t count, uint64_t seed, int rank);
 // out[b] = max |typedValue(rank, i)| over bucket b (numBuckets(count, bucket) entries).
 void bucketMaxHost(float* out, gc::DType t, size_t count, int bucket, uint64_t seed, int rank);
 CheckTotals checkHost(const CheckParams& p, const float* bucketMax, const void* got, size_t count);
+// The rank-weight sums (data.h) of `count` result elements in host memory:
+// (*w)[r] for every rank r of p.
+void rankWeightsHost(const CheckParams& p, const void* got, size_t count,
+                     std::vector<RankWeightSums>* w);
 
 cudaError_t fillDevice(void* buf, gc::DType t, size_t count, uint64_t seed, int rank,
                        cudaStream_t stream);

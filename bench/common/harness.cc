@@ -8,6 +8,7 @@
 #include <map>
 
 #include "gradcomp/sparse.h"
+#include "data_ops.h"
 #include "kernel_rates.h"
 #include "methods.h"
 #include "model.h"
@@ -74,6 +75,39 @@ Checked combine(Rank& r, const CheckTotals& t) {
   c.relMax = maxes[1] > 0 ? maxes[0] / maxes[1] : maxes[0];
   c.errOverBound = maxes[2];
   return c;
+}
+
+// The rank-weight check (data.h) on the first elements of each rank's
+// result: the extremes of the weights over ranks, and how many were wrong
+// (the most on one rank).
+constexpr size_t kWeightSample = (size_t)1 << 16;
+
+void checkRankWeights(const Options& o, Rank& r, const CheckParams& p, ncclDataType_t dtype,
+                      size_t count, Row* row) {
+  const size_t m = std::min(count, kWeightSample);
+  std::vector<unsigned char> host(m * dtypeSize(dtype));
+  r.toHost(r.recv(), host.data(), host.size());
+  if (!isnan(o.debugRankWeight)) {  // the self-test: rank 0's input w times
+    const double scale = (o.debugRankWeight - 1) / (p.average ? p.nranks : 1);
+    for (size_t i = 0; i < m; ++i) {
+      const double v = gc::loadAsFloat(host.data(), p.dtype, i) +
+                       scale * typedValue(p.seed, 0, i + p.offset, p.dtype);
+      gc::storeFromFloat(host.data(), p.dtype, i, (float)v);
+    }
+  }
+  std::vector<RankWeightSums> w;
+  rankWeightsHost(p, host.data(), m, &w);
+  double v[3] = {-INFINITY, -INFINITY, 0};  // max weight, -(min weight), wrong
+  for (const RankWeightSums& s : w) {
+    const double weight = 1 + s.num / s.den;
+    v[0] = maxKeepNan(v[0], weight);
+    v[1] = maxKeepNan(v[1], -weight);
+    v[2] += rankWeightWrong(s) ? 1 : 0;
+  }
+  r.reduce(v, 3, true);
+  row->rankWeightMax = v[0];
+  row->rankWeightMin = -v[1];
+  row->rankWeightsWrong = (int)v[2];
 }
 
 // A reduce-scatter's rank r holds elements r*count.. of the input.
@@ -246,6 +280,11 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
       row->relErrRms = c.relRms;
       row->relErrMax = c.relMax;
       row->errOverBound = c.errOverBound;
+      // Stochastic rounding from a zero residual is unbiased: every rank's
+      // input must enter with weight 1. (Nearest rounding is biased per
+      // element, the sparse methods by design: their bound alone.)
+      if (p.kind == BoundKind::Quantized && cfg.rounding == gradcompRoundStochastic)
+        checkRankWeights(o, r, p, dtype, count, row);
     }
     // After the check, so that --debug-corrupt's element on rank 0 shows here
     // too. A reduce-scatter's ranks hold different blocks: nothing to compare.
@@ -468,8 +507,10 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
     } else {
       m.ncclUs = rs ? ncclReduceScatterModelUs(row->bytes, r.nranks(), g, o.linkLatencyUs)
                     : ncclModelUs(row->bytes, r.nranks(), g, o.linkLatencyUs);
-      m.gradcompUs =
-          gradcompModelUs(row->kernelUs, row->gradcompWire, row->latencySteps, g, o.linkLatencyUs);
+      // A call passed through is NCCL's own (a reduce-scatter's too: N-1 steps).
+      m.gradcompUs = row->algoUsed == 0 ? m.ncclUs
+                                        : gradcompModelUs(row->kernelUs, row->gradcompWire,
+                                                          row->latencySteps, g, o.linkLatencyUs);
       // Only a call that was cut into pieces is modeled pipelined (two-shot,
       // ring and the reduce-scatter run every stage piece by piece).
       if (row->pieces > 1 &&
@@ -576,6 +617,8 @@ void runAuto(const Options& o, const RunInfo& info, Rank& r, gradcompConfig_t cf
   row->autoRan = !a.failed;
   row->autoPassed = a.algoUsed == 0;
   row->autoWrong = a.gradcompWrong;
+  row->autoIdentical = a.identical;
+  row->autoRankWeightsWrong = a.rankWeightsWrong;
   std::string err;
   gradcompResult_t res = gradcompSuccess;
   if (!a.failed && !timeAutoPaired(o, r, cfg, comm, row, &err, &res)) {
@@ -699,7 +742,8 @@ int runHarness(const Options& o, Rank& r) {
         runGradcomp(o, info, r, cfg, &row);
         if (o.autoRow && m != gradcompMethodNone && !row.failed) runAuto(o, info, r, cfg, &row);
         if (row.failed || row.ncclWrong > 0 || row.gradcompWrong > 0 || row.autoWrong > 0 ||
-            row.identical == 0)
+            row.identical == 0 || row.autoIdentical == 0 || row.rankWeightsWrong > 0 ||
+            row.autoRankWeightsWrong > 0)
           exitCode = 1;
         if (lead) printRow(o, info, row);
         rows.push_back(row);

@@ -61,6 +61,11 @@ struct Row {
   long ncclWrong = -1, gradcompWrong = -1;
   double relErrRms = 0, relErrMax = 0;
   double errOverBound = 0;  // largest |error| / bound over the elements
+  // The rank-weight check (data.h; stochastic QSGD rows): the extremes over
+  // ranks of each input's weight in the result (1 expected), and how many
+  // weights were wrong (-1: not checked).
+  double rankWeightMin = NAN, rankWeightMax = NAN;
+  int rankWeightsWrong = -1;
   // Link model.
   bool kernelsMeasured = false;  // kernel times known, from kernelSource
   KernelSource kernelSource = KernelSource::None;
@@ -84,6 +89,8 @@ struct Row {
   bool autoRan = false, autoPassed = false;  // passed: auto gave this size to NCCL
   double autoUs = 0, autoForcedUs = 0, autoNcclUs = 0;
   long autoWrong = -1;
+  int autoIdentical = -1;         // the auto comm's result compared, as `identical`
+  int autoRankWeightsWrong = -1;  // the auto comm's rank-weight check
   // gradcomp's result hashed on every rank and compared: 1 identical, 0 not,
   // -1 not compared (buffers on a device).
   int identical = -1;

@@ -54,7 +54,7 @@ std::string methodLabel(const gradcompConfig_t& cfg) {
                algoName(cfg.algo));
       break;
     default:
-      snprintf(buf, sizeof buf, "none (pass-through to ncclAllReduce)");
+      snprintf(buf, sizeof buf, "none (pass-through to NCCL)");
   }
   return buf;
 }

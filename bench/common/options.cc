@@ -1,6 +1,7 @@
 #include "options.h"
 
 #include <getopt.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -62,6 +63,10 @@ void usage(const char* prog) {
       "                             L > 1 on >= 2 nodes: hierarchical exchange (CPU backend:\n"
       "                             auto is flat); the link model follows the same setting\n"
       "      --debug-corrupt        corrupt one gradcomp output element (checks the checker)\n"
+      "      --debug-rank-weight <w>\n"
+      "                             weigh rank 0's input w times (0 .. 4) in the rank-weight\n"
+      "                             check's copy of the result (checks that check: 0 = a\n"
+      "                             lost contribution, 2 = a doubled one)\n"
       "      --auto                 also time each size with GRADCOMP_AUTO's decision (rows\n"
       "                             force compression) and report auto's regret:\n"
       "                             auto time / min(forced, NCCL) - 1\n"
@@ -69,10 +74,14 @@ void usage(const char* prog) {
       prog);
 }
 
+constexpr double kMaxSizeBytes = 1099511627776.0;  // 1T
+
+// A whole number of bytes in 0 .. 1T, with an optional K/M/G (powers of
+// 1024) and B: 1.5K is 1536, 1.5 is refused.
 bool parseSize(const char* s, size_t* out) {
   char* end = nullptr;
   double v = strtod(s, &end);
-  if (end == s || v < 0) return false;
+  if (end == s || !(v >= 0)) return false;  // NaN too
   double mult = 1;
   if (*end == 'K' || *end == 'k')
     mult = 1024.0, ++end;
@@ -82,7 +91,9 @@ bool parseSize(const char* s, size_t* out) {
     mult = 1024.0 * 1024 * 1024, ++end;
   if (*end == 'B' || *end == 'b') ++end;
   if (*end != '\0') return false;
-  *out = (size_t)(v * mult);
+  const double bytes = v * mult;
+  if (!(bytes <= kMaxSizeBytes) || bytes != floor(bytes)) return false;
+  *out = (size_t)bytes;
   return true;
 }
 
@@ -173,6 +184,7 @@ bool parseOptions(int argc, char** argv, Options* o, int* exitCode) {
     kLat,
     kSeed,
     kCorrupt,
+    kRankWeight,
     kModelNodes,
     kModelLocal,
     kNodeGbps,
@@ -207,6 +219,7 @@ bool parseOptions(int argc, char** argv, Options* o, int* exitCode) {
                                            {"link-lat-us", required_argument, 0, kLat},
                                            {"seed", required_argument, 0, kSeed},
                                            {"debug-corrupt", no_argument, 0, kCorrupt},
+                                           {"debug-rank-weight", required_argument, 0, kRankWeight},
                                            {"model-nodes", required_argument, 0, kModelNodes},
                                            {"model-local", required_argument, 0, kModelLocal},
                                            {"node-gbps", required_argument, 0, kNodeGbps},
@@ -236,7 +249,11 @@ bool parseOptions(int argc, char** argv, Options* o, int* exitCode) {
       case 'e': {
         const char* flag = c == 'b' ? "-b" : "-e";
         size_t* bytes = c == 'b' ? &o->minBytes : &o->maxBytes;
-        if (!parseSize(v, bytes)) return fail(exitCode, "%s %s is not a size", flag, v);
+        if (!parseSize(v, bytes))
+          return fail(exitCode,
+                      "%s %s is not a size: a whole number of bytes up to 1T (K, M, G: "
+                      "powers of 1024)",
+                      flag, v);
         // 0 is no size (nor "the default": leave the flag out for that).
         if (*bytes == 0)
           return fail(exitCode,
@@ -249,7 +266,7 @@ bool parseOptions(int argc, char** argv, Options* o, int* exitCode) {
       }
       case 'i':
         if (!parseSize(v, &o->stepBytes) || o->stepBytes == 0)
-          return fail(exitCode, "%s %s is not a size > 0", "-i", v);
+          return fail(exitCode, "%s %s is not a size in 1 .. 1T bytes", "-i", v);
         stepGiven = true;
         break;
       case 'f':
@@ -362,6 +379,9 @@ bool parseOptions(int argc, char** argv, Options* o, int* exitCode) {
         break;
       case kLink:
         o->linkGbps.clear();
+        if (splitList(v).empty())
+          return fail(exitCode, "%s %s: give at least one bandwidth in [0.001, 1e6] Gb/s",
+                      "--link-gbps", v);
         for (const std::string& s : splitList(v)) {
           if (!parseDouble(s.c_str(), 1e-3, 1e6, &dv))
             return fail(exitCode, "%s %s: each bandwidth must be in [0.001, 1e6] Gb/s",
@@ -381,6 +401,10 @@ bool parseOptions(int argc, char** argv, Options* o, int* exitCode) {
         break;
       case kCorrupt:
         o->corrupt = true;
+        break;
+      case kRankWeight:
+        if (!parseDouble(v, 0, 4, &o->debugRankWeight))
+          return fail(exitCode, "%s %s not in [0, 4]", "--debug-rank-weight", v);
         break;
       case kAuto:
         o->autoRow = true;
@@ -518,6 +542,17 @@ bool checkOptions(const Options& o, int* exitCode) {
     if (smallest == 0 || dtypeSize(t) < smallest) smallest = dtypeSize(t);
     types += std::string(types.empty() ? "" : ", ") + dtypeName(t) + " " +
              std::to_string(dtypeSize(t)) + " B";
+  }
+  // A factor that cannot grow the first size would end the sweep there.
+  if (o.stepFactor > 1 && o.minBytes < o.maxBytes && nextSize(o, o.minBytes) <= o.minBytes) {
+    fprintf(stderr,
+            "gradcomp_perf: -f %g cannot grow -b %zu (%zu * %g rounds down to %zu bytes), so the "
+            "sweep would stop at its first size; give -f of at least %g or a step in bytes with "
+            "-i (see --help)\n",
+            o.stepFactor, o.minBytes, o.minBytes, o.stepFactor, o.minBytes,
+            ceil((double)(o.minBytes + 1) / (double)o.minBytes * 1e4) / 1e4);
+    *exitCode = 2;
+    return false;
   }
   bool any = false;
   for (size_t s = o.minBytes; s <= o.maxBytes && !any;) {

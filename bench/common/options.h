@@ -1,6 +1,7 @@
 // gradcomp_perf command line: all_reduce_perf's flags plus gradcomp's.
 #pragma once
 
+#include <math.h>
 #include <nccl.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -56,6 +57,9 @@ struct Options {
   uint64_t seed = 1;
   // Self-test of the checker: corrupt one output element of gradcomp.
   bool corrupt = false;
+  // Self-test of the rank-weight check: rank 0's input weighed this many
+  // times in the check's copy of the result (NaN: off).
+  double debugRankWeight = NAN;
   // Beside every forced-compression row (autoTune=0), time gradcomp with
   // GRADCOMP_AUTO's decision (autoTune=1) and its regret.
   bool autoRow = false;

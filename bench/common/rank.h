@@ -89,6 +89,8 @@ class Rank {
     (void)count, (void)cfg, (void)noSelect, (void)costs;
     return false;
   }
+  // Copies `bytes` of buf to host memory once the rank's work on buf ends.
+  virtual void toHost(const void* buf, void* host, size_t bytes) = 0;
   // A hash of `bytes` of buf (hashBytes) that a double holds exactly (ranks
   // compare it), after the rank's work on buf ends; false where unavailable.
   virtual bool resultHash(const void* buf, size_t bytes, double* hash) { return false; }

@@ -369,6 +369,10 @@ class CudaRank : public Rank {
   }
 
   void sync() override { BENCH_CUDA(cudaStreamSynchronize(stream_)); }
+  void toHost(const void* buf, void* host, size_t bytes) override {
+    sync();
+    BENCH_CUDA(cudaMemcpy(host, buf, bytes, cudaMemcpyDeviceToHost));
+  }
   // The result copied to the host once the stream is idle: the report's
   // identical column on the GPU too.
   bool resultHash(const void* buf, size_t bytes, double* hash) override {

@@ -34,6 +34,7 @@ class HostRank : public Rank {
   CheckTotals check(const CheckParams& p, const float* bm, const void* got, size_t count) override {
     return checkHost(p, bm, got, count);
   }
+  void toHost(const void* buf, void* host, size_t bytes) override { memcpy(host, buf, bytes); }
   bool resultHash(const void* buf, size_t bytes, double* hash) override;
   void sync() override {}
   // The host reference codecs on this rank's input, repeated for 50 ms.

@@ -181,8 +181,11 @@ void printPreamble(const Options& o, const RunInfo& info) {
   }
   printf(
       "#  check: results against the exact sum of all ranks' inputs; #wrong counts elements "
-      "beyond the bound of one call\n#  (docs/benchmark.md). algbw = bytes / time, busbw = "
-      "algbw * 2(N-1)/N, both from the dense size.\n");
+      "beyond the bound of one call,\n#  and stochastic QSGD rows weigh each rank's input in "
+      "the result (1 expected; docs/benchmark.md).\n#  %s\n",
+      o.collective == Collective::ReduceScatter
+          ? "algbw and busbw as the collective line above says."
+          : "algbw = bytes / time, busbw = algbw * 2(N-1)/N, both from the dense size.");
   printf("#\n");
 }
 
@@ -265,6 +268,18 @@ void printRow(const Options& o, const RunInfo& info, const Row& r) {
       r.busbw(), wrongStr(r.gradcompWrong).c_str(), r.gradcompWire, ratio,
       errStr(r, r.relErrMax).c_str(), errStr(r, r.relErrRms).c_str(), speed, algo, model.c_str());
   if (r.identical == 0) printf("#  ^ FAILED: the ranks' results differ (hash of each output)\n");
+  if (r.rankWeightsWrong > 0)
+    printf(
+        "#  ^ FAILED: %d rank input(s) enter the result with a wrong weight (weights %.3f .. "
+        "%.3f; 1 expected: a lost or repeated contribution)\n",
+        r.rankWeightsWrong, r.rankWeightMin, r.rankWeightMax);
+  if (r.autoWrong > 0)
+    printf("#  ^ FAILED: the auto comm's result has %ld values out of bounds\n", r.autoWrong);
+  if (r.autoIdentical == 0)
+    printf("#  ^ FAILED: the auto comm's ranks' results differ (hash of each output)\n");
+  if (r.autoRankWeightsWrong > 0)
+    printf("#  ^ FAILED: the auto comm's result takes %d rank input(s) with a wrong weight\n",
+           r.autoRankWeightsWrong);
   if (!r.modelMissing.empty())
     printf("#  ^ modeled columns left out: %s\n", r.modelMissing.c_str());
   (void)o;
@@ -282,8 +297,11 @@ void printFooter(const RunInfo& info, const std::vector<Row>& rows) {
       ++failed;
       continue;
     }
-    wrong += (r.gradcompWrong > 0 ? r.gradcompWrong : 0) + (r.ncclWrong > 0 ? r.ncclWrong : 0);
-    if (r.identical == 0) ++failed;
+    wrong += (r.gradcompWrong > 0 ? r.gradcompWrong : 0) + (r.ncclWrong > 0 ? r.ncclWrong : 0) +
+             (r.autoWrong > 0 ? r.autoWrong : 0);
+    if (r.identical == 0 || r.autoIdentical == 0 || r.rankWeightsWrong > 0 ||
+        r.autoRankWeightsWrong > 0)
+      ++failed;
     bus += r.busbw();
     ncclBus += r.ncclBusbw();
     ++n;
@@ -434,6 +452,11 @@ bool writeJson(const std::string& path, const Options& o, const RunInfo& info,
             checked ? std::to_string(r.gradcompWrong).c_str() : "null",
             r.ncclWrong >= 0 ? std::to_string(r.ncclWrong).c_str() : "null");
     fprintf(f, "\"err_over_bound\": %s, ", checked ? jsonNum(r.errOverBound).c_str() : "null");
+    const bool weighed = r.rankWeightsWrong >= 0;
+    fprintf(f, "\"rank_weight_min\": %s, \"rank_weight_max\": %s, \"rank_weights_wrong\": %s, ",
+            weighed ? jsonNum(r.rankWeightMin).c_str() : "null",
+            weighed ? jsonNum(r.rankWeightMax).c_str() : "null",
+            weighed ? std::to_string(r.rankWeightsWrong).c_str() : "null");
     fprintf(f, "\"identical\": %s, \"host_us\": %s, \"baseline_host_us\": %s, ",
             r.identical < 0 ? "null" : (r.identical ? "true" : "false"), jsonNum(r.hostUs).c_str(),
             jsonNum(r.baselineHostUs).c_str());
@@ -444,6 +467,11 @@ bool writeJson(const std::string& path, const Options& o, const RunInfo& info,
               jsonNum(r.autoRegret()).c_str());
       fprintf(f, "\"auto_forced_time_us\": %s, \"auto_nccl_time_us\": %s, ",
               jsonNum(r.autoForcedUs).c_str(), jsonNum(r.autoNcclUs).c_str());
+      fprintf(
+          f, "\"auto_wrong\": %s, \"auto_identical\": %s, \"auto_rank_weights_wrong\": %s, ",
+          r.autoWrong >= 0 ? std::to_string(r.autoWrong).c_str() : "null",
+          r.autoIdentical < 0 ? "null" : (r.autoIdentical ? "true" : "false"),
+          r.autoRankWeightsWrong >= 0 ? std::to_string(r.autoRankWeightsWrong).c_str() : "null");
     }
     fprintf(f, "\"model_missing\": %s, ",
             r.modelMissing.empty() ? "null" : jsonStr(r.modelMissing).c_str());
@@ -565,18 +593,24 @@ bool writeCsv(const std::string& path, const Options& o, const std::vector<Row>&
           "auto_regret,collective,label,rounding,error,inter_wire_bytes,err_over_bound,identical,"
           "host_us,baseline_host_us,pieces,piece_bytes,auto_forced_time_us,auto_nccl_time_us,"
           "model_missing,kernels_measured,kernel_source,encode_us,decode_us,latency_steps,"
-          "kernel_note");
+          "kernel_note,rank_weight_min,rank_weight_max,rank_weights_wrong,auto_wrong,"
+          "auto_identical,auto_rank_weights_wrong");
   for (double g : o.linkGbps)
     fprintf(f, ",model_%gg_us,nccl_model_%gg_us,model_%gg_speedup", g, g, g);
   fprintf(f, "\n");
   for (const Row& r : rows) {
-    fprintf(f,
-            "%zu,%zu,%s,%s,%s,%d,%d,%g,%s,%d,%d,%g,%g,%g,%g,%g,%g,%.0f,%.0f,%g,%g,%g,%g,%ld,%ld,%g",
-            r.bytes, r.count, dtypeName(r.dtype), opName(r.op), methodName(r.method), r.bits,
-            r.bucket, r.density, r.algoUsed ? algoName(r.algoUsed) : "passthrough", r.nranks,
-            r.failed ? 1 : 0, r.gradcompUs, r.ncclUs, r.algbw(), r.busbw(), r.ncclAlgbw(),
-            r.ncclBusbw(), r.gradcompWire, r.ncclWire, r.ratio(), r.speedup(), r.relErrRms,
-            r.relErrMax, r.gradcompWrong, r.ncclWrong, r.kernelUs);
+    // Unchecked (-c 0) and absent values are empty cells, as the JSON's nulls.
+    const bool checked = r.gradcompWrong >= 0;
+    const double nan = NAN;
+    fprintf(
+        f, "%zu,%zu,%s,%s,%s,%d,%d,%g,%s,%d,%d,%g,%g,%g,%g,%g,%g,%.0f,%.0f,%s,%g,%s,%s,%s,%s,%g",
+        r.bytes, r.count, dtypeName(r.dtype), opName(r.op), methodName(r.method), r.bits, r.bucket,
+        r.density, r.algoUsed ? algoName(r.algoUsed) : "passthrough", r.nranks, r.failed ? 1 : 0,
+        r.gradcompUs, r.ncclUs, r.algbw(), r.busbw(), r.ncclAlgbw(), r.ncclBusbw(), r.gradcompWire,
+        r.ncclWire, csvNum(r.ratio() > 0 ? r.ratio() : nan).c_str(), r.speedup(),
+        csvNum(checked ? r.relErrRms : nan).c_str(), csvNum(checked ? r.relErrMax : nan).c_str(),
+        checked ? std::to_string(r.gradcompWrong).c_str() : "",
+        r.ncclWrong >= 0 ? std::to_string(r.ncclWrong).c_str() : "", r.kernelUs);
     if (r.autoRan)
       fprintf(f, ",%g,%s,%g", r.autoUs, r.autoPassed ? "nccl" : "compress", r.autoRegret());
     else
@@ -584,7 +618,6 @@ bool writeCsv(const std::string& path, const Options& o, const std::vector<Row>&
     // The JSON row's other scalars, after the earlier columns so that those
     // keep their places (docs/benchmark.md); its objects and lists are left
     // out, but for the model's columns below.
-    const bool checked = r.gradcompWrong >= 0;
     fprintf(f, ",%s,%s,%s,%s,%s,%s,%s", r.reduceScatter ? "reduce_scatter" : "all_reduce",
             csvStr(r.label).c_str(), r.rounding == gradcompRoundNearest ? "nearest" : "stochastic",
             csvStr(r.error).c_str(), csvNum(r.interWire, "%.0f").c_str(),
@@ -600,6 +633,16 @@ bool writeCsv(const std::string& path, const Options& o, const std::vector<Row>&
             kernelSourceName(r.kernelSource), csvNum(r.encodeUs).c_str(),
             csvNum(r.decodeUs).c_str(), csvNum(r.latencySteps).c_str(),
             csvStr(r.kernelsMeasured ? r.kernelNote : "").c_str());
+    const bool weighed = r.rankWeightsWrong >= 0;
+    auto count = [](long v) { return v >= 0 ? std::to_string(v) : std::string(); };
+    fprintf(f, ",%s,%s,%s", weighed ? csvNum(r.rankWeightMin).c_str() : "",
+            weighed ? csvNum(r.rankWeightMax).c_str() : "", count(r.rankWeightsWrong).c_str());
+    if (r.autoRan)
+      fprintf(f, ",%s,%s,%s", count(r.autoWrong).c_str(),
+              r.autoIdentical < 0 ? "" : (r.autoIdentical ? "1" : "0"),
+              count(r.autoRankWeightsWrong).c_str());
+    else
+      fprintf(f, ",,,");
     for (size_t k = 0; k < o.linkGbps.size(); ++k) {
       if (k < r.model.size())
         fprintf(f, ",%g,%g,%g", r.model[k].gradcompUs, r.model[k].ncclUs, modelSpeedup(r.model[k]));
