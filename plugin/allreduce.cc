@@ -128,6 +128,7 @@ extern "C" {
 GC_EXPORT gradcompResult_t gradcompAllReduce(const void* sendbuff, void* recvbuff, size_t count,
                                              ncclDataType_t datatype, ncclRedOp_t op,
                                              gradcompComm_t comm, cudaStream_t stream) {
+  GC_CHECK(gc::checkCallEnums(&datatype, &op));
   gc::OnCommDevice onDevice(comm);
   return gc::guarded([&] {
     return gc::allReduce(sendbuff, recvbuff, count, datatype, op, comm, stream, false, 0);
@@ -138,6 +139,7 @@ GC_EXPORT gradcompResult_t gradcompAllReduceKeyed(const void* sendbuff, void* re
                                                   size_t count, ncclDataType_t datatype,
                                                   ncclRedOp_t op, gradcompComm_t comm,
                                                   cudaStream_t stream, uint64_t key) {
+  GC_CHECK(gc::checkCallEnums(&datatype, &op));
   gc::OnCommDevice onDevice(comm);
   return gc::guarded([&] {
     return gc::allReduce(sendbuff, recvbuff, count, datatype, op, comm, stream, true, key);

@@ -463,10 +463,15 @@ gradcompResult_t autoRetune(gradcompComm* c) {
   if (c->backend->capturing()) return captureRefused();
   // Whether the reduce-scatter was tuned is the same on every rank (every
   // rank made the same calls), so every rank runs the same timings.
+  // A retune times afresh: figures loaded and not yet used are dropped too
+  // (a run resumed on another cluster retunes for its own network).
+  c->autoState.allReduce.restored = false;
   c->autoState.allReduce.decided = false;
   GC_CHECK(tune(c, AutoCall::AllReduce));
-  if (!c->autoState.reduceScatter.decided) return gradcompSuccess;
-  c->autoState.reduceScatter.decided = false;
+  AutoDecision& rs = c->autoState.reduceScatter;
+  rs.restored = false;  // an undecided reduce-scatter then times at its first call
+  if (!rs.decided) return gradcompSuccess;
+  rs.decided = false;
   return tune(c, AutoCall::ReduceScatter);
 }
 

@@ -1,6 +1,8 @@
 // Shared pieces of the entry points (see collective.h).
 #include "collective.h"
 
+#include <string.h>
+
 #include <string>
 #include <vector>
 
@@ -73,6 +75,21 @@ bool compressible(const gradcompComm& c, size_t count, ncclDataType_t type, nccl
          count >= c.cfg.minElements && c.nranks > 1;
 }
 
+gradcompResult_t checkCallEnums(const ncclDataType_t* type, const ncclRedOp_t* op) {
+  static_assert(sizeof(ncclDataType_t) == sizeof(int) && sizeof(ncclRedOp_t) == sizeof(int),
+                "NCCL's enums are ints");
+  int t, o;
+  memcpy(&t, type, sizeof t);
+  memcpy(&o, op, sizeof o);
+  GC_ARG(t >= 0 && t < (int)ncclNumTypes, "datatype=%d is not an NCCL data type (0..%d)", t,
+         (int)ncclNumTypes - 1);
+  GC_ARG(o >= 0,
+         "op=%d is not an NCCL reduction (ncclSum..ncclAvg, 0..4, or one from "
+         "ncclRedOpCreatePreMulSum)",
+         o);
+  return gradcompSuccess;
+}
+
 bool passesMomentum(const gradcompComm& c, ncclDataType_t type, ncclRedOp_t op) {
   const bool typeOk = type == ncclFloat32 || type == ncclFloat16 || type == ncclBfloat16;
   return c.cfg.method == gradcompMethodDgc && c.cfg.momentumCorrection && c.cfg.momentum > 0.0f &&
@@ -86,6 +103,9 @@ gradcompResult_t momentumPassThrough(gradcompComm& c, int kind, bool keyed, uint
   const size_t n = rs ? count * (size_t)c.nranks : count;
   DType t;
   GC_CHECK(dtypeFromNccl(type, &t));
+  // The velocity is a state of n floats, as a compressed call's residual:
+  // the same range (the reduce-scatter's recvcount was bounded before).
+  GC_CHECK(codecCheckCount(n));
   if (!agreed) {
     GC_CHECK(checkBuffers(c, send, n, recv, count, rs ? (size_t)c.rank * count : 0, t));
     GC_CHECK(agreeBeforeState(c));

@@ -92,6 +92,11 @@ size_t qsgdWorkspaceBytes(const gradcompComm& c, int bits, BytesFor bytesFor) {
 // count or GRADCOMP_AUTO decide.
 bool passesMomentum(const gradcompComm& c, ncclDataType_t type, ncclRedOp_t op);
 
+// C callers may pass any int as an enum: refuses a datatype that is not one
+// of NCCL's (0..ncclNumTypes-1) or a negative op, reading both as ints
+// first, so that nothing reads an invalid value as the enum.
+gradcompResult_t checkCallEnums(const ncclDataType_t* type, const ncclRedOp_t* op);
+
 // Such a call, uncompressed: v += (u = m*u + s*g) as a compressed call
 // accumulates (clipping included), all of v goes to NCCL's collective in the
 // buffer type, then v is spent (cleared) and u kept, as in the dense

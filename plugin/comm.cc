@@ -99,6 +99,10 @@ gradcompComm::StateShape gradcompComm::stateShape(int kind, size_t count) const 
 
 gradcompResult_t gradcompComm::allocState(int kind, size_t count, gc::DType t,
                                           gc::BufferState* out) {
+  // Callers bound count first (codecCheckCount); never a wrapped size.
+  if (count > SIZE_MAX / sizeof(float))
+    return gc::setError(gradcompInvalidArgument, "count=%zu is too large for a state of floats",
+                        count);
   gc::BufferState s;
   s.count = count;
   s.dtype = t;
@@ -453,6 +457,8 @@ GC_EXPORT gradcompResult_t gradcompCommLayout(gradcompComm_t comm, int* nodes, i
 GC_EXPORT gradcompResult_t gradcompCommResetState(gradcompComm_t comm) {
   GC_ARG(validComm(comm), "comm is NULL");
   gc::OnCommDevice onDevice(comm);
+  gc::CommCall call(comm);  // gradcompCommAbort waits for it
+  GC_CHECK(call.check());
   comm->backend->useOwnStream();  // the last call's stream may be gone
   GC_CHECK(comm->backend->sync());
   for (auto& kv : comm->states) comm->dropState(kv.second);

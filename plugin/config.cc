@@ -1,4 +1,5 @@
 #include <ctype.h>
+#include <float.h>
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -135,6 +136,14 @@ static T field(const gradcompConfig_t* c, ptrdiff_t off) {
   return v;
 }
 
+// A value as an error sentence shows it: whole up to 64 characters, so that
+// what is allowed, after it, is never cut off.
+static std::string shown(const char* v) {
+  const size_t n = strlen(v);
+  if (n <= 64) return v;
+  return std::string(v, 64) + "... (" + std::to_string(n) + " characters)";
+}
+
 static std::string choiceNames(const char* choices) {
   std::string out;
   for (const char* p = choices; *p;) {
@@ -230,8 +239,8 @@ static gradcompResult_t applyParam(const ParamSpec& p, const char* v, gradcompCo
       if (!parseUnsigned(v, false, &x) || x < (unsigned long long)p.min ||
           x > (unsigned long long)p.max) {
         return setError(gradcompInvalidArgument, "%s=%s is not %s%san integer in %.0f..%.0f", p.env,
-                        v, p.choices ? choiceNames(p.choices).c_str() : "", p.choices ? " or " : "",
-                        p.min, p.max);
+                        shown(v).c_str(), p.choices ? choiceNames(p.choices).c_str() : "",
+                        p.choices ? " or " : "", p.min, p.max);
       }
       if (p.kind == ParamKind::Int) {
         field<int>(c, p.offset) = (int)x;
@@ -246,7 +255,7 @@ static gradcompResult_t applyParam(const ParamSpec& p, const char* v, gradcompCo
         return setError(gradcompInvalidArgument,
                         "%s=%s is not an unsigned 64-bit integer (decimal without leading zeros, "
                         "or 0x and hex digits)",
-                        p.env, v);
+                        p.env, shown(v).c_str());
       }
       field<uint64_t>(c, p.offset) = x;
       return gradcompSuccess;
@@ -254,8 +263,16 @@ static gradcompResult_t applyParam(const ParamSpec& p, const char* v, gradcompCo
     case ParamKind::Float: {
       double x = 0.0;
       if (!parseFloat(v, &x) || !(x >= p.min && x <= p.max)) {
-        return setError(gradcompInvalidArgument, "%s=%s is not a number in [%g, %g]", p.env, v,
-                        p.min, p.max);
+        return setError(gradcompInvalidArgument, "%s=%s is not a number in [%g, %g]", p.env,
+                        shown(v).c_str(), p.min, p.max);
+      }
+      // Stored as a float: a nonzero value it would flush to 0 (for some
+      // settings "off") is refused, not changed.
+      if (x != 0.0 && !(fabs((double)(float)x) >= FLT_MIN)) {
+        return setError(gradcompInvalidArgument,
+                        "%s=%s is not a number in [%g, %g] that a float holds: a nonzero value "
+                        "must be at least %g",
+                        p.env, shown(v).c_str(), p.min, p.max, (double)FLT_MIN);
       }
       field<float>(c, p.offset) = (float)x;
       return gradcompSuccess;
@@ -263,7 +280,7 @@ static gradcompResult_t applyParam(const ParamSpec& p, const char* v, gradcompCo
     case ParamKind::Choice: {
       int x;
       if (!parseChoice(p.choices, v, &x)) {
-        return setError(gradcompInvalidArgument, "%s=%s is not one of %s", p.env, v,
+        return setError(gradcompInvalidArgument, "%s=%s is not one of %s", p.env, shown(v).c_str(),
                         choiceNames(p.choices).c_str());
       }
       field<int>(c, p.offset) = x;

@@ -128,6 +128,7 @@ GC_EXPORT gradcompResult_t gradcompReduceScatter(const void* sendbuff, void* rec
                                                  size_t recvcount, ncclDataType_t datatype,
                                                  ncclRedOp_t op, gradcompComm_t comm,
                                                  cudaStream_t stream) {
+  GC_CHECK(gc::checkCallEnums(&datatype, &op));
   gc::OnCommDevice onDevice(comm);
   return gc::guarded([&] {
     return gc::reduceScatter(sendbuff, recvbuff, recvcount, datatype, op, comm, stream, false, 0);
@@ -138,6 +139,7 @@ GC_EXPORT gradcompResult_t gradcompReduceScatterKeyed(const void* sendbuff, void
                                                       size_t recvcount, ncclDataType_t datatype,
                                                       ncclRedOp_t op, gradcompComm_t comm,
                                                       cudaStream_t stream, uint64_t key) {
+  GC_CHECK(gc::checkCallEnums(&datatype, &op));
   gc::OnCommDevice onDevice(comm);
   return gc::guarded([&] {
     return gc::reduceScatter(sendbuff, recvbuff, recvcount, datatype, op, comm, stream, true, key);

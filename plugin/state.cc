@@ -26,6 +26,7 @@
 //       one did (bit for bit); autoTune=0 ignores it.
 // New kinds of state get new tags (an older loader refuses them by name);
 // settings get new shape fields in the header's reserved words.
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -38,6 +39,7 @@
 #include "checks.h"
 #include "codecs/bits_policy.h"
 #include "codecs/qsgd.h"
+#include "collective.h"
 #include "comm.h"
 
 namespace gc {
@@ -261,9 +263,11 @@ gradcompResult_t parseBuffer(const gradcompComm& c, Reader& r, uint64_t index, P
       !r.get(&calls) || !r.get(&flags) || !r.get(&zero)) {
     return refuse("buffer record %llu is truncated", (unsigned long long)index);
   }
-  if (kind < 0 || dtype < 0 || dtype > 2 || zero != 0 || (flags & ~15u) != 0) {
+  // Key kinds: allreduce, keyed allreduce, reduce-scatter, keyed reduce-scatter.
+  if (kind < 0 || kind > kStateReduceScatter + 1 || dtype < 0 || dtype > 2 || zero != 0 ||
+      (flags & ~15u) != 0) {
     return refuse(
-        "buffer record %llu has key kind %d, dtype %d, flags 0x%x (expected kind >= 0, "
+        "buffer record %llu has key kind %d, dtype %d, flags 0x%x (expected kind 0..3, "
         "dtype 0..2, flags within 0xf)",
         (unsigned long long)index, kind, dtype, flags);
   }
@@ -302,6 +306,18 @@ gradcompResult_t parseBuffer(const gradcompComm& c, Reader& r, uint64_t index, P
     *arrays[a] = r.take(lens[a] * 4);
     if (*arrays[a] == nullptr) {
       return refuse("buffer record %llu is truncated in its arrays", (unsigned long long)index);
+    }
+    // Error feedback leaves a residual (and DGC its velocity) unchanged for a
+    // non-finite bucket, so no save writes a non-finite value; one loaded
+    // would make its bucket non-finite at every later call.
+    for (size_t i = 0; i < lens[a]; ++i) {
+      float x;
+      memcpy(&x, *arrays[a] + 4 * i, 4);
+      if (!isfinite(x)) {
+        static const char* const names[3] = {"residual", "owner residual", "momentum"};
+        return refuse("buffer record %llu: %s[%zu] = %g is not finite (no saved state holds one)",
+                      (unsigned long long)index, names[a], i, (double)x);
+      }
     }
   }
   out->hasHistory = (flags & kHasHistory) != 0;
@@ -581,17 +597,23 @@ extern "C" {
 
 GC_EXPORT gradcompResult_t gradcompCommStateSize(gradcompComm_t comm, size_t* bytes) {
   gc::OnCommDevice onDevice(comm);
+  gc::CommCall inFlight(comm);  // gradcompCommAbort waits for it
+  GC_CHECK(inFlight.check());
   return gc::guarded([&] { return stateSize(comm, bytes); });
 }
 
 GC_EXPORT gradcompResult_t gradcompCommSaveState(gradcompComm_t comm, void* buffer, size_t bytes) {
   gc::OnCommDevice onDevice(comm);
+  gc::CommCall inFlight(comm);  // gradcompCommAbort waits for it
+  GC_CHECK(inFlight.check());
   return gc::guarded([&] { return saveState(comm, buffer, bytes); });
 }
 
 GC_EXPORT gradcompResult_t gradcompCommLoadState(gradcompComm_t comm, const void* buffer,
                                                  size_t bytes) {
   gc::OnCommDevice onDevice(comm);
+  gc::CommCall inFlight(comm);  // gradcompCommAbort waits for it
+  GC_CHECK(inFlight.check());
   return gc::guarded([&] { return loadState(comm, buffer, bytes); });
 }
 

@@ -153,6 +153,9 @@ int BudgetPolicy::choose(const GradStats* st, double budget, int window, int bit
     mean /= (double)halfLog2A_.size();
     target += halfLog2A_.back() - mean;
   }
+  // Clamped before the conversion: an int holds every value that is left.
+  target =
+      target < bitsMin - 1.0 ? bitsMin - 1.0 : (target > bitsMax + 1.0 ? bitsMax + 1.0 : target);
   int b = (int)floor(target + 0.5);
   b = b < bitsMin ? bitsMin : (b > bitsMax ? bitsMax : b);
   // Leave at least bitsMin for every later call of the window; budget >=
@@ -194,6 +197,9 @@ const char* checkBitsHistory(const BitsHistoryRecord& r, const gradcompConfig_t&
   if (r.lastBits != 0 && (r.lastBits < cfg.bitsMin || r.lastBits > cfg.bitsMax)) {
     return "lastBits is outside bitsMin..bitsMax";
   }
+  // A call's statistics exist only after it chose its width.
+  if (r.haveStats && r.lastBits == 0)
+    return "statistics are present without the width (lastBits 0)";
   if (r.budgetPos < 0 || r.budgetPos >= cfg.budgetWindow)
     return "the budget position is outside the window";
   if (r.budgetUsed < 0 || r.budgetUsed > qsgd::kMaxBits * r.budgetPos) {
@@ -201,8 +207,10 @@ const char* checkBitsHistory(const BitsHistoryRecord& r, const gradcompConfig_t&
   }
   if (r.halfLog2A.size() > (size_t)cfg.budgetWindow)
     return "the budget history is longer than the window";
+  // Each entry is 0.5 * log2 of a finite positive double: within [-537.5, 512].
   for (double v : r.halfLog2A) {
-    if (!isfinite(v)) return "the budget history holds a non-finite value";
+    if (!(v >= -540.0 && v <= 520.0))
+      return "the budget history holds a value no statistic gives (outside -540..520)";
   }
   // Non-finite statistics are legitimate (a non-finite result); NaN payloads
   // are not read for anything but usable().
@@ -245,7 +253,8 @@ gradcompResult_t chooseBits(gradcompComm& c, BufferState& s, int* bits) {
     if (!h.haveStats) {
       b = clampedBits;
     } else if (!usable(h.stats)) {
-      b = h.lastBits;  // a non-finite result says nothing about the next one
+      // A non-finite result says nothing about the next one.
+      b = h.lastBits != 0 ? h.lastBits : clampedBits;
     } else if (h.stats.sumSq == 0.0) {
       b = cfg.bitsMin;  // a zero gradient quantizes exactly at any width
     } else {

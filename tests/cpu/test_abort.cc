@@ -202,6 +202,15 @@ TEST(Abort, AStoppedCommFailsEveryCall) {
                                   comms[0], nullptr),
             gradcompInvalidUsage);
   EXPECT_EQ(gradcompCommRetune(comms[0], nullptr), gradcompInvalidUsage);
+  // The state calls too (before, load and reset succeeded after a stop, and a
+  // save on another thread ran on while abort freed the states under it).
+  size_t bytes = 0;
+  EXPECT_EQ(gradcompCommStateSize(comms[0], &bytes), gradcompInvalidUsage);
+  std::vector<char> blob(4096);
+  EXPECT_EQ(gradcompCommSaveState(comms[0], blob.data(), blob.size()), gradcompInvalidUsage);
+  EXPECT_EQ(gradcompCommLoadState(comms[0], blob.data(), blob.size()), gradcompInvalidUsage);
+  EXPECT_EQ(gradcompCommResetState(comms[0]), gradcompInvalidUsage);
+  EXPECT_NE(std::string(gradcompGetLastError()).find("aborted"), std::string::npos);
   // The world is aborted too: rank 1's call fails at once.
   EXPECT_EQ(
       gradcompAllReduce(buf.data(), buf.data(), kCount, ncclFloat32, ncclSum, comms[1], nullptr),

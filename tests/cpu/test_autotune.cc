@@ -985,6 +985,24 @@ TEST(AutoTune, ALoadedStateDecidesAsTheSavedComm) {
   callAll(resumed, 5000, 23);
   for (int r = 0; r < 2; ++r) EXPECT_EQ(stats(resumed.comm(r)).callsCompressed, 1u) << r;
 
+  // A retune right after a load times afresh: it does not take the loaded
+  // figures (before, it decided from them, for both collectives).
+  gctest::CpuWorld moved(2, autoConfig(1));
+  for (int r = 0; r < 2; ++r) {
+    gc::autoInjectFigures(moved.comm(r), kCompressWins);
+    ASSERT_EQ(gradcompCommLoadState(moved.comm(r), blobs[r].data(), blobs[r].size()),
+              gradcompSuccess);
+  }
+  res = moved.run([&](int r) { return gradcompCommRetune(moved.comm(r), nullptr); });
+  for (int r = 0; r < 2; ++r) ASSERT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
+  callAll(moved, 5000, 25);
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_EQ(stats(moved.comm(r)).callsCompressed, 1u) << r;
+    EXPECT_EQ(stats(moved.comm(r)).callsAutoPassed, 0u) << r;
+    EXPECT_FALSE(moved.comm(r)->autoState.allReduce.restored) << r;
+    EXPECT_FALSE(moved.comm(r)->autoState.reduceScatter.restored) << r;
+  }
+
   gctest::CpuWorld off(2, autoConfig(0));
   for (int r = 0; r < 2; ++r) {
     ASSERT_EQ(gradcompCommLoadState(off.comm(r), blobs[r].data(), blobs[r].size()),

@@ -67,6 +67,14 @@ TEST(Config, BadEnvironmentValuesNameVariableAndRange) {
       {"GRADCOMP_EF", "2", "GRADCOMP_EF=2 is not an integer in 0..1"},
       {"GRADCOMP_PIPELINE_BYTES", "-1",
        "GRADCOMP_PIPELINE_BYTES=-1 is not an integer in 0..1000000000000000000"},
+      // A nonzero value a float flushes to 0 ("off" for the clipping) is refused, not changed.
+      {"GRADCOMP_CLIP_NORM", "1e-50",
+       "GRADCOMP_CLIP_NORM=1e-50 is not a number in [0, 1e+30] that a float holds: a nonzero "
+       "value must be at least 1.17549e-38"},
+      // A long value is cut at 64 characters, so the range after it is never lost.
+      {"GRADCOMP_BITS", "1111111111222222222233333333334444444444555555555566666666667777777777",
+       "GRADCOMP_BITS=1111111111222222222233333333334444444444555555555566666666667777... (70 "
+       "characters) is not an integer in 2..8"},
   };
   for (const auto& bc : cases) {
     ScopedEnv env(bc.name, bc.value);

@@ -407,6 +407,22 @@ TEST(Reliability, AbsurdCountsAreRefused) {
     EXPECT_EQ(res[0], k.expect) << "count " << k.count << " type " << k.type;
     EXPECT_EQ(res[1], k.expect) << "count " << k.count << " type " << k.type;
   }
+  // DGC's momentum pass-through (every call of a one-rank comm, and calls
+  // below minElements) keeps a velocity of `count` floats: the same range,
+  // never a wrapped allocation (2^62 + 1 floats were 4 bytes, then overrun).
+  {
+    gradcompConfig_t dgc = quickConfig(gradcompMethodDgc);
+    dgc.momentum = 0.9f;
+    dgc.momentumCorrection = 1;
+    CpuWorld one(1, dgc);
+    for (size_t count : {((size_t)1 << 62) + 1, (size_t)1 << 62, SIZE_MAX}) {
+      EXPECT_EQ(gradcompAllReduce(send0.data(), recv0.data(), count, ncclFloat32, ncclSum,
+                                  one.comm(0), nullptr),
+                gradcompInvalidArgument)
+          << count;
+      EXPECT_NE(strstr(gradcompGetLastError(), "out of range"), nullptr) << gradcompGetLastError();
+    }
+  }
   // Size helpers: 0 (invalid) rather than a wrapped size.
   const gradcompEliasParams_t params = {7, 32, gradcompEliasGamma, gradcompEliasScaleMax};
   for (size_t n : {SIZE_MAX, (size_t)1 << 62, SIZE_MAX / 8 + 1}) {
@@ -415,6 +431,37 @@ TEST(Reliability, AbsurdCountsAreRefused) {
     EXPECT_EQ(gradcompEliasMaxEncodedBytes(n, &params), 0u) << n;
   }
   EXPECT_EQ(gradcompQsgdEncodedBytes(1000, 8, 32), 32u * 4 + 1000u);
+}
+
+// A C caller may pass any int as an enum: a datatype outside NCCL's, or a
+// negative op, is refused by value and range before anything reads it as the
+// enum (the sanitizer build stopped at the load before); the CPU backend
+// names the types and ops it serves.
+TEST(Reliability, EnumValuesOutsideNcclsAreRefused) {
+  CpuWorld w(1, quickConfig(gradcompMethodQsgd));
+  std::vector<float> buf(64, 1.0f);
+  struct Case {
+    int type, op;
+    const char* says;
+  } cases[] = {
+      {99, 0, "datatype=99 is not an NCCL data type (0..11)"},
+      {-1, 0, "datatype=-1 is not an NCCL data type (0..11)"},
+      {7, -1, "op=-1 is not an NCCL reduction"},
+      {10, 0, "datatype=10 / op=0 not supported (it reduces ncclInt8..ncclBfloat16, 0..9"},
+  };
+  for (const Case& k : cases) {
+    ncclDataType_t t;
+    ncclRedOp_t o;
+    memcpy(&t, &k.type, sizeof t);
+    memcpy(&o, &k.op, sizeof o);
+    for (int rs = 0; rs < 2; ++rs) {
+      const gradcompResult_t res =
+          rs ? gradcompReduceScatter(buf.data(), buf.data(), 8, t, o, w.comm(0), nullptr)
+             : gradcompAllReduce(buf.data(), buf.data(), 8, t, o, w.comm(0), nullptr);
+      EXPECT_EQ(res, gradcompInvalidArgument) << k.type << " " << k.op << " rs " << rs;
+      EXPECT_NE(strstr(gradcompGetLastError(), k.says), nullptr) << gradcompGetLastError();
+    }
+  }
 }
 
 // Defect 6: with momentum masking off, a NaN at step 1 must reach that

@@ -3,6 +3,7 @@
 // restored at different steps fail together at their next call; DQ-SGD's
 // history travels with the state.
 #include <gtest/gtest.h>
+#include <math.h>
 #include <string.h>
 
 #include <string>
@@ -310,6 +311,106 @@ TEST(StateBlob, ARefusedCallLeavesTheStateAsItWas) {
     }
     const auto got = step(w, n, 1), want = step(clean, n, 1);
     EXPECT_EQ(got, want);
+  }
+}
+
+}  // namespace
+
+namespace {
+
+// Values a save never writes, in blobs whose checksum is right (a checkpoint
+// edited or merged by hand, or memory corrupted before the save summed it):
+// refused, naming the field, the comm unchanged. Before, a NaN residual made
+// its bucket NaN at every later call, a DQ-SGD history with statistics but
+// no width quantized the next call with 0 bits (a crash), a budget history
+// of 1e300 overflowed an int, and a key kind past 3 loaded a state no call
+// would find (its buffer's residual silently lost).
+size_t firstBufferPayload(const Blob& b) {
+  size_t at = 112;  // the header: 48 bytes and 16 shape fields
+  for (;;) {
+    uint32_t tag;
+    uint64_t bytes;
+    memcpy(&tag, b.data() + at, 4);
+    memcpy(&bytes, b.data() + at + 8, 8);
+    if (tag == 1) return at + 16;
+    at += bytes;
+  }
+}
+
+void reseal(Blob* b) {
+  const uint32_t crc = crc32cReference(b->data(), b->size(), 12, 16);
+  memcpy(b->data() + 12, &crc, 4);
+}
+
+TEST(StateBlob, ValuesNoSaveWritesAreRefused) {
+  struct Case {
+    const char* name;
+    gradcompMethod_t method;
+    gradcompBitsMode_t mode;
+    const char* says;
+  };
+  const Case cases[] = {
+      {"NaN residual", gradcompMethodQsgd, gradcompBitsFixed, "residual[5] = nan is not finite"},
+      {"Inf velocity", gradcompMethodDgc, gradcompBitsFixed, "momentum[5] = inf is not finite"},
+      {"statistics without a width", gradcompMethodQsgd, gradcompBitsDynamic,
+       "statistics are present without the width"},
+      {"a budget history of 1e300", gradcompMethodQsgd, gradcompBitsBudget,
+       "a value no statistic gives"},
+      {"key kind 4", gradcompMethodQsgd, gradcompBitsFixed, "key kind 4"},
+  };
+  const size_t n = 2000;
+  for (const Case& k : cases) {
+    SCOPED_TRACE(k.name);
+    gradcompConfig_t cfg = baseConfig(k.method);
+    cfg.bitsMode = k.mode;
+    cfg.budgetWindow = 4;
+    gctest::CpuWorld w(2, cfg);
+    for (int t = 0; t < 3; ++t) step(w, n, t);
+    const Blob good = save(w.comm(0));
+    Blob b = good;
+    const size_t p = firstBufferPayload(b);
+    uint64_t count, owner;
+    uint32_t flags;
+    memcpy(&count, b.data() + p + 16, 8);
+    memcpy(&owner, b.data() + p + 24, 8);
+    memcpy(&flags, b.data() + p + 40, 4);
+    const size_t arrays = p + 48;
+    const size_t history = arrays + ((flags & 1) ? count * 4 : 0) + ((flags & 2) ? owner * 4 : 0) +
+                           ((flags & 4) ? count * 4 : 0);
+    if (k.method == gradcompMethodDgc) {
+      ASSERT_TRUE(flags & 4) << "a DGC state keeps a velocity";
+      const float inf = INFINITY;
+      memcpy(
+          b.data() + arrays + ((flags & 1) ? count * 4 : 0) + ((flags & 2) ? owner * 4 : 0) + 5 * 4,
+          &inf, 4);
+    } else if (k.mode == gradcompBitsDynamic) {
+      ASSERT_TRUE(flags & 8) << "a DQ-SGD state keeps its history";
+      const double nan = NAN;  // a non-finite result: the next call reuses the last width
+      const int32_t zero = 0;
+      memcpy(b.data() + history, &nan, 8);
+      memcpy(b.data() + history + 20, &zero, 4);
+    } else if (k.mode == gradcompBitsBudget) {
+      uint32_t entries;
+      memcpy(&entries, b.data() + history + 32, 4);
+      ASSERT_GE(entries, 1u);
+      const double huge = 1e300;
+      memcpy(b.data() + history + 40, &huge, 8);
+    } else if (strstr(k.name, "kind")) {
+      const int32_t kind = 4;
+      memcpy(b.data() + p, &kind, 4);
+    } else {
+      const float nan = NAN;
+      memcpy(b.data() + arrays + 5 * 4, &nan, 4);
+    }
+    reseal(&b);
+    EXPECT_EQ(gradcompCommLoadState(w.comm(0), b.data(), b.size()), gradcompInvalidArgument);
+    EXPECT_NE(strstr(gradcompGetLastError(), k.says), nullptr) << gradcompGetLastError();
+    EXPECT_EQ(save(w.comm(0)), good) << "the refused load changed the comm";
+    // The good blob, resealed the same way, still loads (the patch is what is refused).
+    Blob same = good;
+    reseal(&same);
+    EXPECT_EQ(gradcompCommLoadState(w.comm(0), same.data(), same.size()), gradcompSuccess)
+        << gradcompGetLastError();
   }
 }
 

@@ -8,10 +8,14 @@
 
 #include <vector>
 
+#include "gradcomp.h"
+
 namespace gc {
 
 // Bytes per element of a type the CPU transports reduce; 0 when not served.
 size_t hostElementSize(ncclDataType_t type);
+// Refuses a type or op hostReduce does not serve, naming what it serves.
+gradcompResult_t hostCheckReduction(ncclDataType_t type, ncclRedOp_t op);
 // dst[i] = src[0][i] op src[1][i] op ... in rank order, i < count (Avg divides
 // once at the end, integer Sum/Prod wrap, fp16/bf16 round after every step as
 // NCCL does). type must be served and op one of Sum..Avg; dst may alias no src.

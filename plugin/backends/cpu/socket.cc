@@ -703,8 +703,7 @@ class SocketTransport final : public Transport {
   };
 
   gradcompResult_t checkReduction(ncclDataType_t type, ncclRedOp_t op, size_t count, size_t esz) {
-    GC_ARG(esz != 0 && op >= ncclSum && op <= ncclAvg,
-           "CPU backend: datatype=%d / op=%d not supported", (int)type, (int)op);
+    GC_CHECK(hostCheckReduction(type, op));
     GC_ARG(count <= SIZE_MAX / esz, "count=%zu elements of %zu bytes overflow the address space",
            count, esz);
     return gradcompSuccess;

@@ -377,9 +377,7 @@ class CpuTransport final : public Transport {
     }
     std::unique_ptr<char[]> out;
     gradcompResult_t res = gradcompSuccess;
-    if (esz == 0 || op < ncclSum || op > ncclAvg) {
-      res = setError(gradcompInvalidArgument, "CPU backend: datatype=%d / op=%d not supported",
-                     (int)type, (int)op);
+    if ((res = hostCheckReduction(type, op)) != gradcompSuccess) {
     } else if (count > SIZE_MAX / esz) {
       res = setError(gradcompInvalidArgument,
                      "count=%zu elements of %zu bytes overflow the address space", count, esz);
@@ -401,6 +399,14 @@ class CpuTransport final : public Transport {
 
 size_t hostElementSize(ncclDataType_t type) {
   return typeOps(type).esz;
+}
+
+gradcompResult_t hostCheckReduction(ncclDataType_t type, ncclRedOp_t op) {
+  GC_ARG(hostElementSize(type) != 0 && op >= ncclSum && op <= ncclAvg,
+         "CPU backend: datatype=%d / op=%d not supported (it reduces ncclInt8..ncclBfloat16, "
+         "0..%d, with ncclSum..ncclAvg, %d..%d)",
+         (int)type, (int)op, (int)ncclBfloat16, (int)ncclSum, (int)ncclAvg);
+  return gradcompSuccess;
 }
 
 void hostReduce(ncclDataType_t type, ncclRedOp_t op, const std::vector<const void*>& src, void* dst,
