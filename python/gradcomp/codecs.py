@@ -4,10 +4,11 @@ The same bytes as the GPU kernels for the same seed; handy to inspect what a
 compressed call puts on the wire. Thin wrappers: the arithmetic is the library's.
 """
 import ctypes
+import numbers
 
 from . import _types as T
 from ._lib import InvalidArgumentError, check, lib
-from .comm import buffer_info
+from .comm import buffer_info, describe
 
 
 def _np():
@@ -16,9 +17,51 @@ def _np():
     return numpy
 
 
+def _count(count, name="count"):
+    """count as an int in 0..2**64-1 (ctypes would wrap a negative one silently)."""
+    if isinstance(count, bool) or not isinstance(count, numbers.Integral):
+        raise InvalidArgumentError(f"{name}={count!r} is not an integer element count", 1)
+    count = int(count)
+    if not 0 <= count < 2**64:
+        raise InvalidArgumentError(f"{name}={count} is out of range (0 <= {name} < 2**64)", 1)
+    return count
+
+
+def _float32_array(x, name, count, writable):
+    """The address of x, a C-contiguous float32 array of exactly count elements (writable when
+    the library writes into it); otherwise an error naming x, what it is and what is allowed."""
+    p, n, t = buffer_info(x, name, writable=writable)
+    if n != count or t != T.NCCL_TYPES["float32"]:
+        raise InvalidArgumentError(f"{name} must be a C-contiguous float32 array of {count} "
+                                   f"elements; got {describe(x)}", 1)
+    return p
+
+
+def _encoded(encoded):
+    """The wire bytes as a contiguous uint8 array: a bytes-like object or a uint8 array; any
+    other dtype is refused rather than value-cast."""
+    np = _np()
+    if isinstance(encoded, (bytes, bytearray, memoryview)):
+        return np.frombuffer(encoded, np.uint8)
+    if hasattr(encoded, "data_ptr") and hasattr(encoded, "numpy"):  # a CPU torch tensor
+        encoded = encoded.detach().cpu().numpy()
+    if not hasattr(encoded, "dtype"):
+        raise InvalidArgumentError(f"encoded is a {type(encoded).__name__}: pass the uint8 array "
+                                   "the encoder returned, or bytes", 1)
+    if encoded.dtype != np.uint8:
+        raise InvalidArgumentError(f"encoded must be uint8 wire bytes; got {describe(encoded)}: "
+                                   "pass the uint8 array the encoder returned, or bytes (a "
+                                   "view of other bytes is x.view(numpy.uint8))", 1)
+    return np.ascontiguousarray(encoded)
+
+
 def qsgd_encoded_bytes(count, bits=4, bucket_size=512):
+    count = _count(count)
     n = lib().gradcompQsgdEncodedBytes(count, bits, bucket_size)
     if count and not n:
+        if lib().gradcompQsgdEncodedBytes(1, bits, bucket_size):
+            raise InvalidArgumentError(f"count={count} is too large: its encoded size does not "
+                                       "fit in 64 bits", 1)
         raise InvalidArgumentError(f"bits={bits} or bucket_size={bucket_size} is invalid "
                                    "(bits 2..8, bucket 32..8192, a multiple of 32)", 1)
     return n
@@ -28,13 +71,11 @@ def qsgd_encode(x, bits=4, bucket_size=512, seed=0, residual=None):
     """Encodes x (float32/float16/bfloat16); with residual (float32), fused error feedback
     (residual += x; encode residual; residual -= decode). Returns the wire bytes (uint8)."""
     np = _np()
-    xp, n, t = buffer_info(x)
-    out = np.zeros(qsgd_encoded_bytes(n, bits, bucket_size), np.uint8)
+    xp, n, t = buffer_info(x, "x")
     rp = None
     if residual is not None:
-        rp, rn, rt = buffer_info(residual)
-        if rn != n or rt != T.NCCL_TYPES["float32"]:
-            raise InvalidArgumentError(f"residual must be float32 with {n} elements", 1)
+        rp = _float32_array(residual, "residual", n, writable=True)
+    out = np.zeros(qsgd_encoded_bytes(n, bits, bucket_size), np.uint8)
     check(lib().gradcompQsgdEncodeTypedHost(xp, t, rp, n, bits, bucket_size, seed,
                                             out.ctypes.data))
     return out
@@ -42,15 +83,14 @@ def qsgd_encode(x, bits=4, bucket_size=512, seed=0, residual=None):
 
 def qsgd_decode(encoded, count, bits=4, bucket_size=512, out=None, accumulate=False):
     np = _np()
+    count = _count(count)
     need = qsgd_encoded_bytes(count, bits, bucket_size)
-    enc = np.ascontiguousarray(encoded, dtype=np.uint8)
+    enc = _encoded(encoded)
     if enc.size < need:
         raise InvalidArgumentError(f"encoded has {enc.size} bytes, {need} needed", 1)
     if out is None:
         out = np.zeros(count, np.float32)
-    op, on, ot = buffer_info(out)
-    if on != count or ot != T.NCCL_TYPES["float32"]:
-        raise InvalidArgumentError(f"out must be float32 with {count} elements", 1)
+    op = _float32_array(out, "out", count, writable=True)
     check(lib().gradcompQsgdDecodeHost(enc.ctypes.data, count, bits, bucket_size, op,
                                        1 if accumulate else 0))
     return out
@@ -66,9 +106,9 @@ def topk_slots(n, density=0.01, oversample=2.0, exact=False):
 def topk_select(v, density=0.01, oversample=2.0, sample_rate=0.01, exact=False, seed=0):
     """Indices (uint32) the top-k selector picks on float32 v (threshold or exact)."""
     np = _np()
-    vp, n, t = buffer_info(v)
+    vp, n, t = buffer_info(v, "v")
     if t != T.NCCL_TYPES["float32"]:
-        raise InvalidArgumentError("topk_select takes float32", 1)
+        raise InvalidArgumentError(f"topk_select takes a float32 v; got {describe(v)}", 1)
     idx = np.zeros(max(topk_slots(n, density, oversample, exact), 1), np.uint32)
     sel = ctypes.c_uint64()
     check(lib().gradcompTopkSelectHost(vp, n, density, oversample, sample_rate, 1 if exact else 0,
@@ -78,27 +118,47 @@ def topk_select(v, density=0.01, oversample=2.0, sample_rate=0.01, exact=False, 
 
 def elias_params(levels, bucket_size=512, code="gamma", scale="max"):
     codes, scales = {"gamma": 0, "omega": 1}, {"max": 0, "l2": 1}
+    if code not in codes:
+        raise InvalidArgumentError(f"code={code!r} is not one of {'|'.join(codes)}", 1)
+    if scale not in scales:
+        raise InvalidArgumentError(f"scale={scale!r} is not one of {'|'.join(scales)}", 1)
     return T.EliasParams(levels, bucket_size, codes[code], scales[scale])
 
 
+def _elias_params(params):
+    if not isinstance(params, T.EliasParams):
+        raise InvalidArgumentError(f"params={params!r} is not an EliasParams: make it with "
+                                   "codecs.elias_params(levels, ...)", 1)
+    return params
+
+
 def elias_encode(x, params, seed=0, residual=None):
-    """Elias-coded QSGD of x; returns the encoded bytes (variable size)."""
+    """Elias-coded QSGD of x; returns the encoded bytes (variable size). residual: a writable
+    float32 array of x's size (fused error feedback, as qsgd_encode)."""
     np = _np()
-    xp, n, t = buffer_info(x)
+    params = _elias_params(params)
+    xp, n, t = buffer_info(x, "x")
+    rp = None
+    if residual is not None:
+        rp = _float32_array(residual, "residual", n, writable=True)
     cap = lib().gradcompEliasMaxEncodedBytes(n, ctypes.byref(params))
     out = np.zeros(max(cap, 1), np.uint8)
     used = ctypes.c_size_t()
-    rp = buffer_info(residual)[0] if residual is not None else None
     check(lib().gradcompEliasEncodeHost(xp, t, rp, n, ctypes.byref(params), seed,
                                         out.ctypes.data, out.size, ctypes.byref(used)))
     return out[: used.value]
 
 
 def elias_decode(encoded, count, params, out=None, accumulate=False):
+    """Decodes count elements into out (a writable C-contiguous float32 array of count
+    elements; a new one when None)."""
     np = _np()
-    enc = np.ascontiguousarray(encoded, dtype=np.uint8)
+    params = _elias_params(params)
+    count = _count(count)
+    enc = _encoded(encoded)
     if out is None:
         out = np.zeros(count, np.float32)
+    op = _float32_array(out, "out", count, writable=True)
     check(lib().gradcompEliasDecodeHost(enc.ctypes.data, enc.size, count, ctypes.byref(params),
-                                        buffer_info(out)[0], 1 if accumulate else 0))
+                                        op, 1 if accumulate else 0))
     return out

@@ -16,30 +16,61 @@ def _enum(value, table, what):
     return int(value)
 
 
-def buffer_info(x):
-    """(address, element count, ncclDataType_t) of a contiguous numpy array or torch tensor."""
+def describe(x):
+    """shape, dtype and the flags that matter of an array or tensor, for an error message."""
+    shape = tuple(getattr(x, "shape", ()))
+    dt = getattr(x, "dtype", None)
+    dtype = f"{dt.name} ({dt.str})" if hasattr(dt, "str") else str(dt)
+    flags = getattr(x, "flags", None)
+    if flags is not None:
+        return (f"shape {shape}, dtype {dtype}, C_CONTIGUOUS={bool(flags.c_contiguous)}, "
+                f"WRITEABLE={bool(flags.writeable)}")
+    return f"shape {shape}, dtype {dtype}"
+
+
+def buffer_info(x, name=None, writable=False):
+    """(address, element count, ncclDataType_t) of a contiguous numpy array or torch tensor.
+
+    name: what the argument is called in the error messages. writable=True: the library
+    writes into x, so a read-only numpy array is refused. Numpy arrays in the other byte order
+    (dtype '>f4' on a little-endian machine) are refused: the library reads native order."""
     if hasattr(x, "data_ptr") and hasattr(x, "numel"):  # torch.Tensor
+        what = name or "tensor"
         if not x.is_contiguous():
-            raise InvalidArgumentError("tensor is not contiguous: pass x.contiguous()", 1)
-        name = str(x.dtype).replace("torch.", "")
-        if name not in T.NCCL_TYPES:
-            raise InvalidArgumentError(f"tensor dtype {x.dtype} has no NCCL type", 1)
-        return x.data_ptr(), x.numel(), T.NCCL_TYPES[name]
+            raise InvalidArgumentError(f"{what} is not contiguous ({describe(x)}): pass "
+                                       "x.contiguous()", 1)
+        tname = str(x.dtype).replace("torch.", "")
+        if tname not in T.NCCL_TYPES:
+            raise InvalidArgumentError(f"{what} dtype {x.dtype} has no NCCL type", 1)
+        return x.data_ptr(), x.numel(), T.NCCL_TYPES[tname]
     if hasattr(x, "ctypes") and hasattr(x, "flags"):  # numpy.ndarray
+        what = name or "array"
         if not x.flags.c_contiguous:
-            raise InvalidArgumentError("array is not C-contiguous: pass numpy.ascontiguousarray(x)",
-                                       1)
-        name = x.dtype.name
-        if name not in T.NCCL_TYPES:
-            raise InvalidArgumentError(f"array dtype {name} has no NCCL type (use float32, "
+            raise InvalidArgumentError(f"{what} is not C-contiguous ({describe(x)}): pass "
+                                       "numpy.ascontiguousarray(x)", 1)
+        dname = x.dtype.name
+        if dname not in T.NCCL_TYPES:
+            raise InvalidArgumentError(f"{what} dtype {dname} has no NCCL type (use float32, "
                                        "float16 or a bfloat16 dtype)", 1)
-        return x.ctypes.data, x.size, T.NCCL_TYPES[name]
-    raise TypeError(f"expected a numpy array or torch tensor, got {type(x).__name__}")
+        if not x.dtype.isnative:
+            native = x.dtype.newbyteorder("=").str
+            raise InvalidArgumentError(
+                f"{what} has dtype {x.dtype.str} ({describe(x)}), which is not in this machine's "
+                f"byte order; gradcomp reads native-order data only: pass "
+                f"{name or 'x'}.astype('{native}') "
+                "(native byte order)", 1)
+        if writable:
+            _writable(x, what)
+        return x.ctypes.data, x.size, T.NCCL_TYPES[dname]
+    raise TypeError(f"{name or 'buffer'}: expected a numpy array or torch tensor, got "
+                    f"{type(x).__name__}")
 
 
-def _writable(x):
+def _writable(x, name="the receive array"):
     if hasattr(x, "flags") and not x.flags.writeable:
-        raise InvalidArgumentError("the receive array is read-only", 1)
+        raise InvalidArgumentError(
+            f"{name} is read-only ({describe(x)}) and gradcomp writes into it: pass a writable "
+            "array (for example x.copy())", 1)
 
 
 class Comm:
@@ -106,9 +137,8 @@ class Comm:
     def allreduce(self, sendbuf, recvbuf=None, op="sum", stream=None, key=None):
         """Reduces sendbuf over all ranks into recvbuf (sendbuf itself when None)."""
         recvbuf = sendbuf if recvbuf is None else recvbuf
-        sp, sn, st = buffer_info(sendbuf)
-        rp, rn, rt = buffer_info(recvbuf)
-        _writable(recvbuf)
+        sp, sn, st = buffer_info(sendbuf, "sendbuf")
+        rp, rn, rt = buffer_info(recvbuf, "recvbuf", writable=True)
         if (sn, st) != (rn, rt):
             raise InvalidArgumentError(f"send ({sn} elements, type {st}) and receive ({rn} "
                                        f"elements, type {rt}) buffers differ", 1)
@@ -128,9 +158,8 @@ class Comm:
         self._collective("ReduceScatter", sendbuff, recvbuff, recvcount, datatype, op, stream, key)
 
     def reduce_scatter(self, sendbuf, recvbuf, op="sum", stream=None, key=None):
-        sp, sn, st = buffer_info(sendbuf)
-        rp, rn, rt = buffer_info(recvbuf)
-        _writable(recvbuf)
+        sp, sn, st = buffer_info(sendbuf, "sendbuf")
+        rp, rn, rt = buffer_info(recvbuf, "recvbuf", writable=True)
         if st != rt or sn != rn * self.size:
             raise InvalidArgumentError(
                 f"reduce-scatter needs a send buffer of size*recvcount = {self.size}*{rn} "

@@ -1,7 +1,7 @@
 """One rank of test_torch.CpuBackendDdp / CpuBackendFsdp / CpuBackendAbort: gradcomp.torch with
 backend="cpu" on real DDP / FSDP2 over gloo, gradcomp's comm made from the process group (TCP
-between the ranks). Usage: cpu_backend_rank.py ddp|fsdp|dgc|abort OUT (the env:// variables from
-tools/gc_ranks.py).
+between the ranks). Usage: cpu_backend_rank.py ddp|fsdp|dgc|subgroups|abort OUT (the env://
+variables from tools/gc_ranks.py).
 
 Records every call the hook (DDP) or the reduce-scatter (FSDP) gets, its input before and its
 result after, in call order, for the test to compare with a serial reference on the in-process
@@ -154,6 +154,30 @@ def fsdp(out, rank):
     stats = state.stats()
     state.close()
     return records, {"stats": stats, "param_hash": hashlib.sha256(full).hexdigest()}
+
+
+def subgroups(out, rank):
+    """Two states on overlapping subgroups A=[0,1] and B=[0,2] (3 ranks): rank 0 makes B's comm
+    before A's, ranks 1 and 2 only their own. Each group's store key must number its own comms;
+    a process-wide number makes rank 0 publish A's root under another key than rank 1 waits
+    for (a hang: here, with the timeouts cut, an error after 20 s)."""
+    import datetime
+
+    dist.distributed_c10d._get_default_store().set_timeout(datetime.timedelta(seconds=20))
+    groups = {"A": dist.new_group([0, 1]), "B": dist.new_group([0, 2])}
+    cfg = gradcomp.Config(from_env=False, method="qsgd", bits=4, min_elements=0, auto_tune=0,
+                          cpu_timeout_sec=20)
+    order = {0: ["B", "A"], 1: ["A"], 2: ["B"]}[rank]
+    made, sums = [], {}
+    for name in order:
+        state = gct.GradcompState(groups[name], backend="cpu", config=cfg)
+        comm = state.comm(torch.device("cpu"))
+        x = torch.full((4096,), float(rank + 1))
+        comm.allreduce(x)
+        sums[name] = float(x[0])
+        made.append(name)
+        state.close()
+    return [], {"made": made, "sums": sums}
 
 
 def dgc(out, rank):
@@ -336,7 +360,8 @@ def main():
         with open(f"{out}.rank{rank}.json", "w") as f:
             json.dump(res, f)
         gc_ranks.leave(0)  # rank 1 dies here, rank 0 has no group left
-    records, res = {"ddp": ddp, "fsdp": fsdp, "dgc": dgc}[mode](out, rank)
+    records, res = {"ddp": ddp, "fsdp": fsdp, "dgc": dgc,
+                     "subgroups": subgroups}[mode](out, rank)
     torch.save(records, f"{out}.rank{rank}.pt")
     with open(f"{out}.rank{rank}.json", "w") as f:
         json.dump(res, f)

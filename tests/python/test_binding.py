@@ -548,6 +548,104 @@ class Codecs(unittest.TestCase):
         self.assertEqual(set(idx.tolist()), set(np.argsort(-np.abs(v))[:100].tolist()))
 
 
+class CodecArgumentChecks(unittest.TestCase):
+    """Every codec entry that writes into a caller's array checks its size, dtype, layout and
+    writability first, and names the argument, what it got and what is allowed."""
+
+    def setUp(self):
+        self.x = np.random.RandomState(4).standard_normal(4096).astype(np.float32)
+        self.p = codecs.elias_params(7)
+
+    def test_elias_decode_checks_out(self):
+        e = codecs.elias_encode(self.x, self.p)
+        guard = np.full(8192, 7.0, np.float32)
+        with self.assertRaisesRegex(ValueError, r"out must be a C-contiguous float32 array of "
+                                    r"4096 elements; got shape \(16,\)"):
+            codecs.elias_decode(e, 4096, self.p, out=guard[:16])
+        self.assertTrue(np.all(guard == 7.0))  # nothing written past the small out
+        with self.assertRaisesRegex(ValueError, r"out must be .*float64"):
+            codecs.elias_decode(e, 4096, self.p, out=np.zeros(4096))
+        with self.assertRaisesRegex(ValueError, "out is not C-contiguous"):
+            codecs.elias_decode(e, 4096, self.p, out=np.zeros(8192, np.float32)[::2])
+        ro = np.zeros(4096, np.float32)
+        ro.flags.writeable = False
+        with self.assertRaisesRegex(ValueError, r"out is read-only \(.*WRITEABLE=False"):
+            codecs.elias_decode(e, 4096, self.p, out=ro)
+        self.assertFalse(ro.any())
+        with self.assertRaisesRegex(ValueError, "params=None is not an EliasParams"):
+            codecs.elias_decode(e, 4096, None)
+        ok = codecs.elias_decode(e, 4096, self.p, out=np.zeros(4096, np.float32))
+        self.assertTrue(np.array_equal(ok, codecs.elias_decode(e, 4096, self.p)))
+
+    def test_elias_encode_checks_residual(self):
+        guard = np.full(8192, 7.0, np.float32)
+        with self.assertRaisesRegex(ValueError, r"residual must be a C-contiguous float32 array "
+                                    r"of 4096 elements; got shape \(16,\)"):
+            codecs.elias_encode(self.x, self.p, residual=guard[:16])
+        self.assertTrue(np.all(guard == 7.0))
+        with self.assertRaisesRegex(ValueError, r"residual must be .*float16"):
+            codecs.elias_encode(self.x, self.p, residual=np.zeros(4096, np.float16))
+        ro = np.zeros(4096, np.float32)
+        ro.flags.writeable = False
+        with self.assertRaisesRegex(ValueError, "residual is read-only"):
+            codecs.elias_encode(self.x, self.p, residual=ro)
+        self.assertFalse(ro.any())
+        res = np.zeros(4096, np.float32)
+        codecs.elias_encode(self.x, self.p, residual=res)
+        self.assertTrue(res.any())  # error feedback left the quantization error there
+
+    def test_qsgd_refuses_read_only_out_and_residual(self):
+        e = codecs.qsgd_encode(self.x)
+        immutable = bytes(4 * 4096)
+        with self.assertRaisesRegex(ValueError, "out is read-only"):
+            codecs.qsgd_decode(e, 4096, out=np.frombuffer(immutable, np.float32))
+        self.assertEqual(immutable, bytes(4 * 4096))
+        ro = np.zeros(4096, np.float32)
+        ro.flags.writeable = False
+        with self.assertRaisesRegex(ValueError, "residual is read-only"):
+            codecs.qsgd_encode(self.x, residual=ro)
+        self.assertFalse(ro.any())
+
+    def test_other_byte_order_is_refused(self):
+        swapped = self.x.astype(self.x.dtype.newbyteorder("S"))
+        native = self.x.dtype.str
+        self.assertFalse(swapped.dtype.isnative)
+        with self.assertRaisesRegex(ValueError, re.escape(f".astype('{native}')")):
+            gradcomp.buffer_info(swapped)
+        with self.assertRaisesRegex(ValueError, "not in this machine's byte order"):
+            codecs.qsgd_encode(swapped)
+        with self.assertRaisesRegex(ValueError, "residual has dtype .* byte order"):
+            codecs.qsgd_encode(self.x, residual=np.zeros(4096, swapped.dtype))
+        with gradcomp.CpuWorld(1) as w:
+            with self.assertRaisesRegex(ValueError, "sendbuf has dtype .* byte order"):
+                w.comms[0].allreduce(swapped, np.zeros(4096, np.float32))
+
+    def test_argument_errors_name_the_argument(self):
+        with self.assertRaisesRegex(ValueError, r"count=-1 is out of range"):
+            codecs.qsgd_encoded_bytes(-1)
+        with self.assertRaisesRegex(ValueError, r"count=4611686018427387904 is too large"):
+            codecs.qsgd_encoded_bytes(2**62)
+        with self.assertRaisesRegex(ValueError, r"bits=9 or bucket_size=512 is invalid"):
+            codecs.qsgd_encoded_bytes(100, bits=9)
+        with self.assertRaisesRegex(ValueError, r"count=-1 is out of range"):
+            codecs.elias_decode(np.zeros(8, np.uint8), -1, self.p)
+        with self.assertRaisesRegex(ValueError, "code='delta' is not one of gamma|omega"):
+            codecs.elias_params(7, code="delta")
+        with self.assertRaisesRegex(ValueError, "scale='l1' is not one of max|l2"):
+            codecs.elias_params(7, scale="l1")
+        e = codecs.qsgd_encode(self.x)
+        ref = codecs.qsgd_decode(e, 4096)
+        self.assertTrue(np.array_equal(codecs.qsgd_decode(bytes(e), 4096), ref))
+        with self.assertRaisesRegex(ValueError, "encoded must be uint8 wire bytes; got .*int64"):
+            codecs.qsgd_decode(e.astype(np.int64), 4096)
+        pe = codecs.elias_encode(self.x, self.p)
+        self.assertTrue(np.array_equal(codecs.elias_decode(bytes(pe), 4096, self.p),
+                                       codecs.elias_decode(pe, 4096, self.p)))
+        with self.assertRaisesRegex(ValueError, "encoded must be uint8 wire bytes; got .*float32"):
+            codecs.elias_decode(pe.view(np.float32) if pe.size % 4 == 0 else
+                                pe[:pe.size // 4 * 4].view(np.float32), 4096, self.p)
+
+
 class ReduceScatter(unittest.TestCase):
     def test_reduce_scatter_owns_one_block(self):
         if not gradcomp.Comm.has_reduce_scatter():

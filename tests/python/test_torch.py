@@ -328,6 +328,44 @@ class DgcSgdOptimizer(unittest.TestCase):
             self.assertLess(float((x - y).abs().max()), 1e-6)
         self.assertIn("weight_decay_buffer", opt.state[p[0]])
 
+    def test_weight_decay_given_to_dgcsgd_reaches_the_marked_groups(self):
+        """DGCSGD(groups, weight_decay=wd), as torch.optim.SGD takes it, or a marked group's own
+        weight_decay without gradcomp_weight_decay: the marked group decays by wd through the
+        decay's buffer w = m*w + wd*p (not silently without decay)."""
+        from gradcomp.torch import DGCSGD
+
+        m, wd, lr = 0.9, 0.05, 0.1
+        for how in ("constructor", "group"):
+            p, bias = self.params(5)
+            ref, w = p.clone(), None
+            marked = {"params": [p], "momentum": 0.0, "gradcomp_velocity": m}
+            if how == "constructor":  # as state.param_groups(params) marks it
+                marked["gradcomp_weight_decay"] = 0.0
+                opt = DGCSGD([{"params": [bias], "momentum": m}, marked], lr=lr,
+                             weight_decay=wd)
+            else:
+                marked["weight_decay"] = wd
+                opt = DGCSGD([marked], lr=lr)
+            for step in range(4):
+                self.grads([p, bias], step)
+                w = wd * ref if w is None else m * w + wd * ref
+                ref = ref - lr * (p.grad + w)
+                opt.step()
+            self.assertLess(float((p - ref).abs().max()), 1e-6, f"{how}: decay not applied")
+            self.assertIn("weight_decay_buffer", opt.state[p])
+
+    def test_disagreeing_decays_of_a_marked_group_are_refused(self):
+        from gradcomp.torch import DGCSGD
+
+        g = {"params": self.params(6), "momentum": 0.0, "gradcomp_velocity": 0.9,
+             "gradcomp_weight_decay": 0.05, "weight_decay": 0.3}
+        with self.assertRaisesRegex(ValueError, r"weight_decay=0.3 and gradcomp_weight_decay="
+                                    r"0.05, which disagree.*param_groups\(params, weight_decay"):
+            DGCSGD([g], lr=0.1)
+        # What param_groups writes (wd / (1 - m) for torch.optim.SGD) is accepted.
+        DGCSGD([dict(g, weight_decay=0.05 / (1 - 0.9))], lr=0.1)
+        DGCSGD([dict(g, weight_decay=0.05)], lr=0.1)
+
     def test_marked_group_with_its_own_momentum_is_refused(self):
         from gradcomp.torch import DGCSGD
 
@@ -597,6 +635,118 @@ class HookOnCpuWorld(unittest.TestCase):
         self.assertFalse(torch.equal(cold[0][0], after[0][0]))
 
 
+    def test_a_refused_load_leaves_the_state_as_it_was(self):
+        """load_state_dict of a blob the library refuses: (a) with the comm made, raises and
+        leaves the step counter and residuals as they were; (b) before the comm (a resume),
+        a blob of another method raises at load time, the state unchanged; (c) a blob only the
+        library can refuse (other bits) raises at the first compressed call and at every later
+        one: the comm is not kept, so no step runs on fresh residuals."""
+        import gradcomp
+
+        N = self.N
+
+        def dgc():
+            return gradcomp.Config(from_env=False, method="dgc", density=0.05, min_elements=0)
+
+        def bits2():
+            return gradcomp.Config(from_env=False, method="qsgd", bits=2, min_elements=0)
+
+        saved = {}
+        for name, cfg in (("dgc", dgc), ("bits2", bits2)):
+            with gradcomp.CpuWorld(N, cfg()) as w:
+                states = self.make_states(N, w, "save-" + name, self.model, self.START, cfg)
+                for step in range(self.START + 1):
+                    self.step(w, states, step)
+                saved[name] = states[0].state_dict()
+        with gradcomp.CpuWorld(N, self.config()) as w:
+            states = self.states(w, "refuse")
+            for step in range(self.START + 3):
+                self.step(w, states, step)
+            before = states[0].state_dict()
+            with self.assertRaisesRegex(ValueError, "state blob refused"):
+                states[0].load_state_dict(saved["dgc"])
+            self.assertEqual(states[0].iter, before["iter"])
+            self.assertEqual(states[0].state_dict(), before)
+        with gradcomp.CpuWorld(N, self.config()) as w:
+            fresh = self.states(w, "refuse-fresh")[0]
+            with self.assertRaisesRegex(ValueError, "state blob refused, this state is "
+                                        "unchanged: saved with method='dgc'"):
+                fresh.load_state_dict(saved["dgc"])
+            self.assertEqual((fresh.iter, fresh._pending_blob), (0, None))
+
+            class Owned:  # the world's comm, closed by the world, not by the state
+                def __init__(self, c):
+                    self.c, self.closed = c, False
+
+                def load_state(self, blob):
+                    self.c.load_state(blob)
+
+                def close(self):
+                    self.closed = True
+
+            made = []
+            fresh._make_comm = lambda device: (made.append(Owned(w.comms[0])) or made[-1], None)
+            fresh.load_state_dict(saved["bits2"])  # the method agrees: checked at the comm
+            for _ in range(2):
+                with self.assertRaisesRegex(ValueError, "state blob refused.*bits"):
+                    fresh.comm(torch.device("cpu"))
+            self.assertEqual([m.closed for m in made], [True, True])
+            self.assertIsNone(fresh._comm)
+
+    def test_method_none_warning_gives_the_real_reason(self):
+        """A state with method='none' (e.g. GRADCOMP_METHOD=none) sends every call
+        uncompressed; its one warning says so, not that gradcomp needs two ranks."""
+        import gradcomp
+
+        def none():
+            return gradcomp.Config(from_env=False, method="none", min_elements=0)
+
+        with gradcomp.CpuWorld(self.N, none()) as w:
+            states = self.make_states(self.N, w, "none", self.model, 0, none)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                self.step(w, states, 0)
+        said = {str(c.message) for c in caught if "uncompressed:" in str(c.message)}
+        self.assertTrue(said)
+        for m in said:
+            self.assertIn("the state's method is 'none'", m)
+            self.assertIn("GRADCOMP_METHOD=none", m)
+            self.assertNotIn("two or more ranks", m)
+        self.assertEqual(states[0].counters["compressed_calls"], 0)
+
+    def test_close_finishes_the_state(self):
+        """After close() the residuals are gone: state_dict(), load_state_dict() and a hook
+        call raise the sentence saying to take state_dict() before close() (not a checkpoint
+        without residuals, nor a step on a silently made fresh comm); stats() still reads."""
+        import gradcomp.torch as gt
+
+        N = self.N
+        with self.gradcomp.CpuWorld(N, self.config()) as w:
+            states = self.states(w, "close")
+            for step in range(self.START + 2):
+                self.step(w, states, step)
+            saved = states[0].state_dict()
+            made, closed = [], []
+            for r, st in enumerate(states):
+                st._comm.close = lambda r=r: closed.append(r)  # the world owns its comms
+                st._make_comm = lambda device: made.append(device)
+                st.close()
+                st.close()  # a no-op
+            self.assertEqual(closed, list(range(N)))
+            msg = r"the state was closed \(GradcompState.close\(\)\).*state_dict\(\) before close"
+            for st in states:
+                with self.assertRaisesRegex(RuntimeError, msg):
+                    st.state_dict()
+                with self.assertRaisesRegex(RuntimeError, msg):
+                    st.load_state_dict(saved)
+                with self.assertRaisesRegex(RuntimeError, msg):
+                    gt.gradcomp_hook(st, self.Bucket(torch.zeros(8), self.buckets[0], 0, True))
+                with self.assertRaisesRegex(RuntimeError, msg):
+                    self.step(w, [st] * N, self.START + 2)
+            self.assertEqual(made, [])
+            self.assertEqual(states[0].stats()["iter"], self.START + 2)
+
+
 class HookNearestOnCpuWorld(HookOnCpuWorld):
     """HookOnCpuWorld's tests with GRADCOMP_ROUNDING=nearest, given to the states as
     GradcompState's keyword rounding="nearest" (the worlds' comms, which the hook uses here,
@@ -769,7 +919,12 @@ class StateCallsOnTheCommDevice(unittest.TestCase):
             state._make_comm = lambda device: (Comm(), 0x1234)
             v = ddp_mod._STATE_VERSION
             # Restored before the first call (a resumed run): loaded when the hook makes the comm.
-            state.load_state_dict({"version": v, "iter": 5, "gradcomp": b"pending"})
+            # A state header (plugin/state.cc) of rank 0 of 2 and this method: what
+            # load_state_dict checks before the comm exists.
+            import struct
+            pending = (b"GCST" + bytes(28) + struct.pack("<ii", 0, 2) + bytes(8)
+                       + struct.pack("<i", int(state.config.struct.method)) + bytes(60))
+            state.load_state_dict({"version": v, "iter": 5, "gradcomp": pending})
             state.comm(torch.device("cuda", 1))  # as the hook does, on the bucket's device
             state.load_state_dict({"version": v, "iter": 5, "gradcomp": b"saved"})
             state.load_state_dict({"version": v, "iter": 5, "gradcomp": None})
@@ -946,6 +1101,69 @@ class FsdpReduceScatterOnCpuWorld(unittest.TestCase):
                                False, lambda: None)
 
 
+    def test_dgc_param_groups_give_every_parameter_momentum_once(self):
+        """DGC with momentum correction under FSDP2: the reduce-scatter returns gradcomp's
+        velocity u = m*u + g for every element of FSDP's flat buffer (biases included), so
+        state.param_groups() puts every parameter in the momentum-0 group, and plain SGD on
+        those groups is momentum SGD on the plain gradient for the weight and the bias alike
+        (the DDP split would give the bias the optimizer's momentum on top of u)."""
+        import gradcomp.torch as gt
+
+        m, steps = 0.9, 3
+
+        def config():
+            return self.gradcomp.Config(from_env=False, method="dgc", density=1.0, momentum=m,
+                                        momentum_masking=0, min_elements=0, auto_tune=0)
+
+        with warnings.catch_warnings(), self.gradcomp.CpuWorld(self.N, config()) as w:
+            warnings.simplefilter("ignore")
+            states = HookOnCpuWorld.make_states(self.N, w, "rs-dgc", None, 0, config)
+            hooks = [gt.GradcompReduceScatter(st, "layers.0") for st in states]
+
+            def rank(comm):
+                r, outs = comm.rank, []
+                for _ in range(steps):  # the gradient 1.0 on every rank, every step
+                    out = torch.empty(self.n)
+                    hooks[r]._reduce_scatter(out, torch.ones(self.N * self.n),
+                                             states[r].process_group, dist.ReduceOp.AVG, False,
+                                             lambda: None)
+                    outs.append(out)
+                return outs
+
+            got = w.run(rank)[0]
+        weight = torch.nn.Parameter(torch.zeros(64, 64))  # compressed by the DDP rule
+        bias = torch.nn.Parameter(torch.zeros(64))  # full precision by the DDP rule
+        groups = states[0].param_groups([weight, bias])
+        self.assertEqual([(len(g["params"]), g["momentum"]) for g in groups], [(2, 0.0)])
+        opt = torch.optim.SGD(groups, lr=1.0)
+        ref_p = [torch.nn.Parameter(torch.zeros(64, 64)), torch.nn.Parameter(torch.zeros(64))]
+        ref = torch.optim.SGD(ref_p, lr=1.0, momentum=m)
+        for u in got:
+            for p in (weight, bias):
+                p.grad = torch.full_like(p, float(u[0]))  # the reduce-scatter's output
+            for p in ref_p:
+                p.grad = torch.ones_like(p)
+            opt.step()
+            ref.step()
+        for p, q in zip((weight, bias), ref_p):
+            self.assertTrue(torch.allclose(p, q, rtol=1e-6), f"{p.flatten()[0]} vs "
+                            f"{q.flatten()[0]}: a parameter got momentum twice")
+
+    def test_param_groups_before_the_fsdp_reduce_scatter_is_refused(self):
+        import gradcomp.torch as gt
+
+        def config():
+            return self.gradcomp.Config(from_env=False, method="dgc", min_elements=0)
+
+        with self.gradcomp.CpuWorld(self.N, config()) as w:
+            st = HookOnCpuWorld.make_states(self.N, w, "rs-order", None, 0, config)[0]
+            st.param_groups([torch.nn.Parameter(torch.zeros(64, 64)),
+                             torch.nn.Parameter(torch.zeros(64))])
+            with self.assertRaisesRegex(ValueError, r"param_groups\(\) was called before.*"
+                                        r"register_fsdp_reduce_scatter\(model, state\) first"):
+                gt.GradcompReduceScatter(st, "layers.0")
+
+
 @unittest.skipIf(torch is None, "PyTorch is not installed: gradcomp.torch is checked on the GPU "
                  "box (tools/gpu-check.sh, step torch_hooks)")
 class FsdpProtocol(unittest.TestCase):
@@ -1090,6 +1308,21 @@ class CpuBackendDdp(unittest.TestCase):
         self.assertGreater(st["gradcomp"]["bytes_on_wire"], 0)
         for r in range(N):
             self.assertTrue(results[r]["resume_bitwise"], f"rank {r}: resume is not bit for bit")
+
+
+@unittest.skipIf(torch is None, "PyTorch is not installed")
+class CpuBackendOverlappingGroups(unittest.TestCase):
+    """States on overlapping subgroups A=[0,1], B=[0,2] of 3 gloo processes, rank 0 making B's
+    comm before A's: the store keys are numbered per group, so every comm comes up (a
+    process-wide number hangs rank 1 on A's key) and each group's sum is its members'."""
+
+    def test_comms_of_overlapping_groups_come_up_in_any_order(self):
+        _, results = launch_ranks(self, "subgroups", world=3)
+        self.assertEqual([r["made"] for r in results], [["B", "A"], ["A"], ["B"]])
+        # allreduce of rank+1 over the group (4-bit QSGD of a constant is exact).
+        self.assertEqual(results[0]["sums"], {"A": 3.0, "B": 4.0})
+        self.assertEqual(results[1]["sums"], {"A": 3.0})
+        self.assertEqual(results[2]["sums"], {"B": 4.0})
 
 
 @unittest.skipIf(torch is None, "PyTorch is not installed")

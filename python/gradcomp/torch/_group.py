@@ -5,8 +5,10 @@ communicator (_nccl.make_comm). backend "cpu", asked for explicitly: a gloo grou
 tensors; gradcomp's CPU reference backend with its ranks connected by TCP
 (gradcompCommCreateSocket), the same algorithm code and codecs as on the GPU.
 """
+import collections
 import itertools
 import os
+import threading
 
 import torch.distributed as dist
 
@@ -15,9 +17,33 @@ from ..comm import Comm
 
 BACKENDS = ("nccl", "cpu")
 
-# One per comm this process makes, in the same order on every rank: the store keys of two
-# comms of one group differ.
-seq = itertools.count()
+# The store keys' sequence numbers, one counter per process group (its name and ranks): the
+# n-th comm made for a group has the same number on every member, whatever comms of other
+# groups (overlapping or not) each member made before. A process-wide counter would make a
+# rank that first made a comm for group B publish group A's key under another number than
+# A's other members wait for: a hang at comm creation.
+_seqs = collections.defaultdict(itertools.count)
+_seqs_lock = threading.Lock()
+
+
+def _group_name(pg):
+    name = getattr(pg, "group_name", None)
+    if name is None:
+        try:
+            name = dist.distributed_c10d._get_process_group_name(pg)
+        except Exception:  # noqa: BLE001 - a group torch does not name: its ranks alone
+            name = ""
+    return str(name)
+
+
+def store_key(kind, pg, ranks):
+    """gradcomp/<kind>/<ranks>/<group name>/<n>: the store key of the n-th comm this process
+    makes for the group pg (ranks: its global ranks). Collective contract: each group's comms
+    are made in the same order on all of its members."""
+    ident = ("-".join(map(str, ranks)), _group_name(pg))
+    with _seqs_lock:
+        n = next(_seqs[(kind,) + ident])
+    return f"gradcomp/{kind}/{ident[0]}/{ident[1]}/{n}"
 
 _OPT_IN = ("for CPU tensors on a gloo group, make the state with backend='cpu' (gradcomp's CPU "
            "backend over TCP)")
@@ -68,7 +94,7 @@ def make_socket_comm(process_group, config):
     call, which every rank reaches together)."""
     pg, rank, size = check_group(process_group, "cpu")
     ranks = dist.get_process_group_ranks(pg)
-    key = f"gradcomp/socket_root/{'-'.join(map(str, ranks))}/{next(seq)}"
+    key = store_key("socket_root", pg, ranks)
     store = dist.distributed_c10d._get_default_store()
     if rank != 0:
         root = store.get(key).decode()  # waits (up to the store's timeout) for rank 0

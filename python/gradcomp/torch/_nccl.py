@@ -7,7 +7,7 @@ import torch.distributed as dist
 from .. import _types as T
 from ..comm import Comm
 from ..info import nccl_library
-from ._group import check_group, seq
+from ._group import check_group, store_key
 
 
 class _Nccl:
@@ -72,7 +72,7 @@ def make_comm(process_group, device, config):
     pg, rank, size = check_group(process_group)
     lib = nccl()
     ranks = dist.get_process_group_ranks(pg)
-    key = f"gradcomp/nccl_id/{'-'.join(map(str, ranks))}/{next(seq)}"
+    key = store_key("nccl_id", pg, ranks)
     uid = share_unique_id(dist.distributed_c10d._get_default_store(), key, rank)
     handle = ctypes.c_void_p()
     with torch.cuda.device(device):

@@ -32,6 +32,9 @@ _DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "
 _STATE_VERSION = 1
 _ABORTED = ("gradcomp: the state was aborted (GradcompState.abort()) and its residuals are gone; "
             "make a new GradcompState (and register it again) to go on")
+_CLOSED = ("gradcomp: the state was closed (GradcompState.close()): its comm and residuals are "
+           "gone. Take state.state_dict() before close() to checkpoint them; to train on, make a "
+           "new GradcompState (register it again) and load_state_dict() that checkpoint into it")
 
 
 def _key_of(ids):
@@ -76,6 +79,9 @@ class GradcompState:
     """
 
     _aborted = False  # set for good by abort()
+    _closed = False  # set for good by close()
+    _fsdp = False  # set by GradcompReduceScatter: FSDP2 compresses every parameter
+    _split_given = False  # param_groups() gave a DGC split by is_compressed()
 
     def __init__(self, process_group=None, module=None, *, layer_min_size=1024, start_iter=2,
                  exclude_1d=True, backend="nccl", config=None, **settings):
@@ -133,22 +139,58 @@ class GradcompState:
         return self.__getstate__()
 
     def load_state_dict(self, d):
-        """Restores the step counter and residuals (settings stay this object's)."""
+        """Restores the step counter and residuals (settings stay this object's).
+
+        All or nothing: a refused state dict raises and leaves this state (step counter,
+        residuals) as it was. With the comm made, the library checks the whole blob here.
+        Before it (the usual resume) the blob is kept until the first compressed call makes
+        the comm; what can be checked without the comm is checked here: the format, the
+        rank and world size, and the method it was saved with. A blob the library refuses
+        when the comm is made raises there, at that call and every later one (the comm is
+        not kept), until a state dict the library accepts is loaded."""
         if d.get("version") != _STATE_VERSION:
             raise ValueError(f"state version {d.get('version')} is not {_STATE_VERSION}: saved "
                              "by another gradcomp.torch")
         self._check_usable()
-        self.iter = d["iter"]
+        it, blob = int(d["iter"]), d["gradcomp"]
         if self._comm is not None:
             with self._on_comm_device():
                 if self.backend == "nccl":
                     torch.cuda.current_stream().synchronize()
-                if d["gradcomp"] is not None:
-                    self._comm.load_state(d["gradcomp"])
+                if blob is not None:
+                    self._comm.load_state(blob)  # raises, the comm unchanged, if refused
                 else:
                     self._comm.reset_state()
+        elif blob is not None:
+            self._precheck_blob(blob)
+        if self._comm is None:
+            self._pending_blob = blob
+        self.iter = it
+
+    def _precheck_blob(self, blob):
+        """The checks of gradcompCommLoadState that need no comm (plugin/state.cc's header):
+        the magic, this rank and world size, and the method."""
+        import struct
+
+        from .._lib import InvalidArgumentError
+
+        blob = bytes(blob)
+        why = None
+        if len(blob) < 112 or blob[:4] != b"GCST":  # 112: the header
+            why = f"{len(blob)} bytes that are not a gradcomp state"
         else:
-            self._pending_blob = d["gradcomp"]
+            rank, nranks = struct.unpack_from("<ii", blob, 32)
+            method = struct.unpack_from("<i", blob, 48)[0]
+            mine = int(self.config.struct.method)
+            if (rank, nranks) != (self.rank, self.world_size):
+                why = (f"saved by rank {rank} of {nranks}; this state is rank {self.rank} of "
+                       f"{self.world_size}")
+            elif method != mine:
+                names = {v: k for k, v in T.CHOICES["method"].items()}
+                why = (f"saved with method={names.get(method, method)!r}; this state has "
+                       f"method={names.get(mine, mine)!r}")
+        if why is not None:
+            raise InvalidArgumentError(f"state blob refused, this state is unchanged: {why}", 1)
 
     def set_module(self, module):
         named = list(module.named_parameters())
@@ -207,12 +249,23 @@ class GradcompState:
     def close(self):
         """Destroys gradcomp's comm and its NCCL communicator if any (all ranks, after the
         last step; may wait for the peers: after a failure, abort() instead). A no-op after
-        abort()."""
+        abort() and on a closed state.
+
+        The residuals (error feedback, DGC velocity) go with the comm, so take the final
+        checkpoint's state_dict() BEFORE close(). The state is finished afterwards, like an
+        aborted one: a hook or FSDP reduce-scatter call, state_dict() and load_state_dict()
+        raise RuntimeError saying so (rather than a checkpoint without residuals, or a hook
+        silently starting over from a fresh comm); stats() still reads the hook's counters."""
+        self._closed = True
+        self._pending_blob = None
         if self._comm is not None:
-            with self._on_comm_device():
-                self._comm.close()
-                _nccl.destroy_nccl(self._nccl_handle)
+            comm, handle = self._comm, self._nccl_handle
             self._comm, self._nccl_handle = None, None
+            with self._on_comm_device():
+                try:
+                    comm.close()
+                finally:
+                    _nccl.destroy_nccl(handle)
 
     def abort(self):
         """What to call instead of close() when a peer died, after PyTorch's own abort
@@ -236,9 +289,24 @@ class GradcompState:
             if comm is not None:
                 comm.abort()
 
+    def _serve_fsdp(self):
+        """Marks the state as FSDP2's (GradcompReduceScatter): gradcomp then compresses, and
+        with DGC's momentum correction applies its velocity to, every parameter."""
+        cfg = self.config
+        if self._split_given and cfg.method == "dgc" and cfg.momentum_correction:
+            raise ValueError(
+                "state.param_groups() was called before this state's FSDP reduce-scatter was "
+                "made: it gave the small and 1-d parameters the optimizer's momentum, but FSDP2's "
+                "reduce-scatter sends every parameter through gradcomp, which applies DGC's "
+                "momentum to all of them (momentum twice). Call register_fsdp_reduce_scatter("
+                "model, state) first, then build the optimizer from state.param_groups(...)")
+        self._fsdp = True
+
     def _check_usable(self):
         if self._aborted:
             raise RuntimeError(_ABORTED)
+        if self._closed:
+            raise RuntimeError(_CLOSED)
 
     # --------------------------------------------------------------- internal
     def _count_call(self, comm, before, dense_bytes, what, count):
@@ -252,7 +320,11 @@ class GradcompState:
             return
         self.counters["passed_calls"] += 1
         self.counters["passed_dense_bytes"] += dense_bytes
-        if after[2] > before[2]:
+        if self.config.method == "none":
+            why = ("the state's method is 'none' (method='none', or GRADCOMP_METHOD=none in the "
+                   "environment, which GradcompState reads when no method is given): make the "
+                   "state with method='qsgd', 'dgc', 'topk' or 'randk' to compress", "none")
+        elif after[2] > before[2]:
             why = ("GRADCOMP_AUTO timed NCCL faster than compression for calls of this size on "
                    "this link (auto_tune=0 compresses every call; GRADCOMP_DEBUG=INFO shows the "
                    "timings)", "auto")
@@ -281,14 +353,25 @@ class GradcompState:
     def comm(self, device):
         self._check_usable()
         if self._comm is None:
-            self._comm, self._nccl_handle = self._make_comm(device)
-            self._device = device
+            comm, handle = self._make_comm(device)
+            self._comm, self._nccl_handle, self._device = comm, handle, device
             if self._pending_blob is not None:
                 # On the comm's device, as load_state_dict's: the restored states are
                 # allocated on the current device (FSDP's final callback may call from a
                 # thread with another device current).
-                with self._on_comm_device():
-                    self._comm.load_state(self._pending_blob)
+                try:
+                    with self._on_comm_device():
+                        self._comm.load_state(self._pending_blob)
+                except Exception:
+                    # Refused: the comm is not kept, so every later call raises the same
+                    # (not a step on fresh residuals with the loaded ones dropped).
+                    self._comm, self._nccl_handle = None, None
+                    with self._on_comm_device():
+                        try:
+                            comm.close()
+                        finally:
+                            _nccl.destroy_nccl(handle)
+                    raise
             self._pending_blob = None
         return self._comm
 
@@ -327,7 +410,14 @@ class GradcompState:
         outside any momentum, about (1 - m) of momentum SGD's, so the group's weight_decay is
         wd / (1 - m), momentum SGD's steady-state decay for a slowly changing p. These groups
         are for momentum SGD: Adam-family optimizers apply their own first moment on top of
-        gradcomp's velocity (use momentum_correction=0 with them)."""
+        gradcomp's velocity (use momentum_correction=0 with them).
+
+        FSDP2 (a state with a GradcompReduceScatter, register_fsdp_reduce_scatter): the
+        reduce-scatter hands FSDP's whole flat gradient buffer to gradcomp, biases and norms
+        included, so gradcomp applies the velocity to every parameter, and every parameter
+        goes in the momentum-0 group (each parameter gets momentum exactly once). Register
+        the reduce-scatter before calling param_groups(): a state that already gave a DGC
+        split refuses to serve FSDP (ValueError)."""
         params = list(params)
         cfg = self.config
         wd = {} if weight_decay is None else {"weight_decay": float(weight_decay)}
@@ -335,7 +425,9 @@ class GradcompState:
             return [dict({"params": params}, **wd)]
         comp, full = [], []
         for p in params:
-            (comp if self.is_compressed(p) else full).append(p)
+            (comp if self._fsdp or self.is_compressed(p) else full).append(p)
+        if full:
+            self._split_given = True
         m = float(cfg.momentum)
         comp_wd = {} if weight_decay is None else {
             "weight_decay": float(weight_decay) / (1.0 - m) if m < 1.0 else float(weight_decay)}

@@ -35,6 +35,10 @@ class GradcompReduceScatter(_Base):
     state: a GradcompState (its settings, comm and state_dict serve every
     module); key: any string or int naming the module, the same on every rank
     and in a resumed run (register_fsdp_reduce_scatter uses the module's name).
+    Making one marks the state as FSDP's: every parameter is compressed (FSDP's
+    whole flat buffer), so state.param_groups() puts every parameter in the
+    momentum-0 group under DGC's momentum correction; make it (register) before
+    calling state.param_groups().
     """
 
     def __init__(self, state, key):
@@ -44,6 +48,10 @@ class GradcompReduceScatter(_Base):
                                "point, or leave FSDP's default reduce-scatter in place")
         self.state = state
         self.key = _key_of(("fsdp", str(key)))
+        if state is not None:
+            # Every parameter of FSDP's flat buffer goes through gradcomp: param_groups() gives
+            # them all gradcomp's DGC velocity (and no optimizer momentum).
+            state._serve_fsdp()
 
     def allocate(self, size, *, dtype, device):
         return torch.empty(*size, dtype=dtype, device=device)

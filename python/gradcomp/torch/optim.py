@@ -15,7 +15,17 @@ decay exactly, from the first step (as DGC's reference optimizer does).
 The groups param_groups marks (key "gradcomp_velocity": the momentum gradcomp applies) step
 by p -= lr * (g + w); every other group steps as torch.optim.SGD would (momentum, dampening,
 nesterov, weight_decay, maximize), with the same "momentum_buffer" state.
+
+A marked group's decay wd is its "gradcomp_weight_decay". Where that is absent or 0, its
+"weight_decay" (the group's own, or DGCSGD(..., weight_decay=wd)'s default, as
+torch.optim.SGD takes it) is the decay, applied the same way through w: so
+DGCSGD(state.param_groups(params), lr, weight_decay=wd) is momentum SGD with decay wd on every
+parameter too. A marked group whose "weight_decay" is neither 0, its gradcomp_weight_decay,
+nor the wd / (1 - m) param_groups writes for torch.optim.SGD is refused (ValueError): the two
+disagree.
 """
+import math
+
 import torch
 
 __all__ = ["DGCSGD"]
@@ -28,8 +38,9 @@ class DGCSGD(torch.optim.Optimizer):
     """Momentum SGD that keeps the weight decay's momentum of the groups whose velocity
     gradcomp applies (GradcompState.param_groups with method="dgc" and momentum
     correction), and is torch.optim.SGD for every other group. Arguments as torch.optim.SGD's
-    (single-tensor updates). A marked group refuses dampening, nesterov and maximize: gradcomp's
-    velocity has none of them."""
+    (single-tensor updates); weight_decay applies to the marked groups as well, through the
+    decay's momentum buffer (see the module docstring). A marked group refuses dampening,
+    nesterov and maximize: gradcomp's velocity has none of them."""
 
     def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
                  nesterov=False, *, maximize=False):
@@ -64,6 +75,28 @@ class DGCSGD(torch.optim.Optimizer):
             raise ValueError("DGCSGD: the group of parameters whose velocity gradcomp applies "
                              f"must have momentum 0, dampening 0, nesterov and maximize off; it "
                              f"has {', '.join(bad)} (gradcomp's u = m*u + g has none of them)")
+        DGCSGD._marked_decay(g)
+
+    @staticmethod
+    def _marked_decay(g):
+        """The decay wd of a marked group (applied through w = m*w + wd*p): its
+        gradcomp_weight_decay, else its weight_decay; refused where the two disagree."""
+        m = float(g[VELOCITY])
+        own = float(g.get("weight_decay", 0.0) or 0.0)
+        exact = float(g.get(WEIGHT_DECAY, 0.0) or 0.0)
+        if not own >= 0.0 or not exact >= 0.0:
+            raise ValueError(f"DGCSGD: a group's weight_decay={own} and {WEIGHT_DECAY}={exact} "
+                             "must be >= 0")
+        if exact == 0.0:
+            return own
+        if own == 0.0 or any(math.isclose(own, v, rel_tol=1e-9)
+                             for v in (exact, exact / (1.0 - m))):
+            return exact
+        raise ValueError(
+            f"DGCSGD: a group marked {VELOCITY}={m} has weight_decay={own} and "
+            f"{WEIGHT_DECAY}={exact}, which disagree (param_groups writes weight_decay = "
+            f"{WEIGHT_DECAY} / (1 - m) = {exact / (1.0 - m)} for torch.optim.SGD): give the decay "
+            "once, as state.param_groups(params, weight_decay=wd)")
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -79,7 +112,7 @@ class DGCSGD(torch.optim.Optimizer):
         return loss
 
     def _velocity_step(self, g):
-        m, wd, lr = float(g[VELOCITY]), float(g.get(WEIGHT_DECAY, 0.0)), g["lr"]
+        m, wd, lr = float(g[VELOCITY]), self._marked_decay(g), g["lr"]
         for p in g["params"]:
             if p.grad is None:
                 continue
