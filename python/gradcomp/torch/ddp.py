@@ -258,14 +258,19 @@ class GradcompState:
         silently starting over from a fresh comm); stats() still reads the hook's counters."""
         self._closed = True
         self._pending_blob = None
-        if self._comm is not None:
-            comm, handle = self._comm, self._nccl_handle
-            self._comm, self._nccl_handle = None, None
-            with self._on_comm_device():
-                try:
-                    comm.close()
-                finally:
-                    _nccl.destroy_nccl(handle)
+        self._drop_comm()
+
+    def _drop_comm(self):
+        """Closes and forgets gradcomp's comm and its NCCL communicator, if any."""
+        if self._comm is None:
+            return
+        comm, handle = self._comm, self._nccl_handle
+        self._comm, self._nccl_handle = None, None
+        with self._on_comm_device():
+            try:
+                comm.close()
+            finally:
+                _nccl.destroy_nccl(handle)
 
     def abort(self):
         """What to call instead of close() when a peer died, after PyTorch's own abort
@@ -365,12 +370,7 @@ class GradcompState:
                 except Exception:
                     # Refused: the comm is not kept, so every later call raises the same
                     # (not a step on fresh residuals with the loaded ones dropped).
-                    self._comm, self._nccl_handle = None, None
-                    with self._on_comm_device():
-                        try:
-                            comm.close()
-                        finally:
-                            _nccl.destroy_nccl(handle)
+                    self._drop_comm()
                     raise
             self._pending_blob = None
         return self._comm
