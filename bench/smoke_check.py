@@ -163,7 +163,9 @@ def check_flags(perf, work, src, kdoc, bits, bucket):
                        (["-e", "1e30"], "-e 1e30 is not a size"),
                        (["-b", "64", "-e", "1M", "-f", "1.01"],
                         "-f 1.01 cannot grow -b 64"),
-                       (["--link-gbps", ","], "--link-gbps ,: give at least one bandwidth")):
+                       (["--link-gbps", ","], "--link-gbps ,: give at least one bandwidth"),
+                       (["-m", "none", "--json", "/nonexistent/dir/x.json"],
+                        "cannot write /nonexistent/dir/x.json.part")):
         code, out = run_plain(perf, args + tiny)
         expect(code == 2 and says in out, "%s: exit 2 saying %r (got %d)" % (args, says, code))
     # --help's ranges are the enforced ones; the doc's -a row lists every algorithm.

@@ -1,7 +1,9 @@
 #include "harness.h"
 
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
+#include <string.h>
 
 #include <algorithm>
 #include <chrono>
@@ -652,6 +654,24 @@ int runHarness(const Options& o, Rank& r) {
   info.showModel = (!info.representative || o.linkGiven) && (!info.rates || rates.ok);
   info.project = !o.modelNodes.empty();
   const bool lead = r.rank() == 0;
+  // Output files that cannot be written are refused before the run, not
+  // found after it (rank 0 writes them; every rank stops alike).
+  double unwritable = 0;
+  if (lead) {
+    for (const std::string& path : {o.jsonPath + ".part", o.csvPath}) {
+      if (path == ".part" || path.empty()) continue;
+      FILE* f = fopen(path.c_str(), "a");
+      if (f == nullptr) {
+        fprintf(stderr, "gradcomp_perf: cannot write %s: %s (see --json, --csv)\n", path.c_str(),
+                strerror(errno));
+        unwritable = 1;
+      } else {
+        fclose(f);
+      }
+    }
+  }
+  r.reduce(&unwritable, 1, true);
+  if (unwritable > 0) return 2;
   // The node layout the comms get, from the flag or the environment (every
   // method's config has the same); a bad config is refused below, per method.
   gradcompConfig_t layout;
