@@ -19,7 +19,7 @@ extern "C" {
 #endif
 
 #define GRADCOMP_VERSION_MAJOR 0
-#define GRADCOMP_VERSION_MINOR 4
+#define GRADCOMP_VERSION_MINOR 5
 #define GRADCOMP_VERSION_PATCH 0
 #define GRADCOMP_VERSION_CODE \
   (GRADCOMP_VERSION_MAJOR * 10000 + GRADCOMP_VERSION_MINOR * 100 + GRADCOMP_VERSION_PATCH)
@@ -73,6 +73,11 @@ typedef enum {
   gradcompRoundStochastic = 0, /* QSGD level rounded up with probability frac: unbiased */
   gradcompRoundNearest = 1     /* nearest level (ties down), no random draw; needs error feedback */
 } gradcompRounding_t;
+
+typedef enum {
+  gradcompLevelsUniform = 0, /* QSGD level k of s stands for k/s of the bucket's max |x| */
+  gradcompLevelsSquare = 1   /* level k stands for (k/s)^2: finer steps near zero */
+} gradcompLevels_t;
 
 /* Configuration. Always start from gradcompConfigInit (defaults) or
  * gradcompConfigFromEnv (defaults + GRADCOMP_* variables). Both are macros
@@ -145,6 +150,15 @@ typedef struct {
    * captured into a CUDA graph are not checked. The CPU backend checks every
    * call's agreement whatever this says; the vote is this setting's. */
   int checkCalls;
+  int reserved0; /* padding made explicit (a 0.4 caller's struct ends before levels); unread */
+  /* GRADCOMP_LEVELS uniform|square, default uniform: where QSGD's s levels
+   * lie in [0, max|x|] (docs/algorithms.md, "QSGD levels"). Square levels
+   * put k of s at (k/s)^2, so the many small entries of a bucket are coded
+   * with finer steps for the same bits; stochastic rounding stays unbiased.
+   * Each square bucket marks its scale (sign bit set), so any decoder reads
+   * the stream without being told. Fixed bits only (not DQ-SGD's bit modes,
+   * whose variance model is the uniform levels'), and not with Elias. */
+  gradcompLevels_t levels;
 } gradcompConfig_t;
 
 /* Defaults in the first structSize bytes of *config (structSize included). */
@@ -359,6 +373,16 @@ gradcompResult_t gradcompQsgdEncodeEFRounding(const void* g, ncclDataType_t data
                                               int bucketSize, uint64_t seed,
                                               gradcompRounding_t rounding, void* out,
                                               cudaStream_t stream);
+/* gradcompQsgdEncodeEFRounding with the levels named: gradcompLevelsUniform
+ * (what it does) or gradcompLevelsSquare (GRADCOMP_LEVELS=square: level k of
+ * s stands for (k/s)^2 of the bucket's max |x|; the scale of each finite,
+ * non-zero bucket is stored with its sign bit set, which gradcompQsgdDecode
+ * and every other QSGD decoder read as "square levels"). The same encoded
+ * size as uniform levels. */
+gradcompResult_t gradcompQsgdEncodeEFLevels(const void* g, ncclDataType_t datatype, float* residual,
+                                            size_t count, int bits, int bucketSize, uint64_t seed,
+                                            gradcompRounding_t rounding, gradcompLevels_t levels,
+                                            void* out, cudaStream_t stream);
 
 #ifdef __cplusplus
 }

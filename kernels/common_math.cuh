@@ -290,6 +290,10 @@ struct KeySpec {
   // the constant 1/2 instead of uniform24, so the encode draws nothing.
   // Only the comm's QSGD keys set it (Comm::key); rand-k's keys never do.
   bool nearest = false;
+  // QSGD square levels (GRADCOMP_LEVELS=square): level k stands for (k/s)^2
+  // of the scale, and the encode marks each bucket's scale (qsgd::storedScale).
+  // Only the comm's QSGD keys and the codec entry points set it.
+  bool square = false;
 };
 
 GC_HD KeySpec plainKey(uint64_t key) {

@@ -47,7 +47,7 @@ __device__ __forceinline__ uint32_t blockMaxU32(uint32_t v, uint32_t* smem) {
   return smem[0];
 }
 
-template <bool kNearest>
+template <bool kNearest, bool kSquare>
 __global__ void __launch_bounds__(kEncodeThreads)
     qsgdEncodeKernel(const void* __restrict__ x, DType t, float* __restrict__ residual, size_t n,
                      int bits, int bucket, KeySpec keySpec, float* __restrict__ scales,
@@ -71,14 +71,15 @@ __global__ void __launch_bounds__(kEncodeThreads)
   maxBits = blockMaxU32(maxBits, red);
 
   const float scale = qsgd::scaleFromMaxBits(maxBits);
-  const float rec = qsgd::reciprocal(scale, qsgd::levels(bits));
+  const float rec = qsgd::reciprocal(scale, qsgd::ratioLevels(qsgd::levels(bits), kSquare));
+  const float stored = qsgd::storedScale(scale, kSquare);
   const bool finite = isFiniteBits(maxBits);
-  if (threadIdx.x == 0) scales[b] = scale;
+  if (threadIdx.x == 0) scales[b] = stored;
   for (int i = threadIdx.x; i < len; i += blockDim.x) {
-    const uint32_t code =
-        qsgd::encodeValue(sx[i], scale, rec, bits, qsgd::roundingDraw<kNearest>(key, base + i));
+    const uint32_t code = qsgd::encodeValue(sx[i], scale, rec, bits,
+                                            qsgd::roundingDraw<kNearest>(key, base + i), kSquare);
     codes[i] = (uint8_t)code;
-    if (residual && finite) residual[base + i] = fsub(sx[i], qsgd::decodeValue(code, scale, bits));
+    if (residual && finite) residual[base + i] = fsub(sx[i], qsgd::decodeValue(code, stored, bits));
   }
   __syncthreads();
 
@@ -103,18 +104,34 @@ constexpr int kWarpThreads = 128;
 constexpr int kWarpsPerBlock = kWarpThreads / 32;
 constexpr int kRow = 128;  // elements of one row: 32 lanes x 4
 
-__device__ __forceinline__ void fillLevelTable(float* table, int s) {
-  for (int l = threadIdx.x; l <= s; l += blockDim.x) table[l] = qsgd::levelValue(l, s);
+// The level table of an encode: uniform or square levels.
+__device__ __forceinline__ void fillLevelTable(float* table, int s, bool square) {
+  for (int l = threadIdx.x; l <= s; l += blockDim.x) table[l] = qsgd::levelValue(l, s, square);
   __syncthreads();
+}
+
+// A decode's two tables: uniform levels at [0, kLevelTable), square at
+// [kLevelTable, 2 kLevelTable). A bucket's stored scale picks one
+// (qsgd::squareScale).
+constexpr int kLevelTable = 128;
+__device__ __forceinline__ void fillDecodeTables(float* tables, int s) {
+  for (int l = threadIdx.x; l <= s; l += blockDim.x) {
+    tables[l] = qsgd::levelValue(l, s);
+    tables[kLevelTable + l] = qsgd::squareLevelValue(l, s);
+  }
+  __syncthreads();
+}
+__device__ __forceinline__ const float* decodeTable(const float* tables, float stored) {
+  return tables + (qsgd::squareScale(stored) ? kLevelTable : 0);
 }
 
 // The encode's RNG key (resolved once per block: it may read the comm's
 // device step) and the level table, for every warp of the block.
-__device__ __forceinline__ uint64_t encodeKeyAndLevels(KeySpec keySpec, int bits,
+__device__ __forceinline__ uint64_t encodeKeyAndLevels(KeySpec keySpec, int bits, bool square,
                                                        float* levelTable) {
   __shared__ uint64_t sharedKey;
   if (threadIdx.x == 0) sharedKey = resolveKey(keySpec);
-  fillLevelTable(levelTable, qsgd::levels(bits));
+  fillLevelTable(levelTable, qsgd::levels(bits), square);
   return sharedKey;
 }
 
@@ -198,7 +215,7 @@ __device__ __forceinline__ void storeRow(uint32_t chunk, int bits, int lane, int
 // (qsgd::plainBucket: finite non-zero scale, usable reciprocal), so each
 // element is coded and decoded without encodeValue's and decodeWithLevel's
 // checks, which give the same bits for such a bucket.
-template <int R, bool kNearest, bool kPlain>
+template <int R, bool kNearest, bool kSquare, bool kPlain>
 __device__ __forceinline__ void codeRows(const float (&v)[R][4], float* __restrict__ residual,
                                          size_t n, int bits, uint64_t key, const float* levelTable,
                                          float scale, float rec, bool finite,
@@ -218,8 +235,8 @@ __device__ __forceinline__ void codeRows(const float (&v)[R][4], float* __restri
       const float u =
           kNearest ? qsgd::kNearestDraw : uniform24FromHash(mix64(weyl + (uint64_t)c * kWeyl));
       if (full || i + c < n) {
-        code = kPlain ? qsgd::encodePlain(v[r][c], rec, bits, s, u)
-                      : qsgd::encodeValue(v[r][c], scale, rec, bits, u);
+        code = kPlain ? qsgd::encodePlain(v[r][c], rec, bits, s, u, kSquare)
+                      : qsgd::encodeValue(v[r][c], scale, rec, bits, u, kSquare);
       }
       chunk |= code << (c * bits);
       const float level = levelTable[code & (uint32_t)s];
@@ -256,7 +273,7 @@ __device__ __forceinline__ void loadRows(const void* __restrict__ x, DType t,
 
 // Codes one bucket whose values v are in registers: the scale, the codes and
 // the new residual.
-template <int R, bool kNearest>
+template <int R, bool kNearest, bool kSquare>
 __device__ __forceinline__ void codeBucket(const float (&v)[R][4], float* __restrict__ residual,
                                            size_t n, int bits, uint64_t key,
                                            const float* levelTable, float* __restrict__ scales,
@@ -270,20 +287,20 @@ __device__ __forceinline__ void codeBucket(const float (&v)[R][4], float* __rest
   }
   maxBits = __reduce_max_sync(0xffffffffu, maxBits);
   const float scale = qsgd::scaleFromMaxBits(maxBits);
-  const float rec = qsgd::reciprocal(scale, qsgd::levels(bits));
+  const float rec = qsgd::reciprocal(scale, qsgd::ratioLevels(qsgd::levels(bits), kSquare));
   const bool finite = isFiniteBits(maxBits);
-  if (lane == 0) scales[b] = scale;
+  if (lane == 0) scales[b] = qsgd::storedScale(scale, kSquare);
 
   uint32_t* bucketWords = words + (base * bits >> 5);
   // Warp-uniform: the whole warp takes one path. The bounds-checked branch
   // (a tail bucket, or misaligned pointers) codes on the checked path too:
   // rare, and not worth the registers of a third copy.
   if (full && qsgd::plainBucket(scale, rec)) {
-    codeRows<R, kNearest, true>(v, residual, n, bits, key, levelTable, scale, rec, finite,
-                                bucketWords, base, len, lane, full);
+    codeRows<R, kNearest, kSquare, true>(v, residual, n, bits, key, levelTable, scale, rec, finite,
+                                         bucketWords, base, len, lane, full);
   } else {
-    codeRows<R, kNearest, false>(v, residual, n, bits, key, levelTable, scale, rec, finite,
-                                 bucketWords, base, len, lane, full);
+    codeRows<R, kNearest, kSquare, false>(v, residual, n, bits, key, levelTable, scale, rec, finite,
+                                          bucketWords, base, len, lane, full);
   }
 }
 
@@ -291,7 +308,7 @@ __device__ __forceinline__ void codeBucket(const float (&v)[R][4], float* __rest
 // and `full` (an aligned bucket of kBucket elements, wholly in range) as
 // constants, so that the type switches and every bounds check fold away on
 // the path nearly every bucket takes.
-template <int R, bool kNearest>
+template <int R, bool kNearest, bool kSquare>
 __device__ __forceinline__ void encodeRows(const void* __restrict__ x, DType t,
                                            float* __restrict__ residual, size_t n, int bits,
                                            uint64_t key, const float* levelTable,
@@ -299,8 +316,8 @@ __device__ __forceinline__ void encodeRows(const void* __restrict__ x, DType t,
                                            size_t b, size_t base, size_t len, int lane, bool full) {
   float v[R][4];
   loadRows<R>(x, t, residual, n, base, lane, full, v);
-  codeBucket<R, kNearest>(v, residual, n, bits, key, levelTable, scales, words, b, base, len, lane,
-                          full);
+  codeBucket<R, kNearest, kSquare>(v, residual, n, bits, key, levelTable, scales, words, b, base,
+                                   len, lane, full);
 }
 
 // Buckets of up to 512, every input type: at most 56 registers, so that 9
@@ -308,25 +325,25 @@ __device__ __forceinline__ void encodeRows(const void* __restrict__ x, DType t,
 // (fp32, bf16: 8 blocks) and 72 (fp16: 7 blocks); bounded, nothing spills
 // and the plain path issues about 1% more instructions. The encode waits on
 // its loads before it codes, so warps resident are what hide that wait.
-template <int R, DType T, bool kNearest>
+template <int R, DType T, bool kNearest, bool kSquare>
 __global__ void __launch_bounds__(kWarpThreads, R <= 4 ? 9 : 1)
     qsgdEncodeWarpKernel(const void* __restrict__ x, float* __restrict__ residual, size_t n,
                          int bits, KeySpec keySpec, float* __restrict__ scales,
                          uint32_t* __restrict__ words, bool alignedIn) {
   constexpr int kBucket = kRow * R;
   __shared__ float levelTable[128];
-  const uint64_t key = encodeKeyAndLevels(keySpec, bits, levelTable);
+  const uint64_t key = encodeKeyAndLevels(keySpec, bits, kSquare, levelTable);
   const int lane = threadIdx.x & 31;
   const size_t b = (size_t)blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5);
   const size_t base = b * kBucket;
   if (base >= n) return;
   const size_t len = min((size_t)kBucket, n - base);
   if (alignedIn && len == kBucket) {
-    encodeRows<R, kNearest>(x, T, residual, n, bits, key, levelTable, scales, words, b, base,
-                            kBucket, lane, true);
+    encodeRows<R, kNearest, kSquare>(x, T, residual, n, bits, key, levelTable, scales, words, b,
+                                     base, kBucket, lane, true);
   } else {
-    encodeRows<R, kNearest>(x, T, residual, n, bits, key, levelTable, scales, words, b, base, len,
-                            lane, false);
+    encodeRows<R, kNearest, kSquare>(x, T, residual, n, bits, key, levelTable, scales, words, b,
+                                     base, len, lane, false);
   }
 }
 
@@ -377,14 +394,14 @@ __device__ __forceinline__ void sumRows(const RawX4<T> (&xr)[R], const float4 (&
 // partial tail bucket, and every bucket when the pointers are not aligned,
 // take the checked path after. An A/B variant for buckets of 128 and 512
 // (qsgdEncodePipelined), timed beside the default by gradcomp_kernels_perf.
-template <int R, DType T, bool kNearest>
+template <int R, DType T, bool kNearest, bool kSquare>
 __global__ void __launch_bounds__(kWarpThreads, 4)
     qsgdEncodeWarpPipelinedKernel(const void* __restrict__ x, float* __restrict__ residual,
                                   size_t n, int bits, KeySpec keySpec, float* __restrict__ scales,
                                   uint32_t* __restrict__ words, bool alignedIn) {
   constexpr int kBucket = kRow * R;
   __shared__ float levelTable[128];
-  const uint64_t key = encodeKeyAndLevels(keySpec, bits, levelTable);
+  const uint64_t key = encodeKeyAndLevels(keySpec, bits, kSquare, levelTable);
   const int lane = threadIdx.x & 31;
   const size_t warp0 = (size_t)blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5);
   const size_t stride = (size_t)gridDim.x * kWarpsPerBlock;
@@ -398,13 +415,13 @@ __global__ void __launch_bounds__(kWarpThreads, 4)
     sumRows<R, T>(xr, rr, residual != nullptr, v);
     const size_t next = b + stride;
     if (next < nFull) prefetchRows<R, T>(x, residual, next * kBucket, lane, xr, rr);
-    codeBucket<R, kNearest>(v, residual, n, bits, key, levelTable, scales, words, b, b * kBucket,
-                            kBucket, lane, true);
+    codeBucket<R, kNearest, kSquare>(v, residual, n, bits, key, levelTable, scales, words, b,
+                                     b * kBucket, kBucket, lane, true);
   }
   for (size_t b = nFull + warp0; b < nb; b += stride) {
     const size_t base = b * kBucket;
-    encodeRows<R, kNearest>(x, T, residual, n, bits, key, levelTable, scales, words, b, base,
-                            min((size_t)kBucket, n - base), lane, false);
+    encodeRows<R, kNearest, kSquare>(x, T, residual, n, bits, key, levelTable, scales, words, b,
+                                     base, min((size_t)kBucket, n - base), lane, false);
   }
 }
 
@@ -414,16 +431,18 @@ __global__ void __launch_bounds__(kWarpThreads)
                          size_t n, int bits, float* __restrict__ out, bool accumulate,
                          bool alignedOut) {
   constexpr int kBucket = kRow * R;
-  __shared__ float levelTable[128];
+  __shared__ float levelTables[2 * kLevelTable];
   const int s = qsgd::levels(bits);
-  fillLevelTable(levelTable, s);
+  fillDecodeTables(levelTables, s);
   const int lane = threadIdx.x & 31;
   const size_t b = (size_t)blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5);
   const size_t base = b * kBucket;
   if (base >= n) return;
   const size_t len = min((size_t)kBucket, n - base);
   const bool vec = alignedOut && len == kBucket;
-  const float scale = scales[b];
+  const float stored = scales[b];
+  const float* levelTable = decodeTable(levelTables, stored);
+  const float scale = qsgd::scaleMagnitude(stored);
   const size_t totalWords = qsgd::codeWords(n, bits);
   const int cb = 4 * bits;
   const uint32_t mask = cb == 32 ? 0xffffffffu : (1u << cb) - 1u;
@@ -487,14 +506,16 @@ bool withWarpRows(int bucket, F&& launch) {
 __global__ void __launch_bounds__(kDecodeThreads)
     qsgdDecodeKernel(const float* __restrict__ scales, const uint32_t* __restrict__ words, size_t n,
                      int bits, int bucket, float* __restrict__ out, bool accumulate) {
-  __shared__ float levelTable[128];
+  __shared__ float levelTables[2 * kLevelTable];
   const int s = qsgd::levels(bits);
-  fillLevelTable(levelTable, s);
+  fillDecodeTables(levelTables, s);
   const size_t stride = (size_t)gridDim.x * blockDim.x;
   for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
     const uint32_t code = qsgd::getCode(words, i, bits);
+    const float stored = scales[i / bucket];
     const float v =
-        qsgd::decodeWithLevel(code, levelTable[code & (uint32_t)s], scales[i / bucket], bits);
+        qsgd::decodeWithLevel(code, decodeTable(levelTables, stored)[code & (uint32_t)s],
+                              qsgd::scaleMagnitude(stored), bits);
     out[i] = accumulate ? fadd(out[i], v) : v;
   }
 }
@@ -521,14 +542,22 @@ void withInputType(DType t, F&& f) {
   }
 }
 
-// Calls f(std::bool_constant<nearest>()): nearest rounding is a template
-// argument, so its kernels compute no hash.
+// Calls f(std::bool_constant<nearest>(), std::bool_constant<square>()):
+// nearest rounding and square levels are template arguments, so the nearest
+// kernels compute no hash and the uniform ones no square root.
 template <typename F>
-void withRounding(const KeySpec& key, F&& f) {
+void withCoding(const KeySpec& key, F&& f) {
+  auto levels = [&](auto nearest) {
+    if (key.square) {
+      f(nearest, std::true_type());
+    } else {
+      f(nearest, std::false_type());
+    }
+  };
   if (key.nearest) {
-    f(std::true_type());
+    levels(std::true_type());
   } else {
-    f(std::false_type());
+    levels(std::false_type());
   }
 }
 
@@ -542,11 +571,12 @@ cudaError_t qsgdEncode(const void* x, DType t, float* residual, size_t n, int bi
   float* scales = static_cast<float*>(out);
   uint32_t* words = reinterpret_cast<uint32_t*>(scales + nb);
   const bool alignedIn = aligned(x, t == DType::F32 ? 16 : 8) && aligned(residual, 16);
-  withRounding(key, [&](auto nearest) {
+  withCoding(key, [&](auto nearest, auto square) {
     constexpr bool kNearest = decltype(nearest)::value;
+    constexpr bool kSquare = decltype(square)::value;
     if (withWarpRows(bucket, [&](auto rows) {
           withInputType(t, [&](auto type) {
-            qsgdEncodeWarpKernel<decltype(rows)::value, decltype(type)::value, kNearest>
+            qsgdEncodeWarpKernel<decltype(rows)::value, decltype(type)::value, kNearest, kSquare>
                 <<<warpBlocks(nb), kWarpThreads, 0, stream>>>(x, residual, n, bits, key, scales,
                                                               words, alignedIn);
           });
@@ -555,8 +585,8 @@ cudaError_t qsgdEncode(const void* x, DType t, float* residual, size_t n, int bi
     }
     const int threads = bucket < kEncodeThreads ? bucket : kEncodeThreads;
     const size_t smem = (size_t)bucket * (sizeof(float) + 1);
-    qsgdEncodeKernel<kNearest><<<(unsigned)nb, threads, smem, stream>>>(x, t, residual, n, bits,
-                                                                        bucket, key, scales, words);
+    qsgdEncodeKernel<kNearest, kSquare><<<(unsigned)nb, threads, smem, stream>>>(
+        x, t, residual, n, bits, bucket, key, scales, words);
   });
   return cudaGetLastError();
 }
@@ -588,9 +618,9 @@ cudaError_t qsgdEncodePipelined(const void* x, DType t, float* residual, size_t 
   uint32_t* words = reinterpret_cast<uint32_t*>(scales + nb);
   const bool alignedIn = aligned(x, t == DType::F32 ? 16 : 8) && aligned(residual, 16);
   cudaError_t err = cudaSuccess;
-  auto launch = [&](auto rows, auto type, auto nearest) {
+  auto launch = [&](auto rows, auto type, auto nearest, auto square) {
     auto* kernel = qsgdEncodeWarpPipelinedKernel<decltype(rows)::value, decltype(type)::value,
-                                                 decltype(nearest)::value>;
+                                                 decltype(nearest)::value, decltype(square)::value>;
     const unsigned resident = residentBlocks(kernel);
     if (resident == 0) {
       err = cudaGetLastError();
@@ -600,12 +630,12 @@ cudaError_t qsgdEncodePipelined(const void* x, DType t, float* residual, size_t 
     const unsigned grid = std::min(warpBlocks(nb), resident);
     kernel<<<grid, kWarpThreads, 0, stream>>>(x, residual, n, bits, key, scales, words, alignedIn);
   };
-  withRounding(key, [&](auto nearest) {
+  withCoding(key, [&](auto nearest, auto square) {
     withInputType(t, [&](auto type) {
       if (bucket == 128) {
-        launch(std::integral_constant<int, 1>(), type, nearest);
+        launch(std::integral_constant<int, 1>(), type, nearest, square);
       } else {
-        launch(std::integral_constant<int, 4>(), type, nearest);
+        launch(std::integral_constant<int, 4>(), type, nearest, square);
       }
     });
   });

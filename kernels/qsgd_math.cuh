@@ -55,21 +55,72 @@ GC_HD int levelFromRatio(float r, int s, float u) {
   return level > s ? s : level;
 }
 
-// Code of x from its ratio: sign << (b-1) | level.
-GC_HD uint32_t codeFromRatio(float x, float r, int bits, int s, float u) {
-  const int level = levelFromRatio(r, s, u);
+// Square levels (GRADCOMP_LEVELS=square): level k stands for (k/s)^2 of the
+// scale instead of k/s, so the steps are finest near zero, where most of a
+// bucket's entries lie, and 2(k+1)/s wide at the top. The ratio a square
+// encode works on is u = |x| s^2 / scale in [0, s^2] (quantRatio with s^2
+// levels, ratioLevels): the level below is k = floor(sqrt(u)) (sqrtf, then
+// corrected to the exact integer: k*k and s*s are exact in float), and the
+// draw rounds up with probability (u - k^2) / (2k + 1), the share of the step
+// from k^2 to (k+1)^2 that u has covered, so E[level^2] = u: unbiased up to
+// the draw's grid, as levelFromRatio. At draw 1/2 (nearest) that is the
+// nearer of k^2 and (k+1)^2, ties down.
+GC_HD int squareLevelFromU(float u, int s, float draw) {
+  if (!(u < (float)(s * s))) return s;
+#if defined(__CUDA_ARCH__)
+  int k = (int)__fsqrt_rn(u);
+#else
+  int k = (int)__builtin_sqrtf(u);
+#endif
+  if ((float)(k * k) > u) --k;
+  if ((float)((k + 1) * (k + 1)) <= u) ++k;
+  const float frac = fdiv(fsub(u, (float)(k * k)), (float)(2 * k + 1));
+  const int level = k + (draw < frac ? 1 : 0);
+  return level > s ? s : level;
+}
+
+// The ratio's multiplier: s levels of k/s, or s^2 for square levels.
+GC_HD int ratioLevels(int s, bool square) {
+  return square ? s * s : s;
+}
+
+// A square encode marks each bucket whose scale is finite and non-zero by
+// setting the scale's sign bit (a max |x| is never negative), so the stream
+// says which table decodes it and every decoder reads both kinds. A zero or
+// non-finite scale is stored as it is: its codes are all 0 under either table.
+GC_HD float storedScale(float scale, bool square) {
+  const uint32_t b = floatToBits(scale);
+  return square && b != 0 && isFiniteBits(b) ? bitsToFloat(b | 0x80000000u) : scale;
+}
+GC_HD bool squareScale(float stored) {
+  return (floatToBits(stored) >> 31) != 0;
+}
+GC_HD float scaleMagnitude(float stored) {
+  return bitsToFloat(floatToBits(stored) & 0x7fffffffu);
+}
+
+GC_HD int levelOf(float r, int s, float u, bool square) {
+  return square ? squareLevelFromU(r, s, u) : levelFromRatio(r, s, u);
+}
+
+// Code of x from its ratio (quantRatio with ratioLevels(s, square)):
+// sign << (b-1) | level.
+GC_HD uint32_t codeFromRatio(float x, float r, int bits, int s, float u, bool square = false) {
+  const int level = levelOf(r, s, u, square);
   uint32_t sign = (level != 0 && (floatToBits(x) >> 31)) ? 1u : 0u;
   return (sign << (bits - 1)) | (uint32_t)level;
 }
 
 // Code of x. Non-finite or zero buckets code to 0 (decode then yields NaN
-// resp. 0 from the scale alone).
-GC_HD uint32_t encodeValue(float x, float scale, float rec, int bits, float u) {
+// resp. 0 from the scale alone). scale is the bucket's max |x| (not the
+// stored, marked one) and rec is reciprocal(scale, ratioLevels(s, square)).
+GC_HD uint32_t encodeValue(float x, float scale, float rec, int bits, float u,
+                           bool square = false) {
   uint32_t scaleBits = floatToBits(scale);
   if (scaleBits == 0 || !isFiniteBits(scaleBits)) return 0;
   const int s = levels(bits);
   float ax = bitsToFloat(floatToBits(x) & 0x7fffffffu);
-  return codeFromRatio(x, quantRatio(ax, scale, rec, s), bits, s, u);
+  return codeFromRatio(x, quantRatio(ax, scale, rec, ratioLevels(s, square)), bits, s, u, square);
 }
 
 // A bucket is plain when its scale is finite and non-zero and reciprocal()
@@ -80,8 +131,8 @@ GC_HD bool plainBucket(float scale, float rec) {
   const uint32_t b = floatToBits(scale);
   return b != 0 && isFiniteBits(b) && rec != 0.0f;
 }
-GC_HD uint32_t encodePlain(float x, float rec, int bits, int s, float u) {
-  return codeFromRatio(x, fmul(bitsToFloat(floatToBits(x) & 0x7fffffffu), rec), bits, s, u);
+GC_HD uint32_t encodePlain(float x, float rec, int bits, int s, float u, bool square = false) {
+  return codeFromRatio(x, fmul(bitsToFloat(floatToBits(x) & 0x7fffffffu), rec), bits, s, u, square);
 }
 
 // Nearest rounding is encodeValue at u = 1/2: level = floor(r) + (frac > 1/2),
@@ -103,9 +154,16 @@ GC_HD float roundingDraw(bool nearest, uint64_t key, uint64_t index) {
 GC_HD float levelValue(int level, int s) {
   return fdiv((float)level, (float)s);
 }
+GC_HD float squareLevelValue(int level, int s) {
+  return fdiv((float)(level * level), (float)(s * s));
+}
+GC_HD float levelValue(int level, int s, bool square) {
+  return square ? squareLevelValue(level, s) : levelValue(level, s);
+}
 
-// Value of `code` given its level's value levelValue(code & s, s) (kernels
-// look it up in a table instead of dividing), for a finite scale.
+// Value of `code` given its level's value levelValue(code & s, s, square)
+// (kernels look it up in a table instead of dividing), for a finite scale:
+// the magnitude of the stored one (scaleMagnitude).
 GC_HD float decodePlain(uint32_t code, float level, float scale, int bits) {
   const float v = fmul(level, scale);
   return (code >> (bits - 1)) & 1u ? -v : v;
@@ -118,9 +176,11 @@ GC_HD float decodeWithLevel(uint32_t code, float level, float scale, int bits) {
   return decodePlain(code, level, scale, bits);
 }
 
-GC_HD float decodeValue(uint32_t code, float scale, int bits) {
+// Value of `code` from its bucket's stored scale (marked or not).
+GC_HD float decodeValue(uint32_t code, float stored, int bits) {
   const int s = levels(bits);
-  return decodeWithLevel(code, levelValue((int)(code & (uint32_t)s), s), scale, bits);
+  return decodeWithLevel(code, levelValue((int)(code & (uint32_t)s), s, squareScale(stored)),
+                         scaleMagnitude(stored), bits);
 }
 
 // Code i of a packed stream (bit offset i*bits, little-endian 32-bit words).

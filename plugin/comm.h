@@ -99,10 +99,12 @@ struct gradcompComm {
   std::atomic<int> callsInFlight{0};
 
   // RNG key of one encode of this call (see gc::KeySpec); it carries the
-  // QSGD rounding, so every algorithm's QSGD encode follows GRADCOMP_ROUNDING.
+  // QSGD rounding and levels, so every algorithm's QSGD encode follows
+  // GRADCOMP_ROUNDING and GRADCOMP_LEVELS.
   gc::KeySpec key(uint64_t callStep, uint64_t stream) const {
     gc::KeySpec k{cfg.seed, callStep, backend->deviceStep(), (uint64_t)rank, stream, true};
     k.nearest = cfg.rounding == gradcompRoundNearest;
+    k.square = cfg.levels == gradcompLevelsSquare;
     return k;
   }
   // Grows the workspace to at least `bytes` (never while capturing).

@@ -22,6 +22,7 @@ namespace gc {
 #define GC_PROCESS_KNOB -1, nullptr
 
 static const char kAlgoChoices[] = "auto=0|twoshot=1|ring=2|allgather=3|sparse=4|hier=5";
+static const char kBitsModeChoices[] = "fixed=0|dynamic=1|budget=2";
 
 static const ParamSpec kParams[] = {
     {"GRADCOMP_METHOD", ParamKind::Choice, GC_FIELD(method), 0, 0,
@@ -44,6 +45,9 @@ static const ParamSpec kParams[] = {
      "stochastic",
      "QSGD level rounding: stochastic (unbiased) or nearest (ties down, no random draw; needs "
      "error feedback, and the owner residual where the algorithm quantizes twice)"},
+    {"GRADCOMP_LEVELS", ParamKind::Choice, GC_FIELD(levels), 0, 0, "uniform=0|square=1", "uniform",
+     "QSGD levels: uniform (level k of s is k/s of the bucket's max |x|) or square ((k/s)^2: "
+     "finer steps near zero for the same bits; fixed bits only, not with Elias)"},
     {"GRADCOMP_DENSITY", ParamKind::Float, GC_FIELD(density), 1e-6, 1, nullptr, "0.01",
      "sparse methods: share of elements sent (k = density*n)"},
     {"GRADCOMP_OVERSAMPLE", ParamKind::Float, GC_FIELD(oversample), 1, 16, nullptr, "2",
@@ -64,8 +68,8 @@ static const ParamSpec kParams[] = {
      "DGC: zero u and v where entries were sent"},
     {"GRADCOMP_WARMUP_STEPS", ParamKind::Int, GC_FIELD(warmupSteps), 0, 100000000, nullptr, "0",
      "DGC: steps of the exponential density ramp 25% -> ... -> density; 0 is off"},
-    {"GRADCOMP_BITS_MODE", ParamKind::Choice, GC_FIELD(bitsMode), 0, 0,
-     "fixed=0|dynamic=1|budget=2", "fixed", "QSGD bit width: fixed, DQ-SGD dynamic, or budget"},
+    {"GRADCOMP_BITS_MODE", ParamKind::Choice, GC_FIELD(bitsMode), 0, 0, kBitsModeChoices, "fixed",
+     "QSGD bit width: fixed, DQ-SGD dynamic, or budget"},
     {"GRADCOMP_BITS_MIN", ParamKind::Int, GC_FIELD(bitsMin), 2, 8, nullptr, "2",
      "DQ-SGD: smallest bit width"},
     {"GRADCOMP_BITS_MAX", ParamKind::Int, GC_FIELD(bitsMax), 2, 8, nullptr, "8",
@@ -392,6 +396,8 @@ void configDefaults(gradcompConfig_t* c) {
   c->cpuTimeoutSec = 120.0f;
   c->rounding = gradcompRoundStochastic;
   c->checkCalls = 0;
+  c->reserved0 = 0;
+  c->levels = gradcompLevelsUniform;
 }
 
 static size_t fieldBytes(ParamKind kind) {
@@ -462,6 +468,17 @@ static gradcompResult_t validateWhole(const gradcompConfig_t* c) {
   GC_ARG(c->method != gradcompMethodQsgd || c->algo != gradcompAlgoSparseAllgather,
          "algo=sparse (GRADCOMP_ALGO) is for the sparse methods; method qsgd takes auto, twoshot, "
          "ring, allgather or hier");
+  // Square levels: DQ-SGD's bit choice bounds the variance of uniform levels
+  // (a different function of s), and Elias codes level numbers whose sizes
+  // suit uniform levels, so both keep uniform levels.
+  const bool square = c->method == gradcompMethodQsgd && c->levels == gradcompLevelsSquare;
+  GC_ARG(!square || c->bitsMode == gradcompBitsFixed,
+         "levels=square (GRADCOMP_LEVELS) with bitsMode=%s (GRADCOMP_BITS_MODE): DQ-SGD's bit "
+         "choice models uniform levels; set GRADCOMP_BITS_MODE=fixed or GRADCOMP_LEVELS=uniform",
+         choiceName(kBitsModeChoices, (int)c->bitsMode).c_str());
+  GC_ARG(!square || !c->elias,
+         "levels=square (GRADCOMP_LEVELS) with elias=1 (GRADCOMP_ELIAS): the Elias codec codes "
+         "uniform levels only; set GRADCOMP_ELIAS=0 or GRADCOMP_LEVELS=uniform");
   return gradcompSuccess;
 }
 

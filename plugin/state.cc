@@ -62,8 +62,9 @@ constexpr size_t kCrcOffset = 12;
 enum : uint32_t { kHasResidual = 1, kHasOwner = 2, kHasMomentum = 4, kHasHistory = 8 };
 
 // The settings a state's meaning depends on, in header order. The QSGD
-// rounding is not one: a residual is v - decode(code) under either rule, so a
-// state saved under one loads and continues under the other.
+// rounding and levels are not among them: a residual is v - decode(code)
+// under either rule and either table, so a state saved under one loads and
+// continues under the other.
 const char* const kShapeNames[kShapeFields] = {
     "method",    "algo",     "bits",     "bucketSize", "errorFeedback",      "ownerResidual",
     "elias",     "bitsMode", "bitsMin",  "bitsMax",    "momentumCorrection", "budgetWindow",

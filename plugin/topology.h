@@ -68,7 +68,7 @@ inline uint64_t hierSeed(uint64_t seed, int localRank) {
 // decides the same from all of them (agreeOnSetup): a rank that failed alone
 // or disagrees on a setting would otherwise leave the others waiting in
 // ncclCommSplit, or split them with colors that do not match.
-constexpr int kSetupSettings = 30;
+constexpr int kSetupSettings = 31;
 struct SetupVote {
   uint64_t host = 0;   // hostIdentity(), 0 = unreadable
   int32_t result = 0;  // gradcompResult_t of this rank's local set-up

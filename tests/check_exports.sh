@@ -12,7 +12,8 @@ fi
 for s in gradcompGetErrorString gradcompGetLastError gradcompConfigInit gradcompConfigFromEnv \
          gradcompQsgdEncodedBytes gradcompQsgdEncodeHost gradcompQsgdDecodeHost \
          gradcompQsgdEncode gradcompQsgdEncodeEF gradcompQsgdDecode \
-         gradcompQsgdEncodeEFRounding gradcompQsgdEncodeEFRoundingHost gradcompCommCreate \
+         gradcompQsgdEncodeEFRounding gradcompQsgdEncodeEFRoundingHost gradcompQsgdEncodeEFLevels \
+         gradcompQsgdEncodeEFLevelsHost gradcompCommCreate \
          gradcompCommCreateCpu gradcompCommDestroy gradcompAllReduce gradcompAllReduceKeyed \
          gradcompReduceScatter gradcompReduceScatterKeyed \
          gradcompGetStats gradcompCommSaveState gradcompCommLoadState gradcompCommResetState \

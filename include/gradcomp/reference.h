@@ -37,6 +37,14 @@ gradcompResult_t gradcompQsgdEncodeEFRoundingHost(const void* x, ncclDataType_t 
                                                   int bucketSize, uint64_t seed,
                                                   gradcompRounding_t rounding, void* out);
 
+/* gradcompQsgdEncodeEFRoundingHost with the levels named, as the GPU's
+ * gradcompQsgdEncodeEFLevels: the same bytes and residual. */
+gradcompResult_t gradcompQsgdEncodeEFLevelsHost(const void* x, ncclDataType_t datatype,
+                                                float* residual, size_t count, int bits,
+                                                int bucketSize, uint64_t seed,
+                                                gradcompRounding_t rounding,
+                                                gradcompLevels_t levels, void* out);
+
 #ifdef __cplusplus
 }
 #endif

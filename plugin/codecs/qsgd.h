@@ -18,6 +18,8 @@ constexpr size_t kMaxCodecCount = (size_t)1 << 56;
 gradcompResult_t qsgdCheckParams(int bits, int bucketSize);
 // Validates a public codec entry point's rounding (gradcompRounding_t).
 gradcompResult_t qsgdCheckRounding(int rounding);
+// Validates a public codec entry point's levels (gradcompLevels_t).
+gradcompResult_t qsgdCheckLevels(int levels);
 // Validates a codec's element count against kMaxCodecCount.
 gradcompResult_t codecCheckCount(size_t count);
 // The CUDA QSGD kernels launch up to one block per bucket, and a grid holds
@@ -33,8 +35,9 @@ gradcompResult_t dtypeFromNccl(ncclDataType_t t, DType* out);
 namespace host {
 // residual may be null (no error feedback). x may be any of the three types.
 // nearest: round to the nearest level (KeySpec::nearest) instead of drawing.
+// square: square levels (KeySpec::square), each bucket's scale marked.
 void qsgdEncode(const void* x, DType t, float* residual, size_t n, int bits, int bucket,
-                uint64_t key, bool nearest, void* out);
+                uint64_t key, bool nearest, bool square, void* out);
 void qsgdDecode(const void* in, size_t n, int bits, int bucket, float* out, bool accumulate);
 }  // namespace host
 

@@ -5,13 +5,15 @@
 
 extern "C" {
 
-GC_EXPORT gradcompResult_t gradcompQsgdEncodeEFRounding(const void* g, ncclDataType_t datatype,
-                                                        float* residual, size_t count, int bits,
-                                                        int bucketSize, uint64_t seed,
-                                                        gradcompRounding_t rounding, void* out,
-                                                        cudaStream_t stream) {
+GC_EXPORT gradcompResult_t gradcompQsgdEncodeEFLevels(const void* g, ncclDataType_t datatype,
+                                                      float* residual, size_t count, int bits,
+                                                      int bucketSize, uint64_t seed,
+                                                      gradcompRounding_t rounding,
+                                                      gradcompLevels_t levels, void* out,
+                                                      cudaStream_t stream) {
   GC_CHECK(gc::qsgdCheckParams(bits, bucketSize));
   GC_CHECK(gc::qsgdCheckRounding((int)rounding));
+  GC_CHECK(gc::qsgdCheckLevels((int)levels));
   GC_CHECK(gc::codecCheckCount(count));
   GC_CHECK(gc::qsgdCheckDeviceCount(count, bucketSize));
   gc::DType t;
@@ -28,8 +30,18 @@ GC_EXPORT gradcompResult_t gradcompQsgdEncodeEFRounding(const void* g, ncclDataT
   if (residual != nullptr) GC_CHECK(gc::checkDevicePointer(residual, "residual"));
   gc::KeySpec key = gc::plainKey(seed);
   key.nearest = rounding == gradcompRoundNearest;
+  key.square = levels == gradcompLevelsSquare;
   GC_CUDACHECK(gc::cuda::qsgdEncode(g, t, residual, count, bits, bucketSize, key, out, stream));
   return gradcompSuccess;
+}
+
+GC_EXPORT gradcompResult_t gradcompQsgdEncodeEFRounding(const void* g, ncclDataType_t datatype,
+                                                        float* residual, size_t count, int bits,
+                                                        int bucketSize, uint64_t seed,
+                                                        gradcompRounding_t rounding, void* out,
+                                                        cudaStream_t stream) {
+  return gradcompQsgdEncodeEFLevels(g, datatype, residual, count, bits, bucketSize, seed, rounding,
+                                    gradcompLevelsUniform, out, stream);
 }
 
 GC_EXPORT gradcompResult_t gradcompQsgdEncodeEF(const void* g, ncclDataType_t datatype,

@@ -26,6 +26,13 @@ gradcompResult_t qsgdCheckRounding(int rounding) {
   return gradcompSuccess;
 }
 
+gradcompResult_t qsgdCheckLevels(int levels) {
+  GC_ARG(levels == gradcompLevelsUniform || levels == gradcompLevelsSquare,
+         "levels=%d is out of range 0..1 (gradcompLevelsUniform=0, gradcompLevelsSquare=1)",
+         levels);
+  return gradcompSuccess;
+}
+
 gradcompResult_t codecCheckCount(size_t count) {
   GC_ARG(count <= kMaxCodecCount, "count=%zu is out of range 0..%zu", count, kMaxCodecCount);
   return gradcompSuccess;
@@ -62,7 +69,7 @@ gradcompResult_t dtypeFromNccl(ncclDataType_t t, DType* out) {
 namespace host {
 
 void qsgdEncode(const void* x, DType t, float* residual, size_t n, int bits, int bucket,
-                uint64_t key, bool nearest, void* out) {
+                uint64_t key, bool nearest, bool square, void* out) {
   const size_t nb = qsgd::numBuckets(n, bucket);
   unsigned char* scalesOut = static_cast<unsigned char*>(out);
   unsigned char* wordsOut = scalesOut + nb * 4;
@@ -79,19 +86,21 @@ void qsgdEncode(const void* x, DType t, float* residual, size_t n, int bits, int
       if (a > maxBits) maxBits = a;
     }
     const float scale = qsgd::scaleFromMaxBits(maxBits);
-    const float rec = qsgd::reciprocal(scale, qsgd::levels(bits));
+    const float rec = qsgd::reciprocal(scale, qsgd::ratioLevels(qsgd::levels(bits), square));
+    const float stored = qsgd::storedScale(scale, square);
     const bool finite = isFiniteBits(maxBits);
     const size_t nw = qsgd::codeWords(len, bits);
     memset(words.data(), 0, nw * 4);
     for (size_t i = 0; i < len; ++i) {
-      uint32_t code =
-          qsgd::encodeValue(v[i], scale, rec, bits, qsgd::roundingDraw(nearest, key, base + i));
+      uint32_t code = qsgd::encodeValue(v[i], scale, rec, bits,
+                                        qsgd::roundingDraw(nearest, key, base + i), square);
       size_t bit = i * bits;
       words[bit >> 5] |= code << (bit & 31);
       if ((bit & 31) + bits > 32) words[(bit >> 5) + 1] |= code >> (32 - (bit & 31));
-      if (residual && finite) residual[base + i] = fsub(v[i], qsgd::decodeValue(code, scale, bits));
+      if (residual && finite)
+        residual[base + i] = fsub(v[i], qsgd::decodeValue(code, stored, bits));
     }
-    memcpy(scalesOut + b * 4, &scale, 4);
+    memcpy(scalesOut + b * 4, &stored, 4);
     memcpy(wordsOut + base * bits / 8, words.data(), nw * 4);
   }
 }
@@ -120,13 +129,14 @@ GC_EXPORT size_t gradcompQsgdEncodedBytes(size_t count, int bits, int bucketSize
   return gc::qsgd::encodedBytes(count, bits, bucketSize);
 }
 
-GC_EXPORT gradcompResult_t gradcompQsgdEncodeEFRoundingHost(const void* x, ncclDataType_t datatype,
-                                                            float* residual, size_t count, int bits,
-                                                            int bucketSize, uint64_t seed,
-                                                            gradcompRounding_t rounding,
-                                                            void* out) {
+GC_EXPORT gradcompResult_t gradcompQsgdEncodeEFLevelsHost(const void* x, ncclDataType_t datatype,
+                                                          float* residual, size_t count, int bits,
+                                                          int bucketSize, uint64_t seed,
+                                                          gradcompRounding_t rounding,
+                                                          gradcompLevels_t levels, void* out) {
   GC_CHECK(gc::qsgdCheckParams(bits, bucketSize));
   GC_CHECK(gc::qsgdCheckRounding((int)rounding));
+  GC_CHECK(gc::qsgdCheckLevels((int)levels));
   GC_CHECK(gc::codecCheckCount(count));
   gc::DType t = gc::DType::F32;
   GC_CHECK(gc::dtypeFromNccl(datatype, &t));
@@ -136,8 +146,17 @@ GC_EXPORT gradcompResult_t gradcompQsgdEncodeEFRoundingHost(const void* x, ncclD
   GC_ARG(((uintptr_t)out & 3) == 0, "out=%p must be 4-byte aligned (it starts with fp32 scales)",
          out);
   gc::host::qsgdEncode(x, t, residual, count, bits, bucketSize, seed,
-                       rounding == gradcompRoundNearest, out);
+                       rounding == gradcompRoundNearest, levels == gradcompLevelsSquare, out);
   return gradcompSuccess;
+}
+
+GC_EXPORT gradcompResult_t gradcompQsgdEncodeEFRoundingHost(const void* x, ncclDataType_t datatype,
+                                                            float* residual, size_t count, int bits,
+                                                            int bucketSize, uint64_t seed,
+                                                            gradcompRounding_t rounding,
+                                                            void* out) {
+  return gradcompQsgdEncodeEFLevelsHost(x, datatype, residual, count, bits, bucketSize, seed,
+                                        rounding, gradcompLevelsUniform, out);
 }
 
 GC_EXPORT gradcompResult_t gradcompQsgdEncodeTypedHost(const void* x, ncclDataType_t datatype,

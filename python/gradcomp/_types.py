@@ -48,6 +48,8 @@ CONFIG_FIELDS = [
     ("cpuTimeoutSec", ctypes.c_float),
     ("rounding", c_enum),
     ("checkCalls", ctypes.c_int),
+    ("reserved0", ctypes.c_int),
+    ("levels", c_enum),
 ]
 
 # (C name, ctypes type), in the order of gradcompStats_t.
@@ -78,6 +80,7 @@ CHOICES = {
     "valueType": {"float": 7, "half": 6, "bfloat16": 9},
     "bitsMode": {"fixed": 0, "dynamic": 1, "budget": 2},
     "rounding": {"stochastic": 0, "nearest": 1},
+    "levels": {"uniform": 0, "square": 1},
     "localSize": {"auto": 0},
 }
 

@@ -67,17 +67,28 @@ def qsgd_encoded_bytes(count, bits=4, bucket_size=512):
     return n
 
 
-def qsgd_encode(x, bits=4, bucket_size=512, seed=0, residual=None):
+def _choice(field, value):
+    names = T.CHOICES[field]
+    if value not in names:
+        raise InvalidArgumentError(f"{field}={value!r} is not one of {'|'.join(names)}", 1)
+    return names[value]
+
+
+def qsgd_encode(x, bits=4, bucket_size=512, seed=0, residual=None, rounding="stochastic",
+                levels="uniform"):
     """Encodes x (float32/float16/bfloat16); with residual (float32), fused error feedback
-    (residual += x; encode residual; residual -= decode). Returns the wire bytes (uint8)."""
+    (residual += x; encode residual; residual -= decode). Returns the wire bytes (uint8).
+    rounding: "stochastic" or "nearest" (GRADCOMP_ROUNDING); levels: "uniform" or "square"
+    (GRADCOMP_LEVELS; qsgd_decode reads either from the bytes)."""
     np = _np()
+    r, lv = _choice("rounding", rounding), _choice("levels", levels)
     xp, n, t = buffer_info(x, "x")
     rp = None
     if residual is not None:
         rp = _float32_array(residual, "residual", n, writable=True)
     out = np.zeros(qsgd_encoded_bytes(n, bits, bucket_size), np.uint8)
-    check(lib().gradcompQsgdEncodeTypedHost(xp, t, rp, n, bits, bucket_size, seed,
-                                            out.ctypes.data))
+    check(lib().gradcompQsgdEncodeEFLevelsHost(xp, t, rp, n, bits, bucket_size, seed, r, lv,
+                                               out.ctypes.data))
     return out
 
 

@@ -5,7 +5,9 @@ import numbers
 from . import _types as T
 from ._lib import InvalidArgumentError, check, lib
 
-_C_NAME = {T.snake(n): n for n, _ in T.CONFIG_FIELDS if n != "structSize"}
+# Every field but structSize and the reserved padding (gradcompConfig_t.reserved0: unread).
+_C_NAME = {T.snake(n): n for n, _ in T.CONFIG_FIELDS
+           if n != "structSize" and not n.startswith("reserved")}
 _C_TYPE = dict(T.CONFIG_FIELDS)
 _INT_TYPES = (ctypes.c_int, ctypes.c_size_t, ctypes.c_uint64)
 

@@ -95,13 +95,79 @@ inline void encNearest(const void* x, DType t, float* res, size_t n, int bits, i
   memcpy(out + nb * 4, words.data(), words.size() * 4);
 }
 
+// Square levels (GRADCOMP_LEVELS=square), from their description
+// (docs/algorithms.md, "Square levels"): level k of s stands for (k/s)^2 of
+// the bucket's max |v|. With u = |v| s^2 / scale (the shared math's ratio
+// at s^2 levels), the level below is the largest k with k^2 <= u, found by
+// counting up; the draw rounds up when it is below (u - k^2) / (2k + 1), the
+// share of the step to (k+1)^2 that u covers (nearest: the draw is 1/2).
+inline int squareLevel(float u, int s, float draw) {
+  int k = 0;
+  while (k < s && (float)((k + 1) * (k + 1)) <= u) ++k;
+  if (k == s) return s;
+  const float frac = (u - (float)(k * k)) / (float)(2 * k + 1);
+  return k + (draw < frac ? 1 : 0);
+}
+
+// Value of a square bucket's code: sign * (k*k / (s*s)) * |scale|.
+inline float squareValue(uint32_t code, float scale, int bits) {
+  const int s = gc::qsgd::levels(bits);
+  const int k = (int)(code & (uint32_t)s);
+  const float v = (float)(k * k) / (float)(s * s) * fabsf(scale);
+  return (code >> (bits - 1)) & 1u ? -v : v;
+}
+
+// QSGD encode with square levels, serially: per bucket the max-|v| scale,
+// stored with its sign bit set when finite and non-zero; each element's
+// level from squareLevel with the element's draw (uniform24 of the key at
+// its index, or 1/2 for nearest); codes packed as fixed-width QSGD; with a
+// residual, v - squareValue(code) left behind in finite buckets.
+inline void encSquare(const void* x, DType t, float* res, size_t n, int bits, int d, uint64_t key,
+                      bool nearest, uint8_t* out) {
+  const int s = gc::qsgd::levels(bits);
+  const size_t nb = (n + d - 1) / d;
+  std::vector<uint32_t> words((n * bits + 31) / 32, 0u);
+  for (size_t b = 0; b < nb; ++b) {
+    const size_t lo = b * d, hi = std::min(n, lo + d);
+    std::vector<float> v(hi - lo);
+    uint32_t maxBits = 0;
+    for (size_t i = lo; i < hi; ++i) {
+      const float xi = gc::loadAsFloat(x, t, i);
+      v[i - lo] = res ? xi + res[i] : xi;
+      maxBits = std::max(maxBits, gc::floatToBits(v[i - lo]) & 0x7fffffffu);
+    }
+    const float scale = gc::qsgd::scaleFromMaxBits(maxBits);
+    const bool plain = maxBits != 0 && gc::isFiniteBits(maxBits);
+    const float stored = plain ? -scale : scale;
+    memcpy(out + b * 4, &stored, 4);
+    for (size_t i = lo; i < hi; ++i) {
+      uint32_t code = 0;
+      if (plain) {
+        const float u = gc::qsgd::quantRatio(fabsf(v[i - lo]), scale,
+                                             gc::qsgd::reciprocal(scale, s * s), s * s);
+        const int level = squareLevel(u, s, nearest ? 0.5f : gc::uniform24(key, i));
+        code = (level != 0 && signbit(v[i - lo]) ? 1u << (bits - 1) : 0u) | (uint32_t)level;
+      }
+      const size_t bit = i * bits;
+      words[bit / 32] |= code << (bit % 32);
+      if (bit % 32 + bits > 32) words[bit / 32 + 1] |= code >> (32 - bit % 32);
+      if (res && gc::isFiniteBits(maxBits)) res[i] = v[i - lo] - squareValue(code, scale, bits);
+    }
+  }
+  memcpy(out + nb * 4, words.data(), words.size() * 4);
+}
+
 // One QSGD encode as the algorithms do it: stochastic rounding through the
-// C API with `key`, or nearest rounding (key unused) from its rule.
+// C API with `key`, or nearest rounding (key unused) from its rule; square
+// levels from their rule (encSquare), either rounding.
 inline std::vector<uint8_t> enc(const void* x, DType t, float* res, size_t n, int bits, int d,
-                                uint64_t key, bool nearest = false) {
+                                uint64_t key, bool nearest = false, bool square = false) {
   std::vector<uint8_t> out(gradcompQsgdEncodedBytes(n, bits, d) + 4);
-  if (n && nearest) encNearest(x, t, res, n, bits, d, out.data());
-  if (n && !nearest) {
+  if (n && square) {
+    encSquare(x, t, res, n, bits, d, key, nearest, out.data());
+  } else if (n && nearest) {
+    encNearest(x, t, res, n, bits, d, out.data());
+  } else if (n) {
     EXPECT_EQ(gradcompQsgdEncodeTypedHost(x, nccl(t), res, n, bits, d, key, out.data()), 0);
   }
   return out;
@@ -109,6 +175,9 @@ inline std::vector<uint8_t> enc(const void* x, DType t, float* res, size_t n, in
 
 inline bool nearest(const gradcompConfig_t& c) {
   return c.rounding == gradcompRoundNearest;
+}
+inline bool square(const gradcompConfig_t& c) {
+  return c.levels == gradcompLevelsSquare;
 }
 
 inline void dec(const std::vector<uint8_t>& e, size_t n, int bits, int d, float* out, bool acc) {
@@ -145,7 +214,7 @@ inline std::vector<float> refTwoShot(std::vector<Rank>& R, DType t, size_t n,
       float* res = c.errorFeedback ? R[i].residual.data() + lo : nullptr;
       if (j != i) {
         e[i][j] = enc(x.data() + lo, DType::F32, res, len, b, d, gc::deriveKey(c.seed, step, i, j),
-                      nearest(c));
+                      nearest(c), square(c));
       } else {
         own[i].assign(len, 0.0f);
         for (size_t k = 0; k < len; ++k) {
@@ -167,7 +236,7 @@ inline std::vector<float> refTwoShot(std::vector<Rank>& R, DType t, size_t n,
       }
     }
     auto e2 = enc(acc.data(), DType::F32, c.ownerResidual ? R[j].ownerRes.data() : nullptr, len, b,
-                  d, gc::deriveKey(c.seed, step, j, 0x100000000ull), nearest(c));
+                  d, gc::deriveKey(c.seed, step, j, 0x100000000ull), nearest(c), square(c));
     dec(e2, len, b, d, result.data() + lo, false);
   }
   return finish(result, t, avg ? (float)N : 1.0f);
@@ -182,7 +251,7 @@ inline std::vector<float> refRing(std::vector<Rank>& R, DType t, size_t n,
     size_t lo = off[j], len = off[j + 1] - off[j];
     std::vector<float> x = widen(R[j], t, n);
     auto cur = enc(x.data() + lo, DType::F32, c.errorFeedback ? R[j].residual.data() + lo : nullptr,
-                   len, b, d, gc::deriveKey(c.seed, step, j, 0), nearest(c));
+                   len, b, d, gc::deriveKey(c.seed, step, j, 0), nearest(c), square(c));
     for (int hop = 1; hop < N; ++hop) {
       int r = (j + hop) % N;  // receiver; at its step s = hop-1
       std::vector<float> y(len);
@@ -192,13 +261,13 @@ inline std::vector<float> refRing(std::vector<Rank>& R, DType t, size_t n,
       float* res = c.errorFeedback ? R[r].residual.data() + lo : nullptr;
       if (hop < N - 1) {
         cur = enc(y.data(), DType::F32, res, len, b, d, gc::deriveKey(c.seed, step, r, hop),
-                  nearest(c));
+                  nearest(c), square(c));
       } else {
         if (res) {
           for (size_t k = 0; k < len; ++k) y[k] = y[k] + res[k], res[k] = 0.0f;
         }
         auto e2 = enc(y.data(), DType::F32, c.ownerResidual ? R[r].ownerRes.data() : nullptr, len,
-                      b, d, gc::deriveKey(c.seed, step, r, N), nearest(c));
+                      b, d, gc::deriveKey(c.seed, step, r, N), nearest(c), square(c));
         dec(e2, len, b, d, result.data() + lo, false);
       }
     }
@@ -212,7 +281,7 @@ inline std::vector<float> refAllgather(std::vector<Rank>& R, DType t, size_t n,
   std::vector<float> acc(n);
   for (int i = 0; i < N; ++i) {
     auto e = enc(data(R[i], t), t, c.errorFeedback ? R[i].residual.data() : nullptr, n, c.bits,
-                 c.bucketSize, gc::deriveKey(c.seed, step, i, 0), nearest(c));
+                 c.bucketSize, gc::deriveKey(c.seed, step, i, 0), nearest(c), square(c));
     dec(e, n, c.bits, c.bucketSize, acc.data(), i != 0);
   }
   return finish(acc, t, avg ? (float)N : 1.0f);

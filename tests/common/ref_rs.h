@@ -31,7 +31,7 @@ inline std::vector<std::vector<float>> refReduceScatter(std::vector<Rank>& R, DT
       float* res = c.errorFeedback ? R[i].residual.data() + j * m : nullptr;
       if (j != i) {
         e[i][j] = enc(x.data() + j * m, DType::F32, res, m, bits, d,
-                      gc::deriveKey(c.seed, step, i, j), nearest(c));
+                      gc::deriveKey(c.seed, step, i, j), nearest(c), square(c));
         continue;
       }
       for (size_t k = 0; k < m; ++k) {

@@ -39,6 +39,14 @@ inline gradcompConfig_t sparseTestConfig(gradcompMethod_t method) {
   return cfg;
 }
 
+// s of the one-quantization bound scale/s: the widest level step is
+// scale/s for uniform levels and (2s - 1)/s^2 of the scale for square ones
+// (GRADCOMP_LEVELS=square: its top step), which is scale/(s^2 / (2s - 1)).
+inline double boundLevels(const gradcompConfig_t& c) {
+  const double s = gc::qsgd::levels(c.bits);
+  return c.levels == gradcompLevelsSquare ? s * s / (2 * s - 1) : s;
+}
+
 // The dense algorithm the library runs for a QSGD config over `ranks` ranks
 // (auto, and hier between nodes: allgather up to two ranks, else two-shot).
 inline gradcompAlgo_t effectiveAlgo(gradcompAlgo_t algo, int ranks) {
@@ -113,7 +121,7 @@ inline void allReduceBoundTerms(const std::vector<ref::Rank>& in, gc::DType t, s
 // After it: `got` (the result of N ranks) is within q quantizations of the
 // exact sum, each erring by at most (sum of the inputs' bucket max)/s.
 inline void checkAllReduceBound(const std::vector<float>& got, const std::vector<double>& exact,
-                                const std::vector<double>& sumMax, int q, int s, int N, bool avg,
+                                const std::vector<double>& sumMax, int q, double s, int N, bool avg,
                                 gc::DType t, size_t bucket) {
   for (size_t k = 0; k < got.size(); ++k) {
     double bound = q * sumMax[k / bucket] / s;

@@ -27,12 +27,15 @@ using namespace gctest::ref;
 // Runs `steps` calls on the world (in place), checks each against the
 // reference, identity across ranks and the error bound.
 void checkAlgorithm(gradcompAlgo_t algo, int N, DType t, bool avg, size_t n, int steps,
-                    gradcompRounding_t rounding = gradcompRoundStochastic) {
+                    gradcompRounding_t rounding = gradcompRoundStochastic,
+                    gradcompLevels_t levels = gradcompLevelsUniform) {
   SCOPED_TRACE(testing::Message() << "algo=" << algo << " N=" << N << " dtype=" << (int)t
-                                  << " avg=" << avg << " n=" << n << " rounding=" << rounding);
+                                  << " avg=" << avg << " n=" << n << " rounding=" << rounding
+                                  << " levels=" << levels);
   gradcompConfig_t cfg = gctest::qsgdTestConfig();
   cfg.algo = algo;
   cfg.rounding = rounding;
+  cfg.levels = levels;
   gctest::CpuWorld world(N, cfg);
   std::vector<Rank> ref = makeInputs(N, n, t, n + N);
   // What the library reduces in place: the same buffers every step, since
@@ -64,7 +67,7 @@ void checkAlgorithm(gradcompAlgo_t algo, int N, DType t, bool avg, size_t n, int
     // (sum of the inputs' bucket max)/s per element; two-shot quantizes
     // twice, ring N times, allgather once.
     if (N > 1 && step == 0) {
-      const int s = gc::qsgd::levels(cfg.bits);
+      const double s = gctest::boundLevels(cfg);
       const int q = eff == gradcompAlgoTwoShot ? 2 : eff == gradcompAlgoRing ? N : 1;
       ASSERT_NO_FATAL_FAILURE(gctest::checkAllReduceBound(widen(bufs[0], t, n), exact, sumMax, q, s,
                                                           N, avg, t, cfg.bucketSize));
@@ -105,6 +108,19 @@ TEST(AllReduceCpu, NearestRoundingEveryAlgorithm) {
       for (DType t : {DType::F32, DType::BF16})
         for (size_t n : {(size_t)63, (size_t)1000, (size_t)3001})
           checkAlgorithm(algo, N, t, N % 2 == 1, n, 3, gradcompRoundNearest);
+}
+
+// GRADCOMP_LEVELS=square reaches every encode of every algorithm, with
+// either rounding (the reference codes square levels from their rule; a
+// uniform encode anywhere would differ), within the top step's bound.
+TEST(AllReduceCpu, SquareLevelsEveryAlgorithm) {
+  for (gradcompRounding_t rounding : {gradcompRoundStochastic, gradcompRoundNearest})
+    for (gradcompAlgo_t algo :
+         {gradcompAlgoTwoShot, gradcompAlgoRing, gradcompAlgoAllgather, gradcompAlgoAuto})
+      for (int N : {2, 3, 5, 8})
+        for (DType t : {DType::F32, DType::F16, DType::BF16})
+          for (size_t n : {(size_t)63, (size_t)1000, (size_t)3001})
+            checkAlgorithm(algo, N, t, N % 2 == 1, n, 3, rounding, gradcompLevelsSquare);
 }
 
 TEST(AllReduceCpu, AutoPicksAllgatherForTwoRanksTwoShotAbove) {

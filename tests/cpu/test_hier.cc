@@ -39,13 +39,15 @@ gradcompConfig_t baseConfig(int L) {
 // Runs `steps` in-place calls and checks each against the reference, across
 // ranks, and (step 0) against the error bound.
 void checkQsgd(gradcompAlgo_t algo, int N, int L, DType t, bool avg, size_t n, int steps,
-               gradcompRounding_t rounding = gradcompRoundStochastic) {
+               gradcompRounding_t rounding = gradcompRoundStochastic,
+               gradcompLevels_t levels = gradcompLevelsUniform) {
   SCOPED_TRACE(testing::Message() << "algo=" << algo << " N=" << N << " L=" << L
                                   << " dtype=" << (int)t << " avg=" << avg << " n=" << n
-                                  << " rounding=" << rounding);
+                                  << " rounding=" << rounding << " levels=" << levels);
   gradcompConfig_t cfg = baseConfig(L);
   cfg.algo = algo;
   cfg.rounding = rounding;
+  cfg.levels = levels;
   gctest::CpuWorld world(N, cfg);
   const int nodes = N / L;
   const bool hier = nodes >= 2 && L >= 2;
@@ -84,7 +86,7 @@ void checkQsgd(gradcompAlgo_t algo, int N, int L, DType t, bool avg, size_t n, i
     // sums' bucket max being at most the sum of their ranks'. Shards are
     // bucket-aligned, so the buffer's buckets are the shards' buckets.
     if (N > 1 && step == 0) {
-      const int s = gc::qsgd::levels(cfg.bits);
+      const double s = gctest::boundLevels(cfg);
       const int ranks = hier ? nodes : N;
       const int q = eff == gradcompAlgoTwoShot ? 2 : eff == gradcompAlgoRing ? ranks : 1;
       ASSERT_NO_FATAL_FAILURE(gctest::checkAllReduceBound(widen(bufs[0], t, n), exact, sumMax, q, s,
@@ -126,6 +128,20 @@ TEST(HierCpu, NearestRoundingEachInterNodeAlgorithm) {
       for (size_t n : {(size_t)63, (size_t)3001}) {
         checkQsgd(algo, s[0], s[1], DType::F32, false, n, 3, gradcompRoundNearest);
         checkQsgd(algo, s[0], s[1], DType::BF16, true, n, 2, gradcompRoundNearest);
+      }
+}
+
+// The inter-node child comm inherits GRADCOMP_LEVELS=square too.
+TEST(HierCpu, SquareLevelsEachInterNodeAlgorithm) {
+  const int shapes[][2] = {{4, 2}, {6, 3}, {8, 2}};
+  for (auto& s : shapes)
+    for (gradcompAlgo_t algo :
+         {gradcompAlgoTwoShot, gradcompAlgoRing, gradcompAlgoAllgather, gradcompAlgoHier})
+      for (size_t n : {(size_t)63, (size_t)3001}) {
+        checkQsgd(algo, s[0], s[1], DType::F32, false, n, 3, gradcompRoundStochastic,
+                  gradcompLevelsSquare);
+        checkQsgd(algo, s[0], s[1], DType::BF16, true, n, 2, gradcompRoundNearest,
+                  gradcompLevelsSquare);
       }
 }
 

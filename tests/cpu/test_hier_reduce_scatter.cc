@@ -46,12 +46,14 @@ bool hierWorld(int N, int L) {
 // included, stats against their formulas, the first call against the
 // one-quantization bound.
 void checkQsgd(int N, int L, DType t, bool avg, size_t m, int steps, bool inPlace,
-               gradcompRounding_t rounding = gradcompRoundStochastic) {
+               gradcompRounding_t rounding = gradcompRoundStochastic,
+               gradcompLevels_t levels = gradcompLevelsUniform) {
   SCOPED_TRACE(testing::Message() << "N=" << N << " L=" << L << " dtype=" << (int)t
                                   << " avg=" << avg << " m=" << m << " inPlace=" << inPlace
-                                  << " rounding=" << rounding);
+                                  << " rounding=" << rounding << " levels=" << levels);
   gradcompConfig_t cfg = qsgdConfig(L);
   cfg.rounding = rounding;
+  cfg.levels = levels;
   gctest::CpuWorld world(N, cfg);
   const bool hier = hierWorld(N, L);
   const int k = N / L;
@@ -116,7 +118,7 @@ void checkQsgd(int N, int L, DType t, bool avg, size_t m, int steps, bool inPlac
       ASSERT_EQ(memcmp(rs, ref[r].residual.data(), n * 4), 0) << "residual of rank " << r;
       // One quantization: per element, the sum over the encoders of their
       // bucket max / s, plus the output type's rounding.
-      const int s = gc::qsgd::levels(cfg.bits);
+      const double s = gctest::boundLevels(cfg);
       for (size_t e = 0; e < m; ++e) {
         const double ex = exact[r][e], bound = sumMax[r][e / cfg.bucketSize] / s;
         const double err = fabs((double)got[e] * (avg ? N : 1) - ex);
@@ -169,6 +171,17 @@ TEST(HierReduceScatterCpu, NearestRounding) {
       for (DType t : {DType::F32, DType::BF16})
         for (size_t m : {(size_t)7, (size_t)517})
           checkQsgd(N, L, t, N == 6, m, 3, false, gradcompRoundNearest);
+}
+
+TEST(HierReduceScatterCpu, SquareLevels) {
+  for (int N : {4, 6})
+    for (int L : {2, N / 2})
+      for (size_t m : {(size_t)7, (size_t)517}) {
+        checkQsgd(N, L, DType::F32, N == 6, m, 3, false, gradcompRoundStochastic,
+                  gradcompLevelsSquare);
+        checkQsgd(N, L, DType::BF16, N == 4, m, 2, true, gradcompRoundNearest,
+                  gradcompLevelsSquare);
+      }
 }
 
 // DQ-SGD: the bits are chosen by the comm as for the flat reduce-scatter

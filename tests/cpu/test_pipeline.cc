@@ -97,11 +97,13 @@ TEST(PipelineCpu, OffsetEncodeEqualsSliceOfWholeEncode) {
 }
 
 gradcompConfig_t twoShotConfig(size_t pipelineBytes,
-                               gradcompRounding_t rounding = gradcompRoundStochastic) {
+                               gradcompRounding_t rounding = gradcompRoundStochastic,
+                               gradcompLevels_t levels = gradcompLevelsUniform) {
   gradcompConfig_t cfg = gctest::qsgdTestConfig();
   cfg.algo = gradcompAlgoTwoShot;
   cfg.pipelineBytes = pipelineBytes;
   cfg.rounding = rounding;
+  cfg.levels = levels;
   return cfg;
 }
 
@@ -152,14 +154,16 @@ size_t pieceWireBytes(const gc::Chunks& ch, const gc::Pieces& p, int N, int r, i
 // same bytes, and the wire bytes are the sum of the pieces' encodings,
 // which equals the unpipelined count.
 void checkPipelined(int N, DType t, bool avg, size_t n, size_t pieceElems,
-                    gradcompRounding_t rounding = gradcompRoundStochastic) {
+                    gradcompRounding_t rounding = gradcompRoundStochastic,
+                    gradcompLevels_t levels = gradcompLevelsUniform) {
   const int d = 64, bits = 4, steps = 3;
   // pieceElems per chunk: pipelineBytes is the whole call's share as fp32.
   const size_t pipelineBytes = pieceElems * 4 * N;
-  SCOPED_TRACE(testing::Message() << "N=" << N << " dtype=" << (int)t << " avg=" << avg << " n="
-                                  << n << " piece=" << pieceElems << " rounding=" << rounding);
-  gctest::CpuWorld flat(N, twoShotConfig(0, rounding)),
-      piped(N, twoShotConfig(pipelineBytes, rounding));
+  SCOPED_TRACE(testing::Message() << "N=" << N << " dtype=" << (int)t << " avg=" << avg
+                                  << " n=" << n << " piece=" << pieceElems
+                                  << " rounding=" << rounding << " levels=" << levels);
+  gctest::CpuWorld flat(N, twoShotConfig(0, rounding, levels)),
+      piped(N, twoShotConfig(pipelineBytes, rounding, levels));
   const gc::Chunks ch = gc::splitChunks(*piped.comm(0), n, bits);
   const gc::Pieces p = gc::splitPieces(*piped.comm(0), ch);
   ASSERT_GT(p.count, 1u) << "the case must actually pipeline";
@@ -183,7 +187,7 @@ void checkPipelined(int N, DType t, bool avg, size_t n, size_t pieceElems,
     };
     runOn(flat, a);
     runOn(piped, b);
-    gradcompConfig_t rc = twoShotConfig(0, rounding);
+    gradcompConfig_t rc = twoShotConfig(0, rounding, levels);
     rc.bucketSize = d;
     const std::vector<float> expect = refTwoShot(ref = in, t, n, rc, step, avg);
     for (int r = 0; r < N; ++r) {
@@ -230,6 +234,17 @@ TEST(PipelineCpu, TwoShotPipelinedNearestEqualsUnpipelined) {
       for (size_t piece : {64ul, 192ul}) {
         if ((3001 + N - 1) / N <= piece) continue;
         checkPipelined(N, t, N % 2 == 1, 3001, piece, gradcompRoundNearest);
+        if (HasFatalFailure()) return;
+      }
+}
+
+// Square levels: each piece's encode draws what the whole call's draws at
+// the same element (the key's offset), and marks its buckets alike.
+TEST(PipelineCpu, TwoShotPipelinedSquareLevelsEqualsUnpipelined) {
+  for (gradcompRounding_t rounding : {gradcompRoundStochastic, gradcompRoundNearest})
+    for (int N : {2, 3, 5})
+      for (size_t piece : {64ul, 192ul}) {
+        checkPipelined(N, DType::F32, N % 2 == 1, 3001, piece, rounding, gradcompLevelsSquare);
         if (HasFatalFailure()) return;
       }
 }

@@ -32,11 +32,14 @@ using gctest::rsResidual;
 // reference (out of place, or in place at sendbuff + r*m), and the first
 // against the one-quantization bound.
 void checkQsgd(int N, DType t, bool avg, size_t m, int steps, bool inPlace,
-               gradcompRounding_t rounding = gradcompRoundStochastic) {
-  SCOPED_TRACE(testing::Message() << "N=" << N << " dtype=" << (int)t << " avg=" << avg << " m="
-                                  << m << " inPlace=" << inPlace << " rounding=" << rounding);
+               gradcompRounding_t rounding = gradcompRoundStochastic,
+               gradcompLevels_t levels = gradcompLevelsUniform) {
+  SCOPED_TRACE(testing::Message() << "N=" << N << " dtype=" << (int)t << " avg=" << avg
+                                  << " m=" << m << " inPlace=" << inPlace
+                                  << " rounding=" << rounding << " levels=" << levels);
   gradcompConfig_t cfg = gctest::qsgdTestConfig();
   cfg.rounding = rounding;
+  cfg.levels = levels;
   gctest::CpuWorld world(N, cfg);
   const size_t n = N * m;
   std::vector<Rank> ref = makeInputs(N, n, t, 7 * m + N);
@@ -80,7 +83,7 @@ void checkQsgd(int N, DType t, bool avg, size_t m, int steps, bool inPlace,
       // One quantization: the error of block r is at most the sum over the
       // peers of their bucket max / s (plus the output type's rounding).
       if (N > 1) {
-        const int s = gc::qsgd::levels(cfg.bits);
+        const double s = gctest::boundLevels(cfg);
         for (size_t k = 0; k < m; ++k) {
           double ex = exact[r][k];
           for (int i = 0; i < N; ++i) ex += in[i].residual[r * m + k];
@@ -116,6 +119,14 @@ TEST(ReduceScatterCpu, NearestRoundingMatchesReference) {
   for (int N : {2, 3, 5, 8})
     for (DType t : {DType::F32, DType::BF16})
       for (size_t m : kRecvCounts) checkQsgd(N, t, N % 2 == 0, m, 3, m == 7, gradcompRoundNearest);
+}
+
+TEST(ReduceScatterCpu, SquareLevelsMatchReference) {
+  for (gradcompRounding_t rounding : {gradcompRoundStochastic, gradcompRoundNearest})
+    for (int N : {2, 3, 5, 8})
+      for (DType t : {DType::F32, DType::BF16})
+        for (size_t m : kRecvCounts)
+          checkQsgd(N, t, N % 2 == 0, m, 3, m == 7, rounding, gradcompLevelsSquare);
 }
 
 TEST(ReduceScatterCpu, QsgdInPlaceMatchesReference) {

@@ -32,7 +32,7 @@ using gctest::ref::encNearest;
 std::vector<uint8_t> encodeNearest(const void* x, DType t, float* res, size_t n, int bits, int d,
                                    uint64_t key) {
   std::vector<uint8_t> out(gradcompQsgdEncodedBytes(n, bits, d) + 1, 0xAB);
-  gc::host::qsgdEncode(x, t, res, n, bits, d, key, true, out.data());
+  gc::host::qsgdEncode(x, t, res, n, bits, d, key, true, false, out.data());
   EXPECT_EQ(out.back(), 0xAB) << "encoder wrote past encodedBytes";
   out.pop_back();
   return out;
@@ -398,8 +398,8 @@ TEST(RoundingConfig, ConfigOfAnOlderLayoutNeverHasRoundingRead) {
 
   c.structSize = offsetof(gradcompConfig_t, rounding);
   const std::string expect =
-      "config structSize=140 is not the size of a gradcompConfig_t this library (0.4.0) knows "
-      "(120, 128, 136, 144 or 152 bytes): start from gradcompConfigInit, which passes "
+      "config structSize=140 is not the size of a gradcompConfig_t this library (0.5.0) knows "
+      "(120, 128, 136, 144, 152 or 160 bytes): start from gradcompConfigInit, which passes "
       "sizeof(gradcompConfig_t)";
   EXPECT_EQ(gradcompConfigValidate(&c), gradcompInvalidArgument);
   EXPECT_EQ(std::string(gradcompGetLastError()), expect);

@@ -88,6 +88,8 @@ TEST(SetupAgreement, EachSettingIsNamed) {
       // would catch it.
       {"GRADCOMP_ROUNDING (rounding) = 1 while rank 0 has 0",
        [](gradcompConfig_t* c) { c->rounding = gradcompRoundNearest; }},
+      {"GRADCOMP_LEVELS (levels) = 1 while rank 0 has 0",
+       [](gradcompConfig_t* c) { c->levels = gradcompLevelsSquare; }},
       // A rank checking its calls runs an agreement before each call that
       // the others would never join.
       {"GRADCOMP_CHECK_CALLS (checkCalls) = 1 while rank 0 has 0",
@@ -120,13 +122,13 @@ TEST(SetupAgreement, EachSettingIsNamed) {
       // A rank timing NCCL and compression runs calls the others never join.
       {"GRADCOMP_AUTO (autoTune)", [](gradcompConfig_t* c) { c->autoTune = !c->autoTune; }},
   };
-  // Every field of the config is voted on but structSize and cpuTimeoutSec
-  // (a rank's own wait): a field appended must join the vote and the list
-  // above, or be named here as a rank's own.
+  // Every field of the config is voted on but structSize, cpuTimeoutSec (a
+  // rank's own wait) and reserved0 (unread): a field appended must join the
+  // vote and the list above, or be named here as a rank's own.
   static_assert(
-      offsetof(gradcompConfig_t, checkCalls) + sizeof(int) == sizeof(gradcompConfig_t) ||
-          offsetof(gradcompConfig_t, checkCalls) + sizeof(int) + 4 == sizeof(gradcompConfig_t),
-      "checkCalls is no longer the config's last field: vote on the new one");
+      offsetof(gradcompConfig_t, levels) + sizeof(int) == sizeof(gradcompConfig_t) ||
+          offsetof(gradcompConfig_t, levels) + sizeof(int) + 4 == sizeof(gradcompConfig_t),
+      "levels is no longer the config's last field: vote on the new one");
   EXPECT_EQ(sizeof(changes) / sizeof(changes[0]), (size_t)gc::kSetupSettings - 1)
       << "one change per voted setting (the local size is tested above)";
   const gradcompConfig_t base = config(2);

@@ -109,7 +109,7 @@ TEST_F(QsgdGpu, NearestEncodeBitExactWithHostEveryPath) {
           const size_t bytes = gradcompQsgdEncodedBytes(n, bits, d);
           std::vector<uint8_t> encHost(bytes), encRef(bytes);
           gc::host::qsgdEncode(hostIn, dt, withResidual ? rHost.data() : nullptr, n, bits, d, 1234,
-                               true, encHost.data());
+                               true, false, encHost.data());
           gctest::ref::encNearest(hostIn, dt, withResidual ? rRef.data() : nullptr, n, bits, d,
                                   encRef.data());
           ASSERT_EQ(encHost, encRef) << "host codec against the rule";
@@ -129,6 +129,75 @@ TEST_F(QsgdGpu, NearestEncodeBitExactWithHostEveryPath) {
           if (withResidual) {
             auto rDev = dr.download(n);
             ASSERT_EQ(memcmp(rDev.data(), rHost.data(), n * 4), 0);
+          }
+        }
+      }
+    }
+  }
+}
+
+// Square levels (GRADCOMP_LEVELS=square), both roundings: every encode path
+// (block path at 96, each warp-path width, the pipelined variant) gives the
+// serial rule's bytes (ref::encSquare) and residual, with buckets that are
+// not plain (zero, NaN, subnormal); the decode kernels (warp and block path)
+// give the host decode's values of a stream of marked and unmarked buckets.
+TEST_F(QsgdGpu, SquareLevelsBitExactWithTheRuleEveryPath) {
+  for (ncclDataType_t t : {ncclFloat32, ncclBfloat16}) {
+    gc::DType dt = gc::DType::F32;
+    ASSERT_EQ(gc::dtypeFromNccl(t, &dt), gradcompSuccess);
+    const size_t esz = t == ncclFloat32 ? 4 : 2;
+    for (int d : {96, 128, 256, 512, 1024}) {
+      for (int bits : {2, 3, 4, 8}) {
+        for (size_t n : {(size_t)1, (size_t)1000, (size_t)100003}) {
+          for (int nearest = 0; nearest <= 1; ++nearest) {
+            for (int ef = 0; ef <= 1; ++ef) {
+              SCOPED_TRACE(testing::Message()
+                           << "type=" << t << " d=" << d << " bits=" << bits << " n=" << n
+                           << " nearest=" << nearest << " ef=" << ef);
+              std::vector<float> x = gctest::normal(n, 5 * n + bits + d);
+              if (n > 4 * (size_t)d) {
+                std::fill(x.begin(), x.begin() + d, 0.0f);
+                x[d + 1] = NAN;
+                for (size_t i = 2 * (size_t)d; i < 3 * (size_t)d; ++i) x[i] *= 1e-42f;
+              }
+              std::vector<uint16_t> h = narrow(x, t);
+              const void* hostIn = t == ncclFloat32 ? (const void*)x.data() : (const void*)h.data();
+              const std::vector<float> r0 = gctest::normal(n, 77, 0.1f);
+              std::vector<float> rRef = r0;
+              const size_t bytes = gradcompQsgdEncodedBytes(n, bits, d);
+              std::vector<uint8_t> want(bytes);
+              gctest::ref::encSquare(hostIn, dt, ef ? rRef.data() : nullptr, n, bits, d, 4242,
+                                     nearest != 0, want.data());
+              DeviceBuffer<uint8_t> dx(n * esz), denc(bytes);
+              DeviceBuffer<float> dr(n), dout(n);
+              ASSERT_EQ(cudaMemcpy(dx.get(), hostIn, n * esz, cudaMemcpyHostToDevice), cudaSuccess);
+              gc::KeySpec k = gc::plainKey(4242);
+              k.nearest = nearest != 0;
+              k.square = true;
+              for (int piped = 0; piped <= 1; ++piped) {
+                dr.upload(r0);
+                ASSERT_EQ(piped
+                              ? gc::cuda::qsgdEncodePipelined(dx.get(), dt, ef ? dr.get() : nullptr,
+                                                              n, bits, d, k, denc.get(), stream)
+                              : gc::cuda::qsgdEncode(dx.get(), dt, ef ? dr.get() : nullptr, n, bits,
+                                                     d, k, denc.get(), stream),
+                          cudaSuccess);
+                ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+                ASSERT_EQ(denc.download(bytes), want) << "piped=" << piped;
+                if (ef) {
+                  const std::vector<float> rDev = dr.download(n);
+                  ASSERT_EQ(memcmp(rDev.data(), rRef.data(), n * 4), 0) << "piped=" << piped;
+                }
+              }
+              std::vector<float> hostOut(n);
+              ASSERT_EQ(gradcompQsgdDecodeHost(want.data(), n, bits, d, hostOut.data(), 0),
+                        gradcompSuccess);
+              ASSERT_EQ(gc::cuda::qsgdDecode(denc.get(), n, bits, d, dout.get(), false, stream),
+                        cudaSuccess);
+              ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+              const std::vector<float> devOut = dout.download(n);
+              ASSERT_EQ(memcmp(devOut.data(), hostOut.data(), n * 4), 0);
+            }
           }
         }
       }

@@ -198,12 +198,12 @@ class StructMirror(unittest.TestCase):
             with self.assertRaises(gradcomp.GradcompError) as e:
                 _lib._check_config_size(gradcomp.lib())
             self.assertIn(self.refused("config", "gradcompConfig_t", size,
-                                       "120, 128, 136, 144 or 152"), str(e.exception))
+                                       "120, 128, 136, 144, 152 or 160"), str(e.exception))
             self.assertIn("CONFIG_FIELDS", str(e.exception))
             with self.assertRaises(gradcomp.InvalidArgumentError) as e:
                 gradcomp.Config(from_env=False)
             self.assertEqual(str(e.exception), self.refused(
-                "config", "gradcompConfig_t", size, "120, 128, 136, 144 or 152"))
+                "config", "gradcompConfig_t", size, "120, 128, 136, 144, 152 or 160"))
             _types.ConfigStruct = saved[0]
             _types.StatsStruct = AheadStats
             with gradcomp.CpuWorld(1) as w:
@@ -274,7 +274,10 @@ class Version(unittest.TestCase):
 
 class ConfigSettings(unittest.TestCase):
     def test_keywords_cover_every_field(self):
-        self.assertEqual(len(gradcomp.settings()), len(_types.CONFIG_FIELDS) - 1)
+        # Every field but structSize and the unread padding reserved0.
+        self.assertEqual(len(gradcomp.settings()), len(_types.CONFIG_FIELDS) - 2)
+        self.assertNotIn("reserved0", gradcomp.settings())
+        self.assertIn("levels", gradcomp.settings())
         c = gradcomp.Config(from_env=False, method="dgc", bits=3, bucket_size=256, density=0.001,
                             algo="sparse", value_type="half", min_elements=0)
         self.assertEqual((c.method, c.bits, c.bucket_size, c.algo, c.value_type, c.min_elements),
@@ -540,6 +543,35 @@ class Codecs(unittest.TestCase):
                 seg = slice(512 * b, 512 * (b + 1))
                 bound = np.max(np.abs(x[seg])) / s
                 self.assertLessEqual(np.max(np.abs(y[seg] - x[seg])), bound * (1 + 1e-6))
+
+    def test_qsgd_square_levels_and_nearest_rounding(self):
+        # Square levels: the same size, every scale stored negative (the mark), each value
+        # within the top step (2s-1)/s^2 of its bucket's max; nearest rounding draws
+        # nothing (any seed, the same bytes) and errs by at most half that step.
+        x = np.random.RandomState(4).standard_normal(3001).astype(np.float32)
+        for bits in (3, 4, 8):
+            s = 2 ** (bits - 1) - 1
+            nb = (3001 + 511) // 512
+            e = codecs.qsgd_encode(x, bits, 512, seed=3, levels="square")
+            self.assertEqual(e.size, codecs.qsgd_encoded_bytes(x.size, bits, 512))
+            self.assertTrue(np.all(e[:4 * nb].view(np.float32) < 0))
+            y = codecs.qsgd_decode(e, x.size, bits, 512)
+            near = codecs.qsgd_encode(x, bits, 512, seed=9, rounding="nearest", levels="square")
+            self.assertTrue(np.array_equal(
+                near, codecs.qsgd_encode(x, bits, 512, seed=1, rounding="nearest",
+                                         levels="square")))
+            yn = codecs.qsgd_decode(near, x.size, bits, 512)
+            for b in range(nb):
+                seg = slice(512 * b, 512 * (b + 1))
+                top = np.max(np.abs(x[seg])) * (2 * s - 1) / s ** 2
+                self.assertLessEqual(np.max(np.abs(y[seg] - x[seg])), top * (1 + 1e-6))
+                self.assertLessEqual(np.max(np.abs(yn[seg] - x[seg])), top / 2 * (1 + 1e-6))
+        with self.assertRaisesRegex(gradcomp.InvalidArgumentError,
+                                    r"levels='cubic' is not one of uniform\|square"):
+            codecs.qsgd_encode(x, levels="cubic")
+        with self.assertRaisesRegex(gradcomp.InvalidArgumentError,
+                                    r"rounding='up' is not one of stochastic\|nearest"):
+            codecs.qsgd_encode(x, rounding="up")
 
     def test_topk_exact_picks_the_largest(self):
         v = np.random.RandomState(2).standard_normal(10000).astype(np.float32)

@@ -40,7 +40,8 @@ class CpuBackend final : public Backend {
 
   gradcompResult_t qsgdEncode(const void* x, DType t, float* residual, size_t n, int bits,
                               int bucket, const KeySpec& key, void* out) override {
-    host::qsgdEncode(x, t, residual, n, bits, bucket, resolveKey(key), key.nearest, out);
+    host::qsgdEncode(x, t, residual, n, bits, bucket, resolveKey(key), key.nearest, key.square,
+                     out);
     return gradcompSuccess;
   }
   gradcompResult_t qsgdDecode(const void* in, size_t n, int bits, int bucket, float* out,
