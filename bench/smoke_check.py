@@ -942,6 +942,32 @@ def main():
                    (bkt == 128), "%s: the row says when the decode overwrite is estimated (%s)"
                    % (t, note))
 
+    # GRADCOMP_LEVELS=square: every QSGD algorithm's rows say so (JSON, label), are checked
+    # against the top step's bound (no wrong element, every rank's weight 1), and the fixture,
+    # which has no qsgd_encode_ef_square rows, models none of them rather than take the
+    # uniform encode's rate.
+    for algo in ("twoshot", "ring", "allgather"):
+        for rounding in ("stochastic", "nearest"):
+            tag = "levels=square, %s, %s" % (algo, rounding)
+            code, out, rows = run(perf, ["-N", "4", "-b", "256K", "-e", "1M", "-n", "1", "-w", "0",
+                                         "-m", "qsgd", "-a", algo, "-d", "float,bfloat16",
+                                         "--kernel-rates",
+                                         os.path.join(fx, "2030-01-01-test-gpu.json")],
+                                  os.path.join(work, "square-%s-%s.json" % (algo, rounding)),
+                                  env={"GRADCOMP_LEVELS": "square",
+                                       "GRADCOMP_ROUNDING": rounding})
+            expect(code == 0 and len(rows) == 4, "%s: exits 0, a row a size and type" % tag)
+            for r in rows:
+                expect(r.get("levels") == "square" and "levels=square" in r["label"]
+                       and r.get("rounding") == rounding, "%s: the row's settings" % tag)
+                expect(r["wrong"] == 0 and r["algo"] == algo, "%s: checked, 0 wrong" % tag)
+                expect(rounding == "nearest" or r.get("rank_weights_wrong") == 0,
+                       "%s: every rank's input enters with weight 1" % tag)
+                expect(r["model"] == [] and "qsgd_encode_ef" in (r.get("model_missing") or "")
+                       and "square" in (r.get("model_missing") or ""),
+                       "%s: no square rate in the fixture, no model (%s)"
+                       % (tag, r.get("model_missing")))
+
     # A call halfway (log scale) between two report sizes takes the larger size's rates: the
     # fixture's rows at M/2 and 2M have distinct per-element times, the call has M elements.
     ft = os.path.join(work, "fixture-tie", "2030-01-01-tie-gpu")

@@ -64,6 +64,9 @@ struct CheckParams {
   // Index of the first checked element in the input (a reduce-scatter's rank
   // r checks elements r*recvcount...); bucketMax covers the whole input.
   uint64_t offset;
+  // GRADCOMP_LEVELS=square: the widest step is the top one, (s^2 - (s-1)^2)
+  // / s^2 = (2s - 1)/s^2 of the scale, which takes 1/s's place in the bound.
+  bool squareLevels = false;
 };
 
 // Per-rank maxima of |x| over buckets of d elements: bucketMax[r*nb + b].
@@ -103,7 +106,9 @@ GC_HD ElementCheck checkElement(const CheckParams& p, const float* bucketMax, ui
   const double eps = typeEps(p.dtype);
   double codec = 0;
   if (p.kind == BoundKind::Quantized) {
-    codec = window * (pow(1.0 + 1.0 / p.levels, p.quantizations) - 1.0) * (1.0 + 1e-5);
+    const double s = p.levels;
+    const double step = p.squareLevels ? (2.0 * s - 1.0) / (s * s) : 1.0 / s;
+    codec = window * (pow(1.0 + step, p.quantizations) - 1.0) * (1.0 + 1e-5);
   } else if (p.kind == BoundKind::Sparse) {
     codec = absSum * (1.0 + p.wireEps);
   }

@@ -260,6 +260,7 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
         if (p.kind == BoundKind::Quantized) {
           const int bits = s1.bitsLast > 0 ? s1.bitsLast : cfg.bits;
           p.levels = (1 << (bits - 1)) - 1;
+          p.squareLevels = cfg.levels == gradcompLevelsSquare;
           // Hier quantizes as its inter-node algorithm does, on fewer ranks:
           // bounded by the flat count of the configured algorithm (auto: two-shot's 2).
           int qAlgo = row->algoUsed;
@@ -745,6 +746,7 @@ int runHarness(const Options& o, Rank& r) {
         row.bits = cfg.bits;
         row.bucket = cfg.bucketSize;
         row.rounding = cfg.rounding;
+        row.levels = cfg.levels;
         row.density = cfg.density;
         row.nranks = r.nranks();
         row.reduceScatter = rs;

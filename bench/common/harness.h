@@ -42,6 +42,7 @@ struct Row {
   std::string label;  // method with its settings
   int bits = 0, bucket = 0;
   gradcompRounding_t rounding = gradcompRoundStochastic;  // GRADCOMP_ROUNDING
+  gradcompLevels_t levels = gradcompLevelsUniform;        // GRADCOMP_LEVELS
   float density = 0;
   int algoUsed = 0;  // gradcompAlgo_t that ran; 0 = passed through
   // Pipelined calls (GRADCOMP_PIPELINE_BYTES): pieces of the last call (max

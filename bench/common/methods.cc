@@ -40,11 +40,12 @@ std::string methodLabel(const gradcompConfig_t& cfg) {
   char buf[160];
   switch (cfg.method) {
     case gradcompMethodQsgd:
-      // The label names the rounding only when it is not the default, so
-      // the labels of earlier results still match.
-      snprintf(buf, sizeof buf, "qsgd bits=%d bucket=%d ef=%d algo=%s%s", cfg.bits, cfg.bucketSize,
-               cfg.errorFeedback, algoName(cfg.algo),
-               cfg.rounding == gradcompRoundNearest ? " rounding=nearest" : "");
+      // The label names the rounding and the levels only when they are not
+      // the defaults, so the labels of earlier results still match.
+      snprintf(buf, sizeof buf, "qsgd bits=%d bucket=%d ef=%d algo=%s%s%s", cfg.bits,
+               cfg.bucketSize, cfg.errorFeedback, algoName(cfg.algo),
+               cfg.rounding == gradcompRoundNearest ? " rounding=nearest" : "",
+               cfg.levels == gradcompLevelsSquare ? " levels=square" : "");
       break;
     case gradcompMethodTopk:
     case gradcompMethodRandk:
@@ -61,12 +62,14 @@ std::string methodLabel(const gradcompConfig_t& cfg) {
 
 std::string QsgdKernels::encodeName() const {
   std::string name = errorFeedback ? "qsgd_encode_ef" : "qsgd_encode";
-  return rounding == gradcompRoundNearest ? name + "_nearest" : name;
+  if (rounding == gradcompRoundNearest) name += "_nearest";
+  return levels == gradcompLevelsSquare ? name + "_square" : name;
 }
 
 bool QsgdKernels::operator<(const QsgdKernels& o) const {
-  return std::make_tuple(bits, bucket, (int)rounding, errorFeedback, ownerResidual) <
-         std::make_tuple(o.bits, o.bucket, (int)o.rounding, o.errorFeedback, o.ownerResidual);
+  return std::make_tuple(bits, bucket, (int)rounding, (int)levels, errorFeedback, ownerResidual) <
+         std::make_tuple(o.bits, o.bucket, (int)o.rounding, (int)o.levels, o.errorFeedback,
+                         o.ownerResidual);
 }
 
 bool qsgdKernelsOf(const gradcompConfig_t& cfg, QsgdKernels* k, std::string* why) {
@@ -85,6 +88,7 @@ bool qsgdKernelsOf(const gradcompConfig_t& cfg, QsgdKernels* k, std::string* why
   k->bits = cfg.bits;
   k->bucket = cfg.bucketSize;
   k->rounding = cfg.rounding;
+  k->levels = cfg.levels;
   k->errorFeedback = cfg.errorFeedback != 0;
   k->ownerResidual = cfg.ownerResidual != 0;
   return true;

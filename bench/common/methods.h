@@ -32,13 +32,15 @@ int modelLocalSize(const gradcompConfig_t& cfg);
 struct QsgdKernels {
   int bits = 4, bucket = 512;
   gradcompRounding_t rounding = gradcompRoundStochastic;
+  gradcompLevels_t levels = gradcompLevelsUniform;  // GRADCOMP_LEVELS
   bool errorFeedback = true;
   // GRADCOMP_OWNER_RESIDUAL: the owners' re-encodes of reduced chunks run
   // with error feedback (else without).
   bool ownerResidual = false;
   // gradcomp_kernels_perf's name of the encode kernel: qsgd_encode_ef,
   // qsgd_encode_ef_nearest, qsgd_encode (no error feedback) or
-  // qsgd_encode_nearest (no error feedback, nearest: a config refuses it).
+  // qsgd_encode_nearest (no error feedback, nearest: a config refuses it),
+  // with _square appended for square levels (GRADCOMP_LEVELS=square).
   std::string encodeName() const;
   // The owners' re-encode (fp32): the encode with or without error feedback.
   QsgdKernels owner() const {

@@ -112,9 +112,10 @@ bool timeQsgdKernels(int rank_, cudaStream_t stream, const void* x, ncclDataType
   auto encode = [&](const void* in, ncclDataType_t type, const QsgdKernels& q) {
     return timeKernel(rank_, stream,
                       [&](int i) {
-                        ok = ok && gradcompQsgdEncodeEFRounding(
+                        ok = ok && gradcompQsgdEncodeEFLevels(
                                        in, type, q.errorFeedback ? residual : nullptr, count, bits,
-                                       bucket, 7 + i, q.rounding, enc, stream) == gradcompSuccess;
+                                       bucket, 7 + i, q.rounding, q.levels, enc,
+                                       stream) == gradcompSuccess;
                       }) /
            n;
   };

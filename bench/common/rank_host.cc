@@ -45,9 +45,9 @@ bool HostRank::qsgdKernelTimes(gc::DType t, size_t count, const QsgdKernels& k,
   };
   auto encode = [&](const void* x, ncclDataType_t type, const QsgdKernels& q) {
     return perElem([&](int i) {
-      return gradcompQsgdEncodeEFRoundingHost(x, type, q.errorFeedback ? residual.data() : nullptr,
-                                              count, bits, bucket, 7 + i, q.rounding,
-                                              enc.data()) == gradcompSuccess;
+      return gradcompQsgdEncodeEFLevelsHost(x, type, q.errorFeedback ? residual.data() : nullptr,
+                                            count, bits, bucket, 7 + i, q.rounding, q.levels,
+                                            enc.data()) == gradcompSuccess;
     });
   };
   auto decode = [&](int acc) {

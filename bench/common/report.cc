@@ -428,9 +428,10 @@ bool writeJson(const std::string& path, const Options& o, const RunInfo& info,
             r.count, jsonStr(dtypeName(r.dtype)).c_str(), jsonStr(opName(r.op)).c_str());
     fprintf(f,
             "\"method\": %s, \"label\": %s, \"bits\": %d, \"bucket\": %d, \"rounding\": %s, "
-            "\"density\": %s, ",
+            "\"levels\": %s, \"density\": %s, ",
             jsonStr(methodName(r.method)).c_str(), jsonStr(r.label).c_str(), r.bits, r.bucket,
             r.rounding == gradcompRoundNearest ? "\"nearest\"" : "\"stochastic\"",
+            r.levels == gradcompLevelsSquare ? "\"square\"" : "\"uniform\"",
             jsonNum(r.density).c_str());
     fprintf(f, "\"algo\": %s, \"nranks\": %d, \"failed\": %s, \"error\": %s,\n     ",
             jsonStr(r.algoUsed ? algoName(r.algoUsed) : "passthrough").c_str(), r.nranks,
@@ -594,7 +595,7 @@ bool writeCsv(const std::string& path, const Options& o, const std::vector<Row>&
           "host_us,baseline_host_us,pieces,piece_bytes,auto_forced_time_us,auto_nccl_time_us,"
           "model_missing,kernels_measured,kernel_source,encode_us,decode_us,latency_steps,"
           "kernel_note,rank_weight_min,rank_weight_max,rank_weights_wrong,auto_wrong,"
-          "auto_identical,auto_rank_weights_wrong");
+          "auto_identical,auto_rank_weights_wrong,levels");
   for (double g : o.linkGbps)
     fprintf(f, ",model_%gg_us,nccl_model_%gg_us,model_%gg_speedup", g, g, g);
   fprintf(f, "\n");
@@ -643,6 +644,7 @@ bool writeCsv(const std::string& path, const Options& o, const std::vector<Row>&
               count(r.autoRankWeightsWrong).c_str());
     else
       fprintf(f, ",,,");
+    fprintf(f, ",%s", r.levels == gradcompLevelsSquare ? "square" : "uniform");
     for (size_t k = 0; k < o.linkGbps.size(); ++k) {
       if (k < r.model.size())
         fprintf(f, ",%g,%g,%g", r.model[k].gradcompUs, r.model[k].ncclUs, modelSpeedup(r.model[k]));

@@ -5,6 +5,7 @@
 //   QSGD encode + error feedback: reads g (n * type) and r (4n), writes r (4n)
 //   (stochastic rounding, and     and the encoding E(n) = 4*ceil(n/d) + 4*ceil(n*b/32)
 //   _nearest: GRADCOMP_ROUNDING=nearest's kernel;
+//   _square: GRADCOMP_LEVELS=square's;
 //   _pipelined: the same bytes from
 //   a resident grid that loads each
 //   warp's next bucket while it codes)
@@ -90,6 +91,8 @@ struct Args {
 const char* const kKinds[] = {"copy",
                               "encode",
                               "encode_nearest",
+                              "encode_square",
+                              "encode_square_nearest",
                               "encode_no_ef",
                               "encode_pipelined",
                               "decode",
@@ -165,7 +168,8 @@ void usage() {
       "Sizes n = 2^min .. 2^max elements, capped by free GPU memory. --once 1 launches each\n"
       "kernel once (its time is that one launch), for a profiler. --lists: the received slot\n"
       "lists the sparse check reads (the ranks of a sparse allgather). KINDS: comma-separated\n"
-      "from copy, encode, encode_nearest, encode_no_ef, encode_pipelined, decode,\n"
+      "from copy, encode, encode_nearest, encode_square, encode_square_nearest, encode_no_ef,\n"
+      "encode_pipelined, decode,\n"
       "topk_threshold, topk_threshold_min_sample, topk_exact, sparse_checks. The JSON is\n"
       "rewritten after every row, so a run that stops keeps what it measured.\n");
 }
@@ -494,14 +498,21 @@ int main(int argc, char** argv) {
     // pipelined variant of the default encode (gc::cuda::qsgdEncodePipelined:
     // a resident grid, each warp loading its next bucket while it codes; the
     // same bytes), which no call runs yet: its rows decide whether it should.
+    // Square levels (GRADCOMP_LEVELS=square) in both roundings: the same
+    // bytes, one square root more per element.
     struct Variant {
       const char *kind, *kernel;
       gradcompRounding_t rounding;
       bool ef, pipelined;
+      gradcompLevels_t levels = gradcompLevelsUniform;
     };
     const Variant variants[] = {
         {"encode", "qsgd_encode_ef", gradcompRoundStochastic, true, false},
         {"encode_nearest", "qsgd_encode_ef_nearest", gradcompRoundNearest, true, false},
+        {"encode_square", "qsgd_encode_ef_square", gradcompRoundStochastic, true, false,
+         gradcompLevelsSquare},
+        {"encode_square_nearest", "qsgd_encode_ef_nearest_square", gradcompRoundNearest, true,
+         false, gradcompLevelsSquare},
         {"encode_no_ef", "qsgd_encode", gradcompRoundStochastic, false, false},
         {"encode_pipelined", "qsgd_encode_ef_pipelined", gradcompRoundStochastic, true, true}};
     for (const Variant& v : variants) {
@@ -521,8 +532,8 @@ int main(int argc, char** argv) {
                                                            gc::plainKey(seed++), enc, s));
                   return;
                 }
-                gcCheck(gradcompQsgdEncodeEFRounding(g, t, v.ef ? r : nullptr, n, bits, a.bucket,
-                                                     seed++, v.rounding, enc, s),
+                gcCheck(gradcompQsgdEncodeEFLevels(g, t, v.ef ? r : nullptr, n, bits, a.bucket,
+                                                   seed++, v.rounding, v.levels, enc, s),
                         "encode");
               },
               a.once);
