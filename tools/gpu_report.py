@@ -351,6 +351,10 @@ def main():
         "lm_val_loss_rel_delta_qsgd4_d128_hook": lm.get("lm_val_loss_rel_delta_qsgd4_d128_hook"),
         "lm_val_loss_rel_delta_qsgd4_nearest_d128_hook":
             lm.get("lm_val_loss_rel_delta_qsgd4_nearest_d128_hook"),
+        "lm_val_loss_rel_delta_qsgd4_square_nearest_hook":
+            lm.get("lm_val_loss_rel_delta_qsgd4_square_nearest_hook"),
+        "lm_val_loss_rel_delta_qsgd4_square_hook":
+            lm.get("lm_val_loss_rel_delta_qsgd4_square_hook"),
         "lm_val_loss_rel_delta_qsgd4_sgd": lm.get("lm_val_loss_rel_delta_qsgd4_sgd"),
         "lm_val_loss_rel_delta_dgc_sgd": lm.get("lm_val_loss_rel_delta_dgc_sgd"),
         "lm_bytes_ratio_qsgd4_vs_powersgd": lm.get("lm_bytes_ratio_qsgd4_vs_powersgd"),
@@ -503,6 +507,12 @@ def main():
     L.append("| GPT val loss, QSGD 4-bit hook, nearest rounding, buckets of 128 vs uncompressed, "
              "relative | %s | reported | |"
              % fmt(summary["lm_val_loss_rel_delta_qsgd4_nearest_d128_hook"]))
+    L.append("| GPT val loss, QSGD 4-bit hook, square levels, nearest rounding (the goal's bytes) "
+             "vs uncompressed, relative | %s | reported | |"
+             % fmt(summary["lm_val_loss_rel_delta_qsgd4_square_nearest_hook"]))
+    L.append("| GPT val loss, QSGD 4-bit hook, square levels (stochastic) vs uncompressed, "
+             "relative | %s | reported | |"
+             % fmt(summary["lm_val_loss_rel_delta_qsgd4_square_hook"]))
     L.append("| GPT val loss, QSGD 4-bit hook under momentum SGD vs uncompressed momentum SGD, "
              "relative | %s | reported | |" % fmt(summary["lm_val_loss_rel_delta_qsgd4_sgd"]))
     L.append("| GPT val loss, DGC 0.1%% in its setting (momentum SGD, momentum correction) vs "

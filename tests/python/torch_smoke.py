@@ -27,7 +27,8 @@ SKIP = 77
 NEEDS = {"lm_compare": ("torch", "matplotlib"), "torch_hooks": ("torch", "sklearn")}
 CPU_SKIP = "skipped on CPU"
 HOOK_RUNS = ("qsgd4_hook", "qsgd2_hook", "dgc_hook")
-NEAREST_RUNS = ("qsgd4_nearest_d128_hook",)  # GRADCOMP_ROUNDING=nearest reaches the hook
+# GRADCOMP_ROUNDING=nearest and GRADCOMP_LEVELS=square reach the hook
+NEAREST_RUNS = ("qsgd4_nearest_d128_hook", "qsgd4_square_hook")
 SGD_RUNS = ("none_sgd", "qsgd4_sgd_hook", "dgc_sgd_hook")  # DGC in its setting: momentum SGD, momentum correction
 
 
@@ -135,7 +136,8 @@ def check_lm(out_root, build):
     expect(runs.get("qsgd4_preload", "").startswith(CPU_SKIP) and "interposes NCCL" in
            runs["qsgd4_preload"], f"run qsgd4_preload: {runs.get('qsgd4_preload')}")
     expect("lm_val_loss_qsgd4_preload" not in lm, "the preload has a loss though it did not run")
-    for key in ("qsgd4", "dgc", "powersgd", "qsgd4_sgd", "dgc_sgd", "qsgd4_nearest_d128_hook"):
+    for key in ("qsgd4", "dgc", "powersgd", "qsgd4_sgd", "dgc_sgd", "qsgd4_nearest_d128_hook",
+                "qsgd4_square_hook"):
         expect(math.isfinite(lm[f"lm_val_loss_rel_delta_{key}"]), f"{key}: no finite delta")
     # The SGD runs are compared with each other, not with AdamW's uncompressed run.
     sgd = lm["lm_val_loss_none_sgd"]
