@@ -64,11 +64,14 @@ inline uint32_t nearestCode(float v, float scale, int bits) {
   return (sign << (bits - 1)) | (uint32_t)level;
 }
 
-// QSGD encode with nearest rounding, serially: per bucket the max-|v| scale,
-// nearestCode per element, codes packed little-endian at bit i*bits, and
-// with a residual v - decode(code) left behind (v = x + residual).
-inline void encNearest(const void* x, DType t, float* res, size_t n, int bits, int d,
-                       uint8_t* out) {
+// The serial QSGD encode both rules below share: per bucket of d elements the
+// values v = x (+ residual) and their max-|v| scale; the stream holds
+// stored(scale, maxBits) per bucket and code(v, scale, i) per element, packed
+// little-endian at bit i*bits; with a residual, v - value(code, scale) is left
+// behind in finite buckets.
+template <typename Stored, typename Code, typename Value>
+inline void encSerial(const void* x, DType t, float* res, size_t n, int bits, int d, uint8_t* out,
+                      Stored stored, Code code, Value value) {
   const size_t nb = (n + d - 1) / d;
   std::vector<uint32_t> words((n * bits + 31) / 32, 0u);
   for (size_t b = 0; b < nb; ++b) {
@@ -81,22 +84,31 @@ inline void encNearest(const void* x, DType t, float* res, size_t n, int bits, i
       maxBits = std::max(maxBits, gc::floatToBits(v[i - lo]) & 0x7fffffffu);
     }
     const float scale = gc::qsgd::scaleFromMaxBits(maxBits);
-    memcpy(out + b * 4, &scale, 4);
+    const float st = stored(scale, maxBits);
+    memcpy(out + b * 4, &st, 4);
     for (size_t i = lo; i < hi; ++i) {
-      const uint32_t code = nearestCode(v[i - lo], scale, bits);
+      const uint32_t c = code(v[i - lo], scale, i);
       const size_t bit = i * bits;
-      words[bit / 32] |= code << (bit % 32);
-      if (bit % 32 + bits > 32) words[bit / 32 + 1] |= code >> (32 - bit % 32);
-      if (res && gc::isFiniteBits(maxBits)) {
-        res[i] = v[i - lo] - gc::qsgd::decodeValue(code, scale, bits);
-      }
+      words[bit / 32] |= c << (bit % 32);
+      if (bit % 32 + bits > 32) words[bit / 32 + 1] |= c >> (32 - bit % 32);
+      if (res && gc::isFiniteBits(maxBits)) res[i] = v[i - lo] - value(c, scale);
     }
   }
   memcpy(out + nb * 4, words.data(), words.size() * 4);
 }
 
+// QSGD encode with nearest rounding, serially: encSerial with nearestCode per
+// element, the scale stored as it is, decoded by the library's decodeValue.
+inline void encNearest(const void* x, DType t, float* res, size_t n, int bits, int d,
+                       uint8_t* out) {
+  encSerial(
+      x, t, res, n, bits, d, out, [](float scale, uint32_t) { return scale; },
+      [&](float v, float scale, size_t) { return nearestCode(v, scale, bits); },
+      [&](uint32_t c, float scale) { return gc::qsgd::decodeValue(c, scale, bits); });
+}
+
 // Square levels (GRADCOMP_LEVELS=square), from their description
-// (docs/algorithms.md, "Square levels"): level k of s stands for (k/s)^2 of
+// (docs/algorithms.md, "QSGD levels"): level k of s stands for (k/s)^2 of
 // the bucket's max |v|. With u = |v| s^2 / scale (the shared math's ratio
 // at s^2 levels), the level below is the largest k with k^2 <= u, found by
 // counting up; the draw rounds up when it is below (u - k^2) / (2k + 1), the
@@ -117,44 +129,25 @@ inline float squareValue(uint32_t code, float scale, int bits) {
   return (code >> (bits - 1)) & 1u ? -v : v;
 }
 
-// QSGD encode with square levels, serially: per bucket the max-|v| scale,
-// stored with its sign bit set when finite and non-zero; each element's
-// level from squareLevel with the element's draw (uniform24 of the key at
-// its index, or 1/2 for nearest); codes packed as fixed-width QSGD; with a
-// residual, v - squareValue(code) left behind in finite buckets.
+// QSGD encode with square levels, serially: encSerial with the scale stored
+// with its sign bit set when finite and non-zero; each element's level from
+// squareLevel with the element's draw (uniform24 of the key at its index, or
+// 1/2 for nearest); decoded by squareValue.
 inline void encSquare(const void* x, DType t, float* res, size_t n, int bits, int d, uint64_t key,
                       bool nearest, uint8_t* out) {
   const int s = gc::qsgd::levels(bits);
-  const size_t nb = (n + d - 1) / d;
-  std::vector<uint32_t> words((n * bits + 31) / 32, 0u);
-  for (size_t b = 0; b < nb; ++b) {
-    const size_t lo = b * d, hi = std::min(n, lo + d);
-    std::vector<float> v(hi - lo);
-    uint32_t maxBits = 0;
-    for (size_t i = lo; i < hi; ++i) {
-      const float xi = gc::loadAsFloat(x, t, i);
-      v[i - lo] = res ? xi + res[i] : xi;
-      maxBits = std::max(maxBits, gc::floatToBits(v[i - lo]) & 0x7fffffffu);
-    }
-    const float scale = gc::qsgd::scaleFromMaxBits(maxBits);
-    const bool plain = maxBits != 0 && gc::isFiniteBits(maxBits);
-    const float stored = plain ? -scale : scale;
-    memcpy(out + b * 4, &stored, 4);
-    for (size_t i = lo; i < hi; ++i) {
-      uint32_t code = 0;
-      if (plain) {
-        const float u = gc::qsgd::quantRatio(fabsf(v[i - lo]), scale,
-                                             gc::qsgd::reciprocal(scale, s * s), s * s);
+  auto plain = [](uint32_t maxBits) { return maxBits != 0 && gc::isFiniteBits(maxBits); };
+  encSerial(
+      x, t, res, n, bits, d, out,
+      [&](float scale, uint32_t maxBits) { return plain(maxBits) ? -scale : scale; },
+      [&](float v, float scale, size_t i) -> uint32_t {
+        if (!plain(gc::floatToBits(scale))) return 0;
+        const float u =
+            gc::qsgd::quantRatio(fabsf(v), scale, gc::qsgd::reciprocal(scale, s * s), s * s);
         const int level = squareLevel(u, s, nearest ? 0.5f : gc::uniform24(key, i));
-        code = (level != 0 && signbit(v[i - lo]) ? 1u << (bits - 1) : 0u) | (uint32_t)level;
-      }
-      const size_t bit = i * bits;
-      words[bit / 32] |= code << (bit % 32);
-      if (bit % 32 + bits > 32) words[bit / 32 + 1] |= code >> (32 - bit % 32);
-      if (res && gc::isFiniteBits(maxBits)) res[i] = v[i - lo] - squareValue(code, scale, bits);
-    }
-  }
-  memcpy(out + nb * 4, words.data(), words.size() * 4);
+        return (level != 0 && signbit(v) ? 1u << (bits - 1) : 0u) | (uint32_t)level;
+      },
+      [&](uint32_t c, float scale) { return squareValue(c, scale, bits); });
 }
 
 // One QSGD encode as the algorithms do it: stochastic rounding through the
