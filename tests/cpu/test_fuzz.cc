@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include <algorithm>
+#include <cmath>
 #include <chrono>
 #include <functional>
 #include <memory>
@@ -25,6 +26,7 @@
 #include "backends/sparse_ops.h"
 #include "gradcomp.h"
 #include "gradcomp/elias.h"
+#include "gradcomp/reference.h"
 #include "tests/common/cpu_world.h"
 #include "tests/common/guarded.h"
 #include "tests/common/loopback.h"
@@ -126,6 +128,64 @@ TEST(Fuzz, EliasHostDecoder) {
 // increasing and below n. Every call succeeds; a refused list leaves out
 // untouched and is counted (peerSlotsRejected), an accepted one is added
 // slot by slot.
+// Fixed-width QSGD from arbitrary bytes: the scales are any 32-bit patterns
+// (negative ones mark square levels, GRADCOMP_LEVELS=square; -0, NaN and Inf
+// of either sign, subnormals), the codes any bits. Every element decodes by
+// the rule, computed here from the bytes alone: NaN where the scale's
+// magnitude is not finite, else sign * t(level) * |scale| with t the square
+// table (k*k / (s*s)) under a set sign bit and the uniform one (k / s) under
+// a clear one; accumulate adds it.
+TEST(Fuzz, QsgdHostDecoderReadsAnyBytes) {
+  std::mt19937_64 rng(seed(16002));
+  const int iters = iterations(300);
+  const uint32_t special[] = {0x00000000u, 0x80000000u, 0x7f800000u, 0xff800000u, 0x7fc00000u,
+                              0xffc00001u, 0x00000001u, 0x80000001u, 0x7f7fffffu, 0xff7fffffu};
+  for (int it = 0; it < iters; ++it) {
+    const int bits = 2 + (int)(rng() % 7), bucket = 32 * (1 + (int)(rng() % 8));
+    const size_t n = 1 + rng() % 2000, nb = (n + bucket - 1) / bucket;
+    std::vector<uint8_t> enc(gradcompQsgdEncodedBytes(n, bits, bucket));
+    for (uint8_t& b : enc) b = (uint8_t)rng();
+    std::vector<uint32_t> scaleBits(nb);
+    for (size_t b = 0; b < nb; ++b) {
+      if (rng() % 3 == 0) {
+        const uint32_t v = special[rng() % (sizeof(special) / sizeof(special[0]))];
+        memcpy(enc.data() + 4 * b, &v, 4);
+      }
+      memcpy(&scaleBits[b], enc.data() + 4 * b, 4);
+    }
+    const bool acc = rng() % 2 == 0;
+    std::vector<float> out(n, 0.5f);
+    ASSERT_EQ(gradcompQsgdDecodeHost(enc.data(), n, bits, bucket, out.data(), acc ? 1 : 0),
+              gradcompSuccess);
+    const uint32_t* words = reinterpret_cast<const uint32_t*>(enc.data() + 4 * nb);
+    const int s = (1 << (bits - 1)) - 1;
+    for (size_t i = 0; i < n; ++i) {
+      const uint32_t sb = scaleBits[i / bucket], mag = sb & 0x7fffffffu;
+      size_t bit = i * (size_t)bits;
+      uint64_t pair = words[bit / 32];
+      if (bit % 32 + bits > 32) pair |= (uint64_t)words[bit / 32 + 1] << 32;
+      const uint32_t code = (uint32_t)(pair >> (bit % 32)) & ((1u << bits) - 1u);
+      const int k = (int)(code & (uint32_t)s);
+      float magnitude;
+      memcpy(&magnitude, &mag, 4);
+      float want;
+      if (mag >= 0x7f800000u) {
+        want = NAN;
+      } else {
+        const float t = sb >> 31 ? (float)(k * k) / (float)(s * s) : (float)k / (float)s;
+        want = t * magnitude;
+        if (code >> (bits - 1)) want = -want;
+      }
+      if (acc) want = 0.5f + want;
+      if (std::isnan(want)) {
+        ASSERT_TRUE(std::isnan(out[i])) << "it " << it << " i " << i;
+      } else {
+        ASSERT_EQ(out[i], want) << "it " << it << " i " << i << " scale bits " << sb;
+      }
+    }
+  }
+}
+
 TEST(Fuzz, SparseSlotsFromTheWire) {
   std::mt19937_64 rng(seed(16002));
   const uint32_t empty = gc::sparse::kEmptySlot;
