@@ -56,8 +56,9 @@ GC_HD int levelFromRatio(float r, int s, float u) {
 }
 
 // Square levels (GRADCOMP_LEVELS=square): level k stands for (k/s)^2 of the
-// scale instead of k/s, so the steps are finest near zero, where most of a
-// bucket's entries lie, and 2(k+1)/s wide at the top. The ratio a square
+// scale instead of k/s, so the steps, (2k+1)/s^2 of the scale, are finest near
+// zero, where most of a bucket's entries lie, and (2s-1)/s^2 wide at the
+// top. The ratio a square
 // encode works on is u = |x| s^2 / scale in [0, s^2] (quantRatio with s^2
 // levels, ratioLevels): the level below is k = floor(sqrt(u)) (sqrtf, then
 // corrected to the exact integer: k*k and s*s are exact in float), and the
