@@ -53,7 +53,12 @@ rank_env() {
 # about 230 comms splits two sub-communicators, so it is the run most likely to be
 # cut short by the step's limit; the flat N = 4 world, whose code paths the
 # N = 2 world mostly shares, takes what is left.
-for run in 2:0 4:2 4:0; do
+# GC_MULTIRANK_RUNS and GC_MULTIRANK_ABORT_RUNS pick the worlds (N:L, as below) for a
+# quick rerun of what a fix touched, e.g. GC_MULTIRANK_RUNS=2:0 GC_MULTIRANK_ABORT_RUNS=none.
+runs=${GC_MULTIRANK_RUNS:-2:0 4:2 4:0}
+abort_runs=${GC_MULTIRANK_ABORT_RUNS:-2:0 4:2}
+[ "$abort_runs" = none ] && abort_runs=""
+for run in $runs; do
   n=${run%%:*}; local_size=${run##*:}
   tag=n$n; [ "$local_size" != 0 ] && tag=hier_n$n
   idfile=$(mktemp -u /tmp/gc_ncclid.XXXXXX)
@@ -112,7 +117,7 @@ done
 # call; every survivor must come back from ncclCommAbort + gradcompCommAbort.
 # The binary's own watchdog fails a hung rank after 60 s; timeout is the backstop.
 abort_pass=0; abort_fail=0
-for run in 2:0 4:2; do
+for run in $abort_runs; do
   n=${run%%:*}; local_size=${run##*:}
   idfile=$(mktemp -u /tmp/gc_ncclid.XXXXXX)
   limit=$(run_limit 90)
@@ -150,6 +155,8 @@ J
   echo "### Multi-process NCCL tests (gradcompAllReduce, CUDA backend)"
   echo
   [ "$ngpu" -lt 4 ] && echo "Ranks share $ngpu GPU(s) with a distinct NCCL_HOSTID each (socket transport)."
+  echo
+  echo "Worlds (N:GRADCOMP_LOCAL_SIZE): $runs; abort worlds: ${abort_runs:-none}."
   echo
   echo "$lines"
   echo "Total: $total_pass passed, $total_fail failed (of which reduce-scatter: $rs_pass passed, $rs_fail failed)"

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "gradcomp.h"
+#include "tests/common/state_blob.h"
 
 namespace gctest {
 
@@ -54,37 +55,10 @@ inline std::vector<uint8_t> savedState(gradcompComm_t c) {
   return s;
 }
 
-// savedState without GRADCOMP_AUTO's figures record (plugin/state.cc, tag
-// 2), re-sealed: the buffers' states alone, for tests that compare those
-// between comms that did and did not time.
+// savedState without GRADCOMP_AUTO's figures record (withoutAutoFigures):
+// the buffers' states alone.
 inline std::vector<uint8_t> savedBufferState(gradcompComm_t c) {
-  const std::vector<uint8_t> s = savedState(c);
-  const size_t header = 48 + 4 * 16;
-  if (s.size() < header) return s;
-  std::vector<uint8_t> out(s.begin(), s.begin() + header);
-  uint64_t records = 0, kept = 0;
-  memcpy(&records, s.data() + 40, 8);
-  size_t at = header;
-  for (uint64_t i = 0; i < records && at + 16 <= s.size(); ++i) {
-    uint32_t tag = 0;
-    uint64_t bytes = 0;
-    memcpy(&tag, s.data() + at, 4);
-    memcpy(&bytes, s.data() + at + 8, 8);
-    if (bytes < 16 || bytes > s.size() - at) return s;
-    if (tag != 2) out.insert(out.end(), s.begin() + at, s.begin() + at + bytes), ++kept;
-    at += bytes;
-  }
-  const uint64_t total = out.size();
-  memcpy(out.data() + 16, &total, 8);
-  memcpy(out.data() + 40, &kept, 8);
-  uint32_t crc = ~0u;  // CRC32C with its own field (bytes 12..15) as zero
-  for (size_t i = 0; i < out.size(); ++i) {
-    crc ^= (i >= 12 && i < 16) ? 0u : out[i];
-    for (int k = 0; k < 8; ++k) crc = (crc >> 1) ^ (0x82F63B78u & (0u - (crc & 1u)));
-  }
-  crc = ~crc;
-  memcpy(out.data() + 12, &crc, 4);
-  return out;
+  return withoutAutoFigures(savedState(c));
 }
 
 }  // namespace gctest

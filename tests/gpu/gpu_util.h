@@ -81,7 +81,9 @@ class DeviceBuffer {
 
 // Holds a stream at a host function until open(); at the end of its scope it
 // opens and drains the device, whatever failed, so that later tests never
-// hang behind a held stream.
+// hang behind a held stream. Launch every kernel the held section launches
+// once before hold(): CUDA loads a kernel at its first launch (lazy loading,
+// the default), and the load may wait for the device, held stream included.
 class StreamGate {
  public:
   StreamGate() = default;

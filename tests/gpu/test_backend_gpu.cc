@@ -140,6 +140,14 @@ TEST_F(BackendGpu, CallOnAnotherStreamWaitsForTheLastCall) {
   gctest::StreamGate gate;  // whatever fails below, released before the buffers go
   uint64_t* step = nullptr;
   ASSERT_EQ(cudaMallocHost(&step, sizeof(*step)), cudaSuccess);
+  // The step kernel once before any stream is held: CUDA loads a kernel at
+  // its first launch (lazy loading, the default), which may wait for the
+  // whole device, the held stream included, and only this thread opens it.
+  ASSERT_EQ(gpu->advanceStep(), gradcompSuccess);
+  ASSERT_EQ(gpu->sync(), gradcompSuccess);
+  ASSERT_EQ(cudaMemcpy(step, gpu->deviceStep(), sizeof(*step), cudaMemcpyDeviceToHost),
+            cudaSuccess);
+  const uint64_t base = *step;
   cudaStream_t streams[2] = {stream, other};
   for (int round = 0; round < 2; ++round) {
     SCOPED_TRACE(testing::Message() << "round " << round);
@@ -162,7 +170,7 @@ TEST_F(BackendGpu, CallOnAnotherStreamWaitsForTheLastCall) {
         << "the second stream ran ahead of the call held on the first";
     gate.open();
     ASSERT_EQ(cudaStreamSynchronize(second), cudaSuccess);
-    EXPECT_EQ(*step, (uint64_t)(2 * round + 1));  // each round advances twice
+    EXPECT_EQ(*step, base + 2 * round + 1);  // each round advances twice
     EXPECT_EQ(c.download(n), x);
     ASSERT_EQ(gpu->advanceStep(), gradcompSuccess);
     gpu->markCallEnd();
@@ -277,6 +285,10 @@ TEST_F(BackendGpu, JoinOrdersASideLaneBackIntoTheCallersStream) {
   DeviceBuffer<float> a(n), b(n);
   a.upload(x);
   using B = gc::Backend;
+  // The add kernel once before the comm stream is held: its first launch
+  // loads it (lazy loading), which may wait for the held stream.
+  ASSERT_EQ(gpu->add(b.get(), a.get(), n), gradcompSuccess);
+  ASSERT_EQ(gpu->sync(), gradcompSuccess);
   gctest::StreamGate gate;
   auto chain = [&](bool held) {
     EXPECT_EQ(gpu->record(B::kComputeLane, 0), gradcompSuccess);
