@@ -425,6 +425,62 @@ __global__ void __launch_bounds__(kWarpThreads, 4)
   }
 }
 
+// A plain bucket's decode (whole, its output 16-byte aligned, its scale
+// finite): a table of the value of every code (2^bits of them, sign
+// included), which the warp fills from the block's level table (decodePlain:
+// the level times the scale, negated when the sign bit is set, so the same
+// bits), then one shared-memory load per element instead of the general
+// path's level lookup, multiply, negation and per-element finiteness test;
+// no bounds checks, and one 32-bit word per lane and row where a lane's
+// codes lie in one word (bits 2, 4, 8).
+template <int R>
+__device__ __forceinline__ void decodePlainBucket(const uint32_t* __restrict__ words,
+                                                  size_t bucketWord, size_t totalWords, int bits,
+                                                  const float* levelTable, float scale,
+                                                  float* codeTable, size_t base,
+                                                  float* __restrict__ out, bool accumulate,
+                                                  int lane) {
+  const int s = qsgd::levels(bits);
+  const uint32_t codes = 1u << bits;
+  for (uint32_t c = lane; c < codes; c += 32) {
+    codeTable[c] = qsgd::decodePlain(c, levelTable[c & (uint32_t)s], scale, bits);
+  }
+  __syncwarp();
+  const int cb = 4 * bits;
+  const uint32_t mask = cb == 32 ? 0xffffffffu : (1u << cb) - 1u;
+  const uint32_t codeMask = codes - 1u;
+  const int bit = lane * cb;
+  const int sh = bit & 31;
+  uint32_t chunk[R];
+  if ((bits & (bits - 1)) == 0) {  // bits 2, 4, 8: cb divides 32
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      chunk[r] = (words[bucketWord + (size_t)r * cb + (bit >> 5)] >> sh) & mask;
+    }
+  } else {
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const size_t w0 = bucketWord + (size_t)r * cb + (bit >> 5);
+      uint64_t pair = words[w0];
+      if (sh + cb > 32 && w0 + 1 < totalWords) pair |= (uint64_t)words[w0 + 1] << 32;
+      chunk[r] = (uint32_t)(pair >> sh) & mask;
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const size_t i = base + r * kRow + lane * 4;
+    float d[4];
+#pragma unroll
+    for (int c = 0; c < 4; ++c) d[c] = codeTable[(chunk[r] >> (c * bits)) & codeMask];
+    if (accumulate) {
+      const float4 o = *reinterpret_cast<const float4*>(out + i);
+      d[0] = fadd(o.x, d[0]), d[1] = fadd(o.y, d[1]), d[2] = fadd(o.z, d[2]);
+      d[3] = fadd(o.w, d[3]);
+    }
+    *reinterpret_cast<float4*>(out + i) = make_float4(d[0], d[1], d[2], d[3]);
+  }
+}
+
 template <int R>
 __global__ void __launch_bounds__(kWarpThreads)
     qsgdDecodeWarpKernel(const float* __restrict__ scales, const uint32_t* __restrict__ words,
@@ -432,6 +488,7 @@ __global__ void __launch_bounds__(kWarpThreads)
                          bool alignedOut) {
   constexpr int kBucket = kRow * R;
   __shared__ float levelTables[2 * kLevelTable];
+  __shared__ float codeTables[kWarpsPerBlock][2 * kLevelTable];
   const int s = qsgd::levels(bits);
   fillDecodeTables(levelTables, s);
   const int lane = threadIdx.x & 31;
@@ -444,9 +501,14 @@ __global__ void __launch_bounds__(kWarpThreads)
   const float* levelTable = decodeTable(levelTables, stored);
   const float scale = qsgd::scaleMagnitude(stored);
   const size_t totalWords = qsgd::codeWords(n, bits);
+  const size_t bucketWord = base * bits >> 5;
+  if (vec && isFiniteBits(floatToBits(scale))) {
+    decodePlainBucket<R>(words, bucketWord, totalWords, bits, levelTable, scale,
+                         codeTables[threadIdx.x >> 5], base, out, accumulate, lane);
+    return;
+  }
   const int cb = 4 * bits;
   const uint32_t mask = cb == 32 ? 0xffffffffu : (1u << cb) - 1u;
-  const size_t bucketWord = base * bits >> 5;
 #pragma unroll
   for (int r = 0; r < R; ++r) {
     const size_t i = base + r * kRow + lane * 4;
