@@ -103,7 +103,7 @@ typedef struct {
   /* sparse methods */
   float density;            /* GRADCOMP_DENSITY [1e-6, 1], default 0.01 */
   float oversample;         /* GRADCOMP_OVERSAMPLE c in kmax = ceil(c*density*n), default 2 */
-  float sampleRate;         /* GRADCOMP_SAMPLE_RATE share of |v| sampled, default 0.01 */
+  float sampleRate;         /* GRADCOMP_SAMPLE_RATE share of |v| sampled, default 1e-4 */
   gradcompSelect_t select;  /* GRADCOMP_SELECT threshold|exact */
   ncclDataType_t valueType; /* GRADCOMP_VALUE_TYPE float|half|bfloat16 on the wire */
   /* DGC extras */

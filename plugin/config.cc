@@ -52,8 +52,9 @@ static const ParamSpec kParams[] = {
      "sparse methods: share of elements sent (k = density*n)"},
     {"GRADCOMP_OVERSAMPLE", ParamKind::Float, GC_FIELD(oversample), 1, 16, nullptr, "2",
      "threshold top-k: kmax = ceil(oversample*density*n) fixed slots"},
-    {"GRADCOMP_SAMPLE_RATE", ParamKind::Float, GC_FIELD(sampleRate), 1e-4, 1, nullptr, "0.01",
-     "threshold top-k: share of |v| sampled to estimate the threshold"},
+    {"GRADCOMP_SAMPLE_RATE", ParamKind::Float, GC_FIELD(sampleRate), 1e-4, 1, nullptr, "0.0001",
+     "threshold top-k: share of |v| sampled to estimate the threshold (at least 1024 and "
+     "64/density entries)"},
     {"GRADCOMP_SELECT", ParamKind::Choice, GC_FIELD(select), 0, 0, "threshold=0|exact=1",
      "threshold", "top-k selector: DGC threshold sampling or exact radix select"},
     {"GRADCOMP_VALUE_TYPE", ParamKind::Choice, GC_FIELD(valueType), 0, 0,
@@ -375,7 +376,7 @@ void configDefaults(gradcompConfig_t* c) {
   c->ownerResidual = 1;
   c->density = 0.01f;
   c->oversample = 2.0f;
-  c->sampleRate = 0.01f;
+  c->sampleRate = 1e-4f;  // the sample floor: docs/sparse.md, "the sample"
   c->select = gradcompSelectThreshold;
   c->valueType = ncclFloat32;
   c->momentum = 0.9f;

@@ -114,7 +114,7 @@ def topk_slots(n, density=0.01, oversample=2.0, exact=False):
     return k.value
 
 
-def topk_select(v, density=0.01, oversample=2.0, sample_rate=0.01, exact=False, seed=0):
+def topk_select(v, density=0.01, oversample=2.0, sample_rate=1e-4, exact=False, seed=0):
     """Indices (uint32) the top-k selector picks on float32 v (threshold or exact)."""
     np = _np()
     vp, n, t = buffer_info(v, "v")
