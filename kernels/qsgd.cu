@@ -215,12 +215,15 @@ __device__ __forceinline__ void storeRow(uint32_t chunk, int bits, int lane, int
 // (qsgd::plainBucket: finite non-zero scale, usable reciprocal), so each
 // element is coded and decoded without encodeValue's and decodeWithLevel's
 // checks, which give the same bits for such a bucket.
+// On the plain path `codeTable` holds the decoded value of every code
+// (decodePlain, filled by codeBucket), so an element's new residual is one
+// shared load and a subtraction.
 template <int R, bool kNearest, bool kSquare, bool kPlain>
 __device__ __forceinline__ void codeRows(const float (&v)[R][4], float* __restrict__ residual,
                                          size_t n, int bits, uint64_t key, const float* levelTable,
-                                         float scale, float rec, bool finite,
-                                         uint32_t* __restrict__ bucketWords, size_t base,
-                                         size_t len, int lane, bool full) {
+                                         const float* codeTable, float scale, float rec,
+                                         bool finite, uint32_t* __restrict__ bucketWords,
+                                         size_t base, size_t len, int lane, bool full) {
   const int s = qsgd::levels(bits);
   const int rowWords = 4 * bits;
 #pragma unroll
@@ -239,9 +242,9 @@ __device__ __forceinline__ void codeRows(const float (&v)[R][4], float* __restri
                       : qsgd::encodeValue(v[r][c], scale, rec, bits, u, kSquare);
       }
       chunk |= code << (c * bits);
-      const float level = levelTable[code & (uint32_t)s];
-      res[c] = fsub(v[r][c], kPlain ? qsgd::decodePlain(code, level, scale, bits)
-                                    : qsgd::decodeWithLevel(code, level, scale, bits));
+      res[c] = fsub(v[r][c], kPlain ? codeTable[code]
+                                    : qsgd::decodeWithLevel(code, levelTable[code & (uint32_t)s],
+                                                            scale, bits));
     }
     if (residual && (kPlain || finite)) store4(residual, i, full, n, res);
     const size_t rowStart = r * kRow;
@@ -296,11 +299,21 @@ __device__ __forceinline__ void codeBucket(const float (&v)[R][4], float* __rest
   // (a tail bucket, or misaligned pointers) codes on the checked path too:
   // rare, and not worth the registers of a third copy.
   if (full && qsgd::plainBucket(scale, rec)) {
-    codeRows<R, kNearest, kSquare, true>(v, residual, n, bits, key, levelTable, scale, rec, finite,
-                                         bucketWords, base, len, lane, full);
+    // Every code's value (the warp's own table; the syncs keep a warp that
+    // codes several buckets from refilling it while a lane still reads it).
+    __shared__ float codeTables[kWarpsPerBlock][2 * kLevelTable];
+    float* codeTable = codeTables[threadIdx.x >> 5];
+    const uint32_t s = (uint32_t)qsgd::levels(bits);
+    __syncwarp();
+    for (uint32_t c = lane; c < (1u << bits); c += 32) {
+      codeTable[c] = qsgd::decodePlain(c, levelTable[c & s], scale, bits);
+    }
+    __syncwarp();
+    codeRows<R, kNearest, kSquare, true>(v, residual, n, bits, key, levelTable, codeTable, scale,
+                                         rec, finite, bucketWords, base, len, lane, full);
   } else {
-    codeRows<R, kNearest, kSquare, false>(v, residual, n, bits, key, levelTable, scale, rec, finite,
-                                          bucketWords, base, len, lane, full);
+    codeRows<R, kNearest, kSquare, false>(v, residual, n, bits, key, levelTable, nullptr, scale,
+                                          rec, finite, bucketWords, base, len, lane, full);
   }
 }
 
