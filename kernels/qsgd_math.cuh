@@ -69,7 +69,13 @@ GC_HD int levelFromRatio(float r, int s, float u) {
 GC_HD int squareLevelFromU(float u, int s, float draw) {
   if (!(u < (float)(s * s))) return s;
 #if defined(__CUDA_ARCH__)
-  int k = (int)__fsqrt_rn(u);
+  // The approximate root (one MUFU.SQRT; IEEE's __fsqrt_rn is about eight
+  // instructions and a branch) errs by a few ulp, far below 1 for roots
+  // below 128: its integer part is off by at most one, which the two steps
+  // below correct, so k is the host's.
+  float root;
+  asm("sqrt.approx.f32 %0, %1;" : "=f"(root) : "f"(u));
+  int k = (int)root;
 #else
   int k = (int)__builtin_sqrtf(u);
 #endif
