@@ -148,15 +148,6 @@ __global__ void settleKernel(float* __restrict__ v, const float* __restrict__ ke
   }
 }
 
-// Every thread that finds a non-finite v writes the same NaN: the result
-// does not depend on which one writes last.
-__global__ void nonFiniteFlagKernel(const float* __restrict__ v, size_t n, float* flag) {
-  for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
-       i += (size_t)gridDim.x * blockDim.x) {
-    if (!isFiniteBits(sparse::absKey(v[i]))) *flag = sparse::nonFiniteFlag(v[i]);
-  }
-}
-
 __global__ void applyFlagKernel(float* __restrict__ val, size_t k, const float* __restrict__ flag) {
   const float f = *flag;
   for (size_t j = (size_t)blockIdx.x * blockDim.x + threadIdx.x; j < k;
@@ -239,6 +230,27 @@ __device__ __forceinline__ void loadKeys(const float* __restrict__ v, size_t n, 
   }
 #pragma unroll
   for (int i = 0; i < kItems; ++i) keys[i] = base + i < n ? absKey(v[base + i]) : 0u;
+}
+
+// Every thread that finds a non-finite v writes the same NaN
+// (sparse::nonFiniteFlag of any non-finite value): the result does not depend
+// on which one writes last. kItems keys a thread per tile, 16-byte loads when
+// `vec`, so that each thread has 64 bytes in flight (one 4-byte load at a
+// time read v at half a copy's rate on the H200).
+__global__ void __launch_bounds__(kThreads)
+    nonFiniteFlagKernel(const float* __restrict__ v, size_t n, bool vec, float* flag) {
+  bool bad = false;
+  const size_t stride = (size_t)gridDim.x * kTile;
+  for (size_t base = (size_t)blockIdx.x * kTile + (size_t)threadIdx.x * kItems; base < n;
+       base += stride) {
+    uint32_t keys[kItems];
+    loadKeys(v, n, base, vec, keys);  // 0 past n: finite
+    uint32_t top = 0;
+#pragma unroll
+    for (int i = 0; i < kItems; ++i) top = max(top, keys[i]);
+    bad |= top >= 0x7f800000u;
+  }
+  if (bad) *flag = canonicalNaN();
 }
 
 // Counts a thread's keys above the rule and equal to its tie key, up to n,
@@ -508,7 +520,10 @@ cudaError_t sparseSettle(float* v, const float* keep, float* u, size_t n, bool c
 cudaError_t sparseNonFiniteFlag(const float* v, size_t n, float* flag, cudaStream_t s) {
   cudaError_t err = cudaMemsetAsync(flag, 0, sizeof(float), s);
   if (err != cudaSuccess || n == 0) return err;
-  nonFiniteFlagKernel<<<blocksFor(n), kThreads, 0, s>>>(v, n, flag);
+  const size_t tiles = (n + kTile - 1) / kTile;
+  const bool vec = (reinterpret_cast<uintptr_t>(v) & 15) == 0;
+  nonFiniteFlagKernel<<<(unsigned)(tiles < 65536 ? tiles : 65536), kThreads, 0, s>>>(v, n, vec,
+                                                                                     flag);
   return cudaGetLastError();
 }
 

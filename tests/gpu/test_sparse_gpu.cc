@@ -91,6 +91,53 @@ TEST_F(SparseGpu, AccumulateEqualsHost) {
 // finite g. Here g is finite, in each input type, and its norm is far above
 // the threshold, so v = s*g with s < 1 shows the device's norm bit for bit
 // (no momentum, no v in: v is s*g itself).
+// Rand-k's non-finite flag (16-byte loads of kItems per thread when v is
+// aligned, one element at a time otherwise): the host's flag for a NaN or an
+// Inf at the first, a middle and the last element, or none, at every
+// alignment of v, counts below one load, of whole tiles and with a tail;
+// and past the grid's 65536 tiles, where each thread reads a second tile.
+TEST_F(SparseGpu, NonFiniteFlagAnyPositionAlignmentAndPass) {
+  const float specials[] = {std::numeric_limits<float>::quiet_NaN(),
+                            -std::numeric_limits<float>::infinity()};
+  for (size_t n : {(size_t)1, (size_t)3, (size_t)4096, (size_t)4096 * 3 + 5, (size_t)70001}) {
+    for (size_t off = 0; off < 4; ++off) {
+      for (int where = 0; where < 4; ++where) {  // none, first, middle, last
+        for (float special : specials) {
+          SCOPED_TRACE(testing::Message() << "n=" << n << " offset=" << off << " where=" << where
+                                          << " special=" << special);
+          std::vector<float> v = gctest::normal(n, 17 + n);
+          if (where > 0) v[where == 1 ? 0 : where == 2 ? n / 2 : n - 1] = special;
+          DeviceBuffer<float> dv(n + 4), dflag(1);
+          dv.upload(v, off);
+          float flag = 1.0f;
+          gc::host::sparseNonFiniteFlag(v.data(), n, &flag);
+          ASSERT_EQ(gc::cuda::sparseNonFiniteFlag(dv.get(off), n, dflag.get(), stream),
+                    cudaSuccess);
+          ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+          ASSERT_EQ(memcmp(dflag.download(1).data(), &flag, 4), 0);
+          if (where == 0) break;  // one special is enough when there is none
+        }
+      }
+    }
+  }
+  // 2^28 + 4097 zeros (1 GiB, filled on the device) with an Inf only in the
+  // last element, which the second pass of the grid-stride loop reads.
+  const size_t big = ((size_t)1 << 28) + 4097;
+  DeviceBuffer<float> dv(big), dflag(1);
+  ASSERT_EQ(cudaMemset(dv.get(), 0, big * 4), cudaSuccess);
+  ASSERT_EQ(gc::cuda::sparseNonFiniteFlag(dv.get(), big, dflag.get(), stream), cudaSuccess);
+  ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+  EXPECT_EQ(dflag.download(1)[0], 0.0f);
+  const float inf = std::numeric_limits<float>::infinity();
+  ASSERT_EQ(cudaMemcpy(dv.get(big - 1), &inf, 4, cudaMemcpyHostToDevice), cudaSuccess);
+  ASSERT_EQ(gc::cuda::sparseNonFiniteFlag(dv.get(), big, dflag.get(), stream), cudaSuccess);
+  ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+  std::vector<float> one = {inf};
+  float want = 1.0f;
+  gc::host::sparseNonFiniteFlag(one.data(), 1, &want);  // the canonical NaN
+  EXPECT_EQ(memcmp(dflag.download(1).data(), &want, 4), 0);
+}
+
 TEST_F(SparseGpu, ClippedAccumulateOfFiniteGradientEqualsHost) {
   for (size_t n : {(size_t)4097, (size_t)300000, (size_t)65536 * 256 + 4097}) {
     const std::vector<float> x = gctest::normal(n, 11 + n, 2.0f);
