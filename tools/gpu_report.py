@@ -459,7 +459,8 @@ def main():
     L.append("| threshold top-k vs torch.topk(\\|x\\|), n=2^26, density 0.1%% | %s | >= 8x | %s |"
              % (fmt(topk), fmt(summary["goals"]["topk_ge_8x_torch_topk"])))
     L.append("| the same selector at the least sample rate (1e-4: a sample of max(1024, 64/density) "
-             "entries instead of 1%% of n) | %s | reported | |" % fmt(topk_min))
+             "entries; the default since 2026-12-04, when the row above is the same selector) "
+             "| %s | reported | |" % fmt(topk_min))
     L.append("| 4-bit allreduce modeled speedup over NCCL fp32, 10 Gb/s, N=8, 256 MB | %s | >= 5x | %s |"
              % (fmt(model), fmt(summary["goals"]["allreduce_qsgd4_model_ge_5x_nccl_10gbps_n8_256MB"])))
     gl = summary["goals"]
