@@ -205,6 +205,76 @@ TEST_F(QsgdGpu, SquareLevelsBitExactWithTheRuleEveryPath) {
   }
 }
 
+// The warp paths' plain buckets (a per-warp table of every code's value: the
+// decode's whole, aligned, finite buckets and the encode's residual) against
+// the host codec, every combination the tests above leave out: every width
+// 2..8 at every warp bucket (128 to 1024), uniform and square levels, both
+// roundings, decode overwrite and accumulate into an aligned output (the
+// plain path) and a misaligned one (the general path), normal data in whole
+// buckets and a tail; encoded by the default and the pipelined kernel (each
+// warp of the latter codes several buckets, refilling its table).
+TEST_F(QsgdGpu, PlainBucketTablesEveryWidthBucketAndLevelsAsOnTheHost) {
+  for (gradcompLevels_t levels : {gradcompLevelsUniform, gradcompLevelsSquare}) {
+    for (int d : {128, 256, 512, 1024}) {
+      for (int bits = 2; bits <= 8; ++bits) {
+        for (int nearest = 0; nearest <= 1; ++nearest) {
+          SCOPED_TRACE(testing::Message() << "levels=" << levels << " d=" << d << " bits=" << bits
+                                          << " nearest=" << nearest);
+          // The pipelined kernel (buckets of 128 and 512; the others fall back
+          // to the default) gets more buckets than an H200's resident warps
+          // (132 SMs x 5 blocks x 4 warps = 2640), so its warps take two or three.
+          const size_t n = (size_t)d * (d == 128 || d == 512 ? 6000 : 300) + 37;
+          const std::vector<float> x = gctest::normal(n, 3 * d + bits, 2.0f);
+          const std::vector<float> r0 = gctest::normal(n, 9 + bits, 0.1f);
+          const gradcompRounding_t rounding =
+              nearest ? gradcompRoundNearest : gradcompRoundStochastic;
+          const size_t bytes = gradcompQsgdEncodedBytes(n, bits, d);
+          std::vector<float> rHost = r0;
+          std::vector<uint8_t> encHost(bytes);
+          ASSERT_EQ(gradcompQsgdEncodeEFLevelsHost(x.data(), ncclFloat32, rHost.data(), n, bits, d,
+                                                   777, rounding, levels, encHost.data()),
+                    gradcompSuccess)
+              << gradcompGetLastError();
+          DeviceBuffer<float> dx(n), dr(n), dout(n + 4);
+          DeviceBuffer<uint8_t> denc(bytes);
+          dx.upload(x);
+          gc::KeySpec k = gc::plainKey(777);
+          k.nearest = nearest != 0;
+          k.square = levels == gradcompLevelsSquare;
+          for (int piped = 0; piped <= 1; ++piped) {
+            dr.upload(r0);
+            ASSERT_EQ(piped ? gc::cuda::qsgdEncodePipelined(dx.get(), gc::DType::F32, dr.get(), n,
+                                                            bits, d, k, denc.get(), stream)
+                            : gc::cuda::qsgdEncode(dx.get(), gc::DType::F32, dr.get(), n, bits, d,
+                                                   k, denc.get(), stream),
+                      cudaSuccess);
+            ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+            ASSERT_EQ(denc.download(bytes), encHost) << "piped=" << piped;
+            const std::vector<float> rDev = dr.download(n);
+            ASSERT_EQ(memcmp(rDev.data(), rHost.data(), n * 4), 0) << "piped=" << piped;
+          }
+          const std::vector<float> acc0 = gctest::normal(n, 21 + bits);
+          for (int accumulate = 0; accumulate <= 1; ++accumulate) {
+            std::vector<float> want = acc0;
+            ASSERT_EQ(gradcompQsgdDecodeHost(encHost.data(), n, bits, d, want.data(), accumulate),
+                      gradcompSuccess);
+            for (size_t off : {(size_t)0, (size_t)1}) {  // aligned: plain path; misaligned: general
+              dout.upload(acc0, off);
+              ASSERT_EQ(
+                  gradcompQsgdDecode(denc.get(), n, bits, d, dout.get(off), accumulate, stream),
+                  gradcompSuccess);
+              ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+              const std::vector<float> got = dout.download(n, off);
+              ASSERT_EQ(memcmp(got.data(), want.data(), n * 4), 0)
+                  << "accumulate=" << accumulate << " offset=" << off;
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
 // The public gradcompQsgdEncodeEFRounding (what gradcomp_perf and
 // gradcomp_kernels_perf time for rows run with GRADCOMP_ROUNDING=nearest)
 // against its host twin gradcompQsgdEncodeEFRoundingHost: the same bytes and

@@ -85,12 +85,6 @@ TEST_F(SparseGpu, AccumulateEqualsHost) {
   }
 }
 
-// The test above puts a NaN in every g of more than one element, so its
-// squared norm is NaN and its clipping scale 1: the norm's chunk sums, tree
-// and final pass over more than 256 chunks (n > 2^20) reach v only through a
-// finite g. Here g is finite, in each input type, and its norm is far above
-// the threshold, so v = s*g with s < 1 shows the device's norm bit for bit
-// (no momentum, no v in: v is s*g itself).
 // Rand-k's non-finite flag (16-byte loads of kItems per thread when v is
 // aligned, one element at a time otherwise): the host's flag for a NaN or an
 // Inf at the first, a middle and the last element, or none, at every
@@ -138,6 +132,12 @@ TEST_F(SparseGpu, NonFiniteFlagAnyPositionAlignmentAndPass) {
   EXPECT_EQ(memcmp(dflag.download(1).data(), &want, 4), 0);
 }
 
+// AccumulateEqualsHost puts a NaN in every g of more than one element, so its
+// squared norm is NaN and its clipping scale 1: the norm's chunk sums, tree
+// and final pass over more than 256 chunks (n > 2^20) reach v only through a
+// finite g. Here g is finite, in each input type, and its norm is far above
+// the threshold, so v = s*g with s < 1 shows the device's norm bit for bit
+// (no momentum, no v in: v is s*g itself).
 TEST_F(SparseGpu, ClippedAccumulateOfFiniteGradientEqualsHost) {
   for (size_t n : {(size_t)4097, (size_t)300000, (size_t)65536 * 256 + 4097}) {
     const std::vector<float> x = gctest::normal(n, 11 + n, 2.0f);
