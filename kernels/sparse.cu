@@ -292,10 +292,15 @@ __global__ void tileStateInitKernel(TileState state, int tiles, unsigned int* no
 // thread of the last tile writes the total selected. A thread that read a
 // NaN or Inf sets *nonFinite, so that nonFiniteOnlyKernel need not read v
 // again when it has none.
+// `onlyOver` (the staged compaction's fallback, below): returns at once
+// unless *onlyOver > cap, i.e. unless more entries qualified than the staging
+// held.
 __global__ void __launch_bounds__(kThreads)
     compactKernel(const float* __restrict__ v, size_t n, bool vec, const SelectRule* rule,
                   TileState state, size_t kmax, uint32_t* __restrict__ idx,
-                  unsigned long long* __restrict__ selected, unsigned int* nonFinite) {
+                  unsigned long long* __restrict__ selected, unsigned int* nonFinite,
+                  const unsigned long long* onlyOver = nullptr, size_t cap = 0) {
+  if (onlyOver != nullptr && *onlyOver <= cap) return;
   using Scan = gradcomp_cub::cub::BlockScan<unsigned long long, kThreads>;
   __shared__ typename Scan::TempStorage scanTmp;
   __shared__ typename PrefixOp::TempStorage prefixTmp;
@@ -349,6 +354,119 @@ __global__ void fillEmptyKernel(const unsigned long long* __restrict__ selected,
   for (size_t j = (size_t)blockIdx.x * blockDim.x + threadIdx.x; j < kmax;
        j += (size_t)gridDim.x * blockDim.x) {
     if (j >= total) idx[j] = kEmptySlot;
+  }
+}
+
+// ------------------------------------------------------ staged compaction
+// The threshold rule's compaction without the look-back (gradcomp_kernels_perf
+// times it beside compact(): `topk_threshold_staged`). A threshold rule takes
+// every key above it (need = 0), so a tile's selections depend on its own
+// keys alone and only their place in the output waits on the other tiles:
+// stageKernel reads v once and never waits. Each tile counts its selections,
+// takes a run of the staging array by one atomicAdd (tiles in any order),
+// and writes its indices there in index order; stagePrefixKernel (one block)
+// scans the tiles' counts in tile order; stagePlaceKernel moves each staged
+// index to its tile's place plus its rank in the tile, the slots compact()
+// gives. When more entries qualify than the staging holds (kmax: ties or
+// non-finite values above the threshold), compact() runs after all (its
+// kernels return at once otherwise).
+struct StageState {
+  unsigned long long total;  // entries staged (qualified), the atomicAdd's counter
+};
+
+__global__ void stageInitKernel(StageState* st, unsigned int* nonFinite) {
+  st->total = 0;
+  *nonFinite = 0;
+}
+
+__global__ void __launch_bounds__(kThreads)
+    stageKernel(const float* __restrict__ v, size_t n, bool vec, const SelectRule* rule, size_t cap,
+                StageState* st, uint32_t* __restrict__ tileStart, uint32_t* __restrict__ tileCount,
+                uint32_t* __restrict__ staged, unsigned int* nonFinite) {
+  using Scan = gradcomp_cub::cub::BlockScan<uint32_t, kThreads>;
+  __shared__ typename Scan::TempStorage scanTmp;
+  __shared__ unsigned long long start;
+  const uint32_t gt = rule->gt;
+  const int tile = (int)blockIdx.x;
+  const size_t base = (size_t)tile * kTile + (size_t)threadIdx.x * kItems;
+  uint32_t keys[kItems];
+  loadKeys(v, n, base, vec, keys);
+  uint32_t mine = 0, top = 0;
+#pragma unroll
+  for (int i = 0; i < kItems; ++i) {
+    top = max(top, keys[i]);  // keys past n are 0
+    mine += base + i < n && keys[i] > gt ? 1u : 0u;
+  }
+  if (top >= 0x7f800000u) atomicOr(nonFinite, 1u);  // |v| is Inf or NaN: rare
+  uint32_t before, all;
+  Scan(scanTmp).ExclusiveSum(mine, before, all);
+  if (threadIdx.x == 0) {
+    start = all ? atomicAdd(&st->total, (unsigned long long)all) : 0ull;
+    tileStart[tile] = (uint32_t)(start < cap ? start : cap);
+    tileCount[tile] = all;
+  }
+  __syncthreads();
+  if (mine == 0) return;
+  unsigned long long pos = start + before;
+#pragma unroll
+  for (int i = 0; i < kItems; ++i) {
+    if (base + i < n && keys[i] > gt) {
+      if (pos < cap) staged[pos] = (uint32_t)(base + i);
+      ++pos;
+    }
+  }
+}
+
+// Each tile's first slot: the exclusive sum of the counts of the tiles
+// before it, in tile order; and the total selected (compact()'s *selected).
+// Counts and places are below n < 2^32 (the sparse methods' u32 indices).
+// A thread takes kPrefixItems consecutive tiles: 16384 tiles (2^26 elements)
+// a pass.
+constexpr int kPrefixThreads = 1024;
+constexpr int kPrefixItems = 16;
+__global__ void __launch_bounds__(kPrefixThreads)
+    stagePrefixKernel(const uint32_t* __restrict__ tileCount, size_t tiles,
+                      uint32_t* __restrict__ tilePlace, unsigned long long* __restrict__ selected) {
+  using Scan = gradcomp_cub::cub::BlockScan<uint32_t, kPrefixThreads>;
+  __shared__ typename Scan::TempStorage scanTmp;
+  uint32_t running = 0;  // the same in every thread (block aggregates)
+  for (size_t first = 0; first < tiles; first += (size_t)kPrefixThreads * kPrefixItems) {
+    const size_t t0 = first + (size_t)threadIdx.x * kPrefixItems;
+    uint32_t c[kPrefixItems], sum = 0;
+#pragma unroll
+    for (int i = 0; i < kPrefixItems; ++i) {
+      c[i] = t0 + i < tiles ? tileCount[t0 + i] : 0u;
+      sum += c[i];
+    }
+    uint32_t before, all;
+    Scan(scanTmp).ExclusiveSum(sum, before, all);
+    uint32_t place = running + before;
+#pragma unroll
+    for (int i = 0; i < kPrefixItems; ++i) {
+      if (t0 + i < tiles) tilePlace[t0 + i] = place;
+      place += c[i];
+    }
+    running += all;
+    __syncthreads();  // scanTmp is reused
+  }
+  if (threadIdx.x == 0) *selected = running;
+}
+
+// Staged entry e of tile t (the tile of its index) goes to slot
+// tilePlace[t] + (e - tileStart[t]); slots past kmax are not written. Nothing
+// when the staging overflowed (compact() then writes every slot).
+__global__ void stagePlaceKernel(const uint32_t* __restrict__ staged, const StageState* st,
+                                 size_t cap, const uint32_t* __restrict__ tileStart,
+                                 const uint32_t* __restrict__ tilePlace, size_t kmax,
+                                 uint32_t* __restrict__ idx) {
+  const unsigned long long total = st->total;
+  if (total > cap) return;
+  for (size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x; e < total;
+       e += (size_t)gridDim.x * blockDim.x) {
+    const uint32_t j = staged[e];
+    const size_t t = j / kTile;
+    const size_t slot = tilePlace[t] + (e - tileStart[t]);
+    if (slot < kmax) idx[slot] = j;
   }
 }
 
@@ -533,12 +651,10 @@ cudaError_t sparseApplyFlag(float* val, size_t k, const float* flag, cudaStream_
   return cudaGetLastError();
 }
 
-cudaError_t selectThreshold(const float* v, size_t n, const sparse::Plan& p, const KeySpec& key,
-                            uint32_t* idx, uint64_t* selectedDev, void* scratch, cudaStream_t s) {
-  // The count is the call's result: zero, not the previous call's.
-  if (n == 0)
-    return selectedDev ? cudaMemsetAsync(selectedDev, 0, sizeof(uint64_t), s) : cudaSuccess;
-  const Scratch L = layout(n, p.sample);
+// The threshold rule of a call (into scratch's rule): the sample, its sort
+// and the key `keep` from its top.
+cudaError_t thresholdRule(const float* v, const sparse::Plan& p, const KeySpec& key, void* scratch,
+                          const Scratch& L, cudaStream_t s) {
   uint32_t* keys = at<uint32_t>(scratch, L.keys);
   uint32_t* sorted = at<uint32_t>(scratch, L.sorted);
   sampleKernel<<<blocksFor(p.sample), kThreads, 0, s>>>(v, p.sample, p.stride, p.offsetRange, key,
@@ -548,7 +664,89 @@ cudaError_t selectThreshold(const float* v, size_t n, const sparse::Plan& p, con
       at<char>(scratch, L.temp), tempBytes, keys, sorted, sortCount(p.sample), 0, 32, s);
   if (err != cudaSuccess) return err;
   thresholdRuleKernel<<<1, 1, 0, s>>>(sorted, p.sample, p.keep, at<SelectRule>(scratch, L.rule));
+  return cudaGetLastError();
+}
+
+// The staged compaction's buffers (sparseStagingBytes), 256-aligned.
+struct Staging {
+  size_t state, tileStart, tileCount, tilePlace, staged, total;
+};
+Staging stagingLayout(size_t n, size_t kmax) {
+  const size_t tiles = (n + kTile - 1) / kTile;
+  Staging g{};
+  size_t p = 0;
+  g.state = p, p += up(sizeof(StageState));
+  g.tileStart = p, p += up(tiles * 4);
+  g.tileCount = p, p += up(tiles * 4);
+  g.tilePlace = p, p += up(tiles * 4);
+  g.staged = p, p += up(kmax * 4);
+  g.total = p;
+  return g;
+}
+
+// compact() for a threshold rule through the staging (above): the same slots
+// and count.
+cudaError_t compactStaged(const float* v, size_t n, size_t kmax, uint32_t* idx,
+                          uint64_t* selectedDev, void* scratch, const Scratch& L, void* staging,
+                          cudaStream_t s) {
+  const int tiles = (int)L.tiles;
+  const Staging G = stagingLayout(n, kmax);
+  TileState state;
+  cudaError_t err = state.Init(tiles, at<char>(scratch, L.tileState), L.tileStateBytes);
+  if (err != cudaSuccess) return err;
+  unsigned long long* selected = at<unsigned long long>(scratch, L.selected);
+  unsigned int* nonFinite = nonFiniteFlag(scratch, L);
+  const SelectRule* rule = at<SelectRule>(scratch, L.rule);
+  StageState* st = at<StageState>(staging, G.state);
+  uint32_t* tileStart = at<uint32_t>(staging, G.tileStart);
+  uint32_t* tileCount = at<uint32_t>(staging, G.tileCount);
+  uint32_t* tilePlace = at<uint32_t>(staging, G.tilePlace);
+  uint32_t* staged = at<uint32_t>(staging, G.staged);
+  // The fallback's tile states first: it clears the non-finite flag too.
+  tileStateInitKernel<<<(tiles + kThreads - 1) / kThreads, kThreads, 0, s>>>(state, tiles,
+                                                                             nonFinite);
+  stageInitKernel<<<1, 1, 0, s>>>(st, nonFinite);
+  const bool vec = (reinterpret_cast<uintptr_t>(v) & 15) == 0;
+  stageKernel<<<tiles, kThreads, 0, s>>>(v, n, vec, rule, kmax, st, tileStart, tileCount, staged,
+                                         nonFinite);
+  stagePrefixKernel<<<1, kPrefixThreads, 0, s>>>(tileCount, L.tiles, tilePlace, selected);
+  stagePlaceKernel<<<blocksFor(kmax), kThreads, 0, s>>>(staged, st, kmax, tileStart, tilePlace,
+                                                        kmax, idx);
+  compactKernel<<<tiles, kThreads, 0, s>>>(v, n, vec, rule, state, kmax, idx, selected, nonFinite,
+                                           &st->total, kmax);
+  fillEmptyKernel<<<blocksFor(kmax), kThreads, 0, s>>>(selected, kmax, idx, selectedDev);
+  return cudaGetLastError();
+}
+
+cudaError_t selectThreshold(const float* v, size_t n, const sparse::Plan& p, const KeySpec& key,
+                            uint32_t* idx, uint64_t* selectedDev, void* scratch, cudaStream_t s) {
+  // The count is the call's result: zero, not the previous call's.
+  if (n == 0)
+    return selectedDev ? cudaMemsetAsync(selectedDev, 0, sizeof(uint64_t), s) : cudaSuccess;
+  const Scratch L = layout(n, p.sample);
+  cudaError_t err = thresholdRule(v, p, key, scratch, L, s);
+  if (err != cudaSuccess) return err;
   err = compact(v, n, p.kmax, idx, selectedDev, scratch, L, s);
+  if (err != cudaSuccess) return err;
+  nonFiniteOnlyKernel<<<1, kThreads, 0, s>>>(v, n, p.kmax,
+                                             at<unsigned long long>(scratch, L.selected),
+                                             nonFiniteFlag(scratch, L), idx, selectedDev);
+  return cudaGetLastError();
+}
+
+size_t sparseStagingBytes(size_t n, size_t kmax) {
+  return stagingLayout(n, kmax).total;
+}
+
+cudaError_t selectThresholdStaged(const float* v, size_t n, const sparse::Plan& p,
+                                  const KeySpec& key, uint32_t* idx, uint64_t* selectedDev,
+                                  void* scratch, void* staging, cudaStream_t s) {
+  if (n == 0)
+    return selectedDev ? cudaMemsetAsync(selectedDev, 0, sizeof(uint64_t), s) : cudaSuccess;
+  const Scratch L = layout(n, p.sample);
+  cudaError_t err = thresholdRule(v, p, key, scratch, L, s);
+  if (err != cudaSuccess) return err;
+  err = compactStaged(v, n, p.kmax, idx, selectedDev, scratch, L, staging, s);
   if (err != cudaSuccess) return err;
   nonFiniteOnlyKernel<<<1, kThreads, 0, s>>>(v, n, p.kmax,
                                              at<unsigned long long>(scratch, L.selected),

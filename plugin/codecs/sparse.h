@@ -65,6 +65,15 @@ cudaError_t selectThreshold(const float* v, size_t n, const sparse::Plan& p, con
                             uint32_t* idx, uint64_t* selectedDev, void* scratch, cudaStream_t s);
 cudaError_t selectExact(const float* v, size_t n, size_t k, uint32_t* idx, uint64_t* selectedDev,
                         void* scratch, cudaStream_t s);
+// selectThreshold with the staged compaction (kernels/sparse.cu: no
+// look-back; the same slots and count), in `staging` of
+// sparseStagingBytes(n, p.kmax) bytes, 256-byte aligned, besides the scratch.
+// Not yet what the library calls: gradcomp_kernels_perf times it
+// (topk_threshold_staged) beside selectThreshold.
+size_t sparseStagingBytes(size_t n, size_t kmax);
+cudaError_t selectThresholdStaged(const float* v, size_t n, const sparse::Plan& p,
+                                  const KeySpec& key, uint32_t* idx, uint64_t* selectedDev,
+                                  void* scratch, void* staging, cudaStream_t s);
 cudaError_t sparseCommit(const uint32_t* idx, size_t slots, DType vt, void* val, float* v, float* u,
                          cudaStream_t s);
 // A received slot list, checked against the wire rule on the device with no

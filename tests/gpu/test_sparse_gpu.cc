@@ -288,6 +288,16 @@ TEST_F(SparseGpu, CompactionEdgesEqualHost) {
                                               dsel.get(), scratch.get(), stream),
                     cudaSuccess);
           check(("threshold density=" + std::to_string(density)).c_str(), p.kmax, idx, sel);
+          // The staged compaction (gradcomp_kernels_perf's topk_threshold_staged):
+          // the same slots and count, its fallback included (every entry a tie,
+          // more qualifying than kmax), over slots the call above left filled.
+          DeviceBuffer<char> staging(gc::cuda::sparseStagingBytes(n, p.kmax));
+          ASSERT_EQ(cudaMemsetAsync(didx.get(), 0x5a, p.kmax * 4, stream), cudaSuccess);
+          ASSERT_EQ(
+              gc::cuda::selectThresholdStaged(dv.get(off), n, p, gc::plainKey(99 + n), didx.get(),
+                                              dsel.get(), scratch.get(), staging.get(), stream),
+              cudaSuccess);
+          check(("staged threshold density=" + std::to_string(density)).c_str(), p.kmax, idx, sel);
         }
       }
     }
@@ -338,6 +348,16 @@ TEST_F(SparseGpu, CompactionOverManyWavesEqualsHost) {
       ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
       ASSERT_EQ(didx.download(p.kmax), idx) << "threshold kmax=" << p.kmax << " offset=" << off;
       ASSERT_EQ(dsel.download(1)[0], sel) << "threshold kmax=" << p.kmax << " offset=" << off;
+      // The staged compaction: 4097 tiles staging in whatever order their
+      // atomics come, each tile's run placed by the prefix of the counts.
+      DeviceBuffer<char> staging(gc::cuda::sparseStagingBytes(n, p.kmax));
+      ASSERT_EQ(cudaMemsetAsync(didx.get(), 0x5a, p.kmax * 4, stream), cudaSuccess);
+      ASSERT_EQ(gc::cuda::selectThresholdStaged(dv.get(off), n, p, gc::plainKey(7), didx.get(),
+                                                dsel.get(), scratch.get(), staging.get(), stream),
+                cudaSuccess);
+      ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+      ASSERT_EQ(didx.download(p.kmax), idx) << "staged kmax=" << p.kmax << " offset=" << off;
+      ASSERT_EQ(dsel.download(1)[0], sel) << "staged kmax=" << p.kmax << " offset=" << off;
     }
   }
 }
