@@ -615,8 +615,9 @@ int main(int argc, char** argv) {
     // rate: beside topk_threshold it tells whether the library should switch.
     if (a.runs("topk_threshold_staged")) {
       for (double d : a.densities) {
+        // The plan gradcompTopkSelect makes: its density arrives as a float.
         const gc::sparse::Plan p =
-            gc::sparse::makePlan(n, d, false, cfg.oversample, cfg.sampleRate);
+            gc::sparse::makePlan(n, (float)d, false, cfg.oversample, cfg.sampleRate);
         uint32_t* idx = nullptr;
         void* ws = nullptr;
         void* staging = nullptr;

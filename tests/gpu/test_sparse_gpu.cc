@@ -247,6 +247,7 @@ TEST_F(SparseGpu, CompactionEdgesEqualHost) {
     }
     cases.push_back(nonFinite);
     cases.push_back(gctest::normal(n, 41 + n));
+    cases.push_back(std::vector<float>(n, 0.0f));  // nothing to select
     // Ties everywhere (more qualify than kmax) and one NaN at the end: the
     // threshold selector's slots hold the NaN alone (nonFiniteOnlyKernel).
     std::vector<float> lateNan(n, 0.25f);
@@ -290,14 +291,22 @@ TEST_F(SparseGpu, CompactionEdgesEqualHost) {
           check(("threshold density=" + std::to_string(density)).c_str(), p.kmax, idx, sel);
           // The staged compaction (gradcomp_kernels_perf's topk_threshold_staged):
           // the same slots and count, its fallback included (every entry a tie,
-          // more qualifying than kmax), over slots the call above left filled.
-          DeviceBuffer<char> staging(gc::cuda::sparseStagingBytes(n, p.kmax));
-          ASSERT_EQ(cudaMemsetAsync(didx.get(), 0x5a, p.kmax * 4, stream), cudaSuccess);
-          ASSERT_EQ(
-              gc::cuda::selectThresholdStaged(dv.get(off), n, p, gc::plainKey(99 + n), didx.get(),
-                                              dsel.get(), scratch.get(), staging.get(), stream),
-              cudaSuccess);
-          check(("staged threshold density=" + std::to_string(density)).c_str(), p.kmax, idx, sel);
+          // more qualifying than kmax), over slots filled with garbage; twice on
+          // one staging buffer, itself garbage at first: each call starts afresh.
+          const size_t stagingBytes = gc::cuda::sparseStagingBytes(n, p.kmax);
+          DeviceBuffer<char> staging(stagingBytes);
+          ASSERT_EQ(cudaMemsetAsync(staging.get(), 0x5a, stagingBytes, stream), cudaSuccess);
+          for (int again = 0; again < 2; ++again) {
+            ASSERT_EQ(cudaMemsetAsync(didx.get(), 0x5a, p.kmax * 4, stream), cudaSuccess);
+            ASSERT_EQ(
+                gc::cuda::selectThresholdStaged(dv.get(off), n, p, gc::plainKey(99 + n), didx.get(),
+                                                dsel.get(), scratch.get(), staging.get(), stream),
+                cudaSuccess);
+            check(("staged threshold density=" + std::to_string(density) +
+                   " call=" + std::to_string(again))
+                      .c_str(),
+                  p.kmax, idx, sel);
+          }
         }
       }
     }
@@ -359,6 +368,38 @@ TEST_F(SparseGpu, CompactionOverManyWavesEqualsHost) {
       ASSERT_EQ(didx.download(p.kmax), idx) << "staged kmax=" << p.kmax << " offset=" << off;
       ASSERT_EQ(dsel.download(1)[0], sel) << "staged kmax=" << p.kmax << " offset=" << off;
     }
+  }
+}
+
+// The staged compaction past one pass of its prefix block (16384 tiles of
+// 4096: n > 2^26), at 0.1% (the staging holds every selection) and at 60%
+// (kmax = n), on one staging buffer: the host's slots and count.
+TEST_F(SparseGpu, StagedCompactionPastOnePrefixPassEqualsHost) {
+  const size_t n = ((size_t)1 << 26) + 3 * 4096 + 5;
+  std::vector<float> v(n);
+  for (size_t i = 0; i < n; ++i) {
+    const uint32_t h = (uint32_t)i * 2654435761u;
+    v[i] = (float)(h >> 20) * (h & 1 ? 1e-3f : -1e-3f);
+  }
+  const Plan lo = gc::sparse::makePlan(n, 0.001, false, 2, 1e-4);
+  const Plan all = gc::sparse::makePlan(n, 0.6, false, 2, 1e-4);
+  DeviceBuffer<float> dv(n);
+  DeviceBuffer<uint32_t> didx(n);
+  DeviceBuffer<uint64_t> dsel(1);
+  DeviceBuffer<char> scratch(gc::cuda::sparseScratchBytes(n, std::max(lo.sample, all.sample)));
+  DeviceBuffer<char> staging(gc::cuda::sparseStagingBytes(n, all.kmax));
+  dv.upload(v);
+  for (const Plan& p : {lo, all, lo}) {
+    std::vector<uint32_t> idx(p.kmax);
+    uint64_t sel = 0;
+    gc::host::selectThreshold(v.data(), n, p, 11, idx.data(), &sel);
+    ASSERT_EQ(cudaMemsetAsync(didx.get(), 0x5a, p.kmax * 4, stream), cudaSuccess);
+    ASSERT_EQ(gc::cuda::selectThresholdStaged(dv.get(), n, p, gc::plainKey(11), didx.get(),
+                                              dsel.get(), scratch.get(), staging.get(), stream),
+              cudaSuccess);
+    ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+    ASSERT_EQ(didx.download(p.kmax), idx) << "kmax=" << p.kmax;
+    ASSERT_EQ(dsel.download(1)[0], sel) << "kmax=" << p.kmax;
   }
 }
 
