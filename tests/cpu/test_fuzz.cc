@@ -949,7 +949,7 @@ TEST(Fuzz, SocketRootAnswersNamed) {
        1, gradcompInvalidArgument, "refused the world: xxx"},
       {"a table cut short", 3,
        [](int, std::vector<char> b) {
-         b.resize(b.size() - 10);
+         b.resize(b.size() > 10 ? b.size() - 10 : 0);  // (GCC cannot see the size is > 10)
          return b;
        },
        2, gradcompSystemError, "table of listening addresses"},
