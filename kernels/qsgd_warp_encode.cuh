@@ -499,3 +499,20 @@ cudaError_t warpEncodePipelinedLaunch(const WarpEncodeCall& c) {
 }  // namespace
 }  // namespace cuda
 }  // namespace gc
+
+// What a type's file (qsgd_encode_{f32,f16,bf16}.cu) defines: warpEncode<T>
+// and warpEncodePipelined<T> for T = DType::TYPE, whose kernels it
+// instantiates.
+#define GC_QSGD_WARP_ENCODE_TYPE(TYPE)                                    \
+  namespace gc {                                                          \
+  namespace cuda {                                                        \
+  template <>                                                             \
+  void warpEncode<DType::TYPE>(const WarpEncodeCall& c) {                 \
+    warpEncodeLaunch<DType::TYPE>(c);                                     \
+  }                                                                       \
+  template <>                                                             \
+  cudaError_t warpEncodePipelined<DType::TYPE>(const WarpEncodeCall& c) { \
+    return warpEncodePipelinedLaunch<DType::TYPE>(c);                     \
+  }                                                                       \
+  }                                                                       \
+  }
