@@ -115,12 +115,8 @@ __device__ __forceinline__ void decodePlainBucket(const uint32_t* __restrict__ w
                                                   float* codeTable, size_t base,
                                                   float* __restrict__ out, bool accumulate,
                                                   int lane) {
-  const int s = qsgd::levels(bits);
+  fillCodeTable(codeTable, levelTable, scale, bits, lane);
   const uint32_t codes = 1u << bits;
-  for (uint32_t c = lane; c < codes; c += 32) {
-    codeTable[c] = qsgd::decodePlain(c, levelTable[c & (uint32_t)s], scale, bits);
-  }
-  __syncwarp();
   const int cb = 4 * bits;
   const uint32_t mask = cb == 32 ? 0xffffffffu : (1u << cb) - 1u;
   const uint32_t codeMask = codes - 1u;

@@ -79,6 +79,21 @@ __device__ __forceinline__ const float* decodeTable(const float* tables, float s
   return tables + (qsgd::squareScale(stored) ? kLevelTable : 0);
 }
 
+// A plain bucket's table of the value of every code (2^bits entries, sign
+// included: decodePlain of its level's value and the bucket's finite scale,
+// so the same bits), filled by the warp for the decode and for the encode's
+// residual. The first sync keeps a warp that codes several buckets from
+// refilling it while a lane still reads the last bucket's.
+__device__ __forceinline__ void fillCodeTable(float* codeTable, const float* levelTable,
+                                              float scale, int bits, int lane) {
+  const uint32_t s = (uint32_t)qsgd::levels(bits);
+  __syncwarp();
+  for (uint32_t c = lane; c < (1u << bits); c += 32) {
+    codeTable[c] = qsgd::decodePlain(c, levelTable[c & s], scale, bits);
+  }
+  __syncwarp();
+}
+
 // The encode's RNG key (resolved once per block: it may read the comm's
 // device step) and the level table, for every warp of the block.
 __device__ __forceinline__ uint64_t encodeKeyAndLevels(KeySpec keySpec, int bits, bool square,
@@ -253,16 +268,9 @@ __device__ __forceinline__ void codeBucket(const float (&v)[R][4], float* __rest
   // (a tail bucket, or misaligned pointers) codes on the checked path too:
   // rare, and not worth the registers of a third copy.
   if (full && qsgd::plainBucket(scale, rec)) {
-    // Every code's value (the warp's own table; the syncs keep a warp that
-    // codes several buckets from refilling it while a lane still reads it).
-    __shared__ float codeTables[kWarpsPerBlock][2 * kLevelTable];
+    __shared__ float codeTables[kWarpsPerBlock][2 * kLevelTable];  // the warp's own
     float* codeTable = codeTables[threadIdx.x >> 5];
-    const uint32_t s = (uint32_t)qsgd::levels(bits);
-    __syncwarp();
-    for (uint32_t c = lane; c < (1u << bits); c += 32) {
-      codeTable[c] = qsgd::decodePlain(c, levelTable[c & s], scale, bits);
-    }
-    __syncwarp();
+    fillCodeTable(codeTable, levelTable, scale, bits, lane);
     codeRows<R, kNearest, kSquare, true>(v, residual, n, bits, key, levelTable, codeTable, scale,
                                          rec, finite, bucketWords, base, len, lane, full);
   } else {
