@@ -718,22 +718,6 @@ cudaError_t compactStaged(const float* v, size_t n, size_t kmax, uint32_t* idx,
   return cudaGetLastError();
 }
 
-cudaError_t selectThreshold(const float* v, size_t n, const sparse::Plan& p, const KeySpec& key,
-                            uint32_t* idx, uint64_t* selectedDev, void* scratch, cudaStream_t s) {
-  // The count is the call's result: zero, not the previous call's.
-  if (n == 0)
-    return selectedDev ? cudaMemsetAsync(selectedDev, 0, sizeof(uint64_t), s) : cudaSuccess;
-  const Scratch L = layout(n, p.sample);
-  cudaError_t err = thresholdRule(v, p, key, scratch, L, s);
-  if (err != cudaSuccess) return err;
-  err = compact(v, n, p.kmax, idx, selectedDev, scratch, L, s);
-  if (err != cudaSuccess) return err;
-  nonFiniteOnlyKernel<<<1, kThreads, 0, s>>>(v, n, p.kmax,
-                                             at<unsigned long long>(scratch, L.selected),
-                                             nonFiniteFlag(scratch, L), idx, selectedDev);
-  return cudaGetLastError();
-}
-
 size_t sparseStagingBytes(size_t n, size_t kmax) {
   return stagingLayout(n, kmax).total;
 }
@@ -741,17 +725,24 @@ size_t sparseStagingBytes(size_t n, size_t kmax) {
 cudaError_t selectThresholdStaged(const float* v, size_t n, const sparse::Plan& p,
                                   const KeySpec& key, uint32_t* idx, uint64_t* selectedDev,
                                   void* scratch, void* staging, cudaStream_t s) {
+  // The count is the call's result: zero, not the previous call's.
   if (n == 0)
     return selectedDev ? cudaMemsetAsync(selectedDev, 0, sizeof(uint64_t), s) : cudaSuccess;
   const Scratch L = layout(n, p.sample);
   cudaError_t err = thresholdRule(v, p, key, scratch, L, s);
   if (err != cudaSuccess) return err;
-  err = compactStaged(v, n, p.kmax, idx, selectedDev, scratch, L, staging, s);
+  err = staging ? compactStaged(v, n, p.kmax, idx, selectedDev, scratch, L, staging, s)
+                : compact(v, n, p.kmax, idx, selectedDev, scratch, L, s);
   if (err != cudaSuccess) return err;
   nonFiniteOnlyKernel<<<1, kThreads, 0, s>>>(v, n, p.kmax,
                                              at<unsigned long long>(scratch, L.selected),
                                              nonFiniteFlag(scratch, L), idx, selectedDev);
   return cudaGetLastError();
+}
+
+cudaError_t selectThreshold(const float* v, size_t n, const sparse::Plan& p, const KeySpec& key,
+                            uint32_t* idx, uint64_t* selectedDev, void* scratch, cudaStream_t s) {
+  return selectThresholdStaged(v, n, p, key, idx, selectedDev, scratch, nullptr, s);
 }
 
 cudaError_t selectExact(const float* v, size_t n, size_t k, uint32_t* idx, uint64_t* selectedDev,

@@ -67,7 +67,8 @@ cudaError_t selectExact(const float* v, size_t n, size_t k, uint32_t* idx, uint6
                         void* scratch, cudaStream_t s);
 // selectThreshold with the staged compaction (kernels/sparse.cu: no
 // look-back; the same slots and count), in `staging` of
-// sparseStagingBytes(n, p.kmax) bytes, 256-byte aligned, besides the scratch.
+// sparseStagingBytes(n, p.kmax) bytes, 256-byte aligned, besides the scratch
+// (NULL: selectThreshold's compaction).
 // Not yet what the library calls: gradcomp_kernels_perf times it
 // (topk_threshold_staged) beside selectThreshold.
 size_t sparseStagingBytes(size_t n, size_t kmax);
