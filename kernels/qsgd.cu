@@ -100,29 +100,18 @@ __global__ void __launch_bounds__(kEncodeThreads)
   }
 }
 
-// A plain bucket's decode (whole, its output 16-byte aligned, its scale
-// finite): a table of the value of every code (2^bits of them, sign
-// included), which the warp fills from the block's level table (decodePlain:
-// the level times the scale, negated when the sign bit is set, so the same
-// bits), then one shared-memory load per element instead of the general
-// path's level lookup, multiply, negation and per-element finiteness test;
-// no bounds checks, and one 32-bit word per lane and row where a lane's
-// codes lie in one word (bits 2, 4, 8).
+// The codes of a whole bucket's R rows for lane `lane`: chunk[r] holds the
+// lane's 4 codes of row r (4*bits bits, the first in the low bits). One
+// 32-bit word per lane and row where a lane's codes lie in one word (bits 2,
+// 4, 8), else the word pair they straddle. A whole bucket's words all exist.
 template <int R>
-__device__ __forceinline__ void decodePlainBucket(const uint32_t* __restrict__ words,
-                                                  size_t bucketWord, size_t totalWords, int bits,
-                                                  const float* levelTable, float scale,
-                                                  float* codeTable, size_t base,
-                                                  float* __restrict__ out, bool accumulate,
-                                                  int lane) {
-  fillCodeTable(codeTable, levelTable, scale, bits, lane);
-  const uint32_t codes = 1u << bits;
+__device__ __forceinline__ void loadBucketChunks(const uint32_t* __restrict__ words,
+                                                 size_t bucketWord, size_t totalWords, int bits,
+                                                 int lane, uint32_t (&chunk)[R]) {
   const int cb = 4 * bits;
   const uint32_t mask = cb == 32 ? 0xffffffffu : (1u << cb) - 1u;
-  const uint32_t codeMask = codes - 1u;
   const int bit = lane * cb;
   const int sh = bit & 31;
-  uint32_t chunk[R];
   if ((bits & (bits - 1)) == 0) {  // bits 2, 4, 8: cb divides 32
 #pragma unroll
     for (int r = 0; r < R; ++r) {
@@ -137,6 +126,24 @@ __device__ __forceinline__ void decodePlainBucket(const uint32_t* __restrict__ w
       chunk[r] = (uint32_t)(pair >> sh) & mask;
     }
   }
+}
+
+// A plain bucket's decode (whole, its output 16-byte aligned, its scale
+// finite) from its codes, already loaded (loadBucketChunks): a table of the
+// value of every code (2^bits of them, sign included), which the warp fills
+// from the block's level table (decodePlain: the level times the scale,
+// negated when the sign bit is set, so the same bits), then one
+// shared-memory load per element instead of the general path's level
+// lookup, multiply, negation and per-element finiteness test; no bounds
+// checks.
+template <int R>
+__device__ __forceinline__ void decodePlainBucket(const uint32_t (&chunk)[R], int bits,
+                                                  const float* levelTable, float scale,
+                                                  float* codeTable, size_t base,
+                                                  float* __restrict__ out, bool accumulate,
+                                                  int lane) {
+  fillCodeTable(codeTable, levelTable, scale, bits, lane);
+  const uint32_t codeMask = (1u << bits) - 1u;
 #pragma unroll
   for (int r = 0; r < R; ++r) {
     const size_t i = base + r * kRow + lane * 4;
@@ -153,7 +160,7 @@ __device__ __forceinline__ void decodePlainBucket(const uint32_t* __restrict__ w
 }
 
 template <int R>
-__global__ void __launch_bounds__(kWarpThreads)
+__global__ void __launch_bounds__(kWarpThreads, 12)
     qsgdDecodeWarpKernel(const float* __restrict__ scales, const uint32_t* __restrict__ words,
                          size_t n, int bits, float* __restrict__ out, bool accumulate,
                          bool alignedOut) {
@@ -161,21 +168,27 @@ __global__ void __launch_bounds__(kWarpThreads)
   __shared__ float levelTables[2 * kLevelTable];
   __shared__ float codeTables[kWarpsPerBlock][2 * kLevelTable];
   const int s = qsgd::levels(bits);
-  fillDecodeTables(levelTables, s);
   const int lane = threadIdx.x & 31;
   const size_t b = (size_t)blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5);
   const size_t base = b * kBucket;
-  if (base >= n) return;
-  const size_t len = min((size_t)kBucket, n - base);
+  const size_t len = base < n ? min((size_t)kBucket, n - base) : 0;
   const bool vec = alignedOut && len == kBucket;
-  const float stored = scales[b];
-  const float* levelTable = decodeTable(levelTables, stored);
-  const float scale = qsgd::scaleMagnitude(stored);
   const size_t totalWords = qsgd::codeWords(n, bits);
   const size_t bucketWord = base * bits >> 5;
+  // The bucket's scale and (whole buckets) its codes are loaded before
+  // anything waits: the two loads and the block's table fill overlap,
+  // instead of the codes' load waiting for the scale's test.
+  float stored = 0.0f;
+  uint32_t chunk[R];
+  if (len > 0) stored = scales[b];
+  if (vec) loadBucketChunks<R>(words, bucketWord, totalWords, bits, lane, chunk);
+  fillDecodeTables(levelTables, s);
+  if (len == 0) return;
+  const float* levelTable = decodeTable(levelTables, stored);
+  const float scale = qsgd::scaleMagnitude(stored);
   if (vec && isFiniteBits(floatToBits(scale))) {
-    decodePlainBucket<R>(words, bucketWord, totalWords, bits, levelTable, scale,
-                         codeTables[threadIdx.x >> 5], base, out, accumulate, lane);
+    decodePlainBucket<R>(chunk, bits, levelTable, scale, codeTables[threadIdx.x >> 5], base, out,
+                         accumulate, lane);
     return;
   }
   const int cb = 4 * bits;
@@ -188,11 +201,11 @@ __global__ void __launch_bounds__(kWarpThreads)
     const int sh = bit & 31;
     uint64_t pair = w0 < totalWords ? words[w0] : 0u;
     if (sh + cb > 32 && w0 + 1 < totalWords) pair |= (uint64_t)words[w0 + 1] << 32;
-    const uint32_t chunk = (uint32_t)(pair >> sh) & mask;
+    const uint32_t rowChunk = (uint32_t)(pair >> sh) & mask;
     float d[4];
 #pragma unroll
     for (int c = 0; c < 4; ++c) {
-      const uint32_t code = (chunk >> (c * bits)) & ((1u << bits) - 1u);
+      const uint32_t code = (rowChunk >> (c * bits)) & ((1u << bits) - 1u);
       d[c] = qsgd::decodeWithLevel(code, levelTable[code & (uint32_t)s], scale, bits);
     }
     if (accumulate) {
