@@ -285,7 +285,7 @@ kdoc["rows"] += [trow("topk_exact", N26, 0.001, 50.0), trow("topk_threshold", N2
                  trow("topk_threshold_min_sample", N26, 0.01, 20.0),
                  trow("topk_threshold", N26, 0.001, 200.0),
                  trow("topk_threshold_min_sample", N26, 0.001, 125.0),
-                 trow("topk_threshold_staged", N26, 0.001, 100.0)]
+                 trow("topk_threshold_lookback", N26, 0.001, 100.0)]
 dump("kernels.json", kdoc)
 dump("torch_topk.json", {"rows": [
     {"n": N26, "density": 0.01, "k": 1, "torch_topk_abs_us": 9999.0, "torch_topk_us": 1, "copy_us": 1},
@@ -310,8 +310,8 @@ r2 = json.load(open(js2))
 expect(r2.get("topk_dgc_speedup_vs_torch_topk") == 5.0, "top-k: 1000 us / 200 us threshold row")
 expect(r2.get("topk_dgc_min_sample_speedup_vs_torch_topk") == 8.0,
        "top-k at the least sample rate: 1000 us / 125 us, its own row")
-expect(r2.get("topk_dgc_staged_speedup_vs_torch_topk") == 10.0,
-       "top-k with the staged compaction: 1000 us / 100 us, its own row")
+expect(r2.get("topk_dgc_lookback_speedup_vs_torch_topk") == 10.0,
+       "top-k with the look-back compaction: 1000 us / 100 us, its own row")
 expect(r2.get("goals", {}).get("topk_ge_8x_torch_topk") is False, "5x misses the 8x goal")
 expect(r2.get("tc_unavailable_reason") == "RTNETLINK answers: Operation not permitted",
        "tc: the refusal's exact error")

@@ -1,8 +1,9 @@
 // CUDA kernels of the sparse methods. Same results as the host reference
 // (plugin/codecs/sparse_host.cc): the selection rule is computed on the
-// device (sample sort or radix select), then a deterministic one-pass
-// compaction writes the selected indices in index order. No host sync,
-// fixed sizes, capturable.
+// device (sample sort or radix select), then a deterministic compaction
+// writes the selected indices in index order: one pass with a decoupled
+// look-back for the exact rule, staged runs placed by a scan of the tiles'
+// counts for the threshold rule. No host sync, fixed sizes, capturable.
 #include <cub/cub.cuh>
 #include <cuda/std/functional>
 
@@ -42,11 +43,12 @@ using PrefixOp =
     gradcomp_cub::cub::TilePrefixCallbackOp<unsigned long long,
                                             ::cuda::std::plus<unsigned long long>, TileState>;
 
-// Scratch layout (all offsets 256-aligned).
+// Scratch layout (all offsets 256-aligned). `staging`: the staged
+// compaction's buffers (stagingLayout), when the layout has kmax > 0.
 struct Scratch {
   size_t tiles, chunks;
   size_t tileState, tileStateBytes, selected, radix, rule, keys, sorted, partial, scale, temp,
-      tempBytes, total;
+      tempBytes, staging, stagingBytes, total;
 };
 
 // The sample's count for the sort, the same type in the size query and the
@@ -60,7 +62,9 @@ size_t up(size_t x) {
   return (x + 255) / 256 * 256;
 }
 
-Scratch layout(size_t n, size_t m) {
+size_t stagingBytes(size_t n, size_t kmax);
+
+Scratch layout(size_t n, size_t m, size_t kmax = 0) {
   Scratch s{};
   s.tiles = (n + kTile - 1) / kTile;
   s.chunks = (n + sparse::kNormChunk - 1) / sparse::kNormChunk;
@@ -79,6 +83,8 @@ Scratch layout(size_t n, size_t m) {
   s.partial = p, p += up(s.chunks * sizeof(double));
   s.scale = p, p += up(4);
   s.temp = p, p += up(s.tempBytes);
+  s.stagingBytes = kmax > 0 ? stagingBytes(n, kmax) : 0;
+  s.staging = p, p += up(s.stagingBytes);
   s.total = p;
   return s;
 }
@@ -358,8 +364,9 @@ __global__ void fillEmptyKernel(const unsigned long long* __restrict__ selected,
 }
 
 // ------------------------------------------------------ staged compaction
-// The threshold rule's compaction without the look-back (gradcomp_kernels_perf
-// times it beside compact(): `topk_threshold_staged`). A threshold rule takes
+// The threshold rule's compaction without the look-back (selectThreshold's;
+// gradcomp_kernels_perf times compact() beside it: `topk_threshold_lookback`).
+// A threshold rule takes
 // every key above it (need = 0), so a tile's selections depend on its own
 // keys alone and only their place in the output waits on the other tiles:
 // stageKernel reads v once and never waits. Each tile counts its selections,
@@ -609,8 +616,8 @@ __global__ void addCountKernel(const uint64_t* __restrict__ count, uint64_t* __r
 
 }  // namespace
 
-size_t sparseScratchBytes(size_t n, size_t m) {
-  return layout(n, m).total;
+size_t sparseScratchBytes(size_t n, size_t m, size_t kmax) {
+  return layout(n, m, kmax).total;
 }
 
 cudaError_t sparseAccumulate(const void* g, DType t, size_t n, float clipThr, float m, float* u,
@@ -651,6 +658,8 @@ cudaError_t sparseApplyFlag(float* val, size_t k, const float* flag, cudaStream_
   return cudaGetLastError();
 }
 
+namespace {
+
 // The threshold rule of a call (into scratch's rule): the sample, its sort
 // and the key `keep` from its top.
 cudaError_t thresholdRule(const float* v, const sparse::Plan& p, const KeySpec& key, void* scratch,
@@ -667,7 +676,8 @@ cudaError_t thresholdRule(const float* v, const sparse::Plan& p, const KeySpec& 
   return cudaGetLastError();
 }
 
-// The staged compaction's buffers (sparseStagingBytes), 256-aligned.
+// The staged compaction's buffers (in the scratch: Scratch::staging),
+// 256-aligned.
 struct Staging {
   size_t state, tileStart, tileCount, tilePlace, staged, total;
 };
@@ -684,11 +694,15 @@ Staging stagingLayout(size_t n, size_t kmax) {
   return g;
 }
 
+size_t stagingBytes(size_t n, size_t kmax) {
+  return stagingLayout(n, kmax).total;
+}
+
 // compact() for a threshold rule through the staging (above): the same slots
 // and count.
 cudaError_t compactStaged(const float* v, size_t n, size_t kmax, uint32_t* idx,
-                          uint64_t* selectedDev, void* scratch, const Scratch& L, void* staging,
-                          cudaStream_t s) {
+                          uint64_t* selectedDev, void* scratch, const Scratch& L, cudaStream_t s) {
+  void* staging = at<char>(scratch, L.staging);
   const int tiles = (int)L.tiles;
   const Staging G = stagingLayout(n, kmax);
   TileState state;
@@ -718,21 +732,19 @@ cudaError_t compactStaged(const float* v, size_t n, size_t kmax, uint32_t* idx,
   return cudaGetLastError();
 }
 
-size_t sparseStagingBytes(size_t n, size_t kmax) {
-  return stagingLayout(n, kmax).total;
-}
-
-cudaError_t selectThresholdStaged(const float* v, size_t n, const sparse::Plan& p,
-                                  const KeySpec& key, uint32_t* idx, uint64_t* selectedDev,
-                                  void* scratch, void* staging, cudaStream_t s) {
+// A threshold selection: the rule from the sample, then the staged
+// compaction (staged) or compact()'s look-back.
+cudaError_t selectThresholdWith(const float* v, size_t n, const sparse::Plan& p, const KeySpec& key,
+                                uint32_t* idx, uint64_t* selectedDev, void* scratch, bool staged,
+                                cudaStream_t s) {
   // The count is the call's result: zero, not the previous call's.
   if (n == 0)
     return selectedDev ? cudaMemsetAsync(selectedDev, 0, sizeof(uint64_t), s) : cudaSuccess;
-  const Scratch L = layout(n, p.sample);
+  const Scratch L = layout(n, p.sample, staged ? p.kmax : 0);
   cudaError_t err = thresholdRule(v, p, key, scratch, L, s);
   if (err != cudaSuccess) return err;
-  err = staging ? compactStaged(v, n, p.kmax, idx, selectedDev, scratch, L, staging, s)
-                : compact(v, n, p.kmax, idx, selectedDev, scratch, L, s);
+  err = staged ? compactStaged(v, n, p.kmax, idx, selectedDev, scratch, L, s)
+               : compact(v, n, p.kmax, idx, selectedDev, scratch, L, s);
   if (err != cudaSuccess) return err;
   nonFiniteOnlyKernel<<<1, kThreads, 0, s>>>(v, n, p.kmax,
                                              at<unsigned long long>(scratch, L.selected),
@@ -740,9 +752,17 @@ cudaError_t selectThresholdStaged(const float* v, size_t n, const sparse::Plan& 
   return cudaGetLastError();
 }
 
+}  // namespace
+
 cudaError_t selectThreshold(const float* v, size_t n, const sparse::Plan& p, const KeySpec& key,
                             uint32_t* idx, uint64_t* selectedDev, void* scratch, cudaStream_t s) {
-  return selectThresholdStaged(v, n, p, key, idx, selectedDev, scratch, nullptr, s);
+  return selectThresholdWith(v, n, p, key, idx, selectedDev, scratch, true, s);
+}
+
+cudaError_t selectThresholdLookback(const float* v, size_t n, const sparse::Plan& p,
+                                    const KeySpec& key, uint32_t* idx, uint64_t* selectedDev,
+                                    void* scratch, cudaStream_t s) {
+  return selectThresholdWith(v, n, p, key, idx, selectedDev, scratch, false, s);
 }
 
 cudaError_t selectExact(const float* v, size_t n, size_t k, uint32_t* idx, uint64_t* selectedDev,

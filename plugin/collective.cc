@@ -121,7 +121,7 @@ gradcompResult_t momentumPassThrough(gradcompComm& c, int kind, bool keyed, uint
     if (st->residual) keepAt = p, p += alignUp(n * 4);
     if (!st->residual) vAt = p, p += alignUp(n * 4);
     if (rs) typedAt = p, p += alignUp(n * dtypeBytes(t));
-    scratchAt = p, p += alignUp(c.sparse->scratchBytes(n, 1));
+    scratchAt = p, p += alignUp(c.sparse->scratchBytes(n, 1, 0));
     GC_CHECK(c.ensureWorkspace(p));
     return c.sparse->reserve();
   }()));

@@ -262,7 +262,7 @@ def main():
     prof = j("profile.json") or {}
     topk = topk_speedup(kdoc, tdoc)
     topk_min = topk_speedup(kdoc, tdoc, kernel="topk_threshold_min_sample")
-    topk_staged = topk_speedup(kdoc, tdoc, kernel="topk_threshold_staged")
+    topk_lookback = topk_speedup(kdoc, tdoc, kernel="topk_threshold_lookback")
     model = model_speedup(p8)
     model400 = model_speedup(p8, gbps=400)
     # The pipelined two-shot's row (perf_n8_pipe: GRADCOMP_PIPELINE_BYTES set).
@@ -308,7 +308,7 @@ def main():
         "profile_unavailable_reason": prof.get("unavailable_reason"),
         "topk_dgc_speedup_vs_torch_topk": topk,
         "topk_dgc_min_sample_speedup_vs_torch_topk": topk_min,
-        "topk_dgc_staged_speedup_vs_torch_topk": topk_staged,
+        "topk_dgc_lookback_speedup_vs_torch_topk": topk_lookback,
         "allreduce_qsgd4_model_speedup_10gbps_n8_256MB": model,
         # Pipelined (perf_n8_pipe), with the unpipelined model beside it.
         "allreduce_qsgd4_model_speedup_400gbps_n8_256MB": piped[400],
@@ -463,9 +463,9 @@ def main():
     L.append("| the same selector at the least sample rate (1e-4: a sample of max(1024, 64/density) "
              "entries; the default since 2026-12-04, when the row above is the same selector) "
              "| %s | reported | |" % fmt(topk_min))
-    L.append("| the same selector with the staged compaction (no look-back: each tile stages its "
-             "indices by one atomicAdd, one block scans the tiles' counts; not yet the library's) "
-             "| %s | reported | |" % fmt(topk_staged))
+    L.append("| the same selector with the look-back compaction (each tile waits for the counts "
+             "of those before it; the library's until 2026-12-04, its compaction staged since) "
+             "| %s | reported | |" % fmt(topk_lookback))
     L.append("| 4-bit allreduce modeled speedup over NCCL fp32, 10 Gb/s, N=8, 256 MB | %s | >= 5x | %s |"
              % (fmt(model), fmt(summary["goals"]["allreduce_qsgd4_model_ge_5x_nccl_10gbps_n8_256MB"])))
     gl = summary["goals"]

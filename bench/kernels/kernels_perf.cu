@@ -19,9 +19,9 @@
 //   exact), fp32 input:           and the kmax indices are not counted); the
 //                                 threshold selector also at the least sample
 //                                 rate (topk_threshold_min_sample) and with
-//                                 the staged compaction (topk_threshold_staged,
-//                                 gc::cuda::selectThresholdStaged: its staging
-//                                 buffer is allocated here)
+//                                 the look-back compaction, which no call
+//                                 runs (topk_threshold_lookback,
+//                                 gc::cuda::selectThresholdLookback)
 //   sparse_check_lists:           reads L * kmax * 4 (the indices of the L
 //                                 received slot lists the sparse allgather
 //                                 checks in one launch, after a memset of L flags)
@@ -101,7 +101,7 @@ const char* const kKinds[] = {"copy",
                               "decode",
                               "topk_threshold",
                               "topk_threshold_min_sample",
-                              "topk_threshold_staged",
+                              "topk_threshold_lookback",
                               "topk_exact",
                               "sparse_checks"};
 
@@ -174,7 +174,7 @@ void usage() {
       "lists the sparse check reads (the ranks of a sparse allgather). KINDS: comma-separated\n"
       "from copy, encode, encode_nearest, encode_square, encode_square_nearest, encode_no_ef,\n"
       "encode_pipelined, decode,\n"
-      "topk_threshold, topk_threshold_min_sample, topk_threshold_staged, topk_exact,\n"
+      "topk_threshold, topk_threshold_min_sample, topk_threshold_lookback, topk_exact,\n"
       "sparse_checks. The JSON is\n"
       "rewritten after every row, so a run that stops keeps what it measured.\n");
 }
@@ -610,38 +610,35 @@ int main(int argc, char** argv) {
         CHECK_CUDA(cudaFree(ws));
       }
     }
-    // The threshold selector with the staged compaction (no look-back;
-    // gc::cuda::selectThresholdStaged, the same slots), at the default sample
-    // rate: beside topk_threshold it tells whether the library should switch.
-    if (a.runs("topk_threshold_staged")) {
+    // The threshold selector with the look-back compaction (the one
+    // selectExact uses; gc::cuda::selectThresholdLookback, the same slots),
+    // at the default sample rate: beside topk_threshold, whose compaction is
+    // staged, it tells whether the library chose the faster one.
+    if (a.runs("topk_threshold_lookback")) {
       for (double d : a.densities) {
         // The plan gradcompTopkSelect makes: its density arrives as a float.
         const gc::sparse::Plan p =
             gc::sparse::makePlan(n, (float)d, false, cfg.oversample, cfg.sampleRate);
         uint32_t* idx = nullptr;
         void* ws = nullptr;
-        void* staging = nullptr;
         CHECK_CUDA(cudaMalloc(&idx, p.kmax * 4));
-        CHECK_CUDA(cudaMalloc(&ws, gc::cuda::sparseScratchBytes(n, p.sample)));
-        CHECK_CUDA(cudaMalloc(&staging, gc::cuda::sparseStagingBytes(n, p.kmax)));
+        CHECK_CUDA(cudaMalloc(&ws, gc::cuda::sparseScratchBytes(n, p.sample, 0)));
         uint64_t seed = 1;
         const double us = timeIt(
             s,
             [&] {
-              CHECK_CUDA(gc::cuda::selectThresholdStaged(static_cast<const float*>(g), n, p,
-                                                         gc::plainKey(seed++), idx, nullptr, ws,
-                                                         staging, s));
+              CHECK_CUDA(gc::cuda::selectThresholdLookback(
+                  static_cast<const float*>(g), n, p, gc::plainKey(seed++), idx, nullptr, ws, s));
             },
             a.once);
         const double bytes = 4.0 * n;
-        Result x{"topk_threshold_staged", "float",  0, n,     us, bytes,
-                 bytes / us / 1e3,        copyGbps, d, p.kmax};
+        Result x{"topk_threshold_lookback", "float",  0, n,     us, bytes,
+                 bytes / us / 1e3,          copyGbps, d, p.kmax};
         x.sampleRate = cfg.sampleRate;
         report(x);
         CHECK_CUDA(cudaStreamSynchronize(s));
         CHECK_CUDA(cudaFree(idx));
         CHECK_CUDA(cudaFree(ws));
-        CHECK_CUDA(cudaFree(staging));
       }
     }
     if (a.runs("sparse_checks"))

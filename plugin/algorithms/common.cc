@@ -160,6 +160,11 @@ float sparseClipThreshold(const gradcompComm& c) {
   return dgc && c.cfg.clipNorm > 0.0f ? (float)(c.cfg.clipNorm / sqrt((double)c.nranks)) : 0.0f;
 }
 
+size_t sparseScratch(const gradcompComm& c, size_t count, const sparse::Plan& plan) {
+  const bool exact = c.cfg.select == gradcompSelectExact;
+  return c.sparse->scratchBytes(count, exact ? 1 : plan.sample, exact ? 0 : plan.kmax);
+}
+
 gradcompResult_t sparseSelect(const gradcompComm& c, float* v, size_t count,
                               const sparse::Plan& plan, const KeySpec& key, DType vt, char* slot,
                               size_t valOff, float* mask, void* scratch) {

@@ -73,7 +73,9 @@ Layout layout(const gradcompComm& c, size_t m, DType, bool haveResidual, uint64_
   L.out = p, p += alignUp(m * 4);  // unused for an fp32 Sum, which sums into recv
   if (!haveResidual) L.v = p, p += alignUp(n * m * 4);
   if (haveResidual) L.keep = p, p += alignUp(n * m * 4);
-  L.scratch = p, p += alignUp(c.sparse->scratchBytes(n * m, L.plan.sample));
+  // Rand-k and the dense payload select nothing: their scratch is the clipping's.
+  L.scratch = p, p += alignUp(L.payload == Payload::Sparse ? sparseScratch(c, n * m, L.plan)
+                                                           : c.sparse->scratchBytes(n * m, 1, 0));
   L.total = p;
   return L;
 }

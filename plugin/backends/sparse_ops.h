@@ -18,8 +18,9 @@ class SparseOps {
   virtual ~SparseOps() = default;
   void setStream(cudaStream_t s) { stream_ = s; }
 
-  // Scratch the operations below need for n elements and a sample of m.
-  virtual size_t scratchBytes(size_t n, size_t m) const = 0;
+  // Scratch the operations below need for n elements, a sample of m and
+  // selectThreshold's kmax slots (0 when no threshold selection is made).
+  virtual size_t scratchBytes(size_t n, size_t m, size_t kmax) const = 0;
   // v = (vIn ? v : 0) + (u ? (u = m*u + s*g) : s*g); s scales g to norm
   // clipThr when clipThr > 0 and ||g|| is larger. keep (may be null)
   // receives the old v, for settle() to put back where v is not finite.

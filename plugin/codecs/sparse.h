@@ -52,29 +52,32 @@ void sparseGather(float* v, const uint32_t* idx, size_t k, float* out, bool clea
 }  // namespace host
 
 namespace cuda {
-// Scratch bytes of the selectors for n elements and a sample of m.
-size_t sparseScratchBytes(size_t n, size_t m);
+// Scratch bytes of the selectors for n elements, a sample of m and, for
+// selectThreshold, kmax slots (its staged compaction's buffers, about
+// 4 kmax + 12 n / 4096 bytes; 0 for selectExact and selectThresholdLookback,
+// which stage nothing).
+size_t sparseScratchBytes(size_t n, size_t m, size_t kmax);
 cudaError_t sparseAccumulate(const void* g, DType t, size_t n, float clipThr, float m, float* u,
                              float* v, bool vIn, float* keep, void* scratch, cudaStream_t s);
 cudaError_t sparseSettle(float* v, const float* keep, float* u, size_t n, bool clear,
                          cudaStream_t s);
 cudaError_t sparseNonFiniteFlag(const float* v, size_t n, float* flag, cudaStream_t s);
 cudaError_t sparseApplyFlag(float* val, size_t k, const float* flag, cudaStream_t s);
-// *selectedDev (device memory) receives the filled count.
+// *selectedDev (device memory) receives the filled count. selectThreshold:
+// the rule from the sample, then the staged compaction (kernels/sparse.cu:
+// v read once, no tile waits for another), in scratch of
+// sparseScratchBytes(n, p.sample, p.kmax).
 cudaError_t selectThreshold(const float* v, size_t n, const sparse::Plan& p, const KeySpec& key,
                             uint32_t* idx, uint64_t* selectedDev, void* scratch, cudaStream_t s);
 cudaError_t selectExact(const float* v, size_t n, size_t k, uint32_t* idx, uint64_t* selectedDev,
                         void* scratch, cudaStream_t s);
-// selectThreshold with the staged compaction (kernels/sparse.cu: no
-// look-back; the same slots and count), in `staging` of
-// sparseStagingBytes(n, p.kmax) bytes, 256-byte aligned, besides the scratch
-// (NULL: selectThreshold's compaction).
-// Not yet what the library calls: gradcomp_kernels_perf times it
-// (topk_threshold_staged) beside selectThreshold.
-size_t sparseStagingBytes(size_t n, size_t kmax);
-cudaError_t selectThresholdStaged(const float* v, size_t n, const sparse::Plan& p,
-                                  const KeySpec& key, uint32_t* idx, uint64_t* selectedDev,
-                                  void* scratch, void* staging, cudaStream_t s);
+// selectThreshold's slots and count through selectExact's compaction (one
+// pass with a decoupled look-back), in scratch of
+// sparseScratchBytes(n, p.sample, 0). No call runs it: gradcomp_kernels_perf
+// times it (topk_threshold_lookback) beside selectThreshold.
+cudaError_t selectThresholdLookback(const float* v, size_t n, const sparse::Plan& p,
+                                    const KeySpec& key, uint32_t* idx, uint64_t* selectedDev,
+                                    void* scratch, cudaStream_t s);
 cudaError_t sparseCommit(const uint32_t* idx, size_t slots, DType vt, void* val, float* v, float* u,
                          cudaStream_t s);
 // A received slot list, checked against the wire rule on the device with no

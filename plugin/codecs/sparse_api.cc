@@ -81,7 +81,7 @@ GC_EXPORT gradcompResult_t gradcompTopkWorkspaceBytes(size_t n, float density, f
   GC_ARG(bytes != nullptr, "bytes (output) is NULL");
   gc::sparse::Plan p{};
   GC_CHECK(gc::topkPlan(n, density, oversample, sampleRate, exact, &p));
-  *bytes = n == 0 ? 0 : gc::cuda::sparseScratchBytes(n, exact ? 1 : p.sample);
+  *bytes = n == 0 ? 0 : gc::cuda::sparseScratchBytes(n, exact ? 1 : p.sample, exact ? 0 : p.kmax);
   return gradcompSuccess;
 }
 
@@ -101,7 +101,7 @@ GC_EXPORT gradcompResult_t gradcompTopkSelect(const float* v, size_t n, float de
     if (selectedCount) GC_CUDACHECK(cudaMemsetAsync(selectedCount, 0, sizeof(uint64_t), stream));
     return gradcompSuccess;
   }
-  const size_t need = gc::cuda::sparseScratchBytes(n, exact ? 1 : p.sample);
+  const size_t need = gc::cuda::sparseScratchBytes(n, exact ? 1 : p.sample, exact ? 0 : p.kmax);
   GC_ARG(workspace != nullptr && workspaceBytes >= need,
          "workspace=%p with workspaceBytes=%zu is too small: gradcompTopkWorkspaceBytes gives %zu",
          workspace, workspaceBytes, need);

@@ -54,7 +54,7 @@ TEST_F(SparseGpu, AccumulateEqualsHost) {
       if (n > 4) v[n / 4] = 3e38f, g[n / 4] = 3e38f;
       std::vector<float> keep(n);
       DeviceBuffer<float> dg(n), du(n), dv(n), dkeep(n), dflag(1);
-      DeviceBuffer<char> scratch(gc::cuda::sparseScratchBytes(n, 1));
+      DeviceBuffer<char> scratch(gc::cuda::sparseScratchBytes(n, 1, 0));
       dg.upload(g), du.upload(u), dv.upload(v);
       ASSERT_EQ(gc::cuda::sparseAccumulate(dg.get(), DType::F32, n, clip, 0.9f, du.get(), dv.get(),
                                            true, dkeep.get(), scratch.get(), stream),
@@ -150,7 +150,7 @@ TEST_F(SparseGpu, ClippedAccumulateOfFiniteGradientEqualsHost) {
       std::vector<float> v(n);
       DeviceBuffer<uint16_t> dg(n * 2);
       DeviceBuffer<float> dv(n);
-      DeviceBuffer<char> scratch(gc::cuda::sparseScratchBytes(n, 1));
+      DeviceBuffer<char> scratch(gc::cuda::sparseScratchBytes(n, 1, 0));
       dg.upload(g);
       ASSERT_EQ(gc::cuda::sparseAccumulate(dg.get(), t, n, clip, 0.9f, nullptr, dv.get(), false,
                                            nullptr, scratch.get(), stream),
@@ -174,7 +174,7 @@ TEST_F(SparseGpu, SelectorsCommitScatterEqualHost) {
           DeviceBuffer<uint64_t> dsel(1), drejected(1);
           DeviceBuffer<uint32_t> dflag(1);
           DeviceBuffer<uint16_t> dval(p.kmax);
-          DeviceBuffer<char> scratch(gc::cuda::sparseScratchBytes(n, p.sample));
+          DeviceBuffer<char> scratch(gc::cuda::sparseScratchBytes(n, p.sample, p.kmax));
           dv.upload(v);
           std::vector<uint32_t> idx(p.kmax);
           uint64_t sel = 0;
@@ -218,8 +218,10 @@ TEST_F(SparseGpu, SelectorsCommitScatterEqualHost) {
   }
 }
 
-// The one-pass compaction's edges (a tile is 256 threads x 16 elements; the
-// counts of earlier tiles come by decoupled look-back): sizes within one
+// The compactions' edges (a tile is 256 threads x 16 elements; the exact
+// selector's and selectThresholdLookback's tiles get the counts of earlier
+// tiles by decoupled look-back, selectThreshold's stage theirs and a prefix
+// places them, the look-back its fallback): sizes within one
 // thread's run, one tile, at and past tile edges, and 1025 tiles, more than
 // an H100/H200 holds resident at once; v aligned (16-byte loads) and one
 // float past it (scalar loads); exact selections whose tie cut falls on a
@@ -258,7 +260,8 @@ TEST_F(SparseGpu, CompactionEdgesEqualHost) {
     DeviceBuffer<float> dv(n + 1);
     DeviceBuffer<uint32_t> didx(n);
     DeviceBuffer<uint64_t> dsel(1);
-    DeviceBuffer<char> scratch(gc::cuda::sparseScratchBytes(n, n));
+    const size_t scratchBytes = gc::cuda::sparseScratchBytes(n, n, n);
+    DeviceBuffer<char> scratch(scratchBytes);
     for (size_t c = 0; c < cases.size(); ++c) {
       const std::vector<float>& v = cases[c];
       for (size_t off : {(size_t)0, (size_t)1}) {
@@ -289,20 +292,25 @@ TEST_F(SparseGpu, CompactionEdgesEqualHost) {
                                               dsel.get(), scratch.get(), stream),
                     cudaSuccess);
           check(("threshold density=" + std::to_string(density)).c_str(), p.kmax, idx, sel);
-          // The staged compaction (gradcomp_kernels_perf's topk_threshold_staged):
-          // the same slots and count, its fallback included (every entry a tie,
-          // more qualifying than kmax), over slots filled with garbage; twice on
-          // one staging buffer, itself garbage at first: each call starts afresh.
-          const size_t stagingBytes = gc::cuda::sparseStagingBytes(n, p.kmax);
-          DeviceBuffer<char> staging(stagingBytes);
-          ASSERT_EQ(cudaMemsetAsync(staging.get(), 0x5a, stagingBytes, stream), cudaSuccess);
+          // The look-back compaction (gradcomp_kernels_perf's
+          // topk_threshold_lookback): the same slots and count. Then the
+          // staged one again over slots and a scratch filled with garbage,
+          // twice on one scratch: each call starts afresh, its fallback
+          // included (every entry a tie, more qualifying than kmax).
+          ASSERT_EQ(cudaMemsetAsync(didx.get(), 0x5a, p.kmax * 4, stream), cudaSuccess);
+          ASSERT_EQ(
+              gc::cuda::selectThresholdLookback(dv.get(off), n, p, gc::plainKey(99 + n), didx.get(),
+                                                dsel.get(), scratch.get(), stream),
+              cudaSuccess);
+          check(("look-back threshold density=" + std::to_string(density)).c_str(), p.kmax, idx,
+                sel);
+          ASSERT_EQ(cudaMemsetAsync(scratch.get(), 0x5a, scratchBytes, stream), cudaSuccess);
           for (int again = 0; again < 2; ++again) {
             ASSERT_EQ(cudaMemsetAsync(didx.get(), 0x5a, p.kmax * 4, stream), cudaSuccess);
-            ASSERT_EQ(
-                gc::cuda::selectThresholdStaged(dv.get(off), n, p, gc::plainKey(99 + n), didx.get(),
-                                                dsel.get(), scratch.get(), staging.get(), stream),
-                cudaSuccess);
-            check(("staged threshold density=" + std::to_string(density) +
+            ASSERT_EQ(gc::cuda::selectThreshold(dv.get(off), n, p, gc::plainKey(99 + n), didx.get(),
+                                                dsel.get(), scratch.get(), stream),
+                      cudaSuccess);
+            check(("threshold again density=" + std::to_string(density) +
                    " call=" + std::to_string(again))
                       .c_str(),
                   p.kmax, idx, sel);
@@ -333,7 +341,8 @@ TEST_F(SparseGpu, CompactionOverManyWavesEqualsHost) {
   DeviceBuffer<float> dv(n + 1);
   DeviceBuffer<uint32_t> didx(n);
   DeviceBuffer<uint64_t> dsel(1);
-  DeviceBuffer<char> scratch(gc::cuda::sparseScratchBytes(n, std::max(lo.sample, all.sample)));
+  DeviceBuffer<char> scratch(gc::cuda::sparseScratchBytes(n, std::max(lo.sample, all.sample),
+                                                          std::max(lo.kmax, all.kmax)));
   for (size_t off : {(size_t)0, (size_t)1}) {
     dv.upload(v, off);
     for (size_t k : {(size_t)1, n / 3 + 1, n - 4097}) {
@@ -355,25 +364,26 @@ TEST_F(SparseGpu, CompactionOverManyWavesEqualsHost) {
                                           dsel.get(), scratch.get(), stream),
                 cudaSuccess);
       ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
-      ASSERT_EQ(didx.download(p.kmax), idx) << "threshold kmax=" << p.kmax << " offset=" << off;
+      ASSERT_EQ(didx.download(p.kmax), idx) << "threshold kmax=" << p.kmax << " offset=" << off
+                                            << ": the staged compaction, 4097 tiles staging in "
+                                               "whatever order their atomics come";
       ASSERT_EQ(dsel.download(1)[0], sel) << "threshold kmax=" << p.kmax << " offset=" << off;
-      // The staged compaction: 4097 tiles staging in whatever order their
-      // atomics come, each tile's run placed by the prefix of the counts.
-      DeviceBuffer<char> staging(gc::cuda::sparseStagingBytes(n, p.kmax));
+      // The look-back compaction: 4097 tiles, each waiting on the counts
+      // of those before it.
       ASSERT_EQ(cudaMemsetAsync(didx.get(), 0x5a, p.kmax * 4, stream), cudaSuccess);
-      ASSERT_EQ(gc::cuda::selectThresholdStaged(dv.get(off), n, p, gc::plainKey(7), didx.get(),
-                                                dsel.get(), scratch.get(), staging.get(), stream),
+      ASSERT_EQ(gc::cuda::selectThresholdLookback(dv.get(off), n, p, gc::plainKey(7), didx.get(),
+                                                  dsel.get(), scratch.get(), stream),
                 cudaSuccess);
       ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
-      ASSERT_EQ(didx.download(p.kmax), idx) << "staged kmax=" << p.kmax << " offset=" << off;
-      ASSERT_EQ(dsel.download(1)[0], sel) << "staged kmax=" << p.kmax << " offset=" << off;
+      ASSERT_EQ(didx.download(p.kmax), idx) << "look-back kmax=" << p.kmax << " offset=" << off;
+      ASSERT_EQ(dsel.download(1)[0], sel) << "look-back kmax=" << p.kmax << " offset=" << off;
     }
   }
 }
 
 // The staged compaction past one pass of its prefix block (16384 tiles of
 // 4096: n > 2^26), at 0.1% (the staging holds every selection) and at 60%
-// (kmax = n), on one staging buffer: the host's slots and count.
+// (kmax = n), on one scratch: the host's slots and count.
 TEST_F(SparseGpu, StagedCompactionPastOnePrefixPassEqualsHost) {
   const size_t n = ((size_t)1 << 26) + 3 * 4096 + 5;
   std::vector<float> v(n);
@@ -386,16 +396,16 @@ TEST_F(SparseGpu, StagedCompactionPastOnePrefixPassEqualsHost) {
   DeviceBuffer<float> dv(n);
   DeviceBuffer<uint32_t> didx(n);
   DeviceBuffer<uint64_t> dsel(1);
-  DeviceBuffer<char> scratch(gc::cuda::sparseScratchBytes(n, std::max(lo.sample, all.sample)));
-  DeviceBuffer<char> staging(gc::cuda::sparseStagingBytes(n, all.kmax));
+  DeviceBuffer<char> scratch(gc::cuda::sparseScratchBytes(n, std::max(lo.sample, all.sample),
+                                                          std::max(lo.kmax, all.kmax)));
   dv.upload(v);
   for (const Plan& p : {lo, all, lo}) {
     std::vector<uint32_t> idx(p.kmax);
     uint64_t sel = 0;
     gc::host::selectThreshold(v.data(), n, p, 11, idx.data(), &sel);
     ASSERT_EQ(cudaMemsetAsync(didx.get(), 0x5a, p.kmax * 4, stream), cudaSuccess);
-    ASSERT_EQ(gc::cuda::selectThresholdStaged(dv.get(), n, p, gc::plainKey(11), didx.get(),
-                                              dsel.get(), scratch.get(), staging.get(), stream),
+    ASSERT_EQ(gc::cuda::selectThreshold(dv.get(), n, p, gc::plainKey(11), didx.get(), dsel.get(),
+                                        scratch.get(), stream),
               cudaSuccess);
     ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
     ASSERT_EQ(didx.download(p.kmax), idx) << "kmax=" << p.kmax;
@@ -426,7 +436,7 @@ TEST_F(SparseGpu, SparseOpsSlicesEqualCpuBackendAndSumTheirCounts) {
   ASSERT_EQ(gpu->reserve(), gradcompSuccess);
   DeviceBuffer<float> dv(n);
   DeviceBuffer<uint32_t> didx(parts * p.kmax);
-  DeviceBuffer<char> scratch(gpu->scratchBytes(m, p.sample));
+  DeviceBuffer<char> scratch(gpu->scratchBytes(m, p.sample, p.kmax));
   dv.upload(v);
   std::vector<uint32_t> idx(parts * p.kmax, gc::sparse::kEmptySlot);
   for (int round = 0; round < 2; ++round) {
@@ -476,16 +486,19 @@ TEST_F(SparseGpu, RandkEqualsHost) {
 }
 
 // Both selectors captured into one graph (sharing one scratch), replayed
-// over two different inputs: each replay re-initializes the look-back's tile
-// states and the radix state, so the second equals the host on its input
-// too (stale tile states from the first replay would shift its slots).
+// over three different inputs: each replay re-initializes the staging's
+// count, the look-back's tile states and the radix state, so the later ones
+// equal the host on their inputs too (a stale count or stale tile states
+// from an earlier replay would shift their slots). The third input is all
+// ties with a NaN last: more entries qualify than kmax, so the threshold
+// selector's look-back fallback and its non-finite pass run in the graph.
 TEST_F(SparseGpu, CapturedSelectionReplaysToEagerResult) {
   const size_t n = 1 << 20;
   Plan p = gc::sparse::makePlan(n, 0.01, false, 2, 0.01);
   DeviceBuffer<float> dv(n);
   DeviceBuffer<uint32_t> didx(p.kmax), dexact(p.k);
   DeviceBuffer<uint64_t> dsel(2);
-  DeviceBuffer<char> scratch(gc::cuda::sparseScratchBytes(n, p.sample));
+  DeviceBuffer<char> scratch(gc::cuda::sparseScratchBytes(n, p.sample, p.kmax));
   cudaGraph_t graph;
   ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
   ASSERT_EQ(gc::cuda::selectThreshold(dv.get(), n, p, gc::plainKey(5), didx.get(), dsel.get(),
@@ -497,10 +510,13 @@ TEST_F(SparseGpu, CapturedSelectionReplaysToEagerResult) {
   ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
   cudaGraphExec_t exec;
   ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
-  for (int replay = 0; replay < 2; ++replay) {
+  for (int replay = 0; replay < 3; ++replay) {
     std::vector<float> v = gctest::normal(n, 9 + replay);
     if (replay == 1) {
       for (size_t i = 0; i < n; i += 3) v[i] = 4.0f;  // ties at the exact cut
+    } else if (replay == 2) {
+      v.assign(n, 0.25f);
+      v[n - 1] = std::numeric_limits<float>::quiet_NaN();
     }
     dv.upload(v);
     ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);

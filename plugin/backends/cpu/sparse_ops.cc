@@ -7,7 +7,7 @@ namespace {
 
 class CpuSparseOps final : public SparseOps {
  public:
-  size_t scratchBytes(size_t, size_t) const override { return 0; }
+  size_t scratchBytes(size_t, size_t, size_t) const override { return 0; }
   gradcompResult_t accumulate(const void* g, DType t, size_t n, float clipThr, float m, float* u,
                               float* v, bool vIn, float* keep, void*) override {
     host::sparseAccumulate(g, t, n, clipThr, m, u, v, vIn, keep);

@@ -20,8 +20,8 @@ class CudaSparseOps final : public SparseOps {
     if (host_) cudaFreeHost(host_);
     if (dev_) cudaFree(dev_);
   }
-  size_t scratchBytes(size_t n, size_t m) const override {
-    return kCountBytes + cuda::sparseScratchBytes(n, m);
+  size_t scratchBytes(size_t n, size_t m, size_t kmax) const override {
+    return kCountBytes + cuda::sparseScratchBytes(n, m, kmax);
   }
   gradcompResult_t accumulate(const void* g, DType t, size_t n, float clipThr, float m, float* u,
                               float* v, bool vIn, float* keep, void* scratch) override {
