@@ -90,6 +90,16 @@ GC_HD float fdiv(float a, float b) {
 #endif
 }
 
+// a * b + c with one rounding (IEEE fma on both sides: the host's fmaf is
+// correctly rounded, as the device's FFMA).
+GC_HD float ffma(float a, float b, float c) {
+#if defined(__CUDA_ARCH__)
+  return __fmaf_rn(a, b, c);
+#else
+  return hostResult(__builtin_fmaf(a, b, c));
+#endif
+}
+
 // The same for double (L2 scales, squared norms).
 GC_HD double dmul(double a, double b) {
 #if defined(__CUDA_ARCH__)

@@ -66,6 +66,11 @@ GC_HD int levelFromRatio(float r, int s, float u) {
 // from k^2 to (k+1)^2 that u has covered, so E[level^2] = u: unbiased up to
 // the draw's grid, as levelFromRatio. At draw 1/2 (nearest) that is the
 // nearer of k^2 and (k+1)^2, ties down.
+// The test draw < (u - k^2) / (2k + 1) is decided exactly, without the
+// division: u - k^2 is exact (k^2 <= u < 2^24 are both multiples of u's ulp,
+// and the difference is no larger than u), and one fma gives
+// draw (2k + 1) - (u - k^2) rounded once, which keeps its sign: the draw
+// rounds up when that is negative.
 GC_HD int squareLevelFromU(float u, int s, float draw) {
   if (!(u < (float)(s * s))) return s;
 #if defined(__CUDA_ARCH__)
@@ -81,8 +86,8 @@ GC_HD int squareLevelFromU(float u, int s, float draw) {
 #endif
   if ((float)(k * k) > u) --k;
   if ((float)((k + 1) * (k + 1)) <= u) ++k;
-  const float frac = fdiv(fsub(u, (float)(k * k)), (float)(2 * k + 1));
-  const int level = k + (draw < frac ? 1 : 0);
+  const float covered = fsub(u, (float)(k * k));
+  const int level = k + (ffma(draw, (float)(2 * k + 1), -covered) < 0.0f ? 1 : 0);
   return level > s ? s : level;
 }
 

@@ -112,13 +112,14 @@ inline void encNearest(const void* x, DType t, float* res, size_t n, int bits, i
 // the bucket's max |v|. With u = |v| s^2 / scale (the shared math's ratio
 // at s^2 levels), the level below is the largest k with k^2 <= u, found by
 // counting up; the draw rounds up when it is below (u - k^2) / (2k + 1), the
-// share of the step to (k+1)^2 that u covers (nearest: the draw is 1/2).
+// share of the step to (k+1)^2 that u covers (nearest: the draw is 1/2),
+// compared exactly: draw * (2k + 1) < u - k^2 in double, where both sides
+// are exact (at most 32 and 24 significant bits).
 inline int squareLevel(float u, int s, float draw) {
   int k = 0;
   while (k < s && (float)((k + 1) * (k + 1)) <= u) ++k;
   if (k == s) return s;
-  const float frac = (u - (float)(k * k)) / (float)(2 * k + 1);
-  return k + (draw < frac ? 1 : 0);
+  return k + ((double)draw * (double)(2 * k + 1) < (double)u - (double)(k * k) ? 1 : 0);
 }
 
 // Value of a square bucket's code: sign * (k*k / (s*s)) * |scale|.

@@ -379,6 +379,43 @@ TEST(SquareLevels, LevelOfUIsExactAtEveryBoundary) {
   }
 }
 
+// The round-up test draw < (u - k^2) / (2k + 1) is exact: for u across every
+// step of every width, the largest float draw whose product with 2k + 1 is
+// below u - k^2 (found in double, where both are exact) rounds up, and the
+// next float does not. A division rounded to float first decides some of
+// these the other way (its quotient rounds onto the draw); the test counts
+// them, so it tells the two rules apart.
+TEST(SquareLevels, RoundUpIsDecidedExactlyNotByTheRoundedQuotient) {
+  size_t quotientWouldDiffer = 0, cases = 0;
+  for (int bits = 2; bits <= 8; ++bits) {
+    const int s = gc::qsgd::levels(bits);
+    for (int k = 0; k < s; ++k) {
+      const double b = 2.0 * k + 1.0;
+      for (int j = 1; j < 64; ++j) {
+        // u in (k^2, (k+1)^2), a = u - k^2 (exact in float, as the library relies on).
+        const float u = (float)(k * k + ((2 * j - 1) / 128.0 + j * 1e-5) * b);
+        const float a = u - (float)(k * k);
+        ASSERT_EQ((double)a, (double)u - (double)(k * k)) << "u - k^2 must be exact";
+        ASSERT_GT(a, 0.0f);
+        float below = (float)((double)a / b);
+        while (!((double)below * b < (double)a)) below = nextafterf(below, 0.0f);
+        while ((double)nextafterf(below, 2.0f) * b < (double)a) below = nextafterf(below, 2.0f);
+        const float atOrAbove = nextafterf(below, 2.0f);
+        ASSERT_EQ(gc::qsgd::squareLevelFromU(u, s, below), k + 1)
+            << "bits " << bits << " k " << k << " u " << u << " draw " << below;
+        ASSERT_EQ(gc::qsgd::squareLevelFromU(u, s, atOrAbove), k)
+            << "bits " << bits << " k " << k << " u " << u << " draw " << atOrAbove;
+        ASSERT_EQ(gctest::ref::squareLevel(u, s, below), k + 1);
+        ASSERT_EQ(gctest::ref::squareLevel(u, s, atOrAbove), k);
+        const float quotient = a / (float)b;
+        quotientWouldDiffer += !(below < quotient);
+        ++cases;
+      }
+    }
+  }
+  EXPECT_GT(quotientWouldDiffer, 0u) << "of " << cases << " cases";
+}
+
 // ---- config and entry points
 
 TEST(SquareLevelsConfig, EnvParsesAndDefaultsToUniform) {
