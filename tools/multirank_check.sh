@@ -58,6 +58,8 @@ rank_env() {
 runs=${GC_MULTIRANK_RUNS:-2:0 4:2 4:0}
 abort_runs=${GC_MULTIRANK_ABORT_RUNS:-2:0 4:2}
 [ "$abort_runs" = none ] && abort_runs=""
+# No abort runs: the suites may use their time too.
+[ -z "$abort_runs" ] && abort_reserve=0
 for run in $runs; do
   n=${run%%:*}; local_size=${run##*:}
   tag=n$n; [ "$local_size" != 0 ] && tag=hier_n$n

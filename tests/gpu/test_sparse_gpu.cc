@@ -117,13 +117,13 @@ TEST_F(SparseGpu, NonFiniteFlagAnyPositionAlignmentAndPass) {
   // 2^28 + 4097 zeros (1 GiB, filled on the device) with an Inf only in the
   // last element, which the second pass of the grid-stride loop reads.
   const size_t big = ((size_t)1 << 28) + 4097;
-  DeviceBuffer<float> dv(big), dflag(1);
-  ASSERT_EQ(cudaMemset(dv.get(), 0, big * 4), cudaSuccess);
+  DeviceBuffer<float> dv(big), dflag(1);  // zeroed and settled by its constructor
   ASSERT_EQ(gc::cuda::sparseNonFiniteFlag(dv.get(), big, dflag.get(), stream), cudaSuccess);
   ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
   EXPECT_EQ(dflag.download(1)[0], 0.0f);
   const float inf = std::numeric_limits<float>::infinity();
   ASSERT_EQ(cudaMemcpy(dv.get(big - 1), &inf, 4, cudaMemcpyHostToDevice), cudaSuccess);
+  gctest::settle();  // a pageable copy may land after the non-blocking stream's kernel starts
   ASSERT_EQ(gc::cuda::sparseNonFiniteFlag(dv.get(), big, dflag.get(), stream), cudaSuccess);
   ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
   std::vector<float> one = {inf};
