@@ -281,10 +281,16 @@ __device__ __forceinline__ void ruleCounts(const uint32_t keys[kItems], size_t n
   *top = t;
 }
 
-// Also clears the compaction's non-finite flag (the word after `selected`).
-__global__ void tileStateInitKernel(TileState state, int tiles, unsigned int* nonFinite) {
+// Also clears the compaction's non-finite flag (the word after `selected`)
+// and, for the staged compaction, its count of staged entries (`staged`, may
+// be null): one launch readies both compactions.
+__global__ void tileStateInitKernel(TileState state, int tiles, unsigned int* nonFinite,
+                                    unsigned long long* staged = nullptr) {
   state.InitializeStatus(tiles);
-  if (blockIdx.x == 0 && threadIdx.x == 0) *nonFinite = 0;
+  if (blockIdx.x == 0 && threadIdx.x == 0) {
+    *nonFinite = 0;
+    if (staged) *staged = 0;
+  }
 }
 
 // One pass over v: tile t (kTile elements, 16 per thread) counts its keys
@@ -380,11 +386,6 @@ __global__ void fillEmptyKernel(const unsigned long long* __restrict__ selected,
 struct StageState {
   unsigned long long total;  // entries staged (qualified), the atomicAdd's counter
 };
-
-__global__ void stageInitKernel(StageState* st, unsigned int* nonFinite) {
-  st->total = 0;
-  *nonFinite = 0;
-}
 
 __global__ void __launch_bounds__(kThreads)
     stageKernel(const float* __restrict__ v, size_t n, bool vec, const SelectRule* rule, size_t cap,
@@ -716,10 +717,9 @@ cudaError_t compactStaged(const float* v, size_t n, size_t kmax, uint32_t* idx,
   uint32_t* tileCount = at<uint32_t>(staging, G.tileCount);
   uint32_t* tilePlace = at<uint32_t>(staging, G.tilePlace);
   uint32_t* staged = at<uint32_t>(staging, G.staged);
-  // The fallback's tile states first: it clears the non-finite flag too.
+  // The fallback's tile states, the non-finite flag and the staged count.
   tileStateInitKernel<<<(tiles + kThreads - 1) / kThreads, kThreads, 0, s>>>(state, tiles,
-                                                                             nonFinite);
-  stageInitKernel<<<1, 1, 0, s>>>(st, nonFinite);
+                                                                             nonFinite, &st->total);
   const bool vec = (reinterpret_cast<uintptr_t>(v) & 15) == 0;
   stageKernel<<<tiles, kThreads, 0, s>>>(v, n, vec, rule, kmax, st, tileStart, tileCount, staged,
                                          nonFinite);
