@@ -33,7 +33,7 @@ for i in "${!order[@]}"; do
 done
 # The plots step draws the JSON of other steps ("$raw/<step>.json" on its command line): it
 # must run in a group no earlier than every step that writes one, or its plots lack them.
-inputs=$(awk '/^want plots && run_step plots/ {on = 1} on {print} on && !/\\$/ {exit}' \
+inputs=$(awk '/^run_step plots / {on = 1} on {print} on && !/\\$/ {exit}' \
   "$src/tools/gpu-check.sh" | grep -o '"$raw/[a-z0-9_]*\.json"' | sed -E 's/.*raw\/([a-z0-9_]+)\.json"/\1/')
 if [ -z "$inputs" ] || [ "$plots_group" -lt 0 ]; then
   echo "FAIL: no plots step or no inputs on its command line"; fail=1

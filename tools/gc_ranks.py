@@ -157,9 +157,11 @@ def _run_ranks(procs, world, argv, logs_prefix, env, timeout, gpu, preload, port
                 os.killpg(p.pid, stop)
             except OSError:
                 pass
+    # One 10 s deadline for all the ranks, not 10 s each: the caller's own limit comes soon.
+    wait_end = time.time() + 10
     for p, log in procs:
         try:
-            p.wait(10)
+            p.wait(max(0.1, wait_end - time.time()))
         except subprocess.TimeoutExpired:
             try:
                 os.killpg(p.pid, signal.SIGKILL)

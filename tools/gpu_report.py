@@ -346,6 +346,11 @@ def main():
         "torch_hook_abort_seconds_rank0": hooks.get("torch_hook_abort_seconds_rank0"),
         "torch_hooks_params_identical_all_runs": hooks.get("torch_hooks_params_identical_all_runs"),
         "torch_hook_full_precision_params": hooks.get("torch_hook_full_precision_params"),
+        # FSDP2's GradcompReduceScatter (torch_hooks' fsdp_none / fsdp_qsgd4 runs).
+        "fsdp_hook_qsgd4_acc_delta_pts": hooks.get("fsdp_hook_qsgd4_acc_delta_pts"),
+        "fsdp_hook_qsgd4_test_loss_rel_delta": hooks.get("fsdp_hook_qsgd4_test_loss_rel_delta"),
+        "fsdp_hook_qsgd4_params_identical": hooks.get("fsdp_hook_qsgd4_params_identical"),
+        "fsdp_hook_qsgd4_calls_compressed_rank0": hooks.get("fsdp_hook_qsgd4_calls_compressed_rank0"),
         "lm_val_loss_rel_delta_qsgd4": lm.get("lm_val_loss_rel_delta_qsgd4"),
         "lm_val_loss_rel_delta_dgc": lm.get("lm_val_loss_rel_delta_dgc"),
         "lm_val_loss_rel_delta_powersgd": lm.get("lm_val_loss_rel_delta_powersgd"),

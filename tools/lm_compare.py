@@ -382,7 +382,7 @@ def worker(args):
 # ------------------------------------------------------------------ launcher
 def verdict(status, results):
     """The exit status: 0 when the uncompressed run and every run made gave a result. A run
-    skipped (the preload on the CPU; on the GPU box, the runs past the time budget: the 14 runs
+    skipped (the preload on the CPU; on the GPU box, the runs past the time budget: the 16 runs
     do not fit its 5 minutes, PRIORITY puts the goals' first) is not a failure; a failed or
     timed-out one is."""
     made = [n for n, st in status.items() if not st.startswith("skipped")]

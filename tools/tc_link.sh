@@ -321,7 +321,9 @@ for line in open(os.path.join(raw, "tc_link_runs.tsv")).read().splitlines():
     doc["baseline"] = perf.get("baseline")
     for r in perf["rows"]:
         m = next((m for m in r.get("model", []) if m["link_gbps"] == float(gbps)), {})
-        measured = r["nccl_time_us"] / r["time_us"] if r.get("time_us") else None
+        # A failed row (or a failed baseline) has null times: no ratio, the row still reported.
+        measured = (r["nccl_time_us"] / r["time_us"]
+                    if r.get("time_us") and r.get("nccl_time_us") is not None else None)
         model = m.get("speedup")
         run = dict(base, method=r["method"], size=r["size"], failed=r["failed"],
                    error=r.get("error") or None, wrong=r.get("wrong"),
@@ -342,7 +344,8 @@ for line in open(os.path.join(raw, "tc_link_runs.tsv")).read().splitlines():
             # the noise left between them.
             took = r["auto_forced_time_us" if r.get("auto_choice") == "compress" else
                      "auto_nccl_time_us"]
-            best = min(r["auto_forced_time_us"], r["auto_nccl_time_us"])
+            both = (r["auto_forced_time_us"], r["auto_nccl_time_us"])  # null when not finite
+            best = min(both) if None not in both else None
             run.update(auto_time_us=r["auto_time_us"], auto_choice=r.get("auto_choice"),
                        auto_forced_time_us=r["auto_forced_time_us"],
                        auto_nccl_time_us=r["auto_nccl_time_us"],
