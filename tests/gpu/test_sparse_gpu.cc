@@ -281,7 +281,7 @@ TEST_F(SparseGpu, CompactionEdgesEqualHost) {
           ASSERT_EQ(gc::cuda::selectExact(dv.get(off), n, k, didx.get(), dsel.get(), scratch.get(),
                                           stream),
                     cudaSuccess);
-          check(("exact k=" + std::to_string(k)).c_str(), k, idx, sel);
+          ASSERT_NO_FATAL_FAILURE(check(("exact k=" + std::to_string(k)).c_str(), k, idx, sel));
         }
         for (double density : {0.001, 0.05}) {
           const Plan p = gc::sparse::makePlan(n, density, false, 2, 0.01);
@@ -291,7 +291,8 @@ TEST_F(SparseGpu, CompactionEdgesEqualHost) {
           ASSERT_EQ(gc::cuda::selectThreshold(dv.get(off), n, p, gc::plainKey(99 + n), didx.get(),
                                               dsel.get(), scratch.get(), stream),
                     cudaSuccess);
-          check(("threshold density=" + std::to_string(density)).c_str(), p.kmax, idx, sel);
+          ASSERT_NO_FATAL_FAILURE(
+              check(("threshold density=" + std::to_string(density)).c_str(), p.kmax, idx, sel));
           // The look-back compaction (gradcomp_kernels_perf's
           // topk_threshold_lookback): the same slots and count. Then the
           // staged one again over slots and a scratch filled with garbage,
@@ -302,18 +303,19 @@ TEST_F(SparseGpu, CompactionEdgesEqualHost) {
               gc::cuda::selectThresholdLookback(dv.get(off), n, p, gc::plainKey(99 + n), didx.get(),
                                                 dsel.get(), scratch.get(), stream),
               cudaSuccess);
-          check(("look-back threshold density=" + std::to_string(density)).c_str(), p.kmax, idx,
-                sel);
+          ASSERT_NO_FATAL_FAILURE(
+              check(("look-back threshold density=" + std::to_string(density)).c_str(), p.kmax, idx,
+                    sel));
           ASSERT_EQ(cudaMemsetAsync(scratch.get(), 0x5a, scratchBytes, stream), cudaSuccess);
           for (int again = 0; again < 2; ++again) {
             ASSERT_EQ(cudaMemsetAsync(didx.get(), 0x5a, p.kmax * 4, stream), cudaSuccess);
             ASSERT_EQ(gc::cuda::selectThreshold(dv.get(off), n, p, gc::plainKey(99 + n), didx.get(),
                                                 dsel.get(), scratch.get(), stream),
                       cudaSuccess);
-            check(("threshold again density=" + std::to_string(density) +
-                   " call=" + std::to_string(again))
-                      .c_str(),
-                  p.kmax, idx, sel);
+            ASSERT_NO_FATAL_FAILURE(check(("threshold again density=" + std::to_string(density) +
+                                           " call=" + std::to_string(again))
+                                              .c_str(),
+                                          p.kmax, idx, sel));
           }
         }
       }
