@@ -159,12 +159,15 @@ __device__ __forceinline__ void decodePlainBucket(const uint32_t (&chunk)[R], in
   }
 }
 
-template <int R>
+// kBits: the width as a constant (4 at the default bucket: qsgdDecode), so
+// that the codes' shifts and masks fold; 0: the width is `bitsArg`.
+template <int R, int kBits = 0>
 __global__ void __launch_bounds__(kWarpThreads, 12)
     qsgdDecodeWarpKernel(const float* __restrict__ scales, const uint32_t* __restrict__ words,
-                         size_t n, int bits, float* __restrict__ out, bool accumulate,
+                         size_t n, int bitsArg, float* __restrict__ out, bool accumulate,
                          bool alignedOut) {
   constexpr int kBucket = kRow * R;
+  const int bits = kBits != 0 ? kBits : bitsArg;
   __shared__ float levelTables[2 * kLevelTable];
   __shared__ float codeTables[kWarpsPerBlock][2 * kLevelTable];
   const int s = qsgd::levels(bits);
@@ -332,7 +335,16 @@ cudaError_t qsgdDecode(const void* in, size_t n, int bits, int bucket, float* ou
   const uint32_t* words = reinterpret_cast<const uint32_t*>(scales + nb);
   const bool alignedOut = aligned(out, 16);
   if (withWarpRows(bucket, [&](auto rows) {
-        qsgdDecodeWarpKernel<decltype(rows)::value><<<warpBlocks(nb), kWarpThreads, 0, stream>>>(
+        constexpr int R = decltype(rows)::value;
+        // The default width at the default bucket (512) with its width a constant.
+        if constexpr (R == 4) {
+          if (bits == 4) {
+            qsgdDecodeWarpKernel<R, 4><<<warpBlocks(nb), kWarpThreads, 0, stream>>>(
+                scales, words, n, bits, out, accumulate, alignedOut);
+            return;
+          }
+        }
+        qsgdDecodeWarpKernel<R><<<warpBlocks(nb), kWarpThreads, 0, stream>>>(
             scales, words, n, bits, out, accumulate, alignedOut);
       })) {
     return cudaGetLastError();

@@ -300,12 +300,17 @@ __device__ __forceinline__ void encodeRows(const void* __restrict__ x, DType t,
 // (fp32, bf16: 8 blocks) and 72 (fp16: 7 blocks); bounded, nothing spills
 // and the plain path issues about 1% more instructions. The encode waits on
 // its loads before it codes, so warps resident are what hide that wait.
-template <int R, DType T, bool kNearest, bool kSquare>
+// kBits: the width as a constant (4, the default, at the default bucket:
+// warpEncodeLaunch), so that every shift, mask and row store of the codes
+// folds to constants; 0: the width is `bitsArg`, any of 2..8. The same code,
+// so the same bytes.
+template <int R, DType T, bool kNearest, bool kSquare, int kBits = 0>
 __global__ void __launch_bounds__(kWarpThreads, R <= 4 ? 9 : 1)
     qsgdEncodeWarpKernel(const void* __restrict__ x, float* __restrict__ residual, size_t n,
-                         int bits, KeySpec keySpec, float* __restrict__ scales,
+                         int bitsArg, KeySpec keySpec, float* __restrict__ scales,
                          uint32_t* __restrict__ words, bool alignedIn) {
   constexpr int kBucket = kRow * R;
+  const int bits = kBits != 0 ? kBits : bitsArg;
   __shared__ float levelTable[128];
   const uint64_t key = encodeKeyAndLevels(keySpec, bits, kSquare, levelTable);
   const int lane = threadIdx.x & 31;
@@ -454,24 +459,30 @@ unsigned residentBlocks(K kernel) {
 template <DType T>
 void warpEncodeLaunch(const WarpEncodeCall& c) {
   withCoding(c.key, [&](auto nearest, auto square) {
-    auto go = [&](auto rows) {
+    auto go = [&](auto rows, auto bits) {
       qsgdEncodeWarpKernel<decltype(rows)::value, T, decltype(nearest)::value,
-                           decltype(square)::value>
+                           decltype(square)::value, decltype(bits)::value>
           <<<warpBlocks(c.nb), kWarpThreads, 0, c.stream>>>(c.x, c.residual, c.n, c.bits, c.key,
                                                             c.scales, c.words, c.alignedIn);
     };
+    const auto anyBits = std::integral_constant<int, 0>();
     switch (c.rows) {
       case 1:
-        go(std::integral_constant<int, 1>());
+        go(std::integral_constant<int, 1>(), anyBits);
         break;
       case 2:
-        go(std::integral_constant<int, 2>());
+        go(std::integral_constant<int, 2>(), anyBits);
         break;
       case 4:
-        go(std::integral_constant<int, 4>());
+        // The default width at the default bucket (512) with its width a constant.
+        if (c.bits == 4) {
+          go(std::integral_constant<int, 4>(), std::integral_constant<int, 4>());
+        } else {
+          go(std::integral_constant<int, 4>(), anyBits);
+        }
         break;
       default:
-        go(std::integral_constant<int, 8>());
+        go(std::integral_constant<int, 8>(), anyBits);
         break;
     }
   });
