@@ -1,9 +1,10 @@
 // The QSGD warp path's encode kernels and the helpers they share with the
 // decode (kernels/qsgd.cu): included by qsgd.cu and by one file per input
 // type, qsgd_encode_{f32,f16,bf16}.cu, each of which instantiates that
-// type's warp kernels (4 bucket widths x 2 roundings x 2 level kinds, and
-// the pipelined variant's). The instantiations were most of qsgd.cu's
-// compile time; split by type, they compile in parallel.
+// type's warp kernels (4 bucket widths x 2 roundings x 2 level kinds, the
+// same 4 at buckets of 512 with the width fixed at 4, and the pipelined
+// variant's). The instantiations were most of qsgd.cu's compile time; split
+// by type, they compile in parallel.
 #pragma once
 
 #include <cuda_runtime.h>
