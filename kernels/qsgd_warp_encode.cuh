@@ -296,38 +296,6 @@ __device__ __forceinline__ void encodeRows(const void* __restrict__ x, DType t,
                                    len, lane, full);
 }
 
-// Buckets of up to 512, every input type: at most 56 registers, so that 9
-// blocks (36 warps) fit on an SM. Unbounded, the plain path's code takes 64
-// (fp32, bf16: 8 blocks) and 72 (fp16: 7 blocks); bounded, nothing spills
-// and the plain path issues about 1% more instructions. The encode waits on
-// its loads before it codes, so warps resident are what hide that wait.
-// kBits: the width as a constant (4, the default, at the default bucket:
-// warpEncodeLaunch), so that every shift, mask and row store of the codes
-// folds to constants; 0: the width is `bitsArg`, any of 2..8. The same code,
-// so the same bytes.
-template <int R, DType T, bool kNearest, bool kSquare, int kBits = 0>
-__global__ void __launch_bounds__(kWarpThreads, R <= 4 ? 9 : 1)
-    qsgdEncodeWarpKernel(const void* __restrict__ x, float* __restrict__ residual, size_t n,
-                         int bitsArg, KeySpec keySpec, float* __restrict__ scales,
-                         uint32_t* __restrict__ words, bool alignedIn) {
-  constexpr int kBucket = kRow * R;
-  const int bits = kBits != 0 ? kBits : bitsArg;
-  __shared__ float levelTable[128];
-  const uint64_t key = encodeKeyAndLevels(keySpec, bits, kSquare, levelTable);
-  const int lane = threadIdx.x & 31;
-  const size_t b = (size_t)blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5);
-  const size_t base = b * kBucket;
-  if (base >= n) return;
-  const size_t len = min((size_t)kBucket, n - base);
-  if (alignedIn && len == kBucket) {
-    encodeRows<R, kNearest, kSquare>(x, T, residual, n, bits, key, levelTable, scales, words, b,
-                                     base, kBucket, lane, true);
-  } else {
-    encodeRows<R, kNearest, kSquare>(x, T, residual, n, bits, key, levelTable, scales, words, b,
-                                     base, len, lane, false);
-  }
-}
-
 // One whole, aligned bucket's loads as they come from memory (x in its own
 // type, the residual as floats), not yet waited on: sumRows converts and adds
 // them, with load4's and loadRows' arithmetic.
@@ -364,6 +332,53 @@ __device__ __forceinline__ void sumRows(const RawX4<T> (&xr)[R], const float4 (&
       v[r][0] = fadd(v[r][0], rr[r].x), v[r][1] = fadd(v[r][1], rr[r].y);
       v[r][2] = fadd(v[r][2], rr[r].z), v[r][3] = fadd(v[r][3], rr[r].w);
     }
+  }
+}
+
+// Buckets of up to 512, every input type: at most 56 registers, so that 9
+// blocks (36 warps) fit on an SM. Unbounded, the plain path's code takes 64
+// (fp32, bf16: 8 blocks) and 72 (fp16: 7 blocks); bounded, nothing spills
+// and the plain path issues about 1% more instructions. The encode waits on
+// its loads before it codes, so warps resident are what hide that wait.
+// kBits: the width as a constant (4, the default, at the default bucket:
+// warpEncodeLaunch), so that every shift, mask and row store of the codes
+// folds to constants; 0: the width is `bitsArg`, any of 2..8. The same code,
+// so the same bytes.
+template <int R, DType T, bool kNearest, bool kSquare, int kBits = 0>
+__global__ void __launch_bounds__(kWarpThreads, R <= 4 ? 9 : 1)
+    qsgdEncodeWarpKernel(const void* __restrict__ x, float* __restrict__ residual, size_t n,
+                         int bitsArg, KeySpec keySpec, float* __restrict__ scales,
+                         uint32_t* __restrict__ words, bool alignedIn) {
+  constexpr int kBucket = kRow * R;
+  const int bits = kBits != 0 ? kBits : bitsArg;
+  __shared__ float levelTable[128];
+  const int lane = threadIdx.x & 31;
+  const size_t b = (size_t)blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5);
+  const size_t base = b * kBucket;
+  const size_t len = base < n ? min((size_t)kBucket, n - base) : 0;
+  const bool whole = alignedIn && len == kBucket;
+  // With the width a constant (the default rows), a whole bucket's loads are
+  // issued before the block's key and level table (thread 0 may read the
+  // comm's device step and hash it four times; then a barrier), so that they
+  // are in flight meanwhile instead of after. The runtime-width kernels load
+  // after the barrier: holding the raw loads across it spills their
+  // registers (56 at most) in their rows.
+  RawX4<T> xr[R];
+  float4 rr[R];
+  if (kBits != 0 && whole) prefetchRows<R, T>(x, residual, base, lane, xr, rr);
+  const uint64_t key = encodeKeyAndLevels(keySpec, bits, kSquare, levelTable);
+  if (len == 0) return;
+  if (kBits != 0 && whole) {
+    float v[R][4];
+    sumRows<R, T>(xr, rr, residual != nullptr, v);
+    codeBucket<R, kNearest, kSquare>(v, residual, n, bits, key, levelTable, scales, words, b, base,
+                                     kBucket, lane, true);
+  } else if (whole) {
+    encodeRows<R, kNearest, kSquare>(x, T, residual, n, bits, key, levelTable, scales, words, b,
+                                     base, kBucket, lane, true);
+  } else {
+    encodeRows<R, kNearest, kSquare>(x, T, residual, n, bits, key, levelTable, scales, words, b,
+                                     base, len, lane, false);
   }
 }
 
