@@ -357,18 +357,21 @@ __global__ void __launch_bounds__(kWarpThreads, R <= 4 ? 9 : 1)
   const size_t base = b * kBucket;
   const size_t len = base < n ? min((size_t)kBucket, n - base) : 0;
   const bool whole = alignedIn && len == kBucket;
-  // With the width a constant (the default rows), a whole bucket's loads are
-  // issued before the block's key and level table (thread 0 may read the
-  // comm's device step and hash it four times; then a barrier), so that they
-  // are in flight meanwhile instead of after. The runtime-width kernels load
-  // after the barrier: holding the raw loads across it spills their
-  // registers (56 at most) in their rows.
+  // With the width a constant (the default rows) and for buckets of 1024, a
+  // whole bucket's loads are issued before the block's key and level table
+  // (thread 0 may read the comm's device step and hash it four times; then a
+  // barrier), so that they are in flight meanwhile instead of after. The
+  // runtime-width kernels of 512 load after the barrier: holding the raw
+  // loads across it spills in their rows (56 registers at most); those of 128
+  // and 256 take 4 to 9 more registers with them (fewer blocks per SM), and
+  // those of 1024 (no register bound) 2 to 7 fewer.
+  constexpr bool kEarly = kBits != 0 || R == 8;
   RawX4<T> xr[R];
   float4 rr[R];
-  if (kBits != 0 && whole) prefetchRows<R, T>(x, residual, base, lane, xr, rr);
+  if (kEarly && whole) prefetchRows<R, T>(x, residual, base, lane, xr, rr);
   const uint64_t key = encodeKeyAndLevels(keySpec, bits, kSquare, levelTable);
   if (len == 0) return;
-  if (kBits != 0 && whole) {
+  if (kEarly && whole) {
     float v[R][4];
     sumRows<R, T>(xr, rr, residual != nullptr, v);
     codeBucket<R, kNearest, kSquare>(v, residual, n, bits, key, levelTable, scales, words, b, base,
