@@ -41,6 +41,12 @@ size_t slotsOf(const sparse::Plan& p, int exact) {
   return exact ? p.k : p.kmax;
 }
 
+// The GPU selector's workspace for plan p: the exact selector's (no sample,
+// no staging), or the threshold selector's sample and staged compaction.
+size_t workspaceOf(size_t n, const sparse::Plan& p, int exact) {
+  return n == 0 ? 0 : cuda::sparseScratchBytes(n, exact ? 1 : p.sample, exact ? 0 : p.kmax);
+}
+
 }  // namespace
 }  // namespace gc
 
@@ -81,7 +87,7 @@ GC_EXPORT gradcompResult_t gradcompTopkWorkspaceBytes(size_t n, float density, f
   GC_ARG(bytes != nullptr, "bytes (output) is NULL");
   gc::sparse::Plan p{};
   GC_CHECK(gc::topkPlan(n, density, oversample, sampleRate, exact, &p));
-  *bytes = n == 0 ? 0 : gc::cuda::sparseScratchBytes(n, exact ? 1 : p.sample, exact ? 0 : p.kmax);
+  *bytes = gc::workspaceOf(n, p, exact);
   return gradcompSuccess;
 }
 
@@ -101,7 +107,7 @@ GC_EXPORT gradcompResult_t gradcompTopkSelect(const float* v, size_t n, float de
     if (selectedCount) GC_CUDACHECK(cudaMemsetAsync(selectedCount, 0, sizeof(uint64_t), stream));
     return gradcompSuccess;
   }
-  const size_t need = gc::cuda::sparseScratchBytes(n, exact ? 1 : p.sample, exact ? 0 : p.kmax);
+  const size_t need = gc::workspaceOf(n, p, exact);
   GC_ARG(workspace != nullptr && workspaceBytes >= need,
          "workspace=%p with workspaceBytes=%zu is too small: gradcompTopkWorkspaceBytes gives %zu",
          workspace, workspaceBytes, need);
