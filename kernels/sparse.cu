@@ -372,10 +372,9 @@ __global__ void fillEmptyKernel(const unsigned long long* __restrict__ selected,
 // ------------------------------------------------------ staged compaction
 // The threshold rule's compaction without the look-back (selectThreshold's;
 // gradcomp_kernels_perf times compact() beside it: `topk_threshold_lookback`).
-// A threshold rule takes
-// every key above it (need = 0), so a tile's selections depend on its own
-// keys alone and only their place in the output waits on the other tiles:
-// stageKernel reads v once and never waits. Each tile counts its selections,
+// A threshold rule takes every key above it (need = 0), so a tile's
+// selections depend on its own keys alone and only their place in the
+// output waits on the other tiles: stageKernel reads v once and never waits. Each tile counts its selections,
 // takes a run of the staging array by one atomicAdd (tiles in any order),
 // and writes its indices there in index order; stagePrefixKernel (one block)
 // scans the tiles' counts in tile order; stagePlaceKernel moves each staged
