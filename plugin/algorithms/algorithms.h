@@ -100,11 +100,12 @@ size_t sparseInterNodeBytes(const gradcompComm& c, size_t count, uint64_t calls)
 // residual; DGC's gradient clip threshold clipNorm*N^-1/2 (0: no clipping);
 // and one selection from |v| into kmax (index, value) slots, v keeping
 // exactly what was not sent (mask, when not null, zeroed where sent).
-// sparseScratch: the selector scratch of a call that selects (the threshold
-// selector's staging sized by kmax; none for the exact selector).
+// sparseScratch: a call's scratch: the selector's where it selects (the
+// threshold selector's staging sized by kmax; none for the exact selector),
+// else (rand-k, a dense payload) only the clipping's.
 sparse::Plan sparsePlan(const gradcompComm& c, size_t count, uint64_t calls, DType* valueType);
 float sparseClipThreshold(const gradcompComm& c);
-size_t sparseScratch(const gradcompComm& c, size_t count, const sparse::Plan& plan);
+size_t sparseScratch(const gradcompComm& c, size_t count, const sparse::Plan& plan, bool selects);
 gradcompResult_t sparseSelect(const gradcompComm& c, float* v, size_t count,
                               const sparse::Plan& plan, const KeySpec& key, DType vt, char* slot,
                               size_t valOff, float* mask, void* scratch);

@@ -160,7 +160,8 @@ float sparseClipThreshold(const gradcompComm& c) {
   return dgc && c.cfg.clipNorm > 0.0f ? (float)(c.cfg.clipNorm / sqrt((double)c.nranks)) : 0.0f;
 }
 
-size_t sparseScratch(const gradcompComm& c, size_t count, const sparse::Plan& plan) {
+size_t sparseScratch(const gradcompComm& c, size_t count, const sparse::Plan& plan, bool selects) {
+  if (!selects) return c.sparse->scratchBytes(count, 1, 0);
   const bool exact = c.cfg.select == gradcompSelectExact;
   return c.sparse->scratchBytes(count, exact ? 1 : plan.sample, exact ? 0 : plan.kmax);
 }

@@ -63,10 +63,7 @@ Layout layout(const gradcompComm& c, size_t count, DType t, bool haveResidual, u
   if (t != DType::F32) L.out = p, p += alignUp(count * 4);
   if (!haveResidual) L.v = p, p += alignUp(count * 4);
   if (haveResidual) L.keep = p, p += alignUp(count * 4);
-  // Rand-k and the dense path select nothing: their scratch is the clipping's.
-  const bool selects = !randk(c) && !L.dense;
-  L.scratch = p,
-  p += alignUp(selects ? sparseScratch(c, count, L.plan) : c.sparse->scratchBytes(count, 1, 0));
+  L.scratch = p, p += alignUp(sparseScratch(c, count, L.plan, !randk(c) && !L.dense));
   L.total = p;
   return L;
 }

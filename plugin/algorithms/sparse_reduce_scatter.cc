@@ -73,9 +73,7 @@ Layout layout(const gradcompComm& c, size_t m, DType, bool haveResidual, uint64_
   L.out = p, p += alignUp(m * 4);  // unused for an fp32 Sum, which sums into recv
   if (!haveResidual) L.v = p, p += alignUp(n * m * 4);
   if (haveResidual) L.keep = p, p += alignUp(n * m * 4);
-  // Rand-k and the dense payload select nothing: their scratch is the clipping's.
-  L.scratch = p, p += alignUp(L.payload == Payload::Sparse ? sparseScratch(c, n * m, L.plan)
-                                                           : c.sparse->scratchBytes(n * m, 1, 0));
+  L.scratch = p, p += alignUp(sparseScratch(c, n * m, L.plan, L.payload == Payload::Sparse));
   L.total = p;
   return L;
 }
