@@ -107,8 +107,6 @@ fake = os.path.join(work, "fake-bin")
 os.makedirs(fake, exist_ok=True)
 LAUNCHES = {
     "encode": ["fillKernel", "fillKernel", "qsgdEncodeWarpKernel", "fillKernel"],
-    "encode_pipelined": ["fillKernel", "fillKernel", "qsgdEncodeWarpPipelinedKernel",
-                         "fillKernel"],
     "decode": ["fillKernel", "fillKernel", "qsgdEncodeWarpKernel", "qsgdDecodeWarpKernel",
                "qsgdDecodeWarpKernel", "fillKernel"],
     "topk_threshold": ["fillKernel", "fillKernel", "sampleKernel", "DeviceRadixSortOnesweepKernel",
@@ -151,14 +149,13 @@ ks = doc.get("kernels") or []
 by = {}
 for k in ks:
     by.setdefault(k["launch"], []).append(k["kernel"])
-expect(len(open(calls).read().splitlines()) == 7 if os.path.exists(calls) else False,
-       "seven profiled runs")
+expect(len(open(calls).read().splitlines()) == 6 if os.path.exists(calls) else False,
+       "six profiled runs")
 expect(by.get("qsgd_decode, then _acc, 4") == ["qsgdDecodeWarpKernel"] * 2,
        "the decode's label holds its two decodes, not the encode that made its input (got %s)"
        % by.get("qsgd_decode, then _acc, 4"))
 expect(all(by.get("qsgd_encode_ef %s 4" % t) == ["qsgdEncodeWarpKernel"]
-           for t in ("float", "bfloat16", "half")) and
-       by.get("qsgd_encode_ef_pipelined float 4") == ["qsgdEncodeWarpPipelinedKernel"],
+           for t in ("float", "bfloat16", "half")),
        "each encode label holds its encode (got %s)" % by)
 expect(by.get("topk_threshold 0.001") == LAUNCHES["topk_threshold"][2:] and
        by.get("topk_exact 0.001") == LAUNCHES["topk_exact"][2:],

@@ -46,11 +46,11 @@ dump("kernels.json", {"gpu": "Test GPU", "rows": [
     krow("qsgd_encode_ef_nearest", "float", 4, N26, 0.91),
     krow("qsgd_encode_ef_nearest", "bfloat16", 4, N26, 0.83),
     krow("qsgd_encode_ef_nearest", "half", 4, N26, 0.79),
-    # The pipelined variant's rows, before the default's: neither may take the other's.
-    krow("qsgd_encode_ef_pipelined", "float", 4, N26 * 4, 0.14),
-    krow("qsgd_encode_ef_pipelined", "float", 4, N26, 0.93),
-    krow("qsgd_encode_ef_pipelined", "bfloat16", 4, N26, 0.86),
-    krow("qsgd_encode_ef_pipelined", "half", 4, N26, 0.84),
+    # Square levels' rows (a name that begins as the default's), before the default's.
+    krow("qsgd_encode_ef_square", "float", 4, N26 * 4, 0.14),
+    krow("qsgd_encode_ef_square", "float", 4, N26, 0.93),
+    krow("qsgd_encode_ef_square", "bfloat16", 4, N26, 0.86),
+    krow("qsgd_encode_ef_square", "half", 4, N26, 0.84),
     # The sparse checks at 2^26: 8 lists at density 0.1% (decoys: another density, list
     # count, n), and the non-finite flag (decoy: another n).
     srow("sparse_check_lists", N26, 99.0, density=0.01, lists=8, k=1342178),
@@ -180,9 +180,6 @@ expect(abs(r.get("qsgd4_decode_frac_of_fill", 0) - 0.9) < 1e-12, "decode over th
 expect(abs(r.get("fill_frac_of_copy", 0) - 2500.0 / 3000) < 1e-12, "fill: its 2^26 row")
 expect(r.get("qsgd4_bf16_encode_ef_frac_of_copy") == 0.81, "bf16 encode: 4-bit, 2^26 row")
 expect(r.get("qsgd4_fp16_encode_ef_frac_of_copy") == 0.22, "fp16 encode: 4-bit, 2^26 row")
-expect(r.get("qsgd4_pipelined_encode_ef_frac_of_copy") == 0.93, "pipelined encode: fp32 4-bit 2^26 row")
-expect(r.get("qsgd4_bf16_pipelined_encode_ef_frac_of_copy") == 0.86, "pipelined encode: bf16 row")
-expect(r.get("qsgd4_fp16_pipelined_encode_ef_frac_of_copy") == 0.84, "pipelined encode: fp16 row")
 expect(r.get("qsgd4_nearest_encode_ef_frac_of_copy") == 0.91, "nearest encode: fp32 4-bit 2^26 row")
 expect(r.get("qsgd4_bf16_nearest_encode_ef_frac_of_copy") == 0.83, "nearest encode: bf16 row")
 expect(r.get("qsgd4_fp16_nearest_encode_ef_frac_of_copy") == 0.79, "nearest encode: fp16 row")
@@ -263,7 +260,6 @@ expect("| qsgdEncodeWarpKernel<4> | qsgd_encode_ef float 4 | 310 |" in text and 
        "report shows the kernel limiters")
 expect("# table text" in text, "report includes the benchmark tables")
 expect("| 0.91 / 0.83 / 0.79 | reported |" in text, "report shows the nearest encode fractions")
-expect("| 0.93 / 0.86 / 0.84 | reported |" in text, "report shows the pipelined encode fractions")
 expect("| 0.9 / 0.75 | reported |" in text, "report shows the nearest / stochastic model encode")
 expect("| received slot lists' check, 8 lists of 134218 slots (DGC 0.1%) | 6 | 0.02 | 0.05 (dgc) |"
        in text, "report shows the slot lists' check")
@@ -335,18 +331,18 @@ with open(os.path.join(mdir, "kernels.json"), "w") as f:
                "rows": [krow("copy", "float", 0, N26, 1.0), krow("qsgd_encode_ef", "float", 4, N26, 0.9)]}, f)
 with open(os.path.join(mdir, "kernels_more.json"), "w") as f:
     json.dump({"gpu": "Test GPU", "bucket": 512, "complete": False,
-               "rows": [krow("qsgd_encode_ef_pipelined", "float", 4, N26, 0.93)]}, f)
+               "rows": [krow("qsgd_encode_ef_square", "float", 4, N26, 0.93)]}, f)
 for _ in range(2):
     subprocess.check_call(merge)
 mk = json.load(open(os.path.join(mdir, "kernels.json")))
-expect([r["kernel"] for r in mk["rows"]] == ["copy", "qsgd_encode_ef", "qsgd_encode_ef_pipelined"],
+expect([r["kernel"] for r in mk["rows"]] == ["copy", "qsgd_encode_ef", "qsgd_encode_ef_square"],
        "merge: the second run's rows once, after the first's: %s" % [r["kernel"] for r in mk["rows"]])
 expect(mk.get("complete") is False, "merge: incomplete when the second run stopped early")
 expect(mk.get("gpu") == "Test GPU", "merge keeps the first file's fields")
 os.remove(os.path.join(mdir, "kernels.json"))
 subprocess.check_call(merge)
 mk = json.load(open(os.path.join(mdir, "kernels.json")))
-expect([r["kernel"] for r in mk["rows"]] == ["qsgd_encode_ef_pipelined"] and mk.get("complete") is False,
+expect([r["kernel"] for r in mk["rows"]] == ["qsgd_encode_ef_square"] and mk.get("complete") is False,
        "merge without the first file: the second's rows, incomplete")
 expect(not os.path.exists(os.path.join(mdir, "kernels.json.part")), "merge leaves no part file")
 

@@ -308,24 +308,6 @@ cudaError_t qsgdEncode(const void* x, DType t, float* residual, size_t n, int bi
   return cudaGetLastError();
 }
 
-cudaError_t qsgdEncodePipelined(const void* x, DType t, float* residual, size_t n, int bits,
-                                int bucket, const KeySpec& key, void* out, cudaStream_t stream) {
-  if (n == 0) return cudaSuccess;
-  if (bucket != 128 && bucket != 512) {
-    return qsgdEncode(x, t, residual, n, bits, bucket, key, out, stream);
-  }
-  const size_t nb = qsgd::numBuckets(n, bucket);
-  if (nb > kMaxDeviceBuckets) return cudaErrorInvalidValue;  // the callers say why first
-  float* scales = static_cast<float*>(out);
-  uint32_t* words = reinterpret_cast<uint32_t*>(scales + nb);
-  const bool alignedIn = aligned(x, t == DType::F32 ? 16 : 8) && aligned(residual, 16);
-  const WarpEncodeCall c{
-      bucket == 128 ? 1 : 4, x, residual, n, bits, key, scales, words, alignedIn, nb, stream};
-  cudaError_t err = cudaSuccess;
-  withInputType(t, [&](auto type) { err = warpEncodePipelined<decltype(type)::value>(c); });
-  return err != cudaSuccess ? err : cudaGetLastError();
-}
-
 cudaError_t qsgdDecode(const void* in, size_t n, int bits, int bucket, float* out, bool accumulate,
                        cudaStream_t stream) {
   if (n == 0) return cudaSuccess;

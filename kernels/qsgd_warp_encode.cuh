@@ -2,14 +2,13 @@
 // decode (kernels/qsgd.cu): included by qsgd.cu and by one file per input
 // type, qsgd_encode_{f32,f16,bf16}.cu, each of which instantiates that
 // type's warp kernels (4 bucket widths x 2 roundings x 2 level kinds, the
-// same 4 at buckets of 512 with the width fixed at 4, and the pipelined
-// variant's). The instantiations were most of qsgd.cu's compile time; split
-// by type, they compile in parallel.
+// same 4 at buckets of 512 with the width fixed at 4). The instantiations
+// were most of qsgd.cu's compile time; split by type, they compile in
+// parallel.
 #pragma once
 
 #include <cuda_runtime.h>
 
-#include <algorithm>
 #include <type_traits>
 
 #include "plugin/codecs/qsgd.h"
@@ -18,8 +17,8 @@
 namespace gc {
 namespace cuda {
 
-// A warp-path encode call: the bucket's width in rows of 128 (1, 2, 4, 8; the
-// pipelined variant 1 or 4) and its arguments.
+// A warp-path encode call: the bucket's width in rows of 128 (1, 2, 4, 8) and
+// its arguments.
 struct WarpEncodeCall {
   int rows;
   const void* x;
@@ -37,20 +36,12 @@ struct WarpEncodeCall {
 // Each defined in its type's file (qsgd_encode_{f32,f16,bf16}.cu).
 template <DType T>
 void warpEncode(const WarpEncodeCall& c);
-template <DType T>
-cudaError_t warpEncodePipelined(const WarpEncodeCall& c);
 template <>
 void warpEncode<DType::F32>(const WarpEncodeCall& c);
 template <>
 void warpEncode<DType::F16>(const WarpEncodeCall& c);
 template <>
 void warpEncode<DType::BF16>(const WarpEncodeCall& c);
-template <>
-cudaError_t warpEncodePipelined<DType::F32>(const WarpEncodeCall& c);
-template <>
-cudaError_t warpEncodePipelined<DType::F16>(const WarpEncodeCall& c);
-template <>
-cudaError_t warpEncodePipelined<DType::BF16>(const WarpEncodeCall& c);
 
 namespace {
 
@@ -385,45 +376,6 @@ __global__ void __launch_bounds__(kWarpThreads, R <= 4 ? 9 : 1)
   }
 }
 
-// The same encode as qsgdEncodeWarpKernel (the same bytes, scales and
-// residual: the keys follow the element), on a grid that stays resident:
-// each warp codes every stride-th whole bucket and issues the loads of its
-// next one before it codes the current one, so a warp's loads are in flight
-// while it computes instead of the SM's other warps alone hiding them. The
-// partial tail bucket, and every bucket when the pointers are not aligned,
-// take the checked path after. An A/B variant for buckets of 128 and 512
-// (qsgdEncodePipelined), timed beside the default by gradcomp_kernels_perf.
-template <int R, DType T, bool kNearest, bool kSquare>
-__global__ void __launch_bounds__(kWarpThreads, 4)
-    qsgdEncodeWarpPipelinedKernel(const void* __restrict__ x, float* __restrict__ residual,
-                                  size_t n, int bits, KeySpec keySpec, float* __restrict__ scales,
-                                  uint32_t* __restrict__ words, bool alignedIn) {
-  constexpr int kBucket = kRow * R;
-  __shared__ float levelTable[128];
-  const uint64_t key = encodeKeyAndLevels(keySpec, bits, kSquare, levelTable);
-  const int lane = threadIdx.x & 31;
-  const size_t warp0 = (size_t)blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5);
-  const size_t stride = (size_t)gridDim.x * kWarpsPerBlock;
-  const size_t nb = (n + kBucket - 1) / kBucket;
-  const size_t nFull = alignedIn ? n / kBucket : 0;
-  RawX4<T> xr[R];
-  float4 rr[R];
-  if (warp0 < nFull) prefetchRows<R, T>(x, residual, warp0 * kBucket, lane, xr, rr);
-  for (size_t b = warp0; b < nFull; b += stride) {
-    float v[R][4];
-    sumRows<R, T>(xr, rr, residual != nullptr, v);
-    const size_t next = b + stride;
-    if (next < nFull) prefetchRows<R, T>(x, residual, next * kBucket, lane, xr, rr);
-    codeBucket<R, kNearest, kSquare>(v, residual, n, bits, key, levelTable, scales, words, b,
-                                     b * kBucket, kBucket, lane, true);
-  }
-  for (size_t b = nFull + warp0; b < nb; b += stride) {
-    const size_t base = b * kBucket;
-    encodeRows<R, kNearest, kSquare>(x, T, residual, n, bits, key, levelTable, scales, words, b,
-                                     base, min((size_t)kBucket, n - base), lane, false);
-  }
-}
-
 inline unsigned warpBlocks(size_t nb) {
   return (unsigned)((nb + kWarpsPerBlock - 1) / kWarpsPerBlock);
 }
@@ -460,21 +412,7 @@ inline void withCoding(const KeySpec& key, F&& f) {
   }
 }
 
-// Blocks of `kernel` resident on the current device at once (at least one).
-template <typename K>
-unsigned residentBlocks(K kernel) {
-  int dev = 0, sms = 0, perSm = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess ||
-      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess ||
-      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&perSm, kernel, kWarpThreads, 0) !=
-          cudaSuccess) {
-    return 0;
-  }
-  return (unsigned)std::max(1, sms * perSm);
-}
-
-// The launches behind warpEncode<T> and warpEncodePipelined<T>, for the type
-// files to instantiate.
+// The launch behind warpEncode<T>, for the type files to instantiate.
 template <DType T>
 void warpEncodeLaunch(const WarpEncodeCall& c) {
   withCoding(c.key, [&](auto nearest, auto square) {
@@ -507,50 +445,18 @@ void warpEncodeLaunch(const WarpEncodeCall& c) {
   });
 }
 
-template <DType T>
-cudaError_t warpEncodePipelinedLaunch(const WarpEncodeCall& c) {
-  cudaError_t err = cudaSuccess;
-  withCoding(c.key, [&](auto nearest, auto square) {
-    auto go = [&](auto rows) {
-      auto* kernel =
-          qsgdEncodeWarpPipelinedKernel<decltype(rows)::value, T, decltype(nearest)::value,
-                                        decltype(square)::value>;
-      const unsigned resident = residentBlocks(kernel);
-      if (resident == 0) {
-        err = cudaGetLastError();
-        if (err == cudaSuccess) err = cudaErrorUnknown;
-        return;
-      }
-      const unsigned grid = std::min(warpBlocks(c.nb), resident);
-      kernel<<<grid, kWarpThreads, 0, c.stream>>>(c.x, c.residual, c.n, c.bits, c.key, c.scales,
-                                                  c.words, c.alignedIn);
-    };
-    if (c.rows == 1) {
-      go(std::integral_constant<int, 1>());
-    } else {
-      go(std::integral_constant<int, 4>());
-    }
-  });
-  return err;
-}
-
 }  // namespace
 }  // namespace cuda
 }  // namespace gc
 
 // What a type's file (qsgd_encode_{f32,f16,bf16}.cu) defines: warpEncode<T>
-// and warpEncodePipelined<T> for T = DType::TYPE, whose kernels it
-// instantiates.
-#define GC_QSGD_WARP_ENCODE_TYPE(TYPE)                                    \
-  namespace gc {                                                          \
-  namespace cuda {                                                        \
-  template <>                                                             \
-  void warpEncode<DType::TYPE>(const WarpEncodeCall& c) {                 \
-    warpEncodeLaunch<DType::TYPE>(c);                                     \
-  }                                                                       \
-  template <>                                                             \
-  cudaError_t warpEncodePipelined<DType::TYPE>(const WarpEncodeCall& c) { \
-    return warpEncodePipelinedLaunch<DType::TYPE>(c);                     \
-  }                                                                       \
-  }                                                                       \
+// for T = DType::TYPE, whose kernels it instantiates.
+#define GC_QSGD_WARP_ENCODE_TYPE(TYPE)                    \
+  namespace gc {                                          \
+  namespace cuda {                                        \
+  template <>                                             \
+  void warpEncode<DType::TYPE>(const WarpEncodeCall& c) { \
+    warpEncodeLaunch<DType::TYPE>(c);                     \
+  }                                                       \
+  }                                                       \
   }

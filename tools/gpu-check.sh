@@ -265,7 +265,7 @@ want perf && run_step model_check 10 "$raw/model_check.txt" python3 bench/model_
 # kinds that have not, so that a failure there (a sticky CUDA error ends its process) cannot
 # cost the goal rows; its rows are merged into kernels.json below. Each rewrites its JSON
 # after every row.
-kernels_new=encode_nearest,encode_square,encode_square_nearest,encode_pipelined,topk_threshold_min_sample,topk_threshold_lookback,sparse_checks
+kernels_new=encode_nearest,encode_square,encode_square_nearest,topk_threshold_min_sample,topk_threshold_lookback,sparse_checks
 want kernels && [ "$plan" != 1 ] && rm -f "$raw/kernels.json" "$raw/kernels_more.json"
 want kernels && run_step kernels 20 "$raw/kernels.txt" "$build/bench/gradcomp_kernels_perf" \
   --skip "$kernels_new" --json "$raw/kernels.json"

@@ -231,10 +231,6 @@ def main():
     # GRADCOMP_ROUNDING=nearest's encode kernel, timed beside the stochastic one.
     near = {t: kernel_frac(kdoc, "qsgd_encode_ef_nearest", dtype=t)
             for t in ("float", "bfloat16", "half")}
-    # The pipelined variant of the default encode (a resident grid, each warp
-    # loading its next bucket while it codes; the same bytes), timed beside it.
-    enc_piped = {t: kernel_frac(kdoc, "qsgd_encode_ef_pipelined", dtype=t)
-             for t in ("float", "bfloat16", "half")}
     # The sparse exchange's per-call checks at 2^26 (not in the link model,
     # docs/benchmark.md): the 8 received slot lists of a 0.1% DGC call, and
     # rand-k's non-finite flag; beside the modeled time of perf_n8_sparse's
@@ -289,9 +285,6 @@ def main():
         "qsgd4_decode_frac_of_copy": dec,
         "qsgd4_decode_frac_of_fill": dec_fill,
         "fill_frac_of_copy": fill,
-        "qsgd4_pipelined_encode_ef_frac_of_copy": enc_piped["float"],
-        "qsgd4_bf16_pipelined_encode_ef_frac_of_copy": enc_piped["bfloat16"],
-        "qsgd4_fp16_pipelined_encode_ef_frac_of_copy": enc_piped["half"],
         "qsgd4_nearest_encode_ef_frac_of_copy": near["float"],
         "qsgd4_bf16_nearest_encode_ef_frac_of_copy": near["bfloat16"],
         "qsgd4_fp16_nearest_encode_ef_frac_of_copy": near["half"],
@@ -451,10 +444,6 @@ def main():
     L.append("| QSGD 4-bit decode, n=2^26: fraction of a write-only fill's bandwidth (its ceiling: "
              "it writes 4n and reads n/8); the fill's fraction of copy bandwidth | %s; %s | reported | |"
              % (fmt(dec_fill), fmt(summary["fill_frac_of_copy"])))
-    L.append("| QSGD 4-bit encode+EF, pipelined variant (a resident grid, each warp loading its "
-             "next bucket while it codes; same bytes, no call runs it yet), n=2^26, d=512: "
-             "fraction of copy bandwidth, fp32 / bf16 / fp16 | %s / %s / %s | reported | |"
-             % (fmt(enc_piped["float"]), fmt(enc_piped["bfloat16"]), fmt(enc_piped["half"])))
     L.append("| QSGD 4-bit encode+EF, nearest rounding (GRADCOMP_ROUNDING=nearest), n=2^26, d=512: "
              "fraction of copy bandwidth, fp32 / bf16 / fp16 | %s / %s / %s | reported | |"
              % (fmt(near["float"]), fmt(near["bfloat16"]), fmt(near["half"])))

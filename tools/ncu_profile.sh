@@ -51,8 +51,6 @@ profile() {  # LABEL FILE KERNELS gradcomp_kernels_perf-args...
 profile "qsgd_encode_ef float 4" ncu_encode_float.csv "" --only encode --dtypes float
 profile "qsgd_encode_ef bfloat16 4" ncu_encode_bf16.csv "" --only encode --dtypes bfloat16
 profile "qsgd_encode_ef half 4" ncu_encode_half.csv "" --only encode --dtypes half
-profile "qsgd_encode_ef_pipelined float 4" ncu_encode_pipelined_float.csv "" \
-  --only encode_pipelined --dtypes float
 # The decode run encodes its input first (gradcompQsgdEncode, no residual): not its label's.
 profile "qsgd_decode, then _acc, 4" ncu_decode.csv ".*qsgdDecode.*" --only decode
 profile "topk_threshold 0.001" ncu_topk_threshold.csv "" --only topk_threshold

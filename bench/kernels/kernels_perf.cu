@@ -5,10 +5,7 @@
 //   QSGD encode + error feedback: reads g (n * type) and r (4n), writes r (4n)
 //   (stochastic rounding, and     and the encoding E(n) = 4*ceil(n/d) + 4*ceil(n*b/32)
 //   _nearest: GRADCOMP_ROUNDING=nearest's kernel;
-//   _square: GRADCOMP_LEVELS=square's;
-//   _pipelined: the same bytes from
-//   a resident grid that loads each
-//   warp's next bucket while it codes)
+//   _square: GRADCOMP_LEVELS=square's)
 //   QSGD encode (GRADCOMP_EF=0):  reads g, writes E(n)
 //   QSGD decode:                  reads E(n), writes 4n (overwrite) or reads
 //                                 and writes 4n (accumulate)
@@ -97,7 +94,6 @@ const char* const kKinds[] = {"copy",
                               "encode_square",
                               "encode_square_nearest",
                               "encode_no_ef",
-                              "encode_pipelined",
                               "decode",
                               "topk_threshold",
                               "topk_threshold_min_sample",
@@ -173,8 +169,7 @@ void usage() {
       "kernel once (its time is that one launch), for a profiler. --lists: the received slot\n"
       "lists the sparse check reads (the ranks of a sparse allgather). KINDS: comma-separated\n"
       "from copy, encode, encode_nearest, encode_square, encode_square_nearest, encode_no_ef,\n"
-      "encode_pipelined, decode,\n"
-      "topk_threshold, topk_threshold_min_sample, topk_threshold_lookback, topk_exact,\n"
+      "decode, topk_threshold, topk_threshold_min_sample, topk_threshold_lookback, topk_exact,\n"
       "sparse_checks. The JSON is\n"
       "rewritten after every row, so a run that stops keeps what it measured.\n");
 }
@@ -262,8 +257,8 @@ bool parseArgs(int argc, char** argv, Args* a) {
       return false;
     }
   }
-  // The library's range (gradcompConfig's bucketSize): the pipelined encode
-  // rows call the kernel entry point, which checks nothing.
+  // The library's range (gradcompConfig's bucketSize), refused before any
+  // row runs.
   if (a->bucket < gc::qsgd::kMinBucket || a->bucket > gc::qsgd::kMaxBucket || a->bucket % 32 != 0) {
     fprintf(stderr, "gradcomp_kernels_perf: --bucket %d not a multiple of 32 in %d..%d\n",
             a->bucket, gc::qsgd::kMinBucket, gc::qsgd::kMaxBucket);
@@ -499,27 +494,22 @@ int main(int argc, char** argv) {
     }
     // The encodes a call runs, through the public entry point: with error
     // feedback in both roundings (GRADCOMP_ROUNDING), and without it
-    // (GRADCOMP_EF=0: g read, no residual), side by side. Beside them the
-    // pipelined variant of the default encode (gc::cuda::qsgdEncodePipelined:
-    // a resident grid, each warp loading its next bucket while it codes; the
-    // same bytes), which no call runs yet: its rows decide whether it should.
-    // Square levels (GRADCOMP_LEVELS=square) in both roundings: the same
-    // bytes, one square root more per element.
+    // (GRADCOMP_EF=0: g read, no residual), side by side. Square levels (GRADCOMP_LEVELS=square) in
+    // both roundings: the same bytes, one square root more per element.
     struct Variant {
       const char *kind, *kernel;
       gradcompRounding_t rounding;
-      bool ef, pipelined;
+      bool ef;
       gradcompLevels_t levels = gradcompLevelsUniform;
     };
     const Variant variants[] = {
-        {"encode", "qsgd_encode_ef", gradcompRoundStochastic, true, false},
-        {"encode_nearest", "qsgd_encode_ef_nearest", gradcompRoundNearest, true, false},
-        {"encode_square", "qsgd_encode_ef_square", gradcompRoundStochastic, true, false,
+        {"encode", "qsgd_encode_ef", gradcompRoundStochastic, true},
+        {"encode_nearest", "qsgd_encode_ef_nearest", gradcompRoundNearest, true},
+        {"encode_square", "qsgd_encode_ef_square", gradcompRoundStochastic, true,
          gradcompLevelsSquare},
         {"encode_square_nearest", "qsgd_encode_ef_nearest_square", gradcompRoundNearest, true,
-         false, gradcompLevelsSquare},
-        {"encode_no_ef", "qsgd_encode", gradcompRoundStochastic, false, false},
-        {"encode_pipelined", "qsgd_encode_ef_pipelined", gradcompRoundStochastic, true, true}};
+         gradcompLevelsSquare},
+        {"encode_no_ef", "qsgd_encode", gradcompRoundStochastic, false}};
     for (const Variant& v : variants) {
       if (!a.runs(v.kind)) continue;
       for (ncclDataType_t t : a.dtypes) {
@@ -532,11 +522,6 @@ int main(int argc, char** argv) {
           const double us = timeIt(
               s,
               [&] {
-                if (v.pipelined) {
-                  CHECK_CUDA(gc::cuda::qsgdEncodePipelined(g, toDType(t), r, n, bits, a.bucket,
-                                                           gc::plainKey(seed++), enc, s));
-                  return;
-                }
                 gcCheck(gradcompQsgdEncodeEFLevels(g, t, v.ef ? r : nullptr, n, bits, a.bucket,
                                                    seed++, v.rounding, v.levels, enc, s),
                         "encode");

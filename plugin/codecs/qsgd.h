@@ -44,12 +44,6 @@ void qsgdDecode(const void* in, size_t n, int bits, int bucket, float* out, bool
 namespace cuda {
 cudaError_t qsgdEncode(const void* x, DType t, float* residual, size_t n, int bits, int bucket,
                        const KeySpec& key, void* out, cudaStream_t stream);
-// qsgdEncode's bytes, scales and residual from a grid that stays resident,
-// each warp loading its next bucket while it codes the current one: an A/B
-// variant for buckets of 128 and 512 (others take qsgdEncode), timed beside
-// it by gradcomp_kernels_perf's qsgd_encode_ef_pipelined rows.
-cudaError_t qsgdEncodePipelined(const void* x, DType t, float* residual, size_t n, int bits,
-                                int bucket, const KeySpec& key, void* out, cudaStream_t stream);
 // step += 1 on the stream (the comm's device step counter).
 cudaError_t advanceStep(uint64_t* step, cudaStream_t stream);
 cudaError_t qsgdDecode(const void* in, size_t n, int bits, int bucket, float* out, bool accumulate,

@@ -137,7 +137,7 @@ TEST_F(QsgdGpu, NearestEncodeBitExactWithHostEveryPath) {
 }
 
 // Square levels (GRADCOMP_LEVELS=square), both roundings: every encode path
-// (block path at 96, each warp-path width, the pipelined variant) gives the
+// (block path at 96, each warp-path width) gives the
 // serial rule's bytes (ref::encSquare) and residual, with buckets that are
 // not plain (zero, NaN, subnormal); the decode kernels (warp and block path)
 // give the host decode's values of a stream of marked and unmarked buckets.
@@ -174,20 +174,15 @@ TEST_F(QsgdGpu, SquareLevelsBitExactWithTheRuleEveryPath) {
               gc::KeySpec k = gc::plainKey(4242);
               k.nearest = nearest != 0;
               k.square = true;
-              for (int piped = 0; piped <= 1; ++piped) {
-                dr.upload(r0);
-                ASSERT_EQ(piped
-                              ? gc::cuda::qsgdEncodePipelined(dx.get(), dt, ef ? dr.get() : nullptr,
-                                                              n, bits, d, k, denc.get(), stream)
-                              : gc::cuda::qsgdEncode(dx.get(), dt, ef ? dr.get() : nullptr, n, bits,
-                                                     d, k, denc.get(), stream),
-                          cudaSuccess);
-                ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
-                ASSERT_EQ(denc.download(bytes), want) << "piped=" << piped;
-                if (ef) {
-                  const std::vector<float> rDev = dr.download(n);
-                  ASSERT_EQ(memcmp(rDev.data(), rRef.data(), n * 4), 0) << "piped=" << piped;
-                }
+              dr.upload(r0);
+              ASSERT_EQ(gc::cuda::qsgdEncode(dx.get(), dt, ef ? dr.get() : nullptr, n, bits, d, k,
+                                             denc.get(), stream),
+                        cudaSuccess);
+              ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+              ASSERT_EQ(denc.download(bytes), want);
+              if (ef) {
+                const std::vector<float> rDev = dr.download(n);
+                ASSERT_EQ(memcmp(rDev.data(), rRef.data(), n * 4), 0);
               }
               std::vector<float> hostOut(n);
               ASSERT_EQ(gradcompQsgdDecodeHost(want.data(), n, bits, d, hostOut.data(), 0),
@@ -211,8 +206,7 @@ TEST_F(QsgdGpu, SquareLevelsBitExactWithTheRuleEveryPath) {
 // 2..8 at every warp bucket (128 to 1024), uniform and square levels, both
 // roundings, decode overwrite and accumulate into an aligned output (the
 // plain path) and a misaligned one (the general path), normal data in whole
-// buckets and a tail; encoded by the default and the pipelined kernel (each
-// warp of the latter codes several buckets, refilling its table).
+// buckets and a tail.
 TEST_F(QsgdGpu, PlainBucketTablesEveryWidthBucketAndLevelsAsOnTheHost) {
   for (gradcompLevels_t levels : {gradcompLevelsUniform, gradcompLevelsSquare}) {
     for (int d : {128, 256, 512, 1024}) {
@@ -220,9 +214,8 @@ TEST_F(QsgdGpu, PlainBucketTablesEveryWidthBucketAndLevelsAsOnTheHost) {
         for (int nearest = 0; nearest <= 1; ++nearest) {
           SCOPED_TRACE(testing::Message() << "levels=" << levels << " d=" << d << " bits=" << bits
                                           << " nearest=" << nearest);
-          // The pipelined kernel (buckets of 128 and 512; the others fall back
-          // to the default) gets more buckets than an H200's resident warps
-          // (132 SMs x 5 blocks x 4 warps = 2640), so its warps take two or three.
+          // More buckets than an H200's resident warps at buckets of 128 and
+          // 512 (132 SMs x 5 blocks x 4 warps = 2640), so blocks run in waves.
           const size_t n = (size_t)d * (d == 128 || d == 512 ? 6000 : 300) + 37;
           const std::vector<float> x = gctest::normal(n, 3 * d + bits, 2.0f);
           const std::vector<float> r0 = gctest::normal(n, 9 + bits, 0.1f);
@@ -241,18 +234,14 @@ TEST_F(QsgdGpu, PlainBucketTablesEveryWidthBucketAndLevelsAsOnTheHost) {
           gc::KeySpec k = gc::plainKey(777);
           k.nearest = nearest != 0;
           k.square = levels == gradcompLevelsSquare;
-          for (int piped = 0; piped <= 1; ++piped) {
-            dr.upload(r0);
-            ASSERT_EQ(piped ? gc::cuda::qsgdEncodePipelined(dx.get(), gc::DType::F32, dr.get(), n,
-                                                            bits, d, k, denc.get(), stream)
-                            : gc::cuda::qsgdEncode(dx.get(), gc::DType::F32, dr.get(), n, bits, d,
-                                                   k, denc.get(), stream),
-                      cudaSuccess);
-            ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
-            ASSERT_EQ(denc.download(bytes), encHost) << "piped=" << piped;
-            const std::vector<float> rDev = dr.download(n);
-            ASSERT_EQ(memcmp(rDev.data(), rHost.data(), n * 4), 0) << "piped=" << piped;
-          }
+          dr.upload(r0);
+          ASSERT_EQ(gc::cuda::qsgdEncode(dx.get(), gc::DType::F32, dr.get(), n, bits, d, k,
+                                         denc.get(), stream),
+                    cudaSuccess);
+          ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+          ASSERT_EQ(denc.download(bytes), encHost);
+          const std::vector<float> rDev = dr.download(n);
+          ASSERT_EQ(memcmp(rDev.data(), rHost.data(), n * 4), 0);
           const std::vector<float> acc0 = gctest::normal(n, 21 + bits);
           for (int accumulate = 0; accumulate <= 1; ++accumulate) {
             std::vector<float> want = acc0;
@@ -571,100 +560,6 @@ TEST_F(QsgdGpu, EveryBucketBitsTypeAndAlignmentAsOnTheHost) {
       }
     }
   }
-}
-
-// gc::cuda::qsgdEncodePipelined (a resident grid, each warp loading its next
-// bucket while it codes; gradcomp_kernels_perf's qsgd_encode_ef_pipelined
-// rows) writes qsgdEncode's bytes and residual: every type, both roundings,
-// with and without error feedback, buckets of 128 and 512 (256 falls back to
-// qsgdEncode), counts below one wave of warps and several waves of them, a
-// tail bucket, buckets that are not plain (zeros, NaN, +-Inf, subnormal), and
-// a misaligned input (all of it on the checked path).
-TEST_F(QsgdGpu, PipelinedEncodeEqualsTheDefaultEncode) {
-  for (ncclDataType_t t : {ncclFloat32, ncclFloat16, ncclBfloat16}) {
-    gc::DType dt = gc::DType::F32;
-    ASSERT_EQ(gc::dtypeFromNccl(t, &dt), gradcompSuccess);
-    const size_t esz = t == ncclFloat32 ? 4 : 2;
-    for (int d : {128, 256, 512}) {
-      for (size_t n : {(size_t)1000, (size_t)(5 * d), (size_t)(4 << 20) + 37}) {
-        std::vector<float> x = gctest::normal(n, 7 * n + d);
-        if (n >= 5 * (size_t)d) {
-          std::fill(x.begin(), x.begin() + d, 0.0f);
-          x[d + 3] = NAN;
-          x[2 * d] = INFINITY, x[2 * d + 7] = -INFINITY;
-          for (size_t i = 3 * (size_t)d; i < 4 * (size_t)d; ++i) x[i] *= 1e-42f;
-        }
-        std::vector<uint16_t> h = narrow(x, t);
-        const void* hostIn = t == ncclFloat32 ? (const void*)x.data() : (const void*)h.data();
-        const std::vector<float> r0 = gctest::normal(n, 3 + n, 0.1f);
-        DeviceBuffer<uint8_t> dx((n + 1) * esz);
-        DeviceBuffer<float> dr(n), drPiped(n);
-        const size_t maxBytes = gradcompQsgdEncodedBytes(n, 8, d);
-        DeviceBuffer<uint8_t> denc(maxBytes), dencPiped(maxBytes);
-        for (size_t offset : {(size_t)0, (size_t)1}) {
-          ASSERT_EQ(cudaMemcpy(dx.get() + offset * esz, hostIn, n * esz, cudaMemcpyHostToDevice),
-                    cudaSuccess);
-          for (int bits : n > 100000 ? std::vector<int>{3, 4} : std::vector<int>{2, 3, 4, 5, 8}) {
-            for (int nearest = 0; nearest <= 1; ++nearest) {
-              for (int ef = 0; ef <= 1; ++ef) {
-                SCOPED_TRACE(testing::Message()
-                             << "type=" << t << " d=" << d << " n=" << n << " offset=" << offset
-                             << " bits=" << bits << " nearest=" << nearest << " ef=" << ef);
-                gc::KeySpec k = gc::plainKey(555 + bits);
-                k.nearest = nearest != 0;
-                dr.upload(r0);
-                drPiped.upload(r0);
-                const void* in = dx.get() + offset * esz;
-                ASSERT_EQ(gc::cuda::qsgdEncode(in, dt, ef ? dr.get() : nullptr, n, bits, d, k,
-                                               denc.get(), stream),
-                          cudaSuccess);
-                ASSERT_EQ(gc::cuda::qsgdEncodePipelined(in, dt, ef ? drPiped.get() : nullptr, n,
-                                                        bits, d, k, dencPiped.get(), stream),
-                          cudaSuccess);
-                ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
-                const size_t bytes = gradcompQsgdEncodedBytes(n, bits, d);
-                ASSERT_EQ(dencPiped.download(bytes), denc.download(bytes));
-                if (ef) {
-                  const std::vector<float> a = drPiped.download(n), b = dr.download(n);
-                  ASSERT_EQ(memcmp(a.data(), b.data(), n * 4), 0);
-                }
-              }
-            }
-          }
-        }
-      }
-    }
-  }
-}
-
-// The pipelined encode captured in a graph and replayed gives what it gives
-// eagerly (its launch asks the device's occupancy, which capture allows).
-TEST_F(QsgdGpu, PipelinedEncodeUnderCaptureEqualsEager) {
-  const size_t n = (3 << 20) + 100;
-  const std::vector<float> g = gctest::normal(n, 43);
-  const size_t bytes = gradcompQsgdEncodedBytes(n, 4, 512);
-  DeviceBuffer<float> dg(n), drEager(n), drGraph(n);
-  DeviceBuffer<uint8_t> dencEager(bytes), dencGraph(bytes);
-  dg.upload(g);
-  const gc::KeySpec k = gc::plainKey(99);
-  ASSERT_EQ(gc::cuda::qsgdEncodePipelined(dg.get(), gc::DType::F32, drEager.get(), n, 4, 512, k,
-                                          dencEager.get(), stream),
-            cudaSuccess);
-  cudaGraph_t graph;
-  cudaGraphExec_t exec;
-  ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
-  ASSERT_EQ(gc::cuda::qsgdEncodePipelined(dg.get(), gc::DType::F32, drGraph.get(), n, 4, 512, k,
-                                          dencGraph.get(), stream),
-            cudaSuccess);
-  ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
-  ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
-  ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
-  ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
-  EXPECT_EQ(dencGraph.download(bytes), dencEager.download(bytes));
-  const std::vector<float> a = drGraph.download(n), b = drEager.download(n);
-  EXPECT_EQ(memcmp(a.data(), b.data(), n * 4), 0);
-  cudaGraphExecDestroy(exec);
-  cudaGraphDestroy(graph);
 }
 
 TEST_F(QsgdGpu, GraphCaptureReplayEqualsEager) {
