@@ -100,6 +100,17 @@ __global__ void __launch_bounds__(kEncodeThreads)
   }
 }
 
+// The cb-bit run of codes that starts at bit sh of word w0, continued in
+// word w0 + 1 where it straddles the two: words at or past totalWords read
+// as zeros (kWholeBucket: w0 is known to exist, a whole bucket's word).
+template <bool kWholeBucket>
+__device__ __forceinline__ uint32_t codeRun(const uint32_t* __restrict__ words, size_t w0, int sh,
+                                            int cb, uint32_t mask, size_t totalWords) {
+  uint64_t pair = kWholeBucket || w0 < totalWords ? words[w0] : 0u;
+  if (sh + cb > 32 && w0 + 1 < totalWords) pair |= (uint64_t)words[w0 + 1] << 32;
+  return (uint32_t)(pair >> sh) & mask;
+}
+
 // The codes of a whole bucket's R rows for lane `lane`: chunk[r] holds the
 // lane's 4 codes of row r (4*bits bits, the first in the low bits). One
 // 32-bit word per lane and row where a lane's codes lie in one word (bits 2,
@@ -120,10 +131,8 @@ __device__ __forceinline__ void loadBucketChunks(const uint32_t* __restrict__ wo
   } else {
 #pragma unroll
     for (int r = 0; r < R; ++r) {
-      const size_t w0 = bucketWord + (size_t)r * cb + (bit >> 5);
-      uint64_t pair = words[w0];
-      if (sh + cb > 32 && w0 + 1 < totalWords) pair |= (uint64_t)words[w0 + 1] << 32;
-      chunk[r] = (uint32_t)(pair >> sh) & mask;
+      chunk[r] =
+          codeRun<true>(words, bucketWord + (size_t)r * cb + (bit >> 5), sh, cb, mask, totalWords);
     }
   }
 }
@@ -200,11 +209,8 @@ __global__ void __launch_bounds__(kWarpThreads, 12)
   for (int r = 0; r < R; ++r) {
     const size_t i = base + r * kRow + lane * 4;
     const int bit = lane * cb;
-    const size_t w0 = bucketWord + (size_t)r * cb + (bit >> 5);
-    const int sh = bit & 31;
-    uint64_t pair = w0 < totalWords ? words[w0] : 0u;
-    if (sh + cb > 32 && w0 + 1 < totalWords) pair |= (uint64_t)words[w0 + 1] << 32;
-    const uint32_t rowChunk = (uint32_t)(pair >> sh) & mask;
+    const uint32_t rowChunk = codeRun<false>(words, bucketWord + (size_t)r * cb + (bit >> 5),
+                                             bit & 31, cb, mask, totalWords);
     float d[4];
 #pragma unroll
     for (int c = 0; c < 4; ++c) {
