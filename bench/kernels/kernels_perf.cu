@@ -554,72 +554,58 @@ int main(int argc, char** argv) {
     // The threshold selector twice: at the default sample rate (the goal's row)
     // and at the least one allowed (kMinSampleRate), whose sample is then
     // max(1024, 64/density) entries at these n: how much of the row is the
-    // sample's sort (topk_threshold_min_sample).
+    // sample's sort (topk_threshold_min_sample). Beside them the threshold
+    // selector with the look-back compaction (the one selectExact uses;
+    // gc::cuda::selectThresholdLookback, the same slots) at the default sample
+    // rate: beside topk_threshold, whose compaction is staged, it tells
+    // whether the library chose the faster one. It has no public entry point:
+    // it gets the plan gradcompTopkSelect makes (its density arrives as a
+    // float) and the scratch of the sample alone.
     struct Select {
       const char* kernel;
       int exact;
       float sampleRate;
+      bool lookback;
     };
-    const Select selects[] = {{"topk_threshold", 0, cfg.sampleRate},
-                              {"topk_threshold_min_sample", 0, kMinSampleRate},
-                              {"topk_exact", 1, cfg.sampleRate}};
+    const Select selects[] = {{"topk_threshold", 0, cfg.sampleRate, false},
+                              {"topk_threshold_min_sample", 0, kMinSampleRate, false},
+                              {"topk_exact", 1, cfg.sampleRate, false},
+                              {"topk_threshold_lookback", 0, cfg.sampleRate, true}};
     for (double d : a.densities) {
       for (const Select& sel : selects) {
         const int exact = sel.exact;
         if (!a.runs(sel.kernel)) continue;
-        size_t slots = 0, wsBytes = 0;
-        gcCheck(gradcompTopkSlots(n, (float)d, cfg.oversample, exact, &slots), "topk slots");
-        gcCheck(gradcompTopkWorkspaceBytes(n, (float)d, cfg.oversample, sel.sampleRate, exact,
-                                           &wsBytes),
-                "topk workspace");
+        const gc::sparse::Plan p =
+            gc::sparse::makePlan(n, (float)d, exact != 0, cfg.oversample, sel.sampleRate);
+        size_t slots = p.kmax, wsBytes = gc::cuda::sparseScratchBytes(n, p.sample, 0);
+        if (!sel.lookback) {
+          gcCheck(gradcompTopkSlots(n, (float)d, cfg.oversample, exact, &slots), "topk slots");
+          gcCheck(gradcompTopkWorkspaceBytes(n, (float)d, cfg.oversample, sel.sampleRate, exact,
+                                             &wsBytes),
+                  "topk workspace");
+        }
         uint32_t* idx = nullptr;
         void* ws = nullptr;
         CHECK_CUDA(cudaMalloc(&idx, slots * 4));
         CHECK_CUDA(cudaMalloc(&ws, wsBytes));
         uint64_t seed = 1;
+        const float* v = static_cast<const float*>(g);
         const double us = timeIt(
             s,
             [&] {
-              gcCheck(
-                  gradcompTopkSelect(static_cast<const float*>(g), n, (float)d, cfg.oversample,
-                                     sel.sampleRate, exact, seed++, idx, nullptr, ws, wsBytes, s),
-                  "topk select");
+              if (sel.lookback) {
+                CHECK_CUDA(gc::cuda::selectThresholdLookback(v, n, p, gc::plainKey(seed++), idx,
+                                                             nullptr, ws, s));
+                return;
+              }
+              gcCheck(gradcompTopkSelect(v, n, (float)d, cfg.oversample, sel.sampleRate, exact,
+                                         seed++, idx, nullptr, ws, wsBytes, s),
+                      "topk select");
             },
             a.once);
         const double bytes = 4.0 * n;
         Result x{sel.kernel, "float", 0, n, us, bytes, bytes / us / 1e3, copyGbps, d, slots};
         if (!exact) x.sampleRate = sel.sampleRate;
-        report(x);
-        CHECK_CUDA(cudaStreamSynchronize(s));
-        CHECK_CUDA(cudaFree(idx));
-        CHECK_CUDA(cudaFree(ws));
-      }
-    }
-    // The threshold selector with the look-back compaction (the one
-    // selectExact uses; gc::cuda::selectThresholdLookback, the same slots),
-    // at the default sample rate: beside topk_threshold, whose compaction is
-    // staged, it tells whether the library chose the faster one.
-    if (a.runs("topk_threshold_lookback")) {
-      for (double d : a.densities) {
-        // The plan gradcompTopkSelect makes: its density arrives as a float.
-        const gc::sparse::Plan p =
-            gc::sparse::makePlan(n, (float)d, false, cfg.oversample, cfg.sampleRate);
-        uint32_t* idx = nullptr;
-        void* ws = nullptr;
-        CHECK_CUDA(cudaMalloc(&idx, p.kmax * 4));
-        CHECK_CUDA(cudaMalloc(&ws, gc::cuda::sparseScratchBytes(n, p.sample, 0)));
-        uint64_t seed = 1;
-        const double us = timeIt(
-            s,
-            [&] {
-              CHECK_CUDA(gc::cuda::selectThresholdLookback(
-                  static_cast<const float*>(g), n, p, gc::plainKey(seed++), idx, nullptr, ws, s));
-            },
-            a.once);
-        const double bytes = 4.0 * n;
-        Result x{"topk_threshold_lookback", "float",  0, n,     us, bytes,
-                 bytes / us / 1e3,          copyGbps, d, p.kmax};
-        x.sampleRate = cfg.sampleRate;
         report(x);
         CHECK_CUDA(cudaStreamSynchronize(s));
         CHECK_CUDA(cudaFree(idx));
