@@ -30,7 +30,7 @@ def _count(count, name="count"):
 def _float32_array(x, name, count, writable):
     """The address of x, a C-contiguous float32 array of exactly count elements (writable when
     the library writes into it); otherwise an error naming x, what it is and what is allowed."""
-    p, n, t = buffer_info(x, name, writable=writable)
+    p, n, t = buffer_info(x, name, writable=writable, host=True)
     if n != count or t != T.NCCL_TYPES["float32"]:
         raise InvalidArgumentError(f"{name} must be a C-contiguous float32 array of {count} "
                                    f"elements; got {describe(x)}", 1)
@@ -82,7 +82,7 @@ def qsgd_encode(x, bits=4, bucket_size=512, seed=0, residual=None, rounding="sto
     (GRADCOMP_LEVELS; qsgd_decode reads either from the bytes)."""
     np = _np()
     r, lv = _choice("rounding", rounding), _choice("levels", levels)
-    xp, n, t = buffer_info(x, "x")
+    xp, n, t = buffer_info(x, "x", host=True)
     rp = None
     if residual is not None:
         rp = _float32_array(residual, "residual", n, writable=True)
@@ -117,7 +117,7 @@ def topk_slots(n, density=0.01, oversample=2.0, exact=False):
 def topk_select(v, density=0.01, oversample=2.0, sample_rate=1e-4, exact=False, seed=0):
     """Indices (uint32) the top-k selector picks on float32 v (threshold or exact)."""
     np = _np()
-    vp, n, t = buffer_info(v, "v")
+    vp, n, t = buffer_info(v, "v", host=True)
     if t != T.NCCL_TYPES["float32"]:
         raise InvalidArgumentError(f"topk_select takes a float32 v; got {describe(v)}", 1)
     idx = np.zeros(max(topk_slots(n, density, oversample, exact), 1), np.uint32)
@@ -148,7 +148,7 @@ def elias_encode(x, params, seed=0, residual=None):
     float32 array of x's size (fused error feedback, as qsgd_encode)."""
     np = _np()
     params = _elias_params(params)
-    xp, n, t = buffer_info(x, "x")
+    xp, n, t = buffer_info(x, "x", host=True)
     rp = None
     if residual is not None:
         rp = _float32_array(residual, "residual", n, writable=True)

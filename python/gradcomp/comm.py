@@ -28,14 +28,20 @@ def describe(x):
     return f"shape {shape}, dtype {dtype}"
 
 
-def buffer_info(x, name=None, writable=False):
+def buffer_info(x, name=None, writable=False, host=False):
     """(address, element count, ncclDataType_t) of a contiguous numpy array or torch tensor.
 
     name: what the argument is called in the error messages. writable=True: the library
-    writes into x, so a read-only numpy array is refused. Numpy arrays in the other byte order
-    (dtype '>f4' on a little-endian machine) are refused: the library reads native order."""
+    writes into x, so a read-only numpy array is refused. host=True: the library reads x on
+    the host (the host codecs, the CPU backend's comms), so a GPU tensor is refused. Numpy
+    arrays in the other byte order (dtype '>f4' on a little-endian machine) are refused: the
+    library reads native order."""
     if hasattr(x, "data_ptr") and hasattr(x, "numel"):  # torch.Tensor
         what = name or "tensor"
+        if host and x.device.type != "cpu":
+            raise InvalidArgumentError(f"{what} is on {x.device} ({describe(x)}), but gradcomp "
+                                       "reads it on the host here: pass a CPU tensor "
+                                       f"({name or 'x'}.cpu())", 1)
         if not x.is_contiguous():
             raise InvalidArgumentError(f"{what} is not contiguous ({describe(x)}): pass "
                                        "x.contiguous()", 1)
@@ -77,8 +83,9 @@ class Comm:
     """A gradcompComm_t. Make one with Comm.create (NCCL), Comm.socket (the CPU reference
     backend across processes, over TCP) or CpuWorld (the CPU reference backend in-process)."""
 
-    def __init__(self, handle):
+    def __init__(self, handle, host=False):
         self._h = ctypes.c_void_p(handle)
+        self.host = host  # the CPU backend's comm: host buffers, no stream
         r, s = ctypes.c_int(), ctypes.c_int()
         check(lib().gradcompCommRank(self._h, ctypes.byref(r)))
         check(lib().gradcompCommSize(self._h, ctypes.byref(s)))
@@ -110,7 +117,7 @@ class Comm:
         check(lib().gradcompCommCreateSocket(int(nranks), int(rank), _text(root),
                                              ctypes.byref(cfg.struct), ctypes.byref(out)),
               "gradcompCommCreateSocket")
-        return cls(out.value)
+        return cls(out.value, host=True)
 
     @property
     def handle(self):
@@ -135,14 +142,15 @@ class Comm:
         self._collective("AllReduce", sendbuff, recvbuff, count, datatype, op, stream, key)
 
     def allreduce(self, sendbuf, recvbuf=None, op="sum", stream=None, key=None):
-        """Reduces sendbuf over all ranks into recvbuf (sendbuf itself when None)."""
+        """Reduces sendbuf over all ranks into recvbuf (sendbuf itself when None). stream None:
+        torch's current stream of a CUDA tensor (as torch.distributed), else the default one."""
         recvbuf = sendbuf if recvbuf is None else recvbuf
-        sp, sn, st = buffer_info(sendbuf, "sendbuf")
-        rp, rn, rt = buffer_info(recvbuf, "recvbuf", writable=True)
+        sp, sn, st = buffer_info(sendbuf, "sendbuf", host=self.host)
+        rp, rn, rt = buffer_info(recvbuf, "recvbuf", writable=True, host=self.host)
         if (sn, st) != (rn, rt):
             raise InvalidArgumentError(f"send ({sn} elements, type {st}) and receive ({rn} "
                                        f"elements, type {rt}) buffers differ", 1)
-        self.allreduce_raw(sp, rp, sn, st, op, stream, key)
+        self.allreduce_raw(sp, rp, sn, st, op, _current_stream(stream, recvbuf), key)
         return recvbuf
 
     @staticmethod
@@ -158,13 +166,15 @@ class Comm:
         self._collective("ReduceScatter", sendbuff, recvbuff, recvcount, datatype, op, stream, key)
 
     def reduce_scatter(self, sendbuf, recvbuf, op="sum", stream=None, key=None):
-        sp, sn, st = buffer_info(sendbuf, "sendbuf")
-        rp, rn, rt = buffer_info(recvbuf, "recvbuf", writable=True)
+        """sendbuf (size * recvcount elements) reduced over all ranks, this rank's block into
+        recvbuf; stream as allreduce's."""
+        sp, sn, st = buffer_info(sendbuf, "sendbuf", host=self.host)
+        rp, rn, rt = buffer_info(recvbuf, "recvbuf", writable=True, host=self.host)
         if st != rt or sn != rn * self.size:
             raise InvalidArgumentError(
                 f"reduce-scatter needs a send buffer of size*recvcount = {self.size}*{rn} "
                 f"elements of the receive type; got {sn} elements of type {st}", 1)
-        self.reduce_scatter_raw(sp, rp, rn, st, op, stream, key)
+        self.reduce_scatter_raw(sp, rp, rn, st, op, _current_stream(stream, recvbuf), key)
         return recvbuf
 
     # ---------------------------------------------------------------- state
@@ -280,6 +290,15 @@ def _stream(s):
             "an object with a cuda_stream handle such as torch.cuda.Stream", 1) from None
 
 
+def _current_stream(stream, x):
+    """stream, or where it is None and x is a CUDA tensor, torch's current stream on x's device
+    (where torch.distributed would run the call)."""
+    if stream is not None or getattr(getattr(x, "device", None), "type", None) != "cuda":
+        return stream
+    import torch  # x is a torch tensor: torch is there
+    return torch.cuda.current_stream(x.device)
+
+
 def _text(s):
     return s if isinstance(s, bytes) else s.encode()
 
@@ -333,7 +352,7 @@ class CpuWorld:
         check(lib().gradcompCommCreateCpu(int(nranks), ctypes.byref(cfg.struct), arr),
               "gradcompCommCreateCpu")
         self.config = cfg
-        self.comms = [Comm(arr[r]) for r in range(nranks)]
+        self.comms = [Comm(arr[r], host=True) for r in range(nranks)]
 
     @property
     def size(self):

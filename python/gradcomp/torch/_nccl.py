@@ -81,7 +81,9 @@ def make_comm(process_group, device, config):
         try:
             comm = Comm.create(handle.value, config)
         except Exception:
-            lib.lib.ncclCommDestroy(handle)
+            # Aborted, not destroyed: a peer may still be inside the creation's collectives
+            # (gradcompCommCreate's set-up exchange, its splits), which a destroy could wait on.
+            lib.lib.ncclCommAbort(handle)
             raise
     return comm, handle.value
 
