@@ -7,6 +7,7 @@ import os
 import sys
 import threading
 import unittest
+from unittest import mock
 import warnings
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -51,6 +52,26 @@ class TorchRefusals(unittest.TestCase):
                 self.gt.GradcompState(backend="cpu")
         finally:
             dist.destroy_process_group()
+
+    def test_a_ddp_module_of_another_group_is_refused(self):
+        """DDP(process_group=dp) with a state over other ranks (the world, by default) would
+        reduce gradients over the wrong ranks: refused, naming both."""
+        import gradcomp.torch._group as group
+
+        DDP = torch.nn.parallel.DistributedDataParallel
+        ddp = DDP.__new__(DDP)  # the attributes the state reads, without a process group
+        torch.nn.Module.__init__(ddp)
+        ddp.module = torch.nn.Linear(4, 4)
+        dp, world = object(), object()
+        ddp.process_group = dp
+        ranks = {id(dp): [0, 2], id(world): [0, 1, 2, 3]}
+        with mock.patch.object(group, "check_group", lambda pg, backend: (pg, 0, 4)), \
+                mock.patch.object(dist, "get_process_group_ranks", lambda g: ranks[id(g)]):
+            with self.assertRaisesRegex(ValueError, r"reduces over ranks \[0, 2\], but this "
+                                        r"GradcompState over ranks \[0, 1, 2, 3\]"):
+                self.gt.GradcompState(world, module=ddp)
+            st = self.gt.GradcompState(dp, module=ddp)  # the same ranks: accepted
+            self.assertEqual(len(st._param_ids), 2)
 
     def test_single_rank_group_is_refused(self):
         from unittest import mock
@@ -275,6 +296,21 @@ class TensorBuffers(unittest.TestCase):
             self.assertTrue(np.array_equal(got["torch"][r], got["numpy"][r]), f"rank {r}")
             self.assertTrue(np.array_equal(got["torch"][r], got["torch"][0]))
         self.assertFalse(np.array_equal(got["torch"][0], xs[0].numpy().view(np.uint32)))
+
+    def test_tensors_off_the_host_are_refused_where_gradcomp_reads_the_host(self):
+        """The host codecs and the CPU backend's comms read buffers on the host: a tensor on
+        another device ("meta" here, a GPU tensor likewise) is refused by name, not read."""
+        import gradcomp
+        import gradcomp.codecs
+
+        off = torch.empty(4096, device="meta")
+        with self.assertRaisesRegex(gradcomp.InvalidArgumentError, "x is on meta.*x.cpu()"):
+            gradcomp.codecs.qsgd_encode(off)
+        with self.assertRaisesRegex(gradcomp.InvalidArgumentError, "v is on meta"):
+            gradcomp.codecs.topk_select(off)
+        with gradcomp.CpuWorld(1, min_elements=0) as w:
+            with self.assertRaisesRegex(gradcomp.InvalidArgumentError, "sendbuf is on meta"):
+                w.comms[0].allreduce(off)
 
 
 @unittest.skipIf(torch is None, "PyTorch is not installed")
@@ -668,11 +704,11 @@ class HookOnCpuWorld(unittest.TestCase):
             self.assertEqual(states[0].iter, before["iter"])
             self.assertEqual(states[0].state_dict(), before)
         with gradcomp.CpuWorld(N, self.config()) as w:
-            fresh = self.states(w, "refuse-fresh")[0]
+            fresh = self.states(w, "refuse-fresh")
             with self.assertRaisesRegex(ValueError, "state blob refused, this state is "
                                         "unchanged: saved with method='dgc'"):
-                fresh.load_state_dict(saved["dgc"])
-            self.assertEqual((fresh.iter, fresh._pending_blob), (0, None))
+                fresh[0].load_state_dict(saved["dgc"])
+            self.assertEqual((fresh[0].iter, fresh[0]._pending_blob), (0, None))
 
             class Owned:  # the world's comm, closed by the world, not by the state
                 def __init__(self, c):
@@ -684,14 +720,71 @@ class HookOnCpuWorld(unittest.TestCase):
                 def close(self):
                     self.closed = True
 
-            made = []
-            fresh._make_comm = lambda device: (made.append(Owned(w.comms[0])) or made[-1], None)
-            fresh.load_state_dict(saved["bits2"])  # the method agrees: checked at the comm
+            made = [[] for _ in range(N)]
+            for r, st in enumerate(fresh):
+                st._make_comm = lambda device, r=r: (
+                    made[r].append(Owned(w.comms[r])) or made[r][-1], None)
+            # Rank 0 alone resumes from a blob the library refuses (the method agrees: checked
+            # at the comm); every rank raises at the first compressed call, none waits for
+            # another, and again at the next call.
+            fresh[0].load_state_dict(saved["bits2"])
             for _ in range(2):
-                with self.assertRaisesRegex(ValueError, "state blob refused.*bits"):
-                    fresh.comm(torch.device("cpu"))
-            self.assertEqual([m.closed for m in made], [True, True])
-            self.assertIsNone(fresh._comm)
+                errors = [None] * N
+
+                def first_call(r):
+                    try:
+                        fresh[r].comm(torch.device("cpu"))
+                    except Exception as e:  # noqa: BLE001 - checked below
+                        errors[r] = e
+
+                threads = [threading.Thread(target=first_call, args=(r,), daemon=True)
+                           for r in range(N)]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join(60)
+                self.assertFalse(any(t.is_alive() for t in threads), "a rank still waits")
+                self.assertIsInstance(errors[0], ValueError)
+                self.assertRegex(str(errors[0]), "state blob refused.*bits")
+                self.assertIsInstance(errors[1], RuntimeError)
+                self.assertIn("another rank's gradcomp refused its saved state", str(errors[1]))
+            self.assertEqual([[m.closed for m in ms] for ms in made], [[True, True]] * N)
+            self.assertEqual([st._comm for st in fresh], [None] * N)
+
+    def test_a_state_dict_keyed_otherwise_is_refused(self):
+        """Residuals saved under parameter indices (module=model) do not load into a state
+        keyed by bucket, nor the reverse: none would match. An unpickled state (no module)
+        refuses to compress until set_module()."""
+        import pickle
+
+        N, K = self.N, self.START + 1
+        with self.gradcomp.CpuWorld(N, self.config()) as w:
+            states = self.states(w, "keyed")
+            for step in range(K):
+                self.step(w, states, step)
+            by_params = states[0].state_dict()
+            self.assertEqual(by_params["keyed_by"], "params")
+        with self.gradcomp.CpuWorld(N, self.config()) as w:
+            bucketed = self.make_states(N, w, "keyed-b", None, self.START, self.config)
+            with self.assertRaisesRegex(ValueError, "keyed by parameter index"):
+                bucketed[0].load_state_dict(by_params)
+            self.assertEqual((bucketed[0].iter, bucketed[0]._pending_blob), (0, None))
+        import gradcomp.torch as gt
+        import gradcomp.torch._group as group
+
+        saved_check = group.check_group
+        group.check_group = lambda pg, backend: (pg, 0, N)  # no default group here
+        try:
+            st = gt.GradcompState.__new__(gt.GradcompState)
+            st.__setstate__(pickle.loads(pickle.dumps(by_params)))
+        finally:
+            group.check_group = saved_check
+        self.assertEqual(st._keyed_by(), "params")
+        with self.assertRaisesRegex(RuntimeError, "call state.set_module"):
+            st._plan(self.Bucket(None, self.buckets[0], 0, False))
+        st.set_module(self.model)
+        self.assertEqual(st._plan(self.Bucket(None, self.buckets[0], 0, False))["key"],
+                         states[0]._plan(self.Bucket(None, self.buckets[0], 0, False))["key"])
 
     def test_method_none_warning_gives_the_real_reason(self):
         """A state with method='none' (e.g. GRADCOMP_METHOD=none) sends every call
@@ -914,7 +1007,10 @@ class StateCallsOnTheCommDevice(unittest.TestCase):
                 mock.patch.object(torch.cuda, "device", Device), \
                 mock.patch.object(torch.cuda, "current_stream", lambda device=None: Stream()), \
                 mock.patch.object(ddp_mod._nccl, "destroy_nccl",
-                                  lambda handle: seen.append(("destroy", current[0]))):
+                                  lambda handle: seen.append(("destroy", current[0]))), \
+                mock.patch.object(ddp_mod.GradcompState, "_all_ranks_ok",
+                                  lambda self, ok, device: seen.append(("agree", current[0]))
+                                  or ok):
             state = ddp_mod.GradcompState()
             state._make_comm = lambda device: (Comm(), 0x1234)
             v = ddp_mod._STATE_VERSION
@@ -932,9 +1028,9 @@ class StateCallsOnTheCommDevice(unittest.TestCase):
             state.close()
         # A load and a save first wait for the current stream (a replayed graph's calls are
         # not the comm's to wait for).
-        self.assertEqual([what for what, _ in seen], ["load", "synchronize", "load", "synchronize",
-                                                      "reset", "synchronize", "save", "close",
-                                                      "destroy"])
+        self.assertEqual([what for what, _ in seen], ["load", "agree", "synchronize", "load",
+                                                      "synchronize", "reset", "synchronize",
+                                                      "save", "close", "destroy"])
         self.assertEqual({dev for _, dev in seen}, {"cuda:1"})
         self.assertEqual(current, ["cuda:0"])
 
@@ -1099,6 +1195,38 @@ class FsdpReduceScatterOnCpuWorld(unittest.TestCase):
                                     r"output = 2 \* 3"):
             rs._reduce_scatter(torch.zeros(3), torch.zeros(7), Group(), dist.ReduceOp.AVG,
                                False, lambda: None)
+        with self.assertRaisesRegex(ValueError, "has no state"):
+            with mock.patch.object(torch.Tensor, "device", torch.device("cuda", 0)):
+                rs(torch.zeros(3), torch.zeros(6), Group(), dist.ReduceOp.AVG)
+
+    def test_an_op_gradcomp_does_not_compress_is_refused_under_dgc_momentum(self):
+        """FSDP's pre-multiplied sum (any op but Sum/Avg) goes to torch uncompressed, which
+        under DGC's momentum correction would train every parameter without momentum: every
+        rank refuses it, naming the way out; other methods send it with a warning."""
+        import gradcomp.torch as gt
+
+        def dgc():
+            return self.gradcomp.Config(from_env=False, method="dgc", density=0.01,
+                                        min_elements=0)
+
+        with self.gradcomp.CpuWorld(self.N, dgc()) as w:
+            states = HookOnCpuWorld.make_states(self.N, w, "rs-op", None, 0, dgc)
+            rs = gt.GradcompReduceScatter(states[0], "layers.0")
+            with self.assertRaisesRegex(ValueError, "set_force_sum_reduction_for_comms"):
+                rs._reduce_scatter(torch.zeros(self.n), torch.zeros(self.N * self.n),
+                                   states[0].process_group, dist.ReduceOp.MAX, False,
+                                   lambda: None)
+        with self.gradcomp.CpuWorld(self.N, self.config()) as w:
+            states = HookOnCpuWorld.make_states(self.N, w, "rs-op-q", None, 0, self.config)
+            rs = gt.GradcompReduceScatter(states[0], "layers.0")
+            sent = []
+            with mock.patch.object(dist, "reduce_scatter_tensor",
+                                   lambda out, inp, **kw: sent.append(kw["op"])):
+                rs._reduce_scatter(torch.zeros(self.n), torch.zeros(self.N * self.n),
+                                   states[0].process_group, dist.ReduceOp.MAX, False,
+                                   lambda: None)
+            self.assertEqual(sent, [dist.ReduceOp.MAX])
+            self.assertIn("fsdp-op", states[0]._warned)
 
 
     def test_dgc_param_groups_give_every_parameter_momentum_once(self):

@@ -98,7 +98,18 @@ class GradcompState:
         self.iter = 0
         self._param_ids = None
         self._param_names = None
+        self._needs_module = False  # restored residuals keyed by parameter indices
         if module is not None:
+            ddp_group = getattr(module, "process_group", None)
+            if (isinstance(module, torch.nn.parallel.DistributedDataParallel)
+                    and ddp_group is not None
+                    and dist.get_process_group_ranks(ddp_group)
+                    != dist.get_process_group_ranks(self.process_group)):
+                raise ValueError(
+                    "the DDP module reduces over ranks "
+                    f"{dist.get_process_group_ranks(ddp_group)}, but this GradcompState over "
+                    f"ranks {dist.get_process_group_ranks(self.process_group)}: make the state "
+                    "with process_group=<the group given to DistributedDataParallel>")
             named = list(module.named_parameters())
             self._param_ids = {id(p): i for i, (_, p) in enumerate(named)}
             self._param_names = {id(p): n for n, p in named}
@@ -125,7 +136,12 @@ class GradcompState:
         return {"version": _STATE_VERSION, "settings": self.config.as_dict(),
                 "layer_min_size": self.layer_min_size, "start_iter": self.start_iter,
                 "exclude_1d": self.exclude_1d, "backend": self.backend,
-                "iter": self.iter, "gradcomp": self._blob()}
+                "keyed_by": self._keyed_by(), "iter": self.iter, "gradcomp": self._blob()}
+
+    def _keyed_by(self):
+        """How the residuals are keyed: "params" (indices in the module given to the state, or
+        restored so and waiting for set_module) or "bucket" (bucket index and shapes)."""
+        return "params" if self._param_ids is not None or self._needs_module else "bucket"
 
     def __setstate__(self, d):
         """Back on the default process group (as PowerSGDState); module keys need set_module()."""
@@ -134,6 +150,9 @@ class GradcompState:
                       config=Config(from_env=False, **d["settings"]))
         self.iter = d["iter"]
         self._pending_blob = d["gradcomp"]
+        # Residuals saved under parameter indices match only after set_module(model); the first
+        # compressed call refuses to run without it rather than start from fresh residuals.
+        self._needs_module = d.get("keyed_by") == "params" and d["gradcomp"] is not None
 
     def state_dict(self):
         return self.__getstate__()
@@ -153,6 +172,14 @@ class GradcompState:
                              "by another gradcomp.torch")
         self._check_usable()
         it, blob = int(d["iter"]), d["gradcomp"]
+        saved = d.get("keyed_by")
+        if blob is not None and saved is not None and saved != self._keyed_by():
+            how = {"params": "by parameter index (a state made with module=model)",
+                   "bucket": "by bucket index and shapes (a state made without a module)"}
+            raise ValueError(f"the state dict's residuals are keyed {how[saved]}, this state's "
+                             f"{how[self._keyed_by()]}: none would match, and training would "
+                             "start from fresh residuals; make this state as the saved one was "
+                             "(GradcompState(..., module=model) or set_module(model))")
         if self._comm is not None:
             with self._on_comm_device():
                 if self.backend == "nccl":
@@ -193,6 +220,7 @@ class GradcompState:
             raise InvalidArgumentError(f"state blob refused, this state is unchanged: {why}", 1)
 
     def set_module(self, module):
+        self._needs_module = False
         named = list(module.named_parameters())
         self._param_ids = {id(p): i for i, (_, p) in enumerate(named)}
         self._param_names = {id(p): n for n, p in named}
@@ -360,6 +388,7 @@ class GradcompState:
         if self._comm is None:
             comm, handle = self._make_comm(device)
             self._comm, self._nccl_handle, self._device = comm, handle, device
+            refused = None
             if self._pending_blob is not None:
                 # On the comm's device, as load_state_dict's: the restored states are
                 # allocated on the current device (FSDP's final callback may call from a
@@ -367,13 +396,31 @@ class GradcompState:
                 try:
                     with self._on_comm_device():
                         self._comm.load_state(self._pending_blob)
-                except Exception:
-                    # Refused: the comm is not kept, so every later call raises the same
-                    # (not a step on fresh residuals with the loaded ones dropped).
-                    self._drop_comm()
-                    raise
+                except Exception as e:  # noqa: BLE001 - raised below, on every rank
+                    refused = e
+            # Every rank learns whether one refused its saved state (one small allreduce of
+            # the group, as the comm's creation, at this first compressed call only): a rank
+            # that raised alone would leave its peers waiting in gradcomp's collective.
+            with self._on_comm_device():
+                agreed = self._all_ranks_ok(refused is None, device)
+            if not agreed:
+                # Refused: the comm is not kept, so every later call raises the same
+                # (not a step on fresh residuals with the loaded ones dropped).
+                self._drop_comm()
+                if refused is not None:
+                    raise refused
+                raise RuntimeError("another rank's gradcomp refused its saved state (its error "
+                                   "says why): every rank stops here; load state dicts that "
+                                   "gradcomp accepts on every rank")
             self._pending_blob = None
         return self._comm
+
+    def _all_ranks_ok(self, ok, device):
+        """True when ok on every rank of the group (a collective: every rank calls it)."""
+        on = device if self.backend == "nccl" else "cpu"
+        flag = torch.tensor([0 if ok else 1], dtype=torch.int32, device=on)
+        dist.all_reduce(flag, group=self.process_group)
+        return int(flag.item()) == 0
 
     def _name(self, p, i):
         if self._param_names is not None and id(p) in self._param_names:
@@ -438,6 +485,10 @@ class GradcompState:
         return [g for g in groups if g["params"]]
 
     def _plan(self, bucket):
+        if self._needs_module and self._param_ids is None:
+            raise RuntimeError("this GradcompState was restored (unpickled) from a state keyed by "
+                               "parameter index: call state.set_module(model) before training, "
+                               "or its saved residuals would match no bucket")
         params = bucket.parameters()
         sig = tuple(id(p) for p in params)
         plan = self._plans.get(sig)

@@ -82,6 +82,9 @@ class GradcompReduceScatter(_Base):
             raise TypeError(f"GradcompReduceScatter got {inp.dtype} -> {out.dtype}: gradcomp "
                             "compresses float32, float16 and bfloat16 (same type in and out); "
                             "set MixedPrecisionPolicy(reduce_dtype=torch.float32)")
+        if self.state is None:
+            raise ValueError("GradcompReduceScatter has no state: make it with a GradcompState "
+                             "(register_fsdp_reduce_scatter(model, state))")
         stream = (lambda: None) if cpu else (
             lambda: torch.cuda.current_stream(out.device).cuda_stream)
         return self._reduce_scatter(out, inp, group, op, async_op, stream)
@@ -99,7 +102,17 @@ class GradcompReduceScatter(_Base):
             opname = "avg"
         else:
             # FSDP passes a pre-multiplied sum when it divides by a factor; gradcomp
-            # compresses Sum/Avg only, so this call goes to NCCL uncompressed.
+            # compresses Sum/Avg only, so this call goes to NCCL uncompressed. Under DGC's
+            # momentum correction that would lose the momentum of every parameter (the
+            # optimizer has none for them: param_groups()), so every rank refuses alike.
+            cfg = self.state.config
+            if cfg.method == "dgc" and cfg.momentum_correction:
+                raise ValueError(
+                    f"FSDP asked for reduce op {op}, which gradcomp does not compress; sent "
+                    "uncompressed, it would skip DGC's momentum correction, and the parameters "
+                    "(momentum 0 in the optimizer: state.param_groups()) would train without "
+                    "momentum. Call set_force_sum_reduction_for_comms(True) on the FSDP modules "
+                    "(or drop set_gradient_divide_factor)")
             self.state._warn_once("fsdp-op", f"FSDP asked for reduce op {op}, which gradcomp does "
                                   "not compress: sent uncompressed by torch.distributed; call "
                                   "set_force_sum_reduction_for_comms(True) on the FSDP modules "
