@@ -191,7 +191,7 @@ gradcompResult_t initNcclComm(gradcompComm* c, ncclComm_t nccl, int ncclDev,
 namespace gc {
 
 gradcompResult_t commCreate(ncclComm_t nccl, const gradcompConfig_t* config, const char* refused,
-                            gradcompComm_t* comm) {
+                            gradcompComm_t* comm, const std::atomic<bool>* stop) {
   GC_ARG(comm != nullptr, "comm (output) is NULL");
   *comm = nullptr;
   GC_ARG(nccl != nullptr, "nccl communicator is NULL");
@@ -211,7 +211,7 @@ gradcompResult_t commCreate(ncclComm_t nccl, const gradcompConfig_t* config, con
   const gc::SetupVote mine =
       gc::makeSetupVote(local, c->cfg, gc::hostIdentity(),
                         local != gradcompSuccess ? gradcompGetLastError() : nullptr);
-  const gradcompResult_t res = gc::setupNcclHierarchy(c.get(), mine, gather);
+  const gradcompResult_t res = gc::setupNcclHierarchy(c.get(), mine, gather, stop);
   if (res != gradcompSuccess) {
     gc::destroyHierarchy(c.get());
     return res;

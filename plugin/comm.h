@@ -147,8 +147,11 @@ void splitAligned(size_t count, int parts, size_t align, size_t* off);
 // rank still joins the collective set-up, voting that it failed, so that
 // its peers, already in the exchange, fail with its sentence instead of
 // waiting for it; the result is gradcompInvalidArgument on every rank.
+// A non-null `stop` set by another thread (the LD_PRELOAD library's
+// ncclCommAbort of `nccl`, which frees it) ends the set-up after its vote,
+// before it splits `nccl`: gradcompInvalidUsage.
 gradcompResult_t commCreate(ncclComm_t nccl, const gradcompConfig_t* config, const char* refused,
-                            gradcompComm_t* comm);
+                            gradcompComm_t* comm, const std::atomic<bool>* stop = nullptr);
 
 // The first half of gradcompCommAbort, which frees nothing: marks the comm
 // aborted, aborts its transports and then its NCCL sub-communicators, so that

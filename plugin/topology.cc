@@ -362,8 +362,16 @@ gradcompResult_t agreeTopology(gradcompComm* c, const SetupVote& mine, const Vot
 }
 
 gradcompResult_t setupNcclHierarchy(gradcompComm* c, const SetupVote& mine,
-                                    const VoteGather& gather) {
+                                    const VoteGather& gather, const std::atomic<bool>* stop) {
   GC_CHECK(agreeTopology(c, mine, gather));
+  // The vote may have waited on a dead peer until another thread aborted the
+  // communicator, which NCCL then frees: nothing may split it.
+  if (stop != nullptr && stop->load()) {
+    return setError(gradcompInvalidUsage,
+                    "NCCL comm %p was aborted while gradcomp set it up; nothing more is made "
+                    "from it",
+                    (void*)c->nccl);
+  }
   if (!c->topo.hier()) return gradcompSuccess;
   const NcclApi* api = ncclApi();
   if (api->commSplit == nullptr || api->reduceScatter == nullptr || api->commDestroy == nullptr) {

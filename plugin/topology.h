@@ -5,6 +5,7 @@
 
 #include <stdint.h>
 
+#include <atomic>
 #include <functional>
 #include <memory>
 #include <type_traits>
@@ -98,8 +99,10 @@ VoteGather ncclVoteGather(ncclComm_t nccl, int rank, int nranks, int device,
 // Collective: gathers the votes, agrees, then gives comm c (rank, nranks,
 // cfg and backend set when mine.result is success) its topology and, when it
 // is hierarchical, the intra-node transport and the inter-node child comm.
+// `stop` set (c->nccl aborted by another thread) after the vote: no split.
 gradcompResult_t setupNcclHierarchy(gradcompComm* c, const SetupVote& mine,
-                                    const VoteGather& gather);
+                                    const VoteGather& gather,
+                                    const std::atomic<bool>* stop = nullptr);
 // The vote and the topology alone (no sub-communicators): every rank gathers
 // the votes, agrees, and takes blocks of cfg.localSize or, for auto, nodes by
 // host identity.

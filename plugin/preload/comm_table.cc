@@ -11,6 +11,7 @@
 #include <map>
 #include <set>
 #include <string>
+#include <vector>
 
 #include "backends/cuda/device_ptr.h"
 #include "comm.h"
@@ -36,6 +37,26 @@ std::map<ncclComm_t, EntryPtr>& table() {
 std::set<ncclComm_t>& nonBlockingComms() {
   static auto* s = new std::set<ncclComm_t>;
   return *s;
+}
+// The slots of non-blocking children NCCL is still making (notePendingChild).
+std::vector<ncclComm_t*>& pendingChildren() {
+  static auto* v = new std::vector<ncclComm_t*>;
+  return *v;
+}
+// Under tableMu: the pending children NCCL has made by now are non-blocking.
+void resolvePendingChildren() {
+  auto& pending = pendingChildren();
+  for (auto it = pending.begin(); it != pending.end();) {
+    // NCCL stores the child from its creation thread.
+    const ncclComm_t child = __atomic_load_n(*it, __ATOMIC_ACQUIRE);
+    if (child == nullptr) {
+      ++it;
+      continue;
+    }
+    nonBlockingComms().insert(child);
+    GC_INFO("comm %p is non-blocking: its calls pass through to NCCL", (void*)child);
+    it = pending.erase(it);
+  }
 }
 // Revoked (ncclCommRevoke) and not yet destroyed: NCCL refuses their
 // collectives, so gradcomp never sets them up again.
@@ -280,6 +301,7 @@ EntryPtr entryFor(ncclComm_t comm) {
   std::lock_guard<std::mutex> lock(tableMu());
   EntryPtr& e = table()[comm];
   if (!e) {
+    resolvePendingChildren();
     e = std::make_shared<CommEntry>();
     e->nccl = comm;
     e->nonBlocking = nonBlockingComms().count(comm) > 0 || envNonBlocking();
@@ -316,12 +338,24 @@ void decide(CommEntry& e, cudaStream_t stream) {
   gradcompComm_t gc = nullptr;
   // A rank with a bad value joins the set-up exchange too, voting that it
   // failed: its peers are already waiting in it.
-  const gradcompResult_t res = commCreate(e.nccl, &s.config, s.ok ? nullptr : s.why.c_str(), &gc);
+  const gradcompResult_t res =
+      commCreate(e.nccl, &s.config, s.ok ? nullptr : s.why.c_str(), &gc, &e.aborted);
   const std::string localError = res == gradcompSuccess ? ""
                                                         : std::string(gradcompGetErrorString(res)) +
                                                               ": " + gradcompGetLastError();
+  // Aborted by another thread (ncclCommAbort: a peer died while this thread
+  // waited in the set-up's collectives): NCCL frees the communicator, so no
+  // NCCL call may name it again; the gradcomp comm goes without waiting.
+  auto abortedNow = [&] {
+    if (!e.aborted) return false;
+    if (gc != nullptr) gc::commAbort(gc);
+    passAll("aborted during set-up");
+    return true;
+  };
+  if (abortedNow()) return;
   std::string why;
   const Agreement a = agree(e, stream, res == gradcompSuccess, &why);
+  if (abortedNow()) return;
   if (res == gradcompSuccess && a == Agreement::Agreed) {
     e.gc = gc;
     e.mode = Mode::Compress;
@@ -382,12 +416,15 @@ void release(ncclComm_t comm, bool abort, bool revoked) {
   EntryPtr e;
   {
     std::lock_guard<std::mutex> lock(tableMu());
-    nonBlockingComms().erase(comm);
+    resolvePendingChildren();  // a child that ends unused: its mark goes now, not later
     // Marked in the same step as the entry goes: a call on another thread
-    // never finds the communicator unmarked and without its entry.
+    // never finds the communicator unmarked and without its entry. A revoked
+    // communicator stays non-blocking: a shrink of it without a config
+    // inherits that.
     if (revoked) {
       revokedComms().insert(comm);
     } else {
+      nonBlockingComms().erase(comm);
       revokedComms().erase(comm);
     }
     auto it = table().find(comm);
@@ -415,6 +452,11 @@ bool nonBlockingFrom(const void* config, int blockingField, bool parentNonBlocki
   return blockingField == 0;
 }
 
+void notePendingChild(ncclComm_t* slot) {
+  std::lock_guard<std::mutex> lock(tableMu());
+  pendingChildren().push_back(slot);
+}
+
 void noteCreated(ncclComm_t comm, bool nonBlocking) {
   // A new communicator may reuse the address of one whose end was not seen.
   release(comm);
@@ -438,6 +480,9 @@ ncclResult_t abortComm(ncclComm_t comm) {
     auto it = table().find(comm);
     if (it != table().end()) e = it->second;
   }
+  // A set-up in progress on another thread stops at its next step instead of
+  // naming the communicator NCCL is about to free (decide).
+  if (e) e->aborted = true;
   // decide() publishes gc before the mode.
   gradcompComm* gcComm = e && e->mode == Mode::Compress ? e->gc : nullptr;
   const NcclApi* api = ncclApi();
@@ -473,6 +518,7 @@ void noteRevoked(ncclComm_t comm) {
 
 bool isNonBlocking(ncclComm_t comm) {
   std::lock_guard<std::mutex> lock(tableMu());
+  resolvePendingChildren();  // a child split again before its first collective
   return nonBlockingComms().count(comm) > 0 || envNonBlocking();
 }
 

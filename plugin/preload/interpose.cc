@@ -82,6 +82,9 @@ ncclResult_t compress(CommEntry& e, const Deferred& d, bool keyed, uint64_t key,
   const bool rs = d.coll == Collective::ReduceScatter;
   GC_NVTX_RANGE(rs ? "gradcomp reducescatter" : "gradcomp allreduce");
   std::lock_guard<std::mutex> lock(e.callMu);
+  // Its communicator aborted on another thread (NCCL frees it): neither
+  // gradcomp nor NCCL may run the call.
+  if (e.aborted) return ncclInvalidUsage;
   gradcompStats_t before, after;
   gradcompGetStats(e.gc, &before);
   gradcompResult_t r;
@@ -290,16 +293,27 @@ GC_INTERPOSE ncclResult_t ncclCommInitRankScalable(ncclComm_t* comm, int nranks,
 #endif
 
 #if GC_NCCL_HAS_SPLIT
+// A split's or shrink's child, as the call left it: a non-blocking one NCCL
+// is still making (ncclInProgress, *newcomm not yet set: NCCL writes it when
+// the child is done) is noted from its slot later.
+static void noteChild(ncclResult_t r, ncclComm_t* newcomm, bool nonBlocking) {
+  if ((r != ncclSuccess && r != ncclInProgress) || newcomm == nullptr) return;
+  const ncclComm_t child = __atomic_load_n(newcomm, __ATOMIC_ACQUIRE);
+  if (child != nullptr) {
+    noteCreated(child, nonBlocking);
+  } else if (nonBlocking) {
+    notePendingChild(newcomm);
+  }
+}
+
 // A child with no config inherits its parent's blocking mode.
 GC_INTERPOSE ncclResult_t ncclCommSplit(ncclComm_t comm, int color, int key, ncclComm_t* newcomm,
                                         ncclConfig_t* config) {
   if (realNccl()->commSplit == nullptr) return ncclSystemError;
-  const bool parentNonBlocking = isNonBlocking(comm);
+  const bool nonBlocking =
+      nonBlockingFrom(config, config ? config->blocking : 1, isNonBlocking(comm));
   const ncclResult_t r = realNccl()->commSplit(comm, color, key, newcomm, config);
-  if ((r == ncclSuccess || r == ncclInProgress) && newcomm != nullptr && *newcomm != nullptr) {
-    noteCreated(*newcomm,
-                nonBlockingFrom(config, config ? config->blocking : 1, parentNonBlocking));
-  }
+  noteChild(r, newcomm, nonBlocking);
   return r;
 }
 #endif
@@ -309,13 +323,11 @@ GC_INTERPOSE ncclResult_t ncclCommShrink(ncclComm_t comm, int* excludeRanksList,
                                          int excludeRanksCount, ncclComm_t* newcomm,
                                          ncclConfig_t* config, int shrinkFlags) {
   if (realNccl()->commShrink == nullptr) return ncclSystemError;
-  const bool parentNonBlocking = isNonBlocking(comm);
+  const bool nonBlocking =
+      nonBlockingFrom(config, config ? config->blocking : 1, isNonBlocking(comm));
   const ncclResult_t r = realNccl()->commShrink(comm, excludeRanksList, excludeRanksCount, newcomm,
                                                 config, shrinkFlags);
-  if ((r == ncclSuccess || r == ncclInProgress) && newcomm != nullptr && *newcomm != nullptr) {
-    noteCreated(*newcomm,
-                nonBlockingFrom(config, config ? config->blocking : 1, parentNonBlocking));
-  }
+  noteChild(r, newcomm, nonBlocking);
   return r;
 }
 #endif

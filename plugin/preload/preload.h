@@ -111,6 +111,12 @@ bool failedTogether(gradcompComm_t gc);
 void passAlways(CommEntry& e, const std::string& why);
 // Records how a communicator was created: non-blocking ones always pass through.
 void noteCreated(ncclComm_t comm, bool nonBlocking);
+// A communicator a split or shrink with a non-blocking config is still making:
+// NCCL writes it into *slot only when its creation ends, after the call
+// returned ncclInProgress. It is noted as non-blocking once *slot is set (read
+// when a communicator not seen before turns up, is asked about, or ends; the
+// caller keeps *slot to learn the communicator, as PyTorch's NCCLComm does).
+void notePendingChild(ncclComm_t* slot);
 // Non-blocking by NCCL's rules: NCCL_COMM_BLOCKING overrides; a null config
 // inherits `parentNonBlocking`; otherwise config->blocking == 0.
 bool nonBlockingFrom(const void* config, int blockingField, bool parentNonBlocking);

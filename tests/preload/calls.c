@@ -193,7 +193,15 @@ static int nonblocking(void) {
   ncclComm_t nb = NULL, child = NULL, grown = NULL, blocking = NULL;
   if (initWithConfig(0, &nb)) return 1;
   CALL(a, a, 1 << 22, ncclFloat32, ncclSum, nb, stream);
-  CHECK(ncclCommSplit(nb, 1, 0, &child, NULL));
+  /* As NCCL makes a non-blocking child: not there when the split returns, but
+   * once the parent's asynchronous state is no longer ncclInProgress. */
+  ncclResult_t r = ncclCommSplit(nb, 1, 0, &child, NULL);
+  if (r != ncclInProgress || child != NULL) {
+    fprintf(stderr, "split of a non-blocking comm: %d, child %p (ncclInProgress and none yet)\n",
+            (int)r, (void*)child);
+    return 1;
+  }
+  for (r = ncclInProgress; r == ncclInProgress;) CHECK(ncclCommGetAsyncError(nb, &r));
   EXPECT("CommSplit parent=%p color=1 key=0 blocking=-1 comm=%p", (void*)nb, (void*)child);
   CALL(a, a, 1 << 22, ncclFloat32, ncclSum, child, stream);
   /* Grown from the non-blocking parent without a config: non-blocking too. */
@@ -236,6 +244,25 @@ static int revoked(void) {
   CALL(a, a, 1 << 22, ncclFloat32, ncclSum, shrunk, stream);
   CHECK(ncclCommDestroy(shrunk));
   EXPECT("CommDestroy comm=%p", (void*)shrunk);
+  /* A revoked non-blocking communicator stays one: its shrink without a
+   * config is non-blocking (made as NCCL makes those) and passes through. */
+  ncclComm_t nb = NULL, nbShrunk = NULL;
+  if (initWithConfig(0, &nb)) return 1;
+  CHECK(ncclCommRevoke(nb, 0));
+  EXPECT("CommRevoke comm=%p flags=0", (void*)nb);
+  ncclResult_t r = ncclCommShrink(nb, &excluded, 1, &nbShrunk, NULL, 0);
+  if (r != ncclInProgress || nbShrunk != NULL) {
+    fprintf(stderr, "shrink of a non-blocking comm: %d, child %p (ncclInProgress and none yet)\n",
+            (int)r, (void*)nbShrunk);
+    return 1;
+  }
+  for (r = ncclInProgress; r == ncclInProgress;) CHECK(ncclCommGetAsyncError(nb, &r));
+  EXPECT("CommShrink parent=%p excluded=1 blocking=-1 comm=%p", (void*)nb, (void*)nbShrunk);
+  CALL(a, a, 1 << 22, ncclFloat32, ncclSum, nbShrunk, stream);
+  CHECK(ncclCommDestroy(nb));
+  EXPECT("CommDestroy comm=%p", (void*)nb);
+  CHECK(ncclCommDestroy(nbShrunk));
+  EXPECT("CommDestroy comm=%p", (void*)nbShrunk);
   return 0;
 }
 #endif

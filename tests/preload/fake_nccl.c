@@ -183,10 +183,71 @@ static int __attribute__((unused)) blockingOf(const ncclConfig_t* cfg) {
   return cfg ? cfg->blocking : -1;
 }
 
+/* Non-blocking communicators, as NCCL decides: NCCL_COMM_BLOCKING=0, else a
+ * config's blocking = 0, else (a split's or shrink's child without a config)
+ * the parent's. Their split and shrink children come as NCCL's do: the call
+ * returns ncclInProgress with *newcomm still NULL, and NCCL writes the child
+ * there when it is made, which the stand-in does at the next
+ * ncclCommGetAsyncError of the parent (what a program polls meanwhile). */
+static ncclComm_t nonBlockingComms[64];
+static int numNonBlocking = 0;
+static struct { ncclComm_t parent, child, *slot; } pendingChildren[16];
+static int numPending = 0;
+
+static int __attribute__((unused)) isNonBlocking(ncclComm_t c) {
+  const char* env = getenv("NCCL_COMM_BLOCKING");
+  if (env != NULL && env[0] == '0') return 1;
+  for (int i = 0; i < numNonBlocking; ++i) {
+    if (nonBlockingComms[i] == c) return 1;
+  }
+  return 0;
+}
+
+/* c, made with cfg (a child: its parent, else NULL); 1 when non-blocking. */
+static int __attribute__((unused))
+noteMade(ncclComm_t c, const ncclConfig_t* cfg, ncclComm_t parent) {
+  const char* env = getenv("NCCL_COMM_BLOCKING");
+  const int nb = env != NULL && (env[0] == '0' || env[0] == '1') ? env[0] == '0'
+                 : cfg != NULL                                   ? cfg->blocking == 0
+                               : parent != NULL && isNonBlocking(parent);
+  if (nb && numNonBlocking < 64) nonBlockingComms[numNonBlocking++] = c;
+  return nb;
+}
+
+/* A child of `parent`: set now, or (non-blocking) left NULL until made. */
+static ncclResult_t __attribute__((unused))
+handOut(ncclComm_t parent, ncclComm_t child, const ncclConfig_t* cfg, ncclComm_t* slot) {
+  if (!noteMade(child, cfg, parent) || numPending == 16) {
+    *slot = child;
+    return ncclSuccess;
+  }
+  *slot = NULL;
+  pendingChildren[numPending].parent = parent;
+  pendingChildren[numPending].child = child;
+  pendingChildren[numPending].slot = slot;
+  ++numPending;
+  return ncclInProgress;
+}
+
+ncclResult_t pncclCommGetAsyncError(ncclComm_t c, ncclResult_t* err) {
+  for (int i = 0; i < numPending;) {
+    if (pendingChildren[i].parent == c) {
+      *pendingChildren[i].slot = pendingChildren[i].child;
+      pendingChildren[i] = pendingChildren[--numPending];
+    } else {
+      ++i;
+    }
+  }
+  *err = ncclSuccess;
+  return ncclSuccess;
+}
+ncclResult_t ncclCommGetAsyncError(ncclComm_t, ncclResult_t*) ALIAS(ncclCommGetAsyncError);
+
 #if NCCL_VERSION_CODE >= NCCL_VERSION(2, 14, 0)
 ncclResult_t pncclCommInitRankConfig(ncclComm_t* c, int n, ncclUniqueId id, int r,
                                      ncclConfig_t* cfg) {
   *c = newComm();
+  noteMade(*c, cfg, NULL);
   record("CommInitRankConfig nranks=%d rank=%d blocking=%d comm=%p", n, r, blockingOf(cfg),
          (void*)*c);
   return ncclSuccess;
@@ -209,10 +270,10 @@ ncclResult_t ncclCommInitRankScalable(ncclComm_t*, int, int, int, ncclUniqueId*,
 
 #if NCCL_VERSION_CODE >= NCCL_VERSION(2, 18, 0)
 ncclResult_t pncclCommSplit(ncclComm_t p, int color, int key, ncclComm_t* c, ncclConfig_t* cfg) {
-  *c = newComm();
+  const ncclComm_t child = newComm();
   record("CommSplit parent=%p color=%d key=%d blocking=%d comm=%p", (void*)p, color, key,
-         blockingOf(cfg), (void*)*c);
-  return ncclSuccess;
+         blockingOf(cfg), (void*)child);
+  return handOut(p, child, cfg, c);
 }
 ncclResult_t ncclCommSplit(ncclComm_t, int, int, ncclComm_t*, ncclConfig_t*) ALIAS(ncclCommSplit);
 #endif
@@ -220,10 +281,10 @@ ncclResult_t ncclCommSplit(ncclComm_t, int, int, ncclComm_t*, ncclConfig_t*) ALI
 #if NCCL_VERSION_CODE >= NCCL_VERSION(2, 27, 0)
 ncclResult_t pncclCommShrink(ncclComm_t p, int* excl, int nexcl, ncclComm_t* c, ncclConfig_t* cfg,
                              int flags) {
-  *c = newComm();
+  const ncclComm_t child = newComm();
   record("CommShrink parent=%p excluded=%d blocking=%d comm=%p", (void*)p, nexcl, blockingOf(cfg),
-         (void*)*c);
-  return ncclSuccess;
+         (void*)child);
+  return handOut(p, child, cfg, c);
 }
 ncclResult_t ncclCommShrink(ncclComm_t, int*, int, ncclComm_t*, ncclConfig_t*, int)
     ALIAS(ncclCommShrink);

@@ -126,7 +126,8 @@ if "$app" nonblocking > /dev/null 2>&1 < /dev/null || [ $? != 2 ]; then
 fi
 
 # 4b. A revoked communicator (ncclCommRevoke, NCCL 2.28) is never set up
-# again; one shrunk from it is set up as usual.
+# again; one shrunk from it is set up as usual, unless it was non-blocking
+# (a revoked communicator keeps that mark for its shrink to inherit).
 if "$app" revoked > /dev/null 2>&1 < /dev/null || [ $? != 2 ]; then
   run revoked env GRADCOMP_DEBUG=INFO "$app" revoked && {
     same_calls revoked
@@ -134,6 +135,8 @@ if "$app" revoked > /dev/null 2>&1 < /dev/null || [ $? != 2 ]; then
     check "revoked: its later call passed through without a set-up attempt (got $n)" "[ '$n' = 1 ]"
     n=$(count "compression off: set-up failed" "$work/revoked.err")
     check "revoked: the shrunk comm tried to set up (got $n)" "[ '$n' = 1 ]"
+    n=$(count "compression off: non-blocking communicator" "$work/revoked.err")
+    check "revoked: a non-blocking comm's shrink, made after the call returned, passes through (got $n)" "[ '$n' = 1 ]"
   }
 fi
 

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -74,7 +75,11 @@ struct SetupRun {
   bool split = false;
 };
 
-SetupRun runSetup(int rank, const gradcompConfig_t& cfg, std::vector<gc::SetupVote> votes) {
+// stop: set while the vote is gathered when abortDuringVote (another
+// thread's ncclCommAbort of the communicator, which NCCL then frees).
+SetupRun runSetup(int rank, const gradcompConfig_t& cfg, std::vector<gc::SetupVote> votes,
+                  bool abortDuringVote = false) {
+  std::atomic<bool> stop{false};
   char path[] = "/tmp/gc_fake_nccl_XXXXXX";
   const int fd = mkstemp(path);
   close(fd);
@@ -87,12 +92,15 @@ SetupRun runSetup(int rank, const gradcompConfig_t& cfg, std::vector<gc::SetupVo
   SetupRun run;
   const gc::SetupVote mine = votes[rank];
   run.res = gc::setupNcclHierarchy(
-      &c, mine, [&](const gc::SetupVote& v, std::vector<gc::SetupVote>* all) {
+      &c, mine,
+      [&](const gc::SetupVote& v, std::vector<gc::SetupVote>* all) {
         ++run.gathers;
         EXPECT_EQ(memcmp(&v, &mine, sizeof(v)), 0);  // what this rank brought
         *all = votes;
+        if (abortDuringVote) stop = true;
         return gradcompSuccess;
-      });
+      },
+      &stop);
   run.error = run.res == gradcompSuccess ? "" : gradcompGetLastError();
   run.topo = c.topo;
   run.split = c.intraNccl != nullptr && c.interNccl != nullptr && c.intra && c.inter;
@@ -199,6 +207,22 @@ TEST(NcclSetup, HostsInVotesMakeTheNodes) {
   ASSERT_EQ(run.res, gradcompSuccess) << run.error;
   EXPECT_FALSE(run.topo.hier());
   EXPECT_EQ(count(run.log, "CommSplit"), 0) << run.log;
+}
+
+// The communicator aborted by another thread while the vote waited (a dead
+// peer): the set-up that agreed on a hierarchy splits nothing from it, which
+// NCCL frees, and says why; without the abort the same votes split it.
+TEST(NcclSetup, AbortDuringTheVoteSplitsNothing) {
+  const gradcompConfig_t cfg = localSizeConfig(2);
+  SetupRun run = runSetup(1, cfg, votesOf(4, cfg), /*abortDuringVote=*/true);
+  EXPECT_EQ(run.res, gradcompInvalidUsage);
+  EXPECT_NE(run.error.find("was aborted while gradcomp set it up"), std::string::npos) << run.error;
+  EXPECT_EQ(run.gathers, 1);
+  EXPECT_FALSE(run.split);
+  EXPECT_EQ(count(run.log, "CommSplit"), 0) << run.log;
+  run = runSetup(1, cfg, votesOf(4, cfg));
+  ASSERT_EQ(run.res, gradcompSuccess) << run.error;
+  EXPECT_EQ(count(run.log, "CommSplit"), 2) << run.log;
 }
 
 // A peer with another GRADCOMP_LOCAL_SIZE: every rank (the one that differs
