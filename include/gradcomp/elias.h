@@ -59,8 +59,8 @@ gradcompResult_t gradcompEliasEncodeHost(const void* x, ncclDataType_t datatype,
                                          size_t count, const gradcompEliasParams_t* params,
                                          uint64_t seed, void* out, size_t outBytes,
                                          size_t* encodedBytes);
-/* Checks the encoding against inBytes: a malformed or truncated one is
- * gradcompInvalidArgument. */
+/* Checks the whole encoding against inBytes before writing out: a malformed
+ * or truncated one is gradcompInvalidArgument, out untouched. */
 gradcompResult_t gradcompEliasDecodeHost(const void* in, size_t inBytes, size_t count,
                                          const gradcompEliasParams_t* params, float* out,
                                          int accumulate);

@@ -35,7 +35,7 @@ namespace host {
 size_t eliasEncode(const void* x, DType t, float* residual, size_t n, const elias::Params& p,
                    uint64_t key, bool nearest, void* out);
 // False when the bytes are not a well-formed encoding of n elements within
-// inBytes (out is then partly written).
+// inBytes; out is then untouched (the whole encoding is checked first).
 bool eliasDecode(const void* in, size_t inBytes, size_t n, const elias::Params& p, float* out,
                  bool accumulate);
 }  // namespace host

@@ -1,5 +1,9 @@
 // Public GPU entry points of the Elias codec: validate on the host, enqueue
 // on the stream.
+#include <stdint.h>
+
+#include <algorithm>
+
 #include "checks.h"
 #include "codecs/elias.h"
 #include "codecs/qsgd.h"
@@ -14,6 +18,18 @@ GC_EXPORT gradcompResult_t gradcompEliasWorkspaceBytes(size_t count, int bucketS
              bucketSize % 32 == 0,
          "bucketSize=%d is out of range %d..%d or not a multiple of 32", bucketSize,
          gc::qsgd::kMinBucket, gc::qsgd::kMaxBucket);
+  GC_CHECK(gc::codecCheckCount(count));
+  // The counts an encode takes (eliasCheckParams) at the fewest levels, with
+  // either code: a larger one has no encoding, so no workspace either.
+  size_t least = SIZE_MAX;
+  for (gc::elias::Code code : {gc::elias::Code::Gamma, gc::elias::Code::Omega}) {
+    const gc::elias::Params p{gc::elias::kMinLevels, bucketSize, code, gc::elias::Norm::Max};
+    least = std::min(least, gc::elias::maxStreamWords(count, p));
+  }
+  GC_ARG(least < 0xffffffffull,
+         "count=%zu is too large for one Elias encoding at any levels (its worst case exceeds "
+         "2^32 words); split the buffer",
+         count);
   GC_CUDACHECK(gc::cuda::eliasWorkspaceBytes(count, bucketSize, bytes));
   return gradcompSuccess;
 }

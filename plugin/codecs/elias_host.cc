@@ -132,16 +132,18 @@ size_t eliasEncode(const void* x, DType t, float* residual, size_t n, const elia
   return eliasEncodedBytes(n, p.bucket, (uint32_t)words);
 }
 
-bool eliasDecode(const void* in, size_t inBytes, size_t n, const elias::Params& p, float* out,
-                 bool accumulate) {
+namespace {
+
+// The decode's walk over every bucket; out written only when `out` is not
+// null (eliasDecode's first pass checks the whole encoding that way).
+bool decodeBuckets(const unsigned char* bytes, size_t n, const elias::Params& p, float* out,
+                   bool accumulate) {
   const size_t nb = elias::numBuckets(n, p.bucket);
-  const size_t header = 4 * elias::headerWords(n, p.bucket);
-  if (inBytes < header) return false;
-  const unsigned char* bytes = static_cast<const unsigned char*>(in);
   const uint32_t* offsets = reinterpret_cast<const uint32_t*>(bytes + nb * 4);
   const uint32_t* stream = offsets + nb + 1;
-  if (eliasEncodedBytes(n, p.bucket, offsets[nb]) > inBytes) return false;
-  auto store = [&](size_t i, float v) { out[i] = accumulate ? fadd(out[i], v) : v; };
+  auto store = [&](size_t i, float v) {
+    if (out != nullptr) out[i] = accumulate ? fadd(out[i], v) : v;
+  };
   for (size_t b = 0; b < nb; ++b) {
     // Bytes from the wire: each bucket must lie inside the stream.
     if (offsets[b] > offsets[b + 1] || offsets[b + 1] > offsets[nb]) return false;
@@ -166,6 +168,21 @@ bool eliasDecode(const void* in, size_t inBytes, size_t n, const elias::Params& 
     if (r.overrun()) return false;
   }
   return true;
+}
+
+}  // namespace
+
+bool eliasDecode(const void* in, size_t inBytes, size_t n, const elias::Params& p, float* out,
+                 bool accumulate) {
+  const size_t nb = elias::numBuckets(n, p.bucket);
+  const size_t header = 4 * elias::headerWords(n, p.bucket);
+  if (inBytes < header) return false;
+  const unsigned char* bytes = static_cast<const unsigned char*>(in);
+  const uint32_t* offsets = reinterpret_cast<const uint32_t*>(bytes + nb * 4);
+  if (eliasEncodedBytes(n, p.bucket, offsets[nb]) > inBytes) return false;
+  // Bytes from the wire: the whole encoding is checked before out is touched,
+  // so a refused one leaves the caller's buffer (an accumulated sum) as it was.
+  return decodeBuckets(bytes, n, p, nullptr, false) && decodeBuckets(bytes, n, p, out, accumulate);
 }
 
 }  // namespace host
@@ -257,6 +274,7 @@ GC_EXPORT gradcompResult_t gradcompEliasEncodeHost(const void* x, ncclDataType_t
          count, need);
   GC_ARG(((uintptr_t)out & 3) == 0, "out=%p must be 4-byte aligned (it is 32-bit words)", out);
   GC_ARG(count == 0 || x != nullptr, "x is NULL for count=%zu", count);
+  GC_ARG(((uintptr_t)residual & 3) == 0, "residual=%p must be 4-byte aligned (fp32)", residual);
   const size_t bytes = gc::host::eliasEncode(x, t, residual, count, p, seed, false, out);
   if (encodedBytes) *encodedBytes = bytes;
   return gradcompSuccess;
@@ -271,6 +289,7 @@ GC_EXPORT gradcompResult_t gradcompEliasDecodeHost(const void* in, size_t inByte
   GC_ARG(in != nullptr, "in is NULL");
   GC_ARG(((uintptr_t)in & 3) == 0, "in=%p must be 4-byte aligned (it is 32-bit words)", in);
   GC_ARG(out != nullptr, "out is NULL for count=%zu", count);
+  GC_ARG(((uintptr_t)out & 3) == 0, "out=%p must be 4-byte aligned (fp32)", out);
   if (!gc::host::eliasDecode(in, inBytes, count, p, out, accumulate != 0)) {
     return gc::setError(gradcompInvalidArgument,
                         "in (%zu bytes) is not a well-formed Elias encoding of count=%zu with "

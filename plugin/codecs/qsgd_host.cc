@@ -145,6 +145,7 @@ GC_EXPORT gradcompResult_t gradcompQsgdEncodeEFLevelsHost(const void* x, ncclDat
          count);
   GC_ARG(((uintptr_t)out & 3) == 0, "out=%p must be 4-byte aligned (it starts with fp32 scales)",
          out);
+  GC_ARG(((uintptr_t)residual & 3) == 0, "residual=%p must be 4-byte aligned (fp32)", residual);
   gc::host::qsgdEncode(x, t, residual, count, bits, bucketSize, seed,
                        rounding == gradcompRoundNearest, levels == gradcompLevelsSquare, out);
   return gradcompSuccess;
@@ -179,6 +180,7 @@ GC_EXPORT gradcompResult_t gradcompQsgdDecodeHost(const void* in, size_t count, 
   GC_ARG(in != nullptr && out != nullptr, "in=%p and out=%p must not be NULL for count=%zu", in,
          out, count);
   GC_ARG(((uintptr_t)in & 3) == 0, "in=%p must be 4-byte aligned (it starts with fp32 scales)", in);
+  GC_ARG(((uintptr_t)out & 3) == 0, "out=%p must be 4-byte aligned (fp32)", out);
   gc::host::qsgdDecode(in, count, bits, bucketSize, out, accumulate != 0);
   return gradcompSuccess;
 }

@@ -432,7 +432,16 @@ TEST(Reliability, AbsurdCountsAreRefused) {
     EXPECT_EQ(gradcompQsgdEncodedBytes(n, 8, 32), 0u) << n;
     EXPECT_EQ(gradcompEliasHeaderBytes(n, 32), 0u) << n;
     EXPECT_EQ(gradcompEliasMaxEncodedBytes(n, &params), 0u) << n;
+    size_t ws = 7;  // refused before any device is asked (SIZE_MAX once wrapped to a tiny size)
+    EXPECT_EQ(gradcompEliasWorkspaceBytes(n, 32, &ws), gradcompInvalidArgument) << n;
+    EXPECT_NE(strstr(gradcompGetLastError(), "out of range"), nullptr) << gradcompGetLastError();
+    EXPECT_EQ(ws, 7u) << n;
   }
+  // Below the codec's range but with no encoding at any levels.
+  size_t ws = 7;
+  EXPECT_EQ(gradcompEliasWorkspaceBytes((size_t)1 << 40, 32, &ws), gradcompInvalidArgument);
+  EXPECT_NE(strstr(gradcompGetLastError(), "too large for one Elias encoding"), nullptr)
+      << gradcompGetLastError();
   EXPECT_EQ(gradcompQsgdEncodedBytes(1000, 8, 32), 32u * 4 + 1000u);
 }
 
@@ -620,6 +629,66 @@ TEST(Reliability, HostCodecsTakeMisalignedInputs) {
               gradcompSuccess);
     EXPECT_EQ(ba, bb);
     EXPECT_EQ(ea, eb) << "type " << type;
+  }
+}
+
+// The fp32 arrays the host codecs read and write as floats (a residual, a
+// decode's output) are refused by name when misaligned, as the GPU entry
+// points refuse them, instead of being accessed as misaligned floats; the
+// caller's buffers are left as they were.
+TEST(Reliability, HostCodecsRefuseMisalignedFloatArrays) {
+  const size_t n = 1000;
+  const std::vector<float> x = gctest::normal(n, 78);
+  std::vector<char> store(4 * n + 8, 0x5a);
+  float* shifted = reinterpret_cast<float*>(store.data() + 1);
+  const std::vector<char> before = store;
+  std::vector<uint32_t> enc(gradcompQsgdEncodedBytes(n, 4, 128) / 4 + 1);
+  EXPECT_EQ(gradcompQsgdEncodeTypedHost(x.data(), ncclFloat32, shifted, n, 4, 128, 9, enc.data()),
+            gradcompInvalidArgument);
+  EXPECT_NE(strstr(gradcompGetLastError(), "residual="), nullptr) << gradcompGetLastError();
+  ASSERT_EQ(gradcompQsgdEncodeHost(x.data(), n, 4, 128, 9, enc.data()), gradcompSuccess);
+  EXPECT_EQ(gradcompQsgdDecodeHost(enc.data(), n, 4, 128, shifted, 1), gradcompInvalidArgument);
+  EXPECT_NE(strstr(gradcompGetLastError(), "must be 4-byte aligned (fp32)"), nullptr)
+      << gradcompGetLastError();
+  const gradcompEliasParams_t params = {7, 128, gradcompEliasGamma, gradcompEliasScaleMax};
+  const size_t maxBytes = gradcompEliasMaxEncodedBytes(n, &params);
+  std::vector<uint32_t> eenc(maxBytes / 4 + 1);
+  size_t bytes = 0;
+  EXPECT_EQ(gradcompEliasEncodeHost(x.data(), ncclFloat32, shifted, n, &params, 3, eenc.data(),
+                                    maxBytes, &bytes),
+            gradcompInvalidArgument);
+  ASSERT_EQ(gradcompEliasEncodeHost(x.data(), ncclFloat32, nullptr, n, &params, 3, eenc.data(),
+                                    maxBytes, &bytes),
+            gradcompSuccess);
+  EXPECT_EQ(gradcompEliasDecodeHost(eenc.data(), bytes, n, &params, shifted, 0),
+            gradcompInvalidArgument);
+  EXPECT_EQ(store, before);
+}
+
+// An Elias encoding refused in a later bucket leaves out untouched: the
+// whole encoding is checked before any bucket is written (the sum a caller
+// accumulates into is not partly added to).
+TEST(Reliability, RefusedEliasDecodeLeavesOutUntouched) {
+  const size_t n = 1024;
+  const gradcompEliasParams_t params = {7, 512, gradcompEliasGamma, gradcompEliasScaleMax};
+  const std::vector<float> x = gctest::normal(n, 5);
+  std::vector<uint32_t> enc(gradcompEliasMaxEncodedBytes(n, &params) / 4);
+  size_t bytes = 0;
+  ASSERT_EQ(gradcompEliasEncodeHost(x.data(), ncclFloat32, nullptr, n, &params, 1, enc.data(),
+                                    enc.size() * 4, &bytes),
+            gradcompSuccess);
+  const size_t nb = 2, stream = 2 * nb + 1;  // scales, offsets[0..nb], then the stream
+  std::vector<float> out(n, 0.0f);
+  ASSERT_EQ(gradcompEliasDecodeHost(enc.data(), bytes, n, &params, out.data(), 1),
+            gradcompSuccess);  // the intact encoding decodes
+  // Bucket 1's first word zero: its first number is 0, which no code gives.
+  enc[stream + enc[nb + 1]] = 0;
+  for (int accumulate = 0; accumulate <= 1; ++accumulate) {
+    std::vector<float> sum = gctest::normal(n, 9);
+    const std::vector<float> kept = sum;
+    EXPECT_EQ(gradcompEliasDecodeHost(enc.data(), bytes, n, &params, sum.data(), accumulate),
+              gradcompInvalidArgument);
+    EXPECT_EQ(memcmp(sum.data(), kept.data(), n * 4), 0) << "accumulate " << accumulate;
   }
 }
 
