@@ -216,7 +216,9 @@ gradcompResult_t gradcompCommCreateSocket(int nranks, int rank, const char* root
                                           const gradcompConfig_t* config, gradcompComm_t* comm);
 /* Waits for the comm's last call to finish, then frees it. The wait is on a
  * stream of the comm's own (as in StateSize, Save, Load and Reset), so the
- * last call's stream may already be destroyed, as NCCL allows. */
+ * last call's stream may already be destroyed, as NCCL allows. A comm with a
+ * call in progress on another thread is refused (gradcompInvalidUsage, the
+ * comm untouched): destroy after the calls return, or abort. */
 gradcompResult_t gradcompCommDestroy(gradcompComm_t comm);
 /* As ncclCommAbort: call it after aborting the NCCL communicator the comm was
  * made from (or, on the CPU backend, when a peer is gone). Aborts the comm's

@@ -414,6 +414,14 @@ GC_EXPORT gradcompResult_t gradcompCommCreateSocket(int nranks, int rank, const 
 
 GC_EXPORT gradcompResult_t gradcompCommDestroy(gradcompComm_t comm) {
   if (comm == nullptr) return gradcompSuccess;
+  // Freeing the comm under a call another thread is making would pull its
+  // state out from under it; as with NCCL, destroy comes after the calls.
+  if (comm->callsInFlight != 0) {
+    return gc::setError(gradcompInvalidUsage,
+                        "comm %p has %d call(s) in progress on other threads: destroy it after "
+                        "they return (or abort it: gradcompCommAbort waits for them)",
+                        (void*)comm, (int)comm->callsInFlight);
+  }
   gc::OnCommDevice onDevice(comm);
   if (comm->backend) {
     comm->backend->useOwnStream();  // waits for the last call; its stream may be gone

@@ -173,6 +173,28 @@ TEST(Abort, WakesRanksOfAHierarchicalTcpComm) {
   EXPECT_EQ(gradcompCommAbort(comms[3]), gradcompSuccess);
 }
 
+// Destroy is not abort: a comm with a call in progress on another thread
+// (rank 0 waiting for rank 1) is refused, untouched, and the call goes on;
+// once it has returned, destroy frees the comm.
+TEST(Abort, DestroyRefusesACommWithACallInProgress) {
+  std::vector<gradcompComm_t> comms = socketComms(2, config());
+  for (gradcompComm_t c : comms) ASSERT_NE(c, nullptr);
+  Caller zero;
+  zero.start(comms[0]);
+  waitInCall(comms[0]);
+  EXPECT_EQ(gradcompCommDestroy(comms[0]), gradcompInvalidUsage);
+  EXPECT_NE(strstr(gradcompGetLastError(), "call(s) in progress on other threads"), nullptr)
+      << gradcompGetLastError();
+  Caller one;
+  one.start(comms[1]);
+  zero.thread.join();
+  one.thread.join();
+  EXPECT_EQ(zero.res, gradcompSuccess) << zero.why;
+  EXPECT_EQ(one.res, gradcompSuccess) << one.why;
+  EXPECT_EQ(gradcompCommDestroy(comms[0]), gradcompSuccess);
+  EXPECT_EQ(gradcompCommDestroy(comms[1]), gradcompSuccess);
+}
+
 // The peer is gone (its comm destroyed, its connections closed): abort
 // neither talks to it nor waits for it.
 TEST(Abort, APeerThatIsGoneDoesNotHoldAbort) {
