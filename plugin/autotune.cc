@@ -325,6 +325,20 @@ gradcompResult_t captureRefused() {
 gradcompResult_t tune(gradcompComm* c, AutoCall k) {
   AutoState& a = c->autoState;
   AutoDecision& d = a.of(k);
+  if (!d.injected) {
+    if (c->backend->capturing()) return captureRefused();
+    // Saved figures are used only where every rank restored them: ranks that
+    // loaded different states (one from before the timing, one after, at the
+    // same step) would otherwise run different collectives here, the timing's
+    // on one and none on another.
+    int without = -1;
+    GC_CHECK(agreeReady(c, d.restored ? gradcompSuccess : gradcompInvalidUsage, &without));
+    if (without >= 0 && d.restored) {
+      GC_WARN("auto (%s): rank %d has no saved figures for comm %p; every rank decides anew",
+              callName(k), without, (void*)c);
+      d.restored = false;
+    }
+  }
   if (!d.restored && !d.injected && !c->backend->onDevice() && !a.timeOnHost) {
     static std::atomic<bool> logged{false};
     if (!logged.exchange(true)) {

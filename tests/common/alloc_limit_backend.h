@@ -1,8 +1,10 @@
 // A backend that refuses an allocation taking what it allocated past `budget`
 // bytes and forwards everything else to the backend it wraps: one rank short
 // of memory, for the tests of what its peers do meanwhile. It also counts the
-// allocations made between GRADCOMP_AUTO's two agreements (each begins with a
-// copy into agreeScratch()): the timed calls, which must make none.
+// allocations made between the last two of GRADCOMP_AUTO's three agreements
+// per tuning (whether every rank has saved figures, readiness, the figures;
+// each begins with a copy into agreeScratch()): the timed calls, which must
+// make none.
 #pragma once
 
 #include <memory>
@@ -29,7 +31,7 @@ class AllocLimitBackend final : public ForwardingBackend {
                           "test: an allocation of %zu bytes refused (%zu of %zu bytes used)", bytes,
                           used_, budget_);
     }
-    if (agreements_ % 2 == 1) ++between_;
+    if (agreements_ % 3 == 2) ++between_;
     const gradcompResult_t res = inner_->alloc(bytes, p);
     if (res == gradcompSuccess) used_ += bytes;
     return res;

@@ -604,7 +604,7 @@ TEST(AutoTune, TimedCallsAllocateNothing) {
           k.rs ? w.comm(r)->autoState.reduceScatter : w.comm(r)->autoState.allReduce;
       EXPECT_TRUE(d.timed) << r;
       EXPECT_GT(d.timedCompressed, 0u) << r;
-      EXPECT_EQ(wrapped[r]->agreements(), 2) << r;
+      EXPECT_EQ(wrapped[r]->agreements(), 3) << r;
       EXPECT_EQ(wrapped[r]->allocsBetweenAgreements(), 0u) << r;
     }
   }
@@ -1013,6 +1013,62 @@ TEST(AutoTune, ALoadedStateDecidesAsTheSavedComm) {
     EXPECT_EQ(stats(off.comm(r)).callsCompressed, 1u) << r;
     EXPECT_FALSE(off.comm(r)->autoState.allReduce.restored) << r;
   }
+}
+
+// Ranks that loaded different states, one with the saved figures and one
+// without (the same step: the saved calls were all passed through), decide
+// alike: every rank times anew, instead of one deciding from its figures
+// while the other waits in the timing's calls.
+TEST(AutoTune, SavedFiguresOnOneRankOnlyAreDroppedByEveryRank) {
+  auto blobOf = [](gradcompComm_t c) {
+    size_t bytes = 0;
+    EXPECT_EQ(gradcompCommStateSize(c, &bytes), gradcompSuccess);
+    std::vector<char> b(bytes);
+    EXPECT_EQ(gradcompCommSaveState(c, b.data(), bytes), gradcompSuccess) << gradcompGetLastError();
+    return b;
+  };
+  std::vector<char> before, after;  // rank 1's state before the tuning, rank 0's after it
+  {
+    gctest::CpuWorld saved(2, autoConfig(1));
+    for (int r = 0; r < 2; ++r) gc::autoInjectFigures(saved.comm(r), kNcclWins);
+    before = blobOf(saved.comm(1));
+    callAll(saved, 5000, 41);  // passed through: the step stays where it was
+    ASSERT_EQ(stats(saved.comm(0)).callsAutoPassed, 1u);
+    after = blobOf(saved.comm(0));
+  }
+  gradcompConfig_t cfg = autoConfig(1);
+  cfg.cpuTimeoutSec = 5;
+  gctest::CpuWorld w(2, cfg);
+  for (int r = 0; r < 2; ++r) {
+    gc::AutoState& a = w.comm(r)->autoState;
+    a.timeOnHost = true;  // the in-process world times as a socket comm does
+    a.timedCounts[0] = 2048;
+    a.timedCounts[1] = 8192;
+  }
+  ASSERT_EQ(gradcompCommLoadState(w.comm(0), after.data(), after.size()), gradcompSuccess)
+      << gradcompGetLastError();
+  ASSERT_EQ(gradcompCommLoadState(w.comm(1), before.data(), before.size()), gradcompSuccess)
+      << gradcompGetLastError();
+  ASSERT_TRUE(w.comm(0)->autoState.allReduce.restored);
+  ASSERT_FALSE(w.comm(1)->autoState.allReduce.restored);
+  std::vector<std::vector<float>> buf = {gctest::normal(5000, 42), gctest::normal(5000, 43)};
+  std::vector<std::string> why(2);
+  auto res = w.run([&](int r) {
+    const gradcompResult_t x = gradcompAllReduce(buf[r].data(), buf[r].data(), 5000, ncclFloat32,
+                                                 ncclSum, w.comm(r), nullptr);
+    why[r] = gradcompGetLastError();
+    return x;
+  });
+  for (int r = 0; r < 2; ++r) {
+    ASSERT_EQ(res[r], gradcompSuccess) << "rank " << r << ": " << why[r];
+    const gc::AutoDecision& d = w.comm(r)->autoState.allReduce;
+    EXPECT_TRUE(d.decided && d.timed) << r;
+    EXPECT_FALSE(d.restored) << r;
+    EXPECT_EQ(d.figures.smallCount, 2048u) << r;  // timed here, not the saved figures
+  }
+  const gc::AutoDecision &d0 = w.comm(0)->autoState.allReduce, &d1 = w.comm(1)->autoState.allReduce;
+  EXPECT_EQ(memcmp(&d0.figures, &d1.figures, sizeof(d0.figures)), 0);
+  EXPECT_EQ(memcmp(buf[0].data(), buf[1].data(), 5000 * 4), 0);
 }
 
 // A figures record that does not hold usable figures is refused by name.
