@@ -217,9 +217,14 @@ gradcompResult_t measure(gradcompComm* c, AutoCall k, CallTimer& timer, AutoFigu
   Scratch s(c);
   constexpr int kMarks = kReps + 1;
 
+  // Read before the readiness vote, but a failure is this rank's vote (its
+  // peers are about to wait in the vote), not a return ahead of it.
   uint64_t deviceStep = c->step;
-  if (c->backend->deviceStep() != nullptr)
-    GC_CHECK(c->backend->toHost(&deviceStep, c->backend->deviceStep(), sizeof(deviceStep)));
+  gradcompResult_t stepRead = gradcompSuccess;
+  if (c->backend->deviceStep() != nullptr) {
+    stepRead = c->backend->toHost(&deviceStep, c->backend->deviceStep(), sizeof(deviceStep));
+    if (stepRead != gradcompSuccess) deviceStep = c->step;
+  }
   SetAside aside(c, deviceStep);
   auto compressed = [&](size_t n) {
     return rs ? gradcompReduceScatter(s.send, s.recv, n / ranks, ncclFloat32, ncclSum, c, stream)
@@ -277,7 +282,7 @@ gradcompResult_t measure(gradcompComm* c, AutoCall k, CallTimer& timer, AutoFigu
   };
   gradcompResult_t local;
   try {
-    local = prepare();
+    local = stepRead != gradcompSuccess ? stepRead : prepare();
   } catch (const std::bad_alloc&) {
     // The host copy of the scratch: this rank still votes.
     a.reserving = false;
