@@ -180,6 +180,10 @@ gradcompResult_t gradcompConfigFromEnv(gradcompConfig_t* config);
 gradcompResult_t gradcompConfigValidate(const gradcompConfig_t* config);
 
 /* ---------------------------------------------------------------- comms */
+/* A comm takes one collective, retune or state call at a time, as an NCCL
+ * communicator: such calls on one comm from several threads must be ordered
+ * by the caller (the same order on every rank); gradcompCommStop and
+ * gradcompCommAbort may come from another thread while one is in progress. */
 typedef struct gradcompComm* gradcompComm_t;
 
 /* Wraps (never owns) an NCCL communicator. Buffers are device pointers and
