@@ -153,8 +153,18 @@ def rsrow(size, nranks, speedup, collective="reduce_scatter"):
 dump("perf_n8_rs.json", {"rows": [rsrow(MB256, 8, 1.0), rsrow(MB256 // 8, 8, 1.5, "all_reduce"),
                                   rsrow(MB256 // 8, 8, 7.4)]})
 dump("fsdp.json", {"fsdp_qsgd4_acc_delta_pts": 0.3, "fsdp_dgc_acc_delta_pts": -0.6})
-dump("perf_auto.json", {"auto_regret_max_frac": 0.031, "rows": []})
-dump("perf_auto_rs.json", {"auto_regret_max_frac": 0.072, "rows": []})
+def sweep(first, last, worst):
+    """A complete --auto sweep, factor 4, its worst regret `worst`."""
+    rows, size = [], first
+    while size <= last:
+        rows.append({"size": size, "failed": False, "auto_regret": worst if size == last else 0.0,
+                     "auto_wrong": 0, "auto_identical": True})
+        size *= 4
+    return {"complete": True, "auto_regret_max_frac": worst, "rows": rows}
+
+
+dump("perf_auto.json", sweep(1 << 20, MB256, 0.031))
+dump("perf_auto_rs.json", sweep(512 << 10, MB256 // 2, 0.072))
 dump("tests.json", {"tests_passed": 40, "tests_failed": 0})
 with open(os.path.join(raw, "steps.tsv"), "w") as f:
     f.write("build\tok\t100\t\nddp\tmissing\t0\tnot in this tree\n")
@@ -298,11 +308,24 @@ for row in ndoc["rows"]:
         row.update({"encode_us": 0, "kernels_measured": False, "model": [],
                     "model_missing": "rank 0 could not time the row's kernels alone"})
 dump("perf_n8_nearest.json", ndoc)
+adoc = json.load(open(os.path.join(raw, "perf_auto.json")))
+adoc["rows"][-1]["failed"] = True  # the 256 MB row: the worst size unknown
+dump("perf_auto.json", adoc)
+rdoc = json.load(open(os.path.join(raw, "perf_auto_rs.json")))
+dump("perf_auto_rs.json", dict(rdoc, rows=rdoc["rows"][:-1]))  # no row of the last size
 js2 = os.path.join(work, "r2.json")
 subprocess.check_call([sys.executable, os.path.join(src, "tools", "gpu_report.py"), "--dir", raw,
                        "--name", "2030-01-02-test-gpu", "--md", os.path.join(work, "r2.md"),
                        "--json", js2])
 r2 = json.load(open(js2))
+expect(r2.get("auto_regret_max_frac") is None and
+       r2.get("goals", {}).get("auto_regret_le_0.05") is None,
+       "auto regret: no value and no verdict from a sweep whose 256 MB row failed")
+expect(r2.get("auto_rs_regret_max_frac") is None,
+       "reduce-scatter auto regret: no value from a sweep without its last size")
+dump("perf_auto_rs.json", rdoc)  # whole again for the checks below
+adoc["rows"][-1]["failed"] = False
+dump("perf_auto.json", adoc)
 expect(r2.get("topk_dgc_speedup_vs_torch_topk") == 5.0, "top-k: 1000 us / 200 us threshold row")
 expect(r2.get("topk_dgc_min_sample_speedup_vs_torch_topk") == 8.0,
        "top-k at the least sample rate: 1000 us / 125 us, its own row")

@@ -26,12 +26,17 @@
 # the exact error. GC_TC_NO_LO=1 leaves lo alone (the CTest check sets it: lo
 # carries every concurrent test's sockets, and the runs' roots use fixed ports
 # there): namespaces refused, the reason is recorded instead.
-# GC_TC_GBPS (default "10 25"; --cpu "0.1 1"), GC_TC_RANKS ("2 4"), GC_TC_SIZE
-# (256M; --cpu 32M) and GC_TC_ITERS (3) change the sweep;
+# GC_TC_GBPS (default "10 0 25"; --cpu "0.1 1"), GC_TC_RANKS ("2 4"), GC_TC_SIZE
+# (256M; --cpu 32M) and GC_TC_ITERS (3) change the sweep; a rate of 0 is the
+# same namespaces and links unshaped: the control that says whether NCCL on
+# the shared GPU could go faster than the shaped link at all (its bus
+# bandwidth there, nccl_unshaped_busbw_gbps, against 1.5 L: link_bound);
 # GC_TC_PREFIX (gctc) names the namespaces, so that concurrent runs do not
 # meet; GC_TC_CC is the namespaces' TCP congestion control (recorded per run):
-# --cpu defaults to reno, since BBR's flows through a tbf shaper leave the
-# link a fifth idle at N = 4 (docs/benchmark.md); empty keeps the system's.
+# reno by default, since BBR's flows through a tbf shaper leave the link a
+# fifth idle at N = 4 (docs/benchmark.md); empty keeps the system's. The GPU
+# mode's model gets L' = L * 1448/1514 (TCP's payload in MTU-1500 frames, as
+# the CPU mode's model), reported under L.
 # GC_TC_AUTO=1 (--cpu): GRADCOMP_AUTO on the real links: QSGD 4-bit over a
 # sweep of sizes from GC_TC_MIN (1M) to GC_TC_SIZE, factor 2, each size forced
 # compression, the uncompressed baseline and auto's time (gradcomp_perf
@@ -81,10 +86,13 @@ trap cleanup EXIT
 # after. The first ignores the rest and exits through the clean-up.
 trap 'trap "" TERM INT; exit 143' TERM INT
 
-# burst: 10 ms of traffic (a tbf bucket below the rate / HZ cannot reach its
-# rate), at least 128 KB (two 64 KB GSO packets): at the CPU mode's 0.1 Gb/s a
-# 1 MB bucket would let 1 MB through at veth speed after every codec phase.
-burst_bytes() { python3 -c "print(max(int($1 * 1250000), 131072))"; }
+# burst: 1 ms of traffic, at least 128 KB (two 64 KB GSO packets; tbf's
+# watchdog is a high-resolution timer, so a bucket below rate / HZ still
+# reaches its rate, which the selftest checks). The link idles between a
+# call's phases and while its ranks wait for the shared GPU, and a full
+# bucket then goes out at veth speed: at 10 ms (12.5 MB at 10 Gb/s) half a
+# QSGD step, and nearly all of DGC's, would have left unshaped.
+burst_bytes() { python3 -c "print(max(int($1 * 125000), 131072))"; }
 
 # setup_netns N GBPS: N namespaces on one bridge, both veth ends shaped.
 # Prints the failing command's error on stderr and returns 1 on failure.
@@ -106,19 +114,27 @@ setup_netns() {
     if [ -n "${GC_TC_CC:-}" ]; then
       ip netns exec "$prefix$r" sysctl -qw net.ipv4.tcp_congestion_control="$GC_TC_CC" || return 1
     fi
-    # The rank's sends (namespace side) and its receives (bridge side).
+    # The rank's sends (namespace side) and its receives (bridge side); rate 0:
+    # the control, unshaped.
+    [ "$gbps" = 0 ] && continue
     ip netns exec "$prefix$r" tc qdisc add dev "$prefix${r}n" root tbf rate "${gbps}gbit" \
       burst "$burst" latency 100ms || return 1
     tc qdisc add dev "$prefix${r}h" root tbf rate "${gbps}gbit" burst "$burst" latency 100ms ||
       return 1
   done
   shaping=netns
+  [ "$gbps" = 0 ] && shaping=netns-unshaped
+  return 0
 }
 
 # setup_lo N GBPS: all ranks on loopback, lo shaped at N * GBPS.
 setup_lo() {
   local n=$1 gbps=$2
   tc qdisc del dev lo root 2>/dev/null
+  if [ "$gbps" = 0 ]; then
+    shaping=lo-unshaped
+    return 0
+  fi
   local total
   total=$(python3 -c "print($n * $gbps)")
   tc qdisc add dev lo root tbf rate "${total}gbit" burst "$(burst_bytes "$total")" \
@@ -130,7 +146,7 @@ setup_lo() {
 # the report shows what the shaped link really carries.
 measure_link() {
   local secs=$1 srv=$subnet.1 ns0=() ns1=()
-  if [ "$shaping" = netns ]; then
+  if [ "${shaping%-unshaped}" = netns ]; then
     ns0=(ip netns exec "${prefix}0")
     ns1=(ip netns exec "${prefix}1")
   else
@@ -198,8 +214,9 @@ if [ "$mode" = cpu ]; then
   fi
 else
   build=${2:-build-gpu}
-  gbps_list=${GC_TC_GBPS:-10 25}
+  gbps_list=${GC_TC_GBPS:-10 0 25}
   size=${GC_TC_SIZE:-256M}
+  GC_TC_CC=${GC_TC_CC-reno}
   port_step=1
 fi
 perf=$build/bench/gradcomp_perf
@@ -226,14 +243,21 @@ rank_limit() {
 
 run_ranks() {  # run_ranks N GBPS TAG: one process per rank over the shaped links
   local n=$1 gbps=$2 tag=$3 r pids=() rc=0 addr=$subnet.1 ifname=$prefix ns=() backend
-  if [ "$shaping" = lo ]; then
+  if [ "${shaping%-unshaped}" = lo ]; then
     addr=127.0.0.1
     ifname=lo
+  fi
+  # The model's link: L' on the GPU (TCP's payload; the CPU mode's model
+  # applies it itself); any rate for the unshaped control, whose model
+  # nothing reads.
+  local model_gbps=$gbps
+  if [ "$mode" = gpu ]; then
+    model_gbps=$(python3 -c "print('%.6g' % ($gbps * 1448 / 1514 if $gbps > 0 else 100))")
   fi
   local limit
   if [ "$mode" = cpu ]; then limit=$(rank_limit 900); else limit=$(rank_limit 240); fi
   for r in $(seq 0 $((n - 1))); do
-    [ "$shaping" = netns ] && ns=(ip netns exec "$prefix$r")
+    [ "${shaping%-unshaped}" = netns ] && ns=(ip netns exec "$prefix$r")
     if [ "$mode" = cpu ]; then
       backend=(env GRADCOMP_CPU_TIMEOUT=600 timeout "$limit" "$perf" --backend socket --root "$addr:$port")
     else
@@ -244,7 +268,7 @@ run_ranks() {  # run_ranks N GBPS TAG: one process per rank over the shaped link
     "${ns[@]}" env OMPI_COMM_WORLD_RANK="$r" OMPI_COMM_WORLD_SIZE="$n" \
       OMPI_COMM_WORLD_LOCAL_RANK=0 OMPI_COMM_WORLD_LOCAL_SIZE=1 "${backend[@]}" -N "$n" \
       "${sweep[@]}" -n "${GC_TC_ITERS:-3}" -w 1 -q 4 -k 0.001 \
-      --link-gbps "$gbps" --json "$raw/tc_link_$tag.json" > "$raw/tc_link_${tag}_r$r.txt" 2>&1 &
+      --link-gbps "$model_gbps" --json "$raw/tc_link_$tag.json" > "$raw/tc_link_${tag}_r$r.txt" 2>&1 &
     pids+=($!)
   done
   rank_pids=("${pids[@]}")
@@ -279,11 +303,27 @@ for gbps in $gbps_list; do
       fi
       echo "tc_link: namespaces refused ($err): shaping lo at $n x $gbps Gb/s instead"
     fi
-    link=$(measure_link 2 2>/dev/null)
+    link=$(measure_link 2 2>"$raw/tc_link_measure.err")
+    if [ -z "$link" ] && [ "${shaping%-unshaped}" = netns ]; then
+      # Namespaces made but nothing crosses the bridge (a host whose firewall
+      # drops bridged traffic): the ranks could not meet either; lo instead.
+      err="the bridge carried nothing ($(tr '\n' ' ' < "$raw/tc_link_measure.err" | cut -c1-300))"
+      cleanup
+      if [ "${GC_TC_NO_LO:-0}" = 1 ] || ! setup_lo "$n" "$gbps" 2> "$raw/tc_link_setup.err"; then
+        reason="network namespaces: $err; tc on lo: $(tr '\n' ' ' < "$raw/tc_link_setup.err")"
+        break 2
+      fi
+      echo "tc_link: $err: shaping lo at $n x $gbps Gb/s instead"
+      link=$(measure_link 2 2>/dev/null)
+    fi
+    # On lo the one flow measured has the whole bucket of N x L: a rank's share is 1/N.
+    if [ -n "$link" ] && [ "${shaping%-unshaped}" = lo ]; then
+      link=$(python3 -c "print('%.3f' % ($link / $n))")
+    fi
     load=$(cut -d' ' -f1 /proc/loadavg)
-    cc=$(if [ "$shaping" = netns ]; then ip netns exec "${prefix}0" sysctl -n net.ipv4.tcp_congestion_control
+    cc=$(if [ "${shaping%-unshaped}" = netns ]; then ip netns exec "${prefix}0" sysctl -n net.ipv4.tcp_congestion_control
       else sysctl -n net.ipv4.tcp_congestion_control; fi 2>/dev/null)
-    echo "=== tc_link: N=$n at $gbps Gb/s per rank ($shaping, TCP $cc; python sockets measure ${link:-?} Gb/s; load $load)"
+    echo "=== tc_link: N=$n at $gbps Gb/s per rank (0: unshaped) ($shaping, TCP $cc; python sockets measure ${link:-?} Gb/s per rank; load $load)"
     run_ranks "$n" "$gbps" "$tag"
     rc=$?
     [ "$rc" -ne 0 ] && failed=1
@@ -299,7 +339,10 @@ python3 - "$raw" "$reason" "$mode" "$size" <<'PY'
 import json, os, sys
 raw, reason, mode, size_arg = sys.argv[1:5]
 mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-size = int(float(size_arg.rstrip("KMGkmg")) * mult.get(size_arg[-1].upper(), 1))
+size_arg = size_arg.upper()
+if len(size_arg) > 1 and size_arg.endswith("B") and size_arg[-2] in mult:
+    size_arg = size_arg[:-1]  # 256MB as 256M
+size = int(float(size_arg.rstrip("KMG")) * mult.get(size_arg[-1], 1))
 cpu = mode == "cpu"
 runs = []
 doc = {"mode": mode, "tc_unavailable_reason": reason or None, "size": size, "runs": runs}
@@ -319,8 +362,12 @@ for line in open(os.path.join(raw, "tc_link_runs.tsv")).read().splitlines():
         runs.append(dict(base, error="no JSON from rank 0 (see tc_link_%s_r*.txt)" % tag))
         continue
     doc["baseline"] = perf.get("baseline")
+    # The GPU mode's model ran at L' (run_ranks): its point closest to L'.
+    want = float(gbps) * (1448 / 1514 if not cpu else 1)
     for r in perf["rows"]:
-        m = next((m for m in r.get("model", []) if m["link_gbps"] == float(gbps)), {})
+        m = min(r.get("model", []), key=lambda m: abs(m["link_gbps"] - want), default={})
+        if m and abs(m["link_gbps"] - want) > 1e-3 * max(want, 1e-9):
+            m = {}
         # A failed row (or a failed baseline) has null times: no ratio, the row still reported.
         measured = (r["nccl_time_us"] / r["time_us"]
                     if r.get("time_us") and r.get("nccl_time_us") is not None else None)
@@ -352,6 +399,24 @@ for line in open(os.path.join(raw, "tc_link_runs.tsv")).read().splitlines():
                        auto_regret=r.get("auto_regret"),
                        auto_choice_regret=took / best - 1 if took and best else None)
         runs.append(run)
+
+
+# The unshaped control (rate 0) of each N: the bus bandwidth NCCL's allreduce
+# reached there (2 (N-1)/N of the buffer per rank over its time). A shaped run
+# whose NCCL could not beat 1.5 L unshaped measures the shared GPU, not the
+# link: link_bound false.
+unshaped = {}
+for r in runs:
+    if r["link_gbps"] == 0 and r.get("nccl_time_us") and r.get("size") and not r.get("failed"):
+        n = r["nranks"]
+        bus = 2 * (n - 1) / n * r["size"] * 8 / (r["nccl_time_us"] * 1e-6) / 1e9
+        unshaped[n] = max(unshaped.get(n, 0.0), bus)
+for r in runs:
+    if r["link_gbps"] > 0 and r["nranks"] in unshaped:
+        r["nccl_unshaped_busbw_gbps"] = unshaped[r["nranks"]]
+        r["link_bound"] = unshaped[r["nranks"]] >= 1.5 * r["link_gbps"]
+for n, bus in unshaped.items():
+    doc["tc_nccl_unshaped_busbw_gbps_n%d" % n] = bus
 
 
 def pick(gbps, n, method="qsgd", key="measured_speedup"):
@@ -410,16 +475,29 @@ if cpu:
 else:
     doc["measured_speedup_tc_10gbps_n4_256MB"] = pick(10, 4)
     doc["measured_vs_model_tc_10gbps"] = pick(10, 4, key="measured_vs_model")
-    L += ["Each rank in its own network namespace, both ends of its veth shaped with tc tbf; "
-          "NCCL's socket transport; all ranks share one GPU.", "",
-          "| link | N | shaping | link measured (Gb/s) | method | NCCL (us) | gradcomp (us) | "
-          "measured x | model x | measured / model |", "|---|---|---|---|---|---|---|---|---|---|"]
+    doc["tc_link_bound_10gbps_n4"] = pick(10, 4, key="link_bound")
+    modes = {r["shaping"].replace("-unshaped", "") for r in runs if r.get("shaping") not in
+             (None, "-")}
+    where = {"netns": "Each rank in its own network namespace, both ends of its veth shaped with "
+                      "tc tbf (a rank sends and receives at L)",
+             "lo": "All ranks on loopback, lo shaped with tc tbf at N x L (namespaces refused): "
+                   "L each only while all send at once, and a rank sending alone gets up to "
+                   "N x L; the link measured is the one flow's rate over N"}
+    L += ["%s; NCCL's socket transport; all ranks share one GPU; the model at L' = L x "
+          "1448/1514 (TCP's payload). Link 0: the same links unshaped, the control: a shaped "
+          "run is link-bound when NCCL reached 1.5 L there (else it measures the shared GPU)."
+          % "; ".join(where[m] for m in sorted(modes)) if modes else "No run was made.", "",
+          "| link | N | shaping | link measured (Gb/s per rank) | method | NCCL (us) | "
+          "gradcomp (us) | measured x | model x | measured / model | NCCL unshaped busbw "
+          "(Gb/s) | link-bound |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
-        L.append("| %g Gb/s | %d | %s | %s | %s | %s | %s | %s | %s | %s |" % (
-            r["link_gbps"], r["nranks"], r["shaping"], f(r.get("link_measured_gbps")),
+        L.append("| %s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+            "%g Gb/s" % r["link_gbps"] if r["link_gbps"] else "unshaped", r["nranks"],
+            r["shaping"], f(r.get("link_measured_gbps")),
             r.get("method", r.get("error", "?")), f(r.get("nccl_time_us"), "%.0f"),
             f(r.get("time_us"), "%.0f"), f(r.get("measured_speedup")), f(r.get("model_speedup")),
-            f(r.get("measured_vs_model"))))
+            f(r.get("measured_vs_model")), f(r.get("nccl_unshaped_busbw_gbps")),
+            {True: "yes", False: "no"}.get(r.get("link_bound"), "n/a")))
 json.dump(doc, open(os.path.join(raw, "tc_link.json"), "w"), indent=1)
 open(os.path.join(raw, "tc_link.md"), "w").write("\n".join(L) + "\n")
 print("\n".join(L))
