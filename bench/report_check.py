@@ -120,11 +120,12 @@ dump("perf_n8_nearest.json", {"rows": [
 # The pipelined run: the 256 MB fp32 4-bit row cut into pieces; a decoy row of
 # another size, and the unpipelined "speedup" beside the pipelined one.
 piped = prow(MB256, 4, "float", [])
-piped.update({"pieces": 4, "piece_bytes": 64 << 20, "identical": False})
+piped.update({"pieces": 4, "piece_bytes": 64 << 20, "identical": True})
 piped["model"] = [{"link_gbps": g, "speedup": 0.5, "pipelined_speedup": s}
                   for g, s in [(10, 7.8), (100, 7.2), (400, 5.6)]]
 other = prow(MB256 // 4, 4, "float", [])
 other["model"] = [{"link_gbps": 400, "speedup": 0.5, "pipelined_speedup": 99.0}]
+other["identical"] = False  # its ranks' results differ: counted, never a goal's row
 dump("perf_n8_pipe.json", {"rows": [other, piped]})
 # The sparse rows' modeled times at 400 Gb/s (the checks' denominators); decoys:
 # another link, method, size.
@@ -181,7 +182,7 @@ for key in ["gpu", "date", "commit", "qsgd4_encode_ef_frac_of_copy", "qsgd4_deco
             "multirank_tests_failed"]:
     expect(key in r, "key %s present" % key)
 expect(r.get("gpu") == "Test GPU", "gpu from the kernel run")
-expect(r.get("perf_rows_identical_on_all_ranks") == 2, "rows identical on all ranks, all files")
+expect(r.get("perf_rows_identical_on_all_ranks") == 3, "rows identical on all ranks, all files")
 expect(r.get("perf_rows_differing_between_ranks") == 1, "rows whose ranks differ, all files")
 expect(r.get("date") == "2030-01-02", "date from the name")
 expect(r.get("qsgd4_encode_ef_frac_of_copy") == 0.85, "encode: fp32, 4-bit, 2^26 row")
@@ -324,6 +325,20 @@ expect(r2.get("auto_regret_max_frac") is None and
 expect(r2.get("auto_rs_regret_max_frac") is None,
        "reduce-scatter auto regret: no value from a sweep without its last size")
 dump("perf_auto_rs.json", rdoc)  # whole again for the checks below
+# A pipelined row whose ranks' results differ (or out of its bounds) is no goal's row.
+pdoc = json.load(open(os.path.join(raw, "perf_n8_pipe.json")))
+for bad in ({"identical": False}, {"wrong": 3}):
+    dump("perf_n8_pipe.json", {"rows": [dict(row, **bad) if row.get("pieces") == 4 else row
+                                        for row in pdoc["rows"]]})
+    js4 = os.path.join(work, "r4.json")
+    subprocess.check_call([sys.executable, os.path.join(src, "tools", "gpu_report.py"), "--dir",
+                           raw, "--name", "2030-01-04-test-gpu", "--md",
+                           os.path.join(work, "r4.md"), "--json", js4])
+    r4 = json.load(open(js4))
+    expect(r4.get("allreduce_qsgd4_model_speedup_400gbps_n8_256MB") is None and
+           r4.get("goals", {}).get("allreduce_qsgd4_pipelined_model_ge_6.5x_nccl_400gbps_n8_256MB")
+           is None, "no pipelined goal from a row with %s" % bad)
+dump("perf_n8_pipe.json", pdoc)
 adoc["rows"][-1]["failed"] = False
 dump("perf_auto.json", adoc)
 expect(r2.get("topk_dgc_speedup_vs_torch_topk") == 5.0, "top-k: 1000 us / 200 us threshold row")

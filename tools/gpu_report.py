@@ -55,11 +55,17 @@ def kernel_row(kdoc, kernel, n=N26, density=None, lists=None):
     return None
 
 
+def usable(r):
+    """A gradcomp_perf row a goal may take: not failed, and its result right (within the
+    codec's bounds, the rank weights right, the same bits on every rank where compared)."""
+    return (not r.get("failed") and r.get("identical") is not False and not r.get("wrong")
+            and not r.get("rank_weights_wrong"))
+
+
 def sparse_model_time(pdoc, method, gbps=400, size=MB256, dtype="float"):
     """A sparse row's modeled time (us) at gbps: its bytes and latency steps only."""
     for r in (pdoc or {}).get("rows", []):
-        if (r["method"] == method and r["dtype"] == dtype and r["size"] == size and
-                not r.get("failed")):
+        if (r["method"] == method and r["dtype"] == dtype and r["size"] == size and usable(r)):
             for m in r.get("model", []):
                 if m["link_gbps"] == gbps:
                     return m.get("time_us")
@@ -71,7 +77,7 @@ def qsgd_row(pdoc, size, dtype="float", bits=4, rounding="stochastic"):
     for r in (pdoc or {}).get("rows", []):
         if (r["method"] == "qsgd" and r["bits"] == bits and r["dtype"] == dtype and
                 r["size"] == size and r.get("rounding", "stochastic") == rounding and
-                not r.get("failed")):
+                usable(r)):
             return r
     return None
 
@@ -103,7 +109,7 @@ def model_speedup(pdoc, gbps=10, size=MB256, bits=4, dtype="float", key="speedup
         return None
     for r in pdoc.get("rows", []):
         if (r["method"] == "qsgd" and r["bits"] == bits and r["dtype"] == dtype and
-                r["size"] == size and not r.get("failed")):
+                r["size"] == size and usable(r)):
             for m in r.get("model", []):
                 if m["link_gbps"] == gbps:
                     return m.get(key)
@@ -114,7 +120,7 @@ def piece_bytes(pdoc, size=MB256, bits=4, dtype="float"):
     """GRADCOMP_PIPELINE_BYTES of the pipelined fp32 4-bit 256 MB row, when it was cut."""
     for r in (pdoc or {}).get("rows", []):
         if (r["method"] == "qsgd" and r["bits"] == bits and r["dtype"] == dtype and
-                r["size"] == size and not r.get("failed") and r.get("pieces", 1) > 1):
+                r["size"] == size and usable(r) and r.get("pieces", 1) > 1):
             return r.get("piece_bytes")
     return None
 
@@ -125,7 +131,7 @@ def projection(pdoc, nodes, local, node_gbps, key, size=MB256, bits=4, dtype="fl
         return None
     for r in pdoc.get("rows", []):
         if (r["method"] == "qsgd" and r["bits"] == bits and r["dtype"] == dtype and
-                r["size"] == size and not r.get("failed")):
+                r["size"] == size and usable(r)):
             for p in r.get("projection", []):
                 if p["nodes"] == nodes and p["local"] == local and p["node_gbps"] == node_gbps:
                     return p.get(key)
@@ -138,7 +144,7 @@ def rs_model_speedup(pdoc, gbps=10, input_bytes=MB256, bits=4, dtype="float"):
     for r in pdoc.get("rows", []):
         if (r.get("collective") == "reduce_scatter" and r["method"] == "qsgd" and
                 r["bits"] == bits and r["dtype"] == dtype and
-                r["size"] * r.get("nranks", 0) == input_bytes and not r.get("failed")):
+                r["size"] * r.get("nranks", 0) == input_bytes and usable(r)):
             for m in r.get("model", []):
                 if m["link_gbps"] == gbps:
                     return m.get("speedup")
