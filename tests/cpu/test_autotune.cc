@@ -174,6 +174,15 @@ std::vector<std::vector<float>> callAll(gctest::CpuWorld& w, size_t n, uint64_t 
   return buf;
 }
 
+// The comm's saved state (gradcompCommSaveState).
+std::vector<char> blobOf(gradcompComm_t c) {
+  size_t bytes = 0;
+  EXPECT_EQ(gradcompCommStateSize(c, &bytes), gradcompSuccess);
+  std::vector<char> b(bytes);
+  EXPECT_EQ(gradcompCommSaveState(c, b.data(), bytes), gradcompSuccess) << gradcompGetLastError();
+  return b;
+}
+
 gradcompStats_t stats(gradcompComm_t c) {
   gradcompStats_t s;
   memset(&s, 0, sizeof(s));
@@ -938,13 +947,6 @@ TEST(AutoTune, ReduceScatterRefusedUnderCapture) {
 // for bit), not from a timing of its own; gradcompCommRetune times afresh, and
 // autoTune=0 ignores them.
 TEST(AutoTune, ALoadedStateDecidesAsTheSavedComm) {
-  auto blobOf = [](gradcompComm_t c) {
-    size_t bytes = 0;
-    EXPECT_EQ(gradcompCommStateSize(c, &bytes), gradcompSuccess);
-    std::vector<char> b(bytes);
-    EXPECT_EQ(gradcompCommSaveState(c, b.data(), bytes), gradcompSuccess) << gradcompGetLastError();
-    return b;
-  };
   std::vector<std::vector<char>> blobs(2), untimed(2);
   {
     gctest::CpuWorld saved(2, autoConfig(1));
@@ -1020,13 +1022,6 @@ TEST(AutoTune, ALoadedStateDecidesAsTheSavedComm) {
 // alike: every rank times anew, instead of one deciding from its figures
 // while the other waits in the timing's calls.
 TEST(AutoTune, SavedFiguresOnOneRankOnlyAreDroppedByEveryRank) {
-  auto blobOf = [](gradcompComm_t c) {
-    size_t bytes = 0;
-    EXPECT_EQ(gradcompCommStateSize(c, &bytes), gradcompSuccess);
-    std::vector<char> b(bytes);
-    EXPECT_EQ(gradcompCommSaveState(c, b.data(), bytes), gradcompSuccess) << gradcompGetLastError();
-    return b;
-  };
   std::vector<char> before, after;  // rank 1's state before the tuning, rank 0's after it
   {
     gctest::CpuWorld saved(2, autoConfig(1));

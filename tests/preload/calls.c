@@ -184,6 +184,22 @@ static int initWithConfig(int blocking, ncclComm_t* comm) {
   return 0;
 }
 
+/* A non-blocking parent's child as NCCL makes it: `made` (a split's or a
+ * shrink's result) is ncclInProgress with no child yet; the child is there
+ * once the parent's asynchronous state is no longer ncclInProgress. */
+static int awaitChild(const char* what, ncclResult_t made, ncclComm_t parent,
+                      const ncclComm_t* child) {
+  if (made != ncclInProgress || *child != NULL) {
+    fprintf(stderr, "%s of a non-blocking comm: %d, child %p (ncclInProgress and none yet)\n", what,
+            (int)made, (void*)*child);
+    return 1;
+  }
+  for (ncclResult_t r = ncclInProgress; r == ncclInProgress;) {
+    CHECK(ncclCommGetAsyncError(parent, &r));
+  }
+  return 0;
+}
+
 /* Non-blocking communicators (and a split child inheriting that) pass
  * through without gradcomp trying to set up; a blocking one made with a
  * config is set up as usual (and fails without a GPU). */
@@ -193,15 +209,7 @@ static int nonblocking(void) {
   ncclComm_t nb = NULL, child = NULL, grown = NULL, blocking = NULL;
   if (initWithConfig(0, &nb)) return 1;
   CALL(a, a, 1 << 22, ncclFloat32, ncclSum, nb, stream);
-  /* As NCCL makes a non-blocking child: not there when the split returns, but
-   * once the parent's asynchronous state is no longer ncclInProgress. */
-  ncclResult_t r = ncclCommSplit(nb, 1, 0, &child, NULL);
-  if (r != ncclInProgress || child != NULL) {
-    fprintf(stderr, "split of a non-blocking comm: %d, child %p (ncclInProgress and none yet)\n",
-            (int)r, (void*)child);
-    return 1;
-  }
-  for (r = ncclInProgress; r == ncclInProgress;) CHECK(ncclCommGetAsyncError(nb, &r));
+  if (awaitChild("split", ncclCommSplit(nb, 1, 0, &child, NULL), nb, &child)) return 1;
   EXPECT("CommSplit parent=%p color=1 key=0 blocking=-1 comm=%p", (void*)nb, (void*)child);
   CALL(a, a, 1 << 22, ncclFloat32, ncclSum, child, stream);
   /* Grown from the non-blocking parent without a config: non-blocking too. */
@@ -250,13 +258,9 @@ static int revoked(void) {
   if (initWithConfig(0, &nb)) return 1;
   CHECK(ncclCommRevoke(nb, 0));
   EXPECT("CommRevoke comm=%p flags=0", (void*)nb);
-  ncclResult_t r = ncclCommShrink(nb, &excluded, 1, &nbShrunk, NULL, 0);
-  if (r != ncclInProgress || nbShrunk != NULL) {
-    fprintf(stderr, "shrink of a non-blocking comm: %d, child %p (ncclInProgress and none yet)\n",
-            (int)r, (void*)nbShrunk);
+  if (awaitChild("shrink", ncclCommShrink(nb, &excluded, 1, &nbShrunk, NULL, 0), nb, &nbShrunk)) {
     return 1;
   }
-  for (r = ncclInProgress; r == ncclInProgress;) CHECK(ncclCommGetAsyncError(nb, &r));
   EXPECT("CommShrink parent=%p excluded=1 blocking=-1 comm=%p", (void*)nb, (void*)nbShrunk);
   CALL(a, a, 1 << 22, ncclFloat32, ncclSum, nbShrunk, stream);
   CHECK(ncclCommDestroy(nb));
