@@ -362,7 +362,8 @@ double gradcompClusterUs(double kernelUs, const LinkBytes& b, bool stages, doubl
 }
 
 ClusterTimes clusterModel(size_t count, const CallKind& kind, int bits, int bucket,
-                          const KernelCosts& costs, const Cluster& c, size_t pipelineBytes) {
+                          const KernelCosts& costs, const Cluster& c, size_t pipelineBytes,
+                          bool decideAuto) {
   ClusterTimes t;
   const double n = c.ranks(), k = c.nodes;
   const double bytes = (double)count * kind.elemBytes;
@@ -378,10 +379,30 @@ ClusterTimes clusterModel(size_t count, const CallKind& kind, int bits, int buck
   t.flatUs = gradcompClusterUs(t.flatKernelUs, t.flat, false, fs.latencySteps, c);
   // Hierarchical with a two-shot of the shard over the K nodes; one node is
   // NCCL inside it.
+  // GRADCOMP_AUTO between NCCL and the compressed path (comp of t).
+  auto decide = [&](ClusterTimes& t, double ClusterTimes::*comp) {
+    if (!decideAuto) {
+      t.autoCompresses = t.*comp < t.ncclUs;
+    } else {
+      const size_t timed[2] = {size_t(1) << 18, size_t(1) << 23};  // AutoState::timedCounts
+      CallKind f32 = kind;
+      f32.elemBytes = 4;
+      f32.convert = false;
+      double ncclUs[2], compUs[2];
+      for (int i = 0; i < 2; ++i) {
+        const ClusterTimes ti =
+            clusterModel(timed[i], f32, bits, bucket, costs, c, pipelineBytes, false);
+        ncclUs[i] = ti.ncclUs;
+        compUs[i] = ti.*comp;
+      }
+      t.autoCompresses = autoCompresses(timed, ncclUs, compUs, kind.elemBytes, count);
+    }
+    t.autoUs = t.autoCompresses ? t.*comp : t.ncclUs;
+  };
   if (k <= 1) {
     t.hierUs = t.hierPipedUs = t.ncclUs;
     t.hier = t.nccl;
-    t.autoUs = std::min(t.flatUs, t.ncclUs);
+    decide(t, &ClusterTimes::flatUs);
     return t;
   }
   CallKind hk = kind;
@@ -396,7 +417,7 @@ ClusterTimes clusterModel(size_t count, const CallKind& kind, int bits, int buck
       kernelUs(algoShape(5, c.ranks(), c.local, 1, piped).work, costs, (double)count);
   t.hierPipedUs = hierPipelinedUs(t.hierPipedKernelUs, t.hier,
                                   hs.latencySteps - 2.0 * (c.local - 1), c, t.hierPieces);
-  t.autoUs = std::min(c.local >= 2 ? t.hierPipedUs : t.flatUs, t.ncclUs);
+  decide(t, c.local >= 2 ? &ClusterTimes::hierPipedUs : &ClusterTimes::flatUs);
   return t;
 }
 

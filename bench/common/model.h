@@ -6,6 +6,7 @@
 // in-node link (NVLink) and the NICs of a node, shared by its G GPUs.
 #pragma once
 
+#include <math.h>
 #include <stddef.h>
 
 namespace gcbench {
@@ -181,15 +182,40 @@ double gradcompClusterUs(double kernelUs, const LinkBytes& b, bool stages, doubl
 // QSGD at (bits, bucket) with the kernels' costs per element. hierPipedUs: hier cut at
 // pipelineBytes (hierPieces; hierUs when one piece). autoUs: GRADCOMP_AUTO, which passes a call
 // through when its predicted compressed time (hier, pipelined, on >= 2 nodes
-// of >= 2 GPUs; else flat) is not below NCCL's: the smaller of the two.
+// of >= 2 GPUs; else flat) is not below NCCL's, predicted as the library does
+// (plugin/autotune.cc, autoRange): a line through each path's times at the two
+// fp32 counts it times, NCCL's slope scaled by the element size
+// (autoCompresses: its choice). decideAuto false: the smaller of the two (the
+// timed calls' own times).
 struct ClusterTimes {
   double ncclUs = 0, flatUs = 0, hierUs = 0;
   double flatKernelUs = 0, hierKernelUs = 0;
   double hierPieces = 1, hierPipedUs = 0, autoUs = 0;
+  bool autoCompresses = false;
   double hierPipedKernelUs = 0;  // the pipelined path's kernels (CallKind::piped)
   LinkBytes nccl, flat, hier;
 };
 ClusterTimes clusterModel(size_t count, const CallKind& kind, int bits, int bucket,
-                          const KernelCosts& costs, const Cluster& c, size_t pipelineBytes = 0);
+                          const KernelCosts& costs, const Cluster& c, size_t pipelineBytes = 0,
+                          bool decideAuto = true);
+// GRADCOMP_AUTO's rule for one call of `count` elements of elemBytes, from
+// the times of both paths at the two timed fp32 counts: plugin/autotune.cc's
+// autoRange, which gradcomp_perf cannot call (it uses the public API only);
+// tests/cpu/test_autotune.cc checks the two agree.
+inline bool autoCompresses(const size_t timed[2], const double ncclUs[2], const double compUs[2],
+                           size_t elemBytes, size_t count) {
+  const double n0 = (double)timed[0], dn = (double)timed[1] - n0;
+  const double bN = (ncclUs[1] - ncclUs[0]) / dn, aN = ncclUs[0] - bN * n0;
+  const double bC = (compUs[1] - compUs[0]) / dn, aC = compUs[0] - bC * n0;
+  // Compress where aN + bN' n > aC + bC n (bN' = bN * elemBytes / 4): k + s n > 0.
+  const double s = bN * (double)elemBytes / 4.0 - bC, k = aN - aC, n = (double)count;
+  if (s > 0.0) return n > -k / s;
+  if (s < 0.0) {
+    // Never on a win found only below the smaller timed count.
+    const double hi = ceil(k / -s);
+    return hi > n0 && n < hi;
+  }
+  return k > 0.0;
+}
 
 }  // namespace gcbench

@@ -558,10 +558,12 @@ bool writeJson(const std::string& path, const Options& o, const RunInfo& info,
               jsonNum(t.hierPipedKernelUs).c_str());
       fprintf(f,
               "\"hier_pipeline_bytes\": %zu, \"hier_pieces\": %s, \"hier_pipelined_time_us\": %s, "
-              "\"hier_pipelined_speedup\": %s, \"auto_time_us\": %s, \"auto_speedup\": %s, ",
+              "\"hier_pipelined_speedup\": %s, \"auto_time_us\": %s, \"auto_speedup\": %s, "
+              "\"auto_choice\": %s, ",
               o.modelPipelineBytes, jsonNum(t.hierPieces).c_str(), jsonNum(t.hierPipedUs).c_str(),
               jsonNum(ratioOrNan(t.ncclUs, t.hierPipedUs)).c_str(), jsonNum(t.autoUs).c_str(),
-              jsonNum(ratioOrNan(t.ncclUs, t.autoUs)).c_str());
+              jsonNum(ratioOrNan(t.ncclUs, t.autoUs)).c_str(),
+              jsonStr(t.autoCompresses ? "compress" : "nccl").c_str());
       fprintf(f,
               "\"nccl_intra_bytes\": %s, \"nccl_inter_bytes\": %s, \"flat_intra_bytes\": %s, "
               "\"flat_inter_bytes\": %s, \"hier_intra_bytes\": %s, \"hier_inter_bytes\": %s, ",

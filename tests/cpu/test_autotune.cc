@@ -12,6 +12,7 @@
 #include <functional>
 #include <vector>
 
+#include "bench/common/model.h"
 #include "gradcomp.h"
 #include "plugin/autotune.h"
 #include "plugin/comm.h"
@@ -1064,6 +1065,50 @@ TEST(AutoTune, SavedFiguresOnOneRankOnlyAreDroppedByEveryRank) {
   const gc::AutoDecision &d0 = w.comm(0)->autoState.allReduce, &d1 = w.comm(1)->autoState.allReduce;
   EXPECT_EQ(memcmp(&d0.figures, &d1.figures, sizeof(d0.figures)), 0);
   EXPECT_EQ(memcmp(buf[0].data(), buf[1].data(), 5000 * 4), 0);
+}
+
+// gradcomp_perf models GRADCOMP_AUTO's choice with its own copy of the rule
+// (bench/common/model.h autoCompresses; it links only the public API): the
+// same choice as autoRange for figures of every shape (either path steeper,
+// crossings above, between and below the timed counts, equal slopes), both
+// element sizes, and counts around every crossing.
+TEST(AutoTune, TheModelsRuleIsTheLibrarys) {
+  uint32_t x = 12345;
+  auto rnd = [&x](float lo, float hi) {
+    x ^= x << 13, x ^= x >> 17, x ^= x << 5;
+    return lo + (hi - lo) * (float)(x >> 8) / 16777216.0f;
+  };
+  const size_t timed[2] = {size_t(1) << 18, size_t(1) << 23};
+  int compressed = 0, passed = 0;
+  for (int trial = 0; trial < 2000; ++trial) {
+    gc::AutoFigures f;
+    f.smallCount = timed[0];
+    f.largeCount = timed[1];
+    f.ncclUs[0] = rnd(1, 400);
+    f.ncclUs[1] = f.ncclUs[0] + rnd(0, 20000);
+    f.compUs[0] = rnd(1, 400);
+    f.compUs[1] = trial % 7 == 0 ? f.compUs[0] + (f.ncclUs[1] - f.ncclUs[0])  // equal slopes
+                                 : f.compUs[0] + rnd(0, 20000);
+    const double nccl[2] = {f.ncclUs[0], f.ncclUs[1]}, comp[2] = {f.compUs[0], f.compUs[1]};
+    for (size_t eb : {size_t(2), size_t(4)}) {
+      const gc::AutoRange r = gc::autoRange(f, eb);
+      std::vector<size_t> counts = {1, timed[0], timed[1], size_t(1) << 26, size_t(1) << 30};
+      for (size_t edge : {r.lo, r.hi}) {
+        if (edge == 0 || edge == SIZE_MAX) continue;
+        for (size_t d : {size_t(0), size_t(1), size_t(2)}) {
+          counts.push_back(edge + d);
+          if (edge > d) counts.push_back(edge - d);
+        }
+      }
+      for (size_t n : counts) {
+        const bool lib = r.contains(n), model = gcbench::autoCompresses(timed, nccl, comp, eb, n);
+        ASSERT_EQ(model, lib) << "trial " << trial << " elemBytes " << eb << " count " << n;
+        (lib ? compressed : passed)++;
+      }
+    }
+  }
+  EXPECT_GT(compressed, 1000);
+  EXPECT_GT(passed, 1000);
 }
 
 // A figures record that does not hold usable figures is refused by name.
