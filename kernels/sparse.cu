@@ -374,14 +374,15 @@ __global__ void fillEmptyKernel(const unsigned long long* __restrict__ selected,
 // gradcomp_kernels_perf times compact() beside it: `topk_threshold_lookback`).
 // A threshold rule takes every key above it (need = 0), so a tile's
 // selections depend on its own keys alone and only their place in the
-// output waits on the other tiles: stageKernel reads v once and never waits. Each tile counts its selections,
-// takes a run of the staging array by one atomicAdd (tiles in any order),
-// and writes its indices there in index order; stagePrefixKernel (one block)
-// scans the tiles' counts in tile order; stagePlaceKernel moves each staged
-// index to its tile's place plus its rank in the tile, the slots compact()
-// gives. When more entries qualify than the staging holds (kmax: ties or
-// non-finite values above the threshold), compact() runs after all (its
-// kernels return at once otherwise).
+// output waits on the other tiles: stageKernel reads v once and never
+// waits. Each tile counts its selections, takes a run of the staging array
+// by one atomicAdd (tiles in any order), and writes its indices there in
+// index order; stagePrefixKernel (one block) scans the tiles' counts in
+// tile order; stagePlaceKernel moves each staged index to its tile's place
+// plus its rank in the tile, the slots compact() gives. When more entries
+// qualify than the staging holds (kmax: ties or non-finite values above the
+// threshold), compact() runs after all (its kernels return at once
+// otherwise).
 struct StageState {
   unsigned long long total;  // entries staged (qualified), the atomicAdd's counter
 };
