@@ -139,8 +139,11 @@ class GradcompState:
                 "keyed_by": self._keyed_by(), "iter": self.iter, "gradcomp": self._blob()}
 
     def _keyed_by(self):
-        """How the residuals are keyed: "params" (indices in the module given to the state, or
-        restored so and waiting for set_module) or "bucket" (bucket index and shapes)."""
+        """How the residuals are keyed: "fsdp" (FSDP2's reduce-scatter: by module name, with or
+        without a module given), "params" (indices in the module given to the state, or restored
+        so and waiting for set_module) or "bucket" (bucket index and shapes)."""
+        if self._fsdp:
+            return "fsdp"
         return "params" if self._param_ids is not None or self._needs_module else "bucket"
 
     def __setstate__(self, d):
@@ -173,7 +176,8 @@ class GradcompState:
         self._check_usable()
         it, blob = int(d["iter"]), d["gradcomp"]
         saved = d.get("keyed_by")
-        if blob is not None and saved is not None and saved != self._keyed_by():
+        if (blob is not None and saved in ("params", "bucket")
+                and self._keyed_by() in ("params", "bucket") and saved != self._keyed_by()):
             how = {"params": "by parameter index (a state made with module=model)",
                    "bucket": "by bucket index and shapes (a state made without a module)"}
             raise ValueError(f"the state dict's residuals are keyed {how[saved]}, this state's "
