@@ -269,13 +269,25 @@ GC_INTERPOSE ncclResult_t ncclGroupSimulateEnd(ncclSimInfo_t* simInfo) {
 #endif
 
 #if GC_NCCL_HAS_CONFIG
+// A constructor's communicator, as the call left it (r its result, *newcomm
+// its slot): noted with its blocking mode; a non-blocking one NCCL is still
+// making (a split's or shrink's child: ncclInProgress, *newcomm not yet set,
+// NCCL writes it when the child is done) is noted from its slot later.
+static void noteMade(ncclResult_t r, ncclComm_t* newcomm, bool nonBlocking) {
+  if ((r != ncclSuccess && r != ncclInProgress) || newcomm == nullptr) return;
+  const ncclComm_t made = __atomic_load_n(newcomm, __ATOMIC_ACQUIRE);
+  if (made != nullptr) {
+    noteCreated(made, nonBlocking);
+  } else if (nonBlocking) {
+    notePendingChild(newcomm);
+  }
+}
+
 GC_INTERPOSE ncclResult_t ncclCommInitRankConfig(ncclComm_t* comm, int nranks, ncclUniqueId commId,
                                                  int rank, ncclConfig_t* config) {
   if (realNccl()->commInitRankConfig == nullptr) return ncclSystemError;
   const ncclResult_t r = realNccl()->commInitRankConfig(comm, nranks, commId, rank, config);
-  if ((r == ncclSuccess || r == ncclInProgress) && comm != nullptr && *comm != nullptr) {
-    noteCreated(*comm, nonBlockingFrom(config, config ? config->blocking : 1, false));
-  }
+  noteMade(r, comm, nonBlockingFrom(config, config ? config->blocking : 1, false));
   return r;
 }
 #endif
@@ -285,27 +297,12 @@ GC_INTERPOSE ncclResult_t ncclCommInitRankScalable(ncclComm_t* comm, int nranks,
                                                    ncclUniqueId* commIds, ncclConfig_t* config) {
   if (realNccl()->commInitRankScalable == nullptr) return ncclSystemError;
   const ncclResult_t r = realNccl()->commInitRankScalable(comm, nranks, rank, nId, commIds, config);
-  if ((r == ncclSuccess || r == ncclInProgress) && comm != nullptr && *comm != nullptr) {
-    noteCreated(*comm, nonBlockingFrom(config, config ? config->blocking : 1, false));
-  }
+  noteMade(r, comm, nonBlockingFrom(config, config ? config->blocking : 1, false));
   return r;
 }
 #endif
 
 #if GC_NCCL_HAS_SPLIT
-// A split's or shrink's child, as the call left it: a non-blocking one NCCL
-// is still making (ncclInProgress, *newcomm not yet set: NCCL writes it when
-// the child is done) is noted from its slot later.
-static void noteChild(ncclResult_t r, ncclComm_t* newcomm, bool nonBlocking) {
-  if ((r != ncclSuccess && r != ncclInProgress) || newcomm == nullptr) return;
-  const ncclComm_t child = __atomic_load_n(newcomm, __ATOMIC_ACQUIRE);
-  if (child != nullptr) {
-    noteCreated(child, nonBlocking);
-  } else if (nonBlocking) {
-    notePendingChild(newcomm);
-  }
-}
-
 // A child with no config inherits its parent's blocking mode.
 GC_INTERPOSE ncclResult_t ncclCommSplit(ncclComm_t comm, int color, int key, ncclComm_t* newcomm,
                                         ncclConfig_t* config) {
@@ -313,7 +310,7 @@ GC_INTERPOSE ncclResult_t ncclCommSplit(ncclComm_t comm, int color, int key, ncc
   const bool nonBlocking =
       nonBlockingFrom(config, config ? config->blocking : 1, isNonBlocking(comm));
   const ncclResult_t r = realNccl()->commSplit(comm, color, key, newcomm, config);
-  noteChild(r, newcomm, nonBlocking);
+  noteMade(r, newcomm, nonBlocking);
   return r;
 }
 #endif
@@ -327,7 +324,7 @@ GC_INTERPOSE ncclResult_t ncclCommShrink(ncclComm_t comm, int* excludeRanksList,
       nonBlockingFrom(config, config ? config->blocking : 1, isNonBlocking(comm));
   const ncclResult_t r = realNccl()->commShrink(comm, excludeRanksList, excludeRanksCount, newcomm,
                                                 config, shrinkFlags);
-  noteChild(r, newcomm, nonBlocking);
+  noteMade(r, newcomm, nonBlocking);
   return r;
 }
 #endif
@@ -344,12 +341,10 @@ GC_INTERPOSE ncclResult_t ncclCommGrow(ncclComm_t comm, int nRanks, const ncclUn
              "returning ncclInvalidUsage");
     return ncclInvalidUsage;
   }
-  const bool parentNonBlocking = comm != nullptr && isNonBlocking(comm);
+  const bool nonBlocking = nonBlockingFrom(config, config ? config->blocking : 1,
+                                           comm != nullptr && isNonBlocking(comm));
   const ncclResult_t r = realNccl()->commGrow(comm, nRanks, uniqueId, rank, newcomm, config);
-  if ((r == ncclSuccess || r == ncclInProgress) && newcomm != nullptr && *newcomm != nullptr) {
-    noteCreated(*newcomm,
-                nonBlockingFrom(config, config ? config->blocking : 1, parentNonBlocking));
-  }
+  noteMade(r, newcomm, nonBlocking);
   return r;
 }
 #endif
