@@ -175,13 +175,12 @@ class GradcompState:
                              "by another gradcomp.torch")
         self._check_usable()
         it, blob = int(d["iter"]), d["gradcomp"]
-        saved = d.get("keyed_by")
-        if (blob is not None and saved in ("params", "bucket")
-                and self._keyed_by() in ("params", "bucket") and saved != self._keyed_by()):
-            how = {"params": "by parameter index (a state made with module=model)",
-                   "bucket": "by bucket index and shapes (a state made without a module)"}
+        saved, mine = d.get("keyed_by"), self._keyed_by()
+        how = {"params": "by parameter index (a state made with module=model)",
+               "bucket": "by bucket index and shapes (a state made without a module)"}
+        if blob is not None and saved in how and mine in how and saved != mine:
             raise ValueError(f"the state dict's residuals are keyed {how[saved]}, this state's "
-                             f"{how[self._keyed_by()]}: none would match, and training would "
+                             f"{how[mine]}: none would match, and training would "
                              "start from fresh residuals; make this state as the saved one was "
                              "(GradcompState(..., module=model) or set_module(model))")
         if self._comm is not None:
