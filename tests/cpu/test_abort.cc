@@ -7,12 +7,16 @@
 // later call before it is freed.
 #include <gtest/gtest.h>
 
+#include <string.h>
+
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "backends/transport.h"
 #include "comm.h"
 #include "gradcomp.h"
 #include "tests/common/loopback.h"
@@ -122,6 +126,42 @@ TEST(Abort, WakesRanksWaitingInTheInProcessWorld) {
   }
   EXPECT_EQ(gradcompCommAbort(comms[1]), gradcompSuccess);
   EXPECT_EQ(gradcompCommAbort(comms[2]), gradcompSuccess);
+}
+
+// An abort that comes while the ranks copy from each other (past a
+// collective's opening barrier) fails the collective, but no rank leaves it
+// before every rank has left the data phase: the caller of a rank that left
+// early could free or refill memory its peers still read (a use after free
+// when abort frees that rank's comm). Rank 1 sends rank 0 a large block and
+// receives one byte; the abort comes while rank 0 copies. Once rank 1's call
+// returns, it overwrites the second half of its block: rank 0 must have
+// received the original bytes whatever the calls returned.
+TEST(Abort, NoRankLeavesACollectiveWhosePeersStillCopy) {
+  auto world = gc::makeCpuWorld(2, kTimeoutSec);
+  const size_t big = size_t(128) << 20;
+  std::vector<unsigned char> send1(big, 0x5a), recv0(big, 0), one0(1, 7), one1(1, 0);
+  const void* s0[2] = {nullptr, one0.data()};
+  const size_t sb0[2] = {0, 1};
+  void* r0[2] = {nullptr, recv0.data()};
+  const size_t rb0[2] = {0, big};
+  const void* s1[2] = {send1.data(), nullptr};
+  const size_t sb1[2] = {big, 0};
+  void* r1[2] = {one1.data(), nullptr};
+  const size_t rb1[2] = {1, 0};
+  gradcompResult_t res0 = gradcompSuccess, res1 = gradcompSuccess;
+  std::thread t1([&] {
+    res1 = world[1]->allToAll(s1, sb1, r1, rb1);
+    memset(send1.data() + big / 2, 0xee, big / 2);
+  });
+  std::thread t0([&] { res0 = world[0]->allToAll(s0, sb0, r0, rb0); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(3));
+  world[0]->abort();
+  t0.join();
+  t1.join();
+  EXPECT_EQ(res0 == gradcompSuccess, res1 == gradcompSuccess) << "the ranks' results differ";
+  EXPECT_EQ((size_t)std::count(recv0.begin(), recv0.end(), (unsigned char)0x5a), big)
+      << "rank 1 left the collective while rank 0 was still copying from it";
+  EXPECT_EQ(one1[0], 7);
 }
 
 // TCP: rank 0 waits in a collective for rank 1, which stays alive but does

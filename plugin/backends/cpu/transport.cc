@@ -39,7 +39,8 @@ struct CpuWorld {
   std::condition_variable cv;
   int arrived = 0;
   uint64_t generation = 0;
-  bool aborted = false;  // a rank aborted its comm: every wait of the world fails
+  bool aborted = false;        // a rank aborted its comm: every wait of the world fails
+  bool closedAborted = false;  // closingBarrier's answer, taken when the last rank came
   std::vector<Slot> slots;
 
   void abort() {
@@ -79,6 +80,27 @@ struct CpuWorld {
                       present, nranks, timeoutSec);
     }
     return gradcompSuccess;
+  }
+  // The barrier that ends a collective's data phase. Every rank that passed
+  // the opening barrier reaches it, since the data phase waits on nobody, so
+  // it waits for all of them whatever the timeout or an abort says: a rank
+  // that left early would let its caller free (or refill) the memory its
+  // peers are still copying from. An abort still fails the collective, once
+  // everyone has left the data phase.
+  gradcompResult_t closingBarrier() {
+    std::unique_lock<std::mutex> lock(mu);
+    const uint64_t gen = generation;
+    if (++arrived == nranks) {
+      arrived = 0;
+      ++generation;
+      closedAborted = aborted;  // one answer for every rank
+      cv.notify_all();
+    } else {
+      cv.wait(lock, [&] { return generation != gen; });
+    }
+    // Not overwritten before every rank read it: the next closing barrier
+    // completes only once this one's ranks reach it.
+    return closedAborted ? abortedError() : gradcompSuccess;
   }
 };
 
@@ -252,7 +274,7 @@ class CpuTransport final : public Transport {
                        rank_, op, (unsigned long long)check, i, s.op, (unsigned long long)s.check);
       }
     }
-    if (res != gradcompSuccess) GC_CHECK(world_->barrier());
+    if (res != gradcompSuccess) GC_CHECK(world_->closingBarrier());
     return res;
   }
 
@@ -260,7 +282,7 @@ class CpuTransport final : public Transport {
   // rank fail, so no rank goes on to a collective the others will not join.
   gradcompResult_t finish(gradcompResult_t res) {
     world_->slots[rank_].status = res;
-    GC_CHECK(world_->barrier());
+    GC_CHECK(world_->closingBarrier());
     if (res != gradcompSuccess) return res;
     for (int i = 0; i < size_; ++i) {
       if (world_->slots[i].status != gradcompSuccess) {
@@ -329,7 +351,7 @@ class CpuTransport final : public Transport {
       char* dst = static_cast<char*>(recv) + (size_t)i * bytes;
       if (bytes && dst != world_->slots[i].send) memcpy(dst, world_->slots[i].send, bytes);
     }
-    return world_->barrier();
+    return world_->closingBarrier();
   }
 
   gradcompResult_t allReduceSumFloat(const float* send, float* recv, size_t n) override {
