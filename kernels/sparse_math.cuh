@@ -193,17 +193,22 @@ GC_HD void settle(float* v, float keep, float* u, bool clear) {
 
 // Value put on the wire for a selected v, and what stays in v. For a finite
 // v the wire value w is v rounded to the value type and v - w is exact
-// (Sterbenz: w is within a factor 2 of v), so sent + residual == v. fp16
-// overflow saturates to the largest half. A non-finite v is sent as is and
-// stays in v until settle() restores the old value.
+// (Sterbenz: w is within a factor 2 of v), so sent + residual == v. A
+// finite v that rounds to Inf saturates to the type's largest finite value
+// (fp16 above 65520, bf16 from 0x7f7f8000, ~3.3961e38). A non-finite v is
+// sent as is and stays in v until settle() restores the old value.
 GC_HD float wireValue(float v, DType vt) {
   if (vt == DType::F32) return v;
+  float w, largest;
   if (vt == DType::F16) {
-    float w = halfToFloat(floatToHalf(v));
-    if (isFiniteBits(absKey(v)) && !isFiniteBits(absKey(w))) w = v > 0 ? 65504.0f : -65504.0f;
-    return w;
+    w = halfToFloat(floatToHalf(v));
+    largest = 65504.0f;
+  } else {
+    w = bf16ToFloat(floatToBf16(v));
+    largest = bf16ToFloat(0x7f7fu);
   }
-  return bf16ToFloat(floatToBf16(v));
+  if (isFiniteBits(absKey(v)) && !isFiniteBits(absKey(w))) w = v > 0 ? largest : -largest;
+  return w;
 }
 
 GC_HD float residualAfterSend(float v, float w) {

@@ -260,15 +260,17 @@ TEST(SparseSelect, ThresholdOverflowSendsTheNonFiniteEntriesAlone) {
 TEST(SparseCommit, SentPlusResidualIsExact) {
   const size_t n = 20000;
   auto v0 = gctest::normal(n, 21, 1e3f);
-  v0[5] = 1e6f;   // fp16 overflow: saturated, the rest stays
-  v0[6] = 3e-9f;  // below fp16's range
+  v0[5] = 1e6f;     // fp16 overflow: saturated, the rest stays
+  v0[6] = 3e-9f;    // below fp16's range
+  v0[7] = 3.4e38f;  // finite, but rounds to bf16's Inf: saturated too
+  v0[8] = -3.4e38f;
   for (DType vt : {DType::F32, DType::F16, DType::BF16}) {
     std::vector<float> v = v0;
     std::vector<float> u(n, 1.0f);
     std::vector<uint32_t> idx(n / 10);
     uint64_t sel = 0;
     gc::host::selectExact(v.data(), n, idx.size(), idx.data(), &sel);
-    idx[0] = 5, idx[1] = 6;
+    idx[0] = 5, idx[1] = 6, idx[2] = 7, idx[3] = 8;
     std::sort(idx.begin(), idx.end());
     idx.erase(std::unique(idx.begin(), idx.end()), idx.end());
     std::vector<uint16_t> val(idx.size() * 2);
@@ -278,6 +280,7 @@ TEST(SparseCommit, SentPlusResidualIsExact) {
       const uint32_t i = idx[j];
       sent[i] = true;
       const float w = gc::loadAsFloat(val.data(), vt, j);
+      ASSERT_TRUE(std::isfinite(w)) << "vt=" << (int)vt << " i=" << i << " sent " << w;
       ASSERT_EQ((double)w + (double)v[i], (double)v0[i]) << "vt=" << (int)vt << " i=" << i;
       ASSERT_EQ(u[i], 0.0f);
       if (vt == DType::F32) ASSERT_EQ(v[i], 0.0f);
