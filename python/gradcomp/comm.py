@@ -13,7 +13,33 @@ def _enum(value, table, what):
         if v is None:
             raise InvalidArgumentError(f"{what}={value!r} is not one of {'|'.join(table)}", 1)
         return v
-    return int(value)
+    # ctypes would wrap an int past a C int silently (2**32 + 7 into 7); the library checks
+    # the range of what arrives.
+    v = int(value)
+    if not -2**31 <= v < 2**31:
+        raise InvalidArgumentError(f"{what}={v} is not a C int (one of {'|'.join(table)} or "
+                                   "its NCCL number)", 1)
+    return v
+
+
+def _rank_int(value, name):
+    """value as a C int: an integer (not a bool, not a float that int() would truncate)."""
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        raise InvalidArgumentError(f"{name}={value!r} is not an integer", 1)
+    v = value.__index__()
+    if not -2**31 <= v < 2**31:
+        raise InvalidArgumentError(f"{name}={v} is not a C int", 1)
+    return v
+
+
+def _count(count, name="count"):
+    """count as an int in 0..2**64-1 (ctypes would wrap a negative one into a huge size_t)."""
+    if isinstance(count, bool) or not hasattr(count, "__index__"):
+        raise InvalidArgumentError(f"{name}={count!r} is not an integer element count", 1)
+    count = count.__index__()
+    if not 0 <= count < 2**64:
+        raise InvalidArgumentError(f"{name}={count} is out of range (0 <= {name} < 2**64)", 1)
+    return count
 
 
 def describe(x):
@@ -114,7 +140,8 @@ class Comm:
         if not isinstance(root, (str, bytes)):
             raise InvalidArgumentError(f"root={root!r} is not a \"host:port\" string", 1)
         out = ctypes.c_void_p()
-        check(lib().gradcompCommCreateSocket(int(nranks), int(rank), _text(root),
+        check(lib().gradcompCommCreateSocket(_rank_int(nranks, "nranks"), _rank_int(rank, "rank"),
+                                             _text(root),
                                              ctypes.byref(cfg.struct), ctypes.byref(out)),
               "gradcompCommCreateSocket")
         return cls(out.value, host=True)
@@ -131,7 +158,7 @@ class Comm:
         t = _enum(datatype, T.NCCL_TYPES, "datatype")
         o = _enum(op, T.NCCL_OPS, "op")
         s = ctypes.c_void_p(_stream(stream))
-        args = (_addr(sendbuff), _addr(recvbuff), count, t, o, self.handle, s)
+        args = (_addr(sendbuff), _addr(recvbuff), _count(count), t, o, self.handle, s)
         if key is None:
             check(getattr(lib(), "gradcomp" + name)(*args))
         else:
@@ -241,9 +268,11 @@ class Comm:
         return s.callsCompressed, s.callsPassedThrough, s.callsAutoPassed
 
     def close(self):
+        """gradcompCommDestroy. A comm with a call in progress on another thread is refused
+        (GradcompError) and stays open, so abort() can still wake and free it."""
         if self._h:
-            h, self._h = self._h, ctypes.c_void_p()
-            check(lib().gradcompCommDestroy(h))
+            check(lib().gradcompCommDestroy(self._h))
+            self._h = ctypes.c_void_p()
 
     def stop(self):
         """gradcompCommStop: abort()'s first step alone (every later call fails, the comm's own
@@ -347,9 +376,10 @@ class CpuWorld:
     """
 
     def __init__(self, nranks, config=None, **settings):
+        nranks = _rank_int(nranks, "nranks")
         cfg = as_config(config, **settings)
-        arr = (ctypes.c_void_p * max(int(nranks), 1))()
-        check(lib().gradcompCommCreateCpu(int(nranks), ctypes.byref(cfg.struct), arr),
+        arr = (ctypes.c_void_p * max(nranks, 1))()
+        check(lib().gradcompCommCreateCpu(nranks, ctypes.byref(cfg.struct), arr),
               "gradcompCommCreateCpu")
         self.config = cfg
         self.comms = [Comm(arr[r], host=True) for r in range(nranks)]
@@ -363,11 +393,32 @@ class CpuWorld:
         return run_on_threads(self.size, lambda r: fn(self.comms[r]), timeout)
 
     def close(self):
+        """Destroys every comm; the first refusal (a rank still in a call) is raised after
+        the others were closed, and the refused comms stay open for abort()."""
+        first = None
         for c in self.comms:
-            c.close()
+            try:
+                c.close()
+            except GradcompError as e:
+                first = first or e
+        if first is not None:
+            raise first
+
+    def abort(self):
+        """Aborts every comm still open: wakes ranks waiting in a call and frees the world."""
+        for c in self.comms:
+            c.abort()
 
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.close()
+    def __exit__(self, exc_type, exc, tb):
+        # Leaving on an exception (a rank failed, run() timed out) may leave ranks inside a
+        # call: their comms refuse close, so they are aborted, and the exception that is
+        # propagating is the one the caller sees.
+        try:
+            self.close()
+        except GradcompError:
+            self.abort()
+            if exc_type is None:
+                raise

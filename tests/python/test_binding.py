@@ -337,6 +337,11 @@ class ConfigSettings(unittest.TestCase):
     def test_bad_world(self):
         with self.assertRaisesRegex(gradcomp.InvalidArgumentError, r"nranks=0 is out of range"):
             gradcomp.CpuWorld(0)
+        # int() would truncate these, ctypes would wrap the last one to 2.
+        for bad, why in ((2.5, "not an integer"), (True, "not an integer"),
+                         (2**32 + 2, "not a C int")):
+            with self.assertRaisesRegex(gradcomp.InvalidArgumentError, f"nranks=.*{why}"):
+                gradcomp.CpuWorld(bad)
 
 
 class CpuAllReduce(unittest.TestCase):
@@ -454,6 +459,15 @@ class CpuAllReduce(unittest.TestCase):
                 c.allreduce(np.zeros(4, np.float32), op="mean")
             with self.assertRaisesRegex(ValueError, "complex128 has no NCCL type"):
                 c.allreduce(np.zeros(4, np.complex128))
+            # The raw calls take addresses and numbers: ctypes would wrap -1 into a size_t
+            # of 2**64 - 1 and 2**32 + 7 into float32's 7 without these checks.
+            x = np.zeros(4, np.float32)
+            with self.assertRaisesRegex(ValueError, r"count=-1 is out of range"):
+                c.allreduce_raw(x.ctypes.data, x.ctypes.data, -1, "float32")
+            with self.assertRaisesRegex(ValueError, r"count=4.0 is not an integer"):
+                c.allreduce_raw(x.ctypes.data, x.ctypes.data, 4.0, "float32")
+            with self.assertRaisesRegex(ValueError, r"datatype=4294967303 is not a C int"):
+                c.allreduce_raw(x.ctypes.data, x.ctypes.data, 4, 2**32 + 7)
 
 
 class SaveLoadState(unittest.TestCase):
@@ -989,6 +1003,30 @@ class CommAbort(unittest.TestCase):
             with self.assertRaises(gradcomp.GradcompError):
                 c.handle
         world.close()
+
+    def test_a_comm_whose_call_is_in_progress_stays_open_for_abort(self):
+        """close() of a comm whose rank waits in a call is refused and leaves the comm open,
+        so abort() can still wake and free it; leaving a `with CpuWorld` on an exception
+        aborts such comms and lets the exception through."""
+        cfg = gradcomp.Config(from_env=False, min_elements=0, auto_tune=0, cpu_timeout_sec=120)
+        x = [np.ones(256, np.float32) for _ in range(2)]
+        t0 = time.time()
+        world = gradcomp.CpuWorld(2, cfg)
+        # Rank 1 never calls: rank 0 waits in its allreduce (a second is ample to get there).
+        with self.assertRaises(TimeoutError):
+            world.run(lambda c: c.allreduce(x[0]) if c.rank == 0 else None, timeout=1)
+        with self.assertRaisesRegex(gradcomp.GradcompError, "in progress"):
+            world.comms[0].close()
+        self.assertTrue(world.comms[0].handle)  # still open
+        world.comms[0].abort()
+        world.close()
+        with self.assertRaises(TimeoutError):
+            with gradcomp.CpuWorld(2, cfg) as w:
+                w.run(lambda c: c.allreduce(x[1]) if c.rank == 0 else None, timeout=1)
+        for c in w.comms:
+            with self.assertRaises(gradcomp.GradcompError):
+                c.handle
+        self.assertLess(time.time() - t0, 60)  # the aborts, not cpu_timeout_sec
 
     def test_abort_after_a_peer_is_gone(self):
         cfg = gradcomp.Config(from_env=False, min_elements=0, auto_tune=0, cpu_timeout_sec=60)
