@@ -47,8 +47,9 @@ gradcompResult_t gradcompComm::ensureWorkspace(size_t bytes) {
                         "CUDA graph; make one eager call of this size first",
                         bytes, workspaceBytes);
   }
+  // No wait here: release frees the old workspace only after the calls that
+  // may still use it (backend.h), and this call has not touched it yet.
   void* p = nullptr;
-  GC_CHECK(backend->sync());  // the old workspace may still be in use
   GC_CHECK(backend->alloc(bytes, &p));
   if (workspaceCaptured) {
     retiredWorkspaces.push_back(workspace);
@@ -314,6 +315,15 @@ bool commAbort(gradcompComm* comm) {
         (void*)comm, kAbortWaitSec);
     return false;
   }
+  // A CUDA graph's replay of a captured call runs on a stream the drain
+  // cannot see, and waiting for the whole device could wait on a dead peer.
+  if (comm->backend && comm->backend->usedByGraphs()) {
+    GC_WARN(
+        "comm %p aborted after calls of it were captured into CUDA graphs: its memory is "
+        "left allocated (a replay may still read it)",
+        (void*)comm);
+    return false;
+  }
   freeComm(comm, "aborted");
   return true;
 }
@@ -426,6 +436,9 @@ GC_EXPORT gradcompResult_t gradcompCommDestroy(gradcompComm_t comm) {
   if (comm->backend) {
     comm->backend->useOwnStream();  // waits for the last call; its stream may be gone
     comm->backend->sync();
+    // A graph that captured a call may still be replaying it on a stream
+    // gradcomp never saw (the frees wait for eager calls only).
+    if (comm->backend->usedByGraphs()) comm->backend->syncDevice();
   }
   gc::freeComm(comm, "destroyed");
   return gradcompSuccess;

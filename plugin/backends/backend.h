@@ -44,8 +44,13 @@ class Backend {
   // the last call's stream may be gone by then.
   virtual void useOwnStream() {}
 
-  // Persistent memory, zero-filled. Not stream-ordered: never call while
-  // capturing (the comm grows workspace only outside capture).
+  // Persistent memory, zero-filled, usable on every stream when alloc
+  // returns. Never call while capturing (the comm grows workspace only
+  // outside capture). release(p) returns at once, without waiting for other
+  // streams, and frees p only after the last compressed call (markCallEnd)
+  // and what the current stream holds: every call before it may still read
+  // p. (CUDA: a stream-ordered pool; cudaFree, which waits for the device,
+  // where the device has no pools.)
   virtual gradcompResult_t alloc(size_t bytes, void** p) = 0;
   virtual void release(void* p) = 0;
   // Stream-ordered.
@@ -55,6 +60,12 @@ class Backend {
   virtual gradcompResult_t toHost(void* hostDst, const void* src, size_t bytes) = 0;
   virtual gradcompResult_t fromHost(void* dst, const void* hostSrc, size_t bytes) = 0;
   virtual gradcompResult_t sync() = 0;
+  // Whether a compressed call was captured into a CUDA graph: a replay may
+  // then run on a stream the comm never sees, so freeing the comm's memory
+  // first waits for the whole device (syncDevice), as release alone would
+  // not.
+  virtual bool usedByGraphs() const { return false; }
+  virtual gradcompResult_t syncDevice() { return sync(); }
   // gradcompCommAbort: waits at most timeoutSec, polling, never blocking on
   // it, for the work this backend enqueued to finish; true when it has (then
   // its memory may be freed). The CPU backend runs nothing asynchronously.

@@ -41,6 +41,9 @@ class ForwardingBackend : public gc::Backend {
     return inner_->fromHost(dst, src, bytes);
   }
   gradcompResult_t sync() override { return inner_->sync(); }
+  bool usedByGraphs() const override { return inner_->usedByGraphs(); }
+  gradcompResult_t syncDevice() override { return inner_->syncDevice(); }
+  void markCallEnd() override { inner_->markCallEnd(); }
   bool drain(double timeoutSec) override { return inner_->drain(timeoutSec); }
   gradcompResult_t qsgdEncode(const void* x, gc::DType t, float* residual, size_t n, int bits,
                               int bucket, const gc::KeySpec& key, void* out) override {

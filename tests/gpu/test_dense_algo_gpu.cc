@@ -14,6 +14,11 @@
 #include <math.h>
 #include <string.h>
 
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
 #include <vector>
 
 #include "gradcomp.h"
@@ -120,6 +125,89 @@ TEST_F(DenseAlgoGpu, QsgdAndEliasAllgatherEqualCpuBackendEagerAndInGraphs) {
     gradcompCommDestroy(gpu);
     gradcompCommDestroy(cpu);
   }
+}
+
+// A comm's first call of a larger size allocates the buffer's state and grows
+// the workspace. With cudaMalloc and cudaFree that waited for the whole
+// device, so for a kernel on another stream that waits on this host thread
+// (a pipeline-parallel receive whose send the peer posts only after its
+// gradcomp call returns): a deadlock. The call must return while another
+// stream is held, and still equal the CPU backend's. A watchdog opens the
+// held stream after 10 s, so a backend that waits fails instead of hanging.
+TEST_F(DenseAlgoGpu, GrowingCallsWaitForNoOtherStream) {
+  int dev = 0, pools = 0;
+  ASSERT_EQ(cudaGetDevice(&dev), cudaSuccess);
+  ASSERT_EQ(cudaDeviceGetAttribute(&pools, cudaDevAttrMemoryPoolsSupported, dev), cudaSuccess);
+  if (pools == 0) GTEST_SKIP() << "device " << dev << " has no memory pools: cudaMalloc waits";
+  const DenseCase& dc = kCases[0];
+  const gradcompConfig_t cfg = caseConfig(dc);
+  const size_t small = 1 << 16, large = 1 << 22;
+  // The kernels load at their first launch (lazy loading), which may wait
+  // for the device: a comm of its own runs both sizes first.
+  DeviceBuffer<float> warmBuf(large);
+  gradcompComm* warm = gctest::mirrorComm(cfg, true, dc.ranks, large, stream, false);
+  for (size_t n : {small, large}) {
+    ASSERT_EQ(
+        gradcompAllReduce(warmBuf.get(), warmBuf.get(), n, ncclFloat32, ncclSum, warm, stream),
+        gradcompSuccess)
+        << gradcompGetLastError();
+  }
+  ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+  gradcompCommDestroy(warm);
+
+  gradcompComm* cpu = gctest::mirrorComm(cfg, false, dc.ranks, large, nullptr, false);
+  gradcompComm* gpu = gctest::mirrorComm(cfg, true, dc.ranks, large, stream, false);
+  DeviceBuffer<float> a(small), b(large);
+  std::vector<float> xa = gctest::normal(small, 71), xb = gctest::normal(large, 72);
+  a.upload(xa);
+  b.upload(xb);
+  gctest::settle();
+  ASSERT_EQ(gradcompAllReduce(a.get(), a.get(), small, ncclFloat32, ncclSum, gpu, stream),
+            gradcompSuccess)
+      << gradcompGetLastError();
+  ASSERT_EQ(gradcompAllReduce(xa.data(), xa.data(), small, ncclFloat32, ncclSum, cpu, nullptr),
+            gradcompSuccess);
+  const size_t wsBefore = gpu->workspaceBytes;
+
+  cudaStream_t other = nullptr;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&other, cudaStreamNonBlocking), cudaSuccess);
+  std::atomic<bool> late{false};
+  {
+    gctest::StreamGate gate;
+    std::mutex m;
+    std::condition_variable cv;
+    bool done = false;
+    ASSERT_EQ(gate.hold(other), cudaSuccess);
+    std::thread watchdog([&] {
+      std::unique_lock<std::mutex> lock(m);
+      if (!cv.wait_for(lock, std::chrono::seconds(10), [&] { return done; })) {
+        late = true;
+        gate.open();
+      }
+    });
+    const gradcompResult_t res =
+        gradcompAllReduce(b.get(), b.get(), large, ncclFloat32, ncclSum, gpu, stream);
+    const cudaError_t held = cudaStreamQuery(other);
+    {
+      std::lock_guard<std::mutex> lock(m);
+      done = true;
+    }
+    cv.notify_one();
+    watchdog.join();
+    gate.open();
+    EXPECT_EQ(res, gradcompSuccess) << gradcompGetLastError();
+    EXPECT_FALSE(late) << "the growing call waited for another stream";
+    EXPECT_EQ(held, cudaErrorNotReady) << "the held stream ran before the call returned";
+  }
+  EXPECT_GT(gpu->workspaceBytes, wsBefore) << "the large call did not grow the workspace";
+  ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+  ASSERT_EQ(gradcompAllReduce(xb.data(), xb.data(), large, ncclFloat32, ncclSum, cpu, nullptr),
+            gradcompSuccess);
+  EXPECT_EQ(a.download(small), xa);
+  EXPECT_EQ(b.download(large), xb);
+  cudaStreamDestroy(other);
+  gradcompCommDestroy(gpu);
+  gradcompCommDestroy(cpu);
 }
 
 }  // namespace

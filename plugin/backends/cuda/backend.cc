@@ -48,18 +48,23 @@ class CudaBackend final : public Backend {
   }
 
   ~CudaBackend() override {
+    // Freed first: release orders the frees after the last call's event.
+    release(stepDev_);
+    release(agree_);
     if (lastCall_ != nullptr) (void)cudaEventDestroy(lastCall_);
     for (cudaEvent_t e : joined_) {
       if (e != nullptr) (void)cudaEventDestroy(e);
     }
-    release(stepDev_);
-    release(agree_);
     for (cudaEvent_t e : events_) {
       if (e != nullptr) (void)cudaEventDestroy(e);
     }
     if (commStream_ != nullptr) (void)cudaStreamDestroy(commStream_);
     if (nodeStream_ != nullptr) (void)cudaStreamDestroy(nodeStream_);
     if (ownStream_ != nullptr) (void)cudaStreamDestroy(ownStream_);
+    if (freeStream_ != nullptr) (void)cudaStreamDestroy(freeStream_);
+    if (freeMark_ != nullptr) (void)cudaEventDestroy(freeMark_);
+    // Released by CUDA once the frees still queued have run.
+    if (pool_ != nullptr) (void)cudaMemPoolDestroy(pool_);
   }
 
   gradcompResult_t init() override {
@@ -69,6 +74,8 @@ class CudaBackend final : public Backend {
     GC_CUDACHECK(cudaStreamCreateWithFlags(&ownStream_, cudaStreamNonBlocking));
     GC_CUDACHECK(cudaStreamCreateWithFlags(&commStream_, cudaStreamNonBlocking));
     GC_CUDACHECK(cudaStreamCreateWithFlags(&nodeStream_, cudaStreamNonBlocking));
+    GC_CUDACHECK(cudaEventCreateWithFlags(&lastCall_, cudaEventDisableTiming));
+    makePool();
     void* p = nullptr;
     GC_CHECK(alloc(sizeof(uint64_t), &p));
     stepDev_ = static_cast<uint64_t*>(p);
@@ -77,7 +84,6 @@ class CudaBackend final : public Backend {
     for (cudaEvent_t& e : events_) {
       GC_CUDACHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
     }
-    GC_CUDACHECK(cudaEventCreateWithFlags(&lastCall_, cudaEventDisableTiming));
     for (cudaEvent_t& e : joined_) {
       GC_CUDACHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
     }
@@ -113,6 +119,7 @@ class CudaBackend final : public Backend {
     return gradcompSuccess;
   }
   void markCallEnd() override {
+    if (capturing()) usedByGraphs_ = true;
     if (lastCall_ == nullptr || capturing()) return;
     // A stream that failed to take the record leaves the mark where it was;
     // the error is the next launch's to report.
@@ -135,21 +142,35 @@ class CudaBackend final : public Backend {
     return gradcompSuccess;
   }
 
+  // Memory comes from the backend's own stream-ordered pool where the device
+  // has pools: neither the allocation nor the free waits for other streams.
+  // cudaMalloc and cudaFree synchronize the whole device, so a comm growing
+  // its workspace at its first call of a larger size waited for every kernel
+  // on the GPU, a pipeline-parallel receive whose send its peer posts only
+  // after its own gradcomp call returns included: a deadlock. The pool is
+  // the backend's own (not the device's default pool, which a framework may
+  // use and tune) and never reuses a block by making the allocating stream
+  // wait on another stream (internal dependencies off): a block comes back
+  // only once its free is known to have run.
   gradcompResult_t alloc(size_t bytes, void** p) override {
     *p = nullptr;
     if (bytes == 0) return gradcompSuccess;
-    cudaError_t err = cudaMalloc(p, bytes);
+    cudaError_t err = pool_ != nullptr ? cudaMallocFromPoolAsync(p, bytes, pool_, ownStream_)
+                                       : cudaMalloc(p, bytes);
     if (err != cudaSuccess) {
+      *p = nullptr;
       (void)cudaGetLastError();
-      return setError(gradcompCudaError, "cudaMalloc of %zu bytes failed: %s", bytes,
+      return setError(gradcompCudaError, "%s of %zu bytes failed: %s",
+                      pool_ != nullptr ? "cudaMallocFromPoolAsync" : "cudaMalloc", bytes,
                       cudaGetErrorString(err));
     }
     // Zeroed, and waited for, before any stream may touch it; on the
-    // backend's own stream, not device-wide (writeNow).
+    // backend's own stream, not device-wide (writeNow). A pool block is then
+    // usable on every stream.
     err = writeNow(*p, nullptr, bytes, ownStream_);
     if (err != cudaSuccess) {
       // A failed allocation hands back nothing: callers keep only successes.
-      (void)cudaFree(*p);
+      release(*p);
       *p = nullptr;
       (void)cudaGetLastError();
       return setError(gradcompCudaError, "zeroing a new buffer of %zu bytes failed: %s", bytes,
@@ -157,8 +178,30 @@ class CudaBackend final : public Backend {
     }
     return gradcompSuccess;
   }
+  // Without waiting here: a pool block is freed on a stream of the backend's
+  // own once the last compressed call has ended (every call marks its end,
+  // and waited for the calls before it: setStream) and once what the current
+  // stream holds has run (the own stream between calls, whose work the
+  // state calls enqueue there; within a call, nothing of the call uses the
+  // block yet). Memory from cudaMalloc goes back with cudaFree, which waits
+  // for the whole device.
   void release(void* p) override {
-    if (p) cudaFree(p);
+    if (p == nullptr) return;
+    if (pool_ == nullptr) {
+      (void)cudaFree(p);
+      return;
+    }
+    bool ordered =
+        !lastCallRecorded_ || cudaStreamWaitEvent(freeStream_, lastCall_, 0) == cudaSuccess;
+    if (ordered && !streamCapturing(stream_)) {
+      ordered = cudaEventRecord(freeMark_, stream_) == cudaSuccess &&
+                cudaStreamWaitEvent(freeStream_, freeMark_, 0) == cudaSuccess;
+    }
+    if (ordered && cudaFreeAsync(p, freeStream_) == cudaSuccess) return;
+    // A stream that cannot take the order (a sticky device error): the block
+    // is left to the pool's destruction rather than freed under a kernel
+    // that may still read it.
+    (void)cudaGetLastError();
   }
   gradcompResult_t zero(void* p, size_t bytes) override {
     if (bytes) GC_CUDACHECK(cudaMemsetAsync(p, 0, bytes, stream_));
@@ -186,6 +229,11 @@ class CudaBackend final : public Backend {
   }
   gradcompResult_t sync() override {
     GC_CUDACHECK(cudaStreamSynchronize(stream_));
+    return gradcompSuccess;
+  }
+  bool usedByGraphs() const override { return usedByGraphs_; }
+  gradcompResult_t syncDevice() override {
+    GC_CUDACHECK(cudaDeviceSynchronize());
     return gradcompSuccess;
   }
   bool drain(double timeoutSec) override {
@@ -234,6 +282,32 @@ class CudaBackend final : public Backend {
   }
 
  private:
+  // The pool and what release() needs, where the device has memory pools; a
+  // device without them (or one refusing a pool) allocates with cudaMalloc.
+  void makePool() {
+    int dev = 0, pools = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&pools, cudaDevAttrMemoryPoolsSupported, dev) != cudaSuccess ||
+        pools == 0) {
+      (void)cudaGetLastError();
+      return;
+    }
+    cudaMemPoolProps props = {};
+    props.allocType = cudaMemAllocationTypePinned;
+    props.handleTypes = cudaMemHandleTypeNone;
+    props.location.type = cudaMemLocationTypeDevice;
+    props.location.id = dev;
+    int off = 0;
+    if (cudaStreamCreateWithFlags(&freeStream_, cudaStreamNonBlocking) != cudaSuccess ||
+        cudaEventCreateWithFlags(&freeMark_, cudaEventDisableTiming) != cudaSuccess ||
+        cudaMemPoolCreate(&pool_, &props) != cudaSuccess ||
+        cudaMemPoolSetAttribute(pool_, cudaMemPoolReuseAllowInternalDependencies, &off) !=
+            cudaSuccess) {
+      (void)cudaGetLastError();
+      if (pool_ != nullptr) (void)cudaMemPoolDestroy(pool_);
+      pool_ = nullptr;
+    }
+  }
   cudaStream_t laneStream(int lane) const {
     return lane == kCommLane ? commStream_ : lane == kNodeLane ? nodeStream_ : stream_;
   }
@@ -242,8 +316,12 @@ class CudaBackend final : public Backend {
   float* agree_ = nullptr;          // agreeScratch()
   cudaEvent_t lastCall_ = nullptr;  // recorded at the end of each eager compressed call
   bool lastCallRecorded_ = false;
+  bool usedByGraphs_ = false;  // usedByGraphs(): markCallEnd saw a capture
   cudaStream_t commStream_ = nullptr, nodeStream_ = nullptr;
-  cudaStream_t ownStream_ = nullptr;  // useOwnStream()
+  cudaStream_t ownStream_ = nullptr;   // useOwnStream()
+  cudaStream_t freeStream_ = nullptr;  // release()'s frees, never waited for by the host
+  cudaEvent_t freeMark_ = nullptr;     // release()'s mark on the current stream
+  cudaMemPool_t pool_ = nullptr;       // alloc()'s pool; NULL: cudaMalloc
   cudaEvent_t events_[kPipeEvents] = {};
   cudaEvent_t joined_[kNodeLane + 1] = {};  // join's record, per lane
 };
