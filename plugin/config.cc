@@ -8,7 +8,9 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include <charconv>
 #include <string>
+#include <system_error>
 
 #include "abi.h"
 #include "checks.h"
@@ -219,13 +221,16 @@ static bool parseUnsigned(const char* v, bool hexOk, unsigned long long* out) {
   return true;
 }
 
-// Floats: a digit or '.' first (no sign, space, nan, inf), no hex floats.
+// Floats: a digit or '.' first (no sign, space, nan, inf), no hex floats,
+// '.' as the decimal point whatever locale the program set: strtod reads
+// LC_NUMERIC, so under de_DE it refused 0.01 and took 0,01 (from_chars
+// ignores the locale).
 static bool parseFloat(const char* v, double* out) {
   if (!(isdigit((unsigned char)v[0]) || v[0] == '.') || strpbrk(v, "xX") != nullptr) return false;
-  char* end = nullptr;
-  errno = 0;
-  const double x = strtod(v, &end);
-  if (errno || *end != '\0') return false;
+  const char* end = v + strlen(v);
+  double x = 0;
+  const std::from_chars_result r = std::from_chars(v, end, x, std::chars_format::general);
+  if (r.ec != std::errc() || r.ptr != end) return false;
   *out = x;
   return true;
 }

@@ -1,6 +1,7 @@
 // Configuration: defaults, GRADCOMP_* overrides, errors that name the value
 // and range, and docs/env.md listing every variable.
 #include <gtest/gtest.h>
+#include <locale.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -47,6 +48,42 @@ TEST(Config, EnvironmentOverrides) {
   EXPECT_EQ(cfg.seed, 0xffffffffffffffffull);
   EXPECT_EQ(cfg.algo, gradcompAlgoSparseAllgather);
   EXPECT_EQ(cfg.pipelineBytes, 8388608u);
+}
+
+// A program may set a locale whose decimal point is ',' (setlocale(LC_ALL,
+// "") under LANG=de_DE.UTF-8) before its first NCCL call, where the
+// LD_PRELOAD library reads the environment: GRADCOMP_DENSITY=0.01 must still
+// be 0.01, and 0,01 refused. The locale is made for the test with localedef
+// (the machine's own locales may not include one with ',').
+TEST(Config, FloatsReadTheSameUnderALocaleWithADecimalComma) {
+  char dir[] = "/tmp/gradcomp-locale-XXXXXX";
+  ASSERT_NE(mkdtemp(dir), nullptr);
+  const std::string made = std::string(dir) + "/de_DE.UTF-8";
+  const std::string cmd = "localedef -i de_DE -f UTF-8 '" + made + "' > /dev/null 2>&1";
+  if (system(cmd.c_str()) != 0) {
+    GTEST_SKIP() << "cannot make a de_DE locale (" << cmd << " failed): install localedef and "
+                 << "the locale sources (Debian: locales)";
+  }
+  ScopedEnv locpath("LOCPATH", dir);
+  struct CLocaleAfter {
+    ~CLocaleAfter() { setlocale(LC_NUMERIC, "C"); }
+  } restore;
+  ASSERT_NE(setlocale(LC_NUMERIC, "de_DE.UTF-8"), nullptr);
+  ASSERT_EQ(strtod("0,5", nullptr), 0.5) << "the locale's decimal point is not ','";
+  gradcompConfig_t cfg;
+  {
+    ScopedEnv d("GRADCOMP_DENSITY", "0.01"), m("GRADCOMP_MOMENTUM", "0.875");
+    EXPECT_EQ(gradcompConfigFromEnv(&cfg), gradcompSuccess) << gradcompGetLastError();
+  }
+  {
+    ScopedEnv d("GRADCOMP_DENSITY", "0,01");
+    gradcompConfig_t other;
+    EXPECT_EQ(gradcompConfigFromEnv(&other), gradcompInvalidArgument);
+  }
+  setlocale(LC_NUMERIC, "C");
+  EXPECT_FLOAT_EQ(cfg.density, 0.01f);
+  EXPECT_EQ(cfg.momentum, 0.875f);
+  EXPECT_EQ(system(("rm -rf '" + std::string(dir) + "'").c_str()), 0);
 }
 
 struct BadEnv {
