@@ -37,7 +37,7 @@ gradcompResult_t beginCollective(gradcompComm& c, CallKind kind, size_t count, n
   if (c.autoState.reserving) return gradcompSuccess;
   c.failedTogether = false;
   auto agreement = [&c]() { return agreeOnCall(c); };
-  c.transport->beginCall(CallInfo{c.step, count, (int)type, (int)op, (int)kind});
+  c.transport->beginCall(CallInfo{c.step, count, (int)type, (int)op, (int)kind, c.stateDigest});
   // A hierarchical call runs on the node and inter-node sub-worlds alone,
   // which see neither the call nor each other: the CPU world agrees on it
   // first, so that a rank's different op or count fails every rank with its

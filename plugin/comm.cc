@@ -487,6 +487,7 @@ GC_EXPORT gradcompResult_t gradcompCommResetState(gradcompComm_t comm) {
   comm->step = 0;
   comm->stateEpochStep = 0;
   comm->verifyNext = true;  // a rank that did not reset is at another step
+  comm->stateDigest = 0;
   return comm->backend->setStep(0);
 }
 

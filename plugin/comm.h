@@ -87,6 +87,10 @@ struct gradcompComm {
   // Set by a state load or reset: the next call first checks that every
   // rank is at the same step (Transport::verifyCall).
   bool verifyNext = false;
+  // The schedule of the states the last load restored (gc::stateDigest in
+  // state.cc; 0 at creation and after a reset), part of every call's
+  // agreement (CallInfo::state).
+  uint32_t stateDigest = 0;
   bool warnedCheckCapture = false;  // GRADCOMP_CHECK_CALLS skipped a captured call
   // The current call failed on every rank alike, after the ranks compared it
   // (a call agreement that found them different, GRADCOMP_CHECK_CALLS's

@@ -460,6 +460,45 @@ bool validComm(gradcompComm_t c) {
   return c != nullptr && c->backend && c->transport;
 }
 
+// The schedule of the loaded buffers, which every rank holds alike: per
+// buffer what sizes its messages (kind, explicit key, count, type,
+// compressed calls, DQ-SGD's bits, budget and statistics, the latter reduced
+// over the ranks), not its residuals (each rank's own), a buffer's address
+// (each process's own) or the log terms DQ-SGD derives on the host (libm may
+// round them apart on different CPUs). Summed, so the records' order does not
+// count; 0 for none, as after a reset.
+uint32_t stateDigest(const std::vector<Parsed>& recs) {
+  uint64_t sum = 0;
+  for (const Parsed& p : recs) {
+    const int kind = std::get<0>(p.key);
+    uint64_t h = mix64(0x7363686564756c65ull);
+    auto put = [&h](uint64_t v) { h = mix64(h ^ mix64(v)); };
+    auto putDouble = [&put](double d) {
+      uint64_t b;
+      memcpy(&b, &d, sizeof b);
+      put(b);
+    };
+    put((uint64_t)kind);
+    put((kind & 1) ? std::get<1>(p.key) : 0);
+    put(p.count);
+    put((uint64_t)p.dtype);
+    put(p.calls);
+    put(p.hasHistory);
+    if (p.hasHistory) {
+      const BitsHistoryRecord& r = p.history;
+      putDouble(r.stats.sumLenMaxSq);
+      putDouble(r.stats.sumSq);
+      put((uint64_t)(uint32_t)r.haveStats);
+      put((uint64_t)(uint32_t)r.lastBits);
+      put((uint64_t)(uint32_t)r.budgetUsed);
+      put((uint64_t)(uint32_t)r.budgetPos);
+      put(r.halfLog2A.size());
+    }
+    sum += h;
+  }
+  return recs.empty() ? 0u : (uint32_t)(sum ^ (sum >> 32)) | 1u;
+}
+
 }  // namespace
 }  // namespace gc
 
@@ -581,9 +620,10 @@ gradcompResult_t loadState(gradcompComm_t comm, const void* buffer, size_t bytes
   comm->states.swap(fresh);
   comm->step = step;
   comm->stateEpochStep = step;
-  // Ranks restored from blobs of different steps must not go on: the next
-  // call checks that they agree.
+  // Ranks restored from blobs of different steps, or of different runs at the
+  // same step, must not go on: the next call checks that they agree.
   comm->verifyNext = true;
+  comm->stateDigest = stateDigest(recs);
   if (comm->cfg.autoTune) {
     for (int k = 0; k < 2; ++k) {
       if (autoRec.have[k]) autoRestoreFigures(comm, kAutoCalls[k], autoRec.f[k]);

@@ -12,6 +12,17 @@ static const char* callKindName(int kind) {
 }
 
 gradcompResult_t callMismatch(int rank, const CallInfo& mine, int peer, const CallInfo& theirs) {
+  CallInfo same = theirs;
+  same.state = mine.state;
+  if (same == mine) {
+    return setError(gradcompInvalidUsage,
+                    "rank %d and rank %d are at step %llu of the same call, but the states they "
+                    "loaded differ in their buffers' schedules (schedule digest 0x%08x vs "
+                    "0x%08x: the buffers, their compressed-call counts, DGC's warm-up or "
+                    "DQ-SGD's history): load every rank's state from the same run and step, "
+                    "or reset every rank",
+                    rank, peer, (unsigned long long)mine.step, mine.state, theirs.state);
+  }
   return setError(gradcompInvalidUsage,
                   "rank %d is at step %llu with count=%llu datatype=%d op=%d (%s) while rank %d "
                   "is at step %llu with count=%llu datatype=%d op=%d (%s): every rank must make "

@@ -30,10 +30,16 @@ struct CallInfo {
   int type = -1;       // ncclDataType_t
   int op = -1;         // ncclRedOp_t
   int kind = kCallAllReduce;
+  // The schedule of the last loaded state (gradcompComm::stateDigest): ranks
+  // restored from checkpoints of different runs at the same step would size
+  // their messages differently (DGC's warm-up, DQ-SGD's bits).
+  uint32_t state = 0;
   bool operator==(const CallInfo& o) const {
-    return step == o.step && count == o.count && type == o.type && op == o.op && kind == o.kind;
+    return step == o.step && count == o.count && type == o.type && op == o.op && kind == o.kind &&
+           state == o.state;
   }
 };
+static_assert(sizeof(CallInfo) == 32, "CallInfo travels as bytes (NCCL's verifyCall)");
 
 class Transport {
  public:

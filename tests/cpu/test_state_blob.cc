@@ -187,6 +187,46 @@ TEST(StateBlob, RanksRestoredAtDifferentStepsFailAtTheNextCall) {
   }
 }
 
+// Two runs at the same step whose buffers had different call counts (run A
+// two calls of key 7; run B one of key 7, one of key 8): DGC's warm-up sizes
+// key 7's next message by its calls, so ranks restored from A and from B
+// would exchange lists of different lengths (on NCCL, a hang). The next call
+// fails on every rank naming the loaded schedules; the ranks work again once
+// restored from the same run.
+TEST(StateBlob, RanksRestoredFromDifferentRunsAtTheSameStepFailAtTheNextCall) {
+  gradcompConfig_t cfg = baseConfig(gradcompMethodDgc);
+  cfg.warmupSteps = 8;
+  const size_t n = 4096;
+  gctest::CpuWorld a(2, cfg), b(2, cfg);
+  step(a, n, 0);
+  step(a, n, 1);
+  step(b, n, 0);
+  auto res = b.run([&](int r) {
+    std::vector<float> x = gctest::normal(n, 40 + r);
+    return gradcompAllReduceKeyed(x.data(), x.data(), n, ncclFloat32, ncclSum, b.comm(r), nullptr,
+                                  8);
+  });
+  for (auto rc : res) ASSERT_EQ(rc, gradcompSuccess);
+  const Blob sa[2] = {save(a.comm(0)), save(a.comm(1))};
+  const Blob sb[2] = {save(b.comm(0)), save(b.comm(1))};
+  ASSERT_EQ(gradcompCommLoadState(a.comm(0), sa[0].data(), sa[0].size()), gradcompSuccess);
+  ASSERT_EQ(gradcompCommLoadState(a.comm(1), sb[1].data(), sb[1].size()), gradcompSuccess);
+  std::vector<gradcompResult_t> results;
+  std::vector<std::string> err;
+  step(a, n, 2, &results, &err);
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_EQ(results[r], gradcompInvalidUsage) << "rank " << r;
+    EXPECT_NE(err[r].find("the states they loaded differ in their buffers' schedules"),
+              std::string::npos)
+        << err[r];
+  }
+  ASSERT_EQ(gradcompCommLoadState(a.comm(1), sa[1].data(), sa[1].size()), gradcompSuccess);
+  step(a, n, 2);  // every rank succeeds
+  // Every rank reset: the same (empty) schedule again.
+  for (int r = 0; r < 2; ++r) ASSERT_EQ(gradcompCommResetState(b.comm(r)), gradcompSuccess);
+  step(b, n, 0);
+}
+
 // The same check guards a reduce-scatter that is the first call after the
 // load: its per-block encodings are keyed by the step too.
 TEST(StateBlob, ReduceScatterAfterLoadsOfDifferentStepsFails) {

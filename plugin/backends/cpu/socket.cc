@@ -60,8 +60,8 @@ struct WireHeader {
   uint64_t check;        // a size every rank must agree on (0: none)
   uint64_t step, count;  // the call (CallInfo)
   int32_t type, op, kind;
-  uint32_t reserved;  // zero
-  uint64_t bytes;     // payload that follows
+  uint32_t state;  // CallInfo::state
+  uint64_t bytes;  // payload that follows
 };
 static_assert(sizeof(WireHeader) == 56, "no padding in the wire header");
 
@@ -794,7 +794,7 @@ class SocketTransport final : public Transport {
                       "socket transport: rank %d received a corrupt message from rank %d", rank_,
                       peer);
     }
-    const CallInfo theirs{h.step, h.count, h.type, h.op, h.kind};
+    const CallInfo theirs{h.step, h.count, h.type, h.op, h.kind, h.state};
     if (!(theirs == call_)) return callMismatch(rank_, call_, peer, theirs);
     if (h.collective != mine.collective || h.check != mine.check || h.bytes != t.bytes) {
       return setError(gradcompInvalidUsage,
@@ -828,6 +828,7 @@ class SocketTransport final : public Transport {
     mine.type = call_.type;
     mine.op = call_.op;
     mine.kind = call_.kind;
+    mine.state = call_.state;
     for (Transfer& t : xs) {
       if (t.isSend) {
         t.header = mine;
