@@ -66,12 +66,18 @@ enum : uint32_t { kHasResidual = 1, kHasOwner = 2, kHasMomentum = 4, kHasHistory
 // under either rule and either table, so a state saved under one loads and
 // continues under the other.
 const char* const kShapeNames[kShapeFields] = {
-    "method",    "algo",     "bits",     "bucketSize", "errorFeedback",      "ownerResidual",
-    "elias",     "bitsMode", "bitsMin",  "bitsMax",    "momentumCorrection", "budgetWindow",
-    "localSize", "reserved", "reserved", "reserved"};
+    "method",    "algo",     "bits",      "bucketSize", "errorFeedback",      "ownerResidual",
+    "elias",     "bitsMode", "bitsMin",   "bitsMax",    "momentumCorrection", "budgetWindow",
+    "localSize", "node",     "localRank", "reserved"};
+// Shape fields that hold position + 1 under the hierarchy (0 when flat):
+// this rank's node and its rank within it. Blobs of builds before they were
+// recorded hold 0 there and are taken as they were.
+constexpr int kShapeNode = 13, kShapeLocalRank = 14;
 
 // The hierarchy keeps each rank's shard of a buffer's state in a slice of its
-// arrays: a state saved under one node layout means something else under another.
+// arrays, which shard by its local rank and which inter-node chunk by its
+// node: a state saved under one node layout, or by a rank the hosts placed
+// elsewhere, means something else under another.
 void shapeOf(const gradcompComm& comm, int32_t* out) {
   const gradcompConfig_t& c = comm.cfg;
   const int32_t v[kShapeFields] = {(int32_t)c.method,
@@ -87,8 +93,8 @@ void shapeOf(const gradcompComm& comm, int32_t* out) {
                                    c.momentumCorrection,
                                    c.budgetWindow,
                                    comm.topo.hier() ? comm.topo.localSize : 1,
-                                   0,
-                                   0,
+                                   comm.topo.hier() ? comm.topo.node + 1 : 0,
+                                   comm.topo.hier() ? comm.topo.localRank + 1 : 0,
                                    0};
   memcpy(out, v, sizeof(v));
 }
@@ -403,10 +409,18 @@ gradcompResult_t parse(const gradcompComm& c, const char* blob, size_t bytes,
   for (int i = 0; i < kShapeFields; ++i) h.get(&saved[i]);
   shapeOf(c, mine);
   for (int i = 0; i < kShapeFields; ++i) {
-    if (saved[i] != mine[i]) {
-      return refuse("saved with %s=%d; this comm has %s=%d", kShapeNames[i], saved[i],
-                    kShapeNames[i], mine[i]);
+    if (saved[i] == mine[i]) continue;
+    if (i == kShapeNode || i == kShapeLocalRank) {
+      if (saved[i] == 0) continue;  // not recorded (an older build)
+      return refuse(
+          "saved as node %d, local rank %d of the hierarchy; this comm's rank is node %d, "
+          "local rank %d (its ranks share hosts otherwise): the residual slices would land on "
+          "other elements",
+          saved[kShapeNode] - 1, saved[kShapeLocalRank] - 1, mine[kShapeNode] - 1,
+          mine[kShapeLocalRank] - 1);
     }
+    return refuse("saved with %s=%d; this comm has %s=%d", kShapeNames[i], saved[i], kShapeNames[i],
+                  mine[i]);
   }
   // Each record is at least its prefix: bounds the count before reserving.
   if (numRecords > (bytes - kHeaderBytes) / kRecordPrefix) {

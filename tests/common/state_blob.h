@@ -9,6 +9,21 @@
 
 namespace gctest {
 
+// Writes b's CRC32C (computed with its own field, bytes 12..15, as zero) into
+// that field, as plugin/state.cc seals a blob: for tests that edit a blob
+// and need the loader to look past the checksum.
+template <typename Byte>
+inline void reseal(std::vector<Byte>& b) {
+  if (b.size() < 16) return;
+  uint32_t crc = ~0u;
+  for (size_t i = 0; i < b.size(); ++i) {
+    crc ^= (i >= 12 && i < 16) ? 0u : (uint8_t)b[i];
+    for (int k = 0; k < 8; ++k) crc = (crc >> 1) ^ (0x82F63B78u & (0u - (crc & 1u)));
+  }
+  crc = ~crc;
+  memcpy(b.data() + 12, &crc, 4);
+}
+
 // s without GRADCOMP_AUTO's figures record (plugin/state.cc, tag 2),
 // re-sealed: the buffers' states alone, for checks that compare those between
 // comms that did and did not time. A blob too short for the header comes back
@@ -38,13 +53,7 @@ inline std::vector<uint8_t> withoutAutoFigures(const std::vector<uint8_t>& s,
   const uint64_t total = out.size();
   memcpy(out.data() + 16, &total, 8);
   memcpy(out.data() + 40, &kept, 8);
-  uint32_t crc = ~0u;  // CRC32C with its own field (bytes 12..15) as zero
-  for (size_t i = 0; i < out.size(); ++i) {
-    crc ^= (i >= 12 && i < 16) ? 0u : out[i];
-    for (int k = 0; k < 8; ++k) crc = (crc >> 1) ^ (0x82F63B78u & (0u - (crc & 1u)));
-  }
-  crc = ~crc;
-  memcpy(out.data() + 12, &crc, 4);
+  reseal(out);
   return out;
 }
 

@@ -22,6 +22,7 @@
 #include "tests/common/cpu_world.h"
 #include "tests/common/ref_hier.h"
 #include "tests/common/socket_world.h"
+#include "tests/common/state_blob.h"
 #include "tests/common/test_util.h"
 #include "tests/common/world_checks.h"
 
@@ -596,6 +597,54 @@ TEST(HierCpu, StateSaveLoad) {
   step(a, xa, 2);
   step(b, xb, 2);
   for (int r = 0; r < N; ++r) ASSERT_EQ(memcmp(xa[r].data(), xb[r].data(), n * 4), 0);
+}
+
+// Which shard a rank's state slices hold depends on its place in the
+// hierarchy, not on its rank alone: hosts that group the ranks otherwise
+// (ranks 0 and 2 on one host, 1 and 3 on the other) give rank 1 another node
+// and local rank at the same local size. The blob records the place; one
+// saved at another place is refused, and one from a build that did not
+// record it (zeros) loads as before.
+TEST(HierCpu, StateOfAnotherPlaceInTheHierarchyIsRefused) {
+  const int N = 4;
+  const size_t n = 1500;
+  gctest::CpuWorld w(N, baseConfig(2));
+  std::vector<std::vector<float>> x(N);
+  for (int i = 0; i < N; ++i) x[i] = gctest::normal(n, 90 + i, 1.0f);
+  auto res = w.run([&](int r) {
+    return gradcompAllReduceKeyed(x[r].data(), x[r].data(), n, ncclFloat32, ncclSum, w.comm(r),
+                                  nullptr, 7);
+  });
+  for (gradcompResult_t r : res) ASSERT_EQ(r, gradcompSuccess);
+  const int r = 1;  // node 0, local rank 1 in blocks of 2
+  size_t bytes = 0;
+  ASSERT_EQ(gradcompCommStateSize(w.comm(r), &bytes), gradcompSuccess);
+  std::vector<uint8_t> blob(bytes);
+  ASSERT_EQ(gradcompCommSaveState(w.comm(r), blob.data(), bytes), gradcompSuccess);
+  const size_t nodeAt = 48 + 4 * 13, localAt = 48 + 4 * 14;
+  int32_t node = -1, local = -1;
+  memcpy(&node, blob.data() + nodeAt, 4);
+  memcpy(&local, blob.data() + localAt, 4);
+  EXPECT_EQ(node, 0 + 1);
+  EXPECT_EQ(local, 1 + 1);
+  std::vector<uint8_t> moved = blob;  // as saved by node 1, local rank 0
+  const int32_t otherNode = 1 + 1, otherLocal = 0 + 1;
+  memcpy(moved.data() + nodeAt, &otherNode, 4);
+  memcpy(moved.data() + localAt, &otherLocal, 4);
+  gctest::reseal(moved);
+  EXPECT_EQ(gradcompCommLoadState(w.comm(r), moved.data(), moved.size()), gradcompInvalidArgument);
+  EXPECT_NE(strstr(gradcompGetLastError(),
+                   "saved as node 1, local rank 0 of the hierarchy; this comm's rank is node 0, "
+                   "local rank 1"),
+            nullptr)
+      << gradcompGetLastError();
+  std::vector<uint8_t> older = blob;
+  const int32_t zero = 0;
+  memcpy(older.data() + nodeAt, &zero, 4);
+  memcpy(older.data() + localAt, &zero, 4);
+  gctest::reseal(older);
+  EXPECT_EQ(gradcompCommLoadState(w.comm(r), older.data(), older.size()), gradcompSuccess)
+      << gradcompGetLastError();
 }
 
 // A state saved under one node layout keeps each rank's shard in a slice of
