@@ -44,6 +44,10 @@ class ForwardingBackend : public gc::Backend {
   bool usedByGraphs() const override { return inner_->usedByGraphs(); }
   gradcompResult_t syncDevice() override { return inner_->syncDevice(); }
   void markCallEnd() override { inner_->markCallEnd(); }
+  void useOwnStream() override {
+    inner_->useOwnStream();
+    stream_ = inner_->stream();
+  }
   bool drain(double timeoutSec) override { return inner_->drain(timeoutSec); }
   gradcompResult_t qsgdEncode(const void* x, gc::DType t, float* residual, size_t n, int bits,
                               int bucket, const gc::KeySpec& key, void* out) override {

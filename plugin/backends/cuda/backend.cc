@@ -48,7 +48,9 @@ class CudaBackend final : public Backend {
   }
 
   ~CudaBackend() override {
-    // Freed first: release orders the frees after the last call's event.
+    // Freed first: release orders the frees after the last call's event and
+    // the current stream, the own one here (the last call's may be gone).
+    useOwnStream();
     release(stepDev_);
     release(agree_);
     if (lastCall_ != nullptr) (void)cudaEventDestroy(lastCall_);
