@@ -144,6 +144,27 @@ def candidate_paths():
     return paths
 
 
+class _DlInfo(ctypes.Structure):
+    _fields_ = [("dli_fname", ctypes.c_char_p), ("dli_fbase", ctypes.c_void_p),
+                ("dli_sname", ctypes.c_char_p), ("dli_saddr", ctypes.c_void_p)]
+
+
+def _loaded_file(cdll, name):
+    """The file the dynamic loader mapped for cdll (dladdr of one of its functions), which a
+    bare name such as find_library's 'libgradcomp.so.0' does not say; name when unknown."""
+    try:
+        dladdr = ctypes.CDLL(None).dladdr
+        dladdr.argtypes = [ctypes.c_void_p, ctypes.POINTER(_DlInfo)]
+        dladdr.restype = ctypes.c_int
+        info = _DlInfo()
+        addr = ctypes.cast(cdll.gradcompGetErrorString, ctypes.c_void_p).value
+        if dladdr(addr, ctypes.byref(info)) and info.dli_fname:
+            return os.path.realpath(os.fsdecode(info.dli_fname))
+    except (AttributeError, OSError, ValueError):
+        pass
+    return name
+
+
 def _declare(cdll):
     missing = [n for n in SIGNATURES if not hasattr(cdll, n)]
     if missing:
@@ -208,7 +229,7 @@ def lib():
             except OSError as e:
                 tried.append(f"{p} ({e})")
                 continue
-            _path = p
+            _path = _loaded_file(cdll, p)
             _declare(cdll)
             _check_config_size(cdll)
             _lib = cdll

@@ -1,6 +1,7 @@
 """gradcompComm_t: an NCCL-backed comm, a CPU comm over TCP or an in-process CPU world."""
 import ctypes
 import threading
+import time
 
 from . import _types as T
 from ._lib import GradcompError, InvalidArgumentError, check, has, lib
@@ -170,7 +171,10 @@ class Comm:
 
     def allreduce(self, sendbuf, recvbuf=None, op="sum", stream=None, key=None):
         """Reduces sendbuf over all ranks into recvbuf (sendbuf itself when None). stream None:
-        torch's current stream of a CUDA tensor (as torch.distributed), else the default one."""
+        torch's current stream of a CUDA tensor (as torch.distributed), else the default one.
+        On a GPU the call returns once the work is queued on the stream: with a stream other
+        than torch's current one, keep both tensors alive (or tensor.record_stream(stream))
+        until that stream has run, as for any work queued on a side stream."""
         recvbuf = sendbuf if recvbuf is None else recvbuf
         sp, sn, st = buffer_info(sendbuf, "sendbuf", host=self.host)
         rp, rn, rt = buffer_info(recvbuf, "recvbuf", writable=True, host=self.host)
@@ -269,8 +273,11 @@ class Comm:
 
     def close(self):
         """gradcompCommDestroy. A comm with a call in progress on another thread is refused
-        (GradcompError) and stays open, so abort() can still wake and free it."""
-        if self._h:
+        (GradcompError) and stays open, so abort() can still wake and free it. After stop(),
+        the abort that gradcomp.h requires to follow."""
+        if self._h and getattr(self, "_stopped", False):
+            self.abort()
+        elif self._h:
             check(lib().gradcompCommDestroy(self._h))
             self._h = ctypes.c_void_p()
 
@@ -283,6 +290,7 @@ class Comm:
                                 "checkout that has it", 7)
         if self._h:
             check(lib().gradcompCommStop(self._h))
+            self._stopped = True
 
     def abort(self):
         """gradcompCommAbort, as ncclCommAbort: after the NCCL communicator the comm was made
@@ -355,8 +363,9 @@ def run_on_threads(n, body, timeout=300.0):
     threads = [threading.Thread(target=run, args=(r,), daemon=True) for r in range(n)]
     for t in threads:
         t.start()
+    deadline = time.monotonic() + timeout  # one timeout for all ranks, not one each
     for t in threads:
-        t.join(timeout)
+        t.join(max(0.0, deadline - time.monotonic()))
     stuck = [r for r, t in enumerate(threads) if t.is_alive()]
     for e in errors:
         if e is not None:

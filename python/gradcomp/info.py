@@ -53,7 +53,7 @@ def gpus():
         if torch.cuda.is_available():
             return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
         return []
-    except ImportError:
+    except Exception:  # noqa: BLE001 - a torch that fails to load (OSError) falls back too
         pass
     try:
         cudart = ctypes.CDLL("libcudart.so")

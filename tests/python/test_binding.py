@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 import unittest
 
@@ -960,6 +961,27 @@ class LibraryErrors(unittest.TestCase):
         self.assertEqual(p.returncode, 0, p.stderr)
         self.assertIn("libgradcomp", p.stdout)
 
+    def test_run_on_threads_waits_one_timeout_for_all_ranks(self):
+        release = threading.Event()
+        t0 = time.monotonic()
+        with self.assertRaisesRegex(TimeoutError, r"ranks \[0, 1, 2, 3\] did not finish"):
+            comm_mod.run_on_threads(4, lambda r: release.wait(30), timeout=0.5)
+        elapsed = time.monotonic() - t0
+        release.set()
+        self.assertLess(elapsed, 1.5)  # one timeout in all, not 4 x 0.5 s
+
+    def test_library_path_is_the_file_loaded(self):
+        """A bare name (GRADCOMP_LIBRARY=libgradcomp.so.0, found by the loader through
+        LD_LIBRARY_PATH) is reported as the file the loader mapped, not as the name."""
+        built = os.path.realpath(_lib.library_path())
+        env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "python"),
+                   GRADCOMP_LIBRARY="libgradcomp.so.0",
+                   LD_LIBRARY_PATH=os.path.dirname(built))
+        code = "from gradcomp import _lib; print(_lib.library_path())"
+        p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertEqual(p.stdout.strip(), built)
+
 
 @unittest.skipUnless(gradcomp.has("gradcompCommAbort") and gradcomp.has("gradcompCommCreateSocket"),
                      "this libgradcomp has no gradcompCommAbort")
@@ -1003,6 +1025,15 @@ class CommAbort(unittest.TestCase):
             with self.assertRaises(gradcomp.GradcompError):
                 c.handle
         world.close()
+        # close() after stop() is the abort gradcomp.h requires (destroy would wait on the
+        # stopped comm's peers on NCCL).
+        world = gradcomp.CpuWorld(2, cfg)
+        for c in world.comms:
+            c.stop()
+        world.close()
+        for c in world.comms:
+            with self.assertRaises(gradcomp.GradcompError):
+                c.handle
 
     def test_a_comm_whose_call_is_in_progress_stays_open_for_abort(self):
         """close() of a comm whose rank waits in a call is refused and leaves the comm open,
