@@ -337,6 +337,49 @@ TEST(Socket, BadArgumentsAreNamed) {
 }
 
 // Rank 0 and rank 1 disagree on the world's size: both refuse it at once.
+// Rank 0 listens on a port anyone can reach: a connection that is not a
+// rank (a health check, a port scan) sending other bytes is dropped, and the
+// world forms from the ranks that come after it. The stray connects and sends
+// before rank 1 starts, so rank 0 accepts it first (the backlog is FIFO).
+TEST(Socket, AStrayConnectionToTheRootIsDropped) {
+  gradcompConfig_t cfg = withMethod(gradcompMethodQsgd);
+  cfg.cpuTimeoutSec = 30;
+  const int port = gctest::freePort();
+  const std::string root = loopbackRoot(port);
+  gradcompComm_t c0 = nullptr, c1 = nullptr;
+  gradcompResult_t r0 = gradcompInternalError, r1 = gradcompInternalError;
+  std::string w0, w1;
+  std::thread t0([&] {
+    r0 = gradcompCommCreateSocket(2, 0, root.c_str(), &cfg, &c0);
+    w0 = gradcompGetLastError();
+  });
+  const int stray = socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(stray, 0);
+  sockaddr_in a = {};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = htons((uint16_t)port);
+  bool connected = false;
+  for (int i = 0; i < 1000 && !connected; ++i) {
+    connected = connect(stray, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
+    if (!connected) usleep(10000);
+  }
+  EXPECT_TRUE(connected) << "rank 0 never listened on " << root;
+  const char junk[32] = "GET / HTTP/1.0\r\n\r\n";
+  EXPECT_EQ(send(stray, junk, sizeof junk, MSG_NOSIGNAL), (ssize_t)sizeof junk);
+  std::thread t1([&] {
+    r1 = gradcompCommCreateSocket(2, 1, root.c_str(), &cfg, &c1);
+    w1 = gradcompGetLastError();
+  });
+  t0.join();
+  t1.join();
+  close(stray);
+  EXPECT_EQ(r0, gradcompSuccess) << w0;
+  EXPECT_EQ(r1, gradcompSuccess) << w1;
+  gradcompCommDestroy(c0);
+  gradcompCommDestroy(c1);
+}
+
 TEST(Socket, DisagreementOnTheWorldIsRefused) {
   gradcompConfig_t cfg = withMethod(gradcompMethodQsgd);
   cfg.cpuTimeoutSec = 10;

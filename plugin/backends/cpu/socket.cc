@@ -24,6 +24,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <memory>
@@ -33,6 +34,7 @@
 
 #include "kernels/common_math.cuh"
 #include "checks.h"
+#include "debug.h"
 #include "backends/cpu/host_reduce.h"
 #include "backends/transport.h"
 
@@ -42,6 +44,8 @@ namespace {
 
 constexpr uint32_t kHelloMagic = 0x47435348;  // "GCSH"
 constexpr uint32_t kMsgMagic = 0x4743534d;    // "GCSM"
+// How long rank 0 waits for a hello on a connection it accepted.
+constexpr double kHelloSec = 5;
 
 double now() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
@@ -391,16 +395,26 @@ gradcompResult_t connectTo(const Addr& addr, double deadline, bool waitForListen
 }
 
 gradcompResult_t acceptOne(int listener, double deadline, int* out, Addr* peer, const char* what) {
-  GC_CHECK(waitFd(listener, POLLIN, deadline, what));
-  socklen_t len = sizeof peer->ss;
-  const int fd = accept4(listener, peer->sa(), &len, SOCK_CLOEXEC);
-  if (fd < 0) {
+  for (;;) {
+    GC_CHECK(waitFd(listener, POLLIN, deadline, what));
+    socklen_t len = sizeof peer->ss;
+    const int fd = accept4(listener, peer->sa(), &len, SOCK_CLOEXEC);
+    if (fd >= 0) {
+      tuneSocket(fd);
+      *out = fd;
+      return gradcompSuccess;
+    }
+    // A signal (a handler installed without SA_RESTART, as CPython's are), or
+    // a connection its client gave up on before it was accepted: wait for
+    // the next one.
+    const int err = errno;
+    if (err == EINTR || err == ECONNABORTED || err == EPROTO || err == EAGAIN ||
+        err == EWOULDBLOCK) {
+      continue;
+    }
     return setError(gradcompSystemError, "socket transport: accept (%s): %s", what,
-                    errnoText(errno).c_str());
+                    errnoText(err).c_str());
   }
-  tuneSocket(fd);
-  *out = fd;
-  return gradcompSuccess;
 }
 
 // The sentence in a verdict, as received: up to its end or the field's, any
@@ -422,17 +436,24 @@ gradcompResult_t rootRendezvous(SocketMesh& m, const Addr& rootAddr, double dead
   std::vector<Entry> table(m.nranks);
   table[0] = rootAddr.entry();
   std::string refusal;
-  for (int got = 1; got < m.nranks; ++got) {
+  for (int got = 1; got < m.nranks;) {
     int fd = -1;
     Addr peer;
     GC_CHECK(acceptOne(listener.fd, deadline, &fd, &peer, "the other ranks to reach the root"));
     FdGuard g{fd};
     Hello h = {};
-    GC_CHECK(recvAll(fd, &h, sizeof h, deadline, "a rank's hello"));
-    if (h.magic != kHelloMagic) {
-      refusal = "a connection to the root address did not come from a gradcomp rank";
-      break;
+    // A rank sends its hello as soon as it connects. A connection that sends
+    // nothing for kHelloSec, or something else, is not a rank (a health
+    // check, a port scan): it is dropped and the root waits on for the ranks,
+    // instead of spending the whole deadline on it or refusing the world.
+    if (recvAll(fd, &h, sizeof h, std::min(deadline, now() + kHelloSec), "a rank's hello") !=
+            gradcompSuccess ||
+        h.magic != kHelloMagic) {
+      GC_INFO("socket transport: rank 0 dropped a connection from %s that sent no hello",
+              peer.text().c_str());
+      continue;
     }
+    ++got;
     if (h.nranks != m.nranks || h.rank < 1 || h.rank >= m.nranks || m.fds[h.rank] >= 0) {
       char buf[192];
       snprintf(buf, sizeof buf,
@@ -709,8 +730,15 @@ class SocketTransport final : public Transport {
     return gradcompSuccess;
   }
 
+  // A rank that fails on its own inside a collective (its staging buffers)
+  // closes its connections as run() does on a transfer's failure, so its
+  // peers fail at once ("lost its connection") instead of waiting out
+  // cpuTimeoutSec for messages it will never send.
   gradcompResult_t outOfMemory(size_t bytes) {
-    return setError(gradcompSystemError, "out of host memory allocating %zu bytes", bytes);
+    const gradcompResult_t res =
+        setError(gradcompSystemError, "out of host memory allocating %zu bytes", bytes);
+    mesh_->breakAll(gradcompGetLastError());
+    return res;
   }
 
   gradcompResult_t stageBlocks(size_t bytes, std::vector<std::unique_ptr<char[]>>* staged) {
