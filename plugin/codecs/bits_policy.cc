@@ -26,6 +26,7 @@ struct BitsHistory {
   GradStats stats{0.0, 0.0};
   bool haveStats = false;
   int lastBits = 0;
+  int chosen = 0;  // chooseBits' width for the call in progress, counted by commitBits
   BudgetPolicy budget;
 
   ~BitsHistory() {
@@ -141,17 +142,32 @@ int dynamicBits(const GradStats& st, double varianceTarget, int bitsMin, int bit
   return bitsMax;
 }
 
-int BudgetPolicy::choose(const GradStats* st, double budget, int window, int bitsMin, int bitsMax) {
+// The statistic's entry in the history, if it has one.
+static bool historyEntry(const GradStats* st, double* v) {
+  if (st == nullptr || !usable(*st) || !(st->sumLenMaxSq > 0.0)) return false;
+  *v = 0.5 * log2(st->sumLenMaxSq);
+  return true;
+}
+
+int BudgetPolicy::decide(const GradStats* st, double budget, int window, int bitsMin,
+                         int bitsMax) const {
   const int left = window - pos_;  // calls left in this window, this one included
+  // The budget as the decimal it was given in: a float such as 4.1f is
+  // 4.0999999, whose window of 10 would hold 40 bits where 41 were meant.
+  budget = round(budget * 1e6) / 1e6;
   const double remaining = budget * window - used_;
   double target = remaining / left;
-  if (st != nullptr && usable(*st) && st->sumLenMaxSq > 0.0) {
-    halfLog2A_.push_back(0.5 * log2(st->sumLenMaxSq));
-    while ((int)halfLog2A_.size() > window) halfLog2A_.pop_front();
-    double mean = 0.0;
-    for (double v : halfLog2A_) mean += v;
-    mean /= (double)halfLog2A_.size();
-    target += halfLog2A_.back() - mean;
+  double now;
+  if (historyEntry(st, &now)) {
+    // The mean over the last `window` entries, this call's included (the
+    // history as commit() leaves it).
+    const size_t keep = (size_t)window - 1;
+    const size_t skip = halfLog2A_.size() > keep ? halfLog2A_.size() - keep : 0;
+    double mean = now;
+    size_t n = 1;
+    for (size_t i = skip; i < halfLog2A_.size(); ++i, ++n) mean += halfLog2A_[i];
+    mean /= (double)n;
+    target += now - mean;
   }
   // Clamped before the conversion: an int holds every value that is left.
   target =
@@ -163,9 +179,17 @@ int BudgetPolicy::choose(const GradStats* st, double budget, int window, int bit
   const int cap = (int)floor(remaining - (double)bitsMin * (left - 1) + 1e-9);
   if (b > cap) b = cap;
   if (b < bitsMin) b = bitsMin;
-  used_ += b;
-  if (++pos_ == window) pos_ = used_ = 0;
   return b;
+}
+
+void BudgetPolicy::commit(const GradStats* st, int bits, int window) {
+  double now;
+  if (historyEntry(st, &now)) {
+    halfLog2A_.push_back(now);
+    while ((int)halfLog2A_.size() > window) halfLog2A_.pop_front();
+  }
+  used_ += bits;
+  if (++pos_ == window) pos_ = used_ = 0;
 }
 
 void BudgetPolicy::save(int* used, int* pos, std::vector<double>* halfLog2A) const {
@@ -221,6 +245,7 @@ gradcompResult_t importBitsHistory(gradcompComm& c, BufferState& s, const BitsHi
   if (!s.bitsHistory) GC_CHECK(createHistory(c, s));
   BitsHistory& h = *s.bitsHistory;
   h.pending = false;
+  h.chosen = 0;
   h.stats = r.stats;
   h.haveStats = r.haveStats != 0;
   h.lastBits = r.lastBits;
@@ -261,7 +286,7 @@ gradcompResult_t chooseBits(gradcompComm& c, BufferState& s, int* bits) {
       b = dynamicBits(h.stats, cfg.varianceTarget, cfg.bitsMin, cfg.bitsMax);
     }
   } else {
-    b = h.budget.choose(h.haveStats ? &h.stats : nullptr, cfg.bitsBudget, cfg.budgetWindow,
+    b = h.budget.decide(h.haveStats ? &h.stats : nullptr, cfg.bitsBudget, cfg.budgetWindow,
                         cfg.bitsMin, cfg.bitsMax);
   }
   const double ratio =
@@ -271,19 +296,35 @@ gradcompResult_t chooseBits(gradcompComm& c, BufferState& s, int* bits) {
       "sum len*max^2=%.4g ||g||^2=%.4g ratio=%.4g)",
       modeName(cfg.bitsMode), (unsigned long long)c.step, (unsigned long long)s.calls, s.count, b,
       h.stats.sumLenMaxSq, h.stats.sumSq, ratio);
-  if (b != h.lastBits) {
-    GC_INFO("DQ-SGD %s: buffer of %zu elements now at %d bits (was %d) from step %llu",
-            modeName(cfg.bitsMode), s.count, b, h.lastBits, (unsigned long long)c.step);
-  }
-  h.lastBits = b;
+  h.chosen = b;
   *bits = b;
   return gradcompSuccess;
+}
+
+// The chosen width becomes history only once the call went through on this
+// rank (its exchange, then its result's statistics are recorded): a call
+// that failed changes neither lastBits nor the budget window, so a retry
+// chooses what it chose, on every rank. Before the statistics of this call
+// replace the ones the choice read.
+static void commitBits(gradcompComm& c, BufferState& s, BitsHistory& h) {
+  const gradcompConfig_t& cfg = c.cfg;
+  if (h.chosen == 0) return;
+  if (cfg.bitsMode == gradcompBitsBudget) {
+    h.budget.commit(h.haveStats ? &h.stats : nullptr, h.chosen, cfg.budgetWindow);
+  }
+  if (h.chosen != h.lastBits) {
+    GC_INFO("DQ-SGD %s: buffer of %zu elements now at %d bits (was %d) from step %llu",
+            modeName(cfg.bitsMode), s.count, h.chosen, h.lastBits, (unsigned long long)c.step);
+  }
+  h.lastBits = h.chosen;
+  h.chosen = 0;
 }
 
 gradcompResult_t recordReducedStats(gradcompComm& c, BufferState& s, const void* recv, size_t count,
                                     DType t) {
   if (c.cfg.bitsMode == gradcompBitsFixed || !s.bitsHistory) return gradcompSuccess;
   BitsHistory& h = *s.bitsHistory;
+  commitBits(c, s, h);
   if (!h.onDevice) {
     h.stats = hostGradStats(recv, t, count, c.cfg.bucketSize);
     h.haveStats = true;
@@ -303,6 +344,7 @@ gradcompResult_t recordGatheredStats(gradcompComm& c, BufferState& s, const void
                                      size_t count, DType t) {
   if (c.cfg.bitsMode == gradcompBitsFixed || !s.bitsHistory) return gradcompSuccess;
   BitsHistory& h = *s.bitsHistory;
+  commitBits(c, s, h);
   const int n = c.nranks;
   if (!h.onDevice) {
     const GradStats mine = hostGradStats(recv, t, count, c.cfg.bucketSize);

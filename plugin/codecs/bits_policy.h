@@ -48,8 +48,18 @@ int dynamicBits(const GradStats& st, double varianceTarget, int bitsMin, int bit
 
 class BudgetPolicy {
  public:
-  // st is null before the first statistics exist.
-  int choose(const GradStats* st, double budget, int window, int bitsMin, int bitsMax);
+  // st is null before the first statistics exist. decide() is the width of
+  // the next call and changes nothing; commit() counts a call made at that
+  // width (its statistic joins the history, its bits the window) once the
+  // call has gone through, so a call that fails on any rank leaves every
+  // rank's window as it was. choose() is both, for the tests.
+  int decide(const GradStats* st, double budget, int window, int bitsMin, int bitsMax) const;
+  void commit(const GradStats* st, int bits, int window);
+  int choose(const GradStats* st, double budget, int window, int bitsMin, int bitsMax) {
+    const int b = decide(st, budget, window, bitsMin, bitsMax);
+    commit(st, b, window);
+    return b;
+  }
   // For checkpoints (see BitsHistoryRecord).
   void save(int* used, int* pos, std::vector<double>* halfLog2A) const;
   void restore(int used, int pos, const std::vector<double>& halfLog2A);

@@ -20,6 +20,9 @@ class AllocLimitBackend final : public ForwardingBackend {
   AllocLimitBackend(std::shared_ptr<gc::Backend> inner, size_t budget)
       : ForwardingBackend(std::move(inner)), budget_(budget) {}
   size_t refused() const { return refused_; }
+  size_t used() const { return used_; }
+  // At least used(): the rank's memory ran out (used()) or came back.
+  void setBudget(size_t budget) { budget_ = budget < used_ ? used_ : budget; }
   int agreements() const { return agreements_; }
   size_t allocsBetweenAgreements() const { return between_; }
 

@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <functional>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
@@ -18,6 +19,7 @@
 #include "gradcomp.h"
 #include "kernels/qsgd_math.cuh"
 #include "plugin/codecs/bits_policy.h"
+#include "tests/common/alloc_limit_backend.h"
 #include "tests/common/cpu_world.h"
 #include "tests/common/grad_stats_cases.h"
 #include "tests/common/test_util.h"
@@ -361,6 +363,63 @@ TEST(DqsgdCpu, BudgetFollowsTheScaleWithinTheWindowBudget) {
   printf("[ dqsgd ] budget bits per step:");
   for (int v : b) printf(" %d", v);
   printf("\n");
+}
+
+// A call that fails on every rank after they chose its width (rank 1 cannot
+// allocate its workspace; GRADCOMP_CHECK_CALLS's vote fails the others) is
+// no call for the budget: the window, the history and lastBits stay as they
+// were, so the retry and every later call choose what a run without the
+// failure chose, bit for bit. A float budget (4.1f is 4.0999999) counts as
+// the decimal it was given: each steady window of 10 spends 41 bits.
+TEST(DqsgdCpu, AFailedCallLeavesTheBudgetWindowAsItWas) {
+  gradcompConfig_t cfg = dynamicConfig();
+  cfg.bitsMode = gradcompBitsBudget;
+  cfg.bitsBudget = 4.1f;
+  cfg.budgetWindow = 10;
+  cfg.checkCalls = 1;
+  cfg.autoTune = 0;
+  const size_t n = 4096;
+  const int N = 2, steps = 24;
+  auto grad = [&](int step, int r) { return shapedGrad(step, r, n, cfg.bucketSize, false, 1.0f); };
+  const WorldRun want = runWorld(cfg, N, n, steps, grad);
+  for (int w = 0; w + 10 <= steps; w += 10) {
+    int sum = 0;
+    for (int s = w; s < w + 10; ++s) sum += want.bits[s][0];
+    EXPECT_EQ(sum, 41) << "window from step " << w;
+  }
+
+  gctest::CpuWorld world(N, cfg);
+  auto shortRank =
+      std::make_shared<gctest::AllocLimitBackend>(world.comm(1)->backend, size_t(1) << 40);
+  world.comm(1)->backend = shortRank;
+  std::vector<std::vector<float>> buf(N, std::vector<float>(n));
+  auto call = [&](int step) {
+    for (int r = 0; r < N; ++r) {  // into the same buffers: the state follows the address
+      const std::vector<float> g = grad(step, r);
+      std::copy(g.begin(), g.end(), buf[r].begin());
+    }
+    return world.run([&](int r) {
+      return gradcompAllReduce(buf[r].data(), buf[r].data(), n, ncclFloat32, ncclSum, world.comm(r),
+                               nullptr);
+    });
+  };
+  for (int step = 0; step < steps; ++step) {
+    SCOPED_TRACE(testing::Message() << "step " << step);
+    if (step == 3) {
+      // The buffer's state exists; a workspace no larger than n floats
+      // would too: the next allocation is refused.
+      shortRank->setBudget(shortRank->used());
+      world.comm(1)->workspaceBytes = 0;  // so this call grows it
+      for (gradcompResult_t rc : call(step)) ASSERT_NE(rc, gradcompSuccess);
+      ASSERT_GT(shortRank->refused(), 0u);
+      shortRank->setBudget(size_t(1) << 40);
+    }
+    for (gradcompResult_t rc : call(step)) ASSERT_EQ(rc, gradcompSuccess) << gradcompGetLastError();
+    gradcompStats_t st;
+    ASSERT_EQ(gradcompGetStats(world.comm(0), &st), gradcompSuccess);
+    EXPECT_EQ(st.bitsLast, want.bits[step][0]);
+    EXPECT_EQ(buf[0], want.out[step]);
+  }
 }
 
 // Refused by the validator, not at the first call.
