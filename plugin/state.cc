@@ -68,11 +68,24 @@ enum : uint32_t { kHasResidual = 1, kHasOwner = 2, kHasMomentum = 4, kHasHistory
 const char* const kShapeNames[kShapeFields] = {
     "method",    "algo",     "bits",      "bucketSize", "errorFeedback",      "ownerResidual",
     "elias",     "bitsMode", "bitsMin",   "bitsMax",    "momentumCorrection", "budgetWindow",
-    "localSize", "node",     "localRank", "reserved"};
+    "localSize", "node",     "localRank", "bitsBudget"};
 // Shape fields that hold position + 1 under the hierarchy (0 when flat):
 // this rank's node and its rank within it. Blobs of builds before they were
 // recorded hold 0 there and are taken as they were.
 constexpr int kShapeNode = 13, kShapeLocalRank = 14;
+// The budget the DQ-SGD windows were spent against (budget mode: the float's
+// bits; 0 otherwise, and in blobs of builds before it was recorded). A load
+// under another budget starts every window afresh instead of refusing: the
+// bits a window spent under the old budget could leave less than bitsMin per
+// call under the new one, and it would overspend.
+constexpr int kShapeBudget = 15;
+
+int32_t budgetBits(const gradcompConfig_t& c) {
+  if (c.bitsMode != gradcompBitsBudget) return 0;
+  int32_t b;
+  memcpy(&b, &c.bitsBudget, sizeof b);
+  return b;
+}
 
 // The hierarchy keeps each rank's shard of a buffer's state in a slice of its
 // arrays, which shard by its local rank and which inter-node chunk by its
@@ -95,7 +108,7 @@ void shapeOf(const gradcompComm& comm, int32_t* out) {
                                    comm.topo.hier() ? comm.topo.localSize : 1,
                                    comm.topo.hier() ? comm.topo.node + 1 : 0,
                                    comm.topo.hier() ? comm.topo.localRank + 1 : 0,
-                                   0};
+                                   budgetBits(c)};
   memcpy(out, v, sizeof(v));
 }
 
@@ -408,8 +421,13 @@ gradcompResult_t parse(const gradcompComm& c, const char* blob, size_t bytes,
   int32_t saved[kShapeFields], mine[kShapeFields];
   for (int i = 0; i < kShapeFields; ++i) h.get(&saved[i]);
   shapeOf(c, mine);
+  bool newWindows = false;
   for (int i = 0; i < kShapeFields; ++i) {
     if (saved[i] == mine[i]) continue;
+    if (i == kShapeBudget) {
+      newWindows = saved[i] != 0;  // 0: not recorded (an older build)
+      continue;
+    }
     if (i == kShapeNode || i == kShapeLocalRank) {
       if (saved[i] == 0) continue;  // not recorded (an older build)
       return refuse(
@@ -467,6 +485,15 @@ gradcompResult_t parse(const gradcompComm& c, const char* blob, size_t bytes,
     }
   }
   if (r.left() != 0) return refuse("%zu bytes follow the last record", r.left());
+  if (newWindows) {
+    float was;
+    memcpy(&was, &saved[kShapeBudget], sizeof was);
+    GC_INFO(
+        "state saved under GRADCOMP_BITS_BUDGET=%g loads under %g: every DQ-SGD budget "
+        "window starts afresh",
+        (double)was, (double)c.cfg.bitsBudget);
+    for (Parsed& p : *recs) p.history.budgetUsed = p.history.budgetPos = 0;
+  }
   return gradcompSuccess;
 }
 

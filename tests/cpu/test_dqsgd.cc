@@ -422,6 +422,61 @@ TEST(DqsgdCpu, AFailedCallLeavesTheBudgetWindowAsItWas) {
   }
 }
 
+// A state saved under one budget and loaded under another starts every
+// window afresh: the bits its window spent under budget 6 would leave less
+// than bitsMin per call under budget 3 (forcing 2 bits, and overspending the
+// window). A steady gradient then gets the new budget at once. Under the
+// same budget the window goes on where it was.
+TEST(DqsgdCpu, ALoadUnderAnotherBudgetStartsTheWindowAfresh) {
+  gradcompConfig_t cfg = dynamicConfig();
+  cfg.bitsMode = gradcompBitsBudget;
+  cfg.bitsBudget = 6.0f;
+  cfg.budgetWindow = 4;
+  cfg.autoTune = 0;
+  const size_t n = 4096;
+  const int N = 2;
+  std::vector<std::vector<float>> buf(N, std::vector<float>(n));
+  auto call = [&](gctest::CpuWorld& w, int step) {
+    for (int r = 0; r < N; ++r) buf[r] = shapedGrad(step, r, n, cfg.bucketSize, false, 1.0f);
+    for (gradcompResult_t rc : w.run([&](int r) {
+           return gradcompAllReduceKeyed(buf[r].data(), buf[r].data(), n, ncclFloat32, ncclSum,
+                                         w.comm(r), nullptr, 5);
+         })) {
+      EXPECT_EQ(rc, gradcompSuccess) << gradcompGetLastError();
+    }
+    gradcompStats_t st;
+    EXPECT_EQ(gradcompGetStats(w.comm(0), &st), gradcompSuccess);
+    return st.bitsLast;
+  };
+  gctest::CpuWorld a(N, cfg);
+  for (int step = 0; step < 6; ++step) call(a, step);  // mid-window: 2 calls of 4 made
+  std::vector<std::vector<char>> blobs(N);
+  for (int r = 0; r < N; ++r) {
+    size_t bytes = 0;
+    ASSERT_EQ(gradcompCommStateSize(a.comm(r), &bytes), gradcompSuccess);
+    blobs[r].resize(bytes);
+    ASSERT_EQ(gradcompCommSaveState(a.comm(r), blobs[r].data(), bytes), gradcompSuccess);
+  }
+  gradcompConfig_t lower = cfg;
+  lower.bitsBudget = 3.0f;
+  gctest::CpuWorld b(N, lower), same(N, cfg);
+  for (int r = 0; r < N; ++r) {
+    ASSERT_EQ(gradcompCommLoadState(b.comm(r), blobs[r].data(), blobs[r].size()), gradcompSuccess)
+        << gradcompGetLastError();
+    ASSERT_EQ(gradcompCommLoadState(same.comm(r), blobs[r].data(), blobs[r].size()),
+              gradcompSuccess);
+  }
+  int spent = 0;
+  for (int step = 6; step < 10; ++step) {
+    const int bits = call(b, step);
+    EXPECT_EQ(bits, 3) << "step " << step << ": a steady gradient gets the new budget";
+    spent += bits;
+  }
+  EXPECT_EQ(spent, 12);
+  // The same budget: the run continues bit for bit.
+  for (int step = 6; step < 10; ++step) EXPECT_EQ(call(same, step), call(a, step));
+}
+
 // Refused by the validator, not at the first call.
 TEST(DqsgdCpu, BudgetBelowBitsMinIsRefused) {
   gradcompConfig_t cfg = dynamicConfig();
