@@ -24,8 +24,10 @@
 //       with autoTune=1 that loads it decides from these figures instead of
 //       timing again, so a resumed run passes and compresses what the saved
 //       one did (bit for bit); autoTune=0 ignores it.
-// New kinds of state get new tags (an older loader refuses them by name);
-// settings get new shape fields in the header's reserved words.
+// New kinds of state get new tags (an older loader refuses them by name).
+// The header's 16 shape fields are all in use (the last three, node, local
+// rank and budget, hold 0 in blobs of earlier builds, which load as before):
+// a new setting needs a new version.
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
