@@ -268,6 +268,15 @@ gradcompConfig_t dynamicConfig() {
   return cfg;
 }
 
+gradcompConfig_t budgetConfig(float budget, int window) {
+  gradcompConfig_t cfg = dynamicConfig();
+  cfg.bitsMode = gradcompBitsBudget;
+  cfg.bitsBudget = budget;
+  cfg.budgetWindow = window;
+  cfg.autoTune = 0;
+  return cfg;
+}
+
 // Gaussian, except: spiky steps put one element 100x in every bucket, and
 // scaled steps multiply everything by 1000.
 std::vector<float> shapedGrad(int step, int rank, size_t n, int d, bool spiky, float scale) {
@@ -372,12 +381,8 @@ TEST(DqsgdCpu, BudgetFollowsTheScaleWithinTheWindowBudget) {
 // failure chose, bit for bit. A float budget (4.1f is 4.0999999) counts as
 // the decimal it was given: each steady window of 10 spends 41 bits.
 TEST(DqsgdCpu, AFailedCallLeavesTheBudgetWindowAsItWas) {
-  gradcompConfig_t cfg = dynamicConfig();
-  cfg.bitsMode = gradcompBitsBudget;
-  cfg.bitsBudget = 4.1f;
-  cfg.budgetWindow = 10;
+  gradcompConfig_t cfg = budgetConfig(4.1f, 10);
   cfg.checkCalls = 1;
-  cfg.autoTune = 0;
   const size_t n = 4096;
   const int N = 2, steps = 24;
   auto grad = [&](int step, int r) { return shapedGrad(step, r, n, cfg.bucketSize, false, 1.0f); };
@@ -428,11 +433,7 @@ TEST(DqsgdCpu, AFailedCallLeavesTheBudgetWindowAsItWas) {
 // window). A steady gradient then gets the new budget at once. Under the
 // same budget the window goes on where it was.
 TEST(DqsgdCpu, ALoadUnderAnotherBudgetStartsTheWindowAfresh) {
-  gradcompConfig_t cfg = dynamicConfig();
-  cfg.bitsMode = gradcompBitsBudget;
-  cfg.bitsBudget = 6.0f;
-  cfg.budgetWindow = 4;
-  cfg.autoTune = 0;
+  gradcompConfig_t cfg = budgetConfig(6.0f, 4);
   const size_t n = 4096;
   const int N = 2;
   std::vector<std::vector<float>> buf(N, std::vector<float>(n));
