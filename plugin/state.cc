@@ -503,17 +503,24 @@ bool validComm(gradcompComm_t c) {
   return c != nullptr && c->backend && c->transport;
 }
 
-// The schedule of the loaded buffers, which every rank holds alike: per
-// buffer what sizes its messages (kind, explicit key, count, type,
-// compressed calls, DQ-SGD's bits, budget and statistics, the latter reduced
-// over the ranks), not its residuals (each rank's own), a buffer's address
-// (each process's own) or the log terms DQ-SGD derives on the host (libm may
-// round them apart on different CPUs). Summed, so the records' order does not
-// count; 0 for none, as after a reset.
-uint32_t stateDigest(const std::vector<Parsed>& recs) {
+// The schedule of the loaded buffers where it sizes messages and is alike on
+// every rank: buffers the caller keys (gradcompAllReduceKeyed; the torch
+// hooks' buckets), which every rank holds by the same key, each with its
+// count and type, DGC's warm-up stage (its calls, up to warmupSteps) and
+// DQ-SGD's bits, budget and statistics (reduced over the ranks). Not
+// residuals (each rank's own), nor buffers keyed by address: a process's
+// allocator may move a buffer to the address of an old state on one rank and
+// not on another, so their tables may differ between ranks of one run, and
+// their calls size nothing outside DGC's warm-up. Nor the log terms DQ-SGD
+// derives on the host (libm may round them apart on different CPUs). Summed,
+// so the records' order does not count; 0 for none, as after a reset.
+uint32_t stateDigest(const gradcompConfig_t& cfg, const std::vector<Parsed>& recs) {
   uint64_t sum = 0;
+  bool any = false;
   for (const Parsed& p : recs) {
     const int kind = std::get<0>(p.key);
+    if ((kind & 1) == 0) continue;  // keyed by address
+    any = true;
     uint64_t h = mix64(0x7363686564756c65ull);
     auto put = [&h](uint64_t v) { h = mix64(h ^ mix64(v)); };
     auto putDouble = [&put](double d) {
@@ -522,10 +529,12 @@ uint32_t stateDigest(const std::vector<Parsed>& recs) {
       put(b);
     };
     put((uint64_t)kind);
-    put((kind & 1) ? std::get<1>(p.key) : 0);
+    put(std::get<1>(p.key));
     put(p.count);
     put((uint64_t)p.dtype);
-    put(p.calls);
+    if (cfg.method == gradcompMethodDgc && cfg.warmupSteps > 0) {
+      put(p.calls < (uint64_t)cfg.warmupSteps ? p.calls : (uint64_t)cfg.warmupSteps);
+    }
     put(p.hasHistory);
     if (p.hasHistory) {
       const BitsHistoryRecord& r = p.history;
@@ -539,7 +548,7 @@ uint32_t stateDigest(const std::vector<Parsed>& recs) {
     }
     sum += h;
   }
-  return recs.empty() ? 0u : (uint32_t)(sum ^ (sum >> 32)) | 1u;
+  return any ? (uint32_t)(sum ^ (sum >> 32)) | 1u : 0u;
 }
 
 }  // namespace
@@ -666,7 +675,7 @@ gradcompResult_t loadState(gradcompComm_t comm, const void* buffer, size_t bytes
   // Ranks restored from blobs of different steps, or of different runs at the
   // same step, must not go on: the next call checks that they agree.
   comm->verifyNext = true;
-  comm->stateDigest = stateDigest(recs);
+  comm->stateDigest = stateDigest(comm->cfg, recs);
   if (comm->cfg.autoTune) {
     for (int k = 0; k < 2; ++k) {
       if (autoRec.have[k]) autoRestoreFigures(comm, kAutoCalls[k], autoRec.f[k]);
