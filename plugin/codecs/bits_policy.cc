@@ -344,12 +344,14 @@ gradcompResult_t recordGatheredStats(gradcompComm& c, BufferState& s, const void
                                      size_t count, DType t) {
   if (c.cfg.bitsMode == gradcompBitsFixed || !s.bitsHistory) return gradcompSuccess;
   BitsHistory& h = *s.bitsHistory;
-  commitBits(c, s, h);
   const int n = c.nranks;
+  // Committed once the statistics' allgather went through too: a call that
+  // fails there fails on every rank and counts for none.
   if (!h.onDevice) {
     const GradStats mine = hostGradStats(recv, t, count, c.cfg.bucketSize);
     std::vector<GradStats> all(n);
     GC_CHECK(c.transport->allGather(&mine, all.data(), sizeof(GradStats)));
+    commitBits(c, s, h);
     h.stats = sumInRankOrder(all.data(), n);
     h.haveStats = true;
     return gradcompSuccess;
@@ -357,6 +359,7 @@ gradcompResult_t recordGatheredStats(gradcompComm& c, BufferState& s, const void
   cudaStream_t stream = c.backend->stream();
   GC_CUDACHECK(cuda::gradStats(recv, t, count, c.cfg.bucketSize, h.scratch, h.resultDev, stream));
   GC_CHECK(c.transport->allGather(h.resultDev, h.gatherDev, sizeof(GradStats)));
+  commitBits(c, s, h);
   GC_CUDACHECK(cudaMemcpyAsync(h.resultHost, h.gatherDev, n * sizeof(GradStats),
                                cudaMemcpyDeviceToHost, stream));
   GC_CUDACHECK(cudaEventRecord(h.ready, stream));
