@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <thread>
+#include <vector>
 
 #include "kernels/elementwise.h"
 #include "backends/backend.h"
@@ -308,7 +309,30 @@ class CudaBackend final : public Backend {
       (void)cudaGetLastError();
       if (pool_ != nullptr) (void)cudaMemPoolDestroy(pool_);
       pool_ = nullptr;
+      return;
     }
+    // The GPUs that can reach this one may read and write its blocks, as
+    // they can cudaMalloc memory once peer access is on: NCCL's same-process
+    // P2P transport addresses a peer's user buffers directly (one process
+    // driving several GPUs). Without this a peer's access would fault.
+    int count = 0;
+    if (cudaGetDeviceCount(&count) != cudaSuccess) count = 0;
+    std::vector<cudaMemAccessDesc> peers;
+    for (int d = 0; d < count; ++d) {
+      int can = 0;
+      if (d == dev || cudaDeviceCanAccessPeer(&can, d, dev) != cudaSuccess || !can) continue;
+      cudaMemAccessDesc a = {};
+      a.location.type = cudaMemLocationTypeDevice;
+      a.location.id = d;
+      a.flags = cudaMemAccessFlagsProtReadWrite;
+      peers.push_back(a);
+    }
+    if (!peers.empty() && cudaMemPoolSetAccess(pool_, peers.data(), peers.size()) != cudaSuccess) {
+      // A pool its peers cannot reach would fault under P2P: plain cudaMalloc.
+      (void)cudaMemPoolDestroy(pool_);
+      pool_ = nullptr;
+    }
+    (void)cudaGetLastError();
   }
   cudaStream_t laneStream(int lane) const {
     return lane == kCommLane ? commStream_ : lane == kNodeLane ? nodeStream_ : stream_;
