@@ -278,8 +278,13 @@ class Comm:
         if self._h and getattr(self, "_stopped", False):
             self.abort()
         elif self._h:
-            check(lib().gradcompCommDestroy(self._h))
-            self._h = ctypes.c_void_p()
+            # Closed before the library frees it (a call starting on another thread meanwhile
+            # finds it closed), reopened when the library refuses.
+            h, self._h = self._h, ctypes.c_void_p()
+            result = lib().gradcompCommDestroy(h)
+            if result != 0:
+                self._h = h
+                check(result)
 
     def stop(self):
         """gradcompCommStop: abort()'s first step alone (every later call fails, the comm's own

@@ -133,9 +133,11 @@ TEST(Abort, WakesRanksWaitingInTheInProcessWorld) {
 // before every rank has left the data phase: the caller of a rank that left
 // early could free or refill memory its peers still read (a use after free
 // when abort frees that rank's comm). Rank 1 sends rank 0 a large block and
-// receives one byte; the abort comes while rank 0 copies. Once rank 1's call
-// returns, it overwrites the second half of its block: rank 0 must have
-// received the original bytes whatever the calls returned.
+// receives one byte; the abort comes a few ms in, while rank 0 copies. Once
+// rank 1's call returns, it overwrites the second half of its block: rank 0
+// must never have received an overwritten byte. (On a loaded machine the
+// abort may come before the copy, leaving nothing copied, or after it, all
+// copied: either passes; a rank that left early fails.)
 TEST(Abort, NoRankLeavesACollectiveWhosePeersStillCopy) {
   auto world = gc::makeCpuWorld(2, kTimeoutSec);
   const size_t big = size_t(128) << 20;
@@ -159,9 +161,12 @@ TEST(Abort, NoRankLeavesACollectiveWhosePeersStillCopy) {
   t0.join();
   t1.join();
   EXPECT_EQ(res0 == gradcompSuccess, res1 == gradcompSuccess) << "the ranks' results differ";
-  EXPECT_EQ((size_t)std::count(recv0.begin(), recv0.end(), (unsigned char)0x5a), big)
+  EXPECT_EQ(std::count(recv0.begin(), recv0.end(), (unsigned char)0xee), 0)
       << "rank 1 left the collective while rank 0 was still copying from it";
-  EXPECT_EQ(one1[0], 7);
+  if (res0 == gradcompSuccess) {
+    EXPECT_EQ((size_t)std::count(recv0.begin(), recv0.end(), (unsigned char)0x5a), big);
+    EXPECT_EQ(one1[0], 7);
+  }
 }
 
 // TCP: rank 0 waits in a collective for rank 1, which stays alive but does
