@@ -23,6 +23,29 @@ ncclResult_t passEach(CommEntry& e, const std::vector<const Deferred*>& members)
   return first;
 }
 
+// Marks the end of what a set enqueued on its stream (the fusion buffer's
+// copies, gradcomp's call): the next set, on any stream, waits for it
+// before its copy-in overwrites the buffer. Under e.callMu.
+cudaError_t markFusionDone(CommEntry& e, cudaStream_t stream) {
+  cudaError_t err = e.fusionDone != nullptr
+                        ? cudaSuccess
+                        : cudaEventCreateWithFlags(&e.fusionDone, cudaEventDisableTiming);
+  if (err == cudaSuccess) err = cudaEventRecord(e.fusionDone, stream);
+  return err;
+}
+
+// A set that fails after its copy-in began still marks its end: its copies
+// (and any of gradcomp's kernels) may still read or write the buffer when the
+// next set, on another stream, copies in.
+ncclResult_t failedSet(CommEntry& e, cudaStream_t stream, ncclResult_t r) {
+  if (!streamCapturing(stream)) {
+    std::lock_guard<std::mutex> lock(e.callMu);
+    (void)markFusionDone(e, stream);
+  }
+  (void)cudaGetLastError();
+  return r;
+}
+
 ncclResult_t runFusedSet(CommEntry& e, const std::vector<const Deferred*>& members) {
   const Deferred& d0 = *members[0];
   if (members.size() == 1) {
@@ -91,6 +114,8 @@ ncclResult_t runFusedSet(CommEntry& e, const std::vector<const Deferred*>& membe
         (void)cudaGetLastError();
         warnOnce("fuse-copy", "cannot copy into the fusion buffer (%s); the calls fail",
                  cudaGetErrorString(err));
+        if (!streamCapturing(d0.stream)) (void)markFusionDone(e, d0.stream);  // callMu held
+        (void)cudaGetLastError();
         return ncclUnhandledCudaError;
       }
       off += d->count * esz;
@@ -99,7 +124,7 @@ ncclResult_t runFusedSet(CommEntry& e, const std::vector<const Deferred*>& membe
   }
   const Deferred fused{e.fusion, e.fusion, total, d0.type, d0.op, d0.comm, d0.stream};
   ncclResult_t r = compress(e, fused, true, key, members.size());
-  if (r != ncclSuccess) return r;
+  if (r != ncclSuccess) return failedSet(e, d0.stream, r);
   GC_NVTX_RANGE("gradcomp fuse copy-out");
   const char* fusion = static_cast<const char*>(e.fusion);
   size_t off = 0;
@@ -110,16 +135,13 @@ ncclResult_t runFusedSet(CommEntry& e, const std::vector<const Deferred*>& membe
       (void)cudaGetLastError();
       warnOnce("fuse-copy-out", "cannot copy out of the fusion buffer: %s",
                cudaGetErrorString(err));
-      return ncclUnhandledCudaError;
+      return failedSet(e, d0.stream, ncclUnhandledCudaError);
     }
     off += d->count * esz;
   }
   if (!streamCapturing(d0.stream)) {
     std::lock_guard<std::mutex> lock(e.callMu);
-    cudaError_t err = e.fusionDone != nullptr
-                          ? cudaSuccess
-                          : cudaEventCreateWithFlags(&e.fusionDone, cudaEventDisableTiming);
-    if (err == cudaSuccess) err = cudaEventRecord(e.fusionDone, d0.stream);
+    const cudaError_t err = markFusionDone(e, d0.stream);
     if (err != cudaSuccess) {
       (void)cudaGetLastError();
       warnOnce("fuse-record", "cannot record the end of a fused set: %s", cudaGetErrorString(err));
