@@ -1229,6 +1229,31 @@ class FsdpReduceScatterOnCpuWorld(unittest.TestCase):
             self.assertIn("fsdp-op", states[0]._warned)
 
 
+    def test_paused_state_sends_uncompressed_and_leaves_the_residual(self):
+        """Inside state.paused() the FSDP2 reduce-scatter goes to torch uncompressed, as the
+        DDP hook does: gradcomp makes no call and the saved state is unchanged."""
+        import gradcomp.torch as gt
+
+        with self.gradcomp.CpuWorld(self.N, self.config()) as w:
+            states = HookOnCpuWorld.make_states(self.N, w, "rs-paused", None, 0, self.config)
+            rs = gt.GradcompReduceScatter(states[0], "layers.0")
+            comm = w.comms[0]  # the state's comm (make_states); state.comm() would agree
+            before = comm.call_counts()
+            sent = []
+
+            def no_comm(device):
+                raise AssertionError("the paused reduce-scatter asked for gradcomp's comm")
+
+            states[0].comm = no_comm
+            with states[0].paused():
+                with mock.patch.object(dist, "reduce_scatter_tensor",
+                                       lambda out, inp, **kw: sent.append(kw["op"])):
+                    rs._reduce_scatter(torch.zeros(self.n), torch.ones(self.N * self.n),
+                                       states[0].process_group, dist.ReduceOp.AVG, False,
+                                       lambda: None)
+            self.assertEqual(sent, [dist.ReduceOp.AVG])
+            self.assertEqual(comm.call_counts(), before)
+
     def test_dgc_param_groups_give_every_parameter_momentum_once(self):
         """DGC with momentum correction under FSDP2: the reduce-scatter returns gradcomp's
         velocity u = m*u + g for every element of FSDP's flat buffer (biases included), so

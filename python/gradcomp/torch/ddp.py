@@ -269,8 +269,9 @@ class GradcompState:
 
     @contextlib.contextmanager
     def paused(self):
-        """Inside, the hook sends uncompressed and leaves the state and step counter alone
-        (e.g. a throw-away step that lets a resumed DDP rebuild its buckets)."""
+        """Inside, the hook (and the FSDP2 reduce-scatter) sends uncompressed and leaves the
+        state and step counter alone (e.g. a throw-away step that lets a resumed DDP rebuild
+        its buckets)."""
         old, self._paused = self._paused, True
         try:
             yield self

@@ -35,6 +35,13 @@ class GradcompReduceScatter(_Base):
     state: a GradcompState (its settings, comm and state_dict serve every
     module); key: any string or int naming the module, the same on every rank
     and in a resumed run (register_fsdp_reduce_scatter uses the module's name).
+    Inside `with state.paused():` calls go to torch uncompressed, leaving the
+    residuals alone. The module's residual follows its flat gradient buffer,
+    whose layout FSDP builds from the parameters that got a gradient: where
+    some may get none on some steps (alternate heads, experts), call
+    module.set_reduce_scatter_unused_params(True) so the layout stays fixed;
+    otherwise one layout's residual is added to another's parameters when
+    their sizes coincide.
     Making one marks the state as FSDP's: every parameter is compressed (FSDP's
     whole flat buffer), so state.param_groups() puts every parameter in the
     momentum-0 group under DGC's momentum correction; make it (register) before
@@ -117,6 +124,10 @@ class GradcompReduceScatter(_Base):
                                   "not compress: sent uncompressed by torch.distributed; call "
                                   "set_force_sum_reduction_for_comms(True) on the FSDP modules "
                                   "(warned once)")
+            return dist.reduce_scatter_tensor(out, inp, op=op, group=group, async_op=async_op)
+        if self.state._paused:
+            # state.paused(), as the DDP hook: uncompressed, the residuals and DGC's velocity
+            # left alone (a throw-away step adds nothing to them).
             return dist.reduce_scatter_tensor(out, inp, op=op, group=group, async_op=async_op)
         if dist.get_process_group_ranks(group) != dist.get_process_group_ranks(
                 self.state.process_group):
