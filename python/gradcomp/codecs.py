@@ -4,27 +4,16 @@ The same bytes as the GPU kernels for the same seed; handy to inspect what a
 compressed call puts on the wire. Thin wrappers: the arithmetic is the library's.
 """
 import ctypes
-import numbers
 
 from . import _types as T
 from ._lib import InvalidArgumentError, check, lib
-from .comm import buffer_info, describe
+from .comm import _count, buffer_info, describe
 
 
 def _np():
     import numpy  # only the codec helpers need numpy
 
     return numpy
-
-
-def _count(count, name="count"):
-    """count as an int in 0..2**64-1 (ctypes would wrap a negative one silently)."""
-    if isinstance(count, bool) or not isinstance(count, numbers.Integral):
-        raise InvalidArgumentError(f"{name}={count!r} is not an integer element count", 1)
-    count = int(count)
-    if not 0 <= count < 2**64:
-        raise InvalidArgumentError(f"{name}={count} is out of range (0 <= {name} < 2**64)", 1)
-    return count
 
 
 def _float32_array(x, name, count, writable):

@@ -1,5 +1,6 @@
 """gradcompComm_t: an NCCL-backed comm, a CPU comm over TCP or an in-process CPU world."""
 import ctypes
+import numbers
 import threading
 import time
 
@@ -14,30 +15,31 @@ def _enum(value, table, what):
         if v is None:
             raise InvalidArgumentError(f"{what}={value!r} is not one of {'|'.join(table)}", 1)
         return v
-    # ctypes would wrap an int past a C int silently (2**32 + 7 into 7); the library checks
-    # the range of what arrives.
-    v = int(value)
+    return _c_int(int(value), what, f" (one of {'|'.join(table)} or its NCCL number)")
+
+
+# ctypes wraps an int past its C type silently (2**32 + 7 into 7, -1 into 2**64 - 1): the
+# numbers are checked here, the library checks the range of what arrives.
+def _integer(value, name, what="an integer"):
+    """value as an int: an integer (not a bool, not a float that int() would truncate)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise InvalidArgumentError(f"{name}={value!r} is not {what}", 1)
+    return int(value)
+
+
+def _c_int(v, name, allowed=""):
     if not -2**31 <= v < 2**31:
-        raise InvalidArgumentError(f"{what}={v} is not a C int (one of {'|'.join(table)} or "
-                                   "its NCCL number)", 1)
+        raise InvalidArgumentError(f"{name}={v} is not a C int{allowed}", 1)
     return v
 
 
 def _rank_int(value, name):
-    """value as a C int: an integer (not a bool, not a float that int() would truncate)."""
-    if isinstance(value, bool) or not hasattr(value, "__index__"):
-        raise InvalidArgumentError(f"{name}={value!r} is not an integer", 1)
-    v = value.__index__()
-    if not -2**31 <= v < 2**31:
-        raise InvalidArgumentError(f"{name}={v} is not a C int", 1)
-    return v
+    return _c_int(_integer(value, name), name)
 
 
 def _count(count, name="count"):
-    """count as an int in 0..2**64-1 (ctypes would wrap a negative one into a huge size_t)."""
-    if isinstance(count, bool) or not hasattr(count, "__index__"):
-        raise InvalidArgumentError(f"{name}={count!r} is not an integer element count", 1)
-    count = count.__index__()
+    """count as an int in 0..2**64-1 (a size_t)."""
+    count = _integer(count, name, "an integer element count")
     if not 0 <= count < 2**64:
         raise InvalidArgumentError(f"{name}={count} is out of range (0 <= {name} < 2**64)", 1)
     return count
