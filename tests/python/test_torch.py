@@ -119,6 +119,18 @@ class TorchRefusals(unittest.TestCase):
                 self.gt.gradcomp_hook(state, Bucket(torch.zeros(8, dtype=torch.float64,
                                                                 device="cuda")))
 
+    def test_compiled_autograd_per_parameter_call_is_refused_with_advice(self):
+        # DDP with optimize_ddp='python_reducer' calls hook(state, (param.grad, param)) for
+        # each parameter (torch/nn/parallel/distributed.py, _register_accum_grad_hook).
+        state = self.gt.GradcompState.__new__(self.gt.GradcompState)
+        state.backend = "cpu"
+        p = torch.nn.Parameter(torch.zeros(8))
+        p.grad = torch.ones(8)
+        with self.assertRaisesRegex(TypeError, r"\(grad, param\) tuple.*compiled autograd.*"
+                                    "ddp_optimizer.*LD_PRELOAD"):
+            self.gt.gradcomp_hook(state, (p.grad, p))
+        self.assertTrue(torch.equal(p.grad, torch.ones(8)))
+
     def test_fsdp_reduce_scatter_needs_the_symbol(self):
         import gradcomp
 

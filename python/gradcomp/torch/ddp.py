@@ -602,6 +602,15 @@ def gradcomp_hook(state, bucket):
     the current stream, the rest through one torch.distributed all_reduce; returns the
     future of the averaged bucket. See the module docstring for the bytes it sends."""
     state._check_usable()
+    if isinstance(bucket, tuple):
+        # DDP under compiled autograd (torch._dynamo.config.optimize_ddp = "python_reducer")
+        # calls each hook per parameter with (grad, param) inside the traced backward and
+        # ignores what it returns: no bucket, no future, nothing gradcomp's C calls can run in.
+        raise TypeError("gradcomp_hook got a (grad, param) tuple, not a GradBucket: DDP calls "
+                        "its hooks that way under compiled autograd (optimize_ddp="
+                        "'python_reducer'), where gradcomp cannot run; compile the model "
+                        "without compiled autograd (the default optimize_ddp='ddp_optimizer' "
+                        "keeps DDP's buckets and this hook), or use LD_PRELOAD=libgradcomp.so")
     buf = bucket.buffer()
     want = "cpu" if state.backend == "cpu" else "cuda"
     if buf.device.type != want:
