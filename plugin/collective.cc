@@ -110,17 +110,34 @@ gradcompResult_t momentumPassThrough(gradcompComm& c, int kind, bool keyed, uint
     GC_CHECK(checkBuffers(c, send, n, recv, count, rs ? (size_t)c.rank * count : 0, t));
     GC_CHECK(agreeBeforeState(c));
   }
+  // A hierarchical comm's compressed reduce-scatter keeps u and v in its
+  // stage-1 order (hier_reduce_scatter.cc): state block l*k + j holds input
+  // block R(j, l). The pass-through keeps them in that order too, so a
+  // retune between the two leaves every element's u and v on its own block
+  // (summed over the ranks, as the allreduce's, which needs no order).
+  const bool permuted = rs && useHierReduceScatter(c);
+  std::vector<size_t> blockAt;  // permuted: state block -> its input offset
+  if (permuted) {
+    const Topology& topo = c.topo;
+    blockAt.resize((size_t)c.nranks);
+    for (int l = 0; l < topo.localSize; ++l) {
+      for (int j = 0; j < topo.nodes; ++j)
+        blockAt[(size_t)l * topo.nodes + j] = (size_t)topo.rankAt(j, l) * count;
+    }
+  }
   // Workspace: the old v (settle's keep), v itself when there is no error
   // feedback, the reduce-scatter's input in the buffer type (the caller's
-  // send buffer is read only), the clipping's scratch.
+  // send buffer is read only), permuted: the input widened into the state's
+  // order, the clipping's scratch.
   BufferState* st = nullptr;
-  size_t keepAt = 0, vAt = 0, typedAt = 0, scratchAt = 0;
+  size_t keepAt = 0, vAt = 0, typedAt = 0, permAt = 0, scratchAt = 0;
   GC_CHECK(agreePrepared(c, [&]() -> gradcompResult_t {
     GC_CHECK(findState(c, kind, keyed, key, recv, n, t, &st));
     size_t p = 0;
     if (st->residual) keepAt = p, p += alignUp(n * 4);
     if (!st->residual) vAt = p, p += alignUp(n * 4);
     if (rs) typedAt = p, p += alignUp(n * dtypeBytes(t));
+    if (permuted) permAt = p, p += alignUp(n * 4);
     scratchAt = p, p += alignUp(c.sparse->scratchBytes(n, 1, 0));
     GC_CHECK(c.ensureWorkspace(p));
     return c.sparse->reserve();
@@ -135,10 +152,26 @@ gradcompResult_t momentumPassThrough(gradcompComm& c, int kind, bool keyed, uint
   GC_TRACE("momentum pass through: count=%zu type=%d op=%d reduce-scatter=%d", count, (int)type,
            (int)op, (int)rs);
   // The send buffer is read before recv, which may alias it, is written.
-  GC_CHECK(ops.accumulate(send, t, n, sparseClipThreshold(c), c.cfg.momentum, st->momentum, v,
+  const void* g = send;
+  DType gt = t;
+  if (permuted) {
+    float* perm = reinterpret_cast<float*>(ws + permAt);
+    const std::vector<size_t> lens((size_t)c.nranks, count);
+    GC_CHECK(widenBlocks(*c.backend, send, t, blockAt.data(), lens.data(), c.nranks, count, perm));
+    g = perm, gt = DType::F32;
+  }
+  GC_CHECK(ops.accumulate(g, gt, n, sparseClipThreshold(c), c.cfg.momentum, st->momentum, v,
                           st->residual != nullptr, keep, ws + scratchAt));
   void* typed = rs ? static_cast<void*>(ws + typedAt) : recv;
-  GC_CHECK(c.backend->fromFloat(v, n, 1.0f, t, typed));
+  if (permuted) {
+    const size_t esz = dtypeBytes(t);
+    for (int b = 0; b < c.nranks; ++b) {
+      GC_CHECK(c.backend->fromFloat(v + (size_t)b * count, count, 1.0f, t,
+                                    static_cast<char*>(typed) + blockAt[b] * esz));
+    }
+  } else {
+    GC_CHECK(c.backend->fromFloat(v, n, 1.0f, t, typed));
+  }
   GC_CHECK(rs ? c.transport->reduceScatter(typed, recv, count, type, op)
               : c.transport->passThrough(typed, recv, n, type, op));
   GC_CHECK(ops.settle(v, keep, nullptr, n, true));

@@ -102,7 +102,10 @@ gradcompResult_t checkCallEnums(const ncclDataType_t* type, const ncclRedOp_t* o
 // buffer type, then v is spent (cleared) and u kept, as in the dense
 // fallback without masking: the step is momentum SGD's. A non-finite v
 // reaches the output and the element's u and v stay as they were. Counted
-// as passed through. `kind` is kStateAllReduce or kStateReduceScatter;
+// as passed through. On a hierarchical comm the reduce-scatter's u and v
+// are in the compressed call's permuted block order (hier_reduce_scatter.cc),
+// so that each element keeps its own across a retune. `kind` is
+// kStateAllReduce or kStateReduceScatter;
 // `count` is recvcount (the allreduce's count). `agreed`: the caller has
 // already checked the buffers and run agreeBeforeState for this call.
 gradcompResult_t momentumPassThrough(gradcompComm& c, int kind, bool keyed, uint64_t key,

@@ -11,6 +11,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include <utility>
 #include <vector>
 
 #include "autotune.h"
@@ -171,6 +172,67 @@ TEST(DgcMomentumPassThrough, ReduceScatter) {
 
 TEST(DgcMomentumPassThrough, OneRankKeepsTheVelocity) {
   expectMomentumSgd(1, 512, kF32, ncclSum, false, Route::MinElements, 3);
+}
+
+// A hierarchical comm's compressed reduce-scatter keeps u and v of the node's
+// sums in its permuted stage-1 order; a retune that then passes the buffer
+// through must send every element's leftover velocity to its own block.
+// Compressed steps, a retune to pass-through, passed steps: once the last
+// passed step has spent v, every block's outputs summed over the steps are
+// the ranks' velocities summed over the steps (u = m*u + g per rank, no
+// masking). Small integers and m = 1/2 keep every sum exact.
+TEST(DgcMomentumPassThrough, HierReduceScatterRetunedToPassSendsEachBlocksVelocity) {
+  const int N = 4, L = 2, compressed = 3, steps = 5;
+  const size_t m = 96, n = m * N;
+  const float mom = 0.5f;
+  gradcompConfig_t cfg = dgcConfig();
+  cfg.localSize = L;
+  cfg.momentum = mom;
+  cfg.momentumMasking = 0;
+  cfg.density = 0.05f;
+  cfg.minElements = 0;
+  cfg.autoTune = 1;
+  CpuWorld w(N, cfg);
+  gc::AutoFigures f;
+  f.smallCount = 1024;
+  f.largeCount = 5120;
+  f.ncclUs[0] = 64.0f, f.ncclUs[1] = 128.0f, f.compUs[0] = 32.0f, f.compUs[1] = 64.0f;
+  for (int r = 0; r < N; ++r) gc::autoInjectFigures(w.comm(r), f);
+  std::vector<std::vector<float>> u(N, std::vector<float>(n, 0.0f)), g(N);
+  std::vector<std::vector<float>> out(N, std::vector<float>(m));
+  std::vector<double> got(n, 0.0), want(n, 0.0);
+  for (int t = 0; t < steps; ++t) {
+    if (t == compressed) {
+      // NCCL faster at every size from here: the retune passes the buffer.
+      std::swap(f.ncclUs, f.compUs);
+      for (int r = 0; r < N; ++r) gc::autoInjectFigures(w.comm(r), f);
+      auto res = w.run([&](int r) { return gradcompCommRetune(w.comm(r), nullptr); });
+      for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
+    }
+    for (int r = 0; r < N; ++r) {
+      g[r].resize(n);
+      for (size_t i = 0; i < n; ++i) {
+        g[r][i] = (float)((int)((i * 7 + (size_t)r * 5 + (size_t)t * 3) % 9) - 4);
+        u[r][i] = mom * u[r][i] + g[r][i];
+        want[i] += u[r][i];
+      }
+    }
+    auto res = w.run([&](int r) {
+      return gradcompReduceScatterKeyed(g[r].data(), out[r].data(), m, ncclFloat32, ncclSum,
+                                        w.comm(r), nullptr, 42);
+    });
+    for (int r = 0; r < N; ++r) {
+      ASSERT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
+      for (size_t e = 0; e < m; ++e) got[(size_t)r * m + e] += out[r][e];
+    }
+  }
+  for (int r = 0; r < N; ++r) {
+    const gradcompStats_t s = statsOf(w.comm(r));
+    EXPECT_EQ(s.callsCompressed, (uint64_t)compressed) << r;
+    EXPECT_EQ(s.callsAutoPassed, (uint64_t)(steps - compressed)) << r;
+  }
+  for (size_t i = 0; i < n; ++i)
+    ASSERT_EQ(got[i], want[i]) << "block " << i / m << " element " << i % m;
 }
 
 // Without momentum correction the comm keeps no velocity: a passed call is
