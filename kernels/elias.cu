@@ -257,7 +257,8 @@ __global__ void __launch_bounds__(kDecodeThreads)
   // (offsets[nb] words) and inside the buffer the caller has.
   const uint32_t o0 = offsets[b], o1 = offsets[b + 1];
   const uint32_t total = min(offsets[nb], maxStreamWords);
-  bool bad = o1 < o0 || o1 > total;
+  // Scales are >= +0 or the positive canonical NaN: a sign bit is not ours.
+  bool bad = o1 < o0 || o1 > total || (floatToBits(scale) >> 31) != 0;
   BitReader r(stream + (bad ? 0u : o0), bad ? 0u : o1 - o0);
   float* o = out + base;
   uint32_t i = 0;

@@ -151,6 +151,8 @@ bool decodeBuckets(const unsigned char* bytes, size_t n, const elias::Params& p,
     const size_t len = n - base < (size_t)p.bucket ? n - base : (size_t)p.bucket;
     float scale;
     memcpy(&scale, bytes + b * 4, 4);
+    // Scales are >= +0 or the positive canonical NaN: a sign bit is not ours.
+    if (floatToBits(scale) >> 31) return false;
     const float zero = elias::decodeValue(0, false, scale, p.s);
     BitReader r(stream + offsets[b], offsets[b + 1] - offsets[b]);
     size_t i = 0;

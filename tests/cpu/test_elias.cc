@@ -507,4 +507,27 @@ TEST(EliasHost, BadArgumentsNameTheValue) {
   EXPECT_NE(strstr(gradcompGetLastError(), "not a well-formed"), nullptr);
 }
 
+// No encoder writes a scale with its sign bit set (max |x| and the L2 norm
+// are >= +0, a non-finite bucket's is the positive NaN): such a bucket would
+// decode with every sign flipped, so the encoding is refused and out left
+// alone. -0 and a negative NaN alike.
+TEST(EliasHost, ScaleWithItsSignBitSetIsRefused) {
+  for (const auto scale : {gradcompEliasScaleMax, gradcompEliasScaleL2}) {
+    const auto p = params(7, 64, gradcompEliasGamma, scale);
+    const Encoded e = encode(gctest::normal(200, 5), p, 2);
+    std::vector<float> y(200, 7.0f);
+    ASSERT_EQ(gradcompEliasDecodeHost(e.bytes.data(), e.bytes.size(), 200, &p, y.data(), 0),
+              gradcompSuccess);
+    for (const uint32_t bits : {0xbf800000u, 0x80000000u, 0xffc00000u}) {
+      std::vector<uint8_t> bad = e.bytes;
+      memcpy(bad.data() + 4 * 2, &bits, 4);  // bucket 2's scale
+      std::vector<float> out(200, 7.0f);
+      EXPECT_EQ(gradcompEliasDecodeHost(bad.data(), bad.size(), 200, &p, out.data(), 0),
+                gradcompInvalidArgument)
+          << std::hex << bits;
+      for (float v : out) ASSERT_EQ(v, 7.0f);
+    }
+  }
+}
+
 }  // namespace

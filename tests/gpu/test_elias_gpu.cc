@@ -240,6 +240,32 @@ TEST_F(EliasGpu, CorruptStreamStaysInBounds) {
   for (size_t i = n; i < n + 64; ++i) ASSERT_EQ(out[i], 5.0f) << "wrote past the output at " << i;
 }
 
+// A scale with its sign bit set (no encoder writes one) makes its bucket NaN,
+// where it would decode with every sign flipped; the other buckets decode as
+// the host does.
+TEST_F(EliasGpu, ScaleWithItsSignBitSetDecodesToNaN) {
+  const size_t n = 256;
+  const auto p = params(7, 64, gradcompEliasGamma, gradcompEliasScaleMax);
+  std::vector<uint8_t> enc = encodeOnHost(gctest::normal(n, 6), p, 1);
+  std::vector<float> ref(n);
+  ASSERT_EQ(gradcompEliasDecodeHost(enc.data(), enc.size(), n, &p, ref.data(), 0), gradcompSuccess);
+  const uint32_t negative = 0xbf800000u;  // -1.0
+  memcpy(enc.data() + 4, &negative, 4);   // bucket 1's scale
+  DeviceBuffer<uint8_t> denc(enc.size());
+  denc.upload(enc);
+  DeviceBuffer<float> dout(n);
+  ASSERT_EQ(gradcompEliasDecode(denc.get(), n, &p, dout.get(), 0, stream), gradcompSuccess);
+  ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+  const std::vector<float> out = dout.download(n);
+  for (size_t i = 0; i < n; ++i) {
+    if (i / 64 == 1) {
+      EXPECT_TRUE(isnan(out[i])) << i << ": " << out[i];
+    } else {
+      EXPECT_EQ(out[i], ref[i]) << i;
+    }
+  }
+}
+
 // One bucket of 64 (gamma, 7 levels, max scale 1): 1 at elements 0 and 32,
 // zeros after; its stream is 24 bits of codes, then the trailing zeros'
 // terminator gamma(32) at bits 24..34, whose '1' (bit 29) lies in the first
