@@ -4,10 +4,11 @@ The same bytes as the GPU kernels for the same seed; handy to inspect what a
 compressed call puts on the wire. Thin wrappers: the arithmetic is the library's.
 """
 import ctypes
+import numbers
 
 from . import _types as T
 from ._lib import InvalidArgumentError, check, lib
-from .comm import _count, buffer_info, describe
+from .comm import _count, _integer, _rank_int, buffer_info, describe
 
 
 def _np():
@@ -46,14 +47,30 @@ def _encoded(encoded):
 
 def qsgd_encoded_bytes(count, bits=4, bucket_size=512):
     count = _count(count)
+    bits, bucket_size = _rank_int(bits, "bits"), _rank_int(bucket_size, "bucket_size")
     n = lib().gradcompQsgdEncodedBytes(count, bits, bucket_size)
     if count and not n:
         if lib().gradcompQsgdEncodedBytes(1, bits, bucket_size):
-            raise InvalidArgumentError(f"count={count} is too large: its encoded size does not "
-                                       "fit in 64 bits", 1)
+            raise InvalidArgumentError(f"count={count} is too large for the codecs (at most "
+                                       "2**56 elements)", 1)
         raise InvalidArgumentError(f"bits={bits} or bucket_size={bucket_size} is invalid "
                                    "(bits 2..8, bucket 32..8192, a multiple of 32)", 1)
     return n
+
+
+def _seed(seed):
+    """seed as an int in 0..2**64-1 (a uint64_t), not wrapped by ctypes."""
+    seed = _integer(seed, "seed")
+    if not 0 <= seed < 2**64:
+        raise InvalidArgumentError(f"seed={seed} is out of range (0 <= seed < 2**64)", 1)
+    return seed
+
+
+def _real(value, name):
+    """value as a float: a real number (not a bool), as the C float the library reads."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InvalidArgumentError(f"{name}={value!r} is not a number", 1)
+    return float(value)
 
 
 def _choice(field, value):
@@ -71,6 +88,8 @@ def qsgd_encode(x, bits=4, bucket_size=512, seed=0, residual=None, rounding="sto
     (GRADCOMP_LEVELS; qsgd_decode reads either from the bytes)."""
     np = _np()
     r, lv = _choice("rounding", rounding), _choice("levels", levels)
+    bits, bucket_size = _rank_int(bits, "bits"), _rank_int(bucket_size, "bucket_size")
+    seed = _seed(seed)
     xp, n, t = buffer_info(x, "x", host=True)
     rp = None
     if residual is not None:
@@ -84,6 +103,7 @@ def qsgd_encode(x, bits=4, bucket_size=512, seed=0, residual=None, rounding="sto
 def qsgd_decode(encoded, count, bits=4, bucket_size=512, out=None, accumulate=False):
     np = _np()
     count = _count(count)
+    bits, bucket_size = _rank_int(bits, "bits"), _rank_int(bucket_size, "bucket_size")
     need = qsgd_encoded_bytes(count, bits, bucket_size)
     enc = _encoded(encoded)
     if enc.size < need:
@@ -98,6 +118,8 @@ def qsgd_decode(encoded, count, bits=4, bucket_size=512, out=None, accumulate=Fa
 
 def topk_slots(n, density=0.01, oversample=2.0, exact=False):
     """kmax: the fixed number of slots a sparse call sends for n elements."""
+    n = _count(n, "n")
+    density, oversample = _real(density, "density"), _real(oversample, "oversample")
     k = ctypes.c_size_t()
     check(lib().gradcompTopkSlots(n, density, oversample, 1 if exact else 0, ctypes.byref(k)))
     return k.value
@@ -106,6 +128,8 @@ def topk_slots(n, density=0.01, oversample=2.0, exact=False):
 def topk_select(v, density=0.01, oversample=2.0, sample_rate=1e-4, exact=False, seed=0):
     """Indices (uint32) the top-k selector picks on float32 v (threshold or exact)."""
     np = _np()
+    density, oversample = _real(density, "density"), _real(oversample, "oversample")
+    sample_rate, seed = _real(sample_rate, "sample_rate"), _seed(seed)
     vp, n, t = buffer_info(v, "v", host=True)
     if t != T.NCCL_TYPES["float32"]:
         raise InvalidArgumentError(f"topk_select takes a float32 v; got {describe(v)}", 1)
@@ -122,6 +146,7 @@ def elias_params(levels, bucket_size=512, code="gamma", scale="max"):
         raise InvalidArgumentError(f"code={code!r} is not one of {'|'.join(codes)}", 1)
     if scale not in scales:
         raise InvalidArgumentError(f"scale={scale!r} is not one of {'|'.join(scales)}", 1)
+    levels, bucket_size = _rank_int(levels, "levels"), _rank_int(bucket_size, "bucket_size")
     return T.EliasParams(levels, bucket_size, codes[code], scales[scale])
 
 
@@ -137,6 +162,7 @@ def elias_encode(x, params, seed=0, residual=None):
     float32 array of x's size (fused error feedback, as qsgd_encode)."""
     np = _np()
     params = _elias_params(params)
+    seed = _seed(seed)
     xp, n, t = buffer_info(x, "x", host=True)
     rp = None
     if residual is not None:

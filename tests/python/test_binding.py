@@ -692,6 +692,36 @@ class CodecArgumentChecks(unittest.TestCase):
             codecs.elias_decode(pe.view(np.float32) if pe.size % 4 == 0 else
                                 pe[:pe.size // 4 * 4].view(np.float32), 4096, self.p)
 
+    def test_numbers_are_checked_before_ctypes_wraps_them(self):
+        # ctypes keeps the low bits of an int too large for the C type: 2**32 + 4 would encode
+        # at 4 bits, seed 2**64 + 5 as seed 5, n = 2**64 + 1000 as 1000.
+        with self.assertRaisesRegex(ValueError, r"bits=4294967300 is not a C int"):
+            codecs.qsgd_encode(self.x, bits=2**32 + 4)
+        with self.assertRaisesRegex(ValueError, r"bucket_size=4294967808 is not a C int"):
+            codecs.qsgd_encoded_bytes(4096, bucket_size=2**32 + 512)
+        with self.assertRaisesRegex(ValueError, r"bits=-4294967292 is not a C int"):
+            codecs.qsgd_decode(codecs.qsgd_encode(self.x), 4096, bits=-2**32 + 4)
+        with self.assertRaisesRegex(ValueError, r"bits=4.9 is not an integer"):
+            codecs.qsgd_encode(self.x, 4.9)
+        with self.assertRaisesRegex(ValueError, r"seed=18446744073709551621 is out of range"):
+            codecs.qsgd_encode(self.x, seed=2**64 + 5)
+        with self.assertRaisesRegex(ValueError, r"seed=-1 is out of range"):
+            codecs.elias_encode(self.x, self.p, seed=-1)
+        with self.assertRaisesRegex(ValueError, r"seed=1.5 is not an integer"):
+            codecs.topk_select(self.x, seed=1.5)
+        with self.assertRaisesRegex(ValueError, r"levels=4294967303 is not a C int"):
+            codecs.elias_params(2**32 + 7)
+        with self.assertRaisesRegex(ValueError, r"n=18446744073709552616 is out of range"):
+            codecs.topk_slots(2**64 + 1000, 0.5)
+        with self.assertRaisesRegex(ValueError, r"n=-1 is out of range"):
+            codecs.topk_slots(-1)
+        with self.assertRaisesRegex(ValueError, r"density='0.1' is not a number"):
+            codecs.topk_slots(1000, "0.1")
+        self.assertEqual(codecs.topk_slots(1000, 0.5, 1.0), codecs.topk_slots(np.uint64(1000),
+                                                                               0.5, 1))
+        self.assertTrue(np.array_equal(codecs.qsgd_encode(self.x, np.int64(4), seed=np.uint64(3)),
+                                       codecs.qsgd_encode(self.x, 4, seed=3)))
+
 
 class ReduceScatter(unittest.TestCase):
     def test_reduce_scatter_owns_one_block(self):
