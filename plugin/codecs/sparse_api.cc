@@ -15,11 +15,11 @@ namespace {
 gradcompResult_t topkPlan(size_t n, float density, float oversample, float sampleRate, int exact,
                           sparse::Plan* p, bool sorts = true) {
   GC_ARG(exact == 0 || exact == 1, "exact=%d is not 0 (threshold) or 1 (exact)", exact);
-  GC_ARG(density > 0.0f && density <= 1.0f, "density=%g is out of range (0, 1]", (double)density);
+  GC_ARG(density > 0.0f && density <= 1.0f, "density=%.9g is out of range (0, 1]", (double)density);
   if (!exact) {
-    GC_ARG(oversample >= 1.0f && oversample <= 16.0f, "oversample=%g is out of range [1, 16]",
+    GC_ARG(oversample >= 1.0f && oversample <= 16.0f, "oversample=%.9g is out of range [1, 16]",
            (double)oversample);
-    GC_ARG(sampleRate > 0.0f && sampleRate <= 1.0f, "sampleRate=%g is out of range (0, 1]",
+    GC_ARG(sampleRate > 0.0f && sampleRate <= 1.0f, "sampleRate=%.9g is out of range (0, 1]",
            (double)sampleRate);
   }
   GC_ARG(n < (size_t)sparse::kEmptySlot, "n=%zu is too large for uint32 indices (at most %u)", n,

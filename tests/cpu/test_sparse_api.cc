@@ -162,6 +162,11 @@ TEST(TopkApi, BadArgumentsAreRefusedWithTheRange) {
   EXPECT_EQ(gradcompTopkSelectHost(v.data(), 100, 1.5f, 2.0f, 0.01f, 1, 0, idx.data(), &sel),
             gradcompInvalidArgument);
   EXPECT_STREQ(gradcompGetLastError(), "density=1.5 is out of range (0, 1]");
+  // Every digit the float has: the next float above 1 is not "1".
+  EXPECT_EQ(gradcompTopkSelectHost(v.data(), 100, nextafterf(1.0f, 2.0f), 2.0f, 0.01f, 1, 0,
+                                   idx.data(), &sel),
+            gradcompInvalidArgument);
+  EXPECT_STREQ(gradcompGetLastError(), "density=1.00000012 is out of range (0, 1]");
   EXPECT_EQ(gradcompTopkSelectHost(v.data(), 100, 0.01f, 0.5f, 0.01f, 0, 0, idx.data(), &sel),
             gradcompInvalidArgument);
   EXPECT_STREQ(gradcompGetLastError(), "oversample=0.5 is out of range [1, 16]");
