@@ -973,8 +973,11 @@ def main():
                        "%s: no square rate in the fixture, no model (%s)"
                        % (tag, r.get("model_missing")))
 
-    # A call halfway (log scale) between two report sizes takes the larger size's rates: the
-    # fixture's rows at M/2 and 2M have distinct per-element times, the call has M elements.
+    # A call's kernels are charged at the size it launches them (KernelCurve): two-shot at
+    # N = 2 launches its codec kernels on chunks of M/2 elements, where the fixture has a row
+    # (rows at M/2 and 2M, distinct per-element times); the allgather launches them on all M
+    # elements, halfway (log scale) between the rows: each cost interpolated linearly in
+    # log2(n), the mean of the two rows' per-element costs.
     ft = os.path.join(work, "fixture-tie", "2030-01-01-tie-gpu")
     os.makedirs(ft, exist_ok=True)
     open(ft + ".json", "w").write("{}")
@@ -991,9 +994,21 @@ def main():
     expect(code == 0 and len(rows) == 1 and rows[0]["count"] == M,
            "fixture tie: one row of %d elements" % M)
     for r in rows:
-        expect(close(r["encode_us"], 200.0 / 2) and close(r["decode_us"], 100.0 / 2),
-               "fixture tie: encode %s and decode %s us at the larger row's rates (100, 50), not "
-               "the smaller's (180, 90)" % (r["encode_us"], r["decode_us"]))
+        expect(r.get("kernel_launch") == M // 2, "fixture tie: two-shot launches %d elements, "
+               "got %s" % (M // 2, r.get("kernel_launch")))
+        expect(close(r["encode_us"], 90.0 * 2) and close(r["decode_us"], 45.0 * 2),
+               "fixture tie: two-shot's encode %s and decode %s us at the M/2 row's rates (180, "
+               "90), not the whole call's M" % (r["encode_us"], r["decode_us"]))
+    code, out, rows = run(perf, ["-N", "2", "-b", "4M", "-e", "4M", "-n", "1", "-w", "0", "-m",
+                                 "qsgd", "-a", "allgather", "--kernel-rates", ft + ".json"],
+                          os.path.join(work, "rates-tie-allgather.json"))
+    expect(code == 0 and len(rows) == 1 and rows[0].get("kernel_launch") == M,
+           "fixture tie: the allgather launches all %d elements" % M)
+    for r in rows:
+        # Per element: encode 90/(M/2) and 200/(2M), halfway 140/M; decode 90/M and 50/M, 70/M.
+        expect(close(r["encode_us"], 140.0) and close(r["decode_us"], 70.0),
+               "fixture tie: the allgather's encode %s and decode %s us interpolated halfway "
+               "(140, 70)" % (r["encode_us"], r["decode_us"]))
 
     # The sparse rows (topk, dgc, randk; algo sparse): every kernel charged, the selector at
     # the report's rate of the nearest density then n, everything else by bytes at the copy's

@@ -371,16 +371,16 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
   std::string unmodeled;
   const bool modelable = !qsgdKernels || qsgdKernelsOf(cfg, &kernels, &unmodeled);
   if (qsgdKernels) {
-    // The costs in KernelCosts' order, then whether they are known.
-    double v[7] = {0, 0, 0, 0, 0, 0, 0};
-    KernelCosts& k = row->costs;
+    // The costs over launch sizes (KernelCurve); charged at the row's own.
+    KernelCurve& curve = row->curve;
+    bool known = false;
     if (!modelable) {
       row->modelMissing = unmodeled;
     } else if (info.rates) {
       // CPU backend: the GPU report's rates; the host codecs' times would
       // model a GPU network with CPU kernels.
-      v[6] = info.rates->lookup(dtypeName(dtype), kernels, count, &k, &row->kernelNote) ? 1 : 0;
-      if (info.rates->ok && v[6] == 0) {
+      known = info.rates->curve(dtypeName(dtype), kernels, count, &curve, &row->kernelNote);
+      if (info.rates->ok && !known) {
         char why[320];
         snprintf(why, sizeof why,
                  "%s has no %s rows for %s and float, bits=%d, bucket=%d (and qsgd_decode_acc at "
@@ -390,21 +390,56 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
         row->modelMissing = why;
       }
     } else {
-      // Rank 0 alone, the others wait: the kernels' own time, not the shared GPU's.
+      // Rank 0 alone, the others wait: the kernels' own time, not the shared
+      // GPU's. Its points (n, then the costs in KernelCosts' order) go to
+      // every rank in one max-reduce.
+      constexpr int kPoints = 32, kFields = 7;
+      double v[kPoints * kFields + 1] = {};
       r.barrier();
-      if (r.rank() == 0 && r.qsgdKernelTimes(toDType(dtype), count, kernels, &k)) {
-        const double c[7] = {
-            k.encode, k.encodeF32, k.ownerEncode, k.decode, k.decodeAcc, k.elementwisePerByte, 1};
-        std::copy(c, c + 7, v);
+      KernelCurve mine;
+      if (r.rank() == 0 && r.qsgdKernelCurve(toDType(dtype), count, kernels, &mine)) {
+        // The points nearest the row's count when there are more than fit.
+        while (mine.points.size() > (size_t)kPoints) {
+          const bool dropLow = count / mine.points.front().first > mine.points.back().first / count;
+          mine.points.erase(dropLow ? mine.points.begin() : mine.points.end() - 1);
+        }
+        for (size_t i = 0; i < mine.points.size(); ++i) {
+          const KernelCosts& c = mine.points[i].second;
+          const double f[kFields] = {mine.points[i].first, c.encode, c.encodeF32,
+                                     c.ownerEncode,        c.decode, c.decodeAcc,
+                                     c.elementwisePerByte};
+          std::copy(f, f + kFields, v + i * kFields);
+        }
+        v[kPoints * kFields] = 1;
       }
-      r.reduce(v, 7, true);
-      k = KernelCosts{v[0], v[1], v[2], v[3], v[4], v[5]};
-      if (v[6] == 0) row->modelMissing = "rank 0 could not time the row's kernels alone";
+      r.reduce(v, kPoints * kFields + 1, true);
+      known = v[kPoints * kFields] > 0;
+      for (int i = 0; known && i < kPoints && v[i * kFields] > 0; ++i) {
+        const double* f = v + i * kFields;
+        curve.add(f[0], KernelCosts{f[1], f[2], f[3], f[4], f[5], f[6]});
+      }
+      if (!known) row->modelMissing = "rank 0 could not time the row's kernels alone";
     }
-    row->kernelsMeasured = v[6] > 0;
+    row->kernelsMeasured = known;
     row->kernelSource = !row->kernelsMeasured ? KernelSource::None
                         : info.rates          ? KernelSource::Report
                                               : KernelSource::Measured;
+    // Charged at the launches the row's algorithm makes (per chunk, per piece).
+    row->codecLaunch = codecLaunch(row->algoUsed, count, r.nranks(), row->pieces);
+    const double elemLaunch =
+        elementwiseLaunch(row->algoUsed, count, r.nranks(), local, row->pieces);
+    if (known) {
+      row->costs = curve.at(row->codecLaunch, elemLaunch);
+      if (curve.clamped(row->codecLaunch) || curve.clamped(elemLaunch)) {
+        char why[160];
+        snprintf(why, sizeof why,
+                 "kernel launches of %.0f elements charged at the smallest measured launch "
+                 "(%.0f): an underestimate",
+                 std::min(row->codecLaunch, elemLaunch), curve.points.front().first);
+        row->kernelNote += (row->kernelNote.empty() ? "" : "; ") + std::string(why);
+      }
+    }
+    const KernelCosts& k = row->costs;
     row->work = shape.work;
     row->encodeUs = k.encode * count;
     row->decodeUs = k.decodeAcc * count;
@@ -460,8 +495,8 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
     row->kernelUs = known ? kernelUs(shape.work, k, (double)count) : 0;
   }
   if (qsgdKernels && modelable && info.project) {
-    KernelCosts costs = row->costs;
-    if (!row->kernelsMeasured) costs = KernelCosts{NAN, NAN, NAN, NAN, NAN, NAN};
+    KernelCurve costs = row->curve;
+    if (!row->kernelsMeasured) costs = KernelCurve{};  // NaN at every launch
     for (int k : o.modelNodes)
       for (int g : o.modelLocal)
         for (double gbps : o.nodeGbps) {

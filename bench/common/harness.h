@@ -74,7 +74,9 @@ struct Row {
   // costs' encode and decodeAcc), and every kernel the algorithm runs, each
   // charged at its own cost: kernelUs = kernelUs(work, costs, count).
   double encodeUs = 0, decodeUs = 0, kernelUs = 0, latencySteps = 0;
-  KernelCosts costs;
+  KernelCosts costs;  // at the row's launches (codecLaunch elements a codec kernel)
+  KernelCurve curve;  // the QSGD kernels' costs over launch sizes
+  double codecLaunch = 0;
   KernelWork work;
   std::string kernelNote;      // which costs are estimates, and from what
   bool sparseKernels = false;  // the sparse exchange's kernels charged (work.select and bytes)

@@ -208,6 +208,22 @@ bool KernelRates::lookup(const char* dtype, const QsgdKernels& k, size_t count, 
   return true;
 }
 
+bool KernelRates::curve(const char* dtype, const QsgdKernels& k, size_t count, KernelCurve* out,
+                        std::string* note) const {
+  std::vector<double> ns;
+  for (const Entry& e : rows) {
+    if (e.kernel == k.encodeName() && e.dtype == dtype && e.bits == k.bits && e.bucket == k.bucket)
+      ns.push_back(e.n);
+  }
+  if (ns.empty()) ns.push_back((double)count);
+  for (double n : ns) {
+    KernelCosts c;
+    if (!lookup(dtype, k, (size_t)n, &c, note)) return false;
+    out->add(n, c);
+  }
+  return true;
+}
+
 bool KernelRates::lookupSparse(bool select, bool exact, bool flagged, double density, size_t count,
                                double checked, KernelCosts* c, std::string* note) const {
   if (!ok || count == 0 || !(density > 0)) return false;

@@ -42,6 +42,11 @@ struct KernelRates {
   // error feedback at the one with it, decode overwrite at accumulate).
   bool lookup(const char* dtype, const QsgdKernels& k, size_t count, KernelCosts* costs,
               std::string* note) const;
+  // The same costs at every n the report has the row's encode at (each
+  // other kernel from its nearest row), as a curve over launch sizes
+  // (KernelCurve); false as lookup.
+  bool curve(const char* dtype, const QsgdKernels& k, size_t count, KernelCurve* curve,
+             std::string* note) const;
   // The sparse exchanges' costs: when `select`, the selector (topk_exact
   // when exact, else topk_threshold) from the report's row of the nearest
   // density, then the nearest n (log scale); the received lists' check

@@ -80,6 +80,71 @@ KernelWork onFp32(KernelWork w) {
 
 }  // namespace
 
+void KernelCurve::add(double n, const KernelCosts& c) {
+  auto it = points.begin();
+  while (it != points.end() && it->first < n) ++it;
+  if (it != points.end() && it->first == n)
+    it->second = c;
+  else
+    points.insert(it, {n, c});
+}
+
+KernelCosts KernelCurve::at(double n) const {
+  if (points.empty()) return KernelCosts{NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN};
+  if (n >= points.back().first) return points.back().second;
+  if (n <= points.front().first) {
+    if (points.size() == 1) return points.front().second;
+    n = points.front().first;  // held at the smallest, not below the largest (below)
+  }
+  size_t i = 1;
+  while (i + 1 < points.size() && points[i].first < n) ++i;
+  const double x0 = log2(points[i - 1].first), x1 = log2(points[i].first);
+  const double f = (log2(n) - x0) / (x1 - x0);
+  const KernelCosts &a = points[i - 1].second, &b = points[i].second;
+  // Never below the largest launch's cost: a timing loop's repeated small
+  // launches find their data in L2, a call's chunks mostly come from memory.
+  const KernelCosts& z = points.back().second;
+  auto mix = [f](double u, double v, double floor) {
+    const double m = u + f * (v - u);
+    return m < floor ? floor : m;
+  };
+  return KernelCosts{mix(a.encode, b.encode, z.encode),
+                     mix(a.encodeF32, b.encodeF32, z.encodeF32),
+                     mix(a.ownerEncode, b.ownerEncode, z.ownerEncode),
+                     mix(a.decode, b.decode, z.decode),
+                     mix(a.decodeAcc, b.decodeAcc, z.decodeAcc),
+                     mix(a.elementwisePerByte, b.elementwisePerByte, z.elementwisePerByte),
+                     mix(a.select, b.select, z.select),
+                     mix(a.checkSlot, b.checkSlot, z.checkSlot),
+                     mix(a.flag, b.flag, z.flag)};
+}
+
+KernelCosts KernelCurve::at(double codec, double elementwise) const {
+  KernelCosts c = at(codec);
+  c.elementwisePerByte = at(elementwise).elementwisePerByte;
+  return c;
+}
+
+double codecLaunch(int algo, size_t count, int nranks, double pieces) {
+  const double n = (double)count, p = pieces > 1 ? pieces : 1;
+  switch (algo) {
+    case 1:  // two-shot: every chunk, every piece
+    case 2:  // ring: the same chunks
+    case 5:  // hier: the middle two-shot's chunks of the shard among the nodes
+      return ceil(n / (nranks > 1 ? nranks : 1) / p);
+    case 6:  // reduce-scatter (flat, or the hierarchy's middle): blocks of recvcount
+      return ceil(n / p);
+    default:  // allgather and the rest: the whole buffer
+      return n;
+  }
+}
+
+double elementwiseLaunch(int algo, size_t count, int nranks, int local, double pieces) {
+  const double p = pieces > 1 ? pieces : 1;
+  if (algo == 5) return ceil((double)count / (local > 1 ? local : 1) / p);
+  return codecLaunch(algo, count, nranks, pieces);
+}
+
 double kernelUs(const KernelWork& w, const KernelCosts& c, double count) {
   return count * (w.encode * c.encode + w.encodeF32 * c.encodeF32 + w.ownerEncode * c.ownerEncode +
                   w.decode * c.decode + w.decodeAcc * c.decodeAcc +
@@ -362,7 +427,7 @@ double gradcompClusterUs(double kernelUs, const LinkBytes& b, bool stages, doubl
 }
 
 ClusterTimes clusterModel(size_t count, const CallKind& kind, int bits, int bucket,
-                          const KernelCosts& costs, const Cluster& c, size_t pipelineBytes,
+                          const KernelCurve& curve, const Cluster& c, size_t pipelineBytes,
                           bool decideAuto) {
   ClusterTimes t;
   const double n = c.ranks(), k = c.nodes;
@@ -375,7 +440,7 @@ ClusterTimes clusterModel(size_t count, const CallKind& kind, int bits, int buck
   t.ncclUs = ncclClusterUs(bytes, c);
   // Flat two-shot over all N ranks.
   const AlgoShape fs = algoShape(1, c.ranks(), 1, 1, kind);
-  t.flatKernelUs = kernelUs(fs.work, costs, (double)count);
+  t.flatKernelUs = kernelUs(fs.work, curve.at(codecLaunch(1, count, c.ranks(), 1)), (double)count);
   t.flatUs = gradcompClusterUs(t.flatKernelUs, t.flat, false, fs.latencySteps, c);
   // Hierarchical with a two-shot of the shard over the K nodes; one node is
   // NCCL inside it.
@@ -391,7 +456,7 @@ ClusterTimes clusterModel(size_t count, const CallKind& kind, int bits, int buck
       double ncclUs[2], compUs[2];
       for (int i = 0; i < 2; ++i) {
         const ClusterTimes ti =
-            clusterModel(timed[i], f32, bits, bucket, costs, c, pipelineBytes, false);
+            clusterModel(timed[i], f32, bits, bucket, curve, c, pipelineBytes, false);
         ncclUs[i] = ti.ncclUs;
         compUs[i] = ti.*comp;
       }
@@ -407,14 +472,21 @@ ClusterTimes clusterModel(size_t count, const CallKind& kind, int bits, int buck
   }
   CallKind hk = kind;
   hk.paddedShards = hierShardsPadded(count, bucket, c.local);
+  // Unpipelined here whatever the measured row was (its own pieces are not
+  // the projection's): the pipelined path is the one below.
+  hk.piped = false;
   const AlgoShape hs = algoShape(5, c.ranks(), c.local, 1, hk);
-  t.hierKernelUs = kernelUs(hs.work, costs, (double)count);
+  auto hierCosts = [&](double pieces) {
+    return curve.at(codecLaunch(5, count, c.ranks(), pieces),
+                    elementwiseLaunch(5, count, c.ranks(), c.local, pieces));
+  };
+  t.hierKernelUs = kernelUs(hs.work, hierCosts(1), (double)count);
   t.hierUs = gradcompClusterUs(t.hierKernelUs, t.hier, true, hs.latencySteps, c);
   t.hierPieces = hierPieces(count, bucket, c, pipelineBytes);
   CallKind piped = hk;
   piped.piped = t.hierPieces > 1;
-  t.hierPipedKernelUs =
-      kernelUs(algoShape(5, c.ranks(), c.local, 1, piped).work, costs, (double)count);
+  t.hierPipedKernelUs = kernelUs(algoShape(5, c.ranks(), c.local, 1, piped).work,
+                                 hierCosts(t.hierPieces), (double)count);
   t.hierPipedUs = hierPipelinedUs(t.hierPipedKernelUs, t.hier,
                                   hs.latencySteps - 2.0 * (c.local - 1), c, t.hierPieces);
   decide(t, c.local >= 2 ? &ClusterTimes::hierPipedUs : &ClusterTimes::flatUs);

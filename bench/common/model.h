@@ -9,6 +9,9 @@
 #include <math.h>
 #include <stddef.h>
 
+#include <utility>
+#include <vector>
+
 namespace gcbench {
 
 // What a call's kernels depend on besides the algorithm: the buffer's element
@@ -57,6 +60,34 @@ struct KernelCosts {
   double checkSlot = 0, flag = 0;  // per index checked; per element flagged
 };
 double kernelUs(const KernelWork& w, const KernelCosts& c, double count);
+
+// The costs as a function of the elements one kernel launch covers. The
+// library launches its codec kernels per chunk and per piece (two-shot, the
+// ring: count / (N * pieces); the reduce-scatter: recvcount / pieces; the
+// hierarchy's middle stage: count / (N * pieces)), and a small launch costs
+// more per element than one over the whole buffer (its launch and its tail
+// weigh more). Points are costs measured (or read from a report) at launches
+// of n elements; between two, each cost is interpolated linearly in log2(n);
+// past the ends it is held at the end's (`clamped` says so for a launch
+// below the smallest point: an underestimate there); and never below the
+// largest launch's cost (the timing loop's small launches find their data in
+// L2, where a call's chunks mostly come from memory).
+struct KernelCurve {
+  std::vector<std::pair<double, KernelCosts>> points;  // ascending n
+  bool empty() const { return points.empty(); }
+  void add(double n, const KernelCosts& c);  // keeps the order; replaces an equal n
+  KernelCosts at(double n) const;
+  // The codec kernels' costs at `codec` elements a launch, the elementwise
+  // passes' at `elementwise`.
+  KernelCosts at(double codec, double elementwise) const;
+  bool clamped(double n) const { return !points.empty() && n < points.front().first; }
+};
+// The elements one codec launch covers in a call of `count` elements (the
+// reduce-scatter's recvcount) run by `algo` on `nranks` ranks cut into
+// `pieces`, and one elementwise pass (the hierarchy's widening and
+// conversions run per local block: count / (local * pieces)).
+double codecLaunch(int algo, size_t count, int nranks, double pieces);
+double elementwiseLaunch(int algo, size_t count, int nranks, int local, double pieces);
 
 // Per-rank kernel work and sequential message steps of one allreduce, for
 // the algorithm gradcomp ran (gradcompAlgo_t; 0 = passed through to NCCL).
@@ -195,8 +226,10 @@ struct ClusterTimes {
   double hierPipedKernelUs = 0;  // the pipelined path's kernels (CallKind::piped)
   LinkBytes nccl, flat, hier;
 };
+// The kernels are charged at the curve's costs at the launch sizes of each
+// path on c (codecLaunch, elementwiseLaunch).
 ClusterTimes clusterModel(size_t count, const CallKind& kind, int bits, int bucket,
-                          const KernelCosts& costs, const Cluster& c, size_t pipelineBytes = 0,
+                          const KernelCurve& costs, const Cluster& c, size_t pipelineBytes = 0,
                           bool decideAuto = true);
 // GRADCOMP_AUTO's rule for one call of `count` elements of elemBytes, from
 // the times of both paths at the two timed fp32 counts: plugin/autotune.cc's

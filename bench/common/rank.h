@@ -79,6 +79,16 @@ class Rank {
   // element, as a copy). False when unavailable.
   virtual bool qsgdKernelTimes(gc::DType t, size_t count, const QsgdKernels& k,
                                KernelCosts* costs) = 0;
+  // The same costs at every launch size this rank has them for (KernelCurve),
+  // `count` among them: the measured table's sizes on a GPU, `count` alone
+  // elsewhere. False when unavailable.
+  virtual bool qsgdKernelCurve(gc::DType t, size_t count, const QsgdKernels& k,
+                               KernelCurve* curve) {
+    KernelCosts c;
+    if (!qsgdKernelTimes(t, count, k, &c)) return false;
+    curve->add((double)count, c);
+    return true;
+  }
   // The sparse exchange's costs at `count` elements, measured on this rank
   // alone: cfg's selector (gradcompTopkSelect at its density, oversample,
   // sample rate; not timed when noSelect: rand-k, the dense fallback) per

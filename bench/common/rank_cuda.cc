@@ -235,13 +235,24 @@ void measureKernelTable(const Options& o, int device, KernelTable* table, Sparse
     const gc::DType t = dt == ncclFloat16 ? gc::DType::F16
                                           : (dt == ncclBfloat16 ? gc::DType::BF16 : gc::DType::F32);
     BENCH_CUDA(fillDevice(x, t, o.maxBytes / dtypeSize(dt), o.seed, 0, stream));
-    for (size_t size : sizeList(o)) {
-      const size_t count = size / dtypeSize(dt);
+    // The QSGD kernels at the rows' counts and at launches of 2^12, 2^14, ...
+    // elements below the largest: the library launches them per chunk and
+    // per piece (KernelCurve), a small launch dearer per element.
+    std::vector<size_t> counts;
+    for (size_t size : sizeList(o)) counts.push_back(size / dtypeSize(dt));
+    const size_t most = o.maxBytes / dtypeSize(dt);
+    for (size_t n = size_t(1) << 12; n < most; n *= 4) counts.push_back(n);
+    std::sort(counts.begin(), counts.end());
+    counts.erase(std::unique(counts.begin(), counts.end()), counts.end());
+    for (size_t count : counts) {
       for (const QsgdKernels& k : configs) {
         KernelCosts costs;
         if (count && timeQsgdKernels(0, stream, x, dt, count, k, &costs))
           (*table)[KernelKey{(int)t, count, k}] = costs;
       }
+    }
+    for (size_t size : sizeList(o)) {
+      const size_t count = size / dtypeSize(dt);
       // The sparse rows' costs (Rank::sparseKernelTimes), at the counts of
       // every type's rows; the dense fallback's rows use the copy alone.
       for (const gradcompConfig_t& cfg : sparseConfigs) {
@@ -410,6 +421,20 @@ class CudaRank : public Rank {
       }
     }
     return timeQsgdKernels(rank_, stream_, send_, toNccl(t), count, k, costs);
+  }
+  bool qsgdKernelCurve(gc::DType t, size_t count, const QsgdKernels& k,
+                       KernelCurve* curve) override {
+    KernelCosts c;
+    if (!qsgdKernelTimes(t, count, k, &c)) return false;
+    curve->add((double)count, c);
+    if (kernels_) {
+      for (const auto& e : *kernels_) {
+        if (std::get<0>(e.first) == (int)t && !(std::get<2>(e.first) < k) &&
+            !(k < std::get<2>(e.first)))
+          curve->add((double)std::get<1>(e.first), e.second);
+      }
+    }
+    return true;
   }
   bool sparseKernelTimes(size_t count, const gradcompConfig_t& cfg, bool noSelect,
                          KernelCosts* costs) override {

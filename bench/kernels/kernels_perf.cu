@@ -65,7 +65,7 @@ namespace {
   } while (0)
 
 struct Args {
-  int minLog2 = 20, maxLog2 = 28, stepLog2 = 2;
+  int minLog2 = 14, maxLog2 = 28, stepLog2 = 2;
   int bucket = 512;
   std::vector<int> bits = {2, 4, 8};
   std::vector<ncclDataType_t> dtypes = {ncclFloat32, ncclFloat16, ncclBfloat16};
@@ -160,7 +160,7 @@ gc::DType toDType(ncclDataType_t t) {
 
 void usage() {
   printf(
-      "Usage: gradcomp_kernels_perf [--min-log2 20] [--max-log2 28] [--step-log2 2]\n"
+      "Usage: gradcomp_kernels_perf [--min-log2 14] [--max-log2 28] [--step-log2 2]\n"
       "                             [--bucket 512] [--bits 2,4,8] [--dtypes float,half,bfloat16]\n"
       "                             [--densities 0.001,0.01] [--lists 8] [--json FILE]\n"
       "                             [--only KINDS] [--skip KINDS]\n"
