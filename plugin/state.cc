@@ -432,6 +432,16 @@ gradcompResult_t parse(const gradcompComm& c, const char* blob, size_t bytes,
     }
     if (i == kShapeNode || i == kShapeLocalRank) {
       if (saved[i] == 0) continue;  // not recorded (an older build)
+      if (saved[i] < 0) {
+        return refuse("its %s field is %d: out of range (0: not recorded, else the position + 1)",
+                      kShapeNames[i], saved[i]);
+      }
+      if (mine[i] == 0) {
+        return refuse(
+            "saved as node %d, local rank %d of a hierarchy; this comm is flat: the residual "
+            "slices would land on other elements",
+            saved[kShapeNode] - 1, saved[kShapeLocalRank] - 1);
+      }
       return refuse(
           "saved as node %d, local rank %d of the hierarchy; this comm's rank is node %d, "
           "local rank %d (its ranks share hosts otherwise): the residual slices would land on "
@@ -455,7 +465,11 @@ gradcompResult_t parse(const gradcompComm& c, const char* blob, size_t bytes,
     if (!r.get(&tag) || !r.get(&zero) || !r.get(&recBytes)) {
       return refuse("record %llu is truncated", (unsigned long long)i);
     }
-    if ((tag != kTagBuffer && tag != kTagAuto) || zero != 0) {
+    if (zero != 0) {
+      return refuse("record %llu has %u in the word after its tag, which is always 0",
+                    (unsigned long long)i, zero);
+    }
+    if (tag != kTagBuffer && tag != kTagAuto) {
       return refuse(
           "record %llu has tag %u, which this gradcomp does not know (it reads tags %u, "
           "buffer state, and %u, GRADCOMP_AUTO's figures)",
@@ -495,6 +509,21 @@ gradcompResult_t parse(const gradcompComm& c, const char* blob, size_t bytes,
         "window starts afresh",
         (double)was, (double)c.cfg.bitsBudget);
     for (Parsed& p : *recs) p.history.budgetUsed = p.history.budgetPos = 0;
+  } else if (c.cfg.bitsMode == gradcompBitsBudget) {
+    // What the budget itself keeps: every later call of the window still
+    // has bitsMin (BudgetPolicy::decide), so the window cannot overspend.
+    for (size_t i = 0; i < recs->size(); ++i) {
+      const BitsHistoryRecord& h = (*recs)[i].history;
+      if (!(*recs)[i].hasHistory) continue;
+      if (!budgetWindowFits(h, c.cfg)) {
+        return refuse(
+            "buffer record %zu: its DQ-SGD budget window has spent %d bits in %d calls, leaving "
+            "less than bitsMin=%d for each of the window's %d others under "
+            "GRADCOMP_BITS_BUDGET=%g",
+            i, h.budgetUsed, h.budgetPos, c.cfg.bitsMin, c.cfg.budgetWindow - h.budgetPos,
+            (double)c.cfg.bitsBudget);
+      }
+    }
   }
   return gradcompSuccess;
 }

@@ -226,8 +226,8 @@ const char* checkBitsHistory(const BitsHistoryRecord& r, const gradcompConfig_t&
     return "statistics are present without the width (lastBits 0)";
   if (r.budgetPos < 0 || r.budgetPos >= cfg.budgetWindow)
     return "the budget position is outside the window";
-  if (r.budgetUsed < 0 || r.budgetUsed > qsgd::kMaxBits * r.budgetPos) {
-    return "the budget spent is outside 0..8 bits per call made";
+  if (r.budgetUsed < cfg.bitsMin * r.budgetPos || r.budgetUsed > cfg.bitsMax * r.budgetPos) {
+    return "the budget spent is outside bitsMin..bitsMax bits per call made";
   }
   if (r.halfLog2A.size() > (size_t)cfg.budgetWindow)
     return "the budget history is longer than the window";
@@ -239,6 +239,12 @@ const char* checkBitsHistory(const BitsHistoryRecord& r, const gradcompConfig_t&
   // Non-finite statistics are legitimate (a non-finite result); NaN payloads
   // are not read for anything but usable().
   return nullptr;
+}
+
+bool budgetWindowFits(const BitsHistoryRecord& r, const gradcompConfig_t& cfg) {
+  const double budget = round((double)cfg.bitsBudget * 1e6) / 1e6;  // as BudgetPolicy::decide
+  const double left = (double)cfg.bitsMin * (cfg.budgetWindow - r.budgetPos);
+  return (double)r.budgetUsed + left <= budget * cfg.budgetWindow + 1e-9;
 }
 
 gradcompResult_t importBitsHistory(gradcompComm& c, BufferState& s, const BitsHistoryRecord& r) {

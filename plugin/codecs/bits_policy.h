@@ -86,6 +86,7 @@ gradcompResult_t exportBitsHistory(BufferState& s, bool* present, BitsHistoryRec
 // The sentence naming the first field of a record outside what cfg allows
 // (nullptr when it is valid): checked before anything is restored.
 const char* checkBitsHistory(const BitsHistoryRecord& r, const gradcompConfig_t& cfg);
+bool budgetWindowFits(const BitsHistoryRecord& r, const gradcompConfig_t& cfg);
 // Gives s a history equal to r (allocating what the backend needs).
 gradcompResult_t importBitsHistory(gradcompComm& c, BufferState& s, const BitsHistoryRecord& r);
 

@@ -21,6 +21,7 @@
 #include "plugin/codecs/bits_policy.h"
 #include "tests/common/alloc_limit_backend.h"
 #include "tests/common/cpu_world.h"
+#include "tests/common/state_blob.h"
 #include "tests/common/grad_stats_cases.h"
 #include "tests/common/test_util.h"
 
@@ -476,6 +477,58 @@ TEST(DqsgdCpu, ALoadUnderAnotherBudgetStartsTheWindowAfresh) {
   EXPECT_EQ(spent, 12);
   // The same budget: the run continues bit for bit.
   for (int step = 6; step < 10; ++step) EXPECT_EQ(call(same, step), call(a, step));
+}
+
+// A budget-mode blob whose window spent more than the budget leaves for its
+// other calls (at least bitsMin each, as the policy keeps it) is refused, as
+// is one whose spent bits are outside bitsMin..bitsMax per call; the edge
+// loads. The window's (used, pos) pair is found in the blob by its values.
+TEST(DqsgdCpu, ALoadedBudgetWindowThatOverspendsIsRefused) {
+  gradcompConfig_t cfg = budgetConfig(4.0f, 4);
+  const size_t n = 4096;
+  std::vector<std::vector<float>> buf(2);
+  gctest::CpuWorld a(2, cfg);
+  int used = 0;
+  for (int step = 0; step < 6; ++step) {  // two calls into the second window
+    for (int r = 0; r < 2; ++r) buf[r] = shapedGrad(step, r, n, cfg.bucketSize, false, 1.0f);
+    for (gradcompResult_t rc : a.run([&](int r) {
+           return gradcompAllReduceKeyed(buf[r].data(), buf[r].data(), n, ncclFloat32, ncclSum,
+                                         a.comm(r), nullptr, 5);
+         }))
+      ASSERT_EQ(rc, gradcompSuccess);
+    gradcompStats_t st;
+    ASSERT_EQ(gradcompGetStats(a.comm(0), &st), gradcompSuccess);
+    if (step >= 4) used += st.bitsLast;
+  }
+  size_t bytes = 0;
+  ASSERT_EQ(gradcompCommStateSize(a.comm(0), &bytes), gradcompSuccess);
+  std::vector<uint8_t> blob(bytes);
+  ASSERT_EQ(gradcompCommSaveState(a.comm(0), blob.data(), bytes), gradcompSuccess);
+  const int32_t want[2] = {used, 2};
+  // The history ends the buffer's record (the blob's last): searched from the
+  // end, past the header's shape fields.
+  size_t at = 0;
+  for (size_t i = blob.size() - 8; i > 112 && at == 0; --i)
+    if (memcmp(blob.data() + i, want, 8) == 0) at = i;
+  ASSERT_NE(at, 0u) << "the window's (used " << used << ", pos 2) in the blob";
+  auto load = [&](int32_t spent) {
+    std::vector<uint8_t> b = blob;
+    memcpy(b.data() + at, &spent, 4);
+    gctest::reseal(b);
+    gctest::CpuWorld w(2, cfg);
+    return gradcompCommLoadState(w.comm(0), b.data(), b.size());
+  };
+  // 16 bits a window; two calls made, two left at bitsMin = 2 or more.
+  EXPECT_EQ(load(12), gradcompSuccess) << gradcompGetLastError();
+  EXPECT_EQ(load(13), gradcompInvalidArgument);
+  EXPECT_NE(strstr(gradcompGetLastError(),
+                   "has spent 13 bits in 2 calls, leaving less than "
+                   "bitsMin=2 for each of the window's 2 others"),
+            nullptr)
+      << gradcompGetLastError();
+  EXPECT_EQ(load(3), gradcompInvalidArgument);
+  EXPECT_NE(strstr(gradcompGetLastError(), "outside bitsMin..bitsMax bits per call made"), nullptr)
+      << gradcompGetLastError();
 }
 
 // Refused by the validator, not at the first call.

@@ -428,6 +428,8 @@ TEST(StateBlob, ValuesNoSaveWritesAreRefused) {
       {"a budget history of 1e300", gradcompMethodQsgd, gradcompBitsBudget,
        "a value no statistic gives"},
       {"key kind 4", gradcompMethodQsgd, gradcompBitsFixed, "key kind 4"},
+      {"the word after a tag", gradcompMethodQsgd, gradcompBitsFixed,
+       "has 7 in the word after its tag, which is always 0"},
   };
   const size_t n = 2000;
   for (const Case& k : cases) {
@@ -469,6 +471,9 @@ TEST(StateBlob, ValuesNoSaveWritesAreRefused) {
     } else if (strstr(k.name, "kind")) {
       const int32_t kind = 4;
       memcpy(b.data() + p, &kind, 4);
+    } else if (strstr(k.name, "tag")) {
+      const uint32_t seven = 7;
+      memcpy(b.data() + p - 16 + 4, &seven, 4);  // the record prefix: tag, 0, bytes
     } else {
       const float nan = NAN;
       memcpy(b.data() + arrays + 5 * 4, &nan, 4);
