@@ -348,9 +348,9 @@ LinkBytes flatTwoShotBytes(double encoded, const Cluster& c) {
   return {2.0 * encoded * (g - 1) / n, 2.0 * encoded * (n - g) / n};
 }
 
-LinkBytes hierBytes(double bytes, double shardEncoded, const Cluster& c) {
+LinkBytes hierBytes(double bytes, double shardEncoded, const Cluster& c, double elemBytes) {
   const double g = c.local, k = c.nodes;
-  return {2.0 * (g - 1) / g * bytes, 2.0 * (k - 1) / k * shardEncoded};
+  return {(g - 1) / g * bytes / elemBytes * (4.0 + elemBytes), 2.0 * (k - 1) / k * shardEncoded};
 }
 
 // A node's NICs serve its G GPUs: each GPU's share is nodeGbps / G.
@@ -435,7 +435,8 @@ ClusterTimes clusterModel(size_t count, const CallKind& kind, int bits, int buck
   const size_t shard = (count + c.local - 1) / c.local;
   t.nccl = ncclClusterBytes(bytes, c);
   t.flat = flatTwoShotBytes((double)gradcompQsgdEncodedBytes(count, bits, bucket), c);
-  t.hier = hierBytes(bytes, (double)gradcompQsgdEncodedBytes(shard, bits, bucket), c);
+  t.hier = hierBytes(bytes, (double)gradcompQsgdEncodedBytes(shard, bits, bucket), c,
+                     (double)kind.elemBytes);
   if (n <= 1) return t;
   t.ncclUs = ncclClusterUs(bytes, c);
   // Flat two-shot over all N ranks.

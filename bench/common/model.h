@@ -154,10 +154,11 @@ LinkBytes ncclClusterBytes(double bytes, const Cluster& c);
 // Flat two-shot: E = encoded bytes of the whole buffer; each rank sends E/N
 // to every other rank twice, (N-G) of them on other nodes.
 LinkBytes flatTwoShotBytes(double encoded, const Cluster& c);
-// Hierarchical: NVLink reduce-scatter + allgather of the full-precision
-// buffer, then a two-shot of each GPU's shard across the K nodes
-// (shardEncoded = E(S/G)).
-LinkBytes hierBytes(double bytes, double shardEncoded, const Cluster& c);
+// Hierarchical: NVLink reduce-scatter of the buffer widened to fp32 and
+// allgather of the reduced shards in the buffer's type (elemBytes each),
+// (G-1)/G * count * (4 + elemBytes), then a two-shot of each GPU's shard
+// across the K nodes (shardEncoded = E(S/G)).
+LinkBytes hierBytes(double bytes, double shardEncoded, const Cluster& c, double elemBytes = 4);
 
 // NCCL's ring reduce-scatter over all K*G ranks, outBytes per rank out: as
 // its allreduce ring, 1/G of each GPU's (N-1) * outBytes leaves the node.
