@@ -20,6 +20,12 @@ gradcompResult_t passThrough(gradcompComm* c, bool keyed, uint64_t key, bool agr
   if (passesMomentum(*c, type, op))
     return momentumPassThrough(*c, kStateAllReduce, keyed, key, agreed, send, recv, count, type,
                                op);
+  if (agreed) {
+    bool done = false;
+    GC_CHECK(
+        residualPassThrough(*c, kStateAllReduce, keyed, key, send, recv, count, type, op, &done));
+    if (done) return gradcompSuccess;
+  }
   c->stats.callsPassedThrough++;
   return c->transport->passThrough(send, recv, count, type, op);
 }

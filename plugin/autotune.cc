@@ -197,6 +197,14 @@ gradcompResult_t medianUs(CallTimer& timer, int first, float* us) {
 // Times NCCL and the compressed path of collective k at the two sizes; one
 // synchronize at the end. Out of place, so every call reduces the same input.
 // A reduce-scatter's sizes are its input's, rounded down to whole blocks.
+// The input counts a comm times k at: AutoState::timedCounts, the
+// reduce-scatter's rounded to a multiple of the ranks.
+void timedCounts(const gradcompComm& c, AutoCall k, size_t counts[2]) {
+  const size_t ranks = k == AutoCall::ReduceScatter ? (size_t)c.nranks : 1;
+  for (int i = 0; i < 2; ++i)
+    counts[i] = std::max<size_t>(c.autoState.timedCounts[i] / ranks, 1) * ranks;
+}
+
 // Everything the timing needs on a rank (scratch buffers, timer, the timed
 // buffers' states and workspace) is made first, and the ranks agree that each
 // could before any of them starts a timed call: a rank out of memory would
@@ -209,7 +217,7 @@ gradcompResult_t measure(gradcompComm* c, AutoCall k, CallTimer& timer, AutoFigu
   const bool rs = k == AutoCall::ReduceScatter;
   const size_t ranks = rs ? (size_t)c->nranks : 1;
   size_t counts[2];
-  for (int i = 0; i < 2; ++i) counts[i] = std::max<size_t>(a.timedCounts[i] / ranks, 1) * ranks;
+  timedCounts(*c, k, counts);
   f->smallCount = counts[0];
   f->largeCount = counts[1];
   const size_t large = std::max(counts[0], counts[1]);
@@ -336,6 +344,19 @@ gradcompResult_t tune(gradcompComm* c, AutoCall k) {
     // loaded different states (one from before the timing, one after, at the
     // same step) would otherwise run different collectives here, the timing's
     // on one and none on another.
+    // Figures timed at other counts than this comm times (another build's,
+    // a crafted blob) count as none: the counts are not agreed, only the times.
+    if (d.restored) {
+      size_t counts[2];
+      timedCounts(*c, k, counts);
+      if (d.restoredFigures.smallCount != counts[0] || d.restoredFigures.largeCount != counts[1]) {
+        GC_WARN("auto (%s): the loaded figures were timed at %zu and %zu elements, this comm "
+                "times %zu and %zu; it decides anew",
+                callName(k), d.restoredFigures.smallCount, d.restoredFigures.largeCount, counts[0],
+                counts[1]);
+        d.restored = false;
+      }
+    }
     int without = -1;
     GC_CHECK(agreeReady(c, d.restored ? gradcompSuccess : gradcompInvalidUsage, &without));
     if (without >= 0 && d.restored) {
@@ -508,6 +529,12 @@ bool autoSavedFigures(const gradcompComm& c, AutoCall k, AutoFigures* f) {
   }
   *f = d.figures;
   return true;
+}
+
+void autoForgetDecision(gradcompComm* c, AutoCall k) {
+  AutoDecision& d = c->autoState.of(k);
+  d.restored = false;
+  d.decided = false;
 }
 
 void autoRestoreFigures(gradcompComm* c, AutoCall k, const AutoFigures& f) {

@@ -108,6 +108,8 @@ gradcompResult_t autoRetune(gradcompComm* c);
 // sizes the saved one did; gradcompCommRetune times afresh.
 bool autoSavedFigures(const gradcompComm& c, AutoCall k, AutoFigures* f);
 void autoRestoreFigures(gradcompComm* c, AutoCall k, const AutoFigures& f);
+// A load without figures for k: the next call of k tunes (times) afresh.
+void autoForgetDecision(gradcompComm* c, AutoCall k);
 // Tests: every later tuning of this comm (of one collective, or of both) uses
 // these local figures instead of timing, on any backend (the agreement still
 // runs).

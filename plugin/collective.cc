@@ -96,9 +96,18 @@ bool passesMomentum(const gradcompComm& c, ncclDataType_t type, ncclRedOp_t op) 
          typeOk && (op == ncclSum || op == ncclAvg);
 }
 
-gradcompResult_t momentumPassThrough(gradcompComm& c, int kind, bool keyed, uint64_t key,
-                                     bool agreed, const void* send, void* recv, size_t count,
-                                     ncclDataType_t type, ncclRedOp_t op) {
+namespace {
+
+// A call sent uncompressed with what the buffer's state carries: with
+// `momentum`, DGC's velocity (momentumPassThrough); without, the residual of
+// a buffer that earlier calls compressed (residualPassThrough), then only
+// when that state exists and the workspace can be had (*done false
+// otherwise: the caller passes the call plainly).
+gradcompResult_t carriedPassThrough(gradcompComm& c, int kind, bool keyed, uint64_t key,
+                                    bool agreed, const void* send, void* recv, size_t count,
+                                    ncclDataType_t type, ncclRedOp_t op, bool momentum,
+                                    bool* done) {
+  *done = false;
   const bool rs = kind == kStateReduceScatter;
   const size_t n = rs ? count * (size_t)c.nranks : count;
   DType t;
@@ -131,17 +140,37 @@ gradcompResult_t momentumPassThrough(gradcompComm& c, int kind, bool keyed, uint
   // order, the clipping's scratch.
   BufferState* st = nullptr;
   size_t keepAt = 0, vAt = 0, typedAt = 0, permAt = 0, scratchAt = 0;
-  GC_CHECK(agreePrepared(c, [&]() -> gradcompResult_t {
-    GC_CHECK(findState(c, kind, keyed, key, recv, n, t, &st));
+  auto layoutWorkspace = [&]() {
     size_t p = 0;
     if (st->residual) keepAt = p, p += alignUp(n * 4);
     if (!st->residual) vAt = p, p += alignUp(n * 4);
     if (rs) typedAt = p, p += alignUp(n * dtypeBytes(t));
     if (permuted) permAt = p, p += alignUp(n * 4);
     scratchAt = p, p += alignUp(c.sparse->scratchBytes(n, 1, 0));
-    GC_CHECK(c.ensureWorkspace(p));
-    return c.sparse->reserve();
-  }()));
+    return p;
+  };
+  if (momentum) {
+    GC_CHECK(agreePrepared(c, [&]() -> gradcompResult_t {
+      GC_CHECK(findState(c, kind, keyed, key, recv, n, t, &st));
+      GC_CHECK(c.ensureWorkspace(layoutWorkspace()));
+      return c.sparse->reserve();
+    }()));
+  } else {
+    // Never a new state for a passed call; a rank that cannot have the
+    // workspace (memory, a capture that would grow it) passes the call
+    // plainly and keeps its residual: what the ranks send still sums right.
+    const StateKey skey = keyed ? StateKey{kind + 1, key, n, (int)t}
+                                : StateKey{kind, (uint64_t)(uintptr_t)recv, n, (int)t};
+    auto it = c.states.find(skey);
+    if (it == c.states.end() || it->second.residual == nullptr || it->second.residualSent)
+      return gradcompSuccess;
+    st = &it->second;
+    if (c.ensureWorkspace(layoutWorkspace()) != gradcompSuccess) {
+      clearError();
+      return gradcompSuccess;
+    }
+    if (c.backend->capturing()) st->captured = true;
+  }
   if (c.autoState.reserving) return gradcompSuccess;
   const CallEnd end(*c.backend);
   SparseOps& ops = *c.sparse;
@@ -149,8 +178,8 @@ gradcompResult_t momentumPassThrough(gradcompComm& c, int kind, bool keyed, uint
   char* ws = static_cast<char*>(c.workspace);
   float* v = st->residual ? st->residual : reinterpret_cast<float*>(ws + vAt);
   float* keep = st->residual ? reinterpret_cast<float*>(ws + keepAt) : nullptr;
-  GC_TRACE("momentum pass through: count=%zu type=%d op=%d reduce-scatter=%d", count, (int)type,
-           (int)op, (int)rs);
+  GC_TRACE("%s pass through: count=%zu type=%d op=%d reduce-scatter=%d",
+           momentum ? "momentum" : "residual", count, (int)type, (int)op, (int)rs);
   // The send buffer is read before recv, which may alias it, is written.
   const void* g = send;
   DType gt = t;
@@ -160,7 +189,8 @@ gradcompResult_t momentumPassThrough(gradcompComm& c, int kind, bool keyed, uint
     GC_CHECK(widenBlocks(*c.backend, send, t, blockAt.data(), lens.data(), c.nranks, count, perm));
     g = perm, gt = DType::F32;
   }
-  GC_CHECK(ops.accumulate(g, gt, n, sparseClipThreshold(c), c.cfg.momentum, st->momentum, v,
+  GC_CHECK(ops.accumulate(g, gt, n, momentum ? sparseClipThreshold(c) : 0.0f,
+                          momentum ? c.cfg.momentum : 0.0f, momentum ? st->momentum : nullptr, v,
                           st->residual != nullptr, keep, ws + scratchAt));
   void* typed = rs ? static_cast<void*>(ws + typedAt) : recv;
   if (permuted) {
@@ -175,8 +205,29 @@ gradcompResult_t momentumPassThrough(gradcompComm& c, int kind, bool keyed, uint
   GC_CHECK(rs ? c.transport->reduceScatter(typed, recv, count, type, op)
               : c.transport->passThrough(typed, recv, n, type, op));
   GC_CHECK(ops.settle(v, keep, nullptr, n, true));
+  // Spent (but for non-finite elements, which a skipped step leaves): the
+  // next passes of this buffer go plainly, at NCCL's cost.
+  if (!momentum) st->residualSent = true;
   c.stats.callsPassedThrough++;
+  *done = true;
   return gradcompSuccess;
+}
+
+}  // namespace
+
+gradcompResult_t momentumPassThrough(gradcompComm& c, int kind, bool keyed, uint64_t key,
+                                     bool agreed, const void* send, void* recv, size_t count,
+                                     ncclDataType_t type, ncclRedOp_t op) {
+  bool done = false;
+  return carriedPassThrough(c, kind, keyed, key, agreed, send, recv, count, type, op, true, &done);
+}
+
+gradcompResult_t residualPassThrough(gradcompComm& c, int kind, bool keyed, uint64_t key,
+                                     const void* send, void* recv, size_t count,
+                                     ncclDataType_t type, ncclRedOp_t op, bool* done) {
+  *done = false;
+  if (!c.keepsResidual() || (op != ncclSum && op != ncclAvg)) return gradcompSuccess;
+  return carriedPassThrough(c, kind, keyed, key, true, send, recv, count, type, op, false, done);
 }
 
 gradcompResult_t checkBuffers(const gradcompComm& c, const void* send, size_t sendCount,
@@ -233,6 +284,7 @@ gradcompResult_t findState(gradcompComm& c, int kind, bool keyed, uint64_t key, 
                               : StateKey{kind, (uint64_t)(uintptr_t)recv, count, (int)t};
   const size_t held = c.states.size();
   GC_CHECK(c.getState(skey, count, t, state));
+  (*state)->residualSent = false;
   // Not the auto timing's scratch buffers (new at any step, and set aside).
   if (!keyed && !c.autoState.tuning && c.states.size() > held) {
     warnIfLateBuffer(c, recv, count, t, held);

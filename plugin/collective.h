@@ -112,6 +112,22 @@ gradcompResult_t momentumPassThrough(gradcompComm& c, int kind, bool keyed, uint
                                      bool agreed, const void* send, void* recv, size_t count,
                                      ncclDataType_t type, ncclRedOp_t op);
 
+// A call GRADCOMP_AUTO passes (the buffers checked and the call agreed on)
+// for a buffer whose state, made by earlier compressed calls, holds a
+// residual: v = residual + g goes to NCCL's collective in the buffer type,
+// then v is spent (cleared; a non-finite element keeps its old residual), so
+// a retune from compressed to passed delays the residual by nothing. Not for
+// a buffer without such a state, nor when the workspace cannot be had (the
+// residual then waits, as before 2026-12-05): *done false, the caller passes
+// the call plainly. fp16/bf16: v's rounding to the buffer type is not kept.
+// The owners' residual (GRADCOMP_OWNER_RESIDUAL, two-shot and ring) stays
+// for the next compressed call. Once per buffer: later passes, until a call
+// that may compress finds the state again, go plainly (BufferState::
+// residualSent). Counted as passed through when done.
+gradcompResult_t residualPassThrough(gradcompComm& c, int kind, bool keyed, uint64_t key,
+                                     const void* send, void* recv, size_t count,
+                                     ncclDataType_t type, ncclRedOp_t op, bool* done);
+
 // DGC warm-up changes sizes by stage, which a captured graph cannot follow.
 gradcompResult_t checkWarmupCapture(const gradcompComm& c, const BufferState& s);
 

@@ -36,6 +36,9 @@ struct BufferState {
   int bitsNext = 0;           // DQ-SGD: bit width chosen for the next call (0: config bits)
   std::shared_ptr<BitsHistory> bitsHistory;  // DQ-SGD modes only
   bool captured = false;                     // a captured call used it: a CUDA graph may replay it
+  // A passed call sent the residual (residualPassThrough) and no call that
+  // may compress has found this state since: later passes have none to send.
+  bool residualSent = false;
 };
 
 using StateKey = std::tuple<int, uint64_t, size_t, int>;  // (kind, ptr-or-key, count, dtype)

@@ -28,6 +28,12 @@ gradcompResult_t passThrough(gradcompComm* c, bool keyed, uint64_t key, bool agr
     return momentumPassThrough(*c, kStateReduceScatter, keyed, key, agreed, send, recv, recvCount,
                                type, op);
   }
+  if (agreed) {
+    bool done = false;
+    GC_CHECK(residualPassThrough(*c, kStateReduceScatter, keyed, key, send, recv, recvCount, type,
+                                 op, &done));
+    if (done) return gradcompSuccess;
+  }
   c->stats.callsPassedThrough++;
   return c->transport->reduceScatter(send, recv, recvCount, type, op);
 }

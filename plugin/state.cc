@@ -706,8 +706,16 @@ gradcompResult_t loadState(gradcompComm_t comm, const void* buffer, size_t bytes
   comm->verifyNext = true;
   comm->stateDigest = stateDigest(comm->cfg, recs);
   if (comm->cfg.autoTune) {
+    // Every collective decides afresh at its next call, from the loaded
+    // figures or by timing, whether or not this comm had decided: a rank
+    // whose blob has no figures must meet its peers' agreement there, not
+    // keep a decision they drop (tune() agrees on who holds figures).
     for (int k = 0; k < 2; ++k) {
-      if (autoRec.have[k]) autoRestoreFigures(comm, kAutoCalls[k], autoRec.f[k]);
+      if (autoRec.have[k]) {
+        autoRestoreFigures(comm, kAutoCalls[k], autoRec.f[k]);
+      } else {
+        autoForgetDecision(comm, kAutoCalls[k]);
+      }
     }
   }
   return comm->backend->setStep(step);

@@ -747,43 +747,110 @@ TEST(AutoTune, ReduceScatterRanksAgreeOnTheSlowestFigures) {
   }
 }
 
-// A passed reduce-scatter gives NCCL's exact result and leaves the buffer's
-// residual and the step alone; a retune re-times the reduce-scatter (it was
-// tuned) and the allreduce. Keyed and unkeyed.
-TEST(AutoTune, ReduceScatterPassLeavesTheResidualAlone) {
-  for (bool keyed : {false, true}) {
-    SCOPED_TRACE(keyed ? "keyed" : "unkeyed");
-    gctest::CpuWorld w(3, autoConfig(1));
-    for (int r = 0; r < 3; ++r) gc::autoInjectFigures(w.comm(r), kCompressWins);
-    const size_t rc = 3000;
-    rsAll(w, rc, 21, nullptr, keyed);
-    std::vector<std::vector<uint8_t>> before(3);
-    for (int r = 0; r < 3; ++r) {
-      EXPECT_EQ(stats(w.comm(r)).callsReduceScatter, 1u);
-      EXPECT_FALSE(w.comm(r)->autoState.allReduce.decided);
-      gc::autoInjectFigures(w.comm(r), kNcclWins);
+// The residual of the one buffer of n elements a comm's state holds (host
+// memory on the CPU backend); empty when there is none.
+std::vector<float> residualOf(gradcompComm_t c, size_t n) {
+  for (const auto& kv : c->states) {
+    const gc::BufferState& s = kv.second;
+    if (s.count == n && s.residual != nullptr)
+      return std::vector<float>(s.residual, s.residual + n);
+  }
+  return {};
+}
+
+// A call that a retune passes, of a buffer earlier calls compressed, sends
+// its residual along: NCCL's exact collective of input + residual (summed as
+// the transport sums, in rank order), the residual then zero, the step and
+// the compressed calls' count alone. Before 2026-12-05 the residual stayed
+// until a later retune compressed the buffer again. The hierarchical
+// reduce-scatter keeps its residual in its permuted block order (state block
+// l*k + j is input block R(j, l)), which the expectation follows.
+void expectPassSendsTheResidualAlong(int N, int L, bool rs, bool keyed, gradcompMethod_t method) {
+  SCOPED_TRACE(testing::Message() << "N=" << N << " L=" << L
+                                  << (rs ? " reduce-scatter" : " allreduce")
+                                  << (keyed ? " keyed" : " unkeyed") << " method=" << method);
+  gradcompConfig_t cfg = autoConfig(1);
+  cfg.method = method;
+  cfg.localSize = L;
+  cfg.density = 0.05f;
+  cfg.momentumCorrection = 0;
+  gctest::CpuWorld w(N, cfg);
+  const size_t m = 3000, n = rs ? m * (size_t)N : m;
+  std::vector<std::vector<float>> in(N), out(N, std::vector<float>(rs ? m : n));
+  auto call = [&](uint64_t seed) {
+    for (int r = 0; r < N; ++r) in[r] = gctest::normal(n, seed + (uint64_t)r);
+    auto res = w.run([&](int r) {
+      void* o = out[r].data();
+      if (rs) {
+        return keyed ? gradcompReduceScatterKeyed(in[r].data(), o, m, ncclFloat32, ncclSum,
+                                                  w.comm(r), nullptr, 42)
+                     : gradcompReduceScatter(in[r].data(), o, m, ncclFloat32, ncclSum, w.comm(r),
+                                             nullptr);
+      }
+      return keyed
+                 ? gradcompAllReduceKeyed(in[r].data(), o, n, ncclFloat32, ncclSum, w.comm(r),
+                                          nullptr, 42)
+                 : gradcompAllReduce(in[r].data(), o, n, ncclFloat32, ncclSum, w.comm(r), nullptr);
+    });
+    for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
+  };
+  for (int r = 0; r < N; ++r) gc::autoInjectFigures(w.comm(r), kCompressWins);
+  call(21);
+  call(22);
+  for (int r = 0; r < N; ++r) gc::autoInjectFigures(w.comm(r), kNcclWins);
+  auto res = w.run([&](int r) { return gradcompCommRetune(w.comm(r), nullptr); });
+  for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
+  // Each rank's residual in input positions.
+  std::vector<std::vector<float>> carry(N);
+  bool carried = false;
+  for (int r = 0; r < N; ++r) {
+    const std::vector<float> state = residualOf(w.comm(r), n);
+    ASSERT_EQ(state.size(), n) << "rank " << r;
+    const gc::Topology& t = w.comm(r)->topo;
+    if (rs && t.hier()) {
+      carry[r].resize(n);
+      for (int l = 0; l < t.localSize; ++l) {
+        for (int j = 0; j < t.nodes; ++j) {
+          const size_t b = (size_t)l * t.nodes + j, at = (size_t)t.rankAt(j, l) * m;
+          std::copy(state.begin() + b * m, state.begin() + (b + 1) * m, carry[r].begin() + at);
+        }
+      }
+    } else {
+      carry[r] = state;
     }
-    // Still compressed: the decision holds until a retune.
-    rsAll(w, rc, 22, nullptr, keyed);
-    auto res = w.run([&](int r) { return gradcompCommRetune(w.comm(r), nullptr); });
-    for (int r = 0; r < 3; ++r) {
-      EXPECT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
-      EXPECT_TRUE(w.comm(r)->autoState.allReduce.timed);
-      EXPECT_TRUE(w.comm(r)->autoState.reduceScatter.timed);
-      before[r] = gctest::savedBufferState(w.comm(r));
+    for (float x : state) carried = carried || x != 0.0f;
+  }
+  ASSERT_TRUE(carried) << "two compressed calls left no residual to carry";
+  call(23);
+  for (int r = 0; r < N; ++r) {
+    const size_t base = rs ? (size_t)r * m : 0;
+    for (size_t k = 0; k < out[r].size(); ++k) {
+      float sum = 0.0f;
+      for (int q = 0; q < N; ++q) sum += in[q][base + k] + carry[q][base + k];
+      ASSERT_EQ(out[r][k], sum) << "rank " << r << " element " << k;
     }
-    std::vector<std::vector<float>> in;
-    auto out = rsAll(w, rc, 23, &in, keyed);
-    expectExactReduceScatter(in, out, rc);
-    for (int r = 0; r < 3; ++r) {
-      const gradcompStats_t s = stats(w.comm(r));
-      EXPECT_EQ(s.callsReduceScatter, 2u);
-      EXPECT_EQ(s.callsAutoPassed, 1u);
-      EXPECT_EQ(s.steps, 2u);
-      EXPECT_TRUE(gctest::savedBufferState(w.comm(r)) == before[r])
-          << "the residual state changed, rank " << r;
+    const gradcompStats_t s = stats(w.comm(r));
+    EXPECT_EQ(s.callsCompressed, 2u);
+    EXPECT_EQ(s.callsAutoPassed, 1u);
+    EXPECT_EQ(s.callsPassedThrough, 1u);
+    for (float x : residualOf(w.comm(r), n)) ASSERT_EQ(x, 0.0f) << "rank " << r;
+    // Spent once: later passes go plainly, at NCCL's cost.
+    for (const auto& kv : w.comm(r)->states) {
+      if (kv.second.count == n) EXPECT_TRUE(kv.second.residualSent) << "rank " << r;
     }
   }
+}
+
+TEST(AutoTune, APassedCallSendsTheResidualAlong) {
+  for (bool keyed : {false, true}) {
+    expectPassSendsTheResidualAlong(3, 1, true, keyed, gradcompMethodQsgd);
+    expectPassSendsTheResidualAlong(3, 1, false, keyed, gradcompMethodQsgd);
+  }
+  expectPassSendsTheResidualAlong(4, 2, true, true, gradcompMethodQsgd);   // permuted
+  expectPassSendsTheResidualAlong(4, 2, false, true, gradcompMethodQsgd);  // shards
+  expectPassSendsTheResidualAlong(3, 1, false, true, gradcompMethodTopk);
+  expectPassSendsTheResidualAlong(4, 2, true, false, gradcompMethodDgc);  // no momentum
+  expectPassSendsTheResidualAlong(3, 1, false, true, gradcompMethodRandk);
 }
 
 // A retune of a comm that never reduce-scattered times the allreduce only;
@@ -1037,9 +1104,9 @@ TEST(AutoTune, SavedFiguresOnOneRankOnlyAreDroppedByEveryRank) {
   gctest::CpuWorld w(2, cfg);
   for (int r = 0; r < 2; ++r) {
     gc::AutoState& a = w.comm(r)->autoState;
-    a.timeOnHost = true;  // the in-process world times as a socket comm does
-    a.timedCounts[0] = 2048;
-    a.timedCounts[1] = 8192;
+    a.timeOnHost = true;      // the in-process world times as a socket comm does
+    a.timedCounts[0] = 1024;  // the saved figures' counts: rank 0's are usable
+    a.timedCounts[1] = 5120;
   }
   ASSERT_EQ(gradcompCommLoadState(w.comm(0), after.data(), after.size()), gradcompSuccess)
       << gradcompGetLastError();
@@ -1060,11 +1127,107 @@ TEST(AutoTune, SavedFiguresOnOneRankOnlyAreDroppedByEveryRank) {
     const gc::AutoDecision& d = w.comm(r)->autoState.allReduce;
     EXPECT_TRUE(d.decided && d.timed) << r;
     EXPECT_FALSE(d.restored) << r;
-    EXPECT_EQ(d.figures.smallCount, 2048u) << r;  // timed here, not the saved figures
+    // Timed here, not the saved figures.
+    EXPECT_EQ(d.figures.smallCount, 1024u) << r;
+    EXPECT_NE(memcmp(d.figures.ncclUs, kNcclWins.ncclUs, sizeof(d.figures.ncclUs)), 0) << r;
   }
   const gc::AutoDecision &d0 = w.comm(0)->autoState.allReduce, &d1 = w.comm(1)->autoState.allReduce;
   EXPECT_EQ(memcmp(&d0.figures, &d1.figures, sizeof(d0.figures)), 0);
   EXPECT_EQ(memcmp(buf[0].data(), buf[1].data(), 5000 * 4), 0);
+}
+
+// Two ranks that decide their next call apart, and must not: a world of host-timed
+// comms (the in-process world times as socket comms do) at counts 1024 and 5120.
+gradcompConfig_t hostTimedConfig() {
+  gradcompConfig_t cfg = autoConfig(1);
+  cfg.cpuTimeoutSec = 5;
+  return cfg;
+}
+void timeOnHost(gctest::CpuWorld& w) {
+  for (int r = 0; r < w.size(); ++r) {
+    gc::AutoState& a = w.comm(r)->autoState;
+    a.timeOnHost = true;
+    a.timedCounts[0] = 1024;
+    a.timedCounts[1] = 5120;
+  }
+}
+// One call of n on every rank must succeed, decide alike and give every
+// rank the same bits; then so must a retune.
+void expectRanksDecideAlike(gctest::CpuWorld& w, size_t n = 5000) {
+  std::vector<std::vector<float>> buf = {gctest::normal(n, 62), gctest::normal(n, 63)};
+  std::vector<std::string> why(2);
+  auto res = w.run([&](int r) {
+    const gradcompResult_t x = gradcompAllReduce(buf[r].data(), buf[r].data(), n, ncclFloat32,
+                                                 ncclSum, w.comm(r), nullptr);
+    why[r] = gradcompGetLastError();
+    return x;
+  });
+  for (int r = 0; r < 2; ++r) {
+    ASSERT_EQ(res[r], gradcompSuccess) << "rank " << r << ": " << why[r];
+    EXPECT_TRUE(w.comm(r)->autoState.allReduce.decided) << r;
+  }
+  const gc::AutoDecision &d0 = w.comm(0)->autoState.allReduce, &d1 = w.comm(1)->autoState.allReduce;
+  EXPECT_EQ(memcmp(&d0.figures, &d1.figures, sizeof(d0.figures)), 0);
+  EXPECT_EQ(memcmp(buf[0].data(), buf[1].data(), n * 4), 0);
+  res = w.run([&](int r) { return gradcompCommRetune(w.comm(r), nullptr); });
+  for (int r = 0; r < 2; ++r) EXPECT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
+}
+
+// A comm that has decided, then loads a blob with figures on one rank and one
+// without on the other (saved before and after the timing, at the same step):
+// the load makes every collective decide afresh on every rank, so the vote
+// drops the one rank's figures and all time, where the rank without figures
+// used to keep its old decision and skip the vote its peer waited in.
+TEST(AutoTune, ALoadIntoADecidedCommDecidesAnewOnEveryRank) {
+  std::vector<char> before, after;
+  {
+    gctest::CpuWorld saved(2, autoConfig(1));
+    for (int r = 0; r < 2; ++r) gc::autoInjectFigures(saved.comm(r), kNcclWins);
+    before = blobOf(saved.comm(1));
+    callAll(saved, 5000, 41);
+    after = blobOf(saved.comm(0));
+  }
+  gctest::CpuWorld w(2, hostTimedConfig());
+  timeOnHost(w);
+  callAll(w, 5000, 61);  // decided, by timing
+  for (int r = 0; r < 2; ++r) ASSERT_TRUE(w.comm(r)->autoState.allReduce.decided);
+  ASSERT_EQ(gradcompCommLoadState(w.comm(0), after.data(), after.size()), gradcompSuccess)
+      << gradcompGetLastError();
+  ASSERT_EQ(gradcompCommLoadState(w.comm(1), before.data(), before.size()), gradcompSuccess)
+      << gradcompGetLastError();
+  for (int r = 0; r < 2; ++r) EXPECT_FALSE(w.comm(r)->autoState.allReduce.decided) << r;
+  expectRanksDecideAlike(w);
+}
+
+// Saved figures timed at other counts than the comm times count as none: the
+// vote agrees on the times, not the counts, so a rank holding figures of other
+// counts would draw its crossover elsewhere. Both blobs hold kCrossover's
+// times, rank 0's at this comm's counts (compress above 5120 elements),
+// rank 1's at 2048 and 8192 (compress above 8192): at 6000 they would split.
+// Both were saved after one passed call of 1000 elements (step 0).
+TEST(AutoTune, LoadedFiguresOfOtherCountsAreDropped) {
+  std::vector<char> mine, other;
+  {
+    gctest::CpuWorld a(2, autoConfig(1));
+    for (int r = 0; r < 2; ++r) gc::autoInjectFigures(a.comm(r), kCrossover);
+    callAll(a, 1000, 41);
+    mine = blobOf(a.comm(0));
+  }
+  {
+    gctest::CpuWorld b(2, autoConfig(1));
+    gc::AutoFigures f = kCrossover;
+    f.smallCount = 2048;
+    f.largeCount = 8192;
+    for (int r = 0; r < 2; ++r) gc::autoInjectFigures(b.comm(r), f);
+    callAll(b, 1000, 41);
+    other = blobOf(b.comm(1));
+  }
+  gctest::CpuWorld w(2, hostTimedConfig());
+  timeOnHost(w);
+  ASSERT_EQ(gradcompCommLoadState(w.comm(0), mine.data(), mine.size()), gradcompSuccess);
+  ASSERT_EQ(gradcompCommLoadState(w.comm(1), other.data(), other.size()), gradcompSuccess);
+  expectRanksDecideAlike(w, 6000);
+  for (int r = 0; r < 2; ++r) EXPECT_EQ(w.comm(r)->autoState.allReduce.figures.smallCount, 1024u);
 }
 
 // gradcomp_perf models GRADCOMP_AUTO's choice with its own copy of the rule
