@@ -527,10 +527,12 @@ def main():
     L.append("| GPT val loss, QSGD 4-bit hook vs uncompressed, relative | %s | <= 0.01 | %s |"
              % (fmt(summary["lm_val_loss_rel_delta_qsgd4"]),
                 fmt(summary["goals"]["lm_qsgd4_val_loss_within_1pct"])))
-    L.append("| GPT val loss, DGC 0.1%% hook vs uncompressed, relative | %s | <= 0.03 | %s |"
+    L.append("| GPT val loss, DGC 0.1%% hook (top-k with error feedback and warm-up under AdamW, "
+             "no momentum correction) vs uncompressed, relative | %s | <= 0.03 | %s |"
              % (fmt(summary["lm_val_loss_rel_delta_dgc"]),
                 fmt(summary["goals"]["lm_dgc_val_loss_within_3pct"])))
-    L.append("| GPT val loss, PowerSGD rank 4 vs uncompressed, relative | %s | reported | |"
+    L.append("| GPT val loss, PowerSGD rank 4 (warm start, from step 30) vs uncompressed, "
+             "relative | %s | reported | |"
              % fmt(summary["lm_val_loss_rel_delta_powersgd"]))
     L.append("| GPT val loss, QSGD 5-bit hook vs uncompressed, relative | %s | reported | |"
              % fmt(summary["lm_val_loss_rel_delta_qsgd5_hook"]))

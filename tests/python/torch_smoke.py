@@ -167,8 +167,9 @@ def check_lm(out_root, build):
     world, steps, start = lm["lm_world"], lm["lm_steps"], lm_compare.START_ITER
     ring = 2.0 * (world - 1) / world
     dense = ring * 4 * nparams
-    psgd = ring * (start * 4 * nparams + (steps - start) * powersgd_bytes_per_compressed_step(
-        model)) / steps
+    ps_start = lm_compare.POWERSGD_START  # PyTorch's advice: after the LR warm-up
+    psgd = ring * (ps_start * 4 * nparams + (steps - ps_start) *
+                   powersgd_bytes_per_compressed_step(model)) / steps
     got = {k: lm[f"lm_bytes_per_step_{k}"] for k in ("none", "fp16", "powersgd") + HOOK_RUNS}
     expect(got["none"] == dense, f"uncompressed bytes/step {got['none']} != {dense}")
     # The hook runs: START_ITER uncompressed steps, then two-shot's bytes for the layer-aware
