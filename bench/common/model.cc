@@ -389,6 +389,72 @@ double hierPipelineScheduleUs(double r, double m, int pieces) {
   return node;
 }
 
+double hierPipelineSimUs(const HierStageTimes& t, int pieces) {
+  const int P = std::max(1, pieces);
+  double compute = 0, node = 0, comm = 0;  // when each stream is next free
+  std::vector<double> sDone(P), aDone(P), xDone(P), gDone(P);
+  auto reducePiece = [&](int q) {  // widen, then the in-node reduce-scatter
+    compute += t.widen;
+    node = std::max(node, compute) + t.reduceScatter;
+    sDone[q] = node;
+  };
+  auto unpack = [&](int q) { compute = std::max(compute, aDone[q]) + t.unpack; };
+  reducePiece(0);
+  for (int q = 0; q < P + 2; ++q) {
+    if (q < P) {  // before(q): the next piece's reduce-scatter, then this one's copy-in
+      if (q + 1 < P) reducePiece(q + 1);
+      compute = std::max(compute, sDone[q]) + t.copyIn;
+      compute += t.encode;
+      comm = std::max(comm, compute) + t.exchange;
+      xDone[q] = comm;
+    }
+    if (q >= 1 && q - 1 < P) {
+      compute = std::max(compute, xDone[q - 1]) + t.reduce;
+      comm = std::max(comm, compute) + t.exchange;
+      gDone[q - 1] = comm;
+    }
+    if (q >= 2 && q - 2 < P) {
+      compute = std::max(compute, gDone[q - 2]) + t.decode;
+      // after(q-2): the conversion, the allgather, the previous piece's unpack
+      compute += t.convert;
+      node = std::max(node, compute) + t.allGather;
+      aDone[q - 2] = node;
+      if (q - 2 >= 1) unpack(q - 3);
+    }
+  }
+  unpack(P - 1);
+  return std::max(compute, node);
+}
+
+HierStageTimes hierStageTimes(size_t count, const CallKind& kind, int bits, int bucket,
+                              const KernelCosts& c, const Cluster& cl, double pieces) {
+  HierStageTimes t;
+  const double P = pieces > 1 ? pieces : 1, G = cl.local, k = cl.nodes;
+  const double e = (double)kind.elemBytes, r = kind.residual ? 4.0 : 0.0;
+  const double piece = (double)count / P;  // elements of the buffer per piece
+  const double m = piece / G;              // of this rank's shard per piece
+  const double b = m / k;                  // of one middle chunk
+  const double ew = c.elementwisePerByte;
+  t.widen = piece * (e + 4) * ew;  // every block's piece to fp32, even fp32 (packed)
+  t.copyIn = m * 8 * ew;           // the reduced shard piece into the middle's buffer
+  // The middle two-shot on fp32 node sums (ScatterSum, then the owner, then decode).
+  t.encode = (k - 1) * b * c.encodeF32 + b * ((4 + r + 4) + r) * ew;
+  t.reduce =
+      b * c.decode + std::max(0.0, k - 2) * b * c.decodeAcc + 12 * b * ew + b * c.ownerEncode;
+  t.decode = k * b * c.decode;
+  t.convert = m * (4 + e) * ew;   // this rank's reduced shard piece to the buffer type
+  t.unpack = piece * 2 * e * ew;  // the gathered blocks copied out
+  const double intraS = (G - 1) / G * piece * 4, intraA = (G - 1) / G * piece * e;
+  const double lat = (G - 1) * cl.latencyUs;
+  t.reduceScatter = transferUs(intraS, cl.intraGbps) + lat;
+  t.allGather = transferUs(intraA, cl.intraGbps) + lat;
+  const double shardEnc =
+      (double)gradcompQsgdEncodedBytes((count + cl.local - 1) / cl.local, bits, bucket);
+  const double inter = 2.0 * (k - 1) / k * shardEnc;  // X and G, each half
+  t.exchange = transferUs(inter / 2 / P, cl.nodeGbps / cl.local) + cl.latencyUs;
+  return t;
+}
+
 double hierPipelinedUs(double kernelUs, const LinkBytes& b, double middleSteps, const Cluster& c,
                        double pieces) {
   const double r = nodeStageUs(b.intra / 2, c, pieces);
@@ -488,8 +554,14 @@ ClusterTimes clusterModel(size_t count, const CallKind& kind, int bits, int buck
   piped.piped = t.hierPieces > 1;
   t.hierPipedKernelUs = kernelUs(algoShape(5, c.ranks(), c.local, 1, piped).work,
                                  hierCosts(t.hierPieces), (double)count);
-  t.hierPipedUs = hierPipelinedUs(t.hierPipedKernelUs, t.hier,
-                                  hs.latencySteps - 2.0 * (c.local - 1), c, t.hierPieces);
+  // Pipelined: the library's three streams, stage by stage (hierPipelineSimUs);
+  // one piece: its stages in turn, as hierUs.
+  t.hierPipedUs = t.hierPieces > 1
+                      ? hierPipelineSimUs(hierStageTimes(count, hk, bits, bucket,
+                                                         hierCosts(t.hierPieces), c, t.hierPieces),
+                                          (int)llround(t.hierPieces))
+                      : hierPipelinedUs(t.hierPipedKernelUs, t.hier,
+                                        hs.latencySteps - 2.0 * (c.local - 1), c, t.hierPieces);
   decide(t, c.local >= 2 ? &ClusterTimes::hierPipedUs : &ClusterTimes::flatUs);
   return t;
 }

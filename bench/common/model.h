@@ -182,6 +182,26 @@ double sequentialLinkUs(const LinkBytes& b, const Cluster& c);
 // the node stream's own work; one piece gives 2r + m, gradcompClusterUs with
 // its stages in turn.
 double hierPipelineScheduleUs(double r, double m, int pieces);
+// The pipelined hierarchy as the library runs it (plugin/algorithms/hier.cc,
+// HierPipe around the middle two-shot's piece loop), on three streams: the
+// compute stream runs every kernel, the node stream the NVLink collectives,
+// the comm stream the middle stage's exchanges. Per piece: widen (compute),
+// S (node, after its widen), copy-in (compute, after S), E (compute), X
+// (comm), R (compute, after X), G (comm), D (compute, after G), the
+// conversion ff (compute), A (node, after ff), unpack (compute, after A).
+// Issue order: S_{q+1} before piece q's copy-in; A_q and the unpack of piece
+// q-1 after the middle loop's step q+2. Times per piece.
+struct HierStageTimes {
+  double widen = 0, copyIn = 0, encode = 0, reduce = 0, decode = 0, convert = 0, unpack = 0;
+  double reduceScatter = 0, allGather = 0;  // node stream: S and A
+  double exchange = 0;                      // comm stream: X and G each
+};
+double hierPipelineSimUs(const HierStageTimes& t, int pieces);
+// The stage times of the pipelined hierarchy on c: `count` elements of
+// kind.elemBytes cut into `pieces`, the kernels at `costs` (per element of
+// each launch's size, as clusterModel reads them off its curve).
+HierStageTimes hierStageTimes(size_t count, const CallKind& kind, int bits, int bucket,
+                              const KernelCosts& costs, const Cluster& c, double pieces);
 double hierPipelinedUs(double kernelUs, const LinkBytes& b, double middleSteps, const Cluster& c,
                        double pieces);
 // The hierarchical reduce-scatter cut into `pieces` pieces (its middle
