@@ -159,9 +159,7 @@ gradcompResult_t carriedPassThrough(gradcompComm& c, int kind, bool keyed, uint6
     // Never a new state for a passed call; a rank that cannot have the
     // workspace (memory, a capture that would grow it) passes the call
     // plainly and keeps its residual: what the ranks send still sums right.
-    const StateKey skey = keyed ? StateKey{kind + 1, key, n, (int)t}
-                                : StateKey{kind, (uint64_t)(uintptr_t)recv, n, (int)t};
-    auto it = c.states.find(skey);
+    auto it = c.states.find(stateKey(kind, keyed, key, recv, n, t));
     if (it == c.states.end() || it->second.residual == nullptr || it->second.residualSent)
       return gradcompSuccess;
     st = &it->second;
@@ -193,17 +191,26 @@ gradcompResult_t carriedPassThrough(gradcompComm& c, int kind, bool keyed, uint6
                           momentum ? c.cfg.momentum : 0.0f, momentum ? st->momentum : nullptr, v,
                           st->residual != nullptr, keep, ws + scratchAt));
   void* typed = rs ? static_cast<void*>(ws + typedAt) : recv;
-  if (permuted) {
-    const size_t esz = dtypeBytes(t);
-    for (int b = 0; b < c.nranks; ++b) {
-      GC_CHECK(c.backend->fromFloat(v + (size_t)b * count, count, 1.0f, t,
-                                    static_cast<char*>(typed) + blockAt[b] * esz));
+  auto sendCarried = [&]() -> gradcompResult_t {
+    if (permuted) {
+      const size_t esz = dtypeBytes(t);
+      for (int b = 0; b < c.nranks; ++b) {
+        GC_CHECK(c.backend->fromFloat(v + (size_t)b * count, count, 1.0f, t,
+                                      static_cast<char*>(typed) + blockAt[b] * esz));
+      }
+    } else {
+      GC_CHECK(c.backend->fromFloat(v, n, 1.0f, t, typed));
     }
-  } else {
-    GC_CHECK(c.backend->fromFloat(v, n, 1.0f, t, typed));
+    return rs ? c.transport->reduceScatter(typed, recv, count, type, op)
+              : c.transport->passThrough(typed, recv, n, type, op);
+  };
+  if (const gradcompResult_t res = sendCarried(); res != gradcompSuccess) {
+    // A flush that did not go out leaves the residual as it was: the caller
+    // may retry the call with the same gradient. (The momentum pass's u has
+    // advanced; docs/reliability.md.)
+    if (!momentum) (void)c.backend->copy(v, keep, n * sizeof(float));
+    return res;
   }
-  GC_CHECK(rs ? c.transport->reduceScatter(typed, recv, count, type, op)
-              : c.transport->passThrough(typed, recv, n, type, op));
   GC_CHECK(ops.settle(v, keep, nullptr, n, true));
   // Spent (but for non-finite elements, which a skipped step leaves): the
   // next passes of this buffer go plainly, at NCCL's cost.
@@ -278,10 +285,14 @@ void warnIfLateBuffer(gradcompComm& c, const void* recv, size_t count, DType t, 
 }
 }  // namespace
 
+StateKey stateKey(int kind, bool keyed, uint64_t key, const void* recv, size_t count, DType t) {
+  return keyed ? StateKey{kind + 1, key, count, (int)t}
+               : StateKey{kind, (uint64_t)(uintptr_t)recv, count, (int)t};
+}
+
 gradcompResult_t findState(gradcompComm& c, int kind, bool keyed, uint64_t key, const void* recv,
                            size_t count, DType t, BufferState** state) {
-  const StateKey skey = keyed ? StateKey{kind + 1, key, count, (int)t}
-                              : StateKey{kind, (uint64_t)(uintptr_t)recv, count, (int)t};
+  const StateKey skey = stateKey(kind, keyed, key, recv, count, t);
   const size_t held = c.states.size();
   GC_CHECK(c.getState(skey, count, t, state));
   (*state)->residualSent = false;

@@ -66,6 +66,8 @@ gradcompResult_t checkBuffers(const gradcompComm& c, const void* send, size_t se
 // after four calls per state it holds, is warned about once (it most likely
 // moved: docs/reliability.md, "Known limits").
 constexpr uint64_t kLateBufferMinCalls = 64;
+// The key of that state (comm.h StateKey): the caller's key, or recvbuff.
+StateKey stateKey(int kind, bool keyed, uint64_t key, const void* recv, size_t count, DType t);
 gradcompResult_t findState(gradcompComm& c, int kind, bool keyed, uint64_t key, const void* recv,
                            size_t count, DType t, BufferState** state);
 

@@ -20,6 +20,7 @@
 #include "tests/common/auto_checks.h"
 #include "tests/common/cpu_world.h"
 #include "tests/common/forwarding_backend.h"
+#include "tests/common/forwarding_transport.h"
 #include "tests/common/stats_compare.h"
 #include "tests/common/test_util.h"
 
@@ -837,6 +838,63 @@ void expectPassSendsTheResidualAlong(int N, int L, bool rs, bool keyed, gradcomp
     // Spent once: later passes go plainly, at NCCL's cost.
     for (const auto& kv : w.comm(r)->states) {
       if (kv.second.count == n) EXPECT_TRUE(kv.second.residualSent) << "rank " << r;
+    }
+  }
+}
+
+// A transport whose pass-through fails, on every rank alike, while armed.
+class FailingPassTransport final : public gctest::ForwardingTransport {
+ public:
+  using ForwardingTransport::ForwardingTransport;
+  bool armed = false;
+  gradcompResult_t passThrough(const void* send, void* recv, size_t count, ncclDataType_t type,
+                               ncclRedOp_t op) override {
+    if (armed) return gc::setError(gradcompInternalError, "test: the pass-through failed");
+    return ForwardingTransport::passThrough(send, recv, count, type, op);
+  }
+};
+
+// A flush whose exchange fails leaves the residual as it was (the caller may
+// retry the call with the same gradient), and the retry sends it once.
+TEST(AutoTune, AFailedPassKeepsTheResidualForTheRetry) {
+  const int N = 2;
+  const size_t n = 4096;
+  gctest::CpuWorld w(N, autoConfig(1));
+  std::vector<FailingPassTransport*> tr(N);
+  for (int r = 0; r < N; ++r) {
+    gradcompComm_t c = w.comm(r);
+    tr[r] = new FailingPassTransport(std::move(c->transport));
+    c->transport.reset(tr[r]);
+    gc::autoInjectFigures(c, kCompressWins);
+  }
+  std::vector<std::vector<float>> in(N), out(N, std::vector<float>(n));
+  auto call = [&](uint64_t seed) {
+    for (int r = 0; r < N; ++r) in[r] = gctest::normal(n, seed + (uint64_t)r);
+    return w.run([&](int r) {
+      return gradcompAllReduceKeyed(in[r].data(), out[r].data(), n, ncclFloat32, ncclSum, w.comm(r),
+                                    nullptr, 9);
+    });
+  };
+  for (gradcompResult_t rc : call(31)) ASSERT_EQ(rc, gradcompSuccess) << gradcompGetLastError();
+  for (int r = 0; r < N; ++r) gc::autoInjectFigures(w.comm(r), kNcclWins);
+  auto res = w.run([&](int r) { return gradcompCommRetune(w.comm(r), nullptr); });
+  for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
+  std::vector<std::vector<float>> carry(N);
+  for (int r = 0; r < N; ++r) {
+    carry[r] = residualOf(w.comm(r), n);
+    ASSERT_EQ(carry[r].size(), n);
+    tr[r]->armed = true;
+  }
+  for (gradcompResult_t rc : call(32)) EXPECT_EQ(rc, gradcompInternalError);
+  for (int r = 0; r < N; ++r) {
+    EXPECT_TRUE(residualOf(w.comm(r), n) == carry[r]) << "rank " << r << ": the residual moved";
+    tr[r]->armed = false;
+  }
+  for (gradcompResult_t rc : call(32)) ASSERT_EQ(rc, gradcompSuccess) << gradcompGetLastError();
+  for (int r = 0; r < N; ++r) {
+    for (size_t i = 0; i < n; ++i) {
+      const float want = (in[0][i] + carry[0][i]) + (in[1][i] + carry[1][i]);
+      ASSERT_EQ(out[r][i], want) << "rank " << r << " element " << i;
     }
   }
 }
