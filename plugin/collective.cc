@@ -136,15 +136,18 @@ gradcompResult_t carriedPassThrough(gradcompComm& c, int kind, bool keyed, uint6
   }
   // Workspace: the old v (settle's keep), v itself when there is no error
   // feedback, the reduce-scatter's input in the buffer type (the caller's
-  // send buffer is read only), permuted: the input widened into the state's
-  // order, the clipping's scratch.
+  // send buffer is read only; the flush's allreduce input too, below),
+  // permuted: the input widened into the state's order, the clipping's
+  // scratch.
   BufferState* st = nullptr;
   size_t keepAt = 0, vAt = 0, typedAt = 0, permAt = 0, scratchAt = 0;
   auto layoutWorkspace = [&]() {
     size_t p = 0;
     if (st->residual) keepAt = p, p += alignUp(n * 4);
     if (!st->residual) vAt = p, p += alignUp(n * 4);
-    if (rs) typedAt = p, p += alignUp(n * dtypeBytes(t));
+    // The flush stages the allreduce's input too: recv may be the caller's
+    // send buffer, which a failed exchange must leave as it was.
+    if (rs || !momentum) typedAt = p, p += alignUp(n * dtypeBytes(t));
     if (permuted) permAt = p, p += alignUp(n * 4);
     scratchAt = p, p += alignUp(c.sparse->scratchBytes(n, 1, 0));
     return p;
@@ -190,7 +193,7 @@ gradcompResult_t carriedPassThrough(gradcompComm& c, int kind, bool keyed, uint6
   GC_CHECK(ops.accumulate(g, gt, n, momentum ? sparseClipThreshold(c) : 0.0f,
                           momentum ? c.cfg.momentum : 0.0f, momentum ? st->momentum : nullptr, v,
                           st->residual != nullptr, keep, ws + scratchAt));
-  void* typed = rs ? static_cast<void*>(ws + typedAt) : recv;
+  void* typed = rs || !momentum ? static_cast<void*>(ws + typedAt) : recv;
   auto sendCarried = [&]() -> gradcompResult_t {
     if (permuted) {
       const size_t esz = dtypeBytes(t);

@@ -512,9 +512,22 @@ gradcompResult_t parse(const gradcompComm& c, const char* blob, size_t bytes,
   } else if (c.cfg.bitsMode == gradcompBitsBudget) {
     // What the budget itself keeps: every later call of the window still
     // has bitsMin (BudgetPolicy::decide), so the window cannot overspend.
+    // A blob from before the budget was recorded (0) may have been saved
+    // under another budget: its window starts afresh instead, as that of a
+    // blob that says so.
+    const bool budgetRecorded = saved[kShapeBudget] != 0;
     for (size_t i = 0; i < recs->size(); ++i) {
-      const BitsHistoryRecord& h = (*recs)[i].history;
+      BitsHistoryRecord& h = (*recs)[i].history;
       if (!(*recs)[i].hasHistory) continue;
+      if (!budgetRecorded && !budgetWindowFits(h, c.cfg)) {
+        GC_INFO(
+            "buffer record %zu: its DQ-SGD budget window (%d bits in %d calls) does not fit "
+            "GRADCOMP_BITS_BUDGET=%g; the state does not record its own budget (an older "
+            "build): the window starts afresh",
+            i, h.budgetUsed, h.budgetPos, (double)c.cfg.bitsBudget);
+        h.budgetUsed = h.budgetPos = 0;
+        continue;
+      }
       if (!budgetWindowFits(h, c.cfg)) {
         return refuse(
             "buffer record %zu: its DQ-SGD budget window has spent %d bits in %d calls, leaving "

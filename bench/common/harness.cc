@@ -425,9 +425,10 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
                         : info.rates          ? KernelSource::Report
                                               : KernelSource::Measured;
     // Charged at the launches the row's algorithm makes (per chunk, per piece).
-    row->codecLaunch = codecLaunch(row->algoUsed, count, r.nranks(), row->pieces);
+    const int middle = hierMiddle(cfg, r.nranks() / local);
+    row->codecLaunch = codecLaunch(row->algoUsed, count, r.nranks(), row->pieces, local, middle);
     const double elemLaunch =
-        elementwiseLaunch(row->algoUsed, count, r.nranks(), local, row->pieces);
+        elementwiseLaunch(row->algoUsed, count, r.nranks(), local, row->pieces, middle);
     if (known) {
       row->costs = curve.at(row->codecLaunch, elemLaunch);
       if (curve.clamped(row->codecLaunch) || curve.clamped(elemLaunch)) {

@@ -125,12 +125,15 @@ KernelCosts KernelCurve::at(double codec, double elementwise) const {
   return c;
 }
 
-double codecLaunch(int algo, size_t count, int nranks, double pieces) {
+double codecLaunch(int algo, size_t count, int nranks, double pieces, int local, int middle) {
   const double n = (double)count, p = pieces > 1 ? pieces : 1;
   switch (algo) {
+    case 5:  // hier: the middle's launches on the shard among the nodes; an allgather middle
+             // (auto on 2 nodes) codes the whole shard, and is never cut into pieces
+      if (middle == 3) return ceil(n / (local > 1 ? local : 1));
+      return ceil(n / (nranks > 1 ? nranks : 1) / p);
     case 1:  // two-shot: every chunk, every piece
     case 2:  // ring: the same chunks
-    case 5:  // hier: the middle two-shot's chunks of the shard among the nodes
       return ceil(n / (nranks > 1 ? nranks : 1) / p);
     case 6:  // reduce-scatter (flat, or the hierarchy's middle): blocks of recvcount
       return ceil(n / p);
@@ -139,10 +142,11 @@ double codecLaunch(int algo, size_t count, int nranks, double pieces) {
   }
 }
 
-double elementwiseLaunch(int algo, size_t count, int nranks, int local, double pieces) {
-  const double p = pieces > 1 ? pieces : 1;
-  if (algo == 5) return ceil((double)count / (local > 1 ? local : 1) / p);
-  return codecLaunch(algo, count, nranks, pieces);
+double elementwiseLaunch(int algo, size_t count, int nranks, int local, double pieces, int middle) {
+  // hier: unpipelined, the widening and conversions run per local block of
+  // count / G; pipelined (HierPipe), per segment of a middle chunk's piece.
+  if (algo == 5 && !(pieces > 1)) return ceil((double)count / (local > 1 ? local : 1));
+  return codecLaunch(algo, count, nranks, pieces, local, middle);
 }
 
 double kernelUs(const KernelWork& w, const KernelCosts& c, double count) {
@@ -544,7 +548,7 @@ ClusterTimes clusterModel(size_t count, const CallKind& kind, int bits, int buck
   hk.piped = false;
   const AlgoShape hs = algoShape(5, c.ranks(), c.local, 1, hk);
   auto hierCosts = [&](double pieces) {
-    return curve.at(codecLaunch(5, count, c.ranks(), pieces),
+    return curve.at(codecLaunch(5, count, c.ranks(), pieces, c.local),
                     elementwiseLaunch(5, count, c.ranks(), c.local, pieces));
   };
   t.hierKernelUs = kernelUs(hs.work, hierCosts(1), (double)count);

@@ -84,10 +84,14 @@ struct KernelCurve {
 };
 // The elements one codec launch covers in a call of `count` elements (the
 // reduce-scatter's recvcount) run by `algo` on `nranks` ranks cut into
-// `pieces`, and one elementwise pass (the hierarchy's widening and
-// conversions run per local block: count / (local * pieces)).
-double codecLaunch(int algo, size_t count, int nranks, double pieces);
-double elementwiseLaunch(int algo, size_t count, int nranks, int local, double pieces);
+// `pieces` (hier: `local` ranks a node, `middle` the algorithm across nodes,
+// 1 two-shot or 3 allgather), and one elementwise pass (the unpipelined
+// hierarchy's widening and conversions run per local block of count / local,
+// the pipelined one's per segment, as its codec kernels).
+double codecLaunch(int algo, size_t count, int nranks, double pieces, int local = 1,
+                   int middle = 1);
+double elementwiseLaunch(int algo, size_t count, int nranks, int local, double pieces,
+                         int middle = 1);
 
 // Per-rank kernel work and sequential message steps of one allreduce, for
 // the algorithm gradcomp ran (gradcompAlgo_t; 0 = passed through to NCCL).

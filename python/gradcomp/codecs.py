@@ -70,7 +70,10 @@ def _real(value, name):
     """value as a float: a real number (not a bool), as the C float the library reads."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise InvalidArgumentError(f"{name}={value!r} is not a number", 1)
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:
+        raise InvalidArgumentError(f"{name}={value!r} is too large for a float", 1) from None
 
 
 def _choice(field, value):

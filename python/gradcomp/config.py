@@ -29,7 +29,10 @@ def _coerce(key, cname, value):
     if ctype is ctypes.c_float:
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise InvalidArgumentError(f"{key}={value!r} is not a number", 1)
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise InvalidArgumentError(f"{key}={value!r} is too large for a float", 1) from None
     if isinstance(value, bool):
         value = int(value)
     if not isinstance(value, numbers.Integral):

@@ -854,9 +854,11 @@ class FailingPassTransport final : public gctest::ForwardingTransport {
   }
 };
 
-// A flush whose exchange fails leaves the residual as it was (the caller may
-// retry the call with the same gradient), and the retry sends it once.
-TEST(AutoTune, AFailedPassKeepsTheResidualForTheRetry) {
+// A flush whose exchange fails leaves the residual, and an in-place call's
+// buffer, as they were (the caller may retry the call with the same
+// gradient), and the retry sends the residual once.
+void expectAFailedPassKeepsTheResidual(bool inPlace) {
+  SCOPED_TRACE(inPlace ? "in place" : "out of place");
   const int N = 2;
   const size_t n = 4096;
   gctest::CpuWorld w(N, autoConfig(1));
@@ -870,9 +872,10 @@ TEST(AutoTune, AFailedPassKeepsTheResidualForTheRetry) {
   std::vector<std::vector<float>> in(N), out(N, std::vector<float>(n));
   auto call = [&](uint64_t seed) {
     for (int r = 0; r < N; ++r) in[r] = gctest::normal(n, seed + (uint64_t)r);
+    if (inPlace) out = in;
     return w.run([&](int r) {
-      return gradcompAllReduceKeyed(in[r].data(), out[r].data(), n, ncclFloat32, ncclSum, w.comm(r),
-                                    nullptr, 9);
+      return gradcompAllReduceKeyed(inPlace ? out[r].data() : in[r].data(), out[r].data(), n,
+                                    ncclFloat32, ncclSum, w.comm(r), nullptr, 9);
     });
   };
   for (gradcompResult_t rc : call(31)) ASSERT_EQ(rc, gradcompSuccess) << gradcompGetLastError();
@@ -888,6 +891,7 @@ TEST(AutoTune, AFailedPassKeepsTheResidualForTheRetry) {
   for (gradcompResult_t rc : call(32)) EXPECT_EQ(rc, gradcompInternalError);
   for (int r = 0; r < N; ++r) {
     EXPECT_TRUE(residualOf(w.comm(r), n) == carry[r]) << "rank " << r << ": the residual moved";
+    if (inPlace) EXPECT_TRUE(out[r] == in[r]) << "rank " << r << ": the caller's buffer changed";
     tr[r]->armed = false;
   }
   for (gradcompResult_t rc : call(32)) ASSERT_EQ(rc, gradcompSuccess) << gradcompGetLastError();
@@ -897,6 +901,11 @@ TEST(AutoTune, AFailedPassKeepsTheResidualForTheRetry) {
       ASSERT_EQ(out[r][i], want) << "rank " << r << " element " << i;
     }
   }
+}
+
+TEST(AutoTune, AFailedPassKeepsTheResidualForTheRetry) {
+  expectAFailedPassKeepsTheResidual(false);
+  expectAFailedPassKeepsTheResidual(true);
 }
 
 TEST(AutoTune, APassedCallSendsTheResidualAlong) {

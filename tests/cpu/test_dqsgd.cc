@@ -529,6 +529,13 @@ TEST(DqsgdCpu, ALoadedBudgetWindowThatOverspendsIsRefused) {
   EXPECT_EQ(load(3), gradcompInvalidArgument);
   EXPECT_NE(strstr(gradcompGetLastError(), "outside bitsMin..bitsMax bits per call made"), nullptr)
       << gradcompGetLastError();
+  // A blob that does not record its budget (shape field 15 zero: an older
+  // build) may come from another budget: its overspent window starts afresh.
+  const size_t budgetField = 48 + 15 * 4;
+  const int32_t zero = 0;
+  memcpy(blob.data() + budgetField, &zero, 4);
+  EXPECT_EQ(load(13), gradcompSuccess) << gradcompGetLastError();
+  EXPECT_EQ(load(3), gradcompInvalidArgument);
 }
 
 // Refused by the validator, not at the first call.

@@ -717,6 +717,10 @@ class CodecArgumentChecks(unittest.TestCase):
             codecs.topk_slots(-1)
         with self.assertRaisesRegex(ValueError, r"density='0.1' is not a number"):
             codecs.topk_slots(1000, "0.1")
+        with self.assertRaisesRegex(ValueError, r"oversample=10{400} is too large for a float"):
+            codecs.topk_slots(1000, 0.5, 10**400)
+        with self.assertRaisesRegex(ValueError, r"density=10{400} is too large for a float"):
+            gradcomp.Config(density=10**400)
         self.assertEqual(codecs.topk_slots(1000, 0.5, 1.0), codecs.topk_slots(np.uint64(1000),
                                                                                0.5, 1))
         self.assertTrue(np.array_equal(codecs.qsgd_encode(self.x, np.int64(4), seed=np.uint64(3)),
