@@ -504,10 +504,44 @@ def check_projection(tag, r, kdoc, bits, bucket, intra_gbps=3600.0, lat=10.0):
     return seen
 
 
-def check_pipelined_model(tag, r, pieces, steps, lat=10.0):
+def two_shot_streams(r, nranks, pieces, gbps, lat):
+    """Pipelined two-shot on its two streams (docs/benchmark.md): per piece of a chunk (b =
+    count / N / K elements) the compute stream's encode E ((N-1) b encodes, the own chunk
+    widened: e + 2r + 4 bytes an element), reduce R (a decode, N-2 decode-accumulates, 12
+    bytes, the owner's re-encode) and decode D (N decodes, and the conversion's 4 + e bytes
+    where the output is not fp32); the comm stream's X and G, each half the wire and one
+    step. E_q X_q, then R_{q-1} G_{q-1}, then D_{q-2}."""
+    c = r["kernel_costs"]
+    e = TYPE_BYTES[r["dtype"]]
+    b = r["count"] / nranks / pieces
+    ew = c["elementwise_per_byte"]
+    enc = (nranks - 1) * b * c["encode"] + b * (e + 4 + 4 + 4) * ew
+    red = (b * c["decode"] + max(0, nranks - 2) * b * c["decode_acc"] + 12 * b * ew
+           + b * c["owner_encode"])
+    dec = nranks * b * c["decode"] + (nranks * b * (4 + e) * ew if r["dtype"] != "float" else 0)
+    x = r["wire_bytes"] / 2 / pieces * 8 / (gbps * 1e3) + lat
+    compute = comm = 0.0
+    xd, gd = {}, {}
+    for q in range(pieces + 2):
+        if q < pieces:
+            compute += enc
+            comm = max(comm, compute) + x
+            xd[q] = comm
+        if 1 <= q <= pieces:
+            compute = max(compute, xd[q - 1]) + red
+            comm = max(comm, compute) + x
+            gd[q - 1] = comm
+        if 2 <= q <= pieces + 1:
+            compute = max(compute, gd[q - 2]) + dec
+    return compute
+
+
+def check_pipelined_model(tag, r, pieces, steps, lat=10.0, two_shot_ranks=0):
     """A flat row's model at every link: the unpipelined time (kernels + wire + steps
-    latencies) and the two-stage pipeline of docs/benchmark.md, k = kernel / K and
-    w = wire / K / L + steps * a, time k + w + (K-1) max(k, w)."""
+    latencies) and the pipelined one: for two-shot its two streams stage by stage
+    (two_shot_streams, two_shot_ranks = N), else the two-stage pipeline of
+    docs/benchmark.md, k = kernel / K and w = wire / K / L + steps * a, time
+    k + w + (K-1) max(k, w)."""
     for m in r["model"]:
         g = m["link_gbps"]
         ours = r["kernel_us"] + r["wire_bytes"] * 8 / (g * 1e3) + steps * lat
@@ -515,6 +549,8 @@ def check_pipelined_model(tag, r, pieces, steps, lat=10.0):
         k = r["kernel_us"] / pieces
         w = r["wire_bytes"] / pieces * 8 / (g * 1e3) + steps * lat
         piped = k + w + (pieces - 1) * max(k, w)
+        if two_shot_ranks:
+            piped = two_shot_streams(r, two_shot_ranks, pieces, g, lat)
         expect(close(m.get("pipelined_time_us"), piped, 1e-6),
                "%s: pipelined model at %g: %s vs %s" % (tag, g, m.get("pipelined_time_us"), piped))
         expect(close(m.get("pipelined_speedup"), m["nccl_time_us"] / piped, 1e-6),
@@ -1290,8 +1326,9 @@ def main():
                        "%s: NCCL reduce-scatter model at %g" % (tag, g))
 
     # Pipelined two-shot and ring (GRADCOMP_PIPELINE_BYTES): the row records its
-    # pieces and the pipelined model, fill + drain + (K-1) * max(stage) with stages
-    # k = kernel / K and w = wire / K / L + steps * a (docs/benchmark.md), beside the
+    # pieces and the pipelined model (two-shot: its two streams stage by stage; the ring:
+    # fill + drain + (K-1) * max(stage) with stages k = kernel / K and w = wire / K / L +
+    # steps * a, docs/benchmark.md), beside the
     # unpipelined model, which is unchanged; the wire bytes are the unpipelined ones
     # (two-shot: ok.json's rows; ring: an unpipelined ring run of the same size).
     pipe_bytes = 64 << 10
@@ -1329,7 +1366,8 @@ def main():
                    all(m.get("pipelined_time_us") is None for m in p["model"]),
                    "%s: the unpipelined row has one piece and no pipelined model" % tag)
             check_kernels(tag, r, kdoc, bits, bucket, algo, nranks)
-            check_pipelined_model(tag, r, pieces, steps)
+            check_pipelined_model(tag, r, pieces, steps,
+                                  two_shot_ranks=nranks if algo == "twoshot" else 0)
 
     # Pipelined reduce-scatter: each block of m = count elements is cut as two-shot cuts
     # its chunks (piece = ceil(B/4/N) rounded up to whole buckets); the row records the

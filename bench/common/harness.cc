@@ -552,9 +552,16 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
                                                           row->latencySteps, g, o.linkLatencyUs);
       // Only a call that was cut into pieces is modeled pipelined (two-shot,
       // ring and the reduce-scatter run every stage piece by piece).
-      if (row->pieces > 1 &&
-          (row->algoUsed == gradcompAlgoTwoShot || row->algoUsed == gradcompAlgoRing ||
-           row->algoUsed == kAlgoReduceScatter)) {
+      // Two-shot: its two streams stage by stage (twoShotPipelineSimUs); the
+      // ring and the reduce-scatter: the two-stage pipeline of kernels and wire.
+      if (row->pieces > 1 && row->algoUsed == gradcompAlgoTwoShot && qsgdKernels) {
+        m.pipelinedUs = twoShotPipelineSimUs(
+            twoShotStageTimes(count, kind, r.nranks(), row->costs, row->gradcompWire, g,
+                              o.linkLatencyUs, row->pieces),
+            (int)llround(row->pieces));
+      } else if (row->pieces > 1 &&
+                 (row->algoUsed == gradcompAlgoTwoShot || row->algoUsed == gradcompAlgoRing ||
+                  row->algoUsed == kAlgoReduceScatter)) {
         m.pipelinedUs = pipelinedModelUs(row->kernelUs, row->gradcompWire, row->latencySteps, g,
                                          o.linkLatencyUs, row->pieces);
       }

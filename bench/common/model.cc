@@ -340,6 +340,43 @@ double pipelinedModelUs(double kernelUs, double wireBytes, double latencySteps, 
   return k + w + (pieces - 1) * std::max(k, w);
 }
 
+TwoShotStageTimes twoShotStageTimes(size_t count, const CallKind& kind, int nranks,
+                                    const KernelCosts& c, double wireBytes, double gbps,
+                                    double latencyUs, double pieces) {
+  TwoShotStageTimes t;
+  const double P = pieces > 1 ? pieces : 1, n = nranks;
+  const double e = (double)kind.elemBytes, r = kind.residual ? 4.0 : 0.0;
+  const double b = (double)count / n / P;  // one chunk's piece
+  const double ew = c.elementwisePerByte;
+  // As algoShape's two-shot (scatterSum, the owner's re-encode, decodeOut).
+  t.encode = (n - 1) * b * c.encode + b * (e + r + 4 + r) * ew;
+  t.reduce =
+      b * c.decode + std::max(0.0, n - 2) * b * c.decodeAcc + 12 * b * ew + b * c.ownerEncode;
+  t.decode = n * b * c.decode + (kind.convert ? n * b * (4 + e) * ew : 0.0);
+  t.exchange = transferUs(wireBytes / 2 / P, gbps) + latencyUs;
+  return t;
+}
+
+double twoShotPipelineSimUs(const TwoShotStageTimes& t, int pieces) {
+  const int P = std::max(1, pieces);
+  double compute = 0, comm = 0;
+  std::vector<double> xDone(P), gDone(P);
+  for (int q = 0; q < P + 2; ++q) {
+    if (q < P) {
+      compute += t.encode;
+      comm = std::max(comm, compute) + t.exchange;
+      xDone[q] = comm;
+    }
+    if (q >= 1 && q - 1 < P) {
+      compute = std::max(compute, xDone[q - 1]) + t.reduce;
+      comm = std::max(comm, compute) + t.exchange;
+      gDone[q - 1] = comm;
+    }
+    if (q >= 2 && q - 2 < P) compute = std::max(compute, gDone[q - 2]) + t.decode;
+  }
+  return compute;
+}
+
 LinkBytes ncclClusterBytes(double bytes, const Cluster& c) {
   const double n = c.ranks(), g = c.local;
   const double ring = n > 1 ? 2.0 * (n - 1) / n * bytes : 0.0;

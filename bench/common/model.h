@@ -137,6 +137,22 @@ constexpr double kTcpPayloadShare = 1448.0 / 1514.0;
 // One piece gives gradcompModelUs.
 double pipelinedModelUs(double kernelUs, double wireBytes, double latencySteps, double gbps,
                         double latencyUs, double pieces);
+// Pipelined two-shot as the library runs it (plugin/algorithms/twoshot.cc):
+// per piece, on the compute stream the encode E (N-1 chunks' encodes and the
+// own chunk widened), the owner's reduce R (decodes, sum, re-encode) and the
+// decode D of every chunk (and the conversion); on the comm stream the
+// all-to-all X and the owners' sends G, each half the wire bytes and one
+// latency step. Issue order E_q X_q, then R_{q-1} G_{q-1}, then D_{q-2}; X_q
+// after E_q, R after X, G after R, D after G. Its kernels sum to
+// kernelUs(algoShape(1).work, costs).
+struct TwoShotStageTimes {
+  double encode = 0, reduce = 0, decode = 0;  // compute stream, per piece
+  double exchange = 0;                        // comm stream: X and G each, per piece
+};
+TwoShotStageTimes twoShotStageTimes(size_t count, const CallKind& kind, int nranks,
+                                    const KernelCosts& costs, double wireBytes, double gbps,
+                                    double latencyUs, double pieces);
+double twoShotPipelineSimUs(const TwoShotStageTimes& t, int pieces);
 
 // K nodes of G GPUs. Bandwidths per direction: intraGbps per GPU (NVLink 4:
 // 450 GB/s = 3600 Gb/s), nodeGbps for all NICs of a node together.
