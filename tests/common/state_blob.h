@@ -57,4 +57,35 @@ inline std::vector<uint8_t> withoutAutoFigures(const std::vector<uint8_t>& s,
   return out;
 }
 
+// The residual (error feedback, n floats) of the first buffer record of
+// `count` elements in saved state s (plugin/state.cc: a 112-byte header, then
+// records of tag, 0, bytes; a buffer record's payload has its count at +16,
+// its flags at +40, its arrays from +48, the residual first); empty when
+// there is none.
+inline std::vector<float> savedResidual(const std::vector<uint8_t>& s, size_t count) {
+  uint64_t records = 0;
+  if (s.size() < 112) return {};
+  memcpy(&records, s.data() + 40, 8);
+  size_t at = 112;
+  for (uint64_t i = 0; i < records && at + 16 <= s.size(); ++i) {
+    uint32_t tag = 0, flags = 0;
+    uint64_t bytes = 0, n = 0;
+    memcpy(&tag, s.data() + at, 4);
+    memcpy(&bytes, s.data() + at + 8, 8);
+    if (bytes < 16 || bytes > s.size() - at) return {};
+    const size_t p = at + 16;
+    if (tag == 1 && bytes >= 16 + 48) {
+      memcpy(&n, s.data() + p + 16, 8);
+      memcpy(&flags, s.data() + p + 40, 4);
+      if (n == count && (flags & 1u) != 0 && p + 48 + 4 * n <= at + bytes) {
+        std::vector<float> r(n);
+        memcpy(r.data(), s.data() + p + 48, 4 * n);
+        return r;
+      }
+    }
+    at += bytes;
+  }
+  return {};
+}
+
 }  // namespace gctest

@@ -21,6 +21,7 @@
 #include "tests/common/cpu_world.h"
 #include "tests/common/forwarding_backend.h"
 #include "tests/common/forwarding_transport.h"
+#include "tests/common/state_blob.h"
 #include "tests/common/stats_compare.h"
 #include "tests/common/test_util.h"
 
@@ -807,6 +808,10 @@ void expectPassSendsTheResidualAlong(int N, int L, bool rs, bool keyed, gradcomp
   for (int r = 0; r < N; ++r) {
     const std::vector<float> state = residualOf(w.comm(r), n);
     ASSERT_EQ(state.size(), n) << "rank " << r;
+    // The multirank check reads it from a saved blob (gctest::savedResidual).
+    const std::vector<char> blob = blobOf(w.comm(r));
+    EXPECT_TRUE(gctest::savedResidual(std::vector<uint8_t>(blob.begin(), blob.end()), n) == state)
+        << "rank " << r;
     const gc::Topology& t = w.comm(r)->topo;
     if (rs && t.hier()) {
       carry[r].resize(n);

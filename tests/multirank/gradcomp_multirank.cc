@@ -746,12 +746,20 @@ void checkAuto(ncclComm_t nc, cudaStream_t st) {
              std::to_string(stateB.size()) + " bytes, " + std::to_string(figures) +
              " figures records)");
 
-  bool ok = true, allCompressed = true;
+  bool ok = true, allCompressed = true, anyCompressed = false;
   for (int step = 0; step < 2; ++step) {
     std::vector<float> in = gctest::normal(n, 1000 * step + rank);
+    // A call auto passes after compressed calls of the buffer sends their
+    // residual along (collective.h residualPassThrough): NCCL's sum of
+    // input + residual is what it must equal then.
+    std::vector<float> sent = in;
+    if (anyCompressed) {
+      const std::vector<float> carry = gctest::savedResidual(blob(a), n);
+      for (size_t i = 0; i < carry.size() && i < n; ++i) sent[i] += carry[i];
+    }
     CK(cudaMemcpyAsync(x, in.data(), n * 4, cudaMemcpyHostToDevice, st));
     CK(cudaMemcpyAsync(y, in.data(), n * 4, cudaMemcpyHostToDevice, st));
-    CK(cudaMemcpyAsync(z, in.data(), n * 4, cudaMemcpyHostToDevice, st));
+    CK(cudaMemcpyAsync(z, sent.data(), n * 4, cudaMemcpyHostToDevice, st));
     gradcompGetStats(a, &sa);
     const uint64_t before = sa.callsCompressed;
     ok &= gradcompAllReduce(x, x, n, ncclFloat32, ncclSum, a, st) == gradcompSuccess;
@@ -771,10 +779,13 @@ void checkAuto(ncclComm_t nc, cudaStream_t st) {
       ok &= memcmp(rx.data(), ry.data(), n * 4) == 0;
     }
     allCompressed &= compressed;
+    anyCompressed |= compressed;
     printf("rank %d auto step %d at %zu elements: %s\n", rank, step, n,
            compressed ? "compressed" : "passed to NCCL");
   }
-  report(ok, "auto: passed calls equal NCCL, compressed calls equal autoTune=0 across a retune");
+  report(ok,
+         "auto: passed calls equal NCCL (of input + residual after compressed ones), compressed "
+         "calls equal autoTune=0 across a retune");
 
   // A sweep of sizes: every rank passes the same calls (the decision does not
   // read the data; y holds zeros for the bf16 calls).
@@ -819,16 +830,39 @@ void checkAutoRs(ncclComm_t nc, cudaStream_t st) {
   CK(cudaMalloc(&ya, m * 4));
   CK(cudaMalloc(&yb, m * 4));
   CK(cudaMalloc(&yz, m * 4));
-  bool ok = true, allCompressed = true, retuneKeptStats = true;
+  bool ok = true, allCompressed = true, retuneKeptStats = true, anyCompressed = false;
   gradcompStats_t sa, sr;
+  float* xz;  // NCCL's input: the call's, plus the residual a passed call sends along
+  CK(cudaMalloc(&xz, n * 4));
   for (int step = 0; step < 2; ++step) {
     std::vector<float> in = gctest::normal(n, 2000 * step + rank);
+    // After compressed calls, a passed one sends their residual along; the
+    // hierarchical reduce-scatter keeps it in its permuted block order
+    // (state block l*k + j is input block R(j, l) = (j*G + l), the ranks
+    // grouped by GRADCOMP_LOCAL_SIZE as the suite groups them).
+    std::vector<float> sent = in;
+    if (anyCompressed) {
+      size_t bytes = 0;
+      CK(gradcompCommStateSize(a, &bytes));
+      std::vector<uint8_t> s(bytes);
+      CK(gradcompCommSaveState(a, s.data(), bytes));
+      const std::vector<float> carry = gctest::savedResidual(s, n);
+      const int G = localSize > 1 && nranks / localSize >= 2 ? localSize : 1, k = nranks / G;
+      for (int l = 0; l < G && carry.size() == n; ++l) {
+        for (int j = 0; j < k; ++j) {
+          const size_t from = ((size_t)l * k + j) * m;
+          const size_t to = (G > 1 ? (size_t)(j * G + l) : (size_t)l * k + j) * m;
+          for (size_t e = 0; e < m; ++e) sent[to + e] += carry[from + e];
+        }
+      }
+    }
     CK(cudaMemcpyAsync(x, in.data(), n * 4, cudaMemcpyHostToDevice, st));
+    CK(cudaMemcpyAsync(xz, sent.data(), n * 4, cudaMemcpyHostToDevice, st));
     gradcompGetStats(a, &sa);
     const uint64_t before = sa.callsCompressed;
     ok &= gradcompReduceScatter(x, ya, m, ncclFloat32, ncclSum, a, st) == gradcompSuccess;
     ok &= gradcompReduceScatter(x, yb, m, ncclFloat32, ncclSum, b, st) == gradcompSuccess;
-    CK(ncclReduceScatter(x, yz, m, ncclFloat32, ncclSum, nc, st));
+    CK(ncclReduceScatter(xz, yz, m, ncclFloat32, ncclSum, nc, st));
     gradcompGetStats(a, &sa);
     if (step == 0) {
       ok &= gradcompCommRetune(a, st) == gradcompSuccess;
@@ -847,6 +881,7 @@ void checkAutoRs(ncclComm_t nc, cudaStream_t st) {
       ok &= memcmp(ra.data(), rb.data(), m * 4) == 0;
     }
     allCompressed &= compressed;
+    anyCompressed |= compressed;
     printf("rank %d auto reduce-scatter step %d at recvcount %zu: %s\n", rank, step, m,
            compressed ? "compressed" : "passed to NCCL");
   }
@@ -869,6 +904,7 @@ void checkAutoRs(ncclComm_t nc, cudaStream_t st) {
   report(ok && sa.callsPassedThrough == sa.callsAutoPassed,
          "auto reduce-scatter: every rank takes the same decisions");
   cudaFree(x);
+  cudaFree(xz);
   cudaFree(ya);
   cudaFree(yb);
   cudaFree(yz);
