@@ -194,9 +194,6 @@ gradcompResult_t medianUs(CallTimer& timer, int first, float* us) {
   return gradcompSuccess;
 }
 
-// Times NCCL and the compressed path of collective k at the two sizes; one
-// synchronize at the end. Out of place, so every call reduces the same input.
-// A reduce-scatter's sizes are its input's, rounded down to whole blocks.
 // The input counts a comm times k at: AutoState::timedCounts, the
 // reduce-scatter's rounded to a multiple of the ranks.
 void timedCounts(const gradcompComm& c, AutoCall k, size_t counts[2]) {
@@ -205,6 +202,9 @@ void timedCounts(const gradcompComm& c, AutoCall k, size_t counts[2]) {
     counts[i] = std::max<size_t>(c.autoState.timedCounts[i] / ranks, 1) * ranks;
 }
 
+// Times NCCL and the compressed path of collective k at the two sizes; one
+// synchronize at the end. Out of place, so every call reduces the same input.
+// A reduce-scatter's sizes are its input's, rounded down to whole blocks.
 // Everything the timing needs on a rank (scratch buffers, timer, the timed
 // buffers' states and workspace) is made first, and the ranks agree that each
 // could before any of them starts a timed call: a rank out of memory would
