@@ -127,7 +127,8 @@ typedef struct {
   int autoTune; /* GRADCOMP_AUTO 0/1, default 1: time NCCL and compression (each collective at
                    its first eligible call) and pass through the calls compression would not
                    speed up (CUDA backend, and socket comms on the host clock; the
-                   in-process CPU world does not time) */
+                   in-process CPU world does not time); a passed call of a buffer that
+                   earlier calls compressed sends its residual along, once */
   /* GRADCOMP_PIPELINE_BYTES, 0 = off (default): QSGD allreduce (two-shot,
    * ring, the hierarchy) and reduce-scatter calls larger than this many bytes
    * (of the gradient as fp32) are cut into pieces of about this size whose
@@ -350,7 +351,8 @@ gradcompResult_t gradcompGetStats(gradcompComm_t comm, gradcompStats_t* stats);
  * the allreduce, and the reduce-scatter if the comm has timed it (else it
  * times at its next eligible call). Collective: every rank calls it in the
  * same order as its collectives; not while the stream is being captured.
- * Caller data and residuals are untouched. */
+ * Caller data and residuals are untouched; a buffer whose calls it moves from
+ * compressed to passed sends its residual with its next (passed) call. */
 gradcompResult_t gradcompCommRetune(gradcompComm_t comm, cudaStream_t stream);
 
 /* ------------------------------------------------- GPU codec entry points */
