@@ -350,10 +350,11 @@ gradcompResult_t tune(gradcompComm* c, AutoCall k) {
       size_t counts[2];
       timedCounts(*c, k, counts);
       if (d.restoredFigures.smallCount != counts[0] || d.restoredFigures.largeCount != counts[1]) {
-        GC_WARN("auto (%s): the loaded figures were timed at %zu and %zu elements, this comm "
-                "times %zu and %zu; it decides anew",
-                callName(k), d.restoredFigures.smallCount, d.restoredFigures.largeCount, counts[0],
-                counts[1]);
+        GC_WARN(
+            "auto (%s): the loaded figures were timed at %zu and %zu elements, this comm "
+            "times %zu and %zu; it decides anew",
+            callName(k), d.restoredFigures.smallCount, d.restoredFigures.largeCount, counts[0],
+            counts[1]);
         d.restored = false;
       }
     }

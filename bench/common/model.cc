@@ -357,12 +357,18 @@ TwoShotStageTimes twoShotStageTimes(size_t count, const CallKind& kind, int nran
   return t;
 }
 
-double twoShotPipelineSimUs(const TwoShotStageTimes& t, int pieces) {
-  const int P = std::max(1, pieces);
-  double compute = 0, comm = 0;
+namespace {
+
+// Two-shot's piece loop (twoshot.cc) on the compute and comm streams, with
+// the hooks a caller runs around it (the hierarchy's in-node stages):
+// before(q) ahead of piece q's encode, after(q) behind its decode.
+template <typename Before, typename After>
+void twoShotLoop(const TwoShotStageTimes& t, int P, double& compute, double& comm, Before before,
+                 After after) {
   std::vector<double> xDone(P), gDone(P);
   for (int q = 0; q < P + 2; ++q) {
     if (q < P) {
+      before(q);
       compute += t.encode;
       comm = std::max(comm, compute) + t.exchange;
       xDone[q] = comm;
@@ -372,8 +378,19 @@ double twoShotPipelineSimUs(const TwoShotStageTimes& t, int pieces) {
       comm = std::max(comm, compute) + t.exchange;
       gDone[q - 1] = comm;
     }
-    if (q >= 2 && q - 2 < P) compute = std::max(compute, gDone[q - 2]) + t.decode;
+    if (q >= 2 && q - 2 < P) {
+      compute = std::max(compute, gDone[q - 2]) + t.decode;
+      after(q - 2);
+    }
   }
+}
+
+}  // namespace
+
+double twoShotPipelineSimUs(const TwoShotStageTimes& t, int pieces) {
+  double compute = 0, comm = 0;
+  twoShotLoop(
+      t, std::max(1, pieces), compute, comm, [](int) {}, [](int) {});
   return compute;
 }
 
@@ -433,36 +450,27 @@ double hierPipelineScheduleUs(double r, double m, int pieces) {
 double hierPipelineSimUs(const HierStageTimes& t, int pieces) {
   const int P = std::max(1, pieces);
   double compute = 0, node = 0, comm = 0;  // when each stream is next free
-  std::vector<double> sDone(P), aDone(P), xDone(P), gDone(P);
+  std::vector<double> sDone(P), aDone(P);
   auto reducePiece = [&](int q) {  // widen, then the in-node reduce-scatter
     compute += t.widen;
     node = std::max(node, compute) + t.reduceScatter;
     sDone[q] = node;
   };
   auto unpack = [&](int q) { compute = std::max(compute, aDone[q]) + t.unpack; };
+  const TwoShotStageTimes middle{t.encode, t.reduce, t.decode, t.exchange};
   reducePiece(0);
-  for (int q = 0; q < P + 2; ++q) {
-    if (q < P) {  // before(q): the next piece's reduce-scatter, then this one's copy-in
-      if (q + 1 < P) reducePiece(q + 1);
-      compute = std::max(compute, sDone[q]) + t.copyIn;
-      compute += t.encode;
-      comm = std::max(comm, compute) + t.exchange;
-      xDone[q] = comm;
-    }
-    if (q >= 1 && q - 1 < P) {
-      compute = std::max(compute, xDone[q - 1]) + t.reduce;
-      comm = std::max(comm, compute) + t.exchange;
-      gDone[q - 1] = comm;
-    }
-    if (q >= 2 && q - 2 < P) {
-      compute = std::max(compute, gDone[q - 2]) + t.decode;
-      // after(q-2): the conversion, the allgather, the previous piece's unpack
-      compute += t.convert;
-      node = std::max(node, compute) + t.allGather;
-      aDone[q - 2] = node;
-      if (q - 2 >= 1) unpack(q - 3);
-    }
-  }
+  twoShotLoop(
+      middle, P, compute, comm,
+      [&](int q) {  // the next piece's reduce-scatter, then this one's copy-in
+        if (q + 1 < P) reducePiece(q + 1);
+        compute = std::max(compute, sDone[q]) + t.copyIn;
+      },
+      [&](int q) {  // the conversion, the allgather, the previous piece's unpack
+        compute += t.convert;
+        node = std::max(node, compute) + t.allGather;
+        aDone[q] = node;
+        if (q >= 1) unpack(q - 1);
+      });
   unpack(P - 1);
   return std::max(compute, node);
 }

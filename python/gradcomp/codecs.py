@@ -4,11 +4,11 @@ The same bytes as the GPU kernels for the same seed; handy to inspect what a
 compressed call puts on the wire. Thin wrappers: the arithmetic is the library's.
 """
 import ctypes
-import numbers
 
 from . import _types as T
 from ._lib import InvalidArgumentError, check, lib
 from .comm import _count, _integer, _rank_int, buffer_info, describe
+from .config import _real
 
 
 def _np():
@@ -64,16 +64,6 @@ def _seed(seed):
     if not 0 <= seed < 2**64:
         raise InvalidArgumentError(f"seed={seed} is out of range (0 <= seed < 2**64)", 1)
     return seed
-
-
-def _real(value, name):
-    """value as a float: a real number (not a bool), as the C float the library reads."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise InvalidArgumentError(f"{name}={value!r} is not a number", 1)
-    try:
-        return float(value)
-    except OverflowError:
-        raise InvalidArgumentError(f"{name}={value!r} is too large for a float", 1) from None
 
 
 def _choice(field, value):

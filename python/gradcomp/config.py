@@ -17,6 +17,16 @@ def settings():
     return list(_C_NAME)
 
 
+def _real(value, name):
+    """value as a float: a real number (not a bool) that a C float or double holds."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InvalidArgumentError(f"{name}={value!r} is not a number", 1)
+    try:
+        return float(value)
+    except OverflowError:
+        raise InvalidArgumentError(f"{name}={value!r} is too large for a float", 1) from None
+
+
 def _coerce(key, cname, value):
     choices = T.CHOICES.get(cname)
     if choices is not None and isinstance(value, str):
@@ -27,12 +37,7 @@ def _coerce(key, cname, value):
         return v
     ctype = _C_TYPE[cname]
     if ctype is ctypes.c_float:
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise InvalidArgumentError(f"{key}={value!r} is not a number", 1)
-        try:
-            return float(value)
-        except OverflowError:
-            raise InvalidArgumentError(f"{key}={value!r} is too large for a float", 1) from None
+        return _real(value, key)
     if isinstance(value, bool):
         value = int(value)
     if not isinstance(value, numbers.Integral):
