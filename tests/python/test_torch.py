@@ -1231,15 +1231,21 @@ class FsdpReduceScatterOnCpuWorld(unittest.TestCase):
         with self.gradcomp.CpuWorld(self.N, self.config()) as w:
             states = HookOnCpuWorld.make_states(self.N, w, "rs-op-q", None, 0, self.config)
             rs = gt.GradcompReduceScatter(states[0], "layers.0")
-            sent = []
-            with mock.patch.object(dist, "reduce_scatter_tensor",
-                                   lambda out, inp, **kw: sent.append(kw["op"])):
-                rs._reduce_scatter(torch.zeros(self.n), torch.zeros(self.N * self.n),
-                                   states[0].process_group, dist.ReduceOp.MAX, False,
-                                   lambda: None)
+            sent = self.ops_sent_to_torch(rs, states[0], dist.ReduceOp.MAX,
+                                          torch.zeros(self.N * self.n))
             self.assertEqual(sent, [dist.ReduceOp.MAX])
             self.assertIn("fsdp-op", states[0]._warned)
 
+
+    def ops_sent_to_torch(self, rs, state, op, inp):
+        """The ops of the reduce-scatters rs hands to torch (reduce_scatter_tensor mocked) for
+        one call of input inp."""
+        sent = []
+        with mock.patch.object(dist, "reduce_scatter_tensor",
+                               lambda out, inp, **kw: sent.append(kw["op"])):
+            rs._reduce_scatter(torch.zeros(self.n), inp, state.process_group, op, False,
+                               lambda: None)
+        return sent
 
     def test_paused_state_sends_uncompressed_and_leaves_the_residual(self):
         """Inside state.paused() the FSDP2 reduce-scatter goes to torch uncompressed, as the
@@ -1251,18 +1257,14 @@ class FsdpReduceScatterOnCpuWorld(unittest.TestCase):
             rs = gt.GradcompReduceScatter(states[0], "layers.0")
             comm = w.comms[0]  # the state's comm (make_states); state.comm() would agree
             before = comm.call_counts()
-            sent = []
 
             def no_comm(device):
                 raise AssertionError("the paused reduce-scatter asked for gradcomp's comm")
 
             states[0].comm = no_comm
             with states[0].paused():
-                with mock.patch.object(dist, "reduce_scatter_tensor",
-                                       lambda out, inp, **kw: sent.append(kw["op"])):
-                    rs._reduce_scatter(torch.zeros(self.n), torch.ones(self.N * self.n),
-                                       states[0].process_group, dist.ReduceOp.AVG, False,
-                                       lambda: None)
+                sent = self.ops_sent_to_torch(rs, states[0], dist.ReduceOp.AVG,
+                                              torch.ones(self.N * self.n))
             self.assertEqual(sent, [dist.ReduceOp.AVG])
             self.assertEqual(comm.call_counts(), before)
 
