@@ -424,9 +424,7 @@ class CudaRank : public Rank {
   }
   bool qsgdKernelCurve(gc::DType t, size_t count, const QsgdKernels& k,
                        KernelCurve* curve) override {
-    KernelCosts c;
-    if (!qsgdKernelTimes(t, count, k, &c)) return false;
-    curve->add((double)count, c);
+    if (!Rank::qsgdKernelCurve(t, count, k, curve)) return false;  // count's point
     if (kernels_) {
       for (const auto& e : *kernels_) {
         if (std::get<0>(e.first) == (int)t && !(std::get<2>(e.first) < k) &&
