@@ -352,7 +352,8 @@ gradcompResult_t gradcompGetStats(gradcompComm_t comm, gradcompStats_t* stats);
  * times at its next eligible call). Collective: every rank calls it in the
  * same order as its collectives; not while the stream is being captured.
  * Caller data and residuals are untouched; a buffer whose calls it moves from
- * compressed to passed sends its residual with its next (passed) call. */
+ * compressed to passed sends its residual (and an allreduce's owner
+ * residual) with its next (passed) call. */
 gradcompResult_t gradcompCommRetune(gradcompComm_t comm, cudaStream_t stream);
 
 /* ------------------------------------------------- GPU codec entry points */

@@ -98,11 +98,21 @@ bool passesMomentum(const gradcompComm& c, ncclDataType_t type, ncclRedOp_t op) 
 
 namespace {
 
+// Where this rank's owner residual lies in an allreduce buffer of count
+// elements: the span of the algorithm a compressed call runs (allreduce.cc);
+// empty where it keeps none (allgather, Elias, the sparse methods).
+OwnerSpan allReduceOwnerSpan(const gradcompComm& c, size_t count) {
+  if (c.cfg.method != gradcompMethodQsgd || c.cfg.elias) return {};
+  const Algorithm& algo = pickDenseAlgorithm(c, count);
+  return algo.ownerSpan != nullptr ? algo.ownerSpan(c, count) : OwnerSpan{};
+}
+
 // A call sent uncompressed with what the buffer's state carries: with
 // `momentum`, DGC's velocity (momentumPassThrough); without, the residual of
-// a buffer that earlier calls compressed (residualPassThrough), then only
-// when that state exists and the workspace can be had (*done false
-// otherwise: the caller passes the call plainly).
+// a buffer that earlier calls compressed, and the owner residual of the
+// allreduce chunk this rank reduced (residualPassThrough), then only when
+// that state exists and the workspace can be had (*done false otherwise:
+// the caller passes the call plainly).
 gradcompResult_t carriedPassThrough(gradcompComm& c, int kind, bool keyed, uint64_t key,
                                     bool agreed, const void* send, void* recv, size_t count,
                                     ncclDataType_t type, ncclRedOp_t op, bool momentum,
@@ -137,10 +147,11 @@ gradcompResult_t carriedPassThrough(gradcompComm& c, int kind, bool keyed, uint6
   // Workspace: the old v (settle's keep), v itself when there is no error
   // feedback, the reduce-scatter's input in the buffer type (the caller's
   // send buffer is read only; the flush's allreduce input too, below),
-  // permuted: the input widened into the state's order, the clipping's
-  // scratch.
+  // permuted: the input widened into the state's order, the owner
+  // residual's settle, the clipping's scratch.
   BufferState* st = nullptr;
-  size_t keepAt = 0, vAt = 0, typedAt = 0, permAt = 0, scratchAt = 0;
+  OwnerSpan owner;  // the flush's owner residual, in the buffer
+  size_t keepAt = 0, vAt = 0, typedAt = 0, permAt = 0, ownerAt = 0, scratchAt = 0;
   auto layoutWorkspace = [&]() {
     size_t p = 0;
     if (st->residual) keepAt = p, p += alignUp(n * 4);
@@ -149,6 +160,7 @@ gradcompResult_t carriedPassThrough(gradcompComm& c, int kind, bool keyed, uint6
     // send buffer, which a failed exchange must leave as it was.
     if (rs || !momentum) typedAt = p, p += alignUp(n * dtypeBytes(t));
     if (permuted) permAt = p, p += alignUp(n * 4);
+    if (owner.len) ownerAt = p, p += alignUp(owner.len * 4);
     scratchAt = p, p += alignUp(c.sparse->scratchBytes(n, 1, 0));
     return p;
   };
@@ -163,9 +175,15 @@ gradcompResult_t carriedPassThrough(gradcompComm& c, int kind, bool keyed, uint6
     // workspace (memory, a capture that would grow it) passes the call
     // plainly and keeps its residual: what the ranks send still sums right.
     auto it = c.states.find(stateKey(kind, keyed, key, recv, n, t));
-    if (it == c.states.end() || it->second.residual == nullptr || it->second.residualSent)
-      return gradcompSuccess;
+    if (it == c.states.end() || it->second.residualSent) return gradcompSuccess;
     st = &it->second;
+    if (!rs && st->ownerResidual != nullptr) owner = allReduceOwnerSpan(c, n);
+    if (owner.len > st->ownerResidualCount) {
+      return setError(gradcompInternalError,
+                      "owner residual span of %zu elements at %zu exceeds its %zu-element array",
+                      owner.len, owner.off, st->ownerResidualCount);
+    }
+    if (st->residual == nullptr && owner.len == 0) return gradcompSuccess;
     if (c.ensureWorkspace(layoutWorkspace()) != gradcompSuccess) {
       clearError();
       return gradcompSuccess;
@@ -179,8 +197,13 @@ gradcompResult_t carriedPassThrough(gradcompComm& c, int kind, bool keyed, uint6
   char* ws = static_cast<char*>(c.workspace);
   float* v = st->residual ? st->residual : reinterpret_cast<float*>(ws + vAt);
   float* keep = st->residual ? reinterpret_cast<float*>(ws + keepAt) : nullptr;
-  GC_TRACE("%s pass through: count=%zu type=%d op=%d reduce-scatter=%d",
-           momentum ? "momentum" : "residual", count, (int)type, (int)op, (int)rs);
+  GC_TRACE("%s pass through: count=%zu type=%d op=%d reduce-scatter=%d owner=%zu@%zu",
+           momentum ? "momentum" : "residual", count, (int)type, (int)op, (int)rs, owner.len,
+           owner.off);
+  // The owner residual is what the reduced sum of this rank's chunk lacked:
+  // added to v there, it joins the sum once. It is cleared only once the
+  // call went out, and there only where the sum came back finite: as a
+  // compressed call's owner keeps it where its sum is not (a skipped step).
   // The send buffer is read before recv, which may alias it, is written.
   const void* g = send;
   DType gt = t;
@@ -193,6 +216,7 @@ gradcompResult_t carriedPassThrough(gradcompComm& c, int kind, bool keyed, uint6
   GC_CHECK(ops.accumulate(g, gt, n, momentum ? sparseClipThreshold(c) : 0.0f,
                           momentum ? c.cfg.momentum : 0.0f, momentum ? st->momentum : nullptr, v,
                           st->residual != nullptr, keep, ws + scratchAt));
+  if (owner.len) GC_CHECK(c.backend->add(v + owner.off, st->ownerResidual, owner.len));
   void* typed = rs || !momentum ? static_cast<void*>(ws + typedAt) : recv;
   auto sendCarried = [&]() -> gradcompResult_t {
     if (permuted) {
@@ -211,10 +235,19 @@ gradcompResult_t carriedPassThrough(gradcompComm& c, int kind, bool keyed, uint6
     // A flush that did not go out leaves the residual as it was: the caller
     // may retry the call with the same gradient. (The momentum pass's u has
     // advanced; docs/reliability.md.)
-    if (!momentum) (void)c.backend->copy(v, keep, n * sizeof(float));
+    if (!momentum && keep) (void)c.backend->copy(v, keep, n * sizeof(float));
     return res;
   }
-  GC_CHECK(ops.settle(v, keep, nullptr, n, true));
+  if (owner.len) {
+    // ownerKeep = the sum's span, then settled against the owner residual:
+    // 0 where the sum is finite, the owner residual where not; copied back.
+    float* ownerKeep = reinterpret_cast<float*>(ws + ownerAt);
+    GC_CHECK(c.backend->toFloat(static_cast<const char*>(recv) + owner.off * dtypeBytes(t), t,
+                                nullptr, owner.len, ownerKeep));
+    GC_CHECK(ops.settle(ownerKeep, st->ownerResidual, nullptr, owner.len, true));
+    GC_CHECK(c.backend->copy(st->ownerResidual, ownerKeep, owner.len * sizeof(float)));
+  }
+  if (momentum || st->residual) GC_CHECK(ops.settle(v, keep, nullptr, n, true));
   // Spent (but for non-finite elements, which a skipped step leaves): the
   // next passes of this buffer go plainly, at NCCL's cost.
   if (!momentum) st->residualSent = true;
@@ -236,7 +269,10 @@ gradcompResult_t residualPassThrough(gradcompComm& c, int kind, bool keyed, uint
                                      const void* send, void* recv, size_t count,
                                      ncclDataType_t type, ncclRedOp_t op, bool* done) {
   *done = false;
-  if (!c.keepsResidual() || (op != ncclSum && op != ncclAvg)) return gradcompSuccess;
+  if (op != ncclSum && op != ncclAvg) return gradcompSuccess;
+  // Without error feedback, an allreduce may still hold an owner residual.
+  if (!c.keepsResidual() && (kind != kStateAllReduce || !c.cfg.ownerResidual))
+    return gradcompSuccess;
   return carriedPassThrough(c, kind, keyed, key, true, send, recv, count, type, op, false, done);
 }
 

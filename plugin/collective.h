@@ -122,10 +122,11 @@ gradcompResult_t momentumPassThrough(gradcompComm& c, int kind, bool keyed, uint
 // a buffer without such a state, nor when the workspace cannot be had (the
 // residual then waits, as before 2026-12-05): *done false, the caller passes
 // the call plainly. fp16/bf16: v's rounding to the buffer type is not kept.
-// The owners' residual (GRADCOMP_OWNER_RESIDUAL, two-shot and ring) stays
-// for the next compressed call. Once per buffer: later passes, until a call
-// that may compress finds the state again, go plainly (BufferState::
-// residualSent). Counted as passed through when done.
+// An allreduce's owner residual (GRADCOMP_OWNER_RESIDUAL: two-shot, ring and
+// the hierarchy's middle stage) goes along too, added to v on the chunk this
+// rank reduced (Algorithm::ownerSpan), also without error feedback. Once per buffer: later passes,
+// until a call that may compress finds the state again, go plainly (BufferState:: residualSent).
+// Counted as passed through when done.
 gradcompResult_t residualPassThrough(gradcompComm& c, int kind, bool keyed, uint64_t key,
                                      const void* send, void* recv, size_t count,
                                      ncclDataType_t type, ncclRedOp_t op, bool* done);

@@ -46,6 +46,10 @@ inline size_t hookedPieces(const CallArgs& a, size_t own) {
   return a.hooks != nullptr ? std::max(own, a.hooks->pieces) : own;
 }
 
+struct OwnerSpan {
+  size_t off = 0, len = 0;
+};
+
 struct Algorithm {
   gradcompAlgo_t id;
   const char* name;
@@ -59,6 +63,10 @@ struct Algorithm {
   // Pieces a pipelined call is cut into (GRADCOMP_PIPELINE_BYTES); null: the
   // algorithm does not pipeline (one piece).
   size_t (*pieces)(const gradcompComm& c, size_t count, int bits) = nullptr;
+  // Where this rank's owner residual (the re-encode error of the chunk it
+  // reduces, BufferState::ownerResidual) lies in the buffer: element i of it
+  // is buffer element off + i, for i < len. Null: the algorithm keeps none.
+  OwnerSpan (*ownerSpan)(const gradcompComm& c, size_t count) = nullptr;
 };
 
 const Algorithm& twoShotAlgorithm();          // algo_twoshot.cc
@@ -256,6 +264,8 @@ struct LaneEvents {
 // Pieces of a call to an algorithm that splits it with splitChunks and
 // splitPieces (its Algorithm::pieces).
 size_t chunkPieces(const gradcompComm& c, size_t count, int bits);
+// Chunk j of splitChunks' split, as an owner span (Algorithm::ownerSpan).
+OwnerSpan chunkSpan(const gradcompComm& c, size_t count, int j);
 
 // The reduce-scatter's input as Chunks: N blocks of m elements, block j
 // rank j's output, each block's encoding in a slot of its own.

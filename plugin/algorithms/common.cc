@@ -53,6 +53,12 @@ size_t chunkPieces(const gradcompComm& c, size_t count, int bits) {
   return splitPieces(c, splitChunks(c, count, bits)).count;
 }
 
+OwnerSpan chunkSpan(const gradcompComm& c, size_t count, int j) {
+  std::vector<size_t> off((size_t)c.nranks + 1);
+  splitAligned(count, c.nranks, c.cfg.bucketSize, off.data());
+  return {off[j], off[j + 1] - off[j]};
+}
+
 Chunks equalBlocks(const gradcompComm& c, size_t m, int bits) {
   Chunks ch;
   for (int j = 0; j <= c.nranks; ++j) ch.off.push_back((size_t)j * m);

@@ -400,9 +400,19 @@ static size_t hierPieces(const gradcompComm& c, size_t count, int bits) {
   return mid.pieces != nullptr && L.myLen > 0 ? mid.pieces(*c.inter, L.myLen, bits) : 1;
 }
 
+// The middle stage's owner span on this rank's shard, in the buffer.
+static OwnerSpan hierOwnerSpan(const gradcompComm& c, size_t count) {
+  const Layout L = layout(c, count, c.cfg.bits, kSteadyState);
+  if (L.myLen == 0 || sparseMethod(c)) return {};
+  const Algorithm& mid = middleAlgorithm(c, L.myLen);
+  if (mid.ownerSpan == nullptr) return {};
+  const OwnerSpan s = mid.ownerSpan(*c.inter, L.myLen);
+  return {L.myOff + s.off, s.len};
+}
+
 const Algorithm& hierAlgorithm() {
-  static const Algorithm algo = {gradcompAlgoHier, "hier",    workspaceSteady, wireSteady, run,
-                                 interNodeSteady,  hierPieces};
+  static const Algorithm algo = {gradcompAlgoHier, "hier",     workspaceSteady, wireSteady, run,
+                                 interNodeSteady,  hierPieces, hierOwnerSpan};
   return algo;
 }
 

@@ -44,6 +44,11 @@ size_t workspaceBytes(const gradcompComm& c, size_t count, int bits) {
   return layout(c, count, bits).total;
 }
 
+// The last hop makes this rank the final owner of chunk (r+1) mod N.
+OwnerSpan ownedChunk(const gradcompComm& c, size_t count) {
+  return chunkSpan(c, count, (c.rank + 1) % c.nranks);
+}
+
 // Bytes to every peer, or to the peers on other nodes only: the ring steps
 // all go to the next rank, the allgather to every peer (the sum of chunk
 // (r+1) mod N, which this rank owns last). Pieces are whole buckets, so
@@ -219,8 +224,8 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
 }  // namespace
 
 const Algorithm& ringAlgorithm() {
-  static const Algorithm algo = {gradcompAlgoRing, "ring",     workspaceBytes, wireBytes, run,
-                                 interNodeBytes,   chunkPieces};
+  static const Algorithm algo = {gradcompAlgoRing, "ring",      workspaceBytes, wireBytes, run,
+                                 interNodeBytes,   chunkPieces, ownedChunk};
   return algo;
 }
 

@@ -47,6 +47,11 @@ size_t workspaceBytes(const gradcompComm& c, size_t count, int bits) {
   return layout(c, count, bits).total;
 }
 
+// The owner residual is of chunk r, the one this rank reduces.
+OwnerSpan ownedChunk(const gradcompComm& c, size_t count) {
+  return chunkSpan(c, count, c.rank);
+}
+
 // Bytes to every peer, or to the peers on other nodes only: chunk j to its
 // owner, then the encoded sum of our own chunk to each peer.
 size_t wire(const gradcompComm& c, size_t count, int bits, bool remoteOnly) {
@@ -168,8 +173,8 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
 }  // namespace
 
 const Algorithm& twoShotAlgorithm() {
-  static const Algorithm algo = {gradcompAlgoTwoShot, "twoshot",  workspaceBytes, wireBytes, run,
-                                 interNodeBytes,      chunkPieces};
+  static const Algorithm algo = {gradcompAlgoTwoShot, "twoshot",   workspaceBytes, wireBytes, run,
+                                 interNodeBytes,      chunkPieces, ownedChunk};
   return algo;
 }
 

@@ -88,4 +88,35 @@ inline std::vector<float> savedResidual(const std::vector<uint8_t>& s, size_t co
   return {};
 }
 
+// The owner residual (two-shot's and the ring's re-encode error of the
+// chunk this rank reduced: its owner count, at +24, of floats after the
+// residual) of that record; empty when there is none.
+inline std::vector<float> savedOwnerResidual(const std::vector<uint8_t>& s, size_t count) {
+  uint64_t records = 0;
+  if (s.size() < 112) return {};
+  memcpy(&records, s.data() + 40, 8);
+  size_t at = 112;
+  for (uint64_t i = 0; i < records && at + 16 <= s.size(); ++i) {
+    uint32_t tag = 0, flags = 0;
+    uint64_t bytes = 0, n = 0, owner = 0;
+    memcpy(&tag, s.data() + at, 4);
+    memcpy(&bytes, s.data() + at + 8, 8);
+    if (bytes < 16 || bytes > s.size() - at) return {};
+    const size_t p = at + 16;
+    if (tag == 1 && bytes >= 16 + 48) {
+      memcpy(&n, s.data() + p + 16, 8);
+      memcpy(&owner, s.data() + p + 24, 8);
+      memcpy(&flags, s.data() + p + 40, 4);
+      const size_t from = p + 48 + ((flags & 1u) ? 4 * n : 0);
+      if (n == count && (flags & 2u) != 0 && owner <= (at + bytes - from) / 4) {
+        std::vector<float> r(owner);
+        memcpy(r.data(), s.data() + from, 4 * owner);
+        return r;
+      }
+    }
+    at += bytes;
+  }
+  return {};
+}
+
 }  // namespace gctest

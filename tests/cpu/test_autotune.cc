@@ -760,25 +760,77 @@ std::vector<float> residualOf(gradcompComm_t c, size_t n) {
   return {};
 }
 
+// The owner residual of that buffer (empty when there is none).
+std::vector<float> ownerResidualOf(gradcompComm_t c, size_t n) {
+  for (const auto& kv : c->states) {
+    const gc::BufferState& s = kv.second;
+    if (s.count == n && s.ownerResidual != nullptr)
+      return std::vector<float>(s.ownerResidual, s.ownerResidual + s.ownerResidualCount);
+  }
+  return {};
+}
+
+// Where rank r's owner residual (the re-encode error of the chunk it
+// reduced) lies in an allreduce buffer of n elements, worked out here from
+// the algorithms' descriptions, not from the library's span: two-shot's
+// owner reduces chunk r of N, the ring's final owner chunk r+1 mod N, and
+// the hierarchy's middle stage runs one of them among the nodes on local
+// rank l's shard l. Returns {offset, length}.
+std::pair<size_t, size_t> ownerPlaceOf(const gradcompComm* c, size_t n, bool ring) {
+  const gc::Topology& t = c->topo;
+  const size_t d = c->cfg.bucketSize;
+  size_t base = 0, len = n;
+  int parts = c->nranks, j = c->rank;
+  if (t.hier()) {
+    std::vector<size_t> shard((size_t)t.localSize + 1);
+    gc::splitAligned(n, t.localSize, d, shard.data());
+    base = shard[t.localRank];
+    len = shard[t.localRank + 1] - base;
+    parts = t.nodes;
+    j = t.node;
+  }
+  if (ring) j = (j + 1) % parts;
+  std::vector<size_t> off((size_t)parts + 1);
+  gc::splitAligned(len, parts, d, off.data());
+  return {base + off[j], off[j + 1] - off[j]};
+}
+
 // A call that a retune passes, of a buffer earlier calls compressed, sends
 // its residual along: NCCL's exact collective of input + residual (summed as
 // the transport sums, in rank order), the residual then zero, the step and
 // the compressed calls' count alone. Before 2026-12-05 the residual stayed
 // until a later retune compressed the buffer again. The hierarchical
 // reduce-scatter keeps its residual in its permuted block order (state block
-// l*k + j is input block R(j, l)), which the expectation follows.
-void expectPassSendsTheResidualAlong(int N, int L, bool rs, bool keyed, gradcompMethod_t method) {
-  SCOPED_TRACE(testing::Message() << "N=" << N << " L=" << L
+// l*k + j is input block R(j, l)), which the expectation follows. A QSGD
+// allreduce's owner residual goes along too, on the chunk its rank reduced
+// (before 2026-12-05 it stayed), with or without error feedback. And over
+// the three calls nothing is lost: the outputs sum to the inputs.
+struct PassCase {
+  int N, L;
+  bool rs, keyed;
+  gradcompMethod_t method;
+  gradcompAlgo_t algo = gradcompAlgoAuto;
+  int errorFeedback = 1;
+};
+
+void expectPassSendsTheResidualAlong(const PassCase& pc) {
+  const int N = pc.N;
+  const bool rs = pc.rs, keyed = pc.keyed;
+  SCOPED_TRACE(testing::Message() << "N=" << N << " L=" << pc.L
                                   << (rs ? " reduce-scatter" : " allreduce")
-                                  << (keyed ? " keyed" : " unkeyed") << " method=" << method);
+                                  << (keyed ? " keyed" : " unkeyed") << " method=" << pc.method
+                                  << " algo=" << pc.algo << " ef=" << pc.errorFeedback);
   gradcompConfig_t cfg = autoConfig(1);
-  cfg.method = method;
-  cfg.localSize = L;
+  cfg.method = pc.method;
+  cfg.algo = pc.algo;
+  cfg.errorFeedback = pc.errorFeedback;
+  cfg.localSize = pc.L;
   cfg.density = 0.05f;
   cfg.momentumCorrection = 0;
   gctest::CpuWorld w(N, cfg);
   const size_t m = 3000, n = rs ? m * (size_t)N : m;
   std::vector<std::vector<float>> in(N), out(N, std::vector<float>(rs ? m : n));
+  std::vector<double> sentIn(n, 0.0), gotOut(n, 0.0);
   auto call = [&](uint64_t seed) {
     for (int r = 0; r < N; ++r) in[r] = gctest::normal(n, seed + (uint64_t)r);
     auto res = w.run([&](int r) {
@@ -795,6 +847,14 @@ void expectPassSendsTheResidualAlong(int N, int L, bool rs, bool keyed, gradcomp
                  : gradcompAllReduce(in[r].data(), o, n, ncclFloat32, ncclSum, w.comm(r), nullptr);
     });
     for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
+    for (int r = 0; r < N; ++r) {
+      for (size_t k = 0; k < n; ++k) sentIn[k] += in[r][k];
+      // The reduce-scatter's outputs, rank after rank, are the whole buffer;
+      // every allreduce rank holds it all (rank 0's stands for them).
+      if (rs || r == 0) {
+        for (size_t k = 0; k < out[r].size(); ++k) gotOut[(rs ? r * m : 0) + k] += out[r][k];
+      }
+    }
   };
   for (int r = 0; r < N; ++r) gc::autoInjectFigures(w.comm(r), kCompressWins);
   call(21);
@@ -802,16 +862,21 @@ void expectPassSendsTheResidualAlong(int N, int L, bool rs, bool keyed, gradcomp
   for (int r = 0; r < N; ++r) gc::autoInjectFigures(w.comm(r), kNcclWins);
   auto res = w.run([&](int r) { return gradcompCommRetune(w.comm(r), nullptr); });
   for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
-  // Each rank's residual in input positions.
-  std::vector<std::vector<float>> carry(N);
-  bool carried = false;
+  // Each rank's residual in input positions, and its owner residual.
+  std::vector<std::vector<float>> carry(N), owner(N, std::vector<float>(n, 0.0f));
+  bool carried = false, owned = false;
   for (int r = 0; r < N; ++r) {
-    const std::vector<float> state = residualOf(w.comm(r), n);
-    ASSERT_EQ(state.size(), n) << "rank " << r;
-    // The multirank check reads it from a saved blob (gctest::savedResidual).
-    const std::vector<char> blob = blobOf(w.comm(r));
-    EXPECT_TRUE(gctest::savedResidual(std::vector<uint8_t>(blob.begin(), blob.end()), n) == state)
-        << "rank " << r;
+    std::vector<float> state = residualOf(w.comm(r), n);
+    if (pc.errorFeedback) {
+      ASSERT_EQ(state.size(), n) << "rank " << r;
+      // The multirank check reads it from a saved blob (gctest::savedResidual).
+      const std::vector<char> blob = blobOf(w.comm(r));
+      EXPECT_TRUE(gctest::savedResidual(std::vector<uint8_t>(blob.begin(), blob.end()), n) == state)
+          << "rank " << r;
+    } else {
+      ASSERT_TRUE(state.empty()) << "rank " << r;
+      state.assign(n, 0.0f);
+    }
     const gc::Topology& t = w.comm(r)->topo;
     if (rs && t.hier()) {
       carry[r].resize(n);
@@ -825,14 +890,30 @@ void expectPassSendsTheResidualAlong(int N, int L, bool rs, bool keyed, gradcomp
       carry[r] = state;
     }
     for (float x : state) carried = carried || x != 0.0f;
+    const std::vector<float> own = ownerResidualOf(w.comm(r), n);
+    {
+      // The multirank check reads it from a saved blob too.
+      const std::vector<char> blob = blobOf(w.comm(r));
+      EXPECT_TRUE(gctest::savedOwnerResidual(std::vector<uint8_t>(blob.begin(), blob.end()), n) ==
+                  own)
+          << "rank " << r;
+    }
+    if (!rs && pc.method == gradcompMethodQsgd) {
+      const auto place = ownerPlaceOf(w.comm(r), n, pc.algo == gradcompAlgoRing);
+      ASSERT_LE(place.second, own.size()) << "rank " << r;
+      for (size_t i = 0; i < place.second; ++i) owner[r][place.first + i] = own[i];
+      for (size_t i = place.second; i < own.size(); ++i) ASSERT_EQ(own[i], 0.0f) << r << " " << i;
+    }
+    for (float x : own) owned = owned || x != 0.0f;
   }
-  ASSERT_TRUE(carried) << "two compressed calls left no residual to carry";
+  ASSERT_TRUE(carried || owned) << "two compressed calls left nothing to carry";
   call(23);
   for (int r = 0; r < N; ++r) {
     const size_t base = rs ? (size_t)r * m : 0;
     for (size_t k = 0; k < out[r].size(); ++k) {
       float sum = 0.0f;
-      for (int q = 0; q < N; ++q) sum += in[q][base + k] + carry[q][base + k];
+      for (int q = 0; q < N; ++q)
+        sum += (in[q][base + k] + carry[q][base + k]) + owner[q][base + k];
       ASSERT_EQ(out[r][k], sum) << "rank " << r << " element " << k;
     }
     const gradcompStats_t s = stats(w.comm(r));
@@ -840,10 +921,21 @@ void expectPassSendsTheResidualAlong(int N, int L, bool rs, bool keyed, gradcomp
     EXPECT_EQ(s.callsAutoPassed, 1u);
     EXPECT_EQ(s.callsPassedThrough, 1u);
     for (float x : residualOf(w.comm(r), n)) ASSERT_EQ(x, 0.0f) << "rank " << r;
+    for (float x : ownerResidualOf(w.comm(r), n)) ASSERT_EQ(x, 0.0f) << "rank " << r;
     // Spent once: later passes go plainly, at NCCL's cost.
     for (const auto& kv : w.comm(r)->states) {
       if (kv.second.count == n) EXPECT_TRUE(kv.second.residualSent) << "rank " << r;
     }
+  }
+  // Nothing lost, only delayed: what the three calls put out is what they
+  // were given, but for float rounding (|sums| of a few dozen N(0,1) terms:
+  // well under 1e-4), while a chunk's owner residual left behind is a
+  // fraction of a quantization level (scale / 7 at 4 bits, ~0.1 here).
+  // Without error feedback the ranks' own quantization error is lost by
+  // design: then only the exact sum above is checked.
+  if (pc.errorFeedback) {
+    for (size_t k = 0; k < n; ++k)
+      ASSERT_NEAR(gotOut[k], sentIn[k], 1e-4) << "element " << k << ": lost over the calls";
   }
 }
 
@@ -859,12 +951,12 @@ class FailingPassTransport final : public gctest::ForwardingTransport {
   }
 };
 
-// A flush whose exchange fails leaves the residual, and an in-place call's
-// buffer, as they were (the caller may retry the call with the same
-// gradient), and the retry sends the residual once.
+// A flush whose exchange fails leaves the residual, the owner residual and
+// an in-place call's buffer as they were (the caller may retry the call
+// with the same gradient), and the retry sends them once.
 void expectAFailedPassKeepsTheResidual(bool inPlace) {
   SCOPED_TRACE(inPlace ? "in place" : "out of place");
-  const int N = 2;
+  const int N = 3;
   const size_t n = 4096;
   gctest::CpuWorld w(N, autoConfig(1));
   std::vector<FailingPassTransport*> tr(N);
@@ -887,24 +979,80 @@ void expectAFailedPassKeepsTheResidual(bool inPlace) {
   for (int r = 0; r < N; ++r) gc::autoInjectFigures(w.comm(r), kNcclWins);
   auto res = w.run([&](int r) { return gradcompCommRetune(w.comm(r), nullptr); });
   for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
-  std::vector<std::vector<float>> carry(N);
+  std::vector<std::vector<float>> carry(N), own(N), owner(N, std::vector<float>(n, 0.0f));
+  bool owned = false;
   for (int r = 0; r < N; ++r) {
     carry[r] = residualOf(w.comm(r), n);
     ASSERT_EQ(carry[r].size(), n);
+    own[r] = ownerResidualOf(w.comm(r), n);
+    const auto place = ownerPlaceOf(w.comm(r), n, false);
+    ASSERT_LE(place.second, own[r].size());
+    for (size_t i = 0; i < place.second; ++i) owned = owned || own[r][i] != 0.0f;
+    std::copy(own[r].begin(), own[r].begin() + place.second, owner[r].begin() + place.first);
     tr[r]->armed = true;
   }
+  ASSERT_TRUE(owned) << "a compressed two-shot call left no owner residual";
   for (gradcompResult_t rc : call(32)) EXPECT_EQ(rc, gradcompInternalError);
   for (int r = 0; r < N; ++r) {
     EXPECT_TRUE(residualOf(w.comm(r), n) == carry[r]) << "rank " << r << ": the residual moved";
+    EXPECT_TRUE(ownerResidualOf(w.comm(r), n) == own[r])
+        << "rank " << r << ": the owner residual moved";
     if (inPlace) EXPECT_TRUE(out[r] == in[r]) << "rank " << r << ": the caller's buffer changed";
     tr[r]->armed = false;
   }
   for (gradcompResult_t rc : call(32)) ASSERT_EQ(rc, gradcompSuccess) << gradcompGetLastError();
   for (int r = 0; r < N; ++r) {
     for (size_t i = 0; i < n; ++i) {
-      const float want = (in[0][i] + carry[0][i]) + (in[1][i] + carry[1][i]);
+      float want = 0.0f;
+      for (int q = 0; q < N; ++q) want += (in[q][i] + carry[q][i]) + owner[q][i];
       ASSERT_EQ(out[r][i], want) << "rank " << r << " element " << i;
     }
+    for (float x : ownerResidualOf(w.comm(r), n)) ASSERT_EQ(x, 0.0f) << "rank " << r;
+  }
+}
+
+// A passed call whose gradient is not finite at an element (a skipped
+// step) keeps that element's residual on the rank that had it, and the
+// owner residual of a sum that came back non-finite, for later (as a
+// compressed call does); the others are spent.
+TEST(AutoTune, APassedCallKeepsWhatANonFiniteElementCarried) {
+  const int N = 3;
+  const size_t n = 4096;
+  gctest::CpuWorld w(N, autoConfig(1));
+  for (int r = 0; r < N; ++r) gc::autoInjectFigures(w.comm(r), kCompressWins);
+  std::vector<std::vector<float>> buf(N, std::vector<float>(n));  // the state's key: one address
+  auto call = [&](uint64_t seed, size_t bad) {
+    for (int r = 0; r < N; ++r) {
+      const std::vector<float> g = gctest::normal(n, seed + (uint64_t)r);
+      std::copy(g.begin(), g.end(), buf[r].begin());
+    }
+    if (bad < n) buf[0][bad] = INFINITY;
+    auto res = w.run([&](int r) {
+      return gradcompAllReduce(buf[r].data(), buf[r].data(), n, ncclFloat32, ncclSum, w.comm(r),
+                               nullptr);
+    });
+    for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
+  };
+  call(41, n);
+  for (int r = 0; r < N; ++r) gc::autoInjectFigures(w.comm(r), kNcclWins);
+  auto res = w.run([&](int r) { return gradcompCommRetune(w.comm(r), nullptr); });
+  for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
+  // Rank 1 reduces chunk 1: the bad element is the first of it.
+  const auto place = ownerPlaceOf(w.comm(1), n, false);
+  ASSERT_GT(place.second, 0u);
+  const size_t bad = place.first;
+  const std::vector<float> res0 = residualOf(w.comm(0), n), own1 = ownerResidualOf(w.comm(1), n);
+  ASSERT_NE(own1[0], 0.0f);
+  ASSERT_NE(res0[bad], 0.0f);
+  call(42, bad);
+  for (int r = 0; r < N; ++r) EXPECT_TRUE(std::isinf(buf[r][bad])) << "rank " << r;
+  const std::vector<float> after0 = residualOf(w.comm(0), n),
+                           after1 = ownerResidualOf(w.comm(1), n);
+  EXPECT_EQ(after0[bad], res0[bad]);
+  EXPECT_EQ(after1[0], own1[0]);
+  for (size_t i = 1; i < after1.size(); ++i) ASSERT_EQ(after1[i], 0.0f) << "owner element " << i;
+  for (size_t i = 0; i < n; ++i) {
+    if (i != bad) ASSERT_EQ(after0[i], 0.0f) << "element " << i;
   }
 }
 
@@ -914,15 +1062,20 @@ TEST(AutoTune, AFailedPassKeepsTheResidualForTheRetry) {
 }
 
 TEST(AutoTune, APassedCallSendsTheResidualAlong) {
+  const gradcompMethod_t qsgd = gradcompMethodQsgd;
   for (bool keyed : {false, true}) {
-    expectPassSendsTheResidualAlong(3, 1, true, keyed, gradcompMethodQsgd);
-    expectPassSendsTheResidualAlong(3, 1, false, keyed, gradcompMethodQsgd);
+    expectPassSendsTheResidualAlong({3, 1, true, keyed, qsgd});
+    expectPassSendsTheResidualAlong({3, 1, false, keyed, qsgd});  // two-shot: chunk r
   }
-  expectPassSendsTheResidualAlong(4, 2, true, true, gradcompMethodQsgd);   // permuted
-  expectPassSendsTheResidualAlong(4, 2, false, true, gradcompMethodQsgd);  // shards
-  expectPassSendsTheResidualAlong(3, 1, false, true, gradcompMethodTopk);
-  expectPassSendsTheResidualAlong(4, 2, true, false, gradcompMethodDgc);  // no momentum
-  expectPassSendsTheResidualAlong(3, 1, false, true, gradcompMethodRandk);
+  expectPassSendsTheResidualAlong({4, 1, false, true, qsgd, gradcompAlgoRing});      // chunk r+1
+  expectPassSendsTheResidualAlong({3, 1, false, false, qsgd, gradcompAlgoAuto, 0});  // owner only
+  expectPassSendsTheResidualAlong({4, 2, true, true, qsgd});                         // permuted
+  expectPassSendsTheResidualAlong({4, 2, false, true, qsgd});  // shards (allgather among 2 nodes)
+  expectPassSendsTheResidualAlong({6, 2, false, true, qsgd});  // shards, two-shot among 3 nodes
+  expectPassSendsTheResidualAlong({6, 2, false, false, qsgd, gradcompAlgoRing});
+  expectPassSendsTheResidualAlong({3, 1, false, true, gradcompMethodTopk});
+  expectPassSendsTheResidualAlong({4, 2, true, false, gradcompMethodDgc});  // no momentum
+  expectPassSendsTheResidualAlong({3, 1, false, true, gradcompMethodRandk});
 }
 
 // A retune of a comm that never reduce-scattered times the allreduce only;

@@ -38,6 +38,7 @@
 #include <functional>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "gradcomp.h"
@@ -690,6 +691,30 @@ void checkSetupAgreement(ncclComm_t nc, int ndev) {
   }
 }
 
+// Where this rank's owner residual lies in an allreduce buffer of n
+// elements on a comm of cfg: two-shot's chunk among the ranks, or among the
+// nodes on this rank's shard with GRADCOMP_LOCAL_SIZE (the ring's is the
+// next chunk); none where the exchange is an allgather (2 ranks or nodes).
+// Returns {offset, length}.
+std::pair<size_t, size_t> ownerPlace(const gradcompConfig_t& cfg, size_t n) {
+  const size_t d = cfg.bucketSize;
+  size_t base = 0, len = n;
+  int parts = nranks, j = rank;
+  const int L = cfg.localSize;
+  if (L > 1 && nranks / L >= 2) {
+    const std::vector<size_t> shard = split(n, L, d);
+    base = shard[rank % L];
+    len = shard[rank % L + 1] - base;
+    parts = nranks / L;
+    j = rank / L;
+  }
+  if (parts <= 2 || cfg.algo == gradcompAlgoAllgather || cfg.elias || !cfg.ownerResidual)
+    return {0, 0};
+  if (cfg.algo == gradcompAlgoRing) j = (j + 1) % parts;
+  const std::vector<size_t> off = split(len, parts, d);
+  return {base + off[j], off[j + 1] - off[j]};
+}
+
 // GRADCOMP_AUTO on a real NCCL comm (default autoTune=1). The first eligible
 // call under capture is refused; a retune leaves no stats and no state; a
 // call auto passes equals NCCL's own result bit for bit; a call it compresses
@@ -750,12 +775,18 @@ void checkAuto(ncclComm_t nc, cudaStream_t st) {
   for (int step = 0; step < 2; ++step) {
     std::vector<float> in = gctest::normal(n, 1000 * step + rank);
     // A call auto passes after compressed calls of the buffer sends their
-    // residual along (collective.h residualPassThrough): NCCL's sum of
-    // input + residual is what it must equal then.
+    // residual and owner residual along (collective.h residualPassThrough):
+    // NCCL's sum of (input + residual) + owner residual on the chunk this
+    // rank reduced is what it must equal then.
     std::vector<float> sent = in;
     if (anyCompressed) {
-      const std::vector<float> carry = gctest::savedResidual(blob(a), n);
+      const std::vector<uint8_t> saved = blob(a);
+      const std::vector<float> carry = gctest::savedResidual(saved, n);
       for (size_t i = 0; i < carry.size() && i < n; ++i) sent[i] += carry[i];
+      const std::vector<float> owner = gctest::savedOwnerResidual(saved, n);
+      const auto place = ownerPlace(cfg, n);
+      for (size_t i = 0; i < place.second && i < owner.size(); ++i)
+        sent[place.first + i] += owner[i];
     }
     CK(cudaMemcpyAsync(x, in.data(), n * 4, cudaMemcpyHostToDevice, st));
     CK(cudaMemcpyAsync(y, in.data(), n * 4, cudaMemcpyHostToDevice, st));
