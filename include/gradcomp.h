@@ -232,8 +232,9 @@ gradcompResult_t gradcompCommDestroy(gradcompComm_t comm);
  * returns an error, and abort waits for it to return. Then frees the comm
  * without waiting for its work: CUDA memory is freed once the comm's streams
  * have drained (aborted NCCL kernels exit; gradcomp's own kernels finish by
- * themselves) and left allocated, with a warning, when they have not within
- * a few seconds. Never blocks on a peer; NULL is a no-op, as for destroy. No
+ * themselves) and left allocated (warning under GRADCOMP_DEBUG=WARN) when
+ * they have not within a few seconds; an aborted comm's small buffers whose
+ * free would wait for the whole device are left too. Never blocks on a peer; NULL is a no-op, as for destroy. No
  * call may start on the comm once abort has begun. */
 gradcompResult_t gradcompCommAbort(gradcompComm_t comm);
 /* The first step of gradcompCommAbort alone: every later call fails, a call

@@ -41,10 +41,15 @@ gradcompResult_t guarded(F&& body) {
     if (gc_res_ != gradcompSuccess) return gc_res_; \
   } while (0)
 
+// A failed CUDA call's error is also taken out of the thread's last-error
+// slot: a non-sticky one (an invalid value, out of memory) would otherwise
+// fail this rank's next launch check, or the framework's, in a later and
+// unrelated call (a sticky one reports itself again anyway).
 #define GC_CUDACHECK(call)                                                                       \
   do {                                                                                           \
     cudaError_t gc_err_ = (call);                                                                \
     if (gc_err_ != cudaSuccess) {                                                                \
+      (void)cudaGetLastError();                                                                  \
       return ::gc::setError(gradcompCudaError, "CUDA error %d '%s' at %s:%d (%s)", (int)gc_err_, \
                             cudaGetErrorString(gc_err_), __FILE__, __LINE__, #call);             \
     }                                                                                            \

@@ -183,8 +183,12 @@ gradcompResult_t initNcclComm(gradcompComm* c, ncclComm_t nccl, int ncclDev,
   c->backend = gc::makeCudaBackend();
   c->sparse = gc::makeCudaSparseOps();
   GC_CHECK(c->backend->init());
+  // The sparse counters and the call check's buffer are made now, inside
+  // the set-up vote, never by a call (where one rank's failure would leave
+  // its peers waiting, and cudaMalloc would wait for the whole device).
+  GC_CHECK(c->sparse->reserve());
   c->transport = gc::makeNcclTransport(nccl, c->rank, c->nranks);
-  return gradcompSuccess;
+  return c->transport->reserve();
 }
 
 }  // namespace
@@ -245,8 +249,11 @@ bool waitCalls(gradcompComm* c, Clock::time_point deadline) {
   return true;
 }
 
-// Frees what destroy and abort both free, once nothing uses it.
-void freeComm(gradcompComm* comm, const char* how) {
+// Frees what destroy and abort both free, once nothing uses it. An aborted
+// comm's sparse counters are left (SparseOps::abandon; the transports skip
+// their buffers once aborted).
+void freeComm(gradcompComm* comm, const char* how, bool aborted) {
+  if (aborted && comm->sparse) comm->sparse->abandon();
   if (comm->backend) {
     for (auto& kv : comm->states) comm->releaseState(kv.second);
     comm->backend->release(comm->workspace);
@@ -324,7 +331,7 @@ bool commAbort(gradcompComm* comm) {
         (void*)comm);
     return false;
   }
-  freeComm(comm, "aborted");
+  freeComm(comm, "aborted", true);
   return true;
 }
 
@@ -440,7 +447,7 @@ GC_EXPORT gradcompResult_t gradcompCommDestroy(gradcompComm_t comm) {
     // gradcomp never saw (the frees wait for eager calls only).
     if (comm->backend->usedByGraphs()) comm->backend->syncDevice();
   }
-  gc::freeComm(comm, "destroyed");
+  gc::freeComm(comm, "destroyed", false);
   return gradcompSuccess;
 }
 

@@ -82,6 +82,10 @@ class SparseOps {
   // outside any exchange: GRADCOMP_AUTO's reserving pass calls it so that its
   // timed sparse calls allocate nothing.
   virtual gradcompResult_t reserve() { return gradcompSuccess; }
+  // gradcompCommAbort: the destructor frees nothing whose free waits for the
+  // whole device (cudaFree, cudaFreeHost), where a kernel of another
+  // communicator may be stuck on the dead peer; that memory is left.
+  virtual void abandon() {}
   virtual gradcompResult_t publishSelected() = 0;
   virtual uint64_t lastSelected() const = 0;
   // Received slot lists dropped as malformed since the comm was made. On

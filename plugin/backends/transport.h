@@ -60,6 +60,9 @@ class Transport {
   // when they differ. Both transports override it; the default serves
   // single-process stand-ins, which have nobody to disagree with.
   virtual gradcompResult_t verifyCall() { return gradcompSuccess; }
+  // What verifyCall needs, made at comm set-up (inside the set-up vote) so
+  // that a call never allocates it: NCCL's device buffer.
+  virtual gradcompResult_t reserve() { return gradcompSuccess; }
   // gradcompCommAbort: fails every later collective at once and wakes one in
   // progress on another thread, never waiting for a peer (the CPU transports
   // also release their peers: the in-process world fails every rank's wait,

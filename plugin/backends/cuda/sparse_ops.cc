@@ -104,6 +104,7 @@ class CudaSparseOps final : public SparseOps {
     return gradcompSuccess;
   }
   gradcompResult_t reserve() override { return ensureCounters(); }
+  void abandon() override { host_ = nullptr, dev_ = nullptr; }
   gradcompResult_t publishSelected() override {
     GC_CHECK(ensureCounters());
     batch_ = Batch{};  // a call's check serves that call only

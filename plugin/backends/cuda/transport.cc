@@ -16,8 +16,20 @@ class NcclTransport final : public Transport {
     rank_ = rank;
     size_ = size;
   }
+  // An aborted comm's buffer is left allocated: cudaFree waits for the
+  // whole device, where a kernel of another communicator may be stuck on the
+  // dead peer.
   ~NcclTransport() override {
-    if (agree_) cudaFree(agree_);
+    if (agree_ && !aborted_) cudaFree(agree_);
+  }
+
+  // Made with the comm (the set-up votes on it): a lazy cudaMalloc here
+  // failed on one rank alone (out of memory after a checkpoint load), which
+  // left its peers in the allgather below, and synchronized the device in
+  // the middle of a call.
+  gradcompResult_t reserve() override {
+    if (agree_ == nullptr) GC_CUDACHECK(cudaMalloc(&agree_, sizeof(CallInfo) * size_));
+    return gradcompSuccess;
   }
 
   // One allgather of every rank's CallInfo and a host sync: paid once after
@@ -25,7 +37,7 @@ class NcclTransport final : public Transport {
   gradcompResult_t verifyCall() override {
     GC_CHECK(checkOpen());
     const size_t bytes = sizeof(CallInfo);
-    if (agree_ == nullptr) GC_CUDACHECK(cudaMalloc(&agree_, bytes * size_));
+    GC_CHECK(reserve());
     char* mine = static_cast<char*>(agree_) + bytes * rank_;
     GC_CUDACHECK(cudaMemcpyAsync(mine, &call_, bytes, cudaMemcpyHostToDevice, stream_));
     GC_NCCLCHECK(ncclApi()->allGather(mine, agree_, bytes, ncclUint8, comm_, stream_));
