@@ -60,7 +60,8 @@ static const ParamSpec kParams[] = {
     {"GRADCOMP_SELECT", ParamKind::Choice, GC_FIELD(select), 0, 0, "threshold=0|exact=1",
      "threshold", "top-k selector: DGC threshold sampling or exact radix select"},
     {"GRADCOMP_VALUE_TYPE", ParamKind::Choice, GC_FIELD(valueType), 0, 0,
-     "float=7|half=6|bfloat16=9", "float", "sparse methods: type of the values on the wire"},
+     "float=7|half=6|bfloat16=9", "float",
+     "top-k and DGC: type of the values on the wire (rand-k always sends fp32)"},
     {"GRADCOMP_MOMENTUM", ParamKind::Float, GC_FIELD(momentum), 0, 0.999999, nullptr, "0.9",
      "DGC momentum m of the momentum correction"},
     {"GRADCOMP_MOMENTUM_CORRECTION", ParamKind::Int, GC_FIELD(momentumCorrection), 0, 1, nullptr,
@@ -103,11 +104,13 @@ static const ParamSpec kParams[] = {
      "NCCL backend: before every allreduce and reduce-scatter the ranks agree on the call "
      "(collective, step, count, datatype, op), so that mismatched calls fail on every rank "
      "instead of hanging; costs a small allgather and a host sync per call; not inside CUDA "
-     "graph capture (the CPU backend always checks). Both backends: a compressed call first "
-     "votes that every rank prepared it (its buffer's state, workspace), so a rank out of memory "
-     "fails it on every rank instead of leaving them waiting"},
+     "graph capture (the CPU backend always checks). With it, on both backends, a compressed "
+     "call also first votes that every rank prepared it (its buffer's state, workspace; not "
+     "under capture), so a rank out of memory fails it on every rank instead of leaving them "
+     "waiting"},
     {"GRADCOMP_DEBUG", ParamKind::String, GC_PROCESS_KNOB, 0, 0, nullptr, "(unset)",
-     "log level: WARN, INFO or TRACE, to stderr"},
+     "log level: WARN, INFO or TRACE, to stderr; NONE or OFF: none; another value warns and "
+     "uses WARN"},
     {"GRADCOMP_GROUP", ParamKind::String, GC_PROCESS_KNOB, 0, 0, nullptr, "defer",
      "LD_PRELOAD: eligible calls inside a user ncclGroupStart/End: defer (compress each at the "
      "outer GroupEnd), fuse (one fused compressed allreduce there) or pass (to NCCL)"},
