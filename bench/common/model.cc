@@ -562,6 +562,11 @@ ClusterTimes clusterModel(size_t count, const CallKind& kind, int bits, int buck
   // NCCL inside it.
   // GRADCOMP_AUTO between NCCL and the compressed path (comp of t).
   auto decide = [&](ClusterTimes& t, double ClusterTimes::*comp) {
+    // A path whose kernels have no cost (not measured) has no time: the
+    // schedules' max() would drop a NaN kernel time and keep the links'.
+    if (!std::isfinite(t.flatKernelUs)) t.flatUs = NAN;
+    if (!std::isfinite(t.hierKernelUs)) t.hierUs = NAN;
+    if (!std::isfinite(t.hierPipedKernelUs)) t.hierPipedUs = NAN;
     if (!decideAuto) {
       t.autoCompresses = t.*comp < t.ncclUs;
     } else {
@@ -578,7 +583,9 @@ ClusterTimes clusterModel(size_t count, const CallKind& kind, int bits, int buck
       }
       t.autoCompresses = autoCompresses(timed, ncclUs, compUs, kind.elemBytes, count);
     }
-    t.autoUs = t.autoCompresses ? t.*comp : t.ncclUs;
+    // Without a finite compressed time (kernels not measured) there is
+    // nothing to choose from: auto is unknown, not NCCL's.
+    t.autoUs = !std::isfinite(t.*comp) ? NAN : t.autoCompresses ? t.*comp : t.ncclUs;
   };
   if (k <= 1) {
     t.hierUs = t.hierPipedUs = t.ncclUs;

@@ -1499,6 +1499,29 @@ TEST(AutoTune, TheModelsRuleIsTheLibrarys) {
   EXPECT_GT(passed, 1000);
 }
 
+// Without kernel costs (a row whose kernels were not measured) the model
+// has no compressed time: its paths' and auto's times are unknown (NaN,
+// null in the report), not NCCL's. Before, the NaN lost the comparison and
+// auto came out as NCCL's time, an auto speedup of exactly 1, which met the
+// 3200 Gb/s goal (>= 0.97) with nothing measured.
+TEST(AutoTune, TheModelsAutoIsUnknownWithoutKernelCosts) {
+  gcbench::Cluster c;
+  c.nodes = 4, c.local = 8, c.nodeGbps = 3200;
+  const gcbench::CallKind kind;
+  for (bool decide : {true, false}) {
+    const gcbench::ClusterTimes t =
+        gcbench::clusterModel(size_t(1) << 26, kind, 4, 512, gcbench::KernelCurve{}, c, 0, decide);
+    EXPECT_GT(t.ncclUs, 0.0);
+    EXPECT_TRUE(std::isnan(t.autoUs)) << "decide " << decide << ": auto " << t.autoUs;
+    // The paths too: the hierarchy's schedules take max() of stage times,
+    // which dropped the NaN kernel time and kept the links' (hierPipedUs
+    // came out finite, below NCCL's).
+    EXPECT_TRUE(std::isnan(t.flatUs)) << t.flatUs;
+    EXPECT_TRUE(std::isnan(t.hierUs)) << t.hierUs;
+    EXPECT_TRUE(std::isnan(t.hierPipedUs)) << t.hierPipedUs;
+  }
+}
+
 // A figures record that does not hold usable figures is refused by name.
 TEST(AutoTune, ALoadedStateWithBadFiguresIsRefused) {
   std::vector<char> blob;
