@@ -9,10 +9,13 @@ gradcomp_kernels_perf; tools/gpu-check.sh puts the two side by side.
 
 Usage: torch_topk.py [--min-log2 20] [--max-log2 28] [--step-log2 2]
                      [--densities 0.001,0.01] [--json FILE] [--print-values N]
+
+--json FILE is rewritten after every row ("complete": false until the last, then true).
 """
 import argparse
 import json
 import math
+import os
 import sys
 import time
 
@@ -110,6 +113,23 @@ def main():
     densities = [float(d) for d in a.densities.split(",")]
     free, _ = torch.cuda.mem_get_info()
     rows = []
+    head = {"tool": "torch_topk", "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "gpu": torch.cuda.get_device_name(0), "torch": torch.__version__}
+
+    def write(complete):
+        """Rewritten after every row ("complete": false until the sweep's end), written aside
+        and renamed over, as gradcomp_kernels_perf does: a step limit during the largest sizes
+        keeps the rows measured before it (the goal's 2^26 one), and a kill mid-write leaves
+        the last whole file."""
+        if not a.json:
+            return
+        tmp = a.json + ".part"
+        with open(tmp, "w") as f:
+            json.dump(dict(head, complete=complete, rows=rows), f, indent=1)
+            f.write("\n")
+        os.replace(tmp, a.json)
+
+    write(False)  # an empty one at once: no earlier run's file stands for this run's
     print("# torch_topk: %s, torch %s" % (torch.cuda.get_device_name(0), torch.__version__))
     print("# %11s  %8s  %10s  %14s  %12s  %10s" % ("n", "density", "k", "topk(|x|) us",
                                                       "topk only us", "copy us"))
@@ -134,13 +154,10 @@ def main():
                          "torch_topk_us": only, "copy_us": copy})
             print("  %11d  %8g  %10d  %14.1f  %12.1f  %10.1f" % (n, d, k, full, only, copy))
             sys.stdout.flush()
+            write(False)
         del x, y, ax
         torch.cuda.empty_cache()
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump({"tool": "torch_topk", "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                       "gpu": torch.cuda.get_device_name(0), "torch": torch.__version__,
-                       "rows": rows}, f, indent=1)
+    write(True)
     return 0
 
 

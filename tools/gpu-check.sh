@@ -30,8 +30,13 @@
 # report, the JSON and tarballs of the PNGs and raw outputs to $OUT when set.
 # Each call adds its steps to <name>/steps.tsv and makes the report from every
 # raw output there, so the groups of one session (or of several sessions, with
-# the raw folder committed and the same GC_RUN_NAME) fill one report. A
-# failing step is recorded and the next one runs.
+# the raw folder committed and the same GC_RUN_NAME) fill one report. Before a
+# step runs (or is skipped), what it writes there is removed, so that a step
+# that dies early leaves no earlier call's output to be reported as its own;
+# steps.tsv records each step's commit (GC_COMMIT, else HEAD), and the report
+# leaves out a benchmark's output whose step's last record is not ok (unless
+# the output is partial: its writer's own). A failing step is recorded and the
+# next one runs.
 #
 # GC_CHECK_BUDGET_S bounds the call (default 540 when GC_STEPS is set, else
 # 3000): each step's limit is cut to what is left, and the PyTorch checks get
@@ -90,6 +95,31 @@ archs=${GRADCOMP_CUDA_ARCHS:-native}
 jobs=$(nproc 2>/dev/null || echo 8)
 echo "gpu-check: $gpu_name -> $results/$name.md (steps:$steps_sel budget ${budget}s)"
 planned=0
+# The commit each step ran, steps.tsv's fifth column: one raw folder filled over several calls
+# (GC_RUN_NAME) can hold steps of several commits. GC_COMMIT, else HEAD (+dirty when the tree,
+# results aside, differs from it), as tools/gpu_report.py names the report's.
+step_commit=${GC_COMMIT:-}
+if [ -z "$step_commit" ] && [ "$plan" != 1 ]; then
+  if step_commit=$(git rev-parse HEAD 2>/dev/null); then
+    git diff --quiet HEAD -- . ':!bench/results' 2>/dev/null || step_commit+="+dirty"
+  else
+    step_commit=""
+  fi
+fi
+
+# record STEP STATUS SECONDS NOTE: a line of steps.tsv (name, status, seconds, note, commit).
+record() {
+  printf '%s\t%s\t%d\t%s\t%s\n' "$1" "$2" "$3" "$4" "$step_commit" >> "$steps"
+}
+
+# fresh FILE...: removes what a step writes, before it runs or is skipped. The raw folder is
+# kept across calls (GC_RUN_NAME), and a step that dies before writing (gradcomp_perf writes its
+# JSON after its first row, tc_link.sh its summary at the end) must leave no earlier call's
+# output there, which the report and the plots would take for this call's.
+fresh() {
+  [ "$plan" = 1 ] || rm -f "$@"
+  return 0
+}
 
 # run_step NAME LIMIT_S LOG CMD...: runs CMD under a time limit, output to LOG
 # (and the console), and records status and seconds in steps.tsv.
@@ -105,10 +135,12 @@ run_step() {
       "$planned" "$((budget - 30))"
     return 0
   fi
+  # Its log too: the report shows it as the step's output.
+  rm -f "$log"
   now=$(date +%s)
   left=$((deadline - now))
   if [ "$left" -lt 20 ]; then
-    printf '%s\tskipped\t0\ttime budget spent\n' "$step" >> "$steps"
+    record "$step" skipped 0 "time budget spent"
     echo "gpu-check: $step skipped (time budget spent)"
     return 1
   fi
@@ -125,7 +157,7 @@ run_step() {
     124 | 137) status="timed out"; note="after ${limit}s" ;;
     *) status="failed"; note="exit $rc" ;;
   esac
-  printf '%s\t%s\t%d\t%s\n' "$step" "$status" "$(($(date +%s) - t0))" "$note" >> "$steps"
+  record "$step" "$status" "$(($(date +%s) - t0))" "$note"
   save_out
   return "$rc"
 }
@@ -170,13 +202,14 @@ run_step build 150 "$raw/build.txt" bash -c build_tree
 # gtest_missing STEP: true (and STEP recorded as missing) when the build had no GoogleTest.
 gtest_missing() {
   [ "$plan" != 1 ] && [ -f "$build/no_gtest" ] || return 1
-  printf '%s\tmissing\t0\tno GoogleTest in the build (carry .gtest)\n' "$1" >> "$steps"
+  record "$1" missing 0 "no GoogleTest in the build (carry .gtest)"
   return 0
 }
 
 # --- tests (GPU tests fail instead of skipping without a usable GPU)
 # 130 s: python.torch takes ~60 s alone and preload.gpu_real_nccl makes 26 multi-process runs
 # (the H200's 117 s on 2026-12-04 were ~20 s plus two hung tests cut at 100 s, since fixed).
+want tests && fresh "$raw/tests.txt" "$raw/tests.json" "$raw/tests_failed.txt"
 want tests && ! gtest_missing tests && run_step tests 130 "$raw/tests.txt" bash -c \
   "cd $build && GRADCOMP_TEST_GPU=1 ctest -j 8 --output-on-failure --timeout 100"
 want tests && [ "$plan" != 1 ] && python3 - "$raw" <<'PY'
@@ -204,6 +237,7 @@ PY
 
 
 # --- multi-process NCCL tests and the DDP check, written by their owners
+want multirank && fresh "$raw/multirank.json" "$raw/multirank.md"
 if ! want multirank || gtest_missing multirank; then
   :
 elif [ -f tools/multirank_check.sh ]; then
@@ -214,7 +248,7 @@ elif [ -f tools/multirank_check.sh ]; then
   # and the flat N = 4 world got none: it needs about the hierarchical world's time.
   run_step multirank 260 "$raw/multirank.txt" bash tools/multirank_check.sh "$raw" "$build"
 else
-  printf 'multirank\tmissing\t0\ttools/multirank_check.sh not in this tree\n' >> "$steps"
+  record multirank missing 0 "tools/multirank_check.sh not in this tree"
 fi
 
 # --- the GPU parsers of bytes from the wire under compute-sanitizer: an
@@ -230,18 +264,21 @@ elif [ "$plan" = 1 ] || [ -x "$gc_csan" ]; then
   # The sanitizer refusing the device (gVisor: "Device not supported", then error 999 at the
   # first allocation) is no out-of-bounds access in the parsers: recorded as unavailable.
   if [ "$plan" != 1 ] && grep -q "Device not supported" "$raw/memcheck.txt" 2>/dev/null; then
-    sed -i '$ s/^memcheck\t[^\t]*\t\([0-9]*\)\t.*/memcheck\tunavailable\t\1\tcompute-sanitizer: Device not supported/' "$steps"
+    # Status and note replaced; the commit column after them kept.
+    sed -i '$ s/^memcheck\t[^\t]*\t\([0-9]*\)\t[^\t]*/memcheck\tunavailable\t\1\tcompute-sanitizer: Device not supported/' "$steps"
     save_out
   fi
 else
-  printf 'memcheck\tmissing\t0\tcompute-sanitizer not found (PATH, /usr/local/cuda/bin)\n' >> "$steps"
+  record memcheck missing 0 "compute-sanitizer not found (PATH, /usr/local/cuda/bin)"
 fi
 
 # --- benchmarks
 perf=$build/bench/gradcomp_perf
+want perf && fresh "$raw/perf_n1.json" "$raw/perf_n1.json.part"
 want perf && run_step perf_n1 20 "$raw/perf_n1.txt" "$perf" --backend cuda -N 1 -b 1M -e 256M -f 4 \
   -m none,qsgd --json "$raw/perf_n1.json"
 # With the projection onto 2 and 4 nodes of 4 and 8 GPUs (hier_* keys of the report).
+want perf && fresh "$raw/perf_n8.json" "$raw/perf_n8.json.part"
 want perf && run_step perf_n8 90 "$raw/perf_n8.txt" "$perf" --backend cuda -N 8 -b 1M -e 256M -f 4 \
   -n 5 -w 2 -m qsgd -d float,bfloat16 --link-gbps 10,25,100,400 --model-nodes 2,4 \
   --model-local 4,8 --node-gbps 100,400,3200 --json "$raw/perf_n8.json"
@@ -249,11 +286,13 @@ want perf && run_step perf_n8 90 "$raw/perf_n8.txt" "$perf" --backend cuda -N 8 
 # model's best piece count for this call at 100 and 400 Gb/s, docs/benchmark.md), checked like
 # every row; its pipelined model gives the report's
 # allreduce_qsgd4_model_speedup_{100,400}gbps_n8_256MB (perf_n8 gives the unpipelined ones).
+want perf && fresh "$raw/perf_n8_pipe.json" "$raw/perf_n8_pipe.json.part"
 want perf && run_step perf_n8_pipe 45 "$raw/perf_n8_pipe.txt" env GRADCOMP_PIPELINE_BYTES=44739242 \
   "$perf" --backend cuda -N 8 -b 256M -e 256M -n 2 -w 1 -m qsgd -d float \
   --link-gbps 10,25,100,400 --json "$raw/perf_n8_pipe.json"
 # GRADCOMP_ROUNDING=nearest: the rows' link model times the nearest encode kernel (gradcomp_perf
 # keys its kernel table by rounding); beside perf_n8's stochastic 64 MB rows in the report.
+want perf && fresh "$raw/perf_n8_nearest.json" "$raw/perf_n8_nearest.json.part"
 want perf && run_step perf_n8_nearest 30 "$raw/perf_n8_nearest.txt" env GRADCOMP_ROUNDING=nearest \
   "$perf" --backend cuda -N 8 -b 64M -e 64M -n 2 -w 1 -m qsgd -d float,bfloat16 \
   --link-gbps 10,25,100,400 --json "$raw/perf_n8_nearest.json"
@@ -266,32 +305,39 @@ want perf && run_step model_check 10 "$raw/model_check.txt" python3 bench/model_
 # cost the goal rows; its rows are merged into kernels.json below. Each rewrites its JSON
 # after every row.
 kernels_new=encode_nearest,encode_square,encode_square_nearest,topk_threshold_min_sample,topk_threshold_lookback,sparse_checks
-want kernels && [ "$plan" != 1 ] && rm -f "$raw/kernels.json" "$raw/kernels_more.json"
+want kernels && fresh "$raw/kernels.json" "$raw/kernels_more.json" "$raw/kernels.json.part" \
+  "$raw/kernels_more.json.part"
 want kernels && run_step kernels 20 "$raw/kernels.txt" "$build/bench/gradcomp_kernels_perf" \
   --skip "$kernels_new" --json "$raw/kernels.json"
 want kernels && run_step kernels_more 15 "$raw/kernels_more.txt" \
   "$build/bench/gradcomp_kernels_perf" --only "$kernels_new" --json "$raw/kernels_more.json"
 # One kernels.json for every reader (the report, the plots, the CPU backend's kernel rates).
 want kernels && [ "$plan" != 1 ] && python3 tools/kernels_merge.py "$raw"
+want torch_topk && fresh "$raw/torch_topk.json" "$raw/torch_topk.json.part"
 want torch_topk && run_step torch_topk 20 "$raw/torch_topk.txt" "${PYTHON:-python3}" bench/torch_topk.py \
   --json "$raw/torch_topk.json"
 # Nsight Compute on the kernels at 2^26: which of memory, issue or latency bounds each
 # (profile.json; the report's kernel limiters table, docs/algorithms.md's).
+want profile && fresh "$raw/profile.json" "$raw"/ncu_*.csv "$raw"/ncu_*.csv.err
 want profile && run_step profile 150 "$raw/profile.txt" bash tools/ncu_profile.sh "$raw" "$build"
 # --- perf_more: the rows whose keys are not goals of the kernels or the pipelined model
 # The pipelined ring, same call and pieces (-a ring): checked like every row, with
 # its pipelined model beside the unpipelined one (docs/algorithms.md, "Pipelined ring").
+want perf_more && fresh "$raw/perf_n8_ring_pipe.json" "$raw/perf_n8_ring_pipe.json.part"
 want perf_more && run_step perf_n8_ring_pipe 40 "$raw/perf_n8_ring_pipe.txt" \
   env GRADCOMP_PIPELINE_BYTES=67108864 "$perf" --backend cuda -N 8 -b 256M -e 256M -n 2 -w 1 \
   -m qsgd -d float -a ring --link-gbps 10,25,100,400 --json "$raw/perf_n8_ring_pipe.json"
 # GRADCOMP_AUTO against forced compression and NCCL on one link (2 ranks
 # sharing the GPU): auto_regret_max_frac of the report.
+want perf_more && fresh "$raw/perf_auto.json" "$raw/perf_auto.json.part"
 want perf_more && run_step perf_auto 60 "$raw/perf_auto.txt" "$perf" --backend cuda -N 2 -b 1M -e 256M \
   -f 4 -n 5 -w 2 -m qsgd --auto --json "$raw/perf_auto.json"
 # The same for the reduce-scatter, whose auto times its own two paths: inputs
 # of 1 MB .. 256 MB (outputs half that), auto_rs_regret_max_frac of the report.
+want perf_more && fresh "$raw/perf_auto_rs.json" "$raw/perf_auto_rs.json.part"
 want perf_more && run_step perf_auto_rs 30 "$raw/perf_auto_rs.txt" "$perf" --backend cuda -N 2 \
   -C reduce_scatter -b 512K -e 128M -f 4 -n 5 -w 2 -m qsgd --auto --json "$raw/perf_auto_rs.json"
+want perf_more && fresh "$raw/perf_n8_sparse.json" "$raw/perf_n8_sparse.json.part"
 want perf_more && run_step perf_n8_sparse 50 "$raw/perf_n8_sparse.txt" "$perf" --backend cuda -N 8 -b 4M \
   -e 256M -f 4 -n 5 -w 2 -m topk,dgc,randk -k 0.001 --link-gbps 10,25,100,400 \
   --json "$raw/perf_n8_sparse.json"
@@ -300,23 +346,27 @@ want perf_more && run_step perf_n8_sparse 50 "$raw/perf_n8_sparse.txt" "$perf" -
 # sparse rows' kernels").
 want perf_more && run_step model_check_sparse 10 "$raw/model_check_sparse.txt" \
   python3 bench/model_check.py "$raw/perf_n8_sparse.json"
+want perf_more && fresh "$raw/perf_n8_rs.json" "$raw/perf_n8_rs.json.part"
 want perf_more && run_step perf_n8_rs 40 "$raw/perf_n8_rs.txt" "$perf" --backend cuda -N 8 \
   -C reduce_scatter -b 128K -e 32M -f 4 -n 5 -w 2 -m qsgd -d float --link-gbps 10,25,100 \
   --json "$raw/perf_n8_rs.json"
 # The pipelined reduce-scatter: 256 MB fp32 input (32 MB out per rank) in 4 pieces
 # (docs/algorithms.md, "Pipelined reduce-scatter"), checked like every row, with its
 # pipelined model beside the unpipelined one.
+want perf_more && fresh "$raw/perf_n8_rs_pipe.json" "$raw/perf_n8_rs_pipe.json.part"
 want perf_more && run_step perf_n8_rs_pipe 40 "$raw/perf_n8_rs_pipe.txt" \
   env GRADCOMP_PIPELINE_BYTES=67108864 "$perf" --backend cuda -N 8 -C reduce_scatter -b 32M \
   -e 32M -n 2 -w 1 -m qsgd -d float,bfloat16 --link-gbps 10,25,100,400 \
   --json "$raw/perf_n8_rs_pipe.json"
 # The hierarchical reduce-scatter: 2 nodes of 4 ranks, two-link-class model.
+want perf_more && fresh "$raw/perf_n8_hier_rs.json" "$raw/perf_n8_hier_rs.json.part"
 want perf_more && run_step perf_n8_hier_rs 30 "$raw/perf_n8_hier_rs.txt" "$perf" --backend cuda -N 8 \
   -C reduce_scatter --local-size 4 -b 1M -e 32M -f 4 -n 5 -w 2 -m qsgd -d float,bfloat16 \
   --json "$raw/perf_n8_hier_rs.json"
 # The pipelined hierarchical reduce-scatter: 8 ranks as 4 nodes of 2, 256 MB fp32 input, its
 # in-node stage piece by piece around the inter-node stage's 3 pieces (docs/algorithms.md,
 # "Pipelined hierarchical reduce-scatter"), with the row's two-stage pipelined model.
+want perf_more && fresh "$raw/perf_n8_hier_rs_pipe.json" "$raw/perf_n8_hier_rs_pipe.json.part"
 want perf_more && run_step perf_n8_hier_rs_pipe 40 "$raw/perf_n8_hier_rs_pipe.txt" \
   env GRADCOMP_PIPELINE_BYTES=44739242 "$perf" --backend cuda -N 8 -C reduce_scatter \
   --local-size 2 -b 32M -e 32M -n 2 -w 1 -m qsgd -d float,bfloat16 --link-gbps 10,25,100,400 \
@@ -324,6 +374,7 @@ want perf_more && run_step perf_n8_hier_rs_pipe 40 "$raw/perf_n8_hier_rs_pipe.tx
 # The pipelined hierarchy: 8 ranks as 4 nodes of 2, 256 MB fp32, the middle two-shot's
 # shard cut into 32 MB pieces (docs/algorithms.md, "Pipelined hierarchy"): checked like
 # every row, with the row's pipelined three-stage model.
+want perf_more && fresh "$raw/perf_n8_hier_pipe.json" "$raw/perf_n8_hier_pipe.json.part"
 want perf_more && run_step perf_n8_hier_pipe 45 "$raw/perf_n8_hier_pipe.txt" \
   env GRADCOMP_PIPELINE_BYTES=33554432 "$perf" --backend cuda -N 8 --local-size 2 -b 256M \
   -e 256M -n 3 -w 1 -m qsgd -d float --json "$raw/perf_n8_hier_pipe.json"
@@ -332,9 +383,11 @@ want perf_more && run_step perf_n8_hier_pipe 45 "$raw/perf_n8_hier_pipe.txt" \
 # record tc_unavailable_reason.
 want tc_probe && run_step tc_probe 15 "$raw/tc_probe.txt" bash tools/tc_link.sh --selftest
 # A real slow link: ranks in network namespaces over tc-shaped veths (10, 25 Gb/s; N = 2, 4).
+want tc_link && fresh "$raw/tc_link.json" "$raw/tc_link.md" "$raw"/tc_link_*
 want tc_link && run_step tc_link 420 "$raw/tc_link.txt" bash tools/tc_link.sh "$raw" "$build"
 
 # --- PyTorch DDP under LD_PRELOAD
+want ddp && fresh "$raw/ddp.json" "$raw/ddp.md"
 if ! want ddp; then
   :
 elif [ -f tools/ddp_check.sh ]; then
@@ -343,10 +396,11 @@ elif [ -f tools/ddp_check.sh ]; then
   run_step ddp 420 "$raw/ddp.txt" bash -c 'GC_DDP_BUDGET_S=${GC_DDP_BUDGET_S:-$GC_STEP_BUDGET_S} \
     GC_DDP_EPOCHS=${GC_DDP_EPOCHS:-30} exec bash tools/ddp_check.sh "$0" "$1"' "$raw" "$build"
 else
-  printf 'ddp\tmissing\t0\ttools/ddp_check.sh not in this tree\n' >> "$steps"
+  record ddp missing 0 "tools/ddp_check.sh not in this tree"
 fi
 
 # --- PyTorch FSDP2 under LD_PRELOAD (reduce-scatter)
+want fsdp && fresh "$raw/fsdp.json" "$raw/fsdp.md"
 if want fsdp && [ -f tools/fsdp_check.sh ]; then
   # 10 epochs at 4 ranks fit the step (docs/benchmark.md: 40 epochs at 2 and 4 ranks need ~8
   # minutes); GC_FSDP_EPOCHS / GC_FSDP_WORLDS="2 4" ask for more in a session with time.
@@ -359,10 +413,12 @@ fi
 # 20 epochs: by the H100's DDP timings the six DDP runs then take ~260 s of the 405, which
 # leaves the FSDP2 pair (judged, before it has run, by the longest run so far) its time; at 30
 # they took ~320 s and the pair would be skipped.
+want torch_hooks && fresh "$raw/torch_hooks.json" "$raw/torch_hooks.md"
 want torch_hooks && run_step torch_hooks 420 "$raw/torch_hooks.txt" bash -c \
   'GC_HOOK_BUDGET_S=${GC_HOOK_BUDGET_S:-$GC_STEP_BUDGET_S} GC_HOOK_EPOCHS=${GC_HOOK_EPOCHS:-20} \
     exec "${PYTHON:-python3}" \
     tools/torch_hooks_check.py "$0" "$1"' "$raw" "$build"
+want lm_compare && fresh "$raw/lm.json" "$raw/lm.md" "$raw/lm_loss.png"
 want lm_compare && run_step lm_compare 330 "$raw/lm_compare.txt" bash -c \
   'GC_LM_BUDGET_S=${GC_LM_BUDGET_S:-$GC_STEP_BUDGET_S} exec "${PYTHON:-python3}" \
     tools/lm_compare.py "$0" "$1"' "$raw" "$build"
@@ -371,7 +427,7 @@ want lm_compare && run_step lm_compare 330 "$raw/lm_compare.txt" bash -c \
 # Not without perf's rows: perf_more alone on a fresh box (build-gpu/results not carried) would
 # draw its sparse rows over the perf group's plots of the same run name.
 if want plots && [ "$plan" != 1 ] && [ ! -f "$raw/perf_n8.json" ]; then
-  printf 'plots\tskipped\t0\tno perf_n8.json here (the perf group has not run on this box)\n' >> "$steps"
+  record plots skipped 0 "no perf_n8.json here (perf has not run on this box, or perf_n8 wrote none)"
 elif want plots; then
 run_step plots 20 "$raw/plots.txt" python3 tools/plot --perf "$raw/perf_n8.json" \
   --perf "$raw/perf_n8_sparse.json" --perf "$raw/perf_n1.json" --kernels "$raw/kernels.json" \

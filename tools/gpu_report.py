@@ -4,10 +4,16 @@
   tools/gpu_report.py --dir RAW_DIR --name DATE-GPU --md OUT.md --json OUT.json
                       [--plots-prefix DATE-GPU-]
 
-RAW_DIR holds what the steps wrote: steps.tsv (name, status, seconds, note),
+RAW_DIR holds what the steps wrote: steps.tsv (name, status, seconds, note, commit),
 perf_*.json/.txt, kernels.json/.txt, torch_topk.json/.txt, multirank.json/.md,
 ddp.json/.md, torch_hooks.json/.md, lm.json/.md (+ lm_loss.png), fsdp.json/.md, tests.txt. Anything missing becomes null in the JSON and a line
 saying so in the report.
+
+A benchmark's output (perf_*.json, kernels.json, torch_topk.json, profile.json) counts as
+missing when its step's last record in steps.tsv is not ok, unless it is partial
+("complete": false: rows its own run wrote before it stopped); a step without a record there
+(a raw folder from elsewhere) is taken as it is. The JSON lists what was left out
+(outputs_left_out).
 """
 import argparse
 import glob
@@ -179,14 +185,38 @@ def goal(v, target):
 
 
 def steps_table(path):
+    """steps.tsv's records; commit (the fifth column, tools/gpu-check.sh) null where absent."""
     rows = []
     text = read(path) or ""
     for line in text.splitlines():
         parts = line.split("\t")
         if len(parts) >= 3:
             rows.append({"name": parts[0], "status": parts[1], "seconds": int(float(parts[2])),
-                         "note": parts[3] if len(parts) > 3 else ""})
+                         "note": parts[3] if len(parts) > 3 else "",
+                         "commit": (parts[4] or None) if len(parts) > 4 else None})
     return rows
+
+
+def short_commit(c):
+    """A commit as the steps table shows it: 12 hex digits, +dirty kept."""
+    if not c:
+        return ""
+    dirty = c.endswith("+dirty")
+    return (c[:-len("+dirty")] if dirty else c)[:12] + ("+dirty" if dirty else "")
+
+
+def tc_shaping(tc):
+    """How the run behind measured_speedup_tc_10gbps_n4_256MB was shaped (netns or lo):
+    tc_link.json's key, or, in a summary from before it had one, that run's own field."""
+    if "tc_shaping_10gbps_n4" in tc:
+        return tc["tc_shaping_10gbps_n4"]
+    if tc.get("measured_speedup_tc_10gbps_n4_256MB") is None:
+        return None
+    for r in tc.get("runs", []):
+        if (r.get("link_gbps") == 10 and r.get("nranks") == 4 and r.get("method") == "qsgd"
+                and r.get("size") == tc.get("size", MB256) and not r.get("failed")):
+            return r.get("shaping")
+    return None
 
 
 def git_commit():
@@ -212,25 +242,63 @@ def main():
     j = lambda f: load(os.path.join(d, f))  # noqa: E731
     t = lambda f: read(os.path.join(d, f))  # noqa: E731
 
-    kdoc, tdoc = j("kernels.json"), j("torch_topk.json")
+    steps = steps_table(os.path.join(d, "steps.tsv"))
+    # Each step's last record: a step run again in a later call (the same GC_RUN_NAME) replaces
+    # what it wrote, and its record is the one that speaks for its output.
+    last = {s["name"]: s["status"] for s in steps}
+    left_out = []
+
+    def ok_or_partial(step, partial):
+        return last.get(step, "ok") == "ok" or partial
+
+    def bench(f, step=None):
+        """A benchmark's JSON, or None (as if missing) when its step's last record is not ok
+        and the file is not partial: a step that failed, timed out or was skipped says nothing
+        of when its file was written, and may have left an earlier call's."""
+        doc = j(f)
+        step = step or f[:-len(".json")]
+        if doc is None or ok_or_partial(step, isinstance(doc, dict) and doc.get("complete") is False):
+            return doc
+        left_out.append({"file": f, "step": step, "status": last[step]})
+        return None
+
+    # kernels.json holds two steps' rows (tools/kernels_merge.py): kernels_more's are those of
+    # the kernels named in kernels_more.json, each step's kept or left out by its own record.
+    # kernels.json's "complete" is both runs': the first's own only when the second's was.
+    kdoc = j("kernels.json")
+    if isinstance(kdoc, dict):
+        kmore = j("kernels_more.json")
+        kmore = kmore if isinstance(kmore, dict) else {}
+        more = {r.get("kernel") for r in kmore.get("rows", [])}
+        more_partial = kmore.get("complete") is False
+        keep_own = ok_or_partial("kernels", kdoc.get("complete") is False and not more_partial)
+        keep_more = ok_or_partial("kernels_more", more_partial)
+        for step, keep, mine in (("kernels", keep_own, False), ("kernels_more", keep_more, True)):
+            if not keep and any((r.get("kernel") in more) == mine for r in kdoc.get("rows", [])):
+                left_out.append({"file": "kernels.json", "step": step, "status": last[step]})
+        kdoc = dict(kdoc, rows=[r for r in kdoc.get("rows", [])
+                                if (keep_more if r.get("kernel") in more else keep_own)])
+    tdoc = bench("torch_topk.json")
     # gradcomp_perf and gradcomp_kernels_perf rewrite their JSON after every
     # row; one whose run stopped early says "complete": false.
     docs = {f: j(f) for f in os.listdir(d) if f.endswith(".json")}
     partial = sorted(f for f, doc in docs.items()
                      if isinstance(doc, dict) and doc.get("complete") is False)
-    p8, p8s = j("perf_n8.json"), j("perf_n8_sparse.json")
+    p8, p8s = bench("perf_n8.json"), bench("perf_n8_sparse.json")
     multi, ddp, tests = j("multirank.json") or {}, j("ddp.json") or {}, j("tests.json") or {}
-    tc = j("tc_link.json") or {}
+    # tc_link.sh's summary: it leaves out the runs that failed (and deletes every run's output
+    # before the run), so its step failing for one run (25 Gb/s, say) leaves the others' figures.
+    tc_all = j("tc_link.json") or {}
+    tc = tc_all
     hooks, lm = j("torch_hooks.json") or {}, j("lm.json") or {}
     at_most = lambda v, thr: None if v is None else bool(v <= thr)  # noqa: E731
-    p8rs, fsdp = j("perf_n8_rs.json"), j("fsdp.json") or {}
+    p8rs, fsdp = bench("perf_n8_rs.json"), j("fsdp.json") or {}
     # gradcomp_perf --auto on one link (N = 2 sharing the GPU): auto's worst
     # time / min(forced compression, NCCL) - 1 over the 1 MB .. 256 MB sweep.
-    auto_regret = sweep_regret(j("perf_auto.json"), 1 << 20, MB256)
+    auto_regret = sweep_regret(bench("perf_auto.json"), 1 << 20, MB256)
     # The same for the reduce-scatter (-C reduce_scatter --auto, inputs 1 MB .. 256 MB:
     # its rows' sizes are each rank's output, 512 KB .. 128 MB at N = 2).
-    auto_rs_regret = sweep_regret(j("perf_auto_rs.json"), 512 << 10, MB256 // 2)
-    steps = steps_table(os.path.join(d, "steps.tsv"))
+    auto_rs_regret = sweep_regret(bench("perf_auto_rs.json"), 512 << 10, MB256 // 2)
     # Every gradcomp_perf allreduce row hashes each rank's result and compares (JSON identical;
     # null for reduce-scatter rows): how many agreed bit for bit on all ranks, and how many not.
     same = differ = 0
@@ -266,7 +334,7 @@ def main():
     dgc400, randk400 = sparse_model_time(p8s, "dgc"), sparse_model_time(p8s, "randk")
     # perf_n8_nearest (GRADCOMP_ROUNDING=nearest, 64 MB): the encode time its model took,
     # over perf_n8's stochastic row of the same size and type, and its modeled speedup.
-    p8n = j("perf_n8_nearest.json")
+    p8n = bench("perf_n8_nearest.json")
     MB64 = 64 << 20
     near_rows = {t: qsgd_row(p8n, MB64, t, rounding="nearest") for t in ("float", "bfloat16")}
     stoch_rows = {t: qsgd_row(p8, MB64, t) for t in ("float", "bfloat16")}
@@ -279,14 +347,14 @@ def main():
         if m["link_gbps"] == 400:
             near400 = m.get("speedup")
     # Nsight Compute's view of the same kernels (step profile; tools/ncu_limits.py).
-    prof = j("profile.json") or {}
+    prof = bench("profile.json") or {}
     topk = topk_speedup(kdoc, tdoc)
     topk_min = topk_speedup(kdoc, tdoc, kernel="topk_threshold_min_sample")
     topk_lookback = topk_speedup(kdoc, tdoc, kernel="topk_threshold_lookback")
     model = model_speedup(p8)
     model400 = model_speedup(p8, gbps=400)
     # The pipelined two-shot's row (perf_n8_pipe: GRADCOMP_PIPELINE_BYTES set).
-    p8pipe = j("perf_n8_pipe.json")
+    p8pipe = bench("perf_n8_pipe.json")
     piped = {g: model_speedup(p8pipe, gbps=g, key="pipelined_speedup") for g in (10, 25, 100, 400)}
     hier = {g: projection(p8, 4, 8, g, "hier_speedup") for g in (100, 400, 3200)}
     # The hierarchy with its stages pipelined (gradcomp_perf --model-pipe), and
@@ -347,7 +415,10 @@ def main():
         "hier_inter_bytes_ratio_vs_flat_n8_l4": ratio,
         "measured_speedup_tc_10gbps_n4_256MB": tc_x,
         "measured_vs_model_tc_10gbps": tc_vs,
-        "tc_unavailable_reason": tc.get("tc_unavailable_reason") if tc else None,
+        # The shaping of the run behind those two: netns (each rank's veth at L, the model's
+        # link) or lo (namespaces refused: one bucket of N x L shared by all ranks).
+        "tc_shaping_10gbps_n4": tc_shaping(tc),
+        "tc_unavailable_reason": tc_all.get("tc_unavailable_reason"),
         # Whether NCCL on the shared GPU beat 1.5 x 10 Gb/s unshaped (tc_link.sh's
         # control): if not, the measured speedup is the GPU sharing's, not the link's.
         "tc_link_bound_10gbps_n4": tc.get("tc_link_bound_10gbps_n4") if tc else None,
@@ -434,6 +505,7 @@ def main():
         "allreduce_qsgd4_pipelined_model_speedup_n8_256MB": {str(g): v for g, v in piped.items()},
         "steps": steps,
         "partial_outputs": partial,
+        "outputs_left_out": left_out,
     }
     with open(a.json, "w") as f:
         json.dump(summary, f, indent=2)
@@ -448,11 +520,18 @@ def main():
     L.append("")
     L.append("## Steps")
     L.append("")
-    L.append("| step | status | seconds | note |")
-    L.append("|---|---|---|---|")
+    L.append("| step | status | seconds | note | commit |")
+    L.append("|---|---|---|---|---|")
     for s in steps:
-        L.append("| %s | %s | %d | %s |" % (s["name"], s["status"], s["seconds"], s["note"]))
+        L.append("| %s | %s | %d | %s | %s |" % (s["name"], s["status"], s["seconds"], s["note"],
+                                                 short_commit(s["commit"])))
     L.append("")
+    if left_out:
+        L.append("Left out (their step's last record above is not ok, and they are not partial: "
+                 "null in the JSON, as if missing): %s." % ", ".join(
+                     "`%s`%s (%s: %s)" % (o["file"], " rows" if o["file"] == "kernels.json" else "",
+                                          o["step"], o["status"]) for o in left_out))
+        L.append("")
     if partial:
         L.append("Partial outputs (their run stopped before its last row; the values from them "
                  "cover only the sizes it reached): %s." % ", ".join("`%s`" % f for f in partial))
@@ -513,10 +592,14 @@ def main():
              "256 MB (forced: %s) | %s | >= 0.97x | %s |"
              % (fmt(hier_piped[3200]), fmt(hier_auto),
                 fmt(gl["hier_model_auto_ge_0.97x_nccl_node3200g_4x8_256MB"])))
+    shaping = summary["tc_shaping_10gbps_n4"]
+    shaping = {"netns": "netns, each rank's own veth shaped at L",
+               "lo": "lo at N x L shared by all ranks (namespaces refused): not the model's "
+                     "link of L per rank"}.get(shaping, fmt(shaping))
     L.append("| QSGD 4-bit measured speedup over NCCL on a tc-shaped 10 Gb/s link, N=4, 256 MB "
-             "(link-bound, i.e. NCCL unshaped beat 15 Gb/s of bus bandwidth: %s, at %s Gb/s) | %s "
-             "| >= 5x | %s |"
-             % (fmt(summary["tc_link_bound_10gbps_n4"]),
+             "(shaping: %s; link-bound, i.e. NCCL unshaped beat 15 Gb/s of bus bandwidth: %s, "
+             "at %s Gb/s) | %s | >= 5x | %s |"
+             % (shaping, fmt(summary["tc_link_bound_10gbps_n4"]),
                 fmt(summary["tc_nccl_unshaped_busbw_gbps_n4"]), fmt(tc_x),
                 fmt(gl["measured_tc_ge_5x_nccl_10gbps_n4_256MB"])))
     L.append("| measured / modeled speedup on that link | %s | 0.85..1.15 | %s |"
@@ -609,8 +692,10 @@ def main():
                         fmt(k.get("issue_pct")), fmt(k.get("occupancy_pct")),
                         fmt(k.get("registers")), k.get("limiter")))
     else:
-        L.append("Not profiled: %s" % (prof.get("unavailable_reason") or
-                                       "the profile step did not run"))
+        why = prof.get("unavailable_reason")
+        if not why and "profile" in {o["step"] for o in left_out}:
+            why = "the profile step's last record is '%s'" % last["profile"]
+        L.append("Not profiled: %s" % (why or "the profile step did not run"))
     L.append("")
     L.append("## Tests")
     L.append("")

@@ -224,6 +224,10 @@ perf=$build/bench/gradcomp_perf
 mkdir -p "$raw"
 runs=$raw/tc_link_runs.tsv
 : > "$runs"
+# An earlier sweep's per-run outputs (the same RAW_DIR kept across calls): none may stand for
+# this sweep's; each run's JSON is also removed before it starts (run_ranks).
+rm -f "$raw"/tc_link_*gbps_n*.json "$raw"/tc_link_*gbps_n*.json.part "$raw"/tc_link_*gbps_n*_r*.txt \
+  "$raw/tc_link.json" "$raw/tc_link.md"
 reason=""
 failed=0
 budget=${GC_TC_BUDGET_S:-${GC_STEP_BUDGET_S:-}}
@@ -256,6 +260,9 @@ run_ranks() {  # run_ranks N GBPS TAG: one process per rank over the shaped link
   fi
   local limit
   if [ "$mode" = cpu ]; then limit=$(rank_limit 900); else limit=$(rank_limit 240); fi
+  # gradcomp_perf writes its JSON only after its first row: a run that dies before must leave
+  # none, not an earlier run's (the summary reads a run's JSON only when it exited 0, too).
+  rm -f "$raw/tc_link_$tag.json" "$raw/tc_link_$tag.json.part"
   for r in $(seq 0 $((n - 1))); do
     [ "${shaping%-unshaped}" = netns ] && ns=(ip netns exec "$prefix$r")
     if [ "$mode" = cpu ]; then
@@ -356,6 +363,10 @@ for line in open(os.path.join(raw, "tc_link_runs.tsv")).read().splitlines():
             "tcp_congestion_control": cc or None,
             "link_measured_gbps": float(link) if link else None,
             "load_avg_1min": float(load) if load else None}
+    if int(rc) != 0:
+        # A run that failed (a rank's exit, its limit) gives no rows, whatever JSON it left.
+        runs.append(dict(base, error="exit %s (see tc_link_%s_r*.txt)" % (rc, tag)))
+        continue
     try:
         perf = json.load(open(os.path.join(raw, "tc_link_%s.json" % tag)))
     except (OSError, ValueError):
@@ -420,9 +431,10 @@ for n, bus in unshaped.items():
 
 
 def pick(gbps, n, method="qsgd", key="measured_speedup"):
+    # Rows exist only for runs that exited 0 (above); a failed row is no measurement either.
     for r in runs:
         if (r["link_gbps"] == gbps and r["nranks"] == n and r.get("method") == method
-                and r.get("size") == size and not r.get("failed")):
+                and r.get("size") == size and not r.get("failed") and r.get("exit") == 0):
             return r.get(key)
     return None
 
@@ -475,6 +487,9 @@ if cpu:
 else:
     doc["measured_speedup_tc_10gbps_n4_256MB"] = pick(10, 4)
     doc["measured_vs_model_tc_10gbps"] = pick(10, 4, key="measured_vs_model")
+    # How the run behind those two was shaped: netns (L per rank each way, the model's link)
+    # or lo (namespaces refused: one bucket of N x L shared by all ranks); null without it.
+    doc["tc_shaping_10gbps_n4"] = pick(10, 4, key="shaping")
     doc["tc_link_bound_10gbps_n4"] = pick(10, 4, key="link_bound")
     modes = {r["shaping"].replace("-unshaped", "") for r in runs if r.get("shaping") not in
              (None, "-")}

@@ -1,0 +1,281 @@
+"""tools/gpu_report.py against steps.tsv, and bench/torch_topk.py's JSON (no GPU, no library).
+
+A raw folder kept across calls (GC_RUN_NAME) holds outputs of several calls: a benchmark's
+output counts only when its step's last record in steps.tsv is ok, or when it is partial
+("complete": false, the rows its own run wrote before it stopped); the commit of each step
+(steps.tsv's fifth column) reaches the report; tc_link.json's shaping reaches the report beside
+the measured tc keys. bench/report_check.py checks the values themselves.
+
+  cd tests/python && python3 -m unittest -v test_gpu_report
+"""
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+REPORT = os.path.join(ROOT, "tools", "gpu_report.py")
+N26, MB256 = 1 << 26, 256 << 20
+SHA1, SHA2 = "1" * 40, "2" * 40
+
+
+def krow(kernel, frac, dtype="float", bits=4, n=N26):
+    return {"kernel": kernel, "dtype": dtype, "bits": bits, "n": n, "time_us": 100.0,
+            "frac_of_copy": frac}
+
+
+def prow(speedups, pipelined=False, identical=True):
+    """The fp32 4-bit 256 MB QSGD row of gradcomp_perf's JSON, one model point per rate."""
+    key = "pipelined_speedup" if pipelined else "speedup"
+    r = {"method": "qsgd", "bits": 4, "dtype": "float", "size": MB256, "failed": False,
+         "identical": identical, "model": [{"link_gbps": g, key: v} for g, v in speedups]}
+    if pipelined:
+        r.update({"pieces": 6, "piece_bytes": 44739242})
+    return r
+
+
+class GpuReportSteps(unittest.TestCase):
+    def setUp(self):
+        self.work = tempfile.mkdtemp(prefix="gc_report_")
+        self.raw = os.path.join(self.work, "raw")
+        os.makedirs(self.raw)
+
+    def tearDown(self):
+        shutil.rmtree(self.work, ignore_errors=True)
+
+    def dump(self, name, obj):
+        with open(os.path.join(self.raw, name), "w") as f:
+            json.dump(obj, f)
+
+    def steps(self, *lines):
+        with open(os.path.join(self.raw, "steps.tsv"), "w") as f:
+            f.write("".join("\t".join(str(c) for c in line) + "\n" for line in lines))
+
+    def report(self):
+        md, js = os.path.join(self.work, "r.md"), os.path.join(self.work, "r.json")
+        env = dict(os.environ, GC_COMMIT=SHA2)
+        subprocess.run([sys.executable, REPORT, "--dir", self.raw, "--name", "2030-01-02-test",
+                        "--gpu", "Test GPU", "--md", md, "--json", js], check=True, env=env,
+                       stdout=subprocess.DEVNULL)
+        with open(js) as f, open(md) as g:
+            return json.load(f), g.read()
+
+    def kernels(self, more_complete=True):
+        """kernels.json as tools/kernels_merge.py leaves it, and kernels_more.json beside it."""
+        more = [krow("qsgd_encode_ef_nearest", 0.91)]
+        self.dump("kernels_more.json", {"complete": more_complete, "rows": more})
+        self.dump("kernels.json", {"gpu": "Test GPU", "complete": more_complete,
+                                   "rows": [krow("qsgd_encode_ef", 0.85),
+                                            krow("qsgd_decode", 0.97)] + more})
+
+    def test_commit_per_step(self):
+        self.steps(("build", "ok", 90, "", SHA1), ("perf_n8", "ok", 51, "", SHA2 + "+dirty"),
+                   ("tests", "ok", 20, "old four-column line"))
+        r, md = self.report()
+        self.assertEqual([s["commit"] for s in r["steps"]], [SHA1, SHA2 + "+dirty", None])
+        self.assertIn("| step | status | seconds | note | commit |", md)
+        self.assertIn("| build | ok | 90 |  | %s |" % SHA1[:12], md)
+        self.assertIn("| perf_n8 | ok | 51 |  | %s+dirty |" % SHA2[:12], md)
+        self.assertEqual(r["commit"], SHA2)
+
+    def test_failed_step_leaves_out_its_output(self):
+        # perf_n8 ran ok in an earlier call, then failed before its first row in this one: the
+        # file there (complete) is not this call's.
+        self.dump("perf_n8.json", {"complete": True, "rows": [prow([(10, 7.5)])]})
+        self.steps(("perf_n8", "ok", 51, "", SHA1), ("perf_n8", "failed", 3, "exit 1", SHA2))
+        r, md = self.report()
+        self.assertIsNone(r["allreduce_qsgd4_model_speedup_10gbps_n8_256MB"])
+        self.assertIsNone(r["goals"]["allreduce_qsgd4_model_ge_5x_nccl_10gbps_n8_256MB"])
+        self.assertEqual(r["outputs_left_out"],
+                         [{"file": "perf_n8.json", "step": "perf_n8", "status": "failed"}])
+        self.assertIn("Left out", md)
+        self.assertIn("`perf_n8.json` (perf_n8: failed)", md)
+        # Run again and ok: the last record speaks.
+        self.steps(("perf_n8", "failed", 3, "exit 1", SHA1), ("perf_n8", "ok", 51, "", SHA2))
+        r, _ = self.report()
+        self.assertEqual(r["allreduce_qsgd4_model_speedup_10gbps_n8_256MB"], 7.5)
+        self.assertIs(r["goals"]["allreduce_qsgd4_model_ge_5x_nccl_10gbps_n8_256MB"], True)
+        self.assertEqual(r["outputs_left_out"], [])
+
+    def test_partial_output_of_a_cut_step_kept(self):
+        # Cut by its limit after the 256 MB row: "complete": false, its own run's rows.
+        self.dump("perf_n8_pipe.json", {"complete": False,
+                                        "rows": [prow([(400, 6.6), (100, 7.5)], pipelined=True)]})
+        self.steps(("perf_n8_pipe", "timed out", 45, "after 45s", SHA2))
+        r, _ = self.report()
+        self.assertEqual(r["allreduce_qsgd4_model_speedup_400gbps_n8_256MB"], 6.6)
+        self.assertEqual(r["partial_outputs"], ["perf_n8_pipe.json"])
+        self.assertEqual(r["outputs_left_out"], [])
+
+    def test_skipped_step_and_no_record(self):
+        # A step skipped for time leaves its (older) output out; one without a record is kept.
+        self.dump("perf_auto.json", {"complete": True, "auto_regret_max_frac": 0.01, "rows": [
+            {"size": s, "failed": False, "auto_regret": 0.01, "auto_wrong": 0,
+             "auto_identical": True} for s in (1 << 20, 4 << 20, 16 << 20, 64 << 20, MB256)]})
+        self.dump("perf_n8_rs.json", {"rows": [dict(prow([(10, 7.4)]), collective="reduce_scatter",
+                                                    nranks=8, size=MB256 // 8)]})
+        self.steps(("perf_auto", "skipped", 0, "time budget spent", SHA2))
+        r, _ = self.report()
+        self.assertIsNone(r["auto_regret_max_frac"])
+        self.assertIsNone(r["goals"]["auto_regret_le_0.05"])
+        self.assertEqual(r["reducescatter_qsgd4_model_speedup_10gbps_n8_256MB"], 7.4)
+
+    def test_torch_topk_cut_after_the_goal_row(self):
+        self.dump("kernels.json", {"complete": True, "rows": [
+            {"kernel": "topk_threshold", "dtype": "float", "bits": 0, "n": N26, "density": 0.001,
+             "time_us": 100.0, "frac_of_copy": 0.1}]})
+        # torch_topk.py's file as it stands when its step limit ends it during 2^28.
+        self.dump("torch_topk.json", {"tool": "torch_topk", "complete": False, "rows": [
+            {"n": N26, "density": 0.001, "k": 67109, "torch_topk_abs_us": 1000.0,
+             "torch_topk_us": 900.0, "copy_us": 50.0}]})
+        self.steps(("kernels", "ok", 4, "", SHA2), ("torch_topk", "timed out", 20, "after 20s", SHA2))
+        r, _ = self.report()
+        self.assertEqual(r["topk_dgc_speedup_vs_torch_topk"], 10.0)
+        self.assertIn("torch_topk.json", r["partial_outputs"])
+        # The same file complete, from a step that then failed: left out.
+        self.dump("torch_topk.json", {"tool": "torch_topk", "complete": True, "rows": [
+            {"n": N26, "density": 0.001, "k": 67109, "torch_topk_abs_us": 1000.0,
+             "torch_topk_us": 900.0, "copy_us": 50.0}]})
+        self.steps(("kernels", "ok", 4, "", SHA2), ("torch_topk", "failed", 20, "exit 1", SHA2))
+        r, _ = self.report()
+        self.assertIsNone(r["topk_dgc_speedup_vs_torch_topk"])
+        self.assertIsNone(r["goals"]["topk_ge_8x_torch_topk"])
+
+    def test_kernels_rows_by_their_own_step(self):
+        # kernels_more failed at its end (complete, exit 1): its rows out, the goal rows kept.
+        self.kernels()
+        self.steps(("kernels", "ok", 4, "", SHA2), ("kernels_more", "failed", 4, "exit 1", SHA2))
+        r, md = self.report()
+        self.assertEqual(r["qsgd4_encode_ef_frac_of_copy"], 0.85)
+        self.assertIs(r["goals"]["decode_ge_0.95_of_copy"], True)
+        self.assertIsNone(r["qsgd4_nearest_encode_ef_frac_of_copy"])
+        self.assertEqual(r["outputs_left_out"],
+                         [{"file": "kernels.json", "step": "kernels_more", "status": "failed"}])
+        self.assertIn("`kernels.json` rows (kernels_more: failed)", md)
+        # The other way round: the goal rows out, kernels_more's kept.
+        self.steps(("kernels", "failed", 4, "exit 1", SHA2), ("kernels_more", "ok", 4, "", SHA2))
+        r, _ = self.report()
+        self.assertIsNone(r["qsgd4_encode_ef_frac_of_copy"])
+        self.assertIsNone(r["goals"]["encode_ef_ge_0.9_of_copy"])
+        self.assertEqual(r["qsgd4_nearest_encode_ef_frac_of_copy"], 0.91)
+        # kernels_more cut part way: partial, its rows kept.
+        self.kernels(more_complete=False)
+        self.steps(("kernels", "ok", 4, "", SHA2), ("kernels_more", "timed out", 15, "", SHA2))
+        r, _ = self.report()
+        self.assertEqual(r["qsgd4_nearest_encode_ef_frac_of_copy"], 0.91)
+        self.assertEqual(r["qsgd4_encode_ef_frac_of_copy"], 0.85)
+
+    def test_tc_shaping_and_a_failed_tc_step(self):
+        tc = {"mode": "gpu", "tc_unavailable_reason": None, "size": MB256,
+              "measured_speedup_tc_10gbps_n4_256MB": 5.5, "measured_vs_model_tc_10gbps": 0.95,
+              "tc_shaping_10gbps_n4": "lo", "tc_link_bound_10gbps_n4": True, "runs": []}
+        self.dump("tc_link.json", tc)
+        self.steps(("tc_link", "ok", 300, "", SHA2))
+        r, md = self.report()
+        self.assertEqual(r["tc_shaping_10gbps_n4"], "lo")
+        self.assertEqual(r["measured_speedup_tc_10gbps_n4_256MB"], 5.5)
+        self.assertIn("shaping: lo at N x L shared by all ranks", md)
+        # A summary from before the key: the shaping of the run the measurement came from.
+        old = dict(tc, runs=[
+            {"link_gbps": 10.0, "nranks": 4, "method": "qsgd", "size": MB256, "failed": False,
+             "exit": 0, "shaping": "netns"}])
+        del old["tc_shaping_10gbps_n4"]
+        self.dump("tc_link.json", old)
+        r, md = self.report()
+        self.assertEqual(r["tc_shaping_10gbps_n4"], "netns")
+        self.assertIn("shaping: netns, each rank's own veth shaped at L", md)
+        # One run failed (tc_link.sh exits 1): its summary, which leaves failed runs out, keeps
+        # the others' figures.
+        self.steps(("tc_link", "failed", 300, "exit 1", SHA2))
+        r, md = self.report()
+        self.assertEqual(r["measured_speedup_tc_10gbps_n4_256MB"], 5.5)
+        # Shaping refused: tc_link.sh writes no measurement, and the refusal's words.
+        refused = dict(tc, tc_unavailable_reason="RTNETLINK answers: denied",
+                       measured_speedup_tc_10gbps_n4_256MB=None, measured_vs_model_tc_10gbps=None,
+                       tc_shaping_10gbps_n4=None, tc_link_bound_10gbps_n4=None)
+        self.dump("tc_link.json", refused)
+        self.steps(("tc_link", "failed", 5, "exit 1", SHA2))
+        r, md = self.report()
+        self.assertIsNone(r["measured_speedup_tc_10gbps_n4_256MB"])
+        self.assertIsNone(r["measured_vs_model_tc_10gbps"])
+        self.assertIsNone(r["tc_shaping_10gbps_n4"])
+        self.assertIsNone(r["goals"]["measured_tc_ge_5x_nccl_10gbps_n4_256MB"])
+        self.assertEqual(r["tc_unavailable_reason"], "RTNETLINK answers: denied")
+        self.assertIn("shaping: n/a", md)
+
+
+PATCHED_TORCH = r'''
+import sys, time
+import torch
+real_device = torch.device
+torch.device = lambda *a, **k: real_device("cpu")
+torch.cuda.is_available = lambda: True
+torch.cuda.mem_get_info = lambda: (1 << 40, 1 << 40)
+torch.cuda.get_device_name = lambda i=0: "Fake GPU"
+torch.cuda.empty_cache = lambda: None
+class Event:
+    def __init__(self, **k): self.t = 0.0
+    def record(self): self.t = time.perf_counter()
+    def synchronize(self): pass
+    def elapsed_time(self, other): return (other.t - self.t) * 1e3
+torch.cuda.Event = Event
+sys.path.insert(0, sys.argv[1])
+import torch_topk
+stop = int(sys.argv[3])
+if stop:
+    # The step's limit, as a kill after the stop-th write of the JSON (the empty first included).
+    dump, writes = torch_topk.json.dump, [0]
+    def counted(*a, **k):
+        writes[0] += 1
+        if writes[0] > stop:
+            raise SystemExit(124)
+        dump(*a, **k)
+    torch_topk.json.dump = counted
+sys.argv = ["torch_topk.py", "--min-log2", "10", "--max-log2", "14", "--json", sys.argv[2]]
+sys.exit(torch_topk.main())
+'''
+
+
+@unittest.skipUnless(importlib.util.find_spec("torch"), "no torch")
+class TorchTopkJson(unittest.TestCase):
+    """bench/torch_topk.py with torch.cuda stood in by the CPU: its JSON after every row."""
+
+    def run_topk(self, stop):
+        work = tempfile.mkdtemp(prefix="gc_topk_")
+        self.addCleanup(shutil.rmtree, work, True)
+        out = os.path.join(work, "torch_topk.json")
+        with open(out, "w") as f:
+            json.dump({"rows": [{"n": 1, "stale": True}]}, f)  # an earlier run's file
+        p = subprocess.run([sys.executable, "-c", PATCHED_TORCH, os.path.join(ROOT, "bench"),
+                            out, str(stop)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           text=True, timeout=300)
+        with open(out) as f:
+            return p.returncode, json.load(f), os.listdir(work)
+
+    def test_complete(self):
+        rc, doc, files = self.run_topk(0)
+        self.assertEqual(rc, 0)
+        self.assertIs(doc["complete"], True)
+        self.assertEqual([r["n"] for r in doc["rows"]], [1 << 10] * 2 + [1 << 12] * 2 + [1 << 14] * 2)
+        self.assertEqual(files, ["torch_topk.json"])
+
+    def test_cut_keeps_the_rows_before(self):
+        rc, doc, _ = self.run_topk(4)  # the empty file, then 3 rows
+        self.assertEqual(rc, 124)
+        self.assertIs(doc["complete"], False)
+        self.assertEqual([r["n"] for r in doc["rows"]], [1 << 10, 1 << 10, 1 << 12])
+
+    def test_cut_before_the_first_row(self):
+        rc, doc, _ = self.run_topk(1)
+        self.assertEqual(rc, 124)
+        self.assertEqual(doc["rows"], [])  # not the earlier run's
+        self.assertIs(doc["complete"], False)
+
+
+if __name__ == "__main__":
+    unittest.main()
