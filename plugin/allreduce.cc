@@ -83,7 +83,7 @@ gradcompResult_t allReduce(const void* send, void* recv, size_t count, ncclDataT
   DType t;
   GC_CHECK(dtypeFromNccl(type, &t));
   GC_CHECK(codecCheckCount(count));
-  GC_CHECK(checkBuffers(*c, send, count, recv, count, 0, t));
+  GC_CHECK(agreePrepared(*c, checkBuffers(*c, send, count, recv, count, 0, t), kBuffers));
   GC_CHECK(agreeBeforeState(*c));
 
   bool autoPass = false;

@@ -14,6 +14,8 @@
 
 namespace gc {
 
+const char* const kBuffers = "its send and receive buffers";
+
 namespace {
 // Every rank runs an agreement on the call: one that fails, fails on all of them.
 gradcompResult_t agreeOnCall(gradcompComm& c) {
@@ -126,7 +128,8 @@ gradcompResult_t carriedPassThrough(gradcompComm& c, int kind, bool keyed, uint6
   // the same range (the reduce-scatter's recvcount was bounded before).
   GC_CHECK(codecCheckCount(n));
   if (!agreed) {
-    GC_CHECK(checkBuffers(c, send, n, recv, count, rs ? (size_t)c.rank * count : 0, t));
+    GC_CHECK(agreePrepared(
+        c, checkBuffers(c, send, n, recv, count, rs ? (size_t)c.rank * count : 0, t), kBuffers));
     GC_CHECK(agreeBeforeState(c));
   }
   // A hierarchical comm's compressed reduce-scatter keeps u and v in its
@@ -368,7 +371,7 @@ gradcompResult_t agreeReady(gradcompComm* c, gradcompResult_t local, int* refuse
   return gradcompSuccess;
 }
 
-gradcompResult_t agreePrepared(gradcompComm& c, gradcompResult_t local) {
+gradcompResult_t agreePrepared(gradcompComm& c, gradcompResult_t local, const char* what) {
   if (!c.cfg.checkCalls || c.autoState.reserving || c.backend->capturing()) return local;
   const std::string why = local != gradcompSuccess ? gradcompGetLastError() : "";
   // A failed CUDA call leaves CUDA's last error set for the next launch.
@@ -384,10 +387,9 @@ gradcompResult_t agreePrepared(gradcompComm& c, gradcompResult_t local) {
   if (refused >= 0) {
     return setError(
         gradcompInvalidUsage,
-        "rank %d could not prepare this call (the state or workspace of its buffer; its "
-        "own error says why), so rank %d fails it too instead of waiting in an "
-        "exchange rank %d will not join (GRADCOMP_CHECK_CALLS)",
-        refused, c.rank, refused);
+        "rank %d could not prepare this call (%s; its own error says why), so rank %d fails it "
+        "too instead of waiting in an exchange rank %d will not join (GRADCOMP_CHECK_CALLS)",
+        refused, what, c.rank, refused);
   }
   return gradcompSuccess;
 }

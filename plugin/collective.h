@@ -147,7 +147,13 @@ gradcompResult_t agreeReady(gradcompComm* c, gradcompResult_t local, int* refuse
 // its own error and its peers return gradcompInvalidUsage naming it, instead
 // of waiting in an exchange it never joins. Without the setting, while
 // capturing (no host sync) or in the auto timing's reserving pass: `local`.
-gradcompResult_t agreePrepared(gradcompComm& c, gradcompResult_t local);
+// `what` names what was prepared in the peers' sentence (default: the
+// buffer's state and workspace). The buffers' own checks (checkBuffers: a
+// pointer of another device, misaligned or overlapping) are voted on too:
+// they too fail on one rank alone.
+extern const char* const kBuffers;  // agreePrepared's `what` for checkBuffers
+gradcompResult_t agreePrepared(gradcompComm& c, gradcompResult_t local,
+                               const char* what = "the state or workspace of its buffer");
 
 // CPU world only: every rank must pass the same `value` (an allgather of 8
 // bytes), else all fail with gradcompInvalidUsage. NCCL cannot check this

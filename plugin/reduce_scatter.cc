@@ -65,7 +65,9 @@ gradcompResult_t reduceScatter(const void* send, void* recv, size_t recvCount, n
   DType t;
   GC_CHECK(dtypeFromNccl(type, &t));
   GC_CHECK(codecCheckCount(count));
-  GC_CHECK(checkBuffers(*c, send, count, recv, recvCount, (size_t)c->rank * recvCount, t));
+  GC_CHECK(agreePrepared(
+      *c, checkBuffers(*c, send, count, recv, recvCount, (size_t)c->rank * recvCount, t),
+      kBuffers));
   GC_CHECK(agreeBeforeState(*c));
 
   bool autoPass = false;
