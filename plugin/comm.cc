@@ -197,9 +197,12 @@ namespace gc {
 
 gradcompResult_t commCreate(ncclComm_t nccl, const gradcompConfig_t* config, const char* refused,
                             gradcompComm_t* comm, const std::atomic<bool>* stop) {
-  GC_ARG(comm != nullptr, "comm (output) is NULL");
-  *comm = nullptr;
+  // A NULL output on one rank is refused after this rank has joined the
+  // set-up vote (below), as a refused setting is: returning at once would
+  // leave its peers in the vote's allgather.
+  if (comm != nullptr) *comm = nullptr;
   GC_ARG(nccl != nullptr, "nccl communicator is NULL");
+  if (comm == nullptr && refused == nullptr) refused = "comm (output) is NULL";
   std::unique_ptr<gradcompComm> c(new gradcompComm());
   const gc::NcclApi* api = gc::ncclApi();
   // Without its rank, size and device a rank cannot join the set-up exchange.
@@ -217,9 +220,11 @@ gradcompResult_t commCreate(ncclComm_t nccl, const gradcompConfig_t* config, con
       gc::makeSetupVote(local, c->cfg, gc::hostIdentity(),
                         local != gradcompSuccess ? gradcompGetLastError() : nullptr);
   const gradcompResult_t res = gc::setupNcclHierarchy(c.get(), mine, gather, stop);
-  if (res != gradcompSuccess) {
+  if (res != gradcompSuccess || comm == nullptr) {
     gc::destroyHierarchy(c.get());
-    return res;
+    // (A vote this rank failed fails on every rank: never a comm to drop here.)
+    return res != gradcompSuccess ? res
+                                  : setError(gradcompInvalidArgument, "comm (output) is NULL");
   }
   GC_INFO("comm %p rank %d/%d method %d bits %d bucket %d", (void*)c.get(), c->rank, c->nranks,
           (int)c->cfg.method, c->cfg.bits, c->cfg.bucketSize);

@@ -328,6 +328,31 @@ TEST(NcclSetup, RefusedConfigurationStillVotes) {
   EXPECT_EQ(count(ss.str(), "CommSplit"), 0) << ss.str();
 }
 
+// So does a rank that passed no place for the comm (comm NULL): before
+// 2026-12-05 it returned at once and left its peers in the vote's allgather.
+TEST(NcclSetup, NullOutputStillVotes) {
+  char path[] = "/tmp/gc_fake_nccl_XXXXXX";
+  const int fd = mkstemp(path);
+  close(fd);
+  setenv("FAKE_NCCL_LOG", path, 1);
+  gradcompConfig_t cfg;
+  gradcompConfigInit(&cfg);
+  const gradcompResult_t res = gradcompCommCreate(fakeComm(), &cfg, nullptr);
+  const std::string error = gradcompGetLastError();
+  unsetenv("FAKE_NCCL_LOG");
+  std::ifstream f(path);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  unlink(path);
+  EXPECT_EQ(res, gradcompInvalidArgument);
+  EXPECT_NE(error.find("comm (output) is NULL"), std::string::npos) << error;
+  int n = 0;
+  const bool gpu = cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
+  (void)cudaGetLastError();
+  if (gpu) EXPECT_EQ(count(ss.str(), "AllGather"), 1) << ss.str();
+  EXPECT_EQ(count(ss.str(), "CommSplit"), 0) << ss.str();
+}
+
 // GRADCOMP_GROUP=fuse keys a fused set's residual as unfused calls are keyed,
 // by their receive buffers: two groups of the same shape (the layers of a
 // model) keep their own residuals, and a repeated group finds its own again.
