@@ -203,6 +203,9 @@ gradcompResult_t commCreate(ncclComm_t nccl, const gradcompConfig_t* config, con
   if (comm != nullptr) *comm = nullptr;
   GC_ARG(nccl != nullptr, "nccl communicator is NULL");
   if (comm == nullptr && refused == nullptr) refused = "comm (output) is NULL";
+  // Set-up allocates and syncs its own streams: allowed under another
+  // thread's global-mode capture (device_guard.h).
+  const RelaxedCaptureMode relaxed;
   std::unique_ptr<gradcompComm> c(new gradcompComm());
   const gc::NcclApi* api = gc::ncclApi();
   // Without its rank, size and device a rank cannot join the set-up exchange.

@@ -6,6 +6,8 @@
 
 #include <cuda_runtime_api.h>
 
+#include <optional>
+
 namespace gc {
 
 // True while `stream` is being captured into a CUDA graph; false when CUDA
@@ -19,10 +21,38 @@ inline bool streamCapturing(cudaStream_t stream) {
   return st != cudaStreamCaptureStatusNone;
 }
 
+// This thread's stream-capture mode relaxed for a scope, then given back
+// (as PyTorch's allocator does around cudaMalloc). gradcomp's set-up work
+// (allocations, zeroing and host copies synchronized on its own streams)
+// is "potentially unsafe" under another thread's capture begun in
+// cudaStreamCaptureModeGlobal (PyTorch's default): it would fail and
+// invalidate that capture. Calls captured on this thread's own stream never
+// allocate or sync (refused before). Without a GPU: nothing, the error
+// cleared.
+class RelaxedCaptureMode {
+ public:
+  RelaxedCaptureMode() {
+    ok_ = cudaThreadExchangeStreamCaptureMode(&mode_) == cudaSuccess;
+    if (!ok_) (void)cudaGetLastError();
+  }
+  ~RelaxedCaptureMode() {
+    if (ok_) (void)cudaThreadExchangeStreamCaptureMode(&mode_);
+  }
+  RelaxedCaptureMode(const RelaxedCaptureMode&) = delete;
+  RelaxedCaptureMode& operator=(const RelaxedCaptureMode&) = delete;
+
+ private:
+  cudaStreamCaptureMode mode_ = cudaStreamCaptureModeRelaxed;
+  bool ok_ = false;
+};
+
+// With a device (>= 0), also relaxes the capture mode (RelaxedCaptureMode)
+// for the scope.
 class DeviceGuard {
  public:
   explicit DeviceGuard(int device) {
     if (device < 0) return;
+    relaxed_.emplace();
     int current = -1;
     err_ = cudaGetDevice(&current);
     if (err_ == cudaSuccess && current != device) {
@@ -42,6 +72,7 @@ class DeviceGuard {
  private:
   int prev_ = -1;
   cudaError_t err_ = cudaSuccess;
+  std::optional<RelaxedCaptureMode> relaxed_;  // destroyed after the device is given back
 };
 
 }  // namespace gc
