@@ -301,7 +301,12 @@ gradcompResult_t gradcompReduceScatterKeyed(const void* sendbuff, void* recvbuff
  * A CUDA graph captured before a reset or load still uses the states they
  * replaced: capture it again. (Their memory, and a workspace an eager call
  * outgrew after a capture, stays allocated until the comm is freed, so an
- * old graph's replays corrupt nothing.) */
+ * old graph's replays corrupt nothing.) Reset and load are collective: every
+ * rank calls them, between the same two collectives. The comm's next call
+ * then checks that the ranks agree on it (one small allgather and a host
+ * sync on NCCL), which a rank that did not reset or load skips: on NCCL
+ * without GRADCOMP_CHECK_CALLS its peers would wait for it (the CPU
+ * backends check every call and fail instead). */
 gradcompResult_t gradcompCommResetState(gradcompComm_t comm);
 gradcompResult_t gradcompCommStateSize(gradcompComm_t comm, size_t* bytes);
 gradcompResult_t gradcompCommSaveState(gradcompComm_t comm, void* buffer, size_t bytes);

@@ -501,7 +501,10 @@ GC_EXPORT gradcompResult_t gradcompCommResetState(gradcompComm_t comm) {
   comm->states.clear();
   comm->step = 0;
   comm->stateEpochStep = 0;
-  comm->verifyNext = true;  // a rank that did not reset is at another step
+  // The next call checks that the ranks agree (a rank that did not reset is
+  // at another step): every rank that reset runs the check; on NCCL a rank
+  // that did not would not join it, hence reset is collective (gradcomp.h).
+  comm->verifyNext = true;
   comm->stateDigest = 0;
   return comm->backend->setStep(0);
 }
