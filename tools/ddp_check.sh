@@ -35,6 +35,9 @@ SUMMARY = re.compile(r"summary comm (\S+) rank (\S+) method (\S+): (\d+) calls c
                      r"(?: \((\d+) to other nodes\))? for (\d+) dense bytes")
 
 def load(name):
+    """A run's result, only when its status in this call's runs list is ok."""
+    if status.get(name, ("missing",))[0] != "ok":
+        return None
     try:
         with open(os.path.join(out, f"ddp_{name}.json")) as f:
             return json.load(f)
@@ -197,6 +200,9 @@ run_ddp() {
   local now left limit t0 status note="" failed
   now=$(date +%s)
   left=$((deadline - now))
+  # What an earlier call left for this run goes first, whether it runs or is skipped: the
+  # summary would report it as this call's.
+  rm -f "$out/ddp_$name.json" "$out"/ddp_${name}_r*.log
   # Skipped rather than started to time out (a timed-out run fails the step) when the longest
   # run so far would not fit in what is left.
   if [ "$left" -lt 40 ] || [ "$left" -lt $((longest * 11 / 10 + 10)) ]; then
@@ -206,7 +212,6 @@ run_ddp() {
   fi
   limit=$run_limit
   [ "$limit" -gt $((left - 10)) ] && limit=$((left - 10))
-  rm -f "$out/ddp_$name.json"
   t0=$(date +%s)
   local preload_lib=""
   [ "$use_preload" = 1 ] && preload_lib=$preload

@@ -37,6 +37,9 @@ SUMMARY = re.compile(r"summary comm \S+ rank \S+ method \S+: (\d+) calls compres
 COLL = re.compile(r"NCCL INFO (\w+): opCount")
 
 def load(name):
+    """A run's result, only when its status in this call's runs list is ok."""
+    if status.get(name, ("missing",))[0] != "ok":
+        return None
     try:
         return json.load(open(os.path.join(out, f"fsdp_{name}.json")))
     except (OSError, ValueError):
@@ -158,6 +161,9 @@ run_fsdp() {
   shift 4
   local left limit t0 failed status note=""
   left=$((deadline - $(date +%s)))
+  # What an earlier call left for this run goes first, whether it runs or is skipped: the
+  # summary would report it as this call's.
+  rm -f "$out/fsdp_$name.json" "$out"/fsdp_${name}_r*.log
   # Skipped rather than started to time out (a timed-out run fails the step) when the longest
   # run so far would not fit in what is left.
   if [ "$left" -lt 40 ] || [ "$left" -lt $((longest * 11 / 10 + 10)) ]; then
@@ -166,7 +172,6 @@ run_fsdp() {
   fi
   limit=$run_limit
   [ "$limit" -gt $((left - 10)) ] && limit=$((left - 10))
-  rm -f "$out/fsdp_$name.json"
   t0=$(date +%s)
   local preload_lib=""
   [ "$use_preload" = 1 ] && preload_lib=$preload

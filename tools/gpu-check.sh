@@ -237,7 +237,7 @@ PY
 
 
 # --- multi-process NCCL tests and the DDP check, written by their owners
-want multirank && fresh "$raw/multirank.json" "$raw/multirank.md"
+want multirank && fresh "$raw/multirank.json" "$raw/multirank.md" "$raw/multirank_failures.txt"
 if ! want multirank || gtest_missing multirank; then
   :
 elif [ -f tools/multirank_check.sh ]; then

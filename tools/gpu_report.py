@@ -485,9 +485,12 @@ def main():
             "measured_tc_ge_5x_nccl_10gbps_n4_256MB": goal(tc_x, 5.0),
             "measured_vs_model_tc_10gbps_within_15pct":
                 None if tc_vs is None else 0.85 <= tc_vs <= 1.15,
+            # Null unless the hierarchical world ran (tools/multirank_check.sh: null keys then);
+            # a world whose tests all went uncounted passed nothing.
             "multirank_hier_tests_failed_eq_0": (
                 None if multi.get("multirank_hier_tests_failed") is None
-                else multi.get("multirank_hier_tests_failed") == 0),
+                else multi.get("multirank_hier_tests_failed") == 0
+                and (multi.get("multirank_hier_tests_passed") or 0) > 0),
             "ddp_hier_qsgd4_acc_within_1pt": (
                 None if ddp.get("ddp_hier_qsgd4_acc_delta_pts") is None
                 else abs(ddp.get("ddp_hier_qsgd4_acc_delta_pts")) <= 1.0),

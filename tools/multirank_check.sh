@@ -4,7 +4,11 @@
 # NCCL_HOSTID (NCCL then uses its socket transport: correct results,
 # meaningless timings). Then N = 4 again with GRADCOMP_LOCAL_SIZE=2 (two
 # nodes of two ranks: the hierarchical exchange, checked against its host
-# reference). Writes OUTDIR/multirank.json and OUTDIR/multirank.md.
+# reference). Each world writes OUTDIR/multirank_world_<tag>.json and .md
+# (its counts and lines, deleted before it runs); OUTDIR/multirank.json and
+# multirank.md sum every world's file there, so a later call that reruns some
+# worlds (GC_MULTIRANK_RUNS, the same raw folder) keeps the others' results.
+# Keys of a kind of world that has no file (hierarchical, abort) are null.
 # Usage: tools/multirank_check.sh OUTDIR [BUILD_DIR]
 set -uo pipefail
 . "$(dirname "$0")/wait_ranks.sh"
@@ -12,7 +16,6 @@ out=${1:?usage: multirank_check.sh OUTDIR [BUILD_DIR]}
 build=${2:-build}
 bin=$build/tests/gradcomp_multirank
 mkdir -p "$out"
-total_pass=0; total_fail=0; hier_pass=0; hier_fail=0; rs_pass=0; rs_fail=0; lines=""
 if [ ! -x "$bin" ]; then
   echo "multirank: $bin not built" >&2
   echo '{"multirank_tests_passed": 0, "multirank_tests_failed": 1, "multirank_rs_tests_failed": 1, "multirank_error": "not built"}' > "$out/multirank.json"
@@ -60,9 +63,19 @@ abort_runs=${GC_MULTIRANK_ABORT_RUNS:-2:0 4:2}
 [ "$abort_runs" = none ] && abort_runs=""
 # No abort runs: the suites may use their time too.
 [ -z "$abort_runs" ] && abort_reserve=0
+# world_file TAG KIND N L PASSED FAILED RS_PASSED RS_FAILED LINES: the world's own result.
+world_file() {
+  printf '{"tag": "%s", "kind": "%s", "n": %d, "local_size": %d, "passed": %d, "failed": %d, "rs_passed": %d, "rs_failed": %d}\n' \
+    "$1" "$2" "$3" "$4" "$5" "$6" "$7" "$8" > "$out/multirank_world_$1.json"
+  printf '%s' "$9" > "$out/multirank_world_$1.md"
+}
 for run in $runs; do
   n=${run%%:*}; local_size=${run##*:}
   tag=n$n; [ "$local_size" != 0 ] && tag=hier_n$n
+  # What an earlier call left for this world goes first: it runs anew.
+  rm -f "$out/multirank_world_$tag.json" "$out/multirank_world_$tag.md" \
+    "$out/multirank_failures_$tag.txt" "$out"/multirank_${tag}_r*.log
+  w_pass=0; w_fail=0; rs_pass=0; rs_fail=0; lines=""
   idfile=$(mktemp -u /tmp/gc_ncclid.XXXXXX)
   port=$((29500 + RANDOM % 1000))
   limit=$(run_limit 600 $abort_reserve)
@@ -108,19 +121,22 @@ for run in $runs; do
       line="rank $r of $n: crashed or timed out$where ($last)"
       [ "${rcs[$r]}" = 124 ] && line="rank $r of $n: timed out after ${limit}s$where ($last)"
     fi
-    total_pass=$((total_pass + p)); total_fail=$((total_fail + f))
-    if [ "$local_size" != 0 ]; then hier_pass=$((hier_pass + p)); hier_fail=$((hier_fail + f)); fi
+    w_pass=$((w_pass + p)); w_fail=$((w_fail + f))
     lines="$lines- N=$n$([ "$local_size" != 0 ] && echo " GRADCOMP_LOCAL_SIZE=$local_size"): $line"$'\n'
-    grep -E "FAILED" "$log" | head -5 | sed 's/^/    /' >> "$out/multirank_failures.txt" || true
+    grep -E "FAILED" "$log" | head -5 | sed 's/^/    /' >> "$out/multirank_failures_$tag.txt" || true
   done
+  world_file "$tag" suite "$n" "$local_size" "$w_pass" "$w_fail" "$rs_pass" "$rs_fail" "$lines"
 done
 # gradcompCommAbort after a peer died mid-call (GC_ABORT_TEST=1): the last rank
 # exits while the others are in a two-shot (N=2) or hierarchical (N=4, L=2)
 # call; every survivor must come back from ncclCommAbort + gradcompCommAbort.
 # The binary's own watchdog fails a hung rank after 60 s; timeout is the backstop.
-abort_pass=0; abort_fail=0
 for run in $abort_runs; do
   n=${run%%:*}; local_size=${run##*:}
+  tag=abort_n$n
+  rm -f "$out/multirank_world_$tag.json" "$out/multirank_world_$tag.md" \
+    "$out/multirank_failures_$tag.txt" "$out"/multirank_abort_n${n}_r*.log
+  abort_pass=0; abort_fail=0; lines=""
   idfile=$(mktemp -u /tmp/gc_ncclid.XXXXXX)
   limit=$(run_limit 90)
   pids=()
@@ -142,27 +158,77 @@ for run in $abort_runs; do
       abort_fail=$((abort_fail + 1)); line="rank $r of $n: crashed or hung ($(tail -2 "$log" | tr '\n' ' '))"
     fi
     lines="$lines- abort N=$n$([ "$local_size" != 0 ] && echo " GRADCOMP_LOCAL_SIZE=$local_size"): $line"$'\n'
-    grep -E "FAILED" "$log" | head -5 | sed 's/^/    /' >> "$out/multirank_failures.txt" || true
+    grep -E "FAILED" "$log" | head -5 | sed 's/^/    /' >> "$out/multirank_failures_$tag.txt" || true
   done
+  world_file "$tag" abort "$n" "$local_size" "$abort_pass" "$abort_fail" 0 0 "$lines"
 done
-total_pass=$((total_pass + abort_pass)); total_fail=$((total_fail + abort_fail))
 
-cat > "$out/multirank.json" <<J
-{"multirank_tests_passed": $total_pass, "multirank_tests_failed": $total_fail,
- "multirank_abort_tests_passed": $abort_pass, "multirank_abort_tests_failed": $abort_fail,
- "multirank_hier_tests_passed": $hier_pass, "multirank_hier_tests_failed": $hier_fail,
- "multirank_rs_tests_passed": $rs_pass, "multirank_rs_tests_failed": $rs_fail}
-J
-{
-  echo "### Multi-process NCCL tests (gradcompAllReduce, CUDA backend)"
-  echo
-  [ "$ngpu" -lt 4 ] && echo "Ranks share $ngpu GPU(s) with a distinct NCCL_HOSTID each (socket transport)."
-  echo
-  echo "Worlds (N:GRADCOMP_LOCAL_SIZE): $runs; abort worlds: ${abort_runs:-none}."
-  echo
-  echo "$lines"
-  echo "Total: $total_pass passed, $total_fail failed (of which reduce-scatter: $rs_pass passed, $rs_fail failed)"
-  if [ -s "$out/multirank_failures.txt" ]; then echo; echo '```'; cat "$out/multirank_failures.txt"; echo '```'; fi
-} > "$out/multirank.md"
+# The summary of every world's file in OUTDIR (this call's and earlier calls'); exit status:
+# this call's worlds all passed.
+python3 - "$out" "$ngpu" "$runs" "${abort_runs:-none}" <<'PY'
+import glob, json, os, sys
+out, ngpu, runs, aborts = sys.argv[1], int(sys.argv[2] or 0), sys.argv[3], sys.argv[4]
+worlds = []
+for f in sorted(glob.glob(os.path.join(out, "multirank_world_*.json"))):
+    try:
+        with open(f) as fh:
+            w = json.load(fh)
+    except (OSError, ValueError):
+        continue
+    md = f[:-len(".json")] + ".md"
+    w["lines"] = open(md).read() if os.path.exists(md) else ""
+    fails = os.path.join(out, "multirank_failures_%s.txt" % w["tag"])
+    w["failures"] = open(fails).read() if os.path.exists(fails) else ""
+    worlds.append(w)
+def total(key, pick):
+    sel = [w for w in worlds if pick(w)]
+    return sum(w[key] for w in sel) if sel else None
+suite = lambda w: w["kind"] == "suite"  # noqa: E731
+hier = lambda w: w["kind"] == "suite" and w["local_size"] != 0  # noqa: E731
+abort = lambda w: w["kind"] == "abort"  # noqa: E731
+summary = {
+    "multirank_tests_passed": total("passed", lambda w: True) or 0,
+    "multirank_tests_failed": total("failed", lambda w: True) or 0,
+    "multirank_abort_tests_passed": total("passed", abort),
+    "multirank_abort_tests_failed": total("failed", abort),
+    "multirank_hier_tests_passed": total("passed", hier),
+    "multirank_hier_tests_failed": total("failed", hier),
+    "multirank_rs_tests_passed": total("rs_passed", suite),
+    "multirank_rs_tests_failed": total("rs_failed", suite),
+    "multirank_worlds": [w["tag"] for w in worlds],
+}
+if not worlds:
+    summary["multirank_tests_failed"] = 1
+    summary["multirank_error"] = "no world ran"
+with open(os.path.join(out, "multirank.json"), "w") as fh:
+    json.dump(summary, fh, indent=1)
+L = ["### Multi-process NCCL tests (gradcompAllReduce, CUDA backend)", ""]
+if ngpu < 4:
+    L += ["Ranks share %d GPU(s) with a distinct NCCL_HOSTID each (socket transport)." % ngpu, ""]
+L += ["This call's worlds (N:GRADCOMP_LOCAL_SIZE): %s; abort worlds: %s. Results of every "
+      "world in the folder: %s." % (runs, aborts, ", ".join(summary["multirank_worlds"]) or "none"),
+      ""]
+for w in worlds:
+    L.append(w["lines"].rstrip("\n"))
+L.append("")
+L.append("Total: %d passed, %d failed (of which reduce-scatter: %s passed, %s failed)" % (
+    summary["multirank_tests_passed"], summary["multirank_tests_failed"],
+    summary["multirank_rs_tests_passed"], summary["multirank_rs_tests_failed"]))
+fails = "".join(w["failures"] for w in worlds)
+if fails:
+    L += ["", "```", fails.rstrip("\n"), "```"]
+with open(os.path.join(out, "multirank.md"), "w") as fh:
+    fh.write("\n".join(L) + "\n")
+PY
 cat "$out/multirank.md"
-[ "$total_fail" = 0 ]
+# This call's worlds: their own files.
+this_fail=0
+for run in $runs; do
+  n=${run%%:*}; local_size=${run##*:}; tag=n$n; [ "$local_size" != 0 ] && tag=hier_n$n
+  grep -q '"failed": 0,' "$out/multirank_world_$tag.json" 2>/dev/null || this_fail=1
+done
+for run in $abort_runs; do
+  n=${run%%:*}
+  grep -q '"failed": 0,' "$out/multirank_world_abort_n$n.json" 2>/dev/null || this_fail=1
+done
+[ "$this_fail" = 0 ]

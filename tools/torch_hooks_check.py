@@ -37,118 +37,19 @@ sys.path.insert(0, HERE)
 import gc_ranks  # noqa: E402
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("outdir")
-    ap.add_argument("build", nargs="?", default="build-gpu")
-    ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
-    ap.add_argument("--smoke", action="store_true", help="1 epoch, FSDP 20 steps")
-    a = ap.parse_args()
-    out = os.path.abspath(a.outdir)
-    build = a.build
-    if not os.path.isdir(os.path.join(ROOT, build)):
-        build = "build"
-    build = os.path.join(ROOT, build)
-    os.makedirs(out, exist_ok=True)
-    cpu = a.device == "cpu"
-    world = int(os.environ.get("GC_HOOK_WORLD", "2" if cpu else "4"))
-    epochs = os.environ.get("GC_HOOK_EPOCHS", "1" if a.smoke else "40")
-    fsdp_steps = ["--steps", "20"] if a.smoke else []
-    budget = float(os.environ.get("GC_HOOK_BUDGET_S", "420"))
-    deadline = time.time() + budget
-    # GRADCOMP_AUTO=0: the runs measure compression itself, which auto would
-    # skip for the allreduces and reduce-scatters NCCL does faster.
-    base_env = {"PYTHONPATH": os.path.join(ROOT, "python"),
-                "GRADCOMP_LIBRARY": os.path.join(build, "libgradcomp.so"),
-                "GRADCOMP_METHOD": "qsgd", "GRADCOMP_BITS": "4", "GRADCOMP_AUTO": "0"}
-    if cpu:  # one core per rank: the ranks do not fight over the cores
-        base_env["OMP_NUM_THREADS"] = "1"
-    preload = os.path.join(build, "plugin", "preload", "libgradcomp_preload.so")
-    res = {"torch_hooks_world": world, "torch_hooks_epochs": int(epochs),
-           "torch_hooks_device": a.device, "torch_hooks_smoke": a.smoke}
-    runs = {}
-    # The longest finished run of each kind (a script and its length): a run that it says cannot
-    # finish in what is left is skipped, not started to be killed at the budget (a timed-out run
-    # fails the step).
-    longest = {}
-
-    def run(name, extra_args, env=None, use_preload=False, script="ddp_train.py", epochs_arg=True,
-            kind=None, ranks=None):
-        kind = kind or script
-        if cpu and use_preload:
-            runs[name] = {"status": "skipped on CPU: the preload interposes NCCL, which the CPU "
-                                    "runs do not use (this run needs the GPU box)"}
-            print(f"torch_hooks: {name}: {runs[name]['status']}", flush=True)
-            return None
-        if cpu:
-            extra_args = extra_args + ["--device", "cpu"]
-        left = deadline - time.time()
-        # A kind not yet run (the first FSDP run) is judged by the longest run of any kind.
-        guess = longest.get(kind, max(longest.values(), default=0.0))
-        if left < max(30.0, 1.1 * guess + 10):
-            runs[name] = {"status": "skipped (time budget spent)"}
-            print(f"torch_hooks: {name}: {runs[name]['status']}", flush=True)
-            return None
-        path = os.path.join(out, f"hook_{name}.json")
-        if os.path.exists(path):
-            os.remove(path)
-        e = dict(base_env)
-        e.update(env or {})
-        status, secs = gc_ranks.launch(
-            ranks or world, [os.path.join(HERE, script), "--out", path]
-            + (["--epochs", epochs] if epochs_arg else []) + extra_args,
-            os.path.join(out, f"hook_{name}"), env=e,
-            timeout=min(240, left - 10), preload=preload if use_preload else None)
-        runs[name] = {"status": status, "seconds": round(secs, 1)}
-        print(f"torch_hooks: {name}: {status} in {secs:.0f}s", flush=True)
-        if status == "ok":
-            longest[kind] = max(longest.get(kind, 0.0), secs)
-        if status != "ok" or not os.path.exists(path):
-            return None
-        with open(path) as f:
-            r = json.load(f)
-        if r.get("preload_loaded", False) != use_preload:
-            runs[name]["status"] = (f"failed (the preload was {'not ' if use_preload else ''}"
-                                    "loaded in the ranks)")
-            return None
-        return r
-
-    # First, the hooks bit for bit against the CPU world's serial reference on 2 ranks, their
-    # gradients written late on a non-default stream (tools/hook_exact_rank.py): a stream or
-    # kernel the hooks get wrong shows here as differing bits, before any training.
-    exact = run("hook_exact", [], script="hook_exact_rank.py", epochs_arg=False, ranks=2)
+def summarize(res0, runs, got, world, cpu, out):
+    """torch_hooks.json and .md from the runs finished so far (written after every run, and at
+    the end); the exit status: 1 when a run failed or a check is not true."""
+    res = dict(res0)
+    exact, base, hq, whole = got.get("hook_exact"), got.get("none"), got.get("hook_qsgd4"), \
+        got.get("hook_whole")
+    pre, resume = got.get("preload"), got.get("resume")
+    fsdp_base, fsdp_gc = got.get("fsdp_none"), got.get("fsdp_qsgd4")
     if exact:
         res["torch_hook_exact_bitwise"] = exact["bitwise"]
         res["torch_hook_exact_results_checked"] = (exact["allreduce_results_checked"]
                                                    + exact["reduce_scatter_results_checked"])
         res["torch_hook_exact_mismatches"] = exact["mismatches"]
-    base = run("none", [])
-    hq = run("hook_qsgd4", ["--hook", "gradcomp"])
-    whole = run("hook_whole", ["--hook", "gradcomp", "--whole-buckets", "--layer-min-size", "0",
-                               "--start-iter", "0"])
-    pre = run("preload", [], env={"GRADCOMP_DEBUG": "INFO"}, use_preload=True)
-    resume = run("resume", ["--hook", "gradcomp", "--abort-check"]
-                 + (["--epochs", "1", "--resume-check", "20"]
-                    if a.smoke else ["--epochs", "10", "--resume-check", "200"]),
-                 kind="resume")
-
-    # FSDP2's custom reduce-scatter needs PyTorch >= 2.9 and a libgradcomp with the keyed
-    # reduce-scatter: without them the FSDP runs are skipped with the reason, not failed.
-    probe = subprocess.run(
-        [sys.executable, "-c", "import gradcomp.torch.fsdp as f; print(f.unsupported_reason() "
-         "or '')"], env=dict(os.environ, **base_env), capture_output=True, text=True)
-    no_rs = (probe.stdout.strip() if probe.returncode == 0 else
-             "failed (could not ask gradcomp.torch.fsdp: %s)"
-             % (probe.stderr.strip().splitlines() or ["no output"])[-1])
-    fsdp_base = fsdp_gc = None
-    if not no_rs:
-        fsdp_base = run("fsdp_none", fsdp_steps, script="fsdp_hook_train.py", epochs_arg=False)
-        fsdp_gc = run("fsdp_qsgd4", ["--gradcomp"] + fsdp_steps, script="fsdp_hook_train.py",
-                      epochs_arg=False)
-    else:
-        runs["fsdp"] = {"status": no_rs if no_rs.startswith("failed") else "skipped: " + no_rs}
-        print(f"torch_hooks: fsdp: {runs['fsdp']['status']}", flush=True)
     if fsdp_base and fsdp_gc:
         res["fsdp_hook_qsgd4_acc_delta_pts"] = fsdp_gc["accuracy_pct"] - fsdp_base["accuracy_pct"]
         res["fsdp_hook_qsgd4_test_loss_rel_delta"] = (
@@ -163,6 +64,7 @@ def main():
     if hq:
         st = hq["hook_stats"]
         res["ddp_hook_qsgd4_params_identical"] = hq["params_identical"]
+        res["ddp_hook_qsgd4_compressed_calls_rank0"] = st.get("compressed_calls")
         res["torch_hook_full_precision_params"] = st["full_precision_params"]
         res["torch_hook_compressed_params"] = st["compressed_params"]
         res["torch_hook_full_precision_bytes_rank0"] = st["full_precision_bytes"]
@@ -227,16 +129,136 @@ def main():
         f.write("\n".join(md) + "\n")
     print("\n".join(md))
     bad = [k for k, v in runs.items() if v["status"].startswith(("failed", "timed out"))]
+    # The compressed runs compressed (gradcomp sending every call uncompressed only warns; an
+    # FSDP reduce op the hook does not serve falls back to torch's, warned once).
+    def compressed(v):
+        return None if v is None else v > 0
+
+    hq_calls = res.get("ddp_hook_qsgd4_compressed_calls_rank0")
     checks = [res.get("torch_hook_exact_bitwise"),
               res.get("torch_hook_vs_preload_bytes_equal"), res.get("torch_hook_resume_bitwise"),
               res.get("torch_hook_abort_refuses_after"),
-              res.get("torch_hooks_params_identical_all_runs")]
+              res.get("torch_hooks_params_identical_all_runs"),
+              compressed(hq_calls), compressed(res.get("torch_hook_whole_calls_rank0"))]
+    if fsdp_gc is not None:
+        checks.append(compressed(res.get("fsdp_hook_qsgd4_calls_compressed_rank0")))
     if cpu:  # no preload run to compare the hook's bytes with
-        checks = [res.get("torch_hook_exact_bitwise"), res.get("torch_hook_resume_bitwise"),
-                  res.get("torch_hook_abort_refuses_after"),
-                  res.get("torch_hooks_params_identical_all_runs"),
-                  all(r is not None for r in (base, hq, whole))]
+        checks = [c for i, c in enumerate(checks) if i != 1]
+        checks.append(all(r is not None for r in (base, hq, whole)))
     return 1 if bad or not all(c is True for c in checks) else 0
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("outdir")
+    ap.add_argument("build", nargs="?", default="build-gpu")
+    ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    ap.add_argument("--smoke", action="store_true", help="1 epoch, FSDP 20 steps")
+    a = ap.parse_args()
+    out = os.path.abspath(a.outdir)
+    build = a.build
+    if not os.path.isdir(os.path.join(ROOT, build)):
+        build = "build"
+    build = os.path.join(ROOT, build)
+    os.makedirs(out, exist_ok=True)
+    cpu = a.device == "cpu"
+    world = int(os.environ.get("GC_HOOK_WORLD", "2" if cpu else "4"))
+    epochs = os.environ.get("GC_HOOK_EPOCHS", "1" if a.smoke else "40")
+    fsdp_steps = ["--steps", "20"] if a.smoke else []
+    budget = float(os.environ.get("GC_HOOK_BUDGET_S", "420"))
+    deadline = time.time() + budget
+    # GRADCOMP_AUTO=0: the runs measure compression itself, which auto would
+    # skip for the allreduces and reduce-scatters NCCL does faster.
+    base_env = {"PYTHONPATH": os.path.join(ROOT, "python"),
+                "GRADCOMP_LIBRARY": os.path.join(build, "libgradcomp.so"),
+                "GRADCOMP_METHOD": "qsgd", "GRADCOMP_BITS": "4", "GRADCOMP_AUTO": "0"}
+    if cpu:  # one core per rank: the ranks do not fight over the cores
+        base_env["OMP_NUM_THREADS"] = "1"
+    preload = os.path.join(build, "plugin", "preload", "libgradcomp_preload.so")
+    res = {"torch_hooks_world": world, "torch_hooks_epochs": int(epochs),
+           "torch_hooks_device": a.device, "torch_hooks_smoke": a.smoke}
+    runs = {}
+    got = {}  # the finished runs' results, by name
+    # The longest finished run of each kind (a script and its length): a run that it says cannot
+    # finish in what is left is skipped, not started to be killed at the budget (a timed-out run
+    # fails the step).
+    longest = {}
+
+    def run(name, extra_args, env=None, use_preload=False, script="ddp_train.py", epochs_arg=True,
+            kind=None, ranks=None):
+        kind = kind or script
+        if cpu and use_preload:
+            runs[name] = {"status": "skipped on CPU: the preload interposes NCCL, which the CPU "
+                                    "runs do not use (this run needs the GPU box)"}
+            print(f"torch_hooks: {name}: {runs[name]['status']}", flush=True)
+            return None
+        if cpu:
+            extra_args = extra_args + ["--device", "cpu"]
+        left = deadline - time.time()
+        # A kind not yet run (the first FSDP run) is judged by the longest run of any kind.
+        guess = longest.get(kind, max(longest.values(), default=0.0))
+        if left < max(30.0, 1.1 * guess + 10):
+            runs[name] = {"status": "skipped (time budget spent)"}
+            print(f"torch_hooks: {name}: {runs[name]['status']}", flush=True)
+            return None
+        path = os.path.join(out, f"hook_{name}.json")
+        if os.path.exists(path):
+            os.remove(path)
+        e = dict(base_env)
+        e.update(env or {})
+        status, secs = gc_ranks.launch(
+            ranks or world, [os.path.join(HERE, script), "--out", path]
+            + (["--epochs", epochs] if epochs_arg else []) + extra_args,
+            os.path.join(out, f"hook_{name}"), env=e,
+            timeout=min(240, left - 10), preload=preload if use_preload else None)
+        runs[name] = {"status": status, "seconds": round(secs, 1)}
+        print(f"torch_hooks: {name}: {status} in {secs:.0f}s", flush=True)
+        if status == "ok":
+            longest[kind] = max(longest.get(kind, 0.0), secs)
+        r = None
+        if status == "ok" and os.path.exists(path):
+            with open(path) as f:
+                r = json.load(f)
+            if r.get("preload_loaded", False) != use_preload:
+                runs[name]["status"] = (f"failed (the preload was "
+                                        f"{'not ' if use_preload else ''}loaded in the ranks)")
+                r = None
+        got[name] = r
+        # After every run: a step limit that ends this script keeps what finished.
+        summarize(res, runs, got, world, cpu, out)
+        return r
+
+    # First, the hooks bit for bit against the CPU world's serial reference on 2 ranks, their
+    # gradients written late on a non-default stream (tools/hook_exact_rank.py): a stream or
+    # kernel the hooks get wrong shows here as differing bits, before any training.
+    run("hook_exact", [], script="hook_exact_rank.py", epochs_arg=False, ranks=2)
+    run("none", [])
+    run("hook_qsgd4", ["--hook", "gradcomp"])
+    run("hook_whole", ["--hook", "gradcomp", "--whole-buckets", "--layer-min-size", "0",
+                       "--start-iter", "0"])
+    run("preload", [], env={"GRADCOMP_DEBUG": "INFO"}, use_preload=True)
+    run("resume", ["--hook", "gradcomp", "--abort-check"]
+        + (["--epochs", "1", "--resume-check", "20"]
+           if a.smoke else ["--epochs", "10", "--resume-check", "200"]),
+        kind="resume")
+
+    # FSDP2's custom reduce-scatter needs PyTorch >= 2.9 and a libgradcomp with the keyed
+    # reduce-scatter: without them the FSDP runs are skipped with the reason, not failed.
+    probe = subprocess.run(
+        [sys.executable, "-c", "import gradcomp.torch.fsdp as f; print(f.unsupported_reason() "
+         "or '')"], env=dict(os.environ, **base_env), capture_output=True, text=True)
+    no_rs = (probe.stdout.strip() if probe.returncode == 0 else
+             "failed (could not ask gradcomp.torch.fsdp: %s)"
+             % (probe.stderr.strip().splitlines() or ["no output"])[-1])
+    if not no_rs:
+        run("fsdp_none", fsdp_steps, script="fsdp_hook_train.py", epochs_arg=False)
+        run("fsdp_qsgd4", ["--gradcomp"] + fsdp_steps, script="fsdp_hook_train.py",
+            epochs_arg=False)
+    else:
+        runs["fsdp"] = {"status": no_rs if no_rs.startswith("failed") else "skipped: " + no_rs}
+        print(f"torch_hooks: fsdp: {runs['fsdp']['status']}", flush=True)
+    return summarize(res, runs, got, world, cpu, out)
 
 
 if __name__ == "__main__":

@@ -61,11 +61,14 @@ free_port() {
 ranks_pids=()
 
 # For a caller's TERM/INT trap: the ranks of the run in progress go too.
+# Each pid is a `timeout`, which leads a process group of its own: the group is signalled,
+# so a rank that outlives its timeout's TERM is not left holding the GPU (wait_ranks.sh does
+# the same).
 stop_ranks() {
   local p
-  for p in "${ranks_pids[@]}"; do kill -TERM "$p" 2>/dev/null; done
+  for p in "${ranks_pids[@]}"; do kill -TERM -- "-$p" 2>/dev/null || kill -TERM "$p" 2>/dev/null; done
   sleep 2
-  for p in "${ranks_pids[@]}"; do kill -KILL "$p" 2>/dev/null; done
+  for p in "${ranks_pids[@]}"; do kill -KILL -- "-$p" 2>/dev/null || kill -KILL "$p" 2>/dev/null; done
 }
 
 # run_ranks WORLD LIMIT LOG_PREFIX PRELOAD [VAR=VALUE...] -- SCRIPT [ARG...]

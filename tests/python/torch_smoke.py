@@ -262,6 +262,8 @@ def check_hooks(out_root, build):
     expect(res["torch_hook_abort_refuses_after"] is True,
            "after state.abort() a hook call did not refuse (or abort/close again failed)")
     expect(math.isfinite(res["ddp_hook_qsgd4_acc_delta_pts"]), "no hook accuracy delta")
+    expect((res.get("ddp_hook_qsgd4_compressed_calls_rank0") or 0) > 0,
+           "the layer-aware hook run compressed no call")
     expect("torch_hook_vs_preload_bytes_equal" not in res, "a preload comparison without a run")
 
     # The layer-aware hook: the weights compressed (a two-shot call per bucket and step from
