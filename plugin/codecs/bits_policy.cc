@@ -16,6 +16,10 @@ namespace gc {
 // the budget history.
 struct BitsHistory {
   bool onDevice = false;
+  // The backend scratch came from (its stream-ordered pool: neither the
+  // allocation at a buffer's first call nor the free waits for the whole
+  // device, as cudaMalloc and cudaFree did).
+  std::shared_ptr<Backend> backend;
   void* scratch = nullptr;          // device: per-warp partials, then the result
   GradStats* resultDev = nullptr;   // device
   GradStats* resultHost = nullptr;  // pinned host mirror (one entry per rank when gathered)
@@ -34,7 +38,7 @@ struct BitsHistory {
     if (pending && ready) cudaEventSynchronize(ready);
     if (ready) cudaEventDestroy(ready);
     if (resultHost) cudaFreeHost(resultHost);
-    if (scratch) cudaFree(scratch);
+    if (scratch && backend) backend->release(scratch);
     (void)cudaGetLastError();
   }
 };
@@ -50,7 +54,8 @@ gradcompResult_t makeHistory(gradcompComm& c, BufferState& s) {
   h->onDevice = c.backend->onDevice();
   if (h->onDevice) {
     const size_t scratch = cuda::gradStatsScratchBytes(), n = (size_t)c.nranks;
-    GC_CUDACHECK(cudaMalloc(&h->scratch, scratch + (1 + n) * sizeof(GradStats)));
+    h->backend = c.backend;
+    GC_CHECK(c.backend->alloc(scratch + (1 + n) * sizeof(GradStats), &h->scratch));
     h->resultDev = reinterpret_cast<GradStats*>(static_cast<char*>(h->scratch) + scratch);
     h->gatherDev = h->resultDev + 1;
     GC_CUDACHECK(cudaHostAlloc(reinterpret_cast<void**>(&h->resultHost), n * sizeof(GradStats),
