@@ -372,7 +372,12 @@ gradcompResult_t agreeReady(gradcompComm* c, gradcompResult_t local, int* refuse
 }
 
 gradcompResult_t agreePrepared(gradcompComm& c, gradcompResult_t local, const char* what) {
-  if (!c.cfg.checkCalls || c.autoState.reserving || c.backend->capturing()) return local;
+  // Not in the auto timing's calls either: their buffers are gradcomp's own
+  // and their state and workspace were made by the reserving pass, and a
+  // vote's host sync in the compressed path's timed calls alone would bias
+  // the choice towards NCCL.
+  if (!c.cfg.checkCalls || c.autoState.reserving || c.autoState.tuning || c.backend->capturing())
+    return local;
   const std::string why = local != gradcompSuccess ? gradcompGetLastError() : "";
   // A failed CUDA call leaves CUDA's last error set for the next launch.
   if (local != gradcompSuccess && c.backend->onDevice()) (void)cudaGetLastError();

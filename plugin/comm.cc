@@ -13,6 +13,7 @@
 #include "kernels/qsgd_math.cuh"
 #include "abi.h"
 #include "checks.h"
+#include "codecs/bits_policy.h"
 #include "backends/cuda/nccl_api.h"
 
 namespace gc {
@@ -258,10 +259,15 @@ bool waitCalls(gradcompComm* c, Clock::time_point deadline) {
 }
 
 // Frees what destroy and abort both free, once nothing uses it. An aborted
-// comm's sparse counters are left (SparseOps::abandon; the transports skip
-// their buffers once aborted).
+// comm's sparse counters and DQ-SGD pinned mirrors are left (SparseOps::
+// abandon, abandonBitsHistory; the transports skip their buffers once
+// aborted): their frees would wait for the whole device.
 void freeComm(gradcompComm* comm, const char* how, bool aborted) {
   if (aborted && comm->sparse) comm->sparse->abandon();
+  if (aborted) {
+    for (auto& kv : comm->states) gc::abandonBitsHistory(kv.second);
+    for (auto& s : comm->retiredStates) gc::abandonBitsHistory(s);
+  }
   if (comm->backend) {
     for (auto& kv : comm->states) comm->releaseState(kv.second);
     comm->backend->release(comm->workspace);

@@ -104,10 +104,10 @@ static const ParamSpec kParams[] = {
      "NCCL backend: before every allreduce and reduce-scatter the ranks agree on the call "
      "(collective, step, count, datatype, op), so that mismatched calls fail on every rank "
      "instead of hanging; costs a small allgather and a host sync per call; not inside CUDA "
-     "graph capture (the CPU backend always checks). With it, on both backends, a compressed "
-     "call also first votes that every rank prepared it (its buffer's state, workspace; not "
-     "under capture), so a rank out of memory fails it on every rank instead of leaving them "
-     "waiting"},
+     "graph capture (the CPU backend always checks). With it, on both backends, every call "
+     "also first votes on its buffers' checks, and a compressed call on its preparation (its "
+     "buffer's state, workspace; not under capture), so a rank with a refused buffer or out of "
+     "memory fails the call on every rank instead of leaving them waiting"},
     {"GRADCOMP_DEBUG", ParamKind::String, GC_PROCESS_KNOB, 0, 0, nullptr, "(unset)",
      "log level: WARN, INFO or TRACE, to stderr; NONE or OFF: none; another value warns and "
      "uses WARN"},

@@ -44,8 +44,6 @@ gradcompResult_t reduceScatter(const void* send, void* recv, size_t recvCount, n
   CommCall call(c);  // gradcompCommAbort waits for it
   GC_CHECK(call.check());
   GC_ARG(c != nullptr && c->backend && c->transport, "comm is NULL or destroyed");
-  GC_ARG(recvCount == 0 || (send != nullptr && recv != nullptr),
-         "sendbuff=%p and recvbuff=%p must not be NULL for recvcount=%zu", send, recv, recvCount);
   // 8 bytes is the largest NCCL element: the input's byte size must fit too.
   GC_ARG(recvCount <= SIZE_MAX / 8 / (size_t)c->nranks,
          "recvcount=%zu times nranks=%d overflows the input size (at most %zu per rank)", recvCount,
@@ -55,6 +53,15 @@ gradcompResult_t reduceScatter(const void* send, void* recv, size_t recvCount, n
   if (recvCount == 0) return gradcompSuccess;
   const size_t count = recvCount * (size_t)c->nranks;
   GC_CHECK(beginCollective(*c, kCallReduceScatter, count, type, op));
+  // A NULL buffer is one rank's fault: voted on under GRADCOMP_CHECK_CALLS.
+  GC_CHECK(
+      agreePrepared(*c,
+                    send != nullptr && recv != nullptr
+                        ? gradcompSuccess
+                        : setError(gradcompInvalidArgument,
+                                   "sendbuff=%p and recvbuff=%p must not be NULL for recvcount=%zu",
+                                   send, recv, recvCount),
+                    kBuffers));
 
   if (!compressible(*c, count, type, op)) {
     GC_TRACE("reduce-scatter pass through: recvcount=%zu type=%d op=%d ranks=%d", recvCount,

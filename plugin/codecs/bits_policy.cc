@@ -33,15 +33,21 @@ struct BitsHistory {
   int chosen = 0;  // chooseBits' width for the call in progress, counted by commitBits
   BudgetPolicy budget;
 
+  bool abandoned = false;  // abandonBitsHistory: the pinned mirror is left
+
   ~BitsHistory() {
     if (!onDevice) return;
     if (pending && ready) cudaEventSynchronize(ready);
     if (ready) cudaEventDestroy(ready);
-    if (resultHost) cudaFreeHost(resultHost);
+    if (resultHost && !abandoned) cudaFreeHost(resultHost);
     if (scratch && backend) backend->release(scratch);
     (void)cudaGetLastError();
   }
 };
+
+void abandonBitsHistory(BufferState& s) {
+  if (s.bitsHistory) s.bitsHistory->abandoned = true;
+}
 
 namespace {
 

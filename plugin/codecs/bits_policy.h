@@ -89,5 +89,8 @@ const char* checkBitsHistory(const BitsHistoryRecord& r, const gradcompConfig_t&
 bool budgetWindowFits(const BitsHistoryRecord& r, const gradcompConfig_t& cfg);
 // Gives s a history equal to r (allocating what the backend needs).
 gradcompResult_t importBitsHistory(gradcompComm& c, BufferState& s, const BitsHistoryRecord& r);
+// gradcompCommAbort: s's history frees nothing whose free would wait for the
+// whole device (its pinned mirror); that memory is left.
+void abandonBitsHistory(BufferState& s);
 
 }  // namespace gc

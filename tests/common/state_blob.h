@@ -108,7 +108,8 @@ inline std::vector<float> savedOwnerResidual(const std::vector<uint8_t>& s, size
       memcpy(&owner, s.data() + p + 24, 8);
       memcpy(&flags, s.data() + p + 40, 4);
       const size_t from = p + 48 + ((flags & 1u) ? 4 * n : 0);
-      if (n == count && (flags & 2u) != 0 && owner <= (at + bytes - from) / 4) {
+      if (n == count && (flags & 2u) != 0 && from <= at + bytes &&
+          owner <= (at + bytes - from) / 4) {
         std::vector<float> r(owner);
         memcpy(r.data(), s.data() + from, 4 * owner);
         return r;

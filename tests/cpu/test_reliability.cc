@@ -182,8 +182,8 @@ TEST(Reliability, CheckCallsFailsEveryRankWhenOneCannotPrepare) {
 }
 
 // GRADCOMP_CHECK_CALLS: a rank whose buffers fail their checks (here a
-// receive buffer off its element alignment; on NCCL also a pointer of
-// another device or of pageable memory) fails on that rank alone, after the
+// receive buffer off its element alignment, or NULL; on NCCL also a pointer
+// of another device or of pageable memory) fails on that rank alone, after the
 // call's agreement. The ranks vote on it, as on a failed preparation, so
 // its peers fail at once naming it rather than waiting in the exchange
 // until their timeout (before 2026-12-05 they did); then the same call
@@ -199,48 +199,54 @@ TEST(Reliability, CheckCallsFailsEveryRankWhenOnesBuffersAreRefused) {
                {gradcompMethodQsgd, true, 0},
                {gradcompMethodDgc, false, size_t(1) << 30}};  // every call passed with momentum
   for (const auto& k : cases) {
-    SCOPED_TRACE(testing::Message() << "method " << k.method << (k.rs ? " reduce-scatter" : ""));
-    gradcompConfig_t cfg = quickConfig(k.method);
-    cfg.autoTune = 0;
-    cfg.checkCalls = 1;
-    cfg.minElements = k.minElements;
-    cfg.cpuTimeoutSec = 20.0f;  // a rank left waiting fails after this
-    CpuWorld w(N, cfg);
-    const size_t n = 3072, out = k.rs ? n / N : n;
-    std::vector<std::vector<float>> in, got(N, std::vector<float>(out + 1, 0.0f));
-    for (int r = 0; r < N; ++r) in.push_back(gctest::normal(n, 51 + r));
-    std::vector<std::string> why(N);
-    auto call = [&](bool misaligned) {
-      const auto t0 = std::chrono::steady_clock::now();
-      auto res = w.run([&](int r) {
-        float* o = got[r].data();
-        if (misaligned && r == bad) o = reinterpret_cast<float*>(reinterpret_cast<char*>(o) + 2);
-        const gradcompResult_t x =
-            k.rs ? gradcompReduceScatter(in[r].data(), o, out, ncclFloat32, ncclSum, w.comm(r),
-                                         nullptr)
-                 : gradcompAllReduce(in[r].data(), o, n, ncclFloat32, ncclSum, w.comm(r), nullptr);
-        why[r] = gradcompGetLastError();
-        return x;
-      });
-      const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      EXPECT_LT(s, 10.0) << "a rank waited for its timeout";
-      return res;
-    };
-    auto res = call(true);
-    const std::string named = "rank " + std::to_string(bad) + " could not prepare this call";
-    for (int r = 0; r < N; ++r) {
-      if (r == bad) {
-        EXPECT_EQ(res[r], gradcompInvalidArgument) << why[r];
-        EXPECT_NE(why[r].find("not aligned"), std::string::npos) << why[r];
-      } else {
-        EXPECT_EQ(res[r], gradcompInvalidUsage) << why[r];
-        EXPECT_NE(why[r].find(named), std::string::npos) << why[r];
-        EXPECT_NE(why[r].find("its send and receive buffers"), std::string::npos) << why[r];
+    for (const bool null : {false, true}) {
+      SCOPED_TRACE(testing::Message() << "method " << k.method << (k.rs ? " reduce-scatter" : "")
+                                      << (null ? " NULL" : " misaligned"));
+      gradcompConfig_t cfg = quickConfig(k.method);
+      cfg.autoTune = 0;
+      cfg.checkCalls = 1;
+      cfg.minElements = k.minElements;
+      cfg.cpuTimeoutSec = 20.0f;  // a rank left waiting fails after this
+      CpuWorld w(N, cfg);
+      const size_t n = 3072, out = k.rs ? n / N : n;
+      std::vector<std::vector<float>> in, got(N, std::vector<float>(out + 1, 0.0f));
+      for (int r = 0; r < N; ++r) in.push_back(gctest::normal(n, 51 + r));
+      std::vector<std::string> why(N);
+      auto call = [&](bool misaligned) {
+        const auto t0 = std::chrono::steady_clock::now();
+        auto res = w.run([&](int r) {
+          float* o = got[r].data();
+          if (misaligned && r == bad)
+            o = null ? nullptr : reinterpret_cast<float*>(reinterpret_cast<char*>(o) + 2);
+          const gradcompResult_t x = k.rs ? gradcompReduceScatter(in[r].data(), o, out, ncclFloat32,
+                                                                  ncclSum, w.comm(r), nullptr)
+                                          : gradcompAllReduce(in[r].data(), o, n, ncclFloat32,
+                                                              ncclSum, w.comm(r), nullptr);
+          why[r] = gradcompGetLastError();
+          return x;
+        });
+        const double s =
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        EXPECT_LT(s, 10.0) << "a rank waited for its timeout";
+        return res;
+      };
+      auto res = call(true);
+      const std::string named = "rank " + std::to_string(bad) + " could not prepare this call";
+      for (int r = 0; r < N; ++r) {
+        if (r == bad) {
+          EXPECT_EQ(res[r], gradcompInvalidArgument) << why[r];
+          EXPECT_NE(why[r].find(null ? "must not be NULL" : "not aligned"), std::string::npos)
+              << why[r];
+        } else {
+          EXPECT_EQ(res[r], gradcompInvalidUsage) << why[r];
+          EXPECT_NE(why[r].find(named), std::string::npos) << why[r];
+          EXPECT_NE(why[r].find("its send and receive buffers"), std::string::npos) << why[r];
+        }
+        EXPECT_TRUE(w.comm(r)->failedTogether) << r;
       }
-      EXPECT_TRUE(w.comm(r)->failedTogether) << r;
+      res = call(false);
+      for (int r = 0; r < N; ++r) EXPECT_EQ(res[r], gradcompSuccess) << r << ": " << why[r];
     }
-    res = call(false);
-    for (int r = 0; r < N; ++r) EXPECT_EQ(res[r], gradcompSuccess) << r << ": " << why[r];
   }
 }
 

@@ -692,24 +692,28 @@ void checkSetupAgreement(ncclComm_t nc, int ndev) {
 }
 
 // Where this rank's owner residual lies in an allreduce buffer of n
-// elements on a comm of cfg: two-shot's chunk among the ranks, or among the
-// nodes on this rank's shard with GRADCOMP_LOCAL_SIZE (the ring's is the
-// next chunk); none where the exchange is an allgather (2 ranks or nodes).
+// elements on comm c of cfg: two-shot's chunk among the ranks, or among the
+// nodes on this rank's shard when the comm is hierarchical (its layout from
+// gradcompCommLayout; nodes of consecutive ranks, as GRADCOMP_LOCAL_SIZE
+// makes them); the ring's is the next chunk; none where the exchange is an
+// allgather (algo auto on 2 ranks or nodes, or allgather) or Elias.
 // Returns {offset, length}.
-std::pair<size_t, size_t> ownerPlace(const gradcompConfig_t& cfg, size_t n) {
+std::pair<size_t, size_t> ownerPlace(gradcompComm_t c, const gradcompConfig_t& cfg, size_t n) {
   const size_t d = cfg.bucketSize;
   size_t base = 0, len = n;
-  int parts = nranks, j = rank;
-  const int L = cfg.localSize;
-  if (L > 1 && nranks / L >= 2) {
+  int parts = nranks, j = rank, nodes = 1, L = 1;
+  CK(gradcompCommLayout(c, &nodes, &L));
+  if (L > 1 && nodes >= 2) {
     const std::vector<size_t> shard = split(n, L, d);
     base = shard[rank % L];
     len = shard[rank % L + 1] - base;
-    parts = nranks / L;
+    parts = nodes;
     j = rank / L;
   }
-  if (parts <= 2 || cfg.algo == gradcompAlgoAllgather || cfg.elias || !cfg.ownerResidual)
-    return {0, 0};
+  const bool allgather =
+      cfg.algo == gradcompAlgoAllgather ||
+      ((cfg.algo == gradcompAlgoAuto || cfg.algo == gradcompAlgoHier) && parts <= 2);
+  if (allgather || cfg.elias || !cfg.ownerResidual) return {0, 0};
   if (cfg.algo == gradcompAlgoRing) j = (j + 1) % parts;
   const std::vector<size_t> off = split(len, parts, d);
   return {base + off[j], off[j + 1] - off[j]};
@@ -784,7 +788,7 @@ void checkAuto(ncclComm_t nc, cudaStream_t st) {
       const std::vector<float> carry = gctest::savedResidual(saved, n);
       for (size_t i = 0; i < carry.size() && i < n; ++i) sent[i] += carry[i];
       const std::vector<float> owner = gctest::savedOwnerResidual(saved, n);
-      const auto place = ownerPlace(cfg, n);
+      const auto place = ownerPlace(a, cfg, n);
       for (size_t i = 0; i < place.second && i < owner.size(); ++i)
         sent[place.first + i] += owner[i];
     }

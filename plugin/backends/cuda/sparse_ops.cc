@@ -142,9 +142,9 @@ class CudaSparseOps final : public SparseOps {
   };
   static uint64_t* count(void* scratch) { return static_cast<uint64_t*>(scratch); }
   static void* kernelScratch(void* scratch) { return static_cast<char*>(scratch) + kCountBytes; }
-  // Made at a comm's first sparse call, which is eager (its buffer state is
-  // created outside capture), or by GRADCOMP_AUTO's reserving pass. A failed
-  // allocation leaves no error behind for the next kernel launch to report.
+  // Made with the comm (initNcclComm's reserve(), inside the set-up vote);
+  // the calls below find them made. A failed allocation leaves no error
+  // behind for the next kernel launch to report.
   gradcompResult_t ensureCounters() {
     const gradcompResult_t res = makeCounters();
     if (res != gradcompSuccess) (void)cudaGetLastError();
