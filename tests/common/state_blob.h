@@ -57,29 +57,35 @@ inline std::vector<uint8_t> withoutAutoFigures(const std::vector<uint8_t>& s,
   return out;
 }
 
-// The residual (error feedback, n floats) of the first buffer record of
-// `count` elements in saved state s (plugin/state.cc: a 112-byte header, then
-// records of tag, 0, bytes; a buffer record's payload has its count at +16,
-// its flags at +40, its arrays from +48, the residual first); empty when
-// there is none.
-inline std::vector<float> savedResidual(const std::vector<uint8_t>& s, size_t count) {
+// One array of the first buffer record of `count` elements in saved state s
+// (plugin/state.cc: a 112-byte header, then records of tag, 0, bytes; a
+// buffer record's payload has its count at +16, its owner residual count at
+// +24, its flags at +40 (1 residual, 2 owner residual), its arrays from +48
+// in that order): `owner` false gives the residual (count floats), true the
+// owner residual; empty when the record or the array is not there.
+inline std::vector<float> savedArray(const std::vector<uint8_t>& s, size_t count, bool owner) {
   uint64_t records = 0;
   if (s.size() < 112) return {};
   memcpy(&records, s.data() + 40, 8);
   size_t at = 112;
   for (uint64_t i = 0; i < records && at + 16 <= s.size(); ++i) {
     uint32_t tag = 0, flags = 0;
-    uint64_t bytes = 0, n = 0;
+    uint64_t bytes = 0, n = 0, ownerCount = 0;
     memcpy(&tag, s.data() + at, 4);
     memcpy(&bytes, s.data() + at + 8, 8);
     if (bytes < 16 || bytes > s.size() - at) return {};
-    const size_t p = at + 16;
+    const size_t p = at + 16, end = at + bytes;
     if (tag == 1 && bytes >= 16 + 48) {
       memcpy(&n, s.data() + p + 16, 8);
+      memcpy(&ownerCount, s.data() + p + 24, 8);
       memcpy(&flags, s.data() + p + 40, 4);
-      if (n == count && (flags & 1u) != 0 && p + 48 + 4 * n <= at + bytes) {
-        std::vector<float> r(n);
-        memcpy(r.data(), s.data() + p + 48, 4 * n);
+      const bool hasResidual = (flags & 1u) != 0;
+      const size_t from = p + 48 + (owner && hasResidual ? 4 * n : 0);
+      const size_t len = owner ? ownerCount : n;
+      const bool present = owner ? (flags & 2u) != 0 : hasResidual;
+      if (n == count && present && from <= end && len <= (end - from) / 4) {
+        std::vector<float> r(len);
+        memcpy(r.data(), s.data() + from, 4 * len);
         return r;
       }
     }
@@ -88,36 +94,15 @@ inline std::vector<float> savedResidual(const std::vector<uint8_t>& s, size_t co
   return {};
 }
 
-// The owner residual (two-shot's and the ring's re-encode error of the
-// chunk this rank reduced: its owner count, at +24, of floats after the
-// residual) of that record; empty when there is none.
+// The residual (error feedback) of that record.
+inline std::vector<float> savedResidual(const std::vector<uint8_t>& s, size_t count) {
+  return savedArray(s, count, false);
+}
+
+// Its owner residual (two-shot's and the ring's re-encode error of the chunk
+// this rank reduced).
 inline std::vector<float> savedOwnerResidual(const std::vector<uint8_t>& s, size_t count) {
-  uint64_t records = 0;
-  if (s.size() < 112) return {};
-  memcpy(&records, s.data() + 40, 8);
-  size_t at = 112;
-  for (uint64_t i = 0; i < records && at + 16 <= s.size(); ++i) {
-    uint32_t tag = 0, flags = 0;
-    uint64_t bytes = 0, n = 0, owner = 0;
-    memcpy(&tag, s.data() + at, 4);
-    memcpy(&bytes, s.data() + at + 8, 8);
-    if (bytes < 16 || bytes > s.size() - at) return {};
-    const size_t p = at + 16;
-    if (tag == 1 && bytes >= 16 + 48) {
-      memcpy(&n, s.data() + p + 16, 8);
-      memcpy(&owner, s.data() + p + 24, 8);
-      memcpy(&flags, s.data() + p + 40, 4);
-      const size_t from = p + 48 + ((flags & 1u) ? 4 * n : 0);
-      if (n == count && (flags & 2u) != 0 && from <= at + bytes &&
-          owner <= (at + bytes - from) / 4) {
-        std::vector<float> r(owner);
-        memcpy(r.data(), s.data() + from, 4 * owner);
-        return r;
-      }
-    }
-    at += bytes;
-  }
-  return {};
+  return savedArray(s, count, true);
 }
 
 }  // namespace gctest

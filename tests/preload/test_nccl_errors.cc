@@ -13,6 +13,7 @@
 
 #include <atomic>
 #include <fstream>
+#include <functional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -112,6 +113,21 @@ SetupRun runSetup(int rank, const gradcompConfig_t& cfg, std::vector<gc::SetupVo
   run.log = ss.str();
   unlink(path);
   return run;
+}
+
+// What the stand-in libnccl logged (FAKE_NCCL_LOG) while fn ran.
+std::string loggedDuring(const std::function<void()>& fn) {
+  char path[] = "/tmp/gc_fake_nccl_XXXXXX";
+  const int fd = mkstemp(path);
+  close(fd);
+  setenv("FAKE_NCCL_LOG", path, 1);
+  fn();
+  unsetenv("FAKE_NCCL_LOG");
+  std::ifstream f(path);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  unlink(path);
+  return ss.str();
 }
 
 int count(const std::string& log, const std::string& what) {
@@ -297,60 +313,50 @@ TEST(NcclSetup, FailedExchangeKeepsOwnError) {
 // votes, rank 0's first); without one it cannot, and the rank's own sentence
 // is the result.
 TEST(NcclSetup, RefusedConfigurationStillVotes) {
-  char path[] = "/tmp/gc_fake_nccl_XXXXXX";
-  const int fd = mkstemp(path);
-  close(fd);
-  setenv("FAKE_NCCL_LOG", path, 1);
   gradcompConfig_t cfg;
   gradcompConfigInit(&cfg);
   const char* refused = "GRADCOMP_BITS=99 is not an integer in 2..8";
   gradcompComm_t c = (gradcompComm_t)(uintptr_t)1;
-  const gradcompResult_t res = gc::commCreate(fakeComm(), &cfg, refused, &c);
-  const std::string error = gradcompGetLastError();
-  unsetenv("FAKE_NCCL_LOG");
-  std::ifstream f(path);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  unlink(path);
+  gradcompResult_t res = gradcompSuccess;
+  std::string error;
+  const std::string log = loggedDuring([&] {
+    res = gc::commCreate(fakeComm(), &cfg, refused, &c);
+    error = gradcompGetLastError();
+  });
   EXPECT_EQ(res, gradcompInvalidArgument);
   EXPECT_EQ(c, nullptr);
   int n = 0;
   const bool gpu = cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
   (void)cudaGetLastError();
   if (gpu) {
-    EXPECT_EQ(count(ss.str(), "AllGather"), 1) << ss.str();
+    EXPECT_EQ(count(log, "AllGather"), 1) << log;
     EXPECT_EQ(error, std::string("rank 0 of 4 could not set up its gradcomp comm, so no rank made "
                                  "one: ") +
                          refused);
   } else {
     EXPECT_EQ(error, refused);
   }
-  EXPECT_EQ(count(ss.str(), "CommSplit"), 0) << ss.str();
+  EXPECT_EQ(count(log, "CommSplit"), 0) << log;
 }
 
 // So does a rank that passed no place for the comm (comm NULL): before
 // 2026-12-05 it returned at once and left its peers in the vote's allgather.
 TEST(NcclSetup, NullOutputStillVotes) {
-  char path[] = "/tmp/gc_fake_nccl_XXXXXX";
-  const int fd = mkstemp(path);
-  close(fd);
-  setenv("FAKE_NCCL_LOG", path, 1);
   gradcompConfig_t cfg;
   gradcompConfigInit(&cfg);
-  const gradcompResult_t res = gradcompCommCreate(fakeComm(), &cfg, nullptr);
-  const std::string error = gradcompGetLastError();
-  unsetenv("FAKE_NCCL_LOG");
-  std::ifstream f(path);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  unlink(path);
+  gradcompResult_t res = gradcompSuccess;
+  std::string error;
+  const std::string log = loggedDuring([&] {
+    res = gradcompCommCreate(fakeComm(), &cfg, nullptr);
+    error = gradcompGetLastError();
+  });
   EXPECT_EQ(res, gradcompInvalidArgument);
   EXPECT_NE(error.find("comm (output) is NULL"), std::string::npos) << error;
   int n = 0;
   const bool gpu = cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
   (void)cudaGetLastError();
-  if (gpu) EXPECT_EQ(count(ss.str(), "AllGather"), 1) << ss.str();
-  EXPECT_EQ(count(ss.str(), "CommSplit"), 0) << ss.str();
+  if (gpu) EXPECT_EQ(count(log, "AllGather"), 1) << log;
+  EXPECT_EQ(count(log, "CommSplit"), 0) << log;
 }
 
 // GRADCOMP_GROUP=fuse keys a fused set's residual as unfused calls are keyed,
