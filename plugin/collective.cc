@@ -54,10 +54,12 @@ gradcompResult_t beginCollective(gradcompComm& c, CallKind kind, size_t count, n
     }
     GC_CHECK(agreement());
     c.verifyNext = false;
-  } else if (c.cfg.checkCalls && !c.transport->checksEveryCall()) {
+  } else if (c.cfg.checkCalls && !c.transport->checksEveryCall() && !c.autoState.tuning) {
     // GRADCOMP_CHECK_CALLS: the same agreement before every call. Its host
     // sync cannot be captured, and refusing would make the setting break
-    // graphs, so captured calls go unchecked, said once per comm.
+    // graphs, so captured calls go unchecked, said once per comm. Not in
+    // GRADCOMP_AUTO's timed calls (gradcomp's own, alike on every rank): a
+    // host sync in them would bias the timing.
     if (!c.backend->capturing()) {
       GC_CHECK(agreement());
     } else if (!c.warnedCheckCapture) {
@@ -378,15 +380,17 @@ gradcompResult_t agreePrepared(gradcompComm& c, gradcompResult_t local, const ch
   // the choice towards NCCL.
   if (!c.cfg.checkCalls || c.autoState.reserving || c.autoState.tuning || c.backend->capturing())
     return local;
-  const std::string why = local != gradcompSuccess ? gradcompGetLastError() : "";
   // A failed CUDA call leaves CUDA's last error set for the next launch.
   if (local != gradcompSuccess && c.backend->onDevice()) (void)cudaGetLastError();
   int refused = -1;
   const gradcompResult_t voted = agreeReady(&c, local, &refused);
   if (voted == gradcompSuccess && refused >= 0) c.failedTogether = true;
   if (local != gradcompSuccess) {
-    // A vote that ran leaves this rank's own sentence as the last error.
-    return voted == gradcompSuccess ? local : setError(local, "%s", why.c_str());
+    // A vote that ran leaves this rank's own sentence as the last error. One
+    // that failed returns its own error: the local one (an argument refused
+    // on this rank) would be handed to NCCL by the LD_PRELOAD library while
+    // the peers wait in the vote.
+    return voted == gradcompSuccess ? local : voted;
   }
   GC_CHECK(voted);
   if (refused >= 0) {

@@ -263,11 +263,13 @@ CommEntry::~CommEntry() {
     // As the comm's own memory: while a kernel may still be stuck on a dead
     // peer (the comm could not drain) or a fused copy is pending, the fusion
     // buffers stay allocated; cudaFree would also wait for that kernel.
-    const bool drained = gc::commAbort(gc);
-    if (!drained || (fusionDone != nullptr && cudaEventQuery(fusionDone) == cudaErrorNotReady)) {
-      (void)cudaGetLastError();
-      return;
-    }
+    // Drained or not, the fusion buffers stay: cudaFree waits for the whole
+    // device, where another communicator's kernel may be stuck on the dead
+    // peer until the program aborts that one too, which it can do only once
+    // this ncclCommAbort has returned (gradcomp leaves its own so too).
+    (void)gc::commAbort(gc);
+    (void)cudaGetLastError();
+    return;
   } else if (gc != nullptr) {
     // NCCL lets the program destroy its streams before ncclCommDestroy:
     // gradcompCommDestroy waits for the comm's last call on a stream of its

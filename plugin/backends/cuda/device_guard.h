@@ -52,7 +52,6 @@ class DeviceGuard {
  public:
   explicit DeviceGuard(int device) {
     if (device < 0) return;
-    relaxed_.emplace();
     int current = -1;
     err_ = cudaGetDevice(&current);
     if (err_ == cudaSuccess && current != device) {
@@ -60,6 +59,9 @@ class DeviceGuard {
       if (err_ == cudaSuccess) prev_ = current;
     }
     if (err_ != cudaSuccess) (void)cudaGetLastError();
+    // After the device is set: on a thread with no context the exchange
+    // would make one on the current device (GPU 0).
+    if (err_ == cudaSuccess) relaxed_.emplace();
   }
   ~DeviceGuard() {
     if (prev_ >= 0) cudaSetDevice(prev_);
