@@ -27,6 +27,16 @@ def _float32_array(x, name, count, writable):
     return p
 
 
+# Bytes per element of the codecs' input types (float16, float32, bfloat16).
+_ELEM = {T.NCCL_TYPES["float16"]: 2, T.NCCL_TYPES["float32"]: 4, T.NCCL_TYPES["bfloat16"]: 2}
+
+
+def _disjoint(a, a_bytes, b, b_bytes, what):
+    """Refuses two buffers whose bytes overlap (the codecs read one while writing the other)."""
+    if a < b + b_bytes and b < a + a_bytes:
+        raise InvalidArgumentError(f"{what} overlap: pass a residual (or output) of its own", 1)
+
+
 def _encoded(encoded):
     """The wire bytes as a contiguous uint8 array: a bytes-like object or a uint8 array; any
     other dtype is refused rather than value-cast."""
@@ -87,6 +97,7 @@ def qsgd_encode(x, bits=4, bucket_size=512, seed=0, residual=None, rounding="sto
     rp = None
     if residual is not None:
         rp = _float32_array(residual, "residual", n, writable=True)
+        _disjoint(xp, n * _ELEM.get(t, 8), rp, 4 * n, "x and residual")
     out = np.zeros(qsgd_encoded_bytes(n, bits, bucket_size), np.uint8)
     check(lib().gradcompQsgdEncodeEFLevelsHost(xp, t, rp, n, bits, bucket_size, seed, r, lv,
                                                out.ctypes.data))
@@ -160,6 +171,7 @@ def elias_encode(x, params, seed=0, residual=None):
     rp = None
     if residual is not None:
         rp = _float32_array(residual, "residual", n, writable=True)
+        _disjoint(xp, n * _ELEM.get(t, 8), rp, 4 * n, "x and residual")
     cap = lib().gradcompEliasMaxEncodedBytes(n, ctypes.byref(params))
     out = np.zeros(max(cap, 1), np.uint8)
     used = ctypes.c_size_t()

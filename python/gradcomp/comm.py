@@ -15,7 +15,8 @@ def _enum(value, table, what):
         if v is None:
             raise InvalidArgumentError(f"{what}={value!r} is not one of {'|'.join(table)}", 1)
         return v
-    return _c_int(int(value), what, f" (one of {'|'.join(table)} or its NCCL number)")
+    return _c_int(_integer(value, what, f"one of {'|'.join(table)} or its NCCL number"), what,
+                  f" (one of {'|'.join(table)} or its NCCL number)")
 
 
 # ctypes wraps an int past its C type silently (2**32 + 7 into 7, -1 into 2**64 - 1): the
@@ -125,7 +126,7 @@ class Comm:
         """Wraps (never owns) an ncclComm_t given as an address (int or c_void_p)."""
         cfg = as_config(config, **settings)
         out = ctypes.c_void_p()
-        check(lib().gradcompCommCreate(ctypes.c_void_p(_addr(nccl_comm)), ctypes.byref(cfg.struct),
+        check(lib().gradcompCommCreate(ctypes.c_void_p(_addr(nccl_comm, "nccl_comm")), ctypes.byref(cfg.struct),
                                        ctypes.byref(out)), "gradcompCommCreate")
         return cls(out.value)
 
@@ -161,7 +162,7 @@ class Comm:
         t = _enum(datatype, T.NCCL_TYPES, "datatype")
         o = _enum(op, T.NCCL_OPS, "op")
         s = ctypes.c_void_p(_stream(stream))
-        args = (_addr(sendbuff), _addr(recvbuff), _count(count), t, o, self.handle, s)
+        args = (_addr(sendbuff, "sendbuff"), _addr(recvbuff, "recvbuff"), _count(count), t, o, self.handle, s)
         if key is None:
             check(getattr(lib(), "gradcomp" + name)(*args))
         else:
@@ -233,6 +234,9 @@ class Comm:
         return buf.raw[:n]
 
     def load_state(self, blob):
+        if isinstance(blob, (int, str)) or not hasattr(blob, "__len__"):
+            raise InvalidArgumentError(f"blob is a {type(blob).__name__}: pass the bytes "
+                                       "save_state() gave (bytes, bytearray or memoryview)", 1)
         blob = bytes(blob)
         check(lib().gradcompCommLoadState(self.handle, blob, len(blob)))
 
@@ -314,12 +318,21 @@ class Comm:
         return f"Comm(rank={self.rank}, size={self.size})"
 
 
-def _addr(x):
+def _addr(x, name="address"):
+    """An address argument: None, a ctypes.c_void_p or an integer. A tensor or array (whose
+    int() is its value, not its address) and anything else are refused."""
     if x is None:
         return None
     if isinstance(x, ctypes.c_void_p):
         return x.value
-    return int(x)
+    if hasattr(x, "data_ptr") or hasattr(x, "__array_interface__"):
+        raise InvalidArgumentError(f"{name} is a {type(x).__name__}, not an address: pass "
+                                   "x.data_ptr() (torch) or x.ctypes.data (numpy), or use the "
+                                   "call that takes the tensor or array itself", 1)
+    v = _integer(x, name, "an address (an integer or ctypes.c_void_p)")
+    if not 0 <= v < 2**64:
+        raise InvalidArgumentError(f"{name}={v} is not an address (0 .. 2**64 - 1)", 1)
+    return v
 
 
 def _stream(s):
@@ -348,7 +361,7 @@ def _text(s):
 
 
 def _key(k):
-    k = int(k)
+    k = _integer(k, "key", "an unsigned 64-bit integer")
     if not 0 <= k < 2**64:
         raise InvalidArgumentError(f"key={k} is not an unsigned 64-bit integer", 1)
     return k

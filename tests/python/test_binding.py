@@ -469,6 +469,17 @@ class CpuAllReduce(unittest.TestCase):
                 c.allreduce_raw(x.ctypes.data, x.ctypes.data, 4.0, "float32")
             with self.assertRaisesRegex(ValueError, r"datatype=4294967303 is not a C int"):
                 c.allreduce_raw(x.ctypes.data, x.ctypes.data, 4, 2**32 + 7)
+            # An array or tensor is not an address: its int() is its value (4096.0 read as
+            # an address crashed the process).
+            v = np.array([4096.0], np.float32)
+            with self.assertRaisesRegex(ValueError, "sendbuff is a ndarray, not an address"):
+                c.allreduce_raw(v, v, 4096, "float32")
+            with self.assertRaisesRegex(ValueError, r"recvbuff=1.5 is not an address"):
+                c.allreduce_raw(x.ctypes.data, 1.5, 4, "float32")
+            with self.assertRaisesRegex(ValueError, r"op=2.5 is not one of"):
+                c.allreduce(x, op=2.5)
+            with self.assertRaisesRegex(ValueError, r"key=1.5 is not an unsigned 64-bit"):
+                c.allreduce(x, key=1.5)
 
 
 class SaveLoadState(unittest.TestCase):
@@ -511,6 +522,9 @@ class SaveLoadState(unittest.TestCase):
             with self.assertRaisesRegex(gradcomp.InvalidArgumentError,
                                         "state blob refused, the comm is unchanged"):
                 w.comms[0].load_state(b"\0" * 64)
+            # bytes(5) would be five zero bytes: a number is no blob.
+            with self.assertRaisesRegex(ValueError, "blob is a int: pass the bytes"):
+                w.comms[0].load_state(5)
             w.comms[0].reset_state()
             self.assertEqual(w.comms[0].stats()["steps"], 0)
 
@@ -652,6 +666,14 @@ class CodecArgumentChecks(unittest.TestCase):
         with self.assertRaisesRegex(ValueError, "residual is read-only"):
             codecs.qsgd_encode(self.x, residual=ro)
         self.assertFalse(ro.any())
+        # A residual that is (or overlaps) x: the encode reads x while it writes the residual.
+        y = self.x.copy()
+        for x, r in ((y, y), (y[:2048], y[1024:3072])):
+            with self.assertRaisesRegex(ValueError, "x and residual overlap"):
+                codecs.qsgd_encode(x, residual=r)
+            with self.assertRaisesRegex(ValueError, "x and residual overlap"):
+                codecs.elias_encode(x, codecs.elias_params(16), residual=r)
+        self.assertTrue((y == self.x).all())
 
     def test_other_byte_order_is_refused(self):
         swapped = self.x.astype(self.x.dtype.newbyteorder("S"))

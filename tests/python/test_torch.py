@@ -489,6 +489,45 @@ class LayerAwarePlan(unittest.TestCase):
         other = self.state(m)._plan(self.Bucket([m[2].weight, m[0].weight], 0))["key"]
         self.assertNotEqual(k0, other)
 
+    def test_two_models_sharing_a_state_are_refused(self):
+        # Without module=, two models of one architecture would key their buckets alike and
+        # take each other's residuals (and count two steps per step), silently.
+        a, b = self.model(0), self.model(1)
+        for interleaved in (False, True):
+            st = self.state(None)
+            ba = [self.Bucket([a[2].weight], 0), self.Bucket([a[0].weight, a[0].bias], 1)]
+            bb = [self.Bucket([b[2].weight], 0), self.Bucket([b[0].weight, b[0].bias], 1)]
+            if interleaved:  # one backward through both models
+                st._note_bucket(ba[0], False)
+                with self.assertRaisesRegex(ValueError, "twice in one step.*two DDP models"):
+                    st._note_bucket(bb[0], False)
+            else:  # model a's step, then model b's
+                st._note_bucket(ba[0], False)
+                st._note_bucket(ba[1], True)
+                st._note_bucket(ba[0], False)  # a's next step: its own parameters
+                st._note_bucket(ba[1], True)
+                with self.assertRaisesRegex(ValueError, "two DDP models share this state"):
+                    st._note_bucket(bb[0], False)
+
+    def test_bad_settings_and_state_dicts_are_refused(self):
+        m = self.model(0)
+        for kw in ({"layer_min_size": 1.7}, {"layer_min_size": "abc"}, {"start_iter": -1},
+                   {"start_iter": True}, {"exclude_1d": "no"}):
+            with self.assertRaises(ValueError, msg=str(kw)):
+                self.state(m, **kw)
+        st = self.state(m)
+        good = st.state_dict()
+        for bad, why in (({**good, "iter": -100}, "iter=-100"), (None, "NoneType"),
+                         ({**good, "gradcomp": "text"}, "not the bytes")):
+            with self.assertRaisesRegex(ValueError, why):
+                st.load_state_dict(bad)
+        # Residuals keyed by FSDP module name match no DDP bucket: refused, not dropped.
+        with self.assertRaisesRegex(ValueError, "keyed by FSDP module name"):
+            st.load_state_dict({**good, "keyed_by": "fsdp", "gradcomp": b"GCST" + bytes(108)})
+        with self.assertRaises(TypeError):
+            st.set_module(None)
+        self.assertIsNotNone(st._param_ids)  # a refused set_module leaves the module's keys
+
     def test_gather_scatter_round_trip(self):
         from gradcomp.torch.ddp import _gather, _scatter
 

@@ -18,6 +18,7 @@ Cost: a gather of each part into a contiguous buffer and a scatter back
 """
 import contextlib
 import hashlib
+import numbers
 import warnings
 
 import torch
@@ -88,9 +89,11 @@ class GradcompState:
         self.process_group, self.rank, self.world_size = _group.check_group(process_group,
                                                                             backend)
         self.backend = backend
-        if int(layer_min_size) < 0 or int(start_iter) < 0:
-            raise ValueError(f"layer_min_size={layer_min_size} and start_iter={start_iter} must "
-                             "be >= 0")
+        for name, v in (("layer_min_size", layer_min_size), ("start_iter", start_iter)):
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 0:
+                raise ValueError(f"{name}={v!r} is not an integer >= 0")
+        if not (isinstance(exclude_1d, bool) or type(exclude_1d).__name__ == "bool_"):
+            raise ValueError(f"exclude_1d={exclude_1d!r} is not True or False")
         self.config = as_config(config, **settings)
         self.layer_min_size = int(layer_min_size)
         self.exclude_1d = bool(exclude_1d)
@@ -99,6 +102,12 @@ class GradcompState:
         self._param_ids = None
         self._param_names = None
         self._needs_module = False  # restored residuals keyed by parameter indices
+        # One DDP model per state (_note_bucket): the parameters of the first step's buckets,
+        # the bucket indices of the step in progress.
+        self._model_params = set()
+        self._model_seen = False
+        self._step_buckets = set()
+        self._pending_keyed = None  # the keying a pending blob was saved with
         if module is not None:
             ddp_group = getattr(module, "process_group", None)
             if (isinstance(module, torch.nn.parallel.DistributedDataParallel)
@@ -153,6 +162,7 @@ class GradcompState:
                       config=Config(from_env=False, **d["settings"]))
         self.iter = d["iter"]
         self._pending_blob = d["gradcomp"]
+        self._pending_keyed = d.get("keyed_by") if d["gradcomp"] is not None else None
         # Residuals saved under parameter indices match only after set_module(model); the first
         # compressed call refuses to run without it rather than start from fresh residuals.
         self._needs_module = d.get("keyed_by") == "params" and d["gradcomp"] is not None
@@ -170,19 +180,25 @@ class GradcompState:
         rank and world size, and the method it was saved with. A blob the library refuses
         when the comm is made raises there, at that call and every later one (the comm is
         not kept), until a state dict the library accepts is loaded."""
+        if not isinstance(d, dict):
+            raise ValueError("load_state_dict takes a dict from GradcompState.state_dict(); got "
+                             f"{type(d).__name__}")
         if d.get("version") != _STATE_VERSION:
             raise ValueError(f"state version {d.get('version')} is not {_STATE_VERSION}: saved "
                              "by another gradcomp.torch")
         self._check_usable()
-        it, blob = int(d["iter"]), d["gradcomp"]
+        if "iter" not in d or "gradcomp" not in d:
+            raise ValueError("load_state_dict takes a dict from GradcompState.state_dict() "
+                             f"(keys version, iter, gradcomp, ...); got keys {sorted(d)}")
+        it, blob = d["iter"], d["gradcomp"]
+        if isinstance(it, bool) or not isinstance(it, numbers.Integral) or it < 0:
+            raise ValueError(f"the state dict's iter={it!r} is not a step count >= 0")
+        it = int(it)
+        if blob is not None and not isinstance(blob, (bytes, bytearray, memoryview)):
+            raise ValueError(f"the state dict's gradcomp blob is a {type(blob).__name__}, not "
+                             "the bytes state_dict() saved")
         saved, mine = d.get("keyed_by"), self._keyed_by()
-        how = {"params": "by parameter index (a state made with module=model)",
-               "bucket": "by bucket index and shapes (a state made without a module)"}
-        if blob is not None and saved in how and mine in how and saved != mine:
-            raise ValueError(f"the state dict's residuals are keyed {how[saved]}, this state's "
-                             f"{how[mine]}: none would match, and training would "
-                             "start from fresh residuals; make this state as the saved one was "
-                             "(GradcompState(..., module=model) or set_module(model))")
+        self._check_keying(blob, saved, mine)
         if self._comm is not None:
             with self._on_comm_device():
                 if self.backend == "nccl":
@@ -195,7 +211,23 @@ class GradcompState:
             self._precheck_blob(blob)
         if self._comm is None:
             self._pending_blob = blob
+            self._pending_keyed = saved if blob is not None else None
         self.iter = it
+
+    _HOW = {"params": "by parameter index (a state made with module=model)",
+            "bucket": "by bucket index and shapes (a state made without a module)",
+            "fsdp": "by FSDP module name (a state whose FSDP2 reduce-scatter was registered)"}
+
+    def _check_keying(self, blob, saved, mine):
+        """Refuses residuals keyed otherwise than this state keys them: none would match, and
+        training would start from fresh residuals with the loaded ones unused."""
+        how = self._HOW
+        if blob is not None and saved in how and mine in how and saved != mine:
+            raise ValueError(f"the state dict's residuals are keyed {how[saved]}, this state's "
+                             f"{how[mine]}: none would match, and training would "
+                             "start from fresh residuals; make this state as the saved one was "
+                             "(GradcompState(..., module=model), set_module(model), or "
+                             "register_fsdp_reduce_scatter(model, state) before loading)")
 
     def _precheck_blob(self, blob):
         """The checks of gradcompCommLoadState that need no comm (plugin/state.cc's header):
@@ -223,8 +255,11 @@ class GradcompState:
             raise InvalidArgumentError(f"state blob refused, this state is unchanged: {why}", 1)
 
     def set_module(self, module):
-        self._needs_module = False
+        if not isinstance(module, torch.nn.Module):
+            raise TypeError(f"set_module takes the model (a torch.nn.Module); got "
+                            f"{type(module).__name__}")
         named = list(module.named_parameters())
+        self._needs_module = False
         self._param_ids = {id(p): i for i, (_, p) in enumerate(named)}
         self._param_names = {id(p): n for n, p in named}
         self._plans.clear()
@@ -297,12 +332,12 @@ class GradcompState:
         if self._comm is None:
             return
         comm, handle = self._comm, self._nccl_handle
-        self._comm, self._nccl_handle = None, None
         with self._on_comm_device():
-            try:
-                comm.close()
-            finally:
-                _nccl.destroy_nccl(handle)
+            # A close refused (a call in progress on another thread) raises with the comm
+            # kept, so that abort() can still reach it and its NCCL communicator.
+            comm.close()
+            self._comm, self._nccl_handle = None, None
+            _nccl.destroy_nccl(handle)
 
     def abort(self):
         """What to call instead of close() when a peer died, after PyTorch's own abort
@@ -326,6 +361,32 @@ class GradcompState:
             if comm is not None:
                 comm.abort()
 
+    def _note_bucket(self, bucket, last):
+        """One DDP model per state. Two models sharing one state (without module=) would key
+        their buckets alike and take each other's residuals, and count two steps per step,
+        silently: a bucket index seen twice in one step (the models' backward passes
+        interleaved), or after the first step a bucket of parameters that step did not hold
+        (one model's step after the other's), raises."""
+        self._check_usable()  # a closed or aborted state says so first
+        idx = bucket.index()
+        if idx in self._step_buckets:
+            raise ValueError(f"gradcomp_hook saw bucket {idx} twice in one step: two DDP models "
+                             "share this GradcompState. Make one GradcompState per model (their "
+                             "residuals and step counters are per model)")
+        ids = [id(p) for p in bucket.parameters()]
+        if self._model_seen:
+            if any(i not in self._model_params for i in ids):
+                raise ValueError("gradcomp_hook got a bucket of parameters this GradcompState's "
+                                 "model does not have: two DDP models share this state. Make "
+                                 "one GradcompState per model")
+        else:
+            self._model_params.update(ids)
+        if last:
+            self._step_buckets.clear()
+            self._model_seen = True
+        else:
+            self._step_buckets.add(idx)
+
     def _serve_fsdp(self):
         """Marks the state as FSDP2's (GradcompReduceScatter): gradcomp then compresses, and
         with DGC's momentum correction applies its velocity to, every parameter."""
@@ -337,6 +398,8 @@ class GradcompState:
                 "reduce-scatter sends every parameter through gradcomp, which applies DGC's "
                 "momentum to all of them (momentum twice). Call register_fsdp_reduce_scatter("
                 "model, state) first, then build the optimizer from state.param_groups(...)")
+        if self._pending_blob is not None and self._pending_keyed not in (None, "fsdp"):
+            self._check_keying(self._pending_blob, self._pending_keyed, "fsdp")
         self._fsdp = True
 
     def _check_usable(self):
@@ -389,6 +452,11 @@ class GradcompState:
 
     def comm(self, device):
         self._check_usable()
+        if (self._comm is not None and self.backend == "nccl" and self._device is not None
+                and torch.device(device) != torch.device(self._device)):
+            raise ValueError(f"this GradcompState's comm is on {self._device}, but a call came "
+                             f"with tensors on {device}: make one GradcompState per device (a "
+                             "process drives one GPU per state)")
         if self._comm is None:
             comm, handle = self._make_comm(device)
             self._comm, self._nccl_handle, self._device = comm, handle, device
@@ -632,6 +700,7 @@ def gradcomp_hook(state, bucket):
 
 def _reduce_bucket(state, bucket, buf, stream):
     last = bucket.is_last()
+    state._note_bucket(bucket, last)
     if state._paused:
         return _allreduce_avg(buf, state)
     if state.iter < state.start_iter:

@@ -89,6 +89,16 @@ class GradcompReduceScatter(_Base):
             raise TypeError(f"GradcompReduceScatter got {inp.dtype} -> {out.dtype}: gradcomp "
                             "compresses float32, float16 and bfloat16 (same type in and out); "
                             "set MixedPrecisionPolicy(reduce_dtype=torch.float32)")
+        # gradcomp reads inp and writes out by address: a strided view would be read wrongly
+        # and written past (into the elements between its own).
+        for name, t in (("output", out), ("input", inp)):
+            if not t.is_contiguous():
+                raise ValueError(f"GradcompReduceScatter got a non-contiguous {name} tensor "
+                                 f"(shape {tuple(t.shape)}, stride {t.stride()}): gradcomp reads "
+                                 "and writes whole contiguous buffers; pass .contiguous() tensors")
+        if out.device != inp.device:
+            raise ValueError(f"GradcompReduceScatter got input on {inp.device} and output on "
+                             f"{out.device}: both must be on the device of the module's shard")
         if self.state is None:
             raise ValueError("GradcompReduceScatter has no state: make it with a GradcompState "
                              "(register_fsdp_reduce_scatter(model, state))")
