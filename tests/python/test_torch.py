@@ -1249,6 +1249,16 @@ class FsdpReduceScatterOnCpuWorld(unittest.TestCase):
         with self.assertRaisesRegex(ValueError, "has no state"):
             with mock.patch.object(torch.Tensor, "device", torch.device("cuda", 0)):
                 rs(torch.zeros(3), torch.zeros(6), Group(), dist.ReduceOp.AVG)
+        # gradcomp writes the output by address: a strided view would be written past (into
+        # the elements between its own), and a strided input read wrongly.
+        base = torch.full((12,), -7.0)
+        with self.assertRaisesRegex(ValueError, "non-contiguous output"):
+            with mock.patch.object(torch.Tensor, "device", torch.device("cuda", 0)):
+                rs(base[::2], torch.zeros(12), Group(), dist.ReduceOp.AVG)
+        with self.assertRaisesRegex(ValueError, "non-contiguous input"):
+            with mock.patch.object(torch.Tensor, "device", torch.device("cuda", 0)):
+                rs(torch.zeros(3), torch.zeros(12)[::2], Group(), dist.ReduceOp.AVG)
+        self.assertTrue(bool((base == -7.0).all()))
 
     def test_an_op_gradcomp_does_not_compress_is_refused_under_dgc_momentum(self):
         """FSDP's pre-multiplied sum (any op but Sum/Avg) goes to torch uncompressed, which
