@@ -260,13 +260,11 @@ CommEntry::~CommEntry() {
   if (gc == nullptr && fusion == nullptr && fusionDone == nullptr) return;
   DeviceGuard guard(device);
   if (aborted) {
-    // As the comm's own memory: while a kernel may still be stuck on a dead
-    // peer (the comm could not drain) or a fused copy is pending, the fusion
-    // buffers stay allocated; cudaFree would also wait for that kernel.
-    // Drained or not, the fusion buffers stay: cudaFree waits for the whole
-    // device, where another communicator's kernel may be stuck on the dead
-    // peer until the program aborts that one too, which it can do only once
-    // this ncclCommAbort has returned (gradcomp leaves its own so too).
+    // The fusion buffers (and their event) stay allocated, drained or not, as
+    // gradcomp leaves its own: cudaFree waits for the whole device, where
+    // another communicator's kernel may be stuck on the dead peer until the
+    // program aborts that one too, which it can do only once this
+    // ncclCommAbort has returned.
     (void)gc::commAbort(gc);
     (void)cudaGetLastError();
     return;

@@ -126,8 +126,9 @@ class Comm:
         """Wraps (never owns) an ncclComm_t given as an address (int or c_void_p)."""
         cfg = as_config(config, **settings)
         out = ctypes.c_void_p()
-        check(lib().gradcompCommCreate(ctypes.c_void_p(_addr(nccl_comm, "nccl_comm")), ctypes.byref(cfg.struct),
-                                       ctypes.byref(out)), "gradcompCommCreate")
+        nccl = ctypes.c_void_p(_addr(nccl_comm, "nccl_comm"))
+        check(lib().gradcompCommCreate(nccl, ctypes.byref(cfg.struct), ctypes.byref(out)),
+              "gradcompCommCreate")
         return cls(out.value)
 
     @classmethod
@@ -162,7 +163,8 @@ class Comm:
         t = _enum(datatype, T.NCCL_TYPES, "datatype")
         o = _enum(op, T.NCCL_OPS, "op")
         s = ctypes.c_void_p(_stream(stream))
-        args = (_addr(sendbuff, "sendbuff"), _addr(recvbuff, "recvbuff"), _count(count), t, o, self.handle, s)
+        args = (_addr(sendbuff, "sendbuff"), _addr(recvbuff, "recvbuff"), _count(count), t, o,
+                self.handle, s)
         if key is None:
             check(getattr(lib(), "gradcomp" + name)(*args))
         else:

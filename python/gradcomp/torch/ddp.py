@@ -18,7 +18,6 @@ Cost: a gather of each part into a contiguous buffer and a scatter back
 """
 import contextlib
 import hashlib
-import numbers
 import warnings
 
 import torch
@@ -26,6 +25,7 @@ import torch.distributed as dist
 
 from .. import _types as T
 from .._lib import has
+from ..comm import _integer
 from ..config import Config, as_config
 from . import _group, _nccl
 
@@ -90,7 +90,7 @@ class GradcompState:
                                                                             backend)
         self.backend = backend
         for name, v in (("layer_min_size", layer_min_size), ("start_iter", start_iter)):
-            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 0:
+            if _integer(v, name, "an integer >= 0") < 0:
                 raise ValueError(f"{name}={v!r} is not an integer >= 0")
         if not (isinstance(exclude_1d, bool) or type(exclude_1d).__name__ == "bool_"):
             raise ValueError(f"exclude_1d={exclude_1d!r} is not True or False")
@@ -190,10 +190,9 @@ class GradcompState:
         if "iter" not in d or "gradcomp" not in d:
             raise ValueError("load_state_dict takes a dict from GradcompState.state_dict() "
                              f"(keys version, iter, gradcomp, ...); got keys {sorted(d)}")
-        it, blob = d["iter"], d["gradcomp"]
-        if isinstance(it, bool) or not isinstance(it, numbers.Integral) or it < 0:
-            raise ValueError(f"the state dict's iter={it!r} is not a step count >= 0")
-        it = int(it)
+        it, blob = _integer(d["iter"], "the state dict's iter", "a step count >= 0"), d["gradcomp"]
+        if it < 0:
+            raise ValueError(f"the state dict's iter={it} is not a step count >= 0")
         if blob is not None and not isinstance(blob, (bytes, bytearray, memoryview)):
             raise ValueError(f"the state dict's gradcomp blob is a {type(blob).__name__}, not "
                              "the bytes state_dict() saved")
