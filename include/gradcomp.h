@@ -234,8 +234,8 @@ gradcompResult_t gradcompCommDestroy(gradcompComm_t comm);
  * have drained (aborted NCCL kernels exit; gradcomp's own kernels finish by
  * themselves) and left allocated (warning under GRADCOMP_DEBUG=WARN) when
  * they have not within a few seconds; an aborted comm's small buffers whose
- * free would wait for the whole device are left too. Never blocks on a peer; NULL is a no-op, as for destroy. No
- * call may start on the comm once abort has begun. */
+ * free would wait for the whole device are left too. Never blocks on a peer; NULL is a no-op, as
+ * for destroy. No call may start on the comm once abort has begun. */
 gradcompResult_t gradcompCommAbort(gradcompComm_t comm);
 /* The first step of gradcompCommAbort alone: every later call fails, a call
  * in progress on another thread is woken, and the comm's own NCCL
