@@ -71,16 +71,7 @@ gradcompResult_t allReduce(const void* send, void* recv, size_t count, ncclDataT
   c->transport->setStream(stream);
   if (count == 0) return gradcompSuccess;
   GC_CHECK(beginCollective(*c, kCallAllReduce, count, type, op));
-  // A NULL buffer is one rank's fault: voted on under GRADCOMP_CHECK_CALLS,
-  // as the other buffer checks are, so that its peers do not wait for it.
-  GC_CHECK(
-      agreePrepared(*c,
-                    send != nullptr && recv != nullptr
-                        ? gradcompSuccess
-                        : setError(gradcompInvalidArgument,
-                                   "sendbuff=%p and recvbuff=%p must not be NULL for count=%zu",
-                                   send, recv, count),
-                    kBuffers));
+  GC_CHECK(agreeBuffersGiven(*c, send, recv, count, "count"));
 
   if (!compressible(*c, count, type, op)) {
     GC_TRACE("pass through: count=%zu type=%d op=%d ranks=%d", count, (int)type, (int)op,
@@ -91,7 +82,7 @@ gradcompResult_t allReduce(const void* send, void* recv, size_t count, ncclDataT
   DType t;
   GC_CHECK(dtypeFromNccl(type, &t));
   GC_CHECK(codecCheckCount(count));
-  GC_CHECK(agreePrepared(*c, checkBuffers(*c, send, count, recv, count, 0, t), kBuffers));
+  GC_CHECK(agreeBuffers(*c, send, count, recv, count, 0, t));
   GC_CHECK(agreeBeforeState(*c));
 
   bool autoPass = false;

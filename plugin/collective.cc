@@ -14,9 +14,10 @@
 
 namespace gc {
 
-const char* const kBuffers = "its send and receive buffers";
-
 namespace {
+
+const char* const kBuffers = "its send and receive buffers";  // agreePrepared's `what`
+
 // Every rank runs an agreement on the call: one that fails, fails on all of them.
 gradcompResult_t agreeOnCall(gradcompComm& c) {
   const gradcompResult_t r = c.transport->verifyCall();
@@ -130,8 +131,7 @@ gradcompResult_t carriedPassThrough(gradcompComm& c, int kind, bool keyed, uint6
   // the same range (the reduce-scatter's recvcount was bounded before).
   GC_CHECK(codecCheckCount(n));
   if (!agreed) {
-    GC_CHECK(agreePrepared(
-        c, checkBuffers(c, send, n, recv, count, rs ? (size_t)c.rank * count : 0, t), kBuffers));
+    GC_CHECK(agreeBuffers(c, send, n, recv, count, rs ? (size_t)c.rank * count : 0, t));
     GC_CHECK(agreeBeforeState(c));
   }
   // A hierarchical comm's compressed reduce-scatter keeps u and v in its
@@ -401,6 +401,23 @@ gradcompResult_t agreePrepared(gradcompComm& c, gradcompResult_t local, const ch
         refused, what, c.rank, refused);
   }
   return gradcompSuccess;
+}
+
+gradcompResult_t agreeBuffersGiven(gradcompComm& c, const void* send, const void* recv,
+                                   size_t count, const char* countName) {
+  return agreePrepared(c,
+                       send != nullptr && recv != nullptr
+                           ? gradcompSuccess
+                           : setError(gradcompInvalidArgument,
+                                      "sendbuff=%p and recvbuff=%p must not be NULL for %s=%zu",
+                                      send, recv, countName, count),
+                       kBuffers);
+}
+
+gradcompResult_t agreeBuffers(gradcompComm& c, const void* send, size_t sendCount, const void* recv,
+                              size_t recvCount, size_t inPlaceOffset, DType t) {
+  return agreePrepared(c, checkBuffers(c, send, sendCount, recv, recvCount, inPlaceOffset, t),
+                       kBuffers);
 }
 
 gradcompResult_t checkRanksAgree(gradcompComm& c, uint64_t value, const char* what) {

@@ -124,9 +124,9 @@ gradcompResult_t momentumPassThrough(gradcompComm& c, int kind, bool keyed, uint
 // the call plainly. fp16/bf16: v's rounding to the buffer type is not kept.
 // An allreduce's owner residual (GRADCOMP_OWNER_RESIDUAL: two-shot, ring and
 // the hierarchy's middle stage) goes along too, added to v on the chunk this
-// rank reduced (Algorithm::ownerSpan), also without error feedback. Once per buffer: later passes,
-// until a call that may compress finds the state again, go plainly (BufferState:: residualSent).
-// Counted as passed through when done.
+// rank reduced (Algorithm::ownerSpan), also without error feedback. Once per
+// buffer: later passes, until a call that may compress finds the state again,
+// go plainly (BufferState::residualSent). Counted as passed through when done.
 gradcompResult_t residualPassThrough(gradcompComm& c, int kind, bool keyed, uint64_t key,
                                      const void* send, void* recv, size_t count,
                                      ncclDataType_t type, ncclRedOp_t op, bool* done);
@@ -148,12 +148,17 @@ gradcompResult_t agreeReady(gradcompComm* c, gradcompResult_t local, int* refuse
 // of waiting in an exchange it never joins. Without the setting, while
 // capturing (no host sync) or in the auto timing's reserving pass: `local`.
 // `what` names what was prepared in the peers' sentence (default: the
-// buffer's state and workspace). The buffers' own checks (checkBuffers: a
-// pointer of another device, misaligned or overlapping) are voted on too:
-// they too fail on one rank alone.
-extern const char* const kBuffers;  // agreePrepared's `what` for checkBuffers
+// buffer's state and workspace).
 gradcompResult_t agreePrepared(gradcompComm& c, gradcompResult_t local,
                                const char* what = "the state or workspace of its buffer");
+// The buffers' own checks, which also fail on one rank alone, voted on as
+// agreePrepared votes: agreeBuffersGiven that neither is NULL (`countName`
+// names the count in the sentence), before the call is passed or compressed;
+// agreeBuffers checkBuffers' result, before a compressed call.
+gradcompResult_t agreeBuffersGiven(gradcompComm& c, const void* send, const void* recv,
+                                   size_t count, const char* countName);
+gradcompResult_t agreeBuffers(gradcompComm& c, const void* send, size_t sendCount, const void* recv,
+                              size_t recvCount, size_t inPlaceOffset, DType t);
 
 // CPU world only: every rank must pass the same `value` (an allgather of 8
 // bytes), else all fail with gradcompInvalidUsage. NCCL cannot check this

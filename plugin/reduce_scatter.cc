@@ -53,15 +53,7 @@ gradcompResult_t reduceScatter(const void* send, void* recv, size_t recvCount, n
   if (recvCount == 0) return gradcompSuccess;
   const size_t count = recvCount * (size_t)c->nranks;
   GC_CHECK(beginCollective(*c, kCallReduceScatter, count, type, op));
-  // A NULL buffer is one rank's fault: voted on under GRADCOMP_CHECK_CALLS.
-  GC_CHECK(
-      agreePrepared(*c,
-                    send != nullptr && recv != nullptr
-                        ? gradcompSuccess
-                        : setError(gradcompInvalidArgument,
-                                   "sendbuff=%p and recvbuff=%p must not be NULL for recvcount=%zu",
-                                   send, recv, recvCount),
-                    kBuffers));
+  GC_CHECK(agreeBuffersGiven(*c, send, recv, recvCount, "recvcount"));
 
   if (!compressible(*c, count, type, op)) {
     GC_TRACE("reduce-scatter pass through: recvcount=%zu type=%d op=%d ranks=%d", recvCount,
@@ -72,9 +64,7 @@ gradcompResult_t reduceScatter(const void* send, void* recv, size_t recvCount, n
   DType t;
   GC_CHECK(dtypeFromNccl(type, &t));
   GC_CHECK(codecCheckCount(count));
-  GC_CHECK(agreePrepared(
-      *c, checkBuffers(*c, send, count, recv, recvCount, (size_t)c->rank * recvCount, t),
-      kBuffers));
+  GC_CHECK(agreeBuffers(*c, send, count, recv, recvCount, (size_t)c->rank * recvCount, t));
   GC_CHECK(agreeBeforeState(*c));
 
   bool autoPass = false;
