@@ -21,6 +21,7 @@
 #include "tests/common/cpu_world.h"
 #include "tests/common/forwarding_backend.h"
 #include "tests/common/forwarding_transport.h"
+#include "tests/common/owner_place.h"
 #include "tests/common/state_blob.h"
 #include "tests/common/stats_compare.h"
 #include "tests/common/test_util.h"
@@ -770,29 +771,13 @@ std::vector<float> ownerResidualOf(gradcompComm_t c, size_t n) {
   return {};
 }
 
-// Where rank r's owner residual (the re-encode error of the chunk it
-// reduced) lies in an allreduce buffer of n elements, worked out here from
-// the algorithms' descriptions, not from the library's span: two-shot's
-// owner reduces chunk r of N, the ring's final owner chunk r+1 mod N, and
-// the hierarchy's middle stage runs one of them among the nodes on local
-// rank l's shard l. Returns {offset, length}.
-std::pair<size_t, size_t> ownerPlaceOf(const gradcompComm* c, size_t n, bool ring) {
+// Where rank r's owner residual lies in an allreduce buffer of n elements
+// (tests/common/owner_place.h: from the algorithms' descriptions, not from
+// the library's span). Returns {offset, length}.
+std::pair<size_t, size_t> ownerPlaceOf(const gradcompComm* c, size_t n) {
   const gc::Topology& t = c->topo;
-  const size_t d = c->cfg.bucketSize;
-  size_t base = 0, len = n;
-  int parts = c->nranks, j = c->rank;
-  if (t.hier()) {
-    std::vector<size_t> shard((size_t)t.localSize + 1);
-    gc::splitAligned(n, t.localSize, d, shard.data());
-    base = shard[t.localRank];
-    len = shard[t.localRank + 1] - base;
-    parts = t.nodes;
-    j = t.node;
-  }
-  if (ring) j = (j + 1) % parts;
-  std::vector<size_t> off((size_t)parts + 1);
-  gc::splitAligned(len, parts, d, off.data());
-  return {base + off[j], off[j + 1] - off[j]};
+  return gctest::ownerPlace(c->cfg, n, c->nranks, c->rank, t.nodes, t.localSize, t.node,
+                            t.localRank);
 }
 
 // A call that a retune passes, of a buffer earlier calls compressed, sends
@@ -899,7 +884,7 @@ void expectPassSendsTheResidualAlong(const PassCase& pc) {
           << "rank " << r;
     }
     if (!rs && pc.method == gradcompMethodQsgd) {
-      const auto place = ownerPlaceOf(w.comm(r), n, pc.algo == gradcompAlgoRing);
+      const auto place = ownerPlaceOf(w.comm(r), n);
       ASSERT_LE(place.second, own.size()) << "rank " << r;
       for (size_t i = 0; i < place.second; ++i) owner[r][place.first + i] = own[i];
       for (size_t i = place.second; i < own.size(); ++i) ASSERT_EQ(own[i], 0.0f) << r << " " << i;
@@ -985,7 +970,7 @@ void expectAFailedPassKeepsTheResidual(bool inPlace) {
     carry[r] = residualOf(w.comm(r), n);
     ASSERT_EQ(carry[r].size(), n);
     own[r] = ownerResidualOf(w.comm(r), n);
-    const auto place = ownerPlaceOf(w.comm(r), n, false);
+    const auto place = ownerPlaceOf(w.comm(r), n);
     ASSERT_LE(place.second, own[r].size());
     for (size_t i = 0; i < place.second; ++i) owned = owned || own[r][i] != 0.0f;
     std::copy(own[r].begin(), own[r].begin() + place.second, owner[r].begin() + place.first);
@@ -1038,7 +1023,7 @@ TEST(AutoTune, APassedCallKeepsWhatANonFiniteElementCarried) {
   auto res = w.run([&](int r) { return gradcompCommRetune(w.comm(r), nullptr); });
   for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
   // Rank 1 reduces chunk 1: the bad element is the first of it.
-  const auto place = ownerPlaceOf(w.comm(1), n, false);
+  const auto place = ownerPlaceOf(w.comm(1), n);
   ASSERT_GT(place.second, 0u);
   const size_t bad = place.first;
   const std::vector<float> res0 = residualOf(w.comm(0), n), own1 = ownerResidualOf(w.comm(1), n);

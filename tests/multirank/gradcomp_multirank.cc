@@ -47,6 +47,7 @@
 #include "tests/common/ref_hier_rs.h"
 #include "tests/common/ref_rs.h"
 #include "tests/common/ref_sparse.h"
+#include "tests/common/owner_place.h"
 #include "tests/common/state_blob.h"
 #include "tests/common/stats_compare.h"
 
@@ -692,31 +693,13 @@ void checkSetupAgreement(ncclComm_t nc, int ndev) {
 }
 
 // Where this rank's owner residual lies in an allreduce buffer of n
-// elements on comm c of cfg: two-shot's chunk among the ranks, or among the
-// nodes on this rank's shard when the comm is hierarchical (its layout from
-// gradcompCommLayout; nodes of consecutive ranks, as GRADCOMP_LOCAL_SIZE
-// makes them); the ring's is the next chunk; none where the exchange is an
-// allgather (algo auto on 2 ranks or nodes, or allgather) or Elias.
-// Returns {offset, length}.
+// elements on comm c of cfg (tests/common/owner_place.h), its layout from
+// gradcompCommLayout, nodes of consecutive ranks as GRADCOMP_LOCAL_SIZE makes
+// them. Returns {offset, length}.
 std::pair<size_t, size_t> ownerPlace(gradcompComm_t c, const gradcompConfig_t& cfg, size_t n) {
-  const size_t d = cfg.bucketSize;
-  size_t base = 0, len = n;
-  int parts = nranks, j = rank, nodes = 1, L = 1;
+  int nodes = 1, L = 1;
   CK(gradcompCommLayout(c, &nodes, &L));
-  if (L > 1 && nodes >= 2) {
-    const std::vector<size_t> shard = split(n, L, d);
-    base = shard[rank % L];
-    len = shard[rank % L + 1] - base;
-    parts = nodes;
-    j = rank / L;
-  }
-  const bool allgather =
-      cfg.algo == gradcompAlgoAllgather ||
-      ((cfg.algo == gradcompAlgoAuto || cfg.algo == gradcompAlgoHier) && parts <= 2);
-  if (allgather || cfg.elias || !cfg.ownerResidual) return {0, 0};
-  if (cfg.algo == gradcompAlgoRing) j = (j + 1) % parts;
-  const std::vector<size_t> off = split(len, parts, d);
-  return {base + off[j], off[j + 1] - off[j]};
+  return gctest::ownerPlace(cfg, n, nranks, rank, nodes, L, rank / L, rank % L);
 }
 
 // GRADCOMP_AUTO on a real NCCL comm (default autoTune=1). The first eligible
