@@ -191,8 +191,12 @@ typedef struct gradcompComm* gradcompComm_t;
  * work is enqueued on the caller's stream. Collective over the NCCL comm:
  * every rank calls it with the same config (it exchanges host identities and,
  * when ranks share nodes, splits node and local-rank sub-communicators).
- * The NCCL comm must be blocking (ncclConfig_t.blocking = 1, NCCL's
- * default). Made with the NCCL comm's device current; the comm's later calls (the
+ * The NCCL comm may be non-blocking (ncclConfig_t.blocking = 0, or
+ * NCCL_COMM_BLOCKING=0): each NCCL call gradcomp makes on it, or on the
+ * sub-communicators it splits from it, then waits until NCCL's enqueue has
+ * ended (ncclCommGetAsyncError no longer ncclInProgress; never the GPU work),
+ * so a gradcomp call returns with the comm ready for the program's next call,
+ * as on a blocking one. Made with the NCCL comm's device current; the comm's later calls (the
  * collectives, state, retune, destroy, abort) work from any current device,
  * as NCCL's do: each makes the comm's device current for its duration. */
 gradcompResult_t gradcompCommCreate(ncclComm_t nccl, const gradcompConfig_t* config,
@@ -226,7 +230,9 @@ gradcompResult_t gradcompCommCreateSocket(int nranks, int rank, const char* root
  * comm untouched): destroy after the calls return, or abort. */
 gradcompResult_t gradcompCommDestroy(gradcompComm_t comm);
 /* As ncclCommAbort: call it after aborting the NCCL communicator the comm was
- * made from (or, on the CPU backend, when a peer is gone). Aborts the comm's
+ * made from (or, on the CPU backend, when a peer is gone); for a non-blocking
+ * one, whose enqueue a call on another thread may be waiting for, stop the
+ * comm first (gradcompCommStop, below). Aborts the comm's
  * own NCCL sub-communicators (ncclCommAbort) and closes its CPU transport, so
  * that nothing of it waits on a peer: a call in progress on another thread
  * returns an error, and abort waits for it to return. Then frees the comm
@@ -248,6 +254,9 @@ gradcompResult_t gradcompCommAbort(gradcompComm_t comm);
  * dead peer). Then gradcompCommAbort, after the group:
  *   ncclGroupStart(); ncclCommAbort(nccl); gradcompCommStop(gc); ncclGroupEnd();
  *   gradcompCommAbort(gc);
+ * Do the same for a non-blocking NCCL comm (or stop before ncclCommAbort): a
+ * call on another thread may be polling it for its enqueue, and NCCL frees
+ * it at the abort; once stop has returned, nothing of gradcomp's touches it.
  * Never blocks on a peer; a second stop is a no-op; NULL is a no-op. */
 gradcompResult_t gradcompCommStop(gradcompComm_t comm);
 gradcompResult_t gradcompCommRank(gradcompComm_t comm, int* rank);

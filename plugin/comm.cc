@@ -197,7 +197,7 @@ gradcompResult_t initNcclComm(gradcompComm* c, ncclComm_t nccl, int ncclDev,
 namespace gc {
 
 gradcompResult_t commCreate(ncclComm_t nccl, const gradcompConfig_t* config, const char* refused,
-                            gradcompComm_t* comm, const std::atomic<bool>* stop) {
+                            gradcompComm_t* comm, NcclStop* stop) {
   // A NULL output on one rank is refused after this rank has joined the
   // set-up vote (below), as a refused setting is: returning at once would
   // leave its peers in the vote's allgather.
@@ -216,7 +216,7 @@ gradcompResult_t commCreate(ncclComm_t nccl, const gradcompConfig_t* config, con
   GC_NCCLCHECK(api->commCuDevice(nccl, &ncclDev));
   // The exchange's buffer first; then, whatever the rank's own set-up gives,
   // it joins the exchange and votes with it.
-  const gc::VoteGather gather = gc::ncclVoteGather(nccl, c->rank, c->nranks, ncclDev);
+  const gc::VoteGather gather = gc::ncclVoteGather(nccl, c->rank, c->nranks, ncclDev, stop);
   const gradcompResult_t local = refused != nullptr
                                      ? setError(gradcompInvalidArgument, "%s", refused)
                                      : initNcclComm(c.get(), nccl, ncclDev, config);
@@ -308,6 +308,10 @@ void commStop(gradcompComm* c) {
     *sub = nullptr;
   }
   if (group) api->groupEnd();
+}
+
+void commStopPolls(gradcompComm* c) {
+  if (c->transport) c->transport->abort();
 }
 
 bool commAbort(gradcompComm* comm) {

@@ -154,11 +154,12 @@ void splitAligned(size_t count, int parts, size_t align, size_t* off);
 // rank still joins the collective set-up, voting that it failed, so that
 // its peers, already in the exchange, fail with its sentence instead of
 // waiting for it; the result is gradcompInvalidArgument on every rank.
-// A non-null `stop` set by another thread (the LD_PRELOAD library's
+// A non-null `stop` stopped by another thread (the LD_PRELOAD library's
 // ncclCommAbort of `nccl`, which frees it) ends the set-up after its vote,
-// before it splits `nccl`: gradcompInvalidUsage.
+// before it splits `nccl`, or while it waits for a non-blocking `nccl`:
+// gradcompInvalidUsage.
 gradcompResult_t commCreate(ncclComm_t nccl, const gradcompConfig_t* config, const char* refused,
-                            gradcompComm_t* comm, const std::atomic<bool>* stop = nullptr);
+                            gradcompComm_t* comm, NcclStop* stop = nullptr);
 
 // The first half of gradcompCommAbort, which frees nothing: marks the comm
 // aborted, aborts its transports and then its NCCL sub-communicators, so that
@@ -166,6 +167,11 @@ gradcompResult_t commCreate(ncclComm_t nccl, const gradcompConfig_t* config, con
 // library runs it at ncclCommAbort, when a call may still hold the comm.
 // Idempotent.
 void commStop(gradcompComm* c);
+
+// Ends a wait of a call in progress on a non-blocking c->nccl (ncclFinish)
+// and fails every later call, before the program's ncclCommAbort frees
+// c->nccl (the LD_PRELOAD library's abort); commStop must follow.
+void commStopPolls(gradcompComm* c);
 
 // gradcompCommAbort: commStop, then frees the comm once the calls on other
 // threads have returned and its device work has drained (kAbortWaitSec in

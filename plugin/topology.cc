@@ -33,8 +33,9 @@ uint64_t fnv1a(const char* s) {
 // buffer, so its peers hear that it failed instead of waiting for it.
 class NcclVoteExchange {
  public:
-  NcclVoteExchange(ncclComm_t nccl, int rank, int nranks, int device, bool hostBuffer)
-      : nccl_(nccl), rank_(rank), nranks_(nranks), device_(device) {
+  NcclVoteExchange(ncclComm_t nccl, int rank, int nranks, int device, NcclStop* stop,
+                   bool hostBuffer)
+      : nccl_(nccl), rank_(rank), nranks_(nranks), device_(device), stop_(stop) {
     ready_ = prepare(hostBuffer);
     if (ready_ != gradcompSuccess) why_ = gradcompGetLastError();
   }
@@ -53,7 +54,8 @@ class NcclVoteExchange {
     char* buf = static_cast<char*>(buf_->get());
     GC_CUDACHECK(
         cudaMemcpyAsync(buf + rank_ * bytes, &mine, bytes, cudaMemcpyHostToDevice, stream_));
-    GC_NCCLCHECK(ncclApi()->allGather(buf + rank_ * bytes, buf, bytes, ncclUint8, nccl_, stream_));
+    GC_NCCLWAIT(nccl_, stop_,
+                ncclApi()->allGather(buf + rank_ * bytes, buf, bytes, ncclUint8, nccl_, stream_));
     GC_CUDACHECK(
         cudaMemcpyAsync(votes->data(), buf, nranks_ * bytes, cudaMemcpyDeviceToHost, stream_));
     GC_CUDACHECK(cudaStreamSynchronize(stream_));
@@ -77,6 +79,7 @@ class NcclVoteExchange {
 
   ncclComm_t nccl_;
   int rank_, nranks_, device_;
+  NcclStop* stop_;
   cudaStream_t stream_ = cudaStreamLegacy;
   std::unique_ptr<ExchangeBuffer> buf_;  // freed on the comm's device
   gradcompResult_t ready_;
@@ -322,10 +325,12 @@ gradcompResult_t agreeOnSetup(const std::vector<SetupVote>& votes) {
   return gradcompSuccess;
 }
 
-VoteGather ncclVoteGather(ncclComm_t nccl, int rank, int nranks, int device, bool hostBuffer) {
+VoteGather ncclVoteGather(ncclComm_t nccl, int rank, int nranks, int device, NcclStop* stop,
+                          bool hostBuffer) {
   // A rank whose current device is not the comm's still joins, on the comm's
   // device, to vote that it failed.
-  std::shared_ptr<NcclVoteExchange> x(new NcclVoteExchange(nccl, rank, nranks, device, hostBuffer));
+  std::shared_ptr<NcclVoteExchange> x(
+      new NcclVoteExchange(nccl, rank, nranks, device, stop, hostBuffer));
   return [x](const SetupVote& mine, std::vector<SetupVote>* votes) { return x->run(mine, votes); };
 }
 
@@ -361,12 +366,34 @@ gradcompResult_t agreeTopology(gradcompComm* c, const SetupVote& mine, const Vot
   return gradcompSuccess;
 }
 
+namespace {
+
+// ncclCommSplit of c->nccl into *child. A non-blocking parent answers
+// ncclInProgress and writes the child when NCCL's thread has made it: the
+// parent's state is polled until then, and the child's until it is ready
+// (it inherits the parent's mode).
+gradcompResult_t splitNccl(gradcompComm* c, int color, int key, ncclComm_t* child, NcclStop* stop) {
+  const NcclApi* api = ncclApi();
+  GC_NCCLWAIT(c->nccl, stop, api->commSplit(c->nccl, color, key, child, nullptr));
+  const ncclComm_t made = __atomic_load_n(child, __ATOMIC_ACQUIRE);
+  if (made == nullptr) {
+    return setError(gradcompNcclError,
+                    "ncclCommSplit(color %d, key %d) of NCCL comm %p succeeded without making a "
+                    "communicator",
+                    color, key, (void*)c->nccl);
+  }
+  GC_NCCLWAIT(made, stop, ncclInProgress);
+  return gradcompSuccess;
+}
+
+}  // namespace
+
 gradcompResult_t setupNcclHierarchy(gradcompComm* c, const SetupVote& mine,
-                                    const VoteGather& gather, const std::atomic<bool>* stop) {
+                                    const VoteGather& gather, NcclStop* stop) {
   GC_CHECK(agreeTopology(c, mine, gather));
   // The vote may have waited on a dead peer until another thread aborted the
   // communicator, which NCCL then frees: nothing may split it.
-  if (stop != nullptr && stop->load()) {
+  if (stop != nullptr && stop->stopped()) {
     return setError(gradcompInvalidUsage,
                     "NCCL comm %p was aborted while gradcomp set it up; nothing more is made "
                     "from it",
@@ -385,8 +412,8 @@ gradcompResult_t setupNcclHierarchy(gradcompComm* c, const SetupVote& mine,
   const Topology& t = c->topo;
   // Intra: color node, key rank (local rank order). Inter: color local rank,
   // key node, so the child comm's rank is the node index.
-  GC_NCCLCHECK(api->commSplit(c->nccl, t.node, c->rank, &c->intraNccl, nullptr));
-  GC_NCCLCHECK(api->commSplit(c->nccl, t.localRank, t.node, &c->interNccl, nullptr));
+  GC_CHECK(splitNccl(c, t.node, c->rank, &c->intraNccl, stop));
+  GC_CHECK(splitNccl(c, t.localRank, t.node, &c->interNccl, stop));
   c->intra = makeNcclTransport(c->intraNccl, t.localRank, t.localSize);
   c->inter = makeInterComm(*c, makeNcclTransport(c->interNccl, t.node, t.nodes));
   c->inter->nccl = c->interNccl;

@@ -17,8 +17,9 @@
 struct gradcompComm;
 
 namespace gc {
+class NcclStop;  // backends/cuda/nccl_api.h
 struct SocketMesh;
-}
+}  // namespace gc
 
 namespace gc {
 
@@ -94,15 +95,15 @@ gradcompResult_t agreeOnSetup(const std::vector<SetupVote>& votes);
 // GPU test).
 using VoteGather = std::function<gradcompResult_t(const SetupVote& mine, std::vector<SetupVote>*)>;
 VoteGather ncclVoteGather(ncclComm_t nccl, int rank, int nranks, int device,
-                          bool hostBuffer = false);
+                          NcclStop* stop = nullptr, bool hostBuffer = false);
 
 // Collective: gathers the votes, agrees, then gives comm c (rank, nranks,
 // cfg and backend set when mine.result is success) its topology and, when it
 // is hierarchical, the intra-node transport and the inter-node child comm.
-// `stop` set (c->nccl aborted by another thread) after the vote: no split.
+// `stop` stopped (c->nccl aborted by another thread) after the vote: no
+// split. A non-blocking c->nccl's splits are waited for (ncclFinish).
 gradcompResult_t setupNcclHierarchy(gradcompComm* c, const SetupVote& mine,
-                                    const VoteGather& gather,
-                                    const std::atomic<bool>* stop = nullptr);
+                                    const VoteGather& gather, NcclStop* stop = nullptr);
 // The vote and the topology alone (no sub-communicators): every rank gathers
 // the votes, agrees, and takes blocks of cfg.localSize or, for auto, nodes by
 // host identity.

@@ -462,6 +462,9 @@ def main():
         "reducescatter_qsgd4_model_speedup_10gbps_n8_256MB": rs_model,
         "multirank_rs_tests_passed": multi.get("multirank_rs_tests_passed"),
         "multirank_rs_tests_failed": multi.get("multirank_rs_tests_failed"),
+        # Null unless a world with NCCL_COMM_BLOCKING=0 ran (GC_MULTIRANK_RUNS N:L:nb).
+        "multirank_nonblocking_tests_passed": multi.get("multirank_nonblocking_tests_passed"),
+        "multirank_nonblocking_tests_failed": multi.get("multirank_nonblocking_tests_failed"),
         "fsdp_qsgd4_acc_delta_pts": fsdp.get("fsdp_qsgd4_acc_delta_pts"),
         "fsdp_dgc_acc_delta_pts": fsdp.get("fsdp_dgc_acc_delta_pts"),
         "tests_passed": tests.get("tests_passed"),
@@ -718,6 +721,10 @@ def main():
                 fmt(summary["ddp_hier_qsgd4_acc_delta_pts"])))
     L.append("- multi-process reduce-scatter tests: %s passed, %s failed"
              % (fmt(summary["multirank_rs_tests_passed"]), fmt(summary["multirank_rs_tests_failed"])))
+    L.append("- of the multi-process tests, with non-blocking NCCL communicators "
+             "(NCCL_COMM_BLOCKING=0): %s passed, %s failed"
+             % (fmt(summary["multirank_nonblocking_tests_passed"]),
+                fmt(summary["multirank_nonblocking_tests_failed"])))
     L.append("- PyTorch FSDP2 accuracy delta (points): QSGD 4-bit %s, DGC %s"
              % (fmt(summary["fsdp_qsgd4_acc_delta_pts"]), fmt(summary["fsdp_dgc_acc_delta_pts"])))
     L.append("")

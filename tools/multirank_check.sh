@@ -40,7 +40,8 @@ run_limit() {
   [ "$left" -lt 5 ] && left=5
   [ "$left" -lt "$cap" ] && echo "$left" || echo "$cap"
 }
-# rank_env R N L: env_extra for rank R of N (L: GRADCOMP_LOCAL_SIZE, 0 = flat):
+# rank_env R N L [NB]: env_extra for rank R of N (L: GRADCOMP_LOCAL_SIZE, 0 =
+# flat; NB 1: NCCL_COMM_BLOCKING=0, every NCCL communicator non-blocking):
 # with fewer GPUs than ranks, each rank its own NCCL host over loopback sockets.
 rank_env() {
   env_extra=()
@@ -49,6 +50,18 @@ rank_env() {
                NCCL_P2P_DISABLE=1 NCCL_SHM_DISABLE=1 NCCL_NVLS_ENABLE=0)
   fi
   [ "$3" != 0 ] && env_extra+=(GRADCOMP_LOCAL_SIZE=$3)
+  [ "${4:-0}" = 1 ] && env_extra+=(NCCL_COMM_BLOCKING=0)
+  return 0
+}
+# parse_run RUN (N:L, or N:L:nb for non-blocking communicators): sets n,
+# local_size, nb, tag (n<N>, hier_n<N>, with _nb appended) and label.
+parse_run() {
+  IFS=: read -r n local_size nb_word <<< "$1"
+  nb=0; [ "${nb_word:-}" = nb ] && nb=1
+  tag=n$n; [ "$local_size" != 0 ] && tag=hier_n$n
+  [ "$nb" = 1 ] && tag=${tag}_nb
+  label="N=$n$([ "$local_size" != 0 ] && echo " GRADCOMP_LOCAL_SIZE=$local_size")"
+  [ "$nb" = 1 ] && label="$label NCCL_COMM_BLOCKING=0"
   return 0
 }
 # Runs: N ranks, and GRADCOMP_LOCAL_SIZE for the hierarchical suite (0: flat).
@@ -58,20 +71,22 @@ rank_env() {
 # whose ~230 comms each split two sub-communicators, takes what is left.
 # GC_MULTIRANK_RUNS and GC_MULTIRANK_ABORT_RUNS pick the worlds (N:L, as below) for a
 # quick rerun of what a fix touched, e.g. GC_MULTIRANK_RUNS=2:0 GC_MULTIRANK_ABORT_RUNS=none.
+# N:L:nb runs a suite world with NCCL_COMM_BLOCKING=0 (non-blocking communicators,
+# which gradcomp waits on), e.g. GC_MULTIRANK_RUNS="2:0:nb 4:2:nb".
 runs=${GC_MULTIRANK_RUNS:-2:0 4:0 4:2}
 abort_runs=${GC_MULTIRANK_ABORT_RUNS:-2:0 4:2}
 [ "$abort_runs" = none ] && abort_runs=""
 # No abort runs: the suites may use their time too.
 [ -z "$abort_runs" ] && abort_reserve=0
-# world_file TAG KIND N L PASSED FAILED RS_PASSED RS_FAILED LINES: the world's own result.
+# world_file TAG KIND N L PASSED FAILED RS_PASSED RS_FAILED LINES: the world's own result
+# (with parse_run's nb).
 world_file() {
-  printf '{"tag": "%s", "kind": "%s", "n": %d, "local_size": %d, "passed": %d, "failed": %d, "rs_passed": %d, "rs_failed": %d}\n' \
-    "$1" "$2" "$3" "$4" "$5" "$6" "$7" "$8" > "$out/multirank_world_$1.json"
+  printf '{"tag": "%s", "kind": "%s", "n": %d, "local_size": %d, "nonblocking": %d, "passed": %d, "failed": %d, "rs_passed": %d, "rs_failed": %d}\n' \
+    "$1" "$2" "$3" "$4" "$nb" "$5" "$6" "$7" "$8" > "$out/multirank_world_$1.json"
   printf '%s' "$9" > "$out/multirank_world_$1.md"
 }
 for run in $runs; do
-  n=${run%%:*}; local_size=${run##*:}
-  tag=n$n; [ "$local_size" != 0 ] && tag=hier_n$n
+  parse_run "$run"
   # What an earlier call left for this world goes first: it runs anew.
   rm -f "$out/multirank_world_$tag.json" "$out/multirank_world_$tag.md" \
     "$out/multirank_failures_$tag.txt" "$out"/multirank_${tag}_r*.log
@@ -81,7 +96,7 @@ for run in $runs; do
   limit=$(run_limit 600 $abort_reserve)
   pids=()
   for r in $(seq 0 $((n - 1))); do
-    rank_env "$r" "$n" "$local_size"
+    rank_env "$r" "$n" "$local_size" "$nb"
     # Each check sets autoTune itself; GRADCOMP_AUTO=0 keeps any config read
     # from the environment compressing.
     env "${env_extra[@]}" GRADCOMP_AUTO=0 GC_RANK=$r GC_NRANKS=$n GC_ID_FILE=$idfile \
@@ -122,7 +137,7 @@ for run in $runs; do
       [ "${rcs[$r]}" = 124 ] && line="rank $r of $n: timed out after ${limit}s$where ($last)"
     fi
     w_pass=$((w_pass + p)); w_fail=$((w_fail + f))
-    lines="$lines- N=$n$([ "$local_size" != 0 ] && echo " GRADCOMP_LOCAL_SIZE=$local_size"): $line"$'\n'
+    lines="$lines- $label: $line"$'\n'
     grep -E "FAILED" "$log" | head -5 | sed 's/^/    /' >> "$out/multirank_failures_$tag.txt" || true
   done
   world_file "$tag" suite "$n" "$local_size" "$w_pass" "$w_fail" "$rs_pass" "$rs_fail" "$lines"
@@ -132,24 +147,24 @@ done
 # call; every survivor must come back from ncclCommAbort + gradcompCommAbort.
 # The binary's own watchdog fails a hung rank after 60 s; timeout is the backstop.
 for run in $abort_runs; do
-  n=${run%%:*}; local_size=${run##*:}
-  tag=abort_n$n
+  parse_run "$run"
+  tag=abort_${tag#hier_}
   rm -f "$out/multirank_world_$tag.json" "$out/multirank_world_$tag.md" \
-    "$out/multirank_failures_$tag.txt" "$out"/multirank_abort_n${n}_r*.log
+    "$out/multirank_failures_$tag.txt" "$out"/multirank_${tag}_r*.log
   abort_pass=0; abort_fail=0; lines=""
   idfile=$(mktemp -u /tmp/gc_ncclid.XXXXXX)
   limit=$(run_limit 90)
   pids=()
   for r in $(seq 0 $((n - 1))); do
-    rank_env "$r" "$n" "$local_size"
+    rank_env "$r" "$n" "$local_size" "$nb"
     env "${env_extra[@]}" GC_ABORT_TEST=1 GRADCOMP_AUTO=0 GC_RANK=$r GC_NRANKS=$n \
-      GC_ID_FILE=$idfile timeout "$limit" "$bin" > "$out/multirank_abort_n${n}_r${r}.log" 2>&1 &
+      GC_ID_FILE=$idfile timeout "$limit" "$bin" > "$out/multirank_${tag}_r${r}.log" 2>&1 &
     pids+=($!)
   done
   for p in "${pids[@]}"; do wait "$p"; done
   rm -f "$idfile" "$idfile".done*  # the id and the survivors' healthy-call marks
   for r in $(seq 0 $((n - 2))); do  # the last rank is the one that dies
-    log=$out/multirank_abort_n${n}_r${r}.log
+    log=$out/multirank_${tag}_r${r}.log
     line=$(grep -E "^multirank abort rank .*passed" "$log" | tail -1)
     if [ -n "$line" ]; then
       abort_pass=$((abort_pass + $(echo "$line" | sed -E 's/.*: ([0-9]+) passed, ([0-9]+) failed/\1/')))
@@ -157,7 +172,7 @@ for run in $abort_runs; do
     else
       abort_fail=$((abort_fail + 1)); line="rank $r of $n: crashed or hung ($(tail -2 "$log" | tr '\n' ' '))"
     fi
-    lines="$lines- abort N=$n$([ "$local_size" != 0 ] && echo " GRADCOMP_LOCAL_SIZE=$local_size"): $line"$'\n'
+    lines="$lines- abort $label: $line"$'\n'
     grep -E "FAILED" "$log" | head -5 | sed 's/^/    /' >> "$out/multirank_failures_$tag.txt" || true
   done
   world_file "$tag" abort "$n" "$local_size" "$abort_pass" "$abort_fail" 0 0 "$lines"
@@ -186,6 +201,7 @@ def total(key, pick):
 suite = lambda w: w["kind"] == "suite"  # noqa: E731
 hier = lambda w: w["kind"] == "suite" and w["local_size"] != 0  # noqa: E731
 abort = lambda w: w["kind"] == "abort"  # noqa: E731
+nonblocking = lambda w: w.get("nonblocking", 0) == 1  # noqa: E731
 summary = {
     "multirank_tests_passed": total("passed", lambda w: True) or 0,
     "multirank_tests_failed": total("failed", lambda w: True) or 0,
@@ -195,6 +211,8 @@ summary = {
     "multirank_hier_tests_failed": total("failed", hier),
     "multirank_rs_tests_passed": total("rs_passed", suite),
     "multirank_rs_tests_failed": total("rs_failed", suite),
+    "multirank_nonblocking_tests_passed": total("passed", nonblocking),
+    "multirank_nonblocking_tests_failed": total("failed", nonblocking),
     "multirank_worlds": [w["tag"] for w in worlds],
 }
 if not worlds:
@@ -205,7 +223,7 @@ with open(os.path.join(out, "multirank.json"), "w") as fh:
 L = ["### Multi-process NCCL tests (gradcompAllReduce, CUDA backend)", ""]
 if ngpu < 4:
     L += ["Ranks share %d GPU(s) with a distinct NCCL_HOSTID each (socket transport)." % ngpu, ""]
-L += ["This call's worlds (N:GRADCOMP_LOCAL_SIZE): %s; abort worlds: %s. Results of every "
+L += ["This call's worlds (N:GRADCOMP_LOCAL_SIZE[:nb, NCCL_COMM_BLOCKING=0]): %s; abort worlds: %s. Results of every "
       "world in the folder: %s." % (runs, aborts, ", ".join(summary["multirank_worlds"]) or "none"),
       ""]
 for w in worlds:
@@ -224,11 +242,11 @@ cat "$out/multirank.md"
 # This call's worlds: their own files.
 this_fail=0
 for run in $runs; do
-  n=${run%%:*}; local_size=${run##*:}; tag=n$n; [ "$local_size" != 0 ] && tag=hier_n$n
+  parse_run "$run"
   grep -q '"failed": 0,' "$out/multirank_world_$tag.json" 2>/dev/null || this_fail=1
 done
 for run in $abort_runs; do
-  n=${run%%:*}
-  grep -q '"failed": 0,' "$out/multirank_world_abort_n$n.json" 2>/dev/null || this_fail=1
+  parse_run "$run"
+  grep -q '"failed": 0,' "$out/multirank_world_abort_${tag#hier_}.json" 2>/dev/null || this_fail=1
 done
 [ "$this_fail" = 0 ]

@@ -54,7 +54,9 @@ void resolvePendingChildren() {
       continue;
     }
     nonBlockingComms().insert(child);
-    GC_INFO("comm %p is non-blocking: its calls pass through to NCCL", (void*)child);
+    GC_INFO(
+        "comm %p is non-blocking: gradcomp waits for NCCL's enqueue of each call it makes on it",
+        (void*)child);
     it = pending.erase(it);
   }
 }
@@ -200,6 +202,15 @@ Agreement agree(CommEntry& e, cudaStream_t stream, bool localOk, std::string* wh
   err = cudaMemcpyAsync(dev, words, sizeof(words), cudaMemcpyHostToDevice, stream);
   if (err == cudaSuccess) {
     nr = ncclApi()->allReduce(dev, dev, 3, ncclUint64, ncclMin, e.nccl, stream);
+    // A non-blocking communicator: its enqueue first (or its abort).
+    if (nr == ncclInProgress) {
+      if (ncclFinish(e.nccl, nr, &e.aborted, "the set-up agreement's ncclAllReduce", __FILE__,
+                     __LINE__) != gradcompSuccess) {
+        *why = gradcompGetLastError();
+        return Agreement::NotRun;
+      }
+      nr = ncclSuccess;
+    }
     if (nr == ncclSuccess) {
       err = cudaMemcpyAsync(words, dev, sizeof(words), cudaMemcpyDeviceToHost, stream);
     }
@@ -259,7 +270,7 @@ size_t typeBytes(ncclDataType_t type) {
 CommEntry::~CommEntry() {
   if (gc == nullptr && fusion == nullptr && fusionDone == nullptr) return;
   DeviceGuard guard(device);
-  if (aborted) {
+  if (aborted.stopped()) {
     // The fusion buffers (and their event) stay allocated, drained or not, as
     // gradcomp leaves its own: cudaFree waits for the whole device, where
     // another communicator's kernel may be stuck on the dead peer until the
@@ -305,11 +316,7 @@ EntryPtr entryFor(ncclComm_t comm) {
     e = std::make_shared<CommEntry>();
     e->nccl = comm;
     e->nonBlocking = nonBlockingComms().count(comm) > 0 || envNonBlocking();
-    if (e->nonBlocking) {
-      e->reason = "non-blocking communicator";
-      e->mode = Mode::PassThrough;
-      warnIfMomentumLost(e->reason);
-    } else if (revokedComms().count(comm) > 0) {
+    if (revokedComms().count(comm) > 0) {
       e->reason = "revoked communicator";
       e->mode = Mode::PassThrough;
     }
@@ -347,7 +354,7 @@ void decide(CommEntry& e, cudaStream_t stream) {
   // waited in the set-up's collectives): NCCL frees the communicator, so no
   // NCCL call may name it again; the gradcomp comm goes without waiting.
   auto abortedNow = [&] {
-    if (!e.aborted) return false;
+    if (!e.aborted.stopped()) return false;
     if (gc != nullptr) gc::commAbort(gc);
     passAll("aborted during set-up");
     return true;
@@ -433,7 +440,7 @@ void release(ncclComm_t comm, bool abort, bool revoked) {
     table().erase(it);
   }
   if (abort) {
-    e->aborted = true;
+    e->aborted.stop();
     // decide() publishes gc before the mode; a decision still in progress
     // leaves it to the entry's end, which aborts it too.
     if (e->mode == Mode::Compress && e->gc != nullptr) {
@@ -465,7 +472,8 @@ void noteCreated(ncclComm_t comm, bool nonBlocking) {
     std::lock_guard<std::mutex> lock(tableMu());
     nonBlockingComms().insert(comm);
   }
-  GC_INFO("comm %p is non-blocking: its calls pass through to NCCL", (void*)comm);
+  GC_INFO("comm %p is non-blocking: gradcomp waits for NCCL's enqueue of each call it makes on it",
+          (void*)comm);
 }
 
 ncclResult_t abortComm(ncclComm_t comm) {
@@ -481,10 +489,12 @@ ncclResult_t abortComm(ncclComm_t comm) {
     if (it != table().end()) e = it->second;
   }
   // A set-up in progress on another thread stops at its next step instead of
-  // naming the communicator NCCL is about to free (decide).
-  if (e) e->aborted = true;
+  // naming the communicator NCCL is about to free (decide); so does a
+  // compressed call's wait on a non-blocking one (commStopPolls).
+  if (e) e->aborted.stop();
   // decide() publishes gc before the mode.
   gradcompComm* gcComm = e && e->mode == Mode::Compress ? e->gc : nullptr;
+  if (gcComm != nullptr) commStopPolls(gcComm);
   const NcclApi* api = ncclApi();
   const bool group = gcComm != nullptr &&
                      (gcComm->intraNccl != nullptr || gcComm->interNccl != nullptr) &&

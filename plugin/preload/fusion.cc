@@ -17,7 +17,8 @@ namespace {
 ncclResult_t passEach(CommEntry& e, const std::vector<const Deferred*>& members) {
   ncclResult_t first = ncclSuccess;
   for (const Deferred* d : members) {
-    ncclResult_t r = forward(&e, *d);
+    // A non-blocking communicator's enqueue ends before its next call.
+    ncclResult_t r = ncclAwait(d->comm, forward(&e, *d), &e.aborted);
     if (r != ncclSuccess && first == ncclSuccess) first = r;
   }
   return first;
@@ -165,12 +166,14 @@ ncclResult_t runDeferred(std::vector<Deferred>& calls) {
   for (const Deferred& d : calls) {
     EntryPtr e = entryFor(d.comm);
     if (e->mode == Mode::Undecided) decideUnlessCapturing(*e, d.comm, d.stream);
+    // A non-blocking communicator's enqueue ends before its next call (a
+    // call gradcomp passed to NCCL answers ncclInProgress).
     if (e->mode != Mode::Compress) {
-      note(forward(e.get(), d));
+      note(ncclAwait(d.comm, forward(e.get(), d), &e->aborted));
       continue;
     }
     if (settings().group != GroupMode::Fuse || d.coll == Collective::ReduceScatter) {
-      note(compress(*e, d, false, 0, 1));
+      note(ncclAwait(d.comm, compress(*e, d, false, 0, 1), &e->aborted));
       continue;
     }
     entries.push_back(e);
@@ -189,7 +192,7 @@ ncclResult_t runDeferred(std::vector<Deferred>& calls) {
       members.push_back(&b);
       done[j] = true;
     }
-    note(runFusedSet(*entries[i], members));
+    note(ncclAwait(a.comm, runFusedSet(*entries[i], members), &entries[i]->aborted));
   }
   return first;
 }

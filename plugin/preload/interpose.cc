@@ -2,19 +2,19 @@
 // exact signatures (one path for both), plus
 // the group calls (to know when a call is inside a user group), the
 // communicator constructors that take a config (to know the non-blocking
-// ones) and destroy/abort (to free state). Eligible calls (DESIGN.md
-// "Interposer rules") go through gradcompAllReduce / gradcompReduceScatter on a per-communicator
-// gradcomp comm created lazily from GRADCOMP_*; every other call reaches the
-// real NCCL with identical arguments. Eligible calls inside a user group are
-// taken out of it and run after the outer ncclGroupEnd (GRADCOMP_GROUP=defer,
-// the default, or fuse), or left in it (pass); a group ended by
-// ncclGroupSimulateEnd runs nothing, so its eligible calls go back into it
+// ones, whose enqueues gradcomp waits for) and destroy/abort (to free state). Eligible calls
+// (DESIGN.md "Interposer rules") go through gradcompAllReduce / gradcompReduceScatter on a
+// per-communicator gradcomp comm created lazily from GRADCOMP_*; every other call reaches the real
+// NCCL with identical arguments. Eligible calls inside a user group are taken out of it and run
+// after the outer ncclGroupEnd (GRADCOMP_GROUP=defer, the default, or fuse), or left in it (pass);
+// a group ended by ncclGroupSimulateEnd runs nothing, so its eligible calls go back into it
 // uncompressed and are dropped. It never breaks the host program: whatever
 // fails to set up is warned about once and passed through.
 #include <cuda_runtime_api.h>
 #include <nccl.h>
 #include <stdint.h>
 
+#include <set>
 #include <utility>
 
 #include "debug.h"
@@ -84,7 +84,7 @@ ncclResult_t compress(CommEntry& e, const Deferred& d, bool keyed, uint64_t key,
   std::lock_guard<std::mutex> lock(e.callMu);
   // Its communicator aborted on another thread (NCCL frees it): neither
   // gradcomp nor NCCL may run the call.
-  if (e.aborted) return ncclInvalidUsage;
+  if (e.aborted.stopped()) return ncclInvalidUsage;
   gradcompStats_t before, after;
   gradcompGetStats(e.gc, &before);
   gradcompResult_t r;
@@ -183,6 +183,10 @@ ncclResult_t keepMultiDeviceGroup() {
 
 // After NCCL ended one level of the thread's group (with result `r`): at the
 // outermost, the group's calls ran, and its deferred eligible calls run now.
+// A non-blocking communicator's group may still be enqueueing
+// (ncclInProgress): the deferred calls' communicators are waited for first,
+// as NCCL refuses their next call until then; the others stay the program's
+// to poll, so ncclInProgress is what it gets back unless a call failed.
 ncclResult_t leaveGroup(ncclResult_t r) {
   if (tGroupDepth > 0) --tGroupDepth;
   if (tGroupDepth > 0) return r;
@@ -191,8 +195,16 @@ ncclResult_t leaveGroup(ncclResult_t r) {
   if (!tDeferred.empty()) {
     std::vector<Deferred> calls;
     calls.swap(tDeferred);
+    if (r == ncclInProgress) {
+      std::set<ncclComm_t> waited;
+      for (const Deferred& d : calls) {
+        if (!waited.insert(d.comm).second) continue;
+        const ncclResult_t w = ncclAwait(d.comm, ncclInProgress, &entryFor(d.comm)->aborted);
+        if (w != ncclSuccess) return w;  // the group failed there: nothing more runs on it
+      }
+    }
     const ncclResult_t f = runDeferred(calls);
-    if (r == ncclSuccess) r = f;
+    if (r == ncclSuccess || f != ncclSuccess) r = f;
   }
   return r;
 }

@@ -79,6 +79,7 @@ void resolve() {
   GC_SYM(gApi.commSplit, "ncclCommSplit");
   GC_SYM(gApi.commDestroy, "ncclCommDestroy");
   GC_SYM(gApi.commAbort, "ncclCommAbort");
+  GC_SYM(gApi.commGetAsyncError, "ncclCommGetAsyncError");
   GC_SYM(gReal.commDestroy, "ncclCommDestroy");
   GC_SYM(gReal.commAbort, "ncclCommAbort");
   GC_SYM(gReal.commFinalize, "ncclCommFinalize");

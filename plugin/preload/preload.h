@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "backends/cuda/device_guard.h"
+#include "backends/cuda/nccl_api.h"
 #include "gradcomp.h"
 
 namespace gc {
@@ -71,9 +72,10 @@ struct CommEntry {
   // set's stream: the next eager fused set waits for it before its copy in,
   // whatever its stream handle.
   cudaEvent_t fusionDone = nullptr;
-  // Set by ncclCommAbort: the entry's end aborts the gradcomp comm instead of
-  // destroying it (no waiting on kernels that may be stuck on a dead peer).
-  std::atomic<bool> aborted{false};
+  // Stopped by ncclCommAbort: the entry's end aborts the gradcomp comm
+  // instead of destroying it (no waiting on kernels that may be stuck on a
+  // dead peer), and a set-up's wait on a non-blocking communicator ends.
+  NcclStop aborted;
   ~CommEntry();
 };
 using EntryPtr = std::shared_ptr<CommEntry>;
@@ -109,7 +111,9 @@ void noteRevoked(ncclComm_t comm);
 bool failedTogether(gradcompComm_t gc);
 // Makes an Undecided entry pass through from now on, saying why in its summary.
 void passAlways(CommEntry& e, const std::string& why);
-// Records how a communicator was created: non-blocking ones always pass through.
+// Records a new communicator (an entry left at its address goes) and, at
+// INFO, that it is non-blocking: gradcomp then waits for NCCL's enqueue of
+// each call it makes on it (ncclAwait), as a blocking one returns after it.
 void noteCreated(ncclComm_t comm, bool nonBlocking);
 // A communicator a split or shrink with a non-blocking config is still making:
 // NCCL writes it into *slot only when its creation ends, after the call

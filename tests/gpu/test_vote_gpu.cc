@@ -30,7 +30,7 @@ TEST_F(VoteGpu, MappedHostBufferCarriesTheVote) {
       gc::makeSetupVote(gradcompInvalidArgument, cfg, 0x0123456789abcdefull, "out of memory");
   for (const bool host : {true, false}) {
     std::vector<gc::SetupVote> votes;
-    const gc::VoteGather gather = gc::ncclVoteGather(nccl, 0, 1, dev, host);
+    const gc::VoteGather gather = gc::ncclVoteGather(nccl, 0, 1, dev, nullptr, host);
     ASSERT_EQ(gather(mine, &votes), gradcompSuccess) << gradcompGetLastError();
     ASSERT_EQ(votes.size(), 1u);
     EXPECT_EQ(memcmp(&votes[0], &mine, sizeof(mine)), 0)

@@ -87,6 +87,17 @@ void progress(const char* section) {
     }                                                                                        \
   } while (0)
 
+// The test's own NCCL calls on a non-blocking communicator (the worlds
+// tools/multirank_check.sh runs with NCCL_COMM_BLOCKING=0): NCCL answers
+// ncclInProgress until its thread has enqueued the call, and refuses the
+// next call until then, so each is polled to its end, as a program does.
+ncclResult_t settled(ncclComm_t nc, ncclResult_t r) {
+  while (r == ncclInProgress) {
+    if (ncclCommGetAsyncError(nc, &r) != ncclSuccess) return ncclInternalError;
+  }
+  return r;
+}
+
 ncclUniqueId exchangeId(const char* path) {
   ncclUniqueId id;
   if (rank == 0) {
@@ -195,7 +206,7 @@ bool sameWordsOnAllRanks(ncclComm_t nc, cudaStream_t st, const std::vector<uint6
   // On the gather's stream: a pageable cudaMemcpy may return before its DMA
   // lands, and the non-blocking stream would not wait for it.
   CK(cudaMemcpyAsync(d + k * nranks, w.data(), 8 * k, cudaMemcpyHostToDevice, st));
-  CK(ncclAllGather(d + k * nranks, d, k, ncclUint64, nc, st));
+  CK(settled(nc, ncclAllGather(d + k * nranks, d, k, ncclUint64, nc, st)));
   CK(cudaStreamSynchronize(st));
   std::vector<uint64_t> all(k * nranks);
   CK(cudaMemcpy(all.data(), d, 8 * k * nranks, cudaMemcpyDeviceToHost));
@@ -782,7 +793,7 @@ void checkAuto(ncclComm_t nc, cudaStream_t st) {
     const uint64_t before = sa.callsCompressed;
     ok &= gradcompAllReduce(x, x, n, ncclFloat32, ncclSum, a, st) == gradcompSuccess;
     ok &= gradcompAllReduce(y, y, n, ncclFloat32, ncclSum, b, st) == gradcompSuccess;
-    CK(ncclAllReduce(z, z, n, ncclFloat32, ncclSum, nc, st));
+    CK(settled(nc, ncclAllReduce(z, z, n, ncclFloat32, ncclSum, nc, st)));
     if (step == 0) ok &= gradcompCommRetune(a, st) == gradcompSuccess;
     CK(cudaStreamSynchronize(st));
     gradcompGetStats(a, &sa);
@@ -880,7 +891,7 @@ void checkAutoRs(ncclComm_t nc, cudaStream_t st) {
     const uint64_t before = sa.callsCompressed;
     ok &= gradcompReduceScatter(x, ya, m, ncclFloat32, ncclSum, a, st) == gradcompSuccess;
     ok &= gradcompReduceScatter(x, yb, m, ncclFloat32, ncclSum, b, st) == gradcompSuccess;
-    CK(ncclReduceScatter(xz, yz, m, ncclFloat32, ncclSum, nc, st));
+    CK(settled(nc, ncclReduceScatter(xz, yz, m, ncclFloat32, ncclSum, nc, st)));
     gradcompGetStats(a, &sa);
     if (step == 0) {
       ok &= gradcompCommRetune(a, st) == gradcompSuccess;
@@ -1148,8 +1159,9 @@ int main() {
   CK(cudaGetDeviceCount(&ndev));
   CK(cudaSetDevice(rank % ndev));
   ncclUniqueId id = exchangeId(idPath);
-  ncclComm_t nc;
-  CK(ncclCommInitRank(&nc, nranks, id, rank));
+  ncclComm_t nc = nullptr;
+  const ncclResult_t made = ncclCommInitRank(&nc, nranks, id, rank);
+  CK(made == ncclInProgress ? settled(nc, made) : made);
   cudaStream_t st;
   CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
   if (getenv("GC_ABORT_TEST") && atoi(getenv("GC_ABORT_TEST"))) return abortMain(nc, st, idPath);

@@ -28,9 +28,18 @@
 static char deferred[16][256];
 static int numDeferred = 0;
 
+/* As a program polls a non-blocking communicator's call (ncclInProgress)
+ * before its next one. */
+static ncclResult_t settle(ncclComm_t c, ncclResult_t res) {
+  while (res == ncclInProgress) {
+    if (ncclCommGetAsyncError(c, &res) != ncclSuccess) return ncclInternalError;
+  }
+  return res;
+}
+
 static int allReduce(int deferIt, const void* s, void* r, size_t n, ncclDataType_t t,
                      ncclRedOp_t op, ncclComm_t c, cudaStream_t st) {
-  ncclResult_t res = ncclAllReduce(s, r, n, t, op, c, st);
+  ncclResult_t res = settle(c, ncclAllReduce(s, r, n, t, op, c, st));
   if (res != ncclSuccess) {
     fprintf(stderr, "ncclAllReduce(count=%zu type=%d op=%d) returned %d\n", n, (int)t, (int)op,
             (int)res);
@@ -47,7 +56,7 @@ static int allReduce(int deferIt, const void* s, void* r, size_t n, ncclDataType
 
 static int reduceScatter(int deferIt, const void* s, void* r, size_t n, ncclDataType_t t,
                          ncclRedOp_t op, ncclComm_t c, cudaStream_t st) {
-  ncclResult_t res = ncclReduceScatter(s, r, n, t, op, c, st);
+  ncclResult_t res = settle(c, ncclReduceScatter(s, r, n, t, op, c, st));
   if (res != ncclSuccess) {
     fprintf(stderr, "ncclReduceScatter(recvcount=%zu type=%d op=%d) returned %d\n", n, (int)t,
             (int)op, (int)res);
@@ -200,14 +209,29 @@ static int awaitChild(const char* what, ncclResult_t made, ncclComm_t parent,
   return 0;
 }
 
-/* Non-blocking communicators (and a split child inheriting that) pass
- * through without gradcomp trying to set up; a blocking one made with a
- * config is set up as usual (and fails without a GPU). */
+/* Non-blocking communicators (and a split or grown child inheriting that)
+ * are set up as a blocking one made with a config is (and fail without a
+ * GPU); their calls answer ncclInProgress and are polled (settle). */
 static int nonblocking(void) {
+  const char* g = getenv("GC_TEST_GROUP_CALLS_DEFERRED");
+  const int deferGroupCalls = g != NULL && strcmp(g, "1") == 0;
   cudaStream_t stream = (cudaStream_t)(uintptr_t)0x2000;
   char* a = (char*)(uintptr_t)0x7f0000000000ull;
+  char* b = (char*)(uintptr_t)0x7f0010000000ull;
   ncclComm_t nb = NULL, child = NULL, grown = NULL, blocking = NULL;
   if (initWithConfig(0, &nb)) return 1;
+  /* A group first: NCCL enqueues its ineligible call after the end
+   * (ncclInProgress); the eligible ones, taken out, each wait for the
+   * communicator's previous enqueue, or NCCL refuses them. */
+  CHECK(ncclGroupStart());
+  EXPECT("GroupStart");
+  CALL(a, a, 1000, ncclInt32, ncclSum, nb, stream);
+  CALL_IN_GROUP(a, a, 1 << 22, ncclFloat32, ncclSum, nb, stream);
+  CALL_IN_GROUP(b, b, 1 << 22, ncclFloat32, ncclSum, nb, stream);
+  CHECK(settle(nb, ncclGroupEnd()));
+  EXPECT("GroupEnd");
+  for (int i = 0; i < numDeferred; ++i) EXPECT("%s", deferred[i]);
+  numDeferred = 0;
   CALL(a, a, 1 << 22, ncclFloat32, ncclSum, nb, stream);
   if (awaitChild("split", ncclCommSplit(nb, 1, 0, &child, NULL), nb, &child)) return 1;
   EXPECT("CommSplit parent=%p color=1 key=0 blocking=-1 comm=%p", (void*)nb, (void*)child);
@@ -253,7 +277,7 @@ static int revoked(void) {
   CHECK(ncclCommDestroy(shrunk));
   EXPECT("CommDestroy comm=%p", (void*)shrunk);
   /* A revoked non-blocking communicator stays one: its shrink without a
-   * config is non-blocking (made as NCCL makes those) and passes through. */
+   * config is non-blocking (made as NCCL makes those) and is set up too. */
   ncclComm_t nb = NULL, nbShrunk = NULL;
   if (initWithConfig(0, &nb)) return 1;
   CHECK(ncclCommRevoke(nb, 0));

@@ -37,63 +37,143 @@ static void held(void) {
   if (groupDepth > 0) ++groupCalls;
 }
 
+static int isNonBlocking(ncclComm_t c);
+
+/* A non-blocking communicator's work as NCCL enqueues it: a data call
+ * outside a group (or the end of a group holding one) answers ncclInProgress,
+ * and the communicator's state, read with ncclCommGetAsyncError, stays
+ * ncclInProgress for FAKE_NCCL_POLLS reads (default 2), then becomes
+ * ncclSuccess (FAKE_NCCL_ASYNC_FAIL=1: ncclRemoteError, an error NCCL's
+ * thread met). Until then NCCL refuses the communicator's next call with
+ * ncclInvalidArgument ("Attempt to use communicator before the previous
+ * operation returned ncclSuccess"), which the stand-in records.
+ * FAKE_NCCL_LOG_POLLS=1 records every read. */
+static struct {
+  ncclComm_t comm;
+  int polls;
+  ncclResult_t end;
+} busy[64];
+static int numBusy = 0;
+static ncclComm_t groupComms[64];
+static int numGroupComms = 0;
+
+static int busyIndex(ncclComm_t c) {
+  for (int i = 0; i < numBusy; ++i) {
+    if (busy[i].comm == c) return i;
+  }
+  return -1;
+}
+
+static void startAsync(ncclComm_t c) {
+  const char* v = getenv("FAKE_NCCL_POLLS");
+  const char* f = getenv("FAKE_NCCL_ASYNC_FAIL");
+  int i = busyIndex(c);
+  if (i < 0) {
+    if (numBusy == 64) return;
+    i = numBusy++;
+  }
+  busy[i].comm = c;
+  busy[i].polls = v ? atoi(v) : 2;
+  busy[i].end = f && f[0] == '1' ? ncclRemoteError : ncclSuccess;
+}
+
+/* Before a data call of c: 0 to go on, else the refusal to return. In a
+ * group, the communicator is noted for the group's end. */
+static ncclResult_t admit(const char* what, ncclComm_t c) {
+  if (!isNonBlocking(c)) return ncclSuccess;
+  const int i = busyIndex(c);
+  if (i >= 0 && busy[i].polls > 0) {
+    record("%s refused: comm=%p is still in progress", what, (void*)c);
+    return ncclInvalidArgument;
+  }
+  if (groupDepth > 0) {
+    int seen = 0;
+    for (int j = 0; j < numGroupComms; ++j) seen = seen || groupComms[j] == c;
+    if (!seen && numGroupComms < 64) groupComms[numGroupComms++] = c;
+  }
+  return ncclSuccess;
+}
+
+/* What a data call of c that was admitted answers. */
+static ncclResult_t answer(ncclComm_t c, ncclResult_t r) {
+  if (r != ncclSuccess || groupDepth > 0 || !isNonBlocking(c)) return r;
+  startAsync(c);
+  return ncclInProgress;
+}
+
 ncclResult_t pncclAllReduce(const void* s, void* r, size_t n, ncclDataType_t t, ncclRedOp_t op,
                             ncclComm_t c, cudaStream_t st) {
+  const ncclResult_t refused = admit("AllReduce", c);
+  if (refused != ncclSuccess) return refused;
   held();
   record("AllReduce send=%p recv=%p count=%zu type=%d op=%d comm=%p stream=%p", s, r, n, (int)t,
          (int)op, (void*)c, (void*)st);
-  return result();
+  return answer(c, result());
 }
 ncclResult_t ncclAllReduce(const void*, void*, size_t, ncclDataType_t, ncclRedOp_t, ncclComm_t,
                            cudaStream_t) ALIAS(ncclAllReduce);
 
 ncclResult_t pncclReduceScatter(const void* s, void* r, size_t n, ncclDataType_t t, ncclRedOp_t op,
                                 ncclComm_t c, cudaStream_t st) {
+  const ncclResult_t refused = admit("ReduceScatter", c);
+  if (refused != ncclSuccess) return refused;
   held();
   record("ReduceScatter send=%p recv=%p count=%zu type=%d op=%d comm=%p stream=%p", s, r, n, (int)t,
          (int)op, (void*)c, (void*)st);
-  return result();
+  return answer(c, result());
 }
 ncclResult_t ncclReduceScatter(const void*, void*, size_t, ncclDataType_t, ncclRedOp_t, ncclComm_t,
                                cudaStream_t) ALIAS(ncclReduceScatter);
 
 ncclResult_t pncclAllGather(const void* s, void* r, size_t n, ncclDataType_t t, ncclComm_t c,
                             cudaStream_t st) {
+  const ncclResult_t refused = admit("AllGather", c);
+  if (refused != ncclSuccess) return refused;
   held();
   record("AllGather send=%p recv=%p count=%zu type=%d comm=%p stream=%p", s, r, n, (int)t, (void*)c,
          (void*)st);
-  return result();
+  return answer(c, result());
 }
 ncclResult_t ncclAllGather(const void*, void*, size_t, ncclDataType_t, ncclComm_t, cudaStream_t)
     ALIAS(ncclAllGather);
 
 ncclResult_t pncclSend(const void* s, size_t n, ncclDataType_t t, int peer, ncclComm_t c,
                        cudaStream_t st) {
+  const ncclResult_t refused = admit("Send", c);
+  if (refused != ncclSuccess) return refused;
   held();
   record("Send count=%zu peer=%d", n, peer);
-  return result();
+  return answer(c, result());
 }
 ncclResult_t ncclSend(const void*, size_t, ncclDataType_t, int, ncclComm_t, cudaStream_t)
     ALIAS(ncclSend);
 
 ncclResult_t pncclRecv(void* r, size_t n, ncclDataType_t t, int peer, ncclComm_t c,
                        cudaStream_t st) {
+  const ncclResult_t refused = admit("Recv", c);
+  if (refused != ncclSuccess) return refused;
   held();
   record("Recv count=%zu peer=%d", n, peer);
-  return result();
+  return answer(c, result());
 }
 ncclResult_t ncclRecv(void*, size_t, ncclDataType_t, int, ncclComm_t, cudaStream_t) ALIAS(ncclRecv);
 
 ncclResult_t pncclGroupStart(void) {
   record("GroupStart");
-  if (groupDepth++ == 0) groupCalls = 0;
+  if (groupDepth++ == 0) groupCalls = numGroupComms = 0;
   return ncclSuccess;
 }
 ncclResult_t ncclGroupStart(void) ALIAS(ncclGroupStart);
 
+/* The outermost end launches the group: its non-blocking communicators'
+ * work is then in progress. */
 ncclResult_t pncclGroupEnd(void) {
   record("GroupEnd");
-  if (groupDepth > 0) --groupDepth;
+  if (groupDepth > 0 && --groupDepth == 0 && numGroupComms > 0) {
+    for (int i = 0; i < numGroupComms; ++i) startAsync(groupComms[i]);
+    numGroupComms = 0;
+    return ncclInProgress;
+  }
   return ncclSuccess;
 }
 ncclResult_t ncclGroupEnd(void) ALIAS(ncclGroupEnd);
@@ -194,7 +274,7 @@ static int numNonBlocking = 0;
 static struct { ncclComm_t parent, child, *slot; } pendingChildren[16];
 static int numPending = 0;
 
-static int __attribute__((unused)) isNonBlocking(ncclComm_t c) {
+static int isNonBlocking(ncclComm_t c) {
   const char* env = getenv("NCCL_COMM_BLOCKING");
   if (env != NULL && env[0] == '0') return 1;
   for (int i = 0; i < numNonBlocking; ++i) {
@@ -226,10 +306,22 @@ handOut(ncclComm_t parent, ncclComm_t child, const ncclConfig_t* cfg, ncclComm_t
   pendingChildren[numPending].child = child;
   pendingChildren[numPending].slot = slot;
   ++numPending;
+  startAsync(parent);
   return ncclInProgress;
 }
 
+/* A parent's pending children are written when its state leaves
+ * ncclInProgress. */
 ncclResult_t pncclCommGetAsyncError(ncclComm_t c, ncclResult_t* err) {
+  const char* logPolls = getenv("FAKE_NCCL_LOG_POLLS");
+  if (logPolls && logPolls[0] == '1') record("GetAsyncError comm=%p", (void*)c);
+  const int b = busyIndex(c);
+  if (b >= 0 && busy[b].polls > 0) {
+    if (--busy[b].polls > 0) {
+      *err = ncclInProgress;
+      return ncclSuccess;
+    }
+  }
   for (int i = 0; i < numPending;) {
     if (pendingChildren[i].parent == c) {
       *pendingChildren[i].slot = pendingChildren[i].child;
@@ -238,7 +330,7 @@ ncclResult_t pncclCommGetAsyncError(ncclComm_t c, ncclResult_t* err) {
       ++i;
     }
   }
-  *err = ncclSuccess;
+  *err = b >= 0 ? busy[b].end : ncclSuccess;
   return ncclSuccess;
 }
 ncclResult_t ncclCommGetAsyncError(ncclComm_t, ncclResult_t*) ALIAS(ncclCommGetAsyncError);

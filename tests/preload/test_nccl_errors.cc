@@ -16,6 +16,7 @@
 #include <functional>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "gradcomp.h"
@@ -80,7 +81,7 @@ struct SetupRun {
 // thread's ncclCommAbort of the communicator, which NCCL then frees).
 SetupRun runSetup(int rank, const gradcompConfig_t& cfg, std::vector<gc::SetupVote> votes,
                   bool abortDuringVote = false) {
-  std::atomic<bool> stop{false};
+  gc::NcclStop stop;
   char path[] = "/tmp/gc_fake_nccl_XXXXXX";
   const int fd = mkstemp(path);
   close(fd);
@@ -98,7 +99,7 @@ SetupRun runSetup(int rank, const gradcompConfig_t& cfg, std::vector<gc::SetupVo
         ++run.gathers;
         EXPECT_EQ(memcmp(&v, &mine, sizeof(v)), 0);  // what this rank brought
         *all = votes;
-        if (abortDuringVote) stop = true;
+        if (abortDuringVote) stop.stop();
         return gradcompSuccess;
       },
       &stop);
@@ -357,6 +358,109 @@ TEST(NcclSetup, NullOutputStillVotes) {
   (void)cudaGetLastError();
   if (gpu) EXPECT_EQ(count(log, "AllGather"), 1) << log;
   EXPECT_EQ(count(log, "CommSplit"), 0) << log;
+}
+
+// A non-blocking communicator (NCCL_COMM_BLOCKING=0 makes every one the
+// stand-in hands out non-blocking): its calls answer ncclInProgress, and NCCL
+// refuses the next call until the state, polled with ncclCommGetAsyncError,
+// has ended (the stand-in ends it at the FAKE_NCCL_POLLS-th read). Every
+// transport call waits for that: all succeed, none is refused, each is
+// polled to its end and no further.
+class NcclNonBlocking : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    setenv("NCCL_COMM_BLOCKING", "0", 1);
+    setenv("FAKE_NCCL_POLLS", "3", 1);
+    setenv("FAKE_NCCL_LOG_POLLS", "1", 1);
+  }
+  void TearDown() override {
+    unsetenv("NCCL_COMM_BLOCKING");
+    unsetenv("FAKE_NCCL_POLLS");
+    unsetenv("FAKE_NCCL_LOG_POLLS");
+    unsetenv("FAKE_NCCL_ASYNC_FAIL");
+  }
+};
+
+TEST_F(NcclNonBlocking, EveryTransportCallWaitsForItsEnqueue) {
+  auto t = gc::makeNcclTransport(fakeComm(), 0, 4);
+  float x[4] = {0};
+  const void* sp[4] = {x, x, x, x};
+  void* rp[4] = {x, x, x, x};
+  size_t sb[4] = {4, 4, 4, 4};
+  const std::string log = loggedDuring([&] {
+    EXPECT_EQ(t->passThrough(x, x, 4, ncclFloat32, ncclSum), gradcompSuccess)
+        << gradcompGetLastError();
+    EXPECT_EQ(t->allGather(x, x, 4), gradcompSuccess) << gradcompGetLastError();
+    EXPECT_EQ(t->allReduceSumFloat(x, x, 1), gradcompSuccess) << gradcompGetLastError();
+    EXPECT_EQ(t->reduceScatter(x, x, 1, ncclFloat32, ncclSum), gradcompSuccess)
+        << gradcompGetLastError();
+    EXPECT_EQ(t->allToAll(sp, sb, rp, sb), gradcompSuccess) << gradcompGetLastError();
+    EXPECT_EQ(t->sendRecv(x, 4, 1, x, 4, 3), gradcompSuccess) << gradcompGetLastError();
+  });
+  EXPECT_EQ(count(log, "refused"), 0) << log;
+  EXPECT_EQ(count(log, "GetAsyncError"), 6 * 3) << log;
+}
+
+// An error NCCL's thread met while enqueueing (the state ends in it, not in
+// ncclSuccess) is the call's gradcompNcclError, with NCCL's sentence.
+TEST_F(NcclNonBlocking, AnErrorMetWhileEnqueueingIsTheCallsError) {
+  setenv("FAKE_NCCL_ASYNC_FAIL", "1", 1);
+  auto t = gc::makeNcclTransport(fakeComm(), 0, 4);
+  float x[4] = {0};
+  EXPECT_EQ(t->passThrough(x, x, 4, ncclFloat32, ncclSum), gradcompNcclError);
+  EXPECT_NE(strstr(gradcompGetLastError(), "fake nccl: remote process failed"), nullptr)
+      << gradcompGetLastError();
+}
+
+// The program aborting the communicator on another thread while a call
+// waits for its enqueue (gradcompCommStop, or the preload's ncclCommAbort,
+// aborts the transport first): the wait ends with gradcompInvalidUsage, and
+// once abort() has returned nothing polls the communicator NCCL frees next.
+TEST_F(NcclNonBlocking, AbortEndsAWaitAndNoPollFollowsIt) {
+  setenv("FAKE_NCCL_POLLS", "1000000000", 1);
+  char path[] = "/tmp/gc_fake_nccl_XXXXXX";
+  const int fd = mkstemp(path);
+  close(fd);
+  setenv("FAKE_NCCL_LOG", path, 1);
+  auto polled = [&] {
+    std::ifstream f(path);
+    std::stringstream ss;
+    ss << f.rdbuf();
+    return count(ss.str(), "GetAsyncError");
+  };
+  auto t = gc::makeNcclTransport(fakeComm(), 0, 4);
+  float x[4] = {0};
+  gradcompResult_t res = gradcompSuccess;
+  std::string error;
+  std::thread caller([&] {
+    res = t->passThrough(x, x, 4, ncclFloat32, ncclSum);
+    error = gradcompGetLastError();
+  });
+  for (int i = 0; i < 10000 && polled() < 10; ++i) usleep(1000);
+  t->abort();
+  const int atAbort = polled();
+  caller.join();
+  const int atEnd = polled();
+  unsetenv("FAKE_NCCL_LOG");
+  unlink(path);
+  EXPECT_GE(atAbort, 10);
+  EXPECT_EQ(atEnd, atAbort);
+  EXPECT_EQ(res, gradcompInvalidUsage);
+  EXPECT_NE(error.find("aborted while NCCL still enqueued"), std::string::npos) << error;
+}
+
+// The hierarchy's splits of a non-blocking communicator: each answers
+// ncclInProgress with no child yet, which NCCL writes when it has made it;
+// the set-up waits for the parent, then the child, before the next split.
+TEST_F(NcclNonBlocking, SplitsAreWaitedFor) {
+  const gradcompConfig_t cfg = localSizeConfig(2);
+  SetupRun run = runSetup(1, cfg, votesOf(4, cfg));
+  ASSERT_EQ(run.res, gradcompSuccess) << run.error;
+  EXPECT_TRUE(run.split);
+  EXPECT_EQ(count(run.log, "CommSplit"), 2) << run.log;
+  EXPECT_EQ(count(run.log, "refused"), 0) << run.log;
+  // Each split: the parent polled to its end (3 reads), then the child (1).
+  EXPECT_EQ(count(run.log, "GetAsyncError"), 2 * (3 + 1)) << run.log;
 }
 
 // GRADCOMP_GROUP=fuse keys a fused set's residual as unfused calls are keyed,

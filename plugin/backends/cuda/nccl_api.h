@@ -6,6 +6,9 @@
 #include <cuda_runtime_api.h>
 #include <nccl.h>
 
+#include <atomic>
+#include <mutex>
+
 #include "checks.h"
 
 namespace gc {
@@ -29,10 +32,46 @@ struct NcclApi {
   ncclResult_t (*commDestroy)(ncclComm_t);
   // gradcompCommAbort: the sub-communicators are aborted, never destroyed.
   ncclResult_t (*commAbort)(ncclComm_t);
+  // A non-blocking communicator's state (ncclFinish); null where the loaded
+  // NCCL predates non-blocking communicators (2.14), which then have none.
+  ncclResult_t (*commGetAsyncError)(ncclComm_t, ncclResult_t*);
 };
 
 // The table of the library this code is linked into; never null.
 const NcclApi* ncclApi();
+
+// Set by the thread that aborts a communicator another thread may be
+// polling (ncclFinish): NCCL frees an aborted communicator, so once stop()
+// returns no poll touches it again.
+class NcclStop {
+ public:
+  void stop() {
+    stopped_.store(true);
+    std::lock_guard<std::mutex> wait(mu_);  // a poll in progress ends first
+  }
+  bool stopped() const { return stopped_.load(); }
+
+ private:
+  friend ncclResult_t ncclAwait(ncclComm_t, ncclResult_t, NcclStop*);
+  std::atomic<bool> stopped_{false};
+  std::mutex mu_;
+};
+
+// What an NCCL call on `comm` that answered `res` gives once NCCL is done
+// with it. A non-blocking communicator (ncclConfig_t.blocking = 0, or
+// NCCL_COMM_BLOCKING=0) may answer ncclInProgress while a thread of NCCL's
+// still enqueues the work (or makes a split's child), and refuses any other
+// call until its state, polled with ncclCommGetAsyncError, is no longer
+// ncclInProgress: this waits for that (the enqueue, never the GPU work), so
+// that the next call on it is allowed, and returns the state it ended in. A
+// non-null `stop` stopped by another thread ends the wait: ncclInvalidUsage.
+// Any other `res` comes back as it is.
+ncclResult_t ncclAwait(ncclComm_t comm, ncclResult_t res, NcclStop* stop);
+// ncclAwait as gradcomp's result: anything but ncclSuccess is
+// gradcompNcclError with NCCL's sentence and `call` (at file:line), or, for
+// a stopped wait, gradcompInvalidUsage.
+gradcompResult_t ncclFinish(ncclComm_t comm, ncclResult_t res, NcclStop* stop, const char* call,
+                            const char* file, int line);
 
 }  // namespace gc
 
@@ -44,3 +83,8 @@ const NcclApi* ncclApi();
                             ::gc::ncclApi()->getErrorString(gc_nres_), __FILE__, __LINE__, #call); \
     }                                                                                              \
   } while (0)
+
+// An NCCL call on `comm` that may be non-blocking: returns unless it and
+// its enqueue succeeded (ncclFinish).
+#define GC_NCCLWAIT(comm, stop, call) \
+  GC_CHECK(::gc::ncclFinish((comm), (call), (stop), #call, __FILE__, __LINE__))

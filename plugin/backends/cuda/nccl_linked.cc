@@ -11,10 +11,11 @@
 namespace gc {
 
 const NcclApi* ncclApi() {
-  static const NcclApi api = {
-      pncclAllReduce,     pncclAllGather, pncclSend,         pncclRecv,         pncclGroupStart,
-      pncclGroupEnd,      pncclCommCount, pncclCommUserRank, pncclCommCuDevice, pncclGetErrorString,
-      pncclReduceScatter, pncclCommSplit, pncclCommDestroy,  pncclCommAbort};
+  static const NcclApi api = {pncclAllReduce,      pncclAllGather,     pncclSend,
+                              pncclRecv,           pncclGroupStart,    pncclGroupEnd,
+                              pncclCommCount,      pncclCommUserRank,  pncclCommCuDevice,
+                              pncclGetErrorString, pncclReduceScatter, pncclCommSplit,
+                              pncclCommDestroy,    pncclCommAbort,     pncclCommGetAsyncError};
   return &api;
 }
 

@@ -1,6 +1,9 @@
 // NCCL transport: the caller's communicator, on the backend's stream. Byte
 // exchanges use ncclUint8; the all-to-all and ring steps are grouped
-// send/recv. Errors carry ncclGetErrorString.
+// send/recv. Errors carry ncclGetErrorString. A non-blocking communicator
+// works as a blocking one: each call waits for NCCL's enqueue (ncclFinish).
+#include <chrono>
+#include <thread>
 #include <vector>
 
 #include "checks.h"
@@ -8,6 +11,46 @@
 #include "backends/transport.h"
 
 namespace gc {
+
+ncclResult_t ncclAwait(ncclComm_t comm, ncclResult_t res, NcclStop* stop) {
+  const NcclApi* api = ncclApi();
+  // NCCL's own enqueue thread runs meanwhile: yield to it, then sleep
+  // briefly (a first call's connections can take seconds).
+  for (int polls = 0; res == ncclInProgress && api->commGetAsyncError != nullptr; ++polls) {
+    if (polls > 0) {
+      if (polls < 256) {
+        std::this_thread::yield();
+      } else {
+        std::this_thread::sleep_for(std::chrono::microseconds(50));
+      }
+    }
+    std::unique_lock<std::mutex> polling;
+    if (stop != nullptr) {
+      polling = std::unique_lock<std::mutex>(stop->mu_);
+      if (stop->stopped()) return ncclInvalidUsage;
+    }
+    ncclResult_t state = ncclInProgress;
+    const ncclResult_t got = api->commGetAsyncError(comm, &state);
+    res = got != ncclSuccess ? got : state;
+  }
+  return res;
+}
+
+gradcompResult_t ncclFinish(ncclComm_t comm, ncclResult_t res, NcclStop* stop, const char* call,
+                            const char* file, int line) {
+  const bool waited = res == ncclInProgress;
+  res = ncclAwait(comm, res, stop);
+  if (res == ncclSuccess) return gradcompSuccess;
+  if (waited && stop != nullptr && stop->stopped()) {
+    return setError(gradcompInvalidUsage,
+                    "NCCL comm %p was aborted while NCCL still enqueued %s (%s:%d); nothing more "
+                    "is asked of it",
+                    (void*)comm, call, file, line);
+  }
+  return setError(gradcompNcclError, "NCCL error %d '%s' at %s:%d (%s)", (int)res,
+                  ncclApi()->getErrorString(res), file, line, call);
+}
+
 namespace {
 
 class NcclTransport final : public Transport {
@@ -21,6 +64,13 @@ class NcclTransport final : public Transport {
   // dead peer.
   ~NcclTransport() override {
     if (agree_ && !aborted_) cudaFree(agree_);
+  }
+
+  // Also waits for a poll of the communicator in progress on another
+  // thread: the program's ncclCommAbort, next, frees it.
+  void abort() override {
+    Transport::abort();
+    polls_.stop();
   }
 
   // Made with the comm (the set-up votes on it): a lazy cudaMalloc here
@@ -40,7 +90,8 @@ class NcclTransport final : public Transport {
     GC_CHECK(reserve());
     char* mine = static_cast<char*>(agree_) + bytes * rank_;
     GC_CUDACHECK(cudaMemcpyAsync(mine, &call_, bytes, cudaMemcpyHostToDevice, stream_));
-    GC_NCCLCHECK(ncclApi()->allGather(mine, agree_, bytes, ncclUint8, comm_, stream_));
+    GC_NCCLWAIT(comm_, &polls_,
+                ncclApi()->allGather(mine, agree_, bytes, ncclUint8, comm_, stream_));
     std::vector<CallInfo> all(size_);
     GC_CUDACHECK(
         cudaMemcpyAsync(all.data(), agree_, bytes * size_, cudaMemcpyDeviceToHost, stream_));
@@ -67,7 +118,7 @@ class NcclTransport final : public Transport {
     }
     ncclResult_t endRes = api->groupEnd();
     GC_NCCLCHECK(res);
-    GC_NCCLCHECK(endRes);
+    GC_NCCLWAIT(comm_, &polls_, endRes);
     return gradcompSuccess;
   }
 
@@ -83,26 +134,27 @@ class NcclTransport final : public Transport {
     }
     ncclResult_t endRes = api->groupEnd();
     GC_NCCLCHECK(res);
-    GC_NCCLCHECK(endRes);
+    GC_NCCLWAIT(comm_, &polls_, endRes);
     return gradcompSuccess;
   }
 
   gradcompResult_t allGather(const void* send, void* recv, size_t bytes) override {
     GC_CHECK(checkOpen());
-    GC_NCCLCHECK(ncclApi()->allGather(send, recv, bytes, ncclUint8, comm_, stream_));
+    GC_NCCLWAIT(comm_, &polls_, ncclApi()->allGather(send, recv, bytes, ncclUint8, comm_, stream_));
     return gradcompSuccess;
   }
 
   gradcompResult_t allReduceSumFloat(const float* send, float* recv, size_t n) override {
     GC_CHECK(checkOpen());
-    GC_NCCLCHECK(ncclApi()->allReduce(send, recv, n, ncclFloat32, ncclSum, comm_, stream_));
+    GC_NCCLWAIT(comm_, &polls_,
+                ncclApi()->allReduce(send, recv, n, ncclFloat32, ncclSum, comm_, stream_));
     return gradcompSuccess;
   }
 
   gradcompResult_t passThrough(const void* send, void* recv, size_t count, ncclDataType_t type,
                                ncclRedOp_t op) override {
     GC_CHECK(checkOpen());
-    GC_NCCLCHECK(ncclApi()->allReduce(send, recv, count, type, op, comm_, stream_));
+    GC_NCCLWAIT(comm_, &polls_, ncclApi()->allReduce(send, recv, count, type, op, comm_, stream_));
     return gradcompSuccess;
   }
 
@@ -112,12 +164,14 @@ class NcclTransport final : public Transport {
     if (ncclApi()->reduceScatter == nullptr) {
       return setError(gradcompSystemError, "the loaded NCCL has no ncclReduceScatter");
     }
-    GC_NCCLCHECK(ncclApi()->reduceScatter(send, recv, recvCount, type, op, comm_, stream_));
+    GC_NCCLWAIT(comm_, &polls_,
+                ncclApi()->reduceScatter(send, recv, recvCount, type, op, comm_, stream_));
     return gradcompSuccess;
   }
 
  private:
   ncclComm_t comm_;
+  NcclStop polls_;
   void* agree_ = nullptr;  // size_ CallInfos, device memory
 };
 
