@@ -40,9 +40,20 @@
       exit(1);                                                                           \
     }                                                                                    \
   } while (0)
+// The program's communicator. NCCL_COMM_BLOCKING=0 makes it (and a split of
+// it) non-blocking: a call answers ncclInProgress until NCCL's thread has
+// enqueued it, and the app polls it to its end before the next, as a
+// program does.
+static ncclComm_t gComm = nullptr;
+static ncclResult_t settled(ncclResult_t r) {
+  while (r == ncclInProgress && gComm != nullptr) {
+    if (ncclCommGetAsyncError(gComm, &r) != ncclSuccess) return ncclInternalError;
+  }
+  return r;
+}
 #define CK_NCCL(x)                                                                       \
   do {                                                                                   \
-    ncclResult_t r_ = (x);                                                               \
+    ncclResult_t r_ = settled(x);                                                        \
     if (r_ != ncclSuccess) {                                                             \
       fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, ncclGetErrorString(r_)); \
       exit(1);                                                                           \
@@ -273,8 +284,10 @@ int main(int argc, char** argv) {
   CK_CUDA(cudaGetDeviceCount(&ndev));
   CK_CUDA(cudaSetDevice(rank % ndev));
   ncclUniqueId id = exchangeId(rank, idFile);
-  ncclComm_t comm;
-  CK_NCCL(ncclCommInitRank(&comm, nranks, id, rank));
+  ncclComm_t comm = nullptr;
+  const ncclResult_t made = ncclCommInitRank(&comm, nranks, id, rank);
+  gComm = comm;
+  CK_NCCL(made);
   cudaStream_t stream;
   CK_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
 

@@ -5,7 +5,8 @@
 # identical on all ranks and close to the exact sum, deferred and fused group
 # calls too, GRADCOMP_METHOD=none gives NCCL's bits exactly, and ranks with
 # different GRADCOMP_* settings agree to pass everything through (no hang),
-# also when one rank's value is invalid. The hierarchy (GRADCOMP_LOCAL_SIZE=2)
+# also when one rank's value is invalid, and on non-blocking communicators
+# (NCCL_COMM_BLOCKING=0) as on blocking ones. The hierarchy (GRADCOMP_LOCAL_SIZE=2)
 # compresses alike on every rank, and ncclCommAbort with a call pending (a
 # rank that stopped calling) ends it, NCCL's alone and under the preload with
 # gradcomp's sub-communicators.
@@ -124,6 +125,22 @@ for group in defer fuse; do
   compressed_calls streams_${group}_2 2 12
   check "streams_$group: two streams give the one-stream bits" \
     "[ -s '$work/streams_${group}_1_r0.out' ] && [ \"\$(hashes streams_${group}_1 0)\" = \"\$(hashes streams_${group}_2 0)\" ]"
+done
+
+# 2c. Non-blocking communicators (NCCL_COMM_BLOCKING=0; the app polls each of
+#     its calls): compressed as blocking ones are, gradcomp waiting for each
+#     of its NCCL enqueues, with the blocking runs' bits.
+launch nonblocking_n2 2 1 "single 3" GRADCOMP_METHOD=qsgd NCCL_COMM_BLOCKING=0
+same_on_all_ranks nonblocking_n2 2
+compressed_calls nonblocking_n2 2 3
+check "nonblocking_n2: the blocking run's bits" \
+  "[ -s '$work/nonblocking_n2_r0.out' ] && [ \"\$(hashes nonblocking_n2 0)\" = \"\$(hashes qsgd_n2 0)\" ]"
+for group in defer fuse; do
+  launch nonblocking_group_$group 2 1 "group 2" GRADCOMP_GROUP=$group NCCL_COMM_BLOCKING=0
+  same_on_all_ranks nonblocking_group_$group 2
+  compressed_calls nonblocking_group_$group 2 6
+  check "nonblocking_group_$group: the blocking run's bits" \
+    "[ -s '$work/nonblocking_group_${group}_r0.out' ] && [ \"\$(hashes nonblocking_group_$group 0)\" = \"\$(hashes group_$group 0)\" ]"
 done
 
 # 3. Reduce-scatter (FSDP's collective): QSGD and DGC on 2 and 4 ranks, in
