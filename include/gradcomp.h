@@ -196,9 +196,11 @@ typedef struct gradcompComm* gradcompComm_t;
  * sub-communicators it splits from it, then waits until NCCL's enqueue has
  * ended (ncclCommGetAsyncError no longer ncclInProgress; never the GPU work),
  * so a gradcomp call returns with the comm ready for the program's next call,
- * as on a blocking one. Made with the NCCL comm's device current; the comm's later calls (the
- * collectives, state, retune, destroy, abort) work from any current device,
- * as NCCL's do: each makes the comm's device current for its duration. */
+ * as on a blocking one; one NCCL is still making (its ncclCommInitRankConfig
+ * answered ncclInProgress) is waited for first. Made with the NCCL comm's
+ * device current; the comm's later calls (the collectives, state, retune,
+ * destroy, abort) work from any current device, as NCCL's do: each makes the
+ * comm's device current for its duration. */
 gradcompResult_t gradcompCommCreate(ncclComm_t nccl, const gradcompConfig_t* config,
                                     gradcompComm_t* comm);
 /* CPU reference backend: nranks communicators of one in-process world, each
@@ -231,8 +233,8 @@ gradcompResult_t gradcompCommCreateSocket(int nranks, int rank, const char* root
 gradcompResult_t gradcompCommDestroy(gradcompComm_t comm);
 /* As ncclCommAbort: call it after aborting the NCCL communicator the comm was
  * made from (or, on the CPU backend, when a peer is gone); for a non-blocking
- * one, whose enqueue a call on another thread may be waiting for, stop the
- * comm first (gradcompCommStop, below). Aborts the comm's
+ * one, whose enqueue a call on another thread may be waiting for, see
+ * gradcompCommStop below. Aborts the comm's
  * own NCCL sub-communicators (ncclCommAbort) and closes its CPU transport, so
  * that nothing of it waits on a peer: a call in progress on another thread
  * returns an error, and abort waits for it to return. Then frees the comm
@@ -254,9 +256,12 @@ gradcompResult_t gradcompCommAbort(gradcompComm_t comm);
  * dead peer). Then gradcompCommAbort, after the group:
  *   ncclGroupStart(); ncclCommAbort(nccl); gradcompCommStop(gc); ncclGroupEnd();
  *   gradcompCommAbort(gc);
- * Do the same for a non-blocking NCCL comm (or stop before ncclCommAbort): a
- * call on another thread may be polling it for its enqueue, and NCCL frees
- * it at the abort; once stop has returned, nothing of gradcomp's touches it.
+ * A non-blocking NCCL comm: a call on another thread may be polling it for
+ * its enqueue (ncclCommGetAsyncError), which must not run beside NCCL's
+ * abort of it (NCCL joins the same work there, then frees the comm). Abort
+ * once no call is in progress (from the thread that makes them), or, for a
+ * flat comm, call gradcompCommStop before ncclCommAbort: once stop has
+ * returned, no poll of gradcomp's touches the NCCL comm.
  * Never blocks on a peer; a second stop is a no-op; NULL is a no-op. */
 gradcompResult_t gradcompCommStop(gradcompComm_t comm);
 gradcompResult_t gradcompCommRank(gradcompComm_t comm, int* rank);

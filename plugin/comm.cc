@@ -209,6 +209,10 @@ gradcompResult_t commCreate(ncclComm_t nccl, const gradcompConfig_t* config, con
   const RelaxedCaptureMode relaxed;
   std::unique_ptr<gradcompComm> c(new gradcompComm());
   const gc::NcclApi* api = gc::ncclApi();
+  // A non-blocking communicator NCCL's thread is still making (or still
+  // enqueueing the program's last call on) refuses every call until then.
+  GC_CHECK(gc::ncclFinish(nccl, ncclInProgress, stop,
+                          "the communicator's initialization or last call", __FILE__, __LINE__));
   // Without its rank, size and device a rank cannot join the set-up exchange.
   int ncclDev = -1;
   GC_NCCLCHECK(api->commUserRank(nccl, &c->rank));

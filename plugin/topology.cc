@@ -369,20 +369,38 @@ gradcompResult_t agreeTopology(gradcompComm* c, const SetupVote& mine, const Vot
 namespace {
 
 // ncclCommSplit of c->nccl into *child. A non-blocking parent answers
-// ncclInProgress and writes the child when NCCL's thread has made it: the
-// parent's state is polled until then, and the child's until it is ready
-// (it inherits the parent's mode).
+// ncclSuccess (NCCL's split lets its group's ncclInProgress through) with
+// *newcomm still NULL: NCCL's own thread makes the child, writes it into
+// the slot, and only then sets the parent's state, so the parent is polled
+// until it leaves ncclInProgress (a blocking one has already). The slot is
+// NCCL's until then: a wait another thread's abort stopped leaves it, and
+// the child, to NCCL (leaked), as that thread may still write it.
 gradcompResult_t splitNccl(gradcompComm* c, int color, int key, ncclComm_t* child, NcclStop* stop) {
   const NcclApi* api = ncclApi();
-  GC_NCCLWAIT(c->nccl, stop, api->commSplit(c->nccl, color, key, child, nullptr));
-  const ncclComm_t made = __atomic_load_n(child, __ATOMIC_ACQUIRE);
-  if (made == nullptr) {
+  ncclComm_t* slot = new ncclComm_t(nullptr);
+  const ncclResult_t r = api->commSplit(c->nccl, color, key, slot, nullptr);
+  const gradcompResult_t res = ncclFinish(c->nccl, r == ncclSuccess ? ncclInProgress : r, stop,
+                                          "ncclCommSplit", __FILE__, __LINE__);
+  if (res != gradcompSuccess) {
+    if (stop == nullptr || !stop->stopped()) {
+      // Joined (or never started): whatever NCCL made is this rank's to end.
+      const ncclComm_t made = __atomic_load_n(slot, __ATOMIC_ACQUIRE);
+      if (made != nullptr && api->commDestroy != nullptr) api->commDestroy(made);
+      delete slot;
+    }
+    return res;
+  }
+  *child = __atomic_load_n(slot, __ATOMIC_ACQUIRE);
+  delete slot;
+  if (*child == nullptr) {
     return setError(gradcompNcclError,
                     "ncclCommSplit(color %d, key %d) of NCCL comm %p succeeded without making a "
                     "communicator",
                     color, key, (void*)c->nccl);
   }
-  GC_NCCLWAIT(made, stop, ncclInProgress);
+  // A child made with an error is reported on the parent (above); its own
+  // state is read once more all the same.
+  GC_NCCLWAIT(*child, stop, ncclInProgress);
   return gradcompSuccess;
 }
 

@@ -17,7 +17,8 @@ namespace {
 ncclResult_t passEach(CommEntry& e, const std::vector<const Deferred*>& members) {
   ncclResult_t first = ncclSuccess;
   for (const Deferred* d : members) {
-    // A non-blocking communicator's enqueue ends before its next call.
+    // A non-blocking communicator's enqueue ends before its next call (an
+    // aborted one's forward refuses at once).
     ncclResult_t r = ncclAwait(d->comm, forward(&e, *d), &e.aborted);
     if (r != ncclSuccess && first == ncclSuccess) first = r;
   }
@@ -124,7 +125,9 @@ ncclResult_t runFusedSet(CommEntry& e, const std::vector<const Deferred*>& membe
     if (streamCapturing(d0.stream)) e.fusionCaptured = true;
   }
   const Deferred fused{e.fusion, e.fusion, total, d0.type, d0.op, d0.comm, d0.stream};
-  ncclResult_t r = compress(e, fused, true, key, members.size());
+  // A fused call compress passed to a non-blocking communicator's NCCL
+  // answers ncclInProgress: its copy-out must still follow.
+  ncclResult_t r = ncclAwait(d0.comm, compress(e, fused, true, key, members.size()), &e.aborted);
   if (r != ncclSuccess) return failedSet(e, d0.stream, r);
   GC_NVTX_RANGE("gradcomp fuse copy-out");
   const char* fusion = static_cast<const char*>(e.fusion);

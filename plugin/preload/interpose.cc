@@ -14,7 +14,8 @@
 #include <nccl.h>
 #include <stdint.h>
 
-#include <set>
+#include <algorithm>
+#include <map>
 #include <utility>
 
 #include "debug.h"
@@ -72,6 +73,9 @@ ncclResult_t forward(CommEntry* e, const Deferred& d) {
   const bool rs = d.coll == Collective::ReduceScatter;
   const NcclApi* api = ncclApi();
   if ((rs ? (void*)api->reduceScatter : (void*)api->allReduce) == nullptr) return ncclSystemError;
+  // Aborted on another thread (a compressed call's wait ended by it, a
+  // deferred or fused call after it): NCCL frees the communicator.
+  if (e != nullptr && e->aborted.stopped()) return ncclInvalidUsage;
   if (e != nullptr) countPassed(*e, d.coll);
   return rs ? api->reduceScatter(d.send, d.recv, d.count, d.type, d.op, d.comm, d.stream)
             : api->allReduce(d.send, d.recv, d.count, d.type, d.op, d.comm, d.stream);
@@ -195,16 +199,24 @@ ncclResult_t leaveGroup(ncclResult_t r) {
   if (!tDeferred.empty()) {
     std::vector<Deferred> calls;
     calls.swap(tDeferred);
+    ncclResult_t f = ncclSuccess;
     if (r == ncclInProgress) {
-      std::set<ncclComm_t> waited;
+      // A communicator whose part of the group failed runs none of its
+      // deferred calls (NCCL refuses them); the others' still run.
+      std::map<ncclComm_t, ncclResult_t> waited;
       for (const Deferred& d : calls) {
-        if (!waited.insert(d.comm).second) continue;
-        const ncclResult_t w = ncclAwait(d.comm, ncclInProgress, &entryFor(d.comm)->aborted);
-        if (w != ncclSuccess) return w;  // the group failed there: nothing more runs on it
+        if (waited.count(d.comm)) continue;
+        waited[d.comm] = ncclAwait(d.comm, ncclInProgress, &entryFor(d.comm)->aborted);
+        if (waited[d.comm] != ncclSuccess && f == ncclSuccess) f = waited[d.comm];
       }
+      calls.erase(std::remove_if(calls.begin(), calls.end(),
+                                 [&](const Deferred& d) { return waited[d.comm] != ncclSuccess; }),
+                  calls.end());
     }
-    const ncclResult_t f = runDeferred(calls);
-    if (r == ncclSuccess || f != ncclSuccess) r = f;
+    const ncclResult_t ran = runDeferred(calls);
+    if (f == ncclSuccess) f = ran;
+    // NCCL's own error for the group stands; otherwise the deferred calls'.
+    if (r == ncclSuccess || (r == ncclInProgress && f != ncclSuccess)) r = f;
   }
   return r;
 }
@@ -283,8 +295,9 @@ GC_INTERPOSE ncclResult_t ncclGroupSimulateEnd(ncclSimInfo_t* simInfo) {
 #if GC_NCCL_HAS_CONFIG
 // A constructor's communicator, as the call left it (r its result, *newcomm
 // its slot): noted with its blocking mode; a non-blocking one NCCL is still
-// making (a split's or shrink's child: ncclInProgress, *newcomm not yet set,
-// NCCL writes it when the child is done) is noted from its slot later.
+// making (a split's or shrink's child: ncclSuccess or ncclInProgress with
+// *newcomm not yet set, NCCL writes it when the child is done) is noted from
+// its slot later.
 static void noteMade(ncclResult_t r, ncclComm_t* newcomm, bool nonBlocking) {
   if ((r != ncclSuccess && r != ncclInProgress) || newcomm == nullptr) return;
   const ncclComm_t made = __atomic_load_n(newcomm, __ATOMIC_ACQUIRE);

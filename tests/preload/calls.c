@@ -188,18 +188,20 @@ static int initWithConfig(int blocking, ncclComm_t* comm) {
   memset(&id, 0, sizeof(id));
   ncclConfig_t cfg = NCCL_CONFIG_INITIALIZER;
   cfg.blocking = blocking;
-  CHECK(ncclCommInitRankConfig(comm, 4, id, 0, &cfg));
+  /* A non-blocking one is made by NCCL's thread: polled until it is. */
+  CHECK(settle(*comm, ncclCommInitRankConfig(comm, 4, id, 0, &cfg)));
   EXPECT("CommInitRankConfig nranks=4 rank=0 blocking=%d comm=%p", blocking, (void*)*comm);
   return 0;
 }
 
 /* A non-blocking parent's child as NCCL makes it: `made` (a split's or a
- * shrink's result) is ncclInProgress with no child yet; the child is there
- * once the parent's asynchronous state is no longer ncclInProgress. */
+ * shrink's result) is ncclSuccess with no child yet (NCCL lets its group's
+ * ncclInProgress through); the child is there once the parent's
+ * asynchronous state is no longer ncclInProgress. */
 static int awaitChild(const char* what, ncclResult_t made, ncclComm_t parent,
                       const ncclComm_t* child) {
-  if (made != ncclInProgress || *child != NULL) {
-    fprintf(stderr, "%s of a non-blocking comm: %d, child %p (ncclInProgress and none yet)\n", what,
+  if (made != ncclSuccess || *child != NULL) {
+    fprintf(stderr, "%s of a non-blocking comm: %d, child %p (ncclSuccess and none yet)\n", what,
             (int)made, (void*)*child);
     return 1;
   }

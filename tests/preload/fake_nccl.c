@@ -77,15 +77,20 @@ static void startAsync(ncclComm_t c) {
   busy[i].end = f && f[0] == '1' ? ncclRemoteError : ncclSuccess;
 }
 
+/* Whether c is still in progress (NCCL's ncclCommEnsureReady refuses the
+ * call `what` then), recorded. */
+static int busyNow(const char* what, ncclComm_t c) {
+  const int i = busyIndex(c);
+  if (i < 0 || busy[i].polls == 0) return 0;
+  record("%s refused: comm=%p is still in progress", what, (void*)c);
+  return 1;
+}
+
 /* Before a data call of c: 0 to go on, else the refusal to return. In a
  * group, the communicator is noted for the group's end. */
 static ncclResult_t admit(const char* what, ncclComm_t c) {
   if (!isNonBlocking(c)) return ncclSuccess;
-  const int i = busyIndex(c);
-  if (i >= 0 && busy[i].polls > 0) {
-    record("%s refused: comm=%p is still in progress", what, (void*)c);
-    return ncclInvalidArgument;
-  }
+  if (busyNow(what, c)) return ncclInvalidArgument;
   if (groupDepth > 0) {
     int seen = 0;
     for (int j = 0; j < numGroupComms; ++j) seen = seen || groupComms[j] == c;
@@ -207,6 +212,7 @@ ncclResult_t ncclGroupSimulateEnd(ncclSimInfo_t*) ALIAS(ncclGroupSimulateEnd);
 #endif
 
 ncclResult_t pncclCommCount(const ncclComm_t c, int* n) {
+  if (busyNow("CommCount", c)) return ncclInvalidArgument;
   const char* v = getenv("FAKE_NCCL_NRANKS");
   *n = v ? atoi(v) : 4;
   return ncclSuccess;
@@ -214,6 +220,7 @@ ncclResult_t pncclCommCount(const ncclComm_t c, int* n) {
 ncclResult_t ncclCommCount(const ncclComm_t, int*) ALIAS(ncclCommCount);
 
 ncclResult_t pncclCommUserRank(const ncclComm_t c, int* r) {
+  if (busyNow("CommUserRank", c)) return ncclInvalidArgument;
   *r = 0;
   return ncclSuccess;
 }
@@ -222,6 +229,7 @@ ncclResult_t ncclCommUserRank(const ncclComm_t, int*) ALIAS(ncclCommUserRank);
 /* FAKE_NCCL_DEVICES=n spreads the communicators over n devices by address
  * (0x3000 on device 0, 0x3100 on 1, ...), as in a process driving n GPUs. */
 ncclResult_t pncclCommCuDevice(const ncclComm_t c, int* d) {
+  if (busyNow("CommCuDevice", c)) return ncclInvalidArgument;
   const char* v = getenv("FAKE_NCCL_DEVICES");
   const int n = v ? atoi(v) : 1;
   *d = n > 1 ? (int)(((uintptr_t)c >> 8) % (uintptr_t)n) : 0;
@@ -266,9 +274,10 @@ static int __attribute__((unused)) blockingOf(const ncclConfig_t* cfg) {
 /* Non-blocking communicators, as NCCL decides: NCCL_COMM_BLOCKING=0, else a
  * config's blocking = 0, else (a split's or shrink's child without a config)
  * the parent's. Their split and shrink children come as NCCL's do: the call
- * returns ncclInProgress with *newcomm still NULL, and NCCL writes the child
- * there when it is made, which the stand-in does at the next
- * ncclCommGetAsyncError of the parent (what a program polls meanwhile). */
+ * returns ncclSuccess (NCCL's split and shrink let their group's
+ * ncclInProgress through) with *newcomm still NULL and the parent in
+ * progress, and NCCL writes the child there when it is made, which the
+ * stand-in does when the parent's state, polled, leaves ncclInProgress. */
 static ncclComm_t nonBlockingComms[64];
 static int numNonBlocking = 0;
 static struct { ncclComm_t parent, child, *slot; } pendingChildren[16];
@@ -307,7 +316,7 @@ handOut(ncclComm_t parent, ncclComm_t child, const ncclConfig_t* cfg, ncclComm_t
   pendingChildren[numPending].slot = slot;
   ++numPending;
   startAsync(parent);
-  return ncclInProgress;
+  return ncclSuccess;
 }
 
 /* A parent's pending children are written when its state leaves
@@ -339,10 +348,12 @@ ncclResult_t ncclCommGetAsyncError(ncclComm_t, ncclResult_t*) ALIAS(ncclCommGetA
 ncclResult_t pncclCommInitRankConfig(ncclComm_t* c, int n, ncclUniqueId id, int r,
                                      ncclConfig_t* cfg) {
   *c = newComm();
-  noteMade(*c, cfg, NULL);
+  const int nb = noteMade(*c, cfg, NULL);
   record("CommInitRankConfig nranks=%d rank=%d blocking=%d comm=%p", n, r, blockingOf(cfg),
          (void*)*c);
-  return ncclSuccess;
+  /* A non-blocking one is made by NCCL's thread, as its work is enqueued. */
+  if (nb) startAsync(*c);
+  return nb ? ncclInProgress : ncclSuccess;
 }
 ncclResult_t ncclCommInitRankConfig(ncclComm_t*, int, ncclUniqueId, int, ncclConfig_t*)
     ALIAS(ncclCommInitRankConfig);

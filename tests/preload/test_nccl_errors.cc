@@ -449,6 +449,36 @@ TEST_F(NcclNonBlocking, AbortEndsAWaitAndNoPollFollowsIt) {
   EXPECT_NE(error.find("aborted while NCCL still enqueued"), std::string::npos) << error;
 }
 
+// A communicator NCCL's thread is still making (ncclCommInitRankConfig with
+// blocking = 0 answered ncclInProgress and nobody polled it yet):
+// gradcompCommCreate waits for it before asking its rank, size and device,
+// which NCCL refuses until then. Without a GPU the set-up then fails at
+// CUDA, as it does for a blocking communicator, not at NCCL.
+TEST_F(NcclNonBlocking, CreateWaitsForACommNcclIsStillMaking) {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) == cudaSuccess && n > 0) GTEST_SKIP() << "a GPU is present";
+  (void)cudaGetLastError();
+  ncclConfig_t ncfg = NCCL_CONFIG_INITIALIZER;
+  ncfg.blocking = 0;
+  ncclUniqueId id;
+  memset(&id, 0, sizeof(id));
+  ncclComm_t nb = nullptr;
+  ASSERT_EQ(ncclCommInitRankConfig(&nb, 4, id, 0, &ncfg), ncclInProgress);
+  gradcompConfig_t cfg;
+  gradcompConfigInit(&cfg);
+  gradcompComm_t c = nullptr;
+  gradcompResult_t res = gradcompSuccess;
+  std::string error;
+  const std::string log = loggedDuring([&] {
+    res = gradcompCommCreate(nb, &cfg, &c);
+    error = gradcompGetLastError();
+  });
+  EXPECT_EQ(res, gradcompCudaError) << error;
+  EXPECT_EQ(c, nullptr);
+  EXPECT_EQ(count(log, "refused"), 0) << log;
+  EXPECT_EQ(count(log, "GetAsyncError"), 3) << log;
+}
+
 // The hierarchy's splits of a non-blocking communicator: each answers
 // ncclInProgress with no child yet, which NCCL writes when it has made it;
 // the set-up waits for the parent, then the child, before the next split.
