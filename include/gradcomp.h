@@ -197,7 +197,11 @@ typedef struct gradcompComm* gradcompComm_t;
  * ended (ncclCommGetAsyncError no longer ncclInProgress; never the GPU work),
  * so a gradcomp call returns with the comm ready for the program's next call,
  * as on a blocking one; one NCCL is still making (its ncclCommInitRankConfig
- * answered ncclInProgress) is waited for first. Made with the NCCL comm's
+ * answered ncclInProgress) is waited for first. NCCL's ncclCommGetAsyncError
+ * may not run on two threads at once: do not poll the NCCL comm from another
+ * thread while a gradcomp call on it is in progress (the LD_PRELOAD library,
+ * which cannot know the program's threads, runs the exchanges of a comm it
+ * knows to be non-blocking on a private split instead). Made with the NCCL comm's
  * device current; the comm's later calls (the collectives, state, retune,
  * destroy, abort) work from any current device, as NCCL's do: each makes the
  * comm's device current for its duration. */
@@ -258,10 +262,12 @@ gradcompResult_t gradcompCommAbort(gradcompComm_t comm);
  *   gradcompCommAbort(gc);
  * A non-blocking NCCL comm: a call on another thread may be polling it for
  * its enqueue (ncclCommGetAsyncError), which must not run beside NCCL's
- * abort of it (NCCL joins the same work there, then frees the comm). Abort
- * once no call is in progress (from the thread that makes them), or, for a
- * flat comm, call gradcompCommStop before ncclCommAbort: once stop has
- * returned, no poll of gradcomp's touches the NCCL comm.
+ * abort of it (NCCL joins the same work there, at once, even in a group,
+ * then frees the comm). Stop first, in the same group:
+ *   ncclGroupStart(); gradcompCommStop(gc); ncclCommAbort(nccl); ncclGroupEnd();
+ *   gradcompCommAbort(gc);
+ * Once stop has returned no poll of gradcomp's touches the NCCL comm, and
+ * the sub-communicators' aborts still wait for the group's end.
  * Never blocks on a peer; a second stop is a no-op; NULL is a no-op. */
 gradcompResult_t gradcompCommStop(gradcompComm_t comm);
 gradcompResult_t gradcompCommRank(gradcompComm_t comm, int* rank);

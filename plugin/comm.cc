@@ -197,7 +197,7 @@ gradcompResult_t initNcclComm(gradcompComm* c, ncclComm_t nccl, int ncclDev,
 namespace gc {
 
 gradcompResult_t commCreate(ncclComm_t nccl, const gradcompConfig_t* config, const char* refused,
-                            gradcompComm_t* comm, NcclStop* stop) {
+                            gradcompComm_t* comm, NcclStop* stop, bool nonBlocking) {
   // A NULL output on one rank is refused after this rank has joined the
   // set-up vote (below), as a refused setting is: returning at once would
   // leave its peers in the vote's allgather.
@@ -224,9 +224,10 @@ gradcompResult_t commCreate(ncclComm_t nccl, const gradcompConfig_t* config, con
   const gradcompResult_t local = refused != nullptr
                                      ? setError(gradcompInvalidArgument, "%s", refused)
                                      : initNcclComm(c.get(), nccl, ncclDev, config);
-  const gc::SetupVote mine =
+  gc::SetupVote mine =
       gc::makeSetupVote(local, c->cfg, gc::hostIdentity(),
                         local != gradcompSuccess ? gradcompGetLastError() : nullptr);
+  mine.nonBlocking = nonBlocking ? 1 : 0;
   const gradcompResult_t res = gc::setupNcclHierarchy(c.get(), mine, gather, stop);
   if (res != gradcompSuccess || comm == nullptr) {
     gc::destroyHierarchy(c.get());
@@ -304,10 +305,11 @@ void commStop(gradcompComm* c) {
   // stream, so aborting one alone can wait forever for its kernel queued
   // behind the other's, stuck on the dead peer (the node comm's behind the
   // inter-node comm's on one rank, the reverse on another).
-  const bool group = (c->intraNccl != nullptr || c->interNccl != nullptr) &&
-                     api->groupStart != nullptr && api->groupEnd != nullptr;
+  const bool group =
+      (c->intraNccl != nullptr || c->interNccl != nullptr || c->ownNccl != nullptr) &&
+      api->groupStart != nullptr && api->groupEnd != nullptr;
   if (group) api->groupStart();
-  for (ncclComm_t* sub : {&c->intraNccl, &c->interNccl}) {
+  for (ncclComm_t* sub : {&c->intraNccl, &c->interNccl, &c->ownNccl}) {
     if (*sub != nullptr && api->commAbort != nullptr) api->commAbort(*sub);
     *sub = nullptr;
   }

@@ -69,6 +69,10 @@ struct gradcompComm {
   std::unique_ptr<gc::Transport> intra;
   std::unique_ptr<gradcompComm> inter;
   ncclComm_t intraNccl = nullptr, interNccl = nullptr;
+  // A non-blocking program communicator's private split (setupNcclHierarchy),
+  // on which the flat transport runs; owned here.
+  ncclComm_t ownNccl = nullptr;
+  bool ownNcclWanted = false;  // a set-up vote said a rank's comm is non-blocking
   std::map<gc::StateKey, gc::BufferState> states;
   void* workspace = nullptr;
   size_t workspaceBytes = 0;
@@ -157,9 +161,12 @@ void splitAligned(size_t count, int parts, size_t align, size_t* off);
 // A non-null `stop` stopped by another thread (the LD_PRELOAD library's
 // ncclCommAbort of `nccl`, which frees it) ends the set-up after its vote,
 // before it splits `nccl`, or while it waits for a non-blocking `nccl`:
-// gradcompInvalidUsage.
+// gradcompInvalidUsage. `nonBlocking`: the caller knows `nccl` is
+// non-blocking (the LD_PRELOAD library saw it made), so that the comm
+// exchanges on a private split of it (setupNcclHierarchy).
 gradcompResult_t commCreate(ncclComm_t nccl, const gradcompConfig_t* config, const char* refused,
-                            gradcompComm_t* comm, NcclStop* stop = nullptr);
+                            gradcompComm_t* comm, NcclStop* stop = nullptr,
+                            bool nonBlocking = false);
 
 // The first half of gradcompCommAbort, which frees nothing: marks the comm
 // aborted, aborts its transports and then its NCCL sub-communicators, so that

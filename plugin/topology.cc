@@ -349,6 +349,8 @@ gradcompResult_t agreeTopology(gradcompComm* c, const SetupVote& mine, const Vot
                     votes.size(), c->nranks);
   }
   GC_CHECK(agreeOnSetup(votes));
+  c->ownNcclWanted = false;
+  for (const SetupVote& v : votes) c->ownNcclWanted = c->ownNcclWanted || v.nonBlocking != 0;
   const int n = c->nranks, L = c->cfg.localSize;
   if (L != 0) {
     // L is the same on every rank, so every rank refuses alike.
@@ -375,17 +377,19 @@ namespace {
 // until it leaves ncclInProgress (a blocking one has already). The slot is
 // NCCL's until then: a wait another thread's abort stopped leaves it, and
 // the child, to NCCL (leaked), as that thread may still write it.
-gradcompResult_t splitNccl(gradcompComm* c, int color, int key, ncclComm_t* child, NcclStop* stop) {
+gradcompResult_t splitNccl(ncclComm_t parent, int color, int key, ncclComm_t* child,
+                           NcclStop* stop) {
   const NcclApi* api = ncclApi();
   ncclComm_t* slot = new ncclComm_t(nullptr);
-  const ncclResult_t r = api->commSplit(c->nccl, color, key, slot, nullptr);
-  const gradcompResult_t res = ncclFinish(c->nccl, r == ncclSuccess ? ncclInProgress : r, stop,
+  const ncclResult_t r = api->commSplit(parent, color, key, slot, nullptr);
+  const gradcompResult_t res = ncclFinish(parent, r == ncclSuccess ? ncclInProgress : r, stop,
                                           "ncclCommSplit", __FILE__, __LINE__);
   if (res != gradcompSuccess) {
     if (stop == nullptr || !stop->stopped()) {
       // Joined (or never started): whatever NCCL made is this rank's to end.
+      // Aborted, not destroyed: it may never have finished its own set-up.
       const ncclComm_t made = __atomic_load_n(slot, __ATOMIC_ACQUIRE);
-      if (made != nullptr && api->commDestroy != nullptr) api->commDestroy(made);
+      if (made != nullptr && api->commAbort != nullptr) api->commAbort(made);
       delete slot;
     }
     return res;
@@ -396,11 +400,12 @@ gradcompResult_t splitNccl(gradcompComm* c, int color, int key, ncclComm_t* chil
     return setError(gradcompNcclError,
                     "ncclCommSplit(color %d, key %d) of NCCL comm %p succeeded without making a "
                     "communicator",
-                    color, key, (void*)c->nccl);
+                    color, key, (void*)parent);
   }
   // A child made with an error is reported on the parent (above); its own
   // state is read once more all the same.
-  GC_NCCLWAIT(*child, stop, ncclInProgress);
+  GC_CHECK(ncclFinish(*child, ncclInProgress, stop, "the ncclCommSplit child's state", __FILE__,
+                      __LINE__));
   return gradcompSuccess;
 }
 
@@ -409,16 +414,38 @@ gradcompResult_t splitNccl(gradcompComm* c, int color, int key, ncclComm_t* chil
 gradcompResult_t setupNcclHierarchy(gradcompComm* c, const SetupVote& mine,
                                     const VoteGather& gather, NcclStop* stop) {
   GC_CHECK(agreeTopology(c, mine, gather));
-  // The vote may have waited on a dead peer until another thread aborted the
-  // communicator, which NCCL then frees: nothing may split it.
-  if (stop != nullptr && stop->stopped()) {
+  // The vote (or a split) may have waited on a dead peer until another thread
+  // aborted the communicator, which NCCL then frees: nothing may split it.
+  auto aborted = [&] {
+    if (stop == nullptr || !stop->stopped()) return gradcompSuccess;
     return setError(gradcompInvalidUsage,
                     "NCCL comm %p was aborted while gradcomp set it up; nothing more is made "
                     "from it",
                     (void*)c->nccl);
+  };
+  GC_CHECK(aborted());
+  const NcclApi* api = ncclApi();
+  // A non-blocking program communicator: gradcomp's exchanges (and the
+  // hierarchy's splits) go to a private split of it, which nobody else
+  // polls. Every rank splits, as the votes decided alike.
+  ncclComm_t parent = c->nccl;
+  if (c->ownNcclWanted) {
+    if (api->commSplit == nullptr || api->commDestroy == nullptr) {
+      if (c->rank == 0) {
+        GC_INFO(
+            "comm %p: this NCCL has no ncclCommSplit; exchanging on the program's "
+            "non-blocking communicator",
+            (void*)c);
+      }
+    } else {
+      GC_CHECK(splitNccl(c->nccl, 0, c->rank, &c->ownNccl, stop));
+      if (c->transport) c->transport->moveTo(c->ownNccl);
+      parent = c->ownNccl;
+      GC_INFO("comm %p rank %d: non-blocking NCCL comm %p, exchanging on its private split %p",
+              (void*)c, c->rank, (void*)c->nccl, (void*)c->ownNccl);
+    }
   }
   if (!c->topo.hier()) return gradcompSuccess;
-  const NcclApi* api = ncclApi();
   if (api->commSplit == nullptr || api->reduceScatter == nullptr || api->commDestroy == nullptr) {
     if (c->rank == 0) {
       GC_INFO("comm %p: this NCCL has no ncclCommSplit/ncclReduceScatter; exchanging flat",
@@ -430,8 +457,10 @@ gradcompResult_t setupNcclHierarchy(gradcompComm* c, const SetupVote& mine,
   const Topology& t = c->topo;
   // Intra: color node, key rank (local rank order). Inter: color local rank,
   // key node, so the child comm's rank is the node index.
-  GC_CHECK(splitNccl(c, t.node, c->rank, &c->intraNccl, stop));
-  GC_CHECK(splitNccl(c, t.localRank, t.node, &c->interNccl, stop));
+  GC_CHECK(aborted());
+  GC_CHECK(splitNccl(parent, t.node, c->rank, &c->intraNccl, stop));
+  GC_CHECK(aborted());
+  GC_CHECK(splitNccl(parent, t.localRank, t.node, &c->interNccl, stop));
   c->intra = makeNcclTransport(c->intraNccl, t.localRank, t.localSize);
   c->inter = makeInterComm(*c, makeNcclTransport(c->interNccl, t.node, t.nodes));
   c->inter->nccl = c->interNccl;
@@ -494,7 +523,7 @@ void destroyHierarchy(gradcompComm* c) {
   c->inter.reset();
   c->intra.reset();
   const NcclApi* api = ncclApi();
-  for (ncclComm_t* sub : {&c->intraNccl, &c->interNccl}) {
+  for (ncclComm_t* sub : {&c->intraNccl, &c->interNccl, &c->ownNccl}) {
     if (*sub != nullptr && api->commDestroy != nullptr) api->commDestroy(*sub);
     *sub = nullptr;
   }

@@ -74,7 +74,10 @@ constexpr int kSetupSettings = 31;
 struct SetupVote {
   uint64_t host = 0;   // hostIdentity(), 0 = unreadable
   int32_t result = 0;  // gradcompResult_t of this rank's local set-up
-  int32_t pad = 0;
+  // 1: this rank's NCCL comm is known to be non-blocking (the LD_PRELOAD
+  // library's record of how it was made): if any rank's is, every rank
+  // exchanges on a private split of it (setupNcclHierarchy).
+  int32_t nonBlocking = 0;
   // The settings that shape the split or the exchange, in the order of
   // setupSettingName(); floats as their bits.
   uint64_t settings[kSetupSettings] = {};
@@ -101,7 +104,12 @@ VoteGather ncclVoteGather(ncclComm_t nccl, int rank, int nranks, int device,
 // cfg and backend set when mine.result is success) its topology and, when it
 // is hierarchical, the intra-node transport and the inter-node child comm.
 // `stop` stopped (c->nccl aborted by another thread) after the vote: no
-// split. A non-blocking c->nccl's splits are waited for (ncclFinish).
+// split. A non-blocking c->nccl's splits are waited for (ncclFinish). When
+// a vote says a rank's comm is non-blocking, every rank first splits a
+// private communicator of the same ranks (c->ownNccl), and the comm's
+// transport and the hierarchy's splits use it: the program (PyTorch's
+// watchdog thread) polls its own communicator, and NCCL's
+// ncclCommGetAsyncError may not run on two threads at once.
 gradcompResult_t setupNcclHierarchy(gradcompComm* c, const SetupVote& mine,
                                     const VoteGather& gather, NcclStop* stop = nullptr);
 // The vote and the topology alone (no sub-communicators): every rank gathers

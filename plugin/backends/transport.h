@@ -69,6 +69,9 @@ class Transport {
   // the socket transport shuts its connections down). Any thread, any number
   // of times.
   virtual void abort() { aborted_ = true; }
+  // NCCL: runs its collectives on `comm` from now on, a private split of
+  // the same ranks in the same order (setupNcclHierarchy). Set-up only.
+  virtual void moveTo(ncclComm_t comm) { (void)comm; }
 
   // send[j] (sendBytes[j] bytes) goes to rank j and recv[i] (recvBytes[i])
   // comes from rank i; the entries of this rank are skipped.

@@ -346,7 +346,7 @@ void decide(CommEntry& e, cudaStream_t stream) {
   // A rank with a bad value joins the set-up exchange too, voting that it
   // failed: its peers are already waiting in it.
   const gradcompResult_t res =
-      commCreate(e.nccl, &s.config, s.ok ? nullptr : s.why.c_str(), &gc, &e.aborted);
+      commCreate(e.nccl, &s.config, s.ok ? nullptr : s.why.c_str(), &gc, &e.aborted, e.nonBlocking);
   const std::string localError = res == gradcompSuccess ? ""
                                                         : std::string(gradcompGetErrorString(res)) +
                                                               ": " + gradcompGetLastError();
@@ -497,7 +497,8 @@ ncclResult_t abortComm(ncclComm_t comm) {
   if (gcComm != nullptr) commStopPolls(gcComm);
   const NcclApi* api = ncclApi();
   const bool group = gcComm != nullptr &&
-                     (gcComm->intraNccl != nullptr || gcComm->interNccl != nullptr) &&
+                     (gcComm->intraNccl != nullptr || gcComm->interNccl != nullptr ||
+                      gcComm->ownNccl != nullptr) &&
                      api->groupStart != nullptr && api->groupEnd != nullptr;
   // NCCL's first: aborting stops kernels that may be stuck on a dead peer;
   // then ours (gradcompCommAbort), which never waits on a peer. With

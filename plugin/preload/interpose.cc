@@ -113,6 +113,8 @@ ncclResult_t compress(CommEntry& e, const Deferred& d, bool keyed, uint64_t key,
   // comparing it (ranks at different calls, GRADCOMP_CHECK_CALLS's vote on a
   // rank that could not prepare it): NCCL would get the calls the ranks do
   // not share, or wait for the rank that returned an error.
+  // A wait another thread's ncclCommAbort ended: nothing goes to NCCL.
+  if (e.aborted.stopped()) return ncclInvalidUsage;
   if ((r == gradcompInvalidUsage || r == gradcompInvalidArgument || r == gradcompNotSupported) &&
       !failedTogether(e.gc)) {
     const std::string why = gradcompGetLastError();
@@ -194,7 +196,11 @@ ncclResult_t keepMultiDeviceGroup() {
 ncclResult_t leaveGroup(ncclResult_t r) {
   if (tGroupDepth > 0) --tGroupDepth;
   if (tGroupDepth > 0) return r;
-  for (auto& f : tGroupForwarded) countPassed(*f.first, f.second);
+  std::vector<EntryPtr> forwarded;
+  for (auto& f : tGroupForwarded) {
+    countPassed(*f.first, f.second);
+    forwarded.push_back(f.first);
+  }
   tGroupForwarded.clear();
   if (!tDeferred.empty()) {
     std::vector<Deferred> calls;
@@ -216,6 +222,12 @@ ncclResult_t leaveGroup(ncclResult_t r) {
     const ncclResult_t ran = runDeferred(calls);
     if (f == ncclSuccess) f = ran;
     // NCCL's own error for the group stands; otherwise the deferred calls'.
+    // An error ends the group for the program, so the communicators of the
+    // calls NCCL still enqueues are waited for first: the program would not
+    // poll them after an error, and NCCL would refuse their next call.
+    if (r == ncclInProgress && f != ncclSuccess) {
+      for (const EntryPtr& e : forwarded) (void)ncclAwait(e->nccl, ncclInProgress, &e->aborted);
+    }
     if (r == ncclSuccess || (r == ncclInProgress && f != ncclSuccess)) r = f;
   }
   return r;

@@ -77,20 +77,29 @@ static void startAsync(ncclComm_t c) {
   busy[i].end = f && f[0] == '1' ? ncclRemoteError : ncclSuccess;
 }
 
-/* Whether c is still in progress (NCCL's ncclCommEnsureReady refuses the
- * call `what` then), recorded. */
-static int busyNow(const char* what, ncclComm_t c) {
+/* What NCCL's ncclCommEnsureReady answers for c before the call `what`
+ * (recorded unless ncclSuccess): ncclInvalidArgument while it is in
+ * progress, then the error its thread met, which sticks, as in NCCL. */
+static ncclResult_t readiness(const char* what, ncclComm_t c) {
   const int i = busyIndex(c);
-  if (i < 0 || busy[i].polls == 0) return 0;
-  record("%s refused: comm=%p is still in progress", what, (void*)c);
-  return 1;
+  if (i < 0) return ncclSuccess;
+  if (busy[i].polls > 0) {
+    record("%s refused: comm=%p is still in progress", what, (void*)c);
+    return ncclInvalidArgument;
+  }
+  if (busy[i].end != ncclSuccess) {
+    record("%s refused: comm=%p has error %d", what, (void*)c, (int)busy[i].end);
+    return busy[i].end;
+  }
+  return ncclSuccess;
 }
 
 /* Before a data call of c: 0 to go on, else the refusal to return. In a
  * group, the communicator is noted for the group's end. */
 static ncclResult_t admit(const char* what, ncclComm_t c) {
   if (!isNonBlocking(c)) return ncclSuccess;
-  if (busyNow(what, c)) return ncclInvalidArgument;
+  const ncclResult_t ready = readiness(what, c);
+  if (ready != ncclSuccess) return ready;
   if (groupDepth > 0) {
     int seen = 0;
     for (int j = 0; j < numGroupComms; ++j) seen = seen || groupComms[j] == c;
@@ -212,7 +221,8 @@ ncclResult_t ncclGroupSimulateEnd(ncclSimInfo_t*) ALIAS(ncclGroupSimulateEnd);
 #endif
 
 ncclResult_t pncclCommCount(const ncclComm_t c, int* n) {
-  if (busyNow("CommCount", c)) return ncclInvalidArgument;
+  const ncclResult_t ready = readiness("CommCount", c);
+  if (ready != ncclSuccess) return ready;
   const char* v = getenv("FAKE_NCCL_NRANKS");
   *n = v ? atoi(v) : 4;
   return ncclSuccess;
@@ -220,7 +230,8 @@ ncclResult_t pncclCommCount(const ncclComm_t c, int* n) {
 ncclResult_t ncclCommCount(const ncclComm_t, int*) ALIAS(ncclCommCount);
 
 ncclResult_t pncclCommUserRank(const ncclComm_t c, int* r) {
-  if (busyNow("CommUserRank", c)) return ncclInvalidArgument;
+  const ncclResult_t ready = readiness("CommUserRank", c);
+  if (ready != ncclSuccess) return ready;
   *r = 0;
   return ncclSuccess;
 }
@@ -229,7 +240,8 @@ ncclResult_t ncclCommUserRank(const ncclComm_t, int*) ALIAS(ncclCommUserRank);
 /* FAKE_NCCL_DEVICES=n spreads the communicators over n devices by address
  * (0x3000 on device 0, 0x3100 on 1, ...), as in a process driving n GPUs. */
 ncclResult_t pncclCommCuDevice(const ncclComm_t c, int* d) {
-  if (busyNow("CommCuDevice", c)) return ncclInvalidArgument;
+  const ncclResult_t ready = readiness("CommCuDevice", c);
+  if (ready != ncclSuccess) return ready;
   const char* v = getenv("FAKE_NCCL_DEVICES");
   const int n = v ? atoi(v) : 1;
   *d = n > 1 ? (int)(((uintptr_t)c >> 8) % (uintptr_t)n) : 0;
@@ -243,6 +255,12 @@ const char* pncclGetErrorString(ncclResult_t r) {
 const char* ncclGetErrorString(ncclResult_t) ALIAS(ncclGetErrorString);
 
 ncclResult_t pncclCommDestroy(ncclComm_t c) {
+  const int i = busyIndex(c);
+  if (i >= 0 && busy[i].polls > 0) {
+    record("CommDestroy refused: comm=%p is still in progress", (void*)c);
+    return ncclInvalidArgument;
+  }
+  if (i >= 0) busy[i] = busy[--numBusy]; /* its address may be handed out again */
   record("CommDestroy comm=%p", (void*)c);
   return ncclSuccess;
 }
@@ -373,6 +391,8 @@ ncclResult_t ncclCommInitRankScalable(ncclComm_t*, int, int, int, ncclUniqueId*,
 
 #if NCCL_VERSION_CODE >= NCCL_VERSION(2, 18, 0)
 ncclResult_t pncclCommSplit(ncclComm_t p, int color, int key, ncclComm_t* c, ncclConfig_t* cfg) {
+  const ncclResult_t ready = readiness("CommSplit", p);
+  if (ready != ncclSuccess) return ready;
   const ncclComm_t child = newComm();
   record("CommSplit parent=%p color=%d key=%d blocking=%d comm=%p", (void*)p, color, key,
          blockingOf(cfg), (void*)child);
@@ -384,6 +404,8 @@ ncclResult_t ncclCommSplit(ncclComm_t, int, int, ncclComm_t*, ncclConfig_t*) ALI
 #if NCCL_VERSION_CODE >= NCCL_VERSION(2, 27, 0)
 ncclResult_t pncclCommShrink(ncclComm_t p, int* excl, int nexcl, ncclComm_t* c, ncclConfig_t* cfg,
                              int flags) {
+  const ncclResult_t ready = readiness("CommShrink", p);
+  if (ready != ncclSuccess) return ready;
   const ncclComm_t child = newComm();
   record("CommShrink parent=%p excluded=%d blocking=%d comm=%p", (void*)p, nexcl, blockingOf(cfg),
          (void*)child);

@@ -405,11 +405,21 @@ TEST_F(NcclNonBlocking, EveryTransportCallWaitsForItsEnqueue) {
 // ncclSuccess) is the call's gradcompNcclError, with NCCL's sentence.
 TEST_F(NcclNonBlocking, AnErrorMetWhileEnqueueingIsTheCallsError) {
   setenv("FAKE_NCCL_ASYNC_FAIL", "1", 1);
-  auto t = gc::makeNcclTransport(fakeComm(), 0, 4);
+  // A communicator of its own: the error sticks to it, as in NCCL.
+  const ncclComm_t failing = (ncclComm_t)(uintptr_t)0x1800;
+  auto t = gc::makeNcclTransport(failing, 0, 4);
   float x[4] = {0};
   EXPECT_EQ(t->passThrough(x, x, 4, ncclFloat32, ncclSum), gradcompNcclError);
   EXPECT_NE(strstr(gradcompGetLastError(), "fake nccl: remote process failed"), nullptr)
       << gradcompGetLastError();
+  // And is the next call's error too, before NCCL takes it.
+  std::string error;
+  const std::string log = loggedDuring([&] {
+    EXPECT_EQ(t->allGather(x, x, 4), gradcompNcclError);
+    error = gradcompGetLastError();
+  });
+  EXPECT_NE(error.find("fake nccl: remote process failed"), std::string::npos) << error;
+  EXPECT_EQ(count(log, "AllGather refused: comm=0x1800 has error"), 1) << log;
 }
 
 // The program aborting the communicator on another thread while a call
@@ -428,7 +438,8 @@ TEST_F(NcclNonBlocking, AbortEndsAWaitAndNoPollFollowsIt) {
     ss << f.rdbuf();
     return count(ss.str(), "GetAsyncError");
   };
-  auto t = gc::makeNcclTransport(fakeComm(), 0, 4);
+  // A communicator of its own: NCCL never finishes its call here.
+  auto t = gc::makeNcclTransport((ncclComm_t)(uintptr_t)0x1900, 0, 4);
   float x[4] = {0};
   gradcompResult_t res = gradcompSuccess;
   std::string error;
@@ -480,8 +491,10 @@ TEST_F(NcclNonBlocking, CreateWaitsForACommNcclIsStillMaking) {
 }
 
 // The hierarchy's splits of a non-blocking communicator: each answers
-// ncclInProgress with no child yet, which NCCL writes when it has made it;
-// the set-up waits for the parent, then the child, before the next split.
+// ncclSuccess with no child yet (NCCL lets its group's ncclInProgress
+// through), which NCCL writes when it has made it; the set-up polls the
+// parent to its end (NCCL refuses the next split until then), then reads the
+// child.
 TEST_F(NcclNonBlocking, SplitsAreWaitedFor) {
   const gradcompConfig_t cfg = localSizeConfig(2);
   SetupRun run = runSetup(1, cfg, votesOf(4, cfg));
@@ -491,6 +504,58 @@ TEST_F(NcclNonBlocking, SplitsAreWaitedFor) {
   EXPECT_EQ(count(run.log, "refused"), 0) << run.log;
   // Each split: the parent polled to its end (3 reads), then the child (1).
   EXPECT_EQ(count(run.log, "GetAsyncError"), 2 * (3 + 1)) << run.log;
+}
+
+// A program communicator some rank knows to be non-blocking (its vote says
+// so; the LD_PRELOAD library knows how the program made it): every rank
+// first splits a private communicator of the same ranks, its transport runs
+// there (nobody else polls it: NCCL's ncclCommGetAsyncError may not run on
+// two threads at once, and PyTorch's watchdog polls the program's), and the
+// hierarchy splits from it. Flat (one host) and hierarchical (nodes of 2).
+TEST_F(NcclNonBlocking, AKnownNonBlockingCommExchangesOnAPrivateSplit) {
+  for (int localSize : {0, 2}) {
+    SCOPED_TRACE(localSize);
+    const gradcompConfig_t cfg = localSizeConfig(localSize);
+    std::vector<gc::SetupVote> votes = votesOf(4, cfg);
+    votes[3].nonBlocking = 1;  // another rank's: this one (1) did not know
+    gradcompComm c;
+    c.cfg = cfg;
+    c.rank = 1;
+    c.nranks = 4;
+    c.nccl = fakeComm();
+    c.transport = gc::makeNcclTransport(fakeComm(), 1, 4);
+    float x[4] = {0};
+    gradcompResult_t res = gradcompSuccess, passed = gradcompSuccess;
+    char own[32] = "";
+    const std::string log = loggedDuring([&] {
+      res = gc::setupNcclHierarchy(&c, votes[1],
+                                   [&](const gc::SetupVote&, std::vector<gc::SetupVote>* all) {
+                                     *all = votes;
+                                     return gradcompSuccess;
+                                   });
+      snprintf(own, sizeof(own), "%p", (void*)c.ownNccl);
+      if (res == gradcompSuccess) passed = c.transport->passThrough(x, x, 4, ncclFloat32, ncclSum);
+      gc::destroyHierarchy(&c);
+    });
+    ASSERT_EQ(res, gradcompSuccess) << gradcompGetLastError();
+    EXPECT_EQ(passed, gradcompSuccess) << gradcompGetLastError();
+    EXPECT_NE(c.ownNccl, fakeComm());
+    EXPECT_NE(
+        log.find("CommSplit parent=0x1000 color=0 key=1 blocking=-1 comm=" + std::string(own)),
+        std::string::npos)
+        << log;
+    EXPECT_EQ(count(log, "CommSplit"), localSize == 2 ? 3 : 1) << log;
+    if (localSize == 2) EXPECT_EQ(count(log, "CommSplit parent=" + std::string(own)), 2) << log;
+    EXPECT_EQ(count(log, "AllReduce"), 1) << log;
+    EXPECT_NE(log.find("comm=" + std::string(own) + " stream"), std::string::npos) << log;
+    EXPECT_EQ(count(log, "CommDestroy comm=" + std::string(own)), 1) << log;
+    EXPECT_EQ(count(log, "refused"), 0) << log;
+  }
+  // No vote says so: no private split (a blocking comm's set-up is unchanged).
+  const gradcompConfig_t cfg = localSizeConfig(0);
+  SetupRun run = runSetup(1, cfg, votesOf(4, cfg));
+  ASSERT_EQ(run.res, gradcompSuccess) << run.error;
+  EXPECT_EQ(count(run.log, "CommSplit"), 0) << run.log;
 }
 
 // GRADCOMP_GROUP=fuse keys a fused set's residual as unfused calls are keyed,

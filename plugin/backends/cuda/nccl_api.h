@@ -32,8 +32,8 @@ struct NcclApi {
   ncclResult_t (*commDestroy)(ncclComm_t);
   // gradcompCommAbort: the sub-communicators are aborted, never destroyed.
   ncclResult_t (*commAbort)(ncclComm_t);
-  // A non-blocking communicator's state (ncclFinish); null where the loaded
-  // NCCL predates non-blocking communicators (2.14), which then have none.
+  // A communicator's asynchronous state (ncclAwait): polled for non-blocking
+  // communicators (NCCL 2.14 and later); null only before NCCL 2.4.
   ncclResult_t (*commGetAsyncError)(ncclComm_t, ncclResult_t*);
 };
 

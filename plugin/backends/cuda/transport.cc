@@ -14,9 +14,12 @@ namespace gc {
 
 ncclResult_t ncclAwait(ncclComm_t comm, ncclResult_t res, NcclStop* stop) {
   const NcclApi* api = ncclApi();
+  // An NCCL without ncclCommGetAsyncError (before 2.4) has no non-blocking
+  // communicators: nothing is in progress.
+  if (res == ncclInProgress && api->commGetAsyncError == nullptr) return ncclSuccess;
   // NCCL's own enqueue thread runs meanwhile: yield to it, then sleep
   // briefly (a first call's connections can take seconds).
-  for (int polls = 0; res == ncclInProgress && api->commGetAsyncError != nullptr; ++polls) {
+  for (int polls = 0; res == ncclInProgress; ++polls) {
     if (polls > 0) {
       if (polls < 256) {
         std::this_thread::yield();
@@ -41,7 +44,7 @@ gradcompResult_t ncclFinish(ncclComm_t comm, ncclResult_t res, NcclStop* stop, c
   const bool waited = res == ncclInProgress;
   res = ncclAwait(comm, res, stop);
   if (res == ncclSuccess) return gradcompSuccess;
-  if (waited && stop != nullptr && stop->stopped()) {
+  if (waited && res == ncclInvalidUsage && stop != nullptr && stop->stopped()) {
     return setError(gradcompInvalidUsage,
                     "NCCL comm %p was aborted while NCCL still enqueued %s (%s:%d); nothing more "
                     "is asked of it",
@@ -65,6 +68,8 @@ class NcclTransport final : public Transport {
   ~NcclTransport() override {
     if (agree_ && !aborted_) cudaFree(agree_);
   }
+
+  void moveTo(ncclComm_t comm) override { comm_ = comm; }
 
   // Also waits for a poll of the communicator in progress on another
   // thread: the program's ncclCommAbort, next, frees it.
