@@ -524,7 +524,19 @@ void destroyHierarchy(gradcompComm* c) {
   c->intra.reset();
   const NcclApi* api = ncclApi();
   for (ncclComm_t* sub : {&c->intraNccl, &c->interNccl, &c->ownNccl}) {
-    if (*sub != nullptr && api->commDestroy != nullptr) api->commDestroy(*sub);
+    if (*sub == nullptr) continue;
+    // One holding an error (a split of it failed, an exchange met a dead
+    // peer) is aborted: NCCL's destroy returns that error without freeing
+    // it, and leaves the calling thread inside a group of its own.
+    ncclResult_t state = ncclSuccess;
+    if (api->commGetAsyncError != nullptr && api->commGetAsyncError(*sub, &state) != ncclSuccess) {
+      state = ncclInternalError;
+    }
+    if (state != ncclSuccess && api->commAbort != nullptr) {
+      api->commAbort(*sub);
+    } else if (api->commDestroy != nullptr) {
+      api->commDestroy(*sub);
+    }
     *sub = nullptr;
   }
 }

@@ -502,8 +502,10 @@ TEST_F(NcclNonBlocking, SplitsAreWaitedFor) {
   EXPECT_TRUE(run.split);
   EXPECT_EQ(count(run.log, "CommSplit"), 2) << run.log;
   EXPECT_EQ(count(run.log, "refused"), 0) << run.log;
-  // Each split: the parent polled to its end (3 reads), then the child (1).
-  EXPECT_EQ(count(run.log, "GetAsyncError"), 2 * (3 + 1)) << run.log;
+  // Each split: the parent polled to its end (3 reads), then the child (1);
+  // at the end each child's state is read once more before its destroy.
+  EXPECT_EQ(count(run.log, "GetAsyncError"), 2 * (3 + 1) + 2) << run.log;
+  EXPECT_EQ(count(run.log, "CommDestroy"), 2) << run.log;
 }
 
 // A program communicator some rank knows to be non-blocking (its vote says
@@ -556,6 +558,37 @@ TEST_F(NcclNonBlocking, AKnownNonBlockingCommExchangesOnAPrivateSplit) {
   SetupRun run = runSetup(1, cfg, votesOf(4, cfg));
   ASSERT_EQ(run.res, gradcompSuccess) << run.error;
   EXPECT_EQ(count(run.log, "CommSplit"), 0) << run.log;
+}
+
+// A sub-communicator holding an error (an exchange on it met one) is aborted
+// at the end, not destroyed: NCCL's destroy would return the error without
+// freeing it and leave the thread inside a group of its own.
+TEST_F(NcclNonBlocking, ASubCommunicatorHoldingAnErrorIsAbortedNotDestroyed) {
+  const gradcompConfig_t cfg = localSizeConfig(2);
+  const std::vector<gc::SetupVote> votes = votesOf(4, cfg);
+  gradcompComm c;
+  c.cfg = cfg;
+  c.rank = 1;
+  c.nranks = 4;
+  c.nccl = fakeComm();
+  ASSERT_EQ(gc::setupNcclHierarchy(&c, votes[1],
+                                   [&](const gc::SetupVote&, std::vector<gc::SetupVote>* all) {
+                                     *all = votes;
+                                     return gradcompSuccess;
+                                   }),
+            gradcompSuccess)
+      << gradcompGetLastError();
+  char intra[32] = "", inter[32] = "";
+  snprintf(intra, sizeof(intra), "%p", (void*)c.intraNccl);
+  snprintf(inter, sizeof(inter), "%p", (void*)c.interNccl);
+  float x[4] = {0};
+  setenv("FAKE_NCCL_ASYNC_FAIL", "1", 1);
+  EXPECT_EQ(c.intra->passThrough(x, x, 4, ncclFloat32, ncclSum), gradcompNcclError);
+  unsetenv("FAKE_NCCL_ASYNC_FAIL");
+  const std::string log = loggedDuring([&] { gc::destroyHierarchy(&c); });
+  EXPECT_EQ(count(log, std::string("CommAbort comm=") + intra), 1) << log;
+  EXPECT_EQ(count(log, std::string("CommDestroy comm=") + inter), 1) << log;
+  EXPECT_EQ(count(log, "CommDestroy"), 1) << log;
 }
 
 // GRADCOMP_GROUP=fuse keys a fused set's residual as unfused calls are keyed,
