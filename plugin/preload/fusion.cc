@@ -7,6 +7,7 @@
 // Calls of communicators that do not compress go to NCCL in order.
 #include <cuda_runtime_api.h>
 
+#include "comm.h"
 #include "nvtx.h"
 #include "preload.h"
 
@@ -45,6 +46,20 @@ ncclResult_t failedSet(CommEntry& e, cudaStream_t stream, ncclResult_t r) {
     (void)markFusionDone(e, stream);
   }
   (void)cudaGetLastError();
+  return r;
+}
+
+// This rank's fused set failed before gradcomp (its fusion buffer, its
+// copy-in): its peers are already in the fused call. Under
+// GRADCOMP_CHECK_CALLS that call starts with a vote on its buffers, so this
+// rank joins it refusing the call (NULL buffers), and every rank fails the
+// set alike instead of waiting for this one; without the check they wait
+// (docs/reliability.md). Under e.callMu.
+ncclResult_t refuseFusedCall(CommEntry& e, const Deferred& d0, size_t total, uint64_t key,
+                             ncclResult_t r) {
+  if (e.gc != nullptr && e.gc->cfg.checkCalls) {
+    (void)gradcompAllReduceKeyed(nullptr, nullptr, total, d0.type, d0.op, e.gc, d0.stream, key);
+  }
   return r;
 }
 
@@ -89,7 +104,7 @@ ncclResult_t runFusedSet(CommEntry& e, const std::vector<const Deferred*>& membe
         warnOnce("fuse-alloc",
                  "cannot allocate a %zu-byte fusion buffer (%s); the group's calls fail",
                  total * esz, cudaGetErrorString(err));
-        return ncclUnhandledCudaError;
+        return refuseFusedCall(e, d0, total, key, ncclUnhandledCudaError);
       }
       e.fusionBytes = total * esz;
     }
@@ -104,7 +119,7 @@ ncclResult_t runFusedSet(CommEntry& e, const std::vector<const Deferred*>& membe
         (void)cudaGetLastError();
         warnOnce("fuse-wait", "cannot order the fusion buffer across streams (%s); the calls fail",
                  cudaGetErrorString(err));
-        return ncclUnhandledCudaError;
+        return refuseFusedCall(e, d0, total, key, ncclUnhandledCudaError);
       }
     }
     char* fusion = static_cast<char*>(e.fusion);
@@ -118,7 +133,7 @@ ncclResult_t runFusedSet(CommEntry& e, const std::vector<const Deferred*>& membe
                  cudaGetErrorString(err));
         if (!streamCapturing(d0.stream)) (void)markFusionDone(e, d0.stream);  // callMu held
         (void)cudaGetLastError();
-        return ncclUnhandledCudaError;
+        return refuseFusedCall(e, d0, total, key, ncclUnhandledCudaError);
       }
       off += d->count * esz;
     }
