@@ -1743,9 +1743,10 @@ class AbortOrder(unittest.TestCase):
         self.assertEqual(calls, ["Comm.abort"])
 
     def test_stop_runs_inside_the_abort_group(self):
-        """abort_nccl: ncclGroupStart, ncclCommAbort, inside(), ncclGroupEnd, the group closed
-        even when inside() raises, and NCCL's errors (the abort's, the group end's) reported
-        after it."""
+        """abort_nccl: ncclGroupStart, inside(), ncclCommAbort, ncclGroupEnd (the stop first: a
+        gradcomp call polling a non-blocking communicator ends before NCCL's abort), the abort
+        and the group's end even when inside() raises, and NCCL's errors (the abort's, the group
+        end's) reported after it."""
         from unittest import mock
 
         from gradcomp.torch import _nccl
@@ -1776,7 +1777,7 @@ class AbortOrder(unittest.TestCase):
         fake.lib.end_result = 0
         with mock.patch.object(_nccl, "nccl", lambda: fake):
             _nccl.abort_nccl(0x1234, inside=lambda: calls.append("stop"))
-            self.assertEqual(calls, ["GroupStart", ("CommAbort", 0x1234), "stop", "GroupEnd"])
+            self.assertEqual(calls, ["GroupStart", "stop", ("CommAbort", 0x1234), "GroupEnd"])
             calls.clear()
 
             def boom():
@@ -1789,12 +1790,12 @@ class AbortOrder(unittest.TestCase):
             fake.lib.abort_result = 3
             with self.assertRaisesRegex(RuntimeError, "ncclCommAbort failed: NCCL error 3"):
                 _nccl.abort_nccl(0x1234, inside=lambda: calls.append("stop"))
-            self.assertEqual(calls, ["GroupStart", ("CommAbort", 0x1234), "stop", "GroupEnd"])
+            self.assertEqual(calls, ["GroupStart", "stop", ("CommAbort", 0x1234), "GroupEnd"])
             calls.clear()
             fake.lib.abort_result, fake.lib.end_result = 0, 5  # the grouped aborts failed
             with self.assertRaisesRegex(RuntimeError, "ncclGroupEnd .* failed: NCCL error 5"):
                 _nccl.abort_nccl(0x1234, inside=lambda: calls.append("stop"))
-            self.assertEqual(calls, ["GroupStart", ("CommAbort", 0x1234), "stop", "GroupEnd"])
+            self.assertEqual(calls, ["GroupStart", "stop", ("CommAbort", 0x1234), "GroupEnd"])
             calls.clear()
             _nccl.abort_nccl(0, inside=lambda: calls.append("stop"))  # no communicator yet
             self.assertEqual(calls, ["stop"])

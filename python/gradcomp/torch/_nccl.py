@@ -98,17 +98,22 @@ def abort_nccl(handle, inside=None):
     nothing waits on a peer. `inside()` (gradcomp's Comm.stop, which aborts the comm's own
     sub-communicators) runs in the same NCCL group, which NCCL 2.22 and later abort together:
     separate aborts can each wait for kernels the other's communicator holds, stuck on the dead
-    peer (docs/reliability.md)."""
+    peer (docs/reliability.md). It runs first: a non-blocking communicator (NCCL_COMM_BLOCKING=0)
+    may be polled by a gradcomp call on another thread, which must end before NCCL's abort joins
+    the same work (include/gradcomp.h, gradcompCommStop)."""
     if not handle:
         if inside is not None:
             inside()
         return
     lib = nccl()
     lib.lib.ncclGroupStart()
+    res = None
     try:
-        res = lib.lib.ncclCommAbort(ctypes.c_void_p(handle))
-        if inside is not None:
-            inside()
+        try:
+            if inside is not None:
+                inside()
+        finally:  # NCCL's abort whatever the stop did
+            res = lib.lib.ncclCommAbort(ctypes.c_void_p(handle))
     finally:
         end = lib.lib.ncclGroupEnd()  # where NCCL 2.22 and later run the grouped aborts
     lib.check(res, "ncclCommAbort")
