@@ -153,6 +153,21 @@ gradcompConfig_t localSizeConfig(int localSize) {
   return cfg;
 }
 
+// Rank 1 of 4 with `cfg`, on the stand-in's communicator: its collective
+// set-up, with `votes` as what the vote's allgather gave.
+gradcompResult_t setUpRank1(gradcompComm* c, const gradcompConfig_t& cfg,
+                            const std::vector<gc::SetupVote>& votes) {
+  c->cfg = cfg;
+  c->rank = 1;
+  c->nranks = 4;
+  c->nccl = fakeComm();
+  return gc::setupNcclHierarchy(c, votes[1],
+                                [&](const gc::SetupVote&, std::vector<gc::SetupVote>* all) {
+                                  *all = votes;
+                                  return gradcompSuccess;
+                                });
+}
+
 // Agreeing votes: both splits, with the colors and keys of this rank's
 // place (rank 1 of 4, nodes of 2: node 0, local rank 1).
 TEST(NcclSetup, AgreeingVotesSplitOnce) {
@@ -178,17 +193,8 @@ TEST(NcclSetup, StopAbortsTheSubCommunicatorsInOneGroup) {
   close(fd);
   setenv("FAKE_NCCL_LOG", path, 1);
   const gradcompConfig_t cfg = localSizeConfig(2);
-  const std::vector<gc::SetupVote> votes = votesOf(4, cfg);
   gradcompComm c;
-  c.cfg = cfg;
-  c.rank = 1;
-  c.nranks = 4;
-  c.nccl = fakeComm();
-  const gradcompResult_t res = gc::setupNcclHierarchy(
-      &c, votes[1], [&](const gc::SetupVote&, std::vector<gc::SetupVote>* all) {
-        *all = votes;
-        return gradcompSuccess;
-      });
+  const gradcompResult_t res = setUpRank1(&c, cfg, votesOf(4, cfg));
   char intra[32] = "", inter[32] = "";
   snprintf(intra, sizeof(intra), "%p", (void*)c.intraNccl);
   snprintf(inter, sizeof(inter), "%p", (void*)c.interNccl);
@@ -521,20 +527,12 @@ TEST_F(NcclNonBlocking, AKnownNonBlockingCommExchangesOnAPrivateSplit) {
     std::vector<gc::SetupVote> votes = votesOf(4, cfg);
     votes[3].nonBlocking = 1;  // another rank's: this one (1) did not know
     gradcompComm c;
-    c.cfg = cfg;
-    c.rank = 1;
-    c.nranks = 4;
-    c.nccl = fakeComm();
     c.transport = gc::makeNcclTransport(fakeComm(), 1, 4);
     float x[4] = {0};
     gradcompResult_t res = gradcompSuccess, passed = gradcompSuccess;
     char own[32] = "";
     const std::string log = loggedDuring([&] {
-      res = gc::setupNcclHierarchy(&c, votes[1],
-                                   [&](const gc::SetupVote&, std::vector<gc::SetupVote>* all) {
-                                     *all = votes;
-                                     return gradcompSuccess;
-                                   });
+      res = setUpRank1(&c, cfg, votes);
       snprintf(own, sizeof(own), "%p", (void*)c.ownNccl);
       if (res == gradcompSuccess) passed = c.transport->passThrough(x, x, 4, ncclFloat32, ncclSum);
       gc::destroyHierarchy(&c);
@@ -565,19 +563,8 @@ TEST_F(NcclNonBlocking, AKnownNonBlockingCommExchangesOnAPrivateSplit) {
 // freeing it and leave the thread inside a group of its own.
 TEST_F(NcclNonBlocking, ASubCommunicatorHoldingAnErrorIsAbortedNotDestroyed) {
   const gradcompConfig_t cfg = localSizeConfig(2);
-  const std::vector<gc::SetupVote> votes = votesOf(4, cfg);
   gradcompComm c;
-  c.cfg = cfg;
-  c.rank = 1;
-  c.nranks = 4;
-  c.nccl = fakeComm();
-  ASSERT_EQ(gc::setupNcclHierarchy(&c, votes[1],
-                                   [&](const gc::SetupVote&, std::vector<gc::SetupVote>* all) {
-                                     *all = votes;
-                                     return gradcompSuccess;
-                                   }),
-            gradcompSuccess)
-      << gradcompGetLastError();
+  ASSERT_EQ(setUpRank1(&c, cfg, votesOf(4, cfg)), gradcompSuccess) << gradcompGetLastError();
   char intra[32] = "", inter[32] = "";
   snprintf(intra, sizeof(intra), "%p", (void*)c.intraNccl);
   snprintf(inter, sizeof(inter), "%p", (void*)c.interNccl);
