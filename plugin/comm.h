@@ -72,7 +72,6 @@ struct gradcompComm {
   // A non-blocking program communicator's private split (setupNcclHierarchy),
   // on which the flat transport runs; owned here.
   ncclComm_t ownNccl = nullptr;
-  bool ownNcclWanted = false;  // a set-up vote said a rank's comm is non-blocking
   std::map<gc::StateKey, gc::BufferState> states;
   void* workspace = nullptr;
   size_t workspaceBytes = 0;

@@ -334,7 +334,8 @@ VoteGather ncclVoteGather(ncclComm_t nccl, int rank, int nranks, int device, Ncc
   return [x](const SetupVote& mine, std::vector<SetupVote>* votes) { return x->run(mine, votes); };
 }
 
-gradcompResult_t agreeTopology(gradcompComm* c, const SetupVote& mine, const VoteGather& gather) {
+gradcompResult_t agreeTopology(gradcompComm* c, const SetupVote& mine, const VoteGather& gather,
+                               bool* anyNonBlocking) {
   std::vector<SetupVote> votes;
   const gradcompResult_t res = gather(mine, &votes);
   if (res != gradcompSuccess) {
@@ -349,8 +350,10 @@ gradcompResult_t agreeTopology(gradcompComm* c, const SetupVote& mine, const Vot
                     votes.size(), c->nranks);
   }
   GC_CHECK(agreeOnSetup(votes));
-  c->ownNcclWanted = false;
-  for (const SetupVote& v : votes) c->ownNcclWanted = c->ownNcclWanted || v.nonBlocking != 0;
+  if (anyNonBlocking != nullptr) {
+    *anyNonBlocking = false;
+    for (const SetupVote& v : votes) *anyNonBlocking = *anyNonBlocking || v.nonBlocking != 0;
+  }
   const int n = c->nranks, L = c->cfg.localSize;
   if (L != 0) {
     // L is the same on every rank, so every rank refuses alike.
@@ -370,7 +373,7 @@ gradcompResult_t agreeTopology(gradcompComm* c, const SetupVote& mine, const Vot
 
 namespace {
 
-// ncclCommSplit of c->nccl into *child. A non-blocking parent answers
+// ncclCommSplit of `parent` into *child. A non-blocking parent answers
 // ncclSuccess (NCCL's split lets its group's ncclInProgress through) with
 // *newcomm still NULL: NCCL's own thread makes the child, writes it into
 // the slot, and only then sets the parent's state, so the parent is polled
@@ -413,7 +416,8 @@ gradcompResult_t splitNccl(ncclComm_t parent, int color, int key, ncclComm_t* ch
 
 gradcompResult_t setupNcclHierarchy(gradcompComm* c, const SetupVote& mine,
                                     const VoteGather& gather, NcclStop* stop) {
-  GC_CHECK(agreeTopology(c, mine, gather));
+  bool ownWanted = false;
+  GC_CHECK(agreeTopology(c, mine, gather, &ownWanted));
   // The vote (or a split) may have waited on a dead peer until another thread
   // aborted the communicator, which NCCL then frees: nothing may split it.
   auto aborted = [&] {
@@ -429,7 +433,7 @@ gradcompResult_t setupNcclHierarchy(gradcompComm* c, const SetupVote& mine,
   // hierarchy's splits) go to a private split of it, which nobody else
   // polls. Every rank splits, as the votes decided alike.
   ncclComm_t parent = c->nccl;
-  if (c->ownNcclWanted) {
+  if (ownWanted) {
     if (api->commSplit == nullptr || api->commDestroy == nullptr) {
       if (c->rank == 0) {
         GC_INFO(

@@ -115,7 +115,10 @@ gradcompResult_t setupNcclHierarchy(gradcompComm* c, const SetupVote& mine,
 // The vote and the topology alone (no sub-communicators): every rank gathers
 // the votes, agrees, and takes blocks of cfg.localSize or, for auto, nodes by
 // host identity.
-gradcompResult_t agreeTopology(gradcompComm* c, const SetupVote& mine, const VoteGather& gather);
+// *anyNonBlocking (when given): whether a rank's vote says its NCCL comm is
+// non-blocking.
+gradcompResult_t agreeTopology(gradcompComm* c, const SetupVote& mine, const VoteGather& gather,
+                               bool* anyNonBlocking = nullptr);
 // The same for a comm over TCP (c->transport spans the mesh): the votes
 // travel over it, and the hierarchy's sub-transports share its connections.
 gradcompResult_t setupSocketHierarchy(gradcompComm* c, const SetupVote& mine,
