@@ -56,13 +56,17 @@ void countPassed(CommEntry& e, Collective coll) {
 }
 
 // The input count eligibility compares with minElements: the reduce-scatter
-// reads nranks * recvcount. 0 (never eligible unless minElements is 0, and
-// then refused by gradcomp and forwarded) when NCCL cannot tell the size or
-// the product overflows.
-size_t inputCount(const Deferred& d) {
+// reads nranks * recvcount. The size is the entry's once it compresses (set
+// before its mode), so that no call asks NCCL again: ncclCommCount runs
+// NCCL's readiness check, which completes a non-blocking communicator's
+// pending group job, and a program thread polling the same communicator
+// (PyTorch's watchdog, ncclCommGetAsyncError) would race it. 0 (never
+// eligible unless minElements is 0, and then refused by gradcomp and
+// forwarded) when NCCL cannot tell the size or the product overflows.
+size_t inputCount(const Deferred& d, const CommEntry& e) {
   if (d.coll == Collective::AllReduce) return d.count;
-  int nranks = 0;
-  if (ncclApi()->commCount(d.comm, &nranks) != ncclSuccess || nranks < 1) return 0;
+  int nranks = e.mode == Mode::Compress ? e.nranks : 0;
+  if (nranks < 1 && (ncclApi()->commCount(d.comm, &nranks) != ncclSuccess || nranks < 1)) return 0;
   if (d.count > SIZE_MAX / (size_t)nranks) return 0;
   return d.count * (size_t)nranks;
 }
@@ -131,7 +135,7 @@ ncclResult_t compress(CommEntry& e, const Deferred& d, bool keyed, uint64_t key,
 ncclResult_t route(const Deferred& d) {
   if (!ncclResolved() || d.comm == nullptr) return forward(nullptr, d);
   EntryPtr e = entryFor(d.comm);
-  const bool pass = e->mode == Mode::PassThrough || !eligible(inputCount(d), d.type, d.op);
+  const bool pass = e->mode == Mode::PassThrough || !eligible(inputCount(d, *e), d.type, d.op);
   if (tGroupDepth > 0) {
     if (pass || settings().group == GroupMode::Pass) {
       tGroupForwarded.emplace_back(e, d.coll);
@@ -164,8 +168,11 @@ ncclResult_t keepMultiDeviceGroup() {
   int device0 = -1;
   bool several = false;
   for (const Deferred& d : tDeferred) {
-    int dev = -1;
-    if (api->commCuDevice(d.comm, &dev) != ncclSuccess) continue;
+    // A compressing entry's device, as inputCount's size: NCCL is asked only
+    // before the entry is decided.
+    const EntryPtr e = entryFor(d.comm);
+    int dev = e->mode == Mode::Compress ? e->device : -1;
+    if (dev < 0 && api->commCuDevice(d.comm, &dev) != ncclSuccess) continue;
     if (device0 < 0) device0 = dev;
     several = several || dev != device0;
   }
