@@ -332,6 +332,24 @@ gradcompResult_t gradcompCommStateSize(gradcompComm_t comm, size_t* bytes);
 gradcompResult_t gradcompCommSaveState(gradcompComm_t comm, void* buffer, size_t bytes);
 gradcompResult_t gradcompCommLoadState(gradcompComm_t comm, const void* buffer, size_t bytes);
 
+/* The factor the gradients of the following calls carry: a loss scaler's
+ * scale (AMP's GradScaler with fp16), 1 when the comm is made. The state
+ * then stays in the units of the gradients it is added to: a new scale
+ * multiplies every buffer's residual (DGC: velocity), owner residual and DGC
+ * momentum by new / old on `stream`, and DQ-SGD's statistics with them, and
+ * DGC's clipping (clipNorm, which applies to unscaled gradients) clips at
+ * clipNorm * scale * N^-1/2. Where new / old is a power of two (GradScaler's
+ * growth 2 and backoff 0.5), every later call gives bit for bit `scale` times
+ * what the unscaled gradients would give; without this call, a scale change
+ * would weigh what the state holds by old / new (a DGC velocity of a
+ * thousand steps doubled at a backoff, halved at a growth). A rank's own
+ * setting: ranks whose gradients are scaled alike set it alike. The same
+ * scale again does nothing. `scale` from 2^-60 to 2^60 (finite, positive),
+ * else gradcompInvalidArgument; not while `stream` is being captured. A
+ * saved state records the scale it is in, and a load restores it. */
+gradcompResult_t gradcompCommSetGradScale(gradcompComm_t comm, float scale, cudaStream_t stream);
+gradcompResult_t gradcompCommGetGradScale(gradcompComm_t comm, float* scale);
+
 /* gradcompGetStats is a macro passing sizeof(*stats): the library fills only
  * the caller's bytes, so a program built against an older header (0.3 or
  * later) gets the fields its header has. Fields are only appended; a size the

@@ -90,6 +90,10 @@ struct gradcompComm {
   uint64_t stateEpochStep = 0;
   bool warnedLateBuffer = false;
   gc::AutoState autoState;  // GRADCOMP_AUTO decision (autotune.h)
+  // gradcompCommSetGradScale: the factor the caller's gradients carry, whose
+  // units the states are in (1 at creation; kept by a reset, restored by a
+  // load). DGC clips at clipNorm times it.
+  float gradScale = 1.0f;
   // Set by a state load or reset: the next call first checks that every
   // rank is at the same step (Transport::verifyCall).
   bool verifyNext = false;

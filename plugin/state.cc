@@ -24,6 +24,9 @@
 //       with autoTune=1 that loads it decides from these figures instead of
 //       timing again, so a resumed run passes and compresses what the saved
 //       one did (bit for bit); autoTune=0 ignores it.
+//     tag 3, the gradients' scale the arrays are in (gradcompCommSetGradScale;
+//       at most one record, written when it is not 1): f32 scale, u32 0. A
+//       blob without it is in unscaled units (1).
 // New kinds of state get new tags (an older loader refuses them by name).
 // The header's 16 shape fields are all in use (the last three, node, local
 // rank and budget, hold 0 in blobs of earlier builds, which load as before):
@@ -53,7 +56,9 @@ constexpr int kShapeFields = 16;
 constexpr size_t kHeaderBytes = 48 + 4 * kShapeFields;
 constexpr uint32_t kTagBuffer = 1;
 constexpr uint32_t kTagAuto = 2;
-constexpr size_t kAutoEntryBytes = 40;  // present, 0, two counts, four times
+constexpr uint32_t kTagScale = 3;
+constexpr size_t kScaleRecordBytes = 16 + 8;  // prefix, f32 scale, u32 0
+constexpr size_t kAutoEntryBytes = 40;        // present, 0, two counts, four times
 constexpr size_t kAutoRecordBytes = 16 + 2 * kAutoEntryBytes;
 constexpr AutoCall kAutoCalls[2] = {AutoCall::AllReduce, AutoCall::ReduceScatter};
 constexpr size_t kRecordPrefix = 16;
@@ -81,6 +86,40 @@ constexpr int kShapeNode = 13, kShapeLocalRank = 14;
 // bits a window spent under the old budget could leave less than bitsMin per
 // call under the new one, and it would overspend.
 constexpr int kShapeBudget = 15;
+
+// gradcompCommSetGradScale's range: a ratio of two such scales, and its
+// inverse, are normal floats.
+bool gradScaleInRange(float scale) {
+  return scale >= 0x1p-60f && scale <= 0x1p60f;  // false for NaN
+}
+
+// The scale a comm's states are in, and its inter-node child's (which
+// clips with it).
+void setScaleField(gradcompComm* c, float scale) {
+  for (; c != nullptr; c = c->inter.get()) c->gradScale = scale;
+}
+
+// Every state of c and of its inter-node child, times `factor`: the
+// arrays on the backend's stream (in place: x / (1 / factor), exact for a
+// power of two), the DQ-SGD statistics on the host.
+gradcompResult_t scaleStates(gradcompComm* c, float factor) {
+  const float divisor = (float)(1.0 / (double)factor);
+  for (; c != nullptr; c = c->inter.get()) {
+    for (auto& kv : c->states) {
+      BufferState& s = kv.second;
+      if (s.residual)
+        GC_CHECK(c->backend->fromFloat(s.residual, s.count, divisor, DType::F32, s.residual));
+      if (s.ownerResidual) {
+        GC_CHECK(c->backend->fromFloat(s.ownerResidual, s.ownerResidualCount, divisor, DType::F32,
+                                       s.ownerResidual));
+      }
+      if (s.momentum)
+        GC_CHECK(c->backend->fromFloat(s.momentum, s.count, divisor, DType::F32, s.momentum));
+      GC_CHECK(scaleBitsHistory(s, (double)factor));
+    }
+  }
+  return gradcompSuccess;
+}
 
 int32_t budgetBits(const gradcompConfig_t& c) {
   if (c.bitsMode != gradcompBitsBudget) return 0;
@@ -241,7 +280,9 @@ size_t totalBytes(gradcompComm& c, const std::vector<BitsHistoryRecord>& h,
                   const std::vector<bool>& present) {
   AutoFigures f[2];
   bool have[2];
-  size_t total = kHeaderBytes + (autoFigures(c, f, have) ? kAutoRecordBytes : 0), i = 0;
+  size_t total = kHeaderBytes + (autoFigures(c, f, have) ? kAutoRecordBytes : 0) +
+                 (c.gradScale != 1.0f ? kScaleRecordBytes : 0),
+         i = 0;
   for (auto& kv : c.states) {
     total += recordBytes(kv.second, present[i] ? &h[i] : nullptr);
     ++i;
@@ -265,6 +306,12 @@ struct ParsedAuto {
   bool record = false;
   bool have[2] = {false, false};
   AutoFigures f[2];
+};
+
+// The blob's scale record, validated (1 without one).
+struct ParsedScale {
+  bool record = false;
+  float scale = 1.0f;
 };
 
 gradcompResult_t refuse(const char* what, ...) __attribute__((format(printf, 1, 2)));
@@ -386,9 +433,27 @@ gradcompResult_t parseAuto(Reader& r, uint64_t index, ParsedAuto* out) {
   return gradcompSuccess;
 }
 
+gradcompResult_t parseScale(Reader& r, uint64_t index, ParsedScale* out) {
+  uint32_t zero;
+  if (!r.get(&out->scale) || !r.get(&zero)) {
+    return refuse("scale record %llu is truncated", (unsigned long long)index);
+  }
+  if (zero != 0) {
+    return refuse("scale record %llu has padding %u (expected 0)", (unsigned long long)index, zero);
+  }
+  if (!gradScaleInRange(out->scale)) {
+    return refuse(
+        "scale record %llu holds scale=%g, outside 2^-60..2^60 (what "
+        "gradcompCommSetGradScale takes)",
+        (unsigned long long)index, (double)out->scale);
+  }
+  return gradcompSuccess;
+}
+
 // Checks the whole blob; fills the records and the step.
 gradcompResult_t parse(const gradcompComm& c, const char* blob, size_t bytes,
-                       std::vector<Parsed>* recs, ParsedAuto* autoRec, uint64_t* step) {
+                       std::vector<Parsed>* recs, ParsedAuto* autoRec, ParsedScale* scaleRec,
+                       uint64_t* step) {
   if (bytes < kHeaderBytes) {
     return refuse("%zu bytes are fewer than the %zu of a state header", bytes, kHeaderBytes);
   }
@@ -469,11 +534,11 @@ gradcompResult_t parse(const gradcompComm& c, const char* blob, size_t bytes,
       return refuse("record %llu has %u in the word after its tag, which is always 0",
                     (unsigned long long)i, zero);
     }
-    if (tag != kTagBuffer && tag != kTagAuto) {
+    if (tag != kTagBuffer && tag != kTagAuto && tag != kTagScale) {
       return refuse(
           "record %llu has tag %u, which this gradcomp does not know (it reads tags %u, "
-          "buffer state, and %u, GRADCOMP_AUTO's figures)",
-          (unsigned long long)i, tag, kTagBuffer, kTagAuto);
+          "buffer state, %u, GRADCOMP_AUTO's figures, and %u, the gradients' scale)",
+          (unsigned long long)i, tag, kTagBuffer, kTagAuto, kTagScale);
     }
     if (recBytes < kRecordPrefix || recBytes - kRecordPrefix > r.left()) {
       return refuse("record %llu says it is %llu bytes; %zu are left", (unsigned long long)i,
@@ -485,6 +550,16 @@ gradcompResult_t parse(const gradcompComm& c, const char* blob, size_t bytes,
         return refuse("record %llu is a second auto record", (unsigned long long)i);
       autoRec->record = true;
       GC_CHECK(parseAuto(body, i, autoRec));
+      if (body.left() != 0) {
+        return refuse("record %llu has %zu bytes past its end", (unsigned long long)i, body.left());
+      }
+      continue;
+    }
+    if (tag == kTagScale) {
+      if (scaleRec->record)
+        return refuse("record %llu is a second scale record", (unsigned long long)i);
+      scaleRec->record = true;
+      GC_CHECK(parseScale(body, i, scaleRec));
       if (body.left() != 0) {
         return refuse("record %llu has %zu bytes past its end", (unsigned long long)i, body.left());
       }
@@ -627,7 +702,8 @@ gradcompResult_t saveState(gradcompComm_t comm, void* buffer, size_t bytes) {
   AutoFigures af[2];
   bool have[2];
   const bool autoRec = autoFigures(*comm, af, have);
-  w.put<uint64_t>(comm->states.size() + (autoRec ? 1 : 0));
+  const bool scaleRec = comm->gradScale != 1.0f;
+  w.put<uint64_t>(comm->states.size() + (autoRec ? 1 : 0) + (scaleRec ? 1 : 0));
   int32_t shape[kShapeFields];
   shapeOf(*comm, shape);
   for (int i = 0; i < kShapeFields; ++i) w.put<int32_t>(shape[i]);
@@ -667,8 +743,36 @@ gradcompResult_t saveState(gradcompComm_t comm, void* buffer, size_t bytes) {
       w.put<float>(f.compUs[0]), w.put<float>(f.compUs[1]);
     }
   }
+  if (scaleRec) {
+    w.put<uint32_t>(kTagScale), w.put<uint32_t>(0), w.put<uint64_t>(kScaleRecordBytes);
+    w.put<float>(comm->gradScale), w.put<uint32_t>(0);
+  }
   const uint32_t crc = blobCrc(blob, need);
   memcpy(blob + kCrcOffset, &crc, 4);
+  return gradcompSuccess;
+}
+
+gradcompResult_t setGradScale(gradcompComm_t comm, float scale, cudaStream_t stream) {
+  using namespace gc;
+  GC_ARG(validComm(comm), "comm is NULL");
+  GC_ARG(gradScaleInRange(scale),
+         "scale=%g is outside 2^-60..2^60 (8.7e-19..1.2e18): the factor the gradients carry, "
+         "finite and positive",
+         (double)scale);
+  if (scale == comm->gradScale) return gradcompSuccess;
+  comm->backend->setStream(stream);
+  if (comm->backend->capturing()) {
+    return setError(gradcompInvalidUsage,
+                    "gradcompCommSetGradScale rescales the state between calls, on the host's "
+                    "order: call it outside CUDA graph capture (the stream is being captured)");
+  }
+  // new / old is within 2^-120..2^120: a normal float, as is its inverse.
+  const float factor = (float)((double)scale / (double)comm->gradScale);
+  const gradcompResult_t res = scaleStates(comm, factor);
+  // The next call, on whatever stream, waits for the rescale as for a call.
+  comm->backend->markCallEnd();
+  GC_CHECK(res);
+  setScaleField(comm, scale);
   return gradcompSuccess;
 }
 
@@ -679,8 +783,10 @@ gradcompResult_t loadState(gradcompComm_t comm, const void* buffer, size_t bytes
   comm->backend->useOwnStream();  // the last call's stream may be gone
   std::vector<Parsed> recs;
   ParsedAuto autoRec;
+  ParsedScale scaleRec;
   uint64_t step = 0;
-  GC_CHECK(parse(*comm, static_cast<const char*>(buffer), bytes, &recs, &autoRec, &step));
+  GC_CHECK(
+      parse(*comm, static_cast<const char*>(buffer), bytes, &recs, &autoRec, &scaleRec, &step));
   // Build the new states aside; the comm changes only once all of them exist.
   std::map<StateKey, BufferState> fresh;
   auto releaseFresh = [&] {
@@ -714,6 +820,7 @@ gradcompResult_t loadState(gradcompComm_t comm, const void* buffer, size_t bytes
   comm->states.swap(fresh);
   comm->step = step;
   comm->stateEpochStep = step;
+  setScaleField(comm, scaleRec.scale);
   // Ranks restored from blobs of different steps, or of different runs at the
   // same step, must not go on: the next call checks that they agree.
   comm->verifyNext = true;
@@ -758,6 +865,20 @@ GC_EXPORT gradcompResult_t gradcompCommLoadState(gradcompComm_t comm, const void
   gc::CommCall inFlight(comm);  // gradcompCommAbort waits for it
   GC_CHECK(inFlight.check());
   return gc::guarded([&] { return loadState(comm, buffer, bytes); });
+}
+
+GC_EXPORT gradcompResult_t gradcompCommSetGradScale(gradcompComm_t comm, float scale,
+                                                    cudaStream_t stream) {
+  gc::OnCommDevice onDevice(comm);
+  gc::CommCall inFlight(comm);  // gradcompCommAbort waits for it
+  GC_CHECK(inFlight.check());
+  return gc::guarded([&] { return setGradScale(comm, scale, stream); });
+}
+
+GC_EXPORT gradcompResult_t gradcompCommGetGradScale(gradcompComm_t comm, float* scale) {
+  GC_ARG(gc::validComm(comm) && scale != nullptr, "comm or scale is NULL");
+  *scale = comm->gradScale;
+  return gradcompSuccess;
 }
 
 }  // extern "C"

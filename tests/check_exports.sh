@@ -22,6 +22,7 @@ for s in gradcompGetErrorString gradcompGetLastError gradcompConfigInit gradcomp
          gradcompEliasEncode gradcompEliasDecode gradcompEliasDecodeBounded gradcompTopkSlots \
          gradcompTopkSelectHost \
          gradcompTopkWorkspaceBytes gradcompTopkSelect gradcompCommRetune gradcompCommAbort gradcompCommStop gradcompCommLayout \
+         gradcompCommSetGradScale gradcompCommGetGradScale \
          gradcompConfigInitSized gradcompConfigFromEnvSized gradcompGetStatsSized; do
   grep -qx "$s" <<< "$syms" || { echo "FAIL: $lib does not export $s"; exit 1; }
 done

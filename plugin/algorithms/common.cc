@@ -163,7 +163,10 @@ sparse::Plan sparsePlan(const gradcompComm& c, size_t count, uint64_t calls, DTy
 
 float sparseClipThreshold(const gradcompComm& c) {
   const bool dgc = c.cfg.method == gradcompMethodDgc;
-  return dgc && c.cfg.clipNorm > 0.0f ? (float)(c.cfg.clipNorm / sqrt((double)c.nranks)) : 0.0f;
+  // clipNorm is for unscaled gradients; the scale is exact in double.
+  return dgc && c.cfg.clipNorm > 0.0f
+             ? (float)((double)c.cfg.clipNorm * c.gradScale / sqrt((double)c.nranks))
+             : 0.0f;
 }
 
 size_t sparseScratch(const gradcompComm& c, size_t count, const sparse::Plan& plan, bool selects) {

@@ -60,6 +60,11 @@ class BudgetPolicy {
     commit(st, b, window);
     return b;
   }
+  // The gradients' unit changed by 2^d (gradcompCommSetGradScale): every
+  // entry of the history moves with it.
+  void shift(double d) {
+    for (double& v : halfLog2A_) v += d;
+  }
   // For checkpoints (see BitsHistoryRecord).
   void save(int* used, int* pos, std::vector<double>* halfLog2A) const;
   void restore(int used, int pos, const std::vector<double>& halfLog2A);
@@ -89,6 +94,9 @@ const char* checkBitsHistory(const BitsHistoryRecord& r, const gradcompConfig_t&
 bool budgetWindowFits(const BitsHistoryRecord& r, const gradcompConfig_t& cfg);
 // Gives s a history equal to r (allocating what the backend needs).
 gradcompResult_t importBitsHistory(gradcompComm& c, BufferState& s, const BitsHistoryRecord& r);
+// gradcompCommSetGradScale: the statistics and history of s as those of
+// results `factor` times larger (waits for the last call's statistics).
+gradcompResult_t scaleBitsHistory(BufferState& s, double factor);
 // gradcompCommAbort: s's history frees nothing whose free would wait for the
 // whole device (its pinned mirror); that memory is left.
 void abandonBitsHistory(BufferState& s);

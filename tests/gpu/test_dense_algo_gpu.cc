@@ -210,4 +210,65 @@ TEST_F(DenseAlgoGpu, GrowingCallsWaitForNoOtherStream) {
   gradcompCommDestroy(cpu);
 }
 
+// gradcompCommSetGradScale on the CUDA backend: the rescale runs on the
+// stream it is given and the next call, on another stream, waits for it
+// (as for a call); every output and residual is bit for bit the scale times
+// the CPU backend's unscaled ones. Under capture it is refused, enqueueing
+// nothing.
+TEST_F(DenseAlgoGpu, GradScaleRescalesOnItsStreamBitForBit) {
+  const size_t n = (size_t)1 << 22;
+  const float scales[] = {1024.0f, 512.0f, 512.0f, 65536.0f, 0.5f, 1.0f};
+  gradcompConfig_t cfg = caseConfig(kCases[0]);
+  gradcompComm* cpu = gctest::mirrorComm(cfg, false, 2, n, nullptr, false);
+  gradcompComm* gpu = gctest::mirrorComm(cfg, true, 2, n, stream, false);
+  cudaStream_t other = nullptr;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&other, cudaStreamNonBlocking), cudaSuccess);
+  DeviceBuffer<float> d(n);
+  for (int step = 0; step < 6; ++step) {
+    SCOPED_TRACE(testing::Message() << "step " << step);
+    const float s = scales[step];
+    std::vector<float> x = gctest::normal(n, 70 + step), xs(n);
+    for (size_t i = 0; i < n; ++i) xs[i] = x[i] * s;
+    ASSERT_EQ(gradcompAllReduce(x.data(), x.data(), n, ncclFloat32, ncclSum, cpu, nullptr),
+              gradcompSuccess);
+    d.upload(xs);
+    // The rescale on one stream, the call on the other, alternating.
+    cudaStream_t scaleOn = step % 2 ? other : stream, callOn = step % 2 ? stream : other;
+    ASSERT_EQ(gradcompCommSetGradScale(gpu, s, scaleOn), gradcompSuccess) << gradcompGetLastError();
+    ASSERT_EQ(gradcompAllReduce(d.get(), d.get(), n, ncclFloat32, ncclSum, gpu, callOn),
+              gradcompSuccess)
+        << gradcompGetLastError();
+    ASSERT_EQ(cudaStreamSynchronize(callOn), cudaSuccess);
+    const std::vector<float> out = d.download(n);
+    const float* rc = cpu->states.begin()->second.residual;
+    std::vector<float> rg(n);
+    ASSERT_EQ(
+        cudaMemcpy(rg.data(), gpu->states.begin()->second.residual, n * 4, cudaMemcpyDeviceToHost),
+        cudaSuccess);
+    size_t badOut = 0, badRes = 0;
+    for (size_t i = 0; i < n; ++i) {
+      const float wo = x[i] * s, wr = rc[i] * s;
+      badOut += memcmp(&wo, &out[i], 4) != 0;
+      badRes += memcmp(&wr, &rg[i], 4) != 0;
+    }
+    EXPECT_EQ(badOut, 0u) << "outputs not scale * the CPU backend's";
+    EXPECT_EQ(badRes, 0u) << "residuals not scale * the CPU backend's";
+  }
+  // Under capture: refused, nothing captured.
+  cudaGraph_t graph = nullptr;
+  ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+  EXPECT_EQ(gradcompCommSetGradScale(gpu, 4.0f, stream), gradcompInvalidUsage);
+  ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
+  size_t nodes = 99;
+  ASSERT_EQ(cudaGraphGetNodes(graph, nullptr, &nodes), cudaSuccess);
+  EXPECT_EQ(nodes, 0u);
+  cudaGraphDestroy(graph);
+  float now = 0.0f;
+  ASSERT_EQ(gradcompCommGetGradScale(gpu, &now), gradcompSuccess);
+  EXPECT_EQ(now, 1.0f);
+  cudaStreamDestroy(other);
+  gradcompCommDestroy(gpu);
+  gradcompCommDestroy(cpu);
+}
+
 }  // namespace
