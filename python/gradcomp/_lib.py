@@ -99,6 +99,8 @@ OPTIONAL_SIGNATURES = {
     "gradcompEliasDecodeBounded": (R, [c_void_p, c_size_t, c_size_t, P(T.EliasParams), c_void_p,
                                        c_int, c_void_p]),
     "gradcompCommLayout": (R, [c_void_p, P(c_int), P(c_int)]),
+    "gradcompCommSetGradScale": (R, [c_void_p, c_float, c_void_p]),
+    "gradcompCommGetGradScale": (R, [c_void_p, P(c_float)]),
 }
 
 

@@ -223,6 +223,30 @@ class Comm:
         On the CPU world it only records that nothing is timed there."""
         check(lib().gradcompCommRetune(self.handle, _stream(stream)))
 
+    def set_grad_scale(self, scale, stream=None):
+        """gradcompCommSetGradScale: the factor the gradients of the following calls carry (a
+        loss scaler's scale; 1 when the comm is made). The residuals, DGC's velocity and
+        momentum and DQ-SGD's statistics are rescaled by new / old on `stream`, and DGC clips
+        at clip_norm * scale, so that a scale change by a power of two leaves every later
+        result bit for bit `scale` times the unscaled one. scale in 2^-60..2^60."""
+        if not has("gradcompCommSetGradScale"):
+            raise GradcompError("this libgradcomp has no gradcompCommSetGradScale: rebuild it "
+                                "from a checkout that has it", 7)
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) and not hasattr(
+                scale, "__float__"):
+            raise InvalidArgumentError(f"scale={scale!r} is not a number: pass the factor the "
+                                       "gradients carry, 2^-60..2^60", 1)
+        check(lib().gradcompCommSetGradScale(self.handle, float(scale), _stream(stream)))
+
+    @property
+    def grad_scale(self):
+        """The scale set_grad_scale gave (or a loaded state carried); 1.0 otherwise."""
+        if not has("gradcompCommGetGradScale"):
+            return 1.0
+        v = ctypes.c_float()
+        check(lib().gradcompCommGetGradScale(self.handle, ctypes.byref(v)))
+        return v.value
+
     def state_size(self):
         n = ctypes.c_size_t()
         check(lib().gradcompCommStateSize(self.handle, ctypes.byref(n)))

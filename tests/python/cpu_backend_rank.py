@@ -1,6 +1,6 @@
 """One rank of test_torch.CpuBackendDdp / CpuBackendFsdp / CpuBackendAbort: gradcomp.torch with
 backend="cpu" on real DDP / FSDP2 over gloo, gradcomp's comm made from the process group (TCP
-between the ranks). Usage: cpu_backend_rank.py ddp|fsdp|dgc|subgroups|abort OUT (the env://
+between the ranks). Usage: cpu_backend_rank.py ddp|fsdp|dgc|subgroups|scaler|abort OUT (the env://
 variables from tools/gc_ranks.py).
 
 Records every call the hook (DDP) or the reduce-scatter (FSDP) gets, its input before and its
@@ -265,6 +265,117 @@ def dgc(out, rank):
                    .hexdigest()}
 
 
+def scaler(out, rank):
+    """fp16-style loss scaling: GradScaler("cpu") whose scale grows x2 every 2 steps and is
+    cut to 1/8 once (update(new_scale)), with GradcompState(grad_scaler=...): the scaled
+    gradients' results, unscaled by the scaler, must give parameters bit for bit those of the
+    unscaled run, for QSGD and for DGC with clipping; the same scaled run without grad_scaler
+    must not. The state reads the scale once per step, not per bucket."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    def make():
+        torch.manual_seed(0)
+        # The 512x512 layer (1 MB) fills DDP's first bucket alone: several compressed buckets.
+        return nn.Sequential(nn.Linear(32, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(),
+                             nn.Linear(512, 5))
+
+    methods = {"qsgd": dict(method="qsgd", bits=4),
+               "dgc": dict(method="dgc", density=0.05, clip_norm=0.05, momentum_correction=1)}
+    res, reads = {}, {}
+    for mname, settings in methods.items():
+        hashes = {}
+        for run in ("plain", "scaled", "unfollowed"):
+            model = make()
+            d = DDP(model, bucket_cap_mb=0.01)
+            sc = (torch.amp.GradScaler("cpu", init_scale=2.0 ** 10, growth_interval=2)
+                  if run != "plain" else None)
+            count, used = [0], []
+            if sc is not None:
+                get = sc.get_scale
+
+                def counted(get=get, count=count):
+                    count[0] += 1
+                    return get()
+                sc.get_scale = counted
+            st = gct.GradcompState(module=model, start_iter=0, backend="cpu",
+                                   grad_scaler=sc if run == "scaled" else None,
+                                   layer_min_size=256,
+                                   config=gradcomp.Config(from_env=False, min_elements=0,
+                                                          auto_tune=0, **settings))
+            d.register_comm_hook(st, gct.gradcomp_hook)
+            opt = torch.optim.SGD(d.parameters(), lr=0.05)
+            for step in range(8):
+                x, y = batch(step, rank, 32)
+                opt.zero_grad(set_to_none=True)
+                loss = nn.functional.cross_entropy(d(x), y)
+                if sc is None:
+                    loss.backward()
+                    opt.step()
+                    continue
+                sc.scale(loss).backward()
+                used.append(get())
+                sc.step(opt)
+                if step == 5:
+                    sc.update(new_scale=get() / 8)
+                else:
+                    sc.update()
+            hashes[run] = hashlib.sha256(param_bytes(d.parameters())).hexdigest()
+            if run == "scaled":
+                reads[mname] = count[0]
+                res[mname + "_final_scale"] = st._comm.grad_scale
+                res[mname + "_scales"] = used
+                res[mname + "_buckets"] = st.stats()["compressed_calls"] // 8
+            st.close()
+        res[mname + "_scaled_equal"] = hashes["scaled"] == hashes["plain"]
+        res[mname + "_unfollowed_equal"] = hashes["unfollowed"] == hashes["plain"]
+    res["reads"] = reads
+    # FSDP2 (three modules, each a reduce-scatter per step) with the same scaler history.
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+    hashes = {}
+    for run in ("plain", "scaled", "unfollowed"):
+        model = make()
+        for layer in (model[0], model[2]):
+            fully_shard(layer, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        sc = (torch.amp.GradScaler("cpu", init_scale=2.0 ** 10, growth_interval=2)
+              if run != "plain" else None)
+        count = [0]
+        if sc is not None:
+            get = sc.get_scale
+
+            def counted(get=get, count=count):
+                count[0] += 1
+                return get()
+            sc.get_scale = counted
+        st = gct.GradcompState(backend="cpu", grad_scaler=sc if run == "scaled" else None,
+                               config=config())
+        gct.register_fsdp_reduce_scatter(model, st)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05)
+        for step in range(8):
+            x, y = batch(step, rank, 32)
+            opt.zero_grad(set_to_none=True)
+            loss = nn.functional.cross_entropy(model(x), y)
+            if sc is None:
+                loss.backward()
+                opt.step()
+                continue
+            sc.scale(loss).backward()
+            sc.step(opt)
+            sc.update(new_scale=get() / 8) if step == 5 else sc.update()
+        hashes[run] = hashlib.sha256(b"".join(p.full_tensor().detach().numpy().tobytes()
+                                              for p in model.parameters())).hexdigest()
+        if run == "scaled":
+            res["fsdp_reads"] = count[0]
+            res["fsdp_calls"] = st.stats()["compressed_calls"]
+        st.close()
+    res["fsdp_scaled_equal"] = hashes["scaled"] == hashes["plain"]
+    res["fsdp_unfollowed_equal"] = hashes["unfollowed"] == hashes["plain"]
+    return [], res
+
+
 class _Bucket:
     """Enough of DDP's GradBucket for a hook call that must be refused before it reads it."""
 
@@ -361,7 +472,7 @@ def main():
             json.dump(res, f)
         gc_ranks.leave(0)  # rank 1 dies here, rank 0 has no group left
     records, res = {"ddp": ddp, "fsdp": fsdp, "dgc": dgc,
-                     "subgroups": subgroups}[mode](out, rank)
+                     "subgroups": subgroups, "scaler": scaler}[mode](out, rank)
     torch.save(records, f"{out}.rank{rank}.pt")
     with open(f"{out}.rank{rank}.json", "w") as f:
         json.dump(res, f)

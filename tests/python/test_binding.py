@@ -517,6 +517,54 @@ class SaveLoadState(unittest.TestCase):
             train(c, c_bufs, range(2, 4))
         self.assertFalse(np.array_equal(bits_of(a_bufs[0]), bits_of(c_bufs[0])))
 
+    def test_grad_scale_keeps_the_state_in_the_gradients_units(self):
+        # Gradients scaled by 2^k that change between steps (a loss scaler): with
+        # set_grad_scale before each call the outputs are bit for bit the scaled outputs of
+        # the unscaled run; a saved state carries its scale.
+        N, n = 3, 6000
+        seqs = [inputs(N, n, np.float32, 70 + s) for s in range(4)]
+        scales = [1024.0, 512.0, 512.0, 4096.0]
+        cfg = gradcomp.Config(from_env=False, min_elements=0)
+
+        def train(world, scaled, set_scale=True):
+            out = []
+            for s, scale in enumerate(scales):
+                k = scale if scaled else 1.0
+                bufs = [seqs[s][i] * np.float32(k) for i in range(N)]
+
+                def body(c):
+                    if scaled and set_scale:
+                        c.set_grad_scale(k)
+                    c.allreduce(bufs[c.rank], key=3, op="avg")
+                world.run(body)
+                out.append([b / np.float32(k) for b in bufs])
+            return out
+
+        with gradcomp.CpuWorld(N, cfg) as w:
+            plain = train(w, False)
+        with gradcomp.CpuWorld(N, cfg) as w:
+            scaled = train(w, True)
+            self.assertEqual(w.comms[0].grad_scale, 4096.0)
+            blob = w.comms[0].save_state()
+        for s in range(len(scales)):
+            for r in range(N):
+                self.assertTrue(np.array_equal(bits_of(plain[s][r]), bits_of(scaled[s][r])),
+                                f"step {s} rank {r}")
+        with gradcomp.CpuWorld(N, cfg) as w:
+            unset = train(w, True, set_scale=False)
+        self.assertFalse(np.array_equal(bits_of(plain[1][0]), bits_of(unset[1][0])))
+        with gradcomp.CpuWorld(N, cfg) as w:
+            self.assertEqual(w.comms[0].grad_scale, 1.0)
+            w.comms[0].load_state(blob)
+            self.assertEqual(w.comms[0].grad_scale, 4096.0)
+            for bad in (0.0, -2.0, float("nan"), float("inf"), 2.0 ** 61):
+                with self.assertRaisesRegex(gradcomp.InvalidArgumentError,
+                                            r"scale=.* is outside 2\^-60\.\.2\^60"):
+                    w.comms[0].set_grad_scale(bad)
+            with self.assertRaisesRegex(ValueError, "scale='2' is not a number"):
+                w.comms[0].set_grad_scale("2")
+            self.assertEqual(w.comms[0].grad_scale, 4096.0)
+
     def test_bad_state_is_refused(self):
         with gradcomp.CpuWorld(1) as w:
             with self.assertRaisesRegex(gradcomp.InvalidArgumentError,

@@ -515,6 +515,8 @@ class LayerAwarePlan(unittest.TestCase):
                    {"start_iter": True}, {"exclude_1d": "no"}):
             with self.assertRaises(ValueError, msg=str(kw)):
                 self.state(m, **kw)
+        with self.assertRaisesRegex(ValueError, "grad_scaler=2.0 has no get_scale"):
+            self.state(m, grad_scaler=2.0)
         st = self.state(m)
         good = st.state_dict()
         for bad, why in (({**good, "iter": -100}, "iter=-100"), (None, "NoneType"),
@@ -1524,6 +1526,37 @@ class CpuBackendDdp(unittest.TestCase):
         self.assertGreater(st["gradcomp"]["bytes_on_wire"], 0)
         for r in range(N):
             self.assertTrue(results[r]["resume_bitwise"], f"rank {r}: resume is not bit for bit")
+
+
+@unittest.skipIf(torch is None, "PyTorch is not installed")
+class CpuBackendGradScaler(unittest.TestCase):
+    """GradcompState(grad_scaler=GradScaler) on real DDP (2 gloo processes): a loss scale that
+    grows x2 every 2 steps and is cut to 1/8 once leaves the parameters bit for bit those of
+    the unscaled run (QSGD, and DGC with clipping and momentum correction), because gradcomp
+    rescales its residuals and velocity with the scale; without grad_scaler they differ. The
+    scale is read once per step however many buckets compress. The same for FSDP2's
+    reduce-scatter (three modules a step)."""
+
+    def test_scaled_training_follows_the_unscaled_run_bit_for_bit(self):
+        _, results = launch_ranks(self, "scaler")
+        for r, res in enumerate(results):
+            for m in ("qsgd", "dgc"):
+                self.assertTrue(res[m + "_scaled_equal"], f"rank {r} {m}: scaled run differs")
+                self.assertFalse(res[m + "_unfollowed_equal"],
+                                 f"rank {r} {m}: without grad_scaler the run is the same, so "
+                                 "the test cannot tell")
+                self.assertGreater(res[m + "_buckets"], 1, "one bucket: nothing per bucket")
+                self.assertEqual(res["reads"][m], 8, f"rank {r} {m}: scale reads")
+                # The scaler's own history (x2 every 2 steps, /8 once): the comm's scale is
+                # the one the last step's gradients carried.
+                scales = res[m + "_scales"]
+                self.assertEqual(len(set(scales)), 4, scales)
+                self.assertEqual(res[m + "_final_scale"], scales[-1])
+            # FSDP2's reduce-scatter (QSGD 4-bit): the same, one read per step for 3 modules.
+            self.assertTrue(res["fsdp_scaled_equal"], f"rank {r} FSDP: scaled run differs")
+            self.assertFalse(res["fsdp_unfollowed_equal"], f"rank {r} FSDP: cannot tell")
+            self.assertEqual(res["fsdp_calls"], 3 * 8)
+            self.assertEqual(res["fsdp_reads"], 8)
 
 
 @unittest.skipIf(torch is None, "PyTorch is not installed")

@@ -69,6 +69,16 @@ class GradcompState:
             before). DDP rebuilds its buckets after the first step, so the
             default 2 compresses only rebuilt buckets (as PowerSGD's
             start_powerSGD_iter > 1).
+        grad_scaler: the torch.amp.GradScaler that scales this model's loss
+            (fp16 AMP), or None. gradcomp's residuals and DGC's velocity are
+            then kept in the units of the scaled gradients it is handed: at
+            the first compressed call after the scaler's update() the state
+            reads the scaler's scale (get_scale(): one host read per step)
+            and gradcomp rescales what it holds (gradcompCommSetGradScale);
+            DGC's clip_norm applies to unscaled gradients. Without it, each
+            backoff (x0.5) would double what the residuals carry and each
+            growth (x2) halve it. Also settable as state.grad_scaler (after
+            load_state_dict of a pickled state, which does not hold it).
         config: a gradcomp.Config; keywords override it. Otherwise the
             settings start from the GRADCOMP_* variables (gradcompConfigFromEnv),
             e.g. method="dgc", density=0.001, bits=2, bucket_size=512,
@@ -85,7 +95,7 @@ class GradcompState:
     _split_given = False  # param_groups() gave a DGC split by is_compressed()
 
     def __init__(self, process_group=None, module=None, *, layer_min_size=1024, start_iter=2,
-                 exclude_1d=True, backend="nccl", config=None, **settings):
+                 exclude_1d=True, backend="nccl", grad_scaler=None, config=None, **settings):
         self.process_group, self.rank, self.world_size = _group.check_group(process_group,
                                                                             backend)
         self.backend = backend
@@ -94,6 +104,13 @@ class GradcompState:
                 raise ValueError(f"{name}={v!r} is not an integer >= 0")
         if not (isinstance(exclude_1d, bool) or type(exclude_1d).__name__ == "bool_"):
             raise ValueError(f"exclude_1d={exclude_1d!r} is not True or False")
+        if grad_scaler is not None and not callable(getattr(grad_scaler, "get_scale", None)):
+            raise ValueError(f"grad_scaler={grad_scaler!r} has no get_scale(): pass the "
+                             "torch.amp.GradScaler that scales this model's loss, or None")
+        self.grad_scaler = grad_scaler
+        # The scaler's scale tensor and its version at the last read: a read happens again only
+        # after the scaler changed it in place (update()), so one per step, not per bucket.
+        self._scale_mark = None
         self.config = as_config(config, **settings)
         self.layer_min_size = int(layer_min_size)
         self.exclude_1d = bool(exclude_1d)
@@ -206,6 +223,7 @@ class GradcompState:
                     self._comm.load_state(blob)  # raises, the comm unchanged, if refused
                 else:
                     self._comm.reset_state()
+            self._scale_mark = None  # the loaded state is in its own scale
         elif blob is not None:
             self._precheck_blob(blob)
         if self._comm is None:
@@ -484,7 +502,27 @@ class GradcompState:
                                    "says why): every rank stops here; load state dicts that "
                                    "gradcomp accepts on every rank")
             self._pending_blob = None
+            self._scale_mark = None
         return self._comm
+
+    def _follow_scaler(self, comm, stream_handle):
+        """Before a compressed call: the comm's scale set to grad_scaler's when the scaler may
+        have changed it since the last read (gradcompCommSetGradScale rescales the state on the
+        call's stream)."""
+        sc = self.grad_scaler
+        if sc is None:
+            return
+        t = getattr(sc, "_scale", None)
+        mark = (id(t), t._version) if isinstance(t, torch.Tensor) else None
+        if mark is not None and mark == self._scale_mark:
+            return
+        scale = float(sc.get_scale())
+        try:
+            comm.set_grad_scale(scale, stream_handle)
+        except ValueError as e:
+            raise ValueError(f"gradcomp: the GradScaler's scale {scale} cannot be followed: {e}. "
+                             "Keep the scaler's scale within 2^-60..2^60") from e
+        self._scale_mark = mark
 
     def _all_ranks_ok(self, ok, device):
         """True when ok on every rank of the group (a collective: every rank calls it)."""
@@ -722,6 +760,7 @@ def _reduce_bucket(state, bucket, buf, stream):
         return _allreduce_avg(buf, state)
 
     comm = state.comm(buf.device)
+    state._follow_scaler(comm, stream.handle)
     dtype = _DTYPES[buf.dtype]
     what = f"bucket {bucket.index()}'s compressed part"
     before = comm.call_counts()

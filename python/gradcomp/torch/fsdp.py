@@ -144,6 +144,7 @@ class GradcompReduceScatter(_Base):
             raise ValueError("FSDP reduces over another process group than the GradcompState's: "
                              "make the state with process_group=<FSDP's shard group>")
         comm = self.state.comm(out.device)
+        self.state._follow_scaler(comm, stream_handle())
         before = comm.call_counts()
         comm.reduce_scatter_raw(inp.data_ptr(), out.data_ptr(), out.numel(), _DTYPES[inp.dtype],
                                 opname, stream_handle(), self.key)
