@@ -345,7 +345,9 @@ gradcompResult_t gradcompCommLoadState(gradcompComm_t comm, const void* buffer, 
  * thousand steps doubled at a backoff, halved at a growth). A rank's own
  * setting: ranks whose gradients are scaled alike set it alike. The same
  * scale again does nothing. `scale` from 2^-60 to 2^60 (finite, positive),
- * else gradcompInvalidArgument; not while `stream` is being captured. A
+ * else gradcompInvalidArgument; gradcompInvalidUsage while `stream` is being
+ * captured, and on a DGC comm with clipNorm > 0 whose calls were captured
+ * into a CUDA graph (its replays keep the old scale's clipping bound). A
  * saved state records the scale it is in, and a load restores it. */
 gradcompResult_t gradcompCommSetGradScale(gradcompComm_t comm, float scale, cudaStream_t stream);
 gradcompResult_t gradcompCommGetGradScale(gradcompComm_t comm, float* scale);

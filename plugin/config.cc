@@ -67,7 +67,8 @@ static const ParamSpec kParams[] = {
     {"GRADCOMP_MOMENTUM_CORRECTION", ParamKind::Int, GC_FIELD(momentumCorrection), 0, 1, nullptr,
      "1", "DGC: accumulate the velocity u = m*u + g instead of g (optimizer momentum off)"},
     {"GRADCOMP_CLIP_NORM", ParamKind::Float, GC_FIELD(clipNorm), 0, 1e30, nullptr, "0",
-     "DGC local gradient clipping at clipNorm*N^-1/2; 0 is off"},
+     "DGC local gradient clipping at clipNorm*N^-1/2 (times the gradients' loss scale, "
+     "gradcompCommSetGradScale); 0 is off"},
     {"GRADCOMP_MOMENTUM_MASKING", ParamKind::Int, GC_FIELD(momentumMasking), 0, 1, nullptr, "1",
      "DGC: zero u and v where entries were sent"},
     {"GRADCOMP_WARMUP_STEPS", ParamKind::Int, GC_FIELD(warmupSteps), 0, 100000000, nullptr, "0",

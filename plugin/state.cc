@@ -101,10 +101,16 @@ void setScaleField(gradcompComm* c, float scale) {
 
 // Every state of c and of its inter-node child, times `factor`: the
 // arrays on the backend's stream (in place: x / (1 / factor), exact for a
-// power of two), the DQ-SGD statistics on the host.
-gradcompResult_t scaleStates(gradcompComm* c, float factor) {
+// power of two), the DQ-SGD statistics on the host. What can fail on the
+// host (waiting for the last call's statistics) is done first, so that it
+// changes nothing; a failed launch after it is a CUDA error the next call
+// meets too.
+gradcompResult_t scaleStates(gradcompComm* top, float factor) {
+  for (gradcompComm* c = top; c != nullptr; c = c->inter.get()) {
+    for (auto& kv : c->states) GC_CHECK(settleBitsHistory(kv.second));
+  }
   const float divisor = (float)(1.0 / (double)factor);
-  for (; c != nullptr; c = c->inter.get()) {
+  for (gradcompComm* c = top; c != nullptr; c = c->inter.get()) {
     for (auto& kv : c->states) {
       BufferState& s = kv.second;
       if (s.residual)
@@ -115,7 +121,7 @@ gradcompResult_t scaleStates(gradcompComm* c, float factor) {
       }
       if (s.momentum)
         GC_CHECK(c->backend->fromFloat(s.momentum, s.count, divisor, DType::F32, s.momentum));
-      GC_CHECK(scaleBitsHistory(s, (double)factor));
+      scaleBitsHistory(s, (double)factor);
     }
   }
   return gradcompSuccess;
@@ -765,6 +771,19 @@ gradcompResult_t setGradScale(gradcompComm_t comm, float scale, cudaStream_t str
     return setError(gradcompInvalidUsage,
                     "gradcompCommSetGradScale rescales the state between calls, on the host's "
                     "order: call it outside CUDA graph capture (the stream is being captured)");
+  }
+  // A captured DGC call clips at the threshold of the scale it was captured
+  // under, which its replays keep: they would clip the new scale's gradients
+  // at the old bound.
+  if (comm->backend->usedByGraphs() && comm->cfg.method == gradcompMethodDgc &&
+      comm->cfg.clipNorm > 0.0f) {
+    return setError(gradcompInvalidUsage,
+                    "gradcompCommSetGradScale(scale=%g): this comm's DGC calls were captured into "
+                    "a CUDA graph, whose replays clip at clipNorm=%g times the old scale %g; "
+                    "with clipNorm > 0 the scale cannot change under captured calls (save the "
+                    "state, load it into a new comm, set the scale there and capture again; or "
+                    "set clipNorm=0)",
+                    (double)scale, (double)comm->cfg.clipNorm, (double)comm->gradScale);
   }
   // new / old is within 2^-120..2^120: a normal float, as is its inverse.
   const float factor = (float)((double)scale / (double)comm->gradScale);

@@ -163,6 +163,7 @@ std::unique_ptr<gradcompComm> makeInterComm(const gradcompComm& c,
   if (m->cfg.algo == gradcompAlgoHier) m->cfg.algo = gradcompAlgoAuto;
   m->rank = c.topo.node;
   m->parentRank = c.rank;
+  m->gradScale = c.gradScale;  // it clips with it
   m->nranks = c.topo.nodes;
   m->topo = blockTopology(m->rank, m->nranks, 1);
   m->backend = c.backend;

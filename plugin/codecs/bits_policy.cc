@@ -227,15 +227,17 @@ gradcompResult_t exportBitsHistory(BufferState& s, bool* present, BitsHistoryRec
   return gradcompSuccess;
 }
 
-gradcompResult_t scaleBitsHistory(BufferState& s, double factor) {
-  if (!s.bitsHistory) return gradcompSuccess;
+gradcompResult_t settleBitsHistory(BufferState& s) {
+  return s.bitsHistory ? settlePending(*s.bitsHistory) : gradcompSuccess;
+}
+
+void scaleBitsHistory(BufferState& s, double factor) {
+  if (!s.bitsHistory) return;
   BitsHistory& h = *s.bitsHistory;
-  GC_CHECK(settlePending(h));
   // Sums of squares of the result: factor^2 (exact for a power of two).
   h.stats.sumLenMaxSq *= factor * factor;
   h.stats.sumSq *= factor * factor;
   h.budget.shift(log2(factor));
-  return gradcompSuccess;
 }
 
 const char* checkBitsHistory(const BitsHistoryRecord& r, const gradcompConfig_t& cfg) {

@@ -94,9 +94,11 @@ const char* checkBitsHistory(const BitsHistoryRecord& r, const gradcompConfig_t&
 bool budgetWindowFits(const BitsHistoryRecord& r, const gradcompConfig_t& cfg);
 // Gives s a history equal to r (allocating what the backend needs).
 gradcompResult_t importBitsHistory(gradcompComm& c, BufferState& s, const BitsHistoryRecord& r);
-// gradcompCommSetGradScale: the statistics and history of s as those of
-// results `factor` times larger (waits for the last call's statistics).
-gradcompResult_t scaleBitsHistory(BufferState& s, double factor);
+// gradcompCommSetGradScale: waits for the statistics of s's last call
+// (the only step that can fail); then scaleBitsHistory makes its statistics
+// and history those of results `factor` times larger.
+gradcompResult_t settleBitsHistory(BufferState& s);
+void scaleBitsHistory(BufferState& s, double factor);
 // gradcompCommAbort: s's history frees nothing whose free would wait for the
 // whole device (its pinned mirror); that memory is left.
 void abandonBitsHistory(BufferState& s);

@@ -212,7 +212,8 @@ TEST_F(DenseAlgoGpu, GrowingCallsWaitForNoOtherStream) {
 
 // gradcompCommSetGradScale on the CUDA backend: the rescale runs on the
 // stream it is given and the next call, on another stream, waits for it
-// (as for a call); every output and residual is bit for bit the scale times
+// (as for a call): with the rescale's stream held, the call's stream stays
+// busy for 2 s; every output and residual is bit for bit the scale times
 // the CPU backend's unscaled ones. Under capture it is refused, enqueueing
 // nothing.
 TEST_F(DenseAlgoGpu, GradScaleRescalesOnItsStreamBitForBit) {
@@ -232,13 +233,36 @@ TEST_F(DenseAlgoGpu, GradScaleRescalesOnItsStreamBitForBit) {
     ASSERT_EQ(gradcompAllReduce(x.data(), x.data(), n, ncclFloat32, ncclSum, cpu, nullptr),
               gradcompSuccess);
     d.upload(xs);
-    // The rescale on one stream, the call on the other, alternating.
+    // The rescale on one stream, held, the call on the other, alternating. A
+    // watchdog opens the gate after 20 s, so a call that waited on the host
+    // fails instead of hanging.
     cudaStream_t scaleOn = step % 2 ? other : stream, callOn = step % 2 ? stream : other;
-    ASSERT_EQ(gradcompCommSetGradScale(gpu, s, scaleOn), gradcompSuccess) << gradcompGetLastError();
-    ASSERT_EQ(gradcompAllReduce(d.get(), d.get(), n, ncclFloat32, ncclSum, gpu, callOn),
-              gradcompSuccess)
-        << gradcompGetLastError();
+    gctest::StreamGate gate;
+    ASSERT_EQ(gate.hold(scaleOn), cudaSuccess);
+    std::atomic<bool> returned{false};
+    std::thread watchdog([&] {
+      for (int i = 0; i < 2000 && !returned; ++i) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      }
+      gate.open();
+    });
+    const gradcompResult_t set = gradcompCommSetGradScale(gpu, s, scaleOn);
+    const gradcompResult_t call =
+        gradcompAllReduce(d.get(), d.get(), n, ncclFloat32, ncclSum, gpu, callOn);
+    returned = true;
+    // Busy for 2 s while the rescale's stream is held: the call waits for it.
+    bool finished = false;
+    for (int i = 0; i < 200 && !finished; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      finished = cudaStreamQuery(callOn) != cudaErrorNotReady;
+    }
+    gate.open();
+    watchdog.join();
+    ASSERT_EQ(set, gradcompSuccess);
+    ASSERT_EQ(call, gradcompSuccess);
+    EXPECT_FALSE(finished) << "the call ran before the rescale on the other stream";
     ASSERT_EQ(cudaStreamSynchronize(callOn), cudaSuccess);
+    ASSERT_EQ(cudaStreamSynchronize(scaleOn), cudaSuccess);
     const std::vector<float> out = d.download(n);
     const float* rc = cpu->states.begin()->second.residual;
     std::vector<float> rg(n);

@@ -150,6 +150,13 @@ TEST_F(SparseAlgoGpu, AlgorithmsEqualCpuBackendEagerAndInGraphs) {
         EXPECT_EQ(stc.peerSlotsRejected, 0u);
       }
     }
+    // A loss scale change under captured calls: DGC's replays would clip at
+    // the old scale's bound (clipNorm 100 here), so it is refused; the other
+    // methods' captured calls read the rescaled state in place.
+    ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+    EXPECT_EQ(gradcompCommSetGradScale(gpu, 2.0f, stream),
+              ac.method == gradcompMethodDgc ? gradcompInvalidUsage : gradcompSuccess)
+        << gradcompGetLastError();
     if (exec) cudaGraphExecDestroy(exec);
     if (graph) cudaGraphDestroy(graph);
     gradcompCommDestroy(gpu);

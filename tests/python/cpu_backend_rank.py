@@ -304,7 +304,13 @@ def scaler(out, rank):
                                                           auto_tune=0, **settings))
             d.register_comm_hook(st, gct.gradcomp_hook)
             opt = torch.optim.SGD(d.parameters(), lr=0.05)
+            caught = warnings.catch_warnings(record=True)
+            seen = caught.__enter__()
+            warnings.simplefilter("always")
             for step in range(8):
+                if run == "unfollowed" and step == 6:
+                    # The scaler given late: the residuals so far recorded no scale (warned).
+                    st.grad_scaler = sc
                 x, y = batch(step, rank, 32)
                 opt.zero_grad(set_to_none=True)
                 loss = nn.functional.cross_entropy(d(x), y)
@@ -319,6 +325,9 @@ def scaler(out, rank):
                     sc.update(new_scale=get() / 8)
                 else:
                     sc.update()
+            caught.__exit__(None, None, None)
+            res[f"{mname}_{run}_unrecorded_warnings"] = sum(
+                "record no loss scale" in str(w.message) for w in seen)
             hashes[run] = hashlib.sha256(param_bytes(d.parameters())).hexdigest()
             if run == "scaled":
                 reads[mname] = count[0]

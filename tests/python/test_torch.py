@@ -1552,6 +1552,10 @@ class CpuBackendGradScaler(unittest.TestCase):
                 scales = res[m + "_scales"]
                 self.assertEqual(len(set(scales)), 4, scales)
                 self.assertEqual(res[m + "_final_scale"], scales[-1])
+                # A scaler given after steps that recorded no scale is warned about once; a
+                # state that had it from the start is not.
+                self.assertEqual(res[m + "_unfollowed_unrecorded_warnings"], 1)
+                self.assertEqual(res[m + "_scaled_unrecorded_warnings"], 0)
             # FSDP2's reduce-scatter (QSGD 4-bit): the same, one read per step for 3 modules.
             self.assertTrue(res["fsdp_scaled_equal"], f"rank {r} FSDP: scaled run differs")
             self.assertFalse(res["fsdp_unfollowed_equal"], f"rank {r} FSDP: cannot tell")

@@ -517,6 +517,16 @@ class GradcompState:
         if mark is not None and mark == self._scale_mark:
             return
         scale = float(sc.get_scale())
+        if (self._scale_mark is None and scale != 1.0 and comm.grad_scale == 1.0
+                and comm.stats()["steps"] > 0):
+            # A state from calls that recorded no scale: a checkpoint saved without grad_scaler
+            # (or by gradcomp before 0.6), or steps run before the scaler was given.
+            self._warn_once("scale-unrecorded", "the residuals this state holds record no loss "
+                            f"scale, so they are taken as unscaled and multiplied by the "
+                            f"GradScaler's {scale} now; if the run that made them handed gradcomp "
+                            "scaled gradients (fp16 with a GradScaler), they were in its units "
+                            "already and are now too large: give that run grad_scaler too, or "
+                            "start from fresh residuals (warned once)")
         try:
             comm.set_grad_scale(scale, stream_handle)
         except ValueError as e:
