@@ -432,6 +432,7 @@ def main():
         "multirank_hier_tests_failed": multi.get("multirank_hier_tests_failed"),
         "ddp_hook_qsgd4_acc_delta_pts": hooks.get("ddp_hook_qsgd4_acc_delta_pts"),
         "torch_hook_exact_bitwise": hooks.get("torch_hook_exact_bitwise"),
+        "torch_hook_scaler_bitwise": hooks.get("torch_hook_scaler_bitwise"),
         "torch_hook_vs_preload_bytes_equal": hooks.get("torch_hook_vs_preload_bytes_equal"),
         "torch_hook_resume_bitwise": hooks.get("torch_hook_resume_bitwise"),
         "torch_hook_abort_refuses_after": hooks.get("torch_hook_abort_refuses_after"),

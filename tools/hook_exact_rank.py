@@ -124,6 +124,54 @@ def run_hook(state, buckets, producer):
     return out
 
 
+class Scaler:
+    """The part of AMP's GradScaler that GradcompState(grad_scaler=...) reads: get_scale() and
+    its scale tensor, which update() changes in place (so the state reads it once a step)."""
+
+    def __init__(self, dev):
+        self._scale = torch.ones(1, device=dev)
+
+    def get_scale(self):
+        return float(self._scale.item())
+
+    def update(self, s):
+        self._scale.fill_(s)
+
+
+SCALES = (1024.0, 512.0, 4096.0, 0.5)  # a GradScaler's kind of changes: powers of two
+
+
+def run_scaled(dev, buckets, producer, backend):
+    """The hook with grad_scaler on gradients times SCALES[step] against a state without it on
+    the unscaled ones: every result must be SCALES[step] times the unscaled one, bit for bit
+    (gradcomp rescales its residuals on the hook's stream at each change). Mismatch lines."""
+    import gradcomp.torch as gct
+
+    plain = gct.GradcompState(module=None, start_iter=START, backend=backend, config=config())
+    sc = Scaler(dev)
+    scaled = gct.GradcompState(module=None, start_iter=START, backend=backend, grad_scaler=sc,
+                               config=config())
+    bad, checked = [], 0
+    for step, s in enumerate(SCALES):
+        sc.update(s)
+        outs = []
+        for st, k in ((plain, 1.0), (scaled, s)):
+            with producer.context():
+                futs = [gct.gradcomp_hook(st, Bucket(producer.make(
+                    grads(step, st.rank, b, buckets) * k), params, b, b == len(buckets) - 1))
+                    for b, params in enumerate(buckets)]
+            outs.append([f.wait().cpu() for f in futs])
+        for b in range(len(buckets)):
+            checked += 1
+            n = differ(outs[1][b], outs[0][b] * s)
+            if n:
+                bad.append(f"scaled step {step} (scale {s}) bucket {b}: {n} of "
+                           f"{outs[1][b].numel()} elements are not scale times the unscaled")
+    plain.close()
+    scaled.close()
+    return bad, checked
+
+
 def run_reduce_scatter(state, producer):
     import gradcomp.torch as gct
 
@@ -228,10 +276,17 @@ def main():
     bad += [f"rank {rank} reduce-scatter {k} ({RS_OPS[k]}): {differ(g, want_rs[rank][k])} of "
             f"{g.numel()} elements differ"
             for k, g in enumerate(got_rs or []) if differ(g, want_rs[rank][k])]
+    scaler_bad, scaler_checked = None, 0
+    if gradcomp.has("gradcompCommSetGradScale"):
+        scaler_bad, scaler_checked = run_scaled(dev, buckets, producer, backend)
+        scaler_bad = [f"rank {rank} {m}" for m in scaler_bad]
     _, hashes = gc_ranks.gather_hashes(b"".join(t.numpy().tobytes() for row in got for t in row))
     all_bad = [None] * world
     dist.all_gather_object(all_bad, bad)
     all_bad = [m for ms in all_bad for m in ms]
+    all_scaler = [None] * world
+    dist.all_gather_object(all_scaler, scaler_bad or [])
+    all_scaler = [m for ms in all_scaler for m in ms]
     res = None
     if rank == 0:
         st = state.stats()
@@ -244,6 +299,11 @@ def main():
                "ranks_identical": len(set(hashes)) == 1,
                "bitwise": not all_bad and len(set(hashes)) == 1,
                "hook_calls_compressed": (st["gradcomp"] or {}).get("calls_compressed"),
+               # GradcompState(grad_scaler=...): results of scaled gradients bit for bit the
+               # scale times the unscaled ones (None: a library without the loss scale).
+               "scaler_results_checked": world * scaler_checked,
+               "scaler_bitwise": None if scaler_bad is None else not all_scaler,
+               "scaler_mismatches": all_scaler[:8],
                "preload_loaded": gc_ranks.preload_loaded()}
         print(f"hook_exact: {res}", flush=True)
     dist.barrier()

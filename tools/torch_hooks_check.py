@@ -50,6 +50,8 @@ def summarize(res0, runs, got, world, cpu, out):
         res["torch_hook_exact_results_checked"] = (exact["allreduce_results_checked"]
                                                    + exact["reduce_scatter_results_checked"])
         res["torch_hook_exact_mismatches"] = exact["mismatches"]
+        res["torch_hook_scaler_bitwise"] = exact.get("scaler_bitwise")
+        res["torch_hook_scaler_results_checked"] = exact.get("scaler_results_checked")
     if fsdp_base and fsdp_gc:
         res["fsdp_hook_qsgd4_acc_delta_pts"] = fsdp_gc["accuracy_pct"] - fsdp_base["accuracy_pct"]
         res["fsdp_hook_qsgd4_test_loss_rel_delta"] = (
@@ -106,6 +108,9 @@ def summarize(res0, runs, got, world, cpu, out):
           f"| hooks bit for bit vs the CPU world's serial reference, 2 ranks, gradients "
           f"written late on another stream (results checked) | "
           f"{fmt('torch_hook_exact_bitwise')} ({fmt('torch_hook_exact_results_checked')}) |",
+          f"| hook with grad_scaler: results of gradients scaled 1024, 512, 4096, 0.5 are the "
+          f"scale times the unscaled ones, bit for bit (results checked) | "
+          f"{fmt('torch_hook_scaler_bitwise')} ({fmt('torch_hook_scaler_results_checked')}) |",
           f"| accuracy, hook QSGD 4-bit layer-aware vs uncompressed (pts) | "
           f"{fmt('ddp_hook_qsgd4_acc_delta_pts')} |",
           f"| parameters bitwise identical on all ranks (every run) | "
@@ -142,6 +147,8 @@ def summarize(res0, runs, got, world, cpu, out):
               compressed(hq_calls), compressed(res.get("torch_hook_whole_calls_rank0"))]
     if fsdp_gc is not None:
         checks.append(compressed(res.get("fsdp_hook_qsgd4_calls_compressed_rank0")))
+    if exact and exact.get("scaler_bitwise") is not None:
+        checks.append(exact["scaler_bitwise"])
     if cpu:  # no preload run to compare the hook's bytes with
         checks = [c for i, c in enumerate(checks) if i != 1]
         checks.append(all(r is not None for r in (base, hq, whole)))

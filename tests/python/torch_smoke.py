@@ -255,6 +255,11 @@ def check_hooks(out_root, build):
            f"hook_exact: {res.get('torch_hook_exact_bitwise')}, "
            f"{res.get('torch_hook_exact_results_checked')} results, "
            f"{res.get('torch_hook_exact_mismatches')}")
+    # GradcompState(grad_scaler=...): 4 steps x 3 buckets on each of the 2 ranks.
+    expect(res.get("torch_hook_scaler_bitwise") is True and
+           res.get("torch_hook_scaler_results_checked") == 2 * 4 * 3,
+           f"hook with grad_scaler: {res.get('torch_hook_scaler_bitwise')}, "
+           f"{res.get('torch_hook_scaler_results_checked')} results")
     expect(runs["preload"]["status"].startswith(CPU_SKIP) and "interposes NCCL" in
            runs["preload"]["status"], f"run preload: {runs['preload']}")
     expect(res["torch_hooks_params_identical_all_runs"] is True, "ranks' parameters differ")
