@@ -19,7 +19,7 @@ extern "C" {
 #endif
 
 #define GRADCOMP_VERSION_MAJOR 0
-#define GRADCOMP_VERSION_MINOR 5
+#define GRADCOMP_VERSION_MINOR 6
 #define GRADCOMP_VERSION_PATCH 0
 #define GRADCOMP_VERSION_CODE \
   (GRADCOMP_VERSION_MAJOR * 10000 + GRADCOMP_VERSION_MINOR * 100 + GRADCOMP_VERSION_PATCH)
@@ -160,6 +160,18 @@ typedef struct {
    * the stream without being told. Fixed bits only (not DQ-SGD's bit modes,
    * whose variance model is the uniform levels'), and not with Elias. */
   gradcompLevels_t levels;
+  int reserved1; /* padding made explicit (a 0.5 caller's struct ends before privateComm); unread */
+  /* GRADCOMP_PRIVATE_COMM 0/1, default 0: gradcomp's exchanges run on a
+   * private ncclCommSplit of the communicator (one more NCCL communicator,
+   * made by gradcompCommCreate, freed by its destroy), so that another thread
+   * may poll the program's communicator while a gradcomp call runs: on a
+   * non-blocking communicator (ncclConfig_t.blocking = 0) NCCL's
+   * ncclCommGetAsyncError, which gradcomp's waits and PyTorch's watchdog
+   * call, may not run on two threads at once. If any rank asks, every rank
+   * splits. gradcompCommCreate itself still calls the program's communicator
+   * (its vote and the split). The LD_PRELOAD library asks by itself for the
+   * communicators it knows are non-blocking. */
+  int privateComm;
 } gradcompConfig_t;
 
 /* Defaults in the first structSize bytes of *config (structSize included). */
@@ -199,9 +211,10 @@ typedef struct gradcompComm* gradcompComm_t;
  * as on a blocking one; one NCCL is still making (its ncclCommInitRankConfig
  * answered ncclInProgress) is waited for first. NCCL's ncclCommGetAsyncError
  * may not run on two threads at once: do not poll the NCCL comm from another
- * thread while a gradcomp call on it is in progress (the LD_PRELOAD library,
- * which cannot know the program's threads, runs the exchanges of a comm it
- * knows to be non-blocking on a private split instead). Made with the NCCL comm's
+ * thread while a gradcomp call on it is in progress, or set privateComm
+ * (GRADCOMP_PRIVATE_COMM=1) so that gradcomp's exchanges run on a private
+ * split of it (the LD_PRELOAD library, which cannot know the program's
+ * threads, does so for a comm it knows to be non-blocking). Made with the NCCL comm's
  * device current; the comm's later calls (the collectives, state, retune,
  * destroy, abort) work from any current device, as NCCL's do: each makes the
  * comm's device current for its duration. */

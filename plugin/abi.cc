@@ -24,11 +24,13 @@ constexpr size_t alignUp(size_t x, size_t a) {
 // pipelineBytes; 144: cpuTimeoutSec (0.2.0), then rounding in its padding
 // (0.3); 152: checkCalls (0.4); 160: levels (0.5), after reserved0, which
 // makes 0.4's tail padding a field so that levels lies past a 0.4 caller's
-// bytes.
+// bytes; 168: privateComm (0.6), after reserved1, 0.5's tail padding made a
+// field in the same way.
 constexpr size_t kConfigSizes[] = {
     GC_LAYOUT_END(gradcompConfig_t, localSize),     GC_LAYOUT_END(gradcompConfig_t, autoTune),
     GC_LAYOUT_END(gradcompConfig_t, pipelineBytes), GC_LAYOUT_END(gradcompConfig_t, rounding),
     GC_LAYOUT_END(gradcompConfig_t, checkCalls),    GC_LAYOUT_END(gradcompConfig_t, levels),
+    GC_LAYOUT_END(gradcompConfig_t, privateComm),
 };
 // Every gradcompStats_t since callsPerAlgo grew to 6 entries (the hierarchy):
 // 128: bytesInterNode; 136: callsReduceScatter; 144: callsAutoPassed; 152:

@@ -101,6 +101,12 @@ static const ParamSpec kParams[] = {
      "whose kernels overlap the transfers (CUDA backend); 0 is off; results are bitwise the same"},
     {"GRADCOMP_CPU_TIMEOUT", ParamKind::Float, GC_FIELD(cpuTimeoutSec), 0.001, 86400, nullptr,
      "120", "CPU backend: seconds a rank waits at a collective for the others before it fails"},
+    {"GRADCOMP_PRIVATE_COMM", ParamKind::Int, GC_FIELD(privateComm), 0, 1, nullptr, "0",
+     "NCCL backend: exchange on a private split of the communicator (one more NCCL "
+     "communicator), so that another thread may poll the program's non-blocking communicator "
+     "(ncclCommGetAsyncError, as PyTorch's watchdog) while a gradcomp call runs; any rank's 1 "
+     "makes every rank split; the LD_PRELOAD library splits by itself for the communicators it "
+     "knows are non-blocking"},
     {"GRADCOMP_CHECK_CALLS", ParamKind::Int, GC_FIELD(checkCalls), 0, 1, nullptr, "0",
      "NCCL backend: before every allreduce and reduce-scatter the ranks agree on the call "
      "(collective, step, count, datatype, op), so that mismatched calls fail on every rank "
@@ -408,6 +414,8 @@ void configDefaults(gradcompConfig_t* c) {
   c->checkCalls = 0;
   c->reserved0 = 0;
   c->levels = gradcompLevelsUniform;
+  c->reserved1 = 0;
+  c->privateComm = 0;
 }
 
 static size_t fieldBytes(ParamKind kind) {

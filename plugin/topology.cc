@@ -257,6 +257,7 @@ SetupVote makeSetupVote(gradcompResult_t local, const gradcompConfig_t& cfg, uin
     snprintf(v.why, sizeof(v.why), "%s", why != nullptr ? why : "");
     return v;
   }
+  v.nonBlocking = cfg.privateComm ? 1 : 0;
   const uint64_t s[kSetupSettings] = {(uint64_t)(int64_t)cfg.localSize,
                                       (uint64_t)(int64_t)cfg.method,
                                       (uint64_t)(int64_t)cfg.algo,
@@ -430,24 +431,27 @@ gradcompResult_t setupNcclHierarchy(gradcompComm* c, const SetupVote& mine,
   };
   GC_CHECK(aborted());
   const NcclApi* api = ncclApi();
-  // A non-blocking program communicator: gradcomp's exchanges (and the
-  // hierarchy's splits) go to a private split of it, which nobody else
-  // polls. Every rank splits, as the votes decided alike.
+  // A non-blocking program communicator, or a rank's privateComm:
+  // gradcomp's exchanges (and the hierarchy's splits) go to a private split
+  // of it, which nobody else polls. Every rank splits, as the votes decided
+  // alike.
   ncclComm_t parent = c->nccl;
   if (ownWanted) {
     if (api->commSplit == nullptr || api->commDestroy == nullptr) {
       if (c->rank == 0) {
         GC_INFO(
             "comm %p: this NCCL has no ncclCommSplit; exchanging on the program's "
-            "non-blocking communicator",
+            "communicator, not a private split",
             (void*)c);
       }
     } else {
       GC_CHECK(splitNccl(c->nccl, 0, c->rank, &c->ownNccl, stop));
       if (c->transport) c->transport->moveTo(c->ownNccl);
       parent = c->ownNccl;
-      GC_INFO("comm %p rank %d: non-blocking NCCL comm %p, exchanging on its private split %p",
-              (void*)c, c->rank, (void*)c->nccl, (void*)c->ownNccl);
+      GC_INFO(
+          "comm %p rank %d: NCCL comm %p (non-blocking, or privateComm), exchanging on its "
+          "private split %p",
+          (void*)c, c->rank, (void*)c->nccl, (void*)c->ownNccl);
     }
   }
   if (!c->topo.hier()) return gradcompSuccess;

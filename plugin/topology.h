@@ -74,9 +74,10 @@ constexpr int kSetupSettings = 31;
 struct SetupVote {
   uint64_t host = 0;   // hostIdentity(), 0 = unreadable
   int32_t result = 0;  // gradcompResult_t of this rank's local set-up
-  // 1: this rank's NCCL comm is known to be non-blocking (the LD_PRELOAD
-  // library's record of how it was made): if any rank's is, every rank
-  // exchanges on a private split of it (setupNcclHierarchy).
+  // 1: this rank asks for a private split (setupNcclHierarchy): its config
+  // says privateComm, or its NCCL comm is known to be non-blocking (the
+  // LD_PRELOAD library's record of how it was made). If any rank asks, every
+  // rank exchanges on a private split of the program's communicator.
   int32_t nonBlocking = 0;
   // The settings that shape the split or the exchange, in the order of
   // setupSettingName(); floats as their bits.

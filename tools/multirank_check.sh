@@ -41,7 +41,8 @@ run_limit() {
   [ "$left" -lt "$cap" ] && echo "$left" || echo "$cap"
 }
 # rank_env R N L [NB]: env_extra for rank R of N (L: GRADCOMP_LOCAL_SIZE, 0 =
-# flat; NB 1: NCCL_COMM_BLOCKING=0, every NCCL communicator non-blocking):
+# flat; NB 1: NCCL_COMM_BLOCKING=0, every NCCL communicator non-blocking; NB 2:
+# that and GRADCOMP_PRIVATE_COMM=1, gradcomp's exchanges on a private split):
 # with fewer GPUs than ranks, each rank its own NCCL host over loopback sockets.
 rank_env() {
   env_extra=()
@@ -50,18 +51,22 @@ rank_env() {
                NCCL_P2P_DISABLE=1 NCCL_SHM_DISABLE=1 NCCL_NVLS_ENABLE=0)
   fi
   [ "$3" != 0 ] && env_extra+=(GRADCOMP_LOCAL_SIZE=$3)
-  [ "${4:-0}" = 1 ] && env_extra+=(NCCL_COMM_BLOCKING=0)
+  [ "${4:-0}" != 0 ] && env_extra+=(NCCL_COMM_BLOCKING=0)
+  [ "${4:-0}" = 2 ] && env_extra+=(GRADCOMP_PRIVATE_COMM=1)
   return 0
 }
-# parse_run RUN (N:L, or N:L:nb for non-blocking communicators): sets n,
-# local_size, nb, tag (n<N>, hier_n<N>, with _nb appended) and label.
+# parse_run RUN (N:L, N:L:nb for non-blocking communicators, N:L:nbp for those
+# with GRADCOMP_PRIVATE_COMM=1): sets n, local_size, nb (0, 1, 2), tag (n<N>,
+# hier_n<N>, with _nb or _nbp appended) and label.
 parse_run() {
   IFS=: read -r n local_size nb_word <<< "$1"
-  nb=0; [ "${nb_word:-}" = nb ] && nb=1
+  nb=0; [ "${nb_word:-}" = nb ] && nb=1; [ "${nb_word:-}" = nbp ] && nb=2
   tag=n$n; [ "$local_size" != 0 ] && tag=hier_n$n
   [ "$nb" = 1 ] && tag=${tag}_nb
+  [ "$nb" = 2 ] && tag=${tag}_nbp
   label="N=$n$([ "$local_size" != 0 ] && echo " GRADCOMP_LOCAL_SIZE=$local_size")"
-  [ "$nb" = 1 ] && label="$label NCCL_COMM_BLOCKING=0"
+  [ "$nb" != 0 ] && label="$label NCCL_COMM_BLOCKING=0"
+  [ "$nb" = 2 ] && label="$label GRADCOMP_PRIVATE_COMM=1"
   return 0
 }
 # Runs: N ranks, and GRADCOMP_LOCAL_SIZE for the hierarchical suite (0: flat).
@@ -72,7 +77,8 @@ parse_run() {
 # GC_MULTIRANK_RUNS and GC_MULTIRANK_ABORT_RUNS pick the worlds (N:L, as below) for a
 # quick rerun of what a fix touched, e.g. GC_MULTIRANK_RUNS=2:0 GC_MULTIRANK_ABORT_RUNS=none.
 # N:L:nb runs a suite world with NCCL_COMM_BLOCKING=0 (non-blocking communicators,
-# which gradcomp waits on), e.g. GC_MULTIRANK_RUNS="2:0:nb 4:2:nb".
+# which gradcomp waits on), e.g. GC_MULTIRANK_RUNS="2:0:nb 4:2:nb"; N:L:nbp the same with
+# GRADCOMP_PRIVATE_COMM=1 (the C API's private split).
 runs=${GC_MULTIRANK_RUNS:-2:0 4:0 4:2}
 abort_runs=${GC_MULTIRANK_ABORT_RUNS:-2:0 4:2}
 [ "$abort_runs" = none ] && abort_runs=""
@@ -201,7 +207,7 @@ def total(key, pick):
 suite = lambda w: w["kind"] == "suite"  # noqa: E731
 hier = lambda w: w["kind"] == "suite" and w["local_size"] != 0  # noqa: E731
 abort = lambda w: w["kind"] == "abort"  # noqa: E731
-nonblocking = lambda w: w.get("nonblocking", 0) == 1  # noqa: E731
+nonblocking = lambda w: w.get("nonblocking", 0) in (1, 2)  # noqa: E731
 summary = {
     "multirank_tests_passed": total("passed", lambda w: True) or 0,
     "multirank_tests_failed": total("failed", lambda w: True) or 0,
@@ -223,7 +229,7 @@ with open(os.path.join(out, "multirank.json"), "w") as fh:
 L = ["### Multi-process NCCL tests (gradcompAllReduce, CUDA backend)", ""]
 if ngpu < 4:
     L += ["Ranks share %d GPU(s) with a distinct NCCL_HOSTID each (socket transport)." % ngpu, ""]
-L += ["This call's worlds (N:GRADCOMP_LOCAL_SIZE[:nb, NCCL_COMM_BLOCKING=0]): %s; abort worlds: %s. Results of every "
+L += ["This call's worlds (N:GRADCOMP_LOCAL_SIZE[:nb, NCCL_COMM_BLOCKING=0; :nbp, with GRADCOMP_PRIVATE_COMM=1]): %s; abort worlds: %s. Results of every "
       "world in the folder: %s." % (runs, aborts, ", ".join(summary["multirank_worlds"]) or "none"),
       ""]
 for w in worlds:

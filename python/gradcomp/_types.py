@@ -50,6 +50,8 @@ CONFIG_FIELDS = [
     ("checkCalls", ctypes.c_int),
     ("reserved0", ctypes.c_int),
     ("levels", c_enum),
+    ("reserved1", ctypes.c_int),
+    ("privateComm", ctypes.c_int),
 ]
 
 # (C name, ctypes type), in the order of gradcompStats_t.

@@ -5,7 +5,8 @@ import numbers
 from . import _types as T
 from ._lib import InvalidArgumentError, check, lib
 
-# Every field but structSize and the reserved padding (gradcompConfig_t.reserved0: unread).
+# Every field but structSize and the reserved padding (gradcompConfig_t.reserved0 and
+# reserved1: unread).
 _C_NAME = {T.snake(n): n for n, _ in T.CONFIG_FIELDS
            if n != "structSize" and not n.startswith("reserved")}
 _C_TYPE = dict(T.CONFIG_FIELDS)

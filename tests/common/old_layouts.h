@@ -30,6 +30,7 @@ namespace old {
 #define GCT_CONFIG_0_2_0(X) GCT_CONFIG_PIPE(X) X(float, cpuTimeoutSec)
 #define GCT_CONFIG_0_3_0(X) GCT_CONFIG_0_2_0(X) X(int, rounding)
 #define GCT_CONFIG_0_4_0(X) GCT_CONFIG_0_3_0(X) X(int, checkCalls)
+#define GCT_CONFIG_0_5_0(X) GCT_CONFIG_0_4_0(X) X(int, reserved0) X(int, levels)
 
 #define GCT_STATS_HEAD(X)                                        \
   X(uint64_t, callsCompressed) X(uint64_t, callsPassedThrough)   \
@@ -66,6 +67,9 @@ struct Config030 {  // 0.3.0: rounding, in Config020's padding
 };
 struct Config040 {  // 0.4.0: checkCalls; the last layout before 0.5
   GCT_CONFIG_0_4_0(GCT_DECLARE)
+};
+struct Config050 {  // 0.5.0: reserved0, levels; the last layout before 0.6
+  GCT_CONFIG_0_5_0(GCT_DECLARE)
 };
 
 struct Stats01 {  // 972b29a (0.1): 5 callsPerAlgo entries, no prefix of today's
@@ -106,11 +110,13 @@ struct StatsSlots {  // 36891fb (0.2): peerSlotsRejected, the last layout before
   static_assert(offsetof(Old, name) == offsetof(New, name) &&                       \
                     sizeof(((Old*)nullptr)->name) == sizeof(((New*)nullptr)->name), \
                 #Old "." #name " is not where " #New " has it");
-#define GCT_CONFIG_AT(type, name) GCT_SAME_OFFSET(Config040, gradcompConfig_t, type, name)
+#define GCT_CONFIG_AT(type, name) GCT_SAME_OFFSET(Config050, gradcompConfig_t, type, name)
 #define GCT_STATS_AT(type, name) GCT_SAME_OFFSET(StatsSlots, gradcompStats_t, type, name)
-GCT_CONFIG_0_4_0(GCT_CONFIG_AT)
+GCT_CONFIG_0_5_0(GCT_CONFIG_AT)
 static_assert(offsetof(gradcompConfig_t, levels) >= sizeof(Config040),
               "levels lies in a 0.4 caller's bytes");
+static_assert(offsetof(gradcompConfig_t, privateComm) >= sizeof(Config050),
+              "privateComm lies in a 0.5 caller's bytes");
 GCT_STATS_HEAD(GCT_STATS_AT)
 GCT_STATS_SLOTS(GCT_STATS_AT)
 static_assert(offsetof(StatsSlots, callsPerAlgo) == offsetof(gradcompStats_t, callsPerAlgo) &&
@@ -123,9 +129,9 @@ static_assert(offsetof(StatsSlots, callsPerAlgo) == offsetof(gradcompStats_t, ca
 // The config and stats sizes the library must accept, oldest first; Config01
 // has ConfigHier's size (localSize filled its padding), Config030 has
 // Config020's (rounding filled its padding).
-constexpr size_t kConfigSizes[] = {sizeof(ConfigHier), sizeof(ConfigAuto),
-                                   sizeof(ConfigPipe), sizeof(Config020),
-                                   sizeof(Config040),  sizeof(gradcompConfig_t)};
+constexpr size_t kConfigSizes[] = {sizeof(ConfigHier),      sizeof(ConfigAuto), sizeof(ConfigPipe),
+                                   sizeof(Config020),       sizeof(Config040),  sizeof(Config050),
+                                   sizeof(gradcompConfig_t)};
 constexpr size_t kStatsSizes[] = {sizeof(StatsHier), sizeof(StatsRs),    sizeof(StatsAuto),
                                   sizeof(Stats020),  sizeof(StatsSlots), sizeof(gradcompStats_t)};
 
@@ -138,8 +144,8 @@ inline std::string libraryVersion() {
 inline std::string refusedConfigSize(size_t structSize) {
   return "config structSize=" + std::to_string(structSize) +
          " is not the size of a gradcompConfig_t this library (" + libraryVersion() +
-         ") knows (120, 128, 136, 144, 152 or 160 bytes): " +
-         (structSize > 160
+         ") knows (120, 128, 136, 144, 152, 160 or 168 bytes): " +
+         (structSize > 168
               ? "the caller was built against a newer gradcomp.h than this library's"
               : "start from gradcompConfigInit, which passes sizeof(gradcompConfig_t)");
 }

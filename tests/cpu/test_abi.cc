@@ -69,7 +69,8 @@ TEST(Abi, HistoricalLayoutsHaveTheSizesTheLibraryAccepts) {
   EXPECT_EQ(sizeof(old::Config020), 144u);
   EXPECT_EQ(sizeof(old::Config030), 144u);
   EXPECT_EQ(sizeof(old::Config040), 152u);
-  EXPECT_EQ(sizeof(gradcompConfig_t), 160u);
+  EXPECT_EQ(sizeof(old::Config050), 160u);
+  EXPECT_EQ(sizeof(gradcompConfig_t), 168u);
   EXPECT_EQ(sizeof(old::Stats01), 112u);
   EXPECT_EQ(sizeof(old::StatsHier), 128u);
   EXPECT_EQ(sizeof(old::Stats020), 152u);
@@ -131,6 +132,7 @@ TEST(Abi, FromEnvRefusesAVariableForAFieldTheCallerLacks) {
     const char* field;
   };
   const Case refused[] = {
+      {"GRADCOMP_PRIVATE_COMM", "1", sizeof(old::Config050), "privateComm"},
       {"GRADCOMP_LEVELS", "square", sizeof(old::Config040), "levels"},
       {"GRADCOMP_CHECK_CALLS", "1", sizeof(old::Config030), "checkCalls"},
       {"GRADCOMP_ROUNDING", "nearest", sizeof(old::ConfigPipe), "rounding"},
@@ -159,8 +161,9 @@ TEST(Abi, FromEnvRefusesAVariableForAFieldTheCallerLacks) {
 }
 
 // Sizes no header had: 0, inside structSize, the end of a field short of
-// the struct's padding (elias, rounding, reserved0), between layouts, a newer header's.
-const size_t kUnknownConfigSizes[] = {0, 4, 8, 116, 124, 140, 148, 156, 168, 4096};
+// the struct's padding (elias, rounding, reserved0, reserved1), between layouts, a newer
+// header's.
+const size_t kUnknownConfigSizes[] = {0, 4, 8, 116, 124, 140, 148, 156, 164, 176, 4096};
 
 TEST(Abi, UnknownConfigSizesAreRefusedNamingThemAndNothingIsWritten) {
   for (size_t size : kUnknownConfigSizes) {

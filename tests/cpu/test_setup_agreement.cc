@@ -123,12 +123,14 @@ TEST(SetupAgreement, EachSettingIsNamed) {
       {"GRADCOMP_AUTO (autoTune)", [](gradcompConfig_t* c) { c->autoTune = !c->autoTune; }},
   };
   // Every field of the config is voted on but structSize, cpuTimeoutSec (a
-  // rank's own wait) and reserved0 (unread): a field appended must join the
-  // vote and the list above, or be named here as a rank's own.
+  // rank's own wait), privateComm (a rank's own ask, any of which splits
+  // every rank: NcclSetup.PrivateCommSplitsABlockingComm) and reserved0 and
+  // reserved1 (unread): a field appended must join the vote and the list
+  // above, or be named here as a rank's own.
   static_assert(
-      offsetof(gradcompConfig_t, levels) + sizeof(int) == sizeof(gradcompConfig_t) ||
-          offsetof(gradcompConfig_t, levels) + sizeof(int) + 4 == sizeof(gradcompConfig_t),
-      "levels is no longer the config's last field: vote on the new one");
+      offsetof(gradcompConfig_t, privateComm) + sizeof(int) == sizeof(gradcompConfig_t) ||
+          offsetof(gradcompConfig_t, privateComm) + sizeof(int) + 4 == sizeof(gradcompConfig_t),
+      "privateComm is no longer the config's last field: vote on the new one");
   EXPECT_EQ(sizeof(changes) / sizeof(changes[0]), (size_t)gc::kSetupSettings - 1)
       << "one change per voted setting (the local size is tested above)";
   const gradcompConfig_t base = config(2);

@@ -57,6 +57,9 @@ namespace {
 
 int passed = 0, failed = 0, rank = 0, nranks = 1;
 int localSize = 0;  // GRADCOMP_LOCAL_SIZE > 1: the hierarchical suite
+// GRADCOMP_PRIVATE_COMM=1 (tools/multirank_check.sh's N:L:nbp worlds): every
+// comm exchanges on a private split of the NCCL communicator.
+int privateComm = 0;
 bool inRs = false;  // counting reduce-scatter checks
 int rsPassed = 0, rsFailed = 0;
 
@@ -145,6 +148,7 @@ void checkAlgo(ncclComm_t nc, cudaStream_t st, gradcompAlgo_t algo, DType t, boo
   cfg.minElements = 0;
   cfg.bucketSize = 64;
   cfg.localSize = localSize;
+  cfg.privateComm = privateComm;
   const int nodes = localSize > 1 ? nranks / localSize : nranks;
   const gradcompAlgo_t mid = algo != gradcompAlgoAuto ? algo
                              : nodes <= 2             ? gradcompAlgoAllgather
@@ -259,6 +263,7 @@ gradcompConfig_t sparseCaseConfig(const SparseCase& sc, uint64_t seed) {
   cfg.seed = seed;
   cfg.density = 0.01f;
   cfg.localSize = localSize;
+  cfg.privateComm = privateComm;
   if (sc.dgcExtras) {
     cfg.momentumCorrection = 1;
     cfg.momentumMasking = 1;
@@ -366,6 +371,7 @@ void checkGraph(ncclComm_t nc, cudaStream_t st, size_t pipelineBytes,
   cfg.autoTune = 0;  // these check compression: auto must not pass calls to NCCL
   cfg.minElements = 0;
   cfg.localSize = localSize;
+  cfg.privateComm = privateComm;
   if (pipelineBytes > 0) cfg.algo = pipeAlgo;
   gradcompComm_t eager, graphed;
   CK(gradcompCommCreate(nc, &cfg, &eager));
@@ -424,6 +430,7 @@ void checkTwoStreams(ncclComm_t nc, cudaStream_t st) {
   cfg.autoTune = 0;  // these check compression: auto must not pass calls to NCCL
   cfg.minElements = 0;
   cfg.localSize = localSize;
+  cfg.privateComm = privateComm;
   cfg.algo = localSize > 1 ? gradcompAlgoAuto : gradcompAlgoTwoShot;
   cfg.pipelineBytes = 64 << 10;
   gradcompComm_t one, two;
@@ -512,6 +519,7 @@ void checkRsQsgd(ncclComm_t nc, cudaStream_t st, DType t, bool avg, size_t m, bo
   cfg.minElements = 0;
   cfg.bucketSize = 64;
   cfg.localSize = localSize;
+  cfg.privateComm = privateComm;
   cfg.pipelineBytes = pipelineBytes;
   if (dynamic) {
     cfg.bitsMode = gradcompBitsDynamic;
@@ -610,6 +618,7 @@ void checkRsGraph(ncclComm_t nc, cudaStream_t st, size_t pipelineBytes = 0) {
   cfg.autoTune = 0;
   cfg.minElements = 0;
   cfg.localSize = localSize;
+  cfg.privateComm = privateComm;
   gradcompComm_t eager, graphed;
   CK(gradcompCommCreate(nc, &cfg, &eager));
   cfg.pipelineBytes = pipelineBytes;
@@ -671,6 +680,7 @@ void checkSetupAgreement(ncclComm_t nc, int ndev) {
   gradcompConfig_t cfg;
   gradcompConfigInit(&cfg);
   cfg.localSize = localSize;
+  cfg.privateComm = privateComm;
   if (rank == nranks - 1) cfg.localSize = localSize == 1 ? nranks : 1;
   gradcompComm_t gc = nullptr;
   char want[128];
@@ -680,6 +690,7 @@ void checkSetupAgreement(ncclComm_t nc, int ndev) {
          "a rank with another local size fails the set-up on every rank");
   gradcompConfigInit(&cfg);
   cfg.localSize = localSize;
+  cfg.privateComm = privateComm;
   if (rank == 1 % nranks) cfg.bits = 99;
   snprintf(want, sizeof(want), "rank %d of %d could not set up its gradcomp comm", 1 % nranks,
            nranks);
@@ -848,6 +859,7 @@ void checkAutoRs(ncclComm_t nc, cudaStream_t st) {
   gradcompConfig_t cfg;
   gradcompConfigInit(&cfg);
   cfg.localSize = localSize;
+  cfg.privateComm = privateComm;
   gradcompConfig_t off = cfg;
   off.autoTune = 0;
   gradcompComm_t a, b;
@@ -1064,6 +1076,7 @@ int abortMain(ncclComm_t nc, cudaStream_t st, const std::string& idPath) {
   cfg.autoTune = 0;
   cfg.minElements = 0;
   cfg.localSize = localSize;
+  cfg.privateComm = privateComm;
   cfg.algo = localSize > 1 ? gradcompAlgoHier : gradcompAlgoTwoShot;
   gradcompComm_t gc;
   CK(gradcompCommCreate(nc, &cfg, &gc));
@@ -1155,6 +1168,7 @@ int main() {
   nranks = atoi(getenv("GC_NRANKS") ? getenv("GC_NRANKS") : "1");
   const char* idPath = getenv("GC_ID_FILE") ? getenv("GC_ID_FILE") : "/tmp/gradcomp_nccl_id";
   localSize = atoi(getenv("GRADCOMP_LOCAL_SIZE") ? getenv("GRADCOMP_LOCAL_SIZE") : "0");
+  privateComm = atoi(getenv("GRADCOMP_PRIVATE_COMM") ? getenv("GRADCOMP_PRIVATE_COMM") : "0");
   int ndev = 0;
   CK(cudaGetDeviceCount(&ndev));
   CK(cudaSetDevice(rank % ndev));

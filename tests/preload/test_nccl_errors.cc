@@ -558,6 +558,40 @@ TEST_F(NcclNonBlocking, AKnownNonBlockingCommExchangesOnAPrivateSplit) {
   EXPECT_EQ(count(run.log, "CommSplit"), 0) << run.log;
 }
 
+// The C API's ask for the same split (privateComm, GRADCOMP_PRIVATE_COMM=1):
+// a blocking communicator whose rank asks (any one rank) exchanges on a
+// private split, every rank alike; the vote carries the ask, and a rank that
+// failed its own set-up asks nothing.
+TEST(NcclSetup, PrivateCommSplitsABlockingComm) {
+  gradcompConfig_t cfg = localSizeConfig(0), asking = cfg;
+  asking.privateComm = 1;
+  EXPECT_EQ(gc::makeSetupVote(gradcompSuccess, asking, 1, nullptr).nonBlocking, 1);
+  EXPECT_EQ(gc::makeSetupVote(gradcompSuccess, cfg, 1, nullptr).nonBlocking, 0);
+  EXPECT_EQ(gc::makeSetupVote(gradcompInvalidArgument, asking, 1, "bad").nonBlocking, 0);
+  for (int asker : {1, 2}) {  // this rank, or another one
+    SCOPED_TRACE(asker);
+    std::vector<gc::SetupVote> votes = votesOf(4, cfg);
+    votes[asker] = gc::makeSetupVote(gradcompSuccess, asking, 1, nullptr);
+    gradcompComm c;
+    c.transport = gc::makeNcclTransport(fakeComm(), 1, 4);
+    float x[4] = {0};
+    gradcompResult_t res = gradcompSuccess, passed = gradcompSuccess;
+    char own[32] = "";
+    const std::string log = loggedDuring([&] {
+      res = setUpRank1(&c, asker == 1 ? asking : cfg, votes);
+      snprintf(own, sizeof(own), "%p", (void*)c.ownNccl);
+      if (res == gradcompSuccess) passed = c.transport->passThrough(x, x, 4, ncclFloat32, ncclSum);
+      gc::destroyHierarchy(&c);
+    });
+    ASSERT_EQ(res, gradcompSuccess) << gradcompGetLastError();
+    EXPECT_EQ(passed, gradcompSuccess) << gradcompGetLastError();
+    EXPECT_NE(c.ownNccl, fakeComm());
+    EXPECT_EQ(count(log, "CommSplit parent=0x1000 color=0 key=1"), 1) << log;
+    EXPECT_NE(log.find("comm=" + std::string(own) + " stream"), std::string::npos) << log;
+    EXPECT_EQ(count(log, "CommDestroy comm=" + std::string(own)), 1) << log;
+  }
+}
+
 // A sub-communicator holding an error (an exchange on it met one) is aborted
 // at the end, not destroyed: NCCL's destroy would return the error without
 // freeing it and leave the thread inside a group of its own.

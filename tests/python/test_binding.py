@@ -199,12 +199,12 @@ class StructMirror(unittest.TestCase):
             with self.assertRaises(gradcomp.GradcompError) as e:
                 _lib._check_config_size(gradcomp.lib())
             self.assertIn(self.refused("config", "gradcompConfig_t", size,
-                                       "120, 128, 136, 144, 152 or 160"), str(e.exception))
+                                       "120, 128, 136, 144, 152, 160 or 168"), str(e.exception))
             self.assertIn("CONFIG_FIELDS", str(e.exception))
             with self.assertRaises(gradcomp.InvalidArgumentError) as e:
                 gradcomp.Config(from_env=False)
             self.assertEqual(str(e.exception), self.refused(
-                "config", "gradcompConfig_t", size, "120, 128, 136, 144, 152 or 160"))
+                "config", "gradcompConfig_t", size, "120, 128, 136, 144, 152, 160 or 168"))
             _types.ConfigStruct = saved[0]
             _types.StatsStruct = AheadStats
             with gradcomp.CpuWorld(1) as w:
@@ -275,9 +275,11 @@ class Version(unittest.TestCase):
 
 class ConfigSettings(unittest.TestCase):
     def test_keywords_cover_every_field(self):
-        # Every field but structSize and the unread padding reserved0.
-        self.assertEqual(len(gradcomp.settings()), len(_types.CONFIG_FIELDS) - 2)
+        # Every field but structSize and the unread padding reserved0 and reserved1.
+        self.assertEqual(len(gradcomp.settings()), len(_types.CONFIG_FIELDS) - 3)
         self.assertNotIn("reserved0", gradcomp.settings())
+        self.assertNotIn("reserved1", gradcomp.settings())
+        self.assertIn("private_comm", gradcomp.settings())
         self.assertIn("levels", gradcomp.settings())
         c = gradcomp.Config(from_env=False, method="dgc", bits=3, bucket_size=256, density=0.001,
                             algo="sparse", value_type="half", min_elements=0)
