@@ -551,24 +551,22 @@ gradcompResult_t parse(const gradcompComm& c, const char* blob, size_t bytes,
                     (unsigned long long)recBytes, r.left() + kRecordPrefix);
     }
     Reader body(r.take(recBytes - kRecordPrefix), recBytes - kRecordPrefix);
-    if (tag == kTagAuto) {
-      if (autoRec->record)
-        return refuse("record %llu is a second auto record", (unsigned long long)i);
-      autoRec->record = true;
-      GC_CHECK(parseAuto(body, i, autoRec));
+    // A kind of record a blob holds at most once, read whole.
+    auto once = [&](bool* seen, const char* what, auto&& read) -> gradcompResult_t {
+      if (*seen) return refuse("record %llu is a second %s record", (unsigned long long)i, what);
+      *seen = true;
+      GC_CHECK(read());
       if (body.left() != 0) {
         return refuse("record %llu has %zu bytes past its end", (unsigned long long)i, body.left());
       }
+      return gradcompSuccess;
+    };
+    if (tag == kTagAuto) {
+      GC_CHECK(once(&autoRec->record, "auto", [&] { return parseAuto(body, i, autoRec); }));
       continue;
     }
     if (tag == kTagScale) {
-      if (scaleRec->record)
-        return refuse("record %llu is a second scale record", (unsigned long long)i);
-      scaleRec->record = true;
-      GC_CHECK(parseScale(body, i, scaleRec));
-      if (body.left() != 0) {
-        return refuse("record %llu has %zu bytes past its end", (unsigned long long)i, body.left());
-      }
+      GC_CHECK(once(&scaleRec->record, "scale", [&] { return parseScale(body, i, scaleRec); }));
       continue;
     }
     recs->emplace_back();

@@ -514,6 +514,36 @@ TEST_F(NcclNonBlocking, SplitsAreWaitedFor) {
   EXPECT_EQ(count(run.log, "CommDestroy"), 2) << run.log;
 }
 
+// Rank 1's set-up with `votes` (setUpRank1), one exchange on its flat
+// transport, then its end (destroyHierarchy), logged: what the private split
+// tests read. `own` is the private split's address as the stand-in logs it
+// ("(nil)" when none was made).
+struct PrivateRun {
+  gradcompResult_t res = gradcompSuccess, passed = gradcompSuccess;
+  std::string error, own, log;
+};
+
+PrivateRun setUpAndExchange(const gradcompConfig_t& cfg, const std::vector<gc::SetupVote>& votes) {
+  PrivateRun r;
+  gradcompComm c;
+  c.transport = gc::makeNcclTransport(fakeComm(), 1, 4);
+  float x[4] = {0};
+  char own[32] = "";
+  r.log = loggedDuring([&] {
+    r.res = setUpRank1(&c, cfg, votes);
+    if (r.res != gradcompSuccess) r.error = gradcompGetLastError();
+    snprintf(own, sizeof(own), "%p", (void*)c.ownNccl);
+    if (r.res == gradcompSuccess) {
+      r.passed = c.transport->passThrough(x, x, 4, ncclFloat32, ncclSum);
+      if (r.passed != gradcompSuccess) r.error = gradcompGetLastError();
+    }
+    gc::destroyHierarchy(&c);
+  });
+  r.own = own;
+  EXPECT_NE(r.own, "(nil)") << "no private split";
+  return r;
+}
+
 // A program communicator some rank knows to be non-blocking (its vote says
 // so; the LD_PRELOAD library knows how the program made it): every rank
 // first splits a private communicator of the same ranks, its transport runs
@@ -526,30 +556,18 @@ TEST_F(NcclNonBlocking, AKnownNonBlockingCommExchangesOnAPrivateSplit) {
     const gradcompConfig_t cfg = localSizeConfig(localSize);
     std::vector<gc::SetupVote> votes = votesOf(4, cfg);
     votes[3].nonBlocking = 1;  // another rank's: this one (1) did not know
-    gradcompComm c;
-    c.transport = gc::makeNcclTransport(fakeComm(), 1, 4);
-    float x[4] = {0};
-    gradcompResult_t res = gradcompSuccess, passed = gradcompSuccess;
-    char own[32] = "";
-    const std::string log = loggedDuring([&] {
-      res = setUpRank1(&c, cfg, votes);
-      snprintf(own, sizeof(own), "%p", (void*)c.ownNccl);
-      if (res == gradcompSuccess) passed = c.transport->passThrough(x, x, 4, ncclFloat32, ncclSum);
-      gc::destroyHierarchy(&c);
-    });
-    ASSERT_EQ(res, gradcompSuccess) << gradcompGetLastError();
-    EXPECT_EQ(passed, gradcompSuccess) << gradcompGetLastError();
-    EXPECT_NE(c.ownNccl, fakeComm());
-    EXPECT_NE(
-        log.find("CommSplit parent=0x1000 color=0 key=1 blocking=-1 comm=" + std::string(own)),
-        std::string::npos)
-        << log;
-    EXPECT_EQ(count(log, "CommSplit"), localSize == 2 ? 3 : 1) << log;
-    if (localSize == 2) EXPECT_EQ(count(log, "CommSplit parent=" + std::string(own)), 2) << log;
-    EXPECT_EQ(count(log, "AllReduce"), 1) << log;
-    EXPECT_NE(log.find("comm=" + std::string(own) + " stream"), std::string::npos) << log;
-    EXPECT_EQ(count(log, "CommDestroy comm=" + std::string(own)), 1) << log;
-    EXPECT_EQ(count(log, "refused"), 0) << log;
+    const PrivateRun r = setUpAndExchange(cfg, votes);
+    ASSERT_EQ(r.res, gradcompSuccess) << r.error;
+    EXPECT_EQ(r.passed, gradcompSuccess) << r.error;
+    EXPECT_NE(r.log.find("CommSplit parent=0x1000 color=0 key=1 blocking=-1 comm=" + r.own),
+              std::string::npos)
+        << r.log;
+    EXPECT_EQ(count(r.log, "CommSplit"), localSize == 2 ? 3 : 1) << r.log;
+    if (localSize == 2) EXPECT_EQ(count(r.log, "CommSplit parent=" + r.own), 2) << r.log;
+    EXPECT_EQ(count(r.log, "AllReduce"), 1) << r.log;
+    EXPECT_NE(r.log.find("comm=" + r.own + " stream"), std::string::npos) << r.log;
+    EXPECT_EQ(count(r.log, "CommDestroy comm=" + r.own), 1) << r.log;
+    EXPECT_EQ(count(r.log, "refused"), 0) << r.log;
   }
   // No vote says so: no private split (a blocking comm's set-up is unchanged).
   const gradcompConfig_t cfg = localSizeConfig(0);
@@ -572,23 +590,12 @@ TEST(NcclSetup, PrivateCommSplitsABlockingComm) {
     SCOPED_TRACE(asker);
     std::vector<gc::SetupVote> votes = votesOf(4, cfg);
     votes[asker] = gc::makeSetupVote(gradcompSuccess, asking, 1, nullptr);
-    gradcompComm c;
-    c.transport = gc::makeNcclTransport(fakeComm(), 1, 4);
-    float x[4] = {0};
-    gradcompResult_t res = gradcompSuccess, passed = gradcompSuccess;
-    char own[32] = "";
-    const std::string log = loggedDuring([&] {
-      res = setUpRank1(&c, asker == 1 ? asking : cfg, votes);
-      snprintf(own, sizeof(own), "%p", (void*)c.ownNccl);
-      if (res == gradcompSuccess) passed = c.transport->passThrough(x, x, 4, ncclFloat32, ncclSum);
-      gc::destroyHierarchy(&c);
-    });
-    ASSERT_EQ(res, gradcompSuccess) << gradcompGetLastError();
-    EXPECT_EQ(passed, gradcompSuccess) << gradcompGetLastError();
-    EXPECT_NE(c.ownNccl, fakeComm());
-    EXPECT_EQ(count(log, "CommSplit parent=0x1000 color=0 key=1"), 1) << log;
-    EXPECT_NE(log.find("comm=" + std::string(own) + " stream"), std::string::npos) << log;
-    EXPECT_EQ(count(log, "CommDestroy comm=" + std::string(own)), 1) << log;
+    const PrivateRun r = setUpAndExchange(asker == 1 ? asking : cfg, votes);
+    ASSERT_EQ(r.res, gradcompSuccess) << r.error;
+    EXPECT_EQ(r.passed, gradcompSuccess) << r.error;
+    EXPECT_EQ(count(r.log, "CommSplit parent=0x1000 color=0 key=1"), 1) << r.log;
+    EXPECT_NE(r.log.find("comm=" + r.own + " stream"), std::string::npos) << r.log;
+    EXPECT_EQ(count(r.log, "CommDestroy comm=" + r.own), 1) << r.log;
   }
 }
 

@@ -265,6 +265,36 @@ def dgc(out, rank):
                    .hexdigest()}
 
 
+def _counting_scaler():
+    """A GradScaler("cpu") from 2^10 that grows x2 every 2 steps, its get_scale() counting the
+    reads gradcomp makes: (the scaler, its own uncounted get_scale, the count)."""
+    sc = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10, growth_interval=2)
+    get, count = sc.get_scale, [0]
+
+    def counted():
+        count[0] += 1
+        return get()
+    sc.get_scale = counted
+    return sc, get, count
+
+
+def _scaled_step(loss, opt, sc, get, step):
+    """One training step: plain without a scaler; with one, scaled and stepped through it, its
+    scale cut to 1/8 after step 5 (update(new_scale)). The scale the step's gradients carried."""
+    if sc is None:
+        loss.backward()
+        opt.step()
+        return 1.0
+    sc.scale(loss).backward()
+    used = get()
+    sc.step(opt)
+    if step == 5:
+        sc.update(new_scale=used / 8)
+    else:
+        sc.update()
+    return used
+
+
 def scaler(out, rank):
     """fp16-style loss scaling: GradScaler("cpu") whose scale grows x2 every 2 steps and is
     cut to 1/8 once (update(new_scale)), with GradcompState(grad_scaler=...): the scaled
@@ -287,16 +317,8 @@ def scaler(out, rank):
         for run in ("plain", "scaled", "unfollowed"):
             model = make()
             d = DDP(model, bucket_cap_mb=0.01)
-            sc = (torch.amp.GradScaler("cpu", init_scale=2.0 ** 10, growth_interval=2)
-                  if run != "plain" else None)
-            count, used = [0], []
-            if sc is not None:
-                get = sc.get_scale
-
-                def counted(get=get, count=count):
-                    count[0] += 1
-                    return get()
-                sc.get_scale = counted
+            sc, get, count = _counting_scaler() if run != "plain" else (None, None, [0])
+            used = []
             st = gct.GradcompState(module=model, start_iter=0, backend="cpu",
                                    grad_scaler=sc if run == "scaled" else None,
                                    layer_min_size=256,
@@ -313,18 +335,8 @@ def scaler(out, rank):
                     st.grad_scaler = sc
                 x, y = batch(step, rank, 32)
                 opt.zero_grad(set_to_none=True)
-                loss = nn.functional.cross_entropy(d(x), y)
-                if sc is None:
-                    loss.backward()
-                    opt.step()
-                    continue
-                sc.scale(loss).backward()
-                used.append(get())
-                sc.step(opt)
-                if step == 5:
-                    sc.update(new_scale=get() / 8)
-                else:
-                    sc.update()
+                used.append(_scaled_step(nn.functional.cross_entropy(d(x), y), opt, sc, get,
+                                         step))
             caught.__exit__(None, None, None)
             res[f"{mname}_{run}_unrecorded_warnings"] = sum(
                 "record no loss scale" in str(w.message) for w in seen)
@@ -349,16 +361,7 @@ def scaler(out, rank):
         for layer in (model[0], model[2]):
             fully_shard(layer, mesh=mesh)
         fully_shard(model, mesh=mesh)
-        sc = (torch.amp.GradScaler("cpu", init_scale=2.0 ** 10, growth_interval=2)
-              if run != "plain" else None)
-        count = [0]
-        if sc is not None:
-            get = sc.get_scale
-
-            def counted(get=get, count=count):
-                count[0] += 1
-                return get()
-            sc.get_scale = counted
+        sc, get, count = _counting_scaler() if run != "plain" else (None, None, [0])
         st = gct.GradcompState(backend="cpu", grad_scaler=sc if run == "scaled" else None,
                                config=config())
         gct.register_fsdp_reduce_scatter(model, st)
@@ -366,14 +369,7 @@ def scaler(out, rank):
         for step in range(8):
             x, y = batch(step, rank, 32)
             opt.zero_grad(set_to_none=True)
-            loss = nn.functional.cross_entropy(model(x), y)
-            if sc is None:
-                loss.backward()
-                opt.step()
-                continue
-            sc.scale(loss).backward()
-            sc.step(opt)
-            sc.update(new_scale=get() / 8) if step == 5 else sc.update()
+            _scaled_step(nn.functional.cross_entropy(model(x), y), opt, sc, get, step)
         hashes[run] = hashlib.sha256(b"".join(p.full_tensor().detach().numpy().tobytes()
                                               for p in model.parameters())).hexdigest()
         if run == "scaled":
