@@ -227,7 +227,7 @@ gradcompResult_t commCreate(ncclComm_t nccl, const gradcompConfig_t* config, con
   gc::SetupVote mine =
       gc::makeSetupVote(local, c->cfg, gc::hostIdentity(),
                         local != gradcompSuccess ? gradcompGetLastError() : nullptr);
-  if (nonBlocking) mine.nonBlocking = 1;  // else as the config's privateComm
+  if (nonBlocking) mine.wantsPrivate = 1;  // else as the config's privateComm
   const gradcompResult_t res = gc::setupNcclHierarchy(c.get(), mine, gather, stop);
   if (res != gradcompSuccess || comm == nullptr) {
     gc::destroyHierarchy(c.get());

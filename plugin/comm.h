@@ -69,8 +69,9 @@ struct gradcompComm {
   std::unique_ptr<gc::Transport> intra;
   std::unique_ptr<gradcompComm> inter;
   ncclComm_t intraNccl = nullptr, interNccl = nullptr;
-  // A non-blocking program communicator's private split (setupNcclHierarchy),
-  // on which the flat transport runs; owned here.
+  // The program communicator's private split, made when a rank asked for it
+  // (privateComm, or a communicator known to be non-blocking;
+  // setupNcclHierarchy), on which the flat transport runs; owned here.
   ncclComm_t ownNccl = nullptr;
   std::map<gc::StateKey, gc::BufferState> states;
   void* workspace = nullptr;
@@ -166,7 +167,8 @@ void splitAligned(size_t count, int parts, size_t align, size_t* off);
 // before it splits `nccl`, or while it waits for a non-blocking `nccl`:
 // gradcompInvalidUsage. `nonBlocking`: the caller knows `nccl` is
 // non-blocking (the LD_PRELOAD library saw it made), so that the comm
-// exchanges on a private split of it (setupNcclHierarchy).
+// exchanges on a private split of it (setupNcclHierarchy), as the config's
+// privateComm asks too.
 gradcompResult_t commCreate(ncclComm_t nccl, const gradcompConfig_t* config, const char* refused,
                             gradcompComm_t* comm, NcclStop* stop = nullptr,
                             bool nonBlocking = false);

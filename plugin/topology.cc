@@ -257,7 +257,7 @@ SetupVote makeSetupVote(gradcompResult_t local, const gradcompConfig_t& cfg, uin
     snprintf(v.why, sizeof(v.why), "%s", why != nullptr ? why : "");
     return v;
   }
-  v.nonBlocking = cfg.privateComm ? 1 : 0;
+  v.wantsPrivate = cfg.privateComm ? 1 : 0;
   const uint64_t s[kSetupSettings] = {(uint64_t)(int64_t)cfg.localSize,
                                       (uint64_t)(int64_t)cfg.method,
                                       (uint64_t)(int64_t)cfg.algo,
@@ -337,7 +337,7 @@ VoteGather ncclVoteGather(ncclComm_t nccl, int rank, int nranks, int device, Ncc
 }
 
 gradcompResult_t agreeTopology(gradcompComm* c, const SetupVote& mine, const VoteGather& gather,
-                               bool* anyNonBlocking) {
+                               bool* anyWantsPrivate) {
   std::vector<SetupVote> votes;
   const gradcompResult_t res = gather(mine, &votes);
   if (res != gradcompSuccess) {
@@ -352,9 +352,9 @@ gradcompResult_t agreeTopology(gradcompComm* c, const SetupVote& mine, const Vot
                     votes.size(), c->nranks);
   }
   GC_CHECK(agreeOnSetup(votes));
-  if (anyNonBlocking != nullptr) {
-    *anyNonBlocking = false;
-    for (const SetupVote& v : votes) *anyNonBlocking = *anyNonBlocking || v.nonBlocking != 0;
+  if (anyWantsPrivate != nullptr) {
+    *anyWantsPrivate = false;
+    for (const SetupVote& v : votes) *anyWantsPrivate = *anyWantsPrivate || v.wantsPrivate != 0;
   }
   const int n = c->nranks, L = c->cfg.localSize;
   if (L != 0) {

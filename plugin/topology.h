@@ -78,7 +78,7 @@ struct SetupVote {
   // says privateComm, or its NCCL comm is known to be non-blocking (the
   // LD_PRELOAD library's record of how it was made). If any rank asks, every
   // rank exchanges on a private split of the program's communicator.
-  int32_t nonBlocking = 0;
+  int32_t wantsPrivate = 0;
   // The settings that shape the split or the exchange, in the order of
   // setupSettingName(); floats as their bits.
   uint64_t settings[kSetupSettings] = {};
@@ -106,20 +106,21 @@ VoteGather ncclVoteGather(ncclComm_t nccl, int rank, int nranks, int device,
 // is hierarchical, the intra-node transport and the inter-node child comm.
 // `stop` stopped (c->nccl aborted by another thread) after the vote: no
 // split. A non-blocking c->nccl's splits are waited for (ncclFinish). When
-// a vote says a rank's comm is non-blocking, every rank first splits a
-// private communicator of the same ranks (c->ownNccl), and the comm's
-// transport and the hierarchy's splits use it: the program (PyTorch's
-// watchdog thread) polls its own communicator, and NCCL's
-// ncclCommGetAsyncError may not run on two threads at once.
+// a rank's vote asks for a private split (its config's privateComm, or its
+// comm known to be non-blocking), every rank first splits a private
+// communicator of the same ranks (c->ownNccl), and the comm's transport and
+// the hierarchy's splits use it: the program (PyTorch's watchdog thread)
+// polls its own communicator, and NCCL's ncclCommGetAsyncError may not run
+// on two threads at once.
 gradcompResult_t setupNcclHierarchy(gradcompComm* c, const SetupVote& mine,
                                     const VoteGather& gather, NcclStop* stop = nullptr);
 // The vote and the topology alone (no sub-communicators): every rank gathers
 // the votes, agrees, and takes blocks of cfg.localSize or, for auto, nodes by
 // host identity.
-// *anyNonBlocking (when given): whether a rank's vote says its NCCL comm is
-// non-blocking.
+// *anyWantsPrivate (when given): whether a rank's vote asks for a private
+// split.
 gradcompResult_t agreeTopology(gradcompComm* c, const SetupVote& mine, const VoteGather& gather,
-                               bool* anyNonBlocking = nullptr);
+                               bool* anyWantsPrivate = nullptr);
 // The same for a comm over TCP (c->transport spans the mesh): the votes
 // travel over it, and the hierarchy's sub-transports share its connections.
 gradcompResult_t setupSocketHierarchy(gradcompComm* c, const SetupVote& mine,

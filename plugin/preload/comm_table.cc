@@ -117,7 +117,11 @@ Settings* readSettings() {
             (int)getpid(), g);
   }
   // gradcompConfigInit zeroes the struct first, so padding bytes hash alike.
-  s->hash = fnv1a(&s->config, sizeof(s->config));
+  // privateComm is each rank's own ask, ORed by the set-up's vote (any
+  // rank's splits every rank): ranks that differ in it still agree.
+  gradcompConfig_t hashed = s->config;
+  hashed.privateComm = 0;
+  s->hash = fnv1a(&hashed, sizeof(hashed));
   s->hash = fnv1a(&s->group, sizeof(s->group), s->hash);
   return s;
 }

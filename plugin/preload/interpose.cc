@@ -65,6 +65,10 @@ void countPassed(CommEntry& e, Collective coll) {
 // forwarded) when NCCL cannot tell the size or the product overflows.
 size_t inputCount(const Deferred& d, const CommEntry& e) {
   if (d.coll == Collective::AllReduce) return d.count;
+  // nranks >= 1: a recvcount already at minElements is eligible, whatever
+  // the size (the set-up reads it, and refuses a comm whose size NCCL cannot
+  // tell); only smaller ones of an undecided entry ask NCCL.
+  if (d.count >= settings().config.minElements) return d.count;
   int nranks = e.mode == Mode::Compress ? e.nranks : 0;
   if (nranks < 1 && (ncclApi()->commCount(d.comm, &nranks) != ncclSuccess || nranks < 1)) return 0;
   if (d.count > SIZE_MAX / (size_t)nranks) return 0;

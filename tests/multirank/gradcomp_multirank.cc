@@ -481,6 +481,7 @@ void checkTwoStreams(ncclComm_t nc, cudaStream_t st) {
 void checkPassThrough(ncclComm_t nc, cudaStream_t st) {
   gradcompConfig_t cfg;
   gradcompConfigInit(&cfg);
+  cfg.privateComm = privateComm;
   cfg.autoTune = 0;  // these check compression: auto must not pass calls to NCCL
   gradcompComm_t gc;
   CK(gradcompCommCreate(nc, &cfg, &gc));
@@ -646,6 +647,7 @@ void checkRsGraph(ncclComm_t nc, cudaStream_t st, size_t pipelineBytes = 0) {
 void checkRsPassThrough(ncclComm_t nc, cudaStream_t st) {
   gradcompConfig_t cfg;
   gradcompConfigInit(&cfg);
+  cfg.privateComm = privateComm;
   cfg.autoTune = 0;
   gradcompComm_t gc;
   CK(gradcompCommCreate(nc, &cfg, &gc));
@@ -733,6 +735,7 @@ std::pair<size_t, size_t> ownerPlace(gradcompComm_t c, const gradcompConfig_t& c
 void checkAuto(ncclComm_t nc, cudaStream_t st) {
   gradcompConfig_t cfg;
   gradcompConfigInit(&cfg);
+  cfg.privateComm = privateComm;
   gradcompConfig_t off = cfg;
   off.autoTune = 0;
   gradcompComm_t a, b;
@@ -960,6 +963,7 @@ void checkRestoredSteps(ncclComm_t nc, cudaStream_t st) {
   if (nranks < 2) return;
   gradcompConfig_t cfg;
   gradcompConfigInit(&cfg);
+  cfg.privateComm = privateComm;
   cfg.autoTune = 0;
   cfg.method = gradcompMethodRandk;
   cfg.minElements = 0;
@@ -1007,6 +1011,7 @@ void checkCallsCheck(ncclComm_t nc, cudaStream_t st) {
   if (nranks < 2) return;
   gradcompConfig_t cfg;
   gradcompConfigInit(&cfg);
+  cfg.privateComm = privateComm;
   cfg.autoTune = 0;
   cfg.minElements = 0;
   cfg.checkCalls = 1;

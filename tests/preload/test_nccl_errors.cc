@@ -5,6 +5,7 @@
 // agrees (the votes stand in for the allgather's result).
 #include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,6 +21,7 @@
 #include <vector>
 
 #include "gradcomp.h"
+#include "plugin/abi.h"
 #include "plugin/backends/transport.h"
 #include "plugin/checks.h"
 #include "plugin/comm.h"
@@ -555,7 +557,7 @@ TEST_F(NcclNonBlocking, AKnownNonBlockingCommExchangesOnAPrivateSplit) {
     SCOPED_TRACE(localSize);
     const gradcompConfig_t cfg = localSizeConfig(localSize);
     std::vector<gc::SetupVote> votes = votesOf(4, cfg);
-    votes[3].nonBlocking = 1;  // another rank's: this one (1) did not know
+    votes[3].wantsPrivate = 1;  // another rank's: this one (1) did not know
     const PrivateRun r = setUpAndExchange(cfg, votes);
     ASSERT_EQ(r.res, gradcompSuccess) << r.error;
     EXPECT_EQ(r.passed, gradcompSuccess) << r.error;
@@ -583,9 +585,9 @@ TEST_F(NcclNonBlocking, AKnownNonBlockingCommExchangesOnAPrivateSplit) {
 TEST(NcclSetup, PrivateCommSplitsABlockingComm) {
   gradcompConfig_t cfg = localSizeConfig(0), asking = cfg;
   asking.privateComm = 1;
-  EXPECT_EQ(gc::makeSetupVote(gradcompSuccess, asking, 1, nullptr).nonBlocking, 1);
-  EXPECT_EQ(gc::makeSetupVote(gradcompSuccess, cfg, 1, nullptr).nonBlocking, 0);
-  EXPECT_EQ(gc::makeSetupVote(gradcompInvalidArgument, asking, 1, "bad").nonBlocking, 0);
+  EXPECT_EQ(gc::makeSetupVote(gradcompSuccess, asking, 1, nullptr).wantsPrivate, 1);
+  EXPECT_EQ(gc::makeSetupVote(gradcompSuccess, cfg, 1, nullptr).wantsPrivate, 0);
+  EXPECT_EQ(gc::makeSetupVote(gradcompInvalidArgument, asking, 1, "bad").wantsPrivate, 0);
   for (int asker : {1, 2}) {  // this rank, or another one
     SCOPED_TRACE(asker);
     std::vector<gc::SetupVote> votes = votesOf(4, cfg);
@@ -597,6 +599,15 @@ TEST(NcclSetup, PrivateCommSplitsABlockingComm) {
     EXPECT_NE(r.log.find("comm=" + r.own + " stream"), std::string::npos) << r.log;
     EXPECT_EQ(count(r.log, "CommDestroy comm=" + r.own), 1) << r.log;
   }
+  // A 0.5 caller's 160-byte config ends before privateComm: whatever its
+  // padding holds, the copy the comm works on asks for no split.
+  gradcompConfig_t older = asking;
+  older.structSize = offsetof(gradcompConfig_t, reserved1) + sizeof(int);
+  ASSERT_EQ(older.structSize, 160u);
+  gradcompConfig_t whole;
+  ASSERT_EQ(gc::configFromCaller(&older, &whole), gradcompSuccess) << gradcompGetLastError();
+  EXPECT_EQ(whole.privateComm, 0);
+  EXPECT_EQ(gc::makeSetupVote(gradcompSuccess, whole, 1, nullptr).wantsPrivate, 0);
 }
 
 // A sub-communicator holding an error (an exchange on it met one) is aborted
