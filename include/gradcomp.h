@@ -353,7 +353,10 @@ gradcompResult_t gradcompCommLoadState(gradcompComm_t comm, const void* buffer, 
  * DGC's clipping (clipNorm, which applies to unscaled gradients) clips at
  * clipNorm * scale * N^-1/2. Where new / old is a power of two (GradScaler's
  * growth 2 and backoff 0.5), every later call gives bit for bit `scale` times
- * what the unscaled gradients would give; without this call, a scale change
+ * what the unscaled gradients would give (DQ-SGD's budget mode: its width
+ * history moves by log2 of the ratio, which libm may round a last bit apart
+ * from a history made at the new scale; docs/reliability.md, "Loss
+ * scaling"); without this call, a scale change
  * would weigh what the state holds by old / new (a DGC velocity of a
  * thousand steps doubled at a backoff, halved at a growth). A rank's own
  * setting: ranks whose gradients are scaled alike set it alike. The same

@@ -463,7 +463,8 @@ def main():
         "reducescatter_qsgd4_model_speedup_10gbps_n8_256MB": rs_model,
         "multirank_rs_tests_passed": multi.get("multirank_rs_tests_passed"),
         "multirank_rs_tests_failed": multi.get("multirank_rs_tests_failed"),
-        # Null unless a world with NCCL_COMM_BLOCKING=0 ran (GC_MULTIRANK_RUNS N:L:nb).
+        # Null unless a world with NCCL_COMM_BLOCKING=0 ran (GC_MULTIRANK_RUNS N:L:nb, or
+        # N:L:nbp with GRADCOMP_PRIVATE_COMM=1).
         "multirank_nonblocking_tests_passed": multi.get("multirank_nonblocking_tests_passed"),
         "multirank_nonblocking_tests_failed": multi.get("multirank_nonblocking_tests_failed"),
         "fsdp_qsgd4_acc_delta_pts": fsdp.get("fsdp_qsgd4_acc_delta_pts"),

@@ -15,6 +15,9 @@ library's keyed Avg allreduce of the gathered compressed parts, its keyed reduce
 stream the hooks do not follow (gradcomp reading a bucket before its producer wrote it, a
 future ready before gradcomp's kernels or the mixed bucket's copies) shows as differing bits;
 so does a kernel that differs from its host twin. Every rank's results must also hash alike.
+Then the hook with grad_scaler (GradcompState(grad_scaler=...)) on the same gradients scaled
+by 1024, 512, 4096 and 0.5, against a state without it on the unscaled ones: every result
+must be the scale times the unscaled one, bit for bit (scaler_bitwise).
 
 Usage: hook_exact_rank.py --out JSON [--device cpu]; launched as 2 ranks with the env://
 variables by tools/gc_ranks.py (one NCCL_HOSTID per rank, all on one GPU).
@@ -126,10 +129,11 @@ def run_hook(state, buckets, producer):
 
 class Scaler:
     """The part of AMP's GradScaler that GradcompState(grad_scaler=...) reads: get_scale() and
-    its scale tensor, which update() changes in place (so the state reads it once a step)."""
+    its scale tensor, which update() changes in place (so the state reads it once a step). On
+    the host: no stream orders a device tensor's fill against the hook's read."""
 
-    def __init__(self, dev):
-        self._scale = torch.ones(1, device=dev)
+    def __init__(self):
+        self._scale = torch.ones(1)
 
     def get_scale(self):
         return float(self._scale.item())
@@ -141,14 +145,14 @@ class Scaler:
 SCALES = (1024.0, 512.0, 4096.0, 0.5)  # a GradScaler's kind of changes: powers of two
 
 
-def run_scaled(dev, buckets, producer, backend):
+def run_scaled(buckets, producer, backend):
     """The hook with grad_scaler on gradients times SCALES[step] against a state without it on
     the unscaled ones: every result must be SCALES[step] times the unscaled one, bit for bit
     (gradcomp rescales its residuals on the hook's stream at each change). Mismatch lines."""
     import gradcomp.torch as gct
 
     plain = gct.GradcompState(module=None, start_iter=START, backend=backend, config=config())
-    sc = Scaler(dev)
+    sc = Scaler()
     scaled = gct.GradcompState(module=None, start_iter=START, backend=backend, grad_scaler=sc,
                                config=config())
     bad, checked = [], 0
@@ -278,7 +282,7 @@ def main():
             for k, g in enumerate(got_rs or []) if differ(g, want_rs[rank][k])]
     scaler_bad, scaler_checked = None, 0
     if gradcomp.has("gradcompCommSetGradScale"):
-        scaler_bad, scaler_checked = run_scaled(dev, buckets, producer, backend)
+        scaler_bad, scaler_checked = run_scaled(buckets, producer, backend)
         scaler_bad = [f"rank {rank} {m}" for m in scaler_bad]
     _, hashes = gc_ranks.gather_hashes(b"".join(t.numpy().tobytes() for row in got for t in row))
     all_bad = [None] * world

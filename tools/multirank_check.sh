@@ -60,7 +60,13 @@ rank_env() {
 # hier_n<N>, with _nb or _nbp appended) and label.
 parse_run() {
   IFS=: read -r n local_size nb_word <<< "$1"
-  nb=0; [ "${nb_word:-}" = nb ] && nb=1; [ "${nb_word:-}" = nbp ] && nb=2
+  case "${nb_word:-}" in
+    "") nb=0 ;;
+    nb) nb=1 ;;
+    nbp) nb=2 ;;
+    *) echo "multirank_check: world '$1': '$nb_word' is not nb or nbp (N:L, N:L:nb, N:L:nbp)" >&2
+       exit 2 ;;
+  esac
   tag=n$n; [ "$local_size" != 0 ] && tag=hier_n$n
   [ "$nb" = 1 ] && tag=${tag}_nb
   [ "$nb" = 2 ] && tag=${tag}_nbp

@@ -39,7 +39,8 @@ const Settings& settings();
 
 // True for the calls DESIGN.md "Interposer rules" compress (the comm's size
 // is checked when its entry is decided). `count` is the input count: the
-// reduce-scatter's nranks * recvcount.
+// reduce-scatter's nranks * recvcount, or recvcount alone where that already
+// reaches minElements (interpose.cc's inputCount asks NCCL nothing then).
 bool eligible(size_t count, ncclDataType_t type, ncclRedOp_t op);
 size_t typeBytes(ncclDataType_t type);
 

@@ -111,6 +111,7 @@ class GradcompState:
         # The scaler's scale tensor and its version at the last read: a read happens again only
         # after the scaler changed it in place (update()), so one per step, not per bucket.
         self._scale_mark = None
+        self._scale_followed = False  # a scale set on the comm since it was made or loaded
         self.config = as_config(config, **settings)
         self.layer_min_size = int(layer_min_size)
         self.exclude_1d = bool(exclude_1d)
@@ -224,6 +225,7 @@ class GradcompState:
                 else:
                     self._comm.reset_state()
             self._scale_mark = None  # the loaded state is in its own scale
+            self._scale_followed = False
         elif blob is not None:
             self._precheck_blob(blob)
         if self._comm is None:
@@ -503,6 +505,7 @@ class GradcompState:
                                    "gradcomp accepts on every rank")
             self._pending_blob = None
             self._scale_mark = None
+            self._scale_followed = False
         return self._comm
 
     def _follow_scaler(self, comm, stream_handle):
@@ -517,7 +520,7 @@ class GradcompState:
         if mark is not None and mark == self._scale_mark:
             return
         scale = float(sc.get_scale())
-        if (self._scale_mark is None and scale != 1.0 and comm.grad_scale == 1.0
+        if (not self._scale_followed and scale != 1.0 and comm.grad_scale == 1.0
                 and comm.stats()["steps"] > 0):
             # A state from calls that recorded no scale: a checkpoint saved without grad_scaler
             # (or by gradcomp before 0.6), or steps run before the scaler was given.
@@ -533,6 +536,7 @@ class GradcompState:
             raise ValueError(f"gradcomp: the GradScaler's scale {scale} cannot be followed: {e}. "
                              "Keep the scaler's scale within 2^-60..2^60") from e
         self._scale_mark = mark
+        self._scale_followed = True
 
     def _all_ranks_ok(self, ok, device):
         """True when ok on every rank of the group (a collective: every rank calls it)."""
