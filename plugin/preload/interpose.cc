@@ -63,14 +63,17 @@ void countPassed(CommEntry& e, Collective coll) {
 // (PyTorch's watchdog, ncclCommGetAsyncError) would race it. 0 (never
 // eligible unless minElements is 0, and then refused by gradcomp and
 // forwarded) when NCCL cannot tell the size or the product overflows.
-size_t inputCount(const Deferred& d, const CommEntry& e) {
+size_t inputCount(const Deferred& d, CommEntry& e) {
   if (d.coll == Collective::AllReduce) return d.count;
   // nranks >= 1: a recvcount already at minElements is eligible, whatever
   // the size (the set-up reads it, and refuses a comm whose size NCCL cannot
   // tell); only smaller ones of an undecided entry ask NCCL.
   if (d.count >= settings().config.minElements) return d.count;
-  int nranks = e.mode == Mode::Compress ? e.nranks : 0;
-  if (nranks < 1 && (ncclApi()->commCount(d.comm, &nranks) != ncclSuccess || nranks < 1)) return 0;
+  int nranks = e.mode == Mode::Compress ? e.nranks : e.sizeSeen.load();
+  if (nranks < 1) {
+    if (ncclApi()->commCount(d.comm, &nranks) != ncclSuccess || nranks < 1) return 0;
+    e.sizeSeen.store(nranks);
+  }
   if (d.count > SIZE_MAX / (size_t)nranks) return 0;
   return d.count * (size_t)nranks;
 }

@@ -427,12 +427,28 @@ static int simulateMissing(void) {
 }
 #endif
 
+/* Reduce-scatters too small to be eligible (4 * 1000 < 16384): the
+ * communicator never sets up, and the preload asks NCCL its size once, not
+ * at every call (a watchdog may poll the communicator meanwhile). */
+static int smallReduceScatters(void) {
+  ncclComm_t comm = (ncclComm_t)(uintptr_t)0x1000;
+  cudaStream_t stream = (cudaStream_t)(uintptr_t)0x2000;
+  char* a = (char*)(uintptr_t)0x7f0000000000ull;
+  char* b = (char*)(uintptr_t)0x7f0010000000ull;
+  for (int i = 0; i < 5; ++i) RS(a, b, 1000, ncclFloat32, ncclSum, comm, stream);
+  CHECK(ncclCommDestroy(comm));
+  EXPECT("CommDestroy comm=%p", (void*)comm);
+  return 0;
+}
+
 __attribute__((visibility("default"))) int gcTestRunCalls(const char* mode) {
   int rc;
   if (strcmp(mode, "basic") == 0) {
     rc = basic();
   } else if (strcmp(mode, "multidevice") == 0) {
     rc = multiDevice();
+  } else if (strcmp(mode, "small_rs") == 0) {
+    rc = smallReduceScatters();
 #if NCCL_VERSION_CODE >= NCCL_VERSION(2, 18, 0)
   } else if (strcmp(mode, "nonblocking") == 0) {
     rc = nonblocking();

@@ -6,6 +6,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "nccl_newer.h"
 
@@ -220,7 +221,16 @@ ncclResult_t pncclGroupSimulateEnd(ncclSimInfo_t* info) {
 ncclResult_t ncclGroupSimulateEnd(ncclSimInfo_t*) ALIAS(ncclGroupSimulateEnd);
 #endif
 
+/* FAKE_NCCL_LOG_QUERIES=1 records every size and device query (each runs
+ * NCCL's readiness check on the communicator), for the tests that count
+ * them. */
+static void recordQuery(const char* what, ncclComm_t c) {
+  const char* v = getenv("FAKE_NCCL_LOG_QUERIES");
+  if (v != NULL && strcmp(v, "1") == 0) record("%s comm=%p", what, (void*)c);
+}
+
 ncclResult_t pncclCommCount(const ncclComm_t c, int* n) {
+  recordQuery("CommCount", c);
   const ncclResult_t ready = readiness("CommCount", c);
   if (ready != ncclSuccess) return ready;
   const char* v = getenv("FAKE_NCCL_NRANKS");
@@ -240,6 +250,7 @@ ncclResult_t ncclCommUserRank(const ncclComm_t, int*) ALIAS(ncclCommUserRank);
 /* FAKE_NCCL_DEVICES=n spreads the communicators over n devices by address
  * (0x3000 on device 0, 0x3100 on 1, ...), as in a process driving n GPUs. */
 ncclResult_t pncclCommCuDevice(const ncclComm_t c, int* d) {
+  recordQuery("CommCuDevice", c);
   const ncclResult_t ready = readiness("CommCuDevice", c);
   if (ready != ncclSuccess) return ready;
   const char* v = getenv("FAKE_NCCL_DEVICES");

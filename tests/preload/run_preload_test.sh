@@ -71,6 +71,17 @@ for group in "" defer pass fuse; do
     "grep -q 'summary comm 0x1000 .*reduce-scatter: 0 compressed, $rs passed through' '$work/$name.err'"
 done
 
+# 2a. Reduce-scatters too small to compress leave the communicator undecided:
+# the preload asks NCCL its size once (the stand-in records each query), not at
+# every call, as each query runs NCCL's readiness check on the program's
+# communicator, which a watchdog thread may be polling.
+run small_rs env FAKE_NCCL_LOG_QUERIES=1 GRADCOMP_METHOD=qsgd "$app" small_rs && {
+  check "small_rs: NCCL received exactly the program's calls" \
+    "diff -u '$work/small_rs.expected' <(grep -v '^CommCount\|^CommCuDevice' '$work/small_rs.log')"
+  n=$(count "^CommCount comm=0x1000" "$work/small_rs.log")
+  check "small_rs: one size query for five calls (got $n)" "[ '$n' = 1 ]"
+}
+
 # 2b. DGC whose set-up fails: the calls pass through, and the warning says that
 # gradcomp's momentum correction does not reach them (the optimizer's is 0).
 run dgc_momentum env GRADCOMP_METHOD=dgc GC_TEST_GROUP_CALLS_DEFERRED=1 "$app" basic && {
