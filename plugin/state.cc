@@ -37,6 +37,7 @@
 #include <string.h>
 
 #include <map>
+#include <utility>
 #include <string>
 #include <vector>
 
@@ -113,14 +114,12 @@ gradcompResult_t scaleStates(gradcompComm* top, float factor) {
   for (gradcompComm* c = top; c != nullptr; c = c->inter.get()) {
     for (auto& kv : c->states) {
       BufferState& s = kv.second;
-      if (s.residual)
-        GC_CHECK(c->backend->fromFloat(s.residual, s.count, divisor, DType::F32, s.residual));
-      if (s.ownerResidual) {
-        GC_CHECK(c->backend->fromFloat(s.ownerResidual, s.ownerResidualCount, divisor, DType::F32,
-                                       s.ownerResidual));
+      const std::pair<float*, size_t> arrays[] = {
+          {s.residual, s.count}, {s.ownerResidual, s.ownerResidualCount}, {s.momentum, s.count}};
+      for (const auto& a : arrays) {
+        if (a.first)
+          GC_CHECK(c->backend->fromFloat(a.first, a.second, divisor, DType::F32, a.first));
       }
-      if (s.momentum)
-        GC_CHECK(c->backend->fromFloat(s.momentum, s.count, divisor, DType::F32, s.momentum));
       scaleBitsHistory(s, (double)factor);
     }
   }
