@@ -175,11 +175,14 @@ ncclResult_t keepMultiDeviceGroup() {
   int device0 = -1;
   bool several = false;
   for (const Deferred& d : tDeferred) {
-    // A compressing entry's device, as inputCount's size: NCCL is asked only
+    // A compressing entry's device, as inputCount's size: NCCL is asked once,
     // before the entry is decided.
     const EntryPtr e = entryFor(d.comm);
-    int dev = e->mode == Mode::Compress ? e->device : -1;
-    if (dev < 0 && api->commCuDevice(d.comm, &dev) != ncclSuccess) continue;
+    int dev = e->mode == Mode::Compress ? e->device : e->deviceSeen.load();
+    if (dev < 0) {
+      if (api->commCuDevice(d.comm, &dev) != ncclSuccess) continue;
+      e->deviceSeen.store(dev);
+    }
     if (device0 < 0) device0 = dev;
     several = several || dev != device0;
   }

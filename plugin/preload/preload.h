@@ -56,8 +56,9 @@ struct CommEntry {
   std::string reason;  // why calls pass through (summary line)
   int rank = -1, nranks = 0, device = -1;
   // The size NCCL gave for an undecided entry's reduce-scatter (0: not yet
-  // asked), so that NCCL is asked once, not at every call.
-  std::atomic<int> sizeSeen{0};
+  // asked) and its device for a user group's check (-1: not yet asked), so
+  // that NCCL is asked once, not at every call.
+  std::atomic<int> sizeSeen{0}, deviceSeen{-1};
   gradcompComm_t gc = nullptr;
   // One compressed call (or decision) at a time: gradcomp comms are not
   // thread-safe, and NCCL needs the same call order on every rank anyway.

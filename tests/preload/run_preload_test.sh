@@ -171,6 +171,13 @@ for group in defer fuse; do
   check "$name: summary comm 0x3200 says it tried to set up" \
     "grep -q 'summary comm 0x3200 .* 2 passed through.*compression off: set-up failed' '$work/$name.err'"
 done
+# The group's device check asks NCCL a communicator's device once: 0x3000 has two calls in the
+# first group and never sets up.
+run multidevice_queries env FAKE_NCCL_LOG_QUERIES=1 FAKE_NCCL_DEVICES=2 GRADCOMP_GROUP=defer \
+  GC_TEST_GROUP_CALLS_DEFERRED=1 GRADCOMP_METHOD=qsgd "$app" multidevice && {
+  n=$(count "^CommCuDevice comm=0x3000" "$work/multidevice_queries.log")
+  check "multidevice: one device query for 0x3000's two group calls (got $n)" "[ '$n' = 1 ]"
+}
 
 # 4b. ncclGroupSimulateEnd (NCCL >= 2.22): NCCL receives a simulated group's
 # calls inside it, deferred eligible ones included, and none runs later;
