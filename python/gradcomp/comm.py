@@ -6,7 +6,7 @@ import time
 
 from . import _types as T
 from ._lib import GradcompError, InvalidArgumentError, check, has, lib
-from .config import as_config
+from .config import _real, as_config
 
 
 def _enum(value, table, what):
@@ -232,11 +232,7 @@ class Comm:
         if not has("gradcompCommSetGradScale"):
             raise GradcompError("this libgradcomp has no gradcompCommSetGradScale: rebuild it "
                                 "from a checkout that has it", 7)
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) and not hasattr(
-                scale, "__float__"):
-            raise InvalidArgumentError(f"scale={scale!r} is not a number: pass the factor the "
-                                       "gradients carry, 2^-60..2^60", 1)
-        check(lib().gradcompCommSetGradScale(self.handle, float(scale), _stream(stream)))
+        check(lib().gradcompCommSetGradScale(self.handle, _real(scale, "scale"), _stream(stream)))
 
     @property
     def grad_scale(self):

@@ -108,10 +108,7 @@ class GradcompState:
             raise ValueError(f"grad_scaler={grad_scaler!r} has no get_scale(): pass the "
                              "torch.amp.GradScaler that scales this model's loss, or None")
         self.grad_scaler = grad_scaler
-        # The scaler's scale tensor and its version at the last read: a read happens again only
-        # after the scaler changed it in place (update()), so one per step, not per bucket.
-        self._scale_mark = None
-        self._scale_followed = False  # a scale set on the comm since it was made or loaded
+        self._forget_scale()
         self.config = as_config(config, **settings)
         self.layer_min_size = int(layer_min_size)
         self.exclude_1d = bool(exclude_1d)
@@ -224,8 +221,7 @@ class GradcompState:
                     self._comm.load_state(blob)  # raises, the comm unchanged, if refused
                 else:
                     self._comm.reset_state()
-            self._scale_mark = None  # the loaded state is in its own scale
-            self._scale_followed = False
+            self._forget_scale()  # the loaded state is in its own scale
         elif blob is not None:
             self._precheck_blob(blob)
         if self._comm is None:
@@ -504,9 +500,16 @@ class GradcompState:
                                    "says why): every rank stops here; load state dicts that "
                                    "gradcomp accepts on every rank")
             self._pending_blob = None
-            self._scale_mark = None
-            self._scale_followed = False
+            self._forget_scale()
         return self._comm
+
+    def _forget_scale(self):
+        """A new comm, or a loaded state: the scaler's scale is read and set again at the next
+        compressed call."""
+        # The scaler's scale tensor and its version at the last read: a read happens again only
+        # after the scaler changed it in place (update()), so one per step, not per bucket.
+        self._scale_mark = None
+        self._scale_followed = False  # a scale set on the comm since it was made or loaded
 
     def _follow_scaler(self, comm, stream_handle):
         """Before a compressed call: the comm's scale set to grad_scaler's when the scaler may
