@@ -168,20 +168,21 @@ __device__ __forceinline__ void decodePlainBucket(const uint32_t (&chunk)[R], in
   }
 }
 
-// kBits: the width as a constant (4 at the default bucket: qsgdDecode), so
-// that the codes' shifts and masks fold; 0: the width is `bitsArg`.
-template <int R, int kBits = 0>
-__global__ void __launch_bounds__(kWarpThreads, 12)
-    qsgdDecodeWarpKernel(const float* __restrict__ scales, const uint32_t* __restrict__ words,
-                         size_t n, int bitsArg, float* __restrict__ out, bool accumulate,
-                         bool alignedOut) {
+// One block of a warp-path decode: its kWarpsPerBlock buckets from bucket
+// block * kWarpsPerBlock on (the single launch's blockIdx.x, or a batch
+// segment's).
+template <int R, int kBits>
+__device__ __forceinline__ void decodeWarpBlock(const float* __restrict__ scales,
+                                                const uint32_t* __restrict__ words, size_t n,
+                                                int bitsArg, float* __restrict__ out,
+                                                bool accumulate, bool alignedOut, size_t block) {
   constexpr int kBucket = kRow * R;
   const int bits = kBits != 0 ? kBits : bitsArg;
   __shared__ float levelTables[2 * kLevelTable];
   __shared__ float codeTables[kWarpsPerBlock][2 * kLevelTable];
   const int s = qsgd::levels(bits);
   const int lane = threadIdx.x & 31;
-  const size_t b = (size_t)blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5);
+  const size_t b = block * kWarpsPerBlock + (threadIdx.x >> 5);
   const size_t base = b * kBucket;
   const size_t len = base < n ? min((size_t)kBucket, n - base) : 0;
   const bool vec = alignedOut && len == kBucket;
@@ -225,6 +226,44 @@ __global__ void __launch_bounds__(kWarpThreads, 12)
     }
     store4(out, i, vec, n, d);
   }
+}
+
+// kBits: the width as a constant (4 at the default bucket: qsgdDecode), so
+// that the codes' shifts and masks fold; 0: the width is `bitsArg`.
+template <int R, int kBits = 0>
+__global__ void __launch_bounds__(kWarpThreads, 12)
+    qsgdDecodeWarpKernel(const float* __restrict__ scales, const uint32_t* __restrict__ words,
+                         size_t n, int bitsArg, float* __restrict__ out, bool accumulate,
+                         bool alignedOut) {
+  decodeWarpBlock<R, kBits>(scales, words, n, bitsArg, out, accumulate, alignedOut, blockIdx.x);
+}
+
+// One decode of a batch, as the single launch takes it.
+struct WarpDecodeSegment {
+  const float* scales;
+  const uint32_t* words;
+  size_t n;
+  float* out;
+  bool alignedOut;
+};
+// At most this many decodes a launch (40 bytes each).
+constexpr int kMaxDecodeSegments = 16;
+struct WarpDecodeBatch {
+  WarpDecodeSegment seg[kMaxDecodeSegments];
+};
+
+// A batch of decodes in one launch (a pipelined two-shot's or ring's N
+// chunks of a piece into an fp32 output): blockIdx.y picks the segment,
+// blockIdx.x its block, as the single kernel's, so each segment's output is
+// its single launch's. Blocks past a shorter segment's end leave at once
+// (the whole block alike, before any barrier).
+template <int R, int kBits = 0>
+__global__ void __launch_bounds__(kWarpThreads, 12)
+    qsgdDecodeWarpBatchKernel(const WarpDecodeBatch batch, int bitsArg, bool accumulate) {
+  const WarpDecodeSegment& s = batch.seg[blockIdx.y];
+  if ((size_t)blockIdx.x * kWarpsPerBlock * (kRow * R) >= s.n) return;
+  decodeWarpBlock<R, kBits>(s.scales, s.words, s.n, bitsArg, s.out, accumulate, s.alignedOut,
+                            blockIdx.x);
 }
 
 bool aligned(const void* p, size_t a) {
@@ -314,6 +353,71 @@ cudaError_t qsgdEncode(const void* x, DType t, float* residual, size_t n, int bi
   return cudaGetLastError();
 }
 
+cudaError_t qsgdEncodeBatch(const EncodeSegment* segs, int count, DType t, int bits, int bucket,
+                            const KeySpec& key, cudaStream_t stream) {
+  auto one = [&](const EncodeSegment& s) {
+    KeySpec k = key;
+    k.stream = s.stream;
+    return qsgdEncode(s.x, t, s.residual, s.n, bits, bucket, k, s.out, stream);
+  };
+  int i = 0;
+  while (i < count) {
+    // The next up to kMaxEncodeSegments non-empty segments.
+    WarpEncodeBatch batch;
+    int m = 0;
+    size_t maxNb = 0;
+    for (; i < count && m < kMaxEncodeSegments; ++i) {
+      const EncodeSegment& s = segs[i];
+      if (s.n == 0) continue;
+      const size_t nb = qsgd::numBuckets(s.n, bucket);
+      if (nb > kMaxDeviceBuckets) return cudaErrorInvalidValue;  // the callers say why first
+      float* scales = static_cast<float*>(s.out);
+      batch.seg[m++] =
+          WarpEncodeSegment{s.x,
+                            s.residual,
+                            s.n,
+                            scales,
+                            reinterpret_cast<uint32_t*>(scales + nb),
+                            s.stream,
+                            aligned(s.x, t == DType::F32 ? 16 : 8) && aligned(s.residual, 16)};
+      maxNb = std::max(maxNb, nb);
+    }
+    if (m == 0) break;
+    // One segment, or a bucket without a warp path: single launches.
+    bool launched = false;
+    if (m > 1) {
+      launched = withWarpRows(bucket, [&](auto rows) {
+        WarpEncodeCall c{decltype(rows)::value,
+                         nullptr,
+                         nullptr,
+                         0,
+                         bits,
+                         key,
+                         nullptr,
+                         nullptr,
+                         false,
+                         maxNb,
+                         stream};
+        c.batch = &batch;
+        c.segments = m;
+        warpEncodeOf(t, c);
+      });
+    }
+    if (!launched) {
+      for (int s = 0; s < m; ++s) {
+        const WarpEncodeSegment& w = batch.seg[s];
+        const cudaError_t err =
+            one(EncodeSegment{w.x, w.residual, w.n, w.stream, static_cast<void*>(w.scales)});
+        if (err != cudaSuccess) return err;
+      }
+      continue;
+    }
+    const cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+  }
+  return cudaSuccess;
+}
+
 cudaError_t qsgdDecode(const void* in, size_t n, int bits, int bucket, float* out, bool accumulate,
                        cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
@@ -340,6 +444,56 @@ cudaError_t qsgdDecode(const void* in, size_t n, int bits, int bucket, float* ou
   qsgdDecodeKernel<<<decodeBlocks(n), kDecodeThreads, 0, stream>>>(scales, words, n, bits, bucket,
                                                                    out, accumulate);
   return cudaGetLastError();
+}
+
+cudaError_t qsgdDecodeBatch(const DecodeSegment* segs, int count, int bits, int bucket,
+                            bool accumulate, cudaStream_t stream) {
+  int i = 0;
+  while (i < count) {
+    // The next up to kMaxDecodeSegments non-empty segments.
+    WarpDecodeBatch batch;
+    int m = 0;
+    size_t maxNb = 0;
+    for (; i < count && m < kMaxDecodeSegments; ++i) {
+      const DecodeSegment& s = segs[i];
+      if (s.n == 0) continue;
+      const size_t nb = qsgd::numBuckets(s.n, bucket);
+      if (nb > kMaxDeviceBuckets) return cudaErrorInvalidValue;  // the callers say why first
+      const float* scales = static_cast<const float*>(s.in);
+      batch.seg[m++] = WarpDecodeSegment{scales, reinterpret_cast<const uint32_t*>(scales + nb),
+                                         s.n, s.out, aligned(s.out, 16)};
+      maxNb = std::max(maxNb, nb);
+    }
+    if (m == 0) break;
+    // One segment, or a bucket without a warp path: single launches.
+    bool launched = false;
+    if (m > 1) {
+      const dim3 grid(warpBlocks(maxNb), (unsigned)m);
+      launched = withWarpRows(bucket, [&](auto rows) {
+        constexpr int R = decltype(rows)::value;
+        // The default width at the default bucket (512) with its width a constant.
+        if constexpr (R == 4) {
+          if (bits == 4) {
+            qsgdDecodeWarpBatchKernel<R, 4>
+                <<<grid, kWarpThreads, 0, stream>>>(batch, bits, accumulate);
+            return;
+          }
+        }
+        qsgdDecodeWarpBatchKernel<R><<<grid, kWarpThreads, 0, stream>>>(batch, bits, accumulate);
+      });
+    }
+    if (!launched) {
+      for (int s = 0; s < m; ++s) {
+        const WarpDecodeSegment& w = batch.seg[s];
+        const cudaError_t err = qsgdDecode(w.scales, w.n, bits, bucket, w.out, accumulate, stream);
+        if (err != cudaSuccess) return err;
+      }
+      continue;
+    }
+    const cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+  }
+  return cudaSuccess;
 }
 
 cudaError_t advanceStep(uint64_t* step, cudaStream_t stream) {

@@ -17,6 +17,24 @@
 namespace gc {
 namespace cuda {
 
+// One encode of a batch, as the single launch takes it.
+struct WarpEncodeSegment {
+  const void* x;
+  float* residual;
+  size_t n;
+  float* scales;
+  uint32_t* words;
+  uint64_t stream;  // KeySpec::stream of this encode
+  bool alignedIn;
+};
+// At most this many encodes a launch: 16 segments of 56 bytes (about 960
+// bytes of parameters with the key) stay far within the 4 KiB a kernel's
+// parameters may take; larger batches take several launches.
+constexpr int kMaxEncodeSegments = 16;
+struct WarpEncodeBatch {
+  WarpEncodeSegment seg[kMaxEncodeSegments];
+};
+
 // A warp-path encode call: the bucket's width in rows of 128 (1, 2, 4, 8) and
 // its arguments.
 struct WarpEncodeCall {
@@ -29,8 +47,13 @@ struct WarpEncodeCall {
   float* scales;
   uint32_t* words;
   bool alignedIn;
-  size_t nb;  // buckets
+  size_t nb;  // buckets (a batch: its longest segment's)
   cudaStream_t stream;
+  // A batch (qsgdEncodeBatch): `segments` encodes in one launch, each with
+  // its own input, residual, count, output and key stream; the single
+  // call's x, residual, n, scales, words and alignedIn are then unused.
+  const WarpEncodeBatch* batch = nullptr;
+  int segments = 0;
 };
 
 // Each defined in its type's file (qsgd_encode_{f32,f16,bf16}.cu).
@@ -326,25 +349,20 @@ __device__ __forceinline__ void sumRows(const RawX4<T> (&xr)[R], const float4 (&
   }
 }
 
-// Buckets of up to 512, every input type: at most 56 registers, so that 9
-// blocks (36 warps) fit on an SM. Unbounded, the plain path's code takes 64
-// (fp32, bf16: 8 blocks) and 72 (fp16: 7 blocks); bounded, nothing spills
-// and the plain path issues about 1% more instructions. The encode waits on
-// its loads before it codes, so warps resident are what hide that wait.
-// kBits: the width as a constant (4, the default, at the default bucket:
-// warpEncodeLaunch), so that every shift, mask and row store of the codes
-// folds to constants; 0: the width is `bitsArg`, any of 2..8. The same code,
-// so the same bytes.
-template <int R, DType T, bool kNearest, bool kSquare, int kBits = 0>
-__global__ void __launch_bounds__(kWarpThreads, R <= 4 ? 9 : 1)
-    qsgdEncodeWarpKernel(const void* __restrict__ x, float* __restrict__ residual, size_t n,
-                         int bitsArg, KeySpec keySpec, float* __restrict__ scales,
-                         uint32_t* __restrict__ words, bool alignedIn) {
+// One block of a warp-path encode: its kWarpsPerBlock buckets from bucket
+// block * kWarpsPerBlock on (the single launch's blockIdx.x, or a batch
+// segment's).
+template <int R, DType T, bool kNearest, bool kSquare, int kBits>
+__device__ __forceinline__ void encodeWarpBlock(const void* __restrict__ x,
+                                                float* __restrict__ residual, size_t n, int bitsArg,
+                                                const KeySpec& keySpec, float* __restrict__ scales,
+                                                uint32_t* __restrict__ words, bool alignedIn,
+                                                size_t block) {
   constexpr int kBucket = kRow * R;
   const int bits = kBits != 0 ? kBits : bitsArg;
   __shared__ float levelTable[128];
   const int lane = threadIdx.x & 31;
-  const size_t b = (size_t)blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5);
+  const size_t b = block * kWarpsPerBlock + (threadIdx.x >> 5);
   const size_t base = b * kBucket;
   const size_t len = base < n ? min((size_t)kBucket, n - base) : 0;
   const bool whole = alignedIn && len == kBucket;
@@ -374,6 +392,41 @@ __global__ void __launch_bounds__(kWarpThreads, R <= 4 ? 9 : 1)
     encodeRows<R, kNearest, kSquare>(x, T, residual, n, bits, key, levelTable, scales, words, b,
                                      base, len, lane, false);
   }
+}
+
+// Buckets of up to 512, every input type: at most 56 registers, so that 9
+// blocks (36 warps) fit on an SM. Unbounded, the plain path's code takes 64
+// (fp32, bf16: 8 blocks) and 72 (fp16: 7 blocks); bounded, nothing spills
+// and the plain path issues about 1% more instructions. The encode waits on
+// its loads before it codes, so warps resident are what hide that wait.
+// kBits: the width as a constant (4, the default, at the default bucket:
+// warpEncodeLaunch), so that every shift, mask and row store of the codes
+// folds to constants; 0: the width is `bitsArg`, any of 2..8. The same code,
+// so the same bytes.
+template <int R, DType T, bool kNearest, bool kSquare, int kBits = 0>
+__global__ void __launch_bounds__(kWarpThreads, R <= 4 ? 9 : 1)
+    qsgdEncodeWarpKernel(const void* __restrict__ x, float* __restrict__ residual, size_t n,
+                         int bitsArg, KeySpec keySpec, float* __restrict__ scales,
+                         uint32_t* __restrict__ words, bool alignedIn) {
+  encodeWarpBlock<R, T, kNearest, kSquare, kBits>(x, residual, n, bitsArg, keySpec, scales, words,
+                                                  alignedIn, blockIdx.x);
+}
+
+// A batch of encodes in one launch (the pieces a pipelined two-shot or
+// reduce-scatter sends its peers): blockIdx.y picks the segment, blockIdx.x
+// its block, as the single kernel's. Each segment's bytes are those of its
+// own single launch: the same block body, the key with the segment's stream.
+// A launch covers as many buckets as all its segments, so small pieces no
+// longer each pay a launch and a partial last wave. Blocks past a shorter
+// segment's end leave at once (the whole block alike, before any barrier).
+template <int R, DType T, bool kNearest, bool kSquare, int kBits = 0>
+__global__ void __launch_bounds__(kWarpThreads, R <= 4 ? 9 : 1)
+    qsgdEncodeWarpBatchKernel(const WarpEncodeBatch batch, int bitsArg, KeySpec keySpec) {
+  const WarpEncodeSegment& s = batch.seg[blockIdx.y];
+  if ((size_t)blockIdx.x * kWarpsPerBlock * (kRow * R) >= s.n) return;
+  keySpec.stream = s.stream;
+  encodeWarpBlock<R, T, kNearest, kSquare, kBits>(s.x, s.residual, s.n, bitsArg, keySpec, s.scales,
+                                                  s.words, s.alignedIn, blockIdx.x);
 }
 
 inline unsigned warpBlocks(size_t nb) {
@@ -417,10 +470,16 @@ template <DType T>
 void warpEncodeLaunch(const WarpEncodeCall& c) {
   withCoding(c.key, [&](auto nearest, auto square) {
     auto go = [&](auto rows, auto bits) {
-      qsgdEncodeWarpKernel<decltype(rows)::value, T, decltype(nearest)::value,
-                           decltype(square)::value, decltype(bits)::value>
-          <<<warpBlocks(c.nb), kWarpThreads, 0, c.stream>>>(c.x, c.residual, c.n, c.bits, c.key,
-                                                            c.scales, c.words, c.alignedIn);
+      constexpr int kR = decltype(rows)::value, kB = decltype(bits)::value;
+      constexpr bool kN = decltype(nearest)::value, kS = decltype(square)::value;
+      if (c.batch != nullptr) {
+        qsgdEncodeWarpBatchKernel<kR, T, kN, kS, kB>
+            <<<dim3(warpBlocks(c.nb), (unsigned)c.segments), kWarpThreads, 0, c.stream>>>(
+                *c.batch, c.bits, c.key);
+      } else {
+        qsgdEncodeWarpKernel<kR, T, kN, kS, kB><<<warpBlocks(c.nb), kWarpThreads, 0, c.stream>>>(
+            c.x, c.residual, c.n, c.bits, c.key, c.scales, c.words, c.alignedIn);
+      }
     };
     const auto anyBits = std::integral_constant<int, 0>();
     switch (c.rows) {

@@ -306,6 +306,7 @@ class ScatterSum {
   std::vector<const void*> sendPtr_;
   std::vector<void*> recvPtr_;
   std::vector<size_t> sendBytes_, recvBytes_;
+  std::vector<EncodeSegment> segs_;
 };
 
 // Decodes one encoded chunk into the caller's output: straight into an fp32
@@ -313,6 +314,12 @@ class ScatterSum {
 // Avg divides (once, at the end).
 gradcompResult_t decodeToOutput(Backend& be, const void* enc, size_t len, int bits, int bucket,
                                 float divisor, DType t, void* out, float* scratch);
+
+// decodeToOutput of each segment (`out`: its place in the caller's output, of
+// type t); an fp32 Sum output's all in one batch (Backend::qsgdDecodeBatch:
+// one launch on the CUDA backend), the others one by one through `scratch`.
+gradcompResult_t decodeChunksToOutput(Backend& be, const DecodeSegment* segs, int count, int bits,
+                                      int bucket, float divisor, DType t, float* scratch);
 
 // Workspace offsets aligned to 256 bytes.
 inline size_t alignUp(size_t x, size_t a = 256) {

@@ -78,7 +78,9 @@ ScatterSum::ScatterSum(const CallArgs& a, const Chunks& ch, const Pieces& p, cha
       sendPtr_(a.comm->nranks),
       recvPtr_(a.comm->nranks),
       sendBytes_(a.comm->nranks),
-      recvBytes_(a.comm->nranks) {}
+      recvBytes_(a.comm->nranks) {
+  segs_.reserve((size_t)a.comm->nranks);
+}
 
 char* ScatterSum::slot(char* base, int j, size_t q) const {
   return base + j * ch_.slot + qsgd::encodedBytes(start(q), a_.bits, a_.comm->cfg.bucketSize);
@@ -98,12 +100,16 @@ gradcompResult_t ScatterSum::encode(size_t q) {
   const size_t esz = dtypeBytes(a_.dtype);
   const char* send = static_cast<const char*>(a_.send);
   float* residual = a_.state->residual;
+  // The peers' pieces in one batch (one launch on the CUDA backend): piece q
+  // of chunk j with the key of stream j, as key(j, q).
+  segs_.clear();
   for (int j = 0; j < n; ++j) {
     const size_t m = len(j, q), o = ch_.off[j] + start(q);
     if (j == r || m == 0) continue;
-    GC_CHECK(be.qsgdEncode(send + o * esz, a_.dtype, residual ? residual + o : nullptr, m, a_.bits,
-                           d, key(j, q), slot(sendEnc_, j, q)));
+    segs_.push_back(EncodeSegment{send + o * esz, residual ? residual + o : nullptr, m, (uint64_t)j,
+                                  slot(sendEnc_, j, q)});
   }
+  GC_CHECK(be.qsgdEncodeBatch(segs_.data(), (int)segs_.size(), a_.dtype, a_.bits, d, key(0, q)));
   const size_t m = len(r, q), o = ch_.off[r] + start(q);
   if (m == 0) return gradcompSuccess;
   float* myResidual = residual ? residual + o : nullptr;
@@ -150,6 +156,18 @@ gradcompResult_t decodeToOutput(Backend& be, const void* enc, size_t len, int bi
   }
   GC_CHECK(be.qsgdDecode(enc, len, bits, bucket, scratch, false));
   return be.fromFloat(scratch, len, divisor, t, out);
+}
+
+gradcompResult_t decodeChunksToOutput(Backend& be, const DecodeSegment* segs, int count, int bits,
+                                      int bucket, float divisor, DType t, float* scratch) {
+  if (t == DType::F32 && divisor == 1.0f) {
+    return be.qsgdDecodeBatch(segs, count, bits, bucket, false);
+  }
+  for (int i = 0; i < count; ++i) {
+    GC_CHECK(
+        decodeToOutput(be, segs[i].in, segs[i].n, bits, bucket, divisor, t, segs[i].out, scratch));
+  }
+  return gradcompSuccess;
 }
 
 sparse::Plan sparsePlan(const gradcompComm& c, size_t count, uint64_t calls, DType* valueType) {

@@ -175,15 +175,20 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
     }
     return allGatherDirect(*c.transport, blocks.data(), sizes.data());
   };
-  // D: every rank, owner included, decodes the same bytes.
+  // D: every rank, owner included, decodes the same bytes (an fp32 Sum
+  // output's N pieces in one launch).
+  std::vector<DecodeSegment> decodes;
+  decodes.reserve(n);
   auto decodePiece = [&](size_t q) -> gradcompResult_t {
     GC_NVTX_RANGE("gradcomp decode");
+    decodes.clear();
     for (int i = 0; i < n; ++i) {
       const int j = mod(i + 1);
-      GC_CHECK(decodeToOutput(be, gatherBlock(i, q), len(j, q), bits, d, divisor, a.dtype,
-                              recv + (L.off[j] + start(q)) * esz, acc + start(q)));
+      decodes.push_back(
+          DecodeSegment{gatherBlock(i, q), len(j, q),
+                        reinterpret_cast<float*>(recv + (L.off[j] + start(q)) * esz)});
     }
-    return gradcompSuccess;
+    return decodeChunksToOutput(be, decodes.data(), n, bits, d, divisor, a.dtype, acc + start(q));
   };
 
   // Event slots: 1+q%2 marks hop transfer q done, 3+q%2 allgather q done

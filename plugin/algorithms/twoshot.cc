@@ -130,14 +130,19 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
     }
     return allGatherDirect(*c.transport, recvPtr.data(), recvBytes.data());
   };
-  // D: every rank, owner included, decodes the same bytes.
+  // D: every rank, owner included, decodes the same bytes (an fp32 Sum
+  // output's N pieces in one launch).
+  std::vector<DecodeSegment> decodes;
+  decodes.reserve(n);
   auto decodePiece = [&](size_t q) -> gradcompResult_t {
     GC_NVTX_RANGE("gradcomp decode");
+    decodes.clear();
     for (int j = 0; j < n; ++j) {
-      GC_CHECK(decodeToOutput(be, gatherBlock(j, q), len(j, q), bits, d, divisor, a.dtype,
-                              recv + (L.off[j] + start(q)) * esz, acc + start(q)));
+      decodes.push_back(
+          DecodeSegment{gatherBlock(j, q), len(j, q),
+                        reinterpret_cast<float*>(recv + (L.off[j] + start(q)) * esz)});
     }
-    return gradcompSuccess;
+    return decodeChunksToOutput(be, decodes.data(), n, bits, d, divisor, a.dtype, acc + start(q));
   };
 
   // Event slots: 0 hands compute work to the comm lane (waited on at once);

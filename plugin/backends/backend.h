@@ -9,6 +9,7 @@
 #include <memory>
 
 #include "kernels/common_math.cuh"
+#include "codecs/qsgd.h"
 #include "gradcomp.h"
 
 namespace gc {
@@ -76,6 +77,38 @@ class Backend {
                                       int bucket, const KeySpec& key, void* out) = 0;
   virtual gradcompResult_t qsgdDecode(const void* in, size_t n, int bits, int bucket, float* out,
                                       bool accumulate) = 0;
+  // count encodes with `key` but each its segment's KeySpec::stream (the
+  // pieces a two-shot or reduce-scatter encodes for its peers): each
+  // segment's bytes and residual are qsgdEncode's; empty segments are
+  // skipped. The CUDA backend covers them in one launch, so that small
+  // pieces do not each pay a launch and a partly empty last wave; this
+  // default encodes them one by one.
+  virtual gradcompResult_t qsgdEncodeBatch(const EncodeSegment* segs, int count, DType t, int bits,
+                                           int bucket, const KeySpec& key) {
+    for (int i = 0; i < count; ++i) {
+      if (segs[i].n == 0) continue;
+      KeySpec k = key;
+      k.stream = segs[i].stream;
+      const gradcompResult_t res =
+          qsgdEncode(segs[i].x, t, segs[i].residual, segs[i].n, bits, bucket, k, segs[i].out);
+      if (res != gradcompSuccess) return res;
+    }
+    return gradcompSuccess;
+  }
+
+  // count decodes (the N chunks of a piece into an fp32 output): each
+  // segment's output is qsgdDecode's; empty segments are skipped. The CUDA
+  // backend covers them in one launch; this default decodes them one by one.
+  virtual gradcompResult_t qsgdDecodeBatch(const DecodeSegment* segs, int count, int bits,
+                                           int bucket, bool accumulate) {
+    for (int i = 0; i < count; ++i) {
+      if (segs[i].n == 0) continue;
+      const gradcompResult_t res =
+          qsgdDecode(segs[i].in, segs[i].n, bits, bucket, segs[i].out, accumulate);
+      if (res != gradcompSuccess) return res;
+    }
+    return gradcompSuccess;
+  }
 
   // out[i] = float(x[i]) (+ addend[i] when addend is not null).
   virtual gradcompResult_t toFloat(const void* x, DType t, const float* addend, size_t n,

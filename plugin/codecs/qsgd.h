@@ -32,6 +32,26 @@ gradcompResult_t qsgdCheckDeviceCount(size_t count, int bucketSize);
 // Maps an NCCL type to a gradient type, or an error naming it.
 gradcompResult_t dtypeFromNccl(ncclDataType_t t, DType* out);
 
+// One encode of a batch (Backend::qsgdEncodeBatch): x[0, n) of the batch's
+// type, plus residual (may be null), into out, with the batch's key but
+// KeySpec::stream = stream. Its bytes and residual are those of a single
+// encode with that key.
+struct EncodeSegment {
+  const void* x;
+  float* residual;
+  size_t n;
+  uint64_t stream;
+  void* out;
+};
+
+// One decode of a batch (Backend::qsgdDecodeBatch): the encoding `in` of n
+// elements into out[0, n), as a single qsgdDecode.
+struct DecodeSegment {
+  const void* in;
+  size_t n;
+  float* out;
+};
+
 namespace host {
 // residual may be null (no error feedback). x may be any of the three types.
 // nearest: round to the nearest level (KeySpec::nearest) instead of drawing.
@@ -44,6 +64,14 @@ void qsgdDecode(const void* in, size_t n, int bits, int bucket, float* out, bool
 namespace cuda {
 cudaError_t qsgdEncode(const void* x, DType t, float* residual, size_t n, int bits, int bucket,
                        const KeySpec& key, void* out, cudaStream_t stream);
+// The segments' encodes, as many in one launch as the warp path takes
+// (buckets of 128..1024; other buckets launch one encode per segment).
+cudaError_t qsgdEncodeBatch(const EncodeSegment* segs, int count, DType t, int bits, int bucket,
+                            const KeySpec& key, cudaStream_t stream);
+// The segments' decodes (overwrite or accumulate), as many in one launch as
+// the warp path takes (buckets of 128..1024; other buckets: one a segment).
+cudaError_t qsgdDecodeBatch(const DecodeSegment* segs, int count, int bits, int bucket,
+                            bool accumulate, cudaStream_t stream);
 // step += 1 on the stream (the comm's device step counter).
 cudaError_t advanceStep(uint64_t* step, cudaStream_t stream);
 cudaError_t qsgdDecode(const void* in, size_t n, int bits, int bucket, float* out, bool accumulate,

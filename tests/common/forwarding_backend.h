@@ -53,9 +53,17 @@ class ForwardingBackend : public gc::Backend {
                               int bucket, const gc::KeySpec& key, void* out) override {
     return inner_->qsgdEncode(x, t, residual, n, bits, bucket, key, out);
   }
+  gradcompResult_t qsgdEncodeBatch(const gc::EncodeSegment* segs, int count, gc::DType t, int bits,
+                                   int bucket, const gc::KeySpec& key) override {
+    return inner_->qsgdEncodeBatch(segs, count, t, bits, bucket, key);
+  }
   gradcompResult_t qsgdDecode(const void* in, size_t n, int bits, int bucket, float* out,
                               bool accumulate) override {
     return inner_->qsgdDecode(in, n, bits, bucket, out, accumulate);
+  }
+  gradcompResult_t qsgdDecodeBatch(const gc::DecodeSegment* segs, int count, int bits, int bucket,
+                                   bool accumulate) override {
+    return inner_->qsgdDecodeBatch(segs, count, bits, bucket, accumulate);
   }
   gradcompResult_t toFloat(const void* x, gc::DType t, const float* addend, size_t n,
                            float* out) override {

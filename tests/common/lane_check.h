@@ -134,6 +134,18 @@ class LaneCheck final : public ForwardingBackend {
         {out, gc::qsgd::encodedBytes(n, bits, bucket), true}});
     return inner_->qsgdEncode(x, t, residual, n, bits, bucket, key, out);
   }
+  gradcompResult_t qsgdEncodeBatch(const gc::EncodeSegment* segs, int count, gc::DType t, int bits,
+                                   int bucket, const gc::KeySpec& key) override {
+    for (int i = 0; i < count; ++i) {
+      const gc::EncodeSegment& s = segs[i];
+      if (s.n == 0) continue;
+      op(kComputeLane, "qsgdEncode",
+         {{s.x, s.n * gc::dtypeBytes(t), false},
+          {s.residual, s.n * sizeof(float), true},
+          {s.out, gc::qsgd::encodedBytes(s.n, bits, bucket), true}});
+    }
+    return inner_->qsgdEncodeBatch(segs, count, t, bits, bucket, key);
+  }
   gradcompResult_t qsgdDecode(const void* in, size_t n, int bits, int bucket, float* out,
                               bool accumulate) override {
     if (failDecode > 0 && --failDecode == 0) {
@@ -142,6 +154,25 @@ class LaneCheck final : public ForwardingBackend {
     op(kComputeLane, "qsgdDecode",
        {{in, gc::qsgd::encodedBytes(n, bits, bucket), false}, {out, n * sizeof(float), true}});
     return inner_->qsgdDecode(in, n, bits, bucket, out, accumulate);
+  }
+  // As qsgdDecode on each segment in turn: failDecode counts segments, and
+  // the decodes before a failing one run.
+  gradcompResult_t qsgdDecodeBatch(const gc::DecodeSegment* segs, int count, int bits, int bucket,
+                                   bool accumulate) override {
+    for (int i = 0; i < count; ++i) {
+      if (segs[i].n == 0) continue;
+      if (failDecode > 0 && --failDecode == 0) {
+        if (i > 0) {
+          const gradcompResult_t res = inner_->qsgdDecodeBatch(segs, i, bits, bucket, accumulate);
+          if (res != gradcompSuccess) return res;
+        }
+        return gc::setError(gradcompInternalError, "qsgdDecode failed (LaneCheck::failDecode)");
+      }
+      op(kComputeLane, "qsgdDecode",
+         {{segs[i].in, gc::qsgd::encodedBytes(segs[i].n, bits, bucket), false},
+          {segs[i].out, segs[i].n * sizeof(float), true}});
+    }
+    return inner_->qsgdDecodeBatch(segs, count, bits, bucket, accumulate);
   }
   gradcompResult_t toFloat(const void* x, gc::DType t, const float* addend, size_t n,
                            float* out) override {

@@ -419,6 +419,162 @@ TEST_F(QsgdGpu, OffsetEncodeEqualsSliceOfWholeEncode) {
   }
 }
 
+// A batch of encodes (cuda::qsgdEncodeBatch, one launch per 16 segments on
+// the warp path) gives each segment the host codec's bytes and residual
+// under the batch's key with that segment's stream: segments of every length
+// kind (empty, one element, a partial bucket, whole buckets, a tail, longer
+// than the rest), each input and residual 16-element aligned but every
+// third one element off, 21 of them (19 not empty: two launches of 16 and
+// 3) and the first 19 (17 not empty: 16, then one single launch), every
+// bucket path, both roundings, both level
+// kinds, with and without error feedback. A segment drawing another's stream, or a block reading
+// the wrong segment, changes the bytes.
+TEST_F(QsgdGpu, BatchedEncodeGivesEachSegmentItsOwnEncode) {
+  const size_t lens[] = {0,    1,   300, 1024, 2048 + 77, 4096, 9000, 512,  33,   1536, 0,
+                         5000, 128, 700, 2,    4096 + 5,  1023, 257,  6144, 3000, 640};
+  const int all = (int)(sizeof(lens) / sizeof(lens[0]));
+  for (int count : {all, 19}) {
+    for (ncclDataType_t t : {ncclFloat32, ncclFloat16, ncclBfloat16}) {
+      gc::DType dt = gc::DType::F32;
+      ASSERT_EQ(gc::dtypeFromNccl(t, &dt), gradcompSuccess);
+      const size_t esz = gc::dtypeBytes(dt);
+      for (int d : {96, 128, 256, 512, 1024}) {
+        for (int bits : {2, 4, 8}) {
+          for (int variant = 0; variant < 4; ++variant) {
+            const bool nearest = variant == 1, square = variant == 2, ef = variant != 3;
+            SCOPED_TRACE(testing::Message()
+                         << "segments=" << count << " type=" << t << " d=" << d << " bits=" << bits
+                         << " nearest=" << nearest << " square=" << square << " ef=" << ef);
+            // Segment j's input at in[j], residual at res[j], output at out[j]:
+            // 16-element aligned (the vector path), every third one shifted by
+            // one element off it.
+            std::vector<size_t> in(count), res(count), out(count);
+            size_t nIn = 0, nRes = 0, nOut = 0;
+            for (int j = 0; j < count; ++j) {
+              const size_t shift = j % 3 == 2 ? 1 : 0;
+              in[j] = nIn + shift, res[j] = nRes + shift, out[j] = nOut;
+              nIn += (lens[j] + 16 + 15) / 16 * 16, nRes = nIn;
+              nOut += gradcompQsgdEncodedBytes(lens[j], bits, d) + 16;
+            }
+            std::vector<float> x = gctest::normal(nIn, 11 * d + bits + variant);
+            x[in[6] + 5] = NAN;  // one bucket of segment 6 not finite: its residual kept
+            std::vector<uint16_t> h = narrow(x, t);
+            const char* hostIn = t == ncclFloat32 ? (const char*)x.data() : (const char*)h.data();
+            const std::vector<float> r0 = gctest::normal(nRes, 5 + d, 0.1f);
+            DeviceBuffer<uint8_t> dx(nIn * esz), denc(nOut);
+            DeviceBuffer<float> dr(nRes);
+            ASSERT_EQ(cudaMemcpy(dx.get(), hostIn, nIn * esz, cudaMemcpyHostToDevice), cudaSuccess);
+            dr.upload(r0);
+            gc::KeySpec key{0xba7cull, 41, nullptr, 3, 0, true};
+            key.offset = 1000;
+            key.nearest = nearest;
+            key.square = square;
+            std::vector<gc::EncodeSegment> segs(count);
+            for (int j = 0; j < count; ++j) {
+              segs[j] = gc::EncodeSegment{dx.get() + in[j] * esz, ef ? dr.get() + res[j] : nullptr,
+                                          lens[j], (uint64_t)(7 * j + 1), denc.get() + out[j]};
+            }
+            ASSERT_EQ(gc::cuda::qsgdEncodeBatch(segs.data(), count, dt, bits, d, key, stream),
+                      cudaSuccess);
+            ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+            const std::vector<uint8_t> enc = denc.download(nOut);
+            const std::vector<float> rDev = dr.download(nRes);
+            // Every segment's bytes and residual as the host gives them; the
+            // gaps between them untouched (zero, as allocated; r0's values).
+            std::vector<uint8_t> want(nOut, 0);
+            std::vector<float> rHost = r0;
+            for (int j = 0; j < count; ++j) {
+              gc::KeySpec k = key;
+              k.stream = segs[j].stream;
+              if (lens[j] > 0) {
+                gc::host::qsgdEncode(hostIn + in[j] * esz, dt, ef ? rHost.data() + res[j] : nullptr,
+                                     lens[j], bits, d, gc::resolveKey(k), nearest, square,
+                                     want.data() + out[j]);
+              }
+            }
+            for (int j = 0; j < count; ++j) {
+              const size_t bytes = gradcompQsgdEncodedBytes(lens[j], bits, d);
+              ASSERT_EQ(memcmp(enc.data() + out[j], want.data() + out[j], bytes), 0)
+                  << "segment " << j << " of " << lens[j];
+            }
+            ASSERT_EQ(enc, want);
+            ASSERT_EQ(memcmp(rDev.data(), rHost.data(), nRes * 4), 0);
+          }
+        }
+      }
+    }
+  }
+}
+
+// A batch of decodes (cuda::qsgdDecodeBatch) gives each segment the host
+// decode of its encoding, overwrite and accumulate: 21 segments (19 not
+// empty: two launches of 16 and 3) and the first 19 (17 not empty: 16, then
+// one single launch) of every length kind, outputs 16-byte aligned (the
+// plain path) but every third one float off (the general path), a bucket
+// with a NaN (its scale not finite), uniform and square levels, every
+// bucket path and width; the outputs' gaps untouched. A block decoding
+// another segment's codes, or writing past its own, changes the output.
+TEST_F(QsgdGpu, BatchedDecodeGivesEachSegmentItsOwnDecode) {
+  const size_t lens[] = {0,    1,   300, 1024, 2048 + 77, 4096, 9000, 512,  33,   1536, 0,
+                         5000, 128, 700, 2,    4096 + 5,  1023, 257,  6144, 3000, 640};
+  const int all = (int)(sizeof(lens) / sizeof(lens[0]));
+  for (int count : {all, 19}) {
+    for (int d : {96, 128, 256, 512, 1024}) {
+      for (int bits : {2, 4, 8}) {
+        for (int square = 0; square <= 1; ++square) {
+          for (int acc = 0; acc <= 1; ++acc) {
+            SCOPED_TRACE(testing::Message()
+                         << "segments=" << count << " d=" << d << " bits=" << bits
+                         << " square=" << square << " accumulate=" << acc);
+            // Segment j's encoding at in[j] (bytes), its output at out[j]
+            // (floats): 16-byte aligned, every third one float off it.
+            std::vector<size_t> in(count), out(count);
+            size_t nIn = 0, nOut = 0;
+            for (int j = 0; j < count; ++j) {
+              in[j] = nIn, out[j] = nOut + (j % 3 == 2 ? 1 : 0);
+              nIn += gradcompQsgdEncodedBytes(lens[j], bits, d) + 16;
+              nOut += (lens[j] + 8 + 3) / 4 * 4;
+            }
+            std::vector<uint8_t> encs(nIn, 0);
+            for (int j = 0; j < count; ++j) {
+              if (lens[j] == 0) continue;
+              std::vector<float> x = gctest::normal(lens[j], 31 * j + d + bits);
+              if (j == 6) x[700] = NAN;
+              gc::host::qsgdEncode(x.data(), gc::DType::F32, nullptr, lens[j], bits, d, 1000 + j,
+                                   false, square != 0, encs.data() + in[j]);
+            }
+            const std::vector<float> out0 = gctest::normal(nOut, 17 + d, 0.5f);
+            DeviceBuffer<uint8_t> denc(nIn);
+            DeviceBuffer<float> dout(nOut);
+            ASSERT_EQ(cudaMemcpy(denc.get(), encs.data(), nIn, cudaMemcpyHostToDevice),
+                      cudaSuccess);
+            dout.upload(out0);
+            std::vector<gc::DecodeSegment> segs(count);
+            for (int j = 0; j < count; ++j) {
+              segs[j] = gc::DecodeSegment{denc.get() + in[j], lens[j], dout.get() + out[j]};
+            }
+            ASSERT_EQ(gc::cuda::qsgdDecodeBatch(segs.data(), count, bits, d, acc != 0, stream),
+                      cudaSuccess);
+            ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+            const std::vector<float> got = dout.download(nOut);
+            std::vector<float> want = out0;
+            for (int j = 0; j < count; ++j) {
+              if (lens[j] == 0) continue;
+              gc::host::qsgdDecode(encs.data() + in[j], lens[j], bits, d, want.data() + out[j],
+                                   acc != 0);
+            }
+            for (int j = 0; j < count; ++j) {
+              ASSERT_EQ(memcmp(got.data() + out[j], want.data() + out[j], lens[j] * 4), 0)
+                  << "segment " << j << " of " << lens[j];
+            }
+            ASSERT_EQ(memcmp(got.data(), want.data(), nOut * 4), 0) << "a gap was written";
+          }
+        }
+      }
+    }
+  }
+}
+
 // Every fp16 bit pattern (subnormals, infinities, NaNs with their payloads)
 // through the warp-path encode with error feedback, against the host: the
 // warp path's aligned loads convert with one cvt whatever the payload

@@ -264,10 +264,22 @@ class CudaBackend final : public Backend {
     GC_CUDACHECK(cuda::qsgdEncode(x, t, residual, n, bits, bucket, key, out, stream_));
     return gradcompSuccess;
   }
+  gradcompResult_t qsgdEncodeBatch(const EncodeSegment* segs, int count, DType t, int bits,
+                                   int bucket, const KeySpec& key) override {
+    for (int i = 0; i < count; ++i) GC_CHECK(qsgdCheckDeviceCount(segs[i].n, bucket));
+    GC_CUDACHECK(cuda::qsgdEncodeBatch(segs, count, t, bits, bucket, key, stream_));
+    return gradcompSuccess;
+  }
   gradcompResult_t qsgdDecode(const void* in, size_t n, int bits, int bucket, float* out,
                               bool accumulate) override {
     GC_CHECK(qsgdCheckDeviceCount(n, bucket));
     GC_CUDACHECK(cuda::qsgdDecode(in, n, bits, bucket, out, accumulate, stream_));
+    return gradcompSuccess;
+  }
+  gradcompResult_t qsgdDecodeBatch(const DecodeSegment* segs, int count, int bits, int bucket,
+                                   bool accumulate) override {
+    for (int i = 0; i < count; ++i) GC_CHECK(qsgdCheckDeviceCount(segs[i].n, bucket));
+    GC_CUDACHECK(cuda::qsgdDecodeBatch(segs, count, bits, bucket, accumulate, stream_));
     return gradcompSuccess;
   }
   gradcompResult_t toFloat(const void* x, DType t, const float* addend, size_t n,
