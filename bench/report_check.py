@@ -63,7 +63,14 @@ dump("kernels.json", {"gpu": "Test GPU", "rows": [
     krow("qsgd_decode_acc", "float", 4, N26, 0.44), krow("qsgd_decode", "float", 4, N26, 0.75),
     # The write-only fill (decoy first: another n); decode's 2250 GB/s over 2500.
     krow("fill", "float", 0, N26 // 4, 0.5), krow("fill", "float", 0, N26, 2500.0 / 3000),
-    krow("qsgd_encode_ef", "bfloat16", 8, N26, 0.99), krow("qsgd_encode_ef", "bfloat16", 4, N26, 0.81)]})
+    krow("qsgd_encode_ef", "bfloat16", 8, N26, 0.99), krow("qsgd_encode_ef", "bfloat16", 4, N26, 0.81),
+    # The batched encode of 8 pieces and its 8 launches (decoys: another n, another type).
+    krow("qsgd_encode_ef_batch8", "float", 4, 1 << 20, 0.9), krow("qsgd_encode_ef_batch8", "half", 4, 1 << 22, 0.9),
+    krow("qsgd_encode_ef_batch8", "float", 4, 1 << 22, 0.6), krow("qsgd_encode_ef_8_launches", "float", 4, 1 << 22, 0.4),
+    krow("qsgd_encode_ef_batch8", "float", 4, 1 << 24, 0.8), krow("qsgd_encode_ef_8_launches", "float", 4, 1 << 24, 0.64),
+    krow("qsgd_encode_ef_batch8", "bfloat16", 4, 1 << 22, 0.5), krow("qsgd_encode_ef_8_launches", "bfloat16", 4, 1 << 22, 0.25),
+    krow("qsgd_decode_batch8", "float", 4, 1 << 20, 0.9), krow("qsgd_decode_batch8", "float", 4, 1 << 22, 0.7),
+    krow("qsgd_decode_8_launches", "float", 4, 1 << 22, 0.28)]})
 # tools/ncu_limits.py's summary of the profile step.
 dump("profile.json", {"unavailable_reason": None, "kernels": [
     {"kernel": "qsgdEncodeWarpKernel<4>", "launch": "qsgd_encode_ef float 4", "duration_us": 310.0,
@@ -191,6 +198,20 @@ expect(abs(r.get("qsgd4_decode_frac_of_fill", 0) - 0.9) < 1e-12, "decode over th
 expect(abs(r.get("fill_frac_of_copy", 0) - 2500.0 / 3000) < 1e-12, "fill: its 2^26 row")
 expect(r.get("qsgd4_bf16_encode_ef_frac_of_copy") == 0.81, "bf16 encode: 4-bit, 2^26 row")
 expect(r.get("qsgd4_fp16_encode_ef_frac_of_copy") == 0.22, "fp16 encode: 4-bit, 2^26 row")
+expect(abs((r.get("qsgd4_encode_batch8_speedup_vs_launches_2p22") or 0) - 1.5) < 1e-12,
+       "batched encode of 8 pieces over 8 launches, fp32 2^22: 0.6 / 0.4")
+expect(abs((r.get("qsgd4_encode_batch8_speedup_vs_launches_2p24") or 0) - 1.25) < 1e-12,
+       "batched encode over launches, fp32 2^24: 0.8 / 0.64")
+expect(abs((r.get("qsgd4_bf16_encode_batch8_speedup_vs_launches_2p22") or 0) - 2.0) < 1e-12,
+       "batched encode over launches, bf16 2^22: 0.5 / 0.25")
+expect(abs((r.get("qsgd4_decode_batch8_speedup_vs_launches_2p22") or 0) - 2.5) < 1e-12,
+       "batched decode over launches, 2^22: 0.7 / 0.28")
+expect("qsgd4_decode_batch8_speedup_vs_launches_2p24" in r
+       and r["qsgd4_decode_batch8_speedup_vs_launches_2p24"] is None,
+       "batched decode, 2^24: no rows, null")
+expect("qsgd4_bf16_encode_batch8_speedup_vs_launches_2p24" in r
+       and r["qsgd4_bf16_encode_batch8_speedup_vs_launches_2p24"] is None,
+       "batched encode, bf16 2^24: no rows, null")
 expect(r.get("qsgd4_nearest_encode_ef_frac_of_copy") == 0.91, "nearest encode: fp32 4-bit 2^26 row")
 expect(r.get("qsgd4_bf16_nearest_encode_ef_frac_of_copy") == 0.83, "nearest encode: bf16 row")
 expect(r.get("qsgd4_fp16_nearest_encode_ef_frac_of_copy") == 0.79, "nearest encode: fp16 row")

@@ -188,7 +188,7 @@ def newest_report(results):
     return None
 
 
-KINDS = ["encode", "encode_f32", "owner_encode", "decode", "decode_acc"]
+KINDS = ["encode", "encode_f32", "owner_encode", "decode", "decode_acc", "decode_out"]
 # The sparse rows' kernels charged at their own rates: the selector (passes over v), the
 # received lists' check (indices checked), rand-k's non-finite flag (passes over v).
 SPARSE_KINDS = ["select", "check_lists", "nonfinite_flag"]
@@ -217,6 +217,7 @@ def report_costs(kdoc, r, bits, bucket, encode="qsgd_encode_ef", owner="qsgd_enc
              "decode_acc": cost("qsgd_decode_acc")}
     costs["owner_encode"] = cost(owner) or costs["encode_f32"]
     costs["decode"] = cost("qsgd_decode") or costs["decode_acc"]
+    costs["decode_out"] = costs["decode"]  # one report row: the output decodes' rate too
     costs["elementwise_per_byte"] = cost("copy") / 8
     return costs
 
@@ -241,13 +242,14 @@ def kernel_work(algo, n, e, residual=True, convert=False, local=1, middle="twosh
     if algo == "twoshot":
         scatter_sum(n, e, 1 / n)
         w["owner_encode"] += 1 / n
-        w["decode"] += 1
+        w["decode_out"] += 1
         w["elementwise_bytes"] += out
     elif algo == "ring":
         # Own chunk encoded; each of n-1 hops: decode overwrite + toFloat(x, addend y);
         # fp32 re-encode on n-2 hops; the last adds and zeroes the residual, owner encodes.
         w["encode"] += 1 / n
-        w["decode"] += (n - 1) / n + 1
+        w["decode"] += (n - 1) / n
+        w["decode_out"] += 1
         w["elementwise_bytes"] += (n - 1) * (e + 8) / n + (16 if residual else 0) / n + out
         w["encode_f32"] += (n - 2) / n
         w["owner_encode"] += 1 / n
@@ -518,7 +520,7 @@ def two_shot_streams(r, nranks, pieces, gbps, lat):
     enc = (nranks - 1) * b * c["encode"] + b * (e + 4 + 4 + 4) * ew
     red = (b * c["decode"] + max(0, nranks - 2) * b * c["decode_acc"] + 12 * b * ew
            + b * c["owner_encode"])
-    dec = nranks * b * c["decode"] + (nranks * b * (4 + e) * ew if r["dtype"] != "float" else 0)
+    dec = nranks * b * c["decode_out"] + (nranks * b * (4 + e) * ew if r["dtype"] != "float" else 0)
     x = r["wire_bytes"] / 2 / pieces * 8 / (gbps * 1e3) + lat
     compute = comm = 0.0
     xd, gd = {}, {}
@@ -608,7 +610,7 @@ def hier_stages(count, e, shard_encoded, costs, k, g, node_gbps, intra_gbps, lat
           "E": (k - 1) * b * costs["encode_f32"] + b * 16 * ew,
           "R": b * costs["decode"] + max(0, k - 2) * b * costs["decode_acc"] + 12 * b * ew
           + b * costs["owner_encode"],
-          "D": k * b * costs["decode"], "ff": m * (4 + e) * ew, "unpack": piece * 2 * e * ew}
+          "D": k * b * costs["decode_out"], "ff": m * (4 + e) * ew, "unpack": piece * 2 * e * ew}
     st["S"] = us((g - 1) / g * piece * 4, intra_gbps) + (g - 1) * lat
     st["A"] = us((g - 1) / g * piece * e, intra_gbps) + (g - 1) * lat
     st["X"] = us(2 * (k - 1) / k * shard_encoded / 2 / pieces, node_gbps / g) + lat
@@ -1106,6 +1108,30 @@ def main():
         expect(close(r["encode_us"], 90.0 * 2) and close(r["decode_us"], 45.0 * 2),
                "fixture tie: two-shot's encode %s and decode %s us at the M/2 row's rates (180, "
                "90), not the whole call's M" % (r["encode_us"], r["decode_us"]))
+    # At N = 4 the peers' encodes of a piece are one batched launch (Backend::qsgdEncodeBatch):
+    # 3 chunks of M/4, 3M/4 elements, between the rows at log2 offset log2(1.5)/2 from M/2;
+    # the sum's decodes stay per chunk (M/4, below the smallest row: held at M/2's).
+    code, out, rows = run(perf, ["-N", "4", "-b", "4M", "-e", "4M", "-n", "1", "-w", "0", "-m",
+                                 "qsgd", "-a", "twoshot", "--kernel-rates", ft + ".json"],
+                          os.path.join(work, "rates-tie-n4.json"))
+    expect(code == 0 and len(rows) == 1, "fixture tie, N = 4: one row")
+    f = math.log2(1.5) / 2
+    for r in rows:
+        expect(r.get("kernel_launch") == M // 4 and r.get("kernel_launch_peer_encode") == 3 * M // 4,
+               "fixture tie, N = 4: codec launches of %d, the peers' encode one of %d; got %s, %s"
+               % (M // 4, 3 * M // 4, r.get("kernel_launch"), r.get("kernel_launch_peer_encode")))
+        expect(close(r["encode_us"], 180.0 - 80.0 * f) and close(r["decode_us"], 90.0),
+               "fixture tie, N = 4: encode %s us at the batched launch's interpolated rate (%.3f), "
+               "decode %s at M/2's (90)" % (r["encode_us"], 180.0 - 80.0 * f, r["decode_us"]))
+        # The output's 4 chunks of an fp32 Sum in one batched decode of M elements: halfway
+        # between the rows (the decode overwrite at the accumulate's rate, as the fixture has
+        # no qsgd_decode rows), where the owner's decode of its chunk stays at M/2's.
+        c = r.get("kernel_costs") or {}
+        expect(r.get("kernel_launch_out_decode") == M and close(c.get("decode_out", 0) * M, 70.0)
+               and close(c.get("decode", 0) * M, 90.0),
+               "fixture tie, N = 4: the output's decodes one launch of %d at 70 us per M, the "
+               "owner's at 90; got %s, %s, %s" % (M, r.get("kernel_launch_out_decode"),
+                                                  c.get("decode_out", 0) * M, c.get("decode", 0) * M))
     code, out, rows = run(perf, ["-N", "2", "-b", "4M", "-e", "4M", "-n", "1", "-w", "0", "-m",
                                  "qsgd", "-a", "allgather", "--kernel-rates", ft + ".json"],
                           os.path.join(work, "rates-tie-allgather.json"))

@@ -323,6 +323,16 @@ def main():
     # GRADCOMP_ROUNDING=nearest's encode kernel, timed beside the stochastic one.
     near = {t: kernel_frac(kdoc, "qsgd_encode_ef_nearest", dtype=t)
             for t in ("float", "bfloat16", "half")}
+    # The peers' encode of a piece in one batched launch (encode_batch: 8 segments of n / 8)
+    # over the 8 single launches it replaced, fp32 and bf16, at n = 2^22 and 2^24 (pieces
+    # of 2^19 and 2^21: the pipelined N = 8 256 MB call's are about 2^20.4). Same bytes and
+    # copy: the fractions' ratio is the speedup.
+    batch8 = {(t, lg): share(kernel_frac(kdoc, "qsgd_encode_ef_batch8", dtype=t, n=1 << lg),
+                             kernel_frac(kdoc, "qsgd_encode_ef_8_launches", dtype=t, n=1 << lg))
+              for t in ("float", "bfloat16") for lg in (22, 24)}
+    # The same for the decode of a piece's 8 chunks into an fp32 Sum output (decode_batch).
+    dbatch8 = {lg: share(kernel_frac(kdoc, "qsgd_decode_batch8", n=1 << lg),
+                         kernel_frac(kdoc, "qsgd_decode_8_launches", n=1 << lg)) for lg in (22, 24)}
     # The sparse exchange's per-call checks at 2^26 (not in the link model,
     # docs/benchmark.md): the 8 received slot lists of a 0.1% DGC call, and
     # rand-k's non-finite flag; beside the modeled time of perf_n8_sparse's
@@ -380,6 +390,12 @@ def main():
         "qsgd4_nearest_encode_ef_frac_of_copy": near["float"],
         "qsgd4_bf16_nearest_encode_ef_frac_of_copy": near["bfloat16"],
         "qsgd4_fp16_nearest_encode_ef_frac_of_copy": near["half"],
+        "qsgd4_encode_batch8_speedup_vs_launches_2p22": batch8[("float", 22)],
+        "qsgd4_encode_batch8_speedup_vs_launches_2p24": batch8[("float", 24)],
+        "qsgd4_bf16_encode_batch8_speedup_vs_launches_2p22": batch8[("bfloat16", 22)],
+        "qsgd4_bf16_encode_batch8_speedup_vs_launches_2p24": batch8[("bfloat16", 24)],
+        "qsgd4_decode_batch8_speedup_vs_launches_2p22": dbatch8[22],
+        "qsgd4_decode_batch8_speedup_vs_launches_2p24": dbatch8[24],
         "qsgd4_nearest_vs_stochastic_model_encode_n8_64MB": near_enc["float"],
         "qsgd4_bf16_nearest_vs_stochastic_model_encode_n8_64MB": near_enc["bfloat16"],
         "allreduce_qsgd4_nearest_model_speedup_400gbps_n8_64MB": near400,
@@ -562,6 +578,14 @@ def main():
     L.append("| QSGD 4-bit encode+EF, nearest rounding (GRADCOMP_ROUNDING=nearest), n=2^26, d=512: "
              "fraction of copy bandwidth, fp32 / bf16 / fp16 | %s / %s / %s | reported | |"
              % (fmt(near["float"]), fmt(near["bfloat16"]), fmt(near["half"])))
+    L.append("| QSGD 4-bit encode+EF of 8 pieces of n/8 in one batched launch, speedup over 8 "
+             "launches (what a pipelined two-shot piece ran before), fp32 / bf16, n=2^22 and 2^24 "
+             "| %s / %s; %s / %s | reported | |"
+             % (fmt(batch8[("float", 22)]), fmt(batch8[("bfloat16", 22)]),
+                fmt(batch8[("float", 24)]), fmt(batch8[("bfloat16", 24)])))
+    L.append("| QSGD 4-bit decode of 8 pieces of n/8 into an fp32 output in one batched launch, "
+             "speedup over 8 launches, n=2^22 and 2^24 | %s; %s | reported | |"
+             % (fmt(dbatch8[22]), fmt(dbatch8[24])))
     L.append("| nearest / stochastic encode time in the link model of gradcomp_perf's rows, N=8, "
              "64 MB, fp32 / bf16 (perf_n8_nearest over perf_n8) | %s / %s | reported | |"
              % (fmt(near_enc["float"]), fmt(near_enc["bfloat16"])))

@@ -427,10 +427,15 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
     // Charged at the launches the row's algorithm makes (per chunk, per piece).
     const int middle = hierMiddle(cfg, r.nranks() / local);
     row->codecLaunch = codecLaunch(row->algoUsed, count, r.nranks(), row->pieces, local, middle);
+    row->peerEncodeLaunch = peerEncodeLaunch(row->algoUsed, count, r.nranks(), row->pieces,
+                                             cfg.bucketSize, local, middle);
+    row->outDecodeLaunch = outDecodeLaunch(row->algoUsed, count, r.nranks(), row->pieces,
+                                           cfg.bucketSize, kind.convert, local, middle);
     const double elemLaunch =
         elementwiseLaunch(row->algoUsed, count, r.nranks(), local, row->pieces, middle);
     if (known) {
-      row->costs = curve.at(row->codecLaunch, elemLaunch);
+      row->costs =
+          curve.at(row->codecLaunch, row->peerEncodeLaunch, row->outDecodeLaunch, elemLaunch);
       if (curve.clamped(row->codecLaunch) || curve.clamped(elemLaunch)) {
         char why[160];
         snprintf(why, sizeof why,

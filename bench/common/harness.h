@@ -77,6 +77,8 @@ struct Row {
   KernelCosts costs;  // at the row's launches (codecLaunch elements a codec kernel)
   KernelCurve curve;  // the QSGD kernels' costs over launch sizes
   double codecLaunch = 0;
+  double peerEncodeLaunch = 0;  // the peers' encodes of a piece, one batched launch
+  double outDecodeLaunch = 0;   // the output's decodes of a piece, one batched launch
   KernelWork work;
   std::string kernelNote;      // which costs are estimates, and from what
   bool sparseKernels = false;  // the sparse exchange's kernels charged (work.select and bytes)

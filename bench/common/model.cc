@@ -33,7 +33,7 @@ void scatterSum(KernelWork& w, double n, const CallKind& k, double b) {
 // decodeToOutput: a decode overwrite of every element, and where the output
 // is not fp32 or Avg divides, through fp32 scratch and one fromFloat.
 void decodeOut(KernelWork& w, const CallKind& k) {
-  w.decode += 1;
+  w.decodeOut += 1;
   if (k.convert) w.elementwiseBytes += 4.0 + k.elemBytes;
 }
 
@@ -65,7 +65,7 @@ void sparseReduceScatter(KernelWork& w, double n, const CallKind& k) {
 
 KernelWork scaled(KernelWork w, double f) {
   w.encode *= f, w.encodeF32 *= f, w.ownerEncode *= f;
-  w.decode *= f, w.decodeAcc *= f, w.elementwiseBytes *= f;
+  w.decode *= f, w.decodeAcc *= f, w.decodeOut *= f, w.elementwiseBytes *= f;
   w.select *= f, w.checkSlots *= f, w.flag *= f;
   return w;
 }
@@ -90,10 +90,15 @@ void KernelCurve::add(double n, const KernelCosts& c) {
 }
 
 KernelCosts KernelCurve::at(double n) const {
-  if (points.empty()) return KernelCosts{NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN};
-  if (n >= points.back().first) return points.back().second;
+  // The output's decodes at this size too: a decode overwrite's cost.
+  auto withOut = [](KernelCosts c) {
+    c.decodeOut = c.decode;
+    return c;
+  };
+  if (points.empty()) return withOut(KernelCosts{NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN});
+  if (n >= points.back().first) return withOut(points.back().second);
   if (n <= points.front().first) {
-    if (points.size() == 1) return points.front().second;
+    if (points.size() == 1) return withOut(points.front().second);
     n = points.front().first;  // held at the smallest, not below the largest (below)
   }
   size_t i = 1;
@@ -108,19 +113,22 @@ KernelCosts KernelCurve::at(double n) const {
     const double m = u + f * (v - u);
     return m < floor ? floor : m;
   };
-  return KernelCosts{mix(a.encode, b.encode, z.encode),
-                     mix(a.encodeF32, b.encodeF32, z.encodeF32),
-                     mix(a.ownerEncode, b.ownerEncode, z.ownerEncode),
-                     mix(a.decode, b.decode, z.decode),
-                     mix(a.decodeAcc, b.decodeAcc, z.decodeAcc),
-                     mix(a.elementwisePerByte, b.elementwisePerByte, z.elementwisePerByte),
-                     mix(a.select, b.select, z.select),
-                     mix(a.checkSlot, b.checkSlot, z.checkSlot),
-                     mix(a.flag, b.flag, z.flag)};
+  return withOut(
+      KernelCosts{mix(a.encode, b.encode, z.encode), mix(a.encodeF32, b.encodeF32, z.encodeF32),
+                  mix(a.ownerEncode, b.ownerEncode, z.ownerEncode),
+                  mix(a.decode, b.decode, z.decode), mix(a.decodeAcc, b.decodeAcc, z.decodeAcc),
+                  mix(a.elementwisePerByte, b.elementwisePerByte, z.elementwisePerByte),
+                  mix(a.select, b.select, z.select), mix(a.checkSlot, b.checkSlot, z.checkSlot),
+                  mix(a.flag, b.flag, z.flag)});
 }
 
-KernelCosts KernelCurve::at(double codec, double elementwise) const {
+KernelCosts KernelCurve::at(double codec, double peerEncode, double outDecode,
+                            double elementwise) const {
   KernelCosts c = at(codec);
+  const KernelCosts e = at(peerEncode);
+  c.encode = e.encode;
+  c.encodeF32 = e.encodeF32;
+  c.decodeOut = at(outDecode).decode;
   c.elementwisePerByte = at(elementwise).elementwisePerByte;
   return c;
 }
@@ -149,9 +157,59 @@ double elementwiseLaunch(int algo, size_t count, int nranks, int local, double p
   return codecLaunch(algo, count, nranks, pieces, local, middle);
 }
 
+namespace {
+
+// Segments of one batched launch: `segments` of them, at most kBatchSegments,
+// and one where the bucket has no warp path (one launch a segment).
+double batched(int segments, int bucket) {
+  const bool warp = bucket == 128 || bucket == 256 || bucket == 512 || bucket == 1024;
+  if (!warp || segments < 1) return 1;
+  return segments < kBatchSegments ? segments : kBatchSegments;
+}
+
+}  // namespace
+
+double peerEncodeLaunch(int algo, size_t count, int nranks, double pieces, int bucket, int local,
+                        int middle) {
+  const int g = local > 1 ? local : 1, nodes = nranks / g;
+  int peers = 1;
+  switch (algo) {
+    case 1:  // two-shot: the N-1 peers' chunks
+      peers = nranks - 1;
+      break;
+    case 5:  // hier: a two-shot middle among the nodes (an allgather middle: one launch)
+      if (middle == 1) peers = nodes - 1;
+      break;
+    case 6:  // reduce-scatter: flat, the N-1 peers' blocks; hierarchical, the k-1 nodes'
+      peers = g > 1 && nodes >= 2 ? nodes - 1 : nranks - 1;
+      break;
+    default:
+      break;
+  }
+  return codecLaunch(algo, count, nranks, pieces, local, middle) * batched(peers, bucket);
+}
+
+double outDecodeLaunch(int algo, size_t count, int nranks, double pieces, int bucket, bool convert,
+                       int local, int middle) {
+  const int g = local > 1 ? local : 1;
+  int chunks = 1;
+  switch (algo) {
+    case 1:  // two-shot and the ring: the N chunks into the caller's output
+    case 2:
+      if (!convert) chunks = nranks;
+      break;
+    case 5:  // hier: a two-shot middle's k chunks into the fp32 shard, whatever the output
+      if (middle == 1) chunks = nranks / g;
+      break;
+    default:  // the allgather and the reduce-scatter decode into their sums
+      break;
+  }
+  return codecLaunch(algo, count, nranks, pieces, local, middle) * batched(chunks, bucket);
+}
+
 double kernelUs(const KernelWork& w, const KernelCosts& c, double count) {
   return count * (w.encode * c.encode + w.encodeF32 * c.encodeF32 + w.ownerEncode * c.ownerEncode +
-                  w.decode * c.decode + w.decodeAcc * c.decodeAcc +
+                  w.decode * c.decode + w.decodeAcc * c.decodeAcc + w.decodeOut * c.decodeOut +
                   w.elementwiseBytes * c.elementwisePerByte + w.select * c.select +
                   w.checkSlots * c.checkSlot + w.flag * c.flag);
 }
@@ -352,7 +410,7 @@ TwoShotStageTimes twoShotStageTimes(size_t count, const CallKind& kind, int nran
   t.encode = (n - 1) * b * c.encode + b * (e + r + 4 + r) * ew;
   t.reduce =
       b * c.decode + std::max(0.0, n - 2) * b * c.decodeAcc + 12 * b * ew + b * c.ownerEncode;
-  t.decode = n * b * c.decode + (kind.convert ? n * b * (4 + e) * ew : 0.0);
+  t.decode = n * b * c.decodeOut + (kind.convert ? n * b * (4 + e) * ew : 0.0);
   t.exchange = transferUs(wireBytes / 2 / P, gbps) + latencyUs;
   return t;
 }
@@ -490,7 +548,7 @@ HierStageTimes hierStageTimes(size_t count, const CallKind& kind, int bits, int 
   t.encode = (k - 1) * b * c.encodeF32 + b * ((4 + r + 4) + r) * ew;
   t.reduce =
       b * c.decode + std::max(0.0, k - 2) * b * c.decodeAcc + 12 * b * ew + b * c.ownerEncode;
-  t.decode = k * b * c.decode;
+  t.decode = k * b * c.decodeOut;
   t.convert = m * (4 + e) * ew;   // this rank's reduced shard piece to the buffer type
   t.unpack = piece * 2 * e * ew;  // the gathered blocks copied out
   const double intraS = (G - 1) / G * piece * 4, intraA = (G - 1) / G * piece * e;
@@ -556,7 +614,12 @@ ClusterTimes clusterModel(size_t count, const CallKind& kind, int bits, int buck
   t.ncclUs = ncclClusterUs(bytes, c);
   // Flat two-shot over all N ranks.
   const AlgoShape fs = algoShape(1, c.ranks(), 1, 1, kind);
-  t.flatKernelUs = kernelUs(fs.work, curve.at(codecLaunch(1, count, c.ranks(), 1)), (double)count);
+  t.flatKernelUs = kernelUs(fs.work,
+                            curve.at(codecLaunch(1, count, c.ranks(), 1),
+                                     peerEncodeLaunch(1, count, c.ranks(), 1, bucket),
+                                     outDecodeLaunch(1, count, c.ranks(), 1, bucket, kind.convert),
+                                     codecLaunch(1, count, c.ranks(), 1)),
+                            (double)count);
   t.flatUs = gradcompClusterUs(t.flatKernelUs, t.flat, false, fs.latencySteps, c);
   // Hierarchical with a two-shot of the shard over the K nodes; one node is
   // NCCL inside it.
@@ -601,6 +664,8 @@ ClusterTimes clusterModel(size_t count, const CallKind& kind, int bits, int buck
   const AlgoShape hs = algoShape(5, c.ranks(), c.local, 1, hk);
   auto hierCosts = [&](double pieces) {
     return curve.at(codecLaunch(5, count, c.ranks(), pieces, c.local),
+                    peerEncodeLaunch(5, count, c.ranks(), pieces, bucket, c.local),
+                    outDecodeLaunch(5, count, c.ranks(), pieces, bucket, false, c.local),
                     elementwiseLaunch(5, count, c.ranks(), c.local, pieces));
   };
   t.hierKernelUs = kernelUs(hs.work, hierCosts(1), (double)count);

@@ -43,8 +43,11 @@ struct KernelWork {
   double encode = 0;       // the row's encode of the input type (its EF and rounding)
   double encodeF32 = 0;    // the same encode of fp32 partial sums (ring hops, hier's middle)
   double ownerEncode = 0;  // the owner's re-encode of a reduced chunk (EF only with ownerResidual)
-  double decode = 0;       // decode overwrite
+  double decode = 0;       // decode overwrite (an owner's first chunk, a ring hop's)
   double decodeAcc = 0;    // decode-accumulate
+  // decode overwrite of the output's chunks (decodeToOutput): a piece's N of
+  // them in one launch where the output is fp32 Sum (outDecodeLaunch)
+  double decodeOut = 0;
   double elementwiseBytes = 0;  // read + written by toFloat, fromFloat, add, copy and zero passes
   double select = 0;            // the sparse selector (threshold or exact top-k) over v
   double checkSlots = 0;        // received slot lists' indices checked (sparseCheckLists)
@@ -58,6 +61,9 @@ struct KernelCosts {
   double elementwisePerByte = 0;
   double select = 0;
   double checkSlot = 0, flag = 0;  // per index checked; per element flagged
+  // The decode overwrite at the output decodes' launch size: KernelCurve's
+  // at() sets it (the one-size at(n): decode's own).
+  double decodeOut = 0;
 };
 double kernelUs(const KernelWork& w, const KernelCosts& c, double count);
 
@@ -77,9 +83,11 @@ struct KernelCurve {
   bool empty() const { return points.empty(); }
   void add(double n, const KernelCosts& c);  // keeps the order; replaces an equal n
   KernelCosts at(double n) const;
-  // The codec kernels' costs at `codec` elements a launch, the elementwise
-  // passes' at `elementwise`.
-  KernelCosts at(double codec, double elementwise) const;
+  // The codec kernels' costs at `codec` elements a launch, the peers'
+  // encodes (encode, encodeF32) at `peerEncode` (peerEncodeLaunch), the
+  // output's decodes (decodeOut) at `outDecode` (outDecodeLaunch), the
+  // elementwise passes' at `elementwise`.
+  KernelCosts at(double codec, double peerEncode, double outDecode, double elementwise) const;
   bool clamped(double n) const { return !points.empty() && n < points.front().first; }
 };
 // The elements one codec launch covers in a call of `count` elements (the
@@ -92,6 +100,24 @@ double codecLaunch(int algo, size_t count, int nranks, double pieces, int local 
                    int middle = 1);
 double elementwiseLaunch(int algo, size_t count, int nranks, int local, double pieces,
                          int middle = 1);
+// The elements of the one launch that encodes a piece for all peers: the
+// two-shot's and the reduce-scatter's encodes (ScatterSum: the N-1 peers'
+// chunks, the hierarchy's middle and its reduce-scatter among the k nodes:
+// k-1) go out batched (Backend::qsgdEncodeBatch), up to kBatchSegments
+// chunks a launch, where the bucket has a warp path (128..1024); the ring's
+// and the allgather's encode one chunk a launch (codecLaunch).
+double peerEncodeLaunch(int algo, size_t count, int nranks, double pieces, int bucket,
+                        int local = 1, int middle = 1);
+// The elements of one launch of the output's decodes (decodeToOutput): the
+// two-shot's and the ring's N chunks of a piece (a two-shot middle's k) in
+// one batched launch (Backend::qsgdDecodeBatch, up to kBatchSegments) where
+// the output is fp32 Sum (not `convert`: the hierarchy's middle always) and
+// the bucket has a warp path; otherwise one chunk a launch.
+double outDecodeLaunch(int algo, size_t count, int nranks, double pieces, int bucket, bool convert,
+                       int local = 1, int middle = 1);
+// The most segments the library's batched codec launches take (kernels/:
+// kMaxEncodeSegments, kMaxDecodeSegments).
+constexpr int kBatchSegments = 16;
 
 // Per-rank kernel work and sequential message steps of one allreduce, for
 // the algorithm gradcomp ran (gradcompAlgo_t; 0 = passed through to NCCL).

@@ -507,19 +507,24 @@ bool writeJson(const std::string& path, const Options& o, const RunInfo& info,
       const KernelWork& w = r.work;
       fprintf(f,
               "\"kernel_costs\": {\"encode\": %s, \"encode_f32\": %s, \"owner_encode\": %s, "
-              "\"decode\": %s, \"decode_acc\": %s, \"elementwise_per_byte\": %s}, "
-              "\"kernel_launch\": %s, ",
+              "\"decode\": %s, \"decode_acc\": %s, \"decode_out\": %s, "
+              "\"elementwise_per_byte\": %s}, "
+              "\"kernel_launch\": %s, \"kernel_launch_peer_encode\": %s, "
+              "\"kernel_launch_out_decode\": %s, ",
               jsonNum(c.encode).c_str(), jsonNum(c.encodeF32).c_str(),
               jsonNum(c.ownerEncode).c_str(), jsonNum(c.decode).c_str(),
-              jsonNum(c.decodeAcc).c_str(), jsonNum(c.elementwisePerByte).c_str(),
-              jsonNum(r.codecLaunch).c_str());
+              jsonNum(c.decodeAcc).c_str(), jsonNum(c.decodeOut).c_str(),
+              jsonNum(c.elementwisePerByte).c_str(), jsonNum(r.codecLaunch).c_str(),
+              jsonNum(r.peerEncodeLaunch).c_str(), jsonNum(r.outDecodeLaunch).c_str());
       fprintf(f,
               "\"kernel_work\": {\"encode\": %s, \"encode_f32\": %s, \"owner_encode\": %s, "
-              "\"decode\": %s, \"decode_acc\": %s, \"elementwise_bytes\": %s}, "
+              "\"decode\": %s, \"decode_acc\": %s, \"decode_out\": %s, "
+              "\"elementwise_bytes\": %s}, "
               "\"kernel_note\": %s, ",
               jsonNum(w.encode).c_str(), jsonNum(w.encodeF32).c_str(),
               jsonNum(w.ownerEncode).c_str(), jsonNum(w.decode).c_str(),
-              jsonNum(w.decodeAcc).c_str(), jsonNum(w.elementwiseBytes).c_str(),
+              jsonNum(w.decodeAcc).c_str(), jsonNum(w.decodeOut).c_str(),
+              jsonNum(w.elementwiseBytes).c_str(),
               r.kernelNote.empty() ? "null" : jsonStr(r.kernelNote).c_str());
     }
     fprintf(f, "\"model\": [");
@@ -599,7 +604,8 @@ bool writeCsv(const std::string& path, const Options& o, const std::vector<Row>&
           "host_us,baseline_host_us,pieces,piece_bytes,auto_forced_time_us,auto_nccl_time_us,"
           "model_missing,kernels_measured,kernel_source,encode_us,decode_us,latency_steps,"
           "kernel_note,rank_weight_min,rank_weight_max,rank_weights_wrong,auto_wrong,"
-          "auto_identical,auto_rank_weights_wrong,levels,kernel_launch");
+          "auto_identical,auto_rank_weights_wrong,levels,kernel_launch,kernel_launch_peer_encode,"
+          "kernel_launch_out_decode");
   for (double g : o.linkGbps)
     fprintf(f, ",model_%gg_us,nccl_model_%gg_us,model_%gg_speedup", g, g, g);
   fprintf(f, "\n");
@@ -650,6 +656,10 @@ bool writeCsv(const std::string& path, const Options& o, const std::vector<Row>&
       fprintf(f, ",,,");
     fprintf(f, ",%s", r.levels == gradcompLevelsSquare ? "square" : "uniform");
     fprintf(f, ",%s", r.kernelsMeasured && !r.sparseKernels ? csvNum(r.codecLaunch).c_str() : "");
+    fprintf(f, ",%s",
+            r.kernelsMeasured && !r.sparseKernels ? csvNum(r.peerEncodeLaunch).c_str() : "");
+    fprintf(f, ",%s",
+            r.kernelsMeasured && !r.sparseKernels ? csvNum(r.outDecodeLaunch).c_str() : "");
     for (size_t k = 0; k < o.linkGbps.size(); ++k) {
       if (k < r.model.size())
         fprintf(f, ",%g,%g,%g", r.model[k].gradcompUs, r.model[k].ncclUs, modelSpeedup(r.model[k]));

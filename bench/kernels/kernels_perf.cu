@@ -7,6 +7,11 @@
 //   _nearest: GRADCOMP_ROUNDING=nearest's kernel;
 //   _square: GRADCOMP_LEVELS=square's)
 //   QSGD encode (GRADCOMP_EF=0):  reads g, writes E(n)
+//   QSGD encode, batched:         the encode with error feedback of 8 segments
+//   (encode_batch)                of n / 8 in one launch (_batch8) and in 8
+//                                 (_8_launches), 4 bits
+//   QSGD decode, batched:         the decode overwrite of 8 segments of n / 8
+//   (decode_batch)                into an fp32 output, one launch and 8
 //   QSGD decode:                  reads E(n), writes 4n (overwrite) or reads
 //                                 and writes 4n (accumulate)
 //   copy:                         reads and writes 4n
@@ -94,7 +99,9 @@ const char* const kKinds[] = {"copy",
                               "encode_square",
                               "encode_square_nearest",
                               "encode_no_ef",
+                              "encode_batch",
                               "decode",
+                              "decode_batch",
                               "topk_threshold",
                               "topk_threshold_min_sample",
                               "topk_threshold_lookback",
@@ -416,7 +423,8 @@ int main(int argc, char** argv) {
 
   void *g = nullptr, *enc = nullptr;
   float *r = nullptr, *out = nullptr;
-  const int maxBits = *std::max_element(a.bits.begin(), a.bits.end());
+  // The encodings at the widest --bits, and at 4 bits (encode_batch's).
+  const int maxBits = std::max(4, *std::max_element(a.bits.begin(), a.bits.end()));
   CHECK_CUDA(cudaMalloc(&g, nmax * 4));
   CHECK_CUDA(cudaMalloc(&r, nmax * 4));
   CHECK_CUDA(cudaMalloc(&out, nmax * 4));
@@ -534,6 +542,53 @@ int main(int argc, char** argv) {
         }
       }
     }
+    // The pipelined two-shot's encode of a piece for its peers (N = 8: here 8
+    // equal segments of n / 8, as chunks lie in a buffer): one batched launch
+    // (gc::cuda::qsgdEncodeBatch, what ScatterSum runs) beside 8 single
+    // launches of n / 8 (what it ran before), each row timed for all n
+    // elements, 4 bits with error feedback; qsgd_encode_ef is one launch of n.
+    if (a.runs("encode_batch") && n >= 8 * (size_t)a.bucket) {
+      constexpr int kSegs = 8;
+      const size_t m = n / kSegs;
+      const int bits = 4;
+      const size_t em = gradcompQsgdEncodedBytes(m, bits, a.bucket);
+      for (ncclDataType_t t : a.dtypes) {
+        const size_t ts = t == ncclFloat32 ? 4 : 2;
+        CHECK_CUDA(gcbench::fillDevice(g, toDType(t), n, 1, 0, s));
+        CHECK_CUDA(cudaMemsetAsync(r, 0, n * 4, s));
+        std::vector<gc::EncodeSegment> segs(kSegs);
+        for (int j = 0; j < kSegs; ++j) {
+          segs[j] = gc::EncodeSegment{static_cast<const char*>(g) + j * m * ts, r + j * m, m,
+                                      (uint64_t)j, static_cast<char*>(enc) + j * em};
+        }
+        uint64_t seed = 1;
+        const double batchedUs = timeIt(
+            s,
+            [&] {
+              CHECK_CUDA(gc::cuda::qsgdEncodeBatch(segs.data(), kSegs, toDType(t), bits, a.bucket,
+                                                   gc::plainKey(seed++), s));
+            },
+            a.once);
+        const double launchesUs = timeIt(
+            s,
+            [&] {
+              const gc::KeySpec k = gc::plainKey(seed++);
+              for (const gc::EncodeSegment& e : segs) {
+                CHECK_CUDA(gc::cuda::qsgdEncode(e.x, toDType(t), e.residual, e.n, bits, a.bucket, k,
+                                                e.out, s));
+              }
+            },
+            a.once);
+        const double bytes = n * (double)ts + 8.0 * n + kSegs * (double)em;
+        for (const auto& row : {std::make_pair("qsgd_encode_ef_batch8", batchedUs),
+                                std::make_pair("qsgd_encode_ef_8_launches", launchesUs)}) {
+          Result x{row.first, typeName(t), bits, n, row.second, bytes, bytes / row.second / 1e3,
+                   copyGbps};
+          x.rounding = "stochastic";
+          report(x);
+        }
+      }
+    }
     // Decode output is fp32 whatever the input type was.
     for (int bits : a.bits) {
       if (!a.runs("decode")) break;
@@ -547,6 +602,45 @@ int main(int argc, char** argv) {
         const double bytes = e + (acc ? 8.0 : 4.0) * n;
         report({acc ? "qsgd_decode_acc" : "qsgd_decode", "float", bits, n, us, bytes,
                 bytes / us / 1e3, copyGbps});
+      }
+    }
+    // The pipelined two-shot's decode of a piece's chunks into an fp32 Sum
+    // output (N = 8: here 8 segments of n / 8): one batched launch
+    // (gc::cuda::qsgdDecodeBatch) beside 8 single launches, 4 bits, each row
+    // timed for all n elements; qsgd_decode is one launch of n.
+    if (a.runs("decode_batch") && n >= 8 * (size_t)a.bucket) {
+      constexpr int kSegs = 8;
+      const size_t m = n / kSegs;
+      const int bits = 4;
+      const size_t em = gradcompQsgdEncodedBytes(m, bits, a.bucket);
+      CHECK_CUDA(gcbench::fillDevice(g, gc::DType::F32, n, 1, 0, s));
+      std::vector<gc::DecodeSegment> segs(kSegs);
+      for (int j = 0; j < kSegs; ++j) {
+        char* e = static_cast<char*>(enc) + j * em;
+        gcCheck(gradcompQsgdEncode(static_cast<const float*>(g) + j * m, ncclFloat32, m, bits,
+                                   a.bucket, 1 + j, e, s),
+                "encode");
+        segs[j] = gc::DecodeSegment{e, m, out + j * m};
+      }
+      const double batchedUs = timeIt(
+          s,
+          [&] {
+            CHECK_CUDA(gc::cuda::qsgdDecodeBatch(segs.data(), kSegs, bits, a.bucket, false, s));
+          },
+          a.once);
+      const double launchesUs = timeIt(
+          s,
+          [&] {
+            for (const gc::DecodeSegment& d : segs) {
+              CHECK_CUDA(gc::cuda::qsgdDecode(d.in, d.n, bits, a.bucket, d.out, false, s));
+            }
+          },
+          a.once);
+      const double bytes = kSegs * (double)em + 4.0 * n;
+      for (const auto& row : {std::make_pair("qsgd_decode_batch8", batchedUs),
+                              std::make_pair("qsgd_decode_8_launches", launchesUs)}) {
+        report(
+            {row.first, "float", bits, n, row.second, bytes, bytes / row.second / 1e3, copyGbps});
       }
     }
     // Top-k selection on the torch_topk.py data.
