@@ -198,8 +198,9 @@ double outDecodeLaunch(int algo, size_t count, int nranks, double pieces, int bu
     case 2:
       if (!convert) chunks = nranks;
       break;
-    case 5:  // hier: a two-shot middle's k chunks into the fp32 shard, whatever the output
-      if (middle == 1) chunks = nranks / g;
+    case 5:  // hier: a two-shot or ring middle's k chunks into the fp32 shard, whatever
+             // the output
+      if (middle == 1 || middle == 2) chunks = nranks / g;
       break;
     default:  // the allgather and the reduce-scatter decode into their sums
       break;

@@ -109,7 +109,7 @@ double elementwiseLaunch(int algo, size_t count, int nranks, int local, double p
 double peerEncodeLaunch(int algo, size_t count, int nranks, double pieces, int bucket,
                         int local = 1, int middle = 1);
 // The elements of one launch of the output's decodes (decodeToOutput): the
-// two-shot's and the ring's N chunks of a piece (a two-shot middle's k) in
+// two-shot's and the ring's N chunks of a piece (a two-shot or ring middle's k) in
 // one batched launch (Backend::qsgdDecodeBatch, up to kBatchSegments) where
 // the output is fp32 Sum (not `convert`: the hierarchy's middle always) and
 // the bucket has a warp path; otherwise one chunk a launch.

@@ -1,6 +1,10 @@
 // A backend that forwards every call to the one it wraps: the base of the
 // tests' wrappers, each overriding only what it changes (an allocation
-// budget, a capture in progress).
+// budget, a capture in progress). The batched codec calls (qsgdEncodeBatch,
+// qsgdDecodeBatch) go to the inner backend's whole, not through this
+// wrapper's qsgdEncode and qsgdDecode: a wrapper that watches or fails
+// encodes or decodes overrides the batched calls too (as LaneCheck does),
+// since the two-shot, ring and reduce-scatter reach their codecs through them.
 #pragma once
 
 #include <memory>

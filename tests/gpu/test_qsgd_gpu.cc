@@ -426,9 +426,10 @@ TEST_F(QsgdGpu, OffsetEncodeEqualsSliceOfWholeEncode) {
 // than the rest), each input and residual 16-element aligned but every
 // third one element off, 21 of them (19 not empty: two launches of 16 and
 // 3) and the first 19 (17 not empty: 16, then one single launch), every
-// bucket path, both roundings, both level
-// kinds, with and without error feedback. A segment drawing another's stream, or a block reading
-// the wrong segment, changes the bytes.
+// bucket path, widths 2, 3 (codes straddling words), 4 and 8, both
+// roundings, both level kinds, with and without error feedback. A segment
+// drawing another's stream, or a block reading the wrong segment, changes
+// the bytes.
 TEST_F(QsgdGpu, BatchedEncodeGivesEachSegmentItsOwnEncode) {
   const size_t lens[] = {0,    1,   300, 1024, 2048 + 77, 4096, 9000, 512,  33,   1536, 0,
                          5000, 128, 700, 2,    4096 + 5,  1023, 257,  6144, 3000, 640};
@@ -439,7 +440,7 @@ TEST_F(QsgdGpu, BatchedEncodeGivesEachSegmentItsOwnEncode) {
       ASSERT_EQ(gc::dtypeFromNccl(t, &dt), gradcompSuccess);
       const size_t esz = gc::dtypeBytes(dt);
       for (int d : {96, 128, 256, 512, 1024}) {
-        for (int bits : {2, 4, 8}) {
+        for (int bits : {2, 3, 4, 8}) {
           for (int variant = 0; variant < 4; ++variant) {
             const bool nearest = variant == 1, square = variant == 2, ef = variant != 3;
             SCOPED_TRACE(testing::Message()
@@ -512,7 +513,8 @@ TEST_F(QsgdGpu, BatchedEncodeGivesEachSegmentItsOwnEncode) {
 // one single launch) of every length kind, outputs 16-byte aligned (the
 // plain path) but every third one float off (the general path), a bucket
 // with a NaN (its scale not finite), uniform and square levels, every
-// bucket path and width; the outputs' gaps untouched. A block decoding
+// bucket path, widths 2, 3 (codes straddling words), 4 and 8; the outputs'
+// gaps untouched. A block decoding
 // another segment's codes, or writing past its own, changes the output.
 TEST_F(QsgdGpu, BatchedDecodeGivesEachSegmentItsOwnDecode) {
   const size_t lens[] = {0,    1,   300, 1024, 2048 + 77, 4096, 9000, 512,  33,   1536, 0,
@@ -520,7 +522,7 @@ TEST_F(QsgdGpu, BatchedDecodeGivesEachSegmentItsOwnDecode) {
   const int all = (int)(sizeof(lens) / sizeof(lens[0]));
   for (int count : {all, 19}) {
     for (int d : {96, 128, 256, 512, 1024}) {
-      for (int bits : {2, 4, 8}) {
+      for (int bits : {2, 3, 4, 8}) {
         for (int square = 0; square <= 1; ++square) {
           for (int acc = 0; acc <= 1; ++acc) {
             SCOPED_TRACE(testing::Message()
