@@ -19,7 +19,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from checklib import close, expect, verdict  # noqa: E402
 from smoke_check import (TYPE_BYTES, check_sparse_row, first_part, kernel_total,  # noqa: E402
-                         kernel_work)
+                         kernel_work, warp_bucket)
 
 FLAT = ("twoshot", "ring", "allgather", "reducescatter")
 
@@ -91,7 +91,8 @@ def check_rows(path):
         w = None
         if r["algo"] in FLAT and flat:
             convert = r["dtype"] != "float" or r.get("redop") == "avg"
-            w = kernel_work(r["algo"], r["nranks"], TYPE_BYTES[r["dtype"]], residual, convert)
+            w = kernel_work(r["algo"], r["nranks"], TYPE_BYTES[r["dtype"]], residual, convert,
+                            fused=warp_bucket(r["bucket"]))
         elif r["algo"] in ("hier", "reducescatter") and local > 1 and not flat:
             # The hierarchies, on nodes of `local` ranks (the JSON's local_size), as
             # smoke_check's check_kernels reads them off plugin/algorithms/.

@@ -70,7 +70,8 @@ dump("kernels.json", {"gpu": "Test GPU", "rows": [
     krow("qsgd_encode_ef_batch8", "float", 4, 1 << 24, 0.8), krow("qsgd_encode_ef_8_launches", "float", 4, 1 << 24, 0.64),
     krow("qsgd_encode_ef_batch8", "bfloat16", 4, 1 << 22, 0.5), krow("qsgd_encode_ef_8_launches", "bfloat16", 4, 1 << 22, 0.25),
     krow("qsgd_decode_batch8", "float", 4, 1 << 20, 0.9), krow("qsgd_decode_batch8", "float", 4, 1 << 22, 0.7),
-    krow("qsgd_decode_8_launches", "float", 4, 1 << 22, 0.28)]})
+    krow("qsgd_decode_8_launches", "float", 4, 1 << 22, 0.28),
+    krow("qsgd_decode_batch8", "bfloat16", 4, 1 << 24, 0.9), krow("qsgd_decode_8_launches", "bfloat16", 4, 1 << 24, 0.3)]})
 # tools/ncu_limits.py's summary of the profile step.
 dump("profile.json", {"unavailable_reason": None, "kernels": [
     {"kernel": "qsgdEncodeWarpKernel<4>", "launch": "qsgd_encode_ef float 4", "duration_us": 310.0,
@@ -209,6 +210,8 @@ expect(abs((r.get("qsgd4_decode_batch8_speedup_vs_launches_2p22") or 0) - 2.5) <
 expect("qsgd4_decode_batch8_speedup_vs_launches_2p24" in r
        and r["qsgd4_decode_batch8_speedup_vs_launches_2p24"] is None,
        "batched decode, 2^24: no rows, null")
+expect(abs((r.get("qsgd4_bf16_decode_batch8_speedup_vs_launches_2p24") or 0) - 3.0) < 1e-12,
+       "batched bf16 decode over decodes with conversions, 2^24: 0.9 / 0.3 (not the fp32 rows)")
 expect("qsgd4_bf16_encode_batch8_speedup_vs_launches_2p24" in r
        and r["qsgd4_bf16_encode_batch8_speedup_vs_launches_2p24"] is None,
        "batched encode, bf16 2^24: no rows, null")

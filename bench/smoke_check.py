@@ -222,14 +222,23 @@ def report_costs(kdoc, r, bits, bucket, encode="qsgd_encode_ef", owner="qsgd_enc
     return costs
 
 
+def warp_bucket(bucket):
+    """Buckets with the CUDA kernels' warp path: batched launches, and decodes straight into
+    any output type (model.h warpBucket)."""
+    return bucket in (128, 256, 512, 1024)
+
+
 def kernel_work(algo, n, e, residual=True, convert=False, local=1, middle="twoshot", piped=False,
-                padded=False):
+                padded=False, fused=True):
     """Per element of the buffer (of the output for the reduce-scatter), what one rank other
     than rank 0 runs, read off plugin/algorithms/: encodes of the input type, of fp32 sums,
     the owners' re-encodes, decodes overwrite and accumulate, elementwise bytes."""
     R = 4 if residual else 0
     w = dict.fromkeys(KINDS + ["elementwise_bytes"], 0.0)
     out = 4 + e if convert else 0  # fp32 scratch -> output type
+    # Two-shot's and the ring's decodes into the output convert in the kernel on a warp
+    # bucket (fused): no conversion pass.
+    out_dec = 0 if fused else out
 
     def scatter_sum(n, e, b):
         # n-1 blocks encoded; own block toFloat (reads e + residual, writes 4), residual
@@ -243,14 +252,14 @@ def kernel_work(algo, n, e, residual=True, convert=False, local=1, middle="twosh
         scatter_sum(n, e, 1 / n)
         w["owner_encode"] += 1 / n
         w["decode_out"] += 1
-        w["elementwise_bytes"] += out
+        w["elementwise_bytes"] += out_dec
     elif algo == "ring":
         # Own chunk encoded; each of n-1 hops: decode overwrite + toFloat(x, addend y);
         # fp32 re-encode on n-2 hops; the last adds and zeroes the residual, owner encodes.
         w["encode"] += 1 / n
         w["decode"] += (n - 1) / n
         w["decode_out"] += 1
-        w["elementwise_bytes"] += (n - 1) * (e + 8) / n + (16 if residual else 0) / n + out
+        w["elementwise_bytes"] += (n - 1) * (e + 8) / n + (16 if residual else 0) / n + out_dec
         w["encode_f32"] += (n - 2) / n
         w["owner_encode"] += 1 / n
     elif algo == "allgather":
@@ -399,8 +408,9 @@ def check_kernels(tag, r, kdoc, bits, bucket, algo, n, local=1, middle="twoshot"
     """The row's kernel work, costs and kernel_us against the recomputation."""
     e = TYPE_BYTES[r["dtype"]]
     padded = algo == "hier" and first_part(r["count"], local, bucket) * local != r["count"]
-    w = kernel_work(algo, n, e, residual, r["dtype"] != "float", local, middle,
-                    r.get("pieces", 1) > 1, padded)
+    convert = r["dtype"] != "float" or r.get("redop") == "avg"
+    w = kernel_work(algo, n, e, residual, convert, local, middle,
+                    r.get("pieces", 1) > 1, padded, warp_bucket(bucket))
     got = r.get("kernel_work") or {}
     expect(all(close(got.get(k), v) for k, v in w.items()),
            "%s: kernel work %s vs %s" % (tag, got, w))
@@ -439,7 +449,8 @@ def check_projection(tag, r, kdoc, bits, bucket, intra_gbps=3600.0, lat=10.0):
         nccl = max(us(nccl_intra, intra_gbps), us(nccl_inter, L / g)) + 2 * (n - 1) * lat
         e = encoded(count, bits, bucket)
         flat_intra, flat_inter = 2 * e * (g - 1) / n, 2 * e * (n - g) / n
-        flat_kernel = kernel_total(kernel_work("twoshot", n, e_in, True, convert), costs, count)
+        flat_kernel = kernel_total(kernel_work("twoshot", n, e_in, True, convert,
+                                               fused=warp_bucket(bucket)), costs, count)
         flat = flat_kernel + max(us(flat_intra, intra_gbps), us(flat_inter, L / g)) + 2 * lat
         shard = -(-count // g)
         es = encoded(shard, bits, bucket)
@@ -520,7 +531,9 @@ def two_shot_streams(r, nranks, pieces, gbps, lat):
     enc = (nranks - 1) * b * c["encode"] + b * (e + 4 + 4 + 4) * ew
     red = (b * c["decode"] + max(0, nranks - 2) * b * c["decode_acc"] + 12 * b * ew
            + b * c["owner_encode"])
-    dec = nranks * b * c["decode_out"] + (nranks * b * (4 + e) * ew if r["dtype"] != "float" else 0)
+    convert = ((r["dtype"] != "float" or r.get("redop") == "avg")
+               and not warp_bucket(r["bucket"]))
+    dec = nranks * b * c["decode_out"] + (nranks * b * (4 + e) * ew if convert else 0)
     x = r["wire_bytes"] / 2 / pieces * 8 / (gbps * 1e3) + lat
     compute = comm = 0.0
     xd, gd = {}, {}

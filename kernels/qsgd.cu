@@ -137,6 +137,36 @@ __device__ __forceinline__ void loadBucketChunks(const uint32_t* __restrict__ wo
   }
 }
 
+// Four decoded values into an output of type kOut at element i, each divided
+// by `divisor` first when kDivide: what fromFloat does to a decode's fp32
+// scratch (storeFromFloat of fdiv), so the same bits in one pass. `vec`: the
+// four are in range and the output aligned to four elements (one 16- or
+// 8-byte store); otherwise element by element below `limit`.
+template <DType kOut, bool kDivide>
+__device__ __forceinline__ void storeOut4(void* __restrict__ out, size_t i, bool vec, size_t limit,
+                                          const float d[4], float divisor) {
+  float w[4];
+#pragma unroll
+  for (int c = 0; c < 4; ++c) w[c] = kDivide ? fdiv(d[c], divisor) : d[c];
+  if constexpr (kOut == DType::F32) {
+    store4(static_cast<float*>(out), i, vec, limit, w);
+  } else {
+    uint16_t h[4];
+#pragma unroll
+    for (int c = 0; c < 4; ++c) h[c] = kOut == DType::F16 ? floatToHalf(w[c]) : floatToBf16(w[c]);
+    uint16_t* o16 = static_cast<uint16_t*>(out);
+    if (vec) {
+      *reinterpret_cast<uint2*>(o16 + i) = make_uint2((uint32_t)h[0] | ((uint32_t)h[1] << 16),
+                                                      (uint32_t)h[2] | ((uint32_t)h[3] << 16));
+      return;
+    }
+#pragma unroll
+    for (int c = 0; c < 4; ++c) {
+      if (i + c < limit) o16[i + c] = h[c];
+    }
+  }
+}
+
 // A plain bucket's decode (whole, its output 16-byte aligned, its scale
 // finite) from its codes, already loaded (loadBucketChunks): a table of the
 // value of every code (2^bits of them, sign included), which the warp fills
@@ -145,12 +175,12 @@ __device__ __forceinline__ void loadBucketChunks(const uint32_t* __restrict__ wo
 // shared-memory load per element instead of the general path's level
 // lookup, multiply, negation and per-element finiteness test; no bounds
 // checks.
-template <int R>
+template <int R, DType kOut, bool kDivide>
 __device__ __forceinline__ void decodePlainBucket(const uint32_t (&chunk)[R], int bits,
                                                   const float* levelTable, float scale,
                                                   float* codeTable, size_t base,
-                                                  float* __restrict__ out, bool accumulate,
-                                                  int lane) {
+                                                  void* __restrict__ out, bool accumulate,
+                                                  float divisor, int lane) {
   fillCodeTable(codeTable, levelTable, scale, bits, lane);
   const uint32_t codeMask = (1u << bits) - 1u;
 #pragma unroll
@@ -159,23 +189,31 @@ __device__ __forceinline__ void decodePlainBucket(const uint32_t (&chunk)[R], in
     float d[4];
 #pragma unroll
     for (int c = 0; c < 4; ++c) d[c] = codeTable[(chunk[r] >> (c * bits)) & codeMask];
-    if (accumulate) {
-      const float4 o = *reinterpret_cast<const float4*>(out + i);
-      d[0] = fadd(o.x, d[0]), d[1] = fadd(o.y, d[1]), d[2] = fadd(o.z, d[2]);
-      d[3] = fadd(o.w, d[3]);
+    if constexpr (kOut == DType::F32 && !kDivide) {
+      float* o32 = static_cast<float*>(out);
+      if (accumulate) {
+        const float4 o = *reinterpret_cast<const float4*>(o32 + i);
+        d[0] = fadd(o.x, d[0]), d[1] = fadd(o.y, d[1]), d[2] = fadd(o.z, d[2]);
+        d[3] = fadd(o.w, d[3]);
+      }
+      *reinterpret_cast<float4*>(o32 + i) = make_float4(d[0], d[1], d[2], d[3]);
+    } else {
+      storeOut4<kOut, kDivide>(out, i, true, 0, d, divisor);
     }
-    *reinterpret_cast<float4*>(out + i) = make_float4(d[0], d[1], d[2], d[3]);
   }
 }
 
 // One block of a warp-path decode: its kWarpsPerBlock buckets from bucket
 // block * kWarpsPerBlock on (the single launch's blockIdx.x, or a batch
 // segment's).
-template <int R, int kBits>
+// kOut, kDivide: the output's type, and whether each value is divided by
+// `divisor` before it is stored (storeOut4); accumulate: fp32 undivided only.
+template <int R, int kBits, DType kOut = DType::F32, bool kDivide = false>
 __device__ __forceinline__ void decodeWarpBlock(const float* __restrict__ scales,
                                                 const uint32_t* __restrict__ words, size_t n,
-                                                int bitsArg, float* __restrict__ out,
-                                                bool accumulate, bool alignedOut, size_t block) {
+                                                int bitsArg, void* __restrict__ out,
+                                                bool accumulate, bool alignedOut, size_t block,
+                                                float divisor = 1.0f) {
   constexpr int kBucket = kRow * R;
   const int bits = kBits != 0 ? kBits : bitsArg;
   __shared__ float levelTables[2 * kLevelTable];
@@ -200,8 +238,9 @@ __device__ __forceinline__ void decodeWarpBlock(const float* __restrict__ scales
   const float* levelTable = decodeTable(levelTables, stored);
   const float scale = qsgd::scaleMagnitude(stored);
   if (vec && isFiniteBits(floatToBits(scale))) {
-    decodePlainBucket<R>(chunk, bits, levelTable, scale, codeTables[threadIdx.x >> 5], base, out,
-                         accumulate, lane);
+    decodePlainBucket<R, kOut, kDivide>(chunk, bits, levelTable, scale,
+                                        codeTables[threadIdx.x >> 5], base, out, accumulate,
+                                        divisor, lane);
     return;
   }
   const int cb = 4 * bits;
@@ -218,13 +257,18 @@ __device__ __forceinline__ void decodeWarpBlock(const float* __restrict__ scales
       const uint32_t code = (rowChunk >> (c * bits)) & ((1u << bits) - 1u);
       d[c] = qsgd::decodeWithLevel(code, levelTable[code & (uint32_t)s], scale, bits);
     }
-    if (accumulate) {
-      float o[4];
-      loadF32x4(out, i, vec, n, o);
+    if constexpr (kOut == DType::F32 && !kDivide) {
+      float* o32 = static_cast<float*>(out);
+      if (accumulate) {
+        float o[4];
+        loadF32x4(o32, i, vec, n, o);
 #pragma unroll
-      for (int c = 0; c < 4; ++c) d[c] = fadd(o[c], d[c]);
+        for (int c = 0; c < 4; ++c) d[c] = fadd(o[c], d[c]);
+      }
+      store4(o32, i, vec, n, d);
+    } else {
+      storeOut4<kOut, kDivide>(out, i, vec, n, d, divisor);
     }
-    store4(out, i, vec, n, d);
   }
 }
 
@@ -238,12 +282,13 @@ __global__ void __launch_bounds__(kWarpThreads, 12)
   decodeWarpBlock<R, kBits>(scales, words, n, bitsArg, out, accumulate, alignedOut, blockIdx.x);
 }
 
-// One decode of a batch, as the single launch takes it.
+// One decode of a batch, as the single launch takes it (out: of the batch's
+// output type).
 struct WarpDecodeSegment {
   const float* scales;
   const uint32_t* words;
   size_t n;
-  float* out;
+  void* out;
   bool alignedOut;
 };
 // At most this many decodes a launch (40 bytes each).
@@ -253,17 +298,22 @@ struct WarpDecodeBatch {
 };
 
 // A batch of decodes in one launch (a pipelined two-shot's or ring's N
-// chunks of a piece into an fp32 output): blockIdx.y picks the segment,
+// chunks of a piece into the caller's output): blockIdx.y picks the segment,
 // blockIdx.x its block, as the single kernel's, so each segment's output is
 // its single launch's. Blocks past a shorter segment's end leave at once
 // (the whole block alike, before any barrier).
-template <int R, int kBits = 0>
+// kOut, kDivide: decodes straight into the caller's output of type kOut,
+// each value divided by `divisor` when kDivide (an Avg), as a decode into fp32
+// scratch and fromFloat would give (Backend::qsgdDecodeToOutput's default),
+// in one pass.
+template <int R, int kBits = 0, DType kOut = DType::F32, bool kDivide = false>
 __global__ void __launch_bounds__(kWarpThreads, 12)
-    qsgdDecodeWarpBatchKernel(const WarpDecodeBatch batch, int bitsArg, bool accumulate) {
+    qsgdDecodeWarpBatchKernel(const WarpDecodeBatch batch, int bitsArg, bool accumulate,
+                              float divisor) {
   const WarpDecodeSegment& s = batch.seg[blockIdx.y];
   if ((size_t)blockIdx.x * kWarpsPerBlock * (kRow * R) >= s.n) return;
-  decodeWarpBlock<R, kBits>(s.scales, s.words, s.n, bitsArg, s.out, accumulate, s.alignedOut,
-                            blockIdx.x);
+  decodeWarpBlock<R, kBits, kOut, kDivide>(s.scales, s.words, s.n, bitsArg, s.out, accumulate,
+                                           s.alignedOut, blockIdx.x, divisor);
 }
 
 bool aligned(const void* p, size_t a) {
@@ -446,8 +496,32 @@ cudaError_t qsgdDecode(const void* in, size_t n, int bits, int bucket, float* ou
   return cudaGetLastError();
 }
 
-cudaError_t qsgdDecodeBatch(const DecodeSegment* segs, int count, int bits, int bucket,
-                            bool accumulate, cudaStream_t stream) {
+namespace {
+
+// Calls f(std::integral_constant<DType, T>(), std::bool_constant<divide>())
+// for an output of type t, divided by `divisor` unless it is 1.
+template <typename F>
+void withOutput(DType t, float divisor, F&& f) {
+  auto typed = [&](auto type) {
+    if (divisor != 1.0f) {
+      f(type, std::true_type());
+    } else {
+      f(type, std::false_type());
+    }
+  };
+  withInputType(t, typed);
+}
+
+// The segments' decodes into outputs of type t (divided by `divisor` unless
+// it is 1; accumulate: fp32 undivided only), up to kMaxDecodeSegments a
+// launch. An fp32 undivided output of one segment, or of a bucket without a
+// warp path, takes the single kernels; other outputs need the warp path
+// (qsgdDecodeFuses).
+cudaError_t decodeSegments(const DecodeSegment* segs, int count, int bits, int bucket,
+                           bool accumulate, float divisor, DType t, cudaStream_t stream) {
+  const bool plainF32 = t == DType::F32 && divisor == 1.0f;
+  if (!plainF32 && (accumulate || !qsgdDecodeFuses(bucket))) return cudaErrorInvalidValue;
+  const size_t esz = dtypeBytes(t);
   int i = 0;
   while (i < count) {
     // The next up to kMaxDecodeSegments non-empty segments.
@@ -461,31 +535,38 @@ cudaError_t qsgdDecodeBatch(const DecodeSegment* segs, int count, int bits, int 
       if (nb > kMaxDeviceBuckets) return cudaErrorInvalidValue;  // the callers say why first
       const float* scales = static_cast<const float*>(s.in);
       batch.seg[m++] = WarpDecodeSegment{scales, reinterpret_cast<const uint32_t*>(scales + nb),
-                                         s.n, s.out, aligned(s.out, 16)};
+                                         s.n, s.out, aligned(s.out, 4 * esz)};
       maxNb = std::max(maxNb, nb);
     }
     if (m == 0) break;
-    // One segment, or a bucket without a warp path: single launches.
+    // An fp32 undivided output of one segment, or a bucket without a warp
+    // path: single launches.
     bool launched = false;
-    if (m > 1) {
+    if (m > 1 || !plainF32) {
       const dim3 grid(warpBlocks(maxNb), (unsigned)m);
       launched = withWarpRows(bucket, [&](auto rows) {
         constexpr int R = decltype(rows)::value;
-        // The default width at the default bucket (512) with its width a constant.
-        if constexpr (R == 4) {
-          if (bits == 4) {
-            qsgdDecodeWarpBatchKernel<R, 4>
-                <<<grid, kWarpThreads, 0, stream>>>(batch, bits, accumulate);
-            return;
+        withOutput(t, divisor, [&](auto type, auto divide) {
+          constexpr DType kT = decltype(type)::value;
+          constexpr bool kDiv = decltype(divide)::value;
+          // The default width at the default bucket (512) with its width a constant.
+          if constexpr (R == 4) {
+            if (bits == 4) {
+              qsgdDecodeWarpBatchKernel<R, 4, kT, kDiv>
+                  <<<grid, kWarpThreads, 0, stream>>>(batch, bits, accumulate, divisor);
+              return;
+            }
           }
-        }
-        qsgdDecodeWarpBatchKernel<R><<<grid, kWarpThreads, 0, stream>>>(batch, bits, accumulate);
+          qsgdDecodeWarpBatchKernel<R, 0, kT, kDiv>
+              <<<grid, kWarpThreads, 0, stream>>>(batch, bits, accumulate, divisor);
+        });
       });
     }
     if (!launched) {
       for (int s = 0; s < m; ++s) {
         const WarpDecodeSegment& w = batch.seg[s];
-        const cudaError_t err = qsgdDecode(w.scales, w.n, bits, bucket, w.out, accumulate, stream);
+        const cudaError_t err =
+            qsgdDecode(w.scales, w.n, bits, bucket, static_cast<float*>(w.out), accumulate, stream);
         if (err != cudaSuccess) return err;
       }
       continue;
@@ -494,6 +575,22 @@ cudaError_t qsgdDecodeBatch(const DecodeSegment* segs, int count, int bits, int 
     if (err != cudaSuccess) return err;
   }
   return cudaSuccess;
+}
+
+}  // namespace
+
+bool qsgdDecodeFuses(int bucket) {
+  return withWarpRows(bucket, [](auto) {});
+}
+
+cudaError_t qsgdDecodeBatch(const DecodeSegment* segs, int count, int bits, int bucket,
+                            bool accumulate, cudaStream_t stream) {
+  return decodeSegments(segs, count, bits, bucket, accumulate, 1.0f, DType::F32, stream);
+}
+
+cudaError_t qsgdDecodeToOutput(const DecodeSegment* segs, int count, int bits, int bucket,
+                               float divisor, DType t, cudaStream_t stream) {
+  return decodeSegments(segs, count, bits, bucket, false, divisor, t, stream);
 }
 
 cudaError_t advanceStep(uint64_t* step, cudaStream_t stream) {

@@ -330,9 +330,11 @@ def main():
     batch8 = {(t, lg): share(kernel_frac(kdoc, "qsgd_encode_ef_batch8", dtype=t, n=1 << lg),
                              kernel_frac(kdoc, "qsgd_encode_ef_8_launches", dtype=t, n=1 << lg))
               for t in ("float", "bfloat16") for lg in (22, 24)}
-    # The same for the decode of a piece's 8 chunks into an fp32 Sum output (decode_batch).
-    dbatch8 = {lg: share(kernel_frac(kdoc, "qsgd_decode_batch8", n=1 << lg),
-                         kernel_frac(kdoc, "qsgd_decode_8_launches", n=1 << lg)) for lg in (22, 24)}
+    # The same for the decode of a piece's 8 chunks into the output (decode_batch): fp32, and
+    # bf16 converting in the decode against 8 decodes into fp32 each with its conversion.
+    dbatch8 = {(t, lg): share(kernel_frac(kdoc, "qsgd_decode_batch8", dtype=t, n=1 << lg),
+                              kernel_frac(kdoc, "qsgd_decode_8_launches", dtype=t, n=1 << lg))
+               for t in ("float", "bfloat16") for lg in (22, 24)}
     # The sparse exchange's per-call checks at 2^26 (not in the link model,
     # docs/benchmark.md): the 8 received slot lists of a 0.1% DGC call, and
     # rand-k's non-finite flag; beside the modeled time of perf_n8_sparse's
@@ -394,8 +396,10 @@ def main():
         "qsgd4_encode_batch8_speedup_vs_launches_2p24": batch8[("float", 24)],
         "qsgd4_bf16_encode_batch8_speedup_vs_launches_2p22": batch8[("bfloat16", 22)],
         "qsgd4_bf16_encode_batch8_speedup_vs_launches_2p24": batch8[("bfloat16", 24)],
-        "qsgd4_decode_batch8_speedup_vs_launches_2p22": dbatch8[22],
-        "qsgd4_decode_batch8_speedup_vs_launches_2p24": dbatch8[24],
+        "qsgd4_decode_batch8_speedup_vs_launches_2p22": dbatch8[("float", 22)],
+        "qsgd4_decode_batch8_speedup_vs_launches_2p24": dbatch8[("float", 24)],
+        "qsgd4_bf16_decode_batch8_speedup_vs_launches_2p22": dbatch8[("bfloat16", 22)],
+        "qsgd4_bf16_decode_batch8_speedup_vs_launches_2p24": dbatch8[("bfloat16", 24)],
         "qsgd4_nearest_vs_stochastic_model_encode_n8_64MB": near_enc["float"],
         "qsgd4_bf16_nearest_vs_stochastic_model_encode_n8_64MB": near_enc["bfloat16"],
         "allreduce_qsgd4_nearest_model_speedup_400gbps_n8_64MB": near400,
@@ -583,9 +587,11 @@ def main():
              "| %s / %s; %s / %s | reported | |"
              % (fmt(batch8[("float", 22)]), fmt(batch8[("bfloat16", 22)]),
                 fmt(batch8[("float", 24)]), fmt(batch8[("bfloat16", 24)])))
-    L.append("| QSGD 4-bit decode of 8 pieces of n/8 into an fp32 output in one batched launch, "
-             "speedup over 8 launches, n=2^22 and 2^24 | %s; %s | reported | |"
-             % (fmt(dbatch8[22]), fmt(dbatch8[24])))
+    L.append("| QSGD 4-bit decode of 8 pieces of n/8 into the output in one batched launch, "
+             "speedup over 8 launches (bf16: over 8 decodes into fp32 each with its conversion), "
+             "fp32 / bf16, n=2^22 and 2^24 | %s / %s; %s / %s | reported | |"
+             % (fmt(dbatch8[("float", 22)]), fmt(dbatch8[("bfloat16", 22)]),
+                fmt(dbatch8[("float", 24)]), fmt(dbatch8[("bfloat16", 24)])))
     L.append("| nearest / stochastic encode time in the link model of gradcomp_perf's rows, N=8, "
              "64 MB, fp32 / bf16 (perf_n8_nearest over perf_n8) | %s / %s | reported | |"
              % (fmt(near_enc["float"]), fmt(near_enc["bfloat16"])))

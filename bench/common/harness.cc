@@ -331,6 +331,7 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
   kind.elemBytes = dtypeSize(dtype);
   kind.residual = cfg.errorFeedback != 0;
   kind.convert = dtype != ncclFloat32 || o.op == ncclAvg;
+  kind.fusedOut = warpBucket(cfg.bucketSize);
   kind.ownerResidual = cfg.ownerResidual != 0;
   kind.piped = row->pieces > 1;
   kind.paddedShards =
@@ -430,7 +431,7 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
     row->peerEncodeLaunch = peerEncodeLaunch(row->algoUsed, count, r.nranks(), row->pieces,
                                              cfg.bucketSize, local, middle);
     row->outDecodeLaunch = outDecodeLaunch(row->algoUsed, count, r.nranks(), row->pieces,
-                                           cfg.bucketSize, kind.convert, local, middle);
+                                           cfg.bucketSize, local, middle);
     const double elemLaunch =
         elementwiseLaunch(row->algoUsed, count, r.nranks(), local, row->pieces, middle);
     if (known) {

@@ -30,11 +30,13 @@ void scatterSum(KernelWork& w, double n, const CallKind& k, double b) {
   }
 }
 
-// decodeToOutput: a decode overwrite of every element, and where the output
-// is not fp32 or Avg divides, through fp32 scratch and one fromFloat.
+// decodeChunksToOutput: a decode overwrite of every element; where the output
+// is not fp32 or Avg divides, through fp32 scratch and one fromFloat unless
+// the decode kernel converts itself (fusedOut; charged at the fp32 decode's
+// cost, which writes at least as many bytes).
 void decodeOut(KernelWork& w, const CallKind& k) {
   w.decodeOut += 1;
-  if (k.convert) w.elementwiseBytes += 4.0 + k.elemBytes;
+  if (k.convert && !k.fusedOut) w.elementwiseBytes += 4.0 + k.elemBytes;
 }
 
 // The flat sparse reduce-scatter (plugin/algorithms/sparse_reduce_scatter.cc)
@@ -162,12 +164,15 @@ namespace {
 // Segments of one batched launch: `segments` of them, at most kBatchSegments,
 // and one where the bucket has no warp path (one launch a segment).
 double batched(int segments, int bucket) {
-  const bool warp = bucket == 128 || bucket == 256 || bucket == 512 || bucket == 1024;
-  if (!warp || segments < 1) return 1;
+  if (!warpBucket(bucket) || segments < 1) return 1;
   return segments < kBatchSegments ? segments : kBatchSegments;
 }
 
 }  // namespace
+
+bool warpBucket(int bucket) {
+  return bucket == 128 || bucket == 256 || bucket == 512 || bucket == 1024;
+}
 
 double peerEncodeLaunch(int algo, size_t count, int nranks, double pieces, int bucket, int local,
                         int middle) {
@@ -189,14 +194,14 @@ double peerEncodeLaunch(int algo, size_t count, int nranks, double pieces, int b
   return codecLaunch(algo, count, nranks, pieces, local, middle) * batched(peers, bucket);
 }
 
-double outDecodeLaunch(int algo, size_t count, int nranks, double pieces, int bucket, bool convert,
-                       int local, int middle) {
+double outDecodeLaunch(int algo, size_t count, int nranks, double pieces, int bucket, int local,
+                       int middle) {
   const int g = local > 1 ? local : 1;
   int chunks = 1;
   switch (algo) {
     case 1:  // two-shot and the ring: the N chunks into the caller's output
     case 2:
-      if (!convert) chunks = nranks;
+      chunks = nranks;
       break;
     case 5:  // hier: a two-shot or ring middle's k chunks into the fp32 shard, whatever
              // the output
@@ -411,7 +416,7 @@ TwoShotStageTimes twoShotStageTimes(size_t count, const CallKind& kind, int nran
   t.encode = (n - 1) * b * c.encode + b * (e + r + 4 + r) * ew;
   t.reduce =
       b * c.decode + std::max(0.0, n - 2) * b * c.decodeAcc + 12 * b * ew + b * c.ownerEncode;
-  t.decode = n * b * c.decodeOut + (kind.convert ? n * b * (4 + e) * ew : 0.0);
+  t.decode = n * b * c.decodeOut + (kind.convert && !kind.fusedOut ? n * b * (4 + e) * ew : 0.0);
   t.exchange = transferUs(wireBytes / 2 / P, gbps) + latencyUs;
   return t;
 }
@@ -618,7 +623,7 @@ ClusterTimes clusterModel(size_t count, const CallKind& kind, int bits, int buck
   t.flatKernelUs = kernelUs(fs.work,
                             curve.at(codecLaunch(1, count, c.ranks(), 1),
                                      peerEncodeLaunch(1, count, c.ranks(), 1, bucket),
-                                     outDecodeLaunch(1, count, c.ranks(), 1, bucket, kind.convert),
+                                     outDecodeLaunch(1, count, c.ranks(), 1, bucket),
                                      codecLaunch(1, count, c.ranks(), 1)),
                             (double)count);
   t.flatUs = gradcompClusterUs(t.flatKernelUs, t.flat, false, fs.latencySteps, c);
@@ -666,7 +671,7 @@ ClusterTimes clusterModel(size_t count, const CallKind& kind, int bits, int buck
   auto hierCosts = [&](double pieces) {
     return curve.at(codecLaunch(5, count, c.ranks(), pieces, c.local),
                     peerEncodeLaunch(5, count, c.ranks(), pieces, bucket, c.local),
-                    outDecodeLaunch(5, count, c.ranks(), pieces, bucket, false, c.local),
+                    outDecodeLaunch(5, count, c.ranks(), pieces, bucket, c.local),
                     elementwiseLaunch(5, count, c.ranks(), c.local, pieces));
   };
   t.hierKernelUs = kernelUs(hs.work, hierCosts(1), (double)count);

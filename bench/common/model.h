@@ -21,6 +21,10 @@ struct CallKind {
   size_t elemBytes = 4;
   bool residual = true;
   bool convert = false;
+  // The output's decodes convert (and divide) in the decode kernel itself, a
+  // bucket with a warp path (warpBucket; cuda::qsgdDecodeToOutput): no
+  // conversion pass after them.
+  bool fusedOut = false;
   bool ownerResidual = false;
   // Cut into pieces (GRADCOMP_PIPELINE_BYTES): the hierarchies' pipelined
   // paths widen, stage and unpack piece by piece, which costs more passes.
@@ -45,8 +49,8 @@ struct KernelWork {
   double ownerEncode = 0;  // the owner's re-encode of a reduced chunk (EF only with ownerResidual)
   double decode = 0;       // decode overwrite (an owner's first chunk, a ring hop's)
   double decodeAcc = 0;    // decode-accumulate
-  // decode overwrite of the output's chunks (decodeToOutput): a piece's N of
-  // them in one launch where the output is fp32 Sum (outDecodeLaunch)
+  // decode overwrite of the output's chunks (decodeChunksToOutput): a piece's
+  // N of them in one launch on a warp bucket, whatever the output (outDecodeLaunch)
   double decodeOut = 0;
   double elementwiseBytes = 0;  // read + written by toFloat, fromFloat, add, copy and zero passes
   double select = 0;            // the sparse selector (threshold or exact top-k) over v
@@ -108,16 +112,19 @@ double elementwiseLaunch(int algo, size_t count, int nranks, int local, double p
 // and the allgather's encode one chunk a launch (codecLaunch).
 double peerEncodeLaunch(int algo, size_t count, int nranks, double pieces, int bucket,
                         int local = 1, int middle = 1);
-// The elements of one launch of the output's decodes (decodeToOutput): the
-// two-shot's and the ring's N chunks of a piece (a two-shot or ring middle's k) in
-// one batched launch (Backend::qsgdDecodeBatch, up to kBatchSegments) where
-// the output is fp32 Sum (not `convert`: the hierarchy's middle always) and
-// the bucket has a warp path; otherwise one chunk a launch.
-double outDecodeLaunch(int algo, size_t count, int nranks, double pieces, int bucket, bool convert,
-                       int local = 1, int middle = 1);
+// The elements of one launch of the output's decodes (decodeChunksToOutput):
+// the two-shot's and the ring's N chunks of a piece (a two-shot or ring
+// middle's k, into its fp32 shard) in one batched launch
+// (Backend::qsgdDecodeToOutput, up to kBatchSegments) where the bucket has a
+// warp path, whatever the output's type; otherwise one chunk a launch.
+double outDecodeLaunch(int algo, size_t count, int nranks, double pieces, int bucket, int local = 1,
+                       int middle = 1);
 // The most segments the library's batched codec launches take (kernels/:
 // kMaxEncodeSegments, kMaxDecodeSegments).
 constexpr int kBatchSegments = 16;
+// Whether a bucket has the CUDA kernels' warp path (128, 256, 512, 1024):
+// batched launches, and decodes straight into any output type.
+bool warpBucket(int bucket);
 
 // Per-rank kernel work and sequential message steps of one allreduce, for
 // the algorithm gradcomp ran (gradcompAlgo_t; 0 = passed through to NCCL).

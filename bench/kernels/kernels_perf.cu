@@ -11,7 +11,11 @@
 //   (encode_batch)                of n / 8 in one launch (_batch8) and in 8
 //                                 (_8_launches), 4 bits
 //   QSGD decode, batched:         the decode overwrite of 8 segments of n / 8
-//   (decode_batch)                into an fp32 output, one launch and 8
+//   (decode_batch)                into an fp32 output, one launch and 8; into
+//                                 fp16 / bf16, one launch converting as it
+//                                 decodes and 8 decodes into fp32 each with
+//                                 its conversion (reads 8 E(n/8), writes
+//                                 n * sizeof(type))
 //   QSGD decode:                  reads E(n), writes 4n (overwrite) or reads
 //                                 and writes 4n (accumulate)
 //   copy:                         reads and writes 4n
@@ -56,6 +60,7 @@
 #include "gradcomp/reference.h"
 #include "gradcomp/sparse.h"
 #include "kernels/common_math.cuh"
+#include "kernels/elementwise.h"
 #include "kernels/qsgd_math.cuh"
 
 namespace {
@@ -604,43 +609,70 @@ int main(int argc, char** argv) {
                 bytes / us / 1e3, copyGbps});
       }
     }
-    // The pipelined two-shot's decode of a piece's chunks into an fp32 Sum
-    // output (N = 8: here 8 segments of n / 8): one batched launch
-    // (gc::cuda::qsgdDecodeBatch) beside 8 single launches, 4 bits, each row
-    // timed for all n elements; qsgd_decode is one launch of n.
+    // The pipelined two-shot's decode of a piece's chunks into the output
+    // (N = 8: here 8 segments of n / 8), 4 bits, each row timed for all n
+    // elements: into fp32, one batched launch (gc::cuda::qsgdDecodeBatch)
+    // beside 8 single launches (qsgd_decode is one launch of n); into fp16
+    // and bf16 (each --dtypes type but fp32), one batched launch converting as
+    // it decodes (gc::cuda::qsgdDecodeToOutput) beside what it replaces, 8
+    // decodes into fp32 scratch each followed by its conversion (fromFloat).
     if (a.runs("decode_batch") && n >= 8 * (size_t)a.bucket) {
       constexpr int kSegs = 8;
       const size_t m = n / kSegs;
       const int bits = 4;
       const size_t em = gradcompQsgdEncodedBytes(m, bits, a.bucket);
       CHECK_CUDA(gcbench::fillDevice(g, gc::DType::F32, n, 1, 0, s));
-      std::vector<gc::DecodeSegment> segs(kSegs);
+      std::vector<const char*> encs(kSegs);
       for (int j = 0; j < kSegs; ++j) {
         char* e = static_cast<char*>(enc) + j * em;
         gcCheck(gradcompQsgdEncode(static_cast<const float*>(g) + j * m, ncclFloat32, m, bits,
                                    a.bucket, 1 + j, e, s),
                 "encode");
-        segs[j] = gc::DecodeSegment{e, m, out + j * m};
+        encs[j] = e;
       }
-      const double batchedUs = timeIt(
-          s,
-          [&] {
-            CHECK_CUDA(gc::cuda::qsgdDecodeBatch(segs.data(), kSegs, bits, a.bucket, false, s));
-          },
-          a.once);
-      const double launchesUs = timeIt(
-          s,
-          [&] {
-            for (const gc::DecodeSegment& d : segs) {
-              CHECK_CUDA(gc::cuda::qsgdDecode(d.in, d.n, bits, a.bucket, d.out, false, s));
-            }
-          },
-          a.once);
-      const double bytes = kSegs * (double)em + 4.0 * n;
-      for (const auto& row : {std::make_pair("qsgd_decode_batch8", batchedUs),
-                              std::make_pair("qsgd_decode_8_launches", launchesUs)}) {
-        report(
-            {row.first, "float", bits, n, row.second, bytes, bytes / row.second / 1e3, copyGbps});
+      // Into fp16/bf16 only where the decode converts (a warp bucket).
+      std::vector<ncclDataType_t> outTypes = {ncclFloat32};
+      for (ncclDataType_t t : a.dtypes) {
+        if (t != ncclFloat32 && gc::cuda::qsgdDecodeFuses(a.bucket)) outTypes.push_back(t);
+      }
+      for (ncclDataType_t t : outTypes) {
+        const gc::DType dt = toDType(t);
+        const size_t ts = gc::dtypeBytes(dt);
+        // The output in g (its fp32 input is encoded already); fp32 scratch in r.
+        std::vector<gc::DecodeSegment> segs(kSegs);
+        for (int j = 0; j < kSegs; ++j) {
+          segs[j] = gc::DecodeSegment{encs[j], m, static_cast<char*>(g) + j * m * ts};
+        }
+        const double batchedUs = timeIt(
+            s,
+            [&] {
+              CHECK_CUDA(t == ncclFloat32 ? gc::cuda::qsgdDecodeBatch(segs.data(), kSegs, bits,
+                                                                      a.bucket, false, s)
+                                          : gc::cuda::qsgdDecodeToOutput(segs.data(), kSegs, bits,
+                                                                         a.bucket, 1.0f, dt, s));
+            },
+            a.once);
+        const double launchesUs = timeIt(
+            s,
+            [&] {
+              for (const gc::DecodeSegment& d : segs) {
+                if (t == ncclFloat32) {
+                  CHECK_CUDA(gc::cuda::qsgdDecode(d.in, d.n, bits, a.bucket,
+                                                  static_cast<float*>(d.out), false, s));
+                } else {
+                  CHECK_CUDA(gc::cuda::qsgdDecode(d.in, d.n, bits, a.bucket, r, false, s));
+                  CHECK_CUDA(gc::cuda::fromFloat(r, d.n, 1.0f, dt, d.out, s));
+                }
+              }
+            },
+            a.once);
+        // The least each moves: the encodings read, the output written.
+        const double bytes = kSegs * (double)em + (double)ts * n;
+        for (const auto& row : {std::make_pair("qsgd_decode_batch8", batchedUs),
+                                std::make_pair("qsgd_decode_8_launches", launchesUs)}) {
+          report({row.first, typeName(t), bits, n, row.second, bytes, bytes / row.second / 1e3,
+                  copyGbps});
+        }
       }
     }
     // Top-k selection on the torch_topk.py data.

@@ -309,15 +309,10 @@ class ScatterSum {
   std::vector<EncodeSegment> segs_;
 };
 
-// Decodes one encoded chunk into the caller's output: straight into an fp32
-// Sum output, otherwise through `scratch` (fp32) and one conversion, where
-// Avg divides (once, at the end).
-gradcompResult_t decodeToOutput(Backend& be, const void* enc, size_t len, int bits, int bucket,
-                                float divisor, DType t, void* out, float* scratch);
-
-// decodeToOutput of each segment (`out`: its place in the caller's output, of
-// type t); an fp32 Sum output's all in one batch (Backend::qsgdDecodeBatch:
-// one launch on the CUDA backend), the others one by one through `scratch`.
+// The decodes of a piece's chunks into the caller's output (`out`: each
+// chunk's place in it, of type t), Avg dividing by `divisor`
+// (Backend::qsgdDecodeToOutput: one launch on the CUDA backend, straight into
+// the output; through `scratch`, fp32 of the longest chunk, where it cannot).
 gradcompResult_t decodeChunksToOutput(Backend& be, const DecodeSegment* segs, int count, int bits,
                                       int bucket, float divisor, DType t, float* scratch);
 

@@ -148,26 +148,9 @@ gradcompResult_t ScatterSum::sum(size_t q, float* sum) const {
   return gradcompSuccess;
 }
 
-gradcompResult_t decodeToOutput(Backend& be, const void* enc, size_t len, int bits, int bucket,
-                                float divisor, DType t, void* out, float* scratch) {
-  if (len == 0) return gradcompSuccess;
-  if (t == DType::F32 && divisor == 1.0f) {
-    return be.qsgdDecode(enc, len, bits, bucket, static_cast<float*>(out), false);
-  }
-  GC_CHECK(be.qsgdDecode(enc, len, bits, bucket, scratch, false));
-  return be.fromFloat(scratch, len, divisor, t, out);
-}
-
 gradcompResult_t decodeChunksToOutput(Backend& be, const DecodeSegment* segs, int count, int bits,
                                       int bucket, float divisor, DType t, float* scratch) {
-  if (t == DType::F32 && divisor == 1.0f) {
-    return be.qsgdDecodeBatch(segs, count, bits, bucket, false);
-  }
-  for (int i = 0; i < count; ++i) {
-    GC_CHECK(
-        decodeToOutput(be, segs[i].in, segs[i].n, bits, bucket, divisor, t, segs[i].out, scratch));
-  }
-  return gradcompSuccess;
+  return be.qsgdDecodeToOutput(segs, count, bits, bucket, divisor, t, scratch);
 }
 
 sparse::Plan sparsePlan(const gradcompComm& c, size_t count, uint64_t calls, DType* valueType) {

@@ -175,8 +175,8 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
     }
     return allGatherDirect(*c.transport, blocks.data(), sizes.data());
   };
-  // D: every rank, owner included, decodes the same bytes (an fp32 Sum
-  // output's N pieces in one launch).
+  // D: every rank, owner included, decodes the same bytes (the N pieces in
+  // one launch on a warp bucket, converted and divided as they are stored).
   std::vector<DecodeSegment> decodes;
   decodes.reserve(n);
   auto decodePiece = [&](size_t q) -> gradcompResult_t {
@@ -185,8 +185,7 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
     for (int i = 0; i < n; ++i) {
       const int j = mod(i + 1);
       decodes.push_back(
-          DecodeSegment{gatherBlock(i, q), len(j, q),
-                        reinterpret_cast<float*>(recv + (L.off[j] + start(q)) * esz)});
+          DecodeSegment{gatherBlock(i, q), len(j, q), recv + (L.off[j] + start(q)) * esz});
     }
     return decodeChunksToOutput(be, decodes.data(), n, bits, d, divisor, a.dtype, acc + start(q));
   };

@@ -130,8 +130,8 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
     }
     return allGatherDirect(*c.transport, recvPtr.data(), recvBytes.data());
   };
-  // D: every rank, owner included, decodes the same bytes (an fp32 Sum
-  // output's N pieces in one launch).
+  // D: every rank, owner included, decodes the same bytes (the N pieces in
+  // one launch on a warp bucket, converted and divided as they are stored).
   std::vector<DecodeSegment> decodes;
   decodes.reserve(n);
   auto decodePiece = [&](size_t q) -> gradcompResult_t {
@@ -139,8 +139,7 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
     decodes.clear();
     for (int j = 0; j < n; ++j) {
       decodes.push_back(
-          DecodeSegment{gatherBlock(j, q), len(j, q),
-                        reinterpret_cast<float*>(recv + (L.off[j] + start(q)) * esz)});
+          DecodeSegment{gatherBlock(j, q), len(j, q), recv + (L.off[j] + start(q)) * esz});
     }
     return decodeChunksToOutput(be, decodes.data(), n, bits, d, divisor, a.dtype, acc + start(q));
   };

@@ -96,15 +96,22 @@ class Backend {
     return gradcompSuccess;
   }
 
-  // count decodes (the N chunks of a piece into an fp32 output): each
-  // segment's output is qsgdDecode's; empty segments are skipped. The CUDA
-  // backend covers them in one launch; this default decodes them one by one.
-  virtual gradcompResult_t qsgdDecodeBatch(const DecodeSegment* segs, int count, int bits,
-                                           int bucket, bool accumulate) {
+  // count decodes into the caller's output of type t (the N chunks of a
+  // piece), each value divided by `divisor` (Avg) unless it is 1: an fp32
+  // undivided output decoded straight into, any other through `scratch`
+  // (fp32, room for the longest segment) and fromFloat, one segment after
+  // the other; empty segments are skipped. The CUDA backend decodes them all
+  // in one launch, straight into the output whatever its type where the
+  // bucket has a warp path (the same bits: cuda::qsgdDecodeToOutput).
+  virtual gradcompResult_t qsgdDecodeToOutput(const DecodeSegment* segs, int count, int bits,
+                                              int bucket, float divisor, DType t, float* scratch) {
+    const bool direct = t == DType::F32 && divisor == 1.0f;
     for (int i = 0; i < count; ++i) {
-      if (segs[i].n == 0) continue;
-      const gradcompResult_t res =
-          qsgdDecode(segs[i].in, segs[i].n, bits, bucket, segs[i].out, accumulate);
+      const DecodeSegment& s = segs[i];
+      if (s.n == 0) continue;
+      float* to = direct ? static_cast<float*>(s.out) : scratch;
+      gradcompResult_t res = qsgdDecode(s.in, s.n, bits, bucket, to, false);
+      if (res == gradcompSuccess && !direct) res = fromFloat(scratch, s.n, divisor, t, s.out);
       if (res != gradcompSuccess) return res;
     }
     return gradcompSuccess;

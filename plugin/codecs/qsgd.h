@@ -44,12 +44,12 @@ struct EncodeSegment {
   void* out;
 };
 
-// One decode of a batch (Backend::qsgdDecodeBatch): the encoding `in` of n
-// elements into out[0, n), as a single qsgdDecode.
+// One decode of a batch (Backend::qsgdDecodeToOutput): the encoding `in` of
+// n elements into out[0, n), of the batch's output type.
 struct DecodeSegment {
   const void* in;
   size_t n;
-  float* out;
+  void* out;
 };
 
 namespace host {
@@ -68,10 +68,20 @@ cudaError_t qsgdEncode(const void* x, DType t, float* residual, size_t n, int bi
 // (buckets of 128..1024; other buckets launch one encode per segment).
 cudaError_t qsgdEncodeBatch(const EncodeSegment* segs, int count, DType t, int bits, int bucket,
                             const KeySpec& key, cudaStream_t stream);
-// The segments' decodes (overwrite or accumulate), as many in one launch as
-// the warp path takes (buckets of 128..1024; other buckets: one a segment).
+// The segments' decodes into fp32 outputs (overwrite or accumulate), as
+// many in one launch as the warp path takes (buckets of 128..1024; other
+// buckets: one a segment).
 cudaError_t qsgdDecodeBatch(const DecodeSegment* segs, int count, int bits, int bucket,
                             bool accumulate, cudaStream_t stream);
+// Whether qsgdDecodeToOutput takes outputs other than fp32 undivided at this
+// bucket (the warp path's: 128..1024).
+bool qsgdDecodeFuses(int bucket);
+// The segments' decodes straight into outputs of type t, each value divided
+// by `divisor` unless it is 1 (what a decode into fp32 and fromFloat give, in
+// one pass), batched as qsgdDecodeBatch; cudaErrorInvalidValue for an output
+// other than fp32 undivided at a bucket that does not fuse.
+cudaError_t qsgdDecodeToOutput(const DecodeSegment* segs, int count, int bits, int bucket,
+                               float divisor, DType t, cudaStream_t stream);
 // step += 1 on the stream (the comm's device step counter).
 cudaError_t advanceStep(uint64_t* step, cudaStream_t stream);
 cudaError_t qsgdDecode(const void* in, size_t n, int bits, int bucket, float* out, bool accumulate,

@@ -1,7 +1,7 @@
 // A backend that forwards every call to the one it wraps: the base of the
 // tests' wrappers, each overriding only what it changes (an allocation
 // budget, a capture in progress). The batched codec calls (qsgdEncodeBatch,
-// qsgdDecodeBatch) go to the inner backend's whole, not through this
+// qsgdDecodeToOutput) go to the inner backend's whole, not through this
 // wrapper's qsgdEncode and qsgdDecode: a wrapper that watches or fails
 // encodes or decodes overrides the batched calls too (as LaneCheck does),
 // since the two-shot, ring and reduce-scatter reach their codecs through them.
@@ -65,9 +65,10 @@ class ForwardingBackend : public gc::Backend {
                               bool accumulate) override {
     return inner_->qsgdDecode(in, n, bits, bucket, out, accumulate);
   }
-  gradcompResult_t qsgdDecodeBatch(const gc::DecodeSegment* segs, int count, int bits, int bucket,
-                                   bool accumulate) override {
-    return inner_->qsgdDecodeBatch(segs, count, bits, bucket, accumulate);
+  gradcompResult_t qsgdDecodeToOutput(const gc::DecodeSegment* segs, int count, int bits,
+                                      int bucket, float divisor, gc::DType t,
+                                      float* scratch) override {
+    return inner_->qsgdDecodeToOutput(segs, count, bits, bucket, divisor, t, scratch);
   }
   gradcompResult_t toFloat(const void* x, gc::DType t, const float* addend, size_t n,
                            float* out) override {

@@ -156,23 +156,30 @@ class LaneCheck final : public ForwardingBackend {
     return inner_->qsgdDecode(in, n, bits, bucket, out, accumulate);
   }
   // As qsgdDecode on each segment in turn: failDecode counts segments, and
-  // the decodes before a failing one run.
-  gradcompResult_t qsgdDecodeBatch(const gc::DecodeSegment* segs, int count, int bits, int bucket,
-                                   bool accumulate) override {
+  // the decodes before a failing one run. Each segment reads its encoding
+  // and writes its output (and, where the inner backend decodes through it,
+  // the scratch: recorded too, so that a scratch another lane uses is seen).
+  gradcompResult_t qsgdDecodeToOutput(const gc::DecodeSegment* segs, int count, int bits,
+                                      int bucket, float divisor, gc::DType t,
+                                      float* scratch) override {
     for (int i = 0; i < count; ++i) {
-      if (segs[i].n == 0) continue;
+      const gc::DecodeSegment& s = segs[i];
+      if (s.n == 0) continue;
       if (failDecode > 0 && --failDecode == 0) {
         if (i > 0) {
-          const gradcompResult_t res = inner_->qsgdDecodeBatch(segs, i, bits, bucket, accumulate);
+          const gradcompResult_t res =
+              inner_->qsgdDecodeToOutput(segs, i, bits, bucket, divisor, t, scratch);
           if (res != gradcompSuccess) return res;
         }
         return gc::setError(gradcompInternalError, "qsgdDecode failed (LaneCheck::failDecode)");
       }
+      const bool direct = t == gc::DType::F32 && divisor == 1.0f;
       op(kComputeLane, "qsgdDecode",
-         {{segs[i].in, gc::qsgd::encodedBytes(segs[i].n, bits, bucket), false},
-          {segs[i].out, segs[i].n * sizeof(float), true}});
+         {{s.in, gc::qsgd::encodedBytes(s.n, bits, bucket), false},
+          {s.out, s.n * gc::dtypeBytes(t), true},
+          {direct ? nullptr : scratch, direct ? 0 : s.n * sizeof(float), true}});
     }
-    return inner_->qsgdDecodeBatch(segs, count, bits, bucket, accumulate);
+    return inner_->qsgdDecodeToOutput(segs, count, bits, bucket, divisor, t, scratch);
   }
   gradcompResult_t toFloat(const void* x, gc::DType t, const float* addend, size_t n,
                            float* out) override {

@@ -507,29 +507,46 @@ TEST_F(QsgdGpu, BatchedEncodeGivesEachSegmentItsOwnEncode) {
   }
 }
 
-// A batch of decodes (cuda::qsgdDecodeBatch) gives each segment the host
-// decode of its encoding, overwrite and accumulate: 21 segments (19 not
-// empty: two launches of 16 and 3) and the first 19 (17 not empty: 16, then
-// one single launch) of every length kind, outputs 16-byte aligned (the
-// plain path) but every third one float off (the general path), a bucket
-// with a NaN (its scale not finite), uniform and square levels, every
-// bucket path, widths 2, 3 (codes straddling words), 4 and 8; the outputs'
-// gaps untouched. A block decoding
-// another segment's codes, or writing past its own, changes the output.
+// A batch of decodes gives each segment the host decode of its encoding:
+// into fp32, overwrite and accumulate (cuda::qsgdDecodeBatch), and straight
+// into the caller's output (cuda::qsgdDecodeToOutput) of every type, divided
+// (Avg) or not, as the host's decode into fp32 and conversion give it
+// (storeFromFloat of fdiv: what fromFloat does). 21 segments (19 not empty:
+// two launches of 16 and 3) and the first 19 (17 not empty: 16, then one
+// launch of one) of every length kind, outputs aligned to 4 elements (the
+// plain path) but every third one element off (the general path), a bucket
+// with a NaN (its scale not finite), uniform and square levels, every warp
+// bucket (and 96, the block path, for fp32), widths 2, 3 (codes straddling
+// words), 4 and 8; the outputs' gaps untouched. A block decoding another
+// segment's codes, writing past its own, converting or dividing otherwise
+// than the host changes the output.
 TEST_F(QsgdGpu, BatchedDecodeGivesEachSegmentItsOwnDecode) {
   const size_t lens[] = {0,    1,   300, 1024, 2048 + 77, 4096, 9000, 512,  33,   1536, 0,
                          5000, 128, 700, 2,    4096 + 5,  1023, 257,  6144, 3000, 640};
   const int all = (int)(sizeof(lens) / sizeof(lens[0]));
+  struct Output {
+    gc::DType t;
+    float divisor;
+    bool accumulate;  // fp32 undivided only (qsgdDecodeBatch)
+  };
+  const Output outputs[] = {{gc::DType::F32, 1.0f, false}, {gc::DType::F32, 1.0f, true},
+                            {gc::DType::F32, 8.0f, false}, {gc::DType::F16, 1.0f, false},
+                            {gc::DType::F16, 3.0f, false}, {gc::DType::BF16, 1.0f, false},
+                            {gc::DType::BF16, 6.0f, false}};
   for (int count : {all, 19}) {
-    for (int d : {96, 128, 256, 512, 1024}) {
-      for (int bits : {2, 3, 4, 8}) {
-        for (int square = 0; square <= 1; ++square) {
-          for (int acc = 0; acc <= 1; ++acc) {
+    for (const Output& o : outputs) {
+      const bool plainF32 = o.t == gc::DType::F32 && o.divisor == 1.0f;
+      for (int d : {96, 128, 256, 512, 1024}) {
+        if (!plainF32 && d == 96) continue;  // the block path decodes into fp32 only
+        for (int bits : {2, 3, 4, 8}) {
+          for (int square = 0; square <= 1; ++square) {
             SCOPED_TRACE(testing::Message()
-                         << "segments=" << count << " d=" << d << " bits=" << bits
-                         << " square=" << square << " accumulate=" << acc);
-            // Segment j's encoding at in[j] (bytes), its output at out[j]
-            // (floats): 16-byte aligned, every third one float off it.
+                         << "segments=" << count << " type=" << (int)o.t << " divisor=" << o.divisor
+                         << " accumulate=" << o.accumulate << " d=" << d << " bits=" << bits
+                         << " square=" << square);
+            const size_t esz = gc::dtypeBytes(o.t);
+            // Segment j's encoding at in[j] (bytes), its output at element
+            // out[j]: aligned to 4 elements, every third one element off.
             std::vector<size_t> in(count), out(count);
             size_t nIn = 0, nOut = 0;
             for (int j = 0; j < count; ++j) {
@@ -545,36 +562,60 @@ TEST_F(QsgdGpu, BatchedDecodeGivesEachSegmentItsOwnDecode) {
               gc::host::qsgdEncode(x.data(), gc::DType::F32, nullptr, lens[j], bits, d, 1000 + j,
                                    false, square != 0, encs.data() + in[j]);
             }
-            const std::vector<float> out0 = gctest::normal(nOut, 17 + d, 0.5f);
-            DeviceBuffer<uint8_t> denc(nIn);
-            DeviceBuffer<float> dout(nOut);
+            // The outputs start as arbitrary bytes (fp32: values to accumulate onto).
+            const std::vector<float> init = gctest::normal(nOut, 17 + d, 0.5f);
+            std::vector<uint8_t> out0(nOut * esz);
+            memcpy(out0.data(), init.data(), out0.size());
+            DeviceBuffer<uint8_t> denc(nIn), dout(nOut * esz);
             ASSERT_EQ(cudaMemcpy(denc.get(), encs.data(), nIn, cudaMemcpyHostToDevice),
                       cudaSuccess);
             dout.upload(out0);
             std::vector<gc::DecodeSegment> segs(count);
             for (int j = 0; j < count; ++j) {
-              segs[j] = gc::DecodeSegment{denc.get() + in[j], lens[j], dout.get() + out[j]};
+              segs[j] = gc::DecodeSegment{denc.get() + in[j], lens[j], dout.get() + out[j] * esz};
             }
-            ASSERT_EQ(gc::cuda::qsgdDecodeBatch(segs.data(), count, bits, d, acc != 0, stream),
-                      cudaSuccess);
+            if (plainF32) {
+              ASSERT_EQ(
+                  gc::cuda::qsgdDecodeBatch(segs.data(), count, bits, d, o.accumulate, stream),
+                  cudaSuccess);
+            } else {
+              ASSERT_EQ(
+                  gc::cuda::qsgdDecodeToOutput(segs.data(), count, bits, d, o.divisor, o.t, stream),
+                  cudaSuccess);
+            }
             ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
-            const std::vector<float> got = dout.download(nOut);
-            std::vector<float> want = out0;
+            const std::vector<uint8_t> got = dout.download(nOut * esz);
+            std::vector<uint8_t> want = out0;
             for (int j = 0; j < count; ++j) {
               if (lens[j] == 0) continue;
-              gc::host::qsgdDecode(encs.data() + in[j], lens[j], bits, d, want.data() + out[j],
-                                   acc != 0);
+              std::vector<float> v(lens[j]);
+              memcpy(v.data(), want.data() + out[j] * esz, o.accumulate ? lens[j] * 4 : 0);
+              gc::host::qsgdDecode(encs.data() + in[j], lens[j], bits, d, v.data(), o.accumulate);
+              for (size_t e = 0; e < lens[j]; ++e) {
+                const float w = o.divisor == 1.0f ? v[e] : gc::fdiv(v[e], o.divisor);
+                gc::storeFromFloat(want.data() + out[j] * esz, o.t, e, w);
+              }
             }
             for (int j = 0; j < count; ++j) {
-              ASSERT_EQ(memcmp(got.data() + out[j], want.data() + out[j], lens[j] * 4), 0)
+              ASSERT_EQ(
+                  memcmp(got.data() + out[j] * esz, want.data() + out[j] * esz, lens[j] * esz), 0)
                   << "segment " << j << " of " << lens[j];
             }
-            ASSERT_EQ(memcmp(got.data(), want.data(), nOut * 4), 0) << "a gap was written";
+            ASSERT_EQ(got, want) << "a gap was written";
           }
         }
       }
     }
   }
+  // Straight into a non-fp32 output needs a warp path: the block path's
+  // bucket (96) is refused, as the backends' callers check before.
+  const size_t n = 1000;
+  DeviceBuffer<uint8_t> denc(gradcompQsgdEncodedBytes(n, 4, 96)), dout(2 * n);
+  const gc::DecodeSegment seg{denc.get(), n, dout.get()};
+  EXPECT_FALSE(gc::cuda::qsgdDecodeFuses(96));
+  EXPECT_TRUE(gc::cuda::qsgdDecodeFuses(512));
+  EXPECT_EQ(gc::cuda::qsgdDecodeToOutput(&seg, 1, 4, 96, 1.0f, gc::DType::BF16, stream),
+            cudaErrorInvalidValue);
 }
 
 // Every fp16 bit pattern (subnormals, infinities, NaNs with their payloads)

@@ -276,10 +276,15 @@ class CudaBackend final : public Backend {
     GC_CUDACHECK(cuda::qsgdDecode(in, n, bits, bucket, out, accumulate, stream_));
     return gradcompSuccess;
   }
-  gradcompResult_t qsgdDecodeBatch(const DecodeSegment* segs, int count, int bits, int bucket,
-                                   bool accumulate) override {
+  gradcompResult_t qsgdDecodeToOutput(const DecodeSegment* segs, int count, int bits, int bucket,
+                                      float divisor, DType t, float* scratch) override {
     for (int i = 0; i < count; ++i) GC_CHECK(qsgdCheckDeviceCount(segs[i].n, bucket));
-    GC_CUDACHECK(cuda::qsgdDecodeBatch(segs, count, bits, bucket, accumulate, stream_));
+    // Without a warp path, only an fp32 undivided output is decoded into
+    // directly; others go through the scratch.
+    if (!(t == DType::F32 && divisor == 1.0f) && !cuda::qsgdDecodeFuses(bucket)) {
+      return Backend::qsgdDecodeToOutput(segs, count, bits, bucket, divisor, t, scratch);
+    }
+    GC_CUDACHECK(cuda::qsgdDecodeToOutput(segs, count, bits, bucket, divisor, t, stream_));
     return gradcompSuccess;
   }
   gradcompResult_t toFloat(const void* x, DType t, const float* addend, size_t n,
