@@ -403,69 +403,79 @@ cudaError_t qsgdEncode(const void* x, DType t, float* residual, size_t n, int bi
   return cudaGetLastError();
 }
 
-cudaError_t qsgdEncodeBatch(const EncodeSegment* segs, int count, DType t, int bits, int bucket,
-                            const KeySpec& key, cudaStream_t stream) {
-  auto one = [&](const EncodeSegment& s) {
-    KeySpec k = key;
-    k.stream = s.stream;
-    return qsgdEncode(s.x, t, s.residual, s.n, bits, bucket, k, s.out, stream);
-  };
+namespace {
+
+// Walks segs in groups of up to kMax non-empty ones (a batched launch's):
+// add(slot, segment, buckets) for each of a group, then flush(m, most
+// buckets) for the group; the first error ends the walk. A segment of more
+// buckets than a grid takes is refused (the callers say why first).
+template <int kMax, typename Segment, typename Add, typename Flush>
+cudaError_t inGroups(const Segment* segs, int count, int bucket, Add&& add, Flush&& flush) {
   int i = 0;
   while (i < count) {
-    // The next up to kMaxEncodeSegments non-empty segments.
-    WarpEncodeBatch batch;
     int m = 0;
     size_t maxNb = 0;
-    for (; i < count && m < kMaxEncodeSegments; ++i) {
-      const EncodeSegment& s = segs[i];
-      if (s.n == 0) continue;
-      const size_t nb = qsgd::numBuckets(s.n, bucket);
-      if (nb > kMaxDeviceBuckets) return cudaErrorInvalidValue;  // the callers say why first
-      float* scales = static_cast<float*>(s.out);
-      batch.seg[m++] =
-          WarpEncodeSegment{s.x,
-                            s.residual,
-                            s.n,
-                            scales,
-                            reinterpret_cast<uint32_t*>(scales + nb),
-                            s.stream,
-                            aligned(s.x, t == DType::F32 ? 16 : 8) && aligned(s.residual, 16)};
+    for (; i < count && m < kMax; ++i) {
+      if (segs[i].n == 0) continue;
+      const size_t nb = qsgd::numBuckets(segs[i].n, bucket);
+      if (nb > kMaxDeviceBuckets) return cudaErrorInvalidValue;
+      add(m++, segs[i], nb);
       maxNb = std::max(maxNb, nb);
     }
     if (m == 0) break;
-    // One segment, or a bucket without a warp path: single launches.
-    bool launched = false;
-    if (m > 1) {
-      launched = withWarpRows(bucket, [&](auto rows) {
-        WarpEncodeCall c{decltype(rows)::value,
-                         nullptr,
-                         nullptr,
-                         0,
-                         bits,
-                         key,
-                         nullptr,
-                         nullptr,
-                         false,
-                         maxNb,
-                         stream};
-        c.batch = &batch;
-        c.segments = m;
-        warpEncodeOf(t, c);
-      });
-    }
-    if (!launched) {
-      for (int s = 0; s < m; ++s) {
-        const WarpEncodeSegment& w = batch.seg[s];
-        const cudaError_t err =
-            one(EncodeSegment{w.x, w.residual, w.n, w.stream, static_cast<void*>(w.scales)});
-        if (err != cudaSuccess) return err;
-      }
-      continue;
-    }
-    const cudaError_t err = cudaGetLastError();
+    const cudaError_t err = flush(m, maxNb);
     if (err != cudaSuccess) return err;
   }
   return cudaSuccess;
+}
+
+}  // namespace
+
+cudaError_t qsgdEncodeBatch(const EncodeSegment* segs, int count, DType t, int bits, int bucket,
+                            const KeySpec& key, cudaStream_t stream) {
+  WarpEncodeBatch batch;
+  const EncodeSegment* group[kMaxEncodeSegments];
+  auto add = [&](int slot, const EncodeSegment& s, size_t nb) {
+    float* scales = static_cast<float*>(s.out);
+    batch.seg[slot] =
+        WarpEncodeSegment{s.x,
+                          s.residual,
+                          s.n,
+                          scales,
+                          reinterpret_cast<uint32_t*>(scales + nb),
+                          s.stream,
+                          aligned(s.x, t == DType::F32 ? 16 : 8) && aligned(s.residual, 16)};
+    group[slot] = &s;
+  };
+  auto flush = [&](int m, size_t maxNb) -> cudaError_t {
+    // One segment, or a bucket without a warp path: single launches.
+    const bool launched = m > 1 && withWarpRows(bucket, [&](auto rows) {
+                            WarpEncodeCall c{decltype(rows)::value,
+                                             nullptr,
+                                             nullptr,
+                                             0,
+                                             bits,
+                                             key,
+                                             nullptr,
+                                             nullptr,
+                                             false,
+                                             maxNb,
+                                             stream};
+                            c.batch = &batch;
+                            c.segments = m;
+                            warpEncodeOf(t, c);
+                          });
+    if (launched) return cudaGetLastError();
+    for (int k = 0; k < m; ++k) {
+      const EncodeSegment& s = *group[k];
+      KeySpec sk = key;
+      sk.stream = s.stream;
+      const cudaError_t err = qsgdEncode(s.x, t, s.residual, s.n, bits, bucket, sk, s.out, stream);
+      if (err != cudaSuccess) return err;
+    }
+    return cudaSuccess;
+  };
+  return inGroups<kMaxEncodeSegments>(segs, count, bucket, add, flush);
 }
 
 cudaError_t qsgdDecode(const void* in, size_t n, int bits, int bucket, float* out, bool accumulate,
@@ -522,59 +532,44 @@ cudaError_t decodeSegments(const DecodeSegment* segs, int count, int bits, int b
   const bool plainF32 = t == DType::F32 && divisor == 1.0f;
   if (!plainF32 && (accumulate || !qsgdDecodeFuses(bucket))) return cudaErrorInvalidValue;
   const size_t esz = dtypeBytes(t);
-  int i = 0;
-  while (i < count) {
-    // The next up to kMaxDecodeSegments non-empty segments.
-    WarpDecodeBatch batch;
-    int m = 0;
-    size_t maxNb = 0;
-    for (; i < count && m < kMaxDecodeSegments; ++i) {
-      const DecodeSegment& s = segs[i];
-      if (s.n == 0) continue;
-      const size_t nb = qsgd::numBuckets(s.n, bucket);
-      if (nb > kMaxDeviceBuckets) return cudaErrorInvalidValue;  // the callers say why first
-      const float* scales = static_cast<const float*>(s.in);
-      batch.seg[m++] = WarpDecodeSegment{scales, reinterpret_cast<const uint32_t*>(scales + nb),
-                                         s.n, s.out, aligned(s.out, 4 * esz)};
-      maxNb = std::max(maxNb, nb);
-    }
-    if (m == 0) break;
+  WarpDecodeBatch batch;
+  auto add = [&](int slot, const DecodeSegment& s, size_t nb) {
+    const float* scales = static_cast<const float*>(s.in);
+    batch.seg[slot] = WarpDecodeSegment{scales, reinterpret_cast<const uint32_t*>(scales + nb), s.n,
+                                        s.out, aligned(s.out, 4 * esz)};
+  };
+  auto flush = [&](int m, size_t maxNb) -> cudaError_t {
     // An fp32 undivided output of one segment, or a bucket without a warp
     // path: single launches.
-    bool launched = false;
-    if (m > 1 || !plainF32) {
-      const dim3 grid(warpBlocks(maxNb), (unsigned)m);
-      launched = withWarpRows(bucket, [&](auto rows) {
-        constexpr int R = decltype(rows)::value;
-        withOutput(t, divisor, [&](auto type, auto divide) {
-          constexpr DType kT = decltype(type)::value;
-          constexpr bool kDiv = decltype(divide)::value;
-          // The default width at the default bucket (512) with its width a constant.
-          if constexpr (R == 4) {
-            if (bits == 4) {
-              qsgdDecodeWarpBatchKernel<R, 4, kT, kDiv>
-                  <<<grid, kWarpThreads, 0, stream>>>(batch, bits, accumulate, divisor);
-              return;
+    const dim3 grid(warpBlocks(maxNb), (unsigned)m);
+    const bool launched =
+        (m > 1 || !plainF32) && withWarpRows(bucket, [&](auto rows) {
+          constexpr int R = decltype(rows)::value;
+          withOutput(t, divisor, [&](auto type, auto divide) {
+            constexpr DType kT = decltype(type)::value;
+            constexpr bool kDiv = decltype(divide)::value;
+            // The default width at the default bucket (512) with its width a constant.
+            if constexpr (R == 4) {
+              if (bits == 4) {
+                qsgdDecodeWarpBatchKernel<R, 4, kT, kDiv>
+                    <<<grid, kWarpThreads, 0, stream>>>(batch, bits, accumulate, divisor);
+                return;
+              }
             }
-          }
-          qsgdDecodeWarpBatchKernel<R, 0, kT, kDiv>
-              <<<grid, kWarpThreads, 0, stream>>>(batch, bits, accumulate, divisor);
+            qsgdDecodeWarpBatchKernel<R, 0, kT, kDiv>
+                <<<grid, kWarpThreads, 0, stream>>>(batch, bits, accumulate, divisor);
+          });
         });
-      });
+    if (launched) return cudaGetLastError();
+    for (int k = 0; k < m; ++k) {
+      const WarpDecodeSegment& w = batch.seg[k];
+      const cudaError_t err =
+          qsgdDecode(w.scales, w.n, bits, bucket, static_cast<float*>(w.out), accumulate, stream);
+      if (err != cudaSuccess) return err;
     }
-    if (!launched) {
-      for (int s = 0; s < m; ++s) {
-        const WarpDecodeSegment& w = batch.seg[s];
-        const cudaError_t err =
-            qsgdDecode(w.scales, w.n, bits, bucket, static_cast<float*>(w.out), accumulate, stream);
-        if (err != cudaSuccess) return err;
-      }
-      continue;
-    }
-    const cudaError_t err = cudaGetLastError();
-    if (err != cudaSuccess) return err;
-  }
-  return cudaSuccess;
+    return cudaSuccess;
+  };
+  return inGroups<kMaxDecodeSegments>(segs, count, bucket, add, flush);
 }
 
 }  // namespace
