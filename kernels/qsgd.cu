@@ -167,14 +167,14 @@ __device__ __forceinline__ void storeOut4(void* __restrict__ out, size_t i, bool
   }
 }
 
-// A plain bucket's decode (whole, its output 16-byte aligned, its scale
-// finite) from its codes, already loaded (loadBucketChunks): a table of the
-// value of every code (2^bits of them, sign included), which the warp fills
-// from the block's level table (decodePlain: the level times the scale,
-// negated when the sign bit is set, so the same bits), then one
-// shared-memory load per element instead of the general path's level
-// lookup, multiply, negation and per-element finiteness test; no bounds
-// checks.
+// A plain bucket's decode (whole, its output aligned to 4 elements: 16
+// bytes of fp32, 8 of fp16/bf16; its scale finite) from its codes, already
+// loaded (loadBucketChunks): a table of the value of every code (2^bits of
+// them, sign included), which the warp fills from the block's level table
+// (decodePlain: the level times the scale, negated when the sign bit is set,
+// so the same bits), then one shared-memory load per element instead of the
+// general path's level lookup, multiply, negation and per-element finiteness
+// test; no bounds checks.
 template <int R, DType kOut, bool kDivide>
 __device__ __forceinline__ void decodePlainBucket(const uint32_t (&chunk)[R], int bits,
                                                   const float* levelTable, float scale,
