@@ -30,7 +30,7 @@ void scatterSum(KernelWork& w, double n, const CallKind& k, double b) {
   }
 }
 
-// decodeChunksToOutput: a decode overwrite of every element; where the output
+// Backend::qsgdDecodeToOutput: a decode overwrite of every element; where the output
 // is not fp32 or Avg divides, through fp32 scratch and one fromFloat unless
 // the decode kernel converts itself (fusedOut; charged at the fp32 decode's
 // cost, which writes at least as many bytes).

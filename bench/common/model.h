@@ -49,7 +49,7 @@ struct KernelWork {
   double ownerEncode = 0;  // the owner's re-encode of a reduced chunk (EF only with ownerResidual)
   double decode = 0;       // decode overwrite (an owner's first chunk, a ring hop's)
   double decodeAcc = 0;    // decode-accumulate
-  // decode overwrite of the output's chunks (decodeChunksToOutput): a piece's
+  // decode overwrite of the output's chunks (Backend::qsgdDecodeToOutput): a piece's
   // N of them in one launch on a warp bucket, whatever the output (outDecodeLaunch)
   double decodeOut = 0;
   double elementwiseBytes = 0;  // read + written by toFloat, fromFloat, add, copy and zero passes
@@ -112,11 +112,11 @@ double elementwiseLaunch(int algo, size_t count, int nranks, int local, double p
 // and the allgather's encode one chunk a launch (codecLaunch).
 double peerEncodeLaunch(int algo, size_t count, int nranks, double pieces, int bucket,
                         int local = 1, int middle = 1);
-// The elements of one launch of the output's decodes (decodeChunksToOutput):
+// The elements of one launch of the output's decodes (Backend::qsgdDecodeToOutput):
 // the two-shot's and the ring's N chunks of a piece (a two-shot or ring
-// middle's k, into its fp32 shard) in one batched launch
-// (Backend::qsgdDecodeToOutput, up to kBatchSegments) where the bucket has a
-// warp path, whatever the output's type; otherwise one chunk a launch.
+// middle's k, into its fp32 shard) in one batched launch (up to
+// kBatchSegments) where the bucket has a warp path, whatever the output's
+// type; otherwise one chunk a launch.
 double outDecodeLaunch(int algo, size_t count, int nranks, double pieces, int bucket, int local = 1,
                        int middle = 1);
 // The most segments the library's batched codec launches take (kernels/:

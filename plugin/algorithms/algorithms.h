@@ -309,13 +309,6 @@ class ScatterSum {
   std::vector<EncodeSegment> segs_;
 };
 
-// The decodes of a piece's chunks into the caller's output (`out`: each
-// chunk's place in it, of type t), Avg dividing by `divisor`
-// (Backend::qsgdDecodeToOutput: one launch on the CUDA backend, straight into
-// the output; through `scratch`, fp32 of the longest chunk, where it cannot).
-gradcompResult_t decodeChunksToOutput(Backend& be, const DecodeSegment* segs, int count, int bits,
-                                      int bucket, float divisor, DType t, float* scratch);
-
 // Workspace offsets aligned to 256 bytes.
 inline size_t alignUp(size_t x, size_t a = 256) {
   return (x + a - 1) / a * a;

@@ -148,11 +148,6 @@ gradcompResult_t ScatterSum::sum(size_t q, float* sum) const {
   return gradcompSuccess;
 }
 
-gradcompResult_t decodeChunksToOutput(Backend& be, const DecodeSegment* segs, int count, int bits,
-                                      int bucket, float divisor, DType t, float* scratch) {
-  return be.qsgdDecodeToOutput(segs, count, bits, bucket, divisor, t, scratch);
-}
-
 sparse::Plan sparsePlan(const gradcompComm& c, size_t count, uint64_t calls, DType* valueType) {
   const double density = c.cfg.method == gradcompMethodDgc
                              ? sparse::warmupDensity(c.cfg.density, c.cfg.warmupSteps, calls)

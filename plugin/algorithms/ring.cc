@@ -187,7 +187,7 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
       decodes.push_back(
           DecodeSegment{gatherBlock(i, q), len(j, q), recv + (L.off[j] + start(q)) * esz});
     }
-    return decodeChunksToOutput(be, decodes.data(), n, bits, d, divisor, a.dtype, acc + start(q));
+    return be.qsgdDecodeToOutput(decodes.data(), n, bits, d, divisor, a.dtype, acc + start(q));
   };
 
   // Event slots: 1+q%2 marks hop transfer q done, 3+q%2 allgather q done

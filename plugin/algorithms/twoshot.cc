@@ -141,7 +141,7 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
       decodes.push_back(
           DecodeSegment{gatherBlock(j, q), len(j, q), recv + (L.off[j] + start(q)) * esz});
     }
-    return decodeChunksToOutput(be, decodes.data(), n, bits, d, divisor, a.dtype, acc + start(q));
+    return be.qsgdDecodeToOutput(decodes.data(), n, bits, d, divisor, a.dtype, acc + start(q));
   };
 
   // Event slots: 0 hands compute work to the comm lane (waited on at once);
