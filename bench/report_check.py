@@ -71,7 +71,11 @@ dump("kernels.json", {"gpu": "Test GPU", "rows": [
     krow("qsgd_encode_ef_batch8", "bfloat16", 4, 1 << 22, 0.5), krow("qsgd_encode_ef_8_launches", "bfloat16", 4, 1 << 22, 0.25),
     krow("qsgd_decode_batch8", "float", 4, 1 << 20, 0.9), krow("qsgd_decode_batch8", "float", 4, 1 << 22, 0.7),
     krow("qsgd_decode_8_launches", "float", 4, 1 << 22, 0.28),
-    krow("qsgd_decode_batch8", "bfloat16", 4, 1 << 24, 0.9), krow("qsgd_decode_8_launches", "bfloat16", 4, 1 << 24, 0.3)]})
+    krow("qsgd_decode_batch8", "bfloat16", 4, 1 << 24, 0.9), krow("qsgd_decode_8_launches", "bfloat16", 4, 1 << 24, 0.3),
+    # The fused owner's sum and its launches (decoys: another n, another type).
+    krow("qsgd_sum8", "float", 4, 1 << 20, 0.99), krow("qsgd_sum8", "half", 4, 1 << 22, 0.99),
+    krow("qsgd_sum8", "float", 4, 1 << 22, 0.8), krow("qsgd_sum8_launches", "float", 4, 1 << 22, 0.2),
+    krow("qsgd_sum8", "bfloat16", 4, 1 << 24, 0.7), krow("qsgd_sum8_launches", "bfloat16", 4, 1 << 24, 0.1)]})
 # tools/ncu_limits.py's summary of the profile step.
 dump("profile.json", {"unavailable_reason": None, "kernels": [
     {"kernel": "qsgdEncodeWarpKernel<4>", "launch": "qsgd_encode_ef float 4", "duration_us": 310.0,
@@ -215,6 +219,13 @@ expect(abs((r.get("qsgd4_bf16_decode_batch8_speedup_vs_launches_2p24") or 0) - 3
 expect("qsgd4_bf16_encode_batch8_speedup_vs_launches_2p24" in r
        and r["qsgd4_bf16_encode_batch8_speedup_vs_launches_2p24"] is None,
        "batched encode, bf16 2^24: no rows, null")
+expect(abs((r.get("qsgd4_sum8_speedup_vs_launches_2p22") or 0) - 4.0) < 1e-12,
+       "fused sum over its launches, fp32 2^22: 0.8 / 0.2")
+expect(abs((r.get("qsgd4_bf16_sum8_speedup_vs_launches_2p24") or 0) - 7.0) < 1e-12,
+       "fused sum over its launches, bf16 2^24: 0.7 / 0.1")
+expect("qsgd4_sum8_speedup_vs_launches_2p24" in r
+       and r["qsgd4_sum8_speedup_vs_launches_2p24"] is None,
+       "fused sum, fp32 2^24: no rows, null")
 expect(r.get("qsgd4_nearest_encode_ef_frac_of_copy") == 0.91, "nearest encode: fp32 4-bit 2^26 row")
 expect(r.get("qsgd4_bf16_nearest_encode_ef_frac_of_copy") == 0.83, "nearest encode: bf16 row")
 expect(r.get("qsgd4_fp16_nearest_encode_ef_frac_of_copy") == 0.79, "nearest encode: fp16 row")

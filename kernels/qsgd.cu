@@ -167,39 +167,52 @@ __device__ __forceinline__ void storeOut4(void* __restrict__ out, size_t i, bool
   }
 }
 
-// A plain bucket's decode (whole, its output aligned to 4 elements: 16
-// bytes of fp32, 8 of fp16/bf16; its scale finite) from its codes, already
-// loaded (loadBucketChunks): a table of the value of every code (2^bits of
-// them, sign included), which the warp fills from the block's level table
-// (decodePlain: the level times the scale, negated when the sign bit is set,
-// so the same bits), then one shared-memory load per element instead of the
-// general path's level lookup, multiply, negation and per-element finiteness
-// test; no bounds checks.
-template <int R, DType kOut, bool kDivide>
-__device__ __forceinline__ void decodePlainBucket(const uint32_t (&chunk)[R], int bits,
-                                                  const float* levelTable, float scale,
-                                                  float* codeTable, size_t base,
-                                                  void* __restrict__ out, bool accumulate,
-                                                  float divisor, int lane) {
-  fillCodeTable(codeTable, levelTable, scale, bits, lane);
-  const uint32_t codeMask = (1u << bits) - 1u;
+// One warp's bucket decoded row by row: row(r, i, d, whole) for each of its
+// R rows, i the row's first element of this lane, d its 4 values, `whole` a
+// constant true where the bucket is whole (all four in range). `loaded`: a
+// whole bucket whose codes are already in chunk (loadBucketChunks); with a
+// finite scale it takes the plain path: a table of the value of every code
+// (2^bits of them, sign included), which the warp fills from the block's
+// level table (decodePlain: the level times the scale, negated when the sign
+// bit is set, so the same bits), then one shared-memory load per element
+// instead of the general path's level lookup, multiply, negation and
+// per-element finiteness test, and no bounds checks. Otherwise each row's
+// codes are read here, those past n as zeros (whole: the caller's).
+template <int R, typename Row>
+__device__ __forceinline__ void decodeBucket(const uint32_t (&chunk)[R], bool loaded, bool whole,
+                                             float stored, const uint32_t* __restrict__ words,
+                                             size_t bucketWord, size_t totalWords, size_t base,
+                                             int bits, const float* levelTables, float* codeTable,
+                                             int lane, Row&& row) {
+  const int s = qsgd::levels(bits);
+  const float* levelTable = decodeTable(levelTables, stored);
+  const float scale = qsgd::scaleMagnitude(stored);
+  if (loaded && isFiniteBits(floatToBits(scale))) {
+    fillCodeTable(codeTable, levelTable, scale, bits, lane);
+    const uint32_t codeMask = (1u << bits) - 1u;
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      float d[4];
+#pragma unroll
+      for (int c = 0; c < 4; ++c) d[c] = codeTable[(chunk[r] >> (c * bits)) & codeMask];
+      row(r, base + r * kRow + lane * 4, d, true);
+    }
+    return;
+  }
+  const int cb = 4 * bits;
+  const uint32_t mask = cb == 32 ? 0xffffffffu : (1u << cb) - 1u;
 #pragma unroll
   for (int r = 0; r < R; ++r) {
-    const size_t i = base + r * kRow + lane * 4;
+    const int bit = lane * cb;
+    const uint32_t rowChunk = codeRun<false>(words, bucketWord + (size_t)r * cb + (bit >> 5),
+                                             bit & 31, cb, mask, totalWords);
     float d[4];
 #pragma unroll
-    for (int c = 0; c < 4; ++c) d[c] = codeTable[(chunk[r] >> (c * bits)) & codeMask];
-    if constexpr (kOut == DType::F32 && !kDivide) {
-      float* o32 = static_cast<float*>(out);
-      if (accumulate) {
-        const float4 o = *reinterpret_cast<const float4*>(o32 + i);
-        d[0] = fadd(o.x, d[0]), d[1] = fadd(o.y, d[1]), d[2] = fadd(o.z, d[2]);
-        d[3] = fadd(o.w, d[3]);
-      }
-      *reinterpret_cast<float4*>(o32 + i) = make_float4(d[0], d[1], d[2], d[3]);
-    } else {
-      storeOut4<kOut, kDivide>(out, i, true, 0, d, divisor);
+    for (int c = 0; c < 4; ++c) {
+      const uint32_t code = (rowChunk >> (c * bits)) & ((1u << bits) - 1u);
+      d[c] = qsgd::decodeWithLevel(code, levelTable[code & (uint32_t)s], scale, bits);
     }
+    row(r, base + r * kRow + lane * 4, d, whole);
   }
 }
 
@@ -218,7 +231,6 @@ __device__ __forceinline__ void decodeWarpBlock(const float* __restrict__ scales
   const int bits = kBits != 0 ? kBits : bitsArg;
   __shared__ float levelTables[2 * kLevelTable];
   __shared__ float codeTables[kWarpsPerBlock][2 * kLevelTable];
-  const int s = qsgd::levels(bits);
   const int lane = threadIdx.x & 31;
   const size_t b = block * kWarpsPerBlock + (threadIdx.x >> 5);
   const size_t base = b * kBucket;
@@ -233,43 +245,26 @@ __device__ __forceinline__ void decodeWarpBlock(const float* __restrict__ scales
   uint32_t chunk[R];
   if (len > 0) stored = scales[b];
   if (vec) loadBucketChunks<R>(words, bucketWord, totalWords, bits, lane, chunk);
-  fillDecodeTables(levelTables, s);
+  fillDecodeTables(levelTables, qsgd::levels(bits));
   if (len == 0) return;
-  const float* levelTable = decodeTable(levelTables, stored);
-  const float scale = qsgd::scaleMagnitude(stored);
-  if (vec && isFiniteBits(floatToBits(scale))) {
-    decodePlainBucket<R, kOut, kDivide>(chunk, bits, levelTable, scale,
-                                        codeTables[threadIdx.x >> 5], base, out, accumulate,
-                                        divisor, lane);
-    return;
-  }
-  const int cb = 4 * bits;
-  const uint32_t mask = cb == 32 ? 0xffffffffu : (1u << cb) - 1u;
+  // The plain path only where the output is aligned too (vec): its stores
+  // are then whole vectors.
+  decodeBucket<R>(chunk, vec, vec, stored, words, bucketWord, totalWords, base, bits, levelTables,
+                  codeTables[threadIdx.x >> 5], lane,
+                  [&](int, size_t i, float(&d)[4], bool rowVec) {
+                    if constexpr (kOut == DType::F32 && !kDivide) {
+                      float* o32 = static_cast<float*>(out);
+                      if (accumulate) {
+                        float o[4];
+                        loadF32x4(o32, i, rowVec, n, o);
 #pragma unroll
-  for (int r = 0; r < R; ++r) {
-    const size_t i = base + r * kRow + lane * 4;
-    const int bit = lane * cb;
-    const uint32_t rowChunk = codeRun<false>(words, bucketWord + (size_t)r * cb + (bit >> 5),
-                                             bit & 31, cb, mask, totalWords);
-    float d[4];
-#pragma unroll
-    for (int c = 0; c < 4; ++c) {
-      const uint32_t code = (rowChunk >> (c * bits)) & ((1u << bits) - 1u);
-      d[c] = qsgd::decodeWithLevel(code, levelTable[code & (uint32_t)s], scale, bits);
-    }
-    if constexpr (kOut == DType::F32 && !kDivide) {
-      float* o32 = static_cast<float*>(out);
-      if (accumulate) {
-        float o[4];
-        loadF32x4(o32, i, vec, n, o);
-#pragma unroll
-        for (int c = 0; c < 4; ++c) d[c] = fadd(o[c], d[c]);
-      }
-      store4(o32, i, vec, n, d);
-    } else {
-      storeOut4<kOut, kDivide>(out, i, vec, n, d, divisor);
-    }
-  }
+                        for (int c = 0; c < 4; ++c) d[c] = fadd(o[c], d[c]);
+                      }
+                      store4(o32, i, rowVec, n, d);
+                    } else {
+                      storeOut4<kOut, kDivide>(out, i, rowVec, n, d, divisor);
+                    }
+                  });
 }
 
 // kBits: the width as a constant (4 at the default bucket: qsgdDecode), so
@@ -314,6 +309,93 @@ __global__ void __launch_bounds__(kWarpThreads, 12)
   if ((size_t)blockIdx.x * kWarpsPerBlock * (kRow * R) >= s.n) return;
   decodeWarpBlock<R, kBits, kOut, kDivide>(s.scales, s.words, s.n, bitsArg, s.out, accumulate,
                                            s.alignedOut, blockIdx.x, divisor);
+}
+
+// One term of a fused sum as the kernel reads it (SumTerm): an encoding's
+// scales and codes, or fp32 values (plain).
+struct WarpSumTerm {
+  const float* scales;
+  const uint32_t* words;
+  const float* plain;
+};
+// At most this many terms a launch (24 bytes each).
+constexpr int kMaxSumTerms = 16;
+struct WarpSumBatch {
+  WarpSumTerm term[kMaxSumTerms];
+};
+
+// The owner's sum of `count` terms of n elements (qsgdSum), one warp a
+// bucket: each term decoded (decodeBucket: the decode kernel's values) or
+// loaded, added into registers in term order (the first taken as it is, as
+// a decode overwrite or copy would store it), then stored once as kOut,
+// divided when kDivide (storeOut4), as the decode-accumulate launches and
+// fromFloat would leave it. The next encoded term's scale and codes are
+// loaded before this one is added (prefetch: the loads of two terms in
+// flight). `aligned`: out (4 elements) and every plain term (16 bytes), so
+// a whole bucket's loads and stores are vectors. out may be a plain term
+// (a chained launch's accumulator): each lane reads its elements before it
+// writes them, so neither is __restrict__.
+template <int R, DType kOut, bool kDivide>
+__global__ void __launch_bounds__(kWarpThreads, R <= 2 ? 12 : (R == 4 ? 8 : 4))
+    qsgdSumWarpKernel(const WarpSumBatch batch, int count, size_t n, int bits, void* out,
+                      bool alignedAll, float divisor) {
+  constexpr int kBucket = kRow * R;
+  __shared__ float levelTables[2 * kLevelTable];
+  __shared__ float codeTables[kWarpsPerBlock][2 * kLevelTable];
+  const int lane = threadIdx.x & 31;
+  const size_t b = (size_t)blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5);
+  const size_t base = b * kBucket;
+  const size_t len = base < n ? min((size_t)kBucket, n - base) : 0;
+  const bool whole = len == kBucket;
+  const bool vec = whole && alignedAll;
+  const size_t totalWords = qsgd::codeWords(n, bits);
+  const size_t bucketWord = base * bits >> 5;
+  // Term k's scale and (whole buckets) codes, for an encoded term.
+  auto fetch = [&](int k, float& stored, uint32_t(&chunk)[R]) {
+    const WarpSumTerm& t = batch.term[k];
+    if (t.plain != nullptr) return;
+    stored = t.scales[b];
+    if (whole) loadBucketChunks<R>(t.words, bucketWord, totalWords, bits, lane, chunk);
+  };
+  float stored = 0.0f, nextStored = 0.0f;
+  uint32_t chunk[R], nextChunk[R];
+  if (len > 0) fetch(0, stored, chunk);
+  fillDecodeTables(levelTables, qsgd::levels(bits));
+  if (len == 0) return;
+  float acc[R][4];
+  float* codeTable = codeTables[threadIdx.x >> 5];
+  for (int k = 0; k < count; ++k) {
+    const WarpSumTerm& t = batch.term[k];
+    if (k + 1 < count) fetch(k + 1, nextStored, nextChunk);
+    auto take = [&](int r, const float(&d)[4]) {
+#pragma unroll
+      for (int c = 0; c < 4; ++c) acc[r][c] = k == 0 ? d[c] : fadd(acc[r][c], d[c]);
+    };
+    if (t.plain != nullptr) {
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        float d[4];
+        loadF32x4(t.plain, base + r * kRow + lane * 4, vec, n, d);
+        take(r, d);
+      }
+    } else {
+      decodeBucket<R>(chunk, whole, whole, stored, t.words, bucketWord, totalWords, base, bits,
+                      levelTables, codeTable, lane,
+                      [&](int r, size_t, float(&d)[4], bool) { take(r, d); });
+    }
+    stored = nextStored;
+#pragma unroll
+    for (int r = 0; r < R; ++r) chunk[r] = nextChunk[r];
+  }
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const size_t i = base + r * kRow + lane * 4;
+    if constexpr (kOut == DType::F32 && !kDivide) {
+      store4(static_cast<float*>(out), i, vec, n, acc[r]);
+    } else {
+      storeOut4<kOut, kDivide>(out, i, vec, n, acc[r], divisor);
+    }
+  }
 }
 
 bool aligned(const void* p, size_t a) {
@@ -586,6 +668,48 @@ cudaError_t qsgdDecodeBatch(const DecodeSegment* segs, int count, int bits, int 
 cudaError_t qsgdDecodeToOutput(const DecodeSegment* segs, int count, int bits, int bucket,
                                float divisor, DType t, cudaStream_t stream) {
   return decodeSegments(segs, count, bits, bucket, false, divisor, t, stream);
+}
+
+cudaError_t qsgdSum(const SumTerm* terms, int count, size_t n, int bits, int bucket, float divisor,
+                    DType t, void* out, float* scratch, cudaStream_t stream) {
+  if (count < 1 || !qsgdDecodeFuses(bucket)) return cudaErrorInvalidValue;
+  if (n == 0) return cudaSuccess;
+  const size_t nb = qsgd::numBuckets(n, bucket);
+  if (nb > kMaxDeviceBuckets) return cudaErrorInvalidValue;  // the callers say why first
+  // More terms than a launch takes: the first launch sums into the fp32
+  // accumulator, each later one takes it as its first term (the same adds,
+  // in the same order), the last stores the output.
+  float* acc = t == DType::F32 && divisor == 1.0f ? static_cast<float*>(out) : scratch;
+  if (count > kMaxSumTerms && acc == nullptr) return cudaErrorInvalidValue;
+  int i = 0;
+  while (i < count) {
+    WarpSumBatch batch;
+    int m = 0;
+    bool alignedAll = true;
+    auto addTerm = [&](const void* in, bool plain) {
+      const float* f = static_cast<const float*>(in);
+      batch.term[m++] = plain ? WarpSumTerm{nullptr, nullptr, f}
+                              : WarpSumTerm{f, reinterpret_cast<const uint32_t*>(f + nb), nullptr};
+      alignedAll = alignedAll && (!plain || aligned(in, 16));
+    };
+    if (i > 0) addTerm(acc, true);
+    for (; i < count && m < kMaxSumTerms; ++i) addTerm(terms[i].in, terms[i].plain);
+    const bool last = i == count;
+    void* to = last ? out : acc;
+    const DType tt = last ? t : DType::F32;
+    const float div = last ? divisor : 1.0f;
+    alignedAll = alignedAll && aligned(to, 4 * dtypeBytes(tt));
+    withWarpRows(bucket, [&](auto rows) {
+      constexpr int R = decltype(rows)::value;
+      withOutput(tt, div, [&](auto type, auto divide) {
+        qsgdSumWarpKernel<R, decltype(type)::value, decltype(divide)::value>
+            <<<warpBlocks(nb), kWarpThreads, 0, stream>>>(batch, m, n, bits, to, alignedAll, div);
+      });
+    });
+    const cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+  }
+  return cudaSuccess;
 }
 
 cudaError_t advanceStep(uint64_t* step, cudaStream_t stream) {

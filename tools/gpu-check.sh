@@ -304,7 +304,7 @@ want perf && run_step model_check 10 "$raw/model_check.txt" python3 bench/model_
 # kinds that have not, so that a failure there (a sticky CUDA error ends its process) cannot
 # cost the goal rows; its rows are merged into kernels.json below. Each rewrites its JSON
 # after every row.
-kernels_new=encode_nearest,encode_square,encode_square_nearest,encode_batch,decode_batch,topk_threshold_min_sample,topk_threshold_lookback,sparse_checks
+kernels_new=encode_nearest,encode_square,encode_square_nearest,encode_batch,decode_batch,sum,topk_threshold_min_sample,topk_threshold_lookback,sparse_checks
 want kernels && fresh "$raw/kernels.json" "$raw/kernels_more.json" "$raw/kernels.json.part" \
   "$raw/kernels_more.json.part"
 want kernels && run_step kernels 20 "$raw/kernels.txt" "$build/bench/gradcomp_kernels_perf" \

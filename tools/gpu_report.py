@@ -335,6 +335,12 @@ def main():
     dbatch8 = {(t, lg): share(kernel_frac(kdoc, "qsgd_decode_batch8", dtype=t, n=1 << lg),
                               kernel_frac(kdoc, "qsgd_decode_8_launches", dtype=t, n=1 << lg))
                for t in ("float", "bfloat16") for lg in (22, 24)}
+    # The owner's sum at N = 8 (sum: 7 encodings of n / 8 and its own block) in one fused launch
+    # over the 8 it replaced (bf16: converting as it stores, against launches into fp32 and a
+    # conversion). Same bytes and copy: the fractions' ratio is the speedup.
+    sum8 = {(t, lg): share(kernel_frac(kdoc, "qsgd_sum8", dtype=t, n=1 << lg),
+                           kernel_frac(kdoc, "qsgd_sum8_launches", dtype=t, n=1 << lg))
+            for t in ("float", "bfloat16") for lg in (22, 24)}
     # The sparse exchange's per-call checks at 2^26 (not in the link model,
     # docs/benchmark.md): the 8 received slot lists of a 0.1% DGC call, and
     # rand-k's non-finite flag; beside the modeled time of perf_n8_sparse's
@@ -400,6 +406,10 @@ def main():
         "qsgd4_decode_batch8_speedup_vs_launches_2p24": dbatch8[("float", 24)],
         "qsgd4_bf16_decode_batch8_speedup_vs_launches_2p22": dbatch8[("bfloat16", 22)],
         "qsgd4_bf16_decode_batch8_speedup_vs_launches_2p24": dbatch8[("bfloat16", 24)],
+        "qsgd4_sum8_speedup_vs_launches_2p22": sum8[("float", 22)],
+        "qsgd4_sum8_speedup_vs_launches_2p24": sum8[("float", 24)],
+        "qsgd4_bf16_sum8_speedup_vs_launches_2p22": sum8[("bfloat16", 22)],
+        "qsgd4_bf16_sum8_speedup_vs_launches_2p24": sum8[("bfloat16", 24)],
         "qsgd4_nearest_vs_stochastic_model_encode_n8_64MB": near_enc["float"],
         "qsgd4_bf16_nearest_vs_stochastic_model_encode_n8_64MB": near_enc["bfloat16"],
         "allreduce_qsgd4_nearest_model_speedup_400gbps_n8_64MB": near400,
@@ -592,6 +602,11 @@ def main():
              "fp32 / bf16, n=2^22 and 2^24 | %s / %s; %s / %s | reported | |"
              % (fmt(dbatch8[("float", 22)]), fmt(dbatch8[("bfloat16", 22)]),
                 fmt(dbatch8[("float", 24)]), fmt(dbatch8[("bfloat16", 24)])))
+    L.append("| QSGD 4-bit owner's sum at N=8 (7 encodings of n/8 and its own block) in one fused "
+             "launch, speedup over the 8 launches it replaced (bf16: into fp32 and a conversion), "
+             "fp32 / bf16, n=2^22 and 2^24 | %s / %s; %s / %s | reported | |"
+             % (fmt(sum8[("float", 22)]), fmt(sum8[("bfloat16", 22)]),
+                fmt(sum8[("float", 24)]), fmt(sum8[("bfloat16", 24)])))
     L.append("| nearest / stochastic encode time in the link model of gradcomp_perf's rows, N=8, "
              "64 MB, fp32 / bf16 (perf_n8_nearest over perf_n8) | %s / %s | reported | |"
              % (fmt(near_enc["float"]), fmt(near_enc["bfloat16"])))

@@ -16,6 +16,14 @@
 //                                 decodes and 8 decodes into fp32 each with
 //                                 its conversion (reads 8 E(n/8), writes
 //                                 n * sizeof(type))
+//   QSGD owner's sum (sum):       the owner's sum at N = 8 of a buffer of n:
+//                                 7 encodings of n/8 and its own fp32 n/8
+//                                 into n/8 outputs, one fused launch
+//                                 (_sum8, gc::cuda::qsgdSum) and the 8 it
+//                                 replaces (_sum8_launches: decode, 6
+//                                 decode-accumulates, add; into fp16/bf16
+//                                 with fromFloat), 4 bits (reads 7 E(n/8)
+//                                 and 4n/8, writes n/8 * sizeof(type))
 //   QSGD decode:                  reads E(n), writes 4n (overwrite) or reads
 //                                 and writes 4n (accumulate)
 //   copy:                         reads and writes 4n
@@ -107,6 +115,7 @@ const char* const kKinds[] = {"copy",
                               "encode_batch",
                               "decode",
                               "decode_batch",
+                              "sum",
                               "topk_threshold",
                               "topk_threshold_min_sample",
                               "topk_threshold_lookback",
@@ -670,6 +679,72 @@ int main(int argc, char** argv) {
         const double bytes = kSegs * (double)em + (double)ts * n;
         for (const auto& row : {std::make_pair("qsgd_decode_batch8", batchedUs),
                                 std::make_pair("qsgd_decode_8_launches", launchesUs)}) {
+          report({row.first, typeName(t), bits, n, row.second, bytes, bytes / row.second / 1e3,
+                  copyGbps});
+        }
+      }
+    }
+    // The owner's sum of its chunk in a call of n elements at N = 8
+    // (ScatterSum::sum: two-shot's reduce, the reduce-scatter's sum): 7 peers'
+    // encodings of m = n / 8 and its own fp32 block, 4 bits, in term order
+    // with the own block fourth. One fused launch (gc::cuda::qsgdSum) beside
+    // the launches it replaced: a decode overwrite, 6 decode-accumulates and
+    // an add into fp32 (the output itself, or fp32 scratch and fromFloat for
+    // each --dtypes type but fp32, the reduce-scatter's conversion).
+    if (a.runs("sum") && n >= 8 * (size_t)a.bucket && gc::cuda::qsgdDecodeFuses(a.bucket)) {
+      constexpr int kTerms = 8, kOwn = 3;
+      const size_t m = n / kTerms;
+      const int bits = 4;
+      const size_t em = gradcompQsgdEncodedBytes(m, bits, a.bucket);
+      CHECK_CUDA(gcbench::fillDevice(g, gc::DType::F32, n, 1, 0, s));
+      // The peers' encodings in enc; the own block in r (g's first m).
+      float* own = r;
+      CHECK_CUDA(cudaMemcpyAsync(own, g, m * 4, cudaMemcpyDeviceToDevice, s));
+      std::vector<gc::SumTerm> terms(kTerms);
+      for (int j = 0; j < kTerms; ++j) {
+        if (j == kOwn) {
+          terms[j] = gc::SumTerm{own, true};
+          continue;
+        }
+        char* e = static_cast<char*>(enc) + j * em;
+        gcCheck(gradcompQsgdEncode(static_cast<const float*>(g) + j * m, ncclFloat32, m, bits,
+                                   a.bucket, 1 + j, e, s),
+                "encode");
+        terms[j] = gc::SumTerm{e, false};
+      }
+      std::vector<ncclDataType_t> outTypes = {ncclFloat32};
+      for (ncclDataType_t t : a.dtypes) {
+        if (t != ncclFloat32) outTypes.push_back(t);
+      }
+      // The output in g (its encodings are made); fp32 scratch in out.
+      for (ncclDataType_t t : outTypes) {
+        const gc::DType dt = toDType(t);
+        const bool f32 = t == ncclFloat32;
+        float* acc = f32 ? static_cast<float*>(g) : out;
+        const double fusedUs = timeIt(
+            s,
+            [&] {
+              CHECK_CUDA(
+                  gc::cuda::qsgdSum(terms.data(), kTerms, m, bits, a.bucket, 1.0f, dt, g, out, s));
+            },
+            a.once);
+        const double launchesUs = timeIt(
+            s,
+            [&] {
+              for (int j = 0; j < kTerms; ++j) {
+                if (terms[j].plain) {
+                  CHECK_CUDA(gc::cuda::add(acc, own, m, s));
+                } else {
+                  CHECK_CUDA(gc::cuda::qsgdDecode(terms[j].in, m, bits, a.bucket, acc, j != 0, s));
+                }
+              }
+              if (!f32) CHECK_CUDA(gc::cuda::fromFloat(acc, m, 1.0f, dt, g, s));
+            },
+            a.once);
+        // The least each moves: the encodings and the own block read, the output written.
+        const double bytes = (kTerms - 1) * (double)em + 4.0 * m + (double)gc::dtypeBytes(dt) * m;
+        for (const auto& row : {std::make_pair("qsgd_sum8", fusedUs),
+                                std::make_pair("qsgd_sum8_launches", launchesUs)}) {
           report({row.first, typeName(t), bits, n, row.second, bytes, bytes / row.second / 1e3,
                   copyGbps});
         }

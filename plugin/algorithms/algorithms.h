@@ -292,8 +292,12 @@ class ScatterSum {
   gradcompResult_t encode(size_t q);
   // X: the all-to-all of the encoded pieces q.
   gradcompResult_t exchange(size_t q);
-  // The owner's fp32 sum of its piece q into sum[0, len(rank, q)).
-  gradcompResult_t sum(size_t q, float* sum) const;
+  // The owner's sum of its piece q in rank order (its own block in full
+  // precision, the peers' decoded), divided by `divisor` unless it is 1,
+  // into out[0, len(rank, q)) of type t: Backend::qsgdSum, one kernel on a
+  // warp-path bucket; `scratch` (fp32, as long) where t is not fp32 or the
+  // sum is divided.
+  gradcompResult_t sum(size_t q, void* out, float divisor, DType t, float* scratch);
 
  private:
   char* slot(char* base, int j, size_t q) const;
@@ -307,6 +311,7 @@ class ScatterSum {
   std::vector<void*> recvPtr_;
   std::vector<size_t> sendBytes_, recvBytes_;
   std::vector<EncodeSegment> segs_;
+  std::vector<SumTerm> terms_;
 };
 
 // Workspace offsets aligned to 256 bytes.

@@ -80,6 +80,7 @@ ScatterSum::ScatterSum(const CallArgs& a, const Chunks& ch, const Pieces& p, cha
       sendBytes_(a.comm->nranks),
       recvBytes_(a.comm->nranks) {
   segs_.reserve((size_t)a.comm->nranks);
+  terms_.reserve((size_t)a.comm->nranks);
 }
 
 char* ScatterSum::slot(char* base, int j, size_t q) const {
@@ -132,20 +133,18 @@ gradcompResult_t ScatterSum::exchange(size_t q) {
                                recvBytes_.data());
 }
 
-gradcompResult_t ScatterSum::sum(size_t q, float* sum) const {
+gradcompResult_t ScatterSum::sum(size_t q, void* out, float divisor, DType t, float* scratch) {
   const gradcompComm& c = *a_.comm;
-  Backend& be = *c.backend;
   const int n = c.nranks, r = c.rank;
   const size_t m = len(r, q);
-  for (int i = 0; i < n && m > 0; ++i) {
-    if (i == r) {
-      GC_CHECK(i == 0 ? be.copy(sum, own_ + start(q), m * sizeof(float))
-                      : be.add(sum, own_ + start(q), m));
-    } else {
-      GC_CHECK(be.qsgdDecode(slot(recvEnc_, i, q), m, a_.bits, c.cfg.bucketSize, sum, i != 0));
-    }
+  if (m == 0) return gradcompSuccess;
+  terms_.clear();
+  for (int i = 0; i < n; ++i) {
+    terms_.push_back(i == r ? SumTerm{own_ + start(q), true}
+                            : SumTerm{slot(recvEnc_, i, q), false});
   }
-  return gradcompSuccess;
+  return c.backend->qsgdSum(terms_.data(), n, m, a_.bits, c.cfg.bucketSize, divisor, t, out,
+                            scratch);
 }
 
 sparse::Plan sparsePlan(const gradcompComm& c, size_t count, uint64_t calls, DType* valueType) {

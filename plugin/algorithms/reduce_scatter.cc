@@ -70,7 +70,7 @@ size_t pieces(const gradcompComm& c, size_t m, int bits) {
 gradcompResult_t run(const CallArgs& a, void* workspace) {
   gradcompComm& c = *a.comm;
   Backend& be = *c.backend;
-  const int n = c.nranks, r = c.rank;
+  const int n = c.nranks;
   const Layout L = layout(c, a.count, a.bits);
   const Pieces& P = L.pieces;
   char* ws = static_cast<char*>(workspace);
@@ -83,13 +83,12 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
   float* acc = direct ? static_cast<float*>(a.recv) : reinterpret_cast<float*>(ws + L.acc);
   const float divisor = a.average ? (float)n : 1.0f;
 
-  // S: the owner's sum of piece q in the output type.
+  // S: the owner's sum of piece q in the output type (converted and divided
+  // as it is stored; through acc where the backend's sum needs fp32 scratch).
   auto sumPiece = [&](size_t q) -> gradcompResult_t {
     GC_NVTX_RANGE("gradcomp reduce");
-    const size_t m = sc.len(r, q), o = sc.start(q);
-    GC_CHECK(sc.sum(q, acc + o));
-    if (direct || m == 0) return gradcompSuccess;
-    return be.fromFloat(acc + o, m, divisor, a.dtype, recv + o * esz);
+    const size_t o = sc.start(q);
+    return sc.sum(q, recv + o * esz, divisor, a.dtype, acc + o);
   };
 
   // Event slots: 0 hands compute work to the comm lane (waited on at once);

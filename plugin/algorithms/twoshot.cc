@@ -115,7 +115,7 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
     const size_t m = len(r, q);
     if (m == 0) return gradcompSuccess;
     float* sum = acc + start(q);
-    GC_CHECK(sc.sum(q, sum));
+    GC_CHECK(sc.sum(q, sum, 1.0f, DType::F32, nullptr));
     return be.qsgdEncode(sum, DType::F32, ownerResidual ? ownerResidual + start(q) : nullptr, m,
                          bits, d, sc.key(0x100000000ull, q), gatherBlock(r, q));
   };

@@ -117,6 +117,30 @@ class Backend {
     return gradcompSuccess;
   }
 
+  // The owner's sum of its block (ScatterSum::sum): out = terms[0] +
+  // terms[1] + ... (count >= 1 terms of n elements), element by element in
+  // that order, each term decoded or, when plain, read as fp32; the sum
+  // divided by `divisor` unless it is 1 and stored as type t. This default:
+  // terms[0] decoded (copied when plain) into the fp32 accumulator (out
+  // itself when fp32 undivided, else `scratch`, n floats), each later term
+  // decode-accumulated (added when plain), then one fromFloat. The CUDA
+  // backend runs it as one kernel on a warp-path bucket, the sum in
+  // registers, the same bits (cuda::qsgdSum).
+  virtual gradcompResult_t qsgdSum(const SumTerm* terms, int count, size_t n, int bits, int bucket,
+                                   float divisor, DType t, void* out, float* scratch) {
+    if (n == 0) return gradcompSuccess;
+    const bool direct = t == DType::F32 && divisor == 1.0f;
+    float* acc = direct ? static_cast<float*>(out) : scratch;
+    for (int i = 0; i < count; ++i) {
+      const SumTerm& s = terms[i];
+      const gradcompResult_t res = s.plain ? (i == 0 ? copy(acc, s.in, n * sizeof(float))
+                                                     : add(acc, static_cast<const float*>(s.in), n))
+                                           : qsgdDecode(s.in, n, bits, bucket, acc, i != 0);
+      if (res != gradcompSuccess) return res;
+    }
+    return direct ? gradcompSuccess : fromFloat(acc, n, divisor, t, out);
+  }
+
   // out[i] = float(x[i]) (+ addend[i] when addend is not null).
   virtual gradcompResult_t toFloat(const void* x, DType t, const float* addend, size_t n,
                                    float* out) = 0;

@@ -52,6 +52,14 @@ struct DecodeSegment {
   void* out;
 };
 
+// One term of an owner's sum (Backend::qsgdSum): the encoding `in` of the
+// sum's n elements, or, when `plain`, n fp32 values at `in` (the owner's own
+// block).
+struct SumTerm {
+  const void* in;
+  bool plain;
+};
+
 namespace host {
 // residual may be null (no error feedback). x may be any of the three types.
 // nearest: round to the nearest level (KeySpec::nearest) instead of drawing.
@@ -82,6 +90,16 @@ bool qsgdDecodeFuses(int bucket);
 // other than fp32 undivided at a bucket that does not fuse.
 cudaError_t qsgdDecodeToOutput(const DecodeSegment* segs, int count, int bits, int bucket,
                                float divisor, DType t, cudaStream_t stream);
+// out = terms[0] + terms[1] + ... in that order, element by element (each
+// term decoded, or read when plain; fp32 adds left to right), divided by
+// `divisor` unless it is 1 and stored as type t: the bits of a decode of
+// terms[0], decode-accumulates and adds of the rest and fromFloat, in one
+// kernel that keeps the sum in registers (16 terms a launch; more go through
+// `scratch`, fp32, n elements, or through out where it is fp32 undivided).
+// Warp-path buckets only (qsgdDecodeFuses); cudaErrorInvalidValue otherwise,
+// for count < 1, or for more than 16 terms without an fp32 accumulator.
+cudaError_t qsgdSum(const SumTerm* terms, int count, size_t n, int bits, int bucket, float divisor,
+                    DType t, void* out, float* scratch, cudaStream_t stream);
 // step += 1 on the stream (the comm's device step counter).
 cudaError_t advanceStep(uint64_t* step, cudaStream_t stream);
 cudaError_t qsgdDecode(const void* in, size_t n, int bits, int bucket, float* out, bool accumulate,

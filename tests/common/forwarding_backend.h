@@ -1,7 +1,7 @@
 // A backend that forwards every call to the one it wraps: the base of the
 // tests' wrappers, each overriding only what it changes (an allocation
 // budget, a capture in progress). The batched codec calls (qsgdEncodeBatch,
-// qsgdDecodeToOutput) go to the inner backend's whole, not through this
+// qsgdDecodeToOutput, qsgdSum) go to the inner backend's whole, not through this
 // wrapper's qsgdEncode and qsgdDecode: a wrapper that watches or fails
 // encodes or decodes overrides the batched calls too (as LaneCheck does),
 // since the two-shot, ring and reduce-scatter reach their codecs through them.
@@ -69,6 +69,10 @@ class ForwardingBackend : public gc::Backend {
                                       int bucket, float divisor, gc::DType t,
                                       float* scratch) override {
     return inner_->qsgdDecodeToOutput(segs, count, bits, bucket, divisor, t, scratch);
+  }
+  gradcompResult_t qsgdSum(const gc::SumTerm* terms, int count, size_t n, int bits, int bucket,
+                           float divisor, gc::DType t, void* out, float* scratch) override {
+    return inner_->qsgdSum(terms, count, n, bits, bucket, divisor, t, out, scratch);
   }
   gradcompResult_t toFloat(const void* x, gc::DType t, const float* addend, size_t n,
                            float* out) override {

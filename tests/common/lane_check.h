@@ -181,6 +181,28 @@ class LaneCheck final : public ForwardingBackend {
     }
     return inner_->qsgdDecodeToOutput(segs, count, bits, bucket, divisor, t, scratch);
   }
+  // As the default's decodes, adds and conversion: failDecode counts the
+  // encoded terms (a sum whose failing term is reached fails before it
+  // runs); each term is read and the fp32 accumulator (out where it is fp32
+  // undivided, else the scratch) written, then the output.
+  gradcompResult_t qsgdSum(const gc::SumTerm* terms, int count, size_t n, int bits, int bucket,
+                           float divisor, gc::DType t, void* out, float* scratch) override {
+    if (n == 0) return inner_->qsgdSum(terms, count, n, bits, bucket, divisor, t, out, scratch);
+    for (int i = 0; i < count; ++i) {
+      if (!terms[i].plain && failDecode > 0 && --failDecode == 0) {
+        return gc::setError(gradcompInternalError, "qsgdDecode failed (LaneCheck::failDecode)");
+      }
+    }
+    const bool direct = t == gc::DType::F32 && divisor == 1.0f;
+    const void* acc = direct ? out : scratch;
+    for (int i = 0; i < count; ++i) {
+      const size_t bytes =
+          terms[i].plain ? n * sizeof(float) : gc::qsgd::encodedBytes(n, bits, bucket);
+      op(kComputeLane, "qsgdSum", {{terms[i].in, bytes, false}, {acc, n * sizeof(float), true}});
+    }
+    op(kComputeLane, "qsgdSum", {{out, n * gc::dtypeBytes(t), true}});
+    return inner_->qsgdSum(terms, count, n, bits, bucket, divisor, t, out, scratch);
+  }
   gradcompResult_t toFloat(const void* x, gc::DType t, const float* addend, size_t n,
                            float* out) override {
     op(kComputeLane, "toFloat",

@@ -618,6 +618,122 @@ TEST_F(QsgdGpu, BatchedDecodeGivesEachSegmentItsOwnDecode) {
             cudaErrorInvalidValue);
 }
 
+// The owner's fused sum (cuda::qsgdSum) is the host's decode of the first
+// term (a copy where it is plain), decode-accumulates and fp32 adds of the
+// rest in term order, and one conversion (storeFromFloat of fdiv for Avg),
+// bit for bit: 1 to 33 terms (past 16: chained launches through the fp32
+// accumulator, out itself or the scratch), the plain term (the owner's own
+// block) first, in the middle or last, encoded terms of uniform and square
+// levels side by side (each term picks its own level table), a bucket with
+// a NaN (its scale not finite) and a plain Inf, whole buckets and a partial
+// last one, every warp bucket, widths 2, 3, 4 and 8, outputs of every type,
+// divided or not, aligned or one element off, plain terms aligned or one
+// float off (the kernel's scalar paths); the output's tail untouched. A term
+// added out of order, a bucket decoded with another term's table or scale,
+// or a conversion other than the host's changes the output.
+TEST_F(QsgdGpu, FusedSumIsTheDecodesAndAddsInTermOrder) {
+  constexpr int kTerms = 33;
+  struct Output {
+    gc::DType t;
+    float divisor;
+  };
+  const Output outputs[] = {{gc::DType::F32, 1.0f},
+                            {gc::DType::F32, 8.0f},
+                            {gc::DType::F16, 1.0f},
+                            {gc::DType::BF16, 1.0f},
+                            {gc::DType::BF16, 6.0f}};
+  int variant = 0;
+  for (int d : {128, 256, 512, 1024}) {
+    for (int bits : {2, 3, 4, 8}) {
+      for (size_t n : {(size_t)1, (size_t)300, (size_t)5 * d, (size_t)3 * d + 77}) {
+        // kTerms encodings of n values (odd terms with square levels, term 3
+        // with a NaN), and the plain block (an Inf in it).
+        const size_t encBytes = gradcompQsgdEncodedBytes(n, bits, d);
+        const size_t stride = (encBytes + 15) / 16 * 16;
+        std::vector<uint8_t> encs(stride * kTerms);
+        for (int k = 0; k < kTerms; ++k) {
+          std::vector<float> x = gctest::normal(n, 101 * k + d + bits, 1.0f + 0.25f * (k % 5));
+          if (k == 3 && n > 200) x[n - 100] = NAN;
+          gc::host::qsgdEncode(x.data(), gc::DType::F32, nullptr, n, bits, d, 500 + k, false,
+                               k % 2 == 1, encs.data() + stride * k);
+        }
+        std::vector<float> own = gctest::normal(n + 1, 9 + d + bits, 2.0f);
+        if (n > 10) own[7] = INFINITY;
+        DeviceBuffer<uint8_t> denc(encs.size());
+        ASSERT_EQ(cudaMemcpy(denc.get(), encs.data(), encs.size(), cudaMemcpyHostToDevice),
+                  cudaSuccess);
+        DeviceBuffer<float> ownBuf(n + 1), scratch(n + 1);
+        ownBuf.upload(own);
+        for (int count : {1, 2, 5, 8, 16, 17, kTerms}) {
+          for (int plainAt : {0, count / 2, count - 1}) {
+            for (const Output& o : outputs) {
+              const int align = variant++ % 3;  // 0 aligned, 1 plain one off, 2 out one off
+              SCOPED_TRACE(testing::Message()
+                           << "d=" << d << " bits=" << bits << " n=" << n << " terms=" << count
+                           << " plain at " << plainAt << " type=" << (int)o.t
+                           << " divisor=" << o.divisor << " align=" << align);
+              const float* ownDev = ownBuf.get() + (align == 1 ? 1 : 0);
+              const float* ownHost = own.data() + (align == 1 ? 1 : 0);
+              std::vector<gc::SumTerm> terms(count);
+              for (int k = 0; k < count; ++k) {
+                terms[k] = k == plainAt ? gc::SumTerm{ownDev, true}
+                                        : gc::SumTerm{denc.get() + stride * k, false};
+              }
+              // The host's launches: decode or copy, then decode-accumulate or add.
+              std::vector<float> acc(n);
+              for (int k = 0; k < count; ++k) {
+                if (k == plainAt) {
+                  for (size_t e = 0; e < n; ++e)
+                    acc[e] = k == 0 ? ownHost[e] : gc::fadd(acc[e], ownHost[e]);
+                } else {
+                  gc::host::qsgdDecode(encs.data() + stride * k, n, bits, d, acc.data(), k != 0);
+                }
+              }
+              const size_t esz = gc::dtypeBytes(o.t), off = align == 2 ? 1 : 0;
+              const size_t outLen = n + 8;
+              const std::vector<float> init = gctest::normal(outLen, 3 + n, 0.5f);
+              std::vector<uint8_t> out0(outLen * esz);
+              memcpy(out0.data(), init.data(), out0.size());
+              std::vector<uint8_t> want = out0;
+              for (size_t e = 0; e < n; ++e) {
+                const float w = o.divisor == 1.0f ? acc[e] : gc::fdiv(acc[e], o.divisor);
+                gc::storeFromFloat(want.data() + off * esz, o.t, e, w);
+              }
+              DeviceBuffer<uint8_t> dout(outLen * esz);
+              dout.upload(out0);
+              ASSERT_EQ(gc::cuda::qsgdSum(terms.data(), count, n, bits, d, o.divisor, o.t,
+                                          dout.get() + off * esz, scratch.get(), stream),
+                        cudaSuccess);
+              ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+              const std::vector<uint8_t> got = dout.download(outLen * esz);
+              ASSERT_EQ(memcmp(got.data() + off * esz, want.data() + off * esz, n * esz), 0);
+              ASSERT_EQ(got, want) << "written outside the output";
+            }
+          }
+        }
+      }
+    }
+  }
+  // Refused: no warp path (96), no terms, more than 16 terms with neither an
+  // fp32 undivided output nor a scratch.
+  const size_t n = 1000;
+  DeviceBuffer<uint8_t> denc(gradcompQsgdEncodedBytes(n, 4, 512)), dout(4 * n);
+  std::vector<gc::SumTerm> terms(17, gc::SumTerm{denc.get(), false});
+  EXPECT_EQ(gc::cuda::qsgdSum(terms.data(), 2, n, 4, 96, 1.0f, gc::DType::F32, dout.get(), nullptr,
+                              stream),
+            cudaErrorInvalidValue);
+  EXPECT_EQ(gc::cuda::qsgdSum(terms.data(), 0, n, 4, 512, 1.0f, gc::DType::F32, dout.get(), nullptr,
+                              stream),
+            cudaErrorInvalidValue);
+  EXPECT_EQ(gc::cuda::qsgdSum(terms.data(), 17, n, 4, 512, 1.0f, gc::DType::BF16, dout.get(),
+                              nullptr, stream),
+            cudaErrorInvalidValue);
+  EXPECT_EQ(gc::cuda::qsgdSum(terms.data(), 17, n, 4, 512, 1.0f, gc::DType::F32, dout.get(),
+                              nullptr, stream),
+            cudaSuccess);
+  ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+}
+
 // Every fp16 bit pattern (subnormals, infinities, NaNs with their payloads)
 // through the warp-path encode with error feedback, against the host: the
 // warp path's aligned loads convert with one cvt whatever the payload

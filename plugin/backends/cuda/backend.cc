@@ -287,6 +287,16 @@ class CudaBackend final : public Backend {
     GC_CUDACHECK(cuda::qsgdDecodeToOutput(segs, count, bits, bucket, divisor, t, stream_));
     return gradcompSuccess;
   }
+  gradcompResult_t qsgdSum(const SumTerm* terms, int count, size_t n, int bits, int bucket,
+                           float divisor, DType t, void* out, float* scratch) override {
+    GC_CHECK(qsgdCheckDeviceCount(n, bucket));
+    // Without a warp path: the default's launches.
+    if (!cuda::qsgdDecodeFuses(bucket)) {
+      return Backend::qsgdSum(terms, count, n, bits, bucket, divisor, t, out, scratch);
+    }
+    GC_CUDACHECK(cuda::qsgdSum(terms, count, n, bits, bucket, divisor, t, out, scratch, stream_));
+    return gradcompSuccess;
+  }
   gradcompResult_t toFloat(const void* x, DType t, const float* addend, size_t n,
                            float* out) override {
     GC_CUDACHECK(cuda::toFloat(x, t, addend, n, out, stream_));
