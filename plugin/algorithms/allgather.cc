@@ -1,7 +1,7 @@
 // Allgather: every rank encodes its whole buffer (error feedback fused), the
 // encodings are allgathered, and every rank decodes and sums all N in rank
-// order. One quantization; best for N <= 2 or small buffers. Bytes each rank
-// sends: (N-1) * E(n).
+// order (one kernel: Backend::qsgdSum). One quantization; best for N <= 2 or
+// small buffers. Bytes each rank sends: (N-1) * E(n).
 #include "kernels/qsgd_math.cuh"
 #include "algorithms/algorithms.h"
 #include "checks.h"
@@ -39,10 +39,13 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
                          gather + r * slot));
   // Each encoding at its own size, in its 16-byte slot.
   GC_CHECK(allGatherDirect(*c.transport, gather, slot, qsgd::encodedBytes(a.count, bits, d)));
-  for (int i = 0; i < n; ++i) {
-    GC_CHECK(be.qsgdDecode(gather + i * slot, a.count, bits, d, acc, i != 0));
-  }
-  return be.fromFloat(acc, a.count, a.average ? (float)n : 1.0f, a.dtype, a.recv);
+  // The N decodes summed in rank order and converted once (Backend::qsgdSum:
+  // one kernel on a warp-path bucket; acc the fp32 scratch where it needs
+  // one). send, in place recv too, was read by the encode.
+  std::vector<SumTerm> terms(n);
+  for (int i = 0; i < n; ++i) terms[i] = SumTerm{gather + i * slot, false};
+  return be.qsgdSum(terms.data(), n, a.count, bits, d, a.average ? (float)n : 1.0f, a.dtype, a.recv,
+                    acc);
 }
 
 }  // namespace
