@@ -18,8 +18,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from checklib import close, expect, verdict  # noqa: E402
-from smoke_check import (TYPE_BYTES, check_sparse_row, first_part, kernel_total,  # noqa: E402
-                         kernel_work, warp_bucket)
+from smoke_check import (TYPE_BYTES, check_sparse_row, code_bytes, first_part,  # noqa: E402
+                         kernel_total, kernel_work, warp_bucket)
 
 FLAT = ("twoshot", "ring", "allgather", "reducescatter")
 
@@ -88,21 +88,24 @@ def check_rows(path):
         inter = r.get("inter_wire_bytes")
         flat = inter is None or inter >= r["wire_bytes"]
         residual = "ef=0" not in label
+        # The owner's sum and the output's decodes fused on a warp bucket; the sum reads the
+        # peers' codes (code_bytes of the row's bits and bucket).
+        fused, code = warp_bucket(r["bucket"]), code_bytes(r["count"], r["bits"], r["bucket"])
         w = None
         if r["algo"] in FLAT and flat:
             convert = r["dtype"] != "float" or r.get("redop") == "avg"
             w = kernel_work(r["algo"], r["nranks"], TYPE_BYTES[r["dtype"]], residual, convert,
-                            fused=warp_bucket(r["bucket"]))
+                            fused=fused, code=code)
         elif r["algo"] in ("hier", "reducescatter") and local > 1 and not flat:
             # The hierarchies, on nodes of `local` ranks (the JSON's local_size), as
             # smoke_check's check_kernels reads them off plugin/algorithms/.
-            bucket = int(label.split("bucket=")[1].split()[0]) if "bucket=" in label else 512
+            bucket = r["bucket"]
             padded = (r["algo"] == "hier" and
                       first_part(r["count"], local, bucket) * local != r["count"])
             w = kernel_work(r["algo"], r["nranks"], TYPE_BYTES[r["dtype"]], residual,
                             r["dtype"] != "float", local,
                             hier_middle(label, r["nranks"] // local), r.get("pieces", 1) > 1,
-                            padded)
+                            padded, fused, code)
         if w is not None:
             expect(all(close(work.get(k), v) for k, v in w.items()),
                    "%s: kernel work %s vs %s" % (tag, work, w))

@@ -223,30 +223,63 @@ def report_costs(kdoc, r, bits, bucket, encode="qsgd_encode_ef", owner="qsgd_enc
 
 
 def warp_bucket(bucket):
-    """Buckets with the CUDA kernels' warp path: batched launches, and decodes straight into
-    any output type (model.h warpBucket)."""
+    """Buckets with the CUDA kernels' warp path: batched launches, decodes straight into any
+    output type and the owner's sum in one kernel (model.h warpBucket)."""
     return bucket in (128, 256, 512, 1024)
 
 
+def code_bytes(count, bits, bucket):
+    """Encoded bytes an element (bits / 8 + 4 / bucket: codes and the bucket's fp32 scale), as
+    gradcomp_perf sets CallKind::codeBytes from the row's count (model.h qsgdCodeBytes)."""
+    return encoded(count, bits, bucket) / count if count > 0 else 0.0
+
+
+def fused_sum_bytes(n, code):
+    """The fused owner's sum of n terms (Backend::qsgdSum, model.h fusedSumBytes), per element
+    beyond its base decode: the other n-2 peers' encodings, the own fp32 block and, past 16
+    terms, the fp32 accumulator read and rewritten by each launch after the first (a launch
+    adds 16 terms, each further one the accumulator and up to 15 more)."""
+    launches = 1 + math.ceil(max(0, n - 16) / 15)
+    return max(0, n - 2) * code + 4 + 8 * (launches - 1)
+
+
+def owner_sum_us(n, b, c, fused, code):
+    """The owner's sum of a block of b elements over n terms at the costs c (model.cc
+    ownerSum): fused, a decode overwrite and fused_sum_bytes at the copy's rate; else a decode,
+    n-2 decode-accumulates and the own block added (12 bytes)."""
+    if fused:
+        return b * c["decode"] + b * fused_sum_bytes(n, code) * c["elementwise_per_byte"]
+    return (b * c["decode"] + max(0, n - 2) * b * c["decode_acc"]
+            + 12 * b * c["elementwise_per_byte"])
+
+
 def kernel_work(algo, n, e, residual=True, convert=False, local=1, middle="twoshot", piped=False,
-                padded=False, fused=True):
-    """Per element of the buffer (of the output for the reduce-scatter), what one rank other
-    than rank 0 runs, read off plugin/algorithms/: encodes of the input type, of fp32 sums,
-    the owners' re-encodes, decodes overwrite and accumulate, elementwise bytes."""
+                padded=False, fused=True, code=None):
+    """Per element of the buffer (of the output for the reduce-scatter), what one rank runs
+    (on the unfused sum, one other than rank 0), read off plugin/algorithms/: encodes of the
+    input type, of fp32 sums, the owners' re-encodes, decodes overwrite and accumulate,
+    elementwise bytes. fused: a warp bucket, where the output's decodes convert in the kernel
+    and the owner's sum is one kernel reading code (code_bytes) bytes an element a peer."""
     R = 4 if residual else 0
     w = dict.fromkeys(KINDS + ["elementwise_bytes"], 0.0)
     out = 4 + e if convert else 0  # fp32 scratch -> output type
     # Two-shot's and the ring's decodes into the output convert in the kernel on a warp
-    # bucket (fused): no conversion pass.
+    # bucket (fused): no conversion pass; nor after the reduce-scatter's fused sum, which
+    # stores the output type itself.
     out_dec = 0 if fused else out
 
     def scatter_sum(n, e, b):
         # n-1 blocks encoded; own block toFloat (reads e + residual, writes 4), residual
-        # zeroed; rank 0's block decoded overwrite, n-2 accumulated, the own block added.
+        # zeroed; the owner's sum: fused, one kernel (a decode's base and fused_sum_bytes);
+        # else rank 0's block decoded overwrite, n-2 accumulated, the own block added.
         w["encode"] += (n - 1) * b
-        w["elementwise_bytes"] += b * (e + R + 4) + b * R + 12 * b
+        w["elementwise_bytes"] += b * (e + R + 4) + b * R
         w["decode"] += b
-        w["decode_acc"] += (n - 2) * b
+        if fused:
+            w["elementwise_bytes"] += b * fused_sum_bytes(n, code)
+        else:
+            w["decode_acc"] += (n - 2) * b
+            w["elementwise_bytes"] += 12 * b
 
     if algo == "twoshot":
         scatter_sum(n, e, 1 / n)
@@ -271,15 +304,15 @@ def kernel_work(algo, n, e, residual=True, convert=False, local=1, middle="twosh
         k = n // local
         scatter_sum(k, 4, 1)  # the k node sums, fp32
         w["encode_f32"], w["encode"] = w["encode"], 0.0
-        w["elementwise_bytes"] += n * (e + 4) + out  # all N blocks widened, one conversion
+        w["elementwise_bytes"] += n * (e + 4) + out_dec  # all N blocks widened, one conversion
         if piped:  # HierRsPipe: each piece's k node sums copied to the middle's input
             w["elementwise_bytes"] += 8 * k
     elif algo == "reducescatter":
         scatter_sum(n, e, 1)
-        w["elementwise_bytes"] += out
+        w["elementwise_bytes"] += out_dec
     elif algo == "hier":
         k = n // local
-        m = kernel_work(middle, k, 4, residual)
+        m = kernel_work(middle, k, 4, residual, fused=fused, code=code)
         for key in m:
             w[key] = m[key] / local
         w["encode_f32"], w["encode"] = w["encode_f32"] + w["encode"], 0.0
@@ -410,7 +443,8 @@ def check_kernels(tag, r, kdoc, bits, bucket, algo, n, local=1, middle="twoshot"
     padded = algo == "hier" and first_part(r["count"], local, bucket) * local != r["count"]
     convert = r["dtype"] != "float" or r.get("redop") == "avg"
     w = kernel_work(algo, n, e, residual, convert, local, middle,
-                    r.get("pieces", 1) > 1, padded, warp_bucket(bucket))
+                    r.get("pieces", 1) > 1, padded, warp_bucket(bucket),
+                    code_bytes(r["count"], bits, bucket))
     got = r.get("kernel_work") or {}
     expect(all(close(got.get(k), v) for k, v in w.items()),
            "%s: kernel work %s vs %s" % (tag, got, w))
@@ -438,6 +472,7 @@ def check_projection(tag, r, kdoc, bits, bucket, intra_gbps=3600.0, lat=10.0):
     count, size = r["count"], r["size"]
     costs = report_costs(kdoc, r, bits, bucket)
     e_in, convert = TYPE_BYTES[r["dtype"]], r["dtype"] != "float"
+    fused, code = warp_bucket(bucket), code_bytes(count, bits, bucket)
     us = lambda b, gbps: b * 8 / (gbps * 1e3)  # noqa: E731
     seen = set()
     for p in r["projection"]:
@@ -450,14 +485,14 @@ def check_projection(tag, r, kdoc, bits, bucket, intra_gbps=3600.0, lat=10.0):
         e = encoded(count, bits, bucket)
         flat_intra, flat_inter = 2 * e * (g - 1) / n, 2 * e * (n - g) / n
         flat_kernel = kernel_total(kernel_work("twoshot", n, e_in, True, convert,
-                                               fused=warp_bucket(bucket)), costs, count)
+                                               fused=fused, code=code), costs, count)
         flat = flat_kernel + max(us(flat_intra, intra_gbps), us(flat_inter, L / g)) + 2 * lat
         shard = -(-count // g)
         es = encoded(shard, bits, bucket)
         hier_intra, hier_inter = 2 * (g - 1) / g * size, 2 * (k - 1) / k * es
         padded = first_part(count, g, bucket) * g != count
         kernel = kernel_total(kernel_work("hier", n, e_in, True, convert, g, "twoshot",
-                                          padded=padded), costs, count)
+                                          padded=padded, fused=fused, code=code), costs, count)
         hier = (kernel + us(hier_intra, intra_gbps) + us(hier_inter, L / g)
                 + (2 * (g - 1) + 2) * lat)
         t = "%s %dx%d@%g" % (tag, k, g, L)
@@ -483,13 +518,14 @@ def check_projection(tag, r, kdoc, bits, bucket, intra_gbps=3600.0, lat=10.0):
         # Cut into pieces, the pipelined path's kernels (every piece widened, staged,
         # copied out).
         piped_kernel = kernel_total(kernel_work("hier", n, e_in, True, convert, g, "twoshot",
-                                                pieces > 1, padded), costs, count)
+                                                pieces > 1, padded, fused, code), costs, count)
         expect(close(p["hier_pipelined_kernel_us"], piped_kernel) and
                (pieces == 1 or piped_kernel > kernel),
                "%s: pipelined hier kernels %s vs %s" % (t, p["hier_pipelined_kernel_us"],
                                                          piped_kernel))
         if pieces > 1:
-            st = hier_stages(count, e_in, es, costs, k, g, L, intra_gbps, lat, pieces)
+            st = hier_stages(count, e_in, es, costs, k, g, L, intra_gbps, lat, pieces, fused,
+                             code)
             piped = hier_three_streams(st, round(pieces))
         else:
             piped = hier_pipelined(piped_kernel, hier_intra, hier_inter, intra_gbps, L / g, g,
@@ -520,8 +556,9 @@ def check_projection(tag, r, kdoc, bits, bucket, intra_gbps=3600.0, lat=10.0):
 def two_shot_streams(r, nranks, pieces, gbps, lat):
     """Pipelined two-shot on its two streams (docs/benchmark.md): per piece of a chunk (b =
     count / N / K elements) the compute stream's encode E ((N-1) b encodes, the own chunk
-    widened: e + 2r + 4 bytes an element), reduce R (a decode, N-2 decode-accumulates, 12
-    bytes, the owner's re-encode) and decode D (N decodes, and the conversion's 4 + e bytes
+    widened: e + 2r + 4 bytes an element), reduce R (the owner's sum, owner_sum_us: on a warp
+    bucket one fused kernel, else a decode, N-2 decode-accumulates and 12 bytes; the owner's
+    re-encode) and decode D (N decodes, and the conversion's 4 + e bytes
     where the output is not fp32); the comm stream's X and G, each half the wire and one
     step. E_q X_q, then R_{q-1} G_{q-1}, then D_{q-2}."""
     c = r["kernel_costs"]
@@ -529,7 +566,8 @@ def two_shot_streams(r, nranks, pieces, gbps, lat):
     b = r["count"] / nranks / pieces
     ew = c["elementwise_per_byte"]
     enc = (nranks - 1) * b * c["encode"] + b * (e + 4 + 4 + 4) * ew
-    red = (b * c["decode"] + max(0, nranks - 2) * b * c["decode_acc"] + 12 * b * ew
+    red = (owner_sum_us(nranks, b, c, warp_bucket(r["bucket"]),
+                        code_bytes(r["count"], r["bits"], r["bucket"]))
            + b * c["owner_encode"])
     convert = ((r["dtype"] != "float" or r.get("redop") == "avg")
                and not warp_bucket(r["bucket"]))
@@ -606,7 +644,8 @@ def hier_schedule(r, m, pieces):
 COMPUTE = ("widen", "copy_in", "E", "R", "D", "ff", "unpack")
 
 
-def hier_stages(count, e, shard_encoded, costs, k, g, node_gbps, intra_gbps, lat, pieces):
+def hier_stages(count, e, shard_encoded, costs, k, g, node_gbps, intra_gbps, lat, pieces,
+                fused=True, code=None):
     """Per piece, the pipelined hierarchy's stages as docs/benchmark.md counts them: the
     compute stream's widening ((e + 4) bytes an element of the piece), copy-in of the reduced
     shard piece (8 bytes an element of it), the middle two-shot's encode, owner's reduce and
@@ -621,8 +660,7 @@ def hier_stages(count, e, shard_encoded, costs, k, g, node_gbps, intra_gbps, lat
     ew = costs["elementwise_per_byte"]
     st = {"widen": piece * (e + 4) * ew, "copy_in": m * 8 * ew,
           "E": (k - 1) * b * costs["encode_f32"] + b * 16 * ew,
-          "R": b * costs["decode"] + max(0, k - 2) * b * costs["decode_acc"] + 12 * b * ew
-          + b * costs["owner_encode"],
+          "R": owner_sum_us(k, b, costs, fused, code) + b * costs["owner_encode"],
           "D": k * b * costs["decode_out"], "ff": m * (4 + e) * ew, "unpack": piece * 2 * e * ew}
     st["S"] = us((g - 1) / g * piece * 4, intra_gbps) + (g - 1) * lat
     st["A"] = us((g - 1) / g * piece * e, intra_gbps) + (g - 1) * lat

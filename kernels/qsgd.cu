@@ -311,6 +311,20 @@ __global__ void __launch_bounds__(kWarpThreads, 12)
                                            s.alignedOut, blockIdx.x, divisor);
 }
 
+// loadF32x4 through the coherent L2 path (ld.global.cg): p may be written by
+// the same kernel (a chained sum's accumulator), which the read-only path
+// that a const __restrict__ load may take does not allow.
+__device__ __forceinline__ void plainF32x4(const float* p, size_t i, bool vec, size_t limit,
+                                           float v[4]) {
+  if (vec) {
+    const float4 f = __ldcg(reinterpret_cast<const float4*>(p + i));
+    v[0] = f.x, v[1] = f.y, v[2] = f.z, v[3] = f.w;
+    return;
+  }
+#pragma unroll
+  for (int c = 0; c < 4; ++c) v[c] = i + c < limit ? __ldcg(p + i + c) : 0.0f;
+}
+
 // One term of a fused sum as the kernel reads it (SumTerm): an encoding's
 // scales and codes, or fp32 values (plain).
 struct WarpSumTerm {
@@ -334,7 +348,8 @@ struct WarpSumBatch {
 // flight). `aligned`: out (4 elements) and every plain term (16 bytes), so
 // a whole bucket's loads and stores are vectors. out may be a plain term
 // (a chained launch's accumulator): each lane reads its elements before it
-// writes them, so neither is __restrict__.
+// writes them, so neither is __restrict__, and plain terms are read with
+// coherent loads (plainF32x4), not the read-only path.
 template <int R, DType kOut, bool kDivide>
 __global__ void __launch_bounds__(kWarpThreads, R <= 2 ? 12 : (R == 4 ? 8 : 4))
     qsgdSumWarpKernel(const WarpSumBatch batch, int count, size_t n, int bits, void* out,
@@ -375,7 +390,7 @@ __global__ void __launch_bounds__(kWarpThreads, R <= 2 ? 12 : (R == 4 ? 8 : 4))
 #pragma unroll
       for (int r = 0; r < R; ++r) {
         float d[4];
-        loadF32x4(t.plain, base + r * kRow + lane * 4, vec, n, d);
+        plainF32x4(t.plain, base + r * kRow + lane * 4, vec, n, d);
         take(r, d);
       }
     } else {
@@ -683,7 +698,7 @@ cudaError_t qsgdSum(const SumTerm* terms, int count, size_t n, int bits, int buc
   if (count > kMaxSumTerms && acc == nullptr) return cudaErrorInvalidValue;
   int i = 0;
   while (i < count) {
-    WarpSumBatch batch;
+    WarpSumBatch batch = {};
     int m = 0;
     bool alignedAll = true;
     auto addTerm = [&](const void* in, bool plain) {

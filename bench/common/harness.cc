@@ -332,6 +332,10 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
   kind.residual = cfg.errorFeedback != 0;
   kind.convert = dtype != ncclFloat32 || o.op == ncclAvg;
   kind.fusedOut = warpBucket(cfg.bucketSize);
+  // The owner's sum in one kernel a piece (Backend::qsgdSum), on the same
+  // buckets as fusedOut; it reads the peers' codes (codeBytes an element).
+  kind.fusedSum = warpBucket(cfg.bucketSize);
+  kind.codeBytes = qsgdCodeBytes(count, row->bits, row->bucket);
   kind.ownerResidual = cfg.ownerResidual != 0;
   kind.piped = row->pieces > 1;
   kind.paddedShards =

@@ -11,23 +11,46 @@ namespace gcbench {
 
 namespace {
 
+// The owner's sum of its block of `b` elements over n terms, the n-1
+// peers' encodings and its own fp32 block in rank order (ScatterSum::sum).
+// Fused (CallKind::fusedSum, Backend::qsgdSum): one kernel a piece, every
+// rank alike, charged as a decode overwrite and fusedSumBytes at the copy's
+// rate (an estimate until a GPU run times it: gradcomp_kernels_perf's `sum`
+// rows). Else the sum of a rank other than rank 0: rank 0's block decoded
+// overwrite, the other n-2 peers' accumulated, the own block added (reads
+// two fp32, writes one).
+void ownerSum(KernelWork& w, double n, const CallKind& k, double b) {
+  if (n < 2) {
+    w.elementwiseBytes += 8 * b;  // rank 0 alone: its block copied
+    return;
+  }
+  w.decode += b;
+  if (k.fusedSum) {
+    w.elementwiseBytes += b * fusedSumBytes(n, k.codeBytes);
+  } else {
+    w.decodeAcc += (n - 2) * b;
+    w.elementwiseBytes += 12 * b;
+  }
+}
+
+// The owner's sum's time (ownerSum's work at the costs c).
+double ownerSumUs(double n, const CallKind& k, const KernelCosts& c, double b) {
+  KernelWork w;
+  ownerSum(w, n, k, b);
+  return w.decode * c.decode + w.decodeAcc * c.decodeAcc +
+         w.elementwiseBytes * c.elementwisePerByte;
+}
+
 // The reduce-scatter half every scatter-sum runs (ScatterSum: encode, the
 // own block widened, the owner's sum), `b` elements of the buffer per block:
 // n-1 blocks encoded for their owners; the own block's toFloat (reads the
-// input and the residual, writes fp32) and the residual zeroed; the sum of a
-// rank other than rank 0: rank 0's block decoded overwrite, the other n-2
-// peers' accumulated, the own block added (reads two fp32, writes one).
+// input and the residual, writes fp32) and the residual zeroed; the owner's
+// sum (ownerSum).
 void scatterSum(KernelWork& w, double n, const CallKind& k, double b) {
   const double e = (double)k.elemBytes, r = k.residual ? 4.0 : 0.0;
   w.encode += (n - 1) * b;
   w.elementwiseBytes += b * (e + r + 4) + b * r;
-  if (n >= 2) {
-    w.decode += b;
-    w.decodeAcc += (n - 2) * b;
-    w.elementwiseBytes += 12 * b;
-  } else {
-    w.elementwiseBytes += 8 * b;  // rank 0 alone: its block copied
-  }
+  ownerSum(w, n, k, b);
 }
 
 // Backend::qsgdDecodeToOutput: a decode overwrite of every element; where the output
@@ -172,6 +195,18 @@ double batched(int segments, int bucket) {
 
 bool warpBucket(int bucket) {
   return bucket == 128 || bucket == 256 || bucket == 512 || bucket == 1024;
+}
+
+double fusedSumLaunches(double n) {
+  return 1 + ceil(std::max(0.0, n - kFusedSumTerms) / (kFusedSumTerms - 1));
+}
+
+double fusedSumBytes(double n, double codeBytes) {
+  return std::max(0.0, n - 2) * codeBytes + 4 + 8 * (fusedSumLaunches(n) - 1);
+}
+
+double qsgdCodeBytes(size_t count, int bits, int bucket) {
+  return count > 0 ? (double)gradcompQsgdEncodedBytes(count, bits, bucket) / (double)count : 0.0;
 }
 
 double peerEncodeLaunch(int algo, size_t count, int nranks, double pieces, int bucket, int local,
@@ -324,7 +359,8 @@ AlgoShape algoShape(int algo, int nranks, int local, int middle, const CallKind&
       // Hierarchical on >= 2 nodes of >= 2 ranks (as the library picks it): the
       // N blocks widened (permuted) to fp32, NCCL's in-node ring reduce-scatter
       // (G-1 steps, no gradcomp kernels), the flat exchange of fp32 node sums
-      // among the k nodes into the fp32 output, one conversion.
+      // among the k nodes into the fp32 output, one conversion (none where the
+      // fused sum stores the output type itself).
       const int g = local > 1 ? local : 1;
       if (g > 1 && nranks / g >= 2) {
         const double k = nranks / g;
@@ -333,21 +369,22 @@ AlgoShape algoShape(int algo, int nranks, int local, int middle, const CallKind&
         scatterSum(w, k, mid, 1.0);
         w = onFp32(w);
         w.elementwiseBytes += n * (e + 4);
-        if (kind.convert) w.elementwiseBytes += 4 + e;
+        if (kind.convert && !kind.fusedSum) w.elementwiseBytes += 4 + e;
         // Pipelined (HierRsPipe): each piece's k node sums copied to the middle's input.
         if (kind.piped) w.elementwiseBytes += 8 * k;
         s.latencySteps = (g - 1) + 1.0;
         return s;
       }
       // Flat: ScatterSum on blocks of the output's size, one conversion unless the
-      // output is an fp32 Sum (summed in place); one all-to-all.
+      // output is an fp32 Sum (summed in place) or the fused sum stores the
+      // output type (Avg divided) itself; one all-to-all.
       s.latencySteps = 1;
       if (kind.sparse) {
         sparseReduceScatter(w, n, kind);
         return s;
       }
       scatterSum(w, n, kind, 1.0);
-      if (kind.convert) w.elementwiseBytes += 4 + e;
+      if (kind.convert && !kind.fusedSum) w.elementwiseBytes += 4 + e;
       s.latencySteps = 1;
       return s;
     }
@@ -414,8 +451,7 @@ TwoShotStageTimes twoShotStageTimes(size_t count, const CallKind& kind, int nran
   const double ew = c.elementwisePerByte;
   // As algoShape's two-shot (scatterSum, the owner's re-encode, decodeOut).
   t.encode = (n - 1) * b * c.encode + b * (e + r + 4 + r) * ew;
-  t.reduce =
-      b * c.decode + std::max(0.0, n - 2) * b * c.decodeAcc + 12 * b * ew + b * c.ownerEncode;
+  t.reduce = ownerSumUs(n, kind, c, b) + b * c.ownerEncode;
   t.decode = n * b * c.decodeOut + (kind.convert && !kind.fusedOut ? n * b * (4 + e) * ew : 0.0);
   t.exchange = transferUs(wireBytes / 2 / P, gbps) + latencyUs;
   return t;
@@ -552,8 +588,7 @@ HierStageTimes hierStageTimes(size_t count, const CallKind& kind, int bits, int 
   t.copyIn = m * 8 * ew;           // the reduced shard piece into the middle's buffer
   // The middle two-shot on fp32 node sums (ScatterSum, then the owner, then decode).
   t.encode = (k - 1) * b * c.encodeF32 + b * ((4 + r + 4) + r) * ew;
-  t.reduce =
-      b * c.decode + std::max(0.0, k - 2) * b * c.decodeAcc + 12 * b * ew + b * c.ownerEncode;
+  t.reduce = ownerSumUs(k, kind, c, b) + b * c.ownerEncode;
   t.decode = k * b * c.decodeOut;
   t.convert = m * (4 + e) * ew;   // this rank's reduced shard piece to the buffer type
   t.unpack = piece * 2 * e * ew;  // the gathered blocks copied out

@@ -25,6 +25,21 @@ struct CallKind {
   // bucket with a warp path (warpBucket; cuda::qsgdDecodeToOutput): no
   // conversion pass after them.
   bool fusedOut = false;
+  // The owner's sum (ScatterSum::sum: two-shot's R, the reduce-scatter's S,
+  // the hierarchy's two-shot middle and its reduce-scatter's exchange among
+  // the nodes) in one kernel a piece (Backend::qsgdSum), where the bucket has
+  // a warp path (warpBucket, as fusedOut; a field of its own all the same):
+  // the N-1 peers' encodings decoded and the own fp32 block read in
+  // registers, added in rank order and stored once, by every rank alike;
+  // more than kFusedSumTerms terms go through an fp32 accumulator
+  // (fusedSumLaunches). The reduce-scatter's sum is stored straight in the
+  // output type, Avg divided: no conversion pass after it. Without it: one
+  // decode a peer, and the own block added (scatterSum).
+  bool fusedSum = false;
+  // The encoded bytes an element (bits / 8 + 4 / bucket: the codes and the
+  // bucket's fp32 scale; gradcompQsgdEncodedBytes of the row's count over
+  // the count), which the fused sum reads for each peer beyond the first.
+  double codeBytes = 0;
   bool ownerResidual = false;
   // Cut into pieces (GRADCOMP_PIPELINE_BYTES): the hierarchies' pipelined
   // paths widen, stage and unpack piece by piece, which costs more passes.
@@ -47,15 +62,19 @@ struct KernelWork {
   double encode = 0;       // the row's encode of the input type (its EF and rounding)
   double encodeF32 = 0;    // the same encode of fp32 partial sums (ring hops, hier's middle)
   double ownerEncode = 0;  // the owner's re-encode of a reduced chunk (EF only with ownerResidual)
-  double decode = 0;       // decode overwrite (an owner's first chunk, a ring hop's)
-  double decodeAcc = 0;    // decode-accumulate
+  // decode overwrite (an owner's first chunk, a ring hop's; the fused sum's
+  // base: one encoding read, 4 bytes an element written)
+  double decode = 0;
+  double decodeAcc = 0;  // decode-accumulate
   // decode overwrite of the output's chunks (Backend::qsgdDecodeToOutput): a piece's
   // N of them in one launch on a warp bucket, whatever the output (outDecodeLaunch)
   double decodeOut = 0;
-  double elementwiseBytes = 0;  // read + written by toFloat, fromFloat, add, copy and zero passes
-  double select = 0;            // the sparse selector (threshold or exact top-k) over v
-  double checkSlots = 0;        // received slot lists' indices checked (sparseCheckLists)
-  double flag = 0;              // rand-k's non-finite flag passes over v
+  // read + written by toFloat, fromFloat, add, copy and zero passes, and the
+  // fused sum's bytes beyond its base (fusedSumBytes)
+  double elementwiseBytes = 0;
+  double select = 0;      // the sparse selector (threshold or exact top-k) over v
+  double checkSlots = 0;  // received slot lists' indices checked (sparseCheckLists)
+  double flag = 0;        // rand-k's non-finite flag passes over v
 };
 
 // Microseconds per element of each kernel (elementwise: per byte), for the
@@ -123,13 +142,32 @@ double outDecodeLaunch(int algo, size_t count, int nranks, double pieces, int bu
 // kMaxEncodeSegments, kMaxDecodeSegments).
 constexpr int kBatchSegments = 16;
 // Whether a bucket has the CUDA kernels' warp path (128, 256, 512, 1024):
-// batched launches, and decodes straight into any output type.
+// batched launches, decodes straight into any output type, and the owner's
+// sum in one kernel (CallKind::fusedSum).
 bool warpBucket(int bucket);
+// The most terms one launch of the fused owner's sum adds (Backend::qsgdSum):
+// the first launch sums 16 into an fp32 accumulator, each further one the
+// accumulator and up to 15 more terms.
+constexpr int kFusedSumTerms = 16;
+// Launches of the fused sum of n terms: 1 + ceil(max(0, n - 16) / 15).
+double fusedSumLaunches(double n);
+// The owner's fused sum of n terms (n - 1 peers' encodings, the own fp32
+// block), per element of its block: charged as one decode overwrite (its
+// base: an encoding read, 4 bytes written, at the decode's rate) plus these
+// bytes at the elementwise (copy) rate: the other n - 2 encodings
+// (codeBytes each), the own block's 4 and, past 16 terms, the accumulator
+// read and rewritten (8) by every launch after the first. An estimate until
+// a GPU run times the kernel (gradcomp_kernels_perf's `sum` rows).
+double fusedSumBytes(double n, double codeBytes);
+// CallKind::codeBytes of a row: gradcompQsgdEncodedBytes(count, bits,
+// bucket) / count (0 for no elements).
+double qsgdCodeBytes(size_t count, int bits, int bucket);
 
 // Per-rank kernel work and sequential message steps of one allreduce, for
 // the algorithm gradcomp ran (gradcompAlgo_t; 0 = passed through to NCCL).
-// The work is that of a rank other than rank 0 (rank 0's sum starts with its
-// own chunk: one decode-accumulate and a copy where the others have a decode
+// The owner's sum: fused (CallKind::fusedSum), every rank's alike; else the
+// work is that of a rank other than rank 0 (rank 0's sum starts with its own
+// chunk: one decode-accumulate and a copy where the others have a decode
 // overwrite and an add).
 struct AlgoShape {
   KernelWork work;
@@ -172,12 +210,12 @@ double pipelinedModelUs(double kernelUs, double wireBytes, double latencySteps, 
                         double latencyUs, double pieces);
 // Pipelined two-shot as the library runs it (plugin/algorithms/twoshot.cc):
 // per piece, on the compute stream the encode E (N-1 chunks' encodes and the
-// own chunk widened), the owner's reduce R (decodes, sum, re-encode) and the
-// decode D of every chunk (and the conversion); on the comm stream the
-// all-to-all X and the owners' sends G, each half the wire bytes and one
-// latency step. Issue order E_q X_q, then R_{q-1} G_{q-1}, then D_{q-2}; X_q
-// after E_q, R after X, G after R, D after G. Its kernels sum to
-// kernelUs(algoShape(1).work, costs).
+// own chunk widened), the owner's reduce R (its sum, fused or not, as
+// algoShape charges it; the re-encode) and the decode D of every chunk (and
+// the conversion); on the comm stream the all-to-all X and the owners' sends
+// G, each half the wire bytes and one latency step. Issue order E_q X_q,
+// then R_{q-1} G_{q-1}, then D_{q-2}; X_q after E_q, R after X, G after R, D
+// after G. Its kernels sum to kernelUs(algoShape(1).work, costs).
 struct TwoShotStageTimes {
   double encode = 0, reduce = 0, decode = 0;  // compute stream, per piece
   double exchange = 0;                        // comm stream: X and G each, per piece

@@ -625,8 +625,9 @@ TEST_F(QsgdGpu, BatchedDecodeGivesEachSegmentItsOwnDecode) {
 // accumulator, out itself or the scratch), the plain term (the owner's own
 // block) first, in the middle or last, encoded terms of uniform and square
 // levels side by side (each term picks its own level table), a bucket with
-// a NaN (its scale not finite) and a plain Inf, whole buckets and a partial
-// last one, every warp bucket, widths 2, 3, 4 and 8, outputs of every type,
+// a NaN (its scale not finite), and in the plain term an Inf, a -0 and a NaN
+// with a payload (a lone plain term is copied, not added onto zero), whole
+// buckets and a partial last one, every warp bucket, widths 2, 3, 4 and 8, outputs of every type,
 // divided or not, aligned or one element off, plain terms aligned or one
 // float off (the kernel's scalar paths); the output's tail untouched. A term
 // added out of order, a bucket decoded with another term's table or scale,
@@ -658,7 +659,9 @@ TEST_F(QsgdGpu, FusedSumIsTheDecodesAndAddsInTermOrder) {
                                k % 2 == 1, encs.data() + stride * k);
         }
         std::vector<float> own = gctest::normal(n + 1, 9 + d + bits, 2.0f);
-        if (n > 10) own[7] = INFINITY;
+        // A negative zero and a NaN with a payload: a lone plain term is
+        // copied (sign and payload kept), not added onto zero.
+        if (n > 10) own[3] = -0.0f, own[5] = gc::bitsToFloat(0xffc01234u), own[7] = INFINITY;
         DeviceBuffer<uint8_t> denc(encs.size());
         ASSERT_EQ(cudaMemcpy(denc.get(), encs.data(), encs.size(), cudaMemcpyHostToDevice),
                   cudaSuccess);
@@ -666,6 +669,22 @@ TEST_F(QsgdGpu, FusedSumIsTheDecodesAndAddsInTermOrder) {
         ownBuf.upload(own);
         for (int count : {1, 2, 5, 8, 16, 17, kTerms}) {
           for (int plainAt : {0, count / 2, count - 1}) {
+            // The host's launches, for the plain term aligned and one float
+            // off: decode or copy, then decode-accumulate or add.
+            std::vector<float> ref[2];
+            for (int shift = 0; shift < 2; ++shift) {
+              std::vector<float>& acc = ref[shift];
+              acc.resize(n);
+              for (int k = 0; k < count; ++k) {
+                if (k == plainAt) {
+                  for (size_t e = 0; e < n; ++e) {
+                    acc[e] = k == 0 ? own[e + shift] : gc::fadd(acc[e], own[e + shift]);
+                  }
+                } else {
+                  gc::host::qsgdDecode(encs.data() + stride * k, n, bits, d, acc.data(), k != 0);
+                }
+              }
+            }
             for (const Output& o : outputs) {
               const int align = variant++ % 3;  // 0 aligned, 1 plain one off, 2 out one off
               SCOPED_TRACE(testing::Message()
@@ -673,21 +692,11 @@ TEST_F(QsgdGpu, FusedSumIsTheDecodesAndAddsInTermOrder) {
                            << " plain at " << plainAt << " type=" << (int)o.t
                            << " divisor=" << o.divisor << " align=" << align);
               const float* ownDev = ownBuf.get() + (align == 1 ? 1 : 0);
-              const float* ownHost = own.data() + (align == 1 ? 1 : 0);
+              const std::vector<float>& acc = ref[align == 1 ? 1 : 0];
               std::vector<gc::SumTerm> terms(count);
               for (int k = 0; k < count; ++k) {
                 terms[k] = k == plainAt ? gc::SumTerm{ownDev, true}
                                         : gc::SumTerm{denc.get() + stride * k, false};
-              }
-              // The host's launches: decode or copy, then decode-accumulate or add.
-              std::vector<float> acc(n);
-              for (int k = 0; k < count; ++k) {
-                if (k == plainAt) {
-                  for (size_t e = 0; e < n; ++e)
-                    acc[e] = k == 0 ? ownHost[e] : gc::fadd(acc[e], ownHost[e]);
-                } else {
-                  gc::host::qsgdDecode(encs.data() + stride * k, n, bits, d, acc.data(), k != 0);
-                }
               }
               const size_t esz = gc::dtypeBytes(o.t), off = align == 2 ? 1 : 0;
               const size_t outLen = n + 8;
