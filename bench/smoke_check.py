@@ -239,8 +239,13 @@ def fused_sum_bytes(n, code):
     beyond its base decode: the other n-2 peers' encodings, the own fp32 block and, past 16
     terms, the fp32 accumulator read and rewritten by each launch after the first (a launch
     adds 16 terms, each further one the accumulator and up to 15 more)."""
-    launches = 1 + math.ceil(max(0, n - 16) / 15)
-    return max(0, n - 2) * code + 4 + 8 * (launches - 1)
+    return max(0, n - 2) * code + 4 + 8 * (fused_sum_launches(n) - 1)
+
+
+def fused_sum_launches(n):
+    """Launches of a fused sum of n terms (model.h fusedSumLaunches): 16 terms, then the
+    accumulator and up to 15 more a launch."""
+    return 1 + math.ceil(max(0, n - 16) / 15)
 
 
 def owner_sum_us(n, b, c, fused, code):
@@ -296,10 +301,15 @@ def kernel_work(algo, n, e, residual=True, convert=False, local=1, middle="twosh
         w["encode_f32"] += (n - 2) / n
         w["owner_encode"] += 1 / n
     elif algo == "allgather":
+        # The N decodes summed (Backend::qsgdSum): fused, one kernel converting as it
+        # stores; else N-1 decode-accumulates and a conversion unless an fp32 Sum.
         w["encode"] += 1
         w["decode"] += 1
-        w["decode_acc"] += n - 1
-        w["elementwise_bytes"] += 4 + e
+        if fused:
+            w["elementwise_bytes"] += (n - 1) * code + 8 * (fused_sum_launches(n) - 1)
+        else:
+            w["decode_acc"] += n - 1
+            w["elementwise_bytes"] += out
     elif algo == "reducescatter" and local > 1:
         k = n // local
         scatter_sum(k, 4, 1)  # the k node sums, fp32

@@ -450,6 +450,16 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
         row->kernelNote += (row->kernelNote.empty() ? "" : "; ") + std::string(why);
       }
     }
+    // Every dense algorithm but the ring (hier: its middle's) sums on its owners (the
+    // allgather: on every rank).
+    const bool ringSum = row->algoUsed == gradcompAlgoRing ||
+                         (row->algoUsed == gradcompAlgoHier && middle == gradcompAlgoRing);
+    if (kind.fusedSum && !kind.sparse && row->algoUsed != 0 && !ringSum) {
+      row->kernelNote += (row->kernelNote.empty() ? "" : "; ") +
+                         std::string(
+                             "the fused owner's sum estimated from the decode and copy "
+                             "rates (not yet timed)");
+    }
     const KernelCosts& k = row->costs;
     row->work = shape.work;
     row->encodeUs = k.encode * count;

@@ -347,12 +347,20 @@ AlgoShape algoShape(int algo, int nranks, int local, int middle, const CallKind&
       if (kind.convert) w.elementwiseBytes += 4 + e;
       return s;
     }
-    case 3:  // allgather: encode everything once, decode all N buffers into fp32 (the first
-             // overwrite), one fromFloat to the output (direct sends).
+    case 3:  // allgather: encode everything once, sum the N decodes in rank order
+             // (Backend::qsgdSum) into the output (direct sends). Fused: one kernel, a
+             // decode's base, the other N-1 encodings read and the accumulator's passes
+             // past 16 terms (estimated as ownerSum's), converting as it stores; else
+             // a decode overwrite, N-1 decode-accumulates, one conversion unless the
+             // output is an fp32 Sum (decoded into directly).
       w.encode += 1;
       w.decode += 1;
-      w.decodeAcc += n - 1;
-      w.elementwiseBytes += 4 + e;
+      if (kind.fusedSum) {
+        w.elementwiseBytes += (n - 1) * kind.codeBytes + 8 * (fusedSumLaunches(n) - 1);
+      } else {
+        w.decodeAcc += n - 1;
+        if (kind.convert) w.elementwiseBytes += 4 + e;
+      }
       s.latencySteps = 1;
       return s;
     case 6: {  // reduce-scatter (kAlgoReduceScatter), per element of the output
