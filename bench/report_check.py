@@ -203,29 +203,31 @@ expect(abs(r.get("qsgd4_decode_frac_of_fill", 0) - 0.9) < 1e-12, "decode over th
 expect(abs(r.get("fill_frac_of_copy", 0) - 2500.0 / 3000) < 1e-12, "fill: its 2^26 row")
 expect(r.get("qsgd4_bf16_encode_ef_frac_of_copy") == 0.81, "bf16 encode: 4-bit, 2^26 row")
 expect(r.get("qsgd4_fp16_encode_ef_frac_of_copy") == 0.22, "fp16 encode: 4-bit, 2^26 row")
-expect(abs((r.get("qsgd4_encode_batch8_speedup_vs_launches_2p22") or 0) - 1.5) < 1e-12,
-       "batched encode of 8 pieces over 8 launches, fp32 2^22: 0.6 / 0.4")
-expect(abs((r.get("qsgd4_encode_batch8_speedup_vs_launches_2p24") or 0) - 1.25) < 1e-12,
-       "batched encode over launches, fp32 2^24: 0.8 / 0.64")
-expect(abs((r.get("qsgd4_bf16_encode_batch8_speedup_vs_launches_2p22") or 0) - 2.0) < 1e-12,
-       "batched encode over launches, bf16 2^22: 0.5 / 0.25")
-expect(abs((r.get("qsgd4_decode_batch8_speedup_vs_launches_2p22") or 0) - 2.5) < 1e-12,
-       "batched decode over launches, 2^22: 0.7 / 0.28")
-expect("qsgd4_decode_batch8_speedup_vs_launches_2p24" in r
-       and r["qsgd4_decode_batch8_speedup_vs_launches_2p24"] is None,
-       "batched decode, 2^24: no rows, null")
-expect(abs((r.get("qsgd4_bf16_decode_batch8_speedup_vs_launches_2p24") or 0) - 3.0) < 1e-12,
-       "batched bf16 decode over decodes with conversions, 2^24: 0.9 / 0.3 (not the fp32 rows)")
-expect("qsgd4_bf16_encode_batch8_speedup_vs_launches_2p24" in r
-       and r["qsgd4_bf16_encode_batch8_speedup_vs_launches_2p24"] is None,
-       "batched encode, bf16 2^24: no rows, null")
-expect(abs((r.get("qsgd4_sum8_speedup_vs_launches_2p22") or 0) - 4.0) < 1e-12,
-       "fused sum over its launches, fp32 2^22: 0.8 / 0.2")
-expect(abs((r.get("qsgd4_bf16_sum8_speedup_vs_launches_2p24") or 0) - 7.0) < 1e-12,
-       "fused sum over its launches, bf16 2^24: 0.7 / 0.1")
-expect("qsgd4_sum8_speedup_vs_launches_2p24" in r
-       and r["qsgd4_sum8_speedup_vs_launches_2p24"] is None,
-       "fused sum, fp32 2^24: no rows, null")
+# The batched and fused launches over the launches they replace: the ratio of the two rows'
+# fractions, or null where a row is missing.
+for key, want, why in (
+        ("qsgd4_encode_batch8_speedup_vs_launches_2p22", 1.5,
+         "batched encode of 8 pieces over 8 launches, fp32 2^22: 0.6 / 0.4"),
+        ("qsgd4_encode_batch8_speedup_vs_launches_2p24", 1.25,
+         "batched encode over launches, fp32 2^24: 0.8 / 0.64"),
+        ("qsgd4_bf16_encode_batch8_speedup_vs_launches_2p22", 2.0,
+         "batched encode over launches, bf16 2^22: 0.5 / 0.25"),
+        ("qsgd4_bf16_encode_batch8_speedup_vs_launches_2p24", None,
+         "batched encode, bf16 2^24: no rows, null"),
+        ("qsgd4_decode_batch8_speedup_vs_launches_2p22", 2.5,
+         "batched decode over launches, 2^22: 0.7 / 0.28"),
+        ("qsgd4_decode_batch8_speedup_vs_launches_2p24", None,
+         "batched decode, 2^24: no rows, null"),
+        ("qsgd4_bf16_decode_batch8_speedup_vs_launches_2p24", 3.0,
+         "batched bf16 decode over decodes with conversions, 2^24: 0.9 / 0.3 (not the fp32 rows)"),
+        ("qsgd4_sum8_speedup_vs_launches_2p22", 4.0,
+         "fused sum over its launches, fp32 2^22: 0.8 / 0.2"),
+        ("qsgd4_sum8_speedup_vs_launches_2p24", None, "fused sum, fp32 2^24: no rows, null"),
+        ("qsgd4_bf16_sum8_speedup_vs_launches_2p24", 7.0,
+         "fused sum over its launches, bf16 2^24: 0.7 / 0.1")):
+    got = r.get(key, "absent")
+    expect(got is None if want is None
+           else isinstance(got, float) and abs(got - want) < 1e-12, "%s (got %r)" % (why, got))
 expect(r.get("qsgd4_nearest_encode_ef_frac_of_copy") == 0.91, "nearest encode: fp32 4-bit 2^26 row")
 expect(r.get("qsgd4_bf16_nearest_encode_ef_frac_of_copy") == 0.83, "nearest encode: bf16 row")
 expect(r.get("qsgd4_fp16_nearest_encode_ef_frac_of_copy") == 0.79, "nearest encode: fp16 row")
