@@ -269,8 +269,8 @@ def kernel_work(algo, n, e, residual=True, convert=False, local=1, middle="twosh
     w = dict.fromkeys(KINDS + ["elementwise_bytes"], 0.0)
     out = 4 + e if convert else 0  # fp32 scratch -> output type
     # Two-shot's and the ring's decodes into the output convert in the kernel on a warp
-    # bucket (fused): no conversion pass; nor after the reduce-scatter's fused sum, which
-    # stores the output type itself.
+    # bucket (fused): no conversion pass; nor after the flat reduce-scatter's fused sum,
+    # which stores the output type itself (the hierarchical one's middle sums into fp32).
     out_dec = 0 if fused else out
 
     def scatter_sum(n, e, b):
@@ -314,7 +314,7 @@ def kernel_work(algo, n, e, residual=True, convert=False, local=1, middle="twosh
         k = n // local
         scatter_sum(k, 4, 1)  # the k node sums, fp32
         w["encode_f32"], w["encode"] = w["encode"], 0.0
-        w["elementwise_bytes"] += n * (e + 4) + out_dec  # all N blocks widened, one conversion
+        w["elementwise_bytes"] += n * (e + 4) + out  # all N blocks widened, one conversion
         if piped:  # HierRsPipe: each piece's k node sums copied to the middle's input
             w["elementwise_bytes"] += 8 * k
     elif algo == "reducescatter":

@@ -367,8 +367,8 @@ AlgoShape algoShape(int algo, int nranks, int local, int middle, const CallKind&
       // Hierarchical on >= 2 nodes of >= 2 ranks (as the library picks it): the
       // N blocks widened (permuted) to fp32, NCCL's in-node ring reduce-scatter
       // (G-1 steps, no gradcomp kernels), the flat exchange of fp32 node sums
-      // among the k nodes into the fp32 output, one conversion (none where the
-      // fused sum stores the output type itself).
+      // among the k nodes into fp32 (the middle's sum stores fp32 there, fused
+      // or not), one conversion.
       const int g = local > 1 ? local : 1;
       if (g > 1 && nranks / g >= 2) {
         const double k = nranks / g;
@@ -377,7 +377,7 @@ AlgoShape algoShape(int algo, int nranks, int local, int middle, const CallKind&
         scatterSum(w, k, mid, 1.0);
         w = onFp32(w);
         w.elementwiseBytes += n * (e + 4);
-        if (kind.convert && !kind.fusedSum) w.elementwiseBytes += 4 + e;
+        if (kind.convert) w.elementwiseBytes += 4 + e;
         // Pipelined (HierRsPipe): each piece's k node sums copied to the middle's input.
         if (kind.piped) w.elementwiseBytes += 8 * k;
         s.latencySteps = (g - 1) + 1.0;

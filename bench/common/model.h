@@ -32,8 +32,10 @@ struct CallKind {
   // the N-1 peers' encodings decoded and the own fp32 block read in
   // registers, added in rank order and stored once, by every rank alike;
   // more than kFusedSumTerms terms go through an fp32 accumulator
-  // (fusedSumLaunches). The reduce-scatter's sum is stored straight in the
-  // output type, Avg divided: no conversion pass after it. Without it: one
+  // (fusedSumLaunches). The flat reduce-scatter's and the allgather's sums
+  // are stored straight in the output type, Avg divided: no conversion pass
+  // after them (the hierarchical reduce-scatter's middle sums into fp32 and
+  // converts after it, as before). Without it: one
   // decode a peer, and the own block added (scatterSum).
   bool fusedSum = false;
   // The encoded bytes an element (bits / 8 + 4 / bucket: the codes and the
