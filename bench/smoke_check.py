@@ -192,6 +192,9 @@ KINDS = ["encode", "encode_f32", "owner_encode", "decode", "decode_acc", "decode
 # The sparse rows' kernels charged at their own rates: the selector (passes over v), the
 # received lists' check (indices checked), rand-k's non-finite flag (passes over v).
 SPARSE_KINDS = ["select", "check_lists", "nonfinite_flag"]
+# The fused owner's sums within the work (model.h KernelWork): their base decodes (in decode),
+# their copy-rate bytes (in elementwise_bytes) and the bytes they move (at sum_per_byte).
+SUM_WORK = ["sum_decode", "sum_copy_bytes", "sum_bytes"]
 
 
 def report_cost(kdoc, kernel, dtype, bits, bucket, count):
@@ -219,7 +222,23 @@ def report_costs(kdoc, r, bits, bucket, encode="qsgd_encode_ef", owner="qsgd_enc
     costs["decode"] = cost("qsgd_decode") or costs["decode_acc"]
     costs["decode_out"] = costs["decode"]  # one report row: the output decodes' rate too
     costs["elementwise_per_byte"] = cost("copy") / 8
+    costs["sum_per_byte"] = sum_per_byte(kdoc, bits, bucket, c)
     return costs
+
+
+def sum_per_byte(kdoc, bits, bucket, count):
+    """The fused owner's sum per byte it moves (kernel_rates.cc lookup): the report's qsgd_sum8
+    row into fp32 at bits and bucket whose owner's block m = n / 8 is nearest count, over
+    7 E(m) + 4m + 4m bytes (7 encodings, the own fp32 block, the fp32 store); 0 without one
+    (the model's estimate)."""
+    rows = [r for r in kdoc["rows"] if r["kernel"] == "qsgd_sum8" and r["dtype"] == "float"
+            and r["bits"] == bits and r.get("bucket", kdoc.get("bucket")) == bucket
+            and r["n"] // 8 >= 1]
+    if not rows:
+        return 0.0
+    best = min(rows, key=lambda r: (abs(math.log(r["n"] // 8 / count)), -(r["n"] // 8)))
+    m = best["n"] // 8
+    return best["time_us"] / (7 * encoded(m, bits, bucket) + 8 * m)
 
 
 def warp_bucket(bucket):
@@ -242,6 +261,14 @@ def fused_sum_bytes(n, code):
     return max(0, n - 2) * code + 4 + 8 * (fused_sum_launches(n) - 1)
 
 
+def fused_sum_moved_bytes(n, code, own=True):
+    """The bytes the fused sum of n terms moves per element of its block, charged at a measured
+    rate (model.h fusedSumMovedBytes): with the own fp32 block, the n-1 encodings, its 4 and the
+    store's 4; without (the allgather's), the n encodings and the store's 4; past 16 terms the
+    accumulator's 8 by each launch after the first."""
+    return ((n - 1) * code + 8 if own else n * code + 4) + 8 * (fused_sum_launches(n) - 1)
+
+
 def fused_sum_launches(n):
     """Launches of a fused sum of n terms (model.h fusedSumLaunches): 16 terms, then the
     accumulator and up to 15 more a launch."""
@@ -250,8 +277,11 @@ def fused_sum_launches(n):
 
 def owner_sum_us(n, b, c, fused, code):
     """The owner's sum of a block of b elements over n terms at the costs c (model.cc
-    ownerSum): fused, a decode overwrite and fused_sum_bytes at the copy's rate; else a decode,
-    n-2 decode-accumulates and the own block added (12 bytes)."""
+    ownerSum): fused, fused_sum_moved_bytes at the measured sum_per_byte where the costs have
+    it, else a decode overwrite and fused_sum_bytes at the copy's rate; else a decode, n-2
+    decode-accumulates and the own block added (12 bytes)."""
+    if fused and c.get("sum_per_byte", 0) > 0:
+        return b * fused_sum_moved_bytes(n, code) * c["sum_per_byte"]
     if fused:
         return b * c["decode"] + b * fused_sum_bytes(n, code) * c["elementwise_per_byte"]
     return (b * c["decode"] + max(0, n - 2) * b * c["decode_acc"]
@@ -266,7 +296,7 @@ def kernel_work(algo, n, e, residual=True, convert=False, local=1, middle="twosh
     elementwise bytes. fused: a warp bucket, where the output's decodes convert in the kernel
     and the owner's sum is one kernel reading code (code_bytes) bytes an element a peer."""
     R = 4 if residual else 0
-    w = dict.fromkeys(KINDS + ["elementwise_bytes"], 0.0)
+    w = dict.fromkeys(KINDS + ["elementwise_bytes"] + SUM_WORK, 0.0)
     out = 4 + e if convert else 0  # fp32 scratch -> output type
     # Two-shot's and the ring's decodes into the output convert in the kernel on a warp
     # bucket (fused): no conversion pass; nor after the flat reduce-scatter's fused sum,
@@ -282,6 +312,9 @@ def kernel_work(algo, n, e, residual=True, convert=False, local=1, middle="twosh
         w["decode"] += b
         if fused:
             w["elementwise_bytes"] += b * fused_sum_bytes(n, code)
+            w["sum_decode"] += b
+            w["sum_copy_bytes"] += b * fused_sum_bytes(n, code)
+            w["sum_bytes"] += b * fused_sum_moved_bytes(n, code)
         else:
             w["decode_acc"] += (n - 2) * b
             w["elementwise_bytes"] += 12 * b
@@ -306,7 +339,11 @@ def kernel_work(algo, n, e, residual=True, convert=False, local=1, middle="twosh
         w["encode"] += 1
         w["decode"] += 1
         if fused:
-            w["elementwise_bytes"] += (n - 1) * code + 8 * (fused_sum_launches(n) - 1)
+            copy = (n - 1) * code + 8 * (fused_sum_launches(n) - 1)
+            w["elementwise_bytes"] += copy
+            w["sum_decode"] += 1
+            w["sum_copy_bytes"] += copy
+            w["sum_bytes"] += fused_sum_moved_bytes(n, code, own=False)
         else:
             w["decode_acc"] += n - 1
             w["elementwise_bytes"] += out
@@ -336,8 +373,17 @@ def kernel_work(algo, n, e, residual=True, convert=False, local=1, middle="twosh
 
 
 def kernel_total(w, costs, count):
-    return count * (sum(w.get(k, 0) * costs.get(k, 0) for k in KINDS + SPARSE_KINDS)
-                    + w["elementwise_bytes"] * costs["elementwise_per_byte"])
+    """kernelUs: each kernel's work at its cost; the fused owner's sums (the sum_* work) at the
+    measured sum_per_byte where the costs have it, in place of their estimate's decodes and
+    copy-rate bytes (model.cc kernelUs)."""
+    measured = costs.get("sum_per_byte", 0) > 0
+    ws = dict(w)
+    if measured:
+        ws["decode"] = w.get("decode", 0) - w.get("sum_decode", 0)
+        ws["elementwise_bytes"] = w["elementwise_bytes"] - w.get("sum_copy_bytes", 0)
+    return count * (sum(ws.get(k, 0) * costs.get(k, 0) for k in KINDS + SPARSE_KINDS)
+                    + ws["elementwise_bytes"] * costs["elementwise_per_byte"]
+                    + (w.get("sum_bytes", 0) * costs["sum_per_byte"] if measured else 0))
 
 
 def f32(x):
@@ -1117,6 +1163,68 @@ def main():
                    (bkt == 128), "%s: the row says when the decode overwrite is estimated (%s)"
                    % (t, note))
 
+    # The fused owner's sum charged at the report's qsgd_sum8 rate where it has one (fp32
+    # output, the row's bits and bucket): per byte it moves, 7 E(m) + 4m + 4m of the row's
+    # n = 8m, and the row's fused sums' bytes (two-shot: (N-1) E + 8 per element of the
+    # owner's block; the allgather: N E + 4) at it, in place of the estimate (a decode
+    # overwrite and F bytes at the copy's rate) that the fixture without the row keeps. The
+    # rows that must not be taken (another bucket, bf16 output, the unfused launches) have
+    # other times.
+    fsum = os.path.join(work, "fixture-sum")
+    os.makedirs(os.path.join(fsum, "2030-01-01-sum-gpu"), exist_ok=True)
+    open(os.path.join(fsum, "2030-01-01-sum-gpu.json"), "w").write("{}")
+    sum_us = 123.0
+    sdoc = dict(fdoc, rows=fdoc["rows"] + [
+        dict(frow("qsgd_sum8", sum_us), n=8 * M), dict(frow("qsgd_sum8", 1.0, 128), n=8 * M),
+        dict(frow("qsgd_sum8", 2.0, dtype="bfloat16"), n=8 * M),
+        dict(frow("qsgd_sum8_launches", 3.0), n=8 * M)])
+    json.dump(sdoc, open(os.path.join(fsum, "2030-01-01-sum-gpu", "kernels.json"), "w"))
+    spb = sum_us / (7 * encoded(M, 4, 512) + 8 * M)
+    for algo, nr in (("twoshot", 4), ("allgather", 4), ("twoshot", 2)):
+        got = {}
+        for which, fixture in (("measured", os.path.join(fsum, "2030-01-01-sum-gpu.json")),
+                               ("estimated", os.path.join(fx, "2030-01-01-test-gpu.json"))):
+            tag = "fused sum %s, %s N=%d" % (which, algo, nr)
+            code, out, rows = run(perf, ["-N", str(nr), "-b", "256K", "-e", "256K", "-n", "1",
+                                         "-w", "0", "-m", "qsgd", "-q", "4", "-B", "512", "-a",
+                                         algo, "-d", "float", "--kernel-rates", fixture],
+                                  os.path.join(work, "sum-%s-%s-%d.json" % (which, algo, nr)))
+            expect(code == 0 and len(rows) == 1 and rows[0]["algo"] == algo
+                   and rows[0].get("kernel_source") == "gpu_report",
+                   "%s: exits 0, one row modeled from the report" % tag)
+            if not (code == 0 and len(rows) == 1):
+                continue
+            r = got[which] = rows[0]
+            c = r.get("kernel_costs") or {}
+            want = spb if which == "measured" else 0.0
+            expect(close(c.get("sum_per_byte"), want),
+                   "%s: sum_per_byte %s, want %s" % (tag, c.get("sum_per_byte"), want))
+            check_kernels(tag, r, sdoc if which == "measured" else fdoc, 4, 512, algo, nr)
+            note = r.get("kernel_note") or ""
+            expect(("the fused owner's sum charged at the measured qsgd_sum8 rate" in note) ==
+                   (which == "measured") and
+                   ("the fused owner's sum estimated from the decode and copy rates" in note) ==
+                   (which == "estimated"), "%s: the note says which (%s)" % (tag, note))
+            model_check.check_rows(os.path.join(work, "sum-%s-%s-%d.json" % (which, algo, nr)))
+        if len(got) < 2:
+            continue
+        # The difference between the two is the fused sum's alone: its bytes at the measured
+        # rate less the estimate (both fixtures' other rows are the same).
+        r, c = got["estimated"], got["estimated"]["kernel_costs"]
+        n, code = r["count"], code_bytes(r["count"], 4, 512)
+        if algo == "twoshot":
+            b, moved = n / nr, (nr - 1) * code + 8
+            est = c["decode"] + (max(0, nr - 2) * code + 4) * c["elementwise_per_byte"]
+        else:
+            b, moved = n, nr * code + 4
+            est = c["decode"] + (nr - 1) * code * c["elementwise_per_byte"]
+        delta = b * (moved * spb - est)
+        expect(close(got["measured"]["kernel_us"] - r["kernel_us"], delta, 1e-6),
+               "fused sum, %s N=%d: measured minus estimated kernel_us %s, want %s"
+               % (algo, nr, got["measured"]["kernel_us"] - r["kernel_us"], delta))
+        expect(abs(delta) > 1e-3 * r["kernel_us"],
+               "fused sum, %s N=%d: the fixture's rate changes the kernels' time" % (algo, nr))
+
     # GRADCOMP_LEVELS=square: every QSGD algorithm's rows say so (JSON, label), are checked
     # against the top step's bound (no wrong element, every rank's weight 1), and the fixture,
     # which has no qsgd_encode_ef_square rows, models none of them rather than take the
@@ -1156,6 +1264,13 @@ def main():
                                        ("qsgd_decode_acc", 45.0, 100.0), ("copy", 30.0, 80.0)):
         for n, us in ((M // 2, small_us), (2 * M, large_us)):
             tie_rows.append({"kernel": kernel, "dtype": "float", "bits": 4, "n": n, "time_us": us})
+    # The fused sum's rows at owner's blocks of M/2 and 2M (n = 8m): its cost per byte follows
+    # the codec launch as the others' (tie_sum: at a launch of m).
+    for m_, us in ((M // 2, 40.0), (2 * M, 100.0)):
+        tie_rows.append({"kernel": "qsgd_sum8", "dtype": "float", "bits": 4, "n": 8 * m_,
+                         "time_us": us})
+    tie_sum = {m_: us / (7 * encoded(m_, 4, 512) + 8 * m_)
+               for m_, us in ((M // 2, 40.0), (2 * M, 100.0))}
     json.dump({"gpu": "Fixture GPU", "bucket": 512, "rows": tie_rows},
               open(os.path.join(ft, "kernels.json"), "w"))
     code, out, rows = run(perf, ["-N", "2", "-b", "4M", "-e", "4M", "-n", "1", "-w", "0", "-m",
@@ -1169,6 +1284,9 @@ def main():
         expect(close(r["encode_us"], 90.0 * 2) and close(r["decode_us"], 45.0 * 2),
                "fixture tie: two-shot's encode %s and decode %s us at the M/2 row's rates (180, "
                "90), not the whole call's M" % (r["encode_us"], r["decode_us"]))
+        sp = (r.get("kernel_costs") or {}).get("sum_per_byte")
+        expect(close(sp, tie_sum[M // 2]), "fixture tie: two-shot's fused sum at the m = M/2 "
+               "row's rate per byte, %s vs %s" % (sp, tie_sum[M // 2]))
     # At N = 4 the peers' encodes of a piece are one batched launch (Backend::qsgdEncodeBatch):
     # 3 chunks of M/4, 3M/4 elements, between the rows at log2 offset log2(1.5)/2 from M/2;
     # the sum's decodes stay per chunk (M/4, below the smallest row: held at M/2's).
@@ -1203,6 +1321,9 @@ def main():
         expect(close(r["encode_us"], 140.0) and close(r["decode_us"], 70.0),
                "fixture tie: the allgather's encode %s and decode %s us interpolated halfway "
                "(140, 70)" % (r["encode_us"], r["decode_us"]))
+        sp, want = (r.get("kernel_costs") or {}).get("sum_per_byte"), sum(tie_sum.values()) / 2
+        expect(close(sp, want), "fixture tie: the allgather's fused sum per byte interpolated "
+               "halfway, %s vs %s" % (sp, want))
 
     # The sparse rows (topk, dgc, randk; algo sparse): every kernel charged, the selector at
     # the report's rate of the nearest density then n, everything else by bytes at the copy's

@@ -397,7 +397,8 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
     } else {
       // Rank 0 alone, the others wait: the kernels' own time, not the shared
       // GPU's. Its points (n, then the costs in KernelCosts' order) go to
-      // every rank in one max-reduce.
+      // every rank in one max-reduce. The fused owner's sum is not timed
+      // here (sumPerByte 0: estimated; timeQsgdKernels says why).
       constexpr int kPoints = 32, kFields = 7;
       double v[kPoints * kFields + 1] = {};
       r.barrier();
@@ -456,9 +457,11 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
                          (row->algoUsed == gradcompAlgoHier && middle == gradcompAlgoRing);
     if (kind.fusedSum && !kind.sparse && row->algoUsed != 0 && !ringSum) {
       row->kernelNote += (row->kernelNote.empty() ? "" : "; ") +
-                         std::string(
-                             "the fused owner's sum estimated from the decode and copy "
-                             "rates (not yet timed)");
+                         std::string(row->costs.sumPerByte > 0
+                                         ? "the fused owner's sum charged at the measured "
+                                           "qsgd_sum8 rate"
+                                         : "the fused owner's sum estimated from the decode and "
+                                           "copy rates (not yet timed)");
     }
     const KernelCosts& k = row->costs;
     row->work = shape.work;

@@ -12,6 +12,7 @@
 #include <string>
 #include <tuple>
 
+#include "gradcomp/reference.h"
 #include "json_read.h"
 
 #ifndef GCBENCH_RESULTS_DIR
@@ -135,7 +136,7 @@ KernelRates loadKernelRates(const std::string& where) {
     const bool lists = kernel->str == "sparse_check_lists";
     if (kernel->str.compare(0, 11, "qsgd_encode") != 0 && kernel->str != "qsgd_decode_acc" &&
         kernel->str != "qsgd_decode" && kernel->str != "copy" && !topk && !lists &&
-        kernel->str != "nonfinite_flag")
+        kernel->str != "nonfinite_flag" && kernel->str != "qsgd_sum8")
       continue;
     if (!(n->num >= 1) || !(us->num > 0) || !isfinite(us->num)) continue;
     const JsonValue* density = r.get("density");
@@ -149,6 +150,12 @@ KernelRates loadKernelRates(const std::string& where) {
           slots->kind != JsonValue::Number || !(count->num >= 1) || !(slots->num >= 1))
         continue;
       items = count->num * slots->num;
+    }
+    // The fused sum at N = 8 is timed on a buffer of n elements: one launch
+    // over the owner's block of n / 8 (its n here, as a codec launch's).
+    if (kernel->str == "qsgd_sum8") {
+      items = floor(n->num / kSumTerms);
+      if (!(items >= 1)) continue;
     }
     // Only the QSGD kernels' rates depend on bits and bucket.
     const bool any = kernel->str.compare(0, 4, "qsgd") != 0;
@@ -205,6 +212,17 @@ bool KernelRates::lookup(const char* dtype, const QsgdKernels& k, size_t count, 
   if (!copy) return false;
   c->elementwisePerByte = copy->timeUs / (8.0 * copy->n);
   say("elementwise passes estimated at copy bandwidth");
+  // The fused owner's sum where the report times it (qsgd_sum8 into fp32 at
+  // k's bits and bucket; its n: the owner's block m): per byte it moves,
+  // the 7 peers' encodings, the own fp32 block and the fp32 store
+  // (fusedSumMovedBytes). 0 without the row: the model's estimate.
+  c->sumPerByte = 0;
+  if (const Entry* sum = nearest("qsgd_sum8", "float", k.bits, k.bucket)) {
+    const size_t m = (size_t)sum->n;
+    const double bytes =
+        (kSumTerms - 1) * (double)gradcompQsgdEncodedBytes(m, k.bits, k.bucket) + 8.0 * m;
+    c->sumPerByte = sum->timeUs / bytes;
+  }
   return true;
 }
 

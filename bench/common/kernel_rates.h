@@ -15,6 +15,10 @@
 
 namespace gcbench {
 
+// The terms of gradcomp_kernels_perf's qsgd_sum8 rows: 7 encodings and the
+// own fp32 block.
+constexpr int kSumTerms = 8;
+
 struct KernelRates {
   bool ok = false;
   std::string report;  // the report the rates come from, as the preamble names it
@@ -22,11 +26,13 @@ struct KernelRates {
   std::string reason;  // why there are none
   struct Entry {
     std::string kernel, dtype;  // an encode kernel (QsgdKernels::encodeName), qsgd_decode,
-                                // qsgd_decode_acc or copy (n floats read and written)
+                                // qsgd_decode_acc, copy (n floats read and written),
+                                // qsgd_sum8 (the fused owner's sum of kSumTerms terms)
     int bits, bucket;
     double n, timeUs;
     double density = 0;  // topk_threshold and topk_exact: the density selected at
-    // n: elements; for sparse_check_lists the indices checked (lists * k).
+    // n: elements; for sparse_check_lists the indices checked (lists * k); for
+    // qsgd_sum8 the owner's block, the report's n / kSumTerms.
   };
   std::vector<Entry> rows;
 
@@ -40,6 +46,9 @@ struct KernelRates {
   // never stands in. Older reports lack rows the model now charges; `note`
   // then says which rate stood in for which (the owners' encode without
   // error feedback at the one with it, decode overwrite at accumulate).
+  // Where the report has a qsgd_sum8 row of fp32 output at k's bits and
+  // bucket, the fused owner's sum's cost per byte moved (sumPerByte) from
+  // the row of the nearest owner's block; else sumPerByte = 0 (estimated).
   bool lookup(const char* dtype, const QsgdKernels& k, size_t count, KernelCosts* costs,
               std::string* note) const;
   // The same costs at every n the report has the row's encode at (each

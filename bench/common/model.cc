@@ -15,10 +15,11 @@ namespace {
 // peers' encodings and its own fp32 block in rank order (ScatterSum::sum).
 // Fused (CallKind::fusedSum, Backend::qsgdSum): one kernel a piece, every
 // rank alike, charged as a decode overwrite and fusedSumBytes at the copy's
-// rate (an estimate until a GPU run times it: gradcomp_kernels_perf's `sum`
-// rows). Else the sum of a rank other than rank 0: rank 0's block decoded
-// overwrite, the other n-2 peers' accumulated, the own block added (reads
-// two fp32, writes one).
+// rate (an estimate), or, where the costs have the kernel's measured rate
+// (gradcomp_kernels_perf's qsgd_sum8 rows: KernelCosts::sumPerByte), its
+// fusedSumMovedBytes at that rate (KernelWork's sum fields). Else the sum
+// of a rank other than rank 0: rank 0's block decoded overwrite, the other
+// n-2 peers' accumulated, the own block added (reads two fp32, writes one).
 void ownerSum(KernelWork& w, double n, const CallKind& k, double b) {
   if (n < 2) {
     w.elementwiseBytes += 8 * b;  // rank 0 alone: its block copied
@@ -26,7 +27,11 @@ void ownerSum(KernelWork& w, double n, const CallKind& k, double b) {
   }
   w.decode += b;
   if (k.fusedSum) {
-    w.elementwiseBytes += b * fusedSumBytes(n, k.codeBytes);
+    const double copy = b * fusedSumBytes(n, k.codeBytes);
+    w.elementwiseBytes += copy;
+    w.sumDecode += b;
+    w.sumCopyBytes += copy;
+    w.sumBytes += b * fusedSumMovedBytes(n, k.codeBytes, true);
   } else {
     w.decodeAcc += (n - 2) * b;
     w.elementwiseBytes += 12 * b;
@@ -37,8 +42,7 @@ void ownerSum(KernelWork& w, double n, const CallKind& k, double b) {
 double ownerSumUs(double n, const CallKind& k, const KernelCosts& c, double b) {
   KernelWork w;
   ownerSum(w, n, k, b);
-  return w.decode * c.decode + w.decodeAcc * c.decodeAcc +
-         w.elementwiseBytes * c.elementwisePerByte;
+  return kernelUs(w, c, 1.0);
 }
 
 // The reduce-scatter half every scatter-sum runs (ScatterSum: encode, the
@@ -92,6 +96,7 @@ KernelWork scaled(KernelWork w, double f) {
   w.encode *= f, w.encodeF32 *= f, w.ownerEncode *= f;
   w.decode *= f, w.decodeAcc *= f, w.decodeOut *= f, w.elementwiseBytes *= f;
   w.select *= f, w.checkSlots *= f, w.flag *= f;
+  w.sumDecode *= f, w.sumCopyBytes *= f, w.sumBytes *= f;
   return w;
 }
 
@@ -144,7 +149,7 @@ KernelCosts KernelCurve::at(double n) const {
                   mix(a.decode, b.decode, z.decode), mix(a.decodeAcc, b.decodeAcc, z.decodeAcc),
                   mix(a.elementwisePerByte, b.elementwisePerByte, z.elementwisePerByte),
                   mix(a.select, b.select, z.select), mix(a.checkSlot, b.checkSlot, z.checkSlot),
-                  mix(a.flag, b.flag, z.flag)});
+                  mix(a.flag, b.flag, z.flag), 0.0, mix(a.sumPerByte, b.sumPerByte, z.sumPerByte)});
 }
 
 KernelCosts KernelCurve::at(double codec, double peerEncode, double outDecode,
@@ -205,6 +210,10 @@ double fusedSumBytes(double n, double codeBytes) {
   return std::max(0.0, n - 2) * codeBytes + 4 + 8 * (fusedSumLaunches(n) - 1);
 }
 
+double fusedSumMovedBytes(double n, double codeBytes, bool ownBlock) {
+  return (ownBlock ? (n - 1) * codeBytes + 8 : n * codeBytes + 4) + 8 * (fusedSumLaunches(n) - 1);
+}
+
 double qsgdCodeBytes(size_t count, int bits, int bucket) {
   return count > 0 ? (double)gradcompQsgdEncodedBytes(count, bits, bucket) / (double)count : 0.0;
 }
@@ -249,10 +258,15 @@ double outDecodeLaunch(int algo, size_t count, int nranks, double pieces, int bu
 }
 
 double kernelUs(const KernelWork& w, const KernelCosts& c, double count) {
+  // The fused sums at their measured rate where the costs have one, in place
+  // of their estimate's decodes and copy-rate bytes.
+  const bool sumMeasured = c.sumPerByte > 0;
+  const double decode = sumMeasured ? w.decode - w.sumDecode : w.decode;
+  const double bytes = sumMeasured ? w.elementwiseBytes - w.sumCopyBytes : w.elementwiseBytes;
   return count * (w.encode * c.encode + w.encodeF32 * c.encodeF32 + w.ownerEncode * c.ownerEncode +
-                  w.decode * c.decode + w.decodeAcc * c.decodeAcc + w.decodeOut * c.decodeOut +
-                  w.elementwiseBytes * c.elementwisePerByte + w.select * c.select +
-                  w.checkSlots * c.checkSlot + w.flag * c.flag);
+                  decode * c.decode + w.decodeAcc * c.decodeAcc + w.decodeOut * c.decodeOut +
+                  bytes * c.elementwisePerByte + w.select * c.select + w.checkSlots * c.checkSlot +
+                  w.flag * c.flag + (sumMeasured ? w.sumBytes * c.sumPerByte : 0.0));
 }
 
 // Kernel work per element of the buffer, as plugin/algorithms/ runs it (the
@@ -356,7 +370,11 @@ AlgoShape algoShape(int algo, int nranks, int local, int middle, const CallKind&
       w.encode += 1;
       w.decode += 1;
       if (kind.fusedSum) {
-        w.elementwiseBytes += (n - 1) * kind.codeBytes + 8 * (fusedSumLaunches(n) - 1);
+        const double copy = (n - 1) * kind.codeBytes + 8 * (fusedSumLaunches(n) - 1);
+        w.elementwiseBytes += copy;
+        w.sumDecode += 1;
+        w.sumCopyBytes += copy;
+        w.sumBytes += fusedSumMovedBytes(n, kind.codeBytes, false);
       } else {
         w.decodeAcc += n - 1;
         if (kind.convert) w.elementwiseBytes += 4 + e;

@@ -77,6 +77,13 @@ struct KernelWork {
   double select = 0;      // the sparse selector (threshold or exact top-k) over v
   double checkSlots = 0;  // received slot lists' indices checked (sparseCheckLists)
   double flag = 0;        // rand-k's non-finite flag passes over v
+  // The fused owner's sums (CallKind::fusedSum) within the above: their base
+  // decodes (in `decode`), their bytes at the copy's rate (fusedSumBytes and
+  // the allgather's, in elementwiseBytes), and the bytes they move
+  // (fusedSumMovedBytes). Where the costs have a measured rate for the fused
+  // sum (KernelCosts::sumPerByte), kernelUs charges sumBytes at it instead
+  // of sumDecode decodes and sumCopyBytes at the copy's rate.
+  double sumDecode = 0, sumCopyBytes = 0, sumBytes = 0;
 };
 
 // Microseconds per element of each kernel (elementwise: per byte), for the
@@ -89,6 +96,11 @@ struct KernelCosts {
   // The decode overwrite at the output decodes' launch size: KernelCurve's
   // at() sets it (the one-size at(n): decode's own).
   double decodeOut = 0;
+  // The fused owner's sum per byte it moves (KernelWork::sumBytes), from a
+  // GPU report's qsgd_sum8 row (KernelRates::lookup); 0: not timed, the sum
+  // is estimated from the decode and copy rates (the GPU backend's own
+  // timing has no public entry point to time it through).
+  double sumPerByte = 0;
 };
 double kernelUs(const KernelWork& w, const KernelCosts& c, double count);
 
@@ -161,6 +173,14 @@ double fusedSumLaunches(double n);
 // read and rewritten (8) by every launch after the first. An estimate until
 // a GPU run times the kernel (gradcomp_kernels_perf's `sum` rows).
 double fusedSumBytes(double n, double codeBytes);
+// The bytes the fused sum of n terms moves per element of its block, as
+// charged at a measured rate (KernelCosts::sumPerByte): with the own fp32
+// block (ScatterSum::sum) the n - 1 encodings, the own block's 4 and the
+// store's 4; without (the allgather's) the n encodings and the store's 4;
+// past 16 terms the accumulator's 8 by every launch after the first. The
+// estimate's base decode (an encoding read, 4 bytes written) plus its
+// fusedSumBytes (or the allgather's (n - 1) E + 8 (L - 1)).
+double fusedSumMovedBytes(double n, double codeBytes, bool ownBlock);
 // CallKind::codeBytes of a row: gradcompQsgdEncodedBytes(count, bits,
 // bucket) / count (0 for no elements).
 double qsgdCodeBytes(size_t count, int bits, int bucket);

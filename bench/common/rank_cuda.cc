@@ -87,7 +87,11 @@ double copyUsPerByte(int rank_, cudaStream_t stream, const float* src, float* ds
 // public entry points: its QSGD encode of x, decode overwrite and accumulate
 // of the result, the fp32 encodes of the decoded values, and a device copy
 // for the elementwise passes (one read, one write per element, as the
-// library's toFloat, fromFloat and copy; add reads one more).
+// library's toFloat, fromFloat and copy; add reads one more). The fused
+// owner's sum (Backend::qsgdSum) has no public entry point to time it
+// through: costs->sumPerByte stays 0 and the model estimates it from the
+// decode and copy rates (model.cc ownerSum); the CPU backend takes its rate
+// from a GPU report's qsgd_sum8 rows (KernelRates::lookup).
 bool timeQsgdKernels(int rank_, cudaStream_t stream, const void* x, ncclDataType_t t, size_t count,
                      const QsgdKernels& k, KernelCosts* costs) {
   const int bits = k.bits, bucket = k.bucket;

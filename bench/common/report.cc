@@ -508,23 +508,26 @@ bool writeJson(const std::string& path, const Options& o, const RunInfo& info,
       fprintf(f,
               "\"kernel_costs\": {\"encode\": %s, \"encode_f32\": %s, \"owner_encode\": %s, "
               "\"decode\": %s, \"decode_acc\": %s, \"decode_out\": %s, "
-              "\"elementwise_per_byte\": %s}, "
+              "\"elementwise_per_byte\": %s, \"sum_per_byte\": %s}, "
               "\"kernel_launch\": %s, \"kernel_launch_peer_encode\": %s, "
               "\"kernel_launch_out_decode\": %s, ",
               jsonNum(c.encode).c_str(), jsonNum(c.encodeF32).c_str(),
               jsonNum(c.ownerEncode).c_str(), jsonNum(c.decode).c_str(),
               jsonNum(c.decodeAcc).c_str(), jsonNum(c.decodeOut).c_str(),
-              jsonNum(c.elementwisePerByte).c_str(), jsonNum(r.codecLaunch).c_str(),
-              jsonNum(r.peerEncodeLaunch).c_str(), jsonNum(r.outDecodeLaunch).c_str());
+              jsonNum(c.elementwisePerByte).c_str(), jsonNum(c.sumPerByte).c_str(),
+              jsonNum(r.codecLaunch).c_str(), jsonNum(r.peerEncodeLaunch).c_str(),
+              jsonNum(r.outDecodeLaunch).c_str());
       fprintf(f,
               "\"kernel_work\": {\"encode\": %s, \"encode_f32\": %s, \"owner_encode\": %s, "
               "\"decode\": %s, \"decode_acc\": %s, \"decode_out\": %s, "
-              "\"elementwise_bytes\": %s}, "
+              "\"elementwise_bytes\": %s, \"sum_decode\": %s, \"sum_copy_bytes\": %s, "
+              "\"sum_bytes\": %s}, "
               "\"kernel_note\": %s, ",
               jsonNum(w.encode).c_str(), jsonNum(w.encodeF32).c_str(),
               jsonNum(w.ownerEncode).c_str(), jsonNum(w.decode).c_str(),
               jsonNum(w.decodeAcc).c_str(), jsonNum(w.decodeOut).c_str(),
-              jsonNum(w.elementwiseBytes).c_str(),
+              jsonNum(w.elementwiseBytes).c_str(), jsonNum(w.sumDecode).c_str(),
+              jsonNum(w.sumCopyBytes).c_str(), jsonNum(w.sumBytes).c_str(),
               r.kernelNote.empty() ? "null" : jsonStr(r.kernelNote).c_str());
     }
     fprintf(f, "\"model\": [");
