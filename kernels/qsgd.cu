@@ -168,26 +168,26 @@ __device__ __forceinline__ void storeOut4(void* __restrict__ out, size_t i, bool
 }
 
 // One warp's bucket decoded row by row: row(r, i, d, whole) for each of its
-// R rows, i the row's first element of this lane, d its 4 values, `whole` a
-// constant true where the bucket is whole (all four in range). `loaded`: a
-// whole bucket whose codes are already in chunk (loadBucketChunks); with a
-// finite scale it takes the plain path: a table of the value of every code
-// (2^bits of them, sign included), which the warp fills from the block's
-// level table (decodePlain: the level times the scale, negated when the sign
-// bit is set, so the same bits), then one shared-memory load per element
-// instead of the general path's level lookup, multiply, negation and
-// per-element finiteness test, and no bounds checks. Otherwise each row's
-// codes are read here, those past n as zeros (whole: the caller's).
+// R rows, i the row's first element of this lane, d its 4 values. `whole`:
+// a whole bucket (all four of every row in range) whose codes are already in
+// chunk (loadBucketChunks), passed on to row (a constant true on the plain
+// path). A whole bucket with a finite scale takes the plain path: a table of
+// the value of every code (2^bits of them, sign included), which the warp
+// fills from the block's level table (decodePlain: the level times the
+// scale, negated when the sign bit is set, so the same bits), then one
+// shared-memory load per element instead of the general path's level lookup,
+// multiply, negation and per-element finiteness test, and no bounds checks.
+// Otherwise each row's codes are read here, those past n as zeros.
 template <int R, typename Row>
-__device__ __forceinline__ void decodeBucket(const uint32_t (&chunk)[R], bool loaded, bool whole,
-                                             float stored, const uint32_t* __restrict__ words,
-                                             size_t bucketWord, size_t totalWords, size_t base,
-                                             int bits, const float* levelTables, float* codeTable,
-                                             int lane, Row&& row) {
+__device__ __forceinline__ void decodeBucket(const uint32_t (&chunk)[R], bool whole, float stored,
+                                             const uint32_t* __restrict__ words, size_t bucketWord,
+                                             size_t totalWords, size_t base, int bits,
+                                             const float* levelTables, float* codeTable, int lane,
+                                             Row&& row) {
   const int s = qsgd::levels(bits);
   const float* levelTable = decodeTable(levelTables, stored);
   const float scale = qsgd::scaleMagnitude(stored);
-  if (loaded && isFiniteBits(floatToBits(scale))) {
+  if (whole && isFiniteBits(floatToBits(scale))) {
     fillCodeTable(codeTable, levelTable, scale, bits, lane);
     const uint32_t codeMask = (1u << bits) - 1u;
 #pragma unroll
@@ -249,7 +249,7 @@ __device__ __forceinline__ void decodeWarpBlock(const float* __restrict__ scales
   if (len == 0) return;
   // The plain path only where the output is aligned too (vec): its stores
   // are then whole vectors.
-  decodeBucket<R>(chunk, vec, vec, stored, words, bucketWord, totalWords, base, bits, levelTables,
+  decodeBucket<R>(chunk, vec, stored, words, bucketWord, totalWords, base, bits, levelTables,
                   codeTables[threadIdx.x >> 5], lane,
                   [&](int, size_t i, float(&d)[4], bool rowVec) {
                     if constexpr (kOut == DType::F32 && !kDivide) {
@@ -311,20 +311,6 @@ __global__ void __launch_bounds__(kWarpThreads, 12)
                                            s.alignedOut, blockIdx.x, divisor);
 }
 
-// loadF32x4 through the coherent L2 path (ld.global.cg): p may be written by
-// the same kernel (a chained sum's accumulator), which the read-only path
-// that a const __restrict__ load may take does not allow.
-__device__ __forceinline__ void plainF32x4(const float* p, size_t i, bool vec, size_t limit,
-                                           float v[4]) {
-  if (vec) {
-    const float4 f = __ldcg(reinterpret_cast<const float4*>(p + i));
-    v[0] = f.x, v[1] = f.y, v[2] = f.z, v[3] = f.w;
-    return;
-  }
-#pragma unroll
-  for (int c = 0; c < 4; ++c) v[c] = i + c < limit ? __ldcg(p + i + c) : 0.0f;
-}
-
 // One term of a fused sum as the kernel reads it (SumTerm): an encoding's
 // scales and codes, or fp32 values (plain).
 struct WarpSumTerm {
@@ -349,7 +335,7 @@ struct WarpSumBatch {
 // a whole bucket's loads and stores are vectors. out may be a plain term
 // (a chained launch's accumulator): each lane reads its elements before it
 // writes them, so neither is __restrict__, and plain terms are read with
-// coherent loads (plainF32x4), not the read-only path.
+// coherent loads (loadF32x4<true>), not the read-only path.
 template <int R, DType kOut, bool kDivide>
 __global__ void __launch_bounds__(kWarpThreads, R <= 2 ? 12 : (R == 4 ? 8 : 4))
     qsgdSumWarpKernel(const WarpSumBatch batch, int count, size_t n, int bits, void* out,
@@ -390,11 +376,11 @@ __global__ void __launch_bounds__(kWarpThreads, R <= 2 ? 12 : (R == 4 ? 8 : 4))
 #pragma unroll
       for (int r = 0; r < R; ++r) {
         float d[4];
-        plainF32x4(t.plain, base + r * kRow + lane * 4, vec, n, d);
+        loadF32x4<true>(t.plain, base + r * kRow + lane * 4, vec, n, d);
         take(r, d);
       }
     } else {
-      decodeBucket<R>(chunk, whole, whole, stored, t.words, bucketWord, totalWords, base, bits,
+      decodeBucket<R>(chunk, whole, stored, t.words, bucketWord, totalWords, base, bits,
                       levelTables, codeTable, lane,
                       [&](int r, size_t, float(&d)[4], bool) { take(r, d); });
     }

@@ -146,15 +146,22 @@ __device__ __forceinline__ void load4(const void* __restrict__ x, DType t, size_
   for (int c = 0; c < 4; ++c) v[c] = i + c < limit ? loadAsFloat(x, t, i + c) : 0.0f;
 }
 
+// kCoherent: through L2 (ld.global.cg), for memory the same kernel may write
+// (a chained fused sum's accumulator), which the read-only path a const
+// __restrict__ load may take does not allow.
+template <bool kCoherent = false>
 __device__ __forceinline__ void loadF32x4(const float* __restrict__ r, size_t i, bool vec,
                                           size_t limit, float v[4]) {
   if (vec) {
-    const float4 f = *reinterpret_cast<const float4*>(r + i);
+    const float4* p = reinterpret_cast<const float4*>(r + i);
+    const float4 f = kCoherent ? __ldcg(p) : *p;
     v[0] = f.x, v[1] = f.y, v[2] = f.z, v[3] = f.w;
     return;
   }
 #pragma unroll
-  for (int c = 0; c < 4; ++c) v[c] = i + c < limit ? r[i + c] : 0.0f;
+  for (int c = 0; c < 4; ++c) {
+    v[c] = i + c < limit ? (kCoherent ? __ldcg(r + i + c) : r[i + c]) : 0.0f;
+  }
 }
 
 __device__ __forceinline__ void store4(float* __restrict__ p, size_t i, bool vec, size_t limit,
