@@ -5,12 +5,14 @@
 #include <math.h>
 #include <string.h>
 
+#include <memory>
 #include <random>
 #include <vector>
 
 #include "gradcomp.h"
 #include "gradcomp/reference.h"
 #include "kernels/qsgd_math.cuh"
+#include "plugin/backends/backend.h"
 #include "tests/common/test_util.h"
 
 namespace {
@@ -418,6 +420,69 @@ TEST(QsgdHost, ErrorFeedbackSkipsInfiniteBucket) {
       ASSERT_TRUE(isfinite(r[i])) << i;
     }
     EXPECT_TRUE(changed);
+  }
+}
+
+// Backend::qsgdSum's default (the CPU backend's, and the CUDA backend's off
+// the warp path) is the terms' values added left to right, the first taken
+// as it is, then divided (unless by 1) and stored as the output type: against
+// each term decoded on its own (the public host decode) and fadd'ed here.
+// 1, 3 and 20 terms with the plain block first, in the middle and last, a
+// warp bucket and the block path's, widths 3 and 4, outputs fp32 Sum (no
+// scratch given), fp32 Avg, fp16 and bf16 Avg; nothing past the output
+// written. A term added out of order, a plain term decoded, a divisor
+// applied to a Sum or missing from an Avg changes the bytes.
+TEST(QsgdHost, BackendSumIsTheTermsAddedInOrder) {
+  std::unique_ptr<gc::Backend> be = gc::makeCpuBackend();
+  const size_t n = 3 * 512 + 77;
+  struct Output {
+    gc::DType t;
+    float divisor;
+  };
+  const Output outputs[] = {{gc::DType::F32, 1.0f},
+                            {gc::DType::F32, 8.0f},
+                            {gc::DType::F16, 1.0f},
+                            {gc::DType::BF16, 6.0f}};
+  for (int d : {512, 96}) {
+    for (int bits : {3, 4}) {
+      std::vector<std::vector<uint8_t>> encs;
+      std::vector<std::vector<float>> values;  // each term's decode on its own
+      for (int k = 0; k < 20; ++k) {
+        encs.push_back(encode(gctest::normal(n, 40 + k + d + bits, 1.0f + k % 3), bits, d, 9 + k));
+        values.push_back(decode(encs.back(), n, bits, d));
+      }
+      const std::vector<float> own = gctest::normal(n, 77, 3.0f);
+      for (int count : {1, 3, 20}) {
+        for (int plainAt : {0, count / 2, count - 1}) {
+          std::vector<gc::SumTerm> terms;
+          std::vector<float> want(n);
+          for (int k = 0; k < count; ++k) {
+            const bool plain = k == plainAt;
+            terms.push_back(plain ? gc::SumTerm{own.data(), true}
+                                  : gc::SumTerm{encs[k].data(), false});
+            const std::vector<float>& v = plain ? own : values[k];
+            for (size_t i = 0; i < n; ++i) want[i] = k == 0 ? v[i] : gc::fadd(want[i], v[i]);
+          }
+          for (const Output& o : outputs) {
+            SCOPED_TRACE(testing::Message()
+                         << "d=" << d << " bits=" << bits << " terms=" << count << " plain at "
+                         << plainAt << " type=" << (int)o.t << " divisor=" << o.divisor);
+            const size_t esz = gc::dtypeBytes(o.t);
+            std::vector<uint8_t> got((n + 4) * esz, 0x5A), expect = got;
+            for (size_t i = 0; i < n; ++i) {
+              gc::storeFromFloat(expect.data(), o.t, i,
+                                 o.divisor == 1.0f ? want[i] : gc::fdiv(want[i], o.divisor));
+            }
+            const bool direct = o.t == gc::DType::F32 && o.divisor == 1.0f;
+            std::vector<float> scratch(direct ? 0 : n);
+            ASSERT_EQ(be->qsgdSum(terms.data(), count, n, bits, d, o.divisor, o.t, got.data(),
+                                  direct ? nullptr : scratch.data()),
+                      gradcompSuccess);
+            ASSERT_EQ(got, expect);
+          }
+        }
+      }
+    }
   }
 }
 
