@@ -455,7 +455,7 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
     // allgather: on every rank).
     const bool ringSum = row->algoUsed == gradcompAlgoRing ||
                          (row->algoUsed == gradcompAlgoHier && middle == gradcompAlgoRing);
-    if (kind.fusedSum && !kind.sparse && row->algoUsed != 0 && !ringSum) {
+    if (known && kind.fusedSum && !kind.sparse && row->algoUsed != 0 && !ringSum) {
       row->kernelNote += (row->kernelNote.empty() ? "" : "; ") +
                          std::string(row->costs.sumPerByte > 0
                                          ? "the fused owner's sum charged at the measured "

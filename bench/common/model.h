@@ -27,10 +27,12 @@ struct CallKind {
   bool fusedOut = false;
   // The owner's sum (ScatterSum::sum: two-shot's R, the reduce-scatter's S,
   // the hierarchy's two-shot middle and its reduce-scatter's exchange among
-  // the nodes) in one kernel a piece (Backend::qsgdSum), where the bucket has
-  // a warp path (warpBucket, as fusedOut; a field of its own all the same):
-  // the N-1 peers' encodings decoded and the own fp32 block read in
-  // registers, added in rank order and stored once, by every rank alike;
+  // the nodes; and the allgather's sum of all N, flat or as hier's middle) in
+  // one kernel a piece (Backend::qsgdSum), where the bucket has a warp path
+  // (warpBucket, as fusedOut; a field of its own all the same): the N-1
+  // peers' encodings decoded and the own fp32 block read in registers (the
+  // allgather: all N encodings), added in rank order and stored once, by
+  // every rank alike;
   // more than kFusedSumTerms terms go through an fp32 accumulator
   // (fusedSumLaunches). The flat reduce-scatter's and the allgather's sums
   // are stored straight in the output type, Avg divided: no conversion pass

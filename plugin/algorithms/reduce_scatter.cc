@@ -77,8 +77,8 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
   ScatterSum sc(a, L, P, ws + L.sendEnc, ws + L.recvEnc, reinterpret_cast<float*>(ws + L.own));
   const size_t esz = dtypeBytes(a.dtype);
   char* recv = static_cast<char*>(a.recv);
-  // Sums go straight into an fp32 Sum output, else into scratch and one
-  // conversion.
+  // The fp32 accumulator the sum may need: an fp32 Sum output itself, else
+  // scratch (Backend::qsgdSum's default, and a fused sum past 16 terms).
   const bool direct = a.dtype == DType::F32 && !a.average;
   float* acc = direct ? static_cast<float*>(a.recv) : reinterpret_cast<float*>(ws + L.acc);
   const float divisor = a.average ? (float)n : 1.0f;
