@@ -24,6 +24,25 @@ import sys
 
 N26 = 1 << 26
 MB256 = 256 << 20
+# One launch timed beside the launches it replaced (gradcomp_kernels_perf's kinds encode_batch,
+# decode_batch and sum; same bytes and copy, so the fractions' ratio is the speedup): the key's
+# stem, the one launch's kernel row, the launches' row, and the report table's words.
+LAUNCH_SPEEDUPS = [
+    ("encode_batch8", "qsgd_encode_ef_batch8", "qsgd_encode_ef_8_launches",
+     "QSGD 4-bit encode+EF of 8 pieces of n/8 in one batched launch, speedup over 8 launches "
+     "(what a pipelined two-shot piece ran before)"),
+    ("decode_batch8", "qsgd_decode_batch8", "qsgd_decode_8_launches",
+     "QSGD 4-bit decode of 8 pieces of n/8 into the output in one batched launch, speedup over 8 "
+     "launches (bf16: over 8 decodes into fp32 each with its conversion)"),
+    ("sum8", "qsgd_sum8", "qsgd_sum8_launches",
+     "QSGD 4-bit owner's sum at N=8 (7 encodings of n/8 and its own block) in one fused launch, "
+     "speedup over the 8 launches it replaced (bf16: into fp32 and a conversion)"),
+]
+
+
+def launch_key(stem, dtype, lg):
+    """The report key of LAUNCH_SPEEDUPS' stem for dtype (float, bfloat16) at n = 2^lg."""
+    return "qsgd4_%s%s_speedup_vs_launches_2p%d" % ("bf16_" if dtype == "bfloat16" else "", stem, lg)
 
 
 def load(path):
@@ -323,24 +342,11 @@ def main():
     # GRADCOMP_ROUNDING=nearest's encode kernel, timed beside the stochastic one.
     near = {t: kernel_frac(kdoc, "qsgd_encode_ef_nearest", dtype=t)
             for t in ("float", "bfloat16", "half")}
-    # The peers' encode of a piece in one batched launch (encode_batch: 8 segments of n / 8)
-    # over the 8 single launches it replaced, fp32 and bf16, at n = 2^22 and 2^24 (pieces
-    # of 2^19 and 2^21: the pipelined N = 8 256 MB call's are about 2^20.4). Same bytes and
-    # copy: the fractions' ratio is the speedup.
-    batch8 = {(t, lg): share(kernel_frac(kdoc, "qsgd_encode_ef_batch8", dtype=t, n=1 << lg),
-                             kernel_frac(kdoc, "qsgd_encode_ef_8_launches", dtype=t, n=1 << lg))
-              for t in ("float", "bfloat16") for lg in (22, 24)}
-    # The same for the decode of a piece's 8 chunks into the output (decode_batch): fp32, and
-    # bf16 converting in the decode against 8 decodes into fp32 each with its conversion.
-    dbatch8 = {(t, lg): share(kernel_frac(kdoc, "qsgd_decode_batch8", dtype=t, n=1 << lg),
-                              kernel_frac(kdoc, "qsgd_decode_8_launches", dtype=t, n=1 << lg))
-               for t in ("float", "bfloat16") for lg in (22, 24)}
-    # The owner's sum at N = 8 (sum: 7 encodings of n / 8 and its own block) in one fused launch
-    # over the 8 it replaced (bf16: converting as it stores, against launches into fp32 and a
-    # conversion). Same bytes and copy: the fractions' ratio is the speedup.
-    sum8 = {(t, lg): share(kernel_frac(kdoc, "qsgd_sum8", dtype=t, n=1 << lg),
-                           kernel_frac(kdoc, "qsgd_sum8_launches", dtype=t, n=1 << lg))
-            for t in ("float", "bfloat16") for lg in (22, 24)}
+    # One launch over the launches it replaced (LAUNCH_SPEEDUPS), fp32 and bf16 at 2^22 and 2^24.
+    launch_speedups = {(stem, t, lg): share(kernel_frac(kdoc, one, dtype=t, n=1 << lg),
+                                            kernel_frac(kdoc, many, dtype=t, n=1 << lg))
+                       for stem, one, many, _ in LAUNCH_SPEEDUPS
+                       for t in ("float", "bfloat16") for lg in (22, 24)}
     # The sparse exchange's per-call checks at 2^26 (not in the link model,
     # docs/benchmark.md): the 8 received slot lists of a 0.1% DGC call, and
     # rand-k's non-finite flag; beside the modeled time of perf_n8_sparse's
@@ -398,18 +404,7 @@ def main():
         "qsgd4_nearest_encode_ef_frac_of_copy": near["float"],
         "qsgd4_bf16_nearest_encode_ef_frac_of_copy": near["bfloat16"],
         "qsgd4_fp16_nearest_encode_ef_frac_of_copy": near["half"],
-        "qsgd4_encode_batch8_speedup_vs_launches_2p22": batch8[("float", 22)],
-        "qsgd4_encode_batch8_speedup_vs_launches_2p24": batch8[("float", 24)],
-        "qsgd4_bf16_encode_batch8_speedup_vs_launches_2p22": batch8[("bfloat16", 22)],
-        "qsgd4_bf16_encode_batch8_speedup_vs_launches_2p24": batch8[("bfloat16", 24)],
-        "qsgd4_decode_batch8_speedup_vs_launches_2p22": dbatch8[("float", 22)],
-        "qsgd4_decode_batch8_speedup_vs_launches_2p24": dbatch8[("float", 24)],
-        "qsgd4_bf16_decode_batch8_speedup_vs_launches_2p22": dbatch8[("bfloat16", 22)],
-        "qsgd4_bf16_decode_batch8_speedup_vs_launches_2p24": dbatch8[("bfloat16", 24)],
-        "qsgd4_sum8_speedup_vs_launches_2p22": sum8[("float", 22)],
-        "qsgd4_sum8_speedup_vs_launches_2p24": sum8[("float", 24)],
-        "qsgd4_bf16_sum8_speedup_vs_launches_2p22": sum8[("bfloat16", 22)],
-        "qsgd4_bf16_sum8_speedup_vs_launches_2p24": sum8[("bfloat16", 24)],
+        **{launch_key(stem, t, lg): v for (stem, t, lg), v in launch_speedups.items()},
         "qsgd4_nearest_vs_stochastic_model_encode_n8_64MB": near_enc["float"],
         "qsgd4_bf16_nearest_vs_stochastic_model_encode_n8_64MB": near_enc["bfloat16"],
         "allreduce_qsgd4_nearest_model_speedup_400gbps_n8_64MB": near400,
@@ -592,21 +587,10 @@ def main():
     L.append("| QSGD 4-bit encode+EF, nearest rounding (GRADCOMP_ROUNDING=nearest), n=2^26, d=512: "
              "fraction of copy bandwidth, fp32 / bf16 / fp16 | %s / %s / %s | reported | |"
              % (fmt(near["float"]), fmt(near["bfloat16"]), fmt(near["half"])))
-    L.append("| QSGD 4-bit encode+EF of 8 pieces of n/8 in one batched launch, speedup over 8 "
-             "launches (what a pipelined two-shot piece ran before), fp32 / bf16, n=2^22 and 2^24 "
-             "| %s / %s; %s / %s | reported | |"
-             % (fmt(batch8[("float", 22)]), fmt(batch8[("bfloat16", 22)]),
-                fmt(batch8[("float", 24)]), fmt(batch8[("bfloat16", 24)])))
-    L.append("| QSGD 4-bit decode of 8 pieces of n/8 into the output in one batched launch, "
-             "speedup over 8 launches (bf16: over 8 decodes into fp32 each with its conversion), "
-             "fp32 / bf16, n=2^22 and 2^24 | %s / %s; %s / %s | reported | |"
-             % (fmt(dbatch8[("float", 22)]), fmt(dbatch8[("bfloat16", 22)]),
-                fmt(dbatch8[("float", 24)]), fmt(dbatch8[("bfloat16", 24)])))
-    L.append("| QSGD 4-bit owner's sum at N=8 (7 encodings of n/8 and its own block) in one fused "
-             "launch, speedup over the 8 launches it replaced (bf16: into fp32 and a conversion), "
-             "fp32 / bf16, n=2^22 and 2^24 | %s / %s; %s / %s | reported | |"
-             % (fmt(sum8[("float", 22)]), fmt(sum8[("bfloat16", 22)]),
-                fmt(sum8[("float", 24)]), fmt(sum8[("bfloat16", 24)])))
+    for stem, _, _, words in LAUNCH_SPEEDUPS:
+        v = [fmt(launch_speedups[(stem, t, lg)]) for lg in (22, 24) for t in ("float", "bfloat16")]
+        L.append("| %s, fp32 / bf16, n=2^22 and 2^24 | %s / %s; %s / %s | reported | |"
+                 % (words, v[0], v[1], v[2], v[3]))
     L.append("| nearest / stochastic encode time in the link model of gradcomp_perf's rows, N=8, "
              "64 MB, fp32 / bf16 (perf_n8_nearest over perf_n8) | %s / %s | reported | |"
              % (fmt(near_enc["float"]), fmt(near_enc["bfloat16"])))
