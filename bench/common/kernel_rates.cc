@@ -220,7 +220,7 @@ bool KernelRates::lookup(const char* dtype, const QsgdKernels& k, size_t count, 
   if (const Entry* sum = nearest("qsgd_sum8", "float", k.bits, k.bucket)) {
     const size_t m = (size_t)sum->n;
     const double bytes =
-        (kSumTerms - 1) * (double)gradcompQsgdEncodedBytes(m, k.bits, k.bucket) + 8.0 * m;
+        fusedSumMovedBytes(kSumTerms, qsgdCodeBytes(m, k.bits, k.bucket), true) * (double)m;
     c->sumPerByte = sum->timeUs / bytes;
   }
   return true;

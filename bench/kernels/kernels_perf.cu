@@ -62,6 +62,7 @@
 #include <vector>
 
 #include "../common/data_ops.h"
+#include "../common/kernel_rates.h"
 #include "codecs/qsgd.h"
 #include "codecs/sparse.h"
 #include "gradcomp.h"
@@ -692,7 +693,7 @@ int main(int argc, char** argv) {
     // an add into fp32 (the output itself, or fp32 scratch and fromFloat for
     // each --dtypes type but fp32, the reduce-scatter's conversion).
     if (a.runs("sum") && n >= 8 * (size_t)a.bucket && gc::cuda::qsgdDecodeFuses(a.bucket)) {
-      constexpr int kTerms = 8, kOwn = 3;
+      constexpr int kTerms = gcbench::kSumTerms, kOwn = 3;
       const size_t m = n / kTerms;
       const int bits = 4;
       const size_t em = gradcompQsgdEncodedBytes(m, bits, a.bucket);
