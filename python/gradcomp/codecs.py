@@ -115,6 +115,7 @@ def qsgd_decode(encoded, count, bits=4, bucket_size=512, out=None, accumulate=Fa
     if out is None:
         out = np.zeros(count, np.float32)
     op = _float32_array(out, "out", count, writable=True)
+    _disjoint(enc.ctypes.data, enc.size, op, 4 * count, "encoded and out")
     check(lib().gradcompQsgdDecodeHost(enc.ctypes.data, count, bits, bucket_size, op,
                                        1 if accumulate else 0))
     return out
@@ -190,6 +191,7 @@ def elias_decode(encoded, count, params, out=None, accumulate=False):
     if out is None:
         out = np.zeros(count, np.float32)
     op = _float32_array(out, "out", count, writable=True)
+    _disjoint(enc.ctypes.data, enc.size, op, 4 * count, "encoded and out")
     check(lib().gradcompEliasDecodeHost(enc.ctypes.data, enc.size, count, ctypes.byref(params),
                                         op, 1 if accumulate else 0))
     return out

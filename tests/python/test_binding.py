@@ -725,6 +725,22 @@ class CodecArgumentChecks(unittest.TestCase):
                 codecs.elias_encode(x, codecs.elias_params(16), residual=r)
         self.assertTrue((y == self.x).all())
 
+    def test_decode_refuses_out_overlapping_the_encoded_bytes(self):
+        # The decoders read the encoded bytes while they write out: an out that shares them
+        # would decode bytes it has already overwritten (a wrong result, no error).
+        p = codecs.elias_params(16)
+        cases = ((codecs.qsgd_encode(self.x), lambda e, o: codecs.qsgd_decode(e, 4096, out=o)),
+                 (codecs.elias_encode(self.x, p),
+                  lambda e, o: codecs.elias_decode(e, 4096, p, out=o)))
+        for enc, decode in cases:
+            buf = np.zeros(4 * 4096 + 64, np.uint8)
+            buf[:enc.size] = enc
+            for at in (0, 16):
+                out = buf[at:at + 4 * 4096].view(np.float32)
+                with self.assertRaisesRegex(ValueError, "encoded and out overlap"):
+                    decode(buf[:enc.size], out)
+                self.assertTrue((buf[:enc.size] == enc).all())
+
     def test_other_byte_order_is_refused(self):
         swapped = self.x.astype(self.x.dtype.newbyteorder("S"))
         native = self.x.dtype.str
