@@ -425,7 +425,10 @@ gradcompResult_t gradcompCommRetune(gradcompComm_t comm, cudaStream_t stream);
  * allocation; capturable in a CUDA graph. Any alignment of whole elements:
  * x at a multiple of its element size, the fp32 arrays (residual, the
  * decode's output) and the encoded bytes at a multiple of 4; anything else
- * is gradcompInvalidArgument. */
+ * is gradcompInvalidArgument. No two of a call's buffers may overlap (an
+ * encode's x, residual, out and workspace; a decode's in and out; a
+ * selector's v, idx, workspace and count): each reads its inputs while it
+ * writes its outputs, so an overlap is gradcompInvalidArgument naming both. */
 gradcompResult_t gradcompQsgdEncode(const void* x, ncclDataType_t datatype, size_t count, int bits,
                                     int bucketSize, uint64_t seed, void* out, cudaStream_t stream);
 /* Error feedback, fused: r += g; out = encode(r); r -= decode(out). Buckets

@@ -6,6 +6,9 @@
  * bucket size d: ceil(count/d) fp32 scales, then the b-bit codes packed
  * little-endian into 32-bit words (code i at bit i*b; codes may straddle
  * words). Code = sign << (b-1) | level, level in 0..s, s = 2^(b-1)-1.
+ *
+ * As the GPU entry points, no two of a call's buffers may overlap (an
+ * overlap is gradcompInvalidArgument naming both).
  */
 #ifndef GRADCOMP_REFERENCE_H_
 #define GRADCOMP_REFERENCE_H_

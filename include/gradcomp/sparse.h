@@ -17,7 +17,9 @@
  *
  * Output: idx[0..slots) with slots = gradcompTopkSlots (k, or kmax), the
  * selected indices in increasing order, then 0xffffffff in the unused slots;
- * *selectedCount (uint64, may be NULL) gets the number selected.
+ * *selectedCount (uint64, may be NULL) gets the number selected. v, idx,
+ * the workspace and *selectedCount must not overlap (gradcompInvalidArgument
+ * naming both).
  * Parameter ranges: density (0, 1], oversample [1, 16], sampleRate (0, 1],
  * exact 0 or 1, n < 2^32 - 1 (indices are uint32).
  *

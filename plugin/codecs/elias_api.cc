@@ -51,6 +51,10 @@ GC_EXPORT gradcompResult_t gradcompEliasEncode(const void* x, ncclDataType_t dat
            (void*)residual);
     GC_ARG(((uintptr_t)workspace & 3) == 0,
            "workspace=%p must be 4-byte aligned (it starts with 32-bit bucket sizes)", workspace);
+    GC_CHECK(gc::codecCheckDisjoint({{x, count * gc::dtypeBytes(t), "x"},
+                                     {residual, count * sizeof(float), "residual"},
+                                     {out, gc::elias::maxEncodedBytes(count, p), "out"},
+                                     {workspace, workspaceBytes, "workspace"}}));
     size_t need = 0;
     GC_CUDACHECK(gc::cuda::eliasWorkspaceBytes(count, p.bucket, &need));
     GC_ARG(workspace != nullptr && workspaceBytes >= need,
@@ -81,6 +85,10 @@ GC_EXPORT gradcompResult_t gradcompEliasDecodeBounded(const void* in, size_t inB
          inBytes, count, p.bucket, header);
   GC_ARG(((uintptr_t)in & 3) == 0, "in=%p must be 4-byte aligned (it is 32-bit words)", in);
   GC_ARG(((uintptr_t)out & 3) == 0, "out=%p must be 4-byte aligned (fp32)", (void*)out);
+  // gradcompEliasDecode passes no bound: the longest encoding is what it reads.
+  GC_CHECK(
+      gc::codecCheckDisjoint({{in, std::min(inBytes, gc::elias::maxEncodedBytes(count, p)), "in"},
+                              {out, count * sizeof(float), "out"}}));
   GC_CHECK(gc::checkDevicePointer(in, "in"));
   GC_CHECK(gc::checkDevicePointer(out, "out"));
   GC_CUDACHECK(gc::cuda::eliasDecode(in, count, p, out, accumulate != 0, stream, inBytes));

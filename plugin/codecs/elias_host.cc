@@ -2,6 +2,7 @@
 // the backend dispatch the algorithms use.
 #include <string.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "backends/backend.h"
@@ -277,6 +278,9 @@ GC_EXPORT gradcompResult_t gradcompEliasEncodeHost(const void* x, ncclDataType_t
   GC_ARG(((uintptr_t)out & 3) == 0, "out=%p must be 4-byte aligned (it is 32-bit words)", out);
   GC_ARG(count == 0 || x != nullptr, "x is NULL for count=%zu", count);
   GC_ARG(((uintptr_t)residual & 3) == 0, "residual=%p must be 4-byte aligned (fp32)", residual);
+  GC_CHECK(gc::codecCheckDisjoint({{x, count * gc::dtypeBytes(t), "x"},
+                                   {residual, count * sizeof(float), "residual"},
+                                   {out, outBytes, "out"}}));
   const size_t bytes = gc::host::eliasEncode(x, t, residual, count, p, seed, false, out);
   if (encodedBytes) *encodedBytes = bytes;
   return gradcompSuccess;
@@ -292,6 +296,9 @@ GC_EXPORT gradcompResult_t gradcompEliasDecodeHost(const void* in, size_t inByte
   GC_ARG(((uintptr_t)in & 3) == 0, "in=%p must be 4-byte aligned (it is 32-bit words)", in);
   GC_ARG(out != nullptr, "out is NULL for count=%zu", count);
   GC_ARG(((uintptr_t)out & 3) == 0, "out=%p must be 4-byte aligned (fp32)", out);
+  GC_CHECK(
+      gc::codecCheckDisjoint({{in, std::min(inBytes, gc::elias::maxEncodedBytes(count, p)), "in"},
+                              {out, count * sizeof(float), "out"}}));
   if (!gc::host::eliasDecode(in, inBytes, count, p, out, accumulate != 0)) {
     return gc::setError(gradcompInvalidArgument,
                         "in (%zu bytes) is not a well-formed Elias encoding of count=%zu with "

@@ -4,6 +4,8 @@
 
 #include <cuda_runtime_api.h>
 
+#include <initializer_list>
+
 #include "kernels/common_math.cuh"
 #include "gradcomp.h"
 
@@ -22,6 +24,17 @@ gradcompResult_t qsgdCheckRounding(int rounding);
 gradcompResult_t qsgdCheckLevels(int levels);
 // Validates a codec's element count against kMaxCodecCount.
 gradcompResult_t codecCheckCount(size_t count);
+// A buffer a codec entry point reads or writes: its start, its bytes and its
+// parameter's name. A null or empty one overlaps nothing.
+struct CodecSpan {
+  const void* p;
+  size_t bytes;
+  const char* name;
+};
+// Validates that no two of a codec's buffers overlap (each codec reads its
+// inputs while it writes its outputs, so an overlap gives wrong bytes, not
+// an in-place result); the message names both and their extents.
+gradcompResult_t codecCheckDisjoint(std::initializer_list<CodecSpan> spans);
 // The CUDA QSGD kernels launch up to one block per bucket, and a grid holds
 // at most 2^31 - 1 blocks: beyond that a launch would fail (or, with the
 // block count cast to 32 bits, cover only part of the buffer).

@@ -2,6 +2,7 @@
 #include "checks.h"
 #include "codecs/qsgd.h"
 #include "backends/cuda/device_ptr.h"
+#include "gradcomp/reference.h"
 
 extern "C" {
 
@@ -25,6 +26,10 @@ GC_EXPORT gradcompResult_t gradcompQsgdEncodeEFLevels(const void* g, ncclDataTyp
          gc::dtypeBytes(t));
   GC_ARG(((uintptr_t)residual & 3) == 0, "residual=%p must be 4-byte aligned (fp32)",
          (void*)residual);
+  GC_CHECK(
+      gc::codecCheckDisjoint({{g, count * gc::dtypeBytes(t), "g"},
+                              {residual, count * sizeof(float), "residual"},
+                              {out, gradcompQsgdEncodedBytes(count, bits, bucketSize), "out"}}));
   GC_CHECK(gc::checkDevicePointer(g, "g"));
   GC_CHECK(gc::checkDevicePointer(out, "out"));
   if (residual != nullptr) GC_CHECK(gc::checkDevicePointer(residual, "residual"));
@@ -67,6 +72,8 @@ GC_EXPORT gradcompResult_t gradcompQsgdDecode(const void* in, size_t count, int 
   if (count == 0) return gradcompSuccess;
   GC_ARG(((uintptr_t)in & 3) == 0, "in=%p must be 4-byte aligned (it starts with fp32 scales)", in);
   GC_ARG(((uintptr_t)out & 3) == 0, "out=%p must be 4-byte aligned (fp32)", (void*)out);
+  GC_CHECK(gc::codecCheckDisjoint({{in, gradcompQsgdEncodedBytes(count, bits, bucketSize), "in"},
+                                   {out, count * sizeof(float), "out"}}));
   GC_CHECK(gc::checkDevicePointer(in, "in"));
   GC_CHECK(gc::checkDevicePointer(out, "out"));
   GC_CUDACHECK(gc::cuda::qsgdDecode(in, count, bits, bucketSize, out, accumulate != 0, stream));

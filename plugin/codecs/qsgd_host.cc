@@ -38,6 +38,20 @@ gradcompResult_t codecCheckCount(size_t count) {
   return gradcompSuccess;
 }
 
+gradcompResult_t codecCheckDisjoint(std::initializer_list<CodecSpan> spans) {
+  for (auto a = spans.begin(); a != spans.end(); ++a) {
+    for (auto b = a + 1; b != spans.end(); ++b) {
+      if (a->p == nullptr || b->p == nullptr || a->bytes == 0 || b->bytes == 0) continue;
+      const uintptr_t a0 = (uintptr_t)a->p, b0 = (uintptr_t)b->p;
+      GC_ARG(a0 <= b0 ? b0 - a0 >= a->bytes : a0 - b0 >= b->bytes,
+             "%s=%p (%zu bytes) and %s=%p (%zu bytes) overlap: the codec reads one while it "
+             "writes the other; pass separate buffers",
+             a->name, a->p, a->bytes, b->name, b->p, b->bytes);
+    }
+  }
+  return gradcompSuccess;
+}
+
 gradcompResult_t qsgdCheckDeviceCount(size_t count, int bucketSize) {
   const size_t limit = kMaxDeviceBuckets * (size_t)bucketSize;
   GC_ARG(count <= limit,
@@ -146,6 +160,9 @@ GC_EXPORT gradcompResult_t gradcompQsgdEncodeEFLevelsHost(const void* x, ncclDat
   GC_ARG(((uintptr_t)out & 3) == 0, "out=%p must be 4-byte aligned (it starts with fp32 scales)",
          out);
   GC_ARG(((uintptr_t)residual & 3) == 0, "residual=%p must be 4-byte aligned (fp32)", residual);
+  GC_CHECK(gc::codecCheckDisjoint({{x, count * gc::dtypeBytes(t), "x"},
+                                   {residual, count * sizeof(float), "residual"},
+                                   {out, gc::qsgd::encodedBytes(count, bits, bucketSize), "out"}}));
   gc::host::qsgdEncode(x, t, residual, count, bits, bucketSize, seed,
                        rounding == gradcompRoundNearest, levels == gradcompLevelsSquare, out);
   return gradcompSuccess;
@@ -181,6 +198,8 @@ GC_EXPORT gradcompResult_t gradcompQsgdDecodeHost(const void* in, size_t count, 
          out, count);
   GC_ARG(((uintptr_t)in & 3) == 0, "in=%p must be 4-byte aligned (it starts with fp32 scales)", in);
   GC_ARG(((uintptr_t)out & 3) == 0, "out=%p must be 4-byte aligned (fp32)", out);
+  GC_CHECK(gc::codecCheckDisjoint({{in, gc::qsgd::encodedBytes(count, bits, bucketSize), "in"},
+                                   {out, count * sizeof(float), "out"}}));
   gc::host::qsgdDecode(in, count, bits, bucketSize, out, accumulate != 0);
   return gradcompSuccess;
 }

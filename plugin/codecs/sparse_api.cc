@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "checks.h"
+#include "codecs/qsgd.h"
 #include "codecs/sparse.h"
 #include "backends/cuda/device_ptr.h"
 #include "gradcomp/sparse.h"
@@ -72,6 +73,8 @@ GC_EXPORT gradcompResult_t gradcompTopkSelectHost(const float* v, size_t n, floa
   if (n > 0) {
     GC_ARG(v != nullptr, "v is NULL with n=%zu", n);
     GC_ARG(idx != nullptr, "idx is NULL with n=%zu", n);
+    GC_CHECK(gc::codecCheckDisjoint(
+        {{v, n * sizeof(float), "v"}, {idx, gc::slotsOf(p, exact) * sizeof(uint32_t), "idx"}}));
     if (exact) {
       gc::host::selectExact(v, n, p.k, idx, &selected);
     } else {
@@ -114,6 +117,10 @@ GC_EXPORT gradcompResult_t gradcompTopkSelect(const float* v, size_t n, float de
   GC_ARG(((uintptr_t)workspace & 255) == 0, "workspace=%p must be 256-byte aligned", workspace);
   GC_ARG(((uintptr_t)v & 3) == 0, "v=%p must be 4-byte aligned (fp32)", (const void*)v);
   GC_ARG(((uintptr_t)idx & 3) == 0, "idx=%p must be 4-byte aligned (uint32)", (void*)idx);
+  GC_CHECK(gc::codecCheckDisjoint({{v, n * sizeof(float), "v"},
+                                   {idx, gc::slotsOf(p, exact) * sizeof(uint32_t), "idx"},
+                                   {workspace, workspaceBytes, "workspace"},
+                                   {selectedCount, sizeof(uint64_t), "selectedCount"}}));
   GC_CHECK(gc::checkDevicePointer(v, "v"));
   GC_CHECK(gc::checkDevicePointer(idx, "idx"));
   GC_CHECK(gc::checkDevicePointer(workspace, "workspace"));

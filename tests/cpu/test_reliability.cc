@@ -735,6 +735,72 @@ TEST(Reliability, HostCodecsRefuseMisalignedFloatArrays) {
   EXPECT_EQ(store, before);
 }
 
+// No two buffers of a codec call may overlap: each codec reads its inputs
+// while it writes its outputs, so an overlap gave wrong bytes with success.
+// Every entry point refuses one naming both buffers (the GPU ones before
+// they look at the pointers, so host memory shows it here) and leaves the
+// memory as it was; buffers that only touch are accepted.
+TEST(Reliability, CodecsRefuseOverlappingBuffers) {
+  const size_t n = 1000;
+  const int bits = 4, d = 128;
+  const size_t encBytes = gradcompQsgdEncodedBytes(n, bits, d);
+  const gradcompEliasParams_t params = {7, d, gradcompEliasGamma, gradcompEliasScaleMax};
+  const size_t eliasBytes = gradcompEliasMaxEncodedBytes(n, &params);
+  // One arena: x at 0, then room for an encoding right after it and a
+  // decode right after that.
+  std::vector<uint32_t> arena((8 * n + std::max(encBytes, eliasBytes)) / 4 + 64);
+  const std::vector<float> x0 = gctest::normal(n, 21);
+  memcpy(arena.data(), x0.data(), 4 * n);
+  char* base = reinterpret_cast<char*>(arena.data());
+  float* x = reinterpret_cast<float*>(base);
+  const std::vector<uint32_t> before = arena;
+  auto refused = [&](gradcompResult_t r, const char* a, const char* b, const char* what) {
+    EXPECT_EQ(r, gradcompInvalidArgument) << what;
+    const std::string err = gradcompGetLastError();
+    EXPECT_NE(err.find(std::string(a) + "="), std::string::npos) << what << ": " << err;
+    EXPECT_NE(err.find(std::string(b) + "="), std::string::npos) << what << ": " << err;
+    EXPECT_NE(err.find("overlap"), std::string::npos) << what << ": " << err;
+    EXPECT_EQ(arena, before) << what;
+  };
+  float* inside = reinterpret_cast<float*>(base + 4 * (n - 4));  // x's last 4 elements
+  refused(gradcompQsgdEncodeTypedHost(x, ncclFloat32, inside, n, bits, d, 1, base + 4 * n), "x",
+          "residual", "QSGD host encode, residual in x");
+  refused(gradcompQsgdEncodeTypedHost(x, ncclFloat32, nullptr, n, bits, d, 1, inside), "x", "out",
+          "QSGD host encode, out in x");
+  refused(gradcompQsgdDecodeHost(base + 4 * n, n, bits, d,
+                                 reinterpret_cast<float*>(base + 4 * n + encBytes - 4), 0),
+          "in", "out", "QSGD host decode, out on in's last word");
+  refused(gradcompQsgdEncodeEF(x, ncclFloat32, inside, n, bits, d, 1, base + 4 * n, nullptr), "g",
+          "residual", "QSGD GPU encode");
+  refused(gradcompQsgdDecode(base, n, bits, d, x + 1, 0, nullptr), "in", "out", "QSGD GPU decode");
+  size_t bytes = 0;
+  refused(
+      gradcompEliasEncodeHost(x, ncclFloat32, nullptr, n, &params, 3, inside, eliasBytes, &bytes),
+      "x", "out", "Elias host encode");
+  refused(gradcompEliasDecodeHost(base, 4 * n, n, &params, x + 8, 0), "in", "out",
+          "Elias host decode");
+  refused(gradcompEliasEncode(x, ncclFloat32, nullptr, n, &params, 3, base + 4 * n, inside, 1 << 20,
+                              nullptr),
+          "x", "workspace", "Elias GPU encode");
+  refused(gradcompEliasDecodeBounded(base, 4 * n, n, &params, x + 8, 0, nullptr), "in", "out",
+          "Elias GPU decode");
+  refused(gradcompTopkSelectHost(x, n, 0.01f, 2.0f, 1.0f, 0, 1, reinterpret_cast<uint32_t*>(inside),
+                                 nullptr),
+          "v", "idx", "top-k host select");
+  // Touching is not overlapping: each output right after the input, then the
+  // encoding decoded into the buffer right after it.
+  ASSERT_EQ(gradcompQsgdEncodeTypedHost(x, ncclFloat32, nullptr, n, bits, d, 1, base + 4 * n),
+            gradcompSuccess)
+      << gradcompGetLastError();
+  float* after = reinterpret_cast<float*>(base + 4 * n + encBytes);
+  ASSERT_EQ(gradcompQsgdDecodeHost(base + 4 * n, n, bits, d, after, 0), gradcompSuccess)
+      << gradcompGetLastError();
+  ASSERT_EQ(gradcompEliasEncodeHost(x, ncclFloat32, nullptr, n, &params, 3, base + 4 * n,
+                                    eliasBytes, &bytes),
+            gradcompSuccess)
+      << gradcompGetLastError();
+}
+
 // An Elias encoding refused in a later bucket leaves out untouched: the
 // whole encoding is checked before any bucket is written (the sum a caller
 // accumulates into is not partly added to).
