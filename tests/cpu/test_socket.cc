@@ -322,6 +322,8 @@ TEST(Socket, BadArgumentsAreNamed) {
       {2, 1, "127.0.0.1", "not \"host:port\""},
       {2, 1, "127.0.0.1:70000", "70000"},
       {2, 1, "127.0.0.1:x1", "\"x1\""},
+      {2, 1, "127.0.0.1:+5000", "\"+5000\""},
+      {2, 1, "127.0.0.1: 5000", "\" 5000\""},
       {2, 1, "no-such-host.invalid:1234", "no-such-host.invalid"},
       {2, 1, "[::1]", "has no port"},
       {2, 1, "[::1:5000", "unbalanced brackets"},

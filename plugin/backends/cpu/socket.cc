@@ -13,6 +13,7 @@
 // waiting out their timeout. Reductions are the in-process world's (rank
 // order, host_reduce.h): results are bit for bit the same.
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -222,8 +223,9 @@ gradcompResult_t parseRoot(const char* root, Addr* out) {
            "root address \"%s\": unbalanced brackets around the host (give \"[IPv6]:port\")", root);
     host = host.substr(1, host.size() - 2);
   }
+  // Digits only: strtol alone would take a sign and leading white space.
   char* end = nullptr;
-  const long port = strtol(portText.c_str(), &end, 10);
+  const long port = isdigit((unsigned char)portText[0]) ? strtol(portText.c_str(), &end, 10) : 0;
   GC_ARG(end && *end == '\0' && port >= 1 && port <= 65535,
          "root address \"%s\": port \"%s\" is out of range 1..65535", root, portText.c_str());
   addrinfo hints = {};
