@@ -449,6 +449,7 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
                  "(%.0f): an underestimate",
                  std::min(row->codecLaunch, elemLaunch), curve.points.front().first);
         row->kernelNote += (row->kernelNote.empty() ? "" : "; ") + std::string(why);
+        row->modelOptimistic = why;
       }
     }
     // Every dense algorithm but the ring (hier: its middle's) sums on its owners (the

@@ -87,6 +87,9 @@ struct Row {
   CallKind kind;               // what the row's kernel work was read off
   // Why a row that needs the GPU report's rates has no model (empty: it has one).
   std::string modelMissing;
+  // Why a modeled row's speedups are upper bounds (its kernels charged below their cost;
+  // empty: none known). The table prints it under the row; the JSON has it in kernel_note.
+  std::string modelOptimistic;
   std::vector<ModelPoint> model;
   std::vector<ProjectionPoint> projection;
   // --auto: the same size through a comm with autoTune=1 (checked), then it, a

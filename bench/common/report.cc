@@ -207,7 +207,9 @@ void printHeader(const Options& o, const RunInfo& info, const std::string& label
   const bool rs = o.collective == Collective::ReduceScatter;
   const char* ncclName = rs ? "ncclReduceScatter" : "ncclAllReduce";
   const std::string hostSum = std::string("exact host sum (for ") + ncclName + ")";
-  printf("#%45s%-36s%s\n", "",
+  // One space at least between the groups' names ("exact host sum (for ncclReduceScatter)"
+  // is wider than its 36 columns).
+  printf("#%45s%-35s %s\n", "",
          info.backend == "cpu"      ? hostSum.c_str()
          : info.backend == "socket" ? "uncompressed over TCP"
                                     : ncclName,
@@ -282,6 +284,10 @@ void printRow(const Options& o, const RunInfo& info, const Row& r) {
            r.autoRankWeightsWrong);
   if (!r.modelMissing.empty())
     printf("#  ^ modeled columns left out: %s\n", r.modelMissing.c_str());
+  // Only the JSON said so before: a reader of the table took these m@L for estimates as good
+  // as the large rows'.
+  if (!r.modelOptimistic.empty() && !r.model.empty())
+    printf("#  ^ modeled speedups are upper bounds: %s\n", r.modelOptimistic.c_str());
   (void)o;
   (void)info;
   fflush(stdout);

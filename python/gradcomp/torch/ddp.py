@@ -440,9 +440,11 @@ class GradcompState:
                    "environment, which GradcompState reads when no method is given): make the "
                    "state with method='qsgd', 'dgc', 'topk' or 'randk' to compress", "none")
         elif after[2] > before[2]:
-            why = ("GRADCOMP_AUTO timed NCCL faster than compression for calls of this size on "
-                   "this link (auto_tune=0 compresses every call; GRADCOMP_DEBUG=INFO shows the "
-                   "timings)", "auto")
+            # backend="cpu" has no NCCL: its auto timed gradcomp's own uncompressed exchange.
+            plain = "the uncompressed TCP exchange" if self.backend == "cpu" else "NCCL"
+            why = (f"GRADCOMP_AUTO timed {plain} faster than compression for calls of this size "
+                   "on this link (auto_tune=0 compresses every call; GRADCOMP_DEBUG=INFO shows "
+                   "the timings)", "auto")
         elif count < self.config.min_elements:
             why = (f"fewer than min_elements={self.config.min_elements} elements are not worth "
                    "compressing", "min")
