@@ -55,7 +55,7 @@ std::string methodLabel(const gradcompConfig_t& cfg) {
                algoName(cfg.algo));
       break;
     default:
-      snprintf(buf, sizeof buf, "none (pass-through to NCCL)");
+      snprintf(buf, sizeof buf, "none (pass-through: the uncompressed call)");
   }
   return buf;
 }

@@ -464,7 +464,7 @@ bool parseOptions(int argc, char** argv, Options* o, int* exitCode) {
         return false;
     }
   }
-  if (optind < argc) return fail(exitCode, "%s %s: unexpected argument", "", argv[optind]);
+  if (optind < argc) return fail(exitCode, "%s%s: unexpected argument", "", argv[optind]);
   // As nccl-tests: both sizes given, the smallest above the largest is refused
   // (one of them alone beyond the other's default moves that default).
   if (o->minGiven && o->maxGiven && o->minBytes > o->maxBytes) {

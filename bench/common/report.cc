@@ -176,7 +176,8 @@ void printPreamble(const Options& o, const RunInfo& info) {
         "#  auto: the same size through a comm with GRADCOMP_AUTO=1 (the rows force compression);"
         " regret = auto / min(gradcomp, NCCL) - 1,\n#  the three timed side by side: a window "
         "of each per round, in all 6 orders,\n#  medians over max(-n, 6) to 36 rounds "
-        "(docs/benchmark.md)%s\n",
+        "(docs/benchmark.md; the JSON's auto_forced_time_us and auto_nccl_time_us, not the "
+        "row's\n#  own time columns)%s\n",
         info.backend == "cpu" ? ";\n#  the CPU backend does not time, so auto compresses" : "");
   }
   printf(

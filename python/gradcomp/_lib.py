@@ -224,6 +224,11 @@ def lib():
         if _lib is not None:
             return _lib
         _torch_first()
+        if os.environ.get("GRADCOMP_LIBRARY") == "":
+            # As the library's own GRADCOMP_* settings: set but empty is an error, not unset.
+            raise LibraryNotFoundError("GRADCOMP_LIBRARY is set but empty: point it at a built "
+                                       "libgradcomp.so, or unset it to search the package's "
+                                       "lib/, the source checkout's builds and the loader's path")
         tried = []
         for p in candidate_paths():
             try:

@@ -78,7 +78,7 @@ def main():
               f"{yes('gradcompCommCreateSocket')}")
     except gradcomp.GradcompError as e:
         ok = False
-        print(f"libgradcomp: not found: {e}")
+        print(f"libgradcomp: {e}")
     nccl = nccl_library()
     if nccl:
         print(f"NCCL: {nccl} (version {nccl_version(nccl) or 'unknown'})")

@@ -1076,6 +1076,14 @@ class LibraryErrors(unittest.TestCase):
         self.assertIn("LibraryNotFoundError", p.stderr)
         self.assertIn("point it at a built libgradcomp.so", p.stderr)
 
+    def test_empty_library_variable_is_refused_not_ignored(self):
+        env = dict(os.environ, GRADCOMP_LIBRARY="", PYTHONPATH=os.path.join(ROOT, "python"))
+        p = subprocess.run([sys.executable, "-c", "import gradcomp; gradcomp.Config()"], env=env,
+                           capture_output=True, text=True)
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn("LibraryNotFoundError", p.stderr)
+        self.assertIn("GRADCOMP_LIBRARY is set but empty", p.stderr)
+
     def test_info_runs(self):
         env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "python"))
         p = subprocess.run([sys.executable, "-m", "gradcomp.info"], env=env, capture_output=True,
