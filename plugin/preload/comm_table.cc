@@ -8,6 +8,7 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <map>
 #include <set>
 #include <string>
@@ -38,9 +39,15 @@ std::set<ncclComm_t>& nonBlockingComms() {
   static auto* s = new std::set<ncclComm_t>;
   return *s;
 }
-// The slots of non-blocking children NCCL is still making (notePendingChild).
-std::vector<ncclComm_t*>& pendingChildren() {
-  static auto* v = new std::vector<ncclComm_t*>;
+// The slots of non-blocking children NCCL is still making (notePendingChild),
+// with their parents: a slot NCCL never writes (a split whose creation failed)
+// goes when its parent ends, not kept, and read, for the rest of the process.
+struct PendingChild {
+  ncclComm_t parent;
+  ncclComm_t* slot;
+};
+std::vector<PendingChild>& pendingChildren() {
+  static auto* v = new std::vector<PendingChild>;
   return *v;
 }
 // Under tableMu: the pending children NCCL has made by now are non-blocking.
@@ -48,7 +55,7 @@ void resolvePendingChildren() {
   auto& pending = pendingChildren();
   for (auto it = pending.begin(); it != pending.end();) {
     // NCCL stores the child from its creation thread.
-    const ncclComm_t child = __atomic_load_n(*it, __ATOMIC_ACQUIRE);
+    const ncclComm_t child = __atomic_load_n(it->slot, __ATOMIC_ACQUIRE);
     if (child == nullptr) {
       ++it;
       continue;
@@ -312,6 +319,12 @@ void warnIfMomentumLost(const std::string& why) {
 }
 }  // namespace
 
+EntryPtr deferredEntry(const Deferred& d) {
+  if (!d.tracked) return entryFor(d.comm);
+  EntryPtr e = d.entry.lock();
+  return e && !e->released && !e->aborted.stopped() ? e : nullptr;
+}
+
 EntryPtr entryFor(ncclComm_t comm) {
   std::lock_guard<std::mutex> lock(tableMu());
   EntryPtr& e = table()[comm];
@@ -428,6 +441,12 @@ void release(ncclComm_t comm, bool abort, bool revoked) {
   {
     std::lock_guard<std::mutex> lock(tableMu());
     resolvePendingChildren();  // a child that ends unused: its mark goes now, not later
+    // A slot still empty when its parent ends is one NCCL never writes: the
+    // program may free it from now on.
+    auto& pending = pendingChildren();
+    pending.erase(std::remove_if(pending.begin(), pending.end(),
+                                 [&](const PendingChild& c) { return c.parent == comm; }),
+                  pending.end());
     // Marked in the same step as the entry goes: a call on another thread
     // never finds the communicator unmarked and without its entry. A revoked
     // communicator stays non-blocking: a shrink of it without a config
@@ -443,6 +462,7 @@ void release(ncclComm_t comm, bool abort, bool revoked) {
     e = std::move(it->second);
     table().erase(it);
   }
+  e->released = true;
   if (abort) {
     e->aborted.stop();
     // decide() publishes gc before the mode; a decision still in progress
@@ -463,9 +483,9 @@ bool nonBlockingFrom(const void* config, int blockingField, bool parentNonBlocki
   return blockingField == 0;
 }
 
-void notePendingChild(ncclComm_t* slot) {
+void notePendingChild(ncclComm_t parent, ncclComm_t* slot) {
   std::lock_guard<std::mutex> lock(tableMu());
-  pendingChildren().push_back(slot);
+  pendingChildren().push_back({parent, slot});
 }
 
 void noteCreated(ncclComm_t comm, bool nonBlocking) {

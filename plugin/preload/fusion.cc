@@ -182,7 +182,18 @@ ncclResult_t runDeferred(std::vector<Deferred>& calls) {
   std::vector<EntryPtr> entries;
   std::vector<const Deferred*> fusable;
   for (const Deferred& d : calls) {
-    EntryPtr e = entryFor(d.comm);
+    EntryPtr e = deferredEntry(d);
+    // Its communicator was aborted or destroyed after the call was deferred
+    // (another thread's ncclCommAbort, a dead peer): NCCL frees it, so neither
+    // the set-up nor the call may name it (docs/reliability.md).
+    if (e == nullptr) {
+      warnOnce("deferred-released",
+               "a call deferred to the end of a user group names a communicator aborted or "
+               "destroyed since (%p): returning ncclInvalidUsage",
+               (void*)d.comm);
+      note(ncclInvalidUsage);
+      continue;
+    }
     if (e->mode == Mode::Undecided) decideUnlessCapturing(*e, d.comm, d.stream);
     // A non-blocking communicator's enqueue ends before its next call (a
     // call gradcomp passed to NCCL answers ncclInProgress).

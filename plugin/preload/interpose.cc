@@ -149,6 +149,8 @@ ncclResult_t route(const Deferred& d) {
       return forward(nullptr, d);
     }
     tDeferred.push_back(d);
+    tDeferred.back().entry = e;
+    tDeferred.back().tracked = true;
     return ncclSuccess;
   }
   if (pass) return forward(e.get(), d);
@@ -177,7 +179,8 @@ ncclResult_t keepMultiDeviceGroup() {
   for (const Deferred& d : tDeferred) {
     // A compressing entry's device, as inputCount's size: NCCL is asked once,
     // before the entry is decided.
-    const EntryPtr e = entryFor(d.comm);
+    const EntryPtr e = deferredEntry(d);
+    if (e == nullptr) continue;  // runDeferred refuses it
     int dev = e->mode == Mode::Compress ? e->device : e->deviceSeen.load();
     if (dev < 0) {
       if (api->commCuDevice(d.comm, &dev) != ncclSuccess) continue;
@@ -195,7 +198,11 @@ ncclResult_t keepMultiDeviceGroup() {
   calls.swap(tDeferred);
   ncclResult_t failed = ncclSuccess;
   for (const Deferred& d : calls) {
-    EntryPtr e = entryFor(d.comm);
+    EntryPtr e = deferredEntry(d);
+    if (e == nullptr) {
+      if (failed == ncclSuccess) failed = ncclInvalidUsage;
+      continue;
+    }
     passAlways(*e, "one thread drives it in a group with other devices' communicators");
     tGroupForwarded.emplace_back(e, d.coll);
     const ncclResult_t r = forward(nullptr, d);
@@ -229,7 +236,10 @@ ncclResult_t leaveGroup(ncclResult_t r) {
       std::map<ncclComm_t, ncclResult_t> waited;
       for (const Deferred& d : calls) {
         if (waited.count(d.comm)) continue;
-        waited[d.comm] = ncclAwait(d.comm, ncclInProgress, &entryFor(d.comm)->aborted);
+        const EntryPtr e = deferredEntry(d);
+        // Released: runDeferred refuses its calls; NCCL may have freed it.
+        waited[d.comm] =
+            e == nullptr ? ncclInvalidUsage : ncclAwait(d.comm, ncclInProgress, &e->aborted);
         if (waited[d.comm] != ncclSuccess && f == ncclSuccess) f = waited[d.comm];
       }
       calls.erase(std::remove_if(calls.begin(), calls.end(),
@@ -327,13 +337,14 @@ GC_INTERPOSE ncclResult_t ncclGroupSimulateEnd(ncclSimInfo_t* simInfo) {
 // making (a split's or shrink's child: ncclSuccess or ncclInProgress with
 // *newcomm not yet set, NCCL writes it when the child is done) is noted from
 // its slot later.
-static void noteMade(ncclResult_t r, ncclComm_t* newcomm, bool nonBlocking) {
+static void noteMade(ncclResult_t r, ncclComm_t* newcomm, bool nonBlocking,
+                     ncclComm_t parent = nullptr) {
   if ((r != ncclSuccess && r != ncclInProgress) || newcomm == nullptr) return;
   const ncclComm_t made = __atomic_load_n(newcomm, __ATOMIC_ACQUIRE);
   if (made != nullptr) {
     noteCreated(made, nonBlocking);
   } else if (nonBlocking) {
-    notePendingChild(newcomm);
+    notePendingChild(parent, newcomm);
   }
 }
 
@@ -364,7 +375,9 @@ GC_INTERPOSE ncclResult_t ncclCommSplit(ncclComm_t comm, int color, int key, ncc
   const bool nonBlocking =
       nonBlockingFrom(config, config ? config->blocking : 1, isNonBlocking(comm));
   const ncclResult_t r = realNccl()->commSplit(comm, color, key, newcomm, config);
-  noteMade(r, newcomm, nonBlocking);
+  // NCCL_SPLIT_NOCOLOR makes no child: NCCL never writes the slot, which the
+  // program may free or reuse at once (PyTorch's no-color split).
+  if (color != NCCL_SPLIT_NOCOLOR) noteMade(r, newcomm, nonBlocking, comm);
   return r;
 }
 #endif
@@ -378,7 +391,7 @@ GC_INTERPOSE ncclResult_t ncclCommShrink(ncclComm_t comm, int* excludeRanksList,
       nonBlockingFrom(config, config ? config->blocking : 1, isNonBlocking(comm));
   const ncclResult_t r = realNccl()->commShrink(comm, excludeRanksList, excludeRanksCount, newcomm,
                                                 config, shrinkFlags);
-  noteMade(r, newcomm, nonBlocking);
+  noteMade(r, newcomm, nonBlocking, comm);
   return r;
 }
 #endif
@@ -398,7 +411,7 @@ GC_INTERPOSE ncclResult_t ncclCommGrow(ncclComm_t comm, int nRanks, const ncclUn
   const bool nonBlocking = nonBlockingFrom(config, config ? config->blocking : 1,
                                            comm != nullptr && isNonBlocking(comm));
   const ncclResult_t r = realNccl()->commGrow(comm, nRanks, uniqueId, rank, newcomm, config);
-  noteMade(r, newcomm, nonBlocking);
+  noteMade(r, newcomm, nonBlocking, comm);
   return r;
 }
 #endif

@@ -81,6 +81,9 @@ struct CommEntry {
   // instead of destroying it (no waiting on kernels that may be stuck on a
   // dead peer), and a set-up's wait on a non-blocking communicator ends.
   NcclStop aborted;
+  // Forgotten by release (ncclCommDestroy, ncclCommAbort, a new communicator
+  // at its address): a call deferred before that must not reach NCCL.
+  std::atomic<bool> released{false};
   ~CommEntry();
 };
 using EntryPtr = std::shared_ptr<CommEntry>;
@@ -125,7 +128,9 @@ void noteCreated(ncclComm_t comm, bool nonBlocking);
 // returned ncclInProgress. It is noted as non-blocking once *slot is set (read
 // when a communicator not seen before turns up, is asked about, or ends; the
 // caller keeps *slot to learn the communicator, as PyTorch's NCCLComm does).
-void notePendingChild(ncclComm_t* slot);
+// `parent` (NULL for a constructor without one): a slot still empty when the
+// parent ends is forgotten, never read again (the program may free it).
+void notePendingChild(ncclComm_t parent, ncclComm_t* slot);
 // Non-blocking by NCCL's rules: NCCL_COMM_BLOCKING overrides; a null config
 // inherits `parentNonBlocking`; otherwise config->blocking == 0.
 bool nonBlockingFrom(const void* config, int blockingField, bool parentNonBlocking);
@@ -148,7 +153,18 @@ struct Deferred {
   ncclComm_t comm;
   cudaStream_t stream;
   Collective coll = Collective::AllReduce;
+  // The entry the call was deferred with (route): at the group's end the
+  // communicator may have been aborted or destroyed (its address then names
+  // nothing, or another communicator), and the call must not reach NCCL. A
+  // weak reference, so that release() still ends the entry, and gradcomp's
+  // comm with it, before NCCL destroys the communicator. Untracked (a
+  // Deferred made elsewhere): the address's current entry.
+  std::weak_ptr<CommEntry> entry{};
+  bool tracked = false;
 };
+// A deferred call's entry at the group's end (deferredEntry): null when its
+// communicator was aborted or destroyed since the call was made.
+EntryPtr deferredEntry(const Deferred& d);
 
 // The residual key of a fused set (GRADCOMP_GROUP=fuse): its members'
 // receive buffers and counts in order, and its op. Unfused calls are keyed by

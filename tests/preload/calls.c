@@ -256,6 +256,32 @@ static int nonblocking(void) {
   EXPECT("CommDestroy comm=%p", (void*)grown);
   return 0;
 }
+
+/* A non-blocking communicator split with NCCL_SPLIT_NOCOLOR (PyTorch's split
+ * for the ranks outside a new group): NCCL makes no child and never writes
+ * the slot, which is the program's to free or reuse once the split is done.
+ * Here the same variable holds a blocking communicator next: the preload
+ * must not take that one for the split's non-blocking child. */
+static int nocolor(void) {
+  cudaStream_t stream = (cudaStream_t)(uintptr_t)0x2000;
+  char* a = (char*)(uintptr_t)0x7f0000000000ull;
+  ncclComm_t nb = NULL, slot = NULL;
+  if (initWithConfig(0, &nb)) return 1;
+  CHECK(ncclCommSplit(nb, NCCL_SPLIT_NOCOLOR, 0, &slot, NULL));
+  EXPECT("CommSplit parent=%p color=-1 key=0 blocking=-1 comm=(nil)", (void*)nb);
+  CHECK(settle(nb, ncclInProgress));
+  if (slot != NULL) {
+    fprintf(stderr, "a no-color split wrote a child %p\n", (void*)slot);
+    return 1;
+  }
+  slot = (ncclComm_t)(uintptr_t)0x3000; /* the variable, reused */
+  CALL(a, a, 1 << 22, ncclFloat32, ncclSum, slot, stream);
+  CHECK(ncclCommDestroy(slot));
+  EXPECT("CommDestroy comm=%p", (void*)slot);
+  CHECK(ncclCommDestroy(nb));
+  EXPECT("CommDestroy comm=%p", (void*)nb);
+  return 0;
+}
 #endif
 
 #if NCCL_VERSION_CODE >= NCCL_VERSION(2, 27, 0)
@@ -427,6 +453,30 @@ static int simulateMissing(void) {
 }
 #endif
 
+/* ncclCommAbort of a communicator whose eligible call a user group deferred
+ * (NCCL 2.22 and later take aborts inside a group; another thread's abort
+ * after a dead peer is the same): NCCL frees the communicator, so the deferred
+ * call must not reach it, nor a set-up name it, and the group's end answers
+ * ncclInvalidUsage (docs/reliability.md). */
+static int abortDeferred(void) {
+  ncclComm_t comm = (ncclComm_t)(uintptr_t)0x1000;
+  cudaStream_t stream = (cudaStream_t)(uintptr_t)0x2000;
+  char* a = (char*)(uintptr_t)0x7f0000000000ull;
+  CHECK(ncclGroupStart());
+  EXPECT("GroupStart");
+  CHECK(ncclAllReduce(a, a, 1 << 20, ncclFloat32, ncclSum, comm, stream));
+  CHECK(ncclCommAbort(comm));
+  EXPECT("CommAbort comm=%p", (void*)comm);
+  const ncclResult_t r = ncclGroupEnd();
+  EXPECT("GroupEnd");
+  if (r != ncclInvalidUsage) {
+    fprintf(stderr, "the group's end after the abort returned %d, expected ncclInvalidUsage\n",
+            (int)r);
+    return 1;
+  }
+  return 0;
+}
+
 /* Reduce-scatters too small to be eligible (4 * 1000 < 16384): the
  * communicator never sets up, and the preload asks NCCL its size once, not
  * at every call (a watchdog may poll the communicator meanwhile). */
@@ -449,9 +499,13 @@ __attribute__((visibility("default"))) int gcTestRunCalls(const char* mode) {
     rc = multiDevice();
   } else if (strcmp(mode, "small_rs") == 0) {
     rc = smallReduceScatters();
+  } else if (strcmp(mode, "abort_deferred") == 0) {
+    rc = abortDeferred();
 #if NCCL_VERSION_CODE >= NCCL_VERSION(2, 18, 0)
   } else if (strcmp(mode, "nonblocking") == 0) {
     rc = nonblocking();
+  } else if (strcmp(mode, "nocolor") == 0) {
+    rc = nocolor();
 #endif
 #if NCCL_VERSION_CODE >= NCCL_VERSION(2, 27, 0)
   } else if (strcmp(mode, "revoked") == 0) {

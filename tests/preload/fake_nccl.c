@@ -404,6 +404,19 @@ ncclResult_t ncclCommInitRankScalable(ncclComm_t*, int, int, int, ncclUniqueId*,
 ncclResult_t pncclCommSplit(ncclComm_t p, int color, int key, ncclComm_t* c, ncclConfig_t* cfg) {
   const ncclResult_t ready = readiness("CommSplit", p);
   if (ready != ncclSuccess) return ready;
+  if (color == NCCL_SPLIT_NOCOLOR) {
+    /* As NCCL: no child, so the slot stays NULL for good; a non-blocking
+     * split is still in progress on the parent (its ranks agree on colors). */
+    const char* env = getenv("NCCL_COMM_BLOCKING");
+    const int nb = env != NULL && (env[0] == '0' || env[0] == '1') ? env[0] == '0'
+                   : cfg != NULL                                   ? cfg->blocking == 0
+                                                                   : isNonBlocking(p);
+    record("CommSplit parent=%p color=%d key=%d blocking=%d comm=(nil)", (void*)p, color, key,
+           blockingOf(cfg));
+    *c = NULL;
+    if (nb) startAsync(p);
+    return ncclSuccess;
+  }
   const ncclComm_t child = newComm();
   record("CommSplit parent=%p color=%d key=%d blocking=%d comm=%p", (void*)p, color, key,
          blockingOf(cfg), (void*)child);

@@ -139,6 +139,27 @@ if "$app" nonblocking > /dev/null 2>&1 < /dev/null || [ $? != 2 ]; then
   }
 fi
 
+# 4c. A non-blocking communicator split with NCCL_SPLIT_NOCOLOR makes no
+# child: NCCL never writes the slot, and the program reuses it at once. The
+# preload must not keep reading it (a blocking communicator held there later
+# was taken for a non-blocking one; freed, it was read after the free).
+if "$app" nocolor > /dev/null 2>&1 < /dev/null || [ $? != 2 ]; then
+  run nocolor env GRADCOMP_DEBUG=INFO "$app" nocolor && {
+    same_calls nocolor
+    n=$(count "is non-blocking" "$work/nocolor.err")
+    check "nocolor: only the parent is non-blocking, not the comm later in the split's slot (got $n)" \
+      "[ '$n' = 1 ]"
+  }
+fi
+
+# 4d. A communicator aborted after a user group deferred its eligible call:
+# the call never reaches NCCL (which frees the communicator) and the group's
+# end answers ncclInvalidUsage (the app checks it).
+for group in defer fuse; do
+  run abort_deferred_$group env GRADCOMP_GROUP=$group GRADCOMP_METHOD=qsgd "$app" abort_deferred &&
+    same_calls abort_deferred_$group
+done
+
 # 4b. A revoked communicator (ncclCommRevoke, NCCL 2.28) is never set up
 # again; one shrunk from it is set up as usual, a non-blocking one's too.
 if "$app" revoked > /dev/null 2>&1 < /dev/null || [ $? != 2 ]; then
