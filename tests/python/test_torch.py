@@ -530,6 +530,44 @@ class LayerAwarePlan(unittest.TestCase):
             st.set_module(None)
         self.assertIsNotNone(st._param_ids)  # a refused set_module leaves the module's keys
 
+    def blob(self, st):
+        """A state blob's header as _precheck_blob reads it: rank 0 of 2, st's method."""
+        import struct
+
+        b = bytearray(b"GCST" + bytes(108))
+        struct.pack_into("<ii", b, 32, 0, 2)
+        struct.pack_into("<i", b, 48, int(st.config.struct.method))
+        return bytes(b)
+
+    def test_residuals_keyed_otherwise_are_refused_after_the_load_too(self):
+        # Residuals keyed by bucket, made parameter-keyed by set_module() after the load (or
+        # after unpickling), would match no bucket: refused as load_state_dict refuses them.
+        import pickle
+
+        import gradcomp.torch._group as group
+
+        m = self.model(0)
+        st = self.state(None)
+        blob = self.blob(st)
+        st.load_state_dict({**st.state_dict(), "gradcomp": blob})
+        with self.assertRaisesRegex(ValueError, "keyed by bucket index.*none would match"):
+            st.set_module(m)
+        self.assertIsNone(st._param_ids)  # refused: the state as it was
+        self.assertEqual(st._keyed_by(), "bucket")
+        with mock.patch.object(group, "check_group", lambda pg, backend: (pg, 0, 2)):
+            again = pickle.loads(pickle.dumps(st))
+            fsdp = pickle.loads(pickle.dumps(st))
+        with self.assertRaisesRegex(ValueError, "keyed by bucket index.*none would match"):
+            again.set_module(m)
+        # An FSDP2 state's residuals, unpickled and handed DDP buckets.
+        fsdp._pending_keyed = "fsdp"
+        with self.assertRaisesRegex(ValueError, "keyed by FSDP module name.*none would match"):
+            fsdp._plan(self.Bucket([m[0].weight], 0))
+        keyed = self.state(m)  # parameter-keyed residuals: set_module takes them
+        keyed.load_state_dict({**keyed.state_dict(), "gradcomp": blob})
+        keyed.set_module(self.model(1))
+        self.assertEqual(keyed._keyed_by(), "params")
+
     def test_gather_scatter_round_trip(self):
         from gradcomp.torch.ddp import _gather, _scatter
 

@@ -273,6 +273,10 @@ class GradcompState:
         if not isinstance(module, torch.nn.Module):
             raise TypeError(f"set_module takes the model (a torch.nn.Module); got "
                             f"{type(module).__name__}")
+        # Residuals waiting to be loaded, keyed by bucket (a state made without a module) or by
+        # FSDP module name, would match no parameter-keyed bucket: refused, this state unchanged,
+        # as load_state_dict refuses them.
+        self._check_keying(self._pending_blob, self._pending_keyed, "params")
         named = list(module.named_parameters())
         self._needs_module = False
         self._param_ids = {id(p): i for i, (_, p) in enumerate(named)}
@@ -617,6 +621,8 @@ class GradcompState:
             raise RuntimeError("this GradcompState was restored (unpickled) from a state keyed by "
                                "parameter index: call state.set_module(model) before training, "
                                "or its saved residuals would match no bucket")
+        # An unpickled state keyed otherwise (an FSDP2 state's residuals) matches no bucket.
+        self._check_keying(self._pending_blob, self._pending_keyed, self._keyed_by())
         params = bucket.parameters()
         sig = tuple(id(p) for p in params)
         plan = self._plans.get(sig)
