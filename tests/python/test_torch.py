@@ -119,6 +119,23 @@ class TorchRefusals(unittest.TestCase):
                 self.gt.gradcomp_hook(state, Bucket(torch.zeros(8, dtype=torch.float64,
                                                                 device="cuda")))
 
+    def test_sparse_bucket_is_refused_at_the_first_call(self):
+        # DDP buckets nn.Embedding(sparse=True)'s gradient alone, as a sparse tensor: refused
+        # at the first call, not at start_iter with "Cannot access data pointer".
+        class Bucket:
+            def __init__(self, t):
+                self.t = t
+
+            def buffer(self):
+                return self.t
+
+        state = self.gt.GradcompState.__new__(self.gt.GradcompState)
+        state.backend = "cpu"
+        grad = torch.sparse_coo_tensor([[0, 3]], torch.ones(2, 4), (10, 4))
+        with self.assertRaisesRegex(TypeError, "torch.sparse_coo gradient bucket.*"
+                                    "nn.Embedding\\(sparse=True\\).*sparse=False"):
+            self.gt.gradcomp_hook(state, Bucket(grad))
+
     def test_compiled_autograd_per_parameter_call_is_refused_with_advice(self):
         # DDP with optimize_ddp='python_reducer' calls hook(state, (param.grad, param)) for
         # each parameter (torch/nn/parallel/distributed.py, _register_accum_grad_hook).

@@ -756,6 +756,13 @@ def gradcomp_hook(state, bucket):
         raise TypeError(f"gradcomp_hook got a {buf.dtype} gradient bucket: gradcomp compresses "
                         "float32, float16 and bfloat16; cast the model, or register DDP's "
                         "default hook for this model")
+    if buf.layout != torch.strided:
+        # DDP gives a sparse gradient (nn.Embedding(sparse=True)) a bucket of its own, as a
+        # sparse tensor: gradcomp reads dense buffers by address (a sparse one has none).
+        raise TypeError(f"gradcomp_hook got a {buf.layout} gradient bucket (a parameter with "
+                        "sparse gradients, e.g. nn.Embedding(sparse=True)): gradcomp compresses "
+                        "dense buckets; make the embedding dense (sparse=False), or register "
+                        "DDP's default hook for this model")
     stream = _HostStream() if want == "cpu" else _CudaStream(buf.device)
     return _reduce_bucket(state, bucket, buf, stream)
 
