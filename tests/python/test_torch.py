@@ -526,6 +526,21 @@ class LayerAwarePlan(unittest.TestCase):
                 with self.assertRaisesRegex(ValueError, "two DDP models share this state"):
                     st._note_bucket(bb[0], False)
 
+    def test_the_model_wrapped_again_with_unfrozen_parameters_is_taken(self):
+        # A state made with module=model follows the model's parameters, frozen ones included:
+        # a new DDP of the model after unfreezing a layer is not a second model sharing it.
+        m = self.model(0)
+        st = self.state(m)
+        first = self.Bucket([m[0].weight, m[0].bias], 0)  # m[2] frozen: not in DDP's buckets
+        st._note_bucket(first, True)
+        st._note_bucket(first, True)
+        st._note_bucket(self.Bucket([m[2].weight], 0), False)  # unfrozen, DDP made again
+        st._note_bucket(self.Bucket([m[0].weight, m[0].bias], 1), True)
+        other = self.model(1)  # another model's parameters are still refused, at once
+        with self.assertRaisesRegex(ValueError, "not in the module given.*two DDP models share "
+                                    "this state"):
+            self.state(m)._note_bucket(self.Bucket([other[2].weight], 0), False)
+
     def test_bad_settings_and_state_dicts_are_refused(self):
         m = self.model(0)
         for kw in ({"layer_min_size": 1.7}, {"layer_min_size": "abc"}, {"start_iter": -1},

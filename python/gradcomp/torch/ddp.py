@@ -393,7 +393,15 @@ class GradcompState:
                              "share this GradcompState. Make one GradcompState per model (their "
                              "residuals and step counters are per model)")
         ids = [id(p) for p in bucket.parameters()]
-        if self._model_seen:
+        if self._param_ids is not None:
+            # The model is known (module=, set_module): its parameters, frozen ones included,
+            # may come in a later DDP of it (unfrozen, wrapped again); another model's may not.
+            if any(i not in self._param_ids for i in ids):
+                raise ValueError("gradcomp_hook got a bucket of parameters that are not in the "
+                                 "module given to this GradcompState: two DDP models share this "
+                                 "state, or module= is not the model DDP wraps. Make one "
+                                 "GradcompState per model, with module=<the model DDP wraps>")
+        elif self._model_seen:
             if any(i not in self._model_params for i in ids):
                 raise ValueError("gradcomp_hook got a bucket of parameters this GradcompState's "
                                  "model does not have: two DDP models share this state. Make "
