@@ -600,6 +600,26 @@ class LayerAwarePlan(unittest.TestCase):
         keyed.set_module(self.model(1))
         self.assertEqual(keyed._keyed_by(), "params")
 
+    def test_residuals_of_another_layer_rule_are_refused(self):
+        # Another layer_min_size or exclude_1d compresses other parameters, so the saved
+        # residuals' keys would match no bucket: refused, the state as it was.
+        m = self.model(0)
+        st = self.state(m)
+        saved = {**st.state_dict(), "gradcomp": self.blob(st)}
+        for kw, why in (({"layer_min_size": 3000}, "saved with layer_min_size=1024, this state "
+                         "has layer_min_size=3000"),
+                        ({"exclude_1d": False, "layer_min_size": 1024}, "saved with "
+                         "exclude_1d=True, this state has exclude_1d=False")):
+            other = self.state(m, **kw)
+            with self.assertRaisesRegex(ValueError, why + ".*fresh residuals"):
+                other.load_state_dict(saved)
+            self.assertIsNone(other._pending_blob)
+        same = self.state(self.model(1))
+        same.load_state_dict(saved)  # the same rule: taken
+        self.assertEqual(same._pending_blob, saved["gradcomp"])
+        other = self.state(m, start_iter=5)  # start_iter picks no parameter: taken
+        other.load_state_dict(saved)
+
     def test_gather_scatter_round_trip(self):
         from gradcomp.torch.ddp import _gather, _scatter
 

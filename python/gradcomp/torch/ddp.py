@@ -186,7 +186,9 @@ class GradcompState:
         return self.__getstate__()
 
     def load_state_dict(self, d):
-        """Restores the step counter and residuals (settings stay this object's).
+        """Restores the step counter and residuals (settings stay this object's; residuals
+        saved under another layer rule, layer_min_size or exclude_1d, are refused: they are
+        keyed by the parameters that rule compresses).
 
         All or nothing: a refused state dict raises and leaves this state (step counter,
         residuals) as it was. With the comm made, the library checks the whole blob here.
@@ -213,6 +215,16 @@ class GradcompState:
                              "the bytes state_dict() saved")
         saved, mine = d.get("keyed_by"), self._keyed_by()
         self._check_keying(blob, saved, mine)
+        for name in ("layer_min_size", "exclude_1d"):
+            # The layer rule picks the compressed parameters, which key the residuals: under
+            # another rule they may match none (FSDP2 compresses every parameter).
+            if blob is not None and mine != "fsdp" and name in d and d[name] != getattr(self,
+                                                                                       name):
+                raise ValueError(f"the state dict's residuals were saved with {name}={d[name]!r}, "
+                                 f"this state has {name}={getattr(self, name)!r}: it may "
+                                 "compress other parameters, whose buckets' keys would match "
+                                 "no saved residual, and those would start from fresh "
+                                 f"residuals; make this state with {name}={d[name]!r}")
         if self._comm is not None:
             with self._on_comm_device():
                 if self.backend == "nccl":
