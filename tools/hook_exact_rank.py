@@ -207,9 +207,9 @@ def reference(state, buckets, rs_key):
             row = []
             for b, plan in enumerate(plans):
                 xs = [grads(step, r, b, buckets) for r in range(N)]
-                mean = xs[0] / N
+                mean = xs[0] * (1.0 / N)
                 for x in xs[1:]:
-                    mean = mean + x / N
+                    mean = mean + x * (1.0 / N)
                 if step >= START and plan["comp_n"]:
                     idx = torch.cat([torch.arange(o, o + n) for o, n in plan["comp"]])
                     part = xs[comm.rank][idx].contiguous()

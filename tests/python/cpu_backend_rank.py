@@ -1,6 +1,6 @@
 """One rank of test_torch.CpuBackendDdp / CpuBackendFsdp / CpuBackendAbort: gradcomp.torch with
 backend="cpu" on real DDP / FSDP2 over gloo, gradcomp's comm made from the process group (TCP
-between the ranks). Usage: cpu_backend_rank.py ddp|fsdp|dgc|subgroups|scaler|abort OUT (the env://
+between the ranks). Usage: cpu_backend_rank.py ddp|excluded|fsdp|dgc|subgroups|scaler|abort OUT (the env://
 variables from tools/gc_ranks.py).
 
 Records every call the hook (DDP) or the reduce-scatter (FSDP) gets, its input before and its
@@ -115,6 +115,36 @@ def ddp(out, rank):
     s2.close()
     return records, {"stats": stats, "resume_bitwise": resumed,
                      "param_hash": hashlib.sha256(param_bytes(model.parameters())).hexdigest()}
+
+
+def excluded(out, rank):
+    """The hook with every parameter in full precision against DDP without a hook: the same
+    model, batches and optimizer; the parameters' hashes of both (test_torch compares them at
+    3 ranks, where x / 3 and x * (1/3) round differently)."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    def run(hooked):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 5))
+        d = DDP(model, bucket_cap_mb=0.005)
+        st = None
+        if hooked:
+            st = gct.GradcompState(module=model, start_iter=0, backend="cpu", config=config(),
+                                   layer_min_size=10 ** 9)
+            d.register_comm_hook(st, gct.gradcomp_hook)
+        opt = torch.optim.SGD(d.parameters(), lr=0.1, momentum=0.9)
+        for step in range(STEPS):
+            x, y = batch(step, rank, 32)
+            opt.zero_grad(set_to_none=True)
+            nn.functional.cross_entropy(d(x), y).backward()
+            opt.step()
+        if st is not None:
+            st.close()
+        return hashlib.sha256(param_bytes(model.parameters())).hexdigest()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "sent uncompressed", as meant
+        return [], {"plain": run(False), "hooked": run(True)}
 
 
 def fsdp(out, rank):
@@ -476,7 +506,7 @@ def main():
         with open(f"{out}.rank{rank}.json", "w") as f:
             json.dump(res, f)
         gc_ranks.leave(0)  # rank 1 dies here, rank 0 has no group left
-    records, res = {"ddp": ddp, "fsdp": fsdp, "dgc": dgc,
+    records, res = {"ddp": ddp, "excluded": excluded, "fsdp": fsdp, "dgc": dgc,
                      "subgroups": subgroups, "scaler": scaler}[mode](out, rank)
     torch.save(records, f"{out}.rank{rank}.pt")
     with open(f"{out}.rank{rank}.json", "w") as f:

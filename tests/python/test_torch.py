@@ -731,7 +731,7 @@ class HookOnCpuWorld(unittest.TestCase):
 
     def reference(self, world, step, compressed):
         """What every rank must hold after the step: (x_0 + x_1) / 2 computed as the hook's
-        torch allreduce does (x / N, then summed), the compressed runs replaced by the
+        torch allreduce does (x * (1/N), then summed), the compressed runs replaced by the
         library's keyed Avg allreduce of their gathered elements."""
         plan_state = self.states(world, "plan")[0]
         comp_runs = []
@@ -743,9 +743,9 @@ class HookOnCpuWorld(unittest.TestCase):
             out = []
             for b in range(len(self.buckets)):
                 xs = [self.grads(step, r, b) for r in range(self.N)]
-                mean = xs[0] / self.N
+                mean = xs[0] * (1.0 / self.N)
                 for x in xs[1:]:
-                    mean = mean + x / self.N
+                    mean = mean + x * (1.0 / self.N)
                 plan = comp_runs[b]
                 if plan is not None:
                     idx = torch.cat([torch.arange(o, o + n) for o, n in plan["comp"]])
@@ -1080,7 +1080,7 @@ class CudaStreamOrder(unittest.TestCase):
         plan = states[0]._plan(H.Bucket(None, H.buckets[1], 1, False))
         comp = torch.cat([torch.arange(o, o + n) for o, n in plan["comp"]])
         full = torch.cat([torch.arange(o, o + n) for o, n in plan["full"]])
-        mean = sum(grads(q, 1) / N for q in range(N))
+        mean = sum(grads(q, 1) * (1.0 / N) for q in range(N))
         for r in range(N):
             out, events = got[r]
             self.assertEqual(streams[r], [Stream.cuda_stream] * 2)
@@ -1570,7 +1570,7 @@ class CpuBackendDdp(unittest.TestCase):
     gradcomp's comm made from the process group (rank 0's address through the store, TCP).
     Every bucket's result on every rank is bit for bit the serial reference built from the
     recorded gradients on the in-process CPU world: the mean (x_0/2 + x_1/2, as the hook's
-    torch all_reduce of x/N) where the hook sends full precision, the library's keyed Avg
+    torch all_reduce of x * (1/N)) where the hook sends full precision, the library's keyed Avg
     allreduce of the gathered compressed parts, in the hook's call order, elsewhere."""
 
     def test_hook_on_real_ddp_matches_the_serial_reference(self):
@@ -1589,7 +1589,7 @@ class CpuBackendDdp(unittest.TestCase):
         with gradcomp.CpuWorld(N, cfg) as world:
             for k, rec0 in enumerate(records[0]):
                 xs = [records[r][k]["input"] for r in range(N)]
-                want = xs[0] / N + xs[1] / N
+                want = xs[0] * (1.0 / N) + xs[1] * (1.0 / N)
                 if rec0["compressed"] and rec0["comp_n"]:
                     idx = torch.cat([torch.arange(o, o + n) for o, n in rec0["comp"]])
                     parts = [x[idx].contiguous() for x in xs]
@@ -1616,6 +1616,16 @@ class CpuBackendDdp(unittest.TestCase):
         self.assertGreater(st["gradcomp"]["bytes_on_wire"], 0)
         for r in range(N):
             self.assertTrue(results[r]["resume_bitwise"], f"rank {r}: resume is not bit for bit")
+
+
+    def test_full_precision_is_ddps_own_mean_at_three_ranks(self):
+        """Every parameter in full precision (layer_min_size above them all): the parameters
+        after 5 steps are bitwise those of DDP without a hook at 3 ranks, where DDP's
+        x * (1/3) and x / 3 round differently (the hook divided until 2026-12-05)."""
+        _, results = launch_ranks(self, "excluded", world=3)
+        for r, res in enumerate(results):
+            self.assertEqual(res["hooked"], res["plain"], f"rank {r}")
+        self.assertEqual(len({res["plain"] for res in results}), 1)
 
 
 @unittest.skipIf(torch is None, "PyTorch is not installed")

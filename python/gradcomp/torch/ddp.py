@@ -697,8 +697,10 @@ def _scatter(src, buf, runs):
 
 
 def _allreduce_avg(buf, state):
-    """torch.distributed's own allreduce of the mean (as DDP's default hook)."""
-    buf.div_(state.world_size)
+    """torch.distributed's own allreduce of the mean, as DDP without a hook computes it: each
+    gradient multiplied by 1/N (its reducer's mul_out as it copies into the bucket), then the
+    sum (x / N rounds otherwise than x * (1/N) where N is not a power of two)."""
+    buf.mul_(1.0 / state.world_size)
     fut = dist.all_reduce(buf, group=state.process_group, async_op=True).get_future()
     return fut.then(lambda f: f.value()[0])
 
@@ -825,7 +827,7 @@ def _reduce_bucket(state, bucket, buf, stream):
     # Mixed bucket: the full-precision part starts first on torch's NCCL stream,
     # the compressed part runs meanwhile on the current stream.
     full = _gather(buf, plan["full"], plan["full_n"])
-    full.div_(state.world_size)
+    full.mul_(1.0 / state.world_size)  # as _allreduce_avg
     state.counters["full_precision_calls"] += 1
     state.counters["full_precision_bytes"] += plan["full_n"] * elem
     fut = dist.all_reduce(full, group=state.process_group, async_op=True).get_future()
