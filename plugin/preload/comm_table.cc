@@ -251,8 +251,10 @@ const Settings& settings() {
 bool eligible(size_t count, ncclDataType_t type, ncclRedOp_t op) {
   const Settings& s = settings();
   // A rank with a bad configuration is eligible as its peers are: it must
-  // reach the agreement with them (see decide).
-  return s.config.method != gradcompMethodNone &&
+  // reach the agreement with them (see decide). A call of no elements goes to
+  // NCCL as it is, whatever GRADCOMP_MIN_ELEMENTS (gradcomp would return at
+  // once, and the summary count it as compressed).
+  return count > 0 && s.config.method != gradcompMethodNone &&
          (type == ncclFloat32 || type == ncclFloat16 || type == ncclBfloat16) &&
          (op == ncclSum || op == ncclAvg) && count >= s.config.minElements;
 }

@@ -491,6 +491,21 @@ static int smallReduceScatters(void) {
   return 0;
 }
 
+/* Calls of no elements, every rank's alike (NCCL takes them as no-ops): they
+ * reach NCCL as they are, even where GRADCOMP_MIN_ELEMENTS=0 makes every
+ * other call eligible, so they never start a set-up. */
+static int empty(void) {
+  ncclComm_t comm = (ncclComm_t)(uintptr_t)0x1000;
+  cudaStream_t stream = (cudaStream_t)(uintptr_t)0x2000;
+  char* a = (char*)(uintptr_t)0x7f0000000000ull;
+  char* b = (char*)(uintptr_t)0x7f0010000000ull;
+  CALL(a, b, 0, ncclFloat32, ncclSum, comm, stream);
+  RS(a, b, 0, ncclBfloat16, ncclAvg, comm, stream);
+  CHECK(ncclCommDestroy(comm));
+  EXPECT("CommDestroy comm=%p", (void*)comm);
+  return 0;
+}
+
 __attribute__((visibility("default"))) int gcTestRunCalls(const char* mode) {
   int rc;
   if (strcmp(mode, "basic") == 0) {
@@ -501,6 +516,8 @@ __attribute__((visibility("default"))) int gcTestRunCalls(const char* mode) {
     rc = smallReduceScatters();
   } else if (strcmp(mode, "abort_deferred") == 0) {
     rc = abortDeferred();
+  } else if (strcmp(mode, "empty") == 0) {
+    rc = empty();
 #if NCCL_VERSION_CODE >= NCCL_VERSION(2, 18, 0)
   } else if (strcmp(mode, "nonblocking") == 0) {
     rc = nonblocking();

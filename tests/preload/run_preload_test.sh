@@ -152,6 +152,16 @@ if "$app" nocolor > /dev/null 2>&1 < /dev/null || [ $? != 2 ]; then
   }
 fi
 
+# 4e. Calls of no elements go to NCCL as they are, with no set-up, even where
+# GRADCOMP_MIN_ELEMENTS=0 makes every other call eligible.
+run empty env GRADCOMP_METHOD=qsgd GRADCOMP_MIN_ELEMENTS=0 GRADCOMP_DEBUG=INFO "$app" empty && {
+  same_calls empty
+  n=$(count "cannot set up compression" "$work/empty.err")
+  check "empty: no set-up for calls of no elements (got $n warnings)" "[ '$n' = 0 ]"
+  check "empty: the summary counts both calls as passed through" \
+    "grep -q 'summary comm 0x1000 .*: 0 calls compressed, 2 passed through' '$work/empty.err'"
+}
+
 # 4d. A communicator aborted after a user group deferred its eligible call:
 # the call never reaches NCCL (which frees the communicator) and the group's
 # end answers ncclInvalidUsage (the app checks it).
