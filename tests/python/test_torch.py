@@ -92,14 +92,17 @@ class TorchRefusals(unittest.TestCase):
         with self.assertRaisesRegex(RuntimeError, "init_process_group"):
             self.gt.GradcompState()
 
+    class Bucket:
+        """The part of DDP's GradBucket the hook's first checks read."""
+
+        def __init__(self, t):
+            self.t = t
+
+        def buffer(self):
+            return self.t
+
     def test_cpu_and_float64_buckets_are_refused(self):
-        class Bucket:
-            def __init__(self, t):
-                self.t = t
-
-            def buffer(self):
-                return self.t
-
+        Bucket = self.Bucket
         state = self.gt.GradcompState.__new__(self.gt.GradcompState)
         state.backend = "nccl"
         with self.assertRaisesRegex(TypeError, "got a cpu gradient bucket.*move the model to the "
@@ -122,13 +125,7 @@ class TorchRefusals(unittest.TestCase):
     def test_sparse_bucket_is_refused_at_the_first_call(self):
         # DDP buckets nn.Embedding(sparse=True)'s gradient alone, as a sparse tensor: refused
         # at the first call, not at start_iter with "Cannot access data pointer".
-        class Bucket:
-            def __init__(self, t):
-                self.t = t
-
-            def buffer(self):
-                return self.t
-
+        Bucket = self.Bucket
         state = self.gt.GradcompState.__new__(self.gt.GradcompState)
         state.backend = "cpu"
         grad = torch.sparse_coo_tensor([[0, 3]], torch.ones(2, 4), (10, 4))
