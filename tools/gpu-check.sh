@@ -75,6 +75,12 @@ want() { [[ "$steps_sel" == *" $1 "* ]]; }
 plan=${GC_PLAN:-0}
 
 if [ -n "${GC_STEPS:-}" ]; then budget=${GC_CHECK_BUDGET_S:-540}; else budget=${GC_CHECK_BUDGET_S:-3000}; fi
+# Whole seconds: anything else ("540s", "1e3") would fail the arithmetic below and, under set -u,
+# end the call at its first step with no report.
+if ! [[ "$budget" =~ ^[0-9]+$ ]]; then
+  echo "gpu-check: GC_CHECK_BUDGET_S='$budget' is not a whole number of seconds" >&2
+  exit 2
+fi
 start=$(date +%s)
 deadline=$((start + budget - 30))  # keep half a minute for the report and the copies to $OUT
 date=$(date +%Y-%m-%d)

@@ -18,6 +18,7 @@ missing when its step's last record in steps.tsv is not ok, unless it is partial
 import argparse
 import glob
 import json
+import math
 import os
 import subprocess
 import sys
@@ -124,6 +125,14 @@ def sweep_regret(doc, first, last):
     return doc.get("auto_regret_max_frac")
 
 
+def finite(v):
+    """v when it is a finite number (not a bool), else None: a NaN, an infinity or a string in
+    an output is no measurement, and a goal on it is unknown, not failed."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        return None
+    return v
+
+
 def share(a, b):
     return a / b if a is not None and b else None
 
@@ -184,9 +193,11 @@ def topk_speedup(kdoc, tdoc, n=N26, density=0.001, kernel="topk_threshold"):
     ours = [r for r in kdoc.get("rows", []) if r["kernel"] == kernel and r["n"] == n
             and abs(r.get("density", -1) - density) < 1e-12]
     theirs = [r for r in tdoc.get("rows", []) if r["n"] == n and abs(r["density"] - density) < 1e-12]
-    if not ours or not theirs or ours[0]["time_us"] <= 0:
+    mine = finite(ours[0].get("time_us")) if ours else None
+    torch_us = finite(theirs[0].get("torch_topk_abs_us")) if theirs else None
+    if not mine or not torch_us or mine <= 0 or torch_us <= 0:
         return None
-    return theirs[0]["torch_topk_abs_us"] / ours[0]["time_us"]
+    return torch_us / mine
 
 
 def fmt(v, digits=3):
@@ -200,7 +211,7 @@ def fmt(v, digits=3):
 
 
 def goal(v, target):
-    return None if v is None else v >= target
+    return None if finite(v) is None else v >= target
 
 
 def steps_table(path):
@@ -210,7 +221,13 @@ def steps_table(path):
     for line in text.splitlines():
         parts = line.split("\t")
         if len(parts) >= 3:
-            rows.append({"name": parts[0], "status": parts[1], "seconds": int(float(parts[2])),
+            try:
+                seconds = int(float(parts[2]))
+            except ValueError:
+                if parts[:3] == ["name", "status", "seconds"]:
+                    continue  # a header line
+                seconds = None  # the record stands; its time is unknown
+            rows.append({"name": parts[0], "status": parts[1], "seconds": seconds,
                          "note": parts[3] if len(parts) > 3 else "",
                          "commit": (parts[4] or None) if len(parts) > 4 else None})
     return rows
@@ -258,7 +275,10 @@ def main():
     ap.add_argument("--plots-prefix", default="")
     a = ap.parse_args()
     d = a.dir
-    j = lambda f: load(os.path.join(d, f))  # noqa: E731
+    # Every output is a JSON object: anything else (null, a list, a file cut short) is as if
+    # missing, and named in the report (unreadable_outputs).
+    j = lambda f: (lambda doc: doc if isinstance(doc, dict) else None)(  # noqa: E731
+        load(os.path.join(d, f)))
     t = lambda f: read(os.path.join(d, f))  # noqa: E731
 
     steps = steps_table(os.path.join(d, "steps.tsv"))
@@ -290,7 +310,12 @@ def main():
         kmore = kmore if isinstance(kmore, dict) else {}
         more = {r.get("kernel") for r in kmore.get("rows", [])}
         more_partial = kmore.get("complete") is False
-        keep_own = ok_or_partial("kernels", kdoc.get("complete") is False and not more_partial)
+        # tools/kernels_merge.py keeps the first run's own "complete" beside the merged one; a
+        # file merged before it did tells the first run's partial apart only when the second's
+        # was complete.
+        own_partial = (kdoc["complete_kernels"] is False if "complete_kernels" in kdoc
+                       else kdoc.get("complete") is False and not more_partial)
+        keep_own = ok_or_partial("kernels", own_partial)
         keep_more = ok_or_partial("kernels_more", more_partial)
         for step, keep, mine in (("kernels", keep_own, False), ("kernels_more", keep_more, True)):
             if not keep and any((r.get("kernel") in more) == mine for r in kdoc.get("rows", [])):
@@ -303,6 +328,7 @@ def main():
     docs = {f: j(f) for f in os.listdir(d) if f.endswith(".json")}
     partial = sorted(f for f, doc in docs.items()
                      if isinstance(doc, dict) and doc.get("complete") is False)
+    unreadable = sorted(f for f, doc in docs.items() if doc is None)
     p8, p8s = bench("perf_n8.json"), bench("perf_n8_sparse.json")
     multi, ddp, tests = j("multirank.json") or {}, j("ddp.json") or {}, j("tests.json") or {}
     # tc_link.sh's summary: it leaves out the runs that failed (and deletes every run's output
@@ -322,7 +348,10 @@ def main():
     # null for reduce-scatter rows): how many agreed bit for bit on all ranks, and how many not.
     same = differ = 0
     for f in sorted(glob.glob(os.path.join(d, "perf_*.json"))):
-        for r in (load(f) or {}).get("rows", []):
+        doc = load(f)
+        for r in (doc.get("rows") or [] if isinstance(doc, dict) else []):
+            if not isinstance(r, dict):
+                continue
             same += r.get("identical") is True
             differ += r.get("identical") is False
     # GC_COMMIT names the commit when the tree's .git is not the one it came
@@ -538,6 +567,7 @@ def main():
         "allreduce_qsgd4_pipelined_model_speedup_n8_256MB": {str(g): v for g, v in piped.items()},
         "steps": steps,
         "partial_outputs": partial,
+        "unreadable_outputs": unreadable,
         "outputs_left_out": left_out,
     }
     with open(a.json, "w") as f:
@@ -556,7 +586,7 @@ def main():
     L.append("| step | status | seconds | note | commit |")
     L.append("|---|---|---|---|---|")
     for s in steps:
-        L.append("| %s | %s | %d | %s | %s |" % (s["name"], s["status"], s["seconds"], s["note"],
+        L.append("| %s | %s | %s | %s | %s |" % (s["name"], s["status"], fmt(s["seconds"]), s["note"],
                                                  short_commit(s["commit"])))
     L.append("")
     if left_out:
@@ -564,6 +594,10 @@ def main():
                  "null in the JSON, as if missing): %s." % ", ".join(
                      "`%s`%s (%s: %s)" % (o["file"], " rows" if o["file"] == "kernels.json" else "",
                                           o["step"], o["status"]) for o in left_out))
+        L.append("")
+    if unreadable:
+        L.append("Unreadable (not a whole JSON object: cut short, empty or not JSON; null in the "
+                 "JSON, as if missing): %s." % ", ".join("`%s`" % f for f in unreadable))
         L.append("")
     if partial:
         L.append("Partial outputs (their run stopped before its last row; the values from them "
@@ -732,6 +766,8 @@ def main():
         why = prof.get("unavailable_reason")
         if not why and "profile" in {o["step"] for o in left_out}:
             why = "the profile step's last record is '%s'" % last["profile"]
+        elif not why and last.get("profile", "ok") != "ok":
+            why = "the profile step's last record is '%s', and it wrote no profile.json" % last["profile"]
         L.append("Not profiled: %s" % (why or "the profile step did not run"))
     L.append("")
     L.append("## Tests")

@@ -27,7 +27,11 @@ def merge(d):
     doc = main if main is not None else {k: v for k, v in more.items() if k != "rows"}
     names = {r.get("kernel") for r in more["rows"]}
     doc["rows"] = [r for r in doc.get("rows", []) if r.get("kernel") not in names] + more["rows"]
-    doc["complete"] = bool(main and main.get("complete")) and bool(more.get("complete"))
+    # Each run's own "complete", which the merged one no longer tells apart (both cut by their
+    # step limits: the report keeps each run's rows as partial, not left out).
+    own = bool(main and main.get("complete_kernels", main.get("complete")))
+    doc["complete"] = own and bool(more.get("complete"))
+    doc["complete_kernels"], doc["complete_kernels_more"] = own, bool(more.get("complete"))
     tmp = os.path.join(d, "kernels.json.part")
     with open(tmp, "w") as f:
         json.dump(doc, f, indent=1)

@@ -72,12 +72,17 @@ def parse(text, label):
     start = next((i for i, l in enumerate(lines) if l.startswith('"ID"')), None)
     if start is None:
         raise ValueError("no ncu CSV table (a line starting with \"ID\") in the %s output" % label)
-    rows = csv.DictReader(io.StringIO("\n".join(lines[start:])))
+    # Only the table's quoted rows: ncu (or the profiled program) may print ==PROF==/==WARNING==
+    # lines or other text after it.
+    rows = csv.DictReader(io.StringIO("\n".join(
+        l for i, l in enumerate(lines[start:]) if i == 0 or l.startswith('"'))))
     need = {"ID", "Kernel Name", "Metric Name", "Metric Unit", "Metric Value"}
     if not need.issubset(rows.fieldnames or []):
         raise ValueError("ncu CSV of %s lacks columns %s" % (label, sorted(need - set(rows.fieldnames))))
     kernels = {}
     for r in rows:
+        if any(r.get(f) is None for f in need):
+            continue  # a row cut short (a killed ncu): not a measurement
         k = kernels.setdefault(r["ID"], {"kernel": short_name(r["Kernel Name"]), "launch": label})
         key = METRICS.get(r["Metric Name"].strip())
         if key is None or key in k:

@@ -170,6 +170,65 @@ class GpuReportSteps(unittest.TestCase):
         self.assertEqual(r["qsgd4_nearest_encode_ef_frac_of_copy"], 0.91)
         self.assertEqual(r["qsgd4_encode_ef_frac_of_copy"], 0.85)
 
+    def test_both_kernels_runs_cut_keep_their_rows(self):
+        # Both runs stopped by their step limits, each with the rows it reached ("complete":
+        # false, its own), merged by tools/kernels_merge.py: both kept as partial.
+        self.dump("kernels.json", {"gpu": "Test GPU", "complete": False,
+                                   "rows": [krow("qsgd_encode_ef", 0.85), krow("qsgd_decode", 0.97)]})
+        self.dump("kernels_more.json", {"complete": False, "rows": [krow("qsgd_encode_ef_nearest", 0.91)]})
+        subprocess.run([sys.executable, os.path.join(ROOT, "tools", "kernels_merge.py"), self.raw],
+                       check=True)
+        self.steps(("kernels", "timed out", 20, "after 20s", SHA2),
+                   ("kernels_more", "timed out", 15, "after 15s", SHA2))
+        r, md = self.report()
+        self.assertEqual(r["qsgd4_encode_ef_frac_of_copy"], 0.85)
+        self.assertIs(r["goals"]["decode_ge_0.95_of_copy"], True)
+        self.assertEqual(r["qsgd4_nearest_encode_ef_frac_of_copy"], 0.91)
+        self.assertEqual(r["outputs_left_out"], [])
+        # The first run failed at its end (complete, exit 1), the second cut: its rows out.
+        self.dump("kernels.json", {"gpu": "Test GPU", "complete": True,
+                                   "rows": [krow("qsgd_encode_ef", 0.85), krow("qsgd_decode", 0.97)]})
+        self.dump("kernels_more.json", {"complete": False, "rows": [krow("qsgd_encode_ef_nearest", 0.91)]})
+        subprocess.run([sys.executable, os.path.join(ROOT, "tools", "kernels_merge.py"), self.raw],
+                       check=True)
+        self.steps(("kernels", "failed", 20, "exit 1", SHA2),
+                   ("kernels_more", "timed out", 15, "after 15s", SHA2))
+        r, _ = self.report()
+        self.assertIsNone(r["qsgd4_encode_ef_frac_of_copy"])
+        self.assertEqual(r["qsgd4_nearest_encode_ef_frac_of_copy"], 0.91)
+
+    def test_unreadable_outputs_and_odd_values(self):
+        # A file cut short, a steps.tsv with a header and a record without seconds, a NaN
+        # fraction, a null time: the report is written, names what it could not read, and the
+        # goals on them are null.
+        with open(os.path.join(self.raw, "perf_n8.json"), "w") as f:
+            f.write('{"complete": true, "rows": [{"method": "qsgd", "bi')
+        with open(os.path.join(self.raw, "steps.tsv"), "w") as f:
+            f.write("name\tstatus\tseconds\tnote\tcommit\nperf_n8\tok\t\t\t%s\n" % SHA2)
+        self.dump("kernels.json", {"complete": True, "rows": [
+            krow("qsgd_encode_ef", float("nan")),
+            {"kernel": "topk_threshold", "dtype": "float", "bits": 0, "n": N26, "density": 0.001,
+             "time_us": 100.0, "frac_of_copy": 0.1}]})
+        self.dump("torch_topk.json", {"complete": True, "rows": [
+            {"n": N26, "density": 0.001, "torch_topk_abs_us": None, "copy_us": 50.0}]})
+        self.dump("tests.json", [])
+        r, md = self.report()
+        self.assertEqual([(s["name"], s["seconds"]) for s in r["steps"]], [("perf_n8", None)])
+        self.assertEqual(r["unreadable_outputs"], ["perf_n8.json", "tests.json"])
+        self.assertIn("Unreadable", md)
+        self.assertIsNone(r["allreduce_qsgd4_model_speedup_10gbps_n8_256MB"])
+        self.assertIsNone(r["goals"]["encode_ef_ge_0.9_of_copy"])
+        self.assertIsNone(r["topk_dgc_speedup_vs_torch_topk"])
+        self.assertIsNone(r["goals"]["topk_ge_8x_torch_topk"])
+        self.assertIsNone(r["tests_passed"])
+
+    def test_profile_step_cut_before_its_summary(self):
+        # tools/ncu_profile.sh writes profile.json last: cut by its limit, there is none.
+        self.steps(("profile", "timed out", 150, "after 150s", SHA2))
+        _, md = self.report()
+        self.assertIn("Not profiled: the profile step's last record is 'timed out'", md)
+        self.assertNotIn("did not run", md)
+
     def test_tc_shaping_and_a_failed_tc_step(self):
         tc = {"mode": "gpu", "tc_unavailable_reason": None, "size": MB256,
               "measured_speedup_tc_10gbps_n4_256MB": 5.5, "measured_vs_model_tc_10gbps": 0.95,
@@ -207,6 +266,74 @@ class GpuReportSteps(unittest.TestCase):
         self.assertIsNone(r["goals"]["measured_tc_ge_5x_nccl_10gbps_n4_256MB"])
         self.assertEqual(r["tc_unavailable_reason"], "RTNETLINK answers: denied")
         self.assertIn("shaping: n/a", md)
+
+
+@unittest.skipUnless(importlib.util.find_spec("matplotlib"), "no matplotlib")
+class PlotInputs(unittest.TestCase):
+    """tools/plot with one input unreadable (empty, cut mid-file): the others still drawn."""
+
+    def test_unreadable_input_costs_only_its_plot(self):
+        work = tempfile.mkdtemp(prefix="gc_plot_")
+        self.addCleanup(shutil.rmtree, work, True)
+        perf = {"backend": "cuda", "rows": [dict(prow([(10, 7.5)]), label="qsgd bits=4", busbw=1.0,
+                                                 nccl_busbw=0.5, nranks=8)]}
+        with open(os.path.join(work, "perf_n8.json"), "w") as f:
+            json.dump(perf, f)
+        with open(os.path.join(work, "perf_n8_sparse.json"), "w") as f:
+            f.write('{"rows": [{"size": 4')  # cut mid-file
+        open(os.path.join(work, "kernels.json"), "w").close()  # empty
+        out = os.path.join(work, "out")
+        p = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "plot"), "--perf",
+                            os.path.join(work, "perf_n8.json"), "--perf",
+                            os.path.join(work, "perf_n8_sparse.json"), "--kernels",
+                            os.path.join(work, "kernels.json"), "--torch",
+                            os.path.join(work, "torch_topk.json"), "--out", out, "--prefix", "x-"],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.assertEqual(p.returncode, 0, p.stdout)
+        self.assertNotIn("Traceback", p.stdout)
+        self.assertIn("perf_n8_sparse.json unreadable", p.stdout)
+        self.assertEqual(sorted(os.listdir(out)), ["x-busbw.png", "x-model_speedup.png"])
+
+
+class GpuCheckPlan(unittest.TestCase):
+    """tools/gpu-check.sh's plan (GC_PLAN=1, no GPU) refuses a budget it cannot count with."""
+
+    def test_budget_not_a_number_is_refused(self):
+        for bad in ("540s", "1e3", "abc"):
+            env = dict(os.environ, GC_PLAN="1", GC_STEPS="perf", GC_CHECK_BUDGET_S=bad)
+            p = subprocess.run(["bash", os.path.join(ROOT, "tools", "gpu-check.sh")], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            self.assertEqual(p.returncode, 2, p.stdout)
+            self.assertIn("is not a whole number of seconds", p.stdout)
+        env = dict(os.environ, GC_PLAN="1", GC_STEPS="perf", GC_CHECK_BUDGET_S="300")
+        p = subprocess.run(["bash", os.path.join(ROOT, "tools", "gpu-check.sh")], env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.assertEqual(p.returncode, 0, p.stdout)
+
+
+class NcuLimits(unittest.TestCase):
+    """tools/ncu_limits.py on ncu CSVs with text after the table or a row cut short."""
+
+    def test_text_after_the_table_and_a_cut_row(self):
+        work = tempfile.mkdtemp(prefix="gc_ncu_")
+        self.addCleanup(shutil.rmtree, work, True)
+        head = '"ID","Process ID","Kernel Name","Section Name","Metric Name","Metric Unit","Metric Value"'
+        rows = ['"0","1","qsgdEncodeWarpKernel","SOL","Duration","usecond","200.5"',
+                '"0","1","qsgdEncodeWarpKernel","SOL","DRAM Throughput","%","80.1"']
+        csv_path = os.path.join(work, "ncu.csv")
+        with open(csv_path, "w") as f:
+            f.write("==PROF== Connected to process 1\n" + "\n".join([head] + rows) +
+                    "\n==WARNING== Found outstanding GPU clock reset, trying to revert...Success.\n"
+                    '"1","1","qsgdDec')
+        out = os.path.join(work, "profile.json")
+        p = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "ncu_limits.py"), "--out",
+                            out, "enc=" + csv_path], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           text=True)
+        self.assertEqual(p.returncode, 0, p.stdout)
+        with open(out) as f:
+            doc = json.load(f)
+        self.assertEqual([(k["kernel"], k["duration_us"], k["limiter"]) for k in doc["kernels"]],
+                         [("qsgdEncodeWarpKernel", 200.5, "memory")])
 
 
 PATCHED_TORCH = r'''
