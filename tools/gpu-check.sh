@@ -35,8 +35,9 @@
 # that dies early leaves no earlier call's output to be reported as its own;
 # steps.tsv records each step's commit (GC_COMMIT, else HEAD), and the report
 # leaves out a benchmark's output whose step's last record is not ok (unless
-# the output is partial: its writer's own). A failing step is recorded and the
-# next one runs.
+# the output is partial, or complete from a step that failed or timed out
+# after writing it: its writer's own, named in the report). A failing step is
+# recorded and the next one runs.
 #
 # GC_CHECK_BUDGET_S bounds the call (default 540 when GC_STEPS is set, else
 # 3000): each step's limit is cut to what is left, and the PyTorch checks get

@@ -11,8 +11,11 @@ saying so in the report.
 
 A benchmark's output (perf_*.json, kernels.json, torch_topk.json, profile.json) counts as
 missing when its step's last record in steps.tsv is not ok, unless it is partial
-("complete": false: rows its own run wrote before it stopped); a step without a record there
-(a raw folder from elsewhere) is taken as it is. The JSON lists what was left out
+("complete": false: rows its own run wrote before it stopped) or complete from a step that
+failed or timed out after writing it (gradcomp_perf exits 1 when any row failed, which the row
+itself says; gpu-check.sh removes a step's outputs before it runs or is skipped, so the file is
+that run's): those are kept and listed (outputs_of_failed_steps). A step without a record
+there (a raw folder from elsewhere) is taken as it is. The JSON lists what was left out
 (outputs_left_out).
 """
 import argparse
@@ -286,9 +289,18 @@ def main():
     # what it wrote, and its record is the one that speaks for its output.
     last = {s["name"]: s["status"] for s in steps}
     left_out = []
+    kept_failed = []
 
-    def ok_or_partial(step, partial):
-        return last.get(step, "ok") == "ok" or partial
+    def kept(step, partial, complete, f):
+        """Whether step's output f counts: its last record ok, or f partial, or f complete from
+        a run that failed or timed out after writing it (listed in kept_failed)."""
+        status = last.get(step, "ok")
+        if status == "ok" or partial:
+            return True
+        if complete and status in ("failed", "timed out"):
+            kept_failed.append({"file": f, "step": step, "status": status})
+            return True
+        return False
 
     def bench(f, step=None):
         """A benchmark's JSON, or None (as if missing) when its step's last record is not ok
@@ -296,7 +308,7 @@ def main():
         of when its file was written, and may have left an earlier call's."""
         doc = j(f)
         step = step or f[:-len(".json")]
-        if doc is None or ok_or_partial(step, isinstance(doc, dict) and doc.get("complete") is False):
+        if doc is None or kept(step, doc.get("complete") is False, doc.get("complete") is True, f):
             return doc
         left_out.append({"file": f, "step": step, "status": last[step]})
         return None
@@ -315,8 +327,10 @@ def main():
         # was complete.
         own_partial = (kdoc["complete_kernels"] is False if "complete_kernels" in kdoc
                        else kdoc.get("complete") is False and not more_partial)
-        keep_own = ok_or_partial("kernels", own_partial)
-        keep_more = ok_or_partial("kernels_more", more_partial)
+        own_complete = (kdoc["complete_kernels"] is True if "complete_kernels" in kdoc
+                        else kdoc.get("complete") is True)
+        keep_own = kept("kernels", own_partial, own_complete, "kernels.json")
+        keep_more = kept("kernels_more", more_partial, kmore.get("complete") is True, "kernels.json")
         for step, keep, mine in (("kernels", keep_own, False), ("kernels_more", keep_more, True)):
             if not keep and any((r.get("kernel") in more) == mine for r in kdoc.get("rows", [])):
                 left_out.append({"file": "kernels.json", "step": step, "status": last[step]})
@@ -569,6 +583,7 @@ def main():
         "partial_outputs": partial,
         "unreadable_outputs": unreadable,
         "outputs_left_out": left_out,
+        "outputs_of_failed_steps": kept_failed,
     }
     with open(a.json, "w") as f:
         json.dump(summary, f, indent=2)
@@ -594,6 +609,13 @@ def main():
                  "null in the JSON, as if missing): %s." % ", ".join(
                      "`%s`%s (%s: %s)" % (o["file"], " rows" if o["file"] == "kernels.json" else "",
                                           o["step"], o["status"]) for o in left_out))
+        L.append("")
+    if kept_failed:
+        L.append("Kept from steps that failed or timed out after their run wrote every row (a "
+                 "failed row says so itself, and its values are left out; gradcomp_perf exits 1 "
+                 "for any failed row): %s." % ", ".join(
+                     "`%s`%s (%s: %s)" % (o["file"], " rows" if o["file"] == "kernels.json" else "",
+                                          o["step"], o["status"]) for o in kept_failed))
         L.append("")
     if unreadable:
         L.append("Unreadable (not a whole JSON object: cut short, empty or not JSON; null in the "

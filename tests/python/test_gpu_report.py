@@ -83,11 +83,24 @@ class GpuReportSteps(unittest.TestCase):
         self.assertIn("| perf_n8 | ok | 51 |  | %s+dirty |" % SHA2[:12], md)
         self.assertEqual(r["commit"], SHA2)
 
-    def test_failed_step_leaves_out_its_output(self):
-        # perf_n8 ran ok in an earlier call, then failed before its first row in this one: the
-        # file there (complete) is not this call's.
-        self.dump("perf_n8.json", {"complete": True, "rows": [prow([(10, 7.5)])]})
-        self.steps(("perf_n8", "ok", 51, "", SHA1), ("perf_n8", "failed", 3, "exit 1", SHA2))
+    def test_failed_step_keeps_its_complete_output(self):
+        # gradcomp_perf wrote every row, then exited 1 (a row failed: the row says so), or its
+        # teardown ran past the limit: gpu-check.sh removed the file before the step ran, so
+        # it is this run's; kept, and named.
+        self.dump("perf_n8.json", {"complete": True, "rows": [
+            prow([(10, 7.5)]), dict(prow([(10, 9.9)]), size=MB256 // 4, failed=True)]})
+        for status in ("failed", "timed out"):
+            self.steps(("perf_n8", "ok", 51, "", SHA1), ("perf_n8", status, 3, "exit 1", SHA2))
+            r, md = self.report()
+            self.assertEqual(r["allreduce_qsgd4_model_speedup_10gbps_n8_256MB"], 7.5)
+            self.assertEqual(r["outputs_left_out"], [])
+            self.assertEqual(r["outputs_of_failed_steps"],
+                             [{"file": "perf_n8.json", "step": "perf_n8", "status": status}])
+            self.assertIn("`perf_n8.json` (perf_n8: %s)" % status, md)
+        # A file without "complete" (not a benchmark's own account of its rows) from a failed
+        # step: left out.
+        self.dump("perf_n8.json", {"rows": [prow([(10, 7.5)])]})
+        self.steps(("perf_n8", "failed", 3, "exit 1", SHA2))
         r, md = self.report()
         self.assertIsNone(r["allreduce_qsgd4_model_speedup_10gbps_n8_256MB"])
         self.assertIsNone(r["goals"]["allreduce_qsgd4_model_ge_5x_nccl_10gbps_n8_256MB"])
@@ -137,32 +150,48 @@ class GpuReportSteps(unittest.TestCase):
         r, _ = self.report()
         self.assertEqual(r["topk_dgc_speedup_vs_torch_topk"], 10.0)
         self.assertIn("torch_topk.json", r["partial_outputs"])
-        # The same file complete, from a step that then failed: left out.
+        # The same file complete, from a step that then failed: kept, named.
         self.dump("torch_topk.json", {"tool": "torch_topk", "complete": True, "rows": [
             {"n": N26, "density": 0.001, "k": 67109, "torch_topk_abs_us": 1000.0,
              "torch_topk_us": 900.0, "copy_us": 50.0}]})
         self.steps(("kernels", "ok", 4, "", SHA2), ("torch_topk", "failed", 20, "exit 1", SHA2))
         r, _ = self.report()
+        self.assertEqual(r["topk_dgc_speedup_vs_torch_topk"], 10.0)
+        self.assertEqual(r["outputs_of_failed_steps"],
+                         [{"file": "torch_topk.json", "step": "torch_topk", "status": "failed"}])
+        # Skipped (its file removed before): nothing.
+        os.remove(os.path.join(self.raw, "torch_topk.json"))
+        self.steps(("kernels", "ok", 4, "", SHA2), ("torch_topk", "skipped", 0, "", SHA2))
+        r, _ = self.report()
         self.assertIsNone(r["topk_dgc_speedup_vs_torch_topk"])
         self.assertIsNone(r["goals"]["topk_ge_8x_torch_topk"])
 
     def test_kernels_rows_by_their_own_step(self):
-        # kernels_more failed at its end (complete, exit 1): its rows out, the goal rows kept.
+        # kernels_more's record skipped (its rows not this call's): its rows out, the goal
+        # rows kept.
         self.kernels()
-        self.steps(("kernels", "ok", 4, "", SHA2), ("kernels_more", "failed", 4, "exit 1", SHA2))
+        self.steps(("kernels", "ok", 4, "", SHA2), ("kernels_more", "skipped", 0, "", SHA2))
         r, md = self.report()
         self.assertEqual(r["qsgd4_encode_ef_frac_of_copy"], 0.85)
         self.assertIs(r["goals"]["decode_ge_0.95_of_copy"], True)
         self.assertIsNone(r["qsgd4_nearest_encode_ef_frac_of_copy"])
         self.assertEqual(r["outputs_left_out"],
-                         [{"file": "kernels.json", "step": "kernels_more", "status": "failed"}])
-        self.assertIn("`kernels.json` rows (kernels_more: failed)", md)
+                         [{"file": "kernels.json", "step": "kernels_more", "status": "skipped"}])
+        self.assertIn("`kernels.json` rows (kernels_more: skipped)", md)
         # The other way round: the goal rows out, kernels_more's kept.
-        self.steps(("kernels", "failed", 4, "exit 1", SHA2), ("kernels_more", "ok", 4, "", SHA2))
+        self.steps(("kernels", "skipped", 0, "", SHA2), ("kernels_more", "ok", 4, "", SHA2))
         r, _ = self.report()
         self.assertIsNone(r["qsgd4_encode_ef_frac_of_copy"])
         self.assertIsNone(r["goals"]["encode_ef_ge_0.9_of_copy"])
         self.assertEqual(r["qsgd4_nearest_encode_ef_frac_of_copy"], 0.91)
+        # kernels_more failed at its end (complete, exit 1): its rows kept and named.
+        self.steps(("kernels", "ok", 4, "", SHA2), ("kernels_more", "failed", 4, "exit 1", SHA2))
+        r, md = self.report()
+        self.assertEqual(r["qsgd4_nearest_encode_ef_frac_of_copy"], 0.91)
+        self.assertEqual(r["outputs_left_out"], [])
+        self.assertEqual(r["outputs_of_failed_steps"],
+                         [{"file": "kernels.json", "step": "kernels_more", "status": "failed"}])
+        self.assertIn("`kernels.json` rows (kernels_more: failed)", md)
         # kernels_more cut part way: partial, its rows kept.
         self.kernels(more_complete=False)
         self.steps(("kernels", "ok", 4, "", SHA2), ("kernels_more", "timed out", 15, "", SHA2))
@@ -185,7 +214,7 @@ class GpuReportSteps(unittest.TestCase):
         self.assertIs(r["goals"]["decode_ge_0.95_of_copy"], True)
         self.assertEqual(r["qsgd4_nearest_encode_ef_frac_of_copy"], 0.91)
         self.assertEqual(r["outputs_left_out"], [])
-        # The first run failed at its end (complete, exit 1), the second cut: its rows out.
+        # The first run failed at its end (complete, exit 1), the second cut: both kept.
         self.dump("kernels.json", {"gpu": "Test GPU", "complete": True,
                                    "rows": [krow("qsgd_encode_ef", 0.85), krow("qsgd_decode", 0.97)]})
         self.dump("kernels_more.json", {"complete": False, "rows": [krow("qsgd_encode_ef_nearest", 0.91)]})
@@ -194,7 +223,9 @@ class GpuReportSteps(unittest.TestCase):
         self.steps(("kernels", "failed", 20, "exit 1", SHA2),
                    ("kernels_more", "timed out", 15, "after 15s", SHA2))
         r, _ = self.report()
-        self.assertIsNone(r["qsgd4_encode_ef_frac_of_copy"])
+        self.assertEqual(r["qsgd4_encode_ef_frac_of_copy"], 0.85)
+        self.assertEqual(r["outputs_of_failed_steps"],
+                         [{"file": "kernels.json", "step": "kernels", "status": "failed"}])
         self.assertEqual(r["qsgd4_nearest_encode_ef_frac_of_copy"], 0.91)
 
     def test_unreadable_outputs_and_odd_values(self):
