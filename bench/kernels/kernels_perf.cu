@@ -58,6 +58,7 @@
 #include <time.h>
 
 #include <algorithm>
+#include <cmath>
 #include <string>
 #include <vector>
 
@@ -467,14 +468,23 @@ int main(int argc, char** argv) {
             "{\n  \"tool\": \"gradcomp_kernels_perf\",\n  \"date\": \"%s\",\n  \"gpu\": \"%s\",\n"
             "  \"bucket\": %d,\n  \"complete\": %s,\n  \"rows\": [",
             date, prop.name, a.bucket, complete ? "true" : "false");
+    // A time of 0 or a copy that failed gives inf or NaN, which JSON has no word for: null
+    // (no measurement), not "inf", which would make the whole file unreadable.
+    auto num = [](double v, const char* fmt, char(&buf)[32]) -> const char* {
+      if (!std::isfinite(v)) return "null";
+      snprintf(buf, sizeof buf, fmt, v);
+      return buf;
+    };
     for (size_t i = 0; i < results.size(); ++i) {
       const Result& x = results[i];
+      char us[32], gbps[32], copy[32], frac[32];
       fprintf(f,
               "%s\n    {\"kernel\": \"%s\", \"dtype\": \"%s\", \"bits\": %d, \"n\": %zu, "
-              "\"time_us\": %.4f, \"ideal_bytes\": %.0f, \"gbps\": %.3f, \"copy_gbps\": %.3f, "
-              "\"frac_of_copy\": %.4f",
-              i ? "," : "", x.kernel.c_str(), x.dtype, x.bits, x.n, x.us, x.bytes, x.gbps,
-              x.copyGbps, x.gbps / x.copyGbps);
+              "\"time_us\": %s, \"ideal_bytes\": %.0f, \"gbps\": %s, \"copy_gbps\": %s, "
+              "\"frac_of_copy\": %s",
+              i ? "," : "", x.kernel.c_str(), x.dtype, x.bits, x.n, num(x.us, "%.4f", us), x.bytes,
+              num(x.gbps, "%.3f", gbps), num(x.copyGbps, "%.3f", copy),
+              num(x.gbps / x.copyGbps, "%.4f", frac));
       if (x.density > 0) fprintf(f, ", \"density\": %.17g, \"k\": %zu", x.density, x.k);
       if (x.rounding) fprintf(f, ", \"rounding\": \"%s\", \"bucket\": %d", x.rounding, a.bucket);
       if (x.lists) fprintf(f, ", \"lists\": %d", x.lists);
