@@ -519,8 +519,12 @@ void splitCpuWorld(gradcompComm** comms, const std::vector<Topology>& topos) {
   const int nodes = topos[0].nodes, local = topos[0].localSize;
   std::vector<std::vector<std::unique_ptr<Transport>>> intra(nodes), inter(local);
   const double timeout = comms[0]->cfg.cpuTimeoutSec;
-  for (int k = 0; k < nodes; ++k) intra[k] = makeCpuWorld(local, timeout);
-  for (int j = 0; j < local; ++j) inter[j] = makeCpuWorld(nodes, timeout);
+  // An abort of the whole world (any rank's gradcompCommAbort) ends the waits
+  // of every node's and every inter-node sub-world, not only the aborting
+  // rank's own: a rank of another node may wait there for a peer it made leave.
+  Transport* world = comms[0]->transport.get();
+  for (int k = 0; k < nodes; ++k) intra[k] = makeCpuWorld(local, timeout, world);
+  for (int j = 0; j < local; ++j) inter[j] = makeCpuWorld(nodes, timeout, world);
   for (int r = 0; r < nranks; ++r) {
     const Topology& t = comms[r]->topo;
     comms[r]->intra = std::move(intra[t.node][t.localRank]);

@@ -120,7 +120,10 @@ gradcompResult_t makeSocketMesh(int nranks, int rank, const char* root, double t
 std::unique_ptr<Transport> makeSocketTransport(std::shared_ptr<SocketMesh> mesh,
                                                std::vector<int> members, int index, uint32_t tag);
 // nranks transports sharing one in-process world; a rank waits at most
-// timeoutSec at a collective for the others.
-std::vector<std::unique_ptr<Transport>> makeCpuWorld(int nranks, double timeoutSec);
+// timeoutSec at a collective for the others. A sub-world of a hierarchy
+// names a transport of its whole world (abortedWith): an abort of that world
+// aborts this one too.
+std::vector<std::unique_ptr<Transport>> makeCpuWorld(int nranks, double timeoutSec,
+                                                     Transport* abortedWith = nullptr);
 
 }  // namespace gc

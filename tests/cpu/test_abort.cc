@@ -218,6 +218,36 @@ TEST(Abort, WakesRanksOfAHierarchicalTcpComm) {
   EXPECT_EQ(gradcompCommAbort(comms[3]), gradcompSuccess);
 }
 
+// The in-process world split in nodes (2 nodes of 2): rank 3 waits in its
+// node's sub-world for rank 2, as it does when an abort made rank 2 leave a
+// hierarchical call (its inter-node stage, which rank 0 shares) while rank 3
+// went on to the next in-node stage. Rank 0's abort fails every sub-world of
+// the world, so rank 3 returns with the abort's error at once (until
+// 2026-12-05 only the aborting rank's own node and inter-node sub-worlds
+// were aborted, and rank 3 waited out cpuTimeoutSec for a "1 of 2 ranks"
+// timeout).
+TEST(Abort, WakesRanksWaitingInAnotherNodeOfTheInProcessWorld) {
+  const gradcompConfig_t cfg = config(2);
+  std::vector<gradcompComm_t> comms(4);
+  ASSERT_EQ(gradcompCommCreateCpu(4, &cfg, comms.data()), gradcompSuccess);
+  ASSERT_NE(comms[3]->intra, nullptr);
+  gradcompResult_t res = gradcompSuccess;
+  std::string why;
+  std::thread three([&] {
+    uint64_t mine = 3, all[2] = {};
+    res = comms[3]->intra->allGather(&mine, all, sizeof mine);
+    why = gradcompGetLastError();
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  const auto t0 = std::chrono::steady_clock::now();
+  EXPECT_EQ(gradcompCommAbort(comms[0]), gradcompSuccess);
+  three.join();
+  EXPECT_LT(seconds(t0), kPromptSec);
+  EXPECT_EQ(res, gradcompSystemError);
+  EXPECT_NE(why.find("aborted"), std::string::npos) << why;
+  for (int r = 1; r < 4; ++r) EXPECT_EQ(gradcompCommAbort(comms[r]), gradcompSuccess);
+}
+
 // Destroy is not abort: a comm with a call in progress on another thread
 // (rank 0 waiting for rank 1) is refused, untouched, and the call goes on;
 // once it has returned, destroy frees the comm.

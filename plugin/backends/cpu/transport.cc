@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <condition_variable>
+#include <memory>
 #include <mutex>
 #include <new>
 #include <type_traits>
@@ -42,11 +43,23 @@ struct CpuWorld {
   bool aborted = false;        // a rank aborted its comm: every wait of the world fails
   bool closedAborted = false;  // closingBarrier's answer, taken when the last rank came
   std::vector<Slot> slots;
+  // A hierarchy's node and inter-node sub-worlds (splitCpuWorld): an abort
+  // of this world aborts them too, so that a rank of another node waiting in
+  // its node's sub-world for a peer the abort made leave fails at once
+  // instead of after timeoutSec.
+  std::vector<std::weak_ptr<CpuWorld>> subWorlds;
 
   void abort() {
-    std::lock_guard<std::mutex> lock(mu);
-    aborted = true;
-    cv.notify_all();
+    std::vector<std::weak_ptr<CpuWorld>> subs;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      aborted = true;
+      cv.notify_all();
+      subs = subWorlds;
+    }
+    for (auto& w : subs) {
+      if (auto sub = w.lock()) sub->abort();
+    }
   }
 
   gradcompResult_t abortedError() {
@@ -248,6 +261,8 @@ class CpuTransport final : public Transport {
 
   bool checksEveryCall() const override { return true; }  // every collective's slots
 
+  const std::shared_ptr<CpuWorld>& world() const { return world_; }
+
   void abort() override {
     Transport::abort();
     world_->abort();
@@ -436,8 +451,13 @@ void hostReduce(ncclDataType_t type, ncclRedOp_t op, const std::vector<const voi
   typeOps(type).reduce(src, dst, count, op, (int)src.size());
 }
 
-std::vector<std::unique_ptr<Transport>> makeCpuWorld(int nranks, double timeoutSec) {
+std::vector<std::unique_ptr<Transport>> makeCpuWorld(int nranks, double timeoutSec,
+                                                     Transport* abortedWith) {
   auto world = std::make_shared<CpuWorld>(nranks, timeoutSec);
+  if (auto* parent = dynamic_cast<CpuTransport*>(abortedWith)) {
+    std::lock_guard<std::mutex> lock(parent->world()->mu);
+    parent->world()->subWorlds.push_back(world);
+  }
   std::vector<std::unique_ptr<Transport>> out;
   for (int r = 0; r < nranks; ++r) out.emplace_back(new CpuTransport(world, r));
   return out;
