@@ -218,6 +218,30 @@ TEST(Abort, WakesRanksOfAHierarchicalTcpComm) {
   EXPECT_EQ(gradcompCommAbort(comms[3]), gradcompSuccess);
 }
 
+// A hierarchical TCP comm names global ranks in its errors, not the ranks'
+// places in their node's or the inter-node transport: rank 1 waits in the
+// inter-node transport it shares with rank 3 (node 1's local rank 1), whose
+// abort closes its connections (until 2026-12-05 it said "rank 0 lost its
+// connection to rank 1").
+TEST(Abort, AHierarchicalTcpCommNamesGlobalRanks) {
+  std::vector<gradcompComm_t> comms = socketComms(4, config(2));
+  for (gradcompComm_t c : comms) ASSERT_NE(c, nullptr);
+  ASSERT_NE(comms[1]->inter, nullptr);
+  gradcompResult_t res = gradcompSuccess;
+  std::string why;
+  std::thread one([&] {
+    uint64_t mine = 1, all[2] = {};
+    res = comms[1]->inter->transport->allGather(&mine, all, sizeof mine);
+    why = gradcompGetLastError();
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  EXPECT_EQ(gradcompCommAbort(comms[3]), gradcompSuccess);
+  one.join();
+  EXPECT_EQ(res, gradcompSystemError);
+  EXPECT_NE(why.find("rank 1 lost its connection to rank 3"), std::string::npos) << why;
+  for (int r = 0; r < 3; ++r) EXPECT_EQ(gradcompCommAbort(comms[r]), gradcompSuccess);
+}
+
 // The in-process world split in nodes (2 nodes of 2): rank 3 waits in its
 // node's sub-world for rank 2, as it does when an abort made rank 2 leave a
 // hierarchical call (its inter-node stage, which rank 0 shares) while rank 3

@@ -808,30 +808,27 @@ class SocketTransport final : public Transport {
     return t;
   }
 
-  int indexOf(int global) const {
-    for (int i = 0; i < size_; ++i) {
-      if (members_[i] == global) return i;
-    }
-    return -1;
-  }
+  // This rank's global rank, as the messages name ranks: a hierarchy's node
+  // and inter-node transports index their members otherwise.
+  int globalRank() const { return members_[rank_]; }
 
   // The received header against this rank's own view of the collective.
   gradcompResult_t checkHeader(const Transfer& t, const WireHeader& mine) {
     const WireHeader& h = t.header;
-    const int peer = indexOf(t.peer);
+    const int peer = t.peer;  // global
     if (h.magic != kMsgMagic) {
       return setError(gradcompSystemError,
-                      "socket transport: rank %d received a corrupt message from rank %d", rank_,
-                      peer);
+                      "socket transport: rank %d received a corrupt message from rank %d",
+                      globalRank(), peer);
     }
     const CallInfo theirs{h.step, h.count, h.type, h.op, h.kind, h.state};
-    if (!(theirs == call_)) return callMismatch(rank_, call_, peer, theirs);
+    if (!(theirs == call_)) return callMismatch(globalRank(), call_, peer, theirs);
     if (h.collective != mine.collective || h.check != mine.check || h.bytes != t.bytes) {
       return setError(gradcompInvalidUsage,
                       "socket transport: rank %d entered collective %u (size %llu) expecting "
                       "%zu bytes from rank %d, which sent %llu bytes for collective %u (size "
                       "%llu): the ranks' calls or per-buffer state differ",
-                      rank_, mine.collective, (unsigned long long)mine.check, t.bytes, peer,
+                      globalRank(), mine.collective, (unsigned long long)mine.check, t.bytes, peer,
                       (unsigned long long)h.bytes, h.collective, (unsigned long long)h.check);
     }
     return gradcompSuccess;
@@ -923,7 +920,7 @@ class SocketTransport final : public Transport {
           return setError(gradcompSystemError,
                           "socket transport: rank %d lost its connection to rank %d (%s): that "
                           "rank failed, exited or made a different call",
-                          rank_, indexOf(t.peer), n == 0 ? "closed" : errnoText(errno).c_str());
+                          globalRank(), t.peer, n == 0 ? "closed" : errnoText(errno).c_str());
         }
         t.done += (size_t)n;
         moved = true;
@@ -937,13 +934,13 @@ class SocketTransport final : public Transport {
       } else if (now() - lastProgress > m.timeoutSec) {
         std::string who;
         for (int k : pending) {
-          who += (who.empty() ? "" : ", ") + std::to_string(indexOf(xs[k].peer));
+          who += (who.empty() ? "" : ", ") + std::to_string(xs[k].peer);
         }
         return setError(gradcompSystemError,
                         "socket transport: rank %d waited %g s (cpuTimeoutSec, "
                         "GRADCOMP_CPU_TIMEOUT) for rank(s) %s; every rank must make the same "
                         "calls",
-                        rank_, m.timeoutSec, who.c_str());
+                        globalRank(), m.timeoutSec, who.c_str());
       }
     }
   }
