@@ -1,6 +1,7 @@
-"""One rank of test_torch.CpuBackendDdp / CpuBackendFsdp / CpuBackendAbort: gradcomp.torch with
-backend="cpu" on real DDP / FSDP2 over gloo, gradcomp's comm made from the process group (TCP
-between the ranks). Usage: cpu_backend_rank.py ddp|excluded|fsdp|dgc|subgroups|scaler|abort OUT (the env://
+"""One rank of test_torch.CpuBackendDdp / CpuBackendFsdp / CpuBackendAbort /
+CpuBackendFsdpReplicas: gradcomp.torch with backend="cpu" on real DDP / FSDP2 over gloo, gradcomp's
+comm made from the process group (TCP between the ranks). Usage: cpu_backend_rank.py
+ddp|excluded|fsdp|dgc|subgroups|scaler|abort|replicas OUT (the env://
 variables from tools/gc_ranks.py).
 
 Records every call the hook (DDP) or the reduce-scatter (FSDP) gets, its input before and its
@@ -184,6 +185,128 @@ def fsdp(out, rank):
     stats = state.stats()
     state.close()
     return records, {"stats": stats, "param_hash": hashlib.sha256(full).hexdigest()}
+
+
+def replicas(out, rank):
+    """HSDP by hand on 4 ranks, 2 replicas x 2 shards: FSDP2 over mesh["shard"], the replicas
+    reduced by GradcompReplicaAllReduce over mesh["replicate"]. Records every hook call (run,
+    key, op, paused, input before, output after). Runs: "fp32" (3 compressed steps, then a
+    paused one, with the saved residuals before and after it), "fp16" (reduce_dtype float16:
+    FSDP's sum with pre/post division, 2 compressed steps), and against native HSDP (FSDP2 over
+    the 2-D mesh, the same seeds and batches) the hook paused throughout, for fp32, fp16 and a
+    gradient divide factor; then the refusals."""
+    import contextlib
+
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mesh = init_device_mesh("cpu", (2, 2), mesh_dim_names=("replicate", "shard"))
+    replicate = mesh["replicate"].get_group()
+    records, run = [], [None]
+
+    class Recording(gct.GradcompReplicaAllReduce):
+        def __call__(self, reduce_output):
+            rec = {"run": run[0], "key": self.key, "op": self._op(),
+                   "paused": self.state._paused, "input": reduce_output.clone()}
+            records.append(rec)
+            super().__call__(reduce_output)
+            rec["output"] = reduce_output.clone()
+
+    gct.fsdp.GradcompReplicaAllReduce = Recording  # what register_fsdp_replica_all_reduce makes
+
+    def make(native, reduce_dtype=None, factor=None):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 5))
+        kw = {"mesh": mesh if native else mesh["shard"]}
+        if reduce_dtype is not None:
+            kw["mp_policy"] = MixedPrecisionPolicy(reduce_dtype=reduce_dtype)
+        for layer in (model[0], model[2]):
+            fully_shard(layer, **kw)
+        fully_shard(model, **kw)
+        if factor is not None:
+            for m in (model[0], model[2], model):
+                m.set_gradient_divide_factor(factor)
+        return model
+
+    def hooked(name, reduce_dtype=None, factor=None):
+        run[0] = name
+        model = make(False, reduce_dtype, factor)
+        state = gct.GradcompState(process_group=replicate, backend="cpu", config=config())
+        n = gct.register_fsdp_replica_all_reduce(model, state)
+        return model, state, n
+
+    def train(model, steps, pause=None):
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        for step in steps:
+            x, y = batch(step, rank, 32)
+            opt.zero_grad(set_to_none=True)
+            with pause.paused() if pause is not None else contextlib.nullcontext():
+                nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+
+    def full(model):
+        return torch.cat([p.full_tensor().detach().flatten() for p in model.parameters()])
+
+    def local_hash(model):
+        return hashlib.sha256(b"".join(p.to_local().detach().numpy().tobytes()
+                                       for p in model.parameters())).hexdigest()
+
+    res = {}
+    model, state, res["registered"] = hooked("fp32")
+    train(model, range(3))
+    res["stats"] = state.stats()
+    blob = state.state_dict()["gradcomp"]
+    train(model, [3], pause=state)
+    res["paused_stats"] = state.stats()
+    res["paused_kept_residuals"] = state.state_dict()["gradcomp"] == blob
+    res["local_hash"] = local_hash(model)
+    res["full_hash"] = hashlib.sha256(full(model).numpy().tobytes()).hexdigest()
+    res["fp32_keyed_by"] = state.state_dict()["keyed_by"]
+
+    def error(fn):
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001 - the test reads the sentence
+            return f"{type(e).__name__}: {e}"
+        return None
+
+    hook = gct.GradcompReplicaAllReduce(state, "refusals")
+    shard_state = gct.GradcompState(process_group=mesh["shard"].get_group(), backend="cpu",
+                                    config=config())
+    native = make(True)
+    res["refusals"] = {
+        "device": error(lambda: hook(torch.zeros(8, device="meta"))),
+        "dtype": error(lambda: hook(torch.zeros(8, dtype=torch.float64))),
+        "strided": error(lambda: hook(torch.zeros(16)[::2])),
+        "both_roles": error(lambda: gct.GradcompReduceScatter(state, "0")),
+        "shard_group": error(lambda: gct.register_fsdp_replica_all_reduce(make(False),
+                                                                          shard_state)),
+        "native_hsdp": error(lambda: gct.register_fsdp_replica_all_reduce(
+            native, gct.GradcompState(process_group=replicate, backend="cpu", config=config()))),
+    }
+    state.close()
+
+    model, state, _ = hooked("fp16", torch.float16)
+    train(model, range(2))
+    res["fp16_stats"] = state.stats()
+    state.close()
+
+    # The hook paused throughout (torch's all_reduce) against native HSDP: FSDP's division
+    # combined with the hook's op must give native HSDP's gradient.
+    res["native"] = {}
+    for name, dtype, factor in (("fp32", None, None), ("fp16", torch.float16, None),
+                                ("factor", None, 2.0)):
+        model, state, _ = hooked(f"paused-{name}", dtype, factor)
+        train(model, range(3), pause=state)
+        ref = make(True, dtype, factor)
+        train(ref, range(3))
+        a, b = full(model), full(ref)
+        res["native"][name] = {"equal": torch.equal(a, b),
+                               "max_abs": float((a - b).abs().max()),
+                               "max_ref": float(b.abs().max()),
+                               "comm_made": state._comm is not None}
+        state.close()
+    return records, res
 
 
 def subgroups(out, rank):
@@ -507,7 +630,8 @@ def main():
             json.dump(res, f)
         gc_ranks.leave(0)  # rank 1 dies here, rank 0 has no group left
     records, res = {"ddp": ddp, "excluded": excluded, "fsdp": fsdp, "dgc": dgc,
-                     "subgroups": subgroups, "scaler": scaler}[mode](out, rank)
+                     "subgroups": subgroups, "scaler": scaler, "replicas": replicas}[mode](out,
+                                                                                       rank)
     torch.save(records, f"{out}.rank{rank}.pt")
     with open(f"{out}.rank{rank}.json", "w") as f:
         json.dump(res, f)

@@ -190,6 +190,45 @@ class TorchRefusals(unittest.TestCase):
             with self.assertRaisesRegex(ValueError, "the model has no FSDP module"):
                 self.gt.register_fsdp_reduce_scatter(torch.nn.Linear(2, 2), None)
 
+    def test_fsdp_replica_all_reduce_refusals_without_a_group(self):
+        """GradcompReplicaAllReduce: a CPU tensor on the NCCL backend refused with what to do;
+        its keys per module name, apart from the reduce-scatter's; where FSDP2 has no
+        set_all_reduce_hook (a stand-in class), registering refuses with the reason."""
+        from unittest import mock
+
+        from gradcomp.torch import fsdp
+
+        import gradcomp
+
+        state = self.gt.GradcompState.__new__(self.gt.GradcompState)
+        state.backend, state._pending_blob = "nccl", None
+        state.config = gradcomp.Config(from_env=False, method="qsgd")
+        hook = self.gt.GradcompReplicaAllReduce(state, "layers.0")
+        with self.assertRaisesRegex(TypeError, "GradcompReplicaAllReduce got a cpu tensor: "
+                                    "gradcomp reduces CUDA tensors.*backend='cpu'"):
+            hook(torch.zeros(8))
+        self.assertEqual(state._keyed_by(), "fsdp-replicas")
+        key = self.gt.GradcompReplicaAllReduce(None, "layers.0").key
+        self.assertEqual(hook.key, key)
+        self.assertNotEqual(key, self.gt.GradcompReplicaAllReduce(None, "layers.1").key)
+        if self.gt.fsdp.unsupported_reason() is None:
+            self.assertNotEqual(key, self.gt.GradcompReduceScatter(None, "layers.0").key)
+
+        class OldFsdpModule:  # FSDP2 without the all-reduce hook
+            pass
+
+        with mock.patch.object(fsdp, "_fsdp_module_class", lambda: OldFsdpModule):
+            self.assertRegex(fsdp.replica_unsupported_reason(), r"has FSDP2 without "
+                             r"FSDPModule.set_all_reduce_hook: upgrade PyTorch")
+            with self.assertRaisesRegex(RuntimeError, "gradcomp: this PyTorch .* without "
+                                        "FSDPModule.set_all_reduce_hook"):
+                self.gt.register_fsdp_replica_all_reduce(torch.nn.Linear(2, 2), None)
+        cls = fsdp._fsdp_module_class()
+        if cls is not None and hasattr(cls, "set_all_reduce_hook"):
+            self.assertIsNone(fsdp.replica_unsupported_reason())
+            with self.assertRaisesRegex(ValueError, "the model has no FSDP module"):
+                self.gt.register_fsdp_replica_all_reduce(torch.nn.Linear(2, 2), None)
+
 
 @unittest.skipIf(torch is None, "PyTorch is not installed")
 class SocketRootAddress(unittest.TestCase):
@@ -1764,6 +1803,140 @@ class CpuBackendFsdp(unittest.TestCase):
                     same_bits(self, records[r][k]["output"], outs[r], f"rank {r} call {k}")
         self.assertEqual(results[0]["param_hash"], results[1]["param_hash"])
         self.assertEqual(results[0]["stats"]["gradcomp"]["calls_reduce_scatter"], 6)
+
+
+@unittest.skipIf(torch is None, "PyTorch is not installed")
+class CpuBackendFsdpReplicas(unittest.TestCase):
+    """GradcompReplicaAllReduce (HSDP by hand) with GradcompState(backend="cpu") on 4 gloo
+    processes, 2 replicas x 2 shards: FSDP2 over mesh["shard"], the hook's state over
+    mesh["replicate"] (ranks {0, 2} and {1, 3}). One launch (cpu_backend_rank.py replicas)
+    serves every test here."""
+
+    N = 2  # replicas
+    results = None
+
+    def launch(self):
+        import gradcomp.torch.fsdp
+
+        reason = gradcomp.torch.fsdp.replica_unsupported_reason()
+        if reason:
+            self.skipTest(reason)
+        if CpuBackendFsdpReplicas.results is None:
+            CpuBackendFsdpReplicas.results = launch_ranks(self, "replicas", world=4)
+        return CpuBackendFsdpReplicas.results
+
+    def test_compressed_calls_match_the_serial_reference(self):
+        """Every compressed call's output on every rank is bit for bit the library's keyed Avg
+        allreduce of the two replicas' recorded inputs, replayed in call order on an
+        in-process CPU world per replicate group (its residuals are that group's), for fp32
+        (FSDP's AVG reduce-scatter) and fp16 (its pre/post-divided sum); the key is the
+        module's, distinct from the reduce-scatter's."""
+        import gradcomp
+        import gradcomp.torch as gt
+
+        records, _ = self.launch()
+        cfg = gradcomp.Config(from_env=False, method="qsgd", bits=4, min_elements=0)
+        keys = {gt.GradcompReplicaAllReduce(None, name).key for name in ("0", "2")}
+        self.assertFalse(keys & {gt.GradcompReduceScatter(None, name).key
+                                 for name in ("0", "2")})
+        for run, dtype, steps in (("fp32", torch.float32, 3), ("fp16", torch.float16, 2)):
+            recs = [[r for r in rec if r["run"] == run and not r["paused"]] for rec in records]
+            self.assertEqual(len(recs[0]), 2 * steps, run)  # 2 sharded layers
+            for rank in range(4):
+                self.assertEqual([(r["key"], r["op"]) for r in recs[rank]],
+                                 [(r["key"], "avg") for r in recs[0]], f"{run} rank {rank}")
+            self.assertEqual({r["key"] for r in recs[0]}, keys)
+            for shard in range(2):
+                group = [shard, shard + 2]  # mesh["replicate"] of this shard
+                with gradcomp.CpuWorld(self.N, cfg) as world:
+                    for k, rec0 in enumerate(recs[shard]):
+                        self.assertEqual(rec0["input"].dtype, dtype)
+                        xs = [recs[g][k]["input"].clone() for g in group]
+                        world.run(lambda c: c.allreduce(xs[c.rank], op="avg", key=rec0["key"]))
+                        for i, g in enumerate(group):
+                            self.assertTrue(torch.equal(recs[g][k]["output"].view(torch.int16),
+                                                        xs[i].view(torch.int16)),
+                                            f"{run} rank {g} call {k}")
+                    # The two shards' calls differ: each replicate group reduces its own shard.
+                    self.assertFalse(torch.equal(recs[0][0]["input"], recs[1][0]["input"]))
+
+    def test_replicas_hold_identical_parameters(self):
+        _, results = self.launch()
+        for shard in range(2):
+            self.assertEqual(results[shard]["local_hash"], results[shard + 2]["local_hash"],
+                             f"shard {shard}: the replicas' parameters differ")
+        self.assertNotEqual(results[0]["local_hash"], results[1]["local_hash"])
+        self.assertEqual(len({r["full_hash"] for r in results}), 1)
+
+    def test_stats_count_the_compressed_calls_and_bytes(self):
+        records, results = self.launch()
+        for rank, res in enumerate(results):
+            self.assertEqual(res["registered"], 3)  # model[0], model[2] and the root
+            self.assertEqual(res["fp32_keyed_by"], "fsdp-replicas")
+            for stats, run, steps, elem in ((res["stats"], "fp32", 3, 4),
+                                            (res["fp16_stats"], "fp16", 2, 2)):
+                n = sum(r["input"].numel() for r in records[rank]
+                        if r["run"] == run and not r["paused"])
+                self.assertEqual(stats["compressed_calls"], 2 * steps, f"rank {rank} {run}")
+                self.assertEqual(stats["passed_calls"], 0)
+                self.assertEqual(stats["compressed_dense_bytes"], elem * n)
+                self.assertEqual(stats["gradcomp"]["calls_compressed"], 2 * steps)
+                self.assertEqual(stats["gradcomp"]["bytes_in"], elem * n)
+                self.assertLess(stats["gradcomp"]["bytes_on_wire"], elem * n / 2)
+
+    def test_paused_step_sends_uncompressed_and_keeps_the_residuals(self):
+        records, results = self.launch()
+        for shard in range(2):
+            a, b = ([r for r in records[g] if r["run"] == "fp32" and r["paused"]]
+                    for g in (shard, shard + 2))
+            self.assertEqual(len(a), 2)
+            for ra, rb in zip(a, b):
+                want = (ra["input"] + rb["input"]) / 2  # gloo's AVG of two
+                for got in (ra["output"], rb["output"]):
+                    same_bits(self, got, want, f"shard {shard} paused call")
+        for res in results:
+            self.assertTrue(res["paused_kept_residuals"])
+            self.assertEqual(res["paused_stats"]["compressed_calls"],
+                             res["stats"]["compressed_calls"])
+            self.assertEqual(res["paused_stats"]["gradcomp"], res["stats"]["gradcomp"])
+
+    def test_refusals_say_what_to_do(self):
+        _, results = self.launch()
+        want = {
+            "device": r"TypeError: GradcompReplicaAllReduce got a meta tensor, but its state's "
+                      r"backend 'cpu' reduces CPU tensors",
+            "dtype": r"TypeError: GradcompReplicaAllReduce got a torch.float64 tensor: gradcomp "
+                     r"compresses float32, float16 and bfloat16",
+            "strided": r"ValueError: GradcompReplicaAllReduce got a non-contiguous tensor "
+                       r"\(shape \(8,\), stride \(2,\)\).*\.contiguous\(\)",
+            "both_roles": r"ValueError: this GradcompState already serves FSDP2's replica "
+                          r"all-reduce.*make one GradcompState per process group",
+            "shard_group": r"ValueError: the GradcompState's group \(ranks \[\d, \d\]\) is not "
+                           r"the replicate group of FSDP's shard group.*mesh\['replicate'\]",
+            "native_hsdp": r"ValueError: this FSDP module is native HSDP.*"
+                           r"fully_shard\(\.\.\., mesh=mesh\['shard'\]\)",
+        }
+        for rank, res in enumerate(results):
+            for what, pattern in want.items():
+                self.assertRegex(res["refusals"][what] or "", pattern, f"rank {rank} {what}")
+
+    def test_division_gives_native_hsdps_mean(self):
+        """The hook paused throughout (torch's all_reduce over the replicas, the op the hook
+        picks) against native HSDP (FSDP2 over the 2-D mesh) with the same seeds and batches,
+        3 SGD steps: the same reductions in the same order (fp32: AVG over the shard group,
+        then over the replicas; fp16: the sum of g/2 over the shards, then the replicas' AVG
+        where native HSDP sums and post-divides by 2, exact in binary; a divide factor of 2:
+        AVG then SUM in both), so the parameters are bitwise equal. A wrong op (SUM where
+        AVG belongs) would be off by whole gradient steps."""
+        records, results = self.launch()
+        for rank, res in enumerate(results):
+            for name, got in res["native"].items():
+                self.assertFalse(got["comm_made"])
+                self.assertTrue(got["equal"], f"rank {rank} {name}: max |diff| "
+                                f"{got['max_abs']} of {got['max_ref']}")
+            ops = {r["run"]: r["op"] for r in records[rank] if r["run"].startswith("paused")}
+            self.assertEqual(ops, {"paused-fp32": "avg", "paused-fp16": "avg",
+                                   "paused-factor": "sum"})
 
 
 ABORTED = (r"RuntimeError: gradcomp: the state was aborted \(GradcompState.abort\(\)\).*make a new "

@@ -1,4 +1,5 @@
-"""PyTorch comm hooks on gradcomp: DDP (register_comm_hook) and FSDP2 (set_custom_reduce_scatter).
+"""PyTorch comm hooks on gradcomp: DDP (register_comm_hook) and FSDP2 (set_custom_reduce_scatter,
+set_all_reduce_hook for the replicas of HSDP).
 
     state = gradcomp.torch.GradcompState(module=model, method="qsgd", bits=4)
     ddp.register_comm_hook(state, gradcomp.torch.gradcomp_hook)
@@ -17,8 +18,9 @@ except ImportError as e:  # pragma: no cover - depends on the machine
                       "or use gradcomp's C API / LD_PRELOAD instead") from e
 
 from .ddp import GradcompState, gradcomp_hook
-from .fsdp import GradcompReduceScatter, register_fsdp_reduce_scatter
+from .fsdp import (GradcompReduceScatter, GradcompReplicaAllReduce,
+                   register_fsdp_reduce_scatter, register_fsdp_replica_all_reduce)
 from .optim import DGCSGD
 
-__all__ = ["DGCSGD", "GradcompReduceScatter", "GradcompState", "gradcomp_hook",
-           "register_fsdp_reduce_scatter"]
+__all__ = ["DGCSGD", "GradcompReduceScatter", "GradcompReplicaAllReduce", "GradcompState",
+           "gradcomp_hook", "register_fsdp_reduce_scatter", "register_fsdp_replica_all_reduce"]

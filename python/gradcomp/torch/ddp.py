@@ -92,6 +92,10 @@ class GradcompState:
     _aborted = False  # set for good by abort()
     _closed = False  # set for good by close()
     _fsdp = False  # set by GradcompReduceScatter: FSDP2 compresses every parameter
+    # Which FSDP2 collective the state serves: "shard" (GradcompReduceScatter, over the shard
+    # group) or "replicate" (GradcompReplicaAllReduce, over the replicate group); one only,
+    # since the state's comm spans one process group.
+    _fsdp_role = None
     _split_given = False  # param_groups() gave a DGC split by is_compressed()
 
     def __init__(self, process_group=None, module=None, *, layer_min_size=1024, start_iter=2,
@@ -164,10 +168,11 @@ class GradcompState:
 
     def _keyed_by(self):
         """How the residuals are keyed: "fsdp" (FSDP2's reduce-scatter: by module name, with or
-        without a module given), "params" (indices in the module given to the state, or restored
+        without a module given), "fsdp-replicas" (FSDP2's replica all-reduce: by module name,
+        over the replicate group), "params" (indices in the module given to the state, or restored
         so and waiting for set_module) or "bucket" (bucket index and shapes)."""
         if self._fsdp:
-            return "fsdp"
+            return "fsdp-replicas" if self._fsdp_role == "replicate" else "fsdp"
         return "params" if self._param_ids is not None or self._needs_module else "bucket"
 
     def __setstate__(self, d):
@@ -218,8 +223,8 @@ class GradcompState:
         for name in ("layer_min_size", "exclude_1d"):
             # The layer rule picks the compressed parameters, which key the residuals: under
             # another rule they may match none (FSDP2 compresses every parameter).
-            if blob is not None and mine != "fsdp" and name in d and d[name] != getattr(self,
-                                                                                       name):
+            if (blob is not None and not mine.startswith("fsdp") and name in d
+                    and d[name] != getattr(self, name)):
                 raise ValueError(f"the state dict's residuals were saved with {name}={d[name]!r}, "
                                  f"this state has {name}={getattr(self, name)!r}: it may "
                                  "compress other parameters, whose buckets' keys would match "
@@ -243,7 +248,9 @@ class GradcompState:
 
     _HOW = {"params": "by parameter index (a state made with module=model)",
             "bucket": "by bucket index and shapes (a state made without a module)",
-            "fsdp": "by FSDP module name (a state whose FSDP2 reduce-scatter was registered)"}
+            "fsdp": "by FSDP module name (a state whose FSDP2 reduce-scatter was registered)",
+            "fsdp-replicas": "by FSDP module name for the replica all-reduce (a state whose "
+                             "register_fsdp_replica_all_reduce was called)"}
 
     def _check_keying(self, blob, saved, mine):
         """Refuses residuals keyed otherwise than this state keys them: none would match, and
@@ -253,8 +260,9 @@ class GradcompState:
             raise ValueError(f"the state dict's residuals are keyed {how[saved]}, this state's "
                              f"{how[mine]}: none would match, and training would "
                              "start from fresh residuals; make this state as the saved one was "
-                             "(GradcompState(..., module=model), set_module(model), or "
-                             "register_fsdp_reduce_scatter(model, state) before loading)")
+                             "(GradcompState(..., module=model), set_module(model), "
+                             "register_fsdp_reduce_scatter(model, state) or "
+                             "register_fsdp_replica_all_reduce(model, state) before loading)")
 
     def _precheck_blob(self, blob):
         """The checks of gradcompCommLoadState that need no comm (plugin/state.cc's header):
@@ -335,9 +343,9 @@ class GradcompState:
 
     @contextlib.contextmanager
     def paused(self):
-        """Inside, the hook (and the FSDP2 reduce-scatter) sends uncompressed and leaves the
-        state and step counter alone (e.g. a throw-away step that lets a resumed DDP rebuild
-        its buckets)."""
+        """Inside, the hook (and the FSDP2 reduce-scatter or replica all-reduce) sends
+        uncompressed and leaves the state and step counter alone (e.g. a throw-away step that
+        lets a resumed DDP rebuild its buckets)."""
         old, self._paused = self._paused, True
         try:
             yield self
@@ -426,20 +434,36 @@ class GradcompState:
         else:
             self._step_buckets.add(idx)
 
-    def _serve_fsdp(self):
-        """Marks the state as FSDP2's (GradcompReduceScatter): gradcomp then compresses, and
-        with DGC's momentum correction applies its velocity to, every parameter."""
+    def _serve_fsdp(self, role="shard"):
+        """Marks the state as FSDP2's (GradcompReduceScatter: role "shard";
+        GradcompReplicaAllReduce: "replicate"): gradcomp then compresses, and with DGC's
+        momentum correction applies its velocity to, every parameter."""
         cfg = self.config
+        if self._fsdp_role not in (None, role):
+            # The two collectives run over different groups (a rank's shard group and its
+            # replicate group): one comm cannot serve both.
+            raise ValueError(
+                "this GradcompState already serves FSDP2's "
+                + ("reduce-scatter (over the shard group); the replica all-reduce runs"
+                   if self._fsdp_role == "shard" else
+                   "replica all-reduce (over the replicate group); the reduce-scatter runs")
+                + " over the other group of the mesh: make one GradcompState per process group "
+                "(GradcompState(process_group=mesh['replicate'].get_group()) for "
+                "register_fsdp_replica_all_reduce, process_group=mesh['shard'].get_group() for "
+                "register_fsdp_reduce_scatter), or leave the intra-node reduce-scatter FSDP's own")
         if self._split_given and cfg.method == "dgc" and cfg.momentum_correction:
             raise ValueError(
                 "state.param_groups() was called before this state's FSDP reduce-scatter was "
                 "made: it gave the small and 1-d parameters the optimizer's momentum, but FSDP2's "
                 "reduce-scatter sends every parameter through gradcomp, which applies DGC's "
                 "momentum to all of them (momentum twice). Call register_fsdp_reduce_scatter("
-                "model, state) first, then build the optimizer from state.param_groups(...)")
-        if self._pending_blob is not None and self._pending_keyed not in (None, "fsdp"):
-            self._check_keying(self._pending_blob, self._pending_keyed, "fsdp")
+                "model, state) first (register_fsdp_replica_all_reduce likewise), then build "
+                "the optimizer from state.param_groups(...)")
+        mine = "fsdp-replicas" if role == "replicate" else "fsdp"
+        if self._pending_blob is not None and self._pending_keyed not in (None, mine):
+            self._check_keying(self._pending_blob, self._pending_keyed, mine)
         self._fsdp = True
+        self._fsdp_role = role
 
     def _check_usable(self):
         if self._aborted:

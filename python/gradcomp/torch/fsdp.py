@@ -16,6 +16,16 @@ j of the input encoded for rank j with error feedback, (N-1)/N * E(n) bytes
 (QSGD 4-bit: about 4.06/32 of the fp32 bytes); the owner sums the N
 full-precision decodes, one quantization. Cost: gradcomp's encode and decode
 kernels on FSDP's stream; no extra copies (FSDP allocates the buffers).
+
+HSDP by hand, compressed across nodes: GradcompReplicaAllReduce is FSDP2's
+all-reduce hook (`FSDPModule.set_all_reduce_hook`) for FSDP over the shard
+mesh only (one node's ranks) with the replicas (one per node) reduced by
+gradcompAllReduceKeyed over the replicate group: the cross-node collective,
+the one that pays to compress, while FSDP's own reduce-scatter stays on the
+fast intra-node links. Sent per rank and module: gradcomp's compressed
+allreduce (docs/algorithms.md, the algorithm it picks for R replicas) of the
+module's reduce-scatter output, n/S elements for S shards, where native HSDP
+sends 2(R-1)/R of their full-precision bytes.
 """
 import torch
 import torch.distributed as dist
@@ -154,6 +164,151 @@ class GradcompReduceScatter(_Base):
         return None
 
 
+class GradcompReplicaAllReduce:
+    """FSDP2's all-reduce hook for one FSDP module: its reduce-scatter output averaged across
+    the replicas in place, compressed (one residual per module, keyed by `key`).
+
+    For HSDP made by hand: fully_shard(..., mesh=mesh["shard"]) (1-D: FSDP's reduce-scatter
+    over a node's ranks) and a GradcompState(process_group=mesh["replicate"].get_group()), one
+    rank per node; register_fsdp_replica_all_reduce(model, state) installs one per module.
+    state: that GradcompState (one per process group: a state serving this hook cannot serve
+    GradcompReduceScatter, whose group is the shard group); key: the module's name, the same
+    on every rank and in a resumed run (the residual's key is distinct from the
+    reduce-scatter's); module: the FSDPModule, whose divide factor the call follows (below)
+    and whose mesh is checked here (register_fsdp_replica_all_reduce passes it).
+
+    Division: 1-D FSDP divides for its shard group alone. Its reduce-scatter averages (fp32,
+    bf16), or sums with a pre- and post-division by the shard size (fp16 reduce_dtype,
+    set_force_sum_reduction_for_comms), and it calls the hook between the reduce-scatter and
+    the post-division, so the hook gets the shard group's mean times the post-division
+    factor. The hook averages that over the replicas (Avg commutes with FSDP's later
+    division), and every rank ends with the mean over all shard x replica ranks, as native
+    HSDP. With module.set_gradient_divide_factor(f), FSDP divides by f alone and native HSDP
+    sums across the replicas: the hook then sums too (sum over all ranks / f, as native HSDP);
+    it reads the factor at each call, from `module` (without one: Avg always).
+
+    FSDP calls the hook after every reduce-scatter of the module, on its all-reduce stream
+    (gradcomp runs on it), with reduce_dtype tensors: float32, float16 or bfloat16. 1-D FSDP
+    has no partial all-reduce, so set_requires_all_reduce(False) does not skip the hook (each
+    micro-batch would be sent, correct but at full cost): for gradient accumulation,
+    set_requires_gradient_sync(False) skips the reduce-scatter and the hook together.
+    Inside `with state.paused():` the call goes to torch.distributed's all_reduce (AVG, or
+    SUM under a divide factor) uncompressed, leaving the residuals alone. Every parameter of
+    the module goes through gradcomp, as with GradcompReduceScatter: state.param_groups()
+    (DGC's momentum correction) puts them all in the momentum-0 group; register first.
+    """
+
+    def __init__(self, state, key, module=None):
+        self.state = state
+        self.key = _key_of(("fsdp-replicas", str(key)))
+        self.module = module
+        if module is not None and state is not None:
+            _check_replica_mesh(module, state)
+        if state is not None:
+            state._serve_fsdp("replicate")
+
+    def abort(self):
+        """GradcompState.abort() of the state the modules' hooks share (see
+        GradcompReduceScatter.abort)."""
+        if self.state is not None:
+            self.state.abort()
+
+    def __call__(self, reduce_output):
+        if self.state is not None:
+            self.state._check_usable()
+        t = reduce_output
+        cpu = self.state is not None and self.state.backend == "cpu"
+        want = "cpu" if cpu else "cuda"
+        if t.device.type != want:
+            if cpu:
+                raise TypeError(f"GradcompReplicaAllReduce got a {t.device.type} tensor, but its "
+                                "state's backend 'cpu' reduces CPU tensors: make the state with "
+                                "backend='nccl' for a model on the GPU; for a CPU model, build "
+                                "the mesh on the CPU (init_device_mesh('cpu', (replicas, "
+                                "shards), mesh_dim_names=('replicate', 'shard')))")
+            raise TypeError(f"GradcompReplicaAllReduce got a {t.device.type} tensor: gradcomp "
+                            "reduces CUDA tensors; for a CPU model on gloo groups, make the "
+                            "state with backend='cpu'")
+        if t.dtype not in _DTYPES:
+            raise TypeError(f"GradcompReplicaAllReduce got a {t.dtype} tensor: gradcomp "
+                            "compresses float32, float16 and bfloat16; set "
+                            "MixedPrecisionPolicy(reduce_dtype=torch.float32)")
+        # gradcomp reads and writes by address: a strided view would be read wrongly and
+        # written past (into the elements between its own).
+        if not t.is_contiguous():
+            raise ValueError("GradcompReplicaAllReduce got a non-contiguous tensor (shape "
+                             f"{tuple(t.shape)}, stride {t.stride()}): gradcomp reduces whole "
+                             "contiguous buffers; pass a .contiguous() tensor")
+        if self.state is None:
+            raise ValueError("GradcompReplicaAllReduce has no state: make it with a "
+                             "GradcompState over the replicate group "
+                             "(register_fsdp_replica_all_reduce(model, state))")
+        stream = None if cpu else torch.cuda.current_stream(t.device).cuda_stream
+        return self._all_reduce(t, stream)
+
+    def _op(self):
+        """"avg", or "sum" where the module has a gradient divide factor (see the class)."""
+        if self.module is None:
+            return "avg"
+        groups = _param_groups(self.module)
+        # FSDPParamGroup's own field (PyTorch 2.15); an FSDP2 without it has no divide factor.
+        factor = getattr(groups[0], "gradient_divide_factor", None) if groups else None
+        return "avg" if factor is None else "sum"
+
+    def _all_reduce(self, t, stream_handle):
+        """The call on a checked tensor, in place; stream_handle: the stream gradcomp runs on
+        (None on the CPU backend)."""
+        opname = self._op()
+        if self.state._paused:
+            # state.paused(): uncompressed, the residuals and DGC's velocity left alone.
+            op = dist.ReduceOp.AVG if opname == "avg" else dist.ReduceOp.SUM
+            dist.all_reduce(t, op=op, group=self.state.process_group)
+            return None
+        comm = self.state.comm(t.device)
+        self.state._follow_scaler(comm, stream_handle)
+        before = comm.call_counts()
+        comm.allreduce_raw(t.data_ptr(), t.data_ptr(), t.numel(), _DTYPES[t.dtype], opname,
+                           stream_handle, self.key)
+        self.state._count_call(comm, before, t.numel() * t.element_size(),
+                               "an FSDP replica all-reduce", t.numel())
+        return None
+
+
+def _param_groups(module):
+    """The FSDPParamGroups of an FSDP module (none for a module without parameters of its
+    own): a list where FSDP2 has per-parameter meshes, one group or None in older PyTorch."""
+    st = module._get_fsdp_state()
+    groups = getattr(st, "_fsdp_param_groups", None)
+    if groups is None:
+        group = getattr(st, "_fsdp_param_group", None)
+        groups = [] if group is None else [group]
+    return list(groups)
+
+
+def _check_replica_mesh(module, state):
+    """Refuses a module FSDP already all-reduces (native HSDP: the hook would come after it)
+    and a state whose group is not this rank's replicate group (it shares more ranks than this
+    one with FSDP's shard group)."""
+    for group in _param_groups(module):
+        info = group.mesh_info
+        if hasattr(info, "replicate_process_group"):
+            raise ValueError("this FSDP module is native HSDP (fully_shard over a 2-D mesh): "
+                             "FSDP all-reduces across the replicas itself, and would call the "
+                             "hook after it (the replicas averaged twice); shard over the shard "
+                             "mesh only, fully_shard(..., mesh=mesh['shard']), and give the "
+                             "state mesh['replicate'].get_group()")
+        shard = getattr(info, "shard_process_group", None)
+        if shard is None:
+            continue
+        shard_ranks = dist.get_process_group_ranks(shard)
+        mine = dist.get_process_group_ranks(state.process_group)
+        if set(shard_ranks) & set(mine) != {dist.get_rank()}:
+            raise ValueError(f"the GradcompState's group (ranks {mine}) is not the replicate "
+                             f"group of FSDP's shard group (ranks {shard_ranks}): they must "
+                             "share this rank only; make the state with "
+                             "process_group=mesh['replicate'].get_group()")
+
+
 def _fsdp_module_class():
     """FSDP2's FSDPModule, or None where this PyTorch has no FSDP2."""
     try:
@@ -197,6 +352,40 @@ def register_fsdp_reduce_scatter(model, state):
     for name, module in model.named_modules():
         if isinstance(module, FSDPModule):
             module.set_custom_reduce_scatter(GradcompReduceScatter(state, name or "<root>"))
+            n += 1
+    if n == 0:
+        raise ValueError("the model has no FSDP module: call fully_shard() on it first")
+    return n
+
+
+def replica_unsupported_reason():
+    """None when this PyTorch can run GradcompReplicaAllReduce, else the sentence saying why
+    not and what to do (FSDP2 with FSDPModule.set_all_reduce_hook)."""
+    cls = _fsdp_module_class()
+    if cls is None:
+        return (f"this PyTorch ({torch.__version__}) has no FSDP2 (fully_shard, PyTorch >= "
+                "2.4): upgrade PyTorch to use FSDP2")
+    if not hasattr(cls, "set_all_reduce_hook"):
+        return (f"this PyTorch ({torch.__version__}) has FSDP2 without "
+                "FSDPModule.set_all_reduce_hook: upgrade PyTorch, or use native HSDP "
+                "(fully_shard over the 2-D mesh) with gradcomp's reduce-scatter or LD_PRELOAD")
+    return None
+
+
+def register_fsdp_replica_all_reduce(model, state):
+    """set_all_reduce_hook(GradcompReplicaAllReduce) on every FSDPModule of `model`, keyed by
+    its name; `state` over the replicate group, the model sharded over the shard mesh only.
+    Returns the number of modules. Raises RuntimeError with replica_unsupported_reason()
+    where this PyTorch's FSDP2 has no all-reduce hook."""
+    reason = replica_unsupported_reason()
+    if reason is not None:
+        raise RuntimeError(f"gradcomp: {reason}")
+    FSDPModule = _fsdp_module_class()
+    n = 0
+    for name, module in model.named_modules():
+        if isinstance(module, FSDPModule):
+            module.set_all_reduce_hook(GradcompReplicaAllReduce(state, name or "<root>",
+                                                                module=module))
             n += 1
     if n == 0:
         raise ValueError("the model has no FSDP module: call fully_shard() on it first")
