@@ -5,8 +5,11 @@ An MLP (64 -> 512 -> 512 -> 10) sharded per layer with fully_shard, trained on
 a fixed synthetic task (inputs N(0,1), labels from a fixed random teacher) with
 the same seeds and batches in every run; --gradcomp installs
 gradcomp.torch.GradcompReduceScatter on every FSDP module (settings from
-GRADCOMP_*). Rank 0 writes the final loss, test accuracy and whether the
-unsharded parameters are bitwise identical on every rank. Launched one
+GRADCOMP_*). --hsdp: 2 replicas of world/2 shards, native HSDP (fully_shard
+over the 2-D mesh), or with --gradcomp FSDP over the shard mesh and
+gradcomp.torch.GradcompReplicaAllReduce across the replicas. Rank 0 writes
+the final loss, test accuracy and whether the unsharded parameters are
+bitwise identical on every rank. Launched one
 process per rank with the env:// variables (tools/gc_ranks.py).
 """
 import argparse
@@ -22,6 +25,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--gradcomp", action="store_true")
     p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--hsdp", action="store_true",
+                   help="2 replicas x world/2 shards (--gradcomp: the replica all-reduce hook)")
     p.add_argument("--out", required=True)
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
                    help="cpu: gloo on the CPU (--gradcomp: gradcomp's CPU backend over TCP, "
@@ -46,6 +51,14 @@ def main():
     # FSDP2's default mesh is the accelerator's: on a machine with a GPU, --device cpu needs a
     # CPU mesh, or FSDP moves the model to the GPU.
     mesh = {"mesh": init_device_mesh("cpu", (world,))} if cpu else {}
+    mesh2 = None
+    if args.hsdp:
+        if world % 2:
+            raise SystemExit(f"--hsdp takes an even number of ranks (2 replicas), not {world}")
+        mesh2 = init_device_mesh("cpu" if cpu else "cuda", (2, world // 2),
+                                 mesh_dim_names=("replicate", "shard"))
+        # Native HSDP over the 2-D mesh; gradcomp's replicas: FSDP over the shard mesh only.
+        mesh = {"mesh": mesh2["shard"] if args.gradcomp else mesh2}
     for layer in (model[0], model[2], model[4]):
         fully_shard(layer, **mesh)
     fully_shard(model, **mesh)
@@ -53,8 +66,14 @@ def main():
     if args.gradcomp:
         import gradcomp.torch as gct
 
-        state = gct.GradcompState(backend="cpu" if cpu else "nccl")
-        gct.register_fsdp_reduce_scatter(model, state)
+        backend = "cpu" if cpu else "nccl"
+        if args.hsdp:
+            state = gct.GradcompState(process_group=mesh2["replicate"].get_group(),
+                                      backend=backend)
+            gct.register_fsdp_replica_all_reduce(model, state)
+        else:
+            state = gct.GradcompState(backend=backend)
+            gct.register_fsdp_reduce_scatter(model, state)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     lossf = nn.CrossEntropyLoss()
     bg = torch.Generator().manual_seed(100 + rank)  # this rank's batches, the same every run
@@ -71,7 +90,8 @@ def main():
         test_loss = lossf(logits, yte.to(dev)).item()
     full = b"".join(q.full_tensor().detach().cpu().numpy().tobytes() for q in model.parameters())
     _, hashes = gc_ranks.gather_hashes(full)
-    res = {"gradcomp": args.gradcomp, "device": args.device, "steps": args.steps, "test_loss": test_loss,
+    res = {"gradcomp": args.gradcomp, "hsdp": args.hsdp, "device": args.device,
+           "steps": args.steps, "test_loss": test_loss,
            "accuracy_pct": acc, "params_identical": len(set(hashes)) == 1,
            "stats": state.stats() if state is not None else None}
     return gc_ranks.finish_rank(res, rank, args.out, state)

@@ -512,6 +512,10 @@ def main():
         "fsdp_hook_qsgd4_test_loss_rel_delta": hooks.get("fsdp_hook_qsgd4_test_loss_rel_delta"),
         "fsdp_hook_qsgd4_params_identical": hooks.get("fsdp_hook_qsgd4_params_identical"),
         "fsdp_hook_qsgd4_calls_compressed_rank0": hooks.get("fsdp_hook_qsgd4_calls_compressed_rank0"),
+        # HSDP's GradcompReplicaAllReduce (torch_hooks' hsdp_none / hsdp_qsgd4 runs).
+        "hsdp_hook_qsgd4_acc_delta_pts": hooks.get("hsdp_hook_qsgd4_acc_delta_pts"),
+        "hsdp_hook_qsgd4_params_identical": hooks.get("hsdp_hook_qsgd4_params_identical"),
+        "hsdp_hook_qsgd4_calls_compressed_rank0": hooks.get("hsdp_hook_qsgd4_calls_compressed_rank0"),
         "lm_val_loss_rel_delta_qsgd4": lm.get("lm_val_loss_rel_delta_qsgd4"),
         "lm_val_loss_rel_delta_dgc": lm.get("lm_val_loss_rel_delta_dgc"),
         "lm_val_loss_rel_delta_powersgd": lm.get("lm_val_loss_rel_delta_powersgd"),

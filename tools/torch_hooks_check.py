@@ -15,7 +15,9 @@ written late on a non-default stream (key torch_hook_exact_bitwise). Then 4 rank
 and, when libgradcomp exports gradcompReduceScatterKeyed and this PyTorch's FSDP2 takes
 set_custom_reduce_scatter (PyTorch >= 2.9; otherwise the run "fsdp" is skipped with the
 reason), tools/fsdp_hook_train.py's FSDP2 MLP with FSDP's reduce-scatter and with
-GradcompReduceScatter (QSGD 4-bit).
+GradcompReduceScatter (QSGD 4-bit); then, where this FSDP2 has set_all_reduce_hook, the same
+MLP as 2 replicas of world/2 shards: native HSDP ("hsdp_none") and FSDP over the shard mesh with
+GradcompReplicaAllReduce across the replicas ("hsdp_qsgd4").
 Writes OUTDIR/torch_hooks.json and .md.
 Usage: torch_hooks_check.py OUTDIR [BUILD_DIR] [--device cpu] [--smoke]
 `--device cpu` (2 ranks, gloo): every run but the preload's, the hook and the FSDP2
@@ -45,6 +47,7 @@ def summarize(res0, runs, got, world, cpu, out):
         got.get("hook_whole")
     pre, resume = got.get("preload"), got.get("resume")
     fsdp_base, fsdp_gc = got.get("fsdp_none"), got.get("fsdp_qsgd4")
+    hsdp_base, hsdp_gc = got.get("hsdp_none"), got.get("hsdp_qsgd4")
     if exact:
         res["torch_hook_exact_bitwise"] = exact["bitwise"]
         res["torch_hook_exact_results_checked"] = (exact["allreduce_results_checked"]
@@ -59,6 +62,12 @@ def summarize(res0, runs, got, world, cpu, out):
         res["fsdp_hook_qsgd4_params_identical"] = fsdp_gc["params_identical"]
         g = (fsdp_gc["stats"] or {}).get("gradcomp") or {}
         res["fsdp_hook_qsgd4_calls_compressed_rank0"] = g.get("calls_compressed")
+    if hsdp_base and hsdp_gc:
+        res["hsdp_hook_qsgd4_acc_delta_pts"] = hsdp_gc["accuracy_pct"] - hsdp_base["accuracy_pct"]
+    if hsdp_gc:
+        g = (hsdp_gc["stats"] or {}).get("gradcomp") or {}
+        res["hsdp_hook_qsgd4_calls_compressed_rank0"] = g.get("calls_compressed")
+        res["hsdp_hook_qsgd4_params_identical"] = hsdp_gc["params_identical"]
     if base and hq:
         res["ddp_hook_qsgd4_acc_delta_pts"] = hq["accuracy_pct"] - base["accuracy_pct"]
         res["ddp_hook_qsgd4_acc_pct"] = hq["accuracy_pct"]
@@ -93,8 +102,8 @@ def summarize(res0, runs, got, world, cpu, out):
     if resume and resume.get("abort_check"):
         res["torch_hook_abort_refuses_after"] = resume["abort_check"]["hook_refused"]
         res["torch_hook_abort_seconds_rank0"] = resume["abort_check"]["seconds"]
-    ident = [r["params_identical"] for r in (base, hq, whole, pre, resume, fsdp_base, fsdp_gc)
-             if r]
+    ident = [r["params_identical"] for r in (base, hq, whole, pre, resume, fsdp_base, fsdp_gc,
+                                             hsdp_base, hsdp_gc) if r]
     res["torch_hooks_params_identical_all_runs"] = all(ident) if ident else None
     res["torch_hooks_runs"] = runs
     res["torch_hooks_runs_ok"] = sum(1 for r in runs.values() if r["status"] == "ok")
@@ -128,6 +137,9 @@ def summarize(res0, runs, got, world, cpu, out):
           f"{fmt('torch_hook_abort_refuses_after')} |",
           f"| FSDP2 GradcompReduceScatter QSGD 4-bit: accuracy vs FSDP's own (pts), compressed "
           f"calls | {fmt('fsdp_hook_qsgd4_acc_delta_pts')}, {fmt('fsdp_hook_qsgd4_calls_compressed_rank0')} |",
+          f"| HSDP (2 replicas) GradcompReplicaAllReduce QSGD 4-bit: accuracy vs native HSDP "
+          f"(pts), compressed calls | {fmt('hsdp_hook_qsgd4_acc_delta_pts')}, "
+          f"{fmt('hsdp_hook_qsgd4_calls_compressed_rank0')} |",
           ""]
     md += [f"- {k}: {v['status']}" for k, v in runs.items()]
     with open(os.path.join(out, "torch_hooks.md"), "w") as f:
@@ -147,6 +159,8 @@ def summarize(res0, runs, got, world, cpu, out):
               compressed(hq_calls), compressed(res.get("torch_hook_whole_calls_rank0"))]
     if fsdp_gc is not None:
         checks.append(compressed(res.get("fsdp_hook_qsgd4_calls_compressed_rank0")))
+    if hsdp_gc is not None:
+        checks.append(compressed(res.get("hsdp_hook_qsgd4_calls_compressed_rank0")))
     if exact and exact.get("scaler_bitwise") is not None:
         checks.append(exact["scaler_bitwise"])
     if cpu:  # no preload run to compare the hook's bytes with
@@ -265,6 +279,23 @@ def main():
     else:
         runs["fsdp"] = {"status": no_rs if no_rs.startswith("failed") else "skipped: " + no_rs}
         print(f"torch_hooks: fsdp: {runs['fsdp']['status']}", flush=True)
+
+    # HSDP by hand (2 replicas): FSDP2's all-reduce hook needs set_all_reduce_hook.
+    probe = subprocess.run(
+        [sys.executable, "-c", "import gradcomp.torch.fsdp as f; "
+         "print(f.replica_unsupported_reason() or '')"],
+        env=dict(os.environ, **base_env), capture_output=True, text=True)
+    no_ar = (probe.stdout.strip() if probe.returncode == 0 else
+             "failed (could not ask gradcomp.torch.fsdp: %s)"
+             % (probe.stderr.strip().splitlines() or ["no output"])[-1])
+    if not no_ar and world % 2 == 0:
+        run("hsdp_none", ["--hsdp"] + fsdp_steps, script="fsdp_hook_train.py", epochs_arg=False)
+        run("hsdp_qsgd4", ["--hsdp", "--gradcomp"] + fsdp_steps, script="fsdp_hook_train.py",
+            epochs_arg=False)
+    else:
+        why = no_ar or f"{world} ranks do not make 2 replicas"
+        runs["hsdp"] = {"status": why if why.startswith("failed") else "skipped: " + why}
+        print(f"torch_hooks: hsdp: {runs['hsdp']['status']}", flush=True)
     return summarize(res, runs, got, world, cpu, out)
 
 

@@ -247,7 +247,13 @@ def check_hooks(out_root, build):
     if no_fsdp:
         expect(runs["fsdp"]["status"] == "skipped: " + no_fsdp, f"run fsdp: {runs['fsdp']}")
         expect(not any(k.startswith("fsdp_") for k in runs), f"FSDP runs made: {runs}")
-    for name in ("hook_exact", "none", "hook_qsgd4", "hook_whole", "resume") + fsdp_runs:
+    # HSDP by hand (2 replicas of 1 shard here) where FSDP2 has set_all_reduce_hook.
+    no_hsdp = gradcomp.torch.fsdp.replica_unsupported_reason()
+    hsdp_runs = () if no_hsdp else ("hsdp_none", "hsdp_qsgd4")
+    if no_hsdp:
+        expect(runs["hsdp"]["status"] == "skipped: " + no_hsdp, f"run hsdp: {runs['hsdp']}")
+    for name in ("hook_exact", "none", "hook_qsgd4", "hook_whole", "resume") + fsdp_runs \
+            + hsdp_runs:
         expect(runs[name]["status"] == "ok", f"run {name}: {runs[name]}")
     # 2 ranks x (4 steps x 3 buckets + 3 reduce-scatters), every one bit for bit.
     expect(res["torch_hook_exact_bitwise"] is True and
@@ -303,6 +309,20 @@ def check_hooks(out_root, build):
         fq = load(os.path.join(out, "hook_fsdp_qsgd4.json"))
         expect(fq["params_identical"] is True and
                fq["stats"]["gradcomp"]["calls_reduce_scatter"] > 0, f"FSDP2 gradcomp run: {fq}")
+    if not no_hsdp:
+        hq2 = load(os.path.join(out, "hook_hsdp_qsgd4.json"))
+        g2 = hq2["stats"]["gradcomp"]
+        # Every step, each of the 3 Linear modules' reduce-scatter output (the root has no
+        # parameters of its own; 1 shard here, so whole layers) through gradcomp's allreduce:
+        # 64x512 and 512x512 (with biases) compressed, 512x10's 5130 elements passed (below
+        # GRADCOMP_MIN_ELEMENTS, 16384).
+        big, small, n = 64 * 512 + 512 + 512 * 512 + 512, 512 * 10 + 10, hq2["steps"]
+        expect(hq2["hsdp"] is True and hq2["params_identical"] is True and
+               g2["calls_compressed"] == 2 * n and g2["calls_passed_through"] == n and
+               g2["bytes_in"] == 4 * big * n and hq2["stats"]["passed_dense_bytes"] == 4 * small * n
+               and g2["calls_reduce_scatter"] == 0, f"HSDP gradcomp run: {hq2}")
+        expect(res.get("hsdp_hook_qsgd4_calls_compressed_rank0") == g2["calls_compressed"],
+               "torch_hooks.json lost the HSDP run's compressed calls")
     ddp = load(os.path.join(out, "hook_none.json"))
     expect(ddp["device"] == "cpu" and ddp["backend"] == "gloo" and ddp["world"] == 2,
            f"DDP run: {ddp}")
@@ -322,6 +342,10 @@ def check_hooks(out_root, build):
     expect(summary["ddp_hook_qsgd4_acc_delta_pts"] == res["ddp_hook_qsgd4_acc_delta_pts"],
            "the report lost ddp_hook_qsgd4_acc_delta_pts")
     expect("gradcomp.torch DDP hook" in rep_md, "the report does not carry torch_hooks.md")
+    if not no_hsdp:
+        expect(summary["hsdp_hook_qsgd4_calls_compressed_rank0"] ==
+               res["hsdp_hook_qsgd4_calls_compressed_rank0"],
+               "the report lost hsdp_hook_qsgd4_calls_compressed_rank0")
 
 
 def main():
