@@ -608,18 +608,18 @@ def main():
         L.append("| %s | %s | %s | %s | %s |" % (s["name"], s["status"], fmt(s["seconds"]), s["note"],
                                                  short_commit(s["commit"])))
     L.append("")
+    def outputs(records):
+        return ", ".join("`%s`%s (%s: %s)" % (o["file"], " rows" if o["file"] == "kernels.json"
+                                              else "", o["step"], o["status"]) for o in records)
+
     if left_out:
         L.append("Left out (their step's last record above is not ok, and they are not partial: "
-                 "null in the JSON, as if missing): %s." % ", ".join(
-                     "`%s`%s (%s: %s)" % (o["file"], " rows" if o["file"] == "kernels.json" else "",
-                                          o["step"], o["status"]) for o in left_out))
+                 "null in the JSON, as if missing): %s." % outputs(left_out))
         L.append("")
     if kept_failed:
         L.append("Kept from steps that failed or timed out after their run wrote every row (a "
                  "failed row says so itself, and its values are left out; gradcomp_perf exits 1 "
-                 "for any failed row): %s." % ", ".join(
-                     "`%s`%s (%s: %s)" % (o["file"], " rows" if o["file"] == "kernels.json" else "",
-                                          o["step"], o["status"]) for o in kept_failed))
+                 "for any failed row): %s." % outputs(kept_failed))
         L.append("")
     if unreadable:
         L.append("Unreadable (not a whole JSON object: cut short, empty or not JSON; null in the "

@@ -321,6 +321,10 @@ def _fsdp_module_class():
     return FSDPModule
 
 
+_NO_FSDP2 = ("this PyTorch ({}) has no FSDP2 (fully_shard, PyTorch >= 2.4): upgrade PyTorch to "
+             "use FSDP2")
+
+
 def unsupported_reason():
     """None when this PyTorch and libgradcomp can run GradcompReduceScatter, else the sentence
     saying why not and what to do: FSDP2's set_custom_reduce_scatter came with PyTorch 2.9,
@@ -329,8 +333,7 @@ def unsupported_reason():
                "instead (tools/fsdp_check.sh)")
     cls = _fsdp_module_class()
     if cls is None:
-        return (f"this PyTorch ({torch.__version__}) has no FSDP2 (fully_shard, PyTorch >= "
-                "2.4): upgrade PyTorch to use FSDP2")
+        return _NO_FSDP2.format(torch.__version__)
     if not hasattr(cls, "set_custom_reduce_scatter"):
         return (f"this PyTorch ({torch.__version__}) has FSDP2 without "
                 "FSDPModule.set_custom_reduce_scatter (PyTorch >= 2.9): upgrade PyTorch, or "
@@ -363,8 +366,7 @@ def replica_unsupported_reason():
     not and what to do (FSDP2 with FSDPModule.set_all_reduce_hook)."""
     cls = _fsdp_module_class()
     if cls is None:
-        return (f"this PyTorch ({torch.__version__}) has no FSDP2 (fully_shard, PyTorch >= "
-                "2.4): upgrade PyTorch to use FSDP2")
+        return _NO_FSDP2.format(torch.__version__)
     if not hasattr(cls, "set_all_reduce_hook"):
         return (f"this PyTorch ({torch.__version__}) has FSDP2 without "
                 "FSDPModule.set_all_reduce_hook: upgrade PyTorch, or use native HSDP "
