@@ -278,9 +278,10 @@ GC_EXPORT gradcompResult_t gradcompEliasEncodeHost(const void* x, ncclDataType_t
   GC_ARG(((uintptr_t)out & 3) == 0, "out=%p must be 4-byte aligned (it is 32-bit words)", out);
   GC_ARG(count == 0 || x != nullptr, "x is NULL for count=%zu", count);
   GC_ARG(((uintptr_t)residual & 3) == 0, "residual=%p must be 4-byte aligned (fp32)", residual);
-  GC_CHECK(gc::codecCheckDisjoint({{x, count * gc::dtypeBytes(t), "x"},
-                                   {residual, count * sizeof(float), "residual"},
-                                   {out, outBytes, "out"}}));
+  GC_CHECK(gc::codecCheckDisjoint(
+      {{x, count * gc::dtypeBytes(t), "x"},
+       {residual, count * sizeof(float), "residual"},
+       {out, std::min(outBytes, gc::elias::maxEncodedBytes(count, p)), "out"}}));
   const size_t bytes = gc::host::eliasEncode(x, t, residual, count, p, seed, false, out);
   if (encodedBytes) *encodedBytes = bytes;
   return gradcompSuccess;

@@ -119,7 +119,7 @@ GC_EXPORT gradcompResult_t gradcompTopkSelect(const float* v, size_t n, float de
   GC_ARG(((uintptr_t)idx & 3) == 0, "idx=%p must be 4-byte aligned (uint32)", (void*)idx);
   GC_CHECK(gc::codecCheckDisjoint({{v, n * sizeof(float), "v"},
                                    {idx, gc::slotsOf(p, exact) * sizeof(uint32_t), "idx"},
-                                   {workspace, workspaceBytes, "workspace"},
+                                   {workspace, need, "workspace"},  // what the selector uses
                                    {selectedCount, sizeof(uint64_t), "selectedCount"}}));
   GC_CHECK(gc::checkDevicePointer(v, "v"));
   GC_CHECK(gc::checkDevicePointer(idx, "idx"));

@@ -447,7 +447,10 @@ void release(ncclComm_t comm, bool abort, bool revoked) {
     // program may free it from now on.
     auto& pending = pendingChildren();
     pending.erase(std::remove_if(pending.begin(), pending.end(),
-                                 [&](const PendingChild& c) { return c.parent == comm; }),
+                                 [&](const PendingChild& c) {
+                                   // NULL: ncclCommDestroy(NULL), not a grow's joiner slots.
+                                   return comm != nullptr && c.parent == comm;
+                                 }),
                   pending.end());
     // Marked in the same step as the entry goes: a call on another thread
     // never finds the communicator unmarked and without its entry. A revoked

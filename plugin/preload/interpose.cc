@@ -321,6 +321,12 @@ GC_INTERPOSE ncclResult_t ncclGroupSimulateEnd(ncclSimInfo_t* simInfo) {
   calls.swap(tDeferred);
   ncclResult_t f = ncclSuccess;
   for (const Deferred& d : calls) {
+    // Aborted or destroyed since it was deferred (as runDeferred): NCCL may
+    // have freed the communicator, so the call must not reach it.
+    if (deferredEntry(d) == nullptr) {
+      if (f == ncclSuccess) f = ncclInvalidUsage;
+      continue;
+    }
     const ncclResult_t r = forward(nullptr, d);
     if (r != ncclSuccess && f == ncclSuccess) f = r;
   }

@@ -34,7 +34,8 @@ _ELEM = {T.NCCL_TYPES["float16"]: 2, T.NCCL_TYPES["float32"]: 4, T.NCCL_TYPES["b
 def _disjoint(a, a_bytes, b, b_bytes, what):
     """Refuses two buffers whose bytes overlap (the codecs read one while writing the other)."""
     if a < b + b_bytes and b < a + a_bytes:
-        raise InvalidArgumentError(f"{what} overlap: pass a residual (or output) of its own", 1)
+        raise InvalidArgumentError(f"{what} overlap: the codec reads one while it writes the "
+                                   "other; pass separate buffers", 1)
 
 
 def _encoded(encoded):

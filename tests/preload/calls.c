@@ -477,6 +477,31 @@ static int abortDeferred(void) {
   return 0;
 }
 
+#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 22, 0)
+/* The same abort before a simulated group end: the deferred call is not
+ * forwarded for NCCL to simulate either, and the end answers
+ * ncclInvalidUsage. */
+static int abortDeferredSimulate(void) {
+  ncclComm_t comm = (ncclComm_t)(uintptr_t)0x1000;
+  cudaStream_t stream = (cudaStream_t)(uintptr_t)0x2000;
+  char* a = (char*)(uintptr_t)0x7f0000000000ull;
+  ncclSimInfo_t info = NCCL_SIM_INFO_INITIALIZER;
+  CHECK(ncclGroupStart());
+  EXPECT("GroupStart");
+  CHECK(ncclAllReduce(a, a, 1 << 20, ncclFloat32, ncclSum, comm, stream));
+  CHECK(ncclCommAbort(comm));
+  EXPECT("CommAbort comm=%p", (void*)comm);
+  const ncclResult_t r = ncclGroupSimulateEnd(&info);
+  EXPECT("GroupSimulateEnd simulated 0 calls");
+  if (r != ncclInvalidUsage) {
+    fprintf(stderr, "the simulated end after the abort returned %d, expected ncclInvalidUsage\n",
+            (int)r);
+    return 1;
+  }
+  return 0;
+}
+#endif
+
 /* Reduce-scatters too small to be eligible (4 * 1000 < 16384): the
  * communicator never sets up, and the preload asks NCCL its size once, not
  * at every call (a watchdog may poll the communicator meanwhile). */
@@ -533,6 +558,8 @@ __attribute__((visibility("default"))) int gcTestRunCalls(const char* mode) {
     rc = simulate();
   } else if (strcmp(mode, "simulate_missing") == 0) {
     rc = simulateMissing();
+  } else if (strcmp(mode, "abort_deferred_simulate") == 0) {
+    rc = abortDeferredSimulate();
 #endif
   } else {
     fprintf(stderr, "unknown mode %s\n", mode);

@@ -169,6 +169,11 @@ for group in defer fuse; do
   run abort_deferred_$group env GRADCOMP_GROUP=$group GRADCOMP_METHOD=qsgd "$app" abort_deferred &&
     same_calls abort_deferred_$group
 done
+# The same before ncclGroupSimulateEnd (NCCL 2.22): nothing forwarded to simulate.
+if "$app" abort_deferred_simulate > /dev/null 2>&1 < /dev/null || [ $? != 2 ]; then
+  run abort_deferred_simulate env GRADCOMP_METHOD=qsgd "$app" abort_deferred_simulate &&
+    same_calls abort_deferred_simulate
+fi
 
 # 4b. A revoked communicator (ncclCommRevoke, NCCL 2.28) is never set up
 # again; one shrunk from it is set up as usual, a non-blocking one's too.

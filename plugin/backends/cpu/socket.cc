@@ -641,8 +641,8 @@ class SocketTransport final : public Transport {
         return gradcompSuccess;
       }
       return setError(gradcompInternalError,
-                      "socket transport: rank %d sends to %d and receives from %d", rank_, to,
-                      from);
+                      "socket transport: rank %d sends to %d and receives from %d", globalRank(),
+                      members_[to], members_[from]);
     }
     std::vector<Transfer> xs{sendTo(to, send, sendBytes), recvFrom(from, recv, recvBytes)};
     return run(kSendRecv, 0, xs);

@@ -721,9 +721,10 @@ def _scatter(src, buf, runs):
 
 
 def _allreduce_avg(buf, state):
-    """torch.distributed's own allreduce of the mean, as DDP without a hook computes it: each
-    gradient multiplied by 1/N (its reducer's mul_out as it copies into the bucket), then the
-    sum (x / N rounds otherwise than x * (1/N) where N is not a power of two)."""
+    """torch.distributed's own allreduce of the mean, as DDP without a hook computes it by
+    default: each gradient multiplied by 1/N (its reducer's mul_out as it copies into the
+    bucket), then the sum (x / N rounds otherwise than x * (1/N) where N is not a power of two;
+    with gradient_as_bucket_view=True DDP's reducer divides in place from the second step)."""
     buf.mul_(1.0 / state.world_size)
     fut = dist.all_reduce(buf, group=state.process_group, async_op=True).get_future()
     return fut.then(lambda f: f.value()[0])

@@ -251,9 +251,20 @@ class GradcompReplicaAllReduce:
         if self.module is None:
             return "avg"
         groups = _param_groups(self.module)
-        # FSDPParamGroup's own field (PyTorch 2.15); an FSDP2 without it has no divide factor.
-        factor = getattr(groups[0], "gradient_divide_factor", None) if groups else None
-        return "avg" if factor is None else "sum"
+        if not groups:
+            return "avg"
+        g = groups[0]
+        # FSDPParamGroup's own field (PyTorch 2.15). An FSDP2 that keeps a divide factor under
+        # another name would be averaged where native HSDP sums (1/R of its gradients): refused.
+        if not hasattr(g, "gradient_divide_factor"):
+            other = [k for k, v in vars(g).items() if "divide_factor" in k and v is not None]
+            if other:
+                raise RuntimeError(f"this PyTorch's FSDP2 ({torch.__version__}) keeps a gradient "
+                                   f"divide factor as {other[0]}, which GradcompReplicaAllReduce "
+                                   "does not read: it would average where native HSDP sums; "
+                                   "drop set_gradient_divide_factor, or upgrade PyTorch")
+            return "avg"
+        return "avg" if g.gradient_divide_factor is None else "sum"
 
     def _all_reduce(self, t, stream_handle):
         """The call on a checked tensor, in place; stream_handle: the stream gradcomp runs on
