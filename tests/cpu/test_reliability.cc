@@ -113,6 +113,30 @@ TEST(Reliability, CpuWorldRecoversAfterTimeout) {
   }
 }
 
+// Three ranks wait for a fourth that refused its call before the collective:
+// each times out saying the same "3 of 4 ranks" (until 2026-12-05 each said
+// how many were still waiting when it withdrew: 3, 2 and 1).
+TEST(Reliability, CpuWorldTimeoutCountsTheSameOnEveryRank) {
+  gradcompConfig_t cfg = quickConfig(gradcompMethodNone);
+  cfg.cpuTimeoutSec = 0.5f;
+  CpuWorld w(4, cfg);
+  const size_t n = 1024;
+  std::vector<std::vector<float>> in(4, std::vector<float>(n, 1.0f)), out = in;
+  std::vector<std::string> why(4);
+  const auto res = w.run([&](int r) {
+    const gradcompResult_t got = gradcompAllReduce(in[r].data(), r == 3 ? nullptr : out[r].data(),
+                                                   n, ncclFloat32, ncclSum, w.comm(r), nullptr);
+    why[r] = gradcompGetLastError();
+    return got;
+  });
+  EXPECT_EQ(res[3], gradcompInvalidArgument);
+  for (int r = 0; r < 3; ++r) {
+    EXPECT_EQ(res[r], gradcompSystemError) << "rank " << r;
+    EXPECT_NE(why[r].find("3 of 4 ranks reached a collective"), std::string::npos)
+        << "rank " << r << ": " << why[r];
+  }
+}
+
 // GRADCOMP_CHECK_CALLS: a rank that cannot prepare a compressed call (here
 // out of memory for the buffer's state) says so before any rank exchanges.
 // It returns its own error and its peer an error naming it, at once rather

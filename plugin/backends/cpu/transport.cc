@@ -40,6 +40,11 @@ struct CpuWorld {
   std::condition_variable cv;
   int arrived = 0;
   uint64_t generation = 0;
+  // The ranks present when the first rank of a generation timed out: every
+  // rank that times out in it reports this one count (each withdrawal lowers
+  // arrived, so each rank's own count would differ).
+  uint64_t timedOutGen = ~0ull;
+  int timedOutPresent = 0;
   bool aborted = false;        // a rank aborted its comm: every wait of the world fails
   bool closedAborted = false;  // closingBarrier's answer, taken when the last rank came
   std::vector<Slot> slots;
@@ -86,7 +91,9 @@ struct CpuWorld {
     }
     if (!released) {
       // Withdraw, so the next collective counts only the ranks that are in it.
-      const int present = arrived--;
+      if (timedOutGen != gen) timedOutGen = gen, timedOutPresent = arrived;
+      const int present = timedOutPresent;
+      --arrived;
       return setError(gradcompSystemError,
                       "CPU transport: %d of %d ranks reached a collective within %g s "
                       "(cpuTimeoutSec, GRADCOMP_CPU_TIMEOUT); every rank must make the same calls",
