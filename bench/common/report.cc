@@ -217,19 +217,20 @@ void printHeader(const Options& o, const RunInfo& info, const std::string& label
          rs ? "gradcompReduceScatter" : "gradcompAllReduce");
   printf(
       "# %10s  %12s  %8s  %6s  %8s  %7s  %7s  %6s  %8s  %7s  %7s  %6s  %11s  %6s  %8s  %8s  "
-      "%7s  %9s%s%s\n",
+      "%7s  %13s%s%s\n",
       "size", "count", "type", "redop", "time", "algbw", "busbw", "#wrong", "time", "algbw",
       "busbw", "#wrong", "wire/rank", "ratio", "maxerr", "rmserr", "speedup", "algo", model.c_str(),
       o.autoRow ? "      auto      auto  regret" : "");
   printf(
       "# %10s  %12s  %8s  %6s  %8s  %7s  %7s  %6s  %8s  %7s  %7s  %6s  %11s  %6s  %8s  %8s  "
-      "%7s  %9s%s%s\n",
+      "%7s  %13s%s%s\n",
       "(B)", "(elements)", "", "", "(us)", "(GB/s)", "(GB/s)", "", "(us)", "(GB/s)", "(GB/s)", "",
       "(B)", "", "(rel)", "(rel)", "", "", units.c_str(),
       o.autoRow ? "      (us)    choice        " : "");
   (void)dtype;
 }
 
+// The algo column fits the longest name, "reducescatter" (13).
 void printRow(const Options& o, const RunInfo& info, const Row& r) {
   if (r.failed) {
     printf("  %10zu  %12zu  %8s  %6s  FAILED: %s\n", r.bytes, r.count, dtypeName(r.dtype),
@@ -265,7 +266,7 @@ void printRow(const Options& o, const RunInfo& info, const Row& r) {
   }
   printf(
       "  %10zu  %12zu  %8s  %6s  %8s  %7.2f  %7.2f  %6s  %8s  %7.2f  %7.2f  %6s  %11.0f  %6s  "
-      "%8s  %8s  %7s  %9s%s\n",
+      "%8s  %8s  %7s  %13s%s\n",
       r.bytes, r.count, dtypeName(r.dtype), opName(r.op), timeStr(r.ncclUs).c_str(), r.ncclAlgbw(),
       r.ncclBusbw(), wrongStr(r.ncclWrong).c_str(), timeStr(r.gradcompUs).c_str(), r.algbw(),
       r.busbw(), wrongStr(r.gradcompWrong).c_str(), r.gradcompWire, ratio,
