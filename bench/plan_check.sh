@@ -52,4 +52,11 @@ done
 if GC_PLAN=1 GC_STEPS=nosuchgroup bash "$src/tools/gpu-check.sh" > /dev/null 2>&1; then
   echo "FAIL: an unknown group was accepted"; fail=1
 fi
+# Two groups in one call overrun its budget, and the plan says so; one group does not.
+if ! GC_PLAN=1 GC_STEPS="perf_more hooks" bash "$src/tools/gpu-check.sh" 2>&1 | grep -q "WARNING"; then
+  echo "FAIL: the plan of two groups in one call does not warn that it overruns"; fail=1
+fi
+if GC_PLAN=1 GC_STEPS=hooks bash "$src/tools/gpu-check.sh" 2>&1 | grep -q "WARNING"; then
+  echo "FAIL: the plan of one group warns"; fail=1
+fi
 exit $fail

@@ -442,6 +442,11 @@ run_step plots 20 "$raw/plots.txt" python3 tools/plot --perf "$raw/perf_n8.json"
 fi
 if [ "$plan" = 1 ]; then
   [ -z "${GC_RESULTS_DIR:-}" ] && rm -rf "$results"
+  # Several groups in one call, or a small GC_CHECK_BUDGET_S: the last steps would be cut.
+  if [ "$planned" -gt "$((budget - 30))" ]; then
+    echo "plan: WARNING: the steps' limits sum to ${planned}s, over the $((budget - 30))s the" \
+      "${budget}s budget leaves before the report: the last steps get what is left or are skipped"
+  fi
   exit 0
 fi
 for p in "$results/$name"-*.png; do
