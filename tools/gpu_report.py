@@ -23,8 +23,10 @@ import glob
 import json
 import math
 import os
+import re
 import subprocess
 import sys
+import time
 
 N26 = 1 << 26
 MB256 = 256 << 20
@@ -291,16 +293,19 @@ def main():
     left_out = []
     kept_failed = []
 
-    def kept(step, partial, complete, f):
-        """Whether step's output f counts: its last record ok, or f partial, or f complete from
-        a run that failed or timed out after writing it (listed in kept_failed)."""
+    def counts(step, partial, complete):
+        """Whether step's output counts: its last record ok, or the output partial, or complete
+        from a run that failed or timed out after writing it."""
         status = last.get(step, "ok")
-        if status == "ok" or partial:
-            return True
-        if complete and status in ("failed", "timed out"):
-            kept_failed.append({"file": f, "step": step, "status": status})
-            return True
-        return False
+        return status == "ok" or partial or (complete and status in ("failed", "timed out"))
+
+    def kept(step, partial, complete, f):
+        """counts(), listing f in kept_failed where it counts only as complete."""
+        if not counts(step, partial, complete):
+            return False
+        if last.get(step, "ok") != "ok" and not partial:
+            kept_failed.append({"file": f, "step": step, "status": last[step]})
+        return True
 
     def bench(f, step=None):
         """A benchmark's JSON, or None (as if missing) when its step's last record is not ok
@@ -360,10 +365,14 @@ def main():
     auto_rs_regret = sweep_regret(bench("perf_auto_rs.json"), 512 << 10, MB256 // 2)
     # Every gradcomp_perf allreduce row hashes each rank's result and compares (JSON identical;
     # null for reduce-scatter rows): how many agreed bit for bit on all ranks, and how many not.
+    # Only the files that count (as bench() takes them).
     same = differ = 0
     for f in sorted(glob.glob(os.path.join(d, "perf_*.json"))):
-        doc = load(f)
-        for r in (doc.get("rows") or [] if isinstance(doc, dict) else []):
+        doc = j(os.path.basename(f))
+        if doc is None or not counts(os.path.basename(f)[:-len(".json")],
+                                     doc.get("complete") is False, doc.get("complete") is True):
+            continue
+        for r in (doc.get("rows") or []):
             if not isinstance(r, dict):
                 continue
             same += r.get("identical") is True
@@ -436,7 +445,8 @@ def main():
     rs_model = rs_model_speedup(p8rs)
     summary = {
         "gpu": a.gpu or (kdoc or {}).get("gpu") or None,
-        "date": a.name[:10],
+        # The run name's date (<date>-<gpu>); a name without one (GC_RUN_NAME): today's.
+        "date": a.name[:10] if re.match(r"\d{4}-\d{2}-\d{2}", a.name) else time.strftime("%Y-%m-%d"),
         "commit": commit,
         "qsgd4_encode_ef_frac_of_copy": enc,
         "qsgd4_bf16_encode_ef_frac_of_copy": enc16["bfloat16"],

@@ -83,6 +83,20 @@ class GpuReportSteps(unittest.TestCase):
         self.assertIn("| perf_n8 | ok | 51 |  | %s+dirty |" % SHA2[:12], md)
         self.assertEqual(r["commit"], SHA2)
 
+    def test_identical_rows_count_only_outputs_that_count(self):
+        # A skipped step's file (an earlier call's) is not this report's: its rows' agreement
+        # on all ranks is not counted either.
+        self.dump("perf_n8.json", {"complete": True, "rows": [prow([(10, 7.5)])]})
+        self.dump("perf_n8_rs.json", {"complete": True,
+                                      "rows": [prow([(10, 7.5)], identical=False)]})
+        self.steps(("perf_n8", "ok", 5, "", SHA2), ("perf_n8_rs", "skipped", 0, "", SHA2))
+        r, _ = self.report()
+        self.assertEqual(r["perf_rows_identical_on_all_ranks"], 1)
+        self.assertEqual(r["perf_rows_differing_between_ranks"], 0)
+        self.steps(("perf_n8", "ok", 5, "", SHA2), ("perf_n8_rs", "ok", 5, "", SHA2))
+        r, _ = self.report()
+        self.assertEqual(r["perf_rows_differing_between_ranks"], 1)
+
     def test_failed_step_keeps_its_complete_output(self):
         # gradcomp_perf wrote every row, then exited 1 (a row failed: the row says so), or its
         # teardown ran past the limit: gpu-check.sh removed the file before the step ran, so
