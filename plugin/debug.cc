@@ -19,7 +19,8 @@ static LogLevel parseLevel() {
   if (strcasecmp(v, "TRACE") == 0) return LogLevel::Trace;
   if (strcasecmp(v, "NONE") == 0 || strcasecmp(v, "OFF") == 0) return LogLevel::None;
   fprintf(stderr,
-          "gradcomp WARN GRADCOMP_DEBUG=%s is not one of NONE|OFF|WARN|INFO|TRACE; using WARN\n", v);
+          "gradcomp WARN GRADCOMP_DEBUG=%s is not one of NONE|OFF|WARN|INFO|TRACE; using WARN\n",
+          v);
   return LogLevel::Warn;
 }
 

@@ -458,7 +458,7 @@ static int simulateMissing(void) {
  * after a dead peer is the same): NCCL frees the communicator, so the deferred
  * call must not reach it, nor a set-up name it, and the group's end answers
  * ncclInvalidUsage (docs/reliability.md). */
-static int abortDeferred(void) {
+static int abortDeferred(int simulate) {
   ncclComm_t comm = (ncclComm_t)(uintptr_t)0x1000;
   cudaStream_t stream = (cudaStream_t)(uintptr_t)0x2000;
   char* a = (char*)(uintptr_t)0x7f0000000000ull;
@@ -467,40 +467,26 @@ static int abortDeferred(void) {
   CHECK(ncclAllReduce(a, a, 1 << 20, ncclFloat32, ncclSum, comm, stream));
   CHECK(ncclCommAbort(comm));
   EXPECT("CommAbort comm=%p", (void*)comm);
-  const ncclResult_t r = ncclGroupEnd();
-  EXPECT("GroupEnd");
-  if (r != ncclInvalidUsage) {
-    fprintf(stderr, "the group's end after the abort returned %d, expected ncclInvalidUsage\n",
-            (int)r);
-    return 1;
-  }
-  return 0;
-}
-
+  ncclResult_t r;
 #if NCCL_VERSION_CODE >= NCCL_VERSION(2, 22, 0)
-/* The same abort before a simulated group end: the deferred call is not
- * forwarded for NCCL to simulate either, and the end answers
- * ncclInvalidUsage. */
-static int abortDeferredSimulate(void) {
-  ncclComm_t comm = (ncclComm_t)(uintptr_t)0x1000;
-  cudaStream_t stream = (cudaStream_t)(uintptr_t)0x2000;
-  char* a = (char*)(uintptr_t)0x7f0000000000ull;
-  ncclSimInfo_t info = NCCL_SIM_INFO_INITIALIZER;
-  CHECK(ncclGroupStart());
-  EXPECT("GroupStart");
-  CHECK(ncclAllReduce(a, a, 1 << 20, ncclFloat32, ncclSum, comm, stream));
-  CHECK(ncclCommAbort(comm));
-  EXPECT("CommAbort comm=%p", (void*)comm);
-  const ncclResult_t r = ncclGroupSimulateEnd(&info);
-  EXPECT("GroupSimulateEnd simulated 0 calls");
+  /* The same before a simulated end: nothing forwarded for NCCL to simulate. */
+  if (simulate) {
+    ncclSimInfo_t info = NCCL_SIM_INFO_INITIALIZER;
+    r = ncclGroupSimulateEnd(&info);
+    EXPECT("GroupSimulateEnd simulated 0 calls");
+  } else
+#endif
+  {
+    r = ncclGroupEnd();
+    EXPECT("GroupEnd");
+  }
   if (r != ncclInvalidUsage) {
-    fprintf(stderr, "the simulated end after the abort returned %d, expected ncclInvalidUsage\n",
-            (int)r);
+    fprintf(stderr, "the group's %s after the abort returned %d, expected ncclInvalidUsage\n",
+            simulate ? "simulated end" : "end", (int)r);
     return 1;
   }
   return 0;
 }
-#endif
 
 /* Reduce-scatters too small to be eligible (4 * 1000 < 16384): the
  * communicator never sets up, and the preload asks NCCL its size once, not
@@ -540,7 +526,7 @@ __attribute__((visibility("default"))) int gcTestRunCalls(const char* mode) {
   } else if (strcmp(mode, "small_rs") == 0) {
     rc = smallReduceScatters();
   } else if (strcmp(mode, "abort_deferred") == 0) {
-    rc = abortDeferred();
+    rc = abortDeferred(0);
   } else if (strcmp(mode, "empty") == 0) {
     rc = empty();
 #if NCCL_VERSION_CODE >= NCCL_VERSION(2, 18, 0)
@@ -559,7 +545,7 @@ __attribute__((visibility("default"))) int gcTestRunCalls(const char* mode) {
   } else if (strcmp(mode, "simulate_missing") == 0) {
     rc = simulateMissing();
   } else if (strcmp(mode, "abort_deferred_simulate") == 0) {
-    rc = abortDeferredSimulate();
+    rc = abortDeferred(1);
 #endif
   } else {
     fprintf(stderr, "unknown mode %s\n", mode);

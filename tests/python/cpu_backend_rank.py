@@ -263,25 +263,18 @@ def replicas(out, rank):
     res["full_hash"] = hashlib.sha256(full(model).numpy().tobytes()).hexdigest()
     res["fp32_keyed_by"] = state.state_dict()["keyed_by"]
 
-    def error(fn):
-        try:
-            fn()
-        except Exception as e:  # noqa: BLE001 - the test reads the sentence
-            return f"{type(e).__name__}: {e}"
-        return None
-
     hook = gct.GradcompReplicaAllReduce(state, "refusals")
     shard_state = gct.GradcompState(process_group=mesh["shard"].get_group(), backend="cpu",
                                     config=config())
     native = make(True)
     res["refusals"] = {
-        "device": error(lambda: hook(torch.zeros(8, device="meta"))),
-        "dtype": error(lambda: hook(torch.zeros(8, dtype=torch.float64))),
-        "strided": error(lambda: hook(torch.zeros(16)[::2])),
-        "both_roles": error(lambda: gct.GradcompReduceScatter(state, "0")),
-        "shard_group": error(lambda: gct.register_fsdp_replica_all_reduce(make(False),
-                                                                          shard_state)),
-        "native_hsdp": error(lambda: gct.register_fsdp_replica_all_reduce(
+        "device": _error(lambda: hook(torch.zeros(8, device="meta"))),
+        "dtype": _error(lambda: hook(torch.zeros(8, dtype=torch.float64))),
+        "strided": _error(lambda: hook(torch.zeros(16)[::2])),
+        "both_roles": _error(lambda: gct.GradcompReduceScatter(state, "0")),
+        "shard_group": _error(lambda: gct.register_fsdp_replica_all_reduce(make(False),
+                                                                           shard_state)),
+        "native_hsdp": _error(lambda: gct.register_fsdp_replica_all_reduce(
             native, gct.GradcompState(process_group=replicate, backend="cpu", config=config()))),
     }
     state.close()

@@ -362,10 +362,18 @@ def register_fsdp_reduce_scatter(model, state):
     FSDPModule = _fsdp_module_class()
     if FSDPModule is None or not hasattr(FSDPModule, "set_custom_reduce_scatter"):
         raise RuntimeError(f"gradcomp: {unsupported_reason()}")
+    return _each_fsdp_module(model, lambda name, module: module.set_custom_reduce_scatter(
+        GradcompReduceScatter(state, name)))
+
+
+def _each_fsdp_module(model, install):
+    """install(name, module) for every FSDPModule of `model` (the root named "<root>"); the
+    number of modules, or ValueError where there is none."""
+    FSDPModule = _fsdp_module_class()
     n = 0
     for name, module in model.named_modules():
         if isinstance(module, FSDPModule):
-            module.set_custom_reduce_scatter(GradcompReduceScatter(state, name or "<root>"))
+            install(name or "<root>", module)
             n += 1
     if n == 0:
         raise ValueError("the model has no FSDP module: call fully_shard() on it first")
@@ -393,13 +401,5 @@ def register_fsdp_replica_all_reduce(model, state):
     reason = replica_unsupported_reason()
     if reason is not None:
         raise RuntimeError(f"gradcomp: {reason}")
-    FSDPModule = _fsdp_module_class()
-    n = 0
-    for name, module in model.named_modules():
-        if isinstance(module, FSDPModule):
-            module.set_all_reduce_hook(GradcompReplicaAllReduce(state, name or "<root>",
-                                                                module=module))
-            n += 1
-    if n == 0:
-        raise ValueError("the model has no FSDP module: call fully_shard() on it first")
-    return n
+    return _each_fsdp_module(model, lambda name, module: module.set_all_reduce_hook(
+        GradcompReplicaAllReduce(state, name, module=module)))
