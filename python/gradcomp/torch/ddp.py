@@ -31,6 +31,8 @@ from . import _group, _nccl
 
 _DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 _STATE_VERSION = 1
+# How an FSDP2 state's residuals are keyed, by the collective it serves (_fsdp_role).
+_FSDP_KEYED_BY = {"shard": "fsdp", "replicate": "fsdp-replicas"}
 _ABORTED = ("gradcomp: the state was aborted (GradcompState.abort()) and its residuals are gone; "
             "make a new GradcompState (and register it again) to go on")
 _CLOSED = ("gradcomp: the state was closed (GradcompState.close()): its comm and residuals are "
@@ -91,10 +93,10 @@ class GradcompState:
 
     _aborted = False  # set for good by abort()
     _closed = False  # set for good by close()
-    _fsdp = False  # set by GradcompReduceScatter: FSDP2 compresses every parameter
-    # Which FSDP2 collective the state serves: "shard" (GradcompReduceScatter, over the shard
-    # group) or "replicate" (GradcompReplicaAllReduce, over the replicate group); one only,
-    # since the state's comm spans one process group.
+    # Which FSDP2 collective the state serves (None: DDP's hook): "shard"
+    # (GradcompReduceScatter, over the shard group) or "replicate" (GradcompReplicaAllReduce,
+    # over the replicate group); one only, since the state's comm spans one process group.
+    # FSDP2 compresses every parameter.
     _fsdp_role = None
     _split_given = False  # param_groups() gave a DGC split by is_compressed()
 
@@ -171,8 +173,8 @@ class GradcompState:
         without a module given), "fsdp-replicas" (FSDP2's replica all-reduce: by module name,
         over the replicate group), "params" (indices in the module given to the state, or restored
         so and waiting for set_module) or "bucket" (bucket index and shapes)."""
-        if self._fsdp:
-            return "fsdp-replicas" if self._fsdp_role == "replicate" else "fsdp"
+        if self._fsdp_role is not None:
+            return _FSDP_KEYED_BY[self._fsdp_role]
         return "params" if self._param_ids is not None or self._needs_module else "bucket"
 
     def __setstate__(self, d):
@@ -459,10 +461,9 @@ class GradcompState:
                 "momentum to all of them (momentum twice). Call register_fsdp_reduce_scatter("
                 "model, state) first (register_fsdp_replica_all_reduce likewise), then build "
                 "the optimizer from state.param_groups(...)")
-        mine = "fsdp-replicas" if role == "replicate" else "fsdp"
+        mine = _FSDP_KEYED_BY[role]
         if self._pending_blob is not None and self._pending_keyed not in (None, mine):
             self._check_keying(self._pending_blob, self._pending_keyed, mine)
-        self._fsdp = True
         self._fsdp_role = role
 
     def _check_usable(self):
@@ -648,7 +649,7 @@ class GradcompState:
             return [dict({"params": params}, **wd)]
         comp, full = [], []
         for p in params:
-            (comp if self._fsdp or self.is_compressed(p) else full).append(p)
+            (comp if self._fsdp_role is not None or self.is_compressed(p) else full).append(p)
         if full:
             self._split_given = True
         m = float(cfg.momentum)
