@@ -55,20 +55,20 @@ GC_EXPORT gradcompResult_t gradcompEliasEncode(const void* x, ncclDataType_t dat
     // the rest of one allocation, out included): its bucket sizes first, known without a
     // device (so the check runs before the device query below), then all of it.
     const size_t counts = (gc::elias::numBuckets(count, p.bucket) + 1) * sizeof(uint32_t);
-    GC_CHECK(gc::codecCheckDisjoint({{x, count * gc::dtypeBytes(t), "x"},
+    auto disjoint = [&](size_t workspaceUsed) {
+      return gc::codecCheckDisjoint({{x, count * gc::dtypeBytes(t), "x"},
                                      {residual, count * sizeof(float), "residual"},
                                      {out, gc::elias::maxEncodedBytes(count, p), "out"},
-                                     {workspace, std::min(workspaceBytes, counts), "workspace"}}));
+                                     {workspace, workspaceUsed, "workspace"}});
+    };
+    GC_CHECK(disjoint(std::min(workspaceBytes, counts)));
     size_t need = 0;
     GC_CUDACHECK(gc::cuda::eliasWorkspaceBytes(count, p.bucket, &need));
     GC_ARG(workspace != nullptr && workspaceBytes >= need,
            "workspace=%p with workspaceBytes=%zu is too small: gradcompEliasWorkspaceBytes gives "
            "%zu",
            workspace, workspaceBytes, need);
-    GC_CHECK(gc::codecCheckDisjoint({{x, count * gc::dtypeBytes(t), "x"},
-                                     {residual, count * sizeof(float), "residual"},
-                                     {out, gc::elias::maxEncodedBytes(count, p), "out"},
-                                     {workspace, need, "workspace"}}));
+    GC_CHECK(disjoint(need));
     GC_CHECK(gc::checkDevicePointer(x, "x"));
     GC_CHECK(gc::checkDevicePointer(workspace, "workspace"));
     if (residual != nullptr) GC_CHECK(gc::checkDevicePointer(residual, "residual"));
