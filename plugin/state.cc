@@ -13,7 +13,10 @@
 //   records, each: u32 tag, u32 0, u64 record bytes (prefix included), payload.
 //     tag 1, one buffer: i32 key kind, i32 dtype, u64 key, u64 count,
 //       u64 owner residual count, u64 calls, u32 flags (1 residual, 2 owner
-//       residual, 4 momentum, 8 DQ-SGD history), u32 0, then the fp32 arrays
+//       residual, 4 momentum, 8 DQ-SGD history, 16 residual sent: a passed
+//       call sent the residual and no call that may compress came since, so
+//       the next passes go plainly, BufferState::residualSent; a loader
+//       before it refuses the flag by name), u32 0, then the fp32 arrays
 //       in that order, then the history: f64 sumLenMaxSq, f64 sumSq, i32
 //       haveStats, i32 lastBits, i32 budget used, i32 budget position, u32 n,
 //       u32 0, f64[n] budget history.
@@ -67,7 +70,13 @@ constexpr size_t kBufferFixed = 48;  // the buffer payload before its arrays
 constexpr size_t kHistoryFixed = 40;
 constexpr size_t kCrcOffset = 12;
 
-enum : uint32_t { kHasResidual = 1, kHasOwner = 2, kHasMomentum = 4, kHasHistory = 8 };
+enum : uint32_t {
+  kHasResidual = 1,
+  kHasOwner = 2,
+  kHasMomentum = 4,
+  kHasHistory = 8,
+  kResidualSent = 16
+};
 
 // The settings a state's meaning depends on, in header order. The QSGD
 // rounding and levels are not among them: a residual is v - decode(code)
@@ -303,6 +312,7 @@ struct Parsed {
   uint64_t calls = 0;
   const char *residual = nullptr, *owner = nullptr, *momentum = nullptr;
   bool hasHistory = false;
+  bool residualSent = false;
   BitsHistoryRecord history;
 };
 
@@ -339,10 +349,10 @@ gradcompResult_t parseBuffer(const gradcompComm& c, Reader& r, uint64_t index, P
   }
   // Key kinds: allreduce, keyed allreduce, reduce-scatter, keyed reduce-scatter.
   if (kind < 0 || kind > kStateReduceScatter + 1 || dtype < 0 || dtype > 2 || zero != 0 ||
-      (flags & ~15u) != 0) {
+      (flags & ~31u) != 0) {
     return refuse(
         "buffer record %llu has key kind %d, dtype %d, flags 0x%x (expected kind 0..3, "
-        "dtype 0..2, flags within 0xf)",
+        "dtype 0..2, flags within 0x1f)",
         (unsigned long long)index, kind, dtype, flags);
   }
   if (count == 0 || count > kMaxCodecCount) {
@@ -367,11 +377,19 @@ gradcompResult_t parseBuffer(const gradcompComm& c, Reader& r, uint64_t index, P
             (sh.ownerResidualCount ? kHasOwner : 0u),
         sh.ownerResidualCount);
   }
+  // A passed call sends a residual or an owner residual only.
+  if ((flags & kResidualSent) != 0 && (flags & (kHasResidual | kHasOwner)) == 0) {
+    return refuse(
+        "buffer record %llu says its residual was sent (flag 0x10) but holds none (arrays "
+        "0x%x)",
+        (unsigned long long)index, flags & 7u);
+  }
   out->key = StateKey{kind, key, (size_t)count, dtype};
   out->count = count;
   out->ownerCount = ownerCount;
   out->dtype = (DType)dtype;
   out->calls = calls;
+  out->residualSent = (flags & kResidualSent) != 0;
   const char** arrays[3] = {&out->residual, &out->owner, &out->momentum};
   const uint32_t bits[3] = {kHasResidual, kHasOwner, kHasMomentum};
   const size_t lens[3] = {count, ownerCount, count};
@@ -720,7 +738,8 @@ gradcompResult_t saveState(gradcompComm_t comm, void* buffer, size_t bytes) {
     w.put<uint64_t>(std::get<1>(kv.first)), w.put<uint64_t>(s.count);
     w.put<uint64_t>(s.ownerResidual ? s.ownerResidualCount : 0), w.put<uint64_t>(s.calls);
     w.put<uint32_t>((s.residual ? kHasResidual : 0u) | (s.ownerResidual ? kHasOwner : 0u) |
-                    (s.momentum ? kHasMomentum : 0u) | (h ? kHasHistory : 0u));
+                    (s.momentum ? kHasMomentum : 0u) | (h ? kHasHistory : 0u) |
+                    (s.residualSent ? kResidualSent : 0u));
     w.put<uint32_t>(0);
     if (s.residual) GC_CHECK(comm->backend->toHost(w.take(s.count * 4), s.residual, s.count * 4));
     if (s.ownerResidual) {
@@ -820,6 +839,7 @@ gradcompResult_t loadState(gradcompComm_t comm, const void* buffer, size_t bytes
       res = comm->backend->fromHost(s.momentum, p.momentum, p.count * 4);
     if (res == gradcompSuccess && p.hasHistory) res = importBitsHistory(*comm, s, p.history);
     s.calls = p.calls;
+    s.residualSent = p.residualSent;
     if (res != gradcompSuccess) {
       comm->releaseState(s);
       releaseFresh();

@@ -1041,6 +1041,61 @@ TEST(AutoTune, APassedCallKeepsWhatANonFiniteElementCarried) {
   }
 }
 
+// A passed call spends the residual once (BufferState::residualSent): a comm
+// resumed from a state saved after that call passes the next calls plainly
+// too, bit for bit as the saved comm does, and does not send again what a
+// non-finite element kept (the rank's residual there, the owner residual of
+// a sum that came back non-finite) before the next compressed call.
+TEST(AutoTune, AResumedCommDoesNotSendASpentResidualAgain) {
+  const int N = 3;
+  const size_t n = 4096;
+  std::vector<std::vector<float>> buf(N, std::vector<float>(n));  // the state's key: one address
+  auto call = [&](gctest::CpuWorld& w, uint64_t seed, size_t bad) {
+    for (int r = 0; r < N; ++r) {
+      const std::vector<float> g = gctest::normal(n, seed + (uint64_t)r);
+      std::copy(g.begin(), g.end(), buf[r].begin());
+    }
+    if (bad < n) buf[0][bad] = INFINITY;
+    auto res = w.run([&](int r) {
+      return gradcompAllReduce(buf[r].data(), buf[r].data(), n, ncclFloat32, ncclSum, w.comm(r),
+                               nullptr);
+    });
+    for (int r = 0; r < N; ++r) EXPECT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
+    return buf;
+  };
+  std::vector<std::vector<char>> blobs(N);
+  std::vector<std::vector<float>> want;
+  {
+    gctest::CpuWorld w(N, autoConfig(1));
+    for (int r = 0; r < N; ++r) gc::autoInjectFigures(w.comm(r), kCompressWins);
+    call(w, 41, n);
+    for (int r = 0; r < N; ++r) gc::autoInjectFigures(w.comm(r), kNcclWins);
+    auto res = w.run([&](int r) { return gradcompCommRetune(w.comm(r), nullptr); });
+    for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
+    const size_t bad = ownerPlaceOf(w.comm(1), n).first;
+    call(w, 42, bad);  // passed: the residual spent but at `bad`
+    ASSERT_NE(residualOf(w.comm(0), n)[bad], 0.0f);
+    for (int r = 0; r < N; ++r) blobs[r] = blobOf(w.comm(r));
+    want = call(w, 43, n);  // passed plainly
+    for (int r = 0; r < N; ++r) EXPECT_EQ(blobOf(w.comm(r)), blobs[r]) << r;
+  }
+  gctest::CpuWorld resumed(N, autoConfig(1));
+  // This comm's own figures would compress; the loaded ones pass.
+  for (int r = 0; r < N; ++r) gc::autoInjectFigures(resumed.comm(r), kCompressWins);
+  auto res = resumed.run([&](int r) {
+    return gradcompCommLoadState(resumed.comm(r), blobs[r].data(), blobs[r].size());
+  });
+  for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
+  const auto got = call(resumed, 43, n);
+  for (int r = 0; r < N; ++r) {
+    EXPECT_EQ(stats(resumed.comm(r)).callsAutoPassed, 1u) << r;
+    size_t differ = 0;
+    for (size_t i = 0; i < n; ++i) differ += memcmp(&got[r][i], &want[r][i], sizeof(float)) != 0;
+    EXPECT_EQ(differ, 0u) << "rank " << r << ": the resumed call sent the spent residual again";
+    EXPECT_EQ(blobOf(resumed.comm(r)), blobs[r]) << "rank " << r << ": the state moved";
+  }
+}
+
 TEST(AutoTune, AFailedPassKeepsTheResidualForTheRetry) {
   expectAFailedPassKeepsTheResidual(false);
   expectAFailedPassKeepsTheResidual(true);
