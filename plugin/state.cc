@@ -7,7 +7,8 @@
 //   header (kHeaderBytes):
 //     0  u32 magic "GCST"        4  u32 version (2)
 //     8  u32 header bytes       12  u32 CRC32C of the whole blob, this field 0
-//    16  u64 total bytes        24  u64 step (the comm's compressed calls)
+//    16  u64 total bytes        24  u64 step (the comm's compressed calls,
+//                                   replays of captured ones included)
 //    32  i32 rank               36  i32 ranks
 //    40  u64 records            48  i32[kShapeFields] settings that shape the state
 //   records, each: u32 tag, u32 0, u64 record bytes (prefix included), payload.
@@ -714,11 +715,18 @@ gradcompResult_t saveState(gradcompComm_t comm, void* buffer, size_t bytes) {
   const size_t need = totalBytes(*comm, hist, present);
   GC_ARG(buffer != nullptr, "buffer is NULL (gradcompCommStateSize gives the size, %zu)", need);
   GC_ARG(bytes >= need, "bytes=%zu is too small: the state needs %zu", bytes, need);
+  // The step the RNG keys read: the device counter where there is one, which
+  // the replays of captured calls advance past the host's step (the caller
+  // has synchronized them, as for the arrays). A load sets both to it, so the
+  // resumed comm draws what this one goes on to draw.
+  uint64_t step = comm->step;
+  if (comm->backend->deviceStep() != nullptr)
+    GC_CHECK(comm->backend->toHost(&step, comm->backend->deviceStep(), sizeof(step)));
   char* blob = static_cast<char*>(buffer);
   Writer w(blob);
   w.put<uint32_t>(kMagic), w.put<uint32_t>(kVersion), w.put<uint32_t>(kHeaderBytes);
   w.put<uint32_t>(0);  // CRC, below
-  w.put<uint64_t>(need), w.put<uint64_t>(comm->step);
+  w.put<uint64_t>(need), w.put<uint64_t>(step);
   w.put<int32_t>(comm->rank), w.put<int32_t>(comm->nranks);
   AutoFigures af[2];
   bool have[2];

@@ -12,6 +12,7 @@
 #include "gradcomp.h"
 #include "plugin/comm.h"
 #include "tests/common/cpu_world.h"
+#include "tests/common/forwarding_backend.h"
 #include "tests/common/test_util.h"
 
 namespace {
@@ -154,6 +155,61 @@ TEST(StateBlob, RoundingIsNotPartOfTheState) {
   EXPECT_NE(outA[0], outB[0]) << "the loaded comm rounds as its own config says";
   for (int r = 0; r < N; ++r) EXPECT_EQ(outB[r], outC[r]) << "rank " << r;
   for (int r = 0; r < N; ++r) EXPECT_EQ(save(b.comm(r)), save(c.comm(r))) << "rank " << r;
+}
+
+// A step counter of the backend's own that the RNG keys read, as the CUDA
+// backend's device counter: a replay of a captured call advances it (and
+// only it, not the comm's host step); replay() stands for such replays.
+class DeviceStepBackend : public gctest::ForwardingBackend {
+ public:
+  using ForwardingBackend::ForwardingBackend;
+  const uint64_t* deviceStep() const override { return &step_; }
+  gradcompResult_t advanceStep() override {
+    ++step_;
+    return gradcompSuccess;
+  }
+  gradcompResult_t setStep(uint64_t step) override {
+    step_ = step;
+    return gradcompSuccess;
+  }
+  void replay(int times) { step_ += (uint64_t)times; }
+
+ private:
+  uint64_t step_ = 0;
+};
+
+DeviceStepBackend* withDeviceStep(gradcompComm_t c) {
+  auto* b = new DeviceStepBackend(c->backend);
+  c->backend.reset(b);
+  return b;
+}
+
+// The draws of a call follow the device step, which replayed CUDA graphs
+// advance past the host's: a state saved after replays records the device
+// step, so that the resumed comm draws what the saved one goes on to draw
+// (bit for bit), not the draws of the steps the replays already made.
+TEST(StateBlob, ASaveAfterReplaysRecordsTheDeviceStep) {
+  for (gradcompMethod_t m : {gradcompMethodQsgd, gradcompMethodRandk}) {
+    SCOPED_TRACE(m == gradcompMethodQsgd ? "qsgd" : "rand-k");
+    const int N = 2;
+    const size_t n = 4096;
+    gctest::CpuWorld a(N, baseConfig(m)), b(N, baseConfig(m));
+    std::vector<DeviceStepBackend*> replayed;
+    for (int r = 0; r < N; ++r) replayed.push_back(withDeviceStep(a.comm(r)));
+    for (int r = 0; r < N; ++r) withDeviceStep(b.comm(r));
+    step(a, n, 0);
+    step(a, n, 1);
+    for (DeviceStepBackend* d : replayed) d->replay(3);
+    std::vector<Blob> blobs;
+    for (int r = 0; r < N; ++r) blobs.push_back(save(a.comm(r)));
+    for (int r = 0; r < N; ++r) {
+      ASSERT_EQ(gradcompCommLoadState(b.comm(r), blobs[r].data(), blobs[r].size()), gradcompSuccess)
+          << gradcompGetLastError();
+      EXPECT_EQ(*b.comm(r)->backend->deviceStep(), 5u) << "rank " << r;
+    }
+    const auto want = step(a, n, 2), got = step(b, n, 2);
+    for (int r = 0; r < N; ++r) EXPECT_EQ(got[r], want[r]) << "rank " << r;
+  }
 }
 
 // Rand-k draws its coordinates from the step: ranks restored at different
