@@ -607,6 +607,23 @@ class LayerAwarePlan(unittest.TestCase):
         struct.pack_into("<i", b, 48, int(st.config.struct.method))
         return bytes(b)
 
+    def test_a_state_dict_blob_is_copied_at_the_load(self):
+        # Kept until the first compressed call (no comm yet), the blob is the bytes the load
+        # checked: a bytearray the caller reuses does not change it, and a memoryview is not
+        # handed back by state_dict() (it would not pickle into the next checkpoint).
+        import pickle
+
+        m = self.model(0)
+        for kind in (bytearray, memoryview):
+            st = self.state(m)
+            blob = bytearray(self.blob(st))
+            st.load_state_dict({**st.state_dict(), "gradcomp": kind(blob)})
+            blob[:4] = b"XXXX"
+            saved = st.state_dict()
+            self.assertIs(type(saved["gradcomp"]), bytes, kind.__name__)
+            self.assertEqual(saved["gradcomp"], self.blob(st), kind.__name__)
+            pickle.dumps(saved)
+
     def test_residuals_keyed_otherwise_are_refused_after_the_load_too(self):
         # Residuals keyed by bucket, made parameter-keyed by set_module() after the load (or
         # after unpickling), would match no bucket: refused as load_state_dict refuses them.

@@ -220,6 +220,11 @@ class GradcompState:
         if blob is not None and not isinstance(blob, (bytes, bytearray, memoryview)):
             raise ValueError(f"the state dict's gradcomp blob is a {type(blob).__name__}, not "
                              "the bytes state_dict() saved")
+        if blob is not None:
+            # A copy: a bytearray or memoryview kept until the first compressed call would load
+            # what its owner wrote there since (the checks below read it now), and state_dict()
+            # would hand back the caller's object (a memoryview does not pickle).
+            blob = bytes(blob)
         saved, mine = d.get("keyed_by"), self._keyed_by()
         self._check_keying(blob, saved, mine)
         for name in ("layer_min_size", "exclude_1d"):
