@@ -256,10 +256,18 @@ class Comm:
         return buf.raw[:n]
 
     def load_state(self, blob):
+        what = "pass the bytes save_state() gave (bytes, bytearray or memoryview)"
+        if isinstance(blob, dict):
+            # bytes() of a dict is the bytes of its keys, or a TypeError about a key.
+            raise InvalidArgumentError(f"blob is a dict: {what}; a GradcompState.state_dict() "
+                                       "loads with GradcompState.load_state_dict", 1)
         if isinstance(blob, (int, str)) or not hasattr(blob, "__len__"):
-            raise InvalidArgumentError(f"blob is a {type(blob).__name__}: pass the bytes "
-                                       "save_state() gave (bytes, bytearray or memoryview)", 1)
-        blob = bytes(blob)
+            raise InvalidArgumentError(f"blob is a {type(blob).__name__}: {what}", 1)
+        try:
+            blob = bytes(blob)
+        except (TypeError, ValueError) as e:
+            raise InvalidArgumentError(f"blob is a {type(blob).__name__} that bytes() refuses "
+                                       f"({e}): {what}", 1) from None
         check(lib().gradcompCommLoadState(self.handle, blob, len(blob)))
 
     def layout(self):

@@ -575,6 +575,14 @@ class SaveLoadState(unittest.TestCase):
             # bytes(5) would be five zero bytes: a number is no blob.
             with self.assertRaisesRegex(ValueError, "blob is a int: pass the bytes"):
                 w.comms[0].load_state(5)
+            # A state dict (GradcompState's), or a sequence that is not bytes, is named, not
+            # turned into bytes of its keys or a TypeError about one of them.
+            with self.assertRaisesRegex(gradcomp.InvalidArgumentError,
+                                        "blob is a dict: pass the bytes.*load_state_dict"):
+                w.comms[0].load_state({"version": 1, "gradcomp": b""})
+            with self.assertRaisesRegex(gradcomp.InvalidArgumentError,
+                                        "blob is a list that bytes\\(\\) refuses"):
+                w.comms[0].load_state([1.5, 2.5])
             w.comms[0].reset_state()
             self.assertEqual(w.comms[0].stats()["steps"], 0)
 
