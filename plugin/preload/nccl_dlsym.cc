@@ -29,13 +29,17 @@ bool ownSymbol(void* s) {
          dladdr(s, &theirs) != 0 && mine.dli_fbase == theirs.dli_fbase;
 }
 
+// From h, the NCCL named, when it is one: a function it lacks (an older
+// NCCL's) is one the program's NCCL lacks, never another NCCL's in the same
+// process, which would be handed communicators it never made. Without h, from
+// the process.
 void* findSymbol(void* h, const char* name) {
   char p[128];
   snprintf(p, sizeof(p), "p%s", name);
   void* s = h ? dlsym(h, p) : nullptr;
   if (!s && h) s = dlsym(h, name);
   if (ownSymbol(s)) s = nullptr;
-  if (!s) s = dlsym(RTLD_NEXT, p);
+  if (!s && !h) s = dlsym(RTLD_NEXT, p);
   return ownSymbol(s) ? nullptr : s;
 }
 
@@ -62,6 +66,22 @@ void resolve() {
     fprintf(stderr,
             "gradcomp WARN GRADCOMP_NCCL_LIBRARY=%s is gradcomp's interposer, not NCCL; looking "
             "for pnccl* symbols in the process\n",
+            lib);
+    h = nullptr;
+  } else if (dlsym(h, "pncclAllReduce") == nullptr && dlsym(h, "ncclAllReduce") == nullptr) {
+    // Another library altogether (libc, a mistyped path that exists): every
+    // symbol would come from the process instead, unsaid.
+    fprintf(stderr,
+            "gradcomp WARN GRADCOMP_NCCL_LIBRARY=%s is not NCCL: it has neither pncclAllReduce "
+            "nor ncclAllReduce; looking for pnccl* symbols in the process\n",
+            lib);
+    h = nullptr;
+  } else if (dlsym(h, "pncclAllReduce") == nullptr && dlsym(h, "ncclAllReduce") == nullptr) {
+    // Another library altogether (libc, a typo'd path that exists): every
+    // symbol would come from the process instead, unsaid.
+    fprintf(stderr,
+            "gradcomp WARN GRADCOMP_NCCL_LIBRARY=%s is not NCCL: it has neither pncclAllReduce "
+            "nor ncclAllReduce; looking for pnccl* symbols in the process\n",
             lib);
   }
 #define GC_SYM(field, name) *reinterpret_cast<void**>(&field) = findSymbol(h, name)

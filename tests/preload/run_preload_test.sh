@@ -288,6 +288,26 @@ run self_named env GRADCOMP_NCCL_LIBRARY="$preload" GC_TEST_GROUP_CALLS_DEFERRED
     "grep -q \"GRADCOMP_NCCL_LIBRARY=$preload is gradcomp's interposer, not NCCL\" '$work/self_named.err'"
 }
 
+# 6d. GRADCOMP_NCCL_LIBRARY naming a library that is not NCCL (one every
+# process has loaded): said, naming the path and what it lacks; the calls
+# still reach the NCCL in the process.
+run not_nccl env GRADCOMP_NCCL_LIBRARY=libc.so.6 GC_TEST_GROUP_CALLS_DEFERRED=1 "$app" basic && {
+  same_calls not_nccl
+  check "not_nccl: the warning names the library and what it lacks" \
+    "grep -q 'GRADCOMP_NCCL_LIBRARY=libc.so.6 is not NCCL: it has neither pncclAllReduce nor ncclAllReduce' '$work/not_nccl.err'"
+}
+
+# 6e. The NCCL named lacks a function another NCCL in the process has (the
+# program links libnccl.so.2, which has ncclGroupSimulateEnd; the one named
+# has not): the function is missing, not taken from the other NCCL, which
+# would get a group it never opened.
+run mixed_nccl env GRADCOMP_NCCL_LIBRARY="$nccl_alt" GC_TEST_GROUP_CALLS_DEFERRED=1 \
+  "$app" simulate_missing && {
+  same_calls mixed_nccl
+  check "mixed_nccl: the warning names the missing function" \
+    "grep -q 'ncclGroupSimulateEnd is not in the loaded NCCL' '$work/mixed_nccl.err'"
+}
+
 # 6c. Set but empty: the default, with a warning naming the variable.
 run empty_knobs env GRADCOMP_GROUP= GRADCOMP_NCCL_LIBRARY= GC_TEST_GROUP_CALLS_DEFERRED=1 \
   "$app" basic && {
