@@ -40,8 +40,10 @@ std::set<ncclComm_t>& nonBlockingComms() {
   return *s;
 }
 // The slots of non-blocking children NCCL is still making (notePendingChild),
-// with their parents: a slot NCCL never writes (a split whose creation failed)
-// goes when its parent ends, not kept, and read, for the rest of the process.
+// with their parents: a slot still empty when its parent ends (a split NCCL
+// ended before its job wrote the slot; a job that fails still writes its
+// half-made child there, NCCL 2.30.7 src/init.cc) goes then, not kept, and
+// read, for the rest of the process.
 struct PendingChild {
   ncclComm_t parent;
   ncclComm_t* slot;

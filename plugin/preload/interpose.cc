@@ -381,8 +381,12 @@ GC_INTERPOSE ncclResult_t ncclCommSplit(ncclComm_t comm, int color, int key, ncc
   const bool nonBlocking =
       nonBlockingFrom(config, config ? config->blocking : 1, isNonBlocking(comm));
   const ncclResult_t r = realNccl()->commSplit(comm, color, key, newcomm, config);
-  // NCCL_SPLIT_NOCOLOR makes no child: NCCL never writes the slot, which the
-  // program may free or reuse at once (PyTorch's no-color split).
+  // NCCL_SPLIT_NOCOLOR makes no child: NCCL stores NULL in the slot as the
+  // call starts and again when the split's job ends (NCCL 2.30.7, src/init.cc:
+  // ncclCommInitChildComm, then ncclCommInitRankFunc's exit; for a
+  // non-blocking parent that is after the call returned), never a
+  // communicator. So the slot is not watched; the program may free or reuse
+  // it once the split is done (PyTorch's no-color split).
   if (color != NCCL_SPLIT_NOCOLOR) noteMade(r, newcomm, nonBlocking, comm);
   return r;
 }

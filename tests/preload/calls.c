@@ -258,8 +258,9 @@ static int nonblocking(void) {
 }
 
 /* A non-blocking communicator split with NCCL_SPLIT_NOCOLOR (PyTorch's split
- * for the ranks outside a new group): NCCL makes no child and never writes
- * the slot, which is the program's to free or reuse once the split is done.
+ * for the ranks outside a new group): NCCL makes no child and writes only
+ * NULL to the slot, which is the program's to free or reuse once the split
+ * is done.
  * Here the same variable holds a blocking communicator next: the preload
  * must not take that one for the split's non-blocking child. */
 static int nocolor(void) {

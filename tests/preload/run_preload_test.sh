@@ -140,7 +140,8 @@ if "$app" nonblocking > /dev/null 2>&1 < /dev/null || [ $? != 2 ]; then
 fi
 
 # 4c. A non-blocking communicator split with NCCL_SPLIT_NOCOLOR makes no
-# child: NCCL never writes the slot, and the program reuses it at once. The
+# child: NCCL writes only NULL to the slot (at the call and at the split's
+# end), and the program reuses it once the split is done. The
 # preload must not keep reading it (a blocking communicator held there later
 # was taken for a non-blocking one; freed, it was read after the free).
 if "$app" nocolor > /dev/null 2>&1 < /dev/null || [ $? != 2 ]; then
