@@ -18,7 +18,22 @@ namespace gc {
 // WARN; returns `result` so call sites read `return setError(...)`.
 gradcompResult_t setError(gradcompResult_t result, const char* fmt, ...)
     __attribute__((format(printf, 2, 3)));
+// Sets it again to a sentence already set (and logged) earlier, as a step
+// that ran in between may have replaced it: recorded, not logged again.
+gradcompResult_t restoreError(gradcompResult_t result, const char* fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 void clearError();
+
+// While one lives, the calling thread's errors are recorded but not logged:
+// its owner reports the one that counts itself (the LD_PRELOAD library's
+// warning names the set-up's last error), and the sentence is said once.
+class ErrorsReportedByCaller {
+ public:
+  ErrorsReportedByCaller();
+  ~ErrorsReportedByCaller();
+  ErrorsReportedByCaller(const ErrorsReportedByCaller&) = delete;
+  ErrorsReportedByCaller& operator=(const ErrorsReportedByCaller&) = delete;
+};
 
 // Runs the body of a C entry point: an exception (std::bad_alloc from a
 // container, say) becomes a result and never crosses the C API.

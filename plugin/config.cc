@@ -374,7 +374,7 @@ gradcompResult_t configFromEnvLenient(gradcompConfig_t* c) {
       firstMsg = gradcompGetLastError();
     }
   }
-  if (first != gradcompSuccess) return setError(first, "%s", firstMsg.c_str());
+  if (first != gradcompSuccess) return restoreError(first, "%s", firstMsg.c_str());
   return validateWhole(c);
 }
 

@@ -1,19 +1,40 @@
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 
 #include "checks.h"
 
 namespace gc {
 
 static thread_local char tlsLastError[1024];
+static thread_local int tlsReportedByCaller = 0;
 
 gradcompResult_t setError(gradcompResult_t result, const char* fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(tlsLastError, sizeof(tlsLastError), fmt, ap);
   va_end(ap);
-  GC_WARN("%s: %s", gradcompGetErrorString(result), tlsLastError);
+  if (tlsReportedByCaller == 0) GC_WARN("%s: %s", gradcompGetErrorString(result), tlsLastError);
   return result;
+}
+
+gradcompResult_t restoreError(gradcompResult_t result, const char* fmt, ...) {
+  // Formatted through a copy: the argument is often tlsLastError's old text.
+  char msg[sizeof(tlsLastError)];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof(msg), fmt, ap);
+  va_end(ap);
+  memcpy(tlsLastError, msg, sizeof(msg));
+  return result;
+}
+
+ErrorsReportedByCaller::ErrorsReportedByCaller() {
+  ++tlsReportedByCaller;
+}
+
+ErrorsReportedByCaller::~ErrorsReportedByCaller() {
+  --tlsReportedByCaller;
 }
 
 void clearError() {

@@ -46,7 +46,7 @@ class NcclVoteExchange {
   }
 
   gradcompResult_t run(const SetupVote& mine, std::vector<SetupVote>* votes) {
-    if (ready_ != gradcompSuccess) return setError(ready_, "%s", why_.c_str());
+    if (ready_ != gradcompSuccess) return restoreError(ready_, "%s", why_.c_str());
     DeviceGuard g(device_);
     GC_CUDACHECK(g.error());
     const size_t bytes = sizeof(SetupVote);
@@ -343,7 +343,7 @@ gradcompResult_t agreeTopology(gradcompComm* c, const SetupVote& mine, const Vot
   if (res != gradcompSuccess) {
     // This rank's own failure says more than the exchange it could not join.
     if (mine.result != gradcompSuccess) {
-      return setError((gradcompResult_t)mine.result, "%s", mine.why);
+      return restoreError((gradcompResult_t)mine.result, "%s", mine.why);
     }
     return res;
   }

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "backends/cuda/device_ptr.h"
+#include "checks.h"
 #include "comm.h"
 #include "debug.h"
 #include "nccl_dlsym.h"
@@ -108,8 +109,14 @@ Settings* readSettings() {
   Settings* s = new Settings;
   // Every valid variable is applied even past a bad one, so this rank finds
   // the same calls eligible as its peers and joins their set-up (voting that
-  // it failed, see decide) instead of leaving them waiting in it.
-  if (configFromEnvLenient(&s->config) == gradcompSuccess) {
+  // it failed, see decide) instead of leaving them waiting in it. A bad value
+  // is said once, here, not also by the library at WARN.
+  gradcompResult_t parsed;
+  {
+    ErrorsReportedByCaller quiet;
+    parsed = configFromEnvLenient(&s->config);
+  }
+  if (parsed == gradcompSuccess) {
     s->ok = true;
   } else {
     s->why = gradcompGetLastError();
@@ -355,19 +362,34 @@ void decide(CommEntry& e, cudaStream_t stream) {
   };
   const Settings& s = settings();
   const NcclApi* api = ncclApi();
-  if (api->commCount(e.nccl, &e.nranks) != ncclSuccess ||
-      api->commUserRank(e.nccl, &e.rank) != ncclSuccess ||
-      (api->commCuDevice != nullptr && api->commCuDevice(e.nccl, &e.device) != ncclSuccess)) {
-    return passAll("NCCL cannot tell the communicator's rank, size or device");
+  // A set-up that cannot start is one that failed, and said so (once per reason).
+  auto setupFailed = [&](const std::string& why) {
+    warnOnce("setup " + why,
+             "cannot set up compression for NCCL comm %p (%s); its calls pass through to NCCL "
+             "unchanged",
+             (void*)e.nccl, why.c_str());
+    passAll("set-up failed: " + why);
+  };
+  ncclResult_t nr = api->commCount(e.nccl, &e.nranks);
+  if (nr == ncclSuccess) nr = api->commUserRank(e.nccl, &e.rank);
+  if (nr == ncclSuccess && api->commCuDevice != nullptr) nr = api->commCuDevice(e.nccl, &e.device);
+  if (nr != ncclSuccess) {
+    return setupFailed(std::string("NCCL cannot tell the communicator's rank, size or device: ") +
+                       api->getErrorString(nr));
   }
   if (e.nranks < 2) return passAll("one rank");
 
   DeviceGuard guard(e.device);
   gradcompComm_t gc = nullptr;
   // A rank with a bad value joins the set-up exchange too, voting that it
-  // failed: its peers are already waiting in it.
-  const gradcompResult_t res =
-      commCreate(e.nccl, &s.config, s.ok ? nullptr : s.why.c_str(), &gc, &e.aborted, e.nonBlocking);
+  // failed: its peers are already waiting in it. Its errors are not logged
+  // at WARN as they happen: the warning below names the one that counts.
+  gradcompResult_t res;
+  {
+    ErrorsReportedByCaller quiet;
+    res = commCreate(e.nccl, &s.config, s.ok ? nullptr : s.why.c_str(), &gc, &e.aborted,
+                     e.nonBlocking);
+  }
   const std::string localError = res == gradcompSuccess ? ""
                                                         : std::string(gradcompGetErrorString(res)) +
                                                               ": " + gradcompGetLastError();
@@ -393,11 +415,10 @@ void decide(CommEntry& e, cudaStream_t stream) {
   }
   if (gc != nullptr) gradcompCommDestroy(gc);
   if (res != gradcompSuccess) {
-    warnOnce("setup",
-             "cannot set up compression for NCCL comm %p (%s); its calls pass through to NCCL "
-             "unchanged",
-             (void*)e.nccl, localError.c_str());
-    return passAll("set-up failed: " + localError);
+    // Once per reason: another communicator's failure for a new one is said
+    // too. A bad setting of this rank's was said when it was read (settings).
+    if (!s.ok) return passAll("set-up failed: " + localError);
+    return setupFailed(localError);
   }
   switch (a) {
     case Agreement::SomeRankFailed:
@@ -413,7 +434,7 @@ void decide(CommEntry& e, cudaStream_t stream) {
                (void*)e.nccl);
       return passAll("GRADCOMP_* settings differ between ranks");
     default:
-      warnOnce("agree",
+      warnOnce("agree " + why,
                "cannot agree with the other ranks of NCCL comm %p on compression (%s); its calls "
                "pass through unchanged",
                (void*)e.nccl, why.c_str());

@@ -518,6 +518,22 @@ static int empty(void) {
   return 0;
 }
 
+/* Three communicators whose set-ups fail: 0x1000 and 0x1200 for the same
+ * reason (no GPU), 0x1100 for another (the test makes NCCL unable to tell its
+ * size). Each call reaches NCCL unchanged; a warning per reason. */
+static int setupReasons(void) {
+  const ncclComm_t comm[3] = {(ncclComm_t)(uintptr_t)0x1000, (ncclComm_t)(uintptr_t)0x1100,
+                              (ncclComm_t)(uintptr_t)0x1200};
+  cudaStream_t stream = (cudaStream_t)(uintptr_t)0x2000;
+  char* a = (char*)(uintptr_t)0x7f0000000000ull;
+  for (int i = 0; i < 3; ++i) CALL(a, a, 1 << 20, ncclFloat32, ncclSum, comm[i], stream);
+  for (int i = 0; i < 3; ++i) {
+    CHECK(ncclCommDestroy(comm[i]));
+    EXPECT("CommDestroy comm=%p", (void*)comm[i]);
+  }
+  return 0;
+}
+
 __attribute__((visibility("default"))) int gcTestRunCalls(const char* mode) {
   int rc;
   if (strcmp(mode, "basic") == 0) {
@@ -530,6 +546,8 @@ __attribute__((visibility("default"))) int gcTestRunCalls(const char* mode) {
     rc = abortDeferred(0);
   } else if (strcmp(mode, "empty") == 0) {
     rc = empty();
+  } else if (strcmp(mode, "setup_reasons") == 0) {
+    rc = setupReasons();
 #if NCCL_VERSION_CODE >= NCCL_VERSION(2, 18, 0)
   } else if (strcmp(mode, "nonblocking") == 0) {
     rc = nonblocking();

@@ -229,10 +229,14 @@ static void recordQuery(const char* what, ncclComm_t c) {
   if (v != NULL && strcmp(v, "1") == 0) record("%s comm=%p", what, (void*)c);
 }
 
+/* FAKE_NCCL_COUNT_FAIL=0xADDR: NCCL cannot tell that communicator's size
+ * (ncclInternalError), so a set-up of it fails for a reason of its own. */
 ncclResult_t pncclCommCount(const ncclComm_t c, int* n) {
   recordQuery("CommCount", c);
   const ncclResult_t ready = readiness("CommCount", c);
   if (ready != ncclSuccess) return ready;
+  const char* bad = getenv("FAKE_NCCL_COUNT_FAIL");
+  if (bad != NULL && (uintptr_t)strtoull(bad, NULL, 16) == (uintptr_t)c) return ncclInternalError;
   const char* v = getenv("FAKE_NCCL_NRANKS");
   *n = v ? atoi(v) : 4;
   return ncclSuccess;

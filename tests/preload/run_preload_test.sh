@@ -116,6 +116,30 @@ run bad_config env GRADCOMP_BITS=9 GC_TEST_GROUP_CALLS_DEFERRED=1 "$app" basic &
     "grep -q 'GRADCOMP_BITS=9 is not an integer in 2..8' '$work/bad_config.err'"
 }
 
+# 3a. A bad value is said once per process, whatever GRADCOMP_DEBUG says (the
+# library's own WARN lines and the set-up's warning named it again, once per
+# communicator); the INFO summary still gives it as the reason.
+for level in "" WARN INFO; do
+  name=bad_config_once_${level:-default}
+  run $name env ${level:+GRADCOMP_DEBUG=$level} GRADCOMP_BITS=9 GC_TEST_GROUP_CALLS_DEFERRED=1 \
+    "$app" simulate || continue
+  n=$(grep -v ' INFO ' "$work/$name.err" | grep -c 'GRADCOMP_BITS=9 is not an integer in 2..8')
+  check "$name: the bad value is said once for 4 communicators (got $n)" "[ '$n' = 1 ]"
+done
+n=$(count "summary comm .*compression off: set-up failed: invalid argument: GRADCOMP_BITS=9 is not an integer in 2..8" \
+  "$work/bad_config_once_INFO.err")
+check "bad_config_once_INFO: each summary gives the bad value as the reason (got $n)" "[ '$n' = 4 ]"
+
+# 3b. Set-ups that fail for different reasons warn once per reason: 0x1000 and
+# 0x1200 for the same one, 0x1100 (NCCL cannot tell its size) for its own.
+run setup_reasons env FAKE_NCCL_COUNT_FAIL=0x1100 GRADCOMP_METHOD=qsgd "$app" setup_reasons && {
+  same_calls setup_reasons
+  n=$(count "cannot set up compression" "$work/setup_reasons.err")
+  check "setup_reasons: one warning per reason (got $n)" "[ '$n' = 2 ]"
+  check "setup_reasons: 0x1100's warning names its own reason" \
+    "grep -q \"cannot set up compression for NCCL comm 0x1100 (NCCL cannot tell the communicator's rank, size or device: fake nccl error)\" '$work/setup_reasons.err'"
+}
+
 # 4. Non-blocking communicators (config, inherited by a split or a grow, or
 # NCCL_COMM_BLOCKING=0) are recognized and set up as blocking ones are (and
 # fail without a GPU): gradcomp waits for their enqueues. The stand-in
