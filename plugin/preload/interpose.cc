@@ -213,6 +213,7 @@ ncclResult_t keepMultiDeviceGroup() {
 
 // After NCCL ended one level of the thread's group (with result `r`): at the
 // outermost, the group's calls ran, and its deferred eligible calls run now.
+// A group NCCL failed runs none of them.
 // A non-blocking communicator's group may still be enqueueing
 // (ncclInProgress): the deferred calls' communicators are waited for first,
 // as NCCL refuses their next call until then; the others stay the program's
@@ -220,6 +221,14 @@ ncclResult_t keepMultiDeviceGroup() {
 ncclResult_t leaveGroup(ncclResult_t r) {
   if (tGroupDepth > 0) --tGroupDepth;
   if (tGroupDepth > 0) return r;
+  if (r != ncclSuccess && r != ncclInProgress) {
+    // NCCL's group failed (a call in it was refused, its launch failed): NCCL
+    // discards every call of the group, so the deferred ones are dropped too,
+    // as NCCL alone would have dropped them, and nothing ran to be counted.
+    tGroupForwarded.clear();
+    tDeferred.clear();
+    return r;
+  }
   std::vector<EntryPtr> forwarded;
   for (auto& f : tGroupForwarded) {
     countPassed(*f.first, f.second);

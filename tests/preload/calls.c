@@ -534,6 +534,31 @@ static int setupReasons(void) {
   return 0;
 }
 
+/* A group whose end NCCL fails (the test sets FAKE_NCCL_GROUP_FAIL=1): NCCL
+ * discards every call of the group, so its eligible calls, deferred by
+ * gradcomp, must not run after it either; the end answers NCCL's error. A
+ * call after the group runs as usual. */
+static int groupFails(void) {
+  ncclComm_t comm = (ncclComm_t)(uintptr_t)0x1000;
+  cudaStream_t stream = (cudaStream_t)(uintptr_t)0x2000;
+  char* a = (char*)(uintptr_t)0x7f0000000000ull;
+  char* b = (char*)(uintptr_t)0x7f0010000000ull;
+  CHECK(ncclGroupStart());
+  EXPECT("GroupStart");
+  CALL(a, a, 1000, ncclInt32, ncclSum, comm, stream);
+  CHECK(ncclAllReduce(b, b, 1 << 20, ncclFloat32, ncclSum, comm, stream));
+  const ncclResult_t r = ncclGroupEnd();
+  EXPECT("GroupEnd");
+  if (r != ncclInternalError) {
+    fprintf(stderr, "the failed group's end returned %d, expected ncclInternalError\n", (int)r);
+    return 1;
+  }
+  CALL(a, a, 1 << 20, ncclFloat32, ncclSum, comm, stream);
+  CHECK(ncclCommDestroy(comm));
+  EXPECT("CommDestroy comm=%p", (void*)comm);
+  return 0;
+}
+
 __attribute__((visibility("default"))) int gcTestRunCalls(const char* mode) {
   int rc;
   if (strcmp(mode, "basic") == 0) {
@@ -548,6 +573,8 @@ __attribute__((visibility("default"))) int gcTestRunCalls(const char* mode) {
     rc = empty();
   } else if (strcmp(mode, "setup_reasons") == 0) {
     rc = setupReasons();
+  } else if (strcmp(mode, "group_fails") == 0) {
+    rc = groupFails();
 #if NCCL_VERSION_CODE >= NCCL_VERSION(2, 18, 0)
   } else if (strcmp(mode, "nonblocking") == 0) {
     rc = nonblocking();

@@ -181,9 +181,16 @@ ncclResult_t pncclGroupStart(void) {
 ncclResult_t ncclGroupStart(void) ALIAS(ncclGroupStart);
 
 /* The outermost end launches the group: its non-blocking communicators'
- * work is then in progress. */
+ * work is then in progress. FAKE_NCCL_GROUP_FAIL=1: it fails instead
+ * (ncclInternalError), as NCCL's does after a call in the group failed or
+ * its launch did, discarding every call of the group. */
 ncclResult_t pncclGroupEnd(void) {
   record("GroupEnd");
+  const char* fail = getenv("FAKE_NCCL_GROUP_FAIL");
+  if (fail != NULL && fail[0] == '1' && groupDepth > 0 && --groupDepth == 0) {
+    numGroupComms = 0;
+    return ncclInternalError;
+  }
   if (groupDepth > 0 && --groupDepth == 0 && numGroupComms > 0) {
     for (int i = 0; i < numGroupComms; ++i) startAsync(groupComms[i]);
     numGroupComms = 0;

@@ -187,6 +187,18 @@ run empty env GRADCOMP_METHOD=qsgd GRADCOMP_MIN_ELEMENTS=0 GRADCOMP_DEBUG=INFO "
     "grep -q 'summary comm 0x1000 .*: 0 calls compressed, 2 passed through' '$work/empty.err'"
 }
 
+# 4f. A group whose end NCCL fails discards all its calls: the eligible ones
+# gradcomp deferred never reach NCCL afterwards, in any mode that defers, and
+# only the call made after the group counts as passed through.
+for group in defer fuse; do
+  name=group_fails_$group
+  run $name env FAKE_NCCL_GROUP_FAIL=1 GRADCOMP_GROUP=$group GRADCOMP_METHOD=qsgd \
+    GRADCOMP_DEBUG=INFO "$app" group_fails || continue
+  same_calls $name
+  check "$name: the summary counts only the call after the group" \
+    "grep -q 'summary comm 0x1000 .*: 0 calls compressed, 1 passed through' '$work/$name.err'"
+done
+
 # 4d. A communicator aborted after a user group deferred its eligible call:
 # the call never reaches NCCL (which frees the communicator) and the group's
 # end answers ncclInvalidUsage (the app checks it).
