@@ -95,17 +95,22 @@ def check_rows(path):
         # peers' codes (code_bytes of the row's bits and bucket).
         fused, code = warp_bucket(r["bucket"]), code_bytes(r["count"], r["bits"], r["bucket"])
         w = None
-        if r["algo"] in FLAT and flat:
+        # The hierarchical reduce-scatter; files from before 2026-12-05 named it as the flat
+        # one ("reducescatter"), told apart by its nodes and in-node bytes.
+        algo = r["algo"]
+        if algo == "reducescatter" and local > 1 and not flat:
+            algo = "hier_reducescatter"
+        if algo in FLAT and flat:
             convert = r["dtype"] != "float" or r.get("redop") == "avg"
             w = kernel_work(r["algo"], r["nranks"], TYPE_BYTES[r["dtype"]], residual, convert,
                             fused=fused, code=code)
-        elif r["algo"] in ("hier", "reducescatter") and local > 1 and not flat:
+        elif algo in ("hier", "hier_reducescatter") and local > 1 and not flat:
             # The hierarchies, on nodes of `local` ranks (the JSON's local_size), as
             # smoke_check's check_kernels reads them off plugin/algorithms/.
             bucket = r["bucket"]
             padded = (r["algo"] == "hier" and
                       first_part(r["count"], local, bucket) * local != r["count"])
-            w = kernel_work(r["algo"], r["nranks"], TYPE_BYTES[r["dtype"]], residual,
+            w = kernel_work(algo, r["nranks"], TYPE_BYTES[r["dtype"]], residual,
                             r["dtype"] != "float", local,
                             hier_middle(label, r["nranks"] // local), r.get("pieces", 1) > 1,
                             padded, fused, code)

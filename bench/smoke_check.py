@@ -347,7 +347,7 @@ def kernel_work(algo, n, e, residual=True, convert=False, local=1, middle="twosh
         else:
             w["decode_acc"] += n - 1
             w["elementwise_bytes"] += out
-    elif algo == "reducescatter" and local > 1:
+    elif algo == "hier_reducescatter":
         k = n // local
         scatter_sum(k, 4, 1)  # the k node sums, fp32
         w["encode_f32"], w["encode"] = w["encode"], 0.0
@@ -840,7 +840,9 @@ def check_hier_rs_rows(tag, rows, kdoc, nranks, local, bits, bucket, intra_gbps=
     expect(len(rows) > 0, "%s: rows" % tag)
     for r in rows:
         t = "%s %s %s %d" % (tag, r["method"], r["dtype"], r["size"])
-        expect(r["algo"] == "reducescatter", "%s: reduce-scatter ran (got %s)" % (t, r["algo"]))
+        # Named apart from the flat one in the JSON, the CSV and the table.
+        expect(r["algo"] == "hier_reducescatter",
+               "%s: the hierarchical reduce-scatter ran (got %s)" % (t, r["algo"]))
         expect(r["wrong"] == 0, "%s: no wrong elements" % t)
         m_, inter, wire = r["count"], r["inter_wire_bytes"], r["wire_bytes"]
         # In the node NCCL's ring of k*m floats among G ranks; across nodes k-1 blocks.
@@ -852,7 +854,7 @@ def check_hier_rs_rows(tag, rows, kdoc, nranks, local, bits, bucket, intra_gbps=
             expect(r["kernels_measured"] and r.get("kernel_source") == "gpu_report",
                    "%s: kernel times from the GPU report" % t)
             # k-1 fp32 blocks encoded, the owner's sum of k, every block widened.
-            check_kernels(t, r, kdoc, bits, bucket, "reducescatter", nranks, local)
+            check_kernels(t, r, kdoc, bits, bucket, "hier_reducescatter", nranks, local)
             kernel = r["kernel_us"]
         else:
             kernel = 0
@@ -1618,6 +1620,10 @@ def main():
            "the preamble says how hier reduce-scatter rows are modeled")
     expect(len(rows) == 2 * 2 * len(sizes), "hier reduce-scatter: one row per type, method, size")
     check_hier_rs_rows("hier rs", rows, kdoc, 4, 2, bits, bucket)
+    table = [ln.split() for ln in out.splitlines() if ln.strip() and not ln.startswith("#")]
+    expect(len(table) == len(rows) and all(t[17] == "hier_reducescatter" for t in table),
+           "hier reduce-scatter: the table's algo column names it (got %s)"
+           % [t[17] for t in table if len(t) > 17])
     # The same pipelined (GRADCOMP_PIPELINE_BYTES): the in-node reduce-scatter of each piece
     # overlaps the inter-node stage of the one before; the bytes are the unpipelined rows'.
     code, out, rows = run(perf, ["-N", "4", "-C", "reduce_scatter", "--local-size", "2", "-b", "256K",

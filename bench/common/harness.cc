@@ -244,6 +244,11 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
     r.sync();
     gradcompGetStats(comm, &s1);
     row->algoUsed = algoFromStats(s0, s1);
+    // The library's own rule (useHierReduceScatter): >= 2 nodes of >= 2 ranks.
+    int nodes = 1, perNode = 1;
+    row->hierReduceScatter = row->algoUsed == kAlgoReduceScatter &&
+                             gradcompCommLayout(comm, &nodes, &perNode) == gradcompSuccess &&
+                             nodes >= 2 && perNode >= 2;
     double pieces = row->algoUsed != 0 && s1.piecesLast > 1 ? (double)s1.piecesLast : 1;
     r.reduce(&pieces, 1, true);
     row->pieces = pieces;
@@ -345,8 +350,7 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
                             cfg.method == gradcompMethodRandk;
   // The flat sparse reduce-scatter too; the hierarchical one (>= 2 nodes of
   // >= 2 ranks) is not charged yet.
-  const bool flatRs =
-      row->algoUsed == kAlgoReduceScatter && !(local > 1 && r.nranks() / local >= 2);
+  const bool flatRs = row->algoUsed == kAlgoReduceScatter && !row->hierReduceScatter;
   const bool sparseKernels = sparseMethod && (row->algoUsed == gradcompAlgoSparseAllgather ||
                                               row->algoUsed == gradcompAlgoHier || flatRs);
   if (sparseKernels) {
@@ -551,8 +555,7 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
       const Cluster c{r.nranks() / local, local, o.intraGbps, local * g, o.linkLatencyUs};
       // The hierarchical allreduce and reduce-scatter run their stages in turn;
       // the library picks the latter on >= 2 nodes (algoShape tells it so too).
-      const bool stages = row->algoUsed == gradcompAlgoHier ||
-                          (row->algoUsed == kAlgoReduceScatter && c.nodes >= 2);
+      const bool stages = row->algoUsed == gradcompAlgoHier || row->hierReduceScatter;
       m.ncclUs = rs ? ncclReduceScatterClusterUs(row->bytes, c) : ncclClusterUs(row->bytes, c);
       const LinkBytes b{row->gradcompWire - row->interWire, row->interWire};
       m.gradcompUs = row->algoUsed == 0
@@ -563,7 +566,7 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
       if (row->pieces > 1 && row->algoUsed == gradcompAlgoHier) {
         m.pipelinedUs = hierPipelinedUs(row->kernelUs, b, row->latencySteps - 2.0 * (local - 1), c,
                                         row->pieces);
-      } else if (row->pieces > 1 && row->algoUsed == kAlgoReduceScatter && c.nodes >= 2) {
+      } else if (row->pieces > 1 && row->hierReduceScatter) {
         m.pipelinedUs = hierReduceScatterPipelinedUs(
             row->kernelUs, b, row->latencySteps - (local - 1.0), c, row->pieces);
       }

@@ -45,6 +45,9 @@ struct Row {
   gradcompLevels_t levels = gradcompLevelsUniform;        // GRADCOMP_LEVELS
   float density = 0;
   int algoUsed = 0;  // gradcompAlgo_t that ran; 0 = passed through
+  // algoUsed kAlgoReduceScatter on a comm of >= 2 nodes of >= 2 ranks: the
+  // hierarchical reduce-scatter (the library's choice), named apart (rowAlgoName).
+  bool hierReduceScatter = false;
   // Pipelined calls (GRADCOMP_PIPELINE_BYTES): pieces of the last call (max
   // over ranks; 1 = not pipelined) and the setting that cut them.
   double pieces = 1;

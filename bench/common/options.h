@@ -80,7 +80,9 @@ bool checkOptions(const Options& o, int* exitCode);
 const char* dtypeName(ncclDataType_t t);
 size_t dtypeSize(ncclDataType_t t);
 const char* methodName(gradcompMethod_t m);
-// Row::algoUsed of gradcomp's reduce-scatter, after gradcompAlgo_t's values.
+// Row::algoUsed of gradcomp's reduce-scatter, after gradcompAlgo_t's values;
+// flat ("reducescatter") or, with Row::hierReduceScatter, hierarchical
+// ("hier_reducescatter", rowAlgoName).
 constexpr int kAlgoReduceScatter = 6;
 const char* algoName(int algo);
 const char* opName(ncclRedOp_t op);

@@ -93,6 +93,14 @@ std::string csvNum(double v, const char* fmt = "%g") {
   return b;
 }
 
+// The table's, JSON's and CSV's algo: the algorithm's name, the hierarchical
+// reduce-scatter's its own (until 2026-12-05 both reduce-scatters were
+// "reducescatter"); passed through: the caller's word.
+const char* rowAlgoName(const Row& r, const char* passed) {
+  if (r.algoUsed == 0) return passed;
+  return r.hierReduceScatter ? "hier_reducescatter" : algoName(r.algoUsed);
+}
+
 const char* kernelSourceName(KernelSource k) {
   return k == KernelSource::Measured ? "measured"
                                      : (k == KernelSource::Report ? "gpu_report" : "none");
@@ -217,27 +225,27 @@ void printHeader(const Options& o, const RunInfo& info, const std::string& label
          rs ? "gradcompReduceScatter" : "gradcompAllReduce");
   printf(
       "# %10s  %12s  %8s  %6s  %8s  %7s  %7s  %6s  %8s  %7s  %7s  %6s  %11s  %6s  %8s  %8s  "
-      "%7s  %13s%s%s\n",
+      "%7s  %18s%s%s\n",
       "size", "count", "type", "redop", "time", "algbw", "busbw", "#wrong", "time", "algbw",
       "busbw", "#wrong", "wire/rank", "ratio", "maxerr", "rmserr", "speedup", "algo", model.c_str(),
       o.autoRow ? "      auto      auto  regret" : "");
   printf(
       "# %10s  %12s  %8s  %6s  %8s  %7s  %7s  %6s  %8s  %7s  %7s  %6s  %11s  %6s  %8s  %8s  "
-      "%7s  %13s%s%s\n",
+      "%7s  %18s%s%s\n",
       "(B)", "(elements)", "", "", "(us)", "(GB/s)", "(GB/s)", "", "(us)", "(GB/s)", "(GB/s)", "",
       "(B)", "", "(rel)", "(rel)", "", "", units.c_str(),
       o.autoRow ? "      (us)    choice        " : "");
   (void)dtype;
 }
 
-// The algo column fits the longest name, "reducescatter" (13).
+// The algo column fits the longest name, "hier_reducescatter" (18).
 void printRow(const Options& o, const RunInfo& info, const Row& r) {
   if (r.failed) {
     printf("  %10zu  %12zu  %8s  %6s  FAILED: %s\n", r.bytes, r.count, dtypeName(r.dtype),
            opName(r.op), r.error.c_str());
     return;
   }
-  const char* algo = r.algoUsed == 0 ? "passthru" : algoName(r.algoUsed);
+  const char* algo = rowAlgoName(r, "passthru");
   char ratio[16], speed[16];
   if (r.ratio() > 0)
     snprintf(ratio, sizeof ratio, "%.2f", r.ratio());
@@ -266,7 +274,7 @@ void printRow(const Options& o, const RunInfo& info, const Row& r) {
   }
   printf(
       "  %10zu  %12zu  %8s  %6s  %8s  %7.2f  %7.2f  %6s  %8s  %7.2f  %7.2f  %6s  %11.0f  %6s  "
-      "%8s  %8s  %7s  %13s%s\n",
+      "%8s  %8s  %7s  %18s%s\n",
       r.bytes, r.count, dtypeName(r.dtype), opName(r.op), timeStr(r.ncclUs).c_str(), r.ncclAlgbw(),
       r.ncclBusbw(), wrongStr(r.ncclWrong).c_str(), timeStr(r.gradcompUs).c_str(), r.algbw(),
       r.busbw(), wrongStr(r.gradcompWrong).c_str(), r.gradcompWire, ratio,
@@ -442,8 +450,8 @@ bool writeJson(const std::string& path, const Options& o, const RunInfo& info,
             r.levels == gradcompLevelsSquare ? "\"square\"" : "\"uniform\"",
             jsonNum(r.density).c_str());
     fprintf(f, "\"algo\": %s, \"nranks\": %d, \"failed\": %s, \"error\": %s,\n     ",
-            jsonStr(r.algoUsed ? algoName(r.algoUsed) : "passthrough").c_str(), r.nranks,
-            r.failed ? "true" : "false", jsonStr(r.error).c_str());
+            jsonStr(rowAlgoName(r, "passthrough")).c_str(), r.nranks, r.failed ? "true" : "false",
+            jsonStr(r.error).c_str());
     fprintf(f, "\"time_us\": %s, \"nccl_time_us\": %s, \"algbw\": %s, \"busbw\": %s, ",
             jsonNum(r.gradcompUs).c_str(), jsonNum(r.ncclUs).c_str(), jsonNum(r.algbw()).c_str(),
             jsonNum(r.busbw()).c_str());
@@ -627,9 +635,9 @@ bool writeCsv(const std::string& path, const Options& o, const std::vector<Row>&
     fprintf(
         f, "%zu,%zu,%s,%s,%s,%d,%d,%g,%s,%d,%d,%g,%g,%g,%g,%g,%g,%.0f,%.0f,%s,%g,%s,%s,%s,%s,%g",
         r.bytes, r.count, dtypeName(r.dtype), opName(r.op), methodName(r.method), r.bits, r.bucket,
-        r.density, r.algoUsed ? algoName(r.algoUsed) : "passthrough", r.nranks, r.failed ? 1 : 0,
-        r.gradcompUs, r.ncclUs, r.algbw(), r.busbw(), r.ncclAlgbw(), r.ncclBusbw(), r.gradcompWire,
-        r.ncclWire, csvNum(r.ratio() > 0 ? r.ratio() : nan).c_str(), r.speedup(),
+        r.density, rowAlgoName(r, "passthrough"), r.nranks, r.failed ? 1 : 0, r.gradcompUs,
+        r.ncclUs, r.algbw(), r.busbw(), r.ncclAlgbw(), r.ncclBusbw(), r.gradcompWire, r.ncclWire,
+        csvNum(r.ratio() > 0 ? r.ratio() : nan).c_str(), r.speedup(),
         csvNum(checked ? r.relErrRms : nan).c_str(), csvNum(checked ? r.relErrMax : nan).c_str(),
         checked ? std::to_string(r.gradcompWrong).c_str() : "",
         r.ncclWrong >= 0 ? std::to_string(r.ncclWrong).c_str() : "", r.kernelUs);
