@@ -168,6 +168,23 @@ def check_flags(perf, work, src, kdoc, bits, bucket):
                         "cannot write /nonexistent/dir/x.json.part")):
         code, out = run_plain(perf, args + tiny)
         expect(code == 2 and says in out, "%s: exit 2 saying %r (got %d)" % (args, says, code))
+    # Integer flags are plain decimal digits in their range, as GRADCOMP_* integers are: a
+    # leading zero, space or sign, a suffix or hex is refused naming the flag, value and range;
+    # numbers start with a digit or '.' (no hex float).
+    plain = "in plain decimal digits (no sign, space or leading zero)"
+    for args, says in ((["-n", "010"], "-n '010' is not an integer in 1..1000000, " + plain),
+                       (["-n", " 5"], "-n ' 5' is not an integer in 1..1000000, " + plain),
+                       (["-n", "5x"], "-n '5x' is not an integer in 1..1000000, " + plain),
+                       (["-w", "+1"], "-w '+1' is not an integer in 0..1000000, " + plain),
+                       (["-N", "0x2"], "-N '0x2' is not an integer in 1..64, " + plain),
+                       (["-q", "04"], "-q '04' is not an integer in 2..8, " + plain),
+                       (["--seed", "-1"], "--seed '-1' is not an integer in 0..2147483647"),
+                       (["--model-nodes", "2,04"], "--model-nodes '2,04' is not an integer in "
+                                                   "1..4096 (each of the list)"),
+                       (["-f", "0x10"], "-f 0x10 is not a factor in [1.0001, 1e6]"),
+                       (["-b", " 1K"], "-b  1K is not a size")):
+        code, out = run_plain(perf, args + tiny)
+        expect(code == 2 and says in out, "%s: exit 2 saying %r (got %d)" % (args, says, code))
     # --help's ranges are the enforced ones; the doc's -a row lists every algorithm.
     code, out = run_plain(perf, ["--help"])
     expect(code == 0 and "[1e-6, 1]" in out and "(0,1]" not in out and "GRADCOMP_METHOD" in out,

@@ -76,9 +76,16 @@ void usage(const char* prog) {
 
 constexpr double kMaxSizeBytes = 1099511627776.0;  // 1T
 
+// A number as the flags take it: a digit or '.' first (no sign, space, nan or
+// inf) and no hex float (0x10), as GRADCOMP_* floats are read (docs/env.md).
+bool plainNumber(const char* s) {
+  return (isdigit((unsigned char)s[0]) || s[0] == '.') && strpbrk(s, "xX") == nullptr;
+}
+
 // A whole number of bytes in 0 .. 1T, with an optional K/M/G (powers of
 // 1024) and B: 1.5K is 1536, 1.5 is refused.
 bool parseSize(const char* s, size_t* out) {
+  if (!plainNumber(s)) return false;
   char* end = nullptr;
   double v = strtod(s, &end);
   if (end == s || !(v >= 0)) return false;  // NaN too
@@ -97,15 +104,19 @@ bool parseSize(const char* s, size_t* out) {
   return true;
 }
 
+// Integers are plain decimal, as GRADCOMP_* integers are (docs/env.md): digits
+// only, no sign, space or leading zero (010 is neither 8 nor 10), in lo .. hi.
 bool parseInt(const char* s, long lo, long hi, long* out) {
-  char* end = nullptr;
-  long v = strtol(s, &end, 10);
-  if (end == s || *end != '\0' || v < lo || v > hi) return false;
+  const size_t n = strspn(s, "0123456789");
+  if (n == 0 || s[n] != '\0' || n > 18 || (s[0] == '0' && n > 1)) return false;
+  const long v = strtol(s, nullptr, 10);
+  if (v < lo || v > hi) return false;
   *out = v;
   return true;
 }
 
 bool parseDouble(const char* s, double lo, double hi, double* out) {
+  if (!plainNumber(s)) return false;
   char* end = nullptr;
   double v = strtod(s, &end);
   if (end == s || *end != '\0' || !(v >= lo && v <= hi)) return false;
@@ -132,6 +143,16 @@ bool fail(int* exitCode, const char* fmt, const char* flag, const char* value) {
   fprintf(stderr, "gradcomp_perf: ");
   fprintf(stderr, fmt, flag, value);
   fprintf(stderr, " (see --help)\n");
+  *exitCode = 2;
+  return false;
+}
+
+// An integer flag's refusal, naming the flag, the value as given and the range.
+bool failInt(int* exitCode, const char* flag, const char* value, const char* range) {
+  fprintf(stderr,
+          "gradcomp_perf: %s '%s' is not an integer in %s, in plain decimal digits (no sign, "
+          "space or leading zero) (see --help)\n",
+          flag, value, range);
   *exitCode = 2;
   return false;
 }
@@ -271,21 +292,20 @@ bool parseOptions(int argc, char** argv, Options* o, int* exitCode) {
         break;
       case 'f':
         if (!parseDouble(v, 1.0001, 1e6, &o->stepFactor))
-          return fail(exitCode, "%s %s is not a factor > 1", "-f", v);
+          return fail(exitCode, "%s %s is not a factor in [1.0001, 1e6] (a plain decimal number)",
+                      "-f", v);
         factorGiven = true;
         break;
       case 'n':
-        if (!parseInt(v, 1, 1000000, &lv))
-          return fail(exitCode, "%s %s not in 1..1000000", "-n", v);
+        if (!parseInt(v, 1, 1000000, &lv)) return failInt(exitCode, "-n", v, "1..1000000");
         o->iters = (int)lv;
         break;
       case 'w':
-        if (!parseInt(v, 0, 1000000, &lv))
-          return fail(exitCode, "%s %s not in 0..1000000", "-w", v);
+        if (!parseInt(v, 0, 1000000, &lv)) return failInt(exitCode, "-w", v, "0..1000000");
         o->warmup = (int)lv;
         break;
       case 'c':
-        if (!parseInt(v, 0, 1, &lv)) return fail(exitCode, "%s %s is not 0 or 1", "-c", v);
+        if (!parseInt(v, 0, 1, &lv)) return failInt(exitCode, "-c", v, "0..1");
         o->check = (int)lv;
         break;
       case 'd':
@@ -324,12 +344,12 @@ bool parseOptions(int argc, char** argv, Options* o, int* exitCode) {
         }
         break;
       case 'q':
-        if (!parseInt(v, 2, 8, &lv)) return fail(exitCode, "%s %s not in 2..8", "-q", v);
+        if (!parseInt(v, 2, 8, &lv)) return failInt(exitCode, "-q", v, "2..8");
         o->bits = (int)lv;
         break;
       case 'B':
         if (!parseInt(v, 32, 8192, &lv) || lv % 32)
-          return fail(exitCode, "%s %s is not a multiple of 32 in 32..8192", "-B", v);
+          return failInt(exitCode, "-B", v, "32..8192 that is a multiple of 32");
         o->bucket = (int)lv;
         break;
       case 'k':
@@ -354,7 +374,7 @@ bool parseOptions(int argc, char** argv, Options* o, int* exitCode) {
           return fail(exitCode, "%s %s: collectives are all_reduce, reduce_scatter", "-C", v);
         break;
       case 'N':
-        if (!parseInt(v, 1, 64, &lv)) return fail(exitCode, "%s %s not in 1..64", "-N", v);
+        if (!parseInt(v, 1, 64, &lv)) return failInt(exitCode, "-N", v, "1..64");
         o->nranks = (int)lv;
         o->nranksGiven = true;
         break;
@@ -396,7 +416,7 @@ bool parseOptions(int argc, char** argv, Options* o, int* exitCode) {
         break;
       case kSeed:
         if (!parseInt(v, 0, 0x7fffffffL, &lv))
-          return fail(exitCode, "%s %s not in 0..2^31-1", "--seed", v);
+          return failInt(exitCode, "--seed", v, "0..2147483647 (2^31-1)");
         o->seed = (uint64_t)lv;
         break;
       case kCorrupt:
@@ -416,7 +436,7 @@ bool parseOptions(int argc, char** argv, Options* o, int* exitCode) {
         list.clear();
         for (const std::string& s : splitList(v)) {
           if (!parseInt(s.c_str(), 1, 4096, &lv))
-            return fail(exitCode, "%s %s: each count must be in 1..4096", flag, v);
+            return failInt(exitCode, flag, v, "1..4096 (each of the list)");
           list.push_back((int)lv);
         }
         if (list.empty()) return fail(exitCode, "%s %s: give at least one count", flag, v);
@@ -449,7 +469,7 @@ bool parseOptions(int argc, char** argv, Options* o, int* exitCode) {
         if (strcmp(v, "auto") == 0) {
           o->localSize = 0;
         } else if (!parseInt(v, 1, 65536, &lv)) {
-          return fail(exitCode, "%s %s is not auto or an integer in 1..65536", "--local-size", v);
+          return failInt(exitCode, "--local-size", v, "1..65536, or auto");
         } else {
           o->localSize = (int)lv;
         }
