@@ -185,6 +185,26 @@ def check_flags(perf, work, src, kdoc, bits, bucket):
                        (["-b", " 1K"], "-b  1K is not a size")):
         code, out = run_plain(perf, args + tiny)
         expect(code == 2 and says in out, "%s: exit 2 saying %r (got %d)" % (args, says, code))
+    # An unknown, ambiguous or misused option: one line on stderr naming it with a hint to
+    # --help, nothing on stdout, exit 2 (as getopt-style tools); --help: usage on stdout, exit 0.
+    for args, says in ((["--bogus"], "unknown option --bogus (see --help)"),
+                       (["-x"], "unknown option -x (see --help)"),
+                       (["--mo", "1"], "option --mo is ambiguous: --model-nodes, --model-local, "
+                                       "--model-pipe (see --help)"),
+                       (["--auto=1"], "option --auto takes no value: --auto=1 (see --help)"),
+                       (["-n"], "option -n needs a value (see --help)"),
+                       (["--iters"], "option --iters needs a value (see --help)")):
+        p = subprocess.run([perf, "--backend", "cpu"] + args, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, timeout=100)
+        print("$ gradcomp_perf", " ".join(args), "-> exit", p.returncode)
+        print(p.stderr)
+        expect(p.returncode == 2 and p.stdout == "" and p.stderr == "gradcomp_perf: %s\n" % says,
+               "%s: exit 2, stdout empty, one line on stderr: %r (got %d, %r, %d bytes of stdout)"
+               % (args, says, p.returncode, p.stderr, len(p.stdout)))
+    p = subprocess.run([perf, "--help"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       text=True, timeout=100)
+    expect(p.returncode == 0 and p.stdout.startswith("Usage: ") and p.stderr == "",
+           "--help: usage on stdout, nothing on stderr, exit 0 (got %d)" % p.returncode)
     # --help's ranges are the enforced ones; the doc's -a row lists every algorithm.
     code, out = run_plain(perf, ["--help"])
     expect(code == 0 and "[1e-6, 1]" in out and "(0,1]" not in out and "GRADCOMP_METHOD" in out,

@@ -1,5 +1,6 @@
 #include "options.h"
 
+#include <ctype.h>
 #include <getopt.h>
 #include <math.h>
 #include <stdio.h>
@@ -157,6 +158,48 @@ bool failInt(int* exitCode, const char* flag, const char* value, const char* ran
   return false;
 }
 
+// getopt_long's '?' (an unknown, ambiguous or valueless option given a value) or ':' (a
+// value missing), said in one line on stderr as getopt-style tools do; exit 2 without the
+// usage (--help prints it).
+bool badOption(int argc, char** argv, int c, const struct option* longOpts, int* exitCode) {
+  *exitCode = 2;
+  // The word getopt stopped at: a long option's whole argument, else the short option.
+  const char* word = optind > 0 && optind <= argc ? argv[optind - 1] : "";
+  const bool isLong = strncmp(word, "--", 2) == 0 && word[2] != '\0';
+  char shortName[3] = {'-', (char)optopt, '\0'};
+  if (!isLong) {
+    if (c == ':')
+      fprintf(stderr, "gradcomp_perf: option %s needs a value (see --help)\n", shortName);
+    else
+      fprintf(stderr, "gradcomp_perf: unknown option %s (see --help)\n",
+              optopt > 0 && optopt < 128 && isgraph(optopt) ? shortName : word);
+    return false;
+  }
+  const char* eq = strchr(word, '=');
+  const std::string name(word + 2, eq ? (size_t)(eq - word - 2) : strlen(word + 2));
+  if (c == ':') {
+    fprintf(stderr, "gradcomp_perf: option --%s needs a value (see --help)\n", name.c_str());
+    return false;
+  }
+  std::string matches;
+  int count = 0;
+  bool exact = false;
+  for (const struct option* l = longOpts; l->name; ++l) {
+    if (strncmp(l->name, name.c_str(), name.size()) != 0) continue;
+    exact = exact || strlen(l->name) == name.size();
+    matches += std::string(count++ ? ", --" : "--") + l->name;
+  }
+  if ((exact || count == 1) && eq)
+    fprintf(stderr, "gradcomp_perf: option --%s takes no value: %s (see --help)\n", name.c_str(),
+            word);
+  else if (count > 1)
+    fprintf(stderr, "gradcomp_perf: option --%s is ambiguous: %s (see --help)\n", name.c_str(),
+            matches.c_str());
+  else
+    fprintf(stderr, "gradcomp_perf: unknown option --%s (see --help)\n", name.c_str());
+  return false;
+}
+
 // The size after s in sizeList (not above s when the step overflows).
 size_t nextSize(const Options& o, size_t s) {
   return o.stepFactor > 1 ? (size_t)(s * o.stepFactor) : s + o.stepBytes;
@@ -262,7 +305,10 @@ bool parseOptions(int argc, char** argv, Options* o, int* exitCode) {
   int c;
   long lv;
   double dv;
-  while ((c = getopt_long(argc, argv, "b:e:i:f:n:w:c:d:o:m:q:B:k:a:C:N:h", longOpts, nullptr)) !=
+  // getopt's own messages off (opterr) and ':' first: a missing value is ':', not '?', and
+  // badOption says either in one line on stderr.
+  opterr = 0;
+  while ((c = getopt_long(argc, argv, ":b:e:i:f:n:w:c:d:o:m:q:B:k:a:C:N:h", longOpts, nullptr)) !=
          -1) {
     const char* v = optarg;
     switch (c) {
@@ -479,9 +525,7 @@ bool parseOptions(int argc, char** argv, Options* o, int* exitCode) {
         *exitCode = 0;
         return false;
       default:
-        usage(argv[0]);
-        *exitCode = 2;
-        return false;
+        return badOption(argc, argv, c, longOpts, exitCode);
     }
   }
   if (optind < argc) return fail(exitCode, "%s%s: unexpected argument", "", argv[optind]);
