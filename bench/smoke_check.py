@@ -1019,6 +1019,12 @@ def main():
                           os.path.join(work, "projection.json"))
     expect(code == 0, "projection run exits 0 (got %d)" % code)
     expect("# projection onto K nodes x G GPUs" in out, "the projection table is printed")
+    # Its columns as nccl-tests labels them: names, then a row of their units.
+    lines = out.splitlines()
+    names = [i for i, ln in enumerate(lines) if ln.split()[1:4] == ["size", "type", "KxG"]]
+    units = lines[names[0] + 1].split() if names and names[0] + 1 < len(lines) else []
+    expect(units == ["#", "(B)", "(Gb/s)", "(us)", "(us)", "(us)", "(B)", "(B)", "(B)"],
+           "the projection table's header has a units row (got %s)" % units)
     expect(len(rows) == 1, "one row for the projection run")
     if rows and kdoc:
         seen = check_projection("projection 1M", rows[0], kdoc, bits, bucket)

@@ -366,9 +366,13 @@ void printProjection(const Options& o, const std::vector<Row>& rows) {
       "reduce-scatter and allgather in turn on one node stream); auto: the smaller of the "
       "compressed time and NCCL's\n",
       o.modelPipelineBytes);
-  printf("# %10s  %8s  %5s  %6s  %9s  %9s  %9s  %6s  %6s  %4s  %8s  %6s  %11s  %11s  %11s  %9s\n",
-         "size", "type", "KxG", "L Gb/s", "nccl", "flat", "hier", "flat x", "hier x", "P",
-         "hier|P x", "auto x", "nccl inter", "flat inter", "hier inter", "flat/hier");
+  // Names, then their units, as nccl-tests labels its columns (the x columns are ratios).
+  const char* projectionColumns =
+      "# %10s  %8s  %5s  %6s  %9s  %9s  %9s  %6s  %6s  %4s  %8s  %6s  %11s  %11s  %11s  %9s\n";
+  printf(projectionColumns, "size", "type", "KxG", "L", "nccl", "flat", "hier", "flat x", "hier x",
+         "P", "hier|P x", "auto x", "nccl inter", "flat inter", "hier inter", "flat/hier");
+  printf(projectionColumns, "(B)", "", "", "(Gb/s)", "(us)", "(us)", "(us)", "", "", "", "", "",
+         "(B)", "(B)", "(B)", "");
   for (const Row& r : rows) {
     for (const ProjectionPoint& p : r.projection) {
       char kg[16];
