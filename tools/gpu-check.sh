@@ -431,6 +431,9 @@ want lm_compare && run_step lm_compare 330 "$raw/lm_compare.txt" bash -c \
     tools/lm_compare.py "$0" "$1"' "$raw" "$build"
 
 # --- plots and the report (the deadline kept time for the report)
+# An earlier call's PNG of a plot this call does not draw (its input left out) would be copied
+# to latest-* and shown by the report beside this call's: gone first, as fresh() does for steps.
+want plots && fresh "$results/$name"-{busbw,model_speedup,kernels,topk}.png
 # Not without perf's rows: perf_more alone on a fresh box (build-gpu/results not carried) would
 # draw its sparse rows over the perf group's plots of the same run name.
 if want plots && [ "$plan" != 1 ] && [ ! -f "$raw/perf_n8.json" ]; then
@@ -438,7 +441,7 @@ if want plots && [ "$plan" != 1 ] && [ ! -f "$raw/perf_n8.json" ]; then
 elif want plots; then
 run_step plots 20 "$raw/plots.txt" python3 tools/plot --perf "$raw/perf_n8.json" \
   --perf "$raw/perf_n8_sparse.json" --perf "$raw/perf_n1.json" --kernels "$raw/kernels.json" \
-  --torch "$raw/torch_topk.json" --out "$results" --prefix "$name-"
+  --torch "$raw/torch_topk.json" --out "$results" --prefix "$name-" --raw "$raw"
 fi
 if [ "$plan" = 1 ]; then
   [ -z "${GC_RESULTS_DIR:-}" ] && rm -rf "$results"

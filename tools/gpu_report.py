@@ -270,60 +270,61 @@ def git_commit():
         return None
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--dir", required=True)
-    ap.add_argument("--name", required=True)
-    ap.add_argument("--md", required=True)
-    ap.add_argument("--json", required=True)
-    ap.add_argument("--gpu", default="")
-    ap.add_argument("--plots-prefix", default="")
-    a = ap.parse_args()
-    d = a.dir
-    # Every output is a JSON object: anything else (null, a list, a file cut short) is as if
-    # missing, and named in the report (unreadable_outputs).
-    j = lambda f: (lambda doc: doc if isinstance(doc, dict) else None)(  # noqa: E731
-        load(os.path.join(d, f)))
-    t = lambda f: read(os.path.join(d, f))  # noqa: E731
+class RawOutputs:
+    """A gpu-check raw folder's outputs as the report takes them (the module's docstring says
+    which count); tools/plot draws what the report used by the same rule. left_out and
+    kept_failed list, as they are read, the files left out and those kept from a failed step."""
 
-    steps = steps_table(os.path.join(d, "steps.tsv"))
-    # Each step's last record: a step run again in a later call (the same GC_RUN_NAME) replaces
-    # what it wrote, and its record is the one that speaks for its output.
-    last = {s["name"]: s["status"] for s in steps}
-    left_out = []
-    kept_failed = []
+    def __init__(self, d):
+        self.d = d
+        self.steps = steps_table(os.path.join(d, "steps.tsv"))
+        # Each step's last record: a step run again in a later call (the same GC_RUN_NAME)
+        # replaces what it wrote, and its record is the one that speaks for its output.
+        self.last = {s["name"]: s["status"] for s in self.steps}
+        self.left_out = []
+        self.kept_failed = []
 
-    def counts(step, partial, complete):
+    def json(self, f):
+        """f's JSON object; anything else (null, a list, a file cut short) is as if missing, and
+        named in the report (unreadable_outputs)."""
+        doc = load(os.path.join(self.d, f))
+        return doc if isinstance(doc, dict) else None
+
+    def counts(self, step, partial, complete):
         """Whether step's output counts: its last record ok, or the output partial, or complete
         from a run that failed or timed out after writing it."""
-        status = last.get(step, "ok")
+        status = self.last.get(step, "ok")
         return status == "ok" or partial or (complete and status in ("failed", "timed out"))
 
-    def kept(step, partial, complete, f):
+    def kept(self, step, partial, complete, f):
         """counts(), listing f in kept_failed where it counts only as complete."""
-        if not counts(step, partial, complete):
+        if not self.counts(step, partial, complete):
             return False
-        if last.get(step, "ok") != "ok" and not partial:
-            kept_failed.append({"file": f, "step": step, "status": last[step]})
+        if self.last.get(step, "ok") != "ok" and not partial:
+            self.kept_failed.append({"file": f, "step": step, "status": self.last[step]})
         return True
 
-    def bench(f, step=None):
+    def bench(self, f, step=None):
         """A benchmark's JSON, or None (as if missing) when its step's last record is not ok
         and the file is not partial: a step that failed, timed out or was skipped says nothing
         of when its file was written, and may have left an earlier call's."""
-        doc = j(f)
+        doc = self.json(f)
         step = step or f[:-len(".json")]
-        if doc is None or kept(step, doc.get("complete") is False, doc.get("complete") is True, f):
+        if doc is None or self.kept(step, doc.get("complete") is False,
+                                    doc.get("complete") is True, f):
             return doc
-        left_out.append({"file": f, "step": step, "status": last[step]})
+        self.left_out.append({"file": f, "step": step, "status": self.last[step]})
         return None
 
-    # kernels.json holds two steps' rows (tools/kernels_merge.py): kernels_more's are those of
-    # the kernels named in kernels_more.json, each step's kept or left out by its own record.
-    # kernels.json's "complete" is both runs': the first's own only when the second's was.
-    kdoc = j("kernels.json")
-    if isinstance(kdoc, dict):
-        kmore = j("kernels_more.json")
+    def kernels(self):
+        """kernels.json with the rows of each of its two steps kept or left out by that step's
+        own record: kernels_more's are those of the kernels named in kernels_more.json
+        (tools/kernels_merge.py). Its "complete" is both runs': the first's own only when the
+        second's was."""
+        kdoc = self.json("kernels.json")
+        if not isinstance(kdoc, dict):
+            return kdoc
+        kmore = self.json("kernels_more.json")
         kmore = kmore if isinstance(kmore, dict) else {}
         more = {r.get("kernel") for r in kmore.get("rows", [])}
         more_partial = kmore.get("complete") is False
@@ -334,13 +335,34 @@ def main():
                        else kdoc.get("complete") is False and not more_partial)
         own_complete = (kdoc["complete_kernels"] is True if "complete_kernels" in kdoc
                         else kdoc.get("complete") is True)
-        keep_own = kept("kernels", own_partial, own_complete, "kernels.json")
-        keep_more = kept("kernels_more", more_partial, kmore.get("complete") is True, "kernels.json")
+        keep_own = self.kept("kernels", own_partial, own_complete, "kernels.json")
+        keep_more = self.kept("kernels_more", more_partial, kmore.get("complete") is True,
+                              "kernels.json")
         for step, keep, mine in (("kernels", keep_own, False), ("kernels_more", keep_more, True)):
             if not keep and any((r.get("kernel") in more) == mine for r in kdoc.get("rows", [])):
-                left_out.append({"file": "kernels.json", "step": step, "status": last[step]})
-        kdoc = dict(kdoc, rows=[r for r in kdoc.get("rows", [])
+                self.left_out.append({"file": "kernels.json", "step": step,
+                                      "status": self.last[step]})
+        return dict(kdoc, rows=[r for r in kdoc.get("rows", [])
                                 if (keep_more if r.get("kernel") in more else keep_own)])
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--dir", required=True)
+    ap.add_argument("--name", required=True)
+    ap.add_argument("--md", required=True)
+    ap.add_argument("--json", required=True)
+    ap.add_argument("--gpu", default="")
+    ap.add_argument("--plots-prefix", default="")
+    a = ap.parse_args()
+    d = a.dir
+    raw = RawOutputs(d)
+    j = raw.json
+    t = lambda f: read(os.path.join(d, f))  # noqa: E731
+    steps, last = raw.steps, raw.last
+    left_out, kept_failed = raw.left_out, raw.kept_failed
+    counts, bench = raw.counts, raw.bench
+    kdoc = raw.kernels()
     tdoc = bench("torch_topk.json")
     # gradcomp_perf and gradcomp_kernels_perf rewrite their JSON after every
     # row; one whose run stopped early says "complete": false.

@@ -340,6 +340,58 @@ class PlotInputs(unittest.TestCase):
         self.assertEqual(sorted(os.listdir(out)), ["x-busbw.png", "x-model_speedup.png"])
 
 
+    def test_outputs_the_report_leaves_out_are_not_drawn(self):
+        """--raw: an output the report leaves out (its step's last record skipped, the file a
+        complete one of an earlier call) is not drawn; kernels.json keeps only the rows of the
+        step that counts. gpu-check.sh passes --raw."""
+        work = tempfile.mkdtemp(prefix="gc_plot_")
+        self.addCleanup(shutil.rmtree, work, True)
+        row = dict(prow([(10, 7.5)]), label="qsgd bits=4", busbw=1.0, nccl_busbw=0.5, nranks=8)
+        for f in ("perf_n8.json", "perf_n1.json"):
+            with open(os.path.join(work, f), "w") as g:
+                json.dump({"backend": "cuda", "complete": True, "rows": [row]}, g)
+        with open(os.path.join(work, "kernels_more.json"), "w") as g:
+            json.dump({"complete": True, "rows": [krow("qsgd_decode", 0.9)]}, g)
+        with open(os.path.join(work, "kernels.json"), "w") as g:
+            json.dump({"complete": True, "rows": [krow("qsgd_encode_ef", 0.85),
+                                                  krow("qsgd_decode", 0.9)]}, g)
+        with open(os.path.join(work, "steps.tsv"), "w") as g:
+            g.write("perf_n8\tskipped\t0\tbudget\nperf_n1\tok\t5\t\n"
+                    "kernels\tok\t5\t\nkernels_more\tskipped\t0\tbudget\n")
+        plot = os.path.join(ROOT, "tools", "plot")
+
+        def run(*extra):
+            out = os.path.join(work, "out%d" % len(extra))
+            p = subprocess.run([sys.executable, plot, "--perf", os.path.join(work, "perf_n8.json"),
+                                "--perf", os.path.join(work, "perf_n1.json"), "--kernels",
+                                os.path.join(work, "kernels.json"), "--out", out] + list(extra),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            self.assertEqual(p.returncode, 0, p.stdout)
+            return p.stdout
+
+        self.assertNotIn("left out", run())
+        said = run("--raw", work)
+        self.assertIn("perf_n8.json left out, as the report leaves it out (step perf_n8's last "
+                      "record is 'skipped')", said)
+        self.assertNotIn("perf_n1.json left out", said)
+        self.assertIn("kernels.json: rows of a step the report leaves out dropped", said)
+        # What the plots got: the report's own reading of the same folder.
+        sys.path.insert(0, os.path.join(ROOT, "tools"))
+        try:
+            import gpu_report
+        finally:
+            sys.path.pop(0)
+        raw = gpu_report.RawOutputs(work)
+        self.assertIsNone(raw.bench("perf_n8.json"))
+        self.assertEqual([r["kernel"] for r in raw.kernels()["rows"]], ["qsgd_encode_ef"])
+        with open(os.path.join(ROOT, "tools", "gpu-check.sh")) as g:
+            check = g.read()
+        self.assertIn('--raw "$raw"', check)
+        # A plot not drawn this call leaves no earlier call's PNG for the report to show.
+        self.assertIn('want plots && fresh "$results/$name"-{busbw,model_speedup,kernels,topk}.png',
+                      check)
+
+
 class GpuCheckPlan(unittest.TestCase):
     """tools/gpu-check.sh's plan (GC_PLAN=1, no GPU) refuses a budget it cannot count with."""
 
