@@ -11,6 +11,7 @@ _C_NAME = {T.snake(n): n for n, _ in T.CONFIG_FIELDS
            if n != "structSize" and not n.startswith("reserved")}
 _C_TYPE = dict(T.CONFIG_FIELDS)
 _INT_TYPES = (ctypes.c_int, ctypes.c_size_t, ctypes.c_uint64)
+_FLT_MIN = 1.1754943508222875e-38  # the smallest normal float (C's FLT_MIN)
 
 
 def settings():
@@ -38,7 +39,14 @@ def _coerce(key, cname, value):
         return v
     ctype = _C_TYPE[cname]
     if ctype is ctypes.c_float:
-        return _real(value, key)
+        x = _real(value, key)
+        # As GRADCOMP_* floats are read (plugin/config.cc): a nonzero value the float field
+        # would flush toward 0 (0 is "off" for some settings, clip_norm) is refused, not changed.
+        if x != 0.0 and abs(x) < _FLT_MIN:
+            raise InvalidArgumentError(
+                f"{key}={value!r} is not a number that a float holds: a nonzero value must be "
+                f"at least {_FLT_MIN:g}", 1)
+        return x
     if isinstance(value, bool):
         value = int(value)
     if not isinstance(value, numbers.Integral):

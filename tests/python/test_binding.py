@@ -322,6 +322,11 @@ class ConfigSettings(unittest.TestCase):
             (dict(bits="4"), r"bits='4' is not an integer"),
             (dict(density="x"), r"density='x' is not a number"),
             (dict(bits=2**40), r"bits=1099511627776 does not fit"),
+            # Flushed toward 0 by the float field: refused naming the value given, as
+            # GRADCOMP_CLIP_NORM=1e-50 is, not stored as 0 (clip_norm 0 is "off").
+            (dict(clip_norm=1e-50), r"clip_norm=1e-50 is not a number that a float holds"),
+            (dict(momentum=1e-40), r"momentum=1e-40 is not a number that a float holds"),
+            (dict(density=1e-50), r"density=1e-50 is not a number that a float holds"),
             (dict(bogus=1), r"unknown setting bogus; the settings are method, algo, bits"),
         ]
         for kwargs, pattern in cases:
