@@ -164,6 +164,11 @@ def check_flags(perf, work, src, kdoc, bits, bucket):
                        (["-b", "64", "-e", "1M", "-f", "1.01"],
                         "-f 1.01 cannot grow -b 64"),
                        (["--link-gbps", ","], "--link-gbps ,: give at least one bandwidth"),
+                       # An empty -m or -d (a shell variable left empty) is refused too, not
+                       # run as the default method or type.
+                       (["-m", ","], "-m ',': give at least one method"),
+                       (["-m", ""], "-m '': give at least one method"),
+                       (["-d", ","], "-d ',': give at least one type"),
                        (["-m", "none", "--json", "/nonexistent/dir/x.json"],
                         "cannot write /nonexistent/dir/x.json.part")):
         code, out = run_plain(perf, args + tiny)

@@ -368,6 +368,10 @@ bool parseOptions(int argc, char** argv, Options* o, int* exitCode) {
           else
             return fail(exitCode, "%s %s: types are float, half, bfloat16 or all", "-d", v);
         }
+        // An empty list is no type (leave -d out for the default), as --link-gbps refuses one.
+        if (o->dtypes.empty())
+          return fail(exitCode, "%s '%s': give at least one type: float, half, bfloat16 or all",
+                      "-d", v);
         break;
       case 'o':
         if (strcasecmp(v, "sum") == 0)
@@ -388,6 +392,10 @@ bool parseOptions(int argc, char** argv, Options* o, int* exitCode) {
             return fail(exitCode, "%s %s: methods are none, qsgd, topk, randk, dgc", "-m", v);
           o->methods.push_back((gradcompMethod_t)m);
         }
+        // An empty list is no method (leave -m out for GRADCOMP_METHOD's or the default).
+        if (o->methods.empty())
+          return fail(exitCode, "%s '%s': give at least one method: none, qsgd, topk, randk, dgc",
+                      "-m", v);
         break;
       case 'q':
         if (!parseInt(v, 2, 8, &lv)) return failInt(exitCode, "-q", v, "2..8");
