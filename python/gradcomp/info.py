@@ -64,6 +64,21 @@ def gpus():
         return None
 
 
+def settings_line(gradcomp):
+    """Prints the GRADCOMP_* variables set (GRADCOMP_LIBRARY aside: the line above shows it)
+    and whether the library takes them, as gradcompConfigFromEnv does for every comm; False
+    when it refuses them (every comm made from the environment would fail)."""
+    names = sorted(k for k in os.environ if k.startswith("GRADCOMP_") and k != "GRADCOMP_LIBRARY")
+    shown = ", ".join(f"{k}={os.environ[k]}" for k in names)
+    try:
+        gradcomp.Config()
+    except gradcomp.GradcompError as e:
+        print(f"settings: {shown}: refused: {e}")
+        return False
+    print(f"settings: {shown}: accepted" if names else "settings: the defaults (no GRADCOMP_* set)")
+    return True
+
+
 def main():
     import gradcomp
 
@@ -79,6 +94,8 @@ def main():
     except gradcomp.GradcompError as e:
         ok = False
         print(f"libgradcomp: {e}")
+    if ok:
+        ok = settings_line(gradcomp)
     nccl = nccl_library()
     if nccl:
         print(f"NCCL: {nccl} (version {nccl_version(nccl) or 'unknown'})")

@@ -1104,6 +1104,27 @@ class LibraryErrors(unittest.TestCase):
         self.assertEqual(p.returncode, 0, p.stderr)
         self.assertIn("libgradcomp", p.stdout)
 
+    def test_info_names_the_settings_and_a_refused_one(self):
+        """gradcomp.info says which GRADCOMP_* values this process would run with, and a value
+        the library refuses (every comm made from the environment would fail) with its
+        sentence and exit 1."""
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("GRADCOMP_") or k == "GRADCOMP_LIBRARY"}
+        env["PYTHONPATH"] = os.path.join(ROOT, "python")
+        run = lambda **kv: subprocess.run(  # noqa: E731
+            [sys.executable, "-m", "gradcomp.info"], env=dict(env, **kv), capture_output=True,
+            text=True)
+        p = run()
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertIn("settings: the defaults (no GRADCOMP_* set)", p.stdout)
+        p = run(GRADCOMP_BITS="3", GRADCOMP_METHOD="qsgd")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertIn("settings: GRADCOMP_BITS=3, GRADCOMP_METHOD=qsgd: accepted", p.stdout)
+        p = run(GRADCOMP_BITS="9")
+        self.assertEqual(p.returncode, 1, p.stdout)
+        self.assertIn("settings: GRADCOMP_BITS=9: refused: GRADCOMP_BITS=9 is not an integer in "
+                      "2..8", p.stdout)
+
     def test_run_on_threads_waits_one_timeout_for_all_ranks(self):
         release = threading.Event()
         t0 = time.monotonic()
