@@ -170,7 +170,10 @@ def check_flags(perf, work, src, kdoc, bits, bucket):
                        (["-m", ""], "-m '': give at least one method"),
                        (["-d", ","], "-d ',': give at least one type"),
                        (["-m", "none", "--json", "/nonexistent/dir/x.json"],
-                        "cannot write /nonexistent/dir/x.json.part")):
+                        "cannot write /nonexistent/dir/x.json.part"),
+                       # A directory cannot be renamed over: refused before the first row, not
+                       # found at every row and the end.
+                       (["-m", "none", "--json", work], "cannot write %s: Is a directory" % work)):
         code, out = run_plain(perf, args + tiny)
         expect(code == 2 and says in out, "%s: exit 2 saying %r (got %d)" % (args, says, code))
     # Integer flags are plain decimal digits in their range, as GRADCOMP_* integers are: a
@@ -210,6 +213,7 @@ def check_flags(perf, work, src, kdoc, bits, bucket):
                        text=True, timeout=100)
     expect(p.returncode == 0 and p.stdout.startswith("Usage: ") and p.stderr == "",
            "--help: usage on stdout, nothing on stderr, exit 0 (got %d)" % p.returncode)
+    expect(not os.path.exists(work + ".part"), "--json DIR: no DIR.part left behind")
     # --help's ranges are the enforced ones; the doc's -a row lists every algorithm.
     code, out = run_plain(perf, ["--help"])
     expect(code == 0 and "[1e-6, 1]" in out and "(0,1]" not in out and "GRADCOMP_METHOD" in out,

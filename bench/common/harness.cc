@@ -4,6 +4,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <chrono>
@@ -729,8 +730,19 @@ int runHarness(const Options& o, Rank& r) {
   // found after it (rank 0 writes them; every rank stops alike).
   double unwritable = 0;
   if (lead) {
+    // --json is written to PATH.part and renamed over PATH at every row: a
+    // directory at PATH cannot be renamed over, and the run would end without
+    // its file (and say so at every row).
+    struct stat st;
+    const bool jsonDir =
+        !o.jsonPath.empty() && stat(o.jsonPath.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+    if (jsonDir) {
+      fprintf(stderr, "gradcomp_perf: cannot write %s: %s (see --json, --csv)\n",
+              o.jsonPath.c_str(), strerror(EISDIR));
+      unwritable = 1;
+    }
     for (const std::string& path : {o.jsonPath + ".part", o.csvPath}) {
-      if (path == ".part" || path.empty()) continue;
+      if (path == ".part" || path.empty() || (jsonDir && path == o.jsonPath + ".part")) continue;
       FILE* f = fopen(path.c_str(), "a");
       if (f == nullptr) {
         fprintf(stderr, "gradcomp_perf: cannot write %s: %s (see --json, --csv)\n", path.c_str(),
