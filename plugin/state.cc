@@ -31,6 +31,13 @@
 //     tag 3, the gradients' scale the arrays are in (gradcompCommSetGradScale;
 //       at most one record, written when it is not 1): f32 scale, u32 0. A
 //       blob without it is in unscaled units (1).
+//     tag 4, the inter-node group of a hierarchical comm holding a
+//       reduce-scatter state (at most one record): u32 k, u32 0, i32[k] the
+//       global ranks R(0, l), ..., R(k-1, l) of this rank's local rank l,
+//       i32 0 when k is odd. Slot l*k + j of a reduce-scatter state is input
+//       block R(j, l): a comm whose group differs (its nodes interleave the
+//       ranks otherwise, with this rank at the same node and local rank) is
+//       refused. A blob without it loads as before.
 // New kinds of state get new tags (an older loader refuses them by name).
 // The header's 16 shape fields are all in use (the last three, node, local
 // rank and budget, hold 0 in blobs of earlier builds, which load as before):
@@ -63,7 +70,8 @@ constexpr uint32_t kTagBuffer = 1;
 constexpr uint32_t kTagAuto = 2;
 constexpr uint32_t kTagScale = 3;
 constexpr size_t kScaleRecordBytes = 16 + 8;  // prefix, f32 scale, u32 0
-constexpr size_t kAutoEntryBytes = 40;        // present, 0, two counts, four times
+constexpr uint32_t kTagGroup = 4;
+constexpr size_t kAutoEntryBytes = 40;  // present, 0, two counts, four times
 constexpr size_t kAutoRecordBytes = 16 + 2 * kAutoEntryBytes;
 constexpr AutoCall kAutoCalls[2] = {AutoCall::AllReduce, AutoCall::ReduceScatter};
 constexpr size_t kRecordPrefix = 16;
@@ -291,12 +299,31 @@ bool autoFigures(const gradcompComm& c, AutoFigures f[2], bool have[2]) {
   return any;
 }
 
+// The global ranks of this rank's inter-node group, R(0, l), ..., R(k-1, l),
+// where a reduce-scatter state's slots depend on them (hier_reduce_scatter.cc:
+// slot l*k + j is input block R(j, l)); empty when the comm is flat or holds
+// no reduce-scatter state.
+std::vector<int32_t> interNodeGroup(const gradcompComm& c) {
+  std::vector<int32_t> g;
+  if (!c.topo.hier()) return g;
+  bool rs = false;
+  for (const auto& kv : c.states) rs = rs || std::get<0>(kv.first) >= kStateReduceScatter;
+  if (!rs) return g;
+  for (int n = 0; n < c.topo.nodes; ++n) g.push_back(c.topo.rankAt(n, c.topo.localRank));
+  return g;
+}
+
+size_t groupRecordBytes(size_t k) {
+  return k == 0 ? 0 : kRecordPrefix + 8 + (k + 1) / 2 * 8;
+}
+
 size_t totalBytes(gradcompComm& c, const std::vector<BitsHistoryRecord>& h,
                   const std::vector<bool>& present) {
   AutoFigures f[2];
   bool have[2];
   size_t total = kHeaderBytes + (autoFigures(c, f, have) ? kAutoRecordBytes : 0) +
-                 (c.gradScale != 1.0f ? kScaleRecordBytes : 0),
+                 (c.gradScale != 1.0f ? kScaleRecordBytes : 0) +
+                 groupRecordBytes(interNodeGroup(c).size()),
          i = 0;
   for (auto& kv : c.states) {
     total += recordBytes(kv.second, present[i] ? &h[i] : nullptr);
@@ -457,6 +484,55 @@ gradcompResult_t parseAuto(Reader& r, uint64_t index, ParsedAuto* out) {
   return gradcompSuccess;
 }
 
+// The saved inter-node group against this comm's: the reduce-scatter slots
+// of the blob name these ranks' blocks.
+gradcompResult_t parseGroup(const gradcompComm& c, Reader& r, uint64_t index) {
+  uint32_t k = 0, zero = 0;
+  if (!r.get(&k) || !r.get(&zero)) {
+    return refuse("inter-node group record %llu is truncated", (unsigned long long)index);
+  }
+  if (zero != 0) {
+    return refuse("inter-node group record %llu has padding %u (expected 0)",
+                  (unsigned long long)index, zero);
+  }
+  if (!c.topo.hier() || k != (uint32_t)c.topo.nodes) {
+    return refuse(
+        "saved with an inter-node group of %u ranks; this comm's has %d (%s): the "
+        "reduce-scatter residual slices would land on other blocks",
+        k, c.topo.hier() ? c.topo.nodes : 0, c.topo.hier() ? "hierarchical" : "flat");
+  }
+  std::string saved, mine;
+  bool same = true;
+  for (uint32_t n = 0; n < k; ++n) {
+    int32_t rank = 0;
+    if (!r.get(&rank)) {
+      return refuse("inter-node group record %llu is truncated", (unsigned long long)index);
+    }
+    const int32_t here = c.topo.rankAt((int)n, c.topo.localRank);
+    same = same && rank == here;
+    saved += (n ? "," : "") + std::to_string(rank);
+    mine += (n ? "," : "") + std::to_string(here);
+  }
+  if (k % 2 != 0) {
+    int32_t pad = 0;
+    if (!r.get(&pad)) {
+      return refuse("inter-node group record %llu is truncated", (unsigned long long)index);
+    }
+    if (pad != 0) {
+      return refuse("inter-node group record %llu has padding %d (expected 0)",
+                    (unsigned long long)index, pad);
+    }
+  }
+  if (!same) {
+    return refuse(
+        "saved where this rank's inter-node group (local rank %d on every node) was ranks "
+        "%s; on this comm it is ranks %s (the nodes hold other ranks): the reduce-scatter "
+        "residual slices would land on other blocks",
+        c.topo.localRank, saved.c_str(), mine.c_str());
+  }
+  return gradcompSuccess;
+}
+
 gradcompResult_t parseScale(Reader& r, uint64_t index, ParsedScale* out) {
   uint32_t zero;
   if (!r.get(&out->scale) || !r.get(&zero)) {
@@ -548,6 +624,7 @@ gradcompResult_t parse(const gradcompComm& c, const char* blob, size_t bytes,
   recs->clear();
   Reader r(blob + kHeaderBytes, bytes - kHeaderBytes);
   std::map<StateKey, uint64_t> seen;
+  bool groupSeen = false;
   for (uint64_t i = 0; i < numRecords; ++i) {
     uint32_t tag, zero;
     uint64_t recBytes;
@@ -558,11 +635,12 @@ gradcompResult_t parse(const gradcompComm& c, const char* blob, size_t bytes,
       return refuse("record %llu has %u in the word after its tag, which is always 0",
                     (unsigned long long)i, zero);
     }
-    if (tag != kTagBuffer && tag != kTagAuto && tag != kTagScale) {
+    if (tag != kTagBuffer && tag != kTagAuto && tag != kTagScale && tag != kTagGroup) {
       return refuse(
           "record %llu has tag %u, which this gradcomp does not know (it reads tags %u, "
-          "buffer state, %u, GRADCOMP_AUTO's figures, and %u, the gradients' scale)",
-          (unsigned long long)i, tag, kTagBuffer, kTagAuto, kTagScale);
+          "buffer state, %u, GRADCOMP_AUTO's figures, %u, the gradients' scale, and %u, the "
+          "inter-node group)",
+          (unsigned long long)i, tag, kTagBuffer, kTagAuto, kTagScale, kTagGroup);
     }
     if (recBytes < kRecordPrefix || recBytes - kRecordPrefix > r.left()) {
       return refuse("record %llu says it is %llu bytes; %zu are left", (unsigned long long)i,
@@ -585,6 +663,10 @@ gradcompResult_t parse(const gradcompComm& c, const char* blob, size_t bytes,
     }
     if (tag == kTagScale) {
       GC_CHECK(once(&scaleRec->record, "scale", [&] { return parseScale(body, i, scaleRec); }));
+      continue;
+    }
+    if (tag == kTagGroup) {
+      GC_CHECK(once(&groupSeen, "inter-node group", [&] { return parseGroup(c, body, i); }));
       continue;
     }
     recs->emplace_back();
@@ -732,7 +814,9 @@ gradcompResult_t saveState(gradcompComm_t comm, void* buffer, size_t bytes) {
   bool have[2];
   const bool autoRec = autoFigures(*comm, af, have);
   const bool scaleRec = comm->gradScale != 1.0f;
-  w.put<uint64_t>(comm->states.size() + (autoRec ? 1 : 0) + (scaleRec ? 1 : 0));
+  const std::vector<int32_t> group = interNodeGroup(*comm);
+  w.put<uint64_t>(comm->states.size() + (autoRec ? 1 : 0) + (scaleRec ? 1 : 0) +
+                  (group.empty() ? 0 : 1));
   int32_t shape[kShapeFields];
   shapeOf(*comm, shape);
   for (int i = 0; i < kShapeFields; ++i) w.put<int32_t>(shape[i]);
@@ -776,6 +860,13 @@ gradcompResult_t saveState(gradcompComm_t comm, void* buffer, size_t bytes) {
   if (scaleRec) {
     w.put<uint32_t>(kTagScale), w.put<uint32_t>(0), w.put<uint64_t>(kScaleRecordBytes);
     w.put<float>(comm->gradScale), w.put<uint32_t>(0);
+  }
+  if (!group.empty()) {
+    w.put<uint32_t>(kTagGroup), w.put<uint32_t>(0);
+    w.put<uint64_t>(groupRecordBytes(group.size()));
+    w.put<uint32_t>((uint32_t)group.size()), w.put<uint32_t>(0);
+    for (int32_t g : group) w.put<int32_t>(g);
+    if (group.size() % 2 != 0) w.put<int32_t>(0);
   }
   const uint32_t crc = blobCrc(blob, need);
   memcpy(blob + kCrcOffset, &crc, 4);

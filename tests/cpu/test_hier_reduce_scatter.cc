@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include <algorithm>
+#include <memory>
 #include <vector>
 
 #include "gradcomp.h"
@@ -514,6 +515,53 @@ TEST(HierReduceScatterCpu, RankAtFollowsHostTopology) {
   }
   const gc::Topology b = gc::blockTopology(5, 8, 4);
   EXPECT_EQ(b.rankAt(1, 1), 5);
+}
+
+// A reduce-scatter state's slot l*k + j is input block R(j, l): it depends on
+// which ranks form this rank's inter-node group, not only on its node and
+// local rank. Hosts A B A B and A A B B put ranks 0 and 3 at the same node
+// and local rank but give them other groups (0: ranks 0,1 against 0,2): the
+// blob records the group, and a comm whose group differs refuses it on every
+// rank, leaving the comm unchanged; the same layout loads it.
+TEST(HierReduceScatterCpu, StateOfAnotherInterleavingIsRefused) {
+  const int N = 4;
+  const size_t m = 300;
+  auto world = [&](const std::vector<uint64_t>& hosts) {
+    gctest::CpuWorld* w = new gctest::CpuWorld(N, qsgdConfig(1));
+    std::vector<gc::Topology> topos(N);
+    const char* why = nullptr;
+    for (int r = 0; r < N; ++r) topos[r] = gc::hostTopology(r, hosts, &why);
+    std::vector<gradcompComm_t> comms(N);
+    for (int r = 0; r < N; ++r) comms[r] = w->comm(r);
+    gc::splitCpuWorld(comms.data(), topos);
+    return std::unique_ptr<gctest::CpuWorld>(w);
+  };
+  auto abab = world({7, 9, 7, 9}), aabb = world({7, 7, 9, 9}), again = world({7, 9, 7, 9});
+  std::vector<std::vector<float>> g(N), out(N, std::vector<float>(m));
+  for (int i = 0; i < N; ++i) g[i] = gctest::normal(N * m, 40 + i, 1.0f);
+  auto res = abab->run([&](int r) {
+    return gradcompReduceScatterKeyed(g[r].data(), out[r].data(), m, ncclFloat32, ncclSum,
+                                      abab->comm(r), nullptr, 9);
+  });
+  for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
+  for (int r = 0; r < N; ++r) {
+    const std::vector<uint8_t> blob = gctest::savedState(abab->comm(r));
+    const std::vector<uint8_t> before = gctest::savedState(aabb->comm(r));
+    EXPECT_EQ(gradcompCommLoadState(aabb->comm(r), blob.data(), blob.size()),
+              gradcompInvalidArgument)
+        << "rank " << r;
+    if (r == 0) {
+      EXPECT_NE(strstr(gradcompGetLastError(),
+                       "inter-node group (local rank 0 on every node) was ranks 0,1; on this comm "
+                       "it is ranks 0,2"),
+                nullptr)
+          << gradcompGetLastError();
+    }
+    EXPECT_EQ(gctest::savedState(aabb->comm(r)), before) << "rank " << r;
+    EXPECT_EQ(gradcompCommLoadState(again->comm(r), blob.data(), blob.size()), gradcompSuccess)
+        << "rank " << r << ": " << gradcompGetLastError();
+    EXPECT_EQ(gctest::savedState(again->comm(r)), blob) << "rank " << r;
+  }
 }
 
 }  // namespace
