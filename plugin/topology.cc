@@ -9,6 +9,7 @@
 
 #include <memory>
 #include <string>
+#include <utility>
 
 #include "backends/cuda/device_guard.h"
 #include "backends/cuda/device_ptr.h"
@@ -175,6 +176,7 @@ std::unique_ptr<gradcompComm> makeInterComm(const gradcompComm& c,
 // Keeps the node boundaries for byte counts, exchanges flat.
 void flatten(Topology* t) {
   t->localSize = 1;
+  t->ranks.clear();
 }
 
 }  // namespace
@@ -188,8 +190,23 @@ Topology blockTopology(int rank, int nranks, int localSize) {
   if (localSize > 1) {
     t.nodeOf.resize(nranks);
     for (int j = 0; j < nranks; ++j) t.nodeOf[j] = j / localSize;
+    indexRanks(&t);
   }
   return t;
+}
+
+void indexRanks(Topology* t) {
+  t->ranks.clear();
+  const size_t L = (size_t)t->localSize, n = t->nodeOf.size();
+  if (t->nodes < 1 || L < 1 || n != (size_t)t->nodes * L) return;
+  std::vector<int> ranks(n, -1);
+  std::vector<size_t> filled((size_t)t->nodes, 0);
+  for (size_t r = 0; r < n; ++r) {
+    const int k = t->nodeOf[r];
+    if (k < 0 || k >= t->nodes || filled[k] == L) return;
+    ranks[(size_t)k * L + filled[k]++] = (int)r;
+  }
+  t->ranks = std::move(ranks);
 }
 
 Topology hostTopology(int rank, const std::vector<uint64_t>& hosts, const char** why) {
@@ -223,9 +240,10 @@ Topology hostTopology(int rank, const std::vector<uint64_t>& hosts, const char**
     if (s != sizes[0]) {
       *why = "the nodes have different numbers of ranks";
       flatten(&t);
-      break;
+      return t;
     }
   }
+  indexRanks(&t);
   return t;
 }
 

@@ -30,12 +30,22 @@ struct Topology {
   // nodes too, where localSize is 1 (flat exchange) but bytes are still
   // counted by the real node boundaries.
   std::vector<int> nodeOf;
+  // rankAt's table, ranks[node * localSize + local], for uniform nodes
+  // (indexRanks); empty otherwise. The hierarchical exchanges ask for every
+  // rank's place at every call: a scan of nodeOf each time made that
+  // quadratic in the ranks.
+  std::vector<int> ranks;
   // Hierarchical exchange pays only with >= 2 nodes of >= 2 ranks.
   bool hier() const { return nodes >= 2 && localSize >= 2; }
   // Global rank of local rank `local` on node `node`: the ranks of a node in
   // rank order (nodes need not be contiguous in rank order).
   int rankAt(int node, int local) const {
     if (nodeOf.empty()) return node * localSize + local;
+    if (ranks.size() == (size_t)nodes * localSize) {
+      return node >= 0 && node < nodes && local >= 0 && local < localSize
+                 ? ranks[(size_t)node * localSize + local]
+                 : -1;
+    }
     for (int r = 0; r < (int)nodeOf.size(); ++r) {
       if (nodeOf[r] == node && local-- == 0) return r;
     }
@@ -48,6 +58,9 @@ struct Topology {
 
 // Consecutive blocks of localSize ranks form a node (localSize divides nranks).
 Topology blockTopology(int rank, int nranks, int localSize);
+// Fills t->ranks from t->nodeOf when every node has localSize ranks (else
+// leaves it empty: rankAt scans).
+void indexRanks(Topology* t);
 // From every rank's host identity (0: unreadable). Node = order of first
 // appearance of a host, localRank = order among the ranks of that host.
 // Nodes of different sizes, or an unreadable identity, give the flat

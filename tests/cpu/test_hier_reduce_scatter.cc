@@ -564,4 +564,36 @@ TEST(HierReduceScatterCpu, StateOfAnotherInterleavingIsRefused) {
   }
 }
 
+// rankAt answers from a table: the hierarchical reduce-scatter asks for every
+// rank's place at every call (and pipelined, at every piece), so a scan of
+// the ranks per answer made each call quadratic in them (65536 ranks of 8
+// per node: seconds of host time per call). The table is built with the
+// topology, for host and block layouts, and every answer matches the scan.
+TEST(HierReduceScatterCpu, RankAtIsATableLookUp) {
+  const char* why = nullptr;
+  auto scanned = [](const gc::Topology& t, int node, int local) {
+    for (int j = 0; j < (int)t.nodeOf.size(); ++j) {
+      if (t.nodeOf[j] == node && local-- == 0) return j;
+    }
+    return -1;
+  };
+  const std::vector<uint64_t> hosts = {7, 9, 9, 7, 5, 5, 9, 5, 7};  // 3 nodes of 3
+  for (int r = 0; r < 9; ++r) {
+    const gc::Topology t = gc::hostTopology(r, hosts, &why);
+    ASSERT_EQ(why, nullptr);
+    ASSERT_EQ(t.ranks.size(), 9u);
+    for (int n = 0; n < 3; ++n)
+      for (int l = 0; l < 3; ++l)
+        EXPECT_EQ(t.rankAt(n, l), scanned(t, n, l)) << "node " << n << " local " << l;
+  }
+  // Nodes of different sizes run flat: no table.
+  EXPECT_TRUE(gc::hostTopology(0, {7, 7, 9}, &why).ranks.empty());
+  const int N = 4096, G = 8, k = N / G;
+  const gc::Topology b = gc::blockTopology(5, N, G);
+  ASSERT_EQ(b.ranks.size(), (size_t)N);
+  for (int j = 0; j < G; ++j)
+    for (int n = 0; n < k; ++n) ASSERT_EQ(b.rankAt(n, j), n * G + j) << "node " << n;
+  for (int n = 0; n < k; n += 37) EXPECT_EQ(b.rankAt(n, 3), scanned(b, n, 3)) << "node " << n;
+}
+
 }  // namespace
