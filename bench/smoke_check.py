@@ -436,19 +436,33 @@ def f32(x):
     return struct.unpack("f", struct.pack("f", x))[0]
 
 
+def float_decimal(v):
+    """sparse::floatDecimal: the shortest decimal (1 to 9 digits) that rounds to float v."""
+    if not v > 0 or v != f32(v):
+        return v
+    e = math.floor(math.log10(v))
+    for digits in range(1, 10):
+        scale = 10.0 ** (digits - 1 - e)
+        d = round(v * scale) / scale
+        if f32(d) == v:
+            return d
+    return v
+
+
 def ceil_mul(a, n):
-    """sparse::ceilMul: ceil(a * n) in double."""
+    """sparse::ceilMul: ceil(a * n) in double, a product within 1e-12 of an integer is it."""
     x = a * n
     c = int(x)
-    return c + 1 if c < x else c
+    return c + 1 if c < x and x - c > x * 1e-12 else c
 
 
 def sparse_slots(n, density, oversample=2.0, exact=False):
-    """kmax (k when exact) of sparse::makePlan, from the config's floats."""
-    k = min(max(ceil_mul(f32(density), n), 1), n)
+    """kmax (k when exact) of sparse::makePlan, from the config's floats (as decimals)."""
+    d = float_decimal(f32(density))
+    k = min(max(ceil_mul(d, n), 1), n)
     if exact:
         return k
-    return min(max(ceil_mul(f32(oversample) * f32(density), n), k), n)
+    return min(max(ceil_mul(float_decimal(f32(oversample)) * d, n), k), n)
 
 
 def sparse_work(method, nranks, e, slots_per_elem, vb=4, residual=True, convert=False,

@@ -80,15 +80,40 @@ inline double warmupDensity(double finalDensity, int warmupSteps, uint64_t calls
   return d > finalDensity ? d : finalDensity;
 }
 
+// A setting read as a float (GRADCOMP_DENSITY=0.001 is the float
+// 0.0010000000475) as the decimal it was written as: the shortest one, of 1
+// to 9 significant digits, that rounds to that float. Other values (warm-up's
+// powers of 1/4 are floats already and come back as they are; a double that
+// is no float) are returned unchanged.
+inline double floatDecimal(double v) {
+  if (!(v > 0.0) || v != (double)(float)v) return v;
+  const float f = (float)v;
+  const int e = (int)floor(log10(v));
+  for (int digits = 1; digits <= 9; ++digits) {
+    const double scale = pow(10.0, digits - 1 - e);
+    const double d = round(v * scale) / scale;
+    if ((float)d == f) return d;
+  }
+  return v;
+}
+
+// ceil(a * n), where a is a decimal setting: a product within 1e-12 of its
+// own size above a whole number is that number (0.07 * 100 is
+// 7.000000000000001 in double, and means 7).
 inline size_t ceilMul(double a, size_t n) {
-  double x = a * (double)n;
-  size_t c = (size_t)x;
-  return (double)c < x ? c + 1 : c;
+  const double x = a * (double)n;
+  const size_t c = (size_t)x;
+  return (double)c < x && x - (double)c > x * 1e-12 ? c + 1 : c;
 }
 
 // k = ceil(density*n) but at least 1: a density so small that k would round
-// to 0 still sends the largest entry (documented in docs/sparse.md).
+// to 0 still sends the largest entry (documented in docs/sparse.md). The
+// float settings count as the decimals they were given as (floatDecimal):
+// 0.001 of 100000 is 100 slots, where the float's 100.0000047 made 101.
 inline Plan makePlan(size_t n, double density, bool exact, double oversample, double sampleRate) {
+  density = floatDecimal(density);
+  oversample = floatDecimal(oversample);
+  sampleRate = floatDecimal(sampleRate);
   Plan p{};
   p.density = density;
   p.k = ceilMul(density, n);

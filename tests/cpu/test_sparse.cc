@@ -98,6 +98,36 @@ TEST(SparseSelect, KAtLeastOneWhenDensityRoundsToZero) {
   EXPECT_EQ(p.sample, 1u);
 }
 
+// The float settings count as the decimals they were given as: 0.001f is
+// 0.0010000000475, whose ceiling times 100000 was 101 slots, not 100; a
+// double product a hair above a whole number (0.07 * 100) is that number; a
+// density that is no whole share still rounds up; warm-up's powers of 1/4
+// are exact. Every result against the count a decimal reading gives.
+TEST(SparseSelect, FloatSettingsCountAsTheirDecimals) {
+  EXPECT_EQ(gc::sparse::floatDecimal((double)0.001f), 0.001);
+  EXPECT_EQ(gc::sparse::floatDecimal((double)0.07f), 0.07);
+  EXPECT_EQ(gc::sparse::floatDecimal((double)1.5f), 1.5);
+  EXPECT_EQ(gc::sparse::floatDecimal(0.00390625), 0.00390625);
+  EXPECT_EQ(gc::sparse::floatDecimal(0.1), 0.1);  // no float: as it is
+  struct Case {
+    size_t n;
+    float density, oversample, sampleRate;
+    size_t k, kmax, sample, keep;
+  } cases[] = {
+      {100000, 0.001f, 2.0f, 0.01f, 100, 200, 64000, 64},
+      {1000, 0.07f, 1.5f, 0.01f, 70, 105, 1000, 70},
+      {64000000, 0.001f, 2.0f, 0.001f, 64000, 128000, 64000, 64},
+      {1001, 0.001f, 2.0f, 0.01f, 2, 3, 1001, 2},
+  };
+  for (const Case& c : cases) {
+    const Plan p = gc::sparse::makePlan(c.n, c.density, false, c.oversample, c.sampleRate);
+    EXPECT_EQ(p.k, c.k) << "n=" << c.n << " density=" << c.density;
+    EXPECT_EQ(p.kmax, c.kmax) << "n=" << c.n << " density=" << c.density;
+    EXPECT_EQ(p.sample, c.sample) << "n=" << c.n << " density=" << c.density;
+    EXPECT_EQ(p.keep, c.keep) << "n=" << c.n << " density=" << c.density;
+  }
+}
+
 TEST(SparseSelect, ThresholdOnTypicalDataWithinHalfKToKmax) {
   for (size_t n : {50000, 200000}) {
     for (double density : {0.001, 0.01, 0.05}) {
@@ -654,9 +684,9 @@ TEST(SparseDgcCpu, ExtrasMatchPerStepReference) {
       cfg.warmupSteps = 8;
       gctest::CpuWorld world(N, cfg);
       std::vector<std::vector<float>> u(N, std::vector<float>(n, 0)), v = u, buf = u;
-      const double stageDensity[] = {0.25,           0.25,          0.0625,     0.0625,
-                                     0.015625,       0.015625,      0.00390625, 0.00390625,
-                                     (double)0.001f, (double)0.001f};
+      const double stageDensity[] = {
+          0.25,     0.25,       0.0625,     0.0625, 0.015625,
+          0.015625, 0.00390625, 0.00390625, 0.001,  0.001};  // 0.001f as its decimal
       uint64_t denseCalls = 0;
       for (int step = 0; step < 10; ++step) {
         std::vector<std::vector<float>> g(N);

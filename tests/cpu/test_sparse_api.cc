@@ -9,6 +9,7 @@
 #include <limits>
 #include <numeric>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "gradcomp.h"
@@ -72,9 +73,14 @@ TEST(TopkApi, HostExactEqualsSortReference) {
     special[n / 3] = -std::numeric_limits<float>::infinity();
     data.push_back(special);
     for (const auto& v : data) {
-      for (float density : {1e-6f, 0.001f, 0.01f, 0.25f, 1.0f}) {
+      // k = ceil(density * n), the float density read as its decimal.
+      for (const auto& [density, decimal] : {std::pair<float, double>{1e-6f, 1e-6},
+                                             {0.001f, 0.001},
+                                             {0.01f, 0.01},
+                                             {0.25f, 0.25},
+                                             {1.0f, 1.0}}) {
         const size_t k = slotsOf(n, density, 4.0f, 1);
-        ASSERT_EQ(k, std::max<size_t>(1, (size_t)ceil((double)density * n)));
+        ASSERT_EQ(k, std::max<size_t>(1, (size_t)ceil(decimal * n)));
         std::vector<uint32_t> idx(k + 1, 0xABABABABu);
         uint64_t sel = 0;
         ASSERT_EQ(gradcompTopkSelectHost(v.data(), n, density, 4.0f, 0.01f, 1, 7, idx.data(), &sel),
