@@ -403,8 +403,15 @@ __device__ __forceinline__ void encodeWarpBlock(const void* __restrict__ x,
 
 // Buckets of up to 512, every input type: at most 56 registers, so that 9
 // blocks (36 warps) fit on an SM. Unbounded, the plain path's code takes 64
-// (fp32, bf16: 8 blocks) and 72 (fp16: 7 blocks); bounded, nothing spills
-// and the plain path issues about 1% more instructions. The encode waits on
+// (fp32, bf16: 8 blocks) and 72 (fp16: 7 blocks); bounded, the plain path
+// issues about 1% more instructions, and with nvcc 13.0 for sm_90 a few
+// variants spill a little to local memory (ptxas --resource-usage, R=4,
+// kBits 4 unless said: bf16 stochastic uniform, the default, 12 bytes
+// stored and 20 loaded; bf16 nearest square 8/8; fp32 stochastic square and
+// fp16 stochastic square at any width 4/4; the batch kernels none). Whether
+// that costs the bf16 encode anything: the H200's fp16 encode, which does
+// not spill, ran as slowly (docs/algorithms.md, after the limiter table).
+// The encode waits on
 // its loads before it codes, so warps resident are what hide that wait.
 // kBits: the width as a constant (4, the default, at the default bucket:
 // warpEncodeLaunch), so that every shift, mask and row store of the codes
