@@ -76,13 +76,6 @@ void resolve() {
             "nor ncclAllReduce; looking for pnccl* symbols in the process\n",
             lib);
     h = nullptr;
-  } else if (dlsym(h, "pncclAllReduce") == nullptr && dlsym(h, "ncclAllReduce") == nullptr) {
-    // Another library altogether (libc, a typo'd path that exists): every
-    // symbol would come from the process instead, unsaid.
-    fprintf(stderr,
-            "gradcomp WARN GRADCOMP_NCCL_LIBRARY=%s is not NCCL: it has neither pncclAllReduce "
-            "nor ncclAllReduce; looking for pnccl* symbols in the process\n",
-            lib);
   }
 #define GC_SYM(field, name) *reinterpret_cast<void**>(&field) = findSymbol(h, name)
   GC_SYM(gApi.allReduce, "ncclAllReduce");
