@@ -996,6 +996,25 @@ void expectAFailedPassKeepsTheResidual(bool inPlace) {
   }
 }
 
+// One in-place float allreduce on every rank of w: rank r's buf holds
+// normal(seed + r), rank 0's element `bad` made infinite (none when bad is
+// past the end); every rank must succeed.
+void allReduceWithInf(gctest::CpuWorld& w, std::vector<std::vector<float>>& buf, uint64_t seed,
+                      size_t bad) {
+  const size_t n = buf[0].size();
+  for (size_t r = 0; r < buf.size(); ++r) {
+    const std::vector<float> g = gctest::normal(n, seed + (uint64_t)r);
+    std::copy(g.begin(), g.end(), buf[r].begin());
+  }
+  if (bad < n) buf[0][bad] = INFINITY;
+  auto res = w.run([&](int r) {
+    return gradcompAllReduce(buf[r].data(), buf[r].data(), n, ncclFloat32, ncclSum, w.comm(r),
+                             nullptr);
+  });
+  for (size_t r = 0; r < buf.size(); ++r)
+    ASSERT_EQ(res[r], gradcompSuccess) << "rank " << r << ": " << gradcompGetLastError();
+}
+
 // A passed call whose gradient is not finite at an element (a skipped
 // step) keeps that element's residual on the rank that had it, and the
 // owner residual of a sum that came back non-finite, for later (as a
@@ -1006,18 +1025,7 @@ TEST(AutoTune, APassedCallKeepsWhatANonFiniteElementCarried) {
   gctest::CpuWorld w(N, autoConfig(1));
   for (int r = 0; r < N; ++r) gc::autoInjectFigures(w.comm(r), kCompressWins);
   std::vector<std::vector<float>> buf(N, std::vector<float>(n));  // the state's key: one address
-  auto call = [&](uint64_t seed, size_t bad) {
-    for (int r = 0; r < N; ++r) {
-      const std::vector<float> g = gctest::normal(n, seed + (uint64_t)r);
-      std::copy(g.begin(), g.end(), buf[r].begin());
-    }
-    if (bad < n) buf[0][bad] = INFINITY;
-    auto res = w.run([&](int r) {
-      return gradcompAllReduce(buf[r].data(), buf[r].data(), n, ncclFloat32, ncclSum, w.comm(r),
-                               nullptr);
-    });
-    for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
-  };
+  auto call = [&](uint64_t seed, size_t bad) { allReduceWithInf(w, buf, seed, bad); };
   call(41, n);
   for (int r = 0; r < N; ++r) gc::autoInjectFigures(w.comm(r), kNcclWins);
   auto res = w.run([&](int r) { return gradcompCommRetune(w.comm(r), nullptr); });
@@ -1051,16 +1059,7 @@ TEST(AutoTune, AResumedCommDoesNotSendASpentResidualAgain) {
   const size_t n = 4096;
   std::vector<std::vector<float>> buf(N, std::vector<float>(n));  // the state's key: one address
   auto call = [&](gctest::CpuWorld& w, uint64_t seed, size_t bad) {
-    for (int r = 0; r < N; ++r) {
-      const std::vector<float> g = gctest::normal(n, seed + (uint64_t)r);
-      std::copy(g.begin(), g.end(), buf[r].begin());
-    }
-    if (bad < n) buf[0][bad] = INFINITY;
-    auto res = w.run([&](int r) {
-      return gradcompAllReduce(buf[r].data(), buf[r].data(), n, ncclFloat32, ncclSum, w.comm(r),
-                               nullptr);
-    });
-    for (int r = 0; r < N; ++r) EXPECT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
+    allReduceWithInf(w, buf, seed, bad);
     return buf;
   };
   std::vector<std::vector<char>> blobs(N);
