@@ -59,4 +59,21 @@ fi
 if GC_PLAN=1 GC_STEPS=hooks bash "$src/tools/gpu-check.sh" 2>&1 | grep -q "WARNING"; then
   echo "FAIL: the plan of one group warns"; fail=1
 fi
+# A plan writes nothing into the results folder it is pointed at: a plan of the whole run
+# (GC_STEPS unset) with a session's GC_RESULTS_DIR and GC_RUN_NAME keeps its steps.tsv.
+work=$(mktemp -d)
+mkdir -p "$work/results/run"
+printf 'build\tok\t5\t\tabc\n' > "$work/results/run/steps.tsv"
+cp "$work/results/run/steps.tsv" "$work/steps.before"
+GC_PLAN=1 GC_RESULTS_DIR="$work/results" GC_RUN_NAME=run bash "$src/tools/gpu-check.sh" > /dev/null 2>&1
+GC_PLAN=1 GC_RESULTS_DIR="$work/results" GC_RUN_NAME=other GC_STEPS=core \
+  bash "$src/tools/gpu-check.sh" > /dev/null 2>&1
+if ! cmp -s "$work/steps.before" "$work/results/run/steps.tsv"; then
+  echo "FAIL: a plan emptied the steps.tsv of the run it names"; fail=1
+elif [ -e "$work/results/other" ]; then
+  echo "FAIL: a plan made the raw folder of the run it names"; fail=1
+else
+  echo "ok: a plan leaves the results folder it names as it was"
+fi
+rm -rf "$work"
 exit $fail

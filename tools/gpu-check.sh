@@ -92,9 +92,13 @@ name=${GC_RUN_NAME:-$date-$gpu_slug}
 results=${GC_RESULTS_DIR:-bench/results}
 [ "$plan" = 1 ] && [ -z "${GC_RESULTS_DIR:-}" ] && results=$(mktemp -d)
 raw=$results/$name
-mkdir -p "$raw"
 steps=$raw/steps.tsv
-[ -z "${GC_STEPS:-}" ] && : > "$steps"; touch "$steps"
+# A plan writes nothing there: a whole run's (GC_STEPS unset) fresh steps.tsv would erase the
+# records of the steps that earlier calls of this GC_RUN_NAME ran.
+if [ "$plan" != 1 ]; then
+  mkdir -p "$raw"
+  [ -z "${GC_STEPS:-}" ] && : > "$steps"; touch "$steps"
+fi
 # GC_BUILD_DIR and GRADCOMP_CUDA_ARCHS override the build (a dry run without a GPU);
 # GC_COMMIT names the commit in the report when the tree's .git is stale.
 build=${GC_BUILD_DIR:-build-gpu}
