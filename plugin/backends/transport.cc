@@ -36,7 +36,8 @@ gradcompResult_t callMismatch(int rank, const CallInfo& mine, int peer, const Ca
 gradcompResult_t Transport::checkOpen() const {
   if (!aborted_) return gradcompSuccess;
   return setError(gradcompInvalidUsage,
-                  "rank %d: the comm was aborted (gradcompCommAbort); no call may use it", rank_);
+                  "rank %d: the comm was aborted (gradcompCommAbort); no call may use it",
+                  namedRank());
 }
 
 }  // namespace gc

@@ -99,6 +99,10 @@ class Transport {
   std::atomic<bool> aborted_{false};
   // InvalidUsage once abort() was called.
   gradcompResult_t checkOpen() const;
+  // The rank this transport's sentences name: rank_, unless it runs on a
+  // subset of the comm's ranks that knows their global ranks (a hierarchy's
+  // node and inter-node socket transports).
+  virtual int namedRank() const { return rank_; }
 };
 
 // The sentence of a disagreement between this rank's call and rank `peer`'s.

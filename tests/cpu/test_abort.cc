@@ -242,6 +242,26 @@ TEST(Abort, AHierarchicalTcpCommNamesGlobalRanks) {
   for (int r = 0; r < 3; ++r) EXPECT_EQ(gradcompCommAbort(comms[r]), gradcompSuccess);
 }
 
+// A stopped hierarchical TCP comm's node transport names the rank by its
+// global rank too: rank 2 is index 0 of node 1's transport (until
+// 2026-12-05 its sentence said "rank 0: the comm was aborted").
+TEST(Abort, AStoppedHierarchicalTcpCommNamesItsGlobalRank) {
+  std::vector<gradcompComm_t> comms = socketComms(4, config(2));
+  for (gradcompComm_t c : comms) ASSERT_NE(c, nullptr);
+  ASSERT_NE(comms[2]->intra, nullptr);
+  EXPECT_EQ(gradcompCommStop(comms[2]), gradcompSuccess);
+  uint64_t mine = 2, all[2] = {};
+  EXPECT_EQ(comms[2]->intra->allGather(&mine, all, sizeof mine), gradcompInvalidUsage);
+  EXPECT_NE(std::string(gradcompGetLastError()).find("rank 2: the comm was aborted"),
+            std::string::npos)
+      << gradcompGetLastError();
+  EXPECT_EQ(comms[2]->inter->transport->allGather(&mine, all, sizeof mine), gradcompInvalidUsage);
+  EXPECT_NE(std::string(gradcompGetLastError()).find("rank 2: the comm was aborted"),
+            std::string::npos)
+      << gradcompGetLastError();
+  for (gradcompComm_t c : comms) EXPECT_EQ(gradcompCommAbort(c), gradcompSuccess);
+}
+
 // The in-process world split in nodes (2 nodes of 2): rank 3 waits in its
 // node's sub-world for rank 2, as it does when an abort made rank 2 leave a
 // hierarchical call (its inter-node stage, which rank 0 shares) while rank 3

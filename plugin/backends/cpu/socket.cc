@@ -811,6 +811,7 @@ class SocketTransport final : public Transport {
   // This rank's global rank, as the messages name ranks: a hierarchy's node
   // and inter-node transports index their members otherwise.
   int globalRank() const { return members_[rank_]; }
+  int namedRank() const override { return globalRank(); }
 
   // The received header against this rank's own view of the collective.
   gradcompResult_t checkHeader(const Transfer& t, const WireHeader& mine) {
