@@ -281,7 +281,10 @@ gradcompResult_t gradcompCommAbort(gradcompComm_t comm);
  *   gradcompCommAbort(gc);
  * Once stop has returned no poll of gradcomp's touches the NCCL comm, and
  * the sub-communicators' aborts still wait for the group's end.
- * Never blocks on a peer; a second stop is a no-op; NULL is a no-op. */
+ * Never blocks on a peer; a second stop is a no-op; NULL is a no-op. A stop
+ * or abort that comes while a stop is in progress on another thread waits
+ * for that stop to end (an abort then frees nothing it still uses). A stop
+ * must not begin once an abort of the comm has begun: the abort frees it. */
 gradcompResult_t gradcompCommStop(gradcompComm_t comm);
 gradcompResult_t gradcompCommRank(gradcompComm_t comm, int* rank);
 gradcompResult_t gradcompCommSize(gradcompComm_t comm, int* size);

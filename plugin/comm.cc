@@ -289,7 +289,15 @@ void freeComm(gradcompComm* comm, const char* how, bool aborted) {
 }  // namespace
 
 void commStop(gradcompComm* c) {
-  if (c->aborted.exchange(true)) return;
+  if (c->aborted.exchange(true)) {
+    // A stop in progress on another thread (gradcompCommStop beside a
+    // gradcompCommAbort): wait for its end, so that the abort frees nothing
+    // it still uses and its sub-communicators are aborted before the free.
+    // Bounded: that stop waits at most kAbortEnqueueSec for the calls, then
+    // on no peer.
+    while (!c->stopped) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    return;
+  }
   for (Transport* t :
        {c->transport.get(), c->intra.get(), c->inter ? c->inter->transport.get() : nullptr}) {
     if (t != nullptr) t->abort();
@@ -314,6 +322,7 @@ void commStop(gradcompComm* c) {
     *sub = nullptr;
   }
   if (group) api->groupEnd();
+  c->stopped = true;  // the last use of c here: an abort waiting for it may free it
 }
 
 void commStopPolls(gradcompComm* c) {

@@ -112,6 +112,9 @@ struct gradcompComm {
   // the public calls in progress, which abort waits for before it frees.
   std::atomic<bool> aborted{false};
   std::atomic<int> callsInFlight{0};
+  // gc::commStop has finished: a stop or abort on another thread that found
+  // the comm already stopping waits for this before it returns (or frees).
+  std::atomic<bool> stopped{false};
 
   // RNG key of one encode of this call (see gc::KeySpec); it carries the
   // QSGD rounding and levels, so every algorithm's QSGD encode follows

@@ -361,4 +361,43 @@ TEST(Abort, AStoppedCommFailsEveryCall) {
   EXPECT_EQ(gradcompCommAbort(comms[1]), gradcompSuccess);
 }
 
+// gradcompCommStop on one thread and gradcompCommAbort on another at once
+// (a watchdog stopping the comm while the program aborts it), with a call
+// waiting in a collective on a third: the abort waits for the stop in
+// progress to end before it frees the comm. Before, the abort found the comm
+// already stopping, took its own stop as done and freed the comm while the
+// stop still read and wrote it (a use after free; the sanitizer builds,
+// tools/sanitize.sh, report it within a few rounds).
+TEST(Abort, AStopOnAnotherThreadEndsBeforeAbortFrees) {
+  const gradcompConfig_t cfg = config();
+  for (int round = 0; round < 50; ++round) {
+    std::vector<gradcompComm_t> comms(2);
+    ASSERT_EQ(gradcompCommCreateCpu(2, &cfg, comms.data()), gradcompSuccess);
+    Caller zero;
+    zero.start(comms[0]);
+    waitInCall(comms[0]);
+    std::atomic<int> ready{0};
+    auto together = [&ready] {
+      ready++;
+      while (ready.load() < 2) std::this_thread::yield();
+    };
+    const auto t0 = std::chrono::steady_clock::now();
+    std::thread stop([&] {
+      together();
+      EXPECT_EQ(gradcompCommStop(comms[0]), gradcompSuccess);
+    });
+    std::thread abort([&] {
+      together();
+      EXPECT_EQ(gradcompCommAbort(comms[0]), gradcompSuccess);
+    });
+    stop.join();
+    abort.join();
+    zero.thread.join();
+    EXPECT_LT(seconds(t0), kPromptSec);
+    EXPECT_NE(zero.res, gradcompSuccess);
+    EXPECT_NE(zero.why.find("aborted"), std::string::npos) << zero.why;
+    EXPECT_EQ(gradcompCommAbort(comms[1]), gradcompSuccess);
+  }
+}
+
 }  // namespace
