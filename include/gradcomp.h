@@ -377,7 +377,9 @@ gradcompResult_t gradcompCommGetGradScale(gradcompComm_t comm, float* scale);
  * library does not know is gradcompInvalidArgument and nothing is written.
  * Binaries built against headers before 0.3 call the function of that name,
  * which writes the struct of the last such header (160 bytes on LP64); a
- * program built against 0.1 (5 callsPerAlgo entries) must be rebuilt. */
+ * program built against 0.1 (5 callsPerAlgo entries) must be rebuilt.
+ * The counters are the comm's own, not atomic: read them on the thread that
+ * makes its calls, or between its calls, never beside one in progress. */
 typedef struct {
   uint64_t callsCompressed;
   uint64_t callsPassedThrough;
