@@ -363,8 +363,8 @@ TEST(Abort, AStoppedCommFailsEveryCall) {
 
 // gradcompCommStop on one thread and gradcompCommAbort on another at once
 // (a watchdog stopping the comm while the program aborts it), with a call
-// waiting in a collective on a third: the abort waits for the stop in
-// progress to end before it frees the comm. Before, the abort found the comm
+// waiting in a collective on a third: the abort, begun while the stop is in
+// progress, waits for it to end before it frees the comm. Before, the abort found the comm
 // already stopping, took its own stop as done and freed the comm while the
 // stop still read and wrote it (a use after free; the sanitizer builds,
 // tools/sanitize.sh, report it within a few rounds).
@@ -388,6 +388,9 @@ TEST(Abort, AStopOnAnotherThreadEndsBeforeAbortFrees) {
     });
     std::thread abort([&] {
       together();
+      // The stop first (gradcompCommStop: a stop must not begin once an
+      // abort has, which frees the comm): the abort comes while it runs.
+      while (!comms[0]->aborted) std::this_thread::yield();
       EXPECT_EQ(gradcompCommAbort(comms[0]), gradcompSuccess);
     });
     stop.join();
