@@ -443,7 +443,10 @@ def float_decimal(v):
     e = math.floor(math.log10(v))
     for digits in range(1, 10):
         scale = 10.0 ** (digits - 1 - e)
-        d = round(v * scale) / scale
+        x = v * scale
+        if x - math.floor(x) == 0.5:
+            continue  # halfway: v has one more digit (and Python's round() is half-even)
+        d = round(x) / scale
         if f32(d) == v:
             return d
     return v

@@ -91,7 +91,11 @@ inline double floatDecimal(double v) {
   const int e = (int)floor(log10(v));
   for (int digits = 1; digits <= 9; ++digits) {
     const double scale = pow(10.0, digits - 1 - e);
-    const double d = round(v * scale) / scale;
+    const double x = v * scale;
+    // Halfway (0.126953125 at 8 digits): v is a decimal of one more digit,
+    // and neither neighbour is nearer; the next count finds v itself.
+    if (x - floor(x) == 0.5) continue;
+    const double d = round(x) / scale;
     if ((float)d == f) return d;
   }
   return v;

@@ -109,6 +109,10 @@ TEST(SparseSelect, FloatSettingsCountAsTheirDecimals) {
   EXPECT_EQ(gc::sparse::floatDecimal((double)1.5f), 1.5);
   EXPECT_EQ(gc::sparse::floatDecimal(0.00390625), 0.00390625);
   EXPECT_EQ(gc::sparse::floatDecimal(0.1), 0.1);  // no float: as it is
+  // 65/512, a float of 9 digits: its 8-digit neighbours 0.12695312 and
+  // 0.12695313 both round to it; it is neither (65 of 512 slots, not 66).
+  EXPECT_EQ(gc::sparse::floatDecimal(0.126953125), 0.126953125);
+  EXPECT_EQ(gc::sparse::makePlan(512, 0.126953125f, true, 1.0, 1.0).k, 65u);
   struct Case {
     size_t n;
     float density, oversample, sampleRate;
