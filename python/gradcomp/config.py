@@ -42,7 +42,7 @@ def _coerce(key, cname, value):
         x = _real(value, key)
         # As GRADCOMP_* floats are read (plugin/config.cc): a nonzero value the float field
         # would flush toward 0 (0 is "off" for some settings, clip_norm) is refused, not changed.
-        if x != 0.0 and abs(x) < _FLT_MIN:
+        if x != 0.0 and not abs(ctypes.c_float(x).value) >= _FLT_MIN:
             raise InvalidArgumentError(
                 f"{key}={value!r} is not a number that a float holds: a nonzero value must be "
                 f"at least {_FLT_MIN:g}", 1)
