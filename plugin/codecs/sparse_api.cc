@@ -73,8 +73,9 @@ GC_EXPORT gradcompResult_t gradcompTopkSelectHost(const float* v, size_t n, floa
   if (n > 0) {
     GC_ARG(v != nullptr, "v is NULL with n=%zu", n);
     GC_ARG(idx != nullptr, "idx is NULL with n=%zu", n);
-    GC_CHECK(gc::codecCheckDisjoint(
-        {{v, n * sizeof(float), "v"}, {idx, gc::slotsOf(p, exact) * sizeof(uint32_t), "idx"}}));
+    GC_CHECK(gc::codecCheckDisjoint({{v, n * sizeof(float), "v"},
+                                     {idx, gc::slotsOf(p, exact) * sizeof(uint32_t), "idx"},
+                                     {selectedCount, sizeof(uint64_t), "selectedCount"}}));
     if (exact) {
       gc::host::selectExact(v, n, p.k, idx, &selected);
     } else {

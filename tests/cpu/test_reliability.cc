@@ -811,6 +811,15 @@ TEST(Reliability, CodecsRefuseOverlappingBuffers) {
   refused(gradcompTopkSelectHost(x, n, 0.01f, 2.0f, 1.0f, 0, 1, reinterpret_cast<uint32_t*>(inside),
                                  nullptr),
           "v", "idx", "top-k host select");
+  // The count is written after the selection: over v it corrupted the
+  // caller's input, over idx the selection, both with success.
+  uint32_t* slots = reinterpret_cast<uint32_t*>(base + 4 * n);
+  refused(gradcompTopkSelectHost(x, n, 0.01f, 2.0f, 1.0f, 1, 1, slots,
+                                 reinterpret_cast<uint64_t*>(inside)),
+          "v", "selectedCount", "top-k host select, count in v");
+  refused(gradcompTopkSelectHost(x, n, 0.01f, 2.0f, 1.0f, 1, 1, slots,
+                                 reinterpret_cast<uint64_t*>(slots + 2)),
+          "idx", "selectedCount", "top-k host select, count in idx");
   // Touching is not overlapping: each output right after the input, then the
   // encoding decoded into the buffer right after it.
   ASSERT_EQ(gradcompQsgdEncodeTypedHost(x, ncclFloat32, nullptr, n, bits, d, 1, base + 4 * n),
