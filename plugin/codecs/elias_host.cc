@@ -281,7 +281,8 @@ GC_EXPORT gradcompResult_t gradcompEliasEncodeHost(const void* x, ncclDataType_t
   GC_CHECK(gc::codecCheckDisjoint(
       {{x, count * gc::dtypeBytes(t), "x"},
        {residual, count * sizeof(float), "residual"},
-       {out, std::min(outBytes, gc::elias::maxEncodedBytes(count, p)), "out"}}));
+       {out, std::min(outBytes, gc::elias::maxEncodedBytes(count, p)), "out"},
+       {encodedBytes, sizeof(size_t), "encodedBytes"}}));
   const size_t bytes = gc::host::eliasEncode(x, t, residual, count, p, seed, false, out);
   if (encodedBytes) *encodedBytes = bytes;
   return gradcompSuccess;

@@ -803,6 +803,14 @@ TEST(Reliability, CodecsRefuseOverlappingBuffers) {
       "x", "out", "Elias host encode");
   refused(gradcompEliasDecodeHost(base, 4 * n, n, &params, x + 8, 0), "in", "out",
           "Elias host decode");
+  // The size is written after the encoding: over x it corrupted the caller's
+  // input, over out the encoding's first bytes, both with success.
+  refused(gradcompEliasEncodeHost(x, ncclFloat32, nullptr, n, &params, 3, base + 4 * n, eliasBytes,
+                                  reinterpret_cast<size_t*>(inside)),
+          "x", "encodedBytes", "Elias host encode, size in x");
+  refused(gradcompEliasEncodeHost(x, ncclFloat32, nullptr, n, &params, 3, base + 4 * n, eliasBytes,
+                                  reinterpret_cast<size_t*>(base + 4 * n + 8)),
+          "out", "encodedBytes", "Elias host encode, size in out");
   refused(gradcompEliasEncode(x, ncclFloat32, nullptr, n, &params, 3, base + 4 * n, inside, 1 << 20,
                               nullptr),
           "x", "workspace", "Elias GPU encode");
