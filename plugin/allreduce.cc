@@ -26,8 +26,10 @@ gradcompResult_t passThrough(gradcompComm* c, bool keyed, uint64_t key, bool agr
         residualPassThrough(*c, kStateAllReduce, keyed, key, send, recv, count, type, op, &done));
     if (done) return gradcompSuccess;
   }
-  c->stats.callsPassedThrough++;
-  return c->transport->passThrough(send, recv, count, type, op);
+  // Counted once it went out, as a compressed call: a refused one is not.
+  const gradcompResult_t res = c->transport->passThrough(send, recv, count, type, op);
+  if (res == gradcompSuccess) c->stats.callsPassedThrough++;
+  return res;
 }
 
 // Top-k, DGC (sparse allgather) and rand-k.
@@ -88,8 +90,9 @@ gradcompResult_t allReduce(const void* send, void* recv, size_t count, ncclDataT
   bool autoPass = false;
   GC_CHECK(autoShouldPass(c, AutoCall::AllReduce, count, dtypeBytes(t), &autoPass));
   if (autoPass) {
+    GC_CHECK(passThrough(c, keyed, key, true, send, recv, count, type, op));
     c->stats.callsAutoPassed++;
-    return passThrough(c, keyed, key, true, send, recv, count, type, op);
+    return gradcompSuccess;
   }
   const CallEnd end(*c->backend);
 

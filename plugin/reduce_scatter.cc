@@ -34,8 +34,10 @@ gradcompResult_t passThrough(gradcompComm* c, bool keyed, uint64_t key, bool agr
                                  op, &done));
     if (done) return gradcompSuccess;
   }
-  c->stats.callsPassedThrough++;
-  return c->transport->reduceScatter(send, recv, recvCount, type, op);
+  // Counted once it went out, as a compressed call: a refused one is not.
+  const gradcompResult_t res = c->transport->reduceScatter(send, recv, recvCount, type, op);
+  if (res == gradcompSuccess) c->stats.callsPassedThrough++;
+  return res;
 }
 
 gradcompResult_t reduceScatter(const void* send, void* recv, size_t recvCount, ncclDataType_t type,
@@ -70,8 +72,9 @@ gradcompResult_t reduceScatter(const void* send, void* recv, size_t recvCount, n
   bool autoPass = false;
   GC_CHECK(autoShouldPass(c, AutoCall::ReduceScatter, count, dtypeBytes(t), &autoPass));
   if (autoPass) {
+    GC_CHECK(passThrough(c, keyed, key, true, send, recv, recvCount, type, op));
     c->stats.callsAutoPassed++;
-    return passThrough(c, keyed, key, true, send, recv, recvCount, type, op);
+    return gradcompSuccess;
   }
   const CallEnd end(*c->backend);
 

@@ -418,6 +418,52 @@ TEST(AllReduceCpu, BadArgumentsRefusedBeforeAnythingIsWritten) {
   EXPECT_STREQ(gradcompGetLastError(), "bits=12 (GRADCOMP_BITS) is out of range 2..8");
 }
 
+// A passed-through call that fails (an op the CPU backend does not reduce,
+// ranks whose counts differ) is not counted, as a compressed call that fails
+// is not, and leaves both buffers as they were; the next good call counts
+// once. (callsPassedThrough counted every failed one.)
+TEST(AllReduceCpu, FailedPassThroughCallsAreNotCounted) {
+  gradcompConfig_t cfg;
+  gradcompConfigInit(&cfg);
+  gctest::CpuWorld world(2, cfg);
+  const std::vector<int32_t> ones(64, 1), sevens(64, 7);
+  std::vector<std::vector<int32_t>> in(2, ones), out(2, sevens);
+  const ncclRedOp_t badOp = (ncclRedOp_t)5;  // a valid NCCL op handle the CPU backend refuses
+  auto res = world.run([&](int r) {
+    return gradcompAllReduce(in[r].data(), out[r].data(), 64, ncclInt32, badOp, world.comm(r),
+                             nullptr);
+  });
+  for (auto x : res) EXPECT_EQ(x, gradcompInvalidArgument);
+  res = world.run([&](int r) {
+    return gradcompReduceScatter(in[r].data(), out[r].data(), 32, ncclInt32, badOp, world.comm(r),
+                                 nullptr);
+  });
+  for (auto x : res) EXPECT_EQ(x, gradcompInvalidArgument);
+  res = world.run([&](int r) {
+    return gradcompAllReduce(in[r].data(), out[r].data(), 60 + r, ncclInt32, ncclSum, world.comm(r),
+                             nullptr);
+  });
+  for (auto x : res) EXPECT_EQ(x, gradcompInvalidUsage);
+  for (int r = 0; r < 2; ++r) {
+    gradcompStats_t st;
+    ASSERT_EQ(gradcompGetStats(world.comm(r), &st), gradcompSuccess);
+    EXPECT_EQ(st.callsPassedThrough, 0u) << "rank " << r;
+    EXPECT_EQ(in[r], ones) << "rank " << r;
+    EXPECT_EQ(out[r], sevens) << "rank " << r;
+  }
+  res = world.run([&](int r) {
+    return gradcompAllReduce(in[r].data(), out[r].data(), 64, ncclInt32, ncclSum, world.comm(r),
+                             nullptr);
+  });
+  for (int r = 0; r < 2; ++r) {
+    ASSERT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
+    gradcompStats_t st;
+    ASSERT_EQ(gradcompGetStats(world.comm(r), &st), gradcompSuccess);
+    EXPECT_EQ(st.callsPassedThrough, 1u) << "rank " << r;
+    EXPECT_EQ(out[r], std::vector<int32_t>(64, 2)) << "rank " << r;
+  }
+}
+
 }  // namespace
 
 namespace {
