@@ -37,7 +37,8 @@ typedef enum {
 } gradcompResult_t;
 
 const char* gradcompGetErrorString(gradcompResult_t result);
-/* The last error sentence set on the calling thread ("" when none). */
+/* The last error sentence set on the calling thread ("" when none). A
+ * successful call does not clear it: read it only after a call failed. */
 const char* gradcompGetLastError(void);
 int gradcompGetVersion(void);
 
@@ -96,33 +97,33 @@ typedef struct {
   gradcompAlgo_t algo;     /* GRADCOMP_ALGO, default auto */
   int bits;                /* GRADCOMP_BITS 2..8 including sign, default 4 */
   int bucketSize;          /* GRADCOMP_BUCKET 32..8192, multiple of 32, default 512 */
-  uint64_t seed;           /* GRADCOMP_SEED */
-  size_t minElements;      /* GRADCOMP_MIN_ELEMENTS, smaller calls pass through, default 16384 */
-  int errorFeedback;       /* GRADCOMP_EF 0/1, default 1 */
-  int ownerResidual;       /* GRADCOMP_OWNER_RESIDUAL 0/1: residual for the 2nd quantization */
+  uint64_t seed;           /* GRADCOMP_SEED, default 24301 */
+  size_t minElements; /* GRADCOMP_MIN_ELEMENTS 0..1e18, smaller calls pass through, default 16384 */
+  int errorFeedback;  /* GRADCOMP_EF 0/1, default 1 */
+  int ownerResidual; /* GRADCOMP_OWNER_RESIDUAL 0/1: residual for the 2nd quantization, default 1 */
   /* sparse methods */
-  float density;            /* GRADCOMP_DENSITY [1e-6, 1], default 0.01 */
-  float oversample;         /* GRADCOMP_OVERSAMPLE c in kmax = ceil(c*density*n), default 2 */
-  float sampleRate;         /* GRADCOMP_SAMPLE_RATE share of |v| sampled, default 1e-4 */
-  gradcompSelect_t select;  /* GRADCOMP_SELECT threshold|exact */
-  ncclDataType_t valueType; /* GRADCOMP_VALUE_TYPE float|half|bfloat16 on the wire */
+  float density;    /* GRADCOMP_DENSITY [1e-6, 1], default 0.01 */
+  float oversample; /* GRADCOMP_OVERSAMPLE c in kmax = ceil(c*density*n), [1, 16], default 2 */
+  float sampleRate; /* GRADCOMP_SAMPLE_RATE share of |v| sampled, [1e-4, 1], default 1e-4 */
+  gradcompSelect_t select;  /* GRADCOMP_SELECT threshold|exact, default threshold */
+  ncclDataType_t valueType; /* GRADCOMP_VALUE_TYPE float|half|bfloat16 on the wire, default float */
   /* DGC extras */
-  float momentum;         /* GRADCOMP_MOMENTUM m, default 0.9 */
+  float momentum;         /* GRADCOMP_MOMENTUM m, [0, 0.999999], default 0.9 */
   int momentumCorrection; /* GRADCOMP_MOMENTUM_CORRECTION 0/1 (dgc default 1) */
-  float clipNorm;         /* GRADCOMP_CLIP_NORM, 0 = off */
-  int momentumMasking;    /* GRADCOMP_MOMENTUM_MASKING 0/1 */
-  int warmupSteps;        /* GRADCOMP_WARMUP_STEPS, 0 = off */
+  float clipNorm;         /* GRADCOMP_CLIP_NORM, [0, 1e30], 0 = off (default) */
+  int momentumMasking;    /* GRADCOMP_MOMENTUM_MASKING 0/1, default 1 */
+  int warmupSteps;        /* GRADCOMP_WARMUP_STEPS 0..1e8, 0 = off (default) */
   /* DQ-SGD */
-  gradcompBitsMode_t bitsMode; /* GRADCOMP_BITS_MODE fixed|dynamic|budget */
-  int bitsMin;                 /* GRADCOMP_BITS_MIN */
-  int bitsMax;                 /* GRADCOMP_BITS_MAX */
-  float varianceTarget;        /* GRADCOMP_VARIANCE_TARGET: bound / ||g||^2 allowed */
-  float bitsBudget;            /* GRADCOMP_BITS_BUDGET average bits/element */
-  int budgetWindow;            /* GRADCOMP_BUDGET_WINDOW steps */
-  int elias;                   /* GRADCOMP_ELIAS 0/1: variable-size Elias-coded QSGD */
+  gradcompBitsMode_t bitsMode; /* GRADCOMP_BITS_MODE fixed|dynamic|budget, default fixed */
+  int bitsMin;                 /* GRADCOMP_BITS_MIN 2..8, default 2 (<= bitsMax) */
+  int bitsMax;                 /* GRADCOMP_BITS_MAX 2..8, default 8 */
+  float varianceTarget; /* GRADCOMP_VARIANCE_TARGET: bound / ||g||^2 allowed, [1e-9, 1e9], 0.05 */
+  float bitsBudget;     /* GRADCOMP_BITS_BUDGET average bits/element, [2, 8], default 4 */
+  int budgetWindow;     /* GRADCOMP_BUDGET_WINDOW steps, 1..1e6, default 100 */
+  int elias;            /* GRADCOMP_ELIAS 0/1: variable-size Elias-coded QSGD, default 0 */
   /* GRADCOMP_LOCAL_SIZE ranks per node: 0 = auto (NCCL: ranks with the same
    * host identity share a node; CPU world: flat), 1 = flat, L = consecutive
-   * blocks of L ranks form a node (L divides the comm size). */
+   * blocks of L ranks form a node (L divides the comm size; at most 65536). */
   int localSize;
   int autoTune; /* GRADCOMP_AUTO 0/1, default 1: time NCCL and compression (each collective at
                    its first eligible call) and pass through the calls compression would not
@@ -135,8 +136,10 @@ typedef struct {
    * encode and decode overlap the transfer of the next and previous piece;
    * results are bit for bit the unpipelined call's. */
   size_t pipelineBytes;
-  float cpuTimeoutSec; /* GRADCOMP_CPU_TIMEOUT: CPU backend, seconds a rank waits for the others */
-  gradcompRounding_t rounding; /* GRADCOMP_ROUNDING stochastic|nearest (QSGD levels) */
+  float cpuTimeoutSec; /* GRADCOMP_CPU_TIMEOUT: CPU backend, seconds a rank waits for the others,
+                          [0.001, 86400], default 120 */
+  gradcompRounding_t rounding; /* GRADCOMP_ROUNDING stochastic|nearest (QSGD levels), default
+                                  stochastic */
   /* GRADCOMP_CHECK_CALLS 0/1, default 0: before every allreduce and
    * reduce-scatter (compressed or passed through), the ranks agree that they
    * are in the same call (collective, step, count, datatype, op), and a

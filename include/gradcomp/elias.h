@@ -43,7 +43,8 @@ typedef struct {
   gradcompEliasScale_t scale;
 } gradcompEliasParams_t;
 
-/* Worst-case size: allocate this much for one encoding. 0 for bad params. */
+/* Worst-case size: allocate this much for one encoding. 0 for bad params or
+ * a count too large for the stream's 32-bit word offsets. */
 size_t gradcompEliasMaxEncodedBytes(size_t count, const gradcompEliasParams_t* params);
 /* Bytes before the stream; the uint32 at byte HeaderBytes-4 is offsets[nb]. */
 size_t gradcompEliasHeaderBytes(size_t count, int bucketSize);
@@ -54,7 +55,9 @@ gradcompResult_t gradcompEliasEncodedBytes(const void* encoded, size_t count, in
 
 /* Host reference. x is ncclFloat32, ncclFloat16 or ncclBfloat16; residual
  * (may be NULL) is fused error feedback as gradcompQsgdEncodeEF. out holds
- * outBytes >= gradcompEliasMaxEncodedBytes; *encodedBytes gets the size. */
+ * outBytes >= gradcompEliasMaxEncodedBytes; *encodedBytes (may be NULL) gets
+ * the size. No two of x, residual, out and *encodedBytes may overlap
+ * (gradcompInvalidArgument naming both). */
 gradcompResult_t gradcompEliasEncodeHost(const void* x, ncclDataType_t datatype, float* residual,
                                          size_t count, const gradcompEliasParams_t* params,
                                          uint64_t seed, void* out, size_t outBytes,

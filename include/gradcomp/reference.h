@@ -19,7 +19,8 @@
 extern "C" {
 #endif
 
-/* Exact size of one encoded buffer; 0 for invalid bits/bucketSize. */
+/* Exact size of one encoded buffer; 0 for invalid bits/bucketSize or a
+ * count too large for the codecs (and for count 0). */
 size_t gradcompQsgdEncodedBytes(size_t count, int bits, int bucketSize);
 
 gradcompResult_t gradcompQsgdEncodeHost(const float* x, size_t count, int bits, int bucketSize,
