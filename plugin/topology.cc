@@ -432,6 +432,45 @@ gradcompResult_t splitNccl(ncclComm_t parent, int color, int key, ncclComm_t* ch
   return gradcompSuccess;
 }
 
+// The splits made so far, aborted (a peer's split failed: theirs may never
+// be finished, and NCCL's destroy of a child whose peers are gone can wait).
+void abortSplits(gradcompComm* c) {
+  const NcclApi* api = ncclApi();
+  for (ncclComm_t* sub : {&c->intraNccl, &c->interNccl, &c->ownNccl}) {
+    if (*sub != nullptr && api->commAbort != nullptr) api->commAbort(*sub);
+    *sub = nullptr;
+  }
+}
+
+// A split that failed on some ranks only (one node's child could not be
+// made, a child read back NULL) leaves the others going on into the next
+// split or their first exchange, waiting for ranks that returned. So every
+// rank votes on its split (`local`) over the set-up exchange (one small
+// allgather on the program's communicator, set-up only), and all return the
+// first failed rank's error, with what they split aborted. Not once another
+// thread's abort stopped the wait: NCCL frees the communicator the vote
+// would run on.
+gradcompResult_t agreeSplit(gradcompComm* c, const SetupVote& mine, const VoteGather& gather,
+                            NcclStop* stop, gradcompResult_t local) {
+  if (stop != nullptr && stop->stopped()) return local;
+  SetupVote v = mine;  // the settings every rank agreed on
+  v.result = (int32_t)local;
+  if (local != gradcompSuccess) snprintf(v.why, sizeof(v.why), "%s", gradcompGetLastError());
+  std::vector<SetupVote> votes;
+  gradcompResult_t res = gather(v, &votes);
+  if (res != gradcompSuccess) {
+    // This rank's own failure says more than the exchange it could not join.
+    if (local != gradcompSuccess) res = restoreError(local, "%s", v.why);
+  } else if ((int)votes.size() != c->nranks) {
+    res = setError(gradcompInternalError, "split exchange gave %zu votes for %d ranks",
+                   votes.size(), c->nranks);
+  } else {
+    res = agreeOnSetup(votes);
+  }
+  if (res != gradcompSuccess) abortSplits(c);
+  return res;
+}
+
 }  // namespace
 
 gradcompResult_t setupNcclHierarchy(gradcompComm* c, const SetupVote& mine,
@@ -463,7 +502,8 @@ gradcompResult_t setupNcclHierarchy(gradcompComm* c, const SetupVote& mine,
             (void*)c);
       }
     } else {
-      GC_CHECK(splitNccl(c->nccl, 0, c->rank, &c->ownNccl, stop));
+      GC_CHECK(
+          agreeSplit(c, mine, gather, stop, splitNccl(c->nccl, 0, c->rank, &c->ownNccl, stop)));
       if (c->transport) c->transport->moveTo(c->ownNccl);
       parent = c->ownNccl;
       GC_INFO(
@@ -485,9 +525,11 @@ gradcompResult_t setupNcclHierarchy(gradcompComm* c, const SetupVote& mine,
   // Intra: color node, key rank (local rank order). Inter: color local rank,
   // key node, so the child comm's rank is the node index.
   GC_CHECK(aborted());
-  GC_CHECK(splitNccl(parent, t.node, c->rank, &c->intraNccl, stop));
+  GC_CHECK(
+      agreeSplit(c, mine, gather, stop, splitNccl(parent, t.node, c->rank, &c->intraNccl, stop)));
   GC_CHECK(aborted());
-  GC_CHECK(splitNccl(parent, t.localRank, t.node, &c->interNccl, stop));
+  GC_CHECK(agreeSplit(c, mine, gather, stop,
+                      splitNccl(parent, t.localRank, t.node, &c->interNccl, stop)));
   c->intra = makeNcclTransport(c->intraNccl, t.localRank, t.localSize);
   c->inter = makeInterComm(*c, makeNcclTransport(c->interNccl, t.node, t.nodes));
   c->inter->nccl = c->interNccl;

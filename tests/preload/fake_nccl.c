@@ -412,9 +412,23 @@ ncclResult_t ncclCommInitRankScalable(ncclComm_t*, int, int, int, ncclUniqueId*,
 #endif
 
 #if NCCL_VERSION_CODE >= NCCL_VERSION(2, 18, 0)
+/* FAKE_NCCL_SPLIT_FAIL=COLOR,KEY: the split with that color and key fails
+ * (ncclSystemError, no child), as one node's child that NCCL could not make:
+ * a failure of this rank alone. */
+static int splitFails(int color, int key) {
+  const char* v = getenv("FAKE_NCCL_SPLIT_FAIL");
+  int c, k;
+  return v != NULL && sscanf(v, "%d,%d", &c, &k) == 2 && c == color && k == key;
+}
+
 ncclResult_t pncclCommSplit(ncclComm_t p, int color, int key, ncclComm_t* c, ncclConfig_t* cfg) {
   const ncclResult_t ready = readiness("CommSplit", p);
   if (ready != ncclSuccess) return ready;
+  if (splitFails(color, key)) {
+    record("CommSplit parent=%p color=%d key=%d failed", (void*)p, color, key);
+    *c = NULL;
+    return ncclSystemError;
+  }
   if (color == NCCL_SPLIT_NOCOLOR) {
     /* As NCCL: no child, so the slot stays NULL for good; a non-blocking
      * split is still in progress on the parent (its ranks agree on colors). */

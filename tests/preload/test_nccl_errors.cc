@@ -13,8 +13,11 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <fstream>
 #include <functional>
+#include <mutex>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -176,7 +179,7 @@ TEST(NcclSetup, AgreeingVotesSplitOnce) {
   const gradcompConfig_t cfg = localSizeConfig(2);
   SetupRun run = runSetup(1, cfg, votesOf(4, cfg));
   ASSERT_EQ(run.res, gradcompSuccess) << run.error;
-  EXPECT_EQ(run.gathers, 1);
+  EXPECT_EQ(run.gathers, 3);  // the set-up vote, then one on each split
   EXPECT_TRUE(run.split);
   EXPECT_EQ(count(run.log, "CommSplit"), 2) << run.log;
   EXPECT_EQ(count(run.log, "color=0 key=1 "), 1) << run.log;  // intra: color node, key rank
@@ -248,6 +251,124 @@ TEST(NcclSetup, AbortDuringTheVoteSplitsNothing) {
   run = runSetup(1, cfg, votesOf(4, cfg));
   ASSERT_EQ(run.res, gradcompSuccess) << run.error;
   EXPECT_EQ(count(run.log, "CommSplit"), 2) << run.log;
+}
+
+// The set-up exchange of `n` ranks as threads of one process: each
+// gather waits for every rank's vote, or for `waitSec` (a rank that never
+// joins: the test harness's stand-in for a hang, an error instead of a wait).
+class ThreadGather {
+ public:
+  ThreadGather(int n, double waitSec) : n_(n), waitSec_(waitSec), slots_(n) {}
+  gradcompResult_t gather(int rank, const gc::SetupVote& v, std::vector<gc::SetupVote>* all) {
+    std::unique_lock<std::mutex> lock(mu_);
+    const uint64_t gen = gen_;
+    slots_[rank] = v;
+    if (++arrived_ == n_) {
+      done_ = slots_;
+      arrived_ = 0;
+      ++gen_;
+      cv_.notify_all();
+    } else if (!cv_.wait_for(lock, std::chrono::duration<double>(waitSec_),
+                             [&] { return gen_ != gen; })) {
+      return gc::setError(gradcompInternalError, "rank %d waited %g s for peers that never joined",
+                          rank, waitSec_);
+    }
+    *all = done_;
+    return gradcompSuccess;
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  const int n_;
+  const double waitSec_;
+  int arrived_ = 0;
+  uint64_t gen_ = 0;
+  std::vector<gc::SetupVote> slots_, done_;
+};
+
+// One rank's split fails (its node's child, which NCCL could not make):
+// every rank returns that rank's error and keeps no sub-communicator. Its
+// peers, whose splits succeeded, went on (into the next split, or their
+// first exchange, here the harness's gather) and waited for it for good
+// before every split was voted on.
+TEST(NcclSetup, ASplitFailedOnOneRankFailsEveryRank) {
+  const gradcompConfig_t cfg = localSizeConfig(2);
+  const std::vector<gc::SetupVote> votes = votesOf(4, cfg);
+  // Rank 2: node 1, local rank 0; its intra-node split has color 1, key 2.
+  setenv("FAKE_NCCL_SPLIT_FAIL", "1,2", 1);
+  ThreadGather exchange(4, 5);
+  gradcompResult_t res[4], first[4];
+  std::string error[4], firstError[4];
+  bool kept[4];
+  std::vector<std::thread> ranks;
+  for (int r = 0; r < 4; ++r) {
+    ranks.emplace_back([&, r] {
+      gradcompComm c;
+      c.cfg = cfg;
+      c.rank = r;
+      c.nranks = 4;
+      c.nccl = fakeComm();
+      const gc::VoteGather gather = [&, r](const gc::SetupVote& v,
+                                           std::vector<gc::SetupVote>* all) {
+        return exchange.gather(r, v, all);
+      };
+      res[r] = gc::setupNcclHierarchy(&c, votes[r], gather);
+      error[r] = res[r] == gradcompSuccess ? "" : gradcompGetLastError();
+      kept[r] = c.intraNccl != nullptr || c.interNccl != nullptr;
+      // A rank that set up goes on into its first exchange.
+      first[r] = gradcompSuccess;
+      if (res[r] == gradcompSuccess) {
+        std::vector<gc::SetupVote> all;
+        first[r] = gather(votes[r], &all);
+        if (first[r] != gradcompSuccess) firstError[r] = gradcompGetLastError();
+      }
+      gc::destroyHierarchy(&c);
+    });
+  }
+  for (std::thread& t : ranks) t.join();
+  unsetenv("FAKE_NCCL_SPLIT_FAIL");
+  for (int r = 0; r < 4; ++r) {
+    EXPECT_EQ(first[r], gradcompSuccess) << "rank " << r << ": " << firstError[r];
+    EXPECT_EQ(res[r], gradcompNcclError) << "rank " << r << ": " << error[r];
+    EXPECT_NE(error[r].find("rank 2 of 4 could not set up"), std::string::npos)
+        << "rank " << r << ": " << error[r];
+    EXPECT_NE(error[r].find("ncclCommSplit"), std::string::npos)
+        << "rank " << r << ": " << error[r];
+    EXPECT_FALSE(kept[r]) << "rank " << r;
+  }
+}
+
+// A peer's split failed (its vote says so): this rank, whose split
+// succeeded, aborts the child it made (its peers' may never be finished)
+// and splits nothing more.
+TEST(NcclSetup, APeersFailedSplitAbortsWhatThisRankSplit) {
+  const gradcompConfig_t cfg = localSizeConfig(2);
+  const std::vector<gc::SetupVote> votes = votesOf(4, cfg);
+  std::vector<gc::SetupVote> failed = votes;
+  failed[3].result = gradcompNcclError;
+  snprintf(failed[3].why, sizeof(failed[3].why), "ncclCommSplit failed");
+  int gathers = 0;
+  gradcompComm c;
+  c.cfg = cfg;
+  c.rank = 1;
+  c.nranks = 4;
+  c.nccl = fakeComm();
+  gradcompResult_t res = gradcompSuccess;
+  const std::string log = loggedDuring([&] {
+    res = gc::setupNcclHierarchy(&c, votes[1],
+                                 [&](const gc::SetupVote& v, std::vector<gc::SetupVote>* all) {
+                                   EXPECT_EQ(v.result, gradcompSuccess);
+                                   *all = ++gathers == 1 ? votes : failed;
+                                   return gradcompSuccess;
+                                 });
+    gc::destroyHierarchy(&c);
+  });
+  EXPECT_EQ(res, gradcompNcclError);
+  EXPECT_EQ(gathers, 2);
+  EXPECT_EQ(count(log, "CommSplit"), 1) << log;
+  EXPECT_EQ(count(log, "CommAbort"), 1) << log;
+  EXPECT_EQ(count(log, "CommDestroy"), 0) << log;
 }
 
 // A peer with another GRADCOMP_LOCAL_SIZE: every rank (the one that differs
