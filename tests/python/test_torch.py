@@ -229,6 +229,42 @@ class TorchRefusals(unittest.TestCase):
             with self.assertRaisesRegex(ValueError, "the model has no FSDP module"):
                 self.gt.register_fsdp_replica_all_reduce(torch.nn.Linear(2, 2), None)
 
+    def test_fsdp_replica_all_reduce_records_its_tensor_on_the_hook_stream(self):
+        """GradcompReplicaAllReduce on the GPU (torch.cuda's stream and the tensor's device
+        replaced by recorders): FSDP allocates the tensor on its reduce-scatter stream and
+        calls the hook on its all-reduce stream, where PyTorch 2.11's FSDP2 may free the
+        tensor while gradcomp's allreduce of it runs there; the hook records the tensor on
+        that stream before gradcomp's call, which gets the same stream's handle."""
+        from unittest import mock
+
+        import gradcomp
+
+        state = self.gt.GradcompState.__new__(self.gt.GradcompState)
+        state.backend, state._pending_blob = "nccl", None
+        state.config = gradcomp.Config(from_env=False, method="qsgd")
+        hook = self.gt.GradcompReplicaAllReduce(state, "layers.0")
+        events = []
+
+        class Stream:
+            cuda_stream = 0x5000
+
+        stream = Stream()
+        hook._all_reduce = lambda t, handle: events.append(("all_reduce", t, handle))
+        t = torch.zeros(8)
+        with mock.patch.object(torch.Tensor, "device", torch.device("cuda", 0)), \
+                mock.patch.object(torch.cuda, "current_stream", lambda device=None: stream), \
+                mock.patch.object(torch.Tensor, "record_stream",
+                                  lambda self, s: events.append(("record", self, s)),
+                                  create=True):
+            self.assertIsNone(hook(t))
+        self.assertEqual(len(events), 2)
+        self.assertEqual(events[0][0], "record")
+        self.assertIs(events[0][1], t)
+        self.assertIs(events[0][2], stream)
+        self.assertEqual(events[1][0], "all_reduce")
+        self.assertIs(events[1][1], t)
+        self.assertEqual(events[1][2], Stream.cuda_stream)
+
 
 @unittest.skipIf(torch is None, "PyTorch is not installed")
 class SocketRootAddress(unittest.TestCase):

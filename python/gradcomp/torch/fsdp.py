@@ -243,8 +243,18 @@ class GradcompReplicaAllReduce:
             raise ValueError("GradcompReplicaAllReduce has no state: make it with a "
                              "GradcompState over the replicate group "
                              "(register_fsdp_replica_all_reduce(model, state))")
-        stream = None if cpu else torch.cuda.current_stream(t.device).cuda_stream
-        return self._all_reduce(t, stream)
+        if cpu:
+            return self._all_reduce(t, None)
+        stream = torch.cuda.current_stream(t.device)
+        # FSDP allocates the reduce-scatter output on its reduce-scatter stream and calls the
+        # hook on another (its all-reduce stream). PyTorch 2.11's FSDP2 keeps no reference to
+        # the output across layers when it casts it to the parameters' dtype (a reduce_dtype
+        # other than theirs, as param_dtype=bfloat16 gives by default there) or offloads it to
+        # the CPU: freed, its memory would go to the next layer's reduce-scatter while
+        # gradcomp's allreduce of it still runs on this stream. Recorded on this stream, the
+        # allocator reuses it only after the work queued here (this call, FSDP's cast) ends.
+        t.record_stream(stream)
+        return self._all_reduce(t, stream.cuda_stream)
 
     def _op(self):
         """"avg", or "sum" where the module has a gradient divide factor (see the class)."""
