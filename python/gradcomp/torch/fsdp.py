@@ -49,9 +49,11 @@ class GradcompReduceScatter(_Base):
     residuals alone. The module's residual follows its flat gradient buffer,
     whose layout FSDP builds from the parameters that got a gradient: where
     some may get none on some steps (alternate heads, experts), call
-    module.set_reduce_scatter_unused_params(True) so the layout stays fixed;
-    otherwise one layout's residual is added to another's parameters when
-    their sizes coincide.
+    module.set_reduce_scatter_unused_params(True) so the layout stays fixed
+    (an FSDP2 without it, as PyTorch 2.11's: give every parameter of the
+    module a gradient at each step, e.g. add 0 * p.sum() of each parameter to
+    the module's output in its forward); otherwise one layout's residual is
+    added to another's parameters when their sizes coincide.
     Making one marks the state as FSDP's: every parameter is compressed (FSDP's
     whole flat buffer), so state.param_groups() puts every parameter in the
     momentum-0 group under DGC's momentum correction; make it (register) before
