@@ -92,7 +92,7 @@ class NcclVoteExchange {
 // differently would wait forever for peers that do not) or what its values
 // are (momentum, clipping: ranks that differ would train different models
 // from one sum). Every field of the config but cpuTimeoutSec, a rank's own
-// wait.
+// wait, and privateComm, which the vote ORs (wantsPrivate) instead.
 enum SettingKind { kInt, kUint, kFloat };
 struct SettingSpec {
   const char* name;
