@@ -7,8 +7,12 @@
 // blob must leave the comm as it was. The fixed seeds run in CI (in the
 // ASan/UBSan build too); GRADCOMP_FUZZ_ITERATIONS=N runs N cases per driver
 // and GRADCOMP_FUZZ_SEED another seed (docs/reliability.md).
+#include <errno.h>
+#include <gtest/gtest-spi.h>
 #include <gtest/gtest.h>
+#include <limits.h>
 #include <poll.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -37,14 +41,52 @@ namespace {
 
 using gctest::GuardedBuffer;
 
+// A knob's value as plain decimal in min..max, as GRADCOMP_* integers are read:
+// atoi took 2e5 as 2 and abc as 0, so a fuzz run asked for 200000 cases ran
+// almost none and passed. A bad value fails the test and the fallback runs.
+unsigned long long fuzzKnob(const char* env, unsigned long long min, unsigned long long max,
+                            unsigned long long fallback) {
+  const char* v = getenv(env);
+  if (v == nullptr) return fallback;
+  const size_t n = strspn(v, "0123456789");
+  errno = 0;
+  const unsigned long long x = n > 0 && v[n] == '\0' ? strtoull(v, nullptr, 10) : 0;
+  if (n == 0 || v[n] != '\0' || (v[0] == '0' && v[1] != '\0') || errno != 0 || x < min || x > max) {
+    ADD_FAILURE() << env << "=" << v << " is not an integer in " << min << ".." << max
+                  << " (plain decimal); running " << fallback;
+    return fallback;
+  }
+  return x;
+}
+
 int iterations(int fallback) {
-  const char* v = getenv("GRADCOMP_FUZZ_ITERATIONS");
-  return v ? atoi(v) : fallback;
+  return (int)fuzzKnob("GRADCOMP_FUZZ_ITERATIONS", 1, INT_MAX, (unsigned long long)fallback);
 }
 
 uint64_t seed(uint64_t fallback) {
-  const char* v = getenv("GRADCOMP_FUZZ_SEED");
-  return v ? strtoull(v, nullptr, 10) : fallback;
+  return fuzzKnob("GRADCOMP_FUZZ_SEED", 0, UINT64_MAX, fallback);
+}
+
+// EXPECT_NONFATAL_FAILURE's statement may not name locals.
+int gKnobIterations;
+uint64_t gKnobSeed;
+
+TEST(FuzzKnobs, BadValuesFailInsteadOfRunningAnotherCount) {
+  for (const char* bad : {"2e5", "abc", "", "0", "-5", "010", "99999999999"}) {
+    gctest::ScopedEnv e("GRADCOMP_FUZZ_ITERATIONS", bad);
+    gKnobIterations = -1;
+    EXPECT_NONFATAL_FAILURE(gKnobIterations = iterations(7), "GRADCOMP_FUZZ_ITERATIONS");
+    EXPECT_EQ(gKnobIterations, 7) << bad;
+  }
+  for (const char* bad : {"0x50", "12abc", "18446744073709551616"}) {
+    gctest::ScopedEnv e("GRADCOMP_FUZZ_SEED", bad);
+    gKnobSeed = 0;
+    EXPECT_NONFATAL_FAILURE(gKnobSeed = seed(9), "GRADCOMP_FUZZ_SEED");
+    EXPECT_EQ(gKnobSeed, 9u) << bad;
+  }
+  gctest::ScopedEnv it("GRADCOMP_FUZZ_ITERATIONS", "200000"), sd("GRADCOMP_FUZZ_SEED", "31337");
+  EXPECT_EQ(iterations(7), 200000);
+  EXPECT_EQ(seed(9), 31337u);
 }
 
 // One random mutation of `b` (never empty afterwards unless truncated to 0).
