@@ -138,6 +138,8 @@ const char* paramString(const char* env, const char* fallback) {
   if (v != nullptr && *v == '\0') {
     fprintf(stderr, "gradcomp %d WARN %s is set but empty; using %s\n", (int)getpid(), env,
             fallback);
+  } else if (v != nullptr) {
+    GC_INFO("%s set by environment to %s", env, v);  // as the config's variables are
   }
   return (v != nullptr && *v != '\0') ? v : fallback;
 }

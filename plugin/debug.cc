@@ -15,6 +15,11 @@ static LogLevel parseLevel() {
   const char* v = getenv("GRADCOMP_DEBUG");
   if (v == nullptr || *v == '\0') return LogLevel::None;
   if (strcasecmp(v, "WARN") == 0) return LogLevel::Warn;
+  // Logged as every other variable that is set (GC_INFO would ask for the
+  // level being decided here).
+  if (strcasecmp(v, "INFO") == 0 || strcasecmp(v, "TRACE") == 0) {
+    fprintf(stderr, "gradcomp %d INFO GRADCOMP_DEBUG set by environment to %s\n", (int)getpid(), v);
+  }
   if (strcasecmp(v, "INFO") == 0) return LogLevel::Info;
   if (strcasecmp(v, "TRACE") == 0) return LogLevel::Trace;
   if (strcasecmp(v, "NONE") == 0 || strcasecmp(v, "OFF") == 0) return LogLevel::None;

@@ -69,6 +69,12 @@ for group in "" defer pass fuse; do
     "grep -q 'summary comm 0x1000 rank 0/4 method qsgd: 0 calls compressed, $calls passed through' '$work/$name.err'"
   check "$name: INFO summary counts the $rs reduce-scatter calls" \
     "grep -q 'summary comm 0x1000 .*reduce-scatter: 0 compressed, $rs passed through' '$work/$name.err'"
+  # Every variable that is set is logged at INFO (docs/env.md), the
+  # interposer's own knobs too.
+  for v in GRADCOMP_DEBUG=INFO GRADCOMP_METHOD=qsgd ${group:+GRADCOMP_GROUP=$group}; do
+    n=$(count "INFO ${v%%=*} set by environment to ${v#*=}\$" "$work/$name.err")
+    check "$name: INFO logs $v once (got $n)" "[ '$n' = 1 ]"
+  done
 done
 
 # 2a. Reduce-scatters too small to compress leave the communicator undecided:
@@ -309,10 +315,12 @@ run rtld_local env GC_TEST_GROUP_CALLS_DEFERRED=1 "$dlopen_app" "$framework" bas
 }
 # 6. An NCCL under another name, named by GRADCOMP_NCCL_LIBRARY.
 run other_name env GRADCOMP_NCCL_LIBRARY="$nccl_alt" GC_TEST_GROUP_CALLS_DEFERRED=1 \
-  "$dlopen_app" "$framework_alt" basic && {
+  GRADCOMP_DEBUG=INFO "$dlopen_app" "$framework_alt" basic && {
   same_calls other_name
   n=$(count "cannot set up compression" "$work/other_name.err")
   check "other_name: the interposer was in the path (one set-up warning, got $n)" "[ '$n' = 1 ]"
+  n=$(count "INFO GRADCOMP_NCCL_LIBRARY set by environment to $nccl_alt\$" "$work/other_name.err")
+  check "other_name: INFO logs GRADCOMP_NCCL_LIBRARY once (got $n)" "[ '$n' = 1 ]"
 }
 
 # 6b. GRADCOMP_NCCL_LIBRARY naming the interposer itself: its own ncclX are
