@@ -24,8 +24,9 @@ static LogLevel parseLevel() {
   if (strcasecmp(v, "TRACE") == 0) return LogLevel::Trace;
   if (strcasecmp(v, "NONE") == 0 || strcasecmp(v, "OFF") == 0) return LogLevel::None;
   fprintf(stderr,
-          "gradcomp WARN GRADCOMP_DEBUG=%s is not one of NONE|OFF|WARN|INFO|TRACE; using WARN\n",
-          v);
+          "gradcomp %d WARN GRADCOMP_DEBUG=%s is not one of NONE|OFF|WARN|INFO|TRACE; using "
+          "WARN\n",
+          (int)getpid(), v);
   return LogLevel::Warn;
 }
 

@@ -6,6 +6,7 @@
 
 #include <dlfcn.h>
 #include <stdio.h>
+#include <unistd.h>
 
 #include <mutex>
 
@@ -53,28 +54,28 @@ void resolve() {
     h = dlopen(lib, RTLD_LAZY | RTLD_LOCAL);
     if (h) {
       fprintf(stderr,
-              "gradcomp WARN %s was not loaded by the program; loaded it now. If the program "
+              "gradcomp %d WARN %s was not loaded by the program; loaded it now. If the program "
               "uses another NCCL, set GRADCOMP_NCCL_LIBRARY to that file\n",
-              lib);
+              (int)getpid(), lib);
     }
   }
   if (!h) {
     fprintf(stderr,
-            "gradcomp WARN cannot open %s (%s); looking for pnccl* symbols in the process\n", lib,
-            dlerror());
+            "gradcomp %d WARN cannot open %s (%s); looking for pnccl* symbols in the process\n",
+            (int)getpid(), lib, dlerror());
   } else if (ownSymbol(dlsym(h, "ncclAllReduce"))) {
     fprintf(stderr,
-            "gradcomp WARN GRADCOMP_NCCL_LIBRARY=%s is gradcomp's interposer, not NCCL; looking "
+            "gradcomp %d WARN GRADCOMP_NCCL_LIBRARY=%s is gradcomp's interposer, not NCCL; looking "
             "for pnccl* symbols in the process\n",
-            lib);
+            (int)getpid(), lib);
     h = nullptr;
   } else if (dlsym(h, "pncclAllReduce") == nullptr && dlsym(h, "ncclAllReduce") == nullptr) {
     // Another library altogether (libc, a mistyped path that exists): every
     // symbol would come from the process instead, unsaid.
     fprintf(stderr,
-            "gradcomp WARN GRADCOMP_NCCL_LIBRARY=%s is not NCCL: it has neither pncclAllReduce "
+            "gradcomp %d WARN GRADCOMP_NCCL_LIBRARY=%s is not NCCL: it has neither pncclAllReduce "
             "nor ncclAllReduce; looking for pnccl* symbols in the process\n",
-            lib);
+            (int)getpid(), lib);
     h = nullptr;
   }
 #define GC_SYM(field, name) *reinterpret_cast<void**>(&field) = findSymbol(h, name)
@@ -122,9 +123,9 @@ void resolve() {
               gApi.commUserRank && gApi.getErrorString;
   if (!gResolved) {
     fprintf(stderr,
-            "gradcomp WARN the real NCCL functions were not found in %s: set "
+            "gradcomp %d WARN the real NCCL functions were not found in %s: set "
             "GRADCOMP_NCCL_LIBRARY to the libnccl.so.2 the program uses\n",
-            lib);
+            (int)getpid(), lib);
   }
 }
 

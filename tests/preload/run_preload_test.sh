@@ -363,6 +363,17 @@ run empty_knobs env GRADCOMP_GROUP= GRADCOMP_NCCL_LIBRARY= GC_TEST_GROUP_CALLS_D
     "grep -q 'GRADCOMP_NCCL_LIBRARY is set but empty; using libnccl.so.2' '$work/empty_knobs.err'"
 }
 
+# 6g. A GRADCOMP_DEBUG that is no level: WARN is used, and said.
+run bad_debug env GRADCOMP_DEBUG=bogus GC_TEST_GROUP_CALLS_DEFERRED=1 "$app" basic && {
+  same_calls bad_debug
+  check "bad_debug: the warning names the value and the levels" \
+    "grep -q 'WARN GRADCOMP_DEBUG=bogus is not one of NONE|OFF|WARN|INFO|TRACE; using WARN' '$work/bad_debug.err'"
+}
+# Every line gradcomp printed, in every run above, names the process as the
+# README's "gradcomp PID LEVEL" (ranks' lines are told apart by it).
+n=$(cat "$work"/*.err | grep '^gradcomp ' | grep -cv '^gradcomp [0-9][0-9]* \(WARN\|INFO\|TRACE\) ' || true)
+check "every gradcomp line reads 'gradcomp PID LEVEL' (got $n others)" "[ '$n' = 0 ]"
+
 # 7. Without LD_PRELOAD the program talks to the stand-in directly (sanity).
 : > "$work/direct.log"
 FAKE_NCCL_LOG=$work/direct.log "$app" basic > "$work/direct.expected"
