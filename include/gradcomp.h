@@ -194,6 +194,10 @@ gradcompResult_t gradcompConfigFromEnv(gradcompConfig_t* config);
  * taking a config, it reads structSize first and refuses a size it does not
  * know before reading any other field. */
 gradcompResult_t gradcompConfigValidate(const gradcompConfig_t* config);
+/* The index-th GRADCOMP_* variable the library reads (docs/env.md's table, in
+ * its order, from 0), or NULL past the last: a tool can tell the settings set
+ * in the environment from other GRADCOMP_* variables (a build's, a test's). */
+const char* gradcompEnvName(int index);
 
 /* ---------------------------------------------------------------- comms */
 /* A comm takes one collective, retune or state call at a time, as an NCCL

@@ -536,6 +536,12 @@ GC_EXPORT gradcompResult_t gradcompConfigValidate(const gradcompConfig_t* c) {
   return gc::validConfigFromCaller(c, &whole);
 }
 
+GC_EXPORT const char* gradcompEnvName(int index) {
+  size_t n;
+  const gc::ParamSpec* table = gc::paramTable(&n);
+  return index >= 0 && (size_t)index < n ? table[index].env : nullptr;
+}
+
 // The functions binaries built against headers before 0.3 call (the header's
 // macros of the same names call the Sized forms).
 #undef gradcompConfigInit

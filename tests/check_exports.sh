@@ -23,7 +23,7 @@ for s in gradcompGetErrorString gradcompGetLastError gradcompConfigInit gradcomp
          gradcompTopkSelectHost \
          gradcompTopkWorkspaceBytes gradcompTopkSelect gradcompCommRetune gradcompCommAbort gradcompCommStop gradcompCommLayout \
          gradcompCommSetGradScale gradcompCommGetGradScale \
-         gradcompConfigInitSized gradcompConfigFromEnvSized gradcompGetStatsSized; do
+         gradcompConfigInitSized gradcompConfigFromEnvSized gradcompGetStatsSized gradcompEnvName; do
   grep -qx "$s" <<< "$syms" || { echo "FAIL: $lib does not export $s"; exit 1; }
 done
 # NCCL is reached through its pnccl* names only: an interposer of the nccl* names

@@ -101,6 +101,7 @@ OPTIONAL_SIGNATURES = {
     "gradcompCommLayout": (R, [c_void_p, P(c_int), P(c_int)]),
     "gradcompCommSetGradScale": (R, [c_void_p, c_float, c_void_p]),
     "gradcompCommGetGradScale": (R, [c_void_p, P(c_float)]),
+    "gradcompEnvName": (ctypes.c_char_p, [c_int]),
 }
 
 

@@ -19,6 +19,20 @@ def settings():
     return list(_C_NAME)
 
 
+def env_names():
+    """The GRADCOMP_* variables the loaded library reads (gradcompEnvName: its own table, so
+    never out of step with it); None for a library without gradcompEnvName."""
+    if not hasattr(lib(), "gradcompEnvName"):
+        return None
+    names, i = [], 0
+    while True:
+        name = lib().gradcompEnvName(i)
+        if name is None:
+            return names
+        names.append(name.decode())
+        i += 1
+
+
 def _real(value, name):
     """value as a float: a real number (not a bool) that a C float or double holds."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):

@@ -65,18 +65,35 @@ def gpus():
 
 
 def settings_line(gradcomp):
-    """Prints the GRADCOMP_* variables set (GRADCOMP_LIBRARY aside: the line above shows it)
-    and whether the library takes them, as gradcompConfigFromEnv does for every comm; False
-    when it refuses them (every comm made from the environment would fail)."""
-    names = sorted(k for k in os.environ if k.startswith("GRADCOMP_") and k != "GRADCOMP_LIBRARY")
+    """Prints the GRADCOMP_* variables set that the library reads and whether it takes them,
+    as gradcompConfigFromEnv does for every comm (False when it refuses them: every comm made
+    from the environment would fail), then the other GRADCOMP_* variables set, which it does
+    not read (a build's or a test's, or a misspelt setting). GRADCOMP_LIBRARY is aside: the
+    line above shows it."""
+    from gradcomp.config import env_names
+
+    set_ = sorted(k for k in os.environ if k.startswith("GRADCOMP_") and k != "GRADCOMP_LIBRARY")
+    known = env_names()
+    if known is None:  # a library without gradcompEnvName: it cannot say which it reads
+        names, unread = set_, []
+    else:
+        names = [k for k in set_ if k in known]
+        unread = [k for k in set_ if k not in known]
     shown = ", ".join(f"{k}={os.environ[k]}" for k in names)
+    ok = True
     try:
         gradcomp.Config()
     except gradcomp.GradcompError as e:
         print(f"settings: {shown}: refused: {e}")
-        return False
-    print(f"settings: {shown}: accepted" if names else "settings: the defaults (no GRADCOMP_* set)")
-    return True
+        ok = False
+    else:
+        print(f"settings: {shown}: accepted" if names else
+              "settings: the defaults (no GRADCOMP_* set)" if not set_ else
+              "settings: the defaults (none of the library's GRADCOMP_* settings set)")
+    if unread:
+        print(f"not read by the library: {', '.join(f'{k}={os.environ[k]}' for k in unread)} "
+              f"(not settings of docs/env.md: a build's or a test's variable, or a misspelling)")
+    return ok
 
 
 def main():

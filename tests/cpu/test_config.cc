@@ -183,6 +183,19 @@ TEST(Config, DocsListEveryVariable) {
   }
 }
 
+// gradcompEnvName lists the table (python -m gradcomp.info tells a setting
+// from another program's GRADCOMP_* variable by it), and nothing else.
+TEST(Config, EnvNameListsTheTable) {
+  size_t n;
+  const gc::ParamSpec* t = gc::paramTable(&n);
+  for (size_t i = 0; i < n; ++i) {
+    ASSERT_NE(gradcompEnvName((int)i), nullptr) << i;
+    EXPECT_STREQ(gradcompEnvName((int)i), t[i].env);
+  }
+  EXPECT_EQ(gradcompEnvName((int)n), nullptr);
+  EXPECT_EQ(gradcompEnvName(-1), nullptr);
+}
+
 }  // namespace
 
 // Issue 16, defect 8: strict parsing, one range for the environment and the

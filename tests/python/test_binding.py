@@ -1125,6 +1125,34 @@ class LibraryErrors(unittest.TestCase):
         self.assertIn("settings: GRADCOMP_BITS=9: refused: GRADCOMP_BITS=9 is not an integer in "
                       "2..8", p.stdout)
 
+    @unittest.skipUnless(gradcomp.has("gradcompEnvName"), "this libgradcomp has no gradcompEnvName")
+    def test_info_tells_settings_from_other_variables(self):
+        """A GRADCOMP_* variable the library does not read (a build's, a test's, a misspelt
+        setting) is not listed as an accepted setting: gradcomp.info says it is not read."""
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("GRADCOMP_") or k == "GRADCOMP_LIBRARY"}
+        env["PYTHONPATH"] = os.path.join(ROOT, "python")
+        run = lambda **kv: subprocess.run(  # noqa: E731
+            [sys.executable, "-m", "gradcomp.info"], env=dict(env, **kv), capture_output=True,
+            text=True)
+        p = run(GRADCOMP_CUDA_ARCHS="90", GRADCOMP_BITS="3", GRADCOMP_TEST_GPU="1",
+                GRADCOMP_DEBUG="WARN")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertIn("settings: GRADCOMP_BITS=3, GRADCOMP_DEBUG=WARN: accepted\n", p.stdout)
+        self.assertIn("not read by the library: GRADCOMP_CUDA_ARCHS=90, GRADCOMP_TEST_GPU=1 ",
+                      p.stdout)
+        p = run(GRADCOMP_CUDA_ARCHS="90")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertIn("settings: the defaults (none of the library's GRADCOMP_* settings set)",
+                      p.stdout)
+        self.assertIn("not read by the library: GRADCOMP_CUDA_ARCHS=90 ", p.stdout)
+        # The names come from the library's own table (docs/env.md lists the same).
+        names = gradcomp.config.env_names()
+        with open(os.path.join(ROOT, "docs", "env.md")) as f:
+            documented = re.findall(r"^\| `(GRADCOMP_[A-Z0-9_]+)` \|", f.read(), re.M)
+        self.assertEqual(names, documented)
+        self.assertNotIn("GRADCOMP_CUDA_ARCHS", names)
+
     def test_run_on_threads_waits_one_timeout_for_all_ranks(self):
         release = threading.Event()
         t0 = time.monotonic()
