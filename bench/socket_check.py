@@ -175,6 +175,35 @@ def main():
     expect(p.returncode == 2 and "OMPI_COMM_WORLD_RANK" in p.stdout,
            "no launcher: exit 2 naming the variables (got %d: %s)" % (p.returncode,
                                                                        p.stdout.strip()))
+    # A launcher's variable that is no integer in its range is refused naming it, its value
+    # and the range (atoi read "abc" and "" as rank 0, "3x" as 3, "-1" as -1).
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("OMPI_", "PMI", "SLURM"))}
+    bad_rank = [({"OMPI_COMM_WORLD_RANK": v}, 'OMPI_COMM_WORLD_RANK="%s" is not an integer in 0..1'
+                 % v) for v in ("abc", "", "-1", "3x")]
+    for extra, want in bad_rank + [
+            ({"OMPI_COMM_WORLD_RANK": "2"}, 'OMPI_COMM_WORLD_RANK="2" is not an integer in 0..1 '
+             "(OMPI_COMM_WORLD_SIZE=2 ranks)"),
+            ({"OMPI_COMM_WORLD_SIZE": "99999999999"},
+             'OMPI_COMM_WORLD_SIZE="99999999999" is not an integer in 1..2147483647'),
+            ({"OMPI_COMM_WORLD_SIZE": "0"}, 'OMPI_COMM_WORLD_SIZE="0" is not an integer in 1..'),
+            ({"OMPI_COMM_WORLD_LOCAL_RANK": "1 "},
+             'OMPI_COMM_WORLD_LOCAL_RANK="1 " is not an integer in 0..1'),
+            ({"OMPI_COMM_WORLD_LOCAL_SIZE": "3"},
+             'OMPI_COMM_WORLD_LOCAL_SIZE="3" is not an integer in 1..2'),
+            ({"OMPI_COMM_WORLD_RANK": None, "OMPI_COMM_WORLD_SIZE": None, "PMI_RANK": "01",
+              "PMI_SIZE": "2"}, 'PMI_RANK="01" is not an integer in 0..1'),
+            ({"OMPI_COMM_WORLD_RANK": None, "OMPI_COMM_WORLD_SIZE": None, "SLURM_PROCID": "1",
+              "SLURM_STEP_NUM_TASKS": "2", "SLURM_STEP_TASKS_PER_NODE": "2(x1"},
+             'SLURM_STEP_TASKS_PER_NODE="2(x1" is not an integer in 1..2')]:
+        # (Read as a rank, a value would wait for its peer: not for long.)
+        env = dict(base, OMPI_COMM_WORLD_RANK="0", OMPI_COMM_WORLD_SIZE="2",
+                   GRADCOMP_CPU_TIMEOUT="2")
+        env.update(extra)
+        env = {k: v for k, v in env.items() if v is not None}
+        p = subprocess.run([perf, "--backend", "socket", "--root", "127.0.0.1:1234"], env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=30)
+        expect(p.returncode == 2 and want in p.stdout,
+               "%s: exit 2 with '%s' (got %d: %s)" % (extra, want, p.returncode, p.stdout.strip()))
     return verdict()
 
 

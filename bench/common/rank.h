@@ -122,8 +122,12 @@ class Rank {
 // Prints "gradcomp_perf: rank R: <message>" and ends the process: the
 // harness cannot go on once a rank's buffers or communicator are gone.
 // Launched by mpirun or srun (or tools/tc_link.sh, which sets
-// OMPI_COMM_WORLD_*): rank, size and local rank from their variables.
-bool launcherRank(int* rank, int* size, int* localRank, int* localSize);
+// OMPI_COMM_WORLD_*): rank, size and local rank from their variables, and 1;
+// 0 when no launcher set them; -1, with a sentence on stderr naming the
+// variable, its value and the range, when one is no integer in its range
+// (size 1..INT_MAX, rank 0..size-1, local size 1..size, local rank
+// 0..local size-1).
+int launcherRank(int* rank, int* size, int* localRank, int* localSize);
 
 [[noreturn]] void fatal(int rank, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
 

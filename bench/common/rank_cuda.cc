@@ -580,7 +580,9 @@ int probeGpuCount() {
 
 int runCuda(const Options& o) {
   int rank, size, localRank, localSize;
-  if (launcherRank(&rank, &size, &localRank, &localSize)) {
+  const int launched = launcherRank(&rank, &size, &localRank, &localSize);
+  if (launched < 0) return 2;
+  if (launched > 0) {
     if (o.nranks != 0 && o.nranks != size) {
       fprintf(stderr, "gradcomp_perf: -N %d but the launcher started %d ranks\n", o.nranks, size);
       return 2;

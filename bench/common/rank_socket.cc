@@ -139,7 +139,9 @@ class SocketRank : public HostRank {
 
 int runSocket(const Options& o) {
   int rank, size, localRank, localSize;
-  if (!launcherRank(&rank, &size, &localRank, &localSize)) {
+  const int launched = launcherRank(&rank, &size, &localRank, &localSize);
+  if (launched < 0) return 2;
+  if (launched == 0) {
     fprintf(stderr,
             "gradcomp_perf: --backend socket runs one process per rank: set "
             "OMPI_COMM_WORLD_RANK and OMPI_COMM_WORLD_SIZE (mpirun, srun, or tools/tc_link.sh "
