@@ -110,14 +110,22 @@ inline size_t ceilMul(double a, size_t n) {
   return (double)c < x && x - (double)c > x * 1e-12 ? c + 1 : c;
 }
 
+// A plan's float settings as the decimals they were given as (floatDecimal),
+// worked out once per setting rather than on every plan (sparsePlan keeps them).
+struct PlanSettings {
+  double density, oversample, sampleRate;
+};
+
+inline PlanSettings planSettings(double density, double oversample, double sampleRate) {
+  return {floatDecimal(density), floatDecimal(oversample), floatDecimal(sampleRate)};
+}
+
 // k = ceil(density*n) but at least 1: a density so small that k would round
 // to 0 still sends the largest entry (documented in docs/sparse.md). The
 // float settings count as the decimals they were given as (floatDecimal):
 // 0.001 of 100000 is 100 slots, where the float's 100.0000047 made 101.
-inline Plan makePlan(size_t n, double density, bool exact, double oversample, double sampleRate) {
-  density = floatDecimal(density);
-  oversample = floatDecimal(oversample);
-  sampleRate = floatDecimal(sampleRate);
+inline Plan makePlan(size_t n, const PlanSettings& s, bool exact) {
+  const double density = s.density, oversample = s.oversample, sampleRate = s.sampleRate;
   Plan p{};
   p.density = density;
   p.k = ceilMul(density, n);
@@ -144,6 +152,10 @@ inline Plan makePlan(size_t n, double density, bool exact, double oversample, do
   p.stride = n / m;
   p.offsetRange = n - m * p.stride + 1;  // offset + m*stride - 1 < n
   return p;
+}
+
+inline Plan makePlan(size_t n, double density, bool exact, double oversample, double sampleRate) {
+  return makePlan(n, planSettings(density, oversample, sampleRate), exact);
 }
 
 // Per-step sample offset from the call's key.

@@ -14,6 +14,7 @@
 
 #include "gradcomp.h"
 #include "kernels/sparse_math.cuh"
+#include "plugin/algorithms/algorithms.h"
 #include "plugin/codecs/sparse.h"
 #include "plugin/comm.h"
 #include "tests/common/cpu_world.h"
@@ -129,6 +130,51 @@ TEST(SparseSelect, FloatSettingsCountAsTheirDecimals) {
     EXPECT_EQ(p.kmax, c.kmax) << "n=" << c.n << " density=" << c.density;
     EXPECT_EQ(p.sample, c.sample) << "n=" << c.n << " density=" << c.density;
     EXPECT_EQ(p.keep, c.keep) << "n=" << c.n << " density=" << c.density;
+  }
+}
+
+// sparsePlan works the settings' decimals out once per setting: a comm's
+// plan is the one makePlan gives from its floats, call after call, when two
+// comms of other settings take turns (each setting alone changed), and
+// through DGC's warm-up.
+TEST(SparseSelect, PlanOfACommIsMakePlansFromItsSettings) {
+  struct Settings {
+    float density, oversample, sampleRate;
+  } settings[] = {{0.001f, 2.0f, 0.01f},   {0.07f, 2.0f, 0.01f}, {0.07f, 1.5f, 0.01f},
+                  {0.07f, 1.5f, 1e-4f},    {0.126953125f, 1, 1}, {0.001f, 2.0f, 0.01f},
+                  {1e-6f, 16.0f, 0.0001f}, {1.0f, 1.0f, 1.0f},   {0.3f, 3.3f, 0.3f}};
+  for (int method : {gradcompMethodTopk, gradcompMethodDgc}) {
+    for (int select : {gradcompSelectThreshold, gradcompSelectExact}) {
+      for (int round = 0; round < 2; ++round) {
+        for (const Settings& st : settings) {
+          gradcompComm c;
+          ASSERT_EQ(gradcompConfigInit(&c.cfg), gradcompSuccess);
+          c.cfg.method = (gradcompMethod_t)method;
+          c.cfg.select = (gradcompSelect_t)select;
+          c.cfg.density = st.density, c.cfg.oversample = st.oversample;
+          c.cfg.sampleRate = st.sampleRate;
+          c.cfg.warmupSteps = method == gradcompMethodDgc ? 8 : 0;
+          for (uint64_t calls : {0, 2, 4, 6, 8, 100}) {
+            for (size_t n : {1, 1000, 100001, 64000000}) {
+              const double density =
+                  method == gradcompMethodDgc
+                      ? gc::sparse::warmupDensity(st.density, c.cfg.warmupSteps, calls)
+                      : (double)st.density;
+              const Plan want = gc::sparse::makePlan(n, density, select == gradcompSelectExact,
+                                                     st.oversample, st.sampleRate);
+              DType vt;
+              const Plan got = gc::sparsePlan(c, n, calls, &vt);
+              EXPECT_EQ(memcmp(&got, &want, sizeof want), 0)
+                  << "n=" << n << " density=" << st.density << " oversample=" << st.oversample
+                  << " sampleRate=" << st.sampleRate << " calls=" << calls << ": k=" << got.k
+                  << " kmax=" << got.kmax << " sample=" << got.sample
+                  << " where makePlan has k=" << want.k << " kmax=" << want.kmax
+                  << " sample=" << want.sample;
+            }
+          }
+        }
+      }
+    }
   }
 }
 
