@@ -13,6 +13,7 @@
 
 #include "kernels/common_math.cuh"
 #include "gradcomp.h"
+#include "hier_layout.h"
 
 struct gradcompComm;
 
@@ -36,7 +37,7 @@ struct Topology {
   // quadratic in the ranks.
   std::vector<int> ranks;
   // Hierarchical exchange pays only with >= 2 nodes of >= 2 ranks.
-  bool hier() const { return nodes >= 2 && localSize >= 2; }
+  bool hier() const { return hierLayout(nodes, localSize); }
   // Global rank of local rank `local` on node `node`: the ranks of a node in
   // rank order (nodes need not be contiguous in rank order).
   int rankAt(int node, int local) const {

@@ -10,6 +10,7 @@
 #include <chrono>
 #include <map>
 
+#include "../../plugin/hier_layout.h"
 #include "gradcomp/sparse.h"
 #include "data_ops.h"
 #include "kernel_rates.h"
@@ -249,7 +250,7 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
     int nodes = 1, perNode = 1;
     row->hierReduceScatter = row->algoUsed == kAlgoReduceScatter &&
                              gradcompCommLayout(comm, &nodes, &perNode) == gradcompSuccess &&
-                             nodes >= 2 && perNode >= 2;
+                             gc::hierLayout(nodes, perNode);
     double pieces = row->algoUsed != 0 && s1.piecesLast > 1 ? (double)s1.piecesLast : 1;
     r.reduce(&pieces, 1, true);
     row->pieces = pieces;
@@ -767,8 +768,8 @@ int runHarness(const Options& o, Rank& r) {
     gradcompComm_t probe = nullptr;
     if (layout.localSize == 0 && allOk(r, r.createComm(layout, &probe) == gradcompSuccess)) {
       int nodes = 0, perNode = 0;
-      if (gradcompCommLayout(probe, &nodes, &perNode) == gradcompSuccess && nodes >= 2 &&
-          perNode >= 2) {
+      if (gradcompCommLayout(probe, &nodes, &perNode) == gradcompSuccess &&
+          gc::hierLayout(nodes, perNode)) {
         info.localSize = perNode;
         info.localSizeFrom = "auto, from the ranks' host identities";
       }

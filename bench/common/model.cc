@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "../../plugin/hier_layout.h"
 #include "gradcomp/reference.h"
 
 namespace gcbench {
@@ -230,7 +231,7 @@ double peerEncodeLaunch(int algo, size_t count, int nranks, double pieces, int b
       if (middle == 1) peers = nodes - 1;
       break;
     case 6:  // reduce-scatter: flat, the N-1 peers' blocks; hierarchical, the k-1 nodes'
-      peers = g > 1 && nodes >= 2 ? nodes - 1 : nranks - 1;
+      peers = gc::hierLayout(nodes, g) ? nodes - 1 : nranks - 1;
       break;
     default:
       break;
@@ -388,7 +389,7 @@ AlgoShape algoShape(int algo, int nranks, int local, int middle, const CallKind&
       // among the k nodes into fp32 (the middle's sum stores fp32 there, fused
       // or not), one conversion.
       const int g = local > 1 ? local : 1;
-      if (g > 1 && nranks / g >= 2) {
+      if (gc::hierLayout(nranks / g, g)) {
         const double k = nranks / g;
         CallKind mid = kind;
         mid.elemBytes = 4;

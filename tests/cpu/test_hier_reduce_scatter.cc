@@ -20,6 +20,7 @@
 #include "plugin/algorithms/algorithms.h"
 #include "plugin/collective.h"
 #include "plugin/comm.h"
+#include "plugin/hier_layout.h"
 #include "tests/common/cpu_world.h"
 #include "tests/common/ref_hier_rs.h"
 #include "tests/common/test_util.h"
@@ -157,6 +158,26 @@ TEST(HierReduceScatterCpu, QsgdEveryLocalSizeTypeOpCount) {
         for (bool avg : {false, true})
           for (size_t m : {(size_t)1, (size_t)7, (size_t)64, (size_t)517})
             checkQsgd(N, L, t, avg, m, 2, false);
+}
+
+// gradcomp_perf tells a hierarchical reduce-scatter row from a flat one by
+// gc::hierLayout of the comm's public layout (gradcompCommLayout): that is
+// the library's own choice on every layout of up to 8 ranks.
+TEST(HierReduceScatterCpu, PublicLayoutRuleIsTheLibrarysChoice) {
+  for (int N = 1; N <= 8; ++N) {
+    for (int L : divisors(N)) {
+      gradcompConfig_t cfg;
+      ASSERT_EQ(gradcompConfigInit(&cfg), gradcompSuccess);
+      cfg.localSize = L;
+      gctest::CpuWorld world(N, cfg);
+      for (int r = 0; r < N; ++r) {
+        int nodes = 0, perNode = 0;
+        ASSERT_EQ(gradcompCommLayout(world.comm(r), &nodes, &perNode), gradcompSuccess);
+        EXPECT_EQ(gc::hierLayout(nodes, perNode), gc::useHierReduceScatter(*world.comm(r)))
+            << "N=" << N << " L=" << L << " rank " << r << ": " << nodes << " nodes of " << perNode;
+      }
+    }
+  }
 }
 
 TEST(HierReduceScatterCpu, QsgdInPlace) {
