@@ -315,13 +315,15 @@ CommEntry::~CommEntry() {
 namespace {
 // DGC's momentum correction replaces the optimizer's (which the user set to
 // 0): a communicator that passes its calls through keeps no velocity, so the
-// training loses its momentum. Said once per process, beside the reason.
+// training loses its momentum. Said once per reason, beside it (as the
+// set-up's warnings are): fixing one cause leaves another's communicators
+// without momentum too.
 // why: the reason the communicator passes through (e.g. "one rank", which
 // nothing else warns about: a single-GPU run under the preload).
 void warnIfMomentumLost(const std::string& why) {
   const gradcompConfig_t& c = settings().config;
   if (c.method != gradcompMethodDgc || !c.momentumCorrection || !(c.momentum > 0.0f)) return;
-  warnOnce("dgc-momentum",
+  warnOnce("dgc-momentum " + why,
            "GRADCOMP_METHOD=dgc: a communicator passes its calls through uncompressed (%s), and "
            "gradcomp's momentum correction (GRADCOMP_MOMENTUM=%g) does not reach them: if the "
            "optimizer's momentum was set to 0 for DGC, those gradients now train without momentum; "

@@ -134,8 +134,9 @@ ncclResult_t compress(CommEntry& e, const Deferred& d, bool keyed, uint64_t key,
     if (rs) e.rsPassed += userCalls - 1;
     return forward(&e, d);
   }
-  warnOnce(std::string("failed ") + gradcompGetLastError(), "compressed %s failed: %s",
-           rs ? "reduce-scatter" : "allreduce", gradcompGetLastError());
+  const char* what = rs ? "reduce-scatter" : "allreduce";
+  warnOnce(std::string("failed ") + what + " " + gradcompGetLastError(), "compressed %s failed: %s",
+           what, gradcompGetLastError());
   return toNccl(r);
 }
 

@@ -146,6 +146,17 @@ run setup_reasons env FAKE_NCCL_COUNT_FAIL=0x1100 GRADCOMP_METHOD=qsgd "$app" se
     "grep -q \"cannot set up compression for NCCL comm 0x1100 (NCCL cannot tell the communicator's rank, size or device: fake nccl error)\" '$work/setup_reasons.err'"
 }
 
+# 3c. DGC's warning that the momentum is lost names why the communicators pass
+# through: said once per reason too, 0x1100's own reason as well as the one
+# 0x1000 and 0x1200 share (a second reason was silenced).
+run setup_reasons_dgc env FAKE_NCCL_COUNT_FAIL=0x1100 GRADCOMP_METHOD=dgc "$app" setup_reasons && {
+  same_calls setup_reasons_dgc
+  n=$(count "does not reach them" "$work/setup_reasons_dgc.err")
+  check "setup_reasons_dgc: one momentum warning per reason (got $n)" "[ '$n' = 2 ]"
+  check "setup_reasons_dgc: a momentum warning names 0x1100's reason" \
+    "grep -q \"uncompressed (set-up failed: NCCL cannot tell the communicator's rank, size or device: fake nccl error), and gradcomp's momentum correction\" '$work/setup_reasons_dgc.err'"
+}
+
 # 4. Non-blocking communicators (config, inherited by a split or a grow, or
 # NCCL_COMM_BLOCKING=0) are recognized and set up as blocking ones are (and
 # fail without a GPU): gradcomp waits for their enqueues. The stand-in
