@@ -1108,7 +1108,18 @@ def main():
     open(os.path.join(empty, "2030-01-01-test-gpu.json"), "w").write("{}")
     open(os.path.join(empty, "2030-01-01-test-gpu", "kernels.json"), "w").write(
         '{"gpu": "G", "rows": [{"kernel": "copy", "dtype": "float", "bits": 0, "n": 1, "time_us": 1}]}')
+    # A QSGD row whose bits or bucket no int holds is no row (it converted to
+    # an int undefinedly, then matched no call: rates "found" for nothing).
+    huge = os.path.join(work, "hugebits")
+    os.makedirs(os.path.join(huge, "2030-01-01-test-gpu"), exist_ok=True)
+    open(os.path.join(huge, "2030-01-01-test-gpu.json"), "w").write("{}")
+    open(os.path.join(huge, "2030-01-01-test-gpu", "kernels.json"), "w").write(
+        '{"gpu": "G", "bucket": 512, "rows": [{"kernel": "copy", "dtype": "float", "bits": 0, '
+        '"n": 1, "time_us": 1}, {"kernel": "qsgd_encode_ef", "dtype": "float", "bits": 1e30, '
+        '"n": 1048576, "time_us": 5}, {"kernel": "qsgd_decode_acc", "dtype": "float", "bits": 4, '
+        '"bucket": 1e300, "n": 1048576, "time_us": 5}]}')
     for where, why in ((bad, "is not valid JSON"), (empty, "has no qsgd_encode_ef"),
+                       (huge, "has no qsgd_encode_ef"),
                        (os.path.join(work, "no-such-dir"), "no GPU report or folder"),
                        ("none", "--kernel-rates none")):
         code, out, rows = run(perf, ["-N", "2", "-b", "256K", "-e", "256K", "-n", "1", "-w", "0",

@@ -157,8 +157,11 @@ KernelRates loadKernelRates(const std::string& where) {
       items = floor(n->num / kSumTerms);
       if (!(items >= 1)) continue;
     }
-    // Only the QSGD kernels' rates depend on bits and bucket.
+    // Only the QSGD kernels' rates depend on bits and bucket: whole numbers
+    // an int holds (a report's 1e30 or NaN would convert to no int at all).
     const bool any = kernel->str.compare(0, 4, "qsgd") != 0;
+    auto whole = [](double x) { return x >= 0 && x <= 65536 && x == floor(x); };
+    if (!any && (!whole(bits->num) || !whole(bucket->num))) continue;
     k.rows.push_back({kernel->str, dtype->str, any ? 0 : (int)bits->num, any ? 0 : (int)bucket->num,
                       items, us->num, topk ? density->num : 0.0});
   }
