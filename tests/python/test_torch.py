@@ -624,7 +624,10 @@ class LayerAwarePlan(unittest.TestCase):
         st = self.state(m)
         good = st.state_dict()
         for bad, why in (({**good, "iter": -100}, "iter=-100"), (None, "NoneType"),
-                         ({**good, "gradcomp": "text"}, "not the bytes")):
+                         ({**good, "gradcomp": "text"}, "not the bytes"),
+                         ({**good, "keyed_by": ["params"], "gradcomp": self.blob(st)},
+                          r"keyed_by=\['params'\] is not one of params, bucket"),
+                         ({**good, "keyed_by": {}, "gradcomp": self.blob(st)}, "keyed_by={}")):
             with self.assertRaisesRegex(ValueError, why):
                 st.load_state_dict(bad)
         # Residuals keyed by FSDP module name match no DDP bucket: refused, not dropped.

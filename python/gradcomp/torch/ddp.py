@@ -226,6 +226,10 @@ class GradcompState:
             # would hand back the caller's object (a memoryview does not pickle).
             blob = bytes(blob)
         saved, mine = d.get("keyed_by"), self._keyed_by()
+        if saved is not None and not isinstance(saved, str):
+            # A list or dict here failed the lookup below with "unhashable type" naming nothing.
+            raise ValueError(f"the state dict's keyed_by={saved!r} is not one of "
+                             f"{', '.join(self._HOW)}: the keying state_dict() saves")
         self._check_keying(blob, saved, mine)
         for name in ("layer_min_size", "exclude_1d"):
             # The layer rule picks the compressed parameters, which key the residuals: under
