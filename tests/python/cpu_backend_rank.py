@@ -277,6 +277,28 @@ def replicas(out, rank):
         "native_hsdp": _error(lambda: gct.register_fsdp_replica_all_reduce(
             native, gct.GradcompState(process_group=replicate, backend="cpu", config=config()))),
     }
+    # Both of a module's collectives through gradcomp, one state per group: DGC's momentum
+    # correction on both would apply the velocity twice (refused, in either order); on one
+    # of them it is accepted.
+    def dgc_state(group, **kw):
+        return gct.GradcompState(process_group=group, backend="cpu", config=gradcomp.Config(
+            from_env=False, method="dgc", min_elements=0, auto_tune=0, **kw))
+
+    def both(first, second):
+        model = make(False)
+        first[0](model, first[1])
+        return second[0](model, second[1])
+
+    shard = mesh["shard"].get_group()
+    rs, ar = gct.register_fsdp_reduce_scatter, gct.register_fsdp_replica_all_reduce
+    res["refusals"]["two_velocities_hook_last"] = _error(
+        lambda: both((rs, dgc_state(shard)), (ar, dgc_state(replicate))))
+    res["refusals"]["two_velocities_rs_last"] = _error(
+        lambda: both((ar, dgc_state(replicate)), (rs, dgc_state(shard))))
+    res["one_velocity_registered"] = [
+        both((rs, dgc_state(shard)), (ar, dgc_state(replicate, momentum_correction=0))),
+        both((ar, dgc_state(replicate)), (rs, gct.GradcompState(
+            process_group=shard, backend="cpu", config=config())))]
     state.close()
 
     model, state, _ = hooked("fp16", torch.float16)

@@ -1971,10 +1971,21 @@ class CpuBackendFsdpReplicas(unittest.TestCase):
                            r"the replicate group of FSDP's shard group.*mesh\['replicate'\]",
             "native_hsdp": r"ValueError: this FSDP module is native HSDP.*"
                            r"fully_shard\(\.\.\., mesh=mesh\['shard'\]\)",
+            # One state per group on both collectives, each with DGC's momentum correction:
+            # the velocity would be applied twice.
+            "two_velocities_hook_last": r"ValueError: FSDP module '0': its reduce-scatter "
+                                        r"already goes through a GradcompState with DGC's "
+                                        r"momentum correction.*momentum twice.*"
+                                        r"momentum_correction=0",
+            "two_velocities_rs_last": r"ValueError: FSDP module '0': its replica all-reduce "
+                                      r"already goes through a GradcompState with DGC's "
+                                      r"momentum correction.*momentum twice",
         }
         for rank, res in enumerate(results):
             for what, pattern in want.items():
                 self.assertRegex(res["refusals"][what] or "", pattern, f"rank {rank} {what}")
+            # The momentum on one of the two states only: both registered (3 modules each).
+            self.assertEqual(res["one_velocity_registered"], [3, 3], f"rank {rank}")
 
     def test_division_gives_native_hsdps_mean(self):
         """The hook paused throughout (torch's all_reduce over the replicas, the op the hook

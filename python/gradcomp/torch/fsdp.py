@@ -297,6 +297,10 @@ class GradcompReplicaAllReduce:
         return None
 
 
+# The hooks as defined here (a subclass of either is one too).
+_GRADCOMP_FSDP_HOOKS = (GradcompReduceScatter, GradcompReplicaAllReduce)
+
+
 def _param_groups(module):
     """The FSDPParamGroups of an FSDP module (none for a module without parameters of its
     own): a list where FSDP2 has per-parameter meshes, one group or None in older PyTorch."""
@@ -367,13 +371,50 @@ def unsupported_reason():
     return None
 
 
+def _applies_velocity(state):
+    """Whether the state's comm applies DGC's velocity u = m*u + g to what it is handed."""
+    cfg = state.config
+    return cfg.method == "dgc" and bool(cfg.momentum_correction) and float(cfg.momentum) > 0.0
+
+
+def _check_one_velocity(model, state, role):
+    """Refuses to install `state` for FSDP2's `role` ("shard": the reduce-scatter, "replicate":
+    the replica all-reduce) on a module whose other collective already goes through another
+    GradcompState, where both apply DGC's momentum correction: the replica all-reduce would take
+    the reduce-scatter's velocity as its gradient and apply the momentum again (about 1/(1-m)
+    times the step, silently). Checked for every module before any is installed."""
+    if state is None or not _applies_velocity(state):
+        return
+    FSDPModule = _fsdp_module_class()
+    for name, module in model.named_modules():
+        if not isinstance(module, FSDPModule):
+            continue
+        for group in _param_groups(module):
+            other = (getattr(group, "_all_reduce_hook", None) if role == "shard"
+                     else getattr(group, "_reduce_scatter_comm", None))
+            if not isinstance(other, _GRADCOMP_FSDP_HOOKS) or other.state is None:
+                continue
+            if other.state is not state and _applies_velocity(other.state):
+                raise ValueError(
+                    f"FSDP module {name or '<root>'!r}: its "
+                    + ("replica all-reduce" if role == "shard" else "reduce-scatter")
+                    + " already goes through a GradcompState with DGC's momentum correction, "
+                    "and this state has it too: the replica all-reduce would apply the momentum "
+                    "again to the reduce-scatter's velocity (momentum twice, about 1/(1-m) times "
+                    "the step). Keep DGC's momentum correction on one of the two states: make "
+                    "the other with momentum_correction=0 or another method (method='qsgd')")
+
+
 def register_fsdp_reduce_scatter(model, state):
     """set_custom_reduce_scatter on every FSDPModule of `model`, keyed by its name.
     Returns the number of modules. Raises RuntimeError with unsupported_reason() where this
-    PyTorch's FSDP2 cannot take a custom reduce-scatter."""
+    PyTorch's FSDP2 cannot take a custom reduce-scatter, and ValueError where the modules'
+    replica all-reduce already goes through another state applying DGC's momentum correction
+    and this one applies it too (see register_fsdp_replica_all_reduce)."""
     FSDPModule = _fsdp_module_class()
     if FSDPModule is None or not hasattr(FSDPModule, "set_custom_reduce_scatter"):
         raise RuntimeError(f"gradcomp: {unsupported_reason()}")
+    _check_one_velocity(model, state, "shard")
     return _each_fsdp_module(model, lambda name, module: module.set_custom_reduce_scatter(
         GradcompReduceScatter(state, name)))
 
@@ -409,9 +450,13 @@ def register_fsdp_replica_all_reduce(model, state):
     """set_all_reduce_hook(GradcompReplicaAllReduce) on every FSDPModule of `model`, keyed by
     its name; `state` over the replicate group, the model sharded over the shard mesh only.
     Returns the number of modules. Raises RuntimeError with replica_unsupported_reason()
-    where this PyTorch's FSDP2 has no all-reduce hook."""
+    where this PyTorch's FSDP2 has no all-reduce hook. The modules' reduce-scatter may go
+    through another GradcompState (over the shard group); DGC's momentum correction then
+    belongs to one of the two: both applying it is refused (ValueError), since this hook
+    would apply the momentum again to the reduce-scatter's velocity."""
     reason = replica_unsupported_reason()
     if reason is not None:
         raise RuntimeError(f"gradcomp: {reason}")
+    _check_one_velocity(model, state, "replicate")
     return _each_fsdp_module(model, lambda name, module: module.set_all_reduce_hook(
         GradcompReplicaAllReduce(state, name, module=module)))
