@@ -153,10 +153,27 @@ int dynamicBits(const GradStats& st, double varianceTarget, int bitsMin, int bit
   return bitsMax;
 }
 
+double portableLog2(double x) {
+  int e;
+  double m = frexp(x, &e);  // x = m * 2^e, m in [0.5, 1): exact
+  if (m < 0.70710678118654752) {
+    m = dmul(m, 2.0);  // exact
+    --e;
+  }
+  // ln m = 2 atanh(z) = 2 (z + z^3/3 + z^5/5 + ...), z = (m-1)/(m+1) in
+  // [-0.172, 0.172]: z^2 <= 0.0295, so 14 terms leave under 1e-20.
+  const double z = (m - 1.0) / (m + 1.0);  // m - 1 exact (Sterbenz); one rounding each
+  const double z2 = dmul(z, z);
+  double p = 1.0 / 29.0;
+  for (int k = 13; k >= 0; --k) p = dadd(dmul(p, z2), 1.0 / (2 * k + 1));
+  const double ln = dmul(dmul(2.0, z), p);
+  return dadd((double)e, dmul(ln, 1.4426950408889634074));  // 1/ln 2
+}
+
 // The statistic's entry in the history, if it has one.
 static bool historyEntry(const GradStats* st, double* v) {
   if (st == nullptr || !usable(*st) || !(st->sumLenMaxSq > 0.0)) return false;
-  *v = 0.5 * log2(st->sumLenMaxSq);
+  *v = 0.5 * portableLog2(st->sumLenMaxSq);
   return true;
 }
 
@@ -237,7 +254,7 @@ void scaleBitsHistory(BufferState& s, double factor) {
   // Sums of squares of the result: factor^2 (exact for a power of two).
   h.stats.sumLenMaxSq *= factor * factor;
   h.stats.sumSq *= factor * factor;
-  h.budget.shift(log2(factor));
+  h.budget.shift(portableLog2(factor));
 }
 
 const char* checkBitsHistory(const BitsHistoryRecord& r, const gradcompConfig_t& cfg) {

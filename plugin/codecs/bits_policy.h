@@ -46,6 +46,15 @@ GradStats hostGradStats(const void* x, DType t, size_t n, int bucket);
 // Dynamic mode: the fewest bits meeting the bound; bitsMax when none does.
 int dynamicBits(const GradStats& st, double varianceTarget, int bitsMin, int bitsMax);
 
+// log2(x) of a finite x > 0 from IEEE +, *, / alone (frexp's exponent and a
+// fixed series), so every rank computes the same bits on any machine: the
+// budget policy's choice rounds values made from it, and a math library's
+// log2, whose last bit may differ between builds and architectures, could
+// make ranks on different nodes choose different widths at a rounding
+// boundary (mismatched collectives). Within a few units in the last place
+// of log2; exact for powers of two.
+double portableLog2(double x);
+
 class BudgetPolicy {
  public:
   // st is null before the first statistics exist. decide() is the width of
