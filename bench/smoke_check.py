@@ -1475,6 +1475,26 @@ def main():
                    "no sparse_check_lists row" not in note and "no nonfinite_flag" not in note,
                    "%s: the note names the rates that stand in (%s)" % (t, note))
     model_check.check_rows(os.path.join(work, "sparse-dgc-2.json"))
+    # DGC's warm-up (GRADCOMP_WARMUP_STEPS): a fresh comm's calls run its first stage, 25%,
+    # which at N = 3 goes to the dense fallback. The row's bytes and kernels are the fallback's,
+    # and its note must say so, not that they were charged at the final density.
+    tag = "sparse fixture dgc warm-up"
+    code, out, rows = run(perf, ["-N", str(nranks), "-b", "256K", "-e", "256K", "-n", "1", "-w",
+                                 "0", "-m", "dgc", "-d", "float", "--kernel-rates",
+                                 os.path.join(fs, "2030-01-01-sparse-gpu.json")],
+                          os.path.join(work, "sparse-dgc-warmup.json"),
+                          env={"GRADCOMP_DENSITY": "0.01", "GRADCOMP_WARMUP_STEPS": "100"})
+    expect(code == 0 and len(rows) == 1, "%s: exits 0, one row" % tag)
+    for r in rows:
+        n = r["count"]
+        expect(r["wire_bytes"] == 2 * (nranks - 1) * n * 4 // nranks,
+               "%s: the fallback's ring bytes (%s)" % (tag, r["wire_bytes"]))
+        check_sparse_row(tag, r, None, "dgc", {"slots": sparse_slots(n, 0.01), "value_bytes": 4,
+                                               "residual": True, "momentum": True,
+                                               "clip": False, "mask": True, "dense": True})
+        note = r.get("kernel_note") or ""
+        expect("dense fallback" in note and "charged at the final density" not in note,
+               "%s: the note says the calls went dense (%s)" % (tag, note))
     # The flat sparse reduce-scatter (-C reduce_scatter), per element of the output block.
     for method, env in (("topk", {}), ("dgc", {"GRADCOMP_CLIP_NORM": "1",
                                                "GRADCOMP_VALUE_TYPE": "half"}),

@@ -514,8 +514,12 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
             (shape.work.flag > 0 ? ", the non-finite flag" : "") +
             " and the scatter-adds' random accesses at the measured copy's bandwidth";
     }
+    // A warm-up stage dense enough for the fallback is charged as the fallback
+    // (kind.dense), like its bytes; the sparse stages at the final density.
     if (known && cfg.method == gradcompMethodDgc && cfg.warmupSteps > 0)
-      row->kernelNote += "; DGC's warm-up calls (denser) charged at the final density";
+      row->kernelNote += row->dense ? "; DGC's warm-up calls went to the dense fallback: charged "
+                                      "as the fallback, not at the final density"
+                                    : "; DGC's warm-up calls (denser) charged at the final density";
     row->sparseKernels = known;
     row->kind = kind;
     row->kernelsMeasured = known;
