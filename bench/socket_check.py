@@ -204,6 +204,40 @@ def main():
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=30)
         expect(p.returncode == 2 and want in p.stdout,
                "%s: exit 2 with '%s' (got %d: %s)" % (extra, want, p.returncode, p.stdout.strip()))
+    # Slurm's nodes may run different task counts (srun -n 3 over 2 nodes: "1,2", "2(x2),1"):
+    # SLURM_STEP_TASKS_PER_NODE's entry for SLURM_NODEID is this node's, not the first count
+    # ("1,2"'s second node, local ids 0 and 1, was refused: local rank 1 not in 0..0). Accepted
+    # here is a rank that goes on to connect to its root (none listens: exit 3, not 2).
+    slurm = dict(base, GRADCOMP_CPU_TIMEOUT="1")
+    for extra, want in [
+            ({"SLURM_STEP_NUM_TASKS": "3", "SLURM_PROCID": "2", "SLURM_LOCALID": "1",
+              "SLURM_NODEID": "1", "SLURM_STEP_TASKS_PER_NODE": "1,2"}, None),
+            ({"SLURM_STEP_NUM_TASKS": "5", "SLURM_PROCID": "4", "SLURM_LOCALID": "0",
+              "SLURM_NODEID": "2", "SLURM_STEP_TASKS_PER_NODE": "2(x2),1"}, None),
+            ({"SLURM_STEP_NUM_TASKS": "3", "SLURM_PROCID": "2", "SLURM_LOCALID": "1",
+              "SLURM_STEP_TASKS_PER_NODE": "1,2"}, None),  # no SLURM_NODEID: the largest count
+            ({"SLURM_STEP_NUM_TASKS": "5", "SLURM_PROCID": "4", "SLURM_LOCALID": "1",
+              "SLURM_NODEID": "2", "SLURM_STEP_TASKS_PER_NODE": "2(x2),1"},
+             'SLURM_LOCALID="1" is not an integer in 0..0 (SLURM_STEP_TASKS_PER_NODE=1 ranks'),
+            ({"SLURM_STEP_NUM_TASKS": "3", "SLURM_PROCID": "2", "SLURM_LOCALID": "1",
+              "SLURM_NODEID": "7", "SLURM_STEP_TASKS_PER_NODE": "1,2"}, None),  # no entry: largest
+            ({"SLURM_STEP_NUM_TASKS": "3", "SLURM_PROCID": "2", "SLURM_LOCALID": "2",
+              "SLURM_NODEID": "1", "SLURM_STEP_TASKS_PER_NODE": "1,2"},
+             'SLURM_LOCALID="2" is not an integer in 0..1 (SLURM_STEP_TASKS_PER_NODE=2 ranks'),
+            ({"SLURM_STEP_NUM_TASKS": "3", "SLURM_PROCID": "2", "SLURM_LOCALID": "1",
+              "SLURM_NODEID": "1", "SLURM_STEP_TASKS_PER_NODE": "1,2(x0)"},
+             'SLURM_STEP_TASKS_PER_NODE="1,2(x0)" is not an integer in 1..3')]:
+        p = subprocess.run([perf, "--backend", "socket", "--root", "127.0.0.1:1234"],
+                           env=dict(slurm, **extra), stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, timeout=30)
+        if want is None:
+            expect(p.returncode == 3 and "cannot connect to rank 0" in p.stdout,
+                   "%s: accepted, exit 3 connecting (got %d: %s)" % (extra, p.returncode,
+                                                                    p.stdout.strip()))
+        else:
+            expect(p.returncode == 2 and want in p.stdout,
+                   "%s: exit 2 with '%s' (got %d: %s)" % (extra, want, p.returncode,
+                                                           p.stdout.strip()))
     return verdict()
 
 

@@ -52,31 +52,60 @@ const char* firstEnv(const char* const* names, const char** name) {
   return nullptr;
 }
 
-// Past SLURM_STEP_TASKS_PER_NODE's list after its first count ("4(x2)",
-// "2(x3),1": ["(x" repeats ")"] ["," count ["(x" repeats ")"]]...): where the
-// list's form ends (the string's end when it is well formed).
-const char* slurmListEnd(const char* p) {
-  for (;;) {
+// A plain decimal of 1..18 digits, no leading zero, at p: its value and
+// length in *x and *n; false otherwise.
+bool decimalAt(const char* p, long* x, size_t* n) {
+  *n = strspn(p, "0123456789");
+  if (*n == 0 || *n > 18 || (p[0] == '0' && *n > 1)) return false;
+  *x = strtol(p, nullptr, 10);
+  return true;
+}
+
+// SLURM_STEP_TASKS_PER_NODE, the step's tasks per node in node order
+// ("4(x2)", "2(x3),1", "1,2": count ["(x" repeats ")"], comma-separated):
+// this node's count, the entry of SLURM_NODEID (nodes differ: "2(x3),1"'s
+// last node runs 1 task, "1,2"'s second 2), or, without a SLURM_NODEID the
+// list has an entry for, the largest count (never below this node's); -1
+// when the list is not of that form.
+long slurmTasksOnNode(const char* v) {
+  long node = -1;
+  size_t n;
+  const char* id = getenv("SLURM_NODEID");
+  if (id != nullptr && (!decimalAt(id, &node, &n) || id[n] != '\0')) node = -1;
+  long mine = -1, largest = -1, first = 0;  // first: the node index of the entry at p
+  for (const char* p = v;;) {
+    long count, repeats = 1;
+    if (!decimalAt(p, &count, &n)) return -1;
+    p += n;
     if (p[0] == '(' && p[1] == 'x') {
-      const size_t d = strspn(p + 2, "0123456789");
-      if (d == 0 || p[2 + d] != ')') return p;
-      p += 3 + d;
+      if (!decimalAt(p + 2, &repeats, &n) || p[2 + n] != ')' || repeats < 1 ||
+          repeats > INT_MAX)
+        return -1;
+      p += 3 + n;
     }
-    const size_t d = *p == ',' ? strspn(p + 1, "0123456789") : 0;
-    if (d == 0) return p;
-    p += 1 + d;
+    if (node >= first && node - first < repeats) mine = count;
+    if (count > largest) largest = count;
+    first += repeats;
+    if (*p == '\0') break;
+    if (*p != ',') return -1;
+    ++p;
   }
+  return mine >= 0 ? mine : largest;
 }
 
 // The launcher's variable name=v as a plain decimal in lo..hi, lo >= 0
 // (digits only, as GRADCOMP_* integers: no sign, space or leading zero; of
-// SLURM_STEP_TASKS_PER_NODE's list, the first count); else a sentence naming
-// the variable, its value and the range (and why, if given), and false.
+// SLURM_STEP_TASKS_PER_NODE's list, this node's count: slurmTasksOnNode);
+// else a sentence naming the variable, its value and the range (and why, if
+// given), and false.
 bool envInt(const char* name, const char* v, long lo, long hi, const char* why, int* out) {
-  const size_t n = strspn(v, "0123456789");
-  const char* end = v + n;
-  if (n > 0 && strcmp(name, "SLURM_STEP_TASKS_PER_NODE") == 0) end = slurmListEnd(end);
-  const long x = n == 0 || n > 18 || (v[0] == '0' && n > 1) || *end ? -1 : strtol(v, nullptr, 10);
+  long x = -1;
+  size_t n;
+  if (strcmp(name, "SLURM_STEP_TASKS_PER_NODE") == 0) {
+    x = slurmTasksOnNode(v);
+  } else if (!decimalAt(v, &x, &n) || v[n] != '\0') {
+    x = -1;
+  }
   if (x < lo || x > hi) {
     fprintf(stderr, "gradcomp_perf: %s=\"%s\" is not an integer in %ld..%ld%s\n", name, v, lo, hi,
             why);
