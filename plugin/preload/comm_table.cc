@@ -268,27 +268,6 @@ bool eligible(size_t count, ncclDataType_t type, ncclRedOp_t op) {
          (op == ncclSum || op == ncclAvg) && count >= s.config.minElements;
 }
 
-size_t typeBytes(ncclDataType_t type) {
-  switch (type) {
-    case ncclInt8:
-    case ncclUint8:
-      return 1;
-    case ncclFloat16:
-    case ncclBfloat16:
-      return 2;
-    case ncclInt32:
-    case ncclUint32:
-    case ncclFloat32:
-      return 4;
-    case ncclInt64:
-    case ncclUint64:
-    case ncclFloat64:
-      return 8;
-    default:
-      return 1;  // fp8 types and anything newer
-  }
-}
-
 CommEntry::~CommEntry() {
   if (gc == nullptr && fusion == nullptr && fusionDone == nullptr) return;
   DeviceGuard guard(device);

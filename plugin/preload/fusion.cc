@@ -180,12 +180,23 @@ ncclResult_t runDeferred(std::vector<Deferred>& calls) {
   auto note = [&](ncclResult_t r) {
     if (r != ncclSuccess && first == ncclSuccess) first = r;
   };
-  // Decide each communicator now, outside the group (deciding runs an NCCL
-  // allreduce and waits for it, which inside a group would never start).
-  std::vector<EntryPtr> entries;
-  std::vector<const Deferred*> fusable;
-  for (const Deferred& d : calls) {
+  // Decide each communicator now, in call order, outside the group (deciding
+  // runs an NCCL allreduce and waits for it, which inside a group would never
+  // start).
+  std::vector<EntryPtr> entries(calls.size());
+  std::vector<bool> fusable(calls.size(), false);
+  for (size_t i = 0; i < calls.size(); ++i) {
+    const Deferred& d = calls[i];
     EntryPtr e = deferredEntry(d);
+    if (e == nullptr) continue;  // refused below, in its place
+    if (e->mode == Mode::Undecided) decideUnlessCapturing(*e, d.comm, d.stream);
+    fusable[i] = e->mode == Mode::Compress && !d.pass && settings().group == GroupMode::Fuse &&
+                 d.coll == Collective::AllReduce;
+    entries[i] = std::move(e);
+  }
+  for (const std::vector<size_t>& step : planDeferred(calls, fusable)) {
+    const Deferred& d = calls[step[0]];
+    CommEntry* e = entries[step[0]].get();
     // Its communicator was aborted or destroyed after the call was deferred
     // (another thread's ncclCommAbort, a dead peer): NCCL frees it, so neither
     // the set-up nor the call may name it (docs/reliability.md).
@@ -197,34 +208,17 @@ ncclResult_t runDeferred(std::vector<Deferred>& calls) {
       note(ncclInvalidUsage);
       continue;
     }
-    if (e->mode == Mode::Undecided) decideUnlessCapturing(*e, d.comm, d.stream);
-    // A non-blocking communicator's enqueue ends before its next call (a
-    // call gradcomp passed to NCCL answers ncclInProgress).
-    if (e->mode != Mode::Compress) {
-      note(ncclAwait(d.comm, forward(e.get(), d), &e->aborted));
-      continue;
-    }
-    if (settings().group != GroupMode::Fuse || d.coll == Collective::ReduceScatter) {
+    if (fusable[step[0]]) {
+      std::vector<const Deferred*> members;
+      for (size_t i : step) members.push_back(&calls[i]);
+      note(ncclAwait(d.comm, runFusedSet(*e, members), &e->aborted));
+    } else if (e->mode != Mode::Compress || d.pass) {
+      // A non-blocking communicator's enqueue ends before its next call (a
+      // call gradcomp passed to NCCL answers ncclInProgress).
+      note(ncclAwait(d.comm, forward(e, d), &e->aborted));
+    } else {
       note(ncclAwait(d.comm, compress(*e, d, false, 0, 1), &e->aborted));
-      continue;
     }
-    entries.push_back(e);
-    fusable.push_back(&d);
-  }
-  std::vector<bool> done(fusable.size(), false);
-  for (size_t i = 0; i < fusable.size(); ++i) {
-    if (done[i]) continue;
-    const Deferred& a = *fusable[i];
-    std::vector<const Deferred*> members;
-    for (size_t j = i; j < fusable.size(); ++j) {
-      const Deferred& b = *fusable[j];
-      if (done[j] || b.comm != a.comm || b.stream != a.stream || b.type != a.type || b.op != a.op) {
-        continue;
-      }
-      members.push_back(&b);
-      done[j] = true;
-    }
-    note(ncclAwait(a.comm, runFusedSet(*entries[i], members), &entries[i]->aborted));
   }
   return first;
 }

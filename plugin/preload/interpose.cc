@@ -145,13 +145,21 @@ ncclResult_t route(const Deferred& d) {
   EntryPtr e = entryFor(d.comm);
   const bool pass = e->mode == Mode::PassThrough || !eligible(inputCount(d, *e), d.type, d.op);
   if (tGroupDepth > 0) {
-    if (pass || settings().group == GroupMode::Pass) {
+    // NCCL runs a communicator's calls in the order they were made: one made
+    // after an eligible call of its communicator was deferred is deferred
+    // too, and reaches NCCL after it (an in-place allreduce, then another
+    // call on the same buffer), not before it at the group's end.
+    const bool follows =
+        pass && std::any_of(tDeferred.begin(), tDeferred.end(),
+                            [&](const Deferred& earlier) { return earlier.comm == d.comm; });
+    if ((pass && !follows) || settings().group == GroupMode::Pass) {
       tGroupForwarded.emplace_back(e, d.coll);
       return forward(nullptr, d);
     }
     tDeferred.push_back(d);
     tDeferred.back().entry = e;
     tDeferred.back().tracked = true;
+    tDeferred.back().pass = pass;
     return ncclSuccess;
   }
   if (pass) return forward(e.get(), d);

@@ -42,7 +42,26 @@ const Settings& settings();
 // reduce-scatter's nranks * recvcount, or recvcount alone where that already
 // reaches minElements (interpose.cc's inputCount asks NCCL nothing then).
 bool eligible(size_t count, ncclDataType_t type, ncclRedOp_t op);
-size_t typeBytes(ncclDataType_t type);
+inline size_t typeBytes(ncclDataType_t type) {
+  switch (type) {
+    case ncclInt8:
+    case ncclUint8:
+      return 1;
+    case ncclFloat16:
+    case ncclBfloat16:
+      return 2;
+    case ncclInt32:
+    case ncclUint32:
+    case ncclFloat32:
+      return 4;
+    case ncclInt64:
+    case ncclUint64:
+    case ncclFloat64:
+      return 8;
+    default:
+      return 1;  // fp8 types and anything newer
+  }
+}
 
 enum class Mode { Undecided, Compress, PassThrough };
 
@@ -161,6 +180,9 @@ struct Deferred {
   // Deferred made elsewhere): the address's current entry.
   std::weak_ptr<CommEntry> entry{};
   bool tracked = false;
+  // A call NCCL gets as it is, deferred only to keep its place after the
+  // eligible calls of its communicator deferred before it (route).
+  bool pass = false;
 };
 // A deferred call's entry at the group's end (deferredEntry): null when its
 // communicator was aborted or destroyed since the call was made.
@@ -179,6 +201,59 @@ inline uint64_t fusedStateKey(const std::vector<const Deferred*>& members) {
   }
   if (!members.empty()) mix((uint64_t)members[0]->op);
   return key;
+}
+
+// The order runDeferred runs a group's deferred calls in: steps of call
+// indexes, each one call or one fused set (fusable[i]: call i may join a set,
+// the allreduces of compressing communicators under GRADCOMP_GROUP=fuse). A
+// set is the calls of one communicator, stream, type and op. NCCL runs a
+// communicator's calls in program order, so a communicator's pending sets run
+// before its next call that is not fused (a reduce-scatter or a call passed
+// through may read an in-place allreduce's result); the rest at the end, each
+// set where its first call was. Depends on the calls' communicators, kinds,
+// types and ops alone, never on their buffers' addresses, which differ between
+// ranks: every rank makes the same sets, so the same NCCL calls. (So a set
+// still copies all its inputs in before any result comes out: a group where an
+// allreduce reads an earlier one's output is for GRADCOMP_GROUP=defer.)
+inline std::vector<std::vector<size_t>> planDeferred(const std::vector<Deferred>& calls,
+                                                     const std::vector<bool>& fusable) {
+  std::vector<std::vector<size_t>> steps;
+  std::vector<size_t> pending;  // fusable calls not yet in a step, in order
+  auto runSets = [&](ncclComm_t comm, bool all) {
+    std::vector<size_t> kept;
+    std::vector<bool> done(pending.size(), false);
+    for (size_t i = 0; i < pending.size(); ++i) {
+      const Deferred& a = calls[pending[i]];
+      if (done[i]) continue;
+      if (!all && a.comm != comm) {
+        kept.push_back(pending[i]);
+        continue;
+      }
+      std::vector<size_t> set;
+      for (size_t j = i; j < pending.size(); ++j) {
+        const Deferred& b = calls[pending[j]];
+        if (done[j] || b.comm != a.comm || b.stream != a.stream || b.type != a.type ||
+            b.op != a.op) {
+          continue;
+        }
+        set.push_back(pending[j]);
+        done[j] = true;
+      }
+      steps.push_back(set);
+    }
+    pending.swap(kept);
+  };
+  for (size_t i = 0; i < calls.size(); ++i) {
+    const Deferred& d = calls[i];
+    if (fusable[i]) {
+      pending.push_back(i);
+      continue;
+    }
+    runSets(d.comm, false);
+    steps.push_back({i});
+  }
+  runSets(nullptr, true);
+  return steps;
 }
 
 // The real ncclAllReduce / ncclReduceScatter with the caller's arguments,

@@ -112,12 +112,16 @@ static int basic(void) {
   CALL_IN_GROUP(b, b, 1 << 18, ncclFloat16, ncclAvg, comm, (cudaStream_t)0);
   CHECK(ncclGroupEnd());
   EXPECT("GroupEnd");
-  CALL(b, b, 7, ncclFloat32, ncclSum, comm, stream);
+  /* Not eligible, but made after the communicator's deferred calls: NCCL
+   * must get it after them (b was just reduced in place), so it is deferred
+   * too. */
+  CALL_IN_GROUP(b, b, 7, ncclFloat32, ncclSum, comm, stream);
   /* Reduce-scatter eligibility counts the input, nranks (4) * recvcount:
-   * 4 * 5000 >= 16384 is deferred, 4 * 3000 is not. */
+   * 4 * 5000 >= 16384 is eligible, 4 * 3000 is not (deferred behind it all
+   * the same, as it writes the same b). */
   RS_IN_GROUP(a, b, 5000, ncclFloat32, ncclSum, comm, stream);
-  RS(a, b, 3000, ncclFloat32, ncclSum, comm, stream);
-  RS(a, b, 1 << 20, ncclInt32, ncclSum, comm, stream);
+  RS_IN_GROUP(a, b, 3000, ncclFloat32, ncclSum, comm, stream);
+  RS_IN_GROUP(a, b, 1 << 20, ncclInt32, ncclSum, comm, stream);
   CHECK(ncclGroupEnd());
   EXPECT("GroupEnd");
   for (int i = 0; i < numDeferred; ++i) EXPECT("%s", deferred[i]);
@@ -538,6 +542,37 @@ static int setupReasons(void) {
  * discards every call of the group, so its eligible calls, deferred by
  * gradcomp, must not run after it either; the end answers NCCL's error. A
  * call after the group runs as usual. */
+/* NCCL runs a communicator's calls in program order: a call gradcomp does not
+ * compress, made in a group after an eligible call of its communicator was
+ * deferred, reaches NCCL after that call, not at the group's end before it
+ * (an in-place Sum, then a Max of the same buffer). Another communicator's
+ * calls stay in the group. */
+static int groupOrder(void) {
+  const char* g = getenv("GC_TEST_GROUP_CALLS_DEFERRED");
+  const int deferGroupCalls = g != NULL && strcmp(g, "1") == 0;
+  ncclComm_t comm = (ncclComm_t)(uintptr_t)0x1000;
+  ncclComm_t other = (ncclComm_t)(uintptr_t)0x1100;
+  cudaStream_t stream = (cudaStream_t)(uintptr_t)0x2000;
+  char* a = (char*)(uintptr_t)0x7f0000000000ull;
+  char* b = (char*)(uintptr_t)0x7f0010000000ull;
+  CHECK(ncclGroupStart());
+  EXPECT("GroupStart");
+  CALL(a, a, 1 << 20, ncclFloat32, ncclMax, comm, stream);
+  CALL_IN_GROUP(a, a, 1 << 20, ncclFloat32, ncclSum, comm, stream);
+  CALL_IN_GROUP(a, a, 1 << 20, ncclFloat32, ncclMax, comm, stream);
+  CALL(b, b, 1 << 20, ncclInt32, ncclSum, other, stream);
+  CALL_IN_GROUP(b, b, 1 << 20, ncclFloat32, ncclSum, other, stream);
+  CHECK(ncclGroupEnd());
+  EXPECT("GroupEnd");
+  for (int i = 0; i < numDeferred; ++i) EXPECT("%s", deferred[i]);
+  numDeferred = 0;
+  CHECK(ncclCommDestroy(comm));
+  EXPECT("CommDestroy comm=%p", (void*)comm);
+  CHECK(ncclCommDestroy(other));
+  EXPECT("CommDestroy comm=%p", (void*)other);
+  return 0;
+}
+
 static int groupFails(void) {
   ncclComm_t comm = (ncclComm_t)(uintptr_t)0x1000;
   cudaStream_t stream = (cudaStream_t)(uintptr_t)0x2000;
@@ -569,6 +604,8 @@ __attribute__((visibility("default"))) int gcTestRunCalls(const char* mode) {
     rc = smallReduceScatters();
   } else if (strcmp(mode, "abort_deferred") == 0) {
     rc = abortDeferred(0);
+  } else if (strcmp(mode, "group_order") == 0) {
+    return groupOrder();
   } else if (strcmp(mode, "empty") == 0) {
     rc = empty();
   } else if (strcmp(mode, "setup_reasons") == 0) {

@@ -2,7 +2,7 @@
 // ncclAllReduce as a framework would and prints what it got. Rank and size
 // from GC_RANK / GC_NRANKS; rank 0 hands the NCCL id over in GC_ID_FILE.
 //   preload_gpu_app probe        prints the number of CUDA devices
-//   preload_gpu_app single|simulate|group|rs|rsgroup|streams|abort [calls]
+//   preload_gpu_app single|simulate|group|rs|rsgroup|streams|chained|abort [calls]
 // "single" makes `calls` allreduces of 2^20 floats; "group" makes three of
 // different sizes inside one ncclGroupStart/End; "rs" makes `calls`
 // reduce-scatters of 2^18 floats per rank (odd calls in place at
@@ -155,6 +155,54 @@ static int reduceScatters(const std::string& mode, int calls, int rank, int nran
   return bad;
 }
 
+// One group whose second call reads what the first wrote: a buffer reduced
+// in place, then reduce-scattered. NCCL runs a communicator's calls in
+// program order, so the allreduce gives the sum and the reduce-scatter N
+// times its block; under GRADCOMP_GROUP=fuse the reduce-scatter must not run
+// before the allreduce's set. Checked by the projection of the result on the
+// exact value (1 when right; 1/N for a reduce-scatter that read the input),
+// which compression keeps near 1. (Two allreduces of one buffer in one group
+// are one fused set, by design: docs in README, GRADCOMP_GROUP.)
+static int chained(int rank, int nranks, ncclComm_t comm, cudaStream_t stream) {
+  const size_t m = (size_t)1 << 16, n = m * nranks;
+  float *a = nullptr, *r = nullptr;
+  CK_CUDA(cudaMalloc(&a, n * sizeof(float)));
+  CK_CUDA(cudaMalloc(&r, m * sizeof(float)));
+  std::vector<float> h(n);
+  for (size_t i = 0; i < n; ++i) h[i] = input(rank, i, 0);
+  CK_CUDA(cudaMemcpy(a, h.data(), n * sizeof(float), cudaMemcpyHostToDevice));
+  CK_NCCL(ncclGroupStart());
+  CK_NCCL(ncclAllReduce(a, a, n, ncclFloat32, ncclSum, comm, stream));
+  CK_NCCL(ncclReduceScatter(a, r, m, ncclFloat32, ncclSum, comm, stream));
+  CK_NCCL(ncclGroupEnd());
+  CK_CUDA(cudaStreamSynchronize(stream));
+  int bad = 0;
+  for (int which = 0; which < 2; ++which) {
+    const size_t count = which == 0 ? n : m, first = which == 0 ? 0 : rank * m;
+    const double scale = which == 0 ? 1.0 : (double)nranks;
+    std::vector<float> got(count);
+    CK_CUDA(
+        cudaMemcpy(got.data(), which == 0 ? a : r, count * sizeof(float), cudaMemcpyDeviceToHost));
+    double dot = 0, norm = 0;
+    for (size_t i = 0; i < count; ++i) {
+      double exact = 0;
+      for (int q = 0; q < nranks; ++q) exact += input(q, first + i, 0);
+      exact *= scale;
+      dot += got[i] * exact;
+      norm += exact * exact;
+    }
+    const double proj = dot / norm;
+    // The allreduce's hash is every rank's; each rank has its own block.
+    printf("chained %s projection %.6f %s %016llx\n", which == 0 ? "allreduce" : "reduce-scatter",
+           proj, which == 0 ? "hash" : "block",
+           (unsigned long long)fnv1a(got.data(), count * sizeof(float)));
+    if (!(proj > 0.8 && proj < 1.25)) bad = 1;
+  }
+  cudaFree(a);
+  cudaFree(r);
+  return bad;
+}
+
 // Calls of one communicator on two streams with nothing but gradcomp itself
 // ordering them. The four buffers are reused every round, as a training
 // loop's gradients are, so only the first round makes gradcomp state and
@@ -293,6 +341,12 @@ int main(int argc, char** argv) {
 
   if (mode == "rs" || mode == "rsgroup") {
     const int bad = reduceScatters(mode, calls, rank, nranks, comm, stream);
+    CK_NCCL(ncclCommDestroy(comm));
+    printf("rank %d done%s\n", rank, bad ? " with errors" : "");
+    return bad;
+  }
+  if (mode == "chained") {
+    const int bad = chained(rank, nranks, comm, stream);
     CK_NCCL(ncclCommDestroy(comm));
     printf("rank %d done%s\n", rank, bad ? " with errors" : "");
     return bad;

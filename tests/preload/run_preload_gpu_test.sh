@@ -127,6 +127,14 @@ for group in defer fuse; do
     "[ -s '$work/streams_${group}_1_r0.out' ] && [ \"\$(hashes streams_${group}_1 0)\" = \"\$(hashes streams_${group}_2 0)\" ]"
 done
 
+# 2b'. A group whose reduce-scatter reads what its allreduce wrote in place:
+#      the program's order, deferred and fused (the app checks each result's
+#      scale).
+for group in defer fuse; do
+  launch chained_$group 2 1 chained GRADCOMP_METHOD=qsgd GRADCOMP_GROUP=$group
+  same_on_all_ranks chained_$group 2
+done
+
 # 2c. Non-blocking communicators (NCCL_COMM_BLOCKING=0; the app polls each of
 #     its calls): compressed as blocking ones are, gradcomp waiting for each
 #     of its NCCL enqueues, with the blocking runs' bits.

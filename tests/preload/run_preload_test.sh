@@ -77,6 +77,16 @@ for group in "" defer pass fuse; do
   done
 done
 
+# 2b. A call not compressed, made in a group after an eligible call of its
+# communicator was deferred, reaches NCCL after it, in program order; another
+# communicator's stays in the group.
+for group in defer fuse pass; do
+  deferred=1
+  [ "$group" = pass ] && deferred=0
+  run group_order_$group env GRADCOMP_GROUP=$group GC_TEST_GROUP_CALLS_DEFERRED=$deferred \
+    GRADCOMP_METHOD=qsgd "$app" group_order && same_calls group_order_$group
+done
+
 # 2a. Reduce-scatters too small to compress leave the communicator undecided:
 # the preload asks NCCL its size once (the stand-in records each query), not at
 # every call, as each query runs NCCL's readiness check on the program's

@@ -772,4 +772,41 @@ TEST(PreloadFusion, EachSetKeepsItsOwnState) {
   EXPECT_NE(ab, fusedStateKey({&a4avg, &b8}));
 }
 
+// GRADCOMP_GROUP=fuse keeps a communicator's calls in program order: a call
+// that is not fused runs after the sets pending before it; the allreduces
+// around another communicator's call are still fused. The sets never depend
+// on buffer addresses (they differ between ranks, and every rank must make
+// the same NCCL calls): an in-place chain is still one set.
+TEST(PreloadFusion, SetsKeepTheProgramsOrder) {
+  using gc::preload::Collective;
+  using gc::preload::Deferred;
+  using gc::preload::planDeferred;
+  using Steps = std::vector<std::vector<size_t>>;
+  float a[8], b[8], c[8];
+  const ncclComm_t comm = fakeComm(), other = (ncclComm_t)((uintptr_t)comm + 64);
+  auto ar = [&](float* s, float* r, ncclComm_t cm = nullptr) {
+    return Deferred{s, r, 8, ncclFloat32, ncclSum, cm ? cm : comm, nullptr};
+  };
+  Deferred rs = ar(a, b);
+  rs.coll = Collective::ReduceScatter;
+  // Independent allreduces: one set.
+  EXPECT_EQ(planDeferred({ar(a, a), ar(b, b), ar(c, c)}, {true, true, true}), (Steps{{0, 1, 2}}));
+  // Addresses decide nothing: a buffer reduced twice in place, a chain.
+  EXPECT_EQ(planDeferred({ar(a, a), ar(a, a)}, {true, true}), (Steps{{0, 1}}));
+  EXPECT_EQ(planDeferred({ar(a, b), ar(b, c)}, {true, true}), (Steps{{0, 1}}));
+  // Another communicator's allreduce is its own set.
+  EXPECT_EQ(planDeferred({ar(a, a, other), ar(a, a)}, {true, true}), (Steps{{0}, {1}}));
+  // A call that is not fusable (a compressing communicator's call passed
+  // through) ends its communicator's pending set too.
+  EXPECT_EQ(planDeferred({ar(a, a), ar(b, b), ar(c, c)}, {true, false, true}),
+            (Steps{{0}, {1}, {2}}));
+  // A reduce-scatter (not fused) after an allreduce of its communicator runs
+  // after that set; a later allreduce starts a new one.
+  EXPECT_EQ(planDeferred({ar(a, a), rs, ar(c, c)}, {true, false, true}), (Steps{{0}, {1}, {2}}));
+  // Another communicator's call does not end the set.
+  Deferred rsOther = rs;
+  rsOther.comm = other;
+  EXPECT_EQ(planDeferred({ar(a, a), rsOther, ar(c, c)}, {true, false, true}), (Steps{{1}, {0, 2}}));
+}
+
 }  // namespace
