@@ -598,6 +598,31 @@ class LayerAwarePlan(unittest.TestCase):
                 with self.assertRaisesRegex(ValueError, "two DDP models share this state"):
                     st._note_bucket(bb[0], False)
 
+    def test_a_step_the_hook_refused_is_not_taken_for_a_second_model(self):
+        # An unpickled state keyed by parameter index refuses its first compressed bucket until
+        # set_module(model); DDP's backward then raises mid-step. After set_module and a new DDP
+        # of the model, its first step is that model's, not bucket 0 "seen twice in one step".
+        import gradcomp.torch.ddp as ddp
+
+        class Bucket(self.Bucket):
+            def __init__(self, params, index, last):
+                super().__init__(params, index)
+                self.last = last
+
+            def is_last(self):
+                return self.last
+
+        m = self.model(0)
+        st = self.state(m, start_iter=0)
+        st._param_ids, st._param_names, st._needs_module = None, None, True  # as unpickled
+        first = Bucket([m[2].weight], 0, False)
+        buf = torch.zeros(1600)
+        with self.assertRaisesRegex(RuntimeError, "call state.set_module"):
+            ddp._reduce_bucket(st, first, buf, ddp._HostStream())
+        st.set_module(m)
+        st._note_bucket(Bucket([m[2].weight, m[0].weight, m[0].bias], 0, True), True)
+        st._note_bucket(first, False)  # and the steps after it
+
     def test_the_model_wrapped_again_with_unfrozen_parameters_is_taken(self):
         # A state made with module=model follows the model's parameters, frozen ones included:
         # a new DDP of the model after unfreezing a layer is not a second model sharing it.

@@ -827,6 +827,17 @@ def gradcomp_hook(state, bucket):
 def _reduce_bucket(state, bucket, buf, stream):
     last = bucket.is_last()
     state._note_bucket(bucket, last)
+    try:
+        return _reduce_noted(state, bucket, buf, stream, last)
+    except BaseException:
+        # The step is abandoned (DDP's backward raises): the next bucket 0, of this model's
+        # next step or of a new DDP of it once the error is dealt with (set_module, a good
+        # load_state_dict), starts a step, not a second model's bucket seen twice.
+        state._step_buckets.clear()
+        raise
+
+
+def _reduce_noted(state, bucket, buf, stream, last):
     if state._paused:
         return _allreduce_avg(buf, state)
     if state.iter < state.start_iter:
