@@ -633,6 +633,13 @@ class LayerAwarePlan(unittest.TestCase):
         st._note_bucket(first, True)
         st._note_bucket(self.Bucket([m[2].weight], 0), False)  # unfrozen, DDP made again
         st._note_bucket(self.Bucket([m[0].weight, m[0].bias], 1), True)
+        # Without module=, the state knows only the first step's parameters: the error names
+        # the unfrozen re-wrap too (not only a second model) and module=, which follows it.
+        st = self.state(None)
+        st._note_bucket(first, True)
+        with self.assertRaisesRegex(ValueError, "two DDP models share this state, or its model "
+                                    "was wrapped again with parameters unfrozen.*module="):
+            st._note_bucket(self.Bucket([m[2].weight], 0), False)
         other = self.model(1)  # another model's parameters are still refused, at once
         with self.assertRaisesRegex(ValueError, "not in the module given.*two DDP models share "
                                     "this state"):

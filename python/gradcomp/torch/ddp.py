@@ -435,8 +435,11 @@ class GradcompState:
         elif self._model_seen:
             if any(i not in self._model_params for i in ids):
                 raise ValueError("gradcomp_hook got a bucket of parameters this GradcompState's "
-                                 "model does not have: two DDP models share this state. Make "
-                                 "one GradcompState per model")
+                                 "model does not have: two DDP models share this state, or its "
+                                 "model was wrapped again with parameters unfrozen (a state "
+                                 "without module= knows only the parameters of its first "
+                                 "step). Make one GradcompState per model, with module=<the "
+                                 "model DDP wraps> to follow its parameters through a new DDP")
         else:
             self._model_params.update(ids)
         if last:
