@@ -911,6 +911,36 @@ class HookOnCpuWorld(unittest.TestCase):
                              ["1.bias", "2.weight", "4.bias", "4.weight"])
             self.assertEqual(st["compressed_params"], ["0.weight", "1.weight", "3.weight"])
 
+    def test_a_resumed_step_with_buckets_grouped_otherwise_warns(self):
+        """A state dict loaded where DDP groups the compressed parameters otherwise than the saved
+        run did (a resumed static_graph=True DDP regroups after its second step, not its first)
+        compresses under keys the saved run never used: those residuals start fresh and the
+        loaded ones wait unused, which the hook says (once). The saved grouping does not warn."""
+        N, K = self.N, self.START + 2
+        with self.gradcomp.CpuWorld(N, self.config()) as w:
+            states = self.states(w, "a")
+            for step in range(K):
+                self.step(w, states, step)
+            saved = [s.state_dict() for s in states]
+        buckets = self.buckets
+        for regrouped in (False, True):
+            with self.gradcomp.CpuWorld(N, self.config()) as w2:
+                resumed = self.states(w2, f"r{int(regrouped)}")
+                for s, d in zip(resumed, saved):
+                    s.load_state_dict(d)
+                if regrouped:  # DDP's first buckets: buckets 0 and 1 in one
+                    self.buckets = [buckets[0] + buckets[1], buckets[2]]
+                try:
+                    with warnings.catch_warnings(record=True) as got:
+                        warnings.simplefilter("always")
+                        self.step(w2, resumed, K)
+                finally:
+                    self.buckets = buckets
+                said = [str(x.message) for x in got if "grouped otherwise" in str(x.message)]
+                self.assertEqual(bool(said), regrouped, said)
+                if regrouped:
+                    self.assertIn("static_graph=True after its second", said[0])
+
     def test_state_dict_resumes_bit_for_bit(self):
         """Saved after K steps and loaded into fresh states and a fresh world, the next step
         is bitwise the uninterrupted run's; without the load it is not (the residuals count)."""

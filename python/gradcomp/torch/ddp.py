@@ -68,9 +68,9 @@ class GradcompState:
         exclude_1d: False compresses dim() <= 1 parameters too (with
             layer_min_size=0: whole buckets, as LD_PRELOAD sees them).
         start_iter: steps before compression starts (uncompressed allreduce
-            before). DDP rebuilds its buckets after the first step, so the
-            default 2 compresses only rebuilt buckets (as PowerSGD's
-            start_powerSGD_iter > 1).
+            before). DDP rebuilds its buckets after the first step (with
+            static_graph=True, after the second), so the default 2 compresses
+            only rebuilt buckets (as PowerSGD's start_powerSGD_iter > 1).
         grad_scaler: the torch.amp.GradScaler that scales this model's loss
             (fp16 AMP), or None. gradcomp's residuals and DGC's velocity are
             then kept in the units of the scaled gradients it is handed: at
@@ -129,6 +129,11 @@ class GradcompState:
         self._model_seen = False
         self._step_buckets = set()
         self._pending_keyed = None  # the keying a pending blob was saved with
+        # The residual keys of the compressed calls made (saved in state_dict), and those of a
+        # loaded state dict: a compressed call under a key the loaded run never used is a bucket
+        # DDP groups otherwise (not yet regrouped after a resume), whose residual starts fresh.
+        self._keys = set()
+        self._loaded_keys = None
         if module is not None:
             ddp_group = getattr(module, "process_group", None)
             if (isinstance(module, torch.nn.parallel.DistributedDataParallel)
@@ -166,7 +171,8 @@ class GradcompState:
         return {"version": _STATE_VERSION, "settings": self.config.as_dict(),
                 "layer_min_size": self.layer_min_size, "start_iter": self.start_iter,
                 "exclude_1d": self.exclude_1d, "backend": self.backend,
-                "keyed_by": self._keyed_by(), "iter": self.iter, "gradcomp": self._blob()}
+                "keyed_by": self._keyed_by(), "iter": self.iter, "gradcomp": self._blob(),
+                "keys": sorted(self._keys)}
 
     def _keyed_by(self):
         """How the residuals are keyed: "fsdp" (FSDP2's reduce-scatter: by module name, with or
@@ -185,6 +191,7 @@ class GradcompState:
         self.iter = d["iter"]
         self._pending_blob = d["gradcomp"]
         self._pending_keyed = d.get("keyed_by") if d["gradcomp"] is not None else None
+        self._note_loaded_keys(d)
         # Residuals saved under parameter indices match only after set_module(model); the first
         # compressed call refuses to run without it rather than start from fresh residuals.
         self._needs_module = d.get("keyed_by") == "params" and d["gradcomp"] is not None
@@ -256,6 +263,15 @@ class GradcompState:
             self._pending_blob = blob
             self._pending_keyed = saved if blob is not None else None
         self.iter = it
+        self._note_loaded_keys(d)
+
+    def _note_loaded_keys(self, d):
+        """The residual keys the loaded run compressed under (a state dict from before they
+        were saved, or without residuals, checks none)."""
+        keys = d.get("keys") if d.get("gradcomp") is not None else None
+        ok = isinstance(keys, (list, tuple)) and all(isinstance(k, int) for k in keys)
+        self._loaded_keys = set(keys) if ok else None
+        self._keys = set(self._loaded_keys or ())
 
     _HOW = {"params": "by parameter index (a state made with module=model)",
             "bucket": "by bucket index and shapes (a state made without a module)",
@@ -516,6 +532,20 @@ class GradcompState:
         self._warn_once(("passed", why[1]), f"gradcomp sent {what} ({count} elements) "
                         f"uncompressed: {why[0]}.{extra} state.stats() counts such calls in "
                         "passed_calls (warned once)")
+
+    def _check_key(self, bucket, key):
+        """Records a compressed call's residual key; warns (once) when a loaded state dict's run
+        never compressed under it: the bucket's compressed parameters are grouped otherwise
+        than they were, so its residual starts fresh and the loaded one waits unused."""
+        if self._loaded_keys is not None and key not in self._loaded_keys:
+            self._warn_once("unloaded-key", f"bucket {bucket.index()}'s compressed parameters "
+                            "are grouped otherwise than in the run whose state was loaded: its "
+                            "residual starts fresh and the loaded ones of those parameters wait "
+                            "unused. DDP regroups its buckets after its first step (with "
+                            "static_graph=True after its second): run those steps inside "
+                            "`with state.paused():`, and keep bucket_cap_mb as it was (warned "
+                            "once)")
+        self._keys.add(key)
 
     def _warn_once(self, what, msg):
         if what not in self._warned:
@@ -864,6 +894,7 @@ def _reduce_noted(state, bucket, buf, stream, last):
 
     comm = state.comm(buf.device)
     state._follow_scaler(comm, stream.handle)
+    state._check_key(bucket, plan["key"])
     dtype = _DTYPES[buf.dtype]
     what = f"bucket {bucket.index()}'s compressed part"
     before = comm.call_counts()
