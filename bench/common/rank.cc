@@ -78,8 +78,7 @@ long slurmTasksOnNode(const char* v) {
     if (!decimalAt(p, &count, &n)) return -1;
     p += n;
     if (p[0] == '(' && p[1] == 'x') {
-      if (!decimalAt(p + 2, &repeats, &n) || p[2 + n] != ')' || repeats < 1 ||
-          repeats > INT_MAX)
+      if (!decimalAt(p + 2, &repeats, &n) || p[2 + n] != ')' || repeats < 1 || repeats > INT_MAX)
         return -1;
       p += 3 + n;
     }
