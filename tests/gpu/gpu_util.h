@@ -81,9 +81,12 @@ class DeviceBuffer {
 
 // Holds a stream at a host function until open(); at the end of its scope it
 // opens and drains the device, whatever failed, so that later tests never
-// hang behind a held stream. Launch every kernel the held section launches
-// once before hold(): CUDA loads a kernel at its first launch (lazy loading,
-// the default), and the load may wait for the device, held stream included.
+// hang behind a held stream. The host function also gives up by itself after
+// a deadline (expired() then says so): a backend call that blocks the only
+// thread able to open the gate fails its test instead of hanging it until
+// CTest's timeout. Launch every kernel the held section launches once before
+// hold(): CUDA loads a kernel at its first launch (lazy loading, the
+// default), and the load may wait for the device, held stream included.
 class StreamGate {
  public:
   StreamGate() = default;
@@ -93,20 +96,33 @@ class StreamGate {
     open();
     cudaDeviceSynchronize();
   }
-  // Later work on s waits until open().
-  cudaError_t hold(cudaStream_t s) {
-    open_ = false;
-    return cudaLaunchHostFunc(s, &StreamGate::wait, &open_);
+  // Later work on s waits until open(), or for at most `seconds`.
+  cudaError_t hold(cudaStream_t s, int seconds = 20) {
+    state_.open = false;
+    state_.deadline = std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
+    return cudaLaunchHostFunc(s, &StreamGate::wait, &state_);
   }
-  void open() { open_ = true; }
+  void open() { state_.open = true; }
+  // Whether a hold ran out its deadline before open().
+  bool expired() const { return state_.expired.load(); }
 
  private:
+  struct State {
+    std::atomic<bool> open{true};
+    std::atomic<bool> expired{false};
+    std::chrono::steady_clock::time_point deadline;
+  };
   static void wait(void* p) {
-    while (!static_cast<std::atomic<bool>*>(p)->load()) {
+    State* st = static_cast<State*>(p);
+    while (!st->open.load()) {
+      if (std::chrono::steady_clock::now() > st->deadline) {
+        st->expired = true;
+        return;
+      }
       std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }
   }
-  std::atomic<bool> open_{true};
+  State state_;
 };
 
 // dst = src (bytes), then `call` (a gradcomp call on stream, on dst): eager,

@@ -169,6 +169,7 @@ TEST_F(BackendGpu, CallOnAnotherStreamWaitsForTheLastCall) {
     EXPECT_EQ(cudaStreamQuery(second), cudaErrorNotReady)
         << "the second stream ran ahead of the call held on the first";
     gate.open();
+    EXPECT_FALSE(gate.expired()) << "a call blocked this thread while the first stream was held";
     ASSERT_EQ(cudaStreamSynchronize(second), cudaSuccess);
     EXPECT_EQ(*step, base + 2 * round + 1);  // each round advances twice
     EXPECT_EQ(c.download(n), x);
@@ -309,6 +310,7 @@ TEST_F(BackendGpu, JoinOrdersASideLaneBackIntoTheCallersStream) {
   EXPECT_EQ(cudaStreamQuery(stream), cudaErrorNotReady)
       << "the caller's stream ran ahead of the held comm lane";
   gate.open();
+  EXPECT_FALSE(gate.expired()) << "a call blocked this thread while the comm lane was held";
   ASSERT_EQ(gpu->sync(), gradcompSuccess);
   expectTwice("eager");
 
