@@ -49,6 +49,32 @@ for f in $inputs; do
     echo "ok: plots reads $f.json (group ${order[$gi]}), drawn last in group ${order[$plots_group]}"
   fi
 done
+# The tests step must hold CTest's longest test, preload.gpu_real_nccl (it starts first, beside
+# the rest): its multi-process runs one after the other (81 s for 26 on the H200, 2026-12-04:
+# 3.2 s each) and one hung case (CASE_TIMEOUT 60 s, then wait_ranks' 5 s). A tests step cut by
+# its limit loses CTest's summary: every test's count is null. The runs are counted by running
+# the test with a stand-in for its app (probe: one GPU; a case: records itself, exits 0).
+work=$(mktemp -d)
+printf '#!/usr/bin/env bash\n[ "$1" = probe ] && { echo 1; exit 0; }\n[ "${GC_RANK:-0}" = 0 ] && echo run >> "%s/runs"\nexit 0\n' \
+  "$work" > "$work/app"
+chmod +x "$work/app"
+: > "$work/runs"
+bash "$src/tests/preload/run_preload_gpu_test.sh" /dev/null "$work/app" > /dev/null 2>&1
+runs=$(wc -l < "$work/runs")
+tests_limit=$(GC_PLAN=1 GC_STEPS=tests bash "$src/tools/gpu-check.sh" 2>&1 |
+  awk '$1 == "plan:" && $2 == "tests" {print $3 + 0}')
+need=$(((runs * 32 + 9) / 10 + 65))
+if [ "$runs" -lt 10 ] || [ -z "$tests_limit" ]; then
+  echo "FAIL: could not count the preload GPU test's runs ($runs) or plan the tests step ('$tests_limit')"
+  fail=1
+elif [ "$tests_limit" -lt "$need" ]; then
+  echo "FAIL: the tests step's ${tests_limit}s cannot hold preload.gpu_real_nccl: $runs runs at 3.2 s" \
+    "and one hung case (65 s) need ${need}s"
+  fail=1
+else
+  echo "ok: the tests step's ${tests_limit}s hold preload.gpu_real_nccl's $runs runs and a hung case (${need}s)"
+fi
+rm -rf "$work"
 if GC_PLAN=1 GC_STEPS=nosuchgroup bash "$src/tools/gpu-check.sh" > /dev/null 2>&1; then
   echo "FAIL: an unknown group was accepted"; fail=1
 fi
