@@ -11,15 +11,17 @@
 #   GC_STEPS=perf_more pipelined ring and hierarchy, auto's regret (allreduce,
 #                      reduce-scatter), sparse and reduce-scatter rows, plots
 #                      again (now with the sparse rows)                         ~5 min
-#   GC_STEPS=hooks     gradcomp.torch's DDP and FSDP2 hooks (torch_hooks)       ~7 min
+#   GC_STEPS=hooks     gradcomp.torch's DDP, FSDP2 and HSDP hooks (torch_hooks)  ~8 min
 #   GC_STEPS=ddp       PyTorch DDP under LD_PRELOAD, flat and hierarchical      ~7 min
 #   GC_STEPS=fsdp      FSDP2 under LD_PRELOAD (fsdp)                             ~4 min
 #   GC_STEPS=lm        the GPT head-to-head against PowerSGD (lm_compare, its 5 minutes) ~7 min
 #   GC_STEPS=link      gradcomp_perf over tc-shaped links (tc_link, root)       ~6 min
 #
 # (minutes with a bare build; each group's limits fit 540 s.) With 15 minutes
-# of device time per session: core + perf in the first, perf_more + hooks in
-# the second, link + ddp in the third, fsdp + lm in the fourth. GC_STEPS also
+# of device time per session: perf, then core with GC_MULTIRANK_RUNS="2:0 4:2"
+# and GC_CHECK_BUDGET_S (the device time left less 60 s) in the first,
+# perf_more + hooks in the second, link + ddp in the third, fsdp + lm in the
+# fourth (docs/benchmark.md, "Sessions", says why and when). GC_STEPS also
 # takes step names (tests multirank memcheck perf kernels torch_topk profile
 # perf_more tc_probe tc_link ddp fsdp torch_hooks lm_compare plots) and several groups;
 # unset, everything runs (about 45 minutes). The build always runs first
