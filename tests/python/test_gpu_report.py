@@ -267,6 +267,36 @@ class GpuReportSteps(unittest.TestCase):
         self.assertIsNone(r["goals"]["topk_ge_8x_torch_topk"])
         self.assertIsNone(r["tests_passed"])
 
+    def test_tests_step_cut_before_ctest_summary(self):
+        # The tests step's limit ended CTest before its summary: tools/gpu-check.sh's tests.json
+        # has null counts, and the finished tests' own lines in tests.txt give them instead.
+        self.steps(("tests", "timed out", 170, "after 170s", SHA2))
+        self.dump("tests.json", {"tests_passed": None, "tests_failed": None,
+                                 "tests_skipped": None})
+        with open(os.path.join(self.raw, "tests.txt"), "w") as f:
+            f.write("Test project /r/build-gpu\n"
+                    "        Start 389: python.torch\n"
+                    "  1/6 Test #390: python.lm_compare_cpu ......***Skipped   0.08 sec\n"
+                    "  2/6 Test   #4: bench.gpu_report_keys ......   Passed    0.66 sec\n"
+                    "  3/6 Test #242: Reliability.AbsurdCounts ...***Failed    0.10 sec\n"
+                    "  4/6 Test #331: BackendGpu.CallOnAnotherStream ***Timeout 100.01 sec\n"
+                    "        Start 12: QsgdGpu.Encode\n")
+        r, md = self.report()
+        self.assertEqual((r["tests_passed"], r["tests_failed"], r["tests_skipped"],
+                          r["tests_unfinished"]), (1, 2, 1, 2))
+        self.assertIn("CTest was cut before its summary (the tests step's limit): 2 tests did not "
+                      "finish; failed: Reliability.AbsurdCounts, BackendGpu.CallOnAnotherStream",
+                      md)
+
+    def test_tests_with_ctest_summary_taken_as_written(self):
+        self.dump("tests.json", {"tests_passed": 394, "tests_failed": 3, "tests_skipped": 6})
+        with open(os.path.join(self.raw, "tests.txt"), "w") as f:
+            f.write("  1/2 Test #1: a ....   Passed    0.1 sec\n")
+        r, md = self.report()
+        self.assertEqual((r["tests_passed"], r["tests_failed"], r["tests_skipped"],
+                          r["tests_unfinished"]), (394, 3, 6, None))
+        self.assertNotIn("cut before its summary", md)
+
     def test_profile_step_cut_before_its_summary(self):
         # tools/ncu_profile.sh writes profile.json last: cut by its limit, there is none.
         self.steps(("profile", "timed out", 150, "after 150s", SHA2))
