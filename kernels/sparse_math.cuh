@@ -111,7 +111,8 @@ inline size_t ceilMul(double a, size_t n) {
 }
 
 // A plan's float settings as the decimals they were given as (floatDecimal),
-// worked out once per setting rather than on every plan (sparsePlan keeps them).
+// worked out once per setting rather than on every plan (a comm keeps them:
+// gc::SparseDecimals).
 struct PlanSettings {
   double density, oversample, sampleRate;
 };

@@ -83,6 +83,13 @@ gradcompResult_t gradcompComm::getState(const gc::StateKey& key, size_t count, g
   return gradcompSuccess;
 }
 
+gc::SparseDecimals gc::SparseDecimals::of(const gradcompConfig_t& cfg) {
+  SparseDecimals d;
+  d.density = cfg.density, d.oversample = cfg.oversample, d.sampleRate = cfg.sampleRate;
+  d.s = sparse::planSettings(cfg.density, cfg.oversample, cfg.sampleRate);
+  return d;
+}
+
 gradcompComm::StateShape gradcompComm::stateShape(int kind, size_t count) const {
   StateShape sh;
   const bool sparse = cfg.method == gradcompMethodTopk || cfg.method == gradcompMethodRandk ||
@@ -159,6 +166,7 @@ gradcompResult_t configOrEnv(const gradcompConfig_t* config, gradcompConfig_t* w
 
 gradcompResult_t initComm(gradcompComm* c, const gradcompConfig_t* config) {
   GC_CHECK(configOrEnv(config, &c->cfg));
+  c->sparseDecimals = gc::SparseDecimals::of(c->cfg);
   if (c->cfg.method == gradcompMethodDgc && c->cfg.momentumCorrection) {
     GC_INFO(
         "DGC momentum correction is on: gradcomp accumulates the velocity, so the "

@@ -43,10 +43,24 @@ struct BufferState {
 
 using StateKey = std::tuple<int, uint64_t, size_t, int>;  // (kind, ptr-or-key, count, dtype)
 
+// The sparse plan's float settings as the decimals they were given as
+// (sparse::planSettings), with the config values they came from.
+struct SparseDecimals {
+  float density = -1, oversample = -1, sampleRate = -1;
+  sparse::PlanSettings s{};
+  static SparseDecimals of(const gradcompConfig_t& cfg);
+  bool cameFrom(const gradcompConfig_t& cfg) const {
+    return density == cfg.density && oversample == cfg.oversample && sampleRate == cfg.sampleRate;
+  }
+};
+
 }  // namespace gc
 
 struct gradcompComm {
   gradcompConfig_t cfg;
+  // cfg's sparse settings as decimals, worked out where cfg is set (initComm,
+  // makeInterComm); sparsePlanSettings() reads them.
+  gc::SparseDecimals sparseDecimals;
   int rank = 0;
   int nranks = 1;
   // A hierarchy's inter-node child comm (rank = node): its parent's rank,
@@ -141,6 +155,12 @@ struct gradcompComm {
   // Whether a buffer keeps a residual (error feedback, or DGC's velocity):
   // what stateShape allocates and the algorithms size their workspace by.
   bool keepsResidual() const { return cfg.errorFeedback || cfg.method == gradcompMethodDgc; }
+  // The sparse plan's settings as decimals: sparseDecimals where cfg still
+  // holds the values they came from, else worked out from cfg (a comm built
+  // by hand, whose cfg is set directly).
+  gc::sparse::PlanSettings sparsePlanSettings() const {
+    return sparseDecimals.cameFrom(cfg) ? sparseDecimals.s : gc::SparseDecimals::of(cfg).s;
+  }
   // A state a reset or load replaces: freed, or retired when a captured call
   // used it.
   void dropState(gc::BufferState& s);

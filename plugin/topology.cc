@@ -162,6 +162,7 @@ std::unique_ptr<gradcompComm> makeInterComm(const gradcompComm& c,
   m->cfg.seed = hierSeed(c.cfg.seed, c.topo.localRank);
   m->cfg.localSize = 1;
   if (m->cfg.algo == gradcompAlgoHier) m->cfg.algo = gradcompAlgoAuto;
+  m->sparseDecimals = c.sparseDecimals;
   m->rank = c.topo.node;
   m->parentRank = c.rank;
   m->gradScale = c.gradScale;  // it clips with it

@@ -149,19 +149,8 @@ gradcompResult_t ScatterSum::sum(size_t q, void* out, float divisor, DType t, fl
 
 sparse::Plan sparsePlan(const gradcompComm& c, size_t count, uint64_t calls, DType* valueType) {
   // A call sizes its plan several times (workspace, wire bytes, run): the
-  // settings' decimals are worked out once per setting, not on each.
-  struct Decimals {
-    float density = -1, oversample = -1, sampleRate = -1;
-    sparse::PlanSettings s;
-  };
-  thread_local Decimals last;
-  if (c.cfg.density != last.density || c.cfg.oversample != last.oversample ||
-      c.cfg.sampleRate != last.sampleRate) {
-    last.density = c.cfg.density, last.oversample = c.cfg.oversample;
-    last.sampleRate = c.cfg.sampleRate;
-    last.s = sparse::planSettings(c.cfg.density, c.cfg.oversample, c.cfg.sampleRate);
-  }
-  sparse::PlanSettings s = last.s;
+  // settings' decimals are the comm's, worked out once.
+  sparse::PlanSettings s = c.sparsePlanSettings();
   if (c.cfg.method == gradcompMethodDgc) {
     // A warm-up step's density (a power of 1/4, a float already) where it is
     // above the setting.

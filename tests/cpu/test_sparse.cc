@@ -178,6 +178,45 @@ TEST(SparseSelect, PlanOfACommIsMakePlansFromItsSettings) {
   }
 }
 
+// A comm works its sparse settings' decimals out where its config is set
+// (comm creation, and the hierarchy's inter-node comm); a cfg set or changed
+// afterwards, as a comm built by hand has, is planned from as it is, never
+// from the decimals of settings it no longer holds.
+TEST(SparseSelect, CommsDecimalsFollowItsConfig) {
+  gradcompConfig_t cfg;
+  ASSERT_EQ(gradcompConfigInit(&cfg), gradcompSuccess);
+  cfg.method = gradcompMethodTopk;
+  cfg.density = 0.001f, cfg.oversample = 1.5f, cfg.sampleRate = 0.07f;
+  gradcompComm_t comms[1];
+  ASSERT_EQ(gradcompCommCreateCpu(1, &cfg, comms), gradcompSuccess);
+  EXPECT_TRUE(comms[0]->sparseDecimals.cameFrom(cfg));
+  EXPECT_EQ(comms[0]->sparseDecimals.s.density, 0.001);
+  EXPECT_EQ(comms[0]->sparseDecimals.s.oversample, 1.5);
+  EXPECT_EQ(comms[0]->sparseDecimals.s.sampleRate, 0.07);
+  gradcompCommDestroy(comms[0]);
+
+  gradcompComm c;
+  c.cfg = cfg;
+  c.sparseDecimals = gc::SparseDecimals::of(c.cfg);
+  DType vt;
+  EXPECT_EQ(gc::sparsePlan(c, 100000, 0, &vt).k, 100u);
+  // Each setting changed alone after the decimals were worked out.
+  c.cfg.density = 0.07f;
+  EXPECT_EQ(gc::sparsePlan(c, 100000, 0, &vt).k, 7000u);
+  EXPECT_EQ(gc::sparsePlan(c, 100000, 0, &vt).kmax, 10500u);
+  c.cfg.oversample = 2.0f;
+  EXPECT_EQ(gc::sparsePlan(c, 100000, 0, &vt).kmax, 14000u);
+  c.cfg.sampleRate = 0.01f;
+  EXPECT_EQ(gc::sparsePlan(c, 100000, 0, &vt).sample,
+            gc::sparse::makePlan(100000, 0.07, false, 2.0, 0.01).sample);
+  EXPECT_NE(gc::sparse::makePlan(100000, 0.07, false, 2.0, 0.01).sample,
+            gc::sparse::makePlan(100000, 0.07, false, 2.0, 0.07).sample);
+  // A comm built by hand with no decimals worked out plans from its cfg.
+  gradcompComm bare;
+  bare.cfg = cfg;
+  EXPECT_EQ(gc::sparsePlan(bare, 100000, 0, &vt).k, 100u);
+}
+
 TEST(SparseSelect, ThresholdOnTypicalDataWithinHalfKToKmax) {
   for (size_t n : {50000, 200000}) {
     for (double density : {0.001, 0.01, 0.05}) {
