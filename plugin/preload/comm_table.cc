@@ -302,12 +302,12 @@ namespace {
 void warnIfMomentumLost(const std::string& why) {
   const gradcompConfig_t& c = settings().config;
   if (c.method != gradcompMethodDgc || !c.momentumCorrection || !(c.momentum > 0.0f)) return;
-  warnOnce("dgc-momentum " + why,
-           "GRADCOMP_METHOD=dgc: a communicator passes its calls through uncompressed (%s), and "
-           "gradcomp's momentum correction (GRADCOMP_MOMENTUM=%g) does not reach them: if the "
-           "optimizer's momentum was set to 0 for DGC, those gradients now train without momentum; "
-           "fix the cause, or give the optimizer its momentum back",
-           why.c_str(), (double)c.momentum);
+  warnOncePerSentence(
+      "GRADCOMP_METHOD=dgc: a communicator passes its calls through uncompressed (%s), and "
+      "gradcomp's momentum correction (GRADCOMP_MOMENTUM=%g) does not reach them: if the "
+      "optimizer's momentum was set to 0 for DGC, those gradients now train without momentum; "
+      "fix the cause, or give the optimizer its momentum back",
+      why.c_str(), (double)c.momentum);
 }
 }  // namespace
 
@@ -566,19 +566,38 @@ bool isNonBlocking(ncclComm_t comm) {
   return nonBlockingComms().count(comm) > 0 || envNonBlocking();
 }
 
-void warnOnce(const std::string& key, const char* fmt, ...) {
+namespace {
+// Whether `key` is new to this process's warnings (and now recorded).
+bool firstWarning(const std::string& key) {
   static std::mutex* mu = new std::mutex;
   static auto* seen = new std::set<std::string>;
-  {
-    std::lock_guard<std::mutex> lock(*mu);
-    if (!seen->insert(key).second) return;
-  }
+  std::lock_guard<std::mutex> lock(*mu);
+  return seen->insert(key).second;
+}
+
+void printWarning(const char* msg) {
+  fprintf(stderr, "gradcomp %d WARN %s\n", (int)getpid(), msg);
+}
+}  // namespace
+
+void warnOnce(const std::string& key, const char* fmt, ...) {
+  if (!firstWarning(key)) return;
   char msg[1024];
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(msg, sizeof(msg), fmt, ap);
   va_end(ap);
-  fprintf(stderr, "gradcomp %d WARN %s\n", (int)getpid(), msg);
+  printWarning(msg);
+}
+
+void warnOncePerSentence(const char* fmt, ...) {
+  char msg[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof(msg), fmt, ap);
+  va_end(ap);
+  // Keyed apart from warnOnce's keys: a sentence never silences a keyed warning.
+  if (firstWarning(std::string("sentence:") + msg)) printWarning(msg);
 }
 
 }  // namespace preload

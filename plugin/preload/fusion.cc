@@ -101,6 +101,8 @@ ncclResult_t runFusedSet(CommEntry& e, const std::vector<const Deferred*>& membe
       if (err != cudaSuccess) {
         (void)cudaGetLastError();
         e.fusion = nullptr;
+        // Keyed on the error alone: a sentence with the size would be said
+        // again for each size of group that fails.
         warnOnce(std::string("fuse-alloc ") + cudaGetErrorString(err),
                  "cannot allocate a %zu-byte fusion buffer (%s); the group's calls fail",
                  total * esz, cudaGetErrorString(err));
@@ -117,9 +119,8 @@ ncclResult_t runFusedSet(CommEntry& e, const std::vector<const Deferred*>& membe
       cudaError_t err = cudaStreamWaitEvent(d0.stream, e.fusionDone, 0);
       if (err != cudaSuccess) {
         (void)cudaGetLastError();
-        warnOnce(std::string("fuse-wait ") + cudaGetErrorString(err),
-                 "cannot order the fusion buffer across streams (%s); the calls fail",
-                 cudaGetErrorString(err));
+        warnOncePerSentence("cannot order the fusion buffer across streams (%s); the calls fail",
+                            cudaGetErrorString(err));
         return refuseFusedCall(e, d0, total, key, ncclUnhandledCudaError);
       }
     }
@@ -130,9 +131,8 @@ ncclResult_t runFusedSet(CommEntry& e, const std::vector<const Deferred*>& membe
                                         cudaMemcpyDeviceToDevice, d0.stream);
       if (err != cudaSuccess) {
         (void)cudaGetLastError();
-        warnOnce(std::string("fuse-copy ") + cudaGetErrorString(err),
-                 "cannot copy into the fusion buffer (%s); the calls fail",
-                 cudaGetErrorString(err));
+        warnOncePerSentence("cannot copy into the fusion buffer (%s); the calls fail",
+                            cudaGetErrorString(err));
         if (!streamCapturing(d0.stream)) (void)markFusionDone(e, d0.stream);  // callMu held
         (void)cudaGetLastError();
         return refuseFusedCall(e, d0, total, key, ncclUnhandledCudaError);
@@ -154,8 +154,7 @@ ncclResult_t runFusedSet(CommEntry& e, const std::vector<const Deferred*>& membe
         cudaMemcpyAsync(d->recv, fusion + off, d->count * esz, cudaMemcpyDeviceToDevice, d0.stream);
     if (err != cudaSuccess) {
       (void)cudaGetLastError();
-      warnOnce(std::string("fuse-copy-out ") + cudaGetErrorString(err),
-               "cannot copy out of the fusion buffer: %s", cudaGetErrorString(err));
+      warnOncePerSentence("cannot copy out of the fusion buffer: %s", cudaGetErrorString(err));
       return failedSet(e, d0.stream, ncclUnhandledCudaError);
     }
     off += d->count * esz;
@@ -165,8 +164,7 @@ ncclResult_t runFusedSet(CommEntry& e, const std::vector<const Deferred*>& membe
     const cudaError_t err = markFusionDone(e, d0.stream);
     if (err != cudaSuccess) {
       (void)cudaGetLastError();
-      warnOnce(std::string("fuse-record ") + cudaGetErrorString(err),
-               "cannot record the end of a fused set: %s", cudaGetErrorString(err));
+      warnOncePerSentence("cannot record the end of a fused set: %s", cudaGetErrorString(err));
       return ncclUnhandledCudaError;
     }
   }

@@ -129,14 +129,13 @@ ncclResult_t compress(CommEntry& e, const Deferred& d, bool keyed, uint64_t key,
   if ((r == gradcompInvalidUsage || r == gradcompInvalidArgument || r == gradcompNotSupported) &&
       !failedTogether(e.gc)) {
     const std::string why = gradcompGetLastError();
-    warnOnce(why, "passing a call to NCCL: %s", why.c_str());
+    warnOncePerSentence("passing a call to NCCL: %s", why.c_str());
     e.callsPassed += userCalls - 1;
     if (rs) e.rsPassed += userCalls - 1;
     return forward(&e, d);
   }
   const char* what = rs ? "reduce-scatter" : "allreduce";
-  warnOnce(std::string("failed ") + what + " " + gradcompGetLastError(), "compressed %s failed: %s",
-           what, gradcompGetLastError());
+  warnOncePerSentence("compressed %s failed: %s", what, gradcompGetLastError());
   return toNccl(r);
 }
 

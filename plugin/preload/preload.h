@@ -157,6 +157,10 @@ bool isNonBlocking(ncclComm_t comm);
 
 // Prints `msg` once per distinct key, whatever GRADCOMP_DEBUG says.
 void warnOnce(const std::string& key, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
+// The same, keyed on the formatted sentence itself: a reason given in the
+// sentence (a CUDA error, why a communicator passes through) is said once per
+// distinct reason.
+void warnOncePerSentence(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
 
 enum class Collective { AllReduce, ReduceScatter };
 
