@@ -93,6 +93,13 @@ def check_flags(perf, work, src, kdoc, bits, bucket):
            [("float", 4), ("half", 2), ("half", 4)], "-b 2 -e 4: float's 2 B skipped, the rest run")
     expect("sizes 2 B skipped: below one float element (4 B)" in out,
            "the table names the sizes it skipped")
+    # A table whose every size was skipped measured nothing: its footer says so, no 0 bandwidth.
+    code, out, rows = run(perf, ["-N", "2", "-b", "2", "-e", "2", "-d", "float,half"] + tiny,
+                          os.path.join(work, "tiny-skipped.json"))
+    footers = [l for l in out.splitlines() if l.startswith("# Avg bus bandwidth")]
+    expect(code == 0 and len(footers) == 2 and "none measured (no size ran)" in footers[0]
+           and "none measured" not in footers[1],
+           "-b 2 -e 2: float's table measured nothing and says so (%s)" % footers)
     # --local-size must divide -N: refused at option time, as GRADCOMP_LOCAL_SIZE is.
     code, out = run_plain(perf, ["-N", "4", "--local-size", "3", "-b", "64K", "-e", "64K"] + tiny)
     expect(code == 2 and "--local-size 3" in out and "-N 4" in out and "1, 2, 4" in out,
@@ -1485,6 +1492,12 @@ def main():
                           os.path.join(work, "sparse-dgc-warmup.json"),
                           env={"GRADCOMP_DENSITY": "0.01", "GRADCOMP_WARMUP_STEPS": "100"})
     expect(code == 0 and len(rows) == 1, "%s: exits 0, one row" % tag)
+    # -w 0 -n 1: the timed call is the buffer's call 1 (after the check), warm-up's first stage.
+    expect("# gradcomp: dgc density=0.25 (warm-up; setting 0.01) select=" in out and
+           all(r["label"].startswith("dgc density=0.25 (warm-up; setting 0.01) ") for r in rows),
+           "%s: the label names the density the row ran at" % tag)
+    expect(all(r["density"] == 0.01 for r in rows),
+           "%s: the JSON's density is the setting as given (%s)" % (tag, [r["density"] for r in rows]))
     for r in rows:
         n = r["count"]
         expect(r["wire_bytes"] == 2 * (nranks - 1) * n * 4 // nranks,

@@ -811,7 +811,10 @@ int runHarness(const Options& o, Rank& r) {
         if (lead) fprintf(stderr, "gradcomp_perf: %s\n", gradcompGetLastError());
         return 2;
       }
-      const std::string label = methodLabel(cfg);
+      // A row's comm is new: the check is its buffer's call 0, the timed
+      // calls follow the warm-up ones.
+      const std::string label =
+          methodLabel(cfg, 1 + (uint64_t)o.warmup, (uint64_t)o.warmup + (uint64_t)o.iters);
       if (lead) printHeader(o, info, label, dtype);
       // Sizes below one element of this type give it no row.
       std::string skipped;

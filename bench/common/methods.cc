@@ -1,8 +1,11 @@
 #include "methods.h"
 
+#include <stdint.h>
 #include <stdio.h>
 
 #include <tuple>
+
+#include "../../kernels/sparse_math.cuh"
 
 namespace gcbench {
 
@@ -36,8 +39,8 @@ int modelLocalSize(const gradcompConfig_t& cfg) {
   return cfg.localSize > 1 ? cfg.localSize : 1;
 }
 
-std::string methodLabel(const gradcompConfig_t& cfg) {
-  char buf[160];
+std::string methodLabel(const gradcompConfig_t& cfg, uint64_t firstCall, uint64_t lastCall) {
+  char buf[200];
   switch (cfg.method) {
     case gradcompMethodQsgd:
       // The label names the rounding and the levels only when they are not
@@ -49,11 +52,23 @@ std::string methodLabel(const gradcompConfig_t& cfg) {
       break;
     case gradcompMethodTopk:
     case gradcompMethodRandk:
-    case gradcompMethodDgc:
-      snprintf(buf, sizeof buf, "%s density=%g select=%s algo=%s", methodName(cfg.method),
-               cfg.density, cfg.select == gradcompSelectExact ? "exact" : "threshold",
-               algoName(cfg.algo));
+    case gradcompMethodDgc: {
+      // DGC's warm-up runs the first calls denser (a power of 1/4 above the
+      // setting): a row whose calls it reaches says the densities they ran at.
+      const int steps = cfg.method == gradcompMethodDgc ? cfg.warmupSteps : 0;
+      const double first = gc::sparse::warmupDensity(cfg.density, steps, firstCall);
+      const double last = gc::sparse::warmupDensity(cfg.density, steps, lastCall);
+      char density[96];
+      if (first == (double)cfg.density)
+        snprintf(density, sizeof density, "%g", cfg.density);
+      else if (first == last)
+        snprintf(density, sizeof density, "%g (warm-up; setting %g)", first, cfg.density);
+      else
+        snprintf(density, sizeof density, "%g..%g (warm-up; setting %g)", first, last, cfg.density);
+      snprintf(buf, sizeof buf, "%s density=%s select=%s algo=%s", methodName(cfg.method), density,
+               cfg.select == gradcompSelectExact ? "exact" : "threshold", algoName(cfg.algo));
       break;
+    }
     default:
       snprintf(buf, sizeof buf, "none (pass-through: the uncompressed call)");
   }

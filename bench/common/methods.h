@@ -18,7 +18,10 @@ struct MethodSpec {
 const MethodSpec& methodSpec(gradcompMethod_t m);
 // gradcompConfigFromEnv, then the flags the user gave, then the method.
 gradcompResult_t methodConfig(const Options& o, gradcompMethod_t m, gradcompConfig_t* cfg);
-std::string methodLabel(const gradcompConfig_t& cfg);
+// firstCall..lastCall: the calls of one buffer (0-based) a row times; where
+// DGC's warm-up reaches them, the label names the densities they ran at.
+std::string methodLabel(const gradcompConfig_t& cfg, uint64_t firstCall = UINT64_MAX,
+                        uint64_t lastCall = UINT64_MAX);
 // The ranks per node the link model takes for comms made from cfg: its
 // localSize (--local-size, else GRADCOMP_LOCAL_SIZE) when > 1, else 1 (flat).
 // Auto (0) is flat here; the harness reads the layout NCCL and socket comms

@@ -6,6 +6,7 @@
 
 #include <string>
 
+#include "../../kernels/sparse_math.cuh"
 #include "model.h"
 
 namespace gcbench {
@@ -325,12 +326,15 @@ void printFooter(const RunInfo& info, const std::vector<Row>& rows) {
   printf("# Out of bounds values : %ld %s\n", wrong, wrong == 0 && failed == 0 ? "OK" : "FAILED");
   if (failed) printf("# Failed sizes         : %d\n", failed);
   const bool rs = !rows.empty() && rows[0].reduceScatter;
-  printf("# Avg bus bandwidth    : %g (gradcomp)  %g (%s)\n", n ? bus / n : 0.0,
-         n ? ncclBus / n : 0.0,
-         info.backend == "socket" ? "uncompressed over TCP"
-         : info.backend == "cpu"  ? "exact host sum"
-         : rs                     ? "ncclReduceScatter"
-                                  : "ncclAllReduce");
+  if (n == 0)
+    printf("# Avg bus bandwidth    : none measured (%s)\n",
+           rows.empty() ? "no size ran" : "every size failed");
+  else
+    printf("# Avg bus bandwidth    : %g (gradcomp)  %g (%s)\n", bus / n, ncclBus / n,
+           info.backend == "socket" ? "uncompressed over TCP"
+           : info.backend == "cpu"  ? "exact host sum"
+           : rs                     ? "ncclReduceScatter"
+                                    : "ncclAllReduce");
   const double regret = worstAutoRegret(rows);
   // As the JSON's auto_regret_max_frac: the in-process CPU world does not
   // time, so its auto always compresses and the regret says nothing of auto's
@@ -452,7 +456,7 @@ bool writeJson(const std::string& path, const Options& o, const RunInfo& info,
             jsonStr(methodName(r.method)).c_str(), jsonStr(r.label).c_str(), r.bits, r.bucket,
             r.rounding == gradcompRoundNearest ? "\"nearest\"" : "\"stochastic\"",
             r.levels == gradcompLevelsSquare ? "\"square\"" : "\"uniform\"",
-            jsonNum(r.density).c_str());
+            jsonNum(gc::sparse::floatDecimal(r.density)).c_str());
     fprintf(f, "\"algo\": %s, \"nranks\": %d, \"failed\": %s, \"error\": %s,\n     ",
             jsonStr(rowAlgoName(r, "passthrough")).c_str(), r.nranks, r.failed ? "true" : "false",
             jsonStr(r.error).c_str());
