@@ -169,6 +169,15 @@ def main():
                        stderr=subprocess.STDOUT, text=True, timeout=30)
     expect(p.returncode == 2 and "--root host:port" in p.stdout,
            "no root: exit 2 naming --root (got %d: %s)" % (p.returncode, p.stdout.strip()))
+    # --root is read as the library reads it: no sign on the port, an IPv6 host in brackets.
+    for root, want in (("127.0.0.1:+80", 'port "+80" is out of range 1..65535'),
+                       ("::1:1234", 'an IPv6 host goes in brackets, as "[::1]:1234"'),
+                       ("[::1]:65500", "port 65500 is above 65023")):
+        p = subprocess.run([perf, "--backend", "socket", "--root", root], env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=30)
+        expect(p.returncode == 2 and want in p.stdout,
+               "--root %s: exit 2 saying %s (got %d: %s)" % (root, want, p.returncode,
+                                                             p.stdout.strip()))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OMPI_", "PMI", "SLURM"))}
     p = subprocess.run([perf, "--backend", "socket", "--root", "127.0.0.1:1234"], env=env,
                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=30)

@@ -12,12 +12,16 @@
 #include <thread>
 #include <vector>
 
+#include "../../plugin/backends/cpu/root_address.h"
 #include "backends.h"
 #include "harness.h"
 #include "rank_host.h"
 
 namespace gcbench {
 namespace {
+
+// Comm k of a run listens at --root's port + k % kRootPorts (SocketRank::createComm).
+constexpr int kRootPorts = 512;
 
 class SocketRank : public HostRank {
  public:
@@ -81,7 +85,7 @@ class SocketRank : public HostRank {
   // Comm k listens at port + k: a root address that no earlier comm of
   // this run holds, the same on every rank since creations are collective.
   gradcompResult_t createComm(const gradcompConfig_t& cfg, gradcompComm_t* comm) override {
-    const std::string root = host_ + ":" + std::to_string(port_ + created_ % kPorts);
+    const std::string root = gc::rootAddress(host_, port_ + created_ % kRootPorts);
     ++created_;
     return gradcompCommCreateSocket(nranks_, rank_, root.c_str(), &cfg, comm);
   }
@@ -120,7 +124,6 @@ class SocketRank : public HostRank {
   }
 
  private:
-  static constexpr int kPorts = 512;
   bool ok(gradcompResult_t res, const char* call) const {
     if (res != gradcompSuccess)
       fprintf(stderr, "gradcomp_perf: rank %d: baseline %s: %s\n", rank_, call,
@@ -154,20 +157,22 @@ int runSocket(const Options& o) {
   }
   std::string root = o.root;
   if (root.empty() && getenv("NCCL_COMM_ID")) root = getenv("NCCL_COMM_ID");
-  const size_t colon = root.rfind(':');
-  char* end = nullptr;
-  const long port = colon == std::string::npos ? 0 : strtol(root.c_str() + colon + 1, &end, 10);
-  if (colon == std::string::npos || colon == 0 || end == root.c_str() + colon + 1 || *end ||
-      port < 1 || port > 65535 - 512) {
+  // Read as the library reads it (gc::splitRootAddress); comm k of the run
+  // listens at port + k, so the port leaves room for them.
+  std::string host, why;
+  int port = 0;
+  if (!gc::splitRootAddress(root.c_str(), &host, &port, &why) || port > 65535 - kRootPorts) {
+    if (why.empty())
+      why = "port " + std::to_string(port) + " is above " + std::to_string(65535 - kRootPorts);
     fprintf(stderr,
             "gradcomp_perf: --backend socket needs rank 0's address as --root host:port (or "
-            "NCCL_COMM_ID), port in 1..%d; got \"%s\"\n",
-            65535 - 512, root.c_str());
+            "NCCL_COMM_ID), port in 1..%d; got \"%s\": %s\n",
+            65535 - kRootPorts, root.c_str(), why.c_str());
     return 2;
   }
   Options mine = o;
   mine.nranks = size;
-  SocketRank r(rank, size, root.substr(0, colon), (int)port);
+  SocketRank r(rank, size, host, port);
   if (r.init() != gradcompSuccess) {
     fprintf(stderr, "gradcomp_perf: rank %d: gradcompCommCreateSocket(%s): %s\n", rank,
             root.c_str(), gradcompGetLastError());

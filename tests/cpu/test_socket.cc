@@ -302,7 +302,7 @@ TEST(Socket, Ipv6RootsMatchTheInProcessWorld) {
   const int port2 = gctest::freePort();
   if (!ipv6Loopback(port2)) GTEST_SKIP() << "this machine cannot bind [::1]:" << port2;
   expectSameRun(3, withMethod(gradcompMethodDgc), 5000, ncclFloat32, ncclSum, 2, false,
-                "::1:" + std::to_string(port2));
+                "[::1]:" + std::to_string(port2));
 }
 
 TEST(Socket, BadArgumentsAreNamed) {
@@ -328,6 +328,9 @@ TEST(Socket, BadArgumentsAreNamed) {
       {2, 1, "[::1]", "has no port"},
       {2, 1, "[::1:5000", "unbalanced brackets"},
       {2, 1, "::1]:5000", "unbalanced brackets"},
+      // ::1:5000 is an address itself: the port is not guessed.
+      {2, 1, "::1:5000", "ambiguous: an IPv6 host goes in brackets, as \"[::1]:5000\""},
+      {2, 1, "fe80::1:80", "as \"[fe80::1]:80\""},
   };
   for (const Case& k : cases) {
     EXPECT_EQ(gradcompCommCreateSocket(k.nranks, k.rank, k.root, &cfg, &c), gradcompInvalidArgument)

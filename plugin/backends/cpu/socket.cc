@@ -13,7 +13,6 @@
 // waiting out their timeout. Reductions are the in-process world's (rank
 // order, host_reduce.h): results are bit for bit the same.
 #include <arpa/inet.h>
-#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -37,6 +36,7 @@
 #include "checks.h"
 #include "debug.h"
 #include "backends/cpu/host_reduce.h"
+#include "backends/cpu/root_address.h"
 #include "backends/transport.h"
 
 namespace gc {
@@ -205,29 +205,13 @@ struct Addr {
   }
 };
 
-// "host:port", "[IPv6]:port", or an unbracketed IPv6 literal whose last
-// colon starts the port ("::1:29500"). The host resolves to the first
-// address getaddrinfo gives, IPv4 or IPv6; every rank resolves the same name.
+// "host:port" or "[IPv6]:port" (splitRootAddress). The host resolves to the
+// first address getaddrinfo gives, IPv4 or IPv6; every rank resolves the same name.
 gradcompResult_t parseRoot(const char* root, Addr* out) {
-  GC_ARG(root != nullptr && root[0] != '\0', "root address is empty: give \"host:port\"");
-  const std::string s(root);
-  const size_t colon = s.rfind(':');
-  GC_ARG(colon != std::string::npos && colon > 0 && colon + 1 < s.size(),
-         "root address \"%s\" is not \"host:port\" (an IPv6 host in brackets: \"[::1]:port\")",
-         root);
-  GC_ARG(s.back() != ']', "root address \"%s\" has no port: give \"[IPv6]:port\"", root);
-  std::string host = s.substr(0, colon);
-  const std::string portText = s.substr(colon + 1);
-  if (!host.empty() && (host.front() == '[' || host.back() == ']')) {
-    GC_ARG(host.size() > 2 && host.front() == '[' && host.back() == ']',
-           "root address \"%s\": unbalanced brackets around the host (give \"[IPv6]:port\")", root);
-    host = host.substr(1, host.size() - 2);
-  }
-  // Digits only: strtol alone would take a sign and leading white space.
-  char* end = nullptr;
-  const long port = isdigit((unsigned char)portText[0]) ? strtol(portText.c_str(), &end, 10) : 0;
-  GC_ARG(end && *end == '\0' && port >= 1 && port <= 65535,
-         "root address \"%s\": port \"%s\" is out of range 1..65535", root, portText.c_str());
+  std::string host, why;
+  int port = 0;
+  if (!splitRootAddress(root, &host, &port, &why))
+    return setError(gradcompInvalidArgument, "%s", why.c_str());
   addrinfo hints = {};
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
