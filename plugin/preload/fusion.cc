@@ -7,6 +7,7 @@
 // Calls of communicators that do not compress go to NCCL in order.
 #include <cuda_runtime_api.h>
 
+#include "codecs/qsgd.h"
 #include "comm.h"
 #include "nvtx.h"
 #include "preload.h"
@@ -68,7 +69,10 @@ ncclResult_t runFusedSet(CommEntry& e, const std::vector<const Deferred*>& membe
   if (members.size() == 1) {
     return compress(e, d0, false, 0, 1);
   }
-  const size_t esz = typeBytes(d0.type);
+  // Fused calls are eligible ones (fp32, fp16, bf16): the library's own sizes.
+  DType vt;
+  if (dtypeFromNccl(d0.type, &vt) != gradcompSuccess) return passEach(e, members);
+  const size_t esz = dtypeBytes(vt);
   size_t total = 0;
   for (const Deferred* d : members) total += d->count;
   const uint64_t key = fusedStateKey(members);

@@ -42,26 +42,6 @@ const Settings& settings();
 // reduce-scatter's nranks * recvcount, or recvcount alone where that already
 // reaches minElements (interpose.cc's inputCount asks NCCL nothing then).
 bool eligible(size_t count, ncclDataType_t type, ncclRedOp_t op);
-inline size_t typeBytes(ncclDataType_t type) {
-  switch (type) {
-    case ncclInt8:
-    case ncclUint8:
-      return 1;
-    case ncclFloat16:
-    case ncclBfloat16:
-      return 2;
-    case ncclInt32:
-    case ncclUint32:
-    case ncclFloat32:
-      return 4;
-    case ncclInt64:
-    case ncclUint64:
-    case ncclFloat64:
-      return 8;
-    default:
-      return 1;  // fp8 types and anything newer
-  }
-}
 
 enum class Mode { Undecided, Compress, PassThrough };
 
