@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <functional>
 #include <map>
 #include <set>
 #include <string>
@@ -70,10 +71,11 @@ void resolvePendingChildren() {
     it = pending.erase(it);
   }
 }
-// Revoked (ncclCommRevoke) and not yet destroyed: NCCL refuses their
-// collectives, so gradcomp never sets them up again.
-std::set<ncclComm_t>& revokedComms() {
-  static auto* s = new std::set<ncclComm_t>;
+// Revoked (ncclCommRevoke, or shrunk with NCCL_SHRINK_ABORT, which NCCL
+// describes as a revoke and a shrink in one call) and not yet destroyed, with
+// the reason their summary gives: gradcomp never sets them up again.
+std::map<ncclComm_t, const char*>& revokedComms() {
+  static auto* s = new std::map<ncclComm_t, const char*>;
   return *s;
 }
 
@@ -325,8 +327,9 @@ EntryPtr entryFor(ncclComm_t comm) {
     e = std::make_shared<CommEntry>();
     e->nccl = comm;
     e->nonBlocking = nonBlockingComms().count(comm) > 0 || envNonBlocking();
-    if (revokedComms().count(comm) > 0) {
-      e->reason = "revoked communicator";
+    auto revoked = revokedComms().find(comm);
+    if (revoked != revokedComms().end()) {
+      e->reason = revoked->second;
       e->mode = Mode::PassThrough;
     }
   }
@@ -442,7 +445,7 @@ void decideUnlessCapturing(CommEntry& e, ncclComm_t comm, cudaStream_t stream) {
   decide(e, stream);
 }
 
-void release(ncclComm_t comm, bool abort, bool revoked) {
+void release(ncclComm_t comm, bool abort, const char* revoked) {
   EntryPtr e;
   {
     std::lock_guard<std::mutex> lock(tableMu());
@@ -460,8 +463,8 @@ void release(ncclComm_t comm, bool abort, bool revoked) {
     // never finds the communicator unmarked and without its entry. A revoked
     // communicator stays non-blocking: a shrink of it without a config
     // inherits that.
-    if (revoked) {
-      revokedComms().insert(comm);
+    if (revoked != nullptr) {
+      revokedComms()[comm] = revoked;
     } else {
       nonBlockingComms().erase(comm);
       revokedComms().erase(comm);
@@ -557,7 +560,47 @@ bool failedTogether(gradcompComm_t gc) {
 }
 
 void noteRevoked(ncclComm_t comm) {
-  release(comm, /*abort=*/true, /*revoked=*/true);
+  release(comm, /*abort=*/true, "revoked communicator");
+}
+
+ncclResult_t shrinkAborting(ncclComm_t comm, const std::function<ncclResult_t()>& shrink) {
+  EntryPtr e;
+  {
+    std::lock_guard<std::mutex> lock(tableMu());
+    auto it = table().find(comm);
+    if (it != table().end()) e = it->second;
+  }
+  // As at an abort (abortComm): waits on the communicator end first, and a
+  // set-up in progress stops at its next step.
+  if (e) e->aborted.stop();
+  // decide() publishes gc before the mode.
+  gradcompComm* gcComm = e && e->mode == Mode::Compress ? e->gc : nullptr;
+  if (gcComm != nullptr) commStopPolls(gcComm);
+  const NcclApi* api = ncclApi();
+  const bool group = gcComm != nullptr &&
+                     (gcComm->intraNccl != nullptr || gcComm->interNccl != nullptr ||
+                      gcComm->ownNccl != nullptr) &&
+                     api->groupStart != nullptr && api->groupEnd != nullptr;
+  // NCCL's shrink sets the parent's abort flag and waits, in the call, for
+  // its kernels, which the caller's stream can hold behind a kernel of
+  // gradcomp's sub-communicators stuck on the dead peer: their aborts come
+  // first, in one NCCL group with the shrink (ncclCommAbort sets its flag at
+  // once and waits at the group's end), so that no wait is on a kernel whose
+  // abort has not begun.
+  if (group) {
+    api->groupStart();
+    DeviceGuard guard(e->device);
+    commStop(gcComm);
+  }
+  const ncclResult_t r = shrink();
+  // The grouped aborts and the child's creation run here. A non-blocking
+  // parent's group answers ncclInProgress, which NCCL's own shrink lets
+  // through as ncclSuccess.
+  const ncclResult_t end = group ? api->groupEnd() : ncclSuccess;
+  // Even after a refused shrink: NCCL checks its arguments after it ended the
+  // parent's work in flight, and gradcomp's comm is stopped.
+  release(comm, /*abort=*/true, "shrunk with NCCL_SHRINK_ABORT");
+  return r != ncclSuccess || end == ncclInProgress ? r : end;
 }
 
 bool isNonBlocking(ncclComm_t comm) {

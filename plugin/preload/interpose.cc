@@ -416,8 +416,14 @@ GC_INTERPOSE ncclResult_t ncclCommShrink(ncclComm_t comm, int* excludeRanksList,
   if (realNccl()->commShrink == nullptr) return ncclSystemError;
   const bool nonBlocking =
       nonBlockingFrom(config, config ? config->blocking : 1, isNonBlocking(comm));
-  const ncclResult_t r = realNccl()->commShrink(comm, excludeRanksList, excludeRanksCount, newcomm,
-                                                config, shrinkFlags);
+  auto shrink = [&] {
+    return realNccl()->commShrink(comm, excludeRanksList, excludeRanksCount, newcomm, config,
+                                  shrinkFlags);
+  };
+  // NCCL_SHRINK_ABORT ends the parent's work in flight, gradcomp's on it too:
+  // as at a revoke, its gradcomp comm stops (first: see shrinkAborting).
+  const ncclResult_t r =
+      (shrinkFlags & NCCL_SHRINK_ABORT) != 0 ? shrinkAborting(comm, shrink) : shrink();
   noteMade(r, newcomm, nonBlocking, comm);
   return r;
 }

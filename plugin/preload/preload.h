@@ -8,6 +8,7 @@
 #include <stdint.h>
 
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -102,9 +103,10 @@ void decideUnlessCapturing(CommEntry& e, ncclComm_t comm, cudaStream_t stream);
 // (ncclCommAbort, after NCCL's own) the gradcomp comm is stopped at once
 // (gc::commStop: its sub-communicators aborted, so a call still holding it
 // waits on no peer) and aborted rather than destroyed at the end.
-// With `revoked` (ncclCommRevoke) the communicator is marked revoked in the
-// same step (see noteRevoked).
-void release(ncclComm_t comm, bool abort = false, bool revoked = false);
+// With `revoked` (ncclCommRevoke, a shrink with NCCL_SHRINK_ABORT: the reason
+// its summary gives) the communicator is marked revoked in the same step (see
+// noteRevoked).
+void release(ncclComm_t comm, bool abort = false, const char* revoked = nullptr);
 // ncclCommAbort under the preload: NCCL's abort of `comm`, then release(comm,
 // abort); when the gradcomp comm on it has NCCL sub-communicators of its own
 // (the hierarchy), NCCL's abort and theirs run in one NCCL group.
@@ -113,6 +115,12 @@ ncclResult_t abortComm(ncclComm_t comm);
 // and released as at an abort, and the communicator's later calls pass
 // through to NCCL (which refuses them) until it is destroyed.
 void noteRevoked(ncclComm_t comm);
+// ncclCommShrink with NCCL_SHRINK_ABORT under the preload: NCCL ends the
+// parent's work in flight and shrinks it (`shrink`, the real call), as a
+// revoke and a shrink; gradcomp's comm on the parent is stopped first, its
+// sub-communicators' aborts in one NCCL group with the shrink, and released
+// as at a revoke (later calls on the parent pass through to NCCL).
+ncclResult_t shrinkAborting(ncclComm_t comm, const std::function<ncclResult_t()>& shrink);
 // Whether the gradcomp comm's last call failed on every rank alike after
 // they compared it (gradcompComm::failedTogether): not one to hand to NCCL.
 bool failedTogether(gradcompComm_t gc);

@@ -303,7 +303,7 @@ static int revoked(void) {
   EXPECT("CommRevoke comm=%p flags=0", (void*)comm);
   CALL(a, a, 1 << 22, ncclFloat32, ncclSum, comm, stream);
   CHECK(ncclCommShrink(comm, &excluded, 1, &shrunk, NULL, 0));
-  EXPECT("CommShrink parent=%p excluded=1 blocking=-1 comm=%p", (void*)comm, (void*)shrunk);
+  EXPECT("CommShrink parent=%p excluded=1 blocking=-1 flags=0 comm=%p", (void*)comm, (void*)shrunk);
   CHECK(ncclCommDestroy(comm));
   EXPECT("CommDestroy comm=%p", (void*)comm);
   CALL(a, a, 1 << 22, ncclFloat32, ncclSum, shrunk, stream);
@@ -318,12 +318,36 @@ static int revoked(void) {
   if (awaitChild("shrink", ncclCommShrink(nb, &excluded, 1, &nbShrunk, NULL, 0), nb, &nbShrunk)) {
     return 1;
   }
-  EXPECT("CommShrink parent=%p excluded=1 blocking=-1 comm=%p", (void*)nb, (void*)nbShrunk);
+  EXPECT("CommShrink parent=%p excluded=1 blocking=-1 flags=0 comm=%p", (void*)nb, (void*)nbShrunk);
   CALL(a, a, 1 << 22, ncclFloat32, ncclSum, nbShrunk, stream);
   CHECK(ncclCommDestroy(nb));
   EXPECT("CommDestroy comm=%p", (void*)nb);
   CHECK(ncclCommDestroy(nbShrunk));
   EXPECT("CommDestroy comm=%p", (void*)nbShrunk);
+  return 0;
+}
+#endif
+
+#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 27, 0)
+/* A shrink with NCCL_SHRINK_ABORT ends the parent's work in flight first, as
+ * a revoke does (NCCL: for a shrink right after a failure, without a revoke
+ * before it): the parent is never set up again, and its later calls reach
+ * NCCL unchanged without a set-up attempt; the child is set up as usual. */
+static int shrinkAbort(void) {
+  cudaStream_t stream = (cudaStream_t)(uintptr_t)0x2000;
+  char* a = (char*)(uintptr_t)0x7f0000000000ull;
+  ncclComm_t comm = NULL, shrunk = NULL;
+  int excluded = 3;
+  if (initWithConfig(1, &comm)) return 1;
+  CHECK(ncclCommShrink(comm, &excluded, 1, &shrunk, NULL, NCCL_SHRINK_ABORT));
+  EXPECT("CommShrink parent=%p excluded=1 blocking=-1 flags=%d comm=%p", (void*)comm,
+         NCCL_SHRINK_ABORT, (void*)shrunk);
+  CALL(a, a, 1 << 22, ncclFloat32, ncclSum, comm, stream);
+  CALL(a, a, 1 << 22, ncclFloat32, ncclSum, shrunk, stream);
+  CHECK(ncclCommDestroy(comm));
+  EXPECT("CommDestroy comm=%p", (void*)comm);
+  CHECK(ncclCommDestroy(shrunk));
+  EXPECT("CommDestroy comm=%p", (void*)shrunk);
   return 0;
 }
 #endif
@@ -621,6 +645,8 @@ __attribute__((visibility("default"))) int gcTestRunCalls(const char* mode) {
 #if NCCL_VERSION_CODE >= NCCL_VERSION(2, 27, 0)
   } else if (strcmp(mode, "revoked") == 0) {
     rc = revoked();
+  } else if (strcmp(mode, "shrink_abort") == 0) {
+    rc = shrinkAbort();
 #endif
 #if NCCL_VERSION_CODE >= NCCL_VERSION(2, 22, 0)
   } else if (strcmp(mode, "simulate") == 0) {

@@ -456,8 +456,8 @@ ncclResult_t pncclCommShrink(ncclComm_t p, int* excl, int nexcl, ncclComm_t* c, 
   const ncclResult_t ready = readiness("CommShrink", p);
   if (ready != ncclSuccess) return ready;
   const ncclComm_t child = newComm();
-  record("CommShrink parent=%p excluded=%d blocking=%d comm=%p", (void*)p, nexcl, blockingOf(cfg),
-         (void*)child);
+  record("CommShrink parent=%p excluded=%d blocking=%d flags=%d comm=%p", (void*)p, nexcl,
+         blockingOf(cfg), flags, (void*)child);
   return handOut(p, child, cfg, c);
 }
 ncclResult_t ncclCommShrink(ncclComm_t, int*, int, ncclComm_t*, ncclConfig_t*, int)

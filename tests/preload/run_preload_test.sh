@@ -251,6 +251,20 @@ if "$app" revoked > /dev/null 2>&1 < /dev/null || [ $? != 2 ]; then
   }
 fi
 
+# 4c. A shrink with NCCL_SHRINK_ABORT (NCCL 2.27) ends the parent's work in
+# flight, gradcomp's too, as a revoke: the parent is never set up again (its
+# later call reaches NCCL unchanged, without a set-up attempt), the child is.
+if "$app" shrink_abort > /dev/null 2>&1 < /dev/null || [ $? != 2 ]; then
+  run shrink_abort env GRADCOMP_DEBUG=INFO "$app" shrink_abort && {
+    same_calls shrink_abort
+    n=$(count "compression off: shrunk with NCCL_SHRINK_ABORT" "$work/shrink_abort.err")
+    check "shrink_abort: the parent's later call passed through without a set-up attempt (got $n)" \
+      "[ '$n' = 1 ]"
+    n=$(count "compression off: set-up failed" "$work/shrink_abort.err")
+    check "shrink_abort: only the shrunk comm tried to set up (got $n)" "[ '$n' = 1 ]"
+  }
+fi
+
 # 4a. One thread driving two devices (FAKE_NCCL_DEVICES=2): a group with
 # eligible calls of communicators on both keeps them in it, uncompressed
 # (taken out, one comm would set up alone and wait for a rank the same thread

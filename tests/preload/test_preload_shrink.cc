@@ -1,0 +1,112 @@
+// The interposer's own paths against the stand-in libnccl, in one process
+// (the interposer's objects linked in, NCCL found through
+// GRADCOMP_NCCL_LIBRARY as under LD_PRELOAD): a compressing communicator's
+// entry is made by hand, with a gradcomp comm whose sub-communicators the
+// stand-in split, since no GPU sets one up here.
+#include <gtest/gtest.h>
+#include <nccl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "gradcomp.h"
+#include "plugin/comm.h"
+#include "plugin/preload/preload.h"
+#include "plugin/topology.h"
+
+namespace {
+
+struct FakeNcclLog {
+  char path[32] = "/tmp/gc_fake_nccl_XXXXXX";
+  FakeNcclLog() {
+    close(mkstemp(path));
+    setenv("FAKE_NCCL_LOG", path, 1);
+  }
+  ~FakeNcclLog() {
+    unsetenv("FAKE_NCCL_LOG");
+    unlink(path);
+  }
+  std::string text() const {
+    std::ifstream f(path);
+    std::stringstream ss;
+    ss << f.rdbuf();
+    return ss.str();
+  }
+};
+
+#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 27, 0)
+// ncclCommShrink with NCCL_SHRINK_ABORT of a communicator whose gradcomp comm
+// has sub-communicators (the hierarchy's node and inter-node comms): NCCL's
+// shrink waits, inside the call, for the parent's kernels, which the caller's
+// stream can hold behind a sub-communicator's kernel stuck on the dead peer.
+// So the sub-communicators' aborts (whose flags NCCL sets at once) come
+// first, in one NCCL group with the shrink, and the entry is released as at
+// a revoke: the parent's later calls pass through without a set-up.
+TEST(PreloadShrink, AbortFlagStopsTheSubCommunicatorsFirstInOneGroup) {
+  setenv("GRADCOMP_NCCL_LIBRARY", GC_FAKE_NCCL, 1);
+  const ncclComm_t parent = (ncclComm_t)(uintptr_t)0x1000;
+  gradcompConfig_t cfg;
+  gradcompConfigInit(&cfg);
+  cfg.localSize = 2;
+  auto* c = new gradcompComm;
+  c->cfg = cfg;
+  c->rank = 1;
+  c->nranks = 4;
+  c->nccl = parent;
+  std::vector<gc::SetupVote> votes;
+  for (int r = 0; r < 4; ++r) votes.push_back(gc::makeSetupVote(gradcompSuccess, cfg, 1, nullptr));
+  ASSERT_EQ(gc::setupNcclHierarchy(c, votes[1],
+                                   [&](const gc::SetupVote&, std::vector<gc::SetupVote>* all) {
+                                     *all = votes;
+                                     return gradcompSuccess;
+                                   }),
+            gradcompSuccess)
+      << gradcompGetLastError();
+  ASSERT_NE(c->intraNccl, nullptr);
+  ASSERT_NE(c->interNccl, nullptr);
+  char intra[32], inter[32];
+  snprintf(intra, sizeof(intra), "%p", (void*)c->intraNccl);
+  snprintf(inter, sizeof(inter), "%p", (void*)c->interNccl);
+
+  gc::preload::EntryPtr e = gc::preload::entryFor(parent);
+  e->gc = c;
+  e->rank = 1;
+  e->nranks = 4;
+  e->mode = gc::preload::Mode::Compress;
+  std::string log;
+  ncclComm_t child = nullptr;
+  int excluded = 3;
+  {
+    FakeNcclLog fake;
+    EXPECT_EQ(ncclCommShrink(parent, &excluded, 1, &child, nullptr, NCCL_SHRINK_ABORT),
+              ncclSuccess);
+    log = fake.text();
+  }
+  char shrink[128];
+  snprintf(shrink, sizeof(shrink), "CommShrink parent=%p excluded=1 blocking=-1 flags=%d comm=%p",
+           (void*)parent, NCCL_SHRINK_ABORT, (void*)child);
+  // The stop's own group (gc::commStop) nests inside the shrink's: only the
+  // outer end runs the aborts' waits, after the shrink.
+  const std::string want = std::string("GroupStart\nGroupStart\n") + "CommAbort comm=" + intra +
+                           "\n" + "CommAbort comm=" + inter + "\nGroupEnd\n" + shrink +
+                           "\nGroupEnd\n";
+  EXPECT_EQ(log, want);
+  EXPECT_TRUE(e->released);
+  EXPECT_TRUE(e->aborted.stopped());
+  EXPECT_EQ(gc::preload::entryFor(parent)->mode.load(), gc::preload::Mode::PassThrough);
+  EXPECT_EQ(gc::preload::entryFor(parent)->reason, "shrunk with NCCL_SHRINK_ABORT");
+  // The hand-made comm goes here, not through the entry's end.
+  e->gc = nullptr;
+  gc::destroyHierarchy(c);
+  delete c;
+  unsetenv("GRADCOMP_NCCL_LIBRARY");
+}
+#endif
+
+}  // namespace
