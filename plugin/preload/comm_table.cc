@@ -208,43 +208,53 @@ enum class Agreement { Agreed, SomeRankFailed, ConfigsDiffer, NotRun };
 // first slot is 0 when any rank failed, and the other two give back this
 // rank's hash and its complement only when every rank has the same hash.
 // All ranks therefore reach the same verdict.
-Agreement agree(CommEntry& e, cudaStream_t stream, bool localOk, std::string* why) {
-  const uint64_t hash = settings().hash;
-  uint64_t words[3] = {localOk ? 1ull : 0ull, hash, ~hash};
+// Every rank's `n` words, reduced with ncclMin on e's communicator and
+// `stream` into `words` on every rank, then waited for; false (why said)
+// where this rank could not take part. `what` names the call for an error.
+bool exchangeMin(CommEntry& e, cudaStream_t stream, uint64_t* words, size_t n, const char* what,
+                 std::string* why) {
   // In mapped host memory where the device has none left: this rank still
   // joins, and a rank out of memory is one that failed, not one awaited.
   ExchangeBuffer buf;
-  cudaError_t err = buf.alloc(sizeof(words));
+  cudaError_t err = buf.alloc(n * sizeof(uint64_t));
   if (err != cudaSuccess) {
     *why = std::string("CUDA: ") + cudaGetErrorString(err);
-    return Agreement::NotRun;
+    return false;
   }
   uint64_t* dev = static_cast<uint64_t*>(buf.get());
   ncclResult_t nr = ncclSuccess;
-  err = cudaMemcpyAsync(dev, words, sizeof(words), cudaMemcpyHostToDevice, stream);
+  err = cudaMemcpyAsync(dev, words, n * sizeof(uint64_t), cudaMemcpyHostToDevice, stream);
   if (err == cudaSuccess) {
-    nr = ncclApi()->allReduce(dev, dev, 3, ncclUint64, ncclMin, e.nccl, stream);
+    nr = ncclApi()->allReduce(dev, dev, n, ncclUint64, ncclMin, e.nccl, stream);
     // A non-blocking communicator: its enqueue first (or its abort).
     if (nr == ncclInProgress) {
-      if (ncclFinish(e.nccl, nr, &e.aborted, "the set-up agreement's ncclAllReduce", __FILE__,
-                     __LINE__) != gradcompSuccess) {
+      if (ncclFinish(e.nccl, nr, &e.aborted, what, __FILE__, __LINE__) != gradcompSuccess) {
         *why = gradcompGetLastError();
-        return Agreement::NotRun;
+        return false;
       }
       nr = ncclSuccess;
     }
     if (nr == ncclSuccess) {
-      err = cudaMemcpyAsync(words, dev, sizeof(words), cudaMemcpyDeviceToHost, stream);
+      err = cudaMemcpyAsync(words, dev, n * sizeof(uint64_t), cudaMemcpyDeviceToHost, stream);
     }
     if (nr == ncclSuccess && err == cudaSuccess) err = cudaStreamSynchronize(stream);
   }
   if (err != cudaSuccess) {
     (void)cudaGetLastError();
     *why = std::string("CUDA: ") + cudaGetErrorString(err);
-    return Agreement::NotRun;
+    return false;
   }
   if (nr != ncclSuccess) {
     *why = std::string("NCCL: ") + ncclApi()->getErrorString(nr);
+    return false;
+  }
+  return true;
+}
+
+Agreement agree(CommEntry& e, cudaStream_t stream, bool localOk, std::string* why) {
+  const uint64_t hash = settings().hash;
+  uint64_t words[3] = {localOk ? 1ull : 0ull, hash, ~hash};
+  if (!exchangeMin(e, stream, words, 3, "the set-up agreement's ncclAllReduce", why)) {
     return Agreement::NotRun;
   }
   if (words[0] == 0) return Agreement::SomeRankFailed;
@@ -253,6 +263,11 @@ Agreement agree(CommEntry& e, cudaStream_t stream, bool localOk, std::string* wh
 }
 
 }  // namespace
+
+bool voteMin(CommEntry& e, cudaStream_t stream, uint64_t mine, uint64_t* least, std::string* why) {
+  *least = mine;
+  return exchangeMin(e, stream, least, 1, "the fusion buffer's vote (ncclAllReduce)", why);
+}
 
 const Settings& settings() {
   static const Settings* s = readSettings();

@@ -50,8 +50,9 @@ ncclResult_t failedSet(CommEntry& e, cudaStream_t stream, ncclResult_t r) {
   return r;
 }
 
-// This rank's fused set failed before gradcomp (its fusion buffer, its
-// copy-in): its peers are already in the fused call. Under
+// This rank's fused set failed before gradcomp (its copy-in; a fusion
+// buffer that cannot grow is voted on, see fusionStep): its peers are already
+// in the fused call. Under
 // GRADCOMP_CHECK_CALLS that call starts with a vote on its buffers, so this
 // rank joins it refusing the call (NULL buffers), and every rank fails the
 // set alike instead of waiting for this one; without the check they wait
@@ -81,38 +82,63 @@ ncclResult_t runFusedSet(CommEntry& e, const std::vector<const Deferred*>& membe
   DeviceGuard guard(e.device);
   {
     std::lock_guard<std::mutex> lock(e.callMu);
-    if (e.fusionBytes < total * esz) {
-      if (streamCapturing(d0.stream)) {
-        warnOnce("fuse-capture",
-                 "a fused group needing a larger fusion buffer (%zu bytes) is being captured into "
-                 "a CUDA graph; its calls pass through (run the group once eagerly first)",
-                 total * esz);
+    const size_t bytes = total * esz;
+    const FusionStep step = fusionStep(bytes, e.fusionAgreed, streamCapturing(d0.stream));
+    if (step == FusionStep::Pass) {
+      warnOnce("fuse-capture",
+               "a fused group needing a larger fusion buffer (%zu bytes) is being captured into "
+               "a CUDA graph; its calls pass through (run the group once eagerly first)",
+               bytes);
+      return passEach(e, members);
+    }
+    if (step == FusionStep::Vote) {
+      if (e.fusionBytes < bytes) {
+        if (e.fusion != nullptr && e.fusionCaptured) {
+          e.fusionRetired.push_back(e.fusion);
+        } else if (e.fusion != nullptr) {
+          cudaFree(e.fusion);  // waits for work still using it
+        }
+        e.fusion = nullptr;
+        e.fusionCaptured = false;
+        e.fusionBytes = 0;
+        cudaError_t err = cudaMalloc(&e.fusion, bytes);
+        if (err != cudaSuccess) {
+          (void)cudaGetLastError();
+          e.fusion = nullptr;
+          // Keyed on the error alone: a sentence with the size would be said
+          // again for each size of group that fails.
+          warnOnce(std::string("fuse-alloc ") + cudaGetErrorString(err),
+                   "cannot allocate a %zu-byte fusion buffer (%s); every rank passes the group's "
+                   "calls to NCCL uncompressed",
+                   bytes, cudaGetErrorString(err));
+        } else {
+          e.fusionBytes = bytes;
+        }
+      }
+      // Every rank votes its buffer's size, grown or not (one 8-byte
+      // allreduce and a wait per growth, in the first steps; the cudaFree
+      // above already waits for the device): a rank that could not grow makes
+      // every rank pass the set to NCCL, where it used to fail alone while its
+      // peers waited in the fused call.
+      uint64_t least = 0;
+      std::string why;
+      if (!voteMin(e, d0.stream, e.fusionBytes, &least, &why)) {
+        warnOnce("fuse-vote " + why,
+                 "cannot vote on the fusion buffer with the other ranks of NCCL comm %p (%s); the "
+                 "group's calls fail",
+                 (void*)e.nccl, why.c_str());
+        return e.aborted.stopped() ? ncclInvalidUsage : ncclSystemError;
+      }
+      e.fusionAgreed = (size_t)least;
+      if (least < bytes) {
+        if (e.fusionBytes >= bytes) {
+          warnOnce("fuse-peer",
+                   "another rank of NCCL comm %p cannot allocate its fusion buffer; every rank "
+                   "passes the group's calls to NCCL uncompressed",
+                   (void*)e.nccl);
+        }
         return passEach(e, members);
       }
-      if (e.fusion != nullptr && e.fusionCaptured) {
-        e.fusionRetired.push_back(e.fusion);
-      } else if (e.fusion != nullptr) {
-        cudaFree(e.fusion);  // waits for work still using it
-      }
-      e.fusion = nullptr;
-      e.fusionCaptured = false;
-      e.fusionBytes = 0;
-      // A failure from here on is this rank's alone: passing its calls to
-      // NCCL would pair them with the other ranks' fused compressed call
-      // (mismatched collectives), so they fail, as a call that cannot
-      // allocate its state does.
-      cudaError_t err = cudaMalloc(&e.fusion, total * esz);
-      if (err != cudaSuccess) {
-        (void)cudaGetLastError();
-        e.fusion = nullptr;
-        // Keyed on the error alone: a sentence with the size would be said
-        // again for each size of group that fails.
-        warnOnce(std::string("fuse-alloc ") + cudaGetErrorString(err),
-                 "cannot allocate a %zu-byte fusion buffer (%s); the group's calls fail",
-                 total * esz, cudaGetErrorString(err));
-        return refuseFusedCall(e, d0, total, key, ncclUnhandledCudaError);
-      }
-      e.fusionBytes = total * esz;
     }
     GC_NVTX_RANGE("gradcomp fuse copy-in");
     // The last set may have used the buffer on another stream: its copy out

@@ -69,6 +69,9 @@ struct CommEntry {
   std::atomic<uint64_t> rsAutoPassed{0};     // the reduce-scatter calls among them
   void* fusion = nullptr;                    // GRADCOMP_GROUP=fuse buffer (device)
   size_t fusionBytes = 0;
+  // The least fusionBytes of all ranks at the last vote (fusionStep): the same
+  // on every rank, unlike fusionBytes, and never above it.
+  size_t fusionAgreed = 0;
   // A captured fused set used the fusion buffer: a CUDA graph may replay it,
   // so growing the buffer keeps the old one (fusionRetired) until the end.
   bool fusionCaptured = false;
@@ -126,6 +129,11 @@ ncclResult_t shrinkAborting(ncclComm_t comm, const std::function<ncclResult_t()>
 bool failedTogether(gradcompComm_t gc);
 // Makes an Undecided entry pass through from now on, saying why in its summary.
 void passAlways(CommEntry& e, const std::string& why);
+// The least of every rank's `mine` on e's communicator, into *least: one
+// 8-byte ncclAllReduce (ncclMin) on `stream`, waited for, as the set-up's
+// agreement. False (why said) where this rank could not take part: its peers
+// then wait in it, as in the agreement.
+bool voteMin(CommEntry& e, cudaStream_t stream, uint64_t mine, uint64_t* least, std::string* why);
 // Records a new communicator (an entry left at its address goes) and, at
 // INFO, that it is non-blocking: gradcomp then waits for NCCL's enqueue of
 // each call it makes on it (ncclAwait), as a blocking one returns after it.
@@ -246,6 +254,24 @@ inline std::vector<std::vector<size_t>> planDeferred(const std::vector<Deferred>
   }
   runSets(nullptr, true);
   return steps;
+}
+
+// What a fused set of `bytes` does before its copy in (runFusedSet). Every
+// rank makes the same sets, so it is decided on what every rank voted it can
+// hold (`agreed`, CommEntry::fusionAgreed), never on this rank's own buffer:
+// after a growth that failed on one rank, that rank's buffer is smaller than
+// its peers', and had it grown (and failed) alone, its peers would have waited
+// in the fused call. Run: every rank's buffer holds the set. Vote: every rank
+// grows its buffer where it must, then all take the least buffer size
+// (voteMin) as the new agreement; the set is compressed if that holds it,
+// else every rank passes its calls to NCCL (and the next such set votes
+// again). Pass: a set being captured that outgrows the agreement (the
+// growth's allocation and vote cannot run under capture), on every rank
+// alike.
+enum class FusionStep { Run, Vote, Pass };
+inline FusionStep fusionStep(size_t bytes, size_t agreed, bool capturing) {
+  if (bytes <= agreed) return FusionStep::Run;
+  return capturing ? FusionStep::Pass : FusionStep::Vote;
 }
 
 // The real ncclAllReduce / ncclReduceScatter with the caller's arguments,

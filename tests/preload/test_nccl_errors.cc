@@ -12,6 +12,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -807,6 +808,47 @@ TEST(PreloadFusion, SetsKeepTheProgramsOrder) {
   Deferred rsOther = rs;
   rsOther.comm = other;
   EXPECT_EQ(planDeferred({ar(a, a), rsOther, ar(c, c)}, {true, false, true}), (Steps{{1}, {0, 2}}));
+}
+
+// GRADCOMP_GROUP=fuse: whether a fused set votes before it grows the fusion
+// buffer is decided on the size every rank agreed at the last vote (the least
+// of their buffers), never on a rank's own buffer. Two ranks, rank 1 unable
+// to allocate 300 bytes or more: every set makes the same step on both (a
+// vote, or a run), so neither waits in a collective the other never makes;
+// a set that rank 1 cannot hold passes to NCCL on both and votes again next
+// time. Deciding on each rank's own buffer (as until 2026-12-06) made rank 1
+// grow alone while rank 0 ran the fused call.
+TEST(PreloadFusion, GrowthIsDecidedAlikeOnEveryRank) {
+  using gc::preload::FusionStep;
+  using gc::preload::fusionStep;
+  struct Rank {
+    size_t buffer = 0, agreed = 0, cannot = SIZE_MAX;
+  } ranks[2];
+  ranks[1].cannot = 300;
+  // Set sizes, and whether the set is compressed (true) or passed to NCCL.
+  const std::vector<std::pair<size_t, bool>> sets = {
+      {100, true}, {100, true}, {200, true}, {400, false}, {400, false}, {150, true}, {250, true}};
+  for (const auto& set : sets) {
+    const size_t bytes = set.first;
+    const FusionStep step = fusionStep(bytes, ranks[0].agreed, false);
+    EXPECT_EQ(fusionStep(bytes, ranks[1].agreed, false), step) << bytes;
+    if (step == FusionStep::Vote) {
+      // As runFusedSet: grow where the buffer is short, then vote the least.
+      size_t least = SIZE_MAX;
+      for (Rank& r : ranks) {
+        if (r.buffer < bytes) r.buffer = bytes < r.cannot ? bytes : 0;
+        least = std::min(least, r.buffer);
+      }
+      for (Rank& r : ranks) r.agreed = least;
+    }
+    for (const Rank& r : ranks) {
+      EXPECT_LE(r.agreed, r.buffer) << bytes;
+      // A set runs on every rank or on none, and never on a short buffer.
+      if (step == FusionStep::Run) EXPECT_LE(bytes, r.buffer) << bytes;
+      EXPECT_EQ(step == FusionStep::Run || bytes <= r.agreed, set.second) << bytes;
+    }
+  }
+  EXPECT_EQ(fusionStep(400, 0, true), FusionStep::Pass);
 }
 
 }  // namespace
