@@ -301,17 +301,24 @@ gradcompResult_t checkBuffers(const gradcompComm& c, const void* send, size_t se
 
 namespace {
 // Unkeyed calls find a buffer's state by its address. A training loop hands
-// over the same buffers every step, so new addresses come in its first steps.
-// One that first comes after the comm has made four calls for every state it
-// holds (and at least 64 since the last reset or load) most likely belongs to
-// a buffer that moved: it starts a new residual (the old one is never sent
-// and stays allocated), and with DGC's warm-up or DQ-SGD its schedule can
-// differ between ranks whose buffers moved differently. Warned once per comm,
-// whatever GRADCOMP_DEBUG says (as the preload's fall-backs are): it is what
-// explains a memory growth or a hang that nothing else names.
+// over the same buffers every step, so new addresses come in its first steps
+// (two with DDP, which regroups its buckets after the first). One that first
+// comes after at least 64 calls since the last reset or load, and four
+// times the calls the loop took to come back to a state it held, or four
+// calls for every state the comm holds, most likely belongs to a buffer that
+// moved: it starts a new residual (the old one is never sent and stays
+// allocated), and with DGC's warm-up or DQ-SGD its schedule can differ
+// between ranks whose buffers moved differently. (Four calls per state held
+// alone misses buffers that move in a quarter or more of the calls: the
+// states then grow as fast as the calls.) Warned once per comm, whatever
+// GRADCOMP_DEBUG says (as the preload's fall-backs are): it is what explains
+// a memory growth or a hang that nothing else names.
 void warnIfLateBuffer(gradcompComm& c, const void* recv, size_t count, DType t, size_t held) {
-  const uint64_t calls = c.step - c.stateEpochStep;
-  if (c.warnedLateBuffer || calls < kLateBufferMinCalls || calls < 4 * (uint64_t)held) return;
+  const uint64_t calls = c.stateCalls;
+  const bool cameBack = c.firstStateReuse > 0 && calls >= 4 * c.firstStateReuse;
+  if (c.warnedLateBuffer || calls < kLateBufferMinCalls ||
+      (calls < 4 * (uint64_t)held && !cameBack))
+    return;
   c.warnedLateBuffer = true;
   logMessage(
       LogLevel::Warn, __FILE__, __LINE__,
@@ -341,9 +348,11 @@ gradcompResult_t findState(gradcompComm& c, int kind, bool keyed, uint64_t key, 
   GC_CHECK(c.getState(skey, count, t, state));
   (*state)->residualSent = false;
   // Not the auto timing's scratch buffers (new at any step, and set aside).
-  if (!keyed && !c.autoState.tuning && c.states.size() > held) {
-    warnIfLateBuffer(c, recv, count, t, held);
-  }
+  if (c.autoState.tuning) return gradcompSuccess;
+  const bool made = c.states.size() > held;
+  if (!keyed && made) warnIfLateBuffer(c, recv, count, t, held);
+  c.stateCalls++;
+  if (!made && c.firstStateReuse == 0) c.firstStateReuse = c.stateCalls;
   return gradcompSuccess;
 }
 

@@ -533,7 +533,8 @@ GC_EXPORT gradcompResult_t gradcompCommResetState(gradcompComm_t comm) {
   for (auto& kv : comm->states) comm->dropState(kv.second);
   comm->states.clear();
   comm->step = 0;
-  comm->stateEpochStep = 0;
+  comm->stateCalls = 0;
+  comm->firstStateReuse = 0;
   // The next call checks that the ranks agree (a rank that did not reset is
   // at another step): every rank that reset runs the check; on NCCL a rank
   // that did not would not join it, hence reset is collective (gradcomp.h).

@@ -100,9 +100,13 @@ struct gradcompComm {
   std::vector<gc::BufferState> retiredStates;
   gradcompStats_t stats{};
   uint64_t step = 0;  // compressed calls so far: part of every RNG key
-  // The step of the last state load (0 after a reset), and whether a buffer
-  // new after many calls was warned about (gc::findState).
-  uint64_t stateEpochStep = 0;
+  // Since creation, the last reset or load: the calls that found or made a
+  // buffer's state (compressed ones, and those DGC's momentum passes
+  // through), and how many had been made when one first found a state it
+  // held (0: none yet; the length of the program's step); and whether a
+  // buffer new after many calls was warned about (gc::findState).
+  uint64_t stateCalls = 0;
+  uint64_t firstStateReuse = 0;
   bool warnedLateBuffer = false;
   gc::AutoState autoState;  // GRADCOMP_AUTO decision (autotune.h)
   // gradcompCommSetGradScale: the factor the caller's gradients carry, whose

@@ -954,7 +954,8 @@ gradcompResult_t loadState(gradcompComm_t comm, const void* buffer, size_t bytes
   for (auto& kv : comm->states) comm->dropState(kv.second);
   comm->states.swap(fresh);
   comm->step = step;
-  comm->stateEpochStep = step;
+  comm->stateCalls = 0;
+  comm->firstStateReuse = 0;
   setScaleField(comm, scaleRec.scale);
   // Ranks restored from blobs of different steps, or of different runs at the
   // same step, must not go on: the next call checks that they agree.

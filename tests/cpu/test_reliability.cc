@@ -1306,6 +1306,69 @@ TEST(Reliability, ABufferNewAfterManyCallsIsWarnedAboutOnce) {
   EXPECT_LT(steadyAt, keyedAt);
 }
 
+// A buffer that moves every step grows the comm's states by one each step,
+// the growth the warning is there to explain: it is warned about however
+// many of the step's buffers move (where a quarter or more move, the states
+// grow as fast as the calls, and four calls per state held never comes), and
+// when every call passes through with DGC's momentum (which makes states but
+// no compressed calls).
+// A run whose buffers all come in its first two steps (DDP regroups its
+// buckets after the first) is not.
+TEST(Reliability, BuffersMovingEveryStepAreWarnedAbout) {
+  const int N = 2;
+  const size_t n = 4096;
+  const int kSteps = 80;
+  using Bufs = std::vector<std::vector<float>>;
+  auto bufs = [&] { return Bufs(N, std::vector<float>(n, 1.0f)); };
+  struct Case {
+    const char* name;
+    gradcompMethod_t method;
+    size_t minElements;  // above n: every call passes through (DGC: with its momentum)
+    int stable, moving;  // buffers per step
+    bool warned;
+  };
+  const Case cases[] = {
+      {"qsgd, one of two moves", gradcompMethodQsgd, 1024, 1, 1, true},
+      {"qsgd, the only buffer moves, once back", gradcompMethodQsgd, 1024, 0, 1, true},
+      {"dgc passed with momentum, one of two moves", gradcompMethodDgc, 1u << 20, 1, 1, true},
+      {"qsgd, 40 buffers regrouped after the first step", gradcompMethodQsgd, 1024, 40, 0, false},
+  };
+  for (const Case& k : cases) {
+    SCOPED_TRACE(k.name);
+    std::vector<Bufs> stable(k.stable, bufs()), first(k.stable, bufs());
+    std::vector<Bufs> moving((size_t)k.moving * kSteps + 1, bufs());
+    testing::internal::CaptureStderr();
+    {
+      gradcompConfig_t cfg = quickConfig(k.method);
+      cfg.minElements = k.minElements;
+      CpuWorld w(N, cfg);
+      auto call = [&](Bufs& b) {
+        const auto res = w.run([&](int r) {
+          return gradcompAllReduce(b[r].data(), b[r].data(), n, ncclFloat32, ncclSum, w.comm(r),
+                                   nullptr);
+        });
+        for (int r = 0; r < N; ++r) EXPECT_EQ(res[r], gradcompSuccess) << "rank " << r;
+      };
+      size_t next = 0;
+      for (int step = 0; step < kSteps; ++step) {
+        // The first step's buffers are not the later steps' (DDP's regrouping).
+        for (Bufs& b : step == 0 ? first : stable) call(b);
+        for (int m = 0; m < k.moving; ++m) {
+          // The only buffer comes back once (the allocator handing back a block).
+          call(k.stable == 0 && step == 2 ? moving[0] : moving[next++]);
+        }
+      }
+    }
+    const std::string log = testing::internal::GetCapturedStderr();
+    size_t warnings = 0;
+    for (size_t at = log.find("is new at call"); at != std::string::npos;
+         at = log.find("is new at call", at + 1)) {
+      ++warnings;
+    }
+    EXPECT_EQ(warnings, k.warned ? (size_t)N : 0u) << log;
+  }
+}
+
 // The CPU backend's SparseOps on the lists the GPU test
 // ReliabilityGpu.MalformedSlotListsAreDroppedWhole gives the CUDA backend
 // (tests/common/ref_slot_lists.h): every malformed list is dropped whole,
