@@ -256,6 +256,11 @@ gradcompResult_t carriedPassThrough(gradcompComm& c, int kind, bool keyed, uint6
   // Spent (but for non-finite elements, which a skipped step leaves): the
   // next passes of this buffer go plainly, at NCCL's cost.
   if (!momentum) st->residualSent = true;
+  // u and v now hold this rank's own velocity over the whole buffer; a
+  // hierarchical compressed call keeps them on its shard, of the node's sums.
+  // Only a call that may compress at a retune (`agreed`: GRADCOMP_AUTO passed
+  // it); a count under minElements is never compressed.
+  if (momentum && agreed && (rs ? useHierReduceScatter(c) : useHier(c))) st->unsharded = true;
   c.stats.callsPassedThrough++;
   *done = true;
   return gradcompSuccess;

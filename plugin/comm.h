@@ -39,6 +39,13 @@ struct BufferState {
   // A passed call sent the residual (residualPassThrough) and no call that
   // may compress has found this state since: later passes have none to send.
   bool residualSent = false;
+  // A DGC momentum pass on a hierarchical comm (collective.h,
+  // momentumPassThrough) kept this rank's velocity u and v over the whole
+  // buffer, of its own gradients, where a compressed call keeps them on this
+  // rank's shard only, of the node's sums: the next compressed call first sums
+  // them within the node into the shards' ranks (hierFoldState), or what the
+  // node's other ranks held on a rank's shard would stay there, frozen.
+  bool unsharded = false;
 };
 
 using StateKey = std::tuple<int, uint64_t, size_t, int>;  // (kind, ptr-or-key, count, dtype)

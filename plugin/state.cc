@@ -17,7 +17,11 @@
 //       residual, 4 momentum, 8 DQ-SGD history, 16 residual sent: a passed
 //       call sent the residual and no call that may compress came since, so
 //       the next passes go plainly, BufferState::residualSent; a loader
-//       before it refuses the flag by name), u32 0, then the fp32 arrays
+//       before it refuses the flag by name; 32 unsharded: a DGC momentum
+//       pass on a hierarchical comm left u and v over the whole buffer,
+//       which the next compressed call sums into the shards first,
+//       BufferState::unsharded; likewise refused by older loaders), u32 0,
+//       then the fp32 arrays
 //       in that order, then the history: f64 sumLenMaxSq, f64 sumSq, i32
 //       haveStats, i32 lastBits, i32 budget used, i32 budget position, u32 n,
 //       u32 0, f64[n] budget history.
@@ -52,6 +56,7 @@
 #include <string>
 #include <vector>
 
+#include "algorithms/algorithms.h"
 #include "autotune.h"
 #include "checks.h"
 #include "codecs/bits_policy.h"
@@ -84,7 +89,8 @@ enum : uint32_t {
   kHasOwner = 2,
   kHasMomentum = 4,
   kHasHistory = 8,
-  kResidualSent = 16
+  kResidualSent = 16,
+  kUnsharded = 32
 };
 
 // The settings a state's meaning depends on, in header order. The QSGD
@@ -341,6 +347,7 @@ struct Parsed {
   const char *residual = nullptr, *owner = nullptr, *momentum = nullptr;
   bool hasHistory = false;
   bool residualSent = false;
+  bool unsharded = false;
   BitsHistoryRecord history;
 };
 
@@ -377,10 +384,10 @@ gradcompResult_t parseBuffer(const gradcompComm& c, Reader& r, uint64_t index, P
   }
   // Key kinds: allreduce, keyed allreduce, reduce-scatter, keyed reduce-scatter.
   if (kind < 0 || kind > kStateReduceScatter + 1 || dtype < 0 || dtype > 2 || zero != 0 ||
-      (flags & ~31u) != 0) {
+      (flags & ~63u) != 0) {
     return refuse(
         "buffer record %llu has key kind %d, dtype %d, flags 0x%x (expected kind 0..3, "
-        "dtype 0..2, flags within 0x1f)",
+        "dtype 0..2, flags within 0x3f)",
         (unsigned long long)index, kind, dtype, flags);
   }
   if (count == 0 || count > kMaxCodecCount) {
@@ -412,12 +419,25 @@ gradcompResult_t parseBuffer(const gradcompComm& c, Reader& r, uint64_t index, P
         "0x%x)",
         (unsigned long long)index, flags & 7u);
   }
+  // Only a momentum pass on a hierarchical comm leaves the velocity over the
+  // whole buffer, where a compressed call keeps it on a shard.
+  if ((flags & kUnsharded) != 0 &&
+      ((flags & kHasMomentum) == 0 ||
+       !(kind >= kStateReduceScatter ? useHierReduceScatter(c) : useHier(c)))) {
+    return refuse(
+        "buffer record %llu says its velocity lies over the whole buffer of a hierarchical "
+        "comm (flag 0x20) but holds arrays 0x%x (needs momentum, 0x4) and this comm is %s",
+        (unsigned long long)index, flags & 7u,
+        kind >= kStateReduceScatter ? (useHierReduceScatter(c) ? "hierarchical" : "flat")
+                                    : (useHier(c) ? "hierarchical" : "flat"));
+  }
   out->key = StateKey{kind, key, (size_t)count, dtype};
   out->count = count;
   out->ownerCount = ownerCount;
   out->dtype = (DType)dtype;
   out->calls = calls;
   out->residualSent = (flags & kResidualSent) != 0;
+  out->unsharded = (flags & kUnsharded) != 0;
   const char** arrays[3] = {&out->residual, &out->owner, &out->momentum};
   const uint32_t bits[3] = {kHasResidual, kHasOwner, kHasMomentum};
   const size_t lens[3] = {count, ownerCount, count};
@@ -831,7 +851,7 @@ gradcompResult_t saveState(gradcompComm_t comm, void* buffer, size_t bytes) {
     w.put<uint64_t>(s.ownerResidual ? s.ownerResidualCount : 0), w.put<uint64_t>(s.calls);
     w.put<uint32_t>((s.residual ? kHasResidual : 0u) | (s.ownerResidual ? kHasOwner : 0u) |
                     (s.momentum ? kHasMomentum : 0u) | (h ? kHasHistory : 0u) |
-                    (s.residualSent ? kResidualSent : 0u));
+                    (s.residualSent ? kResidualSent : 0u) | (s.unsharded ? kUnsharded : 0u));
     w.put<uint32_t>(0);
     if (s.residual) GC_CHECK(comm->backend->toHost(w.take(s.count * 4), s.residual, s.count * 4));
     if (s.ownerResidual) {
@@ -939,6 +959,7 @@ gradcompResult_t loadState(gradcompComm_t comm, const void* buffer, size_t bytes
     if (res == gradcompSuccess && p.hasHistory) res = importBitsHistory(*comm, s, p.history);
     s.calls = p.calls;
     s.residualSent = p.residualSent;
+    s.unsharded = p.unsharded;
     if (res != gradcompSuccess) {
       comm->releaseState(s);
       releaseFresh();

@@ -142,6 +142,15 @@ void hierSetStreams(gradcompComm& c);
 gradcompResult_t widenBlocks(Backend& be, const void* src, DType t, const size_t* srcOff,
                              const size_t* len, int blocks, size_t stride, float* dst);
 BufferState hierStateView(const BufferState& st, size_t offset, size_t count);
+// BufferState::unsharded: each of st's arrays (the velocity u and v), `blocks`
+// blocks of len[b] at srcOff[b], widened into `scratch` at a stride of
+// `stride` and reduce-scattered inside the node (`recvCount` floats into
+// `shard`), then left holding this rank's part, the node's sums, at
+// [ownOff, ownOff + ownLen), zero elsewhere; the flag cleared. Nothing to do
+// without the flag.
+gradcompResult_t hierFoldState(gradcompComm& c, BufferState& st, const size_t* srcOff,
+                               const size_t* len, int blocks, size_t stride, float* scratch,
+                               float* shard, size_t recvCount, size_t ownOff, size_t ownLen);
 gradcompResult_t runInterNode(gradcompComm& c, const Algorithm& algo, const CallArgs& mid,
                               void* workspace);
 

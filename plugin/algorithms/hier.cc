@@ -274,9 +274,17 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
   const Layout L = layout(c, a.count, a.bits, st.calls);
   char* ws = static_cast<char*>(workspace);
   hierSetStreams(c);
-  if (L.pieces > 1) return runPipelined(a, L, ws);
   float* padded = reinterpret_cast<float*>(ws + L.padded);
   float* shard = reinterpret_cast<float*>(ws + L.shard);
+  if (st.unsharded) {
+    // After momentum passes, the node's velocities summed into the shards
+    // first, as stage 1 sums the gradients (only DGC's: never pipelined).
+    std::vector<size_t> len(G);
+    for (int k = 0; k < G; ++k) len[k] = L.len(k);
+    GC_CHECK(hierFoldState(c, st, L.off.data(), len.data(), G, L.shardMax, padded, shard,
+                           L.shardMax, L.myOff, L.myLen));
+  }
+  if (L.pieces > 1) return runPipelined(a, L, ws);
   const size_t esz = dtypeBytes(a.dtype), m = L.shardMax;
   const char* send = static_cast<const char*>(a.send);
   char* recv = static_cast<char*>(a.recv);
@@ -355,6 +363,22 @@ BufferState hierStateView(const BufferState& st, size_t offset, size_t count) {
   view.ownerResidualCount = st.ownerResidualCount;
   view.calls = st.calls;
   return view;
+}
+
+gradcompResult_t hierFoldState(gradcompComm& c, BufferState& st, const size_t* srcOff,
+                               const size_t* len, int blocks, size_t stride, float* scratch,
+                               float* shard, size_t recvCount, size_t ownOff, size_t ownLen) {
+  if (!st.unsharded) return gradcompSuccess;
+  Backend& be = *c.backend;
+  for (float* a : {st.momentum, st.residual}) {
+    if (a == nullptr) continue;
+    GC_CHECK(widenBlocks(be, a, DType::F32, srcOff, len, blocks, stride, scratch));
+    GC_CHECK(c.intra->reduceScatter(scratch, shard, recvCount, ncclFloat32, ncclSum));
+    GC_CHECK(be.zero(a, st.count * sizeof(float)));
+    if (ownLen) GC_CHECK(be.copy(a + ownOff, shard, ownLen * sizeof(float)));
+  }
+  st.unsharded = false;
+  return gradcompSuccess;
 }
 
 gradcompResult_t runInterNode(gradcompComm& c, const Algorithm& algo, const CallArgs& mid,

@@ -195,6 +195,15 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
   // and one conversion.
   const bool direct = a.dtype == DType::F32 && !a.average;
   float* out = direct ? static_cast<float*>(a.recv) : reinterpret_cast<float*>(ws + L.out);
+  if (st.unsharded) {
+    // After momentum passes (their u and v in the state's block order, the
+    // order of stage 1's input), the node's velocities summed into local rank
+    // l's k blocks first, as stage 1 sums the gradients.
+    std::vector<size_t> off(c.nranks), len(c.nranks, m);
+    for (int b = 0; b < c.nranks; ++b) off[b] = (size_t)b * m;
+    GC_CHECK(hierFoldState(c, st, off.data(), len.data(), c.nranks, m, perm, node, (size_t)k * m,
+                           (size_t)l * k * m, (size_t)k * m));
+  }
   BufferState view = hierStateView(st, (size_t)l * k * m, (size_t)k * m);
   CallArgs mid{c.inter.get(), node, out, m, DType::F32, false, &view, a.bits, a.step};
 

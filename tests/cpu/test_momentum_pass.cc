@@ -11,6 +11,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include <memory>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -233,6 +235,96 @@ TEST(DgcMomentumPassThrough, HierReduceScatterRetunedToPassSendsEachBlocksVeloci
   }
   for (size_t i = 0; i < n; ++i)
     ASSERT_EQ(got[i], want[i]) << "block " << i / m << " element " << i % m;
+}
+
+// Passed steps, a retune to compression, compressed steps, a retune back and
+// a passed step that spends v: the outputs summed over the steps are the
+// ranks' velocities summed over the steps (u = m*u + g per rank, no masking),
+// on a hierarchical comm too, whose compressed calls keep the velocity on
+// each rank's shard of the node's sums while a passed call keeps each rank's
+// own over the whole buffer: the first compressed call sums the node's into
+// the shards first (before, what the node's other ranks held on a rank's
+// shard stayed there, frozen, out of every later step). Small integers and
+// m = 1/2 keep every sum exact.
+void expectPassThenCompressKeepsTheVelocity(bool rs, int localSize, bool resume) {
+  SCOPED_TRACE(std::string(rs ? "reduce-scatter" : "allreduce") + ", localSize " +
+               std::to_string(localSize) + (resume ? ", resumed" : ""));
+  const int N = 4, steps = 5;
+  const size_t m = 96, n = m * N;
+  const float mom = 0.5f;
+  gradcompConfig_t cfg = dgcConfig();
+  cfg.localSize = localSize;
+  cfg.momentum = mom;
+  cfg.momentumMasking = 0;
+  cfg.density = 0.05f;
+  cfg.minElements = 0;
+  cfg.autoTune = 1;
+  auto w = std::make_unique<CpuWorld>(N, cfg);
+  gc::AutoFigures f;
+  f.smallCount = 1024;
+  f.largeCount = 5120;
+  f.ncclUs[0] = 16.0f, f.ncclUs[1] = 32.0f, f.compUs[0] = 48.0f, f.compUs[1] = 80.0f;
+  auto decide = [&](bool compress) {
+    if (compress != (f.compUs[0] < f.ncclUs[0])) std::swap(f.ncclUs, f.compUs);
+    for (int r = 0; r < N; ++r) gc::autoInjectFigures(w->comm(r), f);
+    return w->run([&](int r) { return gradcompCommRetune(w->comm(r), nullptr); });
+  };
+  for (int r = 0; r < N; ++r) gc::autoInjectFigures(w->comm(r), f);  // NCCL wins: passed
+  std::vector<std::vector<float>> u(N, std::vector<float>(n, 0.0f)), g(N);
+  std::vector<std::vector<float>> out(N, std::vector<float>(rs ? m : n));
+  std::vector<double> got(n, 0.0), want(n, 0.0);
+  for (int t = 0; t < steps; ++t) {
+    if (t == 2 && resume) {
+      // The passed steps' state saved and loaded into a new world: it holds
+      // the velocity over the whole buffer, which the loaded comm must know.
+      std::vector<std::vector<uint8_t>> blobs(N);
+      for (int r = 0; r < N; ++r) blobs[r] = gctest::savedState(w->comm(r));
+      w = std::make_unique<CpuWorld>(N, cfg);
+      auto res = w->run([&](int r) {
+        return gradcompCommLoadState(w->comm(r), blobs[r].data(), blobs[r].size());
+      });
+      for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
+    }
+    if (t == 2 || t == 4) {
+      for (gradcompResult_t res : decide(t == 2)) ASSERT_EQ(res, gradcompSuccess);
+    }
+    for (int r = 0; r < N; ++r) {
+      g[r].resize(n);
+      for (size_t i = 0; i < n; ++i) {
+        g[r][i] = (float)((int)((i * 7 + (size_t)r * 5 + (size_t)t * 3) % 9) - 4);
+        u[r][i] = mom * u[r][i] + g[r][i];
+        want[i] += u[r][i];
+      }
+    }
+    auto res = w->run([&](int r) {
+      return rs ? gradcompReduceScatterKeyed(g[r].data(), out[r].data(), m, ncclFloat32, ncclSum,
+                                             w->comm(r), nullptr, 42)
+                : gradcompAllReduceKeyed(g[r].data(), out[r].data(), n, ncclFloat32, ncclSum,
+                                         w->comm(r), nullptr, 42);
+    });
+    for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
+    if (rs) {
+      for (int r = 0; r < N; ++r)
+        for (size_t e = 0; e < m; ++e) got[(size_t)r * m + e] += out[r][e];
+    } else {
+      for (size_t i = 0; i < n; ++i) got[i] += out[0][i];
+    }
+  }
+  for (int r = 0; r < N; ++r) {
+    const gradcompStats_t s = statsOf(w->comm(r));
+    EXPECT_EQ(s.callsCompressed, 2u) << r;
+    EXPECT_EQ(s.callsAutoPassed, resume ? 1u : 3u) << r;
+  }
+  for (size_t i = 0; i < n; ++i) ASSERT_EQ(got[i], want[i]) << "element " << i;
+}
+
+TEST(DgcMomentumPassThrough, RetunedFromPassToCompressKeepsEveryRanksVelocity) {
+  for (bool rs : {false, true}) {
+    for (int localSize : {1, 2}) {
+      for (bool resume : {false, true})
+        expectPassThenCompressKeepsTheVelocity(rs, localSize, resume);
+    }
+  }
 }
 
 // Without momentum correction the comm keeps no velocity: a passed call is
