@@ -190,11 +190,12 @@ void usage() {
       "                             [--once 1]\n"
       "Sizes n = 2^min .. 2^max elements, capped by free GPU memory. --once 1 launches each\n"
       "kernel once (its time is that one launch), for a profiler. --lists: the received slot\n"
-      "lists the sparse check reads (the ranks of a sparse allgather). KINDS: comma-separated\n"
-      "from copy, encode, encode_nearest, encode_square, encode_square_nearest, encode_no_ef,\n"
-      "decode, topk_threshold, topk_threshold_min_sample, topk_threshold_lookback, topk_exact,\n"
-      "sparse_checks. The JSON is\n"
-      "rewritten after every row, so a run that stops keeps what it measured.\n");
+      "lists the sparse check reads (the ranks of a sparse allgather). The JSON is rewritten\n"
+      "after every row, so a run that stops keeps what it measured. KINDS: comma-separated\n"
+      "from");
+  // From kKinds itself, so that the help names every kind --only takes.
+  const size_t kinds = sizeof(kKinds) / sizeof(kKinds[0]);
+  for (size_t i = 0; i < kinds; ++i) printf(" %s%s", kKinds[i], i + 1 < kinds ? "," : ".\n");
 }
 
 std::vector<int> parseInts(const char* s) {
