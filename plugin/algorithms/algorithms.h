@@ -136,8 +136,10 @@ size_t hierInterNodeBytes(const gradcompComm& c, size_t count, int bits, uint64_
 // stream; `blocks` blocks of src (block b at element srcOff[b], len[b] long)
 // widened to fp32 into dst at a stride of `stride` elements, zero-padded; the
 // buffer's state as the inter-node stage sees it (residual and momentum from
-// `offset`); and the inter-node stage run on the child comm, its sparse stats
-// reported as the caller's.
+// `offset`); and the inter-node stage run on the child comm (*fallbacks: the
+// child's dense fallbacks before it), its sparse stats reported as the
+// caller's by reportInterNode once the caller's last exchange went through,
+// so that a call failing after the inter-node stage counts for none.
 void hierSetStreams(gradcompComm& c);
 gradcompResult_t widenBlocks(Backend& be, const void* src, DType t, const size_t* srcOff,
                              const size_t* len, int blocks, size_t stride, float* dst);
@@ -152,7 +154,8 @@ gradcompResult_t hierFoldState(gradcompComm& c, BufferState& st, const size_t* s
                                const size_t* len, int blocks, size_t stride, float* scratch,
                                float* shard, size_t recvCount, size_t ownOff, size_t ownLen);
 gradcompResult_t runInterNode(gradcompComm& c, const Algorithm& algo, const CallArgs& mid,
-                              void* workspace);
+                              void* workspace, uint64_t* fallbacks);
+void reportInterNode(gradcompComm& c, uint64_t fallbacks);
 
 // Hierarchical reduce-scatter (hier_reduce_scatter.cc): every compressed
 // reduce-scatter of a comm with >= 2 nodes of >= 2 ranks. Sizes depend on

@@ -250,19 +250,22 @@ gradcompResult_t runPipelined(const CallArgs& a, const Layout& L, char* ws) {
   NodeLane lane(*c.intra, *c.backend);
   HierPipe pipe(a, L, ws);
   GC_CHECK(pipe.start());
+  uint64_t fallbacks = 0;
   if (L.myLen) {
     BufferState view = hierStateView(*a.state, L.myOff, L.myLen);
     float* shard = reinterpret_cast<float*>(ws + L.shard);
     CallArgs mid{c.inter.get(), shard, shard, L.myLen, DType::F32, false, &view, a.bits, a.step};
     mid.hooks = &pipe;
-    GC_CHECK(runInterNode(c, middleAlgorithm(c, L.myLen), mid, ws + L.middle));
+    GC_CHECK(runInterNode(c, middleAlgorithm(c, L.myLen), mid, ws + L.middle, &fallbacks));
   } else {
     for (size_t q = 0; q < L.pieces + 2; ++q) {
       if (q < L.pieces) GC_CHECK(pipe.before(q));
       if (q >= 2) GC_CHECK(pipe.after(q - 2));
     }
   }
-  return pipe.finish();
+  GC_CHECK(pipe.finish());
+  if (L.myLen) reportInterNode(c, fallbacks);
+  return gradcompSuccess;
 }
 
 gradcompResult_t run(const CallArgs& a, void* workspace) {
@@ -303,10 +306,11 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
   GC_CHECK(c.intra->reduceScatter(in, shard, m, ncclFloat32, ncclSum));
 
   // 2. Compressed allreduce of the shard across nodes, in place.
+  uint64_t fallbacks = 0;
   if (L.myLen) {
     BufferState view = hierStateView(st, L.myOff, L.myLen);
     CallArgs mid{&inter, shard, shard, L.myLen, DType::F32, false, &view, a.bits, a.step};
-    GC_CHECK(runInterNode(c, middleAlgorithm(c, L.myLen), mid, ws + L.middle));
+    GC_CHECK(runInterNode(c, middleAlgorithm(c, L.myLen), mid, ws + L.middle, &fallbacks));
   }
 
   // 3. Allgather of the reduced shards in the buffer type.
@@ -315,6 +319,7 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
   char* mine = gather + (size_t)j * m * esz;
   if (L.myLen) GC_CHECK(be.fromFloat(shard, L.myLen, divisor, a.dtype, mine));
   GC_CHECK(c.intra->allGather(mine, gather, m * esz));
+  if (L.myLen) reportInterNode(c, fallbacks);
   if (!unpadded) {
     for (int k = 0; k < G; ++k) {
       if (L.len(k)) GC_CHECK(be.copy(recv + L.off[k] * esz, gather + k * m * esz, L.len(k) * esz));
@@ -382,15 +387,17 @@ gradcompResult_t hierFoldState(gradcompComm& c, BufferState& st, const size_t* s
 }
 
 gradcompResult_t runInterNode(gradcompComm& c, const Algorithm& algo, const CallArgs& mid,
-                              void* workspace) {
-  gradcompComm& inter = *c.inter;
-  const uint64_t fallbacks = inter.stats.denseFallbacks;
-  GC_CHECK(algo.run(mid, workspace));
+                              void* workspace, uint64_t* fallbacks) {
+  *fallbacks = c.inter->stats.denseFallbacks;
+  return algo.run(mid, workspace);
+}
+
+void reportInterNode(gradcompComm& c, uint64_t fallbacks) {
+  const gradcompComm& inter = *c.inter;
   c.stats.denseFallbacks += inter.stats.denseFallbacks - fallbacks;
   c.stats.selectedLast = inter.stats.selectedLast;
   c.stats.targetLast = inter.stats.targetLast;
   c.stats.peerSlotsRejected = inter.stats.peerSlotsRejected;
-  return gradcompSuccess;
 }
 
 bool useHier(const gradcompComm& c) {

@@ -214,7 +214,10 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
     HierRsPipe pipe(a, L, ws, out);
     GC_CHECK(pipe.start());
     mid.hooks = &pipe;
-    return runInterNode(c, middleAlgorithm(c), mid, ws + L.middle);
+    uint64_t fallbacks = 0;
+    GC_CHECK(runInterNode(c, middleAlgorithm(c), mid, ws + L.middle, &fallbacks));
+    reportInterNode(c, fallbacks);
+    return gradcompSuccess;
   }
 
   // 1. Permuting widen (every read of send, before recv, which may alias
@@ -229,8 +232,11 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
     GC_CHECK(c.intra->reduceScatter(perm, node, (size_t)k * m, ncclFloat32, ncclSum));
   }
 
-  // 2. Compressed reduce-scatter of the k node sums across nodes.
-  GC_CHECK(runInterNode(c, middleAlgorithm(c), mid, ws + L.middle));
+  // 2. Compressed reduce-scatter of the k node sums across nodes: the last
+  // exchange.
+  uint64_t fallbacks = 0;
+  GC_CHECK(runInterNode(c, middleAlgorithm(c), mid, ws + L.middle, &fallbacks));
+  reportInterNode(c, fallbacks);
 
   // 3. The output type; Avg divides once, by N.
   if (direct) return gradcompSuccess;

@@ -17,12 +17,15 @@
 #include "kernels/qsgd_math.cuh"
 #include "plugin/algorithms/algorithms.h"
 #include "plugin/backends/transport.h"
+#include "plugin/checks.h"
 #include "plugin/comm.h"
 #include "plugin/topology.h"
 #include "tests/common/cpu_world.h"
+#include "tests/common/forwarding_transport.h"
 #include "tests/common/ref_hier.h"
 #include "tests/common/socket_world.h"
 #include "tests/common/state_blob.h"
+#include "tests/common/stats_compare.h"
 #include "tests/common/test_util.h"
 #include "tests/common/world_checks.h"
 
@@ -678,6 +681,71 @@ TEST(HierCpu, StateOfAnotherNodeLayoutIsRefused) {
     ASSERT_EQ(after, before);
     ASSERT_EQ(gradcompCommSaveState(flat.comm(r), mineAfter.data(), after), gradcompSuccess);
     EXPECT_EQ(mine, mineAfter) << "rank " << r;
+  }
+}
+
+// A transport whose allgather fails, on every rank alike, while armed: the
+// node's allgather of the reduced shards, the hierarchy's last exchange.
+class FailingAllGatherTransport final : public gctest::ForwardingTransport {
+ public:
+  using ForwardingTransport::ForwardingTransport;
+  bool armed = false;
+  gradcompResult_t allGather(const void* send, void* recv, size_t bytes) override {
+    if (armed) return gc::setError(gradcompSystemError, "test: the node's allgather failed");
+    return ForwardingTransport::allGather(send, recv, bytes);
+  }
+};
+
+// A sparse call that fails in the node's allgather, after its inter-node
+// stage, counts for none: the stats (dense fallbacks, selected and target
+// counts) stay as they were, as a flat call's do.
+TEST(HierCpu, ACallFailingAfterTheInterNodeStageCountsForNone) {
+  const int N = 4, L = 2;
+  const size_t n = 4096;
+  for (float density : {0.4f, 0.02f}) {  // dense fallback, sparse
+    SCOPED_TRACE(testing::Message() << "density=" << density);
+    gradcompConfig_t cfg = baseConfig(L);
+    cfg.method = gradcompMethodTopk;
+    cfg.density = density;
+    gctest::CpuWorld w(N, cfg);
+    std::vector<FailingAllGatherTransport*> tr(N);
+    for (int r = 0; r < N; ++r) {
+      gradcompComm_t c = w.comm(r);
+      ASSERT_TRUE(c->intra != nullptr);
+      tr[r] = new FailingAllGatherTransport(std::move(c->intra));
+      c->intra.reset(tr[r]);
+    }
+    std::vector<std::vector<float>> buf(N);
+    auto call = [&](uint64_t seed) {
+      for (int r = 0; r < N; ++r) buf[r] = gctest::normal(n, seed + (uint64_t)r);
+      return w.run([&](int r) {
+        return gradcompAllReduce(buf[r].data(), buf[r].data(), n, ncclFloat32, ncclSum, w.comm(r),
+                                 nullptr);
+      });
+    };
+    for (gradcompResult_t rc : call(10)) ASSERT_EQ(rc, gradcompSuccess) << gradcompGetLastError();
+    std::vector<gradcompStats_t> before(N);
+    for (int r = 0; r < N; ++r) {
+      ASSERT_EQ(gradcompGetStats(w.comm(r), &before[r]), gradcompSuccess);
+      tr[r]->armed = true;
+    }
+    for (gradcompResult_t rc : call(20)) EXPECT_EQ(rc, gradcompSystemError);
+    for (int r = 0; r < N; ++r) {
+      tr[r]->armed = false;
+      gradcompStats_t s;
+      ASSERT_EQ(gradcompGetStats(w.comm(r), &s), gradcompSuccess);
+      EXPECT_TRUE(gctest::sameStats(s, before[r]))
+          << "rank " << r << ": denseFallbacks " << before[r].denseFallbacks << " -> "
+          << s.denseFallbacks << ", selectedLast " << before[r].selectedLast << " -> "
+          << s.selectedLast << ", targetLast " << before[r].targetLast << " -> " << s.targetLast;
+    }
+    for (gradcompResult_t rc : call(30)) ASSERT_EQ(rc, gradcompSuccess) << gradcompGetLastError();
+    for (int r = 0; r < N; ++r) {
+      gradcompStats_t s;
+      ASSERT_EQ(gradcompGetStats(w.comm(r), &s), gradcompSuccess);
+      EXPECT_EQ(s.callsCompressed, 2u) << r;
+      EXPECT_EQ(s.denseFallbacks, density > 0.1f ? 2u : 0u) << r;
+    }
   }
 }
 
