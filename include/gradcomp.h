@@ -363,7 +363,9 @@ gradcompResult_t gradcompCommLoadState(gradcompComm_t comm, const void* buffer, 
  * DGC's clipping (clipNorm, which applies to unscaled gradients) clips at
  * clipNorm * scale * N^-1/2. Where new / old is a power of two (GradScaler's
  * growth 2 and backoff 0.5), every later call gives bit for bit `scale` times
- * what the unscaled gradients would give (DQ-SGD's budget mode: its width
+ * what the unscaled gradients would give (but for results that fall outside
+ * the buffer type's normal range in either run, fp16's below 2^-14 or above
+ * 65504, rounded there as that type rounds; DQ-SGD's budget mode: its width
  * history moves by log2 of the ratio, which libm may round a last bit apart
  * from a history made at the new scale; docs/reliability.md, "Loss
  * scaling"); without this call, a scale change
