@@ -357,7 +357,12 @@ gradcompResult_t findState(gradcompComm& c, int kind, bool keyed, uint64_t key, 
   const bool made = c.states.size() > held;
   if (!keyed && made) warnIfLateBuffer(c, recv, count, t, held);
   c.stateCalls++;
-  if (!made && c.firstStateReuse == 0) c.firstStateReuse = c.stateCalls;
+  // A step's length: the calls until the first of a gradient's size found
+  // its state again (a small tensor reused early, a barrier's, is not one;
+  // DGC's momentum pass makes states for those too).
+  if (!made && c.firstStateReuse == 0 && count >= c.cfg.minElements) {
+    c.firstStateReuse = c.stateCalls;
+  }
   return gradcompSuccess;
 }
 

@@ -30,6 +30,7 @@
 #include "tests/common/test_util.h"
 #include "tests/common/forwarding_transport.h"
 #include "backends/sparse_ops.h"
+#include "autotune.h"
 #include "comm.h"
 #include "gradcomp.h"
 #include "gradcomp/sparse.h"
@@ -1310,45 +1311,61 @@ TEST(Reliability, ABufferNewAfterManyCallsIsWarnedAboutOnce) {
 // the growth the warning is there to explain: it is warned about however
 // many of the step's buffers move (where a quarter or more move, the states
 // grow as fast as the calls, and four calls per state held never comes), and
-// when every call passes through with DGC's momentum (which makes states but
-// no compressed calls).
-// A run whose buffers all come in its first two steps (DDP regroups its
-// buckets after the first) is not.
+// when every call passes through with DGC's momentum (GRADCOMP_AUTO: states
+// but no compressed calls). Not warned about: a run whose buffers all come in
+// its first two steps (DDP regroups its buckets after the first), and one
+// whose first step reuses a small tensor (a barrier's 1 element, under
+// minElements) before its gradients come: that reuse is no step's length.
 TEST(Reliability, BuffersMovingEveryStepAreWarnedAbout) {
   const int N = 2;
   const size_t n = 4096;
   const int kSteps = 80;
   using Bufs = std::vector<std::vector<float>>;
-  auto bufs = [&] { return Bufs(N, std::vector<float>(n, 1.0f)); };
+  auto bufs = [&](size_t len) { return Bufs(N, std::vector<float>(len, 1.0f)); };
   struct Case {
     const char* name;
     gradcompMethod_t method;
-    size_t minElements;  // above n: every call passes through (DGC: with its momentum)
+    bool autoPass;       // every call passed by GRADCOMP_AUTO (DGC: with its momentum)
+    bool barrier;        // a 1-element tensor called twice before the first step
     int stable, moving;  // buffers per step
     bool warned;
   };
   const Case cases[] = {
-      {"qsgd, one of two moves", gradcompMethodQsgd, 1024, 1, 1, true},
-      {"qsgd, the only buffer moves, once back", gradcompMethodQsgd, 1024, 0, 1, true},
-      {"dgc passed with momentum, one of two moves", gradcompMethodDgc, 1u << 20, 1, 1, true},
-      {"qsgd, 40 buffers regrouped after the first step", gradcompMethodQsgd, 1024, 40, 0, false},
+      {"qsgd, one of two moves", gradcompMethodQsgd, false, false, 1, 1, true},
+      {"qsgd, the only buffer moves, once back", gradcompMethodQsgd, false, false, 0, 1, true},
+      {"dgc passed with momentum, one of two moves", gradcompMethodDgc, true, false, 1, 1, true},
+      {"qsgd, 40 buffers regrouped after the first step", gradcompMethodQsgd, false, false, 40, 0,
+       false},
+      {"dgc, a barrier tensor twice, then 100 buffers", gradcompMethodDgc, false, true, 100, 0,
+       false},
   };
+  gc::AutoFigures ncclWins;
+  ncclWins.smallCount = 1024;
+  ncclWins.largeCount = 5120;
+  ncclWins.ncclUs[0] = 16.0f, ncclWins.ncclUs[1] = 32.0f;
+  ncclWins.compUs[0] = 48.0f, ncclWins.compUs[1] = 80.0f;
   for (const Case& k : cases) {
     SCOPED_TRACE(k.name);
-    std::vector<Bufs> stable(k.stable, bufs()), first(k.stable, bufs());
-    std::vector<Bufs> moving((size_t)k.moving * kSteps + 1, bufs());
+    std::vector<Bufs> stable(k.stable, bufs(n)), first(k.stable, bufs(n));
+    std::vector<Bufs> moving((size_t)k.moving * kSteps + 1, bufs(n));
+    Bufs barrier = bufs(1);
     testing::internal::CaptureStderr();
     {
       gradcompConfig_t cfg = quickConfig(k.method);
-      cfg.minElements = k.minElements;
+      cfg.autoTune = k.autoPass ? 1 : 0;
       CpuWorld w(N, cfg);
+      if (k.autoPass) {
+        for (int r = 0; r < N; ++r) gc::autoInjectFigures(w.comm(r), ncclWins);
+      }
       auto call = [&](Bufs& b) {
+        const size_t len = b[0].size();
         const auto res = w.run([&](int r) {
-          return gradcompAllReduce(b[r].data(), b[r].data(), n, ncclFloat32, ncclSum, w.comm(r),
+          return gradcompAllReduce(b[r].data(), b[r].data(), len, ncclFloat32, ncclSum, w.comm(r),
                                    nullptr);
         });
         for (int r = 0; r < N; ++r) EXPECT_EQ(res[r], gradcompSuccess) << "rank " << r;
       };
+      if (k.barrier) call(barrier), call(barrier);
       size_t next = 0;
       for (int step = 0; step < kSteps; ++step) {
         // The first step's buffers are not the later steps' (DDP's regrouping).
@@ -1356,6 +1373,14 @@ TEST(Reliability, BuffersMovingEveryStepAreWarnedAbout) {
         for (int m = 0; m < k.moving; ++m) {
           // The only buffer comes back once (the allocator handing back a block).
           call(k.stable == 0 && step == 2 ? moving[0] : moving[next++]);
+        }
+      }
+      if (k.autoPass) {
+        for (int r = 0; r < N; ++r) {
+          gradcompStats_t stats;
+          ASSERT_EQ(gradcompGetStats(w.comm(r), &stats), gradcompSuccess);
+          EXPECT_EQ(stats.callsCompressed, 0u) << "rank " << r;
+          EXPECT_GT(stats.callsAutoPassed, 0u) << "rank " << r;
         }
       }
     }
