@@ -214,6 +214,16 @@ static std::string choiceName(const char* choices, int x) {
   return std::to_string(x);
 }
 
+std::string settingValueName(const char* field, int value) {
+  for (const ParamSpec& p : kParams) {
+    if (p.field != nullptr && p.kind == ParamKind::Choice && strcmp(p.field, field) == 0) {
+      const std::string name = choiceName(p.choices, value);
+      return name == std::to_string(value) ? name : name + " (" + std::to_string(value) + ")";
+    }
+  }
+  return std::to_string(value);
+}
+
 // Integers in the environment are plain decimal: digits only, no sign, no
 // space, no leading zero (so 010 is neither octal 8 nor a typo of 10) and no
 // 0x. hexOk (the seed) also takes 0x followed by 1..16 hex digits.

@@ -5,6 +5,8 @@
 
 #include <stddef.h>
 
+#include <string>
+
 #include "gradcomp.h"
 
 namespace gc {
@@ -23,6 +25,9 @@ struct ParamSpec {
 };
 
 const ParamSpec* paramTable(size_t* count);
+// A config field's value as GRADCOMP_* spells it, for sentences: "qsgd (1)"
+// for a choice field (method, algo, bitsMode, ...), else the number.
+std::string settingValueName(const char* field, int value);
 
 // gradcompConfigFromEnv's parse into *c (from the defaults), applying every
 // valid variable even past a bad one; returns the first error. The LD_PRELOAD

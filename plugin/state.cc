@@ -63,6 +63,7 @@
 #include "codecs/qsgd.h"
 #include "collective.h"
 #include "comm.h"
+#include "params.h"
 
 namespace gc {
 namespace {
@@ -634,8 +635,9 @@ gradcompResult_t parse(const gradcompComm& c, const char* blob, size_t bytes,
           saved[kShapeNode] - 1, saved[kShapeLocalRank] - 1, mine[kShapeNode] - 1,
           mine[kShapeLocalRank] - 1);
     }
-    return refuse("saved with %s=%d; this comm has %s=%d", kShapeNames[i], saved[i], kShapeNames[i],
-                  mine[i]);
+    return refuse("saved with %s=%s; this comm has %s=%s", kShapeNames[i],
+                  settingValueName(kShapeNames[i], saved[i]).c_str(), kShapeNames[i],
+                  settingValueName(kShapeNames[i], mine[i]).c_str());
   }
   // Each record is at least its prefix: bounds the count before reserving.
   if (numRecords > (bytes - kHeaderBytes) / kRecordPrefix) {

@@ -110,11 +110,14 @@ TEST(StateBlob, ForeignRankOrSettingsAreRefused) {
       {"bits=", [](gradcompConfig_t* c) { c->bits = 8; }},
       {"elias=", [](gradcompConfig_t* c) { c->elias = 1; }},
       {"algo=", [](gradcompConfig_t* c) { c->algo = gradcompAlgoRing; }},
-      {"method=", [](gradcompConfig_t* c) { c->method = gradcompMethodTopk; }},
+      {"method=qsgd (1); this comm has method=topk (2)",
+       [](gradcompConfig_t* c) { c->method = gradcompMethodTopk; }},
       {"bucketSize=", [](gradcompConfig_t* c) { c->bucketSize = 256; }},
       {"errorFeedback=", [](gradcompConfig_t* c) { c->errorFeedback = 0; }},
       {"ownerResidual=", [](gradcompConfig_t* c) { c->ownerResidual = 0; }},
-      {"bitsMode=", [](gradcompConfig_t* c) { c->bitsMode = gradcompBitsDynamic; }},
+      {"bitsMode=fixed (0); this comm has bitsMode=dynamic (1)",
+       [](gradcompConfig_t* c) { c->bitsMode = gradcompBitsDynamic; }},
+      {"elias=0; this comm has elias=1", [](gradcompConfig_t* c) { c->elias = 1; }},
   };
   for (const Other& o : others) {
     gradcompConfig_t other = cfg;
