@@ -366,9 +366,10 @@ gradcompResult_t gradcompCommLoadState(gradcompComm_t comm, const void* buffer, 
  * what the unscaled gradients would give (but for results that fall outside
  * the buffer type's normal range in either run, fp16's below 2^-14 or above
  * 65504, rounded there as that type rounds; DQ-SGD's budget mode: its width
- * history moves by log2 of the ratio, which libm may round a last bit apart
- * from a history made at the new scale; docs/reliability.md, "Loss
- * scaling"); without this call, a scale change
+ * history moves by log2 of the ratio, exactly, which may still be a last bit
+ * apart from a history made at the new scale, whose entries gradcomp's own
+ * log2 rounds at the magnitude the scale moved them to; docs/reliability.md,
+ * "Loss scaling"); without this call, a scale change
  * would weigh what the state holds by old / new (a DGC velocity of a
  * thousand steps doubled at a backoff, halved at a growth). A rank's own
  * setting: ranks whose gradients are scaled alike set it alike. The same
