@@ -376,6 +376,16 @@ gradcompResult_t checkWarmupCapture(const gradcompComm& c, const BufferState& s)
                     "density and message size by stage; capture a CUDA graph after the warm-up",
                     c.cfg.warmupSteps, (unsigned long long)s.calls);
   }
+  // After DGC momentum passes on a hierarchical comm, the next compressed
+  // call first sums the node's velocities into the shards (hierFoldState),
+  // once: every replay would sum again, and a capture that is abandoned would
+  // leave the sum never run and the state marked done.
+  if (s.unsharded && c.backend->capturing()) {
+    return setError(gradcompInvalidUsage,
+                    "this buffer's last calls passed through with DGC's momentum and its first "
+                    "compressed call sums the node's velocities once, which a CUDA graph would "
+                    "replay: run one call eagerly before capturing");
+  }
   return gradcompSuccess;
 }
 

@@ -320,6 +320,73 @@ void recordCapturesAndFrees(CpuWorld& w, const bool* capture,
   }
 }
 
+// A hierarchical DGC call after momentum passes first sums the node's
+// velocities into the shards (hierFoldState), once: under a CUDA graph
+// capture it is refused, on every rank and with the state as it was (a replay
+// would sum again, and an abandoned capture would leave the sum never run);
+// the same call made eagerly goes through and clears the mark.
+TEST(Reliability, AHierarchicalMomentumFoldIsNotCaptured) {
+  gradcompConfig_t cfg = quickConfig(gradcompMethodDgc);
+  cfg.localSize = 2;
+  cfg.momentumCorrection = 1;
+  cfg.autoTune = 1;
+  const int N = 4;
+  const size_t n = 4096;
+  bool capture = false;
+  auto released = std::make_shared<ReleaseLog>();
+  CpuWorld w(N, cfg);
+  recordCapturesAndFrees(w, &capture, released);
+  gc::AutoFigures f;
+  f.smallCount = 1024;
+  f.largeCount = 5120;
+  f.ncclUs[0] = 16.0f, f.ncclUs[1] = 32.0f, f.compUs[0] = 48.0f, f.compUs[1] = 80.0f;
+  for (int r = 0; r < N; ++r) gc::autoInjectFigures(w.comm(r), f);  // NCCL wins: passed
+  std::vector<std::vector<float>> buf(N, std::vector<float>(n));
+  for (int r = 0; r < N; ++r) buf[r] = gctest::normal(n, 90 + (uint64_t)r);
+  auto call = [&]() {
+    return w.run([&](int r) {
+      return gradcompAllReduce(buf[r].data(), buf[r].data(), n, ncclFloat32, ncclSum, w.comm(r),
+                               nullptr);
+    });
+  };
+  for (const gradcompResult_t res : call()) ASSERT_EQ(res, gradcompSuccess);
+  for (int r = 0; r < N; ++r) ASSERT_TRUE(w.comm(r)->states.begin()->second.unsharded) << r;
+  std::swap(f.ncclUs, f.compUs);  // compression wins now
+  for (int r = 0; r < N; ++r) gc::autoInjectFigures(w.comm(r), f);
+  for (const gradcompResult_t res :
+       w.run([&](int r) { return gradcompCommRetune(w.comm(r), nullptr); })) {
+    ASSERT_EQ(res, gradcompSuccess) << gradcompGetLastError();
+  }
+  std::vector<std::vector<uint8_t>> before(N);
+  for (int r = 0; r < N; ++r) before[r] = gctest::savedState(w.comm(r));
+  const std::vector<std::vector<float>> input = buf;
+  capture = true;
+  std::vector<std::string> why(N);
+  const std::vector<gradcompResult_t> refused = w.run([&](int r) {
+    const gradcompResult_t res = gradcompAllReduce(buf[r].data(), buf[r].data(), n, ncclFloat32,
+                                                   ncclSum, w.comm(r), nullptr);
+    why[r] = gradcompGetLastError();  // each rank's thread has its own
+    return res;
+  });
+  for (int r = 0; r < N; ++r) {
+    EXPECT_EQ(refused[r], gradcompInvalidUsage) << r;
+    EXPECT_NE(why[r].find("run one call eagerly before capturing"), std::string::npos) << why[r];
+  }
+  capture = false;
+  for (int r = 0; r < N; ++r) {
+    EXPECT_TRUE(gctest::savedState(w.comm(r)) == before[r]) << r;
+    EXPECT_EQ(buf[r], input[r]) << r;
+  }
+  for (const gradcompResult_t res : call())
+    ASSERT_EQ(res, gradcompSuccess) << gradcompGetLastError();
+  for (int r = 0; r < N; ++r) {
+    EXPECT_FALSE(w.comm(r)->states.begin()->second.unsharded) << r;
+    gradcompStats_t stats;
+    ASSERT_EQ(gradcompGetStats(w.comm(r), &stats), gradcompSuccess);
+    EXPECT_EQ(stats.callsCompressed, 1u) << r;
+  }
+}
+
 // A captured call used the workspace: a later eager call that grows it must
 // not free the old one while a CUDA graph may still replay it; the comm frees
 // it when it goes. A workspace no captured call used is freed when it grows.
