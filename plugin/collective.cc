@@ -315,14 +315,18 @@ namespace {
 // allocated), and with DGC's warm-up or DQ-SGD its schedule can differ
 // between ranks whose buffers moved differently. (Four calls per state held
 // alone misses buffers that move in a quarter or more of the calls: the
-// states then grow as fast as the calls.) Warned once per comm, whatever
+// states then grow as fast as the calls; and four times the calls before a
+// state came back misses buffers that all move every step, none of which
+// ever comes back: a new one after kLateBufferNoReuseCalls calls that never
+// found a state again is warned about too.) Warned once per comm, whatever
 // GRADCOMP_DEBUG says (as the preload's fall-backs are): it is what explains
 // a memory growth or a hang that nothing else names.
 void warnIfLateBuffer(gradcompComm& c, const void* recv, size_t count, DType t, size_t held) {
   const uint64_t calls = c.stateCalls;
   const bool cameBack = c.firstStateReuse > 0 && calls >= 4 * c.firstStateReuse;
+  const bool neverBack = c.firstStateReuse == 0 && calls >= kLateBufferNoReuseCalls;
   if (c.warnedLateBuffer || calls < kLateBufferMinCalls ||
-      (calls < 4 * (uint64_t)held && !cameBack))
+      (calls < 4 * (uint64_t)held && !cameBack && !neverBack))
     return;
   c.warnedLateBuffer = true;
   logMessage(

@@ -64,9 +64,11 @@ gradcompResult_t checkBuffers(const gradcompComm& c, const void* send, size_t se
 // The state of the call's buffer: by recvbuff, or by the caller's key. An
 // unkeyed buffer new after the comm's first kLateBufferMinCalls calls, and
 // after four times the calls it took the comm to find a state again (or
-// four calls per state it holds), is warned about once (it most likely
-// moved: docs/reliability.md, "Known limits").
+// four calls per state it holds), or after kLateBufferNoReuseCalls calls none
+// of which found a state again, is warned about once (it most likely moved:
+// docs/reliability.md, "Known limits").
 constexpr uint64_t kLateBufferMinCalls = 64;
+constexpr uint64_t kLateBufferNoReuseCalls = 1024;
 // The key of that state (comm.h StateKey): the caller's key, or recvbuff.
 StateKey stateKey(int kind, bool keyed, uint64_t key, const void* recv, size_t count, DType t);
 gradcompResult_t findState(gradcompComm& c, int kind, bool keyed, uint64_t key, const void* recv,

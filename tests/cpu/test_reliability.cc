@@ -1461,6 +1461,62 @@ TEST(Reliability, BuffersMovingEveryStepAreWarnedAbout) {
   }
 }
 
+// Buffers that all move every step and never come back (gradients set to
+// None, an allocator that never hands a block back) never let the comm find
+// a state again, so neither four calls per state held nor four times the
+// calls before a state came back ever comes: a new buffer after
+// kLateBufferNoReuseCalls calls that never found a state again is warned
+// about, once. A step of many buffers that then stay is not.
+TEST(Reliability, BuffersThatNeverComeBackAreWarnedAbout) {
+  const int N = 2;
+  const size_t n = 2048;
+  using Bufs = std::vector<std::vector<float>>;
+  auto bufs = [&] { return Bufs(N, std::vector<float>(n, 1.0f)); };
+  struct Case {
+    const char* name;
+    int perStep, steps;
+    bool moving;
+    bool warned;
+  };
+  const Case cases[] = {
+      {"two buffers, both new every step", 2, 600, true, true},
+      {"300 buffers, kept", 300, 4, false, false},
+  };
+  for (const Case& k : cases) {
+    SCOPED_TRACE(k.name);
+    std::vector<Bufs> all((size_t)k.perStep * (k.moving ? k.steps : 1), bufs());
+    testing::internal::CaptureStderr();
+    {
+      gradcompConfig_t cfg = quickConfig(gradcompMethodQsgd);
+      cfg.minElements = 1024;
+      CpuWorld w(N, cfg);
+      for (int step = 0; step < k.steps; ++step) {
+        for (int b = 0; b < k.perStep; ++b) {
+          Bufs& buf = all[(size_t)(k.moving ? step : 0) * k.perStep + b];
+          const auto res = w.run([&](int r) {
+            return gradcompAllReduce(buf[r].data(), buf[r].data(), n, ncclFloat32, ncclSum,
+                                     w.comm(r), nullptr);
+          });
+          for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], gradcompSuccess) << "rank " << r;
+        }
+      }
+    }
+    const std::string log = testing::internal::GetCapturedStderr();
+    size_t warnings = 0;
+    for (size_t at = log.find("is new at call"); at != std::string::npos;
+         at = log.find("is new at call", at + 1)) {
+      ++warnings;
+    }
+    EXPECT_EQ(warnings, k.warned ? (size_t)N : 0u) << log;
+    if (k.warned) {
+      EXPECT_NE(log.find("is new at call 1024 of this comm, which holds the states of 1024 other "
+                         "buffers"),
+                std::string::npos)
+          << log;
+    }
+  }
+}
+
 // The CPU backend's SparseOps on the lists the GPU test
 // ReliabilityGpu.MalformedSlotListsAreDroppedWhole gives the CUDA backend
 // (tests/common/ref_slot_lists.h): every malformed list is dropped whole,
