@@ -65,6 +65,27 @@ ncclResult_t refuseFusedCall(CommEntry& e, const Deferred& d0, size_t total, uin
   return r;
 }
 
+// A fused set whose key is new after the communicator's first steps
+// (fusedKeyIsLate): its receive buffers most likely moved. Once per
+// communicator, whatever GRADCOMP_DEBUG says, as the library's own warning
+// about an unkeyed buffer that moved. Under e.callMu.
+void warnIfLateFusedSet(CommEntry& e, const std::vector<const Deferred*>& members, size_t total,
+                        uint64_t key) {
+  const uint64_t calls = e.fusedKeys.calls;
+  const size_t held = e.fusedKeys.keys.size();
+  if (!fusedKeyIsLate(e.fusedKeys, key)) return;
+  warnOncePerSentence(
+      "rank %d: a fused set of %zu calls (%zu elements, first recvbuff %p) on NCCL comm %p has "
+      "receive buffers not fused together before, at fused set %llu of this comm, which holds "
+      "the residuals of %zu other sets: gradients that move between steps start a new residual "
+      "each time (the old one is never sent and stays allocated, and its error feedback is "
+      "lost), and with DGC warm-up or DQ-SGD its schedule can differ between ranks. Keep the "
+      "gradients allocated (zero_grad(set_to_none=False)), or use the Python hooks, which key "
+      "by parameter",
+      e.rank, members.size(), total, members[0]->recv, (void*)e.nccl, (unsigned long long)calls,
+      held);
+}
+
 ncclResult_t runFusedSet(CommEntry& e, const std::vector<const Deferred*>& members) {
   const Deferred& d0 = *members[0];
   if (members.size() == 1) {
@@ -170,6 +191,7 @@ ncclResult_t runFusedSet(CommEntry& e, const std::vector<const Deferred*>& membe
       off += d->count * esz;
     }
     if (streamCapturing(d0.stream)) e.fusionCaptured = true;
+    warnIfLateFusedSet(e, members, total, key);
   }
   const Deferred fused{e.fusion, e.fusion, total, d0.type, d0.op, d0.comm, d0.stream};
   // A fused call compress passed to a non-blocking communicator's NCCL

@@ -12,6 +12,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <unordered_set>
 #include <vector>
 
 #include "backends/cuda/device_guard.h"
@@ -46,6 +47,45 @@ bool eligible(size_t count, ncclDataType_t type, ncclRedOp_t op);
 
 enum class Mode { Undecided, Compress, PassThrough };
 
+// The fused keys a communicator's sets were compressed under. The key derives
+// from the members' addresses, so gradients that move between steps (set to
+// None and allocated again) give a set a new key, and the library a new
+// residual, each time: the old one is never sent and stays allocated. The
+// library warns about unkeyed buffers new after a comm's first steps
+// (docs/reliability.md, "Known limits"); a keyed call's key is the caller's
+// and never warned about, so the fused path watches its own keys by the same
+// rule: a key new after kLateFusedMinCalls sets, and four times the sets it
+// took to come back to a key (or four sets per key held), most likely means
+// moved gradients; so does one new after kLateFusedNoReuseCalls sets none of
+// which came back (every gradient moving every step). Counted in fused sets,
+// one or a few a step, where the library's rule counts calls. A warning only:
+// nothing sent depends on it.
+constexpr uint64_t kLateFusedMinCalls = 8;
+constexpr uint64_t kLateFusedNoReuseCalls = 256;
+struct FusedKeyWatch {
+  std::unordered_set<uint64_t> keys;
+  uint64_t calls = 0;       // fused sets counted
+  uint64_t firstReuse = 0;  // the set (1-based) that first found a key again; 0: none yet
+  bool warned = false;
+};
+// Notes a fused set's key; true once per watch, for the key to warn about.
+inline bool fusedKeyIsLate(FusedKeyWatch& w, uint64_t key) {
+  const uint64_t calls = w.calls++;
+  const size_t held = w.keys.size();
+  if (!w.keys.insert(key).second) {
+    if (w.firstReuse == 0) w.firstReuse = w.calls;
+    return false;
+  }
+  const bool cameBack = w.firstReuse > 0 && calls >= 4 * w.firstReuse;
+  const bool neverBack = w.firstReuse == 0 && calls >= kLateFusedNoReuseCalls;
+  if (w.warned || calls < kLateFusedMinCalls ||
+      (calls < 4 * (uint64_t)held && !cameBack && !neverBack)) {
+    return false;
+  }
+  w.warned = true;
+  return true;
+}
+
 // One NCCL communicator as the interposer sees it. Shared: a call in flight
 // keeps it (and its gradcomp state) alive while another thread destroys the
 // communicator.
@@ -76,6 +116,8 @@ struct CommEntry {
   // so growing the buffer keeps the old one (fusionRetired) until the end.
   bool fusionCaptured = false;
   std::vector<void*> fusionRetired;
+  // The keys of the fused sets compressed (fusedKeyIsLate). Under callMu.
+  FusedKeyWatch fusedKeys;
   // Recorded after the last eager copy out of the fusion buffer, on that
   // set's stream: the next eager fused set waits for it before its copy in,
   // whatever its stream handle.

@@ -773,6 +773,50 @@ TEST(PreloadFusion, EachSetKeepsItsOwnState) {
   EXPECT_NE(ab, fusedStateKey({&a4avg, &b8}));
 }
 
+// A fused set's key derives from its members' addresses, and the library
+// never warns about a keyed call's new key: the fused path warns once per
+// communicator about a key new after its first steps (gradients that moved,
+// each time a new residual), as the library does for unkeyed buffers. Sets
+// that keep their buffers, a first step grouped otherwise (DDP-like
+// regrouping), and many sets a step are not warned about.
+TEST(PreloadFusion, SetsWhoseBuffersMoveAreWarnedAboutOnce) {
+  using gc::preload::fusedKeyIsLate;
+  using gc::preload::FusedKeyWatch;
+  struct Case {
+    const char* name;
+    int sets;  // fused sets a step
+    int steps;
+    std::function<uint64_t(int, int)> key;  // (step, set)
+    int warnedAt;                           // the set (0-based) warned about; -1: none
+  };
+  auto fresh = [](int step, int set) { return (uint64_t)(1000 + step * 64 + set); };
+  const Case cases[] = {
+      {"one set, new buffers every step", 1, 400, fresh, 256},
+      {"two sets, new buffers every step", 2, 400, fresh, 256},
+      // The allocator hands step 1's blocks back once, at step 2.
+      {"one set, new buffers every step but once back", 1, 100,
+       [&](int step, int set) { return fresh(step == 2 ? 1 : step, set); }, 12},
+      {"one set, buffers moving every tenth step", 1, 100,
+       [&](int step, int set) { return fresh(step / 10 * 10, set); }, 10},
+      {"two sets, buffers kept", 2, 400, [](int, int set) { return (uint64_t)set; }, -1},
+      {"regrouped after the first step", 3, 400,
+       [](int step, int set) { return (uint64_t)(step == 0 ? 100 + set : set); }, -1},
+      {"200 sets a step, buffers kept", 200, 10, [](int, int set) { return (uint64_t)set; }, -1},
+  };
+  for (const Case& k : cases) {
+    SCOPED_TRACE(k.name);
+    FusedKeyWatch w;
+    std::vector<int> warned;
+    int at = 0;
+    for (int step = 0; step < k.steps; ++step) {
+      for (int set = 0; set < k.sets; ++set, ++at) {
+        if (fusedKeyIsLate(w, k.key(step, set))) warned.push_back(at);
+      }
+    }
+    EXPECT_EQ(warned, k.warnedAt < 0 ? std::vector<int>{} : std::vector<int>{k.warnedAt});
+  }
+}
+
 // GRADCOMP_GROUP=fuse keeps a communicator's calls in program order: a call
 // that is not fused runs after the sets pending before it; the allreduces
 // around another communicator's call are still fused. The sets never depend
