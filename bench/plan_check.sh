@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # CTest: every group of tools/gpu-check.sh fits one device call. A bare build
 # (90 s in the plan) and the group's step limits must fit the 510 s the call
-# keeps before its report; an unknown group must be refused; the plots step must
-# run no earlier than the steps whose JSON it draws.
+# keeps before its report; the hooks steps' budgets must hold every run they plan,
+# the goal key's runs first, each run in one group; an unknown group must be
+# refused; the plots step must run no earlier than the steps whose JSON it draws.
 #   bench/plan_check.sh SOURCE_DIR
 set -uo pipefail
 src=$1
@@ -12,9 +13,32 @@ fail=0
 order=(core perf perf_more hooks link ddp fsdp lm)
 declare -A first_group
 plots_group=-1
+hook_runs=""
 for i in "${!order[@]}"; do
   g=${order[$i]}
   out=$(GC_PLAN=1 GC_STEPS=$g bash "$src/tools/gpu-check.sh" 2>&1)
+  # The PyTorch hooks' runs (tools/torch_hooks_check.py --plan, by its estimates from measured
+  # step times, and its own skip rule, in the budget its step gives it): none may be planned
+  # skipped, or its keys come back null (the HSDP pair once did, after the FSDP2 pair).
+  runs=$(echo "$out" | grep '^plan-run:')
+  if echo "$runs" | grep -q ' skipped '; then
+    echo "FAIL: group $g: the budget of its hooks step does not hold every run:"; echo "$runs"
+    fail=1
+  elif [ -n "$runs" ]; then
+    echo "ok: group $g: its hooks step's budget holds its runs ($(echo "$runs" | awk '{print $3}' | tr '\n' ' '))"
+  fi
+  hook_runs+=" $(echo "$runs" | awk '{print $3}' | tr '\n' ' ')"
+  if [ "$g" = hooks ]; then
+    # The goal key's runs first: no budget cut can cost them.
+    goal=$(cd "$src/tools" && python3 -c 'import torch_hooks_check as t; print(*t.GOAL_RUNS)')
+    first=$(echo "$runs" | awk '{print $3}' | head -n "$(echo "$goal" | wc -w)" | tr '\n' ' ')
+    if [ -z "$goal" ] || [ "${first% }" != "$goal" ]; then
+      echo "FAIL: the hooks step's first runs are '${first% }', not the goal key's runs '$goal'"
+      fail=1
+    else
+      echo "ok: the hooks step runs the goal key's runs ($goal) first"
+    fi
+  fi
   for s in $(echo "$out" | awk '/^plan:/ {print $2}'); do
     [ -z "${first_group[$s]:-}" ] && first_group[$s]=$i
     [ "$s" = plots ] && plots_group=$i
@@ -49,6 +73,15 @@ for f in $inputs; do
     echo "ok: plots reads $f.json (group ${order[$gi]}), drawn last in group ${order[$plots_group]}"
   fi
 done
+# Every run of tools/torch_hooks_check.py is planned in exactly one group.
+all_runs=$(cd "$src/tools" && python3 -c 'import torch_hooks_check as t; print(*[r for f in t.FAMILIES.values() for r in f])')
+for r in $all_runs; do
+  n=$(echo "$hook_runs" | tr ' ' '\n' | grep -cx "$r")
+  if [ "$n" != 1 ]; then
+    echo "FAIL: the hooks run $r is planned in $n groups, not 1"; fail=1
+  fi
+done
+[ -n "$all_runs" ] || { echo "FAIL: could not list tools/torch_hooks_check.py's runs"; fail=1; }
 # The tests step must hold CTest's longest test, preload.gpu_real_nccl (it starts first, beside
 # the rest): its multi-process runs one after the other (81 s for 26 on the H200, 2026-12-04:
 # 3.2 s each) and one hung case (CASE_TIMEOUT 60 s, then wait_ranks' 5 s). A tests step cut by

@@ -11,9 +11,10 @@
 #   GC_STEPS=perf_more pipelined ring and hierarchy, auto's regret (allreduce,
 #                      reduce-scatter), sparse and reduce-scatter rows, plots
 #                      again (now with the sparse rows)                         ~5 min
-#   GC_STEPS=hooks     gradcomp.torch's DDP, FSDP2 and HSDP hooks (torch_hooks)  ~8 min
+#   GC_STEPS=hooks     gradcomp.torch's DDP and FSDP2 hooks (torch_hooks)         ~8 min
 #   GC_STEPS=ddp       PyTorch DDP under LD_PRELOAD, flat and hierarchical      ~7 min
-#   GC_STEPS=fsdp      FSDP2 under LD_PRELOAD (fsdp)                             ~4 min
+#   GC_STEPS=fsdp      gradcomp.torch's HSDP hook (torch_hooks_hsdp), then FSDP2
+#                      under LD_PRELOAD (fsdp)                                   ~5 min
 #   GC_STEPS=lm        the GPT head-to-head against PowerSGD (lm_compare, its 5 minutes) ~7 min
 #   GC_STEPS=link      gradcomp_perf over tc-shaped links (tc_link, root)       ~6 min
 #
@@ -23,7 +24,7 @@
 # perf_more + hooks in the second, link + ddp in the third, fsdp + lm in the
 # fourth (docs/benchmark.md, "Sessions", says why and when). GC_STEPS also
 # takes step names (tests multirank memcheck perf kernels torch_topk profile
-# perf_more tc_probe tc_link ddp fsdp torch_hooks lm_compare plots) and several groups;
+# perf_more tc_probe tc_link ddp torch_hooks_hsdp fsdp torch_hooks lm_compare plots) and several groups;
 # unset, everything runs (about 45 minutes). The build always runs first
 # (seconds when build-gpu/ is built).
 #
@@ -58,11 +59,11 @@ declare -A groups=(
   [perf_more]="perf_more tc_probe plots"
   [hooks]="torch_hooks"
   [ddp]="ddp"
-  [fsdp]="fsdp"
+  [fsdp]="torch_hooks_hsdp fsdp"
   [lm]="lm_compare"
   [link]="tc_link"
 )
-all_steps="tests multirank memcheck perf kernels torch_topk profile perf_more tc_probe tc_link ddp fsdp torch_hooks lm_compare plots"
+all_steps="tests multirank memcheck perf kernels torch_topk profile perf_more tc_probe tc_link ddp torch_hooks_hsdp fsdp torch_hooks lm_compare plots"
 steps_sel=" "
 for s in ${GC_STEPS:-$all_steps}; do
   if [ -n "${groups[$s]:-}" ]; then
@@ -418,6 +419,29 @@ else
   record ddp missing 0 "tools/ddp_check.sh not in this tree"
 fi
 
+# plan_hook_runs LIMIT ARGS...: in a plan, tools/torch_hooks_check.py's own plan of a step's
+# runs in the budget the step gives it (its limit less 15 s): each run's estimate and "runs" or
+# "skipped" (bench/plan_check.sh fails on a skipped run).
+plan_hook_runs() {
+  local limit=$1
+  shift
+  [ "$plan" = 1 ] || return 0
+  GC_HOOK_BUDGET_S=$((limit - 15)) GC_HOOK_EPOCHS=${GC_HOOK_EPOCHS:-20} \
+    python3 tools/torch_hooks_check.py "$raw" --plan "$@"
+}
+
+# --- gradcomp.torch's HSDP replica all-reduce hook against native HSDP (2 replicas of 2
+# shards): torch_hooks_check.py's hsdp runs, in a step of their own (torch_hooks_hsdp.json and
+# .md) because the torch_hooks step's budget holds its DDP and FSDP2 runs and not these (their
+# estimates: tools/torch_hooks_check.py's estimate_s, printed by GC_PLAN=1). 120 s: ~36 s
+# each, and the second starts only with 1.1 times the first's time and 10 s left. Before fsdp
+# in its group: fsdp's runs are the ones that take what a long build left.
+want torch_hooks_hsdp && fresh "$raw/torch_hooks_hsdp.json" "$raw/torch_hooks_hsdp.md"
+want torch_hooks_hsdp && run_step torch_hooks_hsdp 120 "$raw/torch_hooks_hsdp.txt" bash -c \
+  'GC_HOOK_BUDGET_S=${GC_HOOK_BUDGET_S:-$GC_STEP_BUDGET_S} exec "${PYTHON:-python3}" \
+    tools/torch_hooks_check.py "$0" "$1" --runs hsdp --name torch_hooks_hsdp' "$raw" "$build"
+want torch_hooks_hsdp && plan_hook_runs 120 --runs hsdp --name torch_hooks_hsdp
+
 # --- PyTorch FSDP2 under LD_PRELOAD (reduce-scatter)
 want fsdp && fresh "$raw/fsdp.json" "$raw/fsdp.md"
 if want fsdp && [ -f tools/fsdp_check.sh ]; then
@@ -429,14 +453,16 @@ if want fsdp && [ -f tools/fsdp_check.sh ]; then
 fi
 # --- gradcomp.torch: the DDP hook's GPU checks on the MLP, then the GPT head-to-head
 # against PowerSGD and fp16 (tools/lm_compare.py says what it runs)
-# 20 epochs: by the H100's DDP timings the six DDP runs then take ~260 s of the 405, which
-# leaves the FSDP2 pair (judged, before it has run, by the longest run so far) its time; at 30
-# they took ~320 s and the pair would be skipped.
+# 20 epochs: by the H100's DDP timings (tools/torch_hooks_check.py's estimate_s) the six DDP
+# runs then take ~220 s of the 405 and the FSDP2 pair ~130 s (each judged, before it runs, by
+# the longest run of its kind so far); the HSDP pair would not fit after them and runs in the
+# fsdp group's torch_hooks_hsdp step. GC_PLAN=1 prints each run's estimate and verdict.
 want torch_hooks && fresh "$raw/torch_hooks.json" "$raw/torch_hooks.md"
 want torch_hooks && run_step torch_hooks 420 "$raw/torch_hooks.txt" bash -c \
   'GC_HOOK_BUDGET_S=${GC_HOOK_BUDGET_S:-$GC_STEP_BUDGET_S} GC_HOOK_EPOCHS=${GC_HOOK_EPOCHS:-20} \
     exec "${PYTHON:-python3}" \
-    tools/torch_hooks_check.py "$0" "$1"' "$raw" "$build"
+    tools/torch_hooks_check.py "$0" "$1" --runs ddp,fsdp' "$raw" "$build"
+want torch_hooks && plan_hook_runs 420 --runs ddp,fsdp
 want lm_compare && fresh "$raw/lm.json" "$raw/lm.md" "$raw/lm_loss.png"
 want lm_compare && run_step lm_compare 330 "$raw/lm_compare.txt" bash -c \
   'GC_LM_BUDGET_S=${GC_LM_BUDGET_S:-$GC_STEP_BUDGET_S} exec "${PYTHON:-python3}" \

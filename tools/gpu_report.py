@@ -6,7 +6,7 @@
 
 RAW_DIR holds what the steps wrote: steps.tsv (name, status, seconds, note, commit),
 perf_*.json/.txt, kernels.json/.txt, torch_topk.json/.txt, multirank.json/.md,
-ddp.json/.md, torch_hooks.json/.md, lm.json/.md (+ lm_loss.png), fsdp.json/.md, tests.txt. Anything missing becomes null in the JSON and a line
+ddp.json/.md, torch_hooks.json/.md, torch_hooks_hsdp.json/.md, lm.json/.md (+ lm_loss.png), fsdp.json/.md, tests.txt. Anything missing becomes null in the JSON and a line
 saying so in the report.
 
 A benchmark's output (perf_*.json, kernels.json, torch_topk.json, profile.json) counts as
@@ -396,6 +396,12 @@ def main():
     tc_all = j("tc_link.json") or {}
     tc = tc_all
     hooks, lm = j("torch_hooks.json") or {}, j("lm.json") or {}
+    # The HSDP runs' keys: their own step, torch_hooks_hsdp (torch_hooks.json in raw folders
+    # from before it).
+    hsdp = j("torch_hooks_hsdp.json") or {}
+    hsdp_key = lambda k: hsdp[k] if k in hsdp else hooks.get(k)  # noqa: E731
+    ident_all = [d.get("torch_hooks_params_identical_all_runs") for d in (hooks, hsdp)]
+    ident_all = [v for v in ident_all if v is not None]
     at_most = lambda v, thr: None if v is None else bool(v <= thr)  # noqa: E731
     p8rs, fsdp = bench("perf_n8_rs.json"), j("fsdp.json") or {}
     # gradcomp_perf --auto on one link (N = 2 sharing the GPU): auto's worst
@@ -556,7 +562,7 @@ def main():
         "torch_hook_resume_bitwise": hooks.get("torch_hook_resume_bitwise"),
         "torch_hook_abort_refuses_after": hooks.get("torch_hook_abort_refuses_after"),
         "torch_hook_abort_seconds_rank0": hooks.get("torch_hook_abort_seconds_rank0"),
-        "torch_hooks_params_identical_all_runs": hooks.get("torch_hooks_params_identical_all_runs"),
+        "torch_hooks_params_identical_all_runs": all(ident_all) if ident_all else None,
         "torch_hook_full_precision_params": hooks.get("torch_hook_full_precision_params"),
         # FSDP2's GradcompReduceScatter (torch_hooks' fsdp_none / fsdp_qsgd4 runs).
         "fsdp_hook_qsgd4_acc_delta_pts": hooks.get("fsdp_hook_qsgd4_acc_delta_pts"),
@@ -564,9 +570,9 @@ def main():
         "fsdp_hook_qsgd4_params_identical": hooks.get("fsdp_hook_qsgd4_params_identical"),
         "fsdp_hook_qsgd4_calls_compressed_rank0": hooks.get("fsdp_hook_qsgd4_calls_compressed_rank0"),
         # HSDP's GradcompReplicaAllReduce (torch_hooks' hsdp_none / hsdp_qsgd4 runs).
-        "hsdp_hook_qsgd4_acc_delta_pts": hooks.get("hsdp_hook_qsgd4_acc_delta_pts"),
-        "hsdp_hook_qsgd4_params_identical": hooks.get("hsdp_hook_qsgd4_params_identical"),
-        "hsdp_hook_qsgd4_calls_compressed_rank0": hooks.get("hsdp_hook_qsgd4_calls_compressed_rank0"),
+        "hsdp_hook_qsgd4_acc_delta_pts": hsdp_key("hsdp_hook_qsgd4_acc_delta_pts"),
+        "hsdp_hook_qsgd4_params_identical": hsdp_key("hsdp_hook_qsgd4_params_identical"),
+        "hsdp_hook_qsgd4_calls_compressed_rank0": hsdp_key("hsdp_hook_qsgd4_calls_compressed_rank0"),
         "lm_val_loss_rel_delta_qsgd4": lm.get("lm_val_loss_rel_delta_qsgd4"),
         "lm_val_loss_rel_delta_dgc": lm.get("lm_val_loss_rel_delta_dgc"),
         "lm_val_loss_rel_delta_powersgd": lm.get("lm_val_loss_rel_delta_powersgd"),
@@ -880,7 +886,8 @@ def main():
     fails = t("tests_failed.txt")
     if fails:
         L += ["Failed tests:", "", "```", fails.strip(), "```", ""]
-    for md in ("multirank.md", "ddp.md", "tc_link.md", "fsdp.md", "torch_hooks.md", "lm.md"):
+    for md in ("multirank.md", "ddp.md", "tc_link.md", "fsdp.md", "torch_hooks.md", "torch_hooks_hsdp.md",
+               "lm.md"):
         body = t(md)
         if body:
             # lm.md links its PNG beside it, in the raw folder

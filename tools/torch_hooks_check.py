@@ -18,8 +18,16 @@ reason), tools/fsdp_hook_train.py's FSDP2 MLP with FSDP's reduce-scatter and wit
 GradcompReduceScatter (QSGD 4-bit); then, where this FSDP2 has set_all_reduce_hook, the same
 MLP as 2 replicas of world/2 shards: native HSDP ("hsdp_none") and FSDP over the shard mesh with
 GradcompReplicaAllReduce across the replicas ("hsdp_qsgd4").
-Writes OUTDIR/torch_hooks.json and .md.
-Usage: torch_hooks_check.py OUTDIR [BUILD_DIR] [--device cpu] [--smoke]
+The runs go in this order: none and hook_qsgd4 first (the goal key
+ddp_hook_qsgd4_acc_delta_pts), then hook_exact, hook_whole, preload, resume, the FSDP2 pair and
+the HSDP pair. Writes OUTDIR/torch_hooks.json and .md (--name: another name).
+Usage: torch_hooks_check.py OUTDIR [BUILD_DIR] [--device cpu] [--smoke] [--runs ddp,fsdp,hsdp]
+                            [--name NAME] [--plan]
+`--runs` picks the families of runs (ddp: hook_exact to resume; fsdp; hsdp): tools/gpu-check.sh
+runs ddp,fsdp in its torch_hooks step and hsdp in its torch_hooks_hsdp step (--name
+torch_hooks_hsdp), whose budgets do not hold all three. `--plan` starts nothing: it prints each
+selected run with its estimate (estimate_s) and whether the skip rule below lets it run in
+GC_HOOK_BUDGET_S, "skipped" where it would not (bench/plan_check.sh fails on that).
 `--device cpu` (2 ranks, gloo): every run but the preload's, the hook and the FSDP2
 reduce-scatter on gradcomp's CPU backend over TCP (GradcompState(backend="cpu"): the same
 codecs and algorithms); the preload run is reported "skipped on CPU" (it interposes NCCL), so
@@ -39,7 +47,48 @@ sys.path.insert(0, HERE)
 import gc_ranks  # noqa: E402
 
 
-def summarize(res0, runs, got, world, cpu, out):
+# The families of runs (--runs), in the order main() runs them.
+FAMILIES = {"ddp": ("none", "hook_qsgd4", "hook_exact", "hook_whole", "preload", "resume"),
+            "fsdp": ("fsdp_none", "fsdp_qsgd4"), "hsdp": ("hsdp_none", "hsdp_qsgd4")}
+# The runs of the goal key ddp_hook_qsgd4_acc_delta_pts (issue 14): first, before anything the
+# budget could cut (bench/plan_check.sh checks the order).
+GOAL_RUNS = ("none", "hook_qsgd4")
+
+
+def estimate_s(name, epochs, world):
+    """A run's seconds on an H100/H200 at 4 ranks sharing the GPU, from the H100's DDP runs
+    under LD_PRELOAD (bench/results/2026-11-25-h100-80gb-hbm3/ddp_runs.tsv, 30 epochs: 660 steps
+    at 4 ranks, 22 a epoch; none_n4 70 s, qsgd4_n4 45 s, none_n2 29 s for 1320 steps): ~14 s to
+    start the ranks, 85 ms a step uncompressed and 47 ms under QSGD 4-bit at 4 ranks (the hook's
+    compressed calls are the preload's; hook_qsgd4 adds a full-precision allreduce of 1034
+    elements, ~3 ms), 11 ms a step at 2 ranks. FSDP2 (300 steps; 3 all-gathers each way and 3
+    reduce-scatters a step: 1.5 allreduces' bytes and 9 latencies, ~5 ms each) ~170 ms a step at
+    4 ranks; HSDP's collectives are 2-rank ones (2 shards, 2 replicas; 12 a step): ~75 ms a step,
+    the FSDP2 bound at 2 ranks doubled. hook_exact: ranks started, no training (~20 s). Used for
+    --plan (bench/plan_check.sh): the skip rule itself judges runs by the ones that finished."""
+    start = 14.0
+    steps = 22 * int(epochs) * 4 // max(world, 1)
+    per_step = {"none": 0.085, "hook_qsgd4": 0.050, "hook_whole": 0.047, "preload": 0.047}
+    if name in per_step:
+        return start + steps * per_step[name]
+    if name == "resume":  # 10 epochs, then the resume check retrains 200 + 1 + 20 steps
+        return start + (220 + 221) * 0.050 + 6.0
+    if name == "hook_exact":
+        return 20.0
+    if name in ("fsdp_none", "fsdp_qsgd4"):
+        return start + 300 * 0.170
+    if name in ("hsdp_none", "hsdp_qsgd4"):
+        return start + 300 * 0.075
+    raise KeyError(name)
+
+
+def fits(left, guess):
+    """The skip rule: a run starts when what is left holds 1.1 times the longest finished run of
+    its kind (of any kind for a kind not yet run) and 10 s, and at least 30 s."""
+    return left >= max(30.0, 1.1 * guess + 10)
+
+
+def summarize(res0, runs, got, world, cpu, out, families=tuple(FAMILIES), name="torch_hooks"):
     """torch_hooks.json and .md from the runs finished so far (written after every run, and at
     the end); the exit status: 1 when a run failed or a check is not true."""
     res = dict(res0)
@@ -107,7 +156,7 @@ def summarize(res0, runs, got, world, cpu, out):
     res["torch_hooks_params_identical_all_runs"] = all(ident) if ident else None
     res["torch_hooks_runs"] = runs
     res["torch_hooks_runs_ok"] = sum(1 for r in runs.values() if r["status"] == "ok")
-    with open(os.path.join(out, "torch_hooks.json"), "w") as f:
+    with open(os.path.join(out, name + ".json"), "w") as f:
         json.dump(res, f, indent=1, sort_keys=True)
     fmt = lambda k: res.get(k, "n/a")  # noqa: E731
     where = ("on the CPU (gloo; gradcomp's CPU backend over TCP, the preload run needs the GPU "
@@ -142,7 +191,7 @@ def summarize(res0, runs, got, world, cpu, out):
           f"{fmt('hsdp_hook_qsgd4_calls_compressed_rank0')} |",
           ""]
     md += [f"- {k}: {v['status']}" for k, v in runs.items()]
-    with open(os.path.join(out, "torch_hooks.md"), "w") as f:
+    with open(os.path.join(out, name + ".md"), "w") as f:
         f.write("\n".join(md) + "\n")
     print("\n".join(md))
     bad = [k for k, v in runs.items() if v["status"].startswith(("failed", "timed out"))]
@@ -152,18 +201,22 @@ def summarize(res0, runs, got, world, cpu, out):
         return None if v is None else v > 0
 
     hq_calls = res.get("ddp_hook_qsgd4_compressed_calls_rank0")
-    checks = [res.get("torch_hook_exact_bitwise"),
-              res.get("torch_hook_vs_preload_bytes_equal"), res.get("torch_hook_resume_bitwise"),
-              res.get("torch_hook_abort_refuses_after"),
-              res.get("torch_hooks_params_identical_all_runs"),
-              compressed(hq_calls), compressed(res.get("torch_hook_whole_calls_rank0"))]
+    checks = []
+    if "ddp" in families:
+        checks = [res.get("torch_hook_exact_bitwise"),
+                  res.get("torch_hook_vs_preload_bytes_equal"),
+                  res.get("torch_hook_resume_bitwise"), res.get("torch_hook_abort_refuses_after"),
+                  res.get("torch_hooks_params_identical_all_runs"),
+                  compressed(hq_calls), compressed(res.get("torch_hook_whole_calls_rank0"))]
+    elif ident:  # the FSDP2 or HSDP runs alone (--runs): their parameters, where any finished
+        checks = [res.get("torch_hooks_params_identical_all_runs")]
     if fsdp_gc is not None:
         checks.append(compressed(res.get("fsdp_hook_qsgd4_calls_compressed_rank0")))
     if hsdp_gc is not None:
         checks.append(compressed(res.get("hsdp_hook_qsgd4_calls_compressed_rank0")))
     if exact and exact.get("scaler_bitwise") is not None:
         checks.append(exact["scaler_bitwise"])
-    if cpu:  # no preload run to compare the hook's bytes with
+    if cpu and "ddp" in families:  # no preload run to compare the hook's bytes with
         checks = [c for i, c in enumerate(checks) if i != 1]
         checks.append(all(r is not None for r in (base, hq, whole)))
     return 1 if bad or not all(c is True for c in checks) else 0
@@ -176,19 +229,31 @@ def main():
     ap.add_argument("build", nargs="?", default="build-gpu")
     ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     ap.add_argument("--smoke", action="store_true", help="1 epoch, FSDP 20 steps")
+    ap.add_argument("--runs", default="ddp,fsdp,hsdp",
+                    help="families of runs, comma-separated: ddp, fsdp, hsdp (default: all)")
+    ap.add_argument("--name", default="torch_hooks", help="OUTDIR/NAME.json and .md")
+    ap.add_argument("--plan", action="store_true",
+                    help="start nothing: each run's estimate and whether the budget holds it")
     a = ap.parse_args()
+    families = [f for f in a.runs.split(",") if f]
+    bad = [f for f in families if f not in FAMILIES]
+    if bad or not families:
+        ap.error(f"--runs '{a.runs}': each of ddp, fsdp, hsdp (comma-separated), not "
+                 f"{', '.join(bad) or 'nothing'}")
     out = os.path.abspath(a.outdir)
     build = a.build
     if not os.path.isdir(os.path.join(ROOT, build)):
         build = "build"
     build = os.path.join(ROOT, build)
-    os.makedirs(out, exist_ok=True)
+    if not a.plan:
+        os.makedirs(out, exist_ok=True)
     cpu = a.device == "cpu"
     world = int(os.environ.get("GC_HOOK_WORLD", "2" if cpu else "4"))
     epochs = os.environ.get("GC_HOOK_EPOCHS", "1" if a.smoke else "40")
     fsdp_steps = ["--steps", "20"] if a.smoke else []
     budget = float(os.environ.get("GC_HOOK_BUDGET_S", "420"))
     deadline = time.time() + budget
+    planned = [0.0]  # --plan: the estimates of the runs planned so far
     # GRADCOMP_AUTO=0: the runs measure compression itself, which auto would
     # skip for the allreduces and reduce-scatters NCCL does faster.
     base_env = {"PYTHONPATH": os.path.join(ROOT, "python"),
@@ -209,6 +274,8 @@ def main():
     def run(name, extra_args, env=None, use_preload=False, script="ddp_train.py", epochs_arg=True,
             kind=None, ranks=None):
         kind = kind or script
+        if not any(name in FAMILIES[f] for f in families):
+            return None
         if cpu and use_preload:
             runs[name] = {"status": "skipped on CPU: the preload interposes NCCL, which the CPU "
                                     "runs do not use (this run needs the GPU box)"}
@@ -216,10 +283,19 @@ def main():
             return None
         if cpu:
             extra_args = extra_args + ["--device", "cpu"]
-        left = deadline - time.time()
+        left = (budget - planned[0]) if a.plan else deadline - time.time()
         # A kind not yet run (the first FSDP run) is judged by the longest run of any kind.
         guess = longest.get(kind, max(longest.values(), default=0.0))
-        if left < max(30.0, 1.1 * guess + 10):
+        if a.plan:  # as if every run took its estimate
+            est = estimate_s(name, epochs, world)
+            if fits(left, guess):
+                planned[0] += est
+                longest[kind] = max(longest.get(kind, 0.0), est)
+            print(f"plan-run: {a.name} {name} ~{est:.0f}s "
+                  f"{'runs' if fits(left, guess) else 'skipped'} "
+                  f"(sum {planned[0]:.0f}s of {budget:.0f}s)", flush=True)
+            return None
+        if not fits(left, guess):
             runs[name] = {"status": "skipped (time budget spent)"}
             print(f"torch_hooks: {name}: {runs[name]['status']}", flush=True)
             return None
@@ -247,15 +323,15 @@ def main():
                 r = None
         got[name] = r
         # After every run: a step limit that ends this script keeps what finished.
-        summarize(res, runs, got, world, cpu, out)
+        summarize(res, runs, got, world, cpu, out, families, a.name)
         return r
 
-    # First, the hooks bit for bit against the CPU world's serial reference on 2 ranks, their
-    # gradients written late on a non-default stream (tools/hook_exact_rank.py): a stream or
-    # kernel the hooks get wrong shows here as differing bits, before any training.
-    run("hook_exact", [], script="hook_exact_rank.py", epochs_arg=False, ranks=2)
+    # First the goal key's runs (GOAL_RUNS: ddp_hook_qsgd4_acc_delta_pts), so that no budget
+    # cut can cost them; then the hooks bit for bit against the CPU world's serial reference on 2
+    # ranks, their gradients written late on a non-default stream (tools/hook_exact_rank.py).
     run("none", [])
     run("hook_qsgd4", ["--hook", "gradcomp"])
+    run("hook_exact", [], script="hook_exact_rank.py", epochs_arg=False, ranks=2)
     run("hook_whole", ["--hook", "gradcomp", "--whole-buckets", "--layer-min-size", "0",
                        "--start-iter", "0"])
     run("preload", [], env={"GRADCOMP_DEBUG": "INFO"}, use_preload=True)
@@ -268,11 +344,14 @@ def main():
     # reduce-scatter: without them the FSDP runs are skipped with the reason, not failed.
     probe = subprocess.run(
         [sys.executable, "-c", "import gradcomp.torch.fsdp as f; print(f.unsupported_reason() "
-         "or '')"], env=dict(os.environ, **base_env), capture_output=True, text=True)
+         "or '')"] if not a.plan else ["true"], env=dict(os.environ, **base_env),
+        capture_output=True, text=True)
     no_rs = (probe.stdout.strip() if probe.returncode == 0 else
              "failed (could not ask gradcomp.torch.fsdp: %s)"
              % (probe.stderr.strip().splitlines() or ["no output"])[-1])
-    if not no_rs:
+    if "fsdp" not in families:
+        pass
+    elif not no_rs:
         run("fsdp_none", fsdp_steps, script="fsdp_hook_train.py", epochs_arg=False)
         run("fsdp_qsgd4", ["--gradcomp"] + fsdp_steps, script="fsdp_hook_train.py",
             epochs_arg=False)
@@ -283,12 +362,14 @@ def main():
     # HSDP by hand (2 replicas): FSDP2's all-reduce hook needs set_all_reduce_hook.
     probe = subprocess.run(
         [sys.executable, "-c", "import gradcomp.torch.fsdp as f; "
-         "print(f.replica_unsupported_reason() or '')"],
+         "print(f.replica_unsupported_reason() or '')"] if not a.plan else ["true"],
         env=dict(os.environ, **base_env), capture_output=True, text=True)
     no_ar = (probe.stdout.strip() if probe.returncode == 0 else
              "failed (could not ask gradcomp.torch.fsdp: %s)"
              % (probe.stderr.strip().splitlines() or ["no output"])[-1])
-    if not no_ar and world % 2 == 0:
+    if "hsdp" not in families:
+        pass
+    elif not no_ar and world % 2 == 0:
         run("hsdp_none", ["--hsdp"] + fsdp_steps, script="fsdp_hook_train.py", epochs_arg=False)
         run("hsdp_qsgd4", ["--hsdp", "--gradcomp"] + fsdp_steps, script="fsdp_hook_train.py",
             epochs_arg=False)
@@ -296,7 +377,9 @@ def main():
         why = no_ar or f"{world} ranks do not make 2 replicas"
         runs["hsdp"] = {"status": why if why.startswith("failed") else "skipped: " + why}
         print(f"torch_hooks: hsdp: {runs['hsdp']['status']}", flush=True)
-    return summarize(res, runs, got, world, cpu, out)
+    if a.plan:
+        return 0
+    return summarize(res, runs, got, world, cpu, out, families, a.name)
 
 
 if __name__ == "__main__":
