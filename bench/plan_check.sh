@@ -135,4 +135,21 @@ else
   echo "ok: a plan leaves the results folder it names as it was"
 fi
 rm -rf "$work"
+# The build's limit holds twice the longest build recorded in the committed reports: a build cut
+# by its limit leaves no binaries, and every later step of its call fails.
+build_limit=$(GC_PLAN=1 GC_STEPS=hooks bash "$src/tools/gpu-check.sh" 2>&1 |
+  sed -nE 's/^plan-build: limit ([0-9]+)s.*/\1/p')
+measured=$(cat "$src"/bench/results/*/steps.tsv 2>/dev/null |
+  awk -F'\t' '$1 == "build" && $3 > m {m = $3} END {print m + 0}')
+if [ -z "$build_limit" ] || [ "$measured" -lt 30 ]; then
+  echo "FAIL: no build limit in the plan ('$build_limit') or no build measured in" \
+    "bench/results (${measured}s)"
+  fail=1
+elif [ "$build_limit" -lt $((2 * measured)) ]; then
+  echo "FAIL: the build's limit ${build_limit}s is under twice the longest measured build" \
+    "(${measured}s)"
+  fail=1
+else
+  echo "ok: the build's limit ${build_limit}s holds twice the longest measured build (${measured}s)"
+fi
 exit $fail
