@@ -3,6 +3,7 @@ import ctypes
 import numbers
 import threading
 import time
+import warnings
 
 from . import _types as T
 from ._lib import GradcompError, InvalidArgumentError, check, has, lib
@@ -344,8 +345,49 @@ class Comm:
             h, self._h = self._h, ctypes.c_void_p()
             check(lib().gradcompCommAbort(h))
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        # A close refused while an exception propagates (a call still in progress on another
+        # thread) leaves the comm open for abort(), and the caller sees that exception.
+        try:
+            self.close()
+        except GradcompError:
+            if exc_type is None:
+                raise
+
+    def __del__(self):
+        # A comm dropped without close() or abort(): ResourceWarning, as for an unclosed file
+        # or socket. A CPU backend comm (CpuWorld, Comm.socket) is freed too: its destroy (or
+        # after stop(), its abort) is local and waits on no peer. An NCCL comm is left
+        # allocated: its destroy waits for the comm's stream and its NCCL sub-communicators,
+        # which can wait on peers, and at interpreter exit on a CUDA already torn down.
+        h = getattr(self, "_h", None)
+        if not h:
+            return
+        host = getattr(self, "host", False)
+        try:
+            warnings.warn(f"unclosed {self!r}" + ("" if host else
+                          ": an NCCL comm is not freed when dropped (its destroy may wait on "
+                          "peers); close() it after the last call, or abort() after a failure"),
+                          ResourceWarning, source=self)
+        except Exception:  # noqa: BLE001 - interpreter exit; never raise from __del__
+            pass
+        if not host:
+            return
+        try:
+            self._h = ctypes.c_void_p()
+            L = lib()
+            if getattr(self, "_stopped", False) and has("gradcompCommAbort"):
+                L.gradcompCommAbort(h)
+            else:
+                L.gradcompCommDestroy(h)  # a refusal (a call on the raw handle) leaves it
+        except Exception:  # noqa: BLE001 - interpreter exit; never raise from __del__
+            pass
+
     def __repr__(self):
-        return f"Comm(rank={self.rank}, size={self.size})"
+        return f"Comm(rank={getattr(self, 'rank', '?')}, size={getattr(self, 'size', '?')})"
 
 
 def _addr(x, name="address"):

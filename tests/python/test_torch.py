@@ -2342,5 +2342,98 @@ class RankExitOnError(unittest.TestCase):
         self.assertEqual(r.returncode, 3)
 
 
+@unittest.skipIf(torch is None, "PyTorch is not installed")
+class StateDroppedOrWith(unittest.TestCase):
+    """A GradcompState dropped with its comm open warns (ResourceWarning, as an unclosed file)
+    and frees nothing of NCCL's (whose destroy may wait on peers); `with state:` closes it, or
+    on an exception aborts it (waiting on no peer). NCCL and the comm are stand-ins."""
+
+    def make_state(self, calls=None):
+        from unittest import mock
+
+        import gradcomp.torch as gt
+        from gradcomp.torch import _group
+
+        with mock.patch.object(_group, "check_group", lambda pg, backend="nccl": (pg, 0, 2)):
+            state = gt.GradcompState(config=None)
+        calls = [] if calls is None else calls
+
+        class Comm:
+            def stop(self):
+                calls.append("Comm.stop")
+
+            def abort(self):
+                calls.append("Comm.abort")
+
+            def close(self):
+                calls.append("Comm.close")
+
+        return state, calls, Comm()
+
+    def nccl_patched(self, calls):
+        from unittest import mock
+
+        from gradcomp.torch import _nccl
+
+        def abort_nccl(handle, inside=None):
+            calls.append("ncclCommAbort")
+            if inside is not None:
+                inside()
+
+        return (mock.patch.object(_nccl, "destroy_nccl", lambda h: calls.append("ncclCommDestroy")),
+                mock.patch.object(_nccl, "abort_nccl", abort_nccl))
+
+    def dropped(self, how, calls):
+        """ResourceWarnings of a state with an open comm, closed or aborted by `how` (None:
+        neither) and dropped."""
+        import gc
+
+        def make():
+            state, _, comm = self.make_state(calls)
+            state._comm, state._nccl_handle = comm, 0x1234
+            if how is not None:
+                getattr(state, how)()
+
+        with warnings.catch_warnings(record=True) as got:
+            warnings.simplefilter("always")
+            make()  # the state goes with make's frame
+            gc.collect()
+        return [str(w.message) for w in got if issubclass(w.category, ResourceWarning)]
+
+    def test_a_dropped_state_with_its_comm_warns_and_frees_nothing(self):
+        calls = []
+        destroy, abort = self.nccl_patched(calls)
+        with destroy, abort:
+            msgs = self.dropped(None, calls)
+        self.assertEqual(len(msgs), 1, msgs)
+        self.assertRegex(msgs[0], r"unclosed GradcompState \(rank 0 of 2, backend='nccl'\).*"
+                         r"NCCL communicator is not freed")
+        self.assertEqual(calls, [])
+
+    def test_closed_or_aborted_states_do_not_warn(self):
+        calls = []
+        destroy, abort = self.nccl_patched(calls)
+        with destroy, abort:
+            self.assertEqual(self.dropped("close", calls), [])
+            self.assertEqual(self.dropped("abort", calls), [])
+        self.assertEqual(calls, ["Comm.close", "ncclCommDestroy", "ncclCommAbort", "Comm.stop",
+                                 "Comm.abort"])
+
+    def test_with_closes_and_aborts_on_an_exception(self):
+        state, calls, comm = self.make_state()
+        state._comm, state._nccl_handle = comm, 0x1234
+        destroy, abort = self.nccl_patched(calls)
+        with destroy, abort:
+            with state as s:
+                self.assertIs(s, state)
+            self.assertEqual(calls, ["Comm.close", "ncclCommDestroy"])
+            state, calls[:], comm = self.make_state()[0], [], comm
+            state._comm, state._nccl_handle = comm, 0x1234
+            with self.assertRaisesRegex(KeyError, "a rank failed"):
+                with state:
+                    raise KeyError("a rank failed")
+            self.assertEqual(calls, ["ncclCommAbort", "Comm.stop", "Comm.abort"])
+
+
 if __name__ == "__main__":
     unittest.main()

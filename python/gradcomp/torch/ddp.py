@@ -393,6 +393,34 @@ class GradcompState:
         self._pending_blob = None
         self._drop_comm()
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        # close() may wait for the peers; leaving on an exception (a peer may be gone, this
+        # rank may stop making the calls the others wait on), abort(), which waits on none.
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def __del__(self):
+        # Dropped without close() or abort(): ResourceWarning, as for an unclosed file. A
+        # backend="cpu" state's comm is freed by Comm's own finalizer (its destroy waits on no
+        # peer); an NCCL state's comm and communicator are left allocated, since their destroy
+        # may wait on peers (and at interpreter exit on a CUDA already torn down).
+        if getattr(self, "_comm", None) is None:
+            return
+        try:
+            nccl = getattr(self, "backend", None) == "nccl"
+            warnings.warn(f"unclosed GradcompState (rank {self.rank} of {self.world_size}, "
+                          f"backend={self.backend!r}): close() it after the last step, or "
+                          "abort() after a failure" + ("; its NCCL communicator is not freed "
+                                                       "when dropped" if nccl else ""),
+                          ResourceWarning, source=self)
+        except Exception:  # noqa: BLE001 - interpreter exit; never raise from __del__
+            pass
+
     def _drop_comm(self):
         """Closes and forgets gradcomp's comm and its NCCL communicator, if any."""
         if self._comm is None:
