@@ -323,16 +323,17 @@ namespace {
 // a memory growth or a hang that nothing else names.
 void warnIfLateBuffer(gradcompComm& c, const void* recv, size_t count, DType t, size_t held) {
   const uint64_t calls = c.stateCalls;
-  const bool cameBack = c.firstStateReuse > 0 && calls >= 4 * c.firstStateReuse;
-  const bool neverBack = c.firstStateReuse == 0 && calls >= kLateBufferNoReuseCalls;
-  if (c.warnedLateBuffer || calls < kLateBufferMinCalls ||
-      (calls < 4 * (uint64_t)held && !cameBack && !neverBack))
+  if (c.warnedLateBuffer ||
+      !isLateKey(calls, c.firstStateReuse, held, kLateBufferMinCalls, kLateBufferNoReuseCalls))
     return;
   c.warnedLateBuffer = true;
+  // Only the rule for "no buffer ever came back" fired: as likely a step of
+  // more calls than kLateBufferNoReuseCalls as buffers that all move.
+  const bool maybeLongStep = c.firstStateReuse == 0 && calls < 4 * (uint64_t)held;
   logMessage(
       LogLevel::Warn, __FILE__, __LINE__,
       "rank %d: recvbuff %p (%zu elements of %s) is new at call %llu of this comm, which "
-      "holds the states of %zu other buffers: a buffer that moves between steps starts a new "
+      "holds the states of %zu other buffers%s: a buffer that moves between steps starts a new "
       "residual each time (the old one is never sent and stays allocated), and with DGC "
       "warm-up or DQ-SGD its schedule can differ between ranks. Give such buffers a key "
       "(gradcompAllReduceKeyed, gradcompReduceScatterKeyed; under LD_PRELOAD, the Python "
@@ -341,7 +342,10 @@ void warnIfLateBuffer(gradcompComm& c, const void* recv, size_t count, DType t, 
       t == DType::F32   ? "float"
       : t == DType::F16 ? "half"
                         : "bfloat16",
-      (unsigned long long)calls, held);
+      (unsigned long long)calls, held,
+      maybeLongStep ? " and has found none of them again (a step of this many calls, or buffers "
+                      "that all move: if every step makes the same calls, ignore this)"
+                    : "");
 }
 }  // namespace
 

@@ -6,6 +6,7 @@
 #include <stdint.h>
 
 #include "comm.h"
+#include "late_key.h"
 
 namespace gc {
 

@@ -18,6 +18,7 @@
 #include "backends/cuda/device_guard.h"
 #include "backends/cuda/nccl_api.h"
 #include "gradcomp.h"
+#include "late_key.h"
 
 namespace gc {
 namespace preload {
@@ -70,18 +71,15 @@ struct FusedKeyWatch {
 };
 // Notes a fused set's key; true once per watch, for the key to warn about.
 inline bool fusedKeyIsLate(FusedKeyWatch& w, uint64_t key) {
+  if (w.warned) return false;  // said once: the keys need not grow on
   const uint64_t calls = w.calls++;
   const size_t held = w.keys.size();
   if (!w.keys.insert(key).second) {
     if (w.firstReuse == 0) w.firstReuse = w.calls;
     return false;
   }
-  const bool cameBack = w.firstReuse > 0 && calls >= 4 * w.firstReuse;
-  const bool neverBack = w.firstReuse == 0 && calls >= kLateFusedNoReuseCalls;
-  if (w.warned || calls < kLateFusedMinCalls ||
-      (calls < 4 * (uint64_t)held && !cameBack && !neverBack)) {
+  if (w.warned || !isLateKey(calls, w.firstReuse, held, kLateFusedMinCalls, kLateFusedNoReuseCalls))
     return false;
-  }
   w.warned = true;
   return true;
 }
