@@ -1316,6 +1316,33 @@ class DroppedComms(unittest.TestCase):
         for make in (closed, aborted, within):
             self.assertEqual(self.drop(make), [], make.__name__)
 
+    def test_warnings_as_errors_still_free_the_comm_and_report_it(self):
+        # Under -W error (pytest's filterwarnings = error) the ResourceWarning becomes an
+        # exception in __del__, which Python reports through sys.unraisablehook; the CPU comm is
+        # freed before it, not leaked.
+        import gc
+        import sys
+        import warnings
+        from unittest import mock
+
+        fake = mock.Mock()
+        fake.gradcompCommDestroy.return_value = 0
+        seen = []
+        old = sys.unraisablehook
+        sys.unraisablehook = lambda u: seen.append(u.exc_type)
+        try:
+            with mock.patch.object(comm_mod, "lib", return_value=fake), \
+                    warnings.catch_warnings():
+                warnings.simplefilter("error")
+                c = comm_mod.Comm.__new__(comm_mod.Comm)
+                c._h, c.host, c.rank, c.size = ctypes.c_void_p(0x1234), True, 0, 2
+                del c
+                gc.collect()
+        finally:
+            sys.unraisablehook = old
+        fake.gradcompCommDestroy.assert_called_once()
+        self.assertEqual(seen, [ResourceWarning])
+
     def test_a_comm_is_a_context_manager(self):
         w = gradcomp.CpuWorld(2)
         with w.comms[0] as c:

@@ -18,6 +18,7 @@ Cost: a gather of each part into a contiguous buffer and a scatter back
 """
 import contextlib
 import hashlib
+import sys
 import warnings
 
 import torch
@@ -401,8 +402,12 @@ class GradcompState:
         # rank may stop making the calls the others wait on), abort(), which waits on none.
         if exc_type is None:
             self.close()
-        else:
+            return
+        try:
             self.abort()
+        except Exception as e:  # noqa: BLE001 - the exception leaving the block is the one to see
+            warnings.warn(f"GradcompState.abort() while leaving on {exc_type.__name__} failed: "
+                          f"{e}", RuntimeWarning)
 
     def __del__(self):
         # Dropped without close() or abort(): ResourceWarning, as for an unclosed file. A
@@ -418,8 +423,12 @@ class GradcompState:
                           "abort() after a failure" + ("; its NCCL communicator is not freed "
                                                        "when dropped" if nccl else ""),
                           ResourceWarning, source=self)
-        except Exception:  # noqa: BLE001 - interpreter exit; never raise from __del__
-            pass
+        except Exception:  # noqa: BLE001
+            # Swallowed only at interpreter exit (the warnings machinery may be gone); else
+            # re-raised, which Python reports as "Exception ignored in ... __del__" (pytest fails
+            # on it under -W error), as for a file.
+            if sys is not None and not sys.is_finalizing():
+                raise
 
     def _drop_comm(self):
         """Closes and forgets gradcomp's comm and its NCCL communicator, if any."""
