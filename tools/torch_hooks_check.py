@@ -344,7 +344,8 @@ def main():
     # reduce-scatter: without them the FSDP runs are skipped with the reason, not failed.
     probe = subprocess.run(
         [sys.executable, "-c", "import gradcomp.torch.fsdp as f; print(f.unsupported_reason() "
-         "or '')"] if not a.plan else ["true"], env=dict(os.environ, **base_env),
+         "or '')"] if not a.plan and "fsdp" in families else ["true"],
+        env=dict(os.environ, **base_env),
         capture_output=True, text=True)
     no_rs = (probe.stdout.strip() if probe.returncode == 0 else
              "failed (could not ask gradcomp.torch.fsdp: %s)"
@@ -362,7 +363,8 @@ def main():
     # HSDP by hand (2 replicas): FSDP2's all-reduce hook needs set_all_reduce_hook.
     probe = subprocess.run(
         [sys.executable, "-c", "import gradcomp.torch.fsdp as f; "
-         "print(f.replica_unsupported_reason() or '')"] if not a.plan else ["true"],
+         "print(f.replica_unsupported_reason() or '')"] if not a.plan and "hsdp" in families
+        else ["true"],
         env=dict(os.environ, **base_env), capture_output=True, text=True)
     no_ar = (probe.stdout.strip() if probe.returncode == 0 else
              "failed (could not ask gradcomp.torch.fsdp: %s)"
