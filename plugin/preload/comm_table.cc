@@ -527,45 +527,65 @@ void noteCreated(ncclComm_t comm, bool nonBlocking) {
           (void*)comm);
 }
 
+namespace {
+// A communicator whose work in flight an NCCL call is about to end
+// (ncclCommAbort, a shrink with NCCL_SHRINK_ABORT): its entry, stopped (a
+// set-up in progress on another thread stops at its next step instead of
+// naming the communicator NCCL is about to free, decide; so does a
+// compressed call's wait on a non-blocking one, commStopPolls); the gradcomp
+// comm on it when it compresses; and whether that comm has NCCL
+// sub-communicators of its own (the hierarchy's), whose stop must run in one
+// NCCL group with NCCL's call: each abort waits for the kernels queued on its
+// communicator, and the caller's stream can hold one communicator's kernels
+// behind another's stuck on the dead peer, so no order of separate calls is
+// safe.
+struct Ending {
+  EntryPtr e;
+  gradcompComm* gc = nullptr;
+  bool group = false;
+};
+Ending beginEnding(ncclComm_t comm) {
+  Ending x;
+  {
+    std::lock_guard<std::mutex> lock(tableMu());
+    auto it = table().find(comm);
+    if (it != table().end()) x.e = it->second;
+  }
+  if (x.e) x.e->aborted.stop();
+  // decide() publishes gc before the mode.
+  x.gc = x.e && x.e->mode == Mode::Compress ? x.e->gc : nullptr;
+  if (x.gc != nullptr) commStopPolls(x.gc);
+  const NcclApi* api = ncclApi();
+  x.group =
+      x.gc != nullptr &&
+      (x.gc->intraNccl != nullptr || x.gc->interNccl != nullptr || x.gc->ownNccl != nullptr) &&
+      api->groupStart != nullptr && api->groupEnd != nullptr;
+  return x;
+}
+// The gradcomp comm's stop (gradcompCommAbort's first half: its
+// sub-communicators' aborts), inside the open group.
+void stopInGroup(const Ending& x) {
+  DeviceGuard guard(x.e->device);
+  commStop(x.gc);
+}
+}  // namespace
+
 ncclResult_t abortComm(ncclComm_t comm) {
   const RealNccl* real = realNccl();
   if (real->commAbort == nullptr) {
     release(comm, /*abort=*/true);
     return ncclSystemError;
   }
-  EntryPtr e;
-  {
-    std::lock_guard<std::mutex> lock(tableMu());
-    auto it = table().find(comm);
-    if (it != table().end()) e = it->second;
-  }
-  // A set-up in progress on another thread stops at its next step instead of
-  // naming the communicator NCCL is about to free (decide); so does a
-  // compressed call's wait on a non-blocking one (commStopPolls).
-  if (e) e->aborted.stop();
-  // decide() publishes gc before the mode.
-  gradcompComm* gcComm = e && e->mode == Mode::Compress ? e->gc : nullptr;
-  if (gcComm != nullptr) commStopPolls(gcComm);
+  const Ending x = beginEnding(comm);
   const NcclApi* api = ncclApi();
-  const bool group = gcComm != nullptr &&
-                     (gcComm->intraNccl != nullptr || gcComm->interNccl != nullptr ||
-                      gcComm->ownNccl != nullptr) &&
-                     api->groupStart != nullptr && api->groupEnd != nullptr;
   // NCCL's first: aborting stops kernels that may be stuck on a dead peer;
-  // then ours (gradcompCommAbort), which never waits on a peer. With
-  // sub-communicators (the hierarchy's), the communicator's abort and their
-  // stop run in one NCCL group, which NCCL 2.22 and later abort together:
-  // each abort waits for the kernels queued on its communicator, and the
-  // caller's stream can hold this communicator's kernels behind a
-  // sub-communicator's stuck on the dead peer, or the reverse, so neither
-  // order of two aborts is safe.
-  if (group) api->groupStart();
+  // then ours (gradcompCommAbort), which never waits on a peer; with
+  // sub-communicators, in one NCCL group, which NCCL 2.22 and later abort
+  // together.
+  if (x.group) api->groupStart();
   const ncclResult_t r = real->commAbort(comm);
-  if (group) {
-    DeviceGuard guard(e->device);
-    commStop(gcComm);
-  }
-  const ncclResult_t end = group ? api->groupEnd() : ncclSuccess;  // the grouped aborts run here
+  if (x.group) stopInGroup(x);
+  const ncclResult_t end = x.group ? api->groupEnd() : ncclSuccess;  // the grouped aborts run here
   release(comm, /*abort=*/true);  // stops the comm (if not above) and forgets the entry
   return r != ncclSuccess ? r : end;
 }
@@ -579,39 +599,23 @@ void noteRevoked(ncclComm_t comm) {
 }
 
 ncclResult_t shrinkAborting(ncclComm_t comm, const std::function<ncclResult_t()>& shrink) {
-  EntryPtr e;
-  {
-    std::lock_guard<std::mutex> lock(tableMu());
-    auto it = table().find(comm);
-    if (it != table().end()) e = it->second;
-  }
-  // As at an abort (abortComm): waits on the communicator end first, and a
-  // set-up in progress stops at its next step.
-  if (e) e->aborted.stop();
-  // decide() publishes gc before the mode.
-  gradcompComm* gcComm = e && e->mode == Mode::Compress ? e->gc : nullptr;
-  if (gcComm != nullptr) commStopPolls(gcComm);
+  const Ending x = beginEnding(comm);
   const NcclApi* api = ncclApi();
-  const bool group = gcComm != nullptr &&
-                     (gcComm->intraNccl != nullptr || gcComm->interNccl != nullptr ||
-                      gcComm->ownNccl != nullptr) &&
-                     api->groupStart != nullptr && api->groupEnd != nullptr;
   // NCCL's shrink sets the parent's abort flag and waits, in the call, for
   // its kernels, which the caller's stream can hold behind a kernel of
   // gradcomp's sub-communicators stuck on the dead peer: their aborts come
   // first, in one NCCL group with the shrink (ncclCommAbort sets its flag at
   // once and waits at the group's end), so that no wait is on a kernel whose
   // abort has not begun.
-  if (group) {
+  if (x.group) {
     api->groupStart();
-    DeviceGuard guard(e->device);
-    commStop(gcComm);
+    stopInGroup(x);
   }
   const ncclResult_t r = shrink();
   // The grouped aborts and the child's creation run here. A non-blocking
   // parent's group answers ncclInProgress, which NCCL's own shrink lets
   // through as ncclSuccess.
-  const ncclResult_t end = group ? api->groupEnd() : ncclSuccess;
+  const ncclResult_t end = x.group ? api->groupEnd() : ncclSuccess;
   // Even after a refused shrink: NCCL checks its arguments after it ended the
   // parent's work in flight, and gradcomp's comm is stopped.
   release(comm, /*abort=*/true, "shrunk with NCCL_SHRINK_ABORT");
