@@ -40,6 +40,11 @@ if os.path.dirname(lib) != os.path.join(pkg, "lib"):
     problems.append(f"libgradcomp loaded from {lib}, not from the package's {pkg}/lib")
 if not os.path.exists(os.path.join(pkg, "lib", "libgradcomp_preload.so")):
     problems.append(f"{pkg}/lib has no libgradcomp_preload.so (LD_PRELOAD's library)")
+# A wheel holds no symbolic links: every libgradcomp.so* name there is a full copy.
+libs = sorted(f for f in os.listdir(os.path.join(pkg, "lib")) if f.startswith("libgradcomp.so"))
+if libs != ["libgradcomp.so"]:
+    problems.append(f"{pkg}/lib holds {libs}: each a full copy of the library, not libgradcomp.so "
+                    "alone")
 
 N, n, bits = 4, 100_000, 8
 s = (1 << (bits - 1)) - 1  # QSGD's levels at 8 bits
