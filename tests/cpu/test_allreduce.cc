@@ -253,6 +253,68 @@ TEST(AllReduceCpu, PassThroughForOtherTypesOpsSmallCountsAndOneRank) {
   for (int k = 0; k < 99; ++k) ASSERT_EQ(small[1][k], (s0[k] + s1[k]) + s2[k]);
 }
 
+// ncclAvg over floating types is NCCL's pre-multiplied sum: every input times
+// 1/N rounded to the buffer's type, each product rounded to it, then summed
+// in rank order (fp16/bf16 rounded after every step). So an fp16 average whose
+// sum exceeds 65504 stays finite, as on NCCL, and fp32 at N = 3 has NCCL's bits
+// rather than those of a sum divided by 3.
+TEST(AllReduceCpu, PassThroughAvgPreMultipliesAsNccl) {
+  gradcompConfig_t cfg;
+  gradcompConfigInit(&cfg);
+  cfg.method = gradcompMethodNone;
+  for (DType t : {DType::F16, DType::BF16, DType::F32}) {
+    for (int N : {4, 3}) {
+      for (int rs = 0; rs < 2; ++rs) {
+        SCOPED_TRACE(testing::Message() << "dtype=" << (int)t << " N=" << N << " rs=" << rs);
+        gctest::CpuWorld world(N, cfg);
+        const size_t n = 64, total = rs ? n * N : n, es = t == DType::F32 ? 4 : 2;
+        std::vector<std::vector<uint8_t>> in(N, std::vector<uint8_t>(total * es)),
+            out(N, std::vector<uint8_t>(n * es));
+        auto round = [t](float x) {
+          return t == DType::F32   ? x
+                 : t == DType::F16 ? gc::halfToFloat(gc::floatToHalf(x))
+                                   : gc::bf16ToFloat(gc::floatToBf16(x));
+        };
+        for (int r = 0; r < N; ++r) {
+          const std::vector<float> g = gctest::normal(total, 40 + r);
+          for (size_t k = 0; k < total; ++k) {
+            // Element 0: 40000 on every rank, whose sum no fp16 holds.
+            gc::storeFromFloat(in[r].data(), t, k, k % n == 0 ? 40000.0f : g[k]);
+          }
+        }
+        auto res = world.run([&](int r) {
+          return rs ? gradcompReduceScatter(in[r].data(), out[r].data(), n, nccl(t), ncclAvg,
+                                            world.comm(r), nullptr)
+                    : gradcompAllReduce(in[r].data(), out[r].data(), n, nccl(t), ncclAvg,
+                                        world.comm(r), nullptr);
+        });
+        for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
+        const float scalar = round((float)(1.0 / N));
+        bool differsFromDivided = false;
+        for (int r = 0; r < N; ++r) {
+          const size_t lo = rs ? r * n : 0;
+          for (size_t k = 0; k < n; ++k) {
+            float acc = 0.0f, sum = 0.0f;
+            for (int i = 0; i < N; ++i) {
+              const float x = gc::loadAsFloat(in[i].data(), t, lo + k);
+              const float p = round(x * scalar);
+              acc = i == 0 ? p : round(acc + p);
+              sum = i == 0 ? x : round(sum + x);
+            }
+            const float got = gc::loadAsFloat(out[r].data(), t, k);
+            ASSERT_EQ(memcmp(&got, &acc, 4), 0)
+                << "rank " << r << " k " << k << " got " << got << " want " << acc;
+            if (round(sum / N) != acc) differsFromDivided = true;
+          }
+          ASSERT_TRUE(isfinite(gc::loadAsFloat(out[r].data(), t, 0))) << "rank " << r;
+        }
+        // The inputs tell the two rules apart (the fp16 overflow, or bits).
+        if (t == DType::F16 || N == 3) EXPECT_TRUE(differsFromDivided);
+      }
+    }
+  }
+}
+
 TEST(AllReduceCpu, StatsCountWireBytes) {
   gradcompConfig_t cfg;
   gradcompConfigInit(&cfg);

@@ -427,12 +427,13 @@ TEST(ReduceScatterCpu, PassThroughForOtherTypesOpsSmallCountsAndOneRank) {
     for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
     for (int r = 0; r < N; ++r) {
       for (size_t k = 0; k < cs.m; ++k) {
-        double e = in[0][r * cs.m + k];
+        // Avg is NCCL's PreMulSum: every input times 1/N, then the sum.
+        const double pre = cs.op == ncclAvg ? 1.0 / N : 1.0;
+        double e = in[0][r * cs.m + k] * pre;
         for (int i = 1; i < N; ++i) {
-          const double x = in[i][r * cs.m + k];
+          const double x = in[i][r * cs.m + k] * pre;
           e = cs.op == ncclMax ? std::max(e, x) : cs.op == ncclProd ? e * x : e + x;
         }
-        if (cs.op == ncclAvg) e /= N;
         double got;
         if (cs.type == ncclInt32) {
           int32_t v;

@@ -101,22 +101,23 @@ std::vector<float> load(const uint8_t* p, DType t, size_t n) {
 }
 
 // NCCL's reduction as the CPU transports do it: rank order, fp16/bf16
-// rounded after every step, Avg divided once at the end.
+// rounded after every step; Avg is NCCL's PreMulSum: every input times 1/N,
+// rounded to the type, before the sum.
 std::vector<float> refPassed(const std::vector<std::vector<float>>& x, DType t, bool avg, size_t lo,
                              size_t len) {
   const int N = (int)x.size();
+  auto round = [t](float s) {
+    if (t == DType::F16) return gc::halfToFloat(gc::floatToHalf(s));
+    if (t == DType::BF16) return gc::bf16ToFloat(gc::floatToBf16(s));
+    return s;
+  };
+  const float scalar = round((float)(1.0 / N));
+  auto in = [&](int i, size_t k) { return avg ? round(x[i][lo + k] * scalar) : x[i][lo + k]; };
   std::vector<float> out(len);
   for (size_t k = 0; k < len; ++k) {
-    float s = x[0][lo + k];
-    for (int i = 1; i < N; ++i) {
-      s = s + x[i][lo + k];
-      if (t == DType::F16) s = gc::halfToFloat(gc::floatToHalf(s));
-      if (t == DType::BF16) s = gc::bf16ToFloat(gc::floatToBf16(s));
-    }
-    if (avg) s = s / N;
-    if (t == DType::F16) s = gc::halfToFloat(gc::floatToHalf(s));
-    if (t == DType::BF16) s = gc::bf16ToFloat(gc::floatToBf16(s));
-    out[k] = s;
+    float s = in(0, k);
+    for (int i = 1; i < N; ++i) s = round(s + in(i, k));
+    out[k] = round(s);
   }
   return out;
 }

@@ -16,9 +16,11 @@ namespace gc {
 size_t hostElementSize(ncclDataType_t type);
 // Refuses a type or op hostReduce does not serve, naming what it serves.
 gradcompResult_t hostCheckReduction(ncclDataType_t type, ncclRedOp_t op);
-// dst[i] = src[0][i] op src[1][i] op ... in rank order, i < count (Avg divides
-// once at the end, integer Sum/Prod wrap, fp16/bf16 round after every step as
-// NCCL does). type must be served and op one of Sum..Avg; dst may alias no src.
+// dst[i] = src[0][i] op src[1][i] op ... in rank order, i < count (integer Sum/Prod
+// wrap, fp16/bf16 round after every step, and Avg is NCCL's: an integer sum
+// divided by the count once at the end, a floating type's inputs each
+// multiplied by 1/count in the type before the sum, NCCL's PreMulSum). type
+// must be served and op one of Sum..Avg; dst may alias no src.
 void hostReduce(ncclDataType_t type, ncclRedOp_t op, const std::vector<const void*>& src, void* dst,
                 size_t count);
 

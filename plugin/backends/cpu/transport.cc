@@ -154,26 +154,36 @@ T wrapMul(T a, T b) {
   }
 }
 
-// ncclAvg: the sum divided by the rank count. Integers divide the wrapped sum
-// by the count itself, as NCCL's SumPostDiv does; (T)n would wrap for the
-// 8-bit types (a divisor of 0 at 256 ranks, 44 at 300).
+// ncclAvg of an integer type: the wrapped sum divided by the rank count itself,
+// as NCCL's SumPostDiv does; (T)n would wrap for the 8-bit types (a divisor of
+// 0 at 256 ranks, 44 at 300). Floating types take NCCL's PreMulSum instead
+// (avgScalar).
 template <typename T>
 T averageOf(T sum, int n) {
-  if constexpr (std::is_integral<T>::value) {
-    using W = typename std::conditional<std::is_signed<T>::value, int64_t, uint64_t>::type;
-    return (T)((W)sum / (W)n);
-  } else {
-    return sum / (T)n;
-  }
+  using W = typename std::conditional<std::is_signed<T>::value, int64_t, uint64_t>::type;
+  return (T)((W)sum / (W)n);
+}
+
+// ncclAvg of a floating type is NCCL's PreMulSum: every input is multiplied by
+// 1/n, rounded to the buffer's type (NCCL's float(1.0/nRanks), then converted),
+// and the products are summed. So an fp16 average whose sum would pass 65504
+// stays finite, and the bits are NCCL's also where n is not a power of two.
+inline float avgScalar(int n) {
+  return (float)(1.0 / n);
 }
 
 template <typename T>
 void reduceTyped(const std::vector<const void*>& src, void* dst, size_t count, ncclRedOp_t op,
                  int n) {
+  constexpr bool kFloating = std::is_floating_point<T>::value;
+  const bool preMul = kFloating && op == ncclAvg;
+  const T scalar = preMul ? (std::is_same<T, double>::value ? (T)(1.0 / n) : (T)avgScalar(n)) : 1;
   for (size_t i = 0; i < count; ++i) {
     T acc = loadT<T>(src[0], i);
+    if (preMul) acc = acc * scalar;
     for (int r = 1; r < n; ++r) {
       T v = loadT<T>(src[r], i);
+      if (preMul) v = v * scalar;
       switch (op) {
         case ncclProd:
           acc = wrapMul(acc, v);
@@ -189,17 +199,28 @@ void reduceTyped(const std::vector<const void*>& src, void* dst, size_t count, n
           break;
       }
     }
-    if (op == ncclAvg) acc = averageOf(acc, n);
+    if constexpr (!kFloating) {
+      if (op == ncclAvg) acc = averageOf(acc, n);
+    }
     memcpy(static_cast<char*>(dst) + i * sizeof(T), &acc, sizeof(T));
   }
 }
 
+// A float rounded to fp16 or bf16 (t), as a float.
+float roundTo(DType t, float x) {
+  return t == DType::F16 ? halfToFloat(floatToHalf(x)) : bf16ToFloat(floatToBf16(x));
+}
+
 void reduceHalf(const std::vector<const void*>& src, void* dst, size_t count, ncclRedOp_t op, int n,
                 DType t) {
+  const bool preMul = op == ncclAvg;
+  const float scalar = roundTo(t, avgScalar(n));  // 1/n in the buffer's type
   for (size_t i = 0; i < count; ++i) {
     float acc = loadAsFloat(src[0], t, i);
+    if (preMul) acc = roundTo(t, acc * scalar);  // exact product, rounded once
     for (int r = 1; r < n; ++r) {
       float v = loadAsFloat(src[r], t, i);
+      if (preMul) v = roundTo(t, v * scalar);
       switch (op) {
         case ncclProd:
           acc = acc * v;
@@ -215,9 +236,8 @@ void reduceHalf(const std::vector<const void*>& src, void* dst, size_t count, nc
           break;
       }
       // NCCL reduces in the buffer's type: round after every step.
-      acc = t == DType::F16 ? halfToFloat(floatToHalf(acc)) : bf16ToFloat(floatToBf16(acc));
+      acc = roundTo(t, acc);
     }
-    if (op == ncclAvg) acc = acc / (float)n;
     storeFromFloat(dst, t, i, acc);
   }
 }
