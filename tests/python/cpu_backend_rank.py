@@ -569,10 +569,14 @@ def _error(fn):
 
 def _refusals(state):
     """What a DDP hook call, an FSDP reduce-scatter call and state_dict() say on `state`."""
-    rs = gct.GradcompReduceScatter(state, "layers.0")
+    def fsdp():
+        # Made here: an aborted or closed state refuses to serve FSDP2 from the start.
+        rs = gct.GradcompReduceScatter(state, "layers.0")
+        rs(output_tensor=torch.zeros(4), input_tensor=torch.zeros(8), group=dist.group.WORLD,
+           op=dist.ReduceOp.AVG)
+
     return {"hook": _error(lambda: gct.gradcomp_hook(state, _Bucket(torch.zeros(8)))),
-            "fsdp": _error(lambda: rs(output_tensor=torch.zeros(4), input_tensor=torch.zeros(8),
-                                      group=dist.group.WORLD, op=dist.ReduceOp.AVG)),
+            "fsdp": _error(fsdp),
             "state_dict": _error(state.state_dict)}
 
 

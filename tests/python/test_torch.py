@@ -1444,7 +1444,7 @@ class FsdpReduceScatterOnCpuWorld(unittest.TestCase):
         ops = [dist.ReduceOp.AVG, dist.ReduceOp.SUM, dist.ReduceOp.AVG]
         with self.gradcomp.CpuWorld(self.N, self.config()) as w, \
                 self.gradcomp.CpuWorld(self.N, self.config()) as ref:
-            states = HookOnCpuWorld.make_states(self.N, w, "rs", None, 0, self.config)
+            states = HookOnCpuWorld.make_states(self.N, w, "rs", None, None, self.config)
             hooks = [gt.GradcompReduceScatter(st, "layers.0") for st in states]
 
             def rank(comm):
@@ -1517,14 +1517,14 @@ class FsdpReduceScatterOnCpuWorld(unittest.TestCase):
                                         min_elements=0)
 
         with self.gradcomp.CpuWorld(self.N, dgc()) as w:
-            states = HookOnCpuWorld.make_states(self.N, w, "rs-op", None, 0, dgc)
+            states = HookOnCpuWorld.make_states(self.N, w, "rs-op", None, None, dgc)
             rs = gt.GradcompReduceScatter(states[0], "layers.0")
             with self.assertRaisesRegex(ValueError, "set_force_sum_reduction_for_comms"):
                 rs._reduce_scatter(torch.zeros(self.n), torch.zeros(self.N * self.n),
                                    states[0].process_group, dist.ReduceOp.MAX, False,
                                    lambda: None)
         with self.gradcomp.CpuWorld(self.N, self.config()) as w:
-            states = HookOnCpuWorld.make_states(self.N, w, "rs-op-q", None, 0, self.config)
+            states = HookOnCpuWorld.make_states(self.N, w, "rs-op-q", None, None, self.config)
             rs = gt.GradcompReduceScatter(states[0], "layers.0")
             sent = self.ops_sent_to_torch(rs, states[0], dist.ReduceOp.MAX,
                                           torch.zeros(self.N * self.n))
@@ -1548,7 +1548,7 @@ class FsdpReduceScatterOnCpuWorld(unittest.TestCase):
         import gradcomp.torch as gt
 
         with self.gradcomp.CpuWorld(self.N, self.config()) as w:
-            states = HookOnCpuWorld.make_states(self.N, w, "rs-paused", None, 0, self.config)
+            states = HookOnCpuWorld.make_states(self.N, w, "rs-paused", None, None, self.config)
             rs = gt.GradcompReduceScatter(states[0], "layers.0")
             comm = w.comms[0]  # the state's comm (make_states); state.comm() would agree
             before = comm.call_counts()
@@ -1579,7 +1579,7 @@ class FsdpReduceScatterOnCpuWorld(unittest.TestCase):
 
         with warnings.catch_warnings(), self.gradcomp.CpuWorld(self.N, config()) as w:
             warnings.simplefilter("ignore")
-            states = HookOnCpuWorld.make_states(self.N, w, "rs-dgc", None, 0, config)
+            states = HookOnCpuWorld.make_states(self.N, w, "rs-dgc", None, None, config)
             hooks = [gt.GradcompReduceScatter(st, "layers.0") for st in states]
 
             def rank(comm):
@@ -1618,12 +1618,46 @@ class FsdpReduceScatterOnCpuWorld(unittest.TestCase):
             return self.gradcomp.Config(from_env=False, method="dgc", min_elements=0)
 
         with self.gradcomp.CpuWorld(self.N, config()) as w:
-            st = HookOnCpuWorld.make_states(self.N, w, "rs-order", None, 0, config)[0]
+            st = HookOnCpuWorld.make_states(self.N, w, "rs-order", None, None, config)[0]
             st.param_groups([torch.nn.Parameter(torch.zeros(64, 64)),
                              torch.nn.Parameter(torch.zeros(64))])
             with self.assertRaisesRegex(ValueError, r"param_groups\(\) was called before.*"
                                         r"register_fsdp_reduce_scatter\(model, state\) first"):
                 gt.GradcompReduceScatter(st, "layers.0")
+
+    def test_the_ddp_hooks_options_are_refused_by_fsdp(self):
+        """start_iter, layer_min_size and exclude_1d are the DDP hook's: FSDP2's reduce-scatter
+        and replica all-reduce compress every parameter from the first call, so a state made
+        with any of them (start_iter=5 for uncompressed warm-up steps) is refused, naming it,
+        rather than compressed from step 0. A state without them, also unpickled, is taken."""
+        import pickle
+
+        import gradcomp.torch as gt
+        import gradcomp.torch._group as group
+
+        with self.gradcomp.CpuWorld(self.N, self.config()) as w:
+            for kw, hook in (({"start_iter": 5}, gt.GradcompReduceScatter),
+                             ({"layer_min_size": 0}, gt.GradcompReplicaAllReduce),
+                             ({"exclude_1d": False}, gt.GradcompReduceScatter),
+                             ({"start_iter": 2}, gt.GradcompReplicaAllReduce)):
+                name, value = next(iter(kw.items()))
+                rest = {k: v for k, v in kw.items() if k != "start_iter"}
+                st = HookOnCpuWorld.make_states(self.N, w, f"ddp-only-{name}", None,
+                                                kw.get("start_iter"), self.config, **rest)[0]
+                with self.assertRaisesRegex(ValueError, rf"made with {name}={value!r}, which "
+                                            r"only the DDP hook applies.*from the first call.*"
+                                            r"state\.paused\(\)"):
+                    hook(st, "layers.0")
+                self.assertIsNone(st._fsdp_role)
+            st = HookOnCpuWorld.make_states(self.N, w, "ddp-only-none", None, None,
+                                            self.config)[0]
+            with mock.patch.object(group, "check_group", lambda pg, backend: (pg, 0, 2)):
+                again = pickle.loads(pickle.dumps(st))
+            for state in (st, again):
+                gt.GradcompReduceScatter(state, "layers.0")
+                self.assertEqual(state._keyed_by(), "fsdp")
+            self.assertEqual((again.start_iter, again.layer_min_size, again.exclude_1d),
+                             (2, 1024, True))
 
 
 @unittest.skipIf(torch is None, "PyTorch is not installed: gradcomp.torch is checked on the GPU "

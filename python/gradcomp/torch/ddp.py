@@ -34,6 +34,9 @@ _DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "
 _STATE_VERSION = 1
 # How an FSDP2 state's residuals are keyed, by the collective it serves (_fsdp_role).
 _FSDP_KEYED_BY = {"shard": "fsdp", "replicate": "fsdp-replicas"}
+# The options of the DDP hook alone, with their defaults: FSDP2's hooks compress every parameter
+# (FSDP's whole flat buffer) from the first call, so a state serving them refuses any given.
+_DDP_ONLY = {"layer_min_size": 1024, "start_iter": 2, "exclude_1d": True}
 _ABORTED = ("gradcomp: the state was aborted (GradcompState.abort()) and its residuals are gone; "
             "make a new GradcompState (and register it again) to go on")
 _CLOSED = ("gradcomp: the state was closed (GradcompState.close()): its comm and residuals are "
@@ -72,6 +75,11 @@ class GradcompState:
             before). DDP rebuilds its buckets after the first step (with
             static_graph=True, after the second), so the default 2 compresses
             only rebuilt buckets (as PowerSGD's start_powerSGD_iter > 1).
+            layer_min_size, exclude_1d and start_iter are the DDP hook's
+            (None: the defaults above): FSDP2's reduce-scatter and replica
+            all-reduce compress every parameter from the first call, and
+            refuse a state made with any of them (for uncompressed steps there,
+            run them inside `with state.paused():`).
         grad_scaler: the torch.amp.GradScaler that scales this model's loss
             (fp16 AMP), or None. gradcomp's residuals and DGC's velocity are
             then kept in the units of the scaled gradients it is handed: at
@@ -100,12 +108,20 @@ class GradcompState:
     # FSDP2 compresses every parameter.
     _fsdp_role = None
     _split_given = False  # param_groups() gave a DGC split by is_compressed()
+    _ddp_options = {}  # the DDP hook's options given (_DDP_ONLY), by name; set, never changed
 
-    def __init__(self, process_group=None, module=None, *, layer_min_size=1024, start_iter=2,
-                 exclude_1d=True, backend="nccl", grad_scaler=None, config=None, **settings):
+    def __init__(self, process_group=None, module=None, *, layer_min_size=None, start_iter=None,
+                 exclude_1d=None, backend="nccl", grad_scaler=None, config=None, **settings):
         self.process_group, self.rank, self.world_size = _group.check_group(process_group,
                                                                             backend)
         self.backend = backend
+        # The DDP hook's options given (FSDP2's hooks refuse them: _serve_fsdp).
+        self._ddp_options = {n: v for n, v in (("layer_min_size", layer_min_size),
+                                               ("start_iter", start_iter),
+                                               ("exclude_1d", exclude_1d)) if v is not None}
+        layer_min_size = self._ddp_options.get("layer_min_size", _DDP_ONLY["layer_min_size"])
+        start_iter = self._ddp_options.get("start_iter", _DDP_ONLY["start_iter"])
+        exclude_1d = self._ddp_options.get("exclude_1d", _DDP_ONLY["exclude_1d"])
         for name, v in (("layer_min_size", layer_min_size), ("start_iter", start_iter)):
             if _integer(v, name, "an integer >= 0") < 0:
                 raise ValueError(f"{name}={v!r} is not an integer >= 0")
@@ -186,9 +202,11 @@ class GradcompState:
 
     def __setstate__(self, d):
         """Back on the default process group (as PowerSGDState); module keys need set_module()."""
-        self.__init__(None, layer_min_size=d["layer_min_size"], start_iter=d["start_iter"],
-                      exclude_1d=d["exclude_1d"], backend=d.get("backend", "nccl"),
-                      config=Config(from_env=False, **d["settings"]))
+        # A saved default as not given: an FSDP2 state's (which refuses them given) unpickles
+        # as it was made.
+        self.__init__(None, backend=d.get("backend", "nccl"),
+                      config=Config(from_env=False, **d["settings"]),
+                      **{n: d[n] for n, v in _DDP_ONLY.items() if d[n] != v})
         self.iter = d["iter"]
         self._pending_blob = d["gradcomp"]
         self._pending_keyed = d.get("keyed_by") if d["gradcomp"] is not None else None
@@ -505,6 +523,7 @@ class GradcompState:
         """Marks the state as FSDP2's (GradcompReduceScatter: role "shard";
         GradcompReplicaAllReduce: "replicate"): gradcomp then compresses, and with DGC's
         momentum correction applies its velocity to, every parameter."""
+        self._check_usable()  # an aborted or closed state says so first
         cfg = self.config
         if self._fsdp_role not in (None, role):
             # The two collectives run over different groups (a rank's shard group and its
@@ -526,6 +545,14 @@ class GradcompState:
                 "momentum to all of them (momentum twice). Call register_fsdp_reduce_scatter("
                 "model, state) first (register_fsdp_replica_all_reduce likewise), then build "
                 "the optimizer from state.param_groups(...)")
+        if self._ddp_options:
+            given = ", ".join(f"{n}={v!r}" for n, v in self._ddp_options.items())
+            raise ValueError(
+                f"this GradcompState was made with {given}, which only the DDP hook applies: "
+                "FSDP2's " + ("reduce-scatter" if role == "shard" else "replica all-reduce")
+                + " compresses every parameter (FSDP's whole flat buffer) from the first call "
+                "and would ignore it. Make the state without layer_min_size, start_iter and "
+                "exclude_1d; for uncompressed steps, run them inside `with state.paused():`")
         mine = _FSDP_KEYED_BY[role]
         if self._pending_blob is not None and self._pending_keyed not in (None, mine):
             self._check_keying(self._pending_blob, self._pending_keyed, mine)
