@@ -827,8 +827,10 @@ class HookOnCpuWorld(unittest.TestCase):
         try:
             for r, pg in enumerate(pgs):
                 group.check_group = lambda pg, backend, r=r: (pg, r, N)
-                st = gt.GradcompState(pg, module=module, start_iter=start_iter, backend="cpu",
-                                      config=config(), **settings)
+                # start_iter None: not given (FSDP2's hooks take no start_iter).
+                given = {} if start_iter is None else {"start_iter": start_iter}
+                st = gt.GradcompState(pg, module=module, backend="cpu", config=config(),
+                                      **given, **settings)
                 st._make_comm = lambda device, c=world.comms[r]: (c, None)
                 out.append(st)
         finally:
@@ -1541,6 +1543,46 @@ class FsdpReduceScatterOnCpuWorld(unittest.TestCase):
             rs._reduce_scatter(torch.zeros(self.n), inp, state.process_group, op, False,
                                lambda: None)
         return sent
+
+    def test_a_resume_under_other_module_names_warns(self):
+        """The FSDP2 reduce-scatter's residuals are keyed by module name, and its state dict
+        saves the keys it reduced under: a resumed run whose module is named otherwise (a
+        model registered through another wrapper) warns, naming the module, that its residual
+        starts fresh; under the saved name it does not. Without the saved keys it was silent."""
+        import gradcomp.torch as gt
+
+        def step(hooks, states):
+            def rank(comm):
+                r = comm.rank
+                out = torch.empty(self.n)
+                hooks[r]._reduce_scatter(out, self.inputs(0, r), states[r].process_group,
+                                         dist.ReduceOp.AVG, False, lambda: None)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                w.run(rank)
+            return [str(c.message) for c in caught if "no residual" in str(c.message)]
+
+        with self.gradcomp.CpuWorld(self.N, self.config()) as w:
+            states = HookOnCpuWorld.make_states(self.N, w, "rs-keys", None, None, self.config)
+            self.assertEqual(step([gt.GradcompReduceScatter(st, "layers.0") for st in states],
+                                  states), [])
+            saved = [st.state_dict() for st in states]
+            self.assertEqual(saved[0]["keys"], [gt.GradcompReduceScatter(None, "layers.0").key])
+        for name, warned in (("_orig_mod.layers.0", True), ("layers.0", False)):
+            with self.gradcomp.CpuWorld(self.N, self.config()) as w:
+                states = HookOnCpuWorld.make_states(self.N, w, "rs-keys-" + name, None, None,
+                                                    self.config)
+                hooks = [gt.GradcompReduceScatter(st, name) for st in states]
+                for st, d in zip(states, saved):
+                    st.load_state_dict(d)
+                got = step(hooks, states)
+                if warned:
+                    self.assertEqual(len(got), self.N)
+                    self.assertRegex(got[0], r"FSDP module '_orig_mod\.layers\.0' has no "
+                                     r"residual in the run whose state was loaded: its "
+                                     r"residual starts fresh")
+                else:
+                    self.assertEqual(got, [])
 
     def test_paused_state_sends_uncompressed_and_leaves_the_residual(self):
         """Inside state.paused() the FSDP2 reduce-scatter goes to torch uncompressed, as the

@@ -611,6 +611,20 @@ class GradcompState:
                             "once)")
         self._keys.add(key)
 
+    def _check_fsdp_key(self, name, key):
+        """_check_key for FSDP2's hooks (residuals keyed by FSDP module name): records the key;
+        warns (once) when a loaded state dict's run never reduced under it. A state dict from
+        before these keys were saved (its keys empty) checks none."""
+        if self._loaded_keys and key not in self._loaded_keys:
+            self._warn_once("unloaded-key", f"FSDP module {name!r} has no residual in the run "
+                            "whose state was loaded: its residual starts fresh, and the loaded "
+                            "residuals of modules named otherwise there wait unused. The keys "
+                            "are the module names in the model registered: register on the same "
+                            "model as the saved run (not, in one of the two, on a wrapper such "
+                            "as torch.compile's, whose names start with '_orig_mod.') (warned "
+                            "once)")
+        self._keys.add(key)
+
     def _warn_once(self, what, msg):
         if what not in self._warned:
             self._warned.add(what)

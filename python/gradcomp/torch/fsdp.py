@@ -66,7 +66,8 @@ class GradcompReduceScatter(_Base):
                                "rebuild libgradcomp from a checkout with the reduce-scatter entry "
                                "point, or leave FSDP's default reduce-scatter in place")
         self.state = state
-        self.key = _key_of(("fsdp", str(key)))
+        self.name = str(key)
+        self.key = _key_of(("fsdp", self.name))
         if state is not None:
             # Every parameter of FSDP's flat buffer goes through gradcomp: param_groups() gives
             # them all gradcomp's DGC velocity (and no optimizer momentum).
@@ -156,6 +157,7 @@ class GradcompReduceScatter(_Base):
             raise ValueError("FSDP reduces over another process group than the GradcompState's: "
                              "make the state with process_group=<FSDP's shard group>")
         comm = self.state.comm(out.device)
+        self.state._check_fsdp_key(self.name, self.key)
         self.state._follow_scaler(comm, stream_handle())
         before = comm.call_counts()
         comm.reduce_scatter_raw(inp.data_ptr(), out.data_ptr(), out.numel(), _DTYPES[inp.dtype],
@@ -202,7 +204,8 @@ class GradcompReplicaAllReduce:
 
     def __init__(self, state, key, module=None):
         self.state = state
-        self.key = _key_of(("fsdp-replicas", str(key)))
+        self.name = str(key)
+        self.key = _key_of(("fsdp-replicas", self.name))
         self.module = module
         if module is not None and state is not None:
             _check_replica_mesh(module, state)
@@ -288,6 +291,7 @@ class GradcompReplicaAllReduce:
             dist.all_reduce(t, op=op, group=self.state.process_group)
             return None
         comm = self.state.comm(t.device)
+        self.state._check_fsdp_key(self.name, self.key)
         self.state._follow_scaler(comm, stream_handle)
         before = comm.call_counts()
         comm.allreduce_raw(t.data_ptr(), t.data_ptr(), t.numel(), _DTYPES[t.dtype], opname,
