@@ -56,11 +56,28 @@ def hier_middle(label, nodes):
     return "allgather" if nodes <= 2 else "twoshot"
 
 
+def check_projection_pieces(tag, r):
+    """The projection's pipelined hierarchy: the library cuts only a two-shot middle into
+    pieces (its allgather and ring middles run in one), and on `auto` the middle across 2 nodes
+    is an allgather; there hier|P is the unpipelined hier."""
+    for p in r.get("projection") or []:
+        if p["nodes"] < 2 or hier_middle(r.get("label") or "", p["nodes"]) == "twoshot":
+            continue
+        t = "%s %dx%d@%g" % (tag, p["nodes"], p["local"], p["node_gbps"])
+        expect(p["hier_pieces"] == 1 and close(p["hier_pipelined_time_us"], p["hier_time_us"]),
+               "%s: a %s middle is one piece: hier|P %s us (P = %s) vs hier %s us" %
+               (t, hier_middle(r.get("label") or "", p["nodes"]), p["hier_pipelined_time_us"],
+                p["hier_pieces"], p["hier_time_us"]))
+
+
 def check_rows(path):
     doc = json.load(open(path))
     rows, local = doc["rows"], doc.get("local_size", 1)
     seen = 0
     for r in rows:
+        if r.get("method") == "qsgd" and r.get("kernels_measured"):
+            check_projection_pieces("%s: %s %s %d" % (os.path.basename(path), r["dtype"],
+                                                      r.get("label"), r["size"]), r)
         inter = r.get("inter_wire_bytes")
         flat = inter is None or inter >= r["wire_bytes"]
         if (r.get("method") in SPARSE and r.get("kernels_measured") and r.get("sparse_kind") and

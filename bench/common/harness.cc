@@ -537,8 +537,11 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
         for (double gbps : o.nodeGbps) {
           if (k * g < 2) continue;
           const Cluster c{k, g, o.intraGbps, gbps, o.linkLatencyUs};
-          const ClusterTimes t =
-              clusterModel(count, kind, row->bits, row->bucket, costs, c, o.modelPipelineBytes);
+          // The library cuts only a two-shot middle into pieces: the row's
+          // algorithm on `auto` runs an allgather across 2 nodes (hierMiddle),
+          // and an allgather or ring middle, in one piece.
+          const size_t pipe = hierMiddle(cfg, k) == gradcompAlgoTwoShot ? o.modelPipelineBytes : 0;
+          const ClusterTimes t = clusterModel(count, kind, row->bits, row->bucket, costs, c, pipe);
           row->projection.push_back({k, g, gbps, t});
         }
   }
