@@ -203,18 +203,22 @@ void notePeerSlotsRejected(gradcompComm& c) {
 
 gradcompResult_t allGatherDirect(Transport& t, void* const* blocks, const size_t* bytes) {
   const int n = t.size(), r = t.rank();
-  std::vector<const void*> send(n, blocks[r]);
-  std::vector<size_t> sendBytes(n, bytes[r]), recvBytes(bytes, bytes + n);
-  sendBytes[r] = recvBytes[r] = 0;
-  return t.allToAll(send.data(), sendBytes.data(), blocks, recvBytes.data());
+  // assign() reuses the arrays once they have their size: no allocation per call.
+  Transport::GatherArgs& g = t.gatherArgs();
+  g.send.assign(n, blocks[r]);
+  g.sendBytes.assign(n, bytes[r]);
+  g.recvBytes.assign(bytes, bytes + n);
+  g.sendBytes[r] = g.recvBytes[r] = 0;
+  return t.allToAll(g.send.data(), g.sendBytes.data(), blocks, g.recvBytes.data());
 }
 
 gradcompResult_t allGatherDirect(Transport& t, void* recv, size_t stride, size_t bytes) {
   const int n = t.size();
-  std::vector<void*> blocks(n);
-  for (int j = 0; j < n; ++j) blocks[j] = static_cast<char*>(recv) + (size_t)j * stride;
-  const std::vector<size_t> sizes(n, bytes);
-  return allGatherDirect(t, blocks.data(), sizes.data());
+  Transport::GatherArgs& g = t.gatherArgs();
+  g.blocks.resize(n);
+  for (int j = 0; j < n; ++j) g.blocks[j] = static_cast<char*>(recv) + (size_t)j * stride;
+  g.sizes.assign(n, bytes);
+  return allGatherDirect(t, g.blocks.data(), g.sizes.data());
 }
 
 size_t allToAllInterNodeBytes(const gradcompComm& c, size_t wire) {

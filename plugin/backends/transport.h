@@ -92,11 +92,22 @@ class Transport {
   virtual gradcompResult_t reduceScatter(const void* send, void* recv, size_t recvCount,
                                          ncclDataType_t type, ncclRedOp_t op) = 0;
 
+  // allGatherDirect's argument arrays (algorithms/common.cc), size() long:
+  // kept here so that a steady-state call does not allocate them. A
+  // transport runs one call at a time.
+  struct GatherArgs {
+    std::vector<const void*> send;
+    std::vector<size_t> sendBytes, recvBytes, sizes;
+    std::vector<void*> blocks;
+  };
+  GatherArgs& gatherArgs() { return gatherArgs_; }
+
  protected:
   int rank_ = 0, size_ = 1;
   cudaStream_t stream_ = nullptr;
   CallInfo call_;
   std::atomic<bool> aborted_{false};
+  GatherArgs gatherArgs_;
   // InvalidUsage once abort() was called.
   gradcompResult_t checkOpen() const;
   // The rank this transport's sentences name: rank_, unless it runs on a
