@@ -49,6 +49,9 @@ thread_local std::vector<Deferred> tDeferred;
 // Calls handed to NCCL inside the thread's open group: counted as passed
 // through when the group runs, not when it is only simulated.
 thread_local std::vector<std::pair<EntryPtr, Collective>> tGroupForwarded;
+// leaveGroup's copy of their entries, kept so that a group end does not
+// allocate it (emptied before leaveGroup returns, so no entry outlives it).
+thread_local std::vector<EntryPtr> tGroupEnded;
 
 void countPassed(CommEntry& e, Collective coll) {
   e.callsPassed++;
@@ -237,7 +240,12 @@ ncclResult_t leaveGroup(ncclResult_t r) {
     tDeferred.clear();
     return r;
   }
-  std::vector<EntryPtr> forwarded;
+  std::vector<EntryPtr>& forwarded = tGroupEnded;
+  struct Release {
+    std::vector<EntryPtr>& v;
+    ~Release() { v.clear(); }
+  } release{forwarded};
+  forwarded.clear();
   for (auto& f : tGroupForwarded) {
     countPassed(*f.first, f.second);
     forwarded.push_back(f.first);
