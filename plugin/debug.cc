@@ -9,6 +9,8 @@
 
 #include <mutex>
 
+#include "format_args.h"
+
 namespace gc {
 
 static LogLevel parseLevel() {
@@ -38,10 +40,7 @@ LogLevel logLevel() {
 void logMessage(LogLevel level, const char* file, int line, const char* fmt, ...) {
   static std::mutex mu;
   char msg[1024];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(msg, sizeof(msg), fmt, ap);
-  va_end(ap);
+  GC_FORMAT_ARGS(msg, fmt);
   const char* name = level == LogLevel::Warn ? "WARN" : level == LogLevel::Info ? "INFO" : "TRACE";
   const char* base = strrchr(file, '/');
   std::lock_guard<std::mutex> lock(mu);

@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "checks.h"
+#include "format_args.h"
 
 namespace gc {
 
@@ -10,10 +11,7 @@ static thread_local char tlsLastError[1024];
 static thread_local int tlsReportedByCaller = 0;
 
 gradcompResult_t setError(gradcompResult_t result, const char* fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(tlsLastError, sizeof(tlsLastError), fmt, ap);
-  va_end(ap);
+  GC_FORMAT_ARGS(tlsLastError, fmt);
   if (tlsReportedByCaller == 0) GC_WARN("%s: %s", gradcompGetErrorString(result), tlsLastError);
   return result;
 }
@@ -21,10 +19,7 @@ gradcompResult_t setError(gradcompResult_t result, const char* fmt, ...) {
 gradcompResult_t restoreError(gradcompResult_t result, const char* fmt, ...) {
   // Formatted through a copy: the argument is often tlsLastError's old text.
   char msg[sizeof(tlsLastError)];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(msg, sizeof(msg), fmt, ap);
-  va_end(ap);
+  GC_FORMAT_ARGS(msg, fmt);
   memcpy(tlsLastError, msg, sizeof(msg));
   return result;
 }

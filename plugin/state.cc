@@ -63,6 +63,7 @@
 #include "codecs/qsgd.h"
 #include "collective.h"
 #include "comm.h"
+#include "format_args.h"
 #include "params.h"
 
 namespace gc {
@@ -368,10 +369,7 @@ struct ParsedScale {
 gradcompResult_t refuse(const char* what, ...) __attribute__((format(printf, 1, 2)));
 gradcompResult_t refuse(const char* fmt, ...) {
   char msg[512];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(msg, sizeof(msg), fmt, ap);
-  va_end(ap);
+  GC_FORMAT_ARGS(msg, fmt);
   return setError(gradcompInvalidArgument, "state blob refused, the comm is unchanged: %s", msg);
 }
 

@@ -19,6 +19,7 @@
 #include "checks.h"
 #include "comm.h"
 #include "debug.h"
+#include "format_args.h"
 #include "nccl_dlsym.h"
 #include "params.h"
 #include "preload.h"
@@ -645,19 +646,13 @@ void printWarning(const char* msg) {
 void warnOnce(const std::string& key, const char* fmt, ...) {
   if (!firstWarning(key)) return;
   char msg[1024];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(msg, sizeof(msg), fmt, ap);
-  va_end(ap);
+  GC_FORMAT_ARGS(msg, fmt);
   printWarning(msg);
 }
 
 void warnOncePerSentence(const char* fmt, ...) {
   char msg[1024];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(msg, sizeof(msg), fmt, ap);
-  va_end(ap);
+  GC_FORMAT_ARGS(msg, fmt);
   // Keyed apart from warnOnce's keys: a sentence never silences a keyed warning.
   if (firstWarning(std::string("sentence:") + msg)) printWarning(msg);
 }
