@@ -350,13 +350,9 @@ class Comm:
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        # A close refused while an exception propagates (a call still in progress on another
-        # thread) leaves the comm open for abort(), and the caller sees that exception.
-        try:
-            self.close()
-        except GradcompError:
-            if exc_type is None:
-                raise
+        # A close refused (a call still in progress on another thread) leaves the comm open for
+        # abort(): gradcomp.h wants an NCCL comm's abort after its NCCL communicator's.
+        _close_leaving(self, exc_type, abort_refused=False)
 
     def __del__(self):
         # A comm dropped without close() or abort(): ResourceWarning, as for an unclosed file
@@ -474,6 +470,19 @@ def run_on_threads(n, body, timeout=300.0):
     return results
 
 
+def _close_leaving(obj, exc_type, abort_refused):
+    """The end of a `with` block of a Comm or CpuWorld: obj.close(). A close refused (a call
+    still in progress on another thread) is aborted first where abort_refused, and raised unless
+    an exception is already leaving the block: that one is the exception the caller sees."""
+    try:
+        obj.close()
+    except GradcompError:
+        if abort_refused:
+            obj.abort()
+        if exc_type is None:
+            raise
+
+
 class CpuWorld:
     """gradcompCommCreateCpu: `nranks` comms of one in-process world (host buffers).
 
@@ -521,11 +530,5 @@ class CpuWorld:
 
     def __exit__(self, exc_type, exc, tb):
         # Leaving on an exception (a rank failed, run() timed out) may leave ranks inside a
-        # call: their comms refuse close, so they are aborted, and the exception that is
-        # propagating is the one the caller sees.
-        try:
-            self.close()
-        except GradcompError:
-            self.abort()
-            if exc_type is None:
-                raise
+        # call: their comms refuse close, so they are aborted (every rank is in this process).
+        _close_leaving(self, exc_type, abort_refused=True)

@@ -1252,6 +1252,23 @@ class CommAbort(unittest.TestCase):
                 c.handle
         self.assertLess(time.time() - t0, 60)  # the aborts, not cpu_timeout_sec
 
+    def test_leaving_a_with_comm_keeps_a_refused_comm_open(self):
+        """A `with comm:` whose close is refused (its call still waits on a peer) leaves the
+        comm open for abort(): the exception leaving the block is the one seen, and without
+        one the refusal is raised."""
+        cfg = gradcomp.Config(from_env=False, min_elements=0, auto_tune=0, cpu_timeout_sec=120)
+        x = np.ones(256, np.float32)
+        world = gradcomp.CpuWorld(2, cfg)
+        self.addCleanup(world.abort)
+        with self.assertRaises(TimeoutError):
+            with world.comms[0]:
+                world.run(lambda c: c.allreduce(x) if c.rank == 0 else None, timeout=1)
+        self.assertTrue(world.comms[0].handle)  # still open
+        with self.assertRaisesRegex(gradcomp.GradcompError, "in progress"):
+            with world.comms[0]:
+                pass
+        self.assertTrue(world.comms[0].handle)
+
     def test_abort_after_a_peer_is_gone(self):
         cfg = gradcomp.Config(from_env=False, min_elements=0, auto_tune=0, cpu_timeout_sec=60)
 
