@@ -376,6 +376,8 @@ class Comm:
                     L.gradcompCommDestroy(h)  # a refusal (a call on the raw handle) leaves it
             except Exception:  # noqa: BLE001 - interpreter exit; never raise from __del__
                 pass
+        if getattr(self, "_owner_warned", False):
+            return  # the object that held it (a GradcompState) warned, naming itself
         try:
             warnings.warn(f"unclosed {self!r}" + ("" if host else
                           ": an NCCL comm is not freed when dropped (its destroy may wait on "

@@ -2459,22 +2459,32 @@ class StateDroppedOrWith(unittest.TestCase):
         return (mock.patch.object(_nccl, "destroy_nccl", lambda h: calls.append("ncclCommDestroy")),
                 mock.patch.object(_nccl, "abort_nccl", abort_nccl))
 
-    def dropped(self, how, calls):
-        """ResourceWarnings of a state with an open comm, closed or aborted by `how` (None:
-        neither) and dropped."""
+    def dropped(self, how, calls, make_comm=None, backend="nccl"):
+        """ResourceWarnings of a state with an open comm (make_comm's, else a stand-in),
+        closed or aborted by `how` (None: neither) and dropped."""
         import gc
 
         def make():
             state, _, comm = self.make_state(calls)
-            state._comm, state._nccl_handle = comm, 0x1234
+            state.backend = backend
+            state._comm = make_comm() if make_comm is not None else comm
+            state._nccl_handle = 0x1234 if backend == "nccl" else None
             if how is not None:
                 getattr(state, how)()
+
+        def resource(got):
+            return [str(w.message) for w in got if issubclass(w.category, ResourceWarning)]
 
         with warnings.catch_warnings(record=True) as got:
             warnings.simplefilter("always")
             make()  # the state goes with make's frame
             gc.collect()
-        return [str(w.message) for w in got if issubclass(w.category, ResourceWarning)]
+            msgs = resource(got)
+            # A recorded warning holds its source, the state: let go here, so that what the
+            # state held (its comm) goes inside this block too.
+            del got[:]
+            gc.collect()
+        return msgs + resource(got)
 
     def test_a_dropped_state_with_its_comm_warns_and_frees_nothing(self):
         calls = []
@@ -2484,6 +2494,34 @@ class StateDroppedOrWith(unittest.TestCase):
         self.assertEqual(len(msgs), 1, msgs)
         self.assertRegex(msgs[0], r"unclosed GradcompState \(rank 0 of 2, backend='nccl'\).*"
                          r"NCCL communicator is not freed")
+        self.assertEqual(calls, [])
+
+    def test_a_dropped_state_warns_once_not_again_for_its_comm(self):
+        """One ResourceWarning, the state's: its gradcomp.Comm (an NCCL comm, left allocated; a
+        CPU comm, freed by its own finalizer) adds none."""
+        import ctypes
+
+        import gradcomp
+
+        def nccl_comm():
+            # An NCCL backend gradcomp.Comm as its finalizer sees it (which calls nothing).
+            c = gradcomp.Comm.__new__(gradcomp.Comm)
+            c._h, c.host, c.rank, c.size = ctypes.c_void_p(0x1234), False, 0, 2
+            return c
+
+        def cpu_comm():
+            world = gradcomp.CpuWorld(1)
+            (c,), world.comms = world.comms, []
+            return c
+
+        calls = []
+        destroy, abort = self.nccl_patched(calls)
+        with destroy, abort:
+            for backend, make_comm in (("nccl", nccl_comm), ("cpu", cpu_comm)):
+                msgs = self.dropped(None, calls, make_comm, backend)
+                self.assertEqual(len(msgs), 1, msgs)
+                self.assertRegex(msgs[0], rf"unclosed GradcompState \(rank 0 of 2, "
+                                 rf"backend='{backend}'\)")
         self.assertEqual(calls, [])
 
     def test_closed_or_aborted_states_do_not_warn(self):

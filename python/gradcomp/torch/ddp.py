@@ -432,8 +432,11 @@ class GradcompState:
         # backend="cpu" state's comm is freed by Comm's own finalizer (its destroy waits on no
         # peer); an NCCL state's comm and communicator are left allocated, since their destroy
         # may wait on peers (and at interpreter exit on a CUDA already torn down).
-        if getattr(self, "_comm", None) is None:
+        comm = getattr(self, "_comm", None)
+        if comm is None:
             return
+        # One warning, naming the state: its comm's finalizer says nothing more.
+        comm._owner_warned = True
         try:
             nccl = getattr(self, "backend", None) == "nccl"
             warnings.warn(f"unclosed GradcompState (rank {self.rank} of {self.world_size}, "
