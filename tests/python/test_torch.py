@@ -805,9 +805,10 @@ class HookOnCpuWorld(unittest.TestCase):
         return torch.randn(n, generator=g) * (rank + 1)
 
     @staticmethod
-    def make_states(N, world, tag, module, start_iter, config, **settings):
+    def make_states(case, N, world, tag, module, start_iter, config, **settings):
         """N GradcompStates, rank r's on a gloo group of a shared store and world.comms[r]
-        (settings: GradcompState's keywords over config())."""
+        (settings: GradcompState's keywords over config()), closed when the test `case` ends
+        (a state closed or aborted already: a no-op)."""
         import gradcomp.torch as gt
         import gradcomp.torch._group as group
 
@@ -832,13 +833,14 @@ class HookOnCpuWorld(unittest.TestCase):
                 st = gt.GradcompState(pg, module=module, backend="cpu", config=config(),
                                       **given, **settings)
                 st._make_comm = lambda device, c=world.comms[r]: (c, None)
+                case.addCleanup(st.close)
                 out.append(st)
         finally:
             group.check_group = saved
         return out
 
     def states(self, world, tag):
-        return self.make_states(self.N, world, tag, self.model, self.START, self.config)
+        return self.make_states(self, self.N, world, tag, self.model, self.START, self.config)
 
     def step(self, world, states, step):
         """One DDP step of every rank: the buckets in order, then every future."""
@@ -989,7 +991,7 @@ class HookOnCpuWorld(unittest.TestCase):
         saved = {}
         for name, cfg in (("dgc", dgc), ("bits2", bits2)):
             with gradcomp.CpuWorld(N, cfg()) as w:
-                states = self.make_states(N, w, "save-" + name, self.model, self.START, cfg)
+                states = self.make_states(self, N, w, "save-" + name, self.model, self.START, cfg)
                 for step in range(self.START + 1):
                     self.step(w, states, step)
                 saved[name] = states[0].state_dict()
@@ -1064,7 +1066,7 @@ class HookOnCpuWorld(unittest.TestCase):
             by_params = states[0].state_dict()
             self.assertEqual(by_params["keyed_by"], "params")
         with self.gradcomp.CpuWorld(N, self.config()) as w:
-            bucketed = self.make_states(N, w, "keyed-b", None, self.START, self.config)
+            bucketed = self.make_states(self, N, w, "keyed-b", None, self.START, self.config)
             with self.assertRaisesRegex(ValueError, "keyed by parameter index"):
                 bucketed[0].load_state_dict(by_params)
             self.assertEqual((bucketed[0].iter, bucketed[0]._pending_blob), (0, None))
@@ -1094,7 +1096,7 @@ class HookOnCpuWorld(unittest.TestCase):
             return gradcomp.Config(from_env=False, method="none", min_elements=0)
 
         with gradcomp.CpuWorld(self.N, none()) as w:
-            states = self.make_states(self.N, w, "none", self.model, 0, none)
+            states = self.make_states(self, self.N, w, "none", self.model, 0, none)
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 self.step(w, states, 0)
@@ -1120,10 +1122,12 @@ class HookOnCpuWorld(unittest.TestCase):
             saved = states[0].state_dict()
             made, closed = [], []
             for r, st in enumerate(states):
-                st._comm.close = lambda r=r: closed.append(r)  # the world owns its comms
+                comm = st._comm
+                comm.close = lambda r=r: closed.append(r)  # the world owns its comms
                 st._make_comm = lambda device: made.append(device)
                 st.close()
                 st.close()  # a no-op
+                del comm.close  # the world's own close() again: it closes the comm at its end
             self.assertEqual(closed, list(range(N)))
             msg = r"the state was closed \(GradcompState.close\(\)\).*state_dict\(\) before close"
             for st in states:
@@ -1152,7 +1156,7 @@ class HookNearestOnCpuWorld(HookOnCpuWorld):
         def plain():
             return self.gradcomp.Config(from_env=False, method="qsgd", bits=4, min_elements=0)
 
-        states = self.make_states(self.N, world, tag, self.model, self.START, plain,
+        states = self.make_states(self, self.N, world, tag, self.model, self.START, plain,
                                   rounding="nearest")
         for s in states:
             self.assertEqual((s.config.rounding, s.config.struct.rounding), ("nearest", 1))
@@ -1211,7 +1215,7 @@ class CudaStreamOrder(unittest.TestCase):
                 mock.patch.object(torch.cuda, "current_stream", lambda device=None: Stream()), \
                 mock.patch.object(torch.cuda, "Event", Event), \
                 mock.patch.object(torch.futures, "Future", Future):
-            states = H.make_states(N, world, "cuda-order", H.model, 0, config)
+            states = H.make_states(self, N, world, "cuda-order", H.model, 0, config)
             streams = [[] for _ in range(N)]
             for r, c in enumerate(world.comms):
                 def raw(*args, real=c.allreduce_raw, r=r):
@@ -1366,6 +1370,7 @@ class RealDdpBuckets(unittest.TestCase):
                                          config=config)
             finally:
                 group.check_group = saved
+            self.addCleanup(state.close)  # before the world's close: runs first
             state._make_comm = lambda device: (world.comms[0], None)
 
             def hook(st, bucket):
@@ -1446,7 +1451,7 @@ class FsdpReduceScatterOnCpuWorld(unittest.TestCase):
         ops = [dist.ReduceOp.AVG, dist.ReduceOp.SUM, dist.ReduceOp.AVG]
         with self.gradcomp.CpuWorld(self.N, self.config()) as w, \
                 self.gradcomp.CpuWorld(self.N, self.config()) as ref:
-            states = HookOnCpuWorld.make_states(self.N, w, "rs", None, None, self.config)
+            states = HookOnCpuWorld.make_states(self, self.N, w, "rs", None, None, self.config)
             hooks = [gt.GradcompReduceScatter(st, "layers.0") for st in states]
 
             def rank(comm):
@@ -1519,14 +1524,14 @@ class FsdpReduceScatterOnCpuWorld(unittest.TestCase):
                                         min_elements=0)
 
         with self.gradcomp.CpuWorld(self.N, dgc()) as w:
-            states = HookOnCpuWorld.make_states(self.N, w, "rs-op", None, None, dgc)
+            states = HookOnCpuWorld.make_states(self, self.N, w, "rs-op", None, None, dgc)
             rs = gt.GradcompReduceScatter(states[0], "layers.0")
             with self.assertRaisesRegex(ValueError, "set_force_sum_reduction_for_comms"):
                 rs._reduce_scatter(torch.zeros(self.n), torch.zeros(self.N * self.n),
                                    states[0].process_group, dist.ReduceOp.MAX, False,
                                    lambda: None)
         with self.gradcomp.CpuWorld(self.N, self.config()) as w:
-            states = HookOnCpuWorld.make_states(self.N, w, "rs-op-q", None, None, self.config)
+            states = HookOnCpuWorld.make_states(self, self.N, w, "rs-op-q", None, None, self.config)
             rs = gt.GradcompReduceScatter(states[0], "layers.0")
             sent = self.ops_sent_to_torch(rs, states[0], dist.ReduceOp.MAX,
                                           torch.zeros(self.N * self.n))
@@ -1563,14 +1568,14 @@ class FsdpReduceScatterOnCpuWorld(unittest.TestCase):
             return [str(c.message) for c in caught if "no residual" in str(c.message)]
 
         with self.gradcomp.CpuWorld(self.N, self.config()) as w:
-            states = HookOnCpuWorld.make_states(self.N, w, "rs-keys", None, None, self.config)
+            states = HookOnCpuWorld.make_states(self, self.N, w, "rs-keys", None, None, self.config)
             self.assertEqual(step([gt.GradcompReduceScatter(st, "layers.0") for st in states],
                                   states), [])
             saved = [st.state_dict() for st in states]
             self.assertEqual(saved[0]["keys"], [gt.GradcompReduceScatter(None, "layers.0").key])
         for name, warned in (("_orig_mod.layers.0", True), ("layers.0", False)):
             with self.gradcomp.CpuWorld(self.N, self.config()) as w:
-                states = HookOnCpuWorld.make_states(self.N, w, "rs-keys-" + name, None, None,
+                states = HookOnCpuWorld.make_states(self, self.N, w, "rs-keys-" + name, None, None,
                                                     self.config)
                 hooks = [gt.GradcompReduceScatter(st, name) for st in states]
                 for st, d in zip(states, saved):
@@ -1590,7 +1595,8 @@ class FsdpReduceScatterOnCpuWorld(unittest.TestCase):
         import gradcomp.torch as gt
 
         with self.gradcomp.CpuWorld(self.N, self.config()) as w:
-            states = HookOnCpuWorld.make_states(self.N, w, "rs-paused", None, None, self.config)
+            states = HookOnCpuWorld.make_states(self, self.N, w, "rs-paused", None, None,
+                                                self.config)
             rs = gt.GradcompReduceScatter(states[0], "layers.0")
             comm = w.comms[0]  # the state's comm (make_states); state.comm() would agree
             before = comm.call_counts()
@@ -1621,7 +1627,7 @@ class FsdpReduceScatterOnCpuWorld(unittest.TestCase):
 
         with warnings.catch_warnings(), self.gradcomp.CpuWorld(self.N, config()) as w:
             warnings.simplefilter("ignore")
-            states = HookOnCpuWorld.make_states(self.N, w, "rs-dgc", None, None, config)
+            states = HookOnCpuWorld.make_states(self, self.N, w, "rs-dgc", None, None, config)
             hooks = [gt.GradcompReduceScatter(st, "layers.0") for st in states]
 
             def rank(comm):
@@ -1660,7 +1666,7 @@ class FsdpReduceScatterOnCpuWorld(unittest.TestCase):
             return self.gradcomp.Config(from_env=False, method="dgc", min_elements=0)
 
         with self.gradcomp.CpuWorld(self.N, config()) as w:
-            st = HookOnCpuWorld.make_states(self.N, w, "rs-order", None, None, config)[0]
+            st = HookOnCpuWorld.make_states(self, self.N, w, "rs-order", None, None, config)[0]
             st.param_groups([torch.nn.Parameter(torch.zeros(64, 64)),
                              torch.nn.Parameter(torch.zeros(64))])
             with self.assertRaisesRegex(ValueError, r"param_groups\(\) was called before.*"
@@ -1684,14 +1690,14 @@ class FsdpReduceScatterOnCpuWorld(unittest.TestCase):
                              ({"start_iter": 2}, gt.GradcompReplicaAllReduce)):
                 name, value = next(iter(kw.items()))
                 rest = {k: v for k, v in kw.items() if k != "start_iter"}
-                st = HookOnCpuWorld.make_states(self.N, w, f"ddp-only-{name}", None,
+                st = HookOnCpuWorld.make_states(self, self.N, w, f"ddp-only-{name}", None,
                                                 kw.get("start_iter"), self.config, **rest)[0]
                 with self.assertRaisesRegex(ValueError, rf"made with {name}={value!r}, which "
                                             r"only the DDP hook applies.*from the first call.*"
                                             r"state\.paused\(\)"):
                     hook(st, "layers.0")
                 self.assertIsNone(st._fsdp_role)
-            st = HookOnCpuWorld.make_states(self.N, w, "ddp-only-none", None, None,
+            st = HookOnCpuWorld.make_states(self, self.N, w, "ddp-only-none", None, None,
                                             self.config)[0]
             with mock.patch.object(group, "check_group", lambda pg, backend: (pg, 0, 2)):
                 again = pickle.loads(pickle.dumps(st))
