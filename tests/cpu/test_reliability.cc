@@ -32,6 +32,7 @@
 #include "backends/sparse_ops.h"
 #include "autotune.h"
 #include "comm.h"
+#include "late_key.h"
 #include "gradcomp.h"
 #include "gradcomp/sparse.h"
 #include "gradcomp/elias.h"
@@ -1299,6 +1300,28 @@ TEST(Reliability, MalformedPeerSlotsWarnOncePerComm) {
   EXPECT_EXIT(exit(malformedSlotsWarnings(true)), testing::ExitedWithCode(0),
               "rank 2 dropped 1 received sparse slot list");
   GTEST_FLAG_SET(death_test_style, style);
+}
+
+// isLateKey at the edges of each of its rules (minSeen 8, noReuse 256, as
+// the preload's fused sets): nothing before minSeen, even with no key held;
+// then four calls per key held, four times the first reuse, or noReuse calls
+// where no key came back, each true at its bound and false one call before.
+TEST(Reliability, LateKeyRuleHoldsAtItsBounds) {
+  const uint64_t minSeen = 8, noReuse = 256;
+  EXPECT_FALSE(gc::isLateKey(minSeen - 1, 0, 0, minSeen, noReuse));
+  EXPECT_FALSE(gc::isLateKey(minSeen - 1, 1, 0, minSeen, noReuse));
+  EXPECT_TRUE(gc::isLateKey(minSeen, 0, 0, minSeen, noReuse));
+  // Four calls per key held (no key came back, noReuse far off).
+  EXPECT_FALSE(gc::isLateKey(39, 0, 10, minSeen, noReuse));
+  EXPECT_TRUE(gc::isLateKey(40, 0, 10, minSeen, noReuse));
+  // Four times the first reuse (many keys held).
+  EXPECT_FALSE(gc::isLateKey(39, 10, 100, minSeen, noReuse));
+  EXPECT_TRUE(gc::isLateKey(40, 10, 100, minSeen, noReuse));
+  // No key ever came back: noReuse calls.
+  EXPECT_FALSE(gc::isLateKey(noReuse - 1, 0, 100, minSeen, noReuse));
+  EXPECT_TRUE(gc::isLateKey(noReuse, 0, 100, minSeen, noReuse));
+  // A key came back: noReuse no longer applies.
+  EXPECT_FALSE(gc::isLateKey(noReuse, 100, 100, minSeen, noReuse));
 }
 
 // Unkeyed state is found by the receive buffer's address. A buffer new after

@@ -13,6 +13,7 @@
 
 #include "gradcomp.h"
 #include "plugin/autotune.h"
+#include "plugin/backends/cpu/root_address.h"
 #include "tests/common/auto_checks.h"
 #include "tests/common/cpu_world.h"
 #include "tests/common/loopback.h"
@@ -593,6 +594,34 @@ TEST(SocketAuto, RealTimingOnLoopbackAgrees) {
       EXPECT_EQ(e.range[1].lo, e0.range[1].lo) << r;
       EXPECT_EQ(e.range[1].hi, e0.range[1].hi) << r;
     }
+  }
+}
+
+// splitRootAddress at the edges of its rule: the port's range 1..65535 at both
+// ends, a bracketed IPv6 host, and rootAddress read back by it.
+TEST(Socket, RootAddressPortsAreOneTo65535) {
+  std::string host, why;
+  int port = -1;
+  EXPECT_TRUE(gc::splitRootAddress("127.0.0.1:1", &host, &port, &why)) << why;
+  EXPECT_EQ(host, "127.0.0.1");
+  EXPECT_EQ(port, 1);
+  EXPECT_TRUE(gc::splitRootAddress("h:65535", &host, &port, &why)) << why;
+  EXPECT_EQ(port, 65535);
+  EXPECT_TRUE(gc::splitRootAddress("[fe80::1]:80", &host, &port, &why)) << why;
+  EXPECT_EQ(host, "fe80::1");
+  EXPECT_EQ(port, 80);
+  for (const char* bad : {"h:0", "h:00", "h:65536", "h:99999999999999999999"}) {
+    port = -1;
+    why.clear();
+    EXPECT_FALSE(gc::splitRootAddress(bad, &host, &port, &why)) << bad << " gave port " << port;
+    EXPECT_NE(why.find("out of range 1..65535"), std::string::npos) << why;
+    EXPECT_NE(why.find(std::string(bad).substr(2)), std::string::npos) << why;
+  }
+  for (const std::string h : {"10.0.0.1", "::1", "node-3"}) {
+    const std::string a = gc::rootAddress(h, 65535);
+    EXPECT_TRUE(gc::splitRootAddress(a.c_str(), &host, &port, &why)) << a << ": " << why;
+    EXPECT_EQ(host, h);
+    EXPECT_EQ(port, 65535);
   }
 }
 

@@ -13,6 +13,7 @@
 #include "plugin/comm.h"
 #include "tests/common/cpu_world.h"
 #include "tests/common/forwarding_backend.h"
+#include "tests/common/state_blob.h"
 #include "tests/common/test_util.h"
 
 namespace {
@@ -89,6 +90,57 @@ TEST(StateBlob, CorruptTruncatedOrPaddedBlobsAreRefusedWithoutTouchingTheComm) {
     longer.push_back(0);
     refusedAndUnchanged(longer, "trailing byte", good.size());
     // The unchanged blob still loads.
+    EXPECT_EQ(gradcompCommLoadState(w.comm(0), good.data(), good.size()), gradcompSuccess);
+  }
+}
+
+// A buffer record's flags (plugin/state.cc, payload +40) past the checksum:
+// an unknown flag (0x40), and 32 (the velocity over the whole buffer of a
+// hierarchical comm) where the comm is flat or the record holds no momentum,
+// are refused by name and leave the comm as it was.
+TEST(StateBlob, UnknownOrInconsistentBufferFlagsAreRefused) {
+  for (gradcompMethod_t m : {gradcompMethodDgc, gradcompMethodQsgd}) {
+    gradcompConfig_t cfg = baseConfig(m);
+    gctest::CpuWorld w(2, cfg);
+    const size_t n = 1000;
+    for (int t = 0; t < 2; ++t) step(w, n, t);
+    const Blob good = save(w.comm(0));
+    // The first buffer record's flags.
+    uint64_t records = 0;
+    memcpy(&records, good.data() + 40, 8);
+    size_t at = 112, flagsAt = 0;
+    for (uint64_t i = 0; i < records && at + 16 <= good.size(); ++i) {
+      uint32_t tag = 0;
+      uint64_t bytes = 0;
+      memcpy(&tag, good.data() + at, 4);
+      memcpy(&bytes, good.data() + at + 8, 8);
+      if (tag == 1) {
+        flagsAt = at + 16 + 40;
+        break;
+      }
+      at += bytes;
+    }
+    ASSERT_NE(flagsAt, 0u);
+    uint32_t flags = 0;
+    memcpy(&flags, good.data() + flagsAt, 4);
+    ASSERT_EQ((flags & 4u) != 0, m == gradcompMethodDgc) << flags;
+    struct Case {
+      uint32_t add;
+      const char* says;
+    } cases[] = {
+        {0x40u, "flags within 0x3f"},
+        {0x20u, m == gradcompMethodDgc ? "and this comm is flat" : "(needs momentum, 0x4)"},
+    };
+    for (const Case& k : cases) {
+      Blob b = good;
+      const uint32_t f = flags | k.add;
+      memcpy(b.data() + flagsAt, &f, 4);
+      gctest::reseal(b);
+      EXPECT_EQ(gradcompCommLoadState(w.comm(0), b.data(), b.size()), gradcompInvalidArgument)
+          << k.says;
+      EXPECT_NE(strstr(gradcompGetLastError(), k.says), nullptr) << gradcompGetLastError();
+      EXPECT_EQ(save(w.comm(0)), good) << k.says;
+    }
     EXPECT_EQ(gradcompCommLoadState(w.comm(0), good.data(), good.size()), gradcompSuccess);
   }
 }

@@ -893,6 +893,13 @@ TEST(PreloadFusion, GrowthIsDecidedAlikeOnEveryRank) {
     }
   }
   EXPECT_EQ(fusionStep(400, 0, true), FusionStep::Pass);
+  // A set of exactly the agreed size fits: it runs, captured or not, with no
+  // vote (a vote is an allreduce and a host wait, each step); one byte more
+  // votes, or passes under capture.
+  EXPECT_EQ(fusionStep(400, 400, false), FusionStep::Run);
+  EXPECT_EQ(fusionStep(400, 400, true), FusionStep::Run);
+  EXPECT_EQ(fusionStep(401, 400, false), FusionStep::Vote);
+  EXPECT_EQ(fusionStep(401, 400, true), FusionStep::Pass);
 }
 
 }  // namespace

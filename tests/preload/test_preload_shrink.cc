@@ -109,4 +109,58 @@ TEST(PreloadShrink, AbortFlagStopsTheSubCommunicatorsFirstInOneGroup) {
 }
 #endif
 
+// ncclCommAbort of a communicator whose gradcomp comm has sub-communicators:
+// NCCL's abort first, then the sub-communicators' (gradcomp's stop), in one
+// NCCL group, which NCCL 2.22 and later abort together; the entry is released.
+TEST(PreloadAbort, TheSubCommunicatorsAreAbortedInTheAbortsGroup) {
+  setenv("GRADCOMP_NCCL_LIBRARY", GC_FAKE_NCCL, 1);
+  const ncclComm_t parent = (ncclComm_t)(uintptr_t)0x2000;
+  gradcompConfig_t cfg;
+  gradcompConfigInit(&cfg);
+  cfg.localSize = 2;
+  auto* c = new gradcompComm;
+  c->cfg = cfg;
+  c->rank = 1;
+  c->nranks = 4;
+  c->nccl = parent;
+  std::vector<gc::SetupVote> votes;
+  for (int r = 0; r < 4; ++r) votes.push_back(gc::makeSetupVote(gradcompSuccess, cfg, 1, nullptr));
+  ASSERT_EQ(gc::setupNcclHierarchy(c, votes[1],
+                                   [&](const gc::SetupVote&, std::vector<gc::SetupVote>* all) {
+                                     *all = votes;
+                                     return gradcompSuccess;
+                                   }),
+            gradcompSuccess)
+      << gradcompGetLastError();
+  ASSERT_NE(c->intraNccl, nullptr);
+  ASSERT_NE(c->interNccl, nullptr);
+  char intra[32], inter[32], own[32];
+  snprintf(intra, sizeof(intra), "%p", (void*)c->intraNccl);
+  snprintf(inter, sizeof(inter), "%p", (void*)c->interNccl);
+  snprintf(own, sizeof(own), "%p", (void*)parent);
+
+  gc::preload::EntryPtr e = gc::preload::entryFor(parent);
+  e->gc = c;
+  e->rank = 1;
+  e->nranks = 4;
+  e->mode = gc::preload::Mode::Compress;
+  std::string log;
+  {
+    FakeNcclLog fake;
+    EXPECT_EQ(ncclCommAbort(parent), ncclSuccess);
+    log = fake.text();
+  }
+  // The stop's own group (gc::commStop) nests inside the abort's.
+  const std::string want = std::string("GroupStart\nCommAbort comm=") + own + "\n" +
+                           "GroupStart\nCommAbort comm=" + intra + "\nCommAbort comm=" + inter +
+                           "\nGroupEnd\nGroupEnd\n";
+  EXPECT_EQ(log, want);
+  EXPECT_TRUE(e->released);
+  EXPECT_TRUE(e->aborted.stopped());
+  e->gc = nullptr;
+  gc::destroyHierarchy(c);
+  delete c;
+  unsetenv("GRADCOMP_NCCL_LIBRARY");
+}
+
 }  // namespace
