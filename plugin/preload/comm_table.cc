@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <pthread.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -28,10 +29,27 @@ namespace gc {
 namespace preload {
 namespace {
 
+std::map<ncclComm_t, EntryPtr>& table();
+void forgetAtFork();
+
 // Heap-allocated and never freed: calls may arrive during static destruction
 // (frameworks tear down communicators at exit), so nothing here may go first.
+// Held across fork() (the handlers are registered with the first use, so a
+// process that never calls NCCL registers nothing): every process a trainer
+// starts has the preload, and a child forked while another thread held the
+// lock (a call being routed) would wait for it forever, at its exit at the
+// latest (SummaryAtExit). Registered outside the mutex's first use, which a
+// child forked during it would wait for too.
 std::mutex& tableMu() {
   static std::mutex* mu = new std::mutex;
+  static std::atomic<bool> forkHandled{false};
+  if (!forkHandled.load(std::memory_order_relaxed) && !forkHandled.exchange(true)) {
+    pthread_atfork([] { tableMu().lock(); }, [] { tableMu().unlock(); },
+                   [] {
+                     forgetAtFork();
+                     tableMu().unlock();
+                   });
+  }
   return *mu;
 }
 std::map<ncclComm_t, EntryPtr>& table() {
@@ -78,6 +96,21 @@ void resolvePendingChildren() {
 std::map<ncclComm_t, const char*>& revokedComms() {
   static auto* s = new std::map<ncclComm_t, const char*>;
   return *s;
+}
+
+// In a forked child, under tableMu (which the fork kept for it): the
+// communicators seen are the parent's, which the child neither made nor may
+// use (NCCL's and gradcomp's state on them lives in the parent's CUDA context
+// and threads). They are forgotten without being ended (their entries are
+// left allocated: ending one would free the parent's gradcomp comm from the
+// child), so that the child prints no summary of the parent's calls and a
+// communicator of its own starts afresh.
+void forgetAtFork() {
+  (void)new std::map<ncclComm_t, EntryPtr>(std::move(table()));
+  table().clear();
+  nonBlockingComms().clear();
+  pendingChildren().clear();
+  revokedComms().clear();
 }
 
 // NCCL_COMM_BLOCKING=0 makes every communicator non-blocking, whatever its config.

@@ -8,10 +8,14 @@
  * framework library that a program loads with RTLD_LOCAL, as Python loads
  * PyTorch. */
 #include <nccl.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "nccl_newer.h"
 
@@ -618,6 +622,58 @@ static int groupFails(void) {
   return 0;
 }
 
+/* Children forked while another thread is inside an interposed call, as a
+ * trainer's DataLoader workers and subprocesses are, each leaving with exit()
+ * (which runs the preload's exit handlers): none may wait forever for a lock
+ * the other thread held at the fork, nor report the parent's communicators
+ * as its own. Each child gets 10 s; a child still there is killed and counted
+ * (three end the test).
+ * The calls are not printed: the test runs it without the stand-in's log. */
+static volatile int forkDone = 0;
+static void* forkCaller(void* arg) {
+  ncclComm_t comm = (ncclComm_t)arg;
+  char* a = (char*)(uintptr_t)0x7f0000000000ull;
+  while (!forkDone) {
+    if (ncclAllReduce(a, a, 1000, ncclInt32, ncclSum, comm, (cudaStream_t)(uintptr_t)0x2000) !=
+        ncclSuccess) {
+      return (void*)1;
+    }
+  }
+  return NULL;
+}
+
+static int forkExit(void) {
+  ncclComm_t comm = (ncclComm_t)(uintptr_t)0x1000;
+  char* a = (char*)(uintptr_t)0x7f0000000000ull;
+  CHECK(ncclAllReduce(a, a, 1 << 20, ncclFloat32, ncclSum, comm, (cudaStream_t)(uintptr_t)0x2000));
+  pthread_t caller;
+  if (pthread_create(&caller, NULL, forkCaller, comm) != 0) return 1;
+  fflush(stdout);
+  fflush(stderr);
+  int stuck = 0;
+  for (int i = 0; i < 200; ++i) {
+    const pid_t child = fork();
+    if (child < 0) break;
+    if (child == 0) exit(0);
+    int status = 0, left = 0;
+    for (int t = 0; t < 1000 && !left; ++t) {
+      left = waitpid(child, &status, WNOHANG) == child;
+      if (!left) usleep(10000);
+    }
+    if (!left) {
+      kill(child, SIGKILL);
+      waitpid(child, &status, 0);
+      if (++stuck == 3) break; /* enough to fail, without 10 s more per child */
+    }
+  }
+  forkDone = 1;
+  void* failed = NULL;
+  pthread_join(caller, &failed);
+  if (stuck > 0) fprintf(stderr, "%d forked children did not exit\n", stuck);
+  if (failed != NULL) fprintf(stderr, "an ncclAllReduce of the calling thread failed\n");
+  return stuck > 0 || failed != NULL;
+}
+
 __attribute__((visibility("default"))) int gcTestRunCalls(const char* mode) {
   int rc;
   if (strcmp(mode, "basic") == 0) {
@@ -636,6 +692,8 @@ __attribute__((visibility("default"))) int gcTestRunCalls(const char* mode) {
     rc = setupReasons();
   } else if (strcmp(mode, "group_fails") == 0) {
     rc = groupFails();
+  } else if (strcmp(mode, "fork_exit") == 0) {
+    rc = forkExit();
 #if NCCL_VERSION_CODE >= NCCL_VERSION(2, 18, 0)
   } else if (strcmp(mode, "nonblocking") == 0) {
     rc = nonblocking();

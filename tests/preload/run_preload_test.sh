@@ -404,6 +404,18 @@ run bad_debug env GRADCOMP_DEBUG=bogus GC_TEST_GROUP_CALLS_DEFERRED=1 "$app" bas
   check "bad_debug: the warning names the value and the levels" \
     "grep -q 'WARN GRADCOMP_DEBUG=bogus is not one of NONE|OFF|WARN|INFO|TRACE; using WARN' '$work/bad_debug.err'"
 }
+# 6h. Under LD_PRELOAD every process the trainer forks has the preload too
+# (DataLoader workers, subprocesses): a child forked while another thread was
+# inside an interposed call, leaving with exit(), must not wait forever for a
+# lock that thread held (the app gives each of 200 children 10 s, and fails
+# for one still there), and must not print the parent's communicators'
+# summaries as its own: one summary line, the parent's. The calls are not
+# logged (the stand-in's log is the parent's and its children's alike).
+run fork_exit env -u FAKE_NCCL_LOG GRADCOMP_DEBUG=INFO GRADCOMP_METHOD=qsgd "$app" fork_exit && {
+  n=$(count "summary comm 0x1000 " "$work/fork_exit.err")
+  check "fork_exit: only the parent prints its communicator's summary (got $n lines)" "[ '$n' = 1 ]"
+}
+
 # Every line gradcomp printed, in every run above, names the process as the
 # README's "gradcomp PID LEVEL" (ranks' lines are told apart by it).
 n=$(cat "$work"/*.err | grep '^gradcomp ' | grep -cv '^gradcomp [0-9][0-9]* \(WARN\|INFO\|TRACE\) ' || true)
