@@ -45,13 +45,39 @@ ncclResult_t toNccl(gradcompResult_t r) {
 
 // Group depth and deferred calls are per thread, as NCCL's own group state is.
 thread_local int tGroupDepth = 0;
-thread_local std::vector<Deferred> tDeferred;
-// Calls handed to NCCL inside the thread's open group: counted as passed
-// through when the group runs, not when it is only simulated.
-thread_local std::vector<std::pair<EntryPtr, Collective>> tGroupForwarded;
-// leaveGroup's copy of their entries, kept so that a group end does not
-// allocate it (emptied before leaveGroup returns, so no entry outlives it).
-thread_local std::vector<EntryPtr> tGroupEnded;
+// The calls of the thread's open group. On the heap, behind a pointer with no
+// destructor: exit() destroys the thread's thread_local objects before it
+// runs the atexit handlers and static destructors, which may still make a
+// group's calls (a framework's teardown); the calls go with the thread's
+// owner, and a later call makes them anew (left to the process's end).
+struct GroupCalls {
+  std::vector<Deferred> deferred;
+  // Handed to NCCL inside the open group: counted as passed through when the
+  // group runs, not when it is only simulated.
+  std::vector<std::pair<EntryPtr, Collective>> forwarded;
+  // leaveGroup's copy of their entries, kept so that a group end does not
+  // allocate it (emptied before leaveGroup returns, so no entry outlives it).
+  std::vector<EntryPtr> ended;
+};
+thread_local GroupCalls* tCalls = nullptr;
+thread_local bool tCallsOwned = false;
+struct GroupCallsOwner {
+  ~GroupCallsOwner() {
+    delete tCalls;
+    tCalls = nullptr;
+  }
+};
+GroupCalls& groupCalls() {
+  if (tCalls == nullptr) {
+    tCalls = new GroupCalls;
+    if (!tCallsOwned) {  // once per thread: the owner is never used after its end
+      tCallsOwned = true;
+      static thread_local GroupCallsOwner owner;
+      (void)owner;
+    }
+  }
+  return *tCalls;
+}
 
 void countPassed(CommEntry& e, Collective coll) {
   e.callsPassed++;
@@ -152,16 +178,16 @@ ncclResult_t route(const Deferred& d) {
     // too, and reaches NCCL after it (an in-place allreduce, then another
     // call on the same buffer), not before it at the group's end.
     const bool follows =
-        pass && std::any_of(tDeferred.begin(), tDeferred.end(),
+        pass && std::any_of(groupCalls().deferred.begin(), groupCalls().deferred.end(),
                             [&](const Deferred& earlier) { return earlier.comm == d.comm; });
     if ((pass && !follows) || settings().group == GroupMode::Pass) {
-      tGroupForwarded.emplace_back(e, d.coll);
+      groupCalls().forwarded.emplace_back(e, d.coll);
       return forward(nullptr, d);
     }
-    tDeferred.push_back(d);
-    tDeferred.back().entry = e;
-    tDeferred.back().tracked = true;
-    tDeferred.back().pass = pass;
+    groupCalls().deferred.push_back(d);
+    groupCalls().deferred.back().entry = e;
+    groupCalls().deferred.back().tracked = true;
+    groupCalls().deferred.back().pass = pass;
     return ncclSuccess;
   }
   if (pass) return forward(e.get(), d);
@@ -184,10 +210,10 @@ namespace {
 // same way and decides alike.
 ncclResult_t keepMultiDeviceGroup() {
   const NcclApi* api = ncclApi();
-  if (tDeferred.size() < 2 || api->commCuDevice == nullptr) return ncclSuccess;
+  if (groupCalls().deferred.size() < 2 || api->commCuDevice == nullptr) return ncclSuccess;
   int device0 = -1;
   bool several = false;
-  for (const Deferred& d : tDeferred) {
+  for (const Deferred& d : groupCalls().deferred) {
     // A compressing entry's device, as inputCount's size: NCCL is asked once,
     // before the entry is decided.
     const EntryPtr e = deferredEntry(d);
@@ -206,7 +232,7 @@ ncclResult_t keepMultiDeviceGroup() {
            "thread driving several GPUs): they stay in the group uncompressed, and those "
            "communicators pass through");
   std::vector<Deferred> calls;
-  calls.swap(tDeferred);
+  calls.swap(groupCalls().deferred);
   ncclResult_t failed = ncclSuccess;
   for (const Deferred& d : calls) {
     EntryPtr e = deferredEntry(d);
@@ -215,7 +241,7 @@ ncclResult_t keepMultiDeviceGroup() {
       continue;
     }
     passAlways(*e, "one thread drives it in a group with other devices' communicators");
-    tGroupForwarded.emplace_back(e, d.coll);
+    groupCalls().forwarded.emplace_back(e, d.coll);
     const ncclResult_t r = forward(nullptr, d);
     if (r != ncclSuccess && failed == ncclSuccess) failed = r;
   }
@@ -236,24 +262,24 @@ ncclResult_t leaveGroup(ncclResult_t r) {
     // NCCL's group failed (a call in it was refused, its launch failed): NCCL
     // discards every call of the group, so the deferred ones are dropped too,
     // as NCCL alone would have dropped them, and nothing ran to be counted.
-    tGroupForwarded.clear();
-    tDeferred.clear();
+    groupCalls().forwarded.clear();
+    groupCalls().deferred.clear();
     return r;
   }
-  std::vector<EntryPtr>& forwarded = tGroupEnded;
+  std::vector<EntryPtr>& forwarded = groupCalls().ended;
   struct Release {
     std::vector<EntryPtr>& v;
     ~Release() { v.clear(); }
   } release{forwarded};
   forwarded.clear();
-  for (auto& f : tGroupForwarded) {
+  for (auto& f : groupCalls().forwarded) {
     countPassed(*f.first, f.second);
     forwarded.push_back(f.first);
   }
-  tGroupForwarded.clear();
-  if (!tDeferred.empty()) {
+  groupCalls().forwarded.clear();
+  if (!groupCalls().deferred.empty()) {
     std::vector<Deferred> calls;
-    calls.swap(tDeferred);
+    calls.swap(groupCalls().deferred);
     ncclResult_t f = ncclSuccess;
     if (r == ncclInProgress) {
       // A communicator whose part of the group failed runs none of its
@@ -343,7 +369,7 @@ GC_INTERPOSE ncclResult_t ncclGroupSimulateEnd(ncclSimInfo_t* simInfo) {
   // they join the group uncompressed before it ends. Nothing of a simulated
   // group runs, so they are dropped, and nothing counts as passed through.
   std::vector<Deferred> calls;
-  calls.swap(tDeferred);
+  calls.swap(groupCalls().deferred);
   ncclResult_t f = ncclSuccess;
   for (const Deferred& d : calls) {
     // Aborted or destroyed since it was deferred (as runDeferred): NCCL may
@@ -355,7 +381,7 @@ GC_INTERPOSE ncclResult_t ncclGroupSimulateEnd(ncclSimInfo_t* simInfo) {
     const ncclResult_t r = forward(nullptr, d);
     if (r != ncclSuccess && f == ncclSuccess) f = r;
   }
-  tGroupForwarded.clear();
+  groupCalls().forwarded.clear();
   const ncclResult_t r = realNccl()->groupSimulateEnd(simInfo);
   tGroupDepth = 0;
   return r != ncclSuccess ? r : f;

@@ -566,6 +566,87 @@ static int setupReasons(void) {
   return 0;
 }
 
+/* NCCL calls made at exit, from an atexit handler (as a framework's teardown
+ * in a static destructor), after exit() destroyed the thread's thread_local
+ * objects: a group with an eligible call, which gradcomp defers. The heap
+ * blocks the allocator hands out at that point (all small sizes, the ones
+ * freed last first) are taken and filled with a pattern before the calls: a
+ * block changed after them was written through a freed pointer. */
+#define AT_EXIT_BLOCKS 64
+#define AT_EXIT_SIZES 32
+static void atExitCalls(void) {
+  ncclComm_t comm = (ncclComm_t)(uintptr_t)0x1200; /* not yet set up: its call is deferred */
+  cudaStream_t stream = (cudaStream_t)(uintptr_t)0x2000;
+  char* a = (char*)(uintptr_t)0x7f0000000000ull;
+  unsigned char* blocks[AT_EXIT_SIZES][AT_EXIT_BLOCKS];
+  for (int s = 0; s < AT_EXIT_SIZES; ++s) {
+    for (int i = 0; i < AT_EXIT_BLOCKS; ++i) {
+      blocks[s][i] = malloc(16 * (size_t)(s + 1));
+      if (blocks[s][i] != NULL) memset(blocks[s][i], 0xA5, 16 * (size_t)(s + 1));
+    }
+  }
+  const int deferGroupCalls = 1;
+  int failed = 0;
+  do {
+    if (ncclGroupStart() != ncclSuccess) {
+      failed = 1;
+      break;
+    }
+    EXPECT("GroupStart");
+    if (allReduce(deferGroupCalls, a, a, 1 << 20, ncclFloat32, ncclSum, comm, stream) ||
+        allReduce(0, a, a, 1000, ncclInt32, ncclSum, (ncclComm_t)(uintptr_t)0x1100, stream)) {
+      failed = 1;
+      break;
+    }
+    if (ncclGroupEnd() != ncclSuccess) {
+      failed = 1;
+      break;
+    }
+    EXPECT("GroupEnd");
+    flushDeferred();
+  } while (0);
+  for (int s = 0; s < AT_EXIT_SIZES; ++s) {
+    for (int i = 0; i < AT_EXIT_BLOCKS; ++i) {
+      if (blocks[s][i] == NULL) continue;
+      for (size_t b = 0; b < 16 * (size_t)(s + 1); ++b) {
+        if (blocks[s][i][b] != 0xA5) {
+          fprintf(stderr, "a heap block of %d bytes the program owns was overwritten at exit\n",
+                  16 * (s + 1));
+          failed = 1;
+          break;
+        }
+      }
+    }
+  }
+  if (!failed) {
+    for (int s = 0; s < AT_EXIT_SIZES; ++s) {
+      for (int i = 0; i < AT_EXIT_BLOCKS; ++i) free(blocks[s][i]);
+    }
+  }
+  if (failed) {
+    fprintf(stderr, "the calls at exit failed\n");
+    fflush(stdout);
+    _Exit(1);
+  }
+}
+
+/* The same calls once in main (every thread_local of the path is in use), then at exit. */
+static int atExit(void) {
+  ncclComm_t comm = (ncclComm_t)(uintptr_t)0x1000;
+  cudaStream_t stream = (cudaStream_t)(uintptr_t)0x2000;
+  char* a = (char*)(uintptr_t)0x7f0000000000ull;
+  const int deferGroupCalls = 1;
+  CHECK(ncclGroupStart());
+  EXPECT("GroupStart");
+  CALL_IN_GROUP(a, a, 1 << 20, ncclFloat32, ncclSum, comm, stream);
+  CALL(a, a, 1000, ncclInt32, ncclSum, (ncclComm_t)(uintptr_t)0x1100, stream);
+  CHECK(ncclGroupEnd());
+  EXPECT("GroupEnd");
+  flushDeferred();
+  if (atexit(atExitCalls) != 0) return 1;
+  return 0;
+}
+
 /* A group whose end NCCL fails (the test sets FAKE_NCCL_GROUP_FAIL=1): NCCL
  * discards every call of the group, so its eligible calls, deferred by
  * gradcomp, must not run after it either; the end answers NCCL's error. A
@@ -690,6 +771,8 @@ __attribute__((visibility("default"))) int gcTestRunCalls(const char* mode) {
     rc = empty();
   } else if (strcmp(mode, "setup_reasons") == 0) {
     rc = setupReasons();
+  } else if (strcmp(mode, "at_exit") == 0) {
+    rc = atExit();
   } else if (strcmp(mode, "group_fails") == 0) {
     rc = groupFails();
   } else if (strcmp(mode, "fork_exit") == 0) {

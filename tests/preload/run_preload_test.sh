@@ -398,6 +398,14 @@ run empty_knobs env GRADCOMP_GROUP= GRADCOMP_NCCL_LIBRARY= GC_TEST_GROUP_CALLS_D
     "grep -q 'GRADCOMP_NCCL_LIBRARY is set but empty; using libnccl.so.2' '$work/empty_knobs.err'"
 }
 
+# 6i. NCCL calls at exit, from an atexit handler (a framework's teardown in a
+# static destructor), after exit() destroyed the thread's thread_local
+# objects: a group's eligible call is deferred and reaches NCCL after the
+# group as usual, and nothing is written through memory freed by then (the
+# app fills the heap blocks handed out at exit with a pattern and fails when
+# one changed).
+run at_exit env GRADCOMP_METHOD=qsgd "$app" at_exit && same_calls at_exit
+
 # 6g. A GRADCOMP_DEBUG that is no level: WARN is used, and said.
 run bad_debug env GRADCOMP_DEBUG=bogus GC_TEST_GROUP_CALLS_DEFERRED=1 "$app" basic && {
   same_calls bad_debug
