@@ -1,5 +1,6 @@
 #include "debug.h"
 
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -7,6 +8,7 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <mutex>
 
 #include "format_args.h"
@@ -37,8 +39,23 @@ LogLevel logLevel() {
   return level;
 }
 
+// One line at a time. Held across fork() (the handlers are registered with
+// the first line): a child forked while another thread printed a line would
+// otherwise wait forever at its own first line. Constant-initialized, so that
+// no first use is in progress at a fork either (a child would wait for that
+// too), and with no destructor to run (lines may come during static
+// destruction).
+static std::mutex gLogMu;
+
+static void lockLogAcrossFork() {
+  static std::atomic<bool> registered{false};
+  if (registered.exchange(true)) return;
+  pthread_atfork([] { gLogMu.lock(); }, [] { gLogMu.unlock(); }, [] { gLogMu.unlock(); });
+}
+
 void logMessage(LogLevel level, const char* file, int line, const char* fmt, ...) {
-  static std::mutex mu;
+  lockLogAcrossFork();
+  std::mutex& mu = gLogMu;
   char msg[1024];
   GC_FORMAT_ARGS(msg, fmt);
   const char* name = level == LogLevel::Warn ? "WARN" : level == LogLevel::Info ? "INFO" : "TRACE";
