@@ -256,8 +256,8 @@ TEST(AllReduceCpu, PassThroughForOtherTypesOpsSmallCountsAndOneRank) {
 // ncclAvg over floating types is NCCL's pre-multiplied sum: every input times
 // 1/N rounded to the buffer's type, each product rounded to it, then summed
 // in rank order (fp16/bf16 rounded after every step). So an fp16 average whose
-// sum exceeds 65504 stays finite, as on NCCL, and fp32 at N = 3 has NCCL's bits
-// rather than those of a sum divided by 3.
+// sum exceeds 65504 stays finite, as on NCCL, and fp32 at N = 3 has the bits
+// of NCCL's pre-multiplied sum in rank order, not those of a sum divided by 3.
 TEST(AllReduceCpu, PassThroughAvgPreMultipliesAsNccl) {
   gradcompConfig_t cfg;
   gradcompConfigInit(&cfg);

@@ -167,7 +167,8 @@ T averageOf(T sum, int n) {
 // ncclAvg of a floating type is NCCL's PreMulSum: every input is multiplied by
 // 1/n, rounded to the buffer's type (NCCL's float(1.0/nRanks), then converted),
 // and the products are summed. So an fp16 average whose sum would pass 65504
-// stays finite, and the bits are NCCL's also where n is not a power of two.
+// stays finite, and every product is rounded as NCCL's (the sum's order is
+// rank order here, NCCL's ring or tree order there).
 inline float avgScalar(int n) {
   return (float)(1.0 / n);
 }
