@@ -732,7 +732,9 @@ int runHarness(const Options& o, Rank& r) {
     info.rates = &rates;
   }
   info.showModel = (!info.representative || o.linkGiven) && (!info.rates || rates.ok);
-  info.project = !o.modelNodes.empty();
+  // The projection models allreduce calls (clusterModel, ncclClusterUs): a
+  // reduce-scatter run gets none, and says so, rather than an allreduce's.
+  info.project = !o.modelNodes.empty() && o.collective != Collective::ReduceScatter;
   const bool lead = r.rank() == 0;
   // Output files that cannot be written are refused before the run, not
   // found after it (rank 0 writes them; every rank stops alike).
@@ -878,6 +880,10 @@ int runHarness(const Options& o, Rank& r) {
       }
       if (lead) printFooter(info, rows);
       if (lead && info.project) printProjection(o, rows);
+      if (lead && !info.project && !o.modelNodes.empty())
+        printf(
+            "# no projection: --model-nodes projects allreduce calls only (docs/benchmark.md, "
+            "\"Nodes\"); the rows' link model above covers reduce_scatter\n");
       all.insert(all.end(), rows.begin(), rows.end());
     }
   }
