@@ -202,8 +202,11 @@ const char* gradcompEnvName(int index);
 /* ---------------------------------------------------------------- comms */
 /* A comm takes one collective, retune or state call at a time, as an NCCL
  * communicator: such calls on one comm from several threads must be ordered
- * by the caller (the same order on every rank); gradcompCommStop and
- * gradcompCommAbort may come from another thread while one is in progress. */
+ * by the caller (the same order on every rank). One that comes while a call
+ * of another thread is in progress is refused (gradcompInvalidUsage, naming
+ * the comm and its rank), the comm and the call in progress untouched.
+ * gradcompCommStop and gradcompCommAbort may come from another thread while
+ * one is in progress. */
 typedef struct gradcompComm* gradcompComm_t;
 
 /* Wraps (never owns) an NCCL communicator. Buffers are device pointers and

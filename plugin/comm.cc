@@ -32,6 +32,13 @@ gradcompResult_t CommCall::check() const {
     return setError(gradcompInvalidUsage,
                     "comm %p was aborted (gradcompCommAbort); no call may use it", (void*)c_);
   }
+  if (busy_) {
+    return setError(gradcompInvalidUsage,
+                    "comm %p (rank %d of %d): another call on it is in progress on another "
+                    "thread; a comm takes one call at a time (order the calls of several "
+                    "threads on one comm, as for an NCCL communicator)",
+                    (void*)c_, c_->rank, c_->nranks);
+  }
   return gradcompSuccess;
 }
 

@@ -137,6 +137,10 @@ struct gradcompComm {
   // the public calls in progress, which abort waits for before it frees.
   std::atomic<bool> aborted{false};
   std::atomic<int> callsInFlight{0};
+  // The thread whose public call (gc::CommCall) holds the comm, as its
+  // gc::threadToken(), or null: a call from another thread meanwhile is
+  // refused (a comm takes one call at a time, gradcomp.h).
+  std::atomic<const void*> callOwner{nullptr};
   // gc::commStop has finished: a stop or abort on another thread that found
   // the comm already stopping waits for this before it returns (or frees).
   std::atomic<bool> stopped{false};
@@ -225,16 +229,32 @@ void commStopPolls(gradcompComm* c);
 // a warning), as a kernel stuck on a dead peer may still touch it.
 bool commAbort(gradcompComm* c);
 
+// An address of the calling thread's own: tells the thread holding a comm
+// (gradcompComm::callOwner) from the others.
+inline const void* threadToken() {
+  static thread_local char token;
+  return &token;
+}
+
 // Counts a public call on a comm (a collective, a retune) while it runs, so
 // that gradcompCommAbort on another thread waits for it; fails the call
-// once the comm is aborted.
+// once the comm is aborted, or while a call of another thread holds it (the
+// calls a public call makes on its own comm, autotune's timed ones, nest).
+// One compare-and-swap on entry and one store on return.
 class CommCall {
  public:
   explicit CommCall(gradcompComm* c) : c_(c) {
-    if (c_ != nullptr) c_->callsInFlight++;
+    if (c_ == nullptr) return;
+    c_->callsInFlight++;
+    const void* owner = nullptr;
+    owns_ = c_->callOwner.compare_exchange_strong(owner, threadToken(), std::memory_order_acquire,
+                                                  std::memory_order_relaxed);
+    busy_ = !owns_ && owner != threadToken();
   }
   ~CommCall() {
-    if (c_ != nullptr) c_->callsInFlight--;
+    if (c_ == nullptr) return;
+    if (owns_) c_->callOwner.store(nullptr, std::memory_order_release);
+    c_->callsInFlight--;
   }
   CommCall(const CommCall&) = delete;
   CommCall& operator=(const CommCall&) = delete;
@@ -242,6 +262,8 @@ class CommCall {
 
  private:
   gradcompComm* c_;
+  bool owns_ = false;
+  bool busy_ = false;
 };
 
 // The comm's device current for a scope (no-op for the CPU backend or a

@@ -404,3 +404,96 @@ TEST(Abort, AStopOnAnotherThreadEndsBeforeAbortFrees) {
 }
 
 }  // namespace
+
+// A comm takes one call at a time (gradcomp.h): a second call on it from
+// another thread while one is in progress (rank 0 waiting for rank 1, which
+// has not called yet) is refused with gradcompInvalidUsage naming the comm
+// and the call in progress, before it touches the comm's states, workspace,
+// stats or transport; the call in progress then finishes with the right
+// sums, and the comm takes calls from any thread again.
+class OneCallAtATime : public ::testing::TestWithParam<gradcompMethod_t> {};
+
+TEST_P(OneCallAtATime, ASecondCallFromAnotherThreadIsRefused) {
+  gradcompConfig_t cfg = config();
+  cfg.method = GetParam();
+  std::vector<gradcompComm_t> comms(2);
+  ASSERT_EQ(gradcompCommCreateCpu(2, &cfg, comms.data()), gradcompSuccess);
+  // A first call on both ranks, so that the comm has buffer states to save,
+  // load, reset or corrupt.
+  {
+    std::vector<Caller> warm(2);
+    for (int r = 0; r < 2; ++r) warm[r].start(comms[r]);
+    for (auto& w : warm) {
+      w.thread.join();
+      ASSERT_EQ(w.res, gradcompSuccess) << w.why;
+    }
+  }
+  size_t stateBytes = 0;
+  ASSERT_EQ(gradcompCommStateSize(comms[0], &stateBytes), gradcompSuccess);
+  std::vector<char> blob(stateBytes);
+  ASSERT_EQ(gradcompCommSaveState(comms[0], blob.data(), blob.size()), gradcompSuccess);
+
+  Caller zero;
+  zero.start(comms[0]);
+  waitInCall(comms[0]);
+  auto refused = [&](const char* what, gradcompResult_t res) {
+    EXPECT_EQ(res, gradcompInvalidUsage) << what << ": " << gradcompGetLastError();
+    const std::string why = gradcompGetLastError();
+    EXPECT_NE(why.find("in progress on another thread"), std::string::npos) << what << ": " << why;
+    EXPECT_NE(why.find("rank 0"), std::string::npos) << what << ": " << why;
+  };
+  std::vector<float> other(kCount, 2.0f), out(kCount, 0.0f);
+  std::vector<float> same(kCount, 1.0f);
+  refused("allreduce, other buffers", gradcompAllReduce(other.data(), out.data(), kCount,
+                                                        ncclFloat32, ncclSum, comms[0], nullptr));
+  refused("allreduce, the same buffer", gradcompAllReduce(zero.buf.data(), zero.buf.data(), kCount,
+                                                          ncclFloat32, ncclSum, comms[0], nullptr));
+  refused("keyed allreduce", gradcompAllReduceKeyed(other.data(), other.data(), kCount, ncclFloat32,
+                                                    ncclSum, comms[0], nullptr, 7));
+  refused("reduce-scatter", gradcompReduceScatter(other.data(), out.data(), kCount / 2, ncclFloat32,
+                                                  ncclSum, comms[0], nullptr));
+  refused("keyed reduce-scatter",
+          gradcompReduceScatterKeyed(other.data(), out.data(), kCount / 2, ncclFloat32, ncclSum,
+                                     comms[0], nullptr, 7));
+  size_t bytes = 0;
+  refused("state size", gradcompCommStateSize(comms[0], &bytes));
+  std::vector<char> save(stateBytes);
+  refused("save", gradcompCommSaveState(comms[0], save.data(), save.size()));
+  refused("load", gradcompCommLoadState(comms[0], blob.data(), blob.size()));
+  refused("reset", gradcompCommResetState(comms[0]));
+  refused("retune", gradcompCommRetune(comms[0], nullptr));
+  refused("grad scale", gradcompCommSetGradScale(comms[0], 0.5f, nullptr));
+  EXPECT_EQ(other, std::vector<float>(kCount, 2.0f));
+  EXPECT_EQ(out, std::vector<float>(kCount, 0.0f));
+
+  Caller one;
+  one.start(comms[1]);
+  zero.thread.join();
+  one.thread.join();
+  ASSERT_EQ(zero.res, gradcompSuccess) << zero.why;
+  ASSERT_EQ(one.res, gradcompSuccess) << one.why;
+  if (GetParam() == gradcompMethodNone) {
+    EXPECT_EQ(zero.buf, std::vector<float>(kCount, 2.0f));
+  }
+  EXPECT_EQ(zero.buf, one.buf);
+  gradcompStats_t stats;
+  ASSERT_EQ(gradcompGetStats(comms[0], &stats), gradcompSuccess);
+  // Pass-through calls are not steps of the compressed schedule.
+  EXPECT_EQ(stats.steps, GetParam() == gradcompMethodNone ? 0u : 2u);
+  EXPECT_EQ(stats.callsCompressed + stats.callsPassedThrough, 2u);
+
+  // Returned: the comm takes calls again, from this thread too.
+  std::vector<Caller> again(2);
+  again[1].start(comms[1]);
+  EXPECT_EQ(gradcompAllReduce(again[0].buf.data(), again[0].buf.data(), kCount, ncclFloat32,
+                              ncclSum, comms[0], nullptr),
+            gradcompSuccess)
+      << gradcompGetLastError();
+  again[1].thread.join();
+  EXPECT_EQ(again[1].res, gradcompSuccess) << again[1].why;
+  for (gradcompComm_t c : comms) EXPECT_EQ(gradcompCommDestroy(c), gradcompSuccess);
+}
+
+INSTANTIATE_TEST_SUITE_P(Methods, OneCallAtATime,
+                         ::testing::Values(gradcompMethodNone, gradcompMethodQsgd,
+                                           gradcompMethodTopk, gradcompMethodDgc));

@@ -352,6 +352,56 @@ class ConfigSettings(unittest.TestCase):
                 gradcomp.CpuWorld(bad)
 
 
+class OneCallAtATime(unittest.TestCase):
+    def test_a_second_thread_on_one_comm_is_refused(self):
+        """A comm takes one call at a time (gradcomp.h): while rank 0's allreduce waits for
+        rank 1 on one thread (ctypes releases the GIL), every call on rank 0's comm from
+        another thread raises GradcompError naming the comm and the call in progress,
+        touching nothing; the waiting call then completes with the right sums."""
+        n = 1 << 12
+        cfg = gradcomp.Config(from_env=False, method="qsgd", min_elements=0, auto_tune=0,
+                              cpu_timeout_sec=60)
+        with gradcomp.CpuWorld(2, cfg) as w:
+            c0, c1 = w.comms
+            blob = c0.save_state()
+            bufs = [np.ones(n, np.float32) for _ in range(2)]
+            errors = []
+
+            def first():
+                try:
+                    c0.allreduce(bufs[0])
+                except gradcomp.GradcompError as e:
+                    errors.append(e)
+
+            t = threading.Thread(target=first)
+            t.start()
+            busy = r"comm .* \(rank 0 of 2\): another call on it is in progress on another thread"
+            deadline = time.monotonic() + 30
+            while True:  # until rank 0's allreduce holds the comm
+                try:
+                    c0.state_size()
+                except gradcomp.GradcompError as e:
+                    self.assertRegex(str(e), busy)
+                    break
+                self.assertLess(time.monotonic(), deadline,
+                                "no call beside rank 0's allreduce was refused")
+                time.sleep(0.001)
+            other = np.full(n, 2.0, np.float32)
+            for what, call in [("allreduce", lambda: c0.allreduce(other)),
+                               ("keyed allreduce", lambda: c0.allreduce(other, key=3)),
+                               ("save_state", c0.save_state),
+                               ("load_state", lambda: c0.load_state(blob)),
+                               ("reset_state", c0.reset_state)]:
+                with self.subTest(what), self.assertRaisesRegex(gradcomp.GradcompError, busy):
+                    call()
+            np.testing.assert_array_equal(other, np.full(n, 2.0, np.float32))
+            c1.allreduce(bufs[1])
+            t.join()
+            self.assertEqual(errors, [])
+            np.testing.assert_array_equal(bufs[0], bufs[1])
+            self.assertEqual(c0.stats()["steps"], 1)
+
+
 class CpuAllReduce(unittest.TestCase):
     def run_case(self, algo, N, dtype, avg, n, steps=2):
         cfg = gradcomp.Config(from_env=False, algo=algo, min_elements=0, seed=77)
