@@ -40,6 +40,34 @@ struct FakeNcclLog {
   }
 };
 
+// Rank 1 of 4 as 2 nodes of 2 on `parent`: a gradcomp comm made by hand, its
+// node and inter-node sub-communicators split by the stand-in; null (with the
+// failure recorded) if the hierarchy was not set up.
+gradcompComm* hierCommOn(ncclComm_t parent) {
+  gradcompConfig_t cfg;
+  gradcompConfigInit(&cfg);
+  cfg.localSize = 2;
+  auto* c = new gradcompComm;
+  c->cfg = cfg;
+  c->rank = 1;
+  c->nranks = 4;
+  c->nccl = parent;
+  std::vector<gc::SetupVote> votes;
+  for (int r = 0; r < 4; ++r) votes.push_back(gc::makeSetupVote(gradcompSuccess, cfg, 1, nullptr));
+  const gradcompResult_t r = gc::setupNcclHierarchy(
+      c, votes[1], [&](const gc::SetupVote&, std::vector<gc::SetupVote>* all) {
+        *all = votes;
+        return gradcompSuccess;
+      });
+  EXPECT_EQ(r, gradcompSuccess) << gradcompGetLastError();
+  if (r != gradcompSuccess || c->intraNccl == nullptr || c->interNccl == nullptr) {
+    ADD_FAILURE() << "the hierarchy's sub-communicators were not made";
+    delete c;
+    return nullptr;
+  }
+  return c;
+}
+
 #if NCCL_VERSION_CODE >= NCCL_VERSION(2, 27, 0)
 // ncclCommShrink with NCCL_SHRINK_ABORT of a communicator whose gradcomp comm
 // has sub-communicators (the hierarchy's node and inter-node comms): NCCL's
@@ -51,25 +79,8 @@ struct FakeNcclLog {
 TEST(PreloadShrink, AbortFlagStopsTheSubCommunicatorsFirstInOneGroup) {
   setenv("GRADCOMP_NCCL_LIBRARY", GC_FAKE_NCCL, 1);
   const ncclComm_t parent = (ncclComm_t)(uintptr_t)0x1000;
-  gradcompConfig_t cfg;
-  gradcompConfigInit(&cfg);
-  cfg.localSize = 2;
-  auto* c = new gradcompComm;
-  c->cfg = cfg;
-  c->rank = 1;
-  c->nranks = 4;
-  c->nccl = parent;
-  std::vector<gc::SetupVote> votes;
-  for (int r = 0; r < 4; ++r) votes.push_back(gc::makeSetupVote(gradcompSuccess, cfg, 1, nullptr));
-  ASSERT_EQ(gc::setupNcclHierarchy(c, votes[1],
-                                   [&](const gc::SetupVote&, std::vector<gc::SetupVote>* all) {
-                                     *all = votes;
-                                     return gradcompSuccess;
-                                   }),
-            gradcompSuccess)
-      << gradcompGetLastError();
-  ASSERT_NE(c->intraNccl, nullptr);
-  ASSERT_NE(c->interNccl, nullptr);
+  gradcompComm* c = hierCommOn(parent);
+  ASSERT_NE(c, nullptr);
   char intra[32], inter[32];
   snprintf(intra, sizeof(intra), "%p", (void*)c->intraNccl);
   snprintf(inter, sizeof(inter), "%p", (void*)c->interNccl);
@@ -115,25 +126,8 @@ TEST(PreloadShrink, AbortFlagStopsTheSubCommunicatorsFirstInOneGroup) {
 TEST(PreloadAbort, TheSubCommunicatorsAreAbortedInTheAbortsGroup) {
   setenv("GRADCOMP_NCCL_LIBRARY", GC_FAKE_NCCL, 1);
   const ncclComm_t parent = (ncclComm_t)(uintptr_t)0x2000;
-  gradcompConfig_t cfg;
-  gradcompConfigInit(&cfg);
-  cfg.localSize = 2;
-  auto* c = new gradcompComm;
-  c->cfg = cfg;
-  c->rank = 1;
-  c->nranks = 4;
-  c->nccl = parent;
-  std::vector<gc::SetupVote> votes;
-  for (int r = 0; r < 4; ++r) votes.push_back(gc::makeSetupVote(gradcompSuccess, cfg, 1, nullptr));
-  ASSERT_EQ(gc::setupNcclHierarchy(c, votes[1],
-                                   [&](const gc::SetupVote&, std::vector<gc::SetupVote>* all) {
-                                     *all = votes;
-                                     return gradcompSuccess;
-                                   }),
-            gradcompSuccess)
-      << gradcompGetLastError();
-  ASSERT_NE(c->intraNccl, nullptr);
-  ASSERT_NE(c->interNccl, nullptr);
+  gradcompComm* c = hierCommOn(parent);
+  ASSERT_NE(c, nullptr);
   char intra[32], inter[32], own[32];
   snprintf(intra, sizeof(intra), "%p", (void*)c->intraNccl);
   snprintf(inter, sizeof(inter), "%p", (void*)c->interNccl);
