@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "debug.h"
+#include "tests/common/reap_child.h"
 
 #if defined(__has_feature)
 #if __has_feature(thread_sanitizer)
@@ -52,15 +53,7 @@ TEST(Fork, ChildLogsWhileAnotherThreadLogs) {
       ++failed;
       break;
     }
-    int status = 0;
-    bool left = false;
-    for (int t = 0; t < 1000 && !left; ++t) {
-      left = waitpid(child, &status, WNOHANG) == child;
-      if (!left) usleep(10000);
-    }
-    if (!left) {
-      kill(child, SIGKILL);
-      waitpid(child, &status, 0);
+    if (!gcReapChildWithin10s(child)) {
       if (++stuck == 3) break;  // enough to fail, without 10 s more per child
     }
   }

@@ -17,6 +17,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "../common/reap_child.h"
 #include "nccl_newer.h"
 
 #define EXPECT(...)      \
@@ -736,14 +737,7 @@ static int forkExit(void) {
     const pid_t child = fork();
     if (child < 0) break;
     if (child == 0) exit(0);
-    int status = 0, left = 0;
-    for (int t = 0; t < 1000 && !left; ++t) {
-      left = waitpid(child, &status, WNOHANG) == child;
-      if (!left) usleep(10000);
-    }
-    if (!left) {
-      kill(child, SIGKILL);
-      waitpid(child, &status, 0);
+    if (!gcReapChildWithin10s(child)) {
       if (++stuck == 3) break; /* enough to fail, without 10 s more per child */
     }
   }

@@ -68,6 +68,17 @@ gradcompComm* hierCommOn(ncclComm_t parent) {
   return c;
 }
 
+// The preload's entry of `parent`, compressing with the hand-made comm c
+// (hierCommOn's rank 1 of 4).
+gc::preload::EntryPtr compressingEntry(ncclComm_t parent, gradcompComm* c) {
+  gc::preload::EntryPtr e = gc::preload::entryFor(parent);
+  e->gc = c;
+  e->rank = 1;
+  e->nranks = 4;
+  e->mode = gc::preload::Mode::Compress;
+  return e;
+}
+
 #if NCCL_VERSION_CODE >= NCCL_VERSION(2, 27, 0)
 // ncclCommShrink with NCCL_SHRINK_ABORT of a communicator whose gradcomp comm
 // has sub-communicators (the hierarchy's node and inter-node comms): NCCL's
@@ -85,11 +96,7 @@ TEST(PreloadShrink, AbortFlagStopsTheSubCommunicatorsFirstInOneGroup) {
   snprintf(intra, sizeof(intra), "%p", (void*)c->intraNccl);
   snprintf(inter, sizeof(inter), "%p", (void*)c->interNccl);
 
-  gc::preload::EntryPtr e = gc::preload::entryFor(parent);
-  e->gc = c;
-  e->rank = 1;
-  e->nranks = 4;
-  e->mode = gc::preload::Mode::Compress;
+  gc::preload::EntryPtr e = compressingEntry(parent, c);
   std::string log;
   ncclComm_t child = nullptr;
   int excluded = 3;
@@ -133,11 +140,7 @@ TEST(PreloadAbort, TheSubCommunicatorsAreAbortedInTheAbortsGroup) {
   snprintf(inter, sizeof(inter), "%p", (void*)c->interNccl);
   snprintf(own, sizeof(own), "%p", (void*)parent);
 
-  gc::preload::EntryPtr e = gc::preload::entryFor(parent);
-  e->gc = c;
-  e->rank = 1;
-  e->nranks = 4;
-  e->mode = gc::preload::Mode::Compress;
+  gc::preload::EntryPtr e = compressingEntry(parent, c);
   std::string log;
   {
     FakeNcclLog fake;
