@@ -177,17 +177,19 @@ ncclResult_t route(const Deferred& d) {
     // after an eligible call of its communicator was deferred is deferred
     // too, and reaches NCCL after it (an in-place allreduce, then another
     // call on the same buffer), not before it at the group's end.
+    GroupCalls& g = groupCalls();
     const bool follows =
-        pass && std::any_of(groupCalls().deferred.begin(), groupCalls().deferred.end(),
+        pass && std::any_of(g.deferred.begin(), g.deferred.end(),
                             [&](const Deferred& earlier) { return earlier.comm == d.comm; });
     if ((pass && !follows) || settings().group == GroupMode::Pass) {
-      groupCalls().forwarded.emplace_back(e, d.coll);
+      g.forwarded.emplace_back(e, d.coll);
       return forward(nullptr, d);
     }
-    groupCalls().deferred.push_back(d);
-    groupCalls().deferred.back().entry = e;
-    groupCalls().deferred.back().tracked = true;
-    groupCalls().deferred.back().pass = pass;
+    g.deferred.push_back(d);
+    Deferred& deferred = g.deferred.back();
+    deferred.entry = e;
+    deferred.tracked = true;
+    deferred.pass = pass;
     return ncclSuccess;
   }
   if (pass) return forward(e.get(), d);
@@ -210,10 +212,11 @@ namespace {
 // same way and decides alike.
 ncclResult_t keepMultiDeviceGroup() {
   const NcclApi* api = ncclApi();
-  if (groupCalls().deferred.size() < 2 || api->commCuDevice == nullptr) return ncclSuccess;
+  GroupCalls& g = groupCalls();
+  if (g.deferred.size() < 2 || api->commCuDevice == nullptr) return ncclSuccess;
   int device0 = -1;
   bool several = false;
-  for (const Deferred& d : groupCalls().deferred) {
+  for (const Deferred& d : g.deferred) {
     // A compressing entry's device, as inputCount's size: NCCL is asked once,
     // before the entry is decided.
     const EntryPtr e = deferredEntry(d);
@@ -232,7 +235,7 @@ ncclResult_t keepMultiDeviceGroup() {
            "thread driving several GPUs): they stay in the group uncompressed, and those "
            "communicators pass through");
   std::vector<Deferred> calls;
-  calls.swap(groupCalls().deferred);
+  calls.swap(g.deferred);
   ncclResult_t failed = ncclSuccess;
   for (const Deferred& d : calls) {
     EntryPtr e = deferredEntry(d);
@@ -241,7 +244,7 @@ ncclResult_t keepMultiDeviceGroup() {
       continue;
     }
     passAlways(*e, "one thread drives it in a group with other devices' communicators");
-    groupCalls().forwarded.emplace_back(e, d.coll);
+    g.forwarded.emplace_back(e, d.coll);
     const ncclResult_t r = forward(nullptr, d);
     if (r != ncclSuccess && failed == ncclSuccess) failed = r;
   }
@@ -258,28 +261,29 @@ ncclResult_t keepMultiDeviceGroup() {
 ncclResult_t leaveGroup(ncclResult_t r) {
   if (tGroupDepth > 0) --tGroupDepth;
   if (tGroupDepth > 0) return r;
+  GroupCalls& g = groupCalls();
   if (r != ncclSuccess && r != ncclInProgress) {
     // NCCL's group failed (a call in it was refused, its launch failed): NCCL
     // discards every call of the group, so the deferred ones are dropped too,
     // as NCCL alone would have dropped them, and nothing ran to be counted.
-    groupCalls().forwarded.clear();
-    groupCalls().deferred.clear();
+    g.forwarded.clear();
+    g.deferred.clear();
     return r;
   }
-  std::vector<EntryPtr>& forwarded = groupCalls().ended;
+  std::vector<EntryPtr>& forwarded = g.ended;
   struct Release {
     std::vector<EntryPtr>& v;
     ~Release() { v.clear(); }
   } release{forwarded};
   forwarded.clear();
-  for (auto& f : groupCalls().forwarded) {
+  for (auto& f : g.forwarded) {
     countPassed(*f.first, f.second);
     forwarded.push_back(f.first);
   }
-  groupCalls().forwarded.clear();
-  if (!groupCalls().deferred.empty()) {
+  g.forwarded.clear();
+  if (!g.deferred.empty()) {
     std::vector<Deferred> calls;
-    calls.swap(groupCalls().deferred);
+    calls.swap(g.deferred);
     ncclResult_t f = ncclSuccess;
     if (r == ncclInProgress) {
       // A communicator whose part of the group failed runs none of its
