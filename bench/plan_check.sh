@@ -8,6 +8,11 @@
 set -uo pipefail
 src=$1
 fail=0
+# The plans checked here are a bare call's. Under gpu-check's tests step (CTest inside a call),
+# the call's own settings are in the environment (GC_CHECK_BUDGET_S, which a session's second
+# call passes, GC_STEPS, GC_HOOK_EPOCHS, GC_STEP_BUDGET_S, ...): each would change the plans and
+# fail this check on the GPU box, so none is kept.
+while read -r v; do unset "$v"; done < <(compgen -e | grep '^GC_')
 # Groups in the order sessions run them; where each step is first planned, and the plots
 # step's last group.
 order=(core perf perf_more hooks link ddp fsdp lm)
