@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # CTest: gradcomp_kernels_perf's --only and --skip (comma-separated kinds, as
 # tools/gpu-check.sh's kernels steps pass them) and --bucket are checked before
-# it looks for a GPU. A name that is not a kind is refused by name with exit 2; good lists
+# it looks for a GPU, and so is every number flag's value, read whole. A name that is not a
+# kind, or a value that is not a number, is refused by name with exit 2; good lists
 # get as far as the GPU: without one, exit 2 saying so; with one, a single
 # small size runs and its JSON says the run completed.
 #   bench/kinds_check.sh GRADCOMP_KERNELS_PERF WORKDIR
@@ -24,6 +25,20 @@ for b in 100 16 16384; do
     echo "FAIL: --bucket $b: exit $rc: $out"; fail=1
   fi
 done
+# A number flag's value is read whole: text that is not a number is refused by name (it was
+# read as its leading digits or 0: --bits 4x ran 4 bits, --once 2 ran once).
+for args in "--min-log2 abc" "--max-log2 26x" "--bucket 512.5" "--bits 4,x" "--lists 8z" \
+            "--densities 0.001,1e-3q" "--once yes"; do
+  read -r flag value <<< "$args"
+  out=$("$bin" "$flag" "$value" 2>&1); rc=$?
+  if [ "$rc" != 2 ] || ! grep -q -- "$flag '[^']*' is not" <<< "$out"; then
+    echo "FAIL: $flag $value: exit $rc: $out"; fail=1
+  fi
+done
+out=$("$bin" --once 2 2>&1); rc=$?
+if [ "$rc" != 2 ] || ! grep -q -- "--once 2 is not 0 or 1" <<< "$out"; then
+  echo "FAIL: --once 2: exit $rc: $out"; fail=1
+fi
 rm -f "$work/k.json"
 out=$("$bin" --only copy,encode --skip encode --min-log2 16 --max-log2 16 --bits 4 \
   --dtypes float --json "$work/k.json" 2>&1); rc=$?

@@ -52,6 +52,8 @@
 // oversample and sample rate; their JSON rows carry "density" and "k" (the
 // slots) for tools/gpu_report.py.
 #include <cuda_runtime.h>
+#include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -198,14 +200,45 @@ void usage() {
   for (size_t i = 0; i < kinds; ++i) printf(" %s%s", kKinds[i], i + 1 < kinds ? "," : ".\n");
 }
 
-std::vector<int> parseInts(const char* s) {
-  std::vector<int> v;
-  for (const char* p = s; *p;) {
-    v.push_back(atoi(p));
-    while (*p && *p != ',') ++p;
-    if (*p == ',') ++p;
+// A flag's value (or one element of its comma-separated list) as a whole int in
+// plain decimal (a '-' allowed); false, with the flag and the text named, for
+// anything else ("abc", "4x", "", " 4"): the ranges are checked after the
+// flags, on the numbers.
+bool parseInt(const char* flag, const std::string& s, int* out) {
+  const char* p = s.c_str();
+  char* end = nullptr;
+  errno = 0;
+  const long x = (*p == '-' || (*p >= '0' && *p <= '9')) ? strtol(p, &end, 10) : 0;
+  if (end == nullptr || end == p || *end != '\0' || errno == ERANGE || x < INT_MIN || x > INT_MAX) {
+    fprintf(stderr, "gradcomp_kernels_perf: %s '%s' is not an integer\n", flag, s.c_str());
+    return false;
   }
-  return v;
+  *out = (int)x;
+  return true;
+}
+
+// The same for a decimal number ("0.001", "1e-3").
+bool parseNumber(const char* flag, const std::string& s, double* out) {
+  const char* p = s.c_str();
+  char* end = nullptr;
+  errno = 0;
+  const double x = (*p == '-' || *p == '.' || (*p >= '0' && *p <= '9')) ? strtod(p, &end) : 0;
+  if (end == nullptr || end == p || *end != '\0' || errno == ERANGE) {
+    fprintf(stderr, "gradcomp_kernels_perf: %s '%s' is not a number\n", flag, s.c_str());
+    return false;
+  }
+  *out = x;
+  return true;
+}
+
+bool parseInts(const char* flag, const char* v, std::vector<int>* out) {
+  out->clear();
+  for (const std::string& t : splitNames(v)) {
+    int x = 0;
+    if (!parseInt(flag, t, &x)) return false;
+    out->push_back(x);
+  }
+  return true;
 }
 
 bool parseArgs(int argc, char** argv, Args* a) {
@@ -221,32 +254,39 @@ bool parseArgs(int argc, char** argv, Args* a) {
       return false;
     }
     ++i;
-    if (f == "--min-log2")
-      a->minLog2 = atoi(v);
-    else if (f == "--max-log2")
-      a->maxLog2 = atoi(v);
-    else if (f == "--step-log2")
-      a->stepLog2 = atoi(v);
-    else if (f == "--bucket")
-      a->bucket = atoi(v);
-    else if (f == "--bits")
-      a->bits = parseInts(v);
-    else if (f == "--json")
+    const char* flag = f.c_str();
+    if (f == "--min-log2") {
+      if (!parseInt(flag, v, &a->minLog2)) return false;
+    } else if (f == "--max-log2") {
+      if (!parseInt(flag, v, &a->maxLog2)) return false;
+    } else if (f == "--step-log2") {
+      if (!parseInt(flag, v, &a->stepLog2)) return false;
+    } else if (f == "--bucket") {
+      if (!parseInt(flag, v, &a->bucket)) return false;
+    } else if (f == "--bits") {
+      if (!parseInts(flag, v, &a->bits)) return false;
+    } else if (f == "--json") {
       a->json = v;
-    else if (f == "--once")
-      a->once = atoi(v) != 0;
-    else if (f == "--lists")
-      a->lists = atoi(v);
-    else if (f == "--only") {
+    } else if (f == "--once") {
+      int once = 0;
+      if (!parseInt(flag, v, &once)) return false;
+      if (once != 0 && once != 1) {
+        fprintf(stderr, "gradcomp_kernels_perf: --once %d is not 0 or 1\n", once);
+        return false;
+      }
+      a->once = once == 1;
+    } else if (f == "--lists") {
+      if (!parseInt(flag, v, &a->lists)) return false;
+    } else if (f == "--only") {
       if (!parseKinds("--only", v, &a->only)) return false;
     } else if (f == "--skip") {
       if (!parseKinds("--skip", v, &a->skip)) return false;
     } else if (f == "--densities") {
       a->densities.clear();
-      for (const char* p = v; *p;) {
-        a->densities.push_back(atof(p));
-        while (*p && *p != ',') ++p;
-        if (*p == ',') ++p;
+      for (const std::string& t : splitNames(v)) {
+        double d = 0;
+        if (!parseNumber(flag, t, &d)) return false;
+        a->densities.push_back(d);
       }
     } else if (f == "--dtypes") {
       a->dtypes.clear();
