@@ -20,6 +20,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from checklib import close, expect, verdict  # noqa: E402
 from smoke_check import (TYPE_BYTES, check_sparse_row, code_bytes, first_part,  # noqa: E402
                          kernel_total, kernel_work, warp_bucket)
+from smoke_check import hier_pipelined  # noqa: E402
+from smoke_check import encoded  # noqa: E402
 
 FLAT = ("twoshot", "ring", "allgather", "reducescatter")
 
@@ -56,18 +58,66 @@ def hier_middle(label, nodes):
     return "allgather" if nodes <= 2 else "twoshot"
 
 
-def check_projection_pieces(tag, r):
+def check_projection_pieces(tag, r, doc):
     """The projection's pipelined hierarchy: the library cuts only a two-shot middle into
     pieces (its allgather and ring middles run in one), and on `auto` the middle across 2 nodes
-    is an allgather; there hier|P is the unpipelined hier."""
+    is an allgather; there hier|P is the unpipelined hier. The hierarchy's latency steps are
+    the middle's the library runs (plugin/algorithms/allgather.cc pickDenseAlgorithm: an
+    allgather, one step, on `auto` across 2 nodes; two-shot's 2, the ring's k), and its
+    inter-node bytes that middle's: (k-1) E(S/G) for an allgather, 2(k-1)/k E(S/G) else."""
+    label = r.get("label") or ""
+    us = lambda b, gbps: b * 8 / (gbps * 1e3)  # noqa: E731
+    intra, lat = doc.get("intra_gbps"), doc.get("link_latency_us")
     for p in r.get("projection") or []:
-        if p["nodes"] < 2 or hier_middle(r.get("label") or "", p["nodes"]) == "twoshot":
-            continue
         t = "%s %dx%d@%g" % (tag, p["nodes"], p["local"], p["node_gbps"])
-        expect(p["hier_pieces"] == 1 and close(p["hier_pipelined_time_us"], p["hier_time_us"]),
-               "%s: a %s middle is one piece: hier|P %s us (P = %s) vs hier %s us" %
-               (t, hier_middle(r.get("label") or "", p["nodes"]), p["hier_pipelined_time_us"],
-                p["hier_pieces"], p["hier_time_us"]))
+        k, g = p["nodes"], p["local"]
+        if k < 2 or g < 2:
+            continue
+        middle = hier_middle(label, k)
+        if middle != "twoshot":
+            expect(p["hier_pieces"] == 1 and close(p["hier_pipelined_time_us"], p["hier_time_us"]),
+                   "%s: a %s middle is one piece: hier|P %s us (P = %s) vs hier %s us" %
+                   (t, middle, p["hier_pipelined_time_us"], p["hier_pieces"], p["hier_time_us"]))
+        es = encoded(-(-r["count"] // g), r["bits"], r["bucket"])
+        inter = (k - 1) * es if middle == "allgather" else 2 * (k - 1) / k * es
+        expect(close(p["hier_inter_bytes"], inter),
+               "%s: a %s middle's inter-node bytes %s vs %s" % (t, middle, p["hier_inter_bytes"],
+                                                                inter))
+        if intra is None or lat is None or not isinstance(p.get("hier_kernel_us"), (int, float)):
+            continue
+        steps = 2 * (g - 1) + {"twoshot": 2, "allgather": 1, "ring": k}[middle]
+        links = us(p["hier_intra_bytes"], intra) + us(p["hier_inter_bytes"], p["node_gbps"] / g)
+        expect(close(p["hier_time_us"] - p["hier_kernel_us"] - links, steps * lat),
+               "%s: hier's latency %s us vs %s steps of a %s middle" %
+               (t, p["hier_time_us"] - p["hier_kernel_us"] - links, steps, middle))
+
+
+def check_hier_pipelined(tag, r, doc, local):
+    """A hier row cut into pieces: its pipelined model per link, the NVLink reduce-scatter
+    moving fp32 and the allgather the buffer's type (4 / (4 + e) and e / (4 + e) of the
+    row's in-node bytes; plugin/algorithms/hier.cc), each GPU's NIC at the column's rate."""
+    intra, lat = doc.get("intra_gbps"), doc.get("link_latency_us")
+    if intra is None or lat is None or r.get("pieces", 1) <= 1:
+        return
+    wire, inter = r["wire_bytes"], r["inter_wire_bytes"]
+    for m in r.get("model") or []:
+        piped = hier_pipelined(r["kernel_us"], wire - inter, inter, intra, m["link_gbps"], local,
+                               (r["latency_steps"] - 2 * (local - 1)) * lat, lat, r["pieces"],
+                               TYPE_BYTES[r["dtype"]])
+        expect(close(m.get("pipelined_time_us"), piped, 1e-6),
+               "%s: pipelined hier model at %g: %s vs %s (in-node bytes split 4 : %d)" %
+               (tag, m["link_gbps"], m.get("pipelined_time_us"), piped, TYPE_BYTES[r["dtype"]]))
+
+
+def check_projection_piece_bytes(tag, r):
+    """A projection point run in one piece shows no piece size: hier_pipeline_bytes 0 where
+    hier_pieces is 1 (the pipelined path not taken), the --model-pipe bytes where cut."""
+    for p in r.get("projection") or []:
+        expect(p["hier_pipeline_bytes"] == 0 if p["hier_pieces"] == 1
+               else p["hier_pipeline_bytes"] > 0,
+               "%s %dx%d@%g: hier_pipeline_bytes %s at %s pieces (0: not cut)" %
+               (tag, p["nodes"], p["local"], p["node_gbps"], p["hier_pipeline_bytes"],
+                p["hier_pieces"]))
 
 
 def check_rows(path):
@@ -77,7 +127,10 @@ def check_rows(path):
     for r in rows:
         if r.get("method") == "qsgd" and r.get("kernels_measured"):
             check_projection_pieces("%s: %s %s %d" % (os.path.basename(path), r["dtype"],
-                                                      r.get("label"), r["size"]), r)
+                                                      r.get("label"), r["size"]), r, doc)
+        if r.get("method") == "qsgd" and r.get("kernels_measured"):
+            check_projection_piece_bytes("%s: %s %s %d" % (os.path.basename(path), r["dtype"],
+                                                           r.get("label"), r["size"]), r)
         inter = r.get("inter_wire_bytes")
         flat = inter is None or inter >= r["wire_bytes"]
         if (r.get("method") in SPARSE and r.get("kernels_measured") and r.get("sparse_kind") and
@@ -131,6 +184,8 @@ def check_rows(path):
                             r["dtype"] != "float", local,
                             hier_middle(label, r["nranks"] // local), r.get("pieces", 1) > 1,
                             padded, fused, code)
+            if algo == "hier":
+                check_hier_pipelined(tag, r, doc, local)
         if w is not None:
             expect(all(close(work.get(k), v) for k, v in w.items()),
                    "%s: kernel work %s vs %s" % (tag, work, w))

@@ -537,11 +537,13 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
         for (double gbps : o.nodeGbps) {
           if (k * g < 2) continue;
           const Cluster c{k, g, o.intraGbps, gbps, o.linkLatencyUs};
-          // The library cuts only a two-shot middle into pieces: the row's
-          // algorithm on `auto` runs an allgather across 2 nodes (hierMiddle),
-          // and an allgather or ring middle, in one piece.
-          const size_t pipe = hierMiddle(cfg, k) == gradcompAlgoTwoShot ? o.modelPipelineBytes : 0;
-          const ClusterTimes t = clusterModel(count, kind, row->bits, row->bucket, costs, c, pipe);
+          // The algorithms the library runs there (pickDenseAlgorithm): flat over
+          // the k*g ranks, and the hierarchy's middle across the k nodes; on
+          // `auto` an allgather on 2 of them (hierMiddle), which clusterModel
+          // charges as such and, as any middle but two-shot, in one piece.
+          const ClusterTimes t =
+              clusterModel(count, kind, row->bits, row->bucket, costs, c, o.modelPipelineBytes,
+                           true, hierMiddle(cfg, k * g), hierMiddle(cfg, k));
           row->projection.push_back({k, g, gbps, t});
         }
   }
@@ -574,7 +576,7 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
       // hierarchical reduce-scatter's two.
       if (row->pieces > 1 && row->algoUsed == gradcompAlgoHier) {
         m.pipelinedUs = hierPipelinedUs(row->kernelUs, b, row->latencySteps - 2.0 * (local - 1), c,
-                                        row->pieces);
+                                        row->pieces, (double)kind.elemBytes);
       } else if (row->pieces > 1 && row->hierReduceScatter) {
         m.pipelinedUs = hierReduceScatterPipelinedUs(
             row->kernelUs, b, row->latencySteps - (local - 1.0), c, row->pieces);

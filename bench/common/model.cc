@@ -533,9 +533,16 @@ LinkBytes flatTwoShotBytes(double encoded, const Cluster& c) {
   return {2.0 * encoded * (g - 1) / n, 2.0 * encoded * (n - g) / n};
 }
 
-LinkBytes hierBytes(double bytes, double shardEncoded, const Cluster& c, double elemBytes) {
+LinkBytes flatAllgatherBytes(double encoded, const Cluster& c) {
+  const double n = c.ranks(), g = c.local;
+  return {encoded * (g - 1), encoded * (n - g)};
+}
+
+LinkBytes hierBytes(double bytes, double shardEncoded, const Cluster& c, double elemBytes,
+                    int middle) {
   const double g = c.local, k = c.nodes;
-  return {(g - 1) / g * bytes / elemBytes * (4.0 + elemBytes), 2.0 * (k - 1) / k * shardEncoded};
+  const double inter = middle == 3 ? (k - 1) * shardEncoded : 2.0 * (k - 1) / k * shardEncoded;
+  return {(g - 1) / g * bytes / elemBytes * (4.0 + elemBytes), inter};
 }
 
 // A node's NICs serve its G GPUs: each GPU's share is nodeGbps / G.
@@ -559,17 +566,17 @@ static double interStageUs(double kernelUs, const LinkBytes& b, double middleSte
          middleSteps * c.latencyUs;
 }
 
-double hierPipelineScheduleUs(double r, double m, int pieces) {
+double hierPipelineScheduleUs(double rs, double ra, double m, int pieces) {
   double node = 0, middle = 0;  // when each lane is next free
   std::vector<double> middleEnd(pieces > 0 ? pieces : 0);
   const int P = pieces;
   for (int q = 0; q < P + 2; ++q) {
     if (q < P) {  // before(q): S_q on the node stream, then piece q's middle stage
-      node += r;
+      node += rs;
       middle = std::max(middle, node) + m;
       middleEnd[q] = middle;
     }
-    if (q >= 2 && q - 2 < P) node = std::max(node, middleEnd[q - 2]) + r;  // after(q-2): A
+    if (q >= 2 && q - 2 < P) node = std::max(node, middleEnd[q - 2]) + ra;  // after(q-2): A
   }
   return node;
 }
@@ -631,10 +638,12 @@ HierStageTimes hierStageTimes(size_t count, const CallKind& kind, int bits, int 
 }
 
 double hierPipelinedUs(double kernelUs, const LinkBytes& b, double middleSteps, const Cluster& c,
-                       double pieces) {
-  const double r = nodeStageUs(b.intra / 2, c, pieces);
+                       double pieces, double elemBytes) {
+  // The reduce-scatter moves fp32, the allgather the buffer's type.
+  const double rs = nodeStageUs(b.intra * 4.0 / (4.0 + elemBytes), c, pieces);
+  const double ra = nodeStageUs(b.intra * elemBytes / (4.0 + elemBytes), c, pieces);
   const double m = interStageUs(kernelUs, b, middleSteps, c, pieces);
-  return hierPipelineScheduleUs(r, m, std::max(1, (int)llround(pieces)));
+  return hierPipelineScheduleUs(rs, ra, m, std::max(1, (int)llround(pieces)));
 }
 
 double hierReduceScatterPipelinedUs(double kernelUs, const LinkBytes& b, double middleSteps,
@@ -669,28 +678,33 @@ double gradcompClusterUs(double kernelUs, const LinkBytes& b, bool stages, doubl
 
 ClusterTimes clusterModel(size_t count, const CallKind& kind, int bits, int bucket,
                           const KernelCurve& curve, const Cluster& c, size_t pipelineBytes,
-                          bool decideAuto) {
+                          bool decideAuto, int flatAlgo, int middle) {
   ClusterTimes t;
   const double n = c.ranks(), k = c.nodes;
   const double bytes = (double)count * kind.elemBytes;
   const size_t shard = (count + c.local - 1) / c.local;
+  // The flat path: an allgather (auto on 2 ranks, or named), else two-shot.
+  // The middle: an allgather or ring where the library runs one, else two-shot.
+  const int flat = flatAlgo == 3 ? 3 : 1;
+  const int mid = middle == 3 || middle == 2 ? middle : 1;
+  const double encoded = (double)gradcompQsgdEncodedBytes(count, bits, bucket);
   t.nccl = ncclClusterBytes(bytes, c);
-  t.flat = flatTwoShotBytes((double)gradcompQsgdEncodedBytes(count, bits, bucket), c);
+  t.flat = flat == 3 ? flatAllgatherBytes(encoded, c) : flatTwoShotBytes(encoded, c);
   t.hier = hierBytes(bytes, (double)gradcompQsgdEncodedBytes(shard, bits, bucket), c,
-                     (double)kind.elemBytes);
+                     (double)kind.elemBytes, mid);
   if (n <= 1) return t;
   t.ncclUs = ncclClusterUs(bytes, c);
-  // Flat two-shot over all N ranks.
-  const AlgoShape fs = algoShape(1, c.ranks(), 1, 1, kind);
+  // The flat algorithm over all N ranks.
+  const AlgoShape fs = algoShape(flat, c.ranks(), 1, 1, kind);
   t.flatKernelUs = kernelUs(fs.work,
-                            curve.at(codecLaunch(1, count, c.ranks(), 1),
-                                     peerEncodeLaunch(1, count, c.ranks(), 1, bucket),
-                                     outDecodeLaunch(1, count, c.ranks(), 1, bucket),
-                                     codecLaunch(1, count, c.ranks(), 1)),
+                            curve.at(codecLaunch(flat, count, c.ranks(), 1),
+                                     peerEncodeLaunch(flat, count, c.ranks(), 1, bucket),
+                                     outDecodeLaunch(flat, count, c.ranks(), 1, bucket),
+                                     codecLaunch(flat, count, c.ranks(), 1)),
                             (double)count);
   t.flatUs = gradcompClusterUs(t.flatKernelUs, t.flat, false, fs.latencySteps, c);
-  // Hierarchical with a two-shot of the shard over the K nodes; one node is
-  // NCCL inside it.
+  // Hierarchical with the middle algorithm on the shard over the K nodes;
+  // one node is NCCL inside it.
   // GRADCOMP_AUTO between NCCL and the compressed path (comp of t).
   auto decide = [&](ClusterTimes& t, double ClusterTimes::*comp) {
     // A path whose kernels have no cost (not measured) has no time: the
@@ -707,8 +721,8 @@ ClusterTimes clusterModel(size_t count, const CallKind& kind, int bits, int buck
       f32.convert = false;
       double ncclUs[2], compUs[2];
       for (int i = 0; i < 2; ++i) {
-        const ClusterTimes ti =
-            clusterModel(timed[i], f32, bits, bucket, curve, c, pipelineBytes, false);
+        const ClusterTimes ti = clusterModel(timed[i], f32, bits, bucket, curve, c, pipelineBytes,
+                                             false, flatAlgo, middle);
         ncclUs[i] = ti.ncclUs;
         compUs[i] = ti.*comp;
       }
@@ -729,28 +743,31 @@ ClusterTimes clusterModel(size_t count, const CallKind& kind, int bits, int buck
   // Unpipelined here whatever the measured row was (its own pieces are not
   // the projection's): the pipelined path is the one below.
   hk.piped = false;
-  const AlgoShape hs = algoShape(5, c.ranks(), c.local, 1, hk);
+  const AlgoShape hs = algoShape(5, c.ranks(), c.local, mid, hk);
   auto hierCosts = [&](double pieces) {
-    return curve.at(codecLaunch(5, count, c.ranks(), pieces, c.local),
-                    peerEncodeLaunch(5, count, c.ranks(), pieces, bucket, c.local),
-                    outDecodeLaunch(5, count, c.ranks(), pieces, bucket, c.local),
-                    elementwiseLaunch(5, count, c.ranks(), c.local, pieces));
+    return curve.at(codecLaunch(5, count, c.ranks(), pieces, c.local, mid),
+                    peerEncodeLaunch(5, count, c.ranks(), pieces, bucket, c.local, mid),
+                    outDecodeLaunch(5, count, c.ranks(), pieces, bucket, c.local, mid),
+                    elementwiseLaunch(5, count, c.ranks(), c.local, pieces, mid));
   };
   t.hierKernelUs = kernelUs(hs.work, hierCosts(1), (double)count);
   t.hierUs = gradcompClusterUs(t.hierKernelUs, t.hier, true, hs.latencySteps, c);
-  t.hierPieces = hierPieces(count, bucket, c, pipelineBytes);
+  // Only a two-shot middle is cut into pieces (hier.cc, hierPieceCount).
+  t.hierPieces = mid == 1 ? hierPieces(count, bucket, c, pipelineBytes) : 1;
+  t.hierPipelineBytes = t.hierPieces > 1 ? pipelineBytes : 0;
   CallKind piped = hk;
   piped.piped = t.hierPieces > 1;
-  t.hierPipedKernelUs = kernelUs(algoShape(5, c.ranks(), c.local, 1, piped).work,
+  t.hierPipedKernelUs = kernelUs(algoShape(5, c.ranks(), c.local, mid, piped).work,
                                  hierCosts(t.hierPieces), (double)count);
   // Pipelined: the library's three streams, stage by stage (hierPipelineSimUs);
   // one piece: its stages in turn, as hierUs.
-  t.hierPipedUs = t.hierPieces > 1
-                      ? hierPipelineSimUs(hierStageTimes(count, hk, bits, bucket,
-                                                         hierCosts(t.hierPieces), c, t.hierPieces),
-                                          (int)llround(t.hierPieces))
-                      : hierPipelinedUs(t.hierPipedKernelUs, t.hier,
-                                        hs.latencySteps - 2.0 * (c.local - 1), c, t.hierPieces);
+  t.hierPipedUs =
+      t.hierPieces > 1
+          ? hierPipelineSimUs(
+                hierStageTimes(count, hk, bits, bucket, hierCosts(t.hierPieces), c, t.hierPieces),
+                (int)llround(t.hierPieces))
+          : hierPipelinedUs(t.hierPipedKernelUs, t.hier, hs.latencySteps - 2.0 * (c.local - 1), c,
+                            t.hierPieces, (double)kind.elemBytes);
   decide(t, c.local >= 2 ? &ClusterTimes::hierPipedUs : &ClusterTimes::flatUs);
   return t;
 }

@@ -269,11 +269,16 @@ LinkBytes ncclClusterBytes(double bytes, const Cluster& c);
 // Flat two-shot: E = encoded bytes of the whole buffer; each rank sends E/N
 // to every other rank twice, (N-G) of them on other nodes.
 LinkBytes flatTwoShotBytes(double encoded, const Cluster& c);
+// Flat allgather (plugin/algorithms/allgather.cc): each rank sends its whole
+// encoding E to every other rank, (N-G) of them on other nodes.
+LinkBytes flatAllgatherBytes(double encoded, const Cluster& c);
 // Hierarchical: NVLink reduce-scatter of the buffer widened to fp32 and
 // allgather of the reduced shards in the buffer's type (elemBytes each),
-// (G-1)/G * count * (4 + elemBytes), then a two-shot of each GPU's shard
-// across the K nodes (shardEncoded = E(S/G)).
-LinkBytes hierBytes(double bytes, double shardEncoded, const Cluster& c, double elemBytes = 4);
+// (G-1)/G * count * (4 + elemBytes), then the `middle` algorithm on each
+// GPU's shard across the K nodes (shardEncoded = E(S/G)): two-shot and the
+// ring send 2(K-1)/K of it, an allgather (K-1) times it.
+LinkBytes hierBytes(double bytes, double shardEncoded, const Cluster& c, double elemBytes = 4,
+                    int middle = 1);
 
 // NCCL's ring reduce-scatter over all K*G ranks, outBytes per rank out: as
 // its allreduce ring, 1/G of each GPU's (N-1) * outBytes leaves the node.
@@ -285,18 +290,23 @@ double concurrentLinkUs(const LinkBytes& b, const Cluster& c);
 double sequentialLinkUs(const LinkBytes& b, const Cluster& c);
 
 // The hierarchy cut into `pieces` pieces (GRADCOMP_PIPELINE_BYTES, a
-// two-shot middle stage): per piece the NVLink reduce-scatter S (r), the
+// two-shot middle stage): per piece the NVLink reduce-scatter S (rs), the
 // inter-node stage M (m: its kernels and its transfer one after the other)
-// and the NVLink allgather A (r), each piece paying its own latency steps:
-//   r = b.intra / 2 / pieces / intraGbps + (G-1) * latency
+// and the NVLink allgather A (ra), each piece paying its own latency steps.
+// The reduce-scatter moves fp32 and the allgather the buffer's type
+// (plugin/algorithms/hier.cc: reduceScatter(ncclFloat32), allGather of
+// elemBytes an element), so of b.intra = (G-1)/G n (4 + elemBytes) the
+// reduce-scatter carries 4 / (4 + elemBytes), the allgather the rest:
+//   rs = b.intra * 4 / (4 + elemBytes) / pieces / intraGbps + (G-1) * latency
+//   ra = b.intra * elemBytes / (4 + elemBytes) / pieces / intraGbps + (G-1) * latency
 //   m = kernelUs / pieces + b.inter / pieces / (nodeGbps / G) + middleSteps * latency
 // S and A share the node stream, in the order the library issues them
 // (S0 S1 S2 A0 S3 A1 ... : two-shot's piece loop calls the hooks' before(q)
 // then after(q-2)); M_q follows S_q and M_{q-1}; A_q waits for M_q. The call
-// ends with the last A (hierPipelineScheduleUs). At least 2 * pieces * r,
-// the node stream's own work; one piece gives 2r + m, gradcompClusterUs with
-// its stages in turn.
-double hierPipelineScheduleUs(double r, double m, int pieces);
+// ends with the last A (hierPipelineScheduleUs). At least pieces * (rs + ra),
+// the node stream's own work; one piece gives rs + m + ra, gradcompClusterUs
+// with its stages in turn.
+double hierPipelineScheduleUs(double rs, double ra, double m, int pieces);
 // The pipelined hierarchy as the library runs it (plugin/algorithms/hier.cc,
 // HierPipe around the middle two-shot's piece loop), on three streams: the
 // compute stream runs every kernel, the node stream the NVLink collectives,
@@ -318,7 +328,7 @@ double hierPipelineSimUs(const HierStageTimes& t, int pieces);
 HierStageTimes hierStageTimes(size_t count, const CallKind& kind, int bits, int bucket,
                               const KernelCosts& costs, const Cluster& c, double pieces);
 double hierPipelinedUs(double kernelUs, const LinkBytes& b, double middleSteps, const Cluster& c,
-                       double pieces);
+                       double pieces, double elemBytes = 4);
 // The hierarchical reduce-scatter cut into `pieces` pieces (its middle
 // stage's, GRADCOMP_PIPELINE_BYTES): a two-stage pipeline of the NVLink
 // reduce-scatter (r, all of b.intra) and the inter-node stage (m as above);
@@ -360,13 +370,23 @@ struct ClusterTimes {
   double hierPieces = 1, hierPipedUs = 0, autoUs = 0;
   bool autoCompresses = false;
   double hierPipedKernelUs = 0;  // the pipelined path's kernels (CallKind::piped)
+  // The GRADCOMP_PIPELINE_BYTES the pipelined hierarchy was cut at: 0 where
+  // it runs in one piece (hierPieces 1: the pipelined path not taken).
+  size_t hierPipelineBytes = 0;
   LinkBytes nccl, flat, hier;
 };
 // The kernels are charged at the curve's costs at the launch sizes of each
-// path on c (codecLaunch, elementwiseLaunch).
+// path on c (codecLaunch, elementwiseLaunch). `flatAlgo` is the algorithm
+// the library runs flat over the N ranks and `middle` the hierarchy's across
+// the K nodes (gradcompAlgo_t, as pickDenseAlgorithm picks them: on auto an
+// allgather on 2 ranks or 2 nodes, two-shot above): 3 (allgather) charges
+// the allgather's kernels, bytes and one latency step; a ring middle its
+// kernels and K steps; anything else two-shot's (a flat ring is charged as
+// two-shot). Only a two-shot middle is cut into pieces (hier.cc,
+// hierPieceCount); any other is projected in one piece.
 ClusterTimes clusterModel(size_t count, const CallKind& kind, int bits, int bucket,
                           const KernelCurve& costs, const Cluster& c, size_t pipelineBytes = 0,
-                          bool decideAuto = true);
+                          bool decideAuto = true, int flatAlgo = 1, int middle = 1);
 // GRADCOMP_AUTO's rule for one call of `count` elements of elemBytes, from
 // the times of both paths at the two timed fp32 counts: plugin/autotune.cc's
 // autoRange, which gradcomp_perf cannot call (it uses the public API only);

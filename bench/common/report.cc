@@ -594,7 +594,7 @@ bool writeJson(const std::string& path, const Options& o, const RunInfo& info,
               "\"hier_pipeline_bytes\": %zu, \"hier_pieces\": %s, \"hier_pipelined_time_us\": %s, "
               "\"hier_pipelined_speedup\": %s, \"auto_time_us\": %s, \"auto_speedup\": %s, "
               "\"auto_choice\": %s, ",
-              o.modelPipelineBytes, jsonNum(t.hierPieces).c_str(), jsonNum(t.hierPipedUs).c_str(),
+              t.hierPipelineBytes, jsonNum(t.hierPieces).c_str(), jsonNum(t.hierPipedUs).c_str(),
               jsonNum(ratioOrNan(t.ncclUs, t.hierPipedUs)).c_str(), jsonNum(t.autoUs).c_str(),
               jsonNum(ratioOrNan(t.ncclUs, t.autoUs)).c_str(),
               jsonStr(t.autoCompresses ? "compress" : "nccl").c_str());
