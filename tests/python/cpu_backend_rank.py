@@ -1,7 +1,7 @@
 """One rank of test_torch.CpuBackendDdp / CpuBackendFsdp / CpuBackendAbort /
 CpuBackendFsdpReplicas: gradcomp.torch with backend="cpu" on real DDP / FSDP2 over gloo, gradcomp's
 comm made from the process group (TCP between the ranks). Usage: cpu_backend_rank.py
-ddp|excluded|fsdp|dgc|subgroups|scaler|abort|replicas OUT (the env://
+ddp|excluded|fsdp|dgc|subgroups|restart|scaler|abort|replicas OUT (the env://
 variables from tools/gc_ranks.py).
 
 Records every call the hook (DDP) or the reduce-scatter (FSDP) gets, its input before and its
@@ -348,6 +348,82 @@ def subgroups(out, rank):
     return [], {"made": made, "sums": sums}
 
 
+def restart(out, rank):
+    """An in-process restart: destroy_process_group, then init_process_group again on a new
+    prefix of the same store (as in-process restart frameworks do), after a life in which rank
+    1 failed before a second state's first compressed call, so that only rank 0 tried to make
+    that comm (and timed out). Life 2's fresh state, loaded from life 1's checkpoint, must come
+    up on both ranks and train bit for bit as life 1's state went on without the restart. (The
+    store keys numbered across lives, rank 0 published life 2's root under another number than
+    rank 1 waited for: a hang, here an error after the 10 s store timeout.) Rank 0 leaves none
+    of its keys in the store, made or failed: a world restarted on the same store numbers from
+    0 again and would read them."""
+    import datetime
+
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    def make():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 5))
+
+    def wrap(model):
+        d = DDP(model)
+        st = gct.GradcompState(module=model, start_iter=0, backend="cpu", config=gradcomp.Config(
+            from_env=False, method="qsgd", bits=4, min_elements=0, auto_tune=0,
+            cpu_timeout_sec=10))
+        d.register_comm_hook(st, gct.gradcomp_hook)
+        return d, st, torch.optim.SGD(d.parameters(), lr=0.1)
+
+    def train(d, opt, steps):
+        for step in steps:
+            x, y = batch(step, rank, 32)
+            opt.zero_grad(set_to_none=True)
+            nn.functional.cross_entropy(d(x), y).backward()
+            opt.step()
+
+    def keys_left():  # the world's comm keys (gradcomp.torch._group.store_key) in the store
+        store = dist.distributed_c10d._get_default_store()
+        name = dist.group.WORLD.group_name
+        return [n for n in range(3) if store.check([f"gradcomp/socket_root/0-1/{name}/{n}"])]
+
+    res = {}
+    model = make()
+    d, state, opt = wrap(model)
+    train(d, opt, range(2))
+    ckpt = {"model": {k: v.clone() for k, v in model.state_dict().items()},
+            "gradcomp": state.state_dict()}
+    train(d, opt, range(2, 4))  # life 1 going on: the reference
+    res["ref_hash"] = hashlib.sha256(param_bytes(model.parameters())).hexdigest()
+    state.close()
+    other = gct.GradcompState(backend="cpu", config=gradcomp.Config(
+        from_env=False, method="qsgd", min_elements=0, auto_tune=0, cpu_timeout_sec=1))
+    if rank == 0:  # rank 1 failed before this state's first compressed call
+        res["life1_error"] = _error(lambda: other.comm(torch.device("cpu")))
+        res["life1_keys_left"] = keys_left()
+    other.abort()
+    base = dist.distributed_c10d._get_default_store()
+    while hasattr(base, "underlying_store"):
+        base = base.underlying_store
+    dist.destroy_process_group()
+    dist.init_process_group("gloo", store=dist.PrefixStore("restart-1", base), rank=rank,
+                            world_size=2, timeout=datetime.timedelta(seconds=60))
+    # A key no rank writes fails in 10 s (the gloo group's own timeout is for a loaded box).
+    dist.distributed_c10d._get_default_store().set_timeout(datetime.timedelta(seconds=10))
+    model = make()
+    model.load_state_dict(ckpt["model"])
+    d, state, opt = wrap(model)
+    state.load_state_dict(ckpt["gradcomp"])
+    if rank == 0:  # rank 1 reaches the comm's creation first: it reads the key before rank 0
+        time.sleep(1)  # writes it
+    train(d, opt, range(2, 4))
+    res["hash"] = hashlib.sha256(param_bytes(model.parameters())).hexdigest()
+    res["compressed_calls"] = state.counters["compressed_calls"]
+    if rank == 0:
+        res["life2_keys_left"] = keys_left()
+    state.close()
+    return [], res
+
+
 def dgc(out, rank):
     """DGC's momentum correction through state.param_groups: gradcomp keeps u = m*u + g for
     the compressed parameters, the optimizer's group for them has momentum 0. At density 1
@@ -649,8 +725,8 @@ def main():
             json.dump(res, f)
         gc_ranks.leave(0)  # rank 1 dies here, rank 0 has no group left
     records, res = {"ddp": ddp, "excluded": excluded, "fsdp": fsdp, "dgc": dgc,
-                     "subgroups": subgroups, "scaler": scaler, "replicas": replicas}[mode](out,
-                                                                                       rank)
+                     "subgroups": subgroups, "scaler": scaler, "replicas": replicas,
+                     "restart": restart}[mode](out, rank)
     torch.save(records, f"{out}.rank{rank}.pt")
     with open(f"{out}.rank{rank}.json", "w") as f:
         json.dump(res, f)

@@ -1915,6 +1915,25 @@ class CpuBackendOverlappingGroups(unittest.TestCase):
 
 
 @unittest.skipIf(torch is None, "PyTorch is not installed")
+class CpuBackendRestart(unittest.TestCase):
+    """An in-process restart (destroy_process_group, init_process_group on a new store prefix)
+    after a life in which only rank 0 reached a comm's creation: life 2's comm comes up on both
+    ranks (its store keys numbered from 0 in the new world, not on from each process's count
+    of the last one, which differs), and its state, loaded from life 1's checkpoint, trains bit
+    for bit as life 1's went on. Rank 0 deletes each key once its comm is made or has failed: a
+    world restarted on the same store (which torch.distributed takes) numbers from 0 again."""
+
+    def test_a_restarted_world_numbers_its_comms_afresh(self):
+        _, results = launch_ranks(self, "restart")
+        self.assertRegex(results[0]["life1_error"] or "", "timed out")
+        self.assertEqual(results[0]["life1_keys_left"], [])
+        self.assertEqual(results[0]["life2_keys_left"], [])
+        for r, res in enumerate(results):
+            self.assertEqual(res["hash"], res["ref_hash"], f"rank {r}")
+            self.assertEqual(res["compressed_calls"], 2, f"rank {r}")
+
+
+@unittest.skipIf(torch is None, "PyTorch is not installed")
 class CpuBackendDgcMomentum(unittest.TestCase):
     """DGC's momentum correction from PyTorch: GradcompState.param_groups gives the parameters
     gradcomp compresses an optimizer group with momentum 0 (gradcomp keeps their velocity) and

@@ -9,6 +9,7 @@ import collections
 import itertools
 import os
 import threading
+import weakref
 
 import torch.distributed as dist
 
@@ -24,6 +25,15 @@ BACKENDS = ("nccl", "cpu")
 # A's other members wait for: a hang at comm creation.
 _seqs = collections.defaultdict(itertools.count)
 _seqs_lock = threading.Lock()
+# The default process group the counters number the comms of (a weak reference). A new one
+# (destroy_process_group, then init_process_group: an in-process restart) starts them from 0:
+# its groups are new, named from "0" again, and its members need not have made as many comms
+# in the last one (a rank that failed before a comm's creation there, a replacement process),
+# which numbered on would make them wait for different keys: a hang at the first comm. A
+# restart may keep the store (torch.distributed takes the same store again), so rank 0 deletes
+# each key once its comm is made or has failed (forget_key): the new world's keys find none of
+# the last one's.
+_seqs_world = None
 
 
 def _group_name(pg):
@@ -38,12 +48,28 @@ def _group_name(pg):
 
 def store_key(kind, pg, ranks):
     """gradcomp/<kind>/<ranks>/<group name>/<n>: the store key of the n-th comm this process
-    makes for the group pg (ranks: its global ranks). Collective contract: each group's comms
-    are made in the same order on all of its members."""
+    makes for the group pg (ranks: its global ranks) since the default process group was made.
+    Collective contract: each group's comms are made in the same order on all of its members."""
+    global _seqs_world
     ident = ("-".join(map(str, ranks)), _group_name(pg))
+    world = dist.distributed_c10d._get_default_group()
     with _seqs_lock:
+        if _seqs_world is None or _seqs_world() is not world:
+            _seqs.clear()
+            _seqs_world = weakref.ref(world)
         n = next(_seqs[(kind,) + ident])
     return f"gradcomp/{kind}/{ident[0]}/{ident[1]}/{n}"
+
+
+def forget_key(store, key):
+    """Deletes a comm's store key (rank 0, once every rank has read it: its comm is made, or
+    has failed), so that a new world on the same store, numbering its keys from 0 again, finds
+    no stale one. A store without delete_key keeps it."""
+    try:
+        store.delete_key(key)
+    except Exception:  # noqa: BLE001 - a store that cannot delete (or is gone): nothing to do
+        pass
+
 
 _OPT_IN = ("for CPU tensors on a gloo group, make the state with backend='cpu' (gradcomp's CPU "
            "backend over TCP)")
@@ -104,4 +130,7 @@ def make_socket_comm(process_group, config):
     with reserve_port() as held:
         root = f"{_root_host(store)}:{held.port}"
         store.set(key, root)
-        return Comm.socket(size, rank, root, config)
+        try:
+            return Comm.socket(size, rank, root, config)  # returns once every rank reached it
+        finally:
+            forget_key(store, key)

@@ -7,7 +7,7 @@ import torch.distributed as dist
 from .. import _types as T
 from ..comm import Comm
 from ..info import nccl_library
-from ._group import check_group, store_key
+from ._group import check_group, forget_key, store_key
 
 
 class _Nccl:
@@ -73,18 +73,24 @@ def make_comm(process_group, device, config):
     lib = nccl()
     ranks = dist.get_process_group_ranks(pg)
     key = store_key("nccl_id", pg, ranks)
-    uid = share_unique_id(dist.distributed_c10d._get_default_store(), key, rank)
+    store = dist.distributed_c10d._get_default_store()
+    uid = share_unique_id(store, key, rank)
     handle = ctypes.c_void_p()
-    with torch.cuda.device(device):
-        lib.check(lib.lib.ncclCommInitRank(ctypes.byref(handle), size, uid, rank),
-                  f"ncclCommInitRank (rank {rank} of {size})")
-        try:
-            comm = Comm.create(handle.value, config)
-        except Exception:
-            # Aborted, not destroyed: a peer may still be inside the creation's collectives
-            # (gradcompCommCreate's set-up exchange, its splits), which a destroy could wait on.
-            lib.lib.ncclCommAbort(handle)
-            raise
+    try:
+        with torch.cuda.device(device):
+            lib.check(lib.lib.ncclCommInitRank(ctypes.byref(handle), size, uid, rank),
+                      f"ncclCommInitRank (rank {rank} of {size})")
+            try:
+                comm = Comm.create(handle.value, config)
+            except Exception:
+                # Aborted, not destroyed: a peer may still be inside the creation's collectives
+                # (gradcompCommCreate's set-up exchange, its splits), which a destroy could
+                # wait on.
+                lib.lib.ncclCommAbort(handle)
+                raise
+    finally:
+        if rank == 0:  # every rank has read the id (its comm is made) or the creation failed
+            forget_key(store, key)
     return comm, handle.value
 
 
