@@ -269,20 +269,58 @@ class TorchRefusals(unittest.TestCase):
 @unittest.skipIf(torch is None, "PyTorch is not installed")
 class SocketRootAddress(unittest.TestCase):
     """backend="cpu": rank 0's address as gradcomp reads it; an IPv6 MASTER_ADDR goes in
-    brackets (gradcompCommCreateSocket takes "[IPv6]:port"; its IPv6 comm is test_socket's)."""
+    brackets (gradcompCommCreateSocket takes "[IPv6]:port"; its IPv6 comm is test_socket's).
+    A group's rank 0 on another machine than MASTER_ADDR's listens on an address of its own."""
 
-    def host(self, addr):
+    def host(self, addr, own=True):
         from gradcomp.torch import _group
 
         old = os.environ.get("MASTER_ADDR")
         os.environ["MASTER_ADDR"] = addr
         try:
+            if own:  # every address taken as this machine's
+                with mock.patch.object(_group, "_own_address", lambda host: host):
+                    return _group._root_host(None)
             return _group._root_host(None)
         finally:
             if old is None:
                 del os.environ["MASTER_ADDR"]
             else:
                 os.environ["MASTER_ADDR"] = old
+
+    def test_a_group_root_off_the_master_host_listens_on_its_own_address(self):
+        """A subgroup's rank 0 on another machine than the store's (MASTER_ADDR): it listened
+        on MASTER_ADDR, which is not its own ("cannot listen at ...: Cannot assign requested
+        address", its peers waiting for it to the timeout). Here MASTER_ADDR is an address of
+        another machine that this one has a route to."""
+        import socket
+
+        def bindable(addr):
+            with socket.socket() as s:
+                try:
+                    s.bind((addr, 0))
+                    return True
+                except OSError:
+                    return False
+
+        def routed(addr):
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                try:
+                    s.connect((addr, 9))
+                    return True
+                except OSError:
+                    return False
+
+        other = next((a for a in ("203.0.113.7", "198.51.100.7", "192.0.2.1")
+                      if not bindable(a) and routed(a)), None)
+        if other is None:
+            self.skipTest("no route from this machine to another's address")
+        host = self.host(other, own=False)
+        self.assertNotEqual(host, other)
+        self.assertTrue(bindable(host), f"rank 0 would listen at {host}, not this machine's")
+        # The store's host where it is this machine's, as given (a name stays a name).
+        self.assertEqual(self.host("127.0.0.1", own=False), "127.0.0.1")
+        self.assertEqual(self.host("localhost", own=False), "localhost")
 
     def test_hosts(self):
         self.assertEqual(self.host("::1"), "[::1]")

@@ -104,14 +104,47 @@ def check_group(process_group, backend="nccl"):
 
 
 def _root_host(store):
-    """Where rank 0 listens: MASTER_ADDR (env://), else the TCP store's host, else loopback."""
+    """Where rank 0 listens: MASTER_ADDR (env://), else the TCP store's host, else loopback;
+    where that is another host's (the group's rank 0 is not on the store's host: a subgroup,
+    a split group), this host's own address on the way there (_own_address)."""
     host = os.environ.get("MASTER_ADDR")
     while host is None and store is not None:
         host = getattr(store, "host", None)
         store = getattr(store, "underlying_store", None)
-    host = host or "127.0.0.1"
+    host = _own_address(host or "127.0.0.1")
     # An IPv6 literal goes in brackets: gradcomp reads "[::1]:port" unambiguously.
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def _own_address(host):
+    """host where it is one of this machine's addresses (gradcomp's root listens on the address
+    it is given), else the address this machine reaches host from (the route's source: the
+    peers reach this machine there as they reach the store's host); host itself where neither
+    can be told (then the root's listen fails, naming the address)."""
+    import socket
+
+    name = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        infos = socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):  # a name that does not resolve, or cannot be encoded
+        return host
+    # The first IPv4 or IPv6 address, as gradcomp resolves the root's host.
+    family, _, _, _, addr = next((i for i in infos if i[0] in (socket.AF_INET, socket.AF_INET6)),
+                                 (None,) * 5)
+    if family is None:
+        return host
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((addr[0], 0) + tuple(addr[2:]))
+            return host  # this machine's
+        except OSError:
+            pass
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect((addr[0], 9) + tuple(addr[2:]))  # sends nothing: picks the route
+            return s.getsockname()[0]
+        except OSError:
+            return host
 
 
 def make_socket_comm(process_group, config):
