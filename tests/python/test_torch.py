@@ -53,6 +53,27 @@ class TorchRefusals(unittest.TestCase):
         finally:
             dist.destroy_process_group()
 
+    def test_a_non_member_rank_and_a_device_mesh_are_refused_with_what_to_do(self):
+        """A rank outside the group (new_group gives it GroupMember.NON_GROUP_MEMBER) and a
+        DeviceMesh given for its group were refused by torch.distributed's "Invalid process
+        group specified" and "... is not initialized in the world group map. Please initialize
+        the group first", which name neither mistake."""
+        from torch.distributed.device_mesh import init_device_mesh
+
+        init_one_rank_gloo()
+        try:
+            with self.assertRaisesRegex(ValueError, r"this rank \(global rank 0\) is not a member "
+                                        r"of the process group given.*NON_GROUP_MEMBER.*on the "
+                                        r"group's members only"):
+                self.gt.GradcompState(dist.GroupMember.NON_GROUP_MEMBER, backend="cpu")
+            mesh = init_device_mesh("cpu", (1,), mesh_dim_names=("dp",))
+            for m in (mesh, mesh["dp"]):
+                with self.assertRaisesRegex(ValueError, r"process_group=DeviceMesh.* is a "
+                                            r"DeviceMesh, not a process group.*get_group\(\)"):
+                    self.gt.GradcompState(m, backend="cpu")
+        finally:
+            dist.destroy_process_group()
+
     def test_a_ddp_module_of_another_group_is_refused(self):
         """DDP(process_group=dp) with a state over other ranks (the world, by default) would
         reduce gradients over the wrong ranks: refused, naming both."""

@@ -85,6 +85,16 @@ def check_group(process_group, backend="nccl"):
                            "dist.init_process_group('nccl') (or 'gloo' with backend='cpu') before "
                            "making a GradcompState")
     pg = process_group if process_group is not None else dist.group.WORLD
+    if type(pg).__name__ == "DeviceMesh":
+        raise ValueError(f"process_group={pg!r} is a DeviceMesh, not a process group: pass the "
+                         "group of the mesh dimension the collective runs over "
+                         "(mesh['replicate'].get_group(), mesh['shard'].get_group(); a 1-D "
+                         "mesh: mesh.get_group())")
+    if isinstance(pg, int) and pg == dist.GroupMember.NON_GROUP_MEMBER:
+        raise ValueError(f"this rank (global rank {dist.get_rank()}) is not a member of the "
+                         "process group given: dist.new_group and dist.split_group return "
+                         "GroupMember.NON_GROUP_MEMBER to the ranks outside the group; make the "
+                         "GradcompState, and register its hook, on the group's members only")
     have = str(dist.get_backend(pg)).lower()
     if backend == "nccl" and "nccl" not in have:
         raise ValueError(f"gradcomp's hooks need an NCCL process group, and this one is "
