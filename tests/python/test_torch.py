@@ -166,6 +166,33 @@ class TorchRefusals(unittest.TestCase):
             self.gt.gradcomp_hook(state, (p.grad, p))
         self.assertTrue(torch.equal(p.grad, torch.ones(8)))
 
+    def test_fsdp_reduce_scatter_over_another_group_is_refused_naming_both(self):
+        """FSDP's shard group and the state's group differ: refused, naming both groups' ranks
+        (the sentence named neither)."""
+        import gradcomp
+
+        if not gradcomp.has("gradcompReduceScatterKeyed"):
+            self.skipTest("this libgradcomp has no gradcompReduceScatterKeyed")
+        state = self.gt.GradcompState.__new__(self.gt.GradcompState)
+        state.backend, state._paused = "cpu", False
+        state.config = gradcomp.Config(from_env=False, method="qsgd")
+
+        class Group:
+            def size(self):
+                return 2
+
+        shard, mine = Group(), object()
+        state.process_group = mine
+        rs = self.gt.GradcompReduceScatter(None, "layers.0")
+        rs.state = state
+        ranks = {id(shard): [2, 3], id(mine): [0, 2]}
+        with mock.patch.object(dist, "get_process_group_ranks", lambda g: ranks[id(g)]):
+            with self.assertRaisesRegex(ValueError, r"FSDP reduces over ranks \[2, 3\], but the "
+                                        r"GradcompState over ranks \[0, 2\]: make the state "
+                                        r"with process_group=<FSDP's shard group>"):
+                rs(output_tensor=torch.zeros(4), input_tensor=torch.zeros(8), group=shard,
+                   op=dist.ReduceOp.AVG)
+
     def test_fsdp_reduce_scatter_needs_the_symbol(self):
         import gradcomp
 

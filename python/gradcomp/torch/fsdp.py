@@ -152,10 +152,13 @@ class GradcompReduceScatter(_Base):
             # state.paused(), as the DDP hook: uncompressed, the residuals and DGC's velocity
             # left alone (a throw-away step adds nothing to them).
             return dist.reduce_scatter_tensor(out, inp, op=op, group=group, async_op=async_op)
-        if dist.get_process_group_ranks(group) != dist.get_process_group_ranks(
-                self.state.process_group):
-            raise ValueError("FSDP reduces over another process group than the GradcompState's: "
-                             "make the state with process_group=<FSDP's shard group>")
+        theirs = dist.get_process_group_ranks(group)
+        mine = dist.get_process_group_ranks(self.state.process_group)
+        if theirs != mine:
+            raise ValueError(f"FSDP reduces over ranks {theirs}, but the GradcompState over ranks "
+                             f"{mine}: make the state with process_group=<FSDP's shard group> "
+                             "(mesh['shard'].get_group() of fully_shard's mesh; a 1-D mesh: "
+                             "mesh.get_group())")
         comm = self.state.comm(out.device)
         self.state._check_fsdp_key(self.name, self.key)
         self.state._follow_scaler(comm, stream_handle())
