@@ -634,9 +634,11 @@ class LayerAwarePlan(unittest.TestCase):
         saved = group.check_group
         group.check_group = lambda pg, backend: (pg, 0, 2)  # no process group needed to plan
         try:
-            return gt.GradcompState(module=module, **kw)
+            st = gt.GradcompState(module=module, **kw)
         finally:
             group.check_group = saved
+        st._options_agreed = True  # no group to compare the hook's options on
+        return st
 
     def test_small_and_1d_parameters_stay_full_precision(self):
         m = self.model(0)
@@ -1193,6 +1195,46 @@ class HookOnCpuWorld(unittest.TestCase):
             self.assertIn("GRADCOMP_METHOD=none", m)
             self.assertNotIn("two or more ranks", m)
         self.assertEqual(states[0].counters["compressed_calls"], 0)
+
+    def test_ranks_with_different_hook_options_fail_alike(self):
+        """layer_min_size, exclude_1d and start_iter decide which calls each step makes, and
+        the step counter (iter) from which step it compresses: a rank that differs (a keyword,
+        a state dict loaded on some ranks only) made other calls than its peers until
+        2026-12-06 (a hang on NCCL, a timeout or gloo's abort on the CPU backend). At the
+        hook's first call outside paused() every
+        rank raises the same ValueError naming the rank, the option and both values, before
+        any gradient is sent; a paused step sends uncompressed and compares nothing."""
+        from gradcomp.torch.ddp import _HostStream, _reduce_bucket
+
+        N = self.N
+        cases = (("start_iter", self.START + 2, self.START),
+                 ("layer_min_size", 4096, 1024),  # bucket 1's 2048 and 1600 in full precision
+                 ("exclude_1d", False, True),
+                 ("iter", 3, 0))  # a state dict loaded on rank 1 only
+        for name, value, first in cases:
+            with self.subTest(name=name), self.gradcomp.CpuWorld(N, self.config()) as w:
+                states = self.states(w, "differ-" + name)
+                with states[0].paused(), states[1].paused():
+                    self.step(w, states, 0)  # uncompressed, nothing compared
+                setattr(states[1], name, value)
+
+                def first_bucket(comm):
+                    r = comm.rank
+                    bucket = self.Bucket(self.grads(0, r, 0), self.buckets[0], 0, False)
+                    try:
+                        _reduce_bucket(states[r], bucket, bucket.buf, _HostStream())
+                    except ValueError as e:
+                        return str(e)
+                    return None
+
+                said = w.run(first_bucket, timeout=60)
+                want = (f"rank 1 of the state's group has {name}={value!r} while rank 0 has "
+                        f"{first!r}")
+                for r in range(N):
+                    self.assertIsNotNone(said[r], f"rank {r} raised nothing")
+                    self.assertIn(want, said[r])
+                self.assertEqual(said[0], said[1])
+                self.assertEqual([st.counters["compressed_calls"] for st in states], [0, 0])
 
     def test_close_finishes_the_state(self):
         """After close() the residuals are gone: state_dict(), load_state_dict() and a hook

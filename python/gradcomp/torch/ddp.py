@@ -171,6 +171,9 @@ class GradcompState:
         self._pending_blob = None
         self._plans = {}
         self._paused = False
+        # The DDP hook's options and step counter, compared between the ranks at the hook's
+        # first call outside paused() (_agree_options).
+        self._options_agreed = False
         self._warned = set()
         # compressed_*: calls gradcomp compressed; passed_*: calls handed to gradcomp that it
         # sent uncompressed (GRADCOMP_AUTO, min_elements; a DGC comm still applies its momentum).
@@ -560,6 +563,34 @@ class GradcompState:
         if self._pending_blob is not None and self._pending_keyed not in (None, mine):
             self._check_keying(self._pending_blob, self._pending_keyed, mine)
         self._fsdp_role = role
+
+    def _agree_options(self, device):
+        """The DDP hook's options and step counter on every rank, at its first call outside
+        paused() (one small all_gather of the group, once per state): they decide which
+        parameters each call compresses and from which step, so a rank that differs (a
+        keyword, or a state dict loaded on some ranks only) would make other calls than its
+        peers, which wait for it (a hang) or sum unrelated bytes. gradcomp's own settings are
+        compared by the comm's set-up (gradcompCommCreate). Every rank raises the same
+        ValueError, naming the rank, the option and both values."""
+        mine = [self.layer_min_size, int(self.exclude_1d), self.start_iter, self.iter]
+        on = device if self.backend == "nccl" else "cpu"
+        t = torch.tensor(mine, dtype=torch.int64, device=on)
+        got = [torch.empty_like(t) for _ in range(self.world_size)]
+        dist.all_gather(got, t, group=self.process_group)
+        rows = [g.tolist() for g in got]
+        names = ("layer_min_size", "exclude_1d", "start_iter", "iter")
+        shown = (int, bool, int, int)
+        for r, row in enumerate(rows):
+            for name, kind, v, v0 in zip(names, shown, row, rows[0]):
+                if v != v0:
+                    what = " (the step counter, which load_state_dict restores)" * (name == "iter")
+                    raise ValueError(
+                        f"gradcomp: rank {r} of the state's group has {name}={kind(v)!r} while "
+                        f"rank 0 has {kind(v0)!r}{what}: the ranks would send different calls "
+                        "(a hang or wrong sums). Make every rank's GradcompState with the same "
+                        "layer_min_size, exclude_1d and start_iter, and load the same state "
+                        "dict on every rank (or on none)")
+        self._options_agreed = True
 
     def _check_usable(self):
         if self._aborted:
@@ -954,6 +985,8 @@ def _reduce_bucket(state, bucket, buf, stream):
 def _reduce_noted(state, bucket, buf, stream, last):
     if state._paused:
         return _allreduce_avg(buf, state)
+    if not state._options_agreed:
+        state._agree_options(buf.device)
     if state.iter < state.start_iter:
         if last:
             state.iter += 1
