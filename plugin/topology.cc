@@ -270,6 +270,8 @@ gradcompResult_t checkLocalSize(int localSize, int nranks) {
 SetupVote makeSetupVote(gradcompResult_t local, const gradcompConfig_t& cfg, uint64_t host,
                         const char* why) {
   SetupVote v;
+  v.version = (uint32_t)GRADCOMP_VERSION_CODE;
+  v.settingsCount = (uint32_t)kSetupSettings;
   v.host = host;
   v.result = (int32_t)local;
   if (local != gradcompSuccess) {
@@ -318,6 +320,17 @@ const char* setupSettingName(int i) {
 
 gradcompResult_t agreeOnSetup(const std::vector<SetupVote>& votes) {
   const int n = (int)votes.size();
+  for (int r = 1; r < n; ++r) {
+    const SetupVote &v = votes[r], &first = votes[0];
+    if (v.version == first.version && v.settingsCount == first.settingsCount) continue;
+    return setError(gradcompInvalidUsage,
+                    "rank %d runs gradcomp %u.%u.%u (%u settings voted) while rank 0 runs "
+                    "%u.%u.%u (%u settings): every rank of a comm must run the same gradcomp "
+                    "build, so no rank made one",
+                    r, v.version / 10000, v.version / 100 % 100, v.version % 100, v.settingsCount,
+                    first.version / 10000, first.version / 100 % 100, first.version % 100,
+                    first.settingsCount);
+  }
   for (int r = 0; r < n; ++r) {
     const SetupVote& v = votes[r];
     if (v.result == gradcompSuccess) continue;

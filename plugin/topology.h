@@ -85,7 +85,19 @@ inline uint64_t hierSeed(uint64_t seed, int localRank) {
 // or disagrees on a setting would otherwise leave the others waiting in
 // ncclCommSplit, or split them with colors that do not match.
 constexpr int kSetupSettings = 31;
+// Room for the settings of later versions: the vote keeps its size as
+// settings are added, so that ranks of builds with different settings still
+// exchange votes of one size and compare their versions, instead of meeting
+// in an exchange of mismatched sizes (on NCCL, a hang or unrelated bytes).
+constexpr int kSetupSettingsCapacity = 64;
+static_assert(kSetupSettings <= kSetupSettingsCapacity, "the vote has no room for the settings");
 struct SetupVote {
+  // The gradcomp that made the vote (GRADCOMP_VERSION_CODE) and the number
+  // of settings it votes on, compared before anything else: ranks of
+  // different builds may lay out, encode or choose their exchanges
+  // differently, so they fail alike, naming both, instead of going on.
+  uint32_t version = 0;
+  uint32_t settingsCount = 0;
   uint64_t host = 0;   // hostIdentity(), 0 = unreadable
   int32_t result = 0;  // gradcompResult_t of this rank's local set-up
   // 1: this rank asks for a private split (setupNcclHierarchy): its config
@@ -95,16 +107,18 @@ struct SetupVote {
   int32_t wantsPrivate = 0;
   // The settings that shape the split or the exchange, in the order of
   // setupSettingName(); floats as their bits.
-  uint64_t settings[kSetupSettings] = {};
+  uint64_t settings[kSetupSettingsCapacity] = {};
   char why[256] = {};  // this rank's error sentence when result is not success
 };
 static_assert(std::is_trivially_copyable<SetupVote>::value, "votes travel as bytes");
 SetupVote makeSetupVote(gradcompResult_t local, const gradcompConfig_t& cfg, uint64_t host,
                         const char* why);
 const char* setupSettingName(int i);
-// The decision from every rank's vote, the same on every rank: success, the
-// lowest failed rank's result and sentence, or gradcompInvalidArgument naming
-// the first setting on which a rank differs from rank 0.
+// The decision from every rank's vote, the same on every rank: success,
+// gradcompInvalidUsage naming the first rank whose gradcomp version or
+// settings count differs from rank 0's, the lowest failed rank's result and
+// sentence, or gradcompInvalidArgument naming the first setting on which a
+// rank differs from rank 0.
 gradcompResult_t agreeOnSetup(const std::vector<SetupVote>& votes);
 
 // Gives every rank's vote; the NCCL one is a single ncclAllGather run on the

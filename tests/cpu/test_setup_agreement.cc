@@ -3,6 +3,7 @@
 // settings differ, makes every rank return the same error, before any split.
 #include <gtest/gtest.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <string.h>
 
 #include <string>
@@ -185,6 +186,47 @@ TEST(SetupAgreement, WireVotesAreBounded) {
   EXPECT_NE(err.find("rank 1 of 2"), std::string::npos) << err;
   EXPECT_EQ(err.find(std::string(sizeof(v[1].why), 'x')), std::string::npos);
   EXPECT_NE(err.find(std::string(sizeof(v[1].why) - 1, 'x')), std::string::npos);
+}
+
+// Ranks of different gradcomp builds (a node left on an older install) may
+// lay out, encode or choose their exchanges differently: every rank fails
+// alike, naming both versions, before any failed rank or setting is read.
+// The vote keeps its size as settings are added, so that a later build's
+// votes still meet this one's in an exchange of one size.
+TEST(SetupAgreement, RanksOfDifferentBuildsFailAlike) {
+  const uint32_t now = GRADCOMP_VERSION_CODE;
+  char mine[64];
+  snprintf(mine, sizeof(mine), "rank 0 runs %u.%u.%u (%d settings)", now / 10000, now / 100 % 100,
+           now % 100, gc::kSetupSettings);
+  std::vector<gc::SetupVote> v = uniform(3, config(0));
+  v[2].version = 500;  // 0.5.0
+  EXPECT_EQ(gc::agreeOnSetup(v), gradcompInvalidUsage);
+  std::string err = gradcompGetLastError();
+  EXPECT_NE(err.find("rank 2 runs gradcomp 0.5.0 (" + std::to_string(gc::kSetupSettings) +
+                     " settings voted) while " + mine),
+            std::string::npos)
+      << err;
+  EXPECT_NE(err.find("every rank of a comm must run the same gradcomp build"), std::string::npos)
+      << err;
+  // Named before a failed rank (whose result a different build may mean
+  // otherwise) and before the settings.
+  v[1] = gc::makeSetupVote(gradcompInvalidArgument, config(2), 1, "GRADCOMP_BITS=99 is bad");
+  EXPECT_EQ(gc::agreeOnSetup(v), gradcompInvalidUsage);
+  EXPECT_NE(std::string(gradcompGetLastError()).find("rank 2 runs gradcomp 0.5.0"),
+            std::string::npos);
+  // The same version with another number of settings (a build between two
+  // releases).
+  v = uniform(2, config(0));
+  v[1].settingsCount = gc::kSetupSettings + 1;
+  EXPECT_EQ(gc::agreeOnSetup(v), gradcompInvalidUsage);
+  err = gradcompGetLastError();
+  EXPECT_NE(
+      err.find("(" + std::to_string(gc::kSetupSettings + 1) + " settings voted) while " + mine),
+      std::string::npos)
+      << err;
+  EXPECT_EQ(gc::makeSetupVote(gradcompSuccess, config(0), 1, nullptr).version, now);
+  EXPECT_EQ(sizeof(gc::SetupVote), 24 + 8 * (size_t)gc::kSetupSettingsCapacity + 256)
+      << "the vote's size must not change with the settings";
 }
 
 // The CPU world takes one config for all ranks: the same decision, always
