@@ -1270,6 +1270,42 @@ class HookOnCpuWorld(unittest.TestCase):
             self.assertEqual(made, [])
             self.assertEqual(states[0].stats()["iter"], self.START + 2)
 
+    def test_a_state_dict_loaded_on_some_ranks_only_fails_every_rank(self):
+        """Residuals loaded on rank 0 only (`if rank == 0: state.load_state_dict(...)`), the
+        step counters alike (FSDP2's hooks keep none): rank 0's first compressed call would
+        run the load's check of its call alone, which on NCCL its peers never join (a hang).
+        When the comm is made every rank counts the ranks that loaded, and all raise the same
+        RuntimeError, the comm not kept (as for a refused state dict)."""
+        from gradcomp.torch.ddp import _HostStream, _reduce_bucket
+
+        N, steps = self.N, self.START + 2
+        with self.gradcomp.CpuWorld(N, self.config()) as w:
+            states = self.states(w, "partial-save")
+            for step in range(steps):
+                self.step(w, states, step)
+            saved = states[0].state_dict()
+        with self.gradcomp.CpuWorld(N, self.config()) as w:
+            states = self.states(w, "partial-load")
+            states[0].load_state_dict(saved)
+            states[1].iter = saved["iter"]
+
+            def first_bucket(comm):
+                r = comm.rank
+                bucket = self.Bucket(self.grads(steps, r, 0), self.buckets[0], 0, False)
+                try:
+                    _reduce_bucket(states[r], bucket, bucket.buf, _HostStream())
+                except RuntimeError as e:
+                    return str(e)
+                return None
+
+            said = w.run(first_bucket, timeout=60)
+            for r in range(N):
+                self.assertIsNotNone(said[r], f"rank {r} raised nothing")
+                self.assertIn(f"1 of the group's {N} ranks loaded a state dict with residuals "
+                              "(load_state_dict) and the others did not", said[r])
+            self.assertEqual([st._comm for st in states], [None] * N)
+            self.assertEqual([st.counters["compressed_calls"] for st in states], [0] * N)
+
 
 class HookNearestOnCpuWorld(HookOnCpuWorld):
     """HookOnCpuWorld's tests with GRADCOMP_ROUNDING=nearest, given to the states as
@@ -1439,9 +1475,9 @@ class StateCallsOnTheCommDevice(unittest.TestCase):
                 mock.patch.object(torch.cuda, "current_stream", lambda device=None: Stream()), \
                 mock.patch.object(ddp_mod._nccl, "destroy_nccl",
                                   lambda handle: seen.append(("destroy", current[0]))), \
-                mock.patch.object(ddp_mod.GradcompState, "_all_ranks_ok",
-                                  lambda self, ok, device: seen.append(("agree", current[0]))
-                                  or ok):
+                mock.patch.object(ddp_mod.GradcompState, "_count_ranks",
+                                  lambda self, *flags, device: seen.append(("agree", current[0]))
+                                  or [2 * int(f) for f in flags]):  # both ranks alike
             state = ddp_mod.GradcompState()
             state._make_comm = lambda device: (Comm(), 0x1234)
             v = ddp_mod._STATE_VERSION

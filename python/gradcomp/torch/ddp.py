@@ -690,20 +690,28 @@ class GradcompState:
                         self._comm.load_state(self._pending_blob)
                 except Exception as e:  # noqa: BLE001 - raised below, on every rank
                     refused = e
-            # Every rank learns whether one refused its saved state (one small allreduce of
-            # the group, as the comm's creation, at this first compressed call only): a rank
-            # that raised alone would leave its peers waiting in gradcomp's collective.
+            # Every rank learns whether one refused its saved state, and how many loaded one
+            # (one small allreduce of the group, as the comm's creation, at this first
+            # compressed call only): a rank that raised alone would leave its peers waiting in
+            # gradcomp's collective, and a rank that loaded while its peers did not runs the
+            # load's check of the next call alone (on NCCL its peers never join it: a hang).
             with self._on_comm_device():
-                agreed = self._all_ranks_ok(refused is None, device)
-            if not agreed:
+                refusals, loads = self._count_ranks(refused is not None,
+                                                    self._pending_blob is not None, device=device)
+            if refusals or 0 < loads < self.world_size:
                 # Refused: the comm is not kept, so every later call raises the same
                 # (not a step on fresh residuals with the loaded ones dropped).
                 self._drop_comm()
                 if refused is not None:
                     raise refused
-                raise RuntimeError("another rank's gradcomp refused its saved state (its error "
-                                   "says why): every rank stops here; load state dicts that "
-                                   "gradcomp accepts on every rank")
+                if refusals:
+                    raise RuntimeError("another rank's gradcomp refused its saved state (its "
+                                       "error says why): every rank stops here; load state "
+                                       "dicts that gradcomp accepts on every rank")
+                raise RuntimeError(f"gradcomp: {loads} of the group's {self.world_size} ranks "
+                                   "loaded a state dict with residuals (load_state_dict) and "
+                                   "the others did not: every rank stops here; load each "
+                                   "rank's own state dict on every rank, or on none")
             self._pending_blob = None
             self._forget_scale()
         return self._comm
@@ -746,12 +754,12 @@ class GradcompState:
         self._scale_mark = mark
         self._scale_followed = True
 
-    def _all_ranks_ok(self, ok, device):
-        """True when ok on every rank of the group (a collective: every rank calls it)."""
+    def _count_ranks(self, *flags, device):
+        """How many ranks of the group set each flag (a collective: every rank calls it)."""
         on = device if self.backend == "nccl" else "cpu"
-        flag = torch.tensor([0 if ok else 1], dtype=torch.int32, device=on)
-        dist.all_reduce(flag, group=self.process_group)
-        return int(flag.item()) == 0
+        counts = torch.tensor([1 if f else 0 for f in flags], dtype=torch.int32, device=on)
+        dist.all_reduce(counts, group=self.process_group)
+        return [int(c) for c in counts.tolist()]
 
     def _name(self, p, i):
         if self._param_names is not None and id(p) in self._param_names:
