@@ -9,6 +9,7 @@
 
 #include "debug.h"
 #include "gradcomp.h"
+#include "host_float_env.h"
 
 #define GC_EXPORT __attribute__((visibility("default")))
 
@@ -36,9 +37,12 @@ class ErrorsReportedByCaller {
 };
 
 // Runs the body of a C entry point: an exception (std::bad_alloc from a
-// container, say) becomes a result and never crosses the C API.
+// container, say) becomes a result and never crosses the C API, and its host
+// math rounds as the GPU's whatever the calling thread's setting
+// (IeeeHostMath).
 template <typename F>
 gradcompResult_t guarded(F&& body) {
+  IeeeHostMath ieee;
   try {
     return body();
   } catch (const std::bad_alloc&) {

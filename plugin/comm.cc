@@ -553,6 +553,7 @@ GC_EXPORT gradcompResult_t gradcompCommResetState(gradcompComm_t comm) {
 GC_EXPORT gradcompResult_t gradcompCommRetune(gradcompComm_t comm, cudaStream_t stream) {
   GC_ARG(validComm(comm), "comm is NULL");
   gc::OnCommDevice onDevice(comm);
+  gc::IeeeHostMath ieee;  // the timed calls compute on this thread (CPU backend)
   gc::CommCall call(comm);
   GC_CHECK(call.check());
   comm->backend->setStream(stream);

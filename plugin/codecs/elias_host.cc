@@ -283,6 +283,7 @@ GC_EXPORT gradcompResult_t gradcompEliasEncodeHost(const void* x, ncclDataType_t
        {residual, count * sizeof(float), "residual"},
        {out, std::min(outBytes, gc::elias::maxEncodedBytes(count, p)), "out"},
        {encodedBytes, sizeof(size_t), "encodedBytes"}}));
+  gc::IeeeHostMath ieee;  // the GPU's bits whatever the thread's setting
   const size_t bytes = gc::host::eliasEncode(x, t, residual, count, p, seed, false, out);
   if (encodedBytes) *encodedBytes = bytes;
   return gradcompSuccess;
@@ -301,6 +302,7 @@ GC_EXPORT gradcompResult_t gradcompEliasDecodeHost(const void* in, size_t inByte
   GC_CHECK(
       gc::codecCheckDisjoint({{in, std::min(inBytes, gc::elias::maxEncodedBytes(count, p)), "in"},
                               {out, count * sizeof(float), "out"}}));
+  gc::IeeeHostMath ieee;
   if (!gc::host::eliasDecode(in, inBytes, count, p, out, accumulate != 0)) {
     return gc::setError(gradcompInvalidArgument,
                         "in (%zu bytes) is not a well-formed Elias encoding of count=%zu with "

@@ -163,6 +163,7 @@ GC_EXPORT gradcompResult_t gradcompQsgdEncodeEFLevelsHost(const void* x, ncclDat
   GC_CHECK(gc::codecCheckDisjoint({{x, count * gc::dtypeBytes(t), "x"},
                                    {residual, count * sizeof(float), "residual"},
                                    {out, gc::qsgd::encodedBytes(count, bits, bucketSize), "out"}}));
+  gc::IeeeHostMath ieee;  // the GPU's bits whatever the thread's setting
   gc::host::qsgdEncode(x, t, residual, count, bits, bucketSize, seed,
                        rounding == gradcompRoundNearest, levels == gradcompLevelsSquare, out);
   return gradcompSuccess;
@@ -200,6 +201,7 @@ GC_EXPORT gradcompResult_t gradcompQsgdDecodeHost(const void* in, size_t count, 
   GC_ARG(((uintptr_t)out & 3) == 0, "out=%p must be 4-byte aligned (fp32)", out);
   GC_CHECK(gc::codecCheckDisjoint({{in, gc::qsgd::encodedBytes(count, bits, bucketSize), "in"},
                                    {out, count * sizeof(float), "out"}}));
+  gc::IeeeHostMath ieee;
   gc::host::qsgdDecode(in, count, bits, bucketSize, out, accumulate != 0);
   return gradcompSuccess;
 }

@@ -76,6 +76,7 @@ GC_EXPORT gradcompResult_t gradcompTopkSelectHost(const float* v, size_t n, floa
     GC_CHECK(gc::codecCheckDisjoint({{v, n * sizeof(float), "v"},
                                      {idx, gc::slotsOf(p, exact) * sizeof(uint32_t), "idx"},
                                      {selectedCount, sizeof(uint64_t), "selectedCount"}}));
+    gc::IeeeHostMath ieee;  // the GPU's selection whatever the thread's setting
     if (exact) {
       gc::host::selectExact(v, n, p.k, idx, &selected);
     } else {
