@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `pip install .` as the README's "Use from Python" gives it: a fresh virtual
-# environment, the package built from this checkout by scikit-build-core, and
+# environment, the package built from this checkout by scikit-build-core (its
+# wheel tagged py3-none-<platform>: ctypes, no CPython extension), and
 # then, from a folder outside the checkout (no PYTHONPATH, no
 # GRADCOMP_LIBRARY), the installed package on its own libraries:
 # `python -m gradcomp.info`, the preload library beside libgradcomp, and a
@@ -17,9 +18,20 @@ venv=${GC_PIP_VENV:-$work/venv}
 python3 -m venv "$venv"
 "$venv/bin/python" -m pip install -q --upgrade pip
 "$venv/bin/python" -m pip install -q numpy
-echo "pip_check: pip install $root"
+echo "pip_check: pip wheel $root, then pip install the wheel"
 CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)} \
-  "$venv/bin/python" -m pip install -q "$root"
+  "$venv/bin/python" -m pip wheel -q --no-deps -w "$work/wheel" "$root"
+wheel=$(ls "$work"/wheel/gradcomp-*.whl)
+case $(basename "$wheel") in
+  gradcomp-*-py3-none-linux_*.whl) ;;
+  *)
+    echo "pip_check: FAILED: $(basename "$wheel") is not tagged py3-none-<platform>: the" \
+         "package is ctypes over libgradcomp.so, with no CPython extension, so one wheel" \
+         "serves every CPython 3 (pyproject.toml: wheel.py-api = \"py3\")" >&2
+    exit 1
+    ;;
+esac
+"$venv/bin/python" -m pip install -q "$wheel"
 cd "$work"
 env -u GRADCOMP_LIBRARY -u PYTHONPATH "$venv/bin/python" -m gradcomp.info
 env -u GRADCOMP_LIBRARY -u PYTHONPATH "$venv/bin/python" - "$venv" <<'PY'
