@@ -1033,6 +1033,33 @@ class HookOnCpuWorld(unittest.TestCase):
                 if regrouped:
                     self.assertIn("static_graph=True after its second", said[0])
 
+    def test_a_state_dict_that_saved_no_keys_checks_none(self):
+        """A state dict from before the residual keys were saved, loaded and saved again before
+        any compressed call, holds the residuals under no key: resumed from it, the saved
+        grouping does not warn (it warned, every bucket taken as grouped otherwise), as
+        FSDP2's hooks already did."""
+        N, K = self.N, self.START + 2
+        with self.gradcomp.CpuWorld(N, self.config()) as w:
+            states = self.states(w, "a")
+            for step in range(K):
+                self.step(w, states, step)
+            old = [{k: v for k, v in s.state_dict().items() if k != "keys"} for s in states]
+        with self.gradcomp.CpuWorld(N, self.config()) as w1:
+            mid = self.states(w1, "m")
+            for s, d in zip(mid, old):
+                s.load_state_dict(d)
+            again = [s.state_dict() for s in mid]
+        self.assertEqual((again[0]["keys"], again[0]["gradcomp"] is None), ([], False))
+        with self.gradcomp.CpuWorld(N, self.config()) as w2:
+            resumed = self.states(w2, "r")
+            for s, d in zip(resumed, again):
+                s.load_state_dict(d)
+            with warnings.catch_warnings(record=True) as got:
+                warnings.simplefilter("always")
+                self.step(w2, resumed, K)
+        said = [str(x.message) for x in got if "grouped otherwise" in str(x.message)]
+        self.assertEqual(said, [])
+
     def test_state_dict_resumes_bit_for_bit(self):
         """Saved after K steps and loaded into fresh states and a fresh world, the next step
         is bitwise the uninterrupted run's; without the load it is not (the residuals count)."""
@@ -2377,6 +2404,30 @@ class CpuBackendAbort(unittest.TestCase):
 
 
 @unittest.skipIf(torch is None, "PyTorch is not installed")
+def stand_in_state(calls=None):
+    """(state, calls, comm): a GradcompState of rank 0 of 2 on no group (NCCL backend, its comm
+    not made) and a stand-in comm, not given to it, recording its stop(), abort() and close()
+    in calls (a new list when None)."""
+    import gradcomp.torch as gt
+    from gradcomp.torch import _group
+
+    with mock.patch.object(_group, "check_group", lambda pg, backend="nccl": (pg, 0, 2)):
+        state = gt.GradcompState(config=None)
+    calls = [] if calls is None else calls
+
+    class Comm:
+        def stop(self):
+            calls.append("Comm.stop")
+
+        def abort(self):
+            calls.append("Comm.abort")
+
+        def close(self):
+            calls.append("Comm.close")
+
+    return state, calls, Comm()
+
+
 class AbortOrder(unittest.TestCase):
     """GradcompState.abort() with an NCCL communicator (no GPU needed: NCCL and the comm are
     stand-ins): ncclCommAbort of gradcomp's communicator with Comm.stop() in its NCCL group,
@@ -2384,26 +2435,8 @@ class AbortOrder(unittest.TestCase):
     abort fails."""
 
     def make_state(self):
-        from unittest import mock
-
-        import gradcomp.torch as gt
-        from gradcomp.torch import _group
-
-        with mock.patch.object(_group, "check_group", lambda pg, backend="nccl": (pg, 0, 2)):
-            state = gt.GradcompState(config=None)
-        calls = []
-
-        class Comm:
-            def stop(self):
-                calls.append("Comm.stop")
-
-            def abort(self):
-                calls.append("Comm.abort")
-
-            def close(self):
-                calls.append("Comm.close")
-
-        state._comm, state._nccl_handle = Comm(), 0x1234
+        state, calls, comm = stand_in_state()
+        state._comm, state._nccl_handle = comm, 0x1234
         return state, calls
 
     def test_nccl_first_then_the_comm_once(self):
@@ -2613,28 +2646,6 @@ class StateDroppedOrWith(unittest.TestCase):
     and frees nothing of NCCL's (whose destroy may wait on peers); `with state:` closes it, or
     on an exception aborts it (waiting on no peer). NCCL and the comm are stand-ins."""
 
-    def make_state(self, calls=None):
-        from unittest import mock
-
-        import gradcomp.torch as gt
-        from gradcomp.torch import _group
-
-        with mock.patch.object(_group, "check_group", lambda pg, backend="nccl": (pg, 0, 2)):
-            state = gt.GradcompState(config=None)
-        calls = [] if calls is None else calls
-
-        class Comm:
-            def stop(self):
-                calls.append("Comm.stop")
-
-            def abort(self):
-                calls.append("Comm.abort")
-
-            def close(self):
-                calls.append("Comm.close")
-
-        return state, calls, Comm()
-
     def nccl_patched(self, calls):
         from unittest import mock
 
@@ -2654,7 +2665,7 @@ class StateDroppedOrWith(unittest.TestCase):
         import gc
 
         def make():
-            state, _, comm = self.make_state(calls)
+            state, _, comm = stand_in_state(calls)
             state.backend = backend
             state._comm = make_comm() if make_comm is not None else comm
             state._nccl_handle = 0x1234 if backend == "nccl" else None
@@ -2723,14 +2734,15 @@ class StateDroppedOrWith(unittest.TestCase):
                                  "Comm.abort"])
 
     def test_with_closes_and_aborts_on_an_exception(self):
-        state, calls, comm = self.make_state()
+        state, calls, comm = stand_in_state()
         state._comm, state._nccl_handle = comm, 0x1234
         destroy, abort = self.nccl_patched(calls)
         with destroy, abort:
             with state as s:
                 self.assertIs(s, state)
             self.assertEqual(calls, ["Comm.close", "ncclCommDestroy"])
-            state, calls[:], comm = self.make_state()[0], [], comm
+            state = stand_in_state()[0]  # a second state, on the same stand-in comm
+            calls.clear()
             state._comm, state._nccl_handle = comm, 0x1234
             with self.assertRaisesRegex(KeyError, "a rank failed"):
                 with state:

@@ -631,11 +631,21 @@ class GradcompState:
                         f"uncompressed: {why[0]}.{extra} state.stats() counts such calls in "
                         "passed_calls (warned once)")
 
+    def _unloaded_key(self, key):
+        """Records a compressed call's residual key (state_dict saves them); True when a loaded
+        state dict's run never compressed under it: its residual starts fresh, and the loaded
+        ones wait unused. The DDP hook and FSDP2's hooks alike. A state dict that saved no keys
+        checks none: one from before they were saved, or one saved by a run that loaded such a
+        state dict and made no compressed call since (its residuals, those loaded, saved again
+        under no key)."""
+        unloaded = bool(self._loaded_keys) and key not in self._loaded_keys
+        self._keys.add(key)
+        return unloaded
+
     def _check_key(self, bucket, key):
-        """Records a compressed call's residual key; warns (once) when a loaded state dict's run
-        never compressed under it: the bucket's compressed parameters are grouped otherwise
-        than they were, so its residual starts fresh and the loaded one waits unused."""
-        if self._loaded_keys is not None and key not in self._loaded_keys:
+        """_unloaded_key for the DDP hook: warns (once) when the bucket's compressed parameters
+        are grouped otherwise than in the loaded state dict's run."""
+        if self._unloaded_key(key):
             self._warn_once("unloaded-key", f"bucket {bucket.index()}'s compressed parameters "
                             "are grouped otherwise than in the run whose state was loaded: its "
                             "residual starts fresh and the loaded ones of those parameters wait "
@@ -643,13 +653,11 @@ class GradcompState:
                             "static_graph=True after its second): run those steps inside "
                             "`with state.paused():`, and keep bucket_cap_mb as it was (warned "
                             "once)")
-        self._keys.add(key)
 
     def _check_fsdp_key(self, name, key):
-        """_check_key for FSDP2's hooks (residuals keyed by FSDP module name): records the key;
-        warns (once) when a loaded state dict's run never reduced under it. A state dict from
-        before these keys were saved (its keys empty) checks none."""
-        if self._loaded_keys and key not in self._loaded_keys:
+        """_unloaded_key for FSDP2's hooks (residuals keyed by FSDP module name): warns (once)
+        when the loaded state dict's run never reduced under the module's key."""
+        if self._unloaded_key(key):
             self._warn_once("unloaded-key", f"FSDP module {name!r} has no residual in the run "
                             "whose state was loaded: its residual starts fresh, and the loaded "
                             "residuals of modules named otherwise there wait unused. The keys "
@@ -657,7 +665,6 @@ class GradcompState:
                             "model as the saved run (not, in one of the two, on a wrapper such "
                             "as torch.compile's, whose names start with '_orig_mod.') (warned "
                             "once)")
-        self._keys.add(key)
 
     def _warn_once(self, what, msg):
         if what not in self._warned:
