@@ -164,27 +164,55 @@ def fsdp(out, rank):
             rec["output"] = output_tensor.clone()
             return work
 
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 5))
     # FSDP2's default mesh is the accelerator's: where a GPU is visible it would move the model
     # there. The CPU backend reduces CPU tensors: a CPU mesh keeps them on the host.
     mesh = init_device_mesh("cpu", (dist.get_world_size(),))
-    for layer in (model[0], model[2]):
-        fully_shard(layer, mesh=mesh)
-    fully_shard(model, mesh=mesh)
-    state = gct.GradcompState(backend="cpu", config=config())
+
+    def make(seed):
+        torch.manual_seed(seed)
+        model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 5))
+        for layer in (model[0], model[2]):
+            fully_shard(layer, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        state = gct.GradcompState(backend="cpu", config=config())
+        gct.register_fsdp_reduce_scatter(model, state)
+        return model, state
+
+    def train(model, steps):
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)  # no state of its own to resume
+        for step in steps:
+            x, y = batch(step, rank, 32)
+            opt.zero_grad(set_to_none=True)
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+
+    def full(model):
+        return b"".join(p.full_tensor().detach().numpy().tobytes() for p in model.parameters())
+
+    plain = gct.fsdp.GradcompReduceScatter
     gct.fsdp.GradcompReduceScatter = Recording  # what register_fsdp_reduce_scatter makes
-    gct.register_fsdp_reduce_scatter(model, state)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    for step in range(3):
-        x, y = batch(step, rank, 32)
-        opt.zero_grad(set_to_none=True)
-        nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
-    full = b"".join(p.full_tensor().detach().numpy().tobytes() for p in model.parameters())
+    model, state = make(0)
+    gct.fsdp.GradcompReduceScatter = plain
+    train(model, range(3))
     stats = state.stats()
     state.close()
-    return records, {"stats": stats, "param_hash": hashlib.sha256(full).hexdigest()}
+
+    # Checkpoint after 2 steps, resume in a fresh model and state: the step counter and the
+    # residuals go on, the last step bit for bit the uninterrupted run's.
+    m1, s1 = make(0)
+    train(m1, range(2))
+    ckpt = {"model": {k: v.detach().clone() for k, v in m1.state_dict().items()},
+            "gradcomp": s1.state_dict()}
+    s1.close()
+    m2, s2 = make(1)
+    m2.load_state_dict(ckpt["model"])
+    s2.load_state_dict(ckpt["gradcomp"])
+    train(m2, [2])
+    iters = {"saved": ckpt["gradcomp"]["iter"], "resumed": s2.iter,
+             "resumed_stats": s2.stats()["iter"]}
+    s2.close()
+    return records, {"stats": stats, "param_hash": hashlib.sha256(full(model)).hexdigest(),
+                     "resume_bitwise": full(m2) == full(model), "iters": iters}
 
 
 def replicas(out, rank):

@@ -3,6 +3,7 @@ unsupported dtypes), the layer-aware plan, and the DDP hook's body on the CPU wo
 ranks) against a serial reference, with its checkpoint resume. Skipped, with the reason, where
 PyTorch is not installed; the multi-rank GPU checks are tools/torch_hooks_check.py's
 (tools/gpu-check.sh step torch_hooks)."""
+import contextlib
 import os
 import sys
 import threading
@@ -1780,6 +1781,68 @@ class FsdpReduceScatterOnCpuWorld(unittest.TestCase):
                 else:
                     self.assertEqual(got, [])
 
+    def test_the_step_counter_counts_fsdp_steps_as_the_ddp_hooks(self):
+        """state.iter (stats()["iter"], the state dict's iter) counts FSDP2's steps as the DDP
+        hook counts its own: one per step of one call per module, for the reduce-scatter and
+        the replica all-reduce alike, none for a paused step; a loaded state dict's count goes
+        on, and the resumed calls are bit for bit the uninterrupted run's. It stayed 0."""
+        import gradcomp.torch as gt
+
+        names, K, STEPS = ("layers.0", "layers.1"), 2, 4
+
+        def run(w, states, hooks, steps, paused=False):
+            def rank(comm):
+                r, outs = comm.rank, []
+                for step in steps:
+                    for name in names:
+                        out = torch.empty(self.n)
+                        with states[r].paused() if paused else contextlib.nullcontext():
+                            hooks[r][name]._reduce_scatter(
+                                out, self.inputs(step, r), states[r].process_group,
+                                dist.ReduceOp.AVG, False, lambda: None)
+                        outs.append(out)
+                return outs
+
+            return w.run(rank)
+
+        def make(w, tag, cls=gt.GradcompReduceScatter):
+            states = HookOnCpuWorld.make_states(self, self.N, w, tag, None, None, self.config)
+            return states, [{name: cls(st, name) for name in names} for st in states]
+
+        with self.gradcomp.CpuWorld(self.N, self.config()) as w:
+            states, hooks = make(w, "rs-iter")
+            run(w, states, hooks, range(K))
+            self.assertEqual([st.iter for st in states], [K] * self.N)
+            self.assertEqual(states[0].stats()["iter"], K)
+            saved = [st.state_dict() for st in states]
+            self.assertEqual(saved[0]["iter"], K)
+            with mock.patch.object(dist, "reduce_scatter_tensor", lambda *a, **kw: None):
+                run(w, states, hooks, [K], paused=True)
+            self.assertEqual(states[0].iter, K)
+            after = run(w, states, hooks, range(K, STEPS))
+            self.assertEqual(states[0].iter, STEPS)
+        with self.gradcomp.CpuWorld(self.N, self.config()) as w:
+            states, hooks = make(w, "rs-iter-resumed")
+            for st, d in zip(states, saved):
+                st.load_state_dict(d)
+            self.assertEqual(states[0].iter, K)
+            again = run(w, states, hooks, range(K, STEPS))
+            self.assertEqual([st.iter for st in states], [STEPS] * self.N)
+        for r in range(self.N):
+            for k, (a, b) in enumerate(zip(again[r], after[r])):
+                same_bits(self, a, b, f"rank {r} call {k}")
+        with self.gradcomp.CpuWorld(self.N, self.config()) as w:
+            states, hooks = make(w, "ar-iter", gt.GradcompReplicaAllReduce)
+
+            def rank(comm):
+                for step in range(K):
+                    for name in names:
+                        hooks[comm.rank][name]._all_reduce(self.inputs(step, comm.rank), None)
+
+            w.run(rank)
+            self.assertEqual([st.stats()["iter"] for st in states], [K] * self.N)
+            self.assertEqual(states[0].state_dict()["iter"], K)
+
     def test_paused_state_sends_uncompressed_and_leaves_the_residual(self):
         """Inside state.paused() the FSDP2 reduce-scatter goes to torch uncompressed, as the
         DDP hook does: gradcomp makes no call and the saved state is unchanged."""
@@ -2213,6 +2276,13 @@ class CpuBackendFsdp(unittest.TestCase):
                     same_bits(self, records[r][k]["output"], outs[r], f"rank {r} call {k}")
         self.assertEqual(results[0]["param_hash"], results[1]["param_hash"])
         self.assertEqual(results[0]["stats"]["gradcomp"]["calls_reduce_scatter"], 6)
+        # The step counter as the DDP hook's: 3 steps; saved after 2, resumed for the third,
+        # which is bit for bit the uninterrupted run's.
+        for r in range(N):
+            self.assertEqual(results[r]["stats"]["iter"], 3, f"rank {r}")
+            self.assertEqual(results[r]["iters"], {"saved": 2, "resumed": 3,
+                                                   "resumed_stats": 3}, f"rank {r}")
+            self.assertTrue(results[r]["resume_bitwise"], f"rank {r}")
 
 
 @unittest.skipIf(torch is None, "PyTorch is not installed")
@@ -2288,6 +2358,7 @@ class CpuBackendFsdpReplicas(unittest.TestCase):
                 n = sum(r["input"].numel() for r in records[rank]
                         if r["run"] == run and not r["paused"])
                 self.assertEqual(stats["compressed_calls"], 2 * steps, f"rank {rank} {run}")
+                self.assertEqual(stats["iter"], steps, f"rank {rank} {run}")  # as DDP's
                 self.assertEqual(stats["passed_calls"], 0)
                 self.assertEqual(stats["compressed_dense_bytes"], elem * n)
                 self.assertEqual(stats["gradcomp"]["calls_compressed"], 2 * steps)
@@ -2309,6 +2380,7 @@ class CpuBackendFsdpReplicas(unittest.TestCase):
             self.assertEqual(res["paused_stats"]["compressed_calls"],
                              res["stats"]["compressed_calls"])
             self.assertEqual(res["paused_stats"]["gradcomp"], res["stats"]["gradcomp"])
+            self.assertEqual(res["paused_stats"]["iter"], res["stats"]["iter"])  # no step
 
     def test_refusals_say_what_to_do(self):
         _, results = self.launch()

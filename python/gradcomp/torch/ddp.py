@@ -151,6 +151,8 @@ class GradcompState:
         # DDP groups otherwise (not yet regrouped after a resume), whose residual starts fresh.
         self._keys = set()
         self._loaded_keys = None
+        # The FSDP2 module keys reduced in the step in progress (_count_fsdp_step).
+        self._fsdp_step_keys = set()
         if module is not None:
             ddp_group = getattr(module, "process_group", None)
             if (isinstance(module, torch.nn.parallel.DistributedDataParallel)
@@ -285,6 +287,7 @@ class GradcompState:
             self._pending_blob = blob
             self._pending_keyed = saved if blob is not None else None
         self.iter = it
+        self._fsdp_step_keys = set()
         self._note_loaded_keys(d)
 
     def _note_loaded_keys(self, d):
@@ -665,6 +668,17 @@ class GradcompState:
                             "model as the saved run (not, in one of the two, on a wrapper such "
                             "as torch.compile's, whose names start with '_orig_mod.') (warned "
                             "once)")
+
+    def _count_fsdp_step(self, key):
+        """The step counter under FSDP2's hooks, as the DDP hook's (iter: steps whose calls went
+        through the state, compressed or not; paused ones not; saved in state_dict): FSDP
+        reduces each module once per step, so the first call of a step, a call under a key the
+        step in progress already reduced, advances it. A step whose modules all differ from the
+        previous step's (none of them reduced in both) counts with that one."""
+        if not self._fsdp_step_keys or key in self._fsdp_step_keys:
+            self.iter += 1
+            self._fsdp_step_keys = set()
+        self._fsdp_step_keys.add(key)
 
     def _warn_once(self, what, msg):
         if what not in self._warned:

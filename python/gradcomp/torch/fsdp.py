@@ -147,6 +147,8 @@ class GradcompReduceScatter(_Base):
                                   "not compress: sent uncompressed by torch.distributed; call "
                                   "set_force_sum_reduction_for_comms(True) on the FSDP modules "
                                   "(warned once)")
+            if not self.state._paused:
+                self.state._count_fsdp_step(self.key)
             return dist.reduce_scatter_tensor(out, inp, op=op, group=group, async_op=async_op)
         if self.state._paused:
             # state.paused(), as the DDP hook: uncompressed, the residuals and DGC's velocity
@@ -161,6 +163,7 @@ class GradcompReduceScatter(_Base):
                              "mesh.get_group())")
         comm = self.state.comm(out.device)
         self.state._check_fsdp_key(self.name, self.key)
+        self.state._count_fsdp_step(self.key)
         self.state._follow_scaler(comm, stream_handle())
         before = comm.call_counts()
         comm.reduce_scatter_raw(inp.data_ptr(), out.data_ptr(), out.numel(), _DTYPES[inp.dtype],
@@ -295,6 +298,7 @@ class GradcompReplicaAllReduce:
             return None
         comm = self.state.comm(t.device)
         self.state._check_fsdp_key(self.name, self.key)
+        self.state._count_fsdp_step(self.key)
         self.state._follow_scaler(comm, stream_handle)
         before = comm.call_counts()
         comm.allreduce_raw(t.data_ptr(), t.data_ptr(), t.numel(), _DTYPES[t.dtype], opname,
