@@ -152,12 +152,15 @@ def fsdp(out, rank):
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    records = []
+    records, run = [], ["plain"]
 
     class Recording(gct.GradcompReduceScatter):
         def __call__(self, output_tensor, input_tensor, group, op, async_op=False):
-            rec = {"key": self.key, "op": "avg" if op == dist.ReduceOp.AVG else
-                   "sum" if op == dist.ReduceOp.SUM else str(op), "input": input_tensor.clone()}
+            premul = getattr(op, "op", op) == dist.ReduceOp.PREMUL_SUM
+            factor = getattr(op, "factor", None) if premul else None
+            rec = {"run": run[0], "key": self.key, "op": "avg" if op == dist.ReduceOp.AVG else
+                   "sum" if op == dist.ReduceOp.SUM else "premul_sum" if factor is not None
+                   else str(op), "factor": factor, "input": input_tensor.clone()}
             records.append(rec)
             work = super().__call__(output_tensor=output_tensor, input_tensor=input_tensor,
                                     group=group, op=op, async_op=async_op)
@@ -168,12 +171,15 @@ def fsdp(out, rank):
     # there. The CPU backend reduces CPU tensors: a CPU mesh keeps them on the host.
     mesh = init_device_mesh("cpu", (dist.get_world_size(),))
 
-    def make(seed):
+    def make(seed, factor=None):
         torch.manual_seed(seed)
         model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 5))
         for layer in (model[0], model[2]):
             fully_shard(layer, mesh=mesh)
         fully_shard(model, mesh=mesh)
+        if factor is not None:
+            for m in (model[0], model[2], model):
+                m.set_gradient_divide_factor(factor)
         state = gct.GradcompState(backend="cpu", config=config())
         gct.register_fsdp_reduce_scatter(model, state)
         return model, state
@@ -211,8 +217,20 @@ def fsdp(out, rank):
     iters = {"saved": ckpt["gradcomp"]["iter"], "resumed": s2.iter,
              "resumed_stats": s2.stats()["iter"]}
     s2.close()
+
+    # A gradient divide factor other than the world size: FSDP asks for PREMUL_SUM(1/4), which
+    # gloo refuses; gradcomp multiplies and sums (compressed).
+    run[0] = "factor"
+    gct.fsdp.GradcompReduceScatter = Recording
+    fmodel, fstate = make(0, factor=4.0)
+    gct.fsdp.GradcompReduceScatter = plain
+    train(fmodel, range(2))
+    fstats = fstate.stats()
+    fstate.close()
     return records, {"stats": stats, "param_hash": hashlib.sha256(full(model)).hexdigest(),
-                     "resume_bitwise": full(m2) == full(model), "iters": iters}
+                     "resume_bitwise": full(m2) == full(model), "iters": iters,
+                     "factor_stats": fstats,
+                     "factor_param_hash": hashlib.sha256(full(fmodel)).hexdigest()}
 
 
 def replicas(out, rank):

@@ -1731,6 +1731,99 @@ class FsdpReduceScatterOnCpuWorld(unittest.TestCase):
             self.assertIn("fsdp-op", states[0]._warned)
 
 
+    def test_a_divide_factor_is_nccls_premul_sum_compressed_or_not(self):
+        """FSDP's PREMUL_SUM(1/f) (set_gradient_divide_factor(f), f not the group's size):
+        every rank's input multiplied by 1/f in its type, as NCCL's PreMulSum does, then
+        summed. Compressed, bit for bit the library's keyed Sum of the multiplied inputs; sent
+        uncompressed (method none), bit for bit NCCL's PreMulSum in rank order, and at f = N
+        the CPU transports' Avg (their PreMulSum); under DGC's momentum correction compressed,
+        not refused; paused, torch gets a Sum of the multiplied input (gloo refuses
+        PREMUL_SUM). Before, the call went to torch uncompressed: gloo refused it, and so did
+        the state under DGC."""
+        import gradcomp.torch as gt
+
+        def cfg(**kw):
+            return lambda: self.gradcomp.Config(from_env=False, min_elements=0, auto_tune=0, **kw)
+
+        qsgd, none = cfg(method="qsgd", bits=4), cfg(method="none")
+        dgc = cfg(method="dgc", density=0.01)
+
+        def scaled(x, f):  # NCCL's PreMulSum of one input: x * T(1/f), rounded once
+            return x * torch.tensor(1.0 / f, dtype=torch.float32).to(x.dtype)
+
+        def inputs(dtype):
+            return [self.inputs(0, r).to(dtype) for r in range(self.N)]
+
+        def hooked(config, tag, dtype, f):
+            """Every rank's output of one PREMUL_SUM(1/f) call, and the rank 0 state."""
+            xs = inputs(dtype)
+            with warnings.catch_warnings(), self.gradcomp.CpuWorld(self.N, config()) as w:
+                warnings.simplefilter("ignore")  # method none: "sent uncompressed"
+                states = HookOnCpuWorld.make_states(self, self.N, w, tag, None, None, config)
+                hooks = [gt.GradcompReduceScatter(st, "layers.0") for st in states]
+
+                def rank(comm):
+                    out = torch.empty(self.n, dtype=dtype)
+                    hooks[comm.rank]._reduce_scatter(
+                        out, xs[comm.rank].clone(), states[comm.rank].process_group,
+                        dist.ReduceOp.PREMUL_SUM(1.0 / f), False, lambda: None)
+                    return out
+
+                return w.run(rank), states[0], hooks[0].key
+
+        def library(config, ins, op, key):
+            with warnings.catch_warnings(), self.gradcomp.CpuWorld(self.N, config()) as w:
+                warnings.simplefilter("ignore")
+
+                def rank(comm):
+                    out = torch.empty(self.n, dtype=ins[0].dtype)
+                    comm.reduce_scatter(ins[comm.rank].clone(), out, op=op, key=key)
+                    return out
+
+                return w.run(rank)
+
+        f = 3.0
+        for dtype in (torch.float32, torch.bfloat16):
+            got, st, key = hooked(qsgd, f"pm-q-{dtype}", dtype, f)
+            want = library(qsgd, [scaled(x, f) for x in inputs(dtype)], "sum", key)
+            self.assertEqual(st.counters["compressed_calls"], 1)
+            got_none, _, _ = hooked(none, f"pm-n-{dtype}", dtype, f)
+            xs = [scaled(x, f) for x in inputs(dtype)]
+            for r in range(self.N):
+                same_bits(self, got[r].view(torch.int16), want[r].view(torch.int16),
+                          f"{dtype} compressed rank {r}")
+                block = slice(r * self.n, (r + 1) * self.n)
+                nccl = xs[0][block] + xs[1][block]  # in the type, rounded once per sum
+                same_bits(self, got_none[r].view(torch.int16), nccl.view(torch.int16),
+                          f"{dtype} uncompressed rank {r}")
+            # The compressed sum is the divided sum, within QSGD's error.
+            exact = (inputs(torch.float32)[0] + inputs(torch.float32)[1])[:self.n] / f
+            self.assertLess(float((got[0].float() - exact).abs().max()),
+                            0.5 * float(exact.abs().max()))
+        # At f = N: the CPU transports' Avg, which is NCCL's PreMulSum of 1/N.
+        got, _, key = hooked(none, "pm-n-avg", torch.float32, float(self.N))
+        want = library(none, inputs(torch.float32), "avg", key)
+        for r in range(self.N):
+            same_bits(self, got[r], want[r], f"PREMUL_SUM(1/N) rank {r}")
+        # Under DGC's momentum correction: compressed, neither refused nor warned.
+        _, st, _ = hooked(dgc, "pm-dgc", torch.float32, f)
+        self.assertEqual(st.counters["compressed_calls"], 1)
+        self.assertNotIn("fsdp-op", st._warned)
+        # Paused: torch's Sum of the multiplied input.
+        with self.gradcomp.CpuWorld(self.N, self.config()) as w:
+            states = HookOnCpuWorld.make_states(self, self.N, w, "pm-paused", None, None,
+                                                self.config)
+            rs = gt.GradcompReduceScatter(states[0], "layers.0")
+            sent = []
+            x = inputs(torch.float32)[0]
+            with states[0].paused(), mock.patch.object(
+                    dist, "reduce_scatter_tensor",
+                    lambda out, inp, **kw: sent.append((kw["op"], inp.clone()))):
+                rs._reduce_scatter(torch.empty(self.n), x.clone(), states[0].process_group,
+                                   dist.ReduceOp.PREMUL_SUM(1.0 / f), False, lambda: None)
+            self.assertEqual([op for op, _ in sent], [dist.ReduceOp.SUM])
+            same_bits(self, sent[0][1], scaled(x, f), "paused input")
+
     def ops_sent_to_torch(self, rs, state, op, inp):
         """The ops of the reduce-scatters rs hands to torch (reduce_scatter_tensor mocked) for
         one call of input inp."""
@@ -2261,6 +2354,8 @@ class CpuBackendFsdp(unittest.TestCase):
         if reason:
             self.skipTest(reason)
         records, results = launch_ranks(self, "fsdp")
+        factored = [[r for r in rec if r["run"] == "factor"] for rec in records]
+        records = [[r for r in rec if r["run"] == "plain"] for rec in records]
         N = 2
         self.assertEqual([(r["key"], r["op"]) for r in records[0]],
                          [(r["key"], r["op"]) for r in records[1]])
@@ -2283,6 +2378,20 @@ class CpuBackendFsdp(unittest.TestCase):
             self.assertEqual(results[r]["iters"], {"saved": 2, "resumed": 3,
                                                    "resumed_stats": 3}, f"rank {r}")
             self.assertTrue(results[r]["resume_bitwise"], f"rank {r}")
+        # set_gradient_divide_factor(4.0) at 2 ranks: FSDP's PREMUL_SUM(1/4), which gloo
+        # refuses: every call is the library's keyed Sum of the inputs times float32(1/4), as
+        # NCCL's PreMulSum multiplies them, compressed (2 steps, 2 sharded layers).
+        self.assertEqual(len(factored[0]), 2 * 2)
+        with gradcomp.CpuWorld(N, cfg) as world:
+            for k, rec0 in enumerate(factored[0]):
+                self.assertEqual((rec0["op"], rec0["factor"]), ("premul_sum", 0.25))
+                outs = [torch.empty_like(factored[r][k]["output"]) for r in range(N)]
+                world.run(lambda c: c.reduce_scatter(factored[c.rank][k]["input"] * 0.25,
+                                                     outs[c.rank], op="sum", key=rec0["key"]))
+                for r in range(N):
+                    same_bits(self, factored[r][k]["output"], outs[r], f"factor rank {r} call {k}")
+        self.assertEqual(results[0]["factor_param_hash"], results[1]["factor_param_hash"])
+        self.assertEqual(results[0]["factor_stats"]["compressed_calls"], 4)
 
 
 @unittest.skipIf(torch is None, "PyTorch is not installed")

@@ -2,8 +2,9 @@
 
 Follows the ReduceScatter comm protocol of torch.distributed.fsdp
 (torch/distributed/fsdp/_fully_shard/_fsdp_api.py; signatures checked against
-PyTorch 2.15, where FSDP passes ReduceOp.AVG for fp32/bf16 gradients and SUM
-with pre/post division for fp16, both compressed here):
+PyTorch 2.15, where FSDP passes ReduceOp.AVG for fp32/bf16 gradients, SUM
+with pre/post division for fp16, and PREMUL_SUM(1/f) for fp32/bf16 under
+set_gradient_divide_factor(f), all compressed here):
 `allocate(size, *, dtype, device)` and `__call__(output_tensor, input_tensor,
 group, op, async_op=False)`, installed with `FSDPModule.set_custom_reduce_scatter`.
 FSDP calls it on its reduce-scatter stream with the flat padded gradients of
@@ -126,15 +127,27 @@ class GradcompReduceScatter(_Base):
         if inp.numel() != size * out.numel():
             raise ValueError(f"input has {inp.numel()} elements, not world_size * output = "
                              f"{size} * {out.numel()}")
+        factor = _premul_factor(op)
+        if factor is not None:
+            # FSDP's division by set_gradient_divide_factor(f), for an f other than the group's
+            # size and without force-sum: PREMUL_SUM(1/f). NCCL's PreMulSum multiplies every
+            # rank's input by the factor in the buffer's type, then sums; so does gradcomp, on
+            # FSDP's scratch input (which FSDP's own pre-division scales in place too), then a
+            # Sum, compressed or not: where gradcomp sends the call uncompressed (and inside
+            # state.paused()), the result is NCCL's PreMulSum bit for bit (the sum's order
+            # aside); gloo, which refuses PREMUL_SUM, gets a Sum. The residuals, DGC's velocity
+            # and its clip_norm then see the divided gradients, as they see fp16's pre-division.
+            inp.mul_(_premul_scalar(factor, inp))
+            op = dist.ReduceOp.SUM
         if op == dist.ReduceOp.SUM:
             opname = "sum"
         elif op == dist.ReduceOp.AVG:
             opname = "avg"
         else:
-            # FSDP passes a pre-multiplied sum when it divides by a factor; gradcomp
-            # compresses Sum/Avg only, so this call goes to NCCL uncompressed. Under DGC's
-            # momentum correction that would lose the momentum of every parameter (the
-            # optimizer has none for them: param_groups()), so every rank refuses alike.
+            # gradcomp compresses Sum, Avg and FSDP's pre-multiplied sum only (FSDP passes no
+            # other op), so this call goes to torch uncompressed. Under DGC's momentum
+            # correction that would lose the momentum of every parameter (the optimizer has
+            # none for them: param_groups()), so every rank refuses alike.
             cfg = self.state.config
             if cfg.method == "dgc" and cfg.momentum_correction:
                 raise ValueError(
@@ -306,6 +319,23 @@ class GradcompReplicaAllReduce:
         self.state._count_call(comm, before, t.numel() * t.element_size(),
                                "an FSDP replica all-reduce", t.numel())
         return None
+
+
+def _premul_factor(op):
+    """The factor of a PREMUL_SUM reduce op (ReduceOp.PREMUL_SUM(x): a float, or a tensor), or
+    None for any other op."""
+    if getattr(op, "op", op) != dist.ReduceOp.PREMUL_SUM:
+        return None
+    return getattr(op, "factor", None)
+
+
+def _premul_scalar(factor, t):
+    """PREMUL_SUM's factor as NCCL's PreMulSum gets it from torch: in t's dtype (a float factor
+    rounded as C++'s T(double): to float, then to t's type), a 0-dim tensor (a CPU one for a
+    float factor; a tensor factor moved to t's device)."""
+    if isinstance(factor, torch.Tensor):
+        return factor.to(device=t.device, dtype=t.dtype)
+    return torch.tensor(float(factor), dtype=torch.float32).to(t.dtype)
 
 
 # The hooks as defined here (a subclass of either is one too).
