@@ -1,8 +1,6 @@
 // Host reference QSGD codec (and the public *Host entry points).
 #include <string.h>
 
-#include <vector>
-
 #include "kernels/qsgd_math.cuh"
 #include "checks.h"
 #include "codecs/qsgd.h"
@@ -87,8 +85,10 @@ void qsgdEncode(const void* x, DType t, float* residual, size_t n, int bits, int
   const size_t nb = qsgd::numBuckets(n, bucket);
   unsigned char* scalesOut = static_cast<unsigned char*>(out);
   unsigned char* wordsOut = scalesOut + nb * 4;
-  std::vector<float> v(bucket);
-  std::vector<uint32_t> words((size_t)bucket * bits / 32);
+  // One bucket's values and codes, on the stack (bucket <= kMaxBucket, as
+  // validated): a call allocates nothing (40 KiB at most).
+  float v[qsgd::kMaxBucket];
+  uint32_t words[qsgd::kMaxBucket * qsgd::kMaxBits / 32];
   for (size_t b = 0; b < nb; ++b) {
     const size_t base = b * bucket;
     const size_t len = n - base < (size_t)bucket ? n - base : (size_t)bucket;
@@ -104,7 +104,7 @@ void qsgdEncode(const void* x, DType t, float* residual, size_t n, int bits, int
     const float stored = qsgd::storedScale(scale, square);
     const bool finite = isFiniteBits(maxBits);
     const size_t nw = qsgd::codeWords(len, bits);
-    memset(words.data(), 0, nw * 4);
+    memset(words, 0, nw * 4);
     for (size_t i = 0; i < len; ++i) {
       uint32_t code = qsgd::encodeValue(v[i], scale, rec, bits,
                                         qsgd::roundingDraw(nearest, key, base + i), square);
@@ -115,7 +115,7 @@ void qsgdEncode(const void* x, DType t, float* residual, size_t n, int bits, int
         residual[base + i] = fsub(v[i], qsgd::decodeValue(code, stored, bits));
     }
     memcpy(scalesOut + b * 4, &stored, 4);
-    memcpy(wordsOut + base * bits / 8, words.data(), nw * 4);
+    memcpy(wordsOut + base * bits / 8, words, nw * 4);
   }
 }
 

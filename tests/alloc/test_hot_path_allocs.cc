@@ -17,6 +17,7 @@
 
 #include "algorithms/algorithms.h"
 #include "backends/transport.h"
+#include "gradcomp/reference.h"
 
 namespace {
 
@@ -118,6 +119,25 @@ TEST(HotPathAllocs, AllGatherDirectAllocatesNothingPerCall) {
   // What the last strided gather brought: every rank's block on every rank.
   for (int r = 0; r < n; ++r) {
     for (int j = 0; j < n; ++j) EXPECT_EQ(bufs[r][j * stride], 'a' + j) << r << " " << j;
+  }
+}
+
+// The CPU backend's QSGD encode (every compressed exchange of the in-process
+// and socket worlds, and the host reference API) keeps a bucket's values
+// and codes on the stack: an encode allocates nothing, whatever the bucket.
+TEST(HotPathAllocs, HostQsgdEncodeAllocatesNothing) {
+  const size_t n = 20000;
+  std::vector<float> x(n);
+  for (size_t i = 0; i < n; ++i) x[i] = (float)i * 0.25f - 7.0f;
+  for (int bucket : {32, 512, 8192}) {
+    std::vector<char> out(gradcompQsgdEncodedBytes(n, 8, bucket));
+    gAllocs = 0;
+    tCounting = true;
+    const gradcompResult_t res = gradcompQsgdEncodeHost(x.data(), n, 8, bucket, 5, out.data());
+    tCounting = false;
+    EXPECT_EQ(res, gradcompSuccess);
+    EXPECT_EQ(gAllocs.exchange(0), 0)
+        << "allocations in one host encode of " << n << " elements in buckets of " << bucket;
   }
 }
 
