@@ -459,7 +459,8 @@ gradcompResult_t agreeBuffers(gradcompComm& c, const void* send, size_t sendCoun
 
 gradcompResult_t checkRanksAgree(gradcompComm& c, uint64_t value, const char* what) {
   if (c.backend->onDevice() || c.autoState.reserving) return gradcompSuccess;
-  std::vector<uint64_t> all(c.nranks);
+  std::vector<uint64_t>& all = callScratch(c).agreed;
+  all.resize(c.nranks);
   GC_CHECK(c.transport->allGather(&value, all.data(), sizeof(value)));
   for (int i = 0; i < c.nranks; ++i) {
     if (all[i] != value) {

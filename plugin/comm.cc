@@ -19,12 +19,14 @@
 namespace gc {
 
 void splitAligned(size_t count, int parts, size_t align, size_t* off) {
+  for (int j = 0; j <= parts; ++j) off[j] = alignedOffset(count, parts, align, j);
+}
+
+size_t alignedOffset(size_t count, int parts, size_t align, int j) {
   const size_t units = (count + align - 1) / align;
   const size_t per = (units + parts - 1) / parts;
-  for (int j = 0; j <= parts; ++j) {
-    size_t o = (size_t)j * per * align;
-    off[j] = o < count ? o : count;
-  }
+  const size_t o = (size_t)j * per * align;
+  return o < count ? o : count;
 }
 
 gradcompResult_t CommCall::check() const {

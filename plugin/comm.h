@@ -22,6 +22,7 @@
 namespace gc {
 
 struct BitsHistory;  // DQ-SGD statistics and history (bits_policy.cc)
+struct CallScratch;  // the algorithms' per-call arrays (algorithms/algorithms.h)
 
 // Per-buffer state, keyed by (recvbuff, count, dtype) or by an explicit key.
 // All arrays live in backend memory and are zero at creation.
@@ -95,6 +96,12 @@ struct gradcompComm {
   // setupNcclHierarchy), on which the flat transport runs; owned here.
   ncclComm_t ownNccl = nullptr;
   std::map<gc::StateKey, gc::BufferState> states;
+  // The algorithms' per-call arrays (layouts, argument lists;
+  // gc::callScratch), refilled by every call and kept for their capacity, so
+  // that a steady-state call allocates nothing. A comm takes one call at a
+  // time (gc::CommCall); a hierarchy's child comm has its own. Made at the
+  // first call that needs it.
+  std::shared_ptr<gc::CallScratch> callScratch;
   void* workspace = nullptr;
   size_t workspaceBytes = 0;
   // A captured call used the workspace: a CUDA graph may replay it, so
@@ -194,6 +201,8 @@ namespace gc {
 // Splits [0, count) into `parts` chunks aligned to `align` elements; chunk j
 // is [off[j], off[j+1]). Chunks may be empty when count is small.
 void splitAligned(size_t count, int parts, size_t align, size_t* off);
+// off[j] of splitAligned's split, alone (no array).
+size_t alignedOffset(size_t count, int parts, size_t align, int j);
 
 // gradcompCommCreate. A non-null `refused` is this rank's configuration
 // error found before (the LD_PRELOAD library's bad GRADCOMP_* value): the

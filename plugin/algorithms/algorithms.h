@@ -184,6 +184,10 @@ struct Chunks {
   size_t len(int j) const { return off[j + 1] - off[j]; }
 };
 Chunks splitChunks(const gradcompComm& c, size_t count, int bits);
+// The same into *ch, its offsets reusing the array's capacity; without
+// `offsets`, maxLen and slot alone (off left empty, no allocation): what
+// splitPieces, pieceGather and the size functions read.
+void splitChunks(const gradcompComm& c, size_t count, int bits, Chunks* ch, bool offsets = true);
 
 // Pipelined calls (GRADCOMP_PIPELINE_BYTES): every chunk is cut into pieces
 // of `piece` elements, whole buckets, so a piece's bucket scales and RNG draws
@@ -209,6 +213,10 @@ struct PieceGather {
   size_t bytes = 0;
 };
 PieceGather pieceGather(const gradcompComm& c, const Chunks& ch, const Pieces& p, int bits);
+// The same into *g, reusing its arrays' capacity; without `offsets`, the
+// bytes alone (off and slot left empty, no allocation).
+void pieceGather(const gradcompComm& c, const Chunks& ch, const Pieces& p, int bits, PieceGather* g,
+                 bool offsets = true);
 
 // Puts the comm's transport on the backend's comm stream for a pipelined
 // call, and back on the compute stream when the call ends, the comm lane
@@ -282,6 +290,33 @@ OwnerSpan chunkSpan(const gradcompComm& c, size_t count, int j);
 // The reduce-scatter's input as Chunks: N blocks of m elements, block j
 // rank j's output, each block's encoding in a slot of its own.
 Chunks equalBlocks(const gradcompComm& c, size_t m, int bits);
+// The same into *ch, as splitChunks' (offsets: none without `offsets`).
+void equalBlocks(const gradcompComm& c, size_t m, int bits, Chunks* ch, bool offsets = true);
+
+// What the algorithms' run() keeps in the comm between calls
+// (gradcompComm::callScratch): every call fills what it uses anew, so only
+// the arrays' capacity carries over, and a call of a new shape grows them
+// once. One set per comm (one call at a time holds it); each array is used
+// by one algorithm at a time: two-shot, ring and the reduce-scatter run on
+// a comm one at a time, the hierarchy's stages on their own comms.
+struct CallScratch {
+  Chunks chunks;         // two-shot, ring: splitChunks; the reduce-scatter: equalBlocks
+  PieceGather gathered;  // two-shot, ring: the allgather region
+  // ScatterSum's argument arrays.
+  std::vector<const void*> sendPtr;
+  std::vector<void*> recvPtr;
+  std::vector<size_t> sendBytes, recvBytes;
+  std::vector<EncodeSegment> segs;
+  std::vector<SumTerm> terms;  // the allgather's too
+  // Two-shot's and ring's allgather blocks and decodes.
+  std::vector<void*> blocks;
+  std::vector<size_t> sizes;
+  std::vector<DecodeSegment> decodes;
+  // checkRanksAgree's gathered values.
+  std::vector<uint64_t> agreed;
+};
+// The comm's CallScratch, made at its first use.
+CallScratch& callScratch(gradcompComm& c);
 
 // The first half of two-shot, which is the whole compressed reduce-scatter,
 // one piece at a time: chunk j of (g + residual) is encoded for rank j
@@ -319,11 +354,12 @@ class ScatterSum {
   char* sendEnc_;
   char* recvEnc_;
   float* own_;
-  std::vector<const void*> sendPtr_;
-  std::vector<void*> recvPtr_;
-  std::vector<size_t> sendBytes_, recvBytes_;
-  std::vector<EncodeSegment> segs_;
-  std::vector<SumTerm> terms_;
+  // The comm's (CallScratch), sized by the constructor.
+  std::vector<const void*>& sendPtr_;
+  std::vector<void*>& recvPtr_;
+  std::vector<size_t>&sendBytes_, &recvBytes_;
+  std::vector<EncodeSegment>& segs_;
+  std::vector<SumTerm>& terms_;
 };
 
 // Workspace offsets aligned to 256 bytes.

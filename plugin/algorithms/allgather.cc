@@ -42,7 +42,8 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
   // The N decodes summed in rank order and converted once (Backend::qsgdSum:
   // one kernel on a warp-path bucket; acc the fp32 scratch where it needs
   // one). send, in place recv too, was read by the encode.
-  std::vector<SumTerm> terms(n);
+  std::vector<SumTerm>& terms = callScratch(c).terms;
+  terms.resize(n);
   for (int i = 0; i < n; ++i) terms[i] = SumTerm{gather + i * slot, false};
   return be.qsgdSum(terms.data(), n, a.count, bits, d, a.average ? (float)n : 1.0f, a.dtype, a.recv,
                     acc);

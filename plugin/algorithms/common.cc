@@ -15,12 +15,20 @@ namespace gc {
 
 Chunks splitChunks(const gradcompComm& c, size_t count, int bits) {
   Chunks ch;
-  const int n = c.nranks, d = c.cfg.bucketSize;
-  ch.off.resize(n + 1);
-  splitAligned(count, n, d, ch.off.data());
-  for (int j = 0; j < n; ++j) ch.maxLen = std::max(ch.maxLen, ch.len(j));
-  ch.slot = alignUp(qsgd::encodedBytes(ch.maxLen, bits, d), 16);
+  splitChunks(c, count, bits, &ch);
   return ch;
+}
+
+void splitChunks(const gradcompComm& c, size_t count, int bits, Chunks* ch, bool offsets) {
+  const int n = c.nranks, d = c.cfg.bucketSize;
+  ch->off.clear();
+  if (offsets) {
+    ch->off.resize(n + 1);
+    splitAligned(count, n, d, ch->off.data());
+  }
+  // Chunk 0 is the longest: splitAligned gives the earlier chunks the longer ones.
+  ch->maxLen = alignedOffset(count, n, d, 1);
+  ch->slot = alignUp(qsgd::encodedBytes(ch->maxLen, bits, d), 16);
 }
 
 Pieces splitPieces(const gradcompComm& c, const Chunks& ch) {
@@ -38,33 +46,56 @@ Pieces splitPieces(const gradcompComm& c, const Chunks& ch) {
 
 PieceGather pieceGather(const gradcompComm& c, const Chunks& ch, const Pieces& p, int bits) {
   PieceGather g;
+  pieceGather(c, ch, p, bits, &g);
+  return g;
+}
+
+void pieceGather(const gradcompComm& c, const Chunks& ch, const Pieces& p, int bits, PieceGather* g,
+                 bool offsets) {
+  g->off.clear();
+  g->slot.clear();
+  g->bytes = 0;
   for (size_t q = 0; q < p.count; ++q) {
     const size_t slot =
         p.count == 1 ? ch.slot
                      : alignUp(qsgd::encodedBytes(p.len(ch.maxLen, q), bits, c.cfg.bucketSize), 16);
-    g.off.push_back(g.bytes);
-    g.slot.push_back(slot);
-    g.bytes += (size_t)c.nranks * slot;
+    if (offsets) {
+      g->off.push_back(g->bytes);
+      g->slot.push_back(slot);
+    }
+    g->bytes += (size_t)c.nranks * slot;
   }
-  return g;
 }
 
 size_t chunkPieces(const gradcompComm& c, size_t count, int bits) {
-  return splitPieces(c, splitChunks(c, count, bits)).count;
+  Chunks ch;
+  splitChunks(c, count, bits, &ch, false);
+  return splitPieces(c, ch).count;
 }
 
 OwnerSpan chunkSpan(const gradcompComm& c, size_t count, int j) {
-  std::vector<size_t> off((size_t)c.nranks + 1);
-  splitAligned(count, c.nranks, c.cfg.bucketSize, off.data());
-  return {off[j], off[j + 1] - off[j]};
+  const size_t off = alignedOffset(count, c.nranks, c.cfg.bucketSize, j);
+  return {off, alignedOffset(count, c.nranks, c.cfg.bucketSize, j + 1) - off};
 }
 
 Chunks equalBlocks(const gradcompComm& c, size_t m, int bits) {
   Chunks ch;
-  for (int j = 0; j <= c.nranks; ++j) ch.off.push_back((size_t)j * m);
-  ch.maxLen = m;
-  ch.slot = alignUp(qsgd::encodedBytes(m, bits, c.cfg.bucketSize), 16);
+  equalBlocks(c, m, bits, &ch);
   return ch;
+}
+
+void equalBlocks(const gradcompComm& c, size_t m, int bits, Chunks* ch, bool offsets) {
+  ch->off.clear();
+  if (offsets) {
+    for (int j = 0; j <= c.nranks; ++j) ch->off.push_back((size_t)j * m);
+  }
+  ch->maxLen = m;
+  ch->slot = alignUp(qsgd::encodedBytes(m, bits, c.cfg.bucketSize), 16);
+}
+
+CallScratch& callScratch(gradcompComm& c) {
+  if (!c.callScratch) c.callScratch = std::make_shared<CallScratch>();
+  return *c.callScratch;
 }
 
 ScatterSum::ScatterSum(const CallArgs& a, const Chunks& ch, const Pieces& p, char* sendEnc,
@@ -75,12 +106,19 @@ ScatterSum::ScatterSum(const CallArgs& a, const Chunks& ch, const Pieces& p, cha
       sendEnc_(sendEnc),
       recvEnc_(recvEnc),
       own_(own),
-      sendPtr_(a.comm->nranks),
-      recvPtr_(a.comm->nranks),
-      sendBytes_(a.comm->nranks),
-      recvBytes_(a.comm->nranks) {
-  segs_.reserve((size_t)a.comm->nranks);
-  terms_.reserve((size_t)a.comm->nranks);
+      sendPtr_(callScratch(*a.comm).sendPtr),
+      recvPtr_(callScratch(*a.comm).recvPtr),
+      sendBytes_(callScratch(*a.comm).sendBytes),
+      recvBytes_(callScratch(*a.comm).recvBytes),
+      segs_(callScratch(*a.comm).segs),
+      terms_(callScratch(*a.comm).terms) {
+  const size_t n = (size_t)a.comm->nranks;
+  sendPtr_.resize(n);
+  recvPtr_.resize(n);
+  sendBytes_.resize(n);
+  recvBytes_.resize(n);
+  segs_.reserve(n);
+  terms_.reserve(n);
 }
 
 char* ScatterSum::slot(char* base, int j, size_t q) const {

@@ -20,27 +20,32 @@
 namespace gc {
 namespace {
 
-struct Layout : Chunks {
+// The blocks are a reference: run() fills the comm's CallScratch, the size
+// functions local ones of sizes alone (no offsets), so that neither
+// allocates.
+struct Layout {
+  Chunks& ch;
   Pieces pieces;
   size_t sendEnc = 0, recvEnc = 0, own = 0, acc = 0, total = 0;
 };
 
-Layout layout(const gradcompComm& c, size_t m, int bits) {
-  Layout L;
-  static_cast<Chunks&>(L) = equalBlocks(c, m, bits);
-  L.pieces = splitPieces(c, L);
+void layout(const gradcompComm& c, size_t m, int bits, Layout& L, bool offsets) {
+  equalBlocks(c, m, bits, &L.ch, offsets);
+  L.pieces = splitPieces(c, L.ch);
   const size_t n = c.nranks;
   size_t p = 0;
-  L.sendEnc = p, p += alignUp(n * L.slot);
-  L.recvEnc = p, p += alignUp(n * L.slot);
+  L.sendEnc = p, p += alignUp(n * L.ch.slot);
+  L.recvEnc = p, p += alignUp(n * L.ch.slot);
   L.own = p, p += alignUp(m * sizeof(float));
   L.acc = p, p += alignUp(m * sizeof(float));
   L.total = p;
-  return L;
 }
 
 size_t workspaceBytes(const gradcompComm& c, size_t m, int bits) {
-  return layout(c, m, bits).total;
+  Chunks ch;
+  Layout L{ch, {}};
+  layout(c, m, bits, L, false);
+  return L.total;
 }
 
 size_t wireBytes(const gradcompComm& c, size_t m, int bits) {
@@ -48,7 +53,9 @@ size_t wireBytes(const gradcompComm& c, size_t m, int bits) {
 }
 
 size_t pieces(const gradcompComm& c, size_t m, int bits) {
-  return splitPieces(c, equalBlocks(c, m, bits)).count;
+  Chunks ch;
+  equalBlocks(c, m, bits, &ch, false);
+  return splitPieces(c, ch).count;
 }
 
 // Pipelined (more than one piece, GRADCOMP_PIPELINE_BYTES): the blocks are
@@ -71,10 +78,11 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
   gradcompComm& c = *a.comm;
   Backend& be = *c.backend;
   const int n = c.nranks;
-  const Layout L = layout(c, a.count, a.bits);
+  Layout L{callScratch(c).chunks, {}};
+  layout(c, a.count, a.bits, L, true);
   const Pieces& P = L.pieces;
   char* ws = static_cast<char*>(workspace);
-  ScatterSum sc(a, L, P, ws + L.sendEnc, ws + L.recvEnc, reinterpret_cast<float*>(ws + L.own));
+  ScatterSum sc(a, L.ch, P, ws + L.sendEnc, ws + L.recvEnc, reinterpret_cast<float*>(ws + L.own));
   const size_t esz = dtypeBytes(a.dtype);
   char* recv = static_cast<char*>(a.recv);
   // The fp32 accumulator the sum may need: an fp32 Sum output itself, else

@@ -20,28 +20,34 @@
 namespace gc {
 namespace {
 
-struct Layout : Chunks {
+// The chunks and the allgather region are references: run() fills the
+// comm's CallScratch, workspaceBytes local ones of sizes alone (no
+// offsets), so that neither allocates.
+struct Layout {
+  Chunks& ch;
   Pieces pieces;
-  PieceGather gathered;
+  PieceGather& gathered;
   size_t sendEnc = 0, recvEnc = 0, gather = 0, acc = 0, total = 0;
 };
 
-Layout layout(const gradcompComm& c, size_t count, int bits) {
-  Layout L;
-  static_cast<Chunks&>(L) = splitChunks(c, count, bits);
-  L.pieces = splitPieces(c, L);
-  L.gathered = pieceGather(c, L, L.pieces, bits);
+void layout(const gradcompComm& c, size_t count, int bits, Layout& L, bool offsets) {
+  splitChunks(c, count, bits, &L.ch, offsets);
+  L.pieces = splitPieces(c, L.ch);
+  pieceGather(c, L.ch, L.pieces, bits, &L.gathered, offsets);
   size_t p = 0;
-  L.sendEnc = p, p += alignUp(L.slot);
-  L.recvEnc = p, p += alignUp(L.slot);
+  L.sendEnc = p, p += alignUp(L.ch.slot);
+  L.recvEnc = p, p += alignUp(L.ch.slot);
   L.gather = p, p += alignUp(L.gathered.bytes);
-  L.acc = p, p += alignUp(L.maxLen * sizeof(float));
+  L.acc = p, p += alignUp(L.ch.maxLen * sizeof(float));
   L.total = p;
-  return L;
 }
 
 size_t workspaceBytes(const gradcompComm& c, size_t count, int bits) {
-  return layout(c, count, bits).total;
+  Chunks ch;
+  PieceGather gathered;
+  Layout L{ch, {}, gathered};
+  layout(c, count, bits, L, false);
+  return L.total;
 }
 
 // The last hop makes this rank the final owner of chunk (r+1) mod N.
@@ -54,17 +60,17 @@ OwnerSpan ownedChunk(const gradcompComm& c, size_t count) {
 // (r+1) mod N, which this rank owns last). Pieces are whole buckets, so
 // their encodings add up to the chunk's: the same bytes pipelined.
 size_t wire(const gradcompComm& c, size_t count, int bits, bool remoteOnly) {
-  Layout L = layout(c, count, bits);
   const int n = c.nranks;
   size_t bytes = 0;
   if (!remoteOnly || c.topo.remote((c.rank + 1) % n, c.rank)) {
     for (int s = 0; s < n - 1; ++s) {
       int j = ((c.rank - s) % n + n) % n;
-      bytes += qsgd::encodedBytes(L.off[j + 1] - L.off[j], bits, c.cfg.bucketSize);
+      bytes += qsgd::encodedBytes(chunkSpan(c, count, j).len, bits, c.cfg.bucketSize);
     }
   }
   const size_t peers = remoteOnly ? c.remotePeers() : n - 1;
-  return bytes + peers * qsgd::encodedBytes(L.len((c.rank + 1) % n), bits, c.cfg.bucketSize);
+  return bytes + peers * qsgd::encodedBytes(chunkSpan(c, count, (c.rank + 1) % n).len, bits,
+                                            c.cfg.bucketSize);
 }
 
 size_t wireBytes(const gradcompComm& c, size_t count, int bits) {
@@ -95,7 +101,10 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
   gradcompComm& c = *a.comm;
   Backend& be = *c.backend;
   const int n = c.nranks, r = c.rank, d = c.cfg.bucketSize, bits = a.bits;
-  const Layout L = layout(c, a.count, bits);
+  CallScratch& scratch = callScratch(c);
+  Layout L{scratch.chunks, {}, scratch.gathered};
+  layout(c, a.count, bits, L, true);
+  const Chunks& ch = L.ch;
   const Pieces& P = L.pieces;
   char* ws = static_cast<char*>(workspace);
   char* sendEnc = ws + L.sendEnc;
@@ -112,7 +121,7 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
   // Piece q of chunk j: its length, first element in the chunk, and where
   // its encoding sits in a chunk slot (earlier pieces are whole buckets, so
   // their encodings are exactly enc(start) bytes).
-  auto len = [&](int j, size_t q) { return P.len(L.len(j), q); };
+  auto len = [&](int j, size_t q) { return P.len(ch.len(j), q); };
   auto start = [&](size_t q) { return q * P.piece; };
   auto at = [&](char* slot, size_t q) { return slot + enc(start(q)); };
   auto key = [&](uint64_t stream, size_t q) {
@@ -130,7 +139,7 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
   // E: step 0 sends our own chunk r, encoded with error feedback.
   auto encodePiece = [&](size_t q) -> gradcompResult_t {
     GC_NVTX_RANGE("gradcomp encode");
-    const size_t m = len(r, q), o = L.off[r] + start(q);
+    const size_t m = len(r, q), o = ch.off[r] + start(q);
     if (m == 0) return gradcompSuccess;
     return be.qsgdEncode(send + o * esz, a.dtype, residual ? residual + o : nullptr, m, bits, d,
                          key(0, q), at(sendEnc, q));
@@ -146,7 +155,7 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
   auto reducePiece = [&](int s, size_t q) -> gradcompResult_t {
     GC_NVTX_RANGE("gradcomp reduce+encode");
     const int cr = mod(r - s - 1);
-    const size_t m = len(cr, q), o = L.off[cr] + start(q);
+    const size_t m = len(cr, q), o = ch.off[cr] + start(q);
     if (m == 0) return gradcompSuccess;
     float* y = acc + start(q);
     GC_CHECK(be.qsgdDecode(at(recvEnc, q), m, bits, d, y, false));
@@ -167,8 +176,10 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
   // padding to 16 bytes, per piece, would be wire bytes too).
   auto gatherPiece = [&](size_t q) -> gradcompResult_t {
     GC_NVTX_RANGE("gradcomp allgather");
-    std::vector<void*> blocks(n);
-    std::vector<size_t> sizes(n);
+    std::vector<void*>& blocks = scratch.blocks;
+    std::vector<size_t>& sizes = scratch.sizes;
+    blocks.resize(n);
+    sizes.resize(n);
     for (int i = 0; i < n; ++i) {
       blocks[i] = gatherBlock(i, q);
       sizes[i] = enc(len(mod(i + 1), q));
@@ -177,7 +188,7 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
   };
   // D: every rank, owner included, decodes the same bytes (the N pieces in
   // one launch on a warp bucket, converted and divided as they are stored).
-  std::vector<DecodeSegment> decodes;
+  std::vector<DecodeSegment>& decodes = scratch.decodes;
   decodes.reserve(n);
   auto decodePiece = [&](size_t q) -> gradcompResult_t {
     GC_NVTX_RANGE("gradcomp decode");
@@ -185,7 +196,7 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
     for (int i = 0; i < n; ++i) {
       const int j = mod(i + 1);
       decodes.push_back(
-          DecodeSegment{gatherBlock(i, q), len(j, q), recv + (L.off[j] + start(q)) * esz});
+          DecodeSegment{gatherBlock(i, q), len(j, q), recv + (ch.off[j] + start(q)) * esz});
     }
     return be.qsgdDecodeToOutput(decodes.data(), n, bits, d, divisor, a.dtype, acc + start(q));
   };

@@ -21,30 +21,36 @@
 namespace gc {
 namespace {
 
-struct Layout : Chunks {
+// The chunks and the allgather region (piece after piece) are references:
+// run() fills the comm's CallScratch, the size functions local ones of
+// sizes alone (no offsets), so that neither allocates.
+struct Layout {
+  Chunks& ch;
   Pieces pieces;
-  PieceGather gathered;  // the allgather region, piece after piece
+  PieceGather& gathered;
   size_t sendEnc = 0, recvEnc = 0, gather = 0, own = 0, acc = 0, total = 0;
 };
 
-Layout layout(const gradcompComm& c, size_t count, int bits) {
-  Layout L;
-  static_cast<Chunks&>(L) = splitChunks(c, count, bits);
-  L.pieces = splitPieces(c, L);
-  L.gathered = pieceGather(c, L, L.pieces, bits);
+void layout(const gradcompComm& c, size_t count, int bits, Layout& L, bool offsets) {
+  splitChunks(c, count, bits, &L.ch, offsets);
+  L.pieces = splitPieces(c, L.ch);
+  pieceGather(c, L.ch, L.pieces, bits, &L.gathered, offsets);
   const int n = c.nranks;
   size_t p = 0;
-  L.sendEnc = p, p += alignUp(n * L.slot);
-  L.recvEnc = p, p += alignUp(n * L.slot);
+  L.sendEnc = p, p += alignUp(n * L.ch.slot);
+  L.recvEnc = p, p += alignUp(n * L.ch.slot);
   L.gather = p, p += alignUp(L.gathered.bytes);
-  L.own = p, p += alignUp(L.maxLen * sizeof(float));
-  L.acc = p, p += alignUp(L.maxLen * sizeof(float));
+  L.own = p, p += alignUp(L.ch.maxLen * sizeof(float));
+  L.acc = p, p += alignUp(L.ch.maxLen * sizeof(float));
   L.total = p;
-  return L;
 }
 
 size_t workspaceBytes(const gradcompComm& c, size_t count, int bits) {
-  return layout(c, count, bits).total;
+  Chunks ch;
+  PieceGather gathered;
+  Layout L{ch, {}, gathered};
+  layout(c, count, bits, L, false);
+  return L.total;
 }
 
 // The owner residual is of chunk r, the one this rank reduces.
@@ -55,14 +61,14 @@ OwnerSpan ownedChunk(const gradcompComm& c, size_t count) {
 // Bytes to every peer, or to the peers on other nodes only: chunk j to its
 // owner, then the encoded sum of our own chunk to each peer.
 size_t wire(const gradcompComm& c, size_t count, int bits, bool remoteOnly) {
-  const Chunks ch = splitChunks(c, count, bits);
   size_t bytes = 0, peers = 0;
   for (int j = 0; j < c.nranks; ++j) {
     if (j == c.rank || (remoteOnly && !c.topo.remote(j, c.rank))) continue;
-    bytes += qsgd::encodedBytes(ch.len(j), bits, c.cfg.bucketSize);
+    bytes += qsgd::encodedBytes(chunkSpan(c, count, j).len, bits, c.cfg.bucketSize);
     ++peers;
   }
-  return bytes + peers * qsgd::encodedBytes(ch.len(c.rank), bits, c.cfg.bucketSize);
+  return bytes +
+         peers * qsgd::encodedBytes(chunkSpan(c, count, c.rank).len, bits, c.cfg.bucketSize);
 }
 
 size_t wireBytes(const gradcompComm& c, size_t count, int bits) {
@@ -87,7 +93,10 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
   gradcompComm& c = *a.comm;
   Backend& be = *c.backend;
   const int n = c.nranks, r = c.rank, d = c.cfg.bucketSize, bits = a.bits;
-  const Layout L = layout(c, a.count, bits);
+  CallScratch& scratch = callScratch(c);
+  Layout L{scratch.chunks, {}, scratch.gathered};
+  layout(c, a.count, bits, L, true);
+  const Chunks& ch = L.ch;
   const Pieces& P = L.pieces;
   char* ws = static_cast<char*>(workspace);
   char* gather = ws + L.gather;
@@ -98,7 +107,7 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
   auto enc = [&](size_t m) { return qsgd::encodedBytes(m, bits, d); };
   // E (encode) and X (all-to-all) are the reduce-scatter's, as is the
   // owner's sum in R.
-  ScatterSum sc(a, L, P, ws + L.sendEnc, ws + L.recvEnc, reinterpret_cast<float*>(ws + L.own));
+  ScatterSum sc(a, ch, P, ws + L.sendEnc, ws + L.recvEnc, reinterpret_cast<float*>(ws + L.own));
   auto len = [&](int j, size_t q) { return sc.len(j, q); };
   auto start = [&](size_t q) { return sc.start(q); };
   auto gatherBlock = [&](int j, size_t q) {
@@ -106,8 +115,10 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
   };
   const float divisor = a.average ? (float)n : 1.0f;
 
-  std::vector<void*> recvPtr(n);
-  std::vector<size_t> recvBytes(n);
+  std::vector<void*>& recvPtr = scratch.blocks;
+  std::vector<size_t>& recvBytes = scratch.sizes;
+  recvPtr.resize(n);
+  recvBytes.resize(n);
 
   // R: the owner sums its piece in rank order and encodes the sum once.
   auto reducePiece = [&](size_t q) -> gradcompResult_t {
@@ -132,14 +143,14 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
   };
   // D: every rank, owner included, decodes the same bytes (the N pieces in
   // one launch on a warp bucket, converted and divided as they are stored).
-  std::vector<DecodeSegment> decodes;
+  std::vector<DecodeSegment>& decodes = scratch.decodes;
   decodes.reserve(n);
   auto decodePiece = [&](size_t q) -> gradcompResult_t {
     GC_NVTX_RANGE("gradcomp decode");
     decodes.clear();
     for (int j = 0; j < n; ++j) {
       decodes.push_back(
-          DecodeSegment{gatherBlock(j, q), len(j, q), recv + (L.off[j] + start(q)) * esz});
+          DecodeSegment{gatherBlock(j, q), len(j, q), recv + (ch.off[j] + start(q)) * esz});
     }
     return be.qsgdDecodeToOutput(decodes.data(), n, bits, d, divisor, a.dtype, acc + start(q));
   };

@@ -18,6 +18,8 @@
 #include "algorithms/algorithms.h"
 #include "backends/transport.h"
 #include "gradcomp/reference.h"
+#include "tests/common/test_util.h"
+#include "tests/common/world_checks.h"
 
 namespace {
 
@@ -139,6 +141,169 @@ TEST(HotPathAllocs, HostQsgdEncodeAllocatesNothing) {
     EXPECT_EQ(gAllocs.exchange(0), 0)
         << "allocations in one host encode of " << n << " elements in buckets of " << bucket;
   }
+}
+
+// One collective call shape: the allreduce's count or the reduce-scatter's
+// recvcount, and the type.
+struct Shape {
+  size_t count;
+  ncclDataType_t type;
+  bool reduceScatter;
+};
+
+// Rank r's buffers of one shape: the input (fp32 values, or the same count
+// of 16-bit ones) and the output.
+struct RankBuffers {
+  std::vector<uint16_t> in16;
+  std::vector<float> in, out;
+  void* send(const Shape& s) { return s.type == ncclFloat32 ? (void*)in.data() : in16.data(); }
+};
+
+RankBuffers makeBuffers(const Shape& s, int n, uint64_t seed) {
+  RankBuffers b;
+  const size_t total = s.reduceScatter ? s.count * n : s.count;
+  b.in = gctest::normal(total, seed);
+  b.in16.resize(total);
+  // fp16 bits of small normals (1.0 .. 2.0 and their negatives), as bf16
+  // too: any finite value does.
+  for (size_t i = 0; i < total; ++i) b.in16[i] = (uint16_t)(0x3c00 + (i * 37 + seed) % 1024);
+  b.out.assign(s.count, 0.0f);
+  return b;
+}
+
+gradcompResult_t callOnce(gradcompComm_t c, RankBuffers& b, const Shape& s) {
+  if (s.reduceScatter) {
+    return gradcompReduceScatter(b.send(s), b.out.data(), s.count, s.type, ncclSum, c, nullptr);
+  }
+  return gradcompAllReduce(b.send(s), b.out.data(), s.count, s.type, ncclSum, c, nullptr);
+}
+
+// The allocations per call and rank of `calls` calls of shape s on a fresh
+// in-process world of n comms with cfg, after `warm` uncounted ones.
+double steadyCallAllocs(const gradcompConfig_t& cfg, int n, const Shape& s, int warm = 3,
+                        int calls = 20) {
+  gctest::CpuWorld world(n, cfg);
+  std::vector<RankBuffers> bufs;
+  for (int r = 0; r < n; ++r) bufs.push_back(makeBuffers(s, n, 17 + r));
+  gAllocs = 0;
+  auto res = world.run([&](int r) {
+    for (int i = 0; i < warm; ++i) GC_CHECK(callOnce(world.comm(r), bufs[r], s));
+    tCounting = true;
+    gradcompResult_t out = gradcompSuccess;
+    for (int i = 0; i < calls && out == gradcompSuccess; ++i)
+      out = callOnce(world.comm(r), bufs[r], s);
+    tCounting = false;
+    return out;
+  });
+  for (int r = 0; r < n; ++r) EXPECT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
+  return (double)gAllocs.exchange(0) / calls / n;
+}
+
+struct AlgoCase {
+  const char* name;
+  gradcompConfig_t cfg;
+  int n;
+};
+
+gradcompConfig_t qsgdConfig(gradcompAlgo_t algo, size_t pipelineBytes) {
+  gradcompConfig_t cfg = gctest::qsgdTestConfig();
+  cfg.autoTune = 0;
+  cfg.algo = algo;
+  cfg.pipelineBytes = pipelineBytes;
+  return cfg;
+}
+
+// QSGD's flat algorithms, pipelined or not (a reduce-scatter runs the
+// fixed-size exchange whatever the algo).
+std::vector<AlgoCase> qsgdCases() {
+  return {
+      {"twoshot", qsgdConfig(gradcompAlgoTwoShot, 0), 4},
+      {"twoshot-pipelined", qsgdConfig(gradcompAlgoTwoShot, 4096), 4},
+      {"ring", qsgdConfig(gradcompAlgoRing, 0), 4},
+      {"ring-pipelined", qsgdConfig(gradcompAlgoRing, 4096), 3},
+      {"allgather", qsgdConfig(gradcompAlgoAllgather, 0), 4},
+  };
+}
+
+// Once its first calls sized the comm's arrays (workspace, state, the
+// layouts and argument lists of CallScratch), a call of the same shape
+// allocates nothing, allreduce and reduce-scatter, fp32 and fp16.
+void expectSteadyStateAllocatesNothing(const std::vector<AlgoCase>& cases) {
+  for (const AlgoCase& k : cases) {
+    for (bool rs : {false, true}) {
+      for (ncclDataType_t t : {ncclFloat32, ncclFloat16}) {
+        const Shape s{rs ? 1000u : 4000u, t, rs};
+        EXPECT_EQ(steadyCallAllocs(k.cfg, k.n, s), 0.0)
+            << k.name << (rs ? " reduce-scatter" : " allreduce") << " type " << (int)t
+            << ": allocations per steady-state call and rank";
+      }
+    }
+  }
+}
+
+TEST(HotPathAllocs, QsgdSteadyStateCallsAllocateNothing) {
+  expectSteadyStateAllocatesNothing(qsgdCases());
+}
+
+// The layouts kept between calls are refilled by every call: a call of
+// another shape (count up, back down, another type) gets its own. With
+// nearest rounding (no random draw) a call's result depends only on its
+// input and its buffer's residuals, so each call of a comm that ran every
+// shape in turn matches, bit for bit, the same call on a comm that only ever
+// ran that shape.
+void expectLayoutsFollowTheShape(const std::vector<AlgoCase>& cases) {
+  for (AlgoCase k : cases) {
+    k.cfg.rounding = gradcompRoundNearest;
+    for (bool rs : {false, true}) {
+      const size_t m = rs ? 1000 : 4000;
+      const std::vector<Shape> shapes = {{m, ncclFloat32, rs},       {m + 1, ncclFloat32, rs},
+                                         {m, ncclFloat32, rs},       {m, ncclFloat16, rs},
+                                         {m - 777, ncclFloat32, rs}, {m + 1, ncclFloat32, rs},
+                                         {m, ncclBfloat16, rs},      {m, ncclFloat32, rs}};
+      const int n = k.n;
+      gctest::CpuWorld mixed(n, k.cfg);
+      // Per distinct shape: a world of its own, and each world's buffers.
+      std::vector<std::unique_ptr<gctest::CpuWorld>> alone(shapes.size());
+      std::vector<std::vector<RankBuffers>> mixedBufs(shapes.size()), aloneBufs(shapes.size());
+      auto first = [&](size_t i) {
+        for (size_t j = 0; j < i; ++j) {
+          if (shapes[j].count == shapes[i].count && shapes[j].type == shapes[i].type) return j;
+        }
+        return i;
+      };
+      for (size_t i = 0; i < shapes.size(); ++i) {
+        const size_t f = first(i);
+        if (f == i) alone[i] = std::make_unique<gctest::CpuWorld>(n, k.cfg);
+        for (int r = 0; r < n; ++r) {
+          RankBuffers b = makeBuffers(shapes[i], n, 100 * i + r);
+          if (f == i) {
+            mixedBufs[i].push_back(b);
+            aloneBufs[i].push_back(b);
+          } else {
+            // The same buffers (and so the same state) as the shape's first call, new input.
+            mixedBufs[f][r].in = b.in, mixedBufs[f][r].in16 = b.in16;
+            aloneBufs[f][r].in = b.in, aloneBufs[f][r].in16 = b.in16;
+          }
+        }
+        const Shape& s = shapes[i];
+        auto a = mixed.run([&](int r) { return callOnce(mixed.comm(r), mixedBufs[f][r], s); });
+        auto b =
+            alone[f]->run([&](int r) { return callOnce(alone[f]->comm(r), aloneBufs[f][r], s); });
+        for (int r = 0; r < n; ++r) {
+          ASSERT_EQ(a[r], gradcompSuccess) << gradcompGetLastError();
+          ASSERT_EQ(b[r], gradcompSuccess) << gradcompGetLastError();
+          const size_t bytes = s.count * (s.type == ncclFloat32 ? 4 : 2);
+          EXPECT_EQ(memcmp(mixedBufs[f][r].out.data(), aloneBufs[f][r].out.data(), bytes), 0)
+              << k.name << (rs ? " reduce-scatter" : " allreduce") << " call " << i << " (count "
+              << s.count << ", type " << (int)s.type << ") rank " << r;
+        }
+      }
+    }
+  }
+}
+
+TEST(HotPathAllocs, QsgdLayoutsFollowTheShape) {
+  expectLayoutsFollowTheShape(qsgdCases());
 }
 
 }  // namespace
