@@ -143,6 +143,31 @@ TEST(HotPathAllocs, HostQsgdEncodeAllocatesNothing) {
   }
 }
 
+// The in-process world's transport (the stand-in for NCCL in the CPU
+// world: pass-through, the hierarchy's in-node stages) keeps its reduction's
+// sources and sum buffer: a steady-state reduce-scatter or allreduce of a
+// size it has seen allocates nothing.
+TEST(HotPathAllocs, CpuTransportReductionsAllocateNothingPerCall) {
+  const int n = 4;
+  const size_t m = 300;
+  std::vector<std::vector<float>> in(n, std::vector<float>(n * m, 1.0f)), out(n);
+  for (auto& o : out) o.resize(n * m);
+  const long rs = countSteadyAllocs(n, 2, 50, [&](int r, gc::Transport& t) {
+    return t.reduceScatter(in[r].data(), out[r].data(), m, ncclFloat32, ncclSum);
+  });
+  EXPECT_EQ(rs, 0) << "allocations in 50 steady-state reduce-scatters of " << n << " ranks";
+  const long ar = countSteadyAllocs(n, 2, 50, [&](int r, gc::Transport& t) {
+    return t.passThrough(in[r].data(), out[r].data(), n * m, ncclFloat32, ncclSum);
+  });
+  EXPECT_EQ(ar, 0) << "allocations in 50 steady-state allreduces of " << n << " ranks";
+  EXPECT_EQ(out[0][0], (float)n);
+  const long sum = countSteadyAllocs(n, 2, 50, [&](int r, gc::Transport& t) {
+    return t.allReduceSumFloat(in[r].data(), out[r].data(), n * m);
+  });
+  EXPECT_EQ(sum, 0) << "allocations in 50 steady-state float sums of " << n << " ranks";
+  EXPECT_EQ(out[n - 1][n * m - 1], (float)n);
+}
+
 // One collective call shape: the allreduce's count or the reduce-scatter's
 // recvcount, and the type.
 struct Shape {

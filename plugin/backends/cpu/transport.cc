@@ -400,18 +400,20 @@ class CpuTransport final : public Transport {
   gradcompResult_t allReduceSumFloat(const float* send, float* recv, size_t n) override {
     world_->slots[rank_].send = send;
     GC_CHECK(meet(4, n));
-    std::unique_ptr<float[]> sum(new (std::nothrow) float[n ? n : 1]());
     gradcompResult_t res = gradcompSuccess;
-    if (!sum) {
+    float* sum = nullptr;
+    if (n > SIZE_MAX / sizeof(float) || !growOut(n * sizeof(float))) {
       res = setError(gradcompSystemError, "out of host memory allocating %zu floats", n);
     } else {
+      sum = reinterpret_cast<float*>(out_.get());
+      for (size_t k = 0; k < n; ++k) sum[k] = 0.0f;
       for (int i = 0; i < size_; ++i) {
         const float* src = static_cast<const float*>(world_->slots[i].send);
         for (size_t k = 0; k < n; ++k) sum[k] = fadd(sum[k], src[k]);
       }
     }
     GC_CHECK(finish(res));
-    if (n) memcpy(recv, sum.get(), n * sizeof(float));
+    if (n) memcpy(recv, sum, n * sizeof(float));
     return gradcompSuccess;
   }
 
@@ -436,28 +438,41 @@ class CpuTransport final : public Transport {
     world_->slots[rank_].send = send;
     GC_CHECK(meet(collective, check));
     const size_t esz = hostElementSize(type);
-    std::vector<const void*> src(size_);
+    // The sources and the sum's buffer (allReduceSumFloat's too) are this
+    // rank's, kept between calls (a call takes the transport alone): a
+    // steady-state call allocates nothing.
+    src_.resize(size_);
     for (int i = 0; i < size_; ++i) {
-      src[i] = static_cast<const char*>(world_->slots[i].send) + first * esz;
+      src_[i] = static_cast<const char*>(world_->slots[i].send) + first * esz;
     }
-    std::unique_ptr<char[]> out;
     gradcompResult_t res = gradcompSuccess;
     if ((res = hostCheckReduction(type, op)) != gradcompSuccess) {
     } else if (count > SIZE_MAX / esz) {
       res = setError(gradcompInvalidArgument,
                      "count=%zu elements of %zu bytes overflow the address space", count, esz);
-    } else if (!(out.reset(new (std::nothrow) char[count * esz]), out)) {
+    } else if (!growOut(count * esz)) {
       res = setError(gradcompSystemError, "out of host memory allocating %zu bytes (count=%zu)",
                      count * esz, count);
     } else {
-      hostReduce(type, op, src, out.get(), count);
+      hostReduce(type, op, src_, out_.get(), count);
     }
     GC_CHECK(finish(res));
-    if (count) memcpy(recv, out.get(), count * esz);
+    if (count) memcpy(recv, out_.get(), count * esz);
     return gradcompSuccess;
   }
 
+  // The sum's buffer grown to at least `bytes`; false when memory ran out.
+  bool growOut(size_t bytes) {
+    if (bytes <= outBytes_) return true;
+    out_.reset(new (std::nothrow) char[bytes]);
+    outBytes_ = out_ ? bytes : 0;
+    return out_ != nullptr;
+  }
+
   std::shared_ptr<CpuWorld> world_;
+  std::vector<const void*> src_;
+  std::unique_ptr<char[]> out_;
+  size_t outBytes_ = 0;
 };
 
 }  // namespace
