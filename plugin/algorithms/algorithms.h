@@ -314,6 +314,11 @@ struct CallScratch {
   std::vector<DecodeSegment> decodes;
   // checkRanksAgree's gathered values.
   std::vector<uint64_t> agreed;
+  // The hierarchy's (on the parent comm, whose child runs the middle
+  // stage): a pipelined allreduce's blocks and their offsets, and the
+  // offsets and lengths of the blocks it widens.
+  std::vector<size_t> hierBlock, hierBlockOff;
+  std::vector<size_t> hierOff, hierLen;
 };
 // The comm's CallScratch, made at its first use.
 CallScratch& callScratch(gradcompComm& c);

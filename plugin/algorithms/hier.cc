@@ -64,23 +64,38 @@ struct Seg {
   size_t off, len;  // shard-relative
 };
 
+// Shard k's offset and its middle chunks' are splitAligned's, worked out
+// where they are read (alignedOffset), so that only the pipelined call's
+// blocks are arrays: run() fills the comm's CallScratch, the size functions
+// leave them empty (`blocks` false), so that neither allocates.
 struct Layout {
-  std::vector<size_t> off;  // shard k is [off[k], off[k+1])
+  const gradcompComm& c;
+  std::vector<size_t>&block, &blockOff;  // pipelined: piece q's block and its offset in a row
+  size_t count = 0;
   size_t shardMax = 0, myOff = 0, myLen = 0;
   size_t pieces = 1;
-  std::vector<Chunks> chunks;  // pipelined: shard k's middle chunks and pieces
-  std::vector<Pieces> piece;
-  std::vector<size_t> block, blockOff;  // pipelined: piece q's block and its offset in a row
-  size_t moved = 0;                     // elements of one rank's block, all pieces
+  size_t moved = 0;  // elements of one rank's block, all pieces
   size_t padded = 0, reduced = 0, shard = 0, middle = 0, total = 0;
-  size_t len(int k) const { return off[k + 1] - off[k]; }
-  std::vector<Seg> segs(int k, size_t q) const {
-    std::vector<Seg> s;
-    const Chunks& ch = chunks[k];
-    for (size_t c = 0; c + 1 < ch.off.size(); ++c) {
-      s.push_back({ch.off[c] + q * piece[k].piece, piece[k].len(ch.len((int)c), q)});
+  // Shard k is [off(k), off(k+1)).
+  size_t off(int k) const { return alignedOffset(count, c.topo.localSize, c.cfg.bucketSize, k); }
+  size_t len(int k) const { return off(k + 1) - off(k); }
+  // Pipelined: f(seg) for each segment of piece q of shard k, the middle's
+  // piece q of each of the shard's chunks (splitChunks on the child comm,
+  // cut by its splitPieces), in chunk order; stops at an error.
+  template <typename F>
+  gradcompResult_t forSegs(int k, size_t q, F f) const {
+    const gradcompComm& inter = *c.inter;
+    const size_t shardLen = len(k), d = inter.cfg.bucketSize;
+    const int chunks = inter.nranks;
+    Chunks ch;  // sizes alone: splitPieces reads maxLen
+    ch.maxLen = alignedOffset(shardLen, chunks, d, 1);
+    const Pieces piece = splitPieces(inter, ch);
+    for (int j = 0; j < chunks; ++j) {
+      const size_t o = alignedOffset(shardLen, chunks, d, j);
+      const size_t chunkLen = alignedOffset(shardLen, chunks, d, j + 1) - o;
+      GC_CHECK(f(Seg{o + q * piece.piece, piece.len(chunkLen, q)}));
     }
-    return s;
+    return gradcompSuccess;
   }
 };
 
@@ -90,34 +105,37 @@ struct Layout {
 size_t hierPieceCount(const gradcompComm& c, size_t shardMax, int bits) {
   if (sparseMethod(c) || shardMax == 0) return 1;
   if (middleAlgorithm(c, shardMax).id != gradcompAlgoTwoShot) return 1;
-  return splitPieces(*c.inter, splitChunks(*c.inter, shardMax, bits)).count;
+  return chunkPieces(*c.inter, shardMax, bits);
 }
 
-Layout layout(const gradcompComm& c, size_t count, int bits, uint64_t calls) {
-  Layout L;
+void layout(size_t count, int bits, uint64_t calls, Layout& L, bool blocks) {
+  const gradcompComm& c = L.c;
   const int G = c.topo.localSize, j = c.topo.localRank;
-  L.off.resize(G + 1);
-  splitAligned(count, G, c.cfg.bucketSize, L.off.data());
-  for (int k = 0; k < G; ++k) L.shardMax = std::max(L.shardMax, L.len(k));
-  L.myOff = L.off[j];
+  L.count = count;
+  L.block.clear();
+  L.blockOff.clear();
+  // Shard 0 is the longest: splitAligned gives the earlier shards the longer ones.
+  L.shardMax = L.len(0);
+  L.myOff = L.off(j);
   L.myLen = L.len(j);
   L.pieces = hierPieceCount(c, L.shardMax, bits);
   L.moved = L.shardMax;
   if (L.pieces > 1) {
-    for (int k = 0; k < G; ++k) {
-      L.chunks.push_back(splitChunks(*c.inter, L.len(k), bits));
-      L.piece.push_back(splitPieces(*c.inter, L.chunks[k]));
-    }
     L.moved = 0;
     for (size_t q = 0; q < L.pieces; ++q) {
       size_t b = 0;
       for (int k = 0; k < G; ++k) {
         size_t n = 0;
-        for (const Seg& s : L.segs(k, q)) n += s.len;
+        (void)L.forSegs(k, q, [&](const Seg& s) {
+          n += s.len;
+          return gradcompSuccess;
+        });
         b = std::max(b, n);
       }
-      L.blockOff.push_back(L.moved);
-      L.block.push_back(b);
+      if (blocks) {
+        L.blockOff.push_back(L.moved);
+        L.block.push_back(b);
+      }
       L.moved += b;
     }
   }
@@ -129,8 +147,17 @@ Layout layout(const gradcompComm& c, size_t count, int bits, uint64_t calls) {
   L.shard = p, p += alignUp(L.shardMax * sizeof(float));
   L.middle = p, p += middleWorkspace(c, L.myLen, bits, calls);
   L.total = p;
-  return L;
 }
+
+// The layout's sizes alone (no block arrays): what the size functions read.
+struct SizeLayout {
+  std::vector<size_t> block, blockOff;  // left empty
+  Layout L;
+  SizeLayout(const gradcompComm& c, size_t count, int bits, uint64_t calls)
+      : L{c, block, blockOff} {
+    layout(count, bits, calls, L, false);
+  }
+};
 
 // The in-node stages of a pipelined call, run by two-shot's hooks. Lanes:
 // kernels (widen, copies, conversions) on the compute lane, the in-node
@@ -166,19 +193,20 @@ class HierPipe final : public PieceHooks {
     if (q + 1 < pieces) GC_CHECK(reducePiece(q + 1));
     GC_CHECK(be_.wait(Backend::kComputeLane, kReduced + (int)(q % 2)));
     const float* src = reduced_ + L_.blockOff[q];
-    for (const Seg& s : L_.segs(j(), q)) {
+    return L_.forSegs(j(), q, [&](const Seg& s) -> gradcompResult_t {
       if (s.len) GC_CHECK(be_.copy(shard_ + s.off, src, s.len * sizeof(float)));
       src += s.len;
-    }
-    return gradcompSuccess;
+      return gradcompSuccess;
+    });
   }
 
   gradcompResult_t after(size_t q) override {
     char* mine = region(q) + (size_t)j() * L_.block[q] * esz_;
-    for (const Seg& s : L_.segs(j(), q)) {
+    GC_CHECK(L_.forSegs(j(), q, [&](const Seg& s) -> gradcompResult_t {
       if (s.len) GC_CHECK(be_.fromFloat(shard_ + s.off, s.len, divisor_, a_.dtype, mine));
       mine += s.len * esz_;
-    }
+      return gradcompSuccess;
+    }));
     GC_CHECK(toNode());
     GC_CHECK(c_.intra->allGather(region(q) + (size_t)j() * L_.block[q] * esz_, region(q),
                                  L_.block[q] * esz_));
@@ -205,11 +233,13 @@ class HierPipe final : public PieceHooks {
     const char* send = static_cast<const char*>(a_.send);
     for (int k = 0; k < G; ++k) {
       float* dst = in + k * b;
-      for (const Seg& s : L_.segs(k, q)) {
-        const size_t o = L_.off[k] + s.off;
+      const size_t shardOff = L_.off(k);
+      GC_CHECK(L_.forSegs(k, q, [&](const Seg& s) -> gradcompResult_t {
+        const size_t o = shardOff + s.off;
         if (s.len) GC_CHECK(be_.toFloat(send + o * esz_, a_.dtype, nullptr, s.len, dst));
         dst += s.len;
-      }
+        return gradcompSuccess;
+      }));
       if (dst < in + (k + 1) * b) GC_CHECK(be_.zero(dst, (in + (k + 1) * b - dst) * sizeof(float)));
     }
     GC_CHECK(toNode());
@@ -222,10 +252,12 @@ class HierPipe final : public PieceHooks {
     char* out = static_cast<char*>(a_.recv);
     for (int k = 0; k < c_.topo.localSize; ++k) {
       const char* src = region(q) + (size_t)k * L_.block[q] * esz_;
-      for (const Seg& s : L_.segs(k, q)) {
-        if (s.len) GC_CHECK(be_.copy(out + (L_.off[k] + s.off) * esz_, src, s.len * esz_));
+      const size_t shardOff = L_.off(k);
+      GC_CHECK(L_.forSegs(k, q, [&](const Seg& s) -> gradcompResult_t {
+        if (s.len) GC_CHECK(be_.copy(out + (shardOff + s.off) * esz_, src, s.len * esz_));
         src += s.len * esz_;
-      }
+        return gradcompSuccess;
+      }));
     }
     return gradcompSuccess;
   }
@@ -274,7 +306,14 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
   Backend& be = *c.backend;
   BufferState& st = *a.state;
   const int G = c.topo.localSize, j = c.topo.localRank;
-  const Layout L = layout(c, a.count, a.bits, st.calls);
+  CallScratch& scratch = callScratch(c);
+  Layout L{c, scratch.hierBlock, scratch.hierBlockOff};
+  layout(a.count, a.bits, st.calls, L, true);
+  // The shards' offsets and lengths as arrays (widenBlocks, hierFoldState).
+  std::vector<size_t>&off = scratch.hierOff, &len = scratch.hierLen;
+  off.resize(G);
+  len.resize(G);
+  for (int k = 0; k < G; ++k) off[k] = L.off(k), len[k] = L.len(k);
   char* ws = static_cast<char*>(workspace);
   hierSetStreams(c);
   float* padded = reinterpret_cast<float*>(ws + L.padded);
@@ -282,10 +321,8 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
   if (st.unsharded) {
     // After momentum passes, the node's velocities summed into the shards
     // first, as stage 1 sums the gradients (only DGC's: never pipelined).
-    std::vector<size_t> len(G);
-    for (int k = 0; k < G; ++k) len[k] = L.len(k);
-    GC_CHECK(hierFoldState(c, st, L.off.data(), len.data(), G, L.shardMax, padded, shard,
-                           L.shardMax, L.myOff, L.myLen));
+    GC_CHECK(hierFoldState(c, st, off.data(), len.data(), G, L.shardMax, padded, shard, L.shardMax,
+                           L.myOff, L.myLen));
   }
   if (L.pieces > 1) return runPipelined(a, L, ws);
   const size_t esz = dtypeBytes(a.dtype), m = L.shardMax;
@@ -298,9 +335,7 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
   // may alias it, is written).
   const void* in = send;
   if (!(unpadded && a.dtype == DType::F32)) {
-    std::vector<size_t> len(G);
-    for (int k = 0; k < G; ++k) len[k] = L.len(k);
-    GC_CHECK(widenBlocks(be, send, a.dtype, L.off.data(), len.data(), G, m, padded));
+    GC_CHECK(widenBlocks(be, send, a.dtype, off.data(), len.data(), G, m, padded));
     in = padded;
   }
   GC_CHECK(c.intra->reduceScatter(in, shard, m, ncclFloat32, ncclSum));
@@ -322,7 +357,7 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
   if (L.myLen) reportInterNode(c, fallbacks);
   if (!unpadded) {
     for (int k = 0; k < G; ++k) {
-      if (L.len(k)) GC_CHECK(be.copy(recv + L.off[k] * esz, gather + k * m * esz, L.len(k) * esz));
+      if (len[k]) GC_CHECK(be.copy(recv + off[k] * esz, gather + k * m * esz, len[k] * esz));
     }
   }
   return gradcompSuccess;
@@ -407,17 +442,19 @@ bool useHier(const gradcompComm& c) {
 }
 
 size_t hierWorkspaceBytes(const gradcompComm& c, size_t count, int bits, uint64_t calls) {
-  return layout(c, count, bits, calls).total;
+  return SizeLayout(c, count, bits, calls).L.total;
 }
 
 size_t hierWireBytes(const gradcompComm& c, size_t count, DType t, int bits, uint64_t calls) {
-  const Layout L = layout(c, count, bits, calls);
+  const SizeLayout sizes(c, count, bits, calls);
+  const Layout& L = sizes.L;
   const size_t G = c.topo.localSize;
   return (G - 1) * L.moved * (sizeof(float) + dtypeBytes(t)) + middleWire(c, L.myLen, bits, calls);
 }
 
 size_t hierInterNodeBytes(const gradcompComm& c, size_t count, int bits, uint64_t calls) {
-  const Layout L = layout(c, count, bits, calls);
+  const SizeLayout sizes(c, count, bits, calls);
+  const Layout& L = sizes.L;
   return middleWire(c, L.myLen, bits, calls);
 }
 
@@ -425,7 +462,8 @@ size_t hierInterNodeBytes(const gradcompComm& c, size_t count, int bits, uint64_
 // Otherwise the middle stage's pieces on this rank's shard.
 static size_t hierPieces(const gradcompComm& c, size_t count, int bits) {
   if (sparseMethod(c)) return 1;
-  const Layout L = layout(c, count, bits, kSteadyState);
+  const SizeLayout sizes(c, count, bits, kSteadyState);
+  const Layout& L = sizes.L;
   if (L.pieces > 1) return L.pieces;
   const Algorithm& mid = middleAlgorithm(c, L.myLen);
   return mid.pieces != nullptr && L.myLen > 0 ? mid.pieces(*c.inter, L.myLen, bits) : 1;
@@ -433,7 +471,8 @@ static size_t hierPieces(const gradcompComm& c, size_t count, int bits) {
 
 // The middle stage's owner span on this rank's shard, in the buffer.
 static OwnerSpan hierOwnerSpan(const gradcompComm& c, size_t count) {
-  const Layout L = layout(c, count, c.cfg.bits, kSteadyState);
+  const SizeLayout sizes(c, count, c.cfg.bits, kSteadyState);
+  const Layout& L = sizes.L;
   if (L.myLen == 0 || sparseMethod(c)) return {};
   const Algorithm& mid = middleAlgorithm(c, L.myLen);
   if (mid.ownerSpan == nullptr) return {};

@@ -74,7 +74,9 @@ Layout layout(const gradcompComm& c, size_t m, int bits, bool haveResidual, uint
   L.pieces = middlePieces(c, m, bits);
   size_t p = 0;
   if (L.pieces > 1) {
-    L.piece = splitPieces(*c.inter, equalBlocks(*c.inter, m, bits));
+    Chunks blocks;  // sizes alone: splitPieces reads maxLen
+    equalBlocks(*c.inter, m, bits, &blocks, false);
+    L.piece = splitPieces(*c.inter, blocks);
     p = alignUp(n * m * sizeof(float));
     L.reduced = p, p += alignUp(k * m * sizeof(float));
     L.middle = p, p += alignUp(mid);
@@ -155,7 +157,10 @@ class HierRsPipe final : public PieceHooks {
     const int G = t.localSize, k = t.nodes;
     const size_t len = P_.len(a_.count, q), m = a_.count;
     float* in = perm_ + (size_t)G * k * start(q);
-    std::vector<size_t> off(c_.nranks), lens(c_.nranks, len);
+    CallScratch& scratch = callScratch(c_);
+    std::vector<size_t>&off = scratch.hierOff, &lens = scratch.hierLen;
+    off.resize(c_.nranks);
+    lens.assign(c_.nranks, len);
     for (int j = 0; j < G; ++j) {
       for (int n = 0; n < k; ++n) off[j * k + n] = (size_t)t.rankAt(n, j) * m + start(q);
     }
@@ -199,7 +204,9 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
     // After momentum passes (their u and v in the state's block order, the
     // order of stage 1's input), the node's velocities summed into local rank
     // l's k blocks first, as stage 1 sums the gradients.
-    std::vector<size_t> off(c.nranks), len(c.nranks, m);
+    std::vector<size_t>&off = callScratch(c).hierOff, &len = callScratch(c).hierLen;
+    off.resize(c.nranks);
+    len.assign(c.nranks, m);
     for (int b = 0; b < c.nranks; ++b) off[b] = (size_t)b * m;
     GC_CHECK(hierFoldState(c, st, off.data(), len.data(), c.nranks, m, perm, node, (size_t)k * m,
                            (size_t)l * k * m, (size_t)k * m));
@@ -224,7 +231,9 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
   // it, is written), then the fp32 reduce-scatter inside the node.
   {
     GC_NVTX_RANGE("gradcomp intra reduce-scatter");
-    std::vector<size_t> off(c.nranks), len(c.nranks, m);
+    std::vector<size_t>&off = callScratch(c).hierOff, &len = callScratch(c).hierLen;
+    off.resize(c.nranks);
+    len.assign(c.nranks, m);
     for (int j = 0; j < G; ++j) {
       for (int n = 0; n < k; ++n) off[j * k + n] = (size_t)t.rankAt(n, j) * m;
     }

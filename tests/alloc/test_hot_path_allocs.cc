@@ -331,4 +331,26 @@ TEST(HotPathAllocs, QsgdLayoutsFollowTheShape) {
   expectLayoutsFollowTheShape(qsgdCases());
 }
 
+// The hierarchy (GRADCOMP_LOCAL_SIZE: nodes of 2 ranks) with QSGD's
+// middle stages, pipelined or not: the in-node stages' layout and block
+// arrays are the comm's too, its middle stage's the child comm's.
+std::vector<AlgoCase> hierCases() {
+  std::vector<AlgoCase> cases = {
+      {"hier-twoshot", qsgdConfig(gradcompAlgoTwoShot, 0), 6},
+      {"hier-twoshot-pipelined", qsgdConfig(gradcompAlgoTwoShot, 4096), 6},
+      {"hier-ring", qsgdConfig(gradcompAlgoRing, 0), 6},
+      {"hier-allgather", qsgdConfig(gradcompAlgoAllgather, 0), 4},
+  };
+  for (AlgoCase& k : cases) k.cfg.localSize = 2;
+  return cases;
+}
+
+TEST(HotPathAllocs, HierSteadyStateCallsAllocateNothing) {
+  expectSteadyStateAllocatesNothing(hierCases());
+}
+
+TEST(HotPathAllocs, HierLayoutsFollowTheShape) {
+  expectLayoutsFollowTheShape(hierCases());
+}
+
 }  // namespace
