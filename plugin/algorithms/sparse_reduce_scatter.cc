@@ -148,9 +148,15 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
   // 3. All-to-all.
   {
     GC_NVTX_RANGE("gradcomp exchange");
-    std::vector<const void*> sendPtr(n);
-    std::vector<void*> recvPtr(n);
-    std::vector<size_t> bytes(n);
+    // The comm's argument arrays (CallScratch, ScatterSum's: the QSGD
+    // exchange never runs in the same call).
+    CallScratch& scratch = callScratch(c);
+    std::vector<const void*>& sendPtr = scratch.sendPtr;
+    std::vector<void*>& recvPtr = scratch.recvPtr;
+    std::vector<size_t>& bytes = scratch.sendBytes;
+    sendPtr.resize(n);
+    recvPtr.resize(n);
+    bytes.resize(n);
     for (int j = 0; j < n; ++j) {
       sendPtr[j] = sendSlots + j * L.slotBytes;
       recvPtr[j] = recvSlots + j * L.slotBytes;

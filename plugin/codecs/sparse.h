@@ -29,6 +29,9 @@ void sparseApplyFlag(float* val, size_t k, const float* flag);
 // order and kEmptySlot after them; *selected is the number filled.
 void selectThreshold(const float* v, size_t n, const sparse::Plan& p, uint64_t key, uint32_t* idx,
                      uint64_t* selected);
+// The same with the caller's p.sample keys of scratch (no allocation).
+void selectThreshold(const float* v, size_t n, const sparse::Plan& p, uint64_t key, uint32_t* idx,
+                     uint64_t* selected, uint32_t* sample);
 void selectExact(const float* v, size_t n, size_t k, uint32_t* idx, uint64_t* selected);
 // The k-th largest key with ties broken by lower index, as a SelectRule.
 sparse::SelectRule exactRule(const float* v, size_t n, size_t k);

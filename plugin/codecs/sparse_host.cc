@@ -118,11 +118,16 @@ void selectExact(const float* v, size_t n, size_t k, uint32_t* idx, uint64_t* se
 
 void selectThreshold(const float* v, size_t n, const sparse::Plan& p, uint64_t key, uint32_t* idx,
                      uint64_t* selected) {
+  std::vector<uint32_t> sample(p.sample);
+  selectThreshold(v, n, p, key, idx, selected, sample.data());
+}
+
+void selectThreshold(const float* v, size_t n, const sparse::Plan& p, uint64_t key, uint32_t* idx,
+                     uint64_t* selected, uint32_t* s) {
   const size_t off = sparse::sampleOffset(key, p.offsetRange);
-  std::vector<uint32_t> s(p.sample);
   for (size_t j = 0; j < p.sample; ++j)
     s[j] = absKey(v[sparse::sampleIndex(key, off, j, p.stride)]);
-  std::nth_element(s.begin(), s.begin() + (p.sample - p.keep), s.end());
+  std::nth_element(s, s + (p.sample - p.keep), s + p.sample);
   const uint64_t all =
       selectByRule(v, n, sparse::thresholdRule(s[p.sample - p.keep]), idx, p.kmax, selected);
   // More qualify than there are slots: the first kmax in index order might

@@ -353,4 +353,27 @@ TEST(HotPathAllocs, HierLayoutsFollowTheShape) {
   expectLayoutsFollowTheShape(hierCases());
 }
 
+// The sparse methods, flat and hierarchical: the CPU backend's threshold
+// selector samples into its own kept array, the sparse reduce-scatter's
+// all-to-all takes the comm's argument arrays.
+std::vector<AlgoCase> sparseCases() {
+  std::vector<AlgoCase> cases;
+  for (gradcompMethod_t m : {gradcompMethodTopk, gradcompMethodDgc, gradcompMethodRandk}) {
+    for (int localSize : {1, 2}) {
+      gradcompConfig_t cfg = gctest::sparseTestConfig(m);
+      cfg.autoTune = 0;
+      cfg.localSize = localSize;
+      const char* name = m == gradcompMethodTopk  ? (localSize == 1 ? "topk" : "hier-topk")
+                         : m == gradcompMethodDgc ? (localSize == 1 ? "dgc" : "hier-dgc")
+                                                  : (localSize == 1 ? "randk" : "hier-randk");
+      cases.push_back({name, cfg, 4});
+    }
+  }
+  return cases;
+}
+
+TEST(HotPathAllocs, SparseSteadyStateCallsAllocateNothing) {
+  expectSteadyStateAllocatesNothing(sparseCases());
+}
+
 }  // namespace

@@ -1,4 +1,6 @@
 // SparseOps of the CPU backend: the host reference on host memory.
+#include <vector>
+
 #include "codecs/sparse.h"
 #include "backends/sparse_ops.h"
 
@@ -20,7 +22,8 @@ class CpuSparseOps final : public SparseOps {
   gradcompResult_t selectThreshold(const float* v, size_t n, const sparse::Plan& p,
                                    const KeySpec& key, uint32_t* idx, void*) override {
     uint64_t got = 0;
-    host::selectThreshold(v, n, p, resolveKey(key), idx, &got);
+    sample_.resize(p.sample);  // kept for its capacity: a steady-state call allocates nothing
+    host::selectThreshold(v, n, p, resolveKey(key), idx, &got, sample_.data());
     selected_ += got;
     return gradcompSuccess;
   }
@@ -75,7 +78,8 @@ class CpuSparseOps final : public SparseOps {
 
  private:
   uint64_t selected_ = 0;
-  uint64_t rejected_ = 0;  // received slot lists dropped, since the comm was made
+  std::vector<uint32_t> sample_;  // selectThreshold's sampled keys
+  uint64_t rejected_ = 0;         // received slot lists dropped, since the comm was made
 };
 
 }  // namespace
