@@ -314,6 +314,9 @@ struct CallScratch {
   std::vector<DecodeSegment> decodes;
   // checkRanksAgree's gathered values.
   std::vector<uint64_t> agreed;
+  // The Elias allgather's encoded sizes (its other arrays: sizes, sendBytes,
+  // sendPtr, blocks).
+  std::vector<uint32_t> eliasWords;
   // The hierarchy's (on the parent comm, whose child runs the middle
   // stage): a pipelined allreduce's blocks and their offsets, and the
   // offsets and lengths of the blocks it widens.

@@ -66,12 +66,19 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
   GC_CHECK(eliasEncode(be, a.send, a.dtype, a.state->residual, a.count, p, c.key(a.step, 0), mine,
                        encWs, encWsBytes));
   GC_CHECK(c.transport->allGather(mine + eliasSizeWordOffset(a.count, d), sizes, sizeof(uint32_t)));
-  std::vector<uint32_t> words(n);
+  // The comm's argument arrays (CallScratch): a steady-state call allocates nothing.
+  CallScratch& scratch = callScratch(c);
+  std::vector<uint32_t>& words = scratch.eliasWords;
+  words.resize(n);
   GC_CHECK(be.toHost(words.data(), sizes, n * sizeof(uint32_t)));
 
-  std::vector<size_t> bytes(n), sendBytes(n);
-  std::vector<const void*> send(n);
-  std::vector<void*> recv(n);
+  std::vector<size_t>&bytes = scratch.sizes, &sendBytes = scratch.sendBytes;
+  std::vector<const void*>& send = scratch.sendPtr;
+  std::vector<void*>& recv = scratch.blocks;
+  bytes.resize(n);
+  sendBytes.resize(n);
+  send.resize(n);
+  recv.resize(n);
   for (int i = 0; i < n; ++i) {
     bytes[i] = eliasEncodedBytes(a.count, d, words[i]);
     if (bytes[i] > slot) {

@@ -3,7 +3,6 @@
 #include <string.h>
 
 #include <algorithm>
-#include <vector>
 
 #include "backends/backend.h"
 #include "checks.h"
@@ -92,8 +91,9 @@ size_t eliasEncode(const void* x, DType t, float* residual, size_t n, const elia
   unsigned char* bytes = static_cast<unsigned char*>(out);
   uint32_t* offsets = reinterpret_cast<uint32_t*>(bytes + nb * 4);
   uint32_t* stream = offsets + nb + 1;
-  std::vector<float> v(p.bucket);
-  std::vector<int> level(p.bucket);
+  // One bucket's values on the stack (bucket <= kMaxBucket, as validated):
+  // an encode allocates nothing (32 KiB at most).
+  float v[qsgd::kMaxBucket];
   size_t words = 0;
   for (size_t b = 0; b < nb; ++b) {
     const size_t base = b * p.bucket;
@@ -105,7 +105,7 @@ size_t eliasEncode(const void* x, DType t, float* residual, size_t n, const elia
       const uint32_t a = floatToBits(v[i]) & 0x7fffffffu;
       if (a > maxBits) maxBits = a;
     }
-    const float scale = bucketScale(v.data(), len, p.norm, maxBits);
+    const float scale = bucketScale(v, len, p.norm, maxBits);
     const float rec = qsgd::reciprocal(scale, p.s);
     const bool finite = isFiniteBits(maxBits);
     memcpy(bytes + b * 4, &scale, 4);

@@ -376,4 +376,13 @@ TEST(HotPathAllocs, SparseSteadyStateCallsAllocateNothing) {
   expectSteadyStateAllocatesNothing(sparseCases());
 }
 
+// QSGD's variable-size Elias allgather (GRADCOMP_ELIAS=1; a reduce-scatter
+// runs the fixed-size exchange): its size and argument arrays are the
+// comm's, the CPU encode's bucket on the stack.
+TEST(HotPathAllocs, EliasSteadyStateCallsAllocateNothing) {
+  gradcompConfig_t cfg = qsgdConfig(gradcompAlgoAuto, 0);
+  cfg.elias = 1;
+  expectSteadyStateAllocatesNothing({{"elias", cfg, 4}});
+}
+
 }  // namespace
