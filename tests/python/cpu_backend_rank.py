@@ -401,12 +401,15 @@ def restart(out, rank):
     that comm (and timed out). Life 2's fresh state, loaded from life 1's checkpoint, must come
     up on both ranks and train bit for bit as life 1's state went on without the restart. (The
     store keys numbered across lives, rank 0 published life 2's root under another number than
-    rank 1 waited for: a hang, here an error after the 10 s store timeout.) Rank 0 leaves none
-    of its keys in the store, made or failed: a world restarted on the same store numbers from
-    0 again and would read them."""
+    rank 1 waited for: a hang, here an error after the 10 s store timeout.) Rank 0 deletes the
+    key of each comm made (a world restarted on the same store numbers from 0 again and would
+    read it), and marks the key of a creation that failed, so that a peer still to read it
+    raises at once instead of waiting out the store's timeout."""
     import datetime
 
     from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from gradcomp.torch import _group
 
     def make():
         torch.manual_seed(0)
@@ -446,6 +449,16 @@ def restart(out, rank):
     if rank == 0:  # rank 1 failed before this state's first compressed call
         res["life1_error"] = _error(lambda: other.comm(torch.device("cpu")))
         res["life1_keys_left"] = keys_left()
+        # A peer reaching that comm's creation late: rank 0's failure, at once.
+        store = dist.distributed_c10d._get_default_store()
+        key = f"gradcomp/socket_root/0-1/{dist.group.WORLD.group_name}/1"
+        t0 = time.monotonic()
+        try:
+            _group.check_key_value(store.get(key), key)
+            res["late_peer_error"] = None
+        except RuntimeError as e:
+            res["late_peer_error"] = str(e)
+        res["late_peer_s"] = time.monotonic() - t0
     other.abort()
     base = dist.distributed_c10d._get_default_store()
     while hasattr(base, "underlying_store"):

@@ -31,8 +31,10 @@ _seqs_lock = threading.Lock()
 # in the last one (a rank that failed before a comm's creation there, a replacement process),
 # which numbered on would make them wait for different keys: a hang at the first comm. A
 # restart may keep the store (torch.distributed takes the same store again), so rank 0 deletes
-# each key once its comm is made or has failed (forget_key): the new world's keys find none of
-# the last one's.
+# each key once its comm is made (forget_key): the new world's keys find none of the last one's.
+# A creation that failed on rank 0 leaves a failure mark instead (fail_key): a peer still to
+# read the key raises at once, where without a key it would wait out the store's timeout (30
+# minutes by default).
 _seqs_world = None
 
 
@@ -62,13 +64,34 @@ def store_key(kind, pg, ranks):
 
 
 def forget_key(store, key):
-    """Deletes a comm's store key (rank 0, once every rank has read it: its comm is made, or
-    has failed), so that a new world on the same store, numbering its keys from 0 again, finds
-    no stale one. A store without delete_key keeps it."""
+    """Deletes a comm's store key (rank 0, once its comm is made: every rank has read the key),
+    so that a new world on the same store, numbering its keys from 0 again, finds no stale one.
+    A store without delete_key keeps it."""
     try:
         store.delete_key(key)
     except Exception:  # noqa: BLE001 - a store that cannot delete (or is gone): nothing to do
         pass
+
+
+_FAILED = b"gradcomp: failed: "
+
+
+def fail_key(store, key, err):
+    """Rank 0's comm creation failed: its key says so (a peer still to read it raises at once,
+    naming rank 0's error, instead of waiting out the store's timeout)."""
+    try:
+        store.set(key, _FAILED + str(err).encode("utf-8", "replace")[:500])
+    except Exception:  # noqa: BLE001 - the store is gone too: the peers fail on it
+        pass
+
+
+def check_key_value(value, key):
+    """A peer's read of rank 0's key: raises where rank 0 marked its creation failed."""
+    if value.startswith(_FAILED):
+        said = value[len(_FAILED):].decode("utf-8", "replace")
+        raise RuntimeError(f"gradcomp: rank 0 of the group could not make the comm of {key} "
+                           f"({said}); every rank of the group fails its creation alike")
+    return value
 
 
 _OPT_IN = ("for CPU tensors on a gloo group, make the state with backend='cpu' (gradcomp's CPU "
@@ -166,7 +189,8 @@ def make_socket_comm(process_group, config):
     key = store_key("socket_root", pg, ranks)
     store = dist.distributed_c10d._get_default_store()
     if rank != 0:
-        root = store.get(key).decode()  # waits (up to the store's timeout) for rank 0
+        # Waits (up to the store's timeout) for rank 0.
+        root = check_key_value(store.get(key), key).decode()
         return Comm.socket(size, rank, root, config)
     # Free, outside the ephemeral range and held (gradcomp._ports) until rank 0 listens there:
     # no concurrent port choice of another job can take it meanwhile.
@@ -174,6 +198,9 @@ def make_socket_comm(process_group, config):
         root = f"{_root_host(store)}:{held.port}"
         store.set(key, root)
         try:
-            return Comm.socket(size, rank, root, config)  # returns once every rank reached it
-        finally:
-            forget_key(store, key)
+            comm = Comm.socket(size, rank, root, config)  # returns once every rank reached it
+        except Exception as e:
+            fail_key(store, key, e)
+            raise
+        forget_key(store, key)
+        return comm

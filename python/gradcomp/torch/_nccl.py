@@ -7,7 +7,7 @@ import torch.distributed as dist
 from .. import _types as T
 from ..comm import Comm
 from ..info import nccl_library
-from ._group import check_group, forget_key, store_key
+from ._group import check_group, check_key_value, fail_key, forget_key, store_key
 
 
 class _Nccl:
@@ -54,7 +54,7 @@ def share_unique_id(store, key, rank):
         # The field reads as bytes cut at the first NUL: copy the raw 128 bytes.
         store.set(key, ctypes.string_at(ctypes.addressof(uid), ctypes.sizeof(uid)))
     else:
-        got = store.get(key)  # waits (up to the store's timeout) for rank 0
+        got = check_key_value(store.get(key), key)  # waits (up to the store's timeout)
         if len(got) != ctypes.sizeof(uid):
             raise RuntimeError(f"the store holds {len(got)} bytes under {key}, not an NCCL "
                                f"unique id ({ctypes.sizeof(uid)} bytes)")
@@ -88,9 +88,12 @@ def make_comm(process_group, device, config):
                 # wait on.
                 lib.lib.ncclCommAbort(handle)
                 raise
-    finally:
-        if rank == 0:  # every rank has read the id (its comm is made) or the creation failed
-            forget_key(store, key)
+    except Exception as e:
+        if rank == 0:  # a peer still to read the id raises at once, not at the store's timeout
+            fail_key(store, key, e)
+        raise
+    if rank == 0:  # every rank has read the id: its comm is made
+        forget_key(store, key)
     return comm, handle.value
 
 
