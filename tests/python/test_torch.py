@@ -2827,6 +2827,49 @@ class RankExitOnError(unittest.TestCase):
 
 
 @unittest.skipIf(torch is None, "PyTorch is not installed")
+class OldFsdpStateDict(unittest.TestCase):
+    """An FSDP2 state dict of a build from before FSDP2's hooks counted steps holds iter 0
+    whatever its step (tests/python/fixtures/fsdp2_state_e98e8b2.json: rank 0 of 2 after 2
+    steps, made by 0.6.0 at e98e8b2 with fixtures/make_fsdp2_state_e98e8b2.py): its load says
+    that the step counter goes on from 0 (it went on silently), the residuals loaded as saved."""
+
+    def load(self, d):
+        import base64
+        import json
+
+        if isinstance(d, str):
+            with open(os.path.join(os.path.dirname(__file__), "fixtures", d)) as f:
+                d = json.load(f)
+            d["gradcomp"] = base64.b64decode(d["gradcomp"])
+        state, _, _ = stand_in_state()
+        state._fsdp_role = "shard"  # as register_fsdp_reduce_scatter sets it
+        with warnings.catch_warnings(record=True) as got:
+            warnings.simplefilter("always")
+            state.load_state_dict(d)
+        return state, [str(w.message) for w in got]
+
+    def test_an_old_builds_state_dict_says_its_iter_restarts(self):
+        state, said = self.load("fsdp2_state_e98e8b2.json")
+        self.assertEqual(state.iter, 0)
+        self.assertIsNotNone(state._pending_blob)
+        self.assertEqual(len(said), 1, said)
+        self.assertIn("the state dict's iter is 0, but its run reduced 2 FSDP module(s)", said[0])
+        self.assertIn("Set state.iter", said[0])
+
+    def test_a_counted_or_unreduced_state_dict_loads_quietly(self):
+        import base64
+        import json
+
+        with open(os.path.join(os.path.dirname(__file__), "fixtures",
+                               "fsdp2_state_e98e8b2.json")) as f:
+            old = json.load(f)
+        old["gradcomp"] = base64.b64decode(old["gradcomp"])
+        for d in (dict(old, iter=2), dict(old, keys=[]), dict(old, gradcomp=None)):
+            state, said = self.load(d)
+            self.assertEqual((state.iter, said), (d["iter"], []))
+
+
+@unittest.skipIf(torch is None, "PyTorch is not installed")
 class StateDroppedOrWith(unittest.TestCase):
     """A GradcompState dropped with its comm open warns (ResourceWarning, as an unclosed file)
     and frees nothing of NCCL's (whose destroy may wait on peers); `with state:` closes it, or

@@ -297,6 +297,16 @@ class GradcompState:
         ok = isinstance(keys, (list, tuple)) and all(isinstance(k, int) for k in keys)
         self._loaded_keys = set(keys) if ok else None
         self._keys = set(self._loaded_keys or ())
+        if (d.get("keyed_by") in _FSDP_KEYED_BY.values() and d.get("iter") == 0
+                and self._loaded_keys):
+            # FSDP2's hooks count steps since 2026-12-06; a state dict saved before by a run
+            # that reduced under them holds iter 0 whatever its step.
+            warnings.warn("gradcomp: the state dict's iter is 0, but its run reduced "
+                          f"{len(self._loaded_keys)} FSDP module(s) under FSDP2's hooks: it was "
+                          "saved by a gradcomp from before those hooks counted steps, so the "
+                          "step counter (state.iter, stats()['iter']) goes on from 0, not from "
+                          "the saved run's step; the residuals load as saved. Set state.iter "
+                          "to that step after loading to count on from it", stacklevel=3)
 
     _HOW = {"params": "by parameter index (a state made with module=model)",
             "bucket": "by bucket index and shapes (a state made without a module)",
