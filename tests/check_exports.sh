@@ -32,6 +32,13 @@ direct=$(nm -D --undefined-only "$lib" | awk '{print $2}' | sed 's/@.*//' | grep
 if [ -n "$direct" ]; then
   echo "FAIL: $lib calls NCCL by names an LD_PRELOAD interposer replaces:"; echo "$direct"; exit 1
 fi
+# The library's calls between its own gradcomp* functions bind to itself (-Bsymbolic-functions):
+# a relocation against one would bind to another libgradcomp loaded first in the process.
+self=$(readelf -rW "$lib" | awk '$5 ~ /^gradcomp/ {print $5}' | sed 's/@.*//' | sort -u || true)
+if [ -n "$self" ]; then
+  echo "FAIL: $lib calls its own exported functions through relocations another copy would take:"
+  echo "$self" | head -20; exit 1
+fi
 pnccl=$(nm -D --undefined-only "$lib" | awk '{print $2}' | grep -c -E '^pnccl' || true)
 [ "$pnccl" -ge 10 ] || { echo "FAIL: $lib references $pnccl pnccl* symbols (expected >= 10)"; exit 1; }
 echo "PASS: $(echo "$syms" | wc -l) exported symbols, all gradcomp*; NCCL through $pnccl pnccl* names"

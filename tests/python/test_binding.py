@@ -7,8 +7,10 @@ does in C++), not with the library's own allreduce.
 import ctypes
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import unittest
@@ -1224,6 +1226,38 @@ class LibraryErrors(unittest.TestCase):
         p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
         self.assertEqual(p.returncode, 0, p.stderr)
         self.assertEqual(p.stdout.strip(), built)
+
+    def test_a_second_copy_in_the_process_runs_its_own_code(self):
+        """Two libgradcomp files in one process (a program's or an RTLD_GLOBAL one, and the
+        package's): the library's calls between its own gradcomp* functions (a codec's
+        chain, gradcompGetStats, the comm's environment config, the autotuner's calls) stay
+        in the copy that made them, never the other copy's code on this copy's objects. The
+        error set by the copy called is the one its gradcompGetLastError tells."""
+        built = os.path.realpath(_lib.library_path())
+        with tempfile.TemporaryDirectory() as d:
+            other = os.path.join(d, "libgradcomp.so.0")
+            shutil.copy(built, other)
+            code = (
+                "import ctypes, sys\n"
+                "first = ctypes.CDLL(sys.argv[1], mode=ctypes.RTLD_GLOBAL)\n"
+                "mine = ctypes.CDLL(sys.argv[2])\n"
+                "for L in (first, mine):\n"
+                "    L.gradcompGetLastError.restype = ctypes.c_char_p\n"
+                "    L.gradcompQsgdEncodeHost.argtypes = [ctypes.c_void_p, ctypes.c_size_t,\n"
+                "        ctypes.c_int, ctypes.c_int, ctypes.c_uint64, ctypes.c_void_p]\n"
+                "x = (ctypes.c_float * 8)()\n"
+                "out = ctypes.create_string_buffer(256)\n"
+                "r = mine.gradcompQsgdEncodeHost(x, 8, 99, 512, 0, out)\n"
+                "print(r)\n"
+                "print((mine.gradcompGetLastError() or b'').decode())\n"
+                "print((first.gradcompGetLastError() or b'').decode())\n")
+            p = subprocess.run([sys.executable, "-c", code, other, built], capture_output=True,
+                               text=True)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        result, mine, first = (p.stdout.split("\n") + ["", "", ""])[:3]
+        self.assertEqual(result, "1")  # gradcompInvalidArgument
+        self.assertIn("bits=99", mine)
+        self.assertEqual(first, "")  # the other copy's code did not run
 
 
 @unittest.skipUnless(gradcomp.has("gradcompCommAbort") and gradcomp.has("gradcompCommCreateSocket"),
