@@ -24,6 +24,35 @@ def nccl_library():
     return None
 
 
+class _DlInfo(ctypes.Structure):
+    _fields_ = [("dli_fname", ctypes.c_char_p), ("dli_fbase", ctypes.c_void_p),
+                ("dli_sname", ctypes.c_char_p), ("dli_saddr", ctypes.c_void_p)]
+
+
+def nccl_interposer():
+    """Path of gradcomp's LD_PRELOAD library when it is the ncclAllReduce this process's
+    libraries call (torch's among them), else None. NCCL's own file defines pncclAllReduce too;
+    the interposer does not."""
+    try:
+        process = ctypes.CDLL(None)
+        fn = process.ncclAllReduce  # none: no NCCL in the global scope, nothing interposed
+        dladdr = process.dladdr
+    except (AttributeError, OSError):
+        return None
+    dladdr.argtypes = [ctypes.c_void_p, ctypes.POINTER(_DlInfo)]
+    dladdr.restype = ctypes.c_int
+    info = _DlInfo()
+    if not dladdr(ctypes.cast(fn, ctypes.c_void_p).value, ctypes.byref(info)) or not info.dli_fname:
+        return None
+    path = os.path.realpath(os.fsdecode(info.dli_fname))
+    try:
+        if hasattr(ctypes.CDLL(path), "pncclAllReduce"):
+            return None  # NCCL itself
+    except OSError:
+        return None
+    return path if "gradcomp" in os.path.basename(path) else None
+
+
 def _wheel_nccl():
     try:
         import nvidia.nccl as m  # the package PyTorch depends on

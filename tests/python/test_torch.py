@@ -5,6 +5,7 @@ PyTorch is not installed; the multi-rank GPU checks are tools/torch_hooks_check.
 (tools/gpu-check.sh step torch_hooks)."""
 import contextlib
 import os
+import re
 import sys
 import threading
 import unittest
@@ -460,6 +461,68 @@ class OneLibnccl(unittest.TestCase):
         if wheel:  # torch's NCCL is the wheel's: gradcomp must be on it, not its build-time one
             self.assertIn(got["maps"][0], wheel, got)
         self.assertEqual(os.path.realpath(got["nccl_library"]), got["maps"][0], got)
+
+
+def _built_preload():
+    """This build's libgradcomp_preload.so, next to the libgradcomp.so the tests load."""
+    from gradcomp import _lib
+
+    build = os.path.dirname(os.path.realpath(_lib.library_path()))
+    path = os.path.join(build, "plugin", "preload", "libgradcomp_preload.so")
+    return path if os.path.exists(path) else None
+
+
+@unittest.skipIf(torch is None, "PyTorch is not installed")
+class HooksUnderThePreload(unittest.TestCase):
+    """Two doors at once: a launcher's LD_PRELOAD=libgradcomp_preload.so and a script that
+    registers gradcomp's hooks. The hooks' own communicator and gradcomp's calls on it never
+    reach the interposer (_nccl calls torch's libnccl through its own handle, the library
+    calls pnccl*), but torch.distributed's calls on the process group do, those the state sends
+    uncompressed on purpose among them: a state made on an NCCL group says so, once, naming the
+    interposer and what to do."""
+
+    PROBE = (
+        "import warnings\n"
+        "from unittest import mock\n"
+        "import gradcomp.torch as gt\n"
+        "import gradcomp.torch._group as group\n"
+        "with mock.patch.object(group, 'check_group', lambda pg, backend: (pg, 0, 2)):\n"
+        "    for backend in ('nccl', 'cpu'):\n"
+        "        with warnings.catch_warnings(record=True) as w:\n"
+        "            warnings.simplefilter('always')\n"
+        "            gt.GradcompState(object(), backend=backend)\n"
+        "        print(backend, len(w), *[str(x.message) for x in w])\n")
+
+    def probe(self, **env):
+        import subprocess
+
+        env = dict(os.environ, **env)
+        p = subprocess.run([sys.executable, "-c", self.PROBE], capture_output=True, text=True,
+                           timeout=120, env=env)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        return dict(line.split(" ", 1) for line in p.stdout.strip().splitlines())
+
+    def test_a_state_on_an_nccl_group_warns_of_the_preload(self):
+        preload = _built_preload()
+        if preload is None:
+            self.skipTest("no libgradcomp_preload.so in this build")
+        # After any preload already there (a sanitizer's runtime must stay first).
+        got = self.probe(LD_PRELOAD=" ".join(filter(None, [os.environ.get("LD_PRELOAD"),
+                                                             preload])))
+        self.assertRegex(got["nccl"], r"^1 gradcomp: ncclAllReduce in this process is "
+                         + re.escape(os.path.realpath(preload)) + r"'s \(LD_PRELOAD\).*the first "
+                         r"start_iter steps, the small and 1-d parameters.*unset LD_PRELOAD for "
+                         r"this job, or register no gradcomp hook")
+        self.assertEqual(got["cpu"], "0")  # gloo's calls never reach it
+        # GRADCOMP_METHOD=none: the interposer passes every call to NCCL.
+        got = self.probe(LD_PRELOAD=" ".join(filter(None, [os.environ.get("LD_PRELOAD"),
+                                                             preload])), GRADCOMP_METHOD="none")
+        self.assertEqual(got, {"nccl": "0", "cpu": "0"})
+
+    def test_no_warning_without_it(self):
+        kept = [p for p in os.environ.get("LD_PRELOAD", "").split() if "gradcomp" not in p]
+        got = self.probe(LD_PRELOAD=" ".join(kept))
+        self.assertEqual(got, {"nccl": "0", "cpu": "0"})
 
 
 @unittest.skipIf(torch is None, "PyTorch is not installed")

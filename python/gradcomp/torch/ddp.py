@@ -18,6 +18,7 @@ Cost: a gather of each part into a contiguous buffer and a scatter back
 """
 import contextlib
 import hashlib
+import os
 import sys
 import warnings
 
@@ -28,6 +29,7 @@ from .. import _types as T
 from .._lib import has
 from ..comm import _integer
 from ..config import Config, as_config
+from ..info import nccl_interposer
 from . import _group, _nccl
 
 _DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
@@ -185,6 +187,19 @@ class GradcompState:
                          "uncompressed_steps": 0}
         self.full_precision_params = set()
         self.compressed_params = set()
+        preload = nccl_interposer() if backend == "nccl" else None
+        if preload is not None and os.environ.get("GRADCOMP_METHOD") != "none":
+            # Two doors: the hooks compress on gradcomp's own communicator, and the interposer
+            # compresses what torch.distributed sends on the process group, which includes
+            # what this state sends uncompressed on purpose.
+            self._warn_once("preload", f"ncclAllReduce in this process is {preload}'s "
+                            "(LD_PRELOAD): torch.distributed's allreduces and reduce-scatters "
+                            "are compressed by it, this state's uncompressed ones too (the first "
+                            "start_iter steps, the small and 1-d parameters, paused() steps, "
+                            "FSDP's other reduce ops), with residuals of its own (and under "
+                            "GRADCOMP_METHOD=dgc a momentum of its own, on top of the "
+                            "optimizer's for the full-precision parameters); use one of the "
+                            "two: unset LD_PRELOAD for this job, or register no gradcomp hook")
 
     # -------------------------------------------------------------- checkpoint
     def __getstate__(self):
