@@ -164,7 +164,7 @@ class TorchRefusals(unittest.TestCase):
         p = torch.nn.Parameter(torch.zeros(8))
         p.grad = torch.ones(8)
         with self.assertRaisesRegex(TypeError, r"\(grad, param\) tuple.*compiled autograd.*"
-                                    "ddp_optimizer.*LD_PRELOAD"):
+                                    "ddp_optimizer.*LD_PRELOAD=libgradcomp_preload.so"):
             self.gt.gradcomp_hook(state, (p.grad, p))
         self.assertTrue(torch.equal(p.grad, torch.ones(8)))
 

@@ -996,7 +996,7 @@ def gradcomp_hook(state, bucket):
                         "its hooks that way under compiled autograd (optimize_ddp="
                         "'python_reducer'), where gradcomp cannot run; compile the model "
                         "without compiled autograd (the default optimize_ddp='ddp_optimizer' "
-                        "keeps DDP's buckets and this hook), or use LD_PRELOAD=libgradcomp.so")
+                        "keeps DDP's buckets and this hook), or use LD_PRELOAD=libgradcomp_preload.so")
     buf = bucket.buffer()
     want = "cpu" if state.backend == "cpu" else "cuda"
     if buf.device.type != want:
