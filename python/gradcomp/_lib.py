@@ -170,6 +170,11 @@ def _loaded_file(cdll, name):
 
 def _declare(cdll):
     missing = [n for n in SIGNATURES if not hasattr(cdll, n)]
+    if len(missing) == len(SIGNATURES):
+        raise LibraryNotFoundError(
+            f"{_path} has none of gradcomp's C API: it is not libgradcomp.so (gradcomp's "
+            "LD_PRELOAD library, libgradcomp_preload.so, exports only the NCCL functions it "
+            "interposes); point GRADCOMP_LIBRARY at libgradcomp.so")
     if missing:
         raise LibraryNotFoundError(
             f"{_path} lacks {', '.join(missing)}: it is not a libgradcomp this binding knows; "

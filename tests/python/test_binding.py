@@ -1149,6 +1149,21 @@ class LibraryErrors(unittest.TestCase):
         self.assertIn("LibraryNotFoundError", p.stderr)
         self.assertIn("GRADCOMP_LIBRARY is set but empty", p.stderr)
 
+    def test_the_preload_library_is_refused_naming_the_one_to_use(self):
+        """GRADCOMP_LIBRARY naming libgradcomp_preload.so (the LD_PRELOAD door, which exports
+        only the NCCL functions it interposes) says so, not a list of every missing function."""
+        built = os.path.dirname(os.path.realpath(_lib.library_path()))
+        preload = os.path.join(built, "plugin", "preload", "libgradcomp_preload.so")
+        if not os.path.exists(preload):
+            self.skipTest("no libgradcomp_preload.so in this build")
+        env = dict(os.environ, GRADCOMP_LIBRARY=preload, PYTHONPATH=os.path.join(ROOT, "python"))
+        p = subprocess.run([sys.executable, "-c", "import gradcomp; gradcomp.Config()"], env=env,
+                           capture_output=True, text=True)
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn("has none of gradcomp's C API", p.stderr)
+        self.assertIn("point GRADCOMP_LIBRARY at libgradcomp.so", p.stderr)
+        self.assertNotIn("gradcompCommCreate", p.stderr)
+
     def test_info_runs(self):
         env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "python"))
         p = subprocess.run([sys.executable, "-m", "gradcomp.info"], env=env, capture_output=True,
