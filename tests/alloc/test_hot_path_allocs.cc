@@ -11,13 +11,16 @@
 #include <string.h>
 
 #include <atomic>
+#include <functional>
 #include <new>
 #include <thread>
 #include <vector>
 
 #include "algorithms/algorithms.h"
+#include "autotune.h"
 #include "backends/transport.h"
 #include "gradcomp/reference.h"
+#include "tests/common/socket_world.h"
 #include "tests/common/test_util.h"
 #include "tests/common/world_checks.h"
 
@@ -67,8 +70,9 @@ namespace {
 // on one thread per rank of an in-process CPU world of n; returns the
 // allocations of the counted calls, all ranks together.
 template <typename Fn>
-long countSteadyAllocs(int n, int warm, int calls, Fn fn) {
-  std::vector<std::unique_ptr<gc::Transport>> world = gc::makeCpuWorld(n, 30.0);
+long countSteadyAllocs(std::vector<std::unique_ptr<gc::Transport>>& world, int warm, int calls,
+                       Fn fn) {
+  const int n = (int)world.size();
   gAllocs = 0;
   std::vector<std::thread> threads;
   for (int r = 0; r < n; ++r) {
@@ -81,6 +85,34 @@ long countSteadyAllocs(int n, int warm, int calls, Fn fn) {
   }
   for (auto& t : threads) t.join();
   return gAllocs.load();
+}
+
+template <typename Fn>
+long countSteadyAllocs(int n, int warm, int calls, Fn fn) {
+  std::vector<std::unique_ptr<gc::Transport>> world = gc::makeCpuWorld(n, 30.0);
+  return countSteadyAllocs(world, warm, calls, fn);
+}
+
+// n transports of one socket world over loopback, each rank's mesh made on a
+// thread of its own (as separate processes would).
+std::vector<std::unique_ptr<gc::Transport>> makeSocketTransports(int n) {
+  const std::string root = gctest::loopbackRoot();
+  std::vector<std::shared_ptr<gc::SocketMesh>> meshes(n);
+  std::vector<gradcompResult_t> res(n);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < n; ++r) {
+    threads.emplace_back(
+        [&, r] { res[r] = gc::makeSocketMesh(n, r, root.c_str(), 30.0, &meshes[r]); });
+  }
+  for (auto& t : threads) t.join();
+  std::vector<int> members(n);
+  for (int r = 0; r < n; ++r) members[r] = r;
+  std::vector<std::unique_ptr<gc::Transport>> world;
+  for (int r = 0; r < n; ++r) {
+    EXPECT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
+    world.push_back(gc::makeSocketTransport(meshes[r], members, r, 0));
+  }
+  return world;
 }
 
 // The self-check of the count itself: an allocation on an armed thread is seen.
@@ -168,6 +200,64 @@ TEST(HotPathAllocs, CpuTransportReductionsAllocateNothingPerCall) {
   EXPECT_EQ(out[n - 1][n * m - 1], (float)n);
 }
 
+// The socket world's transport (the CPU backend across processes: Python's
+// backend="cpu", gradcompCommCreateSocket) keeps its transfer list, the
+// blocks it receives, the reduction's sources and sum and its poll arrays:
+// a steady-state call of a size it has seen allocates nothing.
+TEST(HotPathAllocs, SocketTransportAllocatesNothingPerCall) {
+  const int n = 4;
+  const size_t m = 300;
+  std::vector<std::unique_ptr<gc::Transport>> world = makeSocketTransports(n);
+  ASSERT_EQ((int)world.size(), n);
+  std::vector<std::vector<float>> in(n, std::vector<float>(n * m, 1.0f)), out(n);
+  for (auto& o : out) o.resize(n * m);
+  const long rs = countSteadyAllocs(world, 2, 50, [&](int r, gc::Transport& t) {
+    return t.reduceScatter(in[r].data(), out[r].data(), m, ncclFloat32, ncclSum);
+  });
+  EXPECT_EQ(rs, 0) << "allocations in 50 steady-state reduce-scatters of " << n << " ranks";
+  EXPECT_EQ(out[1][m - 1], (float)n);
+  const long ar = countSteadyAllocs(world, 2, 50, [&](int r, gc::Transport& t) {
+    return t.passThrough(in[r].data(), out[r].data(), n * m - 3, ncclFloat32, ncclSum);
+  });
+  EXPECT_EQ(ar, 0) << "allocations in 50 steady-state allreduces of " << n << " ranks";
+  EXPECT_EQ(out[0][n * m - 4], (float)n);
+  const long sum = countSteadyAllocs(world, 2, 50, [&](int r, gc::Transport& t) {
+    return t.allReduceSumFloat(in[r].data(), out[r].data(), n * m);
+  });
+  EXPECT_EQ(sum, 0) << "allocations in 50 steady-state float sums of " << n << " ranks";
+  EXPECT_EQ(out[n - 1][n * m - 1], (float)n);
+  std::vector<std::vector<char>> bufs(n, std::vector<char>(n * 64));
+  const long gather = countSteadyAllocs(world, 2, 50, [&](int r, gc::Transport& t) {
+    memset(bufs[r].data() + r * 64, 'a' + r, 40);
+    return gc::allGatherDirect(t, bufs[r].data(), 64, 40);
+  });
+  EXPECT_EQ(gather, 0) << "allocations in 50 steady-state gathers of " << n << " ranks";
+  const long ag = countSteadyAllocs(world, 2, 50, [&](int r, gc::Transport& t) {
+    return t.allGather(bufs[r].data() + r * 64, bufs[r].data(), 64);
+  });
+  EXPECT_EQ(ag, 0) << "allocations in 50 steady-state allGathers of " << n << " ranks";
+  const long sr = countSteadyAllocs(world, 2, 50, [&](int r, gc::Transport& t) {
+    return t.sendRecv(in[r].data(), 64, (r + 1) % n, out[r].data(), 64, (r + n - 1) % n);
+  });
+  EXPECT_EQ(sr, 0) << "allocations in 50 steady-state ring steps of " << n << " ranks";
+  for (int r = 0; r < n; ++r) {
+    for (int j = 0; j < n; ++j) EXPECT_EQ(bufs[r][j * 64], 'a' + j) << r << " " << j;
+  }
+}
+
+// Timing figures for autoInjectFigures: NCCL's and compression's times (us)
+// at 1024 and 5120 elements.
+gc::AutoFigures autoFigures(float nccl0, float nccl1, float comp0, float comp1) {
+  gc::AutoFigures f;
+  f.smallCount = 1024;
+  f.largeCount = 5120;
+  f.ncclUs[0] = nccl0;
+  f.ncclUs[1] = nccl1;
+  f.compUs[0] = comp0;
+  f.compUs[1] = comp1;
+  return f;
+}
+
 // One collective call shape: the allreduce's count or the reduce-scatter's
 // recvcount, and the type.
 struct Shape {
@@ -205,9 +295,14 @@ gradcompResult_t callOnce(gradcompComm_t c, RankBuffers& b, const Shape& s) {
 
 // The allocations per call and rank of `calls` calls of shape s on a fresh
 // in-process world of n comms with cfg, after `warm` uncounted ones.
+template <typename World = gctest::CpuWorld>
 double steadyCallAllocs(const gradcompConfig_t& cfg, int n, const Shape& s, int warm = 3,
-                        int calls = 20) {
-  gctest::CpuWorld world(n, cfg);
+                        int calls = 20, const std::function<void(gradcompComm_t)>& setup = nullptr,
+                        uint64_t* autoPassed = nullptr) {
+  World world(n, cfg);
+  if (setup) {
+    for (int r = 0; r < n; ++r) setup(world.comm(r));
+  }
   std::vector<RankBuffers> bufs;
   for (int r = 0; r < n; ++r) bufs.push_back(makeBuffers(s, n, 17 + r));
   gAllocs = 0;
@@ -221,6 +316,14 @@ double steadyCallAllocs(const gradcompConfig_t& cfg, int n, const Shape& s, int 
     return out;
   });
   for (int r = 0; r < n; ++r) EXPECT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
+  if (autoPassed) {
+    *autoPassed = 0;
+    for (int r = 0; r < n; ++r) {
+      gradcompStats_t st;
+      EXPECT_EQ(gradcompGetStats(world.comm(r), &st), gradcompSuccess);
+      *autoPassed += st.callsAutoPassed;
+    }
+  }
   return (double)gAllocs.exchange(0) / calls / n;
 }
 
@@ -253,12 +356,13 @@ std::vector<AlgoCase> qsgdCases() {
 // Once its first calls sized the comm's arrays (workspace, state, the
 // layouts and argument lists of CallScratch), a call of the same shape
 // allocates nothing, allreduce and reduce-scatter, fp32 and fp16.
-void expectSteadyStateAllocatesNothing(const std::vector<AlgoCase>& cases) {
+template <typename World = gctest::CpuWorld>
+void expectSteadyStateAllocatesNothing(const std::vector<AlgoCase>& cases, int warm = 3) {
   for (const AlgoCase& k : cases) {
     for (bool rs : {false, true}) {
       for (ncclDataType_t t : {ncclFloat32, ncclFloat16}) {
         const Shape s{rs ? 1000u : 4000u, t, rs};
-        EXPECT_EQ(steadyCallAllocs(k.cfg, k.n, s), 0.0)
+        EXPECT_EQ(steadyCallAllocs<World>(k.cfg, k.n, s, warm), 0.0)
             << k.name << (rs ? " reduce-scatter" : " allreduce") << " type " << (int)t
             << ": allocations per steady-state call and rank";
       }
@@ -383,6 +487,52 @@ TEST(HotPathAllocs, EliasSteadyStateCallsAllocateNothing) {
   gradcompConfig_t cfg = qsgdConfig(gradcompAlgoAuto, 0);
   cfg.elias = 1;
   expectSteadyStateAllocatesNothing({{"elias", cfg, 4}});
+}
+
+// The socket world (gradcompCommCreateSocket) runs the same algorithms over
+// its own transport: QSGD's, the hierarchy's (its node and inter-node
+// transports on the shared connections), the sparse methods' and a call
+// below minElements, passed through.
+TEST(HotPathAllocs, SocketSteadyStateCallsAllocateNothing) {
+  std::vector<AlgoCase> cases = qsgdCases();
+  for (const AlgoCase& k : hierCases()) cases.push_back(k);
+  gradcompConfig_t passed = qsgdConfig(gradcompAlgoAuto, 0);
+  passed.minElements = 1u << 20;
+  cases.push_back({"passed", passed, 4});
+  expectSteadyStateAllocatesNothing<gctest::SocketWorld>(cases);
+}
+
+TEST(HotPathAllocs, SocketSparseSteadyStateCallsAllocateNothing) {
+  expectSteadyStateAllocatesNothing<gctest::SocketWorld>(sparseCases());
+}
+
+// The auto-tuner's steady state: once a collective's decision is made
+// (here from injected figures, as a timing on the host clock would give:
+// compress at every size, or pass through at every size), its calls
+// allocate nothing, compressed or passed (DGC's passed calls carry the
+// velocity), on the socket world the tuner times.
+TEST(HotPathAllocs, AutoTunedSteadyStateCallsAllocateNothing) {
+  gradcompConfig_t qsgd = gctest::qsgdTestConfig();
+  const gradcompConfig_t dgc = gctest::sparseTestConfig(gradcompMethodDgc);
+  const gc::AutoFigures compressWins = autoFigures(64, 128, 32, 64);
+  const gc::AutoFigures ncclWins = autoFigures(16, 32, 48, 80);
+  for (const AlgoCase& k : std::vector<AlgoCase>{{"auto-qsgd", qsgd, 4}, {"auto-dgc", dgc, 4}}) {
+    ASSERT_EQ(k.cfg.autoTune, 1);
+    for (bool pass : {false, true}) {
+      for (bool rs : {false, true}) {
+        const Shape s{rs ? 1000u : 4000u, ncclFloat32, rs};
+        uint64_t passed = 0;
+        const double allocs = steadyCallAllocs<gctest::SocketWorld>(
+            k.cfg, k.n, s, 3, 20,
+            [&](gradcompComm_t c) { gc::autoInjectFigures(c, pass ? ncclWins : compressWins); },
+            &passed);
+        EXPECT_EQ(passed, pass ? 23u * k.n : 0u) << k.name << ": calls auto passed";
+        EXPECT_EQ(allocs, 0.0) << k.name << (pass ? " passed" : " compressed")
+                               << (rs ? " reduce-scatter" : " allreduce")
+                               << ": allocations per steady-state call and rank";
+      }
+    }
+  }
 }
 
 }  // namespace

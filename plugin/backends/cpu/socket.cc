@@ -597,7 +597,7 @@ class SocketTransport final : public Transport {
 
   gradcompResult_t verifyCall() override {
     // Headers only: each rank compares every peer's call with its own.
-    std::vector<Transfer> xs;
+    std::vector<Transfer>& xs = transfers();
     for (int i = 0; i < size_; ++i) {
       if (i == rank_) continue;
       xs.push_back(sendTo(i, nullptr, 0));
@@ -608,7 +608,7 @@ class SocketTransport final : public Transport {
 
   gradcompResult_t allToAll(const void* const* send, const size_t* sendBytes, void* const* recv,
                             const size_t* recvBytes) override {
-    std::vector<Transfer> xs;
+    std::vector<Transfer>& xs = transfers();
     for (int i = 0; i < size_; ++i) {
       if (i == rank_) continue;
       xs.push_back(sendTo(i, send[i], sendBytes[i]));
@@ -628,12 +628,14 @@ class SocketTransport final : public Transport {
                       "socket transport: rank %d sends to %d and receives from %d", globalRank(),
                       members_[to], members_[from]);
     }
-    std::vector<Transfer> xs{sendTo(to, send, sendBytes), recvFrom(from, recv, recvBytes)};
+    std::vector<Transfer>& xs = transfers();
+    xs.push_back(sendTo(to, send, sendBytes));
+    xs.push_back(recvFrom(from, recv, recvBytes));
     return run(kSendRecv, 0, xs);
   }
 
   gradcompResult_t allGather(const void* send, void* recv, size_t bytes) override {
-    std::vector<Transfer> xs;
+    std::vector<Transfer>& xs = transfers();
     char* out = static_cast<char*>(recv);
     for (int i = 0; i < size_; ++i) {
       if (i == rank_) continue;
@@ -676,24 +678,22 @@ class SocketTransport final : public Transport {
            "recvcount=%zu times %d ranks overflows the address space", recvCount, size_);
     const size_t blockBytes = recvCount * esz;
     const char* in = static_cast<const char*>(send);
-    std::vector<std::unique_ptr<char[]>> staged(size_);
-    std::vector<Transfer> xs;
-    GC_CHECK(stageBlocks(blockBytes, &staged));
+    GC_CHECK(stageBlocks(blockBytes));
+    std::vector<Transfer>& xs = transfers();
     for (int i = 0; i < size_; ++i) {
       if (i == rank_) continue;
       xs.push_back(sendTo(i, in + (size_t)i * blockBytes, blockBytes));
-      xs.push_back(recvFrom(i, staged[i].get(), blockBytes));
+      xs.push_back(recvFrom(i, staged(i, blockBytes), blockBytes));
     }
     const uint64_t check = (uint64_t)recvCount ^ ((uint64_t)type << 56) ^ ((uint64_t)op << 48);
     GC_CHECK(run(kReduceScatter, check, xs));
-    std::vector<const void*> src(size_);
+    src_.resize(size_);
     for (int i = 0; i < size_; ++i) {
-      src[i] = i == rank_ ? in + (size_t)rank_ * blockBytes : staged[i].get();
+      src_[i] = i == rank_ ? in + (size_t)rank_ * blockBytes : staged(i, blockBytes);
     }
-    std::unique_ptr<char[]> out(new (std::nothrow) char[blockBytes ? blockBytes : 1]);
-    if (!out) return outOfMemory(blockBytes);
-    hostReduce(type, op, src, out.get(), recvCount);
-    if (blockBytes) memcpy(recv, out.get(), blockBytes);
+    char* out = staged(rank_, blockBytes);
+    hostReduce(type, op, src_, out, recvCount);
+    if (blockBytes) memcpy(recv, out, blockBytes);
     return gradcompSuccess;
   }
 
@@ -727,13 +727,30 @@ class SocketTransport final : public Transport {
     return res;
   }
 
-  gradcompResult_t stageBlocks(size_t bytes, std::vector<std::unique_ptr<char[]>>* staged) {
-    for (int i = 0; i < size_; ++i) {
-      if (i == rank_) continue;
-      (*staged)[i].reset(new (std::nothrow) char[bytes ? bytes : 1]);
-      if (!(*staged)[i]) return outOfMemory(bytes);
+  // The staging buffer grown to size() blocks of `bytes`: block i (i not
+  // this rank) receives rank i's block, block rank() holds the reduction.
+  // Kept between calls (a transport runs one call at a time): a
+  // steady-state call allocates nothing.
+  gradcompResult_t stageBlocks(size_t bytes) {
+    if (bytes > SIZE_MAX / (size_t)size_) {
+      const gradcompResult_t res =
+          setError(gradcompSystemError, "out of host memory: %d blocks of %zu bytes", size_, bytes);
+      mesh_->breakAll(gradcompGetLastError());
+      return res;
     }
+    const size_t need = bytes * (size_t)size_;
+    if (need <= stageBytes_ && stage_) return gradcompSuccess;
+    stage_.reset(new (std::nothrow) char[need ? need : 1]);
+    stageBytes_ = stage_ ? need : 0;
+    if (!stage_) return outOfMemory(need);
     return gradcompSuccess;
+  }
+  char* staged(int i, size_t bytes) { return stage_.get() + (size_t)i * bytes; }
+
+  // The call's transfer list, emptied (kept for its capacity).
+  std::vector<Transfer>& transfers() {
+    xs_.clear();
+    return xs_;
   }
 
   // The uncompressed allreduce over direct sends: rank j owns block j of the
@@ -743,36 +760,35 @@ class SocketTransport final : public Transport {
   template <typename Reduce>
   gradcompResult_t twoPhase(uint32_t collective, uint64_t check, const void* send, void* recv,
                             size_t count, size_t esz, Reduce reduce) {
-    std::vector<size_t> first(size_ + 1);
+    std::vector<size_t>& first = first_;
+    first.resize(size_ + 1);
     for (int j = 0; j <= size_; ++j)
       first[j] = count / size_ * j + std::min<size_t>(j, count % size_);
     auto blockOf = [&](const void* base, int j) {
       return static_cast<const char*>(base) + first[j] * esz;
     };
     const size_t mineCount = first[rank_ + 1] - first[rank_], mineBytes = mineCount * esz;
-    std::vector<std::unique_ptr<char[]>> staged(size_);
-    GC_CHECK(stageBlocks(mineBytes, &staged));
-    std::vector<Transfer> xs;
+    GC_CHECK(stageBlocks(mineBytes));
+    std::vector<Transfer>& xs = transfers();
     for (int i = 0; i < size_; ++i) {
       if (i == rank_) continue;
       xs.push_back(sendTo(i, blockOf(send, i), (first[i + 1] - first[i]) * esz));
-      xs.push_back(recvFrom(i, staged[i].get(), mineBytes));
+      xs.push_back(recvFrom(i, staged(i, mineBytes), mineBytes));
     }
     GC_CHECK(run(collective, check, xs));
-    std::vector<const void*> src(size_);
-    for (int i = 0; i < size_; ++i) src[i] = i == rank_ ? blockOf(send, i) : staged[i].get();
-    std::unique_ptr<char[]> out(new (std::nothrow) char[mineBytes ? mineBytes : 1]);
-    if (!out) return outOfMemory(mineBytes);
-    reduce(src, out.get(), mineCount);
+    src_.resize(size_);
+    for (int i = 0; i < size_; ++i) src_[i] = i == rank_ ? blockOf(send, i) : staged(i, mineBytes);
+    char* out = staged(rank_, mineBytes);
+    reduce(src_, out, mineCount);
     xs.clear();
     char* dst = static_cast<char*>(recv);
     for (int i = 0; i < size_; ++i) {
       if (i == rank_) continue;
-      xs.push_back(sendTo(i, out.get(), mineBytes));
+      xs.push_back(sendTo(i, out, mineBytes));
       xs.push_back(recvFrom(i, dst + first[i] * esz, (first[i + 1] - first[i]) * esz));
     }
     GC_CHECK(run(kGatherPhase, check, xs));
-    if (mineBytes) memcpy(dst + first[rank_] * esz, out.get(), mineBytes);
+    if (mineBytes) memcpy(dst + first[rank_] * esz, out, mineBytes);
     return gradcompSuccess;
   }
 
@@ -856,8 +872,8 @@ class SocketTransport final : public Transport {
     SocketMesh& m = *mesh_;
     constexpr size_t H = sizeof(WireHeader);
     double lastProgress = now();
-    std::vector<pollfd> pfds;
-    std::vector<int> pending;
+    std::vector<pollfd>& pfds = pfds_;
+    std::vector<int>& pending = pending_;
     for (;;) {
       // Checked before the connections' state: after abort() they read as closed.
       GC_CHECK(checkOpen());
@@ -933,6 +949,16 @@ class SocketTransport final : public Transport {
   std::shared_ptr<SocketMesh> mesh_;
   std::vector<int> members_;  // global rank of every member, in member order
   uint32_t tag_;
+  // A call's arrays, kept for their capacity (every call fills them anew):
+  // its transfers, the staging buffer (stageBlocks), a reduction's sources
+  // and block bounds, progress()'s poll set.
+  std::vector<Transfer> xs_;
+  std::unique_ptr<char[]> stage_;
+  size_t stageBytes_ = 0;
+  std::vector<const void*> src_;
+  std::vector<size_t> first_;
+  std::vector<pollfd> pfds_;
+  std::vector<int> pending_;
 };
 
 gradcompResult_t makeSocketMesh(int nranks, int rank, const char* root, double timeoutSec,
