@@ -140,10 +140,14 @@ gradcompResult_t carriedPassThrough(gradcompComm& c, int kind, bool keyed, uint6
   // retune between the two leaves every element's u and v on its own block
   // (summed over the ranks, as the allreduce's, which needs no order).
   const bool permuted = rs && useHierReduceScatter(c);
-  std::vector<size_t> blockAt;  // permuted: state block -> its input offset
+  // permuted: state block -> its input offset, and every block's length
+  // (the comm's CallScratch, refilled by every call).
+  std::vector<size_t>& blockAt = callScratch(c).passBlockAt;
+  std::vector<size_t>& lens = callScratch(c).passLens;
   if (permuted) {
     const Topology& topo = c.topo;
     blockAt.resize((size_t)c.nranks);
+    lens.assign((size_t)c.nranks, count);
     for (int l = 0; l < topo.localSize; ++l) {
       for (int j = 0; j < topo.nodes; ++j)
         blockAt[(size_t)l * topo.nodes + j] = (size_t)topo.rankAt(j, l) * count;
@@ -214,7 +218,6 @@ gradcompResult_t carriedPassThrough(gradcompComm& c, int kind, bool keyed, uint6
   DType gt = t;
   if (permuted) {
     float* perm = reinterpret_cast<float*>(ws + permAt);
-    const std::vector<size_t> lens((size_t)c.nranks, count);
     GC_CHECK(widenBlocks(*c.backend, send, t, blockAt.data(), lens.data(), c.nranks, count, perm));
     g = perm, gt = DType::F32;
   }

@@ -322,6 +322,9 @@ struct CallScratch {
   // offsets and lengths of the blocks it widens.
   std::vector<size_t> hierBlock, hierBlockOff;
   std::vector<size_t> hierOff, hierLen;
+  // A hierarchical reduce-scatter's carried pass-through (collective.cc):
+  // where each state block's input lies, and the blocks' lengths.
+  std::vector<size_t> passBlockAt, passLens;
 };
 // The comm's CallScratch, made at its first use.
 CallScratch& callScratch(gradcompComm& c);

@@ -24,9 +24,11 @@ struct BitsHistory {
   GradStats* resultDev = nullptr;   // device
   GradStats* resultHost = nullptr;  // pinned host mirror (one entry per rank when gathered)
   GradStats* gatherDev = nullptr;   // device: every rank's statistics (reduce-scatter)
-  int gathered = 0;                 // ranks in resultHost of the copy in flight (0: one)
-  cudaEvent_t ready = nullptr;      // recorded after the copy to resultHost
-  bool pending = false;             // a copy is in flight
+  // Host: every rank's statistics (reduce-scatter), kept for its capacity.
+  std::vector<GradStats> gatherHost;
+  int gathered = 0;             // ranks in resultHost of the copy in flight (0: one)
+  cudaEvent_t ready = nullptr;  // recorded after the copy to resultHost
+  bool pending = false;         // a copy is in flight
   GradStats stats{0.0, 0.0};
   bool haveStats = false;
   int lastBits = 0;
@@ -396,7 +398,8 @@ gradcompResult_t recordGatheredStats(gradcompComm& c, BufferState& s, const void
   // fails there fails on every rank and counts for none.
   if (!h.onDevice) {
     const GradStats mine = hostGradStats(recv, t, count, c.cfg.bucketSize);
-    std::vector<GradStats> all(n);
+    std::vector<GradStats>& all = h.gatherHost;
+    all.resize(n);
     GC_CHECK(c.transport->allGather(&mine, all.data(), sizeof(GradStats)));
     commitBits(c, s, h);
     h.stats = sumInRankOrder(all.data(), n);

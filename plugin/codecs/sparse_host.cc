@@ -14,7 +14,12 @@ using sparse::SelectRule;
 
 double sparseSumSq(const void* x, DType t, size_t n) {
   const size_t chunks = (n + sparse::kNormChunk - 1) / sparse::kNormChunk;
-  std::vector<double> partial(chunks);
+  // Lane l of the second pass sums the partials of chunks l, l + kNormLanes,
+  // ... in that order: each chunk's partial joins its lane as it is made,
+  // the same additions in the same order as summing a stored array of the
+  // partials, with no array (a clipped DGC call allocates nothing).
+  double second[sparse::kNormLanes];
+  for (int l = 0; l < sparse::kNormLanes; ++l) second[l] = 0.0;
   double lanes[sparse::kNormLanes];
   for (size_t c = 0; c < chunks; ++c) {
     for (int l = 0; l < sparse::kNormLanes; ++l) {
@@ -26,15 +31,11 @@ double sparseSumSq(const void* x, DType t, size_t n) {
       lanes[l] = s;
     }
     sparse::treeSumHost(lanes);
-    partial[c] = lanes[0];
+    double& lane = second[c % sparse::kNormLanes];
+    lane = dadd(lane, lanes[0]);
   }
-  for (int l = 0; l < sparse::kNormLanes; ++l) {
-    double s = 0.0;
-    for (size_t j = l; j < chunks; j += sparse::kNormLanes) s = dadd(s, partial[j]);
-    lanes[l] = s;
-  }
-  sparse::treeSumHost(lanes);
-  return lanes[0];
+  sparse::treeSumHost(second);
+  return second[0];
 }
 
 void sparseAccumulate(const void* g, DType t, size_t n, float clipThr, float m, float* u, float* v,

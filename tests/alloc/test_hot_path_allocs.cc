@@ -506,6 +506,94 @@ TEST(HotPathAllocs, SocketSparseSteadyStateCallsAllocateNothing) {
   expectSteadyStateAllocatesNothing<gctest::SocketWorld>(sparseCases());
 }
 
+// DGC with clipping (clipNorm > 0): the CPU backend's norm of the
+// gradient, on compressed calls (flat and hierarchical) and on calls below
+// minElements, whose momentum pass-through clips too.
+TEST(HotPathAllocs, ClippedDgcSteadyStateCallsAllocateNothing) {
+  std::vector<AlgoCase> cases;
+  for (int localSize : {1, 2}) {
+    gradcompConfig_t cfg = gctest::sparseTestConfig(gradcompMethodDgc);
+    cfg.autoTune = 0;
+    cfg.localSize = localSize;
+    cfg.clipNorm = 0.5f;
+    cases.push_back({localSize == 1 ? "dgc-clipped" : "hier-dgc-clipped", cfg, 4});
+  }
+  gradcompConfig_t passed = cases[0].cfg;
+  passed.minElements = 1u << 20;
+  cases.push_back({"dgc-clipped-passed", passed, 4});
+  expectSteadyStateAllocatesNothing(cases);
+}
+
+// DGC's momentum pass-through (a call below minElements carries its
+// velocity), flat and hierarchical (whose reduce-scatter keeps the velocity
+// in its stage-1 order: its block offsets and lengths are the comm's).
+TEST(HotPathAllocs, MomentumPassThroughSteadyStateCallsAllocateNothing) {
+  std::vector<AlgoCase> cases;
+  for (AlgoCase k : sparseCases()) {
+    if (k.cfg.method != gradcompMethodDgc) continue;
+    k.cfg.minElements = 1u << 20;
+    cases.push_back(k);
+  }
+  expectSteadyStateAllocatesNothing(cases);
+}
+
+// The residual pass-through (a call the auto-tuner passes, of a buffer
+// that earlier calls compressed) of the hierarchy's reduce-scatter, whose
+// state is in its stage-1 order: once the residual went out, a passed call
+// allocates nothing (figures injected: NCCL faster at every size).
+TEST(HotPathAllocs, HierAutoPassedReduceScatterAllocatesNothing) {
+  gradcompConfig_t cfg = gctest::qsgdTestConfig();
+  cfg.autoTune = 1;
+  cfg.localSize = 2;
+  const int n = 4;
+  gc::AutoFigures ncclWins;
+  ncclWins.smallCount = 1024;
+  ncclWins.largeCount = 5120;
+  ncclWins.ncclUs[0] = 16;
+  ncclWins.ncclUs[1] = 32;
+  ncclWins.compUs[0] = 48;
+  ncclWins.compUs[1] = 80;
+  const Shape s{1000, ncclFloat32, true};
+  gctest::CpuWorld world(n, cfg);
+  for (int r = 0; r < n; ++r) gc::autoInjectFigures(world.comm(r), ncclWins);
+  std::vector<RankBuffers> bufs;
+  for (int r = 0; r < n; ++r) bufs.push_back(makeBuffers(s, n, 5 + r));
+  gAllocs = 0;
+  auto res = world.run([&](int r) {
+    for (int i = 0; i < 3; ++i) GC_CHECK(callOnce(world.comm(r), bufs[r], s));
+    tCounting = true;
+    gradcompResult_t out = gradcompSuccess;
+    for (int i = 0; i < 20 && out == gradcompSuccess; ++i)
+      out = callOnce(world.comm(r), bufs[r], s);
+    tCounting = false;
+    return out;
+  });
+  for (int r = 0; r < n; ++r) EXPECT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
+  EXPECT_EQ(gAllocs.exchange(0), 0)
+      << "allocations in 20 auto-passed reduce-scatters of " << n << " ranks";
+  for (int r = 0; r < n; ++r) {
+    gradcompStats_t st;
+    ASSERT_EQ(gradcompGetStats(world.comm(r), &st), gradcompSuccess);
+    EXPECT_EQ(st.callsAutoPassed, 23u) << "rank " << r;
+  }
+}
+
+// DQ-SGD: the widths chosen per call (dynamic, budget), flat and
+// hierarchical.
+TEST(HotPathAllocs, DqsgdSteadyStateCallsAllocateNothing) {
+  std::vector<AlgoCase> cases;
+  for (gradcompBitsMode_t mode : {gradcompBitsDynamic, gradcompBitsBudget}) {
+    for (gradcompAlgo_t algo : {gradcompAlgoTwoShot, gradcompAlgoRing, gradcompAlgoAllgather}) {
+      gradcompConfig_t cfg = qsgdConfig(algo, 0);
+      cfg.bitsMode = mode;
+      cases.push_back({mode == gradcompBitsDynamic ? "dynamic" : "budget", cfg, 4});
+      cfg.localSize = 2;
+      cases.push_back({mode == gradcompBitsDynamic ? "hier-dynamic" : "hier-budget", cfg, 4});
+    }
+  }
+  expectSteadyStateAllocatesNothing(cases);
+}
+
 // The auto-tuner's steady state: once a collective's decision is made
 // (here from injected figures, as a timing on the host clock would give:
 // compress at every size, or pass through at every size), its calls
