@@ -27,8 +27,10 @@ for b in 100 16 16384; do
 done
 # A number flag's value is read whole: text that is not a number is refused by name (it was
 # read as its leading digits or 0: --bits 4x ran 4 bits, --once 2 ran once).
+# Past int's range, a value is refused too (not read modulo 2^32: 4294967312 is not 16).
 for args in "--min-log2 abc" "--max-log2 26x" "--bucket 512.5" "--bits 4,x" "--lists 8z" \
-            "--densities 0.001,1e-3q" "--once yes"; do
+            "--densities 0.001,1e-3q" "--once yes" "--step-log2 1x" "--min-log2 4294967312" \
+            "--bits 4,-4294967292"; do
   read -r flag value <<< "$args"
   out=$("$bin" "$flag" "$value" 2>&1); rc=$?
   if [ "$rc" != 2 ] || ! grep -q -- "$flag '[^']*' is not" <<< "$out"; then

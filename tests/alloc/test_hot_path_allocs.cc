@@ -379,16 +379,18 @@ TEST(HotPathAllocs, QsgdSteadyStateCallsAllocateNothing) {
 // nearest rounding (no random draw) a call's result depends only on its
 // input and its buffer's residuals, so each call of a comm that ran every
 // shape in turn matches, bit for bit, the same call on a comm that only ever
-// ran that shape.
-void expectLayoutsFollowTheShape(const std::vector<AlgoCase>& cases) {
+// ran that shape. grow: a last call of a count well past every earlier one,
+// whose chunks and pieces need larger slots than any earlier call's.
+void expectLayoutsFollowTheShape(const std::vector<AlgoCase>& cases, bool grow = false) {
   for (AlgoCase k : cases) {
     k.cfg.rounding = gradcompRoundNearest;
     for (bool rs : {false, true}) {
       const size_t m = rs ? 1000 : 4000;
-      const std::vector<Shape> shapes = {{m, ncclFloat32, rs},       {m + 1, ncclFloat32, rs},
-                                         {m, ncclFloat32, rs},       {m, ncclFloat16, rs},
-                                         {m - 777, ncclFloat32, rs}, {m + 1, ncclFloat32, rs},
-                                         {m, ncclBfloat16, rs},      {m, ncclFloat32, rs}};
+      std::vector<Shape> shapes = {{m, ncclFloat32, rs},       {m + 1, ncclFloat32, rs},
+                                   {m, ncclFloat32, rs},       {m, ncclFloat16, rs},
+                                   {m - 777, ncclFloat32, rs}, {m + 1, ncclFloat32, rs},
+                                   {m, ncclBfloat16, rs},      {m, ncclFloat32, rs}};
+      if (grow) shapes.push_back({3 * m + 5, ncclFloat32, rs});
       const int n = k.n;
       gctest::CpuWorld mixed(n, k.cfg);
       // Per distinct shape: a world of its own, and each world's buffers.
@@ -435,6 +437,12 @@ TEST(HotPathAllocs, QsgdLayoutsFollowTheShape) {
   expectLayoutsFollowTheShape(qsgdCases());
 }
 
+// A call larger than every earlier one on the comm (DDP's first bucket is
+// its smallest): the kept layouts must not keep an earlier call's slots.
+TEST(HotPathAllocs, QsgdLayoutsFollowAGrowingCount) {
+  expectLayoutsFollowTheShape(qsgdCases(), true);
+}
+
 // The hierarchy (GRADCOMP_LOCAL_SIZE: nodes of 2 ranks) with QSGD's
 // middle stages, pipelined or not: the in-node stages' layout and block
 // arrays are the comm's too, its middle stage's the child comm's.
@@ -455,6 +463,10 @@ TEST(HotPathAllocs, HierSteadyStateCallsAllocateNothing) {
 
 TEST(HotPathAllocs, HierLayoutsFollowTheShape) {
   expectLayoutsFollowTheShape(hierCases());
+}
+
+TEST(HotPathAllocs, HierLayoutsFollowAGrowingCount) {
+  expectLayoutsFollowTheShape(hierCases(), true);
 }
 
 // The sparse methods, flat and hierarchical: the CPU backend's threshold

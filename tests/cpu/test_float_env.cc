@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "gradcomp.h"
+#include "gradcomp/elias.h"
 #include "gradcomp/reference.h"
 #include "tests/common/cpu_world.h"
 
@@ -67,6 +68,44 @@ Codec encodeDecode(const std::vector<float>& x, bool flush) {
   return c;
 }
 
+// The Elias host codec the same way: its encoding (with error feedback) and
+// its decode, on a thread that flushes subnormals or not.
+gradcompEliasParams_t eliasParams() {
+  gradcompEliasParams_t p;
+  p.levels = 15;
+  p.bucketSize = 512;
+  p.code = gradcompEliasGamma;
+  p.scale = gradcompEliasScaleL2;
+  return p;
+}
+
+struct EliasCodec {
+  std::vector<char> bytes;
+  std::vector<float> residual, decoded;
+};
+
+EliasCodec eliasEncodeDecode(const std::vector<float>& x, bool flush) {
+  EliasCodec c;
+  // The residual (tiny too) is made before the thread flushes.
+  c.residual.resize(x.size());
+  for (size_t i = 0; i < x.size(); ++i) c.residual[i] = x[(i * 7) % x.size()];
+  ScopedFlushSubnormals env(flush);
+  const gradcompEliasParams_t p = eliasParams();
+  c.bytes.resize(gradcompEliasMaxEncodedBytes(x.size(), &p));
+  c.decoded.resize(x.size());
+  size_t used = 0;
+  EXPECT_EQ(gradcompEliasEncodeHost(x.data(), ncclFloat32, c.residual.data(), x.size(), &p, 11,
+                                    c.bytes.data(), c.bytes.size(), &used),
+            gradcompSuccess)
+      << gradcompGetLastError();
+  c.bytes.resize(used);
+  EXPECT_EQ(gradcompEliasDecodeHost(c.bytes.data(), used, x.size(), &p, c.decoded.data(), 0),
+            gradcompSuccess)
+      << gradcompGetLastError();
+  EXPECT_EQ(_mm_getcsr() & kFtzDaz, flush ? kFtzDaz : 0u);
+  return c;
+}
+
 // Three in-place allreduces on a CPU world whose rank threads flush
 // subnormals where flush[rank]; every rank's output of every step.
 std::vector<std::vector<float>> allReduces(gradcompConfig_t cfg, const std::vector<bool>& flush) {
@@ -104,6 +143,28 @@ TEST(HostFloatEnv, ReferenceCodecIgnoresAThreadThatFlushesSubnormals) {
   const Codec ieee = encodeDecode(x, false), flushed = encodeDecode(x, true);
   EXPECT_TRUE(ieee.bytes == flushed.bytes) << "the encoding differs";
   EXPECT_TRUE(sameBits(ieee.decoded, flushed.decoded));
+#else
+  GTEST_SKIP() << "the flush setting tested is SSE's MXCSR";
+#endif
+}
+
+TEST(HostFloatEnv, EliasHostCodecIgnoresAThreadThatFlushesSubnormals) {
+#if defined(__SSE2__)
+  const std::vector<float> x = tinyGradient(4096, 5);
+  const EliasCodec ieee = eliasEncodeDecode(x, false), flushed = eliasEncodeDecode(x, true);
+  EXPECT_TRUE(ieee.bytes == flushed.bytes) << "the encoding differs";
+  EXPECT_TRUE(sameBits(ieee.residual, flushed.residual)) << "the residual differs";
+  EXPECT_TRUE(sameBits(ieee.decoded, flushed.decoded)) << "the decode differs";
+  // The decode alone: the IEEE thread's encoding decoded on a flushing thread.
+  std::vector<float> out(x.size());
+  {
+    ScopedFlushSubnormals env(true);
+    const gradcompEliasParams_t p = eliasParams();
+    ASSERT_EQ(
+        gradcompEliasDecodeHost(ieee.bytes.data(), ieee.bytes.size(), x.size(), &p, out.data(), 0),
+        gradcompSuccess);
+  }
+  EXPECT_TRUE(sameBits(out, ieee.decoded)) << "the decode on a flushing thread differs";
 #else
   GTEST_SKIP() << "the flush setting tested is SSE's MXCSR";
 #endif

@@ -227,6 +227,10 @@ TEST(SetupAgreement, RanksOfDifferentBuildsFailAlike) {
   EXPECT_EQ(gc::makeSetupVote(gradcompSuccess, config(0), 1, nullptr).version, now);
   EXPECT_EQ(sizeof(gc::SetupVote), 24 + 8 * (size_t)gc::kSetupSettingsCapacity + 256)
       << "the vote's size must not change with the settings";
+  // The size every build exchanges (a capacity of 64 settings): a build whose vote had
+  // another size would meet this one's in an exchange of mismatched sizes.
+  EXPECT_EQ(gc::kSetupSettingsCapacity, 64);
+  EXPECT_EQ(sizeof(gc::SetupVote), 792u);
 }
 
 // The CPU world takes one config for all ranks: the same decision, always

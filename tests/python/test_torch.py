@@ -413,6 +413,59 @@ class UniqueIdThroughTheStore(unittest.TestCase):
         self.assertIn(0, got[0][:16])  # NULs inside: a copy cut at the first one would differ
         self.assertNotEqual(got[0], bytes(128))
 
+    def make_comm_on_rank_0(self, store, init_result):
+        """make_comm's rank 0 with ncclCommInitRank returning init_result and the comm's
+        creation stubbed (no GPU): the store key it published, and what it raised."""
+        import types
+
+        from gradcomp.torch import _nccl
+
+        class Lib:
+            def ncclCommInitRank(self, handle, size, uid, rank):
+                handle._obj.value = 0x1000
+                return init_result
+
+            def ncclCommAbort(self, handle):
+                pass
+
+        fake = types.SimpleNamespace(lib=Lib())
+        fake.check = lambda res, what: (_ for _ in ()).throw(RuntimeError(f"{what}: {res}")) \
+            if res else None
+        key = "gradcomp/nccl_id/0-1/0/0"
+        with mock.patch.object(_nccl, "check_group", lambda pg: (pg, 0, 2)), \
+                mock.patch.object(_nccl, "nccl", lambda: fake), \
+                mock.patch.object(_nccl, "store_key", lambda kind, pg, ranks: key), \
+                mock.patch.object(_nccl, "share_unique_id",
+                                  lambda st, k, r: (st.set(k, b"\x07" * 128), None)[1]), \
+                mock.patch.object(_nccl.Comm, "create", lambda h, config: "comm"), \
+                mock.patch.object(dist, "get_process_group_ranks", lambda pg: [0, 1]), \
+                mock.patch.object(dist.distributed_c10d, "_get_default_store", lambda: store), \
+                mock.patch.object(torch.cuda, "device", lambda d: contextlib.nullcontext()):
+            try:
+                return key, _nccl.make_comm(None, 0, None), None
+            except RuntimeError as e:
+                return key, None, e
+
+    def test_rank_0_deletes_the_key_once_made_and_marks_a_failed_creation(self):
+        """make_comm's rank 0 (NCCL): once the comm is made every rank has read the unique
+        id, so its key is deleted (a restarted world on the same store, numbering from 0 again,
+        finds no stale id); a failed creation marks the key instead, so that a peer still to
+        read it raises rank 0's error at once, not at the store's timeout (30 minutes)."""
+        from gradcomp.torch import _group
+
+        store = dist.HashStore()
+        key, made, err = self.make_comm_on_rank_0(store, 0)
+        self.assertIsNone(err)
+        self.assertEqual(made, ("comm", 0x1000))
+        self.assertFalse(store.check([key]), "the made comm's key is left in the store")
+        store = dist.HashStore()
+        key, made, err = self.make_comm_on_rank_0(store, 5)
+        self.assertRegex(str(err), "ncclCommInitRank")
+        self.assertTrue(store.check([key]), "the failed creation left no mark")
+        with self.assertRaisesRegex(RuntimeError, "rank 0 of the group could not make the comm "
+                                    f"of {key} \\(ncclCommInitRank"):
+            _group.check_key_value(store.get(key), key)
+
     def test_a_wrong_size_in_the_store_is_refused(self):
         from gradcomp.torch import _nccl
 
@@ -1366,36 +1419,46 @@ class HookOnCpuWorld(unittest.TestCase):
         step counters alike (FSDP2's hooks keep none): rank 0's first compressed call would
         run the load's check of its call alone, which on NCCL its peers never join (a hang).
         When the comm is made every rank counts the ranks that loaded, and all raise the same
-        RuntimeError, the comm not kept (as for a refused state dict)."""
+        RuntimeError, the comm not kept (as for a refused state dict). Any count between none
+        and all is refused: 1 of 2 ranks, and 2 of 3 (one rank short of all)."""
         from gradcomp.torch.ddp import _HostStream, _reduce_bucket
 
-        N, steps = self.N, self.START + 2
-        with self.gradcomp.CpuWorld(N, self.config()) as w:
-            states = self.states(w, "partial-save")
-            for step in range(steps):
-                self.step(w, states, step)
-            saved = states[0].state_dict()
-        with self.gradcomp.CpuWorld(N, self.config()) as w:
-            states = self.states(w, "partial-load")
-            states[0].load_state_dict(saved)
-            states[1].iter = saved["iter"]
+        steps = self.START + 2
+        for N, loaders in ((self.N, 1), (3, 2)):
+            with self.subTest(ranks=N, loaded=loaders):
+                with self.gradcomp.CpuWorld(N, self.config()) as w:
+                    states = self.make_states(self, N, w, f"partial-save-{N}", self.model,
+                                              self.START, self.config)
+                    for step in range(steps):
+                        self.step(w, states, step)
+                    saved = [st.state_dict() for st in states]
+                stack = contextlib.ExitStack()  # the world outlives the states (their cleanup)
+                self.addCleanup(stack.close)
+                w = stack.enter_context(self.gradcomp.CpuWorld(N, self.config()))
+                states = self.make_states(self, N, w, f"partial-load-{N}", self.model,
+                                          self.START, self.config)
+                for r in range(N):
+                    if r < loaders:
+                        states[r].load_state_dict(saved[r])
+                    else:
+                        states[r].iter = saved[r]["iter"]
 
-            def first_bucket(comm):
-                r = comm.rank
-                bucket = self.Bucket(self.grads(steps, r, 0), self.buckets[0], 0, False)
-                try:
-                    _reduce_bucket(states[r], bucket, bucket.buf, _HostStream())
-                except RuntimeError as e:
-                    return str(e)
-                return None
+                def first_bucket(comm):
+                    r = comm.rank
+                    bucket = self.Bucket(self.grads(steps, r, 0), self.buckets[0], 0, False)
+                    try:
+                        _reduce_bucket(states[r], bucket, bucket.buf, _HostStream())
+                    except RuntimeError as e:
+                        return str(e)
+                    return None
 
-            said = w.run(first_bucket, timeout=60)
-            for r in range(N):
-                self.assertIsNotNone(said[r], f"rank {r} raised nothing")
-                self.assertIn(f"1 of the group's {N} ranks loaded a state dict with residuals "
-                              "(load_state_dict) and the others did not", said[r])
-            self.assertEqual([st._comm for st in states], [None] * N)
-            self.assertEqual([st.counters["compressed_calls"] for st in states], [0] * N)
+                said = w.run(first_bucket, timeout=60)
+                for r in range(N):
+                    self.assertIsNotNone(said[r], f"rank {r} raised nothing")
+                    self.assertIn(f"{loaders} of the group's {N} ranks loaded a state dict with "
+                                  "residuals (load_state_dict) and the others did not", said[r])
+                self.assertEqual([st._comm for st in states], [None] * N)
+                self.assertEqual([st.counters["compressed_calls"] for st in states], [0] * N)
 
 
 class HookNearestOnCpuWorld(HookOnCpuWorld):
@@ -1946,7 +2009,7 @@ class FsdpReduceScatterOnCpuWorld(unittest.TestCase):
 
         names, K, STEPS = ("layers.0", "layers.1"), 2, 4
 
-        def run(w, states, hooks, steps, paused=False):
+        def run(w, states, hooks, steps, paused=False, op=dist.ReduceOp.AVG):
             def rank(comm):
                 r, outs = comm.rank, []
                 for step in steps:
@@ -1954,8 +2017,8 @@ class FsdpReduceScatterOnCpuWorld(unittest.TestCase):
                         out = torch.empty(self.n)
                         with states[r].paused() if paused else contextlib.nullcontext():
                             hooks[r][name]._reduce_scatter(
-                                out, self.inputs(step, r), states[r].process_group,
-                                dist.ReduceOp.AVG, False, lambda: None)
+                                out, self.inputs(step, r), states[r].process_group, op, False,
+                                lambda: None)
                         outs.append(out)
                 return outs
 
@@ -1974,6 +2037,10 @@ class FsdpReduceScatterOnCpuWorld(unittest.TestCase):
             self.assertEqual(saved[0]["iter"], K)
             with mock.patch.object(dist, "reduce_scatter_tensor", lambda *a, **kw: None):
                 run(w, states, hooks, [K], paused=True)
+                # An op gradcomp does not compress, sent to torch: paused, not counted either.
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    run(w, states, hooks, [K], paused=True, op=dist.ReduceOp.MAX)
             self.assertEqual(states[0].iter, K)
             after = run(w, states, hooks, range(K, STEPS))
             self.assertEqual(states[0].iter, STEPS)
