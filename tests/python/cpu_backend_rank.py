@@ -40,6 +40,15 @@ def batch(step, rank, din):
     return torch.randn(8, din, generator=g), torch.randint(0, 5, (8,), generator=g)
 
 
+def train(d, opt, steps, rank):
+    """SGD steps of a DDP model on this rank's batches (8 samples of 32 features, 5 classes)."""
+    for step in steps:
+        x, y = batch(step, rank, 32)
+        opt.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(d(x), y).backward()
+        opt.step()
+
+
 def ddp(out, rank):
     from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -76,19 +85,12 @@ def ddp(out, rank):
         d.register_comm_hook(st, hook)
         return d, st, torch.optim.SGD(d.parameters(), lr=0.1, momentum=0.9)
 
-    def train(d, opt, steps):
-        for step in steps:
-            x, y = batch(step, rank, 32)
-            opt.zero_grad(set_to_none=True)
-            nn.functional.cross_entropy(d(x), y).backward()
-            opt.step()
-
     model = make(0)
     d, state, opt = wrap(model, recording)
     steps_of = []
     for step in range(STEPS):
         n = len(records)
-        train(d, opt, [step])
+        train(d, opt, [step], rank)
         steps_of += [step] * (len(records) - n)
     for rec, step in zip(records, steps_of):
         rec["step"] = step
@@ -98,7 +100,7 @@ def ddp(out, rank):
     # Checkpoint after RESUME_AT steps, resume in a fresh model, DDP and state.
     m1 = make(0)
     d1, s1, o1 = wrap(m1, gct.gradcomp_hook)
-    train(d1, o1, range(RESUME_AT))
+    train(d1, o1, range(RESUME_AT), rank)
     ckpt = {"model": {k: v.clone() for k, v in m1.state_dict().items()},
             "opt": o1.state_dict(), "gradcomp": s1.state_dict()}
     s1.close()
@@ -111,7 +113,7 @@ def ddp(out, rank):
         nn.functional.cross_entropy(d2(x), y).backward()
     o2.zero_grad(set_to_none=True)
     s2.load_state_dict(ckpt["gradcomp"])
-    train(d2, o2, range(RESUME_AT, STEPS))
+    train(d2, o2, range(RESUME_AT, STEPS), rank)
     resumed = param_bytes(m2.parameters()) == param_bytes(model.parameters())
     s2.close()
     return records, {"stats": stats, "resume_bitwise": resumed,
@@ -423,13 +425,6 @@ def restart(out, rank):
         d.register_comm_hook(st, gct.gradcomp_hook)
         return d, st, torch.optim.SGD(d.parameters(), lr=0.1)
 
-    def train(d, opt, steps):
-        for step in steps:
-            x, y = batch(step, rank, 32)
-            opt.zero_grad(set_to_none=True)
-            nn.functional.cross_entropy(d(x), y).backward()
-            opt.step()
-
     def keys_left():  # the world's comm keys (gradcomp.torch._group.store_key) in the store
         store = dist.distributed_c10d._get_default_store()
         name = dist.group.WORLD.group_name
@@ -438,10 +433,10 @@ def restart(out, rank):
     res = {}
     model = make()
     d, state, opt = wrap(model)
-    train(d, opt, range(2))
+    train(d, opt, range(2), rank)
     ckpt = {"model": {k: v.clone() for k, v in model.state_dict().items()},
             "gradcomp": state.state_dict()}
-    train(d, opt, range(2, 4))  # life 1 going on: the reference
+    train(d, opt, range(2, 4), rank)  # life 1 going on: the reference
     res["ref_hash"] = hashlib.sha256(param_bytes(model.parameters())).hexdigest()
     state.close()
     other = gct.GradcompState(backend="cpu", config=gradcomp.Config(
@@ -474,7 +469,7 @@ def restart(out, rank):
     state.load_state_dict(ckpt["gradcomp"])
     if rank == 0:  # rank 1 reaches the comm's creation first: it reads the key before rank 0
         time.sleep(1)  # writes it
-    train(d, opt, range(2, 4))
+    train(d, opt, range(2, 4), rank)
     res["hash"] = hashlib.sha256(param_bytes(model.parameters())).hexdigest()
     res["compressed_calls"] = state.counters["compressed_calls"]
     if rank == 0:

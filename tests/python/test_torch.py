@@ -1340,6 +1340,22 @@ class HookOnCpuWorld(unittest.TestCase):
             self.assertNotIn("two or more ranks", m)
         self.assertEqual(states[0].counters["compressed_calls"], 0)
 
+    def _first_bucket_errors(self, w, states, step, exc):
+        """Every rank of world w reduces its first bucket of the given step through its state
+        (the hook's own path, on the host): what each rank raised of type exc, or None."""
+        from gradcomp.torch.ddp import _HostStream, _reduce_bucket
+
+        def first_bucket(comm):
+            r = comm.rank
+            bucket = self.Bucket(self.grads(step, r, 0), self.buckets[0], 0, False)
+            try:
+                _reduce_bucket(states[r], bucket, bucket.buf, _HostStream())
+            except exc as e:
+                return str(e)
+            return None
+
+        return w.run(first_bucket, timeout=60)
+
     def test_ranks_with_different_hook_options_fail_alike(self):
         """layer_min_size, exclude_1d and start_iter decide which calls each step makes, and
         the step counter (iter) from which step it compresses: a rank that differs (a keyword,
@@ -1348,8 +1364,6 @@ class HookOnCpuWorld(unittest.TestCase):
         hook's first call outside paused() every
         rank raises the same ValueError naming the rank, the option and both values, before
         any gradient is sent; a paused step sends uncompressed and compares nothing."""
-        from gradcomp.torch.ddp import _HostStream, _reduce_bucket
-
         N = self.N
         cases = (("start_iter", self.START + 2, self.START),
                  ("layer_min_size", 4096, 1024),  # bucket 1's 2048 and 1600 in full precision
@@ -1362,16 +1376,7 @@ class HookOnCpuWorld(unittest.TestCase):
                     self.step(w, states, 0)  # uncompressed, nothing compared
                 setattr(states[1], name, value)
 
-                def first_bucket(comm):
-                    r = comm.rank
-                    bucket = self.Bucket(self.grads(0, r, 0), self.buckets[0], 0, False)
-                    try:
-                        _reduce_bucket(states[r], bucket, bucket.buf, _HostStream())
-                    except ValueError as e:
-                        return str(e)
-                    return None
-
-                said = w.run(first_bucket, timeout=60)
+                said = self._first_bucket_errors(w, states, 0, ValueError)
                 want = (f"rank 1 of the state's group has {name}={value!r} while rank 0 has "
                         f"{first!r}")
                 for r in range(N):
@@ -1421,8 +1426,6 @@ class HookOnCpuWorld(unittest.TestCase):
         When the comm is made every rank counts the ranks that loaded, and all raise the same
         RuntimeError, the comm not kept (as for a refused state dict). Any count between none
         and all is refused: 1 of 2 ranks, and 2 of 3 (one rank short of all)."""
-        from gradcomp.torch.ddp import _HostStream, _reduce_bucket
-
         steps = self.START + 2
         for N, loaders in ((self.N, 1), (3, 2)):
             with self.subTest(ranks=N, loaded=loaders):
@@ -1443,16 +1446,7 @@ class HookOnCpuWorld(unittest.TestCase):
                     else:
                         states[r].iter = saved[r]["iter"]
 
-                def first_bucket(comm):
-                    r = comm.rank
-                    bucket = self.Bucket(self.grads(steps, r, 0), self.buckets[0], 0, False)
-                    try:
-                        _reduce_bucket(states[r], bucket, bucket.buf, _HostStream())
-                    except RuntimeError as e:
-                        return str(e)
-                    return None
-
-                said = w.run(first_bucket, timeout=60)
+                said = self._first_bucket_errors(w, states, steps, RuntimeError)
                 for r in range(N):
                     self.assertIsNotNone(said[r], f"rank {r} raised nothing")
                     self.assertIn(f"{loaders} of the group's {N} ranks loaded a state dict with "
