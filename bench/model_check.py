@@ -68,6 +68,9 @@ def check_projection_pieces(tag, r, doc):
     label = r.get("label") or ""
     us = lambda b, gbps: b * 8 / (gbps * 1e3)  # noqa: E731
     intra, lat = doc.get("intra_gbps"), doc.get("link_latency_us")
+    if r.get("collective") == "reduce_scatter":
+        check_rs_projection_points(tag, r, intra, lat)
+        return
     for p in r.get("projection") or []:
         t = "%s %dx%d@%g" % (tag, p["nodes"], p["local"], p["node_gbps"])
         k, g = p["nodes"], p["local"]
@@ -90,6 +93,36 @@ def check_projection_pieces(tag, r, doc):
         expect(close(p["hier_time_us"] - p["hier_kernel_us"] - links, steps * lat),
                "%s: hier's latency %s us vs %s steps of a %s middle" %
                (t, p["hier_time_us"] - p["hier_kernel_us"] - links, steps, middle))
+
+
+def check_rs_projection_points(tag, r, intra, lat):
+    """A reduce-scatter row's projection (clusterReduceScatterModel): on >= 2 nodes of >= 2
+    GPUs the hierarchical reduce-scatter, (G-1) k m 4 bytes in the node and (k-1) E(m) across,
+    G latency steps; elsewhere the flat one, hier's figures flat's; one piece giving the
+    unpipelined time."""
+    us = lambda b, gbps: b * 8 / (gbps * 1e3)  # noqa: E731
+    m_ = r["count"]
+    e = encoded(m_, r["bits"], r["bucket"])
+    for p in r.get("projection") or []:
+        t = "%s %dx%d@%g" % (tag, p["nodes"], p["local"], p["node_gbps"])
+        k, g = p["nodes"], p["local"]
+        if k < 2 or g < 2:
+            expect(p["hier_pieces"] == 1 and p["hier_time_us"] == p["flat_time_us"] and
+                   close(p["hier_inter_bytes"], (k * g - g) * e),
+                   "%s: no hierarchy: the flat reduce-scatter's figures" % t)
+            continue
+        expect(close(p["hier_intra_bytes"], (g - 1) * k * m_ * 4) and
+               close(p["hier_inter_bytes"], (k - 1) * e),
+               "%s: hier reduce-scatter bytes %s, %s" % (t, p["hier_intra_bytes"],
+                                                        p["hier_inter_bytes"]))
+        expect(p["hier_pieces"] > 1 or close(p["hier_pipelined_time_us"], p["hier_time_us"]),
+               "%s: one piece is the unpipelined hier" % t)
+        if intra is None or lat is None or not isinstance(p.get("hier_kernel_us"), (int, float)):
+            continue
+        links = us(p["hier_intra_bytes"], intra) + us(p["hier_inter_bytes"], p["node_gbps"] / g)
+        expect(close(p["hier_time_us"] - p["hier_kernel_us"] - links, g * lat),
+               "%s: hier reduce-scatter's latency %s us vs %s steps" %
+               (t, p["hier_time_us"] - p["hier_kernel_us"] - links, g))
 
 
 def check_hier_pipelined(tag, r, doc, local):

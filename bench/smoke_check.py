@@ -19,6 +19,7 @@ import glob
 import json
 import math
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -998,6 +999,109 @@ def check_hier_rs_rows(tag, rows, kdoc, nranks, local, bits, bucket, intra_gbps=
             expect(r.get("pieces") == 1, "%s: one piece (got %s)" % (t, r.get("pieces")))
 
 
+def check_rs_projection(tag, r, kdoc, bits, bucket, pipe_bytes, intra_gbps=3600.0, lat=10.0):
+    """A reduce-scatter row's projection points against the formulas (docs/benchmark.md,
+    "Nodes"), m = the row's count out per rank: NCCL's ring reduce-scatter ((N-1) m T, 1/G of
+    it across nodes, N-1 steps); flat, the flat compressed reduce-scatter over all N ranks
+    ((N-1) E(m), N-G blocks across, both link classes at once, one step); on >= 2 nodes of
+    >= 2 GPUs the hierarchical one ((G-1) k m 4 bytes in the node, (k-1) E(m) across, in turn,
+    G steps), elsewhere flat's; hier|P cut into the middle stage's pieces (each block of m
+    among the k nodes into ceil(pipe_bytes / 4 / k) elements rounded up to whole buckets),
+    the two-stage pipeline; auto GRADCOMP_AUTO's choice. Returns the points seen."""
+    m_, size = r["count"], r["size"]
+    costs = report_costs(kdoc, r, bits, bucket)
+    e_in = TYPE_BYTES[r["dtype"]]
+    convert = r["dtype"] != "float" or r.get("redop") == "avg"
+    fused, code = warp_bucket(bucket), code_bytes(m_, bits, bucket)
+    us = lambda b, gbps: b * 8 / (gbps * 1e3)  # noqa: E731
+    e = encoded(m_, bits, bucket)
+    seen = set()
+    for p in r["projection"]:
+        k, g, L = p["nodes"], p["local"], p["node_gbps"]
+        seen.add((k, g, L))
+        n, nic = k * g, L / g
+        t = "%s %dx%d@%g" % (tag, k, g, L)
+        ring = (n - 1) * size
+        nccl_intra, nccl_inter = (ring * (g - 1) / g, ring / g) if k > 1 else (ring, 0)
+        nccl = max(us(nccl_intra, intra_gbps), us(nccl_inter, nic)) + (n - 1) * lat
+        flat_intra, flat_inter = e * (g - 1), e * (n - g)
+        flat_kernel = kernel_total(kernel_work("reducescatter", n, e_in, True, convert,
+                                               fused=fused, code=code), costs, m_)
+        flat = flat_kernel + max(us(flat_intra, intra_gbps), us(flat_inter, nic)) + lat
+        hier_layout = k >= 2 and g >= 2
+        pieces = 1
+        if hier_layout:
+            intra, inter = (g - 1) * k * m_ * 4, (k - 1) * e
+            kernel = kernel_total(kernel_work("hier_reducescatter", n, e_in, True, convert, g,
+                                              fused=fused, code=code), costs, m_)
+            hier = kernel + us(intra, intra_gbps) + us(inter, nic) + g * lat
+            if pipe_bytes:
+                share = -(-(pipe_bytes // 4) // k)
+                piece = max(1, -(-share // bucket)) * bucket
+                pieces = -(-m_ // piece) if piece < m_ else 1
+            piped_kernel = kernel
+            piped = hier
+            if pieces > 1:
+                piped_kernel = kernel_total(kernel_work("hier_reducescatter", n, e_in, True,
+                                                        convert, g, piped=True, fused=fused,
+                                                        code=code), costs, m_)
+                rs = us(intra / pieces, intra_gbps) + (g - 1) * lat
+                mid = piped_kernel / pieces + us(inter / pieces, nic) + lat
+                piped = rs + mid + (pieces - 1) * max(rs, mid)
+        else:
+            intra, inter, kernel, hier = flat_intra, flat_inter, flat_kernel, flat
+            piped_kernel, piped = kernel, hier
+        expect(close(p["nccl_intra_bytes"], nccl_intra) and close(p["nccl_inter_bytes"], nccl_inter),
+               "%s: NCCL ring reduce-scatter bytes per link class" % t)
+        expect(close(p["flat_intra_bytes"], flat_intra) and close(p["flat_inter_bytes"], flat_inter),
+               "%s: flat bytes (N-1) E(m), N-G blocks across" % t)
+        expect(close(p["hier_intra_bytes"], intra) and close(p["hier_inter_bytes"], inter),
+               "%s: hier bytes %s, %s vs %s, %s" % (t, p["hier_intra_bytes"], p["hier_inter_bytes"],
+                                                    intra, inter))
+        expect(close(p["nccl_time_us"], nccl), "%s: NCCL time %s vs %s" % (t, p["nccl_time_us"], nccl))
+        expect(close(p["flat_kernel_us"], flat_kernel) and close(p["flat_time_us"], flat),
+               "%s: flat time %s vs %s" % (t, p["flat_time_us"], flat))
+        expect(close(p["hier_kernel_us"], kernel) and close(p["hier_time_us"], hier),
+               "%s: hier time %s vs %s" % (t, p["hier_time_us"], hier))
+        expect(p["hier_pieces"] == pieces and
+               p["hier_pipeline_bytes"] == (pipe_bytes if pieces > 1 else 0),
+               "%s: hier pieces %s vs %s" % (t, p["hier_pieces"], pieces))
+        expect(close(p["hier_pipelined_kernel_us"], piped_kernel) and
+               close(p["hier_pipelined_time_us"], piped),
+               "%s: pipelined hier %s vs %s" % (t, p["hier_pipelined_time_us"], piped))
+        comp = piped if hier_layout else flat
+        want = comp if p.get("auto_choice") == "compress" else nccl
+        expect(p.get("auto_choice") in ("compress", "nccl") and close(p["auto_time_us"], want),
+               "%s: auto's time is its choice's (%s)" % (t, p.get("auto_choice")))
+    return seen
+
+
+def check_rs_projection_vs_rows(tag, r):
+    """The projection point of the run's own layout (2 nodes of 2 ranks) at a node's NICs of
+    G times a row model link: the row model's times, which charge the bytes and pieces the
+    library reported for the row's calls."""
+    for m in r["model"]:
+        for p in r["projection"]:
+            if (p["nodes"], p["local"]) != (2, 2) or not close(p["node_gbps"], 2 * m["link_gbps"]):
+                continue
+            t = "%s %dx%d@%g" % (tag, p["nodes"], p["local"], p["node_gbps"])
+            expect(close(p["nccl_time_us"], m["nccl_time_us"], 1e-6),
+                   "%s: NCCL %s us vs the row model's %s at %g"
+                   % (t, p["nccl_time_us"], m["nccl_time_us"], m["link_gbps"]))
+            expect(p["hier_pieces"] == r.get("pieces", 1),
+                   "%s: %s pieces vs the row's %s" % (t, p["hier_pieces"], r.get("pieces")))
+            # A row cut into pieces ran the pipelined path's kernels (its unpipelined time
+            # charges them too); one piece, the unpipelined path's.
+            piped = r.get("pieces", 1) > 1
+            kernel = p["hier_pipelined_kernel_us"] if piped else p["hier_kernel_us"]
+            time = m.get("pipelined_time_us") if piped else m["time_us"]
+            expect(close(kernel, r["kernel_us"], 1e-6) and
+                   close(p["hier_pipelined_time_us"], time, 1e-6),
+                   "%s: pipelined hier %s us (K %s) vs the row model's %s (K %s) at %g"
+                   % (t, p["hier_pipelined_time_us"], kernel, time, r["kernel_us"],
+                      m["link_gbps"]))
+
+
 def main():
     import model_check
     perf, work, src = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -1758,16 +1862,32 @@ def main():
         check_pipelined_model(tag, r, pieces, 1)
 
     # Reduce-scatter on 2 nodes of 2 ranks: the hierarchical reduce-scatter's rows.
+    # Projected (--model-nodes) onto flat layouts (K x 1, 1 node is none of them: K >= 2) and
+    # hierarchies, the run's own 2 x 2 among them at NICs of 2 x the row model's links.
+    proj = ["--model-nodes", "2,4", "--model-local", "1,2", "--node-gbps", "20,200"]
     code, out, rows = run(perf, ["-N", "4", "-C", "reduce_scatter", "--local-size", "2", "-b", "64K",
                                  "-e", "256K", "-f", "4", "-n", "1", "-w", "0", "-d", "float,bfloat16",
-                                 "-m", "qsgd,topk", "-q", str(bits), "-B", str(bucket)],
+                                 "-m", "qsgd,topk", "-q", str(bits), "-B", str(bucket)] + proj,
                           os.path.join(work, "hier-rs.json"))
     expect(code == 0, "hier reduce-scatter run exits 0 (got %d)" % code)
     expect("reduce-scatter: the hierarchical one" in out,
            "the preamble says how hier reduce-scatter rows are modeled")
     expect(len(rows) == 2 * 2 * len(sizes), "hier reduce-scatter: one row per type, method, size")
     check_hier_rs_rows("hier rs", rows, kdoc, 4, 2, bits, bucket)
-    table = [ln.split() for ln in out.splitlines() if ln.strip() and not ln.startswith("#")]
+    expect("# projection onto K nodes x G GPUs" in out and "reduce-scatter: flat, the flat" in out,
+           "the reduce-scatter run prints its projection, saying what it models")
+    want = {(k, g, L) for k in (2, 4) for g in (1, 2) for L in (20, 200)}
+    for r in rows:
+        t = "rs projection %s %s %d" % (r["method"], r["dtype"], r["size"])
+        if r["method"] != "qsgd":
+            expect(r["projection"] == [], "%s: a sparse row is not projected" % t)
+            continue
+        seen = check_rs_projection(t, r, kdoc, bits, bucket, 8 << 20)
+        expect(seen == want, "%s: every K with every G at 20, 200 Gb/s (got %s)" % (t, sorted(seen)))
+        check_rs_projection_vs_rows(t, r)
+    # The rows' table lines; the projection's (size, type, KxG, ...) left out.
+    table = [ln.split() for ln in out.splitlines() if ln.strip() and not ln.startswith("#")
+             and not re.fullmatch(r"\d+x\d+", ln.split()[2])]
     expect(len(table) == len(rows) and all(t[17] == "hier_reducescatter" for t in table),
            "hier reduce-scatter: the table's algo column names it (got %s)"
            % [t[17] for t in table if len(t) > 17])
@@ -1775,11 +1895,19 @@ def main():
     # overlaps the inter-node stage of the one before; the bytes are the unpipelined rows'.
     code, out, rows = run(perf, ["-N", "4", "-C", "reduce_scatter", "--local-size", "2", "-b", "256K",
                                  "-e", "256K", "-n", "1", "-w", "0", "-d", "float,bfloat16",
-                                 "-m", "qsgd,topk", "-q", str(bits), "-B", str(bucket)],
+                                 "-m", "qsgd,topk", "-q", str(bits), "-B", str(bucket)] + proj +
+                          ["--model-pipe", str(pipe_bytes)],
                           os.path.join(work, "hier-rs-pipe.json"),
                           env={"GRADCOMP_PIPELINE_BYTES": str(pipe_bytes)})
     expect(code == 0 and len(rows) == 4, "pipelined hier reduce-scatter run exits 0 with 4 rows")
     check_hier_rs_rows("pipelined hier rs", rows, kdoc, 4, 2, bits, bucket, pipe_bytes=pipe_bytes)
+    for r in rows:
+        if r["method"] == "qsgd":
+            t = "pipelined rs projection %s %d" % (r["dtype"], r["size"])
+            check_rs_projection(t, r, kdoc, bits, bucket, pipe_bytes)
+            expect(any(p["hier_pieces"] > 1 for p in r["projection"]),
+                   "%s: the projection pipelines some hier points" % t)
+            check_rs_projection_vs_rows(t, r)
     plain = {(r["method"], r["dtype"]): r
              for r in json.load(open(os.path.join(work, "hier-rs.json")))["rows"]
              if r["size"] == 256 << 10}

@@ -537,6 +537,15 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
         for (double gbps : o.nodeGbps) {
           if (k * g < 2) continue;
           const Cluster c{k, g, o.intraGbps, gbps, o.linkLatencyUs};
+          // A reduce-scatter as the library runs it there: hierarchical on >= 2
+          // nodes of >= 2 GPUs, else flat (useHierReduceScatter).
+          if (rs) {
+            row->projection.push_back(
+                {k, g, gbps,
+                 clusterReduceScatterModel(count, kind, row->bits, row->bucket, costs, c,
+                                           o.modelPipelineBytes)});
+            continue;
+          }
           // The algorithms the library runs there (pickDenseAlgorithm): flat over
           // the k*g ranks, and the hierarchy's middle across the k nodes; on
           // `auto` an allgather on 2 of them (hierMiddle), which clusterModel
@@ -734,9 +743,9 @@ int runHarness(const Options& o, Rank& r) {
     info.rates = &rates;
   }
   info.showModel = (!info.representative || o.linkGiven) && (!info.rates || rates.ok);
-  // The projection models allreduce calls (clusterModel, ncclClusterUs): a
-  // reduce-scatter run gets none, and says so, rather than an allreduce's.
-  info.project = !o.modelNodes.empty() && o.collective != Collective::ReduceScatter;
+  // The projection models the run's collective: allreduce calls with
+  // clusterModel, reduce-scatter calls with clusterReduceScatterModel.
+  info.project = !o.modelNodes.empty();
   const bool lead = r.rank() == 0;
   // Output files that cannot be written are refused before the run, not
   // found after it (rank 0 writes them; every rank stops alike).
@@ -882,10 +891,6 @@ int runHarness(const Options& o, Rank& r) {
       }
       if (lead) printFooter(info, rows);
       if (lead && info.project) printProjection(o, rows);
-      if (lead && !info.project && !o.modelNodes.empty())
-        printf(
-            "# no projection: --model-nodes projects allreduce calls only (docs/benchmark.md, "
-            "\"Nodes\"); the rows' link model above covers reduce_scatter\n");
       all.insert(all.end(), rows.begin(), rows.end());
     }
   }

@@ -772,4 +772,93 @@ ClusterTimes clusterModel(size_t count, const CallKind& kind, int bits, int buck
   return t;
 }
 
+double hierReduceScatterPieces(size_t recvCount, int bucket, const Cluster& c,
+                               size_t pipelineBytes) {
+  const size_t d = (size_t)bucket, k = (size_t)c.nodes;
+  if (pipelineBytes == 0 || !gc::hierLayout(c.nodes, c.local) || recvCount == 0) return 1;
+  const size_t share = (pipelineBytes / 4 + k - 1) / k;
+  const size_t piece = std::max<size_t>(1, (share + d - 1) / d) * d;
+  return piece >= recvCount ? 1 : (double)((recvCount + piece - 1) / piece);
+}
+
+ClusterTimes clusterReduceScatterModel(size_t recvCount, const CallKind& kind, int bits, int bucket,
+                                       const KernelCurve& curve, const Cluster& c,
+                                       size_t pipelineBytes, bool decideAuto) {
+  ClusterTimes t;
+  const int n = c.ranks(), g = c.local;
+  const double m = (double)recvCount;
+  const double encoded = (double)gradcompQsgdEncodedBytes(recvCount, bits, bucket);
+  const bool hier = gc::hierLayout(c.nodes, g);
+  t.nccl = ncclReduceScatterClusterBytes(m * (double)kind.elemBytes, c);
+  // The flat exchange sends one encoded block to each peer, as the allgather
+  // sends its whole encoding: G-1 of them in the node, N-G across.
+  t.flat = flatAllgatherBytes(encoded, c);
+  t.hier = hier ? LinkBytes{(g - 1.0) * c.nodes * m * 4.0, (c.nodes - 1.0) * encoded} : t.flat;
+  if (n <= 1) return t;
+  t.ncclUs = ncclReduceScatterClusterUs(m * (double)kind.elemBytes, c);
+  // Each path's kernels at the launches it makes, `local` ranks a node, cut
+  // into `pieces`.
+  auto kernels = [&](int local, double pieces, bool piped) {
+    CallKind k = kind;
+    k.piped = piped;
+    const AlgoShape s = algoShape(6, n, local, 1, k);
+    const KernelCosts costs = curve.at(codecLaunch(6, recvCount, n, pieces, local),
+                                       peerEncodeLaunch(6, recvCount, n, pieces, bucket, local),
+                                       outDecodeLaunch(6, recvCount, n, pieces, bucket, local),
+                                       elementwiseLaunch(6, recvCount, n, local, pieces));
+    return std::make_pair(kernelUs(s.work, costs, m), s.latencySteps);
+  };
+  const auto flat = kernels(1, 1, false);
+  t.flatKernelUs = flat.first;
+  t.flatUs = gradcompClusterUs(t.flatKernelUs, t.flat, false, flat.second, c);
+  if (hier) {
+    const auto h = kernels(g, 1, false);
+    t.hierKernelUs = h.first;
+    t.hierUs = gradcompClusterUs(t.hierKernelUs, t.hier, true, h.second, c);
+    t.hierPieces = hierReduceScatterPieces(recvCount, bucket, c, pipelineBytes);
+    t.hierPipelineBytes = t.hierPieces > 1 ? pipelineBytes : 0;
+    if (t.hierPieces > 1) {
+      const auto p = kernels(g, t.hierPieces, true);
+      t.hierPipedKernelUs = p.first;
+      t.hierPipedUs = hierReduceScatterPipelinedUs(t.hierPipedKernelUs, t.hier, p.second - (g - 1),
+                                                   c, t.hierPieces);
+    } else {
+      t.hierPipedKernelUs = t.hierKernelUs;
+      t.hierPipedUs = t.hierUs;
+    }
+  } else {
+    t.hierKernelUs = t.hierPipedKernelUs = t.flatKernelUs;
+    t.hierUs = t.hierPipedUs = t.flatUs;
+  }
+  // A path whose kernels have no cost (not measured) has no time.
+  if (!std::isfinite(t.flatKernelUs)) t.flatUs = NAN;
+  if (!std::isfinite(t.hierKernelUs)) t.hierUs = NAN;
+  if (!std::isfinite(t.hierPipedKernelUs)) t.hierPipedUs = NAN;
+  // GRADCOMP_AUTO: the library's compressed path is the hierarchical one
+  // (pipelined where it is cut) on a hierarchy, else the flat one.
+  const double comp = hier ? t.hierPipedUs : t.flatUs;
+  if (!decideAuto) {
+    t.autoCompresses = comp < t.ncclUs;
+  } else {
+    // autotune.cc timedCounts: input counts, whole blocks of N.
+    size_t timed[2];
+    double ncclUs[2], compUs[2];
+    for (int i = 0; i < 2; ++i) {
+      const size_t block = std::max<size_t>((size_t(1) << (i ? 23 : 18)) / (size_t)n, 1);
+      timed[i] = block * (size_t)n;
+      CallKind f32 = kind;
+      f32.elemBytes = 4;
+      f32.convert = false;
+      f32.codeBytes = qsgdCodeBytes(block, bits, bucket);
+      const ClusterTimes ti =
+          clusterReduceScatterModel(block, f32, bits, bucket, curve, c, pipelineBytes, false);
+      ncclUs[i] = ti.ncclUs;
+      compUs[i] = hier ? ti.hierPipedUs : ti.flatUs;
+    }
+    t.autoCompresses = autoCompresses(timed, ncclUs, compUs, kind.elemBytes, recvCount * n);
+  }
+  t.autoUs = !std::isfinite(comp) ? NAN : t.autoCompresses ? comp : t.ncclUs;
+  return t;
+}
+
 }  // namespace gcbench

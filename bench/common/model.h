@@ -387,6 +387,40 @@ struct ClusterTimes {
 ClusterTimes clusterModel(size_t count, const CallKind& kind, int bits, int bucket,
                           const KernelCurve& costs, const Cluster& c, size_t pipelineBytes = 0,
                           bool decideAuto = true, int flatAlgo = 1, int middle = 1);
+// The pieces the library cuts a hierarchical reduce-scatter of `recvCount`
+// elements a rank into on c at pipelineBytes (0: off): its middle stage's, the
+// flat reduce-scatter among the K nodes (splitPieces on the inter-node comm):
+// each block of recvCount cut into ceil(pipelineBytes / 4 / K) elements
+// rounded up to whole buckets. One piece where c is no hierarchy (fewer than 2
+// nodes or 2 GPUs a node: the library runs the flat reduce-scatter).
+double hierReduceScatterPieces(size_t recvCount, int bucket, const Cluster& c,
+                               size_t pipelineBytes);
+// Modeled times of one reduce-scatter of `recvCount` elements out per rank
+// (kind.elemBytes each, N * recvCount in), QSGD at (bits, bucket), as the
+// library runs it on c (plugin/reduce_scatter.cc, useHierReduceScatter):
+//   nccl: NCCL's ring reduce-scatter (ncclReduceScatterClusterUs);
+//   flat: the flat compressed reduce-scatter over all N ranks (algoShape(6)
+//     with one rank a node): (N-1) E(m) sent, G-1 of the blocks in the node,
+//     N-G across, both link classes at once, one step;
+//   hier: on >= 2 nodes of >= 2 GPUs the hierarchical one (algoShape(6) on
+//     nodes of G): NCCL's in-node ring of the K*m widened floats, (G-1) K m 4
+//     bytes in G-1 steps, then the flat exchange among the K nodes, (K-1)
+//     E(m) across in one step, the stages in turn; elsewhere the library runs
+//     the flat one, and hier's fields are flat's;
+//   hierPipedUs: hier cut into hierReduceScatterPieces at pipelineBytes, the
+//     two-stage pipeline of hierReduceScatterPipelinedUs (the row model's);
+//     one piece: hierUs;
+//   autoUs: GRADCOMP_AUTO as the library decides a reduce-scatter: lines
+//     through both paths' times at the two timed input counts (2^18 and 2^23
+//     rounded down to whole blocks of N), fp32 Sum, NCCL's slope scaled by the
+//     element size; the compressed path is hier's pipelined one where c is a
+//     hierarchy, else flat's. decideAuto false: the smaller of the two.
+// The kernels are charged at the curve's costs at the launch sizes of each
+// path (codecLaunch, peerEncodeLaunch, outDecodeLaunch, elementwiseLaunch
+// with algo 6), as the reduce-scatter row's own.
+ClusterTimes clusterReduceScatterModel(size_t recvCount, const CallKind& kind, int bits, int bucket,
+                                       const KernelCurve& costs, const Cluster& c,
+                                       size_t pipelineBytes = 0, bool decideAuto = true);
 // GRADCOMP_AUTO's rule for one call of `count` elements of elemBytes, from
 // the times of both paths at the two timed fp32 counts: plugin/autotune.cc's
 // autoRange, which gradcomp_perf cannot call (it uses the public API only);

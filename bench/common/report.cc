@@ -365,11 +365,20 @@ void printProjection(const Options& o, const std::vector<Row>& rows) {
           ? "measured in this run"
           : (first->kernelSource == KernelSource::Report ? "of the GPU report in the preamble"
                                                          : "unknown (times left out)"));
-  printf(
-      "#  hier|P: hier cut into P pieces (--model-pipe %zu), pipelined (each piece's NVLink "
-      "reduce-scatter and allgather in turn on one node stream); auto: the smaller of the "
-      "compressed time and NCCL's\n",
-      o.modelPipelineBytes);
+  if (o.collective == Collective::ReduceScatter)
+    printf(
+        "#  reduce-scatter: flat, the flat compressed one over all K*G ranks; hier, the "
+        "hierarchical one (>= 2 nodes of >= 2 GPUs; elsewhere the library runs the flat one: "
+        "hier is flat's); hier|P: hier cut into P pieces (--model-pipe %zu), each piece's "
+        "NVLink reduce-scatter overlapping the inter-node stage of the one before; auto: "
+        "GRADCOMP_AUTO's choice of the compressed time and NCCL's\n",
+        o.modelPipelineBytes);
+  else
+    printf(
+        "#  hier|P: hier cut into P pieces (--model-pipe %zu), pipelined (each piece's NVLink "
+        "reduce-scatter and allgather in turn on one node stream); auto: the smaller of the "
+        "compressed time and NCCL's\n",
+        o.modelPipelineBytes);
   // Names, then their units, as nccl-tests labels its columns (the x columns are ratios).
   const char* projectionColumns =
       "# %10s  %8s  %5s  %6s  %9s  %9s  %9s  %6s  %6s  %4s  %8s  %6s  %11s  %11s  %11s  %9s\n";
