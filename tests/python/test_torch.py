@@ -372,6 +372,103 @@ class SocketRootAddress(unittest.TestCase):
         self.assertEqual(self.host("127.0.0.1", own=False), "127.0.0.1")
         self.assertEqual(self.host("localhost", own=False), "localhost")
 
+    def test_a_store_of_no_host_gives_an_address_the_other_machines_reach(self):
+        """file:// (a FileStore, no MASTER_ADDR): rank 0 published 127.0.0.1, where the ranks
+        of other machines connect to their own loopback. Now gloo's own choice: the first
+        interface of GLOO_SOCKET_IFNAME, else the host name's address where it is this
+        machine's and not loopback, else the default route's interface's, else loopback."""
+        import socket
+
+        from gradcomp.torch import _group
+
+        addrs = {"ib0": "10.3.0.7", "eth0": "192.0.2.9", "lo": "127.0.0.1"}
+        names = {"vm": [(socket.AF_INET, 1, 6, "", ("127.0.1.1", 0))],
+                 "node-3": [(socket.AF_INET, 1, 6, "", ("127.0.0.1", 0)),
+                            (socket.AF_INET, 1, 6, "", ("127.0.0.1", 0))]}
+
+        def choose(env, hostname, route="eth0"):
+            def info(name, *a, **k):
+                if name not in names:
+                    raise socket.gaierror("unknown")
+                return names[name]
+
+            with mock.patch.dict(os.environ, env), \
+                    mock.patch.object(_group, "_interface_address", addrs.get), \
+                    mock.patch.object(_group, "_default_route_interface", lambda: route), \
+                    mock.patch.object(socket, "gethostname", lambda: hostname), \
+                    mock.patch.object(socket, "getaddrinfo", info):
+                os.environ.pop("MASTER_ADDR", None)
+                if "GLOO_SOCKET_IFNAME" not in env:
+                    os.environ.pop("GLOO_SOCKET_IFNAME", None)
+                return _group._root_host(dist.FileStore(os.devnull, 1)
+                                         if hasattr(dist, "FileStore") else None)
+
+        self.assertEqual(choose({"GLOO_SOCKET_IFNAME": "ib0,eth0"}, "vm"), "10.3.0.7")
+        self.assertEqual(choose({}, "vm"), "192.0.2.9")  # the name is loopback's: the route
+        self.assertEqual(choose({}, "nowhere"), "192.0.2.9")  # a name that does not resolve
+        self.assertEqual(choose({}, "vm", route=None), "127.0.0.1")  # no network at all
+        with self.assertRaisesRegex(ValueError, r"GLOO_SOCKET_IFNAME='ib9': interface 'ib9' has "
+                                    r"no IPv4 or global IPv6 address"):
+            choose({"GLOO_SOCKET_IFNAME": "ib9"}, "vm")
+        # The host name's own address where it is this machine's: here, one it can bind.
+        own = _group._interface_address(_group._default_route_interface() or "lo")
+        if own and own != "127.0.0.1":
+            names["node-3"][1] = (socket.AF_INET, 1, 6, "", (own, 0))
+            self.assertEqual(choose({}, "node-3", route="lo"), own)
+
+    def test_a_file_init_world_across_two_network_namespaces(self):
+        """Two machines, as two network namespaces joined by a veth pair, and a file:// init
+        on a file both see: rank 1 reaches rank 0's comm (it connected to its own loopback)."""
+        import shutil
+        import subprocess
+        import tempfile
+
+        if shutil.which("unshare") is None or shutil.which("ip") is None:
+            self.skipTest("unshare or ip is not installed")
+        if subprocess.run(["unshare", "-rn", "true"], capture_output=True).returncode != 0:
+            self.skipTest("this machine gives no network namespace (unshare -rn)")
+        rank = (
+            "import os, sys\n"
+            "import torch, torch.distributed as dist\n"
+            "from gradcomp.torch import _group\n"
+            "from gradcomp.config import Config\n"
+            "r = int(sys.argv[1])\n"
+            "dist.init_process_group('gloo', init_method='file://' + sys.argv[2], rank=r, "
+            "world_size=2)\n"
+            "comm = _group.make_socket_comm(None, Config(cpu_timeout_sec=20))\n"
+            "x = torch.full((8,), float(r + 1))\n"
+            "comm.allreduce(x)\n"
+            "print('rank', r, 'sum', x.tolist()[0], flush=True)\n"
+            "comm.close()\n"
+            "dist.destroy_process_group()\n")
+        script = (
+            "set -e\n"
+            "ip link set lo up\n"
+            "unshare -n sleep 120 & other=$!\n"
+            "trap 'kill $other 2>/dev/null' EXIT\n"
+            "sleep 0.3\n"
+            "ip link add gca type veth peer name gcb netns $other\n"
+            "ip addr add 10.231.7.1/24 dev gca && ip link set gca up\n"
+            "nsenter -t $other -n sh -c 'ip link set lo up; ip addr add 10.231.7.2/24 dev gcb; "
+            "ip link set gcb up'\n"
+            "GLOO_SOCKET_IFNAME=gca python3 -c \"$RANK\" 0 \"$STORE\" & zero=$!\n"
+            "GLOO_SOCKET_IFNAME=gcb nsenter -t $other -n python3 -c \"$RANK\" 1 \"$STORE\"\n"
+            "wait $zero\n")
+        with tempfile.TemporaryDirectory() as tmp:
+            env = dict(os.environ, RANK=rank, STORE=os.path.join(tmp, "store"))
+            env.pop("MASTER_ADDR", None)
+            env.pop("MASTER_PORT", None)
+            try:
+                run = subprocess.run(["unshare", "-rn", "bash", "-c", script], env=env,
+                                     capture_output=True, text=True, timeout=120)
+            except subprocess.TimeoutExpired as e:
+                self.fail(f"the two ranks hung: {e.stdout} {e.stderr}")
+        if "gca" not in run.stderr and "veth" in run.stderr.lower():
+            self.skipTest(f"no veth pair here: {run.stderr.strip()}")
+        self.assertEqual(run.returncode, 0, run.stdout + run.stderr)
+        self.assertIn("rank 0 sum 3.0", run.stdout)
+        self.assertIn("rank 1 sum 3.0", run.stdout)
+
     def test_hosts(self):
         self.assertEqual(self.host("::1"), "[::1]")
         self.assertEqual(self.host("fd00::7"), "[fd00::7]")

@@ -137,14 +137,16 @@ def check_group(process_group, backend="nccl"):
 
 
 def _root_host(store):
-    """Where rank 0 listens: MASTER_ADDR (env://), else the TCP store's host, else loopback;
-    where that is another host's (the group's rank 0 is not on the store's host: a subgroup,
-    a split group), this host's own address on the way there (_own_address)."""
+    """Where rank 0 listens: MASTER_ADDR (env://), else the TCP store's host; where that is
+    another host's (the group's rank 0 is not on the store's host: a subgroup, a split group),
+    this host's own address on the way there (_own_address). A store of no host (file://'s
+    FileStore) gives nothing to go by: then the address the group's other machines can reach
+    (_reachable_address), not loopback."""
     host = os.environ.get("MASTER_ADDR")
     while host is None and store is not None:
         host = getattr(store, "host", None)
         store = getattr(store, "underlying_store", None)
-    host = _own_address(host or "127.0.0.1")
+    host = _own_address(host) if host else _reachable_address()
     # An IPv6 literal goes in brackets: gradcomp reads "[::1]:port" unambiguously.
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
@@ -180,6 +182,83 @@ def _own_address(host):
             return host
 
 
+def _reachable_address():
+    """This machine's address for peers on other machines, where no host was given (file://):
+    as gloo picks its own (the group is a gloo group, whose ranks reach each other so), the
+    first interface of GLOO_SOCKET_IFNAME; else the host name's address where it is this
+    machine's and not loopback; else the address of the default route's interface; else
+    loopback (a machine with no network: its ranks are all on it). Loopback would leave a
+    group spanning machines connecting to their own."""
+    import ipaddress
+    import socket
+
+    ifname = os.environ.get("GLOO_SOCKET_IFNAME")
+    if ifname:
+        name = ifname.split(",")[0].strip()
+        addr = _interface_address(name)
+        if addr is None:
+            raise ValueError(f"GLOO_SOCKET_IFNAME={ifname!r}: interface {name!r} has no IPv4 or "
+                             "global IPv6 address here (ip addr lists this machine's): name an "
+                             "interface the group's machines reach each other on")
+        return addr
+    try:
+        infos = socket.getaddrinfo(socket.gethostname(), None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        infos = []
+    for family, _, _, _, sa in infos:
+        if family not in (socket.AF_INET, socket.AF_INET6):
+            continue
+        ip = ipaddress.ip_address(sa[0].split("%")[0])
+        if ip.is_loopback or ip.is_link_local:
+            continue
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((sa[0], 0) + tuple(sa[2:]))
+                return sa[0]
+            except OSError:
+                pass
+    name = _default_route_interface()
+    addr = _interface_address(name) if name else None
+    return addr or "127.0.0.1"
+
+
+def _default_route_interface():
+    """The interface of the IPv4 default route (/proc/net/route), or None."""
+    try:
+        with open("/proc/net/route") as f:
+            for line in f.readlines()[1:]:
+                cols = line.split()
+                if len(cols) > 7 and cols[1] == "00000000" and cols[7] == "00000000":
+                    return cols[0]
+    except OSError:
+        pass
+    return None
+
+
+def _interface_address(name):
+    """The IPv4 address of interface `name`, else its first global IPv6 address, or None."""
+    import fcntl
+    import socket
+    import struct
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            got = fcntl.ioctl(s.fileno(), 0x8915,  # SIOCGIFADDR
+                              struct.pack("256s", name.encode("utf-8", "replace")[:15]))
+            return socket.inet_ntoa(got[20:24])
+        except OSError:
+            pass
+    try:
+        with open("/proc/net/if_inet6") as f:  # address, index, prefix, scope, flags, name
+            for line in f:
+                cols = line.split()
+                if len(cols) == 6 and cols[5] == name and cols[3] == "00":  # global scope
+                    return socket.inet_ntop(socket.AF_INET6, bytes.fromhex(cols[0]))
+    except OSError:
+        pass
+    return None
+
+
 def make_socket_comm(process_group, config):
     """gradcompCommCreateSocket for every rank of the group, rank 0's address through the
     group's store. Collective over the group (the hooks call it at their first compressed
@@ -195,7 +274,11 @@ def make_socket_comm(process_group, config):
     # Free, outside the ephemeral range and held (gradcomp._ports) until rank 0 listens there:
     # no concurrent port choice of another job can take it meanwhile.
     with reserve_port() as held:
-        root = f"{_root_host(store)}:{held.port}"
+        try:
+            root = f"{_root_host(store)}:{held.port}"
+        except Exception as e:  # a bad GLOO_SOCKET_IFNAME: the peers fail with it, not waiting
+            fail_key(store, key, e)
+            raise
         store.set(key, root)
         try:
             comm = Comm.socket(size, rank, root, config)  # returns once every rank reached it
