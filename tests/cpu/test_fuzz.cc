@@ -586,6 +586,72 @@ TEST(Fuzz, SocketMessagesFromAPeer) {
   EXPECT_GT(refused, 0);
 }
 
+// A rank of a gradcomp build from before the set-up vote carried its version
+// (before 0.6.0's versioned vote; plugin/topology.h's SetupVote was then
+// 8 + 4 + 4 bytes, kSetupSettings settings of 8 bytes and a 256-byte
+// sentence: 14, 15, 16, 30 or 31 settings over that history) meets a rank of
+// this build on the TCP transport: the vote is the first collective after
+// the rendezvous, and its message header carries the old vote's size. Rank 0
+// names the rank as another build at once, rather than a generic difference
+// of sizes ("the ranks' calls or per-buffer state differ").
+TEST(Fuzz, AnOlderBuildsVoteFromAPeerIsNamed) {
+  gradcompConfig_t cfg;
+  gradcompConfigInit(&cfg);
+  cfg.cpuTimeoutSec = 30;  // a wait for the fake rank would show as a slow failure
+  // 0: a vote of another size that is no older build's (a later layout).
+  for (const int settings : {14, 15, 16, 30, 31, 0}) {
+    const size_t oldBytes = settings ? 16 + 8 * (size_t)settings + 256 : 856;
+    SCOPED_TRACE(testing::Message() << settings << " settings: a vote of " << oldBytes << " bytes");
+    const int port = gctest::freePort();
+    const std::string root = gctest::loopbackRoot(port);
+    gradcompResult_t created = gradcompInternalError;
+    std::string why;
+    double seconds = 0;
+    std::thread rank0([&] {
+      const auto t0 = std::chrono::steady_clock::now();
+      gradcompComm_t c = nullptr;
+      created = gradcompCommCreateSocket(2, 0, root.c_str(), &cfg, &c);
+      seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      if (created == gradcompSuccess) gradcompCommDestroy(c);
+      why = gradcompGetLastError();
+    });
+    const int fd = wire::connectRoot(port);
+    if (fd < 0) rank0.join();
+    ASSERT_GE(fd, 0);
+    struct {
+      uint32_t magic;
+      int32_t nranks, rank;
+      uint16_t port, pad;
+    } hello = {0x47435348, 2, 1, 1, 0};
+    std::vector<char> verdict(200 + 2 * 24);
+    std::vector<char> vote;
+    if (wire::sendAll(fd, &hello, sizeof hello) &&
+        wire::recvAll(fd, verdict.data(), verdict.size())) {
+      vote = wire::recvMessage(fd);  // rank 0's vote: its header is the old build's too
+    }
+    if (!vote.empty()) {
+      std::vector<char> old(wire::kHeaderBytes + oldBytes, 0);
+      memcpy(old.data(), vote.data(), wire::kHeaderBytes);
+      const uint64_t size = oldBytes;
+      memcpy(old.data() + 8, &size, 8);                       // check: the all-gather's size
+      memcpy(old.data() + wire::kHeaderBytes - 8, &size, 8);  // bytes: the payload's
+      wire::sendAll(fd, old.data(), old.size());
+    }
+    rank0.join();
+    close(fd);
+    ASSERT_FALSE(vote.empty()) << "rank 0 sent no vote";
+    EXPECT_EQ(created, gradcompInvalidUsage) << why;
+    EXPECT_NE(why.find(settings ? "rank 1 runs another gradcomp build (an older one, before "
+                                  "0.6.0's versioned vote: its set-up vote is " +
+                                      std::to_string(oldBytes) + " bytes"
+                                : "rank 1 runs another gradcomp build (another vote: its set-up "
+                                  "vote is 856 bytes"),
+              std::string::npos)
+        << why;
+    EXPECT_LT(seconds, 10.0) << "rank 0 waited for the fake rank instead of naming its build";
+  }
+}
+
 // The TCP transport's set-up bytes from rank 0 (plugin/backends/cpu/socket.cc),
 // the other direction: a fake rank 0 listens on loopback, real ranks
 // 1..N-1 (threads) connect and say hello, and the fake root answers each

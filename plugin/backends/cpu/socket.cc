@@ -38,6 +38,7 @@
 #include "backends/cpu/host_reduce.h"
 #include "backends/cpu/root_address.h"
 #include "backends/transport.h"
+#include "topology.h"
 
 namespace gc {
 
@@ -824,6 +825,9 @@ class SocketTransport final : public Transport {
     }
     const CallInfo theirs{h.step, h.count, h.type, h.op, h.kind, h.state};
     if (!(theirs == call_)) return callMismatch(globalRank(), call_, peer, theirs);
+    if (setUpVote_ && h.collective == mine.collective && h.check != mine.check) {
+      return otherBuild(peer, h.bytes);
+    }
     if (h.collective != mine.collective || h.check != mine.check || h.bytes != t.bytes) {
       return setError(gradcompInvalidUsage,
                       "socket transport: rank %d entered collective %u (size %llu) expecting "
@@ -833,6 +837,22 @@ class SocketTransport final : public Transport {
                       (unsigned long long)h.bytes, h.collective, (unsigned long long)h.check);
     }
     return gradcompSuccess;
+  }
+
+  // A peer's set-up vote of another size than this build's: another gradcomp
+  // build. A vote that carries no version (SetupVote before 0.6.0's versioned
+  // vote: 16 bytes, then kSetupSettings settings of 8 bytes, 14 to 31 over
+  // its history, and a 256-byte sentence) is named as the older build.
+  gradcompResult_t otherBuild(int peer, uint64_t theirs) {
+    const uint64_t settings = (theirs - 16 - 256) / 8;
+    const bool older =
+        theirs >= 16 + 256 && (theirs - 16 - 256) % 8 == 0 && settings >= 14 && settings <= 31;
+    return setError(gradcompInvalidUsage,
+                    "socket transport: rank %d runs another gradcomp build (%s: its set-up vote "
+                    "is %llu bytes, this build's %zu); every rank of a comm must run the same "
+                    "gradcomp build, so no rank made one",
+                    peer, older ? "an older one, before 0.6.0's versioned vote" : "another vote",
+                    (unsigned long long)theirs, sizeof(SetupVote));
   }
 
   // Moves every transfer to completion; a peer silent for cpuTimeoutSec, a
@@ -863,6 +883,9 @@ class SocketTransport final : public Transport {
         t.header.bytes = t.bytes;
       }
     }
+    // The set-up vote is the world transport's first collective (setupSocketHierarchy).
+    setUpVote_ = !ranAny_ && tag_ == 0 && collective == kAllGather && check == sizeof(SetupVote);
+    ranAny_ = true;
     const gradcompResult_t res = progress(xs, mine);
     if (res != gradcompSuccess) m.breakAll(gradcompGetLastError());
     return res;
@@ -949,6 +972,8 @@ class SocketTransport final : public Transport {
   std::shared_ptr<SocketMesh> mesh_;
   std::vector<int> members_;  // global rank of every member, in member order
   uint32_t tag_;
+  bool ranAny_ = false;     // a collective was run
+  bool setUpVote_ = false;  // the collective in progress is the set-up vote's
   // A call's arrays, kept for their capacity (every call fills them anew):
   // its transfers, the staging buffer (stageBlocks), a reduction's sources
   // and block bounds, progress()'s poll set.
