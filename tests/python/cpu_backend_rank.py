@@ -396,6 +396,36 @@ def subgroups(out, rank):
     return [], {"made": made, "sums": sums}
 
 
+def ddp_group(out, rank):
+    """4 ranks, DDP on the pairs {0,1} and {2,3}, the GradcompState made without module=.
+    Phase "world": every state over the world (the default), so the hook averaged over 4 ranks
+    where DDP reduces over 2, silently. Phase "mixed": rank 1's state over the world, the
+    others' over their DDP's pair: rank 0 must not wait for rank 1 in a collective after rank 1
+    refused. Each phase records what its first step said on each rank, and the gradient."""
+    import datetime
+
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    dist.distributed_c10d._get_default_store().set_timeout(datetime.timedelta(seconds=20))
+    pairs = [dist.new_group([0, 1]), dist.new_group([2, 3])]
+    mine = pairs[rank // 2]
+    res = {}
+    for phase, group in (("world", None), ("mixed", None if rank == 1 else mine)):
+        torch.manual_seed(0)
+        model = nn.Linear(64, 64, bias=False)
+        d = DDP(model, process_group=mine)
+        state = gct.GradcompState(group, start_iter=0, layer_min_size=0, backend="cpu",
+                                  config=config())
+        d.register_comm_hook(state, gct.gradcomp_hook)
+        x = torch.full((2, 64), float(rank + 1))
+        t0 = time.monotonic()
+        err = _error(lambda: d(x).sum().backward())
+        res[phase] = {"error": err, "seconds": round(time.monotonic() - t0, 3),
+                      "grad": float(model.weight.grad[0, 0]) if err is None else None}
+        state.close()
+    return [], res
+
+
 def restart(out, rank):
     """An in-process restart: destroy_process_group, then init_process_group again on a new
     prefix of the same store (as in-process restart frameworks do), after a life in which rank
@@ -780,7 +810,7 @@ def main():
         gc_ranks.leave(0)  # rank 1 dies here, rank 0 has no group left
     records, res = {"ddp": ddp, "excluded": excluded, "fsdp": fsdp, "dgc": dgc,
                      "subgroups": subgroups, "scaler": scaler, "replicas": replicas,
-                     "restart": restart}[mode](out, rank)
+                     "restart": restart, "ddp_group": ddp_group}[mode](out, rank)
     torch.save(records, f"{out}.rank{rank}.pt")
     with open(f"{out}.rank{rank}.json", "w") as f:
         json.dump(res, f)

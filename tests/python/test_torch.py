@@ -2483,6 +2483,32 @@ class CpuBackendOverlappingGroups(unittest.TestCase):
 
 
 @unittest.skipIf(torch is None, "PyTorch is not installed")
+class CpuBackendDdpGroup(unittest.TestCase):
+    """A GradcompState made without module= over other ranks than the DDP it is registered on
+    (4 ranks, DDP on {0,1} and {2,3}): every call averaged over the state's ranks, silently
+    (5.0 here where DDP's mean is 3.0 or 7.0). Refused at the first call on every rank of the
+    DDP's group, a rank whose own state is right included (no wait for the one refused)."""
+
+    def test_a_state_over_other_ranks_than_ddps_is_refused_on_every_rank(self):
+        _, results = launch_ranks(self, "ddp_group", world=4)
+        for r, res in enumerate(results):
+            pair = [[0, 1], [2, 3]][r // 2]
+            self.assertRegex(res["world"]["error"] or "", re.escape(
+                f"ValueError: gradcomp: the DDP module this GradcompState is registered on "
+                f"reduces over ranks {pair}, but the state over ranks [0, 1, 2, 3]"))
+        mixed = [res["mixed"] for res in results]
+        self.assertRegex(mixed[0]["error"] or "", re.escape(
+            "rank(s) [1] of the DDP module's group (ranks [0, 1]) registered a GradcompState "
+            "made over other ranks"))
+        self.assertRegex(mixed[1]["error"] or "", re.escape("reduces over ranks [0, 1], but the "
+                                                            "state over ranks [0, 1, 2, 3]"))
+        self.assertLess(mixed[0]["seconds"], 15, "rank 0 waited for rank 1")
+        # The pair whose states are right trains: DDP's mean of 2 * (rank + 1) over {2, 3}.
+        self.assertEqual([m["error"] for m in mixed[2:]], [None, None])
+        self.assertEqual([m["grad"] for m in mixed[2:]], [7.0, 7.0])
+
+
+@unittest.skipIf(torch is None, "PyTorch is not installed")
 class CpuBackendRestart(unittest.TestCase):
     """An in-process restart (destroy_process_group, init_process_group on a new store prefix)
     after a life in which only rank 0 reached a comm's creation: life 2's comm comes up on both

@@ -178,6 +178,7 @@ class GradcompState:
         # The DDP hook's options and step counter, compared between the ranks at the hook's
         # first call outside paused() (_agree_options).
         self._options_agreed = False
+        self._ddp_group_checked = False  # _check_ddp_group, at the hook's first call
         self._warned = set()
         # compressed_*: calls gradcomp compressed; passed_*: calls handed to gradcomp that it
         # sent uncompressed (GRADCOMP_AUTO, min_elements; a DGC comm still applies its momentum).
@@ -620,6 +621,38 @@ class GradcompState:
                         "dict on every rank (or on none)")
         self._options_agreed = True
 
+    def _check_ddp_group(self, device):
+        """At the hook's first call: the DDP module this state is registered on must reduce
+        over the state's ranks, or every call (compressed or not) would average over other
+        ranks than DDP's, silently (a state made over the world, DDP over a subgroup). Every
+        rank of the DDP's group reaches its first hook call (DDP calls the hook on all of them),
+        so each rank's finding is gathered there (one all_gather over the DDP's group, once per
+        state): they raise alike, and none waits in a collective of the state's group for a
+        rank that refused. Where no DDP is found (_registering_ddp), nothing is checked."""
+        self._ddp_group_checked = True
+        ddp = _registering_ddp(self)
+        if ddp is None:
+            return
+        group = ddp.process_group
+        theirs = dist.get_process_group_ranks(group)
+        mine = dist.get_process_group_ranks(self.process_group)
+        on = device if self.backend == "nccl" else "cpu"
+        t = torch.tensor([int(theirs != mine)], dtype=torch.int32, device=on)
+        got = [torch.empty_like(t) for _ in theirs]
+        dist.all_gather(got, t, group=group)
+        bad = [r for r, g in zip(theirs, got) if int(g.item())]
+        if not bad:
+            return
+        do = ("make every rank's GradcompState with process_group=<the group given to "
+              "DistributedDataParallel>")
+        if theirs != mine:
+            raise ValueError(f"gradcomp: the DDP module this GradcompState is registered on "
+                             f"reduces over ranks {theirs}, but the state over ranks {mine}: its "
+                             f"hook would average over the state's ranks; {do}")
+        raise ValueError(f"gradcomp: rank(s) {bad} of the DDP module's group (ranks {theirs}) "
+                         "registered a GradcompState made over other ranks (their error names "
+                         f"them), so every rank of the group stops here; {do}")
+
     def _check_usable(self):
         if self._aborted:
             raise RuntimeError(_ABORTED)
@@ -1023,10 +1056,36 @@ def gradcomp_hook(state, bucket):
     return _reduce_bucket(state, bucket, buf, stream)
 
 
+def _registering_ddp(state):
+    """The DDP module `state` is registered on as its comm hook's state, or None: DDP keeps
+    (hook, state) in its _comm_hooks (register_comm_hook). Found among the referrers of that
+    pair (each step a walk of the interpreter's objects, once per state); None where this torch
+    keeps no such list, or the hook is called otherwise (not by a DDP)."""
+    import gc
+
+    DDP = torch.nn.parallel.DistributedDataParallel
+    for pair in gc.get_referrers(state):
+        if type(pair) is not tuple or len(pair) != 2 or pair[1] is not state:
+            continue
+        for hooks in gc.get_referrers(pair):
+            if type(hooks) is not list:
+                continue
+            for owner in gc.get_referrers(hooks):
+                # A module's attributes live in its __dict__, which the module refers to.
+                found = [owner] if isinstance(owner, DDP) else (
+                    gc.get_referrers(owner) if type(owner) is dict else [])
+                for ddp in found:
+                    if isinstance(ddp, DDP) and getattr(ddp, "_comm_hooks", None) is hooks:
+                        return ddp
+    return None
+
+
 def _reduce_bucket(state, bucket, buf, stream):
     last = bucket.is_last()
     state._note_bucket(bucket, last)
     try:
+        if not state._ddp_group_checked:
+            state._check_ddp_group(buf.device)
         return _reduce_noted(state, bucket, buf, stream, last)
     except BaseException:
         # The step is abandoned (DDP's backward raises): the next bucket 0, of this model's
