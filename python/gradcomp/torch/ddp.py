@@ -57,7 +57,9 @@ class GradcompState:
 
     Args:
         process_group: the NCCL group DDP reduces over (default: the world);
-            with backend="cpu", a gloo group.
+            with backend="cpu", a gloo group. Models trained at once from several
+            threads need a group each: a group's collectives and comms meet in
+            call order, which threads may change from rank to rank.
         backend: "nccl" (CUDA tensors, gradcomp's own NCCL communicator) or
             "cpu": CPU tensors of a gloo group, compressed by gradcomp's CPU
             backend with its ranks connected by TCP (gradcompCommCreateSocket;
