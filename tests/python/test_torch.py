@@ -868,6 +868,62 @@ class LayerAwarePlan(unittest.TestCase):
             self.Bucket([w, b, w2, w3], 0))
         self.assertEqual((whole["comp"], whole["full"]), ([(0, 3762)], []))
 
+    def test_complex_parameters_are_planned_where_ddp_puts_them(self):
+        # DDP's bucket holds a complex parameter's gradient as its real view (two floats per
+        # element) in a float32 buffer. Planned at one element each, a mixed bucket's runs
+        # stopped halfway: the complex weight's second half was left unreduced (this rank's own
+        # gradient), the complex bias half compressed, silently.
+        class Complex(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.c = torch.nn.Parameter(torch.randn(40, 40, dtype=torch.complex64))
+                self.cb = torch.nn.Parameter(torch.randn(40, dtype=torch.complex64))
+
+            def forward(self, x):
+                return (x.to(torch.complex64) @ self.c + self.cb).abs().sum()
+
+        init_one_rank_gloo()
+        try:
+            m = Complex()
+            ddp = torch.nn.parallel.DistributedDataParallel(m)
+            buckets = []
+
+            def record(_, bucket):
+                buckets.append((list(bucket.parameters()), bucket.buffer().clone()))
+                fut = torch.futures.Future()
+                fut.set_result(bucket.buffer())
+                return fut
+
+            ddp.register_comm_hook(None, record)
+            ddp(torch.randn(4, 40)).backward()
+        finally:
+            dist.destroy_process_group()
+        (params, buf), = buckets
+        self.assertEqual(buf.dtype, torch.float32)
+        st = self.state(m)  # c (1600 elements, 2-D) compressed, cb (1-D) in full precision
+        plan = st._plan(self.Bucket(params, 0))
+        self.assertEqual(plan["total"], buf.numel())
+        self.assertEqual((plan["comp_n"], plan["full_n"]), (3200, 80))
+        for runs, want in ((plan["comp"], m.c), (plan["full"], m.cb)):
+            got = torch.cat([buf[o:o + n] for o, n in runs])
+            self.assertTrue(torch.equal(got, torch.view_as_real(want.grad).flatten()))
+
+        # A bucket whose buffer the plan does not cover is refused, naming both sizes, before
+        # any exchange: never a partly reduced bucket.
+        from gradcomp.torch.ddp import _HostStream, _reduce_bucket
+
+        class Sized(self.Bucket):
+            def buffer(self):
+                return buf[:1640]
+
+            def is_last(self):
+                return True
+
+        st.backend, st.start_iter = "cpu", 0
+        with self.assertRaisesRegex(RuntimeError, "bucket 0's parameters take 3280 elements, "
+                                    "but its buffer holds 1640"):
+            _reduce_bucket(st, Sized(params, 0), buf[:1640], _HostStream())
+
     def test_key_follows_the_parameters_not_the_bucket(self):
         m = self.model(0)
         params = [m[0].weight, m[0].bias, m[2].weight]

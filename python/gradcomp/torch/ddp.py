@@ -918,7 +918,9 @@ class GradcompState:
             return plan
         comp, full, off = [], [], 0
         for i, p in enumerate(params):
-            n = p.numel()
+            # DDP's bucket holds a complex parameter's gradient as its real view
+            # (torch.view_as_real): two elements per complex one.
+            n = p.numel() * (2 if p.is_complex() else 1)
             (comp if self.is_compressed(p) else full).append((off, n, p, i))
             off += n
         if self._param_ids is not None:
@@ -1109,6 +1111,12 @@ def _reduce_noted(state, bucket, buf, stream, last):
         return _allreduce_avg(buf, state)
 
     plan = state._plan(bucket)
+    if plan["total"] != buf.numel():
+        # The runs would reduce part of the buffer and leave the rest this rank's own gradient.
+        raise RuntimeError(f"gradcomp_hook: bucket {bucket.index()}'s parameters take "
+                           f"{plan['total']} elements, but its buffer holds {buf.numel()}: a "
+                           "parameter laid out in the bucket otherwise than gradcomp reads it; "
+                           "register DDP's default hook for this model")
     if last:
         state.iter += 1
     elem = buf.element_size()
