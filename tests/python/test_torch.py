@@ -1102,6 +1102,55 @@ class LayerAwarePlan(unittest.TestCase):
         other = self.state(m, start_iter=5)  # start_iter picks no parameter: taken
         other.load_state_dict(saved)
 
+    def test_residuals_of_a_model_with_other_shapes_are_refused(self):
+        # Residuals keyed by parameter index, loaded into a model whose parameters at those
+        # indices have other shapes: a bucket's key is the saved one with another size (its
+        # residual starts fresh, the saved one carried along unused) or a saved residual of the
+        # same size lies on another layout, silently. Refused, naming the parameter and shapes.
+        import pickle
+
+        import gradcomp.torch._group as group
+
+        nn = torch.nn
+        m = self.model(0)  # 0.weight (64, 32) and 2.weight (40, 40) compressed
+        st = self.state(m)
+        saved = {**st.state_dict(), "gradcomp": self.blob(st)}
+        wider = nn.Sequential(nn.Linear(32, 128), nn.Linear(5, 10, bias=False),
+                              nn.Linear(40, 40, bias=False))
+        other = self.state(wider)
+        with self.assertRaisesRegex(ValueError, r"saved for a model whose parameter 0 is "
+                                    r"'0.weight' of shape \(64, 32\), but this model's parameter "
+                                    r"0 is '0.weight' of shape \(128, 32\).*do not load it"):
+            other.load_state_dict(saved)
+        self.assertIsNone(other._pending_blob)  # refused: the state as it was
+        with self.assertRaisesRegex(ValueError, r"param_shapes is not the list of \[name, "
+                                    r"shape\]"):
+            self.state(self.model(1)).load_state_dict({**saved, "param_shapes": [["0.weight"]]})
+        with self.assertRaisesRegex(ValueError, r"parameter 3 is '2.weight' of shape \(40, 40\), "
+                                    "but this model has 2 parameters"):
+            self.state(nn.Sequential(nn.Linear(32, 64))).load_state_dict(saved)
+        # Taken: a full-precision parameter of another shape (no residual), parameters added
+        # after the saved ones, and the same shapes under other names (a wrapper's).
+        self.state(nn.Sequential(nn.Linear(32, 64), nn.Linear(6, 10, bias=False),
+                                 nn.Linear(40, 40, bias=False))).load_state_dict(saved)
+        self.state(nn.Sequential(*self.model(1), nn.Linear(3, 3))).load_state_dict(saved)
+        self.state(nn.Sequential(self.model(1))).load_state_dict(saved)
+        # A lazy module's parameter has no shape before its first forward: not checked there.
+        lazy = nn.Sequential(nn.LazyLinear(64), nn.Linear(5, 10, bias=False),
+                             nn.Linear(40, 40, bias=False))
+        self.state(lazy).load_state_dict(saved)
+        # Restored by unpickling: set_module checks the model it is given, and refuses it
+        # leaving the state waiting for the right one.
+        taken = self.state(self.model(1))
+        taken.load_state_dict(saved)
+        with mock.patch.object(group, "check_group", lambda pg, backend: (pg, 0, 2)):
+            again = pickle.loads(pickle.dumps(taken))
+        with self.assertRaisesRegex(ValueError, r"parameter 0 is '0.weight' of shape \(64, 32\)"):
+            again.set_module(wider)
+        self.assertTrue(again._needs_module)
+        again.set_module(self.model(1))
+        self.assertEqual(again.state_dict()["param_shapes"], saved["param_shapes"])
+
     def test_gather_scatter_round_trip(self):
         from gradcomp.torch.ddp import _gather, _scatter
 

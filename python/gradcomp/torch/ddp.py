@@ -46,6 +46,12 @@ _CLOSED = ("gradcomp: the state was closed (GradcompState.close()): its comm and
            "new GradcompState (register it again) and load_state_dict() that checkpoint into it")
 
 
+def _shapes(named):
+    """(name, shape) of each (name, parameter); shape None for a lazy module's parameter that
+    is not materialized yet."""
+    return [(n, None if torch.nn.parameter.is_lazy(p) else tuple(p.shape)) for n, p in named]
+
+
 def _key_of(ids):
     """A 64-bit key for a tuple of parameter identities, the same in every process."""
     h = hashlib.blake2b(repr(tuple(ids)).encode(), digest_size=8).digest()
@@ -143,6 +149,11 @@ class GradcompState:
         self.iter = 0
         self._param_ids = None
         self._param_names = None
+        # The module's named parameters, in index order: their shapes are saved with residuals
+        # keyed by parameter index and checked against the model they are loaded into (read
+        # when needed: a lazy module's parameters get theirs at its first forward).
+        self._params = None
+        self._pending_shapes = None  # those of a pending blob (_check_shapes)
         self._needs_module = False  # restored residuals keyed by parameter indices
         # One DDP model per state (_note_bucket): the parameters of the first step's buckets,
         # the bucket indices of the step in progress.
@@ -171,6 +182,7 @@ class GradcompState:
             named = list(module.named_parameters())
             self._param_ids = {id(p): i for i, (_, p) in enumerate(named)}
             self._param_names = {id(p): n for n, p in named}
+            self._params = named
         self._comm = None
         self._nccl_handle = None
         self._device = None  # the CUDA device the comm was made on
@@ -212,7 +224,53 @@ class GradcompState:
                 "layer_min_size": self.layer_min_size, "start_iter": self.start_iter,
                 "exclude_1d": self.exclude_1d, "backend": self.backend,
                 "keyed_by": self._keyed_by(), "iter": self.iter, "gradcomp": self._blob(),
-                "keys": sorted(self._keys)}
+                "keys": sorted(self._keys), "param_shapes": self._saved_shapes()}
+
+    def _saved_shapes(self):
+        """The (name, shape) of each parameter of the module whose indices key the residuals
+        (keyed by "params"), or None."""
+        if self._keyed_by() != "params":
+            return None
+        if self._params is None:  # restored, waiting for set_module: as loaded
+            return self._pending_shapes
+        return [[n, None if shape is None else list(shape)] for n, shape in _shapes(self._params)]
+
+    def _check_shapes(self, saved, shapes):
+        """Refuses residuals keyed by parameter index that were saved for parameters of other
+        shapes than `shapes` ((name, shape) of this state's module) has at those indices: the
+        bucket of such a parameter gets the saved key with another size, or its saved residual
+        is added to another parameter's gradient (one shape's elements on another's), silently.
+        A state dict without the shapes (saved before they were) checks nothing."""
+        if saved is None:
+            return
+        try:
+            saved = [(str(n), None if shape is None else tuple(int(d) for d in shape))
+                     for n, shape in saved]
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"the state dict's param_shapes is not the list of [name, shape] "
+                             f"that state_dict() saves ({e})") from None
+        for i, (name, shape) in enumerate(saved):
+            have = shapes[i] if i < len(shapes) else None
+            if shape is None or (have is not None and have[1] in (None, shape)):
+                continue  # the same, or a lazy parameter not materialized in one of the two
+            if not (self._would_compress(shape)
+                    or (have is not None and self._would_compress(have[1]))):
+                continue  # kept in full precision either way: no residual
+            now = (f"this model's parameter {i} is {have[0]!r} of shape {tuple(have[1])}"
+                   if have is not None else f"this model has {len(shapes)} parameters")
+            raise ValueError(
+                f"the state dict's residuals are keyed by parameter index and were saved for a "
+                f"model whose parameter {i} is {name!r} of shape {shape}, but {now}: its "
+                "residuals would lie unused or be added to another parameter's gradient. Load "
+                "the state dict into the model it was saved with, or train on from fresh "
+                "residuals (do not load it)")
+
+    def _would_compress(self, shape):
+        """is_compressed() for a parameter of this shape."""
+        n = 1
+        for d in shape:
+            n *= int(d)
+        return not (n < self.layer_min_size or (self.exclude_1d and len(shape) <= 1))
 
     def _keyed_by(self):
         """How the residuals are keyed: "fsdp" (FSDP2's reduce-scatter: by module name, with or
@@ -234,6 +292,7 @@ class GradcompState:
         self._pending_blob = d["gradcomp"]
         self._pending_keyed = d.get("keyed_by") if d["gradcomp"] is not None else None
         self._note_loaded_keys(d)
+        self._pending_shapes = d.get("param_shapes") if d["gradcomp"] is not None else None
         # Residuals saved under parameter indices match only after set_module(model); the first
         # compressed call refuses to run without it rather than start from fresh residuals.
         self._needs_module = d.get("keyed_by") == "params" and d["gradcomp"] is not None
@@ -290,6 +349,8 @@ class GradcompState:
                                  "compress other parameters, whose buckets' keys would match "
                                  "no saved residual, and those would start from fresh "
                                  f"residuals; make this state with {name}={d[name]!r}")
+        if blob is not None and mine == "params" and self._params is not None:
+            self._check_shapes(d.get("param_shapes"), _shapes(self._params))
         if self._comm is not None:
             with self._on_comm_device():
                 if self.backend == "nccl":
@@ -304,6 +365,7 @@ class GradcompState:
         if self._comm is None:
             self._pending_blob = blob
             self._pending_keyed = saved if blob is not None else None
+        self._pending_shapes = d.get("param_shapes") if blob is not None else None
         self.iter = it
         self._fsdp_step_keys = set()
         self._note_loaded_keys(d)
@@ -378,9 +440,12 @@ class GradcompState:
         # as load_state_dict refuses them.
         self._check_keying(self._pending_blob, self._pending_keyed, "params")
         named = list(module.named_parameters())
+        if self._pending_blob is not None:
+            self._check_shapes(self._pending_shapes, _shapes(named))
         self._needs_module = False
         self._param_ids = {id(p): i for i, (_, p) in enumerate(named)}
         self._param_names = {id(p): n for n, p in named}
+        self._params = named
         self._plans.clear()
 
     def _blob(self):
