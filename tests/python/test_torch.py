@@ -1296,6 +1296,65 @@ class HookOnCpuWorld(unittest.TestCase):
         self.assertTrue(torch.equal(a.view(torch.int32), b.view(torch.int32)),
                         f"{what}: {int((a != b).sum())} of {a.numel()} elements differ")
 
+    def test_a_parameter_frozen_later_gets_no_gradient(self):
+        """A compressed parameter frozen after some steps (requires_grad=False; DDP with
+        find_unused_parameters zero-fills its slice): its slice of the result is 0, as plain
+        DDP's. It was what the parameter's error feedback (DGC: its velocity, for many steps)
+        still held, which under gradient_as_bucket_view=True is the frozen parameter's .grad,
+        so the optimizer went on moving it."""
+        from gradcomp.torch.ddp import _HostStream, _reduce_bucket
+
+        N = self.N
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(48, 48, bias=False),
+                                    torch.nn.Linear(32, 64, bias=False), torch.nn.Linear(40, 40))
+        w, w2, w3, b3 = model.parameters()
+        # bucket 0 all compressed (w, w2), bucket 1 mixed (w3 compressed, b3 full precision)
+        buckets = [[w, w2], [w3, b3]]
+        frozen = [(0, w.numel()), (0, w3.numel())]  # the slices of w and w3
+
+        def dgc():
+            return self.gradcomp.Config(from_env=False, method="dgc", density=0.01,
+                                        min_elements=0)
+
+        for config in (self.config, dgc):
+            with self.gradcomp.CpuWorld(N, config()) as world:
+                states = self.make_states(self, N, world, f"frozen-{config.__name__}", model, 0,
+                                          config)
+
+                def step(s, freeze):
+                    def rank(comm):
+                        futs = []
+                        for b, params in enumerate(buckets):
+                            g = torch.Generator().manual_seed(100 * s + 10 * comm.rank + b)
+                            buf = torch.randn(sum(p.numel() for p in params), generator=g)
+                            if freeze:
+                                o, n = frozen[b]
+                                buf[o:o + n] = 0  # DDP's zero-fill of an unused parameter
+                            bucket = self.Bucket(buf, params, b, b == len(buckets) - 1)
+                            futs.append(_reduce_bucket(states[comm.rank], bucket, buf,
+                                                       _HostStream()))
+                        return [f.wait().clone() for f in futs]
+
+                    return world.run(rank)
+
+                for s in range(3):
+                    step(s, False)
+                w.requires_grad_(False)
+                w3.requires_grad_(False)
+                try:
+                    for s in range(3, 6):
+                        outs = step(s, True)
+                        for r in range(N):
+                            for b, (o, n) in enumerate(frozen):
+                                out = outs[r][b]
+                                self.assertEqual(float(out[o:o + n].abs().max()), 0.0,
+                                                 f"{config.__name__} step {s} rank {r} bucket {b}")
+                                self.assertGreater(float(out[o + n:].abs().max()), 0.0)
+                finally:
+                    w.requires_grad_(True)
+                    w3.requires_grad_(True)
+
     def test_hook_matches_the_serial_reference_and_counts_what_it_sent(self):
         N = self.N
         with self.gradcomp.CpuWorld(N, self.config()) as w, \

@@ -1008,7 +1008,7 @@ class GradcompState:
 
         plan = {"comp": runs(comp), "full": runs(full), "key": _key_of(ids),
                 "comp_n": sum(n for _, n, _, _ in comp), "full_n": sum(n for _, n, _, _ in full),
-                "total": off}
+                "total": off, "comp_params": [(o, n, p) for o, n, p, _ in comp]}
         for _, _, p, i in comp:
             self.compressed_params.add(self._name(p, i))
         for _, _, p, i in full:
@@ -1029,6 +1029,15 @@ def _scatter(src, buf, runs):
     for o, k in runs:
         buf[o:o + k].copy_(src[at:at + k])
         at += k
+
+
+def _zero_frozen(buf, frozen):
+    """Zeroes the frozen parameters' slices of a compressed result: their error feedback (and
+    DGC's velocity) still sends what it holds, which plain DDP's zero-filled slice does not
+    have; under gradient_as_bucket_view=True the slice is the parameter's .grad, so a frozen
+    parameter would get a gradient (and an optimizer step) after it was frozen."""
+    for o, n in frozen:
+        buf[o:o + n].zero_()
 
 
 def _allreduce_avg(buf, state):
@@ -1200,10 +1209,14 @@ def _reduce_noted(state, bucket, buf, stream, last):
     dtype = _DTYPES[buf.dtype]
     what = f"bucket {bucket.index()}'s compressed part"
     before = comm.call_counts()
+    # Compressed parameters frozen since the plan was made (requires_grad=False: DDP with
+    # find_unused_parameters zero-fills their slices and leaves their gradients alone).
+    frozen = [(o, n) for o, n, p in plan["comp_params"] if not p.requires_grad]
     if plan["full_n"] == 0:
         comm.allreduce_raw(buf.data_ptr(), buf.data_ptr(), buf.numel(), dtype, "avg",
                            stream.handle, plan["key"])
         state._count_call(comm, before, plan["comp_n"] * elem, what, plan["comp_n"])
+        _zero_frozen(buf, frozen)
         return stream.done(buf)
 
     # Mixed bucket: the full-precision part starts first on torch's NCCL stream,
@@ -1218,6 +1231,7 @@ def _reduce_noted(state, bucket, buf, stream, last):
                        stream.handle, plan["key"])
     state._count_call(comm, before, plan["comp_n"] * elem, what, plan["comp_n"])
     _scatter(comp, buf, plan["comp"])
+    _zero_frozen(buf, frozen)
     comp_done = stream.mark()
 
     def finish(f):
