@@ -2255,6 +2255,49 @@ class FsdpReduceScatterOnCpuWorld(unittest.TestCase):
                 else:
                     self.assertEqual(got, [])
 
+    def test_a_resume_into_a_module_of_another_size_warns(self):
+        """A resumed FSDP module of the saved name whose flat buffer has another size (its
+        parameters changed shape, or some got no gradient) got a fresh residual under the saved
+        key while the saved one lay unused in every later checkpoint, silently: every rank
+        warns once, naming the module and both sizes; the saved size goes on quietly, and its
+        count is saved again."""
+        import gradcomp.torch as gt
+
+        def step(hooks, states, n):
+            def rank(comm):
+                r = comm.rank
+                hooks[r]._reduce_scatter(torch.empty(n), self.inputs(0, r)[:self.N * n],
+                                         states[r].process_group, dist.ReduceOp.AVG, False,
+                                         lambda: None)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                w.run(rank)
+            return [str(c.message) for c in caught if "under its name" in str(c.message)]
+
+        with self.gradcomp.CpuWorld(self.N, self.config()) as w:
+            states = HookOnCpuWorld.make_states(self, self.N, w, "rs-size", None, None,
+                                                self.config)
+            step([gt.GradcompReduceScatter(st, "layers.0") for st in states], states, self.n)
+            saved = [st.state_dict() for st in states]
+        for n in (self.n // 2, self.n):
+            with self.gradcomp.CpuWorld(self.N, self.config()) as w:
+                states = HookOnCpuWorld.make_states(self, self.N, w, f"rs-size-{n}", None, None,
+                                                    self.config)
+                hooks = [gt.GradcompReduceScatter(st, "layers.0") for st in states]
+                for st, d in zip(states, saved):
+                    st.load_state_dict(d)
+                got = step(hooks, states, n) + step(hooks, states, n)
+                if n != self.n:
+                    self.assertEqual(len(got), self.N)  # once per rank
+                    self.assertRegex(got[0], f"FSDP module 'layers.0' reduces {self.N * n} "
+                                     f"elements, but the run whose state was loaded reduced "
+                                     f"{self.N * self.n} under its name: its saved residual "
+                                     "lies unused")
+                    continue
+                self.assertEqual(got, [])
+                self.assertEqual(states[0].state_dict()["key_counts"], saved[0]["key_counts"])
+        self.assertEqual(saved[0]["key_counts"], [[hooks[0].key, self.N * self.n]])
+
     def test_the_step_counter_counts_fsdp_steps_as_the_ddp_hooks(self):
         """state.iter (stats()["iter"], the state dict's iter) counts FSDP2's steps as the DDP
         hook counts its own: one per step of one call per module, for the reduce-scatter and

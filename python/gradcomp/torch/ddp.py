@@ -166,6 +166,11 @@ class GradcompState:
         # DDP groups otherwise (not yet regrouped after a resume), whose residual starts fresh.
         self._keys = set()
         self._loaded_keys = None
+        # FSDP2's residual keys with the element count of their calls (saved in state_dict), and
+        # those of a loaded state dict: a module name that reduces another count than in the
+        # loaded run is a module whose parameters changed shape (_check_fsdp_key).
+        self._key_counts = {}
+        self._loaded_counts = None
         # The FSDP2 module keys reduced in the step in progress (_count_fsdp_step).
         self._fsdp_step_keys = set()
         if module is not None:
@@ -224,7 +229,8 @@ class GradcompState:
                 "layer_min_size": self.layer_min_size, "start_iter": self.start_iter,
                 "exclude_1d": self.exclude_1d, "backend": self.backend,
                 "keyed_by": self._keyed_by(), "iter": self.iter, "gradcomp": self._blob(),
-                "keys": sorted(self._keys), "param_shapes": self._saved_shapes()}
+                "keys": sorted(self._keys), "param_shapes": self._saved_shapes(),
+                "key_counts": sorted([k, n] for k, n in self._key_counts.items())}
 
     def _saved_shapes(self):
         """The (name, shape) of each parameter of the module whose indices key the residuals
@@ -377,6 +383,12 @@ class GradcompState:
         ok = isinstance(keys, (list, tuple)) and all(isinstance(k, int) for k in keys)
         self._loaded_keys = set(keys) if ok else None
         self._keys = set(self._loaded_keys or ())
+        counts = d.get("key_counts") if d.get("gradcomp") is not None else None
+        ok = isinstance(counts, (list, tuple)) and all(
+            isinstance(e, (list, tuple)) and len(e) == 2 and all(isinstance(v, int) for v in e)
+            for e in counts)
+        self._loaded_counts = {k: n for k, n in counts} if ok else None
+        self._key_counts = dict(self._loaded_counts or {})
         if (d.get("keyed_by") in _FSDP_KEYED_BY.values() and d.get("iter") == 0
                 and self._loaded_keys):
             # FSDP2's hooks count steps since 2026-12-06; a state dict saved before by a run
@@ -782,9 +794,22 @@ class GradcompState:
                             "`with state.paused():`, and keep bucket_cap_mb as it was (warned "
                             "once)")
 
-    def _check_fsdp_key(self, name, key):
+    def _check_fsdp_key(self, name, key, count):
         """_unloaded_key for FSDP2's hooks (residuals keyed by FSDP module name): warns (once)
-        when the loaded state dict's run never reduced under the module's key."""
+        when the loaded state dict's run never reduced under the module's key, and (once per
+        module) when it reduced only other element counts under it (count: this call's): the
+        module's parameters changed shape since, so its saved residual lies unused while this
+        one starts fresh, or its layout varies with the parameters that get a gradient."""
+        saved = (self._loaded_counts or {}).get(key)
+        if saved is not None and saved != count:
+            self._warn_once(("fsdp-size", key), f"FSDP module {name!r} reduces {count} "
+                            f"elements, but the run whose state was loaded reduced {saved} under "
+                            "its name: its saved residual lies unused and this one starts fresh. "
+                            "If the module's parameters changed shape since that checkpoint, load "
+                            "the state dict into the model it was saved with, or do not load it; "
+                            "if some of its parameters get no gradient on some steps, call "
+                            "set_reduce_scatter_unused_params(True) on it (warned once)")
+        self._key_counts[key] = count
         if self._unloaded_key(key):
             self._warn_once("unloaded-key", f"FSDP module {name!r} has no residual in the run "
                             "whose state was loaded: its residual starts fresh, and the loaded "

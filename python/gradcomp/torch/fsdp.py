@@ -175,7 +175,7 @@ class GradcompReduceScatter(_Base):
                              "(mesh['shard'].get_group() of fully_shard's mesh; a 1-D mesh: "
                              "mesh.get_group())")
         comm = self.state.comm(out.device)
-        self.state._check_fsdp_key(self.name, self.key)
+        self.state._check_fsdp_key(self.name, self.key, inp.numel())
         self.state._count_fsdp_step(self.key)
         self.state._follow_scaler(comm, stream_handle())
         before = comm.call_counts()
@@ -310,7 +310,7 @@ class GradcompReplicaAllReduce:
             dist.all_reduce(t, op=op, group=self.state.process_group)
             return None
         comm = self.state.comm(t.device)
-        self.state._check_fsdp_key(self.name, self.key)
+        self.state._check_fsdp_key(self.name, self.key, t.numel())
         self.state._count_fsdp_step(self.key)
         self.state._follow_scaler(comm, stream_handle)
         before = comm.call_counts()
