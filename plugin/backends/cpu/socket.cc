@@ -489,7 +489,12 @@ gradcompResult_t peerRendezvous(SocketMesh& m, const Addr& rootAddr, double dead
   GC_CHECK(listenOn(rootAddr.any(), &listener.fd, "the ranks above this one"));
   Addr mine;
   socklen_t len = sizeof mine.ss;
-  getsockname(listener.fd, mine.sa(), &len);
+  // Its port goes into the hello: without it the root would hand out port 0.
+  if (getsockname(listener.fd, mine.sa(), &len) != 0) {
+    return setError(gradcompSystemError,
+                    "socket transport: getsockname of this rank's listener: %s",
+                    errnoText(errno).c_str());
+  }
   int fd = -1;
   GC_CHECK(connectTo(rootAddr, deadline, true, &fd, "rank 0 (the root)"));
   m.fds[0] = fd;
