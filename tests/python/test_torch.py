@@ -1027,6 +1027,29 @@ class LayerAwarePlan(unittest.TestCase):
             st.set_module(None)
         self.assertIsNotNone(st._param_ids)  # a refused set_module leaves the module's keys
 
+    def test_options_and_iter_beyond_int64_are_refused_where_given(self):
+        """layer_min_size, start_iter and the step counter travel as int64 in the ranks'
+        agreement at the hook's first call: a value of 2**63 or more made that rank fail there
+        alone (an OverflowError from torch.tensor) while its peers waited in the all_gather
+        (a hang) until 2026-12-06. It is refused where it is given, naming the value and the
+        range; 2**63 - 1 is taken."""
+        m = self.model(0)
+        for name in ("layer_min_size", "start_iter"):
+            for v in (2**63, 2**64 + 5):
+                with self.assertRaisesRegex(ValueError, f"{name}={v} is not an integer in "
+                                            f"0..{2**63 - 1}", msg=name):
+                    self.state(m, **{name: v})
+            self.assertEqual(getattr(self.state(m, **{name: 2**63 - 1}), name), 2**63 - 1)
+        st = self.state(m)
+        good = st.state_dict()
+        for v in (2**63, 2**64):
+            with self.assertRaisesRegex(ValueError, f"iter={v} is not a step count in "
+                                        f"0..{2**63 - 1}"):
+                st.load_state_dict({**good, "iter": v})
+        self.assertEqual(st.iter, 0)  # refused: unchanged
+        st.load_state_dict({**good, "iter": 2**63 - 1})
+        self.assertEqual(st.iter, 2**63 - 1)
+
     def blob(self, st):
         """A state blob's header as _precheck_blob reads it: rank 0 of 2, st's method."""
         import struct

@@ -39,6 +39,10 @@ _FSDP_KEYED_BY = {"shard": "fsdp", "replicate": "fsdp-replicas"}
 # The options of the DDP hook alone, with their defaults: FSDP2's hooks compress every parameter
 # (FSDP's whole flat buffer) from the first call, so a state serving them refuses any given.
 _DDP_ONLY = {"layer_min_size": 1024, "start_iter": 2, "exclude_1d": True}
+# layer_min_size, start_iter and iter travel as int64 in the ranks' agreement on them
+# (_agree_options): a larger value could not be sent, and the rank holding it would fail
+# alone while its peers waited in the agreement.
+_INT64_MAX = 2**63 - 1
 _ABORTED = ("gradcomp: the state was aborted (GradcompState.abort()) and its residuals are gone; "
             "make a new GradcompState (and register it again) to go on")
 _CLOSED = ("gradcomp: the state was closed (GradcompState.close()): its comm and residuals are "
@@ -133,8 +137,8 @@ class GradcompState:
         start_iter = self._ddp_options.get("start_iter", _DDP_ONLY["start_iter"])
         exclude_1d = self._ddp_options.get("exclude_1d", _DDP_ONLY["exclude_1d"])
         for name, v in (("layer_min_size", layer_min_size), ("start_iter", start_iter)):
-            if _integer(v, name, "an integer >= 0") < 0:
-                raise ValueError(f"{name}={v!r} is not an integer >= 0")
+            if not 0 <= _integer(v, name, "an integer >= 0") <= _INT64_MAX:
+                raise ValueError(f"{name}={v!r} is not an integer in 0..{_INT64_MAX} (2**63 - 1)")
         if not (isinstance(exclude_1d, bool) or type(exclude_1d).__name__ == "bool_"):
             raise ValueError(f"exclude_1d={exclude_1d!r} is not True or False")
         if grad_scaler is not None and not callable(getattr(grad_scaler, "get_scale", None)):
@@ -329,8 +333,9 @@ class GradcompState:
             raise ValueError("load_state_dict takes a dict from GradcompState.state_dict() "
                              f"(keys version, iter, gradcomp, ...); got keys {sorted(d)}")
         it, blob = _integer(d["iter"], "the state dict's iter", "a step count >= 0"), d["gradcomp"]
-        if it < 0:
-            raise ValueError(f"the state dict's iter={it} is not a step count >= 0")
+        if not 0 <= it <= _INT64_MAX:
+            raise ValueError(f"the state dict's iter={it} is not a step count in "
+                             f"0..{_INT64_MAX} (2**63 - 1)")
         if blob is not None and not isinstance(blob, (bytes, bytearray, memoryview)):
             raise ValueError(f"the state dict's gradcomp blob is a {type(blob).__name__}, not "
                              "the bytes state_dict() saved")
