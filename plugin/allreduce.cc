@@ -100,6 +100,7 @@ gradcompResult_t allReduce(const void* send, void* recv, size_t count, ncclDataT
     return sparseAllReduce(c, send, recv, count, t, op, keyed, key);
 
   const Algorithm& algo = c->cfg.elias ? eliasAlgorithm() : pickDenseAlgorithm(*c, count);
+  if (c->cfg.elias) GC_CHECK(eliasCheckCount(*c, count));
   if (algo.interNodeBytes == nullptr) {
     return setError(gradcompInternalError, "algorithm %s does not state its inter-node bytes",
                     algo.name);

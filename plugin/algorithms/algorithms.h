@@ -174,6 +174,13 @@ size_t hierReduceScatterInterNodeBytes(const gradcompComm& c, size_t recvCount, 
 // the configured one, else by size and ranks.
 const Algorithm& pickDenseAlgorithm(const gradcompComm& c, size_t count);
 
+// Refuses (gradcompInvalidArgument naming the count and the largest one taken)
+// an Elias allreduce (elias.cc) whose worst-case encoding at the widest bits
+// the comm's calls may use (bits, or DQ-SGD's bitsMax) exceeds the stream's
+// 32-bit word offsets: checked before the call sizes or allocates anything, so
+// that no buffer passes at one width and is refused at a wider one later.
+gradcompResult_t eliasCheckCount(const gradcompComm& c, size_t count);
+
 // The bucket-aligned chunks of a buffer (chunk j is [off[j], off[j+1])), the
 // largest chunk, and the equal slot size of one encoded chunk, as two-shot and
 // ring split their work (and the owner residual is sized).

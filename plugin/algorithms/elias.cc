@@ -25,6 +25,11 @@ elias::Params paramsFor(const gradcompComm& c, int bits) {
   return elias::Params{qsgd::levels(bits), c.cfg.bucketSize, elias::Code::Gamma, elias::Norm::Max};
 }
 
+// The stream's offsets are 32-bit word counts.
+bool eliasCountFits(size_t count, const elias::Params& p) {
+  return elias::maxStreamWords(count, p) < 0xffffffffull;
+}
+
 size_t slotBytes(const gradcompComm& c, size_t count, int bits) {
   return alignUp(elias::maxEncodedBytes(count, paramsFor(c, bits)), 16);
 }
@@ -50,7 +55,7 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
   }
   const int n = c.nranks, r = c.rank, d = c.cfg.bucketSize;
   const elias::Params p = paramsFor(c, a.bits);
-  GC_ARG(elias::maxStreamWords(a.count, p) < 0xffffffffull,
+  GC_ARG(eliasCountFits(a.count, p),
          "count=%zu is too large for one Elias encoding (its worst case exceeds 2^32 words); "
          "split the buffer or set GRADCOMP_ELIAS=0",
          a.count);
@@ -103,6 +108,27 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
 }
 
 }  // namespace
+
+gradcompResult_t eliasCheckCount(const gradcompComm& c, size_t count) {
+  const int bits = c.cfg.bitsMode == gradcompBitsFixed ? c.cfg.bits : c.cfg.bitsMax;
+  const elias::Params p = paramsFor(c, bits);
+  if (eliasCountFits(count, p)) return gradcompSuccess;
+  // The largest count that fits: the worst case grows with the count.
+  size_t lo = 0, hi = count;  // lo fits, hi does not
+  while (hi - lo > 1) {
+    const size_t mid = lo + (hi - lo) / 2;
+    (eliasCountFits(mid, p) ? lo : hi) = mid;
+  }
+  return setError(
+      gradcompInvalidArgument,
+      "count=%zu is too large for one Elias encoding at bits=%d (%s) and bucketSize=%d: "
+      "at most %zu elements, whose worst case stays below 2^32 words; split the "
+      "buffer or set GRADCOMP_ELIAS=0",
+      count, bits,
+      c.cfg.bitsMode == gradcompBitsFixed ? "GRADCOMP_BITS"
+                                          : "GRADCOMP_BITS_MAX, the widest DQ-SGD uses",
+      c.cfg.bucketSize, lo);
+}
 
 const Algorithm& eliasAlgorithm() {
   // Counted under allgather: the same exchange, with variable sizes.

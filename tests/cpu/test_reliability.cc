@@ -608,6 +608,90 @@ TEST(Reliability, AbsurdCountsAreRefused) {
   EXPECT_EQ(gradcompQsgdEncodedBytes(1000, 8, 32), 32u * 4 + 1000u);
 }
 
+// An Elias allreduce's stream offsets are 32-bit word counts: a count whose
+// worst-case encoding exceeds 2^32 words is refused on every rank before the
+// call allocates anything (its state, a workspace of nranks worst cases), naming
+// the count and the largest one taken, and at the widest bits the comm may use:
+// under DQ-SGD (bitsMax 8) a count that fits at 4 bits would otherwise pass its
+// first calls and be refused at the first call whose policy chose more bits.
+// Until 2026-12-06 the limit was checked inside the exchange at the call's
+// width, after the allocations (so this test met "out of memory", or a
+// workspace of nranks * 17 GB allocated for nothing, instead).
+TEST(Reliability, EliasCountsBeyondTheStreamOffsetsAreRefusedBeforeAllocating) {
+  const int N = 2, bucket = 512;
+  // The largest count whose worst case at `levels` fits (gradcompEliasMaxEncodedBytes
+  // gives 0 past it).
+  auto largest = [&](int levels) {
+    const gradcompEliasParams_t p = {levels, bucket, gradcompEliasGamma, gradcompEliasScaleMax};
+    size_t lo = 1, hi = (size_t)1 << 40;
+    while (hi - lo > 1) {
+      const size_t mid = lo + (hi - lo) / 2;
+      (gradcompEliasMaxEncodedBytes(mid, &p) != 0 ? lo : hi) = mid;
+    }
+    return lo;
+  };
+  const size_t at8 = largest(127), at4 = largest(7);
+  ASSERT_GT(at8, (size_t)1 << 33);  // 15 bits an element at most: about 9.2e9
+  ASSERT_GT(at4, at8 + 1);
+  struct Case {
+    gradcompBitsMode_t mode;
+    int bits;
+    size_t count;
+  } cases[] = {{gradcompBitsFixed, 8, at8 + 1},
+               {gradcompBitsFixed, 8, (size_t)1 << 40},
+               {gradcompBitsBudget, 4, at8 + 1},  // fits at 4 bits, not at bitsMax 8
+               {gradcompBitsDynamic, 4, at4 - 1}};
+  for (const Case& k : cases) {
+    SCOPED_TRACE(testing::Message() << "mode=" << k.mode << " count=" << k.count);
+    gradcompConfig_t cfg;
+    gradcompConfigInit(&cfg);
+    cfg.minElements = 0;
+    cfg.elias = 1;
+    cfg.bucketSize = bucket;
+    cfg.bits = k.bits;
+    cfg.bitsMode = k.mode;
+    cfg.bitsMax = 8;
+    cfg.autoTune = 0;
+    gctest::CpuWorld w(N, cfg);
+    std::vector<std::shared_ptr<gctest::AllocLimitBackend>> limited;
+    for (int r = 0; r < N; ++r) {
+      limited.push_back(
+          std::make_shared<gctest::AllocLimitBackend>(w.comm(r)->backend, size_t(1) << 30));
+      w.comm(r)->backend = limited.back();
+    }
+    // Never read or written: the call must be refused before it touches them.
+    void* buf = reinterpret_cast<void*>((uintptr_t)1 << 20);
+    std::vector<std::string> said(N);
+    const std::vector<gradcompResult_t> res = w.run([&](int r) {
+      const gradcompResult_t x =
+          gradcompAllReduce(buf, buf, k.count, ncclFloat32, ncclSum, w.comm(r), nullptr);
+      said[r] = gradcompGetLastError();
+      return x;
+    });
+    const std::string want =
+        "count=" + std::to_string(k.count) + " is too large for one Elias encoding at bits=8";
+    const std::string limit = "at most " + std::to_string(at8) + " elements";
+    for (int r = 0; r < N; ++r) {
+      EXPECT_EQ(res[r], gradcompInvalidArgument) << r << ": " << said[r];
+      EXPECT_NE(said[r].find(want), std::string::npos) << said[r];
+      EXPECT_NE(said[r].find(limit), std::string::npos) << said[r];
+      EXPECT_EQ(limited[r]->refused(), 0u) << r;
+      EXPECT_LT(limited[r]->used(), size_t(1) << 20) << r;
+    }
+    // The comm goes on.
+    const size_t n = 4096;
+    std::vector<std::vector<float>> x(N, std::vector<float>(n, 1.0f));
+    const std::vector<gradcompResult_t> ok = w.run([&](int r) {
+      return gradcompAllReduce(x[r].data(), x[r].data(), n, ncclFloat32, ncclSum, w.comm(r),
+                               nullptr);
+    });
+    for (int r = 0; r < N; ++r) {
+      EXPECT_EQ(ok[r], gradcompSuccess) << r;
+      EXPECT_EQ(x[r][0], 2.0f) << r;
+    }
+  }
+}
+
 // A C caller may pass any int as an enum: a datatype outside NCCL's, or a
 // negative op, is refused by value and range before anything reads it as the
 // enum (the sanitizer build stopped at the load before); the CPU backend
