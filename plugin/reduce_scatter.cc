@@ -65,7 +65,11 @@ gradcompResult_t reduceScatter(const void* send, void* recv, size_t recvCount, n
 
   DType t;
   GC_CHECK(dtypeFromNccl(type, &t));
-  GC_CHECK(codecCheckCount(count));
+  // The codecs' range is of the input, nranks * recvcount: named as the caller gave it.
+  GC_ARG(count <= kMaxCodecCount,
+         "recvcount=%zu times nranks=%d is %zu input elements, out of range 0..%zu (at most %zu "
+         "per rank)",
+         recvCount, c->nranks, count, kMaxCodecCount, kMaxCodecCount / (size_t)c->nranks);
   GC_CHECK(agreeBuffers(*c, send, count, recv, recvCount, (size_t)c->rank * recvCount, t));
   GC_CHECK(agreeBeforeState(*c));
 

@@ -692,6 +692,37 @@ TEST(Reliability, EliasCountsBeyondTheStreamOffsetsAreRefusedBeforeAllocating) {
   }
 }
 
+// A compressed reduce-scatter whose input (nranks * recvcount) is beyond the
+// codecs' range is refused naming the recvcount the caller passed, the input
+// count and both limits, on every rank (until 2026-12-06 the sentence named the
+// product alone, as "count=", which the caller never passed).
+TEST(Reliability, ReduceScatterBeyondTheCodecRangeNamesRecvcount) {
+  const int N = 2;
+  gradcompConfig_t cfg;
+  gradcompConfigInit(&cfg);
+  cfg.minElements = 0;
+  cfg.autoTune = 0;
+  gctest::CpuWorld w(N, cfg);
+  const size_t recvCount = ((size_t)1 << 55) + 1, count = recvCount * N;
+  // Never read or written: refused before anything touches them.
+  void* send = reinterpret_cast<void*>((uintptr_t)1 << 20);
+  void* recv = reinterpret_cast<void*>((uintptr_t)1 << 62);
+  std::vector<std::string> said(N);
+  const std::vector<gradcompResult_t> res = w.run([&](int r) {
+    const gradcompResult_t x =
+        gradcompReduceScatter(send, recv, recvCount, ncclFloat32, ncclSum, w.comm(r), nullptr);
+    said[r] = gradcompGetLastError();
+    return x;
+  });
+  const std::string want =
+      "recvcount=" + std::to_string(recvCount) + " times nranks=2 is " + std::to_string(count) +
+      " input elements, out of range 0..72057594037927936 (at most 36028797018963968 per rank)";
+  for (int r = 0; r < N; ++r) {
+    EXPECT_EQ(res[r], gradcompInvalidArgument) << r;
+    EXPECT_NE(said[r].find(want), std::string::npos) << said[r];
+  }
+}
+
 // A C caller may pass any int as an enum: a datatype outside NCCL's, or a
 // negative op, is refused by value and range before anything reads it as the
 // enum (the sanitizer build stopped at the load before); the CPU backend
