@@ -399,9 +399,9 @@ def subgroups(out, rank):
 def ddp_group(out, rank):
     """4 ranks, DDP on the pairs {0,1} and {2,3}, the GradcompState made without module=.
     Phase "world": every state over the world (the default), so the hook averaged over 4 ranks
-    where DDP reduces over 2, silently. Phase "mixed": rank 1's state over the world, the
-    others' over their DDP's pair: rank 0 must not wait for rank 1 in a collective after rank 1
-    refused. Each phase records what its first step said on each rank, and the gradient."""
+    where DDP reduces over 2, silently; then the refused state on a new DDP of the model.
+    Phase "mixed": rank 1's state over the world, the others' over their DDP's pair: rank 0
+    must not wait for rank 1 in a collective after rank 1 refused. Each phase records what its first step said on each rank, and the gradient."""
     import datetime
 
     from torch.nn.parallel import DistributedDataParallel as DDP
@@ -422,6 +422,15 @@ def ddp_group(out, rank):
         err = _error(lambda: d(x).sum().backward())
         res[phase] = {"error": err, "seconds": round(time.monotonic() - t0, 3),
                       "grad": float(model.weight.grad[0, 0]) if err is None else None}
+        if phase == "world":
+            # The refused state registered again, on a new DDP of the model (as after an
+            # error): still refused, not averaged over the state's ranks.
+            model.weight.grad = None
+            d = DDP(model, process_group=mine)
+            d.register_comm_hook(state, gct.gradcomp_hook)
+            err = _error(lambda: d(x).sum().backward())
+            res["world_again"] = {"error": err, "grad": float(model.weight.grad[0, 0])
+                                  if err is None else None}
         state.close()
     return [], res
 

@@ -2726,6 +2726,10 @@ class CpuBackendDdpGroup(unittest.TestCase):
             self.assertRegex(res["world"]["error"] or "", re.escape(
                 f"ValueError: gradcomp: the DDP module this GradcompState is registered on "
                 f"reduces over ranks {pair}, but the state over ranks [0, 1, 2, 3]"))
+            # Registered again on a new DDP (as after the error): refused again.
+            self.assertRegex(res["world_again"]["error"] or "", re.escape(
+                f"reduces over ranks {pair}, but the state over ranks [0, 1, 2, 3]"),
+                f"rank {r}: {res['world_again']}")
         mixed = [res["mixed"] for res in results]
         self.assertRegex(mixed[0]["error"] or "", re.escape(
             "rank(s) [1] of the DDP module's group (ranks [0, 1]) registered a GradcompState "

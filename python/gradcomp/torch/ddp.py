@@ -201,7 +201,7 @@ class GradcompState:
         # The DDP hook's options and step counter, compared between the ranks at the hook's
         # first call outside paused() (_agree_options).
         self._options_agreed = False
-        self._ddp_group_checked = False  # _check_ddp_group, at the hook's first call
+        self._ddp_group_checked = False  # _check_ddp_group passed (or found no DDP)
         self._warned = set()
         # compressed_*: calls gradcomp compressed; passed_*: calls handed to gradcomp that it
         # sent uncompressed (GRADCOMP_AUTO, min_elements; a DGC comm still applies its momentum).
@@ -712,10 +712,12 @@ class GradcompState:
         rank of the DDP's group reaches its first hook call (DDP calls the hook on all of them),
         so each rank's finding is gathered there (one all_gather over the DDP's group, once per
         state): they raise alike, and none waits in a collective of the state's group for a
-        rank that refused. Where no DDP is found (_registering_ddp), nothing is checked."""
-        self._ddp_group_checked = True
+        rank that refused. Where no DDP is found (_registering_ddp), nothing is checked. A
+        refused state is checked again at its next call (every rank of the group refused it):
+        registered again on a new DDP of the model, it must not go on unchecked."""
         ddp = _registering_ddp(self)
         if ddp is None:
+            self._ddp_group_checked = True
             return
         group = ddp.process_group
         theirs = dist.get_process_group_ranks(group)
@@ -726,6 +728,7 @@ class GradcompState:
         dist.all_gather(got, t, group=group)
         bad = [r for r, g in zip(theirs, got) if int(g.item())]
         if not bad:
+            self._ddp_group_checked = True
             return
         do = ("make every rank's GradcompState with process_group=<the group given to "
               "DistributedDataParallel>")
@@ -1168,7 +1171,10 @@ def _registering_ddp(state):
     """The DDP module `state` is registered on as its comm hook's state, or None: DDP keeps
     (hook, state) in its _comm_hooks (register_comm_hook). Found among the referrers of that
     pair (each step a walk of the interpreter's objects, once per state); None where this torch
-    keeps no such list, or the hook is called otherwise (not by a DDP)."""
+    keeps no such list, or the hook is called otherwise (not by a DDP). gc.get_referrers does
+    not see objects frozen by gc.freeze(): a program that freezes after register_comm_hook must
+    do so on every rank of the DDP's group alike (README), or the ranks that find no DDP skip
+    the check's all_gather that the others enter."""
     import gc
 
     DDP = torch.nn.parallel.DistributedDataParallel
