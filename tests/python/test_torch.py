@@ -446,7 +446,10 @@ class SocketRootAddress(unittest.TestCase):
             "ip link set lo up\n"
             "unshare -n sleep 120 & other=$!\n"
             "trap 'kill $other 2>/dev/null' EXIT\n"
-            "sleep 0.3\n"
+            # Until the child has its own namespace (a fixed sleep could lose the race on a
+            # loaded machine, leaving both ranks in one namespace: no test of the address).
+            "i=0; while [ \"$(readlink /proc/$other/ns/net)\" = \"$(readlink /proc/$$/ns/net)\" ]"
+            "; do i=$((i+1)); [ $i -lt 400 ] || exit 3; sleep 0.05; done\n"
             "ip link add gca type veth peer name gcb netns $other\n"
             "ip addr add 10.231.7.1/24 dev gca && ip link set gca up\n"
             "nsenter -t $other -n sh -c 'ip link set lo up; ip addr add 10.231.7.2/24 dev gcb; "
