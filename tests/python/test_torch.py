@@ -438,7 +438,8 @@ class SocketRootAddress(unittest.TestCase):
             "comm = _group.make_socket_comm(None, Config(cpu_timeout_sec=20))\n"
             "x = torch.full((8,), float(r + 1))\n"
             "comm.allreduce(x)\n"
-            "print('rank', r, 'sum', x.tolist()[0], flush=True)\n"
+            # One write (below PIPE_BUF: atomic), as both ranks share the pipe.
+            "os.write(1, f'rank {r} sum {x.tolist()[0]}\\n'.encode())\n"
             "comm.close()\n"
             "dist.destroy_process_group()\n")
         script = (
