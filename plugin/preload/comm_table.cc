@@ -1,6 +1,7 @@
 // The communicators the interposer has seen: settings, lazy set-up of the
 // gradcomp comm with an agreement among ranks, release on destroy/abort, and
 // the INFO summary line per communicator.
+#include <ctype.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -662,19 +663,56 @@ bool isNonBlocking(ncclComm_t comm) {
   return nonBlockingComms().count(comm) > 0 || envNonBlocking();
 }
 
+std::string warningKind(const char* sentence) {
+  std::string kind;
+  for (const char* p = sentence; *p != '\0';) {
+    const char prev = p == sentence ? ' ' : p[-1];
+    const bool inWord = isalnum((unsigned char)prev) || prev == '_';
+    if (!inWord && p[0] == '0' && p[1] == 'x' && isxdigit((unsigned char)p[2])) {
+      for (p += 2; isxdigit((unsigned char)*p);) ++p;
+      kind += '#';
+    } else if (!inWord && isdigit((unsigned char)*p)) {
+      while (isdigit((unsigned char)*p)) ++p;
+      kind += '#';
+    } else {
+      kind += *p++;
+    }
+  }
+  return kind;
+}
+
 namespace {
-// Whether `key` is new to this process's warnings (and now recorded).
+void printWarning(const char* msg) {
+  fprintf(stderr, "gradcomp %d WARN %s\n", (int)getpid(), msg);
+}
+
+// Whether `key` is new to this process's warnings (and now recorded). The
+// keys are kinds of warnings, a few dozen at most; should one still carry a
+// value of its own, the keys stop at kMaxWarningKinds and later new warnings
+// are not printed (which is said once), rather than one line per call.
 bool firstWarning(const std::string& key) {
   static std::mutex* mu = new std::mutex;
   static auto* seen = new std::set<std::string>;
   std::lock_guard<std::mutex> lock(*mu);
-  return seen->insert(key).second;
-}
-
-void printWarning(const char* msg) {
-  fprintf(stderr, "gradcomp %d WARN %s\n", (int)getpid(), msg);
+  if (seen->count(key) > 0) return false;
+  if (seen->size() >= kMaxWarningKinds) {
+    static bool said = false;
+    if (!said) {
+      said = true;
+      printWarning("more distinct warnings than gradcomp records; later ones are not printed");
+    }
+    return false;
+  }
+  seen->insert(key);
+  return true;
 }
 }  // namespace
+
+void warn(const char* fmt, ...) {
+  char msg[1024];
+  GC_FORMAT_ARGS(msg, fmt);
+  printWarning(msg);
+}
 
 void warnOnce(const std::string& key, const char* fmt, ...) {
   if (!firstWarning(key)) return;
@@ -687,7 +725,7 @@ void warnOncePerSentence(const char* fmt, ...) {
   char msg[1024];
   GC_FORMAT_ARGS(msg, fmt);
   // Keyed apart from warnOnce's keys: a sentence never silences a keyed warning.
-  if (firstWarning(std::string("sentence:") + msg)) printWarning(msg);
+  if (firstWarning("sentence:" + warningKind(msg))) printWarning(msg);
 }
 
 }  // namespace preload

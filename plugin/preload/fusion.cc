@@ -73,8 +73,8 @@ void warnIfLateFusedSet(CommEntry& e, const std::vector<const Deferred*>& member
                         uint64_t key) {
   const uint64_t calls = e.fusedKeys.calls;
   const size_t held = e.fusedKeys.keys.size();
-  if (!fusedKeyIsLate(e.fusedKeys, key)) return;
-  warnOncePerSentence(
+  if (!fusedKeyIsLate(e.fusedKeys, key)) return;  // true once per communicator
+  warn(
       "rank %d: a fused set of %zu calls (%zu elements, first recvbuff %p) on NCCL comm %p has "
       "receive buffers not fused together before, at fused set %llu of this comm, which holds "
       "the residuals of %zu other sets: gradients that move between steps start a new residual "

@@ -191,12 +191,22 @@ void notePendingChild(ncclComm_t parent, ncclComm_t* slot);
 bool nonBlockingFrom(const void* config, int blockingField, bool parentNonBlocking);
 bool isNonBlocking(ncclComm_t comm);
 
+// Prints `msg` now, whatever GRADCOMP_DEBUG says: a warning its caller
+// already says once (once per communicator).
+void warn(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
 // Prints `msg` once per distinct key, whatever GRADCOMP_DEBUG says.
 void warnOnce(const std::string& key, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
-// The same, keyed on the formatted sentence itself: a reason given in the
-// sentence (a CUDA error, why a communicator passes through) is said once per
-// distinct reason.
+// The same, keyed on the kind of the formatted sentence (warningKind): a
+// reason given in the sentence (a CUDA error, why a communicator passes
+// through, the library's refusal of a call) is said once per distinct reason,
+// whatever buffers, counts or ranks it names.
 void warnOncePerSentence(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
+// The sentence with each number and 0x pointer that stands alone (not inside
+// a name such as fp16) replaced by '#': the values of one call, which would
+// make every call's refusal a new warning.
+std::string warningKind(const char* sentence);
+// The most warning keys recorded (warnOnce and warnOncePerSentence together).
+constexpr size_t kMaxWarningKinds = 256;
 
 enum class Collective { AllReduce, ReduceScatter };
 

@@ -11,8 +11,10 @@
 #include <unistd.h>
 
 #include <fstream>
+#include <memory>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "gradcomp.h"
@@ -21,6 +23,10 @@
 #include "plugin/topology.h"
 
 namespace {
+
+// The interposer reads its settings once: a method, so that the calls of a
+// compressing entry are eligible (set before any test runs).
+const bool kMethodSet = setenv("GRADCOMP_METHOD", "qsgd", 0) == 0;
 
 struct FakeNcclLog {
   char path[32] = "/tmp/gc_fake_nccl_XXXXXX";
@@ -158,6 +164,95 @@ TEST(PreloadAbort, TheSubCommunicatorsAreAbortedInTheAbortsGroup) {
   gc::destroyHierarchy(c);
   delete c;
   unsetenv("GRADCOMP_NCCL_LIBRARY");
+}
+
+// A warning's kind: the values of one call (pointers, counts, ranks) masked,
+// the words that name the failure kept.
+TEST(PreloadWarnings, AKindMasksTheCallsValues) {
+  using gc::preload::warningKind;
+  EXPECT_EQ(warningKind("sendbuff=0x7f12ab00 (1024 elements) on rank 3"),
+            warningKind("sendbuff=0x7f12cd04 (4096 elements) on rank 1"));
+  EXPECT_EQ(warningKind("sendbuff=0x7f12ab00 is NULL"), "sendbuff=# is NULL");
+  // Names keep their digits; other reasons stay apart.
+  EXPECT_EQ(warningKind("fp16 or bf16, ncclFloat32: CUDA error 2"),
+            "fp16 or bf16, ncclFloat32: CUDA error #");
+  EXPECT_NE(warningKind("sendbuff=0x10 is pageable host memory"),
+            warningKind("recvbuff=0x10 is pageable host memory"));
+}
+
+// Calls the library refuses before enqueueing anything (here: buffers not
+// aligned to their element size) pass to NCCL with one warning per kind of
+// refusal, though each sentence names the call's own buffers: a program
+// whose every call is refused with other pointers is warned once, not at
+// every call.
+TEST(PreloadWarnings, ARefusalIsWarnedOncePerKindWhateverItsPointers) {
+  ASSERT_TRUE(kMethodSet);
+  setenv("GRADCOMP_NCCL_LIBRARY", GC_FAKE_NCCL, 1);
+  const ncclComm_t parent = (ncclComm_t)(uintptr_t)0x3000;
+  // Rank 1 of 2 of a CPU world: the buffers are refused before any exchange.
+  auto* c = new gradcompComm;
+  gradcompConfigInit(&c->cfg);
+  c->rank = 1;
+  c->nranks = 2;
+  c->backend = gc::makeCpuBackend();
+  std::vector<std::unique_ptr<gc::Transport>> world = gc::makeCpuWorld(2, 5.0);
+  c->transport = std::move(world[1]);
+  gc::preload::EntryPtr e = compressingEntry(parent, c);
+  e->nranks = 2;
+  std::string log;
+  testing::internal::CaptureStderr();
+  {
+    FakeNcclLog fake;
+    for (uintptr_t i = 0; i < 50; ++i) {
+      // Misaligned floats, other addresses at every call.
+      void* send = (void*)(uintptr_t)(0x100001 + 0x1000 * i);
+      void* recv = (void*)(uintptr_t)(0x900001 + 0x1000 * i);
+      EXPECT_EQ(ncclAllReduce(send, recv, 1 << 20, ncclFloat, ncclSum, parent, nullptr),
+                ncclSuccess);
+    }
+    log = fake.text();
+  }
+  const std::string err = testing::internal::GetCapturedStderr();
+  size_t warned = 0;
+  for (size_t at = err.find("passing a call to NCCL"); at != std::string::npos;
+       at = err.find("passing a call to NCCL", at + 1)) {
+    ++warned;
+  }
+  EXPECT_EQ(warned, 1u) << err;
+  EXPECT_NE(err.find("are not aligned to their element size 4"), std::string::npos) << err;
+  size_t passed = 0;
+  for (size_t at = log.find("AllReduce"); at != std::string::npos;
+       at = log.find("AllReduce", at + 1)) {
+    ++passed;
+  }
+  EXPECT_EQ(passed, 50u) << log;  // every call still reaches NCCL
+  e->gc = nullptr;
+  delete c;
+  unsetenv("GRADCOMP_NCCL_LIBRARY");
+}
+
+// The warnings' keys are bounded: past kMaxWarningKinds distinct ones, a
+// new warning is not printed (one line says so) and not recorded. Last in
+// this file: it fills the process's keys.
+TEST(PreloadWarnings, TheKeysAreBounded) {
+  testing::internal::CaptureStderr();
+  for (size_t i = 0; i < 2 * gc::preload::kMaxWarningKinds; ++i) {
+    gc::preload::warnOnce("bound " + std::to_string(i), "bound warning");
+  }
+  const std::string err = testing::internal::GetCapturedStderr();
+  size_t printed = 0;
+  for (size_t at = err.find("bound warning"); at != std::string::npos;
+       at = err.find("bound warning", at + 1)) {
+    ++printed;
+  }
+  EXPECT_GT(printed, 0u);
+  EXPECT_LE(printed, gc::preload::kMaxWarningKinds);
+  size_t said = 0;
+  for (size_t at = err.find("later ones are not printed"); at != std::string::npos;
+       at = err.find("later ones are not printed", at + 1)) {
+    ++said;
+  }
+  EXPECT_EQ(said, 1u) << err;
 }
 
 }  // namespace
