@@ -75,6 +75,13 @@ def check_projection_pieces(tag, r, doc):
         t = "%s %dx%d@%g" % (tag, p["nodes"], p["local"], p["node_gbps"])
         k, g = p["nodes"], p["local"]
         if k < 2 or g < 2:
+            # No hierarchy (gc::hierLayout): the library runs the flat algorithm.
+            expect(p["hier_pieces"] == 1 and p["hier_time_us"] == p["flat_time_us"] and
+                   p["hier_pipelined_time_us"] == p["flat_time_us"] and
+                   p["hier_inter_bytes"] == p["flat_inter_bytes"],
+                   "%s: no hierarchy: hier's figures are flat's (hier %s us, P = %s, hier|P %s "
+                   "us; flat %s us)" % (t, p["hier_time_us"], p["hier_pieces"],
+                                        p["hier_pipelined_time_us"], p["flat_time_us"]))
             continue
         middle = hier_middle(label, k)
         if middle != "twoshot":

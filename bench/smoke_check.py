@@ -624,6 +624,25 @@ def check_projection(tag, r, kdoc, bits, bucket, pipe_bytes, intra_gbps=3600.0, 
                                                fused=fused, code=code), costs, count)
         flat = (flat_kernel + max(us(flat_intra, intra_gbps), us(flat_inter, L / g))
                 + flat_steps * lat)
+        t = "%s %dx%d@%g" % (tag, k, g, L)
+        if k < 2 or g < 2:
+            # No hierarchy (gc::hierLayout: nodes of one GPU, or one node): the library runs
+            # the flat algorithm, and hier's figures are flat's, in one piece.
+            expect(close(p["hier_intra_bytes"], flat_intra) and
+                   close(p["hier_inter_bytes"], flat_inter) and
+                   close(p["hier_kernel_us"], flat_kernel) and close(p["hier_time_us"], flat) and
+                   p["hier_pieces"] == 1 and p["hier_pipeline_bytes"] == 0 and
+                   close(p["hier_pipelined_kernel_us"], flat_kernel) and
+                   close(p["hier_pipelined_time_us"], flat),
+                   "%s: no hierarchy: hier's figures are flat's (hier %s us, P = %s, hier|P %s "
+                   "us; flat %s us)" % (t, p["hier_time_us"], p["hier_pieces"],
+                                        p["hier_pipelined_time_us"], flat))
+            want = flat if p.get("auto_choice") == "compress" else nccl
+            expect(p.get("auto_choice") in ("compress", "nccl") and close(p["auto_time_us"], want)
+                   and close(p["auto_time_us"], min(flat, nccl)),
+                   "%s: auto's time %s is its choice's (%s: %s)"
+                   % (t, p["auto_time_us"], p.get("auto_choice"), want))
+            continue
         middle = model_check.hier_middle(label, k)
         shard = -(-count // g)
         es = encoded(shard, bits, bucket)
@@ -636,7 +655,6 @@ def check_projection(tag, r, kdoc, bits, bucket, pipe_bytes, intra_gbps=3600.0, 
                                           padded=padded, fused=fused, code=code), costs, count)
         hier = (kernel + us(hier_intra, intra_gbps) + us(hier_inter, L / g)
                 + (2 * (g - 1) + mid_steps) * lat)
-        t = "%s %dx%d@%g" % (tag, k, g, L)
         expect(close(p["nccl_inter_bytes"], nccl_inter) and close(p["nccl_intra_bytes"], nccl_intra),
                "%s: NCCL ring bytes per link class" % t)
         expect(close(p["flat_inter_bytes"], flat_inter) and close(p["hier_inter_bytes"], hier_inter),
@@ -696,10 +714,9 @@ def check_projection(tag, r, kdoc, bits, bucket, pipe_bytes, intra_gbps=3600.0, 
                    % (t, p["hier_pipelined_time_us"], own))
         # Auto takes the compressed call or NCCL by the library's rule (its choice in
         # auto_choice): the compressed call is hier's (pipelined) on >= 2 nodes of >= 2
-        # GPUs, the flat algorithm's on nodes of one GPU, where the library runs no
-        # hierarchy; at these points its lines through the timed counts predict right, so
-        # it is the faster of the two.
-        comp = piped if g >= 2 else flat
+        # GPUs (the flat algorithm's elsewhere, above); at these points its lines through
+        # the timed counts predict right, so it is the faster of the two.
+        comp = piped
         want = comp if p.get("auto_choice") == "compress" else nccl
         expect(p.get("auto_choice") in ("compress", "nccl") and close(p["auto_time_us"], want),
                "%s: auto's time %s is its choice's (%s: %s)"

@@ -680,7 +680,7 @@ ClusterTimes clusterModel(size_t count, const CallKind& kind, int bits, int buck
                           const KernelCurve& curve, const Cluster& c, size_t pipelineBytes,
                           bool decideAuto, int flatAlgo, int middle) {
   ClusterTimes t;
-  const double n = c.ranks(), k = c.nodes;
+  const double n = c.ranks();
   const double bytes = (double)count * kind.elemBytes;
   const size_t shard = (count + c.local - 1) / c.local;
   // The flat path: an allgather (auto on 2 ranks, or named), else two-shot.
@@ -703,8 +703,7 @@ ClusterTimes clusterModel(size_t count, const CallKind& kind, int bits, int buck
                                      codecLaunch(flat, count, c.ranks(), 1)),
                             (double)count);
   t.flatUs = gradcompClusterUs(t.flatKernelUs, t.flat, false, fs.latencySteps, c);
-  // Hierarchical with the middle algorithm on the shard over the K nodes;
-  // one node is NCCL inside it.
+  // Hierarchical with the middle algorithm on the shard over the K nodes.
   // GRADCOMP_AUTO between NCCL and the compressed path (comp of t).
   auto decide = [&](ClusterTimes& t, double ClusterTimes::*comp) {
     // A path whose kernels have no cost (not measured) has no time: the
@@ -732,9 +731,12 @@ ClusterTimes clusterModel(size_t count, const CallKind& kind, int bits, int buck
     // nothing to choose from: auto is unknown, not NCCL's.
     t.autoUs = !std::isfinite(t.*comp) ? NAN : t.autoCompresses ? t.*comp : t.ncclUs;
   };
-  if (k <= 1) {
-    t.hierUs = t.hierPipedUs = t.ncclUs;
-    t.hier = t.nccl;
+  // No hierarchy (one node, or nodes of one GPU): the library runs the flat
+  // algorithm (gc::hierLayout), and hier's fields are flat's.
+  if (!gc::hierLayout(c.nodes, c.local)) {
+    t.hierKernelUs = t.hierPipedKernelUs = t.flatKernelUs;
+    t.hierUs = t.hierPipedUs = t.flatUs;
+    t.hier = t.flat;
     decide(t, &ClusterTimes::flatUs);
     return t;
   }
@@ -768,7 +770,7 @@ ClusterTimes clusterModel(size_t count, const CallKind& kind, int bits, int buck
                 (int)llround(t.hierPieces))
           : hierPipelinedUs(t.hierPipedKernelUs, t.hier, hs.latencySteps - 2.0 * (c.local - 1), c,
                             t.hierPieces, (double)kind.elemBytes);
-  decide(t, c.local >= 2 ? &ClusterTimes::hierPipedUs : &ClusterTimes::flatUs);
+  decide(t, &ClusterTimes::hierPipedUs);
   return t;
 }
 

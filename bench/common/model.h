@@ -357,7 +357,10 @@ double gradcompClusterUs(double kernelUs, const LinkBytes& b, bool stages, doubl
 
 // Modeled times of one allreduce of `count` elements of kind.elemBytes each,
 // QSGD at (bits, bucket) with the kernels' costs per element. hierPipedUs: hier cut at
-// pipelineBytes (hierPieces; hierUs when one piece). autoUs: GRADCOMP_AUTO, which passes a call
+// pipelineBytes (hierPieces; hierUs when one piece). Where c is no hierarchy
+// (one node, or nodes of one GPU: gc::hierLayout) the library runs the flat
+// algorithm, and hier's fields (bytes, kernels, times, one piece) are flat's.
+// autoUs: GRADCOMP_AUTO, which passes a call
 // through when its predicted compressed time (hier, pipelined, on >= 2 nodes
 // of >= 2 GPUs; else flat) is not below NCCL's, predicted as the library does
 // (plugin/autotune.cc, autoRange): a line through each path's times at the two

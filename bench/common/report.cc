@@ -375,9 +375,10 @@ void printProjection(const Options& o, const std::vector<Row>& rows) {
         o.modelPipelineBytes);
   else
     printf(
-        "#  hier|P: hier cut into P pieces (--model-pipe %zu), pipelined (each piece's NVLink "
-        "reduce-scatter and allgather in turn on one node stream); auto: the smaller of the "
-        "compressed time and NCCL's\n",
+        "#  hier: the hierarchy (>= 2 nodes of >= 2 GPUs; elsewhere the library runs the flat "
+        "algorithm: hier is flat's); hier|P: hier cut into P pieces (--model-pipe %zu), "
+        "pipelined (each piece's NVLink reduce-scatter and allgather in turn on one node "
+        "stream); auto: the smaller of the compressed time and NCCL's\n",
         o.modelPipelineBytes);
   // Names, then their units, as nccl-tests labels its columns (the x columns are ratios).
   const char* projectionColumns =
