@@ -105,7 +105,8 @@ def check_projection_pieces(tag, r, doc):
 def check_rs_projection_points(tag, r, intra, lat):
     """A reduce-scatter row's projection (clusterReduceScatterModel): on >= 2 nodes of >= 2
     GPUs the hierarchical reduce-scatter, (G-1) k m 4 bytes in the node and (k-1) E(m) across,
-    G latency steps; elsewhere the flat one, hier's figures flat's; one piece giving the
+    G latency steps; elsewhere the flat one, hier's figures flat's, cut into the pieces the
+    library cuts it into among the N ranks at hier_pipeline_bytes; one piece giving the
     unpipelined time."""
     us = lambda b, gbps: b * 8 / (gbps * 1e3)  # noqa: E731
     m_ = r["count"]
@@ -114,9 +115,17 @@ def check_rs_projection_points(tag, r, intra, lat):
         t = "%s %dx%d@%g" % (tag, p["nodes"], p["local"], p["node_gbps"])
         k, g = p["nodes"], p["local"]
         if k < 2 or g < 2:
-            expect(p["hier_pieces"] == 1 and p["hier_time_us"] == p["flat_time_us"] and
-                   close(p["hier_inter_bytes"], (k * g - g) * e),
-                   "%s: no hierarchy: the flat reduce-scatter's figures" % t)
+            pipe, pieces = p["hier_pipeline_bytes"], 1
+            if pipe:
+                share = -(-(pipe // 4) // (k * g))
+                piece = max(1, -(-share // r["bucket"])) * r["bucket"]
+                pieces = -(-m_ // piece) if piece < m_ else 1
+            expect(p["hier_time_us"] == p["flat_time_us"] and
+                   close(p["hier_inter_bytes"], (k * g - g) * e) and
+                   p["hier_pieces"] == pieces and (pieces > 1) == (pipe > 0) and
+                   (pieces > 1 or p["hier_pipelined_time_us"] == p["flat_time_us"]),
+                   "%s: no hierarchy: the flat reduce-scatter's figures (%s pieces at %s bytes, "
+                   "the library's %s)" % (t, p["hier_pieces"], pipe, pieces))
             continue
         expect(close(p["hier_intra_bytes"], (g - 1) * k * m_ * 4) and
                close(p["hier_inter_bytes"], (k - 1) * e),

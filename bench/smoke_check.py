@@ -1075,6 +1075,18 @@ def check_rs_projection(tag, r, kdoc, bits, bucket, pipe_bytes, intra_gbps=3600.
         else:
             intra, inter, kernel, hier = flat_intra, flat_inter, flat_kernel, flat
             piped_kernel, piped = kernel, hier
+            # The library cuts the flat reduce-scatter too (reduce_scatter.cc, splitPieces):
+            # each block of m among the n ranks into ceil(pipe_bytes / 4 / n) elements
+            # rounded up to whole buckets; the row model's two-stage pipeline of kernels
+            # and wire, both link classes at once.
+            if pipe_bytes:
+                share = -(-(pipe_bytes // 4) // n)
+                piece = max(1, -(-share // bucket)) * bucket
+                pieces = -(-m_ // piece) if piece < m_ else 1
+            if pieces > 1:
+                kp = piped_kernel / pieces
+                wp = max(us(flat_intra / pieces, intra_gbps), us(flat_inter / pieces, nic)) + lat
+                piped = kp + wp + (pieces - 1) * max(kp, wp)
         expect(close(p["nccl_intra_bytes"], nccl_intra) and close(p["nccl_inter_bytes"], nccl_inter),
                "%s: NCCL ring reduce-scatter bytes per link class" % t)
         expect(close(p["flat_intra_bytes"], flat_intra) and close(p["flat_inter_bytes"], flat_inter),
@@ -1093,7 +1105,9 @@ def check_rs_projection(tag, r, kdoc, bits, bucket, pipe_bytes, intra_gbps=3600.
         expect(close(p["hier_pipelined_kernel_us"], piped_kernel) and
                close(p["hier_pipelined_time_us"], piped),
                "%s: pipelined hier %s vs %s" % (t, p["hier_pipelined_time_us"], piped))
-        comp = piped if hier_layout else flat
+        # The library's compressed path: the hierarchy's, else the flat one's, pipelined
+        # where it is cut.
+        comp = piped
         want = comp if p.get("auto_choice") == "compress" else nccl
         expect(p.get("auto_choice") in ("compress", "nccl") and close(p["auto_time_us"], want),
                "%s: auto's time is its choice's (%s)" % (t, p.get("auto_choice")))
@@ -1861,10 +1875,17 @@ def main():
     # Pipelined reduce-scatter: each block of m = count elements is cut as two-shot cuts
     # its chunks (piece = ceil(B/4/N) rounded up to whole buckets); the row records the
     # pieces and the same two-stage pipelined model with its one all-to-all step per piece;
-    # the wire bytes are the unpipelined rows' of rs.json.
+    # the wire bytes are the unpipelined rows' of rs.json. Projected at the same piece size
+    # onto the run's own layout (N nodes of one GPU, each node's NIC a row model link), one
+    # node of N GPUs and N x N: on the first two the library runs the flat reduce-scatter,
+    # cut into the same pieces, so at N x 1 hier|P is the row model's pipelined time.
+    links = [10, 25, 100, 400]
     code, out, rows = run(perf, ["-N", str(nranks), "-C", "reduce_scatter", "-b", "256K", "-e",
                                  "256K", "-n", "1", "-w", "0", "-d", "float,bfloat16", "-m", "qsgd",
-                                 "-q", str(bits), "-B", str(bucket)],
+                                 "-q", str(bits), "-B", str(bucket), "--model-nodes",
+                                 "%d,1" % nranks, "--model-local", "1,%d" % nranks,
+                                 "--node-gbps", ",".join(map(str, links)),
+                                 "--model-pipe", str(pipe_bytes)],
                           os.path.join(work, "pipe-rs.json"),
                           env={"GRADCOMP_PIPELINE_BYTES": str(pipe_bytes)})
     expect(code == 0 and len(rows) == 2, "pipelined reduce-scatter run exits 0 with two rows")
@@ -1888,6 +1909,24 @@ def main():
                "%s: the unpipelined row has one piece and no pipelined model" % tag)
         expect(len(r["model"]) > 0, "%s: modeled" % tag)
         check_pipelined_model(tag, r, pieces, 1)
+        if kdoc:
+            seen = check_rs_projection(tag + " projection", r, kdoc, bits, bucket, pipe_bytes)
+            want = {(k, g, L) for k in (nranks, 1) for g in (1, nranks) for L in links
+                    if k * g > 1}
+            expect(seen == want, "%s: projected onto %dx1, 1x%d and %dx%d (got %s)"
+                   % (tag, nranks, nranks, nranks, nranks, sorted(seen)))
+        for m in r["model"]:
+            for q in r["projection"]:
+                if (q["nodes"], q["local"], q["node_gbps"]) != (nranks, 1, m["link_gbps"]):
+                    continue
+                expect(q["hier_pieces"] == pieces and q["hier_pipeline_bytes"] == pipe_bytes and
+                       close(q["hier_pipelined_kernel_us"], r["kernel_us"], 1e-6) and
+                       close(q["hier_pipelined_time_us"], m.get("pipelined_time_us"), 1e-6),
+                       "%s %dx1@%g: the flat reduce-scatter cut into %s pieces, hier|P %s us "
+                       "(K %s), vs the row model's %s pieces, %s us (K %s)"
+                       % (tag, nranks, m["link_gbps"], q["hier_pieces"],
+                          q["hier_pipelined_time_us"], q["hier_pipelined_kernel_us"], pieces,
+                          m.get("pipelined_time_us"), r["kernel_us"]))
 
     # Reduce-scatter on 2 nodes of 2 ranks: the hierarchical reduce-scatter's rows.
     # Projected (--model-nodes) onto flat layouts (K x 1, 1 node is none of them: K >= 2) and
@@ -2024,6 +2063,7 @@ def main():
         model_check.check_rows(os.path.join(work, name))
     model_check.check_rows(os.path.join(work, "hier-piped-split.json"))
     model_check.check_rows(os.path.join(work, "projection.json"))
+    model_check.check_rows(os.path.join(work, "pipe-rs.json"))
 
     return verdict()
 

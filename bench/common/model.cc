@@ -774,13 +774,26 @@ ClusterTimes clusterModel(size_t count, const CallKind& kind, int bits, int buck
   return t;
 }
 
-double hierReduceScatterPieces(size_t recvCount, int bucket, const Cluster& c,
-                               size_t pipelineBytes) {
-  const size_t d = (size_t)bucket, k = (size_t)c.nodes;
-  if (pipelineBytes == 0 || !gc::hierLayout(c.nodes, c.local) || recvCount == 0) return 1;
-  const size_t share = (pipelineBytes / 4 + k - 1) / k;
+double reduceScatterPieces(size_t recvCount, int bucket, int nranks, size_t pipelineBytes) {
+  const size_t d = (size_t)bucket, n = (size_t)(nranks > 1 ? nranks : 1);
+  if (pipelineBytes == 0 || recvCount == 0) return 1;
+  const size_t share = (pipelineBytes / 4 + n - 1) / n;
   const size_t piece = std::max<size_t>(1, (share + d - 1) / d) * d;
   return piece >= recvCount ? 1 : (double)((recvCount + piece - 1) / piece);
+}
+
+double hierReduceScatterPieces(size_t recvCount, int bucket, const Cluster& c,
+                               size_t pipelineBytes) {
+  if (!gc::hierLayout(c.nodes, c.local)) return 1;
+  return reduceScatterPieces(recvCount, bucket, c.nodes, pipelineBytes);
+}
+
+double pipelinedClusterUs(double kernelUs, const LinkBytes& b, double latencySteps,
+                          const Cluster& c, double pieces) {
+  const double k = kernelUs / pieces;
+  const double w = concurrentLinkUs(LinkBytes{b.intra / pieces, b.inter / pieces}, c) +
+                   latencySteps * c.latencyUs;
+  return k + w + (pieces - 1) * std::max(k, w);
 }
 
 ClusterTimes clusterReduceScatterModel(size_t recvCount, const CallKind& kind, int bits, int bucket,
@@ -829,16 +842,29 @@ ClusterTimes clusterReduceScatterModel(size_t recvCount, const CallKind& kind, i
       t.hierPipedUs = t.hierUs;
     }
   } else {
-    t.hierKernelUs = t.hierPipedKernelUs = t.flatKernelUs;
-    t.hierUs = t.hierPipedUs = t.flatUs;
+    // The library runs the flat reduce-scatter, cut into pieces as its blocks
+    // of recvCount among the N ranks (reduce_scatter.cc, splitPieces): the
+    // row model's two-stage pipeline of kernels and wire.
+    t.hierKernelUs = t.flatKernelUs;
+    t.hierUs = t.flatUs;
+    t.hierPieces = reduceScatterPieces(recvCount, bucket, n, pipelineBytes);
+    t.hierPipelineBytes = t.hierPieces > 1 ? pipelineBytes : 0;
+    if (t.hierPieces > 1) {
+      const auto p = kernels(1, t.hierPieces, false);
+      t.hierPipedKernelUs = p.first;
+      t.hierPipedUs = pipelinedClusterUs(t.hierPipedKernelUs, t.flat, p.second, c, t.hierPieces);
+    } else {
+      t.hierPipedKernelUs = t.flatKernelUs;
+      t.hierPipedUs = t.flatUs;
+    }
   }
   // A path whose kernels have no cost (not measured) has no time.
   if (!std::isfinite(t.flatKernelUs)) t.flatUs = NAN;
   if (!std::isfinite(t.hierKernelUs)) t.hierUs = NAN;
   if (!std::isfinite(t.hierPipedKernelUs)) t.hierPipedUs = NAN;
-  // GRADCOMP_AUTO: the library's compressed path is the hierarchical one
-  // (pipelined where it is cut) on a hierarchy, else the flat one.
-  const double comp = hier ? t.hierPipedUs : t.flatUs;
+  // GRADCOMP_AUTO: the library's compressed path is the hierarchical one on a
+  // hierarchy, else the flat one, pipelined where it is cut (hier|P).
+  const double comp = t.hierPipedUs;
   if (!decideAuto) {
     t.autoCompresses = comp < t.ncclUs;
   } else {
@@ -855,7 +881,7 @@ ClusterTimes clusterReduceScatterModel(size_t recvCount, const CallKind& kind, i
       const ClusterTimes ti =
           clusterReduceScatterModel(block, f32, bits, bucket, curve, c, pipelineBytes, false);
       ncclUs[i] = ti.ncclUs;
-      compUs[i] = hier ? ti.hierPipedUs : ti.flatUs;
+      compUs[i] = ti.hierPipedUs;
     }
     t.autoCompresses = autoCompresses(timed, ncclUs, compUs, kind.elemBytes, recvCount * n);
   }

@@ -398,6 +398,18 @@ ClusterTimes clusterModel(size_t count, const CallKind& kind, int bits, int buck
 // nodes or 2 GPUs a node: the library runs the flat reduce-scatter).
 double hierReduceScatterPieces(size_t recvCount, int bucket, const Cluster& c,
                                size_t pipelineBytes);
+// The pieces the library cuts a flat reduce-scatter of `recvCount` elements a
+// rank among `nranks` ranks into at pipelineBytes (0: off; reduce_scatter.cc,
+// splitPieces): each block of recvCount cut into ceil(pipelineBytes / 4 /
+// nranks) elements rounded up to whole buckets; one piece where that holds a
+// block. The hierarchy's middle stage is this on its K nodes.
+double reduceScatterPieces(size_t recvCount, int bucket, int nranks, size_t pipelineBytes);
+// pipelinedModelUs on a cluster: the two-stage pipeline of the kernels (k =
+// kernelUs / pieces) and the transfers of b, both link classes at once (w =
+// concurrentLinkUs(b / pieces) + latencySteps * latency per piece):
+//   k + w + (pieces - 1) * max(k, w).
+double pipelinedClusterUs(double kernelUs, const LinkBytes& b, double latencySteps,
+                          const Cluster& c, double pieces);
 // Modeled times of one reduce-scatter of `recvCount` elements out per rank
 // (kind.elemBytes each, N * recvCount in), QSGD at (bits, bucket), as the
 // library runs it on c (plugin/reduce_scatter.cc, useHierReduceScatter):
@@ -412,12 +424,15 @@ double hierReduceScatterPieces(size_t recvCount, int bucket, const Cluster& c,
 //     the flat one, and hier's fields are flat's;
 //   hierPipedUs: hier cut into hierReduceScatterPieces at pipelineBytes, the
 //     two-stage pipeline of hierReduceScatterPipelinedUs (the row model's);
-//     one piece: hierUs;
+//     where c is no hierarchy the flat one cut into reduceScatterPieces among
+//     the N ranks, the two-stage pipeline of pipelinedClusterUs (the flat row
+//     model's, pipelinedModelUs); one piece: hierUs;
 //   autoUs: GRADCOMP_AUTO as the library decides a reduce-scatter: lines
 //     through both paths' times at the two timed input counts (2^18 and 2^23
 //     rounded down to whole blocks of N), fp32 Sum, NCCL's slope scaled by the
-//     element size; the compressed path is hier's pipelined one where c is a
-//     hierarchy, else flat's. decideAuto false: the smaller of the two.
+//     element size; the compressed path is hierPipedUs's (the hierarchy's
+//     where c is one, else the flat one's, pipelined where cut). decideAuto
+//     false: the smaller of the two.
 // The kernels are charged at the curve's costs at the launch sizes of each
 // path (codecLaunch, peerEncodeLaunch, outDecodeLaunch, elementwiseLaunch
 // with algo 6), as the reduce-scatter row's own.

@@ -370,8 +370,9 @@ void printProjection(const Options& o, const std::vector<Row>& rows) {
         "#  reduce-scatter: flat, the flat compressed one over all K*G ranks; hier, the "
         "hierarchical one (>= 2 nodes of >= 2 GPUs; elsewhere the library runs the flat one: "
         "hier is flat's); hier|P: hier cut into P pieces (--model-pipe %zu), each piece's "
-        "NVLink reduce-scatter overlapping the inter-node stage of the one before; auto: "
-        "GRADCOMP_AUTO's choice of the compressed time and NCCL's\n",
+        "NVLink reduce-scatter overlapping the inter-node stage of the one before (flat: each "
+        "piece's kernels overlapping the transfer of the one before); auto: GRADCOMP_AUTO's "
+        "choice of the compressed time and NCCL's\n",
         o.modelPipelineBytes);
   else
     printf(
