@@ -56,16 +56,27 @@ def _encoded(encoded):
     return np.ascontiguousarray(encoded)
 
 
+# The ranges the codecs take (gradcompQsgdEncodedBytes and the codecs check them; named
+# here for the numbers that ctypes could not pass, and the sizes' refusal).
+_BITS, _BUCKET, _LEVELS = "2..8", "32..8192", "1..65535"
+
+
+def _ranged(value, name, allowed):
+    return _rank_int(value, name, f" in range {allowed}")
+
+
 def qsgd_encoded_bytes(count, bits=4, bucket_size=512):
     count = _count(count)
-    bits, bucket_size = _rank_int(bits, "bits"), _rank_int(bucket_size, "bucket_size")
+    bits, bucket_size = _ranged(bits, "bits", _BITS), _ranged(bucket_size, "bucket_size", _BUCKET)
     n = lib().gradcompQsgdEncodedBytes(count, bits, bucket_size)
     if count and not n:
         if lib().gradcompQsgdEncodedBytes(1, bits, bucket_size):
             raise InvalidArgumentError(f"count={count} is too large for the codecs (at most "
                                        "2**56 elements)", 1)
-        raise InvalidArgumentError(f"bits={bits} or bucket_size={bucket_size} is invalid "
-                                   "(bits 2..8, bucket 32..8192, a multiple of 32)", 1)
+        if not 2 <= bits <= 8:
+            raise InvalidArgumentError(f"bits={bits} is out of range {_BITS}", 1)
+        raise InvalidArgumentError(f"bucket_size={bucket_size} is out of range {_BUCKET} or not "
+                                   "a multiple of 32", 1)
     return n
 
 
@@ -92,7 +103,7 @@ def qsgd_encode(x, bits=4, bucket_size=512, seed=0, residual=None, rounding="sto
     (GRADCOMP_LEVELS; qsgd_decode reads either from the bytes)."""
     np = _np()
     r, lv = _choice("rounding", rounding), _choice("levels", levels)
-    bits, bucket_size = _rank_int(bits, "bits"), _rank_int(bucket_size, "bucket_size")
+    bits, bucket_size = _ranged(bits, "bits", _BITS), _ranged(bucket_size, "bucket_size", _BUCKET)
     seed = _seed(seed)
     xp, n, t = buffer_info(x, "x", host=True)
     rp = None
@@ -108,7 +119,7 @@ def qsgd_encode(x, bits=4, bucket_size=512, seed=0, residual=None, rounding="sto
 def qsgd_decode(encoded, count, bits=4, bucket_size=512, out=None, accumulate=False):
     np = _np()
     count = _count(count)
-    bits, bucket_size = _rank_int(bits, "bits"), _rank_int(bucket_size, "bucket_size")
+    bits, bucket_size = _ranged(bits, "bits", _BITS), _ranged(bucket_size, "bucket_size", _BUCKET)
     need = qsgd_encoded_bytes(count, bits, bucket_size)
     enc = _encoded(encoded)
     if enc.size < need:
@@ -152,7 +163,8 @@ def elias_params(levels, bucket_size=512, code="gamma", scale="max"):
         raise InvalidArgumentError(f"code={code!r} is not one of {'|'.join(codes)}", 1)
     if scale not in scales:
         raise InvalidArgumentError(f"scale={scale!r} is not one of {'|'.join(scales)}", 1)
-    levels, bucket_size = _rank_int(levels, "levels"), _rank_int(bucket_size, "bucket_size")
+    levels = _ranged(levels, "levels", _LEVELS)
+    bucket_size = _ranged(bucket_size, "bucket_size", _BUCKET)
     return T.EliasParams(levels, bucket_size, codes[code], scales[scale])
 
 

@@ -36,8 +36,8 @@ def _c_int(v, name, allowed=""):
     return v
 
 
-def _rank_int(value, name):
-    return _c_int(_integer(value, name), name)
+def _rank_int(value, name, allowed=""):
+    return _c_int(_integer(value, name), name, allowed)
 
 
 def _count(count, name="count"):

@@ -1,8 +1,10 @@
 """gradcompConfig_t as keyword arguments: defaults, then GRADCOMP_*, then yours."""
 import ctypes
+import math
 import numbers
 
 from . import _types as T
+from . import _lib
 from ._lib import InvalidArgumentError, check, lib
 
 # Every field but structSize and the reserved padding (gradcompConfig_t.reserved0 and
@@ -56,7 +58,8 @@ def _coerce(key, cname, value):
         x = _real(value, key)
         # As GRADCOMP_* floats are read (plugin/config.cc): a nonzero value the float field
         # would flush toward 0 (0 is "off" for some settings, clip_norm) is refused, not changed.
-        if x != 0.0 and not abs(ctypes.c_float(x).value) >= _FLT_MIN:
+        # NaN is left to the library, whose sentence gives the setting's range.
+        if x != 0.0 and not math.isnan(x) and not abs(ctypes.c_float(x).value) >= _FLT_MIN:
             raise InvalidArgumentError(
                 f"{key}={value!r} is not a number that a float holds: a nonzero value must be "
                 f"at least {_FLT_MIN:g}", 1)
@@ -71,9 +74,17 @@ def _coerce(key, cname, value):
     else:
         lo, hi = -2**31, 2**31 - 1
     if not lo <= value <= hi:
-        raise InvalidArgumentError(f"{key}={value} does not fit the C field {cname} "
-                                   f"({lo}..{hi})", 1)
+        raise _OutOfCRange(value, lo, hi)
     return value
+
+
+class _OutOfCRange(Exception):
+    """An integer past its C field's type: Config.update asks the library about the type's
+    bounds instead, so that the sentence gives the setting's range and GRADCOMP_* name."""
+
+    def __init__(self, value, lo, hi):
+        super().__init__(value)
+        self.value, self.lo, self.hi = value, lo, hi
 
 
 class Config:
@@ -101,21 +112,51 @@ class Config:
             raise InvalidArgumentError(
                 f"unknown setting {', '.join(unknown)}; the settings are {', '.join(_C_NAME)}", 1)
         trial = T.ConfigStruct.from_buffer_copy(self.struct)
+        past = {}  # key: the integer given past its C type, and that type's bounds
         for key, value in settings_.items():
             cname = _C_NAME[key]
-            setattr(trial, cname, _coerce(key, cname, value))
+            try:
+                setattr(trial, cname, _coerce(key, cname, value))
+            except _OutOfCRange as e:
+                past[key] = e
+        if past:
+            self._refuse_past(trial, settings_, past)
         try:
             check(lib().gradcompConfigValidate(ctypes.byref(trial)))
         except InvalidArgumentError as e:
-            # The library names C fields (warmupSteps=-1); say the keyword the caller typed.
-            msg = str(e)
-            for key in settings_:
-                cname = _C_NAME[key]
-                if cname != key:
-                    msg = msg.replace(f"{cname}=", f"{key}=")
-            raise InvalidArgumentError(msg, e.result) from None
+            raise InvalidArgumentError(self._keywords(str(e), settings_), e.result) from None
         ctypes.memmove(ctypes.byref(self.struct), ctypes.byref(trial), ctypes.sizeof(trial))
         return self
+
+    @staticmethod
+    def _keywords(msg, settings_):
+        # The library names C fields (warmupSteps=-1); say the keyword the caller typed.
+        for key in settings_:
+            cname = _C_NAME[key]
+            if cname != key:
+                msg = msg.replace(f"{cname}=", f"{key}=")
+        return msg
+
+    def _refuse_past(self, trial, settings_, past):
+        """Raises for the integers given past their C types: each of the type's bounds (the
+        value's side first) is put in its place, and the library's refusal of one, which names
+        the setting's range, is raised naming the value given."""
+        for key, e in past.items():
+            cname, other_refusal = _C_NAME[key], None
+            for bound in ((e.lo, e.hi) if e.value < e.lo else (e.hi, e.lo)):
+                probe = T.ConfigStruct.from_buffer_copy(trial)
+                for other, o in past.items():
+                    setattr(probe, _C_NAME[other], bound if other == key else o.lo)
+                if lib().gradcompConfigValidate(ctypes.byref(probe)) == 0:
+                    continue
+                msg = _lib.last_error()
+                if f"{cname}={bound} " in msg:
+                    msg = msg.replace(f"{cname}={bound} ", f"{cname}={e.value} ")
+                    raise InvalidArgumentError(self._keywords(msg, settings_), 1)
+                other_refusal = other_refusal or msg  # another setting's
+            if other_refusal is not None:
+                raise InvalidArgumentError(self._keywords(other_refusal, settings_), 1)
+            raise InvalidArgumentError(f"{key}={e.value} is out of range {e.lo}..{e.hi}", 1)
 
     def __getattr__(self, key):
         cname = _C_NAME.get(key)

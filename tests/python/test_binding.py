@@ -323,7 +323,16 @@ class ConfigSettings(unittest.TestCase):
             (dict(method="foo"), r"method='foo' is not one of none\|qsgd\|topk\|randk\|dgc"),
             (dict(bits="4"), r"bits='4' is not an integer"),
             (dict(density="x"), r"density='x' is not a number"),
-            (dict(bits=2**40), r"bits=1099511627776 does not fit"),
+            # Past the C field's type: the setting's range and variable, not the C type's.
+            (dict(bits=2**40), r"bits=1099511627776 \(GRADCOMP_BITS\) is out of range 2\.\.8$"),
+            (dict(min_elements=-1), r"min_elements=-1 \(GRADCOMP_MIN_ELEMENTS\) is out of range "
+             r"0\.\.1000000000000000000$"),
+            (dict(pipeline_bytes=2**64), r"pipeline_bytes=18446744073709551616 "
+             r"\(GRADCOMP_PIPELINE_BYTES\) is out of range 0\.\.1000000000000000000$"),
+            (dict(seed=-1), r"seed=-1 is out of range 0\.\.18446744073709551615$"),
+            # NaN is out of every float setting's range, not a value a float flushes to 0.
+            (dict(density=float("nan")),
+             r"density=nan \(GRADCOMP_DENSITY\) is out of range \[1e-06, 1\]$"),
             # Flushed toward 0 by the float field: refused naming the value given, as
             # GRADCOMP_CLIP_NORM=1e-50 is, not stored as 0 (clip_norm 0 is "off").
             (dict(clip_norm=1e-50), r"clip_norm=1e-50 is not a number that a float holds"),
@@ -825,8 +834,12 @@ class CodecArgumentChecks(unittest.TestCase):
             codecs.qsgd_encoded_bytes(-1)
         with self.assertRaisesRegex(ValueError, r"count=4611686018427387904 is too large"):
             codecs.qsgd_encoded_bytes(2**62)
-        with self.assertRaisesRegex(ValueError, r"bits=9 or bucket_size=512 is invalid"):
+        # The sentence names the one refused, with its range.
+        with self.assertRaisesRegex(ValueError, r"^bits=9 is out of range 2\.\.8$"):
             codecs.qsgd_encoded_bytes(100, bits=9)
+        with self.assertRaisesRegex(ValueError, r"^bucket_size=100 is out of range 32\.\.8192 or "
+                                    r"not a multiple of 32$"):
+            codecs.qsgd_encoded_bytes(100, bucket_size=100)
         with self.assertRaisesRegex(ValueError, r"count=-1 is out of range"):
             codecs.elias_decode(np.zeros(8, np.uint8), -1, self.p)
         with self.assertRaisesRegex(ValueError, "code='delta' is not one of gamma|omega"):
@@ -848,12 +861,17 @@ class CodecArgumentChecks(unittest.TestCase):
     def test_numbers_are_checked_before_ctypes_wraps_them(self):
         # ctypes keeps the low bits of an int too large for the C type: 2**32 + 4 would encode
         # at 4 bits, seed 2**64 + 5 as seed 5, n = 2**64 + 1000 as 1000.
-        with self.assertRaisesRegex(ValueError, r"bits=4294967300 is not a C int"):
+        with self.assertRaisesRegex(ValueError, r"bits=4294967300 is not a C int in range 2\.\.8$"):
             codecs.qsgd_encode(self.x, bits=2**32 + 4)
-        with self.assertRaisesRegex(ValueError, r"bucket_size=4294967808 is not a C int"):
+        with self.assertRaisesRegex(ValueError,
+                                    r"bucket_size=4294967808 is not a C int in range 32\.\.8192$"):
             codecs.qsgd_encoded_bytes(4096, bucket_size=2**32 + 512)
-        with self.assertRaisesRegex(ValueError, r"bits=-4294967292 is not a C int"):
+        with self.assertRaisesRegex(ValueError,
+                                    r"bits=-4294967292 is not a C int in range 2\.\.8$"):
             codecs.qsgd_decode(codecs.qsgd_encode(self.x), 4096, bits=-2**32 + 4)
+        with self.assertRaisesRegex(ValueError, r"levels=4294967303 is not a C int in range "
+                                    r"1\.\.65535$"):
+            codecs.elias_params(2**32 + 7)
         with self.assertRaisesRegex(ValueError, r"bits=4.9 is not an integer"):
             codecs.qsgd_encode(self.x, 4.9)
         with self.assertRaisesRegex(ValueError, r"seed=18446744073709551621 is out of range"):
