@@ -14,6 +14,7 @@
 
 #include "abi.h"
 #include "checks.h"
+#include "format_args.h"
 #include "params.h"
 #include "kernels/qsgd_math.cuh"
 
@@ -161,6 +162,14 @@ static std::string shown(const char* v) {
   const size_t n = strlen(v);
   if (n <= 64) return v;
   return std::string(v, 64) + "... (" + std::to_string(n) + " characters)";
+}
+
+// A float field as a sentence shows it (gc::formatFloat): a value just past a
+// bound is not shown as a number in range, or as the bound itself.
+static std::string shownFloat(float x) {
+  char buf[32];
+  gc::formatFloat(buf, sizeof(buf), x);
+  return buf;
 }
 
 static std::string choiceNames(const char* choices) {
@@ -345,8 +354,8 @@ static gradcompResult_t checkField(const ParamSpec& p, const gradcompConfig_t* c
     }
     case ParamKind::Float: {
       const float x = field<float>(c, p.offset);
-      GC_ARG(x >= (float)p.min && x <= (float)p.max, "%s=%g (%s) is out of range [%g, %g]", name,
-             (double)x, p.env, p.min, p.max);
+      GC_ARG(x >= (float)p.min && x <= (float)p.max, "%s=%s (%s) is out of range [%g, %g]", name,
+             shownFloat(x).c_str(), p.env, p.min, p.max);
       return gradcompSuccess;
     }
     case ParamKind::Choice: {
@@ -465,9 +474,9 @@ static gradcompResult_t validateWhole(const gradcompConfig_t* c) {
          "bitsMax",
          c->bitsMin, c->bitsMax);
   GC_ARG(c->bitsMode != gradcompBitsBudget || c->bitsBudget >= (float)c->bitsMin,
-         "bitsBudget=%g (GRADCOMP_BITS_BUDGET) is below bitsMin=%d (GRADCOMP_BITS_MIN): no bit "
+         "bitsBudget=%s (GRADCOMP_BITS_BUDGET) is below bitsMin=%d (GRADCOMP_BITS_MIN): no bit "
          "width keeps the budget",
-         (double)c->bitsBudget, c->bitsMin);
+         shownFloat(c->bitsBudget).c_str(), c->bitsMin);
   const bool sparse = c->method == gradcompMethodTopk || c->method == gradcompMethodRandk ||
                       c->method == gradcompMethodDgc;
   GC_ARG(!sparse || c->algo == gradcompAlgoAuto || c->algo == gradcompAlgoSparseAllgather ||

@@ -16,6 +16,7 @@
 #include "backends/cuda/nccl_api.h"
 #include "checks.h"
 #include "comm.h"
+#include "format_args.h"
 
 namespace gc {
 namespace {
@@ -150,7 +151,7 @@ void formatSetting(int i, uint64_t v, char* out, size_t n) {
       break;
     case kFloat:
       memcpy(&f, &u, sizeof(f));
-      snprintf(out, n, "%g", (double)f);
+      formatFloat(out, n, f);  // two ranks' values apart past six digits shown apart
       break;
   }
 }

@@ -2,6 +2,7 @@
 // and range, and docs/env.md listing every variable.
 #include <gtest/gtest.h>
 #include <locale.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -146,6 +147,27 @@ TEST(Config, ValidateCatchesBadFieldsAndUninitializedStruct) {
   EXPECT_EQ(gradcompConfigValidate(&c), gradcompInvalidArgument);
   EXPECT_STREQ(gradcompGetLastError(),
                "momentum=1 (GRADCOMP_MOMENTUM) is out of range [0, 0.999999]");
+  // Just past a bound: shown in the digits that tell it from the bound, not
+  // rounded to a value in range (%g's six digits showed momentum=1 and
+  // bitsBudget=3 below bitsMin=3).
+  gradcompConfigInit(&c);
+  c.momentum = 0.9999995f;
+  EXPECT_EQ(gradcompConfigValidate(&c), gradcompInvalidArgument);
+  EXPECT_STREQ(gradcompGetLastError(),
+               "momentum=0.9999995 (GRADCOMP_MOMENTUM) is out of range [0, 0.999999]");
+  gradcompConfigInit(&c);
+  c.density = nextafterf(1e-6f, 0.0f);
+  EXPECT_EQ(gradcompConfigValidate(&c), gradcompInvalidArgument);
+  EXPECT_STREQ(gradcompGetLastError(),
+               "density=9.999999e-07 (GRADCOMP_DENSITY) is out of range [1e-06, 1]");
+  gradcompConfigInit(&c);
+  c.bitsMode = gradcompBitsBudget;
+  c.bitsMin = 3;
+  c.bitsBudget = nextafterf(3.0f, 0.0f);
+  EXPECT_EQ(gradcompConfigValidate(&c), gradcompInvalidArgument);
+  EXPECT_STREQ(gradcompGetLastError(),
+               "bitsBudget=2.9999998 (GRADCOMP_BITS_BUDGET) is below bitsMin=3 "
+               "(GRADCOMP_BITS_MIN): no bit width keeps the budget");
   EXPECT_EQ(gradcompConfigValidate(nullptr), gradcompInvalidArgument);
   EXPECT_EQ(gradcompConfigInitSized(nullptr, sizeof(gradcompConfig_t)), gradcompInvalidArgument);
   EXPECT_EQ(gradcompConfigFromEnvSized(nullptr, sizeof(gradcompConfig_t)), gradcompInvalidArgument);

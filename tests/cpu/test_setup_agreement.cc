@@ -2,6 +2,7 @@
 // (plugin/topology.h): a rank that failed its local checks, or one whose
 // settings differ, makes every rank return the same error, before any split.
 #include <gtest/gtest.h>
+#include <math.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <string.h>
@@ -156,6 +157,22 @@ TEST(SetupAgreement, EachSettingIsNamed) {
   for (int i = 0; i < gc::kSetupSettings; ++i) {
     EXPECT_EQ(strncmp(gc::setupSettingName(i), "GRADCOMP_", 9), 0) << i;
   }
+}
+
+// Float settings that differ past %g's six digits are shown apart: each value
+// in the fewest digits that read back as it.
+TEST(SetupAgreement, FloatsDifferingPastSixDigitsAreShownApart) {
+  gradcompConfig_t base = config(2);
+  base.density = 0.01f;
+  gradcompConfig_t other = base;
+  other.density = nextafterf(0.01f, 1.0f);
+  std::vector<gc::SetupVote> v = uniform(2, base);
+  v[1] = gc::makeSetupVote(gradcompSuccess, other, 1, nullptr);
+  EXPECT_EQ(gc::agreeOnSetup(v), gradcompInvalidArgument);
+  EXPECT_NE(strstr(gradcompGetLastError(),
+                   "rank 1 has GRADCOMP_DENSITY (density) = 0.010000001 while rank 0 has 0.01:"),
+            nullptr)
+      << gradcompGetLastError();
 }
 
 // A failed rank outranks any setting difference (its settings are not
