@@ -461,6 +461,14 @@ TEST(Fuzz, ConfigStrings) {
 // hang or write outside its buffers (the ASan build runs this too).
 namespace wire {
 
+// socket.cc's hello, byte for byte: magic, nranks, rank, listening port.
+constexpr uint32_t kHelloMagic = 0x47435348;
+struct Hello {
+  uint32_t magic;
+  int32_t nranks, rank;
+  uint16_t port, pad;
+};
+
 bool sendAll(int fd, const void* p, size_t n) {
   const char* c = static_cast<const char*>(p);
   while (n) {
@@ -546,11 +554,7 @@ TEST(Fuzz, SocketMessagesFromAPeer) {
     if (fd < 0) rank0.join();  // a fatal failure must not leave the thread joinable
     ASSERT_GE(fd, 0);
     // The hello: magic, nranks, rank, listening port (unused with 2 ranks).
-    struct {
-      uint32_t magic;
-      int32_t nranks, rank;
-      uint16_t port, pad;
-    } hello = {0x47435348, 2, 1, 1, 0};
+    const wire::Hello hello = {wire::kHelloMagic, 2, 1, 1, 0};
     std::vector<char> h(sizeof hello);
     memcpy(h.data(), &hello, sizeof hello);
     if (it % 2) {
@@ -618,11 +622,7 @@ TEST(Fuzz, AnOlderBuildsVoteFromAPeerIsNamed) {
     const int fd = wire::connectRoot(port);
     if (fd < 0) rank0.join();
     ASSERT_GE(fd, 0);
-    struct {
-      uint32_t magic;
-      int32_t nranks, rank;
-      uint16_t port, pad;
-    } hello = {0x47435348, 2, 1, 1, 0};
+    const wire::Hello hello = {wire::kHelloMagic, 2, 1, 1, 0};
     std::vector<char> verdict(200 + 2 * 24);
     std::vector<char> vote;
     if (wire::sendAll(fd, &hello, sizeof hello) &&
@@ -664,12 +664,8 @@ TEST(Fuzz, AnOlderBuildsVoteFromAPeerIsNamed) {
 namespace fakeroot {
 
 // socket.cc's set-up structs, byte for byte.
-constexpr uint32_t kHelloMagic = 0x47435348;
-struct Hello {
-  uint32_t magic;
-  int32_t nranks, rank;
-  uint16_t port, pad;
-};
+using wire::Hello;
+using wire::kHelloMagic;
 struct Entry {
   uint8_t addr[16];  // network order
   uint32_t scope;
