@@ -20,6 +20,7 @@
 #include "autotune.h"
 #include "backends/transport.h"
 #include "gradcomp/reference.h"
+#include "tests/common/auto_checks.h"
 #include "tests/common/socket_world.h"
 #include "tests/common/test_util.h"
 #include "tests/common/world_checks.h"
@@ -245,18 +246,7 @@ TEST(HotPathAllocs, SocketTransportAllocatesNothingPerCall) {
   }
 }
 
-// Timing figures for autoInjectFigures: NCCL's and compression's times (us)
-// at 1024 and 5120 elements.
-gc::AutoFigures autoFigures(float nccl0, float nccl1, float comp0, float comp1) {
-  gc::AutoFigures f;
-  f.smallCount = 1024;
-  f.largeCount = 5120;
-  f.ncclUs[0] = nccl0;
-  f.ncclUs[1] = nccl1;
-  f.compUs[0] = comp0;
-  f.compUs[1] = comp1;
-  return f;
-}
+using gctest::autoFigures;
 
 // One collective call shape: the allreduce's count or the reduce-scatter's
 // recvcount, and the type.
@@ -558,13 +548,7 @@ TEST(HotPathAllocs, HierAutoPassedReduceScatterAllocatesNothing) {
   cfg.autoTune = 1;
   cfg.localSize = 2;
   const int n = 4;
-  gc::AutoFigures ncclWins;
-  ncclWins.smallCount = 1024;
-  ncclWins.largeCount = 5120;
-  ncclWins.ncclUs[0] = 16;
-  ncclWins.ncclUs[1] = 32;
-  ncclWins.compUs[0] = 48;
-  ncclWins.compUs[1] = 80;
+  const gc::AutoFigures ncclWins = autoFigures(16, 32, 48, 80);
   const Shape s{1000, ncclFloat32, true};
   gctest::CpuWorld world(n, cfg);
   for (int r = 0; r < n; ++r) gc::autoInjectFigures(world.comm(r), ncclWins);

@@ -3,11 +3,26 @@
 #pragma once
 
 #include <gtest/gtest.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "plugin/autotune.h"
 
 namespace gctest {
+
+// GRADCOMP_AUTO's timing figures to inject (gc::autoInjectFigures): NCCL's and
+// compression's times (us) at `small` and `large` elements.
+inline gc::AutoFigures autoFigures(float nccl0, float nccl1, float comp0, float comp1,
+                                   size_t small = 1024, size_t large = 5120) {
+  gc::AutoFigures f;
+  f.smallCount = small;
+  f.largeCount = large;
+  f.ncclUs[0] = nccl0;
+  f.ncclUs[1] = nccl1;
+  f.compUs[0] = comp0;
+  f.compUs[1] = comp1;
+  return f;
+}
 
 // The slowest of the injected figures (uncompressed 16 / 80 us and
 // compressed 48 / 80 us at 1024 / 5120 elements): fp32 calls compress from

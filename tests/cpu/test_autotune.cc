@@ -32,14 +32,7 @@ using gc::AutoFigures;
 using gc::AutoRange;
 
 AutoFigures figures(size_t small, size_t large, float n0, float n1, float c0, float c1) {
-  AutoFigures f;
-  f.smallCount = small;
-  f.largeCount = large;
-  f.ncclUs[0] = n0;
-  f.ncclUs[1] = n1;
-  f.compUs[0] = c0;
-  f.compUs[1] = c1;
-  return f;
+  return gctest::autoFigures(n0, n1, c0, c1, small, large);
 }
 
 // The model as docs/algorithms.md states it: each path's time is latency +

@@ -437,16 +437,7 @@ TEST(Socket, DisagreementOnTheWorldIsRefused) {
 // the uncompressed call's bits (the in-process world with method none); the
 // ones it compresses are the forced compression's (autoTune=0).
 
-gc::AutoFigures autoFigures(float n0, float n1, float c0, float c1) {
-  gc::AutoFigures f;
-  f.smallCount = 1024;
-  f.largeCount = 5120;
-  f.ncclUs[0] = n0;
-  f.ncclUs[1] = n1;
-  f.compUs[0] = c0;
-  f.compUs[1] = c1;
-  return f;
-}
+using gctest::autoFigures;
 
 gradcompConfig_t autoOn() {
   gradcompConfig_t cfg = withMethod(gradcompMethodQsgd);

@@ -14,6 +14,7 @@
 #include "gradcomp.h"
 #include "plugin/autotune.h"
 #include "plugin/comm.h"
+#include "tests/common/auto_checks.h"
 #include "tests/common/cpu_world.h"
 #include "tests/common/stats_compare.h"
 #include "tests/common/test_util.h"
@@ -27,14 +28,7 @@ using gctest::DeviceBuffer;
 class AutoTuneGpu : public gctest::GpuTest {};
 
 gc::AutoFigures compressWins() {
-  gc::AutoFigures f;
-  f.smallCount = 1024;
-  f.largeCount = 5120;
-  f.ncclUs[0] = 64;
-  f.ncclUs[1] = 128;
-  f.compUs[0] = 32;
-  f.compUs[1] = 64;
-  return f;
+  return gctest::autoFigures(64, 128, 32, 64);
 }
 
 gradcompConfig_t topkConfig(int autoTune) {
