@@ -320,6 +320,46 @@ bool eligible(size_t count, ncclDataType_t type, ncclRedOp_t op) {
          (op == ncclSum || op == ncclAvg) && count >= s.config.minElements;
 }
 
+bool opensAgreement(size_t count, ncclDataType_t type, ncclRedOp_t op) {
+  return count > 0 && (type == ncclFloat32 || type == ncclFloat16 || type == ncclBfloat16) &&
+         (op == ncclSum || op == ncclAvg);
+}
+
+void eligibilityWords(const gradcompConfig_t& config, GroupMode group,
+                      uint64_t words[kEligibilityWords]) {
+  const uint64_t values[kEligibilityWords / 2] = {
+      (uint64_t)(int64_t)config.method, (uint64_t)config.minElements, (uint64_t)(int64_t)group};
+  for (size_t i = 0; i < kEligibilityWords / 2; ++i) {
+    words[2 * i] = values[i];
+    words[2 * i + 1] = ~values[i];
+  }
+}
+
+std::string eligibilityDisagreement(const uint64_t least[kEligibilityWords]) {
+  static const char* const kNames[kEligibilityWords / 2] = {
+      "GRADCOMP_METHOD", "GRADCOMP_MIN_ELEMENTS", "GRADCOMP_GROUP"};
+  auto show = [](size_t i, uint64_t v) -> std::string {
+    if (i == 0) return methodName((gradcompMethod_t)(int64_t)v);
+    if (i == 1) return std::to_string((unsigned long long)v);
+    switch ((GroupMode)(int64_t)v) {
+      case GroupMode::Defer:
+        return "defer";
+      case GroupMode::Fuse:
+        return "fuse";
+      case GroupMode::Pass:
+        return "pass";
+    }
+    return "?";
+  };
+  for (size_t i = 0; i < kEligibilityWords / 2; ++i) {
+    const uint64_t lo = least[2 * i], hi = ~least[2 * i + 1];
+    if (lo == hi) continue;
+    return std::string(kNames[i]) + " is " + show(i, lo) + " on some ranks and " + show(i, hi) +
+           " on others";
+  }
+  return "";
+}
+
 CommEntry::~CommEntry() {
   if (gc == nullptr && fusion == nullptr && fusionDone == nullptr) return;
   DeviceGuard guard(device);
@@ -361,6 +401,96 @@ void warnIfMomentumLost(const std::string& why) {
       "fix the cause, or give the optimizer its momentum back",
       why.c_str(), (double)c.momentum);
 }
+
+// Under e.callMu: the entry passes every call through from now on.
+void passAll(CommEntry& e, const std::string& why) {
+  e.reason = why;
+  e.mode = Mode::PassThrough;
+  warnIfMomentumLost(why);
+}
+
+// A set-up that cannot start is one that failed, and said so (once per reason).
+void setupFailed(CommEntry& e, const std::string& why) {
+  warnOnce("setup " + why,
+           "cannot set up compression for NCCL comm %p (%s); its calls pass through to NCCL "
+           "unchanged",
+           (void*)e.nccl, why.c_str());
+  passAll(e, "set-up failed: " + why);
+}
+
+// Under e.callMu: agreeEligibility's work; true when the entry is still
+// Undecided and agreed, so that the set-up may go on.
+bool agreeLocked(CommEntry& e, cudaStream_t stream) {
+  if (e.mode != Mode::Undecided) return false;
+  if (e.agreed) return true;
+  const Settings& s = settings();
+  const NcclApi* api = ncclApi();
+  ncclResult_t nr = api->commCount(e.nccl, &e.nranks);
+  if (nr == ncclSuccess) nr = api->commUserRank(e.nccl, &e.rank);
+  if (nr == ncclSuccess && api->commCuDevice != nullptr) nr = api->commCuDevice(e.nccl, &e.device);
+  if (nr != ncclSuccess) {
+    setupFailed(e, std::string("NCCL cannot tell the communicator's rank, size or device: ") +
+                       api->getErrorString(nr));
+    return false;
+  }
+  if (e.nranks < 2) {
+    passAll(e, "one rank");
+    return false;
+  }
+  // The later calls' eligibility and a group's device check ask NCCL nothing more.
+  e.sizeSeen.store(e.nranks);
+  e.deviceSeen.store(e.device);
+  DeviceGuard guard(e.device);
+  uint64_t words[kEligibilityWords];
+  eligibilityWords(s.config, s.group, words);
+  std::string why;
+  const bool ran = exchangeMin(e, stream, words, kEligibilityWords,
+                               "the eligibility agreement's ncclAllReduce", &why);
+  // Aborted by another thread while this one waited in the exchange: NCCL
+  // frees the communicator, so no NCCL call may name it again.
+  if (e.aborted.stopped()) {
+    passAll(e, "aborted during set-up");
+    return false;
+  }
+  if (!ran) {
+    // A bad setting of this rank's was said when it was read (settings), and
+    // is the reason that counts.
+    if (!s.ok) {
+      passAll(e, "set-up failed: " + std::string(gradcompGetErrorString(gradcompInvalidArgument)) +
+                     ": " + s.why);
+    } else {
+      setupFailed(e, why);
+    }
+    return false;
+  }
+  const std::string differs = eligibilityDisagreement(words);
+  if (!differs.empty()) {
+    warnOnce("eligibility " + differs,
+             "the ranks of NCCL comm %p differ in a setting that decides which calls gradcomp "
+             "compresses: %s; every rank passes its calls through to NCCL unchanged (give every "
+             "rank the same value)",
+             (void*)e.nccl, differs.c_str());
+    passAll(e, "GRADCOMP_* settings differ between ranks: " + differs);
+    return false;
+  }
+  if (s.config.method == gradcompMethodNone) {
+    passAll(e, "GRADCOMP_METHOD=none");
+    return false;
+  }
+  e.agreed = true;
+  return true;
+}
+
+// Whether `stream` is being captured, which is said once: the entry's
+// set-up waits for an eager call.
+bool capturingNow(ncclComm_t comm, cudaStream_t stream) {
+  if (!streamCapturing(stream)) return false;
+  warnOnce("capture",
+           "NCCL comm %p is used in a CUDA graph capture before gradcomp set it up; calls "
+           "pass through until an eager call sets it up",
+           (void*)comm);
+  return true;
+}
 }  // namespace
 
 EntryPtr deferredEntry(const Deferred& d) {
@@ -386,33 +516,15 @@ EntryPtr entryFor(ncclComm_t comm) {
   return e;
 }
 
+void agreeEligibility(CommEntry& e, cudaStream_t stream) {
+  std::lock_guard<std::mutex> lock(e.callMu);
+  (void)agreeLocked(e, stream);
+}
+
 void decide(CommEntry& e, cudaStream_t stream) {
   std::lock_guard<std::mutex> lock(e.callMu);
-  if (e.mode != Mode::Undecided) return;
-  auto passAll = [&](const std::string& why) {
-    e.reason = why;
-    e.mode = Mode::PassThrough;
-    warnIfMomentumLost(why);
-  };
+  if (!agreeLocked(e, stream)) return;
   const Settings& s = settings();
-  const NcclApi* api = ncclApi();
-  // A set-up that cannot start is one that failed, and said so (once per reason).
-  auto setupFailed = [&](const std::string& why) {
-    warnOnce("setup " + why,
-             "cannot set up compression for NCCL comm %p (%s); its calls pass through to NCCL "
-             "unchanged",
-             (void*)e.nccl, why.c_str());
-    passAll("set-up failed: " + why);
-  };
-  ncclResult_t nr = api->commCount(e.nccl, &e.nranks);
-  if (nr == ncclSuccess) nr = api->commUserRank(e.nccl, &e.rank);
-  if (nr == ncclSuccess && api->commCuDevice != nullptr) nr = api->commCuDevice(e.nccl, &e.device);
-  if (nr != ncclSuccess) {
-    return setupFailed(std::string("NCCL cannot tell the communicator's rank, size or device: ") +
-                       api->getErrorString(nr));
-  }
-  if (e.nranks < 2) return passAll("one rank");
-
   DeviceGuard guard(e.device);
   gradcompComm_t gc = nullptr;
   // A rank with a bad value joins the set-up exchange too, voting that it
@@ -433,7 +545,7 @@ void decide(CommEntry& e, cudaStream_t stream) {
   auto abortedNow = [&] {
     if (!e.aborted.stopped()) return false;
     if (gc != nullptr) gc::commAbort(gc);
-    passAll("aborted during set-up");
+    passAll(e, "aborted during set-up");
     return true;
   };
   if (abortedNow()) return;
@@ -451,8 +563,8 @@ void decide(CommEntry& e, cudaStream_t stream) {
   if (res != gradcompSuccess) {
     // Once per reason: another communicator's failure for a new one is said
     // too. A bad setting of this rank's was said when it was read (settings).
-    if (!s.ok) return passAll("set-up failed: " + localError);
-    return setupFailed(localError);
+    if (!s.ok) return passAll(e, "set-up failed: " + localError);
+    return setupFailed(e, localError);
   }
   switch (a) {
     case Agreement::SomeRankFailed:
@@ -460,39 +572,34 @@ void decide(CommEntry& e, cudaStream_t stream) {
                "another rank of NCCL comm %p could not set up compression; every rank passes its "
                "calls through unchanged",
                (void*)e.nccl);
-      return passAll("set-up failed on another rank");
+      return passAll(e, "set-up failed on another rank");
     case Agreement::ConfigsDiffer:
       warnOnce("config",
                "the ranks of NCCL comm %p have different GRADCOMP_* settings; every rank passes "
                "its calls through unchanged",
                (void*)e.nccl);
-      return passAll("GRADCOMP_* settings differ between ranks");
+      return passAll(e, "GRADCOMP_* settings differ between ranks");
     default:
       warnOnce("agree " + why,
                "cannot agree with the other ranks of NCCL comm %p on compression (%s); its calls "
                "pass through unchanged",
                (void*)e.nccl, why.c_str());
-      return passAll("no agreement between ranks: " + why);
+      return passAll(e, "no agreement between ranks: " + why);
   }
 }
 
 void passAlways(CommEntry& e, const std::string& why) {
   std::lock_guard<std::mutex> lock(e.callMu);
   if (e.mode != Mode::Undecided) return;
-  e.reason = why;
-  e.mode = Mode::PassThrough;
-  warnIfMomentumLost(why);
+  passAll(e, why);
 }
 
 void decideUnlessCapturing(CommEntry& e, ncclComm_t comm, cudaStream_t stream) {
-  if (streamCapturing(stream)) {
-    warnOnce("capture",
-             "NCCL comm %p is used in a CUDA graph capture before gradcomp set it up; calls "
-             "pass through until an eager call sets it up",
-             (void*)comm);
-    return;
-  }
-  decide(e, stream);
+  if (!capturingNow(comm, stream)) decide(e, stream);
+}
+
+void agreeUnlessCapturing(CommEntry& e, ncclComm_t comm, cudaStream_t stream) {
+  if (!capturingNow(comm, stream)) agreeEligibility(e, stream);
 }
 
 void release(ncclComm_t comm, bool abort, const char* revoked) {

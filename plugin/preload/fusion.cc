@@ -239,7 +239,14 @@ ncclResult_t runDeferred(std::vector<Deferred>& calls) {
     const Deferred& d = calls[i];
     EntryPtr e = deferredEntry(d);
     if (e == nullptr) continue;  // refused below, in its place
-    if (e->mode == Mode::Undecided) decideUnlessCapturing(*e, d.comm, d.stream);
+    // A call deferred only for the agreement (not eligible, or
+    // GRADCOMP_GROUP=pass) runs the agreement alone; the set-up proper waits
+    // for an eligible call, as outside a group.
+    if (e->mode == Mode::Undecided && !d.pass) {
+      decideUnlessCapturing(*e, d.comm, d.stream);
+    } else if (e->mode == Mode::Undecided && !e->agreed && opensAgreement(d.count, d.type, d.op)) {
+      agreeUnlessCapturing(*e, d.comm, d.stream);
+    }
     fusable[i] = e->mode == Mode::Compress && !d.pass && settings().group == GroupMode::Fuse &&
                  d.coll == Collective::AllReduce;
     entries[i] = std::move(e);

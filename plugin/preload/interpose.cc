@@ -6,7 +6,9 @@
 // (DESIGN.md "Interposer rules") go through gradcompAllReduce / gradcompReduceScatter on a
 // per-communicator gradcomp comm created lazily from GRADCOMP_*; every other call reaches the real
 // NCCL with identical arguments. Eligible calls inside a user group are taken out of it and run
-// after the outer ncclGroupEnd (GRADCOMP_GROUP=defer, the default, or fuse), or left in it (pass);
+// after the outer ncclGroupEnd (GRADCOMP_GROUP=defer, the default, or fuse), or left in it (pass;
+// but a communicator's first float Sum/Avg calls are taken out in every mode, for its ranks'
+// comparison of the settings that decide eligibility, GRADCOMP_GROUP among them);
 // a group ended by ncclGroupSimulateEnd runs nothing, so its eligible calls go back into it
 // uncompressed and are dropped. It never breaks the host program: whatever
 // fails to set up is warned about once and passed through.
@@ -171,17 +173,25 @@ ncclResult_t compress(CommEntry& e, const Deferred& d, bool keyed, uint64_t key,
 ncclResult_t route(const Deferred& d) {
   if (!ncclResolved() || d.comm == nullptr) return forward(nullptr, d);
   EntryPtr e = entryFor(d.comm);
-  const bool pass = e->mode == Mode::PassThrough || !eligible(inputCount(d, *e), d.type, d.op);
+  // A communicator's first call that some rank's settings could make
+  // eligible runs the agreement on those settings, on every rank whatever
+  // its own say (opensAgreement): until then no rank knows whether its
+  // peers hand the call to gradcomp or to NCCL.
+  const bool unagreed =
+      e->mode == Mode::Undecided && !e->agreed && opensAgreement(d.count, d.type, d.op);
   if (tGroupDepth > 0) {
+    const bool pass = e->mode == Mode::PassThrough || !eligible(inputCount(d, *e), d.type, d.op);
     // NCCL runs a communicator's calls in the order they were made: one made
-    // after an eligible call of its communicator was deferred is deferred
-    // too, and reaches NCCL after it (an in-place allreduce, then another
-    // call on the same buffer), not before it at the group's end.
+    // after a call of its communicator was deferred is deferred too, and
+    // reaches NCCL after it (an in-place allreduce, then another call on the
+    // same buffer), not before it at the group's end. A call of an unagreed
+    // communicator is deferred whatever GRADCOMP_GROUP says (the agreement
+    // runs after the group's end, outside it), as its peers may defer it.
     GroupCalls& g = groupCalls();
-    const bool follows =
-        pass && std::any_of(g.deferred.begin(), g.deferred.end(),
-                            [&](const Deferred& earlier) { return earlier.comm == d.comm; });
-    if ((pass && !follows) || settings().group == GroupMode::Pass) {
+    const bool groupPass = settings().group == GroupMode::Pass;
+    if (!unagreed && (pass || groupPass) &&
+        std::none_of(g.deferred.begin(), g.deferred.end(),
+                     [&](const Deferred& earlier) { return earlier.comm == d.comm; })) {
       g.forwarded.emplace_back(e, d.coll);
       return forward(nullptr, d);
     }
@@ -189,10 +199,16 @@ ncclResult_t route(const Deferred& d) {
     Deferred& deferred = g.deferred.back();
     deferred.entry = e;
     deferred.tracked = true;
-    deferred.pass = pass;
+    deferred.pass = pass || groupPass;
     return ncclSuccess;
   }
-  if (pass) return forward(e.get(), d);
+  if (unagreed) {
+    agreeUnlessCapturing(*e, d.comm, d.stream);
+    if (e->mode != Mode::Undecided || !e->agreed) return forward(e.get(), d);
+  }
+  if (e->mode == Mode::PassThrough || !eligible(inputCount(d, *e), d.type, d.op)) {
+    return forward(e.get(), d);
+  }
   if (e->mode == Mode::Undecided) {
     decideUnlessCapturing(*e, d.comm, d.stream);
     if (e->mode != Mode::Compress) return forward(e.get(), d);

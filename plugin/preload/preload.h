@@ -27,7 +27,7 @@ namespace preload {
 enum class GroupMode : int {
   Defer,  // taken out of the group, compressed one by one after the outer ncclGroupEnd
   Fuse,   // taken out, one fused compressed allreduce per comm/stream/type/op there
-  Pass    // left to NCCL inside the group
+  Pass    // left to NCCL inside the group (once the ranks compared their settings)
 };
 
 struct Settings {
@@ -45,6 +45,26 @@ const Settings& settings();
 // reduce-scatter's nranks * recvcount, or recvcount alone where that already
 // reaches minElements (interpose.cc's inputCount asks NCCL nothing then).
 bool eligible(size_t count, ncclDataType_t type, ncclRedOp_t op);
+
+// A call that some rank's GRADCOMP_METHOD and GRADCOMP_MIN_ELEMENTS could make
+// eligible (a float type, Sum or Avg, count > 0), whatever this rank's own
+// settings say: a communicator's first such call runs the agreement on the
+// settings that decide eligibility (agreeEligibility) on every rank alike.
+// Deciding on the rank's own eligibility instead made a rank whose settings
+// differ hand the call to NCCL while its peers waited in the set-up.
+bool opensAgreement(size_t count, ncclDataType_t type, ncclRedOp_t op);
+
+// The settings that decide which calls a rank hands to gradcomp, two words
+// each (the value and its complement): after an ncclMin allreduce of every
+// rank's words, each pair holds the least value and the complement of the
+// greatest, the same on every rank.
+constexpr size_t kEligibilityWords = 6;
+void eligibilityWords(const gradcompConfig_t& config, GroupMode group,
+                      uint64_t words[kEligibilityWords]);
+// The reduced words' verdict, the same on every rank: "" when every rank has
+// the same values, else a sentence naming the first setting that differs
+// with its least and greatest values.
+std::string eligibilityDisagreement(const uint64_t least[kEligibilityWords]);
 
 enum class Mode { Undecided, Compress, PassThrough };
 
@@ -90,6 +110,10 @@ inline bool fusedKeyIsLate(FusedKeyWatch& w, uint64_t key) {
 struct CommEntry {
   ncclComm_t nccl = nullptr;
   std::atomic<Mode> mode{Mode::Undecided};
+  // Its ranks found their eligibility settings alike (agreeEligibility): an
+  // Undecided entry is set up at its first eligible call, which is then the
+  // same call on every rank. Set under callMu, before any call relies on it.
+  std::atomic<bool> agreed{false};
   bool nonBlocking = false;
   std::string reason;  // why calls pass through (summary line)
   int rank = -1, nranks = 0, device = -1;
@@ -133,7 +157,19 @@ using EntryPtr = std::shared_ptr<CommEntry>;
 
 // The entry of `comm`, made on first sight.
 EntryPtr entryFor(ncclComm_t comm);
-// Decides an Undecided entry: creates the gradcomp comm and agrees with the
+// The first step of an Undecided entry's set-up, at its first call that
+// opensAgreement: every rank's GRADCOMP_METHOD, GRADCOMP_MIN_ELEMENTS and
+// GRADCOMP_GROUP compared (one 48-byte NCCL allreduce on `stream`,
+// synchronized). Alike: the entry is agreed, and stays Undecided until its
+// first eligible call (passing through for good where every rank has GRADCOMP_METHOD=none).
+// Different: every rank passes through, with a warning naming the setting and
+// its values. Never while `stream` is captured.
+void agreeEligibility(CommEntry& e, cudaStream_t stream);
+// agreeEligibility() for a call of `comm` on `stream`, unless the stream is
+// being captured (as decideUnlessCapturing).
+void agreeUnlessCapturing(CommEntry& e, ncclComm_t comm, cudaStream_t stream);
+// Decides an Undecided entry: agrees on the eligibility settings first where
+// that has not run, then creates the gradcomp comm and agrees with the
 // other ranks (one tiny NCCL allreduce on `stream`, synchronized) that every
 // rank compresses, or else all pass through. Never while `stream` is captured.
 void decide(CommEntry& e, cudaStream_t stream);
@@ -230,8 +266,10 @@ struct Deferred {
   // Deferred made elsewhere): the address's current entry.
   std::weak_ptr<CommEntry> entry{};
   bool tracked = false;
-  // A call NCCL gets as it is, deferred only to keep its place after the
-  // eligible calls of its communicator deferred before it (route).
+  // A call NCCL gets as it is (once its communicator's ranks agree: until
+  // then this rank's own settings decided it), deferred only to keep its
+  // place after the calls of its communicator deferred before it, or for
+  // that agreement (route).
   bool pass = false;
 };
 // A deferred call's entry at the group's end (deferredEntry): null when its

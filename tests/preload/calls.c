@@ -83,8 +83,9 @@ static int reduceScatter(int deferIt, const void* s, void* r, size_t n, ncclData
 #define RS_IN_GROUP(...) \
   if (reduceScatter(deferGroupCalls, __VA_ARGS__)) return 1
 /* An eligible call inside a user group: gradcomp takes it out of the group
- * and runs it after the group's end (GRADCOMP_GROUP=defer or fuse), which
- * the test announces with GC_TEST_GROUP_CALLS_DEFERRED=1. */
+ * and runs it after the group's end (GRADCOMP_GROUP=defer or fuse; and in
+ * every mode while its communicator's ranks have not agreed on their
+ * settings), which the test announces with GC_TEST_GROUP_CALLS_DEFERRED=1. */
 #define CALL_IN_GROUP(...) \
   if (allReduce(deferGroupCalls, __VA_ARGS__)) return 1
 #define CHECK(call)                                             \
@@ -93,8 +94,12 @@ static int reduceScatter(int deferIt, const void* s, void* r, size_t n, ncclData
     return 1;                                                   \
   }
 
-/* int32, Max, one element, fp64, a user group, then large fp32/bf16 calls
- * that gradcomp would compress if it could set up (it cannot: no GPU). */
+/* int32, Max, fp64, a user group, then one element and large fp32/bf16 calls
+ * that gradcomp would compress if it could set up (it cannot: no GPU). The
+ * group holds the communicator's first float Sum/Avg calls, so they are
+ * deferred until its ranks' agreement (in every GRADCOMP_GROUP mode); the
+ * one-element fp32 sum, made first, would have run that agreement before the
+ * group (which fails here, leaving nothing to defer). */
 static int basic(void) {
   /* The test says whether eligible calls in a group should be deferred. */
   const char* g = getenv("GC_TEST_GROUP_CALLS_DEFERRED");
@@ -105,7 +110,6 @@ static int basic(void) {
   char* b = (char*)(uintptr_t)0x7f0010000000ull;
   CALL(a, b, 1000, ncclInt32, ncclSum, comm, stream);
   CALL(a, a, 1 << 20, ncclFloat32, ncclMax, comm, stream);
-  CALL(a, b, 1, ncclFloat32, ncclSum, comm, stream);
   CALL(a, b, 1 << 20, ncclFloat64, ncclSum, comm, stream);
   CALL(a, b, 1 << 20, ncclFloat32, ncclProd, comm, stream);
   CHECK(ncclGroupStart());
@@ -131,6 +135,7 @@ static int basic(void) {
   EXPECT("GroupEnd");
   for (int i = 0; i < numDeferred; ++i) EXPECT("%s", deferred[i]);
   numDeferred = 0;
+  CALL(a, b, 1, ncclFloat32, ncclSum, comm, stream);
   CALL(a, a, 1 << 22, ncclFloat32, ncclSum, comm, stream);
   CALL(b, a, 1 << 22, ncclBfloat16, ncclAvg, comm, stream);
   CALL(a, a, 1 << 22, ncclFloat32, ncclSum, comm, stream);
@@ -523,8 +528,9 @@ static int abortDeferred(int simulate) {
 }
 
 /* Reduce-scatters too small to be eligible (4 * 1000 < 16384): the
- * communicator never sets up, and the preload asks NCCL its size once, not
- * at every call (a watchdog may poll the communicator meanwhile). */
+ * communicator never sets up (the first call only runs the ranks' comparison
+ * of their settings), and the preload asks NCCL its size once, not at every
+ * call (a watchdog may poll the communicator meanwhile). */
 static int smallReduceScatters(void) {
   ncclComm_t comm = (ncclComm_t)(uintptr_t)0x1000;
   cudaStream_t stream = (cudaStream_t)(uintptr_t)0x2000;

@@ -5,11 +5,12 @@
 # identical on all ranks and close to the exact sum, deferred and fused group
 # calls too, GRADCOMP_METHOD=none gives NCCL's bits exactly, and ranks with
 # different GRADCOMP_* settings agree to pass everything through (no hang),
-# also when one rank's value is invalid, and on non-blocking communicators
-# (NCCL_COMM_BLOCKING=0) as on blocking ones. The hierarchy (GRADCOMP_LOCAL_SIZE=2)
-# compresses alike on every rank, and ncclCommAbort with a call pending (a
-# rank that stopped calling) ends it, NCCL's alone and under the preload with
-# gradcomp's sub-communicators.
+# also when one rank's value is invalid or differs in a setting that decides
+# eligibility (GRADCOMP_METHOD, GRADCOMP_MIN_ELEMENTS, GRADCOMP_GROUP), and on
+# non-blocking communicators (NCCL_COMM_BLOCKING=0) as on blocking ones. The
+# hierarchy (GRADCOMP_LOCAL_SIZE=2) compresses alike on every rank, and
+# ncclCommAbort with a call pending (a rank that stopped calling) ends it,
+# NCCL's alone and under the preload with gradcomp's sub-communicators.
 # Without a GPU it prints SKIPPED (a failure when GRADCOMP_TEST_GPU=1).
 # Usage: run_preload_gpu_test.sh PRELOAD APP
 set -uo pipefail
@@ -199,6 +200,28 @@ check "mismatch: results are NCCL's exact sums (relative error $e < 1e-5)" \
 n=$(cat "$work"/mismatch_r*.err | grep -c "WARN cannot set up compression for NCCL comm .*rank 1 \
 has GRADCOMP_BITS (bits) = 3 while rank 0 has 4: the ranks of a comm have different GRADCOMP_\* settings")
 check "mismatch: every rank warned once, naming the setting and both values (got $n)" "[ '$n' = 2 ]"
+
+# 5a. Ranks whose settings that decide eligibility differ (rank 1's value
+#     below, rank 0 the defaults): they compare them at the first float
+#     Sum/Avg call (in "group", after the group's end, where both deferred its
+#     calls), all pass through with NCCL's exact sums, and each warns once
+#     with the same sentence naming the setting and its values. Until
+#     2026-12-06 rank 1 handed the call to NCCL (or left it in its group)
+#     while rank 0 waited in the set-up: a hang.
+for c in "method GRADCOMP_METHOD=none single none qsgd" \
+    "minimum GRADCOMP_MIN_ELEMENTS=100000000 single 16384 100000000" \
+    "groupmode GRADCOMP_GROUP=pass group defer pass"; do
+  set -- $c
+  RANK1_ENV="$2" launch differ_$1 2 1 "$3 2"
+  same_on_all_ranks differ_$1 2
+  compressed_calls differ_$1 2 0
+  e=$(max_error differ_$1)
+  check "differ_$1: results are NCCL's exact sums (relative error $e < 1e-5)" \
+    "awk 'BEGIN {exit !($e < 1e-5)}'"
+  n=$(cat "$work"/differ_$1_r*.err | grep -c "WARN the ranks of NCCL comm .* differ in a setting \
+that decides which calls gradcomp compresses: ${2%%=*} is $4 on some ranks and $5 on others")
+  check "differ_$1: every rank warned once, naming ${2%%=*} and both values (got $n)" "[ '$n' = 2 ]"
+done
 
 # 6. GRADCOMP_AUTO=1: every rank logs the agreed figures, takes the same
 # decisions (identical results and summary) and the summary counts auto's

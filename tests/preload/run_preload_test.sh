@@ -52,11 +52,13 @@ check "exports nothing else (extra: '$extra')" "[ -z '$extra' ]"
 # 2. Pass-through of every call, identical arguments, in every group mode.
 # The eligible calls cannot be compressed without a GPU: one warning, then
 # they reach NCCL unchanged (deferred or fused ones right after the group
-# they were in; "" is the default, defer).
+# they were in; "" is the default, defer). The group holds the
+# communicator's first float Sum/Avg calls, which every mode, pass too,
+# defers until its ranks agree on their settings after the group's end (that
+# agreement fails here, so later groups' calls stay in them in every mode).
 for group in "" defer pass fuse; do
   name=basic_${group:-default}
   deferred=1
-  [ "$group" = pass ] && deferred=0
   run $name env ${group:+GRADCOMP_GROUP=$group} GC_TEST_GROUP_CALLS_DEFERRED=$deferred GRADCOMP_METHOD=qsgd GRADCOMP_DEBUG=INFO "$app" basic || continue
   same_calls $name
   n=$(count "cannot set up compression" "$work/$name.err")
@@ -79,18 +81,47 @@ done
 
 # 2b. A call not compressed, made in a group after an eligible call of its
 # communicator was deferred, reaches NCCL after it, in program order; another
-# communicator's stays in the group.
+# communicator's stays in the group. (Deferred under pass too: the group holds
+# the communicators' first float Sum/Avg calls, see 2.)
 for group in defer fuse pass; do
   deferred=1
-  [ "$group" = pass ] && deferred=0
   run group_order_$group env GRADCOMP_GROUP=$group GC_TEST_GROUP_CALLS_DEFERRED=$deferred \
     GRADCOMP_METHOD=qsgd "$app" group_order && same_calls group_order_$group
 done
 
-# 2a. Reduce-scatters too small to compress leave the communicator undecided:
-# the preload asks NCCL its size once (the stand-in records each query), not at
-# every call, as each query runs NCCL's readiness check on the program's
-# communicator, which a watchdog thread may be polling.
+# 2c. Ranks whose settings that decide eligibility differ (GRADCOMP_METHOD,
+# GRADCOMP_MIN_ELEMENTS, GRADCOMP_GROUP) make the same NCCL calls in the same
+# order, and start their set-up at the same call: the first float Sum/Avg call
+# of each communicator, whatever each rank's own settings, where on a GPU
+# their agreement finds the difference and every rank passes through. Two
+# runs stand for two ranks; the stand-in records the set-up's queries of
+# NCCL's device too (size queries are left out: a rank asks the size of a
+# reduce-scatter below its own minimum, a query of its own). (Until 2026-12-06 the rank that found the call
+# ineligible handed it to NCCL, or left it in its group, while the other
+# entered the set-up: on a GPU, a hang.)
+for pair in "GRADCOMP_METHOD=qsgd GRADCOMP_METHOD=none" \
+    "GRADCOMP_MIN_ELEMENTS=16384 GRADCOMP_MIN_ELEMENTS=100000000" \
+    "GRADCOMP_MIN_ELEMENTS=16384 GRADCOMP_MIN_ELEMENTS=0" \
+    "GRADCOMP_GROUP=defer GRADCOMP_GROUP=pass" "GRADCOMP_GROUP=fuse GRADCOMP_GROUP=pass"; do
+  for mode in basic group_order small_rs; do
+    set -- $pair
+    var=${1%%=*}
+    name=ranks_${var#GRADCOMP_}_${1#*=}_${2#*=}_$mode
+    run ${name}_r0 env FAKE_NCCL_LOG_QUERIES=1 GC_TEST_GROUP_CALLS_DEFERRED=1 "$1" \
+      "$app" $mode || continue
+    run ${name}_r1 env FAKE_NCCL_LOG_QUERIES=1 GC_TEST_GROUP_CALLS_DEFERRED=1 "$2" \
+      "$app" $mode || continue
+    check "$name: $1 and $2 make the same NCCL calls and set-up queries" \
+      "diff -u <(grep -v '^CommCount' '$work/${name}_r0.log') <(grep -v '^CommCount' '$work/${name}_r1.log')"
+  done
+done
+
+# 2a. Reduce-scatters too small to compress never set the communicator up
+# (the first one runs the ranks' comparison of their settings, which asks NCCL
+# the size and keeps it for the later calls' eligibility): the preload asks
+# NCCL its size once (the stand-in records each query), not at every call, as
+# each query runs NCCL's readiness check on the program's communicator, which
+# a watchdog thread may be polling.
 run small_rs env FAKE_NCCL_LOG_QUERIES=1 GRADCOMP_METHOD=qsgd "$app" small_rs && {
   check "small_rs: NCCL received exactly the program's calls" \
     "diff -u '$work/small_rs.expected' <(grep -v '^CommCount\|^CommCuDevice' '$work/small_rs.log')"
@@ -310,8 +341,7 @@ ran_calls() {  # ran_calls LOG PATTERN
 if "$app" simulate > /dev/null 2>&1 < /dev/null || [ $? != 2 ]; then
   for group in defer pass fuse; do
     name=simulate_$group
-    deferred=1
-    [ "$group" = pass ] && deferred=0
+    deferred=1  # each group's calls are its communicator's first (see 2)
     run $name env GRADCOMP_GROUP=$group GC_TEST_GROUP_CALLS_DEFERRED=$deferred GRADCOMP_METHOD=qsgd \
       GRADCOMP_DEBUG=INFO "$app" simulate || continue
     same_calls $name

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <fstream>
 #include <memory>
 #include <sstream>
@@ -253,6 +254,71 @@ TEST(PreloadWarnings, TheKeysAreBounded) {
     ++said;
   }
   EXPECT_EQ(said, 1u) << err;
+}
+
+// The settings that decide which calls a rank hands to gradcomp, compared at a
+// communicator's first float Sum/Avg call: every rank's words, reduced with
+// ncclMin as the exchange reduces them, give every rank the same verdict,
+// which names the first setting that differs with its least and greatest
+// values. Settings that do not decide eligibility are left to the set-up's
+// own vote, which names them.
+TEST(PreloadAgreement, DifferingSettingsAreNamedAlikeOnEveryRank) {
+  using gc::preload::GroupMode;
+  using gc::preload::kEligibilityWords;
+  struct Rank {
+    gradcompMethod_t method;
+    size_t minElements;
+    GroupMode group;
+    int bits;
+  };
+  auto verdict = [](const std::vector<Rank>& ranks) {
+    uint64_t least[kEligibilityWords];
+    for (uint64_t& w : least) w = UINT64_MAX;
+    for (const Rank& r : ranks) {
+      gradcompConfig_t cfg;
+      gradcompConfigInit(&cfg);
+      cfg.method = r.method;
+      cfg.minElements = r.minElements;
+      cfg.bits = r.bits;
+      uint64_t words[kEligibilityWords];
+      gc::preload::eligibilityWords(cfg, r.group, words);
+      for (size_t i = 0; i < kEligibilityWords; ++i) least[i] = std::min(least[i], words[i]);
+    }
+    return gc::preload::eligibilityDisagreement(least);
+  };
+  const gradcompMethod_t qsgd = gradcompMethodQsgd;
+  const GroupMode defer = GroupMode::Defer;
+  EXPECT_EQ(verdict({{qsgd, 16384, defer, 4}, {qsgd, 16384, defer, 4}}), "");
+  EXPECT_EQ(verdict({{qsgd, 16384, defer, 4}, {qsgd, 16384, defer, 3}}), "");
+  EXPECT_EQ(verdict({{qsgd, 16384, defer, 4}, {gradcompMethodNone, 16384, defer, 4}}),
+            "GRADCOMP_METHOD is none on some ranks and qsgd on others");
+  EXPECT_EQ(verdict({{gradcompMethodTopk, 0, defer, 4},
+                     {gradcompMethodDgc, 0, defer, 4},
+                     {qsgd, 0, defer, 4}}),
+            "GRADCOMP_METHOD is qsgd on some ranks and dgc on others");
+  EXPECT_EQ(verdict({{qsgd, 16384, defer, 4}, {qsgd, 0, defer, 4}, {qsgd, 100000000, defer, 4}}),
+            "GRADCOMP_MIN_ELEMENTS is 0 on some ranks and 100000000 on others");
+  EXPECT_EQ(verdict({{qsgd, 16384, GroupMode::Pass, 4}, {qsgd, 16384, GroupMode::Fuse, 4}}),
+            "GRADCOMP_GROUP is fuse on some ranks and pass on others");
+  // The first that differs, in a fixed order: the same sentence on every rank.
+  EXPECT_EQ(verdict({{qsgd, 1, GroupMode::Pass, 4}, {gradcompMethodRandk, 2, defer, 4}}),
+            "GRADCOMP_METHOD is qsgd on some ranks and randk on others");
+}
+
+// The call that runs the comparison depends on nothing a rank's settings say:
+// any call of a float type, Sum or Avg, with elements, whatever its count
+// against GRADCOMP_MIN_ELEMENTS and whatever GRADCOMP_METHOD.
+TEST(PreloadAgreement, AnyFloatSumOrAvgCallWithElementsOpensIt) {
+  using gc::preload::opensAgreement;
+  for (ncclDataType_t t : {ncclFloat32, ncclFloat16, ncclBfloat16}) {
+    EXPECT_TRUE(opensAgreement(1, t, ncclSum)) << t;
+    EXPECT_TRUE(opensAgreement((size_t)1 << 40, t, ncclAvg)) << t;
+    EXPECT_FALSE(opensAgreement(0, t, ncclSum)) << t;
+    EXPECT_FALSE(opensAgreement(1 << 20, t, ncclMax)) << t;
+    EXPECT_FALSE(opensAgreement(1 << 20, t, ncclProd)) << t;
+  }
+  EXPECT_FALSE(opensAgreement(1 << 20, ncclFloat64, ncclSum));
+  EXPECT_FALSE(opensAgreement(1 << 20, ncclInt32, ncclSum));
 }
 
 }  // namespace
