@@ -69,7 +69,7 @@ def main():
                                       start_iter=args.start_iter,
                                       exclude_1d=not args.whole_buckets,
                                       backend="cpu" if dev.type == "cpu" else "nccl")
-            ddp.register_comm_hook(state, gct.gradcomp_hook)
+            gct.register_ddp_hook(ddp, state)
         return ddp, state, torch.optim.SGD(ddp.parameters(), lr=args.lr, momentum=args.momentum)
 
     lossf = nn.CrossEntropyLoss()

@@ -1,8 +1,8 @@
 """One rank of test_torch.CpuBackendDdp / CpuBackendFsdp / CpuBackendAbort /
 CpuBackendFsdpReplicas: gradcomp.torch with backend="cpu" on real DDP / FSDP2 over gloo, gradcomp's
 comm made from the process group (TCP between the ranks). Usage: cpu_backend_rank.py
-ddp|excluded|fsdp|dgc|subgroups|restart|scaler|abort|replicas OUT (the env://
-variables from tools/gc_ranks.py).
+ddp|excluded|fsdp|dgc|subgroups|restart|scaler|abort|replicas|ddp_group|ddp_register OUT (the
+env:// variables from tools/gc_ranks.py).
 
 Records every call the hook (DDP) or the reduce-scatter (FSDP) gets, its input before and its
 result after, in call order, for the test to compare with a serial reference on the in-process
@@ -435,6 +435,109 @@ def ddp_group(out, rank):
     return [], res
 
 
+def ddp_register(out, rank):
+    """gct.register_ddp_hook on 2 ranks, each DDP's group recorded on the state. "trained": the
+    same model, batches and optimizer through register_comm_hook and through the helper (the
+    parameters' hashes). Then states over the world on DDPs of each rank alone (the state's
+    calls would average over both ranks, silently), each step recording what it said and the
+    gradient: "frozen", registered and then gc.freeze() (which hides the DDP from the
+    gc walk register_comm_hook leaves to the state); "moved", a step on a DDP over the world,
+    then the state registered on a new DDP of the model over this rank alone; "two", both DDPs
+    registered before either steps, stepped in turn; "helper_and_plain", the same with the
+    second registered by register_comm_hook; "two_models", one state (module=the first)
+    registered on DDPs of two models over the world."""
+    import datetime
+    import gc
+
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    dist.distributed_c10d._get_default_store().set_timeout(datetime.timedelta(seconds=20))
+    alone = [dist.new_group([0]), dist.new_group([1])][rank]
+    res = {}
+    hashes = {}
+    for how in ("register_comm_hook", "register_ddp_hook"):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 40, bias=False),
+                              nn.ReLU(), nn.Linear(40, 5))
+        d = DDP(model, bucket_cap_mb=0.005)
+        st = gct.GradcompState(module=model, start_iter=START, backend="cpu", config=config())
+        if how == "register_ddp_hook":
+            gct.register_ddp_hook(d, st)
+        else:
+            d.register_comm_hook(st, gct.gradcomp_hook)
+        train(d, torch.optim.SGD(d.parameters(), lr=0.1, momentum=0.9), range(STEPS), rank)
+        hashes[how] = hashlib.sha256(param_bytes(model.parameters())).hexdigest()
+        res[how + "_compressed_calls"] = st.counters["compressed_calls"]
+        st.close()
+    res["trained"] = hashes
+
+    x = torch.full((2, 64), float(rank + 1))
+
+    def step(model, d):
+        model.weight.grad = None
+        err = _error(lambda: d(x).sum().backward())
+        return {"error": err, "grad": float(model.weight.grad[0, 0]) if err is None else None}
+
+    def linear():
+        torch.manual_seed(0)
+        return nn.Linear(64, 64, bias=False)
+
+    def fresh(module):  # a state over the world
+        return gct.GradcompState(None, module=module, start_iter=0, layer_min_size=0,
+                                 backend="cpu", config=config())
+
+    model = linear()
+    st = fresh(model)
+    d = DDP(model, process_group=alone)
+    gct.register_ddp_hook(d, st)
+    gc.freeze()
+    try:
+        res["frozen"] = step(model, d)
+    finally:
+        gc.unfreeze()
+    del d  # refused mid-backward, its reducer is done with
+    st.close()
+
+    model = linear()
+    st = fresh(model)
+    d = DDP(model)
+    gct.register_ddp_hook(d, st)
+    res["moved"] = [step(model, d)]
+    d = DDP(model, process_group=alone)
+    gct.register_ddp_hook(d, st)
+    res["moved"].append(step(model, d))
+    del d
+    st.close()
+
+    model = linear()
+    st = fresh(model)
+    a, b = DDP(model), DDP(model, process_group=alone)
+    gct.register_ddp_hook(a, st)
+    gct.register_ddp_hook(b, st)
+    res["two"] = [step(model, a), step(model, b)]
+    del a, b
+    st.close()
+
+    model = linear()
+    st = fresh(model)
+    a, b = DDP(model), DDP(model, process_group=alone)
+    gct.register_ddp_hook(a, st)
+    b.register_comm_hook(st, gct.gradcomp_hook)
+    res["helper_and_plain"] = [step(model, a), step(model, b)]
+    del a, b
+    st.close()
+
+    model, other = linear(), linear()
+    st = fresh(model)
+    a, b = DDP(model), DDP(other)
+    gct.register_ddp_hook(a, st)
+    gct.register_ddp_hook(b, st)
+    res["two_models"] = [step(model, a), step(other, b)]
+    del a, b
+    st.close()
+    return [], res
+
+
 def restart(out, rank):
     """An in-process restart: destroy_process_group, then init_process_group again on a new
     prefix of the same store (as in-process restart frameworks do), after a life in which rank
@@ -819,7 +922,8 @@ def main():
         gc_ranks.leave(0)  # rank 1 dies here, rank 0 has no group left
     records, res = {"ddp": ddp, "excluded": excluded, "fsdp": fsdp, "dgc": dgc,
                      "subgroups": subgroups, "scaler": scaler, "replicas": replicas,
-                     "restart": restart, "ddp_group": ddp_group}[mode](out, rank)
+                     "restart": restart, "ddp_group": ddp_group,
+                     "ddp_register": ddp_register}[mode](out, rank)
     torch.save(records, f"{out}.rank{rank}.pt")
     with open(f"{out}.rank{rank}.json", "w") as f:
         json.dump(res, f)

@@ -96,6 +96,24 @@ class TorchRefusals(unittest.TestCase):
             st = self.gt.GradcompState(dp, module=ddp)  # the same ranks: accepted
             self.assertEqual(len(st._param_ids), 2)
 
+    def test_register_ddp_hook_refuses_another_module_or_state_and_a_closed_state(self):
+        import gradcomp.torch._group as group
+
+        DDP = torch.nn.parallel.DistributedDataParallel
+        ddp = DDP.__new__(DDP)  # refused before anything of the DDP is read
+        torch.nn.Module.__init__(ddp)
+        with mock.patch.object(group, "check_group", lambda pg, backend: (pg, 0, 2)):
+            st = self.gt.GradcompState(object())
+        with self.assertRaisesRegex(TypeError, r"takes the DistributedDataParallel module; got "
+                                    r"Linear: wrap the model first"):
+            self.gt.register_ddp_hook(torch.nn.Linear(4, 4), st)
+        with self.assertRaisesRegex(TypeError, "takes a GradcompState; got object"):
+            self.gt.register_ddp_hook(ddp, object())
+        st.close()
+        with self.assertRaisesRegex(RuntimeError, r"the state was closed"):
+            self.gt.register_ddp_hook(ddp, st)
+        self.assertEqual(len(st._ddps), 0)
+
     def test_single_rank_group_is_refused(self):
         from unittest import mock
 
@@ -2744,6 +2762,60 @@ class CpuBackendDdpGroup(unittest.TestCase):
         # The pair whose states are right trains: DDP's mean of 2 * (rank + 1) over {2, 3}.
         self.assertEqual([m["error"] for m in mixed[2:]], [None, None])
         self.assertEqual([m["grad"] for m in mixed[2:]], [7.0, 7.0])
+
+
+@unittest.skipIf(torch is None, "PyTorch is not installed")
+class CpuBackendRegisterDdpHook(unittest.TestCase):
+    """gct.register_ddp_hook(ddp, state) on 2 gloo processes: the DDP and its group recorded on
+    the state, each DDP checked at its own first hook call, where register_comm_hook leaves the
+    state to find its DDP by a gc walk once (blind after gc.freeze(), and to a DDP registered
+    later: those averaged over the state's ranks, silently). The states are over the world, the
+    refused DDPs over each rank alone, where DDP's own gradient is 2 * (rank + 1) and the
+    state's mean 3.0. One launch (cpu_backend_rank.py ddp_register) serves every test here."""
+
+    results = None
+
+    def launch(self):
+        if CpuBackendRegisterDdpHook.results is None:
+            CpuBackendRegisterDdpHook.results = launch_ranks(self, "ddp_register")[1]
+        return CpuBackendRegisterDdpHook.results
+
+    def refused(self, r, got):
+        self.assertRegex(got["error"] or "", re.escape(
+            f"ValueError: gradcomp: the DDP module this GradcompState is registered on reduces "
+            f"over ranks [{r}], but the state over ranks [0, 1]"), f"rank {r}: {got}")
+
+    def test_the_helper_trains_as_register_comm_hook_bit_for_bit(self):
+        for r, res in enumerate(self.launch()):
+            self.assertEqual(res["trained"]["register_ddp_hook"],
+                             res["trained"]["register_comm_hook"], f"rank {r}")
+            self.assertGreater(res["register_ddp_hook_compressed_calls"], 0)
+            self.assertEqual(res["register_ddp_hook_compressed_calls"],
+                             res["register_comm_hook_compressed_calls"])
+
+    def test_a_state_over_other_ranks_is_refused_after_gc_freeze(self):
+        for r, res in enumerate(self.launch()):
+            self.refused(r, res["frozen"])
+
+    def test_a_state_moved_to_a_ddp_of_another_group_is_checked_again(self):
+        for r, res in enumerate(self.launch()):
+            self.assertEqual(res["moved"][0], {"error": None, "grad": 3.0}, f"rank {r}")
+            self.refused(r, res["moved"][1])
+
+    def test_one_state_on_two_ddps_checks_each(self):
+        for r, res in enumerate(self.launch()):
+            # Both registered before the first step: each DDP's own group is checked (the gc
+            # walk found one of the two, and checked the state once).
+            self.assertEqual(res["two"][0], {"error": None, "grad": 3.0}, f"rank {r}")
+            self.refused(r, res["two"][1])
+            # The second by register_comm_hook: its gc walk passes by the helper's DDP.
+            self.assertEqual(res["helper_and_plain"][0], {"error": None, "grad": 3.0})
+            self.refused(r, res["helper_and_plain"][1])
+            # DDPs of two models on one state: refused before their residuals mix.
+            self.assertEqual(res["two_models"][0], {"error": None, "grad": 3.0}, f"rank {r}")
+            self.assertRegex(res["two_models"][1]["error"] or "", "ValueError: gradcomp_hook "
+                             "got a bucket of parameters that are not in the module given to "
+                             "this GradcompState: two DDP models share this state")
 
 
 @unittest.skipIf(torch is None, "PyTorch is not installed")

@@ -1,7 +1,7 @@
 """A DDP comm hook that compresses gradient buckets with gradcomp (PyTorch's ddp_comm_hooks shape).
 
     state = GradcompState(module=model, method="qsgd", bits=4)   # before DDP's first step
-    ddp_model.register_comm_hook(state, gradcomp_hook)
+    register_ddp_hook(ddp_model, state)     # or ddp_model.register_comm_hook(state, gradcomp_hook)
     ...
     ckpt["gradcomp"] = state.state_dict()                          # residuals, step counter
 
@@ -15,12 +15,24 @@ the small and 1-d parameters (biases, norms) of the bucket go through ONE
 uncompressed torch.distributed all_reduce (2(N-1)/N of their bytes, ring).
 Cost: a gather of each part into a contiguous buffer and a scatter back
 (device copies of the bucket's bytes), plus gradcomp's encode/decode kernels.
+
+The state must reduce over the DDP's ranks (otherwise every call would average
+over the state's ranks, silently): each DDP's first hook call compares them on
+every rank of the DDP's group (one all_gather), and every rank raises alike.
+register_ddp_hook(ddp_model, state) registers gradcomp_hook with the DDP and
+its group recorded on the state, so each DDP the state serves is checked at its
+own first call. ddp_model.register_comm_hook(state, gradcomp_hook) gives the
+hook no DDP: the state finds it once, at its first call, among the referrers of
+the (hook, state) pair DDP keeps (gc.get_referrers, blind to gc.freeze()), and
+a DDP it is registered on later is not checked again.
 """
 import contextlib
+import functools
 import hashlib
 import os
 import sys
 import warnings
+import weakref
 
 import torch
 import torch.distributed as dist
@@ -202,6 +214,11 @@ class GradcompState:
         # first call outside paused() (_agree_options).
         self._options_agreed = False
         self._ddp_group_checked = False  # _check_ddp_group passed (or found no DDP)
+        # The DDP modules register_ddp_hook registered this state on, with their process groups,
+        # and those whose group _check_ddp_group passed: held weakly, so that a dropped DDP
+        # (the model wrapped again) leaves nothing behind.
+        self._ddps = weakref.WeakKeyDictionary()
+        self._ddps_checked = weakref.WeakSet()
         self._warned = set()
         # compressed_*: calls gradcomp compressed; passed_*: calls handed to gradcomp that it
         # sent uncompressed (GRADCOMP_AUTO, min_elements; a DGC comm still applies its momentum).
@@ -705,21 +722,29 @@ class GradcompState:
                         "dict on every rank (or on none)")
         self._options_agreed = True
 
-    def _check_ddp_group(self, device):
-        """At the hook's first call: the DDP module this state is registered on must reduce
+    def _check_ddp_group(self, device, ddp=None):
+        """At a DDP's first hook call: the DDP module this state is registered on must reduce
         over the state's ranks, or every call (compressed or not) would average over other
         ranks than DDP's, silently (a state made over the world, DDP over a subgroup). Every
-        rank of the DDP's group reaches its first hook call (DDP calls the hook on all of them),
-        so each rank's finding is gathered there (one all_gather over the DDP's group, once per
-        state): they raise alike, and none waits in a collective of the state's group for a
-        rank that refused. Where no DDP is found (_registering_ddp), nothing is checked. A
-        refused state is checked again at its next call (every rank of the group refused it):
-        registered again on a new DDP of the model, it must not go on unchecked."""
-        ddp = _registering_ddp(self)
+        rank of the DDP's group reaches that DDP's first hook call (DDP calls the hook on all of
+        them), so each rank's finding is gathered there (one all_gather over the DDP's group):
+        they raise alike, and none waits in a collective of the state's group for a rank that
+        refused. A refused state is checked again at its next call (every rank of the group
+        refused it): registered again on a new DDP of the model, it must not go on unchecked.
+
+        ddp: the calling DDP, for a hook registered by register_ddp_hook (its group recorded
+        there): checked once per DDP, so a state registered on a second DDP (the model wrapped
+        again, another group) is checked again at that DDP's first call. Without it (the hook
+        registered by register_comm_hook, which tells the hook no DDP), the DDP is looked for
+        once per state (_registering_ddp); where none is found, nothing is checked."""
         if ddp is None:
-            self._ddp_group_checked = True
-            return
-        group = ddp.process_group
+            found = _registering_ddp(self)
+            if found is None:
+                self._ddp_group_checked = True
+                return
+            group = found.process_group
+        else:
+            group = self._ddps.get(ddp, ddp.process_group)
         theirs = dist.get_process_group_ranks(group)
         mine = dist.get_process_group_ranks(self.process_group)
         on = device if self.backend == "nccl" else "cpu"
@@ -728,7 +753,10 @@ class GradcompState:
         dist.all_gather(got, t, group=group)
         bad = [r for r, g in zip(theirs, got) if int(g.item())]
         if not bad:
-            self._ddp_group_checked = True
+            if ddp is None:
+                self._ddp_group_checked = True
+            else:
+                self._ddps_checked.add(ddp)
             return
         do = ("make every rank's GradcompState with process_group=<the group given to "
               "DistributedDataParallel>")
@@ -1130,7 +1158,43 @@ class _CudaStream:
 def gradcomp_hook(state, bucket):
     """DDP comm hook: the bucket's large parameters through gradcompAllReduceKeyed (Avg) on
     the current stream, the rest through one torch.distributed all_reduce; returns the
-    future of the averaged bucket. See the module docstring for the bytes it sends."""
+    future of the averaged bucket. See the module docstring for the bytes it sends.
+    register_ddp_hook(ddp_model, state) registers it so that the state knows its DDP."""
+    return _hook(state, bucket, None)
+
+
+def register_ddp_hook(model, state):
+    """Registers gradcomp_hook on the DistributedDataParallel module `model` with the
+    GradcompState `state` (model.register_comm_hook, through a wrapper of gradcomp_hook that
+    tells the state which DDP calls), and records the DDP (weakly) and its process group on
+    the state. Each DDP the state is registered on this way is checked at its own first
+    hook call (a state over other ranks than the DDP's is refused on every rank of the DDP's
+    group, ValueError naming both), where register_comm_hook leaves the state to find its DDP
+    among the interpreter's objects once (gc.get_referrers: not after gc.freeze(), and not a
+    DDP it is registered on later). Call it on every rank of the DDP's group alike (before
+    the first step, as register_comm_hook). Raises TypeError for another module or state, and
+    what register_comm_hook raises (a DDP takes one comm hook)."""
+    DDP = torch.nn.parallel.DistributedDataParallel
+    if not isinstance(model, DDP):
+        raise TypeError(f"register_ddp_hook takes the DistributedDataParallel module; got "
+                        f"{type(model).__name__}: wrap the model first (DDP(model, ...)), or for "
+                        "FSDP2 use register_fsdp_reduce_scatter(model, state)")
+    if not isinstance(state, GradcompState):
+        raise TypeError(f"register_ddp_hook takes a GradcompState; got {type(state).__name__}")
+    state._check_usable()  # an aborted or closed state says so now, not at the first step
+    ref = weakref.ref(model)  # the DDP keeps the hook: no cycle through it
+
+    @functools.wraps(gradcomp_hook)  # DDP logs the hook's name and reads its signature
+    def hook(state, bucket):
+        return _hook(state, bucket, ref())
+
+    hook._gradcomp_ddp = ref  # its calls name their DDP: _registering_ddp passes it by
+    model.register_comm_hook(state, hook)
+    state._ddps[model] = model.process_group
+
+
+def _hook(state, bucket, ddp):
+    """gradcomp_hook's call; ddp: the calling DDP where register_ddp_hook registered it."""
     state._check_usable()
     if isinstance(bucket, tuple):
         # DDP under compiled autograd (torch._dynamo.config.optimize_ddp = "python_reducer")
@@ -1164,7 +1228,7 @@ def gradcomp_hook(state, bucket):
                         "dense buckets; make the embedding dense (sparse=False), or register "
                         "DDP's default hook for this model")
     stream = _HostStream() if want == "cpu" else _CudaStream(buf.device)
-    return _reduce_bucket(state, bucket, buf, stream)
+    return _reduce_bucket(state, bucket, buf, stream, ddp)
 
 
 def _registering_ddp(state):
@@ -1174,12 +1238,14 @@ def _registering_ddp(state):
     keeps no such list, or the hook is called otherwise (not by a DDP). gc.get_referrers does
     not see objects frozen by gc.freeze(): a program that freezes after register_comm_hook must
     do so on every rank of the DDP's group alike (README), or the ranks that find no DDP skip
-    the check's all_gather that the others enter."""
+    the check's all_gather that the others enter. Pairs of register_ddp_hook's hooks are passed
+    by: their calls name their own DDP, and the call looking here came through another."""
     import gc
 
     DDP = torch.nn.parallel.DistributedDataParallel
     for pair in gc.get_referrers(state):
-        if type(pair) is not tuple or len(pair) != 2 or pair[1] is not state:
+        if (type(pair) is not tuple or len(pair) != 2 or pair[1] is not state
+                or getattr(pair[0], "_gradcomp_ddp", None) is not None):
             continue
         for hooks in gc.get_referrers(pair):
             if type(hooks) is not list:
@@ -1194,11 +1260,14 @@ def _registering_ddp(state):
     return None
 
 
-def _reduce_bucket(state, bucket, buf, stream):
+def _reduce_bucket(state, bucket, buf, stream, ddp=None):
     last = bucket.is_last()
     state._note_bucket(bucket, last)
     try:
-        if not state._ddp_group_checked:
+        if ddp is not None:  # register_ddp_hook's: each DDP checked at its first call
+            if ddp not in state._ddps_checked:
+                state._check_ddp_group(buf.device, ddp)
+        elif not state._ddp_group_checked:
             state._check_ddp_group(buf.device)
         return _reduce_noted(state, bucket, buf, stream, last)
     except BaseException:
