@@ -21,7 +21,7 @@ from checklib import close, expect, verdict  # noqa: E402
 from smoke_check import (TYPE_BYTES, check_sparse_row, code_bytes, first_part,  # noqa: E402
                          kernel_total, kernel_work, warp_bucket)
 from smoke_check import hier_pipelined  # noqa: E402
-from smoke_check import encoded  # noqa: E402
+from smoke_check import encoded, flat_pieces  # noqa: E402
 
 FLAT = ("twoshot", "ring", "allgather", "reducescatter")
 
@@ -75,13 +75,31 @@ def check_projection_pieces(tag, r, doc):
         t = "%s %dx%d@%g" % (tag, p["nodes"], p["local"], p["node_gbps"])
         k, g = p["nodes"], p["local"]
         if k < 2 or g < 2:
-            # No hierarchy (gc::hierLayout): the library runs the flat algorithm.
-            expect(p["hier_pieces"] == 1 and p["hier_time_us"] == p["flat_time_us"] and
-                   p["hier_pipelined_time_us"] == p["flat_time_us"] and
+            # No hierarchy (gc::hierLayout): the library runs the flat algorithm, and cuts a
+            # two-shot or ring (not the allgather) into the pieces of its longest chunk at
+            # hier_pipeline_bytes; one piece gives the unpipelined time. Pipelined, never
+            # below either stream's own work: every kernel on the compute stream, both
+            # exchanges of every piece (the flat bytes, a step each) on the comm stream.
+            n = k * g
+            pipe = p["hier_pipeline_bytes"]
+            pieces = (flat_pieces(r["count"], r["bucket"], n, pipe)
+                      if hier_middle(label, n) != "allgather" else 1)
+            expect(p["hier_pieces"] == pieces and (pieces > 1) == (pipe > 0) and
+                   p["hier_time_us"] == p["flat_time_us"] and
+                   (pieces > 1 or p["hier_pipelined_time_us"] == p["flat_time_us"]) and
                    p["hier_inter_bytes"] == p["flat_inter_bytes"],
-                   "%s: no hierarchy: hier's figures are flat's (hier %s us, P = %s, hier|P %s "
-                   "us; flat %s us)" % (t, p["hier_time_us"], p["hier_pieces"],
-                                        p["hier_pipelined_time_us"], p["flat_time_us"]))
+                   "%s: no hierarchy: hier's figures are flat's, cut as the library cuts them "
+                   "(hier %s us, P = %s at %s bytes, the library's %s; hier|P %s us; flat %s us)"
+                   % (t, p["hier_time_us"], p["hier_pieces"], pipe, pieces,
+                      p["hier_pipelined_time_us"], p["flat_time_us"]))
+            if pieces > 1 and intra is not None and lat is not None and \
+                    isinstance(p.get("hier_pipelined_kernel_us"), (int, float)):
+                comm = (max(us(p["flat_intra_bytes"], intra),
+                            us(p["flat_inter_bytes"], p["node_gbps"] / g)) + 2 * pieces * lat)
+                own = max(p["hier_pipelined_kernel_us"], comm)
+                expect(p["hier_pipelined_time_us"] >= (1 - 1e-9) * own,
+                       "%s: pipelined flat %s us is shorter than a stream's own %s us"
+                       % (t, p["hier_pipelined_time_us"], own))
             continue
         middle = hier_middle(label, k)
         if middle != "twoshot":
@@ -206,9 +224,10 @@ def check_rows(path):
         expect(close(r["kernel_us"], total, 1e-6),
                "%s: kernel_us %s = sum of work * cost, %s" % (tag, r["kernel_us"], total))
         label = r.get("label") or ""
-        # Flat: every byte leaves the node (a hierarchy keeps its in-node stages' bytes).
+        # Flat: every byte leaves the node (a hierarchy keeps its in-node stages' bytes), or
+        # one node (--local-size N on N ranks: no hierarchy, every byte stays in it).
         inter = r.get("inter_wire_bytes")
-        flat = inter is None or inter >= r["wire_bytes"]
+        flat = inter is None or inter >= r["wire_bytes"] or r["nranks"] // local < 2
         residual = "ef=0" not in label
         # The owner's sum and the output's decodes fused on a warp bucket; the sum reads the
         # peers' codes (code_bytes of the row's bits and bucket).

@@ -598,7 +598,8 @@ def check_projection(tag, r, kdoc, bits, bucket, pipe_bytes, intra_gbps=3600.0, 
     """Every projection point against the formulas, written here from docs/benchmark.md. The
     algorithms are those the library runs (pickDenseAlgorithm): on `auto` an allgather flat on
     2 ranks and as the hierarchy's middle across 2 nodes (one encode, the sum of both
-    encodings, one latency step, (k-1) E(S/G) across nodes), two-shot above."""
+    encodings, one latency step, (k-1) E(S/G) across nodes), two-shot above. Where there is no
+    hierarchy, hier|P is the flat two-shot (or ring) cut at pipe_bytes as the library cuts it."""
     import model_check  # its hier_middle: the algorithm the library runs on n ranks or nodes
     count, size = r["count"], r["size"]
     label = r.get("label") or ""
@@ -627,19 +628,30 @@ def check_projection(tag, r, kdoc, bits, bucket, pipe_bytes, intra_gbps=3600.0, 
         t = "%s %dx%d@%g" % (tag, k, g, L)
         if k < 2 or g < 2:
             # No hierarchy (gc::hierLayout: nodes of one GPU, or one node): the library runs
-            # the flat algorithm, and hier's figures are flat's, in one piece.
+            # the flat algorithm, and hier's figures are flat's. It cuts a flat two-shot (a
+            # ring too, charged as two-shot) at --model-pipe as it cuts the call itself
+            # (flat_pieces), never the allgather: hier|P is two-shot's two streams, each
+            # exchange half the flat bytes a piece over both link classes at once.
+            pieces = flat_pieces(count, bucket, n, pipe_bytes) if flat_algo == "twoshot" else 1
+            piped = flat
+            if pieces > 1:
+                x = max(us(flat_intra / 2 / pieces, intra_gbps),
+                        us(flat_inter / 2 / pieces, L / g)) + lat
+                piped = two_shot_streams(r, n, pieces, None, lat, costs, x)
             expect(close(p["hier_intra_bytes"], flat_intra) and
                    close(p["hier_inter_bytes"], flat_inter) and
                    close(p["hier_kernel_us"], flat_kernel) and close(p["hier_time_us"], flat) and
-                   p["hier_pieces"] == 1 and p["hier_pipeline_bytes"] == 0 and
+                   p["hier_pieces"] == pieces and
+                   p["hier_pipeline_bytes"] == (pipe_bytes if pieces > 1 else 0) and
                    close(p["hier_pipelined_kernel_us"], flat_kernel) and
-                   close(p["hier_pipelined_time_us"], flat),
-                   "%s: no hierarchy: hier's figures are flat's (hier %s us, P = %s, hier|P %s "
-                   "us; flat %s us)" % (t, p["hier_time_us"], p["hier_pieces"],
-                                        p["hier_pipelined_time_us"], flat))
-            want = flat if p.get("auto_choice") == "compress" else nccl
+                   close(p["hier_pipelined_time_us"], piped),
+                   "%s: no hierarchy: hier's figures are flat's, cut as the library cuts a flat "
+                   "%s (hier %s us, P = %s, hier|P %s us; flat %s us, P = %s, pipelined %s us)"
+                   % (t, flat_algo, p["hier_time_us"], p["hier_pieces"],
+                      p["hier_pipelined_time_us"], flat, pieces, piped))
+            want = piped if p.get("auto_choice") == "compress" else nccl
             expect(p.get("auto_choice") in ("compress", "nccl") and close(p["auto_time_us"], want)
-                   and close(p["auto_time_us"], min(flat, nccl)),
+                   and close(p["auto_time_us"], min(piped, nccl)),
                    "%s: auto's time %s is its choice's (%s: %s)"
                    % (t, p["auto_time_us"], p.get("auto_choice"), want))
             continue
@@ -726,15 +738,17 @@ def check_projection(tag, r, kdoc, bits, bucket, pipe_bytes, intra_gbps=3600.0, 
     return seen
 
 
-def two_shot_streams(r, nranks, pieces, gbps, lat):
+def two_shot_streams(r, nranks, pieces, gbps, lat, costs=None, exchange=None):
     """Pipelined two-shot on its two streams (docs/benchmark.md): per piece of a chunk (b =
     count / N / K elements) the compute stream's encode E ((N-1) b encodes, the own chunk
     widened: e + 2r + 4 bytes an element), reduce R (the owner's sum, owner_sum_us: on a warp
     bucket one fused kernel, else a decode, N-2 decode-accumulates and 12 bytes; the owner's
     re-encode) and decode D (N decodes, and the conversion's 4 + e bytes
     where the output is not fp32); the comm stream's X and G, each half the wire and one
-    step. E_q X_q, then R_{q-1} G_{q-1}, then D_{q-2}."""
-    c = r["kernel_costs"]
+    step. E_q X_q, then R_{q-1} G_{q-1}, then D_{q-2}. `costs` (else the row's kernel_costs)
+    and `exchange`, the time of one X or G (else half the row's wire a piece at gbps, and
+    the step), for a projection's flat two-shot."""
+    c = costs or r["kernel_costs"]
     e = TYPE_BYTES[r["dtype"]]
     b = r["count"] / nranks / pieces
     ew = c["elementwise_per_byte"]
@@ -745,7 +759,7 @@ def two_shot_streams(r, nranks, pieces, gbps, lat):
     convert = ((r["dtype"] != "float" or r.get("redop") == "avg")
                and not warp_bucket(r["bucket"]))
     dec = nranks * b * c["decode_out"] + (nranks * b * (4 + e) * ew if convert else 0)
-    x = r["wire_bytes"] / 2 / pieces * 8 / (gbps * 1e3) + lat
+    x = exchange if exchange is not None else r["wire_bytes"] / 2 / pieces * 8 / (gbps * 1e3) + lat
     compute = comm = 0.0
     xd, gd = {}, {}
     for q in range(pieces + 2):
@@ -762,14 +776,15 @@ def two_shot_streams(r, nranks, pieces, gbps, lat):
     return compute
 
 
-def check_pipelined_model(tag, r, pieces, steps, lat=10.0, two_shot_ranks=0):
+def check_pipelined_model(tag, r, pieces, steps, lat=10.0, two_shot_ranks=0, one_node=None):
     """A flat row's model at every link: the unpipelined time (kernels + wire + steps
     latencies) and the pipelined one: for two-shot its two streams stage by stage
     (two_shot_streams, two_shot_ranks = N), else the two-stage pipeline of
     docs/benchmark.md, k = kernel / K and w = wire / K / L + steps * a, time
-    k + w + (K-1) max(k, w)."""
+    k + w + (K-1) max(k, w). one_node: a row run with --local-size N on N ranks, one node,
+    whose every byte goes over the in-node link at this rate, whatever the column's L."""
     for m in r["model"]:
-        g = m["link_gbps"]
+        g = one_node or m["link_gbps"]
         ours = r["kernel_us"] + r["wire_bytes"] * 8 / (g * 1e3) + steps * lat
         expect(close(m["time_us"], ours, 1e-6), "%s: unpipelined model at %g" % (tag, g))
         k = r["kernel_us"] / pieces
@@ -781,6 +796,16 @@ def check_pipelined_model(tag, r, pieces, steps, lat=10.0, two_shot_ranks=0):
                "%s: pipelined model at %g: %s vs %s" % (tag, g, m.get("pipelined_time_us"), piped))
         expect(close(m.get("pipelined_speedup"), m["nccl_time_us"] / piped, 1e-6),
                "%s: pipelined speedup at %g" % (tag, g))
+
+
+def flat_pieces(count, bucket, n, pipe_bytes):
+    """Pieces of a flat two-shot or ring (twoshot.cc, ring.cc: splitPieces): the longest chunk
+    among the n ranks cut into ceil(pipe_bytes / 4 / n) elements rounded up to whole buckets;
+    one piece where that holds the chunk."""
+    chunk = first_part(count, n, bucket)
+    share = -(-(pipe_bytes // 4) // n)
+    piece = max(1, -(-share // bucket)) * bucket
+    return 1 if pipe_bytes == 0 or count == 0 or piece >= chunk else -(-chunk // piece)
 
 
 def first_part(n, parts, bucket):
@@ -1833,16 +1858,22 @@ def main():
     # fill + drain + (K-1) * max(stage) with stages k = kernel / K and w = wire / K / L +
     # steps * a, docs/benchmark.md), beside the
     # unpipelined model, which is unchanged; the wire bytes are the unpipelined ones
-    # (two-shot: ok.json's rows; ring: an unpipelined ring run of the same size).
+    # (two-shot: ok.json's rows; ring: an unpipelined ring run of the same size). Projected
+    # at the same piece size onto N x 1, where the library runs the flat algorithm cut into
+    # the pieces the row records (the projection charges the ring as two-shot; one node of N,
+    # below).
     pipe_bytes = 64 << 10
     pipe_args = ["-N", str(nranks), "-b", "256K", "-e", "256K", "-n", "1", "-w", "0", "-d",
                  "float,bfloat16", "-m", "qsgd", "-q", str(bits), "-B", str(bucket)]
     ring_path = os.path.join(work, "ring.json")
     code, _, _ = run(perf, pipe_args + ["-a", "ring"], ring_path)
     expect(code == 0, "unpipelined ring run exits 0")
+    links = [10, 25, 100, 400]
+    flat_proj = ["--model-nodes", str(nranks), "--model-local", "1", "--node-gbps",
+                 ",".join(map(str, links)), "--model-pipe", str(pipe_bytes)]
     for algo, steps, plain_path in (("twoshot", 2, os.path.join(work, "ok.json")),
                                     ("ring", nranks, ring_path)):
-        code, out, rows = run(perf, pipe_args + ["-a", algo],
+        code, out, rows = run(perf, pipe_args + ["-a", algo] + flat_proj,
                               os.path.join(work, "pipe-%s.json" % algo),
                               env={"GRADCOMP_PIPELINE_BYTES": str(pipe_bytes)})
         expect(code == 0 and len(rows) == 2, "pipelined %s run exits 0 with two rows" % algo)
@@ -1871,6 +1902,17 @@ def main():
             check_kernels(tag, r, kdoc, bits, bucket, algo, nranks)
             check_pipelined_model(tag, r, pieces, steps,
                                   two_shot_ranks=nranks if algo == "twoshot" else 0)
+            if kdoc:
+                seen = check_projection(tag + " projection", r, kdoc, bits, bucket, pipe_bytes)
+                expect(seen == {(nranks, 1, L) for L in links},
+                       "%s: projected onto %dx1 (got %s)" % (tag, nranks, sorted(seen)))
+            # The projection's pieces are the library's (the row's, gradcompStats_t).
+            for q in r["projection"]:
+                expect(q["hier_pieces"] == r.get("pieces") and
+                       q["hier_pipeline_bytes"] == pipe_bytes,
+                       "%s %dx%d@%g: the flat %s cut into %s pieces of %s bytes, the library "
+                       "into %s" % (tag, q["nodes"], q["local"], q["node_gbps"], algo,
+                                    q["hier_pieces"], q["hier_pipeline_bytes"], r.get("pieces")))
 
     # Pipelined reduce-scatter: each block of m = count elements is cut as two-shot cuts
     # its chunks (piece = ceil(B/4/N) rounded up to whole buckets); the row records the
@@ -1879,7 +1921,6 @@ def main():
     # onto the run's own layout (N nodes of one GPU, each node's NIC a row model link), one
     # node of N GPUs and N x N: on the first two the library runs the flat reduce-scatter,
     # cut into the same pieces, so at N x 1 hier|P is the row model's pipelined time.
-    links = [10, 25, 100, 400]
     code, out, rows = run(perf, ["-N", str(nranks), "-C", "reduce_scatter", "-b", "256K", "-e",
                                  "256K", "-n", "1", "-w", "0", "-d", "float,bfloat16", "-m", "qsgd",
                                  "-q", str(bits), "-B", str(bucket), "--model-nodes",
@@ -1927,6 +1968,61 @@ def main():
                        % (tag, nranks, m["link_gbps"], q["hier_pieces"],
                           q["hier_pipelined_time_us"], q["hier_pipelined_kernel_us"], pieces,
                           m.get("pipelined_time_us"), r["kernel_us"]))
+
+    # One node of N ranks (--local-size N on N ranks) is no hierarchy: the library runs the
+    # flat algorithm, cut into pieces, and the row model, every byte on the in-node link,
+    # gives it a pipelined time (two-shot on its two streams, the ring and the reduce-scatter
+    # the two-stage pipeline). Projected at the same piece size onto 1 x N: the library's
+    # pieces, and for two-shot and the reduce-scatter (whose bytes the projection counts as
+    # the rows send them at N = 4) the row model's pipelined time; the ring is charged as
+    # two-shot there.
+    one = 4
+    for algo, steps in (("twoshot", 2), ("ring", one), ("reducescatter", 1)):
+        rs = algo == "reducescatter"
+        args = ["-N", str(one), "--local-size", str(one), "-b", "256K", "-e", "256K", "-n", "1",
+                "-w", "0", "-d", "float,bfloat16", "-m", "qsgd", "-q", str(bits), "-B",
+                str(bucket), "--model-nodes", "1", "--model-local", str(one), "--node-gbps",
+                ",".join(map(str, links)), "--model-pipe", str(pipe_bytes)]
+        args += ["-C", "reduce_scatter"] if rs else ["-a", algo]
+        code, out, rows = run(perf, args, os.path.join(work, "one-node-pipe-%s.json" % algo),
+                              env={"GRADCOMP_PIPELINE_BYTES": str(pipe_bytes)})
+        expect(code == 0 and len(rows) == 2,
+               "pipelined %s on one node of %d exits 0 with two rows" % (algo, one))
+        for r in rows:
+            tag = "one node of %d, pipelined %s %s" % (one, algo, r["dtype"])
+            if rs:
+                share = -(-(pipe_bytes // 4) // one)
+                piece = max(1, -(-share // bucket)) * bucket
+                pieces = -(-r["count"] // piece) if piece < r["count"] else 1
+            else:
+                pieces = flat_pieces(r["count"], bucket, one, pipe_bytes)
+            expect(r["algo"] == algo and pieces > 1 and r.get("pieces") == pieces and
+                   r.get("inter_wire_bytes") == 0 and r["latency_steps"] == steps,
+                   "%s: ran %s (got %s) in the node, cut into %s pieces (the row: %s)"
+                   % (tag, algo, r["algo"], pieces, r.get("pieces")))
+            expect(len(r["model"]) == len(links), "%s: modeled at every link" % tag)
+            check_pipelined_model(tag, r, pieces, steps,
+                                  two_shot_ranks=one if algo == "twoshot" else 0,
+                                  one_node=3600.0)
+            if kdoc:
+                seen = (check_rs_projection if rs else check_projection)(
+                    tag + " projection", r, kdoc, bits, bucket, pipe_bytes)
+                expect(seen == {(1, one, L) for L in links},
+                       "%s: projected onto 1x%d (got %s)" % (tag, one, sorted(seen)))
+            for m in r["model"]:
+                for q in r["projection"]:
+                    if q["node_gbps"] != m["link_gbps"]:
+                        continue
+                    same = algo == "ring" or (
+                        close(q["hier_pipelined_kernel_us"], r["kernel_us"], 1e-6) and
+                        close(q["hier_pipelined_time_us"], m.get("pipelined_time_us"), 1e-6))
+                    expect(q["hier_pieces"] == pieces and q["hier_pipeline_bytes"] == pipe_bytes
+                           and same,
+                           "%s 1x%d@%g: the flat %s cut into %s pieces, hier|P %s us (K %s), vs "
+                           "the row model's %s pieces, %s us (K %s)"
+                           % (tag, one, m["link_gbps"], algo, q["hier_pieces"],
+                              q["hier_pipelined_time_us"], q["hier_pipelined_kernel_us"], pieces,
+                              m.get("pipelined_time_us"), r["kernel_us"]))
 
     # Reduce-scatter on 2 nodes of 2 ranks: the hierarchical reduce-scatter's rows.
     # Projected (--model-nodes) onto flat layouts (K x 1, 1 node is none of them: K >= 2) and
@@ -2064,6 +2160,9 @@ def main():
     model_check.check_rows(os.path.join(work, "hier-piped-split.json"))
     model_check.check_rows(os.path.join(work, "projection.json"))
     model_check.check_rows(os.path.join(work, "pipe-rs.json"))
+    for name in ("pipe-twoshot.json", "pipe-ring.json", "one-node-pipe-twoshot.json",
+                 "one-node-pipe-ring.json", "one-node-pipe-reducescatter.json"):
+        model_check.check_rows(os.path.join(work, name))
 
     return verdict()
 

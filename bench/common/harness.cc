@@ -582,13 +582,22 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
                          ? m.ncclUs
                          : gradcompClusterUs(row->kernelUs, b, stages, row->latencySteps, c);
       // A hier call that was cut into pieces: its three stages pipelined; a
-      // hierarchical reduce-scatter's two.
+      // hierarchical reduce-scatter's two. A flat call (one node of `local`
+      // ranks) as on one link below, its exchanges over both link classes.
       if (row->pieces > 1 && row->algoUsed == gradcompAlgoHier) {
         m.pipelinedUs = hierPipelinedUs(row->kernelUs, b, row->latencySteps - 2.0 * (local - 1), c,
                                         row->pieces, (double)kind.elemBytes);
       } else if (row->pieces > 1 && row->hierReduceScatter) {
         m.pipelinedUs = hierReduceScatterPipelinedUs(
             row->kernelUs, b, row->latencySteps - (local - 1.0), c, row->pieces);
+      } else if (row->pieces > 1 && row->algoUsed == gradcompAlgoTwoShot && qsgdKernels) {
+        m.pipelinedUs = twoShotPipelineSimUs(
+            twoShotClusterStageTimes(count, kind, r.nranks(), row->costs, b, c, row->pieces),
+            (int)llround(row->pieces));
+      } else if (row->pieces > 1 &&
+                 (row->algoUsed == gradcompAlgoTwoShot || row->algoUsed == gradcompAlgoRing ||
+                  row->algoUsed == kAlgoReduceScatter)) {
+        m.pipelinedUs = pipelinedClusterUs(row->kernelUs, b, row->latencySteps, c, row->pieces);
       }
     } else {
       m.ncclUs = rs ? ncclReduceScatterModelUs(row->bytes, r.nranks(), g, o.linkLatencyUs)

@@ -554,6 +554,18 @@ double sequentialLinkUs(const LinkBytes& b, const Cluster& c) {
   return transferUs(b.intra, c.intraGbps) + transferUs(b.inter, c.nodeGbps / c.local);
 }
 
+TwoShotStageTimes twoShotClusterStageTimes(size_t count, const CallKind& kind, int nranks,
+                                           const KernelCosts& costs, const LinkBytes& b,
+                                           const Cluster& c, double pieces) {
+  const double P = pieces > 1 ? pieces : 1;
+  // The kernels as on one link (no bytes there: its exchange is the latency
+  // step alone), the exchange on both link classes.
+  TwoShotStageTimes t =
+      twoShotStageTimes(count, kind, nranks, costs, 0.0, 1.0, c.latencyUs, pieces);
+  t.exchange = concurrentLinkUs(LinkBytes{b.intra / 2 / P, b.inter / 2 / P}, c) + c.latencyUs;
+  return t;
+}
+
 // The hierarchy's stages per piece: an NVLink collective moving `intra`
 // bytes in the node's G-1 ring steps, and the inter-node stage.
 static double nodeStageUs(double intra, const Cluster& c, double pieces) {
@@ -653,13 +665,24 @@ double hierReduceScatterPipelinedUs(double kernelUs, const LinkBytes& b, double 
   return r + m + (pieces - 1) * std::max(r, m);
 }
 
+// splitAligned's first (longest) part of n elements in p parts of whole
+// buckets of d.
+static size_t firstPart(size_t n, size_t p, size_t d) {
+  return std::min(n, ((n + d - 1) / d + p - 1) / p * d);
+}
+
 double hierPieces(size_t count, int bucket, const Cluster& c, size_t pipelineBytes) {
-  const size_t d = (size_t)bucket, g = (size_t)c.local, k = (size_t)c.nodes;
-  if (pipelineBytes == 0 || k < 2 || count == 0) return 1;
-  // splitAligned's first (longest) part of n elements in p parts.
-  auto first = [d](size_t n, size_t p) { return std::min(n, ((n + d - 1) / d + p - 1) / p * d); };
-  const size_t chunk = first(first(count, g), k);
-  const size_t share = (pipelineBytes / 4 + k - 1) / k;
+  if (c.nodes < 2) return 1;
+  // The middle two-shot among the K nodes, on the longest shard.
+  return flatPieces(firstPart(count, (size_t)c.local, (size_t)bucket), bucket, c.nodes,
+                    pipelineBytes);
+}
+
+double flatPieces(size_t count, int bucket, int nranks, size_t pipelineBytes) {
+  const size_t d = (size_t)bucket, n = (size_t)(nranks > 1 ? nranks : 1);
+  if (pipelineBytes == 0 || count == 0) return 1;
+  const size_t chunk = firstPart(count, n, d);
+  const size_t share = (pipelineBytes / 4 + n - 1) / n;
   const size_t piece = std::max<size_t>(1, (share + d - 1) / d) * d;
   return piece >= chunk ? 1 : (double)((chunk + piece - 1) / piece);
 }
@@ -732,12 +755,28 @@ ClusterTimes clusterModel(size_t count, const CallKind& kind, int bits, int buck
     t.autoUs = !std::isfinite(t.*comp) ? NAN : t.autoCompresses ? t.*comp : t.ncclUs;
   };
   // No hierarchy (one node, or nodes of one GPU): the library runs the flat
-  // algorithm (gc::hierLayout), and hier's fields are flat's.
+  // algorithm (gc::hierLayout), and hier's fields are flat's; pipelined, the
+  // flat two-shot or ring as the library cuts it (twoshot.cc, ring.cc:
+  // splitPieces), on two-shot's two streams, its kernels at the pieces'
+  // launch sizes; the allgather is never cut.
   if (!gc::hierLayout(c.nodes, c.local)) {
     t.hierKernelUs = t.hierPipedKernelUs = t.flatKernelUs;
     t.hierUs = t.hierPipedUs = t.flatUs;
     t.hier = t.flat;
-    decide(t, &ClusterTimes::flatUs);
+    t.hierPieces = flat == 1 ? flatPieces(count, bucket, c.ranks(), pipelineBytes) : 1;
+    t.hierPipelineBytes = t.hierPieces > 1 ? pipelineBytes : 0;
+    if (t.hierPieces > 1) {
+      const double P = t.hierPieces;
+      const KernelCosts pc = curve.at(codecLaunch(flat, count, c.ranks(), P),
+                                      peerEncodeLaunch(flat, count, c.ranks(), P, bucket),
+                                      outDecodeLaunch(flat, count, c.ranks(), P, bucket),
+                                      codecLaunch(flat, count, c.ranks(), P));
+      t.hierPipedKernelUs = kernelUs(fs.work, pc, (double)count);
+      t.hierPipedUs = twoShotPipelineSimUs(
+          twoShotClusterStageTimes(count, kind, c.ranks(), pc, t.flat, c, P), (int)llround(P));
+    }
+    // The library's compressed path, pipelined where it is cut.
+    decide(t, &ClusterTimes::hierPipedUs);
     return t;
   }
   CallKind hk = kind;

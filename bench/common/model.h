@@ -288,6 +288,12 @@ LinkBytes ncclReduceScatterClusterBytes(double outBytes, const Cluster& c);
 // class limits) or one after the other (hierarchical stages).
 double concurrentLinkUs(const LinkBytes& b, const Cluster& c);
 double sequentialLinkUs(const LinkBytes& b, const Cluster& c);
+// twoShotStageTimes on c, the row's two link classes or a projection's flat
+// two-shot: each exchange (X and G) carries half of b a piece over both
+// link classes at once (concurrentLinkUs) and one latency step.
+TwoShotStageTimes twoShotClusterStageTimes(size_t count, const CallKind& kind, int nranks,
+                                           const KernelCosts& costs, const LinkBytes& b,
+                                           const Cluster& c, double pieces);
 
 // The hierarchy cut into `pieces` pieces (GRADCOMP_PIPELINE_BYTES, a
 // two-shot middle stage): per piece the NVLink reduce-scatter S (rs), the
@@ -359,10 +365,15 @@ double gradcompClusterUs(double kernelUs, const LinkBytes& b, bool stages, doubl
 // QSGD at (bits, bucket) with the kernels' costs per element. hierPipedUs: hier cut at
 // pipelineBytes (hierPieces; hierUs when one piece). Where c is no hierarchy
 // (one node, or nodes of one GPU: gc::hierLayout) the library runs the flat
-// algorithm, and hier's fields (bytes, kernels, times, one piece) are flat's.
+// algorithm, and hier's fields (bytes, kernels, times) are flat's, its
+// pipelined ones the flat algorithm's as the library cuts it at
+// pipelineBytes: a two-shot (or a ring, charged as two-shot) in flatPieces,
+// on its two streams (twoShotPipelineSimUs of twoShotClusterStageTimes, the
+// kernels at the pieces' launch sizes); an allgather in one piece. The flat
+// fields stay unpipelined.
 // autoUs: GRADCOMP_AUTO, which passes a call
 // through when its predicted compressed time (hier, pipelined, on >= 2 nodes
-// of >= 2 GPUs; else flat) is not below NCCL's, predicted as the library does
+// of >= 2 GPUs; else flat, pipelined where cut) is not below NCCL's, predicted as the library does
 // (plugin/autotune.cc, autoRange): a line through each path's times at the two
 // fp32 counts it times, NCCL's slope scaled by the element size
 // (autoCompresses: its choice). decideAuto false: the smaller of the two (the
@@ -386,10 +397,18 @@ struct ClusterTimes {
 // the allgather's kernels, bytes and one latency step; a ring middle its
 // kernels and K steps; anything else two-shot's (a flat ring is charged as
 // two-shot). Only a two-shot middle is cut into pieces (hier.cc,
-// hierPieceCount); any other is projected in one piece.
+// hierPieceCount); any other is projected in one piece. Flat, the library
+// cuts two-shot and the ring (flatPieces), never the allgather.
 ClusterTimes clusterModel(size_t count, const CallKind& kind, int bits, int bucket,
                           const KernelCurve& costs, const Cluster& c, size_t pipelineBytes = 0,
                           bool decideAuto = true, int flatAlgo = 1, int middle = 1);
+// The pieces the library cuts a flat two-shot or ring of `count` elements on
+// `nranks` ranks into at pipelineBytes (0: off; twoshot.cc and ring.cc,
+// splitPieces on splitChunks): the longest chunk (splitAligned's first of N,
+// whole buckets) cut into ceil(pipelineBytes / 4 / nranks) elements rounded
+// up to whole buckets; one piece where that holds the chunk. hierPieces is
+// this on the K nodes with the longest shard for the buffer.
+double flatPieces(size_t count, int bucket, int nranks, size_t pipelineBytes);
 // The pieces the library cuts a hierarchical reduce-scatter of `recvCount`
 // elements a rank into on c at pipelineBytes (0: off): its middle stage's, the
 // flat reduce-scatter among the K nodes (splitPieces on the inter-node comm):

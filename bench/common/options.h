@@ -48,8 +48,9 @@ struct Options {
   std::vector<int> modelNodes, modelLocal;
   std::vector<double> nodeGbps;  // all NICs of a node together
   double intraGbps = 3600;       // in-node link per GPU: NVLink 4, 450 GB/s
-  // The projection's pipelined hier: GRADCOMP_PIPELINE_BYTES of its middle
-  // stage (docs/benchmark.md says why 8 MiB).
+  // The projection's GRADCOMP_PIPELINE_BYTES: the hierarchy's middle stage,
+  // or the flat algorithm where the library runs no hierarchy
+  // (docs/benchmark.md says why 8 MiB).
   size_t modelPipelineBytes = 8u << 20;
   // CPU backend: the GPU report whose kernel rates the model uses; empty =
   // the newest in the source tree's bench/results, "none" = leave the model out.

@@ -379,7 +379,8 @@ void printProjection(const Options& o, const std::vector<Row>& rows) {
         "#  hier: the hierarchy (>= 2 nodes of >= 2 GPUs; elsewhere the library runs the flat "
         "algorithm: hier is flat's); hier|P: hier cut into P pieces (--model-pipe %zu), "
         "pipelined (each piece's NVLink reduce-scatter and allgather in turn on one node "
-        "stream); auto: the smaller of the compressed time and NCCL's\n",
+        "stream; flat: a two-shot or ring cut as the library cuts it, on two-shot's two "
+        "streams); auto: the smaller of the compressed time and NCCL's\n",
         o.modelPipelineBytes);
   // Names, then their units, as nccl-tests labels its columns (the x columns are ratios).
   const char* projectionColumns =

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "bench/common/model.h"
 #include "gradcomp.h"
 #include "gradcomp/reference.h"
 #include "kernels/common_math.cuh"
@@ -132,6 +133,49 @@ TEST(PipelineCpu, PiecesAreWholeBucketsOfEveryChunk) {
     for (size_t q = 0; q < p.count; ++q) covered += p.len(ch.len(3), q);
     EXPECT_EQ(covered, ch.len(3)) << k.bytes;
   }
+}
+
+// gradcomp_perf counts the pieces with its own copy of the rule (it links
+// only the public API; bench/common/model.h): a flat two-shot's and ring's
+// (flatPieces), the hierarchy's middle two-shot's on the longest shard
+// among the K nodes (hierPieces) and the flat reduce-scatter's
+// (reduceScatterPieces) are the library's for every count, bucket, rank
+// count and piece size tried, pipelining off and pieces of less than a
+// bucket among them.
+TEST(PipelineCpu, TheModelsPiecesAreTheLibrarys) {
+  gradcompComm c;
+  ASSERT_EQ(gradcompConfigInit(&c.cfg), gradcompSuccess);
+  int cut = 0, whole = 0;
+  for (int n : {2, 3, 4, 5, 8, 16}) {
+    for (int d : {64, 512, 1000}) {
+      for (size_t count : {size_t(1), size_t(777), size_t(10000), size_t(65536), size_t(262147),
+                           size_t(1) << 22}) {
+        for (size_t bytes : {size_t(0), size_t(1), size_t(4096), size_t(65536), size_t(100000),
+                             size_t(1) << 22, size_t(1) << 26}) {
+          c.nranks = n;
+          c.cfg.bucketSize = d;
+          c.cfg.pipelineBytes = bytes;
+          const size_t lib = gc::chunkPieces(c, count, 4);
+          ASSERT_EQ(gcbench::flatPieces(count, d, n, bytes), (double)lib)
+              << "N " << n << " bucket " << d << " count " << count << " bytes " << bytes;
+          (lib > 1 ? cut : whole)++;
+          ASSERT_EQ(gcbench::reduceScatterPieces(count, d, n, bytes),
+                    (double)gc::splitPieces(c, gc::equalBlocks(c, count, 4)).count)
+              << "N " << n << " bucket " << d << " recvcount " << count << " bytes " << bytes;
+          // The hierarchy of K = n nodes of G: two-shot among the nodes on shard 0.
+          for (int g : {2, 8}) {
+            gcbench::Cluster cl;
+            cl.nodes = n, cl.local = g;
+            ASSERT_EQ(gcbench::hierPieces(count, d, cl, bytes),
+                      (double)gc::chunkPieces(c, gc::alignedOffset(count, g, d, 1), 4))
+                << n << " x " << g << " bucket " << d << " count " << count << " bytes " << bytes;
+          }
+        }
+      }
+    }
+  }
+  EXPECT_GT(cut, 100);
+  EXPECT_GT(whole, 100);
 }
 
 // Wire bytes of rank r's pipelined two-shot, piece by piece from the
