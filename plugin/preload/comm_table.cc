@@ -249,9 +249,14 @@ enum class Agreement { Agreed, SomeRankFailed, ConfigsDiffer, NotRun };
 bool exchangeMin(CommEntry& e, cudaStream_t stream, uint64_t* words, size_t n, const char* what,
                  std::string* why) {
   // In mapped host memory where the device has none left: this rank still
-  // joins, and a rank out of memory is one that failed, not one awaited.
+  // joins, and a rank out of memory is one that failed, not one awaited. In
+  // stream order on `stream` where the device can: the eligibility
+  // comparison runs on every communicator, compressing or not, and a
+  // cudaFree would wait for the whole device (another communicator's
+  // pipeline-parallel send whose receive the peer posts only after this call
+  // returns: a deadlock).
   ExchangeBuffer buf;
-  cudaError_t err = buf.alloc(n * sizeof(uint64_t));
+  cudaError_t err = buf.allocOnStream(n * sizeof(uint64_t), stream);
   if (err != cudaSuccess) {
     *why = std::string("CUDA: ") + cudaGetErrorString(err);
     return false;

@@ -7,7 +7,9 @@
 namespace gc {
 
 ExchangeBuffer::~ExchangeBuffer() {
-  if (host_ != nullptr) {
+  if (async_) {
+    if (cudaFreeAsync(dev_, stream_) != cudaSuccess) (void)cudaGetLastError();
+  } else if (host_ != nullptr) {
     (void)cudaFreeHost(host_);
   } else if (dev_ != nullptr) {
     (void)cudaFree(dev_);
@@ -25,6 +27,17 @@ cudaError_t ExchangeBuffer::alloc(size_t bytes, bool hostOnly) {
     dev_ = nullptr;
   }
   return err;
+}
+
+cudaError_t ExchangeBuffer::allocOnStream(size_t bytes, cudaStream_t stream) {
+  if (cudaMallocAsync(&dev_, bytes, stream) == cudaSuccess) {
+    stream_ = stream;
+    async_ = true;
+    return cudaSuccess;
+  }
+  (void)cudaGetLastError();  // no memory pools (cudaErrorNotSupported), or no memory
+  dev_ = nullptr;
+  return alloc(bytes);
 }
 
 cudaError_t writeNow(void* dst, const void* src, size_t bytes, cudaStream_t s) {

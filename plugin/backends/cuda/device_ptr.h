@@ -22,12 +22,21 @@ class ExchangeBuffer {
   // hostOnly: mapped host memory even when device memory is to be had (the
   // GPU test of that path). The error is the mapped allocation's.
   cudaError_t alloc(size_t bytes, bool hostOnly = false);
+  // alloc() in stream order on `stream` (cudaMallocAsync), freed there too
+  // (cudaFreeAsync, enqueued by the destructor: `stream` must outlive the
+  // object): neither waits for the device, so an exchange made at any call
+  // (the preload's first float Sum/Avg call of every communicator) adds no
+  // device-wide sync. Where the device has no memory pools, or its pool no
+  // memory, alloc()'s way (whose cudaFree waits for the whole device).
+  cudaError_t allocOnStream(size_t bytes, cudaStream_t stream);
   // The buffer as the device addresses it (NULL before alloc succeeds).
   void* get() const { return dev_; }
 
  private:
   void* dev_ = nullptr;
   void* host_ = nullptr;  // the host allocation, when the buffer is mapped host memory
+  cudaStream_t stream_ = nullptr;
+  bool async_ = false;  // dev_ is from cudaMallocAsync on stream_
 };
 
 // Copies bytes from host src to device dst (or zeroes dst when src is NULL)
