@@ -229,12 +229,12 @@ gtest_missing() {
 }
 
 # --- tests (GPU tests fail instead of skipping without a usable GPU)
-# 170 s: CTest starts preload.gpu_real_nccl and python.torch first, side by side (the H200's
+# 175 s: CTest starts preload.gpu_real_nccl and python.torch first, side by side (the H200's
 # 117 s on 2026-12-04: 81 s and 79 s, and two hung tests cut at 100 s, since fixed); the
-# preload test's multi-process runs (3.2 s each there, 31 now) must fit with one hung case
+# preload test's multi-process runs (3.2 s each there, 34 now) must fit with one hung case
 # (65 s): a step cut by its limit loses CTest's summary, every count (bench/plan_check.sh).
 want tests && fresh "$raw/tests.txt" "$raw/tests.json" "$raw/tests_failed.txt"
-want tests && ! gtest_missing tests && run_step tests 170 "$raw/tests.txt" bash -c \
+want tests && ! gtest_missing tests && run_step tests 175 "$raw/tests.txt" bash -c \
   "cd $build && GRADCOMP_TEST_GPU=1 ctest -j 8 --output-on-failure --timeout 100"
 want tests && [ "$plan" != 1 ] && python3 - "$raw" <<'PY'
 import json, re, sys, os
@@ -267,13 +267,13 @@ if ! want multirank || gtest_missing multirank; then
 elif [ -f tools/multirank_check.sh ]; then
   # Includes the abort runs (a rank dies mid-call; the survivors must come back); the
   # pipelined checks' small buffers keep their NCCL calls to a few thousand per rank.
-  # 240 s: with the build's 90, tests' 170 and memcheck's 10, core's limits fill the 510 s.
+  # 235 s: with the build's 90, tests' 175 and memcheck's 10, core's limits fill the 510 s.
   # The H200 took 25 s (N = 2), 124 s (hierarchical N = 4) and 14 s (abort worlds) of 210,
   # and the flat N = 4 world got none: it needs about the hierarchical world's time, so a
   # session's core call runs GC_MULTIRANK_RUNS="2:0 4:2" (the hierarchical world then gets
-  # up to 160 s: the budget's 225 less N = 2 and the abort worlds' 40) and the flat world in a
+  # up to 155 s: the budget's 220 less N = 2 and the abort worlds' 40) and the flat world in a
   # later call (docs/benchmark.md); a world cut short still counts what it passed.
-  run_step multirank 240 "$raw/multirank.txt" bash tools/multirank_check.sh "$raw" "$build"
+  run_step multirank 235 "$raw/multirank.txt" bash tools/multirank_check.sh "$raw" "$build"
 else
   record multirank missing 0 "tools/multirank_check.sh not in this tree"
 fi

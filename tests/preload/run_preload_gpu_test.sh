@@ -32,7 +32,7 @@ check() { if eval "$2"; then echo "PASS: $1"; else echo "FAIL: $1"; fail=1; fi; 
 # GRADCOMP_AUTO=0 unless a case sets it: these cases check compression itself.
 # Rank-specific settings: RANK1_ENV="VAR=VALUE" applies to rank 1 only.
 # CASE_TIMEOUT: seconds each rank may take (60: a case takes seconds, and one hung case must
-# leave the test inside gpu-check's 170 s tests step, bench/plan_check.sh).
+# leave the test inside gpu-check's 175 s tests step, bench/plan_check.sh).
 launch() {
   local name=$1 n=$2 use=$3 mode=$4 r pids=() rc=0
   shift 4
