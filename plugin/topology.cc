@@ -75,7 +75,13 @@ class NcclVoteExchange {
       stream_ = cudaStreamLegacy;
     }
     buf_.reset(new ExchangeBuffer());
-    GC_CUDACHECK(buf_->alloc(nranks_ * sizeof(SetupVote), hostBuffer));
+    // In stream order on its own stream where the device can: released
+    // without waiting for the device (cudaFree would, and the preload sets up
+    // at a training step's first eligible call, where another communicator's
+    // pipeline-parallel send may wait for a receive posted after it).
+    GC_CUDACHECK(hostBuffer || stream_ == cudaStreamLegacy
+                     ? buf_->alloc(nranks_ * sizeof(SetupVote), hostBuffer)
+                     : buf_->allocOnStream(nranks_ * sizeof(SetupVote), stream_));
     return gradcompSuccess;
   }
 
