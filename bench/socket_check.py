@@ -247,6 +247,18 @@ def main():
             expect(p.returncode == 2 and want in p.stdout,
                    "%s: exit 2 with '%s' (got %d: %s)" % (extra, want, p.returncode,
                                                            p.stdout.strip()))
+    # GC_PERF_GPUS (how many GPUs the CUDA backend's launcher-started ranks share) is read as
+    # strictly, before any CUDA call, so this runs without a GPU too (atoi read "abc" and "" as
+    # unset and "2x" as 2; a count outside 1..ranks was dropped unsaid).
+    for v in ("abc", "", "0", "3", "2x", "-1"):
+        env = dict(base, OMPI_COMM_WORLD_RANK="0", OMPI_COMM_WORLD_SIZE="2",
+                   NCCL_COMM_ID="127.0.0.1:1234", GC_PERF_GPUS=v)
+        want = 'GC_PERF_GPUS="%s" is not an integer in 1..2 (the GPUs the 2 ranks run on)' % v
+        p = subprocess.run([perf, "--backend", "cuda", "-N", "2"], env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=30)
+        expect(p.returncode == 2 and want in p.stdout,
+               "GC_PERF_GPUS=%r: exit 2 with '%s' (got %d: %s)" % (v, want, p.returncode,
+                                                                   p.stdout.strip()))
     return verdict()
 
 

@@ -24,6 +24,17 @@ extern "C" {
 #define GRADCOMP_VERSION_CODE \
   (GRADCOMP_VERSION_MAJOR * 10000 + GRADCOMP_VERSION_MINOR * 100 + GRADCOMP_VERSION_PATCH)
 
+/* Every enum below ends with a range sentinel (gradcomp...EnumMax), not a
+ * value to pass: it makes each enum's range every non-negative value of its
+ * size, as nccl.h's ncclMaxRedOp does, so that a C caller's out-of-range value
+ * (99, say), which the library refuses naming it, is one a C++ library may
+ * hold and test ([dcl.enum]/8: otherwise an enum of 0..4 holds 0..7 only, and
+ * reading 99 from it is undefined, which clang's -fsanitize=enum reports).
+ * The shift keeps the sentinel within an enum's size where enums are packed
+ * (-fshort-enums), so no enum changes size and no existing value changes. */
+typedef enum { gradcompEnumDummy = 0 } gradcompEnumDummy_t;
+#define GRADCOMP_ENUM_MAX (0x7fffffff >> (32 - 8 * sizeof(gradcompEnumDummy_t)))
+
 typedef enum {
   gradcompSuccess = 0,
   gradcompInvalidArgument = 1, /* a value out of range: the last error names it */
@@ -33,7 +44,8 @@ typedef enum {
   gradcompSystemError = 5,     /* out of host memory, threads, dlopen */
   gradcompInternalError = 6,   /* a bug in gradcomp */
   gradcompNotSupported = 7,    /* a valid request this build cannot serve (no GPU, say) */
-  gradcompNumResults = 8
+  gradcompNumResults = 8,
+  gradcompResultEnumMax = GRADCOMP_ENUM_MAX
 } gradcompResult_t;
 
 const char* gradcompGetErrorString(gradcompResult_t result);
@@ -47,7 +59,8 @@ typedef enum {
   gradcompMethodQsgd = 1,  /* bucketed max-norm stochastic quantization */
   gradcompMethodTopk = 2,  /* top-k with error feedback, sparse allgather */
   gradcompMethodRandk = 3, /* rand-k with error feedback, shared indices */
-  gradcompMethodDgc = 4    /* top-k + DGC momentum correction, clipping, masking, warm-up */
+  gradcompMethodDgc = 4,   /* top-k + DGC momentum correction, clipping, masking, warm-up */
+  gradcompMethodEnumMax = GRADCOMP_ENUM_MAX
 } gradcompMethod_t;
 
 typedef enum {
@@ -56,28 +69,33 @@ typedef enum {
   gradcompAlgoRing = 2,      /* ring reduce-scatter re-encoding per hop + allgather */
   gradcompAlgoAllgather = 3, /* encode all, allgather, decode-sum */
   gradcompAlgoSparseAllgather = 4,
-  gradcompAlgoHier = 5 /* reduce-scatter in the node, compressed across nodes, allgather */
+  gradcompAlgoHier = 5, /* reduce-scatter in the node, compressed across nodes, allgather */
+  gradcompAlgoEnumMax = GRADCOMP_ENUM_MAX
 } gradcompAlgo_t;
 
 typedef enum {
   gradcompSelectThreshold = 0, /* DGC: threshold from a sample of |v| */
-  gradcompSelectExact = 1      /* exact top-k, ties broken by lower index */
+  gradcompSelectExact = 1,     /* exact top-k, ties broken by lower index */
+  gradcompSelectEnumMax = GRADCOMP_ENUM_MAX
 } gradcompSelect_t;
 
 typedef enum {
   gradcompBitsFixed = 0,   /* always `bits` */
   gradcompBitsDynamic = 1, /* DQ-SGD: fewest bits keeping the variance under a target */
-  gradcompBitsBudget = 2   /* DQ-SGD: an average bits budget over a window */
+  gradcompBitsBudget = 2,  /* DQ-SGD: an average bits budget over a window */
+  gradcompBitsModeEnumMax = GRADCOMP_ENUM_MAX
 } gradcompBitsMode_t;
 
 typedef enum {
   gradcompRoundStochastic = 0, /* QSGD level rounded up with probability frac: unbiased */
-  gradcompRoundNearest = 1     /* nearest level (ties down), no random draw; needs error feedback */
+  gradcompRoundNearest = 1,    /* nearest level (ties down), no random draw; needs error feedback */
+  gradcompRoundingEnumMax = GRADCOMP_ENUM_MAX
 } gradcompRounding_t;
 
 typedef enum {
   gradcompLevelsUniform = 0, /* QSGD level k of s stands for k/s of the bucket's max |x| */
-  gradcompLevelsSquare = 1   /* level k stands for (k/s)^2: finer steps near zero */
+  gradcompLevelsSquare = 1,  /* level k stands for (k/s)^2: finer steps near zero */
+  gradcompLevelsEnumMax = GRADCOMP_ENUM_MAX
 } gradcompLevels_t;
 
 /* Configuration. Always start from gradcompConfigInit (defaults) or
@@ -100,7 +118,8 @@ typedef struct {
   uint64_t seed;           /* GRADCOMP_SEED, default 24301 */
   size_t minElements; /* GRADCOMP_MIN_ELEMENTS 0..1e18, smaller calls pass through, default 16384 */
   int errorFeedback;  /* GRADCOMP_EF 0/1, default 1 */
-  int ownerResidual; /* GRADCOMP_OWNER_RESIDUAL 0/1: residual for the 2nd quantization, default 1 */
+  int ownerResidual;  /* GRADCOMP_OWNER_RESIDUAL 0/1: residual for the 2nd quantization, default 1
+                         (two-shot, ring, hier; the allgather and Elias quantize once: none) */
   /* sparse methods */
   float density;    /* GRADCOMP_DENSITY [1e-6, 1], default 0.01 */
   float oversample; /* GRADCOMP_OVERSAMPLE c in kmax = ceil(c*density*n), [1, 16], default 2 */
@@ -134,7 +153,8 @@ typedef struct {
    * ring, the hierarchy) and reduce-scatter calls larger than this many bytes
    * (of the gradient as fp32) are cut into pieces of about this size whose
    * encode and decode overlap the transfer of the next and previous piece;
-   * results are bit for bit the unpipelined call's. */
+   * results are bit for bit the unpipelined call's. At most 1024 pieces a
+   * call: where this size would make more, the pieces grow. */
   size_t pipelineBytes;
   float cpuTimeoutSec; /* GRADCOMP_CPU_TIMEOUT: CPU backend, seconds a rank waits for the others,
                           [0.001, 86400], default 120 */

@@ -12,6 +12,7 @@
 
 #include "kernels/qsgd_math.cuh"
 #include "abi.h"
+#include "algorithms/algorithms.h"
 #include "checks.h"
 #include "codecs/bits_policy.h"
 #include "backends/cuda/nccl_api.h"
@@ -110,7 +111,14 @@ gradcompComm::StateShape gradcompComm::stateShape(int kind, size_t count) const 
   if (!sparse && !reduceScatter && cfg.ownerResidual) {
     // The largest chunk splitAligned gives this comm.
     const size_t d = cfg.bucketSize, units = (count + d - 1) / d;
-    sh.ownerResidualCount = (units + nranks - 1) / nranks * d;
+    const size_t owner = (units + nranks - 1) / nranks * d;
+    // Elias and the allgather quantize once and never read one (earlier
+    // builds allocated it anyway, and saved its zeros).
+    if (gc::allReduceKeepsOwnerResidual(*this)) {
+      sh.ownerResidualCount = owner;
+    } else {
+      sh.unreadOwnerCount = owner;
+    }
   }
   return sh;
 }

@@ -172,6 +172,10 @@ struct gradcompComm {
   struct StateShape {
     bool residual = false, momentum = false;
     size_t ownerResidualCount = 0;  // 0: none
+    // The owner residual a comm whose algorithm never reads one (Elias, the
+    // allgather) does not allocate, but that blobs of earlier builds hold
+    // (zeros, as allocated): a load skips it. 0 where there is none.
+    size_t unreadOwnerCount = 0;
   };
   StateShape stateShape(int kind, size_t count) const;
   // Whether a buffer keeps a residual (error feedback, or DGC's velocity):

@@ -43,7 +43,8 @@ static const ParamSpec kParams[] = {
     {"GRADCOMP_EF", ParamKind::Int, GC_FIELD(errorFeedback), 0, 1, nullptr, "1",
      "error feedback: keep what was not sent in a per-buffer residual"},
     {"GRADCOMP_OWNER_RESIDUAL", ParamKind::Int, GC_FIELD(ownerResidual), 0, 1, nullptr, "1",
-     "two-shot: residual of the second quantization on the chunk owner"},
+     "two-shot, ring and the hierarchy around them: residual of the second quantization on the "
+     "chunk owner (the allgather and Elias quantize once and keep none)"},
     {"GRADCOMP_ROUNDING", ParamKind::Choice, GC_FIELD(rounding), 0, 0, "stochastic=0|nearest=1",
      "stochastic",
      "QSGD level rounding: stochastic (unbiased) or nearest (ties down, no random draw; needs "
@@ -99,7 +100,8 @@ static const ParamSpec kParams[] = {
     {"GRADCOMP_PIPELINE_BYTES", ParamKind::Size, GC_FIELD(pipelineBytes), 0, 1e18, nullptr, "0",
      "two-shot, ring and the QSGD reduce-scatter (flat or as the hierarchy's middle stage; not "
      "allgather or the sparse methods): cut calls into pieces of this many bytes (as fp32) "
-     "whose kernels overlap the transfers (CUDA backend); 0 is off; results are bitwise the same"},
+     "whose kernels overlap the transfers (CUDA backend), at most 1024 pieces a call (past that "
+     "the pieces grow); 0 is off; results are bitwise the same"},
     {"GRADCOMP_CPU_TIMEOUT", ParamKind::Float, GC_FIELD(cpuTimeoutSec), 0.001, 86400, nullptr,
      "120", "CPU backend: seconds a rank waits at a collective for the others before it fails"},
     {"GRADCOMP_PRIVATE_COMM", ParamKind::Int, GC_FIELD(privateComm), 0, 1, nullptr, "0",

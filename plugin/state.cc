@@ -396,10 +396,14 @@ gradcompResult_t parseBuffer(const gradcompComm& c, Reader& r, uint64_t index, P
   const gradcompComm::StateShape sh = c.stateShape(kind, count);
   const bool wantHistory =
       c.cfg.method == gradcompMethodQsgd && c.cfg.bitsMode != gradcompBitsFixed;
+  // An owner residual this comm never reads: a blob of an earlier build
+  // holds one (what that build allocated), a later save none.
+  const bool unreadOwner = (flags & kHasOwner) != 0 && sh.unreadOwnerCount != 0;
   if (((flags & kHasResidual) != 0) != sh.residual ||
       ((flags & kHasMomentum) != 0) != sh.momentum ||
-      ((flags & kHasOwner) != 0) != (sh.ownerResidualCount != 0) ||
-      ((flags & kHasOwner) != 0 && ownerCount != sh.ownerResidualCount) ||
+      (((flags & kHasOwner) != 0) != (sh.ownerResidualCount != 0) && !unreadOwner) ||
+      ((flags & kHasOwner) != 0 &&
+       ownerCount != (unreadOwner ? sh.unreadOwnerCount : sh.ownerResidualCount)) ||
       ((flags & kHasOwner) == 0 && ownerCount != 0) ||
       ((flags & kHasHistory) != 0 && !wantHistory)) {
     return refuse(
@@ -432,12 +436,13 @@ gradcompResult_t parseBuffer(const gradcompComm& c, Reader& r, uint64_t index, P
   }
   out->key = StateKey{kind, key, (size_t)count, dtype};
   out->count = count;
-  out->ownerCount = ownerCount;
+  out->ownerCount = unreadOwner ? 0 : ownerCount;
   out->dtype = (DType)dtype;
   out->calls = calls;
   out->residualSent = (flags & kResidualSent) != 0;
   out->unsharded = (flags & kUnsharded) != 0;
-  const char** arrays[3] = {&out->residual, &out->owner, &out->momentum};
+  const char* unread = nullptr;  // read past and checked, not loaded
+  const char** arrays[3] = {&out->residual, unreadOwner ? &unread : &out->owner, &out->momentum};
   const uint32_t bits[3] = {kHasResidual, kHasOwner, kHasMomentum};
   const size_t lens[3] = {count, ownerCount, count};
   for (int a = 0; a < 3; ++a) {

@@ -678,13 +678,23 @@ double hierPieces(size_t count, int bucket, const Cluster& c, size_t pipelineByt
                     pipelineBytes);
 }
 
+// The library's piece rule (plugin/algorithms/common.cc splitPieces) for a
+// longest chunk of `len` elements: the share of pipelineBytes (as fp32)
+// among n ranks in whole buckets of d, grown so that at most 1024 pieces
+// (gc::kMaxPieces) cover the chunk; 1 where one piece holds it.
+// PipelineCpu.TheModelsPiecesAreTheLibrarys holds it to the library's.
+static double piecesOf(size_t len, size_t d, size_t n, size_t pipelineBytes) {
+  constexpr size_t kMaxPieces = 1024;
+  if (pipelineBytes == 0 || len == 0) return 1;
+  const size_t share = (pipelineBytes / 4 + n - 1) / n;
+  const size_t least = ((len + kMaxPieces - 1) / kMaxPieces + d - 1) / d * d;
+  const size_t piece = std::max(std::max<size_t>(1, (share + d - 1) / d) * d, least);
+  return piece >= len ? 1 : (double)((len + piece - 1) / piece);
+}
+
 double flatPieces(size_t count, int bucket, int nranks, size_t pipelineBytes) {
   const size_t d = (size_t)bucket, n = (size_t)(nranks > 1 ? nranks : 1);
-  if (pipelineBytes == 0 || count == 0) return 1;
-  const size_t chunk = firstPart(count, n, d);
-  const size_t share = (pipelineBytes / 4 + n - 1) / n;
-  const size_t piece = std::max<size_t>(1, (share + d - 1) / d) * d;
-  return piece >= chunk ? 1 : (double)((chunk + piece - 1) / piece);
+  return piecesOf(firstPart(count, n, d), d, n, pipelineBytes);
 }
 
 double ncclClusterUs(double bytes, const Cluster& c) {
@@ -814,11 +824,7 @@ ClusterTimes clusterModel(size_t count, const CallKind& kind, int bits, int buck
 }
 
 double reduceScatterPieces(size_t recvCount, int bucket, int nranks, size_t pipelineBytes) {
-  const size_t d = (size_t)bucket, n = (size_t)(nranks > 1 ? nranks : 1);
-  if (pipelineBytes == 0 || recvCount == 0) return 1;
-  const size_t share = (pipelineBytes / 4 + n - 1) / n;
-  const size_t piece = std::max<size_t>(1, (share + d - 1) / d) * d;
-  return piece >= recvCount ? 1 : (double)((recvCount + piece - 1) / piece);
+  return piecesOf(recvCount, (size_t)bucket, (size_t)(nranks > 1 ? nranks : 1), pipelineBytes);
 }
 
 double hierReduceScatterPieces(size_t recvCount, int bucket, const Cluster& c,

@@ -92,11 +92,8 @@ long slurmTasksOnNode(const char* v) {
   return mine >= 0 ? mine : largest;
 }
 
-// The launcher's variable name=v as a plain decimal in lo..hi, lo >= 0
-// (digits only, as GRADCOMP_* integers: no sign, space or leading zero; of
-// SLURM_STEP_TASKS_PER_NODE's list, this node's count: slurmTasksOnNode);
-// else a sentence naming the variable, its value and the range (and why, if
-// given), and false.
+}  // namespace
+
 bool envInt(const char* name, const char* v, long lo, long hi, const char* why, int* out) {
   long x = -1;
   size_t n;
@@ -113,8 +110,6 @@ bool envInt(const char* name, const char* v, long lo, long hi, const char* why, 
   *out = (int)x;
   return true;
 }
-
-}  // namespace
 
 int launcherRank(int* rank, int* size, int* localRank, int* localSize) {
   static const char* const rankVars[] = {"OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK",

@@ -128,6 +128,12 @@ class Rank {
 // (size 1..INT_MAX, rank 0..size-1, local size 1..size, local rank
 // 0..local size-1).
 int launcherRank(int* rank, int* size, int* localRank, int* localSize);
+// The environment variable name=v as a plain decimal in lo..hi, lo >= 0
+// (digits only, as GRADCOMP_* integers: no sign, space or leading zero; of
+// SLURM_STEP_TASKS_PER_NODE's list, this node's count); else a sentence on
+// stderr naming the variable, its value and the range (and why, if given),
+// and false.
+bool envInt(const char* name, const char* v, long lo, long hi, const char* why, int* out);
 
 [[noreturn]] void fatal(int rank, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
 

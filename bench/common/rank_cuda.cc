@@ -279,8 +279,10 @@ void measureKernelTable(const Options& o, int device, KernelTable* table, Sparse
 
 class CudaRank : public Rank {
  public:
-  CudaRank(int rank, int nranks, int device, bool shared, int gpus, const ncclUniqueId& id)
-      : device_(device), shared_(shared), gpus_(gpus) {
+  // told: GC_PERF_GPUS (perfGpus), 0 when unset.
+  CudaRank(int rank, int nranks, int device, bool shared, int gpus, int told,
+           const ncclUniqueId& id)
+      : device_(device), shared_(shared), gpus_(gpus), told_(told) {
     rank_ = rank;
     nranks_ = nranks;
     BENCH_CUDA(cudaSetDevice(device_));
@@ -306,11 +308,9 @@ class CudaRank : public Rank {
   std::string describe() const override {
     // Ranks a launcher started each see their own host and cannot tell that
     // they share a GPU (tools/tc_link.sh's, one per network namespace):
-    // GC_PERF_GPUS, when set, is how many GPUs they run on.
-    const char* given = getenv("GC_PERF_GPUS");
-    const int gpus = given != nullptr ? atoi(given) : 0;
-    const bool told = !shared_ && gpus >= 1 && gpus < nranks_;
-    const int used = shared_ ? 1 : told ? gpus : nranks_;
+    // GC_PERF_GPUS, when set, is how many GPUs they run on (perfGpus).
+    const bool told = !shared_ && told_ >= 1 && told_ < nranks_;
+    const int used = shared_ ? 1 : told ? told_ : nranks_;
     char b[256];
     snprintf(b, sizeof b, "%d ranks (processes) on %d GPU%s: %s%s", nranks_, used,
              used == 1 ? "" : "s", name_.c_str(),
@@ -468,6 +468,7 @@ class CudaRank : public Rank {
   int device_;
   bool shared_;
   int gpus_;
+  int told_;
   std::string name_;
   cudaStream_t stream_ = nullptr;
   ncclComm_t nccl_ = nullptr;
@@ -514,9 +515,24 @@ bool writeFull(int fd, const void* buf, size_t n) {
   return true;
 }
 
+// GC_PERF_GPUS: how many GPUs the nranks ranks run on, for ranks that cannot
+// tell (a launcher's, each seeing only its own host: tools/tc_link.sh's), as
+// a plain decimal in 1..nranks; 0 when unset; -1, with a sentence naming the
+// value and the range, when set to anything else (atoi read "abc" and ""
+// as unset, "2x" as 2).
+int perfGpus(int nranks) {
+  const char* v = getenv("GC_PERF_GPUS");
+  if (v == nullptr) return 0;
+  char why[64];
+  snprintf(why, sizeof why, " (the GPUs the %d ranks run on)", nranks);
+  int gpus = 0;
+  return envInt("GC_PERF_GPUS", v, 1, nranks, why, &gpus) ? gpus : -1;
+}
+
 // The body of one rank process. idPipe: rank 0 writes N-1 copies of its
 // ncclUniqueId, the others read one each; -1 when NCCL_COMM_ID serves instead.
-int rankMain(const Options& o, int rank, int nranks, int localRank, int localRanks,
+// told: perfGpus.
+int rankMain(const Options& o, int rank, int nranks, int localRank, int localRanks, int told,
              const int idPipe[2]) {
   const int rank_ = rank;  // for BENCH_* in this function
   int gpus = 0;
@@ -549,7 +565,7 @@ int rankMain(const Options& o, int rank, int nranks, int localRank, int localRan
     fatal(rank, "rank 0 ended before passing the NCCL id on");
   }
   if (idPipe) close(idPipe[0]);
-  CudaRank r(rank, nranks, localRank % gpus, shared, gpus, id);
+  CudaRank r(rank, nranks, localRank % gpus, shared, gpus, told, id);
   r.setKernelTable(&kernels, &sparseKernels);
   return runHarness(o, r);
 }
@@ -593,11 +609,15 @@ int runCuda(const Options& o) {
               "port> so that every rank finds NCCL's bootstrap root\n");
       return 2;
     }
+    const int told = perfGpus(size);
+    if (told < 0) return 2;
     Options mine = o;
     mine.nranks = size;
-    return rankMain(mine, rank, size, localRank, localSize, nullptr);
+    return rankMain(mine, rank, size, localRank, localSize, told, nullptr);
   }
   const int n = o.nranks;
+  const int told = perfGpus(n);
+  if (told < 0) return 2;
   int idPipe[2];
   if (pipe(idPipe) != 0) {
     perror("gradcomp_perf: pipe");
@@ -614,7 +634,7 @@ int runCuda(const Options& o) {
       return 3;
     }
     BENCH_NCCL(ncclGetUniqueId(&id));
-    CudaRank r(0, 1, 0, false, gpus, id);
+    CudaRank r(0, 1, 0, false, gpus, told, id);
     return runHarness(o, r);
   }
   fflush(stdout);
@@ -630,7 +650,7 @@ int runCuda(const Options& o) {
     if (pid == 0) {
       // Only rank 0 writes the id; everyone else must see EOF if it dies.
       if (r != 0) close(idPipe[1]);
-      int code = rankMain(o, r, n, r, n, idPipe);
+      int code = rankMain(o, r, n, r, n, told, idPipe);
       fflush(stdout);
       fflush(stderr);
       _exit(code);

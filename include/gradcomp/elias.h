@@ -28,12 +28,14 @@ extern "C" {
 
 typedef enum {
   gradcompEliasGamma = 0, /* 2*floor(log2 n) + 1 bits: shortest for small levels */
-  gradcompEliasOmega = 1  /* recursive; the QSGD paper's analysis */
+  gradcompEliasOmega = 1, /* recursive; the QSGD paper's analysis */
+  gradcompEliasCodeEnumMax = GRADCOMP_ENUM_MAX
 } gradcompEliasCode_t;
 
 typedef enum {
   gradcompEliasScaleMax = 0, /* max|x| per bucket: QSGD's fixed-width levels */
-  gradcompEliasScaleL2 = 1   /* L2 norm per bucket: the QSGD paper's */
+  gradcompEliasScaleL2 = 1,  /* L2 norm per bucket: the QSGD paper's */
+  gradcompEliasScaleEnumMax = GRADCOMP_ENUM_MAX
 } gradcompEliasScale_t;
 
 typedef struct {

@@ -173,6 +173,13 @@ size_t hierReduceScatterInterNodeBytes(const gradcompComm& c, size_t recvCount, 
 // Dense algorithm for (method, size, ranks, nodes): hier where useHier, else
 // the configured one, else by size and ranks.
 const Algorithm& pickDenseAlgorithm(const gradcompComm& c, size_t count);
+// Whether a QSGD allreduce state of this comm needs an owner residual
+// (BufferState::ownerResidual): ownerResidual is set and the algorithm its
+// calls run (pickDenseAlgorithm, on a hierarchical comm the inter-node
+// stage's) keeps one (Algorithm::ownerSpan). Not Elias, nor the allgather,
+// which quantize once and never read it. The pick depends on the comm alone,
+// not the count, so every state of a comm has the same shape.
+bool allReduceKeepsOwnerResidual(const gradcompComm& c);
 
 // Refuses (gradcompInvalidArgument naming the count and the largest one taken)
 // an Elias allreduce (elias.cc) whose worst-case encoding at the widest bits
@@ -202,6 +209,13 @@ void splitChunks(const gradcompComm& c, size_t count, int bits, Chunks* ch, bool
 // A piece covers pipelineBytes/4 elements of the call (its size as fp32,
 // whatever the type), each chunk's share rounded up to whole buckets. One
 // piece (piece = maxLen) when pipelining is off or the chunks fit in one.
+// At most kMaxPieces pieces: a smaller share grows to ceil(maxLen /
+// kMaxPieces) elements, rounded up to whole buckets (a piece of one bucket
+// on a call of 2^56 elements would make 2^50 pieces, each its own exchange
+// and piece table entry, and sizing the call would loop over all of them).
+// Pieces are whole buckets either way, so results, states and wire bytes are
+// those of any other cut.
+constexpr size_t kMaxPieces = 1024;
 struct Pieces {
   size_t piece = 0;
   size_t count = 1;

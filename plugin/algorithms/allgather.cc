@@ -75,4 +75,10 @@ const Algorithm& pickDenseAlgorithm(const gradcompComm& c, size_t count) {
   return c.nranks <= 2 ? allgatherAlgorithm() : twoShotAlgorithm();
 }
 
+bool allReduceKeepsOwnerResidual(const gradcompComm& c) {
+  if (c.cfg.method != gradcompMethodQsgd || c.cfg.elias || !c.cfg.ownerResidual) return false;
+  const Algorithm& algo = useHier(c) ? pickDenseAlgorithm(*c.inter, 0) : pickDenseAlgorithm(c, 0);
+  return algo.ownerSpan != nullptr;
+}
+
 }  // namespace gc

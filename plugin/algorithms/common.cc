@@ -37,7 +37,8 @@ Pieces splitPieces(const gradcompComm& c, const Chunks& ch) {
   const size_t d = (size_t)c.cfg.bucketSize, bytes = c.cfg.pipelineBytes;
   if (bytes == 0 || ch.maxLen == 0) return pc;
   const size_t share = (bytes / 4 + (size_t)c.nranks - 1) / (size_t)c.nranks;
-  const size_t piece = std::max<size_t>(1, (share + d - 1) / d) * d;
+  const size_t least = ((ch.maxLen + kMaxPieces - 1) / kMaxPieces + d - 1) / d * d;
+  const size_t piece = std::max(std::max<size_t>(1, (share + d - 1) / d) * d, least);
   if (piece >= ch.maxLen) return pc;
   pc.piece = piece;
   pc.count = (ch.maxLen + piece - 1) / piece;

@@ -138,6 +138,8 @@ const char* methodName(gradcompMethod_t m) {
       return "randk";
     case gradcompMethodDgc:
       return "dgc";
+    case gradcompMethodEnumMax:  // the range sentinel, not a method
+      break;
   }
   return "?";
 }

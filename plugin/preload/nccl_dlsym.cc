@@ -68,6 +68,10 @@ void resolve() {
             "gradcomp %d WARN GRADCOMP_NCCL_LIBRARY=%s is gradcomp's interposer, not NCCL; looking "
             "for pnccl* symbols in the process\n",
             (int)getpid(), lib);
+    // Nothing is taken from a refused library: its reference goes (a library
+    // the dlopen above loaded is unloaded again; one the program or the
+    // preload loaded stays, held by them).
+    dlclose(h);
     h = nullptr;
   } else if (dlsym(h, "pncclAllReduce") == nullptr && dlsym(h, "ncclAllReduce") == nullptr) {
     // Another library altogether (libc, a mistyped path that exists): every
@@ -76,6 +80,7 @@ void resolve() {
             "gradcomp %d WARN GRADCOMP_NCCL_LIBRARY=%s is not NCCL: it has neither pncclAllReduce "
             "nor ncclAllReduce; looking for pnccl* symbols in the process\n",
             (int)getpid(), lib);
+    dlclose(h);
     h = nullptr;
   }
 #define GC_SYM(field, name) *reinterpret_cast<void**>(&field) = findSymbol(h, name)

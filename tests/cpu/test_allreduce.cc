@@ -174,10 +174,13 @@ double runGap(gradcompAlgo_t algo, int ef, int T, std::vector<double>* gapAt) {
         }
       }
       // Owner residuals are chunk-local: map them back through the split.
+      // The allgather quantizes once and keeps none.
       auto off = split(n, N, cfg.bucketSize);
       for (int r = 0; r < N; ++r) {
         int chunk = algo == gradcompAlgoRing ? (r + 1) % N : r;
         for (auto& kv : world.comm(r)->states) {
+          EXPECT_EQ(kv.second.ownerResidual == nullptr, algo == gradcompAlgoAllgather);
+          if (kv.second.ownerResidual == nullptr) continue;
           for (size_t k = off[chunk]; k < off[chunk + 1]; ++k)
             held[k] += kv.second.ownerResidual[k - off[chunk]];
         }

@@ -178,6 +178,34 @@ TEST(PipelineCpu, TheModelsPiecesAreTheLibrarys) {
   EXPECT_GT(whole, 100);
 }
 
+// The smallest piece (pipelineBytes=1: one bucket of every chunk) on the
+// largest count a codec takes (2^56) would be 2^50 pieces, and sizing the
+// call loops over them all: pieces grow so that at most kMaxPieces cover the
+// largest chunk, still whole buckets, the last one the only short one.
+TEST(PipelineCpu, PieceCountIsBoundedForTheSmallestPiece) {
+  gctest::CpuWorld world(4, twoShotConfig(1));
+  gradcompComm& c = *world.comm(0);
+  const size_t d = (size_t)c.cfg.bucketSize;
+  for (size_t count : {(size_t)4 * 64 * gc::kMaxPieces, (size_t)4 * 64 * gc::kMaxPieces + 4 * 64,
+                       (size_t)1 << 40, gc::kMaxCodecCount}) {
+    SCOPED_TRACE(testing::Message() << "count=" << count);
+    const gc::Chunks ch = gc::splitChunks(c, count, 4);
+    const gc::Pieces p = gc::splitPieces(c, ch);
+    ASSERT_LE(p.count, gc::kMaxPieces);
+    EXPECT_GT(p.count, 1u);
+    EXPECT_EQ(p.piece % d, 0u);
+    EXPECT_GE(p.count * p.piece, ch.maxLen);
+    EXPECT_LT((p.count - 1) * p.piece, ch.maxLen);
+    // No larger piece of whole buckets gives fewer: the cap grows it no further.
+    if (p.piece > d) EXPECT_GT((ch.maxLen + p.piece - d - 1) / (p.piece - d), gc::kMaxPieces);
+    EXPECT_EQ(gc::chunkPieces(c, count, 4), p.count);
+    // Sizing the call (pieceGather's loop) ends, with a piece table entry
+    // per piece.
+    EXPECT_GT(gc::twoShotAlgorithm().workspaceBytes(c, count, 4), 0u);
+    EXPECT_EQ(gc::pieceGather(c, ch, p, 4).off.size(), p.count);
+  }
+}
+
 // Wire bytes of rank r's pipelined two-shot, piece by piece from the
 // description: each piece of a peer's chunk, and (N-1) copies of each
 // piece of our own chunk's encoded sum (sent to every peer).
@@ -268,6 +296,20 @@ TEST(PipelineCpu, TwoShotPipelinedEqualsUnpipelined) {
         }
       }
     }
+  }
+}
+
+// A call whose one-bucket pieces would exceed kMaxPieces runs in at most
+// kMaxPieces larger ones, with the results, state and wire bytes of the
+// unpipelined call (and of the reference).
+TEST(PipelineCpu, TwoShotPastThePieceCapEqualsUnpipelined) {
+  for (int N : {2, 3}) {
+    const size_t n = (size_t)N * 64 * (gc::kMaxPieces + 37) + 11;
+    gctest::CpuWorld w(N, twoShotConfig(64 * 4 * N));
+    const gc::Pieces p = gc::splitPieces(*w.comm(0), gc::splitChunks(*w.comm(0), n, 4));
+    EXPECT_LE(p.count, gc::kMaxPieces) << "N=" << N;
+    checkPipelined(N, DType::F32, N == 3, n, 64);
+    if (HasFatalFailure()) return;
   }
 }
 

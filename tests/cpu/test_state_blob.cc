@@ -601,4 +601,136 @@ TEST(StateBlob, ValuesNoSaveWritesAreRefused) {
   }
 }
 
+// The QSGD allreduce keeps an owner residual only where its algorithm reads
+// one (two-shot, ring, the hierarchy around either): Elias and the allgather
+// (chosen, or auto's on 2 ranks or as the middle stage across 2 nodes)
+// quantize once, and a state of theirs holds none, so it takes the bytes of
+// the same comm with ownerResidual=0, saves the same, and reduces the same.
+TEST(StateBlob, OwnerResidualOnlyWhereTheAlgorithmReadsIt) {
+  struct Case {
+    const char* name;
+    int N, localSize;
+    gradcompAlgo_t algo;
+    int elias;
+    bool keeps;
+  } cases[] = {
+      {"allgather", 3, 1, gradcompAlgoAllgather, 0, false},
+      {"auto on 2 ranks (allgather)", 2, 1, gradcompAlgoAuto, 0, false},
+      {"elias", 3, 1, gradcompAlgoAuto, 1, false},
+      {"elias two-shot", 3, 1, gradcompAlgoTwoShot, 1, false},
+      {"hier, allgather middle", 4, 2, gradcompAlgoAuto, 0, false},
+      {"two-shot", 3, 1, gradcompAlgoTwoShot, 0, true},
+      {"ring", 3, 1, gradcompAlgoRing, 0, true},
+      {"hier, two-shot middle", 6, 2, gradcompAlgoAuto, 0, true},
+  };
+  const size_t n = 5000;
+  for (const Case& k : cases) {
+    SCOPED_TRACE(k.name);
+    gradcompConfig_t cfg = baseConfig(gradcompMethodQsgd);
+    cfg.algo = k.algo, cfg.elias = k.elias, cfg.localSize = k.localSize, cfg.ownerResidual = 1;
+    gradcompConfig_t none = cfg;
+    none.ownerResidual = 0;
+    gctest::CpuWorld w(k.N, cfg), v(k.N, none);
+    std::vector<std::vector<float>> a, b;
+    for (int t = 0; t < 3; ++t) a = step(w, n, t), b = step(v, n, t);
+    for (int r = 0; r < k.N; ++r) {
+      ASSERT_EQ(w.comm(r)->states.size(), 1u);
+      const gc::BufferState& st = w.comm(r)->states.begin()->second;
+      EXPECT_EQ(st.ownerResidual != nullptr, k.keeps) << "rank " << r;
+      EXPECT_EQ(st.ownerResidualCount != 0, k.keeps) << "rank " << r;
+      size_t with = 0, without = 0;
+      ASSERT_EQ(gradcompCommStateSize(w.comm(r), &with), gradcompSuccess);
+      ASSERT_EQ(gradcompCommStateSize(v.comm(r), &without), gradcompSuccess);
+      if (!k.keeps) {
+        EXPECT_EQ(with, without) << "rank " << r;
+        EXPECT_EQ(a[r], b[r]) << "rank " << r;
+      } else {
+        EXPECT_GT(with, without) << "rank " << r;
+      }
+    }
+  }
+}
+
+// Blob b with every buffer record given an owner residual of `owner` zeros
+// where it has none, as builds before the owner residual followed the
+// algorithm saved an Elias or allgather state (they allocated it and never
+// wrote it); `owner` is that build's count, the comm's largest chunk.
+Blob withZeroOwner(const Blob& b, uint64_t owner) {
+  Blob out(b.begin(), b.begin() + 112);
+  uint64_t records = 0;
+  memcpy(&records, b.data() + 40, 8);
+  size_t at = 112;
+  for (uint64_t i = 0; i < records; ++i) {
+    uint32_t tag = 0, flags = 0;
+    uint64_t bytes = 0, count = 0;
+    memcpy(&tag, b.data() + at, 4);
+    memcpy(&bytes, b.data() + at + 8, 8);
+    Blob rec(b.begin() + at, b.begin() + at + bytes);
+    at += bytes;
+    memcpy(&count, rec.data() + 16 + 16, 8);
+    memcpy(&flags, rec.data() + 16 + 40, 4);
+    if (tag == 1 && (flags & 2u) == 0) {
+      flags |= 2u;
+      bytes += 4 * owner;
+      memcpy(rec.data() + 8, &bytes, 8);
+      memcpy(rec.data() + 16 + 24, &owner, 8);
+      memcpy(rec.data() + 16 + 40, &flags, 4);
+      const size_t arrays = 16 + 48 + ((flags & 1u) ? 4 * count : 0);
+      rec.insert(rec.begin() + arrays, 4 * owner, 0);
+    }
+    out.insert(out.end(), rec.begin(), rec.end());
+  }
+  const uint64_t total = out.size();
+  memcpy(out.data() + 16, &total, 8);
+  gctest::reseal(out);
+  return out;
+}
+
+// A blob an earlier build saved for an Elias or allgather comm holds that
+// owner residual: it still loads (the zeros skipped), and the comm goes on as
+// the saving one and one loaded from this build's blob; an owner count that
+// is not the comm's largest chunk is refused, naming it.
+TEST(StateBlob, AnEarlierBuildsUnreadOwnerResidualLoads) {
+  for (int elias : {0, 1}) {
+    SCOPED_TRACE(elias ? "elias" : "allgather");
+    gradcompConfig_t cfg = baseConfig(gradcompMethodQsgd);
+    cfg.algo = elias ? gradcompAlgoAuto : gradcompAlgoAllgather, cfg.elias = elias;
+    const int N = 3;
+    const size_t n = 5000, d = (size_t)cfg.bucketSize;
+    const uint64_t owner = ((n + d - 1) / d + N - 1) / N * d;
+    gctest::CpuWorld w(N, cfg), fresh(N, cfg), earlier(N, cfg);
+    for (int t = 0; t < 2; ++t) step(w, n, t);
+    std::vector<Blob> saved(N);
+    for (int r = 0; r < N; ++r) {
+      saved[r] = save(w.comm(r));
+      ASSERT_EQ(
+          gctest::savedOwnerResidual(std::vector<uint8_t>(saved[r].begin(), saved[r].end()), n),
+          std::vector<float>())
+          << "this build saves no owner residual for such a comm";
+      const Blob old = withZeroOwner(saved[r], owner);
+      ASSERT_GT(old.size(), saved[r].size());
+      ASSERT_EQ(gradcompCommLoadState(fresh.comm(r), saved[r].data(), saved[r].size()),
+                gradcompSuccess)
+          << gradcompGetLastError();
+      ASSERT_EQ(gradcompCommLoadState(earlier.comm(r), old.data(), old.size()), gradcompSuccess)
+          << gradcompGetLastError();
+      EXPECT_EQ(save(earlier.comm(r)), saved[r]) << "rank " << r;
+      // An owner count no build gave this comm.
+      const Blob wrong = withZeroOwner(saved[r], owner + d);
+      const Blob before = save(fresh.comm(r));
+      EXPECT_EQ(gradcompCommLoadState(fresh.comm(r), wrong.data(), wrong.size()),
+                gradcompInvalidArgument);
+      EXPECT_NE(strstr(gradcompGetLastError(), "with owner count"), nullptr)
+          << gradcompGetLastError();
+      EXPECT_EQ(save(fresh.comm(r)), before) << "the refused load changed the comm";
+    }
+    const auto a = step(w, n, 2), b = step(fresh, n, 2), c = step(earlier, n, 2);
+    for (int r = 0; r < N; ++r) {
+      EXPECT_EQ(b[r], a[r]) << "rank " << r;
+      EXPECT_EQ(c[r], a[r]) << "rank " << r;
+      EXPECT_EQ(save(earlier.comm(r)), save(w.comm(r))) << "rank " << r;
+    }
+  }
+}
+
 }  // namespace

@@ -5,14 +5,14 @@
 # the library must warn once and keep the program running, count what it
 # passed through, find NCCL when a framework loaded it privately, and have no
 # link-time dependency on libnccl.
-# Usage: run_preload_test.sh PRELOAD APP DLOPEN_APP FRAMEWORK FRAMEWORK_ALT NCCL_ALT
+# Usage: run_preload_test.sh PRELOAD APP DLOPEN_APP FRAMEWORK FRAMEWORK_ALT NCCL_ALT NOT_NCCL
 set -uo pipefail
-preload=$1 app=$2 dlopen_app=$3 framework=$4 framework_alt=$5 nccl_alt=$6
+preload=$1 app=$2 dlopen_app=$3 framework=$4 framework_alt=$5 nccl_alt=$6 not_nccl=$7
 # The programs' pointers and streams are made up: hide any GPU so this is the
 # no-GPU case on every machine.
 export CUDA_VISIBLE_DEVICES=
 unset GRADCOMP_DEBUG GRADCOMP_GROUP GRADCOMP_METHOD GRADCOMP_NCCL_LIBRARY NCCL_COMM_BLOCKING \
-  GC_TEST_GROUP_CALLS_DEFERRED
+  GC_TEST_GROUP_CALLS_DEFERRED GC_TEST_UNLOADED
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 fail=0
@@ -405,6 +405,16 @@ run not_nccl env GRADCOMP_NCCL_LIBRARY=libc.so.6 GC_TEST_GROUP_CALLS_DEFERRED=1 
   same_calls not_nccl
   check "not_nccl: the warning names the library and what it lacks" \
     "grep -q 'GRADCOMP_NCCL_LIBRARY=libc.so.6 is not NCCL: it has neither pncclAllReduce nor ncclAllReduce' '$work/not_nccl.err'"
+}
+
+# 6f. The same with a library the program had not loaded: the interposer
+# loaded it to look, and unloads it again once refused (the program runs
+# without it; it stayed loaded, unused, until exit).
+run not_nccl_unloaded env GRADCOMP_NCCL_LIBRARY="$not_nccl" GC_TEST_UNLOADED="$not_nccl" \
+  GC_TEST_GROUP_CALLS_DEFERRED=1 "$app" basic && {
+  same_calls not_nccl_unloaded
+  check "not_nccl_unloaded: the warning names the library and what it lacks" \
+    "grep -q 'GRADCOMP_NCCL_LIBRARY=$not_nccl is not NCCL: it has neither' '$work/not_nccl_unloaded.err'"
 }
 
 # 6e. The NCCL named lacks a function another NCCL in the process has (the
