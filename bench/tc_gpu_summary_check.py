@@ -7,7 +7,8 @@ rank 0, writes the JSON rows gradcomp_perf writes: fixed NCCL and gradcomp times
 point at the --link-gbps it was given. Checked: the model is asked at L' = L x 1448/1514 and its
 point is found under L; the unshaped control (rate 0) runs between the rates with no model;
 nccl_unshaped_busbw_gbps is 2 (N-1)/N of the buffer over the control's NCCL time; link_bound
-says whether that reached 1.5 L (yes at 10 Gb/s, no at 25); the goal keys and the table.
+says whether that reached 1.5 L (yes at 10 Gb/s, no at 25); the goal keys (N = 4 at 10 Gb/s,
+the QSGD row, as tools/gpu_report.py reads them) and the table.
 A size given as 256MB is read as 256 MiB. Skips (exit 77) where namespaces cannot be made and
 shaped, as tc_cpu_check.py, and under GRADCOMP_TEST_GPU=1.
 Usage: tc_gpu_summary_check.py SOURCE_DIR WORKDIR
@@ -63,7 +64,7 @@ def main():
         f.write(FAKE)
     os.chmod(perf, 0o755)
     env = {k: v for k, v in os.environ.items() if k not in ("GC_TC_BUDGET_S", "GC_STEP_BUDGET_S")}
-    env.update(GC_TC_RANKS="2", GC_TC_SIZE="256MB", GC_TC_ITERS="1", GC_TC_PREFIX=prefix,
+    env.update(GC_TC_RANKS="2 4", GC_TC_SIZE="256MB", GC_TC_ITERS="1", GC_TC_PREFIX=prefix,
                GC_TC_NO_LO="1", GC_FAKE_LOG=log)
     cmd = ["bash", os.path.join(src, "tools", "tc_link.sh"), raw, build]
     p = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -76,18 +77,18 @@ def main():
            "GPU mode, 256MB read as 256 MiB (%s)" % doc.get("size"))
     runs = doc.get("runs", [])
     got = [(r.get("link_gbps"), r.get("nranks"), r.get("method")) for r in runs]
-    expect(got == [(10.0, 2, "qsgd"), (10.0, 2, "dgc"), (0.0, 2, "qsgd"), (0.0, 2, "dgc"),
-                   (25.0, 2, "qsgd"), (25.0, 2, "dgc")],
-           "10 Gb/s, the unshaped control, 25 Gb/s (got %s)" % got)
+    expect(got == [(g, n, m) for g in (10.0, 0.0, 25.0) for n in (2, 4) for m in ("qsgd", "dgc")],
+           "10 Gb/s, the unshaped control, 25 Gb/s, each at N = 2 and 4 (got %s)" % got)
     # What each rank was asked: the model at L' on the shaped links.
     asked = []
     for name in os.listdir(log):
         a = open(os.path.join(log, name)).read().split()
         asked.append(float(a[a.index("--link-gbps") + 1]))
-    want = sorted([10 * 1448 / 1514] * 2 + [100.0] * 2 + [25 * 1448 / 1514] * 2)
-    expect(len(asked) == 6 and all(close(x, y, 1e-5) for x, y in zip(sorted(asked), want)),
+    want = sorted([10 * 1448 / 1514] * 6 + [100.0] * 6 + [25 * 1448 / 1514] * 6)
+    expect(len(asked) == 18 and all(close(x, y, 1e-5) for x, y in zip(sorted(asked), want)),
            "--link-gbps L' on shaped links, 100 on the control (got %s)" % sorted(asked))
-    bus = 2 * (2 - 1) / 2 * MB256 * 8 / (NCCL_UNSHAPED * 1e-6) / 1e9  # 20 Gb/s
+    # 2 (N-1)/N of the buffer over the control's NCCL time: 20 Gb/s at N = 2, 30 at N = 4.
+    bus = {n: 2 * (n - 1) / n * MB256 * 8 / (NCCL_UNSHAPED * 1e-6) / 1e9 for n in (2, 4)}
     for r in runs:
         tag = "%s at %s Gb/s" % (r.get("method"), r.get("link_gbps"))
         expect(r.get("tcp_congestion_control") == "reno", "%s: reno" % tag)
@@ -101,14 +102,22 @@ def main():
         expect(close(r.get("measured_speedup"), NCCL_SHAPED / t) and
                close(r.get("measured_vs_model"), NCCL_SHAPED / t / 5.5),
                "%s: measured and measured / model" % tag)
-        expect(close(r.get("nccl_unshaped_busbw_gbps"), bus), "%s: NCCL's unshaped bus "
-               "bandwidth %s, want %s" % (tag, r.get("nccl_unshaped_busbw_gbps"), bus))
+        expect(close(r.get("nccl_unshaped_busbw_gbps"), bus[r["nranks"]]), "%s: NCCL's "
+               "unshaped bus bandwidth %s, want %s" % (tag, r.get("nccl_unshaped_busbw_gbps"),
+                                                      bus[r["nranks"]]))
         expect(r.get("link_bound") is (r["link_gbps"] == 10.0),
                "%s: link_bound %s" % (tag, r.get("link_bound")))
         expect(isinstance(r.get("link_measured_gbps"), float), "%s: link measured" % tag)
-    expect(close(doc.get("tc_nccl_unshaped_busbw_gbps_n2"), bus), "the control's headline key")
-    expect(doc.get("measured_speedup_tc_10gbps_n4_256MB") is None and
-           doc.get("tc_link_bound_10gbps_n4") is None, "no N = 4 keys from a run without N = 4")
+    expect(close(doc.get("tc_nccl_unshaped_busbw_gbps_n2"), bus[2]) and
+           close(doc.get("tc_nccl_unshaped_busbw_gbps_n4"), bus[4]), "the control's headline keys")
+    # The goal keys: QSGD's row (not DGC's) of the N = 4 run at 10 Gb/s, measured NCCL time over
+    # gradcomp's on the link, and that over the model's speedup at L'.
+    expect(close(doc.get("measured_speedup_tc_10gbps_n4_256MB"), NCCL_SHAPED / QSGD) and
+           close(doc.get("measured_vs_model_tc_10gbps"), NCCL_SHAPED / QSGD / 5.5) and
+           doc.get("tc_shaping_10gbps_n4") == "netns" and
+           doc.get("tc_link_bound_10gbps_n4") is True,
+           "goal keys of N = 4 at 10 Gb/s: %s" % {k: v for k, v in doc.items() if "_n4" in k
+                                                   or "tc_10gbps" in k})
     md = open(os.path.join(raw, "tc_link.md")).read()
     expect("| unshaped | 2 |" in md and "link-bound" in md, "the table shows the control")
     return verdict()

@@ -115,13 +115,15 @@ def qsgd_row(pdoc, size, dtype="float", bits=4, rounding="stochastic"):
 
 def sweep_regret(doc, first, last):
     """auto_regret_max_frac of a gradcomp_perf --auto sweep that covered every size from first
-    to last (factor 4, gpu-check's sweep) with auto run, not failed and right on every rank;
-    None otherwise (a run cut short, a failed or wrong row): the goal is the worst size."""
+    to last (factor 4, gpu-check's sweep) with auto run, not failed and right on every rank
+    (within the codec's bounds, the same bits, the rank weights right, as usable() asks of a
+    row); None otherwise (a run cut short, a failed or wrong row): the goal is the worst size."""
     if not doc or doc.get("complete") is False:
         return None
     ok = {r.get("size") for r in doc.get("rows", [])
           if not r.get("failed") and r.get("auto_regret") is not None
-          and not r.get("auto_wrong") and r.get("auto_identical") is not False}
+          and not r.get("auto_wrong") and r.get("auto_identical") is not False
+          and not r.get("auto_rank_weights_wrong")}
     size = first
     while size <= last:
         if size not in ok:
@@ -190,10 +192,19 @@ def rs_model_speedup(pdoc, gbps=10, input_bytes=MB256, bits=4, dtype="float"):
     return None
 
 
+def topk_gpus_differ(kdoc, tdoc):
+    """Whether kernels.json and torch_topk.json name different GPUs: a raw folder filled over
+    several calls (GC_RUN_NAME) can hold one step's file from another machine, and the goal
+    sets the two times side by side from one run."""
+    k, t = (kdoc or {}).get("gpu"), (tdoc or {}).get("gpu")
+    return bool(k and t and k != t)
+
+
 def topk_speedup(kdoc, tdoc, n=N26, density=0.001, kernel="topk_threshold"):
     """torch.topk(|x|) time over gradcomp's threshold selector on the same data
-    (kernel: topk_threshold_min_sample for the selector at the least sample rate)."""
-    if not kdoc or not tdoc:
+    (kernel: topk_threshold_min_sample for the selector at the least sample rate); None where
+    the two files name different GPUs."""
+    if not kdoc or not tdoc or topk_gpus_differ(kdoc, tdoc):
         return None
     ours = [r for r in kdoc.get("rows", []) if r["kernel"] == kernel and r["n"] == n
             and abs(r.get("density", -1) - density) < 1e-12]
@@ -824,7 +835,12 @@ def main():
              % (fmt(flag_us), fmt(summary["nonfinite_flag_frac_of_copy"]),
                 fmt(summary["nonfinite_flag_frac_of_randk_model_400gbps_n8_256MB"])))
     L.append("")
-    if topk is None:
+    if topk is None and topk_gpus_differ(kdoc, tdoc):
+        L.append("Top-k: no speedup over torch.topk: kernels.json was measured on %s and "
+                 "torch_topk.json on %s (steps of different calls); run the kernels and "
+                 "torch_topk steps again in one call." % (kdoc["gpu"], tdoc["gpu"]))
+        L.append("")
+    elif topk is None:
         L.append("Top-k: no speedup over torch.topk (the kernels step wrote no topk_threshold "
                  "row at n=2^26, density 0.1%, or torch_topk.json has no row to set it against; "
                  "see their raw outputs).")

@@ -39,7 +39,9 @@ def prow(speedups, pipelined=False, identical=True):
     return r
 
 
-class GpuReportSteps(unittest.TestCase):
+class RawFolder(unittest.TestCase):
+    """A raw folder of gpu-check outputs and the report made from it (no tests of its own)."""
+
     def setUp(self):
         self.work = tempfile.mkdtemp(prefix="gc_report_")
         self.raw = os.path.join(self.work, "raw")
@@ -73,6 +75,8 @@ class GpuReportSteps(unittest.TestCase):
                                    "rows": [krow("qsgd_encode_ef", 0.85),
                                             krow("qsgd_decode", 0.97)] + more})
 
+
+class GpuReportSteps(RawFolder):
     def test_commit_per_step(self):
         self.steps(("build", "ok", 90, "", SHA1), ("perf_n8", "ok", 51, "", SHA2 + "+dirty"),
                    ("tests", "ok", 20, "old four-column line"))
@@ -341,6 +345,149 @@ class GpuReportSteps(unittest.TestCase):
         self.assertIsNone(r["goals"]["measured_tc_ge_5x_nccl_10gbps_n4_256MB"])
         self.assertEqual(r["tc_unavailable_reason"], "RTNETLINK answers: denied")
         self.assertIn("shaping: n/a", md)
+
+
+class GpuReportGoals(RawFolder):
+    """The goal keys of issues 14 and 15 as the issues state them: each threshold with its own
+    comparison (>= / <=, "within 1" both ways, 0.85..1.15 inclusive), and no value where the
+    measurement is not one (a sweep size whose auto was wrong, top-k times of two GPUs)."""
+
+    def sweep(self, bad=None):
+        """perf_auto.json: a complete 1 MB .. 256 MB sweep, worst regret 0.05 (at 256 MB); bad
+        updates its 16 MB row."""
+        rows = [{"size": s, "failed": False, "auto_regret": 0.05 if s == MB256 else 0.01,
+                 "auto_wrong": 0, "auto_identical": True, "auto_rank_weights_wrong": 0}
+                for s in (1 << 20, 4 << 20, 16 << 20, 64 << 20, MB256)]
+        rows[2].update(bad or {})
+        self.dump("perf_auto.json", {"complete": True, "auto_regret_max_frac": 0.05,
+                                     "rows": rows})
+
+    def test_auto_regret_needs_every_size_right(self):
+        self.sweep()
+        r, md = self.report()
+        self.assertEqual(r["auto_regret_max_frac"], 0.05)
+        self.assertIs(r["goals"]["auto_regret_le_0.05"], True)  # <= 0.05: the boundary meets it
+        self.assertIn("| 0.05 | <= 0.05 | yes |", md)
+        # A size whose auto call was out of the codec's bounds, differed between ranks, or
+        # weighed the ranks wrongly: its regret is no measurement of auto, and the worst size
+        # is unknown.
+        for bad in ({"auto_wrong": 3}, {"auto_identical": False}, {"auto_rank_weights_wrong": 1}):
+            self.sweep(bad)
+            r, _ = self.report()
+            self.assertIsNone(r["auto_regret_max_frac"], bad)
+            self.assertIsNone(r["goals"]["auto_regret_le_0.05"], bad)
+
+    def topk_files(self, kernels_gpu, torch_gpu):
+        self.dump("kernels.json", {"gpu": kernels_gpu, "complete": True, "rows": [
+            {"kernel": "topk_threshold", "dtype": "float", "bits": 0, "n": N26, "density": 0.001,
+             "time_us": 100.0, "frac_of_copy": 0.1}]})
+        self.dump("torch_topk.json", {"gpu": torch_gpu, "complete": True, "rows": [
+            {"n": N26, "density": 0.001, "k": 67109, "torch_topk_abs_us": 800.0,
+             "torch_topk_us": 700.0, "copy_us": 50.0}]})
+
+    def test_topk_times_of_one_gpu(self):
+        self.topk_files("NVIDIA H200", "NVIDIA H200")
+        r, md = self.report()
+        self.assertEqual(r["topk_dgc_speedup_vs_torch_topk"], 8.0)
+        self.assertIs(r["goals"]["topk_ge_8x_torch_topk"], True)  # >= 8: the boundary meets it
+        self.assertIn("| 8 | >= 8x | yes |", md)
+        # The kernels step run again in a later call of the same GC_RUN_NAME on another GPU:
+        # the two times are not side by side.
+        self.topk_files("NVIDIA H100 80GB HBM3", "NVIDIA H200")
+        r, md = self.report()
+        self.assertIsNone(r["topk_dgc_speedup_vs_torch_topk"])
+        self.assertIsNone(r["topk_dgc_min_sample_speedup_vs_torch_topk"])
+        self.assertIsNone(r["goals"]["topk_ge_8x_torch_topk"])
+        self.assertIn("kernels.json was measured on NVIDIA H100 80GB HBM3 and torch_topk.json "
+                      "on NVIDIA H200", md)
+        # A file without the field (older outputs) is taken as it is.
+        self.topk_files(None, "NVIDIA H200")
+        r, _ = self.report()
+        self.assertEqual(r["topk_dgc_speedup_vs_torch_topk"], 8.0)
+
+    def issue15_outputs(self, eps):
+        """Every issue 15 goal's input at its threshold (eps = 0), or eps past it."""
+        self.dump("kernels.json", {"gpu": "G", "complete": True, "rows": [
+            krow("qsgd_encode_ef", 0.9 - eps), krow("qsgd_encode_ef", 0.8 - eps, "bfloat16"),
+            krow("qsgd_encode_ef", 0.8 - eps, "half"), krow("qsgd_decode", 0.95 - eps)]})
+        self.dump("perf_n8_pipe.json", {"complete": True, "rows": [
+            prow([(400, 6.5 - eps), (100, 7.4 - eps)], pipelined=True)]})
+        row = prow([(10, 7.5)])
+        row["projection"] = [
+            {"nodes": 4, "local": 8, "node_gbps": 400, "hier_pipelined_speedup": 5.0 - eps},
+            {"nodes": 4, "local": 8, "node_gbps": 3200, "auto_speedup": 0.97 - eps}]
+        self.dump("perf_n8.json", {"complete": True, "rows": [row]})
+        self.dump("tc_link.json", {"mode": "gpu", "tc_unavailable_reason": None, "size": MB256,
+                                   "measured_speedup_tc_10gbps_n4_256MB": 5.0 - eps,
+                                   "measured_vs_model_tc_10gbps": 0.85 - eps, "runs": []})
+
+    def test_issue15_thresholds(self):
+        goals = ("encode_ef_ge_0.9_of_copy", "bf16_encode_ef_ge_0.8_of_copy",
+                 "fp16_encode_ef_ge_0.8_of_copy", "decode_ge_0.95_of_copy",
+                 "allreduce_qsgd4_pipelined_model_ge_6.5x_nccl_400gbps_n8_256MB",
+                 "allreduce_qsgd4_pipelined_model_ge_7.4x_nccl_100gbps_n8_256MB",
+                 "hier_model_pipelined_ge_5x_nccl_node400g_4x8_256MB",
+                 "hier_model_auto_ge_0.97x_nccl_node3200g_4x8_256MB",
+                 "measured_tc_ge_5x_nccl_10gbps_n4_256MB",
+                 "measured_vs_model_tc_10gbps_within_15pct")
+        self.issue15_outputs(0.0)
+        r, md = self.report()
+        self.assertEqual({g: r["goals"][g] for g in goals}, {g: True for g in goals})
+        self.assertEqual((r["hier_model_speedup_node400g_4x8_256MB"],
+                          r["hier_model_speedup_node3200g_4x8_256MB"]), (5.0, 0.97))
+        for row in ("| 0.9 | >= 0.9 | yes |", "| 0.8 | >= 0.8 | yes |", "| 0.95 | >= 0.95 | yes |",
+                    "| 6.5 | >= 6.5x | yes |", "| 7.4 | >= 7.4x | yes |", "| 5 | >= 5x | yes |",
+                    "| 0.97 | >= 0.97x | yes |", "| 0.85 | 0.85..1.15 | yes |"):
+            self.assertIn(row, md)
+        self.issue15_outputs(1e-6)
+        r, _ = self.report()
+        self.assertEqual({g: r["goals"][g] for g in goals}, {g: False for g in goals})
+        # The measured / modeled ratio's upper end: 1.15 in, above it out.
+        for vs, met in ((1.15, True), (1.15 + 1e-6, False)):
+            self.dump("tc_link.json", {"mode": "gpu", "tc_unavailable_reason": None,
+                                       "measured_speedup_tc_10gbps_n4_256MB": 6.0,
+                                       "measured_vs_model_tc_10gbps": vs, "runs": []})
+            r, _ = self.report()
+            self.assertIs(r["goals"]["measured_vs_model_tc_10gbps_within_15pct"], met, vs)
+
+    def test_issue14_goals(self):
+        # lm.json (tools/lm_compare.py) and torch_hooks.json (tools/torch_hooks_check.py) absent:
+        # every key and goal null.
+        r, _ = self.report()
+        for k in ("lm_val_loss_rel_delta_qsgd4", "lm_val_loss_rel_delta_dgc",
+                  "lm_val_loss_rel_delta_powersgd", "lm_bytes_ratio_qsgd4_vs_powersgd",
+                  "ddp_hook_qsgd4_acc_delta_pts"):
+            self.assertIsNone(r[k], k)
+        for g in ("lm_qsgd4_val_loss_within_1pct", "lm_dgc_val_loss_within_3pct",
+                  "ddp_hook_qsgd4_within_1pt"):
+            self.assertIsNone(r["goals"][g], g)
+        # The loss goals are on the signed relative difference (a compressed run below the
+        # uncompressed loss meets them), <= the threshold; the MLP's accuracy within 1 point
+        # either way; PowerSGD's delta and the bytes ratio reported, no goal.
+        cases = [(0.01, 0.03, 1.0, True), (-0.05, -0.2, -1.0, True),
+                 (0.01 + 1e-6, 0.03 + 1e-6, 1.0 + 1e-6, False), (0.5, 0.5, -1.0 - 1e-6, False)]
+        for q, dgc, pts, met in cases:
+            self.dump("lm.json", {"lm_val_loss_rel_delta_qsgd4": q,
+                                  "lm_val_loss_rel_delta_dgc": dgc,
+                                  "lm_val_loss_rel_delta_powersgd": 0.2,
+                                  "lm_bytes_ratio_qsgd4_vs_powersgd": 2.5})
+            self.dump("torch_hooks.json", {"ddp_hook_qsgd4_acc_delta_pts": pts})
+            r, md = self.report()
+            self.assertEqual((r["lm_val_loss_rel_delta_qsgd4"], r["lm_val_loss_rel_delta_dgc"],
+                              r["ddp_hook_qsgd4_acc_delta_pts"]), (q, dgc, pts))
+            self.assertEqual(
+                (r["goals"]["lm_qsgd4_val_loss_within_1pct"],
+                 r["goals"]["lm_dgc_val_loss_within_3pct"],
+                 r["goals"]["ddp_hook_qsgd4_within_1pt"]), (met, met, met), (q, dgc, pts))
+            self.assertEqual((r["lm_val_loss_rel_delta_powersgd"],
+                              r["lm_bytes_ratio_qsgd4_vs_powersgd"]), (0.2, 2.5))
+            self.assertFalse([g for g in r["goals"] if "powersgd" in g])
+            self.assertIn("relative | 0.2 | reported | |", md)
+            self.assertIn("| gradient bytes per step, QSGD 4-bit hook / PowerSGD | 2.5 | "
+                          "reported | |", md)
+        self.assertIn("| <= 0.01 | no |", md)
+        self.assertIn("| <= 0.03 | no |", md)
+        self.assertIn("| within 1 | no |", md)
 
 
 @unittest.skipUnless(importlib.util.find_spec("matplotlib"), "no matplotlib")
