@@ -21,7 +21,7 @@ from checklib import close, expect, verdict  # noqa: E402
 from smoke_check import (TYPE_BYTES, check_sparse_row, code_bytes, first_part,  # noqa: E402
                          kernel_total, kernel_work, warp_bucket)
 from smoke_check import hier_pipelined  # noqa: E402
-from smoke_check import encoded, flat_pieces  # noqa: E402
+from smoke_check import encoded, flat_pieces, pieces_of  # noqa: E402
 
 FLAT = ("twoshot", "ring", "allgather", "reducescatter")
 
@@ -135,9 +135,7 @@ def check_rs_projection_points(tag, r, intra, lat):
         if k < 2 or g < 2:
             pipe, pieces = p["hier_pipeline_bytes"], 1
             if pipe:
-                share = -(-(pipe // 4) // (k * g))
-                piece = max(1, -(-share // r["bucket"])) * r["bucket"]
-                pieces = -(-m_ // piece) if piece < m_ else 1
+                pieces = pieces_of(m_, r["bucket"], k * g, pipe)
             expect(p["hier_time_us"] == p["flat_time_us"] and
                    close(p["hier_inter_bytes"], (k * g - g) * e) and
                    p["hier_pieces"] == pieces and (pieces > 1) == (pipe > 0) and

@@ -798,14 +798,25 @@ def check_pipelined_model(tag, r, pieces, steps, lat=10.0, two_shot_ranks=0, one
                "%s: pipelined speedup at %g" % (tag, g))
 
 
+MAX_PIECES = 1024  # gc::kMaxPieces (plugin/algorithms/algorithms.h)
+
+
+def pieces_of(length, bucket, n, pipe_bytes):
+    """The library's piece rule (plugin/algorithms/common.cc splitPieces) for a longest chunk
+    of `length` elements: ceil(pipe_bytes / 4 / n) elements rounded up to whole buckets, grown
+    so that at most MAX_PIECES pieces cover the chunk; one piece where that holds it."""
+    if pipe_bytes == 0 or length == 0:
+        return 1
+    share = -(-(pipe_bytes // 4) // n)
+    least = -(-(-(-length // MAX_PIECES)) // bucket) * bucket
+    piece = max(max(1, -(-share // bucket)) * bucket, least)
+    return 1 if piece >= length else -(-length // piece)
+
+
 def flat_pieces(count, bucket, n, pipe_bytes):
     """Pieces of a flat two-shot or ring (twoshot.cc, ring.cc: splitPieces): the longest chunk
-    among the n ranks cut into ceil(pipe_bytes / 4 / n) elements rounded up to whole buckets;
-    one piece where that holds the chunk."""
-    chunk = first_part(count, n, bucket)
-    share = -(-(pipe_bytes // 4) // n)
-    piece = max(1, -(-share // bucket)) * bucket
-    return 1 if pipe_bytes == 0 or count == 0 or piece >= chunk else -(-chunk // piece)
+    among the n ranks cut as pieces_of says."""
+    return pieces_of(first_part(count, n, bucket), bucket, n, pipe_bytes)
 
 
 def first_part(n, parts, bucket):
@@ -816,11 +827,10 @@ def first_part(n, parts, bucket):
 
 def hier_pieces(count, bucket, k, g, pipe_bytes):
     """Pieces of a hier call: two-shot's on the longest shard among k nodes, every chunk cut
-    into ceil(pipe_bytes / 4 / k) elements rounded up to whole buckets."""
-    chunk = first_part(first_part(count, g, bucket), k, bucket)
-    share = -(-(pipe_bytes // 4) // k)
-    piece = max(1, -(-share // bucket)) * bucket
-    return 1 if pipe_bytes == 0 or k < 2 or piece >= chunk else -(-chunk // piece)
+    into ceil(pipe_bytes / 4 / k) elements rounded up to whole buckets (pieces_of)."""
+    if k < 2:
+        return 1
+    return pieces_of(first_part(first_part(count, g, bucket), k, bucket), bucket, k, pipe_bytes)
 
 
 def hier_schedule(rs, ra, m, pieces):
@@ -1038,9 +1048,7 @@ def check_hier_rs_rows(tag, rows, kdoc, nranks, local, bits, bucket, intra_gbps=
             expect(close(m.get("pipelined_speedup"), nccl / piped, 1e-6),
                    "%s: pipelined speedup at %g" % (t, L))
         if r["method"] == "qsgd" and pipe_bytes:
-            share = -(-(pipe_bytes // 4) // k)
-            piece = max(1, -(-share // bucket)) * bucket
-            pieces = -(-m_ // piece) if piece < m_ else 1
+            pieces = pieces_of(m_, bucket, k, pipe_bytes)
             expect(pieces > 1 and r.get("pieces") == pieces and r.get("piece_bytes") == pipe_bytes,
                    "%s: %s pieces of %s bytes (the library's %s, %s)"
                    % (t, pieces, pipe_bytes, r.get("pieces"), r.get("piece_bytes")))
@@ -1085,9 +1093,7 @@ def check_rs_projection(tag, r, kdoc, bits, bucket, pipe_bytes, intra_gbps=3600.
                                               fused=fused, code=code), costs, m_)
             hier = kernel + us(intra, intra_gbps) + us(inter, nic) + g * lat
             if pipe_bytes:
-                share = -(-(pipe_bytes // 4) // k)
-                piece = max(1, -(-share // bucket)) * bucket
-                pieces = -(-m_ // piece) if piece < m_ else 1
+                pieces = pieces_of(m_, bucket, k, pipe_bytes)
             piped_kernel = kernel
             piped = hier
             if pieces > 1:
@@ -1105,9 +1111,7 @@ def check_rs_projection(tag, r, kdoc, bits, bucket, pipe_bytes, intra_gbps=3600.
             # rounded up to whole buckets; the row model's two-stage pipeline of kernels
             # and wire, both link classes at once.
             if pipe_bytes:
-                share = -(-(pipe_bytes // 4) // n)
-                piece = max(1, -(-share // bucket)) * bucket
-                pieces = -(-m_ // piece) if piece < m_ else 1
+                pieces = pieces_of(m_, bucket, n, pipe_bytes)
             if pieces > 1:
                 kp = piped_kernel / pieces
                 wp = max(us(flat_intra / pieces, intra_gbps), us(flat_inter / pieces, nic)) + lat
@@ -1266,6 +1270,21 @@ def main():
         expect(abs(p["inter_bytes_ratio_flat_vs_hier"] - 4) < 1e-3,
                "flat / hier inter-node bytes at N=8, L=4 is 4 (got %s)"
                % p["inter_bytes_ratio_flat_vs_hier"])
+
+    # Past the library's 1024 pieces (gc::kMaxPieces): 4M elements on 4 x 1 at a 4-byte
+    # --model-pipe is one bucket a piece, 2048 pieces of the 1M-element chunk uncapped; the
+    # library grows the piece until 1024 cover it, and so must the projection.
+    code, _, rows = run(perf, ["-N", "2", "-b", "16M", "-e", "16M", "-n", "1", "-w", "0", "-q",
+                               str(bits), "-B", str(bucket), "--model-nodes", "4",
+                               "--model-local", "1", "--model-pipe", "4"],
+                        os.path.join(work, "projection-cap.json"))
+    expect(code == 0 and len(rows) == 1, "the projection past 1024 pieces exits 0 with one row")
+    for r in rows:
+        got = [p["hier_pieces"] for p in r["projection"]]
+        expect(got and all(g == 1024 for g in got),
+               "4 x 1 at 4-byte pieces is cut into 1024 pieces, the library's cap (got %s)" % got)
+        expect(all(p["hier_pieces"] == flat_pieces(r["count"], bucket, 4, 4)
+                   for p in r["projection"]), "the check's piece rule caps as the library's")
 
     # Nodes of 2 ranks at N = 4: hier rows, two link classes per row. Auto runs an allgather
     # across the 2 nodes; -a twoshot names the middle stage.
@@ -1884,8 +1903,7 @@ def main():
             count = r["count"]
             units = math.ceil(count / bucket)
             chunk = math.ceil(units / nranks) * bucket  # the largest bucket-aligned chunk
-            piece = max(1, math.ceil(math.ceil(pipe_bytes / 4 / nranks) / bucket)) * bucket
-            pieces = math.ceil(chunk / piece) if piece < chunk else 1
+            pieces = pieces_of(chunk, bucket, nranks, pipe_bytes)
             expect(r["algo"] == algo, "%s: ran %s (got %s)" % (tag, algo, r["algo"]))
             expect(pieces > 1, "%s: the case is cut into pieces" % tag)
             expect(r.get("pieces") == pieces and r.get("piece_bytes") == pipe_bytes,
@@ -1934,8 +1952,7 @@ def main():
              if r["method"] == "qsgd" and r["size"] == 256 << 10}
     for r in rows:
         tag = "pipelined rs %s" % r["dtype"]
-        piece = max(1, math.ceil(math.ceil(pipe_bytes / 4 / nranks) / bucket)) * bucket
-        pieces = math.ceil(r["count"] / piece) if piece < r["count"] else 1
+        pieces = pieces_of(r["count"], bucket, nranks, pipe_bytes)
         expect(r["algo"] == "reducescatter", "%s: ran the reduce-scatter (got %s)" % (tag, r["algo"]))
         expect(pieces > 1, "%s: the case is cut into pieces" % tag)
         expect(r.get("pieces") == pieces and r.get("piece_bytes") == pipe_bytes,
@@ -1991,9 +2008,7 @@ def main():
         for r in rows:
             tag = "one node of %d, pipelined %s %s" % (one, algo, r["dtype"])
             if rs:
-                share = -(-(pipe_bytes // 4) // one)
-                piece = max(1, -(-share // bucket)) * bucket
-                pieces = -(-r["count"] // piece) if piece < r["count"] else 1
+                pieces = pieces_of(r["count"], bucket, one, pipe_bytes)
             else:
                 pieces = flat_pieces(r["count"], bucket, one, pipe_bytes)
             expect(r["algo"] == algo and pieces > 1 and r.get("pieces") == pieces and
