@@ -247,7 +247,8 @@ ncclResult_t keepMultiDeviceGroup() {
   }
   if (!several) return ncclSuccess;
   warnOnce("multi-device",
-           "a user NCCL group holds eligible calls of communicators on several devices (one "
+           "a user NCCL group holds eligible calls (or the first float Sum/Avg calls) of "
+           "communicators on several devices (one "
            "thread driving several GPUs): they stay in the group uncompressed, and those "
            "communicators pass through");
   std::vector<Deferred> calls;
