@@ -101,6 +101,8 @@ TEST(Config, BadEnvironmentValuesNameVariableAndRange) {
       {"GRADCOMP_BUCKET", "100000", "GRADCOMP_BUCKET=100000 is not an integer in 32..8192"},
       {"GRADCOMP_DENSITY", "0", "GRADCOMP_DENSITY=0 is not a number in [1e-06, 1]"},
       {"GRADCOMP_DENSITY", "nan", "GRADCOMP_DENSITY=nan is not a number in [1e-06, 1]"},
+      // The whole value is the number: 0.01 followed by more is refused, not read as 0.01.
+      {"GRADCOMP_DENSITY", "0.01abc", "GRADCOMP_DENSITY=0.01abc is not a number in [1e-06, 1]"},
       {"GRADCOMP_METHOD", "zip", "GRADCOMP_METHOD=zip is not one of none|qsgd|topk|randk|dgc"},
       {"GRADCOMP_SEED", "-1",
        "GRADCOMP_SEED=-1 is not an unsigned 64-bit integer (decimal without leading zeros, or 0x "
@@ -155,6 +157,11 @@ TEST(Config, ValidateCatchesBadFieldsAndUninitializedStruct) {
   EXPECT_EQ(gradcompConfigValidate(&c), gradcompInvalidArgument);
   EXPECT_STREQ(gradcompGetLastError(),
                "momentum=0.9999995 (GRADCOMP_MOMENTUM) is out of range [0, 0.999999]");
+  // The bounds themselves are in range.
+  gradcompConfigInit(&c);
+  c.density = 1.0f;
+  c.momentum = 0.999999f;
+  EXPECT_EQ(gradcompConfigValidate(&c), gradcompSuccess) << gradcompGetLastError();
   gradcompConfigInit(&c);
   c.density = nextafterf(1e-6f, 0.0f);
   EXPECT_EQ(gradcompConfigValidate(&c), gradcompInvalidArgument);

@@ -585,6 +585,103 @@ TEST(HierReduceScatterCpu, StateOfAnotherInterleavingIsRefused) {
   }
 }
 
+// The inter-node group record is written for every reduce-scatter state,
+// keyed by the caller or by address (an unkeyed call's slots land on the
+// blocks alike), and read whole: a record naming more nodes than the comm
+// has (rankAt answers -1 past the last node), or with a padding word that is
+// not 0 (an odd count of nodes), is refused, leaving the comm unchanged.
+TEST(HierReduceScatterCpu, GroupRecordOfUnkeyedStatesIsWrittenAndReadWhole) {
+  const size_t m = 300;
+  auto world = [&](const std::vector<uint64_t>& hosts) {
+    const int N = (int)hosts.size();
+    gctest::CpuWorld* w = new gctest::CpuWorld(N, qsgdConfig(1));
+    std::vector<gc::Topology> topos(N);
+    const char* why = nullptr;
+    for (int r = 0; r < N; ++r) topos[r] = gc::hostTopology(r, hosts, &why);
+    std::vector<gradcompComm_t> comms(N);
+    for (int r = 0; r < N; ++r) comms[r] = w->comm(r);
+    gc::splitCpuWorld(comms.data(), topos);
+    return std::unique_ptr<gctest::CpuWorld>(w);
+  };
+  auto reduceScatter = [&](gctest::CpuWorld& w, bool keyed) {
+    const int N = w.size();
+    std::vector<std::vector<float>> g(N), out(N, std::vector<float>(m));
+    for (int i = 0; i < N; ++i) g[i] = gctest::normal(N * m, 60 + i, 1.0f);
+    auto res = w.run([&](int r) {
+      return keyed ? gradcompReduceScatterKeyed(g[r].data(), out[r].data(), m, ncclFloat32, ncclSum,
+                                                w.comm(r), nullptr, 9)
+                   : gradcompReduceScatter(g[r].data(), out[r].data(), m, ncclFloat32, ncclSum,
+                                           w.comm(r), nullptr);
+    });
+    for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
+  };
+  auto abab = world({7, 9, 7, 9}), aabb = world({7, 7, 9, 9});
+  reduceScatter(*abab, false);
+  for (int r = 0; r < 4; ++r) {
+    std::vector<uint8_t> blob = gctest::savedState(abab->comm(r));
+    const std::vector<uint8_t> before = gctest::savedState(aabb->comm(r));
+    EXPECT_EQ(gradcompCommLoadState(aabb->comm(r), blob.data(), blob.size()),
+              gradcompInvalidArgument)
+        << "rank " << r;
+    if (r == 0) {
+      EXPECT_NE(strstr(gradcompGetLastError(),
+                       "inter-node group (local rank 0 on every node) was ranks 0,1; on this comm "
+                       "it is ranks 0,2"),
+                nullptr)
+          << gradcompGetLastError();
+    }
+    EXPECT_EQ(gctest::savedState(aabb->comm(r)), before) << "rank " << r;
+    // The group record (the last, 32 bytes for 2 nodes) made to name 3 nodes.
+    ASSERT_GT(blob.size(), 32u);
+    uint32_t tag = 0;
+    int32_t ranks[2];
+    memcpy(&tag, blob.data() + blob.size() - 32, 4);
+    ASSERT_EQ(tag, 4u) << "rank " << r;
+    memcpy(ranks, blob.data() + blob.size() - 8, 8);
+    blob.resize(blob.size() - 32);
+    auto put = [&blob](const void* p, size_t n) {
+      blob.insert(blob.end(), (const uint8_t*)p, (const uint8_t*)p + n);
+    };
+    const uint32_t head[2] = {4, 0}, kz[2] = {3, 0};
+    const uint64_t recBytes = 40;
+    const int32_t named[4] = {ranks[0], ranks[1], -1, 0};
+    put(head, 8), put(&recBytes, 8), put(kz, 8), put(named, 16);
+    const uint64_t total = blob.size();
+    memcpy(blob.data() + 16, &total, 8);
+    gctest::reseal(blob);
+    const std::vector<uint8_t> mine = gctest::savedState(abab->comm(r));
+    EXPECT_EQ(gradcompCommLoadState(abab->comm(r), blob.data(), blob.size()),
+              gradcompInvalidArgument)
+        << "rank " << r;
+    EXPECT_NE(strstr(gradcompGetLastError(),
+                     "saved with an inter-node group of 3 ranks; this comm's has 2 (hierarchical)"),
+              nullptr)
+        << gradcompGetLastError();
+    EXPECT_EQ(gctest::savedState(abab->comm(r)), mine) << "rank " << r;
+  }
+  // Three nodes of 2: the record ends with a padding word.
+  auto three = world({7, 9, 5, 7, 9, 5});
+  reduceScatter(*three, true);
+  for (int r = 0; r < 6; ++r) {
+    std::vector<uint8_t> blob = gctest::savedState(three->comm(r));
+    ASSERT_EQ(gradcompCommLoadState(three->comm(r), blob.data(), blob.size()), gradcompSuccess)
+        << "rank " << r << ": " << gradcompGetLastError();
+    int32_t pad = -1;
+    memcpy(&pad, blob.data() + blob.size() - 4, 4);
+    ASSERT_EQ(pad, 0) << "rank " << r;
+    pad = 1;
+    memcpy(blob.data() + blob.size() - 4, &pad, 4);
+    gctest::reseal(blob);
+    const std::vector<uint8_t> mine = gctest::savedState(three->comm(r));
+    EXPECT_EQ(gradcompCommLoadState(three->comm(r), blob.data(), blob.size()),
+              gradcompInvalidArgument)
+        << "rank " << r;
+    EXPECT_NE(strstr(gradcompGetLastError(), "has padding 1 (expected 0)"), nullptr)
+        << gradcompGetLastError();
+    EXPECT_EQ(gctest::savedState(three->comm(r)), mine) << "rank " << r;
+  }
+}
+
 // rankAt answers from a table: the hierarchical reduce-scatter asks for every
 // rank's place at every call (and pipelined, at every piece), so a scan of
 // the ranks per answer made each call quadratic in them (65536 ranks of 8
@@ -615,6 +712,13 @@ TEST(HierReduceScatterCpu, RankAtIsATableLookUp) {
   for (int j = 0; j < G; ++j)
     for (int n = 0; n < k; ++n) ASSERT_EQ(b.rankAt(n, j), n * G + j) << "node " << n;
   for (int n = 0; n < k; n += 37) EXPECT_EQ(b.rankAt(n, 3), scanned(b, n, 3)) << "node " << n;
+  // The table is for nodes of localSize ranks each: where a node holds more
+  // (nodeOf from elsewhere than hostTopology's check), its last ranks would
+  // land in the next node's places, or past the table; none is made.
+  gc::Topology uneven;
+  uneven.nodes = 2, uneven.localSize = 2, uneven.nodeOf = {0, 0, 0, 1};
+  gc::indexRanks(&uneven);
+  EXPECT_TRUE(uneven.ranks.empty());
 }
 
 }  // namespace

@@ -339,6 +339,45 @@ TEST(StateBlob, RanksRestoredFromDifferentRunsAtTheSameStepFailAtTheNextCall) {
   step(b, n, 0);
 }
 
+// The same buffers at the same step, restored at different stages of DGC's
+// warm-up (run A: key 7 twice, then key 8; run B: key 7, then key 8 twice):
+// the warm-up sizes each key's next message by its calls, so the ranks would
+// exchange lists of different lengths though they hold the same keys. The
+// schedule counts each buffer's calls up to warmupSteps, and the next call
+// fails on every rank naming the loaded schedules.
+TEST(StateBlob, RanksRestoredAtDifferentWarmUpStagesOfTheSameBuffersFail) {
+  gradcompConfig_t cfg = baseConfig(gradcompMethodDgc);
+  cfg.warmupSteps = 8;
+  const size_t n = 4096;
+  gctest::CpuWorld a(2, cfg), b(2, cfg);
+  auto call = [&](gctest::CpuWorld& w, uint64_t key, int t) {
+    auto res = w.run([&](int r) {
+      std::vector<float> x = gctest::normal(n, 60 + 10 * t + r);
+      return gradcompAllReduceKeyed(x.data(), x.data(), n, ncclFloat32, ncclSum, w.comm(r), nullptr,
+                                    key);
+    });
+    for (auto rc : res) ASSERT_EQ(rc, gradcompSuccess) << gradcompGetLastError();
+  };
+  call(a, 7, 0), call(a, 7, 1), call(a, 8, 2);
+  call(b, 7, 0), call(b, 8, 1), call(b, 8, 2);
+  const Blob sa[2] = {save(a.comm(0)), save(a.comm(1))};
+  const Blob sb[2] = {save(b.comm(0)), save(b.comm(1))};
+  ASSERT_EQ(gradcompCommLoadState(a.comm(0), sa[0].data(), sa[0].size()), gradcompSuccess);
+  ASSERT_EQ(gradcompCommLoadState(a.comm(1), sb[1].data(), sb[1].size()), gradcompSuccess);
+  std::vector<gradcompResult_t> results;
+  std::vector<std::string> err;
+  step(a, n, 3, &results, &err);
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_EQ(results[r], gradcompInvalidUsage) << "rank " << r;
+    EXPECT_NE(err[r].find("the states they loaded differ in their buffers' schedules"),
+              std::string::npos)
+        << err[r];
+  }
+  ASSERT_EQ(gradcompCommLoadState(a.comm(0), sa[0].data(), sa[0].size()), gradcompSuccess);
+  ASSERT_EQ(gradcompCommLoadState(a.comm(1), sa[1].data(), sa[1].size()), gradcompSuccess);
+  step(a, n, 3);  // restored from one run: every rank succeeds
+}
+
 // Buffers keyed by address may be laid out differently on different ranks
 // of one run: here rank 0's second call comes from a new buffer (a second
 // state), rank 1's from the same one. Each rank's own checkpoint still loads

@@ -428,13 +428,49 @@ TEST(NcclSetup, FailedExchangeKeepsOwnError) {
   const gc::SetupVote ok = gc::makeSetupVote(gradcompSuccess, c.cfg, 1, nullptr);
   EXPECT_EQ(gc::setupNcclHierarchy(&c, ok, failing), gradcompNcclError);
   EXPECT_STREQ(gradcompGetLastError(), "NCCL error 3 'exchange'");
-  // A short answer from the exchange is refused, not read past.
+  // A short answer from the exchange is refused, not read past, before any
+  // split is made on it.
   auto shortAnswer = [&](const gc::SetupVote& v, std::vector<gc::SetupVote>* all) {
     all->assign(2, v);
     return gradcompSuccess;
   };
-  EXPECT_EQ(gc::setupNcclHierarchy(&c, ok, shortAnswer), gradcompInternalError);
+  const std::string log = loggedDuring([&] {
+    EXPECT_EQ(gc::setupNcclHierarchy(&c, ok, shortAnswer), gradcompInternalError);
+    EXPECT_STREQ(gradcompGetLastError(), "set-up exchange gave 2 votes for 4 ranks");
+  });
+  EXPECT_EQ(count(log, "CommSplit"), 0) << log;
   EXPECT_FALSE(c.intra);
+}
+
+// The same at a split's vote: this rank's own failed split (rank 1, node 0:
+// its intra-node split has color 0, key 1) says more than the exchange
+// that then failed, and it keeps no sub-communicator.
+TEST(NcclSetup, FailedSplitVoteKeepsTheSplitsError) {
+  gradcompComm c;
+  c.cfg = localSizeConfig(2);
+  c.rank = 1;
+  c.nranks = 4;
+  c.nccl = fakeComm();
+  const std::vector<gc::SetupVote> votes = votesOf(4, c.cfg);
+  int gathers = 0;
+  auto splitVoteFails = [&](const gc::SetupVote&, std::vector<gc::SetupVote>* all) {
+    if (++gathers == 1) {
+      *all = votes;
+      return gradcompSuccess;
+    }
+    return gc::setError(gradcompNcclError, "NCCL error 3 'exchange'");
+  };
+  setenv("FAKE_NCCL_SPLIT_FAIL", "0,1", 1);
+  const gradcompResult_t res = gc::setupNcclHierarchy(&c, votes[1], splitVoteFails);
+  const std::string error = gradcompGetLastError();
+  unsetenv("FAKE_NCCL_SPLIT_FAIL");
+  EXPECT_EQ(res, gradcompNcclError);
+  EXPECT_EQ(gathers, 2);
+  EXPECT_NE(error.find("ncclCommSplit"), std::string::npos) << error;
+  EXPECT_EQ(error.find("'exchange'"), std::string::npos) << error;
+  EXPECT_EQ(c.intraNccl, nullptr);
+  EXPECT_EQ(c.interNccl, nullptr);
+  gc::destroyHierarchy(&c);
 }
 
 // A rank whose GRADCOMP_* value the LD_PRELOAD library refused still goes

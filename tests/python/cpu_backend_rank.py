@@ -327,7 +327,7 @@ def replicas(out, rank):
     }
     # Both of a module's collectives through gradcomp, one state per group: DGC's momentum
     # correction on both would apply the velocity twice (refused, in either order); on one
-    # of them it is accepted.
+    # of them it is accepted, as on both where one's momentum is 0 (no velocity to apply).
     def dgc_state(group, **kw):
         return gct.GradcompState(process_group=group, backend="cpu", config=gradcomp.Config(
             from_env=False, method="dgc", min_elements=0, auto_tune=0, **kw))
@@ -346,7 +346,8 @@ def replicas(out, rank):
     res["one_velocity_registered"] = [
         both((rs, dgc_state(shard)), (ar, dgc_state(replicate, momentum_correction=0))),
         both((ar, dgc_state(replicate)), (rs, gct.GradcompState(
-            process_group=shard, backend="cpu", config=config())))]
+            process_group=shard, backend="cpu", config=config()))),
+        both((rs, dgc_state(shard)), (ar, dgc_state(replicate, momentum=0.0)))]
     state.close()
 
     model, state, _ = hooked("fp16", torch.float16)

@@ -323,6 +323,8 @@ class ConfigSettings(unittest.TestCase):
             (dict(method="foo"), r"method='foo' is not one of none\|qsgd\|topk\|randk\|dgc"),
             (dict(bits="4"), r"bits='4' is not an integer"),
             (dict(density="x"), r"density='x' is not a number"),
+            # A bool is an int to Python, not a number a setting takes (True is not density 1).
+            (dict(density=True), r"density=True is not a number"),
             # Past the C field's type: the setting's range and variable, not the C type's.
             (dict(bits=2**40), r"bits=1099511627776 \(GRADCOMP_BITS\) is out of range 2\.\.8$"),
             (dict(min_elements=-1), r"min_elements=-1 \(GRADCOMP_MIN_ELEMENTS\) is out of range "
@@ -356,9 +358,9 @@ class ConfigSettings(unittest.TestCase):
     def test_bad_world(self):
         with self.assertRaisesRegex(gradcomp.InvalidArgumentError, r"nranks=0 is out of range"):
             gradcomp.CpuWorld(0)
-        # int() would truncate these, ctypes would wrap the last one to 2.
+        # int() would truncate these, ctypes would wrap the last two (to 2, and to -2**31).
         for bad, why in ((2.5, "not an integer"), (True, "not an integer"),
-                         (2**32 + 2, "not a C int")):
+                         (2**32 + 2, "not a C int"), (2**31, "not a C int")):
             with self.assertRaisesRegex(gradcomp.InvalidArgumentError, f"nranks=.*{why}"):
                 gradcomp.CpuWorld(bad)
 
@@ -533,6 +535,13 @@ class CpuAllReduce(unittest.TestCase):
             x = np.zeros(4, np.float32)
             with self.assertRaisesRegex(ValueError, r"count=-1 is out of range"):
                 c.allreduce_raw(x.ctypes.data, x.ctypes.data, -1, "float32")
+            # One past a size_t, which ctypes would wrap to a count of 0 (a call that does
+            # nothing and succeeds), and one past an address.
+            with self.assertRaisesRegex(ValueError, r"count=18446744073709551616 is out of range"):
+                c.allreduce_raw(x.ctypes.data, x.ctypes.data, 2**64, "float32")
+            with self.assertRaisesRegex(ValueError, r"recvbuff=18446744073709551616 is not an "
+                                        r"address \(0 \.\. 2\*\*64 - 1\)"):
+                c.allreduce_raw(x.ctypes.data, 2**64, 4, "float32")
             with self.assertRaisesRegex(ValueError, r"count=4.0 is not an integer"):
                 c.allreduce_raw(x.ctypes.data, x.ctypes.data, 4.0, "float32")
             with self.assertRaisesRegex(ValueError, r"datatype=4294967303 is not a C int"):
@@ -641,6 +650,9 @@ class SaveLoadState(unittest.TestCase):
             # bytes(5) would be five zero bytes: a number is no blob.
             with self.assertRaisesRegex(ValueError, "blob is a int: pass the bytes"):
                 w.comms[0].load_state(5)
+            # A str has a length, but is text, not a blob.
+            with self.assertRaisesRegex(ValueError, "blob is a str: pass the bytes"):
+                w.comms[0].load_state("state")
             # A state dict (GradcompState's), or a sequence that is not bytes, is named, not
             # turned into bytes of its keys or a TypeError about one of them.
             with self.assertRaisesRegex(gradcomp.InvalidArgumentError,
