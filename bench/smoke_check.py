@@ -280,6 +280,76 @@ def report_costs(kdoc, r, bits, bucket, encode="qsgd_encode_ef", owner="qsgd_enc
     return costs
 
 
+COST_KEYS = ["encode", "encode_f32", "owner_encode", "decode", "decode_acc",
+             "elementwise_per_byte", "sum_per_byte"]
+
+
+def curve_costs(kdoc, r, bits, bucket, codec, peer=None, out=None, elem=None):
+    """The costs at the library's launch sizes (docs/benchmark.md, model.cc KernelCurve::at):
+    report_costs at every n the report times the row's encode at, each cost interpolated
+    linearly in log2(n) between those sizes, never below the largest size's (a timing loop's
+    small launches find their data in L2), held at the smallest below it and at the largest
+    above it. The codec kernels at `codec` elements, the peers' encodes (input and fp32) at
+    `peer`, the output's decodes at `out` (the decode overwrite's rate there), the elementwise
+    passes at `elem` (each `codec` where not given)."""
+    ns = sorted({x["n"] for x in kdoc["rows"] if x["kernel"] == "qsgd_encode_ef"
+                 and x["dtype"] == r["dtype"] and x["bits"] == bits
+                 and x.get("bucket", kdoc.get("bucket")) == bucket}) or [r["count"]]
+    pts = [(n, report_costs(kdoc, {"count": n, "dtype": r["dtype"]}, bits, bucket)) for n in ns]
+
+    def at(n):
+        if n >= pts[-1][0] or len(pts) == 1:
+            return dict(pts[-1][1] if n >= pts[-1][0] else pts[0][1])
+        n = max(n, pts[0][0])
+        i = 1
+        while i + 1 < len(pts) and pts[i][0] < n:
+            i += 1
+        (x0, a), (x1, b), z = pts[i - 1], pts[i], pts[-1][1]
+        f = (math.log2(n) - math.log2(x0)) / (math.log2(x1) - math.log2(x0))
+        c = {k: max(a[k] + f * (b[k] - a[k]), z[k]) for k in COST_KEYS}
+        c["decode_out"] = c["decode"]
+        return c
+
+    c = at(codec)
+    e = at(codec if peer is None else peer)
+    c["encode"], c["encode_f32"] = e["encode"], e["encode_f32"]
+    c["decode_out"] = at(codec if out is None else out)["decode"]
+    c["elementwise_per_byte"] = at(codec if elem is None else elem)["elementwise_per_byte"]
+    return c
+
+
+def batched(segments, bucket):
+    """Segments of one batched launch (model.cc batched): at most 16 (kBatchSegments) on a
+    warp bucket, else one launch a segment."""
+    return min(segments, 16) if warp_bucket(bucket) and segments >= 1 else 1
+
+
+def flat_launches(algo, count, n, bucket, pieces=1):
+    """A flat call's launch sizes (model.cc codecLaunch, peerEncodeLaunch, outDecodeLaunch,
+    elementwiseLaunch): two-shot codes chunks of count / (N P), its N-1 peers' encodes of a
+    piece one batched launch and its N output decodes another; the allgather codes the whole
+    buffer. (codec, peer, out, elem) for curve_costs."""
+    if algo == "allgather":
+        return count, count, count, count
+    chunk = math.ceil(count / n / max(1, pieces))
+    return chunk, chunk * batched(n - 1, bucket), chunk * batched(n, bucket), chunk
+
+
+def hier_launches(count, n, local, middle, bucket, pieces=1):
+    """A hierarchical call's launch sizes (the same functions, algo 5): the middle's codec
+    kernels on chunks of count / (N P) (an allgather middle on the whole shard, count / G,
+    one piece), its k-1 peers' encodes and k output decodes of a two-shot (ring: k) middle
+    batched; the widening and conversions per local block of count / G unpipelined, per
+    chunk's piece pipelined."""
+    k = n // local
+    chunk = (math.ceil(count / local) if middle == "allgather"
+             else math.ceil(count / n / max(1, pieces)))
+    peer = chunk * (batched(k - 1, bucket) if middle == "twoshot" else 1)
+    out = chunk * (batched(k, bucket) if middle in ("twoshot", "ring") else 1)
+    elem = chunk if pieces > 1 else math.ceil(count / local)
+    return chunk, peer, out, elem
+
+
 def sum_per_byte(kdoc, bits, bucket, count):
     """The fused owner's sum per byte it moves (kernel_rates.cc lookup): the report's qsgd_sum8
     row into fp32 at bits and bucket whose owner's block m = n / 8 is nearest count, over
@@ -603,7 +673,6 @@ def check_projection(tag, r, kdoc, bits, bucket, pipe_bytes, intra_gbps=3600.0, 
     import model_check  # its hier_middle: the algorithm the library runs on n ranks or nodes
     count, size = r["count"], r["size"]
     label = r.get("label") or ""
-    costs = report_costs(kdoc, r, bits, bucket)
     e_in, convert = TYPE_BYTES[r["dtype"]], r["dtype"] != "float"
     fused, code = warp_bucket(bucket), code_bytes(count, bits, bucket)
     us = lambda b, gbps: b * 8 / (gbps * 1e3)  # noqa: E731
@@ -621,8 +690,10 @@ def check_projection(tag, r, kdoc, bits, bucket, pipe_bytes, intra_gbps=3600.0, 
             flat_intra, flat_inter, flat_steps = e * (g - 1), e * (n - g), 1
         else:
             flat_intra, flat_inter, flat_steps = 2 * e * (g - 1) / n, 2 * e * (n - g) / n, 2
-        flat_kernel = kernel_total(kernel_work(flat_algo, n, e_in, True, convert,
-                                               fused=fused, code=code), costs, count)
+        # Each kernel at the rate of its launch size (curve_costs), as every figure below.
+        flat_work = kernel_work(flat_algo, n, e_in, True, convert, fused=fused, code=code)
+        flat_kernel = kernel_total(flat_work, curve_costs(
+            kdoc, r, bits, bucket, *flat_launches(flat_algo, count, n, bucket)), count)
         flat = (flat_kernel + max(us(flat_intra, intra_gbps), us(flat_inter, L / g))
                 + flat_steps * lat)
         t = "%s %dx%d@%g" % (tag, k, g, L)
@@ -633,17 +704,20 @@ def check_projection(tag, r, kdoc, bits, bucket, pipe_bytes, intra_gbps=3600.0, 
             # (flat_pieces), never the allgather: hier|P is two-shot's two streams, each
             # exchange half the flat bytes a piece over both link classes at once.
             pieces = flat_pieces(count, bucket, n, pipe_bytes) if flat_algo == "twoshot" else 1
-            piped = flat
+            piped, piped_kernel = flat, flat_kernel
             if pieces > 1:
                 x = max(us(flat_intra / 2 / pieces, intra_gbps),
                         us(flat_inter / 2 / pieces, L / g)) + lat
-                piped = two_shot_streams(r, n, pieces, None, lat, costs, x)
+                pc = curve_costs(kdoc, r, bits, bucket,
+                                 *flat_launches(flat_algo, count, n, bucket, pieces))
+                piped_kernel = kernel_total(flat_work, pc, count)
+                piped = two_shot_streams(r, n, pieces, None, lat, pc, x)
             expect(close(p["hier_intra_bytes"], flat_intra) and
                    close(p["hier_inter_bytes"], flat_inter) and
                    close(p["hier_kernel_us"], flat_kernel) and close(p["hier_time_us"], flat) and
                    p["hier_pieces"] == pieces and
                    p["hier_pipeline_bytes"] == (pipe_bytes if pieces > 1 else 0) and
-                   close(p["hier_pipelined_kernel_us"], flat_kernel) and
+                   close(p["hier_pipelined_kernel_us"], piped_kernel) and
                    close(p["hier_pipelined_time_us"], piped),
                    "%s: no hierarchy: hier's figures are flat's, cut as the library cuts a flat "
                    "%s (hier %s us, P = %s, hier|P %s us; flat %s us, P = %s, pipelined %s us)"
@@ -663,6 +737,7 @@ def check_projection(tag, r, kdoc, bits, bucket, pipe_bytes, intra_gbps=3600.0, 
         hier_inter = (k - 1) * es if middle == "allgather" else 2 * (k - 1) / k * es
         mid_steps = {"twoshot": 2, "allgather": 1, "ring": k}[middle]
         padded = first_part(count, g, bucket) * g != count
+        costs = curve_costs(kdoc, r, bits, bucket, *hier_launches(count, n, g, middle, bucket))
         kernel = kernel_total(kernel_work("hier", n, e_in, True, convert, g, middle,
                                           padded=padded, fused=fused, code=code), costs, count)
         hier = (kernel + us(hier_intra, intra_gbps) + us(hier_inter, L / g)
@@ -699,14 +774,16 @@ def check_projection(tag, r, kdoc, bits, bucket, pipe_bytes, intra_gbps=3600.0, 
                       - 2 * (g - 1) * lat)
         # Cut into pieces, the pipelined path's kernels (every piece widened, staged,
         # copied out).
+        pc = curve_costs(kdoc, r, bits, bucket,
+                         *hier_launches(count, n, g, middle, bucket, pieces))
         piped_kernel = kernel_total(kernel_work("hier", n, e_in, True, convert, g, middle,
-                                                pieces > 1, padded, fused, code), costs, count)
+                                                pieces > 1, padded, fused, code), pc, count)
         expect(close(p["hier_pipelined_kernel_us"], piped_kernel) and
                (pieces == 1 or piped_kernel > kernel),
                "%s: pipelined hier kernels %s vs %s" % (t, p["hier_pipelined_kernel_us"],
                                                          piped_kernel))
         if pieces > 1:
-            st = hier_stages(count, e_in, es, costs, k, g, L, intra_gbps, lat, pieces, fused,
+            st = hier_stages(count, e_in, es, pc, k, g, L, intra_gbps, lat, pieces, fused,
                              code)
             piped = hier_three_streams(st, round(pieces))
         else:
@@ -1285,6 +1362,23 @@ def main():
                "4 x 1 at 4-byte pieces is cut into 1024 pieces, the library's cap (got %s)" % got)
         expect(all(p["hier_pieces"] == flat_pieces(r["count"], bucket, 4, 4)
                    for p in r["projection"]), "the check's piece rule caps as the library's")
+
+    # The projection where the kernels' launches pass the report's smallest size (2^20): 4M
+    # elements, whose flat two-shot on 4 x 1 launches chunks of 1M, the peers' encodes at 3M
+    # (interpolated) and the output's decodes at 4M, in 2 pieces at --model-pipe 8M (half
+    # those); 2 x 1's allgather launches 4M (the copy's rate there raised to the largest
+    # size's); the hierarchy's middle below 2^20 (held at the smallest). At 1M bytes (above)
+    # every launch is below the smallest size, every cost that size's, so a cost looked up at
+    # another size than the launch's went unseen there.
+    code, _, rows = run(perf, ["-N", "2", "-b", "16M", "-e", "16M", "-n", "1", "-w", "0", "-q",
+                               str(bits), "-B", str(bucket), "--model-nodes", "2,4,8",
+                               "--model-local", "1,8", "--model-pipe", "8M"],
+                        os.path.join(work, "projection-launches.json"))
+    expect(code == 0 and len(rows) == 1, "the 16M projection exits 0 with one row")
+    for r in rows if kdoc else []:
+        check_projection("projection 16M", r, kdoc, bits, bucket, 8 << 20)
+        expect(any(p["hier_pieces"] == 2 for p in r["projection"]),
+               "the 16M projection cuts 4 x 1 into 2 pieces")
 
     # Nodes of 2 ranks at N = 4: hier rows, two link classes per row. Auto runs an allgather
     # across the 2 nodes; -a twoshot names the middle stage.
