@@ -60,6 +60,23 @@ std::vector<std::vector<float>> step(gctest::CpuWorld& w, size_t n, int t,
   return buf;
 }
 
+// Rank 0 loads run A's blob, rank 1 run B's: the next step (t) fails on every
+// rank naming the loaded schedules.
+void expectLoadedSchedulesDiffer(gctest::CpuWorld& a, const Blob (&sa)[2], const Blob (&sb)[2],
+                                 size_t n, int t) {
+  ASSERT_EQ(gradcompCommLoadState(a.comm(0), sa[0].data(), sa[0].size()), gradcompSuccess);
+  ASSERT_EQ(gradcompCommLoadState(a.comm(1), sb[1].data(), sb[1].size()), gradcompSuccess);
+  std::vector<gradcompResult_t> results;
+  std::vector<std::string> err;
+  step(a, n, t, &results, &err);
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_EQ(results[r], gradcompInvalidUsage) << "rank " << r;
+    EXPECT_NE(err[r].find("the states they loaded differ in their buffers' schedules"),
+              std::string::npos)
+        << err[r];
+  }
+}
+
 TEST(StateBlob, CorruptTruncatedOrPaddedBlobsAreRefusedWithoutTouchingTheComm) {
   for (gradcompMethod_t m : {gradcompMethodQsgd, gradcompMethodDgc}) {
     gradcompConfig_t cfg = baseConfig(m);
@@ -321,17 +338,7 @@ TEST(StateBlob, RanksRestoredFromDifferentRunsAtTheSameStepFailAtTheNextCall) {
   for (auto rc : res) ASSERT_EQ(rc, gradcompSuccess);
   const Blob sa[2] = {save(a.comm(0)), save(a.comm(1))};
   const Blob sb[2] = {save(b.comm(0)), save(b.comm(1))};
-  ASSERT_EQ(gradcompCommLoadState(a.comm(0), sa[0].data(), sa[0].size()), gradcompSuccess);
-  ASSERT_EQ(gradcompCommLoadState(a.comm(1), sb[1].data(), sb[1].size()), gradcompSuccess);
-  std::vector<gradcompResult_t> results;
-  std::vector<std::string> err;
-  step(a, n, 2, &results, &err);
-  for (int r = 0; r < 2; ++r) {
-    EXPECT_EQ(results[r], gradcompInvalidUsage) << "rank " << r;
-    EXPECT_NE(err[r].find("the states they loaded differ in their buffers' schedules"),
-              std::string::npos)
-        << err[r];
-  }
+  ASSERT_NO_FATAL_FAILURE(expectLoadedSchedulesDiffer(a, sa, sb, n, 2));
   ASSERT_EQ(gradcompCommLoadState(a.comm(1), sa[1].data(), sa[1].size()), gradcompSuccess);
   step(a, n, 2);  // every rank succeeds
   // Every rank reset: the same (empty) schedule again.
@@ -362,17 +369,7 @@ TEST(StateBlob, RanksRestoredAtDifferentWarmUpStagesOfTheSameBuffersFail) {
   call(b, 7, 0), call(b, 8, 1), call(b, 8, 2);
   const Blob sa[2] = {save(a.comm(0)), save(a.comm(1))};
   const Blob sb[2] = {save(b.comm(0)), save(b.comm(1))};
-  ASSERT_EQ(gradcompCommLoadState(a.comm(0), sa[0].data(), sa[0].size()), gradcompSuccess);
-  ASSERT_EQ(gradcompCommLoadState(a.comm(1), sb[1].data(), sb[1].size()), gradcompSuccess);
-  std::vector<gradcompResult_t> results;
-  std::vector<std::string> err;
-  step(a, n, 3, &results, &err);
-  for (int r = 0; r < 2; ++r) {
-    EXPECT_EQ(results[r], gradcompInvalidUsage) << "rank " << r;
-    EXPECT_NE(err[r].find("the states they loaded differ in their buffers' schedules"),
-              std::string::npos)
-        << err[r];
-  }
+  ASSERT_NO_FATAL_FAILURE(expectLoadedSchedulesDiffer(a, sa, sb, n, 3));
   ASSERT_EQ(gradcompCommLoadState(a.comm(0), sa[0].data(), sa[0].size()), gradcompSuccess);
   ASSERT_EQ(gradcompCommLoadState(a.comm(1), sa[1].data(), sa[1].size()), gradcompSuccess);
   step(a, n, 3);  // restored from one run: every rank succeeds
