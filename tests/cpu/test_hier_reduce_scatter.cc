@@ -538,6 +538,23 @@ TEST(HierReduceScatterCpu, RankAtFollowsHostTopology) {
   EXPECT_EQ(b.rankAt(1, 1), 5);
 }
 
+// Rank r's blob of the ranks-interleaved hierarchy ({7, 9, 7, 9}) loaded on
+// the grouped one ({7, 7, 9, 9}): refused, naming both inter-node groups on
+// rank 0, and the comm's state unchanged.
+void expectInterleavingRefused(gradcompComm_t aabb, const std::vector<uint8_t>& blob, int r) {
+  const std::vector<uint8_t> before = gctest::savedState(aabb);
+  EXPECT_EQ(gradcompCommLoadState(aabb, blob.data(), blob.size()), gradcompInvalidArgument)
+      << "rank " << r;
+  if (r == 0) {
+    EXPECT_NE(strstr(gradcompGetLastError(),
+                     "inter-node group (local rank 0 on every node) was ranks 0,1; on this comm "
+                     "it is ranks 0,2"),
+              nullptr)
+        << gradcompGetLastError();
+  }
+  EXPECT_EQ(gctest::savedState(aabb), before) << "rank " << r;
+}
+
 // A reduce-scatter state's slot l*k + j is input block R(j, l): it depends on
 // which ranks form this rank's inter-node group, not only on its node and
 // local rank. Hosts A B A B and A A B B put ranks 0 and 3 at the same node
@@ -567,18 +584,7 @@ TEST(HierReduceScatterCpu, StateOfAnotherInterleavingIsRefused) {
   for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
   for (int r = 0; r < N; ++r) {
     const std::vector<uint8_t> blob = gctest::savedState(abab->comm(r));
-    const std::vector<uint8_t> before = gctest::savedState(aabb->comm(r));
-    EXPECT_EQ(gradcompCommLoadState(aabb->comm(r), blob.data(), blob.size()),
-              gradcompInvalidArgument)
-        << "rank " << r;
-    if (r == 0) {
-      EXPECT_NE(strstr(gradcompGetLastError(),
-                       "inter-node group (local rank 0 on every node) was ranks 0,1; on this comm "
-                       "it is ranks 0,2"),
-                nullptr)
-          << gradcompGetLastError();
-    }
-    EXPECT_EQ(gctest::savedState(aabb->comm(r)), before) << "rank " << r;
+    expectInterleavingRefused(aabb->comm(r), blob, r);
     EXPECT_EQ(gradcompCommLoadState(again->comm(r), blob.data(), blob.size()), gradcompSuccess)
         << "rank " << r << ": " << gradcompGetLastError();
     EXPECT_EQ(gctest::savedState(again->comm(r)), blob) << "rank " << r;
@@ -619,18 +625,7 @@ TEST(HierReduceScatterCpu, GroupRecordOfUnkeyedStatesIsWrittenAndReadWhole) {
   reduceScatter(*abab, false);
   for (int r = 0; r < 4; ++r) {
     std::vector<uint8_t> blob = gctest::savedState(abab->comm(r));
-    const std::vector<uint8_t> before = gctest::savedState(aabb->comm(r));
-    EXPECT_EQ(gradcompCommLoadState(aabb->comm(r), blob.data(), blob.size()),
-              gradcompInvalidArgument)
-        << "rank " << r;
-    if (r == 0) {
-      EXPECT_NE(strstr(gradcompGetLastError(),
-                       "inter-node group (local rank 0 on every node) was ranks 0,1; on this comm "
-                       "it is ranks 0,2"),
-                nullptr)
-          << gradcompGetLastError();
-    }
-    EXPECT_EQ(gctest::savedState(aabb->comm(r)), before) << "rank " << r;
+    expectInterleavingRefused(aabb->comm(r), blob, r);
     // The group record (the last, 32 bytes for 2 nodes) made to name 3 nodes.
     ASSERT_GT(blob.size(), 32u);
     uint32_t tag = 0;
