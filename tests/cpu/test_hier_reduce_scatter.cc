@@ -538,6 +538,20 @@ TEST(HierReduceScatterCpu, RankAtFollowsHostTopology) {
   EXPECT_EQ(b.rankAt(1, 1), 5);
 }
 
+// A 1-bit QSGD world of one rank per host id, split into nodes by host as
+// NCCL's host hashes would split it.
+std::unique_ptr<gctest::CpuWorld> hostWorld(const std::vector<uint64_t>& hosts) {
+  const int N = (int)hosts.size();
+  std::unique_ptr<gctest::CpuWorld> w(new gctest::CpuWorld(N, qsgdConfig(1)));
+  std::vector<gc::Topology> topos(N);
+  const char* why = nullptr;
+  for (int r = 0; r < N; ++r) topos[r] = gc::hostTopology(r, hosts, &why);
+  std::vector<gradcompComm_t> comms(N);
+  for (int r = 0; r < N; ++r) comms[r] = w->comm(r);
+  gc::splitCpuWorld(comms.data(), topos);
+  return w;
+}
+
 // Rank r's blob of the ranks-interleaved hierarchy ({7, 9, 7, 9}) loaded on
 // the grouped one ({7, 7, 9, 9}): refused, naming both inter-node groups on
 // rank 0, and the comm's state unchanged.
@@ -564,17 +578,8 @@ void expectInterleavingRefused(gradcompComm_t aabb, const std::vector<uint8_t>& 
 TEST(HierReduceScatterCpu, StateOfAnotherInterleavingIsRefused) {
   const int N = 4;
   const size_t m = 300;
-  auto world = [&](const std::vector<uint64_t>& hosts) {
-    gctest::CpuWorld* w = new gctest::CpuWorld(N, qsgdConfig(1));
-    std::vector<gc::Topology> topos(N);
-    const char* why = nullptr;
-    for (int r = 0; r < N; ++r) topos[r] = gc::hostTopology(r, hosts, &why);
-    std::vector<gradcompComm_t> comms(N);
-    for (int r = 0; r < N; ++r) comms[r] = w->comm(r);
-    gc::splitCpuWorld(comms.data(), topos);
-    return std::unique_ptr<gctest::CpuWorld>(w);
-  };
-  auto abab = world({7, 9, 7, 9}), aabb = world({7, 7, 9, 9}), again = world({7, 9, 7, 9});
+  auto abab = hostWorld({7, 9, 7, 9}), aabb = hostWorld({7, 7, 9, 9}),
+       again = hostWorld({7, 9, 7, 9});
   std::vector<std::vector<float>> g(N), out(N, std::vector<float>(m));
   for (int i = 0; i < N; ++i) g[i] = gctest::normal(N * m, 40 + i, 1.0f);
   auto res = abab->run([&](int r) {
@@ -598,17 +603,6 @@ TEST(HierReduceScatterCpu, StateOfAnotherInterleavingIsRefused) {
 // not 0 (an odd count of nodes), is refused, leaving the comm unchanged.
 TEST(HierReduceScatterCpu, GroupRecordOfUnkeyedStatesIsWrittenAndReadWhole) {
   const size_t m = 300;
-  auto world = [&](const std::vector<uint64_t>& hosts) {
-    const int N = (int)hosts.size();
-    gctest::CpuWorld* w = new gctest::CpuWorld(N, qsgdConfig(1));
-    std::vector<gc::Topology> topos(N);
-    const char* why = nullptr;
-    for (int r = 0; r < N; ++r) topos[r] = gc::hostTopology(r, hosts, &why);
-    std::vector<gradcompComm_t> comms(N);
-    for (int r = 0; r < N; ++r) comms[r] = w->comm(r);
-    gc::splitCpuWorld(comms.data(), topos);
-    return std::unique_ptr<gctest::CpuWorld>(w);
-  };
   auto reduceScatter = [&](gctest::CpuWorld& w, bool keyed) {
     const int N = w.size();
     std::vector<std::vector<float>> g(N), out(N, std::vector<float>(m));
@@ -621,7 +615,7 @@ TEST(HierReduceScatterCpu, GroupRecordOfUnkeyedStatesIsWrittenAndReadWhole) {
     });
     for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
   };
-  auto abab = world({7, 9, 7, 9}), aabb = world({7, 7, 9, 9});
+  auto abab = hostWorld({7, 9, 7, 9}), aabb = hostWorld({7, 7, 9, 9});
   reduceScatter(*abab, false);
   for (int r = 0; r < 4; ++r) {
     std::vector<uint8_t> blob = gctest::savedState(abab->comm(r));
@@ -655,7 +649,7 @@ TEST(HierReduceScatterCpu, GroupRecordOfUnkeyedStatesIsWrittenAndReadWhole) {
     EXPECT_EQ(gctest::savedState(abab->comm(r)), mine) << "rank " << r;
   }
   // Three nodes of 2: the record ends with a padding word.
-  auto three = world({7, 9, 5, 7, 9, 5});
+  auto three = hostWorld({7, 9, 5, 7, 9, 5});
   reduceScatter(*three, true);
   for (int r = 0; r < 6; ++r) {
     std::vector<uint8_t> blob = gctest::savedState(three->comm(r));
