@@ -64,8 +64,7 @@ TEST_F(VoteGpu, StreamOrderedBufferWaitsForNoOtherStream) {
       gc::ExchangeBuffer buf;
       ASSERT_EQ(buf.allocOnStream(sizeof(in), s), cudaSuccess);
       ASSERT_NE(buf.get(), nullptr);
-      ASSERT_EQ(cudaMemcpyAsync(buf.get(), in, sizeof(in), cudaMemcpyHostToDevice, s),
-                cudaSuccess);
+      ASSERT_EQ(cudaMemcpyAsync(buf.get(), in, sizeof(in), cudaMemcpyHostToDevice, s), cudaSuccess);
       ASSERT_EQ(cudaMemcpyAsync(out, buf.get(), sizeof(out), cudaMemcpyDeviceToHost, s),
                 cudaSuccess);
       ASSERT_EQ(cudaStreamSynchronize(s), cudaSuccess);
