@@ -78,12 +78,13 @@ def check_projection_pieces(tag, r, doc):
             # No hierarchy (gc::hierLayout): the library runs the flat algorithm, and cuts a
             # two-shot or ring (not the allgather) into the pieces of its longest chunk at
             # hier_pipeline_bytes; one piece gives the unpipelined time. Pipelined, never
-            # below either stream's own work: every kernel on the compute stream, both
-            # exchanges of every piece (the flat bytes, a step each) on the comm stream.
+            # below either stream's own work: every kernel on the compute stream, the flat
+            # bytes and every piece's steps (two-shot's 2 exchanges, the ring's N-1 hops and
+            # its allgather) on the comm stream.
             n = k * g
             pipe = p["hier_pipeline_bytes"]
-            pieces = (flat_pieces(r["count"], r["bucket"], n, pipe)
-                      if hier_middle(label, n) != "allgather" else 1)
+            flat = hier_middle(label, n)
+            pieces = flat_pieces(r["count"], r["bucket"], n, pipe) if flat != "allgather" else 1
             expect(p["hier_pieces"] == pieces and (pieces > 1) == (pipe > 0) and
                    p["hier_time_us"] == p["flat_time_us"] and
                    (pieces > 1 or p["hier_pipelined_time_us"] == p["flat_time_us"]) and
@@ -95,7 +96,8 @@ def check_projection_pieces(tag, r, doc):
             if pieces > 1 and intra is not None and lat is not None and \
                     isinstance(p.get("hier_pipelined_kernel_us"), (int, float)):
                 comm = (max(us(p["flat_intra_bytes"], intra),
-                            us(p["flat_inter_bytes"], p["node_gbps"] / g)) + 2 * pieces * lat)
+                            us(p["flat_inter_bytes"], p["node_gbps"] / g))
+                        + (n if flat == "ring" else 2) * pieces * lat)
                 own = max(p["hier_pipelined_kernel_us"], comm)
                 expect(p["hier_pipelined_time_us"] >= (1 - 1e-9) * own,
                        "%s: pipelined flat %s us is shorter than a stream's own %s us"

@@ -248,13 +248,18 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
     row->algoUsed = algoFromStats(s0, s1);
     // The library's own rule (useHierReduceScatter): >= 2 nodes of >= 2 ranks.
     int nodes = 1, perNode = 1;
-    row->hierReduceScatter = row->algoUsed == kAlgoReduceScatter &&
-                             gradcompCommLayout(comm, &nodes, &perNode) == gradcompSuccess &&
-                             gc::hierLayout(nodes, perNode);
+    const bool laidOut = gradcompCommLayout(comm, &nodes, &perNode) == gradcompSuccess;
+    row->hierReduceScatter =
+        row->algoUsed == kAlgoReduceScatter && laidOut && gc::hierLayout(nodes, perNode);
     double pieces = row->algoUsed != 0 && s1.piecesLast > 1 ? (double)s1.piecesLast : 1;
     r.reduce(&pieces, 1, true);
     row->pieces = pieces;
     row->pieceBytes = pieces > 1 ? cfg.pipelineBytes : 0;
+    // The piece the library cut: past 1024 pieces it grows above the setting.
+    row->pieceBytesUsed = pieces > 1
+                              ? pieceBytesUsed(row->algoUsed, count, cfg.bucketSize, r.nranks(),
+                                               laidOut ? perNode : 1, cfg.pipelineBytes)
+                              : 0;
     if (o.check) {
       const MethodSpec& spec = methodSpec(cfg.method);
       CheckParams p = exactParams(o, r, dtype, count);

@@ -49,9 +49,11 @@ struct Row {
   // hierarchical reduce-scatter (the library's choice), named apart (rowAlgoName).
   bool hierReduceScatter = false;
   // Pipelined calls (GRADCOMP_PIPELINE_BYTES): pieces of the last call (max
-  // over ranks; 1 = not pipelined) and the setting that cut them.
+  // over ranks; 1 = not pipelined), the setting that cut them and the bytes
+  // (as fp32) a piece covers as the library cut it (pieceBytesUsed).
   double pieces = 1;
   size_t pieceBytes = 0;
+  size_t pieceBytesUsed = 0;
   int nranks = 1;
   bool reduceScatter = false;  // bytes/count are then the per-rank output
   bool failed = false;

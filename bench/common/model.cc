@@ -538,6 +538,12 @@ LinkBytes flatAllgatherBytes(double encoded, const Cluster& c) {
   return {encoded * (g - 1), encoded * (n - g)};
 }
 
+LinkBytes flatRingBytes(double encoded, const Cluster& c) {
+  const double n = c.ranks(), g = c.local;
+  if (c.nodes <= 1) return {2.0 * (n - 1) / n * encoded, 0.0};
+  return {(g - 1) / n * encoded, (2 * n - 1 - g) / n * encoded};
+}
+
 LinkBytes hierBytes(double bytes, double shardEncoded, const Cluster& c, double elemBytes,
                     int middle) {
   const double g = c.local, k = c.nodes;
@@ -552,6 +558,14 @@ double concurrentLinkUs(const LinkBytes& b, const Cluster& c) {
 
 double sequentialLinkUs(const LinkBytes& b, const Cluster& c) {
   return transferUs(b.intra, c.intraGbps) + transferUs(b.inter, c.nodeGbps / c.local);
+}
+
+double ringLinkUs(double encoded, const Cluster& c) {
+  const double n = c.ranks(), g = c.local, hop = encoded / n;
+  const double intra = c.local > 1 ? transferUs(hop, c.intraGbps) : 0.0;
+  const double inter = c.nodes > 1 ? transferUs(hop, c.nodeGbps / c.local) : 0.0;
+  return (n - 1) * std::max(intra, inter) +
+         concurrentLinkUs(LinkBytes{(g - 1) * hop, (n - g) * hop}, c);
 }
 
 TwoShotStageTimes twoShotClusterStageTimes(size_t count, const CallKind& kind, int nranks,
@@ -683,18 +697,47 @@ double hierPieces(size_t count, int bucket, const Cluster& c, size_t pipelineByt
 // among n ranks in whole buckets of d, grown so that at most 1024 pieces
 // (gc::kMaxPieces) cover the chunk; 1 where one piece holds it.
 // PipelineCpu.TheModelsPiecesAreTheLibrarys holds it to the library's.
-static double piecesOf(size_t len, size_t d, size_t n, size_t pipelineBytes) {
+// pieceOf: the piece's elements (len where one piece holds the chunk).
+static size_t pieceOf(size_t len, size_t d, size_t n, size_t pipelineBytes) {
   constexpr size_t kMaxPieces = 1024;
-  if (pipelineBytes == 0 || len == 0) return 1;
+  if (pipelineBytes == 0 || len == 0) return len;
   const size_t share = (pipelineBytes / 4 + n - 1) / n;
   const size_t least = ((len + kMaxPieces - 1) / kMaxPieces + d - 1) / d * d;
   const size_t piece = std::max(std::max<size_t>(1, (share + d - 1) / d) * d, least);
+  return std::min(piece, len);
+}
+
+static double piecesOf(size_t len, size_t d, size_t n, size_t pipelineBytes) {
+  const size_t piece = pieceOf(len, d, n, pipelineBytes);
   return piece >= len ? 1 : (double)((len + piece - 1) / piece);
 }
 
 double flatPieces(size_t count, int bucket, int nranks, size_t pipelineBytes) {
   const size_t d = (size_t)bucket, n = (size_t)(nranks > 1 ? nranks : 1);
   return piecesOf(firstPart(count, n, d), d, n, pipelineBytes);
+}
+
+size_t pieceBytesUsed(int algo, size_t count, int bucket, int nranks, int local,
+                      size_t pipelineBytes) {
+  const size_t d = (size_t)bucket, g = (size_t)(local > 1 ? local : 1);
+  const size_t n = (size_t)(nranks > 1 ? nranks : 1), k = std::max<size_t>(n / g, 1);
+  size_t len = 0, among = n;
+  switch (algo) {
+    case 1:  // two-shot and the ring: the longest of the N chunks
+    case 2:
+      len = firstPart(count, n, d);
+      break;
+    case 5:  // hier: its middle's, the longest shard's longest chunk among the K nodes
+      len = firstPart(firstPart(count, g, d), k, d), among = k;
+      break;
+    case 6:  // reduce-scatter: blocks of recvcount among the N ranks, or the K nodes
+      len = count, among = gc::hierLayout((int)k, (int)g) ? k : n;
+      break;
+    default:
+      return 0;
+  }
+  const size_t piece = pieceOf(len, d, among, pipelineBytes);
+  return piece >= len ? 0 : piece * among * 4;
 }
 
 double ncclClusterUs(double bytes, const Cluster& c) {
@@ -716,13 +759,15 @@ ClusterTimes clusterModel(size_t count, const CallKind& kind, int bits, int buck
   const double n = c.ranks();
   const double bytes = (double)count * kind.elemBytes;
   const size_t shard = (count + c.local - 1) / c.local;
-  // The flat path: an allgather (auto on 2 ranks, or named), else two-shot.
-  // The middle: an allgather or ring where the library runs one, else two-shot.
-  const int flat = flatAlgo == 3 ? 3 : 1;
+  // The flat path and the middle: an allgather (auto on 2 ranks or nodes, or
+  // named) or the ring (named) where the library runs one, else two-shot.
+  const int flat = flatAlgo == 3 || flatAlgo == 2 ? flatAlgo : 1;
   const int mid = middle == 3 || middle == 2 ? middle : 1;
   const double encoded = (double)gradcompQsgdEncodedBytes(count, bits, bucket);
   t.nccl = ncclClusterBytes(bytes, c);
-  t.flat = flat == 3 ? flatAllgatherBytes(encoded, c) : flatTwoShotBytes(encoded, c);
+  t.flat = flat == 3   ? flatAllgatherBytes(encoded, c)
+           : flat == 2 ? flatRingBytes(encoded, c)
+                       : flatTwoShotBytes(encoded, c);
   t.hier = hierBytes(bytes, (double)gradcompQsgdEncodedBytes(shard, bits, bucket), c,
                      (double)kind.elemBytes, mid);
   if (n <= 1) return t;
@@ -735,7 +780,9 @@ ClusterTimes clusterModel(size_t count, const CallKind& kind, int bits, int buck
                                      outDecodeLaunch(flat, count, c.ranks(), 1, bucket),
                                      codecLaunch(flat, count, c.ranks(), 1)),
                             (double)count);
-  t.flatUs = gradcompClusterUs(t.flatKernelUs, t.flat, false, fs.latencySteps, c);
+  // The ring's hops follow one another (ringLinkUs); the others' sends go at once.
+  t.flatUs = flat == 2 ? t.flatKernelUs + ringLinkUs(encoded, c) + fs.latencySteps * c.latencyUs
+                       : gradcompClusterUs(t.flatKernelUs, t.flat, false, fs.latencySteps, c);
   // Hierarchical with the middle algorithm on the shard over the K nodes.
   // GRADCOMP_AUTO between NCCL and the compressed path (comp of t).
   auto decide = [&](ClusterTimes& t, double ClusterTimes::*comp) {
@@ -767,13 +814,14 @@ ClusterTimes clusterModel(size_t count, const CallKind& kind, int bits, int buck
   // No hierarchy (one node, or nodes of one GPU): the library runs the flat
   // algorithm (gc::hierLayout), and hier's fields are flat's; pipelined, the
   // flat two-shot or ring as the library cuts it (twoshot.cc, ring.cc:
-  // splitPieces), on two-shot's two streams, its kernels at the pieces'
-  // launch sizes; the allgather is never cut.
+  // splitPieces), its kernels at the pieces' launch sizes: two-shot on its
+  // two streams, the ring in its rows' two-stage pipeline (its hops' links
+  // are then concurrentLinkUs's); the allgather is never cut.
   if (!gc::hierLayout(c.nodes, c.local)) {
     t.hierKernelUs = t.hierPipedKernelUs = t.flatKernelUs;
     t.hierUs = t.hierPipedUs = t.flatUs;
     t.hier = t.flat;
-    t.hierPieces = flat == 1 ? flatPieces(count, bucket, c.ranks(), pipelineBytes) : 1;
+    t.hierPieces = flat != 3 ? flatPieces(count, bucket, c.ranks(), pipelineBytes) : 1;
     t.hierPipelineBytes = t.hierPieces > 1 ? pipelineBytes : 0;
     if (t.hierPieces > 1) {
       const double P = t.hierPieces;
@@ -782,8 +830,11 @@ ClusterTimes clusterModel(size_t count, const CallKind& kind, int bits, int buck
                                       outDecodeLaunch(flat, count, c.ranks(), P, bucket),
                                       codecLaunch(flat, count, c.ranks(), P));
       t.hierPipedKernelUs = kernelUs(fs.work, pc, (double)count);
-      t.hierPipedUs = twoShotPipelineSimUs(
-          twoShotClusterStageTimes(count, kind, c.ranks(), pc, t.flat, c, P), (int)llround(P));
+      t.hierPipedUs = flat == 2
+                          ? pipelinedClusterUs(t.hierPipedKernelUs, t.flat, fs.latencySteps, c, P)
+                          : twoShotPipelineSimUs(
+                                twoShotClusterStageTimes(count, kind, c.ranks(), pc, t.flat, c, P),
+                                (int)llround(P));
     }
     // The library's compressed path, pipelined where it is cut.
     decide(t, &ClusterTimes::hierPipedUs);

@@ -272,6 +272,18 @@ LinkBytes flatTwoShotBytes(double encoded, const Cluster& c);
 // Flat allgather (plugin/algorithms/allgather.cc): each rank sends its whole
 // encoding E to every other rank, (N-G) of them on other nodes.
 LinkBytes flatAllgatherBytes(double encoded, const Cluster& c);
+// Flat ring (plugin/algorithms/ring.cc): N-1 hops, each E/N to the next rank,
+// then each rank's reduced chunk, E/N, to every other rank (N-G of them on
+// other nodes). The bytes of the rank last on its node, whose hops all leave
+// it (the ranks' most, as a row's inter_wire_bytes): (G-1)/N E in the node,
+// (2N-1-G)/N E across; on one node all 2(N-1)/N E in it.
+LinkBytes flatRingBytes(double encoded, const Cluster& c);
+// Its links' time: the hops one after another (each waits for the one
+// before, so each takes the slowest link a hop crosses: NVLink where nodes
+// have G >= 2, the NIC where there are K >= 2 nodes), then the allgather's
+// sends over both link classes at once. Without a hierarchy (K = 1 or G = 1)
+// this is concurrentLinkUs(flatRingBytes).
+double ringLinkUs(double encoded, const Cluster& c);
 // Hierarchical: NVLink reduce-scatter of the buffer widened to fp32 and
 // allgather of the reduced shards in the buffer's type (elemBytes each),
 // (G-1)/G * count * (4 + elemBytes), then the `middle` algorithm on each
@@ -367,10 +379,11 @@ double gradcompClusterUs(double kernelUs, const LinkBytes& b, bool stages, doubl
 // (one node, or nodes of one GPU: gc::hierLayout) the library runs the flat
 // algorithm, and hier's fields (bytes, kernels, times) are flat's, its
 // pipelined ones the flat algorithm's as the library cuts it at
-// pipelineBytes: a two-shot (or a ring, charged as two-shot) in flatPieces,
-// on its two streams (twoShotPipelineSimUs of twoShotClusterStageTimes, the
-// kernels at the pieces' launch sizes); an allgather in one piece. The flat
-// fields stay unpipelined.
+// pipelineBytes: a two-shot or ring in flatPieces, the kernels at the pieces'
+// launch sizes; two-shot on its two streams (twoShotPipelineSimUs of
+// twoShotClusterStageTimes), the ring in the two-stage pipeline of its rows'
+// model (pipelinedClusterUs, its N steps a piece); an allgather in one
+// piece. The flat fields stay unpipelined.
 // autoUs: GRADCOMP_AUTO, which passes a call
 // through when its predicted compressed time (hier, pipelined, on >= 2 nodes
 // of >= 2 GPUs; else flat, pipelined where cut) is not below NCCL's, predicted as the library does
@@ -394,11 +407,12 @@ struct ClusterTimes {
 // the library runs flat over the N ranks and `middle` the hierarchy's across
 // the K nodes (gradcompAlgo_t, as pickDenseAlgorithm picks them: on auto an
 // allgather on 2 ranks or 2 nodes, two-shot above): 3 (allgather) charges
-// the allgather's kernels, bytes and one latency step; a ring middle its
-// kernels and K steps; anything else two-shot's (a flat ring is charged as
-// two-shot). Only a two-shot middle is cut into pieces (hier.cc,
-// hierPieceCount); any other is projected in one piece. Flat, the library
-// cuts two-shot and the ring (flatPieces), never the allgather.
+// the allgather's kernels, bytes and one latency step; 2 (ring) the ring's
+// kernels (a decode, add and re-encode at each of its N-1 hops), N steps and
+// flatRingBytes at ringLinkUs flat, its kernels and K steps as the middle;
+// anything else two-shot's. Only a two-shot middle is cut into pieces
+// (hier.cc, hierPieceCount); any other is projected in one piece. Flat, the
+// library cuts two-shot and the ring (flatPieces), never the allgather.
 ClusterTimes clusterModel(size_t count, const CallKind& kind, int bits, int bucket,
                           const KernelCurve& costs, const Cluster& c, size_t pipelineBytes = 0,
                           bool decideAuto = true, int flatAlgo = 1, int middle = 1);
@@ -409,6 +423,17 @@ ClusterTimes clusterModel(size_t count, const CallKind& kind, int bits, int buck
 // up to whole buckets; one piece where that holds the chunk. hierPieces is
 // this on the K nodes with the longest shard for the buffer.
 double flatPieces(size_t count, int bucket, int nranks, size_t pipelineBytes);
+// The bytes (as fp32, GRADCOMP_PIPELINE_BYTES's unit) one piece of a call
+// covers as the library cuts it at pipelineBytes: the piece of each chunk
+// (whole buckets, grown so that at most 1024 pieces cover the longest; so
+// above pipelineBytes where that grows it) times the chunks it is cut from
+// times 4. algo the gradcompAlgo_t that ran (6: the reduce-scatter, count
+// its recvcount, hierarchical on >= 2 nodes of >= 2 ranks), on `nranks`
+// ranks in nodes of `local`: two-shot and the ring, the N chunks; hier, its
+// middle's K chunks of the longest shard; the reduce-scatter, its N blocks
+// (hierarchical: K). 0 where the call is one piece or the algorithm is not cut.
+size_t pieceBytesUsed(int algo, size_t count, int bucket, int nranks, int local,
+                      size_t pipelineBytes);
 // The pieces the library cuts a hierarchical reduce-scatter of `recvCount`
 // elements a rank into on c at pipelineBytes (0: off): its middle stage's, the
 // flat reduce-scatter among the K nodes (splitPieces on the inter-node comm):

@@ -379,8 +379,9 @@ void printProjection(const Options& o, const std::vector<Row>& rows) {
         "#  hier: the hierarchy (>= 2 nodes of >= 2 GPUs; elsewhere the library runs the flat "
         "algorithm: hier is flat's); hier|P: hier cut into P pieces (--model-pipe %zu), "
         "pipelined (each piece's NVLink reduce-scatter and allgather in turn on one node "
-        "stream; flat: a two-shot or ring cut as the library cuts it, on two-shot's two "
-        "streams); auto: the smaller of the compressed time and NCCL's\n",
+        "stream; flat: a two-shot or ring cut as the library cuts it, two-shot on its two "
+        "streams, the ring each piece's kernels overlapping the transfer of the one before); "
+        "auto: GRADCOMP_AUTO's choice of the compressed time and NCCL's\n",
         o.modelPipelineBytes);
   // Names, then their units, as nccl-tests labels its columns (the x columns are ratios).
   const char* projectionColumns =
@@ -497,7 +498,8 @@ bool writeJson(const std::string& path, const Options& o, const RunInfo& info,
     fprintf(f, "\"identical\": %s, \"host_us\": %s, \"baseline_host_us\": %s, ",
             r.identical < 0 ? "null" : (r.identical ? "true" : "false"), jsonNum(r.hostUs).c_str(),
             jsonNum(r.baselineHostUs).c_str());
-    fprintf(f, "\"pieces\": %s, \"piece_bytes\": %zu, ", jsonNum(r.pieces).c_str(), r.pieceBytes);
+    fprintf(f, "\"pieces\": %s, \"piece_bytes\": %zu, \"piece_bytes_used\": %zu, ",
+            jsonNum(r.pieces).c_str(), r.pieceBytes, r.pieceBytesUsed);
     if (r.autoRan) {
       fprintf(f, "\"auto_time_us\": %s, \"auto_choice\": %s, \"auto_regret\": %s, ",
               jsonNum(r.autoUs).c_str(), jsonStr(r.autoPassed ? "nccl" : "compress").c_str(),
@@ -644,7 +646,7 @@ bool writeCsv(const std::string& path, const Options& o, const std::vector<Row>&
           "model_missing,kernels_measured,kernel_source,encode_us,decode_us,latency_steps,"
           "kernel_note,rank_weight_min,rank_weight_max,rank_weights_wrong,auto_wrong,"
           "auto_identical,auto_rank_weights_wrong,levels,kernel_launch,kernel_launch_peer_encode,"
-          "kernel_launch_out_decode");
+          "kernel_launch_out_decode,piece_bytes_used");
   for (double g : o.linkGbps)
     fprintf(f, ",model_%gg_us,nccl_model_%gg_us,model_%gg_speedup", g, g, g);
   fprintf(f, "\n");
@@ -699,6 +701,7 @@ bool writeCsv(const std::string& path, const Options& o, const std::vector<Row>&
             r.kernelsMeasured && !r.sparseKernels ? csvNum(r.peerEncodeLaunch).c_str() : "");
     fprintf(f, ",%s",
             r.kernelsMeasured && !r.sparseKernels ? csvNum(r.outDecodeLaunch).c_str() : "");
+    fprintf(f, ",%zu", r.pieceBytesUsed);
     for (size_t k = 0; k < o.linkGbps.size(); ++k) {
       if (k < r.model.size())
         fprintf(f, ",%g,%g,%g", r.model[k].gradcompUs, r.model[k].ncclUs, modelSpeedup(r.model[k]));

@@ -141,7 +141,7 @@ TEST(PipelineCpu, PiecesAreWholeBucketsOfEveryChunk) {
 // among the K nodes (hierPieces) and the flat reduce-scatter's
 // (reduceScatterPieces) are the library's for every count, bucket, rank
 // count and piece size tried, pipelining off and pieces of less than a
-// bucket among them.
+// bucket among them; and so is the piece a row reports (pieceBytesUsed).
 TEST(PipelineCpu, TheModelsPiecesAreTheLibrarys) {
   gradcompComm c;
   ASSERT_EQ(gradcompConfigInit(&c.cfg), gradcompSuccess);
@@ -159,16 +159,34 @@ TEST(PipelineCpu, TheModelsPiecesAreTheLibrarys) {
           ASSERT_EQ(gcbench::flatPieces(count, d, n, bytes), (double)lib)
               << "N " << n << " bucket " << d << " count " << count << " bytes " << bytes;
           (lib > 1 ? cut : whole)++;
-          ASSERT_EQ(gcbench::reduceScatterPieces(count, d, n, bytes),
-                    (double)gc::splitPieces(c, gc::equalBlocks(c, count, 4)).count)
+          // The piece a row reports (pieceBytesUsed): the library's piece of each of the
+          // n chunks (blocks, for the reduce-scatter) as fp32; 0 in one piece.
+          auto used = [&](const gc::Pieces& p) { return p.count > 1 ? p.piece * n * 4 : 0; };
+          for (int algo : {gradcompAlgoTwoShot, gradcompAlgoRing})
+            ASSERT_EQ(gcbench::pieceBytesUsed(algo, count, d, n, 1, bytes),
+                      used(gc::splitPieces(c, gc::splitChunks(c, count, 4))))
+                << "algo " << algo << " N " << n << " bucket " << d << " count " << count
+                << " bytes " << bytes;
+          const gc::Pieces blocks = gc::splitPieces(c, gc::equalBlocks(c, count, 4));
+          ASSERT_EQ(gcbench::reduceScatterPieces(count, d, n, bytes), (double)blocks.count)
               << "N " << n << " bucket " << d << " recvcount " << count << " bytes " << bytes;
-          // The hierarchy of K = n nodes of G: two-shot among the nodes on shard 0.
+          ASSERT_EQ(gcbench::pieceBytesUsed(6, count, d, n, 1, bytes), used(blocks))
+              << "N " << n << " bucket " << d << " recvcount " << count << " bytes " << bytes;
+          // The hierarchy of K = n nodes of G: two-shot among the nodes on shard 0; the
+          // hierarchical reduce-scatter's blocks among the nodes.
           for (int g : {2, 8}) {
             gcbench::Cluster cl;
             cl.nodes = n, cl.local = g;
+            const size_t shard = gc::alignedOffset(count, g, d, 1);
             ASSERT_EQ(gcbench::hierPieces(count, d, cl, bytes),
-                      (double)gc::chunkPieces(c, gc::alignedOffset(count, g, d, 1), 4))
+                      (double)gc::chunkPieces(c, shard, 4))
                 << n << " x " << g << " bucket " << d << " count " << count << " bytes " << bytes;
+            ASSERT_EQ(gcbench::pieceBytesUsed(gradcompAlgoHier, count, d, n * g, g, bytes),
+                      used(gc::splitPieces(c, gc::splitChunks(c, shard, 4))))
+                << n << " x " << g << " bucket " << d << " count " << count << " bytes " << bytes;
+            ASSERT_EQ(gcbench::pieceBytesUsed(6, count, d, n * g, g, bytes), used(blocks))
+                << n << " x " << g << " bucket " << d << " recvcount " << count << " bytes "
+                << bytes;
           }
         }
       }
