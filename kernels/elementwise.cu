@@ -1,5 +1,6 @@
 // Elementwise kernels of the CUDA backend: type conversion with an optional
-// addend, scaled conversion back, and accumulation. The same __host__
+// addend, scaled conversion back, accumulation, and the non-finite check of
+// a call's output with the clear of its state it decides. The same __host__
 // __device__ helpers as the CPU backend, so both round identically.
 #include <cuda_runtime.h>
 
@@ -44,6 +45,26 @@ __global__ void addKernel(float* __restrict__ acc, const float* __restrict__ x, 
   }
 }
 
+// *flag was zeroed before the launch; any block that reads a NaN or an
+// infinity stores 1 (the same value: the race is benign).
+__global__ void flagNonFiniteKernel(const void* __restrict__ x, DType t, size_t n, float* flag) {
+  bool bad = false;
+  for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n && !bad;
+       i += (size_t)gridDim.x * blockDim.x) {
+    bad = !isFiniteBits(floatToBits(loadAsFloat(x, t, i)) & 0x7fffffffu);
+  }
+  if (__syncthreads_or(bad) && threadIdx.x == 0) *flag = 1.0f;
+}
+
+// Every block reads the flag and returns at once in the common case.
+__global__ void zeroIfFlaggedKernel(float* __restrict__ x, size_t n, const float* flag) {
+  if (*flag == 0.0f) return;
+  for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+       i += (size_t)gridDim.x * blockDim.x) {
+    x[i] = 0.0f;
+  }
+}
+
 }  // namespace
 
 cudaError_t toFloat(const void* x, DType t, const float* addend, size_t n, float* out,
@@ -62,6 +83,19 @@ cudaError_t fromFloat(const float* x, size_t n, float divisor, DType t, void* ou
 cudaError_t add(float* acc, const float* x, size_t n, cudaStream_t s) {
   if (n == 0) return cudaSuccess;
   addKernel<<<blocksFor(n), kThreads, 0, s>>>(acc, x, n);
+  return cudaGetLastError();
+}
+
+cudaError_t flagNonFinite(const void* x, DType t, size_t n, float* flag, cudaStream_t s) {
+  const cudaError_t e = cudaMemsetAsync(flag, 0, sizeof(float), s);
+  if (e != cudaSuccess || n == 0) return e;
+  flagNonFiniteKernel<<<blocksFor(n), kThreads, 0, s>>>(x, t, n, flag);
+  return cudaGetLastError();
+}
+
+cudaError_t zeroIfFlagged(float* x, size_t n, const float* flag, cudaStream_t s) {
+  if (n == 0) return cudaSuccess;
+  zeroIfFlaggedKernel<<<blocksFor(n), kThreads, 0, s>>>(x, n, flag);
   return cudaGetLastError();
 }
 

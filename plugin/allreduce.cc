@@ -56,6 +56,7 @@ gradcompResult_t sparseAllReduce(gradcompComm* c, const void* send, void* recv, 
   GC_TRACE("%s: count=%zu type=%d step=%llu", algo.name, count, (int)t,
            (unsigned long long)c->step);
   GC_CHECK(algo.run(args, c->workspace));
+  GC_CHECK(discardStateIfNonFinite(*c, *state, recv, count, t, false));
   return finishCall(*c, *state, algo.id, count * dtypeBytes(t),
                     hier ? hierWireBytes(*c, count, t, 0, state->calls)
                          : sparseWireBytes(*c, count, state->calls),
@@ -119,6 +120,7 @@ gradcompResult_t allReduce(const void* send, void* recv, size_t count, ncclDataT
   GC_TRACE("%s: count=%zu type=%d bits=%d step=%llu", algo.name, count, (int)type, bits,
            (unsigned long long)c->step);
   GC_CHECK(algo.run(args, c->workspace));
+  GC_CHECK(discardStateIfNonFinite(*c, *state, recv, count, t, false));
   GC_CHECK(recordReducedStats(*c, *state, recv, count, t));
   recordBits(*c, bits);
   c->stats.piecesLast = algo.pieces != nullptr ? algo.pieces(*c, count, bits) : 1;

@@ -264,6 +264,7 @@ gradcompResult_t carriedPassThrough(gradcompComm& c, int kind, bool keyed, uint6
   // Only a call that may compress at a retune (`agreed`: GRADCOMP_AUTO passed
   // it); a count under minElements is never compressed.
   if (momentum && agreed && (rs ? useHierReduceScatter(c) : useHier(c))) st->unsharded = true;
+  GC_CHECK(discardStateIfNonFinite(c, *st, recv, rs ? count : n, t, rs));
   c.stats.callsPassedThrough++;
   *done = true;
   return gradcompSuccess;
@@ -484,6 +485,22 @@ gradcompResult_t finishCall(gradcompComm& c, BufferState& s, int algoId, size_t 
   c.stats.bytesIn += bytesIn;
   c.stats.bytesOnWire += bytesOnWire;
   c.stats.bytesInterNode += bytesInterNode;
+  return gradcompSuccess;
+}
+
+gradcompResult_t discardStateIfNonFinite(gradcompComm& c, BufferState& s, const void* recv,
+                                         size_t count, DType t, bool reduceScatter) {
+  const std::pair<float*, size_t> arrays[] = {
+      {s.residual, s.count}, {s.ownerResidual, s.ownerResidualCount}, {s.momentum, s.count}};
+  bool held = false;
+  for (const auto& a : arrays) held |= a.first != nullptr && a.second > 0;
+  if (!held) return gradcompSuccess;
+  float* flag = c.backend->flagScratch();
+  GC_CHECK(c.backend->flagNonFinite(recv, t, count, flag));
+  if (reduceScatter) GC_CHECK(c.transport->passThrough(flag, flag, 1, ncclFloat32, ncclMax));
+  for (const auto& a : arrays) {
+    if (a.first) GC_CHECK(c.backend->zeroIfFlagged(a.first, a.second, flag));
+  }
   return gradcompSuccess;
 }
 

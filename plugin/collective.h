@@ -107,8 +107,9 @@ gradcompResult_t checkCallEnums(const ncclDataType_t* type, const ncclRedOp_t* o
 // accumulates (clipping included), all of v goes to NCCL's collective in the
 // buffer type, then v is spent (cleared) and u kept, as in the dense
 // fallback without masking: the step is momentum SGD's. A non-finite v
-// reaches the output and the element's u and v stay as they were. Counted
-// as passed through. On a hierarchical comm the reduce-scatter's u and v
+// reaches the output, and a non-finite output clears u and v on every rank
+// (discardStateIfNonFinite). Counted as passed through. On a hierarchical
+// comm the reduce-scatter's u and v
 // are in the compressed call's permuted block order (hier_reduce_scatter.cc),
 // so that each element keeps its own across a retune. `kind` is
 // kStateAllReduce or kStateReduceScatter;
@@ -121,8 +122,9 @@ gradcompResult_t momentumPassThrough(gradcompComm& c, int kind, bool keyed, uint
 // A call GRADCOMP_AUTO passes (the buffers checked and the call agreed on)
 // for a buffer whose state, made by earlier compressed calls, holds a
 // residual: v = residual + g goes to NCCL's collective in the buffer type,
-// then v is spent (cleared; a non-finite element keeps its old residual), so
-// a retune from compressed to passed delays the residual by nothing. Not for
+// then v is spent (cleared; a non-finite output clears the whole state,
+// discardStateIfNonFinite), so a retune from compressed to passed delays the
+// residual by nothing. Not for
 // a buffer without such a state, nor when the workspace cannot be had (the
 // residual then waits, as before 2026-12-05): *done false, the caller passes
 // the call plainly. fp16/bf16: v's rounding to the buffer type is not kept.
@@ -176,5 +178,20 @@ gradcompResult_t finishCall(gradcompComm& c, BufferState& s, int algoId, size_t 
 
 // A QSGD call's bit width: bitsLast and the per-width call count.
 void recordBits(gradcompComm& c, int bits);
+
+// The end of a call that carries the buffer's state (compressed, or passed
+// with it): when its output, recv's `count` elements of type t, holds a NaN
+// or an infinity, every rank clears the buffer's error feedback (residual,
+// owner residual, DGC's velocity and momentum; DQ-SGD's statistics stay).
+// Such an output is what AMP's GradScaler skips, and what the state kept of
+// the call is the skipped step's: a finite gradient whose sum over the ranks
+// overflows the type leaves huge leftovers that would make the next calls
+// non-finite too (or, once rescaled, finite and huge). The decision is taken
+// from the output, alike on every rank: an allreduce's is the same
+// everywhere, a reduce-scatter's blocks are ORed over the ranks (one
+// allreduce of a float). On the stream, no host sync; a buffer without state
+// checks nothing. docs/reliability.md, "Non-finite gradients".
+gradcompResult_t discardStateIfNonFinite(gradcompComm& c, BufferState& s, const void* recv,
+                                         size_t count, DType t, bool reduceScatter);
 
 }  // namespace gc

@@ -122,6 +122,7 @@ gradcompResult_t reduceScatter(const void* send, void* recv, size_t recvCount, n
   GC_TRACE("%s: recvcount=%zu type=%d bits=%d step=%llu", algo.name, recvCount, (int)type, bits,
            (unsigned long long)c->step);
   GC_CHECK(algo.run(args, c->workspace));
+  GC_CHECK(discardStateIfNonFinite(*c, *state, recv, recvCount, t, true));
   if (qsgd) {
     GC_CHECK(recordGatheredStats(*c, *state, recv, recvCount, t));
     recordBits(*c, bits);

@@ -20,6 +20,8 @@
 // Non-finite v (a NaN/Inf gradient): it reaches the output (selected first,
 // or through rand-k's flag) and the element's v and u end as they were
 // before the call: accumulate saves the old v in `keep`, settle puts it back.
+// The entry point then clears the whole state on every rank, the output
+// being non-finite (collective.h, discardStateIfNonFinite).
 #include <math.h>
 
 #include "algorithms/algorithms.h"

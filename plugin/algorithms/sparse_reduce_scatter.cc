@@ -23,7 +23,9 @@
 //      whole and counted (stats.peerSlotsRejected).
 // A non-finite v reaches its block's owner (selected first, flagged or in
 // the owner's own block) and the element's v and u end as they were before
-// the call (accumulate saves the old v in `keep`, settle puts it back).
+// the call (accumulate saves the old v in `keep`, settle puts it back); the
+// entry point then clears the whole state on every rank (collective.h,
+// discardStateIfNonFinite).
 // Bytes each rank sends: (N-1) * slot bytes.
 #include <math.h>
 

@@ -34,6 +34,10 @@ class Backend {
   // that could not allocate what the timing needs still takes part in them
   // without allocating.
   virtual float* agreeScratch() = 0;
+  // One more float of backend memory, made with agreeScratch's: the flag
+  // flagNonFinite leaves for zeroIfFlagged (collective.h,
+  // discardStateIfNonFinite).
+  virtual float* flagScratch() = 0;
   virtual gradcompResult_t advanceStep() { return gradcompSuccess; }
   virtual gradcompResult_t setStep(uint64_t step) { return gradcompSuccess; }
   // Marks the end of what a compressed call enqueued on its stream, on every
@@ -149,6 +153,11 @@ class Backend {
                                      void* out) = 0;
   // acc[i] += x[i]
   virtual gradcompResult_t add(float* acc, const float* x, size_t n) = 0;
+  // *flag = 1 when x[0..n) of type t holds a NaN or an infinity, else 0;
+  // zeroIfFlagged clears x[0..n) when *flag is not 0. Both on the stream,
+  // flag in backend memory: the decision needs no host sync.
+  virtual gradcompResult_t flagNonFinite(const void* x, DType t, size_t n, float* flag) = 0;
+  virtual gradcompResult_t zeroIfFlagged(float* x, size_t n, const float* flag) = 0;
 
   // Pipelined calls (algorithms.h, Pieces): the transport runs on a second
   // lane, the comm stream, while kernels stay on the compute lane (the

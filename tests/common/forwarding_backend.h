@@ -30,6 +30,7 @@ class ForwardingBackend : public gc::Backend {
   gradcompResult_t init() override { return inner_->init(); }
   const uint64_t* deviceStep() const override { return inner_->deviceStep(); }
   float* agreeScratch() override { return inner_->agreeScratch(); }
+  float* flagScratch() override { return inner_->flagScratch(); }
   gradcompResult_t advanceStep() override { return inner_->advanceStep(); }
   gradcompResult_t setStep(uint64_t step) override { return inner_->setStep(step); }
   gradcompResult_t alloc(size_t bytes, void** p) override { return inner_->alloc(bytes, p); }
@@ -84,6 +85,12 @@ class ForwardingBackend : public gc::Backend {
   }
   gradcompResult_t add(float* acc, const float* x, size_t n) override {
     return inner_->add(acc, x, n);
+  }
+  gradcompResult_t flagNonFinite(const void* x, gc::DType t, size_t n, float* flag) override {
+    return inner_->flagNonFinite(x, t, n, flag);
+  }
+  gradcompResult_t zeroIfFlagged(float* x, size_t n, const float* flag) override {
+    return inner_->zeroIfFlagged(x, n, flag);
   }
   cudaStream_t commStream() const override { return inner_->commStream(); }
   cudaStream_t nodeStream() const override { return inner_->nodeStream(); }

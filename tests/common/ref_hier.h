@@ -92,7 +92,12 @@ inline std::vector<float> refHierSparse(const gradcompConfig_t& c, DType t, bool
                                              j == droppedShard ? dropped : nullptr);
     std::copy(out.begin(), out.end(), sum.begin() + lo);
   }
-  return finish(sum, t, avg ? (float)N : 1.0f);
+  std::vector<float> res = finish(sum, t, avg ? (float)N : 1.0f);
+  // Every rank clears its whole state (all shards) on a non-finite output.
+  if (refAnyNonFinite(res)) {
+    for (auto& s : st) refDiscardState(s);
+  }
+  return res;
 }
 
 }  // namespace ref

@@ -94,6 +94,12 @@ inline std::vector<std::vector<float>> refHierSparseReduceScatter(
         sc, DType::F32, false, step, sums, st[l], nullptr, l == droppedLocal ? dropped : nullptr);
     for (int n = 0; n < k; ++n) out[at[n * L + l]] = finish(o[n], t, avg ? (float)N : 1.0f);
   }
+  // Every rank clears its whole state (all slices) when any block is not finite.
+  bool discard = false;
+  for (const auto& o : out) discard |= refAnyNonFinite(o);
+  if (discard) {
+    for (auto& s : st) refDiscardState(s);
+  }
   return out;
 }
 

@@ -126,7 +126,12 @@ inline std::vector<std::vector<float>> refSparseReduceScatter(
     s.calls++;
     if (!S.keepV) s.v.clear();
   }
-  for (auto& o : out) refRoundOutput(o, t, avg, N);
+  bool discard = false;
+  for (auto& o : out) {
+    refRoundOutput(o, t, avg, N);
+    discard |= refAnyNonFinite(o);
+  }
+  if (discard) refDiscardState(st);
   return out;
 }
 

@@ -227,6 +227,22 @@ inline void refSendValue(float& out, float& v, float* u, gc::DType vt, bool mask
   if (masking) *u = 0.0f;
 }
 
+// After a call whose output (any rank's, for a reduce-scatter) holds a NaN
+// or an infinity: every rank's v and u are cleared (collective.h,
+// discardStateIfNonFinite), so nothing of the step a loss scaler skips
+// comes back.
+inline bool refAnyNonFinite(const std::vector<float>& out) {
+  for (float o : out)
+    if (!std::isfinite(o)) return true;
+  return false;
+}
+inline void refDiscardState(std::vector<SparseState>& st) {
+  for (auto& s : st) {
+    std::fill(s.v.begin(), s.v.end(), 0.0f);
+    std::fill(s.u.begin(), s.u.end(), 0.0f);
+  }
+}
+
 // The output: divided once for Avg, rounded once to t.
 inline void refRoundOutput(std::vector<float>& out, gc::DType t, bool avg, int N) {
   for (float& o : out) {
@@ -317,6 +333,7 @@ inline std::vector<float> refSparse(const gradcompConfig_t& cfg, gc::DType t, bo
     for (auto& s : st) s.v.clear();  // a fresh v next call
   }
   refRoundOutput(out, t, avg, N);
+  if (refAnyNonFinite(out)) refDiscardState(st);
   if (info) *info = call;
   return out;
 }

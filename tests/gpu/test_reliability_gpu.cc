@@ -3,11 +3,13 @@
 // duplicate, an unordered pair), and the Elias decoder never reads past the
 // stream or the caller's buffer; a malformed bucket decodes to NaN. Out-of-bounds accesses
 // here would show as a CUDA error (run under compute-sanitizer on a GPU
-// machine: tools/gpu-check.sh) or as changed guard words.
+// machine: tools/gpu-check.sh) or as changed guard words. Also: a sum that
+// overflows clears the state through the CUDA backend's flag.
 #include <math.h>
 #include <string.h>
 
 #include <algorithm>
+#include <cmath>
 #include <memory>
 #include <random>
 #include <vector>
@@ -19,6 +21,7 @@
 #include "tests/common/ref_slot_lists.h"
 #include "tests/common/test_util.h"
 #include "tests/gpu/gpu_util.h"
+#include "tests/gpu/mirror_transport.h"
 
 namespace {
 
@@ -169,6 +172,88 @@ TEST_F(ReliabilityGpu, EliasDecoderSurvivesBitFlips) {
     ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess) << "case " << it;
     const std::vector<float> guard = dout.download(64, n);
     for (float g : guard) ASSERT_EQ(g, 0.0f) << "case " << it;
+  }
+}
+
+// A finite gradient whose sum over the ranks overflows fp32 (4 mirrored
+// ranks of 1.5e38): the call's output is infinite, and the CUDA backend's
+// flag and conditional clear (discardStateIfNonFinite) leave every array of
+// the buffer's state zero, as the CPU backend does, so the later calls are
+// finite. Outputs and states equal the CPU backend's bit for bit; from step
+// 1 on the calls are replays of a captured graph (the overflow among them),
+// so the decision is taken on the device. The CPU test
+// NonFinite.OverflowingSumDoesNotComeBackThroughErrorFeedback covers the
+// methods and layouts over a real world.
+TEST_F(ReliabilityGpu, OverflowingSumClearsTheState) {
+  const int N = 4, steps = 6, overflow = 2;
+  const size_t n = 8192, bytes = n * 4;
+  struct Case {
+    const char* name;
+    gradcompMethod_t method;
+    float density;
+  } cases[] = {{"topk", gradcompMethodTopk, 0.05f},
+               {"randk", gradcompMethodRandk, 0.05f},
+               {"dgc", gradcompMethodDgc, 0.05f},
+               {"dgc-dense", gradcompMethodDgc, 0.5f},
+               {"qsgd-2bit-allgather", gradcompMethodQsgd, 0.05f}};
+  for (const Case& k : cases) {
+    SCOPED_TRACE(k.name);
+    gradcompConfig_t cfg;
+    gradcompConfigInit(&cfg);
+    cfg.method = k.method;
+    cfg.minElements = 0;
+    cfg.density = k.density;
+    cfg.warmupSteps = 0;
+    cfg.autoTune = 0;
+    cfg.bits = 2;
+    cfg.algo = k.method == gradcompMethodQsgd ? gradcompAlgoAllgather : gradcompAlgoAuto;
+    gradcompComm* cpu = gctest::mirrorComm(cfg, false, N, n, nullptr, false);
+    gradcompComm* gpu = gctest::mirrorComm(cfg, true, N, n, stream, false);
+    DeviceBuffer<float> dbuf(n), dsrc(n);
+    cudaGraph_t graph = nullptr;
+    cudaGraphExec_t exec = nullptr;
+    for (int step = 0; step < steps; ++step) {
+      SCOPED_TRACE(testing::Message() << "step " << step);
+      std::vector<float> in = gctest::normal(n, 900 + step);
+      if (step == overflow) {
+        for (size_t i = 0; i < n; ++i) in[i] = i % 3 ? 1.5e38f : -1.5e38f;
+      }
+      std::vector<float> host = in;
+      ASSERT_EQ(gradcompAllReduce(host.data(), host.data(), n, ncclFloat32, ncclSum, cpu, nullptr),
+                gradcompSuccess)
+          << gradcompGetLastError();
+      dsrc.upload(in);
+      ASSERT_NO_FATAL_FAILURE(gctest::copyThenCall(
+          stream, dbuf.get(), dsrc.get(), bytes, step >= 1, &graph, &exec, [&] {
+            return gradcompAllReduce(dbuf.get(), dbuf.get(), n, ncclFloat32, ncclSum, gpu, stream);
+          }));
+      const std::vector<float> out = dbuf.download(n);
+      ASSERT_EQ(memcmp(out.data(), host.data(), bytes), 0);
+      size_t bad = 0;
+      for (float x : out) bad += !std::isfinite(x);
+      if (step == overflow) {
+        EXPECT_GT(bad, 0u);
+      } else {
+        EXPECT_EQ(bad, 0u);
+      }
+      const gc::BufferState& sc = cpu->states.begin()->second;
+      const gc::BufferState& sg = gpu->states.begin()->second;
+      const std::pair<const float*, const float*> arrays[] = {{sc.residual, sg.residual},
+                                                              {sc.momentum, sg.momentum}};
+      for (const auto& a : arrays) {
+        if (a.first == nullptr) continue;
+        std::vector<float> onGpu(n);
+        ASSERT_EQ(cudaMemcpy(onGpu.data(), a.second, bytes, cudaMemcpyDeviceToHost), cudaSuccess);
+        ASSERT_EQ(memcmp(onGpu.data(), a.first, bytes), 0);
+        if (step == overflow) {
+          for (size_t i = 0; i < n; ++i) ASSERT_EQ(onGpu[i], 0.0f) << "i " << i;
+        }
+      }
+    }
+    if (exec) cudaGraphExecDestroy(exec);
+    if (graph) cudaGraphDestroy(graph);
+    gradcompCommDestroy(cpu);
+    gradcompCommDestroy(gpu);
   }
 }
 

@@ -1,7 +1,7 @@
 """One rank of test_torch.CpuBackendDdp / CpuBackendFsdp / CpuBackendAbort /
 CpuBackendFsdpReplicas: gradcomp.torch with backend="cpu" on real DDP / FSDP2 over gloo, gradcomp's
 comm made from the process group (TCP between the ranks). Usage: cpu_backend_rank.py
-ddp|excluded|fsdp|dgc|subgroups|restart|scaler|abort|replicas|ddp_group|ddp_register OUT (the
+ddp|excluded|fsdp|dgc|subgroups|restart|scaler|abort|replicas|ddp_group|ddp_register|overflow OUT (the
 env:// variables from tools/gc_ranks.py).
 
 Records every call the hook (DDP) or the reduce-scatter (FSDP) gets, its input before and its
@@ -911,6 +911,66 @@ def abort(out, rank):
     return [], res
 
 
+def overflow(out, rank):
+    """A step whose gradients are finite on every rank but whose sum overflows fp32 (2e38
+    each, the hook's Avg summing first), then ordinary steps, through DDP's gradcomp_hook:
+    with a GradScaler (grad_scaler given) or without one (the step skipped by hand where a
+    gradient is not finite), one step is skipped and every later step's gradients are the
+    ordinary ones, for top-k, DGC, rand-k and 2-bit QSGD. Per run: which steps were skipped and
+    the largest |gradient| of each step taken."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    class Weights(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros(64, 64))  # 2-D: compressed
+
+        def forward(self, c):
+            return (self.w * c).sum()  # its gradient is c
+
+    methods = {"topk": dict(method="topk", density=0.05),
+               "dgc": dict(method="dgc", density=0.05),
+               "randk": dict(method="randk", density=0.05),
+               "qsgd": dict(method="qsgd", bits=2)}
+    res = {}
+    for mname, settings in methods.items():
+        for scaled in (False, True):
+            model = Weights()
+            d = DDP(model)
+            sc = torch.amp.GradScaler("cpu", init_scale=1.0, growth_interval=1000) \
+                if scaled else None
+            st = gct.GradcompState(module=model, start_iter=0, backend="cpu", grad_scaler=sc,
+                                   config=gradcomp.Config(from_env=False, min_elements=0,
+                                                          auto_tune=0, **settings))
+            d.register_comm_hook(st, gct.gradcomp_hook)
+            opt = torch.optim.SGD(d.parameters(), lr=0.01)
+            skipped, largest = [], []
+            for step in range(6):
+                torch.manual_seed(100 * step + rank)
+                c = torch.randn(64, 64)
+                if step == 2:
+                    c = torch.where(torch.arange(4096).view(64, 64) % 3 == 0, -2e38, 2e38)
+                opt.zero_grad(set_to_none=True)
+                loss = d(c)
+                if sc is None:
+                    loss.backward()
+                    bad = not bool(torch.isfinite(model.w.grad).all())
+                    if not bad:
+                        opt.step()
+                else:
+                    sc.scale(loss).backward()
+                    before = sc.get_scale()
+                    sc.step(opt)  # unscales the gradient in place, skips where not finite
+                    sc.update()
+                    bad = sc.get_scale() < before
+                skipped.append(bad)
+                largest.append(None if bad else float(model.w.grad.abs().max()))
+            res[f"{mname}_{'scaled' if scaled else 'plain'}"] = {"skipped": skipped,
+                                                                 "largest": largest}
+            st.close()
+    return [], res
+
+
 def main():
     mode, out = sys.argv[1], sys.argv[2]
     dist.init_process_group("gloo")
@@ -924,7 +984,7 @@ def main():
     records, res = {"ddp": ddp, "excluded": excluded, "fsdp": fsdp, "dgc": dgc,
                      "subgroups": subgroups, "scaler": scaler, "replicas": replicas,
                      "restart": restart, "ddp_group": ddp_group,
-                     "ddp_register": ddp_register}[mode](out, rank)
+                     "ddp_register": ddp_register, "overflow": overflow}[mode](out, rank)
     torch.save(records, f"{out}.rank{rank}.pt")
     with open(f"{out}.rank{rank}.json", "w") as f:
         json.dump(res, f)

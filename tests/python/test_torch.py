@@ -2720,6 +2720,29 @@ class CpuBackendGradScaler(unittest.TestCase):
 
 
 @unittest.skipIf(torch is None, "PyTorch is not installed")
+class CpuBackendOverflowSkipsOneStep(unittest.TestCase):
+    """DDP's gradcomp_hook (2 gloo processes), a step whose finite gradients (2e38 on each rank)
+    sum past fp32's largest value, then ordinary steps: the scaler (or, without grad_scaler, a
+    check of the gradients) skips that step alone, and the later steps' gradients are the
+    ordinary ones (|g| of a few units), for top-k, DGC, rand-k and 2-bit QSGD. Before, error
+    feedback kept the overflow: without grad_scaler every later step was skipped too (top-k,
+    DGC, rand-k), and with it top-k's and rand-k's halved leftovers came back as finite
+    gradients of 2e38, which the optimizer applied (DGC's kept overflowing)."""
+
+    def test_one_overflowing_step_is_skipped_and_the_next_are_clean(self):
+        _, results = launch_ranks(self, "overflow")
+        for r, res in enumerate(results):
+            for m in ("topk", "dgc", "randk", "qsgd"):
+                for run in ("plain", "scaled"):
+                    got = res[f"{m}_{run}"]
+                    self.assertEqual(got["skipped"], [False, False, True, False, False, False],
+                                     f"rank {r} {m} {run}")
+                    for step, g in enumerate(got["largest"]):
+                        if step != 2:
+                            self.assertLess(g, 100.0, f"rank {r} {m} {run} step {step}")
+
+
+@unittest.skipIf(torch is None, "PyTorch is not installed")
 class CpuBackendOverlappingGroups(unittest.TestCase):
     """States on overlapping subgroups A=[0,1], B=[0,2] of 3 gloo processes, rank 0 making B's
     comm before A's: the store keys are numbered per group, so every comm comes up (a

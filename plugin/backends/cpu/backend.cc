@@ -13,6 +13,7 @@ class CpuBackend final : public Backend {
  public:
   bool onDevice() const override { return false; }
   float* agreeScratch() override { return agree_; }
+  float* flagScratch() override { return &flag_; }
 
   gradcompResult_t alloc(size_t bytes, void** p) override {
     *p = bytes ? calloc(1, bytes) : nullptr;
@@ -67,9 +68,22 @@ class CpuBackend final : public Backend {
     for (size_t i = 0; i < n; ++i) acc[i] = fadd(acc[i], x[i]);
     return gradcompSuccess;
   }
+  gradcompResult_t flagNonFinite(const void* x, DType t, size_t n, float* flag) override {
+    float f = 0.0f;
+    for (size_t i = 0; i < n && f == 0.0f; ++i) {
+      if (!isFiniteBits(floatToBits(loadAsFloat(x, t, i)) & 0x7fffffffu)) f = 1.0f;
+    }
+    *flag = f;
+    return gradcompSuccess;
+  }
+  gradcompResult_t zeroIfFlagged(float* x, size_t n, const float* flag) override {
+    if (*flag != 0.0f && n) memset(x, 0, n * sizeof(float));
+    return gradcompSuccess;
+  }
 
  private:
   float agree_[4] = {};
+  float flag_ = 0.0f;
 };
 
 }  // namespace

@@ -82,7 +82,8 @@ class CudaBackend final : public Backend {
     void* p = nullptr;
     GC_CHECK(alloc(sizeof(uint64_t), &p));
     stepDev_ = static_cast<uint64_t*>(p);
-    GC_CHECK(alloc(4 * sizeof(float), &p));
+    // agreeScratch's four floats, then flagScratch's.
+    GC_CHECK(alloc(5 * sizeof(float), &p));
     agree_ = static_cast<float*>(p);
     for (cudaEvent_t& e : events_) {
       GC_CUDACHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
@@ -115,6 +116,7 @@ class CudaBackend final : public Backend {
   }
   const uint64_t* deviceStep() const override { return stepDev_; }
   float* agreeScratch() override { return agree_; }
+  float* flagScratch() override { return agree_ + 4; }
   // The last thing a successful compressed call enqueues (markCallEnd then
   // marks its end).
   gradcompResult_t advanceStep() override {
@@ -310,6 +312,14 @@ class CudaBackend final : public Backend {
     GC_CUDACHECK(cuda::add(acc, x, n, stream_));
     return gradcompSuccess;
   }
+  gradcompResult_t flagNonFinite(const void* x, DType t, size_t n, float* flag) override {
+    GC_CUDACHECK(cuda::flagNonFinite(x, t, n, flag, stream_));
+    return gradcompSuccess;
+  }
+  gradcompResult_t zeroIfFlagged(float* x, size_t n, const float* flag) override {
+    GC_CUDACHECK(cuda::zeroIfFlagged(x, n, flag, stream_));
+    return gradcompSuccess;
+  }
 
  private:
   // The pool and what release() needs, where the device has memory pools; a
@@ -366,7 +376,7 @@ class CudaBackend final : public Backend {
   }
 
   uint64_t* stepDev_ = nullptr;
-  float* agree_ = nullptr;          // agreeScratch()
+  float* agree_ = nullptr;          // agreeScratch(), then flagScratch()
   cudaEvent_t lastCall_ = nullptr;  // recorded at the end of each eager compressed call
   bool lastCallRecorded_ = false;
   bool usedByGraphs_ = false;  // usedByGraphs(): markCallEnd saw a capture
