@@ -1,8 +1,8 @@
 """One rank of test_torch.CpuBackendDdp / CpuBackendFsdp / CpuBackendAbort /
 CpuBackendFsdpReplicas: gradcomp.torch with backend="cpu" on real DDP / FSDP2 over gloo, gradcomp's
 comm made from the process group (TCP between the ranks). Usage: cpu_backend_rank.py
-ddp|excluded|fsdp|dgc|subgroups|restart|scaler|abort|replicas|ddp_group|ddp_register|overflow OUT (the
-env:// variables from tools/gc_ranks.py).
+ddp|excluded|fsdp|dgc|subgroups|restart|scaler|abort|replicas|ddp_group|ddp_register|overflow|
+compose OUT (the env:// variables from tools/gc_ranks.py).
 
 Records every call the hook (DDP) or the reduce-scatter (FSDP) gets, its input before and its
 result after, in call order, for the test to compare with a serial reference on the in-process
@@ -446,7 +446,11 @@ def ddp_register(out, rank):
     then the state registered on a new DDP of the model over this rank alone; "two", both DDPs
     registered before either steps, stepped in turn; "helper_and_plain", the same with the
     second registered by register_comm_hook; "two_models", one state (module=the first)
-    registered on DDPs of two models over the world."""
+    registered on DDPs of two models over the world. Then torch's fp16_compress_wrapper: through
+    the helper's wrap= and through register_comm_hook, trained ("trained") and after gc.freeze()
+    on a DDP of this rank alone ("wrapped_frozen_*"); a wrapped helper's DDP beside one of
+    register_comm_hook; wraps that return no hook or pass another state; and a hook of one's own
+    registered with None as DDP's state ("own_hook_other_state")."""
     import datetime
     import gc
 
@@ -454,9 +458,12 @@ def ddp_register(out, rank):
 
     dist.distributed_c10d._get_default_store().set_timeout(datetime.timedelta(seconds=20))
     alone = [dist.new_group([0]), dist.new_group([1])][rank]
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import fp16_compress_wrapper
+
     res = {}
     hashes = {}
-    for how in ("register_comm_hook", "register_ddp_hook"):
+    for how in ("register_comm_hook", "register_ddp_hook", "register_comm_hook_fp16",
+                "register_ddp_hook_fp16"):
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 40, bias=False),
                               nn.ReLU(), nn.Linear(40, 5))
@@ -464,6 +471,10 @@ def ddp_register(out, rank):
         st = gct.GradcompState(module=model, start_iter=START, backend="cpu", config=config())
         if how == "register_ddp_hook":
             gct.register_ddp_hook(d, st)
+        elif how == "register_ddp_hook_fp16":
+            gct.register_ddp_hook(d, st, wrap=fp16_compress_wrapper)
+        elif how == "register_comm_hook_fp16":
+            d.register_comm_hook(st, fp16_compress_wrapper(gct.gradcomp_hook))
         else:
             d.register_comm_hook(st, gct.gradcomp_hook)
         train(d, torch.optim.SGD(d.parameters(), lr=0.1, momentum=0.9), range(STEPS), rank)
@@ -476,8 +487,12 @@ def ddp_register(out, rank):
 
     def step(model, d):
         model.weight.grad = None
-        err = _error(lambda: d(x).sum().backward())
-        return {"error": err, "grad": float(model.weight.grad[0, 0]) if err is None else None}
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            err = _error(lambda: d(x).sum().backward())
+        got = {"error": err, "grad": float(model.weight.grad[0, 0]) if err is None else None}
+        unchecked = [str(w.message) for w in caught if "found no DDP" in str(w.message)]
+        return dict(got, unchecked=unchecked) if unchecked else got
 
     def linear():
         torch.manual_seed(0)
@@ -536,7 +551,141 @@ def ddp_register(out, rank):
     res["two_models"] = [step(model, a), step(other, b)]
     del a, b
     st.close()
+
+    # torch's hook wrappers through the helper (wrap=): the DDP named at each call, so checked
+    # after gc.freeze() too, where the gc walk of register_comm_hook(state, wrapper(hook))
+    # finds nothing.
+    for how in ("helper", "register_comm_hook"):
+        model = linear()
+        st = fresh(model)
+        d = DDP(model, process_group=alone)
+        if how == "helper":
+            gct.register_ddp_hook(d, st, wrap=fp16_compress_wrapper)
+        else:
+            d.register_comm_hook(st, fp16_compress_wrapper(gct.gradcomp_hook))
+        gc.freeze()
+        try:
+            res["wrapped_frozen_" + how] = step(model, d)
+        finally:
+            gc.unfreeze()
+        del d
+        st.close()
+    # A wrapped helper's DDP, then one registered by register_comm_hook: the latter's gc walk
+    # passes by the wrapped hook (its calls name their DDP).
+    model = linear()
+    st = fresh(model)
+    a, b = DDP(model), DDP(model, process_group=alone)
+    gct.register_ddp_hook(a, st, wrap=fp16_compress_wrapper)
+    b.register_comm_hook(st, gct.gradcomp_hook)
+    res["wrapped_helper_and_plain"] = [step(model, a), step(model, b)]
+    del a, b
+    # A wrap that returns no hook, or calls the hook with another state.
+    d = DDP(model)
+    res["wrap_returns_no_hook"] = _error(lambda: gct.register_ddp_hook(d, st, wrap=lambda h: 5))
+    gct.register_ddp_hook(d, st, wrap=lambda h: lambda state, bucket: h({"mine": st}, bucket))
+    res["wrap_passes_another_state"] = step(model, d)
+    del d
+    st.close()
+    # A hook of one's own registered with None as DDP's state, calling gradcomp_hook with a
+    # state it holds: the state cannot find the DDP to check (it averages over the world where
+    # DDP reduces over this rank alone) and says so.
+    model = linear()
+    st = fresh(model)
+    d = DDP(model, process_group=alone)
+    d.register_comm_hook(None, lambda state, bucket: gct.gradcomp_hook(st, bucket))
+    res["own_hook_other_state"] = step(model, d)
+    del d
+    st.close()
     return [], res
+
+
+def compose(out, rank):
+    """gradcomp's DDP hook with torch's own tools, as test_torch.CpuBackendTorchCompositions
+    checks them. "wrapped": fp16_compress_wrapper and bf16_compress_wrapper through
+    register_ddp_hook(wrap=), every hook call recorded inside the wrapper (the half-precision
+    bucket before, its result after, the plan) for a serial reference. "zero": the parameters
+    after momentum SGD through ZeroRedundancyOptimizer and through torch.optim.SGD. "join":
+    uneven inputs (rank 0 five batches, rank 1 three) under Join, DDP without a hook against
+    the hook at full precision (layer_min_size above every parameter), and compressed through
+    fp16_compress_wrapper: the parameters' hashes, the step counters and the compressed
+    calls."""
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import (
+        bf16_compress_wrapper, fp16_compress_wrapper)
+    from torch.distributed.algorithms.join import Join
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    def make():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 40, bias=False),
+                             nn.ReLU(), nn.Linear(40, 5))
+
+    def recorded(records):
+        def wrap(hook):
+            def recording(state, bucket):
+                compressed = state.iter >= state.start_iter
+                rec = {"compressed": compressed, "input": bucket.buffer().clone()}
+                records.append(rec)
+                fut = hook(state, bucket)
+                if compressed:
+                    plan = state._plans[tuple(id(p) for p in bucket.parameters())]
+                    rec.update(comp=plan["comp"], key=plan["key"], comp_n=plan["comp_n"])
+
+                def done(f):
+                    rec["output"] = f.value().clone()
+                    return f.value()
+
+                return fut.then(done)
+            return recording
+        return wrap
+
+    records, res = {}, {}
+    for name, wrapper in (("fp16", fp16_compress_wrapper), ("bf16", bf16_compress_wrapper)):
+        records[name] = []
+        model = make()
+        d = DDP(model, bucket_cap_mb=0.005)
+        st = gct.GradcompState(module=model, start_iter=START, backend="cpu", config=config())
+        gct.register_ddp_hook(d, st, wrap=lambda h, w=wrapper: w(recorded(records[name])(h)))
+        train(d, torch.optim.SGD(d.parameters(), lr=0.1), range(4), rank)
+        res[name + "_compressed_calls"] = st.counters["compressed_calls"]
+        st.close()
+
+    hashes = {}
+    for how in ("sgd", "zero"):
+        model = make()
+        d = DDP(model, bucket_cap_mb=0.005)
+        st = gct.GradcompState(module=model, start_iter=START, backend="cpu", config=config())
+        gct.register_ddp_hook(d, st)
+        opt = (ZeroRedundancyOptimizer(d.parameters(), optimizer_class=torch.optim.SGD, lr=0.1,
+                                       momentum=0.9) if how == "zero"
+               else torch.optim.SGD(d.parameters(), lr=0.1, momentum=0.9))
+        train(d, opt, range(STEPS), rank)
+        hashes[how] = hashlib.sha256(param_bytes(model.parameters())).hexdigest()
+        res[how + "_compressed_calls"] = st.counters["compressed_calls"]
+        st.close()
+    res["zero"] = hashes
+
+    res["join"] = {}
+    for how in ("plain", "full_precision", "fp16"):
+        model = make()
+        d = DDP(model, bucket_cap_mb=0.005)
+        st = None
+        if how != "plain":
+            st = gct.GradcompState(module=model, start_iter=START, backend="cpu", config=config(),
+                                   **({"layer_min_size": 10 ** 9} if how == "full_precision"
+                                      else {}))
+            gct.register_ddp_hook(d, st, wrap=fp16_compress_wrapper if how == "fp16" else None)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "sent uncompressed", as meant at full precision
+            with Join([d]):
+                train(d, torch.optim.SGD(d.parameters(), lr=0.1), range(5 if rank == 0 else 3),
+                      rank)
+        got = {"hash": hashlib.sha256(param_bytes(model.parameters())).hexdigest()}
+        if st is not None:
+            got.update(iter=st.iter, compressed_calls=st.counters["compressed_calls"])
+            st.close()
+        res["join"][how] = got
+    return records, res
 
 
 def restart(out, rank):
@@ -984,7 +1133,8 @@ def main():
     records, res = {"ddp": ddp, "excluded": excluded, "fsdp": fsdp, "dgc": dgc,
                      "subgroups": subgroups, "scaler": scaler, "replicas": replicas,
                      "restart": restart, "ddp_group": ddp_group,
-                     "ddp_register": ddp_register, "overflow": overflow}[mode](out, rank)
+                     "ddp_register": ddp_register, "overflow": overflow,
+                     "compose": compose}[mode](out, rank)
     torch.save(records, f"{out}.rank{rank}.pt")
     with open(f"{out}.rank{rank}.json", "w") as f:
         json.dump(res, f)

@@ -2792,7 +2792,8 @@ class CpuBackendRegisterDdpHook(unittest.TestCase):
     """gct.register_ddp_hook(ddp, state) on 2 gloo processes: the DDP and its group recorded on
     the state, each DDP checked at its own first hook call, where register_comm_hook leaves the
     state to find its DDP by a gc walk once (blind after gc.freeze(), and to a DDP registered
-    later: those averaged over the state's ranks, silently). The states are over the world, the
+    later: those averaged over the state's ranks, with one warning), also under torch's hook
+    wrappers (wrap=). The states are over the world, the
     refused DDPs over each rank alone, where DDP's own gradient is 2 * (rank + 1) and the
     state's mean 3.0. One launch (cpu_backend_rank.py ddp_register) serves every test here."""
 
@@ -2839,6 +2840,113 @@ class CpuBackendRegisterDdpHook(unittest.TestCase):
             self.assertRegex(res["two_models"][1]["error"] or "", "ValueError: gradcomp_hook "
                              "got a bucket of parameters that are not in the module given to "
                              "this GradcompState: two DDP models share this state")
+
+    def test_torch_hook_wrappers_go_through_the_helper(self):
+        """wrap=fp16_compress_wrapper: trains as register_comm_hook(state,
+        fp16_compress_wrapper(gradcomp_hook)) bit for bit, and the DDP is named at each call, so
+        a state over other ranks is refused after gc.freeze() too, where that register_comm_hook
+        finds no DDP (and warns); a DDP registered after it by register_comm_hook is checked on
+        its own. A wrap that returns no hook, or calls it with another state, is refused."""
+        for r, res in enumerate(self.launch()):
+            self.assertEqual(res["trained"]["register_ddp_hook_fp16"],
+                             res["trained"]["register_comm_hook_fp16"], f"rank {r}")
+            self.assertNotEqual(res["trained"]["register_ddp_hook_fp16"],
+                                res["trained"]["register_ddp_hook"], "fp16 made no difference")
+            self.assertGreater(res["register_ddp_hook_fp16_compressed_calls"], 0)
+            self.assertEqual(res["register_ddp_hook_fp16_compressed_calls"],
+                             res["register_comm_hook_fp16_compressed_calls"])
+            self.refused(r, res["wrapped_frozen_helper"])
+            self.assertEqual(res["wrapped_frozen_register_comm_hook"]["grad"], 3.0)
+            self.assertTrue(res["wrapped_frozen_register_comm_hook"].get("unchecked"))
+            self.assertEqual(res["wrapped_helper_and_plain"][0], {"error": None, "grad": 3.0})
+            self.refused(r, res["wrapped_helper_and_plain"][1])
+            self.assertRegex(res["wrap_returns_no_hook"] or "", re.escape(
+                "TypeError: register_ddp_hook's wrap returned 5, not a hook"))
+            self.assertRegex(res["wrap_passes_another_state"]["error"] or "", re.escape(
+                "TypeError: the hook register_ddp_hook registered was called with a dict, not "
+                "the GradcompState it was registered with"))
+
+    def test_a_hook_of_ones_own_under_another_state_warns_that_it_is_unchecked(self):
+        """DDP given None as its hook's state, the hook calling gradcomp_hook with a state it
+        holds: the gc walk finds no DDP, so a state over the world on a DDP of one rank averages
+        over both (3.0, where DDP's own mean is 2 * (rank + 1)); it says so once, with what to
+        register with (it said nothing until 2026-12-06)."""
+        for r, res in enumerate(self.launch()):
+            got = res["own_hook_other_state"]
+            self.assertEqual((got["error"], got["grad"]), (None, 3.0), f"rank {r}")
+            self.assertEqual(len(got.get("unchecked", [])), 1, f"rank {r}: {got}")
+            said = got["unchecked"][0]
+            self.assertIn("cannot check that the DDP reduces over the state's 2 ranks", said)
+            self.assertIn("gct.register_ddp_hook(model, state, wrap=...)", said)
+
+
+@unittest.skipIf(torch is None, "PyTorch is not installed")
+class CpuBackendTorchCompositions(unittest.TestCase):
+    """gradcomp's DDP hook with torch's own tools on 2 gloo processes, as README's list of
+    compositions says they work. One launch (cpu_backend_rank.py compose) serves every test."""
+
+    results = None
+
+    def launch(self):
+        if CpuBackendTorchCompositions.results is None:
+            CpuBackendTorchCompositions.results = launch_ranks(self, "compose")
+        return CpuBackendTorchCompositions.results
+
+    def test_half_precision_wrappers_give_gradcomps_own_half_precision_results(self):
+        """fp16_compress_wrapper and bf16_compress_wrapper around the hook (register_ddp_hook's
+        wrap=): each call's result on each rank is bit for bit the serial reference of the
+        half-precision bucket the wrapper hands on (its full-precision part the mean x_0/2 +
+        x_1/2 in that type, its compressed part the library's keyed Avg allreduce of the
+        gathered elements, in the hook's call order)."""
+        import gradcomp
+
+        records, results = self.launch()
+        N = 2
+        cfg = gradcomp.Config(from_env=False, method="qsgd", bits=4, min_elements=0)
+        for name, dtype in (("fp16", torch.float16), ("bf16", torch.bfloat16)):
+            recs = [records[r][name] for r in range(N)]
+            self.assertEqual(len(recs[0]), len(recs[1]))
+            self.assertTrue(any(rec["compressed"] and rec["comp_n"] for rec in recs[0]))
+            self.assertGreater(results[0][name + "_compressed_calls"], 0)
+            with gradcomp.CpuWorld(N, cfg) as world:
+                for k, rec0 in enumerate(recs[0]):
+                    xs = [recs[r][k]["input"] for r in range(N)]
+                    self.assertEqual(xs[0].dtype, dtype)
+                    want = xs[0] * (1.0 / N) + xs[1] * (1.0 / N)
+                    if rec0["compressed"] and rec0["comp_n"]:
+                        idx = torch.cat([torch.arange(o, o + n) for o, n in rec0["comp"]])
+                        parts = [x[idx].contiguous() for x in xs]
+                        world.run(lambda c: c.allreduce(parts[c.rank], op="avg",
+                                                        key=rec0["key"]))
+                        want[idx] = parts[0]
+                    for r in range(N):
+                        got = recs[r][k]["output"]
+                        self.assertTrue(torch.equal(got.view(torch.int16),
+                                                    want.view(torch.int16)),
+                                        f"{name} rank {r} call {k}: "
+                                        f"{int((got != want).sum())} elements differ")
+
+    def test_zero_redundancy_optimizer_trains_as_its_optimizer(self):
+        """ZeroRedundancyOptimizer (without overlap_with_ddp) over momentum SGD: the parameters
+        bit for bit those of torch.optim.SGD on the same hook's results."""
+        _, results = self.launch()
+        for r, res in enumerate(results):
+            self.assertEqual(res["zero"]["zero"], res["zero"]["sgd"], f"rank {r}")
+            self.assertGreater(res["zero_compressed_calls"], 0)
+        self.assertEqual(results[0]["zero"], results[1]["zero"])
+
+    def test_join_with_uneven_inputs(self):
+        """Join: the joined rank's shadow calls go through the hook too (DDP's zero buckets), so
+        the ranks' step counters and compressed calls agree; at full precision the parameters
+        are bit for bit DDP's without a hook (the hook divides by the group's size, as Join's
+        default divide_by_initial_world_size=True does)."""
+        _, results = self.launch()
+        for r, res in enumerate(results):
+            join = res["join"]
+            self.assertEqual(join["full_precision"]["hash"], join["plain"]["hash"], f"rank {r}")
+            self.assertEqual(join["fp16"]["iter"], 5)
+            self.assertGreater(join["fp16"]["compressed_calls"], 0)
+        self.assertEqual(results[0]["join"], results[1]["join"])
 
 
 @unittest.skipIf(torch is None, "PyTorch is not installed")

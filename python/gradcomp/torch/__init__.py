@@ -2,7 +2,7 @@
 set_all_reduce_hook for the replicas of HSDP).
 
     state = gradcomp.torch.GradcompState(module=model, method="qsgd", bits=4)
-    gradcomp.torch.register_ddp_hook(ddp, state)
+    gradcomp.torch.register_ddp_hook(ddp, state)    # wrap=fp16_compress_wrapper: torch's wrappers
     # or ddp.register_comm_hook(state, gradcomp.torch.gradcomp_hook): the same hook, but the
     # state then finds its DDP (for the check of its ranks) among the interpreter's objects
 

@@ -24,7 +24,10 @@ its group recorded on the state, so each DDP the state serves is checked at its
 own first call. ddp_model.register_comm_hook(state, gradcomp_hook) gives the
 hook no DDP: the state finds it once, at its first call, among the referrers of
 the (hook, state) pair DDP keeps (gc.get_referrers, blind to gc.freeze()), and
-a DDP it is registered on later is not checked again.
+a DDP it is registered on later is not checked again; where it finds none (a
+hook of one's own registered with another state), it warns once. torch's hook
+wrappers (fp16_compress_wrapper, hook_with_zero_step) go through
+register_ddp_hook(ddp_model, state, wrap=...).
 """
 import contextlib
 import functools
@@ -736,11 +739,26 @@ class GradcompState:
         there): checked once per DDP, so a state registered on a second DDP (the model wrapped
         again, another group) is checked again at that DDP's first call. Without it (the hook
         registered by register_comm_hook, which tells the hook no DDP), the DDP is looked for
-        once per state (_registering_ddp); where none is found, nothing is checked."""
+        once per state (_registering_ddp); where none is found, nothing is checked, and the
+        state warns once that it could not check."""
         if ddp is None:
             found = _registering_ddp(self)
             if found is None:
                 self._ddp_group_checked = True
+                # A hook of the user's own that calls gradcomp_hook with a state it holds, while
+                # DDP was given another state (or None), averaged over the state's ranks without
+                # a word where DDP reduces over others.
+                self._warn_once("no-ddp", "gradcomp_hook found no DDP module that has this "
+                                "GradcompState as its comm hook's state (a hook of your own "
+                                "registered with another state, or None, that calls "
+                                "gradcomp_hook with this one; or gc.freeze() before the first "
+                                "step, which hides the DDP): it cannot check that the DDP "
+                                f"reduces over the state's {self.world_size} ranks, and a DDP "
+                                "over other ranks would be averaged over the state's, silently. "
+                                "Register with gct.register_ddp_hook(model, state, wrap=...) "
+                                "(wrap: torch's hook wrappers, or a function of your own around "
+                                "the hook), or give DDP this GradcompState as the hook's state: "
+                                "ddp.register_comm_hook(state, hook) (warned once)")
                 return
             group = found.process_group
         else:
@@ -1163,7 +1181,7 @@ def gradcomp_hook(state, bucket):
     return _hook(state, bucket, None)
 
 
-def register_ddp_hook(model, state):
+def register_ddp_hook(model, state, wrap=None):
     """Registers gradcomp_hook on the DistributedDataParallel module `model` with the
     GradcompState `state` (model.register_comm_hook, through a wrapper of gradcomp_hook that
     tells the state which DDP calls), and records the DDP (weakly) and its process group on
@@ -1172,8 +1190,15 @@ def register_ddp_hook(model, state):
     group, ValueError naming both), where register_comm_hook leaves the state to find its DDP
     among the interpreter's objects once (gc.get_referrers: not after gc.freeze(), and not a
     DDP it is registered on later). Call it on every rank of the DDP's group alike (before
-    the first step, as register_comm_hook). Raises TypeError for another module or state, and
-    what register_comm_hook raises (a DDP takes one comm hook)."""
+    the first step, as register_comm_hook).
+
+    wrap: None, or a function that takes the hook and returns the hook to register, for
+    torch's hook wrappers: wrap=fp16_compress_wrapper (or bf16_compress_wrapper), or
+    wrap=lambda hook: hook_with_zero_step(hook, model, zero) with ZeroRedundancyOptimizer(...,
+    overlap_with_ddp=True). The hook it is given must be called with `state` (torch's wrappers
+    pass DDP's state on). Raises TypeError for another module or state, a wrap that returns no
+    callable and a wrapped call with another state, and what register_comm_hook raises (a DDP
+    takes one comm hook)."""
     DDP = torch.nn.parallel.DistributedDataParallel
     if not isinstance(model, DDP):
         raise TypeError(f"register_ddp_hook takes the DistributedDataParallel module; got "
@@ -1183,13 +1208,34 @@ def register_ddp_hook(model, state):
         raise TypeError(f"register_ddp_hook takes a GradcompState; got {type(state).__name__}")
     state._check_usable()  # an aborted or closed state says so now, not at the first step
     ref = weakref.ref(model)  # the DDP keeps the hook: no cycle through it
+    mine = state
 
     @functools.wraps(gradcomp_hook)  # DDP logs the hook's name and reads its signature
     def hook(state, bucket):
+        if state is not mine:
+            raise TypeError(f"the hook register_ddp_hook registered was called with a "
+                            f"{type(state).__name__}, not the GradcompState it was registered "
+                            "with: a wrap= must call the hook it is given with the state DDP "
+                            "passes (as torch's fp16_compress_wrapper does)")
         return _hook(state, bucket, ref())
 
-    hook._gradcomp_ddp = ref  # its calls name their DDP: _registering_ddp passes it by
-    model.register_comm_hook(state, hook)
+    registered = hook
+    if wrap is not None:
+        inner = wrap(hook)
+        if not callable(inner):
+            raise TypeError(f"register_ddp_hook's wrap returned {inner!r}, not a hook: wrap "
+                            "takes the hook and returns the hook to register (as torch's "
+                            "fp16_compress_wrapper does)")
+
+        # A function of its own to mark: what wrap returns may be shared with other DDPs (a
+        # module-level hook) or take no attributes. DDP logs the wrapper's name and reads its
+        # signature.
+        @functools.wraps(inner)
+        def registered(state, bucket):
+            return inner(state, bucket)
+
+    registered._gradcomp_ddp = ref  # its calls name their DDP: _registering_ddp passes it by
+    model.register_comm_hook(state, registered)
     state._ddps[model] = model.process_group
 
 
