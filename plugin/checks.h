@@ -4,6 +4,7 @@
 
 #include <cuda_runtime_api.h>
 #include <nccl.h>
+#include <string.h>
 
 #include <new>
 
@@ -35,6 +36,20 @@ class ErrorsReportedByCaller {
   ErrorsReportedByCaller(const ErrorsReportedByCaller&) = delete;
   ErrorsReportedByCaller& operator=(const ErrorsReportedByCaller&) = delete;
 };
+
+// The int a C caller passed for one of the public enums, read from its
+// bytes: C lets a caller pass any int, and a negative one (-1) lies outside
+// every public enum's range in C++ (their sentinels take in the
+// non-negative ints only), so reading it as the enum, to compare, switch or
+// pass it on, is undefined (clang's -fsanitize=enum reports it). Takes the
+// parameter's address: passing it by value would read it as the enum.
+template <typename E>
+int enumArg(const E* e) {
+  static_assert(sizeof(E) == sizeof(int), "the public enums are ints");
+  int v;
+  memcpy(&v, e, sizeof v);
+  return v;
+}
 
 // Runs the body of a C entry point: an exception (std::bad_alloc from a
 // container, say) becomes a result and never crosses the C API, and its host

@@ -41,7 +41,7 @@ void clearError() {
 extern "C" {
 
 GC_EXPORT const char* gradcompGetErrorString(gradcompResult_t r) {
-  switch (r) {
+  switch (gc::enumArg(&r)) {  // a C caller's -1 is no gradcompResult_t (enumArg)
     case gradcompSuccess:
       return "no error";
     case gradcompInvalidArgument:

@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include <algorithm>
+#include <vector>
 
 #include "backends/backend.h"
 #include "checks.h"
@@ -91,9 +92,12 @@ size_t eliasEncode(const void* x, DType t, float* residual, size_t n, const elia
   unsigned char* bytes = static_cast<unsigned char*>(out);
   uint32_t* offsets = reinterpret_cast<uint32_t*>(bytes + nb * 4);
   uint32_t* stream = offsets + nb + 1;
-  // One bucket's values on the stack (bucket <= kMaxBucket, as validated):
-  // an encode allocates nothing (32 KiB at most).
-  float v[qsgd::kMaxBucket];
+  // One bucket's values, on the heap for the reason qsgdEncode's are (up to
+  // 32 KiB): one per thread, grown to the largest bucket the thread has
+  // encoded, so that its later encodes allocate nothing.
+  static thread_local std::vector<float> scratch;
+  if (scratch.size() < (size_t)p.bucket) scratch.resize(p.bucket);
+  float* v = scratch.data();
   size_t words = 0;
   for (size_t b = 0; b < nb; ++b) {
     const size_t base = b * p.bucket;
@@ -283,10 +287,13 @@ GC_EXPORT gradcompResult_t gradcompEliasEncodeHost(const void* x, ncclDataType_t
        {residual, count * sizeof(float), "residual"},
        {out, std::min(outBytes, gc::elias::maxEncodedBytes(count, p)), "out"},
        {encodedBytes, sizeof(size_t), "encodedBytes"}}));
-  gc::IeeeHostMath ieee;  // the GPU's bits whatever the thread's setting
-  const size_t bytes = gc::host::eliasEncode(x, t, residual, count, p, seed, false, out);
-  if (encodedBytes) *encodedBytes = bytes;
-  return gradcompSuccess;
+  // guarded: the GPU's bits whatever the thread's setting, and the scratch's
+  // growth failing as a result.
+  return gc::guarded([&] {
+    const size_t bytes = gc::host::eliasEncode(x, t, residual, count, p, seed, false, out);
+    if (encodedBytes) *encodedBytes = bytes;
+    return gradcompSuccess;
+  });
 }
 
 GC_EXPORT gradcompResult_t gradcompEliasDecodeHost(const void* in, size_t inBytes, size_t count,

@@ -4,17 +4,17 @@
 #include "backends/cuda/device_ptr.h"
 #include "gradcomp/reference.h"
 
-extern "C" {
+namespace {
 
-GC_EXPORT gradcompResult_t gradcompQsgdEncodeEFLevels(const void* g, ncclDataType_t datatype,
-                                                      float* residual, size_t count, int bits,
-                                                      int bucketSize, uint64_t seed,
-                                                      gradcompRounding_t rounding,
-                                                      gradcompLevels_t levels, void* out,
-                                                      cudaStream_t stream) {
+// The GPU encode entry points' body, with rounding and levels the ints
+// the caller passed (gc::enumArg): each entry point reads its enums once,
+// as ints.
+gradcompResult_t qsgdEncodeEntry(const void* g, ncclDataType_t datatype, float* residual,
+                                 size_t count, int bits, int bucketSize, uint64_t seed,
+                                 int rounding, int levels, void* out, cudaStream_t stream) {
   GC_CHECK(gc::qsgdCheckParams(bits, bucketSize));
-  GC_CHECK(gc::qsgdCheckRounding((int)rounding));
-  GC_CHECK(gc::qsgdCheckLevels((int)levels));
+  GC_CHECK(gc::qsgdCheckRounding(rounding));
+  GC_CHECK(gc::qsgdCheckLevels(levels));
   GC_CHECK(gc::codecCheckCount(count));
   GC_CHECK(gc::qsgdCheckDeviceCount(count, bucketSize));
   gc::DType t;
@@ -40,13 +40,27 @@ GC_EXPORT gradcompResult_t gradcompQsgdEncodeEFLevels(const void* g, ncclDataTyp
   return gradcompSuccess;
 }
 
+}  // namespace
+
+extern "C" {
+
+GC_EXPORT gradcompResult_t gradcompQsgdEncodeEFLevels(const void* g, ncclDataType_t datatype,
+                                                      float* residual, size_t count, int bits,
+                                                      int bucketSize, uint64_t seed,
+                                                      gradcompRounding_t rounding,
+                                                      gradcompLevels_t levels, void* out,
+                                                      cudaStream_t stream) {
+  return qsgdEncodeEntry(g, datatype, residual, count, bits, bucketSize, seed,
+                         gc::enumArg(&rounding), gc::enumArg(&levels), out, stream);
+}
+
 GC_EXPORT gradcompResult_t gradcompQsgdEncodeEFRounding(const void* g, ncclDataType_t datatype,
                                                         float* residual, size_t count, int bits,
                                                         int bucketSize, uint64_t seed,
                                                         gradcompRounding_t rounding, void* out,
                                                         cudaStream_t stream) {
-  return gradcompQsgdEncodeEFLevels(g, datatype, residual, count, bits, bucketSize, seed, rounding,
-                                    gradcompLevelsUniform, out, stream);
+  return qsgdEncodeEntry(g, datatype, residual, count, bits, bucketSize, seed,
+                         gc::enumArg(&rounding), gradcompLevelsUniform, out, stream);
 }
 
 GC_EXPORT gradcompResult_t gradcompQsgdEncodeEF(const void* g, ncclDataType_t datatype,

@@ -1,6 +1,8 @@
 // Host reference QSGD codec (and the public *Host entry points).
 #include <string.h>
 
+#include <vector>
+
 #include "kernels/qsgd_math.cuh"
 #include "checks.h"
 #include "codecs/qsgd.h"
@@ -79,16 +81,39 @@ gradcompResult_t dtypeFromNccl(ncclDataType_t t, DType* out) {
 }
 
 namespace host {
+namespace {
+
+// One bucket's values and codes, on the heap: up to 40 KiB, which on the
+// stack overflowed a caller's thread with a small one (a worker made with a
+// 64 KiB pthread stack, musl's 128 KiB default). One per thread (the CPU
+// world's ranks encode at once, each on its caller's thread), grown to the
+// largest bucket the thread has encoded, so that its later encodes allocate
+// nothing. Growing throws std::bad_alloc before the encode writes anything
+// (the C entry points run it under guarded).
+struct EncodeScratch {
+  std::vector<float> values;
+  std::vector<uint32_t> words;
+};
+
+EncodeScratch& encodeScratch(int bucket) {
+  static thread_local EncodeScratch s;
+  if (s.values.size() < (size_t)bucket) {
+    s.values.resize(bucket);
+    s.words.resize((size_t)bucket * qsgd::kMaxBits / 32);
+  }
+  return s;
+}
+
+}  // namespace
 
 void qsgdEncode(const void* x, DType t, float* residual, size_t n, int bits, int bucket,
                 uint64_t key, bool nearest, bool square, void* out) {
   const size_t nb = qsgd::numBuckets(n, bucket);
   unsigned char* scalesOut = static_cast<unsigned char*>(out);
   unsigned char* wordsOut = scalesOut + nb * 4;
-  // One bucket's values and codes, on the stack (bucket <= kMaxBucket, as
-  // validated): a call allocates nothing (40 KiB at most).
-  float v[qsgd::kMaxBucket];
-  uint32_t words[qsgd::kMaxBucket * qsgd::kMaxBits / 32];
+  EncodeScratch& scratch = encodeScratch(bucket);
+  float* v = scratch.values.data();
+  uint32_t* words = scratch.words.data();
   for (size_t b = 0; b < nb; ++b) {
     const size_t base = b * bucket;
     const size_t len = n - base < (size_t)bucket ? n - base : (size_t)bucket;
@@ -132,6 +157,40 @@ void qsgdDecode(const void* in, size_t n, int bits, int bucket, float* out, bool
 }  // namespace host
 }  // namespace gc
 
+namespace {
+
+// The host encode entry points' body, with rounding and levels the ints
+// the caller passed (gc::enumArg): each entry point reads its enums once,
+// as ints.
+gradcompResult_t qsgdEncodeHostEntry(const void* x, ncclDataType_t datatype, float* residual,
+                                     size_t count, int bits, int bucketSize, uint64_t seed,
+                                     int rounding, int levels, void* out) {
+  GC_CHECK(gc::qsgdCheckParams(bits, bucketSize));
+  GC_CHECK(gc::qsgdCheckRounding(rounding));
+  GC_CHECK(gc::qsgdCheckLevels(levels));
+  GC_CHECK(gc::codecCheckCount(count));
+  gc::DType t = gc::DType::F32;
+  GC_CHECK(gc::dtypeFromNccl(datatype, &t));
+  if (count == 0) return gradcompSuccess;
+  GC_ARG(x != nullptr && out != nullptr, "x=%p and out=%p must not be NULL for count=%zu", x, out,
+         count);
+  GC_ARG(((uintptr_t)out & 3) == 0, "out=%p must be 4-byte aligned (it starts with fp32 scales)",
+         out);
+  GC_ARG(((uintptr_t)residual & 3) == 0, "residual=%p must be 4-byte aligned (fp32)", residual);
+  GC_CHECK(gc::codecCheckDisjoint({{x, count * gc::dtypeBytes(t), "x"},
+                                   {residual, count * sizeof(float), "residual"},
+                                   {out, gc::qsgd::encodedBytes(count, bits, bucketSize), "out"}}));
+  // guarded: the GPU's bits whatever the thread's setting, and the scratch's
+  // growth failing as a result.
+  return gc::guarded([&] {
+    gc::host::qsgdEncode(x, t, residual, count, bits, bucketSize, seed,
+                         rounding == gradcompRoundNearest, levels == gradcompLevelsSquare, out);
+    return gradcompSuccess;
+  });
+}
+
+}  // namespace
+
 extern "C" {
 
 GC_EXPORT size_t gradcompQsgdEncodedBytes(size_t count, int bits, int bucketSize) {
@@ -148,25 +207,8 @@ GC_EXPORT gradcompResult_t gradcompQsgdEncodeEFLevelsHost(const void* x, ncclDat
                                                           int bucketSize, uint64_t seed,
                                                           gradcompRounding_t rounding,
                                                           gradcompLevels_t levels, void* out) {
-  GC_CHECK(gc::qsgdCheckParams(bits, bucketSize));
-  GC_CHECK(gc::qsgdCheckRounding((int)rounding));
-  GC_CHECK(gc::qsgdCheckLevels((int)levels));
-  GC_CHECK(gc::codecCheckCount(count));
-  gc::DType t = gc::DType::F32;
-  GC_CHECK(gc::dtypeFromNccl(datatype, &t));
-  if (count == 0) return gradcompSuccess;
-  GC_ARG(x != nullptr && out != nullptr, "x=%p and out=%p must not be NULL for count=%zu", x, out,
-         count);
-  GC_ARG(((uintptr_t)out & 3) == 0, "out=%p must be 4-byte aligned (it starts with fp32 scales)",
-         out);
-  GC_ARG(((uintptr_t)residual & 3) == 0, "residual=%p must be 4-byte aligned (fp32)", residual);
-  GC_CHECK(gc::codecCheckDisjoint({{x, count * gc::dtypeBytes(t), "x"},
-                                   {residual, count * sizeof(float), "residual"},
-                                   {out, gc::qsgd::encodedBytes(count, bits, bucketSize), "out"}}));
-  gc::IeeeHostMath ieee;  // the GPU's bits whatever the thread's setting
-  gc::host::qsgdEncode(x, t, residual, count, bits, bucketSize, seed,
-                       rounding == gradcompRoundNearest, levels == gradcompLevelsSquare, out);
-  return gradcompSuccess;
+  return qsgdEncodeHostEntry(x, datatype, residual, count, bits, bucketSize, seed,
+                             gc::enumArg(&rounding), gc::enumArg(&levels), out);
 }
 
 GC_EXPORT gradcompResult_t gradcompQsgdEncodeEFRoundingHost(const void* x, ncclDataType_t datatype,
@@ -174,8 +216,8 @@ GC_EXPORT gradcompResult_t gradcompQsgdEncodeEFRoundingHost(const void* x, ncclD
                                                             int bucketSize, uint64_t seed,
                                                             gradcompRounding_t rounding,
                                                             void* out) {
-  return gradcompQsgdEncodeEFLevelsHost(x, datatype, residual, count, bits, bucketSize, seed,
-                                        rounding, gradcompLevelsUniform, out);
+  return qsgdEncodeHostEntry(x, datatype, residual, count, bits, bucketSize, seed,
+                             gc::enumArg(&rounding), gradcompLevelsUniform, out);
 }
 
 GC_EXPORT gradcompResult_t gradcompQsgdEncodeTypedHost(const void* x, ncclDataType_t datatype,

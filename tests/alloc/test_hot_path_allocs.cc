@@ -19,6 +19,7 @@
 #include "algorithms/algorithms.h"
 #include "autotune.h"
 #include "backends/transport.h"
+#include "gradcomp/elias.h"
 #include "gradcomp/reference.h"
 #include "tests/common/auto_checks.h"
 #include "tests/common/socket_world.h"
@@ -157,13 +158,17 @@ TEST(HotPathAllocs, AllGatherDirectAllocatesNothingPerCall) {
   }
 }
 
-// The CPU backend's QSGD encode (every compressed exchange of the in-process
-// and socket worlds, and the host reference API) keeps a bucket's values
-// and codes on the stack: an encode allocates nothing, whatever the bucket.
+// The CPU backend's QSGD and Elias encodes (every compressed exchange of the
+// in-process and socket worlds, and the host reference API) keep a bucket's
+// values and codes in the thread's scratch, which the thread's first encode
+// of its largest bucket sizes: later encodes allocate nothing, whatever the
+// bucket.
 TEST(HotPathAllocs, HostQsgdEncodeAllocatesNothing) {
   const size_t n = 20000;
   std::vector<float> x(n);
   for (size_t i = 0; i < n; ++i) x[i] = (float)i * 0.25f - 7.0f;
+  std::vector<char> first(gradcompQsgdEncodedBytes(n, 8, 8192));
+  ASSERT_EQ(gradcompQsgdEncodeHost(x.data(), n, 8, 8192, 5, first.data()), gradcompSuccess);
   for (int bucket : {32, 512, 8192}) {
     std::vector<char> out(gradcompQsgdEncodedBytes(n, 8, bucket));
     gAllocs = 0;
@@ -173,6 +178,30 @@ TEST(HotPathAllocs, HostQsgdEncodeAllocatesNothing) {
     EXPECT_EQ(res, gradcompSuccess);
     EXPECT_EQ(gAllocs.exchange(0), 0)
         << "allocations in one host encode of " << n << " elements in buckets of " << bucket;
+  }
+}
+
+TEST(HotPathAllocs, HostEliasEncodeAllocatesNothing) {
+  const size_t n = 20000;
+  std::vector<float> x(n);
+  for (size_t i = 0; i < n; ++i) x[i] = (float)i * 0.25f - 7.0f;
+  gradcompEliasParams_t p{127, 32, gradcompEliasGamma, gradcompEliasScaleMax};
+  std::vector<char> out(gradcompEliasMaxEncodedBytes(n, &p));  // the smallest bucket's is largest
+  p.bucketSize = 8192;
+  ASSERT_EQ(gradcompEliasEncodeHost(x.data(), ncclFloat32, nullptr, n, &p, 5, out.data(),
+                                    out.size(), nullptr),
+            gradcompSuccess);
+  for (int bucket : {32, 512, 8192}) {
+    p.bucketSize = bucket;
+    ASSERT_LE(gradcompEliasMaxEncodedBytes(n, &p), out.size());
+    gAllocs = 0;
+    tCounting = true;
+    const gradcompResult_t res = gradcompEliasEncodeHost(x.data(), ncclFloat32, nullptr, n, &p, 5,
+                                                         out.data(), out.size(), nullptr);
+    tCounting = false;
+    EXPECT_EQ(res, gradcompSuccess);
+    EXPECT_EQ(gAllocs.exchange(0), 0)
+        << "allocations in one host Elias encode of " << n << " elements in buckets of " << bucket;
   }
 }
 
