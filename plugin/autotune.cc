@@ -508,6 +508,11 @@ gradcompResult_t autoRetune(gradcompComm* c) {
   // (a run resumed on another cluster retunes for its own network).
   c->autoState.allReduce.restored = false;
   c->autoState.allReduce.decided = false;
+  // The exchanges below carry a call record, which the CPU transports compare
+  // at each: the retune's own, not that of the last collective, which a
+  // collective the ranks disagreed on (refused) or one a rank never reached
+  // (timed out) left different on each rank.
+  c->transport->beginCall(CallInfo{c->step, 0, -1, -1, kCallRetune, c->stateDigest});
   GC_CHECK(tune(c, AutoCall::AllReduce));
   AutoDecision& rs = c->autoState.reduceScatter;
   rs.restored = false;  // an undecided reduce-scatter then times at its first call

@@ -8,6 +8,7 @@ namespace gc {
 static const char* callKindName(int kind) {
   return kind == kCallAllReduce       ? "allreduce"
          : kind == kCallReduceScatter ? "reduce-scatter"
+         : kind == kCallRetune        ? "retune"
                                       : "an unknown collective";
 }
 

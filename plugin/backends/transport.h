@@ -17,8 +17,8 @@
 
 namespace gc {
 
-// The collective a CallInfo belongs to.
-enum CallKind : int { kCallAllReduce = 0, kCallReduceScatter = 1 };
+// The collective a CallInfo belongs to (a retune's exchanges are a call of their own).
+enum CallKind : int { kCallAllReduce = 0, kCallReduceScatter = 1, kCallRetune = 2 };
 
 // What every rank must agree on for one gradcompAllReduce or
 // gradcompReduceScatter: ranks that differ here would exchange unrelated

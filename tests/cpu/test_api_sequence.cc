@@ -1,0 +1,987 @@
+// Seeded random sequences of C API calls on the in-process CPU world, each
+// call's outcome held to a model of what include/gradcomp.h promises. Several
+// worlds live at once, of random configs (QSGD with every exchange, bit mode,
+// rounding, levels, Elias and pipelining; top-k, rand-k and DGC; flat and
+// hierarchical layouts); between their allreduce and reduce-scatter calls of
+// random sizes (0 and under minElements included), types, ops and buffers
+// (in place and out of place, keyed and by address) come state saves and
+// loads (into the same comms and into new ones), resets, grad scales,
+// retunes, refused calls made by every rank or by one alone, refused loads
+// and scales, stops and aborts, and comms destroyed and made again.
+//
+// The model: every compressed QSGD call of a fixed width on a flat layout
+// equals the serial reference of its exchange bit for bit, the model keeping
+// each buffer's residuals; a passed call equals the rank-order reduction;
+// every rank's output of an allreduce is the same bytes; the step counter and
+// the compressed/passed counts follow the calls; a refused call names why,
+// leaves the comm's saved state byte for byte as it was and the comm usable;
+// and for error feedback without momentum, over each buffer's whole life
+// (loads into new comms included), the inputs equal the outputs plus every
+// rank's residuals up to float rounding. ASan and UBSan (tools/sanitize.sh)
+// add leaks and undefined behaviour.
+//
+// CI runs a fixed set of seeds. GRADCOMP_SEQ_SEEDS=N runs N seeds from
+// GRADCOMP_SEQ_SEED (default 1) and GRADCOMP_SEQ_OPS=M makes each sequence M
+// operations long, for long runs (docs/reliability.md, "Fuzzing").
+#include <errno.h>
+#include <gtest/gtest-spi.h>
+#include <gtest/gtest.h>
+#include <limits.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <atomic>
+#include <functional>
+#include <map>
+#include <memory>
+#include <random>
+#include <string>
+#include <thread>
+#include <tuple>
+#include <vector>
+
+#include "gradcomp.h"
+#include "kernels/common_math.cuh"
+#include "plugin/algorithms/algorithms.h"
+#include "plugin/collective.h"
+#include "plugin/comm.h"
+#include "tests/common/cpu_world.h"
+#include "tests/common/owner_place.h"
+#include "tests/common/ref_algos.h"
+#include "tests/common/ref_rs.h"
+#include "tests/common/state_blob.h"
+#include "tests/common/test_util.h"
+#include "tests/common/world_checks.h"
+
+namespace {
+
+using gc::DType;
+using gctest::ref::Rank;
+
+// A knob's value as plain decimal in min..max; a bad value fails the test
+// and the fallback runs (as test_fuzz.cc's knobs).
+unsigned long long seqKnob(const char* env, unsigned long long min, unsigned long long max,
+                           unsigned long long fallback) {
+  const char* v = getenv(env);
+  if (v == nullptr) return fallback;
+  const size_t n = strspn(v, "0123456789");
+  errno = 0;
+  const unsigned long long x = n > 0 && v[n] == '\0' ? strtoull(v, nullptr, 10) : 0;
+  if (n == 0 || v[n] != '\0' || (v[0] == '0' && v[1] != '\0') || errno != 0 || x < min || x > max) {
+    ADD_FAILURE() << env << "=" << v << " is not an integer in " << min << ".." << max
+                  << " (plain decimal); running " << fallback;
+    return fallback;
+  }
+  return x;
+}
+
+// What the sequences ran, printed at the end: a long run says what it covered.
+// (Atomic: two worlds' calls may run at once.)
+struct Tally {
+  std::atomic<uint64_t> calls{0}, compressed{0}, exact{0}, passed{0}, ledgers{0}, refused{0},
+      loads{0}, resets{0}, scales{0}, retunes{0}, worlds{0}, aborts{0}, pairs{0};
+};
+Tally gTally;
+
+constexpr int kSlots = 3;
+constexpr size_t kMaxCount = 2048;  // elements of one allreduce; a reduce-scatter's input too
+constexpr int kMaxRanks = 4;
+
+DType dtypeOf(ncclDataType_t t) {
+  return t == ncclFloat32 ? DType::F32 : t == ncclFloat16 ? DType::F16 : DType::BF16;
+}
+bool isFloat(ncclDataType_t t) {
+  return t == ncclFloat32 || t == ncclFloat16 || t == ncclBfloat16;
+}
+size_t elemSize(ncclDataType_t t) {
+  return t == ncclFloat16 || t == ncclBfloat16 ? 2 : 4;
+}
+float getT(const void* p, ncclDataType_t t, size_t i) {
+  if (t == ncclFloat32) return static_cast<const float*>(p)[i];
+  if (t == ncclInt32) return (float)static_cast<const int32_t*>(p)[i];
+  const uint16_t h = static_cast<const uint16_t*>(p)[i];
+  return t == ncclFloat16 ? gc::halfToFloat(h) : gc::bf16ToFloat(h);
+}
+void setT(void* p, ncclDataType_t t, size_t i, float v) {
+  if (t == ncclFloat32) {
+    static_cast<float*>(p)[i] = v;
+  } else if (t == ncclInt32) {
+    static_cast<int32_t*>(p)[i] = (int32_t)lrintf(v * 100.0f);
+  } else {
+    static_cast<uint16_t*>(p)[i] = t == ncclFloat16 ? gc::floatToHalf(v) : gc::floatToBf16(v);
+  }
+}
+double epsOf(ncclDataType_t t) {
+  return t == ncclFloat32 ? 0x1p-24 : t == ncclFloat16 ? 0x1p-11 : 0x1p-8;
+}
+
+// fn(rank) on one thread per rank; each rank's result and, where it failed,
+// its error sentence (the last error is per thread).
+std::vector<gradcompResult_t> onRanks(int n, const std::function<gradcompResult_t(int)>& fn,
+                                      std::vector<std::string>* err) {
+  err->assign(n, std::string());
+  return gctest::runOnThreads(n, [&](int r) {
+    const gradcompResult_t rc = fn(r);
+    if (rc != gradcompSuccess) (*err)[r] = gradcompGetLastError();
+    return rc;
+  });
+}
+
+// One call as every rank makes it.
+struct Call {
+  bool rs = false, keyed = false, inPlace = true;
+  int slot = 0;
+  uint64_t key = 0;
+  size_t m = 0;  // the allreduce's count, the reduce-scatter's recvcount
+  ncclDataType_t type = ncclFloat32;
+  ncclRedOp_t op = ncclSum;
+  size_t inputs(int N) const { return rs ? m * (size_t)N : m; }
+};
+
+// A buffer state as every rank knows it: (reduce-scatter, keyed, key or
+// slot * 2 + in place, input count, type).
+using Id = std::tuple<bool, bool, uint64_t, size_t, int>;
+
+Id idOf(const Call& k, int N) {
+  return Id{k.rs, k.keyed, k.keyed ? k.key : (uint64_t)(k.slot * 2 + (k.inPlace ? 1 : 0)),
+            k.inputs(N), (int)k.type};
+}
+
+// The ledger of one buffer state over its life: sums of inputs, outputs
+// (times N for Avg) and, at the end, residuals, in unscaled units.
+struct Acc {
+  std::vector<double> in, out, res, mag, typeErr;
+};
+
+// The model's residuals of one buffer state, per rank (the reference's Rank
+// residual and owner residual).
+struct ModelState {
+  std::vector<std::vector<float>> res, own;
+};
+
+struct Settings {
+  gradcompConfig_t cfg;
+  int N;
+  bool exact;      // compressed calls have a serial reference here
+  bool ledger;     // inputs == outputs + residuals holds
+  bool plainPass;  // a passed float Sum/Avg call is the plain reduction (no DGC velocity)
+  std::string what;
+};
+
+Settings randomSettings(std::mt19937_64& rng) {
+  auto pick = [&](int n) { return (int)(rng() % (uint64_t)n); };
+  gradcompConfig_t c;
+  gradcompConfigInit(&c);
+  const int Ns[] = {1, 2, 2, 3, 4, 4};
+  const int N = Ns[pick(6)];
+  c.cpuTimeoutSec = 20.0f;
+  c.autoTune = pick(2);
+  c.checkCalls = pick(2);
+  const size_t mins[] = {0, 0, 64, 700};
+  c.minElements = mins[pick(4)];
+  const int buckets[] = {32, 64, 128, 512};
+  c.bucketSize = buckets[pick(4)];
+  c.seed = rng();
+  c.clipNorm = 0.0f;
+  c.momentumCorrection = 0;
+  if (N % 2 == 0 && N > 2 && pick(3) == 0) c.localSize = 2;
+  const int m = pick(10);
+  c.method = m < 5   ? gradcompMethodQsgd
+             : m < 6 ? gradcompMethodTopk
+             : m < 7 ? gradcompMethodRandk
+             : m < 9 ? gradcompMethodDgc
+                     : gradcompMethodNone;
+  bool exact = false;
+  if (c.method == gradcompMethodQsgd) {
+    const gradcompAlgo_t algos[] = {gradcompAlgoAuto, gradcompAlgoTwoShot, gradcompAlgoRing,
+                                    gradcompAlgoAllgather, gradcompAlgoHier};
+    c.algo = algos[pick(5)];
+    c.bits = 2 + pick(7);
+    c.ownerResidual = pick(2);
+    c.errorFeedback = pick(5) != 0;
+    c.rounding = pick(3) == 0 ? gradcompRoundNearest : gradcompRoundStochastic;
+    c.levels = pick(3) == 0 ? gradcompLevelsSquare : gradcompLevelsUniform;
+    const size_t pipes[] = {0, 0, 1024, 4096};
+    c.pipelineBytes = pipes[pick(4)];
+    const int mode = pick(6);
+    if (mode == 0) {
+      c.elias = 1, c.levels = gradcompLevelsUniform;
+      if (c.algo == gradcompAlgoRing) c.algo = gradcompAlgoAuto;
+    } else if (mode == 1) {
+      c.bitsMode = gradcompBitsDynamic, c.levels = gradcompLevelsUniform;
+    } else if (mode == 2) {
+      c.bitsMode = gradcompBitsBudget, c.levels = gradcompLevelsUniform, c.budgetWindow = 4;
+    }
+  } else if (c.method != gradcompMethodNone) {
+    const float densities[] = {0.001f, 0.01f, 0.1f, 0.5f};
+    c.density = densities[pick(4)];
+    c.select = pick(2) ? gradcompSelectExact : gradcompSelectThreshold;
+    if (c.method == gradcompMethodDgc) {
+      c.warmupSteps = pick(3) * 3;
+      c.momentumCorrection = pick(3) == 0;
+    }
+  }
+  if (c.rounding == gradcompRoundNearest) c.errorFeedback = 1;  // its bias needs a residual
+  if (gradcompConfigValidate(&c) != gradcompSuccess) {
+    // A combination the library refuses (the validator names it): plain QSGD levels instead.
+    c.rounding = gradcompRoundStochastic, c.levels = gradcompLevelsUniform;
+    c.elias = 0, c.bitsMode = gradcompBitsFixed;
+  }
+  if (gradcompConfigValidate(&c) != gradcompSuccess) {
+    ADD_FAILURE() << "a generated config is refused: " << gradcompGetLastError();
+  }
+  if (c.method == gradcompMethodQsgd) {
+    exact = c.bitsMode == gradcompBitsFixed && !c.elias && c.localSize <= 1 && N >= 2;
+  }
+  Settings s;
+  s.cfg = c;
+  s.N = N;
+  s.exact = exact;
+  const bool momentum = c.method == gradcompMethodDgc && c.momentumCorrection;
+  // A second quantization (two-shot, ring, the hierarchy's) keeps its error
+  // only in the owner residual.
+  const bool once = c.method != gradcompMethodQsgd || c.elias || c.algo == gradcompAlgoAllgather;
+  s.ledger =
+      c.method != gradcompMethodNone && c.errorFeedback && !momentum && (once || c.ownerResidual);
+  s.plainPass = !momentum;
+  s.what = "method " + std::to_string((int)c.method) + " algo " + std::to_string((int)c.algo) +
+           " N " + std::to_string(N) + " local " + std::to_string(c.localSize) + " bits " +
+           std::to_string(c.bits) + " mode " + std::to_string((int)c.bitsMode) + " elias " +
+           std::to_string(c.elias) + " ef " + std::to_string(c.errorFeedback) + " owner " +
+           std::to_string(c.ownerResidual) + " min " + std::to_string(c.minElements) + " bucket " +
+           std::to_string(c.bucketSize) + " pipe " + std::to_string(c.pipelineBytes) +
+           " rounding " + std::to_string((int)c.rounding) + " levels " +
+           std::to_string((int)c.levels) + " density " + std::to_string(c.density) + " warmup " +
+           std::to_string(c.warmupSteps) + " momentum " + std::to_string(c.momentumCorrection) +
+           " checkCalls " + std::to_string(c.checkCalls) + " auto " + std::to_string(c.autoTune);
+  return s;
+}
+
+// One world of the sequence and its model.
+class SeqWorld {
+ public:
+  SeqWorld(const Settings& s, std::string name)
+      : S(s), N(s.N), name_(std::move(name)), send_(N), recv_(N) {
+    for (int r = 0; r < N; ++r) {
+      send_[r].assign(kSlots, std::vector<float>(kMaxCount));
+      recv_[r].assign(kSlots, std::vector<float>(kMaxCount));
+    }
+    create();
+  }
+  ~SeqWorld() {
+    if (!comms_.empty()) destroy(true);
+  }
+
+  const Settings S;
+  const int N;
+  uint64_t calls = 0;
+
+  std::string where() const { return name_ + " (" + S.what + ")"; }
+  bool alive() const { return !comms_.empty(); }
+
+  void create() {
+    comms_.assign(N, nullptr);
+    ASSERT_EQ(gradcompCommCreateCpu(N, &S.cfg, comms_.data()), gradcompSuccess)
+        << where() << ": " << gradcompGetLastError();
+    for (int r = 0; r < N; ++r) {
+      int rank = -1, size = -1, nodes = -1, local = -1;
+      ASSERT_EQ(gradcompCommRank(comms_[r], &rank), gradcompSuccess);
+      ASSERT_EQ(gradcompCommSize(comms_[r], &size), gradcompSuccess);
+      ASSERT_EQ(gradcompCommLayout(comms_[r], &nodes, &local), gradcompSuccess);
+      EXPECT_EQ(rank, r) << where();
+      EXPECT_EQ(size, N) << where();
+      EXPECT_EQ(nodes * local, N) << where();
+      if (S.cfg.localSize >= 1) EXPECT_EQ(local, S.cfg.localSize) << where();
+    }
+    scale_ = 1.0f;
+    ++gTally.worlds;
+  }
+
+  // Frees the comms; with `check`, first the ledger of every state they hold.
+  void destroy(bool check) {
+    if (check) finishLedger("destroy");
+    for (int r = 0; r < N; ++r) {
+      EXPECT_EQ(gradcompCommDestroy(comms_[r]), gradcompSuccess)
+          << where() << ": " << gradcompGetLastError();
+    }
+    comms_.clear();
+    model_.clear();
+    acc_.clear();
+    ptrs_.assign(N, {});
+    step_ = 0;
+  }
+
+  // Stop on every rank, then a call on one rank must fail naming why, then abort.
+  void stopAndAbort(std::mt19937_64& rng) {
+    ++gTally.aborts;
+    for (int r = 0; r < N; ++r) EXPECT_EQ(gradcompCommStop(comms_[r]), gradcompSuccess);
+    const int r = (int)(rng() % (uint64_t)N);
+    float x[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+    const gradcompResult_t rc =
+        gradcompAllReduce(x, x, 8, ncclFloat32, ncclSum, comms_[r], nullptr);
+    EXPECT_NE(rc, gradcompSuccess) << where() << ": a call after stop";
+    if (rc != gradcompSuccess) EXPECT_STRNE(gradcompGetLastError(), "") << where();
+    for (int q = 0; q < N; ++q) {
+      EXPECT_EQ(gradcompCommAbort(comms_[q]), gradcompSuccess)
+          << where() << ": " << gradcompGetLastError();
+    }
+    comms_.clear();
+    model_.clear();
+    acc_.clear();
+    ptrs_.assign(N, {});
+    step_ = 0;
+  }
+
+  std::vector<std::vector<uint8_t>> saveAll() {
+    std::vector<std::vector<uint8_t>> b(N);
+    for (int r = 0; r < N; ++r) b[r] = gctest::savedState(comms_[r]);
+    return b;
+  }
+
+  // Saved, loaded back into the same comms: nothing changes.
+  void saveLoadSame() {
+    ++gTally.loads;
+    auto blobs = saveAll();
+    std::vector<std::string> err;
+    auto res = onRanks(
+        N,
+        [&](int r) { return gradcompCommLoadState(comms_[r], blobs[r].data(), blobs[r].size()); },
+        &err);
+    for (int r = 0; r < N; ++r) {
+      ASSERT_EQ(res[r], gradcompSuccess) << where() << " rank " << r << ": " << err[r];
+    }
+    auto again = saveAll();
+    for (int r = 0; r < N; ++r) EXPECT_EQ(again[r], blobs[r]) << where() << " rank " << r;
+  }
+
+  // Saved, the comms destroyed and made again, loaded: the model goes on.
+  void saveLoadNew() {
+    ++gTally.loads;
+    auto blobs = saveAll();
+    std::vector<std::map<std::tuple<int, uint64_t, size_t, int>, Id>> ptrs = ptrs_;
+    std::map<Id, ModelState> model = model_;
+    std::map<Id, Acc> acc = acc_;
+    const uint64_t step = step_;
+    const float scale = scale_;
+    destroy(false);
+    create();
+    if (::testing::Test::HasFatalFailure()) return;
+    std::vector<std::string> err;
+    auto res = onRanks(
+        N,
+        [&](int r) { return gradcompCommLoadState(comms_[r], blobs[r].data(), blobs[r].size()); },
+        &err);
+    for (int r = 0; r < N; ++r) {
+      ASSERT_EQ(res[r], gradcompSuccess) << where() << " rank " << r << ": " << err[r];
+    }
+    ptrs_ = ptrs, model_ = model, acc_ = acc, step_ = step, scale_ = scale;
+    float got = 0;
+    for (int r = 0; r < N; ++r) {
+      ASSERT_EQ(gradcompCommGetGradScale(comms_[r], &got), gradcompSuccess);
+      EXPECT_EQ(got, scale_) << where() << ": the loaded scale";
+    }
+    auto again = saveAll();
+    for (int r = 0; r < N; ++r) EXPECT_EQ(again[r], blobs[r]) << where() << " rank " << r;
+    expectSteps("load into new comms");
+  }
+
+  void reset() {
+    ++gTally.resets;
+    finishLedger("reset");
+    std::vector<std::string> err;
+    auto res = onRanks(
+        N, [&](int r) { return gradcompCommResetState(comms_[r]); }, &err);
+    for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], gradcompSuccess) << where() << ": " << err[r];
+    // As a new comm's: no states, step 0.
+    model_.clear();
+    acc_.clear();
+    step_ = 0;
+  }
+
+  void setScale(float scale) {
+    ++gTally.scales;
+    for (int r = 0; r < N; ++r) {
+      ASSERT_EQ(gradcompCommSetGradScale(comms_[r], scale, nullptr), gradcompSuccess)
+          << where() << ": " << gradcompGetLastError();
+    }
+    const float ratio = scale / scale_;  // powers of two: exact
+    for (auto& kv : model_) {
+      for (auto* v : {&kv.second.res, &kv.second.own}) {
+        for (auto& rv : *v) {
+          for (auto& x : rv) x *= ratio;
+        }
+      }
+    }
+    scale_ = scale;
+  }
+
+  void retune() {
+    ++gTally.retunes;
+    auto before = saveAll();
+    std::vector<std::string> err;
+    auto res = onRanks(
+        N, [&](int r) { return gradcompCommRetune(comms_[r], nullptr); }, &err);
+    for (int r = 0; r < N; ++r) {
+      ASSERT_EQ(res[r], gradcompSuccess) << where() << " rank " << r << ": " << err[r];
+    }
+    auto after = saveAll();
+    for (int r = 0; r < N; ++r) {
+      EXPECT_EQ(gctest::withoutAutoFigures(after[r]), gctest::withoutAutoFigures(before[r]))
+          << where() << ": retune changed the buffers' state on rank " << r;
+    }
+  }
+
+  // Refused calls: every rank's, or one rank's alone (its peers make no call).
+  // Each must name its value and leave the comm's state and counters as they were.
+  void refused(std::mt19937_64& rng) {
+    auto pick = [&](int n) { return (int)(rng() % (uint64_t)n); };
+    ++gTally.refused;
+    const int kind = pick(10);
+    // Kind 9 overlaps a compressed reduce-scatter's buffers (a passed one
+    // goes to the transport as it is).
+    Call overlap;
+    overlap.rs = true, overlap.m = 512;
+    const bool compresses = eligible(overlap);
+    const float badScale = pick(2) ? NAN : -2.0f;  // drawn here: the ranks' threads draw nothing
+    // A collective every rank must make (kinds 0 to 4) is refused on every
+    // rank alike: made by one rank alone, its peers would be waited for (the
+    // CPU backend agrees on every call before it reads the arguments).
+    const bool one = kind >= 5 && kind <= 7 && pick(2) == 0;
+    const int who = pick(N);
+    auto before = saveAll();
+    std::vector<gradcompStats_t> st0(N), st1(N);
+    for (int r = 0; r < N; ++r) gradcompGetStats(comms_[r], &st0[r]);
+    std::vector<std::string> err(N);
+    const char* expectIn = nullptr;
+    auto res = gctest::runOnThreads(N, [&](int r) -> gradcompResult_t {
+      if (one && r != who) return gradcompInvalidArgument;
+      float* s = send_[r][0].data();
+      float* o = recv_[r][0].data();
+      gradcompResult_t rc = gradcompSuccess;
+      switch (kind) {
+        case 0:
+          rc = gradcompAllReduce(s, o, 64, (ncclDataType_t)99, ncclSum, comms_[r], nullptr);
+          break;
+        case 1:
+          rc = gradcompAllReduce(s, o, 64, ncclFloat32, (ncclRedOp_t)99, comms_[r], nullptr);
+          break;
+        case 2:
+          rc = gradcompReduceScatter(s, o, 16, (ncclDataType_t)99, ncclSum, comms_[r], nullptr);
+          break;
+        case 3:
+          rc = gradcompAllReduce(nullptr, o, 64, ncclFloat32, ncclSum, comms_[r], nullptr);
+          break;
+        case 4:
+          rc = gradcompReduceScatterKeyed(s, nullptr, 16, ncclFloat32, ncclAvg, comms_[r], nullptr,
+                                          3);
+          break;
+        case 5:
+          rc = gradcompCommSetGradScale(comms_[r], badScale, nullptr);
+          break;
+        case 6: {
+          // A truncated blob (every rank's own, cut short): refused whole.
+          std::vector<uint8_t> b = before[r];
+          b.resize(b.size() / 2);
+          rc = gradcompCommLoadState(comms_[r], b.data(), b.size());
+          break;
+        }
+        case 7:
+          rc = gradcompAllReduceKeyed(s, o, 64, ncclFloat32, ncclSum, nullptr, nullptr, 1);
+          break;
+        case 9:
+          if (!compresses) return gradcompInvalidArgument;
+          rc = gradcompReduceScatter(s, s + 1, overlap.m, ncclFloat32, ncclSum, comms_[r], nullptr);
+          break;
+        default:
+          // Ranks that disagree on the count: every rank refuses it.
+          if (N == 1) return gradcompInvalidUsage;
+          rc = gradcompAllReduceKeyed(s, s, r == who ? 1001 : 1000, ncclFloat32, ncclSum, comms_[r],
+                                      nullptr, 2);
+          break;
+      }
+      if (rc != gradcompSuccess) err[r] = gradcompGetLastError();
+      return rc;
+    });
+    expectIn = kind <= 2 ? "99" : kind == 8 ? "1001" : kind == 9 ? "overlap" : nullptr;
+    for (int r = 0; r < N; ++r) {
+      if (one && r != who) continue;
+      if ((kind == 8 && N == 1) || (kind == 9 && !compresses)) continue;
+      EXPECT_TRUE(res[r] == gradcompInvalidArgument || res[r] == gradcompInvalidUsage)
+          << where() << ": refused kind " << kind << " rank " << r << " gave " << res[r] << " "
+          << err[r];
+      EXPECT_FALSE(err[r].empty()) << where() << ": refused kind " << kind;
+      if (expectIn) {
+        EXPECT_NE(err[r].find(expectIn), std::string::npos)
+            << where() << ": refused kind " << kind << " does not name " << expectIn << ": "
+            << err[r];
+      }
+    }
+    auto after = saveAll();
+    for (int r = 0; r < N; ++r) {
+      EXPECT_EQ(after[r], before[r]) << where() << ": refused kind " << kind << " (one " << one
+                                     << ") changed rank " << r << "'s state";
+      gradcompGetStats(comms_[r], &st1[r]);
+      EXPECT_EQ(st1[r].steps, st0[r].steps) << where() << " kind " << kind;
+      EXPECT_EQ(st1[r].callsCompressed, st0[r].callsCompressed) << where() << " kind " << kind;
+    }
+    float scale = 0;
+    for (int r = 0; r < N; ++r) {
+      ASSERT_EQ(gradcompCommGetGradScale(comms_[r], &scale), gradcompSuccess);
+      EXPECT_EQ(scale, scale_) << where();
+    }
+  }
+
+  // The counters every rank must agree on, against the model's step.
+  void expectSteps(const char* after) {
+    for (int r = 0; r < N; ++r) {
+      gradcompStats_t st;
+      ASSERT_EQ(gradcompGetStats(comms_[r], &st), gradcompSuccess);
+      EXPECT_EQ(st.steps, step_) << where() << " rank " << r << " after " << after;
+    }
+  }
+
+  bool eligible(const Call& k) const {
+    return S.cfg.method != gradcompMethodNone && N > 1 && isFloat(k.type) &&
+           (k.op == ncclSum || k.op == ncclAvg) && k.inputs(N) >= S.cfg.minElements &&
+           k.inputs(N) > 0;
+  }
+
+  void call(const Call& k, uint64_t seed) {
+    const size_t n = k.inputs(N), m = k.m;
+    const Id id = idOf(k, N);
+    const bool elig = eligible(k);
+    const bool avg = k.op == ncclAvg;
+    // Inputs, kept as the values the buffers hold.
+    std::vector<std::vector<float>> in(N);
+    std::vector<Rank> R(N);
+    for (int r = 0; r < N; ++r) {
+      const std::vector<float> g = gctest::normal(n, seed * 131 + (uint64_t)r, 1.0f + r);
+      void* s = send_[r][k.slot].data();
+      in[r].resize(n);
+      for (size_t i = 0; i < n; ++i) {
+        setT(s, k.type, i, g[i] * scale_);
+        in[r][i] = getT(s, k.type, i);
+      }
+      if (isFloat(k.type)) {
+        R[r].f32 = in[r];
+        if (k.type != ncclFloat32) {
+          R[r].half.assign(static_cast<uint16_t*>(s), static_cast<uint16_t*>(s) + n);
+        }
+      }
+    }
+    // Output buffers poisoned, so a call that writes nothing is seen.
+    for (int r = 0; r < N; ++r) {
+      if (!k.inPlace) memset(recv_[r][k.slot].data(), 0x5a, kMaxCount * 4);
+    }
+    std::vector<void*> outp(N);
+    for (int r = 0; r < N; ++r) {
+      char* s = reinterpret_cast<char*>(send_[r][k.slot].data());
+      outp[r] = k.inPlace ? (k.rs ? s + (size_t)r * m * elemSize(k.type) : s)
+                          : (void*)recv_[r][k.slot].data();
+      const auto sk = gc::stateKey(k.rs ? 2 : 0, k.keyed, k.key, outp[r], n, dtypeOf(k.type));
+      if (isFloat(k.type)) ptrs_[r][sk] = id;
+    }
+    std::vector<gradcompStats_t> st0(N);
+    for (int r = 0; r < N; ++r) gradcompGetStats(comms_[r], &st0[r]);
+    std::vector<std::string> err(N);
+    auto res = gctest::runOnThreads(N, [&](int r) {
+      void* s = send_[r][k.slot].data();
+      gradcompResult_t rc;
+      if (k.rs) {
+        rc = k.keyed ? gradcompReduceScatterKeyed(s, outp[r], m, k.type, k.op, comms_[r], nullptr,
+                                                  k.key)
+                     : gradcompReduceScatter(s, outp[r], m, k.type, k.op, comms_[r], nullptr);
+      } else {
+        rc = k.keyed
+                 ? gradcompAllReduceKeyed(s, outp[r], m, k.type, k.op, comms_[r], nullptr, k.key)
+                 : gradcompAllReduce(s, outp[r], m, k.type, k.op, comms_[r], nullptr);
+      }
+      if (rc != gradcompSuccess) err[r] = gradcompGetLastError();
+      return rc;
+    });
+    ++calls;
+    ++gTally.calls;
+    const std::string what = where() + " call " + std::to_string(calls) + " (" +
+                             (k.rs ? "reduce-scatter" : "allreduce") + " m " + std::to_string(m) +
+                             " type " + std::to_string((int)k.type) + " op " +
+                             std::to_string((int)k.op) + (k.keyed ? " keyed" : " by address") +
+                             (k.inPlace ? " in place" : " out of place") + " slot " +
+                             std::to_string(k.slot) + ")";
+    for (int r = 0; r < N; ++r) {
+      ASSERT_EQ(res[r], gradcompSuccess) << what << " rank " << r << ": " << err[r];
+    }
+    // Counters: one step per compressed call, on every rank alike.
+    bool compressed = false;
+    for (int r = 0; r < N; ++r) {
+      gradcompStats_t st;
+      gradcompGetStats(comms_[r], &st);
+      const uint64_t dc = st.callsCompressed - st0[r].callsCompressed;
+      const uint64_t dp = st.callsPassedThrough - st0[r].callsPassedThrough;
+      // A call of no elements returns at once, counted nowhere.
+      EXPECT_EQ(dc + dp, n > 0 ? 1u : 0u) << what << " rank " << r;
+      if (!elig) EXPECT_EQ(dc, 0u) << what << " rank " << r << ": an ineligible call compressed";
+      if (r == 0) compressed = dc == 1;
+      EXPECT_EQ(dc == 1, compressed) << what << ": ranks differ on compressing";
+      EXPECT_EQ(st.steps, st0[r].steps + dc) << what << " rank " << r;
+    }
+    // Without autoTune's timing (never in this world) every eligible call compresses.
+    if (!S.cfg.autoTune) EXPECT_EQ(compressed, elig) << what;
+    // Every rank's allreduce output: the same bytes.
+    if (!k.rs) {
+      for (int r = 1; r < N; ++r) {
+        EXPECT_EQ(memcmp(outp[r], outp[0], m * elemSize(k.type)), 0)
+            << what << ": rank " << r << " differs from rank 0";
+      }
+    }
+    // Expected outputs: the exact reference of a compressed call where the
+    // model has one, the rank-order reduction of a passed one.
+    std::vector<std::vector<float>> expect;  // per rank (allreduce: one)
+    bool exactExpect = false;
+    if (compressed && S.exact) {
+      ModelState& ms = model_[id];
+      if (ms.res.empty()) {
+        ms.res.assign(N, std::vector<float>(n, 0.0f));
+        ms.own.assign(N, std::vector<float>(n, 0.0f));
+      }
+      for (int r = 0; r < N; ++r) R[r].residual = ms.res[r], R[r].ownerRes = ms.own[r];
+      if (k.rs) {
+        expect =
+            gctest::ref::refReduceScatter(R, dtypeOf(k.type), m, S.cfg, S.cfg.bits, step_, avg);
+      } else {
+        expect = {gctest::ref::refDense(R, dtypeOf(k.type), m, S.cfg, step_, avg,
+                                        gctest::effectiveAlgo(S.cfg.algo, N))};
+      }
+      for (int r = 0; r < N; ++r) ms.res[r] = R[r].residual, ms.own[r] = R[r].ownerRes;
+      exactExpect = true;
+    } else if (!compressed &&
+               (S.plainPass || !isFloat(k.type) || (k.op != ncclSum && k.op != ncclAvg))) {
+      expect = passReference(k, in);
+      exactExpect = k.op != ncclAvg;  // NCCL's PreMulSum rounding: within a tolerance
+      if (k.op == ncclAvg) {
+        for (int r = 0; r < (k.rs ? N : 1); ++r) {
+          for (size_t i = 0; i < m; ++i) {
+            const float got = getT(outp[r], k.type, i), want = expect[r][i];
+            // Rounding of the inputs' magnitudes (a sum may cancel to near 0).
+            double mag = 0;
+            for (int q = 0; q < N; ++q) mag += fabs(in[q][k.rs ? (size_t)r * m + i : i]);
+            const double tol = (N + 2) * 4 * epsOf(k.type) * mag + 1e-30;
+            EXPECT_LE(fabs(got - want), tol) << what << " rank " << r << " element " << i;
+            if (fabs(got - want) > tol) return;
+          }
+        }
+      }
+    }
+    gTally.compressed += compressed;
+    if (exactExpect || !expect.empty()) ++(compressed ? gTally.exact : gTally.passed);
+    if (exactExpect) {
+      for (int r = 0; r < (k.rs ? N : 1); ++r) {
+        for (size_t i = 0; i < m; ++i) {
+          const float got = getT(outp[r], k.type, i);
+          const float want = expect[r][i];
+          if (memcmp(&got, &want, 4) != 0 && !(isnan(got) && isnan(want))) {
+            ADD_FAILURE() << what << " rank " << r << " element " << i << ": got " << got
+                          << " expected " << want << (compressed ? " (reference)" : " (passed)");
+            return;
+          }
+        }
+      }
+    }
+    if (compressed) ++step_;
+    // The ledger (float Sum/Avg calls, compressed or passed).
+    if (S.ledger && isFloat(k.type) && (k.op == ncclSum || k.op == ncclAvg) && n > 0) {
+      Acc& a = acc(id, n);
+      for (int r = 0; r < N; ++r) {
+        for (size_t i = 0; i < n; ++i) {
+          const double x = in[r][i] / scale_;
+          a.in[i] += x;
+          a.mag[i] += fabs(x);
+          if (k.type != ncclFloat32) a.typeErr[i] += 4 * epsOf(k.type) * fabs(x);
+        }
+      }
+      const double f = avg ? N : 1;
+      for (int r = 0; r < (k.rs ? N : 1); ++r) {
+        for (size_t i = 0; i < m; ++i) {
+          const size_t e = k.rs ? (size_t)r * m + i : i;
+          const double y = getT(outp[r], k.type, i) * f / scale_;
+          a.out[e] += y;
+          a.mag[e] += fabs(y);
+          a.typeErr[e] += fabs(y) * epsOf(k.type) * 2 * (avg ? N : 1);
+        }
+      }
+    }
+  }
+
+  // The rank-order reduction NCCL's CPU stand-in makes (fp16/bf16 rounded
+  // after every step; Avg as a sum divided by N, held within a tolerance).
+  std::vector<std::vector<float>> passReference(const Call& k,
+                                                const std::vector<std::vector<float>>& in) {
+    const size_t m = k.m;
+    std::vector<std::vector<float>> out(k.rs ? N : 1, std::vector<float>(m));
+    for (size_t o = 0; o < out.size(); ++o) {
+      for (size_t i = 0; i < m; ++i) {
+        const size_t e = k.rs ? o * m + i : i;
+        float acc = in[0][e];
+        for (int r = 1; r < N; ++r) {
+          const float x = in[r][e];
+          if (k.op == ncclMax) {
+            acc = acc > x ? acc : x;
+          } else if (k.op == ncclMin) {
+            acc = acc < x ? acc : x;
+          } else {
+            acc = gc::fadd(acc, x);
+            if (k.type == ncclFloat16) acc = gc::halfToFloat(gc::floatToHalf(acc));
+            if (k.type == ncclBfloat16) acc = gc::bf16ToFloat(gc::floatToBf16(acc));
+          }
+        }
+        if (k.op == ncclAvg) acc = acc / (float)N;
+        out[o][i] = acc;
+      }
+    }
+    return out;
+  }
+
+  // Every rank's residuals added to their elements; then the ledger's check.
+  void finishLedger(const std::string& why) {
+    if (!S.ledger || comms_.empty()) return;
+    for (int r = 0; r < N; ++r) {
+      gradcompComm* c = comms_[r];
+      for (const auto& kv : c->states) {
+        const gc::BufferState& s = kv.second;
+        auto it = ptrs_[r].find(kv.first);
+        if (it == ptrs_[r].end()) {
+          ADD_FAILURE() << where() << " rank " << r << ": a state of no buffer the calls named";
+          continue;
+        }
+        const Id id = it->second;
+        const bool rs = std::get<0>(id);
+        Acc& a = acc(id, s.count);
+        if (s.residual) {
+          // A hierarchical reduce-scatter keeps block l*k + j at input block R(j, l).
+          const bool permuted = rs && gc::useHierReduceScatter(*c);
+          const size_t m = s.count / N;
+          for (size_t i = 0; i < s.count; ++i) {
+            const size_t e = permuted ? inputIndex(c, i, m) : i;
+            a.res[e] += s.residual[i] / scale_;
+            a.mag[e] += fabs(s.residual[i] / scale_);
+          }
+        }
+        if (s.ownerResidual && !rs) {
+          const gc::Topology& t = c->topo;
+          const auto place = gctest::ownerPlace(c->cfg, s.count, c->nranks, c->rank, t.nodes,
+                                                t.localSize, t.node, t.localRank);
+          for (size_t i = 0; i < s.ownerResidualCount && i < place.second; ++i) {
+            a.res[place.first + i] += s.ownerResidual[i] / scale_;
+            a.mag[place.first + i] += fabs(s.ownerResidual[i] / scale_);
+          }
+        }
+      }
+    }
+    for (auto& kv : acc_) {
+      ++gTally.ledgers;
+      Acc& a = kv.second;
+      double worst = 0, worstErr = 0;
+      size_t at = 0, bad = 0;
+      for (size_t i = 0; i < a.in.size(); ++i) {
+        const double err = fabs(a.in[i] - a.out[i] - a.res[i]);
+        const double tol = 8.0 * (N + 4) * 0x1p-24 * a.mag[i] + a.typeErr[i] + 1e-30;
+        if (!(err <= tol)) ++bad;
+        if (err / tol > worst || !(err <= tol)) worst = err / tol, worstErr = err, at = i;
+      }
+      EXPECT_EQ(bad, 0u) << where() << " at " << why << ": state (rs " << std::get<0>(kv.first)
+                         << ", keyed " << std::get<1>(kv.first) << ", " << std::get<2>(kv.first)
+                         << ", n " << std::get<3>(kv.first) << ", type " << std::get<4>(kv.first)
+                         << "): " << bad << " elements lost or doubled; worst element " << at
+                         << " in " << a.in[at] << " out " << a.out[at] << " residuals " << a.res[at]
+                         << " error " << worstErr;
+    }
+  }
+
+  std::vector<gradcompComm_t> comms_;
+
+ private:
+  static size_t inputIndex(const gradcompComm* c, size_t i, size_t m) {
+    const size_t b = i / m, l = b / c->topo.nodes, j = b % c->topo.nodes;
+    return (size_t)c->topo.rankAt((int)j, (int)l) * m + i % m;
+  }
+
+  Acc& acc(const Id& id, size_t n) {
+    Acc& a = acc_[id];
+    if (a.in.empty()) {
+      a.in.assign(n, 0.0), a.out.assign(n, 0.0), a.res.assign(n, 0.0);
+      a.mag.assign(n, 0.0), a.typeErr.assign(n, 0.0);
+    }
+    return a;
+  }
+
+  std::string name_;
+  std::vector<std::vector<std::vector<float>>> send_, recv_;
+  std::map<Id, ModelState> model_;
+  std::map<Id, Acc> acc_;
+  // Per rank: the library's state key of each buffer the calls named -> its Id.
+  std::vector<std::map<std::tuple<int, uint64_t, size_t, int>, Id>> ptrs_{
+      std::vector<std::map<std::tuple<int, uint64_t, size_t, int>, Id>>(kMaxRanks)};
+  uint64_t step_ = 0;
+  float scale_ = 1.0f;
+};
+
+Call randomCall(std::mt19937_64& rng, const SeqWorld& w) {
+  auto pick = [&](int n) { return (int)(rng() % (uint64_t)n); };
+  Call k;
+  k.rs = pick(3) == 0;
+  k.keyed = pick(2) == 0;
+  k.key = 1 + (uint64_t)pick(3);
+  k.slot = pick(kSlots);
+  k.inPlace = pick(3) != 0;
+  const int t = pick(12);
+  k.type = t < 7 ? ncclFloat32 : t < 9 ? ncclFloat16 : t < 11 ? ncclBfloat16 : ncclInt32;
+  const int o = pick(10);
+  k.op = o < 5 ? ncclSum : o < 9 ? ncclAvg : ncclMax;
+  if (k.type == ncclInt32 && k.op == ncclAvg) k.op = ncclSum;  // NCCL's integer Avg truncates
+  // A few sizes again and again (the states live on), now and then another.
+  const size_t sizes[] = {0, 1, 33, 64, 700, 1000, 2048, 1536};
+  size_t n = pick(4) == 0 ? (size_t)pick((int)kMaxCount + 1) : sizes[pick(8)];
+  if (k.rs) n /= (size_t)w.N;
+  k.m = n;
+  return k;
+}
+
+// One sequence of `ops` operations over up to three worlds.
+void runSequence(uint64_t seed, int ops) {
+  SCOPED_TRACE("sequence seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  auto pick = [&](int n) { return (int)(rng() % (uint64_t)n); };
+  std::vector<std::unique_ptr<SeqWorld>> worlds;
+  int made = 0;
+  auto fresh = [&]() {
+    Settings s = randomSettings(rng);
+    worlds.emplace_back(new SeqWorld(s, "world " + std::to_string(made++)));
+  };
+  const int live = 1 + pick(3);
+  for (int i = 0; i < live; ++i) fresh();
+  const float scales[] = {1.0f, 2.0f, 0.5f, 8.0f, 0.25f};
+  for (int t = 0; t < ops; ++t) {
+    if (::testing::Test::HasFailure()) return;
+    const size_t wi = (size_t)pick((int)worlds.size());
+    SeqWorld& w = *worlds[wi];
+    const int op = pick(100);
+    if (op < 62) {
+      w.call(randomCall(rng, w), seed * 100003 + (uint64_t)t);
+    } else if (op < 70) {
+      w.refused(rng);
+    } else if (op < 74) {
+      w.saveLoadSame();
+    } else if (op < 78) {
+      w.saveLoadNew();
+    } else if (op < 80) {
+      w.reset();
+    } else if (op < 85) {
+      w.setScale(scales[pick(5)]);
+    } else if (op < 87) {
+      w.retune();
+    } else if (op < 90) {
+      w.expectSteps("a check");
+    } else if (op < 94) {
+      w.destroy(true);
+      worlds.erase(worlds.begin() + (long)wi);
+      fresh();
+    } else if (op < 96) {
+      w.stopAndAbort(rng);
+      worlds.erase(worlds.begin() + (long)wi);
+      fresh();
+    } else if (op < 98 && worlds.size() >= 2) {
+      // Two worlds' calls at once, each on its ranks' threads.
+      SeqWorld& v = *worlds[(wi + 1) % worlds.size()];
+      const Call a = randomCall(rng, w), b = randomCall(rng, v);
+      ++gTally.pairs;
+      std::thread other([&] { v.call(b, seed * 100003 + (uint64_t)t + (1ull << 40)); });
+      w.call(a, seed * 100003 + (uint64_t)t);
+      other.join();
+    } else if (worlds.size() < 3) {
+      fresh();
+    }
+  }
+}
+
+// EXPECT_NONFATAL_FAILURE's statement may not name locals.
+unsigned long long gKnobValue;
+
+TEST(ApiSequenceKnobs, BadValuesFailInsteadOfRunningAnotherCount) {
+  for (const char* bad : {"2e5", "abc", "", "0", "-5", "010", "99999999999999999999"}) {
+    gctest::ScopedEnv e("GRADCOMP_SEQ_SEEDS", bad);
+    gKnobValue = 0;
+    EXPECT_NONFATAL_FAILURE(gKnobValue = seqKnob("GRADCOMP_SEQ_SEEDS", 1, INT_MAX, 6),
+                            "GRADCOMP_SEQ_SEEDS");
+    EXPECT_EQ(gKnobValue, 6u) << bad;
+  }
+  gctest::ScopedEnv e("GRADCOMP_SEQ_OPS", "5000");
+  EXPECT_EQ(seqKnob("GRADCOMP_SEQ_OPS", 1, INT_MAX, 120), 5000u);
+}
+
+// Found by the sequences (seed 7008): a collective the ranks disagreed on
+// leaves each rank's call record at its own call; a retune after it (autoTune
+// on, something to compress) exchanged under those records, so the CPU
+// transport failed it naming the refused call. A retune is a call of its own:
+// it runs, and so do the calls after it.
+TEST(ApiSequence, ARetuneAfterARefusedCallRuns) {
+  for (int checkCalls : {0, 1}) {
+    for (bool rs : {false, true}) {
+      SCOPED_TRACE(testing::Message() << "checkCalls " << checkCalls << " rs " << rs);
+      gradcompConfig_t c;
+      gradcompConfigInit(&c);
+      c.autoTune = 1, c.checkCalls = checkCalls, c.minElements = 0, c.cpuTimeoutSec = 20.0f;
+      gctest::CpuWorld w(2, c);
+      std::vector<std::vector<float>> b(2, std::vector<float>(2002, 1.0f)), o = b;
+      std::vector<std::string> err;
+      auto collective = [&](int r, size_t n) {
+        return rs ? gradcompReduceScatter(b[r].data(), o[r].data(), n, ncclFloat32, ncclSum,
+                                          w.comm(r), nullptr)
+                  : gradcompAllReduce(b[r].data(), b[r].data(), n, ncclFloat32, ncclSum, w.comm(r),
+                                      nullptr);
+      };
+      auto res = onRanks(
+          2, [&](int r) { return collective(r, r ? 1001 : 1000); }, &err);
+      for (int r = 0; r < 2; ++r) {
+        ASSERT_EQ(res[r], gradcompInvalidUsage) << "rank " << r << ": " << err[r];
+        // The reduce-scatter's record holds its input count, 2 * 1001.
+        EXPECT_NE(err[r].find(rs ? "2002" : "1001"), std::string::npos) << err[r];
+      }
+      res = onRanks(
+          2, [&](int r) { return gradcompCommRetune(w.comm(r), nullptr); }, &err);
+      for (int r = 0; r < 2; ++r)
+        EXPECT_EQ(res[r], gradcompSuccess) << "rank " << r << ": " << err[r];
+      res = onRanks(
+          2, [&](int r) { return collective(r, 1000); }, &err);
+      for (int r = 0; r < 2; ++r) {
+        EXPECT_EQ(res[r], gradcompSuccess) << "rank " << r << ": " << err[r];
+        gradcompStats_t st;
+        ASSERT_EQ(gradcompGetStats(w.comm(r), &st), gradcompSuccess);
+        EXPECT_EQ(st.callsCompressed, 1u) << "rank " << r;
+      }
+    }
+  }
+}
+
+TEST(ApiSequence, RandomSequencesHoldTheModel) {
+  const uint64_t first = seqKnob("GRADCOMP_SEQ_SEED", 0, UINT64_MAX, 1);
+  const int seeds = (int)seqKnob("GRADCOMP_SEQ_SEEDS", 1, INT_MAX, 10);
+  const int ops = (int)seqKnob("GRADCOMP_SEQ_OPS", 1, INT_MAX, 150);
+  for (int i = 0; i < seeds && !::testing::Test::HasFailure(); ++i) {
+    runSequence(first + (uint64_t)i, ops);
+  }
+  const Tally& t = gTally;
+  printf(
+      "api sequences: %d seeds from %llu, %d operations each: %llu calls (%llu compressed, "
+      "%llu of them against the serial reference, %llu passed ones against the reduction), "
+      "%llu ledgers closed, %llu refused calls, %llu loads, %llu resets, %llu scales, "
+      "%llu retunes, %llu worlds made, %llu stopped and aborted, %llu pairs of calls at once\n",
+      seeds, (unsigned long long)first, ops, (unsigned long long)t.calls,
+      (unsigned long long)t.compressed, (unsigned long long)t.exact, (unsigned long long)t.passed,
+      (unsigned long long)t.ledgers, (unsigned long long)t.refused, (unsigned long long)t.loads,
+      (unsigned long long)t.resets, (unsigned long long)t.scales, (unsigned long long)t.retunes,
+      (unsigned long long)t.worlds, (unsigned long long)t.aborts, (unsigned long long)t.pairs);
+}
+
+}  // namespace
