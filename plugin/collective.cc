@@ -183,6 +183,9 @@ gradcompResult_t carriedPassThrough(gradcompComm& c, int kind, bool keyed, uint6
     // Never a new state for a passed call; a rank that cannot have the
     // workspace (memory, a capture that would grow it) passes the call
     // plainly and keeps its residual: what the ranks send still sums right.
+    // Its peers decide nothing from that (it is this rank's alone), so it
+    // still ends as they do, with the check of the output that clears the
+    // state where it is non-finite (a reduce-scatter's is a collective).
     auto it = c.states.find(stateKey(kind, keyed, key, recv, n, t));
     if (it == c.states.end() || it->second.residualSent) return gradcompSuccess;
     st = &it->second;
@@ -195,6 +198,11 @@ gradcompResult_t carriedPassThrough(gradcompComm& c, int kind, bool keyed, uint6
     if (st->residual == nullptr && owner.len == 0) return gradcompSuccess;
     if (c.ensureWorkspace(layoutWorkspace()) != gradcompSuccess) {
       clearError();
+      GC_CHECK(rs ? c.transport->reduceScatter(send, recv, count, type, op)
+                  : c.transport->passThrough(send, recv, n, type, op));
+      GC_CHECK(discardStateIfNonFinite(c, *st, recv, rs ? count : n, t, rs));
+      c.stats.callsPassedThrough++;
+      *done = true;
       return gradcompSuccess;
     }
     if (c.backend->capturing()) st->captured = true;
@@ -211,8 +219,8 @@ gradcompResult_t carriedPassThrough(gradcompComm& c, int kind, bool keyed, uint6
            owner.off);
   // The owner residual is what the reduced sum of this rank's chunk lacked:
   // added to v there, it joins the sum once. It is cleared only once the
-  // call went out, and there only where the sum came back finite: as a
-  // compressed call's owner keeps it where its sum is not (a skipped step).
+  // call went out (a non-finite output then clears the whole state:
+  // discardStateIfNonFinite below).
   // The send buffer is read before recv, which may alias it, is written.
   const void* g = send;
   DType gt = t;
@@ -256,8 +264,8 @@ gradcompResult_t carriedPassThrough(gradcompComm& c, int kind, bool keyed, uint6
     GC_CHECK(c.backend->copy(st->ownerResidual, ownerKeep, owner.len * sizeof(float)));
   }
   if (momentum || st->residual) GC_CHECK(ops.settle(v, keep, nullptr, n, true));
-  // Spent (but for non-finite elements, which a skipped step leaves): the
-  // next passes of this buffer go plainly, at NCCL's cost.
+  // Spent: the next passes of this buffer go plainly, at NCCL's cost (a
+  // non-finite output clears the rest of the state below).
   if (!momentum) st->residualSent = true;
   // u and v now hold this rank's own velocity over the whole buffer; a
   // hierarchical compressed call keeps them on its shard, of the node's sums.

@@ -154,8 +154,8 @@ inline RefSparseSetup refSparseSetup(const gradcompConfig_t& cfg, size_t count, 
 }
 
 // Elements whose v is not finite after step 1 (a NaN/Inf gradient), per
-// rank, with v and u as they were before the call: the contract is that the
-// call leaves them so (as if the step had been skipped).
+// rank, with v and u as they were before the call (the references then
+// clear the whole state, as a call with a non-finite output does).
 struct RefNonFinite {
   std::vector<std::vector<uint32_t>> at;
   std::vector<std::vector<float>> v, u;

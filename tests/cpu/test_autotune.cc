@@ -1038,6 +1038,73 @@ TEST(AutoTune, APassedCallWithANonFiniteOutputClearsTheState) {
   }
 }
 
+// A rank that cannot have the workspace a passed call needs to send its
+// residual along passes the call plainly (its residual waits), but ends it as
+// its peers do: with the check of the output, which for a reduce-scatter is
+// a one-float allreduce every rank must join (before, the short rank skipped
+// it and its peers waited until the world's timeout), and which clears the
+// short rank's state too where the output is non-finite.
+TEST(AutoTune, ARankShortOfWorkspaceStillChecksThePassedOutput) {
+  for (const bool rs : {true, false}) {
+    for (const bool overflow : {false, true}) {
+      SCOPED_TRACE(std::string(rs ? "reduce-scatter" : "allreduce") +
+                   (overflow ? ", overflowing" : ", finite"));
+      const int N = 3;
+      const size_t m = 2048, n = m * N, out = rs ? m : n;
+      gradcompConfig_t cfg = autoConfig(1);
+      cfg.cpuTimeoutSec = 5;
+      gctest::CpuWorld w(N, cfg);
+      for (int r = 0; r < N; ++r) gc::autoInjectFigures(w.comm(r), kCompressWins);
+      std::vector<std::vector<float>> in(N), got(N, std::vector<float>(out));
+      auto call = [&] {
+        return w.run([&](int r) {
+          return rs ? gradcompReduceScatter(in[r].data(), got[r].data(), m, ncclFloat32, ncclSum,
+                                            w.comm(r), nullptr)
+                    : gradcompAllReduce(in[r].data(), got[r].data(), n, ncclFloat32, ncclSum,
+                                        w.comm(r), nullptr);
+        });
+      };
+      for (int r = 0; r < N; ++r) in[r] = gctest::normal(n, 7 + r);
+      auto res = call();
+      for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
+      for (int r = 0; r < N; ++r) ASSERT_EQ(w.comm(r)->stats.callsCompressed, 1u) << r;
+      ASSERT_FALSE(residualOf(w.comm(1), n).empty());
+      for (int r = 0; r < N; ++r) gc::autoInjectFigures(w.comm(r), kNcclWins);
+      res = w.run([&](int r) { return gradcompCommRetune(w.comm(r), nullptr); });
+      for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
+      // Rank 1: no memory for a larger workspace than none.
+      gradcompComm* c1 = w.comm(1);
+      auto shortRank = std::make_shared<gctest::AllocLimitBackend>(c1->backend, 0);
+      c1->backend->release(c1->workspace);
+      c1->workspace = nullptr;
+      c1->workspaceBytes = 0;
+      c1->backend = shortRank;
+      const std::vector<float> kept1 = residualOf(c1, n);
+      for (int r = 0; r < N; ++r) {
+        in[r] = gctest::normal(n, 17 + r);
+        // Finite on every rank, the sum past fp32's largest value.
+        if (overflow) in[r][0] = 3e38f;
+      }
+      res = call();
+      for (int r = 0; r < N; ++r)
+        ASSERT_EQ(res[r], gradcompSuccess) << "rank " << r << ": " << gradcompGetLastError();
+      EXPECT_GE(shortRank->refused(), 1u);
+      for (int r = 0; r < N; ++r) EXPECT_EQ(w.comm(r)->stats.callsPassedThrough, 1u) << r;
+      EXPECT_EQ(std::isinf(got[0][0]), overflow);
+      for (int r = 0; r < N; ++r) {
+        const std::vector<float> resid = residualOf(w.comm(r), n);
+        ASSERT_EQ(resid.size(), n) << r;
+        if (overflow) {
+          for (float x : resid) ASSERT_EQ(x, 0.0f) << "rank " << r;
+        } else if (r == 1) {
+          // Kept for the next compressed call.
+          EXPECT_EQ(memcmp(resid.data(), kept1.data(), n * sizeof(float)), 0);
+        }
+      }
+    }
+  }
+}
+
 // A passed call spends the residual once (BufferState::residualSent): a comm
 // resumed from a state saved after that call passes the next calls plainly
 // too, bit for bit as the saved comm does (the pass here came back

@@ -95,8 +95,9 @@ void expectSameState(const gradcompComm& cpu, const gradcompComm& gpu, size_t n)
 
 std::vector<uint8_t> stepInput(size_t n, gc::DType t, int step) {
   std::vector<float> x = gctest::normal(n, 300 + step, 1.0f + step);
-  // Non-finite gradients in an eager call and a replay: kept out of v and u
-  // by settle, rand-k's flag (docs/sparse.md, "Non-finite gradients").
+  // Non-finite gradients in an eager call and a replay: their output is
+  // non-finite, so the call clears v and u (docs/reliability.md,
+  // "Non-finite gradients"; docs/sparse.md for which elements).
   if (step == 1 || step == 3) {
     x[n / 2] = NAN;
     x[777] = -INFINITY;
