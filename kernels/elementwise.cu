@@ -4,6 +4,8 @@
 // __device__ helpers as the CPU backend, so both round identically.
 #include <cuda_runtime.h>
 
+#include <algorithm>
+
 #include "common_math.cuh"
 #include "elementwise.h"
 
@@ -95,7 +97,12 @@ cudaError_t flagNonFinite(const void* x, DType t, size_t n, float* flag, cudaStr
 
 cudaError_t zeroIfFlagged(float* x, size_t n, const float* flag, cudaStream_t s) {
   if (n == 0) return cudaSuccess;
-  zeroIfFlaggedKernel<<<blocksFor(n), kThreads, 0, s>>>(x, n, flag);
+  // Nearly always the flag is 0 and every block returns at once: a small
+  // grid (its loop strides over the rest on the rare clear) keeps that to
+  // one wave's cost instead of up to 65536 blocks per state array.
+  constexpr int kClearBlocks = 256;
+  const int blocks = std::min(blocksFor(n), kClearBlocks);
+  zeroIfFlaggedKernel<<<blocks, kThreads, 0, s>>>(x, n, flag);
   return cudaGetLastError();
 }
 
