@@ -18,8 +18,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from checklib import close, expect, verdict  # noqa: E402
-from smoke_check import (TYPE_BYTES, check_sparse_row, code_bytes, first_part,  # noqa: E402
-                         kernel_total, kernel_work, warp_bucket)
+from smoke_check import (TYPE_BYTES, check_sparse_row, check_us, code_bytes,  # noqa: E402
+                         first_part, kernel_total, kernel_work, warp_bucket)
 from smoke_check import hier_pipelined  # noqa: E402
 from smoke_check import encoded, flat_pieces, pieces_of  # noqa: E402
 
@@ -127,7 +127,9 @@ def check_rs_projection_points(tag, r, intra, lat):
     GPUs the hierarchical reduce-scatter, (G-1) k m 4 bytes in the node and (k-1) E(m) across,
     G latency steps; elsewhere the flat one, hier's figures flat's, cut into the pieces the
     library cuts it into among the N ranks at hier_pipeline_bytes; one piece giving the
-    unpipelined time."""
+    unpipelined time. With error feedback (the reduce-scatter's only state) one more step: the
+    non-finite check's flag."""
+    check_steps = 0 if "ef=0" in (r.get("label") or "") else 1
     us = lambda b, gbps: b * 8 / (gbps * 1e3)  # noqa: E731
     m_ = r["count"]
     e = encoded(m_, r["bits"], r["bucket"])
@@ -154,23 +156,25 @@ def check_rs_projection_points(tag, r, intra, lat):
         if intra is None or lat is None or not isinstance(p.get("hier_kernel_us"), (int, float)):
             continue
         links = us(p["hier_intra_bytes"], intra) + us(p["hier_inter_bytes"], p["node_gbps"] / g)
-        expect(close(p["hier_time_us"] - p["hier_kernel_us"] - links, g * lat),
+        expect(close(p["hier_time_us"] - p["hier_kernel_us"] - links, (g + check_steps) * lat),
                "%s: hier reduce-scatter's latency %s us vs %s steps" %
-               (t, p["hier_time_us"] - p["hier_kernel_us"] - links, g))
+               (t, p["hier_time_us"] - p["hier_kernel_us"] - links, g + check_steps))
 
 
-def check_hier_pipelined(tag, r, doc, local):
+def check_hier_pipelined(tag, r, doc, local, state):
     """A hier row cut into pieces: its pipelined model per link, the NVLink reduce-scatter
     moving fp32 and the allgather the buffer's type (4 / (4 + e) and e / (4 + e) of the
-    row's in-node bytes; plugin/algorithms/hier.cc), each GPU's NIC at the column's rate."""
+    row's in-node bytes; plugin/algorithms/hier.cc), each GPU's NIC at the column's rate;
+    where the call holds state (`state`), the non-finite check once after the pieces."""
     intra, lat = doc.get("intra_gbps"), doc.get("link_latency_us")
     if intra is None or lat is None or r.get("pieces", 1) <= 1:
         return
     wire, inter = r["wire_bytes"], r["inter_wire_bytes"]
+    chk = check_us(r["count"], TYPE_BYTES[r["dtype"]], r.get("kernel_costs")) if state else 0
     for m in r.get("model") or []:
-        piped = hier_pipelined(r["kernel_us"], wire - inter, inter, intra, m["link_gbps"], local,
-                               (r["latency_steps"] - 2 * (local - 1)) * lat, lat, r["pieces"],
-                               TYPE_BYTES[r["dtype"]])
+        piped = hier_pipelined(r["kernel_us"] - chk, wire - inter, inter, intra, m["link_gbps"],
+                               local, (r["latency_steps"] - 2 * (local - 1)) * lat, lat,
+                               r["pieces"], TYPE_BYTES[r["dtype"]]) + chk
         expect(close(m.get("pipelined_time_us"), piped, 1e-6),
                "%s: pipelined hier model at %g: %s vs %s (in-node bytes split 4 : %d)" %
                (tag, m["link_gbps"], m.get("pipelined_time_us"), piped, TYPE_BYTES[r["dtype"]]))
@@ -238,10 +242,15 @@ def check_rows(path):
         algo = r["algo"]
         if algo == "reducescatter" and local > 1 and not flat:
             algo = "hier_reducescatter"
+        # The state the non-finite check guards: error feedback's residual, or the owner
+        # residual (GRADCOMP_OWNER_RESIDUAL, on by default; the label does not name it) of
+        # an algorithm with an owner's chunk.
+        middle = hier_middle(label, r["nranks"] // local) if algo == "hier" else None
+        state = residual or algo in ("twoshot", "ring") or middle in ("twoshot", "ring")
         if algo in FLAT and flat:
             convert = r["dtype"] != "float" or r.get("redop") == "avg"
             w = kernel_work(r["algo"], r["nranks"], TYPE_BYTES[r["dtype"]], residual, convert,
-                            fused=fused, code=code)
+                            fused=fused, code=code, state=state)
         elif algo in ("hier", "hier_reducescatter") and local > 1 and not flat:
             # The hierarchies, on nodes of `local` ranks (the JSON's local_size), as
             # smoke_check's check_kernels reads them off plugin/algorithms/.
@@ -251,9 +260,9 @@ def check_rows(path):
             w = kernel_work(algo, r["nranks"], TYPE_BYTES[r["dtype"]], residual,
                             r["dtype"] != "float", local,
                             hier_middle(label, r["nranks"] // local), r.get("pieces", 1) > 1,
-                            padded, fused, code)
+                            padded, fused, code, state)
             if algo == "hier":
-                check_hier_pipelined(tag, r, doc, local)
+                check_hier_pipelined(tag, r, doc, local, state)
         if w is not None:
             expect(all(close(work.get(k), v) for k, v in w.items()),
                    "%s: kernel work %s vs %s" % (tag, work, w))

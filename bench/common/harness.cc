@@ -341,7 +341,8 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
   const int local = info.localSize;
   CallKind kind;
   kind.elemBytes = dtypeSize(dtype);
-  kind.residual = cfg.errorFeedback != 0;
+  // The buffer's residual (keepsResidual): error feedback's, or DGC's velocity.
+  kind.residual = cfg.errorFeedback != 0 || cfg.method == gradcompMethodDgc;
   kind.convert = dtype != ncclFloat32 || o.op == ncclAvg;
   kind.fusedOut = warpBucket(cfg.bucketSize);
   // The owner's sum in one kernel a piece (Backend::qsgdSum), on the same
@@ -361,7 +362,6 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
   const bool sparseKernels = sparseMethod && (row->algoUsed == gradcompAlgoSparseAllgather ||
                                               row->algoUsed == gradcompAlgoHier || flatRs);
   if (sparseKernels) {
-    kind.residual = cfg.errorFeedback != 0 || cfg.method == gradcompMethodDgc;  // keepsResidual
     kind.sparse = true;
     kind.randk = cfg.method == gradcompMethodRandk;
     kind.dense = row->dense;
@@ -572,6 +572,11 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
   // kernels the model cannot time): no model rather than one made of host
   // codec times or another configuration's.
   if (!info.showModel || ((qsgdKernels || sparseKernels) && !row->kernelsMeasured)) return;
+  // The non-finite check runs once after a call's pieces: the pipelined
+  // schedules take the rest, then it (its pass and, a reduce-scatter's, step).
+  const double check = checkUs(shape, row->costs, (double)count);
+  const double pipedKernelUs = row->kernelUs - check;
+  const double pipedSteps = row->latencySteps - shape.checkSteps;
   for (double g : o.linkGbps) {
     ModelPoint m;
     m.gbps = g;
@@ -590,19 +595,24 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
       // hierarchical reduce-scatter's two. A flat call (one node of `local`
       // ranks) as on one link below, its exchanges over both link classes.
       if (row->pieces > 1 && row->algoUsed == gradcompAlgoHier) {
-        m.pipelinedUs = hierPipelinedUs(row->kernelUs, b, row->latencySteps - 2.0 * (local - 1), c,
-                                        row->pieces, (double)kind.elemBytes);
+        m.pipelinedUs = hierPipelinedUs(pipedKernelUs, b, pipedSteps - 2.0 * (local - 1), c,
+                                        row->pieces, (double)kind.elemBytes) +
+                        check;
       } else if (row->pieces > 1 && row->hierReduceScatter) {
-        m.pipelinedUs = hierReduceScatterPipelinedUs(
-            row->kernelUs, b, row->latencySteps - (local - 1.0), c, row->pieces);
+        m.pipelinedUs = hierReduceScatterPipelinedUs(pipedKernelUs, b, pipedSteps - (local - 1.0),
+                                                     c, row->pieces) +
+                        check + shape.checkSteps * c.latencyUs;
       } else if (row->pieces > 1 && row->algoUsed == gradcompAlgoTwoShot && qsgdKernels) {
-        m.pipelinedUs = twoShotPipelineSimUs(
-            twoShotClusterStageTimes(count, kind, r.nranks(), row->costs, b, c, row->pieces),
-            (int)llround(row->pieces));
+        m.pipelinedUs =
+            twoShotPipelineSimUs(
+                twoShotClusterStageTimes(count, kind, r.nranks(), row->costs, b, c, row->pieces),
+                (int)llround(row->pieces)) +
+            check;
       } else if (row->pieces > 1 &&
                  (row->algoUsed == gradcompAlgoTwoShot || row->algoUsed == gradcompAlgoRing ||
                   row->algoUsed == kAlgoReduceScatter)) {
-        m.pipelinedUs = pipelinedClusterUs(row->kernelUs, b, row->latencySteps, c, row->pieces);
+        m.pipelinedUs = pipelinedClusterUs(pipedKernelUs, b, pipedSteps, c, row->pieces) + check +
+                        shape.checkSteps * c.latencyUs;
       }
     } else {
       m.ncclUs = rs ? ncclReduceScatterModelUs(row->bytes, r.nranks(), g, o.linkLatencyUs)
@@ -617,14 +627,16 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
       // ring and the reduce-scatter: the two-stage pipeline of kernels and wire.
       if (row->pieces > 1 && row->algoUsed == gradcompAlgoTwoShot && qsgdKernels) {
         m.pipelinedUs = twoShotPipelineSimUs(
-            twoShotStageTimes(count, kind, r.nranks(), row->costs, row->gradcompWire, g,
-                              o.linkLatencyUs, row->pieces),
-            (int)llround(row->pieces));
+                            twoShotStageTimes(count, kind, r.nranks(), row->costs,
+                                              row->gradcompWire, g, o.linkLatencyUs, row->pieces),
+                            (int)llround(row->pieces)) +
+                        check;
       } else if (row->pieces > 1 &&
                  (row->algoUsed == gradcompAlgoTwoShot || row->algoUsed == gradcompAlgoRing ||
                   row->algoUsed == kAlgoReduceScatter)) {
-        m.pipelinedUs = pipelinedModelUs(row->kernelUs, row->gradcompWire, row->latencySteps, g,
-                                         o.linkLatencyUs, row->pieces);
+        m.pipelinedUs = pipelinedModelUs(pipedKernelUs, row->gradcompWire, pipedSteps, g,
+                                         o.linkLatencyUs, row->pieces) +
+                        check + shape.checkSteps * o.linkLatencyUs;
       }
     }
     row->model.push_back(m);

@@ -283,7 +283,9 @@ bool hierShardsPadded(size_t count, int bucket, int local) {
   return first * g != count;
 }
 
-AlgoShape algoShape(int algo, int nranks, int local, int middle, const CallKind& kind) {
+namespace {
+
+AlgoShape algoShapeOf(int algo, int nranks, int local, int middle, const CallKind& kind) {
   const double n = nranks, e = (double)kind.elemBytes, r = kind.residual ? 4.0 : 0.0;
   AlgoShape s{};
   KernelWork& w = s.work;
@@ -293,7 +295,7 @@ AlgoShape algoShape(int algo, int nranks, int local, int middle, const CallKind&
       CallKind mid = kind;
       mid.elemBytes = 4;
       mid.convert = false;  // the middle sums in place into the fp32 shard
-      const AlgoShape m = algoShape(middle, nranks / g, 1, 1, mid);
+      const AlgoShape m = algoShapeOf(middle, nranks / g, 1, 1, mid);
       w = onFp32(scaled(m.work, 1.0 / g));
       // The buffer widened to fp32 for the in-node reduce-scatter (an fp32
       // buffer of whole shards goes as it is), and this rank's reduced shard
@@ -419,6 +421,38 @@ AlgoShape algoShape(int algo, int nranks, int local, int middle, const CallKind&
       s.latencySteps = 2 * (n - 1);
       return s;
   }
+}
+
+}  // namespace
+
+bool holdsState(int algo, int middle, const CallKind& kind) {
+  if (algo == 0) return false;
+  if (kind.residual) return true;
+  // The owner residual: QSGD's allreduce algorithms with an owner's chunk
+  // (allReduceKeepsOwnerResidual): two-shot, the ring, a hierarchy with one
+  // of them in the middle; not the allgather nor the reduce-scatter.
+  const bool owner = algo == 1 || algo == 2 || (algo == 5 && (middle == 1 || middle == 2));
+  return kind.ownerResidual && !kind.sparse && owner;
+}
+
+AlgoShape algoShape(int algo, int nranks, int local, int middle, const CallKind& kind) {
+  AlgoShape s = algoShapeOf(algo, nranks, local, middle, kind);
+  // The non-finite check (discardStateIfNonFinite) of a call that holds
+  // state: the output read once more (the flag's pass; its clears return at
+  // once on a finite output), and for a reduce-scatter the flag's allreduce,
+  // one more step.
+  if (holdsState(algo, middle, kind)) {
+    s.checkBytes = (double)kind.elemBytes;
+    s.checkSteps = algo == 6 ? 1 : 0;
+    s.work.elementwiseBytes += s.checkBytes;
+    s.latencySteps += s.checkSteps;
+  }
+  return s;
+}
+
+double checkUs(const AlgoShape& s, const KernelCosts& c, double count) {
+  // None without state, whatever the costs (unmeasured ones are NaN).
+  return s.checkBytes > 0 ? count * s.checkBytes * c.elementwisePerByte : 0.0;
 }
 
 double ncclRingBytes(size_t bytes, int nranks) {
@@ -830,11 +864,15 @@ ClusterTimes clusterModel(size_t count, const CallKind& kind, int bits, int buck
                                       outDecodeLaunch(flat, count, c.ranks(), P, bucket),
                                       codecLaunch(flat, count, c.ranks(), P));
       t.hierPipedKernelUs = kernelUs(fs.work, pc, (double)count);
-      t.hierPipedUs = flat == 2
-                          ? pipelinedClusterUs(t.hierPipedKernelUs, t.flat, fs.latencySteps, c, P)
-                          : twoShotPipelineSimUs(
-                                twoShotClusterStageTimes(count, kind, c.ranks(), pc, t.flat, c, P),
-                                (int)llround(P));
+      // The non-finite check once, after the pieces (an allreduce's: no step).
+      const double check = checkUs(fs, pc, (double)count);
+      t.hierPipedUs =
+          check +
+          (flat == 2
+               ? pipelinedClusterUs(t.hierPipedKernelUs - check, t.flat, fs.latencySteps, c, P)
+               : twoShotPipelineSimUs(
+                     twoShotClusterStageTimes(count, kind, c.ranks(), pc, t.flat, c, P),
+                     (int)llround(P)));
     }
     // The library's compressed path, pipelined where it is cut.
     decide(t, &ClusterTimes::hierPipedUs);
@@ -861,13 +899,15 @@ ClusterTimes clusterModel(size_t count, const CallKind& kind, int bits, int buck
   piped.piped = t.hierPieces > 1;
   t.hierPipedKernelUs = kernelUs(algoShape(5, c.ranks(), c.local, mid, piped).work,
                                  hierCosts(t.hierPieces), (double)count);
-  // Pipelined: the library's three streams, stage by stage (hierPipelineSimUs);
-  // one piece: its stages in turn, as hierUs.
+  // Pipelined: the library's three streams, stage by stage (hierPipelineSimUs),
+  // then the non-finite check once (an allreduce's: no step); one piece: its
+  // stages in turn, as hierUs.
   t.hierPipedUs =
       t.hierPieces > 1
           ? hierPipelineSimUs(
                 hierStageTimes(count, hk, bits, bucket, hierCosts(t.hierPieces), c, t.hierPieces),
-                (int)llround(t.hierPieces))
+                (int)llround(t.hierPieces)) +
+                checkUs(hs, hierCosts(t.hierPieces), (double)count)
           : hierPipelinedUs(t.hierPipedKernelUs, t.hier, hs.latencySteps - 2.0 * (c.local - 1), c,
                             t.hierPieces, (double)kind.elemBytes);
   decide(t, &ClusterTimes::hierPipedUs);
@@ -908,7 +948,11 @@ ClusterTimes clusterReduceScatterModel(size_t recvCount, const CallKind& kind, i
   if (n <= 1) return t;
   t.ncclUs = ncclReduceScatterClusterUs(m * (double)kind.elemBytes, c);
   // Each path's kernels at the launches it makes, `local` ranks a node, cut
-  // into `pieces`.
+  // into `pieces`: their time, latency steps, and the non-finite check's part
+  // of both (run once after the pieces).
+  struct Kernels {
+    double us, steps, checkUs, checkSteps;
+  };
   auto kernels = [&](int local, double pieces, bool piped) {
     CallKind k = kind;
     k.piped = piped;
@@ -917,22 +961,24 @@ ClusterTimes clusterReduceScatterModel(size_t recvCount, const CallKind& kind, i
                                        peerEncodeLaunch(6, recvCount, n, pieces, bucket, local),
                                        outDecodeLaunch(6, recvCount, n, pieces, bucket, local),
                                        elementwiseLaunch(6, recvCount, n, local, pieces));
-    return std::make_pair(kernelUs(s.work, costs, m), s.latencySteps);
+    return Kernels{kernelUs(s.work, costs, m), s.latencySteps, checkUs(s, costs, m), s.checkSteps};
   };
   const auto flat = kernels(1, 1, false);
-  t.flatKernelUs = flat.first;
-  t.flatUs = gradcompClusterUs(t.flatKernelUs, t.flat, false, flat.second, c);
+  t.flatKernelUs = flat.us;
+  t.flatUs = gradcompClusterUs(t.flatKernelUs, t.flat, false, flat.steps, c);
   if (hier) {
     const auto h = kernels(g, 1, false);
-    t.hierKernelUs = h.first;
-    t.hierUs = gradcompClusterUs(t.hierKernelUs, t.hier, true, h.second, c);
+    t.hierKernelUs = h.us;
+    t.hierUs = gradcompClusterUs(t.hierKernelUs, t.hier, true, h.steps, c);
     t.hierPieces = hierReduceScatterPieces(recvCount, bucket, c, pipelineBytes);
     t.hierPipelineBytes = t.hierPieces > 1 ? pipelineBytes : 0;
     if (t.hierPieces > 1) {
       const auto p = kernels(g, t.hierPieces, true);
-      t.hierPipedKernelUs = p.first;
-      t.hierPipedUs = hierReduceScatterPipelinedUs(t.hierPipedKernelUs, t.hier, p.second - (g - 1),
-                                                   c, t.hierPieces);
+      t.hierPipedKernelUs = p.us;
+      t.hierPipedUs =
+          hierReduceScatterPipelinedUs(t.hierPipedKernelUs - p.checkUs, t.hier,
+                                       p.steps - p.checkSteps - (g - 1), c, t.hierPieces) +
+          p.checkUs + p.checkSteps * c.latencyUs;
     } else {
       t.hierPipedKernelUs = t.hierKernelUs;
       t.hierPipedUs = t.hierUs;
@@ -947,8 +993,10 @@ ClusterTimes clusterReduceScatterModel(size_t recvCount, const CallKind& kind, i
     t.hierPipelineBytes = t.hierPieces > 1 ? pipelineBytes : 0;
     if (t.hierPieces > 1) {
       const auto p = kernels(1, t.hierPieces, false);
-      t.hierPipedKernelUs = p.first;
-      t.hierPipedUs = pipelinedClusterUs(t.hierPipedKernelUs, t.flat, p.second, c, t.hierPieces);
+      t.hierPipedKernelUs = p.us;
+      t.hierPipedUs = pipelinedClusterUs(t.hierPipedKernelUs - p.checkUs, t.flat,
+                                         p.steps - p.checkSteps, c, t.hierPieces) +
+                      p.checkUs + p.checkSteps * c.latencyUs;
     } else {
       t.hierPipedKernelUs = t.flatKernelUs;
       t.hierPipedUs = t.flatUs;

@@ -196,7 +196,13 @@ double qsgdCodeBytes(size_t count, int bits, int bucket);
 struct AlgoShape {
   KernelWork work;
   double latencySteps;  // messages that must follow one another
+  // The non-finite check's part of them (holdsState): its elementwise bytes
+  // an element and steps, run once after the whole call, pieces or not.
+  double checkBytes = 0, checkSteps = 0;
 };
+// The non-finite check's kernel time at the costs c (its bytes at the copy's
+// rate): a pipelined schedule runs the rest piece by piece, then this once.
+double checkUs(const AlgoShape& s, const KernelCosts& c, double count);
 // Hier (algo 5) on nodes of `local` ranks: the `middle` algorithm (as hier
 // picks it) on each rank's fp32 1/G shard among the k = N/G nodes, between
 // NCCL's in-node reduce-scatter and allgather (no gradcomp kernels, G-1 ring
@@ -205,6 +211,14 @@ struct AlgoShape {
 // Reduce-scatter (algo 6) on nodes of `local` >= 2 ranks and >= 2 nodes: the
 // hierarchical reduce-scatter, NCCL's in-node ring (G-1 steps) then the flat
 // exchange among k = N/G nodes (k-1 blocks encoded and decoded, one step).
+// Whether a call of `algo` (hier's `middle`) holds a buffer's state that the
+// non-finite check guards (collective.h, discardStateIfNonFinite): error
+// feedback's or the sparse methods' residual (kind.residual), or QSGD's owner
+// residual where the algorithm has an owner's chunk. A passed call: no.
+bool holdsState(int algo, int middle, const CallKind& kind);
+// Either ends with the non-finite check where the call holds state
+// (holdsState): the output's elemBytes read once more, and a reduce-scatter's
+// one more step (the flag's allreduce).
 AlgoShape algoShape(int algo, int nranks, int local = 1, int middle = 1,
                     const CallKind& kind = CallKind());
 // Whether the hierarchy splits `count` elements into `local` shards of
@@ -239,7 +253,8 @@ double pipelinedModelUs(double kernelUs, double wireBytes, double latencySteps, 
 // the conversion); on the comm stream the all-to-all X and the owners' sends
 // G, each half the wire bytes and one latency step. Issue order E_q X_q,
 // then R_{q-1} G_{q-1}, then D_{q-2}; X_q after E_q, R after X, G after R, D
-// after G. Its kernels sum to kernelUs(algoShape(1).work, costs).
+// after G. Its kernels sum to kernelUs(algoShape(1).work, costs) less the
+// non-finite check (checkUs), which the caller adds once after the pieces.
 struct TwoShotStageTimes {
   double encode = 0, reduce = 0, decode = 0;  // compute stream, per piece
   double exchange = 0;                        // comm stream: X and G each, per piece
