@@ -53,6 +53,7 @@
 #include "tests/common/ref_algos.h"
 #include "tests/common/ref_rs.h"
 #include "tests/common/state_blob.h"
+#include "tests/common/env_knob.h"
 #include "tests/common/test_util.h"
 #include "tests/common/world_checks.h"
 
@@ -61,22 +62,7 @@ namespace {
 using gc::DType;
 using gctest::ref::Rank;
 
-// A knob's value as plain decimal in min..max; a bad value fails the test
-// and the fallback runs (as test_fuzz.cc's knobs).
-unsigned long long seqKnob(const char* env, unsigned long long min, unsigned long long max,
-                           unsigned long long fallback) {
-  const char* v = getenv(env);
-  if (v == nullptr) return fallback;
-  const size_t n = strspn(v, "0123456789");
-  errno = 0;
-  const unsigned long long x = n > 0 && v[n] == '\0' ? strtoull(v, nullptr, 10) : 0;
-  if (n == 0 || v[n] != '\0' || (v[0] == '0' && v[1] != '\0') || errno != 0 || x < min || x > max) {
-    ADD_FAILURE() << env << "=" << v << " is not an integer in " << min << ".." << max
-                  << " (plain decimal); running " << fallback;
-    return fallback;
-  }
-  return x;
-}
+using gctest::envKnob;
 
 // What the sequences ran, printed at the end: a long run says what it covered.
 // (Atomic: two worlds' calls may run at once.)
@@ -912,12 +898,12 @@ TEST(ApiSequenceKnobs, BadValuesFailInsteadOfRunningAnotherCount) {
   for (const char* bad : {"2e5", "abc", "", "0", "-5", "010", "99999999999999999999"}) {
     gctest::ScopedEnv e("GRADCOMP_SEQ_SEEDS", bad);
     gKnobValue = 0;
-    EXPECT_NONFATAL_FAILURE(gKnobValue = seqKnob("GRADCOMP_SEQ_SEEDS", 1, INT_MAX, 6),
+    EXPECT_NONFATAL_FAILURE(gKnobValue = envKnob("GRADCOMP_SEQ_SEEDS", 1, INT_MAX, 6),
                             "GRADCOMP_SEQ_SEEDS");
     EXPECT_EQ(gKnobValue, 6u) << bad;
   }
   gctest::ScopedEnv e("GRADCOMP_SEQ_OPS", "5000");
-  EXPECT_EQ(seqKnob("GRADCOMP_SEQ_OPS", 1, INT_MAX, 120), 5000u);
+  EXPECT_EQ(envKnob("GRADCOMP_SEQ_OPS", 1, INT_MAX, 120), 5000u);
 }
 
 // Found by the sequences (seed 7008): a collective the ranks disagreed on
@@ -965,9 +951,9 @@ TEST(ApiSequence, ARetuneAfterARefusedCallRuns) {
 }
 
 TEST(ApiSequence, RandomSequencesHoldTheModel) {
-  const uint64_t first = seqKnob("GRADCOMP_SEQ_SEED", 0, UINT64_MAX, 1);
-  const int seeds = (int)seqKnob("GRADCOMP_SEQ_SEEDS", 1, INT_MAX, 10);
-  const int ops = (int)seqKnob("GRADCOMP_SEQ_OPS", 1, INT_MAX, 150);
+  const uint64_t first = envKnob("GRADCOMP_SEQ_SEED", 0, UINT64_MAX, 1);
+  const int seeds = (int)envKnob("GRADCOMP_SEQ_SEEDS", 1, INT_MAX, 10);
+  const int ops = (int)envKnob("GRADCOMP_SEQ_OPS", 1, INT_MAX, 150);
   for (int i = 0; i < seeds && !::testing::Test::HasFailure(); ++i) {
     runSequence(first + (uint64_t)i, ops);
   }

@@ -35,36 +35,21 @@
 #include "tests/common/guarded.h"
 #include "tests/common/loopback.h"
 #include "tests/common/ref_slot_lists.h"
+#include "tests/common/env_knob.h"
 #include "tests/common/test_util.h"
 
 namespace {
 
 using gctest::GuardedBuffer;
 
-// A knob's value as plain decimal in min..max, as GRADCOMP_* integers are read:
-// atoi took 2e5 as 2 and abc as 0, so a fuzz run asked for 200000 cases ran
-// almost none and passed. A bad value fails the test and the fallback runs.
-unsigned long long fuzzKnob(const char* env, unsigned long long min, unsigned long long max,
-                            unsigned long long fallback) {
-  const char* v = getenv(env);
-  if (v == nullptr) return fallback;
-  const size_t n = strspn(v, "0123456789");
-  errno = 0;
-  const unsigned long long x = n > 0 && v[n] == '\0' ? strtoull(v, nullptr, 10) : 0;
-  if (n == 0 || v[n] != '\0' || (v[0] == '0' && v[1] != '\0') || errno != 0 || x < min || x > max) {
-    ADD_FAILURE() << env << "=" << v << " is not an integer in " << min << ".." << max
-                  << " (plain decimal); running " << fallback;
-    return fallback;
-  }
-  return x;
-}
+using gctest::envKnob;
 
 int iterations(int fallback) {
-  return (int)fuzzKnob("GRADCOMP_FUZZ_ITERATIONS", 1, INT_MAX, (unsigned long long)fallback);
+  return (int)envKnob("GRADCOMP_FUZZ_ITERATIONS", 1, INT_MAX, (unsigned long long)fallback);
 }
 
 uint64_t seed(uint64_t fallback) {
-  return fuzzKnob("GRADCOMP_FUZZ_SEED", 0, UINT64_MAX, fallback);
+  return envKnob("GRADCOMP_FUZZ_SEED", 0, UINT64_MAX, fallback);
 }
 
 // EXPECT_NONFATAL_FAILURE's statement may not name locals.
