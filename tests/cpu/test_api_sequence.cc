@@ -286,6 +286,15 @@ class SeqWorld {
     ++gTally.worlds;
   }
 
+  // The world's bookkeeping once its comms are gone (destroyed or aborted).
+  void forget() {
+    comms_.clear();
+    model_.clear();
+    acc_.clear();
+    ptrs_.assign(N, {});
+    step_ = 0;
+  }
+
   // Frees the comms; with `check`, first the ledger of every state they hold.
   void destroy(bool check) {
     if (check) finishLedger("destroy");
@@ -293,11 +302,7 @@ class SeqWorld {
       EXPECT_EQ(gradcompCommDestroy(comms_[r]), gradcompSuccess)
           << where() << ": " << gradcompGetLastError();
     }
-    comms_.clear();
-    model_.clear();
-    acc_.clear();
-    ptrs_.assign(N, {});
-    step_ = 0;
+    forget();
   }
 
   // Stop on every rank, then a call on one rank must fail naming why, then abort.
@@ -314,11 +319,7 @@ class SeqWorld {
       EXPECT_EQ(gradcompCommAbort(comms_[q]), gradcompSuccess)
           << where() << ": " << gradcompGetLastError();
     }
-    comms_.clear();
-    model_.clear();
-    acc_.clear();
-    ptrs_.assign(N, {});
-    step_ = 0;
+    forget();
   }
 
   std::vector<std::vector<uint8_t>> saveAll() {
