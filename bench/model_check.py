@@ -21,7 +21,7 @@ from checklib import close, expect, verdict  # noqa: E402
 from smoke_check import (TYPE_BYTES, check_sparse_row, check_us, code_bytes,  # noqa: E402
                          first_part, kernel_total, kernel_work, warp_bucket)
 from smoke_check import hier_pipelined  # noqa: E402
-from smoke_check import encoded, flat_pieces, pieces_of  # noqa: E402
+from smoke_check import encoded, flat_pieces, hier_pieces, pieces_of  # noqa: E402
 
 FLAT = ("twoshot", "ring", "allgather", "reducescatter")
 
@@ -59,9 +59,14 @@ def hier_middle(label, nodes):
 
 
 def check_projection_pieces(tag, r, doc):
-    """The projection's pipelined hierarchy: the library cuts only a two-shot middle into
-    pieces (its allgather and ring middles run in one), and on `auto` the middle across 2 nodes
-    is an allgather; there hier|P is the unpipelined hier. The hierarchy's latency steps are
+    """The projection's pipelined hierarchy: the library cuts a two-shot middle into pieces
+    (the hierarchy pipelined) and a ring middle (its own pieces, the same count, inside an
+    unpipelined hierarchy), never an allgather middle, and on `auto` the middle across 2
+    nodes is an allgather; there hier|P is the unpipelined hier. hier_pipeline_bytes is the
+    piece the library cuts, whole buckets of each of the middle's k chunks (of the flat
+    algorithm's n) as fp32: a multiple of 4 k bucket, from which the pieces follow as from
+    the setting (a larger piece the rule would round up or grow no further). The hierarchy's
+    latency steps are
     the middle's the library runs (plugin/algorithms/allgather.cc pickDenseAlgorithm: an
     allgather, one step, on `auto` across 2 nodes; two-shot's 2, the ring's k), and its
     inter-node bytes that middle's: (k-1) E(S/G) for an allgather, 2(k-1)/k E(S/G) else."""
@@ -76,7 +81,7 @@ def check_projection_pieces(tag, r, doc):
         k, g = p["nodes"], p["local"]
         if k < 2 or g < 2:
             # No hierarchy (gc::hierLayout): the library runs the flat algorithm, and cuts a
-            # two-shot or ring (not the allgather) into the pieces of its longest chunk at
+            # two-shot or ring (not the allgather) into the pieces of its longest chunk, each
             # hier_pipeline_bytes; one piece gives the unpipelined time. Pipelined, never
             # below either stream's own work: every kernel on the compute stream, the flat
             # bytes and every piece's steps (two-shot's 2 exchanges, the ring's N-1 hops and
@@ -86,12 +91,14 @@ def check_projection_pieces(tag, r, doc):
             flat = hier_middle(label, n)
             pieces = flat_pieces(r["count"], r["bucket"], n, pipe) if flat != "allgather" else 1
             expect(p["hier_pieces"] == pieces and (pieces > 1) == (pipe > 0) and
+                   pipe % (4 * n * r["bucket"]) == 0 and
                    p["hier_time_us"] == p["flat_time_us"] and
                    (pieces > 1 or p["hier_pipelined_time_us"] == p["flat_time_us"]) and
                    p["hier_inter_bytes"] == p["flat_inter_bytes"],
                    "%s: no hierarchy: hier's figures are flat's, cut as the library cuts them "
-                   "(hier %s us, P = %s at %s bytes, the library's %s; hier|P %s us; flat %s us)"
-                   % (t, p["hier_time_us"], p["hier_pieces"], pipe, pieces,
+                   "(hier %s us, P = %s of %s bytes, the library's %s of a multiple of %s; "
+                   "hier|P %s us; flat %s us)"
+                   % (t, p["hier_time_us"], p["hier_pieces"], pipe, pieces, 4 * n * r["bucket"],
                       p["hier_pipelined_time_us"], p["flat_time_us"]))
             if pieces > 1 and intra is not None and lat is not None and \
                     isinstance(p.get("hier_pipelined_kernel_us"), (int, float)):
@@ -104,10 +111,17 @@ def check_projection_pieces(tag, r, doc):
                        % (t, p["hier_pipelined_time_us"], own))
             continue
         middle = hier_middle(label, k)
-        if middle != "twoshot":
+        pipe = p["hier_pipeline_bytes"]
+        if middle == "allgather":
             expect(p["hier_pieces"] == 1 and close(p["hier_pipelined_time_us"], p["hier_time_us"]),
-                   "%s: a %s middle is one piece: hier|P %s us (P = %s) vs hier %s us" %
-                   (t, middle, p["hier_pipelined_time_us"], p["hier_pieces"], p["hier_time_us"]))
+                   "%s: an allgather middle is one piece: hier|P %s us (P = %s) vs hier %s us" %
+                   (t, p["hier_pipelined_time_us"], p["hier_pieces"], p["hier_time_us"]))
+        else:
+            pieces = hier_pieces(r["count"], r["bucket"], k, g, pipe)
+            expect(p["hier_pieces"] == pieces and pipe % (4 * k * r["bucket"]) == 0,
+                   "%s: a %s middle in %s pieces of %s bytes, the library's %s (its piece: "
+                   "whole buckets of each of the k chunks, a multiple of %s bytes)" %
+                   (t, middle, p["hier_pieces"], pipe, pieces, 4 * k * r["bucket"]))
         es = encoded(-(-r["count"] // g), r["bits"], r["bucket"])
         inter = (k - 1) * es if middle == "allgather" else 2 * (k - 1) / k * es
         expect(close(p["hier_inter_bytes"], inter),
@@ -120,13 +134,20 @@ def check_projection_pieces(tag, r, doc):
         expect(close(p["hier_time_us"] - p["hier_kernel_us"] - links, steps * lat),
                "%s: hier's latency %s us vs %s steps of a %s middle" %
                (t, p["hier_time_us"] - p["hier_kernel_us"] - links, steps, middle))
+        if middle == "ring" and p["hier_pieces"] > 1:
+            # The ring's pieces: never shorter than its links, the NVLink stages whole and
+            # the ring's k steps for every piece.
+            own = links + (2 * (g - 1) + p["hier_pieces"] * k) * lat
+            expect(p["hier_pipelined_time_us"] >= (1 - 1e-9) * own,
+                   "%s: a ring middle in %s pieces, %s us, is shorter than its links' %s us" %
+                   (t, p["hier_pieces"], p["hier_pipelined_time_us"], own))
 
 
 def check_rs_projection_points(tag, r, intra, lat):
     """A reduce-scatter row's projection (clusterReduceScatterModel): on >= 2 nodes of >= 2
     GPUs the hierarchical reduce-scatter, (G-1) k m 4 bytes in the node and (k-1) E(m) across,
     G latency steps; elsewhere the flat one, hier's figures flat's, cut into the pieces the
-    library cuts it into among the N ranks at hier_pipeline_bytes; one piece giving the
+    library cuts it into among the N ranks, each hier_pipeline_bytes; one piece giving the
     unpipelined time. With error feedback (the reduce-scatter's only state) one more step: the
     non-finite check's flag."""
     check_steps = 0 if "ef=0" in (r.get("label") or "") else 1
@@ -182,7 +203,8 @@ def check_hier_pipelined(tag, r, doc, local, state):
 
 def check_projection_piece_bytes(tag, r):
     """A projection point run in one piece shows no piece size: hier_pipeline_bytes 0 where
-    hier_pieces is 1 (the pipelined path not taken), the --model-pipe bytes where cut."""
+    hier_pieces is 1 (the pipelined path not taken), the piece the library cuts at
+    --model-pipe where cut."""
     for p in r.get("projection") or []:
         expect(p["hier_pipeline_bytes"] == 0 if p["hier_pieces"] == 1
                else p["hier_pipeline_bytes"] > 0,

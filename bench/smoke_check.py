@@ -284,18 +284,23 @@ COST_KEYS = ["encode", "encode_f32", "owner_encode", "decode", "decode_acc",
              "elementwise_per_byte", "sum_per_byte"]
 
 
-def curve_costs(kdoc, r, bits, bucket, codec, peer=None, out=None, elem=None):
+def curve_costs(kdoc, r, bits, bucket, codec, peer=None, out=None, elem=None, fp32=False):
     """The costs at the library's launch sizes (docs/benchmark.md, model.cc KernelCurve::at):
     report_costs at every n the report times the row's encode at, each cost interpolated
     linearly in log2(n) between those sizes, never below the largest size's (a timing loop's
     small launches find their data in L2), held at the smallest below it and at the largest
     above it. The codec kernels at `codec` elements, the peers' encodes (input and fp32) at
     `peer`, the output's decodes at `out` (the decode overwrite's rate there), the elementwise
-    passes at `elem` (each `codec` where not given)."""
+    passes at `elem` (each `codec` where not given). fp32: an fp32 call's (GRADCOMP_AUTO's
+    timed calls, whatever the row's type; model.cc KernelCurve::fp32): every point's encode
+    of the input at the fp32 encode's rate."""
     ns = sorted({x["n"] for x in kdoc["rows"] if x["kernel"] == "qsgd_encode_ef"
                  and x["dtype"] == r["dtype"] and x["bits"] == bits
                  and x.get("bucket", kdoc.get("bucket")) == bucket}) or [r["count"]]
     pts = [(n, report_costs(kdoc, {"count": n, "dtype": r["dtype"]}, bits, bucket)) for n in ns]
+    if fp32:
+        for _, c in pts:
+            c["encode"] = c["encode_f32"]
 
     def at(n):
         if n >= pts[-1][0] or len(pts) == 1:
@@ -342,7 +347,7 @@ def hier_launches(count, n, local, middle, bucket, pieces=1):
     kernels on chunks of count / (N P) (an allgather middle on the whole shard, count / G,
     one piece), its k-1 peers' encodes and k output decodes of a two-shot (ring: k) middle
     batched; the widening and conversions per local block of count / G unpipelined, per
-    chunk's piece pipelined."""
+    chunk's piece pipelined (a ring middle's pieces: its own kernels' launches)."""
     k = n // local
     chunk = (math.ceil(count / local) if middle == "allgather"
              else math.ceil(count / n / max(1, pieces)))
@@ -490,11 +495,7 @@ def kernel_work(algo, n, e, residual=True, convert=False, local=1, middle="twosh
         scatter_sum(n, e, 1)
         w["elementwise_bytes"] += out_dec
     elif algo == "hier":
-        k = n // local
-        m = kernel_work(middle, k, 4, residual, fused=fused, code=code, state=False)
-        for key in m:
-            w[key] = m[key] / local
-        w["encode_f32"], w["encode"] = w["encode_f32"] + w["encode"], 0.0
+        w.update(hier_middle_work(middle, n, local, residual, fused, code))
         # Widened unless an fp32 buffer of whole shards; the shard converted.
         # Widened to fp32 blocks unless an fp32 buffer of equal shards (padded: not).
         w["elementwise_bytes"] += (0 if e == 4 and not piped and not padded else e + 4) + \
@@ -503,6 +504,16 @@ def kernel_work(algo, n, e, residual=True, convert=False, local=1, middle="twosh
             w["elementwise_bytes"] += 8 / local + 2 * e
     if state:  # the non-finite check's pass over the output
         w["elementwise_bytes"] += e
+    return w
+
+
+def hier_middle_work(middle, n, local, residual=True, fused=True, code=None):
+    """The part of a hierarchy's work its middle runs (model.cc hierMiddleWork): the middle
+    algorithm on the fp32 shard among the k = n / local nodes, summed in place, per element
+    of the buffer (its work / local), every encode an fp32 one."""
+    m = kernel_work(middle, n // local, 4, residual, fused=fused, code=code, state=False)
+    w = {key: v / local for key, v in m.items()}
+    w["encode_f32"], w["encode"] = w["encode_f32"] + w["encode"], 0.0
     return w
 
 
@@ -715,14 +726,17 @@ def auto_compresses(nccl, comp, e, count, timed=TIMED):
 
 
 def project_point(r, kdoc, bits, bucket, pipe_bytes, k, g, L, count, e_in, convert, code,
-                  intra_gbps=3600.0, lat=10.0):
+                  intra_gbps=3600.0, lat=10.0, fp32=False):
     """One projection point recomputed from the formulas of docs/benchmark.md ("Nodes"), for
     `count` elements of e_in bytes (the row's, or GRADCOMP_AUTO's timed fp32 counts), the
-    kernels at the row's report rates: a dict of NCCL's, flat's and hier's bytes and times,
-    and `comp`, the library's compressed path (hier|P)."""
+    kernels at the row's report rates (fp32: an fp32 call's, as the library times them for
+    GRADCOMP_AUTO): a dict of NCCL's, flat's and hier's bytes and times, `comp`, the
+    library's compressed path (hier|P), and `piece_bytes`, the bytes (as fp32) one of its
+    pieces covers as the library cuts it (0: one piece)."""
     import model_check  # its hier_middle: the algorithm the library runs on n ranks or nodes
     label = r.get("label") or ""
     fused = warp_bucket(bucket)
+    curve = lambda *launches: curve_costs(kdoc, r, bits, bucket, *launches, fp32=fp32)  # noqa: E731
     us = lambda b, gbps: b * 8 / (gbps * 1e3)  # noqa: E731
     n, nic, size = k * g, L / g, count * e_in
     x = {"n": n}
@@ -750,8 +764,8 @@ def project_point(r, kdoc, bits, bucket, pipe_bytes, k, g, L, count, e_in, conve
     x["flat_intra"], x["flat_inter"] = flat_intra, flat_inter
     # Each kernel at the rate of its launch size (curve_costs), as every figure below.
     flat_work = kernel_work(flat_algo, n, e_in, True, convert, fused=fused, code=code)
-    x["flat_kernel"] = kernel_total(flat_work, curve_costs(
-        kdoc, r, bits, bucket, *flat_launches(flat_algo, count, n, bucket)), count)
+    x["flat_kernel"] = kernel_total(flat_work, curve(*flat_launches(flat_algo, count, n, bucket)),
+                                    count)
     x["flat"] = x["flat_kernel"] + flat_link + flat_steps * lat
     if k < 2 or g < 2:
         # No hierarchy (gc::hierLayout: nodes of one GPU, or one node): the library runs the
@@ -760,10 +774,11 @@ def project_point(r, kdoc, bits, bucket, pipe_bytes, k, g, L, count, e_in, conve
         # two-shot on its two streams, each exchange half the flat bytes a piece over both
         # link classes at once; the ring in its rows' two-stage pipeline, its N steps a piece.
         pieces = flat_pieces(count, bucket, n, pipe_bytes) if flat_algo != "allgather" else 1
+        piece_bytes = (piece_bytes_used(first_part(count, n, bucket), bucket, n, pipe_bytes)
+                       if pieces > 1 else 0)
         piped, piped_kernel = x["flat"], x["flat_kernel"]
         if pieces > 1:
-            pc = curve_costs(kdoc, r, bits, bucket,
-                             *flat_launches(flat_algo, count, n, bucket, pieces))
+            pc = curve(*flat_launches(flat_algo, count, n, bucket, pieces))
             piped_kernel = kernel_total(flat_work, pc, count)
             wire = max(us(flat_intra / pieces, intra_gbps), us(flat_inter / pieces, nic))
             chk = check_us(count, e_in, pc)  # once, after the pieces
@@ -775,7 +790,7 @@ def project_point(r, kdoc, bits, bucket, pipe_bytes, k, g, L, count, e_in, conve
                                          wire / 2 + lat, e_in, convert, code) + chk
         x.update(hier_intra=flat_intra, hier_inter=flat_inter, kernel=x["flat_kernel"],
                  hier=x["flat"], pieces=pieces, piped=piped, piped_kernel=piped_kernel,
-                 comp=piped, middle=None)
+                 comp=piped, middle=None, piece_bytes=piece_bytes)
         return x
     middle = x["middle"] = model_check.hier_middle(label, k)
     shard = -(-count // g)
@@ -785,32 +800,49 @@ def project_point(r, kdoc, bits, bucket, pipe_bytes, k, g, L, count, e_in, conve
     hier_inter = (k - 1) * es if middle == "allgather" else 2 * (k - 1) / k * es
     mid_steps = {"twoshot": 2, "allgather": 1, "ring": k}[middle]
     padded = first_part(count, g, bucket) * g != count
-    costs = curve_costs(kdoc, r, bits, bucket, *hier_launches(count, n, g, middle, bucket))
+    costs = curve(*hier_launches(count, n, g, middle, bucket))
     kernel = kernel_total(kernel_work("hier", n, e_in, True, convert, g, middle,
                                       padded=padded, fused=fused, code=code), costs, count)
     hier = (kernel + us(hier_intra, intra_gbps) + us(hier_inter, nic)
             + (2 * (g - 1) + mid_steps) * lat)
     # Pipelined hier at --model-pipe bytes: pieces as the library cuts the longest shard's
-    # chunks among the k nodes, three stages, each piece paying its steps. Only a two-shot
-    # middle is cut (on `auto`: across 3 nodes or more; across 2 an allgather, one piece).
-    pieces = hier_pieces(count, bucket, k, g, pipe_bytes) if middle == "twoshot" else 1
+    # chunks among the k nodes, each piece paying its steps. A two-shot middle pipelines the
+    # hierarchy, three streams; a ring middle is cut into its own pieces (the same count)
+    # inside an unpipelined hierarchy; an allgather middle (on `auto` across 2 nodes) is one
+    # piece.
+    pieces = hier_pieces(count, bucket, k, g, pipe_bytes) if middle != "allgather" else 1
+    piece_bytes = (piece_bytes_used(first_part(first_part(count, g, bucket), k, bucket),
+                                    bucket, k, pipe_bytes) if pieces > 1 else 0)
     # The middle stage's latency: what the unpipelined hier time above has beyond its
     # kernels, bytes and two NVLink rings.
     middle_lat = (hier - kernel - us(hier_intra, intra_gbps) - us(hier_inter, nic)
                   - 2 * (g - 1) * lat)
     # Cut into pieces, the pipelined path's kernels (every piece widened, staged, copied out).
-    pc = curve_costs(kdoc, r, bits, bucket, *hier_launches(count, n, g, middle, bucket, pieces))
+    pc = curve(*hier_launches(count, n, g, middle, bucket, pieces))
     piped_kernel = kernel_total(kernel_work("hier", n, e_in, True, convert, g, middle,
                                             pieces > 1, padded, fused, code), pc, count)
     st = None
-    if pieces > 1:
+    if pieces > 1 and middle == "ring":
+        # The ring's kernels at its pieces' launches, in the two-stage pipeline of kernels
+        # and its inter-node bytes (k steps a piece); the rest of hier's work (widening,
+        # conversion, the non-finite check) at the unpipelined launches; the whole NVLink
+        # reduce-scatter and allgather; one after another.
+        mw = hier_middle_work("ring", n, g, True, fused, code)
+        ring = kernel_total(mw, pc, count)
+        rest = kernel - kernel_total(mw, costs, count)
+        piped_kernel = ring + rest
+        kp, wp = ring / pieces, us(hier_inter / pieces, nic) + k * lat
+        piped = (rest + us(hier_intra, intra_gbps) + 2 * (g - 1) * lat
+                 + kp + wp + (pieces - 1) * max(kp, wp))
+    elif pieces > 1:
         st = hier_stages(count, e_in, es, pc, k, g, L, intra_gbps, lat, pieces, fused, code)
         piped = hier_three_streams(st, round(pieces)) + check_us(count, e_in, pc)
     else:
         piped = hier_pipelined(piped_kernel, hier_intra, hier_inter, intra_gbps, nic, g,
                                middle_lat, lat, pieces, e_in)
     x.update(hier_intra=hier_intra, hier_inter=hier_inter, kernel=kernel, hier=hier,
-             pieces=pieces, piped=piped, piped_kernel=piped_kernel, comp=piped, stages=st)
+             pieces=pieces, piped=piped, piped_kernel=piped_kernel, comp=piped, stages=st,
+             piece_bytes=piece_bytes)
     return x
 
 
@@ -819,12 +851,14 @@ def check_projection(tag, r, kdoc, bits, bucket, pipe_bytes, intra_gbps=3600.0, 
     (project_point). The algorithms are those the library runs (pickDenseAlgorithm): on `auto`
     an allgather flat on 2 ranks and as the hierarchy's middle across 2 nodes (one encode, the
     sum of both encodings, one latency step, (k-1) E(S/G) across nodes), two-shot above; the
-    ring where -a names it, flat with its N-1 hops and N steps. Where there is no hierarchy,
-    hier|P is the flat two-shot or ring cut at pipe_bytes as the library cuts it. Auto is
-    GRADCOMP_AUTO's rule re-derived from the two paths' times at its two timed counts."""
+    ring where -a names it, flat with its N-1 hops and N steps, as the middle cut into its own
+    pieces. Where there is no hierarchy, hier|P is the flat two-shot or ring cut at pipe_bytes
+    as the library cuts it. Auto is GRADCOMP_AUTO's rule re-derived from the two paths' times
+    at its two timed counts, fp32 calls."""
     count = r["count"]
     e_in, convert = TYPE_BYTES[r["dtype"]], r["dtype"] != "float"
     code = code_bytes(count, bits, bucket)
+    us = lambda b, gbps: b * 8 / (gbps * 1e3)  # noqa: E731
     seen = set()
     for p in r["projection"]:
         k, g, L = p["nodes"], p["local"], p["node_gbps"]
@@ -850,8 +884,7 @@ def check_projection(tag, r, kdoc, bits, bucket, pipe_bytes, intra_gbps=3600.0, 
             expect(close(p["hier_intra_bytes"], flat_intra) and
                    close(p["hier_inter_bytes"], flat_inter) and
                    close(p["hier_kernel_us"], flat_kernel) and close(p["hier_time_us"], flat) and
-                   p["hier_pieces"] == pieces and
-                   p["hier_pipeline_bytes"] == (pipe_bytes if pieces > 1 else 0) and
+                   p["hier_pieces"] == pieces and p["hier_pipeline_bytes"] == x["piece_bytes"] and
                    close(p["hier_pipelined_kernel_us"], piped_kernel) and
                    close(p["hier_pipelined_time_us"], piped),
                    "%s: no hierarchy: hier's figures are flat's, cut as the library cuts a flat "
@@ -876,12 +909,16 @@ def check_projection(tag, r, kdoc, bits, bucket, pipe_bytes, intra_gbps=3600.0, 
                    "%s: inter-node bytes ratio" % t)
             expect(p["hier_pieces"] == pieces,
                    "%s: hier pieces %s vs %s" % (t, p["hier_pieces"], pieces))
-            # The piece size the pipelined path was cut at: none (0) where it is one piece.
-            expect(p["hier_pipeline_bytes"] == (pipe_bytes if pieces > 1 else 0),
-                   "%s: hier_pipeline_bytes %s at %s pieces (--model-pipe %s)"
-                   % (t, p["hier_pipeline_bytes"], pieces, pipe_bytes))
+            # The piece the library cuts (above --model-pipe where it rounds the piece up to
+            # whole buckets or grows it to at most 1024 pieces): none (0) in one piece.
+            expect(p["hier_pipeline_bytes"] == x["piece_bytes"],
+                   "%s: hier_pipeline_bytes %s at %s pieces (--model-pipe %s: the library's "
+                   "piece %s)" % (t, p["hier_pipeline_bytes"], pieces, pipe_bytes,
+                                  x["piece_bytes"]))
+            # Pipelined, the hierarchy widens, stages and copies out every piece (a ring
+            # middle's pieces leave the in-node stages whole).
             expect(close(p["hier_pipelined_kernel_us"], piped_kernel) and
-                   (pieces == 1 or piped_kernel > kernel),
+                   (pieces == 1 or middle == "ring" or piped_kernel > kernel),
                    "%s: pipelined hier kernels %s vs %s" % (t, p["hier_pipelined_kernel_us"],
                                                              piped_kernel))
             expect(close(p["hier_pipelined_time_us"], piped),
@@ -891,20 +928,31 @@ def check_projection(tag, r, kdoc, bits, bucket, pipe_bytes, intra_gbps=3600.0, 
             # reduce-scatter and allgather, the compute stream every kernel, the comm stream
             # both exchanges of every piece.
             st = x["stages"]
-            if pieces > 1:
+            if st is not None:
                 own = max(pieces * (st["S"] + st["A"]), pieces * sum(st[y] for y in COMPUTE),
                           pieces * 2 * st["X"])
                 expect(p["hier_pipelined_time_us"] >= (1 - 1e-9) * own,
                        "%s: pipelined hier %s us is shorter than a stream's own %s us"
                        % (t, p["hier_pipelined_time_us"], own))
+            elif pieces > 1:
+                # A ring middle's pieces: never shorter than its links' own time, the whole
+                # NVLink stages, the inter-node bytes and k steps for every piece.
+                links = (us(hier_intra, intra_gbps) + 2 * (g - 1) * lat + us(hier_inter, L / g)
+                         + pieces * k * lat)
+                expect(p["hier_pipelined_time_us"] >= (1 - 1e-9) * links,
+                       "%s: a ring middle in %s pieces, %s us, is shorter than its links' %s us"
+                       % (t, pieces, p["hier_pipelined_time_us"], links))
         # Auto takes the compressed call (hier|P: hier's pipelined on >= 2 nodes of >= 2
         # GPUs, else the flat algorithm's, pipelined where cut) or NCCL by the library's rule:
         # the lines through both paths' times at the two counts it times (fp32), re-derived
         # here. The lines can mispredict, so its pick need not be the faster: where it follows
         # them its regret is at most what they mispredict by at this count; it departs from
-        # them only to pass a call below the smaller timed count through.
-        timed = [project_point(r, kdoc, bits, bucket, pipe_bytes, k, g, L, c, 4, False, code,
-                               intra_gbps, lat) for c in TIMED]
+        # them only to pass a call below the smaller timed count through. The timed calls
+        # are fp32 Sums whatever the row's type (autotune.cc measure): their kernels at the
+        # fp32 rates, their codes those of the timed counts.
+        timed = [project_point(r, kdoc, bits, bucket, pipe_bytes, k, g, L, c, 4, False,
+                               code_bytes(c, bits, bucket), intra_gbps, lat, fp32=True)
+                 for c in TIMED]
         tn, tc = [y["nccl"] for y in timed], [y["comp"] for y in timed]
         compress = auto_compresses(tn, tc, e_in, count)
         comp = x["comp"]
@@ -1310,6 +1358,8 @@ def check_rs_projection(tag, r, kdoc, bits, bucket, pipe_bytes, intra_gbps=3600.
         flat = flat_kernel + max(us(flat_intra, intra_gbps), us(flat_inter, nic)) + 2 * lat
         hier_layout = k >= 2 and g >= 2
         pieces = 1
+        # The piece the library cuts each block of m into, among the k nodes or the n ranks.
+        used = piece_bytes_used(m_, bucket, k if hier_layout else n, pipe_bytes)
         if hier_layout:
             intra, inter = (g - 1) * k * m_ * 4, (k - 1) * e
             kernel = kernel_total(kernel_work("hier_reducescatter", n, e_in, True, convert, g,
@@ -1353,9 +1403,10 @@ def check_rs_projection(tag, r, kdoc, bits, bucket, pipe_bytes, intra_gbps=3600.
                "%s: flat time %s vs %s" % (t, p["flat_time_us"], flat))
         expect(close(p["hier_kernel_us"], kernel) and close(p["hier_time_us"], hier),
                "%s: hier time %s vs %s" % (t, p["hier_time_us"], hier))
-        expect(p["hier_pieces"] == pieces and
-               p["hier_pipeline_bytes"] == (pipe_bytes if pieces > 1 else 0),
-               "%s: hier pieces %s vs %s" % (t, p["hier_pieces"], pieces))
+        expect(p["hier_pieces"] == pieces and p["hier_pipeline_bytes"] == used,
+               "%s: hier pieces %s of %s bytes vs %s of %s" % (t, p["hier_pieces"],
+                                                             p["hier_pipeline_bytes"], pieces,
+                                                             used))
         expect(close(p["hier_pipelined_kernel_us"], piped_kernel) and
                close(p["hier_pipelined_time_us"], piped),
                "%s: pipelined hier %s vs %s" % (t, p["hier_pipelined_time_us"], piped))
@@ -2202,13 +2253,88 @@ def main():
                 seen = check_projection(tag + " projection", r, kdoc, bits, bucket, pipe_bytes)
                 expect(seen == {(nranks, 1, L) for L in links},
                        "%s: projected onto %dx1 (got %s)" % (tag, nranks, sorted(seen)))
-            # The projection's pieces are the library's (the row's, gradcompStats_t).
+            # The projection's pieces are the library's (the row's, gradcompStats_t), and
+            # so is its piece (the row's piece_bytes_used).
             for q in r["projection"]:
                 expect(q["hier_pieces"] == r.get("pieces") and
-                       q["hier_pipeline_bytes"] == pipe_bytes,
+                       q["hier_pipeline_bytes"] == r.get("piece_bytes_used"),
                        "%s %dx%d@%g: the flat %s cut into %s pieces of %s bytes, the library "
-                       "into %s" % (tag, q["nodes"], q["local"], q["node_gbps"], algo,
-                                    q["hier_pieces"], q["hier_pipeline_bytes"], r.get("pieces")))
+                       "into %s of %s" % (tag, q["nodes"], q["local"], q["node_gbps"], algo,
+                                          q["hier_pieces"], q["hier_pipeline_bytes"],
+                                          r.get("pieces"), r.get("piece_bytes_used")))
+
+    # The hierarchy on 2 nodes of 2 cut into pieces at a size that is no whole number of
+    # buckets a chunk (1000 bytes: ceil(250 / 2) elements, grown to one bucket of 512):
+    # a two-shot middle pipelines the hierarchy, a ring middle is cut into its own pieces
+    # (plugin/algorithms/hier.cc hierPieces, ring.cc). Projected at the same size onto the
+    # run's 2 x 2 and onto 4 x 2, the projection cuts both as the library does: the row's
+    # pieces and piece (piece_bytes_used, not the setting), and project_point's times.
+    grown = 1000
+    for algo in ("twoshot", "ring"):
+        code, out, rows = run(perf, ["-N", "4", "--local-size", "2", "-a", algo, "-b", "256K",
+                                     "-e", "256K", "-n", "1", "-w", "0", "-d", "float,bfloat16",
+                                     "-m", "qsgd", "-q", str(bits), "-B", str(bucket),
+                                     "--model-nodes", "2,4", "--model-local", "2", "--node-gbps",
+                                     "100,3200", "--model-pipe", str(grown)],
+                              os.path.join(work, "hier-pipe-%s.json" % algo),
+                              env={"GRADCOMP_PIPELINE_BYTES": str(grown)})
+        expect(code == 0 and len(rows) == 2, "pipelined hier (%s middle) exits 0 with two rows"
+               % algo)
+        for r in rows:
+            tag = "pipelined hier, %s middle, %s" % (algo, r["dtype"])
+            expect(r["algo"] == "hier" and r.get("pieces", 1) > 1 and
+                   r.get("piece_bytes") == grown and r.get("piece_bytes_used", 0) > grown,
+                   "%s: ran hier in pieces grown above %s bytes (got %s, %s pieces of %s)"
+                   % (tag, grown, r["algo"], r.get("pieces"), r.get("piece_bytes_used")))
+            for q in r["projection"]:
+                if (q["nodes"], q["local"]) != (2, 2):
+                    continue
+                expect(q["hier_pieces"] == r.get("pieces") and
+                       q["hier_pipeline_bytes"] == r.get("piece_bytes_used"),
+                       "%s 2x2@%g: projected in %s pieces of %s bytes, the library cut %s of %s"
+                       % (tag, q["node_gbps"], q["hier_pieces"], q["hier_pipeline_bytes"],
+                          r.get("pieces"), r.get("piece_bytes_used")))
+            if kdoc:
+                seen = check_projection(tag + " projection", r, kdoc, bits, bucket, grown)
+                expect(seen == {(k, 2, L) for k in (2, 4) for L in (100, 3200)},
+                       "%s: projected onto 2x2 and 4x2 (got %s)" % (tag, sorted(seen)))
+
+    # GRADCOMP_AUTO times fp32 calls whatever the type of the calls it decides: a bf16 row's
+    # auto is decided on the fp32 encode's rates. With the H100 report's rates the bf16
+    # encode is the cheaper (4M elements: 24.4 us against 33.3), and 16 MB bf16 on 4 x 1
+    # between 2100 and 2220 Gb/s crosses where the lines through bf16-priced calls pass
+    # calls the fp32-priced ones compress; check_projection holds every point to the latter.
+    h100 = os.path.join(src, "bench", "results", "2026-11-25-h100-80gb-hbm3.json")
+    if os.path.exists(h100[:-5] + "/kernels.json"):
+        hdoc = json.load(open(h100[:-5] + "/kernels.json"))
+        gbps = list(range(2100, 2221, 20))
+        code, out, rows = run(perf, ["-N", "2", "-b", "16M", "-e", "16M", "-n", "1", "-w", "0",
+                                     "-c", "0", "-d", "bfloat16", "-m", "qsgd", "-q", str(bits),
+                                     "-B", str(bucket), "--model-nodes", "4", "--model-local",
+                                     "1", "--node-gbps", ",".join(map(str, gbps)),
+                                     "--kernel-rates", h100],
+                              os.path.join(work, "auto-fp32.json"))
+        expect(code == 0 and len(rows) == 1, "bf16 auto projection exits 0 with one row")
+        apart = 0
+        for r in rows:
+            tag = "auto on bf16 at fp32 rates"
+            check_projection(tag, r, hdoc, bits, bucket, 8 << 20)
+            # The case still tells the two pricings apart: at some point the rule's choice
+            # on lines through bf16-priced timed calls is another than on fp32-priced ones.
+            code_ = code_bytes(r["count"], bits, bucket)
+            for p in r["projection"]:
+                k, g, L = p["nodes"], p["local"], p["node_gbps"]
+                choice = []
+                for fp32 in (True, False):
+                    timed = [project_point(r, hdoc, bits, bucket, 8 << 20, k, g, L, c, 4, False,
+                                           code_bytes(c, bits, bucket) if fp32 else code_,
+                                           fp32=fp32) for c in TIMED]
+                    choice.append(auto_compresses([y["nccl"] for y in timed],
+                                                  [y["comp"] for y in timed], 2, r["count"]))
+                apart += choice[0] != choice[1]
+        expect(apart > 0, "auto on bf16: some point between %s and %s Gb/s where fp32-priced and "
+               "bf16-priced timed calls choose apart (none: the case no longer tells them apart)"
+               % (gbps[0], gbps[-1]))
 
     # Pipelined reduce-scatter: each block of m = count elements is cut as two-shot cuts
     # its chunks (piece = ceil(B/4/N) rounded up to whole buckets); the row records the
@@ -2259,7 +2385,8 @@ def main():
             for q in r["projection"]:
                 if (q["nodes"], q["local"], q["node_gbps"]) != (nranks, 1, m["link_gbps"]):
                     continue
-                expect(q["hier_pieces"] == pieces and q["hier_pipeline_bytes"] == pipe_bytes and
+                expect(q["hier_pieces"] == pieces and
+                       q["hier_pipeline_bytes"] == r.get("piece_bytes_used") and
                        close(q["hier_pipelined_kernel_us"], r["kernel_us"], 1e-6) and
                        close(q["hier_pipelined_time_us"], m.get("pipelined_time_us"), 1e-6),
                        "%s %dx1@%g: the flat reduce-scatter cut into %s pieces, hier|P %s us "
@@ -2311,8 +2438,8 @@ def main():
                         continue
                     same = (close(q["hier_pipelined_kernel_us"], r["kernel_us"], 1e-6) and
                             close(q["hier_pipelined_time_us"], m.get("pipelined_time_us"), 1e-6))
-                    expect(q["hier_pieces"] == pieces and q["hier_pipeline_bytes"] == pipe_bytes
-                           and same,
+                    expect(q["hier_pieces"] == pieces and
+                           q["hier_pipeline_bytes"] == r.get("piece_bytes_used") and same,
                            "%s 1x%d@%g: the flat %s cut into %s pieces, hier|P %s us (K %s), vs "
                            "the row model's %s pieces, %s us (K %s)"
                            % (tag, one, m["link_gbps"], algo, q["hier_pieces"],
@@ -2456,7 +2583,8 @@ def main():
     model_check.check_rows(os.path.join(work, "projection.json"))
     model_check.check_rows(os.path.join(work, "pipe-rs.json"))
     for name in ("pipe-twoshot.json", "pipe-ring.json", "one-node-pipe-twoshot.json",
-                 "one-node-pipe-ring.json", "one-node-pipe-reducescatter.json"):
+                 "one-node-pipe-ring.json", "one-node-pipe-reducescatter.json",
+                 "hier-pipe-twoshot.json", "hier-pipe-ring.json"):
         model_check.check_rows(os.path.join(work, name))
 
     return verdict()

@@ -153,6 +153,12 @@ KernelCosts KernelCurve::at(double n) const {
                   mix(a.flag, b.flag, z.flag), 0.0, mix(a.sumPerByte, b.sumPerByte, z.sumPerByte)});
 }
 
+KernelCurve KernelCurve::fp32() const {
+  KernelCurve f = *this;
+  for (auto& p : f.points) p.second.encode = p.second.encodeF32;
+  return f;
+}
+
 KernelCosts KernelCurve::at(double codec, double peerEncode, double outDecode,
                             double elementwise) const {
   KernelCosts c = at(codec);
@@ -424,6 +430,15 @@ AlgoShape algoShapeOf(int algo, int nranks, int local, int middle, const CallKin
 }
 
 }  // namespace
+
+KernelWork hierMiddleWork(int nranks, int local, int middle, const CallKind& kind) {
+  // As algoShapeOf's hier: the middle on the fp32 shard, summed in place.
+  const int g = local > 1 ? local : 1;
+  CallKind mid = kind;
+  mid.elemBytes = 4;
+  mid.convert = false;
+  return onFp32(scaled(algoShapeOf(middle, nranks / g, 1, 1, mid).work, 1.0 / g));
+}
 
 bool holdsState(int algo, int middle, const CallKind& kind) {
   if (algo == 0) return false;
@@ -829,12 +844,16 @@ ClusterTimes clusterModel(size_t count, const CallKind& kind, int bits, int buck
       t.autoCompresses = t.*comp < t.ncclUs;
     } else {
       const size_t timed[2] = {size_t(1) << 18, size_t(1) << 23};  // AutoState::timedCounts
+      // The timed calls are fp32 Sums (autotune.cc measure): fp32 encodes,
+      // whatever the row's type, and the codes of the timed counts.
+      const KernelCurve curve32 = curve.fp32();
       CallKind f32 = kind;
       f32.elemBytes = 4;
       f32.convert = false;
       double ncclUs[2], compUs[2];
       for (int i = 0; i < 2; ++i) {
-        const ClusterTimes ti = clusterModel(timed[i], f32, bits, bucket, curve, c, pipelineBytes,
+        f32.codeBytes = qsgdCodeBytes(timed[i], bits, bucket);
+        const ClusterTimes ti = clusterModel(timed[i], f32, bits, bucket, curve32, c, pipelineBytes,
                                              false, flatAlgo, middle);
         ncclUs[i] = ti.ncclUs;
         compUs[i] = ti.*comp;
@@ -856,7 +875,9 @@ ClusterTimes clusterModel(size_t count, const CallKind& kind, int bits, int buck
     t.hierUs = t.hierPipedUs = t.flatUs;
     t.hier = t.flat;
     t.hierPieces = flat != 3 ? flatPieces(count, bucket, c.ranks(), pipelineBytes) : 1;
-    t.hierPipelineBytes = t.hierPieces > 1 ? pipelineBytes : 0;
+    t.hierPipelineBytes =
+        t.hierPieces > 1 ? pieceBytesUsed(flat, count, bucket, c.ranks(), c.local, pipelineBytes)
+                         : 0;
     if (t.hierPieces > 1) {
       const double P = t.hierPieces;
       const KernelCosts pc = curve.at(codecLaunch(flat, count, c.ranks(), P),
@@ -892,9 +913,31 @@ ClusterTimes clusterModel(size_t count, const CallKind& kind, int bits, int buck
   };
   t.hierKernelUs = kernelUs(hs.work, hierCosts(1), (double)count);
   t.hierUs = gradcompClusterUs(t.hierKernelUs, t.hier, true, hs.latencySteps, c);
-  // Only a two-shot middle is cut into pieces (hier.cc, hierPieceCount).
-  t.hierPieces = mid == 1 ? hierPieces(count, bucket, c, pipelineBytes) : 1;
-  t.hierPipelineBytes = t.hierPieces > 1 ? pipelineBytes : 0;
+  // A two-shot middle pipelines the hierarchy (hier.cc, hierPieceCount); a
+  // ring middle is cut into its own pieces on the longest shard (ring.cc on
+  // the inter-node comm; hier.cc hierPieces), the same count; an allgather
+  // middle is not cut.
+  t.hierPieces = mid == 1 || mid == 2 ? hierPieces(count, bucket, c, pipelineBytes) : 1;
+  t.hierPipelineBytes =
+      t.hierPieces > 1 ? pieceBytesUsed(5, count, bucket, c.ranks(), c.local, pipelineBytes) : 0;
+  if (mid == 2 && t.hierPieces > 1) {
+    // The ring's pieces inside an unpipelined hierarchy: its kernels at the
+    // pieces' launch sizes in the two-stage pipeline of kernels and its
+    // inter-node bytes (K steps a piece, as the flat ring's), between the
+    // whole NVLink reduce-scatter and allgather; the widening, conversion
+    // and non-finite check (the rest of hier's work, elementwise) at the
+    // unpipelined launches, in turn with them.
+    const double P = t.hierPieces;
+    const KernelWork mw = hierMiddleWork(c.ranks(), c.local, mid, hk);
+    const double ringUs = kernelUs(mw, hierCosts(P), (double)count);
+    const double restUs = t.hierKernelUs - kernelUs(mw, hierCosts(1), (double)count);
+    t.hierPipedKernelUs = ringUs + restUs;
+    t.hierPipedUs = restUs + transferUs(t.hier.intra, c.intraGbps) +
+                    2.0 * (c.local - 1) * c.latencyUs +
+                    pipelinedClusterUs(ringUs, LinkBytes{0.0, t.hier.inter}, c.nodes, c, P);
+    decide(t, &ClusterTimes::hierPipedUs);
+    return t;
+  }
   CallKind piped = hk;
   piped.piped = t.hierPieces > 1;
   t.hierPipedKernelUs = kernelUs(algoShape(5, c.ranks(), c.local, mid, piped).work,
@@ -971,7 +1014,8 @@ ClusterTimes clusterReduceScatterModel(size_t recvCount, const CallKind& kind, i
     t.hierKernelUs = h.us;
     t.hierUs = gradcompClusterUs(t.hierKernelUs, t.hier, true, h.steps, c);
     t.hierPieces = hierReduceScatterPieces(recvCount, bucket, c, pipelineBytes);
-    t.hierPipelineBytes = t.hierPieces > 1 ? pipelineBytes : 0;
+    t.hierPipelineBytes =
+        t.hierPieces > 1 ? pieceBytesUsed(6, recvCount, bucket, n, g, pipelineBytes) : 0;
     if (t.hierPieces > 1) {
       const auto p = kernels(g, t.hierPieces, true);
       t.hierPipedKernelUs = p.us;
@@ -990,7 +1034,8 @@ ClusterTimes clusterReduceScatterModel(size_t recvCount, const CallKind& kind, i
     t.hierKernelUs = t.flatKernelUs;
     t.hierUs = t.flatUs;
     t.hierPieces = reduceScatterPieces(recvCount, bucket, n, pipelineBytes);
-    t.hierPipelineBytes = t.hierPieces > 1 ? pipelineBytes : 0;
+    t.hierPipelineBytes =
+        t.hierPieces > 1 ? pieceBytesUsed(6, recvCount, bucket, n, g, pipelineBytes) : 0;
     if (t.hierPieces > 1) {
       const auto p = kernels(1, t.hierPieces, false);
       t.hierPipedKernelUs = p.us;
@@ -1012,7 +1057,9 @@ ClusterTimes clusterReduceScatterModel(size_t recvCount, const CallKind& kind, i
   if (!decideAuto) {
     t.autoCompresses = comp < t.ncclUs;
   } else {
-    // autotune.cc timedCounts: input counts, whole blocks of N.
+    // autotune.cc timedCounts: input counts, whole blocks of N; fp32 Sums,
+    // their encodes fp32 ones whatever the row's type.
+    const KernelCurve curve32 = curve.fp32();
     size_t timed[2];
     double ncclUs[2], compUs[2];
     for (int i = 0; i < 2; ++i) {
@@ -1023,7 +1070,7 @@ ClusterTimes clusterReduceScatterModel(size_t recvCount, const CallKind& kind, i
       f32.convert = false;
       f32.codeBytes = qsgdCodeBytes(block, bits, bucket);
       const ClusterTimes ti =
-          clusterReduceScatterModel(block, f32, bits, bucket, curve, c, pipelineBytes, false);
+          clusterReduceScatterModel(block, f32, bits, bucket, curve32, c, pipelineBytes, false);
       ncclUs[i] = ti.ncclUs;
       compUs[i] = ti.hierPipedUs;
     }

@@ -128,6 +128,10 @@ struct KernelCurve {
   // elementwise passes' at `elementwise`.
   KernelCosts at(double codec, double peerEncode, double outDecode, double elementwise) const;
   bool clamped(double n) const { return !points.empty() && n < points.front().first; }
+  // The same curve for an fp32 buffer: every point's encode of the input at
+  // the fp32 encode's cost (encodeF32: the same kernel on fp32 input). What
+  // GRADCOMP_AUTO's timed calls run, whatever the row's type.
+  KernelCurve fp32() const;
 };
 // The elements one codec launch covers in a call of `count` elements (the
 // reduce-scatter's recvcount) run by `algo` on `nranks` ranks cut into
@@ -221,6 +225,10 @@ bool holdsState(int algo, int middle, const CallKind& kind);
 // one more step (the flag's allreduce).
 AlgoShape algoShape(int algo, int nranks, int local = 1, int middle = 1,
                     const CallKind& kind = CallKind());
+// The part of hier's work (algoShape(5)) its `middle` algorithm runs on the
+// fp32 shard among the nranks / local nodes: the rest is the widening, the
+// conversion and the non-finite check, elementwise passes alone.
+KernelWork hierMiddleWork(int nranks, int local, int middle, const CallKind& kind);
 // Whether the hierarchy splits `count` elements into `local` shards of
 // different lengths (splitAligned: whole buckets, the first ones longer).
 bool hierShardsPadded(size_t count, int bucket, int local);
@@ -373,8 +381,8 @@ double hierPipelinedUs(double kernelUs, const LinkBytes& b, double middleSteps, 
 double hierReduceScatterPipelinedUs(double kernelUs, const LinkBytes& b, double middleSteps,
                                     const Cluster& c, double pieces);
 // The pieces the library cuts a hierarchical call of `count` elements into on
-// c at pipelineBytes (0: off): the middle two-shot's pieces of the longest
-// shard, whose chunks among the K nodes are cut into pieces of
+// c at pipelineBytes (0: off): the middle two-shot's (or ring's) pieces of
+// the longest shard, whose chunks among the K nodes are cut into pieces of
 // ceil(pipelineBytes / 4 / K) elements rounded up to whole buckets.
 double hierPieces(size_t count, int bucket, const Cluster& c, size_t pipelineBytes);
 
@@ -404,16 +412,20 @@ double gradcompClusterUs(double kernelUs, const LinkBytes& b, bool stages, doubl
 // of >= 2 GPUs; else flat, pipelined where cut) is not below NCCL's, predicted as the library does
 // (plugin/autotune.cc, autoRange): a line through each path's times at the two
 // fp32 counts it times, NCCL's slope scaled by the element size
-// (autoCompresses: its choice). decideAuto false: the smaller of the two (the
-// timed calls' own times).
+// (autoCompresses: its choice). Those timed calls are fp32 Sums whatever the
+// row's type and op: their kernels at the fp32 costs (KernelCurve::fp32),
+// their codes' bytes at the timed counts. decideAuto false: the smaller of
+// the two (the timed calls' own times).
 struct ClusterTimes {
   double ncclUs = 0, flatUs = 0, hierUs = 0;
   double flatKernelUs = 0, hierKernelUs = 0;
   double hierPieces = 1, hierPipedUs = 0, autoUs = 0;
   bool autoCompresses = false;
   double hierPipedKernelUs = 0;  // the pipelined path's kernels (CallKind::piped)
-  // The GRADCOMP_PIPELINE_BYTES the pipelined hierarchy was cut at: 0 where
-  // it runs in one piece (hierPieces 1: the pipelined path not taken).
+  // The bytes one piece of the pipelined path covers as the library cuts it
+  // at pipelineBytes (pieceBytesUsed: above pipelineBytes where the library
+  // rounds it up to whole buckets or grows it to at most 1024 pieces); 0
+  // where it runs in one piece (hierPieces 1: the pipelined path not taken).
   size_t hierPipelineBytes = 0;
   LinkBytes nccl, flat, hier;
 };
@@ -425,9 +437,15 @@ struct ClusterTimes {
 // the allgather's kernels, bytes and one latency step; 2 (ring) the ring's
 // kernels (a decode, add and re-encode at each of its N-1 hops), N steps and
 // flatRingBytes at ringLinkUs flat, its kernels and K steps as the middle;
-// anything else two-shot's. Only a two-shot middle is cut into pieces
-// (hier.cc, hierPieceCount); any other is projected in one piece. Flat, the
-// library cuts two-shot and the ring (flatPieces), never the allgather.
+// anything else two-shot's. A two-shot middle pipelines the hierarchy
+// (hier.cc, hierPieceCount: hierPipelineSimUs); a ring middle is cut into
+// its own pieces (ring.cc on the inter-node comm, the same hierPieces)
+// inside an unpipelined hierarchy: the widening, the NVLink reduce-scatter,
+// the ring in the two-stage pipeline of pipelinedClusterUs (its kernels at
+// the pieces' launch sizes, its inter-node bytes, K steps a piece), the
+// NVLink allgather and the conversion, one after another; an allgather
+// middle is one piece. Flat, the library cuts two-shot and the ring
+// (flatPieces), never the allgather.
 ClusterTimes clusterModel(size_t count, const CallKind& kind, int bits, int bucket,
                           const KernelCurve& costs, const Cluster& c, size_t pipelineBytes = 0,
                           bool decideAuto = true, int flatAlgo = 1, int middle = 1);
@@ -488,8 +506,9 @@ double pipelinedClusterUs(double kernelUs, const LinkBytes& b, double latencySte
 //     model's, pipelinedModelUs); one piece: hierUs;
 //   autoUs: GRADCOMP_AUTO as the library decides a reduce-scatter: lines
 //     through both paths' times at the two timed input counts (2^18 and 2^23
-//     rounded down to whole blocks of N), fp32 Sum, NCCL's slope scaled by the
-//     element size; the compressed path is hierPipedUs's (the hierarchy's
+//     rounded down to whole blocks of N), fp32 Sum (its kernels at the fp32
+//     costs, KernelCurve::fp32), NCCL's slope scaled by the element size; the
+//     compressed path is hierPipedUs's (the hierarchy's
 //     where c is one, else the flat one's, pipelined where cut). decideAuto
 //     false: the smaller of the two.
 // The kernels are charged at the curve's costs at the launch sizes of each

@@ -379,9 +379,10 @@ void printProjection(const Options& o, const std::vector<Row>& rows) {
         "#  hier: the hierarchy (>= 2 nodes of >= 2 GPUs; elsewhere the library runs the flat "
         "algorithm: hier is flat's); hier|P: hier cut into P pieces (--model-pipe %zu), "
         "pipelined (each piece's NVLink reduce-scatter and allgather in turn on one node "
-        "stream; flat: a two-shot or ring cut as the library cuts it, two-shot on its two "
-        "streams, the ring each piece's kernels overlapping the transfer of the one before); "
-        "auto: GRADCOMP_AUTO's choice of the compressed time and NCCL's\n",
+        "stream; a ring middle: the ring's own pieces between the whole NVLink stages; flat: a "
+        "two-shot or ring cut as the library cuts it, two-shot on its two streams, the ring "
+        "each piece's kernels overlapping the transfer of the one before); auto: "
+        "GRADCOMP_AUTO's choice of the compressed time and NCCL's\n",
         o.modelPipelineBytes);
   // Names, then their units, as nccl-tests labels its columns (the x columns are ratios).
   const char* projectionColumns =

@@ -1619,6 +1619,102 @@ TEST(AutoTune, TheModelsAutoIsUnknownWithoutKernelCosts) {
   }
 }
 
+// GRADCOMP_AUTO times fp32 calls whatever the type of the call it then
+// decides (autotune.cc measure), so the model's choice for a bf16 call is the
+// one the lines through an fp32 call's figures at the two timed counts give,
+// whatever the bf16 encode costs: the row's curve with its encode far
+// cheaper, or far dearer, than the fp32 one gives the same choice, on the
+// flat layouts (where the call's own encode runs) and the hierarchies, for
+// the allreduce and the reduce-scatter. Before, the timed calls were charged
+// the bf16 encode: a cheap one made auto compress where the fp32 calls the
+// library times would pass.
+TEST(AutoTune, TheModelsTimedCallsAreFp32Ones) {
+  const int bits = 4, bucket = 512;
+  auto curveWithEncode = [](double encodeOverF32) {
+    gcbench::KernelCurve curve;
+    for (double n : {4096.0, 65536.0, 1048576.0, 16777216.0, 268435456.0}) {
+      // Microseconds an element (a byte), about a GPU's; a small launch dearer.
+      const double small = 1 + 4096.0 / n;
+      gcbench::KernelCosts k;
+      k.encodeF32 = 5e-6 * small;
+      k.encode = encodeOverF32 * k.encodeF32;
+      k.ownerEncode = 4e-6 * small;
+      k.decode = 2e-6 * small;
+      k.decodeAcc = 3e-6 * small;
+      k.elementwisePerByte = 4e-7 * small;
+      curve.add(n, k);
+    }
+    return curve;
+  };
+  const gcbench::KernelCurve cheap = curveWithEncode(0.05), dear = curveWithEncode(20.0);
+  gcbench::CallKind bf16;
+  bf16.elemBytes = 2;
+  bf16.convert = true;
+  bf16.fusedOut = bf16.fusedSum = gcbench::warpBucket(bucket);
+  // What the library times: fp32 Sums at the timed counts, their encodes fp32.
+  const size_t timed[2] = {size_t(1) << 18, size_t(1) << 23};
+  auto fp32At = [&](size_t count) {
+    gcbench::CallKind k = bf16;
+    k.elemBytes = 4;
+    k.convert = false;
+    k.codeBytes = gcbench::qsgdCodeBytes(count, bits, bucket);
+    return k;
+  };
+  // An fp32 row's curve: its encode of the input is the fp32 one.
+  const gcbench::KernelCurve f32 = curveWithEncode(1.0);
+  int compressed = 0, passed = 0;
+  for (const auto& layout : {std::make_pair(1, 4), std::make_pair(4, 1), std::make_pair(8, 1),
+                             std::make_pair(1, 8), std::make_pair(4, 8)}) {
+    for (double gbps : {25.0, 100.0, 400.0, 1600.0, 3200.0}) {
+      gcbench::Cluster c;
+      c.nodes = layout.first, c.local = layout.second, c.nodeGbps = gbps;
+      for (size_t pipe : {size_t(0), size_t(8) << 20}) {
+        for (size_t count = size_t(1) << 16; count <= size_t(1) << 28; count *= 4) {
+          SCOPED_TRACE(testing::Message() << c.nodes << " x " << c.local << " at " << gbps
+                                          << " Gb/s, pipe " << pipe << ", count " << count);
+          bf16.codeBytes = gcbench::qsgdCodeBytes(count, bits, bucket);
+          const gcbench::ClusterTimes a =
+              gcbench::clusterModel(count, bf16, bits, bucket, cheap, c, pipe);
+          const gcbench::ClusterTimes b =
+              gcbench::clusterModel(count, bf16, bits, bucket, dear, c, pipe);
+          double nccl[2], comp[2];
+          for (int i = 0; i < 2; ++i) {
+            const gcbench::ClusterTimes t = gcbench::clusterModel(timed[i], fp32At(timed[i]), bits,
+                                                                  bucket, f32, c, pipe, false);
+            nccl[i] = t.ncclUs, comp[i] = t.hierPipedUs;
+          }
+          const bool want = gcbench::autoCompresses(timed, nccl, comp, 2, count);
+          ASSERT_EQ(a.autoCompresses, want);
+          ASSERT_EQ(b.autoCompresses, want);
+          (want ? compressed : passed)++;
+          // The reduce-scatter: count elements out per rank, its timed input counts whole
+          // blocks of N.
+          const int n = c.ranks();
+          const gcbench::ClusterTimes ra =
+              gcbench::clusterReduceScatterModel(count, bf16, bits, bucket, cheap, c, pipe);
+          const gcbench::ClusterTimes rb =
+              gcbench::clusterReduceScatterModel(count, bf16, bits, bucket, dear, c, pipe);
+          size_t in[2];
+          for (int i = 0; i < 2; ++i) {
+            const size_t block = std::max<size_t>(timed[i] / n, 1);
+            in[i] = block * n;
+            const gcbench::ClusterTimes t = gcbench::clusterReduceScatterModel(
+                block, fp32At(block), bits, bucket, f32, c, pipe, false);
+            nccl[i] = t.ncclUs, comp[i] = t.hierPipedUs;
+          }
+          const bool rsWant = gcbench::autoCompresses(in, nccl, comp, 2, count * n);
+          ASSERT_EQ(ra.autoCompresses, rsWant);
+          ASSERT_EQ(rb.autoCompresses, rsWant);
+          (rsWant ? compressed : passed)++;
+        }
+      }
+    }
+  }
+  // Both choices made, so that the bf16 encode's cost could have moved them.
+  EXPECT_GT(compressed, 50);
+  EXPECT_GT(passed, 50);
+}
+
 // A figures record that does not hold usable figures is refused by name.
 TEST(AutoTune, ALoadedStateWithBadFiguresIsRefused) {
   std::vector<char> blob;
