@@ -20,16 +20,20 @@ gradcompResult_t passThrough(gradcompComm* c, bool keyed, uint64_t key, bool agr
   if (passesMomentum(*c, type, op))
     return momentumPassThrough(*c, kStateAllReduce, keyed, key, agreed, send, recv, count, type,
                                op);
+  BufferState* check = nullptr;
   if (agreed) {
     bool done = false;
-    GC_CHECK(
-        residualPassThrough(*c, kStateAllReduce, keyed, key, send, recv, count, type, op, &done));
+    GC_CHECK(residualPassThrough(*c, kStateAllReduce, keyed, key, send, recv, count, type, op,
+                                 &done, &check));
     if (done) return gradcompSuccess;
   }
-  // Counted once it went out, as a compressed call: a refused one is not.
-  const gradcompResult_t res = c->transport->passThrough(send, recv, count, type, op);
-  if (res == gradcompSuccess) c->stats.callsPassedThrough++;
-  return res;
+  // Counted once it went out (and was checked), as a compressed call: a
+  // refused one is not. A state the call could not carry (no workspace) is
+  // checked as its peers check theirs.
+  GC_CHECK(c->transport->passThrough(send, recv, count, type, op));
+  if (check) GC_CHECK(discardStateIfNonFinite(*c, *check, recv, count, check->dtype, false));
+  c->stats.callsPassedThrough++;
+  return gradcompSuccess;
 }
 
 // Top-k, DGC (sparse allgather) and rand-k.

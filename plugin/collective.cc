@@ -3,7 +3,9 @@
 
 #include <string.h>
 
+#include <array>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "algorithms/algorithms.h"
@@ -112,17 +114,51 @@ OwnerSpan allReduceOwnerSpan(const gradcompComm& c, size_t count) {
   return algo.ownerSpan != nullptr ? algo.ownerSpan(c, count) : OwnerSpan{};
 }
 
+// The state arrays discardStateIfNonFinite clears, with their lengths.
+std::array<std::pair<float*, size_t>, 3> feedbackArrays(const BufferState& s) {
+  return {{{s.residual, s.count}, {s.ownerResidual, s.ownerResidualCount}, {s.momentum, s.count}}};
+}
+
+// discardStateIfNonFinite in its two halves, which the pass-through below
+// runs apart: whether the state holds error feedback at all (else nothing is
+// checked); the output's flag in the backend's flag scratch (a
+// reduce-scatter's ORed over the ranks: an allreduce of a float); the clear
+// of the state where the flag is set.
+bool holdsFeedback(const BufferState& s) {
+  bool held = false;
+  for (const auto& a : feedbackArrays(s)) held |= a.first != nullptr && a.second > 0;
+  return held;
+}
+
+gradcompResult_t flagNonFiniteOutput(gradcompComm& c, const void* recv, size_t count, DType t,
+                                     bool reduceScatter) {
+  float* flag = c.backend->flagScratch();
+  GC_CHECK(c.backend->flagNonFinite(recv, t, count, flag));
+  if (reduceScatter) GC_CHECK(c.transport->passThrough(flag, flag, 1, ncclFloat32, ncclMax));
+  return gradcompSuccess;
+}
+
+gradcompResult_t clearStateIfFlagged(gradcompComm& c, BufferState& s) {
+  const float* flag = c.backend->flagScratch();
+  for (const auto& a : feedbackArrays(s)) {
+    if (a.first) GC_CHECK(c.backend->zeroIfFlagged(a.first, a.second, flag));
+  }
+  return gradcompSuccess;
+}
+
 // A call sent uncompressed with what the buffer's state carries: with
 // `momentum`, DGC's velocity (momentumPassThrough); without, the residual of
 // a buffer that earlier calls compressed, and the owner residual of the
 // allreduce chunk this rank reduced (residualPassThrough), then only when
 // that state exists and the workspace can be had (*done false otherwise:
-// the caller passes the call plainly).
+// the caller passes the call plainly, and where *check is set, then runs
+// discardStateIfNonFinite on that state).
 gradcompResult_t carriedPassThrough(gradcompComm& c, int kind, bool keyed, uint64_t key,
                                     bool agreed, const void* send, void* recv, size_t count,
-                                    ncclDataType_t type, ncclRedOp_t op, bool momentum,
-                                    bool* done) {
+                                    ncclDataType_t type, ncclRedOp_t op, bool momentum, bool* done,
+                                    BufferState** check) {
   *done = false;
+  *check = nullptr;
   const bool rs = kind == kStateReduceScatter;
   const size_t n = rs ? count * (size_t)c.nranks : count;
   DType t;
@@ -185,7 +221,8 @@ gradcompResult_t carriedPassThrough(gradcompComm& c, int kind, bool keyed, uint6
     // plainly and keeps its residual: what the ranks send still sums right.
     // Its peers decide nothing from that (it is this rank's alone), so it
     // still ends as they do, with the check of the output that clears the
-    // state where it is non-finite (a reduce-scatter's is a collective).
+    // state where it is non-finite (a reduce-scatter's is a collective): the
+    // caller runs it after its plain pass.
     auto it = c.states.find(stateKey(kind, keyed, key, recv, n, t));
     if (it == c.states.end() || it->second.residualSent) return gradcompSuccess;
     st = &it->second;
@@ -198,11 +235,7 @@ gradcompResult_t carriedPassThrough(gradcompComm& c, int kind, bool keyed, uint6
     if (st->residual == nullptr && owner.len == 0) return gradcompSuccess;
     if (c.ensureWorkspace(layoutWorkspace()) != gradcompSuccess) {
       clearError();
-      GC_CHECK(rs ? c.transport->reduceScatter(send, recv, count, type, op)
-                  : c.transport->passThrough(send, recv, n, type, op));
-      GC_CHECK(discardStateIfNonFinite(c, *st, recv, rs ? count : n, t, rs));
-      c.stats.callsPassedThrough++;
-      *done = true;
+      *check = st;
       return gradcompSuccess;
     }
     if (c.backend->capturing()) st->captured = true;
@@ -247,10 +280,16 @@ gradcompResult_t carriedPassThrough(gradcompComm& c, int kind, bool keyed, uint6
     return rs ? c.transport->reduceScatter(typed, recv, count, type, op)
               : c.transport->passThrough(typed, recv, n, type, op);
   };
-  if (const gradcompResult_t res = sendCarried(); res != gradcompSuccess) {
-    // A flush that did not go out leaves the residual as it was: the caller
-    // may retry the call with the same gradient. (The momentum pass's u has
-    // advanced; docs/reliability.md.)
+  // The output's flag is taken before the state is settled: a
+  // reduce-scatter's is an allreduce, and one that fails fails the call as a
+  // failed send does.
+  const bool held = holdsFeedback(*st);
+  gradcompResult_t res = sendCarried();
+  if (res == gradcompSuccess && held) res = flagNonFiniteOutput(c, recv, rs ? count : n, t, rs);
+  if (res != gradcompSuccess) {
+    // A flush that did not go out, or whose output's check failed, leaves the
+    // residual as it was: the caller may retry the call with the same
+    // gradient. (The momentum pass's u has advanced; docs/reliability.md.)
     if (!momentum && keep) (void)c.backend->copy(v, keep, n * sizeof(float));
     return res;
   }
@@ -265,14 +304,14 @@ gradcompResult_t carriedPassThrough(gradcompComm& c, int kind, bool keyed, uint6
   }
   if (momentum || st->residual) GC_CHECK(ops.settle(v, keep, nullptr, n, true));
   // Spent: the next passes of this buffer go plainly, at NCCL's cost (a
-  // non-finite output clears the rest of the state below).
+  // non-finite output clears the rest of the state below: the flag above).
   if (!momentum) st->residualSent = true;
   // u and v now hold this rank's own velocity over the whole buffer; a
   // hierarchical compressed call keeps them on its shard, of the node's sums.
   // Only a call that may compress at a retune (`agreed`: GRADCOMP_AUTO passed
   // it); a count under minElements is never compressed.
   if (momentum && agreed && (rs ? useHierReduceScatter(c) : useHier(c))) st->unsharded = true;
-  GC_CHECK(discardStateIfNonFinite(c, *st, recv, rs ? count : n, t, rs));
+  if (held) GC_CHECK(clearStateIfFlagged(c, *st));
   c.stats.callsPassedThrough++;
   *done = true;
   return gradcompSuccess;
@@ -284,18 +323,23 @@ gradcompResult_t momentumPassThrough(gradcompComm& c, int kind, bool keyed, uint
                                      bool agreed, const void* send, void* recv, size_t count,
                                      ncclDataType_t type, ncclRedOp_t op) {
   bool done = false;
-  return carriedPassThrough(c, kind, keyed, key, agreed, send, recv, count, type, op, true, &done);
+  BufferState* check = nullptr;  // only a residual pass leaves the check to its caller
+  return carriedPassThrough(c, kind, keyed, key, agreed, send, recv, count, type, op, true, &done,
+                            &check);
 }
 
 gradcompResult_t residualPassThrough(gradcompComm& c, int kind, bool keyed, uint64_t key,
                                      const void* send, void* recv, size_t count,
-                                     ncclDataType_t type, ncclRedOp_t op, bool* done) {
+                                     ncclDataType_t type, ncclRedOp_t op, bool* done,
+                                     BufferState** check) {
   *done = false;
+  *check = nullptr;
   if (op != ncclSum && op != ncclAvg) return gradcompSuccess;
   // Without error feedback, an allreduce may still hold an owner residual.
   if (!c.keepsResidual() && (kind != kStateAllReduce || !c.cfg.ownerResidual))
     return gradcompSuccess;
-  return carriedPassThrough(c, kind, keyed, key, true, send, recv, count, type, op, false, done);
+  return carriedPassThrough(c, kind, keyed, key, true, send, recv, count, type, op, false, done,
+                            check);
 }
 
 gradcompResult_t checkBuffers(const gradcompComm& c, const void* send, size_t sendCount,
@@ -498,18 +542,9 @@ gradcompResult_t finishCall(gradcompComm& c, BufferState& s, int algoId, size_t 
 
 gradcompResult_t discardStateIfNonFinite(gradcompComm& c, BufferState& s, const void* recv,
                                          size_t count, DType t, bool reduceScatter) {
-  const std::pair<float*, size_t> arrays[] = {
-      {s.residual, s.count}, {s.ownerResidual, s.ownerResidualCount}, {s.momentum, s.count}};
-  bool held = false;
-  for (const auto& a : arrays) held |= a.first != nullptr && a.second > 0;
-  if (!held) return gradcompSuccess;
-  float* flag = c.backend->flagScratch();
-  GC_CHECK(c.backend->flagNonFinite(recv, t, count, flag));
-  if (reduceScatter) GC_CHECK(c.transport->passThrough(flag, flag, 1, ncclFloat32, ncclMax));
-  for (const auto& a : arrays) {
-    if (a.first) GC_CHECK(c.backend->zeroIfFlagged(a.first, a.second, flag));
-  }
-  return gradcompSuccess;
+  if (!holdsFeedback(s)) return gradcompSuccess;
+  GC_CHECK(flagNonFiniteOutput(c, recv, count, t, reduceScatter));
+  return clearStateIfFlagged(c, s);
 }
 
 void recordBits(gradcompComm& c, int bits) {

@@ -127,7 +127,12 @@ gradcompResult_t momentumPassThrough(gradcompComm& c, int kind, bool keyed, uint
 // residual by nothing. Not for
 // a buffer without such a state, nor when the workspace cannot be had (the
 // residual then waits, as before 2026-12-05): *done false, the caller passes
-// the call plainly. fp16/bf16: v's rounding to the buffer type is not kept.
+// the call plainly, and in the second case then runs discardStateIfNonFinite
+// on *check (null in the first), as the peers that sent theirs check theirs
+// (a reduce-scatter's check is a collective). An exchange that fails, or the
+// reduce-scatter's flag allreduce after it, leaves the residual and the owner
+// residual as they were, for a retry of the call. fp16/bf16: v's rounding to
+// the buffer type is not kept.
 // An allreduce's owner residual (GRADCOMP_OWNER_RESIDUAL: two-shot, ring and
 // the hierarchy's middle stage) goes along too, added to v on the chunk this
 // rank reduced (Algorithm::ownerSpan), also without error feedback. Once per
@@ -135,7 +140,8 @@ gradcompResult_t momentumPassThrough(gradcompComm& c, int kind, bool keyed, uint
 // go plainly (BufferState::residualSent). Counted as passed through when done.
 gradcompResult_t residualPassThrough(gradcompComm& c, int kind, bool keyed, uint64_t key,
                                      const void* send, void* recv, size_t count,
-                                     ncclDataType_t type, ncclRedOp_t op, bool* done);
+                                     ncclDataType_t type, ncclRedOp_t op, bool* done,
+                                     BufferState** check);
 
 // DGC warm-up changes sizes by stage, which a captured graph cannot follow.
 gradcompResult_t checkWarmupCapture(const gradcompComm& c, const BufferState& s);

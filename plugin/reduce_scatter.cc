@@ -28,16 +28,20 @@ gradcompResult_t passThrough(gradcompComm* c, bool keyed, uint64_t key, bool agr
     return momentumPassThrough(*c, kStateReduceScatter, keyed, key, agreed, send, recv, recvCount,
                                type, op);
   }
+  BufferState* check = nullptr;
   if (agreed) {
     bool done = false;
     GC_CHECK(residualPassThrough(*c, kStateReduceScatter, keyed, key, send, recv, recvCount, type,
-                                 op, &done));
+                                 op, &done, &check));
     if (done) return gradcompSuccess;
   }
-  // Counted once it went out, as a compressed call: a refused one is not.
-  const gradcompResult_t res = c->transport->reduceScatter(send, recv, recvCount, type, op);
-  if (res == gradcompSuccess) c->stats.callsPassedThrough++;
-  return res;
+  // Counted once it went out (and was checked), as a compressed call: a
+  // refused one is not. A state the call could not carry (no workspace) is
+  // checked as its peers check theirs.
+  GC_CHECK(c->transport->reduceScatter(send, recv, recvCount, type, op));
+  if (check) GC_CHECK(discardStateIfNonFinite(*c, *check, recv, recvCount, check->dtype, true));
+  c->stats.callsPassedThrough++;
+  return gradcompSuccess;
 }
 
 gradcompResult_t reduceScatter(const void* send, void* recv, size_t recvCount, ncclDataType_t type,

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
 #include "gradcomp.h"
@@ -191,8 +192,21 @@ inline std::vector<float> finish(const std::vector<float>& sum, DType t, float d
   return out;
 }
 
+// A call whose output holds a NaN or an infinity (any rank's, for a
+// reduce-scatter) clears every rank's residual and owner residual
+// (collective.h, discardStateIfNonFinite; docs/reliability.md, "Non-finite
+// gradients"): called with each output of the call, after the call.
+inline void refDiscardIfNonFinite(std::vector<Rank>& R, const std::vector<float>& out) {
+  if (std::all_of(out.begin(), out.end(), [](float o) { return std::isfinite(o); })) return;
+  for (Rank& r : R) {
+    std::fill(r.residual.begin(), r.residual.end(), 0.0f);
+    std::fill(r.ownerRes.begin(), r.ownerRes.end(), 0.0f);
+  }
+}
+
 // Serial references of the three algorithms (one call, all ranks), written
-// from their description rather than from the library's code.
+// from their description rather than from the library's code; the residuals
+// of R are advanced, and cleared after a non-finite output.
 inline std::vector<float> refTwoShot(std::vector<Rank>& R, DType t, size_t n,
                                      const gradcompConfig_t& c, uint64_t step, bool avg) {
   const int N = (int)R.size(), d = c.bucketSize, b = c.bits;
@@ -233,7 +247,9 @@ inline std::vector<float> refTwoShot(std::vector<Rank>& R, DType t, size_t n,
                   d, gc::deriveKey(c.seed, step, j, 0x100000000ull), nearest(c), square(c));
     dec(e2, len, b, d, result.data() + lo, false);
   }
-  return finish(result, t, avg ? (float)N : 1.0f);
+  std::vector<float> out = finish(result, t, avg ? (float)N : 1.0f);
+  refDiscardIfNonFinite(R, out);
+  return out;
 }
 
 inline std::vector<float> refRing(std::vector<Rank>& R, DType t, size_t n,
@@ -266,7 +282,9 @@ inline std::vector<float> refRing(std::vector<Rank>& R, DType t, size_t n,
       }
     }
   }
-  return finish(result, t, avg ? (float)N : 1.0f);
+  std::vector<float> out = finish(result, t, avg ? (float)N : 1.0f);
+  refDiscardIfNonFinite(R, out);
+  return out;
 }
 
 inline std::vector<float> refAllgather(std::vector<Rank>& R, DType t, size_t n,
@@ -278,7 +296,9 @@ inline std::vector<float> refAllgather(std::vector<Rank>& R, DType t, size_t n,
                  c.bucketSize, gc::deriveKey(c.seed, step, i, 0), nearest(c), square(c));
     dec(e, n, c.bits, c.bucketSize, acc.data(), i != 0);
   }
-  return finish(acc, t, avg ? (float)N : 1.0f);
+  std::vector<float> out = finish(acc, t, avg ? (float)N : 1.0f);
+  refDiscardIfNonFinite(R, out);
+  return out;
 }
 
 // The reference of the dense algorithm `algo` (two-shot, ring or allgather).

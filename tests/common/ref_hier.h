@@ -30,7 +30,8 @@ inline std::vector<float> nodeShardSum(const std::vector<std::vector<float>>& x,
 
 // QSGD: `mid` is the flat algorithm across nodes (twoshot, ring or allgather).
 // R holds every rank's input and state (residual over the whole buffer,
-// owner residual), updated as the library updates them.
+// owner residual), updated as the library updates them (cleared after a
+// non-finite output).
 inline std::vector<float> refHier(std::vector<Rank>& R, DType t, size_t n,
                                   const gradcompConfig_t& c, uint64_t step, bool avg, int L,
                                   gradcompAlgo_t mid) {
@@ -62,7 +63,10 @@ inline std::vector<float> refHier(std::vector<Rank>& R, DType t, size_t n,
     }
     std::copy(out.begin(), out.end(), sum.begin() + lo);
   }
-  return finish(sum, t, avg ? (float)N : 1.0f);
+  // Every rank clears its whole state (all shards) on a non-finite output.
+  std::vector<float> res = finish(sum, t, avg ? (float)N : 1.0f);
+  refDiscardIfNonFinite(R, res);
+  return res;
 }
 
 // Sparse methods: g[r] is rank r's input as floats (exact values of type t);

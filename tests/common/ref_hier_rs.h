@@ -42,7 +42,8 @@ inline std::vector<float> hierRsNodeSums(const std::vector<std::vector<float>>& 
 }
 
 // QSGD. R[i].residual holds N*m floats and is advanced (only the slice of
-// rank i's local rank is used). Returns each rank's block.
+// rank i's local rank is used; all of it cleared when any block is not
+// finite). Returns each rank's block.
 inline std::vector<std::vector<float>> refHierReduceScatter(std::vector<Rank>& R, DType t, size_t m,
                                                             const gradcompConfig_t& c, int bits,
                                                             uint64_t step, bool avg, int L,
@@ -68,6 +69,8 @@ inline std::vector<std::vector<float>> refHierReduceScatter(std::vector<Rank>& R
       out[at[n * L + l]] = finish(o[n], t, avg ? (float)N : 1.0f);
     }
   }
+  // Every rank clears its whole residual (all slices) when any block is not finite.
+  for (const std::vector<float>& o : out) refDiscardIfNonFinite(R, o);
   return out;
 }
 

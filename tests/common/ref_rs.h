@@ -18,7 +18,8 @@ namespace ref {
 // QSGD: rank i encodes block j (g + residual, error feedback) with the key
 // (seed, step, i, j) for every j != i, keeps block i in full precision (its
 // residual there spent); owner j sums in rank order in fp32, converts once.
-// R[i].residual holds N*m floats and is advanced. Returns each rank's block.
+// R[i].residual holds N*m floats and is advanced (every rank's cleared when
+// any block is not finite). Returns each rank's block.
 inline std::vector<std::vector<float>> refReduceScatter(std::vector<Rank>& R, DType t, size_t m,
                                                         const gradcompConfig_t& c, int bits,
                                                         uint64_t step, bool avg) {
@@ -52,6 +53,7 @@ inline std::vector<std::vector<float>> refReduceScatter(std::vector<Rank>& R, DT
     }
     out[j] = finish(acc, t, avg ? (float)N : 1.0f);
   }
+  for (const std::vector<float>& o : out) refDiscardIfNonFinite(R, o);
   return out;
 }
 

@@ -1107,14 +1107,18 @@ TEST(AutoTune, ARankShortOfWorkspaceStillChecksThePassedOutput) {
 
 // A passed call spends the residual once (BufferState::residualSent): a comm
 // resumed from a state saved after that call passes the next calls plainly
-// too, bit for bit as the saved comm does (the pass here came back
-// non-finite, so it cleared the state: nothing is left to send again).
+// too, bit for bit as the saved comm does. A pass leaves no residual (sent,
+// or cleared by a non-finite output), so the saved comms first get back the
+// residual and owner residual of the ordinary compressed call before it, as
+// a state saved by the build of 2026-12-05 held what a non-finite element
+// kept: a comm that sent them again (the saved one, or the resumed one that
+// lost the flag) puts out other values and leaves another state.
 TEST(AutoTune, AResumedCommDoesNotSendASpentResidualAgain) {
   const int N = 3;
   const size_t n = 4096;
   std::vector<std::vector<float>> buf(N, std::vector<float>(n));  // the state's key: one address
-  auto call = [&](gctest::CpuWorld& w, uint64_t seed, size_t bad) {
-    allReduceWithInf(w, buf, seed, bad);
+  auto call = [&](gctest::CpuWorld& w, uint64_t seed) {
+    allReduceWithInf(w, buf, seed, n);
     return buf;
   };
   std::vector<std::vector<char>> blobs(N);
@@ -1122,15 +1126,32 @@ TEST(AutoTune, AResumedCommDoesNotSendASpentResidualAgain) {
   {
     gctest::CpuWorld w(N, autoConfig(1));
     for (int r = 0; r < N; ++r) gc::autoInjectFigures(w.comm(r), kCompressWins);
-    call(w, 41, n);
+    call(w, 41);
+    std::vector<std::vector<float>> kept(N), keptOwner(N);
+    bool nonzero = false;
+    for (int r = 0; r < N; ++r) {
+      kept[r] = residualOf(w.comm(r), n);
+      keptOwner[r] = ownerResidualOf(w.comm(r), n);
+      ASSERT_EQ(kept[r].size(), n) << r;
+      for (float x : kept[r]) nonzero = nonzero || x != 0.0f;
+    }
+    ASSERT_TRUE(nonzero) << "the compressed call left no residual";
     for (int r = 0; r < N; ++r) gc::autoInjectFigures(w.comm(r), kNcclWins);
     auto res = w.run([&](int r) { return gradcompCommRetune(w.comm(r), nullptr); });
     for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
-    const size_t bad = ownerPlaceOf(w.comm(1), n).first;
-    call(w, 42, bad);  // passed: the residual sent, then cleared (a non-finite output)
-    for (float x : residualOf(w.comm(0), n)) ASSERT_EQ(x, 0.0f);
-    for (int r = 0; r < N; ++r) blobs[r] = blobOf(w.comm(r));
-    want = call(w, 43, n);  // passed plainly
+    call(w, 42);  // passed: the residual sent
+    for (int r = 0; r < N; ++r) {
+      for (auto& kv : w.comm(r)->states) {
+        gc::BufferState& s = kv.second;
+        if (s.count != n) continue;
+        ASSERT_TRUE(s.residualSent) << r;
+        for (size_t i = 0; i < n; ++i) ASSERT_EQ(s.residual[i], 0.0f) << "rank " << r;
+        std::copy(kept[r].begin(), kept[r].end(), s.residual);
+        std::copy(keptOwner[r].begin(), keptOwner[r].end(), s.ownerResidual);
+      }
+      blobs[r] = blobOf(w.comm(r));
+    }
+    want = call(w, 43);  // passed plainly
     for (int r = 0; r < N; ++r) EXPECT_EQ(blobOf(w.comm(r)), blobs[r]) << r;
   }
   gctest::CpuWorld resumed(N, autoConfig(1));
@@ -1140,7 +1161,7 @@ TEST(AutoTune, AResumedCommDoesNotSendASpentResidualAgain) {
     return gradcompCommLoadState(resumed.comm(r), blobs[r].data(), blobs[r].size());
   });
   for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
-  const auto got = call(resumed, 43, n);
+  const auto got = call(resumed, 43);
   for (int r = 0; r < N; ++r) {
     EXPECT_EQ(stats(resumed.comm(r)).callsAutoPassed, 1u) << r;
     size_t differ = 0;
@@ -1153,6 +1174,61 @@ TEST(AutoTune, AResumedCommDoesNotSendASpentResidualAgain) {
 TEST(AutoTune, AFailedPassKeepsTheResidualForTheRetry) {
   expectAFailedPassKeepsTheResidual(false);
   expectAFailedPassKeepsTheResidual(true);
+}
+
+// A reduce-scatter flush whose exchange went out but whose output's check
+// failed (the allreduce of its non-finite flag, every rank alike) fails the
+// call and leaves the residual as it was, as a failed exchange does: the
+// retry sends it once. Before, the residual was spent and marked sent by
+// then, so the retry went plainly and what it held was lost.
+TEST(AutoTune, AReduceScatterFlushWhoseCheckFailsKeepsTheResidual) {
+  const int N = 3;
+  const size_t m = 1536, n = N * m;
+  gctest::CpuWorld w(N, autoConfig(1));
+  std::vector<FailingPassTransport*> tr(N);
+  for (int r = 0; r < N; ++r) {
+    gradcompComm_t c = w.comm(r);
+    tr[r] = new FailingPassTransport(std::move(c->transport));
+    c->transport.reset(tr[r]);
+    gc::autoInjectFigures(c, kCompressWins);
+  }
+  std::vector<std::vector<float>> in(N), out(N, std::vector<float>(m));
+  auto call = [&](uint64_t seed) {
+    for (int r = 0; r < N; ++r) in[r] = gctest::normal(n, seed + (uint64_t)r);
+    return w.run([&](int r) {
+      return gradcompReduceScatterKeyed(in[r].data(), out[r].data(), m, ncclFloat32, ncclSum,
+                                        w.comm(r), nullptr, 9);
+    });
+  };
+  for (gradcompResult_t rc : call(31)) ASSERT_EQ(rc, gradcompSuccess) << gradcompGetLastError();
+  for (int r = 0; r < N; ++r) gc::autoInjectFigures(w.comm(r), kNcclWins);
+  auto res = w.run([&](int r) { return gradcompCommRetune(w.comm(r), nullptr); });
+  for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
+  std::vector<std::vector<float>> carry(N);
+  bool carried = false;
+  for (int r = 0; r < N; ++r) {
+    carry[r] = residualOf(w.comm(r), n);
+    ASSERT_EQ(carry[r].size(), n);
+    for (float x : carry[r]) carried = carried || x != 0.0f;
+    tr[r]->armed = true;
+  }
+  ASSERT_TRUE(carried) << "a compressed reduce-scatter left no residual";
+  for (gradcompResult_t rc : call(32)) EXPECT_EQ(rc, gradcompInternalError);
+  for (int r = 0; r < N; ++r) {
+    EXPECT_TRUE(residualOf(w.comm(r), n) == carry[r]) << "rank " << r << ": the residual moved";
+    EXPECT_EQ(stats(w.comm(r)).callsPassedThrough, 0u) << r;
+    tr[r]->armed = false;
+  }
+  for (gradcompResult_t rc : call(32)) ASSERT_EQ(rc, gradcompSuccess) << gradcompGetLastError();
+  for (int r = 0; r < N; ++r) {
+    for (size_t k = 0; k < m; ++k) {
+      float want = 0.0f;
+      for (int q = 0; q < N; ++q) want += in[q][r * m + k] + carry[q][r * m + k];
+      ASSERT_EQ(out[r][k], want) << "rank " << r << " element " << k;
+    }
+    for (float x : residualOf(w.comm(r), n)) ASSERT_EQ(x, 0.0f) << "rank " << r;
+    EXPECT_EQ(stats(w.comm(r)).callsPassedThrough, 1u) << r;
+  }
 }
 
 TEST(AutoTune, APassedCallSendsTheResidualAlong) {

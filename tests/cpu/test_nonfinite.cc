@@ -10,7 +10,8 @@
 // calls is bit-identical to the reference; (3) the next calls, with finite
 // gradients, give finite outputs on every rank. The same holds for finite
 // gradients whose sum overflows (OverflowingSumDoesNotComeBackThroughError-
-// Feedback, every method).
+// Feedback, every method; for QSGD also bit for bit against its references,
+// QsgdOverflowingStepEqualsTheReferences).
 #include <gtest/gtest.h>
 #include <math.h>
 #include <string.h>
@@ -18,12 +19,16 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "gradcomp.h"
+#include "plugin/checks.h"
 #include "plugin/comm.h"
 #include "tests/common/cpu_world.h"
+#include "tests/common/forwarding_transport.h"
 #include "tests/common/ref_hier.h"
 #include "tests/common/ref_hier_rs.h"
 #include "tests/common/ref_rs.h"
@@ -489,6 +494,170 @@ TEST(NonFinite, OverflowingSumDoesNotComeBackThroughErrorFeedback) {
       }
     }
   }
+}
+
+}  // namespace
+
+namespace {
+
+// Every rank's inputs of overflowGradient at `step` (n elements, in type t),
+// as the references take them (gctest::loadStep gives them the residuals).
+std::vector<Rank> overflowInputs(int N, size_t n, DType t, int step) {
+  std::vector<Rank> in(N);
+  for (int r = 0; r < N; ++r) {
+    overflowGradient(N, r, step, t, n, &in[r].f32);
+    if (t == DType::F16) {
+      in[r].half.resize(n);
+      for (size_t i = 0; i < n; ++i) in[r].half[i] = gc::floatToHalf(in[r].f32[i]);
+    }
+  }
+  return in;
+}
+
+// Every state array of the comm's buffers (residual, owner residual) holds zeros only.
+bool stateCleared(gradcompComm_t c) {
+  for (const auto& kv : c->states) {
+    const gc::BufferState& s = kv.second;
+    for (size_t i = 0; s.residual && i < s.count; ++i)
+      if (s.residual[i] != 0.0f) return false;
+    for (size_t i = 0; s.ownerResidual && i < s.ownerResidualCount; ++i)
+      if (s.ownerResidual[i] != 0.0f) return false;
+  }
+  return true;
+}
+
+// QSGD (two-shot, ring, reduce-scatter; flat and L = 2 hierarchical) over
+// kOverflowSteps calls, the one at kOverflowStep overflowing the type: every
+// output, and the flat calls' residuals, bit for bit the serial references'
+// (tests/common/ref_algos.h, ref_rs.h, ref_hier.h, ref_hier_rs.h), which clear
+// every rank's residual and owner residual after a non-finite output.
+// Without the library's clear the calls after the overflow carry its huge
+// leftovers and differ from the references; without the references' clear,
+// the other way round.
+void checkQsgdOverflowAgainstReference(gradcompAlgo_t algo, bool rs, int L, DType t) {
+  SCOPED_TRACE(testing::Message() << (rs                         ? "reduce-scatter"
+                                      : algo == gradcompAlgoRing ? "ring"
+                                                                 : "two-shot")
+                                  << " L=" << L << (t == DType::F32 ? " fp32" : " fp16"));
+  const int N = 4;
+  const size_t m = 1536, n = rs ? N * m : 4096;
+  gradcompConfig_t cfg = gctest::qsgdTestConfig();
+  cfg.algo = algo;
+  cfg.localSize = L;
+  cfg.cpuTimeoutSec = 10.0f;
+  gctest::CpuWorld w(N, cfg);
+  std::vector<Rank> held(N);
+  for (Rank& r : held) r.residual.assign(n, 0.0f), r.ownerRes.assign(n, 0.0f);
+  std::vector<Rank> bufs = overflowInputs(N, n, t, 0);  // the same buffers every call
+  gctest::RsOutputs outs(N, m);
+  for (int step = 0; step < kOverflowSteps; ++step) {
+    std::vector<Rank> in = overflowInputs(N, n, t, step);
+    gctest::loadStep(in, held, bufs);
+    const auto res =
+        rs ? outs.run(w, bufs, t, m, false, false) : gctest::allReduceInPlace(w, bufs, t, n, false);
+    for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
+    std::vector<std::vector<float>> expect;
+    if (rs) {
+      expect = L > 1 ? refHierReduceScatter(held = in, t, m, cfg, cfg.bits, step, false, L)
+                     : refReduceScatter(held = in, t, m, cfg, cfg.bits, step, false);
+    } else {
+      expect.assign(N, L > 1 ? refHier(held = in, t, n, cfg, step, false, L,
+                                       gctest::effectiveAlgo(algo, N / L))
+                             : refDense(held = in, t, n, cfg, step, false, algo));
+    }
+    bool anyBad = false;
+    for (int r = 0; r < N; ++r) {
+      const std::vector<float> got = rs ? outs.read(bufs[r], r, t, m, false) : widen(bufs[r], t, n);
+      ASSERT_EQ(memcmp(got.data(), expect[r].data(), got.size() * 4), 0)
+          << "rank " << r << " step " << step;
+      anyBad |= countNonFinite(got) > 0;
+      if (L == 1) {
+        const float* resid =
+            rs ? gctest::rsResidual(w.comm(r)) : stateOf(w.comm(r), false)->residual;
+        ASSERT_EQ(memcmp(resid, held[r].residual.data(), n * 4), 0)
+            << "residual of rank " << r << " step " << step;
+      }
+      if (step == kOverflowStep) EXPECT_TRUE(stateCleared(w.comm(r))) << "rank " << r;
+    }
+    // The overflowing call's output is not finite (else this tests nothing), the others are.
+    ASSERT_EQ(anyBad, step == kOverflowStep) << "step " << step;
+  }
+}
+
+TEST(NonFinite, QsgdOverflowingStepEqualsTheReferences) {
+  for (int L : {1, 2})
+    for (DType t : {DType::F32, DType::F16}) {
+      checkQsgdOverflowAgainstReference(gradcompAlgoTwoShot, false, L, t);
+      checkQsgdOverflowAgainstReference(gradcompAlgoRing, false, L, t);
+      checkQsgdOverflowAgainstReference(gradcompAlgoAuto, true, L, t);
+    }
+}
+
+// A transport whose allreduce of a float (the non-finite flag's max), on
+// every rank alike, fails while armed.
+class FailingFlagTransport final : public gctest::ForwardingTransport {
+ public:
+  using ForwardingTransport::ForwardingTransport;
+  bool armed = false;
+  gradcompResult_t passThrough(const void* send, void* recv, size_t count, ncclDataType_t type,
+                               ncclRedOp_t op) override {
+    if (armed && count == 1 && op == ncclMax)
+      return gc::setError(gradcompSystemError, "test: the flag's allreduce failed");
+    return ForwardingTransport::passThrough(send, recv, count, type, op);
+  }
+};
+
+// A compressed reduce-scatter whose output's check fails (the allreduce of
+// its flag, after the exchange) fails on every rank and takes no step: the
+// step counter, the buffer's call count and the stats stay, while the
+// residual is advanced as the exchange left it (docs/reliability.md, the
+// exception for a failure after the encode), bit for bit the reference's
+// advance. The next call, at the same step, goes on from there.
+TEST(NonFinite, AReduceScatterWhoseCheckFailsTakesNoStep) {
+  const int N = 3;
+  const size_t m = 1000, n = N * m;
+  gradcompConfig_t cfg = gctest::qsgdTestConfig();
+  cfg.cpuTimeoutSec = 10.0f;
+  gctest::CpuWorld w(N, cfg);
+  std::vector<FailingFlagTransport*> tr(N);
+  for (int r = 0; r < N; ++r) {
+    gradcompComm_t c = w.comm(r);
+    tr[r] = new FailingFlagTransport(std::move(c->transport));
+    c->transport.reset(tr[r]);
+  }
+  std::vector<Rank> held = makeInputs(N, n, DType::F32, 5), bufs = held;
+  gctest::RsOutputs outs(N, m);
+  // Call `call` at `step` with fresh inputs: the reference advanced alike.
+  auto run = [&](int call, uint64_t step, gradcompResult_t want) {
+    std::vector<Rank> in = makeInputs(N, n, DType::F32, 100 + call);
+    gctest::loadStep(in, held, bufs);
+    const auto res = outs.run(w, bufs, DType::F32, m, false, false);
+    for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], want) << "rank " << r << " call " << call;
+    const auto expect = refReduceScatter(held = in, DType::F32, m, cfg, cfg.bits, step, false);
+    for (int r = 0; r < N; ++r) {
+      if (want == gradcompSuccess) {
+        const std::vector<float> got = outs.read(bufs[r], r, DType::F32, m, false);
+        ASSERT_EQ(memcmp(got.data(), expect[r].data(), m * 4), 0)
+            << "rank " << r << " call " << call;
+      }
+      ASSERT_EQ(memcmp(gctest::rsResidual(w.comm(r)), held[r].residual.data(), n * 4), 0)
+          << "residual of rank " << r << " call " << call;
+    }
+  };
+  ASSERT_NO_FATAL_FAILURE(run(0, 0, gradcompSuccess));
+  for (auto* t : tr) t->armed = true;
+  ASSERT_NO_FATAL_FAILURE(run(1, 1, gradcompSystemError));
+  for (int r = 0; r < N; ++r) {
+    gradcompComm_t c = w.comm(r);
+    EXPECT_EQ(c->step, 1u) << r;
+    EXPECT_EQ(stateOf(c, true)->calls, 1u) << r;
+    gradcompStats_t st;
+    ASSERT_EQ(gradcompGetStats(c, &st), gradcompSuccess);
+    EXPECT_EQ(st.callsCompressed, 1u) << r;
+    EXPECT_EQ(st.callsReduceScatter, 1u) << r;
+    tr[r]->armed = false;
+  }
+  ASSERT_NO_FATAL_FAILURE(run(2, 1, gradcompSuccess));
 }
 
 }  // namespace
