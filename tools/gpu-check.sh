@@ -462,7 +462,7 @@ fi
 # --- gradcomp.torch: the DDP hook's GPU checks on the MLP, then the GPT head-to-head
 # against PowerSGD and fp16 (tools/lm_compare.py says what it runs)
 # 20 epochs: by the H100's DDP timings (tools/torch_hooks_check.py's estimate_s) the six DDP
-# runs then take ~220 s of the 405 and the FSDP2 pair ~130 s (each judged, before it runs, by
+# runs then take ~230 s of the 405 and the FSDP2 pair ~130 s (each judged, before it runs, by
 # the longest run of its kind so far); the HSDP pair would not fit after them and runs in the
 # fsdp group's torch_hooks_hsdp step. GC_PLAN=1 prints each run's estimate and verdict.
 want torch_hooks && fresh "$raw/torch_hooks.json" "$raw/torch_hooks.md"

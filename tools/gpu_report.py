@@ -569,6 +569,11 @@ def main():
         "ddp_hook_qsgd4_acc_delta_pts": hooks.get("ddp_hook_qsgd4_acc_delta_pts"),
         "torch_hook_exact_bitwise": hooks.get("torch_hook_exact_bitwise"),
         "torch_hook_scaler_bitwise": hooks.get("torch_hook_scaler_bitwise"),
+        # torch's hook wrappers around the hook (hook_exact): fp16_compress_wrapper through
+        # register_ddp_hook(wrap=), and ZeRO's overlap_with_ddp (null and why where skipped).
+        "torch_hook_wrap_fp16_bitwise": hooks.get("torch_hook_wrap_fp16_bitwise"),
+        "torch_hook_zero_overlap_params_equal": hooks.get("torch_hook_zero_overlap_params_equal"),
+        "torch_hook_zero_overlap_skipped": hooks.get("torch_hook_zero_overlap_skipped"),
         "torch_hook_vs_preload_bytes_equal": hooks.get("torch_hook_vs_preload_bytes_equal"),
         "torch_hook_resume_bitwise": hooks.get("torch_hook_resume_bitwise"),
         "torch_hook_abort_refuses_after": hooks.get("torch_hook_abort_refuses_after"),

@@ -19,11 +19,27 @@ Then the hook with grad_scaler (GradcompState(grad_scaler=...)) on the same grad
 by 1024, 512, 4096 and 0.5, against a state without it on the unscaled ones: every result
 must be the scale times the unscaled one, bit for bit (scaler_bitwise).
 
+Then two of torch's tools around the hook on a real DDP (a small MLP in several buckets):
+wrap_*: register_ddp_hook(ddp, state, wrap=fp16_compress_wrapper) for 4 steps, each call's
+half-precision bucket and gradcomp's result recorded inside the wrapper; every result must be,
+bit for bit, the serial reference of the half-precision buckets the ranks handed on (as above,
+in that type: the mean x0/2 + x1/2, one rounding, and the CPU world's keyed Avg allreduce in the
+hook's call order), and every gradient DDP leaves the result cast back. zero_overlap_*:
+ZeroRedundancyOptimizer(SGD, overlap_with_ddp=True) stepping inside torch's hook_with_zero_step
+around gradcomp's hook (wrap=), 6 steps, against plain SGD after the same hook on a second DDP
+of the same model. torch's overlap learns DDP's rebuilt buckets over the first two steps
+(static_graph=False) and updates from the third, so the reference steps from the third too;
+then both apply p - lr * g (foreach=False in both: the same kernel) to the same gradients of the
+same parameters, and the owner's update reaches the other rank by broadcast: the parameters
+after every step must be the same bits. torch refuses hook_with_zero_step on gloo (it may hang
+there), so --device cpu runs the reference alone and reports the overlap "skipped on gloo".
+
 Usage: hook_exact_rank.py --out JSON [--device cpu]; launched as 2 ranks with the env://
 variables by tools/gc_ranks.py (one NCCL_HOSTID per rank, all on one GPU).
 """
 import argparse
 import sys
+import traceback
 import warnings
 
 import gc_ranks
@@ -34,6 +50,10 @@ N, START, STEPS = 2, 1, 4
 RS_OPS = ("avg", "sum", "avg")
 RS_ELEMENTS = 1000  # per rank: two QSGD buckets of 512, the second a tail
 SPIN_CYCLES = 20_000_000  # ~10 ms of a GPU clock: the producer is late on its stream
+WRAP_STEPS = 4  # DDP steps through register_ddp_hook(wrap=fp16_compress_wrapper)
+ZERO_STEPS, ZERO_FIRST_UPDATE = 6, 2  # torch's overlap does not update in its first 2 steps
+LR = 0.1
+CLASSES = 8  # the last layer's 512-element weight: below layer_min_size, full precision
 
 
 def config():
@@ -237,8 +257,195 @@ def reference(state, buckets, rs_key):
 
 
 def differ(a, b):
-    """Elements whose bits differ (NaN is a value like any other here)."""
-    return int((a.view(torch.int32) != b.view(torch.int32)).sum())
+    """Elements whose bits differ (NaN is a value like any other here); all of them where the
+    types or shapes differ."""
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return max(a.numel(), b.numel())
+    bits = torch.int16 if a.element_size() == 2 else torch.int32
+    return int((a.view(bits) != b.view(bits)).sum())
+
+
+def ddp_model(dev):
+    """A small MLP, the same on every rank, in DDP: one bucket of the whole model in the first
+    step, then (rebuilt at 5 KB) two mixed ones, each a compressed weight beside a bias or a
+    small weight in full precision. Every parameter's size is a multiple of 64 elements, so
+    that each starts 256 bytes into ZeRO's flat buckets (overlap_with_ddp moves the parameters
+    there) as into an allocation of its own: the GEMMs pick their kernels by alignment, and the
+    reference's must be the same."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64, bias=False),
+        torch.nn.ReLU(), torch.nn.Linear(64, CLASSES, bias=False)).to(dev)
+    return model, DDP(model, device_ids=[dev.index] if dev.type == "cuda" else None,
+                      bucket_cap_mb=0.005)
+
+
+def backward(ddp, step, rank, dev):
+    """One step's forward and backward on this rank's own batch, the gradients set afresh."""
+    g = torch.Generator().manual_seed(7000 + 10 * step + rank)
+    x, y = torch.randn(16, 32, generator=g), torch.randint(0, CLASSES, (16,), generator=g)
+    ddp.module.zero_grad(set_to_none=True)
+    torch.nn.functional.cross_entropy(ddp(x.to(dev)), y.to(dev)).backward()
+
+
+def params_now(model):
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()]).cpu()
+
+
+def run_wrapped(backend, dev, rank):
+    """register_ddp_hook(wrap=fp16_compress_wrapper): the hook's calls as the wrapper makes
+    them (a recorder between the wrapper and gradcomp's hook), each with its half-precision
+    input, gradcomp's result, the plan and the step; and the elements of the gradients DDP left
+    that are not the result cast back. None where this PyTorch has no fp16_compress_wrapper."""
+    try:
+        from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import \
+            fp16_compress_wrapper
+    except ImportError as e:
+        return None, f"skipped: this PyTorch has no fp16_compress_wrapper ({e})"
+    import gradcomp.torch as gct
+
+    model, ddp = ddp_model(dev)
+    state = gct.GradcompState(module=model, start_iter=START, backend=backend, config=config())
+    calls = []
+
+    def recorded(hook):
+        def recording(st, bucket):
+            rec = {"step": step, "compressed": st.iter >= st.start_iter,
+                   "input": bucket.buffer().clone(), "params": bucket.parameters()}
+            fut = hook(st, bucket)
+            if rec["compressed"]:
+                plan = st._plan(bucket)  # the hook's own, made in the call
+                rec.update(comp=plan["comp"], key=plan["key"], comp_n=plan["comp_n"])
+            calls.append(rec)
+
+            def done(f):
+                rec["output"] = f.value().clone()
+                return f.value()
+
+            return fut.then(done)
+        return recording
+
+    gct.register_ddp_hook(ddp, state, wrap=lambda hook: fp16_compress_wrapper(recorded(hook)))
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    grads_bad = grads_checked = 0
+    for step in range(WRAP_STEPS):
+        backward(ddp, step, rank, dev)
+        for rec in calls:
+            if rec["step"] == step:
+                got = torch.cat([p.grad.reshape(-1) for p in rec["params"]]).cpu()
+                grads_bad += differ(got, rec["output"].cpu().float())
+                grads_checked += len(rec["params"])
+        opt.step()
+    out = {"calls": [{k: (v.cpu() if torch.is_tensor(v) else v) for k, v in rec.items()
+                      if k != "params"} for rec in calls],
+           "grads_bad": grads_bad, "grads_checked": grads_checked,
+           "calls_compressed": state.counters["compressed_calls"]}
+    state.close()
+    return out, None
+
+
+def check_wrapped(mine, rank):
+    """This rank's wrapped calls against the serial reference of every rank's half-precision
+    inputs (the mean in that type; the keyed Avg allreduce of the gathered compressed elements
+    on the CPU world, in the hook's call order). Mismatch lines."""
+    import gradcomp
+
+    inputs = [None] * N
+    dist.all_gather_object(inputs, [c["input"] for c in mine["calls"]])
+    if len({len(i) for i in inputs}) != 1:
+        return [f"rank {rank}: the ranks made {[len(i) for i in inputs]} hook calls"]
+    bad = []
+    with gradcomp.CpuWorld(N, config()) as w:
+        for k, call in enumerate(mine["calls"]):
+            xs = [inputs[r][k] for r in range(N)]
+            want = xs[0] * (1.0 / N)
+            for x in xs[1:]:
+                want = want + x * (1.0 / N)
+            if call["compressed"] and call["comp_n"]:
+                idx = torch.cat([torch.arange(o, o + n) for o, n in call["comp"]])
+                parts = [x[idx].contiguous() for x in xs]
+                w.run(lambda c: c.allreduce(parts[c.rank], op="avg", key=call["key"]))
+                want[idx] = parts[rank]
+            n = differ(call["output"], want)
+            if n:
+                bad.append(f"rank {rank} wrapped call {k} (step {call['step']}, "
+                           f"{call['output'].dtype}): {n} of {want.numel()} elements differ")
+    if mine["grads_bad"]:
+        bad.append(f"rank {rank}: {mine['grads_bad']} gradient elements DDP left are not the "
+                   "wrapped result cast back")
+    if not mine["calls_compressed"]:
+        bad.append(f"rank {rank}: the wrapped hook compressed no call (nothing checked)")
+    return bad
+
+
+def zero_overlap_unsupported(cpu):
+    """Why ZeroRedundancyOptimizer's overlap with DDP cannot run here, or None."""
+    try:
+        import inspect
+
+        from torch.distributed.algorithms.ddp_comm_hooks.ddp_zero_hook import \
+            hook_with_zero_step  # noqa: F401
+        from torch.distributed.optim import ZeroRedundancyOptimizer
+    except ImportError as e:
+        return f"skipped: this PyTorch has no hook_with_zero_step ({e})"
+    if "overlap_with_ddp" not in inspect.signature(ZeroRedundancyOptimizer).parameters:
+        return "skipped: this PyTorch's ZeroRedundancyOptimizer takes no overlap_with_ddp"
+    if cpu:
+        return ("skipped on gloo: torch's hook_with_zero_step refuses gloo (it may hang there); "
+                "the GPU run checks it on NCCL")
+    return None
+
+
+def run_zero(backend, dev, rank, overlap):
+    """ZERO_STEPS steps of SGD after gradcomp's hook: overlap, ZeroRedundancyOptimizer stepping
+    inside torch's hook_with_zero_step around the hook (register_ddp_hook's wrap=); otherwise
+    torch.optim.SGD after the backward of every step from ZERO_FIRST_UPDATE on (the steps in
+    which the overlap updates). The parameters after each step, and the compressed calls."""
+    import gradcomp.torch as gct
+
+    model, ddp = ddp_model(dev)
+    state = gct.GradcompState(module=model, start_iter=START, backend=backend, config=config())
+    if overlap:
+        from torch.distributed.algorithms.ddp_comm_hooks.ddp_zero_hook import \
+            hook_with_zero_step
+        from torch.distributed.optim import ZeroRedundancyOptimizer
+
+        zero = ZeroRedundancyOptimizer(model.parameters(), optimizer_class=torch.optim.SGD,
+                                       overlap_with_ddp=True, lr=LR, foreach=False)
+        gct.register_ddp_hook(ddp, state, wrap=lambda hook: hook_with_zero_step(hook, ddp, zero))
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=LR, foreach=False)
+        gct.register_ddp_hook(ddp, state)
+    snaps = [params_now(model)]
+    for step in range(ZERO_STEPS):
+        backward(ddp, step, rank, dev)
+        if not overlap and step >= ZERO_FIRST_UPDATE:
+            opt.step()
+        snaps.append(params_now(model))
+    calls = state.counters["compressed_calls"]
+    state.close()
+    return snaps, calls
+
+
+def check_zero(got, want, calls, rank):
+    """The overlap's parameters after every step against the reference's, and its updates in
+    the steps torch's overlap makes them. Mismatch lines."""
+    bad = []
+    for step in range(ZERO_STEPS):
+        moved = differ(got[step + 1], got[step]) > 0
+        if moved != (step >= ZERO_FIRST_UPDATE):
+            did = "updated" if moved else "did not update"
+            bad.append(f"rank {rank} step {step}: the overlap {did} the parameters (torch's "
+                       f"overlap updates from step {ZERO_FIRST_UPDATE}, static_graph=False)")
+        n = differ(got[step + 1], want[step + 1])
+        if n:
+            bad.append(f"rank {rank} step {step}: {n} of {got[step + 1].numel()} parameter "
+                       "elements differ from SGD after the hook")
+    if not calls:
+        bad.append(f"rank {rank}: the overlap's hook compressed no call")
+    return bad
 
 
 def main():
@@ -284,6 +491,26 @@ def main():
     if gradcomp.has("gradcompCommSetGradScale"):
         scaler_bad, scaler_checked = run_scaled(buckets, producer, backend)
         scaler_bad = [f"rank {rank} {m}" for m in scaler_bad]
+    # torch's tools around the hook. An error that every rank raises alike (torch's API, an
+    # assertion in its ZeRO) fails that case, not the run: the checks above still come back.
+    wrapped, wrap_skipped, wrap_bad = None, None, None
+    try:
+        wrapped, wrap_skipped = run_wrapped(backend, dev, rank)
+        wrap_bad = None if wrapped is None else check_wrapped(wrapped, rank)
+    except Exception as e:
+        traceback.print_exc()
+        wrap_bad = [f"rank {rank}: {type(e).__name__}: {e}"]
+    zero_skipped, zero_bad = zero_overlap_unsupported(cpu), None
+    try:
+        if zero_skipped is None:
+            got_zero, zero_calls = run_zero(backend, dev, rank, overlap=True)
+            want_zero, _ = run_zero(backend, dev, rank, overlap=False)
+            zero_bad = check_zero(got_zero, want_zero, zero_calls, rank)
+        else:  # the reference alone: its training path runs where the overlap cannot
+            run_zero(backend, dev, rank, overlap=False)
+    except Exception as e:
+        traceback.print_exc()
+        zero_bad = [f"rank {rank}: {type(e).__name__}: {e}"]
     _, hashes = gc_ranks.gather_hashes(b"".join(t.numpy().tobytes() for row in got for t in row))
     all_bad = [None] * world
     dist.all_gather_object(all_bad, bad)
@@ -291,6 +518,12 @@ def main():
     all_scaler = [None] * world
     dist.all_gather_object(all_scaler, scaler_bad or [])
     all_scaler = [m for ms in all_scaler for m in ms]
+    all_wrap = [None] * world
+    dist.all_gather_object(all_wrap, wrap_bad or [])
+    all_wrap = [m for ms in all_wrap for m in ms]
+    all_zero = [None] * world
+    dist.all_gather_object(all_zero, zero_bad or [])
+    all_zero = [m for ms in all_zero for m in ms]
     res = None
     if rank == 0:
         st = state.stats()
@@ -308,6 +541,18 @@ def main():
                "scaler_results_checked": world * scaler_checked,
                "scaler_bitwise": None if scaler_bad is None else not all_scaler,
                "scaler_mismatches": all_scaler[:8],
+               # register_ddp_hook(wrap=fp16_compress_wrapper) on a DDP: each call's result
+               # bit for bit (None: skipped, wrap_skipped says why).
+               "wrap_results_checked": world * len(wrapped["calls"]) if wrapped else 0,
+               "wrap_grads_checked": world * wrapped["grads_checked"] if wrapped else 0,
+               "wrap_calls_compressed": wrapped["calls_compressed"] if wrapped else None,
+               "wrap_bitwise": None if wrap_bad is None else not all_wrap,
+               "wrap_mismatches": all_wrap[:8], "wrap_skipped": wrap_skipped,
+               # ZeroRedundancyOptimizer(overlap_with_ddp=True) around the hook: the parameters
+               # after every step those of SGD after the hook (None: skipped, and why).
+               "zero_overlap_steps": ZERO_STEPS,
+               "zero_overlap_params_equal": None if zero_bad is None else not all_zero,
+               "zero_overlap_mismatches": all_zero[:8], "zero_overlap_skipped": zero_skipped,
                "preload_loaded": gc_ranks.preload_loaded()}
         print(f"hook_exact: {res}", flush=True)
     dist.barrier()

@@ -3,8 +3,12 @@
 
 First hook_exact: tools/hook_exact_rank.py on 2 ranks, gradcomp_hook and
 GradcompReduceScatter bit for bit against the CPU world's serial reference, their inputs
-written late on a non-default stream (key torch_hook_exact_bitwise). Then 4 ranks on one GPU
-(tools/gc_ranks.py), tools/ddp_train.py's MLP:
+written late on a non-default stream (key torch_hook_exact_bitwise); in the same run, the hook
+on a real DDP through register_ddp_hook(wrap=fp16_compress_wrapper), bit for bit against that
+reference in fp16 (torch_hook_wrap_fp16_bitwise), and ZeroRedundancyOptimizer with
+overlap_with_ddp=True stepping in torch's hook_with_zero_step around the hook against SGD after
+the hook (torch_hook_zero_overlap_params_equal; NCCL only: torch refuses it on gloo). Then 4
+ranks on one GPU (tools/gc_ranks.py), tools/ddp_train.py's MLP:
   none        uncompressed, no hook: the baseline
   hook_qsgd4  the hook, QSGD 4-bit, layer-aware (biases and small layers in fp32)
   hook_whole  the hook on whole buckets (--whole-buckets --layer-min-size 0 --start-iter 0)
@@ -31,7 +35,8 @@ GC_HOOK_BUDGET_S, "skipped" where it would not (bench/plan_check.sh fails on tha
 `--device cpu` (2 ranks, gloo): every run but the preload's, the hook and the FSDP2
 reduce-scatter on gradcomp's CPU backend over TCP (GradcompState(backend="cpu"): the same
 codecs and algorithms); the preload run is reported "skipped on CPU" (it interposes NCCL), so
-the hook-vs-preload bytes are the GPU's to compare. --smoke trains 1 epoch (FSDP: 20 steps,
+the hook-vs-preload bytes are the GPU's to compare, and hook_exact's ZeRO overlap "skipped on
+gloo" (its SGD reference still runs). --smoke trains 1 epoch (FSDP: 20 steps,
 resume after 20 steps of 1 epoch); CTest's python.torch_hooks_cpu runs both.
 """
 import argparse
@@ -64,7 +69,9 @@ def estimate_s(name, epochs, world):
     elements, ~3 ms), 11 ms a step at 2 ranks. FSDP2 (300 steps; 3 all-gathers each way and 3
     reduce-scatters a step: 1.5 allreduces' bytes and 9 latencies, ~5 ms each) ~170 ms a step at
     4 ranks; HSDP's collectives are 2-rank ones (2 shards, 2 replicas; 12 a step): ~75 ms a step,
-    the FSDP2 bound at 2 ranks doubled. hook_exact: ranks started, no training (~20 s). Used for
+    the FSDP2 bound at 2 ranks doubled. hook_exact: ranks started, no training but three small
+    DDPs of 4 to 6 steps at 2 ranks (the fp16 wrapper's, ZeRO's overlap and its SGD reference),
+    each with a gradcomp comm of its own (~30 s). Used for
     --plan (bench/plan_check.sh): the skip rule itself judges runs by the ones that finished."""
     start = 14.0
     steps = 22 * int(epochs) * 4 // max(world, 1)
@@ -74,7 +81,7 @@ def estimate_s(name, epochs, world):
     if name == "resume":  # 10 epochs, then the resume check retrains 200 + 1 + 20 steps
         return start + (220 + 221) * 0.050 + 6.0
     if name == "hook_exact":
-        return 20.0
+        return 30.0
     if name in ("fsdp_none", "fsdp_qsgd4"):
         return start + 300 * 0.170
     if name in ("hsdp_none", "hsdp_qsgd4"):
@@ -104,6 +111,16 @@ def summarize(res0, runs, got, world, cpu, out, families=tuple(FAMILIES), name="
         res["torch_hook_exact_mismatches"] = exact["mismatches"]
         res["torch_hook_scaler_bitwise"] = exact.get("scaler_bitwise")
         res["torch_hook_scaler_results_checked"] = exact.get("scaler_results_checked")
+        # torch's hook wrappers around the hook (register_ddp_hook's wrap=): None and the reason
+        # where this torch lacks the wrapper (or, for ZeRO's overlap, on gloo).
+        res["torch_hook_wrap_fp16_bitwise"] = exact.get("wrap_bitwise")
+        res["torch_hook_wrap_fp16_results_checked"] = exact.get("wrap_results_checked")
+        res["torch_hook_wrap_fp16_mismatches"] = exact.get("wrap_mismatches")
+        res["torch_hook_wrap_fp16_skipped"] = exact.get("wrap_skipped")
+        res["torch_hook_zero_overlap_params_equal"] = exact.get("zero_overlap_params_equal")
+        res["torch_hook_zero_overlap_steps"] = exact.get("zero_overlap_steps")
+        res["torch_hook_zero_overlap_mismatches"] = exact.get("zero_overlap_mismatches")
+        res["torch_hook_zero_overlap_skipped"] = exact.get("zero_overlap_skipped")
     if fsdp_base and fsdp_gc:
         res["fsdp_hook_qsgd4_acc_delta_pts"] = fsdp_gc["accuracy_pct"] - fsdp_base["accuracy_pct"]
         res["fsdp_hook_qsgd4_test_loss_rel_delta"] = (
@@ -159,6 +176,13 @@ def summarize(res0, runs, got, world, cpu, out, families=tuple(FAMILIES), name="
     with open(os.path.join(out, name + ".json"), "w") as f:
         json.dump(res, f, indent=1, sort_keys=True)
     fmt = lambda k: res.get(k, "n/a")  # noqa: E731
+
+    def fmt_or_skip(k, why):  # a check's verdict, or why it did not run
+        return res[why] if res.get(k) is None and res.get(why) else fmt(k)
+
+    wrap_fp16 = fmt_or_skip("torch_hook_wrap_fp16_bitwise", "torch_hook_wrap_fp16_skipped")
+    zero_overlap = fmt_or_skip("torch_hook_zero_overlap_params_equal",
+                               "torch_hook_zero_overlap_skipped")
     where = ("on the CPU (gloo; gradcomp's CPU backend over TCP, the preload run needs the GPU "
              "box)" if cpu else "on one GPU")
     md = ["### gradcomp.torch DDP hook (MLP on digits, %d ranks %s)" % (world, where), "",
@@ -169,6 +193,13 @@ def summarize(res0, runs, got, world, cpu, out, families=tuple(FAMILIES), name="
           f"| hook with grad_scaler: results of gradients scaled 1024, 512, 4096, 0.5 are the "
           f"scale times the unscaled ones, bit for bit (results checked) | "
           f"{fmt('torch_hook_scaler_bitwise')} ({fmt('torch_hook_scaler_results_checked')}) |",
+          f"| hook on DDP through register_ddp_hook(wrap=fp16_compress_wrapper): each call's "
+          f"fp16 result bit for bit vs the CPU world's serial reference, DDP's gradients that "
+          f"result (results checked) | {wrap_fp16} "
+          f"({fmt('torch_hook_wrap_fp16_results_checked')}) |",
+          f"| ZeroRedundancyOptimizer(overlap_with_ddp=True) in hook_with_zero_step around the "
+          f"hook: parameters after each of {fmt('torch_hook_zero_overlap_steps')} steps bit for "
+          f"bit SGD's after the hook (both from step 2, as the overlap) | {zero_overlap} |",
           f"| accuracy, hook QSGD 4-bit layer-aware vs uncompressed (pts) | "
           f"{fmt('ddp_hook_qsgd4_acc_delta_pts')} |",
           f"| parameters bitwise identical on all ranks (every run) | "
@@ -216,6 +247,10 @@ def summarize(res0, runs, got, world, cpu, out, families=tuple(FAMILIES), name="
         checks.append(compressed(res.get("hsdp_hook_qsgd4_calls_compressed_rank0")))
     if exact and exact.get("scaler_bitwise") is not None:
         checks.append(exact["scaler_bitwise"])
+    # torch's hook wrappers: checked where they ran (skipped: this torch lacks them, or gloo).
+    for k in ("wrap_bitwise", "zero_overlap_params_equal"):
+        if exact and exact.get(k) is not None:
+            checks.append(exact[k])
     if cpu and "ddp" in families:  # no preload run to compare the hook's bytes with
         checks = [c for i, c in enumerate(checks) if i != 1]
         checks.append(all(r is not None for r in (base, hq, whole)))

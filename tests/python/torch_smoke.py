@@ -266,6 +266,18 @@ def check_hooks(out_root, build):
            res.get("torch_hook_scaler_results_checked") == 2 * 4 * 3,
            f"hook with grad_scaler: {res.get('torch_hook_scaler_bitwise')}, "
            f"{res.get('torch_hook_scaler_results_checked')} results")
+    # register_ddp_hook(wrap=fp16_compress_wrapper) on a real DDP: every call's fp16 result bit
+    # for bit, at least one call a step on each rank (4 steps); ZeRO's overlap with DDP is
+    # NCCL's (torch refuses hook_with_zero_step on gloo): skipped, saying so.
+    expect(res.get("torch_hook_wrap_fp16_bitwise") is True and
+           (res.get("torch_hook_wrap_fp16_results_checked") or 0) >= 2 * 4,
+           f"hook through wrap=fp16_compress_wrapper: {res.get('torch_hook_wrap_fp16_bitwise')}, "
+           f"{res.get('torch_hook_wrap_fp16_results_checked')} results, "
+           f"{res.get('torch_hook_wrap_fp16_mismatches')}")
+    expect(res.get("torch_hook_zero_overlap_params_equal") is None and
+           (res.get("torch_hook_zero_overlap_skipped") or "").startswith("skipped on gloo"),
+           f"ZeRO overlap on gloo: {res.get('torch_hook_zero_overlap_params_equal')}, "
+           f"{res.get('torch_hook_zero_overlap_skipped')}")
     expect(runs["preload"]["status"].startswith(CPU_SKIP) and "interposes NCCL" in
            runs["preload"]["status"], f"run preload: {runs['preload']}")
     expect(res["torch_hooks_params_identical_all_runs"] is True, "ranks' parameters differ")
@@ -339,6 +351,8 @@ def check_hooks(out_root, build):
     expect(summary["torch_hooks_params_identical_all_runs"] is True,
            "the report lost torch_hooks_params_identical_all_runs")
     expect(summary["torch_hook_exact_bitwise"] is True, "the report lost torch_hook_exact_bitwise")
+    expect(summary["torch_hook_wrap_fp16_bitwise"] is True,
+           "the report lost torch_hook_wrap_fp16_bitwise")
     expect(summary["ddp_hook_qsgd4_acc_delta_pts"] == res["ddp_hook_qsgd4_acc_delta_pts"],
            "the report lost ddp_hook_qsgd4_acc_delta_pts")
     expect("gradcomp.torch DDP hook" in rep_md, "the report does not carry torch_hooks.md")
