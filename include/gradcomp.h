@@ -359,10 +359,16 @@ gradcompResult_t gradcompReduceScatterKeyed(const void* sendbuff, void* recvbuff
                                             ncclDataType_t datatype, ncclRedOp_t op,
                                             gradcompComm_t comm, cudaStream_t stream, uint64_t key);
 
-/* Residual / momentum state. Save writes every buffer's state to a caller
- * buffer (host memory) so a training checkpoint can hold it. Call with
- * buffer == NULL to learn the size. Both wait for the comm's last eager
- * call; not for a replayed CUDA graph: synchronize (or order) the stream a
+/* Residual / momentum state. A comm keeps one state per distinct buffer
+ * (unkeyed: recvbuff, count, datatype; keyed: key, count, datatype) from the
+ * buffer's first compressed call on, for the comm's lifetime: nothing frees
+ * one buffer's state alone. Reset frees them all (every buffer's next call
+ * then starts afresh), as the comm's destroy or abort does; until then,
+ * buffers that move and keys never used again grow the comm
+ * (docs/reliability.md, "Buffers that move"). Save writes every buffer's
+ * state to a caller buffer (host memory) so a training checkpoint can hold
+ * it. Call with buffer == NULL to learn the size. Both wait for the comm's
+ * last eager call; not for a replayed CUDA graph: synchronize (or order) the stream a
  * graph was launched on before a save, load, reset, retune or destroy.
  * A CUDA graph captured before a reset or load still uses the states they
  * replaced: capture it again. (Their memory, and a workspace an eager call

@@ -217,6 +217,8 @@ class Comm:
 
     # ---------------------------------------------------------------- state
     def reset_state(self):
+        """gradcompCommResetState (collective: every rank, between the same two calls): frees
+        every buffer's state, which nothing else frees before the comm's end."""
         check(lib().gradcompCommResetState(self.handle))
 
     def retune(self, stream=None):
