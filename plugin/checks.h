@@ -37,12 +37,13 @@ class ErrorsReportedByCaller {
   ErrorsReportedByCaller& operator=(const ErrorsReportedByCaller&) = delete;
 };
 
-// The int a C caller passed for one of the public enums, read from its
-// bytes: C lets a caller pass any int, and a negative one (-1) lies outside
-// every public enum's range in C++ (their sentinels take in the
-// non-negative ints only), so reading it as the enum, to compare, switch or
-// pass it on, is undefined (clang's -fsanitize=enum reports it). Takes the
-// parameter's address: passing it by value would read it as the enum.
+// The int a C caller passed for one of the public enums, or for NCCL's
+// datatype or op, read from its bytes: C lets a caller pass any int, and a
+// negative one (-1) lies outside every public enum's range in C++ (their
+// sentinels take in the non-negative ints only; ncclDataType_t holds only
+// 0..15), so reading it as the enum, to compare, switch or pass it on, is
+// undefined (clang's -fsanitize=enum reports it). Takes the parameter's
+// address: passing it by value would read it as the enum.
 template <typename E>
 int enumArg(const E* e) {
   static_assert(sizeof(E) == sizeof(int), "the public enums are ints");
@@ -50,6 +51,15 @@ int enumArg(const E* e) {
   memcpy(&v, e, sizeof v);
   return v;
 }
+
+enum class DType : int;  // kernels/common_math.cuh
+
+// The datatype a codec entry point was given, as the int enumArg read: NCCL's
+// enum holds only 0..15 in C++ (its enumerators' bits), so a caller's -1 or
+// 99 must not be read as it either. fp32, fp16 or bf16 as *out; anything else
+// (another NCCL type, or none) is gradcompInvalidArgument naming the value
+// and the three it takes.
+gradcompResult_t dtypeArg(int datatype, DType* out);
 
 // Runs the body of a C entry point: an exception (std::bad_alloc from a
 // container, say) becomes a result and never crosses the C API, and its host

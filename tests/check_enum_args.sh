@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # tests/capi/enum_args.c (a C caller passing -1, past the values, the
-# sentinel and past it for every enum the API reads) on the library's
+# sentinel and past it for every enum the API reads, and -1, 99 and INT_MIN
+# for NCCL's datatype and op) on the library's
 # objects, with the sources of the entry points that read those enums built
 # by clang with -fsanitize=enum: reading a caller's -1 as the enum is
 # undefined in C++ (no public enum's range holds it) and stops the program
@@ -28,10 +29,12 @@ if ! command -v clang >/dev/null || ! command -v clang++ >/dev/null; then
   exit 0
 fi
 # The sources of every entry point that reads a caller's enum (by value, or
-# in a config or Elias parameters it is given), and the NCCL binding the
-# library links with its objects.
+# in a config or Elias parameters it is given; NCCL's datatype and op at the
+# codecs and the collectives), and the NCCL binding the library links with
+# its objects.
 instrumented=(plugin/error.cc plugin/config.cc plugin/abi.cc plugin/codecs/qsgd_host.cc
-  plugin/codecs/qsgd_api.cc plugin/codecs/elias_host.cc plugin/codecs/elias_api.cc)
+  plugin/codecs/qsgd_api.cc plugin/codecs/elias_host.cc plugin/codecs/elias_api.cc
+  plugin/allreduce.cc plugin/reduce_scatter.cc plugin/collective.cc)
 objects=()
 for o in "$@"; do
   keep=1

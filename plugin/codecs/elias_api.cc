@@ -42,7 +42,7 @@ GC_EXPORT gradcompResult_t gradcompEliasEncode(const void* x, ncclDataType_t dat
   gc::elias::Params p{};
   GC_CHECK(gc::eliasCheckParams(params, count, &p));
   gc::DType t = gc::DType::F32;
-  GC_CHECK(gc::dtypeFromNccl(datatype, &t));
+  GC_CHECK(gc::dtypeArg(gc::enumArg(&datatype), &t));
   GC_ARG(((uintptr_t)out & 3) == 0, "out=%p must be 4-byte aligned (it is 32-bit words)", out);
   if (count > 0) {
     GC_ARG(((uintptr_t)x % gc::dtypeBytes(t)) == 0, "x=%p is not aligned to its element size %zu",

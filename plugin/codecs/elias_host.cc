@@ -274,7 +274,7 @@ GC_EXPORT gradcompResult_t gradcompEliasEncodeHost(const void* x, ncclDataType_t
   gc::elias::Params p{};
   GC_CHECK(gc::eliasCheckParams(params, count, &p));
   gc::DType t = gc::DType::F32;
-  GC_CHECK(gc::dtypeFromNccl(datatype, &t));
+  GC_CHECK(gc::dtypeArg(gc::enumArg(&datatype), &t));
   const size_t need = gc::elias::maxEncodedBytes(count, p);
   GC_ARG(out != nullptr && outBytes >= need,
          "out=%p with outBytes=%zu is too small: %zu elements need up to %zu bytes", out, outBytes,

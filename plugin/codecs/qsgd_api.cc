@@ -6,19 +6,19 @@
 
 namespace {
 
-// The GPU encode entry points' body, with rounding and levels the ints
-// the caller passed (gc::enumArg): each entry point reads its enums once,
-// as ints.
-gradcompResult_t qsgdEncodeEntry(const void* g, ncclDataType_t datatype, float* residual,
-                                 size_t count, int bits, int bucketSize, uint64_t seed,
-                                 int rounding, int levels, void* out, cudaStream_t stream) {
+// The GPU encode entry points' body, with datatype, rounding and levels the
+// ints the caller passed (gc::enumArg): each entry point reads its enums
+// once, as ints.
+gradcompResult_t qsgdEncodeEntry(const void* g, int datatype, float* residual, size_t count,
+                                 int bits, int bucketSize, uint64_t seed, int rounding, int levels,
+                                 void* out, cudaStream_t stream) {
   GC_CHECK(gc::qsgdCheckParams(bits, bucketSize));
   GC_CHECK(gc::qsgdCheckRounding(rounding));
   GC_CHECK(gc::qsgdCheckLevels(levels));
   GC_CHECK(gc::codecCheckCount(count));
   GC_CHECK(gc::qsgdCheckDeviceCount(count, bucketSize));
   gc::DType t;
-  GC_CHECK(gc::dtypeFromNccl(datatype, &t));
+  GC_CHECK(gc::dtypeArg(datatype, &t));
   if (count == 0) return gradcompSuccess;
   GC_ARG(((uintptr_t)out & 3) == 0, "out=%p must be 4-byte aligned (it starts with fp32 scales)",
          out);
@@ -50,7 +50,7 @@ GC_EXPORT gradcompResult_t gradcompQsgdEncodeEFLevels(const void* g, ncclDataTyp
                                                       gradcompRounding_t rounding,
                                                       gradcompLevels_t levels, void* out,
                                                       cudaStream_t stream) {
-  return qsgdEncodeEntry(g, datatype, residual, count, bits, bucketSize, seed,
+  return qsgdEncodeEntry(g, gc::enumArg(&datatype), residual, count, bits, bucketSize, seed,
                          gc::enumArg(&rounding), gc::enumArg(&levels), out, stream);
 }
 
@@ -59,7 +59,7 @@ GC_EXPORT gradcompResult_t gradcompQsgdEncodeEFRounding(const void* g, ncclDataT
                                                         int bucketSize, uint64_t seed,
                                                         gradcompRounding_t rounding, void* out,
                                                         cudaStream_t stream) {
-  return qsgdEncodeEntry(g, datatype, residual, count, bits, bucketSize, seed,
+  return qsgdEncodeEntry(g, gc::enumArg(&datatype), residual, count, bits, bucketSize, seed,
                          gc::enumArg(&rounding), gradcompLevelsUniform, out, stream);
 }
 
@@ -67,14 +67,15 @@ GC_EXPORT gradcompResult_t gradcompQsgdEncodeEF(const void* g, ncclDataType_t da
                                                 float* residual, size_t count, int bits,
                                                 int bucketSize, uint64_t seed, void* out,
                                                 cudaStream_t stream) {
-  return gradcompQsgdEncodeEFRounding(g, datatype, residual, count, bits, bucketSize, seed,
-                                      gradcompRoundStochastic, out, stream);
+  return qsgdEncodeEntry(g, gc::enumArg(&datatype), residual, count, bits, bucketSize, seed,
+                         gradcompRoundStochastic, gradcompLevelsUniform, out, stream);
 }
 
 GC_EXPORT gradcompResult_t gradcompQsgdEncode(const void* x, ncclDataType_t datatype, size_t count,
                                               int bits, int bucketSize, uint64_t seed, void* out,
                                               cudaStream_t stream) {
-  return gradcompQsgdEncodeEF(x, datatype, nullptr, count, bits, bucketSize, seed, out, stream);
+  return qsgdEncodeEntry(x, gc::enumArg(&datatype), nullptr, count, bits, bucketSize, seed,
+                         gradcompRoundStochastic, gradcompLevelsUniform, out, stream);
 }
 
 GC_EXPORT gradcompResult_t gradcompQsgdDecode(const void* in, size_t count, int bits,

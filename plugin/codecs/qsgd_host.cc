@@ -61,23 +61,27 @@ gradcompResult_t qsgdCheckDeviceCount(size_t count, int bucketSize) {
   return gradcompSuccess;
 }
 
-gradcompResult_t dtypeFromNccl(ncclDataType_t t, DType* out) {
-  switch (t) {
-    case ncclFloat32:
+gradcompResult_t dtypeArg(int datatype, DType* out) {
+  switch (datatype) {
+    case (int)ncclFloat32:
       *out = DType::F32;
       return gradcompSuccess;
-    case ncclFloat16:
+    case (int)ncclFloat16:
       *out = DType::F16;
       return gradcompSuccess;
-    case ncclBfloat16:
+    case (int)ncclBfloat16:
       *out = DType::BF16;
       return gradcompSuccess;
     default:
       return setError(gradcompInvalidArgument,
                       "datatype=%d is not compressible: ncclFloat32(7), ncclFloat16(6) or "
                       "ncclBfloat16(9)",
-                      (int)t);
+                      datatype);
   }
+}
+
+gradcompResult_t dtypeFromNccl(ncclDataType_t t, DType* out) {
+  return dtypeArg((int)t, out);
 }
 
 namespace host {
@@ -159,18 +163,18 @@ void qsgdDecode(const void* in, size_t n, int bits, int bucket, float* out, bool
 
 namespace {
 
-// The host encode entry points' body, with rounding and levels the ints
-// the caller passed (gc::enumArg): each entry point reads its enums once,
-// as ints.
-gradcompResult_t qsgdEncodeHostEntry(const void* x, ncclDataType_t datatype, float* residual,
-                                     size_t count, int bits, int bucketSize, uint64_t seed,
-                                     int rounding, int levels, void* out) {
+// The host encode entry points' body, with datatype, rounding and levels the
+// ints the caller passed (gc::enumArg): each entry point reads its enums
+// once, as ints.
+gradcompResult_t qsgdEncodeHostEntry(const void* x, int datatype, float* residual, size_t count,
+                                     int bits, int bucketSize, uint64_t seed, int rounding,
+                                     int levels, void* out) {
   GC_CHECK(gc::qsgdCheckParams(bits, bucketSize));
   GC_CHECK(gc::qsgdCheckRounding(rounding));
   GC_CHECK(gc::qsgdCheckLevels(levels));
   GC_CHECK(gc::codecCheckCount(count));
   gc::DType t = gc::DType::F32;
-  GC_CHECK(gc::dtypeFromNccl(datatype, &t));
+  GC_CHECK(gc::dtypeArg(datatype, &t));
   if (count == 0) return gradcompSuccess;
   GC_ARG(x != nullptr && out != nullptr, "x=%p and out=%p must not be NULL for count=%zu", x, out,
          count);
@@ -207,7 +211,7 @@ GC_EXPORT gradcompResult_t gradcompQsgdEncodeEFLevelsHost(const void* x, ncclDat
                                                           int bucketSize, uint64_t seed,
                                                           gradcompRounding_t rounding,
                                                           gradcompLevels_t levels, void* out) {
-  return qsgdEncodeHostEntry(x, datatype, residual, count, bits, bucketSize, seed,
+  return qsgdEncodeHostEntry(x, gc::enumArg(&datatype), residual, count, bits, bucketSize, seed,
                              gc::enumArg(&rounding), gc::enumArg(&levels), out);
 }
 
@@ -216,15 +220,15 @@ GC_EXPORT gradcompResult_t gradcompQsgdEncodeEFRoundingHost(const void* x, ncclD
                                                             int bucketSize, uint64_t seed,
                                                             gradcompRounding_t rounding,
                                                             void* out) {
-  return qsgdEncodeHostEntry(x, datatype, residual, count, bits, bucketSize, seed,
+  return qsgdEncodeHostEntry(x, gc::enumArg(&datatype), residual, count, bits, bucketSize, seed,
                              gc::enumArg(&rounding), gradcompLevelsUniform, out);
 }
 
 GC_EXPORT gradcompResult_t gradcompQsgdEncodeTypedHost(const void* x, ncclDataType_t datatype,
                                                        float* residual, size_t count, int bits,
                                                        int bucketSize, uint64_t seed, void* out) {
-  return gradcompQsgdEncodeEFRoundingHost(x, datatype, residual, count, bits, bucketSize, seed,
-                                          gradcompRoundStochastic, out);
+  return qsgdEncodeHostEntry(x, gc::enumArg(&datatype), residual, count, bits, bucketSize, seed,
+                             gradcompRoundStochastic, gradcompLevelsUniform, out);
 }
 
 GC_EXPORT gradcompResult_t gradcompQsgdEncodeHost(const float* x, size_t count, int bits,

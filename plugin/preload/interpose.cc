@@ -342,15 +342,64 @@ using gc::realNccl;
 
 #define GC_INTERPOSE extern "C" __attribute__((visibility("default")))
 
+namespace {
+
+// NCCL's allreduce and reduce-scatter with the datatype and op as the ints
+// they are: the C ABI passes an enum as its int, so NCCL gets the caller's
+// bits.
+using RawCollective = ncclResult_t (*)(const void*, void*, size_t, int, int, ncclComm_t,
+                                       cudaStream_t);
+
+// The largest int ncclDataType_t holds in C++: every bit its enumerators
+// use set (15 for ncclFloat8e5m2 = 11, ncclNumTypes = 12). C++ gives an enum
+// without a fixed type the range of the smallest bit-field that holds them.
+constexpr int typeRangeMax() {
+  int m = 1;
+  while (m <= (int)ncclNumTypes) m <<= 1;
+  return m - 1;
+}
+
+// A call whose datatype or op C++'s enum cannot hold, as a C caller may make
+// it (a datatype of -1 or 99, an op of -1 or INT_MIN): read as the enum, to
+// route it or to pass it on, it would be undefined. gradcomp compresses none
+// of them and must not refuse them either, so NCCL gets it unchanged, its
+// datatype and op passed on as the ints they are, and answers it
+// (ncclInvalidArgument). A call inside a user group goes to NCCL at once:
+// NCCL refuses it as it comes, wherever it stands. The op holds every
+// non-negative int (ncclMaxRedOp: ncclRedOpCreatePreMulSum's handles), and a
+// datatype up to typeRangeMax (a newer NCCL's) is read as the enum and
+// route()d as any call gradcomp does not compress: false for those.
+bool passedAsInts(Collective coll, const void* send, void* recv, size_t count,
+                  const ncclDataType_t* datatype, const ncclRedOp_t* op, ncclComm_t comm,
+                  cudaStream_t stream, ncclResult_t* res) {
+  const int t = gc::enumArg(datatype), o = gc::enumArg(op);
+  if (t >= 0 && t <= typeRangeMax() && o >= 0) return false;
+  const auto* api = ncclApi();
+  const RawCollective fn = reinterpret_cast<RawCollective>(
+      coll == Collective::ReduceScatter ? api->reduceScatter : api->allReduce);
+  *res = fn == nullptr ? ncclSystemError : fn(send, recv, count, t, o, comm, stream);
+  return true;
+}
+
+}  // namespace
+
 GC_INTERPOSE ncclResult_t ncclAllReduce(const void* sendbuff, void* recvbuff, size_t count,
                                         ncclDataType_t datatype, ncclRedOp_t op, ncclComm_t comm,
                                         cudaStream_t stream) {
+  ncclResult_t r;
+  if (passedAsInts(Collective::AllReduce, sendbuff, recvbuff, count, &datatype, &op, comm, stream,
+                   &r))
+    return r;
   return route({sendbuff, recvbuff, count, datatype, op, comm, stream, Collective::AllReduce});
 }
 
 GC_INTERPOSE ncclResult_t ncclReduceScatter(const void* sendbuff, void* recvbuff, size_t recvcount,
                                             ncclDataType_t datatype, ncclRedOp_t op,
                                             ncclComm_t comm, cudaStream_t stream) {
+  ncclResult_t r;
+  if (passedAsInts(Collective::ReduceScatter, sendbuff, recvbuff, recvcount, &datatype, &op, comm,
+                   stream, &r))
+    return r;
   return route(
       {sendbuff, recvbuff, recvcount, datatype, op, comm, stream, Collective::ReduceScatter});
 }

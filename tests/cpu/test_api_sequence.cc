@@ -450,13 +450,13 @@ class SeqWorld {
       gradcompResult_t rc = gradcompSuccess;
       switch (kind) {
         case 0:
-          rc = gradcompAllReduce(s, o, 64, (ncclDataType_t)99, ncclSum, comms_[r], nullptr);
+          rc = gradcompAllReduce(s, o, 64, ncclNumTypes, ncclSum, comms_[r], nullptr);
           break;
         case 1:
           rc = gradcompAllReduce(s, o, 64, ncclFloat32, (ncclRedOp_t)99, comms_[r], nullptr);
           break;
         case 2:
-          rc = gradcompReduceScatter(s, o, 16, (ncclDataType_t)99, ncclSum, comms_[r], nullptr);
+          rc = gradcompReduceScatter(s, o, 16, ncclNumTypes, ncclSum, comms_[r], nullptr);
           break;
         case 3:
           rc = gradcompAllReduce(nullptr, o, 64, ncclFloat32, ncclSum, comms_[r], nullptr);
@@ -492,7 +492,11 @@ class SeqWorld {
       if (rc != gradcompSuccess) err[r] = gradcompGetLastError();
       return rc;
     });
-    expectIn = kind <= 2 ? "99" : kind == 8 ? "1001" : kind == 9 ? "overlap" : nullptr;
+    expectIn = kind == 1                ? "op=99"
+               : kind == 0 || kind == 2 ? "datatype=12"
+               : kind == 8              ? "1001"
+               : kind == 9              ? "overlap"
+                                        : nullptr;
     for (int r = 0; r < N; ++r) {
       if (one && r != who) continue;
       if ((kind == 8 && N == 1) || (kind == 9 && !compresses)) continue;

@@ -483,23 +483,23 @@ TEST(SquareLevelsConfig, DqsgdBitModesAndEliasAreRefused) {
 
 // Both entry points, host and GPU, refuse levels outside the enum with the
 // same sentence before reading any pointer (so for count 0 too, and the GPU
-// one without a GPU); the residual is untouched.
+// one without a GPU); the residual is untouched. Values the enum holds in
+// C++ (2, its sentinel): a negative one cannot be made here without
+// undefined behaviour, so a C caller's -1 is tests/capi/enum_args.c's.
 TEST(SquareLevelsConfig, EntryPointsRefuseUnknownLevels) {
   std::vector<float> x(64, 1.0f), r(64, 0.0f);
   std::vector<uint8_t> out(gradcompQsgdEncodedBytes(64, 4, 32));
-  for (int bad : {2, -1}) {
-    const std::string want = "levels=" + std::to_string(bad) +
+  for (gradcompLevels_t bad : {(gradcompLevels_t)2, gradcompLevelsEnumMax}) {
+    const std::string want = "levels=" + std::to_string((int)bad) +
                              " is out of range 0..1 (gradcompLevelsUniform=0, "
                              "gradcompLevelsSquare=1)";
     for (size_t n : {(size_t)64, (size_t)0}) {
       EXPECT_EQ(gradcompQsgdEncodeEFLevelsHost(x.data(), ncclFloat32, r.data(), n, 4, 32, 1,
-                                               gradcompRoundStochastic, (gradcompLevels_t)bad,
-                                               out.data()),
+                                               gradcompRoundStochastic, bad, out.data()),
                 gradcompInvalidArgument);
       EXPECT_EQ(gradcompGetLastError(), want);
       EXPECT_EQ(gradcompQsgdEncodeEFLevels(x.data(), ncclFloat32, r.data(), n, 4, 32, 1,
-                                           gradcompRoundStochastic, (gradcompLevels_t)bad,
-                                           out.data(), nullptr),
+                                           gradcompRoundStochastic, bad, out.data(), nullptr),
                 gradcompInvalidArgument);
       EXPECT_EQ(gradcompGetLastError(), want);
     }

@@ -271,21 +271,23 @@ TEST(RoundingNearest, PublicHostEntryPointFollowsTheRoundingItNames) {
 
 // Both entry points, host and GPU, refuse a rounding outside the enum with
 // the same sentence, before reading any pointer (so also for count 0, and
-// the GPU one without a GPU).
+// the GPU one without a GPU). Values the enum holds in C++ (2, its
+// sentinel): a negative one cannot be made here without undefined behaviour,
+// so a C caller's -1 is tests/capi/enum_args.c's.
 TEST(RoundingNearest, EntryPointsRefuseAnUnknownRounding) {
   std::vector<float> x(64, 1.0f), r(64, 0.0f);
   std::vector<uint8_t> out(gradcompQsgdEncodedBytes(64, 4, 32));
-  for (int bad : {2, -1}) {
-    const std::string want = "rounding=" + std::to_string(bad) +
+  for (gradcompRounding_t bad : {(gradcompRounding_t)2, gradcompRoundingEnumMax}) {
+    const std::string want = "rounding=" + std::to_string((int)bad) +
                              " is out of range 0..1 (gradcompRoundStochastic=0, "
                              "gradcompRoundNearest=1)";
     for (size_t n : {(size_t)64, (size_t)0}) {
-      EXPECT_EQ(gradcompQsgdEncodeEFRoundingHost(x.data(), ncclFloat32, r.data(), n, 4, 32, 1,
-                                                 (gradcompRounding_t)bad, out.data()),
+      EXPECT_EQ(gradcompQsgdEncodeEFRoundingHost(x.data(), ncclFloat32, r.data(), n, 4, 32, 1, bad,
+                                                 out.data()),
                 gradcompInvalidArgument);
       EXPECT_EQ(gradcompGetLastError(), want);
-      EXPECT_EQ(gradcompQsgdEncodeEFRounding(x.data(), ncclFloat32, r.data(), n, 4, 32, 1,
-                                             (gradcompRounding_t)bad, out.data(), nullptr),
+      EXPECT_EQ(gradcompQsgdEncodeEFRounding(x.data(), ncclFloat32, r.data(), n, 4, 32, 1, bad,
+                                             out.data(), nullptr),
                 gradcompInvalidArgument);
       EXPECT_EQ(gradcompGetLastError(), want);
     }

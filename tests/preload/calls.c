@@ -7,6 +7,7 @@
  * Built into preload_app (NCCL linked by the program) and into a stand-in
  * framework library that a program loads with RTLD_LOCAL, as Python loads
  * PyTorch. */
+#include <limits.h>
 #include <nccl.h>
 #include <pthread.h>
 #include <signal.h>
@@ -689,6 +690,66 @@ static int groupOrder(void) {
   return 0;
 }
 
+/* An int as NCCL's enum, as a C caller passes it: its bytes. */
+static ncclDataType_t asType(int v) {
+  ncclDataType_t e;
+  memcpy(&e, &v, sizeof e);
+  return e;
+}
+static ncclRedOp_t asOp(int v) {
+  ncclRedOp_t e;
+  memcpy(&e, &v, sizeof e);
+  return e;
+}
+
+/* Datatypes and ops gradcomp does not compress reach NCCL unchanged (the
+ * stand-in takes them all; the real NCCL refuses those it does not know):
+ * values C++'s enums cannot hold, which the interposer reads as ints (a
+ * datatype of -1, 99 or INT_MIN, an op of -1 or INT_MIN), an op NCCL may
+ * have made (ncclRedOpCreatePreMulSum's handles: ncclNumOps, 99), and the
+ * types it leaves alone (int8, uint64, fp8, a newer NCCL's 12). In a group
+ * after an eligible call of their communicator was deferred, the values
+ * C++ cannot hold reach NCCL at once (it refuses them as they come); the
+ * others keep their place behind the deferred call. */
+static int badEnums(void) {
+  const char* g = getenv("GC_TEST_GROUP_CALLS_DEFERRED");
+  const int deferGroupCalls = g != NULL && strcmp(g, "1") == 0;
+  ncclComm_t comm = (ncclComm_t)(uintptr_t)0x1000;
+  cudaStream_t stream = (cudaStream_t)(uintptr_t)0x2000;
+  char* a = (char*)(uintptr_t)0x7f0000000000ull;
+  char* b = (char*)(uintptr_t)0x7f0010000000ull;
+  /* 10 and 11: ncclFloat8e4m3 and ncclFloat8e5m2, where nccl.h has them. */
+  const int badTypes[] = {-1, 99, INT_MIN, ncclInt8, ncclUint64, 10, 11, ncclNumTypes};
+  const int badOps[] = {-1, INT_MIN, ncclNumOps, 99};
+  size_t i;
+  for (i = 0; i < sizeof badTypes / sizeof badTypes[0]; ++i) {
+    CALL(a, b, 1 << 20, asType(badTypes[i]), ncclSum, comm, stream);
+    CALL(a, b, 1 << 20, asType(badTypes[i]), ncclAvg, comm, stream);
+    RS(a, b, 1 << 20, asType(badTypes[i]), ncclSum, comm, stream);
+  }
+  for (i = 0; i < sizeof badOps / sizeof badOps[0]; ++i) {
+    CALL(a, a, 1 << 20, ncclFloat32, asOp(badOps[i]), comm, stream);
+    RS(a, b, 1 << 20, ncclBfloat16, asOp(badOps[i]), comm, stream);
+  }
+  CALL(a, b, 1 << 20, asType(-1), asOp(INT_MIN), comm, stream);
+  CHECK(ncclGroupStart());
+  EXPECT("GroupStart");
+  CALL_IN_GROUP(a, a, 1 << 20, ncclFloat32, ncclSum, comm, stream);
+  CALL(a, a, 1 << 20, asType(99), ncclSum, comm, stream);
+  CALL(a, a, 1 << 20, ncclFloat32, asOp(-1), comm, stream);
+  RS(a, b, 1 << 20, asType(INT_MIN), ncclSum, comm, stream);
+  CALL_IN_GROUP(a, a, 1 << 20, ncclFloat32, asOp(99), comm, stream);
+  CALL_IN_GROUP(a, a, 1 << 20, asType(ncclNumTypes), ncclSum, comm, stream);
+  CALL_IN_GROUP(a, a, 1 << 20, ncclInt8, ncclSum, comm, stream);
+  CHECK(ncclGroupEnd());
+  EXPECT("GroupEnd");
+  for (int k = 0; k < numDeferred; ++k) EXPECT("%s", deferred[k]);
+  numDeferred = 0;
+  CHECK(ncclCommDestroy(comm));
+  EXPECT("CommDestroy comm=%p", (void*)comm);
+  return 0;
+}
+
 static int groupFails(void) {
   ncclComm_t comm = (ncclComm_t)(uintptr_t)0x1000;
   cudaStream_t stream = (cudaStream_t)(uintptr_t)0x2000;
@@ -767,6 +828,8 @@ __attribute__((visibility("default"))) int gcTestRunCalls(const char* mode) {
     rc = abortDeferred(0);
   } else if (strcmp(mode, "group_order") == 0) {
     return groupOrder();
+  } else if (strcmp(mode, "bad_enums") == 0) {
+    rc = badEnums();
   } else if (strcmp(mode, "empty") == 0) {
     rc = empty();
   } else if (strcmp(mode, "setup_reasons") == 0) {

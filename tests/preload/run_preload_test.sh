@@ -89,6 +89,16 @@ for group in defer fuse pass; do
     GRADCOMP_METHOD=qsgd "$app" group_order && same_calls group_order_$group
 done
 
+# 2d. Datatypes and ops gradcomp does not compress reach NCCL unchanged:
+# ones C++'s enums cannot hold (-1, 99, INT_MIN as the datatype; -1, INT_MIN
+# as the op), read as ints and passed on at once, in a group too; an op NCCL
+# made (ncclRedOpCreatePreMulSum's handles), int8, uint64, fp8 and a newer
+# NCCL's datatype, in program order behind a deferred call.
+for group in defer fuse pass; do
+  run bad_enums_$group env GRADCOMP_GROUP=$group GC_TEST_GROUP_CALLS_DEFERRED=1 \
+    GRADCOMP_METHOD=qsgd "$app" bad_enums && same_calls bad_enums_$group
+done
+
 # 2c. Ranks whose settings that decide eligibility differ (GRADCOMP_METHOD,
 # GRADCOMP_MIN_ELEMENTS, GRADCOMP_GROUP) make the same NCCL calls in the same
 # order, and start their set-up at the same call: the first float Sum/Avg call
