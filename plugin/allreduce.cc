@@ -39,9 +39,13 @@ gradcompResult_t passThrough(gradcompComm* c, bool keyed, uint64_t key, bool agr
 // Top-k, DGC (sparse allgather) and rand-k.
 gradcompResult_t sparseAllReduce(gradcompComm* c, const void* send, void* recv, size_t count,
                                  DType t, ncclRedOp_t op, bool keyed, uint64_t key) {
-  GC_ARG(count < (size_t)sparse::kEmptySlot,
-         "count=%zu is too large for the u32 indices of the sparse methods (at most %u)", count,
-         sparse::kEmptySlot - 1);
+  if (count >= (size_t)sparse::kEmptySlot) {
+    return refuseCall(
+        *c, count, c->transport->currentCall().type, (int)op, kRefusedCount,
+        setError(gradcompInvalidArgument,
+                 "count=%zu is too large for the u32 indices of the sparse methods (at most %u)",
+                 count, sparse::kEmptySlot - 1));
+  }
   const bool hier = useHier(*c);
   const Algorithm& algo = hier                                   ? hierAlgorithm()
                           : c->cfg.method == gradcompMethodRandk ? randkAlgorithm()
@@ -88,7 +92,7 @@ gradcompResult_t allReduce(const void* send, void* recv, size_t count, ncclDataT
 
   DType t;
   GC_CHECK(dtypeFromNccl(type, &t));
-  GC_CHECK(codecCheckCount(count));
+  GC_CHECK(refuseCall(*c, count, (int)type, (int)op, kRefusedCount, codecCheckCount(count)));
   GC_CHECK(agreeBuffers(*c, send, count, recv, count, 0, t));
   GC_CHECK(agreeBeforeState(*c));
 
@@ -105,7 +109,9 @@ gradcompResult_t allReduce(const void* send, void* recv, size_t count, ncclDataT
     return sparseAllReduce(c, send, recv, count, t, op, keyed, key);
 
   const Algorithm& algo = c->cfg.elias ? eliasAlgorithm() : pickDenseAlgorithm(*c, count);
-  if (c->cfg.elias) GC_CHECK(eliasCheckCount(*c, count));
+  if (c->cfg.elias) {
+    GC_CHECK(refuseCall(*c, count, (int)type, (int)op, kRefusedCount, eliasCheckCount(*c, count)));
+  }
   if (algo.interNodeBytes == nullptr) {
     return setError(gradcompInternalError, "algorithm %s does not state its inter-node bytes",
                     algo.name);
@@ -143,7 +149,9 @@ extern "C" {
 GC_EXPORT gradcompResult_t gradcompAllReduce(const void* sendbuff, void* recvbuff, size_t count,
                                              ncclDataType_t datatype, ncclRedOp_t op,
                                              gradcompComm_t comm, cudaStream_t stream) {
-  GC_CHECK(gc::checkCallEnums(&datatype, &op));
+  if (const gradcompResult_t bad = gc::checkCallEnums(&datatype, &op); bad != gradcompSuccess) {
+    return gc::guarded([&] { return gc::refuseCallEnums(comm, count, &datatype, &op, bad); });
+  }
   gc::OnCommDevice onDevice(comm);
   return gc::guarded([&] {
     return gc::allReduce(sendbuff, recvbuff, count, datatype, op, comm, stream, false, 0);
@@ -154,7 +162,9 @@ GC_EXPORT gradcompResult_t gradcompAllReduceKeyed(const void* sendbuff, void* re
                                                   size_t count, ncclDataType_t datatype,
                                                   ncclRedOp_t op, gradcompComm_t comm,
                                                   cudaStream_t stream, uint64_t key) {
-  GC_CHECK(gc::checkCallEnums(&datatype, &op));
+  if (const gradcompResult_t bad = gc::checkCallEnums(&datatype, &op); bad != gradcompSuccess) {
+    return gc::guarded([&] { return gc::refuseCallEnums(comm, count, &datatype, &op, bad); });
+  }
   gc::OnCommDevice onDevice(comm);
   return gc::guarded([&] {
     return gc::allReduce(sendbuff, recvbuff, count, datatype, op, comm, stream, true, key);

@@ -1,6 +1,7 @@
 // Shared pieces of the entry points (see collective.h).
 #include "collective.h"
 
+#include <stdio.h>
 #include <string.h>
 
 #include <array>
@@ -165,7 +166,8 @@ gradcompResult_t carriedPassThrough(gradcompComm& c, int kind, bool keyed, uint6
   GC_CHECK(dtypeFromNccl(type, &t));
   // The velocity is a state of n floats, as a compressed call's residual:
   // the same range (the reduce-scatter's recvcount was bounded before).
-  GC_CHECK(codecCheckCount(n));
+  GC_CHECK(refuseCall(c, count, (int)type, (int)op, rs ? kRefusedRecvCount : kRefusedCount,
+                      codecCheckCount(n)));
   if (!agreed) {
     GC_CHECK(agreeBuffers(c, send, n, recv, count, rs ? (size_t)c.rank * count : 0, t));
     GC_CHECK(agreeBeforeState(c));
@@ -464,6 +466,35 @@ gradcompResult_t agreeReady(gradcompComm* c, gradcompResult_t local, int* refuse
   GC_CHECK(c->backend->toHost(&v, ready, sizeof(v)));
   *refused = (int)v - 1;
   return gradcompSuccess;
+}
+
+gradcompResult_t refuseCall(gradcompComm& c, size_t count, int type, int op, CallRefusal why,
+                            gradcompResult_t local) {
+  if (local == gradcompSuccess || count == 0 || !c.cfg.checkCalls ||
+      !c.transport->checksEveryCall() || c.backend->capturing() || c.autoState.reserving ||
+      c.autoState.tuning)
+    return local;
+  char mine[1024];
+  snprintf(mine, sizeof mine, "%s", gradcompGetLastError());
+  // The call's own record goes back after: a refused call leaves the comm as it was.
+  const CallInfo before = c.transport->currentCall();
+  c.transport->beginCall(CallInfo{c.step, count, type, op, kCallRefused, (uint32_t)why});
+  (void)c.transport->verifyCall();  // its sentence names this rank's refusal; ours is `mine`
+  c.transport->beginCall(before);
+  return restoreError(local, "%s", mine);
+}
+
+gradcompResult_t refuseCallEnums(gradcompComm* c, size_t count, const ncclDataType_t* type,
+                                 const ncclRedOp_t* op, gradcompResult_t local) {
+  char mine[1024];
+  snprintf(mine, sizeof mine, "%s", gradcompGetLastError());
+  CommCall call(c);  // gradcompCommAbort waits for it
+  // No comm, or one aborted or busy: nothing to join.
+  if (c == nullptr || !c->backend || !c->transport || call.check() != gradcompSuccess)
+    return restoreError(local, "%s", mine);
+  const int t = enumArg(type), o = enumArg(op);
+  const bool typeOk = t >= 0 && t < (int)ncclNumTypes;
+  return refuseCall(*c, count, t, o, typeOk ? kRefusedOp : kRefusedDatatype, local);
 }
 
 gradcompResult_t agreePrepared(gradcompComm& c, gradcompResult_t local, const char* what) {

@@ -152,6 +152,29 @@ gradcompResult_t checkWarmupCapture(const gradcompComm& c, const BufferState& s)
 // allocate, so a rank short of memory can still vote.
 gradcompResult_t agreeReady(gradcompComm* c, gradcompResult_t local, int* refused);
 
+// GRADCOMP_CHECK_CALLS, for a call this rank refuses for its own arguments
+// before or between the votes below (`local`, its error already set: a
+// datatype or op that is not NCCL's, a count out of range) while its peers,
+// whose arguments pass, go on to the call's next vote or exchange. On a
+// transport that checks every call (the CPU world, sockets) this rank still
+// joins one agreement (Transport::verifyCall) with a record that says it
+// refused and what (kCallRefused, `why`), so the peers fail there at once
+// naming it instead of after cpuTimeoutSec, as they do for a buffer refused
+// on one rank (agreeBuffersGiven); a call every rank refuses alike agrees.
+// Only on that path: a call that is not refused exchanges nothing more.
+// Without the setting a refusal stays this rank's own, as NCCL's (a rank
+// that makes the call alone returns at once, its peers wait); not on NCCL
+// either (its peers' next collective may be a vote of another size), under
+// capture, in the auto timing's calls, or for a call of no elements (its
+// peers return before any exchange). `count`: the count the caller passed.
+// Returns `local` with this rank's own sentence.
+gradcompResult_t refuseCall(gradcompComm& c, size_t count, int type, int op, CallRefusal why,
+                            gradcompResult_t local);
+// refuseCall for a datatype or op checkCallEnums refused, on any comm the
+// caller passed (none when it is NULL, destroyed, aborted or busy).
+gradcompResult_t refuseCallEnums(gradcompComm* c, size_t count, const ncclDataType_t* type,
+                                 const ncclRedOp_t* op, gradcompResult_t local);
+
 // GRADCOMP_CHECK_CALLS, for a compressed call: `local` is how this rank's
 // preparation went (the buffer's state and the workspace: what one rank
 // alone can fail, out of memory say). The ranks vote on it

@@ -51,9 +51,13 @@ gradcompResult_t reduceScatter(const void* send, void* recv, size_t recvCount, n
   GC_CHECK(call.check());
   GC_ARG(c != nullptr && c->backend && c->transport, "comm is NULL or destroyed");
   // 8 bytes is the largest NCCL element: the input's byte size must fit too.
-  GC_ARG(recvCount <= SIZE_MAX / 8 / (size_t)c->nranks,
-         "recvcount=%zu times nranks=%d overflows the input size (at most %zu per rank)", recvCount,
-         c->nranks, SIZE_MAX / 8 / (size_t)c->nranks);
+  if (recvCount > SIZE_MAX / 8 / (size_t)c->nranks) {
+    return refuseCall(
+        *c, recvCount, (int)type, (int)op, kRefusedRecvCount,
+        setError(gradcompInvalidArgument,
+                 "recvcount=%zu times nranks=%d overflows the input size (at most %zu per rank)",
+                 recvCount, c->nranks, SIZE_MAX / 8 / (size_t)c->nranks));
+  }
   c->backend->setStream(stream);
   c->transport->setStream(stream);
   if (recvCount == 0) return gradcompSuccess;
@@ -70,10 +74,14 @@ gradcompResult_t reduceScatter(const void* send, void* recv, size_t recvCount, n
   DType t;
   GC_CHECK(dtypeFromNccl(type, &t));
   // The codecs' range is of the input, nranks * recvcount: named as the caller gave it.
-  GC_ARG(count <= kMaxCodecCount,
-         "recvcount=%zu times nranks=%d is %zu input elements, out of range 0..%zu (at most %zu "
-         "per rank)",
-         recvCount, c->nranks, count, kMaxCodecCount, kMaxCodecCount / (size_t)c->nranks);
+  if (count > kMaxCodecCount) {
+    return refuseCall(
+        *c, recvCount, (int)type, (int)op, kRefusedRecvCount,
+        setError(gradcompInvalidArgument,
+                 "recvcount=%zu times nranks=%d is %zu input elements, out of range "
+                 "0..%zu (at most %zu per rank)",
+                 recvCount, c->nranks, count, kMaxCodecCount, kMaxCodecCount / (size_t)c->nranks));
+  }
   GC_CHECK(agreeBuffers(*c, send, count, recv, recvCount, (size_t)c->rank * recvCount, t));
   GC_CHECK(agreeBeforeState(*c));
 
@@ -88,10 +96,13 @@ gradcompResult_t reduceScatter(const void* send, void* recv, size_t recvCount, n
 
   const bool qsgd = c->cfg.method == gradcompMethodQsgd;
   if (!qsgd) {
-    GC_ARG(recvCount < (size_t)sparse::kEmptySlot,
-           "recvcount=%zu is too large for the u32 block indices of the sparse methods (at most "
-           "%u)",
-           recvCount, sparse::kEmptySlot - 1);
+    if (recvCount >= (size_t)sparse::kEmptySlot) {
+      return refuseCall(*c, recvCount, (int)type, (int)op, kRefusedRecvCount,
+                        setError(gradcompInvalidArgument,
+                                 "recvcount=%zu is too large for the u32 block indices of the "
+                                 "sparse methods (at most %u)",
+                                 recvCount, sparse::kEmptySlot - 1));
+    }
   }
 
   // Blocks of different sizes would be exchanged as if they matched.
@@ -145,7 +156,9 @@ GC_EXPORT gradcompResult_t gradcompReduceScatter(const void* sendbuff, void* rec
                                                  size_t recvcount, ncclDataType_t datatype,
                                                  ncclRedOp_t op, gradcompComm_t comm,
                                                  cudaStream_t stream) {
-  GC_CHECK(gc::checkCallEnums(&datatype, &op));
+  if (const gradcompResult_t bad = gc::checkCallEnums(&datatype, &op); bad != gradcompSuccess) {
+    return gc::guarded([&] { return gc::refuseCallEnums(comm, recvcount, &datatype, &op, bad); });
+  }
   gc::OnCommDevice onDevice(comm);
   return gc::guarded([&] {
     return gc::reduceScatter(sendbuff, recvbuff, recvcount, datatype, op, comm, stream, false, 0);
@@ -156,7 +169,9 @@ GC_EXPORT gradcompResult_t gradcompReduceScatterKeyed(const void* sendbuff, void
                                                       size_t recvcount, ncclDataType_t datatype,
                                                       ncclRedOp_t op, gradcompComm_t comm,
                                                       cudaStream_t stream, uint64_t key) {
-  GC_CHECK(gc::checkCallEnums(&datatype, &op));
+  if (const gradcompResult_t bad = gc::checkCallEnums(&datatype, &op); bad != gradcompSuccess) {
+    return gc::guarded([&] { return gc::refuseCallEnums(comm, recvcount, &datatype, &op, bad); });
+  }
   gc::OnCommDevice onDevice(comm);
   return gc::guarded([&] {
     return gc::reduceScatter(sendbuff, recvbuff, recvcount, datatype, op, comm, stream, true, key);

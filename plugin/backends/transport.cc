@@ -1,6 +1,8 @@
 // What both transports share.
 #include "backends/transport.h"
 
+#include <stdio.h>
+
 #include "checks.h"
 
 namespace gc {
@@ -12,7 +14,47 @@ static const char* callKindName(int kind) {
                                       : "an unknown collective";
 }
 
-gradcompResult_t callMismatch(int rank, const CallInfo& mine, int peer, const CallInfo& theirs) {
+// A record's count as its caller passed it: a reduce-scatter's holds its input,
+// nranks * recvcount, and a caller who passed recvcount looks for that.
+static void countText(char* buf, size_t size, const CallInfo& call, int nranks) {
+  if (call.kind == kCallReduceScatter && nranks > 0) {
+    snprintf(buf, size, "recvcount=%llu", (unsigned long long)(call.count / (uint64_t)nranks));
+  } else {
+    snprintf(buf, size, "count=%llu", (unsigned long long)call.count);
+  }
+}
+
+// What a refused call's record says it refused (CallRefusal).
+static void refusalText(char* buf, size_t size, const CallInfo& call) {
+  switch (call.state) {
+    case kRefusedDatatype:
+      snprintf(buf, size, "its datatype=%d", call.type);
+      break;
+    case kRefusedOp:
+      snprintf(buf, size, "its op=%d", call.op);
+      break;
+    case kRefusedRecvCount:
+      snprintf(buf, size, "its recvcount=%llu", (unsigned long long)call.count);
+      break;
+    default:
+      snprintf(buf, size, "its count=%llu", (unsigned long long)call.count);
+      break;
+  }
+}
+
+gradcompResult_t callMismatch(int rank, const CallInfo& mine, int peer, const CallInfo& theirs,
+                              int nranks) {
+  if (theirs.kind == kCallRefused || mine.kind == kCallRefused) {
+    // The refusing rank returns its own sentence (refuseCall); its peers name it.
+    const bool theirsRefused = theirs.kind == kCallRefused;
+    const int who = theirsRefused ? peer : rank;
+    char why[96];
+    refusalText(why, sizeof why, theirsRefused ? theirs : mine);
+    return setError(gradcompInvalidUsage,
+                    "rank %d refused this call's arguments (%s; its own error says why), so rank "
+                    "%d fails it too instead of waiting in an exchange rank %d will not join",
+                    who, why, theirsRefused ? rank : peer, who);
+  }
   CallInfo same = theirs;
   same.state = mine.state;
   if (same == mine) {
@@ -24,14 +66,16 @@ gradcompResult_t callMismatch(int rank, const CallInfo& mine, int peer, const Ca
                     "or reset every rank",
                     rank, peer, (unsigned long long)mine.step, mine.state, theirs.state);
   }
+  char myCount[48], theirCount[48];
+  countText(myCount, sizeof myCount, mine, nranks);
+  countText(theirCount, sizeof theirCount, theirs, nranks);
   return setError(gradcompInvalidUsage,
-                  "rank %d is at step %llu with count=%llu datatype=%d op=%d (%s) while rank %d "
-                  "is at step %llu with count=%llu datatype=%d op=%d (%s): every rank must make "
+                  "rank %d is at step %llu with %s datatype=%d op=%d (%s) while rank %d "
+                  "is at step %llu with %s datatype=%d op=%d (%s): every rank must make "
                   "the same calls in the same order from the same state",
-                  rank, (unsigned long long)mine.step, (unsigned long long)mine.count, mine.type,
-                  mine.op, callKindName(mine.kind), peer, (unsigned long long)theirs.step,
-                  (unsigned long long)theirs.count, theirs.type, theirs.op,
-                  callKindName(theirs.kind));
+                  rank, (unsigned long long)mine.step, myCount, mine.type, mine.op,
+                  callKindName(mine.kind), peer, (unsigned long long)theirs.step, theirCount,
+                  theirs.type, theirs.op, callKindName(theirs.kind));
 }
 
 gradcompResult_t Transport::checkOpen() const {

@@ -18,21 +18,39 @@
 namespace gc {
 
 // The collective a CallInfo belongs to (a retune's exchanges are a call of their own).
-enum CallKind : int { kCallAllReduce = 0, kCallReduceScatter = 1, kCallRetune = 2 };
+// kCallRefused: a call this rank refused for its own arguments, joined only so
+// that its peers fail at once (collective.h, refuseCall).
+enum CallKind : int {
+  kCallAllReduce = 0,
+  kCallReduceScatter = 1,
+  kCallRetune = 2,
+  kCallRefused = 3
+};
+
+// What a kCallRefused record refused (its `state`), named in the peers' sentence.
+enum CallRefusal : uint32_t {
+  kRefusedDatatype = 1,   // its type holds the datatype passed
+  kRefusedOp = 2,         // its op holds the op passed
+  kRefusedCount = 3,      // an allreduce's count, held in its count
+  kRefusedRecvCount = 4,  // a reduce-scatter's recvcount, held in its count
+};
 
 // What every rank must agree on for one gradcompAllReduce or
 // gradcompReduceScatter: ranks that differ here would exchange unrelated
 // bytes (sparse indices past a shorter buffer, rand-k sums of different
 // coordinates) or wait for each other in different NCCL collectives.
 struct CallInfo {
-  uint64_t step = 0;   // the comm's compressed-call counter (every RNG key reads it)
-  uint64_t count = 0;  // elements (the reduce-scatter's input: nranks * recvcount)
-  int type = -1;       // ncclDataType_t
-  int op = -1;         // ncclRedOp_t
+  uint64_t step = 0;  // the comm's compressed-call counter (every RNG key reads it)
+  // Elements (the reduce-scatter's input: nranks * recvcount; a refused
+  // call's, the count its caller passed).
+  uint64_t count = 0;
+  int type = -1;  // ncclDataType_t
+  int op = -1;    // ncclRedOp_t
   int kind = kCallAllReduce;
   // The schedule of the last loaded state (gradcompComm::stateDigest): ranks
   // restored from checkpoints of different runs at the same step would size
-  // their messages differently (DGC's warm-up, DQ-SGD's bits).
+  // their messages differently (DGC's warm-up, DQ-SGD's bits). A refused
+  // call's: what it refused (CallRefusal).
   uint32_t state = 0;
   bool operator==(const CallInfo& o) const {
     return step == o.step && count == o.count && type == o.type && op == o.op && kind == o.kind &&
@@ -50,6 +68,7 @@ class Transport {
   // The call the next collectives belong to. The CPU transport checks it at
   // every collective, for free; NCCL only in verifyCall.
   void beginCall(const CallInfo& call) { call_ = call; }
+  const CallInfo& currentCall() const { return call_; }
   // Whether every collective of this transport already checks the call
   // (the CPU world and the socket transport): then GRADCOMP_CHECK_CALLS has
   // nothing to add.
@@ -117,7 +136,10 @@ class Transport {
 };
 
 // The sentence of a disagreement between this rank's call and rank `peer`'s.
-gradcompResult_t callMismatch(int rank, const CallInfo& mine, int peer, const CallInfo& theirs);
+// `nranks`: the world's, by which a reduce-scatter's record (its input count)
+// is named in the recvcount its caller passed.
+gradcompResult_t callMismatch(int rank, const CallInfo& mine, int peer, const CallInfo& theirs,
+                              int nranks);
 
 std::unique_ptr<Transport> makeNcclTransport(ncclComm_t comm, int rank, int size);
 

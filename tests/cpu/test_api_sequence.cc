@@ -6,14 +6,20 @@
 // random sizes (0 and under minElements included), types, ops and buffers
 // (in place and out of place, keyed and by address) come state saves and
 // loads (into the same comms and into new ones), resets, grad scales,
-// retunes, refused calls made by every rank or by one alone, refused loads
-// and scales, stops and aborts, and comms destroyed and made again.
+// retunes, refused calls made by every rank or by one alone (under
+// GRADCOMP_CHECK_CALLS, a collective one rank gets wrong while its peers make
+// it right), refused loads and scales, stops and aborts, and comms destroyed
+// and made again.
 //
 // The model: every compressed QSGD call of a fixed width on a flat layout
-// equals the serial reference of its exchange bit for bit, the model keeping
-// each buffer's residuals; a passed call equals the rank-order reduction;
-// every rank's output of an allreduce is the same bytes; the step counter and
-// the compressed/passed counts follow the calls; a refused call names why,
+// (or an unpipelined hierarchical one) equals the serial reference of its
+// exchange bit for bit, the model keeping
+// each buffer's residuals, and so does every compressed top-k, rand-k and
+// DGC call (without momentum correction) on a flat layout, against
+// ref_sparse.h's and ref_rs.h's, the model keeping each buffer's v; a passed
+// call equals the rank-order reduction; every rank's output of an allreduce
+// is the same bytes; the step counter and the compressed/passed counts
+// follow the calls; a refused call names why,
 // leaves the comm's saved state byte for byte as it was and the comm usable;
 // and for error feedback without momentum, over each buffer's whole life
 // (loads into new comms included), the inputs equal the outputs plus every
@@ -49,9 +55,12 @@
 #include "plugin/collective.h"
 #include "plugin/comm.h"
 #include "tests/common/cpu_world.h"
-#include "tests/common/owner_place.h"
+#include "tests/common/ledger.h"
 #include "tests/common/ref_algos.h"
+#include "tests/common/ref_hier.h"
+#include "tests/common/ref_hier_rs.h"
 #include "tests/common/ref_rs.h"
+#include "tests/common/ref_sparse.h"
 #include "tests/common/state_blob.h"
 #include "tests/common/env_knob.h"
 #include "tests/common/test_util.h"
@@ -68,7 +77,7 @@ using gctest::envKnob;
 // (Atomic: two worlds' calls may run at once.)
 struct Tally {
   std::atomic<uint64_t> calls{0}, compressed{0}, exact{0}, passed{0}, ledgers{0}, refused{0},
-      loads{0}, resets{0}, scales{0}, retunes{0}, worlds{0}, aborts{0}, pairs{0};
+      refusedOnOne{0}, loads{0}, resets{0}, scales{0}, retunes{0}, worlds{0}, aborts{0}, pairs{0};
 };
 Tally gTally;
 
@@ -136,16 +145,11 @@ Id idOf(const Call& k, int N) {
             k.inputs(N), (int)k.type};
 }
 
-// The ledger of one buffer state over its life: sums of inputs, outputs
-// (times N for Avg) and, at the end, residuals, in unscaled units.
-struct Acc {
-  std::vector<double> in, out, res, mag, typeErr;
-};
-
 // The model's residuals of one buffer state, per rank (the reference's Rank
 // residual and owner residual).
 struct ModelState {
   std::vector<std::vector<float>> res, own;
+  std::vector<gctest::ref::SparseState> sparse;  // the sparse methods' v, u and call count
 };
 
 struct Settings {
@@ -220,7 +224,13 @@ Settings randomSettings(std::mt19937_64& rng) {
     ADD_FAILURE() << "a generated config is refused: " << gradcompGetLastError();
   }
   if (c.method == gradcompMethodQsgd) {
-    exact = c.bitsMode == gradcompBitsFixed && !c.elias && c.localSize <= 1 && N >= 2;
+    // A hierarchical layout's too, unpipelined (ref_hier.h, ref_hier_rs.h).
+    exact = c.bitsMode == gradcompBitsFixed && !c.elias && N >= 2 &&
+            (c.localSize <= 1 || c.pipelineBytes == 0);
+  } else if (c.method != gradcompMethodNone) {
+    // The sparse references (ref_sparse.h, ref_rs.h) of a flat layout;
+    // DGC's momentum correction carries u through passed calls too.
+    exact = c.localSize <= 1 && N >= 2 && !c.momentumCorrection;
   }
   Settings s;
   s.cfg = c;
@@ -350,7 +360,7 @@ class SeqWorld {
     auto blobs = saveAll();
     std::vector<std::map<std::tuple<int, uint64_t, size_t, int>, Id>> ptrs = ptrs_;
     std::map<Id, ModelState> model = model_;
-    std::map<Id, Acc> acc = acc_;
+    std::map<Id, gctest::Ledger> acc = acc_;
     const uint64_t step = step_;
     const float scale = scale_;
     destroy(false);
@@ -401,6 +411,11 @@ class SeqWorld {
           for (auto& x : rv) x *= ratio;
         }
       }
+      for (auto& sp : kv.second.sparse) {
+        for (auto* v : {&sp.v, &sp.u}) {
+          for (auto& x : *v) x *= ratio;
+        }
+      }
     }
     scale_ = scale;
   }
@@ -433,10 +448,14 @@ class SeqWorld {
     overlap.rs = true, overlap.m = 512;
     const bool compresses = eligible(overlap);
     const float badScale = pick(2) ? NAN : -2.0f;  // drawn here: the ranks' threads draw nothing
-    // A collective every rank must make (kinds 0 to 4) is refused on every
-    // rank alike: made by one rank alone, its peers would be waited for (the
-    // CPU backend agrees on every call before it reads the arguments).
+    // A collective every rank must make (kinds 0 to 4) is made by every rank:
+    // made by one rank alone, its peers would be waited for (the CPU backend
+    // agrees on every call before it reads the arguments).
     const bool one = kind >= 5 && kind <= 7 && pick(2) == 0;
+    // Under GRADCOMP_CHECK_CALLS a collective may be refused on one rank
+    // alone while its peers make it right: they fail at once, naming it.
+    const bool oneOfAll = kind <= 4 && S.cfg.checkCalls && N > 1 && pick(2) == 0;
+    gTally.refusedOnOne += oneOfAll;
     const int who = pick(N);
     auto before = saveAll();
     std::vector<gradcompStats_t> st0(N), st1(N);
@@ -448,6 +467,15 @@ class SeqWorld {
       float* s = send_[r][0].data();
       float* o = recv_[r][0].data();
       gradcompResult_t rc = gradcompSuccess;
+      if (oneOfAll && r != who) {
+        // The call the refusing rank got wrong, made right.
+        rc = kind == 2 ? gradcompReduceScatter(s, o, 16, ncclFloat32, ncclSum, comms_[r], nullptr)
+             : kind == 4
+                 ? gradcompReduceScatterKeyed(s, o, 16, ncclFloat32, ncclAvg, comms_[r], nullptr, 3)
+                 : gradcompAllReduce(s, o, 64, ncclFloat32, ncclSum, comms_[r], nullptr);
+        if (rc != gradcompSuccess) err[r] = gradcompGetLastError();
+        return rc;
+      }
       switch (kind) {
         case 0:
           rc = gradcompAllReduce(s, o, 64, ncclNumTypes, ncclSum, comms_[r], nullptr);
@@ -500,6 +528,16 @@ class SeqWorld {
     for (int r = 0; r < N; ++r) {
       if (one && r != who) continue;
       if ((kind == 8 && N == 1) || (kind == 9 && !compresses)) continue;
+      if (oneOfAll && r != who) {
+        EXPECT_EQ(res[r], gradcompInvalidUsage)
+            << where() << ": refused kind " << kind << " on rank " << who << " alone, rank " << r
+            << ": " << err[r];
+        const std::string named = "rank " + std::to_string(who) + " ";
+        EXPECT_NE(err[r].find(named), std::string::npos)
+            << where() << ": refused kind " << kind << " does not name rank " << who << ": "
+            << err[r];
+        continue;
+      }
       EXPECT_TRUE(res[r] == gradcompInvalidArgument || res[r] == gradcompInvalidUsage)
           << where() << ": refused kind " << kind << " rank " << r << " gave " << res[r] << " "
           << err[r];
@@ -512,8 +550,9 @@ class SeqWorld {
     }
     auto after = saveAll();
     for (int r = 0; r < N; ++r) {
-      EXPECT_EQ(after[r], before[r]) << where() << ": refused kind " << kind << " (one " << one
-                                     << ") changed rank " << r << "'s state";
+      EXPECT_EQ(after[r], before[r])
+          << where() << ": refused kind " << kind << " (one " << one << ", on one rank of all "
+          << oneOfAll << ") changed rank " << r << "'s state";
       gradcompGetStats(comms_[r], &st1[r]);
       EXPECT_EQ(st1[r].steps, st0[r].steps) << where() << " kind " << kind;
       EXPECT_EQ(st1[r].callsCompressed, st0[r].callsCompressed) << where() << " kind " << kind;
@@ -631,16 +670,31 @@ class SeqWorld {
     // model has one, the rank-order reduction of a passed one.
     std::vector<std::vector<float>> expect;  // per rank (allreduce: one)
     bool exactExpect = false;
-    if (compressed && S.exact) {
+    if (compressed && S.exact && S.cfg.method != gradcompMethodQsgd) {
+      ModelState& ms = model_[id];
+      if (ms.sparse.empty()) ms.sparse.resize(N);
+      expect = k.rs ? gctest::ref::refSparseReduceScatter(S.cfg, dtypeOf(k.type), avg, step_, in,
+                                                          ms.sparse)
+                    : std::vector<std::vector<float>>{gctest::ref::refSparse(
+                          S.cfg, dtypeOf(k.type), avg, step_, in, ms.sparse)};
+      exactExpect = true;
+    } else if (compressed && S.exact) {
       ModelState& ms = model_[id];
       if (ms.res.empty()) {
         ms.res.assign(N, std::vector<float>(n, 0.0f));
         ms.own.assign(N, std::vector<float>(n, 0.0f));
       }
       for (int r = 0; r < N; ++r) R[r].residual = ms.res[r], R[r].ownerRes = ms.own[r];
-      if (k.rs) {
+      if (k.rs && S.cfg.localSize >= 2) {
+        expect = gctest::ref::refHierReduceScatter(R, dtypeOf(k.type), m, S.cfg, S.cfg.bits, step_,
+                                                   avg, S.cfg.localSize);
+      } else if (k.rs) {
         expect =
             gctest::ref::refReduceScatter(R, dtypeOf(k.type), m, S.cfg, S.cfg.bits, step_, avg);
+      } else if (S.cfg.localSize >= 2) {
+        const int L = S.cfg.localSize;
+        expect = {gctest::ref::refHier(R, dtypeOf(k.type), m, S.cfg, step_, avg, L,
+                                       gctest::effectiveAlgo(S.cfg.algo, N / L))};
       } else {
         expect = {gctest::ref::refDense(R, dtypeOf(k.type), m, S.cfg, step_, avg,
                                         gctest::effectiveAlgo(S.cfg.algo, N))};
@@ -683,23 +737,17 @@ class SeqWorld {
     if (compressed) ++step_;
     // The ledger (float Sum/Avg calls, compressed or passed).
     if (S.ledger && isFloat(k.type) && (k.op == ncclSum || k.op == ncclAvg) && n > 0) {
-      Acc& a = acc(id, n);
+      gctest::Ledger& a = acc(id, n);
       for (int r = 0; r < N; ++r) {
         for (size_t i = 0; i < n; ++i) {
-          const double x = in[r][i] / scale_;
-          a.in[i] += x;
-          a.mag[i] += fabs(x);
-          if (k.type != ncclFloat32) a.typeErr[i] += 4 * epsOf(k.type) * fabs(x);
+          a.addInput(i, in[r][i] / scale_, k.type != ncclFloat32 ? epsOf(k.type) : 0);
         }
       }
       const double f = avg ? N : 1;
       for (int r = 0; r < (k.rs ? N : 1); ++r) {
         for (size_t i = 0; i < m; ++i) {
           const size_t e = k.rs ? (size_t)r * m + i : i;
-          const double y = getT(outp[r], k.type, i) * f / scale_;
-          a.out[e] += y;
-          a.mag[e] += fabs(y);
-          a.typeErr[e] += fabs(y) * epsOf(k.type) * 2 * (avg ? N : 1);
+          a.addOutput(e, getT(outp[r], k.type, i) * f / scale_, epsOf(k.type) * 2 * f);
         }
       }
     }
@@ -747,40 +795,15 @@ class SeqWorld {
           continue;
         }
         const Id id = it->second;
-        const bool rs = std::get<0>(id);
-        Acc& a = acc(id, s.count);
-        if (s.residual) {
-          // A hierarchical reduce-scatter keeps block l*k + j at input block R(j, l).
-          const bool permuted = rs && gc::useHierReduceScatter(*c);
-          const size_t m = s.count / N;
-          for (size_t i = 0; i < s.count; ++i) {
-            const size_t e = permuted ? inputIndex(c, i, m) : i;
-            a.res[e] += s.residual[i] / scale_;
-            a.mag[e] += fabs(s.residual[i] / scale_);
-          }
-        }
-        if (s.ownerResidual && !rs) {
-          const gc::Topology& t = c->topo;
-          const auto place = gctest::ownerPlace(c->cfg, s.count, c->nranks, c->rank, t.nodes,
-                                                t.localSize, t.node, t.localRank);
-          for (size_t i = 0; i < s.ownerResidualCount && i < place.second; ++i) {
-            a.res[place.first + i] += s.ownerResidual[i] / scale_;
-            a.mag[place.first + i] += fabs(s.ownerResidual[i] / scale_);
-          }
-        }
+        acc(id, s.count).addResiduals(c, s, std::get<0>(id), scale_);
       }
     }
     for (auto& kv : acc_) {
       ++gTally.ledgers;
-      Acc& a = kv.second;
-      double worst = 0, worstErr = 0;
-      size_t at = 0, bad = 0;
-      for (size_t i = 0; i < a.in.size(); ++i) {
-        const double err = fabs(a.in[i] - a.out[i] - a.res[i]);
-        const double tol = 8.0 * (N + 4) * 0x1p-24 * a.mag[i] + a.typeErr[i] + 1e-30;
-        if (!(err <= tol)) ++bad;
-        if (err / tol > worst || !(err <= tol)) worst = err / tol, worstErr = err, at = i;
-      }
+      const gctest::Ledger::Check k = kv.second.check(N);
+      const gctest::Ledger& a = kv.second;
+      const size_t bad = k.bad, at = k.at;
+      const double worstErr = k.err;
       EXPECT_EQ(bad, 0u) << where() << " at " << why << ": state (rs " << std::get<0>(kv.first)
                          << ", keyed " << std::get<1>(kv.first) << ", " << std::get<2>(kv.first)
                          << ", n " << std::get<3>(kv.first) << ", type " << std::get<4>(kv.first)
@@ -793,24 +816,16 @@ class SeqWorld {
   std::vector<gradcompComm_t> comms_;
 
  private:
-  static size_t inputIndex(const gradcompComm* c, size_t i, size_t m) {
-    const size_t b = i / m, l = b / c->topo.nodes, j = b % c->topo.nodes;
-    return (size_t)c->topo.rankAt((int)j, (int)l) * m + i % m;
-  }
-
-  Acc& acc(const Id& id, size_t n) {
-    Acc& a = acc_[id];
-    if (a.in.empty()) {
-      a.in.assign(n, 0.0), a.out.assign(n, 0.0), a.res.assign(n, 0.0);
-      a.mag.assign(n, 0.0), a.typeErr.assign(n, 0.0);
-    }
+  gctest::Ledger& acc(const Id& id, size_t n) {
+    gctest::Ledger& a = acc_[id];
+    a.size(n);
     return a;
   }
 
   std::string name_;
   std::vector<std::vector<std::vector<float>>> send_, recv_;
   std::map<Id, ModelState> model_;
-  std::map<Id, Acc> acc_;
+  std::map<Id, gctest::Ledger> acc_;
   // Per rank: the library's state key of each buffer the calls named -> its Id.
   std::vector<std::map<std::tuple<int, uint64_t, size_t, int>, Id>> ptrs_{
       std::vector<std::map<std::tuple<int, uint64_t, size_t, int>, Id>>(kMaxRanks)};
@@ -936,8 +951,12 @@ TEST(ApiSequence, ARetuneAfterARefusedCallRuns) {
           2, [&](int r) { return collective(r, r ? 1001 : 1000); }, &err);
       for (int r = 0; r < 2; ++r) {
         ASSERT_EQ(res[r], gradcompInvalidUsage) << "rank " << r << ": " << err[r];
-        // The reduce-scatter's record holds its input count, 2 * 1001.
-        EXPECT_NE(err[r].find(rs ? "2002" : "1001"), std::string::npos) << err[r];
+        // Each rank's count as its caller passed it: the reduce-scatter's
+        // record holds its input count, 2 * recvcount, and names recvcount.
+        for (const char* want : {"count=1000 ", "count=1001 "}) {
+          EXPECT_NE(err[r].find(std::string(rs ? "recv" : " ") + want), std::string::npos)
+              << err[r];
+        }
       }
       res = onRanks(
           2, [&](int r) { return gradcompCommRetune(w.comm(r), nullptr); }, &err);
@@ -955,6 +974,111 @@ TEST(ApiSequence, ARetuneAfterARefusedCallRuns) {
   }
 }
 
+// GRADCOMP_CHECK_CALLS: a collective whose arguments one rank alone refuses
+// (its peers' pass) fails that rank with its own error and its peers, at
+// their next vote, with gradcompInvalidUsage naming it and what it refused,
+// instead of leaving them waiting for it until cpuTimeoutSec (long here:
+// before 2026-12-06 a datatype, op or recvcount refused on one rank made
+// them fail only then, naming no rank; its buffers were voted on already).
+// The call leaves every rank's state as it was, and the call made right
+// works next. Without the setting a refusal stays the rank's own, as NCCL's.
+TEST(ApiSequence, ARefusalOnOneRankFailsItsPeersNamingIt) {
+  // A C caller's op of -1, put in the enum's bytes (as Reliability.EnumValuesOutsideNcclsAreRefused
+  // does; the C test capi.enum_args passes it as C does).
+  ncclRedOp_t negativeOp;
+  const int minusOne = -1;
+  memcpy(&negativeOp, &minusOne, sizeof negativeOp);
+  struct Case {
+    const char* what;
+    const char* mine;   // in the refusing rank's sentence
+    const char* peers;  // in its peers' sentence
+  };
+  const Case cases[] = {
+      {"a NULL recvbuff", "NULL", "buffer"},
+      {"datatype 12 (ncclNumTypes)", "datatype=12", "datatype=12"},
+      {"a NULL reduce-scatter recvbuff", "NULL", "buffer"},
+      {"a recvcount whose input overflows", "overflows", "recvcount="},
+      {"overlapping reduce-scatter buffers", "overlap", "buffer"},
+      {"a negative op", "op=-1", "op=-1"},
+  };
+  for (int local : {0, 2}) {
+    for (size_t minElements : {(size_t)0, (size_t)1 << 20}) {
+      gradcompConfig_t c;
+      gradcompConfigInit(&c);
+      c.checkCalls = 1, c.localSize = local, c.minElements = minElements;
+      c.cpuTimeoutSec = 30.0f;  // a peer left waiting fails after it, naming nobody
+      const int N = local ? 4 : 3, who = N - 2;
+      gctest::CpuWorld w(N, c);
+      std::vector<std::vector<float>> b(N, std::vector<float>(2000, 1.0f)), o = b;
+      for (int kind = 0; kind < 6; ++kind) {
+        const Case& k = cases[kind];
+        SCOPED_TRACE(testing::Message() << k.what << ", local " << local << " min " << minElements);
+        // Refused only where the call compresses (a passed one goes to the transport as it is).
+        if (kind == 4 && minElements) continue;
+        const bool rs = kind >= 2 && kind <= 4;
+        const size_t m = rs ? 1000 / (size_t)N : 1000;
+        std::vector<std::vector<uint8_t>> before(N);
+        for (int r = 0; r < N; ++r) before[r] = gctest::savedState(w.comm(r));
+        std::vector<std::string> err;
+        auto res = onRanks(
+            N,
+            [&](int r) {
+              const bool bad = r == who;
+              float* s = b[r].data();
+              float* out = rs ? o[r].data() : s;
+              switch (kind) {
+                case 0:
+                  return gradcompAllReduce(s, bad ? nullptr : out, m, ncclFloat32, ncclSum,
+                                           w.comm(r), nullptr);
+                case 1:
+                  return gradcompAllReduce(s, out, m, bad ? ncclNumTypes : ncclFloat32, ncclSum,
+                                           w.comm(r), nullptr);
+                case 2:
+                  return gradcompReduceScatterKeyed(s, bad ? nullptr : out, m, ncclFloat32, ncclAvg,
+                                                    w.comm(r), nullptr, 4);
+                case 3:
+                  return gradcompReduceScatter(s, out, bad ? SIZE_MAX / 4 : m, ncclFloat32, ncclSum,
+                                               w.comm(r), nullptr);
+                case 4:
+                  return gradcompReduceScatter(s, bad ? s + 1 : out, m, ncclFloat32, ncclSum,
+                                               w.comm(r), nullptr);
+                default:
+                  return gradcompAllReduceKeyed(s, out, m, ncclFloat32, bad ? negativeOp : ncclSum,
+                                                w.comm(r), nullptr, 5);
+              }
+            },
+            &err);
+        EXPECT_EQ(res[who], gradcompInvalidArgument) << err[who];
+        EXPECT_NE(err[who].find(k.mine), std::string::npos) << err[who];
+        const std::string named = "rank " + std::to_string(who) + " ";
+        for (int r = 0; r < N; ++r) {
+          if (r == who) continue;
+          EXPECT_EQ(res[r], gradcompInvalidUsage) << "rank " << r << ": " << err[r];
+          EXPECT_NE(err[r].find(named), std::string::npos) << "rank " << r << ": " << err[r];
+          EXPECT_NE(err[r].find(k.peers), std::string::npos) << "rank " << r << ": " << err[r];
+        }
+        for (int r = 0; r < N; ++r) {
+          EXPECT_EQ(gctest::savedState(w.comm(r)), before[r]) << "rank " << r;
+        }
+        res = onRanks(
+            N,
+            [&](int r) {
+              float* s = b[r].data();
+              return rs ? gradcompReduceScatter(s, o[r].data(), m, ncclFloat32, ncclSum, w.comm(r),
+                                                nullptr)
+                        : gradcompAllReduce(s, s, m, ncclFloat32, ncclSum, w.comm(r), nullptr);
+            },
+            &err);
+        for (int r = 0; r < N; ++r) {
+          EXPECT_EQ(res[r], gradcompSuccess) << "rank " << r << ": " << err[r];
+        }
+        // Before the fix a case costs cpuTimeoutSec: stop at the first.
+        if (::testing::Test::HasFailure()) return;
+      }
+    }
+  }
+}
+
 TEST(ApiSequence, RandomSequencesHoldTheModel) {
   const uint64_t first = envKnob("GRADCOMP_SEQ_SEED", 0, UINT64_MAX, 1);
   const int seeds = (int)envKnob("GRADCOMP_SEQ_SEEDS", 1, INT_MAX, 10);
@@ -966,13 +1090,15 @@ TEST(ApiSequence, RandomSequencesHoldTheModel) {
   printf(
       "api sequences: %d seeds from %llu, %d operations each: %llu calls (%llu compressed, "
       "%llu of them against the serial reference, %llu passed ones against the reduction), "
-      "%llu ledgers closed, %llu refused calls, %llu loads, %llu resets, %llu scales, "
+      "%llu ledgers closed, %llu refused calls (%llu on one rank of all), %llu loads, %llu resets, "
+      "%llu scales, "
       "%llu retunes, %llu worlds made, %llu stopped and aborted, %llu pairs of calls at once\n",
       seeds, (unsigned long long)first, ops, (unsigned long long)t.calls,
       (unsigned long long)t.compressed, (unsigned long long)t.exact, (unsigned long long)t.passed,
-      (unsigned long long)t.ledgers, (unsigned long long)t.refused, (unsigned long long)t.loads,
-      (unsigned long long)t.resets, (unsigned long long)t.scales, (unsigned long long)t.retunes,
-      (unsigned long long)t.worlds, (unsigned long long)t.aborts, (unsigned long long)t.pairs);
+      (unsigned long long)t.ledgers, (unsigned long long)t.refused,
+      (unsigned long long)t.refusedOnOne, (unsigned long long)t.loads, (unsigned long long)t.resets,
+      (unsigned long long)t.scales, (unsigned long long)t.retunes, (unsigned long long)t.worlds,
+      (unsigned long long)t.aborts, (unsigned long long)t.pairs);
 }
 
 }  // namespace

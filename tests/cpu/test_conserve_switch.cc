@@ -28,7 +28,7 @@
 #include "plugin/collective.h"
 #include "plugin/comm.h"
 #include "tests/common/cpu_world.h"
-#include "tests/common/owner_place.h"
+#include "tests/common/ledger.h"
 #include "tests/common/test_util.h"
 
 namespace {
@@ -62,10 +62,6 @@ double epsOf(ncclDataType_t t) {
 // A buffer state as every rank knows it: (kind, keyed, key or buffer slot,
 // input count, type).
 using Id = std::tuple<int, bool, uint64_t, size_t, int>;
-
-struct Acc {
-  std::vector<double> in, out, res, mag, typeErr;
-};
 
 struct Call {
   bool rs, keyed;
@@ -151,7 +147,7 @@ class Run {
   void call(const Call& k, uint64_t seed) {
     const size_t m = k.rs ? k.n / N : k.n;
     const Id id{k.rs ? 2 : 0, k.keyed, k.keyOrSlot, k.n, (int)k.type};
-    Acc& a = acc(id, k.n);
+    gctest::Ledger& a = acc(id, k.n);
     const int slot = k.keyed ? (int)(seed % kSlots) : (int)k.keyOrSlot;
     const bool mom = cfg_.method == gradcompMethodDgc && cfg_.momentumCorrection;
     for (int r = 0; r < N; ++r) {
@@ -163,10 +159,7 @@ class Run {
         // What the call adds to the rank's velocity: u = m*u + g (DGC's
         // momentum correction), in unscaled units.
         const double x = getT(s, k.type, i) / scale_ + (mom ? cfg_.momentum * u[i] / scale_ : 0);
-        a.in[i] += x;
-        a.mag[i] += fabs(x);
-        // A 16-bit call's partial sums and carried values round to the type.
-        if (k.type != ncclFloat32) a.typeErr[i] += 4 * epsOf(k.type) * fabs(x);
+        a.addInput(i, x, k.type != ncclFloat32 ? epsOf(k.type) : 0);
       }
     }
     auto res = world_->run([&](int r) {
@@ -188,10 +181,7 @@ class Run {
       const void* out = k.rs ? recv_[r][slot].data() : send_[r][slot].data();
       for (size_t i = 0; i < m; ++i) {
         const size_t e = k.rs ? (size_t)r * m + i : i;
-        const double y = getT(out, k.type, i) * f / scale_;
-        a.out[e] += y;
-        a.mag[e] += fabs(y);
-        a.typeErr[e] += fabs(y) * epsOf(k.type) * 2;
+        a.addOutput(e, getT(out, k.type, i) * f / scale_, epsOf(k.type) * 2);
       }
     }
   }
@@ -222,42 +212,14 @@ class Run {
                     (int)s.dtype == 0   ? (int)ncclFloat32
                     : (int)s.dtype == 1 ? (int)ncclFloat16
                                         : (int)ncclBfloat16};
-        Acc& a = acc(id, s.count);
-        if (s.residual) {
-          // A hierarchical reduce-scatter keeps block l*k + j at input block R(j, l).
-          const bool permuted = rs && gc::useHierReduceScatter(*c);
-          const size_t m = s.count / N;
-          for (size_t i = 0; i < s.count; ++i) {
-            const size_t e = permuted ? inputIndex(c, i, m) : i;
-            a.res[e] += s.residual[i] / scale_;
-            a.mag[e] += fabs(s.residual[i] / scale_);
-          }
-        }
-        if (s.ownerResidual && !rs) {
-          const gc::Topology& t = c->topo;
-          const auto place = gctest::ownerPlace(c->cfg, s.count, c->nranks, c->rank, t.nodes,
-                                                t.localSize, t.node, t.localRank);
-          for (size_t i = 0; i < s.ownerResidualCount; ++i) {
-            if (i < place.second) {
-              a.res[place.first + i] += s.ownerResidual[i] / scale_;
-              a.mag[place.first + i] += fabs(s.ownerResidual[i] / scale_);
-            } else {
-              ASSERT_EQ(s.ownerResidual[i], 0.0f) << "rank " << r << " owner element " << i;
-            }
-          }
-        }
+        acc(id, s.count).addResiduals(c, s, rs, scale_);
       }
     }
     for (auto& kv : acc_) {
-      Acc& a = kv.second;
-      double worst = 0, worstErr = 0;
-      size_t at = 0, bad = 0;
-      for (size_t i = 0; i < a.in.size(); ++i) {
-        const double err = fabs(a.in[i] - a.out[i] - a.res[i]);
-        const double tol = 8.0 * (N + 4) * 0x1p-24 * a.mag[i] + a.typeErr[i] + 1e-30;
-        if (err > tol) ++bad;
-        if (err / tol > worst) worst = err / tol, worstErr = err, at = i;
-      }
+      const gctest::Ledger& a = kv.second;
+      const gctest::Ledger::Check k = a.check(N);
+      const size_t bad = k.bad, at = k.at;
+      const double worst = k.worst, worstErr = k.err;
       EXPECT_EQ(bad, 0u) << what << ": state (kind " << std::get<0>(kv.first) << ", keyed "
                          << std::get<1>(kv.first) << ", " << std::get<2>(kv.first) << ", n "
                          << std::get<3>(kv.first) << ", type " << std::get<4>(kv.first)
@@ -272,19 +234,16 @@ class Run {
   float scale_ = 1.0f;
 
  private:
-  Acc& acc(const Id& id, size_t n) {
-    Acc& a = acc_[id];
-    if (a.in.empty()) {
-      a.in.assign(n, 0.0), a.out.assign(n, 0.0), a.res.assign(n, 0.0);
-      a.mag.assign(n, 0.0), a.typeErr.assign(n, 0.0);
-    }
+  gctest::Ledger& acc(const Id& id, size_t n) {
+    gctest::Ledger& a = acc_[id];
+    a.size(n);
     return a;
   }
 
   gradcompConfig_t cfg_;
   std::unique_ptr<gctest::CpuWorld> world_;
   std::vector<std::vector<std::vector<float>>> send_, recv_;
-  std::map<Id, Acc> acc_;
+  std::map<Id, gctest::Ledger> acc_;
 };
 
 struct Switches {

@@ -250,6 +250,37 @@ TEST(Socket, DifferentCallsFailOnEveryRank) {
       << gradcompGetLastError();
 }
 
+// GRADCOMP_CHECK_CALLS: a datatype one rank alone gets wrong (its peers'
+// is right) fails every rank at once, instead of leaving the peers waiting
+// until cpuTimeoutSec (long here) and naming nobody (before 2026-12-06). The
+// refusing rank returns its own error; whichever peer reads its record first
+// names it, the others may only see a connection close.
+TEST(Socket, ADatatypeRefusedOnOneRankFailsEveryRank) {
+  gradcompConfig_t cfg = withMethod(gradcompMethodQsgd);
+  cfg.checkCalls = 1, cfg.cpuTimeoutSec = 60;
+  SocketWorld world(3, cfg);
+  std::vector<std::vector<float>> bufs(3, std::vector<float>(6000, 1.0f));
+  std::vector<std::string> why(3);
+  auto res = world.run([&](int r) {
+    const ncclDataType_t t = r == 1 ? ncclNumTypes : ncclFloat32;  // 12: no NCCL type
+    gradcompResult_t x =
+        gradcompAllReduce(bufs[r].data(), bufs[r].data(), 6000, t, ncclSum, world.comm(r), nullptr);
+    why[r] = gradcompGetLastError();
+    return x;
+  });
+  EXPECT_EQ(res[1], gradcompInvalidArgument) << why[1];
+  EXPECT_NE(why[1].find("datatype=12"), std::string::npos) << why[1];
+  int named = 0;
+  for (int r = 0; r < 3; ++r) {
+    if (r == 1) continue;
+    EXPECT_NE(res[r], gradcompSuccess) << "rank " << r;
+    EXPECT_EQ(why[r].find("waited"), std::string::npos) << why[r];
+    named +=
+        why[r].find("rank 1 refused this call's arguments (its datatype=12") != std::string::npos;
+  }
+  EXPECT_GE(named, 1) << why[0] << "\n" << why[2];
+}
+
 TEST(Socket, AMissingRankTimesOut) {
   gradcompConfig_t cfg = withMethod(gradcompMethodQsgd);
   cfg.cpuTimeoutSec = 0.5f;

@@ -88,7 +88,7 @@ class MirrorTransport final : public gc::Transport {
     if (!peerStepAhead) return gradcompSuccess;
     gc::CallInfo peer = call_;
     peer.step++;
-    return gc::callMismatch(rank_, call_, 1, peer);
+    return gc::callMismatch(rank_, call_, 1, peer, size_);
   }
   int verifyCalls = 0;
   gc::CallInfo lastVerified;

@@ -309,7 +309,7 @@ class CpuTransport final : public Transport {
     for (int i = 0; i < size_ && res == gradcompSuccess; ++i) {
       const Slot& s = world_->slots[i];
       if (!(s.call == call_)) {
-        res = callMismatch(rank_, call_, i, s.call);
+        res = callMismatch(rank_, call_, i, s.call, size_);
       } else if (s.op != op || s.check != check) {
         res = setError(gradcompInvalidUsage,
                        "CPU transport: rank %d entered collective %d (size %llu) while rank %d "

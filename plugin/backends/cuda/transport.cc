@@ -102,7 +102,7 @@ class NcclTransport final : public Transport {
         cudaMemcpyAsync(all.data(), agree_, bytes * size_, cudaMemcpyDeviceToHost, stream_));
     GC_CUDACHECK(cudaStreamSynchronize(stream_));
     for (int i = 0; i < size_; ++i) {
-      if (!(all[i] == call_)) return callMismatch(rank_, call_, i, all[i]);
+      if (!(all[i] == call_)) return callMismatch(rank_, call_, i, all[i], size_);
     }
     return gradcompSuccess;
   }
