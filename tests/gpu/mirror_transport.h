@@ -3,10 +3,14 @@
 // repeats the block, a float sum is N times the input, a max the input
 // itself. It works on either backend's memory through the backend's own ops,
 // so the same calls run on the CPU and the CUDA backend, on the caller's
-// stream (and in a graph).
+// stream (and in a graph). mirrorHierComm makes a hierarchical comm of such
+// mirrors.
 #pragma once
 
 #include <gtest/gtest.h>
+
+#include <memory>
+#include <utility>
 
 #include "gradcomp.h"
 #include "plugin/comm.h"
@@ -76,8 +80,21 @@ class MirrorTransport final : public gc::Transport {
     if (op != ncclSum) return gradcompNotSupported;
     return allReduceSumFloat(static_cast<const float*>(send), static_cast<float*>(recv), count);
   }
-  gradcompResult_t reduceScatter(const void*, void*, size_t, ncclDataType_t, ncclRedOp_t) override {
-    return gradcompNotSupported;
+  // The in-node reduce-scatter of a hierarchical comm (mirrorHierComm), fp32
+  // sum alone: every rank holds rank 0's input, so block rank_ summed over
+  // the ranks is size times rank 0's block rank_. A world transport refuses
+  // it (reduceScatterOk false), as NCCL's reduce-scatter a compressed call
+  // must not pass to.
+  gradcompResult_t reduceScatter(const void* send, void* recv, size_t count, ncclDataType_t type,
+                                 ncclRedOp_t op) override {
+    if (!reduceScatterOk || type != ncclFloat32 || op != ncclSum || count > maxFloats_) {
+      return gradcompNotSupported;
+    }
+    const float* block = static_cast<const float*>(send) + (size_t)rank_ * count;
+    GC_TEST_CHECK(be_->copy(tmp_, block, count * sizeof(float)));
+    GC_TEST_CHECK(be_->zero(recv, count * sizeof(float)));
+    for (int i = 0; i < size_; ++i) GC_TEST_CHECK(be_->add(static_cast<float*>(recv), tmp_, count));
+    return gradcompSuccess;
   }
   // The agreement on the call (GRADCOMP_CHECK_CALLS, a load or reset):
   // counted, and with peerStepAhead rank 1 stands one step ahead, so it
@@ -90,6 +107,7 @@ class MirrorTransport final : public gc::Transport {
     peer.step++;
     return gc::callMismatch(rank_, call_, 1, peer, size_);
   }
+  bool reduceScatterOk = false;
   int verifyCalls = 0;
   gc::CallInfo lastVerified;
   bool peerStepAhead = false;
@@ -117,6 +135,39 @@ inline gradcompComm* mirrorComm(const gradcompConfig_t& cfg, bool device, int nr
   c->transport.reset(new MirrorTransport(nranks, c->backend.get(), maxFloats, passThrough));
   c->transport->setStream(stream);
   c->sparse = device ? gc::makeCudaSparseOps() : gc::makeCpuSparseOps();
+  return c;
+}
+
+// A hierarchical comm of `nodes` nodes of `local` ranks (consecutive blocks,
+// as GRADCOMP_LOCAL_SIZE makes them), seen from rank 0 (node 0, local rank
+// 0), on the CUDA backend or the CPU one: the world, the node's ranks (whose
+// reduce-scatter is the mirror's) and the inter-node child comm are all
+// mirrors, the child made as the comm's set-up makes it (topology.cc,
+// makeInterComm). Free it with gradcompCommDestroy.
+inline gradcompComm* mirrorHierComm(const gradcompConfig_t& cfg, bool device, int nodes, int local,
+                                    size_t maxFloats, cudaStream_t stream, bool passThrough) {
+  gradcompComm* c = mirrorComm(cfg, device, nodes * local, maxFloats, stream, passThrough);
+  c->topo = gc::blockTopology(0, nodes * local, local);
+  MirrorTransport* intra = new MirrorTransport(local, c->backend.get(), maxFloats, false);
+  intra->reduceScatterOk = true;
+  intra->setStream(stream);
+  c->intra.reset(intra);
+  std::unique_ptr<gradcompComm> m(new gradcompComm());
+  m->cfg = cfg;
+  m->cfg.seed = gc::hierSeed(cfg.seed, c->topo.localRank);
+  m->cfg.localSize = 1;
+  if (m->cfg.algo == gradcompAlgoHier) m->cfg.algo = gradcompAlgoAuto;
+  m->sparseDecimals = c->sparseDecimals;
+  m->rank = c->topo.node;
+  m->parentRank = c->rank;
+  m->gradScale = c->gradScale;
+  m->nranks = nodes;
+  m->topo = gc::blockTopology(m->rank, nodes, 1);
+  m->backend = c->backend;
+  m->sparse = c->sparse;
+  m->transport.reset(new MirrorTransport(nodes, c->backend.get(), maxFloats, passThrough));
+  m->transport->setStream(stream);
+  c->inter = std::move(m);
   return c;
 }
 

@@ -18,6 +18,8 @@
 #include "backends/sparse_ops.h"
 #include "codecs/sparse.h"
 #include "gradcomp/elias.h"
+#include "kernels/common_math.cuh"
+#include "tests/common/ref_algos.h"
 #include "tests/common/ref_slot_lists.h"
 #include "tests/common/test_util.h"
 #include "tests/gpu/gpu_util.h"
@@ -254,6 +256,187 @@ TEST_F(ReliabilityGpu, OverflowingSumClearsTheState) {
     if (graph) cudaGraphDestroy(graph);
     gradcompCommDestroy(cpu);
     gradcompCommDestroy(gpu);
+  }
+}
+
+// The same clear on the paths the test above does not take, each against the
+// CPU backend bit for bit (outputs, and residual, owner residual and
+// momentum after every call), all eager and, in a second run, from step 1 on
+// replays of a captured graph (the overflow among them): pipelined calls
+// (GRADCOMP_PIPELINE_BYTES of 512 fp32 elements a rank: 8 pieces a flat
+// call, 2 a hierarchical one, checked in piecesLast), whose transport the
+// comm lane takes and, hierarchical, the in-node stages the node lane; the
+// flat reduce-scatter, whose flag goes through the transport's one-float max
+// (on the mirror, rank 0's own flag: the OR over the ranks of real NCCL is
+// gradcomp_multirank's checkRsOverflow); hierarchical comms (2 nodes of 2:
+// the in-node reduce-scatter and allgather and the inter-node child comm,
+// all mirrors), allreduce and reduce-scatter, QSGD with two-shot in the
+// middle and top-k; and fp16 and bf16 buffers. The overflow step's gradient
+// is finite in the buffer type (fp16 40000..60000, fp32 and bf16
+// 2.5e38..3.2e38, all positive, so that the mirror's sums of different
+// chunks overflow too) and its sum over the ranks is not: the output holds
+// an infinity or NaN, every state array is then zero, and the later calls
+// are finite. Flat comms have 2 ranks: the mirror's all-to-all (two-shot's
+// and the reduce-scatter's exchange) has one peer only there. The mirror
+// runs its copies and sums on the compute stream, not on the comm or node
+// lane the call hands it (its ops are the backend's, which run there): what
+// runs on those lanes here is the events and joins of the pipelined call.
+struct OverflowPath {
+  const char* name;
+  gradcompMethod_t method;
+  gradcompAlgo_t algo;
+  DType dtype;
+  int nodes, local;  // local 1: flat, `nodes` ranks
+  bool pipelined, reduceScatter;
+};
+
+std::vector<uint8_t> overflowPathInput(size_t n, DType t, int step, bool overflow) {
+  std::vector<float> x = gctest::normal(n, 700 + step);
+  if (overflow) {
+    const float lo = t == DType::F16 ? 40000.0f : 2.5e38f;
+    const float span = t == DType::F16 ? 20000.0f : 0.7e38f;
+    for (size_t i = 0; i < n; ++i) x[i] = lo + span * (float)((i * 2654435761u) % 1000) / 1000.0f;
+  }
+  std::vector<uint8_t> b(n * gc::dtypeBytes(t));
+  for (size_t i = 0; i < n; ++i) gc::storeFromFloat(b.data(), t, i, x[i]);
+  return b;
+}
+
+size_t countNonFiniteTyped(const std::vector<uint8_t>& b, DType t) {
+  size_t bad = 0;
+  for (size_t i = 0; i < b.size() / gc::dtypeBytes(t); ++i) {
+    bad += !std::isfinite(gc::loadAsFloat(b.data(), t, i));
+  }
+  return bad;
+}
+
+TEST_F(ReliabilityGpu, OverflowingSumClearsTheStatePipelinedHierarchicalAndHalf) {
+  const int steps = 5, overflow = 2;
+  const size_t m = 8192;  // the allreduce's count, the reduce-scatter's input
+  const OverflowPath paths[] = {
+      {"twoshot pipelined fp32", gradcompMethodQsgd, gradcompAlgoTwoShot, DType::F32, 2, 1, true,
+       false},
+      {"twoshot pipelined fp16", gradcompMethodQsgd, gradcompAlgoTwoShot, DType::F16, 2, 1, true,
+       false},
+      {"twoshot pipelined bf16", gradcompMethodQsgd, gradcompAlgoTwoShot, DType::BF16, 2, 1, true,
+       false},
+      {"reduce-scatter fp32", gradcompMethodQsgd, gradcompAlgoAuto, DType::F32, 2, 1, false, true},
+      {"reduce-scatter pipelined fp16", gradcompMethodQsgd, gradcompAlgoAuto, DType::F16, 2, 1,
+       true, true},
+      {"hier twoshot fp32", gradcompMethodQsgd, gradcompAlgoTwoShot, DType::F32, 2, 2, false,
+       false},
+      {"hier twoshot pipelined fp16", gradcompMethodQsgd, gradcompAlgoTwoShot, DType::F16, 2, 2,
+       true, false},
+      {"hier twoshot pipelined bf16", gradcompMethodQsgd, gradcompAlgoTwoShot, DType::BF16, 2, 2,
+       true, false},
+      {"hier reduce-scatter pipelined fp32", gradcompMethodQsgd, gradcompAlgoAuto, DType::F32, 2, 2,
+       true, true},
+      {"hier topk fp32", gradcompMethodTopk, gradcompAlgoAuto, DType::F32, 2, 2, false, false},
+      {"hier topk reduce-scatter bf16", gradcompMethodTopk, gradcompAlgoAuto, DType::BF16, 2, 2,
+       false, true},
+  };
+  for (const OverflowPath& p : paths) {
+    for (bool graphed : {false, true}) {
+      SCOPED_TRACE(testing::Message() << p.name << (graphed ? " graphed" : " eager"));
+      const int N = p.nodes * p.local;
+      const DType t = p.dtype;
+      const ncclDataType_t type = gctest::ref::nccl(t);
+      const size_t esz = gc::dtypeBytes(t);
+      const size_t outCount = p.reduceScatter ? m / N : m;
+      gradcompConfig_t cfg;
+      gradcompConfigInit(&cfg);
+      cfg.method = p.method;
+      cfg.algo = p.algo;
+      cfg.minElements = 0;
+      cfg.autoTune = 0;
+      cfg.density = 0.05f;
+      cfg.bucketSize = 512;
+      cfg.pipelineBytes = p.pipelined ? 512 * 4 * (size_t)N : 0;
+      // The reduce-scatter's flag is a max allreduce of one float: the mirror
+      // offers NCCL's allreduce there only.
+      const bool pass = p.reduceScatter;
+      gradcompComm* cpu =
+          p.local > 1 ? gctest::mirrorHierComm(cfg, false, p.nodes, p.local, m, nullptr, pass)
+                      : gctest::mirrorComm(cfg, false, N, m, nullptr, pass);
+      gradcompComm* gpu = p.local > 1
+                              ? gctest::mirrorHierComm(cfg, true, p.nodes, p.local, m, stream, pass)
+                              : gctest::mirrorComm(cfg, true, N, m, stream, pass);
+      std::vector<uint8_t> hostIn(m * esz), hostOut(outCount * esz);
+      DeviceBuffer<uint8_t> din(m * esz), dsrc(m * esz), dout(outCount * esz);
+      cudaGraph_t graph = nullptr;
+      cudaGraphExec_t exec = nullptr;
+      for (int step = 0; step < steps; ++step) {
+        SCOPED_TRACE(testing::Message() << "step " << step);
+        const std::vector<uint8_t> in = overflowPathInput(m, t, step, step == overflow);
+        hostIn = in;
+        const gradcompResult_t cpuRes =
+            p.reduceScatter
+                ? gradcompReduceScatter(hostIn.data(), hostOut.data(), outCount, type, ncclSum, cpu,
+                                        nullptr)
+                : gradcompAllReduce(hostIn.data(), hostIn.data(), m, type, ncclSum, cpu, nullptr);
+        ASSERT_EQ(cpuRes, gradcompSuccess) << gradcompGetLastError();
+        if (!p.reduceScatter) hostOut = hostIn;
+        dsrc.upload(in);
+        ASSERT_NO_FATAL_FAILURE(gctest::copyThenCall(
+            stream, din.get(), dsrc.get(), m * esz, graphed && step >= 1, &graph, &exec, [&] {
+              return p.reduceScatter
+                         ? gradcompReduceScatter(din.get(), dout.get(), outCount, type, ncclSum,
+                                                 gpu, stream)
+                         : gradcompAllReduce(din.get(), din.get(), m, type, ncclSum, gpu, stream);
+            }));
+        const std::vector<uint8_t> out =
+            p.reduceScatter ? dout.download(outCount * esz) : din.download(m * esz);
+        ASSERT_EQ(out, hostOut);
+        const size_t bad = countNonFiniteTyped(out, t);
+        if (step == overflow) {
+          EXPECT_GT(bad, 0u);
+        } else {
+          EXPECT_EQ(bad, 0u);
+        }
+        ASSERT_EQ(cpu->states.size(), 1u);
+        ASSERT_EQ(gpu->states.size(), 1u);
+        const gc::BufferState& sc = cpu->states.begin()->second;
+        const gc::BufferState& sg = gpu->states.begin()->second;
+        ASSERT_NE(sc.residual, nullptr);  // every path holds state: the check runs
+        const struct {
+          const char* what;
+          const float *onCpu, *onGpu;
+          size_t n;
+        } arrays[] = {{"residual", sc.residual, sg.residual, sc.count},
+                      {"owner residual", sc.ownerResidual, sg.ownerResidual, sc.ownerResidualCount},
+                      {"momentum", sc.momentum, sg.momentum, sc.count}};
+        for (const auto& a : arrays) {
+          SCOPED_TRACE(a.what);
+          ASSERT_EQ(a.onCpu == nullptr, a.onGpu == nullptr);
+          if (a.onCpu == nullptr || a.n == 0) continue;
+          std::vector<float> onGpu(a.n);
+          ASSERT_EQ(cudaMemcpy(onGpu.data(), a.onGpu, a.n * 4, cudaMemcpyDeviceToHost),
+                    cudaSuccess);
+          ASSERT_EQ(memcmp(onGpu.data(), a.onCpu, a.n * 4), 0);
+          if (step == overflow) {
+            for (size_t i = 0; i < a.n; ++i) ASSERT_EQ(onGpu[i], 0.0f) << "i " << i;
+          }
+        }
+        if (!graphed || step == 0) {
+          gradcompStats_t stc, stg;
+          ASSERT_EQ(gradcompGetStats(cpu, &stc), gradcompSuccess);
+          ASSERT_EQ(gradcompGetStats(gpu, &stg), gradcompSuccess);
+          EXPECT_EQ(stg.callsCompressed, (uint64_t)step + 1);
+          EXPECT_EQ(stg.callsPassedThrough, 0u);
+          // piecesLast: QSGD's calls (the sparse allreduce leaves it).
+          EXPECT_EQ(stg.piecesLast, stc.piecesLast);
+          if (p.method == gradcompMethodQsgd && p.pipelined) {
+            EXPECT_GT(stg.piecesLast, 1u);
+          } else if (p.method == gradcompMethodQsgd) {
+            EXPECT_EQ(stg.piecesLast, 1u);
+          }
+        }
+      }
+      if (exec) cudaGraphExecDestroy(exec);
+      if (graph) cudaGraphDestroy(graph);
+      gradcompCommDestroy(cpu);
+      gradcompCommDestroy(gpu);
+    }
   }
 }
 

@@ -8,7 +8,8 @@
 // that every rank must refuse alike, then
 // pass-through; then gradcompReduceScatter (QSGD fixed and DQ-SGD bits, the
 // sparse methods, in place, a graph, pass-through) against tests/common/ref_rs.h
-// (ref_hier_rs.h when hierarchical), then GRADCOMP_CHECK_CALLS, then
+// (ref_hier_rs.h when hierarchical) and a sum that overflows in one rank's
+// block (every rank clears its state: checkRsOverflow), then GRADCOMP_CHECK_CALLS, then
 // GRADCOMP_AUTO. Prints "N passed, M
 // failed" and, for the reduce-scatter checks alone, "multirank rs ...: N passed,
 // M failed"; after each section, a "multirank progress" line with the counts
@@ -33,8 +34,10 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <functional>
 #include <string>
 #include <thread>
@@ -674,6 +677,83 @@ void checkRsPassThrough(ncclComm_t nc, cudaStream_t st) {
   gradcompCommDestroy(gc);
 }
 
+// The non-finite check of a reduce-scatter over real NCCL
+// (discardStateIfNonFinite): step 1's gradient is ordinary on every rank but
+// in block `owner` (the last rank's), which holds 2.5e38..3.2e38 on every
+// rank, finite, whose sum over the ranks is not. Only the owner's output is
+// then non-finite; its flag, ORed over the ranks by the one-float max
+// allreduce, must make every rank clear its state, the senders of the huge
+// block (which hold its leftovers) included. Step 0 is ordinary (every state
+// holds leftovers before the overflow), step 2 a zero gradient: its output
+// is exactly zero on every rank when every state was cleared, while a rank
+// that kept its state sends its leftovers into its peers' blocks. A block of
+// 4096 elements (whole QSGD buckets of 512) keeps the owner's infinity out
+// of the other ranks' blocks. The single-process GPU tests
+// (ReliabilityGpu.OverflowingSumClearsTheStatePipelinedHierarchicalAndHalf)
+// take the flag through a mirror, where it is rank 0's own.
+void checkRsOverflow(ncclComm_t nc, cudaStream_t st, gradcompMethod_t method,
+                     size_t pipelineBytes) {
+  gradcompConfig_t cfg;
+  gradcompConfigInit(&cfg);
+  cfg.method = method;
+  cfg.autoTune = 0;
+  cfg.minElements = 0;
+  cfg.density = 0.05f;
+  cfg.warmupSteps = 0;
+  cfg.bucketSize = 512;
+  cfg.pipelineBytes = pipelineBytes;
+  cfg.localSize = localSize;
+  cfg.privateComm = privateComm;
+  gradcompComm_t gc;
+  CK(gradcompCommCreate(nc, &cfg, &gc));
+  const size_t m = 4096, n = nranks * m;
+  const int owner = nranks - 1;
+  float *in, *out;
+  CK(cudaMalloc(&in, n * 4));
+  CK(cudaMalloc(&out, m * 4));
+  char name[160];
+  snprintf(name, sizeof(name), "rs overflow%s method=%d pipeline=%zu", localSize > 1 ? "-hier" : "",
+           (int)method, pipelineBytes);
+  for (int step = 0; step < 3; ++step) {
+    std::vector<float> g = gctest::normal(n, 300 + 10 * step + rank);
+    if (step == 1) {
+      for (size_t i = 0; i < m; ++i) {
+        g[owner * m + i] = 2.5e38f + 0.7e38f * (float)((i * 2654435761u) % 1000) / 1000.0f;
+      }
+    }
+    if (step == 2) std::fill(g.begin(), g.end(), 0.0f);
+    CK(cudaMemcpyAsync(in, g.data(), n * 4, cudaMemcpyHostToDevice, st));
+    const gradcompResult_t res = gradcompReduceScatter(in, out, m, ncclFloat32, ncclSum, gc, st);
+    CK(cudaStreamSynchronize(st));
+    std::vector<float> got(m);
+    CK(cudaMemcpy(got.data(), out, m * 4, cudaMemcpyDeviceToHost));
+    size_t bad = 0, nonzero = 0;
+    for (float x : got) {
+      bad += !std::isfinite(x);
+      nonzero += x != 0.0f;
+    }
+    char what[320];
+    if (step == 1) {
+      const bool ok = rank == owner ? bad > 0 : bad == 0;
+      snprintf(what, sizeof(what), "%s step 1: %zu non-finite outputs (%s)", name, bad,
+               rank == owner ? "the owner's block: want some" : "a finite block: want none");
+      report(res == gradcompSuccess && ok, what);
+    } else if (step == 2) {
+      snprintf(what, sizeof(what),
+               "%s step 2 (zero gradient after the overflow): %zu nonzero outputs, want none "
+               "(a rank kept its state)",
+               name, nonzero);
+      report(res == gradcompSuccess && nonzero == 0, what);
+    } else {
+      snprintf(what, sizeof(what), "%s step 0: %zu non-finite outputs", name, bad);
+      report(res == gradcompSuccess && bad == 0, what);
+    }
+  }
+  cudaFree(in);
+  cudaFree(out);
+  gradcompCommDestroy(gc);
+}
+
 // The set-up is collective: a rank with another local size, a bad config or
 // the wrong current device makes every rank return the same error, none
 // waits in ncclCommSplit, and the NCCL comm stays usable.
@@ -1275,7 +1355,11 @@ int main() {
   checkRsGraph(nc, st);
   checkRsGraph(nc, st, 64 << 10);
   checkRsPassThrough(nc, st);
-  progress("reduce-scatter sparse, graphs, pass-through");
+  checkRsOverflow(nc, st, gradcompMethodQsgd, 0);
+  checkRsOverflow(nc, st, gradcompMethodQsgd, 512 * 4 * nranks);
+  checkRsOverflow(nc, st, gradcompMethodTopk, 0);
+  checkRsOverflow(nc, st, gradcompMethodDgc, 0);
+  progress("reduce-scatter sparse, graphs, pass-through, overflow");
   inRs = false;
   checkRestoredSteps(nc, st);
   checkCallsCheck(nc, st);
