@@ -142,7 +142,8 @@ const char* paramString(const char* env, const char* fallback) {
     fprintf(stderr, "gradcomp %d WARN %s is set but empty; using %s\n", (int)getpid(), env,
             fallback);
   } else if (v != nullptr) {
-    GC_INFO("%s set by environment to %s", env, v);  // as the config's variables are
+    // As the config's variables are.
+    GC_INFO("%s set by environment to %s", env, shownValue(v).c_str());
   }
   return (v != nullptr && *v != '\0') ? v : fallback;
 }
@@ -158,12 +159,37 @@ static T field(const gradcompConfig_t* c, ptrdiff_t off) {
   return v;
 }
 
-// A value as an error sentence shows it: whole up to 64 characters, so that
-// what is allowed, after it, is never cut off.
-static std::string shown(const char* v) {
+std::string shownValue(const char* v) {
   const size_t n = strlen(v);
-  if (n <= 64) return v;
-  return std::string(v, 64) + "... (" + std::to_string(n) + " characters)";
+  // Quoted where a byte would not show as itself: "4 " printed bare reads as
+  // a refused 4, and a CR (a CRLF environment file) sends the cursor back
+  // over the variable's name.
+  bool plain = true;
+  for (size_t i = 0; i < n && plain; ++i) {
+    const unsigned char c = (unsigned char)v[i];
+    plain = c > ' ' && c != 0x7f && c != '"';
+  }
+  std::string out = plain ? "" : "\"";
+  for (size_t i = 0; i < n && i < 64; ++i) {
+    const unsigned char c = (unsigned char)v[i];
+    if (plain || (c >= ' ' && c != 0x7f && c != '"' && c != '\\')) {
+      out += (char)c;
+    } else if (c == '"' || c == '\\') {
+      out += '\\';
+      out += (char)c;
+    } else if (c == '\t' || c == '\n' || c == '\r') {
+      out += c == '\t' ? "\\t" : c == '\n' ? "\\n" : "\\r";
+    } else {
+      char esc[8];
+      snprintf(esc, sizeof(esc), "\\x%02x", c);
+      out += esc;
+    }
+  }
+  if (!plain) out += '"';
+  // Whole up to 64 characters, so that what is allowed, after it, is never
+  // cut off.
+  if (n > 64) out += "... (" + std::to_string(n) + " characters)";
+  return out;
 }
 
 // A float field as a sentence shows it (gc::formatFloat): a value just past a
@@ -282,7 +308,7 @@ static gradcompResult_t applyParam(const ParamSpec& p, const char* v, gradcompCo
       if (!parseUnsigned(v, false, &x) || x < (unsigned long long)p.min ||
           x > (unsigned long long)p.max) {
         return setError(gradcompInvalidArgument, "%s=%s is not %s%san integer in %.0f..%.0f", p.env,
-                        shown(v).c_str(), p.choices ? choiceNames(p.choices).c_str() : "",
+                        shownValue(v).c_str(), p.choices ? choiceNames(p.choices).c_str() : "",
                         p.choices ? " or " : "", p.min, p.max);
       }
       if (p.kind == ParamKind::Int) {
@@ -298,7 +324,7 @@ static gradcompResult_t applyParam(const ParamSpec& p, const char* v, gradcompCo
         return setError(gradcompInvalidArgument,
                         "%s=%s is not an unsigned 64-bit integer (decimal without leading zeros, "
                         "or 0x and hex digits)",
-                        p.env, shown(v).c_str());
+                        p.env, shownValue(v).c_str());
       }
       field<uint64_t>(c, p.offset) = x;
       return gradcompSuccess;
@@ -307,7 +333,7 @@ static gradcompResult_t applyParam(const ParamSpec& p, const char* v, gradcompCo
       double x = 0.0;
       if (!parseFloat(v, &x) || !(x >= p.min && x <= p.max)) {
         return setError(gradcompInvalidArgument, "%s=%s is not a number in [%g, %g]", p.env,
-                        shown(v).c_str(), p.min, p.max);
+                        shownValue(v).c_str(), p.min, p.max);
       }
       // Stored as a float: a nonzero value it would flush to 0 (for some
       // settings "off") is refused, not changed.
@@ -315,7 +341,7 @@ static gradcompResult_t applyParam(const ParamSpec& p, const char* v, gradcompCo
         return setError(gradcompInvalidArgument,
                         "%s=%s is not a number in [%g, %g] that a float holds: a nonzero value "
                         "must be at least %g",
-                        p.env, shown(v).c_str(), p.min, p.max, (double)FLT_MIN);
+                        p.env, shownValue(v).c_str(), p.min, p.max, (double)FLT_MIN);
       }
       field<float>(c, p.offset) = (float)x;
       return gradcompSuccess;
@@ -323,8 +349,8 @@ static gradcompResult_t applyParam(const ParamSpec& p, const char* v, gradcompCo
     case ParamKind::Choice: {
       int x;
       if (!parseChoice(p.choices, v, &x)) {
-        return setError(gradcompInvalidArgument, "%s=%s is not one of %s", p.env, shown(v).c_str(),
-                        choiceNames(p.choices).c_str());
+        return setError(gradcompInvalidArgument, "%s=%s is not one of %s", p.env,
+                        shownValue(v).c_str(), choiceNames(p.choices).c_str());
       }
       field<int>(c, p.offset) = x;
       return gradcompSuccess;
@@ -389,7 +415,7 @@ gradcompResult_t configFromEnvLenient(gradcompConfig_t* c) {
       res = setError(gradcompInvalidArgument, "%s is set but empty: unset it or give a value",
                      table[i].env);
     } else {
-      GC_INFO("%s set by environment to %s", table[i].env, v);
+      GC_INFO("%s set by environment to %s", table[i].env, shownValue(v).c_str());
       res = applyParam(table[i], v, c);
     }
     if (res != gradcompSuccess && first == gradcompSuccess) {

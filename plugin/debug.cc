@@ -12,6 +12,7 @@
 #include <mutex>
 
 #include "format_args.h"
+#include "params.h"
 
 namespace gc {
 
@@ -30,7 +31,7 @@ static LogLevel parseLevel() {
   fprintf(stderr,
           "gradcomp %d WARN GRADCOMP_DEBUG=%s is not one of NONE|OFF|WARN|INFO|TRACE; using "
           "WARN\n",
-          (int)getpid(), v);
+          (int)getpid(), shownValue(v).c_str());
   return LogLevel::Warn;
 }
 

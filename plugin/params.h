@@ -35,6 +35,11 @@ std::string settingValueName(const char* field, int value);
 // are eligible as its peers do.
 gradcompResult_t configFromEnvLenient(gradcompConfig_t* c);
 
+// A variable's value as a sentence shows it: as it is, or, where it has a
+// blank, a control character or a '"', in quotes with those written out
+// ("4 ", "4\r"); cut at 64 characters, with the full length said.
+std::string shownValue(const char* v);
+
 // Process-level string knobs (not part of a config): value or fallback (set
 // but empty: the fallback, with a warning naming the variable).
 const char* paramString(const char* env, const char* fallback);

@@ -2,6 +2,7 @@
 // gradcomp comm with an agreement among ranks, release on destroy/abort, and
 // the INFO summary line per communicator.
 #include <ctype.h>
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -114,10 +115,25 @@ void forgetAtFork() {
   revokedComms().clear();
 }
 
+// NCCL_COMM_BLOCKING as NCCL reads it (ncclLoadParam): strtoll in base 0,
+// unset where that sets errno; 0 or 1 overrides every communicator's config,
+// any other value none; -1: no override. So "00", " 0", "0x0" and a word
+// without digits ("false", "true") make every communicator non-blocking too,
+// and "01" or "1 " blocking. Compared with the string "0" alone, a
+// communicator NCCL made non-blocking was taken for a blocking one: no
+// private split, so gradcomp polled the program's communicator while the
+// program's own thread (PyTorch's watchdog) could poll it too.
+int envBlocking() {
+  const char* env = getenv("NCCL_COMM_BLOCKING");
+  if (env == nullptr || *env == '\0') return -1;
+  errno = 0;
+  const long long v = strtoll(env, nullptr, 0);
+  return errno == 0 && (v == 0 || v == 1) ? (int)v : -1;
+}
+
 // NCCL_COMM_BLOCKING=0 makes every communicator non-blocking, whatever its config.
 bool envNonBlocking() {
-  const char* env = getenv("NCCL_COMM_BLOCKING");
-  return env != nullptr && strcmp(env, "0") == 0;
+  return envBlocking() == 0;
 }
 
 uint64_t fnv1a(const void* p, size_t n, uint64_t h = 0xcbf29ce484222325ull) {
@@ -169,7 +185,7 @@ Settings* readSettings() {
     s->group = GroupMode::Pass;
   } else if (strcasecmp(g, "defer") != 0) {
     fprintf(stderr, "gradcomp %d WARN GRADCOMP_GROUP=%s is not defer, fuse or pass; using defer\n",
-            (int)getpid(), g);
+            (int)getpid(), shownValue(g).c_str());
   }
   // gradcompConfigInit zeroes the struct first, so padding bytes hash alike.
   // privateComm is each rank's own ask, ORed by the set-up's vote (any
@@ -652,9 +668,8 @@ void release(ncclComm_t comm, bool abort, const char* revoked) {
 }
 
 bool nonBlockingFrom(const void* config, int blockingField, bool parentNonBlocking) {
-  if (envNonBlocking()) return true;
-  const char* env = getenv("NCCL_COMM_BLOCKING");
-  if (env != nullptr && strcmp(env, "1") == 0) return false;
+  const int env = envBlocking();
+  if (env >= 0) return env == 0;
   if (config == nullptr) return parentNonBlocking;
   return blockingField == 0;
 }

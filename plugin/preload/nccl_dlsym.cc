@@ -67,7 +67,7 @@ void resolve() {
     fprintf(stderr,
             "gradcomp %d WARN GRADCOMP_NCCL_LIBRARY=%s is gradcomp's interposer, not NCCL; looking "
             "for pnccl* symbols in the process\n",
-            (int)getpid(), lib);
+            (int)getpid(), shownValue(lib).c_str());
     // Nothing is taken from a refused library: its reference goes (a library
     // the dlopen above loaded is unloaded again; one the program or the
     // preload loaded stays, held by them).
@@ -79,7 +79,7 @@ void resolve() {
     fprintf(stderr,
             "gradcomp %d WARN GRADCOMP_NCCL_LIBRARY=%s is not NCCL: it has neither pncclAllReduce "
             "nor ncclAllReduce; looking for pnccl* symbols in the process\n",
-            (int)getpid(), lib);
+            (int)getpid(), shownValue(lib).c_str());
     dlclose(h);
     h = nullptr;
   }

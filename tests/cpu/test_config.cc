@@ -118,6 +118,24 @@ TEST(Config, BadEnvironmentValuesNameVariableAndRange) {
       {"GRADCOMP_BITS", "1111111111222222222233333333334444444444555555555566666666667777777777",
        "GRADCOMP_BITS=1111111111222222222233333333334444444444555555555566666666667777... (70 "
        "characters) is not an integer in 2..8"},
+      // A blank, a control character or a '"' puts the value in quotes with
+      // those written out: "4 " shown bare read as a refused 4, and a CR (a
+      // CRLF environment file) sent the cursor back over the variable's name.
+      {"GRADCOMP_BITS", "4 ", "GRADCOMP_BITS=\"4 \" is not an integer in 2..8"},
+      {"GRADCOMP_BITS", "4\r", "GRADCOMP_BITS=\"4\\r\" is not an integer in 2..8"},
+      {"GRADCOMP_DENSITY", "\t0.5\n",
+       "GRADCOMP_DENSITY=\"\\t0.5\\n\" is not a number in [1e-06, 1]"},
+      {"GRADCOMP_METHOD", "\"qsgd\"",
+       "GRADCOMP_METHOD=\"\\\"qsgd\\\"\" is not one of none|qsgd|topk|randk|dgc"},
+      {"GRADCOMP_ALGO", "ring\x1b[2J\\",
+       "GRADCOMP_ALGO=\"ring\\x1b[2J\\\\\" is not one of auto|twoshot|ring|allgather|sparse|hier"},
+      {"GRADCOMP_SEED", "1 ",
+       "GRADCOMP_SEED=\"1 \" is not an unsigned 64-bit integer (decimal without leading zeros, "
+       "or 0x and hex digits)"},
+      // Cut at 64 characters as a bare value is, the blank past the cut still quoting it.
+      {"GRADCOMP_BITS", "1111111111222222222233333333334444444444555555555566666666667777777 ",
+       "GRADCOMP_BITS=\"1111111111222222222233333333334444444444555555555566666666667777\"... (68 "
+       "characters) is not an integer in 2..8"},
   };
   for (const auto& bc : cases) {
     ScopedEnv env(bc.name, bc.value);
@@ -237,8 +255,10 @@ TEST(ConfigStrict, IntegersAreDecimalWithoutSignSpaceOrLeadingZero) {
     ScopedEnv env("GRADCOMP_BITS", v);
     gradcompConfig_t cfg;
     EXPECT_EQ(gradcompConfigFromEnv(&cfg), gradcompInvalidArgument) << "'" << v << "'";
+    // A value with a blank is shown in quotes.
+    const std::string shown = strchr(v, ' ') ? std::string("\"") + v + "\"" : v;
     EXPECT_EQ(std::string(gradcompGetLastError()),
-              std::string("GRADCOMP_BITS=") + v + " is not an integer in 2..8");
+              "GRADCOMP_BITS=" + shown + " is not an integer in 2..8");
   }
   const char* badSeed[] = {" -1",
                            "-1",

@@ -2,6 +2,7 @@
  * exports every function twice, a strong pnccl* and a weak nccl* alias, and it
  * records every call it receives (one line each) to $FAKE_NCCL_LOG. */
 #include <nccl.h>
+#include <errno.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -323,9 +324,19 @@ static int numNonBlocking = 0;
 static struct { ncclComm_t parent, child, *slot; } pendingChildren[16];
 static int numPending = 0;
 
-static int isNonBlocking(ncclComm_t c) {
+/* NCCL_COMM_BLOCKING as NCCL reads it (ncclLoadParam): strtoll in base 0,
+ * ignored where that sets errno; 0 or 1 overrides a config, any other value
+ * none ("00" and "false" are 0, "01" is 1). -1: no override. */
+static int envBlocking(void) {
   const char* env = getenv("NCCL_COMM_BLOCKING");
-  if (env != NULL && env[0] == '0') return 1;
+  if (env == NULL || env[0] == '\0') return -1;
+  errno = 0;
+  const long long v = strtoll(env, NULL, 0);
+  return errno == 0 && (v == 0 || v == 1) ? (int)v : -1;
+}
+
+static int isNonBlocking(ncclComm_t c) {
+  if (envBlocking() == 0) return 1;
   for (int i = 0; i < numNonBlocking; ++i) {
     if (nonBlockingComms[i] == c) return 1;
   }
@@ -335,9 +346,9 @@ static int isNonBlocking(ncclComm_t c) {
 /* c, made with cfg (a child: its parent, else NULL); 1 when non-blocking. */
 static int __attribute__((unused))
 noteMade(ncclComm_t c, const ncclConfig_t* cfg, ncclComm_t parent) {
-  const char* env = getenv("NCCL_COMM_BLOCKING");
-  const int nb = env != NULL && (env[0] == '0' || env[0] == '1') ? env[0] == '0'
-                 : cfg != NULL                                   ? cfg->blocking == 0
+  const int env = envBlocking();
+  const int nb = env >= 0      ? env == 0
+                 : cfg != NULL ? cfg->blocking == 0
                                : parent != NULL && isNonBlocking(parent);
   if (nb && numNonBlocking < 64) nonBlockingComms[numNonBlocking++] = c;
   return nb;
@@ -432,10 +443,8 @@ ncclResult_t pncclCommSplit(ncclComm_t p, int color, int key, ncclComm_t* c, ncc
   if (color == NCCL_SPLIT_NOCOLOR) {
     /* As NCCL: no child, so the slot stays NULL for good; a non-blocking
      * split is still in progress on the parent (its ranks agree on colors). */
-    const char* env = getenv("NCCL_COMM_BLOCKING");
-    const int nb = env != NULL && (env[0] == '0' || env[0] == '1') ? env[0] == '0'
-                   : cfg != NULL                                   ? cfg->blocking == 0
-                                                                   : isNonBlocking(p);
+    const int env = envBlocking();
+    const int nb = env >= 0 ? env == 0 : cfg != NULL ? cfg->blocking == 0 : isNonBlocking(p);
     record("CommSplit parent=%p color=%d key=%d blocking=%d comm=(nil)", (void*)p, color, key,
            blockingOf(cfg));
     *c = NULL;

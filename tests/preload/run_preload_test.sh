@@ -229,6 +229,19 @@ if "$app" nonblocking > /dev/null 2>&1 < /dev/null || [ $? != 2 ]; then
     n=$(count "compression off: set-up failed" "$work/nonblocking_env.err")
     check "NCCL_COMM_BLOCKING=0: every comm tried to set up (got $n)" "[ '$n' = 4 ]"
   }
+  # NCCL reads the variable with strtoll in base 0 (ncclLoadParam): 00, 0x0
+  # and a word without digits are 0 too, and make every communicator
+  # non-blocking, the one made with blocking = 1 as well. Only the string 0
+  # was taken for it, so those were set up as blocking ones.
+  for v in 00 0x0 false; do
+    run nonblocking_env_$v env NCCL_COMM_BLOCKING=$v GRADCOMP_DEBUG=INFO \
+        GC_TEST_GROUP_CALLS_DEFERRED=1 "$app" nonblocking && {
+      same_calls nonblocking_env_$v
+      n=$(count "is non-blocking" "$work/nonblocking_env_$v.err")
+      check "NCCL_COMM_BLOCKING=$v: every comm recognized as non-blocking, as NCCL makes it (got $n)" \
+        "[ '$n' = 4 ]"
+    }
+  done
 fi
 
 # 4c. A non-blocking communicator split with NCCL_SPLIT_NOCOLOR makes no
@@ -461,6 +474,22 @@ run bad_debug env GRADCOMP_DEBUG=bogus GC_TEST_GROUP_CALLS_DEFERRED=1 "$app" bas
   same_calls bad_debug
   check "bad_debug: the warning names the value and the levels" \
     "grep -q 'WARN GRADCOMP_DEBUG=bogus is not one of NONE|OFF|WARN|INFO|TRACE; using WARN' '$work/bad_debug.err'"
+}
+# 6g'. Values with a trailing blank or a CR (a CRLF environment file): each
+# warning shows the value in quotes, the blank and the CR written out, so that
+# "4 " is not read as a refused 4 and the CR does not send the cursor back
+# over the variable's name.
+cr=$(printf '\r')
+run blank_values env "GRADCOMP_DEBUG=INFO " "GRADCOMP_GROUP=fuse$cr" "GRADCOMP_BITS=4 " \
+    GC_TEST_GROUP_CALLS_DEFERRED=1 "$app" basic && {
+  same_calls blank_values
+  check "blank_values: GRADCOMP_DEBUG's warning quotes its value" \
+    "grep -qF 'WARN GRADCOMP_DEBUG=\"INFO \" is not one of NONE|OFF|WARN|INFO|TRACE; using WARN' '$work/blank_values.err'"
+  check "blank_values: GRADCOMP_GROUP's warning quotes its value, the CR written out" \
+    "grep -qF 'WARN GRADCOMP_GROUP=\"fuse\\r\" is not defer, fuse or pass; using defer' '$work/blank_values.err'"
+  check "blank_values: the bad configuration's warning quotes GRADCOMP_BITS's value" \
+    "grep -qF 'bad configuration (GRADCOMP_BITS=\"4 \" is not an integer in 2..8)' '$work/blank_values.err'"
+  check "blank_values: no CR reaches stderr" "! grep -q \"\$cr\" '$work/blank_values.err'"
 }
 # 6h. Under LD_PRELOAD every process the trainer forks has the preload too
 # (DataLoader workers, subprocesses): a child forked while another thread was
