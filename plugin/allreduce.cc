@@ -31,7 +31,13 @@ gradcompResult_t passThrough(gradcompComm* c, bool keyed, uint64_t key, bool agr
   // refused one is not. A state the call could not carry (no workspace) is
   // checked as its peers check theirs.
   GC_CHECK(c->transport->passThrough(send, recv, count, type, op));
-  if (check) GC_CHECK(discardStateIfNonFinite(*c, *check, recv, count, check->dtype, false));
+  if (check) {
+    GC_CHECK(discardStateIfNonFinite(*c, *check, recv, count, check->dtype, false));
+    // Its peers spent theirs: the later passes go plainly on every rank (a
+    // reduce-scatter's check is a collective), this residual waiting for the
+    // next compressed call.
+    check->residualSent = true;
+  }
   c->stats.callsPassedThrough++;
   return gradcompSuccess;
 }

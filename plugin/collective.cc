@@ -282,12 +282,14 @@ gradcompResult_t carriedPassThrough(gradcompComm& c, int kind, bool keyed, uint6
     return rs ? c.transport->reduceScatter(typed, recv, count, type, op)
               : c.transport->passThrough(typed, recv, n, type, op);
   };
-  // The output's flag is taken before the state is settled: a
+  // A flush's output flag is taken before its state is settled: a
   // reduce-scatter's is an allreduce, and one that fails fails the call as a
-  // failed send does.
+  // failed send does. Not the momentum pass's: its v is not put back, so once
+  // sent it is spent, and its check follows the settle (below).
   const bool held = holdsFeedback(*st);
   gradcompResult_t res = sendCarried();
-  if (res == gradcompSuccess && held) res = flagNonFiniteOutput(c, recv, rs ? count : n, t, rs);
+  if (res == gradcompSuccess && held && !momentum)
+    res = flagNonFiniteOutput(c, recv, rs ? count : n, t, rs);
   if (res != gradcompSuccess) {
     // A flush that did not go out, or whose output's check failed, leaves the
     // residual as it was: the caller may retry the call with the same
@@ -313,7 +315,10 @@ gradcompResult_t carriedPassThrough(gradcompComm& c, int kind, bool keyed, uint6
   // Only a call that may compress at a retune (`agreed`: GRADCOMP_AUTO passed
   // it); a count under minElements is never compressed.
   if (momentum && agreed && (rs ? useHierReduceScatter(c) : useHier(c))) st->unsharded = true;
-  if (held) GC_CHECK(clearStateIfFlagged(c, *st));
+  if (held) {
+    GC_CHECK(momentum ? discardStateIfNonFinite(c, *st, recv, rs ? count : n, t, rs)
+                      : clearStateIfFlagged(c, *st));
+  }
   c.stats.callsPassedThrough++;
   *done = true;
   return gradcompSuccess;

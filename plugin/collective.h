@@ -129,7 +129,9 @@ gradcompResult_t momentumPassThrough(gradcompComm& c, int kind, bool keyed, uint
 // residual then waits, as before 2026-12-05): *done false, the caller passes
 // the call plainly, and in the second case then runs discardStateIfNonFinite
 // on *check (null in the first), as the peers that sent theirs check theirs
-// (a reduce-scatter's check is a collective). An exchange that fails, or the
+// (a reduce-scatter's check is a collective), and marks it sent as they mark
+// theirs, so that the later passes go plainly on every rank (the residual
+// waits for the next compressed call). An exchange that fails, or the
 // reduce-scatter's flag allreduce after it, leaves the residual and the owner
 // residual as they were, for a retry of the call. fp16/bf16: v's rounding to
 // the buffer type is not kept.

@@ -39,7 +39,13 @@ gradcompResult_t passThrough(gradcompComm* c, bool keyed, uint64_t key, bool agr
   // refused one is not. A state the call could not carry (no workspace) is
   // checked as its peers check theirs.
   GC_CHECK(c->transport->reduceScatter(send, recv, recvCount, type, op));
-  if (check) GC_CHECK(discardStateIfNonFinite(*c, *check, recv, recvCount, check->dtype, true));
+  if (check) {
+    GC_CHECK(discardStateIfNonFinite(*c, *check, recv, recvCount, check->dtype, true));
+    // Its peers spent theirs: the later passes go plainly on every rank (a
+    // reduce-scatter's check is a collective), this residual waiting for the
+    // next compressed call.
+    check->residualSent = true;
+  }
   c->stats.callsPassedThrough++;
   return gradcompSuccess;
 }

@@ -520,8 +520,10 @@ class SeqWorld {
       if (rc != gradcompSuccess) err[r] = gradcompGetLastError();
       return rc;
     });
+    // ncclNumTypes is the NCCL's: 12 with its fp8 types, fewer without them.
+    const std::string badType = "datatype=" + std::to_string((int)ncclNumTypes);
     expectIn = kind == 1                ? "op=99"
-               : kind == 0 || kind == 2 ? "datatype=12"
+               : kind == 0 || kind == 2 ? badType.c_str()
                : kind == 8              ? "1001"
                : kind == 9              ? "overlap"
                                         : nullptr;
@@ -993,9 +995,11 @@ TEST(ApiSequence, ARefusalOnOneRankFailsItsPeersNamingIt) {
     const char* mine;   // in the refusing rank's sentence
     const char* peers;  // in its peers' sentence
   };
+  // ncclNumTypes: no NCCL type (12 with the fp8 types, fewer in an older nccl.h).
+  const std::string badType = "datatype=" + std::to_string((int)ncclNumTypes);
   const Case cases[] = {
       {"a NULL recvbuff", "NULL", "buffer"},
-      {"datatype 12 (ncclNumTypes)", "datatype=12", "datatype=12"},
+      {"datatype ncclNumTypes", badType.c_str(), badType.c_str()},
       {"a NULL reduce-scatter recvbuff", "NULL", "buffer"},
       {"a recvcount whose input overflows", "overflows", "recvcount="},
       {"overlapping reduce-scatter buffers", "overlap", "buffer"},

@@ -1105,6 +1105,62 @@ TEST(AutoTune, ARankShortOfWorkspaceStillChecksThePassedOutput) {
   }
 }
 
+// A rank short of the workspace in a reduce-scatter's first passed call keeps
+// its residual for the next compressed call, as its peers, which sent theirs,
+// pass the later calls plainly: it passes them plainly too, whether its memory
+// came back or not. (Before, it tried to send its residual again at every
+// passed call and ran the output's check, a one-float allreduce its peers,
+// whose residual was spent, never joined: the call timed out.)
+TEST(AutoTune, ARankShortOfWorkspacePassesTheLaterCallsAsItsPeersDo) {
+  const int N = 3;
+  const size_t m = 2048, n = m * N;
+  gradcompConfig_t cfg = autoConfig(1);
+  cfg.cpuTimeoutSec = 2;
+  gctest::CpuWorld w(N, cfg);
+  for (int r = 0; r < N; ++r) gc::autoInjectFigures(w.comm(r), kCompressWins);
+  std::vector<std::vector<float>> in(N), got(N, std::vector<float>(m));
+  std::vector<std::string> err(N);
+  auto call = [&](uint64_t seed) {
+    for (int r = 0; r < N; ++r) in[r] = gctest::normal(n, seed + (uint64_t)r);
+    return w.run([&](int r) {
+      const gradcompResult_t rc = gradcompReduceScatter(in[r].data(), got[r].data(), m, ncclFloat32,
+                                                        ncclSum, w.comm(r), nullptr);
+      err[r] = rc == gradcompSuccess ? "" : gradcompGetLastError();
+      return rc;
+    });
+  };
+  for (gradcompResult_t rc : call(7)) ASSERT_EQ(rc, gradcompSuccess) << gradcompGetLastError();
+  for (int r = 0; r < N; ++r) gc::autoInjectFigures(w.comm(r), kNcclWins);
+  auto res = w.run([&](int r) { return gradcompCommRetune(w.comm(r), nullptr); });
+  for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
+  gradcompComm* c1 = w.comm(1);
+  auto shortRank = std::make_shared<gctest::AllocLimitBackend>(c1->backend, 0);
+  c1->backend->release(c1->workspace);
+  c1->workspace = nullptr;
+  c1->workspaceBytes = 0;
+  c1->backend = shortRank;
+  const std::vector<float> kept1 = residualOf(c1, n);
+  // The first passed call (the peers flush), one more with rank 1 still
+  // short, one with its memory back.
+  for (int k = 0; k < 3; ++k) {
+    if (k == 2) shortRank->setBudget(size_t(1) << 30);
+    res = call(17 + 10 * (uint64_t)k);
+    for (int r = 0; r < N; ++r)
+      ASSERT_EQ(res[r], gradcompSuccess) << "call " << k << " rank " << r << ": " << err[r];
+    for (int r = 0; r < N; ++r) {
+      EXPECT_EQ(w.comm(r)->stats.callsPassedThrough, (uint64_t)k + 1) << r;
+      // After the first call every rank passes plainly: the plain sums.
+      for (size_t i = 0; k > 0 && i < m; ++i) {
+        float want = 0.0f;
+        for (int q = 0; q < N; ++q) want += in[q][(size_t)r * m + i];
+        ASSERT_EQ(got[r][i], want) << "call " << k << " rank " << r << " element " << i;
+      }
+    }
+    // Rank 1's residual waits for the next compressed call.
+    EXPECT_TRUE(residualOf(c1, n) == kept1) << "call " << k;
+  }
+}
+
 // A passed call spends the residual once (BufferState::residualSent): a comm
 // resumed from a state saved after that call passes the next calls plainly
 // too, bit for bit as the saved comm does. A pass leaves no residual (sent,

@@ -17,10 +17,12 @@
 #include <vector>
 
 #include "autotune.h"
+#include "checks.h"
 #include "comm.h"
 #include "gradcomp.h"
 #include "kernels/common_math.cuh"
 #include "tests/common/cpu_world.h"
+#include "tests/common/forwarding_transport.h"
 #include "tests/common/test_util.h"
 
 namespace {
@@ -384,6 +386,61 @@ TEST(DgcMomentumPassThrough, NonFiniteGradientDoesNotPoisonTheVelocity) {
     }
     if (t == 1) {
       for (auto& ur : u) std::fill(ur.begin(), ur.end(), 0.0f);
+    }
+  }
+}
+
+// A transport whose allreduce of one float (the output's non-finite flag,
+// ncclMax), on every rank alike, fails while armed.
+class FailingFlagTransport final : public gctest::ForwardingTransport {
+ public:
+  using ForwardingTransport::ForwardingTransport;
+  bool armed = false;
+  gradcompResult_t passThrough(const void* send, void* recv, size_t count, ncclDataType_t type,
+                               ncclRedOp_t op) override {
+    if (armed && count == 1 && op == ncclMax)
+      return gc::setError(gradcompSystemError, "test: the flag's allreduce failed");
+    return ForwardingTransport::passThrough(send, recv, count, type, op);
+  }
+};
+
+// A passed reduce-scatter whose exchange went out (every rank's output holds
+// its velocity) but whose output's check failed (the flag's allreduce) fails
+// with u advanced, as a failed exchange leaves it, and v spent: the velocity
+// reached the output once. The next call sends only its own velocity,
+// momentum SGD's with the failed step counted once. (Before, v was left
+// unspent and went out a second time with the next call.)
+TEST(DgcMomentumPassThrough, AReduceScatterWhoseCheckFailsSendsItsVelocityOnce) {
+  const int N = 2;
+  const size_t m = 256, n = m * N;
+  CpuWorld w(N, dgcConfig());
+  std::vector<FailingFlagTransport*> tr(N);
+  for (int r = 0; r < N; ++r) {
+    gradcompComm_t c = w.comm(r);
+    tr[r] = new FailingFlagTransport(std::move(c->transport));
+    c->transport.reset(tr[r]);
+  }
+  std::vector<std::vector<float>> u(N, std::vector<float>(n, 0.0f));
+  std::vector<std::vector<float>> g(N), out(N, std::vector<float>(m));
+  for (int t = 0; t < 3; ++t) {
+    for (int r = 0; r < N; ++r) tr[r]->armed = t == 1;
+    for (int r = 0; r < N; ++r) {
+      g[r] = gctest::normal(n, 90 + 2 * (uint64_t)t + (uint64_t)r);
+      for (size_t i = 0; i < n; ++i) {
+        const float p = kM * u[r][i];
+        u[r][i] = p + g[r][i];
+      }
+    }
+    auto res = w.run([&](int r) {
+      return gradcompReduceScatter(g[r].data(), out[r].data(), m, ncclFloat32, ncclSum, w.comm(r),
+                                   nullptr);
+    });
+    for (int r = 0; r < N; ++r) {
+      ASSERT_EQ(res[r], t == 1 ? gradcompSystemError : gradcompSuccess) << "step " << t;
+      for (size_t i = 0; i < m; ++i) {
+        ASSERT_EQ(out[r][i], 0.0f + u[0][r * m + i] + u[1][r * m + i])
+            << "step " << t << " rank " << r << " element " << i;
+      }
     }
   }
 }
