@@ -2,13 +2,14 @@
 CpuBackendFsdpReplicas: gradcomp.torch with backend="cpu" on real DDP / FSDP2 over gloo, gradcomp's
 comm made from the process group (TCP between the ranks). Usage: cpu_backend_rank.py
 ddp|excluded|fsdp|dgc|subgroups|restart|scaler|abort|replicas|ddp_group|ddp_register|overflow|
-compose OUT (the env:// variables from tools/gc_ranks.py).
+compose|disagree OUT (the env:// variables from tools/gc_ranks.py).
 
 Records every call the hook (DDP) or the reduce-scatter (FSDP) gets, its input before and its
 result after, in call order, for the test to compare with a serial reference on the in-process
 CPU world; writes OUT.rank<r>.pt (records) and OUT.rank<r>.json (stats, parameter hashes,
 the resume check).
 """
+import contextlib
 import hashlib
 import json
 import warnings
@@ -981,6 +982,84 @@ class _Bucket:
         return self.t
 
 
+def disagree(out, rank):
+    """Ranks that disagree on what only each knows of itself, on real DDP (2 ranks), each case
+    on a new model, DDP and state over a gloo group whose collectives time out after 20 s (a
+    mismatch fails there, not after gloo's 30 minutes): "frozen", a compressed weight frozen on
+    rank 0 only after a step (DDP averages the gradient of a parameter any rank used; the
+    hook zeroed rank 0's slice, so the ranks' gradients differed); "frozen_all", the same
+    weight frozen on both (no gradient, no error); "paused", rank 0 inside paused() at the
+    third step while rank 1 compresses (a collective mismatch: gloo aborted rank 1);
+    "paused_warmup", the same at the first step, before compression starts; "loaded", rank 0
+    loads a state dict of a later step after the first uncompressed step (it compresses while
+    rank 1 does not); "fsdp_paused", FSDP2's reduce-scatter inside paused() on rank 0 only.
+    Per case, what the step raised on this rank and the weight's gradient."""
+    import datetime
+
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    group = dist.new_group(timeout=datetime.timedelta(seconds=20))
+    cfg = gradcomp.Config(from_env=False, method="qsgd", bits=4, min_elements=0, auto_tune=0,
+                          cpu_timeout_sec=20)
+
+    def make(start_iter):
+        torch.manual_seed(0)
+        # 2.weight (2560) compressed, the rest in full precision.
+        model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 40, bias=False))
+        d = DDP(model, process_group=group, find_unused_parameters=True)
+        st = gct.GradcompState(group, module=model, start_iter=start_iter, backend="cpu",
+                               config=cfg)
+        gct.register_ddp_hook(d, st)
+        return model, d, st
+
+    def step(d, s):
+        x = batch(s, rank, 32)[0]
+        d.zero_grad(set_to_none=True)
+        d(x).square().sum().backward()
+
+    res = {}
+    ckpt = None
+    for case in ("frozen", "frozen_all", "paused", "paused_warmup", "loaded"):
+        model, d, st = make(3 if case == "loaded" else 0 if case != "paused_warmup" else 1)
+        if case == "loaded":
+            _, old_d, old = make(0)
+            for s in range(4):
+                step(old_d, s)
+            ckpt = old.state_dict()
+            old.close()
+        first = 0 if case == "paused_warmup" else 2 if case == "paused" else 1
+        for s in range(first):
+            step(d, s)
+        if case.startswith("frozen") and (rank == 0 or case == "frozen_all"):
+            model[2].weight.requires_grad_(False)
+        if case == "loaded" and rank == 0:
+            st.load_state_dict(ckpt)
+        pause = st.paused() if case.startswith("paused") and rank == 0 else \
+            contextlib.nullcontext()
+        with pause:
+            err = _error(lambda: step(d, first))
+        g = model[2].weight.grad
+        res[case] = {"error": err, "grad": None if g is None else float(g.abs().sum())}
+        st.close()
+
+    # FSDP2's reduce-scatter inside paused() on rank 0 only, at its second step.
+    from torch.distributed.device_mesh import DeviceMesh
+    from torch.distributed.fsdp import fully_shard
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 5))
+    fully_shard(model, mesh=DeviceMesh.from_group(group, "cpu"))
+    st = gct.GradcompState(group, backend="cpu", config=cfg)
+    gct.register_fsdp_reduce_scatter(model, st)
+    for s in range(2):
+        pause = st.paused() if s == 1 and rank == 0 else contextlib.nullcontext()
+        with pause:
+            err = _error(lambda: model(batch(s, rank, 32)[0]).sum().backward())
+    res["fsdp_paused"] = {"error": err}
+    st.close()
+    return [], res
+
+
 def _error(fn):
     try:
         fn()
@@ -1134,7 +1213,8 @@ def main():
                      "subgroups": subgroups, "scaler": scaler, "replicas": replicas,
                      "restart": restart, "ddp_group": ddp_group,
                      "ddp_register": ddp_register, "overflow": overflow,
-                     "compose": compose}[mode](out, rank)
+                     "compose": compose,
+                     "disagree": disagree}[mode](out, rank)
     torch.save(records, f"{out}.rank{rank}.pt")
     with open(f"{out}.rank{rank}.json", "w") as f:
         json.dump(res, f)

@@ -196,6 +196,7 @@ class TorchRefusals(unittest.TestCase):
         state = self.gt.GradcompState.__new__(self.gt.GradcompState)
         state.backend, state._paused = "cpu", False
         state.config = gradcomp.Config(from_env=False, method="qsgd")
+        state._agree_call = lambda *args: None  # no peers to compare the call with
 
         class Group:
             def size(self):
@@ -874,6 +875,7 @@ class LayerAwarePlan(unittest.TestCase):
         finally:
             group.check_group = saved
         st._options_agreed = True  # no group to compare the hook's options on
+        st._agree_call = lambda *args: None  # nor each call's
         return st
 
     def test_small_and_1d_parameters_stay_full_precision(self):
@@ -1669,7 +1671,8 @@ class HookOnCpuWorld(unittest.TestCase):
         2026-12-06 (a hang on NCCL, a timeout or gloo's abort on the CPU backend). At the
         hook's first call outside paused() every
         rank raises the same ValueError naming the rank, the option and both values, before
-        any gradient is sent; a paused step sends uncompressed and compares nothing."""
+        any gradient is sent; a paused step (on every rank) sends uncompressed and compares
+        no option."""
         N = self.N
         cases = (("start_iter", self.START + 2, self.START),
                  ("layer_min_size", 4096, 1024),  # bucket 1's 2048 and 1600 in full precision
@@ -2244,7 +2247,8 @@ class FsdpReduceScatterOnCpuWorld(unittest.TestCase):
             x = inputs(torch.float32)[0]
             with states[0].paused(), mock.patch.object(
                     dist, "reduce_scatter_tensor",
-                    lambda out, inp, **kw: sent.append((kw["op"], inp.clone()))):
+                    lambda out, inp, **kw: sent.append((kw["op"], inp.clone()))), \
+                    mock.patch.object(states[0], "_agree_call", lambda *args: None):
                 rs._reduce_scatter(torch.empty(self.n), x.clone(), states[0].process_group,
                                    dist.ReduceOp.PREMUL_SUM(1.0 / f), False, lambda: None)
             self.assertEqual([op for op, _ in sent], [dist.ReduceOp.SUM])
@@ -2252,10 +2256,11 @@ class FsdpReduceScatterOnCpuWorld(unittest.TestCase):
 
     def ops_sent_to_torch(self, rs, state, op, inp):
         """The ops of the reduce-scatters rs hands to torch (reduce_scatter_tensor mocked) for
-        one call of input inp."""
+        one call of input inp, made by one rank alone (its peers compare no call with it)."""
         sent = []
         with mock.patch.object(dist, "reduce_scatter_tensor",
-                               lambda out, inp, **kw: sent.append(kw["op"])):
+                               lambda out, inp, **kw: sent.append(kw["op"])), \
+                mock.patch.object(state, "_agree_call", lambda *args: None):
             rs._reduce_scatter(torch.zeros(self.n), inp, state.process_group, op, False,
                                lambda: None)
         return sent
@@ -2785,6 +2790,41 @@ class CpuBackendDdpGroup(unittest.TestCase):
         # The pair whose states are right trains: DDP's mean of 2 * (rank + 1) over {2, 3}.
         self.assertEqual([m["error"] for m in mixed[2:]], [None, None])
         self.assertEqual([m["grad"] for m in mixed[2:]], [7.0, 7.0])
+
+
+@unittest.skipIf(torch is None, "PyTorch is not installed")
+class CpuBackendRanksDisagree(unittest.TestCase):
+    """What decides a hook call and only each rank knows of itself, different by rank on real
+    DDP (2 gloo processes, cpu_backend_rank.py disagree): a compressed parameter frozen on one
+    rank only (the hook zeroed that rank's slice where DDP averages the gradient of a parameter
+    any rank used: the ranks' gradients differed, silently), paused() entered on one rank only
+    (a collective mismatch, which gloo answered by aborting the process), a state dict of a
+    later step loaded on one rank only during the uncompressed steps (that rank compressed
+    while its peer did not), and FSDP2's reduce-scatter inside paused() on one rank only. Every
+    rank raises the same RuntimeError at that step, naming the ranks, before any collective of
+    the call; frozen on every rank trains on, without a gradient for the weight."""
+
+    def test_every_rank_raises_alike_naming_the_ranks(self):
+        _, results = launch_ranks(self, "disagree")
+        want = {
+            "frozen": "gradcomp: parameter '2.weight' (bucket 0) requires no gradient on rank(s) "
+                      "[0] of the state's group and requires one on rank(s) [1]",
+            "paused": "gradcomp: rank(s) [0] of the state's group are inside state.paused() and "
+                      "rank(s) [1] are not",
+            "paused_warmup": "gradcomp: rank(s) [0] of the state's group are inside "
+                             "state.paused() and rank(s) [1] are not",
+            "loaded": "gradcomp: the ranks of the state's group are at different steps "
+                      "(state.iter by rank: [4, 1])",
+            "fsdp_paused": "gradcomp: rank(s) [0] of the state's group are inside "
+                           "state.paused() and rank(s) [1] are not: those inside would send "
+                           "the reduce-scatter of FSDP module '<root>' uncompressed",
+        }
+        for r, res in enumerate(results):
+            for case, said in want.items():
+                self.assertIn("RuntimeError: " + said, res[case]["error"] or "",
+                              f"rank {r} {case}")
+            self.assertIsNone(res["frozen_all"]["error"], f"rank {r}")
+            self.assertIsNone(res["frozen_all"]["grad"], f"rank {r}")
 
 
 @unittest.skipIf(torch is None, "PyTorch is not installed")

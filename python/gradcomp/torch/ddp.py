@@ -527,7 +527,10 @@ class GradcompState:
     def paused(self):
         """Inside, the hook (and the FSDP2 reduce-scatter or replica all-reduce) sends
         uncompressed and leaves the state and step counter alone (e.g. a throw-away step that
-        lets a resumed DDP rebuild its buckets)."""
+        lets a resumed DDP rebuild its buckets). Enter it on every rank of the group for the
+        same steps: a rank inside while its peers compress would send other calls than they
+        (the hooks compare it before each call with backend="cpu" and under
+        GRADCOMP_CHECK_CALLS: _agree_call)."""
         old, self._paused = self._paused, True
         try:
             yield self
@@ -724,6 +727,61 @@ class GradcompState:
                         "layer_min_size, exclude_1d and start_iter, and load the same state "
                         "dict on every rank (or on none)")
         self._options_agreed = True
+
+    def _agree_call(self, device, what, params=()):
+        """Before each call of the DDP hook (what: "bucket <i>", params: its parameters) or of
+        FSDP2's hooks (params: none), where the comm already synchronizes the ranks at every
+        call (backend "cpu": gradcomp's calls are blocking exchanges) or GRADCOMP_CHECK_CALLS
+        asks for it (NCCL: a small all_gather and a host sync per call, for debugging): the ranks
+        agree on what decides the call's collectives and its result, which each rank knows of
+        itself only. A rank inside paused() while its peers compress (torch's collective against
+        gradcomp's exchange: a collective mismatch, which gloo answers by aborting the process,
+        or a hang), under DDP a step counter moved on some ranks only (load_state_dict on some
+        ranks), or a compressed parameter frozen on some ranks only (the hook zeroes a frozen
+        parameter's slice, where DDP averages the gradient of a parameter any rank used: the
+        ranks' gradients would differ, silently). Every rank raises the same RuntimeError,
+        naming the ranks."""
+        frozen = [int(not p.requires_grad and self.is_compressed(p)) for p in params]
+        on = device if self.backend == "nccl" else "cpu"
+        t = torch.tensor([int(self._paused), self.iter] + frozen, dtype=torch.int64, device=on)
+        got = [torch.empty_like(t) for _ in range(self.world_size)]
+        dist.all_gather(got, t, group=self.process_group)
+        rows = [g.tolist() for g in got]
+
+        def split(col):
+            on_ = [r for r, row in enumerate(rows) if row[col]]
+            return on_, [r for r in range(self.world_size) if r not in on_]
+
+        paused, going = split(0)
+        if paused and going:
+            raise RuntimeError(
+                f"gradcomp: rank(s) {paused} of the state's group are inside state.paused() and "
+                f"rank(s) {going} are not: those inside would send {what} uncompressed and the "
+                "others compressed, or at another step (a hang or wrong sums). Enter `with "
+                "state.paused():` on every rank for the same steps, or on none")
+        iters = [row[1] for row in rows]
+        # Until the DDP hook's first call outside paused(), _agree_options compares the step
+        # counter with the options, naming the option.
+        if self._options_agreed and len(set(iters)) > 1:
+            raise RuntimeError(
+                f"gradcomp: the ranks of the state's group are at different steps (state.iter by "
+                f"rank: {iters}): a state dict loaded (load_state_dict) or a step run inside "
+                "paused() on some ranks only; the ranks would compress different steps (a hang "
+                "or wrong sums). Load the same checkpoint's state dicts on every rank, and "
+                "enter paused() on every rank alike")
+        for i, p in enumerate(params):
+            off, on_ = split(2 + i)
+            if off and on_:
+                raise RuntimeError(
+                    f"gradcomp: parameter {self._name(p, i)!r} ({what}) requires no gradient on "
+                    f"rank(s) {off} of the state's group and requires one on rank(s) {on_}: DDP "
+                    "averages the gradient of a parameter that any rank used, while the hook "
+                    "gives a frozen one none, so the ranks' gradients would differ. Set "
+                    "requires_grad alike on every rank (freeze it on all of them, or on none)")
+
+    def _agrees_calls(self):
+        """Whether the hooks run _agree_call before each call."""
+        return self.backend == "cpu" or bool(self.config.check_calls)
 
     def _check_ddp_group(self, device, ddp=None):
         """At a DDP's first hook call: the DDP module this state is registered on must reduce
@@ -1325,6 +1383,8 @@ def _reduce_bucket(state, bucket, buf, stream, ddp=None):
 
 
 def _reduce_noted(state, bucket, buf, stream, last):
+    if state._agrees_calls():
+        state._agree_call(buf.device, f"bucket {bucket.index()}", bucket.parameters())
     if state._paused:
         return _allreduce_avg(buf, state)
     if not state._options_agreed:

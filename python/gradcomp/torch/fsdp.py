@@ -163,6 +163,8 @@ class GradcompReduceScatter(_Base):
             if not self.state._paused:
                 self.state._count_fsdp_step(self.key)
             return dist.reduce_scatter_tensor(out, inp, op=op, group=group, async_op=async_op)
+        if self.state._agrees_calls():
+            self.state._agree_call(out.device, f"the reduce-scatter of FSDP module {self.name!r}")
         if self.state._paused:
             # state.paused(), as the DDP hook: uncompressed, the residuals and DGC's velocity
             # left alone (a throw-away step adds nothing to them).
@@ -304,6 +306,9 @@ class GradcompReplicaAllReduce:
         """The call on a checked tensor, in place; stream_handle: the stream gradcomp runs on
         (None on the CPU backend)."""
         opname = self._op()
+        if self.state._agrees_calls():
+            self.state._agree_call(t.device,
+                                   f"the replica all-reduce of FSDP module {self.name!r}")
         if self.state._paused:
             # state.paused(): uncompressed, the residuals and DGC's velocity left alone.
             op = dist.ReduceOp.AVG if opname == "avg" else dist.ReduceOp.SUM
