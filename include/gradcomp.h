@@ -363,7 +363,8 @@ gradcompResult_t gradcompReduceScatterKeyed(const void* sendbuff, void* recvbuff
  * (unkeyed: recvbuff, count, datatype; keyed: key, count, datatype) from the
  * buffer's first compressed call on, for the comm's lifetime: nothing frees
  * one buffer's state alone. Reset frees them all (every buffer's next call
- * then starts afresh), as the comm's destroy or abort does; until then,
+ * then starts afresh), as the comm's destroy or abort does, and a load
+ * replaces them all with the blob's; until then,
  * buffers that move and keys never used again grow the comm
  * (docs/reliability.md, "Buffers that move"). Save writes every buffer's
  * state to a caller buffer (host memory) so a training checkpoint can hold

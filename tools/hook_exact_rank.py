@@ -496,10 +496,22 @@ def main():
     wrapped, wrap_skipped, wrap_bad = None, None, None
     try:
         wrapped, wrap_skipped = run_wrapped(backend, dev, rank)
-        wrap_bad = None if wrapped is None else check_wrapped(wrapped, rank)
     except Exception as e:
         traceback.print_exc()
         wrap_bad = [f"rank {rank}: {type(e).__name__}: {e}"]
+    # check_wrapped's gather is a collective: every rank enters it, or none (a rank whose run
+    # raised alone would leave its peers waiting there).
+    ran = [None] * world
+    dist.all_gather_object(ran, wrapped is not None)
+    if all(ran):
+        try:
+            wrap_bad = check_wrapped(wrapped, rank)
+        except Exception as e:
+            traceback.print_exc()
+            wrap_bad = [f"rank {rank}: {type(e).__name__}: {e}"]
+    elif wrapped is not None:
+        wrap_bad = [f"rank {rank}: not checked: the wrapped run did not finish on rank(s) "
+                    f"{[r for r, ok in enumerate(ran) if not ok]}"]
     zero_skipped, zero_bad = zero_overlap_unsupported(cpu), None
     try:
         if zero_skipped is None:
