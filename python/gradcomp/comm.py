@@ -61,7 +61,8 @@ def describe(x):
 
 
 def buffer_info(x, name=None, writable=False, host=False):
-    """(address, element count, ncclDataType_t) of a contiguous numpy array or torch tensor.
+    """(address, element count, ncclDataType_t) of a contiguous numpy array or dense (strided)
+    torch tensor (a sparse, jagged or mkldnn one is refused).
 
     name: what the argument is called in the error messages. writable=True: the library
     writes into x, so a read-only numpy array is refused. host=True: the library reads x on
@@ -74,13 +75,29 @@ def buffer_info(x, name=None, writable=False, host=False):
             raise InvalidArgumentError(f"{what} is on {x.device} ({describe(x)}), but gradcomp "
                                        "reads it on the host here: pass a CPU tensor "
                                        f"({name or 'x'}.cpu())", 1)
+        layout = str(getattr(x, "layout", "torch.strided"))
+        if layout != "torch.strided":
+            # A sparse, jagged or mkldnn tensor has no one dense buffer at data_ptr() (a jagged
+            # one's is NULL; a CSR or mkldnn one's is_contiguous() or data_ptr() raises torch's
+            # error, which names no argument): refused here by name, saying what to pass.
+            raise InvalidArgumentError(f"{what} has layout {layout} ({describe(x)}), but gradcomp "
+                                       "reads dense (torch.strided) tensors by address: pass "
+                                       f"{name or 'x'}.to_dense() (a sparse tensor) or a dense "
+                                       "contiguous tensor of the same values", 1)
         if not x.is_contiguous():
             raise InvalidArgumentError(f"{what} is not contiguous ({describe(x)}): pass "
                                        "x.contiguous()", 1)
         tname = str(x.dtype).replace("torch.", "")
         if tname not in T.NCCL_TYPES:
             raise InvalidArgumentError(f"{what} dtype {x.dtype} has no NCCL type", 1)
-        return x.data_ptr(), x.numel(), T.NCCL_TYPES[tname]
+        ptr = x.data_ptr()
+        if not ptr and x.numel():
+            # A tensor subclass without storage of its own (a DTensor: its numel() is the global
+            # one, its data_ptr() 0) would reach the library as a NULL address.
+            raise InvalidArgumentError(f"{what} is a {type(x).__name__} without storage of its "
+                                       f"own ({describe(x)}, data_ptr() 0): pass a plain tensor "
+                                       f"(a DTensor's local shard: {name or 'x'}.to_local())", 1)
+        return ptr, x.numel(), T.NCCL_TYPES[tname]
     if hasattr(x, "ctypes") and hasattr(x, "flags"):  # numpy.ndarray
         what = name or "array"
         if not x.flags.c_contiguous:
@@ -186,8 +203,9 @@ class Comm:
         sp, sn, st = buffer_info(sendbuf, "sendbuf", host=self.host)
         rp, rn, rt = buffer_info(recvbuf, "recvbuf", writable=True, host=self.host)
         if (sn, st) != (rn, rt):
-            raise InvalidArgumentError(f"send ({sn} elements, type {st}) and receive ({rn} "
-                                       f"elements, type {rt}) buffers differ", 1)
+            raise InvalidArgumentError(f"send ({sn} elements of {_type_name(st)}) and receive "
+                                       f"({rn} elements of {_type_name(rt)}) buffers differ: pass "
+                                       "a recvbuf of sendbuf's size and dtype", 1)
         self.allreduce_raw(sp, rp, sn, st, op, _current_stream(stream, recvbuf), key)
         return recvbuf
 
@@ -211,7 +229,8 @@ class Comm:
         if st != rt or sn != rn * self.size:
             raise InvalidArgumentError(
                 f"reduce-scatter needs a send buffer of size*recvcount = {self.size}*{rn} "
-                f"elements of the receive type; got {sn} elements of type {st}", 1)
+                f"elements of the receive type ({_type_name(rt)}); got {sn} elements of "
+                f"{_type_name(st)}", 1)
         self.reduce_scatter_raw(sp, rp, rn, st, op, _current_stream(stream, recvbuf), key)
         return recvbuf
 
@@ -434,8 +453,23 @@ def _current_stream(stream, x):
     return torch.cuda.current_stream(x.device)
 
 
-def _text(s):
-    return s if isinstance(s, bytes) else s.encode()
+def _text(s, name="root"):
+    """s as the bytes of a C string: refused where a NUL would cut it short (the library would
+    name what comes before it) or it has no UTF-8 bytes (a lone surrogate)."""
+    try:
+        b = s if isinstance(s, bytes) else s.encode()
+    except UnicodeEncodeError as e:
+        raise InvalidArgumentError(f"{name}={s!r} is not text that UTF-8 encodes ({e.reason})",
+                                   1) from None
+    if b"\0" in b:
+        raise InvalidArgumentError(f"{name}={s!r} holds a NUL character: pass the \"host:port\" "
+                                   "alone", 1)
+    return b
+
+
+def _type_name(t):
+    """An ncclDataType_t's name (float32, ...), for a message; the number where it has none."""
+    return next((k for k, v in T.NCCL_TYPES.items() if v == t), str(t))
 
 
 def _key(k):

@@ -14,6 +14,7 @@ _C_NAME = {T.snake(n): n for n, _ in T.CONFIG_FIELDS
 _C_TYPE = dict(T.CONFIG_FIELDS)
 _INT_TYPES = (ctypes.c_int, ctypes.c_size_t, ctypes.c_uint64)
 _FLT_MIN = 1.1754943508222875e-38  # the smallest normal float (C's FLT_MIN)
+_FLT_MAX = 3.4028234663852886e+38  # the largest float (C's FLT_MAX)
 
 
 def settings():
@@ -36,13 +37,19 @@ def env_names():
 
 
 def _real(value, name):
-    """value as a float: a real number (not a bool) that a C float or double holds."""
+    """value as a float: a real number (not a bool) that a C float holds."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise InvalidArgumentError(f"{name}={value!r} is not a number", 1)
     try:
-        return float(value)
+        x = float(value)
     except OverflowError:
         raise InvalidArgumentError(f"{name}={value!r} is too large for a float", 1) from None
+    if math.isfinite(x) and math.isinf(ctypes.c_float(x).value):
+        # Every caller passes a C float: past FLT_MAX it would arrive as inf, and the library's
+        # sentence would name inf, not the value given.
+        raise InvalidArgumentError(f"{name}={value!r} is too large in magnitude for a float (at "
+                                   f"most {_FLT_MAX:g})", 1)
+    return x
 
 
 def _coerce(key, cname, value):

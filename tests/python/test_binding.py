@@ -340,6 +340,10 @@ class ConfigSettings(unittest.TestCase):
             (dict(clip_norm=1e-50), r"clip_norm=1e-50 is not a number that a float holds"),
             (dict(momentum=1e-40), r"momentum=1e-40 is not a number that a float holds"),
             (dict(density=1e-50), r"density=1e-50 is not a number that a float holds"),
+            # Past FLT_MAX: it arrived as inf, and the sentence named inf, not the value given.
+            (dict(cpu_timeout_sec=3.5e38), r"^cpu_timeout_sec=3\.5e\+38 is too large in magnitude "
+             r"for a float \(at most 3\.40282e\+38\)$"),
+            (dict(clip_norm=-1e39), r"^clip_norm=-1e\+39 is too large in magnitude for a float"),
             (dict(bogus=1), r"unknown setting bogus; the settings are method, algo, bits"),
         ]
         for kwargs, pattern in cases:
@@ -526,6 +530,14 @@ class CpuAllReduce(unittest.TestCase):
                 c.allreduce(np.zeros((4, 4), np.float32)[:, 0])
             with self.assertRaisesRegex(ValueError, "differ"):
                 c.allreduce(np.zeros(4, np.float32), np.zeros(5, np.float32))
+            # The types by name, not by ncclDataType_t number ("type 7", "type 2").
+            with self.assertRaisesRegex(ValueError, r"^send \(4 elements of float32\) and receive "
+                                        r"\(4 elements of int32\) buffers differ: pass a recvbuf "
+                                        r"of sendbuf's size and dtype$"):
+                c.allreduce(np.zeros(4, np.float32), np.zeros(4, np.int32))
+            with self.assertRaisesRegex(ValueError, r"size\*recvcount = 1\*4 elements of the "
+                                        r"receive type \(float16\); got 4 elements of float32$"):
+                c.reduce_scatter(np.zeros(4, np.float32), np.zeros(4, np.float16))
             with self.assertRaisesRegex(ValueError, "op='mean' is not one of"):
                 c.allreduce(np.zeros(4, np.float32), op="mean")
             with self.assertRaisesRegex(ValueError, "complex128 has no NCCL type"):
@@ -904,6 +916,9 @@ class CodecArgumentChecks(unittest.TestCase):
             codecs.topk_slots(1000, 0.5, 10**400)
         with self.assertRaisesRegex(ValueError, r"density=10{400} is too large for a float"):
             gradcomp.Config(density=10**400)
+        with self.assertRaisesRegex(ValueError, r"^oversample=1e\+39 is too large in magnitude "
+                                    r"for a float \(at most 3\.40282e\+38\)$"):
+            codecs.topk_slots(1000, 0.5, 1e39)
         self.assertEqual(codecs.topk_slots(1000, 0.5, 1.0), codecs.topk_slots(np.uint64(1000),
                                                                                0.5, 1))
         self.assertTrue(np.array_equal(codecs.qsgd_encode(self.x, np.int64(4), seed=np.uint64(3)),
@@ -1063,6 +1078,14 @@ class SocketComm(unittest.TestCase):
                 self.assertIn(says, msg)
         with self.assertRaisesRegex(gradcomp.InvalidArgumentError, "not a \"host:port\" string"):
             gradcomp.Comm.socket(2, 0, 1234, cfg)
+        # A NUL cut the C string short (the library named "127.0.0.1" alone); a lone surrogate
+        # raised UnicodeEncodeError naming no argument.
+        with self.assertRaisesRegex(gradcomp.InvalidArgumentError,
+                                    r"^root='127.0.0.1\\x00:5' holds a NUL character"):
+            gradcomp.Comm.socket(2, 1, "127.0.0.1\x00:5", cfg)
+        with self.assertRaisesRegex(gradcomp.InvalidArgumentError,
+                                    r"^root='\\udc80:5' is not text that UTF-8 encodes"):
+            gradcomp.Comm.socket(2, 1, "\udc80:5", cfg)
         with self.assertRaisesRegex(gradcomp.InvalidArgumentError, r"rank=2"):
             gradcomp.Comm.socket(2, 2, free_root(), cfg)
 

@@ -109,6 +109,10 @@ class TorchRefusals(unittest.TestCase):
             self.gt.register_ddp_hook(torch.nn.Linear(4, 4), st)
         with self.assertRaisesRegex(TypeError, "takes a GradcompState; got object"):
             self.gt.register_ddp_hook(ddp, object())
+        # A wrap that is not a function failed with Python's "'str' object is not callable".
+        with self.assertRaisesRegex(TypeError, r"^register_ddp_hook's wrap='fp16' is not "
+                                    r"callable: pass None, or a function that takes the hook"):
+            self.gt.register_ddp_hook(ddp, st, wrap="fp16")
         st.close()
         with self.assertRaisesRegex(RuntimeError, r"the state was closed"):
             self.gt.register_ddp_hook(ddp, st)
@@ -132,6 +136,43 @@ class TorchRefusals(unittest.TestCase):
     def test_uninitialized_distributed_is_refused(self):
         with self.assertRaisesRegex(RuntimeError, "init_process_group"):
             self.gt.GradcompState()
+
+    def test_misspelt_options_a_model_given_first_and_a_module_not_a_module_are_refused(self):
+        """Each names the argument and what it takes: a misspelt option of the state's own went
+        to gradcomp's Config, whose sentence lists gradcomp's settings only; the model given as
+        the first argument failed in torch naming no argument; module="m" raised
+        AttributeError."""
+        import gradcomp.torch._group as group
+
+        with mock.patch.object(group, "check_group", lambda pg, backend: (pg, 0, 2)):
+            for kw, meant in ((dict(start_iters=3), "start_iter"),
+                              (dict(layer_minsize=0), "layer_min_size"),
+                              (dict(backed="cpu"), "backend"),
+                              (dict(bucketsize=512), "bucket_size")):
+                with self.subTest(**kw):
+                    with self.assertRaisesRegex(ValueError, rf"GradcompState got unknown keyword "
+                                                rf"{next(iter(kw))} \(did you mean {meant}\?\); "
+                                                r"its own options are process_group, module, "
+                                                r"layer_min_size, start_iter, exclude_1d, .*and "
+                                                r"gradcomp's settings are method, algo, bits"):
+                        self.gt.GradcompState(**kw)
+            model = torch.nn.Sequential(torch.nn.Linear(4, 4))
+            for bad in ("model", [model]):
+                with self.assertRaisesRegex(TypeError, r"module= takes the model \(a "
+                                            rf"torch.nn.Module\); got {type(bad).__name__}"):
+                    self.gt.GradcompState(module=bad)
+        init_one_rank_gloo()
+        try:
+            with self.assertRaisesRegex(ValueError, r"^process_group is a Sequential, not a "
+                                        r"torch.distributed process group: .*the model goes in "
+                                        r"module= \(GradcompState\(module=model, ...\)\)$"):
+                self.gt.GradcompState(model, backend="cpu")
+            with self.assertRaisesRegex(ValueError, r"^process_group is a str, not a "
+                                        r"torch.distributed process group: .*or None for the "
+                                        r"default group$"):
+                self.gt.GradcompState("world", backend="cpu")
+        finally:
+            dist.destroy_process_group()
 
     class Bucket:
         """The part of DDP's GradBucket the hook's first checks read."""
@@ -224,6 +265,22 @@ class TorchRefusals(unittest.TestCase):
         else:
             with self.assertRaisesRegex(RuntimeError, "has no gradcompReduceScatterKeyed: rebuild"):
                 self.gt.GradcompReduceScatter(None, "layers.0")
+
+    def test_fsdp_reduce_scatter_names_the_device_of_tensors_off_cuda(self):
+        # Called "CPU tensors" whatever their device (a meta shard's too).
+        import gradcomp
+
+        if not gradcomp.has("gradcompReduceScatterKeyed"):
+            self.skipTest("this libgradcomp has no gradcompReduceScatterKeyed")
+        rs = self.gt.GradcompReduceScatter(None, "layers.0")
+        with self.assertRaisesRegex(TypeError, "^GradcompReduceScatter got meta tensors: "
+                                    "gradcomp reduces CUDA tensors"):
+            rs(output_tensor=torch.zeros(4, device="meta"),
+               input_tensor=torch.zeros(8, device="meta"), group=None, op=dist.ReduceOp.AVG)
+        with self.assertRaisesRegex(TypeError, "^GradcompReduceScatter got CPU tensors: "
+                                    "gradcomp reduces CUDA tensors"):
+            rs(output_tensor=torch.zeros(4), input_tensor=torch.zeros(8), group=None,
+               op=dist.ReduceOp.AVG)
 
     def test_fsdp2_without_custom_reduce_scatter_is_refused_with_what_to_do(self):
         """FSDP2 took set_custom_reduce_scatter in PyTorch 2.9: on an older FSDPModule (a
@@ -735,6 +792,61 @@ class TensorBuffers(unittest.TestCase):
         with gradcomp.CpuWorld(1, min_elements=0) as w:
             with self.assertRaisesRegex(gradcomp.InvalidArgumentError, "sendbuf is on meta"):
                 w.comms[0].allreduce(off)
+
+    def test_tensors_of_other_layouts_are_refused_by_name(self):
+        """A sparse, CSR, jagged or mkldnn tensor has no one dense buffer at data_ptr(): each is
+        refused naming the argument and its layout (a sparse one read as "not contiguous: pass
+        x.contiguous()", a CSR or mkldnn one raised torch's error naming no argument, a jagged
+        one reached the library as a NULL address)."""
+        import warnings
+
+        import gradcomp
+        import gradcomp.codecs
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # nested tensors are a prototype
+            odd = [torch.ones(64, 64).to_sparse(), torch.ones(64, 64).to_sparse_csr(),
+                   torch.nested.nested_tensor([torch.ones(3), torch.ones(2)],
+                                              layout=torch.jagged)]
+        if torch.backends.mkldnn.is_available():
+            odd.append(torch.ones(64).to_mkldnn())
+        with gradcomp.CpuWorld(1, min_elements=0) as w:
+            for x in odd:
+                with self.subTest(layout=str(x.layout)):
+                    with self.assertRaisesRegex(gradcomp.InvalidArgumentError,
+                                                f"^sendbuf has layout {x.layout} .*reads dense "
+                                                r"\(torch.strided\) tensors.*to_dense\(\)"):
+                        w.comms[0].allreduce(x)
+                    with self.assertRaisesRegex(gradcomp.InvalidArgumentError,
+                                                f"^recvbuf has layout {x.layout}"):
+                        w.comms[0].allreduce(torch.ones(5), x)
+                    with self.assertRaisesRegex(gradcomp.InvalidArgumentError,
+                                                f"^x has layout {x.layout}"):
+                        gradcomp.codecs.qsgd_encode(x)
+
+    def test_a_tensor_without_storage_of_its_own_is_refused_by_name(self):
+        """A DTensor (a sharded parameter's gradient under FSDP2) has no storage of its own: its
+        data_ptr() is 0 and its numel() the global one. It reached the library as a NULL
+        address; it is refused naming the argument and its local shard."""
+        import gradcomp
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.tensor import Shard, distribute_tensor
+
+        init_one_rank_gloo()
+        try:
+            d = distribute_tensor(torch.ones(64), init_device_mesh("cpu", (1,)), [Shard(0)])
+            with gradcomp.CpuWorld(1, min_elements=0) as w:
+                with self.assertRaisesRegex(gradcomp.InvalidArgumentError,
+                                            r"^sendbuf is a DTensor without storage of its own "
+                                            r"\(shape \(64,\), .*sendbuf.to_local\(\)\)$"):
+                    w.comms[0].allreduce(d)
+                local = d.to_local()
+                w.comms[0].allreduce(local)  # the local shard goes through
+                self.assertTrue(torch.equal(local, torch.ones(64)))
+                # An empty tensor's data_ptr() is 0 too: a call on nothing, as before.
+                w.comms[0].allreduce(torch.empty(0))
+        finally:
+            dist.destroy_process_group()
 
 
 @unittest.skipIf(torch is None, "PyTorch is not installed")

@@ -118,6 +118,14 @@ def check_group(process_group, backend="nccl"):
                          "process group given: dist.new_group and dist.split_group return "
                          "GroupMember.NON_GROUP_MEMBER to the ranks outside the group; make the "
                          "GradcompState, and register its hook, on the group's members only")
+    if not isinstance(pg, dist.ProcessGroup):
+        # The model given first (GradcompState(model)): torch's own refusal prints the model
+        # and says "not initialized in the world group map", naming no argument.
+        model = (": the model goes in module= (GradcompState(module=model, ...))"
+                 if hasattr(pg, "named_parameters") else "")
+        raise ValueError(f"process_group is a {type(pg).__name__}, not a torch.distributed "
+                         "process group: pass the group the model's gradients are reduced over "
+                         f"(dist.new_group(...)), or None for the default group{model}")
     have = str(dist.get_backend(pg)).lower()
     if backend == "nccl" and "nccl" not in have:
         raise ValueError(f"gradcomp's hooks need an NCCL process group, and this one is "

@@ -30,6 +30,7 @@ wrappers (fp16_compress_wrapper, hook_with_zero_step) go through
 register_ddp_hook(ddp_model, state, wrap=...).
 """
 import contextlib
+import difflib
 import functools
 import hashlib
 import os
@@ -41,9 +42,9 @@ import torch
 import torch.distributed as dist
 
 from .. import _types as T
-from .._lib import has
+from .._lib import InvalidArgumentError, has
 from ..comm import _integer
-from ..config import Config, as_config
+from ..config import Config, as_config, settings as config_settings
 from ..info import nccl_interposer
 from . import _group, _nccl
 
@@ -63,6 +64,28 @@ _ABORTED = ("gradcomp: the state was aborted (GradcompState.abort()) and its res
 _CLOSED = ("gradcomp: the state was closed (GradcompState.close()): its comm and residuals are "
            "gone. Take state.state_dict() before close() to checkpoint them; to train on, make a "
            "new GradcompState (register it again) and load_state_dict() that checkpoint into it")
+
+
+# GradcompState's own keyword arguments (the rest are gradcomp's settings, gradcomp.settings()).
+_STATE_OPTIONS = ("process_group", "module", "layer_min_size", "start_iter", "exclude_1d",
+                  "backend", "grad_scaler", "config")
+
+
+def _check_keywords(settings_):
+    """Refuses keywords that are neither GradcompState's options nor gradcomp's settings, naming
+    the nearest of either: a misspelt option (start_iters=) would reach Config, whose sentence
+    lists gradcomp's settings only, not the option meant."""
+    # from_env is Config's own argument, which as_config passes on (GradcompState(from_env=False)).
+    unknown = [k for k in settings_ if k not in config_settings() and k != "from_env"]
+    if not unknown:
+        return
+    names = list(_STATE_OPTIONS) + config_settings()
+    near = [f"{k} (did you mean {m[0]}?)" if m else k
+            for k in unknown for m in [difflib.get_close_matches(k, names, n=1)]]
+    raise InvalidArgumentError(
+        f"GradcompState got unknown keyword {', '.join(near)}; its own options are "
+        f"{', '.join(_STATE_OPTIONS)}, and gradcomp's settings are "
+        f"{', '.join(config_settings())}", 1)
 
 
 def _shapes(named):
@@ -125,8 +148,11 @@ class GradcompState:
             min_elements=..., algo="twoshot" (gradcomp.settings() lists them).
 
     Raises ValueError for a group that is not the backend's (gloo without
-    backend="cpu"), a single-rank group and a bad setting (the sentence names
-    the value and its range).
+    backend="cpu"), a process_group that is not a process group (the model
+    belongs in module=), a single-rank group, a bad setting (the sentence names
+    the value and its range) and a keyword that is neither an option above nor a
+    gradcomp setting (naming the nearest); TypeError for a module that is not a
+    torch.nn.Module.
     """
 
     _aborted = False  # set for good by abort()
@@ -141,6 +167,10 @@ class GradcompState:
 
     def __init__(self, process_group=None, module=None, *, layer_min_size=None, start_iter=None,
                  exclude_1d=None, backend="nccl", grad_scaler=None, config=None, **settings):
+        if module is not None and not isinstance(module, torch.nn.Module):
+            raise TypeError(f"module= takes the model (a torch.nn.Module); got "
+                            f"{type(module).__name__}")
+        _check_keywords(settings)
         self.process_group, self.rank, self.world_size = _group.check_group(process_group,
                                                                             backend)
         self.backend = backend
@@ -447,8 +477,6 @@ class GradcompState:
         """The checks of gradcompCommLoadState that need no comm (plugin/state.cc's header):
         the magic, this rank and world size, and the method."""
         import struct
-
-        from .._lib import InvalidArgumentError
 
         blob = bytes(blob)
         why = None
@@ -1254,9 +1282,9 @@ def register_ddp_hook(model, state, wrap=None):
     torch's hook wrappers: wrap=fp16_compress_wrapper (or bf16_compress_wrapper), or
     wrap=lambda hook: hook_with_zero_step(hook, model, zero) with ZeroRedundancyOptimizer(...,
     overlap_with_ddp=True). The hook it is given must be called with `state` (torch's wrappers
-    pass DDP's state on). Raises TypeError for another module or state, a wrap that returns no
-    callable and a wrapped call with another state, and what register_comm_hook raises (a DDP
-    takes one comm hook)."""
+    pass DDP's state on). Raises TypeError for another module or state, a wrap that is not
+    callable or returns no callable and a wrapped call with another state, and what
+    register_comm_hook raises (a DDP takes one comm hook)."""
     DDP = torch.nn.parallel.DistributedDataParallel
     if not isinstance(model, DDP):
         raise TypeError(f"register_ddp_hook takes the DistributedDataParallel module; got "
@@ -1264,6 +1292,10 @@ def register_ddp_hook(model, state, wrap=None):
                         "FSDP2 use register_fsdp_reduce_scatter(model, state)")
     if not isinstance(state, GradcompState):
         raise TypeError(f"register_ddp_hook takes a GradcompState; got {type(state).__name__}")
+    if wrap is not None and not callable(wrap):
+        raise TypeError(f"register_ddp_hook's wrap={wrap!r} is not callable: pass None, or a "
+                        "function that takes the hook and returns the hook to register (as "
+                        "torch's fp16_compress_wrapper does)")
     state._check_usable()  # an aborted or closed state says so now, not at the first step
     ref = weakref.ref(model)  # the DDP keeps the hook: no cycle through it
     mine = state

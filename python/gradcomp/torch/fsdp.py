@@ -96,9 +96,12 @@ class GradcompReduceScatter(_Base):
                                 "backend='nccl' for a model on the GPU; for a CPU model, FSDP2 "
                                 "(whose default mesh is the accelerator's) needs fully_shard(..., "
                                 "mesh=init_device_mesh('cpu', (world_size,)))")
-            raise TypeError("GradcompReduceScatter got CPU tensors: gradcomp reduces CUDA "
-                            "tensors; FSDP with CPU offload keeps the reduce-scatter on the GPU; "
-                            "for a CPU model on a gloo group, make the state with backend='cpu'")
+            # Named by the device it is on (a meta shard's tensors are not CPU tensors).
+            off = (inp if inp.device.type != want else out).device.type
+            raise TypeError(f"GradcompReduceScatter got {'CPU' if off == 'cpu' else off} "
+                            "tensors: gradcomp reduces CUDA tensors; FSDP with CPU offload keeps "
+                            "the reduce-scatter on the GPU; for a CPU model on a gloo group, make "
+                            "the state with backend='cpu'")
         if inp.dtype not in _DTYPES or out.dtype != inp.dtype:
             raise TypeError(f"GradcompReduceScatter got {inp.dtype} -> {out.dtype}: gradcomp "
                             "compresses float32, float16 and bfloat16 (same type in and out); "
