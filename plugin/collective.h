@@ -162,7 +162,8 @@ gradcompResult_t agreeReady(gradcompComm* c, gradcompResult_t local, int* refuse
 // joins one agreement (Transport::verifyCall) with a record that says it
 // refused and what (kCallRefused, `why`), so the peers fail there at once
 // naming it instead of after cpuTimeoutSec, as they do for a buffer refused
-// on one rank (agreeBuffersGiven); a call every rank refuses alike agrees.
+// on one rank (agreeBuffersGiven); a call every rank refuses agrees, whatever
+// each refused (sameCall), and leaves the comm usable.
 // Only on that path: a call that is not refused exchanges nothing more.
 // Without the setting a refusal stays this rank's own, as NCCL's (a rank
 // that makes the call alone returns at once, its peers wait); not on NCCL

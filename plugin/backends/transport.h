@@ -59,6 +59,15 @@ struct CallInfo {
 };
 static_assert(sizeof(CallInfo) == 32, "CallInfo travels as bytes (NCCL's verifyCall)");
 
+// Whether a peer's call record agrees with this rank's. Two refused calls
+// agree whatever each refused: neither rank goes on to an exchange, and each
+// returns its own error, so failing them would only cost the socket
+// transport its connections (a mismatch closes them) for calls that left the
+// comm as it was.
+inline bool sameCall(const CallInfo& mine, const CallInfo& theirs) {
+  return mine == theirs || (mine.kind == kCallRefused && theirs.kind == kCallRefused);
+}
+
 class Transport {
  public:
   virtual ~Transport() = default;

@@ -282,6 +282,36 @@ TEST(Socket, ADatatypeRefusedOnOneRankFailsEveryRank) {
   EXPECT_GE(named, 1) << why[0] << "\n" << why[2];
 }
 
+// GRADCOMP_CHECK_CALLS: a call every rank refuses, each for a value of its
+// own (datatypes that are no NCCL type, each rank's another), exchanges
+// nothing, so it leaves the comm as it was: the next call on every rank runs.
+TEST(Socket, ACallEveryRankRefusesDifferentlyLeavesTheCommUsable) {
+  gradcompConfig_t cfg = withMethod(gradcompMethodQsgd);
+  cfg.checkCalls = 1, cfg.cpuTimeoutSec = 60;
+  SocketWorld world(3, cfg);
+  std::vector<std::vector<float>> bufs(3, std::vector<float>(6000, 1.0f));
+  std::vector<std::string> why(3);
+  auto res = world.run([&](int r) {
+    const ncclDataType_t t = (ncclDataType_t)((int)ncclNumTypes + r);  // no NCCL type
+    gradcompResult_t x =
+        gradcompAllReduce(bufs[r].data(), bufs[r].data(), 6000, t, ncclSum, world.comm(r), nullptr);
+    why[r] = gradcompGetLastError();
+    return x;
+  });
+  for (int r = 0; r < 3; ++r) {
+    EXPECT_EQ(res[r], gradcompInvalidArgument) << "rank " << r << ": " << why[r];
+    const std::string mine = "datatype=" + std::to_string((int)ncclNumTypes + r);
+    EXPECT_NE(why[r].find(mine), std::string::npos) << "rank " << r << ": " << why[r];
+  }
+  res = world.run([&](int r) {
+    gradcompResult_t x = gradcompAllReduce(bufs[r].data(), bufs[r].data(), 6000, ncclFloat32,
+                                           ncclSum, world.comm(r), nullptr);
+    why[r] = gradcompGetLastError();
+    return x;
+  });
+  for (int r = 0; r < 3; ++r) EXPECT_EQ(res[r], gradcompSuccess) << "rank " << r << ": " << why[r];
+}
+
 TEST(Socket, AMissingRankTimesOut) {
   gradcompConfig_t cfg = withMethod(gradcompMethodQsgd);
   cfg.cpuTimeoutSec = 0.5f;

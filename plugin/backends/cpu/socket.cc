@@ -829,7 +829,7 @@ class SocketTransport final : public Transport {
                       globalRank(), peer);
     }
     const CallInfo theirs{h.step, h.count, h.type, h.op, h.kind, h.state};
-    if (!(theirs == call_)) return callMismatch(globalRank(), call_, peer, theirs, size_);
+    if (!sameCall(call_, theirs)) return callMismatch(globalRank(), call_, peer, theirs, size_);
     if (setUpVote_ && h.collective == mine.collective && h.check != mine.check) {
       return otherBuild(peer, h.bytes);
     }

@@ -308,7 +308,7 @@ class CpuTransport final : public Transport {
     gradcompResult_t res = gradcompSuccess;
     for (int i = 0; i < size_ && res == gradcompSuccess; ++i) {
       const Slot& s = world_->slots[i];
-      if (!(s.call == call_)) {
+      if (!sameCall(call_, s.call)) {
         res = callMismatch(rank_, call_, i, s.call, size_);
       } else if (s.op != op || s.check != check) {
         res = setError(gradcompInvalidUsage,
