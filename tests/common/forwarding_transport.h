@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "plugin/backends/transport.h"
+#include "plugin/checks.h"
 
 namespace gctest {
 
@@ -59,6 +60,21 @@ class ForwardingTransport : public gc::Transport {
 
  private:
   std::unique_ptr<gc::Transport> inner_;
+};
+
+// A transport whose allreduce of one float (the output's non-finite flag,
+// ncclMax: discardStateIfNonFinite's for a reduce-scatter), on every rank
+// alike, fails while armed.
+class FailingFlagTransport final : public ForwardingTransport {
+ public:
+  using ForwardingTransport::ForwardingTransport;
+  bool armed = false;
+  gradcompResult_t passThrough(const void* send, void* recv, size_t count, ncclDataType_t type,
+                               ncclRedOp_t op) override {
+    if (armed && count == 1 && op == ncclMax)
+      return gc::setError(gradcompSystemError, "test: the flag's allreduce failed");
+    return ForwardingTransport::passThrough(send, recv, count, type, op);
+  }
 };
 
 }  // namespace gctest

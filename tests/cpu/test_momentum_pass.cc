@@ -390,20 +390,6 @@ TEST(DgcMomentumPassThrough, NonFiniteGradientDoesNotPoisonTheVelocity) {
   }
 }
 
-// A transport whose allreduce of one float (the output's non-finite flag,
-// ncclMax), on every rank alike, fails while armed.
-class FailingFlagTransport final : public gctest::ForwardingTransport {
- public:
-  using ForwardingTransport::ForwardingTransport;
-  bool armed = false;
-  gradcompResult_t passThrough(const void* send, void* recv, size_t count, ncclDataType_t type,
-                               ncclRedOp_t op) override {
-    if (armed && count == 1 && op == ncclMax)
-      return gc::setError(gradcompSystemError, "test: the flag's allreduce failed");
-    return ForwardingTransport::passThrough(send, recv, count, type, op);
-  }
-};
-
 // A passed reduce-scatter whose exchange went out (every rank's output holds
 // its velocity) but whose output's check failed (the flag's allreduce) fails
 // with u advanced, as a failed exchange leaves it, and v spent: the velocity
@@ -414,10 +400,10 @@ TEST(DgcMomentumPassThrough, AReduceScatterWhoseCheckFailsSendsItsVelocityOnce) 
   const int N = 2;
   const size_t m = 256, n = m * N;
   CpuWorld w(N, dgcConfig());
-  std::vector<FailingFlagTransport*> tr(N);
+  std::vector<gctest::FailingFlagTransport*> tr(N);
   for (int r = 0; r < N; ++r) {
     gradcompComm_t c = w.comm(r);
-    tr[r] = new FailingFlagTransport(std::move(c->transport));
+    tr[r] = new gctest::FailingFlagTransport(std::move(c->transport));
     c->transport.reset(tr[r]);
   }
   std::vector<std::vector<float>> u(N, std::vector<float>(n, 0.0f));

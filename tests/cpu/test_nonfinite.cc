@@ -593,20 +593,6 @@ TEST(NonFinite, QsgdOverflowingStepEqualsTheReferences) {
     }
 }
 
-// A transport whose allreduce of a float (the non-finite flag's max), on
-// every rank alike, fails while armed.
-class FailingFlagTransport final : public gctest::ForwardingTransport {
- public:
-  using ForwardingTransport::ForwardingTransport;
-  bool armed = false;
-  gradcompResult_t passThrough(const void* send, void* recv, size_t count, ncclDataType_t type,
-                               ncclRedOp_t op) override {
-    if (armed && count == 1 && op == ncclMax)
-      return gc::setError(gradcompSystemError, "test: the flag's allreduce failed");
-    return ForwardingTransport::passThrough(send, recv, count, type, op);
-  }
-};
-
 // A compressed reduce-scatter whose output's check fails (the allreduce of
 // its flag, after the exchange) fails on every rank and takes no step: the
 // step counter, the buffer's call count and the stats stay, while the
@@ -619,10 +605,10 @@ TEST(NonFinite, AReduceScatterWhoseCheckFailsTakesNoStep) {
   gradcompConfig_t cfg = gctest::qsgdTestConfig();
   cfg.cpuTimeoutSec = 10.0f;
   gctest::CpuWorld w(N, cfg);
-  std::vector<FailingFlagTransport*> tr(N);
+  std::vector<gctest::FailingFlagTransport*> tr(N);
   for (int r = 0; r < N; ++r) {
     gradcompComm_t c = w.comm(r);
-    tr[r] = new FailingFlagTransport(std::move(c->transport));
+    tr[r] = new gctest::FailingFlagTransport(std::move(c->transport));
     c->transport.reset(tr[r]);
   }
   std::vector<Rank> held = makeInputs(N, n, DType::F32, 5), bufs = held;
