@@ -4,7 +4,8 @@
 Every QSGD row whose kernels were timed carries kernel_costs (microseconds per element of each
 kernel; the elementwise passes per byte), kernel_work (how many of each per element of the
 buffer) and kernel_us. This checks, per row: every cost finite and positive, kernel_us the sum
-of work times cost over the row's count, and the work what bench/smoke_check.py reads off
+of work times cost over the row's count (a hier row whose ring middle was cut into pieces: its
+ring's work at those costs plus the rest, elementwise, at the unpipelined launches), and the work what bench/smoke_check.py reads off
 plugin/algorithms/ for the flat algorithms (two-shot, ring, allgather, the flat reduce-scatter)
 and the hierarchies (on the JSON's local_size). Beside that it prints, as information only (timing is never asserted),
 each row's decode overwrite over decode-accumulate and elementwise bandwidth.
@@ -22,6 +23,7 @@ from smoke_check import (TYPE_BYTES, check_sparse_row, check_us, code_bytes,  # 
                          first_part, kernel_total, kernel_work, warp_bucket)
 from smoke_check import hier_pipelined  # noqa: E402
 from smoke_check import encoded, flat_pieces, hier_pieces, pieces_of  # noqa: E402
+from smoke_check import hier_middle_work  # noqa: E402
 
 FLAT = ("twoshot", "ring", "allgather", "reducescatter")
 
@@ -182,15 +184,30 @@ def check_rs_projection_points(tag, r, intra, lat):
                (t, p["hier_time_us"] - p["hier_kernel_us"] - links, g + check_steps))
 
 
-def check_hier_pipelined(tag, r, doc, local, state):
+def check_hier_pipelined(tag, r, doc, local, state, ring=None):
     """A hier row cut into pieces: its pipelined model per link, the NVLink reduce-scatter
     moving fp32 and the allgather the buffer's type (4 / (4 + e) and e / (4 + e) of the
     row's in-node bytes; plugin/algorithms/hier.cc), each GPU's NIC at the column's rate;
-    where the call holds state (`state`), the non-finite check once after the pieces."""
+    where the call holds state (`state`), the non-finite check once after the pieces. A ring
+    middle (`ring`: its kernels' us at the row's costs) is cut into its own pieces inside an
+    unpipelined hierarchy (model.cc clusterModel): the rest of the kernels, the whole NVLink
+    stages, 2(G-1) steps, and the ring in the two-stage pipeline of its kernels and its
+    inter-node bytes, k steps a piece."""
     intra, lat = doc.get("intra_gbps"), doc.get("link_latency_us")
     if intra is None or lat is None or r.get("pieces", 1) <= 1:
         return
     wire, inter = r["wire_bytes"], r["inter_wire_bytes"]
+    if ring is not None:
+        us = lambda b, gbps: b * 8 / (gbps * 1e3)  # noqa: E731
+        P, k = r["pieces"], r["nranks"] // local
+        for m in r.get("model") or []:
+            kp, wp = ring / P, us(inter / P, m["link_gbps"]) + k * lat
+            piped = (r["kernel_us"] - ring + us(wire - inter, intra) + 2 * (local - 1) * lat +
+                     kp + wp + (P - 1) * max(kp, wp))
+            expect(close(m.get("pipelined_time_us"), piped, 1e-6),
+                   "%s: a ring middle in %s pieces at %g: %s us vs %s (the ring alone in "
+                   "pieces)" % (tag, P, m["link_gbps"], m.get("pipelined_time_us"), piped))
+        return
     chk = check_us(r["count"], TYPE_BYTES[r["dtype"]], r.get("kernel_costs")) if state else 0
     for m in r.get("model") or []:
         piped = hier_pipelined(r["kernel_us"] - chk, wire - inter, inter, intra, m["link_gbps"],
@@ -246,10 +263,28 @@ def check_rows(path):
         expect(all(isinstance(v, (int, float)) and math.isfinite(v) and
                    (v >= 0 if k == "sum_per_byte" else v > 0) for k, v in costs.items()),
                "%s: every cost finite and positive: %s" % (tag, costs))
-        total = kernel_total(work, costs, r["count"])
-        expect(close(r["kernel_us"], total, 1e-6),
-               "%s: kernel_us %s = sum of work * cost, %s" % (tag, r["kernel_us"], total))
         label = r.get("label") or ""
+        # A hier row whose ring middle was cut into pieces: the ring's kernels at the row's
+        # costs (its pieces' launches), the rest of the work (elementwise passes) at the
+        # unpipelined launches, which the row does not record: a positive rate.
+        ring = None
+        if (r["algo"] == "hier" and local > 1 and r.get("pieces", 1) > 1 and
+                hier_middle(label, r["nranks"] // local) == "ring"):
+            mw = hier_middle_work("ring", r["nranks"], local, "ef=0" not in label,
+                                  warp_bucket(r["bucket"]),
+                                  code_bytes(r["count"], r["bits"], r["bucket"]))
+            ring = kernel_total(mw, costs, r["count"])
+            rest = r["kernel_us"] - ring
+            rest_bytes = work["elementwise_bytes"] - mw["elementwise_bytes"]
+            expect(rest_bytes > 0 and rest > 0 and
+                   all(close(work[k_], v) for k_, v in mw.items() if k_ != "elementwise_bytes"),
+                   "%s: a ring middle in pieces: kernel_us %s = the ring's %s at the row's costs "
+                   "+ the rest's %s elementwise bytes an element at a positive rate"
+                   % (tag, r["kernel_us"], ring, rest_bytes))
+        else:
+            total = kernel_total(work, costs, r["count"])
+            expect(close(r["kernel_us"], total, 1e-6),
+                   "%s: kernel_us %s = sum of work * cost, %s" % (tag, r["kernel_us"], total))
         # Flat: every byte leaves the node (a hierarchy keeps its in-node stages' bytes), or
         # one node (--local-size N on N ranks: no hierarchy, every byte stays in it).
         inter = r.get("inter_wire_bytes")
@@ -281,10 +316,10 @@ def check_rows(path):
                       first_part(r["count"], local, bucket) * local != r["count"])
             w = kernel_work(algo, r["nranks"], TYPE_BYTES[r["dtype"]], residual,
                             r["dtype"] != "float", local,
-                            hier_middle(label, r["nranks"] // local), r.get("pieces", 1) > 1,
-                            padded, fused, code, state)
+                            hier_middle(label, r["nranks"] // local),
+                            r.get("pieces", 1) > 1 and ring is None, padded, fused, code, state)
             if algo == "hier":
-                check_hier_pipelined(tag, r, doc, local, state)
+                check_hier_pipelined(tag, r, doc, local, state, ring)
         if w is not None:
             expect(all(close(work.get(k), v) for k, v in w.items()),
                    "%s: kernel work %s vs %s" % (tag, work, w))

@@ -2275,7 +2275,8 @@ def main():
                                      "-e", "256K", "-n", "1", "-w", "0", "-d", "float,bfloat16",
                                      "-m", "qsgd", "-q", str(bits), "-B", str(bucket),
                                      "--model-nodes", "2,4", "--model-local", "2", "--node-gbps",
-                                     "100,3200", "--model-pipe", str(grown)],
+                                     "100,3200", "--model-pipe", str(grown), "--link-gbps",
+                                     "50,1600"],
                               os.path.join(work, "hier-pipe-%s.json" % algo),
                               env={"GRADCOMP_PIPELINE_BYTES": str(grown)})
         expect(code == 0 and len(rows) == 2, "pipelined hier (%s middle) exits 0 with two rows"
@@ -2294,6 +2295,18 @@ def main():
                        "%s 2x2@%g: projected in %s pieces of %s bytes, the library cut %s of %s"
                        % (tag, q["node_gbps"], q["hier_pieces"], q["hier_pipeline_bytes"],
                           r.get("pieces"), r.get("piece_bytes_used")))
+                # The row's model of a ring middle in pieces is the projection's at the run's
+                # own layout (each GPU's NIC at link_gbps: a node's at twice that): the ring
+                # alone cut into pieces, no piece widened, staged or copied out.
+                for m in r["model"] if algo == "ring" else []:
+                    if 2 * m["link_gbps"] != q["node_gbps"]:
+                        continue
+                    expect(close(r["kernel_us"], q["hier_pipelined_kernel_us"], 1e-6) and
+                           close(m.get("pipelined_time_us"), q["hier_pipelined_time_us"], 1e-6),
+                           "%s 2x2@%g: the row's model, K %s us, pipelined %s us, vs the "
+                           "projection's hier|P, K %s us, %s us"
+                           % (tag, q["node_gbps"], r["kernel_us"], m.get("pipelined_time_us"),
+                              q["hier_pipelined_kernel_us"], q["hier_pipelined_time_us"]))
             if kdoc:
                 seen = check_projection(tag + " projection", r, kdoc, bits, bucket, grown)
                 expect(seen == {(k, 2, L) for k in (2, 4) for L in (100, 3200)},

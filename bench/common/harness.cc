@@ -350,7 +350,13 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
   kind.fusedSum = warpBucket(cfg.bucketSize);
   kind.codeBytes = qsgdCodeBytes(count, row->bits, row->bucket);
   kind.ownerResidual = cfg.ownerResidual != 0;
-  kind.piped = row->pieces > 1;
+  // A ring middle is cut into its own pieces (hier.cc hierPieces, ring.cc on
+  // the inter-node comm) inside an unpipelined hierarchy: no piece is
+  // widened, staged or copied out, as clusterModel projects it.
+  row->ringMiddlePieces = row->algoUsed == gradcompAlgoHier && row->pieces > 1 &&
+                          methodSpec(cfg.method).qsgdKernels &&
+                          hierMiddle(cfg, r.nranks() / local) == gradcompAlgoRing;
+  kind.piped = row->pieces > 1 && !row->ringMiddlePieces;
   kind.paddedShards =
       row->algoUsed == gradcompAlgoHier && hierShardsPadded(count, cfg.bucketSize, local);
   // The sparse exchange, flat or as hier's middle stage.
@@ -480,6 +486,19 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
     row->encodeUs = k.encode * count;
     row->decodeUs = k.decodeAcc * count;
     row->kernelUs = kernelUs(shape.work, k, (double)count);
+    if (known && row->ringMiddlePieces) {
+      // The ring's kernels at its pieces' launches (the row's costs); the
+      // rest of hier's work at the unpipelined launches (clusterModel's).
+      const KernelWork mw = hierMiddleWork(r.nranks(), local, middle, kind);
+      const KernelCosts whole = curve.at(
+          codecLaunch(row->algoUsed, count, r.nranks(), 1, local, middle),
+          peerEncodeLaunch(row->algoUsed, count, r.nranks(), 1, cfg.bucketSize, local, middle),
+          outDecodeLaunch(row->algoUsed, count, r.nranks(), 1, cfg.bucketSize, local, middle),
+          elementwiseLaunch(row->algoUsed, count, r.nranks(), local, 1, middle));
+      row->middleKernelUs = kernelUs(mw, k, (double)count);
+      row->kernelUs = row->middleKernelUs + kernelUs(shape.work, whole, (double)count) -
+                      kernelUs(mw, whole, (double)count);
+    }
   }
   if (sparseKernels) {
     KernelCosts& k = row->costs;
@@ -591,10 +610,20 @@ void runGradcomp(const Options& o, const RunInfo& info, Rank& r, const gradcompC
       m.gradcompUs = row->algoUsed == 0
                          ? m.ncclUs
                          : gradcompClusterUs(row->kernelUs, b, stages, row->latencySteps, c);
-      // A hier call that was cut into pieces: its three stages pipelined; a
-      // hierarchical reduce-scatter's two. A flat call (one node of `local`
+      // A hier call that was cut into pieces: a two-shot middle's three stages
+      // pipelined, a ring middle alone in its pieces; a hierarchical
+      // reduce-scatter's two stages pipelined. A flat call (one node of `local`
       // ranks) as on one link below, its exchanges over both link classes.
-      if (row->pieces > 1 && row->algoUsed == gradcompAlgoHier) {
+      if (row->ringMiddlePieces && qsgdKernels) {
+        // The ring's pieces between the whole NVLink reduce-scatter and
+        // allgather, the rest of the kernels (the non-finite check too) in
+        // turn with them (clusterModel's ring middle).
+        m.pipelinedUs = (row->kernelUs - row->middleKernelUs) +
+                        (b.intra > 0 ? b.intra * 8.0 / (c.intraGbps * 1e3) : 0.0) +
+                        2.0 * (local - 1) * c.latencyUs +
+                        pipelinedClusterUs(row->middleKernelUs, LinkBytes{0.0, b.inter}, c.nodes, c,
+                                           row->pieces);
+      } else if (row->pieces > 1 && row->algoUsed == gradcompAlgoHier) {
         m.pipelinedUs = hierPipelinedUs(pipedKernelUs, b, pipedSteps - 2.0 * (local - 1), c,
                                         row->pieces, (double)kind.elemBytes) +
                         check;

@@ -77,8 +77,14 @@ struct Row {
   KernelSource kernelSource = KernelSource::None;
   // The row's encode and decode-accumulate of its `count` elements (the
   // costs' encode and decodeAcc), and every kernel the algorithm runs, each
-  // charged at its own cost: kernelUs = kernelUs(work, costs, count).
+  // charged at its own cost: kernelUs = kernelUs(work, costs, count). A hier
+  // call whose ring middle was cut into pieces (ringMiddlePieces) runs only
+  // the ring in pieces: its kernels (middleKernelUs, hierMiddleWork) at the
+  // costs of the pieces' launches, the rest of its work (elementwise) at the
+  // unpipelined launches; kernelUs is the two together.
   double encodeUs = 0, decodeUs = 0, kernelUs = 0, latencySteps = 0;
+  bool ringMiddlePieces = false;
+  double middleKernelUs = 0;
   KernelCosts costs;  // at the row's launches (codecLaunch elements a codec kernel)
   KernelCurve curve;  // the QSGD kernels' costs over launch sizes
   double codecLaunch = 0;
