@@ -985,11 +985,6 @@ TEST(ApiSequence, ARetuneAfterARefusedCallRuns) {
 // The call leaves every rank's state as it was, and the call made right
 // works next. Without the setting a refusal stays the rank's own, as NCCL's.
 TEST(ApiSequence, ARefusalOnOneRankFailsItsPeersNamingIt) {
-  // A C caller's op of -1, put in the enum's bytes (as Reliability.EnumValuesOutsideNcclsAreRefused
-  // does; the C test capi.enum_args passes it as C does).
-  ncclRedOp_t negativeOp;
-  const int minusOne = -1;
-  memcpy(&negativeOp, &minusOne, sizeof negativeOp);
   struct Case {
     const char* what;
     const char* mine;   // in the refusing rank's sentence
@@ -1046,9 +1041,15 @@ TEST(ApiSequence, ARefusalOnOneRankFailsItsPeersNamingIt) {
                 case 4:
                   return gradcompReduceScatter(s, bad ? s + 1 : out, m, ncclFloat32, ncclSum,
                                                w.comm(r), nullptr);
-                default:
-                  return gradcompAllReduceKeyed(s, out, m, ncclFloat32, bad ? negativeOp : ncclSum,
-                                                w.comm(r), nullptr, 5);
+                default: {
+                  // A C caller's op of -1, put in the enum's bytes and passed on
+                  // unread (as Reliability.EnumValuesOutsideNcclsAreRefused does:
+                  // UBSan stops a load of it as the enum, in a ?: say).
+                  ncclRedOp_t op = ncclSum;
+                  const int minusOne = -1;
+                  if (bad) memcpy(&op, &minusOne, sizeof op);
+                  return gradcompAllReduceKeyed(s, out, m, ncclFloat32, op, w.comm(r), nullptr, 5);
+                }
               }
             },
             &err);
