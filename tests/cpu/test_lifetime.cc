@@ -177,14 +177,15 @@ TEST(Lifetime, BufferStatesStayUntilAResetFreesThem) {
   constexpr size_t kCount = 256;
   gctest::CpuWorld world(2, baseConfig());
   const std::vector<float> send(kCount, 1.0f);
-  std::vector<float> recv(kCount * kBuffers);
+  // Each rank's own: the ranks' threads write their outputs at once.
+  std::vector<std::vector<float>> recv(2, std::vector<float>(kCount * kBuffers));
   auto step = [&](bool keyed) {
     return world.run([&](int r) {
       std::vector<float> out(kCount);
       for (int i = 0; i < kBuffers; ++i) {
         LIFETIME_CHECK(keyed ? gradcompAllReduceKeyed(send.data(), out.data(), kCount, ncclFloat32,
                                                       ncclSum, world.comm(r), nullptr, i)
-                             : gradcompAllReduce(send.data(), recv.data() + i * kCount, kCount,
+                             : gradcompAllReduce(send.data(), recv[r].data() + i * kCount, kCount,
                                                  ncclFloat32, ncclSum, world.comm(r), nullptr));
       }
       return gradcompSuccess;
