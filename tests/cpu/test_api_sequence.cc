@@ -11,15 +11,17 @@
 // it right), refused loads and scales, stops and aborts, and comms destroyed
 // and made again.
 //
-// The model: every compressed QSGD call of a fixed width on a flat layout
-// (or an unpipelined hierarchical one) equals the serial reference of its
-// exchange bit for bit, the model keeping
-// each buffer's residuals, and so does every compressed top-k, rand-k and
-// DGC call (without momentum correction) on a flat layout, against
-// ref_sparse.h's and ref_rs.h's, the model keeping each buffer's v; a passed
-// call equals the rank-order reduction; every rank's output of an allreduce
-// is the same bytes; the step counter and the compressed/passed counts
-// follow the calls; a refused call names why,
+// The model: every compressed call equals the serial reference of its
+// exchange bit for bit, the model keeping each buffer's state: QSGD of every
+// exchange, width and layout (ref_algos.h, ref_rs.h, ref_hier.h,
+// ref_hier_rs.h; pipelined calls against the unpipelined reference, Elias
+// against the fixed width's levels, DQ-SGD at the width the call reports),
+// the residuals and owner residuals; top-k, rand-k and DGC, flat and
+// hierarchical (ref_sparse.h, ref_rs.h, ref_hier.h, ref_hier_rs.h), v and
+// DGC's u. A passed call equals the rank-order reduction, of DGC's velocity
+// under momentum correction (the model carries u and v through it). Every
+// rank's output of an allreduce is the same bytes; the step counter and the
+// compressed/passed counts follow the calls; a refused call names why,
 // leaves the comm's saved state byte for byte as it was and the comm usable;
 // and for error feedback without momentum, over each buffer's whole life
 // (loads into new comms included), the inputs equal the outputs plus every
@@ -78,6 +80,11 @@ using gctest::envKnob;
 struct Tally {
   std::atomic<uint64_t> calls{0}, compressed{0}, exact{0}, passed{0}, ledgers{0}, refused{0},
       refusedOnOne{0}, loads{0}, resets{0}, scales{0}, retunes{0}, worlds{0}, aborts{0}, pairs{0};
+  // Of the compressed calls held to a reference: pipelined hierarchical QSGD,
+  // Elias, DQ-SGD, sparse on a hierarchical layout, DGC with momentum
+  // correction; and the passed calls that carried DGC's velocity.
+  std::atomic<uint64_t> pipedHier{0}, elias{0}, dqsgd{0}, sparseHier{0}, momentum{0},
+      momentumPasses{0};
 };
 Tally gTally;
 
@@ -108,6 +115,12 @@ void setT(void* p, ncclDataType_t t, size_t i, float v) {
   } else {
     static_cast<uint16_t*>(p)[i] = t == ncclFloat16 ? gc::floatToHalf(v) : gc::floatToBf16(v);
   }
+}
+// x as a buffer of type t holds it.
+float roundTo(ncclDataType_t t, float x) {
+  if (t == ncclFloat16) return gc::halfToFloat(gc::floatToHalf(x));
+  if (t == ncclBfloat16) return gc::bf16ToFloat(gc::floatToBf16(x));
+  return x;
 }
 double epsOf(ncclDataType_t t) {
   return t == ncclFloat32 ? 0x1p-24 : t == ncclFloat16 ? 0x1p-11 : 0x1p-8;
@@ -150,14 +163,22 @@ Id idOf(const Call& k, int N) {
 struct ModelState {
   std::vector<std::vector<float>> res, own;
   std::vector<gctest::ref::SparseState> sparse;  // the sparse methods' v, u and call count
+  // A hierarchical layout's: per shard (allreduce) or local rank
+  // (reduce-scatter), per node. DGC's momentum pass keeps each rank's u and v
+  // over its whole buffer in `sparse`, on a hierarchical layout too, whose
+  // first compressed call after a pass of GRADCOMP_AUTO would move them onto
+  // the shards of the node's sums (collective.cc, `unsharded`). The model
+  // need not: the in-process CPU world does not time, so GRADCOMP_AUTO passes
+  // no call it may compress, and a buffer's Sum/Avg calls are all compressed
+  // or all passed (under minElements).
+  std::vector<std::vector<gctest::ref::SparseState>> hierSparse;
 };
 
 struct Settings {
   gradcompConfig_t cfg;
   int N;
-  bool exact;      // compressed calls have a serial reference here
   bool ledger;     // inputs == outputs + residuals holds
-  bool plainPass;  // a passed float Sum/Avg call is the plain reduction (no DGC velocity)
+  bool plainPass;  // a passed float Sum/Avg call is the plain reduction (else DGC's velocity)
   std::string what;
 };
 
@@ -184,7 +205,6 @@ Settings randomSettings(std::mt19937_64& rng) {
              : m < 7 ? gradcompMethodRandk
              : m < 9 ? gradcompMethodDgc
                      : gradcompMethodNone;
-  bool exact = false;
   if (c.method == gradcompMethodQsgd) {
     const gradcompAlgo_t algos[] = {gradcompAlgoAuto, gradcompAlgoTwoShot, gradcompAlgoRing,
                                     gradcompAlgoAllgather, gradcompAlgoHier};
@@ -223,19 +243,9 @@ Settings randomSettings(std::mt19937_64& rng) {
   if (gradcompConfigValidate(&c) != gradcompSuccess) {
     ADD_FAILURE() << "a generated config is refused: " << gradcompGetLastError();
   }
-  if (c.method == gradcompMethodQsgd) {
-    // A hierarchical layout's too, unpipelined (ref_hier.h, ref_hier_rs.h).
-    exact = c.bitsMode == gradcompBitsFixed && !c.elias && N >= 2 &&
-            (c.localSize <= 1 || c.pipelineBytes == 0);
-  } else if (c.method != gradcompMethodNone) {
-    // The sparse references (ref_sparse.h, ref_rs.h) of a flat layout;
-    // DGC's momentum correction carries u through passed calls too.
-    exact = c.localSize <= 1 && N >= 2 && !c.momentumCorrection;
-  }
   Settings s;
   s.cfg = c;
   s.N = N;
-  s.exact = exact;
   const bool momentum = c.method == gradcompMethodDgc && c.momentumCorrection;
   // A second quantization (two-shot, ring, the hierarchy's) keeps its error
   // only in the owner residual.
@@ -411,11 +421,15 @@ class SeqWorld {
           for (auto& x : rv) x *= ratio;
         }
       }
-      for (auto& sp : kv.second.sparse) {
-        for (auto* v : {&sp.v, &sp.u}) {
-          for (auto& x : *v) x *= ratio;
+      auto scaleSparse = [&](std::vector<gctest::ref::SparseState>& states) {
+        for (auto& sp : states) {
+          for (auto* v : {&sp.v, &sp.u}) {
+            for (auto& x : *v) x *= ratio;
+          }
         }
-      }
+      };
+      scaleSparse(kv.second.sparse);
+      for (auto& states : kv.second.hierSparse) scaleSparse(states);
     }
     scale_ = scale;
   }
@@ -647,9 +661,12 @@ class SeqWorld {
     }
     // Counters: one step per compressed call, on every rank alike.
     bool compressed = false;
+    int bits = S.cfg.bits;  // the width of a compressed QSGD call, as every rank reports it
     for (int r = 0; r < N; ++r) {
       gradcompStats_t st;
       gradcompGetStats(comms_[r], &st);
+      if (r == 0) bits = st.bitsLast;
+      EXPECT_EQ(st.bitsLast, bits) << what << " rank " << r << ": ranks differ on the width";
       const uint64_t dc = st.callsCompressed - st0[r].callsCompressed;
       const uint64_t dp = st.callsPassedThrough - st0[r].callsPassedThrough;
       // A call of no elements returns at once, counted nowhere.
@@ -668,11 +685,29 @@ class SeqWorld {
             << what << ": rank " << r << " differs from rank 0";
       }
     }
-    // Expected outputs: the exact reference of a compressed call where the
-    // model has one, the rank-order reduction of a passed one.
+    // Expected outputs: the serial reference of every compressed call, the
+    // rank-order reduction of a passed one (of what DGC's momentum pass sent).
+    // QSGD (docs/algorithms.md, docs/adaptive.md): a pipelined call is bit
+    // for bit the unpipelined one, flat or hierarchical; Elias codes the
+    // fixed width's levels and its allreduce is the flat allgather whatever
+    // the layout (a reduce-scatter does not read it); DQ-SGD's call is the
+    // fixed width's at the width it chose (stats.bitsLast, the same on every
+    // rank). The sparse methods: ref_sparse.h and ref_rs.h on a flat layout,
+    // ref_hier.h and ref_hier_rs.h on a hierarchical one.
     std::vector<std::vector<float>> expect;  // per rank (allreduce: one)
     bool exactExpect = false;
-    if (compressed && S.exact && S.cfg.method != gradcompMethodQsgd) {
+    // What a passed call reduces: the inputs, or what the momentum pass sent.
+    std::vector<std::vector<float>> sent;
+    const std::vector<std::vector<float>>* passIn = &in;
+    const int L = S.cfg.localSize;
+    if (compressed && S.cfg.method != gradcompMethodQsgd && L >= 2) {
+      ModelState& ms = model_[id];
+      expect = k.rs ? gctest::ref::refHierSparseReduceScatter(S.cfg, dtypeOf(k.type), avg, step_,
+                                                              in, ms.hierSparse, L)
+                    : std::vector<std::vector<float>>{gctest::ref::refHierSparse(
+                          S.cfg, dtypeOf(k.type), avg, step_, in, ms.hierSparse, L)};
+      exactExpect = true;
+    } else if (compressed && S.cfg.method != gradcompMethodQsgd) {
       ModelState& ms = model_[id];
       if (ms.sparse.empty()) ms.sparse.resize(N);
       expect = k.rs ? gctest::ref::refSparseReduceScatter(S.cfg, dtypeOf(k.type), avg, step_, in,
@@ -680,49 +715,86 @@ class SeqWorld {
                     : std::vector<std::vector<float>>{gctest::ref::refSparse(
                           S.cfg, dtypeOf(k.type), avg, step_, in, ms.sparse)};
       exactExpect = true;
-    } else if (compressed && S.exact) {
+    } else if (compressed) {
       ModelState& ms = model_[id];
       if (ms.res.empty()) {
         ms.res.assign(N, std::vector<float>(n, 0.0f));
         ms.own.assign(N, std::vector<float>(n, 0.0f));
       }
       for (int r = 0; r < N; ++r) R[r].residual = ms.res[r], R[r].ownerRes = ms.own[r];
-      if (k.rs && S.cfg.localSize >= 2) {
-        expect = gctest::ref::refHierReduceScatter(R, dtypeOf(k.type), m, S.cfg, S.cfg.bits, step_,
-                                                   avg, S.cfg.localSize);
+      gradcompConfig_t c = S.cfg;
+      c.bits = bits;
+      if (k.rs && L >= 2) {
+        expect = gctest::ref::refHierReduceScatter(R, dtypeOf(k.type), m, c, bits, step_, avg, L);
       } else if (k.rs) {
-        expect =
-            gctest::ref::refReduceScatter(R, dtypeOf(k.type), m, S.cfg, S.cfg.bits, step_, avg);
-      } else if (S.cfg.localSize >= 2) {
-        const int L = S.cfg.localSize;
-        expect = {gctest::ref::refHier(R, dtypeOf(k.type), m, S.cfg, step_, avg, L,
-                                       gctest::effectiveAlgo(S.cfg.algo, N / L))};
+        expect = gctest::ref::refReduceScatter(R, dtypeOf(k.type), m, c, bits, step_, avg);
+      } else if (c.elias) {
+        // Elias's allreduce: the flat allgather, whatever the layout.
+        expect = {gctest::ref::refAllgather(R, dtypeOf(k.type), m, c, step_, avg)};
+      } else if (L >= 2) {
+        expect = {gctest::ref::refHier(R, dtypeOf(k.type), m, c, step_, avg, L,
+                                       gctest::effectiveAlgo(c.algo, N / L))};
       } else {
-        expect = {gctest::ref::refDense(R, dtypeOf(k.type), m, S.cfg, step_, avg,
-                                        gctest::effectiveAlgo(S.cfg.algo, N))};
+        expect = {gctest::ref::refDense(R, dtypeOf(k.type), m, c, step_, avg,
+                                        gctest::effectiveAlgo(c.algo, N))};
       }
       for (int r = 0; r < N; ++r) ms.res[r] = R[r].residual, ms.own[r] = R[r].ownerRes;
       exactExpect = true;
+    } else if (!compressed && !S.plainPass && isFloat(k.type) &&
+               (k.op == ncclSum || k.op == ncclAvg)) {
+      // DGC's momentum pass (docs/sparse.md): on every rank u = m*u + g and
+      // v += u, all of v sent in the buffer type and reduced as a plain call,
+      // then spent (u kept); a non-finite output clears every rank's u and v.
+      ModelState& ms = model_[id];
+      if (ms.sparse.empty()) ms.sparse.resize(N);
+      sent.assign(N, std::vector<float>(n));
+      for (int r = 0; r < N; ++r) {
+        gctest::ref::SparseState& sp = ms.sparse[r];
+        if (sp.v.size() != n) sp.v.assign(n, 0.0f);
+        if (sp.u.size() != n) sp.u.assign(n, 0.0f);
+        for (size_t i = 0; i < n; ++i) {
+          const float old = sp.v[i];
+          gc::sparse::accumulate(in[r][i], 1.0f, S.cfg.momentum, &sp.u[i], &sp.v[i], true, nullptr);
+          sent[r][i] = roundTo(k.type, sp.v[i]);
+          gc::sparse::settle(&sp.v[i], old, nullptr, true);
+        }
+      }
+      passIn = &sent;
+      expect = passReference(k, sent);
+      for (const auto& e : expect) {
+        if (gctest::ref::refAnyNonFinite(e)) gctest::ref::refDiscardState(ms.sparse);
+      }
+      exactExpect = k.op != ncclAvg;
     } else if (!compressed &&
                (S.plainPass || !isFloat(k.type) || (k.op != ncclSum && k.op != ncclAvg))) {
       expect = passReference(k, in);
       exactExpect = k.op != ncclAvg;  // NCCL's PreMulSum rounding: within a tolerance
-      if (k.op == ncclAvg) {
-        for (int r = 0; r < (k.rs ? N : 1); ++r) {
-          for (size_t i = 0; i < m; ++i) {
-            const float got = getT(outp[r], k.type, i), want = expect[r][i];
-            // Rounding of the inputs' magnitudes (a sum may cancel to near 0).
-            double mag = 0;
-            for (int q = 0; q < N; ++q) mag += fabs(in[q][k.rs ? (size_t)r * m + i : i]);
-            const double tol = (N + 2) * 4 * epsOf(k.type) * mag + 1e-30;
-            EXPECT_LE(fabs(got - want), tol) << what << " rank " << r << " element " << i;
-            if (fabs(got - want) > tol) return;
-          }
+    }
+    if (!compressed && !expect.empty() && k.op == ncclAvg) {
+      for (int r = 0; r < (k.rs ? N : 1); ++r) {
+        for (size_t i = 0; i < m; ++i) {
+          const float got = getT(outp[r], k.type, i), want = expect[r][i];
+          // Rounding of the inputs' magnitudes (a sum may cancel to near 0).
+          double mag = 0;
+          for (int q = 0; q < N; ++q) mag += fabs((*passIn)[q][k.rs ? (size_t)r * m + i : i]);
+          const double tol = (N + 2) * 4 * epsOf(k.type) * mag + 1e-30;
+          EXPECT_LE(fabs(got - want), tol) << what << " rank " << r << " element " << i;
+          if (fabs(got - want) > tol) return;
         }
       }
     }
     gTally.compressed += compressed;
     if (exactExpect || !expect.empty()) ++(compressed ? gTally.exact : gTally.passed);
+    if (compressed && exactExpect) {
+      const gradcompConfig_t& c = S.cfg;
+      const bool qsgd = c.method == gradcompMethodQsgd;
+      gTally.pipedHier += qsgd && L >= 2 && c.pipelineBytes > 0;
+      gTally.elias += qsgd && c.elias;
+      gTally.dqsgd += qsgd && c.bitsMode != gradcompBitsFixed;
+      gTally.sparseHier += !qsgd && L >= 2;
+      gTally.momentum += c.method == gradcompMethodDgc && c.momentumCorrection;
+    }
+    gTally.momentumPasses += !sent.empty();
     if (exactExpect) {
       for (int r = 0; r < (k.rs ? N : 1); ++r) {
         for (size_t i = 0; i < m; ++i) {
@@ -1094,12 +1166,17 @@ TEST(ApiSequence, RandomSequencesHoldTheModel) {
   const Tally& t = gTally;
   printf(
       "api sequences: %d seeds from %llu, %d operations each: %llu calls (%llu compressed, "
-      "%llu of them against the serial reference, %llu passed ones against the reduction), "
+      "%llu of them against the serial reference: %llu pipelined hierarchical, %llu Elias, %llu "
+      "DQ-SGD, %llu sparse hierarchical, %llu DGC with momentum correction; %llu passed ones "
+      "against the reduction, %llu of them DGC's velocity), "
       "%llu ledgers closed, %llu refused calls (%llu on one rank of all), %llu loads, %llu resets, "
       "%llu scales, "
       "%llu retunes, %llu worlds made, %llu stopped and aborted, %llu pairs of calls at once\n",
       seeds, (unsigned long long)first, ops, (unsigned long long)t.calls,
-      (unsigned long long)t.compressed, (unsigned long long)t.exact, (unsigned long long)t.passed,
+      (unsigned long long)t.compressed, (unsigned long long)t.exact,
+      (unsigned long long)t.pipedHier, (unsigned long long)t.elias, (unsigned long long)t.dqsgd,
+      (unsigned long long)t.sparseHier, (unsigned long long)t.momentum,
+      (unsigned long long)t.passed, (unsigned long long)t.momentumPasses,
       (unsigned long long)t.ledgers, (unsigned long long)t.refused,
       (unsigned long long)t.refusedOnOne, (unsigned long long)t.loads, (unsigned long long)t.resets,
       (unsigned long long)t.scales, (unsigned long long)t.retunes, (unsigned long long)t.worlds,
