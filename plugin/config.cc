@@ -163,16 +163,18 @@ std::string shownValue(const char* v) {
   const size_t n = strlen(v);
   // Quoted where a byte would not show as itself: "4 " printed bare reads as
   // a refused 4, and a CR (a CRLF environment file) sends the cursor back
-  // over the variable's name.
+  // over the variable's name. Bytes past ASCII too: a no-break space (pasted
+  // from a web page) shows as a blank, and a byte that is no UTF-8 (or a
+  // character cut at 64 bytes) would go raw into the sentence.
   bool plain = true;
   for (size_t i = 0; i < n && plain; ++i) {
     const unsigned char c = (unsigned char)v[i];
-    plain = c > ' ' && c != 0x7f && c != '"';
+    plain = c > ' ' && c < 0x7f && c != '"';
   }
   std::string out = plain ? "" : "\"";
   for (size_t i = 0; i < n && i < 64; ++i) {
     const unsigned char c = (unsigned char)v[i];
-    if (plain || (c >= ' ' && c != 0x7f && c != '"' && c != '\\')) {
+    if (plain || (c >= ' ' && c < 0x7f && c != '"' && c != '\\')) {
       out += (char)c;
     } else if (c == '"' || c == '\\') {
       out += '\\';

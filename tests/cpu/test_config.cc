@@ -132,6 +132,12 @@ TEST(Config, BadEnvironmentValuesNameVariableAndRange) {
       {"GRADCOMP_SEED", "1 ",
        "GRADCOMP_SEED=\"1 \" is not an unsigned 64-bit integer (decimal without leading zeros, "
        "or 0x and hex digits)"},
+      // A byte past ASCII is quoted and written out too: a no-break space
+      // (U+00A0, pasted from a web page) shown raw read as a refused 4, and
+      // a byte that is no UTF-8 went raw into the sentence.
+      {"GRADCOMP_BITS", "4\xc2\xa0", "GRADCOMP_BITS=\"4\\xc2\\xa0\" is not an integer in 2..8"},
+      {"GRADCOMP_METHOD", "q\xffsgd",
+       "GRADCOMP_METHOD=\"q\\xffsgd\" is not one of none|qsgd|topk|randk|dgc"},
       // Cut at 64 characters as a bare value is, the blank past the cut still quoting it.
       {"GRADCOMP_BITS", "1111111111222222222233333333334444444444555555555566666666667777777 ",
        "GRADCOMP_BITS=\"1111111111222222222233333333334444444444555555555566666666667777\"... (68 "

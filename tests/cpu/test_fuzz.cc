@@ -1095,4 +1095,52 @@ TEST(Fuzz, SocketRootAnswersNamed) {
   }
 }
 
+// Each rank but rank 0 listens on a port of its own for the ranks above it,
+// on every address of the host, where a health check or a port scan may
+// connect during the set-up as at rank 0's port. Such a connection that
+// closes at once or sends other bytes than a rank's number is dropped, and
+// the world forms from the ranks that come after it (until 2026-12-07 it
+// failed the world: "the peer closed the connection while this rank waited
+// for a rank's number", or "reached by a connection claiming rank
+// 542393671"). The stray reaches rank 1's listener before rank 1 has its
+// table (the fake root answers rank 1 only after it), so rank 1 accepts it
+// before rank 2's connection (the backlog is FIFO).
+TEST(Fuzz, AStrayConnectionToARanksListenerIsDropped) {
+  using namespace fakeroot;
+  gradcompConfig_t cfg = config();
+  cfg.cpuTimeoutSec = 10;  // a healthy set-up; no rank waits it out
+  struct Case {
+    const char* name;
+    std::string bytes;  // what the stray sends before it closes
+  };
+  const Case cases[] = {
+      {"connects and closes", ""},
+      {"sends an HTTP request", "GET / HTTP/1.0\r\n\r\n"},
+      {"sends rank 0's number", std::string(4, '\0')},
+      {"sends a number past the ranks", std::string("\x07\0\0\0", 4)},
+      {"sends 2 bytes", "ab"},
+  };
+  for (const Case& k : cases) {
+    SCOPED_TRACE(k.name);
+    bool strayed = false;
+    const std::vector<Outcome> out = run(AF_INET, 3, cfg, [&](int r, std::vector<char> b) {
+      if (r != 1) return b;
+      const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+      sockaddr_in a = {};
+      a.sin_family = AF_INET;
+      a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+      a.sin_port = entryAt(b, 1).port;
+      strayed = fd >= 0 && connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 &&
+                wire::sendAll(fd, k.bytes.data(), k.bytes.size());
+      if (fd >= 0) close(fd);
+      return b;
+    });
+    EXPECT_TRUE(strayed) << "the stray could not reach rank 1's listener";
+    for (int r = 1; r < 3; ++r) {
+      EXPECT_EQ(out[r].created, gradcompSuccess) << "rank " << r << ": " << out[r].why;
+      EXPECT_EQ(out[r].reduced, gradcompSuccess) << "rank " << r << ": " << out[r].why;
+    }
+  }
+}
+
 }  // namespace

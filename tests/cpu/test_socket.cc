@@ -394,12 +394,21 @@ TEST(Socket, BadArgumentsAreNamed) {
       // ::1:5000 is an address itself: the port is not guessed.
       {2, 1, "::1:5000", "ambiguous: an IPv6 host goes in brackets, as \"[::1]:5000\""},
       {2, 1, "fe80::1:80", "as \"[fe80::1]:80\""},
+      // A control character or a byte past ASCII is written out, never raw
+      // in the sentence: a CR (the port from a CRLF environment file) sent
+      // the cursor back over it, which then read "port 29500 is out of range".
+      {2, 1, "127.0.0.1:29500\r", "port \"29500\\r\" is out of range 1..65535"},
+      {2, 1, "127.0.0.1\r:29500", "host \"127.0.0.1\\r\" does not resolve"},
+      {2, 1, "no\x1b[2Jhost.invalid:1", "host \"no\\x1b[2Jhost.invalid\""},
+      {2, 1, "h\xc3\xa9.invalid:1", "host \"h\\xc3\\xa9.invalid\""},
+      {2, 1, "::1:\"5\"", "as \"[::1]:\\\"5\\\"\""},
   };
   for (const Case& k : cases) {
     EXPECT_EQ(gradcompCommCreateSocket(k.nranks, k.rank, k.root, &cfg, &c), gradcompInvalidArgument)
         << (k.root ? k.root : "(null)");
-    EXPECT_NE(std::string(gradcompGetLastError()).find(k.says), std::string::npos)
-        << gradcompGetLastError();
+    const std::string why = gradcompGetLastError();
+    EXPECT_NE(why.find(k.says), std::string::npos) << why;
+    for (char ch : why) EXPECT_TRUE(ch >= 0x20 && ch < 0x7f) << "a raw byte in: " << why;
   }
   EXPECT_EQ(gradcompCommCreateSocket(2, 0, "127.0.0.1:1", &cfg, nullptr), gradcompInvalidArgument);
 }
@@ -491,6 +500,34 @@ TEST(Socket, DisagreementOnTheWorldIsRefused) {
   EXPECT_EQ(w0, w1);
   gradcompCommDestroy(c0);
   gradcompCommDestroy(c1);
+}
+
+// Two processes started as the same rank (a launcher's mistake): rank 0
+// refuses the world naming the rank given twice, and both of them hear why.
+// Until 2026-12-07 the sentence named a disagreement on nranks that was none
+// ("rank 1 says nranks=3 while rank 0 has nranks=3").
+TEST(Socket, ARankGivenTwiceIsNamed) {
+  gradcompConfig_t cfg = withMethod(gradcompMethodQsgd);
+  cfg.cpuTimeoutSec = 10;
+  const std::string root = loopbackRoot();
+  const int ranks[3] = {0, 1, 1};
+  gradcompComm_t c[3] = {nullptr, nullptr, nullptr};
+  gradcompResult_t res[3];
+  std::string why[3];
+  std::vector<std::thread> ts;
+  for (int i = 0; i < 3; ++i) {
+    ts.emplace_back([&, i] {
+      res[i] = gradcompCommCreateSocket(3, ranks[i], root.c_str(), &cfg, &c[i]);
+      why[i] = gradcompGetLastError();
+    });
+  }
+  for (auto& t : ts) t.join();
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(res[i], gradcompInvalidArgument) << "rank " << ranks[i] << ": " << why[i];
+    EXPECT_NE(why[i].find("two ranks say they are rank 1"), std::string::npos)
+        << "rank " << ranks[i] << ": " << why[i];
+    EXPECT_EQ(c[i], nullptr);
+  }
 }
 
 // GRADCOMP_AUTO over TCP: a socket comm times on the host clock (one process

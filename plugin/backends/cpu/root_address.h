@@ -5,11 +5,36 @@
 #pragma once
 
 #include <ctype.h>
+#include <stdio.h>
 #include <stdlib.h>
 
 #include <string>
 
 namespace gc {
+
+// Part of a root address as a sentence shows it between quotes: a control
+// character, a byte past ASCII, a quote and a backslash written out (\r,
+// \x1b, \"), so that a CR (the port from a CRLF environment file) cannot send the
+// cursor back over the sentence, nor an escape sequence redraw the terminal.
+inline std::string shownRootText(const std::string& s) {
+  std::string out;
+  for (const char ch : s) {
+    const unsigned char c = (unsigned char)ch;
+    if (c >= ' ' && c < 0x7f && c != '"' && c != '\\') {
+      out += ch;
+    } else if (c == '"' || c == '\\') {
+      out += '\\';
+      out += ch;
+    } else if (c == '\t' || c == '\n' || c == '\r') {
+      out += c == '\t' ? "\\t" : c == '\n' ? "\\n" : "\\r";
+    } else {
+      char esc[8];
+      snprintf(esc, sizeof esc, "\\x%02x", c);
+      out += esc;
+    }
+  }
+  return out;
+}
 
 // The host (brackets removed) and port of `root`; false with `why`, a
 // sentence naming the value, where it is not one. An unbracketed IPv6
@@ -20,7 +45,7 @@ inline bool splitRootAddress(const char* root, std::string* host, int* port, std
     *why = "root address is empty: give \"host:port\"";
     return false;
   }
-  const std::string s(root), quoted = "root address \"" + s + "\"";
+  const std::string s(root), quoted = "root address \"" + shownRootText(s) + "\"";
   const size_t colon = s.rfind(':');
   if (colon == std::string::npos || colon == 0 || colon + 1 >= s.size()) {
     *why = quoted + " is not \"host:port\" (an IPv6 host in brackets: \"[::1]:port\")";
@@ -39,15 +64,15 @@ inline bool splitRootAddress(const char* root, std::string* host, int* port, std
     }
     h = h.substr(1, h.size() - 2);
   } else if (h.find(':') != std::string::npos) {
-    *why = quoted + " is ambiguous: an IPv6 host goes in brackets, as \"[" + h + "]:" + portText +
-           "\"";
+    *why = quoted + " is ambiguous: an IPv6 host goes in brackets, as \"[" + shownRootText(h) +
+           "]:" + shownRootText(portText) + "\"";
     return false;
   }
   // Digits only: strtol alone would take a sign and leading white space.
   char* end = nullptr;
   const long p = isdigit((unsigned char)portText[0]) ? strtol(portText.c_str(), &end, 10) : 0;
   if (!(end && *end == '\0' && p >= 1 && p <= 65535)) {
-    *why = quoted + ": port \"" + portText + "\" is out of range 1..65535";
+    *why = quoted + ": port \"" + shownRootText(portText) + "\" is out of range 1..65535";
     return false;
   }
   *host = h;

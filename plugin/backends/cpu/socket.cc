@@ -222,15 +222,15 @@ gradcompResult_t parseRoot(const char* root, Addr* out) {
     return setError(gradcompInvalidArgument,
                     "root address \"%s\": host \"%s\" does not resolve to an IPv4 or IPv6 address "
                     "(%s)",
-                    root, host.c_str(), gai_strerror(rc));
+                    shownRootText(root).c_str(), shownRootText(host).c_str(), gai_strerror(rc));
   }
   const addrinfo* pick = res;
   while (pick && pick->ai_family != AF_INET && pick->ai_family != AF_INET6) pick = pick->ai_next;
   if (pick == nullptr) {
     freeaddrinfo(res);
     return setError(gradcompInvalidArgument,
-                    "root address \"%s\": host \"%s\" resolves to no IPv4 or IPv6 address", root,
-                    host.c_str());
+                    "root address \"%s\": host \"%s\" resolves to no IPv4 or IPv6 address",
+                    shownRootText(root).c_str(), shownRootText(host).c_str());
   }
   *out = Addr();
   memcpy(&out->ss, pick->ai_addr, pick->ai_addrlen);
@@ -443,9 +443,22 @@ gradcompResult_t rootRendezvous(SocketMesh& m, const Addr& rootAddr, double dead
     ++got;
     if (h.nranks != m.nranks || h.rank < 1 || h.rank >= m.nranks || m.fds[h.rank] >= 0) {
       char buf[192];
-      snprintf(buf, sizeof buf,
-               "rank %d says nranks=%d while rank 0 has nranks=%d (ranks 1..%d, each once)", h.rank,
-               h.nranks, m.nranks, m.nranks - 1);
+      if (h.nranks != m.nranks) {
+        snprintf(buf, sizeof buf,
+                 "rank %d says nranks=%d while rank 0 has nranks=%d (ranks 1..%d, each once)",
+                 h.rank, h.nranks, m.nranks, m.nranks - 1);
+      } else if (h.rank < 1 || h.rank >= m.nranks) {
+        snprintf(buf, sizeof buf,
+                 "a rank of nranks=%d says it is rank %d (ranks 1..%d connect to rank 0, each "
+                 "once)",
+                 h.nranks, h.rank, m.nranks - 1);
+      } else {
+        // Two processes given the same rank: the world would miss another.
+        snprintf(buf, sizeof buf,
+                 "two ranks say they are rank %d (ranks 1..%d, each once): give every process "
+                 "its own rank",
+                 h.rank, m.nranks - 1);
+      }
       refusal = buf;
       Verdict no = {};
       no.magic = kHelloMagic;
@@ -552,22 +565,35 @@ gradcompResult_t peerRendezvous(SocketMesh& m, const Addr& rootAddr, double dead
                       m.rank, a.text().c_str(), r, them);
     }
   }
-  for (int got = m.rank + 1; got < m.nranks; ++got) {
+  for (int got = m.rank + 1; got < m.nranks;) {
     int pfd = -1;
     Addr peer;
     GC_CHECK(acceptOne(listener.fd, deadline, &pfd, &peer, "the ranks above this one"));
     FdGuard g{pfd};
     int32_t who = -1;
-    GC_CHECK(recvAll(pfd, &who, sizeof who, deadline, "a rank's number"));
+    // This listener, as rank 0's, is on every address of the host: a
+    // connection that sends no number of a rank above this one not yet
+    // connected within kHelloSec (a health check, a port scan, one that
+    // closes at once) is not a rank. It is dropped and this rank waits on
+    // for the ranks, whose numbers come as soon as they connect.
+    if (recvAll(pfd, &who, sizeof who, std::min(deadline, now() + kHelloSec), "a rank's number") !=
+        gradcompSuccess) {
+      GC_INFO("socket transport: rank %d dropped a connection from %s that sent no rank number",
+              m.rank, peer.text().c_str());
+      continue;
+    }
     if (who <= m.rank || who >= m.nranks || m.fds[who] >= 0) {
-      return setError(gradcompSystemError,
-                      "socket transport: rank %d was reached by a connection claiming rank %d",
-                      m.rank, who);
+      GC_INFO(
+          "socket transport: rank %d dropped a connection from %s claiming rank %d (it "
+          "awaits ranks %d..%d, each once)",
+          m.rank, peer.text().c_str(), (int)who, m.rank + 1, m.nranks - 1);
+      continue;
     }
     const int32_t me = m.rank;
     GC_CHECK(sendAll(pfd, &me, sizeof me, deadline, "this rank's number"));
     m.fds[who] = g.fd;
     g.fd = -1;
+    ++got;
   }
   return gradcompSuccess;
 }
