@@ -1592,7 +1592,7 @@ def main():
 
     # GRADCOMP_AUTO where its lines through the two timed counts mispredict: 4 MB bf16 on
     # 1 x 2 and on 2 x 1 at 3200 Gb/s (the flat allgather of 2 ranks) it compresses, though
-    # NCCL is 3% and 0.2% faster there with the 2026-12-04 H200 report's rates.
+    # NCCL is 9% and 6% faster there with the 2026-12-04 H200 report's rates.
     # check_projection holds auto to the rule's choice, not to the faster path.
     code, _, rows = run(perf, ["-N", "2", "-b", "4M", "-e", "4M", "-n", "1", "-w", "0", "-q",
                                str(bits), "-B", str(bucket), "-d", "bfloat16", "--model-nodes",

@@ -12,18 +12,7 @@
 set -euo pipefail
 src=$1
 shift
-flags=(-I"$src/include" -I"$src" -I"$src/plugin")
-while [ $# -gt 0 ] && [ "$1" != "--" ]; do
-  [ -n "$1" ] && flags+=(-I"$1")
-  shift
-done
-shift
-libs=()
-while [ $# -gt 0 ] && [ "$1" != "--" ]; do
-  libs+=("$1")
-  shift
-done
-shift
+. "$src/tests/check_enum_args_common.sh"
 if ! command -v clang >/dev/null || ! command -v clang++ >/dev/null; then
   echo "SKIPPED: no clang/clang++ (-fsanitize=enum is clang's)"
   exit 0

@@ -22,6 +22,7 @@
 
 #include "debug.h"
 #include "nccl_dlsym.h"
+#include "nccl_ints.h"
 #include "nvtx.h"
 #include "preload.h"
 
@@ -344,12 +345,6 @@ using gc::realNccl;
 
 namespace {
 
-// NCCL's allreduce and reduce-scatter with the datatype and op as the ints
-// they are: the C ABI passes an enum as its int, so NCCL gets the caller's
-// bits.
-using RawCollective = ncclResult_t (*)(const void*, void*, size_t, int, int, ncclComm_t,
-                                       cudaStream_t);
-
 // The largest int ncclDataType_t holds in C++: every bit its enumerators
 // use set (15 for ncclFloat8e5m2 = 11, ncclNumTypes = 12). C++ gives an enum
 // without a fixed type the range of the smallest bit-field that holds them.
@@ -363,7 +358,8 @@ constexpr int typeRangeMax() {
 // it (a datatype of -1 or 99, an op of -1 or INT_MIN): read as the enum, to
 // route it or to pass it on, it would be undefined. gradcomp compresses none
 // of them and must not refuse them either, so NCCL gets it unchanged, its
-// datatype and op passed on as the ints they are, and answers it
+// datatype and op passed on as the ints they are (by C, nccl_ints.c: C++
+// may call NCCL only through its own function type), and answers it
 // (ncclInvalidArgument). A call inside a user group goes to NCCL at once:
 // NCCL refuses it as it comes, wherever it stands. The op holds every
 // non-negative int (ncclMaxRedOp: ncclRedOpCreatePreMulSum's handles), and a
@@ -375,9 +371,10 @@ bool passedAsInts(Collective coll, const void* send, void* recv, size_t count,
   const int t = gc::enumArg(datatype), o = gc::enumArg(op);
   if (t >= 0 && t <= typeRangeMax() && o >= 0) return false;
   const auto* api = ncclApi();
-  const RawCollective fn = reinterpret_cast<RawCollective>(
-      coll == Collective::ReduceScatter ? api->reduceScatter : api->allReduce);
-  *res = fn == nullptr ? ncclSystemError : fn(send, recv, count, t, o, comm, stream);
+  const gcNcclReduction fn =
+      coll == Collective::ReduceScatter ? api->reduceScatter : api->allReduce;
+  *res = fn == nullptr ? ncclSystemError
+                       : gcNcclReductionWithInts(fn, send, recv, count, t, o, comm, stream);
   return true;
 }
 

@@ -21,6 +21,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "../common/nccl_bad_enums.h"
+
 #define COUNT 64
 
 static int failures = 0;
@@ -47,16 +49,6 @@ static gradcompLevels_t asLevels(int v) {
 }
 static gradcompResult_t asResult(int v) {
   gradcompResult_t e;
-  memcpy(&e, &v, sizeof e);
-  return e;
-}
-static ncclDataType_t asType(int v) {
-  ncclDataType_t e;
-  memcpy(&e, &v, sizeof e);
-  return e;
-}
-static ncclRedOp_t asOp(int v) {
-  ncclRedOp_t e;
   memcpy(&e, &v, sizeof e);
   return e;
 }
@@ -145,8 +137,6 @@ static void qsgdEncodes(void) {
 static void codecDatatypes(void) {
   static float x[COUNT], residual[COUNT];
   static unsigned char out[4096];
-  /* 10 and 11: ncclFloat8e4m3 and ncclFloat8e5m2, where nccl.h has them. */
-  const int bad[] = {-1, 99, INT_MIN, ncclInt8, ncclUint64, 10, 11, ncclNumTypes};
   size_t k;
   char want[256];
   gradcompEliasParams_t p;
@@ -154,12 +144,12 @@ static void codecDatatypes(void) {
   p.bucketSize = 32;
   p.code = gradcompEliasGamma;
   p.scale = gradcompEliasScaleMax;
-  for (k = 0; k < sizeof bad / sizeof bad[0]; ++k) {
-    const ncclDataType_t t = asType(bad[k]);
+  for (k = 0; k < NUM_BAD_NCCL_TYPES; ++k) {
+    const ncclDataType_t t = asType(kBadNcclTypes[k]);
     snprintf(want, sizeof want,
              "datatype=%d is not compressible: ncclFloat32(7), ncclFloat16(6) or "
              "ncclBfloat16(9)",
-             bad[k]);
+             kBadNcclTypes[k]);
     expectRefused("gradcompQsgdEncodeTypedHost",
                   gradcompQsgdEncodeTypedHost(x, t, residual, COUNT, 4, 32, 1, out), want);
     expectRefused("gradcompQsgdEncodeEFRoundingHost (datatype)",

@@ -929,6 +929,19 @@ class FailingPassTransport final : public gctest::ForwardingTransport {
   }
 };
 
+// Every rank of w on a FailingPassTransport, disarmed, with figures where
+// compressing wins: the transports, which the comms own.
+std::vector<FailingPassTransport*> failingPassWorld(gctest::CpuWorld& w) {
+  std::vector<FailingPassTransport*> tr(w.size());
+  for (int r = 0; r < w.size(); ++r) {
+    gradcompComm_t c = w.comm(r);
+    tr[r] = new FailingPassTransport(std::move(c->transport));
+    c->transport.reset(tr[r]);
+    gc::autoInjectFigures(c, kCompressWins);
+  }
+  return tr;
+}
+
 // A flush whose exchange fails leaves the residual, the owner residual and
 // an in-place call's buffer as they were (the caller may retry the call
 // with the same gradient), and the retry sends them once.
@@ -937,13 +950,7 @@ void expectAFailedPassKeepsTheResidual(bool inPlace) {
   const int N = 3;
   const size_t n = 4096;
   gctest::CpuWorld w(N, autoConfig(1));
-  std::vector<FailingPassTransport*> tr(N);
-  for (int r = 0; r < N; ++r) {
-    gradcompComm_t c = w.comm(r);
-    tr[r] = new FailingPassTransport(std::move(c->transport));
-    c->transport.reset(tr[r]);
-    gc::autoInjectFigures(c, kCompressWins);
-  }
+  const std::vector<FailingPassTransport*> tr = failingPassWorld(w);
   std::vector<std::vector<float>> in(N), out(N, std::vector<float>(n));
   auto call = [&](uint64_t seed) {
     for (int r = 0; r < N; ++r) in[r] = gctest::normal(n, seed + (uint64_t)r);
@@ -1241,13 +1248,7 @@ TEST(AutoTune, AReduceScatterFlushWhoseCheckFailsKeepsTheResidual) {
   const int N = 3;
   const size_t m = 1536, n = N * m;
   gctest::CpuWorld w(N, autoConfig(1));
-  std::vector<FailingPassTransport*> tr(N);
-  for (int r = 0; r < N; ++r) {
-    gradcompComm_t c = w.comm(r);
-    tr[r] = new FailingPassTransport(std::move(c->transport));
-    c->transport.reset(tr[r]);
-    gc::autoInjectFigures(c, kCompressWins);
-  }
+  const std::vector<FailingPassTransport*> tr = failingPassWorld(w);
   std::vector<std::vector<float>> in(N), out(N, std::vector<float>(m));
   auto call = [&](uint64_t seed) {
     for (int r = 0; r < N; ++r) in[r] = gctest::normal(n, seed + (uint64_t)r);

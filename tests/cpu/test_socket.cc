@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 #include <string.h>
 
+#include <functional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -250,24 +251,39 @@ TEST(Socket, DifferentCallsFailOnEveryRank) {
       << gradcompGetLastError();
 }
 
+// GRADCOMP_CHECK_CALLS, a rank waiting long (cpuTimeoutSec = 60) for its
+// peers.
+gradcompConfig_t checkingCalls() {
+  gradcompConfig_t cfg = withMethod(gradcompMethodQsgd);
+  cfg.checkCalls = 1, cfg.cpuTimeoutSec = 60;
+  return cfg;
+}
+
+// An in-place allreduce of 6000 ones on every rank of world, rank r's with
+// the datatype typeOf(r): each rank's result, and its last error in why[r].
+std::vector<gradcompResult_t> allReduceAs(SocketWorld& world,
+                                          const std::function<ncclDataType_t(int)>& typeOf,
+                                          std::vector<std::string>* why) {
+  std::vector<std::vector<float>> bufs(world.size(), std::vector<float>(6000, 1.0f));
+  why->assign(world.size(), "");
+  return world.run([&](int r) {
+    gradcompResult_t x = gradcompAllReduce(bufs[r].data(), bufs[r].data(), 6000, typeOf(r), ncclSum,
+                                           world.comm(r), nullptr);
+    (*why)[r] = gradcompGetLastError();
+    return x;
+  });
+}
+
 // GRADCOMP_CHECK_CALLS: a datatype one rank alone gets wrong (its peers'
 // is right) fails every rank at once, instead of leaving the peers waiting
 // until cpuTimeoutSec (long here) and naming nobody (before 2026-12-06). The
 // refusing rank returns its own error; whichever peer reads its record first
 // names it, the others may only see a connection close.
 TEST(Socket, ADatatypeRefusedOnOneRankFailsEveryRank) {
-  gradcompConfig_t cfg = withMethod(gradcompMethodQsgd);
-  cfg.checkCalls = 1, cfg.cpuTimeoutSec = 60;
-  SocketWorld world(3, cfg);
-  std::vector<std::vector<float>> bufs(3, std::vector<float>(6000, 1.0f));
-  std::vector<std::string> why(3);
-  auto res = world.run([&](int r) {
-    const ncclDataType_t t = r == 1 ? ncclNumTypes : ncclFloat32;  // no NCCL type
-    gradcompResult_t x =
-        gradcompAllReduce(bufs[r].data(), bufs[r].data(), 6000, t, ncclSum, world.comm(r), nullptr);
-    why[r] = gradcompGetLastError();
-    return x;
-  });
+  SocketWorld world(3, checkingCalls());
+  std::vector<std::string> why;
+  const auto res = allReduceAs(
+      world, [](int r) { return r == 1 ? ncclNumTypes : ncclFloat32; }, &why);  // no NCCL type
   EXPECT_EQ(res[1], gradcompInvalidArgument) << why[1];
   const std::string badType = "datatype=" + std::to_string((int)ncclNumTypes);
   EXPECT_NE(why[1].find(badType), std::string::npos) << why[1];
@@ -286,29 +302,17 @@ TEST(Socket, ADatatypeRefusedOnOneRankFailsEveryRank) {
 // own (datatypes that are no NCCL type, each rank's another), exchanges
 // nothing, so it leaves the comm as it was: the next call on every rank runs.
 TEST(Socket, ACallEveryRankRefusesDifferentlyLeavesTheCommUsable) {
-  gradcompConfig_t cfg = withMethod(gradcompMethodQsgd);
-  cfg.checkCalls = 1, cfg.cpuTimeoutSec = 60;
-  SocketWorld world(3, cfg);
-  std::vector<std::vector<float>> bufs(3, std::vector<float>(6000, 1.0f));
-  std::vector<std::string> why(3);
-  auto res = world.run([&](int r) {
-    const ncclDataType_t t = (ncclDataType_t)((int)ncclNumTypes + r);  // no NCCL type
-    gradcompResult_t x =
-        gradcompAllReduce(bufs[r].data(), bufs[r].data(), 6000, t, ncclSum, world.comm(r), nullptr);
-    why[r] = gradcompGetLastError();
-    return x;
-  });
+  SocketWorld world(3, checkingCalls());
+  std::vector<std::string> why;
+  auto res = allReduceAs(
+      world, [](int r) { return (ncclDataType_t)((int)ncclNumTypes + r); }, &why);  // no NCCL type
   for (int r = 0; r < 3; ++r) {
     EXPECT_EQ(res[r], gradcompInvalidArgument) << "rank " << r << ": " << why[r];
     const std::string mine = "datatype=" + std::to_string((int)ncclNumTypes + r);
     EXPECT_NE(why[r].find(mine), std::string::npos) << "rank " << r << ": " << why[r];
   }
-  res = world.run([&](int r) {
-    gradcompResult_t x = gradcompAllReduce(bufs[r].data(), bufs[r].data(), 6000, ncclFloat32,
-                                           ncclSum, world.comm(r), nullptr);
-    why[r] = gradcompGetLastError();
-    return x;
-  });
+  res = allReduceAs(
+      world, [](int) { return ncclFloat32; }, &why);
   for (int r = 0; r < 3; ++r) EXPECT_EQ(res[r], gradcompSuccess) << "rank " << r << ": " << why[r];
 }
 

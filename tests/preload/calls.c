@@ -18,6 +18,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "../common/nccl_bad_enums.h"
 #include "../common/reap_child.h"
 #include "nccl_newer.h"
 
@@ -690,18 +691,6 @@ static int groupOrder(void) {
   return 0;
 }
 
-/* An int as NCCL's enum, as a C caller passes it: its bytes. */
-static ncclDataType_t asType(int v) {
-  ncclDataType_t e;
-  memcpy(&e, &v, sizeof e);
-  return e;
-}
-static ncclRedOp_t asOp(int v) {
-  ncclRedOp_t e;
-  memcpy(&e, &v, sizeof e);
-  return e;
-}
-
 /* Datatypes and ops gradcomp does not compress reach NCCL unchanged (the
  * stand-in takes them all; the real NCCL refuses those it does not know):
  * values C++'s enums cannot hold, which the interposer reads as ints (a
@@ -718,14 +707,12 @@ static int badEnums(void) {
   cudaStream_t stream = (cudaStream_t)(uintptr_t)0x2000;
   char* a = (char*)(uintptr_t)0x7f0000000000ull;
   char* b = (char*)(uintptr_t)0x7f0010000000ull;
-  /* 10 and 11: ncclFloat8e4m3 and ncclFloat8e5m2, where nccl.h has them. */
-  const int badTypes[] = {-1, 99, INT_MIN, ncclInt8, ncclUint64, 10, 11, ncclNumTypes};
   const int badOps[] = {-1, INT_MIN, ncclNumOps, 99};
   size_t i;
-  for (i = 0; i < sizeof badTypes / sizeof badTypes[0]; ++i) {
-    CALL(a, b, 1 << 20, asType(badTypes[i]), ncclSum, comm, stream);
-    CALL(a, b, 1 << 20, asType(badTypes[i]), ncclAvg, comm, stream);
-    RS(a, b, 1 << 20, asType(badTypes[i]), ncclSum, comm, stream);
+  for (i = 0; i < NUM_BAD_NCCL_TYPES; ++i) {
+    CALL(a, b, 1 << 20, asType(kBadNcclTypes[i]), ncclSum, comm, stream);
+    CALL(a, b, 1 << 20, asType(kBadNcclTypes[i]), ncclAvg, comm, stream);
+    RS(a, b, 1 << 20, asType(kBadNcclTypes[i]), ncclSum, comm, stream);
   }
   for (i = 0; i < sizeof badOps / sizeof badOps[0]; ++i) {
     CALL(a, a, 1 << 20, ncclFloat32, asOp(badOps[i]), comm, stream);
