@@ -74,6 +74,11 @@ STATS_FIELDS = [
     ("callsPerBits", ctypes.c_uint64 * 9),
 ]
 
+# The on/off fields (range 0..1 in plugin/config.cc's table): the only integer fields that take
+# True and False; a bool anywhere else (bits=True) is refused, not read as 1.
+FLAG_FIELDS = {"errorFeedback", "ownerResidual", "momentumCorrection", "momentumMasking", "elias",
+               "autoTune", "privateComm", "checkCalls"}
+
 # Enum fields take these names (the GRADCOMP_* spellings) or their numbers.
 CHOICES = {
     "method": {"none": 0, "qsgd": 1, "topk": 2, "randk": 3, "dgc": 4},

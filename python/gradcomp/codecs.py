@@ -82,7 +82,7 @@ def qsgd_encoded_bytes(count, bits=4, bucket_size=512):
 
 def _seed(seed):
     """seed as an int in 0..2**64-1 (a uint64_t), not wrapped by ctypes."""
-    seed = _integer(seed, "seed")
+    seed = _integer(seed, "seed", "an integer in 0..2**64-1")
     if not 0 <= seed < 2**64:
         raise InvalidArgumentError(f"seed={seed} is out of range (0 <= seed < 2**64)", 1)
     return seed

@@ -8,7 +8,7 @@ import warnings
 
 from . import _types as T
 from ._lib import GradcompError, InvalidArgumentError, check, has, lib
-from .config import _real, as_config
+from .config import _is_bool, _real, as_config
 
 
 def _enum(value, table, what):
@@ -25,7 +25,10 @@ def _enum(value, table, what):
 # numbers are checked here, the library checks the range of what arrives.
 def _integer(value, name, what="an integer"):
     """value as an int: an integer (not a bool, not a float that int() would truncate)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    if _is_bool(value):
+        # An int to Python, but never a count, a width or a seed meant as 1 (bits=True).
+        raise InvalidArgumentError(f"{name}={value!r} is a bool, not {what}", 1)
+    if not isinstance(value, numbers.Integral):
         raise InvalidArgumentError(f"{name}={value!r} is not {what}", 1)
     return int(value)
 
@@ -37,12 +40,12 @@ def _c_int(v, name, allowed=""):
 
 
 def _rank_int(value, name, allowed=""):
-    return _c_int(_integer(value, name), name, allowed)
+    return _c_int(_integer(value, name, "an integer" + allowed), name, allowed)
 
 
 def _count(count, name="count"):
     """count as an int in 0..2**64-1 (a size_t)."""
-    count = _integer(count, name, "an integer element count")
+    count = _integer(count, name, f"an integer element count (0 <= {name} < 2**64)")
     if not 0 <= count < 2**64:
         raise InvalidArgumentError(f"{name}={count} is out of range (0 <= {name} < 2**64)", 1)
     return count
@@ -90,6 +93,19 @@ def buffer_info(x, name=None, writable=False, host=False):
         tname = str(x.dtype).replace("torch.", "")
         if tname not in T.NCCL_TYPES:
             raise InvalidArgumentError(f"{what} dtype {x.dtype} has no NCCL type", 1)
+        if getattr(x, "is_neg", None) is not None and x.is_neg():
+            # A view torch negates lazily (x.conj().imag of a complex x): its memory holds the
+            # values unnegated, and gradcomp reads and writes that memory by address, so a sum
+            # into another buffer, max or min, or an encode would get the wrong sign. Refused
+            # rather than resolved into a temporary: a buffer gradcomp writes must hold the
+            # result itself, and the residual is keyed by its address. (A conjugate view, the
+            # other lazy bit, is complex: refused above by its dtype.)
+            n = name or "x"
+            raise InvalidArgumentError(
+                f"{what} is a negated view, is_neg() ({describe(x)}): its memory holds the "
+                "values unnegated and gradcomp reads and writes that memory: pass "
+                f"{n}.resolve_neg() (a new tensor; where gradcomp writes the result, copy it "
+                f"back afterwards with {n}.copy_(result))", 1)
         ptr = x.data_ptr()
         if not ptr and x.numel():
             # A tensor subclass without storage of its own (a DTensor: its numel() is the global

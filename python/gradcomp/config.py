@@ -1,7 +1,9 @@
 """gradcompConfig_t as keyword arguments: defaults, then GRADCOMP_*, then yours."""
 import ctypes
+import difflib
 import math
 import numbers
+import re
 
 from . import _types as T
 from . import _lib
@@ -36,9 +38,15 @@ def env_names():
         i += 1
 
 
+def _is_bool(value):
+    """True for Python's and numpy's booleans (numpy.bool_ is no numbers.Integral, bool is)."""
+    t = type(value)
+    return isinstance(value, bool) or (t.__module__ == "numpy" and t.__name__ in ("bool", "bool_"))
+
+
 def _real(value, name):
     """value as a float: a real number (not a bool) that a C float holds."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    if _is_bool(value) or not isinstance(value, numbers.Real):
         raise InvalidArgumentError(f"{name}={value!r} is not a number", 1)
     try:
         x = float(value)
@@ -49,6 +57,14 @@ def _real(value, name):
         # sentence would name inf, not the value given.
         raise InvalidArgumentError(f"{name}={value!r} is too large in magnitude for a float (at "
                                    f"most {_FLT_MAX:g})", 1)
+    if x != 0.0 and not math.isnan(x) and not abs(ctypes.c_float(x).value) >= _FLT_MIN:
+        # As GRADCOMP_* floats are read (plugin/config.cc): a nonzero value the float would
+        # flush toward 0 (0 is "off" for some settings, clip_norm) is refused, not changed; the
+        # library's sentence would name the flushed value (density=0), not the value given.
+        # NaN is left to the library, whose sentence gives the setting's range.
+        raise InvalidArgumentError(
+            f"{name}={value!r} is not a number that a float holds: a nonzero value must be "
+            f"at least {_FLT_MIN:g}", 1)
     return x
 
 
@@ -62,16 +78,12 @@ def _coerce(key, cname, value):
         return v
     ctype = _C_TYPE[cname]
     if ctype is ctypes.c_float:
-        x = _real(value, key)
-        # As GRADCOMP_* floats are read (plugin/config.cc): a nonzero value the float field
-        # would flush toward 0 (0 is "off" for some settings, clip_norm) is refused, not changed.
-        # NaN is left to the library, whose sentence gives the setting's range.
-        if x != 0.0 and not math.isnan(x) and not abs(ctypes.c_float(x).value) >= _FLT_MIN:
-            raise InvalidArgumentError(
-                f"{key}={value!r} is not a number that a float holds: a nonzero value must be "
-                f"at least {_FLT_MIN:g}", 1)
-        return x
-    if isinstance(value, bool):
+        return _real(value, key)
+    if _is_bool(value):
+        # An on/off setting takes True and False; for a number (bits=True) a bool is a mistake,
+        # not 1.
+        if cname not in T.FLAG_FIELDS:
+            raise InvalidArgumentError(_bool_refusal(key, cname, value), 1)
         value = int(value)
     if not isinstance(value, numbers.Integral):
         raise InvalidArgumentError(f"{key}={value!r} is not an integer", 1)
@@ -83,6 +95,39 @@ def _coerce(key, cname, value):
     if not lo <= value <= hi:
         raise _OutOfCRange(value, lo, hi)
     return value
+
+
+def _bool_refusal(key, cname, value):
+    """The sentence refusing a bool for a setting that is not on/off, with the setting's range:
+    from the library's refusal of the C type's far bound in a default config (its own table
+    names the range and the GRADCOMP_* variable); the C type's range where it refuses none."""
+    lo, hi = (-2**31, 2**31 - 1) if _C_TYPE[cname] is ctypes.c_int else (0, 2**64 - 1)
+    for bound in (lo, hi):
+        probe = T.ConfigStruct()
+        check(lib().gradcompConfigInitSized(ctypes.byref(probe), ctypes.sizeof(probe)))
+        setattr(probe, cname, bound)
+        if lib().gradcompConfigValidate(ctypes.byref(probe)) == 0:
+            continue
+        m = re.match(rf"{cname}={bound} \((GRADCOMP_\w+)\) is (out of range|not one of) (.*)$",
+                     _lib.last_error())
+        if m is None:
+            continue
+        env, how, allowed = m.groups()
+        choices = T.CHOICES.get(cname)
+        if how == "not one of" and choices is not None:
+            return (f"{key}={value!r} is a bool, not one of {'|'.join(choices)} or its number "
+                    f"({env})")
+        return f"{key}={value!r} is a bool, not an integer in {allowed} ({env})"
+    return f"{key}={value!r} is a bool, not an integer in {lo}..{hi}"
+
+
+def _nearest(key):
+    """The setting a mistyped keyword most likely meant (a C field name's snake_case, or the
+    closest name), or None."""
+    if T.snake(key) in _C_NAME:
+        return T.snake(key)
+    near = difflib.get_close_matches(key, list(_C_NAME), n=1)
+    return near[0] if near else None
 
 
 class _OutOfCRange(Exception):
@@ -116,8 +161,9 @@ class Config:
     def update(self, **settings_):
         unknown = [k for k in settings_ if k not in _C_NAME]
         if unknown:
+            near = [f"{k} (did you mean {m}?)" if m else k for k in unknown for m in [_nearest(k)]]
             raise InvalidArgumentError(
-                f"unknown setting {', '.join(unknown)}; the settings are {', '.join(_C_NAME)}", 1)
+                f"unknown setting {', '.join(near)}; the settings are {', '.join(_C_NAME)}", 1)
         trial = T.ConfigStruct.from_buffer_copy(self.struct)
         past = {}  # key: the integer given past its C type, and that type's bounds
         for key, value in settings_.items():

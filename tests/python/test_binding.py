@@ -353,6 +353,72 @@ class ConfigSettings(unittest.TestCase):
                 self.assertIsInstance(cm.exception, ValueError)
                 self.assertEqual(cm.exception.result_name, "gradcompInvalidArgument")
 
+    def test_a_bool_is_refused_for_a_number_and_taken_for_an_on_off_setting(self):
+        """bits=True was taken as bits=1 (and method=True as qsgd, levels=True as square) while
+        numpy.True_ was refused: a bool is a number to Python, not a bit width, seed or choice.
+        Every integer setting but the on/off ones refuses both kinds, naming the value and the
+        setting's range; the on/off ones (range 0..1) take both as 0 and 1."""
+        cases = [
+            (dict(bits=True),
+             r"^bits=True is a bool, not an integer in 2\.\.8 \(GRADCOMP_BITS\)$"),
+            (dict(bucket_size=np.False_), r"^bucket_size=np\.False_ is a bool, not an integer in "
+             r"32\.\.8192 \(GRADCOMP_BUCKET\)$"),
+            (dict(seed=True),
+             r"^seed=True is a bool, not an integer in 0\.\.18446744073709551615$"),
+            (dict(min_elements=False), r"^min_elements=False is a bool, not an integer in "
+             r"0\.\.1000000000000000000 \(GRADCOMP_MIN_ELEMENTS\)$"),
+            (dict(local_size=True), r"^local_size=True is a bool, not an integer in 1\.\.65536 or "
+             r"auto=0 \(GRADCOMP_LOCAL_SIZE\)$"),
+            (dict(levels=True), r"^levels=True is a bool, not one of uniform\|square or its "
+             r"number \(GRADCOMP_LEVELS\)$"),
+            (dict(method=np.True_), r"^method=np\.True_ is a bool, not one of "
+             r"none\|qsgd\|topk\|randk\|dgc or its number \(GRADCOMP_METHOD\)$"),
+        ]
+        for kwargs, pattern in cases:
+            with self.subTest(**{k: repr(v) for k, v in kwargs.items()}):
+                with self.assertRaisesRegex(gradcomp.InvalidArgumentError, pattern):
+                    gradcomp.Config(from_env=False, **kwargs)
+        flags = {_types.snake(n) for n in _types.FLAG_FIELDS}
+        ints = [k for k in gradcomp.settings()
+                if _types.snake(k) not in flags and not isinstance(
+                    getattr(gradcomp.Config(from_env=False), k), float)]
+        self.assertIn("warmup_steps", ints)
+        self.assertIn("budget_window", ints)
+        for key in ints:
+            for v in (True, False, np.True_, np.False_):
+                with self.subTest(key=key, value=repr(v)):
+                    with self.assertRaisesRegex(gradcomp.InvalidArgumentError,
+                                                f"^{key}={re.escape(repr(v))} is a bool, not "):
+                        gradcomp.Config(from_env=False, **{key: v})
+        for key in sorted(flags):
+            for v, want in ((True, 1), (False, 0), (np.True_, 1), (np.False_, 0)):
+                with self.subTest(key=key, value=repr(v)):
+                    self.assertEqual(getattr(gradcomp.Config(from_env=False, **{key: v}), key),
+                                     want)
+
+    def test_the_on_off_settings_are_the_libraries(self):
+        """FLAG_FIELDS (the settings that take a bool) are the 0..1 integers of the library's
+        table: a setting added there with another range takes no bool."""
+        with open(os.path.join(ROOT, "plugin", "config.cc")) as f:
+            table = f.read()
+        flags = set(re.findall(r"ParamKind::Int, GC_FIELD\((\w+)\), 0, 1,", table))
+        self.assertIn("errorFeedback", flags)
+        self.assertEqual(_types.FLAG_FIELDS, flags)
+
+    def test_an_unknown_setting_names_the_nearest(self):
+        with self.assertRaisesRegex(gradcomp.InvalidArgumentError,
+                                    r"^unknown setting bitz \(did you mean bits\?\); the "
+                                    r"settings are method, algo, bits"):
+            gradcomp.Config(from_env=False, bitz=3)
+        # A C field's name gives its keyword; a name like none gives no guess.
+        with self.assertRaisesRegex(gradcomp.InvalidArgumentError,
+                                    r"^unknown setting bucketSize \(did you mean bucket_size\?\), "
+                                    r"zzzz; the settings are"):
+            gradcomp.Config(from_env=False, bucketSize=256, zzzz=1)
+        with self.assertRaisesRegex(gradcomp.InvalidArgumentError,
+                                    r"unknown setting densty \(did you mean density\?\)"):
+            gradcomp.Config(from_env=False).update(densty=0.1)
+
     def test_failed_update_leaves_the_config_unchanged(self):
         c = gradcomp.Config(from_env=False, bits=3)
         with self.assertRaises(ValueError):
@@ -881,6 +947,46 @@ class CodecArgumentChecks(unittest.TestCase):
         with self.assertRaisesRegex(ValueError, "encoded must be uint8 wire bytes; got .*float32"):
             codecs.elias_decode(pe.view(np.float32) if pe.size % 4 == 0 else
                                 pe[:pe.size // 4 * 4].view(np.float32), 4096, self.p)
+
+    def test_a_bool_is_not_a_codec_number(self):
+        """A bool was refused as "is not an integer", without the range; the sentence now says
+        it is a bool and gives the range, for numpy's bool too."""
+        with self.assertRaisesRegex(ValueError, r"^bits=True is a bool, not an integer in range "
+                                    r"2\.\.8$"):
+            codecs.qsgd_encode(self.x, bits=True)
+        with self.assertRaisesRegex(ValueError, r"^bucket_size=np\.False_ is a bool, not an "
+                                    r"integer in range 32\.\.8192$"):
+            codecs.qsgd_encoded_bytes(4096, bucket_size=np.False_)
+        with self.assertRaisesRegex(ValueError, r"^levels=True is a bool, not an integer in range "
+                                    r"1\.\.65535$"):
+            codecs.elias_params(True)
+        with self.assertRaisesRegex(ValueError, r"^seed=np\.True_ is a bool, not an integer in "
+                                    r"0\.\.2\*\*64-1$"):
+            codecs.topk_select(self.x, seed=np.True_)
+        with self.assertRaisesRegex(ValueError, r"^count=True is a bool, not an integer element "
+                                    r"count \(0 <= count < 2\*\*64\)$"):
+            codecs.qsgd_decode(codecs.qsgd_encode(self.x), True)
+        with self.assertRaisesRegex(ValueError, r"^nranks=True is a bool, not an integer$"):
+            gradcomp.CpuWorld(True)
+
+    def test_a_float_flushed_to_zero_is_named_as_given(self):
+        """A nonzero value that a C float flushes toward 0 reached the library as 0 or a
+        denormal, whose sentence named that (density=0 is out of range) instead of the value
+        given; it is refused naming the value, as Config refuses it."""
+        for call, pattern in (
+                (lambda: codecs.topk_slots(1000, 1e-50), r"^density=1e-50 is not a number that a "
+                 r"float holds: a nonzero value must be at least 1\.17549e-38$"),
+                (lambda: codecs.topk_slots(1000, 0.5, 1e-45), r"^oversample=1e-45 is not"),
+                (lambda: codecs.topk_select(self.x, sample_rate=-1e-300),
+                 r"^sample_rate=-1e-300 is not"),
+                (lambda: codecs.topk_select(self.x, density=5e-39), r"^density=5e-39 is not")):
+            with self.assertRaisesRegex(gradcomp.InvalidArgumentError, pattern):
+                call()
+        with gradcomp.CpuWorld(1) as w:
+            with self.assertRaisesRegex(gradcomp.InvalidArgumentError,
+                                        r"^scale=1e-50 is not a number that a float holds"):
+                w.comms[0].set_grad_scale(1e-50)
+            self.assertEqual(w.comms[0].grad_scale, 1.0)
 
     def test_numbers_are_checked_before_ctypes_wraps_them(self):
         # ctypes keeps the low bits of an int too large for the C type: 2**32 + 4 would encode

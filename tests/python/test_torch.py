@@ -266,6 +266,51 @@ class TorchRefusals(unittest.TestCase):
             with self.assertRaisesRegex(RuntimeError, "has no gradcompReduceScatterKeyed: rebuild"):
                 self.gt.GradcompReduceScatter(None, "layers.0")
 
+    def test_hooks_given_something_else_than_a_state_refuse_it_by_type(self):
+        """FSDP2's hooks and the register functions took any object as the state and failed
+        later with an AttributeError from inside (state._serve_fsdp, state.config) naming none
+        of it; gradcomp_hook did at the first step. A TypeError names what was passed and what
+        is expected, where it is passed (None stays the hooks' "no state")."""
+        import gradcomp
+        from gradcomp.torch import fsdp
+
+        wrong = (gradcomp.Config(from_env=False), "state", 0)
+        if gradcomp.has("gradcompReduceScatterKeyed"):
+            for s in wrong:
+                with self.subTest(state=repr(s)):
+                    with self.assertRaisesRegex(TypeError, r"^GradcompReduceScatter takes a "
+                                                r"gradcomp.torch.GradcompState; got .* \(a "
+                                                f"{type(s).__name__}\)"):
+                        self.gt.GradcompReduceScatter(s, "layers.0")
+        for s in wrong:
+            with self.subTest(state=repr(s)):
+                with self.assertRaisesRegex(TypeError, r"^GradcompReplicaAllReduce takes a "
+                                            r"gradcomp.torch.GradcompState; got .* \(a "
+                                            f"{type(s).__name__}\)"):
+                    self.gt.GradcompReplicaAllReduce(s, "layers.0")
+                with self.assertRaisesRegex(TypeError, r"^gradcomp_hook takes a GradcompState "
+                                            f"as its state; got .* \(a {type(s).__name__}\)"):
+                    self.gt.gradcomp_hook(s, None)
+
+        class FsdpModule(torch.nn.Linear):  # stands in for FSDP2's class: both calls there
+            def set_custom_reduce_scatter(self, hook):
+                pass
+
+            def set_all_reduce_hook(self, hook):
+                pass
+
+        with mock.patch.object(fsdp, "_fsdp_module_class", lambda: FsdpModule):
+            for register in (self.gt.register_fsdp_reduce_scatter,
+                             self.gt.register_fsdp_replica_all_reduce):
+                with self.subTest(register=register.__name__):
+                    with self.assertRaisesRegex(TypeError, f"^{register.__name__} takes a "
+                                                r"gradcomp.torch.GradcompState; got "
+                                                r"Config\(.* \(a Config\)"):
+                        register(FsdpModule(2, 2), wrong[0])
+                    with self.assertRaisesRegex(TypeError, f"^{register.__name__} takes the "
+                                                r"model \(a torch.nn.Module.*got str"):
+                        register("model", None)
+
     def test_fsdp_reduce_scatter_names_the_device_of_tensors_off_cuda(self):
         # Called "CPU tensors" whatever their device (a meta shard's too).
         import gradcomp
@@ -824,6 +869,60 @@ class TensorBuffers(unittest.TestCase):
                                                 f"^x has layout {x.layout}"):
                         gradcomp.codecs.qsgd_encode(x)
 
+    def test_negated_views_are_refused_by_name(self):
+        """A tensor torch negates lazily (is_neg(): the imaginary part of a conjugate view, as
+        z.conj().imag) holds its values unnegated in memory, which gradcomp reads and writes by
+        address: a sum into another buffer, a max or an encode got the wrong sign, silently.
+        Refused naming the argument and resolve_neg(), rather than resolved into a temporary:
+        a buffer gradcomp writes must hold the result (and keys the residual by its address).
+        A conjugate view (is_conj()) is complex, a dtype gradcomp refuses."""
+        import gradcomp
+        import gradcomp.codecs
+
+        z = torch.tensor([3.0 + 2.0j])
+        neg = z.conj().imag  # -2.0, over the memory holding 2.0
+        self.assertTrue(neg.is_neg() and neg.is_contiguous())
+        self.assertEqual(neg.item(), -2.0)
+        wide = torch._neg_view(torch.randn(4096))  # the same bit on a long tensor
+        self.assertTrue(wide.is_neg() and wide.is_contiguous())
+        with gradcomp.CpuWorld(1, min_elements=0) as w:
+            c = w.comms[0]
+            out = torch.zeros(1)
+            with self.assertRaisesRegex(gradcomp.InvalidArgumentError,
+                                        r"^sendbuf is a negated view, is_neg\(\) \(shape \(1,\), "
+                                        r"dtype torch.float32\).*sendbuf.resolve_neg\(\)"):
+                c.allreduce(neg, out, op="max")
+            self.assertEqual(out.item(), 0.0)  # nothing written
+            with self.assertRaisesRegex(gradcomp.InvalidArgumentError,
+                                        r"^recvbuf is a negated view.*recvbuf.copy_\(result\)"):
+                c.allreduce(torch.ones(1), neg)
+            with self.assertRaisesRegex(gradcomp.InvalidArgumentError, "^sendbuf is a negated"):
+                c.allreduce(neg)
+            if gradcomp.Comm.has_reduce_scatter():
+                with self.assertRaisesRegex(gradcomp.InvalidArgumentError, "^sendbuf is a negated"):
+                    c.reduce_scatter(neg, torch.zeros(1))
+            # The way the sentence gives: resolved, reduced, copied back through the view.
+            r = neg.resolve_neg()
+            c.allreduce(r, op="max")
+            neg.copy_(r)
+            self.assertEqual((neg.item(), z.imag.item()), (-2.0, 2.0))
+            with self.assertRaisesRegex(gradcomp.InvalidArgumentError, "^sendbuf is a negated"):
+                c.allreduce(wide)
+            # A conjugate view: complex, refused by its dtype.
+            self.assertTrue(z.conj().is_conj())
+            with self.assertRaisesRegex(gradcomp.InvalidArgumentError, "has no NCCL type"):
+                c.allreduce(z.conj())
+        with self.assertRaisesRegex(gradcomp.InvalidArgumentError, r"^x is a negated view"):
+            gradcomp.codecs.qsgd_encode(wide)
+        with self.assertRaisesRegex(gradcomp.InvalidArgumentError, r"^v is a negated view"):
+            gradcomp.codecs.topk_select(wide)
+        x = torch.randn(4096)
+        with self.assertRaisesRegex(gradcomp.InvalidArgumentError, r"^residual is a negated"):
+            gradcomp.codecs.qsgd_encode(x, residual=torch._neg_view(torch.zeros(4096)))
+        with self.assertRaisesRegex(gradcomp.InvalidArgumentError, r"^out is a negated view"):
+            gradcomp.codecs.qsgd_decode(gradcomp.codecs.qsgd_encode(x), 4096,
+                                        out=torch._neg_view(torch.zeros(4096)))
+
     def test_a_tensor_without_storage_of_its_own_is_refused_by_name(self):
         """A DTensor (a sharded parameter's gradient under FSDP2) has no storage of its own: its
         data_ptr() is 0 and its numel() the global one. It reached the library as a NULL
@@ -989,6 +1088,23 @@ class LayerAwarePlan(unittest.TestCase):
         st._options_agreed = True  # no group to compare the hook's options on
         st._agree_call = lambda *args: None  # nor each call's
         return st
+
+    def test_the_options_take_numpy_bools_and_refuse_bools_for_numbers(self):
+        """exclude_1d took numpy's bool only under the type name numpy 1 gives it (bool_;
+        numpy 2's is bool), and layer_min_size=True was refused without its range."""
+        import numpy as np
+
+        m = self.model(0)
+        self.assertFalse(self.state(m, exclude_1d=np.False_).exclude_1d)
+        self.assertTrue(self.state(m, exclude_1d=np.True_).exclude_1d)
+        for name in ("layer_min_size", "start_iter"):
+            for v in (True, np.False_):
+                with self.subTest(name=name, value=repr(v)):
+                    with self.assertRaisesRegex(ValueError, f"^{name}={re.escape(repr(v))} is "
+                                                f"a bool, not an integer in 0..{2**63 - 1}"):
+                        self.state(m, **{name: v})
+        with self.assertRaisesRegex(ValueError, r"^exclude_1d=1 is not True or False"):
+            self.state(m, exclude_1d=1)
 
     def test_small_and_1d_parameters_stay_full_precision(self):
         m = self.model(0)

@@ -44,7 +44,7 @@ import torch.distributed as dist
 from .. import _types as T
 from .._lib import InvalidArgumentError, has
 from ..comm import _integer
-from ..config import Config, as_config, settings as config_settings
+from ..config import Config, _is_bool, as_config, settings as config_settings
 from ..info import nccl_interposer
 from . import _group, _nccl
 
@@ -182,9 +182,10 @@ class GradcompState:
         start_iter = self._ddp_options.get("start_iter", _DDP_ONLY["start_iter"])
         exclude_1d = self._ddp_options.get("exclude_1d", _DDP_ONLY["exclude_1d"])
         for name, v in (("layer_min_size", layer_min_size), ("start_iter", start_iter)):
-            if not 0 <= _integer(v, name, "an integer >= 0") <= _INT64_MAX:
+            what = f"an integer in 0..{_INT64_MAX} (2**63 - 1)"
+            if not 0 <= _integer(v, name, what) <= _INT64_MAX:
                 raise ValueError(f"{name}={v!r} is not an integer in 0..{_INT64_MAX} (2**63 - 1)")
-        if not (isinstance(exclude_1d, bool) or type(exclude_1d).__name__ == "bool_"):
+        if not _is_bool(exclude_1d):
             raise ValueError(f"exclude_1d={exclude_1d!r} is not True or False")
         if grad_scaler is not None and not callable(getattr(grad_scaler, "get_scale", None)):
             raise ValueError(f"grad_scaler={grad_scaler!r} has no get_scale(): pass the "
@@ -1264,6 +1265,13 @@ def gradcomp_hook(state, bucket):
     the current stream, the rest through one torch.distributed all_reduce; returns the
     future of the averaged bucket. See the module docstring for the bytes it sends.
     register_ddp_hook(ddp_model, state) registers it so that the state knows its DDP."""
+    if not isinstance(state, GradcompState):
+        # register_comm_hook takes any state: refused here by its type, not with an
+        # AttributeError from inside the hook.
+        raise TypeError(f"gradcomp_hook takes a GradcompState as its state; got {state!r} (a "
+                        f"{type(state).__name__}): register it with "
+                        "ddp_model.register_comm_hook(GradcompState(...), gradcomp_hook), or "
+                        "register_ddp_hook(ddp_model, state)")
     return _hook(state, bucket, None)
 
 

@@ -32,7 +32,7 @@ import torch
 import torch.distributed as dist
 
 from .. import _lib
-from .ddp import _DTYPES, _key_of
+from .ddp import _DTYPES, GradcompState, _key_of
 
 try:  # the protocol class, where this PyTorch has it
     from torch.distributed.fsdp._fully_shard._fsdp_api import ReduceScatter as _Base
@@ -66,6 +66,7 @@ class GradcompReduceScatter(_Base):
             raise RuntimeError(f"{_lib.library_path()} has no gradcompReduceScatterKeyed: "
                                "rebuild libgradcomp from a checkout with the reduce-scatter entry "
                                "point, or leave FSDP's default reduce-scatter in place")
+        _check_state(state, "GradcompReduceScatter")
         self.state = state
         self.name = str(key)
         self.key = _key_of(("fsdp", self.name))
@@ -227,6 +228,7 @@ class GradcompReplicaAllReduce:
     """
 
     def __init__(self, state, key, module=None):
+        _check_state(state, "GradcompReplicaAllReduce")
         self.state = state
         self.name = str(key)
         self.key = _key_of(("fsdp-replicas", self.name))
@@ -327,6 +329,23 @@ class GradcompReplicaAllReduce:
         self.state._count_call(comm, before, t.numel() * t.element_size(),
                                "an FSDP replica all-reduce", t.numel())
         return None
+
+
+def _check_state(state, who):
+    """Refuses a state that is not a GradcompState (None is let through: the call then says the
+    hook has none), by its type, where it is given; its attributes are read much later, inside
+    FSDP's backward, where a wrong object failed with an AttributeError naming none of it."""
+    if state is not None and not isinstance(state, GradcompState):
+        raise TypeError(f"{who} takes a gradcomp.torch.GradcompState; got {state!r} (a "
+                        f"{type(state).__name__}): make one with GradcompState(process_group=..., "
+                        "method=...) and pass it")
+
+
+def _check_model(model, who):
+    """Refuses a model that is not a torch.nn.Module (named_modules() failed deep inside)."""
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"{who} takes the model (a torch.nn.Module with fully_shard() applied); "
+                        f"got {type(model).__name__}")
 
 
 def _premul_factor(op):
@@ -463,6 +482,8 @@ def register_fsdp_reduce_scatter(model, state):
     FSDPModule = _fsdp_module_class()
     if FSDPModule is None or not hasattr(FSDPModule, "set_custom_reduce_scatter"):
         raise RuntimeError(f"gradcomp: {unsupported_reason()}")
+    _check_model(model, "register_fsdp_reduce_scatter")
+    _check_state(state, "register_fsdp_reduce_scatter")
     _check_one_velocity(model, state, "shard")
     return _each_fsdp_module(model, lambda name, module: module.set_custom_reduce_scatter(
         GradcompReduceScatter(state, name)))
@@ -506,6 +527,8 @@ def register_fsdp_replica_all_reduce(model, state):
     reason = replica_unsupported_reason()
     if reason is not None:
         raise RuntimeError(f"gradcomp: {reason}")
+    _check_model(model, "register_fsdp_replica_all_reduce")
+    _check_state(state, "register_fsdp_replica_all_reduce")
     _check_one_velocity(model, state, "replicate")
     return _each_fsdp_module(model, lambda name, module: module.set_all_reduce_hook(
         GradcompReplicaAllReduce(state, name, module=module)))
