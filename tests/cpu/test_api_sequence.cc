@@ -1114,9 +1114,11 @@ TEST(ApiSequence, ARefusalOnOneRankFailsItsPeersNamingIt) {
                   return gradcompReduceScatter(s, bad ? s + 1 : out, m, ncclFloat32, ncclSum,
                                                w.comm(r), nullptr);
                 default: {
-                  // A C caller's op of -1, put in the enum's bytes and passed on
-                  // unread (as Reliability.EnumValuesOutsideNcclsAreRefused does:
-                  // UBSan stops a load of it as the enum, in a ?: say).
+                  // A C caller's op of -1, put in the enum's bytes (as
+                  // Reliability.EnumValuesOutsideNcclsAreRefused does). Passing it on
+                  // by value still loads it as the enum, which GCC's UBSan does not
+                  // check and clang's -fsanitize=enum would; tests/capi/enum_args.c
+                  // makes such calls from C, where they are defined.
                   ncclRedOp_t op = ncclSum;
                   const int minusOne = -1;
                   if (bad) memcpy(&op, &minusOne, sizeof op);

@@ -740,6 +740,9 @@ TEST(Reliability, EnumValuesOutsideNcclsAreRefused) {
       {10, 0, "datatype=10 / op=0 not supported (it reduces ncclInt8..ncclBfloat16, 0..9"},
   };
   for (const Case& k : cases) {
+    // The values in the enums' bytes. Passing them by value loads them as the
+    // enums (GCC's UBSan does not check it, clang's -fsanitize=enum would):
+    // tests/capi/enum_args.c makes the same calls from C, where they are defined.
     ncclDataType_t t;
     ncclRedOp_t o;
     memcpy(&t, &k.type, sizeof t);
