@@ -8,9 +8,12 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <charconv>
 #include <string>
 #include <system_error>
+#include <vector>
 
 #include "abi.h"
 #include "checks.h"
@@ -131,9 +134,142 @@ static const ParamSpec kParams[] = {
 #undef GC_FIELD
 #undef GC_PROCESS_KNOB
 
+// The other GRADCOMP_* names in the project's sources, so that none of its
+// own runs is told that a variable it sets is misspelt. A test greps the tree
+// for GRADCOMP_* names and fails on one missing here or from the table.
+static const char* const kOtherNames[] = {
+    // Read from the environment: the Python package's library path
+    // (docs/env.md), the tests' knobs and paths, the build's architectures
+    // (tools/*.sh pass it to CMake).
+    "GRADCOMP_LIBRARY",
+    "GRADCOMP_TEST_GPU",
+    "GRADCOMP_FUZZ_CASE",
+    "GRADCOMP_FUZZ_EXHAUSTIVE",
+    "GRADCOMP_FUZZ_ITERATIONS",
+    "GRADCOMP_FUZZ_SEED",
+    "GRADCOMP_SEQ_OPS",
+    "GRADCOMP_SEQ_SEED",
+    "GRADCOMP_SEQ_SEEDS",
+    "GRADCOMP_SWEEP",
+    "GRADCOMP_SOURCE_DIR",
+    "GRADCOMP_CUDA_ARCHS",
+    // Not read from the environment, but named in the sources: CMake's
+    // options and variables, C macros, Python names, usage placeholders.
+    "GRADCOMP_BUILD_TESTS",
+    "GRADCOMP_BUILD_BENCH",
+    "GRADCOMP_NVCC",
+    "GRADCOMP_CMAKE_DIR",
+    "GRADCOMP_CORE_SOURCES",
+    "GRADCOMP_CPU_TESTS",
+    "GRADCOMP_GPU_TESTS",
+    "GRADCOMP_GTEST_SOURCE",
+    "GRADCOMP_EXPORTS_MAP",
+    "GRADCOMP_PRELOAD_MAP",
+    "GRADCOMP_INSTALL_LIBDIR",
+    "GRADCOMP_NCCL_INCLUDE_DIR",
+    "GRADCOMP_NCCL_LINKED",
+    "GRADCOMP_PC_PREFIX",
+    "GRADCOMP_PC_SYSTEM_INCLUDES",
+    "GRADCOMP_SANITIZE_FLAGS",
+    "GRADCOMP_TSAN_FLAGS",
+    "GRADCOMP_BENCH_COMMON",
+    "GRADCOMP_KERNEL_BENCH",
+    "GRADCOMP_TEST_SOURCE_DIR",
+    "GRADCOMP_TEST_LIBRARY",
+    "GRADCOMP_VERSION_MAJOR",
+    "GRADCOMP_VERSION_MINOR",
+    "GRADCOMP_VERSION_PATCH",
+    "GRADCOMP_VERSION_CODE",
+    "GRADCOMP_ENUM_MAX",
+    "GRADCOMP_FSDP_HOOKS",
+    "GRADCOMP_ENV",
+    "GRADCOMP_PERF",
+    "GRADCOMP_KERNELS_PERF",
+};
+
 const ParamSpec* paramTable(size_t* count) {
   *count = sizeof(kParams) / sizeof(kParams[0]);
   return kParams;
+}
+
+bool isProjectEnvName(const char* name) {
+  for (const ParamSpec& p : kParams) {
+    if (strcmp(p.env, name) == 0) return true;
+  }
+  for (const char* other : kOtherNames) {
+    if (strcmp(other, name) == 0) return true;
+  }
+  return false;
+}
+
+// Levenshtein distance, case-insensitive (a setting in lower case is a
+// misspelling too).
+static size_t editDistance(const char* a, const char* b) {
+  const size_t n = strlen(a), m = strlen(b);
+  std::vector<size_t> row(m + 1);
+  for (size_t j = 0; j <= m; ++j) row[j] = j;
+  for (size_t i = 1; i <= n; ++i) {
+    size_t diag = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= m; ++j) {
+      const size_t up = row[j];
+      const bool same = toupper((unsigned char)a[i - 1]) == toupper((unsigned char)b[j - 1]);
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diag + (same ? 0 : 1)});
+      diag = up;
+    }
+  }
+  return row[m];
+}
+
+// The setting a misspelt name probably meant: the closest of the table's and
+// GRADCOMP_LIBRARY within 2 edits, or one that the name begins (a name cut
+// short) or that begins the name (a word added), unless the shorter is too
+// short to tell (3 characters after GRADCOMP_); null when none is.
+static const char* closestSetting(const char* name) {
+  static const size_t kPrefix = strlen("GRADCOMP_");
+  const char* best = nullptr;
+  size_t bestDistance = 0;
+  auto consider = [&](const char* known) {
+    const size_t d = editDistance(name, known);
+    const size_t shorter = std::min(strlen(name), strlen(known));
+    const bool prefix = shorter >= kPrefix + 3 && strncasecmp(name, known, shorter) == 0;
+    if ((d <= 2 || prefix) && (best == nullptr || d < bestDistance)) {
+      best = known;
+      bestDistance = d;
+    }
+  };
+  for (const ParamSpec& p : kParams) consider(p.env);
+  consider("GRADCOMP_LIBRARY");
+  return best;
+}
+
+std::vector<std::string> unknownSettings(const char* const* env) {
+  std::vector<std::string> lines;
+  for (const char* const* e = env; e != nullptr && *e != nullptr; ++e) {
+    const char* eq = strchr(*e, '=');
+    if (eq == nullptr || strncmp(*e, "GRADCOMP_", 9) != 0) continue;
+    const std::string name(*e, eq - *e);
+    if (isProjectEnvName(name.c_str())) continue;
+    const char* meant = closestSetting(name.c_str());
+    lines.push_back(name + "=" + shownValue(eq + 1) + " is not a gradcomp setting " +
+                    (meant ? std::string("(did you mean ") + meant + "?)"
+                           : std::string("(docs/env.md lists them)")) +
+                    "; it is ignored");
+  }
+  return lines;
+}
+
+// At every level, as the other settings' warnings are (a bad GRADCOMP_DEBUG
+// or GRADCOMP_GROUP, an empty setting): a misspelt setting leaves the default
+// in place with nothing else to show for it. Once per process: a forked child
+// says it again, its stderr being perhaps another file.
+void warnUnknownSettingsOnce() {
+  static std::atomic<pid_t> said{0};
+  const pid_t me = getpid();
+  if (said.exchange(me) == me) return;
+  for (const std::string& line : unknownSettings(environ)) {
+    fprintf(stderr, "gradcomp %d WARN %s\n", (int)me, line.c_str());
+  }
 }
 
 const char* paramString(const char* env, const char* fallback) {
@@ -404,6 +540,7 @@ static gradcompResult_t checkField(const ParamSpec& p, const gradcompConfig_t* c
 static gradcompResult_t validateWhole(const gradcompConfig_t* c);
 
 gradcompResult_t configFromEnvLenient(gradcompConfig_t* c) {
+  warnUnknownSettingsOnce();
   configDefaults(c);
   size_t n;
   const ParamSpec* table = paramTable(&n);

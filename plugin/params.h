@@ -6,6 +6,7 @@
 #include <stddef.h>
 
 #include <string>
+#include <vector>
 
 #include "gradcomp.h"
 
@@ -25,6 +26,16 @@ struct ParamSpec {
 };
 
 const ParamSpec* paramTable(size_t* count);
+// Whether the project reads (or builds, or names) a GRADCOMP_* variable of
+// this name: the table's and the others in config.cc's list.
+bool isProjectEnvName(const char* name);
+// For each GRADCOMP_* entry of env (NAME=value, as environ) that the project
+// does not read, the sentence that says so and names the setting probably
+// meant (within 2 edits, or a prefix) where one is.
+std::vector<std::string> unknownSettings(const char* const* env);
+// unknownSettings(environ) to stderr at WARN, the first time this process
+// reads its settings from the environment (configFromEnvLenient).
+void warnUnknownSettingsOnce();
 // A config field's value as GRADCOMP_* spells it, for sentences: "qsgd (1)"
 // for a choice field (method, algo, bitsMode, ...), else the number.
 std::string settingValueName(const char* field, int value);

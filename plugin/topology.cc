@@ -255,14 +255,39 @@ Topology hostTopology(int rank, const std::vector<uint64_t>& hosts, const char**
   return t;
 }
 
-uint64_t hostIdentity() {
-  const char* id = getenv("NCCL_HOSTID");
-  char name[256] = {0};
-  if (id == nullptr || *id == '\0') {
-    if (gethostname(name, sizeof(name) - 1) != 0 || name[0] == '\0') return 0;
-    id = name;
+std::string ncclHostString(const char* hostId, const char* hostName, const char* bootIdPath) {
+  // NCCL's string is a char[1024], terminated: 1023 characters at most.
+  const size_t most = 1023;
+  std::string s;
+  if (hostId != nullptr) {
+    // Set but empty is the empty string, not the host name: every rank so
+    // set is one host to NCCL.
+    s.assign(hostId, strnlen(hostId, most));
+    return s;
   }
-  const uint64_t h = fnv1a(id);
+  s.assign(hostName != nullptr ? hostName : "unknown");
+  if (s.size() > most) s.resize(most);
+  // Containers of different machines may share a host name; the boot id
+  // tells them apart. Its first word, as fscanf's %ms reads it.
+  FILE* f = fopen(bootIdPath, "r");
+  if (f != nullptr) {
+    char* word = nullptr;
+    if (fscanf(f, "%ms", &word) == 1) {
+      s.append(word, strnlen(word, most - s.size()));
+      free(word);
+    }
+    fclose(f);
+  }
+  return s;
+}
+
+uint64_t hostIdentity() {
+  char name[1024] = {0};
+  const bool named = gethostname(name, sizeof(name)) == 0;
+  name[sizeof(name) - 1] = '\0';
+  const std::string id = ncclHostString(getenv("NCCL_HOSTID"), named ? name : nullptr,
+                                        "/proc/sys/kernel/random/boot_id");
+  const uint64_t h = fnv1a(id.c_str());
   return h == 0 ? 1 : h;
 }
 

@@ -1,6 +1,7 @@
 // Which ranks share a node, and the hierarchical split of a comm built from
 // it. The topology comes from NCCL's notion of a host (NCCL_HOSTID, else the
-// host name) or from GRADCOMP_LOCAL_SIZE (consecutive blocks of L ranks).
+// host name and boot id) or from GRADCOMP_LOCAL_SIZE (consecutive blocks of L
+// ranks).
 #pragma once
 
 #include <stdint.h>
@@ -8,6 +9,7 @@
 #include <atomic>
 #include <functional>
 #include <memory>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -62,12 +64,19 @@ Topology blockTopology(int rank, int nranks, int localSize);
 // Fills t->ranks from t->nodeOf when every node has localSize ranks (else
 // leaves it empty: rankAt scans).
 void indexRanks(Topology* t);
-// From every rank's host identity (0: unreadable). Node = order of first
-// appearance of a host, localRank = order among the ranks of that host.
-// Nodes of different sizes, or an unreadable identity, give the flat
-// topology; *why says so.
+// From every rank's host identity (0: none, which hostIdentity never gives).
+// Node = order of first appearance of a host, localRank = order among the
+// ranks of that host. Nodes of different sizes, or an identity of 0, give the
+// flat topology; *why says so.
 Topology hostTopology(int rank, const std::vector<uint64_t>& hosts, const char** why);
-// NCCL_HOSTID if set, else the host name, hashed; 0 when neither is readable.
+// The string NCCL hashes for a rank's host (getHostHash, src/misc/utils.cc,
+// since NCCL 2.7.3), so that gradcomp's nodes are NCCL's: NCCL_HOSTID when it
+// is set, even empty; else the host name ("unknown" when gethostname failed:
+// hostName null) followed by the first word of the boot id file; 1023
+// characters at most.
+std::string ncclHostString(const char* hostId, const char* hostName, const char* bootIdPath);
+// ncclHostString of this process (NCCL_HOSTID, gethostname,
+// /proc/sys/kernel/random/boot_id), hashed; never 0.
 uint64_t hostIdentity();
 // localSize L: 1..nranks and dividing nranks (0 = auto is checked by the caller).
 gradcompResult_t checkLocalSize(int localSize, int nranks);
@@ -98,7 +107,7 @@ struct SetupVote {
   // differently, so they fail alike, naming both, instead of going on.
   uint32_t version = 0;
   uint32_t settingsCount = 0;
-  uint64_t host = 0;   // hostIdentity(), 0 = unreadable
+  uint64_t host = 0;   // hostIdentity(), never 0
   int32_t result = 0;  // gradcompResult_t of this rank's local set-up
   // 1: this rank asks for a private split (setupNcclHierarchy): its config
   // says privateComm, or its NCCL comm is known to be non-blocking (the

@@ -6,12 +6,21 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <unistd.h>
+
+#include <algorithm>
+#include <filesystem>
 #include <fstream>
+#include <regex>
+#include <set>
 #include <sstream>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "gradcomp.h"
 #include "plugin/params.h"
+#include "tests/common/reap_child.h"
 #include "tests/common/test_util.h"
 
 namespace {
@@ -416,6 +425,138 @@ TEST(ConfigStrict, MethodAlgorithmCombinationsAreRefusedUpFront) {
   ScopedEnv a("GRADCOMP_METHOD", "dgc"), b("GRADCOMP_ALGO", "ring");
   EXPECT_EQ(gradcompConfigFromEnv(&cfg), gradcompInvalidArgument);
   EXPECT_NE(strstr(gradcompGetLastError(), "GRADCOMP_ALGO"), nullptr);
+}
+
+}  // namespace
+
+// A GRADCOMP_* variable that nothing reads left the defaults in place
+// without a word: the first read of the environment names it, and the setting
+// it probably meant.
+namespace {
+
+// The misspelt names are written GC_UNREAD("METHD"), so that the grep of the
+// tree (EveryNameInTheSourceTreeIsKnown) does not take them for names.
+#define GC_UNREAD(rest) "GRADCOMP_" rest
+
+TEST(ConfigNames, AMisspeltSettingIsNamedWithTheOneItProbablyMeant) {
+  const char* env[] = {GC_UNREAD("METHD=topk"),   "PATH=/bin",
+                       GC_UNREAD("BIT=4"),        "GRADCOMP_METHOD=qsgd",
+                       "GRADCOMP_TEST_GPU=1",     "GRADCOMP_pipeline_bytes=8",
+                       GC_UNREAD("PIPELINE=8"),   GC_UNREAD("ZZZZZZZZ=4 "),
+                       GC_UNREAD("LIBRARI=x.so"), nullptr};
+  const std::vector<std::string> lines = gc::unknownSettings(env);
+  const std::vector<std::string> want = {
+      GC_UNREAD("METHD=topk is not a gradcomp setting (did you mean GRADCOMP_METHOD?); it is "
+                "ignored"),
+      GC_UNREAD("BIT=4 is not a gradcomp setting (did you mean GRADCOMP_BITS?); it is ignored"),
+      "GRADCOMP_pipeline_bytes=8 is not a gradcomp setting (did you mean "
+      "GRADCOMP_PIPELINE_BYTES?); it is ignored",
+      GC_UNREAD("PIPELINE=8 is not a gradcomp setting (did you mean GRADCOMP_PIPELINE_BYTES?); "
+                "it is ignored"),
+      GC_UNREAD("ZZZZZZZZ=\"4 \" is not a gradcomp setting (docs/env.md lists them); it is "
+                "ignored"),
+      GC_UNREAD("LIBRARI=x.so is not a gradcomp setting (did you mean GRADCOMP_LIBRARY?); it is "
+                "ignored"),
+  };
+  EXPECT_EQ(lines, want);
+  const char* fine[] = {"GRADCOMP_METHOD=topk", "GRADCOMP_LIBRARY=/x/libgradcomp.so",
+                        "GRADCOMP_CUDA_ARCHS=90", "HOME=/root", nullptr};
+  EXPECT_TRUE(gc::unknownSettings(fine).empty());
+}
+
+// What a child process, with only these GRADCOMP_* variables set, prints on
+// stderr while it reads its settings from the environment `reads` times.
+std::string stderrOfReads(const std::vector<std::pair<const char*, const char*>>& vars, int reads) {
+  char path[] = "/tmp/gradcomp-names-XXXXXX";
+  const int fd = mkstemp(path);
+  if (fd < 0) return "mkstemp failed";
+  fflush(stderr);
+  const pid_t child = fork();
+  if (child == 0) {
+    std::vector<std::string> others;
+    for (char** e = environ; *e != nullptr; ++e) {
+      if (strncmp(*e, "GRADCOMP_", 9) == 0) others.emplace_back(*e, strcspn(*e, "="));
+    }
+    for (const std::string& name : others) unsetenv(name.c_str());
+    for (const auto& v : vars) setenv(v.first, v.second, 1);
+    dup2(fd, 2);
+    for (int i = 0; i < reads; ++i) {
+      gradcompConfig_t c;
+      if (gradcompConfigFromEnv(&c) != gradcompSuccess) _exit(2);
+    }
+    _exit(0);
+  }
+  close(fd);
+  const bool left = gcReapChildWithin10s(child) == 1;
+  std::ifstream f(path);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  unlink(path);
+  return left ? ss.str() : "the child did not finish";
+}
+
+size_t countOf(const std::string& s, const std::string& what) {
+  size_t n = 0;
+  for (size_t at = s.find(what); at != std::string::npos; at = s.find(what, at + 1)) ++n;
+  return n;
+}
+
+TEST(ConfigNames, TheFirstReadOfTheEnvironmentWarnsOncePerProcess) {
+  const std::string err = stderrOfReads({{GC_UNREAD("METHD"), "topk"}, {"GRADCOMP_BITS", "3"}}, 3);
+  EXPECT_EQ(countOf(err, GC_UNREAD("METHD=topk is not a gradcomp setting (did you mean "
+                                   "GRADCOMP_METHOD?); it is ignored\n")),
+            1u)
+      << err;
+  EXPECT_EQ(countOf(err, " WARN "), 1u) << err;
+  // Right names, the project's own variables among them: nothing said.
+  const std::string fine = stderrOfReads(
+      {{"GRADCOMP_METHOD", "topk"}, {"GRADCOMP_TEST_GPU", "1"}, {"GRADCOMP_LIBRARY", "x"}}, 2);
+  EXPECT_EQ(countOf(fine, "WARN"), 0u) << fine;
+}
+
+// Every GRADCOMP_* name in the project's sources is one the library knows
+// (the table or config.cc's other names), so that the project's own runs are
+// never told a variable is misspelt: a name added to a tool, test or build
+// file without adding it there fails here.
+TEST(ConfigNames, EveryNameInTheSourceTreeIsKnown) {
+  namespace fs = std::filesystem;
+  const char* root = getenv("GRADCOMP_SOURCE_DIR");
+  const fs::path top(root ? root : GRADCOMP_TEST_SOURCE_DIR);
+  ASSERT_TRUE(fs::exists(top / "plugin" / "config.cc")) << top << " is not the source tree";
+  const std::vector<std::string> kinds = {".cc", ".h",   ".c",   ".py",    ".sh",
+                                          ".cu", ".cuh", ".txt", ".cmake", ".in"};
+  const std::regex name("GRADCOMP_[A-Z0-9_]+");
+  size_t files = 0;
+  std::set<std::string> seen;  // each name checked (and said) once
+  for (auto it =
+           fs::recursive_directory_iterator(top, fs::directory_options::skip_permission_denied);
+       it != fs::recursive_directory_iterator(); ++it) {
+    const fs::path& p = it->path();
+    if (it->is_directory()) {
+      // .git, and build trees (this one among them) with their copies.
+      if (p.filename().string()[0] == '.' || fs::exists(p / "CMakeCache.txt")) {
+        it.disable_recursion_pending();
+      }
+      continue;
+    }
+    if (!it->is_regular_file()) continue;
+    if (std::find(kinds.begin(), kinds.end(), p.extension().string()) == kinds.end()) continue;
+    ++files;
+    std::ifstream f(p);
+    std::stringstream ss;
+    ss << f.rdbuf();
+    const std::string text = ss.str();
+    for (std::sregex_iterator m(text.begin(), text.end(), name), end; m != end; ++m) {
+      const std::string n = m->str();
+      // Header guards (GRADCOMP_H_) and names assembled at run time
+      // ("GRADCOMP_VERSION_%s") end in '_'.
+      if (n.back() == '_' || !seen.insert(n).second) continue;
+      EXPECT_TRUE(gc::isProjectEnvName(n.c_str()))
+          << n << " (" << p.string() << ") is not in plugin/config.cc's table or its list of "
+          << "other names: add it there, or gradcomp warns that it is not a setting";
+    }
+  }
+  EXPECT_GT(files, 100u);
 }
 
 }  // namespace

@@ -8,8 +8,10 @@
 #include <gtest/gtest.h>
 #include <math.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -529,6 +531,65 @@ TEST(HierCpu, HostTopology) {
     gctest::ScopedEnv f("NCCL_HOSTID", "host-b");
     EXPECT_NE(a, gc::hostIdentity());
     EXPECT_NE(a, 0u);
+  }
+}
+
+// The host string is NCCL's (getHostHash), so that auto's nodes are the
+// nodes NCCL sees: NCCL_HOSTID when set, even empty; else the host name and
+// the boot id's first word (containers of two machines may share a name); at
+// most 1023 characters.
+TEST(HierCpu, HostIdentityIsNcclsHostString) {
+  char path[] = "/tmp/gradcomp-boot-id-XXXXXX";
+  const int fd = mkstemp(path);
+  ASSERT_GE(fd, 0);
+  const char boot[] = "  6f1c-22ab\nsecond line\n";
+  ASSERT_EQ(write(fd, boot, strlen(boot)), (ssize_t)strlen(boot));
+  close(fd);
+  EXPECT_EQ(gc::ncclHostString(nullptr, "node7", path), "node76f1c-22ab");
+  EXPECT_EQ(gc::ncclHostString(nullptr, nullptr, path), "unknown6f1c-22ab");
+  EXPECT_EQ(gc::ncclHostString("rack3", "node7", path), "rack3");
+  EXPECT_EQ(gc::ncclHostString("", "node7", path), "");
+  const std::string longId(2000, 'h'), longName(1020, 'n');
+  EXPECT_EQ(gc::ncclHostString(longId.c_str(), "node7", path), longId.substr(0, 1023));
+  EXPECT_EQ(gc::ncclHostString(nullptr, longName.c_str(), path), longName + "6f1");
+  unlink(path);
+  EXPECT_EQ(gc::ncclHostString(nullptr, "node7", path), "node7");  // no boot id file
+
+  // This process: the same rules on NCCL_HOSTID, gethostname and /proc.
+  char name[1024] = {0};
+  ASSERT_EQ(gethostname(name, sizeof(name) - 1), 0);
+  std::string bootId;
+  FILE* f = fopen("/proc/sys/kernel/random/boot_id", "r");
+  if (f != nullptr) {
+    char word[128] = {0};
+    if (fscanf(f, "%127s", word) == 1) bootId = word;
+    fclose(f);
+  }
+  uint64_t unset, empty, spelled, named;
+  {
+    gctest::ScopedEnv e("NCCL_HOSTID", nullptr);
+    unset = gc::hostIdentity();
+  }
+  {
+    gctest::ScopedEnv e("NCCL_HOSTID", "");
+    empty = gc::hostIdentity();
+  }
+  {
+    gctest::ScopedEnv e("NCCL_HOSTID", (std::string(name) + bootId).c_str());
+    spelled = gc::hostIdentity();
+  }
+  {
+    gctest::ScopedEnv e("NCCL_HOSTID", name);
+    named = gc::hostIdentity();
+  }
+  EXPECT_EQ(unset, spelled);
+  EXPECT_NE(unset, empty);
+  if (!bootId.empty()) EXPECT_NE(unset, named);
+  {
+    gctest::ScopedEnv e("NCCL_HOSTID", longId.c_str());
+    const uint64_t a = gc::hostIdentity();
+    gctest::ScopedEnv g("NCCL_HOSTID", (longId.substr(0, 1023) + "x").c_str());
+    EXPECT_EQ(a, gc::hostIdentity());
   }
 }
 
