@@ -2,7 +2,7 @@
 CpuBackendFsdpReplicas: gradcomp.torch with backend="cpu" on real DDP / FSDP2 over gloo, gradcomp's
 comm made from the process group (TCP between the ranks). Usage: cpu_backend_rank.py
 ddp|excluded|fsdp|dgc|subgroups|restart|scaler|abort|replicas|ddp_group|ddp_register|overflow|
-compose|disagree OUT (the env:// variables from tools/gc_ranks.py).
+compose|disagree|unused OUT (the env:// variables from tools/gc_ranks.py).
 
 Records every call the hook (DDP) or the reduce-scatter (FSDP) gets, its input before and its
 result after, in call order, for the test to compare with a serial reference on the in-process
@@ -26,6 +26,7 @@ import gradcomp.torch as gct
 import gc_ranks  # tools/, on the PYTHONPATH the tests give
 
 STEPS, START, RESUME_AT = 5, 1, 3
+UNUSED_AT, UNUSED_FLUSH = 3, 40
 
 
 def config():
@@ -1060,6 +1061,125 @@ def disagree(out, rank):
     return [], res
 
 
+def unused(out, rank):
+    """DDP(find_unused_parameters=True) with a compressed weight p used at steps 0-2, unused on
+    every rank at step 3, unused on rank 0 only at step 4 (used globally), then UNUSED_FLUSH
+    steps whose loss is 0 (every gradient 0, every parameter used), which drain top-k's
+    (select="exact") residual exactly. Per case (gradient_as_bucket_view and
+    zero_grad(set_to_none) both ways; the hook registered with register_comm_hook; a checkpoint
+    after step 3 resumed in a new process's state), by step: this rank's gradient of p as the
+    hook got it, p.grad after the backward (0 where None) and p's slice of the hook's result."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    cfg = gradcomp.Config(from_env=False, method="topk", density=0.05, select="exact",
+                          min_elements=0, auto_tune=0)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(32, 16)  # 512 + 16 elements: full precision
+            self.p = nn.Parameter(torch.randn(16, 64) * 0.1)  # 1024: compressed
+            self.use_p, self.zero = True, False
+
+        def forward(self, x):
+            h = self.a(x)
+            if self.use_p:
+                h = h @ self.p
+            return h * 0 if self.zero else h
+
+    def make(bav, how, rec):
+        torch.manual_seed(0)
+        m = Net()
+        d = DDP(m, find_unused_parameters=True, gradient_as_bucket_view=bav)
+        st = gct.GradcompState(module=m, start_iter=1, backend="cpu", config=cfg)
+
+        def recording(hook):
+            def hook_(state, bucket):
+                ps = bucket.parameters()
+                i = next((i for i, q in enumerate(ps) if q is m.p), None)
+                if i is None:
+                    return hook(state, bucket)
+                o = sum(q.numel() for q in ps[:i])
+                rec["input"].append(bucket.buffer()[o:o + m.p.numel()].clone())
+                fut = hook(state, bucket)
+
+                def done(f):
+                    rec["output"].append(f.value()[o:o + m.p.numel()].clone())
+                    return f.value()
+
+                return fut.then(done)
+            return hook_
+
+        if how == "register_comm_hook":
+            d.register_comm_hook(st, recording(gct.gradcomp_hook))
+        else:
+            gct.register_ddp_hook(d, st, wrap=recording)
+        return m, d, st
+
+    def step(m, d, s, none, rec, use=True):
+        m.use_p = s != UNUSED_AT and not (s == UNUSED_AT + 1 and rank == 0)
+        m.zero = s > UNUSED_AT + 1
+        x = torch.randn(8, 32, generator=torch.Generator().manual_seed(100 * s + rank))
+        d.zero_grad(set_to_none=none)
+        d(x).square().sum().backward()
+        if use:
+            g = m.p.grad
+            rec["grad"].append(torch.zeros(m.p.numel()) if g is None else g.reshape(-1).clone())
+            rec["grad_none"].append(g is None)
+
+    # The settling callbacks that ran (one per backward under find_unused_parameters, none
+    # without it).
+    import gradcomp.torch.ddp as gddp
+
+    settled = [0]
+    settle = getattr(gddp, "_settle_unused", None)
+
+    def counted(ref):
+        settled[0] += 1
+        return settle(ref)
+
+    if settle is not None:
+        gddp._settle_unused = counted
+    res = {}
+    torch.manual_seed(0)
+    m = Net()
+    d = DDP(m)  # every parameter used at every step: no find_unused_parameters
+    st = gct.GradcompState(module=m, start_iter=1, backend="cpu", config=cfg)
+    gct.register_ddp_hook(d, st)
+    for s in range(3):
+        d(torch.randn(8, 32)).square().sum().backward()
+    res["settled_without_find_unused"] = settled[0]
+    st.close()
+    steps = UNUSED_AT + 2 + UNUSED_FLUSH
+    cases = [(f"bav{int(bav)}_none{int(none)}", bav, none, "wrap")
+             for bav in (False, True) for none in (True, False)]
+    cases += [("register_comm_hook", False, True, "register_comm_hook"),
+              ("resumed", False, True, "wrap")]
+    for name, bav, none, how in cases:
+        rec = {"input": [], "output": [], "grad": [], "grad_none": []}
+        m, d, st = make(bav, how, rec)
+        for s in range(steps if name != "resumed" else UNUSED_AT + 1):
+            step(m, d, s, none, rec)
+        if name == "resumed":
+            ckpt = st.state_dict()
+            rec["carried"] = len(ckpt.get("carry", []))
+            st.close()
+            n_in, n_out = len(rec["input"]), len(rec["output"])
+            m, d, st = make(bav, how, rec)
+            with st.paused():  # DDP regroups its buckets after a new process's first step
+                step(m, d, steps, none, rec, use=False)
+            del rec["input"][n_in:], rec["output"][n_out:]
+            st.load_state_dict(ckpt)
+            for s in range(UNUSED_AT + 1, steps):
+                step(m, d, s, none, rec)
+        st.close()
+        rec["settled"], settled[0] = settled[0], 0
+        res[name] = rec
+    if settle is not None:
+        gddp._settle_unused = settle
+    return res, {}
+
+
 def _error(fn):
     try:
         fn()
@@ -1214,7 +1334,7 @@ def main():
                      "restart": restart, "ddp_group": ddp_group,
                      "ddp_register": ddp_register, "overflow": overflow,
                      "compose": compose,
-                     "disagree": disagree}[mode](out, rank)
+                     "disagree": disagree, "unused": unused}[mode](out, rank)
     torch.save(records, f"{out}.rank{rank}.pt")
     with open(f"{out}.rank{rank}.json", "w") as f:
         json.dump(res, f)

@@ -1272,6 +1272,17 @@ class LayerAwarePlan(unittest.TestCase):
                          ({**good, "keyed_by": {}, "gradcomp": self.blob(st)}, "keyed_by={}")):
             with self.assertRaisesRegex(ValueError, why):
                 st.load_state_dict(bad)
+        # The slices carried for parameters DDP gave no gradient (find_unused_parameters).
+        one = torch.ones(3)
+        for carry in ([[["params", 0], one]], [[["params", "0"], one, 1.0]],
+                      [[["bucket", 1], one, 1.0]], [[["params", 0], one.view(3, 1), 1.0]],
+                      [[["params", 0], one.long(), 1.0]], [[["params", 0], one, 0.0]], "x"):
+            with self.assertRaisesRegex(ValueError, "carry is not the list of", msg=str(carry)):
+                st.load_state_dict({**good, "gradcomp": self.blob(st), "carry": carry})
+        self.assertEqual(st._loaded_carry, {})  # refused: the state as it was
+        st.load_state_dict({**good, "gradcomp": self.blob(st), "carry": [[["params", 0], one,
+                                                                          2.0]]})
+        self.assertEqual(st.state_dict()["carry"][0][0], ["params", 0])
         # Residuals keyed by FSDP module name match no DDP bucket: refused, not dropped.
         with self.assertRaisesRegex(ValueError, "keyed by FSDP module name"):
             st.load_state_dict({**good, "keyed_by": "fsdp", "gradcomp": b"GCST" + bytes(108)})
@@ -2915,6 +2926,53 @@ class CpuBackendDdp(unittest.TestCase):
         for r, res in enumerate(results):
             self.assertEqual(res["hooked"], res["plain"], f"rank {r}")
         self.assertEqual(len({res["plain"] for res in results}), 1)
+
+
+@unittest.skipIf(torch is None, "PyTorch is not installed")
+class CpuBackendUnusedParameters(unittest.TestCase):
+    """DDP(find_unused_parameters=True), 2 gloo processes (cpu_backend_rank.py unused): a
+    compressed weight unused on every rank at one step gets no gradient from DDP there (its
+    gradient is left alone, or None), while its slice of the hook's result holds what the
+    error feedback released for it. Nothing is lost: after flush steps that drain top-k's
+    residual exactly, the gradients p got sum to the sum of the ranks' averaged gradients, with
+    gradient_as_bucket_view and zero_grad(set_to_none) either way, with register_comm_hook, and
+    across a checkpoint taken while the slice is carried; without find_unused_parameters the
+    hook does nothing of it."""
+
+    def test_a_globally_unused_parameter_loses_no_error_feedback(self):
+        records, _ = launch_ranks(self, "unused")
+        sys.path.insert(0, HERE)
+        import cpu_backend_rank as cbr
+
+        at = cbr.UNUSED_AT
+        for r in range(2):
+            # Without find_unused_parameters the hook queues no callback (and reads nothing).
+            self.assertEqual(records[r].pop("settled_without_find_unused"), 0, f"rank {r}")
+        for name in records[0]:
+            recs = [records[r][name] for r in range(2)]
+            with self.subTest(case=name):
+                self.assertEqual(len(recs[0]["input"]), at + 2 + cbr.UNUSED_FLUSH)
+                # The step whose result would be lost: p unused on every rank (a zero input
+                # on both), its slice of the result not zero.
+                for r in range(2):
+                    self.assertFalse(bool(recs[r]["input"][at].any()), f"rank {r}")
+                self.assertGreater(float(recs[0]["output"][at].abs().max()), 1e-3)
+                if name in ("bav0_none1", "bav1_none1", "register_comm_hook", "resumed"):
+                    self.assertTrue(recs[0]["grad_none"][at])
+                true = sum((a + b) * 0.5 for a, b in zip(recs[0]["input"], recs[1]["input"]))
+                for r in range(2):
+                    got = sum(recs[r]["grad"])
+                    err = float((true - got).abs().max())
+                    self.assertLess(err, 1e-4, f"rank {r}: the gradients p got sum to other "
+                                    f"than its averaged gradients (max |difference| {err}; "
+                                    f"|step {at}'s released slice| "
+                                    f"{float(recs[r]['output'][at].abs().max())})")
+                    for s, (g0, g1) in enumerate(zip(recs[0]["grad"], recs[1]["grad"])):
+                        same_bits(self, g0, g1, f"step {s}: rank 0 and 1's p.grad")
+                # One settling callback per compressed backward (the resumed run's paused step
+                # has none).
+                self.assertEqual(recs[0]["settled"], len(recs[0]["grad"]) - 1)
+        self.assertEqual(records[0]["resumed"]["carried"], 1)
 
 
 @unittest.skipIf(torch is None, "PyTorch is not installed")

@@ -223,6 +223,19 @@ class GradcompState:
         self._loaded_counts = None
         # The FSDP2 module keys reduced in the step in progress (_count_fsdp_step).
         self._fsdp_step_keys = set()
+        # What a compressed call released for a parameter DDP found unused on every rank
+        # (find_unused_parameters=True), which DDP then gave no gradient: by id(parameter),
+        # (weakref to it, the slice, its saved identity, the gradients' scale it is in); added
+        # to the parameter's slice of the result of its next compressed call, so it is delayed,
+        # not lost (_settle_unused). Those of a loaded state dict wait by saved identity (with
+        # their scale) until their parameter is seen.
+        self._carry = {}
+        self._loaded_carry = {}
+        # This backward's compressed calls to settle once DDP has finalized it, and the
+        # autograd graph task whose end settles them (None: none queued).
+        self._watch = []
+        self._watch_task = None
+        self._found_ddp = None  # the DDP _registering_ddp found, weakly
         if module is not None:
             ddp_group = getattr(module, "process_group", None)
             if (isinstance(module, torch.nn.parallel.DistributedDataParallel)
@@ -278,14 +291,51 @@ class GradcompState:
 
     # -------------------------------------------------------------- checkpoint
     def __getstate__(self):
-        """Settings, step counter and gradcomp's residuals; not the group or the comm."""
+        """Settings, step counter, gradcomp's residuals and the slices carried for parameters DDP
+        gave no gradient (_carry); not the group or the comm."""
         self._check_usable()
         return {"version": _STATE_VERSION, "settings": self.config.as_dict(),
                 "layer_min_size": self.layer_min_size, "start_iter": self.start_iter,
                 "exclude_1d": self.exclude_1d, "backend": self.backend,
                 "keyed_by": self._keyed_by(), "iter": self.iter, "gradcomp": self._blob(),
                 "keys": sorted(self._keys), "param_shapes": self._saved_shapes(),
-                "key_counts": sorted([k, n] for k, n in self._key_counts.items())}
+                "key_counts": sorted([k, n] for k, n in self._key_counts.items()),
+                "carry": self._saved_carry()}
+
+    def _saved_carry(self):
+        """The slices held for parameters DDP gave no gradient (_carry), as [identity, tensor]:
+        identity ["params", index] (keyed by parameter index) or ["bucket", key, position in the
+        bucket's compressed parameters]; those loaded and not yet used are saved again."""
+        out = [[list(ident), t.detach().cpu().clone(), sc]
+               for _, t, ident, sc in self._carry.values()]
+        out += [[list(ident), t.detach().cpu().clone(), sc]
+                for ident, (t, sc) in self._loaded_carry.items()]
+        return sorted(out, key=lambda e: repr(e[0]))
+
+    @staticmethod
+    def _parse_carry(d):
+        """The saved carry of state dict d as {identity: (tensor, scale)}; ValueError for another
+        shape (a state dict saved before the carry was has none)."""
+        if d.get("gradcomp") is None:
+            return {}  # without residuals, none: the carry goes with them
+        carry = d.get("carry", [])
+        out = {}
+        ok = isinstance(carry, (list, tuple))
+        for e in carry if ok else ():
+            if not (isinstance(e, (list, tuple)) and len(e) == 3
+                    and isinstance(e[0], (list, tuple))
+                    and len(e[0]) == {"params": 2, "bucket": 3}.get(e[0][0] if e[0] else None)
+                    and all(isinstance(v, int) for v in e[0][1:])
+                    and isinstance(e[1], torch.Tensor) and e[1].dim() == 1
+                    and e[1].dtype in _DTYPES and isinstance(e[2], float) and e[2] > 0):
+                ok = False
+                break
+            out[tuple(e[0])] = (e[1], e[2])
+        if not ok:
+            raise ValueError("the state dict's carry is not the list of [[\"params\", index] or "
+                             "[\"bucket\", key, position], 1-d float tensor, scale > 0] that "
+                             "state_dict() saves")
+        return out
 
     def _saved_shapes(self):
         """The (name, shape) of each parameter of the module whose indices key the residuals
@@ -354,6 +404,7 @@ class GradcompState:
         self._pending_keyed = d.get("keyed_by") if d["gradcomp"] is not None else None
         self._note_loaded_keys(d)
         self._pending_shapes = d.get("param_shapes") if d["gradcomp"] is not None else None
+        self._loaded_carry = self._parse_carry(d)
         # Residuals saved under parameter indices match only after set_module(model); the first
         # compressed call refuses to run without it rather than start from fresh residuals.
         self._needs_module = d.get("keyed_by") == "params" and d["gradcomp"] is not None
@@ -401,6 +452,7 @@ class GradcompState:
             raise ValueError(f"the state dict's keyed_by={saved!r} is not one of "
                              f"{', '.join(self._HOW)}: the keying state_dict() saves")
         self._check_keying(blob, saved, mine)
+        carry = self._parse_carry(d)
         for name in ("layer_min_size", "exclude_1d"):
             # The layer rule picks the compressed parameters, which key the residuals: under
             # another rule they may match none (FSDP2 compresses every parameter).
@@ -430,6 +482,7 @@ class GradcompState:
         self._pending_shapes = d.get("param_shapes") if blob is not None else None
         self.iter = it
         self._fsdp_step_keys = set()
+        self._carry, self._loaded_carry = {}, carry
         self._note_loaded_keys(d)
 
     def _note_loaded_keys(self, d):
@@ -578,6 +631,7 @@ class GradcompState:
         silently starting over from a fresh comm); stats() still reads the hook's counters."""
         self._closed = True
         self._pending_blob = None
+        self._carry, self._loaded_carry = {}, {}
         self._drop_comm()
 
     def __enter__(self):
@@ -643,6 +697,7 @@ class GradcompState:
         if self._aborted:
             return
         self._aborted = True
+        self._carry, self._loaded_carry = {}, {}
         comm, handle = self._comm, self._nccl_handle
         self._comm, self._nccl_handle, self._pending_blob = None, None, None
         # gradcomp's sub-communicators (a hierarchical comm) are aborted in NCCL's group.
@@ -847,6 +902,7 @@ class GradcompState:
                                 "the hook), or give DDP this GradcompState as the hook's state: "
                                 "ddp.register_comm_hook(state, hook) (warned once)")
                 return
+            self._found_ddp = weakref.ref(found)
             group = found.process_group
         else:
             group = self._ddps.get(ddp, ddp.process_group)
@@ -1413,7 +1469,7 @@ def _reduce_bucket(state, bucket, buf, stream, ddp=None):
                 state._check_ddp_group(buf.device, ddp)
         elif not state._ddp_group_checked:
             state._check_ddp_group(buf.device)
-        return _reduce_noted(state, bucket, buf, stream, last)
+        return _reduce_noted(state, bucket, buf, stream, last, ddp)
     except BaseException:
         # The step is abandoned (DDP's backward raises): the next bucket 0, of this model's
         # next step or of a new DDP of it once the error is dealt with (set_module, a good
@@ -1422,7 +1478,7 @@ def _reduce_bucket(state, bucket, buf, stream, ddp=None):
         raise
 
 
-def _reduce_noted(state, bucket, buf, stream, last):
+def _reduce_noted(state, bucket, buf, stream, last, ddp=None):
     if state._agrees_calls():
         state._agree_call(buf.device, f"bucket {bucket.index()}", bucket.parameters())
     if state._paused:
@@ -1463,11 +1519,15 @@ def _reduce_noted(state, bucket, buf, stream, last):
     # Compressed parameters frozen since the plan was made (requires_grad=False: DDP with
     # find_unused_parameters zero-fills their slices and leaves their gradients alone).
     frozen = [(o, n) for o, n, p in plan["comp_params"] if not p.requires_grad]
+    zero = _watch_unused(state, ddp, plan, buf)  # the inputs, before the call
     if plan["full_n"] == 0:
         comm.allreduce_raw(buf.data_ptr(), buf.data_ptr(), buf.numel(), dtype, "avg",
                            stream.handle, plan["key"])
         state._count_call(comm, before, plan["comp_n"] * elem, what, plan["comp_n"])
         _zero_frozen(buf, frozen)
+        _add_carry(state, plan, buf, comm)
+        if zero is not None:
+            state._watch.append((buf, plan, zero, stream, stream.mark()))
         return stream.done(buf)
 
     # Mixed bucket: the full-precision part starts first on torch's NCCL stream,
@@ -1483,7 +1543,10 @@ def _reduce_noted(state, bucket, buf, stream, last):
     state._count_call(comm, before, plan["comp_n"] * elem, what, plan["comp_n"])
     _scatter(comp, buf, plan["comp"])
     _zero_frozen(buf, frozen)
+    _add_carry(state, plan, buf, comm)
     comp_done = stream.mark()
+    if zero is not None:
+        state._watch.append((buf, plan, zero, stream, comp_done))
 
     def finish(f):
         # Runs on streams that waited for the allreduce; also wait for gradcomp's part.
@@ -1492,3 +1555,112 @@ def _reduce_noted(state, bucket, buf, stream, last):
         return buf
 
     return fut.then(finish)
+
+
+def _carry_ident(state, plan, p, j):
+    """How a carried slice is saved: by the parameter's index in the state's module, or by the
+    bucket's key and the parameter's position among the bucket's compressed ones (as the
+    residuals are keyed)."""
+    if state._param_ids is not None:
+        return ("params", state._param_ids[id(p)])
+    return ("bucket", plan["key"], j)
+
+
+def _watch_unused(state, ddp, plan, buf):
+    """Under DDP(find_unused_parameters=True): notes which compressed parameters of this call
+    have an all-zero input slice on this rank (a parameter unused on every rank has one on
+    every rank), and queues _settle_unused for the end of the backward; returns those flags
+    (a tensor on the bucket's device, read there), or None: nothing otherwise."""
+    if ddp is None and state._found_ddp is not None:
+        ddp = state._found_ddp()
+    if ddp is None or not getattr(ddp, "find_unused_parameters", False):
+        return None
+    if getattr(ddp, "_require_manual_backward_finalization", False):
+        # DDP writes the gradients when the program calls ddp.finalize_backward(), after the
+        # backward's callbacks: whether a slice reached its parameter cannot be read there.
+        state._warn_once("manual-finalize", "with require_manual_backward_finalization, what "
+                         "the hook's error feedback releases for a parameter unused on every "
+                         "rank is not carried to its next step (DDP gives such a parameter no "
+                         "gradient); leave manual finalization off to keep it (warned once)")
+        return None
+    current = getattr(torch._C, "_current_graph_task_id", None)
+    if current is None:
+        state._warn_once("no-task-id", "this torch cannot tell the hook which backward calls "
+                         "it (no torch._C._current_graph_task_id): what the error feedback "
+                         "releases for a parameter unused on every rank is not carried to its "
+                         "next step; use a newer torch to keep it (warned once)")
+        return None
+    task = current()
+    if task == -1:
+        return None  # a joined rank's shadow call (Join): no backward, no gradient written
+    zero = torch.stack([buf[o:o + n].eq(0).all() for o, n, _ in plan["comp_params"]])
+    if state._watch_task != task:
+        # The first call of this backward (the entries of a backward that failed go).
+        state._watch, state._watch_task = [], task
+        engine = torch.autograd.Variable._execution_engine
+        settle = functools.partial(_settle_unused, weakref.ref(state))
+        # DDP queues its finalize (the gradients written) after its last bucket's hook, so
+        # after this call; a callback queued by a callback runs after all of those.
+        engine.queue_callback(lambda: engine.queue_callback(settle))
+    return zero
+
+
+def _delivered(p, out):
+    """Whether DDP gave parameter p the slice `out` of the result as its gradient."""
+    g = p.grad
+    if g is None:
+        return False
+    if g.is_complex():
+        g = torch.view_as_real(g)
+    g = g.reshape(-1)
+    return g.numel() == out.numel() and torch.equal(g, out.to(g.dtype))
+
+
+def _settle_unused(ref):
+    """After DDP finalized the backward: a compressed parameter whose input slice was zero on
+    this rank and whose slice of the result is not, and whose gradient DDP did not set to it (a
+    parameter unused on every rank: DDP leaves its gradient alone, dropping the result, or under
+    gradient_as_bucket_view leaves it None), keeps the slice for its next compressed call. The
+    result and DDP's unused set are alike on every rank, so every rank keeps the same."""
+    state = ref()
+    if state is None:
+        return
+    watch, state._watch, state._watch_task = state._watch, [], None
+    if state._aborted or state._closed or state._comm is None:
+        return
+    scale = state._comm.grad_scale
+    for buf, plan, zero, stream, done in watch:
+        stream.wait(done)  # the call's kernels and copies, on the stream the hook ran on
+        for j, ((o, n, p), z) in enumerate(zip(plan["comp_params"], zero.tolist())):
+            out = buf[o:o + n]
+            if not z or not p.requires_grad or not bool(out.any()) or _delivered(p, out):
+                continue
+            state._carry[id(p)] = (weakref.ref(p), out.clone(), _carry_ident(state, plan, p, j),
+                                   scale)
+
+
+def _add_carry(state, plan, buf, comm):
+    """Adds what _settle_unused kept for the call's compressed parameters to their slices of the
+    result (in the comm's current gradient scale); a frozen parameter's waits until it is not."""
+    if not (state._carry or state._loaded_carry):
+        return
+    now = None
+    for j, (o, n, p) in enumerate(plan["comp_params"]):
+        if not p.requires_grad:
+            continue
+        e = state._carry.pop(id(p), None)
+        if e is not None and e[0]() is p:
+            t, sc = e[1], e[3]
+        elif state._loaded_carry:
+            t, sc = state._loaded_carry.pop(_carry_ident(state, plan, p, j), (None, None))
+        else:
+            continue
+        if t is None:
+            continue
+        if t.numel() != n:
+            raise ValueError(f"gradcomp: the carried slice of {state._name(p, j)!r} holds "
+                             f"{t.numel()} elements, the parameter {n}: the state dict was saved "
+                             "for another model; load it into the model it was saved with")
+        now = comm.grad_scale if now is None else now
+        t = t.to(device=buf.device, dtype=buf.dtype)
+        buf[o:o + n].add_(t if sc == now else t * (now / sc))
