@@ -1108,21 +1108,28 @@ TEST(Fuzz, SocketRootAnswersNamed) {
 TEST(Fuzz, AStrayConnectionToARanksListenerIsDropped) {
   using namespace fakeroot;
   gradcompConfig_t cfg = config();
-  cfg.cpuTimeoutSec = 10;  // a healthy set-up; no rank waits it out
+  // A healthy set-up; no rank waits it out. Shorter than any wait a rank
+  // might give one connection alone: a stray that stays silent must hold
+  // nothing up.
+  cfg.cpuTimeoutSec = 4;
   struct Case {
     const char* name;
     std::string bytes;  // what the stray sends before it closes
+    bool stays;         // or it stays open, silent, until the world is made
   };
   const Case cases[] = {
-      {"connects and closes", ""},
-      {"sends an HTTP request", "GET / HTTP/1.0\r\n\r\n"},
-      {"sends rank 0's number", std::string(4, '\0')},
-      {"sends a number past the ranks", std::string("\x07\0\0\0", 4)},
-      {"sends 2 bytes", "ab"},
+      {"connects and closes", "", false},
+      {"sends an HTTP request", "GET / HTTP/1.0\r\n\r\n", false},
+      {"sends rank 0's number", std::string(4, '\0'), false},
+      {"sends a number past the ranks", std::string("\x07\0\0\0", 4), false},
+      {"sends 2 bytes", "ab", false},
+      {"sends 2 bytes and stays", "ab", true},
+      {"connects and stays silent", "", true},
   };
   for (const Case& k : cases) {
     SCOPED_TRACE(k.name);
     bool strayed = false;
+    int kept = -1;
     const std::vector<Outcome> out = run(AF_INET, 3, cfg, [&](int r, std::vector<char> b) {
       if (r != 1) return b;
       const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -1132,9 +1139,14 @@ TEST(Fuzz, AStrayConnectionToARanksListenerIsDropped) {
       a.sin_port = entryAt(b, 1).port;
       strayed = fd >= 0 && connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 &&
                 wire::sendAll(fd, k.bytes.data(), k.bytes.size());
-      if (fd >= 0) close(fd);
+      if (k.stays) {
+        kept = fd;
+      } else if (fd >= 0) {
+        close(fd);
+      }
       return b;
     });
+    if (kept >= 0) close(kept);
     EXPECT_TRUE(strayed) << "the stray could not reach rank 1's listener";
     for (int r = 1; r < 3; ++r) {
       EXPECT_EQ(out[r].created, gradcompSuccess) << "rank " << r << ": " << out[r].why;

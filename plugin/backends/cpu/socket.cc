@@ -46,8 +46,6 @@ namespace {
 
 constexpr uint32_t kHelloMagic = 0x47435348;  // "GCSH"
 constexpr uint32_t kMsgMagic = 0x4743534d;    // "GCSM"
-// How long rank 0 waits for a hello on a connection it accepted.
-constexpr double kHelloSec = 5;
 
 double now() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
@@ -381,28 +379,100 @@ gradcompResult_t connectTo(const Addr& addr, double deadline, bool waitForListen
   }
 }
 
-gradcompResult_t acceptOne(int listener, double deadline, int* out, Addr* peer, const char* what) {
-  for (;;) {
-    GC_CHECK(waitFd(listener, POLLIN, deadline, what));
-    socklen_t len = sizeof peer->ss;
-    const int fd = accept4(listener, peer->sa(), &len, SOCK_CLOEXEC);
-    if (fd >= 0) {
-      tuneSocket(fd);
-      *out = fd;
-      return gradcompSuccess;
-    }
-    // A signal (a handler installed without SA_RESTART, as CPython's are), or
-    // a connection its client gave up on before it was accepted: wait for
-    // the next one.
-    const int err = errno;
-    if (err == EINTR || err == ECONNABORTED || err == EPROTO || err == EAGAIN ||
-        err == EWOULDBLOCK) {
-      continue;
-    }
-    return setError(gradcompSystemError, "socket transport: accept (%s): %s", what,
-                    errnoText(err).c_str());
+// The connections a listener accepted that have not yet sent their first
+// message (a rank's hello or number), read together: a rank's listener is
+// on every address of its host, so a connection may be no rank (a health
+// check, a port scan, an HTTP request). One that sends nothing holds no
+// other, one that closes or sends the wrong bytes is dropped, and a rank
+// that is slow to send (a loaded machine) is waited for until the deadline;
+// those still silent are closed with the greeter.
+class Greeter {
+ public:
+  Greeter(int listener, size_t bytes) : listener_(listener), bytes_(bytes) {}
+  Greeter(const Greeter&) = delete;
+  Greeter& operator=(const Greeter&) = delete;
+  ~Greeter() {
+    for (const Pending& p : pending_) close(p.fd);
   }
-}
+
+  // The next connection to send `bytes_` bytes, with them in `data`; it is
+  // the caller's to keep or close.
+  gradcompResult_t next(double deadline, int* out, Addr* peer, void* data, const char* what) {
+    for (;;) {
+      std::vector<pollfd> fds(1 + pending_.size());
+      fds[0] = {listener_, POLLIN, 0};
+      for (size_t i = 0; i < pending_.size(); ++i) fds[i + 1] = {pending_[i].fd, POLLIN, 0};
+      const double left = deadline - now();
+      if (left <= 0) {
+        return setError(gradcompSystemError,
+                        "socket transport: timed out (cpuTimeoutSec, GRADCOMP_CPU_TIMEOUT) "
+                        "waiting for %s; every rank must create its comm with the same root and "
+                        "nranks",
+                        what);
+      }
+      const int rc = poll(fds.data(), fds.size(), (int)(left * 1000) + 1);
+      if (rc < 0 && errno != EINTR) {
+        return setError(gradcompSystemError, "socket transport: poll: %s",
+                        errnoText(errno).c_str());
+      }
+      if (rc <= 0) continue;
+      // The connections first, from the last, so that erasing keeps the
+      // indices of those still to read.
+      for (size_t i = pending_.size(); i-- > 0;) {
+        if (fds[i + 1].revents == 0) continue;
+        Pending& p = pending_[i];
+        const ssize_t n = recv(p.fd, p.got.data() + p.have, bytes_ - p.have, MSG_DONTWAIT);
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) continue;
+        if (n <= 0) {
+          GC_INFO(
+              "socket transport: dropped a connection from %s that closed before it sent "
+              "%s",
+              p.peer.text().c_str(), what);
+          close(p.fd);
+          pending_.erase(pending_.begin() + (long)i);
+          continue;
+        }
+        p.have += (size_t)n;
+        if (p.have < bytes_) continue;
+        memcpy(data, p.got.data(), bytes_);
+        *out = p.fd;
+        *peer = p.peer;
+        pending_.erase(pending_.begin() + (long)i);
+        return gradcompSuccess;
+      }
+      if (fds[0].revents != 0) {
+        Pending p;
+        socklen_t len = sizeof p.peer.ss;
+        p.fd = accept4(listener_, p.peer.sa(), &len, SOCK_CLOEXEC);
+        if (p.fd >= 0) {
+          tuneSocket(p.fd);
+          p.got.resize(bytes_);
+          pending_.push_back(std::move(p));
+          continue;
+        }
+        // A signal, or a connection its client gave up on before it was
+        // accepted: wait for the next one.
+        const int err = errno;
+        if (err != EINTR && err != ECONNABORTED && err != EPROTO && err != EAGAIN &&
+            err != EWOULDBLOCK) {
+          return setError(gradcompSystemError, "socket transport: accept (%s): %s", what,
+                          errnoText(err).c_str());
+        }
+      }
+    }
+  }
+
+ private:
+  struct Pending {
+    int fd = -1;
+    Addr peer;
+    std::vector<char> got;
+    size_t have = 0;
+  };
+  int listener_;
+  size_t bytes_;
+  std::vector<Pending> pending_;
+};
 
 // The sentence in a verdict, as received: up to its end or the field's, any
 // byte that is not printable ASCII shown as '?' (it goes into this rank's
@@ -423,19 +493,16 @@ gradcompResult_t rootRendezvous(SocketMesh& m, const Addr& rootAddr, double dead
   std::vector<Entry> table(m.nranks);
   table[0] = rootAddr.entry();
   std::string refusal;
+  Greeter greeter(listener.fd, sizeof(Hello));
   for (int got = 1; got < m.nranks;) {
     int fd = -1;
     Addr peer;
-    GC_CHECK(acceptOne(listener.fd, deadline, &fd, &peer, "the other ranks to reach the root"));
-    FdGuard g{fd};
     Hello h = {};
-    // A rank sends its hello as soon as it connects. A connection that sends
-    // nothing for kHelloSec, or something else, is not a rank (a health
-    // check, a port scan): it is dropped and the root waits on for the ranks,
-    // instead of spending the whole deadline on it or refusing the world.
-    if (recvAll(fd, &h, sizeof h, std::min(deadline, now() + kHelloSec), "a rank's hello") !=
-            gradcompSuccess ||
-        h.magic != kHelloMagic) {
+    GC_CHECK(greeter.next(deadline, &fd, &peer, &h, "the other ranks' hellos at the root"));
+    FdGuard g{fd};
+    // A connection that sends something else is not a rank: it is dropped
+    // and the root waits on for the ranks instead of refusing the world.
+    if (h.magic != kHelloMagic) {
       GC_INFO("socket transport: rank 0 dropped a connection from %s that sent no hello",
               peer.text().c_str());
       continue;
@@ -565,23 +632,17 @@ gradcompResult_t peerRendezvous(SocketMesh& m, const Addr& rootAddr, double dead
                       m.rank, a.text().c_str(), r, them);
     }
   }
+  // This listener, as rank 0's, is on every address of the host: a
+  // connection that sends no number of a rank above this one not yet
+  // connected is not a rank. It is dropped and this rank waits on for the
+  // ranks (Greeter).
+  Greeter greeter(listener.fd, sizeof(int32_t));
   for (int got = m.rank + 1; got < m.nranks;) {
     int pfd = -1;
     Addr peer;
-    GC_CHECK(acceptOne(listener.fd, deadline, &pfd, &peer, "the ranks above this one"));
-    FdGuard g{pfd};
     int32_t who = -1;
-    // This listener, as rank 0's, is on every address of the host: a
-    // connection that sends no number of a rank above this one not yet
-    // connected within kHelloSec (a health check, a port scan, one that
-    // closes at once) is not a rank. It is dropped and this rank waits on
-    // for the ranks, whose numbers come as soon as they connect.
-    if (recvAll(pfd, &who, sizeof who, std::min(deadline, now() + kHelloSec), "a rank's number") !=
-        gradcompSuccess) {
-      GC_INFO("socket transport: rank %d dropped a connection from %s that sent no rank number",
-              m.rank, peer.text().c_str());
-      continue;
-    }
+    GC_CHECK(greeter.next(deadline, &pfd, &peer, &who, "the ranks above this one"));
+    FdGuard g{pfd};
     if (who <= m.rank || who >= m.nranks || m.fds[who] >= 0) {
       GC_INFO(
           "socket transport: rank %d dropped a connection from %s claiming rank %d (it "
