@@ -282,6 +282,8 @@ class SeqWorld {
   }
 
   const Settings S;
+  Call last;  // randomCall's last, which a momentum world may make again
+  bool hasLast = false;
   const int N;
   uint64_t calls = 0;
 
@@ -722,6 +724,15 @@ class SeqWorld {
         ms.own.assign(N, std::vector<float>(n, 0.0f));
       }
       for (int r = 0; r < N; ++r) R[r].residual = ms.res[r], R[r].ownerRes = ms.own[r];
+      // The reference runs at the width the call reports, so that width is
+      // held to the config: a fixed width's, or one in DQ-SGD's range.
+      if (S.cfg.bitsMode == gradcompBitsFixed) {
+        EXPECT_EQ(bits, S.cfg.bits) << what << ": a fixed-width call reports another width";
+      } else {
+        EXPECT_TRUE(bits >= S.cfg.bitsMin && bits <= S.cfg.bitsMax)
+            << what << ": DQ-SGD chose " << bits << " bits, outside " << S.cfg.bitsMin << ".."
+            << S.cfg.bitsMax;
+      }
       gradcompConfig_t c = S.cfg;
       c.bits = bits;
       if (k.rs && L >= 2) {
@@ -794,7 +805,7 @@ class SeqWorld {
       gTally.sparseHier += !qsgd && L >= 2;
       gTally.momentum += c.method == gradcompMethodDgc && c.momentumCorrection;
     }
-    gTally.momentumPasses += !sent.empty();
+    gTally.momentumPasses += !sent.empty() && n > 0;  // a call of no elements is none
     if (exactExpect) {
       for (int r = 0; r < (k.rs ? N : 1); ++r) {
         for (size_t i = 0; i < m; ++i) {
@@ -907,8 +918,13 @@ class SeqWorld {
   float scale_ = 1.0f;
 };
 
-Call randomCall(std::mt19937_64& rng, const SeqWorld& w) {
+Call randomCall(std::mt19937_64& rng, SeqWorld& w) {
   auto pick = [&](int n) { return (int)(rng() % (uint64_t)n); };
+  // DGC's momentum worlds call one buffer again half the time, as training
+  // steps do: the u and v a call leaves (a momentum pass's too) are what the
+  // next call on that buffer carries, and the model must follow them.
+  const bool momentum = w.S.cfg.method == gradcompMethodDgc && w.S.cfg.momentumCorrection;
+  if (momentum && w.hasLast && pick(2) == 0) return w.last;
   Call k;
   k.rs = pick(3) == 0;
   k.keyed = pick(2) == 0;
@@ -925,6 +941,8 @@ Call randomCall(std::mt19937_64& rng, const SeqWorld& w) {
   size_t n = pick(4) == 0 ? (size_t)pick((int)kMaxCount + 1) : sizes[pick(8)];
   if (k.rs) n /= (size_t)w.N;
   k.m = n;
+  w.last = k;
+  w.hasLast = true;
   return k;
 }
 
