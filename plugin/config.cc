@@ -295,7 +295,7 @@ static T field(const gradcompConfig_t* c, ptrdiff_t off) {
   return v;
 }
 
-std::string shownValue(const char* v) {
+std::string shownValue(const char* v, size_t max) {
   const size_t n = strlen(v);
   // Quoted where a byte would not show as itself: "4 " printed bare reads as
   // a refused 4, and a CR (a CRLF environment file) sends the cursor back
@@ -308,7 +308,7 @@ std::string shownValue(const char* v) {
     plain = c > ' ' && c < 0x7f && c != '"';
   }
   std::string out = plain ? "" : "\"";
-  for (size_t i = 0; i < n && i < 64; ++i) {
+  for (size_t i = 0; i < n && i < max; ++i) {
     const unsigned char c = (unsigned char)v[i];
     if (plain || (c >= ' ' && c < 0x7f && c != '"' && c != '\\')) {
       out += (char)c;
@@ -324,9 +324,9 @@ std::string shownValue(const char* v) {
     }
   }
   if (!plain) out += '"';
-  // Whole up to 64 characters, so that what is allowed, after it, is never
-  // cut off.
-  if (n > 64) out += "... (" + std::to_string(n) + " characters)";
+  // Whole up to `max` characters, so that what is allowed, after it, is
+  // never cut off.
+  if (n > max) out += "... (" + std::to_string(n) + " characters)";
   return out;
 }
 

@@ -47,9 +47,11 @@ std::string settingValueName(const char* field, int value);
 gradcompResult_t configFromEnvLenient(gradcompConfig_t* c);
 
 // A variable's value as a sentence shows it: as it is, or, where it has a
-// blank, a control character or a '"', in quotes with those written out
-// ("4 ", "4\r"); cut at 64 characters, with the full length said.
-std::string shownValue(const char* v);
+// blank, a control character, a byte past ASCII or a '"', in quotes with
+// those written out ("4 ", "4\r", "\xc2\xa0"); cut at `max` characters,
+// with the full length said (a path is shown whole: kShownPath).
+constexpr size_t kShownPath = 4096;
+std::string shownValue(const char* v, size_t max = 64);
 
 // Process-level string knobs (not part of a config): value or fallback (set
 // but empty: the fallback, with a warning naming the variable).

@@ -56,18 +56,18 @@ void resolve() {
       fprintf(stderr,
               "gradcomp %d WARN %s was not loaded by the program; loaded it now. If the program "
               "uses another NCCL, set GRADCOMP_NCCL_LIBRARY to that file\n",
-              (int)getpid(), lib);
+              (int)getpid(), shownValue(lib, kShownPath).c_str());
     }
   }
   if (!h) {
     fprintf(stderr,
             "gradcomp %d WARN cannot open %s (%s); looking for pnccl* symbols in the process\n",
-            (int)getpid(), lib, dlerror());
+            (int)getpid(), shownValue(lib, kShownPath).c_str(), dlerror());
   } else if (ownSymbol(dlsym(h, "ncclAllReduce"))) {
     fprintf(stderr,
             "gradcomp %d WARN GRADCOMP_NCCL_LIBRARY=%s is gradcomp's interposer, not NCCL; looking "
             "for pnccl* symbols in the process\n",
-            (int)getpid(), shownValue(lib).c_str());
+            (int)getpid(), shownValue(lib, kShownPath).c_str());
     // Nothing is taken from a refused library: its reference goes (a library
     // the dlopen above loaded is unloaded again; one the program or the
     // preload loaded stays, held by them).
@@ -79,7 +79,7 @@ void resolve() {
     fprintf(stderr,
             "gradcomp %d WARN GRADCOMP_NCCL_LIBRARY=%s is not NCCL: it has neither pncclAllReduce "
             "nor ncclAllReduce; looking for pnccl* symbols in the process\n",
-            (int)getpid(), shownValue(lib).c_str());
+            (int)getpid(), shownValue(lib, kShownPath).c_str());
     dlclose(h);
     h = nullptr;
   }
@@ -130,7 +130,7 @@ void resolve() {
     fprintf(stderr,
             "gradcomp %d WARN the real NCCL functions were not found in %s: set "
             "GRADCOMP_NCCL_LIBRARY to the libnccl.so.2 the program uses\n",
-            (int)getpid(), lib);
+            (int)getpid(), shownValue(lib, kShownPath).c_str());
   }
 }
 

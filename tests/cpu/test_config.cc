@@ -102,6 +102,23 @@ struct BadEnv {
   const char* message;
 };
 
+// A path (GRADCOMP_NCCL_LIBRARY in the preload's warnings) is shown whole,
+// written out as a value is: cut at 64 characters it hid the file name the
+// sentence is about.
+TEST(Config, APathIsShownWholeAndWrittenOut) {
+  const std::string dir(80, 'd');
+  const std::string path = "/opt/" + dir + "/j\xc3\xbcrgen/libnccl.so.2";
+  EXPECT_EQ(gc::shownValue(path.c_str(), gc::kShownPath),
+            "\"/opt/" + dir + "/j\\xc3\\xbcrgen/libnccl.so.2\"");
+  EXPECT_EQ(gc::shownValue(("/opt/" + dir + "/libnccl.so.2").c_str(), gc::kShownPath),
+            "/opt/" + dir + "/libnccl.so.2");
+  // A value is still cut, with its length said.
+  EXPECT_EQ(
+      gc::shownValue(path.c_str()).find("... (" + std::to_string(path.size()) + " characters)") !=
+          std::string::npos,
+      true);
+}
+
 TEST(Config, BadEnvironmentValuesNameVariableAndRange) {
   const BadEnv cases[] = {
       {"GRADCOMP_BITS", "9", "GRADCOMP_BITS=9 is not an integer in 2..8"},
