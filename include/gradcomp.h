@@ -168,9 +168,13 @@ typedef struct {
    * also votes, before any rank exchanges, that every rank could prepare it
    * (the buffer's state, the workspace): a rank that could not (out of
    * memory, say) returns its own error and the others gradcompInvalidUsage
-   * naming it, instead of waiting for it. On NCCL it costs a small allgather
-   * and a host sync per call, and one more allreduce of a float per
-   * compressed call (a debugging aid, as Horovod's shape check); calls being
+   * naming it, instead of waiting for it. A rank that refuses a call's own
+   * arguments (a datatype or op that is not NCCL's, a count out of range)
+   * while its peers' pass joins that agreement with a record that says so:
+   * it returns its own gradcompInvalidArgument, the peers gradcompInvalidUsage
+   * naming it. On NCCL it costs a small allgather and a host sync per call,
+   * and one more allreduce of a float per compressed call (a debugging aid,
+   * as Horovod's shape check); calls being
    * captured into a CUDA graph are not checked. The CPU backend checks every
    * call's agreement whatever this says; the vote is this setting's. */
   int checkCalls;

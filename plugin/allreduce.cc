@@ -156,7 +156,8 @@ GC_EXPORT gradcompResult_t gradcompAllReduce(const void* sendbuff, void* recvbuf
                                              ncclDataType_t datatype, ncclRedOp_t op,
                                              gradcompComm_t comm, cudaStream_t stream) {
   if (const gradcompResult_t bad = gc::checkCallEnums(&datatype, &op); bad != gradcompSuccess) {
-    return gc::guarded([&] { return gc::refuseCallEnums(comm, count, &datatype, &op, bad); });
+    return gc::guarded(
+        [&] { return gc::refuseCallEnums(comm, count, &datatype, &op, stream, bad); });
   }
   gc::OnCommDevice onDevice(comm);
   return gc::guarded([&] {
@@ -169,7 +170,8 @@ GC_EXPORT gradcompResult_t gradcompAllReduceKeyed(const void* sendbuff, void* re
                                                   ncclRedOp_t op, gradcompComm_t comm,
                                                   cudaStream_t stream, uint64_t key) {
   if (const gradcompResult_t bad = gc::checkCallEnums(&datatype, &op); bad != gradcompSuccess) {
-    return gc::guarded([&] { return gc::refuseCallEnums(comm, count, &datatype, &op, bad); });
+    return gc::guarded(
+        [&] { return gc::refuseCallEnums(comm, count, &datatype, &op, stream, bad); });
   }
   gc::OnCommDevice onDevice(comm);
   return gc::guarded([&] {

@@ -474,10 +474,13 @@ gradcompResult_t agreeReady(gradcompComm* c, gradcompResult_t local, int* refuse
 }
 
 gradcompResult_t refuseCall(gradcompComm& c, size_t count, int type, int op, CallRefusal why,
-                            gradcompResult_t local) {
+                            gradcompResult_t local, bool beforeBegin) {
+  // NCCL checks nothing at its collectives: only the agreement beginCollective
+  // runs under the setting can take the record, so only a refusal made before
+  // it joins (after it, every rank agreed on the count and refuses alike).
   if (local == gradcompSuccess || count == 0 || !c.cfg.checkCalls ||
-      !c.transport->checksEveryCall() || c.backend->capturing() || c.autoState.reserving ||
-      c.autoState.tuning)
+      (!c.transport->checksEveryCall() && !beforeBegin) || c.backend->capturing() ||
+      c.autoState.reserving || c.autoState.tuning)
     return local;
   char mine[1024];
   snprintf(mine, sizeof mine, "%s", gradcompGetLastError());
@@ -490,16 +493,22 @@ gradcompResult_t refuseCall(gradcompComm& c, size_t count, int type, int op, Cal
 }
 
 gradcompResult_t refuseCallEnums(gradcompComm* c, size_t count, const ncclDataType_t* type,
-                                 const ncclRedOp_t* op, gradcompResult_t local) {
+                                 const ncclRedOp_t* op, cudaStream_t stream,
+                                 gradcompResult_t local) {
   char mine[1024];
   snprintf(mine, sizeof mine, "%s", gradcompGetLastError());
   CommCall call(c);  // gradcompCommAbort waits for it
   // No comm, or one aborted or busy: nothing to join.
   if (c == nullptr || !c->backend || !c->transport || call.check() != gradcompSuccess)
     return restoreError(local, "%s", mine);
+  // As every call starts: on NCCL the agreement runs on the caller's stream
+  // and device, and whether it is captured is that stream's.
+  const OnCommDevice onDevice(c);
+  c->backend->setStream(stream);
+  c->transport->setStream(stream);
   const int t = enumArg(type), o = enumArg(op);
   const bool typeOk = t >= 0 && t < (int)ncclNumTypes;
-  return refuseCall(*c, count, t, o, typeOk ? kRefusedOp : kRefusedDatatype, local);
+  return refuseCall(*c, count, t, o, typeOk ? kRefusedOp : kRefusedDatatype, local, true);
 }
 
 gradcompResult_t agreePrepared(gradcompComm& c, gradcompResult_t local, const char* what) {

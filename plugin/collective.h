@@ -164,19 +164,31 @@ gradcompResult_t agreeReady(gradcompComm* c, gradcompResult_t local, int* refuse
 // naming it instead of after cpuTimeoutSec, as they do for a buffer refused
 // on one rank (agreeBuffersGiven); a call every rank refuses agrees, whatever
 // each refused (sameCall), and leaves the comm usable.
+// On NCCL, whose collectives check nothing, it joins only where the peers'
+// next exchange is certainly that agreement: `beforeBegin`, a refusal made
+// before beginCollective (whose agreement the setting runs before every
+// eager call of a nonzero count, also on a hierarchical comm, over the whole
+// world's transport). One made after it is not: every rank agreed on the
+// count there and refuses alike, and the peers' next collective there is a
+// vote (an allreduce of a float) that an allgather would meet. A rank whose
+// peers pass a count of 0 (they return before any exchange) then waits in an
+// agreement nobody joins, as a rank of a nonzero count waits in NCCL's own
+// collective when its peers pass 0 (the CPU world fails it after
+// cpuTimeoutSec). The caller's stream and device must be set first.
 // Only on that path: a call that is not refused exchanges nothing more.
 // Without the setting a refusal stays this rank's own, as NCCL's (a rank
-// that makes the call alone returns at once, its peers wait); not on NCCL
-// either (its peers' next collective may be a vote of another size), under
+// that makes the call alone returns at once, its peers wait); not under
 // capture, in the auto timing's calls, or for a call of no elements (its
 // peers return before any exchange). `count`: the count the caller passed.
 // Returns `local` with this rank's own sentence.
 gradcompResult_t refuseCall(gradcompComm& c, size_t count, int type, int op, CallRefusal why,
-                            gradcompResult_t local);
+                            gradcompResult_t local, bool beforeBegin = false);
 // refuseCall for a datatype or op checkCallEnums refused, on any comm the
-// caller passed (none when it is NULL, destroyed, aborted or busy).
+// caller passed (none when it is NULL, destroyed, aborted or busy), before
+// the call began; it sets `stream` (and the comm's device) as a call does.
 gradcompResult_t refuseCallEnums(gradcompComm* c, size_t count, const ncclDataType_t* type,
-                                 const ncclRedOp_t* op, gradcompResult_t local);
+                                 const ncclRedOp_t* op, cudaStream_t stream,
+                                 gradcompResult_t local);
 
 // GRADCOMP_CHECK_CALLS, for a compressed call: `local` is how this rank's
 // preparation went (the buffer's state and the workspace: what one rank

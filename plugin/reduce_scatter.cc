@@ -56,16 +56,19 @@ gradcompResult_t reduceScatter(const void* send, void* recv, size_t recvCount, n
   CommCall call(c);  // gradcompCommAbort waits for it
   GC_CHECK(call.check());
   GC_ARG(c != nullptr && c->backend && c->transport, "comm is NULL or destroyed");
+  // The stream first: the refusal below may join its peers' agreement on it.
+  c->backend->setStream(stream);
+  c->transport->setStream(stream);
   // 8 bytes is the largest NCCL element: the input's byte size must fit too.
+  // Refused before the call begins (refuseCall's beforeBegin).
   if (recvCount > SIZE_MAX / 8 / (size_t)c->nranks) {
     return refuseCall(
         *c, recvCount, (int)type, (int)op, kRefusedRecvCount,
         setError(gradcompInvalidArgument,
                  "recvcount=%zu times nranks=%d overflows the input size (at most %zu per rank)",
-                 recvCount, c->nranks, SIZE_MAX / 8 / (size_t)c->nranks));
+                 recvCount, c->nranks, SIZE_MAX / 8 / (size_t)c->nranks),
+        true);
   }
-  c->backend->setStream(stream);
-  c->transport->setStream(stream);
   if (recvCount == 0) return gradcompSuccess;
   const size_t count = recvCount * (size_t)c->nranks;
   GC_CHECK(beginCollective(*c, kCallReduceScatter, count, type, op));
@@ -163,7 +166,8 @@ GC_EXPORT gradcompResult_t gradcompReduceScatter(const void* sendbuff, void* rec
                                                  ncclRedOp_t op, gradcompComm_t comm,
                                                  cudaStream_t stream) {
   if (const gradcompResult_t bad = gc::checkCallEnums(&datatype, &op); bad != gradcompSuccess) {
-    return gc::guarded([&] { return gc::refuseCallEnums(comm, recvcount, &datatype, &op, bad); });
+    return gc::guarded(
+        [&] { return gc::refuseCallEnums(comm, recvcount, &datatype, &op, stream, bad); });
   }
   gc::OnCommDevice onDevice(comm);
   return gc::guarded([&] {
@@ -176,7 +180,8 @@ GC_EXPORT gradcompResult_t gradcompReduceScatterKeyed(const void* sendbuff, void
                                                       ncclRedOp_t op, gradcompComm_t comm,
                                                       cudaStream_t stream, uint64_t key) {
   if (const gradcompResult_t bad = gc::checkCallEnums(&datatype, &op); bad != gradcompSuccess) {
-    return gc::guarded([&] { return gc::refuseCallEnums(comm, recvcount, &datatype, &op, bad); });
+    return gc::guarded(
+        [&] { return gc::refuseCallEnums(comm, recvcount, &datatype, &op, stream, bad); });
   }
   gc::OnCommDevice onDevice(comm);
   return gc::guarded([&] {

@@ -57,6 +57,8 @@ class ForwardingTransport : public gc::Transport {
     inner_->beginCall(call_);
     return *inner_;
   }
+  // The wrapped transport as it is, for a wrapper that tells it calls of its own.
+  gc::Transport& inner() { return *inner_; }
 
  private:
   std::unique_ptr<gc::Transport> inner_;

@@ -10,7 +10,7 @@
 // sparse methods, in place, a graph, pass-through) against tests/common/ref_rs.h
 // (ref_hier_rs.h when hierarchical) and a sum that overflows in one rank's
 // block (every rank clears its state: checkRsOverflow), then GRADCOMP_CHECK_CALLS, then
-// GRADCOMP_AUTO. Prints "N passed, M
+// GRADCOMP_AUTO, then GRADCOMP_CHECK_CALLS's refusal on one rank. Prints "N passed, M
 // failed" and, for the reduce-scatter checks alone, "multirank rs ...: N passed,
 // M failed"; after each section, a "multirank progress" line with the counts
 // so far, which the script reads when its time limit cuts a run short.
@@ -1149,6 +1149,96 @@ void checkCallsCheck(ncclComm_t nc, cudaStream_t st) {
   gradcompCommDestroy(gc);
 }
 
+// GRADCOMP_CHECK_CALLS: a call whose arguments the last rank alone refuses
+// before the call begins (a datatype or op that is not NCCL's, a
+// reduce-scatter recvcount whose input overflows) while its peers' pass,
+// compressed or passed through: the refusing rank joins the agreement its
+// peers run first (one allgather of the call records), so it returns its own
+// gradcompInvalidArgument and the peers gradcompInvalidUsage naming it,
+// instead of waiting in NCCL for it for ever; the comm and the NCCL comm
+// then work on. A hang fails the rank after 60 s (a watchdog) rather than
+// leaving the script's time limit to cut the run.
+void checkCallsRefusalCheck(ncclComm_t nc, cudaStream_t st) {
+  if (nranks < 2) return;
+  gradcompConfig_t cfg;
+  gradcompConfigInit(&cfg);
+  cfg.localSize = localSize;
+  cfg.privateComm = privateComm;
+  cfg.autoTune = 0;
+  cfg.minElements = 0;
+  cfg.checkCalls = 1;
+  gradcompComm_t gc;
+  CK(gradcompCommCreate(nc, &cfg, &gc));
+  const int who = nranks - 1;
+  const size_t m = 2500, n = m * (size_t)nranks;
+  std::vector<float> g = gctest::normal(n, 171 + rank), got(n);
+  float *d, *o;
+  CK(cudaMalloc(&d, n * 4));
+  CK(cudaMalloc(&o, m * 4));
+  std::atomic<bool> done{false};
+  std::thread watchdog([&] {
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (!done && std::chrono::steady_clock::now() < until) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    if (!done) {
+      fprintf(stderr, "rank %d FAILED: check calls refusal: a call hung for 60 s\n", rank);
+      printf("multirank rank %d of %d: %d passed, %d failed\n", rank, nranks, passed, failed + 1);
+      fflush(stdout);
+      _exit(3);
+    }
+  });
+  auto run = [&](const std::function<gradcompResult_t()>& call) {
+    CK(cudaMemcpyAsync(d, g.data(), n * 4, cudaMemcpyHostToDevice, st));
+    gradcompResult_t r = call();
+    CK(cudaStreamSynchronize(st));
+    return r;
+  };
+  const ncclDataType_t badType = (ncclDataType_t)ncclNumTypes;
+  ncclRedOp_t badOp = ncclSum;
+  const int minusOne = -1;
+  memcpy(&badOp, &minusOne, sizeof badOp);
+  const bool bad = rank == who;
+  struct Case {
+    const char* what;
+    const char* mine;  // in the refusing rank's sentence
+    std::function<gradcompResult_t()> call;
+  };
+  const Case cases[] = {
+      {"a datatype that is not NCCL's, the peers' call compressed", "datatype=",
+       [&] { return gradcompAllReduce(d, d, n, bad ? badType : ncclFloat32, ncclSum, gc, st); }},
+      {"a datatype that is not NCCL's, the peers' call passed through (ncclMax)", "datatype=",
+       [&] { return gradcompAllReduce(d, d, n, bad ? badType : ncclFloat32, ncclMax, gc, st); }},
+      {"an op that is not NCCL's, a reduce-scatter", "op=-1",
+       [&] { return gradcompReduceScatter(d, o, m, ncclFloat32, bad ? badOp : ncclSum, gc, st); }},
+      {"a recvcount whose input overflows", "overflows",
+       [&] {
+         return gradcompReduceScatter(d, o, bad ? SIZE_MAX / 4 : m, ncclFloat32, ncclSum, gc, st);
+       }},
+  };
+  auto allreduce = [&] { return gradcompAllReduce(d, d, n, ncclFloat32, ncclSum, gc, st); };
+  report(run(allreduce) == gradcompSuccess, "check calls refusal: matching calls pass");
+  const std::string named = "rank " + std::to_string(who) + " refused";
+  for (const Case& k : cases) {
+    const gradcompResult_t r = run(k.call);
+    const std::string why = gradcompGetLastError();
+    const bool ok = bad ? r == gradcompInvalidArgument && why.find(k.mine) != std::string::npos
+                        : r == gradcompInvalidUsage && why.find(named) != std::string::npos;
+    report(ok, std::string("check calls refusal: ") + k.what + " on rank " + std::to_string(who) +
+                   (bad ? " fails it with its own error (" : " fails its peers naming it (") + why +
+                   ")");
+    report(run(allreduce) == gradcompSuccess,
+           std::string("check calls refusal: the comm works on after ") + k.what);
+  }
+  done = true;
+  watchdog.join();
+  CK(cudaMemcpy(got.data(), d, n * 4, cudaMemcpyDeviceToHost));
+  report(sameOnAllRanks(nc, st, got), "check calls refusal: same on all ranks after refusals");
+  cudaFree(o);
+  cudaFree(d);
+  gradcompCommDestroy(gc);
+}
+
 }  // namespace
 
 // The abort check (GC_ABORT_TEST=1): see the top of the file.
@@ -1368,6 +1458,10 @@ int main() {
   inRs = true;
   checkAutoRs(nc, st);
   inRs = false;
+  progress("auto");
+  // Last: on a build where a refusal leaves its peers waiting, only its watchdog fails.
+  checkCallsRefusalCheck(nc, st);
+  progress("check calls refusal");
   ncclCommDestroy(nc);
   printf("multirank rs rank %d of %d: %d passed, %d failed\n", rank, nranks, rsPassed, rsFailed);
   printf("multirank rank %d of %d%s: %d passed, %d failed\n", rank, nranks,
