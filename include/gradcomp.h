@@ -271,7 +271,7 @@ gradcompResult_t gradcompCommCreateCpu(int nranks, const gradcompConfig_t* confi
  * with the same nranks, root and config; a rank waits at most cpuTimeoutSec
  * (GRADCOMP_CPU_TIMEOUT) for the others, here and at every collective.
  * localSize L > 1 makes consecutive blocks of L ranks nodes; 0 (auto) groups
- * ranks by host identity (NCCL_HOSTID, else the host name) as on NCCL.
+ * ranks by host identity (NCCL_HOSTID, else the host name and boot id) as on NCCL.
  * After a transport error (a peer gone, ranks making different calls) every
  * later call on the comm fails: destroy it, as an NCCL comm after an error. */
 gradcompResult_t gradcompCommCreateSocket(int nranks, int rank, const char* root,

@@ -222,7 +222,7 @@ Topology hostTopology(int rank, const std::vector<uint64_t>& hosts, const char**
   *why = nullptr;
   for (uint64_t h : hosts) {
     if (h == 0) {
-      *why = "a rank could not read its host identity (NCCL_HOSTID or host name)";
+      *why = "a rank sent no host identity (an identity of 0)";
       return blockTopology(rank, n, 1);
     }
   }

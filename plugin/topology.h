@@ -70,7 +70,7 @@ void indexRanks(Topology* t);
 // flat topology; *why says so.
 Topology hostTopology(int rank, const std::vector<uint64_t>& hosts, const char** why);
 // The string NCCL hashes for a rank's host (getHostHash, src/misc/utils.cc,
-// since NCCL 2.7.3), so that gradcomp's nodes are NCCL's: NCCL_HOSTID when it
+// since NCCL 2.5.6), so that gradcomp's nodes are NCCL's: NCCL_HOSTID when it
 // is set, even empty; else the host name ("unknown" when gethostname failed:
 // hostName null) followed by the first word of the boot id file; 1023
 // characters at most.

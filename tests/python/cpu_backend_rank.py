@@ -2,7 +2,8 @@
 CpuBackendFsdpReplicas: gradcomp.torch with backend="cpu" on real DDP / FSDP2 over gloo, gradcomp's
 comm made from the process group (TCP between the ranks). Usage: cpu_backend_rank.py
 ddp|excluded|fsdp|dgc|subgroups|restart|scaler|abort|replicas|ddp_group|ddp_register|overflow|
-compose|disagree|unused OUT (the env:// variables from tools/gc_ranks.py).
+compose|disagree|unused|unused_nan|unused_join
+OUT (the env:// variables from tools/gc_ranks.py).
 
 Records every call the hook (DDP) or the reduce-scatter (FSDP) gets, its input before and its
 result after, in call order, for the test to compare with a serial reference on the in-process
@@ -1180,6 +1181,100 @@ def unused(out, rank):
     return res, {}
 
 
+def unused_nan(out, rank):
+    """DDP(find_unused_parameters=True), a compressed weight p: at step 0 p is unused on rank 0
+    only (a zero input there) and rank 1's gradient is not finite, so the averaged result of p
+    (which DDP gives p on every rank, p being used globally) is not finite; steps 1 and 2 are
+    plain. Per method: by step, p.grad after the backward, for the test to compare across the
+    ranks (DDP's replicas must get the same gradients), and the slices kept after step 0."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(32, 16)
+            self.p = nn.Parameter(torch.randn(16, 64) * 0.1)  # 1024: compressed
+            self.use_p, self.bad = True, False
+
+        def forward(self, x):
+            h = self.a(x)
+            if self.use_p:
+                h = h @ self.p
+                if self.bad:
+                    h = h * float("nan")
+            return h
+
+    res = {}
+    for method, kw in (("qsgd", {"bits": 4}), ("topk", {"density": 0.05, "select": "exact"})):
+        cfg = gradcomp.Config(from_env=False, method=method, min_elements=0, auto_tune=0, **kw)
+        torch.manual_seed(0)
+        m = Net()
+        d = DDP(m, find_unused_parameters=True)
+        st = gct.GradcompState(module=m, backend="cpu", config=cfg, start_iter=0)
+        gct.register_ddp_hook(d, st)
+        grads = []
+        for s in range(3):
+            m.use_p = not (s == 0 and rank == 0)
+            m.bad = s == 0 and rank == 1
+            x = torch.randn(8, 32, generator=torch.Generator().manual_seed(100 * s + rank))
+            d.zero_grad(set_to_none=True)
+            d(x).square().sum().backward()
+            g = m.p.grad
+            grads.append(None if g is None else g.reshape(-1).tolist())
+            if s == 0:
+                carried = len(st._carry)
+        res[method] = {"grads": grads, "carried": carried}
+        st.close()
+    return [], res
+
+
+def unused_join(out, rank):
+    """Join with DDP(find_unused_parameters=True): p used at step 0 only (unused on every rank
+    at step 1, what its error feedback releases kept); rank 1 has one batch more than rank 0,
+    and in that step (rank 0 joined, its shadow calls outside any backward) p is unused on rank
+    1. Then both ranks train 3 more steps using p. The slices kept after the Join, and by step
+    after it, p.grad on each rank."""
+    from torch.distributed.algorithms.join import Join
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(32, 16)
+            self.p = nn.Parameter(torch.randn(16, 64) * 0.1)  # 1024: compressed
+            self.use_p = True
+
+        def forward(self, x):
+            h = self.a(x)
+            return h @ self.p if self.use_p else h
+
+    cfg = gradcomp.Config(from_env=False, method="topk", density=0.05, select="exact",
+                          min_elements=0, auto_tune=0)
+    torch.manual_seed(0)
+    m = Net()
+    d = DDP(m, find_unused_parameters=True)
+    st = gct.GradcompState(module=m, backend="cpu", config=cfg, start_iter=0)
+    gct.register_ddp_hook(d, st)
+
+    def step(s):
+        x = torch.randn(8, 32, generator=torch.Generator().manual_seed(100 * s + rank))
+        d.zero_grad(set_to_none=True)
+        d(x).square().sum().backward()
+
+    with Join([d]):
+        for s in range(2 + rank):
+            m.use_p = s == 0
+            step(s)
+    carried = len(st._carry)
+    m.use_p = True
+    grads = []
+    for s in range(3, 6):
+        step(s)
+        grads.append(m.p.grad.reshape(-1).tolist())
+    st.close()
+    return [], {"grads": grads, "carried": carried}
+
+
 def _error(fn):
     try:
         fn()
@@ -1334,7 +1429,8 @@ def main():
                      "restart": restart, "ddp_group": ddp_group,
                      "ddp_register": ddp_register, "overflow": overflow,
                      "compose": compose,
-                     "disagree": disagree, "unused": unused}[mode](out, rank)
+                     "disagree": disagree, "unused": unused, "unused_nan": unused_nan,
+                     "unused_join": unused_join}[mode](out, rank)
     torch.save(records, f"{out}.rank{rank}.pt")
     with open(f"{out}.rank{rank}.json", "w") as f:
         json.dump(res, f)

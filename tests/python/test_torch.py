@@ -1276,7 +1276,8 @@ class LayerAwarePlan(unittest.TestCase):
         one = torch.ones(3)
         for carry in ([[["params", 0], one]], [[["params", "0"], one, 1.0]],
                       [[["bucket", 1], one, 1.0]], [[["params", 0], one.view(3, 1), 1.0]],
-                      [[["params", 0], one.long(), 1.0]], [[["params", 0], one, 0.0]], "x"):
+                      [[["params", 0], one.long(), 1.0]], [[["params", 0], one, 0.0]],
+                      [[[["params"], 0], one, 1.0]], "x"):
             with self.assertRaisesRegex(ValueError, "carry is not the list of", msg=str(carry)):
                 st.load_state_dict({**good, "gradcomp": self.blob(st), "carry": carry})
         self.assertEqual(st._loaded_carry, {})  # refused: the state as it was
@@ -2973,6 +2974,37 @@ class CpuBackendUnusedParameters(unittest.TestCase):
                 # has none).
                 self.assertEqual(recs[0]["settled"], len(recs[0]["grad"]) - 1)
         self.assertEqual(records[0]["resumed"]["carried"], 1)
+
+    def test_nothing_is_carried_inside_join(self):
+        """Join: p used at step 0 only; rank 1 has a batch more than rank 0, so that inside the
+        Join the ranks still training see p unused on every rank while rank 0's shadow calls
+        keep nothing. After the Join, p.grad must be the same on both ranks (no rank added a
+        slice the other did not keep)."""
+        _, results = launch_ranks(self, "unused_join")
+        self.assertEqual([r["carried"] for r in results], [0, 0])
+        for s in range(3):
+            self.assertEqual(results[0]["grads"][s], results[1]["grads"][s],
+                             f"step {s} after the Join: p.grad differs between the ranks")
+
+    def test_a_result_that_is_not_finite_is_carried_alike_on_every_rank(self):
+        """p unused on rank 0 only at step 0 while rank 1's gradient is not finite: the
+        averaged result is not finite and DDP gives it to p on both ranks (p is used
+        globally). No rank may keep it as a carry of its own: the next steps' p.grad must be
+        the same on both ranks, as DDP's replicas need."""
+        import math
+
+        _, results = launch_ranks(self, "unused_nan")
+        for method in results[0]:
+            with self.subTest(method=method):
+                g0, g1 = results[0][method]["grads"], results[1][method]["grads"]
+                self.assertTrue(any(math.isnan(v) for v in g0[0]), "step 0's result is finite")
+                for s in (1, 2):
+                    self.assertTrue(all(math.isfinite(v) for v in g1[s]), f"rank 1, step {s}")
+                    self.assertEqual(
+                        [v if math.isfinite(v) else repr(v) for v in g0[s]],
+                        [v if math.isfinite(v) else repr(v) for v in g1[s]],
+                        f"step {s}: p.grad differs between the ranks (carried after step 0: "
+                        f"{[results[r][method]['carried'] for r in range(2)]} entries)")
 
 
 @unittest.skipIf(torch is None, "PyTorch is not installed")

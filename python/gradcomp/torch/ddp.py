@@ -306,8 +306,9 @@ class GradcompState:
         """The slices held for parameters DDP gave no gradient (_carry), as [identity, tensor]:
         identity ["params", index] (keyed by parameter index) or ["bucket", key, position in the
         bucket's compressed parameters]; those loaded and not yet used are saved again."""
+        # Not those of a parameter freed since (its weakref is dead): nothing can take them.
         out = [[list(ident), t.detach().cpu().clone(), sc]
-               for _, t, ident, sc in self._carry.values()]
+               for ref, t, ident, sc in self._carry.values() if ref() is not None]
         out += [[list(ident), t.detach().cpu().clone(), sc]
                 for ident, (t, sc) in self._loaded_carry.items()]
         return sorted(out, key=lambda e: repr(e[0]))
@@ -324,7 +325,8 @@ class GradcompState:
         for e in carry if ok else ():
             if not (isinstance(e, (list, tuple)) and len(e) == 3
                     and isinstance(e[0], (list, tuple))
-                    and len(e[0]) == {"params": 2, "bucket": 3}.get(e[0][0] if e[0] else None)
+                    and len(e[0]) in (2, 3) and isinstance(e[0][0], str)
+                    and len(e[0]) == {"params": 2, "bucket": 3}.get(e[0][0])
                     and all(isinstance(v, int) for v in e[0][1:])
                     and isinstance(e[1], torch.Tensor) and e[1].dim() == 1
                     and e[1].dtype in _DTYPES and isinstance(e[2], float) and e[2] > 0):
@@ -1583,6 +1585,11 @@ def _watch_unused(state, ddp, plan, buf):
                          "rank is not carried to its next step (DDP gives such a parameter no "
                          "gradient); leave manual finalization off to keep it (warned once)")
         return None
+    if getattr(getattr(ddp, "_join_config", None), "enable", False):
+        # Inside Join (every rank of the DDP is): a joined rank's shadow calls run outside any
+        # backward and keep nothing, so a rank still training that kept a slice would add it,
+        # alone, to a result after the Join.
+        return None
     current = getattr(torch._C, "_current_graph_task_id", None)
     if current is None:
         state._warn_once("no-task-id", "this torch cannot tell the hook which backward calls "
@@ -1633,7 +1640,12 @@ def _settle_unused(ref):
         stream.wait(done)  # the call's kernels and copies, on the stream the hook ran on
         for j, ((o, n, p), z) in enumerate(zip(plan["comp_params"], zero.tolist())):
             out = buf[o:o + n]
-            if not z or not p.requires_grad or not bool(out.any()) or _delivered(p, out):
+            # A slice that is not finite is not kept: its step is skipped (GradScaler) and the
+            # call cleared the buffer's residuals, so it would spoil the next step; and a NaN
+            # differs from the gradient DDP gave, so a rank whose input was zero, of a
+            # parameter used on another rank, would keep it alone.
+            if (not z or not p.requires_grad or not bool(out.any())
+                    or not bool(out.isfinite().all()) or _delivered(p, out)):
                 continue
             state._carry[id(p)] = (weakref.ref(p), out.clone(), _carry_ident(state, plan, p, j),
                                    scale)
