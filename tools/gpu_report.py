@@ -574,6 +574,9 @@ def main():
         "torch_hook_wrap_fp16_bitwise": hooks.get("torch_hook_wrap_fp16_bitwise"),
         "torch_hook_zero_overlap_params_equal": hooks.get("torch_hook_zero_overlap_params_equal"),
         "torch_hook_zero_overlap_skipped": hooks.get("torch_hook_zero_overlap_skipped"),
+        # DDP(find_unused_parameters=True): a parameter unused on every rank at one step loses
+        # nothing of what its error feedback released there (hook_exact; null where skipped).
+        "torch_hook_unused_carry_conserved": hooks.get("torch_hook_unused_carry_conserved"),
         "torch_hook_vs_preload_bytes_equal": hooks.get("torch_hook_vs_preload_bytes_equal"),
         "torch_hook_resume_bitwise": hooks.get("torch_hook_resume_bitwise"),
         "torch_hook_abort_refuses_after": hooks.get("torch_hook_abort_refuses_after"),

@@ -34,6 +34,15 @@ same parameters, and the owner's update reaches the other rank by broadcast: the
 after every step must be the same bits. torch refuses hook_with_zero_step on gloo (it may hang
 there), so --device cpu runs the reference alone and reports the overlap "skipped on gloo".
 
+unused_*: DDP(find_unused_parameters=True) with a compressed weight p (top-k, exact select)
+used at steps 0-2, unused on every rank at step 3 (DDP gives it no gradient there while its
+slice of the hook's result holds what the error feedback released), unused on rank 0 alone at
+step 4, then UNUSED_FLUSH steps of zero loss that drain top-k's residual exactly; with
+gradient_as_bucket_view off and on. Nothing may be lost: the gradients p got over the steps must
+sum to the sum of the ranks' averaged gradients of p (tests/python/test_torch.py's
+CpuBackendUnusedParameters on gloo, here on the hook's stream and the GPU's tensors), alike on
+both ranks.
+
 Usage: hook_exact_rank.py --out JSON [--device cpu]; launched as 2 ranks with the env://
 variables by tools/gc_ranks.py (one NCCL_HOSTID per rank, all on one GPU).
 """
@@ -54,6 +63,10 @@ WRAP_STEPS = 4  # DDP steps through register_ddp_hook(wrap=fp16_compress_wrapper
 ZERO_STEPS, ZERO_FIRST_UPDATE = 6, 2  # torch's overlap does not update in its first 2 steps
 LR = 0.1
 CLASSES = 8  # the last layer's 512-element weight: below layer_min_size, full precision
+# The unused-parameter case: p unused on every rank at UNUSED_AT, on rank 0 alone at UNUSED_AT + 1,
+# then UNUSED_FLUSH steps of zero loss (1024 elements, 51 selected a step: drained in 21).
+UNUSED_AT, UNUSED_FLUSH = 3, 40
+UNUSED_TOL = 1e-4  # |sum of p's gradients - sum of its averaged gradients|, fp32 sums of ~1
 
 
 def config():
@@ -448,6 +461,125 @@ def check_zero(got, want, calls, rank):
     return bad
 
 
+def unused_unsupported():
+    """Why the hook cannot carry an unused parameter's released slice in this torch, or None."""
+    if getattr(torch._C, "_current_graph_task_id", None) is None:
+        return ("skipped: this PyTorch has no torch._C._current_graph_task_id (the hook does "
+                "not carry an unused parameter's slice there, and warns)")
+    return None
+
+
+def run_unused(backend, dev, rank, bav):
+    """DDP(find_unused_parameters=True, gradient_as_bucket_view=bav) with the hook on top-k:
+    a compressed weight p used at steps 0 to UNUSED_AT - 1, unused on every rank at UNUSED_AT,
+    on rank 0 alone at UNUSED_AT + 1, then UNUSED_FLUSH steps of zero loss. By step: this
+    rank's gradient of p as the hook got it, p's slice of the hook's result, p.grad after the
+    backward (zeros where None) and whether it was None; host tensors."""
+    import gradcomp
+    import gradcomp.torch as gct
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    # Exact top-k: its residual drains exactly under zero gradients, so what is left of it
+    # after the flush is nothing, and the sum of p's gradients must be the sum of its inputs'.
+    cfg = gradcomp.Config(from_env=False, method="topk", density=0.05, select="exact",
+                          min_elements=0, auto_tune=0, local_size=1)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Linear(32, 16)  # 512 + 16 elements: full precision
+            self.p = torch.nn.Parameter(torch.randn(16, 64) * 0.1)  # 1024: compressed
+            self.use_p, self.zero = True, False
+
+        def forward(self, x):
+            h = self.a(x)
+            if self.use_p:
+                h = h @ self.p
+            return h * 0 if self.zero else h
+
+    torch.manual_seed(0)
+    m = Net().to(dev)
+    d = DDP(m, device_ids=[dev.index] if dev.type == "cuda" else None,
+            find_unused_parameters=True, gradient_as_bucket_view=bav)
+    st = gct.GradcompState(module=m, start_iter=START, backend=backend, config=cfg)
+    rec = {"input": [], "output": [], "grad": [], "grad_none": []}
+
+    def recording(hook):
+        def hook_(state, bucket):
+            ps = bucket.parameters()
+            i = next((i for i, q in enumerate(ps) if q is m.p), None)
+            if i is None:
+                return hook(state, bucket)
+            o = sum(q.numel() for q in ps[:i])
+            rec["input"].append(bucket.buffer()[o:o + m.p.numel()].clone())
+            fut = hook(state, bucket)
+
+            def done(f):
+                rec["output"].append(f.value()[o:o + m.p.numel()].clone())
+                return f.value()
+
+            return fut.then(done)
+        return hook_
+
+    gct.register_ddp_hook(d, st, wrap=recording)
+    for s in range(UNUSED_AT + 2 + UNUSED_FLUSH):
+        m.use_p = s != UNUSED_AT and not (s == UNUSED_AT + 1 and rank == 0)
+        m.zero = s > UNUSED_AT + 1
+        x = torch.randn(8, 32, generator=torch.Generator().manual_seed(100 * s + rank))
+        d.zero_grad(set_to_none=True)
+        d(x.to(dev)).square().sum().backward()
+        g = m.p.grad
+        # A copy: under gradient_as_bucket_view p.grad is a view of DDP's bucket, which the next
+        # step overwrites (.cpu() of a host tensor is the tensor itself).
+        rec["grad"].append(torch.zeros(m.p.numel()) if g is None
+                           else g.detach().reshape(-1).to("cpu", copy=True))
+        rec["grad_none"].append(g is None)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    out = {k: [t.cpu() if torch.is_tensor(t) else t for t in v] for k, v in rec.items()}
+    out["compressed_calls"] = st.counters["compressed_calls"]
+    st.close()
+    return out
+
+
+def check_unused(mine, rank, case):
+    """This rank's record of run_unused against every rank's inputs: the step whose result DDP
+    drops (p unused on every rank, its slice of the result not zero, p.grad None), and the sum
+    of the gradients p got against the sum of its averaged gradients. Mismatch lines, and the
+    largest |difference| of those sums."""
+    world = dist.get_world_size()
+    inputs, grads = [None] * world, [None] * world
+    dist.all_gather_object(inputs, mine["input"])
+    dist.all_gather_object(grads, mine["grad"])
+    at, steps = UNUSED_AT, UNUSED_AT + 2 + UNUSED_FLUSH
+    where = f"rank {rank} {case}"
+    if any(len(i) != steps for i in inputs):
+        return [f"{where}: the hook got p {[len(i) for i in inputs]} times, not {steps}"], None
+    bad = []
+    if any(bool(i[at].any()) for i in inputs):
+        bad.append(f"{where}: p's input at step {at} is not zero on every rank (the case did "
+                   "not make p unused)")
+    released = float(mine["output"][at].abs().max())
+    if released <= 10 * UNUSED_TOL:
+        bad.append(f"{where}: p's slice of step {at}'s result is {released}, not above "
+                   f"{10 * UNUSED_TOL}: nothing released to lose, the case checks nothing")
+    if not mine["grad_none"][at]:
+        bad.append(f"{where}: DDP gave p a gradient at step {at}, where no rank used it")
+    true = sum(sum(i[s] for i in inputs) * (1.0 / world) for s in range(steps))
+    err = float((true - sum(mine["grad"])).abs().max())
+    if not err < UNUSED_TOL:
+        bad.append(f"{where}: the gradients p got sum to other than its averaged gradients "
+                   f"(max |difference| {err}, above {UNUSED_TOL}; step {at}'s released slice "
+                   f"{released})")
+    for s in range(steps):
+        n = differ(grads[0][s], grads[rank][s])
+        if n:
+            bad.append(f"{where} step {s}: {n} elements of p.grad differ from rank 0's")
+    if not mine["compressed_calls"]:
+        bad.append(f"{where}: the hook compressed no call")
+    return bad, err
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -523,6 +655,30 @@ def main():
     except Exception as e:
         traceback.print_exc()
         zero_bad = [f"rank {rank}: {type(e).__name__}: {e}"]
+    # An unused parameter's released slice, with gradient_as_bucket_view off and on. Every rank
+    # runs both cases and their checks (collectives) alike; a rank's error fails the case.
+    unused_skipped, unused_bad, unused_err = unused_unsupported(), None, None
+    if unused_skipped is None:
+        unused_bad, errs = [], []
+        for bav in (False, True):
+            case = f"unused bucket_view={bav}"
+            try:
+                mine = run_unused(backend, dev, rank, bav)
+            except Exception as e:
+                traceback.print_exc()
+                mine, msg = None, f"rank {rank} {case}: {type(e).__name__}: {e}"
+            ran = [None] * world
+            dist.all_gather_object(ran, mine is not None)
+            if not all(ran):
+                unused_bad.append(msg if mine is None else
+                                  f"rank {rank} {case}: not checked: the run failed on "
+                                  f"rank(s) {[r for r, ok in enumerate(ran) if not ok]}")
+                continue
+            b, err = check_unused(mine, rank, case)
+            unused_bad += b
+            if err is not None:
+                errs.append(err)
+        unused_err = max(errs) if errs else None
     _, hashes = gc_ranks.gather_hashes(b"".join(t.numpy().tobytes() for row in got for t in row))
     all_bad = [None] * world
     dist.all_gather_object(all_bad, bad)
@@ -536,6 +692,11 @@ def main():
     all_zero = [None] * world
     dist.all_gather_object(all_zero, zero_bad or [])
     all_zero = [m for ms in all_zero for m in ms]
+    all_unused = [None] * world
+    dist.all_gather_object(all_unused, unused_bad or [])
+    all_unused = [m for ms in all_unused for m in ms]
+    all_err = [None] * world
+    dist.all_gather_object(all_err, unused_err)
     res = None
     if rank == 0:
         st = state.stats()
@@ -565,6 +726,13 @@ def main():
                "zero_overlap_steps": ZERO_STEPS,
                "zero_overlap_params_equal": None if zero_bad is None else not all_zero,
                "zero_overlap_mismatches": all_zero[:8], "zero_overlap_skipped": zero_skipped,
+               # DDP(find_unused_parameters=True), p unused on every rank at one step: the
+               # gradients p got sum to its averaged gradients (None: skipped, and why).
+               "unused_carry_conserved": None if unused_bad is None else not all_unused,
+               "unused_carry_max_error": max((e for e in all_err if e is not None),
+                                             default=None),
+               "unused_carry_cases": 2 if unused_bad is not None else 0,
+               "unused_carry_mismatches": all_unused[:8], "unused_carry_skipped": unused_skipped,
                "preload_loaded": gc_ranks.preload_loaded()}
         print(f"hook_exact: {res}", flush=True)
     dist.barrier()

@@ -7,7 +7,10 @@ written late on a non-default stream (key torch_hook_exact_bitwise); in the same
 on a real DDP through register_ddp_hook(wrap=fp16_compress_wrapper), bit for bit against that
 reference in fp16 (torch_hook_wrap_fp16_bitwise), and ZeroRedundancyOptimizer with
 overlap_with_ddp=True stepping in torch's hook_with_zero_step around the hook against SGD after
-the hook (torch_hook_zero_overlap_params_equal; NCCL only: torch refuses it on gloo). Then 4
+the hook (torch_hook_zero_overlap_params_equal; NCCL only: torch refuses it on gloo), and
+DDP(find_unused_parameters=True) with a compressed weight unused on every rank at one step, with
+gradient_as_bucket_view off and on: what its error feedback released there reaches its later
+gradients, nothing lost (torch_hook_unused_carry_conserved). Then 4
 ranks on one GPU (tools/gc_ranks.py), tools/ddp_train.py's MLP:
   none        uncompressed, no hook: the baseline
   hook_qsgd4  the hook, QSGD 4-bit, layer-aware (biases and small layers in fp32)
@@ -70,8 +73,9 @@ def estimate_s(name, epochs, world):
     reduce-scatters a step: 1.5 allreduces' bytes and 9 latencies, ~5 ms each) ~170 ms a step at
     4 ranks; HSDP's collectives are 2-rank ones (2 shards, 2 replicas; 12 a step): ~75 ms a step,
     the FSDP2 bound at 2 ranks doubled. hook_exact: ranks started, no training but three small
-    DDPs of 4 to 6 steps at 2 ranks (the fp16 wrapper's, ZeRO's overlap and its SGD reference),
-    each with a gradcomp comm of its own (~30 s). Used for
+    DDPs of 4 to 6 steps at 2 ranks (the fp16 wrapper's, ZeRO's overlap and its SGD reference)
+    and two of 45 steps of a 1,568-parameter model (the unused parameter's), each with a
+    gradcomp comm of its own (~35 s). Used for
     --plan (bench/plan_check.sh): the skip rule itself judges runs by the ones that finished."""
     start = 14.0
     steps = 22 * int(epochs) * 4 // max(world, 1)
@@ -81,7 +85,7 @@ def estimate_s(name, epochs, world):
     if name == "resume":  # 10 epochs, then the resume check retrains 200 + 1 + 20 steps
         return start + (220 + 221) * 0.050 + 6.0
     if name == "hook_exact":
-        return 30.0
+        return 35.0
     if name in ("fsdp_none", "fsdp_qsgd4"):
         return start + 300 * 0.170
     if name in ("hsdp_none", "hsdp_qsgd4"):
@@ -121,6 +125,12 @@ def summarize(res0, runs, got, world, cpu, out, families=tuple(FAMILIES), name="
         res["torch_hook_zero_overlap_steps"] = exact.get("zero_overlap_steps")
         res["torch_hook_zero_overlap_mismatches"] = exact.get("zero_overlap_mismatches")
         res["torch_hook_zero_overlap_skipped"] = exact.get("zero_overlap_skipped")
+        # DDP(find_unused_parameters=True), a parameter unused on every rank at one step: the
+        # gradients it got sum to its averaged gradients (None and why where skipped).
+        res["torch_hook_unused_carry_conserved"] = exact.get("unused_carry_conserved")
+        res["torch_hook_unused_carry_max_error"] = exact.get("unused_carry_max_error")
+        res["torch_hook_unused_carry_mismatches"] = exact.get("unused_carry_mismatches")
+        res["torch_hook_unused_carry_skipped"] = exact.get("unused_carry_skipped")
     if fsdp_base and fsdp_gc:
         res["fsdp_hook_qsgd4_acc_delta_pts"] = fsdp_gc["accuracy_pct"] - fsdp_base["accuracy_pct"]
         res["fsdp_hook_qsgd4_test_loss_rel_delta"] = (
@@ -183,6 +193,8 @@ def summarize(res0, runs, got, world, cpu, out, families=tuple(FAMILIES), name="
     wrap_fp16 = fmt_or_skip("torch_hook_wrap_fp16_bitwise", "torch_hook_wrap_fp16_skipped")
     zero_overlap = fmt_or_skip("torch_hook_zero_overlap_params_equal",
                                "torch_hook_zero_overlap_skipped")
+    unused_carry = fmt_or_skip("torch_hook_unused_carry_conserved",
+                               "torch_hook_unused_carry_skipped")
     where = ("on the CPU (gloo; gradcomp's CPU backend over TCP, the preload run needs the GPU "
              "box)" if cpu else "on one GPU")
     md = ["### gradcomp.torch DDP hook (MLP on digits, %d ranks %s)" % (world, where), "",
@@ -200,6 +212,10 @@ def summarize(res0, runs, got, world, cpu, out, families=tuple(FAMILIES), name="
           f"| ZeroRedundancyOptimizer(overlap_with_ddp=True) in hook_with_zero_step around the "
           f"hook: parameters after each of {fmt('torch_hook_zero_overlap_steps')} steps bit for "
           f"bit SGD's after the hook (both from step 2, as the overlap) | {zero_overlap} |",
+          f"| DDP(find_unused_parameters=True), a top-k weight unused on every rank at one step, "
+          f"gradient_as_bucket_view off and on: the gradients it got sum to its averaged "
+          f"gradients (max abs difference) | {unused_carry} "
+          f"({fmt('torch_hook_unused_carry_max_error')}) |",
           f"| accuracy, hook QSGD 4-bit layer-aware vs uncompressed (pts) | "
           f"{fmt('ddp_hook_qsgd4_acc_delta_pts')} |",
           f"| parameters bitwise identical on all ranks (every run) | "
@@ -248,7 +264,8 @@ def summarize(res0, runs, got, world, cpu, out, families=tuple(FAMILIES), name="
     if exact and exact.get("scaler_bitwise") is not None:
         checks.append(exact["scaler_bitwise"])
     # torch's hook wrappers: checked where they ran (skipped: this torch lacks them, or gloo).
-    for k in ("wrap_bitwise", "zero_overlap_params_equal"):
+    # The unused parameter's carry likewise (skipped: this torch cannot name the backward).
+    for k in ("wrap_bitwise", "zero_overlap_params_equal", "unused_carry_conserved"):
         if exact and exact.get(k) is not None:
             checks.append(exact[k])
     if cpu and "ddp" in families:  # no preload run to compare the hook's bytes with

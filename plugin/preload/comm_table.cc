@@ -123,12 +123,42 @@ void forgetAtFork() {
 // communicator NCCL made non-blocking was taken for a blocking one: no
 // private split, so gradcomp polled the program's communicator while the
 // program's own thread (PyTorch's watchdog) could poll it too.
-int envBlocking() {
+int readEnvBlocking() {
   const char* env = getenv("NCCL_COMM_BLOCKING");
   if (env == nullptr || *env == '\0') return -1;
   errno = 0;
   const long long v = strtoll(env, nullptr, 0);
   return errno == 0 && (v == 0 || v == 1) ? (int)v : -1;
+}
+
+// Whether NCCL reads NCCL_COMM_BLOCKING afresh at each communicator: NCCL
+// 2.29.7 and later do where NCCL_NO_CACHE, a comma-separated list of full
+// variable names read once per process, names it or holds ALL.
+bool envBlockingUncached() {
+  static const bool uncached = [] {
+    const char* list = getenv("NCCL_NO_CACHE");
+    for (const char* p = list; p != nullptr && *p != '\0';) {
+      const char* end = strchr(p, ',');
+      const std::string name(p, end != nullptr ? end - p : strlen(p));
+      if (name == "ALL" || name == "NCCL_COMM_BLOCKING") return true;
+      p = end != nullptr ? end + 1 : nullptr;
+    }
+    return false;
+  }();
+  return uncached;
+}
+
+// NCCL reads the variable once per process, at its first communicator's
+// creation, and keeps that value (its parameter cache, NCCL_PARAM) whatever
+// the program sets later. So does this, from its own first read, made when
+// it first sees a communicator (right after NCCL made it, or at its first
+// call): reading it at each communicator, a program that set "0" for its
+// first communicator and unset it later had its later communicators, which
+// NCCL made non-blocking, taken for blocking ones (and the other way round).
+int envBlocking() {
+  if (envBlockingUncached()) return readEnvBlocking();
+  static const int first = readEnvBlocking();
+  return first;
 }
 
 // NCCL_COMM_BLOCKING=0 makes every communicator non-blocking, whatever its config.

@@ -273,6 +273,34 @@ static int nonblocking(void) {
   return 0;
 }
 
+/* NCCL_COMM_BLOCKING changed by the program between two communicators, both
+ * made with a config saying blocking = 1: set to 0 where the process got it
+ * unset or otherwise, unset where it got 0. NCCL reads the variable at its
+ * first communicator and keeps that value (unless NCCL_NO_CACHE names it),
+ * so the second is made as the first; the test counts the communicators the
+ * preload took for non-blocking ones. An eligible call on each. */
+static int envChanged(void) {
+  cudaStream_t stream = (cudaStream_t)(uintptr_t)0x2000;
+  char* a = (char*)(uintptr_t)0x7f0000000000ull;
+  ncclComm_t first = NULL, second = NULL;
+  const char* env = getenv("NCCL_COMM_BLOCKING");
+  const int wasZero = env != NULL && strcmp(env, "0") == 0;
+  if (initWithConfig(1, &first)) return 1;
+  CALL(a, a, 1 << 22, ncclFloat32, ncclSum, first, stream);
+  if (wasZero) {
+    unsetenv("NCCL_COMM_BLOCKING");
+  } else {
+    setenv("NCCL_COMM_BLOCKING", "0", 1);
+  }
+  if (initWithConfig(1, &second)) return 1;
+  CALL(a, a, 1 << 22, ncclFloat32, ncclSum, second, stream);
+  CHECK(ncclCommDestroy(second));
+  EXPECT("CommDestroy comm=%p", (void*)second);
+  CHECK(ncclCommDestroy(first));
+  EXPECT("CommDestroy comm=%p", (void*)first);
+  return 0;
+}
+
 /* A non-blocking communicator split with NCCL_SPLIT_NOCOLOR (PyTorch's split
  * for the ranks outside a new group): NCCL makes no child and writes only
  * NULL to the slot, which is the program's to free or reuse once the split
@@ -832,6 +860,8 @@ __attribute__((visibility("default"))) int gcTestRunCalls(const char* mode) {
     rc = nonblocking();
   } else if (strcmp(mode, "nocolor") == 0) {
     rc = nocolor();
+  } else if (strcmp(mode, "env_changed") == 0) {
+    rc = envChanged();
 #endif
 #if NCCL_VERSION_CODE >= NCCL_VERSION(2, 27, 0)
   } else if (strcmp(mode, "revoked") == 0) {

@@ -326,13 +326,35 @@ static int numPending = 0;
 
 /* NCCL_COMM_BLOCKING as NCCL reads it (ncclLoadParam): strtoll in base 0,
  * ignored where that sets errno; 0 or 1 overrides a config, any other value
- * none ("00" and "false" are 0, "01" is 1). -1: no override. */
-static int envBlocking(void) {
+ * none ("00" and "false" are 0, "01" is 1). -1: no override. Read once per
+ * process and kept, as NCCL's parameter cache does, unless NCCL_NO_CACHE
+ * (read once: full names, comma-separated, or ALL) names it, as NCCL 2.29.7
+ * and later allow. */
+static int readEnvBlocking(void) {
   const char* env = getenv("NCCL_COMM_BLOCKING");
   if (env == NULL || env[0] == '\0') return -1;
   errno = 0;
   const long long v = strtoll(env, NULL, 0);
   return errno == 0 && (v == 0 || v == 1) ? (int)v : -1;
+}
+
+static int envBlocking(void) {
+  static int uncached = -1, first = -2;
+  if (uncached < 0) {
+    const char* list = getenv("NCCL_NO_CACHE");
+    uncached = 0;
+    for (const char* p = list; p != NULL && *p != '\0';) {
+      const char* end = strchr(p, ',');
+      const size_t n = end != NULL ? (size_t)(end - p) : strlen(p);
+      if ((n == 3 && strncmp(p, "ALL", 3) == 0) ||
+          (n == 18 && strncmp(p, "NCCL_COMM_BLOCKING", 18) == 0))
+        uncached = 1;
+      p = end != NULL ? end + 1 : NULL;
+    }
+  }
+  if (uncached) return readEnvBlocking();
+  if (first == -2) first = readEnvBlocking();
+  return first;
 }
 
 static int isNonBlocking(ncclComm_t c) {

@@ -244,6 +244,30 @@ if "$app" nonblocking > /dev/null 2>&1 < /dev/null || [ $? != 2 ]; then
   done
 fi
 
+# 4b. NCCL reads NCCL_COMM_BLOCKING at its first communicator and keeps that
+# value for the process (its parameter cache), unless NCCL_NO_CACHE names it
+# (NCCL 2.29.7 and later): the program below changes it between two
+# communicators made with blocking = 1, from 0 to unset or from unset to 0,
+# and the preload must take both for what NCCL made them (the stand-in caches
+# as NCCL does). Read at each communicator, the second was taken for the
+# other kind.
+if "$app" env_changed > /dev/null 2>&1 < /dev/null || [ $? != 2 ]; then
+  for c in from0:2 unset:0 nocache:1; do
+    name=env_changed_${c%%:*}
+    case ${c%%:*} in
+      from0) vars="NCCL_COMM_BLOCKING=0" ;;
+      unset) vars="" ;;
+      nocache) vars="NCCL_COMM_BLOCKING=0 NCCL_NO_CACHE=NCCL_COMM_BLOCKING" ;;
+    esac
+    run $name env $vars GRADCOMP_DEBUG=INFO "$app" env_changed && {
+      same_calls $name
+      n=$(count "is non-blocking" "$work/$name.err")
+      check "$name: the communicators NCCL made non-blocking, and no other, recognized (got $n, want ${c##*:})" \
+        "[ '$n' = ${c##*:} ]"
+    }
+  done
+fi
+
 # 4c. A non-blocking communicator split with NCCL_SPLIT_NOCOLOR makes no
 # child: NCCL writes only NULL to the slot (at the call and at the split's
 # end), and the program reuses it once the split is done. The

@@ -526,6 +526,11 @@ TEST(NcclSetup, NullOutputStillVotes) {
   EXPECT_EQ(count(log, "CommSplit"), 0) << log;
 }
 
+// NcclNonBlocking sets NCCL_COMM_BLOCKING and unsets it again between tests of
+// one process, which NCCL (and the stand-in) see only where the variable is
+// not cached: NCCL_NO_CACHE, read once per process, so set before any call.
+const bool kBlockingUncached = setenv("NCCL_NO_CACHE", "NCCL_COMM_BLOCKING", 1) == 0;
+
 // A non-blocking communicator (NCCL_COMM_BLOCKING=0 makes every one the
 // stand-in hands out non-blocking): its calls answer ncclInProgress, and NCCL
 // refuses the next call until the state, polled with ncclCommGetAsyncError,

@@ -994,7 +994,8 @@ def disagree(out, rank):
     third step while rank 1 compresses (a collective mismatch: gloo aborted rank 1);
     "paused_warmup", the same at the first step, before compression starts; "loaded", rank 0
     loads a state dict of a later step after the first uncompressed step (it compresses while
-    rank 1 does not); "fsdp_paused", FSDP2's reduce-scatter inside paused() on rank 0 only.
+    rank 1 does not); "fsdp_paused", FSDP2's reduce-scatter inside paused() on rank 0 only;
+    "fsdp_loaded", rank 0 alone loads an FSDP2 state dict of a later step after the first step.
     Per case, what the step raised on this rank and the weight's gradient."""
     import datetime
 
@@ -1058,6 +1059,28 @@ def disagree(out, rank):
         with pause:
             err = _error(lambda: model(batch(s, rank, 32)[0]).sum().backward())
     res["fsdp_paused"] = {"error": err}
+    st.close()
+
+    # FSDP2: a state dict of step 3 loaded on rank 0 only, after the first step of a new run.
+    def fsdp_run():
+        torch.manual_seed(0)
+        m = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 5))
+        fully_shard(m, mesh=DeviceMesh.from_group(group, "cpu"))
+        s_ = gct.GradcompState(group, backend="cpu", config=cfg)
+        gct.register_fsdp_reduce_scatter(m, s_)
+        return m, s_
+
+    old_model, old = fsdp_run()
+    for s in range(3):
+        old_model(batch(s, rank, 32)[0]).sum().backward()
+    ckpt = old.state_dict()
+    old.close()
+    model, st = fsdp_run()
+    model(batch(0, rank, 32)[0]).sum().backward()
+    if rank == 0:
+        st.load_state_dict(ckpt)
+    err = _error(lambda: model(batch(1, rank, 32)[0]).sum().backward())
+    res["fsdp_loaded"] = {"error": err}
     st.close()
     return [], res
 

@@ -3118,7 +3118,9 @@ class CpuBackendRanksDisagree(unittest.TestCase):
     any rank used: the ranks' gradients differed, silently), paused() entered on one rank only
     (a collective mismatch, which gloo answered by aborting the process), a state dict of a
     later step loaded on one rank only during the uncompressed steps (that rank compressed
-    while its peer did not), and FSDP2's reduce-scatter inside paused() on one rank only. Every
+    while its peer did not), and FSDP2's reduce-scatter inside paused() on one rank only, or
+    after an FSDP2 state dict of a later step loaded on one rank only (gradcomp's own step check
+    refused it inside the call, as a step mismatch naming neither the state nor the load). Every
     rank raises the same RuntimeError at that step, naming the ranks, before any collective of
     the call; frozen on every rank trains on, without a gradient for the weight."""
 
@@ -3136,6 +3138,8 @@ class CpuBackendRanksDisagree(unittest.TestCase):
             "fsdp_paused": "gradcomp: rank(s) [0] of the state's group are inside "
                            "state.paused() and rank(s) [1] are not: those inside would send "
                            "the reduce-scatter of FSDP module '<root>' uncompressed",
+            "fsdp_loaded": "gradcomp: the ranks of the state's group are at different steps "
+                           "(state.iter by rank: [3, 1])",
         }
         for r, res in enumerate(results):
             for case, said in want.items():

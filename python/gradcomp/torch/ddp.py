@@ -822,10 +822,10 @@ class GradcompState:
         agree on what decides the call's collectives and its result, which each rank knows of
         itself only. A rank inside paused() while its peers compress (torch's collective against
         gradcomp's exchange: a collective mismatch, which gloo answers by aborting the process,
-        or a hang), under DDP a step counter moved on some ranks only (load_state_dict on some
-        ranks), or a compressed parameter frozen on some ranks only (the hook zeroes a frozen
-        parameter's slice, where DDP averages the gradient of a parameter any rank used: the
-        ranks' gradients would differ, silently). Every rank raises the same RuntimeError,
+        or a hang), a step counter moved on some ranks only (load_state_dict on some ranks; DDP
+        and FSDP2 alike), or a compressed parameter frozen on some ranks only (the hook zeroes a
+        frozen parameter's slice, where DDP averages the gradient of a parameter any rank used:
+        the ranks' gradients would differ, silently). Every rank raises the same RuntimeError,
         naming the ranks."""
         frozen = [int(not p.requires_grad and self.is_compressed(p)) for p in params]
         on = device if self.backend == "nccl" else "cpu"
@@ -847,8 +847,11 @@ class GradcompState:
                 "state.paused():` on every rank for the same steps, or on none")
         iters = [row[1] for row in rows]
         # Until the DDP hook's first call outside paused(), _agree_options compares the step
-        # counter with the options, naming the option.
-        if self._options_agreed and len(set(iters)) > 1:
+        # counter with the options, naming the option. FSDP2's hooks have no such call (no
+        # options): from their first call, before it counts its step (_count_fsdp_step), so that
+        # a state dict loaded on some ranks only is named here, before any exchange of the call,
+        # not as gradcomp's step mismatch inside it.
+        if (self._options_agreed or self._fsdp_role is not None) and len(set(iters)) > 1:
             raise RuntimeError(
                 f"gradcomp: the ranks of the state's group are at different steps (state.iter by "
                 f"rank: {iters}): a state dict loaded (load_state_dict) or a step run inside "
