@@ -2940,6 +2940,20 @@ class CpuBackendUnusedParameters(unittest.TestCase):
     across a checkpoint taken while the slice is carried; without find_unused_parameters the
     hook does nothing of it."""
 
+    def test_the_zero_input_flags_are_one_per_slice(self):
+        # The candidates of a call: slices all zero (-0 too), not one holding a NaN or a value;
+        # fp32, fp16 and bf16, as DDP's buckets are.
+        from gradcomp.torch.ddp import _zero_slices
+        for dt in (torch.float32, torch.float16, torch.bfloat16):
+            b = torch.arange(1, 14, dtype=torch.float32).to(dt)
+            b[3:6] = 0
+            b[6:9] = -0.0
+            b[9] = float("nan")
+            b[12] = 0
+            params = [(0, 3, None), (3, 3, None), (6, 3, None), (9, 3, None), (12, 1, None)]
+            self.assertEqual(_zero_slices(b, params).tolist(), [False, True, True, False, True],
+                             msg=str(dt))
+
     def test_a_globally_unused_parameter_loses_no_error_feedback(self):
         records, _ = launch_ranks(self, "unused")
         sys.path.insert(0, HERE)

@@ -1603,7 +1603,7 @@ def _watch_unused(state, ddp, plan, buf):
     task = current()
     if task == -1:
         return None  # a joined rank's shadow call (Join): no backward, no gradient written
-    zero = torch.stack([buf[o:o + n].eq(0).all() for o, n, _ in plan["comp_params"]])
+    zero = _zero_slices(buf, plan["comp_params"])
     if state._watch_task != task:
         # The first call of this backward (the entries of a backward that failed go).
         state._watch, state._watch_task = [], task
@@ -1613,6 +1613,20 @@ def _watch_unused(state, ddp, plan, buf):
         # after this call; a callback queued by a callback runs after all of those.
         engine.queue_callback(lambda: engine.queue_callback(settle))
     return zero
+
+
+def _zero_slices(buf, params):
+    """Whether each (offset, count, parameter) slice of buf is all zero, as one bool tensor on
+    buf's device: one fused max-norm over the slices (torch's multi-tensor kernel), not two ops
+    per parameter; a NaN slice is not zero."""
+    slices = [buf[o:o + n] for o, n, _ in params]
+    foreach_norm = getattr(torch, "_foreach_norm", None)
+    if foreach_norm is not None:
+        try:
+            return torch.stack(foreach_norm(slices, float("inf"))).eq(0)
+        except (RuntimeError, TypeError):
+            pass  # a dtype or torch it does not take: the slices one by one
+    return torch.stack([t.eq(0).all() for t in slices])
 
 
 def _delivered(p, out):
