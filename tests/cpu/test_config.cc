@@ -550,8 +550,13 @@ TEST(ConfigNames, EveryNameInTheSourceTreeIsKnown) {
        it != fs::recursive_directory_iterator(); ++it) {
     const fs::path& p = it->path();
     if (it->is_directory()) {
-      // .git, and build trees (this one among them) with their copies.
-      if (p.filename().string()[0] == '.' || fs::exists(p / "CMakeCache.txt")) {
+      // .git, build trees (this one among them) with their copies, and
+      // what Python puts in a tree (a virtual environment, an installed
+      // package's build or egg-info, bytecode): not the project's sources.
+      const std::string leaf = p.filename().string();
+      if (leaf[0] == '.' || fs::exists(p / "CMakeCache.txt") || fs::exists(p / "pyvenv.cfg") ||
+          leaf == "site-packages" || leaf == "__pycache__" ||
+          (leaf.size() > 9 && leaf.compare(leaf.size() - 9, 9, ".egg-info") == 0)) {
         it.disable_recursion_pending();
       }
       continue;
