@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include <array>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -475,6 +476,9 @@ gradcompResult_t agreeReady(gradcompComm* c, gradcompResult_t local, int* refuse
 
 gradcompResult_t refuseCall(gradcompComm& c, size_t count, int type, int op, CallRefusal why,
                             gradcompResult_t local, bool beforeBegin) {
+  // Before the call began nothing has set it yet: a refusal that joins
+  // nothing did not fail together (the LD_PRELOAD library hands it to NCCL).
+  if (beforeBegin) c.failedTogether = false;
   // NCCL checks nothing at its collectives: only the agreement beginCollective
   // runs under the setting can take the record, so only a refusal made before
   // it joins (after it, every rank agreed on the count and refuses alike).
@@ -487,7 +491,11 @@ gradcompResult_t refuseCall(gradcompComm& c, size_t count, int type, int op, Cal
   // The call's own record goes back after: a refused call leaves the comm as it was.
   const CallInfo before = c.transport->currentCall();
   c.transport->beginCall(CallInfo{c.step, count, type, op, kCallRefused, (uint32_t)why});
-  (void)c.transport->verifyCall();  // its sentence names this rank's refusal; ours is `mine`
+  // Its sentence names this rank's refusal; ours is `mine`. Where the peers
+  // did not refuse alike they fail there, naming it: the call is then one the
+  // ranks compared and found apart, which the LD_PRELOAD library must not
+  // hand to NCCL on this rank alone (as agreePrepared marks a refused vote).
+  c.failedTogether = c.transport->verifyCall() != gradcompSuccess;
   c.transport->beginCall(before);
   return restoreError(local, "%s", mine);
 }
@@ -502,10 +510,14 @@ gradcompResult_t refuseCallEnums(gradcompComm* c, size_t count, const ncclDataTy
   if (c == nullptr || !c->backend || !c->transport || call.check() != gradcompSuccess)
     return restoreError(local, "%s", mine);
   // As every call starts: on NCCL the agreement runs on the caller's stream
-  // and device, and whether it is captured is that stream's.
-  const OnCommDevice onDevice(c);
-  c->backend->setStream(stream);
-  c->transport->setStream(stream);
+  // and device, and whether it is captured is that stream's. Only where the
+  // refusal may join it: otherwise the comm's stream stays the last call's.
+  std::optional<OnCommDevice> onDevice;
+  if (c->cfg.checkCalls && count != 0) {
+    onDevice.emplace(c);
+    c->backend->setStream(stream);
+    c->transport->setStream(stream);
+  }
   const int t = enumArg(type), o = enumArg(op);
   const bool typeOk = t >= 0 && t < (int)ncclNumTypes;
   return refuseCall(*c, count, t, o, typeOk ? kRefusedOp : kRefusedDatatype, local, true);

@@ -171,10 +171,10 @@ gradcompResult_t agreeReady(gradcompComm* c, gradcompResult_t local, int* refuse
 // world's transport). One made after it is not: every rank agreed on the
 // count there and refuses alike, and the peers' next collective there is a
 // vote (an allreduce of a float) that an allgather would meet. A rank whose
-// peers pass a count of 0 (they return before any exchange) then waits in an
-// agreement nobody joins, as a rank of a nonzero count waits in NCCL's own
-// collective when its peers pass 0 (the CPU world fails it after
-// cpuTimeoutSec). The caller's stream and device must be set first.
+// peers pass a count of 0 (they return before any exchange) then meets
+// their next collective on the comm, as a rank of a nonzero count does in
+// NCCL when its peers pass 0 (the CPU world fails it after cpuTimeoutSec).
+// The caller's stream and device must be set first.
 // Only on that path: a call that is not refused exchanges nothing more.
 // Without the setting a refusal stays this rank's own, as NCCL's (a rank
 // that makes the call alone returns at once, its peers wait); not under

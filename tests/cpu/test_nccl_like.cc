@@ -305,6 +305,10 @@ TEST(NcclLike, ARefusalBeforeTheCallFailsItsPeersNamingIt) {
         }
         for (int r = 0; r < N; ++r) {
           EXPECT_EQ(gctest::savedState(w.comm(r)), before[r]) << "rank " << r;
+          // A call its peers failed naming it is one the ranks compared and
+          // found apart on the refusing rank too: the LD_PRELOAD library must
+          // not hand it to NCCL there alone (interpose.cc, failedTogether).
+          if (!all) EXPECT_TRUE(w.comm(r)->failedTogether) << "rank " << r;
         }
         res = onRanks(
             w,
@@ -363,8 +367,8 @@ TEST(NcclLike, ARefusalAfterTheAgreementJoinsNoOther) {
 // A refusing rank whose peers pass a count of 0 (they return before any
 // exchange, as NCCL does for a count of 0) waits in an agreement nobody
 // joins: here for cpuTimeoutSec, then it returns its own error; on NCCL it
-// waits as NCCL's own collective waits when the ranks' counts differ
-// (docs/reliability.md). The comm works on.
+// meets the peers' next collective on the comm, as NCCL's own collective
+// does when the ranks' counts differ (docs/reliability.md). The comm works on.
 TEST(NcclLike, ARefusalWhosePeersPassNoElementsReturnsItsOwnError) {
   const int N = 2;
   gradcompConfig_t cfg = config(1, 0);
