@@ -1116,37 +1116,44 @@ TEST(Fuzz, AStrayConnectionToARanksListenerIsDropped) {
     const char* name;
     std::string bytes;  // what the stray sends before it closes
     bool stays;         // or it stays open, silent, until the world is made
+    int copies;         // strays of that kind at once (past the 64 a listener keeps)
   };
   const Case cases[] = {
-      {"connects and closes", "", false},
-      {"sends an HTTP request", "GET / HTTP/1.0\r\n\r\n", false},
-      {"sends rank 0's number", std::string(4, '\0'), false},
-      {"sends a number past the ranks", std::string("\x07\0\0\0", 4), false},
-      {"sends 2 bytes", "ab", false},
-      {"sends 2 bytes and stays", "ab", true},
-      {"connects and stays silent", "", true},
+      {"connects and closes", "", false, 1},
+      {"sends an HTTP request", "GET / HTTP/1.0\r\n\r\n", false, 1},
+      {"sends rank 0's number", std::string(4, '\0'), false, 1},
+      {"sends a number past the ranks", std::string("\x07\0\0\0", 4), false, 1},
+      {"sends 2 bytes", "ab", false, 1},
+      {"sends 2 bytes and stays", "ab", true, 1},
+      {"connects and stays silent", "", true, 1},
+      {"100 connect and stay silent", "", true, 100},
   };
   for (const Case& k : cases) {
     SCOPED_TRACE(k.name);
-    bool strayed = false;
-    int kept = -1;
+    bool strayed = true;
+    std::vector<int> kept;
     const std::vector<Outcome> out = run(AF_INET, 3, cfg, [&](int r, std::vector<char> b) {
       if (r != 1) return b;
-      const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-      sockaddr_in a = {};
-      a.sin_family = AF_INET;
-      a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-      a.sin_port = entryAt(b, 1).port;
-      strayed = fd >= 0 && connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 &&
-                wire::sendAll(fd, k.bytes.data(), k.bytes.size());
-      if (k.stays) {
-        kept = fd;
-      } else if (fd >= 0) {
-        close(fd);
+      for (int i = 0; i < k.copies; ++i) {
+        const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        sockaddr_in a = {};
+        a.sin_family = AF_INET;
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        a.sin_port = entryAt(b, 1).port;
+        strayed = strayed && fd >= 0 &&
+                  connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 &&
+                  wire::sendAll(fd, k.bytes.data(), k.bytes.size());
+        if (k.stays) {
+          kept.push_back(fd);
+        } else if (fd >= 0) {
+          close(fd);
+        }
       }
       return b;
     });
-    if (kept >= 0) close(kept);
+    for (const int fd : kept) {
+      if (fd >= 0) close(fd);
+    }
     EXPECT_TRUE(strayed) << "the stray could not reach rank 1's listener";
     for (int r = 1; r < 3; ++r) {
       EXPECT_EQ(out[r].created, gradcompSuccess) << "rank " << r << ": " << out[r].why;

@@ -447,6 +447,17 @@ class Greeter {
         if (p.fd >= 0) {
           tuneSocket(p.fd);
           p.got.resize(bytes_);
+          // Bounded: a flood of silent strays would run the process out of
+          // descriptors. The oldest goes (a rank sends as soon as it
+          // connects, so the oldest silent one is the least likely a rank).
+          if (pending_.size() >= kMaxPending) {
+            GC_INFO(
+                "socket transport: dropped a connection from %s that sent nothing (%zu "
+                "others wait)",
+                pending_.front().peer.text().c_str(), pending_.size());
+            close(pending_.front().fd);
+            pending_.erase(pending_.begin());
+          }
           pending_.push_back(std::move(p));
           continue;
         }
@@ -469,6 +480,7 @@ class Greeter {
     std::vector<char> got;
     size_t have = 0;
   };
+  static constexpr size_t kMaxPending = 64;
   int listener_;
   size_t bytes_;
   std::vector<Pending> pending_;
