@@ -469,41 +469,37 @@ def unused_unsupported():
     return None
 
 
-def run_unused(backend, dev, rank, bav):
-    """DDP(find_unused_parameters=True, gradient_as_bucket_view=bav) with the hook on top-k:
-    a compressed weight p used at steps 0 to UNUSED_AT - 1, unused on every rank at UNUSED_AT,
-    on rank 0 alone at UNUSED_AT + 1, then UNUSED_FLUSH steps of zero loss. By step: this
-    rank's gradient of p as the hook got it, p's slice of the hook's result, p.grad after the
-    backward (zeros where None) and whether it was None; host tensors."""
-    import gradcomp
-    import gradcomp.torch as gct
-    from torch.nn.parallel import DistributedDataParallel as DDP
+class UnusedNet(torch.nn.Module):
+    """The unused-parameter case's model (here and in tests/python/cpu_backend_rank.py): a
+    layer kept in full precision and a weight p the hook compresses, p used where use_p, the
+    output zero where zero."""
 
-    # Exact top-k: its residual drains exactly under zero gradients, so what is left of it
-    # after the flush is nothing, and the sum of p's gradients must be the sum of its inputs'.
-    cfg = gradcomp.Config(from_env=False, method="topk", density=0.05, select="exact",
-                          min_elements=0, auto_tune=0, local_size=1)
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Linear(32, 16)  # 512 + 16 elements: full precision
+        self.p = torch.nn.Parameter(torch.randn(16, 64) * 0.1)  # 1024: compressed
+        self.use_p, self.zero = True, False
 
-    class Net(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.a = torch.nn.Linear(32, 16)  # 512 + 16 elements: full precision
-            self.p = torch.nn.Parameter(torch.randn(16, 64) * 0.1)  # 1024: compressed
-            self.use_p, self.zero = True, False
+    def forward(self, x):
+        h = self.a(x)
+        if self.use_p:
+            h = h @ self.p
+        return h * 0 if self.zero else h
 
-        def forward(self, x):
-            h = self.a(x)
-            if self.use_p:
-                h = h @ self.p
-            return h * 0 if self.zero else h
 
-    torch.manual_seed(0)
-    m = Net().to(dev)
-    d = DDP(m, device_ids=[dev.index] if dev.type == "cuda" else None,
-            find_unused_parameters=True, gradient_as_bucket_view=bav)
-    st = gct.GradcompState(module=m, start_iter=START, backend=backend, config=cfg)
-    rec = {"input": [], "output": [], "grad": [], "grad_none": []}
+def unused_input(m, s, rank):
+    """Step s of the unused-parameter case on this rank: sets whether UnusedNet m uses p (not
+    at UNUSED_AT, nor on rank 0 at UNUSED_AT + 1) and whether its loss is zero (after that);
+    returns the step's batch, on the host."""
+    m.use_p = s != UNUSED_AT and not (s == UNUSED_AT + 1 and rank == 0)
+    m.zero = s > UNUSED_AT + 1
+    return torch.randn(8, 32, generator=torch.Generator().manual_seed(100 * s + rank))
 
+
+def recording_p(m, rec):
+    """A wrap for a DDP comm hook (register_ddp_hook's wrap=, or called on the hook): at each
+    call on the bucket that holds UnusedNet m's p, appends p's slice of the bucket to
+    rec["input"] and p's slice of the hook's result to rec["output"]."""
     def recording(hook):
         def hook_(state, bucket):
             ps = bucket.parameters()
@@ -520,12 +516,33 @@ def run_unused(backend, dev, rank, bav):
 
             return fut.then(done)
         return hook_
+    return recording
 
-    gct.register_ddp_hook(d, st, wrap=recording)
+
+def run_unused(backend, dev, rank, bav):
+    """DDP(find_unused_parameters=True, gradient_as_bucket_view=bav) with the hook on top-k:
+    a compressed weight p used at steps 0 to UNUSED_AT - 1, unused on every rank at UNUSED_AT,
+    on rank 0 alone at UNUSED_AT + 1, then UNUSED_FLUSH steps of zero loss. By step: this
+    rank's gradient of p as the hook got it, p's slice of the hook's result, p.grad after the
+    backward (zeros where None) and whether it was None; host tensors."""
+    import gradcomp
+    import gradcomp.torch as gct
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    # Exact top-k: its residual drains exactly under zero gradients, so what is left of it
+    # after the flush is nothing, and the sum of p's gradients must be the sum of its inputs'.
+    cfg = gradcomp.Config(from_env=False, method="topk", density=0.05, select="exact",
+                          min_elements=0, auto_tune=0, local_size=1)
+
+    torch.manual_seed(0)
+    m = UnusedNet().to(dev)
+    d = DDP(m, device_ids=[dev.index] if dev.type == "cuda" else None,
+            find_unused_parameters=True, gradient_as_bucket_view=bav)
+    st = gct.GradcompState(module=m, start_iter=START, backend=backend, config=cfg)
+    rec = {"input": [], "output": [], "grad": [], "grad_none": []}
+    gct.register_ddp_hook(d, st, wrap=recording_p(m, rec))
     for s in range(UNUSED_AT + 2 + UNUSED_FLUSH):
-        m.use_p = s != UNUSED_AT and not (s == UNUSED_AT + 1 and rank == 0)
-        m.zero = s > UNUSED_AT + 1
-        x = torch.randn(8, 32, generator=torch.Generator().manual_seed(100 * s + rank))
+        x = unused_input(m, s, rank)
         d.zero_grad(set_to_none=True)
         d(x.to(dev)).square().sum().backward()
         g = m.p.grad

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include <functional>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -22,6 +23,18 @@ inline std::vector<gradcompResult_t> runOnThreads(int n,
   for (int r = 0; r < n; ++r) threads.emplace_back([&, r] { res[r] = fn(r); });
   for (auto& t : threads) t.join();
   return res;
+}
+
+// fn(rank) on one thread per rank of n; each rank's result and, where it failed,
+// its error sentence (the last error is per thread).
+inline std::vector<gradcompResult_t> onRanks(int n, const std::function<gradcompResult_t(int)>& fn,
+                                             std::vector<std::string>* err) {
+  err->assign(n, std::string());
+  return runOnThreads(n, [&](int r) {
+    const gradcompResult_t rc = fn(r);
+    if (rc != gradcompSuccess) (*err)[r] = gradcompGetLastError();
+    return rc;
+  });
 }
 
 class CpuWorld {

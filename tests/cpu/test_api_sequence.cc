@@ -58,6 +58,7 @@
 #include "plugin/comm.h"
 #include "tests/common/cpu_world.h"
 #include "tests/common/ledger.h"
+#include "tests/common/one_rank_refusal.h"
 #include "tests/common/ref_algos.h"
 #include "tests/common/ref_hier.h"
 #include "tests/common/ref_hier_rs.h"
@@ -74,6 +75,7 @@ using gc::DType;
 using gctest::ref::Rank;
 
 using gctest::envKnob;
+using gctest::onRanks;
 
 // What the sequences ran, printed at the end: a long run says what it covered.
 // (Atomic: two worlds' calls may run at once.)
@@ -124,18 +126,6 @@ float roundTo(ncclDataType_t t, float x) {
 }
 double epsOf(ncclDataType_t t) {
   return t == ncclFloat32 ? 0x1p-24 : t == ncclFloat16 ? 0x1p-11 : 0x1p-8;
-}
-
-// fn(rank) on one thread per rank; each rank's result and, where it failed,
-// its error sentence (the last error is per thread).
-std::vector<gradcompResult_t> onRanks(int n, const std::function<gradcompResult_t(int)>& fn,
-                                      std::vector<std::string>* err) {
-  err->assign(n, std::string());
-  return gctest::runOnThreads(n, [&](int r) {
-    const gradcompResult_t rc = fn(r);
-    if (rc != gradcompSuccess) (*err)[r] = gradcompGetLastError();
-    return rc;
-  });
 }
 
 // One call as every rank makes it.
@@ -1145,30 +1135,8 @@ TEST(ApiSequence, ARefusalOnOneRankFailsItsPeersNamingIt) {
               }
             },
             &err);
-        EXPECT_EQ(res[who], gradcompInvalidArgument) << err[who];
-        EXPECT_NE(err[who].find(k.mine), std::string::npos) << err[who];
-        const std::string named = "rank " + std::to_string(who) + " ";
-        for (int r = 0; r < N; ++r) {
-          if (r == who) continue;
-          EXPECT_EQ(res[r], gradcompInvalidUsage) << "rank " << r << ": " << err[r];
-          EXPECT_NE(err[r].find(named), std::string::npos) << "rank " << r << ": " << err[r];
-          EXPECT_NE(err[r].find(k.peers), std::string::npos) << "rank " << r << ": " << err[r];
-        }
-        for (int r = 0; r < N; ++r) {
-          EXPECT_EQ(gctest::savedState(w.comm(r)), before[r]) << "rank " << r;
-        }
-        res = onRanks(
-            N,
-            [&](int r) {
-              float* s = b[r].data();
-              return rs ? gradcompReduceScatter(s, o[r].data(), m, ncclFloat32, ncclSum, w.comm(r),
-                                                nullptr)
-                        : gradcompAllReduce(s, s, m, ncclFloat32, ncclSum, w.comm(r), nullptr);
-            },
-            &err);
-        for (int r = 0; r < N; ++r) {
-          EXPECT_EQ(res[r], gradcompSuccess) << "rank " << r << ": " << err[r];
-        }
+        gctest::expectOneRankRefused(res, err, who, k.mine, k.peers);
+        gctest::expectStatesKeptAndTheCallMadeRightRuns(w, before, b, o, rs, m);
         // Before the fix a case costs cpuTimeoutSec: stop at the first.
         if (::testing::Test::HasFailure()) return;
       }

@@ -17,6 +17,7 @@
 #include "plugin/comm.h"
 #include "tests/common/cpu_world.h"
 #include "tests/common/nccl_like_transport.h"
+#include "tests/common/one_rank_refusal.h"
 #include "tests/common/test_util.h"
 
 namespace {
@@ -33,16 +34,10 @@ gradcompConfig_t config(int checkCalls, size_t minElements, int localSize = 0) {
   return c;
 }
 
-// fn(rank) on one thread per rank; each rank's result and, where it failed,
-// its error sentence (the last error is per thread).
+// gctest::onRanks on every rank of w.
 std::vector<gradcompResult_t> onRanks(CpuWorld& w, const std::function<gradcompResult_t(int)>& fn,
                                       std::vector<std::string>* err) {
-  err->assign(w.size(), std::string());
-  return w.run([&](int r) {
-    const gradcompResult_t rc = fn(r);
-    if (rc != gradcompSuccess) (*err)[r] = gradcompGetLastError();
-    return rc;
-  });
+  return gctest::onRanks(w.size(), fn, err);
 }
 
 bool has(const std::string& s, const std::string& part) {
@@ -288,40 +283,22 @@ TEST(NcclLike, ARefusalBeforeTheCallFailsItsPeersNamingIt) {
               }
             },
             &err);
-        const bool all = kind == 3;
-        EXPECT_EQ(res[who], gradcompInvalidArgument) << err[who];
-        EXPECT_TRUE(has(err[who], k.mine)) << err[who];
-        const std::string named = "rank " + std::to_string(who) + " ";
-        for (int r = 0; r < N; ++r) {
-          if (r == who) continue;
-          if (all) {
+        if (kind == 3) {
+          // Refused on every rank, each naming its own datatype.
+          for (int r = 0; r < N; ++r) {
             EXPECT_EQ(res[r], gradcompInvalidArgument) << "rank " << r << ": " << err[r];
             EXPECT_TRUE(has(err[r], "datatype=" + std::to_string((int)ncclNumTypes + r))) << err[r];
-            continue;
           }
-          EXPECT_EQ(res[r], gradcompInvalidUsage) << "rank " << r << ": " << err[r];
-          EXPECT_TRUE(has(err[r], named)) << "rank " << r << ": " << err[r];
-          EXPECT_TRUE(has(err[r], k.peers)) << "rank " << r << ": " << err[r];
-        }
-        for (int r = 0; r < N; ++r) {
-          EXPECT_EQ(gctest::savedState(w.comm(r)), before[r]) << "rank " << r;
+        } else {
+          gctest::expectOneRankRefused(res, err, who, k.mine, k.peers);
           // A call its peers failed naming it is one the ranks compared and
           // found apart on the refusing rank too: the LD_PRELOAD library must
           // not hand it to NCCL there alone (interpose.cc, failedTogether).
-          if (!all) EXPECT_TRUE(w.comm(r)->failedTogether) << "rank " << r;
+          for (int r = 0; r < N; ++r) {
+            EXPECT_TRUE(w.comm(r)->failedTogether) << "rank " << r;
+          }
         }
-        res = onRanks(
-            w,
-            [&](int r) {
-              float* s = b[r].data();
-              return rs ? gradcompReduceScatter(s, o[r].data(), m, ncclFloat32, ncclSum, w.comm(r),
-                                                nullptr)
-                        : gradcompAllReduce(s, s, m, ncclFloat32, ncclSum, w.comm(r), nullptr);
-            },
-            &err);
-        for (int r = 0; r < N; ++r) {
-          EXPECT_EQ(res[r], gradcompSuccess) << "rank " << r << ": " << err[r];
-        }
+        gctest::expectStatesKeptAndTheCallMadeRightRuns(w, before, b, o, rs, m);
         // Before the fix a case costs cpuTimeoutSec: stop at the first.
         if (::testing::Test::HasFailure()) return;
       }

@@ -1149,6 +1149,26 @@ void checkCallsCheck(ncclComm_t nc, cudaStream_t st) {
   gradcompCommDestroy(gc);
 }
 
+// A watchdog for calls that may hang: unless `done` is set within 60 s, it
+// fails the rank with "`what` hung for 60 s", prints the counts line
+// ("`summary` rank R of N: ...") the script reads, and exits, rather than
+// leaving the script's time limit to cut the run. The caller sets `done` and
+// joins the thread.
+std::thread startWatchdog(const std::atomic<bool>& done, const char* summary, const char* what) {
+  return std::thread([&done, summary, what] {
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (!done && std::chrono::steady_clock::now() < until) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    if (!done) {
+      fprintf(stderr, "rank %d FAILED: %s hung for 60 s\n", rank, what);
+      printf("%s rank %d of %d: %d passed, %d failed\n", summary, rank, nranks, passed, failed + 1);
+      fflush(stdout);
+      _exit(3);
+    }
+  });
+}
+
 // GRADCOMP_CHECK_CALLS: a call whose arguments the last rank alone refuses
 // before the call begins (a datatype or op that is not NCCL's, a
 // reduce-scatter recvcount whose input overflows) while its peers' pass,
@@ -1176,18 +1196,7 @@ void checkCallsRefusalCheck(ncclComm_t nc, cudaStream_t st) {
   CK(cudaMalloc(&d, n * 4));
   CK(cudaMalloc(&o, m * 4));
   std::atomic<bool> done{false};
-  std::thread watchdog([&] {
-    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-    while (!done && std::chrono::steady_clock::now() < until) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    }
-    if (!done) {
-      fprintf(stderr, "rank %d FAILED: check calls refusal: a call hung for 60 s\n", rank);
-      printf("multirank rank %d of %d: %d passed, %d failed\n", rank, nranks, passed, failed + 1);
-      fflush(stdout);
-      _exit(3);
-    }
-  });
+  std::thread watchdog = startWatchdog(done, "multirank", "check calls refusal: a call");
   auto run = [&](const std::function<gradcompResult_t()>& call) {
     CK(cudaMemcpyAsync(d, g.data(), n * 4, cudaMemcpyHostToDevice, st));
     gradcompResult_t r = call();
@@ -1290,19 +1299,8 @@ int abortMain(ncclComm_t nc, cudaStream_t st, const std::string& idPath) {
   printf("rank %d: the call the dead rank never joins is %s\n", rank,
          cudaStreamQuery(st) == cudaErrorNotReady ? "stuck, as intended" : "already over");
   std::atomic<bool> done{false};
-  std::thread watchdog([&] {
-    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-    while (!done && std::chrono::steady_clock::now() < until) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    }
-    if (!done) {
-      fprintf(stderr, "rank %d FAILED: ncclCommAbort + gradcompCommAbort hung for 60 s\n", rank);
-      printf("multirank abort rank %d of %d: %d passed, %d failed\n", rank, nranks, passed,
-             failed + 1);
-      fflush(stdout);
-      _exit(3);
-    }
-  });
+  std::thread watchdog =
+      startWatchdog(done, "multirank abort", "ncclCommAbort + gradcompCommAbort");
   const auto t0 = std::chrono::steady_clock::now();
   ncclResult_t nr;
   gradcompResult_t gr;

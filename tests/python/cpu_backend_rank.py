@@ -25,9 +25,10 @@ import torch.nn as nn
 import gradcomp
 import gradcomp.torch as gct
 import gc_ranks  # tools/, on the PYTHONPATH the tests give
+# The unused-parameter case as the GPU box runs it (tools/, as gc_ranks).
+from hook_exact_rank import UNUSED_AT, UNUSED_FLUSH, UnusedNet, recording_p, unused_input
 
 STEPS, START, RESUME_AT = 5, 1, 3
-UNUSED_AT, UNUSED_FLUSH = 3, 40
 
 
 def config():
@@ -1098,42 +1099,12 @@ def unused(out, rank):
     cfg = gradcomp.Config(from_env=False, method="topk", density=0.05, select="exact",
                           min_elements=0, auto_tune=0)
 
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.a = nn.Linear(32, 16)  # 512 + 16 elements: full precision
-            self.p = nn.Parameter(torch.randn(16, 64) * 0.1)  # 1024: compressed
-            self.use_p, self.zero = True, False
-
-        def forward(self, x):
-            h = self.a(x)
-            if self.use_p:
-                h = h @ self.p
-            return h * 0 if self.zero else h
-
     def make(bav, how, rec):
         torch.manual_seed(0)
-        m = Net()
+        m = UnusedNet()
         d = DDP(m, find_unused_parameters=True, gradient_as_bucket_view=bav)
         st = gct.GradcompState(module=m, start_iter=1, backend="cpu", config=cfg)
-
-        def recording(hook):
-            def hook_(state, bucket):
-                ps = bucket.parameters()
-                i = next((i for i, q in enumerate(ps) if q is m.p), None)
-                if i is None:
-                    return hook(state, bucket)
-                o = sum(q.numel() for q in ps[:i])
-                rec["input"].append(bucket.buffer()[o:o + m.p.numel()].clone())
-                fut = hook(state, bucket)
-
-                def done(f):
-                    rec["output"].append(f.value()[o:o + m.p.numel()].clone())
-                    return f.value()
-
-                return fut.then(done)
-            return hook_
-
+        recording = recording_p(m, rec)
         if how == "register_comm_hook":
             d.register_comm_hook(st, recording(gct.gradcomp_hook))
         else:
@@ -1141,9 +1112,7 @@ def unused(out, rank):
         return m, d, st
 
     def step(m, d, s, none, rec, use=True):
-        m.use_p = s != UNUSED_AT and not (s == UNUSED_AT + 1 and rank == 0)
-        m.zero = s > UNUSED_AT + 1
-        x = torch.randn(8, 32, generator=torch.Generator().manual_seed(100 * s + rank))
+        x = unused_input(m, s, rank)
         d.zero_grad(set_to_none=none)
         d(x).square().sum().backward()
         if use:
@@ -1166,7 +1135,7 @@ def unused(out, rank):
         gddp._settle_unused = counted
     res = {}
     torch.manual_seed(0)
-    m = Net()
+    m = UnusedNet()
     d = DDP(m)  # every parameter used at every step: no find_unused_parameters
     st = gct.GradcompState(module=m, start_iter=1, backend="cpu", config=cfg)
     gct.register_ddp_hook(d, st)

@@ -274,20 +274,18 @@ class TorchRefusals(unittest.TestCase):
         import gradcomp
         from gradcomp.torch import fsdp
 
+        def refused(make, s):
+            with self.assertRaisesRegex(TypeError, f"^{make.__name__} takes a "
+                                        r"gradcomp.torch.GradcompState; got .* \(a "
+                                        f"{type(s).__name__}\)"):
+                make(s, "layers.0")
+
         wrong = (gradcomp.Config(from_env=False), "state", 0)
-        if gradcomp.has("gradcompReduceScatterKeyed"):
-            for s in wrong:
-                with self.subTest(state=repr(s)):
-                    with self.assertRaisesRegex(TypeError, r"^GradcompReduceScatter takes a "
-                                                r"gradcomp.torch.GradcompState; got .* \(a "
-                                                f"{type(s).__name__}\)"):
-                        self.gt.GradcompReduceScatter(s, "layers.0")
         for s in wrong:
             with self.subTest(state=repr(s)):
-                with self.assertRaisesRegex(TypeError, r"^GradcompReplicaAllReduce takes a "
-                                            r"gradcomp.torch.GradcompState; got .* \(a "
-                                            f"{type(s).__name__}\)"):
-                    self.gt.GradcompReplicaAllReduce(s, "layers.0")
+                if gradcomp.has("gradcompReduceScatterKeyed"):
+                    refused(self.gt.GradcompReduceScatter, s)
+                refused(self.gt.GradcompReplicaAllReduce, s)
                 with self.assertRaisesRegex(TypeError, r"^gradcomp_hook takes a GradcompState "
                                             f"as its state; got .* \(a {type(s).__name__}\)"):
                     self.gt.gradcomp_hook(s, None)
