@@ -19,6 +19,7 @@
 #include "checks.h"
 #include "format_args.h"
 #include "params.h"
+#include "shown_text.h"
 #include "kernels/qsgd_math.cuh"
 
 namespace gc {
@@ -310,17 +311,10 @@ std::string shownValue(const char* v, size_t max) {
   std::string out = plain ? "" : "\"";
   for (size_t i = 0; i < n && i < max; ++i) {
     const unsigned char c = (unsigned char)v[i];
-    if (plain || (c >= ' ' && c < 0x7f && c != '"' && c != '\\')) {
+    if (plain) {
       out += (char)c;
-    } else if (c == '"' || c == '\\') {
-      out += '\\';
-      out += (char)c;
-    } else if (c == '\t' || c == '\n' || c == '\r') {
-      out += c == '\t' ? "\\t" : c == '\n' ? "\\n" : "\\r";
     } else {
-      char esc[8];
-      snprintf(esc, sizeof(esc), "\\x%02x", c);
-      out += esc;
+      appendWrittenOut(out, c);
     }
   }
   if (!plain) out += '"';

@@ -5,34 +5,19 @@
 #pragma once
 
 #include <ctype.h>
-#include <stdio.h>
 #include <stdlib.h>
 
 #include <string>
 
+#include "../../shown_text.h"
+
 namespace gc {
 
-// Part of a root address as a sentence shows it between quotes: a control
-// character, a byte past ASCII, a quote and a backslash written out (\r,
-// \x1b, \"), so that a CR (the port from a CRLF environment file) cannot send the
-// cursor back over the sentence, nor an escape sequence redraw the terminal.
+// Part of a root address as a sentence shows it between quotes, every byte
+// written out as shown_text.h says (\r, \x1b, \").
 inline std::string shownRootText(const std::string& s) {
   std::string out;
-  for (const char ch : s) {
-    const unsigned char c = (unsigned char)ch;
-    if (c >= ' ' && c < 0x7f && c != '"' && c != '\\') {
-      out += ch;
-    } else if (c == '"' || c == '\\') {
-      out += '\\';
-      out += ch;
-    } else if (c == '\t' || c == '\n' || c == '\r') {
-      out += c == '\t' ? "\\t" : c == '\n' ? "\\n" : "\\r";
-    } else {
-      char esc[8];
-      snprintf(esc, sizeof esc, "\\x%02x", c);
-      out += esc;
-    }
-  }
+  for (const char ch : s) appendWrittenOut(out, (unsigned char)ch);
   return out;
 }
 
