@@ -418,6 +418,50 @@ double chi2Quantile(double df, double z) {
   return df * pow(1.0 - a + z * sqrt(a), 3);
 }
 
+// How the threshold selector holds its count near k, against the law of its
+// sample (docs/sparse.md): m = max(sampleRate n, 1024, 64/density) entries,
+// the threshold the keep = ceil(density m)-th largest of them, every entry at
+// or above it taken. Fresh i.i.d. data each call, so the m sampled positions
+// (chosen by the key alone) hold a simple random sample of the n values, and
+// the count is the population rank of the sample's keep-th largest:
+//   E[C] = keep (n+1)/(m+1),  Var[C] = keep (m-keep+1)(n+1)(n-m) / ((m+1)^2 (m+2))
+// (order statistics of a sample without replacement from ranks 1..n), about
+// k (1 +- 1/sqrt(keep)): k (1 +- 1/8) at the least keep. Over S calls the
+// mean is within 5 standard errors and the sample variance within the
+// chi-square bounds at z = +-5. A threshold taken from another order
+// statistic moves the mean; one from a smaller (larger) sample widens
+// (narrows) the spread. The slots (oversample 4) never cap the count here.
+TEST(SparseSelect, ThresholdCountFollowsItsSampleLaw) {
+  const size_t n = 100000;
+  const double density = 0.01;
+  const Plan p = gc::sparse::makePlan(n, density, false, 4.0, 1e-4);
+  ASSERT_EQ(p.k, 1000u);
+  ASSERT_EQ(p.sample, 6400u);  // 64/density: above 1024 and 1e-4 n
+  ASSERT_EQ(p.keep, 64u);
+  ASSERT_EQ(p.kmax, 4000u);
+  const double m = (double)p.sample, keep = (double)p.keep, N = (double)n;
+  const double mean = keep * (N + 1) / (m + 1);
+  const double var = keep * (m - keep + 1) * (N + 1) * (N - m) / ((m + 1) * (m + 1) * (m + 2));
+  EXPECT_LE(sqrt(var) / p.k, 1.0 / 8);
+  const int S = 400;
+  std::vector<uint32_t> idx(p.kmax);
+  double sum = 0, sumSq = 0;
+  for (int step = 0; step < S; ++step) {
+    const std::vector<float> v = gctest::normal(n, 7000 + step);
+    uint64_t sel = 0;
+    gc::host::selectThreshold(v.data(), n, p, gc::deriveKey(9, step, 0, 0), idx.data(), &sel);
+    ASSERT_LT(sel, p.kmax) << "step " << step << ": the count was capped";
+    sum += (double)sel;
+    sumSq += (double)sel * sel;
+  }
+  const double got = sum / S, gotVar = (sumSq - S * got * got) / (S - 1);
+  printf("[ sparse ] threshold count over %d calls: mean %.1f (law %.1f), sd %.1f (law %.1f)\n", S,
+         got, mean, sqrt(gotVar), sqrt(var));
+  EXPECT_NEAR(got, mean, 5 * sqrt(var / S)) << "mean count against keep (n+1)/(m+1)";
+  EXPECT_LT((S - 1) * gotVar / var, chi2Quantile(S - 1, 5.0)) << "count spread";
+  EXPECT_GT((S - 1) * gotVar / var, chi2Quantile(S - 1, -5.0)) << "count spread";
+}
+
 TEST(SparseRandk, DistinctAndUniform) {
   const size_t n = 1000, k = 10, T = 5000;
   std::vector<double> count(n, 0);
