@@ -237,8 +237,10 @@ GC_HD void settle(float* v, float keep, float* u, bool clear) {
 // v the wire value w is v rounded to the value type and v - w is exact
 // (Sterbenz: w is within a factor 2 of v), so sent + residual == v. A
 // finite v that rounds to Inf saturates to the type's largest finite value
-// (fp16 above 65520, bf16 from 0x7f7f8000, ~3.3961e38). A non-finite v is
-// sent as is and stays in v until settle() restores the old value.
+// (fp16 above 65520, bf16 from 0x7f7f8000, ~3.3961e38); v - w then stays
+// exact for bf16, and for fp16 while |v| < 2^29 (65504 is a multiple of
+// fp32's spacing there: docs/sparse.md). A non-finite v is sent as is and
+// stays in v until settle() restores the old value.
 GC_HD float wireValue(float v, DType vt) {
   if (vt == DType::F32) return v;
   float w, largest;
