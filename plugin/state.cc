@@ -8,12 +8,13 @@
 //     0  u32 magic "GCST"        4  u32 version (2)
 //     8  u32 header bytes       12  u32 CRC32C of the whole blob, this field 0
 //    16  u64 total bytes        24  u64 step (the comm's compressed calls,
-//                                   replays of captured ones included)
+//                                   replays of captured ones included;
+//                                   at most 2^63 - 1)
 //    32  i32 rank               36  i32 ranks
 //    40  u64 records            48  i32[kShapeFields] settings that shape the state
 //   records, each: u32 tag, u32 0, u64 record bytes (prefix included), payload.
 //     tag 1, one buffer: i32 key kind, i32 dtype, u64 key, u64 count,
-//       u64 owner residual count, u64 calls, u32 flags (1 residual, 2 owner
+//       u64 owner residual count, u64 calls (at most 2^63 - 1), u32 flags (1 residual, 2 owner
 //       residual, 4 momentum, 8 DQ-SGD history, 16 residual sent: a passed
 //       call sent the residual and no call that may compress came since, so
 //       the next passes go plainly, BufferState::residualSent; a loader
@@ -85,6 +86,7 @@ constexpr size_t kRecordPrefix = 16;
 constexpr size_t kBufferFixed = 48;  // the buffer payload before its arrays
 constexpr size_t kHistoryFixed = 40;
 constexpr size_t kCrcOffset = 12;
+constexpr uint64_t kMaxStep = (1ull << 63) - 1;  // the largest step, or calls, a blob holds
 
 enum : uint32_t {
   kHasResidual = 1,
@@ -434,6 +436,16 @@ gradcompResult_t parseBuffer(const gradcompComm& c, Reader& r, uint64_t index, P
         kind >= kStateReduceScatter ? (useHierReduceScatter(c) ? "hierarchical" : "flat")
                                     : (useHier(c) ? "hierarchical" : "flat"));
   }
+  // As the step (parse): no run makes 2^63 calls on a buffer, and a count at
+  // 2^64 - 1 would wrap to 0 at its next call and restart DGC's warm-up. Not
+  // bounded by the step: a call captured into a CUDA graph counts on the host
+  // at its capture and on the device (the saved step) at its replays, so a
+  // capture that was never replayed leaves the calls past the step.
+  if (calls > kMaxStep) {
+    return refuse("buffer record %llu has calls=%llu, out of range 0..%llu (2^63 - 1)",
+                  (unsigned long long)index, (unsigned long long)calls,
+                  (unsigned long long)kMaxStep);
+  }
   out->key = StateKey{kind, key, (size_t)count, dtype};
   out->count = count;
   out->ownerCount = unreadOwner ? 0 : ownerCount;
@@ -478,6 +490,14 @@ gradcompResult_t parseBuffer(const gradcompComm& c, Reader& r, uint64_t index, P
     if (const char* why = checkBitsHistory(h, c.cfg)) {
       return refuse("buffer record %llu: its DQ-SGD history is invalid (%s)",
                     (unsigned long long)index, why);
+    }
+    // Sums of squares (and of len * max^2) are 0 or more, or not finite
+    // where the result was not; -inf and negative values come from no call.
+    if (h.stats.sumLenMaxSq < 0.0 || h.stats.sumSq < 0.0) {
+      return refuse(
+          "buffer record %llu: its DQ-SGD statistics sumLenMaxSq=%g, sumSq=%g are out of range "
+          "(sums of squares: 0 or more, or NaN or +inf after a non-finite result)",
+          (unsigned long long)index, h.stats.sumLenMaxSq, h.stats.sumSq);
     }
   }
   return gradcompSuccess;
@@ -608,6 +628,14 @@ gradcompResult_t parse(const gradcompComm& c, const char* blob, size_t bytes,
   if (rank != c.rank || nranks != c.nranks) {
     return refuse("saved by rank %d of %d; this comm is rank %d of %d", rank, nranks, c.rank,
                   c.nranks);
+  }
+  // 2^63 compressed calls take some 290,000 years at one a microsecond: a
+  // step past it comes from no run, and a step at 2^64 - 1 would wrap to 0 at
+  // the next call (the RNG keys of step 0 again). The buffers' call counts
+  // are bounded alike (parseBuffer).
+  if (*step > kMaxStep) {
+    return refuse("its step=%llu is out of range 0..%llu (2^63 - 1)", (unsigned long long)*step,
+                  (unsigned long long)kMaxStep);
   }
   int32_t saved[kShapeFields], mine[kShapeFields];
   for (int i = 0; i < kShapeFields; ++i) h.get(&saved[i]);

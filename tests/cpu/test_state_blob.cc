@@ -637,6 +637,110 @@ TEST(StateBlob, ValuesNoSaveWritesAreRefused) {
   }
 }
 
+// Counters a blob sets that no run reaches, past the checksum: a step or a
+// buffer's calls above 2^63 - 1, negative DQ-SGD statistics. Refused by name
+// with the range, the comm unchanged. Before, a buffer whose calls were
+// 2^64 - 1 loaded, wrapped to 0 at its next call and restarted DGC's warm-up;
+// a step of 2^64 - 1 wrapped to step 0's RNG keys.
+TEST(StateBlob, CountersNoRunReachesAreRefused) {
+  struct Case {
+    const char* name;
+    gradcompMethod_t method;
+    gradcompBitsMode_t mode;
+    const char* says;
+  };
+  const Case cases[] = {
+      {"calls 2^64 - 1", gradcompMethodDgc, gradcompBitsFixed,
+       "calls=18446744073709551615, out of range 0..9223372036854775807"},
+      {"calls 2^63", gradcompMethodQsgd, gradcompBitsFixed,
+       "calls=9223372036854775808, out of range 0..9223372036854775807"},
+      {"step 2^64 - 1", gradcompMethodDgc, gradcompBitsFixed,
+       "step=18446744073709551615 is out of range 0..9223372036854775807"},
+      {"step 2^63", gradcompMethodQsgd, gradcompBitsFixed,
+       "step=9223372036854775808 is out of range 0..9223372036854775807"},
+      {"negative sumSq", gradcompMethodQsgd, gradcompBitsDynamic,
+       "sumLenMaxSq=2, sumSq=-1 are out of range"},
+      {"-inf sumLenMaxSq", gradcompMethodQsgd, gradcompBitsDynamic, "sumLenMaxSq=-inf"},
+  };
+  const size_t n = 2000;
+  for (const Case& k : cases) {
+    SCOPED_TRACE(k.name);
+    gradcompConfig_t cfg = baseConfig(k.method);
+    cfg.bitsMode = k.mode;
+    cfg.warmupSteps = 8;
+    gctest::CpuWorld w(2, cfg);
+    for (int t = 0; t < 3; ++t) step(w, n, t);
+    const Blob good = save(w.comm(0));
+    Blob b = good;
+    const size_t p = firstBufferPayload(b);
+    uint64_t calls, stepField;
+    memcpy(&calls, b.data() + p + 32, 8);
+    memcpy(&stepField, b.data() + 24, 8);
+    ASSERT_EQ(calls, 3u);
+    ASSERT_EQ(stepField, 3u);
+    if (strstr(k.name, "calls")) {
+      const uint64_t v = strstr(k.name, "2^64") ? ~0ull : 1ull << 63;
+      memcpy(b.data() + p + 32, &v, 8);
+    } else if (strstr(k.name, "step")) {
+      const uint64_t v = strstr(k.name, "2^64") ? ~0ull : 1ull << 63;
+      memcpy(b.data() + 24, &v, 8);
+    } else {
+      uint64_t count, owner;
+      uint32_t flags;
+      memcpy(&count, b.data() + p + 16, 8);
+      memcpy(&owner, b.data() + p + 24, 8);
+      memcpy(&flags, b.data() + p + 40, 4);
+      ASSERT_TRUE(flags & 8) << "a DQ-SGD state keeps its history";
+      const size_t history = p + 48 + ((flags & 1) ? count * 4 : 0) +
+                             ((flags & 2) ? owner * 4 : 0) + ((flags & 4) ? count * 4 : 0);
+      const double lenMax = strstr(k.name, "inf") ? -INFINITY : 2.0, sq = -1.0;
+      memcpy(b.data() + history, &lenMax, 8);
+      if (!strstr(k.name, "inf")) memcpy(b.data() + history + 8, &sq, 8);
+    }
+    reseal(&b);
+    EXPECT_EQ(gradcompCommLoadState(w.comm(0), b.data(), b.size()), gradcompInvalidArgument);
+    EXPECT_NE(strstr(gradcompGetLastError(), k.says), nullptr) << gradcompGetLastError();
+    EXPECT_EQ(save(w.comm(0)), good) << "the refused load changed the comm";
+  }
+}
+
+// The bounds' edges load: a step of 2^63 - 1 with buffers at as many calls
+// (past DGC's warm-up), and the next call runs on every rank. So do calls
+// past the step, which a CUDA graph captured and never replayed leaves (the
+// host counts a captured call, the device step its replays).
+TEST(StateBlob, TheLargestStepAndCallsLoadAndRun) {
+  gradcompConfig_t cfg = baseConfig(gradcompMethodDgc);
+  cfg.warmupSteps = 8;
+  gctest::CpuWorld w(2, cfg);
+  const size_t n = 2000;
+  for (int t = 0; t < 2; ++t) step(w, n, t);
+  const uint64_t top = (1ull << 63) - 1;
+  for (int r = 0; r < 2; ++r) {
+    Blob b = save(w.comm(r));
+    const size_t p = firstBufferPayload(b);
+    memcpy(b.data() + 24, &top, 8);
+    memcpy(b.data() + p + 32, &top, 8);
+    reseal(&b);
+    ASSERT_EQ(gradcompCommLoadState(w.comm(r), b.data(), b.size()), gradcompSuccess)
+        << gradcompGetLastError();
+  }
+  step(w, n, 2);
+  gradcompStats_t st;
+  ASSERT_EQ(gradcompGetStats(w.comm(0), &st), gradcompSuccess);
+  EXPECT_EQ(st.steps, top + 1);
+  for (int r = 0; r < 2; ++r) {
+    Blob b = save(w.comm(r));
+    const size_t p = firstBufferPayload(b);
+    const uint64_t early = 1, calls = 2;
+    memcpy(b.data() + 24, &early, 8);
+    memcpy(b.data() + p + 32, &calls, 8);
+    reseal(&b);
+    ASSERT_EQ(gradcompCommLoadState(w.comm(r), b.data(), b.size()), gradcompSuccess)
+        << gradcompGetLastError();
+  }
+  step(w, n, 3);
+}
+
 // The QSGD allreduce keeps an owner residual only where its algorithm reads
 // one (two-shot, ring, the hierarchy around either): Elias and the allgather
 // (chosen, or auto's on 2 ranks or as the middle stage across 2 nodes)
