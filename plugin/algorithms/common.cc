@@ -7,6 +7,7 @@
 #include <math.h>
 
 #include <algorithm>
+#include <limits>
 #include <vector>
 
 #include "kernels/qsgd_math.cuh"
@@ -203,10 +204,14 @@ sparse::Plan sparsePlan(const gradcompComm& c, size_t count, uint64_t calls, DTy
 
 float sparseClipThreshold(const gradcompComm& c) {
   const bool dgc = c.cfg.method == gradcompMethodDgc;
+  if (!dgc || !(c.cfg.clipNorm > 0.0f)) return 0.0f;
   // clipNorm is for unscaled gradients; the scale is exact in double.
-  return dgc && c.cfg.clipNorm > 0.0f
-             ? (float)((double)c.cfg.clipNorm * c.gradScale / sqrt((double)c.nranks))
-             : 0.0f;
+  const float thr = (float)((double)c.cfg.clipNorm * c.gradScale / sqrt((double)c.nranks));
+  // A threshold below half the smallest float (a tiny clipNorm under a small
+  // scale, over many ranks) rounds to 0, which the kernels read as "no
+  // clipping": the gradients would go whole where they were to be clipped to
+  // next to nothing. The smallest float is as near as a float gets.
+  return thr > 0.0f ? thr : std::numeric_limits<float>::denorm_min();
 }
 
 size_t sparseScratch(const gradcompComm& c, size_t count, const sparse::Plan& plan, bool selects) {

@@ -10,6 +10,7 @@
 #include <math.h>
 #include <string.h>
 
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -312,6 +313,49 @@ TEST(GradScaleArgs, ABadScaleRecordIsRefused) {
 
 // Unscaled comms write no scale record: their blobs are what builds before
 // the record wrote (and read).
+// DGC clips at clipNorm * scale / sqrt(nranks) as a float: a threshold that
+// rounds below the smallest float (clipNorm=1e-30 under scale 2^-60 on 4
+// ranks: 4e-49) clips at that float, not at 0, which is "no clipping". Until
+// 2026-12-07 such a comm sent the gradients whole (|out| ~ 6e-18 here).
+TEST(GradScaleArgs, AClipThresholdBelowTheSmallestFloatStillClips) {
+  for (bool reduceScatter : {false, true}) {
+    SCOPED_TRACE(reduceScatter ? "reduce-scatter" : "allreduce");
+    gradcompConfig_t cfg;
+    gradcompConfigInit(&cfg);
+    cfg.method = gradcompMethodDgc;
+    cfg.minElements = 0;
+    cfg.cpuTimeoutSec = 10.0f;
+    cfg.density = 0.5f;
+    cfg.clipNorm = 1e-30f;
+    const int N = 4;
+    const float scale = 0x1p-60f;
+    gctest::CpuWorld w(N, cfg);
+    std::vector<std::vector<float>> in(N), out(N);
+    for (int r = 0; r < N; ++r) {
+      in[r] = gctest::normal(kCount, 70 + r);
+      for (float& v : in[r]) v *= scale;
+      out[r].assign(reduceScatter ? kCount / N : kCount, 0.0f);
+    }
+    auto res = w.run([&](int r) {
+      gradcompResult_t rc = gradcompCommSetGradScale(w.comm(r), scale, nullptr);
+      if (rc != gradcompSuccess) return rc;
+      return reduceScatter ? gradcompReduceScatter(in[r].data(), out[r].data(), kCount / N,
+                                                   ncclFloat32, ncclSum, w.comm(r), nullptr)
+                           : gradcompAllReduce(in[r].data(), out[r].data(), kCount, ncclFloat32,
+                                               ncclSum, w.comm(r), nullptr);
+    });
+    for (auto rc : res) ASSERT_EQ(rc, gradcompSuccess) << gradcompGetLastError();
+    // Each rank's clipped gradient has norm at most the smallest float, so
+    // each of its entries too; the sum of N of them at most N times it.
+    const float bound = N * std::numeric_limits<float>::denorm_min();
+    for (int r = 0; r < N; ++r) {
+      for (size_t i = 0; i < out[r].size(); ++i) {
+        ASSERT_LE(fabsf(out[r][i]), bound) << "rank " << r << " element " << i;
+      }
+    }
+  }
+}
+
 TEST(GradScaleArgs, NoRecordAtScaleOne) {
   const Case& k = kCases[0];
   gctest::CpuWorld w(kRanks, configOf(k));
