@@ -121,11 +121,31 @@ def _bool_refusal(key, cname, value):
     return f"{key}={value!r} is a bool, not an integer in {lo}..{hi}"
 
 
-def _nearest(key):
-    """The setting a mistyped keyword most likely meant (a C field name's snake_case, or the
-    closest name), or None."""
+# The GRADCOMP_* variables whose name is not GRADCOMP_ and their setting's upper case
+# (plugin/config.cc's table), without the prefix.
+_ENV_SHORT = {"BUCKET": "bucket_size", "EF": "error_feedback", "AUTO": "auto_tune",
+              "CPU_TIMEOUT": "cpu_timeout_sec"}
+
+
+def _setting_named(key):
+    """The setting a keyword names in another spelling, or None: a C field's name (bucketSize),
+    a GRADCOMP_* variable's, with or without the prefix and in either case (GRADCOMP_METHOD,
+    DENSITY, ef as GRADCOMP_EF is error_feedback)."""
     if T.snake(key) in _C_NAME:
         return T.snake(key)
+    env = key.upper()
+    env = env[len("GRADCOMP_"):] if env.startswith("GRADCOMP_") else env
+    if env.lower() in _C_NAME:
+        return env.lower()
+    return _ENV_SHORT.get(env)
+
+
+def _nearest(key):
+    """The setting a mistyped keyword most likely meant (_setting_named, or the closest name),
+    or None."""
+    named = _setting_named(key)
+    if named is not None:
+        return named
     near = difflib.get_close_matches(key, list(_C_NAME), n=1)
     return near[0] if near else None
 

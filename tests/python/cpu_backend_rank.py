@@ -2,7 +2,8 @@
 CpuBackendFsdpReplicas: gradcomp.torch with backend="cpu" on real DDP / FSDP2 over gloo, gradcomp's
 comm made from the process group (TCP between the ranks). Usage: cpu_backend_rank.py
 ddp|excluded|fsdp|dgc|subgroups|restart|scaler|abort|replicas|ddp_group|ddp_register|overflow|
-compose|disagree|unused|unused_nan|unused_join
+compose|disagree|unused|unused_nan|unused_join|unused_mixed|unused_rewrapped|
+unused_static
 OUT (the env:// variables from tools/gc_ranks.py).
 
 Records every call the hook (DDP) or the reduce-scatter (FSDP) gets, its input before and its
@@ -1267,6 +1268,112 @@ def unused_join(out, rank):
     return [], {"grads": grads, "carried": carried}
 
 
+def unused_mixed(out, rank):
+    """DDP(find_unused_parameters=True) as in unused, with settings that differ by rank: rank 0
+    with gradient_as_bucket_view=True and zero_grad(set_to_none=False) (p.grad is then its slice
+    of the bucket, which holds the hook's result whatever DDP does), rank 1 with
+    gradient_as_bucket_view=False, or True, and set_to_none=True. Per case, by step: p's input
+    slice and p.grad after the backward (0 where None), for the test to compare across the ranks
+    (DDP's replicas must get the same gradients) and to check that nothing was lost."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    cfg = gradcomp.Config(from_env=False, method="topk", density=0.05, select="exact",
+                          min_elements=0, auto_tune=0)
+    res = {}
+    for name, other_bav in (("view_vs_copy", False), ("view_vs_none", True)):
+        bav, none = (True, False) if rank == 0 else (other_bav, True)
+        rec = {"input": [], "output": [], "grad": []}
+        torch.manual_seed(0)
+        m = UnusedNet()
+        d = DDP(m, find_unused_parameters=True, gradient_as_bucket_view=bav)
+        st = gct.GradcompState(module=m, start_iter=1, backend="cpu", config=cfg)
+        gct.register_ddp_hook(d, st, wrap=recording_p(m, rec))
+        for s in range(UNUSED_AT + 2 + UNUSED_FLUSH):
+            x = unused_input(m, s, rank)
+            d.zero_grad(set_to_none=none)
+            d(x).square().sum().backward()
+            g = m.p.grad
+            rec["grad"].append(torch.zeros(m.p.numel()) if g is None else g.reshape(-1).clone())
+        st.close()
+        res[name] = rec
+    return res, {}
+
+
+def unused_rewrapped(out, rank):
+    """A state given to DDP by register_comm_hook, its model wrapped again in a new DDP (the
+    first one dropped) with find_unused_parameters=True and registered with the same state; p
+    unused on every rank at one step of the new DDP. Whether the state kept p's released slice
+    there (it reads find_unused_parameters from the DDP it found), and by step p's input slice
+    and p.grad, for the test to check that nothing was lost."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    cfg = gradcomp.Config(from_env=False, method="topk", density=0.05, select="exact",
+                          min_elements=0, auto_tune=0)
+    torch.manual_seed(0)
+    m = UnusedNet()
+    # Compressing from the new DDP's second step on: no residual from the first DDP's steps.
+    st = gct.GradcompState(module=m, start_iter=3, backend="cpu", config=cfg)
+    rec = {"input": [], "output": [], "grad": []}
+    d = DDP(m)  # every parameter used: no find_unused_parameters
+    d.register_comm_hook(st, recording_p(m, rec)(gct.gradcomp_hook))
+    for s in range(2):
+        d(unused_input(m, 0, rank)).square().sum().backward()
+    del d  # the model wrapped again, with find_unused_parameters
+    rec = {"input": [], "output": [], "grad": []}
+    d = DDP(m, find_unused_parameters=True)
+    d.register_comm_hook(st, recording_p(m, rec)(gct.gradcomp_hook))
+    carried = []
+    with st.paused():  # DDP regroups its buckets after its first step
+        d(unused_input(m, 0, rank)).square().sum().backward()
+    del rec["input"][:], rec["output"][:]
+    for s in range(UNUSED_AT + 2 + UNUSED_FLUSH):
+        x = unused_input(m, s, rank)
+        d.zero_grad(set_to_none=True)
+        d(x).square().sum().backward()
+        g = m.p.grad
+        rec["grad"].append(torch.zeros(m.p.numel()) if g is None else g.reshape(-1).clone())
+        carried.append(len(st._carry))
+    st.close()
+    return {"rec": rec}, {"carried": carried}
+
+
+def unused_static(out, rank):
+    """DDP(static_graph=True, find_unused_parameters=True) with p unused at every step: DDP
+    never gives p a gradient (its unused set is fixed), and regroups its buckets (so ZeRO's
+    overlap, hook_with_zero_step, would start and step p from bucket.gradients()). The state
+    starts from a checkpoint of a run that used p (so p's error feedback has something to
+    release). By step, the slices the state keeps for p and whether p.grad is None."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    cfg = gradcomp.Config(from_env=False, method="topk", density=0.05, select="exact",
+                          min_elements=0, auto_tune=0)
+    torch.manual_seed(0)
+    m = UnusedNet()
+    d = DDP(m)
+    st = gct.GradcompState(module=m, start_iter=0, backend="cpu", config=cfg)
+    gct.register_ddp_hook(d, st)
+    for s in range(2):
+        d(unused_input(m, 0, rank)).square().sum().backward()
+    ckpt = st.state_dict()
+    st.close()
+    del d
+    m.use_p = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's: find_unused_parameters is implied
+        d = DDP(m, static_graph=True, find_unused_parameters=True)
+    st = gct.GradcompState(module=m, start_iter=0, backend="cpu", config=cfg)
+    st.load_state_dict(ckpt)
+    gct.register_ddp_hook(d, st)
+    carried, grad_none = [], []
+    for s in range(4):
+        d.zero_grad(set_to_none=True)
+        d(torch.randn(8, 32, generator=torch.Generator().manual_seed(s))).square().sum().backward()
+        carried.append(len(st._carry))
+        grad_none.append(m.p.grad is None)
+    rebuilt = bool(getattr(d, "_has_rebuilt_buckets", False))
+    st.close()
+    return [], {"carried": carried, "grad_none": grad_none, "rebuilt": rebuilt}
+
 def _error(fn):
     try:
         fn()
@@ -1422,7 +1529,9 @@ def main():
                      "ddp_register": ddp_register, "overflow": overflow,
                      "compose": compose,
                      "disagree": disagree, "unused": unused, "unused_nan": unused_nan,
-                     "unused_join": unused_join}[mode](out, rank)
+                     "unused_join": unused_join, "unused_mixed": unused_mixed,
+                     "unused_rewrapped": unused_rewrapped,
+                     "unused_static": unused_static}[mode](out, rank)
     torch.save(records, f"{out}.rank{rank}.pt")
     with open(f"{out}.rank{rank}.json", "w") as f:
         json.dump(res, f)

@@ -419,6 +419,31 @@ class ConfigSettings(unittest.TestCase):
                                     r"unknown setting densty \(did you mean density\?\)"):
             gradcomp.Config(from_env=False).update(densty=0.1)
 
+    def test_an_environment_spelling_names_its_setting(self):
+        """A keyword spelt as the GRADCOMP_* variable of a setting (with or without the prefix,
+        either case) names that setting, also where the variable's name is short for it
+        (GRADCOMP_EF: ef names error_feedback); checked against the library's own table."""
+        from gradcomp.config import _setting_named
+
+        with open(os.path.join(ROOT, "plugin", "config.cc")) as f:
+            table = re.findall(r'\{"(GRADCOMP_\w+)", ParamKind::\w+, GC_FIELD\((\w+)\)', f.read())
+        self.assertEqual(len(table), len(gradcomp.settings()))
+        for env, field in table:
+            meant = _types.snake(field)
+            for key in (env, env.lower(), env[len("GRADCOMP_"):], env[len("GRADCOMP_"):].lower()):
+                with self.subTest(key=key):
+                    self.assertEqual(_setting_named(key), meant)
+        for kw, meant in (("GRADCOMP_METHOD", "method"), ("ef", "error_feedback"),
+                          ("DENSITY", "density"), ("method_", "method")):
+            with self.subTest(kw=kw):
+                with self.assertRaisesRegex(gradcomp.InvalidArgumentError,
+                                            rf"^unknown setting {kw} \(did you mean {meant}\?\);"):
+                    gradcomp.Config(from_env=False, **{kw: 1})
+        # A variable that is no setting names none.
+        with self.assertRaisesRegex(gradcomp.InvalidArgumentError,
+                                    r"^unknown setting GRADCOMP_DEBUG; the settings are"):
+            gradcomp.Config(from_env=False, GRADCOMP_DEBUG="INFO")
+
     def test_failed_update_leaves_the_config_unchanged(self):
         c = gradcomp.Config(from_env=False, bits=3)
         with self.assertRaises(ValueError):

@@ -148,7 +148,10 @@ class TorchRefusals(unittest.TestCase):
             for kw, meant in ((dict(start_iters=3), "start_iter"),
                               (dict(layer_minsize=0), "layer_min_size"),
                               (dict(backed="cpu"), "backend"),
-                              (dict(bucketsize=512), "bucket_size")):
+                              (dict(bucketsize=512), "bucket_size"),
+                              (dict(GRADCOMP_METHOD="topk"), "method"),
+                              (dict(START_ITER=3), "start_iter"),
+                              (dict(ef=0), "error_feedback")):
                 with self.subTest(**kw):
                     with self.assertRaisesRegex(ValueError, rf"GradcompState got unknown keyword "
                                                 rf"{next(iter(kw))} \(did you mean {meant}\?\); "
@@ -2863,6 +2866,14 @@ def same_bits(test, a, b, what):
                     f"{what}: {int((a != b).sum())} of {a.numel()} elements differ")
 
 
+def cbr_unused_at():
+    """The step at which the unused-parameter cases leave p unused on every rank."""
+    sys.path.insert(0, HERE)
+    import cpu_backend_rank as cbr
+
+    return cbr.UNUSED_AT
+
+
 @unittest.skipIf(torch is None, "PyTorch is not installed")
 class CpuBackendDdp(unittest.TestCase):
     """gradcomp_hook with GradcompState(backend="cpu") on real DDP: 2 processes on gloo,
@@ -2934,9 +2945,10 @@ class CpuBackendUnusedParameters(unittest.TestCase):
     gradient is left alone, or None), while its slice of the hook's result holds what the
     error feedback released for it. Nothing is lost: after flush steps that drain top-k's
     residual exactly, the gradients p got sum to the sum of the ranks' averaged gradients, with
-    gradient_as_bucket_view and zero_grad(set_to_none) either way, with register_comm_hook, and
-    across a checkpoint taken while the slice is carried; without find_unused_parameters the
-    hook does nothing of it."""
+    gradient_as_bucket_view and zero_grad(set_to_none) either way (also different on the two
+    ranks), with register_comm_hook (also on a model wrapped again), and across a checkpoint
+    taken while the slice is carried; without find_unused_parameters, and under static_graph,
+    the hook does nothing of it."""
 
     def test_the_zero_input_flags_are_one_per_slice(self):
         # The candidates of a call: slices all zero (-0 too), not one holding a NaN or a value;
@@ -3017,6 +3029,55 @@ class CpuBackendUnusedParameters(unittest.TestCase):
                         [v if math.isfinite(v) else repr(v) for v in g1[s]],
                         f"step {s}: p.grad differs between the ranks (carried after step 0: "
                         f"{[results[r][method]['carried'] for r in range(2)]} entries)")
+
+    def _conserved(self, rec, r, what):
+        """The gradients p got on rank r sum to the sum of its averaged gradients (rec: both
+        ranks' records of one run)."""
+        true = sum((a + b) * 0.5 for a, b in zip(rec[0]["input"], rec[1]["input"]))
+        err = float((true - sum(rec[r]["grad"])).abs().max())
+        self.assertLess(err, 1e-4, f"{what}, rank {r}: the gradients p got sum to other than its "
+                        f"averaged gradients (max |difference| {err})")
+
+    def test_ranks_with_other_bucket_view_and_set_to_none_settings_get_the_same_gradients(self):
+        """Rank 0 with gradient_as_bucket_view=True and zero_grad(set_to_none=False), whose
+        p.grad is its slice of the bucket (which holds the hook's result wherever DDP writes
+        nothing), rank 1 otherwise: at the step where p is unused on every rank, both must keep
+        the released slice (rank 0's p.grad is then 0, as under DDP's own allreduce) and add it
+        at the next step, so that p.grad stays the same on both ranks at every step."""
+        records, _ = launch_ranks(self, "unused_mixed")
+        for name in records[0]:
+            recs = [records[r][name] for r in range(2)]
+            with self.subTest(case=name):
+                at = cbr_unused_at()
+                self.assertGreater(float(recs[0]["output"][at].abs().max()), 1e-3)
+                for s, (g0, g1) in enumerate(zip(recs[0]["grad"], recs[1]["grad"])):
+                    same_bits(self, g0, g1, f"step {s}: rank 0 and 1's p.grad")
+                for r in range(2):
+                    self._conserved(recs, r, name)
+
+    def test_a_model_wrapped_again_with_register_comm_hook_keeps_the_carry(self):
+        """register_comm_hook gives the hook no DDP: the state finds it at its first call. The
+        model wrapped again (the first DDP, without find_unused_parameters, dropped) in a DDP with
+        find_unused_parameters=True, registered with the same state: the slice released for p at
+        the step where it is unused on every rank is kept, and nothing is lost."""
+        records, results = launch_ranks(self, "unused_rewrapped")
+        at = cbr_unused_at()
+        for r in range(2):
+            self.assertEqual(results[r]["carried"][at], 1, f"rank {r}: no slice kept at step {at}")
+        recs = [records[r]["rec"] for r in range(2)]
+        for r in range(2):
+            self._conserved(recs, r, "wrapped again")
+
+    def test_nothing_is_carried_under_a_static_graph(self):
+        """static_graph=True (with find_unused_parameters=True): a parameter unused at one step
+        is unused at every step, so a kept slice could never reach it; and DDP regroups its
+        buckets there, so ZeRO's overlap (hook_with_zero_step) would step the parameter from
+        bucket.gradients(), the slice included, and again with the slice added back."""
+        _, results = launch_ranks(self, "unused_static")
+        for r in range(2):
+            self.assertTrue(results[r]["rebuilt"], f"rank {r}: DDP did not regroup its buckets")
+            self.assertTrue(all(results[r]["grad_none"]), f"rank {r}")
+            self.assertEqual(results[r]["carried"], [0, 0, 0, 0], f"rank {r}")
 
 
 @unittest.skipIf(torch is None, "PyTorch is not installed")

@@ -24,7 +24,9 @@ its group recorded on the state, so each DDP the state serves is checked at its
 own first call. ddp_model.register_comm_hook(state, gradcomp_hook) gives the
 hook no DDP: the state finds it once, at its first call, among the referrers of
 the (hook, state) pair DDP keeps (gc.get_referrers, blind to gc.freeze()), and
-a DDP it is registered on later is not checked again; where it finds none (a
+a DDP it is registered on later is not checked again (nor its
+find_unused_parameters read) unless the one found was dropped since (the model
+wrapped again: it looks again at the next call); where it finds none (a
 hook of one's own registered with another state), it warns once. torch's hook
 wrappers (fp16_compress_wrapper, hook_with_zero_step) go through
 register_ddp_hook(ddp_model, state, wrap=...).
@@ -44,7 +46,7 @@ import torch.distributed as dist
 from .. import _types as T
 from .._lib import InvalidArgumentError, has
 from ..comm import _integer
-from ..config import Config, _is_bool, as_config, settings as config_settings
+from ..config import Config, _is_bool, _setting_named, as_config, settings as config_settings
 from ..info import nccl_interposer
 from . import _group, _nccl
 
@@ -80,8 +82,14 @@ def _check_keywords(settings_):
     if not unknown:
         return
     names = list(_STATE_OPTIONS) + config_settings()
-    near = [f"{k} (did you mean {m[0]}?)" if m else k
-            for k in unknown for m in [difflib.get_close_matches(k, names, n=1)]]
+
+    def meant(k):
+        # Another spelling of a setting (GRADCOMP_METHOD, ef) or of an option (START_ITER)
+        # first: the closest name by letters may be another one.
+        named = _setting_named(k) or (k.lower() if k.lower() in _STATE_OPTIONS else None)
+        return [named] if named else difflib.get_close_matches(k, names, n=1)
+
+    near = [f"{k} (did you mean {m[0]}?)" if m else k for k in unknown for m in [meant(k)]]
     raise InvalidArgumentError(
         f"GradcompState got unknown keyword {', '.join(near)}; its own options are "
         f"{', '.join(_STATE_OPTIONS)}, and gradcomp's settings are "
@@ -886,12 +894,13 @@ class GradcompState:
         there): checked once per DDP, so a state registered on a second DDP (the model wrapped
         again, another group) is checked again at that DDP's first call. Without it (the hook
         registered by register_comm_hook, which tells the hook no DDP), the DDP is looked for
-        once per state (_registering_ddp); where none is found, nothing is checked, and the
-        state warns once that it could not check."""
+        once per state (_registering_ddp), and again once the DDP found is gone; where none is
+        found, nothing is checked, and the state warns once that it could not check."""
         if ddp is None:
             found = _registering_ddp(self)
             if found is None:
                 self._ddp_group_checked = True
+                self._found_ddp = None
                 # A hook of the user's own that calls gradcomp_hook with a state it holds, while
                 # DDP was given another state (or None), averaged over the state's ranks without
                 # a word where DDP reduces over others.
@@ -1472,7 +1481,10 @@ def _reduce_bucket(state, bucket, buf, stream, ddp=None):
         if ddp is not None:  # register_ddp_hook's: each DDP checked at its first call
             if ddp not in state._ddps_checked:
                 state._check_ddp_group(buf.device, ddp)
-        elif not state._ddp_group_checked:
+        elif not state._ddp_group_checked or (state._found_ddp is not None
+                                              and state._found_ddp() is None):
+            # The DDP found is gone (the model wrapped again): the DDP calling now is another,
+            # whose group and find_unused_parameters the state must read.
             state._check_ddp_group(buf.device)
         return _reduce_noted(state, bucket, buf, stream, last, ddp)
     except BaseException:
@@ -1524,15 +1536,15 @@ def _reduce_noted(state, bucket, buf, stream, last, ddp=None):
     # Compressed parameters frozen since the plan was made (requires_grad=False: DDP with
     # find_unused_parameters zero-fills their slices and leaves their gradients alone).
     frozen = [(o, n) for o, n, p in plan["comp_params"] if not p.requires_grad]
-    zero = _watch_unused(state, ddp, plan, buf)  # the inputs, before the call
+    watched = _watch_unused(state, ddp, plan, buf)  # the inputs, before the call
     if plan["full_n"] == 0:
         comm.allreduce_raw(buf.data_ptr(), buf.data_ptr(), buf.numel(), dtype, "avg",
                            stream.handle, plan["key"])
         state._count_call(comm, before, plan["comp_n"] * elem, what, plan["comp_n"])
         _zero_frozen(buf, frozen)
         _add_carry(state, plan, buf, comm)
-        if zero is not None:
-            state._watch.append((buf, plan, zero, stream, stream.mark()))
+        if watched is not None:
+            state._watch.append((buf, plan, *watched, stream, stream.mark()))
         return stream.done(buf)
 
     # Mixed bucket: the full-precision part starts first on torch's NCCL stream,
@@ -1550,8 +1562,8 @@ def _reduce_noted(state, bucket, buf, stream, last, ddp=None):
     _zero_frozen(buf, frozen)
     _add_carry(state, plan, buf, comm)
     comp_done = stream.mark()
-    if zero is not None:
-        state._watch.append((buf, plan, zero, stream, comp_done))
+    if watched is not None:
+        state._watch.append((buf, plan, *watched, stream, comp_done))
 
     def finish(f):
         # Runs on streams that waited for the allreduce; also wait for gradcomp's part.
@@ -1575,10 +1587,17 @@ def _watch_unused(state, ddp, plan, buf):
     """Under DDP(find_unused_parameters=True): notes which compressed parameters of this call
     have an all-zero input slice on this rank (a parameter unused on every rank has one on
     every rank), and queues _settle_unused for the end of the backward; returns those flags
-    (a tensor on the bucket's device, read there), or None: nothing otherwise."""
+    (a tensor on the bucket's device, read there) and whether DDP's gradients are views of its
+    buckets (gradient_as_bucket_view), or None: nothing otherwise."""
     if ddp is None and state._found_ddp is not None:
         ddp = state._found_ddp()
     if ddp is None or not getattr(ddp, "find_unused_parameters", False):
+        return None
+    if getattr(ddp, "static_graph", False):
+        # A parameter unused at one step is unused at every step: a kept slice could never reach
+        # it. And DDP regroups its buckets only here under find_unused_parameters, which is what
+        # starts ZeRO's overlap (hook_with_zero_step): that steps the parameters from
+        # bucket.gradients(), a slice DDP drops included, which the carry would add again.
         return None
     if getattr(ddp, "_require_manual_backward_finalization", False):
         # DDP writes the gradients when the program calls ddp.finalize_backward(), after the
@@ -1612,7 +1631,7 @@ def _watch_unused(state, ddp, plan, buf):
         # DDP queues its finalize (the gradients written) after its last bucket's hook, so
         # after this call; a callback queued by a callback runs after all of those.
         engine.queue_callback(lambda: engine.queue_callback(settle))
-    return zero
+    return zero, bool(getattr(ddp, "gradient_as_bucket_view", False))
 
 
 def _zero_slices(buf, params):
@@ -1644,8 +1663,16 @@ def _settle_unused(ref):
     """After DDP finalized the backward: a compressed parameter whose input slice was zero on
     this rank and whose slice of the result is not, and whose gradient DDP did not set to it (a
     parameter unused on every rank: DDP leaves its gradient alone, dropping the result, or under
-    gradient_as_bucket_view leaves it None), keeps the slice for its next compressed call. The
-    result and DDP's unused set are alike on every rank, so every rank keeps the same."""
+    gradient_as_bucket_view leaves it None), keeps the slice for its next compressed call.
+
+    Under gradient_as_bucket_view a gradient that is not None is the parameter's slice of the
+    bucket, so it holds the result whether DDP used it or not: such a rank cannot tell, and
+    would apply the slice now where a rank with other settings (a copy, or zero_grad(
+    set_to_none=True)) keeps it for the next step, so the ranks' gradients would differ. The
+    ranks therefore agree (one small all-reduce of the group per backward): where any rank
+    found the parameter unused, those that could not tell keep the slice too and zero their
+    gradient (DDP's own allreduce gives such a parameter 0 there). The result and DDP's unused
+    set are alike on every rank, so every rank keeps the same."""
     state = ref()
     if state is None:
         return
@@ -1653,7 +1680,11 @@ def _settle_unused(ref):
     if state._aborted or state._closed or state._comm is None:
         return
     scale = state._comm.grad_scale
-    for buf, plan, zero, stream, done in watch:
+    # One entry per compressed parameter of the calls, in the same order on every rank (by
+    # residual key; the calls of one backward are alike on every rank): None, or (found unused
+    # here, parameter, its slice of the result, its identity).
+    found = []
+    for buf, plan, zero, view, stream, done in sorted(watch, key=lambda e: e[1]["key"]):
         stream.wait(done)  # the call's kernels and copies, on the stream the hook ran on
         for j, ((o, n, p), z) in enumerate(zip(plan["comp_params"], zero.tolist())):
             out = buf[o:o + n]
@@ -1662,10 +1693,26 @@ def _settle_unused(ref):
             # differs from the gradient DDP gave, so a rank whose input was zero, of a
             # parameter used on another rank, would keep it alone.
             if (not z or not p.requires_grad or not bool(out.any())
-                    or not bool(out.isfinite().all()) or _delivered(p, out)):
-                continue
-            state._carry[id(p)] = (weakref.ref(p), out.clone(), _carry_ident(state, plan, p, j),
-                                   scale)
+                    or not bool(out.isfinite().all())):
+                found.append(None)
+            elif view and p.grad is not None:
+                found.append((False, p, out, _carry_ident(state, plan, p, j)))
+            elif _delivered(p, out):
+                found.append(None)
+            else:
+                found.append((True, p, out, _carry_ident(state, plan, p, j)))
+    if not found:
+        return
+    unused = state._count_ranks(*[f is not None and f[0] for f in found],
+                                device=watch[0][0].device)
+    for f, anywhere in zip(found, unused):
+        if f is None or not anywhere:
+            continue
+        here, p, out, ident = f
+        state._carry[id(p)] = (weakref.ref(p), out.clone(), ident, scale)
+        if not here:
+            with torch.no_grad():
+                p.grad.zero_()
 
 
 def _add_carry(state, plan, buf, comm):
