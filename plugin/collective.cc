@@ -482,7 +482,12 @@ gradcompResult_t refuseCall(gradcompComm& c, size_t count, int type, int op, Cal
   // NCCL checks nothing at its collectives: only the agreement beginCollective
   // runs under the setting can take the record, so only a refusal made before
   // it joins (after it, every rank agreed on the count and refuses alike).
-  if (local == gradcompSuccess || count == 0 || !c.cfg.checkCalls ||
+  // Without the setting, the peers still run that agreement at the first
+  // call after a state load or reset (verifyNext, set alike on every rank):
+  // a refusal of that call joins it too. It leaves verifyNext set here, as a
+  // failed agreement leaves it on the peers, so the next call verifies on
+  // every rank. (After the agreement verifyNext is clear: no second join.)
+  if (local == gradcompSuccess || count == 0 || !(c.cfg.checkCalls || c.verifyNext) ||
       (!c.transport->checksEveryCall() && !beforeBegin) || c.backend->capturing() ||
       c.autoState.reserving || c.autoState.tuning)
     return local;
@@ -513,7 +518,7 @@ gradcompResult_t refuseCallEnums(gradcompComm* c, size_t count, const ncclDataTy
   // and device, and whether it is captured is that stream's. Only where the
   // refusal may join it: otherwise the comm's stream stays the last call's.
   std::optional<OnCommDevice> onDevice;
-  if (c->cfg.checkCalls && count != 0) {
+  if ((c->cfg.checkCalls || c->verifyNext) && count != 0) {
     onDevice.emplace(c);
     c->backend->setStream(stream);
     c->transport->setStream(stream);

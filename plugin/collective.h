@@ -154,12 +154,13 @@ gradcompResult_t checkWarmupCapture(const gradcompComm& c, const BufferState& s)
 // allocate, so a rank short of memory can still vote.
 gradcompResult_t agreeReady(gradcompComm* c, gradcompResult_t local, int* refused);
 
-// GRADCOMP_CHECK_CALLS, for a call this rank refuses for its own arguments
-// before or between the votes below (`local`, its error already set: a
-// datatype or op that is not NCCL's, a count out of range) while its peers,
-// whose arguments pass, go on to the call's next vote or exchange. On a
-// transport that checks every call (the CPU world, sockets) this rank still
-// joins one agreement (Transport::verifyCall) with a record that says it
+// GRADCOMP_CHECK_CALLS (and verifyNext, below), for a call this rank
+// refuses for its own arguments before or between the votes below
+// (`local`, its error already set: a datatype or op that is not NCCL's, a
+// count out of range) while its peers, whose arguments pass, go on to the
+// call's next vote or exchange. On a transport that checks every call (the
+// CPU world, sockets) this rank still joins one agreement
+// (Transport::verifyCall) with a record that says it
 // refused and what (kCallRefused, `why`), so the peers fail there at once
 // naming it instead of after cpuTimeoutSec, as they do for a buffer refused
 // on one rank (agreeBuffersGiven); a call every rank refuses agrees, whatever
@@ -177,10 +178,15 @@ gradcompResult_t agreeReady(gradcompComm* c, gradcompResult_t local, int* refuse
 // The caller's stream and device must be set first.
 // Only on that path: a call that is not refused exchanges nothing more.
 // Without the setting a refusal stays this rank's own, as NCCL's (a rank
-// that makes the call alone returns at once, its peers wait); not under
-// capture, in the auto timing's calls, or for a call of no elements (its
-// peers return before any exchange). `count`: the count the caller passed.
-// Returns `local` with this rank's own sentence.
+// that makes the call alone returns at once, its peers wait), except for
+// the first call after a state load or reset (verifyNext): every rank runs
+// beginCollective's agreement there anyway, so a refusal made before it
+// joins as above. A failed join leaves verifyNext set, as the failed
+// agreement leaves it on the peers (and one that every rank refused agrees
+// and leaves it set everywhere): the next call verifies on every rank.
+// Neither way under capture, in the auto timing's calls, or for a call of
+// no elements (its peers return before any exchange). `count`: the count
+// the caller passed. Returns `local` with this rank's own sentence.
 gradcompResult_t refuseCall(gradcompComm& c, size_t count, int type, int op, CallRefusal why,
                             gradcompResult_t local, bool beforeBegin = false);
 // refuseCall for a datatype or op checkCallEnums refused, on any comm the

@@ -20,6 +20,8 @@
 #include <map>
 #include <utility>
 
+#include "checks.h"
+#include "collective.h"
 #include "debug.h"
 #include "nccl_dlsym.h"
 #include "nccl_ints.h"
@@ -364,7 +366,8 @@ constexpr int typeRangeMax() {
 // NCCL refuses it as it comes, wherever it stands. The op holds every
 // non-negative int (ncclMaxRedOp: ncclRedOpCreatePreMulSum's handles), and a
 // datatype up to typeRangeMax (a newer NCCL's) is read as the enum and
-// route()d as any call gradcomp does not compress: false for those.
+// route()d as any call gradcomp does not compress: false for those. (Where
+// NCCL refused it, joinRefusal then tells a compressing communicator's peers.)
 bool passedAsInts(Collective coll, const void* send, void* recv, size_t count,
                   const ncclDataType_t* datatype, const ncclRedOp_t* op, ncclComm_t comm,
                   cudaStream_t stream, ncclResult_t* res) {
@@ -378,27 +381,54 @@ bool passedAsInts(Collective coll, const void* send, void* recv, size_t count,
   return true;
 }
 
+// A call of a compressing communicator whose datatype or op gradcomp
+// refuses (checkCallEnums) and NCCL refused too, `nccl` (before it enqueued
+// anything, so the call exchanged nothing): its peers, whose call gradcomp
+// took, may be in gradcomp's agreement on it (GRADCOMP_CHECK_CALLS, or the
+// first call after a state load or reset), where they would wait for this
+// rank for ever. It joins that agreement with the refusal's record
+// (gc::refuseCallEnums, which joins nothing where the peers run none), so
+// they fail naming it; the caller still gets NCCL's answer. Not in a user
+// group (its peers' calls wait for the group's end there), nor where NCCL
+// ran the call (a newer NCCL's datatype: a call this rank passes while its
+// peers compress theirs, as any other mismatch).
+ncclResult_t joinRefusal(ncclComm_t comm, size_t count, const ncclDataType_t* type,
+                         const ncclRedOp_t* op, cudaStream_t stream, ncclResult_t nccl) {
+  if (nccl == ncclSuccess || nccl == ncclInProgress || tGroupDepth > 0 || comm == nullptr ||
+      !gc::ncclResolved())
+    return nccl;
+  const gradcompResult_t bad = gc::checkCallEnums(type, op);
+  if (bad == gradcompSuccess) return nccl;
+  EntryPtr e = entryFor(comm);
+  if (e->mode != Mode::Compress) return nccl;
+  std::lock_guard<std::mutex> lock(e->callMu);
+  if (e->aborted.stopped() || e->released || e->gc == nullptr) return nccl;
+  (void)gc::guarded([&] { return gc::refuseCallEnums(e->gc, count, type, op, stream, bad); });
+  return nccl;
+}
+
 }  // namespace
 
 GC_INTERPOSE ncclResult_t ncclAllReduce(const void* sendbuff, void* recvbuff, size_t count,
                                         ncclDataType_t datatype, ncclRedOp_t op, ncclComm_t comm,
                                         cudaStream_t stream) {
   ncclResult_t r;
-  if (passedAsInts(Collective::AllReduce, sendbuff, recvbuff, count, &datatype, &op, comm, stream,
-                   &r))
-    return r;
-  return route({sendbuff, recvbuff, count, datatype, op, comm, stream, Collective::AllReduce});
+  if (!passedAsInts(Collective::AllReduce, sendbuff, recvbuff, count, &datatype, &op, comm, stream,
+                    &r))
+    r = route({sendbuff, recvbuff, count, datatype, op, comm, stream, Collective::AllReduce});
+  return joinRefusal(comm, count, &datatype, &op, stream, r);
 }
 
 GC_INTERPOSE ncclResult_t ncclReduceScatter(const void* sendbuff, void* recvbuff, size_t recvcount,
                                             ncclDataType_t datatype, ncclRedOp_t op,
                                             ncclComm_t comm, cudaStream_t stream) {
   ncclResult_t r;
-  if (passedAsInts(Collective::ReduceScatter, sendbuff, recvbuff, recvcount, &datatype, &op, comm,
-                   stream, &r))
-    return r;
-  return route(
-      {sendbuff, recvbuff, recvcount, datatype, op, comm, stream, Collective::ReduceScatter});
+  if (!passedAsInts(Collective::ReduceScatter, sendbuff, recvbuff, recvcount, &datatype, &op, comm,
+                    stream, &r)) {
+    r = route(
+        {sendbuff, recvbuff, recvcount, datatype, op, comm, stream, Collective::ReduceScatter});
+  }
+  return joinRefusal(comm, recvcount, &datatype, &op, stream, r);
 }
 
 GC_INTERPOSE ncclResult_t ncclGroupStart() {

@@ -1144,6 +1144,71 @@ TEST(ApiSequence, ARefusalOnOneRankFailsItsPeersNamingIt) {
   }
 }
 
+// The first call after a state load or reset is agreed on by every rank
+// with or without GRADCOMP_CHECK_CALLS (verifyNext): a rank that refuses it
+// before it begins (a datatype or op that is not NCCL's, a recvcount whose
+// input overflows) joins that agreement too, so its peers fail at once naming
+// it instead of waiting in it until cpuTimeoutSec (before 2026-12-07, with
+// the setting off). The agreement failed on every rank, so the next call
+// verifies on every rank again, and runs.
+TEST(ApiSequence, ARefusalOfTheFirstCallAfterALoadOrResetFailsItsPeersNamingIt) {
+  const std::string badType = "datatype=" + std::to_string((int)ncclNumTypes);
+  for (int local : {0, 2}) {
+    gradcompConfig_t c;
+    gradcompConfigInit(&c);
+    c.checkCalls = 0, c.localSize = local, c.minElements = 0;
+    c.cpuTimeoutSec = 30.0f;  // a peer left waiting fails after it, naming nobody
+    const int N = local ? 4 : 2, who = N - 1;
+    gctest::CpuWorld w(N, c);
+    std::vector<std::vector<float>> b(N, std::vector<float>(2000, 1.0f)), o = b;
+    for (int kind = 0; kind < 3; ++kind) {
+      SCOPED_TRACE(testing::Message() << "kind " << kind << ", local " << local);
+      const bool rs = kind == 2;
+      const size_t m = rs ? 1000 / (size_t)N : 1000;
+      std::vector<std::string> err;
+      std::vector<std::vector<uint8_t>> before(N);
+      for (int r = 0; r < N; ++r) before[r] = gctest::savedState(w.comm(r));
+      // A reset, then a load of the state each rank held: either leaves the
+      // next call to be agreed on.
+      auto res = onRanks(
+          N,
+          [&](int r) {
+            return kind == 1 ? gradcompCommLoadState(w.comm(r), before[r].data(), before[r].size())
+                             : gradcompCommResetState(w.comm(r));
+          },
+          &err);
+      for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], gradcompSuccess) << err[r];
+      for (int r = 0; r < N; ++r) before[r] = gctest::savedState(w.comm(r));
+      res = onRanks(
+          N,
+          [&](int r) {
+            const bool bad = r == who;
+            float* s = b[r].data();
+            if (rs) {
+              return gradcompReduceScatter(s, o[r].data(), bad ? SIZE_MAX / 4 : m, ncclFloat32,
+                                           ncclSum, w.comm(r), nullptr);
+            }
+            if (kind == 1) {
+              // A C caller's op of -1, put in the enum's bytes (as
+              // ARefusalOnOneRankFailsItsPeersNamingIt does).
+              ncclRedOp_t op = ncclSum;
+              const int minusOne = -1;
+              if (bad) memcpy(&op, &minusOne, sizeof op);
+              return gradcompAllReduce(s, s, m, ncclFloat32, op, w.comm(r), nullptr);
+            }
+            return gradcompAllReduce(s, s, m, bad ? ncclNumTypes : ncclFloat32, ncclSum, w.comm(r),
+                                     nullptr);
+          },
+          &err);
+      const char* what = kind == 0 ? badType.c_str() : kind == 1 ? "op=-1" : "recvcount=";
+      gctest::expectOneRankRefused(res, err, who, kind == 2 ? "overflows" : what, what);
+      gctest::expectStatesKeptAndTheCallMadeRightRuns(w, before, b, o, rs, m);
+      // Before the fix a case costs cpuTimeoutSec: stop at the first.
+      if (::testing::Test::HasFailure()) return;
+    }
+  }
+}
+
 TEST(ApiSequence, RandomSequencesHoldTheModel) {
   const uint64_t first = envKnob("GRADCOMP_SEQ_SEED", 0, UINT64_MAX, 1);
   const int seeds = (int)envKnob("GRADCOMP_SEQ_SEEDS", 1, INT_MAX, 10);

@@ -308,6 +308,73 @@ TEST(NcclLike, ARefusalBeforeTheCallFailsItsPeersNamingIt) {
   }
 }
 
+// Without the setting, the first call after a state load or reset is still
+// agreed on (verifyNext): a rank that refuses it before it begins joins that
+// agreement with its refusal's record, as under the setting, so its peers
+// fail at once naming it instead of waiting in the agreement (on NCCL, for
+// ever; before 2026-12-07). The agreement failed, so every rank still
+// verifies its next call (the ranks stay in step), and that call runs.
+TEST(NcclLike, ARefusalOfTheFirstCallAfterALoadOrResetFailsItsPeersNamingIt) {
+  const std::string badType = "datatype=" + std::to_string((int)ncclNumTypes);
+  for (int local : {0, 2}) {
+    for (size_t minElements : {(size_t)0, (size_t)1 << 20}) {
+      const int N = local ? 4 : 2, who = N - 1;
+      CpuWorld w(N, config(0, minElements, local));
+      const std::vector<NcclLikeTransport*> tr = gctest::ncclLike(w);
+      std::vector<std::vector<float>> b(N, std::vector<float>(2000, 1.0f)), o = b;
+      for (int kind = 0; kind < 3; ++kind) {
+        SCOPED_TRACE(testing::Message()
+                     << "kind " << kind << ", local " << local << " min " << minElements);
+        const bool rs = kind == 2;
+        const size_t m = rs ? 1000 / (size_t)N : 1000;
+        std::vector<std::string> err;
+        std::vector<std::vector<uint8_t>> before(N);
+        for (int r = 0; r < N; ++r) before[r] = gctest::savedState(w.comm(r));
+        auto res = onRanks(
+            w,
+            [&](int r) {
+              return kind == 1
+                         ? gradcompCommLoadState(w.comm(r), before[r].data(), before[r].size())
+                         : gradcompCommResetState(w.comm(r));
+            },
+            &err);
+        for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], gradcompSuccess) << err[r];
+        for (int r = 0; r < N; ++r) before[r] = gctest::savedState(w.comm(r));
+        res = onRanks(
+            w,
+            [&](int r) {
+              const bool bad = r == who;
+              float* s = b[r].data();
+              if (rs) {
+                return gradcompReduceScatter(s, o[r].data(), bad ? SIZE_MAX / 4 : m, ncclFloat32,
+                                             ncclSum, w.comm(r), nullptr);
+              }
+              ncclRedOp_t op = ncclSum;
+              const int minusOne = -1;
+              if (bad && kind == 1) memcpy(&op, &minusOne, sizeof op);
+              return gradcompAllReduce(s, s, m, bad && kind == 0 ? ncclNumTypes : ncclFloat32, op,
+                                       w.comm(r), nullptr);
+            },
+            &err);
+        const char* what = kind == 0 ? badType.c_str() : kind == 1 ? "op=-1" : "recvcount=";
+        gctest::expectOneRankRefused(res, err, who, kind == 2 ? "overflows" : what, what);
+        for (int r = 0; r < N; ++r) {
+          // Compared and found apart: not to be handed to NCCL on one rank alone.
+          EXPECT_TRUE(w.comm(r)->failedTogether) << "rank " << r;
+          EXPECT_TRUE(w.comm(r)->verifyNext) << "rank " << r;
+        }
+        gctest::expectStatesKeptAndTheCallMadeRightRuns(w, before, b, o, rs, m);
+        for (int r = 0; r < N; ++r) {
+          EXPECT_FALSE(w.comm(r)->verifyNext) << "rank " << r;
+          EXPECT_EQ(tr[r]->verifyCalls, tr[0]->verifyCalls) << "rank " << r;
+        }
+        // Before the fix a case costs cpuTimeoutSec: stop at the first.
+        if (::testing::Test::HasFailure()) return;
+      }
+    }
+  }
+}
+
 // A refusal after the call's agreement (a count the codecs cannot size: the
 // count was agreed, so every rank refuses it alike) joins no second one: the
 // peers' next exchange there is a vote, which on NCCL an allgather would

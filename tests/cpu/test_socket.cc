@@ -277,8 +277,10 @@ std::vector<gradcompResult_t> allReduceAs(SocketWorld& world,
 // GRADCOMP_CHECK_CALLS: a datatype one rank alone gets wrong (its peers'
 // is right) fails every rank at once, instead of leaving the peers waiting
 // until cpuTimeoutSec (long here) and naming nobody (before 2026-12-06). The
-// refusing rank returns its own error; whichever peer reads its record first
-// names it, the others may only see a connection close.
+// refusing rank returns its own error and its peers name it, at least the
+// one that reads its record first: a peer that loses its connection to
+// another before the record has reached it says so instead (the late peers
+// of PeersLateToARefusedCallNameIt, whose record is there, always name it).
 TEST(Socket, ADatatypeRefusedOnOneRankFailsEveryRank) {
   SocketWorld world(3, checkingCalls());
   std::vector<std::string> why;
@@ -296,6 +298,49 @@ TEST(Socket, ADatatypeRefusedOnOneRankFailsEveryRank) {
         why[r].find("rank 1 refused this call's arguments (its " + badType) != std::string::npos;
   }
   EXPECT_GE(named, 1) << why[0] << "\n" << why[2];
+}
+
+// The same refusal seen by peers that come to the call after the refusing
+// rank and the first peer failed on each other's records and closed their
+// connections: they too name the refusal, not a lost connection. The
+// refusing rank sends its record to every peer before it reads any, and a
+// rank that loses a connection first reads the headers already waiting on
+// the others (before 2026-12-07 the refusing rank could fail on rank 0's
+// record before it sent its own to the others, and they said "lost its
+// connection"). Several times (the first peer's record reaches the refusing
+// rank at another moment in each).
+TEST(Socket, PeersLateToARefusedCallNameIt) {
+  const std::string badType = "datatype=" + std::to_string((int)ncclNumTypes);
+  for (int n : {3, 4}) {
+    for (int run = 0; run < 8; ++run) {
+      SCOPED_TRACE(testing::Message() << n << " ranks, run " << run);
+      SocketWorld world(n, checkingCalls());
+      std::vector<std::vector<float>> bufs(n, std::vector<float>(6000, 1.0f));
+      std::vector<std::string> why(n);
+      auto call = [&](int r) {
+        const gradcompResult_t x =
+            gradcompAllReduce(bufs[r].data(), bufs[r].data(), 6000,
+                              r == 1 ? ncclNumTypes : ncclFloat32, ncclSum, world.comm(r), nullptr);
+        why[r] = gradcompGetLastError();
+        return x;
+      };
+      // Ranks 0 and 1 first, to their end; then the others.
+      std::vector<gradcompResult_t> res = gctest::runOnThreads(2, call);
+      const std::vector<gradcompResult_t> late =
+          gctest::runOnThreads(n - 2, [&](int i) { return call(i + 2); });
+      res.insert(res.end(), late.begin(), late.end());
+      EXPECT_EQ(res[1], gradcompInvalidArgument) << why[1];
+      EXPECT_NE(why[1].find(badType), std::string::npos) << why[1];
+      for (int r = 0; r < n; ++r) {
+        if (r == 1) continue;
+        EXPECT_EQ(res[r], gradcompInvalidUsage) << "rank " << r << ": " << why[r];
+        EXPECT_NE(why[r].find("rank 1 refused this call's arguments (its " + badType),
+                  std::string::npos)
+            << "rank " << r << ": " << why[r];
+      }
+      if (::testing::Test::HasFailure()) return;
+    }
+  }
 }
 
 // GRADCOMP_CHECK_CALLS: a call every rank refuses, each for a value of its
@@ -531,6 +576,84 @@ TEST(Socket, ARankGivenTwiceIsNamed) {
     EXPECT_NE(why[i].find("two ranks say they are rank 1"), std::string::npos)
         << "rank " << ranks[i] << ": " << why[i];
     EXPECT_EQ(c[i], nullptr);
+  }
+}
+
+// Rank 0 refuses a world (here a rank that says nranks=5 of 4) as soon as it
+// reads that rank's hello: the ranks whose hellos had come but were not read
+// yet (accepted, or still in the listener's queue) hear its verdict too,
+// with the reason, rather than a reset connection (until 2026-12-07). The
+// ranks are raw connections speaking socket.cc's hello, all connected, the
+// refused one first, and its hello sent last, so that rank 0 can refuse
+// only once every hello has come. Several times (rank 0 reads a varying
+// number of the others' hellos before the refused one).
+TEST(Socket, RanksWaitingAtARefusedWorldHearWhy) {
+  struct Hello {  // socket.cc's, byte for byte
+    uint32_t magic;
+    int32_t nranks, rank;
+    uint16_t port, pad;
+  };
+  struct Verdict {
+    uint32_t magic;
+    int32_t ok, nranks;
+    char why[188];
+  };
+  gradcompConfig_t cfg = withMethod(gradcompMethodQsgd);
+  cfg.cpuTimeoutSec = 30;
+  for (int run = 0; run < 20; ++run) {
+    SCOPED_TRACE(testing::Message() << "run " << run);
+    const int port = gctest::freePort();
+    const std::string root = loopbackRoot(port);
+    gradcompComm_t c0 = nullptr;
+    gradcompResult_t r0 = gradcompInternalError;
+    std::string w0;
+    std::thread t0([&] {
+      r0 = gradcompCommCreateSocket(4, 0, root.c_str(), &cfg, &c0);
+      w0 = gradcompGetLastError();
+    });
+    sockaddr_in a = {};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = htons((uint16_t)port);
+    // fds[0]: rank 3, refused; fds[1], fds[2]: ranks 1 and 2.
+    int fds[3];
+    for (int i = 0; i < 3; ++i) {
+      fds[i] = socket(AF_INET, SOCK_STREAM, 0);
+      bool connected = false;
+      for (int k = 0; k < 1000 && !connected; ++k) {
+        connected = connect(fds[i], reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
+        if (!connected) {
+          close(fds[i]);
+          fds[i] = socket(AF_INET, SOCK_STREAM, 0);
+          usleep(10000);
+        }
+      }
+      EXPECT_TRUE(connected) << "rank 0 never listened on " << root;
+    }
+    for (int i : {1, 2, 0}) {
+      const Hello h = {0x47435348, i == 0 ? 5 : 4, i == 0 ? 3 : i, 1, 0};
+      EXPECT_EQ(send(fds[i], &h, sizeof h, MSG_NOSIGNAL), (ssize_t)sizeof h);
+    }
+    for (int i = 0; i < 3; ++i) {
+      Verdict v = {};
+      size_t got = 0;
+      while (got < sizeof v) {
+        const ssize_t n = recv(fds[i], reinterpret_cast<char*>(&v) + got, sizeof v - got, 0);
+        if (n <= 0) break;
+        got += (size_t)n;
+      }
+      EXPECT_EQ(got, sizeof v) << "connection " << i << " got no verdict";
+      EXPECT_EQ(v.ok, 0) << "connection " << i;
+      v.why[sizeof v.why - 1] = '\0';
+      EXPECT_NE(std::string(v.why).find("rank 3 says nranks=5 while rank 0 has nranks=4"),
+                std::string::npos)
+          << "connection " << i << ": " << v.why;
+      close(fds[i]);
+    }
+    t0.join();
+    EXPECT_EQ(r0, gradcompInvalidArgument) << w0;
+    EXPECT_EQ(c0, nullptr);
+    if (::testing::Test::HasFailure()) return;
   }
 }
 

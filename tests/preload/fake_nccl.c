@@ -110,6 +110,17 @@ static ncclResult_t admit(const char* what, ncclComm_t c) {
   return ncclSuccess;
 }
 
+/* FAKE_NCCL_CHECK_ARGS=1: a datatype outside 0..ncclNumTypes-1 or a
+ * negative op is refused with ncclInvalidArgument before anything runs, as
+ * NCCL's own argument check does (recorded as refused). */
+static int badArgs(const char* what, ncclDataType_t t, ncclRedOp_t op) {
+  const char* v = getenv("FAKE_NCCL_CHECK_ARGS");
+  if (v == NULL || v[0] != '1') return 0;
+  if ((int)t >= 0 && (int)t < (int)ncclNumTypes && (int)op >= 0) return 0;
+  record("%s refused: type=%d op=%d", what, (int)t, (int)op);
+  return 1;
+}
+
 /* What a data call of c that was admitted answers. */
 static ncclResult_t answer(ncclComm_t c, ncclResult_t r) {
   if (r != ncclSuccess || groupDepth > 0 || !isNonBlocking(c)) return r;
@@ -121,6 +132,7 @@ ncclResult_t pncclAllReduce(const void* s, void* r, size_t n, ncclDataType_t t, 
                             ncclComm_t c, cudaStream_t st) {
   const ncclResult_t refused = admit("AllReduce", c);
   if (refused != ncclSuccess) return refused;
+  if (badArgs("AllReduce", t, op)) return ncclInvalidArgument;
   held();
   record("AllReduce send=%p recv=%p count=%zu type=%d op=%d comm=%p stream=%p", s, r, n, (int)t,
          (int)op, (void*)c, (void*)st);
@@ -133,6 +145,7 @@ ncclResult_t pncclReduceScatter(const void* s, void* r, size_t n, ncclDataType_t
                                 ncclComm_t c, cudaStream_t st) {
   const ncclResult_t refused = admit("ReduceScatter", c);
   if (refused != ncclSuccess) return refused;
+  if (badArgs("ReduceScatter", t, op)) return ncclInvalidArgument;
   held();
   record("ReduceScatter send=%p recv=%p count=%zu type=%d op=%d comm=%p stream=%p", s, r, n, (int)t,
          (int)op, (void*)c, (void*)st);

@@ -15,6 +15,7 @@
 #include <memory>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -22,6 +23,8 @@
 #include "plugin/comm.h"
 #include "plugin/preload/preload.h"
 #include "plugin/topology.h"
+#include "tests/common/cpu_world.h"
+#include "tests/common/nccl_like_transport.h"
 
 namespace {
 
@@ -229,6 +232,88 @@ TEST(PreloadWarnings, ARefusalIsWarnedOncePerKindWhateverItsPointers) {
   EXPECT_EQ(passed, 50u) << log;  // every call still reaches NCCL
   e->gc = nullptr;
   delete c;
+  unsetenv("GRADCOMP_NCCL_LIBRARY");
+}
+
+// A call whose datatype or op gradcomp refuses goes to NCCL, never through
+// gradcomp, while its peers' call (a float Sum) is compressed: where they
+// agree on it first (GRADCOMP_CHECK_CALLS, or the first call after a state
+// load or reset), the refusing rank joins that agreement with the refusal's
+// record once NCCL refused the call too, so they fail naming it instead of
+// waiting in it (on NCCL for ever; until 2026-12-07), and the refusing rank
+// returns NCCL's own answer. Ranks of a CPU world whose transports stand in
+// for NCCL's, each with a compressing entry made by hand; the stand-in NCCL
+// checks its arguments as NCCL does. The call made right runs next.
+TEST(PreloadRefusal, ABadDatatypeOrOpFailsThePeersNamingIt) {
+  ASSERT_TRUE(kMethodSet);
+  setenv("GRADCOMP_NCCL_LIBRARY", GC_FAKE_NCCL, 1);
+  setenv("FAKE_NCCL_CHECK_ARGS", "1", 1);
+  const size_t n = 1 << 20;  // eligible under the default GRADCOMP_MIN_ELEMENTS
+  for (int checkCalls : {1, 0}) {
+    gradcompConfig_t cfg;
+    gradcompConfigInit(&cfg);
+    cfg.checkCalls = checkCalls;
+    cfg.cpuTimeoutSec = 10.0f;  // a peer left waiting fails after it, naming nobody
+    gctest::CpuWorld w(2, cfg);
+    gctest::ncclLike(w);
+    ncclComm_t comms[2];
+    std::vector<gc::preload::EntryPtr> entries;
+    for (int r = 0; r < 2; ++r) {
+      comms[r] = (ncclComm_t)(uintptr_t)(0x6000 + 0x100 * r + 0x10 * checkCalls);
+      entries.push_back(compressingEntry(comms[r], w.comm(r)));
+      entries.back()->rank = r;
+      entries.back()->nranks = 2;
+    }
+    std::vector<std::vector<float>> b(2, std::vector<float>(2 * n, 1.0f));
+    // 0: a datatype no C++ enum holds (passed to NCCL as an int), 1: the
+    // first one past NCCL's (routed), 2: a negative op, 3: a reduce-scatter's.
+    for (int kind = 0; kind < 4; ++kind) {
+      SCOPED_TRACE(testing::Message() << "kind " << kind << " checkCalls " << checkCalls);
+      if (!checkCalls) {
+        // Without the setting only the call after a reset is agreed on.
+        for (int r = 0; r < 2; ++r) ASSERT_EQ(gradcompCommResetState(w.comm(r)), gradcompSuccess);
+      }
+      const int badType = kind == 0 ? -1 : kind == 1 ? (int)ncclNumTypes : 99;
+      ncclResult_t res[2];
+      std::string err[2];
+      std::vector<std::thread> threads;
+      for (int r = 0; r < 2; ++r) {
+        threads.emplace_back([&, r] {
+          ncclDataType_t t = ncclFloat32;
+          ncclRedOp_t op = ncclSum;
+          const int minusOne = -1;
+          if (r == 1 && kind != 2) memcpy(&t, &badType, sizeof t);
+          if (r == 1 && kind == 2) memcpy(&op, &minusOne, sizeof op);
+          float* s = b[r].data();
+          res[r] = kind == 3 ? ncclReduceScatter(s, s + n, n / 2, t, op, comms[r], nullptr)
+                             : ncclAllReduce(s, s, n, t, op, comms[r], nullptr);
+          err[r] = gradcompGetLastError();
+        });
+      }
+      for (auto& t : threads) t.join();
+      EXPECT_EQ(res[1], ncclInvalidArgument);  // NCCL's answer
+      EXPECT_EQ(res[0], ncclInvalidUsage) << err[0];
+      const std::string named =
+          kind == 2 ? "(its op=-1" : "(its datatype=" + std::to_string(badType);
+      EXPECT_NE(err[0].find("rank 1 refused this call's arguments " + named), std::string::npos)
+          << err[0];
+      for (int r = 0; r < 2; ++r) {
+        b[r].assign(2 * n, 1.0f);
+        threads[r] = std::thread([&, r] {
+          res[r] =
+              ncclAllReduce(b[r].data(), b[r].data(), n, ncclFloat32, ncclSum, comms[r], nullptr);
+          err[r] = gradcompGetLastError();
+        });
+      }
+      for (auto& t : threads) t.join();
+      for (int r = 0; r < 2; ++r) EXPECT_EQ(res[r], ncclSuccess) << "rank " << r << ": " << err[r];
+      // Before the fix a case costs cpuTimeoutSec: stop at the first.
+      if (::testing::Test::HasFailure()) break;
+    }
+    for (auto& e : entries) e->gc = nullptr;  // the world destroys its comms
+    if (::testing::Test::HasFailure()) break;
+  }
+  unsetenv("FAKE_NCCL_CHECK_ARGS");
   unsetenv("GRADCOMP_NCCL_LIBRARY");
 }
 

@@ -473,6 +473,32 @@ class Greeter {
     }
   }
 
+  // Before the greeter closes them: every connection whose message has come
+  // (one accepted and one still in the listener's queue alike), read without
+  // waiting, is sent `reply` (a refused world's verdict), so that a rank
+  // whose hello was not read yet hears why rather than a reset connection.
+  // Those whose message has not come are closed unanswered.
+  void answerWaiting(const void* reply, size_t replyBytes, double deadline) {
+    for (;;) {
+      pollfd p = {listener_, POLLIN, 0};
+      if (pending_.size() >= kMaxPending || poll(&p, 1, 0) <= 0) break;
+      Pending q;
+      socklen_t len = sizeof q.peer.ss;
+      q.fd = accept4(listener_, q.peer.sa(), &len, SOCK_CLOEXEC);
+      if (q.fd < 0) break;
+      q.got.resize(bytes_);
+      pending_.push_back(std::move(q));
+    }
+    for (Pending& p : pending_) {
+      while (p.have < bytes_) {
+        const ssize_t n = recv(p.fd, p.got.data() + p.have, bytes_ - p.have, MSG_DONTWAIT);
+        if (n <= 0) break;
+        p.have += (size_t)n;
+      }
+      if (p.have == bytes_) (void)sendAll(p.fd, reply, replyBytes, deadline, "the root's verdict");
+    }
+  }
+
  private:
   struct Pending {
     int fd = -1;
@@ -566,6 +592,7 @@ gradcompResult_t rootRendezvous(SocketMesh& m, const Addr& rootAddr, double dead
     }
   }
   if (!refusal.empty()) {
+    greeter.answerWaiting(&v, sizeof v, deadline);
     return setError(gradcompInvalidArgument, "socket transport: rank 0 refused the world: %s",
                     refusal.c_str());
   }
@@ -701,12 +728,16 @@ class SocketTransport final : public Transport {
   }
 
   gradcompResult_t verifyCall() override {
-    // Headers only: each rank compares every peer's call with its own.
+    // Headers only: each rank compares every peer's call with its own. All
+    // are sent before any is read (progress moves them in this order), so
+    // that a rank whose record says it refused the call has told every peer
+    // before a peer's header it reads makes it close its connections.
     std::vector<Transfer>& xs = transfers();
     for (int i = 0; i < size_; ++i) {
-      if (i == rank_) continue;
-      xs.push_back(sendTo(i, nullptr, 0));
-      xs.push_back(recvFrom(i, nullptr, 0));
+      if (i != rank_) xs.push_back(sendTo(i, nullptr, 0));
+    }
+    for (int i = 0; i < size_; ++i) {
+      if (i != rank_) xs.push_back(recvFrom(i, nullptr, 0));
     }
     return run(kVerify, 0, xs);
   }
@@ -959,6 +990,27 @@ class SocketTransport final : public Transport {
                     (unsigned long long)theirs, sizeof(SetupVote));
   }
 
+  // The headers already here on the connections this rank has not read yet,
+  // read without waiting: one whose record says its rank refused the call
+  // fails this rank naming that refusal (checkHeader), which says more than
+  // the connection another peer closed on reading the same record.
+  gradcompResult_t refusalWaiting(std::vector<Transfer>& xs, const WireHeader& mine) {
+    constexpr size_t H = sizeof(WireHeader);
+    for (Transfer& t : xs) {
+      if (t.isSend || t.checked) continue;
+      while (t.done < H) {
+        const ssize_t n = recv(mesh_->fds[t.peer], reinterpret_cast<char*>(&t.header) + t.done,
+                               H - t.done, MSG_DONTWAIT);
+        if (n <= 0) break;
+        t.done += (size_t)n;
+      }
+      if (t.done < H) continue;
+      t.checked = true;
+      if (t.header.kind == kCallRefused) GC_CHECK(checkHeader(t, mine));
+    }
+    return gradcompSuccess;
+  }
+
   // Moves every transfer to completion; a peer silent for cpuTimeoutSec, a
   // closed connection or a header that does not match fails the collective
   // and closes the mesh.
@@ -1044,11 +1096,15 @@ class SocketTransport final : public Transport {
         }
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) continue;
         if (n <= 0) {
+          const int err = n < 0 ? errno : 0;
           GC_CHECK(checkOpen());
+          // A peer closes its connections when it fails, often on the record
+          // of a rank that refused the call, which that rank sent here too.
+          GC_CHECK(refusalWaiting(xs, mine));
           return setError(gradcompSystemError,
                           "socket transport: rank %d lost its connection to rank %d (%s): that "
                           "rank failed, exited or made a different call",
-                          globalRank(), t.peer, n == 0 ? "closed" : errnoText(errno).c_str());
+                          globalRank(), t.peer, n == 0 ? "closed" : errnoText(err).c_str());
         }
         t.done += (size_t)n;
         moved = true;
