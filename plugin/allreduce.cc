@@ -11,37 +11,6 @@
 namespace gc {
 namespace {
 
-// A call gradcomp does not compress; on a DGC comm with momentum correction
-// it still carries the velocity (collective.h). `agreed`: the buffers are
-// checked and the call agreed on already.
-gradcompResult_t passThrough(gradcompComm* c, bool keyed, uint64_t key, bool agreed,
-                             const void* send, void* recv, size_t count, ncclDataType_t type,
-                             ncclRedOp_t op) {
-  if (passesMomentum(*c, type, op))
-    return momentumPassThrough(*c, kStateAllReduce, keyed, key, agreed, send, recv, count, type,
-                               op);
-  BufferState* check = nullptr;
-  if (agreed) {
-    bool done = false;
-    GC_CHECK(residualPassThrough(*c, kStateAllReduce, keyed, key, send, recv, count, type, op,
-                                 &done, &check));
-    if (done) return gradcompSuccess;
-  }
-  // Counted once it went out (and was checked), as a compressed call: a
-  // refused one is not. A state the call could not carry (no workspace) is
-  // checked as its peers check theirs.
-  GC_CHECK(c->transport->passThrough(send, recv, count, type, op));
-  if (check) {
-    GC_CHECK(discardStateIfNonFinite(*c, *check, recv, count, check->dtype, false));
-    // Its peers spent theirs: the later passes go plainly on every rank (a
-    // reduce-scatter's check is a collective), this residual waiting for the
-    // next compressed call.
-    check->residualSent = true;
-  }
-  c->stats.callsPassedThrough++;
-  return gradcompSuccess;
-}
-
 // Top-k, DGC (sparse allgather) and rand-k.
 gradcompResult_t sparseAllReduce(gradcompComm* c, const void* send, void* recv, size_t count,
                                  DType t, ncclRedOp_t op, bool keyed, uint64_t key) {
@@ -93,7 +62,7 @@ gradcompResult_t allReduce(const void* send, void* recv, size_t count, ncclDataT
   if (!compressible(*c, count, type, op)) {
     GC_TRACE("pass through: count=%zu type=%d op=%d ranks=%d", count, (int)type, (int)op,
              c->nranks);
-    return passThrough(c, keyed, key, false, send, recv, count, type, op);
+    return passThroughCall(c, kStateAllReduce, keyed, key, false, send, recv, count, type, op);
   }
 
   DType t;
@@ -105,7 +74,7 @@ gradcompResult_t allReduce(const void* send, void* recv, size_t count, ncclDataT
   bool autoPass = false;
   GC_CHECK(autoShouldPass(c, AutoCall::AllReduce, count, dtypeBytes(t), &autoPass));
   if (autoPass) {
-    GC_CHECK(passThrough(c, keyed, key, true, send, recv, count, type, op));
+    GC_CHECK(passThroughCall(c, kStateAllReduce, keyed, key, true, send, recv, count, type, op));
     c->stats.callsAutoPassed++;
     return gradcompSuccess;
   }
@@ -155,12 +124,7 @@ extern "C" {
 GC_EXPORT gradcompResult_t gradcompAllReduce(const void* sendbuff, void* recvbuff, size_t count,
                                              ncclDataType_t datatype, ncclRedOp_t op,
                                              gradcompComm_t comm, cudaStream_t stream) {
-  if (const gradcompResult_t bad = gc::checkCallEnums(&datatype, &op); bad != gradcompSuccess) {
-    return gc::guarded(
-        [&] { return gc::refuseCallEnums(comm, count, &datatype, &op, stream, bad); });
-  }
-  gc::OnCommDevice onDevice(comm);
-  return gc::guarded([&] {
+  return gc::collectiveEntry(comm, count, &datatype, &op, stream, [&] {
     return gc::allReduce(sendbuff, recvbuff, count, datatype, op, comm, stream, false, 0);
   });
 }
@@ -169,12 +133,7 @@ GC_EXPORT gradcompResult_t gradcompAllReduceKeyed(const void* sendbuff, void* re
                                                   size_t count, ncclDataType_t datatype,
                                                   ncclRedOp_t op, gradcompComm_t comm,
                                                   cudaStream_t stream, uint64_t key) {
-  if (const gradcompResult_t bad = gc::checkCallEnums(&datatype, &op); bad != gradcompSuccess) {
-    return gc::guarded(
-        [&] { return gc::refuseCallEnums(comm, count, &datatype, &op, stream, bad); });
-  }
-  gc::OnCommDevice onDevice(comm);
-  return gc::guarded([&] {
+  return gc::collectiveEntry(comm, count, &datatype, &op, stream, [&] {
     return gc::allReduce(sendbuff, recvbuff, count, datatype, op, comm, stream, true, key);
   });
 }

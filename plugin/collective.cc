@@ -350,6 +350,35 @@ gradcompResult_t residualPassThrough(gradcompComm& c, int kind, bool keyed, uint
                             check);
 }
 
+gradcompResult_t passThroughCall(gradcompComm* c, StateKind kind, bool keyed, uint64_t key,
+                                 bool agreed, const void* send, void* recv, size_t count,
+                                 ncclDataType_t type, ncclRedOp_t op) {
+  const bool reduceScatter = kind == kStateReduceScatter;
+  if (passesMomentum(*c, type, op)) {
+    return momentumPassThrough(*c, kind, keyed, key, agreed, send, recv, count, type, op);
+  }
+  BufferState* check = nullptr;
+  if (agreed) {
+    bool done = false;
+    GC_CHECK(residualPassThrough(*c, kind, keyed, key, send, recv, count, type, op, &done, &check));
+    if (done) return gradcompSuccess;
+  }
+  // Counted once it went out (and was checked), as a compressed call: a
+  // refused one is not. A state the call could not carry (no workspace) is
+  // checked as its peers check theirs.
+  GC_CHECK(reduceScatter ? c->transport->reduceScatter(send, recv, count, type, op)
+                         : c->transport->passThrough(send, recv, count, type, op));
+  if (check) {
+    GC_CHECK(discardStateIfNonFinite(*c, *check, recv, count, check->dtype, reduceScatter));
+    // Its peers spent theirs: the later passes go plainly on every rank (a
+    // reduce-scatter's check is a collective), this residual waiting for the
+    // next compressed call.
+    check->residualSent = true;
+  }
+  c->stats.callsPassedThrough++;
+  return gradcompSuccess;
+}
+
 gradcompResult_t checkBuffers(const gradcompComm& c, const void* send, size_t sendCount,
                               const void* recv, size_t recvCount, size_t inPlaceOffset, DType t) {
   const size_t esz = dtypeBytes(t);

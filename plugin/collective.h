@@ -5,6 +5,9 @@
 
 #include <stdint.h>
 
+#include <utility>
+
+#include "checks.h"
 #include "comm.h"
 #include "late_key.h"
 
@@ -145,6 +148,15 @@ gradcompResult_t residualPassThrough(gradcompComm& c, int kind, bool keyed, uint
                                      ncclDataType_t type, ncclRedOp_t op, bool* done,
                                      BufferState** check);
 
+// A call gradcomp does not compress, as `kind`'s collective (kStateAllReduce:
+// the transport's passThrough of `count` elements; kStateReduceScatter: its
+// reduceScatter of recvcount `count`); on a DGC comm with momentum correction
+// it still carries the velocity (momentumPassThrough). `agreed`: the buffers
+// are checked and the call agreed on already.
+gradcompResult_t passThroughCall(gradcompComm* c, StateKind kind, bool keyed, uint64_t key,
+                                 bool agreed, const void* send, void* recv, size_t count,
+                                 ncclDataType_t type, ncclRedOp_t op);
+
 // DGC warm-up changes sizes by stage, which a captured graph cannot follow.
 gradcompResult_t checkWarmupCapture(const gradcompComm& c, const BufferState& s);
 
@@ -195,6 +207,21 @@ gradcompResult_t refuseCall(gradcompComm& c, size_t count, int type, int op, Cal
 gradcompResult_t refuseCallEnums(gradcompComm* c, size_t count, const ncclDataType_t* type,
                                  const ncclRedOp_t* op, cudaStream_t stream,
                                  gradcompResult_t local);
+
+// The body of a collective's C entry point (gradcompAllReduce,
+// gradcompReduceScatter and their keyed forms): a datatype or op that
+// checkCallEnums refuses is refused before anything reads it as the enum
+// (refuseCallEnums, `count` as the caller passed it); otherwise `call` runs
+// on the comm's device. Either guarded.
+template <typename F>
+gradcompResult_t collectiveEntry(gradcompComm* comm, size_t count, const ncclDataType_t* type,
+                                 const ncclRedOp_t* op, cudaStream_t stream, F&& call) {
+  if (const gradcompResult_t bad = checkCallEnums(type, op); bad != gradcompSuccess) {
+    return guarded([&] { return refuseCallEnums(comm, count, type, op, stream, bad); });
+  }
+  OnCommDevice onDevice(comm);
+  return guarded(std::forward<F>(call));
+}
 
 // GRADCOMP_CHECK_CALLS, for a compressed call: `local` is how this rank's
 // preparation went (the buffer's state and the workspace: what one rank

@@ -18,38 +18,6 @@
 namespace gc {
 namespace {
 
-// A call gradcomp does not compress; on a DGC comm with momentum correction
-// it still carries the velocity (collective.h). `agreed`: the buffers are
-// checked and the call agreed on already.
-gradcompResult_t passThrough(gradcompComm* c, bool keyed, uint64_t key, bool agreed,
-                             const void* send, void* recv, size_t recvCount, ncclDataType_t type,
-                             ncclRedOp_t op) {
-  if (passesMomentum(*c, type, op)) {
-    return momentumPassThrough(*c, kStateReduceScatter, keyed, key, agreed, send, recv, recvCount,
-                               type, op);
-  }
-  BufferState* check = nullptr;
-  if (agreed) {
-    bool done = false;
-    GC_CHECK(residualPassThrough(*c, kStateReduceScatter, keyed, key, send, recv, recvCount, type,
-                                 op, &done, &check));
-    if (done) return gradcompSuccess;
-  }
-  // Counted once it went out (and was checked), as a compressed call: a
-  // refused one is not. A state the call could not carry (no workspace) is
-  // checked as its peers check theirs.
-  GC_CHECK(c->transport->reduceScatter(send, recv, recvCount, type, op));
-  if (check) {
-    GC_CHECK(discardStateIfNonFinite(*c, *check, recv, recvCount, check->dtype, true));
-    // Its peers spent theirs: the later passes go plainly on every rank (a
-    // reduce-scatter's check is a collective), this residual waiting for the
-    // next compressed call.
-    check->residualSent = true;
-  }
-  c->stats.callsPassedThrough++;
-  return gradcompSuccess;
-}
-
 gradcompResult_t reduceScatter(const void* send, void* recv, size_t recvCount, ncclDataType_t type,
                                ncclRedOp_t op, gradcompComm* c, cudaStream_t stream, bool keyed,
                                uint64_t key) {
@@ -77,7 +45,8 @@ gradcompResult_t reduceScatter(const void* send, void* recv, size_t recvCount, n
   if (!compressible(*c, count, type, op)) {
     GC_TRACE("reduce-scatter pass through: recvcount=%zu type=%d op=%d ranks=%d", recvCount,
              (int)type, (int)op, c->nranks);
-    return passThrough(c, keyed, key, false, send, recv, recvCount, type, op);
+    return passThroughCall(c, kStateReduceScatter, keyed, key, false, send, recv, recvCount, type,
+                           op);
   }
 
   DType t;
@@ -97,7 +66,8 @@ gradcompResult_t reduceScatter(const void* send, void* recv, size_t recvCount, n
   bool autoPass = false;
   GC_CHECK(autoShouldPass(c, AutoCall::ReduceScatter, count, dtypeBytes(t), &autoPass));
   if (autoPass) {
-    GC_CHECK(passThrough(c, keyed, key, true, send, recv, recvCount, type, op));
+    GC_CHECK(
+        passThroughCall(c, kStateReduceScatter, keyed, key, true, send, recv, recvCount, type, op));
     c->stats.callsAutoPassed++;
     return gradcompSuccess;
   }
@@ -165,12 +135,7 @@ GC_EXPORT gradcompResult_t gradcompReduceScatter(const void* sendbuff, void* rec
                                                  size_t recvcount, ncclDataType_t datatype,
                                                  ncclRedOp_t op, gradcompComm_t comm,
                                                  cudaStream_t stream) {
-  if (const gradcompResult_t bad = gc::checkCallEnums(&datatype, &op); bad != gradcompSuccess) {
-    return gc::guarded(
-        [&] { return gc::refuseCallEnums(comm, recvcount, &datatype, &op, stream, bad); });
-  }
-  gc::OnCommDevice onDevice(comm);
-  return gc::guarded([&] {
+  return gc::collectiveEntry(comm, recvcount, &datatype, &op, stream, [&] {
     return gc::reduceScatter(sendbuff, recvbuff, recvcount, datatype, op, comm, stream, false, 0);
   });
 }
@@ -179,12 +144,7 @@ GC_EXPORT gradcompResult_t gradcompReduceScatterKeyed(const void* sendbuff, void
                                                       size_t recvcount, ncclDataType_t datatype,
                                                       ncclRedOp_t op, gradcompComm_t comm,
                                                       cudaStream_t stream, uint64_t key) {
-  if (const gradcompResult_t bad = gc::checkCallEnums(&datatype, &op); bad != gradcompSuccess) {
-    return gc::guarded(
-        [&] { return gc::refuseCallEnums(comm, recvcount, &datatype, &op, stream, bad); });
-  }
-  gc::OnCommDevice onDevice(comm);
-  return gc::guarded([&] {
+  return gc::collectiveEntry(comm, recvcount, &datatype, &op, stream, [&] {
     return gc::reduceScatter(sendbuff, recvbuff, recvcount, datatype, op, comm, stream, true, key);
   });
 }

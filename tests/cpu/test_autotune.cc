@@ -187,6 +187,17 @@ gradcompStats_t stats(gradcompComm_t c) {
   return s;
 }
 
+// Every comm of w times on the host, as a socket comm does (the in-process
+// world otherwise does not time), at counts `small` and `large`.
+void timeOnHost(gctest::CpuWorld& w, size_t small = 1024, size_t large = 5120) {
+  for (int r = 0; r < w.size(); ++r) {
+    gc::AutoState& a = w.comm(r)->autoState;
+    a.timeOnHost = true;
+    a.timedCounts[0] = small;
+    a.timedCounts[1] = large;
+  }
+}
+
 TEST(AutoTune, RanksAgreeOnTheSlowestFigures) {
   const int N = 4;
   gctest::CpuWorld w(N, autoConfig(1));
@@ -418,14 +429,20 @@ class CapturingBackend final : public gctest::ForwardingBackend {
   const bool* capture_;
 };
 
+// Every comm of w on a CapturingBackend reporting *capture, with figures
+// that make compression win.
+void onCapturingBackends(gctest::CpuWorld& w, const bool* capture) {
+  for (int r = 0; r < w.size(); ++r) {
+    gradcompComm* c = w.comm(r);
+    c->backend.reset(new CapturingBackend(std::move(c->backend), capture));
+    gc::autoInjectFigures(c, kCompressWins);
+  }
+}
+
 TEST(AutoTune, RefusedUnderCapture) {
   gctest::CpuWorld w(2, autoConfig(1));
   bool capture = true;
-  for (int r = 0; r < 2; ++r) {
-    gradcompComm* c = w.comm(r);
-    c->backend.reset(new CapturingBackend(std::move(c->backend), &capture));
-    gc::autoInjectFigures(c, kCompressWins);
-  }
+  onCapturingBackends(w, &capture);
   std::vector<std::vector<float>> buf(2, std::vector<float>(8192, 1.0f));
   auto call = [&](int r) {
     return gradcompAllReduce(buf[r].data(), buf[r].data(), 8192, ncclFloat32, ncclSum, w.comm(r),
@@ -465,36 +482,39 @@ TEST(AutoTune, RefusedUnderCapture) {
   }
 }
 
-}  // namespace
-
 // A timing inside a call runs collectives of its own, under the caller's
 // call record: a rank that passed another count on the first eligible call
-// makes every rank fail with the sentence naming both counts, before any
-// figure is agreed (a call passed to NCCL would otherwise read past the
-// shorter buffer).
-TEST(AutoTune, TimingKeepsTheCallsAgreement) {
+// (call(w, r), `which`'s collective) makes every rank fail with the sentence
+// naming both counts (`counts`), before any figure is agreed (a call passed
+// to NCCL would otherwise read past the shorter buffer).
+void expectTimingKeepsTheCallsAgreement(
+    gc::AutoDecision gc::AutoState::*which, const std::vector<std::string>& counts,
+    const std::function<gradcompResult_t(gctest::CpuWorld&, int)>& call) {
   gctest::CpuWorld w(2, autoConfig(1));
-  for (int r = 0; r < 2; ++r) {
-    gc::AutoState& a = w.comm(r)->autoState;
-    a.timeOnHost = true;
-    a.timedCounts[0] = 2048;
-    a.timedCounts[1] = 8192;
-  }
-  const size_t n[2] = {4096, 6144};
-  std::vector<std::vector<float>> buf = {gctest::normal(n[0], 1), gctest::normal(n[1], 2)};
+  timeOnHost(w, 2048, 8192);
   std::vector<std::string> why(2);
   auto res = w.run([&](int r) {
-    const gradcompResult_t x = gradcompAllReduce(buf[r].data(), buf[r].data(), n[r], ncclFloat32,
-                                                 ncclSum, w.comm(r), nullptr);
+    const gradcompResult_t x = call(w, r);
     why[r] = gradcompGetLastError();
     return x;
   });
   for (int r = 0; r < 2; ++r) {
-    EXPECT_FALSE(w.comm(r)->autoState.allReduce.timed) << r;
+    EXPECT_FALSE((w.comm(r)->autoState.*which).timed) << r;
     EXPECT_EQ(res[r], gradcompInvalidUsage) << r;
-    EXPECT_NE(why[r].find("count=4096"), std::string::npos) << why[r];
-    EXPECT_NE(why[r].find("count=6144"), std::string::npos) << why[r];
+    for (const std::string& c : counts) EXPECT_NE(why[r].find(c), std::string::npos) << why[r];
   }
+}
+
+}  // namespace
+
+TEST(AutoTune, TimingKeepsTheCallsAgreement) {
+  const size_t n[2] = {4096, 6144};
+  std::vector<std::vector<float>> buf = {gctest::normal(n[0], 1), gctest::normal(n[1], 2)};
+  expectTimingKeepsTheCallsAgreement(
+      &gc::AutoState::allReduce, {"count=4096", "count=6144"}, [&](gctest::CpuWorld& w, int r) {
+        return gradcompAllReduce(buf[r].data(), buf[r].data(), n[r], ncclFloat32, ncclSum,
+                                 w.comm(r), nullptr);
+      });
 }
 
 // A rank that cannot allocate what the timing needs (its scratch buffers, or
@@ -513,12 +533,7 @@ TEST(AutoTune, ARankShortOfMemoryMakesEveryRankPassThrough) {
       gradcompConfig_t cfg = autoConfig(1);
       cfg.cpuTimeoutSec = 5;
       gctest::CpuWorld w(2, cfg);
-      for (int r = 0; r < 2; ++r) {
-        gc::AutoState& a = w.comm(r)->autoState;
-        a.timeOnHost = true;
-        a.timedCounts[0] = 2048;
-        a.timedCounts[1] = 8192;
-      }
+      timeOnHost(w, 2048, 8192);
       auto shortRank = std::make_shared<gctest::AllocLimitBackend>(w.comm(1)->backend, budget);
       w.comm(1)->backend = shortRank;
       const size_t n = 4096, out = rs ? n / 2 : n;
@@ -585,12 +600,9 @@ TEST(AutoTune, TimedCallsAllocateNothing) {
     cfg.bitsBudget = 6;
     cfg.cpuTimeoutSec = 5;
     gctest::CpuWorld w(2, cfg);
+    timeOnHost(w, 2048, 8192);
     std::vector<std::shared_ptr<gctest::AllocLimitBackend>> wrapped;
     for (int r = 0; r < 2; ++r) {
-      gc::AutoState& a = w.comm(r)->autoState;
-      a.timeOnHost = true;
-      a.timedCounts[0] = 2048;
-      a.timedCounts[1] = 8192;
       wrapped.push_back(
           std::make_shared<gctest::AllocLimitBackend>(w.comm(r)->backend, size_t(1) << 30));
       w.comm(r)->backend = wrapped.back();
@@ -1403,29 +1415,15 @@ TEST(AutoTune, ReduceScatterTimingLeavesAHierarchicalCommAsItWas) {
 // As for the allreduce: the timing runs under the caller's call record, so
 // ranks that passed different recvcounts all fail, naming both input counts.
 TEST(AutoTune, ReduceScatterTimingKeepsTheCallsAgreement) {
-  gctest::CpuWorld w(2, autoConfig(1));
-  for (int r = 0; r < 2; ++r) {
-    gc::AutoState& a = w.comm(r)->autoState;
-    a.timeOnHost = true;
-    a.timedCounts[0] = 2048;
-    a.timedCounts[1] = 8192;
-  }
   const size_t rc[2] = {2048, 3072};
   std::vector<std::vector<float>> in = {gctest::normal(2 * rc[0], 1), gctest::normal(2 * rc[1], 2)};
   std::vector<std::vector<float>> out = {std::vector<float>(rc[0]), std::vector<float>(rc[1])};
-  std::vector<std::string> why(2);
-  auto res = w.run([&](int r) {
-    const gradcompResult_t x = gradcompReduceScatter(in[r].data(), out[r].data(), rc[r],
-                                                     ncclFloat32, ncclSum, w.comm(r), nullptr);
-    why[r] = gradcompGetLastError();
-    return x;
-  });
-  for (int r = 0; r < 2; ++r) {
-    EXPECT_FALSE(w.comm(r)->autoState.reduceScatter.timed) << r;
-    EXPECT_EQ(res[r], gradcompInvalidUsage) << r;
-    EXPECT_NE(why[r].find("recvcount=2048"), std::string::npos) << why[r];
-    EXPECT_NE(why[r].find("recvcount=3072"), std::string::npos) << why[r];
-  }
+  expectTimingKeepsTheCallsAgreement(
+      &gc::AutoState::reduceScatter, {"recvcount=2048", "recvcount=3072"},
+      [&](gctest::CpuWorld& w, int r) {
+        return gradcompReduceScatter(in[r].data(), out[r].data(), rc[r], ncclFloat32, ncclSum,
+                                     w.comm(r), nullptr);
+      });
 }
 
 // The reduce-scatter's first eligible call would time: refused under capture
@@ -1433,11 +1431,7 @@ TEST(AutoTune, ReduceScatterTimingKeepsTheCallsAgreement) {
 TEST(AutoTune, ReduceScatterRefusedUnderCapture) {
   gctest::CpuWorld w(2, autoConfig(1));
   bool capture = true;
-  for (int r = 0; r < 2; ++r) {
-    gradcompComm* c = w.comm(r);
-    c->backend.reset(new CapturingBackend(std::move(c->backend), &capture));
-    gc::autoInjectFigures(c, kCompressWins);
-  }
+  onCapturingBackends(w, &capture);
   std::vector<std::vector<float>> in(2, std::vector<float>(8192, 1.0f));
   std::vector<std::vector<float>> out(2, std::vector<float>(4096, -1.0f));
   std::vector<std::string> why(2);
@@ -1557,12 +1551,7 @@ TEST(AutoTune, SavedFiguresOnOneRankOnlyAreDroppedByEveryRank) {
   gradcompConfig_t cfg = autoConfig(1);
   cfg.cpuTimeoutSec = 5;
   gctest::CpuWorld w(2, cfg);
-  for (int r = 0; r < 2; ++r) {
-    gc::AutoState& a = w.comm(r)->autoState;
-    a.timeOnHost = true;      // the in-process world times as a socket comm does
-    a.timedCounts[0] = 1024;  // the saved figures' counts: rank 0's are usable
-    a.timedCounts[1] = 5120;
-  }
+  timeOnHost(w);  // at the saved figures' counts: rank 0's are usable
   ASSERT_EQ(gradcompCommLoadState(w.comm(0), after.data(), after.size()), gradcompSuccess)
       << gradcompGetLastError();
   ASSERT_EQ(gradcompCommLoadState(w.comm(1), before.data(), before.size()), gradcompSuccess)
@@ -1597,14 +1586,6 @@ gradcompConfig_t hostTimedConfig() {
   gradcompConfig_t cfg = autoConfig(1);
   cfg.cpuTimeoutSec = 5;
   return cfg;
-}
-void timeOnHost(gctest::CpuWorld& w) {
-  for (int r = 0; r < w.size(); ++r) {
-    gc::AutoState& a = w.comm(r)->autoState;
-    a.timeOnHost = true;
-    a.timedCounts[0] = 1024;
-    a.timedCounts[1] = 5120;
-  }
 }
 // One call of n on every rank must succeed, decide alike and give every
 // rank the same bits; then so must a retune.

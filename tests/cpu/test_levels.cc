@@ -19,6 +19,7 @@
 #include "gradcomp/reference.h"
 #include "kernels/qsgd_math.cuh"
 #include "plugin/codecs/qsgd.h"
+#include "tests/common/qsgd_setting_checks.h"
 #include "tests/common/ref_algos.h"
 #include "tests/common/test_util.h"
 
@@ -321,31 +322,17 @@ TEST(SquareLevels, SameTotalButLowerRelativeErrorOnGaussianBuckets) {
 // Nearest rounding: |decode - v| <= half the step around |v| (to a few fp32
 // roundings of the scale), and v = decode + new residual to fp32 rounding.
 TEST(SquareLevels, NearestHalfStepBoundAndErrorFeedbackInvariant) {
-  const size_t n = 3000;
-  for (int bits : {2, 3, 4, 8})
-    for (int d : {32, 128, 512}) {
-      SCOPED_TRACE(testing::Message() << "bits=" << bits << " d=" << d);
-      const int s = gc::qsgd::levels(bits);
-      std::vector<float> r(n, 0.0f);
-      bool anyResidual = false;
-      for (int step = 0; step < 10; ++step) {
-        std::vector<float> g = gctest::normal(n, 700 + step, 1.0f + step % 5);
-        std::vector<float> v(n);
-        for (size_t i = 0; i < n; ++i) v[i] = g[i] + r[i];
-        auto e = encodeSquare(g.data(), DType::F32, r.data(), n, bits, d, step, true);
-        const auto out = decodeAll(e, n, bits, d);
-        for (size_t i = 0; i < n; ++i) {
-          const float scale = fabsf(storedScale(e, i / d));
-          const TwoPoint tp = bracket(v[i], scale, s);
-          const double bound = (tp.hi - tp.lo) / 2 + 4e-7 * scale;
-          ASSERT_LE(fabs((double)out[i] - v[i]), bound) << "step " << step << " i " << i;
-          const float tol = 1.2e-7f * (fabsf(v[i]) + fabsf(r[i]) + fabsf(out[i]));
-          ASSERT_LE(fabsf(out[i] + r[i] - v[i]), tol) << "step " << step << " i " << i;
-          anyResidual |= r[i] != 0.0f;
-        }
-      }
-      EXPECT_TRUE(anyResidual);
-    }
+  gctest::expectNearestBoundAndErrorFeedback(
+      10,
+      [](const float* g, float* r, size_t n, int bits, int d, int step) {
+        return encodeSquare(g, DType::F32, r, n, bits, d, step, true);
+      },
+      decodeAll,
+      [](const std::vector<uint8_t>& e, size_t i, float v, int s, int d) {
+        const float scale = fabsf(storedScale(e, i / d));
+        const TwoPoint tp = bracket(v, scale, s);
+        return (tp.hi - tp.lo) / 2 + 4e-7 * scale;
+      });
 }
 
 // ---- the level math alone
@@ -419,29 +406,12 @@ TEST(SquareLevels, RoundUpIsDecidedExactlyNotByTheRoundedQuotient) {
 // ---- config and entry points
 
 TEST(SquareLevelsConfig, EnvParsesAndDefaultsToUniform) {
-  gradcompConfig_t c;
-  ASSERT_EQ(gradcompConfigInit(&c), gradcompSuccess);
-  EXPECT_EQ(c.levels, gradcompLevelsUniform);
-  {
-    gctest::ScopedEnv e("GRADCOMP_LEVELS", "square");
-    ASSERT_EQ(gradcompConfigFromEnv(&c), gradcompSuccess) << gradcompGetLastError();
-    EXPECT_EQ(c.levels, gradcompLevelsSquare);
-  }
-  {
-    gctest::ScopedEnv e("GRADCOMP_LEVELS", "Uniform");
-    ASSERT_EQ(gradcompConfigFromEnv(&c), gradcompSuccess) << gradcompGetLastError();
-    EXPECT_EQ(c.levels, gradcompLevelsUniform);
-  }
-  {
-    gctest::ScopedEnv e("GRADCOMP_LEVELS", "cubic");
-    EXPECT_EQ(gradcompConfigFromEnv(&c), gradcompInvalidArgument);
-    EXPECT_STREQ(gradcompGetLastError(), "GRADCOMP_LEVELS=cubic is not one of uniform|square");
-  }
-  ASSERT_EQ(gradcompConfigInit(&c), gradcompSuccess);
-  c.levels = (gradcompLevels_t)2;
-  EXPECT_EQ(gradcompConfigValidate(&c), gradcompInvalidArgument);
-  EXPECT_STREQ(gradcompGetLastError(),
-               "levels=2 (GRADCOMP_LEVELS) is not one of uniform=0|square=1");
+  gctest::expectSettingParses(
+      gctest::TwoValuedSetting<gradcompLevels_t>{&gradcompConfig_t::levels, "GRADCOMP_LEVELS",
+                                                 gradcompLevelsUniform, "Uniform",
+                                                 gradcompLevelsSquare, "square"},
+      "cubic", "GRADCOMP_LEVELS=cubic is not one of uniform|square",
+      "levels=2 (GRADCOMP_LEVELS) is not one of uniform=0|square=1");
 }
 
 TEST(SquareLevelsConfig, DqsgdBitModesAndEliasAreRefused) {
@@ -487,24 +457,15 @@ TEST(SquareLevelsConfig, DqsgdBitModesAndEliasAreRefused) {
 // C++ (2, its sentinel): a negative one cannot be made here without
 // undefined behaviour, so a C caller's -1 is tests/capi/enum_args.c's.
 TEST(SquareLevelsConfig, EntryPointsRefuseUnknownLevels) {
-  std::vector<float> x(64, 1.0f), r(64, 0.0f);
-  std::vector<uint8_t> out(gradcompQsgdEncodedBytes(64, 4, 32));
-  for (gradcompLevels_t bad : {(gradcompLevels_t)2, gradcompLevelsEnumMax}) {
-    const std::string want = "levels=" + std::to_string((int)bad) +
-                             " is out of range 0..1 (gradcompLevelsUniform=0, "
-                             "gradcompLevelsSquare=1)";
-    for (size_t n : {(size_t)64, (size_t)0}) {
-      EXPECT_EQ(gradcompQsgdEncodeEFLevelsHost(x.data(), ncclFloat32, r.data(), n, 4, 32, 1,
-                                               gradcompRoundStochastic, bad, out.data()),
-                gradcompInvalidArgument);
-      EXPECT_EQ(gradcompGetLastError(), want);
-      EXPECT_EQ(gradcompQsgdEncodeEFLevels(x.data(), ncclFloat32, r.data(), n, 4, 32, 1,
-                                           gradcompRoundStochastic, bad, out.data(), nullptr),
-                gradcompInvalidArgument);
-      EXPECT_EQ(gradcompGetLastError(), want);
-    }
-  }
-  for (float v : r) ASSERT_EQ(v, 0.0f) << "a refused call wrote the residual";
+  gctest::expectEncodeRefuses(
+      "levels", "gradcompLevelsUniform=0, gradcompLevelsSquare=1",
+      {(gradcompLevels_t)2, gradcompLevelsEnumMax},
+      [](bool host, const float* x, float* r, size_t n, gradcompLevels_t bad, uint8_t* out) {
+        return host ? gradcompQsgdEncodeEFLevelsHost(x, ncclFloat32, r, n, 4, 32, 1,
+                                                     gradcompRoundStochastic, bad, out)
+                    : gradcompQsgdEncodeEFLevels(x, ncclFloat32, r, n, 4, 32, 1,
+                                                 gradcompRoundStochastic, bad, out, nullptr);
+      });
 }
 
 }  // namespace

@@ -13,6 +13,7 @@
 #include "plugin/algorithms/algorithms.h"
 #include "plugin/comm.h"
 #include "tests/common/cpu_world.h"
+#include "tests/common/pipeline_checks.h"
 #include "tests/common/ref_algos.h"
 #include "tests/common/test_util.h"
 #include "tests/common/world_checks.h"
@@ -66,47 +67,18 @@ void checkPipelinedRing(int N, DType t, bool avg, bool ownerRes, size_t n, size_
   const gc::Pieces p = gc::splitPieces(*piped.comm(0), ch);
   ASSERT_GT(p.count, 1u) << "the case must actually pipeline";
   ASSERT_EQ(p.piece, pieceElems);
-  std::vector<Rank> ref = makeInputs(N, n, t, 3 * n + N);
-  std::vector<Rank> a = ref, b = ref;
-  for (int step = 0; step < steps; ++step) {
-    std::vector<Rank> in = makeInputs(N, n, t, 1000 * step + 3 * n + N);
-    for (int i = 0; i < N; ++i) {
-      in[i].residual = ref[i].residual, in[i].ownerRes = ref[i].ownerRes;
-      a[i].f32 = b[i].f32 = in[i].f32;
-      a[i].half = b[i].half = in[i].half;
-    }
-    auto runOn = [&](gctest::CpuWorld& w, std::vector<Rank>& bufs) {
-      auto res = w.run([&](int r) {
-        void* ptr = t == DType::F32 ? (void*)bufs[r].f32.data() : (void*)bufs[r].half.data();
-        // Keyed: the saved states then do not differ by the buffers' addresses.
-        return gradcompAllReduceKeyed(ptr, ptr, n, nccl(t), avg ? ncclAvg : ncclSum, w.comm(r),
-                                      nullptr, 7);
+  gradcompConfig_t rc = ringConfig(0, ownerRes, rounding);
+  rc.bucketSize = d;
+  std::vector<Rank> ref;
+  gctest::runPipelinedSteps(
+      flat, piped, N, t, avg, n, steps, 3 * n + N,
+      [&](std::vector<Rank>& in, int step) { return refRing(in, t, n, rc, step, avg); }, &ref);
+  if (testing::Test::HasFatalFailure()) return;
+  gctest::expectSameStateAndWire(
+      flat, piped, N, p.count, [&](int r) { return steps * pieceWireBytes(ch, p, N, r, bits, d); },
+      [&](int r, const gradcompStats_t& sp) {
+        EXPECT_EQ(sp.callsPerAlgo[gradcompAlgoRing], (uint64_t)steps) << "rank " << r;
       });
-      for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
-    };
-    runOn(flat, a);
-    runOn(piped, b);
-    gradcompConfig_t rc = ringConfig(0, ownerRes, rounding);
-    rc.bucketSize = d;
-    const std::vector<float> expect = refRing(ref = in, t, n, rc, step, avg);
-    for (int r = 0; r < N; ++r) {
-      auto got = widen(b[r], t, n), base = widen(a[r], t, n);
-      ASSERT_EQ(memcmp(got.data(), base.data(), n * 4), 0) << "rank " << r << " step " << step;
-      ASSERT_EQ(memcmp(got.data(), expect.data(), n * 4), 0) << "rank " << r << " step " << step;
-    }
-  }
-  for (int r = 0; r < N; ++r) {
-    EXPECT_EQ(gctest::savedState(piped.comm(r)), gctest::savedState(flat.comm(r)))
-        << "state of rank " << r;
-    gradcompStats_t sp, sf;
-    ASSERT_EQ(gradcompGetStats(piped.comm(r), &sp), gradcompSuccess);
-    ASSERT_EQ(gradcompGetStats(flat.comm(r), &sf), gradcompSuccess);
-    EXPECT_EQ(sp.callsPerAlgo[gradcompAlgoRing], (uint64_t)steps) << "rank " << r;
-    EXPECT_EQ(sp.bytesOnWire, sf.bytesOnWire) << "rank " << r;
-    EXPECT_EQ(sp.piecesLast, p.count) << "rank " << r;
-    EXPECT_EQ(sf.piecesLast, 1u) << "rank " << r;
-    EXPECT_EQ(sp.bytesOnWire, steps * pieceWireBytes(ch, p, N, r, bits, d)) << "rank " << r;
-  }
   // The residuals the reference kept are the ones the comms saved: a
   // nonzero residual shows error feedback ran (the test can fail).
   bool anyResidual = false;

@@ -19,6 +19,7 @@
 #include "plugin/codecs/elias.h"
 #include "plugin/codecs/qsgd.h"
 #include "plugin/comm.h"
+#include "tests/common/qsgd_setting_checks.h"
 #include "tests/common/ref_algos.h"
 #include "tests/common/test_util.h"
 
@@ -132,31 +133,17 @@ TEST(RoundingNearest, CodesAndResidualFollowTheRuleForAnyKey) {
 // the scale), and v = decode + new residual to fp32 rounding (error
 // feedback keeps what was not sent, as for stochastic rounding).
 TEST(RoundingNearest, HalfLevelBoundAndErrorFeedbackInvariant) {
-  const size_t n = 3000;
-  for (int bits : {2, 3, 4, 8})
-    for (int d : {32, 128, 512}) {
-      SCOPED_TRACE(testing::Message() << "bits=" << bits << " d=" << d);
-      const int s = gc::qsgd::levels(bits);
-      std::vector<float> r(n, 0.0f);
-      bool anyResidual = false;
-      for (int step = 0; step < 20; ++step) {
-        std::vector<float> g = gctest::normal(n, 700 + step, 1.0f + step % 5);
-        std::vector<float> v(n);
-        for (size_t i = 0; i < n; ++i) v[i] = g[i] + r[i];
-        auto e = encodeNearest(g.data(), DType::F32, r.data(), n, bits, d, step);
-        auto out = decodeAll(e, n, bits, d);
-        for (size_t i = 0; i < n; ++i) {
-          float scale;
-          memcpy(&scale, e.data() + 4 * (i / d), 4);
-          const double bound = (double)scale / (2.0 * s) + 4e-7 * scale;
-          ASSERT_LE(fabs((double)out[i] - v[i]), bound) << "step " << step << " i " << i;
-          const float tol = 1.2e-7f * (fabsf(v[i]) + fabsf(r[i]) + fabsf(out[i]));
-          ASSERT_LE(fabsf(out[i] + r[i] - v[i]), tol) << "step " << step << " i " << i;
-          anyResidual |= r[i] != 0.0f;
-        }
-      }
-      EXPECT_TRUE(anyResidual);
-    }
+  gctest::expectNearestBoundAndErrorFeedback(
+      20,
+      [](const float* g, float* r, size_t n, int bits, int d, int step) {
+        return encodeNearest(g, DType::F32, r, n, bits, d, step);
+      },
+      decodeAll,
+      [](const std::vector<uint8_t>& e, size_t i, float, int s, int d) {
+        float scale;
+        memcpy(&scale, e.data() + 4 * (i / d), 4);
+        return (double)scale / (2.0 * s) + 4e-7 * scale;
+      });
 }
 
 // Contraction: per bucket sum (C(x)-x)^2 <= len*scale^2/(4s^2) and
@@ -275,53 +262,25 @@ TEST(RoundingNearest, PublicHostEntryPointFollowsTheRoundingItNames) {
 // sentinel): a negative one cannot be made here without undefined behaviour,
 // so a C caller's -1 is tests/capi/enum_args.c's.
 TEST(RoundingNearest, EntryPointsRefuseAnUnknownRounding) {
-  std::vector<float> x(64, 1.0f), r(64, 0.0f);
-  std::vector<uint8_t> out(gradcompQsgdEncodedBytes(64, 4, 32));
-  for (gradcompRounding_t bad : {(gradcompRounding_t)2, gradcompRoundingEnumMax}) {
-    const std::string want = "rounding=" + std::to_string((int)bad) +
-                             " is out of range 0..1 (gradcompRoundStochastic=0, "
-                             "gradcompRoundNearest=1)";
-    for (size_t n : {(size_t)64, (size_t)0}) {
-      EXPECT_EQ(gradcompQsgdEncodeEFRoundingHost(x.data(), ncclFloat32, r.data(), n, 4, 32, 1, bad,
-                                                 out.data()),
-                gradcompInvalidArgument);
-      EXPECT_EQ(gradcompGetLastError(), want);
-      EXPECT_EQ(gradcompQsgdEncodeEFRounding(x.data(), ncclFloat32, r.data(), n, 4, 32, 1, bad,
-                                             out.data(), nullptr),
-                gradcompInvalidArgument);
-      EXPECT_EQ(gradcompGetLastError(), want);
-    }
-  }
-  for (float v : r) ASSERT_EQ(v, 0.0f) << "a refused call wrote the residual";
+  gctest::expectEncodeRefuses(
+      "rounding", "gradcompRoundStochastic=0, gradcompRoundNearest=1",
+      {(gradcompRounding_t)2, gradcompRoundingEnumMax},
+      [](bool host, const float* x, float* r, size_t n, gradcompRounding_t bad, uint8_t* out) {
+        return host ? gradcompQsgdEncodeEFRoundingHost(x, ncclFloat32, r, n, 4, 32, 1, bad, out)
+                    : gradcompQsgdEncodeEFRounding(x, ncclFloat32, r, n, 4, 32, 1, bad, out,
+                                                   nullptr);
+      });
 }
 
 // ---- config
 
 TEST(RoundingConfig, EnvParsesAndDefaultsToStochastic) {
-  gradcompConfig_t c;
-  ASSERT_EQ(gradcompConfigInit(&c), gradcompSuccess);
-  EXPECT_EQ(c.rounding, gradcompRoundStochastic);
-  {
-    gctest::ScopedEnv e("GRADCOMP_ROUNDING", "nearest");
-    ASSERT_EQ(gradcompConfigFromEnv(&c), gradcompSuccess) << gradcompGetLastError();
-    EXPECT_EQ(c.rounding, gradcompRoundNearest);
-  }
-  {
-    gctest::ScopedEnv e("GRADCOMP_ROUNDING", "Stochastic");
-    ASSERT_EQ(gradcompConfigFromEnv(&c), gradcompSuccess) << gradcompGetLastError();
-    EXPECT_EQ(c.rounding, gradcompRoundStochastic);
-  }
-  {
-    gctest::ScopedEnv e("GRADCOMP_ROUNDING", "round");
-    EXPECT_EQ(gradcompConfigFromEnv(&c), gradcompInvalidArgument);
-    EXPECT_STREQ(gradcompGetLastError(),
-                 "GRADCOMP_ROUNDING=round is not one of stochastic|nearest");
-  }
-  ASSERT_EQ(gradcompConfigInit(&c), gradcompSuccess);
-  c.rounding = (gradcompRounding_t)2;
-  EXPECT_EQ(gradcompConfigValidate(&c), gradcompInvalidArgument);
-  EXPECT_STREQ(gradcompGetLastError(),
-               "rounding=2 (GRADCOMP_ROUNDING) is not one of stochastic=0|nearest=1");
+  gctest::expectSettingParses(
+      gctest::TwoValuedSetting<gradcompRounding_t>{&gradcompConfig_t::rounding, "GRADCOMP_ROUNDING",
+                                                   gradcompRoundStochastic, "Stochastic",
+                                                   gradcompRoundNearest, "nearest"},
+      "round", "GRADCOMP_ROUNDING=round is not one of stochastic|nearest",
+      "rounding=2 (GRADCOMP_ROUNDING) is not one of stochastic=0|nearest=1");
 }
 
 TEST(RoundingConfig, NearestWithoutErrorFeedbackIsRefused) {

@@ -138,20 +138,40 @@ std::vector<float> downloadAsFloat(const void* d, DType t, size_t count) {
   return widen(out, t, count);
 }
 
+// The config a check's comm starts from: gradcompConfigInit's, exchanging on
+// a private split of the NCCL communicator where the world asks
+// (GRADCOMP_PRIVATE_COMM=1).
+gradcompConfig_t worldConfig() {
+  gradcompConfig_t cfg;
+  gradcompConfigInit(&cfg);
+  cfg.privateComm = privateComm;
+  return cfg;
+}
+
+// worldConfig with the suite's nodes (GRADCOMP_LOCAL_SIZE).
+gradcompConfig_t nodesConfig() {
+  gradcompConfig_t cfg = worldConfig();
+  cfg.localSize = localSize;
+  return cfg;
+}
+
+// `cfg` for a check of compression: auto must not pass calls to NCCL
+// (autoTune=0), nor minElements the small ones.
+gradcompConfig_t compressing(gradcompConfig_t cfg) {
+  cfg.autoTune = 0;
+  cfg.minElements = 0;
+  return cfg;
+}
+
 // pipelineBytes > 0: the pipelined two-shot or ring (comm stream + events on
 // the CUDA backend) must give the unpipelined reference's bits.
 void checkAlgo(ncclComm_t nc, cudaStream_t st, gradcompAlgo_t algo, DType t, bool avg, size_t n,
                size_t pipelineBytes = 0, gradcompRounding_t rounding = gradcompRoundStochastic) {
-  gradcompConfig_t cfg;
-  gradcompConfigInit(&cfg);
-  cfg.autoTune = 0;  // these check compression: auto must not pass calls to NCCL
+  gradcompConfig_t cfg = compressing(nodesConfig());
   cfg.algo = algo;
   cfg.rounding = rounding;
   cfg.pipelineBytes = pipelineBytes;
-  cfg.minElements = 0;
   cfg.bucketSize = 64;
-  cfg.localSize = localSize;
-  cfg.privateComm = privateComm;
   const int nodes = localSize > 1 ? nranks / localSize : nranks;
   const gradcompAlgo_t mid = algo != gradcompAlgoAuto ? algo
                              : nodes <= 2             ? gradcompAlgoAllgather
@@ -256,17 +276,12 @@ struct SparseCase {
 
 // The config of a sparse case, for the allreduce and the reduce-scatter.
 gradcompConfig_t sparseCaseConfig(const SparseCase& sc, uint64_t seed) {
-  gradcompConfig_t cfg;
-  gradcompConfigInit(&cfg);
-  cfg.autoTune = 0;  // these check compression: auto must not pass calls to NCCL
+  gradcompConfig_t cfg = compressing(nodesConfig());
   cfg.method = sc.method;
   cfg.select = sc.select;
   cfg.valueType = sc.valueType;
-  cfg.minElements = 0;
   cfg.seed = seed;
   cfg.density = 0.01f;
-  cfg.localSize = localSize;
-  cfg.privateComm = privateComm;
   if (sc.dgcExtras) {
     cfg.momentumCorrection = 1;
     cfg.momentumMasking = 1;
@@ -369,12 +384,7 @@ bool replaysEqualEager(cudaStream_t st, gradcompComm_t eager, float* a, gradcomp
 
 void checkGraph(ncclComm_t nc, cudaStream_t st, size_t pipelineBytes,
                 gradcompAlgo_t pipeAlgo = gradcompAlgoTwoShot) {
-  gradcompConfig_t cfg;
-  gradcompConfigInit(&cfg);
-  cfg.autoTune = 0;  // these check compression: auto must not pass calls to NCCL
-  cfg.minElements = 0;
-  cfg.localSize = localSize;
-  cfg.privateComm = privateComm;
+  gradcompConfig_t cfg = compressing(nodesConfig());
   if (pipelineBytes > 0) cfg.algo = pipeAlgo;
   gradcompComm_t eager, graphed;
   CK(gradcompCommCreate(nc, &cfg, &eager));
@@ -428,12 +438,7 @@ void checkGraph(ncclComm_t nc, cudaStream_t st, size_t pipelineBytes,
 // cross-stream join). The same calls on one stream of a second comm give the
 // reference bits; pipelined, so the comm stream joins in too.
 void checkTwoStreams(ncclComm_t nc, cudaStream_t st) {
-  gradcompConfig_t cfg;
-  gradcompConfigInit(&cfg);
-  cfg.autoTune = 0;  // these check compression: auto must not pass calls to NCCL
-  cfg.minElements = 0;
-  cfg.localSize = localSize;
-  cfg.privateComm = privateComm;
+  gradcompConfig_t cfg = compressing(nodesConfig());
   cfg.algo = localSize > 1 ? gradcompAlgoAuto : gradcompAlgoTwoShot;
   cfg.pipelineBytes = 64 << 10;
   gradcompComm_t one, two;
@@ -482,9 +487,7 @@ void checkTwoStreams(ncclComm_t nc, cudaStream_t st) {
 }
 
 void checkPassThrough(ncclComm_t nc, cudaStream_t st) {
-  gradcompConfig_t cfg;
-  gradcompConfigInit(&cfg);
-  cfg.privateComm = privateComm;
+  gradcompConfig_t cfg = worldConfig();
   cfg.autoTune = 0;  // these check compression: auto must not pass calls to NCCL
   gradcompComm_t gc;
   CK(gradcompCommCreate(nc, &cfg, &gc));
@@ -517,13 +520,8 @@ void checkPassThrough(ncclComm_t nc, cudaStream_t st) {
 // the same reference bits.
 void checkRsQsgd(ncclComm_t nc, cudaStream_t st, DType t, bool avg, size_t m, bool inPlace,
                  bool dynamic, size_t pipelineBytes = 0) {
-  gradcompConfig_t cfg;
-  gradcompConfigInit(&cfg);
-  cfg.autoTune = 0;
-  cfg.minElements = 0;
+  gradcompConfig_t cfg = compressing(nodesConfig());
   cfg.bucketSize = 64;
-  cfg.localSize = localSize;
-  cfg.privateComm = privateComm;
   cfg.pipelineBytes = pipelineBytes;
   if (dynamic) {
     cfg.bitsMode = gradcompBitsDynamic;
@@ -617,12 +615,7 @@ void checkRsSparse(ncclComm_t nc, cudaStream_t st, const SparseCase& sc, DType t
 // pipelineBytes > 0: the graphed comm is pipelined (its comm stream joins the
 // capture through events), the eager one is not: same bits still.
 void checkRsGraph(ncclComm_t nc, cudaStream_t st, size_t pipelineBytes = 0) {
-  gradcompConfig_t cfg;
-  gradcompConfigInit(&cfg);
-  cfg.autoTune = 0;
-  cfg.minElements = 0;
-  cfg.localSize = localSize;
-  cfg.privateComm = privateComm;
+  gradcompConfig_t cfg = compressing(nodesConfig());
   gradcompComm_t eager, graphed;
   CK(gradcompCommCreate(nc, &cfg, &eager));
   cfg.pipelineBytes = pipelineBytes;
@@ -648,9 +641,7 @@ void checkRsGraph(ncclComm_t nc, cudaStream_t st, size_t pipelineBytes = 0) {
 }
 
 void checkRsPassThrough(ncclComm_t nc, cudaStream_t st) {
-  gradcompConfig_t cfg;
-  gradcompConfigInit(&cfg);
-  cfg.privateComm = privateComm;
+  gradcompConfig_t cfg = worldConfig();
   cfg.autoTune = 0;
   gradcompComm_t gc;
   CK(gradcompCommCreate(nc, &cfg, &gc));
@@ -693,17 +684,12 @@ void checkRsPassThrough(ncclComm_t nc, cudaStream_t st) {
 // take the flag through a mirror, where it is rank 0's own.
 void checkRsOverflow(ncclComm_t nc, cudaStream_t st, gradcompMethod_t method,
                      size_t pipelineBytes) {
-  gradcompConfig_t cfg;
-  gradcompConfigInit(&cfg);
+  gradcompConfig_t cfg = compressing(nodesConfig());
   cfg.method = method;
-  cfg.autoTune = 0;
-  cfg.minElements = 0;
   cfg.density = 0.05f;
   cfg.warmupSteps = 0;
   cfg.bucketSize = 512;
   cfg.pipelineBytes = pipelineBytes;
-  cfg.localSize = localSize;
-  cfg.privateComm = privateComm;
   gradcompComm_t gc;
   CK(gradcompCommCreate(nc, &cfg, &gc));
   const size_t m = 4096, n = nranks * m;
@@ -759,10 +745,7 @@ void checkRsOverflow(ncclComm_t nc, cudaStream_t st, gradcompMethod_t method,
 // waits in ncclCommSplit, and the NCCL comm stays usable.
 void checkSetupAgreement(ncclComm_t nc, int ndev) {
   if (nranks < 2) return;
-  gradcompConfig_t cfg;
-  gradcompConfigInit(&cfg);
-  cfg.localSize = localSize;
-  cfg.privateComm = privateComm;
+  gradcompConfig_t cfg = nodesConfig();
   if (rank == nranks - 1) cfg.localSize = localSize == 1 ? nranks : 1;
   gradcompComm_t gc = nullptr;
   char want[128];
@@ -770,9 +753,7 @@ void checkSetupAgreement(ncclComm_t nc, int ndev) {
   gradcompResult_t r = gradcompCommCreate(nc, &cfg, &gc);
   report(r == gradcompInvalidArgument && gc == nullptr && strstr(gradcompGetLastError(), want),
          "a rank with another local size fails the set-up on every rank");
-  gradcompConfigInit(&cfg);
-  cfg.localSize = localSize;
-  cfg.privateComm = privateComm;
+  cfg = nodesConfig();
   if (rank == 1 % nranks) cfg.bits = 99;
   snprintf(want, sizeof(want), "rank %d of %d could not set up its gradcomp comm", 1 % nranks,
            nranks);
@@ -813,9 +794,7 @@ std::pair<size_t, size_t> ownerPlace(gradcompComm_t c, const gradcompConfig_t& c
 // ran between the calls (the timing sets the caller's residuals and step
 // aside); every rank takes the same decisions over a sweep of sizes.
 void checkAuto(ncclComm_t nc, cudaStream_t st) {
-  gradcompConfig_t cfg;
-  gradcompConfigInit(&cfg);
-  cfg.privateComm = privateComm;
+  gradcompConfig_t cfg = worldConfig();
   gradcompConfig_t off = cfg;
   off.autoTune = 0;
   gradcompComm_t a, b;
@@ -939,10 +918,7 @@ void checkAuto(ncclComm_t nc, cudaStream_t st) {
 // over a sweep of sizes and types.
 void checkAutoRs(ncclComm_t nc, cudaStream_t st) {
   if (nranks < 2) return;
-  gradcompConfig_t cfg;
-  gradcompConfigInit(&cfg);
-  cfg.localSize = localSize;
-  cfg.privateComm = privateComm;
+  gradcompConfig_t cfg = nodesConfig();
   gradcompConfig_t off = cfg;
   off.autoTune = 0;
   gradcompComm_t a, b;
@@ -1041,12 +1017,8 @@ void checkAutoRs(ncclComm_t nc, cudaStream_t st) {
 // them; restored consistently, the next call works and agrees.
 void checkRestoredSteps(ncclComm_t nc, cudaStream_t st) {
   if (nranks < 2) return;
-  gradcompConfig_t cfg;
-  gradcompConfigInit(&cfg);
-  cfg.privateComm = privateComm;
-  cfg.autoTune = 0;
+  gradcompConfig_t cfg = compressing(worldConfig());
   cfg.method = gradcompMethodRandk;
-  cfg.minElements = 0;
   gradcompComm_t gc;
   CK(gradcompCommCreate(nc, &cfg, &gc));
   const size_t n = 100003;
@@ -1089,11 +1061,7 @@ void checkRestoredSteps(ncclComm_t nc, cudaStream_t st) {
 // is left unchecked and still replays.
 void checkCallsCheck(ncclComm_t nc, cudaStream_t st) {
   if (nranks < 2) return;
-  gradcompConfig_t cfg;
-  gradcompConfigInit(&cfg);
-  cfg.privateComm = privateComm;
-  cfg.autoTune = 0;
-  cfg.minElements = 0;
+  gradcompConfig_t cfg = compressing(worldConfig());
   cfg.checkCalls = 1;
   gradcompComm_t gc;
   CK(gradcompCommCreate(nc, &cfg, &gc));
@@ -1180,12 +1148,7 @@ std::thread startWatchdog(const std::atomic<bool>& done, const char* summary, co
 // leaving the script's time limit to cut the run.
 void checkCallsRefusalCheck(ncclComm_t nc, cudaStream_t st) {
   if (nranks < 2) return;
-  gradcompConfig_t cfg;
-  gradcompConfigInit(&cfg);
-  cfg.localSize = localSize;
-  cfg.privateComm = privateComm;
-  cfg.autoTune = 0;
-  cfg.minElements = 0;
+  gradcompConfig_t cfg = compressing(nodesConfig());
   cfg.checkCalls = 1;
   gradcompComm_t gc;
   CK(gradcompCommCreate(nc, &cfg, &gc));
@@ -1255,12 +1218,7 @@ constexpr double kAbortBoundSec = 30;
 
 int abortMain(ncclComm_t nc, cudaStream_t st, const std::string& idPath) {
   const size_t n = 100003;
-  gradcompConfig_t cfg;
-  gradcompConfigInit(&cfg);
-  cfg.autoTune = 0;
-  cfg.minElements = 0;
-  cfg.localSize = localSize;
-  cfg.privateComm = privateComm;
+  gradcompConfig_t cfg = compressing(nodesConfig());
   cfg.algo = localSize > 1 ? gradcompAlgoHier : gradcompAlgoTwoShot;
   gradcompComm_t gc;
   CK(gradcompCommCreate(nc, &cfg, &gc));

@@ -35,6 +35,17 @@
 static char deferred[16][256];
 static int numDeferred = 0;
 
+static void flushDeferred(void) {
+  for (int i = 0; i < numDeferred; ++i) EXPECT("%s", deferred[i]);
+  numDeferred = 0;
+}
+
+/* The test says whether eligible calls in a group should be deferred. */
+static int groupCallsDeferred(void) {
+  const char* g = getenv("GC_TEST_GROUP_CALLS_DEFERRED");
+  return g != NULL && strcmp(g, "1") == 0;
+}
+
 /* As a program polls a non-blocking communicator's call (ncclInProgress)
  * before its next one. */
 static ncclResult_t settle(ncclComm_t c, ncclResult_t res) {
@@ -95,6 +106,22 @@ static int reduceScatter(int deferIt, const void* s, void* r, size_t n, ncclData
     fprintf(stderr, "%s failed at line %d\n", #call, __LINE__); \
     return 1;                                                   \
   }
+/* Calls that print, once they return, the line NCCL must have received. */
+#define GROUP_START()        \
+  do {                       \
+    CHECK(ncclGroupStart()); \
+    EXPECT("GroupStart");    \
+  } while (0)
+#define GROUP_END()        \
+  do {                     \
+    CHECK(ncclGroupEnd()); \
+    EXPECT("GroupEnd");    \
+  } while (0)
+#define DESTROY(comm)                             \
+  do {                                            \
+    CHECK(ncclCommDestroy(comm));                 \
+    EXPECT("CommDestroy comm=%p", (void*)(comm)); \
+  } while (0)
 
 /* int32, Max, fp64, a user group, then one element and large fp32/bf16 calls
  * that gradcomp would compress if it could set up (it cannot: no GPU). The
@@ -103,9 +130,7 @@ static int reduceScatter(int deferIt, const void* s, void* r, size_t n, ncclData
  * one-element fp32 sum, made first, would have run that agreement before the
  * group (which fails here, leaving nothing to defer). */
 static int basic(void) {
-  /* The test says whether eligible calls in a group should be deferred. */
-  const char* g = getenv("GC_TEST_GROUP_CALLS_DEFERRED");
-  const int deferGroupCalls = g != NULL && strcmp(g, "1") == 0;
+  const int deferGroupCalls = groupCallsDeferred();
   ncclComm_t comm = (ncclComm_t)(uintptr_t)0x1000;
   cudaStream_t stream = (cudaStream_t)(uintptr_t)0x2000;
   char* a = (char*)(uintptr_t)0x7f0000000000ull;
@@ -114,15 +139,12 @@ static int basic(void) {
   CALL(a, a, 1 << 20, ncclFloat32, ncclMax, comm, stream);
   CALL(a, b, 1 << 20, ncclFloat64, ncclSum, comm, stream);
   CALL(a, b, 1 << 20, ncclFloat32, ncclProd, comm, stream);
-  CHECK(ncclGroupStart());
-  EXPECT("GroupStart");
+  GROUP_START();
   CALL(a, a, 1 << 20, ncclInt32, ncclSum, comm, stream);
   CALL_IN_GROUP(a, a, 1 << 20, ncclFloat32, ncclSum, comm, stream);
-  CHECK(ncclGroupStart()); /* nested: only the outer end closes the group */
-  EXPECT("GroupStart");
+  GROUP_START(); /* nested: only the outer end closes the group */
   CALL_IN_GROUP(b, b, 1 << 18, ncclFloat16, ncclAvg, comm, (cudaStream_t)0);
-  CHECK(ncclGroupEnd());
-  EXPECT("GroupEnd");
+  GROUP_END();
   /* Not eligible, but made after the communicator's deferred calls: NCCL
    * must get it after them (b was just reduced in place), so it is deferred
    * too. */
@@ -133,10 +155,8 @@ static int basic(void) {
   RS_IN_GROUP(a, b, 5000, ncclFloat32, ncclSum, comm, stream);
   RS_IN_GROUP(a, b, 3000, ncclFloat32, ncclSum, comm, stream);
   RS_IN_GROUP(a, b, 1 << 20, ncclInt32, ncclSum, comm, stream);
-  CHECK(ncclGroupEnd());
-  EXPECT("GroupEnd");
-  for (int i = 0; i < numDeferred; ++i) EXPECT("%s", deferred[i]);
-  numDeferred = 0;
+  GROUP_END();
+  flushDeferred();
   CALL(a, b, 1, ncclFloat32, ncclSum, comm, stream);
   CALL(a, a, 1 << 22, ncclFloat32, ncclSum, comm, stream);
   CALL(b, a, 1 << 22, ncclBfloat16, ncclAvg, comm, stream);
@@ -151,8 +171,7 @@ static int basic(void) {
   RS(a, b, 1, ncclFloat16, ncclSum, comm, stream);
   RS(a, b, SIZE_MAX / 2, ncclFloat32, ncclSum, comm, stream);
   RS(a, b, 1 << 20, ncclFloat32, ncclSum, (ncclComm_t)0, stream);
-  CHECK(ncclCommDestroy(comm));
-  EXPECT("CommDestroy comm=%p", (void*)comm);
+  DESTROY(comm);
   return 0;
 }
 
@@ -163,35 +182,28 @@ static int basic(void) {
  * set up, not even for a later call alone. A group of one device's calls is
  * deferred as usual. */
 static int multiDevice(void) {
-  const char* g = getenv("GC_TEST_GROUP_CALLS_DEFERRED");
-  const int deferGroupCalls = g != NULL && strcmp(g, "1") == 0;
+  const int deferGroupCalls = groupCallsDeferred();
   const ncclComm_t dev0 = (ncclComm_t)(uintptr_t)0x3000, dev1 = (ncclComm_t)(uintptr_t)0x3100,
                    other = (ncclComm_t)(uintptr_t)0x3200;
   cudaStream_t s0 = (cudaStream_t)(uintptr_t)0x2000, s1 = (cudaStream_t)(uintptr_t)0x2100;
   char* a = (char*)(uintptr_t)0x7f0000000000ull;
   char* b = (char*)(uintptr_t)0x7f0010000000ull;
   for (int round = 0; round < 2; ++round) {
-    CHECK(ncclGroupStart());
-    EXPECT("GroupStart");
+    GROUP_START();
     CALL(a, a, 1 << 20, ncclFloat32, ncclSum, dev0, s0);
     CALL(b, b, 1 << 20, ncclFloat32, ncclSum, dev1, s1);
     CALL(a, b, 1 << 19, ncclBfloat16, ncclAvg, dev0, s0);
-    CHECK(ncclGroupEnd());
-    EXPECT("GroupEnd");
+    GROUP_END();
   }
   CALL(a, a, 1 << 20, ncclFloat32, ncclSum, dev1, s1);
-  CHECK(ncclGroupStart());
-  EXPECT("GroupStart");
+  GROUP_START();
   CALL_IN_GROUP(a, a, 1 << 20, ncclFloat32, ncclSum, other, s0);
   CALL_IN_GROUP(b, b, 1 << 20, ncclFloat32, ncclSum, other, s0);
-  CHECK(ncclGroupEnd());
-  EXPECT("GroupEnd");
-  for (int i = 0; i < numDeferred; ++i) EXPECT("%s", deferred[i]);
-  numDeferred = 0;
+  GROUP_END();
+  flushDeferred();
   const ncclComm_t comms[3] = {dev0, dev1, other};
   for (int i = 0; i < 3; ++i) {
-    CHECK(ncclCommDestroy(comms[i]));
-    EXPECT("CommDestroy comm=%p", (void*)comms[i]);
+    DESTROY(comms[i]);
   }
   return 0;
 }
@@ -231,8 +243,7 @@ static int awaitChild(const char* what, ncclResult_t made, ncclComm_t parent,
  * are set up as a blocking one made with a config is (and fail without a
  * GPU); their calls answer ncclInProgress and are polled (settle). */
 static int nonblocking(void) {
-  const char* g = getenv("GC_TEST_GROUP_CALLS_DEFERRED");
-  const int deferGroupCalls = g != NULL && strcmp(g, "1") == 0;
+  const int deferGroupCalls = groupCallsDeferred();
   cudaStream_t stream = (cudaStream_t)(uintptr_t)0x2000;
   char* a = (char*)(uintptr_t)0x7f0000000000ull;
   char* b = (char*)(uintptr_t)0x7f0010000000ull;
@@ -241,15 +252,13 @@ static int nonblocking(void) {
   /* A group first: NCCL enqueues its ineligible call after the end
    * (ncclInProgress); the eligible ones, taken out, each wait for the
    * communicator's previous enqueue, or NCCL refuses them. */
-  CHECK(ncclGroupStart());
-  EXPECT("GroupStart");
+  GROUP_START();
   CALL(a, a, 1000, ncclInt32, ncclSum, nb, stream);
   CALL_IN_GROUP(a, a, 1 << 22, ncclFloat32, ncclSum, nb, stream);
   CALL_IN_GROUP(b, b, 1 << 22, ncclFloat32, ncclSum, nb, stream);
   CHECK(settle(nb, ncclGroupEnd()));
   EXPECT("GroupEnd");
-  for (int i = 0; i < numDeferred; ++i) EXPECT("%s", deferred[i]);
-  numDeferred = 0;
+  flushDeferred();
   CALL(a, a, 1 << 22, ncclFloat32, ncclSum, nb, stream);
   if (awaitChild("split", ncclCommSplit(nb, 1, 0, &child, NULL), nb, &child)) return 1;
   EXPECT("CommSplit parent=%p color=1 key=0 blocking=-1 comm=%p", (void*)nb, (void*)child);
@@ -264,12 +273,9 @@ static int nonblocking(void) {
   EXPECT("CommAbort comm=%p", (void*)child);
   CHECK(ncclCommFinalize(nb));
   EXPECT("CommFinalize comm=%p", (void*)nb);
-  CHECK(ncclCommDestroy(nb));
-  EXPECT("CommDestroy comm=%p", (void*)nb);
-  CHECK(ncclCommDestroy(blocking));
-  EXPECT("CommDestroy comm=%p", (void*)blocking);
-  CHECK(ncclCommDestroy(grown));
-  EXPECT("CommDestroy comm=%p", (void*)grown);
+  DESTROY(nb);
+  DESTROY(blocking);
+  DESTROY(grown);
   return 0;
 }
 
@@ -294,10 +300,8 @@ static int envChanged(void) {
   }
   if (initWithConfig(1, &second)) return 1;
   CALL(a, a, 1 << 22, ncclFloat32, ncclSum, second, stream);
-  CHECK(ncclCommDestroy(second));
-  EXPECT("CommDestroy comm=%p", (void*)second);
-  CHECK(ncclCommDestroy(first));
-  EXPECT("CommDestroy comm=%p", (void*)first);
+  DESTROY(second);
+  DESTROY(first);
   return 0;
 }
 
@@ -321,10 +325,8 @@ static int nocolor(void) {
   }
   slot = (ncclComm_t)(uintptr_t)0x3000; /* the variable, reused */
   CALL(a, a, 1 << 22, ncclFloat32, ncclSum, slot, stream);
-  CHECK(ncclCommDestroy(slot));
-  EXPECT("CommDestroy comm=%p", (void*)slot);
-  CHECK(ncclCommDestroy(nb));
-  EXPECT("CommDestroy comm=%p", (void*)nb);
+  DESTROY(slot);
+  DESTROY(nb);
   return 0;
 }
 #endif
@@ -344,11 +346,9 @@ static int revoked(void) {
   CALL(a, a, 1 << 22, ncclFloat32, ncclSum, comm, stream);
   CHECK(ncclCommShrink(comm, &excluded, 1, &shrunk, NULL, 0));
   EXPECT("CommShrink parent=%p excluded=1 blocking=-1 flags=0 comm=%p", (void*)comm, (void*)shrunk);
-  CHECK(ncclCommDestroy(comm));
-  EXPECT("CommDestroy comm=%p", (void*)comm);
+  DESTROY(comm);
   CALL(a, a, 1 << 22, ncclFloat32, ncclSum, shrunk, stream);
-  CHECK(ncclCommDestroy(shrunk));
-  EXPECT("CommDestroy comm=%p", (void*)shrunk);
+  DESTROY(shrunk);
   /* A revoked non-blocking communicator stays one: its shrink without a
    * config is non-blocking (made as NCCL makes those) and is set up too. */
   ncclComm_t nb = NULL, nbShrunk = NULL;
@@ -360,10 +360,8 @@ static int revoked(void) {
   }
   EXPECT("CommShrink parent=%p excluded=1 blocking=-1 flags=0 comm=%p", (void*)nb, (void*)nbShrunk);
   CALL(a, a, 1 << 22, ncclFloat32, ncclSum, nbShrunk, stream);
-  CHECK(ncclCommDestroy(nb));
-  EXPECT("CommDestroy comm=%p", (void*)nb);
-  CHECK(ncclCommDestroy(nbShrunk));
-  EXPECT("CommDestroy comm=%p", (void*)nbShrunk);
+  DESTROY(nb);
+  DESTROY(nbShrunk);
   return 0;
 }
 #endif
@@ -384,20 +382,13 @@ static int shrinkAbort(void) {
          NCCL_SHRINK_ABORT, (void*)shrunk);
   CALL(a, a, 1 << 22, ncclFloat32, ncclSum, comm, stream);
   CALL(a, a, 1 << 22, ncclFloat32, ncclSum, shrunk, stream);
-  CHECK(ncclCommDestroy(comm));
-  EXPECT("CommDestroy comm=%p", (void*)comm);
-  CHECK(ncclCommDestroy(shrunk));
-  EXPECT("CommDestroy comm=%p", (void*)shrunk);
+  DESTROY(comm);
+  DESTROY(shrunk);
   return 0;
 }
 #endif
 
 #if NCCL_VERSION_CODE >= NCCL_VERSION(2, 22, 0)
-static void flushDeferred(void) {
-  for (int i = 0; i < numDeferred; ++i) EXPECT("%s", deferred[i]);
-  numDeferred = 0;
-}
-
 /* A simulated group's calls all reach NCCL inside it, deferred eligible ones
  * too (so that its estimate counts them), and none of them runs afterwards. */
 static int simulated(const char* what, const ncclSimInfo_t* info, int calls) {
@@ -417,8 +408,7 @@ static int simulated(const char* what, const ncclSimInfo_t* info, int calls) {
  * depth left behind would defer it). Stderr marks where the first such call
  * is made: gradcomp must not set up before it. */
 static int simulate(void) {
-  const char* g = getenv("GC_TEST_GROUP_CALLS_DEFERRED");
-  const int deferGroupCalls = g != NULL && strcmp(g, "1") == 0;
+  const int deferGroupCalls = groupCallsDeferred();
   /* A new communicator for each group: the call after it is the first
    * outside a group, which gradcomp would defer (not pass through, as on a
    * communicator that already failed to set up) were the group still open. */
@@ -428,8 +418,7 @@ static int simulate(void) {
   char* a = (char*)(uintptr_t)0x7f0000000000ull;
   char* b = (char*)(uintptr_t)0x7f0010000000ull;
   ncclSimInfo_t info = NCCL_SIM_INFO_INITIALIZER;
-  CHECK(ncclGroupStart());
-  EXPECT("GroupStart");
+  GROUP_START();
   CALL(a, a, 1000, ncclInt32, ncclSum, comm[0], stream);
   CALL_IN_GROUP(a, a, 1 << 20, ncclFloat32, ncclSum, comm[0], stream);
   RS_IN_GROUP(a, b, 1 << 18, ncclBfloat16, ncclAvg, comm[0], stream);
@@ -442,10 +431,8 @@ static int simulate(void) {
    * all of it; the inner simInfo is left as it was. */
   ncclSimInfo_t inner = NCCL_SIM_INFO_INITIALIZER;
   const ncclSimInfo_t fresh = NCCL_SIM_INFO_INITIALIZER;
-  CHECK(ncclGroupStart());
-  EXPECT("GroupStart");
-  CHECK(ncclGroupStart());
-  EXPECT("GroupStart");
+  GROUP_START();
+  GROUP_START();
   CALL_IN_GROUP(a, b, 1 << 20, ncclFloat32, ncclSum, comm[1], stream);
   CHECK(ncclGroupSimulateEnd(&inner));
   EXPECT("GroupSimulateEnd inner");
@@ -456,36 +443,30 @@ static int simulate(void) {
     return 1;
   }
   CALL_IN_GROUP(b, a, 1 << 19, ncclFloat16, ncclAvg, comm[1], stream);
-  CHECK(ncclGroupEnd());
-  EXPECT("GroupEnd");
+  GROUP_END();
   flushDeferred();
   CALL(a, a, 1 << 21, ncclFloat32, ncclSum, comm[1], stream);
 
   /* A real inner group inside a simulated outer one: simulated as a whole. */
   ncclSimInfo_t outer = NCCL_SIM_INFO_INITIALIZER;
-  CHECK(ncclGroupStart());
-  EXPECT("GroupStart");
+  GROUP_START();
   CALL_IN_GROUP(b, b, 1 << 20, ncclFloat32, ncclSum, comm[2], stream);
-  CHECK(ncclGroupStart());
-  EXPECT("GroupStart");
+  GROUP_START();
   CALL_IN_GROUP(a, b, 1 << 20, ncclBfloat16, ncclSum, comm[2], stream);
-  CHECK(ncclGroupEnd());
-  EXPECT("GroupEnd");
+  GROUP_END();
   CHECK(ncclGroupSimulateEnd(&outer));
   if (simulated("nested", &outer, 2)) return 1;
   CALL(b, a, 1 << 21, ncclFloat32, ncclSum, comm[2], stream);
 
   /* No simInfo: NCCL ends the group for real. */
-  CHECK(ncclGroupStart());
-  EXPECT("GroupStart");
+  GROUP_START();
   CALL_IN_GROUP(a, a, 1 << 20, ncclFloat32, ncclAvg, comm[3], stream);
   CHECK(ncclGroupSimulateEnd(NULL));
   EXPECT("GroupSimulateEnd simInfo=null");
   flushDeferred();
   CALL(a, b, 1 << 21, ncclFloat32, ncclSum, comm[3], stream);
   for (int i = 0; i < 4; ++i) {
-    CHECK(ncclCommDestroy(comm[i]));
-    EXPECT("CommDestroy comm=%p", (void*)comm[i]);
+    DESTROY(comm[i]);
   }
   return 0;
 }
@@ -493,22 +474,19 @@ static int simulate(void) {
 /* With an NCCL that lacks ncclGroupSimulateEnd the call fails and the group
  * stays open: the ncclGroupEnd that follows runs it, deferred calls included. */
 static int simulateMissing(void) {
-  const char* g = getenv("GC_TEST_GROUP_CALLS_DEFERRED");
-  const int deferGroupCalls = g != NULL && strcmp(g, "1") == 0;
+  const int deferGroupCalls = groupCallsDeferred();
   ncclComm_t comm = (ncclComm_t)(uintptr_t)0x1000;
   cudaStream_t stream = (cudaStream_t)(uintptr_t)0x2000;
   char* a = (char*)(uintptr_t)0x7f0000000000ull;
   ncclSimInfo_t info = NCCL_SIM_INFO_INITIALIZER;
-  CHECK(ncclGroupStart());
-  EXPECT("GroupStart");
+  GROUP_START();
   CALL_IN_GROUP(a, a, 1 << 20, ncclFloat32, ncclSum, comm, stream);
   const ncclResult_t r = ncclGroupSimulateEnd(&info);
   if (r != ncclSystemError) {
     fprintf(stderr, "ncclGroupSimulateEnd returned %d, expected ncclSystemError\n", (int)r);
     return 1;
   }
-  CHECK(ncclGroupEnd());
-  EXPECT("GroupEnd");
+  GROUP_END();
   flushDeferred();
   CALL(a, a, 1 << 21, ncclFloat32, ncclSum, comm, stream);
   /* Nor ncclCommRevoke (NCCL 2.28): refused, nothing reaches NCCL. */
@@ -516,8 +494,7 @@ static int simulateMissing(void) {
     fprintf(stderr, "ncclCommRevoke without the function did not return ncclInvalidUsage\n");
     return 1;
   }
-  CHECK(ncclCommDestroy(comm));
-  EXPECT("CommDestroy comm=%p", (void*)comm);
+  DESTROY(comm);
   return 0;
 }
 #endif
@@ -531,8 +508,7 @@ static int abortDeferred(int simulate) {
   ncclComm_t comm = (ncclComm_t)(uintptr_t)0x1000;
   cudaStream_t stream = (cudaStream_t)(uintptr_t)0x2000;
   char* a = (char*)(uintptr_t)0x7f0000000000ull;
-  CHECK(ncclGroupStart());
-  EXPECT("GroupStart");
+  GROUP_START();
   CHECK(ncclAllReduce(a, a, 1 << 20, ncclFloat32, ncclSum, comm, stream));
   CHECK(ncclCommAbort(comm));
   EXPECT("CommAbort comm=%p", (void*)comm);
@@ -567,8 +543,7 @@ static int smallReduceScatters(void) {
   char* a = (char*)(uintptr_t)0x7f0000000000ull;
   char* b = (char*)(uintptr_t)0x7f0010000000ull;
   for (int i = 0; i < 5; ++i) RS(a, b, 1000, ncclFloat32, ncclSum, comm, stream);
-  CHECK(ncclCommDestroy(comm));
-  EXPECT("CommDestroy comm=%p", (void*)comm);
+  DESTROY(comm);
   return 0;
 }
 
@@ -582,8 +557,7 @@ static int empty(void) {
   char* b = (char*)(uintptr_t)0x7f0010000000ull;
   CALL(a, b, 0, ncclFloat32, ncclSum, comm, stream);
   RS(a, b, 0, ncclBfloat16, ncclAvg, comm, stream);
-  CHECK(ncclCommDestroy(comm));
-  EXPECT("CommDestroy comm=%p", (void*)comm);
+  DESTROY(comm);
   return 0;
 }
 
@@ -597,8 +571,7 @@ static int setupReasons(void) {
   char* a = (char*)(uintptr_t)0x7f0000000000ull;
   for (int i = 0; i < 3; ++i) CALL(a, a, 1 << 20, ncclFloat32, ncclSum, comm[i], stream);
   for (int i = 0; i < 3; ++i) {
-    CHECK(ncclCommDestroy(comm[i]));
-    EXPECT("CommDestroy comm=%p", (void*)comm[i]);
+    DESTROY(comm[i]);
   }
   return 0;
 }
@@ -673,12 +646,10 @@ static int atExit(void) {
   cudaStream_t stream = (cudaStream_t)(uintptr_t)0x2000;
   char* a = (char*)(uintptr_t)0x7f0000000000ull;
   const int deferGroupCalls = 1;
-  CHECK(ncclGroupStart());
-  EXPECT("GroupStart");
+  GROUP_START();
   CALL_IN_GROUP(a, a, 1 << 20, ncclFloat32, ncclSum, comm, stream);
   CALL(a, a, 1000, ncclInt32, ncclSum, (ncclComm_t)(uintptr_t)0x1100, stream);
-  CHECK(ncclGroupEnd());
-  EXPECT("GroupEnd");
+  GROUP_END();
   flushDeferred();
   if (atexit(atExitCalls) != 0) return 1;
   return 0;
@@ -694,28 +665,22 @@ static int atExit(void) {
  * (an in-place Sum, then a Max of the same buffer). Another communicator's
  * calls stay in the group. */
 static int groupOrder(void) {
-  const char* g = getenv("GC_TEST_GROUP_CALLS_DEFERRED");
-  const int deferGroupCalls = g != NULL && strcmp(g, "1") == 0;
+  const int deferGroupCalls = groupCallsDeferred();
   ncclComm_t comm = (ncclComm_t)(uintptr_t)0x1000;
   ncclComm_t other = (ncclComm_t)(uintptr_t)0x1100;
   cudaStream_t stream = (cudaStream_t)(uintptr_t)0x2000;
   char* a = (char*)(uintptr_t)0x7f0000000000ull;
   char* b = (char*)(uintptr_t)0x7f0010000000ull;
-  CHECK(ncclGroupStart());
-  EXPECT("GroupStart");
+  GROUP_START();
   CALL(a, a, 1 << 20, ncclFloat32, ncclMax, comm, stream);
   CALL_IN_GROUP(a, a, 1 << 20, ncclFloat32, ncclSum, comm, stream);
   CALL_IN_GROUP(a, a, 1 << 20, ncclFloat32, ncclMax, comm, stream);
   CALL(b, b, 1 << 20, ncclInt32, ncclSum, other, stream);
   CALL_IN_GROUP(b, b, 1 << 20, ncclFloat32, ncclSum, other, stream);
-  CHECK(ncclGroupEnd());
-  EXPECT("GroupEnd");
-  for (int i = 0; i < numDeferred; ++i) EXPECT("%s", deferred[i]);
-  numDeferred = 0;
-  CHECK(ncclCommDestroy(comm));
-  EXPECT("CommDestroy comm=%p", (void*)comm);
-  CHECK(ncclCommDestroy(other));
-  EXPECT("CommDestroy comm=%p", (void*)other);
+  GROUP_END();
+  flushDeferred();
+  DESTROY(comm);
+  DESTROY(other);
   return 0;
 }
 
@@ -729,8 +694,7 @@ static int groupOrder(void) {
  * C++ cannot hold reach NCCL at once (it refuses them as they come); the
  * others keep their place behind the deferred call. */
 static int badEnums(void) {
-  const char* g = getenv("GC_TEST_GROUP_CALLS_DEFERRED");
-  const int deferGroupCalls = g != NULL && strcmp(g, "1") == 0;
+  const int deferGroupCalls = groupCallsDeferred();
   ncclComm_t comm = (ncclComm_t)(uintptr_t)0x1000;
   cudaStream_t stream = (cudaStream_t)(uintptr_t)0x2000;
   char* a = (char*)(uintptr_t)0x7f0000000000ull;
@@ -747,8 +711,7 @@ static int badEnums(void) {
     RS(a, b, 1 << 20, ncclBfloat16, asOp(badOps[i]), comm, stream);
   }
   CALL(a, b, 1 << 20, asType(-1), asOp(INT_MIN), comm, stream);
-  CHECK(ncclGroupStart());
-  EXPECT("GroupStart");
+  GROUP_START();
   CALL_IN_GROUP(a, a, 1 << 20, ncclFloat32, ncclSum, comm, stream);
   CALL(a, a, 1 << 20, asType(99), ncclSum, comm, stream);
   CALL(a, a, 1 << 20, ncclFloat32, asOp(-1), comm, stream);
@@ -756,12 +719,9 @@ static int badEnums(void) {
   CALL_IN_GROUP(a, a, 1 << 20, ncclFloat32, asOp(99), comm, stream);
   CALL_IN_GROUP(a, a, 1 << 20, asType(ncclNumTypes), ncclSum, comm, stream);
   CALL_IN_GROUP(a, a, 1 << 20, ncclInt8, ncclSum, comm, stream);
-  CHECK(ncclGroupEnd());
-  EXPECT("GroupEnd");
-  for (int k = 0; k < numDeferred; ++k) EXPECT("%s", deferred[k]);
-  numDeferred = 0;
-  CHECK(ncclCommDestroy(comm));
-  EXPECT("CommDestroy comm=%p", (void*)comm);
+  GROUP_END();
+  flushDeferred();
+  DESTROY(comm);
   return 0;
 }
 
@@ -770,8 +730,7 @@ static int groupFails(void) {
   cudaStream_t stream = (cudaStream_t)(uintptr_t)0x2000;
   char* a = (char*)(uintptr_t)0x7f0000000000ull;
   char* b = (char*)(uintptr_t)0x7f0010000000ull;
-  CHECK(ncclGroupStart());
-  EXPECT("GroupStart");
+  GROUP_START();
   CALL(a, a, 1000, ncclInt32, ncclSum, comm, stream);
   CHECK(ncclAllReduce(b, b, 1 << 20, ncclFloat32, ncclSum, comm, stream));
   const ncclResult_t r = ncclGroupEnd();
@@ -781,8 +740,7 @@ static int groupFails(void) {
     return 1;
   }
   CALL(a, a, 1 << 20, ncclFloat32, ncclSum, comm, stream);
-  CHECK(ncclCommDestroy(comm));
-  EXPECT("CommDestroy comm=%p", (void*)comm);
+  DESTROY(comm);
   return 0;
 }
 
