@@ -569,6 +569,12 @@ EntryPtr entryFor(ncclComm_t comm) {
   return e;
 }
 
+EntryPtr existingEntry(ncclComm_t comm) {
+  std::lock_guard<std::mutex> lock(tableMu());
+  const auto it = table().find(comm);
+  return it != table().end() ? it->second : nullptr;
+}
+
 void agreeEligibility(CommEntry& e, cudaStream_t stream) {
   std::lock_guard<std::mutex> lock(e.callMu);
   (void)agreeLocked(e, stream);

@@ -391,16 +391,23 @@ bool passedAsInts(Collective coll, const void* send, void* recv, size_t count,
 // they fail naming it; the caller still gets NCCL's answer. Not in a user
 // group (its peers' calls wait for the group's end there), nor where NCCL
 // ran the call (a newer NCCL's datatype: a call this rank passes while its
-// peers compress theirs, as any other mismatch).
-ncclResult_t joinRefusal(ncclComm_t comm, size_t count, const ncclDataType_t* type,
+// peers compress theirs, as any other mismatch), nor for a count no rank
+// compresses (under GRADCOMP_MIN_ELEMENTS: the peers hand the call to NCCL
+// and run no agreement, so one joined would take their next call's).
+ncclResult_t joinRefusal(Collective coll, ncclComm_t comm, size_t count, const ncclDataType_t* type,
                          const ncclRedOp_t* op, cudaStream_t stream, ncclResult_t nccl) {
   if (nccl == ncclSuccess || nccl == ncclInProgress || tGroupDepth > 0 || comm == nullptr ||
       !gc::ncclResolved())
     return nccl;
   const gradcompResult_t bad = gc::checkCallEnums(type, op);
   if (bad == gradcompSuccess) return nccl;
-  EntryPtr e = entryFor(comm);
-  if (e->mode != Mode::Compress) return nccl;
+  // A communicator with no entry compresses nothing (and NCCL may have
+  // refused it for not being one): none is made for it here.
+  EntryPtr e = existingEntry(comm);
+  if (e == nullptr || e->mode != Mode::Compress) return nccl;
+  // The peers' count is this rank's: eligible there only as a float Sum at best.
+  const Deferred d{nullptr, nullptr, count, ncclFloat32, ncclSum, comm, stream, coll};
+  if (!eligible(inputCount(d, *e), ncclFloat32, ncclSum)) return nccl;
   std::lock_guard<std::mutex> lock(e->callMu);
   if (e->aborted.stopped() || e->released || e->gc == nullptr) return nccl;
   (void)gc::guarded([&] { return gc::refuseCallEnums(e->gc, count, type, op, stream, bad); });
@@ -416,7 +423,7 @@ GC_INTERPOSE ncclResult_t ncclAllReduce(const void* sendbuff, void* recvbuff, si
   if (!passedAsInts(Collective::AllReduce, sendbuff, recvbuff, count, &datatype, &op, comm, stream,
                     &r))
     r = route({sendbuff, recvbuff, count, datatype, op, comm, stream, Collective::AllReduce});
-  return joinRefusal(comm, count, &datatype, &op, stream, r);
+  return joinRefusal(Collective::AllReduce, comm, count, &datatype, &op, stream, r);
 }
 
 GC_INTERPOSE ncclResult_t ncclReduceScatter(const void* sendbuff, void* recvbuff, size_t recvcount,
@@ -428,7 +435,7 @@ GC_INTERPOSE ncclResult_t ncclReduceScatter(const void* sendbuff, void* recvbuff
     r = route(
         {sendbuff, recvbuff, recvcount, datatype, op, comm, stream, Collective::ReduceScatter});
   }
-  return joinRefusal(comm, recvcount, &datatype, &op, stream, r);
+  return joinRefusal(Collective::ReduceScatter, comm, recvcount, &datatype, &op, stream, r);
 }
 
 GC_INTERPOSE ncclResult_t ncclGroupStart() {

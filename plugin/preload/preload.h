@@ -157,6 +157,10 @@ using EntryPtr = std::shared_ptr<CommEntry>;
 
 // The entry of `comm`, made on first sight.
 EntryPtr entryFor(ncclComm_t comm);
+// The entry of `comm` if it has one (null if not), making none: for a
+// communicator a call names that NCCL may have refused (not one, or one
+// destroyed).
+EntryPtr existingEntry(ncclComm_t comm);
 // The first step of an Undecided entry's set-up, at its first call that
 // opensAgreement: every rank's GRADCOMP_METHOD, GRADCOMP_MIN_ELEMENTS and
 // GRADCOMP_GROUP compared (one 48-byte NCCL allreduce on `stream`,

@@ -725,6 +725,30 @@ static int badEnums(void) {
   return 0;
 }
 
+/* Calls NCCL refuses (FAKE_NCCL_CHECK_ARGS=1) for a datatype or op C++'s
+ * enum cannot hold, on a communicator gradcomp never saw otherwise: they
+ * reach NCCL unchanged, and NCCL's answer comes back, without making the
+ * communicator an entry (no summary names it at exit). */
+static int refusedUnknown(void) {
+  ncclComm_t comm = (ncclComm_t)(uintptr_t)0x3000;
+  cudaStream_t stream = (cudaStream_t)(uintptr_t)0x2000;
+  char* a = (char*)(uintptr_t)0x7f0000000000ull;
+  char* b = (char*)(uintptr_t)0x7f0010000000ull;
+  ncclResult_t res = ncclAllReduce(a, a, 1 << 20, asType(-1), ncclSum, comm, stream);
+  if (res != ncclInvalidArgument) {
+    fprintf(stderr, "ncclAllReduce(type=-1) returned %d, not NCCL's refusal\n", (int)res);
+    return 1;
+  }
+  EXPECT("AllReduce refused: type=-1 op=%d", (int)ncclSum);
+  res = ncclReduceScatter(a, b, 1 << 20, ncclFloat32, asOp(-1), comm, stream);
+  if (res != ncclInvalidArgument) {
+    fprintf(stderr, "ncclReduceScatter(op=-1) returned %d, not NCCL's refusal\n", (int)res);
+    return 1;
+  }
+  EXPECT("ReduceScatter refused: type=%d op=-1", (int)ncclFloat32);
+  return 0;
+}
+
 static int groupFails(void) {
   ncclComm_t comm = (ncclComm_t)(uintptr_t)0x1000;
   cudaStream_t stream = (cudaStream_t)(uintptr_t)0x2000;
@@ -803,6 +827,8 @@ __attribute__((visibility("default"))) int gcTestRunCalls(const char* mode) {
     return groupOrder();
   } else if (strcmp(mode, "bad_enums") == 0) {
     rc = badEnums();
+  } else if (strcmp(mode, "refused_unknown") == 0) {
+    rc = refusedUnknown();
   } else if (strcmp(mode, "empty") == 0) {
     rc = empty();
   } else if (strcmp(mode, "setup_reasons") == 0) {

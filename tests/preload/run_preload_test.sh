@@ -99,6 +99,16 @@ for group in defer fuse pass; do
     GRADCOMP_METHOD=qsgd "$app" bad_enums && same_calls bad_enums_$group
 done
 
+# 2e. Calls NCCL refuses for such a datatype or op, on a communicator no
+# other call named: NCCL's answer comes back, and the communicator gets no
+# entry (until 2026-12-07 each one refused made one, summarized at exit).
+run refused_unknown env FAKE_NCCL_CHECK_ARGS=1 GRADCOMP_METHOD=qsgd GRADCOMP_DEBUG=INFO \
+  "$app" refused_unknown && {
+  same_calls refused_unknown
+  check "refused_unknown: no entry for a communicator only refused calls named" \
+    "! grep -q 'summary comm 0x3000' '$work/refused_unknown.err'"
+}
+
 # 2c. Ranks whose settings that decide eligibility differ (GRADCOMP_METHOD,
 # GRADCOMP_MIN_ELEMENTS, GRADCOMP_GROUP) make the same NCCL calls in the same
 # order, and start their set-up at the same call: the first float Sum/Avg call
