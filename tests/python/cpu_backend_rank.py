@@ -3,7 +3,7 @@ CpuBackendFsdpReplicas: gradcomp.torch with backend="cpu" on real DDP / FSDP2 ov
 comm made from the process group (TCP between the ranks). Usage: cpu_backend_rank.py
 ddp|excluded|fsdp|dgc|subgroups|restart|scaler|abort|replicas|ddp_group|ddp_register|overflow|
 compose|disagree|unused|unused_nan|unused_join|unused_mixed|unused_rewrapped|
-unused_static
+unused_rewrapped_gc|unused_static
 OUT (the env:// variables from tools/gc_ranks.py).
 
 Records every call the hook (DDP) or the reduce-scatter (FSDP) gets, its input before and its
@@ -1300,11 +1300,11 @@ def unused_mixed(out, rank):
 
 
 def unused_rewrapped(out, rank):
-    """A state given to DDP by register_comm_hook, its model wrapped again in a new DDP (the
-    first one dropped) with find_unused_parameters=True and registered with the same state; p
-    unused on every rank at one step of the new DDP. Whether the state kept p's released slice
-    there (it reads find_unused_parameters from the DDP it found), and by step p's input slice
-    and p.grad, for the test to check that nothing was lost."""
+    """A state given to DDP(find_unused_parameters=True) by register_comm_hook, its model
+    wrapped again in a new DDP alike (the first one dropped) and registered with the same state;
+    p unused on every rank at one step of the new DDP. Whether the state kept p's released
+    slice there (it reads the settings of the DDP it found at its first call, gone since), and
+    by step p's input slice and p.grad, for the test to check that nothing was lost."""
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     cfg = gradcomp.Config(from_env=False, method="topk", density=0.05, select="exact",
@@ -1314,11 +1314,11 @@ def unused_rewrapped(out, rank):
     # Compressing from the new DDP's second step on: no residual from the first DDP's steps.
     st = gct.GradcompState(module=m, start_iter=3, backend="cpu", config=cfg)
     rec = {"input": [], "output": [], "grad": []}
-    d = DDP(m)  # every parameter used: no find_unused_parameters
+    d = DDP(m, find_unused_parameters=True)
     d.register_comm_hook(st, recording_p(m, rec)(gct.gradcomp_hook))
     for s in range(2):
         d(unused_input(m, 0, rank)).square().sum().backward()
-    del d  # the model wrapped again, with find_unused_parameters
+    del d  # the model wrapped again
     rec = {"input": [], "output": [], "grad": []}
     d = DDP(m, find_unused_parameters=True)
     d.register_comm_hook(st, recording_p(m, rec)(gct.gradcomp_hook))
@@ -1334,6 +1334,53 @@ def unused_rewrapped(out, rank):
         rec["grad"].append(torch.zeros(m.p.numel()) if g is None else g.reshape(-1).clone())
         carried.append(len(st._carry))
     st.close()
+    return {"rec": rec}, {"carried": carried}
+
+
+def unused_rewrapped_gc(out, rank):
+    """unused_rewrapped with the first DDP in a reference cycle (a forward hook that holds it),
+    so that it goes when the cyclic collector runs, which each process decides for itself: rank 0
+    collects right after dropping it, rank 1 only after the new DDP's first steps. The state must
+    go on alike on both ranks (the same collectives), keep p's released slice at the step where
+    p is unused on every rank, and give both ranks the same p.grad."""
+    import gc
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    cfg = gradcomp.Config(from_env=False, method="topk", density=0.05, select="exact",
+                          min_elements=0, auto_tune=0)
+    gc.disable()  # the collector runs where this case says, not at allocation counts
+    try:
+        torch.manual_seed(0)
+        m = UnusedNet()
+        st = gct.GradcompState(module=m, start_iter=3, backend="cpu", config=cfg)
+        rec = {"input": [], "output": [], "grad": []}
+        d = DDP(m, find_unused_parameters=True)
+        d.register_forward_hook(lambda mod, i, o, _d=d: None)  # d -> its hooks -> d
+        d.register_comm_hook(st, recording_p(m, rec)(gct.gradcomp_hook))
+        for s in range(2):
+            d(unused_input(m, 0, rank)).square().sum().backward()
+        del d
+        if rank == 0:
+            gc.collect()
+        rec = {"input": [], "output": [], "grad": []}
+        d = DDP(m, find_unused_parameters=True)
+        d.register_comm_hook(st, recording_p(m, rec)(gct.gradcomp_hook))
+        carried = []
+        with st.paused():  # DDP regroups its buckets after its first step
+            d(unused_input(m, 0, rank)).square().sum().backward()
+        del rec["input"][:], rec["output"][:]
+        for s in range(UNUSED_AT + 2 + UNUSED_FLUSH):
+            if s == 1 and rank == 1:
+                gc.collect()
+            x = unused_input(m, s, rank)
+            d.zero_grad(set_to_none=True)
+            d(x).square().sum().backward()
+            g = m.p.grad
+            rec["grad"].append(torch.zeros(m.p.numel()) if g is None else g.reshape(-1).clone())
+            carried.append(len(st._carry))
+        st.close()
+    finally:
+        gc.enable()
     return {"rec": rec}, {"carried": carried}
 
 
@@ -1531,6 +1578,7 @@ def main():
                      "disagree": disagree, "unused": unused, "unused_nan": unused_nan,
                      "unused_join": unused_join, "unused_mixed": unused_mixed,
                      "unused_rewrapped": unused_rewrapped,
+                     "unused_rewrapped_gc": unused_rewrapped_gc,
                      "unused_static": unused_static}[mode](out, rank)
     torch.save(records, f"{out}.rank{rank}.pt")
     with open(f"{out}.rank{rank}.json", "w") as f:

@@ -3056,10 +3056,10 @@ class CpuBackendUnusedParameters(unittest.TestCase):
                     self._conserved(recs, r, name)
 
     def test_a_model_wrapped_again_with_register_comm_hook_keeps_the_carry(self):
-        """register_comm_hook gives the hook no DDP: the state finds it at its first call. The
-        model wrapped again (the first DDP, without find_unused_parameters, dropped) in a DDP with
-        find_unused_parameters=True, registered with the same state: the slice released for p at
-        the step where it is unused on every rank is kept, and nothing is lost."""
+        """register_comm_hook gives the hook no DDP: the state finds it at its first call and
+        keeps its settings. The model wrapped again alike (the first DDP(find_unused_parameters=
+        True) dropped), registered with the same state: the slice released for p at the step
+        where it is unused on every rank is kept, and nothing is lost."""
         records, results = launch_ranks(self, "unused_rewrapped")
         at = cbr_unused_at()
         for r in range(2):
@@ -3067,6 +3067,21 @@ class CpuBackendUnusedParameters(unittest.TestCase):
         recs = [records[r]["rec"] for r in range(2)]
         for r in range(2):
             self._conserved(recs, r, "wrapped again")
+
+    def test_a_model_wrapped_again_whose_first_ddp_goes_at_other_times_on_the_ranks(self):
+        """As the case above, with the first DDP in a reference cycle: it goes when each
+        process's cyclic collector runs, rank 0 at once, rank 1 a few steps later. What the state
+        does (its collectives, what it keeps) must not hang on when each rank frees it: the run
+        completes, p's released slice is kept on both ranks, and p.grad is alike on both."""
+        records, results = launch_ranks(self, "unused_rewrapped_gc")
+        at = cbr_unused_at()
+        for r in range(2):
+            self.assertEqual(results[r]["carried"][at], 1, f"rank {r}: no slice kept at step {at}")
+        recs = [records[r]["rec"] for r in range(2)]
+        for s, (g0, g1) in enumerate(zip(recs[0]["grad"], recs[1]["grad"])):
+            same_bits(self, g0, g1, f"step {s}: rank 0 and 1's p.grad")
+        for r in range(2):
+            self._conserved(recs, r, "wrapped again, freed at other times")
 
     def test_nothing_is_carried_under_a_static_graph(self):
         """static_graph=True (with find_unused_parameters=True): a parameter unused at one step

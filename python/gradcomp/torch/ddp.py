@@ -24,9 +24,10 @@ its group recorded on the state, so each DDP the state serves is checked at its
 own first call. ddp_model.register_comm_hook(state, gradcomp_hook) gives the
 hook no DDP: the state finds it once, at its first call, among the referrers of
 the (hook, state) pair DDP keeps (gc.get_referrers, blind to gc.freeze()), and
-a DDP it is registered on later is not checked again (nor its
-find_unused_parameters read) unless the one found was dropped since (the model
-wrapped again: it looks again at the next call); where it finds none (a
+a DDP it is registered on later is not checked again, nor its
+find_unused_parameters read: the state keeps the settings of the one found,
+also once it is gone (each rank frees it at its own time, and a search made on
+some ranks only would meet the others' next collective); where it finds none (a
 hook of one's own registered with another state), it warns once. torch's hook
 wrappers (fp16_compress_wrapper, hook_with_zero_step) go through
 register_ddp_hook(ddp_model, state, wrap=...).
@@ -244,6 +245,7 @@ class GradcompState:
         self._watch = []
         self._watch_task = None
         self._found_ddp = None  # the DDP _registering_ddp found, weakly
+        self._found_opts = None  # and its settings (_ddp_opts), read when it was found
         if module is not None:
             ddp_group = getattr(module, "process_group", None)
             if (isinstance(module, torch.nn.parallel.DistributedDataParallel)
@@ -894,13 +896,15 @@ class GradcompState:
         there): checked once per DDP, so a state registered on a second DDP (the model wrapped
         again, another group) is checked again at that DDP's first call. Without it (the hook
         registered by register_comm_hook, which tells the hook no DDP), the DDP is looked for
-        once per state (_registering_ddp), and again once the DDP found is gone; where none is
-        found, nothing is checked, and the state warns once that it could not check."""
+        once per state (_registering_ddp), and its settings kept (_ddp_opts): not again once it
+        is gone (the model wrapped again), since when a process frees it is each process's own
+        (a reference cycle goes at its collector's next run), and a search made on some ranks
+        only would meet the others' next collective; where none is found, nothing is checked,
+        and the state warns once that it could not check."""
         if ddp is None:
             found = _registering_ddp(self)
             if found is None:
                 self._ddp_group_checked = True
-                self._found_ddp = None
                 # A hook of the user's own that calls gradcomp_hook with a state it holds, while
                 # DDP was given another state (or None), averaged over the state's ranks without
                 # a word where DDP reduces over others.
@@ -917,6 +921,7 @@ class GradcompState:
                                 "ddp.register_comm_hook(state, hook) (warned once)")
                 return
             self._found_ddp = weakref.ref(found)
+            self._found_opts = _ddp_opts(found)
             group = found.process_group
         else:
             group = self._ddps.get(ddp, ddp.process_group)
@@ -1481,10 +1486,7 @@ def _reduce_bucket(state, bucket, buf, stream, ddp=None):
         if ddp is not None:  # register_ddp_hook's: each DDP checked at its first call
             if ddp not in state._ddps_checked:
                 state._check_ddp_group(buf.device, ddp)
-        elif not state._ddp_group_checked or (state._found_ddp is not None
-                                              and state._found_ddp() is None):
-            # The DDP found is gone (the model wrapped again): the DDP calling now is another,
-            # whose group and find_unused_parameters the state must read.
+        elif not state._ddp_group_checked:
             state._check_ddp_group(buf.device)
         return _reduce_noted(state, bucket, buf, stream, last, ddp)
     except BaseException:
@@ -1589,17 +1591,32 @@ def _watch_unused(state, ddp, plan, buf):
     every rank), and queues _settle_unused for the end of the backward; returns those flags
     (a tensor on the bucket's device, read there) and whether DDP's gradients are views of its
     buckets (gradient_as_bucket_view), or None: nothing otherwise."""
-    if ddp is None and state._found_ddp is not None:
-        ddp = state._found_ddp()
-    if ddp is None or not getattr(ddp, "find_unused_parameters", False):
+    if ddp is not None:  # register_ddp_hook's
+        opts = _ddp_opts(ddp)
+    elif state._found_opts is not None:
+        # register_comm_hook's: the settings of the DDP found at the first call, whether it is
+        # still alive or not, so that every rank decides alike (each frees it at its own time).
+        opts, ddp = state._found_opts, state._found_ddp()
+        if ddp is None:
+            state._warn_once("found-gone", "the DDP this GradcompState was registered on by "
+                             "register_comm_hook is gone (the model wrapped again?); the state "
+                             "keeps that DDP's settings (find_unused_parameters="
+                             f"{opts['find_unused']}): where the new DDP's differ, what the error "
+                             "feedback releases for a parameter unused on every rank is lost or "
+                             "kept where it should not be; register with "
+                             "gct.register_ddp_hook(ddp, state) to have each DDP's own (warned "
+                             "once)")
+    else:
         return None
-    if getattr(ddp, "static_graph", False):
+    if not opts["find_unused"]:
+        return None
+    if opts["static_graph"]:
         # A parameter unused at one step is unused at every step: a kept slice could never reach
         # it. And DDP regroups its buckets only here under find_unused_parameters, which is what
         # starts ZeRO's overlap (hook_with_zero_step): that steps the parameters from
         # bucket.gradients(), a slice DDP drops included, which the carry would add again.
         return None
-    if getattr(ddp, "_require_manual_backward_finalization", False):
+    if opts["manual"]:
         # DDP writes the gradients when the program calls ddp.finalize_backward(), after the
         # backward's callbacks: whether a slice reached its parameter cannot be read there.
         state._warn_once("manual-finalize", "with require_manual_backward_finalization, what "
@@ -1607,10 +1624,11 @@ def _watch_unused(state, ddp, plan, buf):
                          "rank is not carried to its next step (DDP gives such a parameter no "
                          "gradient); leave manual finalization off to keep it (warned once)")
         return None
-    if getattr(getattr(ddp, "_join_config", None), "enable", False):
+    if ddp is not None and getattr(getattr(ddp, "_join_config", None), "enable", False):
         # Inside Join (every rank of the DDP is): a joined rank's shadow calls run outside any
         # backward and keep nothing, so a rank still training that kept a slice would add it,
-        # alone, to a result after the Join.
+        # alone, to a result after the Join. (A DDP found and gone is in no Join: alike on the
+        # ranks where it is gone and those where it waits for the collector.)
         return None
     current = getattr(torch._C, "_current_graph_task_id", None)
     if current is None:
@@ -1631,7 +1649,15 @@ def _watch_unused(state, ddp, plan, buf):
         # DDP queues its finalize (the gradients written) after its last bucket's hook, so
         # after this call; a callback queued by a callback runs after all of those.
         engine.queue_callback(lambda: engine.queue_callback(settle))
-    return zero, bool(getattr(ddp, "gradient_as_bucket_view", False))
+    return zero, opts["view"]
+
+
+def _ddp_opts(ddp):
+    """The DDP settings _watch_unused decides by, read from `ddp`."""
+    return {"find_unused": bool(getattr(ddp, "find_unused_parameters", False)),
+            "static_graph": bool(getattr(ddp, "static_graph", False)),
+            "manual": bool(getattr(ddp, "_require_manual_backward_finalization", False)),
+            "view": bool(getattr(ddp, "gradient_as_bucket_view", False))}
 
 
 def _zero_slices(buf, params):
