@@ -43,7 +43,8 @@ typedef enum {
   gradcompNcclError = 4,       /* NCCL failed; the last error carries ncclGetErrorString */
   gradcompSystemError = 5,     /* out of host memory, threads, dlopen */
   gradcompInternalError = 6,   /* a bug in gradcomp */
-  gradcompNotSupported = 7,    /* a valid request this build cannot serve (no GPU, say) */
+  gradcompNotSupported = 7,    /* reserved: no call returns it yet (without a GPU the CUDA
+                                  entry points return gradcompCudaError, CUDA's sentence) */
   gradcompNumResults = 8,
   gradcompResultEnumMax = GRADCOMP_ENUM_MAX
 } gradcompResult_t;
