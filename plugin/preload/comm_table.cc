@@ -16,6 +16,7 @@
 #include <map>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "backends/cuda/device_ptr.h"
@@ -75,6 +76,12 @@ std::vector<PendingChild>& pendingChildren() {
   static auto* v = new std::vector<PendingChild>;
   return *v;
 }
+// Whether pendingChildren holds any, for notePolled's check without the
+// lock (the program's threads poll often). Under tableMu after each change.
+std::atomic<bool> gChildrenPending{false};
+void pendingChanged() {
+  gChildrenPending.store(!pendingChildren().empty(), std::memory_order_release);
+}
 // Under tableMu: the pending children NCCL has made by now are non-blocking.
 void resolvePendingChildren() {
   auto& pending = pendingChildren();
@@ -91,6 +98,7 @@ void resolvePendingChildren() {
         (void*)child);
     it = pending.erase(it);
   }
+  pendingChanged();
 }
 // Revoked (ncclCommRevoke, or shrunk with NCCL_SHRINK_ABORT, which NCCL
 // describes as a revoke and a shrink in one call) and not yet destroyed, with
@@ -112,6 +120,7 @@ void forgetAtFork() {
   table().clear();
   nonBlockingComms().clear();
   pendingChildren().clear();
+  pendingChanged();
   revokedComms().clear();
 }
 
@@ -190,8 +199,46 @@ const char* methodName(gradcompMethod_t m) {
   return "?";
 }
 
+// The GRADCOMP_* variables the settings were read from, as they were then
+// (the table's order; unset: not first), set once readSettings has run.
+using SettingsEnv = std::vector<std::pair<bool, std::string>>;
+std::atomic<const SettingsEnv*> gSettingsEnv{nullptr};
+
+// The settings are read once per process, and every communicator uses them:
+// a program that sets a GRADCOMP_* variable between communicators (a method
+// for one process group only) had the later ones keep the first value
+// without a word. Said once per variable, at the first communicator seen
+// after the change.
+void warnIfSettingsEnvChanged(ncclComm_t comm) {
+  const SettingsEnv* then = gSettingsEnv.load(std::memory_order_acquire);
+  if (then == nullptr) return;  // not read yet: this communicator's first call reads them
+  size_t n = 0;
+  const ParamSpec* table = paramTable(&n);
+  for (size_t i = 0; i < n && i < then->size(); ++i) {
+    const char* now = getenv(table[i].env);
+    const std::pair<bool, std::string>& was = (*then)[i];
+    if ((now != nullptr) == was.first && (now == nullptr || was.second == now)) continue;
+    warnOnce(std::string("env-changed ") + table[i].env,
+             "%s is %s now but was %s when the preload read its settings, at the process's first "
+             "allreduce or reduce-scatter: they are read once per process, so NCCL comm %p uses "
+             "the earlier value, as every communicator does (set GRADCOMP_* before that call)",
+             table[i].env, now != nullptr ? shownValue(now).c_str() : "unset",
+             was.first ? shownValue(was.second.c_str()).c_str() : "unset", (void*)comm);
+  }
+}
+
 Settings* readSettings() {
   Settings* s = new Settings;
+  {
+    size_t n = 0;
+    const ParamSpec* table = paramTable(&n);
+    auto* env = new SettingsEnv;
+    for (size_t i = 0; i < n; ++i) {
+      const char* v = getenv(table[i].env);
+      env->emplace_back(v != nullptr, v != nullptr ? v : "");
+    }
+    gSettingsEnv.store(env, std::memory_order_release);
+  }
   // Every valid variable is applied even past a bad one, so this rank finds
   // the same calls eligible as its peers and joins their set-up (voting that
   // it failed, see decide) instead of leaving them waiting in it. A bad value
@@ -565,6 +612,7 @@ EntryPtr entryFor(ncclComm_t comm) {
       e->reason = revoked->second;
       e->mode = Mode::PassThrough;
     }
+    warnIfSettingsEnvChanged(comm);
   }
   return e;
 }
@@ -675,6 +723,7 @@ void release(ncclComm_t comm, bool abort, const char* revoked) {
                                    return comm != nullptr && c.parent == comm;
                                  }),
                   pending.end());
+    pendingChanged();
     // Marked in the same step as the entry goes: a call on another thread
     // never finds the communicator unmarked and without its entry. A revoked
     // communicator stays non-blocking: a shrink of it without a config
@@ -713,6 +762,13 @@ bool nonBlockingFrom(const void* config, int blockingField, bool parentNonBlocki
 void notePendingChild(ncclComm_t parent, ncclComm_t* slot) {
   std::lock_guard<std::mutex> lock(tableMu());
   pendingChildren().push_back({parent, slot});
+  pendingChanged();
+}
+
+void notePolled() {
+  if (!gChildrenPending.load(std::memory_order_acquire)) return;
+  std::lock_guard<std::mutex> lock(tableMu());
+  resolvePendingChildren();
 }
 
 void noteCreated(ncclComm_t comm, bool nonBlocking) {

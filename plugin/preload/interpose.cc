@@ -2,7 +2,9 @@
 // exact signatures (one path for both), plus
 // the group calls (to know when a call is inside a user group), the
 // communicator constructors that take a config (to know the non-blocking
-// ones, whose enqueues gradcomp waits for) and destroy/abort (to free state). Eligible calls
+// ones, whose enqueues gradcomp waits for; and the poll, ncclCommGetAsyncError,
+// that tells when a non-blocking split's child is made) and destroy/abort (to
+// free state). Eligible calls
 // (DESIGN.md "Interposer rules") go through gradcompAllReduce / gradcompReduceScatter on a
 // per-communicator gradcomp comm created lazily from GRADCOMP_*; every other call reaches the real
 // NCCL with identical arguments. Eligible calls inside a user group are taken out of it and run
@@ -606,9 +608,26 @@ GC_INTERPOSE ncclResult_t ncclCommRevoke(ncclComm_t comm, int revokeFlags) {
 #endif
 
 GC_INTERPOSE ncclResult_t ncclCommDestroy(ncclComm_t comm) {
+  if (realNccl()->commDestroy == nullptr) return ncclSystemError;
+  // NCCL refuses to destroy a communicator that is not ready (its
+  // ncclCommEnsureReady): a non-blocking one whose work is still in
+  // progress, or one holding an error its thread met, which the program
+  // then aborts. The communicator lives on, so its entry and gradcomp comm
+  // stay: released here, the next call set up a new comm on this rank alone,
+  // and the abort found nothing to stop, after gradcomp's destroy had waited
+  // for kernels that may be stuck on the dead peer.
+  const gc::NcclApi* api = ncclApi();
+  ncclResult_t state = ncclSuccess;
+  if (comm != nullptr && api->commGetAsyncError != nullptr &&
+      api->commGetAsyncError(comm, &state) == ncclSuccess && state != ncclSuccess) {
+    const ncclResult_t r = realNccl()->commDestroy(comm);
+    // Ready by now after all (its work ended in between): destroyed, so
+    // its entry goes too.
+    if (r == ncclSuccess) release(comm);
+    return r;
+  }
   // Ours first: freeing it waits for gradcomp's work on the communicator.
   release(comm);
-  if (realNccl()->commDestroy == nullptr) return ncclSystemError;
   return realNccl()->commDestroy(comm);
 }
 
@@ -618,6 +637,23 @@ GC_INTERPOSE ncclResult_t ncclCommDestroy(ncclComm_t comm) {
 // comm has sub-communicators (abortComm).
 GC_INTERPOSE ncclResult_t ncclCommAbort(ncclComm_t comm) {
   return abortComm(comm);
+}
+
+// The program's poll of a communicator (PyTorch's NCCLComm and watchdog, a
+// C program's loop after a non-blocking split or shrink). NCCL writes such a
+// child into the program's slot before it ends the parent's ncclInProgress,
+// and the program learns of it from this poll alone: the child is read here,
+// while the slot holds it. Read at the preload's next sight of a
+// communicator instead, a slot the program had let go by then (a local of a
+// function that returned the child, a variable reused) gave whatever it held:
+// the child was set up as a blocking communicator, and that value was taken
+// for a non-blocking one.
+GC_INTERPOSE ncclResult_t ncclCommGetAsyncError(ncclComm_t comm, ncclResult_t* asyncError) {
+  const auto poll = ncclApi()->commGetAsyncError;
+  if (poll == nullptr) return ncclSystemError;
+  const ncclResult_t r = poll(comm, asyncError);
+  if (r == ncclSuccess && asyncError != nullptr && *asyncError != ncclInProgress) notePolled();
+  return r;
 }
 
 GC_INTERPOSE ncclResult_t ncclCommFinalize(ncclComm_t comm) {

@@ -221,11 +221,17 @@ void noteCreated(ncclComm_t comm, bool nonBlocking);
 // A communicator a split or shrink with a non-blocking config is still making:
 // NCCL writes it into *slot only when its creation ends, after the call
 // returned ncclInProgress. It is noted as non-blocking once *slot is set (read
-// when a communicator not seen before turns up, is asked about, or ends; the
-// caller keeps *slot to learn the communicator, as PyTorch's NCCLComm does).
+// when the program's poll first answers other than ncclInProgress, notePolled,
+// or else when a communicator not seen before turns up, is asked about, or
+// ends).
 // `parent` (NULL for a constructor without one): a slot still empty when the
 // parent ends is forgotten, never read again (the program may free it).
 void notePendingChild(ncclComm_t parent, ncclComm_t* slot);
+// The program polled a communicator's state (ncclCommGetAsyncError) and NCCL
+// answered other than ncclInProgress: the pending children NCCL has written
+// by now are read, while their slots still hold them (the program learns of
+// a child from this very poll, and may let its slot go right after).
+void notePolled();
 // Non-blocking by NCCL's rules: NCCL_COMM_BLOCKING overrides; a null config
 // inherits `parentNonBlocking`; otherwise config->blocking == 0.
 bool nonBlockingFrom(const void* config, int blockingField, bool parentNonBlocking);

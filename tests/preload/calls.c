@@ -331,6 +331,82 @@ static int nocolor(void) {
 }
 #endif
 
+#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 18, 0)
+/* A non-blocking communicator's child, its slot let go once the split is
+ * done (a helper's local returned by value, a variable reused): the program
+ * polls the parent to its end, copies the child out and the slot holds a
+ * blocking communicator next. The preload must take the child, and not that
+ * one, for non-blocking. */
+static int slotReused(void) {
+  cudaStream_t stream = (cudaStream_t)(uintptr_t)0x2000;
+  char* a = (char*)(uintptr_t)0x7f0000000000ull;
+  ncclComm_t nb = NULL, slot = NULL;
+  if (initWithConfig(0, &nb)) return 1;
+  if (awaitChild("split", ncclCommSplit(nb, 1, 0, &slot, NULL), nb, &slot)) return 1;
+  EXPECT("CommSplit parent=%p color=1 key=0 blocking=-1 comm=%p", (void*)nb, (void*)slot);
+  const ncclComm_t child = slot;
+  slot = (ncclComm_t)(uintptr_t)0x3000; /* the variable, reused */
+  CALL(a, a, 1 << 22, ncclFloat32, ncclSum, child, stream);
+  CALL(a, a, 1 << 22, ncclFloat32, ncclSum, slot, stream);
+  CHECK(ncclCommDestroy(slot));
+  EXPECT("CommDestroy comm=%p", (void*)slot);
+  CHECK(ncclCommDestroy(child));
+  EXPECT("CommDestroy comm=%p", (void*)child);
+  CHECK(ncclCommDestroy(nb));
+  EXPECT("CommDestroy comm=%p", (void*)nb);
+  return 0;
+}
+
+/* ncclCommDestroy of a non-blocking communicator whose call NCCL is still
+ * enqueueing: NCCL refuses it (ncclInvalidArgument) and the communicator
+ * lives on; the program polls it, calls it again and destroys it. The
+ * preload keeps one entry for it throughout (the test counts its set-ups
+ * and summaries). */
+static int destroyRefused(void) {
+  cudaStream_t stream = (cudaStream_t)(uintptr_t)0x2000;
+  char* a = (char*)(uintptr_t)0x7f0000000000ull;
+  ncclComm_t nb = NULL;
+  if (initWithConfig(0, &nb)) return 1;
+  ncclResult_t r = ncclAllReduce(a, a, 1 << 22, ncclFloat32, ncclSum, nb, stream);
+  if (r != ncclInProgress) {
+    fprintf(stderr, "ncclAllReduce on a non-blocking comm returned %d\n", (int)r);
+    return 1;
+  }
+  EXPECT(LINE_FMT, (void*)a, (void*)a, (size_t)1 << 22, (int)ncclFloat32, (int)ncclSum, (void*)nb,
+         (void*)stream);
+  r = ncclCommDestroy(nb);
+  if (r != ncclInvalidArgument) {
+    fprintf(stderr, "ncclCommDestroy of a comm in progress returned %d\n", (int)r);
+    return 1;
+  }
+  EXPECT("CommDestroy refused: comm=%p is still in progress", (void*)nb);
+  CHECK(settle(nb, ncclInProgress));
+  CALL(a, a, 1 << 22, ncclFloat32, ncclSum, nb, stream);
+  CHECK(ncclCommDestroy(nb));
+  EXPECT("CommDestroy comm=%p", (void*)nb);
+  return 0;
+}
+#endif
+
+/* GRADCOMP_* variables the program changes after its first allreduce, before
+ * a communicator's first call (a method for one process group alone): the
+ * preload read its settings at the first call and keeps them for every
+ * communicator; the test counts its warnings. GRADCOMP_METHOD changes twice
+ * and GRADCOMP_BITS is set (unset before), GRADCOMP_DEBUG is set again to
+ * the same value. */
+static int settingsChanged(void) {
+  cudaStream_t stream = (cudaStream_t)(uintptr_t)0x2000;
+  char* a = (char*)(uintptr_t)0x7f0000000000ull;
+  CALL(a, a, 1 << 22, ncclFloat32, ncclSum, (ncclComm_t)(uintptr_t)0x1000, stream);
+  setenv("GRADCOMP_METHOD", "none", 1);
+  setenv("GRADCOMP_BITS", "8", 1);
+  setenv("GRADCOMP_DEBUG", "INFO", 1);
+  CALL(a, a, 1 << 22, ncclFloat32, ncclSum, (ncclComm_t)(uintptr_t)0x1100, stream);
+  setenv("GRADCOMP_METHOD", "topk", 1);
+  CALL(a, a, 1 << 22, ncclFloat32, ncclSum, (ncclComm_t)(uintptr_t)0x1200, stream);
+  return 0;
+}
+
 #if NCCL_VERSION_CODE >= NCCL_VERSION(2, 27, 0)
 /* A revoked communicator is never set up again: its later calls reach NCCL
  * unchanged without a set-up attempt, until it is destroyed; a communicator
@@ -839,6 +915,8 @@ __attribute__((visibility("default"))) int gcTestRunCalls(const char* mode) {
     rc = groupFails();
   } else if (strcmp(mode, "fork_exit") == 0) {
     rc = forkExit();
+  } else if (strcmp(mode, "settings_changed") == 0) {
+    rc = settingsChanged();
 #if NCCL_VERSION_CODE >= NCCL_VERSION(2, 18, 0)
   } else if (strcmp(mode, "nonblocking") == 0) {
     rc = nonblocking();
@@ -846,6 +924,10 @@ __attribute__((visibility("default"))) int gcTestRunCalls(const char* mode) {
     rc = nocolor();
   } else if (strcmp(mode, "env_changed") == 0) {
     rc = envChanged();
+  } else if (strcmp(mode, "destroy_refused") == 0) {
+    rc = destroyRefused();
+  } else if (strcmp(mode, "slot_reused") == 0) {
+    rc = slotReused();
 #endif
 #if NCCL_VERSION_CODE >= NCCL_VERSION(2, 27, 0)
   } else if (strcmp(mode, "revoked") == 0) {

@@ -290,12 +290,13 @@ const char* pncclGetErrorString(ncclResult_t r) {
 }
 const char* ncclGetErrorString(ncclResult_t) ALIAS(ncclGetErrorString);
 
+/* As NCCL's (ncclCommEnsureReady): refused while the communicator is in
+ * progress, or with the error its thread met, which sticks; it stays for a
+ * poll and another destroy, or for an abort. */
 ncclResult_t pncclCommDestroy(ncclComm_t c) {
+  const ncclResult_t ready = readiness("CommDestroy", c);
+  if (ready != ncclSuccess) return ready;
   const int i = busyIndex(c);
-  if (i >= 0 && busy[i].polls > 0) {
-    record("CommDestroy refused: comm=%p is still in progress", (void*)c);
-    return ncclInvalidArgument;
-  }
   if (i >= 0) busy[i] = busy[--numBusy]; /* its address may be handed out again */
   record("CommDestroy comm=%p", (void*)c);
   return ncclSuccess;
@@ -303,6 +304,8 @@ ncclResult_t pncclCommDestroy(ncclComm_t c) {
 ncclResult_t ncclCommDestroy(ncclComm_t) ALIAS(ncclCommDestroy);
 
 ncclResult_t pncclCommAbort(ncclComm_t c) {
+  const int i = busyIndex(c);
+  if (i >= 0) busy[i] = busy[--numBusy]; /* freed, error or not */
   record("CommAbort comm=%p", (void*)c);
   return ncclSuccess;
 }

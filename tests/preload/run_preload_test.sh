@@ -41,7 +41,7 @@ count() { grep -c -- "$1" "$2" || true; }
 # 1. No DT_NEEDED on libnccl; exports are the interposed nccl* functions only.
 check "no DT_NEEDED on libnccl" "! readelf -d '$preload' | grep -q 'NEEDED.*libnccl'"
 exports=$(nm -D --defined-only "$preload" | awk '{print $3}' | sed 's/@.*//' | sort -u)
-required="ncclAllReduce ncclReduceScatter ncclCommAbort ncclCommDestroy ncclCommFinalize ncclGroupEnd ncclGroupStart"
+required="ncclAllReduce ncclReduceScatter ncclCommAbort ncclCommDestroy ncclCommFinalize ncclCommGetAsyncError ncclGroupEnd ncclGroupStart"
 optional="ncclCommGrow ncclCommRevoke ncclCommInitRankConfig ncclCommInitRankScalable ncclCommShrink ncclCommSplit ncclGroupSimulateEnd"
 for s in $required; do
   check "exports $s" "grep -qx $s <<< '$exports'"
@@ -292,6 +292,42 @@ if "$app" nocolor > /dev/null 2>&1 < /dev/null || [ $? != 2 ]; then
   }
 fi
 
+# 4c'. A non-blocking split's child whose slot the program lets go once it
+# polled the split to its end (a helper's local returned by value, a
+# variable reused; here it holds a blocking communicator, 0x3000, next): the
+# preload reads the child at that poll (ncclCommGetAsyncError), while the
+# slot holds it. (Until 2026-12-07 it read the slot at its next sight of a
+# communicator: the child 0x5200 was set up as a blocking one, and 0x3000
+# taken for a non-blocking one.)
+if "$app" slot_reused > /dev/null 2>&1 < /dev/null || [ $? != 2 ]; then
+  run slot_reused env GRADCOMP_DEBUG=INFO "$app" slot_reused && {
+    same_calls slot_reused
+    n=$(count "comm 0x5200 is non-blocking" "$work/slot_reused.err")
+    check "slot_reused: the child recognized as non-blocking (got $n)" "[ '$n' = 1 ]"
+    n=$(count "is non-blocking" "$work/slot_reused.err")
+    check "slot_reused: the parent and the child, and no other, non-blocking (got $n)" "[ '$n' = 2 ]"
+  }
+fi
+
+# 4d'. ncclCommDestroy that NCCL refuses (a non-blocking communicator's call
+# still in progress; NCCL's ncclCommEnsureReady) leaves the communicator
+# alive: the program polls it, calls it again and destroys it. The preload
+# keeps its entry until a destroy succeeds: one set-up attempt, one summary
+# counting both calls. (Until 2026-12-07 the entry went before NCCL's
+# refusal: the next call set up a second gradcomp comm, on this rank alone,
+# taken for a blocking one; and a communicator holding an error, which the
+# program aborts after the refusal, had its gradcomp comm destroyed, waiting
+# for kernels that may be stuck on the dead peer, instead of aborted.)
+if "$app" destroy_refused > /dev/null 2>&1 < /dev/null || [ $? != 2 ]; then
+  run destroy_refused env GRADCOMP_METHOD=qsgd GRADCOMP_DEBUG=INFO "$app" destroy_refused && {
+    same_calls destroy_refused
+    n=$(count "compression off: set-up failed" "$work/destroy_refused.err")
+    check "destroy_refused: one set-up attempt for the communicator (got $n)" "[ '$n' = 1 ]"
+    n=$(count "summary comm .*: 0 calls compressed, 2 passed through" "$work/destroy_refused.err")
+    check "destroy_refused: one summary counting both calls (got $n)" "[ '$n' = 1 ]"
+  }
+fi
+
 # 4e. Calls of no elements go to NCCL as they are, with no set-up, even where
 # GRADCOMP_MIN_ELEMENTS=0 makes every other call eligible.
 run empty env GRADCOMP_METHOD=qsgd GRADCOMP_MIN_ELEMENTS=0 GRADCOMP_DEBUG=INFO "$app" empty && {
@@ -502,6 +538,24 @@ run empty_knobs env GRADCOMP_GROUP= GRADCOMP_NCCL_LIBRARY= GC_TEST_GROUP_CALLS_D
 # app fills the heap blocks handed out at exit with a pattern and fails when
 # one changed).
 run at_exit env GRADCOMP_METHOD=qsgd "$app" at_exit && same_calls at_exit
+
+# 6j. GRADCOMP_* variables changed by the program after its first allreduce
+# (a method for one process group alone): the preload read its settings at
+# its first allreduce, once per process, and every communicator keeps them; each
+# changed variable is said once, naming both values, at the first
+# communicator seen after the change (until 2026-12-07 nothing was said);
+# one set again to its value is not.
+run settings_changed env GRADCOMP_METHOD=qsgd GRADCOMP_DEBUG=INFO "$app" settings_changed && {
+  same_calls settings_changed
+  n=$(count "WARN GRADCOMP_METHOD is none now but was qsgd when the preload read its settings, at the process's first allreduce or reduce-scatter: they are read once per process, so NCCL comm 0x1100 uses the earlier value" "$work/settings_changed.err")
+  check "settings_changed: GRADCOMP_METHOD's change named at the next communicator (got $n)" "[ '$n' = 1 ]"
+  n=$(count "WARN GRADCOMP_METHOD is .* now but was" "$work/settings_changed.err")
+  check "settings_changed: GRADCOMP_METHOD said once for two changes (got $n)" "[ '$n' = 1 ]"
+  n=$(count "WARN GRADCOMP_BITS is 8 now but was unset when" "$work/settings_changed.err")
+  check "settings_changed: GRADCOMP_BITS, unset before, said (got $n)" "[ '$n' = 1 ]"
+  n=$(count "WARN GRADCOMP_DEBUG is" "$work/settings_changed.err")
+  check "settings_changed: GRADCOMP_DEBUG, set to the same value, not said (got $n)" "[ '$n' = 0 ]"
+}
 
 # 6g. A GRADCOMP_DEBUG that is no level: WARN is used, and said.
 run bad_debug env GRADCOMP_DEBUG=bogus GC_TEST_GROUP_CALLS_DEFERRED=1 "$app" basic && {

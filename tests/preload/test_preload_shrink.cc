@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -169,6 +170,95 @@ TEST(PreloadAbort, TheSubCommunicatorsAreAbortedInTheAbortsGroup) {
   delete c;
   unsetenv("GRADCOMP_NCCL_LIBRARY");
 }
+
+#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 14, 0)
+// ncclCommDestroy that NCCL refuses (its ncclCommEnsureReady: a
+// non-blocking communicator whose work is still in progress, or one holding
+// an error its thread met) leaves the communicator alive, and the preload
+// its entry and gradcomp comm: the busy one is destroyed once polled, and
+// its entry goes then; the failed one is aborted next, which stops its
+// entry. Until 2026-12-07 the entry went before NCCL's refusal: the next
+// call set a new gradcomp comm up on this rank alone, and the abort found
+// nothing to stop, after gradcomp's destroy had waited for kernels that may
+// be stuck on the dead peer.
+class PreloadDestroy : public ::testing::Test {
+ protected:
+  void SetUp() override { setenv("GRADCOMP_NCCL_LIBRARY", GC_FAKE_NCCL, 1); }
+  void TearDown() override {
+    unsetenv("FAKE_NCCL_ASYNC_FAIL");
+    unsetenv("GRADCOMP_NCCL_LIBRARY");
+  }
+  // The communicator's state once NCCL's work on it ended, as a program polls it.
+  static ncclResult_t settled(ncclComm_t comm) {
+    ncclResult_t state = ncclInProgress;
+    while (state == ncclInProgress) {
+      if (gc::ncclApi()->commGetAsyncError(comm, &state) != ncclSuccess) return ncclSystemError;
+    }
+    return state;
+  }
+  // A non-blocking communicator of the stand-in's, compressing (its entry
+  // made by hand), whose last call NCCL is still enqueueing; with `fails`,
+  // that call ends in an error (ncclRemoteError), which sticks.
+  static ncclComm_t busyComm(bool fails, gc::preload::EntryPtr* e) {
+    ncclUniqueId id;
+    memset(&id, 0, sizeof(id));
+    ncclConfig_t cfg = NCCL_CONFIG_INITIALIZER;
+    cfg.blocking = 0;
+    ncclComm_t comm = nullptr;
+    EXPECT_EQ(ncclCommInitRankConfig(&comm, 4, id, 0, &cfg), ncclInProgress);
+    EXPECT_EQ(settled(comm), ncclSuccess);
+    *e = compressingEntry(comm, nullptr);
+    if (fails) setenv("FAKE_NCCL_ASYNC_FAIL", "1", 1);
+    int x = 0;
+    EXPECT_EQ(ncclAllReduce(&x, &x, 1, ncclInt32, ncclSum, comm, nullptr), ncclInProgress);
+    unsetenv("FAKE_NCCL_ASYNC_FAIL");
+    return comm;
+  }
+  static std::string refusal(ncclComm_t comm, const char* why) {
+    char line[128];
+    snprintf(line, sizeof(line), "CommDestroy refused: comm=%p %s\n", (void*)comm, why);
+    return line;
+  }
+};
+
+TEST_F(PreloadDestroy, ABusyCommunicatorKeepsItsEntryUntilADestroySucceeds) {
+  gc::preload::EntryPtr e;
+  const ncclComm_t comm = busyComm(false, &e);
+  std::string log;
+  {
+    FakeNcclLog fake;
+    EXPECT_EQ(ncclCommDestroy(comm), ncclInvalidArgument);
+    log = fake.text();
+  }
+  EXPECT_EQ(log, refusal(comm, "is still in progress"));
+  EXPECT_FALSE(e->released);
+  EXPECT_EQ(gc::preload::entryFor(comm).get(), e.get());  // its next call finds it, set up
+  EXPECT_EQ(settled(comm), ncclSuccess);
+  EXPECT_EQ(ncclCommDestroy(comm), ncclSuccess);
+  EXPECT_TRUE(e->released);
+  EXPECT_FALSE(e->aborted.stopped());
+}
+
+TEST_F(PreloadDestroy, AFailedCommunicatorIsLeftToTheAbort) {
+  gc::preload::EntryPtr e;
+  const ncclComm_t comm = busyComm(true, &e);
+  EXPECT_EQ(settled(comm), ncclRemoteError);
+  std::string log;
+  {
+    FakeNcclLog fake;
+    EXPECT_EQ(ncclCommDestroy(comm), ncclRemoteError);
+    log = fake.text();
+  }
+  char why[32];
+  snprintf(why, sizeof(why), "has error %d", (int)ncclRemoteError);
+  EXPECT_EQ(log, refusal(comm, why));
+  EXPECT_FALSE(e->released);
+  EXPECT_FALSE(e->aborted.stopped());
+  EXPECT_EQ(ncclCommAbort(comm), ncclSuccess);
+  EXPECT_TRUE(e->released);
+  EXPECT_TRUE(e->aborted.stopped());  // the gradcomp comm is aborted, not destroyed
+}
+#endif
 
 // A warning's kind: the values of one call (pointers, counts, ranks) masked,
 // the words that name the failure kept.
