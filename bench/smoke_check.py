@@ -166,11 +166,29 @@ def check_flags(perf, work, src, kdoc, bits, bucket):
             expect(k in crows[0] and csv_matches_json(k, crows[0][k], v),
                    "-c 0 --csv: column %s is %r, JSON %r" % (k, crows[0].get(k), v))
     # Sizes and sweeps that cannot be run are refused with the value and what is allowed.
-    for args, says in ((["-b", "nan"], "-b nan is not a size: a whole number of bytes up to 1T"),
+    same, same_too = os.path.join(work, "rows-same"), os.path.join(work, ".", "rows-same")
+    for args, says in ((["-b", "nan"], "-b nan is not a size: a whole number of bytes up to 1024G"),
+                       # The largest size in a form the flag takes (there is no T suffix).
+                       (["-b", "1T"], "-b 1T is not a size: a whole number of bytes up to 1024G"),
                        (["-b", "1.5"], "-b 1.5 is not a size"),
                        (["-e", "1e30"], "-e 1e30 is not a size"),
                        (["-b", "64", "-e", "1M", "-f", "1.01"],
                         "-f 1.01 cannot grow -b 64"),
+                       # 10001 sizes: refused, not run row by row (-e 1024G: a list of billions
+                       # of sizes, which aborted the run out of memory).
+                       (["-b", "4", "-e", "40004", "-i", "4"],
+                        "-b 4 -e 40004 in steps of -i 4 gives more than 10000 sizes"),
+                       # Another backend's flag is refused, not ignored (no socket world, no
+                       # report's rates behind the model).
+                       (["--root", "127.0.0.1:29500"],
+                        "--root 127.0.0.1:29500 is for --backend socket only, and this run's "
+                        "backend is cpu"),
+                       (["--backend", "cuda", "--kernel-rates", "none"],
+                        "--kernel-rates none is for --backend cpu only, and this run's backend is "
+                        "cuda"),
+                       # The CSV, written last, would replace the JSON.
+                       (["-m", "none", "--json", same, "--csv", same_too],
+                        "name the same file: give each its own path"),
                        (["--link-gbps", ","], "--link-gbps ,: give at least one bandwidth"),
                        # An empty -m or -d (a shell variable left empty) is refused too, not
                        # run as the default method or type.

@@ -7,7 +7,8 @@
 # failed instead of waiting for the others' limit. Stand-ins replace the
 # interpreter and gradcomp_perf (no torch, no GPU): a rank records its pid and waits. Also:
 # a BUILD_DIR given as an absolute path names the interposer inside it (gpu-check passes
-# GC_BUILD_DIR on). tc_link.sh's part needs root and network namespaces, and is skipped
+# GC_BUILD_DIR on), and an OUTDIR (RAW_DIR) that cannot be made or a BUILD_DIR given that is
+# no directory is refused with exit 2. tc_link.sh's part needs root and network namespaces, and is skipped
 # without them. Skips (77) under GRADCOMP_TEST_GPU=1: it times nothing on the GPU.
 #   bench/stop_check.sh SOURCE_DIR
 set -uo pipefail
@@ -58,6 +59,40 @@ chmod +x "$work/bin/python" "$work/build/bench/gradcomp_perf"
   cd "$src" && source tools/torch_ranks.sh && check_args ddp "$work/args" "$work/build" &&
     [ "$preload" = "$work/build/plugin/preload/libgradcomp_preload.so" ]
 ) || { echo "FAIL: check_args with an absolute BUILD_DIR names another interposer"; fail=1; }
+# check_args refuses (exit 2, naming it) an OUTDIR that cannot be made (the scripts run without
+# set -e: it went on with an empty out, writing the reports into /) and a BUILD_DIR given that
+# is not a directory (it went on with build's interposer instead).
+: > "$work/a-file"
+# refused SAYS ARGS...: check_args ddp ARGS exits 2 with a line naming SAYS.
+refused() {
+  local says=$1 got code
+  shift
+  # shellcheck disable=SC1091,SC2154
+  got=$(cd "$src" && source tools/torch_ranks.sh && check_args ddp "$@" 2>&1 &&
+    echo "went on: out '$out' build '$build'")
+  code=$?
+  if [ "$code" != 2 ] || [[ $got != *"ddp_check: "*"$says"* ]]; then
+    echo "FAIL: check_args $*: want exit 2 naming $says, got $code: $got"
+    fail=1
+  fi
+}
+refused "OUTDIR '$work/a-file'" "$work/a-file"
+refused "OUTDIR '$work/a-file/sub'" "$work/a-file/sub"
+refused "BUILD_DIR '$work/no-build' is not a directory" "$work/args" "$work/no-build"
+# The same for tools/tc_link.sh's RAW_DIR and tools/multirank_check.sh's OUTDIR (they ran on,
+# every write failing, to a Python traceback), before any rank or namespace.
+for cmd in "tc_link.sh --cpu|tc_link: cannot write RAW_DIR '$work/a-file/raw'" \
+  "multirank_check.sh|multirank_check: cannot write OUTDIR '$work/a-file/raw'"; do
+  says=${cmd#*|}
+  read -r -a words <<< "${cmd%%|*}"
+  got=$(timeout 60 bash "$src/tools/${words[0]}" "${words[@]:1}" "$work/a-file/raw" \
+    "$work/build" 2>&1)
+  code=$?
+  if [ "$code" != 2 ] || [[ $got != *"$says"* ]]; then
+    echo "FAIL: tools/${cmd%%|*} $work/a-file/raw: want exit 2 saying $says, got $code: $got"
+    fail=1
+  fi
+done
 
 # stopped NAME RANKS CMD...: runs CMD under timeout(1) as gpu-check does, TERMs it once
 # RANKS ranks have started, and checks that none of them is left. Returns 2 when the ranks

@@ -15,7 +15,11 @@ set -uo pipefail
 out=${1:?usage: multirank_check.sh OUTDIR [BUILD_DIR]}
 build=${2:-build}
 bin=$build/tests/gradcomp_multirank
-mkdir -p "$out"
+# Not under set -e: an OUTDIR that cannot be made would fail every write after it, one by one.
+if ! mkdir -p "$out" || [ ! -w "$out" ]; then
+  echo "multirank_check: cannot write OUTDIR '$out': give a folder that can be made and written" >&2
+  exit 2
+fi
 if [ ! -x "$bin" ]; then
   echo "multirank: $bin not built" >&2
   echo '{"multirank_tests_passed": 0, "multirank_tests_failed": 1, "multirank_rs_tests_failed": 1, "multirank_error": "not built"}' > "$out/multirank.json"

@@ -221,7 +221,12 @@ else
 fi
 perf=$build/bench/gradcomp_perf
 [ -n "${sweep+x}" ] || sweep=(-b "$size" -e "$size" -m qsgd,dgc)
-mkdir -p "$raw"
+# Not under set -e: a RAW_DIR that cannot be made would fail every write after it, one by one.
+if ! mkdir -p "$raw" || [ ! -w "$raw" ]; then
+  echo "tc_link: cannot write RAW_DIR '$raw' (relative to $(pwd)): give a folder that can be" \
+    "made and written" >&2
+  exit 2
+fi
 runs=$raw/tc_link_runs.tsv
 : > "$runs"
 # An earlier sweep's per-run outputs (the same RAW_DIR kept across calls): none may stand for

@@ -14,10 +14,28 @@ check_args() {
   shift
   root=$(pwd)
   out=${1:?usage: tools/${name}_check.sh OUTDIR [BUILD_DIR]}
-  build=${2:-build-gpu}
-  [ -d "$build" ] || build=build
-  mkdir -p "$out"
-  out=$(cd "$out" && pwd)
+  # Only the default falls back to build: a BUILD_DIR given is the one used (another build's
+  # interposer would run in its place, unsaid).
+  if [ -n "${2:-}" ]; then
+    build=$2
+    if [ ! -d "$build" ]; then
+      echo "${name}_check: BUILD_DIR '$build' is not a directory (relative to $root): give a" \
+        "configured build folder, or leave it out for build-gpu, else build" >&2
+      exit 2
+    fi
+  else
+    build="build-gpu"
+    [ -d "$build" ] || build=build
+  fi
+  # The scripts are not run under set -e: an OUTDIR that cannot be made would leave out
+  # empty, and every report written into / instead.
+  local abs
+  if ! mkdir -p "$out" || ! abs=$(cd "$out" && pwd); then
+    echo "${name}_check: cannot use OUTDIR '$out' (relative to $root): give a folder that can" \
+      "be made and written" >&2
+    exit 2
+  fi
+  out=$abs
   case $build in
     /*) preload=$build/plugin/preload/libgradcomp_preload.so ;;
     *) preload=$root/$build/plugin/preload/libgradcomp_preload.so ;;

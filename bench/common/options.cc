@@ -76,7 +76,10 @@ void usage(const char* prog) {
       prog);
 }
 
-constexpr double kMaxSizeBytes = 1099511627776.0;  // 1T
+// The most sizes a sweep lists (rows per type and method).
+constexpr size_t kMaxSizes = 10000;
+
+constexpr double kMaxSizeBytes = 1099511627776.0;  // 1024G (no T suffix: messages say 1024G)
 
 // A number as the flags take it: a digit or '.' first (no sign, space, nan or
 // inf) and no hex float (0x10), as GRADCOMP_* floats are read (docs/env.md).
@@ -84,7 +87,7 @@ bool plainNumber(const char* s) {
   return (isdigit((unsigned char)s[0]) || s[0] == '.') && strpbrk(s, "xX") == nullptr;
 }
 
-// A whole number of bytes in 0 .. 1T, with an optional K/M/G (powers of
+// A whole number of bytes in 0 .. 1024G, with an optional K/M/G (powers of
 // 1024) and B: 1.5K is 1536, 1.5 is refused.
 bool parseSize(const char* s, size_t* out) {
   if (!plainNumber(s)) return false;
@@ -199,6 +202,19 @@ bool badOption(int argc, char** argv, int c, const struct option* longOpts, int*
   else
     fprintf(stderr, "gradcomp_perf: unknown option --%s (see --help)\n", name.c_str());
   return false;
+}
+
+// A file path as the file it names: its folder resolved (symbolic links, ./ and ../), so
+// that two spellings of one file compare equal; the path itself when its folder is unknown.
+std::string fileKey(const std::string& path) {
+  const size_t slash = path.rfind('/');
+  const std::string dir = slash == std::string::npos ? "." : path.substr(0, slash + 1);
+  char* real = realpath(dir.c_str(), nullptr);
+  if (real == nullptr) return path;
+  std::string key =
+      std::string(real) + "/" + path.substr(slash == std::string::npos ? 0 : slash + 1);
+  free(real);
+  return key;
 }
 
 // The size after s in sizeList (not above s when the step overflows).
@@ -319,7 +335,7 @@ bool parseOptions(int argc, char** argv, Options* o, int* exitCode) {
         size_t* bytes = c == 'b' ? &o->minBytes : &o->maxBytes;
         if (!parseSize(v, bytes))
           return fail(exitCode,
-                      "%s %s is not a size: a whole number of bytes up to 1T (K, M, G: "
+                      "%s %s is not a size: a whole number of bytes up to 1024G (K, M, G: "
                       "powers of 1024)",
                       flag, v);
         // 0 is no size (nor "the default": leave the flag out for that).
@@ -334,7 +350,7 @@ bool parseOptions(int argc, char** argv, Options* o, int* exitCode) {
       }
       case 'i':
         if (!parseSize(v, &o->stepBytes) || o->stepBytes == 0)
-          return fail(exitCode, "%s %s is not a size in 1 .. 1T bytes", "-i", v);
+          return fail(exitCode, "%s %s is not a size in 1 .. 1024G bytes", "-i", v);
         stepGiven = true;
         break;
       case 'f':
@@ -514,8 +530,8 @@ bool parseOptions(int argc, char** argv, Options* o, int* exitCode) {
         break;
       case kModelPipe:
         if (!parseSize(v, &o->modelPipelineBytes) || o->modelPipelineBytes > (1ull << 40))
-          return fail(exitCode, "%s %s: a byte count in [0, 1T] (K/M/G suffixes)", "--model-pipe",
-                      v);
+          return fail(exitCode, "%s %s: a byte count in [0, 1024G] (K/M/G suffixes)",
+                      "--model-pipe", v);
         break;
       case kKernelRates:
         o->kernelRates = v;
@@ -545,6 +561,16 @@ bool parseOptions(int argc, char** argv, Options* o, int* exitCode) {
             "gradcomp_perf: -b %s is larger than -e %s: the smallest size must not exceed the "
             "largest (see --help)\n",
             minArg, maxArg);
+    *exitCode = 2;
+    return false;
+  }
+  // Both written to one file, the CSV (written last) would replace the JSON, which the run
+  // would still say it wrote.
+  if (!o->jsonPath.empty() && !o->csvPath.empty() && fileKey(o->jsonPath) == fileKey(o->csvPath)) {
+    fprintf(stderr,
+            "gradcomp_perf: --json %s and --csv %s name the same file: give each its own path "
+            "(see --help)\n",
+            o->jsonPath.c_str(), o->csvPath.c_str());
     *exitCode = 2;
     return false;
   }
@@ -591,6 +617,23 @@ void applyDefaults(Options* o, int gpuCount) {
 
 bool checkOptions(const Options& o, int* exitCode) {
   *exitCode = 0;
+  // A flag of another backend would be ignored: the run would not be the one asked for (a
+  // --root without --backend socket runs no socket world; only the cpu backend models with a
+  // report's kernel rates, the others with their own times).
+  const char* backend = o.backend == BackendKind::Cuda  ? "cuda"
+                        : o.backend == BackendKind::Cpu ? "cpu"
+                                                        : "socket";
+  const bool rootMisplaced = !o.root.empty() && o.backend != BackendKind::Socket;
+  if (rootMisplaced || (!o.kernelRates.empty() && o.backend != BackendKind::Cpu)) {
+    const char* owner = rootMisplaced ? "socket" : "cpu";
+    fprintf(stderr,
+            "gradcomp_perf: %s %s is for --backend %s only, and this run's backend is %s: leave "
+            "it out, or give --backend %s (see --help)\n",
+            rootMisplaced ? "--root" : "--kernel-rates",
+            rootMisplaced ? o.root.c_str() : o.kernelRates.c_str(), owner, backend, owner);
+    *exitCode = 2;
+    return false;
+  }
   // The comm refuses a local size that does not divide its ranks at creation
   // (checkLocalSize); known here when the ranks are: -N, or the CPU world's count.
   const bool ranksKnown = o.nranksGiven || o.backend == BackendKind::Cpu;
@@ -624,6 +667,29 @@ bool checkOptions(const Options& o, int* exitCode) {
             "-i (see --help)\n",
             o.stepFactor, o.minBytes, o.minBytes, o.stepFactor, o.minBytes,
             ceil((double)(o.minBytes + 1) / (double)o.minBytes * 1e4) / 1e4);
+    *exitCode = 2;
+    return false;
+  }
+  // A row per size: an additive step far below the range (-b 4 -e 1024G -i 4) would list
+  // billions of sizes, more memory than the list can have (the run aborted) and more rows
+  // than a run can time.
+  size_t sizes = 0;
+  for (size_t s = o.minBytes; s <= o.maxBytes && sizes <= kMaxSizes;) {
+    ++sizes;
+    const size_t next = nextSize(o, s);
+    if (next <= s) break;
+    s = next;
+  }
+  if (sizes > kMaxSizes) {
+    char step[64];
+    if (o.stepFactor > 1)
+      snprintf(step, sizeof step, "-f %g", o.stepFactor);
+    else
+      snprintf(step, sizeof step, "-i %zu", o.stepBytes);
+    fprintf(stderr,
+            "gradcomp_perf: -b %zu -e %zu in steps of %s gives more than %zu sizes; a sweep has "
+            "at most %zu: give a larger step (-i or -f) or a narrower range (see --help)\n",
+            o.minBytes, o.maxBytes, step, kMaxSizes, kMaxSizes);
     *exitCode = 2;
     return false;
   }

@@ -1,4 +1,5 @@
 """python -m gradcomp.info: the library, NCCL and GPU this process finds."""
+import argparse
 import ctypes
 import os
 import sys
@@ -125,7 +126,16 @@ def settings_line(gradcomp):
     return ok
 
 
-def main():
+def main(argv=None):
+    # No arguments: --help says what it prints, and anything else is refused (exit 2) rather
+    # than ignored, as a misspelt option would be.
+    argparse.ArgumentParser(
+        prog="python -m gradcomp.info",
+        description="Prints the libgradcomp.so this process loads (GRADCOMP_LIBRARY, else the "
+        "package's lib/, a source checkout's builds, the loader's path), the GRADCOMP_* "
+        "settings set and whether the library takes them, NCCL, the GPUs and torch. Exit 0; "
+        "1 when the library cannot be loaded or refuses the settings; 2 for an argument (it "
+        "takes none).").parse_args(argv)
     import gradcomp
 
     ok = True
@@ -165,4 +175,12 @@ def main():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader left early (python -m gradcomp.info | head -1): no traceback, and none
+        # at exit either (Python flushes stdout again there).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 1
+    sys.exit(code)

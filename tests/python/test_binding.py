@@ -1355,6 +1355,39 @@ class LibraryErrors(unittest.TestCase):
         self.assertEqual(p.returncode, 0, p.stderr)
         self.assertIn("libgradcomp", p.stdout)
 
+    def test_info_refuses_arguments_and_says_what_it_prints(self):
+        """gradcomp.info takes no arguments: --help says what it prints (exit 0), and an
+        unknown option or a word is refused naming it (exit 2), not ignored."""
+        env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "python"))
+        run = lambda *args: subprocess.run(  # noqa: E731
+            [sys.executable, "-m", "gradcomp.info", *args], env=env, capture_output=True,
+            text=True)
+        p = run("--help")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertIn("usage: python -m gradcomp.info", p.stdout)
+        self.assertIn("GRADCOMP_LIBRARY", p.stdout)
+        self.assertNotIn("libgradcomp:", p.stdout)
+        for args in (["--bogus"], ["extra"]):
+            p = run(*args)
+            self.assertEqual(p.returncode, 2, (args, p.stdout, p.stderr))
+            self.assertIn("unrecognized arguments: %s" % args[0], p.stderr)
+            self.assertEqual(p.stdout, "")
+
+    def test_info_into_a_closed_pipe_is_no_traceback(self):
+        """python -m gradcomp.info | head -1: the reader gone, gradcomp.info ends without a
+        traceback (here the read end is closed before it starts, so every write fails)."""
+        env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "python"))
+        r, w = os.pipe()
+        os.close(r)
+        try:
+            p = subprocess.run([sys.executable, "-m", "gradcomp.info"], env=env, stdout=w,
+                               stderr=subprocess.PIPE, text=True)
+        finally:
+            os.close(w)
+        self.assertNotIn("Traceback", p.stderr)
+        self.assertNotIn("BrokenPipeError", p.stderr)
+        self.assertEqual(p.returncode, 1, p.stderr)
+
     def test_info_names_the_settings_and_a_refused_one(self):
         """gradcomp.info says which GRADCOMP_* values this process would run with, and a value
         the library refuses (every comm made from the environment would fail) with its
