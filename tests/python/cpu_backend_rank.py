@@ -1,9 +1,9 @@
 """One rank of test_torch.CpuBackendDdp / CpuBackendFsdp / CpuBackendAbort /
 CpuBackendFsdpReplicas: gradcomp.torch with backend="cpu" on real DDP / FSDP2 over gloo, gradcomp's
 comm made from the process group (TCP between the ranks). Usage: cpu_backend_rank.py
-ddp|excluded|fsdp|dgc|subgroups|restart|scaler|abort|replicas|ddp_group|ddp_register|overflow|
-compose|disagree|unused|unused_nan|unused_join|unused_mixed|unused_rewrapped|
-unused_rewrapped_gc|unused_static
+ddp|excluded|fsdp|fsdp_models|fsdp_frozen|fsdp_late_root|dgc|subgroups|restart|scaler|abort|
+replicas|ddp_group|ddp_register|overflow|compose|disagree|unused|unused_nan|unused_join|
+unused_mixed|unused_rewrapped|unused_rewrapped_gc|unused_static
 OUT (the env:// variables from tools/gc_ranks.py).
 
 Records every call the hook (DDP) or the reduce-scatter (FSDP) gets, its input before and its
@@ -238,6 +238,135 @@ def fsdp(out, rank):
                      "resume_bitwise": full(m2) == full(model), "iters": iters,
                      "factor_stats": fstats,
                      "factor_param_hash": hashlib.sha256(full(fmodel)).hexdigest()}
+
+
+def fsdp_models(out, rank):
+    """One GradcompState and FSDP2 models of one architecture (their modules named alike, as
+    every model's root is "<root>"): "shared", two models registered on the state and trained
+    together (their residuals would be keyed alike); "rebuilt", a model built anew and
+    registered on the state of a model trained before, the old one still alive: it goes on
+    from the old one's residuals and step counter."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+
+    def make(seed):
+        torch.manual_seed(seed)
+        model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 5))
+        for m in (model[0], model[2], model):
+            fully_shard(m, mesh=mesh)
+        return model
+
+    def step(models, s):
+        x, _ = batch(s, rank, 32)
+        sum(m(x).pow(2).mean() for m in models).backward()
+
+    res = {}
+    a, b = make(0), make(1)
+    state = gct.GradcompState(backend="cpu", config=config())
+    gct.register_fsdp_reduce_scatter(a, state)
+    gct.register_fsdp_reduce_scatter(b, state)
+    res["shared"] = {"error": _error(lambda: step([a, b], 0))}
+    state.abort()  # the step stopped half-way: nothing more is sent on this state
+
+    old = make(0)
+    state = gct.GradcompState(backend="cpu", config=config())
+    gct.register_fsdp_reduce_scatter(old, state)
+    step([old], 0)
+    new = make(0)
+    gct.register_fsdp_reduce_scatter(new, state)
+    err = _error(lambda: step([new], 1))
+    res["rebuilt"] = {"error": err, "iter": state.iter, "old_alive": old is not None,
+                      "calls": state.stats()["compressed_calls"]}
+    state.close()
+    return [], res
+
+
+def fsdp_frozen(out, rank):
+    """One FSDP module of two 4x4 weights under set_reduce_scatter_unused_params(True), frozen
+    by turns: step 0 both train, step 1 "a" is frozen, step 2 "b", step 3 both again. FSDP
+    leaves a frozen weight out of the flat buffer, so steps 1 and 2 reduce 16 elements each,
+    of other weights. Records each call's input and output."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    class Two(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 4, bias=False), nn.Linear(4, 4, bias=False)
+
+        def forward(self, x):
+            return self.b(self.a(x))
+
+    records = []
+
+    class Recording(gct.GradcompReduceScatter):
+        def __call__(self, output_tensor, input_tensor, group, op, async_op=False):
+            rec = {"op": "avg" if op == dist.ReduceOp.AVG else "sum",
+                   "input": input_tensor.clone()}
+            records.append(rec)
+            work = super().__call__(output_tensor=output_tensor, input_tensor=input_tensor,
+                                    group=group, op=op, async_op=async_op)
+            rec["output"] = output_tensor.clone()
+            return work
+
+    torch.manual_seed(0)
+    model = Two()
+    fully_shard(model, mesh=init_device_mesh("cpu", (dist.get_world_size(),)))
+    model.set_reduce_scatter_unused_params(True)
+    state = gct.GradcompState(backend="cpu", config=config())
+    plain = gct.fsdp.GradcompReduceScatter
+    gct.fsdp.GradcompReduceScatter = Recording  # what register_fsdp_reduce_scatter makes
+    gct.register_fsdp_reduce_scatter(model, state)
+    gct.fsdp.GradcompReduceScatter = plain
+    for step, frozen in enumerate((None, "a", "b", None)):
+        model.a.weight.requires_grad_(frozen != "a")
+        model.b.weight.requires_grad_(frozen != "b")
+        model(batch(step, rank, 4)[0]).pow(2).mean().backward()
+    res = {"iter": state.iter}
+    state.close()
+    return records, res
+
+
+def fsdp_late_root(out, rank):
+    """A model whose root has parameters of its own (the input layer), registered before and
+    after the root's fully_shard: before, FSDP reduces the root's gradients with its own
+    reduce-scatter. Records the warnings of one step and the compressed calls."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp = nn.Linear(32, 64)
+            self.layers = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 5))
+
+        def forward(self, x):
+            return self.layers(self.inp(x))
+
+    res = {}
+    for late in (True, False):
+        torch.manual_seed(0)
+        model = Net()
+        for layer in model.layers:
+            fully_shard(layer, mesh=mesh)
+        state = gct.GradcompState(backend="cpu", config=config())
+        if late:
+            gct.register_fsdp_reduce_scatter(model, state)
+        fully_shard(model, mesh=mesh)
+        if not late:
+            gct.register_fsdp_reduce_scatter(model, state)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model(batch(0, rank, 32)[0]).sum().backward()
+        res["late" if late else "last"] = {
+            "warnings": [str(w.message) for w in caught if "gradcomp" in str(w.message)],
+            "calls": state.stats()["compressed_calls"]}
+        state.close()
+    return [], res
 
 
 def replicas(out, rank):
@@ -1570,7 +1699,8 @@ def main():
         with open(f"{out}.rank{rank}.json", "w") as f:
             json.dump(res, f)
         gc_ranks.leave(0)  # rank 1 dies here, rank 0 has no group left
-    records, res = {"ddp": ddp, "excluded": excluded, "fsdp": fsdp, "dgc": dgc,
+    records, res = {"ddp": ddp, "excluded": excluded, "fsdp": fsdp, "fsdp_models": fsdp_models,
+                     "fsdp_frozen": fsdp_frozen, "fsdp_late_root": fsdp_late_root, "dgc": dgc,
                      "subgroups": subgroups, "scaler": scaler, "replicas": replicas,
                      "restart": restart, "ddp_group": ddp_group,
                      "ddp_register": ddp_register, "overflow": overflow,

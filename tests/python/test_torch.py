@@ -1341,6 +1341,55 @@ class LayerAwarePlan(unittest.TestCase):
             self.assertEqual(saved["gradcomp"], self.blob(st), kind.__name__)
             pickle.dumps(saved)
 
+    def test_residuals_of_another_world_size_are_refused_saying_what_to_do(self):
+        """A state dict saved at another world size (FSDP resharded onto other ranks, an elastic
+        restart) or by another rank: refused naming both, with the way on (before: the ranks
+        only, and no way to resume). Before the comm is made, once it is (the library's own
+        check would say less), and at the first call that makes it (an unpickled state); the
+        state dict without residuals loads, its step counter with it."""
+        import struct
+
+        st = self.state(self.model(0))
+        st.backend = "cpu"  # its comm stood in for below: no CUDA stream to wait on
+        good = st.state_dict()
+        other = bytearray(self.blob(st))
+        struct.pack_into("<ii", other, 32, 0, 3)
+        wrong_rank = bytearray(self.blob(st))
+        struct.pack_into("<ii", wrong_rank, 32, 1, 2)
+        world = (r"saved by rank 0 of 3; this state is rank 0 of 2: residuals do not carry to "
+                 r"another world size. Resume at 3 ranks, or load the state dict without them, "
+                 r"state.load_state_dict\(dict\(d, gradcomp=None\)\)")
+        rank = "saved by rank 1 of 2; .*: load on each rank the state dict that rank saved"
+
+        class Comm:  # made: the library would check the blob on load_state
+            loaded = []
+
+            def load_state(self, blob):
+                self.loaded.append(blob)
+
+            def reset_state(self):
+                pass
+
+        for comm in (None, Comm()):
+            st._comm = comm
+            for blob, why in ((other, world), (wrong_rank, rank)):
+                with self.assertRaisesRegex(ValueError, "state blob refused, this state is "
+                                            "unchanged: " + why, msg=str(comm)):
+                    st.load_state_dict({**good, "iter": 7, "gradcomp": bytes(blob)})
+                self.assertEqual((st.iter, st._pending_blob, Comm.loaded), (0, None, []))
+            st.load_state_dict({**good, "iter": 7, "gradcomp": None})
+            self.assertEqual(st.iter, 7)
+            st.iter = 0
+        st._comm = None
+        st._pending_blob = bytes(other)  # as unpickled: checked where the comm is made
+        st._make_comm = lambda device: (Comm(), None)
+        st._count_ranks = lambda *flags, device: (int(flags[0]), int(flags[1]))
+        st._drop_comm = lambda: None
+        with self.assertRaisesRegex(ValueError, world):
+            st.comm(torch.device("cpu"))
+        self.assertEqual(Comm.loaded, [])
+        st._comm = None
+
     def test_residuals_keyed_otherwise_are_refused_after_the_load_too(self):
         # Residuals keyed by bucket, made parameter-keyed by set_module() after the load (or
         # after unpickling), would match no bucket: refused as load_state_dict refuses them.
@@ -3535,6 +3584,78 @@ class CpuBackendFsdp(unittest.TestCase):
                     same_bits(self, factored[r][k]["output"], outs[r], f"factor rank {r} call {k}")
         self.assertEqual(results[0]["factor_param_hash"], results[1]["factor_param_hash"])
         self.assertEqual(results[0]["factor_stats"]["compressed_calls"], 4)
+
+    def test_two_models_on_one_state_are_refused_and_a_rebuilt_one_takes_over(self):
+        """Two FSDP2 models registered on one GradcompState key their modules' residuals by
+        the same names (every root is "<root>"): each module's error feedback went into the
+        other model's gradient and every step counted twice, silently. Every rank refuses
+        alike, naming the module; a model built anew and registered on the state (the old one
+        still alive, not trained) goes on with it."""
+        import gradcomp.torch.fsdp
+
+        reason = gradcomp.torch.fsdp.unsupported_reason()
+        if reason:
+            self.skipTest(reason)
+        _, results = launch_ranks(self, "fsdp_models")
+        for r in range(2):
+            self.assertRegex(results[r]["shared"]["error"] or "",
+                             r"^ValueError: FSDP module '[^']+' has two reduce-scatters on this "
+                             r"GradcompState under one name: two models .* one GradcompState "
+                             "per model", f"rank {r}")
+            # Two steps of 2 sharded layers (the root has no parameters of its own).
+            self.assertEqual(results[r]["rebuilt"], {"error": None, "iter": 2,
+                                                     "old_alive": True, "calls": 4},
+                             f"rank {r}")
+        self.assertEqual(results[0]["shared"], results[1]["shared"])
+
+    def test_parameters_frozen_by_turns_keep_their_residuals_apart(self):
+        """A module whose two equal weights are frozen by turns (set_reduce_scatter_unused_params
+        keeps no frozen one in FSDP's flat buffer): its two 16-element buffers hold different
+        weights, and the second took the first's residual (the error of one weight added to
+        the other's gradient, silently). Each set of frozen parameters has a residual of its
+        own: every call is bit for bit the library's keyed reduce-scatter with one key per
+        layout, the unfrozen step 3 going on from step 0's residual."""
+        import gradcomp
+        import gradcomp.torch.fsdp
+
+        reason = gradcomp.torch.fsdp.unsupported_reason()
+        if reason:
+            self.skipTest(reason)
+        if not hasattr(torch.distributed.fsdp.FSDPModule, "set_reduce_scatter_unused_params"):
+            self.skipTest("this FSDP2 has no set_reduce_scatter_unused_params")
+        records, results = launch_ranks(self, "fsdp_frozen")
+        N = 2
+        self.assertEqual([r["input"].numel() for r in records[0]], [32, 16, 16, 32])
+        layout = [0, 1, 2, 0]  # the residual each step's call goes on from
+        cfg = gradcomp.Config(from_env=False, method="qsgd", bits=4, min_elements=0)
+        with gradcomp.CpuWorld(N, cfg) as world:
+            for k, rec0 in enumerate(records[0]):
+                outs = [torch.empty_like(records[r][k]["output"]) for r in range(N)]
+                world.run(lambda c: c.reduce_scatter(records[c.rank][k]["input"], outs[c.rank],
+                                                     op=rec0["op"], key=layout[k] + 1))
+                for r in range(N):
+                    same_bits(self, records[r][k]["output"], outs[r], f"rank {r} step {k}")
+        self.assertEqual([res["iter"] for res in results], [4, 4])
+
+    def test_a_root_sharded_after_registering_is_named(self):
+        """register_fsdp_reduce_scatter before the root's fully_shard: FSDP reduces the root's
+        own parameters with its own reduce-scatter, uncompressed, which no counter showed.
+        The first compressed call warns (once), naming the module; registered after the last
+        fully_shard, nothing is said and every module is compressed."""
+        import gradcomp.torch.fsdp
+
+        reason = gradcomp.torch.fsdp.unsupported_reason()
+        if reason:
+            self.skipTest(reason)
+        _, results = launch_ranks(self, "fsdp_late_root")
+        for r in range(2):
+            late = results[r]["late"]
+            self.assertEqual(late["calls"], 2, f"rank {r}")  # the two layers only
+            self.assertEqual(len(late["warnings"]), 1, f"rank {r}: {late['warnings']}")
+            self.assertRegex(late["warnings"][0], r"FSDP module\(s\) \['<root>'\] of the model "
+                             r"have no gradcomp reduce-scatter on this GradcompState: .* "
+                             r"fully_shard\(\) applied after register_fsdp_reduce_scatter")
+            self.assertEqual(results[r]["last"], {"warnings": [], "calls": 3}, f"rank {r}")
 
 
 @unittest.skipIf(torch is None, "PyTorch is not installed")

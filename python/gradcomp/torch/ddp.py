@@ -173,6 +173,10 @@ class GradcompState:
     _fsdp_role = None
     _split_given = False  # param_groups() gave a DGC split by is_compressed()
     _ddp_options = {}  # the DDP hook's options given (_DDP_ONLY), by name; set, never changed
+    # FSDP2's hooks by residual key, weakly: the one made last for each key (fsdp._claim),
+    # which alone may reduce under it (a second model's module of the same name would take its
+    # residual). None until the first is made.
+    _fsdp_hooks = None
 
     def __init__(self, process_group=None, module=None, *, layer_min_size=None, start_iter=None,
                  exclude_1d=None, backend="nccl", grad_scaler=None, config=None, **settings):
@@ -482,6 +486,7 @@ class GradcompState:
                 if self.backend == "nccl":
                     torch.cuda.current_stream().synchronize()
                 if blob is not None:
+                    self._precheck_blob(blob, world_only=True)  # saying what to do
                     self._comm.load_state(blob)  # raises, the comm unchanged, if refused
                 else:
                     self._comm.reset_state()
@@ -539,23 +544,33 @@ class GradcompState:
                              "register_fsdp_reduce_scatter(model, state) or "
                              "register_fsdp_replica_all_reduce(model, state) before loading)")
 
-    def _precheck_blob(self, blob):
+    def _precheck_blob(self, blob, world_only=False):
         """The checks of gradcompCommLoadState that need no comm (plugin/state.cc's header):
-        the magic, this rank and world size, and the method."""
+        the magic, this rank and world size, and the method (world_only: the rank and world
+        size alone, before the library's own checks, to say what to do)."""
         import struct
 
         blob = bytes(blob)
         why = None
         if len(blob) < 112 or blob[:4] != b"GCST":  # 112: the header
-            why = f"{len(blob)} bytes that are not a gradcomp state"
+            if not world_only:
+                why = f"{len(blob)} bytes that are not a gradcomp state"
         else:
             rank, nranks = struct.unpack_from("<ii", blob, 32)
             method = struct.unpack_from("<i", blob, 48)[0]
             mine = int(self.config.struct.method)
-            if (rank, nranks) != (self.rank, self.world_size):
+            if nranks != self.world_size:
+                # A rank's residuals hold its error for every rank's block of the buffers
+                # (FSDP's whole flat buffer, DDP's buckets): sized and laid out for that world.
                 why = (f"saved by rank {rank} of {nranks}; this state is rank {self.rank} of "
-                       f"{self.world_size}")
-            elif method != mine:
+                       f"{self.world_size}: residuals do not carry to another world size. "
+                       f"Resume at {nranks} ranks, or load the state dict without them, "
+                       "state.load_state_dict(dict(d, gradcomp=None)) (the step counter goes "
+                       "on, the residuals start fresh)")
+            elif rank != self.rank:
+                why = (f"saved by rank {rank} of {nranks}; this state is rank {self.rank} of "
+                       f"{self.world_size}: load on each rank the state dict that rank saved")
+            elif method != mine and not world_only:
                 names = {v: k for k, v in T.CHOICES["method"].items()}
                 why = (f"saved with method={names.get(method, method)!r}; this state has "
                        f"method={names.get(mine, mine)!r}")
@@ -1030,10 +1045,11 @@ class GradcompState:
             self._warn_once("unloaded-key", f"FSDP module {name!r} has no residual in the run "
                             "whose state was loaded: its residual starts fresh, and the loaded "
                             "residuals of modules named otherwise there wait unused. The keys "
-                            "are the module names in the model registered: register on the same "
-                            "model as the saved run (not, in one of the two, on a wrapper such "
-                            "as torch.compile's, whose names start with '_orig_mod.') (warned "
-                            "once)")
+                            "are the module names in the model registered, and the module's "
+                            "frozen parameters (requires_grad=False) if any: register on the "
+                            "same model as the saved run (not, in one of the two, on a wrapper "
+                            "such as torch.compile's, whose names start with '_orig_mod.'), "
+                            "with the same parameters frozen (warned once)")
 
     def _count_fsdp_step(self, key):
         """The step counter under FSDP2's hooks, as the DDP hook's (iter: steps whose calls went
@@ -1073,6 +1089,7 @@ class GradcompState:
                 # allocated on the current device (FSDP's final callback may call from a
                 # thread with another device current).
                 try:
+                    self._precheck_blob(self._pending_blob, world_only=True)  # what to do
                     with self._on_comm_device():
                         self._comm.load_state(self._pending_blob)
                 except Exception as e:  # noqa: BLE001 - raised below, on every rank

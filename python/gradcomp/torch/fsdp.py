@@ -45,7 +45,9 @@ class GradcompReduceScatter(_Base):
 
     state: a GradcompState (its settings, comm and state_dict serve every
     module); key: any string or int naming the module, the same on every rank
-    and in a resumed run (register_fsdp_reduce_scatter uses the module's name).
+    and in a resumed run (register_fsdp_reduce_scatter uses the module's name), one
+    module's per state: the last one made for a key reduces under it, an earlier one still
+    called raises (two models on one state; make one state per model).
     Inside `with state.paused():` calls go to torch uncompressed, leaving the
     residuals alone. The module's residual follows its flat gradient buffer,
     whose layout FSDP builds from the parameters that got a gradient: where
@@ -54,14 +56,19 @@ class GradcompReduceScatter(_Base):
     (an FSDP2 without it, as PyTorch 2.11's: give every parameter of the
     module a gradient at each step, e.g. add 0 * p.sum() of each parameter to
     the module's output in its forward); otherwise one layout's residual is
-    added to another's parameters when their sizes coincide.
+    added to another's parameters when their sizes coincide. FSDP leaves frozen
+    parameters (requires_grad=False) out of the buffer even then: given `module`
+    (the FSDPModule, as register_fsdp_reduce_scatter passes it), each set of the
+    module's frozen parameters has a residual of its own, and the first compressed
+    call warns where FSDP modules of the model have no gradcomp hook of this state
+    (sharded after registering: FSDP reduces them uncompressed).
     Making one marks the state as FSDP's: every parameter is compressed (FSDP's
     whole flat buffer), so state.param_groups() puts every parameter in the
     momentum-0 group under DGC's momentum correction; make it (register) before
     calling state.param_groups().
     """
 
-    def __init__(self, state, key):
+    def __init__(self, state, key, module=None):
         if not _lib.has("gradcompReduceScatterKeyed"):
             raise RuntimeError(f"{_lib.library_path()} has no gradcompReduceScatterKeyed: "
                                "rebuild libgradcomp from a checkout with the reduce-scatter entry "
@@ -70,10 +77,14 @@ class GradcompReduceScatter(_Base):
         self.state = state
         self.name = str(key)
         self.key = _key_of(("fsdp", self.name))
+        self.module = module
         if state is not None:
             # Every parameter of FSDP's flat buffer goes through gradcomp: param_groups() gives
             # them all gradcomp's DGC velocity (and no optimizer momentum).
             state._serve_fsdp()
+            _claim(self)
+
+    _tree_checked = False  # _check_tree_hooked ran
 
     def allocate(self, size, *, dtype, device):
         return torch.empty(*size, dtype=dtype, device=device)
@@ -87,6 +98,7 @@ class GradcompReduceScatter(_Base):
     def __call__(self, output_tensor, input_tensor, group, op, async_op=False):
         if self.state is not None:
             self.state._check_usable()
+            _check_claim(self, "reduce-scatter")
         out, inp = output_tensor, input_tensor
         cpu = self.state is not None and self.state.backend == "cpu"
         want = "cpu" if cpu else "cuda"
@@ -180,13 +192,16 @@ class GradcompReduceScatter(_Base):
                              f"{mine}: make the state with process_group=<FSDP's shard group> "
                              "(mesh['shard'].get_group() of fully_shard's mesh; a 1-D mesh: "
                              "mesh.get_group())")
+        _check_tree_hooked(self, "_reduce_scatter_comm", "reduce-scatter",
+                           "register_fsdp_reduce_scatter")
         comm = self.state.comm(out.device)
-        self.state._check_fsdp_key(self.name, self.key, inp.numel())
+        key = _residual_key(self)
+        self.state._check_fsdp_key(self.name, key, inp.numel())
         self.state._count_fsdp_step(self.key)
         self.state._follow_scaler(comm, stream_handle())
         before = comm.call_counts()
         comm.reduce_scatter_raw(inp.data_ptr(), out.data_ptr(), out.numel(), _DTYPES[inp.dtype],
-                                opname, stream_handle(), self.key)
+                                opname, stream_handle(), key)
         self.state._count_call(comm, before, inp.numel() * inp.element_size(),
                                "an FSDP reduce-scatter", inp.numel())
         # Enqueued on the current stream, like a synchronous collective: nothing to wait on.
@@ -237,6 +252,9 @@ class GradcompReplicaAllReduce:
             _check_replica_mesh(module, state)
         if state is not None:
             state._serve_fsdp("replicate")
+            _claim(self)
+
+    _tree_checked = False  # _check_tree_hooked ran
 
     def abort(self):
         """GradcompState.abort() of the state the modules' hooks share (see
@@ -247,6 +265,7 @@ class GradcompReplicaAllReduce:
     def __call__(self, reduce_output):
         if self.state is not None:
             self.state._check_usable()
+            _check_claim(self, "replica all-reduce")
         t = reduce_output
         cpu = self.state is not None and self.state.backend == "cpu"
         want = "cpu" if cpu else "cuda"
@@ -319,13 +338,16 @@ class GradcompReplicaAllReduce:
             op = dist.ReduceOp.AVG if opname == "avg" else dist.ReduceOp.SUM
             dist.all_reduce(t, op=op, group=self.state.process_group)
             return None
+        _check_tree_hooked(self, "_all_reduce_hook", "replica all-reduce",
+                           "register_fsdp_replica_all_reduce")
         comm = self.state.comm(t.device)
-        self.state._check_fsdp_key(self.name, self.key, t.numel())
+        key = _residual_key(self)
+        self.state._check_fsdp_key(self.name, key, t.numel())
         self.state._count_fsdp_step(self.key)
         self.state._follow_scaler(comm, stream_handle)
         before = comm.call_counts()
         comm.allreduce_raw(t.data_ptr(), t.data_ptr(), t.numel(), _DTYPES[t.dtype], opname,
-                           stream_handle, self.key)
+                           stream_handle, key)
         self.state._count_call(comm, before, t.numel() * t.element_size(),
                                "an FSDP replica all-reduce", t.numel())
         return None
@@ -339,6 +361,79 @@ def _check_state(state, who):
         raise TypeError(f"{who} takes a gradcomp.torch.GradcompState; got {state!r} (a "
                         f"{type(state).__name__}): make one with GradcompState(process_group=..., "
                         "method=...) and pass it")
+
+
+def _residual_key(hook):
+    """The key of the residual a call of `hook` reduces under: its module's key, or, while some
+    of the module's parameters are frozen (requires_grad=False), one per set of frozen ones.
+    FSDP leaves a frozen parameter out of the flat buffer, also under
+    set_reduce_scatter_unused_params(True): the buffer then holds the others' gradients, and a
+    module whose parameters are frozen by turns (two of one size) gives buffers of one size
+    that hold different parameters, which under one key took each other's residuals. Without
+    the module (a hook made by hand without it), the module's key."""
+    if hook.module is None:
+        return hook.key
+    frozen = tuple((g, i) for g, group in enumerate(_param_groups(hook.module))
+                   for i, p in enumerate(getattr(group, "fsdp_params", ()))
+                   if not p.sharded_param.requires_grad)
+    return _key_of((hook.key, "frozen", frozen)) if frozen else hook.key
+
+
+def _check_tree_hooked(hook, attr, what, register):
+    """At a hook's first compressed call: warns (once per state) where FSDP modules of its
+    model (the FSDP states of the root's tree) have no gradcomp hook of this state (attr: the
+    FSDPParamGroup's field holding it): fully_shard() applied after register_fsdp_*, mostly
+    the root's, whose own parameters (embeddings, output layer) FSDP then reduces
+    uncompressed, which no counter showed."""
+    if hook._tree_checked or hook.module is None:
+        return
+    hook._tree_checked = True
+    try:
+        states = hook.module._get_fsdp_state()._state_ctx.all_states
+    except AttributeError:  # an FSDP2 that keeps its tree otherwise: not checked
+        return
+    missing = []
+    for st in states:
+        groups = getattr(st, "_fsdp_param_groups", None)
+        if groups is None:
+            group = getattr(st, "_fsdp_param_group", None)
+            groups = [] if group is None else [group]
+        for group in groups:
+            other = getattr(group, attr, None)
+            if not (isinstance(other, _GRADCOMP_FSDP_HOOKS) and other.state is hook.state):
+                missing.append(getattr(group, "_module_fqn", "") or "<root>")
+    if missing:
+        hook.state._warn_once("fsdp-unhooked", f"FSDP module(s) {missing} of the model have no "
+                              f"gradcomp {what} on this GradcompState: FSDP sends their "
+                              "gradients uncompressed, uncounted in state.stats(). "
+                              f"fully_shard() applied after {register}(model, state)? Call it "
+                              "after the last fully_shard (the root's) (warned once)")
+
+
+def _claim(hook):
+    """Makes `hook` the one that reduces under its key on its state: the last one made for a
+    key wins, so a model rebuilt and registered again takes over its names. By a token, not by
+    whether the hooks are alive: FSDP's modules, their param groups and hooks refer to each
+    other, so a dropped one goes at each process's own collector run, and a decision made on
+    that would differ between the ranks (some raising, the others waiting in the call)."""
+    if hook.state._fsdp_hooks is None:
+        hook.state._fsdp_hooks = {}
+    hook._claim_token = object()
+    hook.state._fsdp_hooks[hook.key] = hook._claim_token
+
+
+def _check_claim(hook, what):
+    """Refuses a call of a hook whose key a later hook of the same state took: two FSDP modules
+    of one name on one state (every model's root is "<root>"), as two models registered on it
+    give. Their residuals are keyed by name, so each module's error feedback would go into the
+    other's gradient (and each step be counted twice), silently."""
+    if (hook.state._fsdp_hooks or {}).get(hook.key) is not hook._claim_token:
+        raise ValueError(f"FSDP module {hook.name!r} has two {what}s on this GradcompState "
+                         "under one name: two models (or two modules named alike) were "
+                         "registered on it, and their residuals, keyed by module name, would "
+                         "go into each other's gradients. Make one GradcompState per model; a "
+                         "model built anew and registered again takes over from the old one, "
+                         "which is then not to be trained on this state")
 
 
 def _check_model(model, who):
@@ -486,7 +581,7 @@ def register_fsdp_reduce_scatter(model, state):
     _check_state(state, "register_fsdp_reduce_scatter")
     _check_one_velocity(model, state, "shard")
     return _each_fsdp_module(model, lambda name, module: module.set_custom_reduce_scatter(
-        GradcompReduceScatter(state, name)))
+        GradcompReduceScatter(state, name, module=module)))
 
 
 def _each_fsdp_module(model, install):
