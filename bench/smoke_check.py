@@ -167,6 +167,12 @@ def check_flags(perf, work, src, kdoc, bits, bucket):
                    "-c 0 --csv: column %s is %r, JSON %r" % (k, crows[0].get(k), v))
     # Sizes and sweeps that cannot be run are refused with the value and what is allowed.
     same, same_too = os.path.join(work, "rows-same"), os.path.join(work, ".", "rows-same")
+    # A --csv that is a symbolic link to the --json file (made or not yet): the CSV, written
+    # through the link, replaced the JSON, and the run said it wrote both.
+    linked = os.path.join(work, "rows-linked.csv")
+    if os.path.lexists(linked):
+        os.remove(linked)
+    os.symlink("rows-linked.json", linked)
     for args, says in ((["-b", "nan"], "-b nan is not a size: a whole number of bytes up to 1024G"),
                        # The largest size in a form the flag takes (there is no T suffix).
                        (["-b", "1T"], "-b 1T is not a size: a whole number of bytes up to 1024G"),
@@ -189,6 +195,8 @@ def check_flags(perf, work, src, kdoc, bits, bucket):
                        # The CSV, written last, would replace the JSON.
                        (["-m", "none", "--json", same, "--csv", same_too],
                         "name the same file: give each its own path"),
+                       (["-m", "none", "--json", os.path.join(work, "rows-linked.json"),
+                         "--csv", linked], "name the same file: give each its own path"),
                        (["--link-gbps", ","], "--link-gbps ,: give at least one bandwidth"),
                        # An empty -m or -d (a shell variable left empty) is refused too, not
                        # run as the default method or type.

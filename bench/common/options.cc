@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 namespace gcbench {
 namespace {
@@ -206,9 +207,19 @@ bool badOption(int argc, char** argv, int c, const struct option* longOpts, int*
 
 // A file path as the file it names: its folder resolved (symbolic links, ./ and ../), so
 // that two spellings of one file compare equal; the path itself when its folder is unknown.
-std::string fileKey(const std::string& path) {
+// A symbolic link is the file it points to, also one not made yet: the CSV is written through
+// it (fopen), so a --csv link to the --json file replaced the JSON.
+std::string fileKey(const std::string& path, int links = 0) {
   const size_t slash = path.rfind('/');
   const std::string dir = slash == std::string::npos ? "." : path.substr(0, slash + 1);
+  char target[4096];
+  const ssize_t n = links < 40 ? readlink(path.c_str(), target, sizeof target - 1) : -1;
+  if (n > 0) {  // 40: the kernel's own limit on links followed (ELOOP)
+    target[n] = '\0';
+    // A relative target is relative to the link's folder.
+    const std::string folder = slash == std::string::npos ? "" : path.substr(0, slash + 1);
+    return fileKey(target[0] == '/' ? std::string(target) : folder + target, links + 1);
+  }
   char* real = realpath(dir.c_str(), nullptr);
   if (real == nullptr) return path;
   std::string key =
