@@ -393,9 +393,10 @@ bool passedAsInts(Collective coll, const void* send, void* recv, size_t count,
 // they fail naming it; the caller still gets NCCL's answer. Not in a user
 // group (its peers' calls wait for the group's end there), nor where NCCL
 // ran the call (a newer NCCL's datatype: a call this rank passes while its
-// peers compress theirs, as any other mismatch), nor for a count no rank
-// compresses (under GRADCOMP_MIN_ELEMENTS: the peers hand the call to NCCL
-// and run no agreement, so one joined would take their next call's).
+// peers compress theirs, as any other mismatch), nor for a call no rank
+// compresses (a count under GRADCOMP_MIN_ELEMENTS, or a datatype or op NCCL
+// has that gradcomp does not compress: the peers hand the call to NCCL and
+// run no agreement, so one joined would take their next call's).
 ncclResult_t joinRefusal(Collective coll, ncclComm_t comm, size_t count, const ncclDataType_t* type,
                          const ncclRedOp_t* op, cudaStream_t stream, ncclResult_t nccl) {
   if (nccl == ncclSuccess || nccl == ncclInProgress || tGroupDepth > 0 || comm == nullptr ||
@@ -407,9 +408,15 @@ ncclResult_t joinRefusal(Collective coll, ncclComm_t comm, size_t count, const n
   // refused it for not being one): none is made for it here.
   EntryPtr e = existingEntry(comm);
   if (e == nullptr || e->mode != Mode::Compress) return nccl;
-  // The peers' count is this rank's: eligible there only as a float Sum at best.
-  const Deferred d{nullptr, nullptr, count, ncclFloat32, ncclSum, comm, stream, coll};
-  if (!eligible(inputCount(d, *e), ncclFloat32, ncclSum)) return nccl;
+  // The peers' count is this rank's, and so are their datatype and op where
+  // NCCL has this rank's (only the refused one may differ, as a float Sum at
+  // best): an integer call with a refused op, or a Max with a refused
+  // datatype, is one the peers hand to NCCL too, with no agreement.
+  const int t = gc::enumArg(type), o = gc::enumArg(op);
+  const ncclDataType_t peerType = t >= 0 && t < (int)ncclNumTypes ? *type : ncclFloat32;
+  const ncclRedOp_t peerOp = o >= 0 ? *op : ncclSum;
+  const Deferred d{nullptr, nullptr, count, peerType, peerOp, comm, stream, coll};
+  if (!eligible(inputCount(d, *e), peerType, peerOp)) return nccl;
   std::lock_guard<std::mutex> lock(e->callMu);
   if (e->aborted.stopped() || e->released || e->gc == nullptr) return nccl;
   (void)gc::guarded([&] { return gc::refuseCallEnums(e->gc, count, type, op, stream, bad); });

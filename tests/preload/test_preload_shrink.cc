@@ -480,6 +480,77 @@ TEST(PreloadRefusal, ARefusedCallTooSmallToCompressJoinsNoAgreement) {
   unsetenv("GRADCOMP_NCCL_LIBRARY");
 }
 
+// A refused call whose valid half no rank compresses: an op NCCL refused on
+// an integer allreduce, or a datatype NCCL refused with a Max. The refusing
+// rank's datatype (or op) is the one its peers passed, and they hand the call
+// to NCCL without an agreement: that rank joins none either (one joined
+// would wait for the peers' next compressed call's agreement and fail it,
+// naming the earlier refusal). The next call, compressed, runs on every rank.
+TEST(PreloadRefusal, ARefusedCallWhoseValidHalfNoRankCompressesJoinsNoAgreement) {
+  ASSERT_TRUE(kMethodSet);
+  setenv("GRADCOMP_NCCL_LIBRARY", GC_FAKE_NCCL, 1);
+  setenv("FAKE_NCCL_CHECK_ARGS", "1", 1);
+  const size_t n = 1 << 20;  // at GRADCOMP_MIN_ELEMENTS and past it
+  for (int checkCalls : {1, 0}) {
+    gradcompConfig_t cfg;
+    gradcompConfigInit(&cfg);
+    cfg.checkCalls = checkCalls;
+    cfg.cpuTimeoutSec = 10.0f;  // a rank left waiting fails after it
+    gctest::CpuWorld w(2, cfg);
+    gctest::ncclLike(w);
+    ncclComm_t comms[2];
+    std::vector<gc::preload::EntryPtr> entries;
+    for (int r = 0; r < 2; ++r) {
+      comms[r] = (ncclComm_t)(uintptr_t)(0x9000 + 0x100 * r + 0x10 * checkCalls);
+      entries.push_back(compressingEntry(comms[r], w.comm(r)));
+      entries.back()->rank = r;
+      entries.back()->nranks = 2;
+    }
+    std::vector<std::vector<float>> b(2, std::vector<float>(2 * n, 1.0f));
+    // 0: an int32 allreduce, a negative op on rank 1; 1: a Max, a datatype
+    // no C++ enum holds on rank 1; 2: an int32 reduce-scatter, a negative op
+    // on rank 1.
+    for (int kind = 0; kind < 3; ++kind) {
+      SCOPED_TRACE(testing::Message() << "kind " << kind << " checkCalls " << checkCalls);
+      if (!checkCalls) {
+        for (int r = 0; r < 2; ++r) ASSERT_EQ(gradcompCommResetState(w.comm(r)), gradcompSuccess);
+      }
+      ncclResult_t res[2], next[2];
+      std::string err[2];
+      std::vector<std::thread> threads;
+      for (int r = 0; r < 2; ++r) {
+        threads.emplace_back([&, r] {
+          ncclDataType_t t = kind == 1 ? ncclFloat32 : ncclInt32;
+          ncclRedOp_t op = kind == 1 ? ncclMax : ncclSum;
+          const int minusOne = -1;
+          if (r == 1 && kind == 1) memcpy(&t, &minusOne, sizeof t);
+          if (r == 1 && kind != 1) memcpy(&op, &minusOne, sizeof op);
+          float* s = b[r].data();
+          res[r] = kind == 2 ? ncclReduceScatter(s, s + n, n, t, op, comms[r], nullptr)
+                             : ncclAllReduce(s, s, n, t, op, comms[r], nullptr);
+          // Then a call made right, compressed.
+          b[r].assign(2 * n, 1.0f);
+          next[r] = ncclAllReduce(s, s, n, ncclFloat32, ncclSum, comms[r], nullptr);
+          err[r] = gradcompGetLastError();
+        });
+      }
+      for (auto& t : threads) t.join();
+      EXPECT_EQ(res[0], ncclSuccess);          // NCCL ran it (the stand-in)
+      EXPECT_EQ(res[1], ncclInvalidArgument);  // NCCL's answer
+      for (int r = 0; r < 2; ++r) {
+        EXPECT_EQ(next[r], ncclSuccess) << "rank " << r << ": " << err[r];
+        EXPECT_FLOAT_EQ(b[r][0], 2.0f) << "rank " << r;
+      }
+      // Before the fix a case costs cpuTimeoutSec: stop at the first.
+      if (::testing::Test::HasFailure()) break;
+    }
+    for (auto& e : entries) e->gc = nullptr;  // the world destroys its comms
+    if (::testing::Test::HasFailure()) break;
+  }
+  unsetenv("FAKE_NCCL_CHECK_ARGS");
+  unsetenv("GRADCOMP_NCCL_LIBRARY");
+}
+
 // The warnings' keys are bounded: past kMaxWarningKinds distinct ones, a
 // new warning is not printed (one line says so) and not recorded. Last in
 // this file: it fills the process's keys.
