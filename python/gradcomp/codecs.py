@@ -4,11 +4,12 @@ The same bytes as the GPU kernels for the same seed; handy to inspect what a
 compressed call puts on the wire. Thin wrappers: the arithmetic is the library's.
 """
 import ctypes
+import numbers
 
 from . import _types as T
 from ._lib import InvalidArgumentError, check, lib
 from .comm import _count, _integer, _rank_int, buffer_info, describe
-from .config import _real
+from .config import _is_bool, _real
 
 
 def _np():
@@ -42,6 +43,10 @@ def _encoded(encoded):
     """The wire bytes as a contiguous uint8 array: a bytes-like object or a uint8 array; any
     other dtype is refused rather than value-cast."""
     np = _np()
+    if isinstance(encoded, memoryview) and not encoded.c_contiguous:
+        # A strided view (memoryview(a)[::2]) has no one run of bytes for frombuffer, whose
+        # BufferError names no argument: its bytes in order, as bytes() gives them.
+        encoded = encoded.tobytes()
     if isinstance(encoded, (bytes, bytearray, memoryview)):
         return np.frombuffer(encoded, np.uint8)
     if hasattr(encoded, "data_ptr") and hasattr(encoded, "numpy"):  # a CPU torch tensor
@@ -88,11 +93,24 @@ def _seed(seed):
     return seed
 
 
-def _choice(field, value):
-    names = T.CHOICES[field]
-    if value not in names:
-        raise InvalidArgumentError(f"{field}={value!r} is not one of {'|'.join(names)}", 1)
+def _flag(value, name):
+    """An on/off argument as 1 or 0: a bool (Python's or numpy's) or the integer 0 or 1. Any
+    other value is refused rather than read by its truth: accumulate="False" would be on."""
+    if _is_bool(value) or (isinstance(value, numbers.Integral) and value in (0, 1)):
+        return 1 if value else 0
+    raise InvalidArgumentError(f"{name}={value!r} is not a bool: pass True or False", 1)
+
+
+def _one_of(value, names, name):
+    """names[value] for a name of the table; any other value (a number, a list, which a dict
+    lookup would refuse with an unhashable-type TypeError naming nothing) refused by name."""
+    if not isinstance(value, str) or value not in names:
+        raise InvalidArgumentError(f"{name}={value!r} is not one of {'|'.join(names)}", 1)
     return names[value]
+
+
+def _choice(field, value):
+    return _one_of(value, T.CHOICES[field], field)
 
 
 def qsgd_encode(x, bits=4, bucket_size=512, seed=0, residual=None, rounding="stochastic",
@@ -129,16 +147,16 @@ def qsgd_decode(encoded, count, bits=4, bucket_size=512, out=None, accumulate=Fa
     op = _float32_array(out, "out", count, writable=True)
     _disjoint(enc.ctypes.data, enc.size, op, 4 * count, "encoded and out")
     check(lib().gradcompQsgdDecodeHost(enc.ctypes.data, count, bits, bucket_size, op,
-                                       1 if accumulate else 0))
+                                       _flag(accumulate, "accumulate")))
     return out
 
 
 def topk_slots(n, density=0.01, oversample=2.0, exact=False):
     """kmax: the fixed number of slots a sparse call sends for n elements."""
-    n = _count(n, "n")
+    n, exact = _count(n, "n"), _flag(exact, "exact")
     density, oversample = _real(density, "density"), _real(oversample, "oversample")
     k = ctypes.c_size_t()
-    check(lib().gradcompTopkSlots(n, density, oversample, 1 if exact else 0, ctypes.byref(k)))
+    check(lib().gradcompTopkSlots(n, density, oversample, exact, ctypes.byref(k)))
     return k.value
 
 
@@ -146,26 +164,23 @@ def topk_select(v, density=0.01, oversample=2.0, sample_rate=1e-4, exact=False, 
     """Indices (uint32) the top-k selector picks on float32 v (threshold or exact)."""
     np = _np()
     density, oversample = _real(density, "density"), _real(oversample, "oversample")
-    sample_rate, seed = _real(sample_rate, "sample_rate"), _seed(seed)
+    sample_rate, seed, exact = _real(sample_rate, "sample_rate"), _seed(seed), _flag(exact, "exact")
     vp, n, t = buffer_info(v, "v", host=True)
     if t != T.NCCL_TYPES["float32"]:
         raise InvalidArgumentError(f"topk_select takes a float32 v; got {describe(v)}", 1)
     idx = np.zeros(max(topk_slots(n, density, oversample, exact), 1), np.uint32)
     sel = ctypes.c_uint64()
-    check(lib().gradcompTopkSelectHost(vp, n, density, oversample, sample_rate, 1 if exact else 0,
+    check(lib().gradcompTopkSelectHost(vp, n, density, oversample, sample_rate, exact,
                                        seed, idx.ctypes.data, ctypes.byref(sel)))
     return idx[: min(sel.value, idx.size)]
 
 
 def elias_params(levels, bucket_size=512, code="gamma", scale="max"):
-    codes, scales = {"gamma": 0, "omega": 1}, {"max": 0, "l2": 1}
-    if code not in codes:
-        raise InvalidArgumentError(f"code={code!r} is not one of {'|'.join(codes)}", 1)
-    if scale not in scales:
-        raise InvalidArgumentError(f"scale={scale!r} is not one of {'|'.join(scales)}", 1)
+    code = _one_of(code, {"gamma": 0, "omega": 1}, "code")
+    scale = _one_of(scale, {"max": 0, "l2": 1}, "scale")
     levels = _ranged(levels, "levels", _LEVELS)
     bucket_size = _ranged(bucket_size, "bucket_size", _BUCKET)
-    return T.EliasParams(levels, bucket_size, codes[code], scales[scale])
+    return T.EliasParams(levels, bucket_size, code, scale)
 
 
 def _elias_params(params):
@@ -206,5 +221,5 @@ def elias_decode(encoded, count, params, out=None, accumulate=False):
     op = _float32_array(out, "out", count, writable=True)
     _disjoint(enc.ctypes.data, enc.size, op, 4 * count, "encoded and out")
     check(lib().gradcompEliasDecodeHost(enc.ctypes.data, enc.size, count, ctypes.byref(params),
-                                        op, 1 if accumulate else 0))
+                                        op, _flag(accumulate, "accumulate")))
     return out

@@ -427,6 +427,13 @@ class Comm:
             if sys is not None and not sys.is_finalizing():
                 raise
 
+    def __reduce_ex__(self, protocol):
+        # copy.copy (and deepcopy, pickle) would make a second Comm of the same handle: the
+        # first of the two closed or collected frees the comm under the other, whose next call
+        # then reads freed memory (a crash).
+        raise TypeError(f"{self!r} cannot be copied or pickled: it owns its gradcompComm_t, "
+                        "which one Comm frees; pass the Comm itself")
+
     def __repr__(self):
         return f"Comm(rank={getattr(self, 'rank', '?')}, size={getattr(self, 'size', '?')})"
 
@@ -537,6 +544,11 @@ def _close_leaving(obj, exc_type, abort_refused):
             raise
 
 
+# The most ranks gradcompCommCreateCpu takes (plugin/comm.cc): a library taking more is still
+# refused past it here, a library taking fewer refuses by itself.
+_CPU_WORLD_MAX_RANKS = 1024
+
+
 class CpuWorld:
     """gradcompCommCreateCpu: `nranks` comms of one in-process world (host buffers).
 
@@ -547,12 +559,24 @@ class CpuWorld:
 
     def __init__(self, nranks, config=None, **settings):
         nranks = _rank_int(nranks, "nranks")
+        if nranks > _CPU_WORLD_MAX_RANKS:
+            # Refused before the output array is made: nranks=2**31-1 would be a 16 GiB array
+            # (minutes of zeroing, or MemoryError) before the library's refusal.
+            raise InvalidArgumentError(f"gradcompCommCreateCpu: nranks={nranks} is out of range "
+                                       f"1..{_CPU_WORLD_MAX_RANKS}", 1)
         cfg = as_config(config, **settings)
         arr = (ctypes.c_void_p * max(nranks, 1))()
         check(lib().gradcompCommCreateCpu(nranks, ctypes.byref(cfg.struct), arr),
               "gradcompCommCreateCpu")
-        self.config = cfg
+        self._config = cfg
         self.comms = [Comm(arr[r], host=True) for r in range(nranks)]
+
+    @property
+    def config(self):
+        """The settings the comms were made with, as a copy: the library copied them when it
+        made the comms, so a change to a Config afterwards changes no comm, and must not change
+        what this says they run."""
+        return self._config.copy()
 
     @property
     def size(self):

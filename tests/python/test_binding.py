@@ -459,6 +459,35 @@ class ConfigSettings(unittest.TestCase):
             with self.assertRaisesRegex(gradcomp.InvalidArgumentError, f"nranks=.*{why}"):
                 gradcomp.CpuWorld(bad)
 
+    def test_huge_world_is_refused_before_its_array_is_made(self):
+        # nranks=2**31-1 is a C int, so only the library's range refuses it; the comms' output
+        # array (8 bytes a rank) must not be made first. Under an address-space limit 1 GiB
+        # above what the process uses, making that 16 GiB array fails with MemoryError.
+        code = ("import resource, gradcomp\n"
+                "gradcomp.Config()\n"
+                "vm = int(open('/proc/self/status').read().split('VmSize:')[1].split()[0]) * 1024\n"
+                "resource.setrlimit(resource.RLIMIT_AS, (vm + (1 << 30), resource.RLIM_INFINITY))\n"
+                "try:\n"
+                "    gradcomp.CpuWorld(2**31 - 1)\n"
+                "except Exception as e:\n"
+                "    print(type(e).__name__, e)\n")
+        env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "python"))
+        p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertRegex(p.stdout, r"^InvalidArgumentError gradcompCommCreateCpu: "
+                                   r"nranks=2147483647 is out of range 1\.\.1024")
+
+    def test_world_config_says_what_the_comms_run(self):
+        # The library copied the settings when it made the comms: a change to the world's
+        # config afterwards must not make it say settings the comms do not run.
+        cfg = gradcomp.Config(from_env=False, method="qsgd", bits=2, min_elements=0)
+        with gradcomp.CpuWorld(2, cfg) as w:
+            cfg.update(bits=8)
+            w.config.update(bits=8)
+            self.assertEqual(w.config.bits, 2)
+            w.run(lambda c: c.allreduce(np.ones(1024, np.float32)))
+            self.assertEqual(w.comms[0].stats()["bits_last"], w.config.bits)
+
 
 class OneCallAtATime(unittest.TestCase):
     def test_a_second_thread_on_one_comm_is_refused(self):
@@ -876,6 +905,58 @@ class CodecArgumentChecks(unittest.TestCase):
             codecs.elias_decode(e, 4096, None)
         ok = codecs.elias_decode(e, 4096, self.p, out=np.zeros(4096, np.float32))
         self.assertTrue(np.array_equal(ok, codecs.elias_decode(e, 4096, self.p)))
+
+    def test_on_off_arguments_refuse_what_is_not_a_bool(self):
+        # accumulate="False" is true to Python: read by its truth it would accumulate.
+        e = codecs.qsgd_encode(self.x, rounding="nearest")
+        out = np.ones(4096, np.float32)
+        for bad in ("False", "no", 2, None, [0], 0.0):
+            with self.assertRaisesRegex(gradcomp.InvalidArgumentError,
+                                        rf"^accumulate={re.escape(repr(bad))} is not a bool"):
+                codecs.qsgd_decode(e, 4096, out=out, accumulate=bad)
+            with self.assertRaisesRegex(gradcomp.InvalidArgumentError,
+                                        rf"^accumulate={re.escape(repr(bad))} is not a bool"):
+                codecs.elias_decode(codecs.elias_encode(self.x, self.p), 4096, self.p, out=out,
+                                    accumulate=bad)
+            with self.assertRaisesRegex(gradcomp.InvalidArgumentError,
+                                        rf"^exact={re.escape(repr(bad))} is not a bool"):
+                codecs.topk_select(self.x, exact=bad)
+            with self.assertRaisesRegex(gradcomp.InvalidArgumentError,
+                                        rf"^exact={re.escape(repr(bad))} is not a bool"):
+                codecs.topk_slots(4096, exact=bad)
+        self.assertTrue(np.all(out == 1.0))  # nothing decoded into out
+        for on, off in ((True, False), (np.True_, np.False_), (1, 0)):
+            plain = codecs.qsgd_decode(e, 4096, accumulate=off)
+            acc = codecs.qsgd_decode(e, 4096, out=np.ones(4096, np.float32), accumulate=on)
+            self.assertTrue(np.array_equal(acc, plain + np.float32(1)))
+            self.assertTrue(np.array_equal(codecs.topk_select(self.x, exact=on),
+                                           codecs.topk_select(self.x, exact=True)))
+
+    def test_name_arguments_refuse_other_types_by_name(self):
+        # A list or dict: refused naming it, not with an unhashable-type TypeError naming nothing.
+        for call, name in ((lambda v: codecs.qsgd_encode(self.x, rounding=v), "rounding"),
+                           (lambda v: codecs.qsgd_encode(self.x, levels=v), "levels"),
+                           (lambda v: codecs.elias_params(7, code=v), "code"),
+                           (lambda v: codecs.elias_params(7, scale=v), "scale")):
+            for bad in (["gamma"], {}, 1):
+                with self.assertRaisesRegex(gradcomp.InvalidArgumentError,
+                                            rf"^{name}={re.escape(repr(bad))} is not one of "):
+                    call(bad)
+
+    def test_strided_memoryview_is_read_as_its_bytes(self):
+        # A memoryview with a step has no one run of bytes: its bytes in order, as bytes() gives.
+        e = codecs.qsgd_encode(self.x, seed=3)
+        wide = np.zeros(2 * e.size, np.uint8)
+        wide[::2] = e
+        view = memoryview(wide)[::2]
+        self.assertFalse(view.c_contiguous)
+        self.assertTrue(np.array_equal(codecs.qsgd_decode(view, 4096), codecs.qsgd_decode(e, 4096)))
+        p = self.p
+        f = codecs.elias_encode(self.x, p, seed=3)
+        wide = np.zeros(2 * f.size, np.uint8)
+        wide[::2] = f
+        self.assertTrue(np.array_equal(codecs.elias_decode(memoryview(wide)[::2], 4096, p),
+                                       codecs.elias_decode(f, 4096, p)))
 
     def test_elias_encode_checks_residual(self):
         guard = np.full(8192, 7.0, np.float32)
@@ -1634,6 +1715,25 @@ class DroppedComms(unittest.TestCase):
     def test_a_dropped_world_warns_per_comm(self):
         msgs = self.drop(lambda: gradcomp.CpuWorld(3))
         self.assertEqual(sorted(msgs), [f"unclosed Comm(rank={r}, size=3)" for r in range(3)])
+
+    def test_a_comm_is_not_copied_or_pickled(self):
+        # A copy would be a second owner of the handle: the first of the two closed or
+        # collected would free the comm under the other (a crash on its next call).
+        import copy
+        import pickle
+
+        with gradcomp.CpuWorld(1, min_elements=0) as w:
+            c = w.comms[0]
+            for dup in (copy.copy, copy.deepcopy, pickle.dumps):
+                with self.assertRaisesRegex(TypeError, r"^Comm\(rank=0, size=1\) cannot be "
+                                                       r"copied or pickled"):
+                    made = dup(c)
+                    if isinstance(made, comm_mod.Comm):
+                        made._h = ctypes.c_void_p()  # not a second owner, whatever follows
+            with self.assertRaises(TypeError):
+                copy.deepcopy(w)
+            x = np.ones(8, np.float32)
+            self.assertTrue(np.array_equal(c.allreduce(x), np.ones(8, np.float32)))
 
     def test_closed_aborted_and_with_worlds_do_not_warn(self):
         def closed():
