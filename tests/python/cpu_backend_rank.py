@@ -1,9 +1,10 @@
 """One rank of test_torch.CpuBackendDdp / CpuBackendFsdp / CpuBackendAbort /
 CpuBackendFsdpReplicas: gradcomp.torch with backend="cpu" on real DDP / FSDP2 over gloo, gradcomp's
 comm made from the process group (TCP between the ranks). Usage: cpu_backend_rank.py
-ddp|excluded|fsdp|fsdp_models|fsdp_frozen|fsdp_late_root|dgc|subgroups|restart|scaler|abort|
-replicas|ddp_group|ddp_register|overflow|compose|disagree|unused|unused_nan|unused_join|
-unused_mixed|unused_rewrapped|unused_rewrapped_gc|unused_static
+ddp|excluded|fsdp|fsdp_models|fsdp_frozen|fsdp_frozen_resume|fsdp_late_root|dgc|subgroups|
+restart|scaler|abort|replicas|ddp_group|ddp_register|overflow|compose|disagree|unused|
+unused_nan|unused_join|unused_mixed|unused_rewrapped|unused_rewrapped_gc|
+unused_rewrapped_join_gc|unused_static
 OUT (the env:// variables from tools/gc_ranks.py).
 
 Records every call the hook (DDP) or the reduce-scatter (FSDP) gets, its input before and its
@@ -327,6 +328,63 @@ def fsdp_frozen(out, rank):
     res = {"iter": state.iter}
     state.close()
     return records, res
+
+
+def fsdp_frozen_resume(out, rank):
+    """A module with a weight frozen throughout (a fine-tune's frozen base), checkpointed after
+    2 steps by a run that kept the module's residual under its name alone, as gradcomp did
+    before frozen parameters keyed residuals of their own (a hook made without the module keys
+    it so), and resumed for the third step with register_fsdp_reduce_scatter: its parameters
+    against the uninterrupted run's, and the warnings of the resumed step."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    class Two(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(8, 8, bias=False), nn.Linear(8, 8, bias=False)
+
+        def forward(self, x):
+            return self.b(self.a(x))
+
+    def make(named_only):
+        torch.manual_seed(0)
+        model = Two()
+        model.a.weight.requires_grad_(False)
+        fully_shard(model, mesh=init_device_mesh("cpu", (dist.get_world_size(),)))
+        state = gct.GradcompState(backend="cpu", config=config())
+        if named_only:  # the residual under the module's name, whatever is frozen
+            model.set_custom_reduce_scatter(gct.GradcompReduceScatter(state, "<root>"))
+        else:
+            gct.register_fsdp_reduce_scatter(model, state)
+        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+        return model, state, opt
+
+    def train(model, opt, steps):
+        for step in steps:
+            opt.zero_grad(set_to_none=True)
+            model(batch(step, rank, 8)[0]).pow(2).mean().backward()
+            opt.step()
+
+    def full(model):
+        return b"".join(p.full_tensor().detach().numpy().tobytes() for p in model.parameters())
+
+    m1, s1, o1 = make(True)
+    train(m1, o1, range(2))
+    ckpt = {"model": {k: v.detach().clone() for k, v in m1.state_dict().items()},
+            "gradcomp": s1.state_dict()}
+    train(m1, o1, [2])
+    s1.close()
+    m2, s2, o2 = make(False)
+    m2.load_state_dict(ckpt["model"])
+    s2.load_state_dict(ckpt["gradcomp"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(m2, o2, [2])
+    res = {"resume_bitwise": full(m2) == full(m1), "iter": s2.iter,
+           "warnings": [str(w.message) for w in caught if "gradcomp" in str(w.message)]}
+    s2.close()
+    return [], res
 
 
 def fsdp_late_root(out, rank):
@@ -1513,6 +1571,55 @@ def unused_rewrapped_gc(out, rank):
     return {"rec": rec}, {"carried": carried}
 
 
+def unused_rewrapped_join_gc(out, rank):
+    """unused_rewrapped_gc with the first DDP's steps inside Join (which leaves the DDP's
+    _join_config enabled after its block: torch sets it at Join's construction and never resets
+    it). The state must go on alike on both ranks whether the first DDP is gone (rank 0, at once)
+    or still waits for the collector (rank 1, until after the step where p is unused): the run
+    completes, and both ranks keep alike and get the same p.grad."""
+    import gc
+    from torch.distributed.algorithms.join import Join
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    cfg = gradcomp.Config(from_env=False, method="topk", density=0.05, select="exact",
+                          min_elements=0, auto_tune=0)
+    gc.disable()  # the collector runs where this case says, not at allocation counts
+    try:
+        torch.manual_seed(0)
+        m = UnusedNet()
+        st = gct.GradcompState(module=m, start_iter=3, backend="cpu", config=cfg)
+        rec = {"input": [], "output": [], "grad": []}
+        d = DDP(m, find_unused_parameters=True)
+        d.register_forward_hook(lambda mod, i, o, _d=d: None)  # d -> its hooks -> d
+        d.register_comm_hook(st, recording_p(m, rec)(gct.gradcomp_hook))
+        with Join([d]):
+            for s in range(2):
+                d(unused_input(m, 0, rank)).square().sum().backward()
+        del d
+        if rank == 0:
+            gc.collect()
+        rec = {"input": [], "output": [], "grad": []}
+        d = DDP(m, find_unused_parameters=True)
+        d.register_comm_hook(st, recording_p(m, rec)(gct.gradcomp_hook))
+        carried = []
+        with st.paused():  # DDP regroups its buckets after its first step
+            d(unused_input(m, 0, rank)).square().sum().backward()
+        del rec["input"][:], rec["output"][:]
+        for s in range(UNUSED_AT + 2 + UNUSED_FLUSH):
+            if s == UNUSED_AT + 1 and rank == 1:
+                gc.collect()
+            x = unused_input(m, s, rank)
+            d.zero_grad(set_to_none=True)
+            d(x).square().sum().backward()
+            g = m.p.grad
+            rec["grad"].append(torch.zeros(m.p.numel()) if g is None else g.reshape(-1).clone())
+            carried.append(len(st._carry))
+        st.close()
+    finally:
+        gc.enable()
+    return {"rec": rec}, {"carried": carried}
+
+
 def unused_static(out, rank):
     """DDP(static_graph=True, find_unused_parameters=True) with p unused at every step: DDP
     never gives p a gradient (its unused set is fixed), and regroups its buckets (so ZeRO's
@@ -1700,7 +1807,9 @@ def main():
             json.dump(res, f)
         gc_ranks.leave(0)  # rank 1 dies here, rank 0 has no group left
     records, res = {"ddp": ddp, "excluded": excluded, "fsdp": fsdp, "fsdp_models": fsdp_models,
-                     "fsdp_frozen": fsdp_frozen, "fsdp_late_root": fsdp_late_root, "dgc": dgc,
+                     "fsdp_frozen": fsdp_frozen,
+                     "fsdp_frozen_resume": fsdp_frozen_resume, "fsdp_late_root": fsdp_late_root,
+                     "dgc": dgc,
                      "subgroups": subgroups, "scaler": scaler, "replicas": replicas,
                      "restart": restart, "ddp_group": ddp_group,
                      "ddp_register": ddp_register, "overflow": overflow,
@@ -1709,6 +1818,7 @@ def main():
                      "unused_join": unused_join, "unused_mixed": unused_mixed,
                      "unused_rewrapped": unused_rewrapped,
                      "unused_rewrapped_gc": unused_rewrapped_gc,
+                     "unused_rewrapped_join_gc": unused_rewrapped_join_gc,
                      "unused_static": unused_static}[mode](out, rank)
     torch.save(records, f"{out}.rank{rank}.pt")
     with open(f"{out}.rank{rank}.json", "w") as f:

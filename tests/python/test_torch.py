@@ -3132,6 +3132,17 @@ class CpuBackendUnusedParameters(unittest.TestCase):
         for r in range(2):
             self._conserved(recs, r, "wrapped again, freed at other times")
 
+    def test_a_first_ddp_left_in_join_goes_at_other_times_on_the_ranks(self):
+        """As the case above, the first DDP's steps inside Join, which leaves its Join enabled
+        (torch never resets it): whether the state reads that from the first DDP (still alive
+        on rank 1) or not (gone on rank 0) must not split the ranks: the run completes, both
+        keep alike at every step, and p.grad is alike on both."""
+        records, results = launch_ranks(self, "unused_rewrapped_join_gc")
+        self.assertEqual(results[0]["carried"], results[1]["carried"])
+        recs = [records[r]["rec"] for r in range(2)]
+        for s, (g0, g1) in enumerate(zip(recs[0]["grad"], recs[1]["grad"])):
+            same_bits(self, g0, g1, f"step {s}: rank 0 and 1's p.grad")
+
     def test_nothing_is_carried_under_a_static_graph(self):
         """static_graph=True (with find_unused_parameters=True): a parameter unused at one step
         is unused at every step, so a kept slice could never reach it; and DDP regroups its
@@ -3636,6 +3647,21 @@ class CpuBackendFsdp(unittest.TestCase):
                 for r in range(N):
                     same_bits(self, records[r][k]["output"], outs[r], f"rank {r} step {k}")
         self.assertEqual([res["iter"] for res in results], [4, 4])
+
+    def test_a_checkpoint_keying_frozen_parameters_by_name_resumes_their_residual(self):
+        """A checkpoint of a module with frozen parameters saved by a gradcomp that kept its
+        residual under the module's name alone (before frozen sets keyed their own): resumed,
+        the step is bit for bit the uninterrupted run's, and nothing is warned (the residual
+        started fresh, warning of a module the checkpoint had no residual for)."""
+        import gradcomp.torch.fsdp
+
+        reason = gradcomp.torch.fsdp.unsupported_reason()
+        if reason:
+            self.skipTest(reason)
+        _, results = launch_ranks(self, "fsdp_frozen_resume")
+        for r in range(2):
+            self.assertEqual(results[r], {"resume_bitwise": True, "iter": 3, "warnings": []},
+                             f"rank {r}")
 
     def test_a_root_sharded_after_registering_is_named(self):
         """register_fsdp_reduce_scatter before the root's fully_shard: FSDP reduces the root's

@@ -173,10 +173,13 @@ class GradcompState:
     _fsdp_role = None
     _split_given = False  # param_groups() gave a DGC split by is_compressed()
     _ddp_options = {}  # the DDP hook's options given (_DDP_ONLY), by name; set, never changed
-    # FSDP2's hooks by residual key, weakly: the one made last for each key (fsdp._claim),
+    # FSDP2's hooks by residual key: the token of the one made last for each key (fsdp._claim),
     # which alone may reduce under it (a second model's module of the same name would take its
     # residual). None until the first is made.
     _fsdp_hooks = None
+    # FSDP2's frozen parameter sets whose residual a loaded state dict kept under their module's
+    # key (fsdp._frozen_key), by module key; None until one is looked up, again at each load.
+    _fsdp_frozen_named = None
 
     def __init__(self, process_group=None, module=None, *, layer_min_size=None, start_iter=None,
                  exclude_1d=None, backend="nccl", grad_scaler=None, config=None, **settings):
@@ -250,6 +253,7 @@ class GradcompState:
         self._watch_task = None
         self._found_ddp = None  # the DDP _registering_ddp found, weakly
         self._found_opts = None  # and its settings (_ddp_opts), read when it was found
+        self._found_join = False  # and whether it was in Join at its last call (_in_join)
         if module is not None:
             ddp_group = getattr(module, "process_group", None)
             if (isinstance(module, torch.nn.parallel.DistributedDataParallel)
@@ -514,6 +518,7 @@ class GradcompState:
             isinstance(e, (list, tuple)) and len(e) == 2 and all(isinstance(v, int) for v in e)
             for e in counts)
         self._loaded_counts = {k: n for k, n in counts} if ok else None
+        self._fsdp_frozen_named = None
         self._key_counts = dict(self._loaded_counts or {})
         if (d.get("keyed_by") in _FSDP_KEYED_BY.values() and d.get("iter") == 0
                 and self._loaded_keys):
@@ -1503,8 +1508,14 @@ def _reduce_bucket(state, bucket, buf, stream, ddp=None):
         if ddp is not None:  # register_ddp_hook's: each DDP checked at its first call
             if ddp not in state._ddps_checked:
                 state._check_ddp_group(buf.device, ddp)
-        elif not state._ddp_group_checked:
-            state._check_ddp_group(buf.device)
+        else:
+            if not state._ddp_group_checked:
+                state._check_ddp_group(buf.device)
+            found = state._found_ddp() if state._found_ddp is not None else None
+            if found is not None:
+                # Read at each of its calls while it lives, on every rank alike: once it is
+                # gone on one rank only, _watch_unused decides by the last one read everywhere.
+                state._found_join = _in_join(found)
         return _reduce_noted(state, bucket, buf, stream, last, ddp)
     except BaseException:
         # The step is abandoned (DDP's backward raises): the next bucket 0, of this model's
@@ -1608,7 +1619,8 @@ def _watch_unused(state, ddp, plan, buf):
     every rank), and queues _settle_unused for the end of the backward; returns those flags
     (a tensor on the bucket's device, read there) and whether DDP's gradients are views of its
     buckets (gradient_as_bucket_view), or None: nothing otherwise."""
-    if ddp is not None:  # register_ddp_hook's
+    found = ddp is None
+    if not found:  # register_ddp_hook's
         opts = _ddp_opts(ddp)
     elif state._found_opts is not None:
         # register_comm_hook's: the settings of the DDP found at the first call, whether it is
@@ -1641,11 +1653,14 @@ def _watch_unused(state, ddp, plan, buf):
                          "rank is not carried to its next step (DDP gives such a parameter no "
                          "gradient); leave manual finalization off to keep it (warned once)")
         return None
-    if ddp is not None and getattr(getattr(ddp, "_join_config", None), "enable", False):
+    # The DDP found keeps the Join it was in at its last call (_reduce_bucket), also once it is
+    # gone: torch never turns a DDP's Join off after its block (Join sets it when made), so a
+    # rank where that DDP still waits for the collector reads it in Join, and one where it is
+    # gone must decide alike.
+    if state._found_join if found else _in_join(ddp):
         # Inside Join (every rank of the DDP is): a joined rank's shadow calls run outside any
         # backward and keep nothing, so a rank still training that kept a slice would add it,
-        # alone, to a result after the Join. (A DDP found and gone is in no Join: alike on the
-        # ranks where it is gone and those where it waits for the collector.)
+        # alone, to a result after the Join.
         return None
     current = getattr(torch._C, "_current_graph_task_id", None)
     if current is None:
@@ -1667,6 +1682,11 @@ def _watch_unused(state, ddp, plan, buf):
         # after this call; a callback queued by a callback runs after all of those.
         engine.queue_callback(lambda: engine.queue_callback(settle))
     return zero, opts["view"]
+
+
+def _in_join(ddp):
+    """Whether `ddp` is in Join (its _join_config enabled)."""
+    return bool(getattr(getattr(ddp, "_join_config", None), "enable", False))
 
 
 def _ddp_opts(ddp):

@@ -85,6 +85,7 @@ class GradcompReduceScatter(_Base):
             _claim(self)
 
     _tree_checked = False  # _check_tree_hooked ran
+    _claim_token = None  # _claim's, while the hook has a state to claim its key on
 
     def allocate(self, size, *, dtype, device):
         return torch.empty(*size, dtype=dtype, device=device)
@@ -195,7 +196,7 @@ class GradcompReduceScatter(_Base):
         _check_tree_hooked(self, "_reduce_scatter_comm", "reduce-scatter",
                            "register_fsdp_reduce_scatter")
         comm = self.state.comm(out.device)
-        key = _residual_key(self)
+        key = _residual_key(self, inp.numel())
         self.state._check_fsdp_key(self.name, key, inp.numel())
         self.state._count_fsdp_step(self.key)
         self.state._follow_scaler(comm, stream_handle())
@@ -255,6 +256,7 @@ class GradcompReplicaAllReduce:
             _claim(self)
 
     _tree_checked = False  # _check_tree_hooked ran
+    _claim_token = None  # _claim's, while the hook has a state to claim its key on
 
     def abort(self):
         """GradcompState.abort() of the state the modules' hooks share (see
@@ -341,7 +343,7 @@ class GradcompReplicaAllReduce:
         _check_tree_hooked(self, "_all_reduce_hook", "replica all-reduce",
                            "register_fsdp_replica_all_reduce")
         comm = self.state.comm(t.device)
-        key = _residual_key(self)
+        key = _residual_key(self, t.numel())
         self.state._check_fsdp_key(self.name, key, t.numel())
         self.state._count_fsdp_step(self.key)
         self.state._follow_scaler(comm, stream_handle)
@@ -363,10 +365,10 @@ def _check_state(state, who):
                         "method=...) and pass it")
 
 
-def _residual_key(hook):
-    """The key of the residual a call of `hook` reduces under: its module's key, or, while some
-    of the module's parameters are frozen (requires_grad=False), one per set of frozen ones.
-    FSDP leaves a frozen parameter out of the flat buffer, also under
+def _residual_key(hook, count):
+    """The key of the residual a call of `hook` (of `count` elements) reduces under: its
+    module's key, or, while some of the module's parameters are frozen (requires_grad=False),
+    one per set of frozen ones. FSDP leaves a frozen parameter out of the flat buffer, also under
     set_reduce_scatter_unused_params(True): the buffer then holds the others' gradients, and a
     module whose parameters are frozen by turns (two of one size) gives buffers of one size
     that hold different parameters, which under one key took each other's residuals. Without
@@ -376,7 +378,27 @@ def _residual_key(hook):
     frozen = tuple((g, i) for g, group in enumerate(_param_groups(hook.module))
                    for i, p in enumerate(getattr(group, "fsdp_params", ()))
                    if not p.sharded_param.requires_grad)
-    return _key_of((hook.key, "frozen", frozen)) if frozen else hook.key
+    if not frozen:
+        return hook.key
+    return _frozen_key(hook, frozen, _key_of((hook.key, "frozen", frozen)), count)
+
+
+def _frozen_key(hook, frozen, key, count):
+    """`key`, the residual key of the module's frozen set `frozen`, or the module's own key
+    where the loaded state dict's run kept that set's residual there: it reduced `count`
+    elements under the module's key and nothing under `key`, as gradcomp did before frozen
+    parameters keyed residuals of their own (and as a run resumed from such a state dict goes
+    on doing), so that such a checkpoint resumes the residual instead of starting it fresh. One
+    frozen set per module goes on under the module's key, the first called; the others key
+    their own. Read off the loaded state dict and the call alone, as every rank has them."""
+    state = hook.state
+    loaded = state._loaded_counts or {}
+    if state._fsdp_frozen_named is None:
+        state._fsdp_frozen_named = {}
+    named = state._fsdp_frozen_named  # module key -> the frozen set reducing under it
+    if hook.key not in named and loaded.get(hook.key) == count and key not in loaded:
+        named[hook.key] = frozen
+    return hook.key if named.get(hook.key) == frozen else key
 
 
 def _check_tree_hooked(hook, attr, what, register):
