@@ -6,6 +6,7 @@
 
 #include <gtest/gtest.h>
 #include <stdint.h>
+#include <string.h>
 
 #include <string>
 #include <vector>
@@ -57,6 +58,54 @@ inline void expectStatesKeptAndTheCallMadeRightRuns(CpuWorld& w,
   for (int r = 0; r < N; ++r) {
     EXPECT_EQ(res[r], gradcompSuccess) << "rank " << r << ": " << err[r];
   }
+}
+
+// The first call after a reset (kinds 0 and 2) or a load of the state each
+// rank held (kind 1), which the ranks agree on, refused by rank `who` alone
+// before it begins: a datatype of ncclNumTypes (kind 0), an op of -1 (kind 1,
+// put in the enum's bytes as a C caller's), a reduce-scatter whose input
+// overflows (kind 2); the others' call is an fp32 sum of m elements (b[r]
+// reduce-scattered into o[r] at kind 2, else allreduced in place). Expects the
+// refusal's answers (expectOneRankRefused); `before` holds every rank's state
+// after the reset or load.
+inline void expectTheFirstCallAfterALoadOrResetRefused(CpuWorld& w, int kind, int who,
+                                                       std::vector<std::vector<float>>& b,
+                                                       std::vector<std::vector<float>>& o, size_t m,
+                                                       std::vector<std::vector<uint8_t>>* before) {
+  const int N = w.size();
+  const bool rs = kind == 2;
+  std::vector<std::string> err;
+  before->assign(N, {});
+  for (int r = 0; r < N; ++r) (*before)[r] = savedState(w.comm(r));
+  auto res = onRanks(
+      N,
+      [&](int r) {
+        return kind == 1
+                   ? gradcompCommLoadState(w.comm(r), (*before)[r].data(), (*before)[r].size())
+                   : gradcompCommResetState(w.comm(r));
+      },
+      &err);
+  for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], gradcompSuccess) << err[r];
+  for (int r = 0; r < N; ++r) (*before)[r] = savedState(w.comm(r));
+  res = onRanks(
+      N,
+      [&](int r) {
+        const bool bad = r == who;
+        float* s = b[r].data();
+        if (rs) {
+          return gradcompReduceScatter(s, o[r].data(), bad ? SIZE_MAX / 4 : m, ncclFloat32, ncclSum,
+                                       w.comm(r), nullptr);
+        }
+        ncclRedOp_t op = ncclSum;
+        const int minusOne = -1;
+        if (bad && kind == 1) memcpy(&op, &minusOne, sizeof op);
+        return gradcompAllReduce(s, s, m, bad && kind == 0 ? ncclNumTypes : ncclFloat32, op,
+                                 w.comm(r), nullptr);
+      },
+      &err);
+  const std::string badType = "datatype=" + std::to_string((int)ncclNumTypes);
+  const char* what = kind == 0 ? badType.c_str() : kind == 1 ? "op=-1" : "recvcount=";
+  expectOneRankRefused(res, err, who, kind == 2 ? "overflows" : what, what);
 }
 
 }  // namespace gctest

@@ -1152,7 +1152,6 @@ TEST(ApiSequence, ARefusalOnOneRankFailsItsPeersNamingIt) {
 // the setting off). The agreement failed on every rank, so the next call
 // verifies on every rank again, and runs.
 TEST(ApiSequence, ARefusalOfTheFirstCallAfterALoadOrResetFailsItsPeersNamingIt) {
-  const std::string badType = "datatype=" + std::to_string((int)ncclNumTypes);
   for (int local : {0, 2}) {
     gradcompConfig_t c;
     gradcompConfigInit(&c);
@@ -1165,43 +1164,9 @@ TEST(ApiSequence, ARefusalOfTheFirstCallAfterALoadOrResetFailsItsPeersNamingIt) 
       SCOPED_TRACE(testing::Message() << "kind " << kind << ", local " << local);
       const bool rs = kind == 2;
       const size_t m = rs ? 1000 / (size_t)N : 1000;
-      std::vector<std::string> err;
-      std::vector<std::vector<uint8_t>> before(N);
-      for (int r = 0; r < N; ++r) before[r] = gctest::savedState(w.comm(r));
-      // A reset, then a load of the state each rank held: either leaves the
-      // next call to be agreed on.
-      auto res = onRanks(
-          N,
-          [&](int r) {
-            return kind == 1 ? gradcompCommLoadState(w.comm(r), before[r].data(), before[r].size())
-                             : gradcompCommResetState(w.comm(r));
-          },
-          &err);
-      for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], gradcompSuccess) << err[r];
-      for (int r = 0; r < N; ++r) before[r] = gctest::savedState(w.comm(r));
-      res = onRanks(
-          N,
-          [&](int r) {
-            const bool bad = r == who;
-            float* s = b[r].data();
-            if (rs) {
-              return gradcompReduceScatter(s, o[r].data(), bad ? SIZE_MAX / 4 : m, ncclFloat32,
-                                           ncclSum, w.comm(r), nullptr);
-            }
-            if (kind == 1) {
-              // A C caller's op of -1, put in the enum's bytes (as
-              // ARefusalOnOneRankFailsItsPeersNamingIt does).
-              ncclRedOp_t op = ncclSum;
-              const int minusOne = -1;
-              if (bad) memcpy(&op, &minusOne, sizeof op);
-              return gradcompAllReduce(s, s, m, ncclFloat32, op, w.comm(r), nullptr);
-            }
-            return gradcompAllReduce(s, s, m, bad ? ncclNumTypes : ncclFloat32, ncclSum, w.comm(r),
-                                     nullptr);
-          },
-          &err);
-      const char* what = kind == 0 ? badType.c_str() : kind == 1 ? "op=-1" : "recvcount=";
-      gctest::expectOneRankRefused(res, err, who, kind == 2 ? "overflows" : what, what);
+      std::vector<std::vector<uint8_t>> before;
+      gctest::expectTheFirstCallAfterALoadOrResetRefused(w, kind, who, b, o, m, &before);
+      if (::testing::Test::HasFatalFailure()) return;
       gctest::expectStatesKeptAndTheCallMadeRightRuns(w, before, b, o, rs, m);
       // Before the fix a case costs cpuTimeoutSec: stop at the first.
       if (::testing::Test::HasFailure()) return;

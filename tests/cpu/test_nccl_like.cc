@@ -315,7 +315,6 @@ TEST(NcclLike, ARefusalBeforeTheCallFailsItsPeersNamingIt) {
 // ever; before 2026-12-07). The agreement failed, so every rank still
 // verifies its next call (the ranks stay in step), and that call runs.
 TEST(NcclLike, ARefusalOfTheFirstCallAfterALoadOrResetFailsItsPeersNamingIt) {
-  const std::string badType = "datatype=" + std::to_string((int)ncclNumTypes);
   for (int local : {0, 2}) {
     for (size_t minElements : {(size_t)0, (size_t)1 << 20}) {
       const int N = local ? 4 : 2, who = N - 1;
@@ -327,37 +326,9 @@ TEST(NcclLike, ARefusalOfTheFirstCallAfterALoadOrResetFailsItsPeersNamingIt) {
                      << "kind " << kind << ", local " << local << " min " << minElements);
         const bool rs = kind == 2;
         const size_t m = rs ? 1000 / (size_t)N : 1000;
-        std::vector<std::string> err;
-        std::vector<std::vector<uint8_t>> before(N);
-        for (int r = 0; r < N; ++r) before[r] = gctest::savedState(w.comm(r));
-        auto res = onRanks(
-            w,
-            [&](int r) {
-              return kind == 1
-                         ? gradcompCommLoadState(w.comm(r), before[r].data(), before[r].size())
-                         : gradcompCommResetState(w.comm(r));
-            },
-            &err);
-        for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], gradcompSuccess) << err[r];
-        for (int r = 0; r < N; ++r) before[r] = gctest::savedState(w.comm(r));
-        res = onRanks(
-            w,
-            [&](int r) {
-              const bool bad = r == who;
-              float* s = b[r].data();
-              if (rs) {
-                return gradcompReduceScatter(s, o[r].data(), bad ? SIZE_MAX / 4 : m, ncclFloat32,
-                                             ncclSum, w.comm(r), nullptr);
-              }
-              ncclRedOp_t op = ncclSum;
-              const int minusOne = -1;
-              if (bad && kind == 1) memcpy(&op, &minusOne, sizeof op);
-              return gradcompAllReduce(s, s, m, bad && kind == 0 ? ncclNumTypes : ncclFloat32, op,
-                                       w.comm(r), nullptr);
-            },
-            &err);
-        const char* what = kind == 0 ? badType.c_str() : kind == 1 ? "op=-1" : "recvcount=";
-        gctest::expectOneRankRefused(res, err, who, kind == 2 ? "overflows" : what, what);
+        std::vector<std::vector<uint8_t>> before;
+        gctest::expectTheFirstCallAfterALoadOrResetRefused(w, kind, who, b, o, m, &before);
+        if (::testing::Test::HasFatalFailure()) return;
         for (int r = 0; r < N; ++r) {
           // Compared and found apart: not to be handed to NCCL on one rank alone.
           EXPECT_TRUE(w.comm(r)->failedTogether) << "rank " << r;

@@ -536,13 +536,7 @@ TEST(StateBlob, ARefusedCallLeavesTheStateAsItWas) {
 
 namespace {
 
-// Values a save never writes, in blobs whose checksum is right (a checkpoint
-// edited or merged by hand, or memory corrupted before the save summed it):
-// refused, naming the field, the comm unchanged. Before, a NaN residual made
-// its bucket NaN at every later call, a DQ-SGD history with statistics but
-// no width quantized the next call with 0 bits (a crash), a budget history
-// of 1e300 overflowed an int, and a key kind past 3 loaded a state no call
-// would find (its buffer's residual silently lost).
+// Where a blob's first buffer record's payload starts.
 size_t firstBufferPayload(const Blob& b) {
   size_t at = 112;  // the header: 48 bytes and 16 shape fields
   for (;;) {
@@ -555,19 +549,77 @@ size_t firstBufferPayload(const Blob& b) {
   }
 }
 
+// The blob's checksum set to what it holds now.
 void reseal(Blob* b) {
   const uint32_t crc = crc32cReference(b->data(), b->size(), 12, 16);
   memcpy(b->data() + 12, &crc, 4);
 }
 
+// The first buffer record of a blob: where its payload starts, its counts and
+// flags, and where its arrays (residual, owner residual, velocity, as the
+// flags say) and its history after them start.
+struct FirstBuffer {
+  size_t p;
+  uint64_t count, owner, calls;
+  uint32_t flags;
+  size_t arrays, velocity, history;
+};
+
+FirstBuffer firstBuffer(const Blob& b) {
+  FirstBuffer f;
+  f.p = firstBufferPayload(b);
+  memcpy(&f.count, b.data() + f.p + 16, 8);
+  memcpy(&f.owner, b.data() + f.p + 24, 8);
+  memcpy(&f.calls, b.data() + f.p + 32, 8);
+  memcpy(&f.flags, b.data() + f.p + 40, 4);
+  f.arrays = f.p + 48;
+  f.velocity = f.arrays + ((f.flags & 1) ? f.count * 4 : 0) + ((f.flags & 2) ? f.owner * 4 : 0);
+  f.history = f.velocity + ((f.flags & 4) ? f.count * 4 : 0);
+  return f;
+}
+
+// A blob patched as a case says, and what its refusal must name.
+struct PatchCase {
+  const char* name;
+  gradcompMethod_t method;
+  gradcompBitsMode_t mode;
+  const char* says;
+};
+
+// Rank 0's state after three steps of a two-rank world of cfg, patched by
+// patch(&blob, firstBuffer(blob)) and resealed: its load is refused naming
+// k.says, and the comm is unchanged. Where goodLoads, the blob unpatched and
+// resealed the same way then loads (the patch is what is refused).
+template <class Patch>
+void expectPatchRefused(const PatchCase& k, const gradcompConfig_t& cfg, bool goodLoads,
+                        Patch patch) {
+  const size_t n = 2000;
+  gctest::CpuWorld w(2, cfg);
+  for (int t = 0; t < 3; ++t) step(w, n, t);
+  const Blob good = save(w.comm(0));
+  Blob b = good;
+  patch(&b, firstBuffer(b));
+  if (::testing::Test::HasFatalFailure()) return;
+  reseal(&b);
+  EXPECT_EQ(gradcompCommLoadState(w.comm(0), b.data(), b.size()), gradcompInvalidArgument);
+  EXPECT_NE(strstr(gradcompGetLastError(), k.says), nullptr) << gradcompGetLastError();
+  EXPECT_EQ(save(w.comm(0)), good) << "the refused load changed the comm";
+  if (!goodLoads) return;
+  Blob same = good;
+  reseal(&same);
+  EXPECT_EQ(gradcompCommLoadState(w.comm(0), same.data(), same.size()), gradcompSuccess)
+      << gradcompGetLastError();
+}
+
+// Values a save never writes, in blobs whose checksum is right (a checkpoint
+// edited or merged by hand, or memory corrupted before the save summed it):
+// refused, naming the field, the comm unchanged. Before, a NaN residual made
+// its bucket NaN at every later call, a DQ-SGD history with statistics but
+// no width quantized the next call with 0 bits (a crash), a budget history
+// of 1e300 overflowed an int, and a key kind past 3 loaded a state no call
+// would find (its buffer's residual silently lost).
 TEST(StateBlob, ValuesNoSaveWritesAreRefused) {
-  struct Case {
-    const char* name;
-    gradcompMethod_t method;
-    gradcompBitsMode_t mode;
-    const char* says;
-  };
-  const Case cases[] = {
+  const PatchCase cases[] = {
       {"NaN residual", gradcompMethodQsgd, gradcompBitsFixed, "residual[5] = nan is not finite"},
       {"Inf velocity", gradcompMethodDgc, gradcompBitsFixed, "momentum[5] = inf is not finite"},
       {"statistics without a width", gradcompMethodQsgd, gradcompBitsDynamic,
@@ -578,62 +630,39 @@ TEST(StateBlob, ValuesNoSaveWritesAreRefused) {
       {"the word after a tag", gradcompMethodQsgd, gradcompBitsFixed,
        "has 7 in the word after its tag, which is always 0"},
   };
-  const size_t n = 2000;
-  for (const Case& k : cases) {
+  for (const PatchCase& k : cases) {
     SCOPED_TRACE(k.name);
     gradcompConfig_t cfg = baseConfig(k.method);
     cfg.bitsMode = k.mode;
     cfg.budgetWindow = 4;
-    gctest::CpuWorld w(2, cfg);
-    for (int t = 0; t < 3; ++t) step(w, n, t);
-    const Blob good = save(w.comm(0));
-    Blob b = good;
-    const size_t p = firstBufferPayload(b);
-    uint64_t count, owner;
-    uint32_t flags;
-    memcpy(&count, b.data() + p + 16, 8);
-    memcpy(&owner, b.data() + p + 24, 8);
-    memcpy(&flags, b.data() + p + 40, 4);
-    const size_t arrays = p + 48;
-    const size_t history = arrays + ((flags & 1) ? count * 4 : 0) + ((flags & 2) ? owner * 4 : 0) +
-                           ((flags & 4) ? count * 4 : 0);
-    if (k.method == gradcompMethodDgc) {
-      ASSERT_TRUE(flags & 4) << "a DGC state keeps a velocity";
-      const float inf = INFINITY;
-      memcpy(
-          b.data() + arrays + ((flags & 1) ? count * 4 : 0) + ((flags & 2) ? owner * 4 : 0) + 5 * 4,
-          &inf, 4);
-    } else if (k.mode == gradcompBitsDynamic) {
-      ASSERT_TRUE(flags & 8) << "a DQ-SGD state keeps its history";
-      const double nan = NAN;  // a non-finite result: the next call reuses the last width
-      const int32_t zero = 0;
-      memcpy(b.data() + history, &nan, 8);
-      memcpy(b.data() + history + 20, &zero, 4);
-    } else if (k.mode == gradcompBitsBudget) {
-      uint32_t entries;
-      memcpy(&entries, b.data() + history + 32, 4);
-      ASSERT_GE(entries, 1u);
-      const double huge = 1e300;
-      memcpy(b.data() + history + 40, &huge, 8);
-    } else if (strstr(k.name, "kind")) {
-      const int32_t kind = 4;
-      memcpy(b.data() + p, &kind, 4);
-    } else if (strstr(k.name, "tag")) {
-      const uint32_t seven = 7;
-      memcpy(b.data() + p - 16 + 4, &seven, 4);  // the record prefix: tag, 0, bytes
-    } else {
-      const float nan = NAN;
-      memcpy(b.data() + arrays + 5 * 4, &nan, 4);
-    }
-    reseal(&b);
-    EXPECT_EQ(gradcompCommLoadState(w.comm(0), b.data(), b.size()), gradcompInvalidArgument);
-    EXPECT_NE(strstr(gradcompGetLastError(), k.says), nullptr) << gradcompGetLastError();
-    EXPECT_EQ(save(w.comm(0)), good) << "the refused load changed the comm";
-    // The good blob, resealed the same way, still loads (the patch is what is refused).
-    Blob same = good;
-    reseal(&same);
-    EXPECT_EQ(gradcompCommLoadState(w.comm(0), same.data(), same.size()), gradcompSuccess)
-        << gradcompGetLastError();
+    expectPatchRefused(k, cfg, true, [&](Blob* b, const FirstBuffer& f) {
+      if (k.method == gradcompMethodDgc) {
+        ASSERT_TRUE(f.flags & 4) << "a DGC state keeps a velocity";
+        const float inf = INFINITY;
+        memcpy(b->data() + f.velocity + 5 * 4, &inf, 4);
+      } else if (k.mode == gradcompBitsDynamic) {
+        ASSERT_TRUE(f.flags & 8) << "a DQ-SGD state keeps its history";
+        const double nan = NAN;  // a non-finite result: the next call reuses the last width
+        const int32_t zero = 0;
+        memcpy(b->data() + f.history, &nan, 8);
+        memcpy(b->data() + f.history + 20, &zero, 4);
+      } else if (k.mode == gradcompBitsBudget) {
+        uint32_t entries;
+        memcpy(&entries, b->data() + f.history + 32, 4);
+        ASSERT_GE(entries, 1u);
+        const double huge = 1e300;
+        memcpy(b->data() + f.history + 40, &huge, 8);
+      } else if (strstr(k.name, "kind")) {
+        const int32_t kind = 4;
+        memcpy(b->data() + f.p, &kind, 4);
+      } else if (strstr(k.name, "tag")) {
+        const uint32_t seven = 7;
+        memcpy(b->data() + f.p - 16 + 4, &seven, 4);  // the record prefix: tag, 0, bytes
+      } else {
+        const float nan = NAN;
+        memcpy(b->data() + f.arrays + 5 * 4, &nan, 4);
+      }
+    });
   }
 }
 
@@ -643,13 +672,7 @@ TEST(StateBlob, ValuesNoSaveWritesAreRefused) {
 // 2^64 - 1 loaded, wrapped to 0 at its next call and restarted DGC's warm-up;
 // a step of 2^64 - 1 wrapped to step 0's RNG keys.
 TEST(StateBlob, CountersNoRunReachesAreRefused) {
-  struct Case {
-    const char* name;
-    gradcompMethod_t method;
-    gradcompBitsMode_t mode;
-    const char* says;
-  };
-  const Case cases[] = {
+  const PatchCase cases[] = {
       {"calls 2^64 - 1", gradcompMethodDgc, gradcompBitsFixed,
        "calls=18446744073709551615, out of range 0..9223372036854775807"},
       {"calls 2^63", gradcompMethodQsgd, gradcompBitsFixed,
@@ -662,45 +685,29 @@ TEST(StateBlob, CountersNoRunReachesAreRefused) {
        "sumLenMaxSq=2, sumSq=-1 are out of range"},
       {"-inf sumLenMaxSq", gradcompMethodQsgd, gradcompBitsDynamic, "sumLenMaxSq=-inf"},
   };
-  const size_t n = 2000;
-  for (const Case& k : cases) {
+  for (const PatchCase& k : cases) {
     SCOPED_TRACE(k.name);
     gradcompConfig_t cfg = baseConfig(k.method);
     cfg.bitsMode = k.mode;
     cfg.warmupSteps = 8;
-    gctest::CpuWorld w(2, cfg);
-    for (int t = 0; t < 3; ++t) step(w, n, t);
-    const Blob good = save(w.comm(0));
-    Blob b = good;
-    const size_t p = firstBufferPayload(b);
-    uint64_t calls, stepField;
-    memcpy(&calls, b.data() + p + 32, 8);
-    memcpy(&stepField, b.data() + 24, 8);
-    ASSERT_EQ(calls, 3u);
-    ASSERT_EQ(stepField, 3u);
-    if (strstr(k.name, "calls")) {
-      const uint64_t v = strstr(k.name, "2^64") ? ~0ull : 1ull << 63;
-      memcpy(b.data() + p + 32, &v, 8);
-    } else if (strstr(k.name, "step")) {
-      const uint64_t v = strstr(k.name, "2^64") ? ~0ull : 1ull << 63;
-      memcpy(b.data() + 24, &v, 8);
-    } else {
-      uint64_t count, owner;
-      uint32_t flags;
-      memcpy(&count, b.data() + p + 16, 8);
-      memcpy(&owner, b.data() + p + 24, 8);
-      memcpy(&flags, b.data() + p + 40, 4);
-      ASSERT_TRUE(flags & 8) << "a DQ-SGD state keeps its history";
-      const size_t history = p + 48 + ((flags & 1) ? count * 4 : 0) +
-                             ((flags & 2) ? owner * 4 : 0) + ((flags & 4) ? count * 4 : 0);
-      const double lenMax = strstr(k.name, "inf") ? -INFINITY : 2.0, sq = -1.0;
-      memcpy(b.data() + history, &lenMax, 8);
-      if (!strstr(k.name, "inf")) memcpy(b.data() + history + 8, &sq, 8);
-    }
-    reseal(&b);
-    EXPECT_EQ(gradcompCommLoadState(w.comm(0), b.data(), b.size()), gradcompInvalidArgument);
-    EXPECT_NE(strstr(gradcompGetLastError(), k.says), nullptr) << gradcompGetLastError();
-    EXPECT_EQ(save(w.comm(0)), good) << "the refused load changed the comm";
+    expectPatchRefused(k, cfg, false, [&](Blob* b, const FirstBuffer& f) {
+      uint64_t stepField;
+      memcpy(&stepField, b->data() + 24, 8);
+      ASSERT_EQ(f.calls, 3u);
+      ASSERT_EQ(stepField, 3u);
+      if (strstr(k.name, "calls")) {
+        const uint64_t v = strstr(k.name, "2^64") ? ~0ull : 1ull << 63;
+        memcpy(b->data() + f.p + 32, &v, 8);
+      } else if (strstr(k.name, "step")) {
+        const uint64_t v = strstr(k.name, "2^64") ? ~0ull : 1ull << 63;
+        memcpy(b->data() + 24, &v, 8);
+      } else {
+        ASSERT_TRUE(f.flags & 8) << "a DQ-SGD state keeps its history";
+        const double lenMax = strstr(k.name, "inf") ? -INFINITY : 2.0, sq = -1.0;
+        memcpy(b->data() + f.history, &lenMax, 8);
+        if (!strstr(k.name, "inf")) memcpy(b->data() + f.history + 8, &sq, 8);
+      }
+    });
   }
 }
 
@@ -714,30 +721,26 @@ TEST(StateBlob, TheLargestStepAndCallsLoadAndRun) {
   gctest::CpuWorld w(2, cfg);
   const size_t n = 2000;
   for (int t = 0; t < 2; ++t) step(w, n, t);
+  // Every rank's state loaded back with its step and its first buffer's calls
+  // set to these.
+  auto loadWith = [&](uint64_t stepValue, uint64_t calls) {
+    for (int r = 0; r < 2; ++r) {
+      Blob b = save(w.comm(r));
+      const size_t p = firstBufferPayload(b);
+      memcpy(b.data() + 24, &stepValue, 8);
+      memcpy(b.data() + p + 32, &calls, 8);
+      reseal(&b);
+      ASSERT_EQ(gradcompCommLoadState(w.comm(r), b.data(), b.size()), gradcompSuccess)
+          << gradcompGetLastError();
+    }
+  };
   const uint64_t top = (1ull << 63) - 1;
-  for (int r = 0; r < 2; ++r) {
-    Blob b = save(w.comm(r));
-    const size_t p = firstBufferPayload(b);
-    memcpy(b.data() + 24, &top, 8);
-    memcpy(b.data() + p + 32, &top, 8);
-    reseal(&b);
-    ASSERT_EQ(gradcompCommLoadState(w.comm(r), b.data(), b.size()), gradcompSuccess)
-        << gradcompGetLastError();
-  }
+  ASSERT_NO_FATAL_FAILURE(loadWith(top, top));
   step(w, n, 2);
   gradcompStats_t st;
   ASSERT_EQ(gradcompGetStats(w.comm(0), &st), gradcompSuccess);
   EXPECT_EQ(st.steps, top + 1);
-  for (int r = 0; r < 2; ++r) {
-    Blob b = save(w.comm(r));
-    const size_t p = firstBufferPayload(b);
-    const uint64_t early = 1, calls = 2;
-    memcpy(b.data() + 24, &early, 8);
-    memcpy(b.data() + p + 32, &calls, 8);
-    reseal(&b);
-    ASSERT_EQ(gradcompCommLoadState(w.comm(r), b.data(), b.size()), gradcompSuccess)
-        << gradcompGetLastError();
-  }
+  ASSERT_NO_FATAL_FAILURE(loadWith(1, 2));  // calls past the step
   step(w, n, 3);
 }
 

@@ -1486,42 +1486,67 @@ def unused_mixed(out, rank):
     return res, {}
 
 
+def _rewrapped_run(rank, collect_at=None, join=False):
+    """unused_rewrapped's run. With collect_at, the first DDP in a reference cycle (a forward
+    hook that holds it) and the cyclic collector off but where this says: rank 0 collects right
+    after dropping it, rank 1 before the new DDP's step collect_at. With join, the first DDP's
+    steps inside Join."""
+    import contextlib
+    import gc
+    from torch.distributed.algorithms.join import Join
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    cfg = gradcomp.Config(from_env=False, method="topk", density=0.05, select="exact",
+                          min_elements=0, auto_tune=0)
+    cycle = collect_at is not None
+    if cycle:
+        gc.disable()  # the collector runs where this case says, not at allocation counts
+    try:
+        torch.manual_seed(0)
+        m = UnusedNet()
+        # Compressing from the new DDP's second step on: no residual from the first DDP's steps.
+        st = gct.GradcompState(module=m, start_iter=3, backend="cpu", config=cfg)
+        rec = {"input": [], "output": [], "grad": []}
+        d = DDP(m, find_unused_parameters=True)
+        if cycle:
+            d.register_forward_hook(lambda mod, i, o, _d=d: None)  # d -> its hooks -> d
+        d.register_comm_hook(st, recording_p(m, rec)(gct.gradcomp_hook))
+        with Join([d]) if join else contextlib.nullcontext():
+            for s in range(2):
+                d(unused_input(m, 0, rank)).square().sum().backward()
+        del d  # the model wrapped again
+        if cycle and rank == 0:
+            gc.collect()
+        rec = {"input": [], "output": [], "grad": []}
+        d = DDP(m, find_unused_parameters=True)
+        d.register_comm_hook(st, recording_p(m, rec)(gct.gradcomp_hook))
+        carried = []
+        with st.paused():  # DDP regroups its buckets after its first step
+            d(unused_input(m, 0, rank)).square().sum().backward()
+        del rec["input"][:], rec["output"][:]
+        for s in range(UNUSED_AT + 2 + UNUSED_FLUSH):
+            if cycle and s == collect_at and rank == 1:
+                gc.collect()
+            x = unused_input(m, s, rank)
+            d.zero_grad(set_to_none=True)
+            d(x).square().sum().backward()
+            g = m.p.grad
+            rec["grad"].append(torch.zeros(m.p.numel()) if g is None else g.reshape(-1).clone())
+            carried.append(len(st._carry))
+        st.close()
+    finally:
+        if cycle:
+            gc.enable()
+    return {"rec": rec}, {"carried": carried}
+
+
 def unused_rewrapped(out, rank):
     """A state given to DDP(find_unused_parameters=True) by register_comm_hook, its model
     wrapped again in a new DDP alike (the first one dropped) and registered with the same state;
     p unused on every rank at one step of the new DDP. Whether the state kept p's released
     slice there (it reads the settings of the DDP it found at its first call, gone since), and
     by step p's input slice and p.grad, for the test to check that nothing was lost."""
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
-    cfg = gradcomp.Config(from_env=False, method="topk", density=0.05, select="exact",
-                          min_elements=0, auto_tune=0)
-    torch.manual_seed(0)
-    m = UnusedNet()
-    # Compressing from the new DDP's second step on: no residual from the first DDP's steps.
-    st = gct.GradcompState(module=m, start_iter=3, backend="cpu", config=cfg)
-    rec = {"input": [], "output": [], "grad": []}
-    d = DDP(m, find_unused_parameters=True)
-    d.register_comm_hook(st, recording_p(m, rec)(gct.gradcomp_hook))
-    for s in range(2):
-        d(unused_input(m, 0, rank)).square().sum().backward()
-    del d  # the model wrapped again
-    rec = {"input": [], "output": [], "grad": []}
-    d = DDP(m, find_unused_parameters=True)
-    d.register_comm_hook(st, recording_p(m, rec)(gct.gradcomp_hook))
-    carried = []
-    with st.paused():  # DDP regroups its buckets after its first step
-        d(unused_input(m, 0, rank)).square().sum().backward()
-    del rec["input"][:], rec["output"][:]
-    for s in range(UNUSED_AT + 2 + UNUSED_FLUSH):
-        x = unused_input(m, s, rank)
-        d.zero_grad(set_to_none=True)
-        d(x).square().sum().backward()
-        g = m.p.grad
-        rec["grad"].append(torch.zeros(m.p.numel()) if g is None else g.reshape(-1).clone())
-        carried.append(len(st._carry))
-    st.close()
-    return {"rec": rec}, {"carried": carried}
+    return _rewrapped_run(rank)
 
 
 def unused_rewrapped_gc(out, rank):
@@ -1530,45 +1555,7 @@ def unused_rewrapped_gc(out, rank):
     collects right after dropping it, rank 1 only after the new DDP's first steps. The state must
     go on alike on both ranks (the same collectives), keep p's released slice at the step where
     p is unused on every rank, and give both ranks the same p.grad."""
-    import gc
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
-    cfg = gradcomp.Config(from_env=False, method="topk", density=0.05, select="exact",
-                          min_elements=0, auto_tune=0)
-    gc.disable()  # the collector runs where this case says, not at allocation counts
-    try:
-        torch.manual_seed(0)
-        m = UnusedNet()
-        st = gct.GradcompState(module=m, start_iter=3, backend="cpu", config=cfg)
-        rec = {"input": [], "output": [], "grad": []}
-        d = DDP(m, find_unused_parameters=True)
-        d.register_forward_hook(lambda mod, i, o, _d=d: None)  # d -> its hooks -> d
-        d.register_comm_hook(st, recording_p(m, rec)(gct.gradcomp_hook))
-        for s in range(2):
-            d(unused_input(m, 0, rank)).square().sum().backward()
-        del d
-        if rank == 0:
-            gc.collect()
-        rec = {"input": [], "output": [], "grad": []}
-        d = DDP(m, find_unused_parameters=True)
-        d.register_comm_hook(st, recording_p(m, rec)(gct.gradcomp_hook))
-        carried = []
-        with st.paused():  # DDP regroups its buckets after its first step
-            d(unused_input(m, 0, rank)).square().sum().backward()
-        del rec["input"][:], rec["output"][:]
-        for s in range(UNUSED_AT + 2 + UNUSED_FLUSH):
-            if s == 1 and rank == 1:
-                gc.collect()
-            x = unused_input(m, s, rank)
-            d.zero_grad(set_to_none=True)
-            d(x).square().sum().backward()
-            g = m.p.grad
-            rec["grad"].append(torch.zeros(m.p.numel()) if g is None else g.reshape(-1).clone())
-            carried.append(len(st._carry))
-        st.close()
-    finally:
-        gc.enable()
-    return {"rec": rec}, {"carried": carried}
+    return _rewrapped_run(rank, collect_at=1)
 
 
 def unused_rewrapped_join_gc(out, rank):
@@ -1577,47 +1564,7 @@ def unused_rewrapped_join_gc(out, rank):
     it). The state must go on alike on both ranks whether the first DDP is gone (rank 0, at once)
     or still waits for the collector (rank 1, until after the step where p is unused): the run
     completes, and both ranks keep alike and get the same p.grad."""
-    import gc
-    from torch.distributed.algorithms.join import Join
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
-    cfg = gradcomp.Config(from_env=False, method="topk", density=0.05, select="exact",
-                          min_elements=0, auto_tune=0)
-    gc.disable()  # the collector runs where this case says, not at allocation counts
-    try:
-        torch.manual_seed(0)
-        m = UnusedNet()
-        st = gct.GradcompState(module=m, start_iter=3, backend="cpu", config=cfg)
-        rec = {"input": [], "output": [], "grad": []}
-        d = DDP(m, find_unused_parameters=True)
-        d.register_forward_hook(lambda mod, i, o, _d=d: None)  # d -> its hooks -> d
-        d.register_comm_hook(st, recording_p(m, rec)(gct.gradcomp_hook))
-        with Join([d]):
-            for s in range(2):
-                d(unused_input(m, 0, rank)).square().sum().backward()
-        del d
-        if rank == 0:
-            gc.collect()
-        rec = {"input": [], "output": [], "grad": []}
-        d = DDP(m, find_unused_parameters=True)
-        d.register_comm_hook(st, recording_p(m, rec)(gct.gradcomp_hook))
-        carried = []
-        with st.paused():  # DDP regroups its buckets after its first step
-            d(unused_input(m, 0, rank)).square().sum().backward()
-        del rec["input"][:], rec["output"][:]
-        for s in range(UNUSED_AT + 2 + UNUSED_FLUSH):
-            if s == UNUSED_AT + 1 and rank == 1:
-                gc.collect()
-            x = unused_input(m, s, rank)
-            d.zero_grad(set_to_none=True)
-            d(x).square().sum().backward()
-            g = m.p.grad
-            rec["grad"].append(torch.zeros(m.p.numel()) if g is None else g.reshape(-1).clone())
-            carried.append(len(st._carry))
-        st.close()
-    finally:
-        gc.enable()
-    return {"rec": rec}, {"carried": carried}
+    return _rewrapped_run(rank, collect_at=UNUSED_AT + 1, join=True)
 
 
 def unused_static(out, rank):
