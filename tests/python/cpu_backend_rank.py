@@ -4,7 +4,7 @@ comm made from the process group (TCP between the ranks). Usage: cpu_backend_ran
 ddp|excluded|fsdp|fsdp_models|fsdp_frozen|fsdp_frozen_resume|fsdp_late_root|dgc|subgroups|
 restart|scaler|abort|replicas|ddp_group|ddp_register|overflow|compose|disagree|unused|
 unused_nan|unused_join|unused_mixed|unused_rewrapped|unused_rewrapped_gc|
-unused_rewrapped_join_gc|unused_static
+unused_rewrapped_join_gc|unused_rewrapped_join_eval_gc|unused_static
 OUT (the env:// variables from tools/gc_ranks.py).
 
 Records every call the hook (DDP) or the reduce-scatter (FSDP) gets, its input before and its
@@ -1567,6 +1567,57 @@ def unused_rewrapped_join_gc(out, rank):
     return _rewrapped_run(rank, collect_at=UNUSED_AT + 1, join=True)
 
 
+def unused_rewrapped_join_eval_gc(out, rank):
+    """unused_rewrapped_join_gc with the first DDP's steps outside Join and an evaluation pass
+    (forward only) inside it after them: Join leaves the DDP's _join_config enabled, but no hook
+    call reads it while that DDP lives on both ranks. The state must go on alike on both ranks
+    whether the first DDP is gone (rank 0, at once) or still waits for the collector (rank 1,
+    until after the step where p is unused): the run completes, and both ranks keep alike and
+    get the same p.grad."""
+    import gc
+    from torch.distributed.algorithms.join import Join
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    cfg = gradcomp.Config(from_env=False, method="topk", density=0.05, select="exact",
+                          min_elements=0, auto_tune=0)
+    gc.disable()  # the collector runs where this case says, not at allocation counts
+    try:
+        torch.manual_seed(0)
+        m = UnusedNet()
+        st = gct.GradcompState(module=m, start_iter=3, backend="cpu", config=cfg)
+        rec = {"input": [], "output": [], "grad": []}
+        d = DDP(m, find_unused_parameters=True)
+        d.register_forward_hook(lambda mod, i, o, _d=d: None)  # d -> its hooks -> d
+        d.register_comm_hook(st, recording_p(m, rec)(gct.gradcomp_hook))
+        for s in range(2):
+            d(unused_input(m, 0, rank)).square().sum().backward()
+        with Join([d]), torch.no_grad():
+            d(unused_input(m, 0, rank))
+        del d
+        if rank == 0:
+            gc.collect()
+        rec = {"input": [], "output": [], "grad": []}
+        d = DDP(m, find_unused_parameters=True)
+        d.register_comm_hook(st, recording_p(m, rec)(gct.gradcomp_hook))
+        carried = []
+        with st.paused():  # DDP regroups its buckets after its first step
+            d(unused_input(m, 0, rank)).square().sum().backward()
+        del rec["input"][:], rec["output"][:]
+        for s in range(UNUSED_AT + 2 + UNUSED_FLUSH):
+            if s == UNUSED_AT + 1 and rank == 1:
+                gc.collect()
+            x = unused_input(m, s, rank)
+            d.zero_grad(set_to_none=True)
+            d(x).square().sum().backward()
+            g = m.p.grad
+            rec["grad"].append(torch.zeros(m.p.numel()) if g is None else g.reshape(-1).clone())
+            carried.append(len(st._carry))
+        st.close()
+    finally:
+        gc.enable()
+    return {"rec": rec}, {"carried": carried}
+
+
 def unused_static(out, rank):
     """DDP(static_graph=True, find_unused_parameters=True) with p unused at every step: DDP
     never gives p a gradient (its unused set is fixed), and regroups its buckets (so ZeRO's
@@ -1766,6 +1817,7 @@ def main():
                      "unused_rewrapped": unused_rewrapped,
                      "unused_rewrapped_gc": unused_rewrapped_gc,
                      "unused_rewrapped_join_gc": unused_rewrapped_join_gc,
+                     "unused_rewrapped_join_eval_gc": unused_rewrapped_join_eval_gc,
                      "unused_static": unused_static}[mode](out, rank)
     torch.save(records, f"{out}.rank{rank}.pt")
     with open(f"{out}.rank{rank}.json", "w") as f:

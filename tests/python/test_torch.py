@@ -3143,6 +3143,18 @@ class CpuBackendUnusedParameters(unittest.TestCase):
         for s, (g0, g1) in enumerate(zip(recs[0]["grad"], recs[1]["grad"])):
             same_bits(self, g0, g1, f"step {s}: rank 0 and 1's p.grad")
 
+    def test_a_first_ddp_in_join_without_a_backward_goes_at_other_times_on_the_ranks(self):
+        """As the case above, the first DDP's steps outside Join and an evaluation pass (no
+        backward, so no hook call) inside it after them: the Join it is left in must not split
+        the ranks either, whether the state reads it from the first DDP (still alive on rank 1)
+        or not (gone on rank 0): the run completes, both keep alike at every step, and p.grad is
+        alike on both."""
+        records, results = launch_ranks(self, "unused_rewrapped_join_eval_gc")
+        self.assertEqual(results[0]["carried"], results[1]["carried"])
+        recs = [records[r]["rec"] for r in range(2)]
+        for s, (g0, g1) in enumerate(zip(recs[0]["grad"], recs[1]["grad"])):
+            same_bits(self, g0, g1, f"step {s}: rank 0 and 1's p.grad")
+
     def test_nothing_is_carried_under_a_static_graph(self):
         """static_graph=True (with find_unused_parameters=True): a parameter unused at one step
         is unused at every step, so a kept slice could never reach it; and DDP regroups its

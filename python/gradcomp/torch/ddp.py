@@ -253,7 +253,8 @@ class GradcompState:
         self._watch_task = None
         self._found_ddp = None  # the DDP _registering_ddp found, weakly
         self._found_opts = None  # and its settings (_ddp_opts), read when it was found
-        self._found_join = False  # and whether it was in Join at its last call (_in_join)
+        self._found_join = False  # and whether it was in Join at its last forward (_in_join)
+        self._found_join_hook = None  # the found DDP's forward pre-hook (_FoundJoinNote)
         if module is not None:
             ddp_group = getattr(module, "process_group", None)
             if (isinstance(module, torch.nn.parallel.DistributedDataParallel)
@@ -942,6 +943,14 @@ class GradcompState:
                 return
             self._found_ddp = weakref.ref(found)
             self._found_opts = _ddp_opts(found)
+            self._found_join = _in_join(found)
+            if self._found_join_hook is not None:
+                self._found_join_hook.remove()
+            # Read again at each of its forwards, which every rank makes alike while it is in
+            # use; not at the hook's calls, which a DDP made since (the model wrapped again)
+            # makes too: there a rank where the found one waits for the collector would read a
+            # Join entered after its last forward, which a rank where it is gone cannot.
+            self._found_join_hook = found.register_forward_pre_hook(_FoundJoinNote(self))
             group = found.process_group
         else:
             group = self._ddps.get(ddp, ddp.process_group)
@@ -1511,11 +1520,6 @@ def _reduce_bucket(state, bucket, buf, stream, ddp=None):
         else:
             if not state._ddp_group_checked:
                 state._check_ddp_group(buf.device)
-            found = state._found_ddp() if state._found_ddp is not None else None
-            if found is not None:
-                # Read at each of its calls while it lives, on every rank alike: once it is
-                # gone on one rank only, _watch_unused decides by the last one read everywhere.
-                state._found_join = _in_join(found)
         return _reduce_noted(state, bucket, buf, stream, last, ddp)
     except BaseException:
         # The step is abandoned (DDP's backward raises): the next bucket 0, of this model's
@@ -1653,10 +1657,10 @@ def _watch_unused(state, ddp, plan, buf):
                          "rank is not carried to its next step (DDP gives such a parameter no "
                          "gradient); leave manual finalization off to keep it (warned once)")
         return None
-    # The DDP found keeps the Join it was in at its last call (_reduce_bucket), also once it is
-    # gone: torch never turns a DDP's Join off after its block (Join sets it when made), so a
-    # rank where that DDP still waits for the collector reads it in Join, and one where it is
-    # gone must decide alike.
+    # The DDP found keeps the Join it was in at its last forward (_FoundJoinNote), also once
+    # it is gone: torch never turns a DDP's Join off after its block (Join sets it when made),
+    # so a rank where that DDP still waits for the collector reads it in Join, and one where it
+    # is gone must decide alike.
     if state._found_join if found else _in_join(ddp):
         # Inside Join (every rank of the DDP is): a joined rank's shadow calls run outside any
         # backward and keep nothing, so a rank still training that kept a slice would add it,
@@ -1682,6 +1686,24 @@ def _watch_unused(state, ddp, plan, buf):
         # after this call; a callback queued by a callback runs after all of those.
         engine.queue_callback(lambda: engine.queue_callback(settle))
     return zero, opts["view"]
+
+
+class _FoundJoinNote:
+    """A forward pre-hook of the DDP a state found (_check_ddp_group): notes whether that DDP is
+    in Join for _watch_unused. It holds the state weakly (the DDP must not keep it alive), and
+    a copy or a pickle of the DDP (torch.save) gets one that notes nothing: a weak reference
+    does not pickle, and the copy is not the DDP the state found."""
+
+    def __init__(self, state=None):
+        self._state = weakref.ref(state) if state is not None else None
+
+    def __call__(self, ddp, args):
+        state = self._state() if self._state is not None else None
+        if state is not None and state._found_ddp is not None and state._found_ddp() is ddp:
+            state._found_join = _in_join(ddp)
+
+    def __reduce__(self):
+        return (_FoundJoinNote, ())
 
 
 def _in_join(ddp):
