@@ -4,7 +4,8 @@ comm made from the process group (TCP between the ranks). Usage: cpu_backend_ran
 ddp|excluded|fsdp|fsdp_models|fsdp_frozen|fsdp_frozen_resume|fsdp_late_root|dgc|subgroups|
 restart|scaler|abort|replicas|ddp_group|ddp_register|overflow|compose|disagree|unused|
 unused_nan|unused_join|unused_mixed|unused_rewrapped|unused_rewrapped_gc|
-unused_rewrapped_join_gc|unused_rewrapped_join_eval_gc|unused_static
+unused_rewrapped_join_gc|unused_rewrapped_join_eval_gc|unused_rewrapped_idle_join|
+unused_static
 OUT (the env:// variables from tools/gc_ranks.py).
 
 Records every call the hook (DDP) or the reduce-scatter (FSDP) gets, its input before and its
@@ -1486,11 +1487,12 @@ def unused_mixed(out, rank):
     return res, {}
 
 
-def _rewrapped_run(rank, collect_at=None, join=False):
+def _rewrapped_run(rank, collect_at=None, join=False, idle_join=False):
     """unused_rewrapped's run. With collect_at, the first DDP in a reference cycle (a forward
     hook that holds it) and the cyclic collector off but where this says: rank 0 collects right
     after dropping it, rank 1 before the new DDP's step collect_at. With join, the first DDP's
-    steps inside Join."""
+    steps inside Join; with idle_join, a Join after them in which rank r makes r steps (rank 0
+    joins at once: no forward there, only the shadow of rank 1's step)."""
     import contextlib
     import gc
     from torch.distributed.algorithms.join import Join
@@ -1514,6 +1516,10 @@ def _rewrapped_run(rank, collect_at=None, join=False):
         with Join([d]) if join else contextlib.nullcontext():
             for s in range(2):
                 d(unused_input(m, 0, rank)).square().sum().backward()
+        if idle_join:
+            with Join([d]):
+                for s in range(rank):
+                    d(unused_input(m, 0, rank)).square().sum().backward()
         del d  # the model wrapped again
         if cycle and rank == 0:
             gc.collect()
@@ -1565,6 +1571,14 @@ def unused_rewrapped_join_gc(out, rank):
     or still waits for the collector (rank 1, until after the step where p is unused): the run
     completes, and both ranks keep alike and get the same p.grad."""
     return _rewrapped_run(rank, collect_at=UNUSED_AT + 1, join=True)
+
+
+def unused_rewrapped_idle_join(out, rank):
+    """unused_rewrapped with a Join after the first DDP's steps in which rank 0 has no input
+    (it joins at once: no forward, only the shadow of rank 1's step), the first DDP then freed
+    on both ranks at once. The ranks must go on alike after the wrap again: the run completes,
+    both keep alike and get the same p.grad."""
+    return _rewrapped_run(rank, idle_join=True)
 
 
 def unused_rewrapped_join_eval_gc(out, rank):
@@ -1818,6 +1832,7 @@ def main():
                      "unused_rewrapped_gc": unused_rewrapped_gc,
                      "unused_rewrapped_join_gc": unused_rewrapped_join_gc,
                      "unused_rewrapped_join_eval_gc": unused_rewrapped_join_eval_gc,
+                     "unused_rewrapped_idle_join": unused_rewrapped_idle_join,
                      "unused_static": unused_static}[mode](out, rank)
     torch.save(records, f"{out}.rank{rank}.pt")
     with open(f"{out}.rank{rank}.json", "w") as f:

@@ -3155,6 +3155,18 @@ class CpuBackendUnusedParameters(unittest.TestCase):
         for s, (g0, g1) in enumerate(zip(recs[0]["grad"], recs[1]["grad"])):
             same_bits(self, g0, g1, f"step {s}: rank 0 and 1's p.grad")
 
+    def test_a_join_one_rank_sat_out_then_a_wrap_again_goes_on_alike(self):
+        """A Join after the first DDP's steps in which rank 0 has no input (no forward there,
+        only the shadow of rank 1's step), then the model wrapped again: the Join is noted on
+        both ranks (by the found DDP's forward on rank 1, by the shadow call on rank 0), so
+        both keep nothing from then on; before, rank 0 went on watching and waited in the
+        flags' all-reduce while rank 1 waited in the next step's agreement."""
+        records, results = launch_ranks(self, "unused_rewrapped_idle_join")
+        self.assertEqual(results[0]["carried"], results[1]["carried"])
+        recs = [records[r]["rec"] for r in range(2)]
+        for s, (g0, g1) in enumerate(zip(recs[0]["grad"], recs[1]["grad"])):
+            same_bits(self, g0, g1, f"step {s}: rank 0 and 1's p.grad")
+
     def test_nothing_is_carried_under_a_static_graph(self):
         """static_graph=True (with find_unused_parameters=True): a parameter unused at one step
         is unused at every step, so a kept slice could never reach it; and DDP regroups its

@@ -1520,6 +1520,13 @@ def _reduce_bucket(state, bucket, buf, stream, ddp=None):
         else:
             if not state._ddp_group_checked:
                 state._check_ddp_group(buf.device)
+            current = getattr(torch._C, "_current_graph_task_id", None)
+            if state._found_ddp is not None and current is not None and current() == -1:
+                # A joined rank's shadow call (Join; before start_iter too): that rank makes no
+                # forward, so the found DDP's pre-hook (_FoundJoinNote) does not see the Join
+                # there, while the ranks still training do. Noted here, both keep nothing from
+                # then on, also after a wrap again (where neither reads that DDP any more).
+                state._found_join = True
         return _reduce_noted(state, bucket, buf, stream, last, ddp)
     except BaseException:
         # The step is abandoned (DDP's backward raises): the next bucket 0, of this model's
@@ -1700,7 +1707,9 @@ class _FoundJoinNote:
     def __call__(self, ddp, args):
         state = self._state() if self._state is not None else None
         if state is not None and state._found_ddp is not None and state._found_ddp() is ddp:
-            state._found_join = _in_join(ddp)
+            # Kept once set, as torch keeps a DDP's Join (and as a joined rank's shadow call
+            # sets it, _watch_unused, where that rank makes no forward).
+            state._found_join = state._found_join or _in_join(ddp)
 
     def __reduce__(self):
         return (_FoundJoinNote, ())
