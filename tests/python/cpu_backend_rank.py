@@ -1487,12 +1487,13 @@ def unused_mixed(out, rank):
     return res, {}
 
 
-def _rewrapped_run(rank, collect_at=None, join=False, idle_join=False):
+def _rewrapped_run(rank, collect_at=None, join=False, after_join=None):
     """unused_rewrapped's run. With collect_at, the first DDP in a reference cycle (a forward
     hook that holds it) and the cyclic collector off but where this says: rank 0 collects right
     after dropping it, rank 1 before the new DDP's step collect_at. With join, the first DDP's
-    steps inside Join; with idle_join, a Join after them in which rank r makes r steps (rank 0
-    joins at once: no forward there, only the shadow of rank 1's step)."""
+    steps inside Join. after_join, a Join after them: "eval", an evaluation pass (forward only)
+    on each rank; "idle", rank r makes r steps (rank 0 joins at once: no forward there, only the
+    shadow of rank 1's step)."""
     import contextlib
     import gc
     from torch.distributed.algorithms.join import Join
@@ -1516,7 +1517,10 @@ def _rewrapped_run(rank, collect_at=None, join=False, idle_join=False):
         with Join([d]) if join else contextlib.nullcontext():
             for s in range(2):
                 d(unused_input(m, 0, rank)).square().sum().backward()
-        if idle_join:
+        if after_join == "eval":
+            with Join([d]), torch.no_grad():
+                d(unused_input(m, 0, rank))
+        elif after_join == "idle":
             with Join([d]):
                 for s in range(rank):
                     d(unused_input(m, 0, rank)).square().sum().backward()
@@ -1578,7 +1582,7 @@ def unused_rewrapped_idle_join(out, rank):
     (it joins at once: no forward, only the shadow of rank 1's step), the first DDP then freed
     on both ranks at once. The ranks must go on alike after the wrap again: the run completes,
     both keep alike and get the same p.grad."""
-    return _rewrapped_run(rank, idle_join=True)
+    return _rewrapped_run(rank, after_join="idle")
 
 
 def unused_rewrapped_join_eval_gc(out, rank):
@@ -1588,48 +1592,7 @@ def unused_rewrapped_join_eval_gc(out, rank):
     whether the first DDP is gone (rank 0, at once) or still waits for the collector (rank 1,
     until after the step where p is unused): the run completes, and both ranks keep alike and
     get the same p.grad."""
-    import gc
-    from torch.distributed.algorithms.join import Join
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
-    cfg = gradcomp.Config(from_env=False, method="topk", density=0.05, select="exact",
-                          min_elements=0, auto_tune=0)
-    gc.disable()  # the collector runs where this case says, not at allocation counts
-    try:
-        torch.manual_seed(0)
-        m = UnusedNet()
-        st = gct.GradcompState(module=m, start_iter=3, backend="cpu", config=cfg)
-        rec = {"input": [], "output": [], "grad": []}
-        d = DDP(m, find_unused_parameters=True)
-        d.register_forward_hook(lambda mod, i, o, _d=d: None)  # d -> its hooks -> d
-        d.register_comm_hook(st, recording_p(m, rec)(gct.gradcomp_hook))
-        for s in range(2):
-            d(unused_input(m, 0, rank)).square().sum().backward()
-        with Join([d]), torch.no_grad():
-            d(unused_input(m, 0, rank))
-        del d
-        if rank == 0:
-            gc.collect()
-        rec = {"input": [], "output": [], "grad": []}
-        d = DDP(m, find_unused_parameters=True)
-        d.register_comm_hook(st, recording_p(m, rec)(gct.gradcomp_hook))
-        carried = []
-        with st.paused():  # DDP regroups its buckets after its first step
-            d(unused_input(m, 0, rank)).square().sum().backward()
-        del rec["input"][:], rec["output"][:]
-        for s in range(UNUSED_AT + 2 + UNUSED_FLUSH):
-            if s == UNUSED_AT + 1 and rank == 1:
-                gc.collect()
-            x = unused_input(m, s, rank)
-            d.zero_grad(set_to_none=True)
-            d(x).square().sum().backward()
-            g = m.p.grad
-            rec["grad"].append(torch.zeros(m.p.numel()) if g is None else g.reshape(-1).clone())
-            carried.append(len(st._carry))
-        st.close()
-    finally:
-        gc.enable()
-    return {"rec": rec}, {"carried": carried}
+    return _rewrapped_run(rank, collect_at=UNUSED_AT + 1, after_join="eval")
 
 
 def unused_static(out, rank):
