@@ -455,7 +455,8 @@ def kernel_work(algo, n, e, residual=True, convert=False, local=1, middle="twosh
     state: the call holds a buffer's state (error feedback's residual, or the owner residual
     of two-shot, the ring, a hierarchy with either in the middle; default: residual), and ends
     with the non-finite check (collective.cc discardStateIfNonFinite): the output read once
-    more, e bytes an element of it."""
+    more, e bytes an element of it, unless the kernels that store the output set its flag
+    (check_folded)."""
     if state is None:
         state = residual
     R = 4 if residual else 0
@@ -528,9 +529,26 @@ def kernel_work(algo, n, e, residual=True, convert=False, local=1, middle="twosh
             (4 + e) / local
         if piped:  # HierPipe: the reduced shard staged, the gathered blocks copied out
             w["elementwise_bytes"] += 8 / local + 2 * e
-    if state:  # the non-finite check's pass over the output
+    if state and not check_folded(algo, fused):  # the non-finite check's pass over the output
         w["elementwise_bytes"] += e
     return w
+
+
+# The algorithms whose output is stored by kernels that set the non-finite check's flag as
+# they store, on a warp bucket (Algorithm::flagsOutput; model.cc checkFolded): two-shot's and
+# the ring's final decodes, the allgather's and the flat reduce-scatter's sums.
+FLAGGING_ALGOS = ("twoshot", "ring", "allgather", "reducescatter")
+
+
+def check_folded(algo, fused):
+    """Whether the non-finite check costs no pass of its own (model.cc checkFolded)."""
+    return fused and algo in FLAGGING_ALGOS
+
+
+def row_check_folded(r):
+    """check_folded for a gradcomp_perf row: QSGD (the sparse reduce-scatter's rows are
+    "reducescatter" too) on the row's algorithm and bucket."""
+    return r.get("method") == "qsgd" and check_folded(r.get("algo"), warp_bucket(r["bucket"]))
 
 
 def hier_middle_work(middle, n, local, residual=True, fused=True, code=None):
@@ -557,11 +575,11 @@ def kernel_total(w, costs, count):
                     + (w.get("sum_bytes", 0) * costs["sum_per_byte"] if measured else 0))
 
 
-def check_us(count, e, costs):
+def check_us(count, e, costs, folded=False):
     """The non-finite check's pass (discardStateIfNonFinite) over an output of count elements
     of e bytes at the copy's rate: kernel_work charges it (state), and a pipelined schedule
-    runs it once after the pieces (model.cc checkUs)."""
-    return count * e * (costs or {}).get("elementwise_per_byte", 0)
+    runs it once after the pieces (model.cc checkUs). folded (check_folded): none."""
+    return 0.0 if folded else count * e * (costs or {}).get("elementwise_per_byte", 0)
 
 
 def f32(x):
@@ -807,7 +825,7 @@ def project_point(r, kdoc, bits, bucket, pipe_bytes, k, g, L, count, e_in, conve
             pc = curve(*flat_launches(flat_algo, count, n, bucket, pieces))
             piped_kernel = kernel_total(flat_work, pc, count)
             wire = max(us(flat_intra / pieces, intra_gbps), us(flat_inter / pieces, nic))
-            chk = check_us(count, e_in, pc)  # once, after the pieces
+            chk = check_us(count, e_in, pc, check_folded(flat_algo, fused))  # once, after
             if flat_algo == "ring":
                 kp, wp = (piped_kernel - chk) / pieces, wire + flat_steps * lat
                 piped = kp + wp + (pieces - 1) * max(kp, wp) + chk
@@ -1052,7 +1070,8 @@ def check_pipelined_model(tag, r, pieces, steps, lat=10.0, two_shot_ranks=0, one
     whose every byte goes over the in-node link at this rate, whatever the column's L.
     state: the call ends with the non-finite check, run once after the pieces (its pass and,
     a reduce-scatter's, its step; `steps` counts that step)."""
-    chk = check_us(r["count"], TYPE_BYTES[r["dtype"]], r.get("kernel_costs")) if state else 0
+    chk = (check_us(r["count"], TYPE_BYTES[r["dtype"]], r.get("kernel_costs"),
+                    row_check_folded(r)) if state else 0)
     chk_steps = 1 if state and r.get("collective") == "reduce_scatter" else 0
     for m in r["model"]:
         g = one_node or m["link_gbps"]
@@ -1413,7 +1432,8 @@ def check_rs_projection(tag, r, kdoc, bits, bucket, pipe_bytes, intra_gbps=3600.
             if pipe_bytes:
                 pieces = pieces_of(m_, bucket, n, pipe_bytes)
             if pieces > 1:
-                chk = check_us(m_, e_in, costs)  # once after the pieces, and its step
+                # Once after the pieces (its pass unless the sum flags), and its step.
+                chk = check_us(m_, e_in, costs, check_folded("reducescatter", fused))
                 kp = (piped_kernel - chk) / pieces
                 wp = max(us(flat_intra / pieces, intra_gbps), us(flat_inter / pieces, nic)) + lat
                 piped = kp + wp + (pieces - 1) * max(kp, wp) + chk + lat
@@ -2341,12 +2361,14 @@ def main():
     # GRADCOMP_AUTO times fp32 calls whatever the type of the calls it decides: a bf16 row's
     # auto is decided on the fp32 encode's rates. With the H100 report's rates the bf16
     # encode is the cheaper (4M elements: 24.4 us against 33.3), and 16 MB bf16 on 4 x 1
-    # between 2100 and 2220 Gb/s crosses where the lines through bf16-priced calls pass
-    # calls the fp32-priced ones compress; check_projection holds every point to the latter.
+    # between 2700 and 2860 Gb/s (2100 and 2220 before the non-finite check's pass was
+    # folded into the output's kernels, 2026-12-07) crosses where the lines through
+    # bf16-priced calls pass calls the fp32-priced ones compress; check_projection holds every
+    # point to the latter.
     h100 = os.path.join(src, "bench", "results", "2026-11-25-h100-80gb-hbm3.json")
     if os.path.exists(h100[:-5] + "/kernels.json"):
         hdoc = json.load(open(h100[:-5] + "/kernels.json"))
-        gbps = list(range(2100, 2221, 20))
+        gbps = list(range(2700, 2861, 20))
         code, out, rows = run(perf, ["-N", "2", "-b", "16M", "-e", "16M", "-n", "1", "-w", "0",
                                      "-c", "0", "-d", "bfloat16", "-m", "qsgd", "-q", str(bits),
                                      "-B", str(bucket), "--model-nodes", "4", "--model-local",

@@ -47,8 +47,8 @@ __global__ void addKernel(float* __restrict__ acc, const float* __restrict__ x, 
   }
 }
 
-// *flag was zeroed before the launch; any block that reads a NaN or an
-// infinity stores 1 (the same value: the race is benign).
+// Any block that reads a NaN or an infinity stores 1 (the same value: the
+// race is benign); the flag is otherwise left as it was.
 __global__ void flagNonFiniteKernel(const void* __restrict__ x, DType t, size_t n, float* flag) {
   bool bad = false;
   for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n && !bad;
@@ -90,7 +90,11 @@ cudaError_t add(float* acc, const float* x, size_t n, cudaStream_t s) {
 
 cudaError_t flagNonFinite(const void* x, DType t, size_t n, float* flag, cudaStream_t s) {
   const cudaError_t e = cudaMemsetAsync(flag, 0, sizeof(float), s);
-  if (e != cudaSuccess || n == 0) return e;
+  return e != cudaSuccess ? e : markNonFinite(x, t, n, flag, s);
+}
+
+cudaError_t markNonFinite(const void* x, DType t, size_t n, float* flag, cudaStream_t s) {
+  if (n == 0) return cudaSuccess;
   flagNonFiniteKernel<<<blocksFor(n), kThreads, 0, s>>>(x, t, n, flag);
   return cudaGetLastError();
 }

@@ -137,33 +137,54 @@ __device__ __forceinline__ void loadBucketChunks(const uint32_t* __restrict__ wo
   }
 }
 
+// Whether any of four fp32 values at element i, those below `limit` unless
+// vec, is a NaN or an infinity (a value past the end is never stored).
+__device__ __forceinline__ bool anyNonFinite4(const float w[4], size_t i, bool vec, size_t limit) {
+  bool bad = false;
+#pragma unroll
+  for (int c = 0; c < 4; ++c) {
+    bad |= (vec || i + c < limit) && !isFiniteBits(floatToBits(w[c]) & 0x7fffffffu);
+  }
+  return bad;
+}
+
 // Four decoded values into an output of type kOut at element i, each divided
 // by `divisor` first when kDivide: what fromFloat does to a decode's fp32
 // scratch (storeFromFloat of fdiv), so the same bits in one pass. `vec`: the
 // four are in range and the output aligned to four elements (one 16- or
-// 8-byte store); otherwise element by element below `limit`.
+// 8-byte store); otherwise element by element below `limit`. Returns whether
+// a stored value is a NaN or an infinity in kOut (a finite fp32 value past
+// the half type's range included): the non-finite check's flag, read off
+// the bits stored, so it is what a pass over the output would find.
 template <DType kOut, bool kDivide>
-__device__ __forceinline__ void storeOut4(void* __restrict__ out, size_t i, bool vec, size_t limit,
+__device__ __forceinline__ bool storeOut4(void* __restrict__ out, size_t i, bool vec, size_t limit,
                                           const float d[4], float divisor) {
   float w[4];
 #pragma unroll
   for (int c = 0; c < 4; ++c) w[c] = kDivide ? fdiv(d[c], divisor) : d[c];
   if constexpr (kOut == DType::F32) {
     store4(static_cast<float*>(out), i, vec, limit, w);
+    return anyNonFinite4(w, i, vec, limit);
   } else {
     uint16_t h[4];
 #pragma unroll
     for (int c = 0; c < 4; ++c) h[c] = kOut == DType::F16 ? floatToHalf(w[c]) : floatToBf16(w[c]);
+    // An all-ones exponent: fp16's 5 bits, bf16's 8.
+    constexpr uint16_t kExp = kOut == DType::F16 ? 0x7c00u : 0x7f80u;
+    bool bad = false;
+#pragma unroll
+    for (int c = 0; c < 4; ++c) bad |= (vec || i + c < limit) && (h[c] & kExp) == kExp;
     uint16_t* o16 = static_cast<uint16_t*>(out);
     if (vec) {
       *reinterpret_cast<uint2*>(o16 + i) = make_uint2((uint32_t)h[0] | ((uint32_t)h[1] << 16),
                                                       (uint32_t)h[2] | ((uint32_t)h[3] << 16));
-      return;
+      return bad;
     }
 #pragma unroll
     for (int c = 0; c < 4; ++c) {
       if (i + c < limit) o16[i + c] = h[c];
     }
+    return bad;
   }
 }
 
@@ -221,12 +242,14 @@ __device__ __forceinline__ void decodeBucket(const uint32_t (&chunk)[R], bool wh
 // segment's).
 // kOut, kDivide: the output's type, and whether each value is divided by
 // `divisor` before it is stored (storeOut4); accumulate: fp32 undivided only.
+// flag (may be null): set to 1 where a value stored is a NaN or an infinity
+// (never cleared here; qsgdDecodeToOutput).
 template <int R, int kBits, DType kOut = DType::F32, bool kDivide = false>
 __device__ __forceinline__ void decodeWarpBlock(const float* __restrict__ scales,
                                                 const uint32_t* __restrict__ words, size_t n,
                                                 int bitsArg, void* __restrict__ out,
                                                 bool accumulate, bool alignedOut, size_t block,
-                                                float divisor = 1.0f) {
+                                                float divisor = 1.0f, float* flag = nullptr) {
   constexpr int kBucket = kRow * R;
   const int bits = kBits != 0 ? kBits : bitsArg;
   __shared__ float levelTables[2 * kLevelTable];
@@ -249,6 +272,7 @@ __device__ __forceinline__ void decodeWarpBlock(const float* __restrict__ scales
   if (len == 0) return;
   // The plain path only where the output is aligned too (vec): its stores
   // are then whole vectors.
+  bool bad = false;
   decodeBucket<R>(chunk, vec, stored, words, bucketWord, totalWords, base, bits, levelTables,
                   codeTables[threadIdx.x >> 5], lane,
                   [&](int, size_t i, float(&d)[4], bool rowVec) {
@@ -261,10 +285,13 @@ __device__ __forceinline__ void decodeWarpBlock(const float* __restrict__ scales
                         for (int c = 0; c < 4; ++c) d[c] = fadd(o[c], d[c]);
                       }
                       store4(o32, i, rowVec, n, d);
+                      bad |= anyNonFinite4(d, i, rowVec, n);
                     } else {
-                      storeOut4<kOut, kDivide>(out, i, rowVec, n, d, divisor);
+                      bad |= storeOut4<kOut, kDivide>(out, i, rowVec, n, d, divisor);
                     }
                   });
+  // Any lane that stored one: the same value, so the race is benign.
+  if (bad && flag != nullptr) *flag = 1.0f;
 }
 
 // kBits: the width as a constant (4 at the default bucket: qsgdDecode), so
@@ -300,15 +327,15 @@ struct WarpDecodeBatch {
 // kOut, kDivide: decodes straight into the caller's output of type kOut,
 // each value divided by `divisor` when kDivide (an Avg), as a decode into fp32
 // scratch and fromFloat would give (Backend::qsgdDecodeToOutput's default),
-// in one pass.
+// in one pass. flag (may be null): decodeWarpBlock's.
 template <int R, int kBits = 0, DType kOut = DType::F32, bool kDivide = false>
 __global__ void __launch_bounds__(kWarpThreads, 12)
     qsgdDecodeWarpBatchKernel(const WarpDecodeBatch batch, int bitsArg, bool accumulate,
-                              float divisor) {
+                              float divisor, float* flag) {
   const WarpDecodeSegment& s = batch.seg[blockIdx.y];
   if ((size_t)blockIdx.x * kWarpsPerBlock * (kRow * R) >= s.n) return;
   decodeWarpBlock<R, kBits, kOut, kDivide>(s.scales, s.words, s.n, bitsArg, s.out, accumulate,
-                                           s.alignedOut, blockIdx.x, divisor);
+                                           s.alignedOut, blockIdx.x, divisor, flag);
 }
 
 // One term of a fused sum as the kernel reads it (SumTerm): an encoding's
@@ -335,11 +362,13 @@ struct WarpSumBatch {
 // a whole bucket's loads and stores are vectors. out may be a plain term
 // (a chained launch's accumulator): each lane reads its elements before it
 // writes them, so neither is __restrict__, and plain terms are read with
-// coherent loads (loadF32x4<true>), not the read-only path.
+// coherent loads (loadF32x4<true>), not the read-only path. flag (may be
+// null): set to 1 where a value stored is a NaN or an infinity, as
+// decodeWarpBlock's.
 template <int R, DType kOut, bool kDivide>
 __global__ void __launch_bounds__(kWarpThreads, R <= 2 ? 12 : (R == 4 ? 8 : 4))
     qsgdSumWarpKernel(const WarpSumBatch batch, int count, size_t n, int bits, void* out,
-                      bool alignedAll, float divisor) {
+                      bool alignedAll, float divisor, float* flag) {
   constexpr int kBucket = kRow * R;
   __shared__ float levelTables[2 * kLevelTable];
   __shared__ float codeTables[kWarpsPerBlock][2 * kLevelTable];
@@ -388,15 +417,18 @@ __global__ void __launch_bounds__(kWarpThreads, R <= 2 ? 12 : (R == 4 ? 8 : 4))
 #pragma unroll
     for (int r = 0; r < R; ++r) chunk[r] = nextChunk[r];
   }
+  bool bad = false;
 #pragma unroll
   for (int r = 0; r < R; ++r) {
     const size_t i = base + r * kRow + lane * 4;
     if constexpr (kOut == DType::F32 && !kDivide) {
       store4(static_cast<float*>(out), i, vec, n, acc[r]);
+      bad |= anyNonFinite4(acc[r], i, vec, n);
     } else {
-      storeOut4<kOut, kDivide>(out, i, vec, n, acc[r], divisor);
+      bad |= storeOut4<kOut, kDivide>(out, i, vec, n, acc[r], divisor);
     }
   }
+  if (bad && flag != nullptr) *flag = 1.0f;
 }
 
 bool aligned(const void* p, size_t a) {
@@ -607,13 +639,15 @@ void withOutput(DType t, float divisor, F&& f) {
 
 // The segments' decodes into outputs of type t (divided by `divisor` unless
 // it is 1; accumulate: fp32 undivided only), up to kMaxDecodeSegments a
-// launch. An fp32 undivided output of one segment, or of a bucket without a
-// warp path, takes the single kernels; other outputs need the warp path
-// (qsgdDecodeFuses).
+// launch. An fp32 undivided output of one segment without a flag, or of a
+// bucket without a warp path, takes the single kernels; other outputs and a
+// flag need the warp path (qsgdDecodeFuses).
 cudaError_t decodeSegments(const DecodeSegment* segs, int count, int bits, int bucket,
-                           bool accumulate, float divisor, DType t, cudaStream_t stream) {
+                           bool accumulate, float divisor, DType t, float* flag,
+                           cudaStream_t stream) {
   const bool plainF32 = t == DType::F32 && divisor == 1.0f;
-  if (!plainF32 && (accumulate || !qsgdDecodeFuses(bucket))) return cudaErrorInvalidValue;
+  if ((!plainF32 || flag != nullptr) && !qsgdDecodeFuses(bucket)) return cudaErrorInvalidValue;
+  if (!plainF32 && accumulate) return cudaErrorInvalidValue;
   const size_t esz = dtypeBytes(t);
   WarpDecodeBatch batch;
   auto add = [&](int slot, const DecodeSegment& s, size_t nb) {
@@ -622,11 +656,11 @@ cudaError_t decodeSegments(const DecodeSegment* segs, int count, int bits, int b
                                         s.out, aligned(s.out, 4 * esz)};
   };
   auto flush = [&](int m, size_t maxNb) -> cudaError_t {
-    // An fp32 undivided output of one segment, or a bucket without a warp
-    // path: single launches.
+    // An fp32 undivided output of one segment without a flag, or a bucket
+    // without a warp path: single launches.
     const dim3 grid(warpBlocks(maxNb), (unsigned)m);
     const bool launched =
-        (m > 1 || !plainF32) && withWarpRows(bucket, [&](auto rows) {
+        (m > 1 || !plainF32 || flag != nullptr) && withWarpRows(bucket, [&](auto rows) {
           constexpr int R = decltype(rows)::value;
           withOutput(t, divisor, [&](auto type, auto divide) {
             constexpr DType kT = decltype(type)::value;
@@ -635,12 +669,12 @@ cudaError_t decodeSegments(const DecodeSegment* segs, int count, int bits, int b
             if constexpr (R == 4) {
               if (bits == 4) {
                 qsgdDecodeWarpBatchKernel<R, 4, kT, kDiv>
-                    <<<grid, kWarpThreads, 0, stream>>>(batch, bits, accumulate, divisor);
+                    <<<grid, kWarpThreads, 0, stream>>>(batch, bits, accumulate, divisor, flag);
                 return;
               }
             }
             qsgdDecodeWarpBatchKernel<R, 0, kT, kDiv>
-                <<<grid, kWarpThreads, 0, stream>>>(batch, bits, accumulate, divisor);
+                <<<grid, kWarpThreads, 0, stream>>>(batch, bits, accumulate, divisor, flag);
           });
         });
     if (launched) return cudaGetLastError();
@@ -663,16 +697,16 @@ bool qsgdDecodeFuses(int bucket) {
 
 cudaError_t qsgdDecodeBatch(const DecodeSegment* segs, int count, int bits, int bucket,
                             bool accumulate, cudaStream_t stream) {
-  return decodeSegments(segs, count, bits, bucket, accumulate, 1.0f, DType::F32, stream);
+  return decodeSegments(segs, count, bits, bucket, accumulate, 1.0f, DType::F32, nullptr, stream);
 }
 
 cudaError_t qsgdDecodeToOutput(const DecodeSegment* segs, int count, int bits, int bucket,
-                               float divisor, DType t, cudaStream_t stream) {
-  return decodeSegments(segs, count, bits, bucket, false, divisor, t, stream);
+                               float divisor, DType t, cudaStream_t stream, float* flag) {
+  return decodeSegments(segs, count, bits, bucket, false, divisor, t, flag, stream);
 }
 
 cudaError_t qsgdSum(const SumTerm* terms, int count, size_t n, int bits, int bucket, float divisor,
-                    DType t, void* out, float* scratch, cudaStream_t stream) {
+                    DType t, void* out, float* scratch, cudaStream_t stream, float* flag) {
   if (count < 1 || !qsgdDecodeFuses(bucket)) return cudaErrorInvalidValue;
   if (n == 0) return cudaSuccess;
   const size_t nb = qsgd::numBuckets(n, bucket);
@@ -703,8 +737,10 @@ cudaError_t qsgdSum(const SumTerm* terms, int count, size_t n, int bits, int buc
     withWarpRows(bucket, [&](auto rows) {
       constexpr int R = decltype(rows)::value;
       withOutput(tt, div, [&](auto type, auto divide) {
+        // Only the launch that stores the output sets the flag.
         qsgdSumWarpKernel<R, decltype(type)::value, decltype(divide)::value>
-            <<<warpBlocks(nb), kWarpThreads, 0, stream>>>(batch, m, n, bits, to, alignedAll, div);
+            <<<warpBlocks(nb), kWarpThreads, 0, stream>>>(batch, m, n, bits, to, alignedAll, div,
+                                                          last ? flag : nullptr);
       });
     });
     const cudaError_t err = cudaGetLastError();

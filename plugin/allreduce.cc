@@ -102,10 +102,11 @@ gradcompResult_t allReduce(const void* send, void* recv, size_t count, ncclDataT
   if (c->autoState.reserving) return gradcompSuccess;
 
   CallArgs args{c, send, recv, count, t, op == ncclAvg, state, bits, c->step};
+  GC_CHECK(outputFlag(*c, *state, algo, &args.outputFlag));
   GC_TRACE("%s: count=%zu type=%d bits=%d step=%llu", algo.name, count, (int)type, bits,
            (unsigned long long)c->step);
   GC_CHECK(algo.run(args, c->workspace));
-  GC_CHECK(discardStateIfNonFinite(*c, *state, recv, count, t, false));
+  GC_CHECK(discardStateIfNonFinite(*c, *state, recv, count, t, false, args.outputFlag != nullptr));
   GC_CHECK(recordReducedStats(*c, *state, recv, count, t));
   recordBits(*c, bits);
   c->stats.piecesLast = algo.pieces != nullptr ? algo.pieces(*c, count, bits) : 1;

@@ -123,7 +123,8 @@ std::array<std::pair<float*, size_t>, 3> feedbackArrays(const BufferState& s) {
 
 // discardStateIfNonFinite in its two halves, which the pass-through below
 // runs apart: whether the state holds error feedback at all (else nothing is
-// checked); the output's flag in the backend's flag scratch (a
+// checked); the output's flag in the backend's flag scratch (read off the
+// output, or `flagged`: already set by the kernels that wrote it; a
 // reduce-scatter's ORed over the ranks: an allreduce of a float); the clear
 // of the state where the flag is set.
 bool holdsFeedback(const BufferState& s) {
@@ -133,9 +134,9 @@ bool holdsFeedback(const BufferState& s) {
 }
 
 gradcompResult_t flagNonFiniteOutput(gradcompComm& c, const void* recv, size_t count, DType t,
-                                     bool reduceScatter) {
+                                     bool reduceScatter, bool flagged = false) {
   float* flag = c.backend->flagScratch();
-  GC_CHECK(c.backend->flagNonFinite(recv, t, count, flag));
+  if (!flagged) GC_CHECK(c.backend->flagNonFinite(recv, t, count, flag));
   if (reduceScatter) GC_CHECK(c.transport->passThrough(flag, flag, 1, ncclFloat32, ncclMax));
   return gradcompSuccess;
 }
@@ -632,10 +633,19 @@ gradcompResult_t finishCall(gradcompComm& c, BufferState& s, int algoId, size_t 
 }
 
 gradcompResult_t discardStateIfNonFinite(gradcompComm& c, BufferState& s, const void* recv,
-                                         size_t count, DType t, bool reduceScatter) {
+                                         size_t count, DType t, bool reduceScatter, bool flagged) {
   if (!holdsFeedback(s)) return gradcompSuccess;
-  GC_CHECK(flagNonFiniteOutput(c, recv, count, t, reduceScatter));
+  GC_CHECK(flagNonFiniteOutput(c, recv, count, t, reduceScatter, flagged));
   return clearStateIfFlagged(c, s);
+}
+
+gradcompResult_t outputFlag(gradcompComm& c, const BufferState& s, const Algorithm& algo,
+                            float** flag) {
+  *flag = nullptr;
+  if (!algo.flagsOutput || !holdsFeedback(s)) return gradcompSuccess;
+  GC_CHECK(c.backend->zero(c.backend->flagScratch(), sizeof(float)));
+  *flag = c.backend->flagScratch();
+  return gradcompSuccess;
 }
 
 void recordBits(gradcompComm& c, int bits) {

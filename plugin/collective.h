@@ -13,6 +13,8 @@
 
 namespace gc {
 
+struct Algorithm;
+
 // Residual state kinds: the allreduce and the reduce-scatter never share a
 // buffer's state, even for the same pointer and count.
 enum StateKind : int {
@@ -268,7 +270,16 @@ void recordBits(gradcompComm& c, int bits);
 // everywhere, a reduce-scatter's blocks are ORed over the ranks (one
 // allreduce of a float). On the stream, no host sync; a buffer without state
 // checks nothing. docs/reliability.md, "Non-finite gradients".
+// `flagged`: the kernels that wrote the output already set the flag
+// (outputFlag below), so it is not read again.
 gradcompResult_t discardStateIfNonFinite(gradcompComm& c, BufferState& s, const void* recv,
-                                         size_t count, DType t, bool reduceScatter);
+                                         size_t count, DType t, bool reduceScatter,
+                                         bool flagged = false);
+// The flag an algorithm that flagsOutput is to set as it writes the output
+// (CallArgs::outputFlag): the backend's flag scratch, zeroed on the stream,
+// where the buffer's state holds what discardStateIfNonFinite guards; null
+// otherwise (the algorithm does not flag, or there is nothing to check).
+gradcompResult_t outputFlag(gradcompComm& c, const BufferState& s, const Algorithm& algo,
+                            float** flag);
 
 }  // namespace gc

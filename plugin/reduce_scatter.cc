@@ -113,10 +113,12 @@ gradcompResult_t reduceScatter(const void* send, void* recv, size_t recvCount, n
                                 : allToAllInterNodeBytes(*c, wire);
 
   CallArgs args{c, send, recv, recvCount, t, op == ncclAvg, state, bits, c->step};
+  GC_CHECK(outputFlag(*c, *state, algo, &args.outputFlag));
   GC_TRACE("%s: recvcount=%zu type=%d bits=%d step=%llu", algo.name, recvCount, (int)type, bits,
            (unsigned long long)c->step);
   GC_CHECK(algo.run(args, c->workspace));
-  GC_CHECK(discardStateIfNonFinite(*c, *state, recv, recvCount, t, true));
+  GC_CHECK(
+      discardStateIfNonFinite(*c, *state, recv, recvCount, t, true, args.outputFlag != nullptr));
   if (qsgd) {
     GC_CHECK(recordGatheredStats(*c, *state, recv, recvCount, t));
     recordBits(*c, bits);

@@ -450,14 +450,31 @@ bool holdsState(int algo, int middle, const CallKind& kind) {
   return kind.ownerResidual && !kind.sparse && owner;
 }
 
+bool checkFolded(int algo, int nranks, int local, const CallKind& kind) {
+  if (kind.sparse) return false;
+  const int g = local > 1 ? local : 1;
+  switch (algo) {
+    case 1:
+    case 2:
+      return kind.fusedOut;
+    case 3:
+      return kind.fusedSum;
+    case 6:
+      return kind.fusedSum && !gc::hierLayout(nranks / g, g);
+    default:
+      return false;
+  }
+}
+
 AlgoShape algoShape(int algo, int nranks, int local, int middle, const CallKind& kind) {
   AlgoShape s = algoShapeOf(algo, nranks, local, middle, kind);
   // The non-finite check (discardStateIfNonFinite) of a call that holds
   // state: the output read once more (the flag's pass; its clears return at
-  // once on a finite output), and for a reduce-scatter the flag's allreduce,
-  // one more step.
+  // once on a finite output) unless the kernels that store the output set
+  // the flag as they store (checkFolded), and for a reduce-scatter the
+  // flag's allreduce, one more step.
   if (holdsState(algo, middle, kind)) {
-    s.checkBytes = (double)kind.elemBytes;
+    s.checkBytes = checkFolded(algo, nranks, local, kind) ? 0.0 : (double)kind.elemBytes;
     s.checkSteps = algo == 6 ? 1 : 0;
     s.work.elementwiseBytes += s.checkBytes;
     s.latencySteps += s.checkSteps;

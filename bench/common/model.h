@@ -220,9 +220,16 @@ double checkUs(const AlgoShape& s, const KernelCosts& c, double count);
 // feedback's or the sparse methods' residual (kind.residual), or QSGD's owner
 // residual where the algorithm has an owner's chunk. A passed call: no.
 bool holdsState(int algo, int middle, const CallKind& kind);
+// Whether the kernels that store the output set the non-finite check's flag
+// as they store (Algorithm::flagsOutput, CallArgs::outputFlag): two-shot's
+// and the ring's final decodes (fusedOut), the allgather's and the flat
+// reduce-scatter's sums (fusedSum), where the bucket has a warp path. Not
+// the hierarchies, Elias nor the sparse methods; nor a bucket without a warp
+// path, whose decodes are followed by a pass over each segment.
+bool checkFolded(int algo, int nranks, int local, const CallKind& kind);
 // Either ends with the non-finite check where the call holds state
-// (holdsState): the output's elemBytes read once more, and a reduce-scatter's
-// one more step (the flag's allreduce).
+// (holdsState): the output's elemBytes read once more unless checkFolded,
+// and a reduce-scatter's one more step (the flag's allreduce).
 AlgoShape algoShape(int algo, int nranks, int local = 1, int middle = 1,
                     const CallKind& kind = CallKind());
 // The part of hier's work (algoShape(5)) its `middle` algorithm runs on the

@@ -14,8 +14,11 @@
 //   (decode_batch)                into an fp32 output, one launch and 8; into
 //                                 fp16 / bf16, one launch converting as it
 //                                 decodes and 8 decodes into fp32 each with
-//                                 its conversion (reads 8 E(n/8), writes
-//                                 n * sizeof(type))
+//                                 its conversion; the one launch sets the
+//                                 non-finite check's flag as it stores, the
+//                                 8 are followed by the check's pass over
+//                                 the output (reads 8 E(n/8), writes
+//                                 n * sizeof(type); the pass not counted)
 //   QSGD owner's sum (sum):       the owner's sum at N = 8 of a buffer of n:
 //                                 7 encodings of n/8 and its own fp32 n/8
 //                                 into n/8 outputs, one fused launch
@@ -479,12 +482,13 @@ int main(int argc, char** argv) {
          "time(us)", "ideal bytes", "GB/s", "copy GB/s", "frac");
 
   void *g = nullptr, *enc = nullptr;
-  float *r = nullptr, *out = nullptr;
+  float *r = nullptr, *out = nullptr, *flag = nullptr;
   // The encodings at the widest --bits, and at 4 bits (encode_batch's).
   const int maxBits = std::max(4, *std::max_element(a.bits.begin(), a.bits.end()));
   CHECK_CUDA(cudaMalloc(&g, nmax * 4));
   CHECK_CUDA(cudaMalloc(&r, nmax * 4));
   CHECK_CUDA(cudaMalloc(&out, nmax * 4));
+  CHECK_CUDA(cudaMalloc(&flag, sizeof(float)));  // the non-finite check's (decode_batch, sum)
   CHECK_CUDA(cudaMalloc(&enc, gradcompQsgdEncodedBytes(nmax, maxBits, a.bucket) + 256));
 
   gradcompConfig_t cfg;
@@ -672,11 +676,13 @@ int main(int argc, char** argv) {
     }
     // The pipelined two-shot's decode of a piece's chunks into the output
     // (N = 8: here 8 segments of n / 8), 4 bits, each row timed for all n
-    // elements: into fp32, one batched launch (gc::cuda::qsgdDecodeBatch)
-    // beside 8 single launches (qsgd_decode is one launch of n); into fp16
-    // and bf16 (each --dtypes type but fp32), one batched launch converting as
-    // it decodes (gc::cuda::qsgdDecodeToOutput) beside what it replaces, 8
-    // decodes into fp32 scratch each followed by its conversion (fromFloat).
+    // elements: one batched launch as the library runs it
+    // (gc::cuda::qsgdDecodeToOutput: converting as it decodes into fp16 and
+    // bf16, each --dtypes type but fp32, and setting the non-finite check's
+    // flag from the values it stores) beside what it replaces: 8 single
+    // launches (qsgd_decode is one launch of n), into fp32 scratch each
+    // followed by its conversion (fromFloat) for the half types, then the
+    // check's pass over the output (flagNonFinite).
     if (a.runs("decode_batch") && n >= 8 * (size_t)a.bucket) {
       constexpr int kSegs = 8;
       const size_t m = n / kSegs;
@@ -707,10 +713,8 @@ int main(int argc, char** argv) {
         const double batchedUs = timeIt(
             s,
             [&] {
-              CHECK_CUDA(t == ncclFloat32 ? gc::cuda::qsgdDecodeBatch(segs.data(), kSegs, bits,
-                                                                      a.bucket, false, s)
-                                          : gc::cuda::qsgdDecodeToOutput(segs.data(), kSegs, bits,
-                                                                         a.bucket, 1.0f, dt, s));
+              CHECK_CUDA(gc::cuda::qsgdDecodeToOutput(segs.data(), kSegs, bits, a.bucket, 1.0f, dt,
+                                                      s, flag));
             },
             a.once);
         const double launchesUs = timeIt(
@@ -725,6 +729,7 @@ int main(int argc, char** argv) {
                   CHECK_CUDA(gc::cuda::fromFloat(r, d.n, 1.0f, dt, d.out, s));
                 }
               }
+              CHECK_CUDA(gc::cuda::flagNonFinite(g, dt, n, flag, s));
             },
             a.once);
         // The least each moves: the encodings read, the output written.
@@ -742,7 +747,9 @@ int main(int argc, char** argv) {
     // with the own block fourth. One fused launch (gc::cuda::qsgdSum) beside
     // the launches it replaced: a decode overwrite, 6 decode-accumulates and
     // an add into fp32 (the output itself, or fp32 scratch and fromFloat for
-    // each --dtypes type but fp32, the reduce-scatter's conversion).
+    // each --dtypes type but fp32, the reduce-scatter's conversion). Both
+    // unflagged: two-shot's sum is not the output (the reduce-scatter's sets
+    // the non-finite check's flag as decode_batch's rows do).
     if (a.runs("sum") && n >= 8 * (size_t)a.bucket && gc::cuda::qsgdDecodeFuses(a.bucket)) {
       constexpr int kTerms = gcbench::kSumTerms, kOwn = 3;
       const size_t m = n / kTerms;
@@ -874,6 +881,7 @@ int main(int argc, char** argv) {
   cudaFree(g);
   cudaFree(r);
   cudaFree(out);
+  cudaFree(flag);
   cudaFree(enc);
   cudaStreamDestroy(s);
   return 0;

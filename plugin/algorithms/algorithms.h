@@ -39,6 +39,11 @@ struct CallArgs {
   int bits;                     // QSGD bit width for this call
   uint64_t step;                // comm step: RNG keys are (seed, step, rank, stream)
   PieceHooks* hooks = nullptr;  // two-shot and the QSGD reduce-scatter (PieceHooks)
+  // The non-finite check folded into the kernels that write the output
+  // (Algorithm::flagsOutput): where not null (backend memory, zeroed before
+  // run), they set it to 1 where a value they store is a NaN or an
+  // infinity, so that discardStateIfNonFinite needs no pass of its own.
+  float* outputFlag = nullptr;
 };
 
 // The pieces a call runs: its own, or the hooks' count where that is more.
@@ -67,6 +72,13 @@ struct Algorithm {
   // reduces, BufferState::ownerResidual) lies in the buffer: element i of it
   // is buffer element off + i, for i < len. Null: the algorithm keeps none.
   OwnerSpan (*ownerSpan)(const gradcompComm& c, size_t count) = nullptr;
+  // Whether run() writes the whole output through kernels that take
+  // CallArgs::outputFlag (Backend::qsgdDecodeToOutput, qsgdSum): the last
+  // decodes of two-shot and the ring, the allgather's and the flat
+  // reduce-scatter's sums. The hierarchies (NCCL's in-node allgather writes
+  // most of the output), Elias and the sparse methods do not: their output
+  // is checked by a pass of its own.
+  bool flagsOutput = false;
 };
 
 const Algorithm& twoShotAlgorithm();          // algo_twoshot.cc
@@ -375,8 +387,8 @@ class ScatterSum {
   // precision, the peers' decoded), divided by `divisor` unless it is 1,
   // into out[0, len(rank, q)) of type t: Backend::qsgdSum, one kernel on a
   // warp-path bucket; `scratch` (fp32, as long) where t is not fp32 or the
-  // sum is divided.
-  gradcompResult_t sum(size_t q, void* out, float divisor, DType t, float* scratch);
+  // sum is divided. flag: Backend::qsgdSum's (the output's check, or null).
+  gradcompResult_t sum(size_t q, void* out, float divisor, DType t, float* scratch, float* flag);
 
  private:
   char* slot(char* base, int j, size_t q) const;

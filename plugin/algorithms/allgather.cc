@@ -46,14 +46,14 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
   terms.resize(n);
   for (int i = 0; i < n; ++i) terms[i] = SumTerm{gather + i * slot, false};
   return be.qsgdSum(terms.data(), n, a.count, bits, d, a.average ? (float)n : 1.0f, a.dtype, a.recv,
-                    acc);
+                    acc, a.outputFlag);
 }
 
 }  // namespace
 
 const Algorithm& allgatherAlgorithm() {
   static const Algorithm algo = {gradcompAlgoAllgather, "allgather", workspaceBytes, wireBytes, run,
-                                 interNodeBytes};
+                                 interNodeBytes,        nullptr,     nullptr,        true};
   return algo;
 }
 

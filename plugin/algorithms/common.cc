@@ -173,7 +173,8 @@ gradcompResult_t ScatterSum::exchange(size_t q) {
                                recvBytes_.data());
 }
 
-gradcompResult_t ScatterSum::sum(size_t q, void* out, float divisor, DType t, float* scratch) {
+gradcompResult_t ScatterSum::sum(size_t q, void* out, float divisor, DType t, float* scratch,
+                                 float* flag) {
   const gradcompComm& c = *a_.comm;
   const int n = c.nranks, r = c.rank;
   const size_t m = len(r, q);
@@ -184,7 +185,7 @@ gradcompResult_t ScatterSum::sum(size_t q, void* out, float divisor, DType t, fl
                             : SumTerm{slot(recvEnc_, i, q), false});
   }
   return c.backend->qsgdSum(terms_.data(), n, m, a_.bits, c.cfg.bucketSize, divisor, t, out,
-                            scratch);
+                            scratch, flag);
 }
 
 sparse::Plan sparsePlan(const gradcompComm& c, size_t count, uint64_t calls, DType* valueType) {

@@ -96,7 +96,7 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
   auto sumPiece = [&](size_t q) -> gradcompResult_t {
     GC_NVTX_RANGE("gradcomp reduce");
     const size_t o = sc.start(q);
-    return sc.sum(q, recv + o * esz, divisor, a.dtype, acc + o);
+    return sc.sum(q, recv + o * esz, divisor, a.dtype, acc + o, a.outputFlag);
   };
 
   // Event slots: 0 hands compute work to the comm lane (waited on at once);
@@ -131,7 +131,8 @@ size_t interNodeBytes(const gradcompComm& c, size_t m, int bits) {
 
 const Algorithm& reduceScatterAlgorithm() {
   static const Algorithm algo = {
-      gradcompAlgoTwoShot, "reducescatter", workspaceBytes, wireBytes, run, interNodeBytes, pieces};
+      gradcompAlgoTwoShot, "reducescatter", workspaceBytes, wireBytes, run,
+      interNodeBytes,      pieces,          nullptr,        true};
   return algo;
 }
 

@@ -198,7 +198,8 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
       decodes.push_back(
           DecodeSegment{gatherBlock(i, q), len(j, q), recv + (ch.off[j] + start(q)) * esz});
     }
-    return be.qsgdDecodeToOutput(decodes.data(), n, bits, d, divisor, a.dtype, acc + start(q));
+    return be.qsgdDecodeToOutput(decodes.data(), n, bits, d, divisor, a.dtype, acc + start(q),
+                                 a.outputFlag);
   };
 
   // Event slots: 1+q%2 marks hop transfer q done, 3+q%2 allgather q done
@@ -240,7 +241,7 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
 
 const Algorithm& ringAlgorithm() {
   static const Algorithm algo = {gradcompAlgoRing, "ring",      workspaceBytes, wireBytes, run,
-                                 interNodeBytes,   chunkPieces, ownedChunk};
+                                 interNodeBytes,   chunkPieces, ownedChunk,     true};
   return algo;
 }
 

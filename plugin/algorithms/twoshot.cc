@@ -126,7 +126,7 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
     const size_t m = len(r, q);
     if (m == 0) return gradcompSuccess;
     float* sum = acc + start(q);
-    GC_CHECK(sc.sum(q, sum, 1.0f, DType::F32, nullptr));
+    GC_CHECK(sc.sum(q, sum, 1.0f, DType::F32, nullptr, nullptr));
     return be.qsgdEncode(sum, DType::F32, ownerResidual ? ownerResidual + start(q) : nullptr, m,
                          bits, d, sc.key(0x100000000ull, q), gatherBlock(r, q));
   };
@@ -152,7 +152,8 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
       decodes.push_back(
           DecodeSegment{gatherBlock(j, q), len(j, q), recv + (ch.off[j] + start(q)) * esz});
     }
-    return be.qsgdDecodeToOutput(decodes.data(), n, bits, d, divisor, a.dtype, acc + start(q));
+    return be.qsgdDecodeToOutput(decodes.data(), n, bits, d, divisor, a.dtype, acc + start(q),
+                                 a.outputFlag);
   };
 
   // Event slots: 0 hands compute work to the comm lane (waited on at once);
@@ -189,7 +190,7 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
 
 const Algorithm& twoShotAlgorithm() {
   static const Algorithm algo = {gradcompAlgoTwoShot, "twoshot",   workspaceBytes, wireBytes, run,
-                                 interNodeBytes,      chunkPieces, ownedChunk};
+                                 interNodeBytes,      chunkPieces, ownedChunk,     true};
   return algo;
 }
 

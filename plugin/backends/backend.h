@@ -107,8 +107,14 @@ class Backend {
   // the other; empty segments are skipped. The CUDA backend decodes them all
   // in one launch, straight into the output whatever its type where the
   // bucket has a warp path (the same bits: cuda::qsgdDecodeToOutput).
+  // flag (backend memory, may be null): set to 1 where a value stored is a
+  // NaN or an infinity of type t, never cleared: the non-finite check of the
+  // output these decodes write (CallArgs::outputFlag), which the CUDA
+  // backend's fused decode reads off the values it stores, no pass of its
+  // own; this default marks each segment after it is written.
   virtual gradcompResult_t qsgdDecodeToOutput(const DecodeSegment* segs, int count, int bits,
-                                              int bucket, float divisor, DType t, float* scratch) {
+                                              int bucket, float divisor, DType t, float* scratch,
+                                              float* flag) {
     const bool direct = t == DType::F32 && divisor == 1.0f;
     for (int i = 0; i < count; ++i) {
       const DecodeSegment& s = segs[i];
@@ -116,6 +122,7 @@ class Backend {
       float* to = direct ? static_cast<float*>(s.out) : scratch;
       gradcompResult_t res = qsgdDecode(s.in, s.n, bits, bucket, to, false);
       if (res == gradcompSuccess && !direct) res = fromFloat(scratch, s.n, divisor, t, s.out);
+      if (res == gradcompSuccess && flag != nullptr) res = markNonFinite(s.out, t, s.n, flag);
       if (res != gradcompSuccess) return res;
     }
     return gradcompSuccess;
@@ -130,8 +137,9 @@ class Backend {
   // decode-accumulated (added when plain), then one fromFloat. The CUDA
   // backend runs it as one kernel on a warp-path bucket, the sum in
   // registers, the same bits (cuda::qsgdSum).
+  // flag: as qsgdDecodeToOutput's, for the values stored in out.
   virtual gradcompResult_t qsgdSum(const SumTerm* terms, int count, size_t n, int bits, int bucket,
-                                   float divisor, DType t, void* out, float* scratch) {
+                                   float divisor, DType t, void* out, float* scratch, float* flag) {
     if (n == 0) return gradcompSuccess;
     const bool direct = t == DType::F32 && divisor == 1.0f;
     float* acc = direct ? static_cast<float*>(out) : scratch;
@@ -142,7 +150,8 @@ class Backend {
                                            : qsgdDecode(s.in, n, bits, bucket, acc, i != 0);
       if (res != gradcompSuccess) return res;
     }
-    return direct ? gradcompSuccess : fromFloat(acc, n, divisor, t, out);
+    const gradcompResult_t res = direct ? gradcompSuccess : fromFloat(acc, n, divisor, t, out);
+    return res == gradcompSuccess && flag != nullptr ? markNonFinite(out, t, n, flag) : res;
   }
 
   // out[i] = float(x[i]) (+ addend[i] when addend is not null).
@@ -157,6 +166,9 @@ class Backend {
   // zeroIfFlagged clears x[0..n) when *flag is not 0. Both on the stream,
   // flag in backend memory: the decision needs no host sync.
   virtual gradcompResult_t flagNonFinite(const void* x, DType t, size_t n, float* flag) = 0;
+  // *flag = 1 when x[0..n) of type t holds a NaN or an infinity, else left
+  // as it was (flagNonFinite without its clear: the default decodes' flag).
+  virtual gradcompResult_t markNonFinite(const void* x, DType t, size_t n, float* flag) = 0;
   virtual gradcompResult_t zeroIfFlagged(float* x, size_t n, const float* flag) = 0;
 
   // Pipelined calls (algorithms.h, Pieces): the transport runs on a second

@@ -100,9 +100,12 @@ bool qsgdDecodeFuses(int bucket);
 // The segments' decodes straight into outputs of type t, each value divided
 // by `divisor` unless it is 1 (what a decode into fp32 and fromFloat give, in
 // one pass), batched as qsgdDecodeBatch; cudaErrorInvalidValue for an output
-// other than fp32 undivided at a bucket that does not fuse.
+// other than fp32 undivided, or a flag, at a bucket that does not fuse.
+// flag (device memory, may be null): set to 1 where a value stored is a NaN
+// or an infinity in type t, never cleared (the non-finite check folded into
+// the decode: Backend::qsgdDecodeToOutput).
 cudaError_t qsgdDecodeToOutput(const DecodeSegment* segs, int count, int bits, int bucket,
-                               float divisor, DType t, cudaStream_t stream);
+                               float divisor, DType t, cudaStream_t stream, float* flag = nullptr);
 // out = terms[0] + terms[1] + ... in that order, element by element (each
 // term decoded, or read when plain; fp32 adds left to right), divided by
 // `divisor` unless it is 1 and stored as type t: the bits of a decode of
@@ -111,8 +114,10 @@ cudaError_t qsgdDecodeToOutput(const DecodeSegment* segs, int count, int bits, i
 // `scratch`, fp32, n elements, or through out where it is fp32 undivided).
 // Warp-path buckets only (qsgdDecodeFuses); cudaErrorInvalidValue otherwise,
 // for count < 1, or for more than 16 terms without an fp32 accumulator.
+// flag (device memory, may be null): as qsgdDecodeToOutput's, for the values
+// stored in out (the last launch's).
 cudaError_t qsgdSum(const SumTerm* terms, int count, size_t n, int bits, int bucket, float divisor,
-                    DType t, void* out, float* scratch, cudaStream_t stream);
+                    DType t, void* out, float* scratch, cudaStream_t stream, float* flag = nullptr);
 // step += 1 on the stream (the comm's device step counter).
 cudaError_t advanceStep(uint64_t* step, cudaStream_t stream);
 cudaError_t qsgdDecode(const void* in, size_t n, int bits, int bucket, float* out, bool accumulate,

@@ -67,13 +67,14 @@ class ForwardingBackend : public gc::Backend {
     return inner_->qsgdDecode(in, n, bits, bucket, out, accumulate);
   }
   gradcompResult_t qsgdDecodeToOutput(const gc::DecodeSegment* segs, int count, int bits,
-                                      int bucket, float divisor, gc::DType t,
-                                      float* scratch) override {
-    return inner_->qsgdDecodeToOutput(segs, count, bits, bucket, divisor, t, scratch);
+                                      int bucket, float divisor, gc::DType t, float* scratch,
+                                      float* flag) override {
+    return inner_->qsgdDecodeToOutput(segs, count, bits, bucket, divisor, t, scratch, flag);
   }
   gradcompResult_t qsgdSum(const gc::SumTerm* terms, int count, size_t n, int bits, int bucket,
-                           float divisor, gc::DType t, void* out, float* scratch) override {
-    return inner_->qsgdSum(terms, count, n, bits, bucket, divisor, t, out, scratch);
+                           float divisor, gc::DType t, void* out, float* scratch,
+                           float* flag) override {
+    return inner_->qsgdSum(terms, count, n, bits, bucket, divisor, t, out, scratch, flag);
   }
   gradcompResult_t toFloat(const void* x, gc::DType t, const float* addend, size_t n,
                            float* out) override {
@@ -88,6 +89,9 @@ class ForwardingBackend : public gc::Backend {
   }
   gradcompResult_t flagNonFinite(const void* x, gc::DType t, size_t n, float* flag) override {
     return inner_->flagNonFinite(x, t, n, flag);
+  }
+  gradcompResult_t markNonFinite(const void* x, gc::DType t, size_t n, float* flag) override {
+    return inner_->markNonFinite(x, t, n, flag);
   }
   gradcompResult_t zeroIfFlagged(float* x, size_t n, const float* flag) override {
     return inner_->zeroIfFlagged(x, n, flag);

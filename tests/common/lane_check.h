@@ -160,15 +160,15 @@ class LaneCheck final : public ForwardingBackend {
   // and writes its output (and, where the inner backend decodes through it,
   // the scratch: recorded too, so that a scratch another lane uses is seen).
   gradcompResult_t qsgdDecodeToOutput(const gc::DecodeSegment* segs, int count, int bits,
-                                      int bucket, float divisor, gc::DType t,
-                                      float* scratch) override {
+                                      int bucket, float divisor, gc::DType t, float* scratch,
+                                      float* flag) override {
     for (int i = 0; i < count; ++i) {
       const gc::DecodeSegment& s = segs[i];
       if (s.n == 0) continue;
       if (failDecode > 0 && --failDecode == 0) {
         if (i > 0) {
           const gradcompResult_t res =
-              inner_->qsgdDecodeToOutput(segs, i, bits, bucket, divisor, t, scratch);
+              inner_->qsgdDecodeToOutput(segs, i, bits, bucket, divisor, t, scratch, flag);
           if (res != gradcompSuccess) return res;
         }
         return gc::setError(gradcompInternalError, "qsgdDecode failed (LaneCheck::failDecode)");
@@ -177,17 +177,20 @@ class LaneCheck final : public ForwardingBackend {
       op(kComputeLane, "qsgdDecode",
          {{s.in, gc::qsgd::encodedBytes(s.n, bits, bucket), false},
           {s.out, s.n * gc::dtypeBytes(t), true},
-          {direct ? nullptr : scratch, direct ? 0 : s.n * sizeof(float), true}});
+          {direct ? nullptr : scratch, direct ? 0 : s.n * sizeof(float), true},
+          {flag, flag != nullptr ? sizeof(float) : 0, true}});
     }
-    return inner_->qsgdDecodeToOutput(segs, count, bits, bucket, divisor, t, scratch);
+    return inner_->qsgdDecodeToOutput(segs, count, bits, bucket, divisor, t, scratch, flag);
   }
   // As the default's decodes, adds and conversion: failDecode counts the
   // encoded terms (a sum whose failing term is reached fails before it
   // runs); each term is read and the fp32 accumulator (out where it is fp32
   // undivided, else the scratch) written, then the output.
   gradcompResult_t qsgdSum(const gc::SumTerm* terms, int count, size_t n, int bits, int bucket,
-                           float divisor, gc::DType t, void* out, float* scratch) override {
-    if (n == 0) return inner_->qsgdSum(terms, count, n, bits, bucket, divisor, t, out, scratch);
+                           float divisor, gc::DType t, void* out, float* scratch,
+                           float* flag) override {
+    if (n == 0)
+      return inner_->qsgdSum(terms, count, n, bits, bucket, divisor, t, out, scratch, flag);
     for (int i = 0; i < count; ++i) {
       if (!terms[i].plain && failDecode > 0 && --failDecode == 0) {
         return gc::setError(gradcompInternalError, "qsgdDecode failed (LaneCheck::failDecode)");
@@ -200,8 +203,9 @@ class LaneCheck final : public ForwardingBackend {
           terms[i].plain ? n * sizeof(float) : gc::qsgd::encodedBytes(n, bits, bucket);
       op(kComputeLane, "qsgdSum", {{terms[i].in, bytes, false}, {acc, n * sizeof(float), true}});
     }
-    op(kComputeLane, "qsgdSum", {{out, n * gc::dtypeBytes(t), true}});
-    return inner_->qsgdSum(terms, count, n, bits, bucket, divisor, t, out, scratch);
+    op(kComputeLane, "qsgdSum",
+       {{out, n * gc::dtypeBytes(t), true}, {flag, flag != nullptr ? sizeof(float) : 0, true}});
+    return inner_->qsgdSum(terms, count, n, bits, bucket, divisor, t, out, scratch, flag);
   }
   gradcompResult_t toFloat(const void* x, gc::DType t, const float* addend, size_t n,
                            float* out) override {

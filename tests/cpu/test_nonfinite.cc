@@ -28,6 +28,7 @@
 #include "plugin/checks.h"
 #include "plugin/comm.h"
 #include "tests/common/cpu_world.h"
+#include "tests/common/forwarding_backend.h"
 #include "tests/common/forwarding_transport.h"
 #include "tests/common/ref_hier.h"
 #include "tests/common/ref_hier_rs.h"
@@ -644,6 +645,132 @@ TEST(NonFinite, AReduceScatterWhoseCheckFailsTakesNoStep) {
     tr[r]->armed = false;
   }
   ASSERT_NO_FATAL_FAILURE(run(2, 1, gradcompSuccess));
+}
+
+}  // namespace
+
+namespace {
+
+// One rank's backend, counting the non-finite check's passes of their own
+// (flagNonFinite) and the output kernels handed the check's flag to set as
+// they store (qsgdDecodeToOutput, qsgdSum: CallArgs::outputFlag).
+class FlagCountingBackend final : public gctest::ForwardingBackend {
+ public:
+  explicit FlagCountingBackend(std::shared_ptr<gc::Backend> inner)
+      : ForwardingBackend(std::move(inner)) {}
+  gradcompResult_t flagNonFinite(const void* x, gc::DType t, size_t n, float* flag) override {
+    ++passes;
+    return inner_->flagNonFinite(x, t, n, flag);
+  }
+  gradcompResult_t qsgdDecodeToOutput(const gc::DecodeSegment* segs, int count, int bits,
+                                      int bucket, float divisor, gc::DType t, float* scratch,
+                                      float* flag) override {
+    flagged += flag != nullptr;
+    return inner_->qsgdDecodeToOutput(segs, count, bits, bucket, divisor, t, scratch, flag);
+  }
+  gradcompResult_t qsgdSum(const gc::SumTerm* terms, int count, size_t n, int bits, int bucket,
+                           float divisor, gc::DType t, void* out, float* scratch,
+                           float* flag) override {
+    flagged += flag != nullptr;
+    return inner_->qsgdSum(terms, count, n, bits, bucket, divisor, t, out, scratch, flag);
+  }
+  int passes = 0, flagged = 0;
+};
+
+// Whether any of the buffer's state arrays holds a value other than zero.
+bool holdsAnything(const gc::BufferState& bs) {
+  for (size_t i = 0; i < bs.count; ++i) {
+    if ((bs.residual && bs.residual[i] != 0.0f) || (bs.momentum && bs.momentum[i] != 0.0f))
+      return true;
+  }
+  for (size_t i = 0; i < bs.ownerResidualCount; ++i) {
+    if (bs.ownerResidual[i] != 0.0f) return true;
+  }
+  return false;
+}
+
+// QSGD's two-shot, ring, allgather and flat reduce-scatter write their whole
+// output through kernels that set the non-finite check's flag as they store
+// (Algorithm::flagsOutput): the check then reads no output of its own, and
+// still clears the state when a sum overflows, on every rank. The others
+// (hierarchical, Elias, top-k) keep the check's pass, one a call; a buffer
+// without state checks nothing. Without the fold, the flagging algorithms
+// make a pass a call and hand no flag; with a flag handed but not set (or
+// set and then zeroed), the overflowing call would leave the state as it
+// was.
+TEST(NonFinite, TheFlaggingAlgorithmsCheckWithoutAPassOfTheirOwn) {
+  struct FoldCase {
+    const char* name;
+    gradcompConfig_t cfg;
+    bool rs;
+    int passes;  // the check's own passes a call, on every rank
+    bool flags;  // the output's kernels given the flag
+    bool state;
+  };
+  std::vector<FoldCase> cs;
+  gradcompConfig_t q = gctest::qsgdTestConfig();
+  q.cpuTimeoutSec = 10.0f;
+  for (int b : {64, 512}) {  // a bucket with the CUDA warp path and one without
+    q.bucketSize = b;
+    q.algo = gradcompAlgoTwoShot;
+    cs.push_back({"twoshot", q, false, 0, true, true});
+    q.algo = gradcompAlgoRing;
+    cs.push_back({"ring", q, false, 0, true, true});
+    q.algo = gradcompAlgoAllgather;
+    cs.push_back({"allgather", q, false, 0, true, true});
+    q.algo = gradcompAlgoAuto;
+    cs.push_back({"reduce-scatter", q, true, 0, true, true});
+  }
+  q = gctest::qsgdTestConfig();
+  q.cpuTimeoutSec = 10.0f;
+  gradcompConfig_t h = q;
+  h.localSize = 2;
+  cs.push_back({"hier", h, false, 1, false, true});
+  cs.push_back({"hier reduce-scatter", h, true, 1, false, true});
+  gradcompConfig_t e = q;
+  e.elias = 1;
+  cs.push_back({"elias", e, false, 1, false, true});
+  cs.push_back({"topk", gctest::sparseTestConfig(gradcompMethodTopk), false, 1, false, true});
+  gradcompConfig_t none = q;
+  none.errorFeedback = 0;
+  none.ownerResidual = 0;
+  cs.push_back({"twoshot without state", none, false, 0, false, false});
+  const int N = 4;
+  const size_t m = 1024;
+  for (const FoldCase& c : cs) {
+    SCOPED_TRACE(std::string(c.name) + " bucket " + std::to_string(c.cfg.bucketSize));
+    const size_t n = c.rs ? N * m : 4 * m, outN = c.rs ? m : n;
+    gctest::CpuWorld w(N, c.cfg);
+    std::vector<FlagCountingBackend*> be(N);
+    for (int r = 0; r < N; ++r) {
+      gradcompComm_t comm = w.comm(r);
+      be[r] = new FlagCountingBackend(comm->backend);
+      comm->backend.reset(be[r]);
+    }
+    std::vector<std::vector<float>> in(N), out(N, std::vector<float>(outN));
+    for (int step : {0, kOverflowStep}) {
+      for (int r = 0; r < N; ++r) overflowGradient(N, r, step, gc::DType::F32, n, &in[r]);
+      for (int r = 0; r < N; ++r) be[r]->passes = be[r]->flagged = 0;
+      const auto res = w.run([&](int r) {
+        return c.rs ? gradcompReduceScatter(in[r].data(), out[r].data(), m, ncclFloat32, ncclSum,
+                                            w.comm(r), nullptr)
+                    : gradcompAllReduce(in[r].data(), out[r].data(), n, ncclFloat32, ncclSum,
+                                        w.comm(r), nullptr);
+      });
+      for (int r = 0; r < N; ++r) {
+        ASSERT_EQ(res[r], gradcompSuccess) << "rank " << r << ": " << gradcompGetLastError();
+        EXPECT_EQ(be[r]->passes, c.passes) << "rank " << r << " step " << step;
+        EXPECT_EQ(be[r]->flagged > 0, c.flags) << "rank " << r << " step " << step;
+        const gc::BufferState* bs = stateOf(w.comm(r), c.rs);
+        ASSERT_NE(bs, nullptr);
+        const bool overflow = step == kOverflowStep;
+        EXPECT_EQ(countNonFinite(out[r]) > 0, overflow) << "rank " << r << " step " << step;
+        // The ordinary call leaves state (so the clear is seen); the
+        // overflowing one clears all of it.
+        if (c.state) EXPECT_EQ(holdsAnything(*bs), !overflow) << "rank " << r << " step " << step;
+      }
+    }
+  }
 }
 
 }  // namespace

@@ -431,7 +431,11 @@ TEST(QsgdHost, ErrorFeedbackSkipsInfiniteBucket) {
 // warp bucket and the block path's, widths 3 and 4, outputs fp32 Sum (no
 // scratch given), fp32 Avg, fp16 and bf16 Avg; nothing past the output
 // written. A term added out of order, a plain term decoded, a divisor
-// applied to a Sum or missing from an Avg changes the bytes.
+// applied to a Sum or missing from an Avg changes the bytes. The plain block
+// holds a value past fp16's range: the non-finite check's flag handed to the
+// sum (CallArgs::outputFlag) is set exactly where the stored output holds a
+// NaN or an infinity (the fp16 output; not fp32 nor bf16), and never
+// cleared.
 TEST(QsgdHost, BackendSumIsTheTermsAddedInOrder) {
   std::unique_ptr<gc::Backend> be = gc::makeCpuBackend();
   const size_t n = 3 * 512 + 77;
@@ -451,7 +455,8 @@ TEST(QsgdHost, BackendSumIsTheTermsAddedInOrder) {
         encs.push_back(encode(gctest::normal(n, 40 + k + d + bits, 1.0f + k % 3), bits, d, 9 + k));
         values.push_back(decode(encs.back(), n, bits, d));
       }
-      const std::vector<float> own = gctest::normal(n, 77, 3.0f);
+      std::vector<float> own = gctest::normal(n, 77, 3.0f);
+      own[10] = 1.0e6f;
       for (int count : {1, 3, 20}) {
         for (int plainAt : {0, count / 2, count - 1}) {
           std::vector<gc::SumTerm> terms;
@@ -473,12 +478,19 @@ TEST(QsgdHost, BackendSumIsTheTermsAddedInOrder) {
               gc::storeFromFloat(expect.data(), o.t, i,
                                  o.divisor == 1.0f ? want[i] : gc::fdiv(want[i], o.divisor));
             }
+            bool bad = false;
+            for (size_t i = 0; i < n; ++i) bad |= !isfinite(gc::loadAsFloat(expect.data(), o.t, i));
+            ASSERT_EQ(bad, o.t == gc::DType::F16) << "the case is not the one meant";
             const bool direct = o.t == gc::DType::F32 && o.divisor == 1.0f;
             std::vector<float> scratch(direct ? 0 : n);
-            ASSERT_EQ(be->qsgdSum(terms.data(), count, n, bits, d, o.divisor, o.t, got.data(),
-                                  direct ? nullptr : scratch.data()),
-                      gradcompSuccess);
-            ASSERT_EQ(got, expect);
+            for (float before : {0.0f, 1.0f}) {
+              float flag = before;
+              ASSERT_EQ(be->qsgdSum(terms.data(), count, n, bits, d, o.divisor, o.t, got.data(),
+                                    direct ? nullptr : scratch.data(), &flag),
+                        gradcompSuccess);
+              ASSERT_EQ(got, expect);
+              EXPECT_EQ(flag, bad || before != 0.0f ? 1.0f : 0.0f) << "flag was " << before;
+            }
           }
         }
       }

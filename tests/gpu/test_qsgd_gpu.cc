@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include <algorithm>
+#include <cmath>
 #include <memory>
 #include <vector>
 
@@ -615,6 +616,176 @@ TEST_F(QsgdGpu, BatchedDecodeGivesEachSegmentItsOwnDecode) {
   EXPECT_FALSE(gc::cuda::qsgdDecodeFuses(96));
   EXPECT_TRUE(gc::cuda::qsgdDecodeFuses(512));
   EXPECT_EQ(gc::cuda::qsgdDecodeToOutput(&seg, 1, 4, 96, 1.0f, gc::DType::BF16, stream),
+            cudaErrorInvalidValue);
+}
+
+// The non-finite check folded into the kernels that store the output
+// (CallArgs::outputFlag): a batch of decodes into the output
+// (cuda::qsgdDecodeToOutput, one segment of fp32 undivided included, which
+// takes the batch kernel when flagged) and the owner's sum (cuda::qsgdSum,
+// 3 terms and 17, chained through the scratch, where only the last launch
+// stores the output) set the flag exactly where the output they store holds
+// a NaN or an infinity in its type: finite inputs leave it as it was (0 stays
+// 0, 1 stays 1: never cleared), a NaN input sets it, and so does a finite
+// fp32 value past fp16's range stored as fp16 (not as fp32 or bf16), divided
+// or not; outputs aligned and one element off; every warp bucket. A flag
+// read off the fp32 value instead of the stored one, one lane's store lost,
+// or a tail lane past the end counted would show here. Without a warp path
+// (96) a flag is refused: the backends make a pass instead.
+TEST_F(QsgdGpu, OutputKernelsFlagWhatTheyStore) {
+  struct Output {
+    gc::DType t;
+    float divisor;
+  };
+  const Output outputs[] = {{gc::DType::F32, 1.0f},
+                            {gc::DType::F32, 3.0f},
+                            {gc::DType::F16, 1.0f},
+                            {gc::DType::F16, 3.0f},
+                            {gc::DType::BF16, 1.0f}};
+  enum Kind { kFinite, kNaN, kPastHalf };
+  DeviceBuffer<float> flag(1);
+  auto runFlagged = [&](float before, auto&& launch) -> float {
+    flag.upload({before});
+    EXPECT_EQ(launch(flag.get()), cudaSuccess);
+    EXPECT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+    return flag.download(1)[0];
+  };
+  for (int d : {128, 256, 512, 1024}) {
+    const int bits = 4;
+    for (const Output& o : outputs) {
+      const size_t esz = gc::dtypeBytes(o.t);
+      for (Kind kind : {kFinite, kNaN, kPastHalf}) {
+        for (int segsUsed : {1, 4}) {
+          SCOPED_TRACE(testing::Message()
+                       << "d=" << d << " type=" << (int)o.t << " divisor=" << o.divisor
+                       << " kind=" << kind << " segments=" << segsUsed);
+          const size_t lens[] = {(size_t)2 * d + 5, 1000, 33, 4096};
+          std::vector<size_t> in(4), out(4);
+          size_t nIn = 0, nOut = 0;
+          std::vector<std::vector<float>> xs(4);
+          for (int j = 0; j < 4; ++j) {
+            in[j] = nIn, out[j] = nOut + (j % 2);  // every other one element off
+            nIn += gradcompQsgdEncodedBytes(lens[j], bits, d) + 16;
+            nOut += (lens[j] + 8 + 3) / 4 * 4;
+            xs[j] = gctest::normal(lens[j], 7 * j + d, 1.0f);
+          }
+          // The bad value lies in the last segment used.
+          const int bad = segsUsed - 1;
+          if (kind == kNaN) xs[bad][lens[bad] - 2] = NAN;
+          if (kind == kPastHalf) {
+            for (float& v : xs[bad]) v *= 4.0e5f;  // the bucket's scale past 3 * 65504
+          }
+          std::vector<uint8_t> encs(nIn, 0);
+          for (int j = 0; j < 4; ++j) {
+            gc::host::qsgdEncode(xs[j].data(), gc::DType::F32, nullptr, lens[j], bits, d, 40 + j,
+                                 false, false, encs.data() + in[j]);
+          }
+          // What the output stores, and whether it holds a non-finite value.
+          std::vector<uint8_t> want(nOut * esz, 0);
+          bool anyBad = false;
+          for (int j = 0; j < segsUsed; ++j) {
+            std::vector<float> v(lens[j]);
+            gc::host::qsgdDecode(encs.data() + in[j], lens[j], bits, d, v.data(), false);
+            for (size_t e = 0; e < lens[j]; ++e) {
+              const float w = o.divisor == 1.0f ? v[e] : gc::fdiv(v[e], o.divisor);
+              gc::storeFromFloat(want.data() + out[j] * esz, o.t, e, w);
+              anyBad |= !std::isfinite(gc::loadAsFloat(want.data() + out[j] * esz, o.t, e));
+            }
+          }
+          ASSERT_EQ(anyBad, kind == kNaN || (kind == kPastHalf && o.t == gc::DType::F16))
+              << "the case is not the one meant";
+          DeviceBuffer<uint8_t> denc(nIn), dout(nOut * esz);
+          ASSERT_EQ(cudaMemcpy(denc.get(), encs.data(), nIn, cudaMemcpyHostToDevice), cudaSuccess);
+          std::vector<gc::DecodeSegment> segs(segsUsed);
+          for (int j = 0; j < segsUsed; ++j) {
+            segs[j] = gc::DecodeSegment{denc.get() + in[j], lens[j], dout.get() + out[j] * esz};
+          }
+          for (float before : {0.0f, 1.0f}) {
+            const float got = runFlagged(before, [&](float* f) {
+              return gc::cuda::qsgdDecodeToOutput(segs.data(), segsUsed, bits, d, o.divisor, o.t,
+                                                  stream, f);
+            });
+            EXPECT_EQ(got, anyBad || before != 0.0f ? 1.0f : 0.0f) << "decode, flag was " << before;
+            const std::vector<uint8_t> stored = dout.download(nOut * esz);
+            for (int j = 0; j < segsUsed; ++j) {
+              ASSERT_EQ(
+                  memcmp(stored.data() + out[j] * esz, want.data() + out[j] * esz, lens[j] * esz),
+                  0)
+                  << "segment " << j;
+            }
+          }
+          // The owner's sum of the first segment's length: the used
+          // segments' encodings of it (the bad one's as it is) with a plain
+          // finite block, 3 terms, or 17 (chained).
+          const size_t n = lens[0];
+          std::vector<std::vector<uint8_t>> sumEnc(4);
+          for (int j = 0; j < 4; ++j) {
+            sumEnc[j].resize(gradcompQsgdEncodedBytes(n, bits, d));
+            std::vector<float> x(xs[j].begin(), xs[j].begin() + std::min(n, lens[j]));
+            x.resize(n, 0.5f);
+            if (j == bad && kind == kNaN) x[n - 2] = NAN;
+            if (j == bad && kind == kPastHalf) x[1] = 4.0e5f * 4.0f;
+            gc::host::qsgdEncode(x.data(), gc::DType::F32, nullptr, n, bits, d, 80 + j, false,
+                                 false, sumEnc[j].data());
+          }
+          const std::vector<float> own = gctest::normal(n, 5 + d, 1.0f);
+          DeviceBuffer<float> ownBuf(n), scratch(n);
+          ownBuf.upload(own);
+          std::vector<std::unique_ptr<DeviceBuffer<uint8_t>>> encBufs;
+          for (int j = 0; j < 4; ++j) {
+            encBufs.push_back(std::make_unique<DeviceBuffer<uint8_t>>(sumEnc[j].size()));
+            ASSERT_EQ(cudaMemcpy(encBufs[j]->get(), sumEnc[j].data(), sumEnc[j].size(),
+                                 cudaMemcpyHostToDevice),
+                      cudaSuccess);
+          }
+          for (int count : {3, 17}) {
+            // The own block second, the bad segment's term last but one (in
+            // a chained sum, in the first launch: the last launch's store
+            // must still see it), the others the used segments in turn.
+            std::vector<gc::SumTerm> terms;
+            std::vector<int> order;
+            for (int k = 0; k < count; ++k) {
+              const int j = k == 1 ? -1 : (k == count - 2 ? bad : k % (bad + 1));
+              order.push_back(j);
+              terms.push_back(j < 0 ? gc::SumTerm{ownBuf.get(), true}
+                                    : gc::SumTerm{encBufs[j]->get(), false});
+            }
+            std::vector<float> acc(n, 0.0f);
+            for (int k = 0; k < count; ++k) {
+              if (order[k] < 0) {
+                for (size_t e = 0; e < n; ++e) acc[e] = k == 0 ? own[e] : gc::fadd(acc[e], own[e]);
+              } else {
+                gc::host::qsgdDecode(sumEnc[order[k]].data(), n, bits, d, acc.data(), k != 0);
+              }
+            }
+            std::vector<uint8_t> sumWant(n * esz);
+            bool sumBad = false;
+            for (size_t e = 0; e < n; ++e) {
+              const float w = o.divisor == 1.0f ? acc[e] : gc::fdiv(acc[e], o.divisor);
+              gc::storeFromFloat(sumWant.data(), o.t, e, w);
+              sumBad |= !std::isfinite(gc::loadAsFloat(sumWant.data(), o.t, e));
+            }
+            if (kind == kFinite) ASSERT_FALSE(sumBad) << "the case is not the one meant";
+            if (kind == kNaN) ASSERT_TRUE(sumBad) << "the case is not the one meant";
+            DeviceBuffer<uint8_t> sout(n * esz);
+            for (float before : {0.0f, 1.0f}) {
+              const float got = runFlagged(before, [&](float* f) {
+                return gc::cuda::qsgdSum(terms.data(), count, n, bits, d, o.divisor, o.t,
+                                         sout.get(), scratch.get(), stream, f);
+              });
+              EXPECT_EQ(got, sumBad || before != 0.0f ? 1.0f : 0.0f)
+                  << "sum of " << count << " terms, flag was " << before;
+              ASSERT_EQ(sout.download(n * esz), sumWant) << "sum of " << count << " terms";
+            }
+          }
+        }
+      }
+    }
+  }
+  const size_t n = 1000;
+  DeviceBuffer<uint8_t> denc(gradcompQsgdEncodedBytes(n, 4, 96)), dout(4 * n);
+  const gc::DecodeSegment seg{denc.get(), n, dout.get()};
+  EXPECT_EQ(gc::cuda::qsgdDecodeToOutput(&seg, 1, 4, 96, 1.0f, gc::DType::F32, stream, flag.get()),
             cudaErrorInvalidValue);
 }
 

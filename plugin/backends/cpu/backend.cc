@@ -69,11 +69,16 @@ class CpuBackend final : public Backend {
     return gradcompSuccess;
   }
   gradcompResult_t flagNonFinite(const void* x, DType t, size_t n, float* flag) override {
-    float f = 0.0f;
-    for (size_t i = 0; i < n && f == 0.0f; ++i) {
-      if (!isFiniteBits(floatToBits(loadAsFloat(x, t, i)) & 0x7fffffffu)) f = 1.0f;
+    *flag = 0.0f;
+    return markNonFinite(x, t, n, flag);
+  }
+  gradcompResult_t markNonFinite(const void* x, DType t, size_t n, float* flag) override {
+    for (size_t i = 0; i < n; ++i) {
+      if (!isFiniteBits(floatToBits(loadAsFloat(x, t, i)) & 0x7fffffffu)) {
+        *flag = 1.0f;
+        break;
+      }
     }
-    *flag = f;
     return gradcompSuccess;
   }
   gradcompResult_t zeroIfFlagged(float* x, size_t n, const float* flag) override {

@@ -279,24 +279,29 @@ class CudaBackend final : public Backend {
     return gradcompSuccess;
   }
   gradcompResult_t qsgdDecodeToOutput(const DecodeSegment* segs, int count, int bits, int bucket,
-                                      float divisor, DType t, float* scratch) override {
+                                      float divisor, DType t, float* scratch,
+                                      float* flag) override {
     for (int i = 0; i < count; ++i) GC_CHECK(qsgdCheckDeviceCount(segs[i].n, bucket));
     // Without a warp path, only an fp32 undivided output is decoded into
-    // directly; others go through the scratch.
-    if (!(t == DType::F32 && divisor == 1.0f) && !cuda::qsgdDecodeFuses(bucket)) {
-      return Backend::qsgdDecodeToOutput(segs, count, bits, bucket, divisor, t, scratch);
+    // directly, and a flag takes a pass over each segment; others go
+    // through the scratch.
+    if ((!(t == DType::F32 && divisor == 1.0f) || flag != nullptr) &&
+        !cuda::qsgdDecodeFuses(bucket)) {
+      return Backend::qsgdDecodeToOutput(segs, count, bits, bucket, divisor, t, scratch, flag);
     }
-    GC_CUDACHECK(cuda::qsgdDecodeToOutput(segs, count, bits, bucket, divisor, t, stream_));
+    GC_CUDACHECK(cuda::qsgdDecodeToOutput(segs, count, bits, bucket, divisor, t, stream_, flag));
     return gradcompSuccess;
   }
   gradcompResult_t qsgdSum(const SumTerm* terms, int count, size_t n, int bits, int bucket,
-                           float divisor, DType t, void* out, float* scratch) override {
+                           float divisor, DType t, void* out, float* scratch,
+                           float* flag) override {
     GC_CHECK(qsgdCheckDeviceCount(n, bucket));
     // Without a warp path: the default's launches.
     if (!cuda::qsgdDecodeFuses(bucket)) {
-      return Backend::qsgdSum(terms, count, n, bits, bucket, divisor, t, out, scratch);
+      return Backend::qsgdSum(terms, count, n, bits, bucket, divisor, t, out, scratch, flag);
     }
-    GC_CUDACHECK(cuda::qsgdSum(terms, count, n, bits, bucket, divisor, t, out, scratch, stream_));
+    GC_CUDACHECK(
+        cuda::qsgdSum(terms, count, n, bits, bucket, divisor, t, out, scratch, stream_, flag));
     return gradcompSuccess;
   }
   gradcompResult_t toFloat(const void* x, DType t, const float* addend, size_t n,
@@ -314,6 +319,10 @@ class CudaBackend final : public Backend {
   }
   gradcompResult_t flagNonFinite(const void* x, DType t, size_t n, float* flag) override {
     GC_CUDACHECK(cuda::flagNonFinite(x, t, n, flag, stream_));
+    return gradcompSuccess;
+  }
+  gradcompResult_t markNonFinite(const void* x, DType t, size_t n, float* flag) override {
+    GC_CUDACHECK(cuda::markNonFinite(x, t, n, flag, stream_));
     return gradcompSuccess;
   }
   gradcompResult_t zeroIfFlagged(float* x, size_t n, const float* flag) override {
