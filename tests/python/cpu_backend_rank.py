@@ -1,7 +1,8 @@
 """One rank of test_torch.CpuBackendDdp / CpuBackendFsdp / CpuBackendAbort /
 CpuBackendFsdpReplicas: gradcomp.torch with backend="cpu" on real DDP / FSDP2 over gloo, gradcomp's
 comm made from the process group (TCP between the ranks). Usage: cpu_backend_rank.py
-ddp|excluded|fsdp|fsdp_models|fsdp_frozen|fsdp_frozen_resume|fsdp_late_root|dgc|subgroups|
+ddp|excluded|fsdp|fsdp_models|fsdp_factor|fsdp_shared_hook|
+fsdp_frozen|fsdp_frozen_resume|fsdp_late_root|dgc|subgroups|
 restart|scaler|abort|replicas|ddp_group|ddp_register|overflow|compose|disagree|unused|
 unused_nan|unused_join|unused_mixed|unused_rewrapped|unused_rewrapped_gc|
 unused_rewrapped_join_gc|unused_rewrapped_join_eval_gc|unused_rewrapped_idle_join|
@@ -240,6 +241,96 @@ def fsdp(out, rank):
                      "resume_bitwise": full(m2) == full(model), "iters": iters,
                      "factor_stats": fstats,
                      "factor_param_hash": hashlib.sha256(full(fmodel)).hexdigest()}
+
+
+def fsdp_factor(out, rank):
+    """FSDP2's divide factor changed between two steps (set_gradient_divide_factor: an Avg
+    become a pre-multiplied Sum, or FSDP's post-division under a forced sum or fp16's
+    reduce_dtype): each case's step 2 gradients, "changed" (factor f1 then f2), "resumed" (step
+    1 at f1, its state dict loaded into a fresh model and state, step 2 at f2) and "reference"
+    (f2 for both steps, step 1's loss times f2/f1: step 1's gradients, the residual's weight in
+    them, are the changed run's, and no factor changes). Powers of two: QSGD's results scale
+    bit for bit. "replicas_*": the same of GradcompReplicaAllReduce, HSDP by hand over 2
+    replicas of one shard (an Avg over the replicas become a Sum)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+    hsdp = init_device_mesh("cpu", (dist.get_world_size(), 1),
+                            mesh_dim_names=("replicate", "shard"))
+    world = dist.get_world_size()
+    cases = {"avg_to_premul": (None, 4.0, {}), "premul_to_avg": (4.0, 2.0, {}),
+             "premul_to_premul": (4.0, 8.0, {}), "forced_sum": (2.0, 8.0, {"force": True}),
+             "fp16": (2.0, 8.0, {"dtype": torch.float16}),
+             "replicas_avg_to_sum": (None, 4.0, {"replicas": True}),
+             "replicas_sum_to_sum": (4.0, 8.0, {"replicas": True})}
+
+    def make(opts, blob=None):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(16, 8, bias=False))
+        fully_shard(model, mesh=hsdp["shard"] if opts.get("replicas") else mesh,
+                    mp_policy=MixedPrecisionPolicy(reduce_dtype=opts.get("dtype")))
+        model.set_force_sum_reduction_for_comms(opts.get("force", False))
+        if opts.get("replicas"):
+            state = gct.GradcompState(process_group=hsdp["replicate"].get_group(),
+                                      backend="cpu", config=config())
+            gct.register_fsdp_replica_all_reduce(model, state)
+        else:
+            state = gct.GradcompState(backend="cpu", config=config())
+            gct.register_fsdp_reduce_scatter(model, state)
+        if blob is not None:
+            state.load_state_dict(blob)
+        return model, state
+
+    def step(model, s, factor, loss_scale=1.0):
+        if factor is not None:
+            model.set_gradient_divide_factor(factor)
+        g = torch.Generator().manual_seed(10 * s + rank)
+        model.zero_grad(set_to_none=True)
+        (model(torch.randn(4, 16, generator=g)).pow(2).sum() * loss_scale).backward()
+        return model[0].weight.grad.to_local().clone()
+
+    res = {}
+    for name, (f1, f2, opts) in cases.items():
+        model, state = make(opts)
+        changed = [step(model, 0, f1), step(model, 1, f2)]
+        state.close()
+        model, state = make(opts)
+        step(model, 0, f1)
+        blob = state.state_dict()
+        state.close()
+        model, state = make(opts, blob)
+        resumed = step(model, 1, f2)
+        state.close()
+        model, state = make(opts)
+        reference = [step(model, 0, f2, (f2 or world) / (f1 or world)), step(model, 1, f2)]
+        state.close()
+        res[name] = {"step1": torch.equal(changed[0], reference[0]),
+                     "changed": torch.equal(changed[1], reference[1]),
+                     "resumed": torch.equal(resumed, reference[1])}
+    return [], res
+
+
+def fsdp_shared_hook(out, rank):
+    """One GradcompReduceScatter (made for the first layer) installed on two FSDP modules of
+    one size: both reduce under its key, one residual. Its first step's error, the state's step
+    counter after it."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 16), nn.Linear(16, 16))
+    for m in (model[0], model[1], model):
+        fully_shard(m, mesh=mesh)
+    state = gct.GradcompState(backend="cpu", config=config())
+    hook = gct.GradcompReduceScatter(state, "0", module=model[0])
+    model[0].set_custom_reduce_scatter(hook)
+    model[1].set_custom_reduce_scatter(hook)
+    x, _ = batch(0, rank, 16)
+    res = {"error": _error(lambda: model(x).sum().backward()), "iter": state.iter}
+    state.abort()  # the step may have stopped half-way
+    return [], res
 
 
 def fsdp_models(out, rank):
@@ -1782,6 +1873,7 @@ def main():
             json.dump(res, f)
         gc_ranks.leave(0)  # rank 1 dies here, rank 0 has no group left
     records, res = {"ddp": ddp, "excluded": excluded, "fsdp": fsdp, "fsdp_models": fsdp_models,
+                     "fsdp_factor": fsdp_factor, "fsdp_shared_hook": fsdp_shared_hook,
                      "fsdp_frozen": fsdp_frozen,
                      "fsdp_frozen_resume": fsdp_frozen_resume, "fsdp_late_root": fsdp_late_root,
                      "dgc": dgc,

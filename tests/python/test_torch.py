@@ -3620,6 +3620,49 @@ class CpuBackendFsdp(unittest.TestCase):
         self.assertEqual(results[0]["factor_param_hash"], results[1]["factor_param_hash"])
         self.assertEqual(results[0]["factor_stats"]["compressed_calls"], 4)
 
+    def test_a_divide_factor_changed_between_steps_keeps_the_residual_s_weight(self):
+        """The residual holds what a step did not send in the unit of the input the library
+        got; where FSDP's division changed since (set_gradient_divide_factor: an Avg become a
+        pre-multiplied Sum and back, the post-division of a forced sum or of fp16), it was
+        added to the next step's gradient weighed by the new factor (off by 2 to 4 here),
+        silently, also in a run resumed at the new factor. Every case's second step, run
+        through or resumed from the first's state dict, is bit for bit that of a run at the
+        new factor throughout whose first step's gradients are the same (its loss scaled by
+        f2/f1). GradcompReplicaAllReduce (HSDP by hand, the factor making its Avg over the
+        replicas a Sum) alike."""
+        import gradcomp.torch.fsdp
+
+        reason = gradcomp.torch.fsdp.unsupported_reason()
+        if reason:
+            self.skipTest(reason)
+        _, results = launch_ranks(self, "fsdp_factor")
+        for r in range(2):
+            self.assertEqual(sorted(results[r]), ["avg_to_premul", "forced_sum", "fp16",
+                                                  "premul_to_avg", "premul_to_premul",
+                                                  "replicas_avg_to_sum", "replicas_sum_to_sum"])
+            for name, got in results[r].items():
+                self.assertEqual(got, {"step1": True, "changed": True, "resumed": True},
+                                 f"rank {r} {name}")
+
+    def test_one_hook_installed_on_two_modules_is_refused(self):
+        """One GradcompReduceScatter installed on two FSDP modules of one size (set by hand):
+        both reduced under its key, one residual for the two (each one's error feedback added
+        to the other's gradient) and two steps counted for one, silently. Every rank refuses
+        at the first call, naming the other module."""
+        import gradcomp.torch.fsdp
+
+        reason = gradcomp.torch.fsdp.unsupported_reason()
+        if reason:
+            self.skipTest(reason)
+        _, results = launch_ranks(self, "fsdp_shared_hook")
+        for r in range(2):
+            self.assertRegex(results[r]["error"] or "",
+                             r"^ValueError: the gradcomp reduce-scatter made for FSDP module "
+                             r"'0' is installed on FSDP module\(s\) \['1'\] too: .* Make one "
+                             r"per module: register_fsdp_reduce_scatter\(model, state\) does",
+                             f"rank {r}")
+            self.assertEqual(results[r]["iter"], 0, f"rank {r}")
+
     def test_two_models_on_one_state_are_refused_and_a_rebuilt_one_takes_over(self):
         """Two FSDP2 models registered on one GradcompState key their modules' residuals by
         the same names (every root is "<root>"): each module's error feedback went into the

@@ -237,6 +237,10 @@ class GradcompState:
         # loaded run is a module whose parameters changed shape (_check_fsdp_key).
         self._key_counts = {}
         self._loaded_counts = None
+        # FSDP2's residual keys with the weight of one unit of their residual in the gradient
+        # FSDP leaves (saved in state_dict): what the divide factor made it at the key's first
+        # call (_fsdp_unit_factor).
+        self._key_scales = {}
         # The FSDP2 module keys reduced in the step in progress (_count_fsdp_step).
         self._fsdp_step_keys = set()
         # What a compressed call released for a parameter DDP found unused on every rank
@@ -319,6 +323,7 @@ class GradcompState:
                 "keyed_by": self._keyed_by(), "iter": self.iter, "gradcomp": self._blob(),
                 "keys": sorted(self._keys), "param_shapes": self._saved_shapes(),
                 "key_counts": sorted([k, n] for k, n in self._key_counts.items()),
+                "key_scales": sorted([k, w] for k, w in self._key_scales.items()),
                 "carry": self._saved_carry()}
 
     def _saved_carry(self):
@@ -521,6 +526,13 @@ class GradcompState:
         self._loaded_counts = {k: n for k, n in counts} if ok else None
         self._fsdp_frozen_named = None
         self._key_counts = dict(self._loaded_counts or {})
+        # A state dict from before they were saved: each key's residual taken to be in the
+        # units of its first call after the load.
+        scales = d.get("key_scales") if d.get("gradcomp") is not None else None
+        ok = isinstance(scales, (list, tuple)) and all(
+            isinstance(e, (list, tuple)) and len(e) == 2 and isinstance(e[0], int)
+            and isinstance(e[1], float) and e[1] > 0 for e in scales)
+        self._key_scales = {k: w for k, w in scales} if ok else {}
         if (d.get("keyed_by") in _FSDP_KEYED_BY.values() and d.get("iter") == 0
                 and self._loaded_keys):
             # FSDP2's hooks count steps since 2026-12-06; a state dict saved before by a run
@@ -1064,6 +1076,16 @@ class GradcompState:
                             "same model as the saved run (not, in one of the two, on a wrapper "
                             "such as torch.compile's, whose names start with '_orig_mod.'), "
                             "with the same parameters frozen (warned once)")
+
+    def _fsdp_unit_factor(self, key, weight):
+        """The factor FSDP2's hooks multiply a call's input under residual key `key` by, and
+        divide its output by (1 but where FSDP's division changed): weight, the weight of one
+        unit of this call's input in the gradient FSDP leaves, over the weight the key's
+        residual (and DGC's velocity) was made in. The residual holds what earlier steps did
+        not send in that unit; a divide factor changed since (set_gradient_divide_factor, an
+        Avg become a pre-multiplied Sum, FSDP's post-division) would otherwise add it to the
+        gradient weighed by the new factor instead of the one it was divided by."""
+        return weight / self._key_scales.setdefault(key, weight)
 
     def _count_fsdp_step(self, key):
         """The step counter under FSDP2's hooks, as the DDP hook's (iter: steps whose calls went

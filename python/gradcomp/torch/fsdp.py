@@ -62,6 +62,10 @@ class GradcompReduceScatter(_Base):
     module's frozen parameters has a residual of its own, and the first compressed
     call warns where FSDP modules of the model have no gradcomp hook of this state
     (sharded after registering: FSDP reduces them uncompressed).
+    The residual keeps the unit of the key's first call: where FSDP's division changes later
+    (set_gradient_divide_factor again, fp16's or a forced sum's post-division; known from
+    `module`), the call's input is scaled into it and the output back. One hook object per
+    module: installed on a second one too, its first call (with `module`) refuses.
     Making one marks the state as FSDP's: every parameter is compressed (FSDP's
     whole flat buffer), so state.param_groups() puts every parameter in the
     momentum-0 group under DGC's momentum correction; make it (register) before
@@ -200,11 +204,21 @@ class GradcompReduceScatter(_Base):
         self.state._check_fsdp_key(self.name, key, inp.numel())
         self.state._count_fsdp_step(self.key)
         self.state._follow_scaler(comm, stream_handle())
+        # The residual stays in the unit of the key's first call: where FSDP's division changed
+        # since, the input is scaled into it and the output back (exact for powers of two).
+        # Without the module, FSDP's division after the call is not known: not followed.
+        after = _division_after(self.module, group, inp.dtype, inp.device.type)
+        unit = 1.0 if after is None else self.state._fsdp_unit_factor(
+            key, (1.0 / size if opname == "avg" else 1.0) / after)
+        if unit != 1.0:
+            inp.mul_(unit)
         before = comm.call_counts()
         comm.reduce_scatter_raw(inp.data_ptr(), out.data_ptr(), out.numel(), _DTYPES[inp.dtype],
                                 opname, stream_handle(), key)
         self.state._count_call(comm, before, inp.numel() * inp.element_size(),
                                "an FSDP reduce-scatter", inp.numel())
+        if unit != 1.0:
+            out.div_(unit)
         # Enqueued on the current stream, like a synchronous collective: nothing to wait on.
         return None
 
@@ -347,11 +361,19 @@ class GradcompReplicaAllReduce:
         self.state._check_fsdp_key(self.name, key, t.numel())
         self.state._count_fsdp_step(self.key)
         self.state._follow_scaler(comm, stream_handle)
+        # As GradcompReduceScatter's: the residual stays in the unit of the key's first call.
+        after = _division_after(self.module, None, t.dtype, t.device.type)
+        unit = 1.0 if after is None else self.state._fsdp_unit_factor(
+            key, (1.0 / self.state.world_size if opname == "avg" else 1.0) / after)
+        if unit != 1.0:
+            t.mul_(unit)
         before = comm.call_counts()
         comm.allreduce_raw(t.data_ptr(), t.data_ptr(), t.numel(), _DTYPES[t.dtype], opname,
                            stream_handle, key)
         self.state._count_call(comm, before, t.numel() * t.element_size(),
                                "an FSDP replica all-reduce", t.numel())
+        if unit != 1.0:
+            t.div_(unit)
         return None
 
 
@@ -409,12 +431,13 @@ def _check_tree_hooked(hook, attr, what, register):
     uncompressed, which no counter showed."""
     if hook._tree_checked or hook.module is None:
         return
-    hook._tree_checked = True
     try:
         states = hook.module._get_fsdp_state()._state_ctx.all_states
     except AttributeError:  # an FSDP2 that keeps its tree otherwise: not checked
+        hook._tree_checked = True
         return
-    missing = []
+    own = {id(g) for g in _param_groups(hook.module)}
+    missing, shared = [], []
     for st in states:
         groups = getattr(st, "_fsdp_param_groups", None)
         if groups is None:
@@ -424,6 +447,16 @@ def _check_tree_hooked(hook, attr, what, register):
             other = getattr(group, attr, None)
             if not (isinstance(other, _GRADCOMP_FSDP_HOOKS) and other.state is hook.state):
                 missing.append(getattr(group, "_module_fqn", "") or "<root>")
+            elif other is hook and id(group) not in own:
+                shared.append(getattr(group, "_module_fqn", "") or "<root>")
+    if shared:
+        # Every rank has the same tree: all refuse at the same call.
+        raise ValueError(f"the gradcomp {what} made for FSDP module {hook.name!r} is installed "
+                         f"on FSDP module(s) {shared} too: they would all reduce under its "
+                         "residual key (one residual for modules of one size, each one's error "
+                         "feedback added to the others' gradients) and count a step each. Make "
+                         f"one per module: {register}(model, state) does")
+    hook._tree_checked = True
     if missing:
         hook.state._warn_once("fsdp-unhooked", f"FSDP module(s) {missing} of the model have no "
                               f"gradcomp {what} on this GradcompState: FSDP sends their "
@@ -463,6 +496,34 @@ def _check_model(model, who):
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"{who} takes the model (a torch.nn.Module with fully_shard() applied); "
                         f"got {type(model).__name__}")
+
+
+def _division_after(module, group, dtype, device_type):
+    """What FSDP divides a reduce-scatter's output of `module` (over `group`, None: the
+    module's shard group) by after the call, and so after its all-reduce hook: its
+    post-division (fp16's, or a sum forced by set_force_sum_reduction_for_comms) times native
+    HSDP's averaging over the replicas (1 where there is none), by PyTorch's own rule
+    (_get_gradient_divide_factors); None where the module is not known or this FSDP2 does not
+    say."""
+    groups = _param_groups(module) if module is not None else []
+    if not groups:
+        return None
+    g = groups[0]
+    try:
+        from torch.distributed.fsdp._fully_shard._fsdp_collectives import (
+            _get_gradient_divide_factors)
+        replicas = getattr(g.mesh_info, "replicate_process_group", None)
+        if group is None:
+            group = getattr(g.mesh_info, "shard_process_group", None)
+        _, post, _, replica_op = _get_gradient_divide_factors(
+            group, replicas, dtype, device_type, g.gradient_divide_factor,
+            g.force_sum_reduction_for_comms)
+    except (ImportError, AttributeError, TypeError):
+        return None
+    div = float(post) if post else 1.0
+    if replicas is not None and replica_op == dist.ReduceOp.AVG:
+        div *= replicas.size()
+    return div
 
 
 def _premul_factor(op):
