@@ -366,25 +366,35 @@ gradcompResult_t gradcompReduceScatterKeyed(const void* sendbuff, void* recvbuff
 
 /* Residual / momentum state. A comm keeps one state per distinct buffer
  * (unkeyed: recvbuff, count, datatype; keyed: key, count, datatype) from the
- * buffer's first compressed call on, for the comm's lifetime: nothing frees
- * one buffer's state alone. Reset frees them all (every buffer's next call
- * then starts afresh), as the comm's destroy or abort does, and a load
- * replaces them all with the blob's; until then,
- * buffers that move and keys never used again grow the comm
+ * buffer's first compressed call on, until a forget, reset, load or the
+ * comm's end. Forget frees one buffer's: every state of the unkeyed calls
+ * that received into recvbuff, or of the keyed calls with key (allreduce and
+ * reduce-scatter, every count and datatype); that buffer's next call starts
+ * afresh, from a zero residual, and every other buffer keeps its own. Reset
+ * frees them all (every buffer's next call then starts afresh), as the comm's
+ * destroy or abort does, and a load replaces them all with the blob's;
+ * without these, buffers that move and keys never used again grow the comm
  * (docs/reliability.md, "Buffers that move"). Save writes every buffer's
  * state to a caller buffer (host memory) so a training checkpoint can hold
  * it. Call with buffer == NULL to learn the size. Both wait for the comm's
  * last eager call; not for a replayed CUDA graph: synchronize (or order) the stream a
  * graph was launched on before a save, load, reset, retune or destroy.
- * A CUDA graph captured before a reset or load still uses the states they
- * replaced: capture it again. (Their memory, and a workspace an eager call
- * outgrew after a capture, stays allocated until the comm is freed, so an
- * old graph's replays corrupt nothing.) Reset and load are collective: every
- * rank calls them, between the same two collectives. The comm's next call
- * then checks that the ranks agree on it (one small allgather and a host
- * sync on NCCL), which a rank that did not reset or load skips: on NCCL
- * without GRADCOMP_CHECK_CALLS its peers would wait for it (the CPU
- * backends check every call and fail instead). */
+ * A CUDA graph captured before a forget, reset or load still uses the states
+ * they replaced: capture it again. (Their memory, and a workspace an eager
+ * call outgrew after a capture, stays allocated until the comm is freed, so
+ * an old graph's replays corrupt nothing.) Forget, reset and load are
+ * collective: every rank calls them, between the same two collectives; a
+ * forget with the same key (or its own address of the same buffer; several
+ * forgets in any order). The comm's next call then checks that the ranks
+ * agree on it (one small allgather and a host sync on NCCL; ranks that forgot
+ * different keys, or different numbers of buffers, fail it with
+ * gradcompInvalidUsage), which a rank that did not forget, reset or load
+ * skips: on NCCL without GRADCOMP_CHECK_CALLS its peers would wait for it
+ * (the CPU backends check every call and fail instead). Forgetting a buffer
+ * or key that has no state frees nothing and succeeds; a NULL recvbuff is
+ * gradcompInvalidArgument. */
+gradcompResult_t gradcompCommForgetBuffer(gradcompComm_t comm, const void* recvbuff);
+gradcompResult_t gradcompCommForgetKey(gradcompComm_t comm, uint64_t key);
 gradcompResult_t gradcompCommResetState(gradcompComm_t comm);
 gradcompResult_t gradcompCommStateSize(gradcompComm_t comm, size_t* bytes);
 gradcompResult_t gradcompCommSaveState(gradcompComm_t comm, void* buffer, size_t bytes);

@@ -1031,6 +1031,41 @@ gradcompResult_t loadState(gradcompComm_t comm, const void* buffer, size_t bytes
   return comm->backend->setStep(step);
 }
 
+// Frees every state of one identity: the unkeyed calls' receive buffer
+// (kinds kStateAllReduce and kStateReduceScatter) or the keyed calls' key
+// (those kinds + 1), whatever the count and datatype. The ranks must forget
+// alike, as they reset alike: the identity goes into the schedule digest
+// every call's agreement compares (the key itself; for a buffer only that
+// one was forgotten, its address being each rank's own, as stateDigest
+// leaves address-keyed states out), and the next call checks that agreement
+// (verifyNext), so a rank that forgot another key, or none, fails every rank
+// there instead of running from a residual its peers dropped.
+gradcompResult_t forgetStates(gradcompComm* comm, bool keyed, uint64_t id) {
+  // The last eager call may still read the arrays (a reset waits the same way).
+  comm->backend->useOwnStream();  // the last call's stream may be gone
+  GC_CHECK(comm->backend->sync());
+  for (auto it = comm->states.begin(); it != comm->states.end();) {
+    const int kind = std::get<0>(it->first);
+    if (((kind & 1) != 0) == keyed && std::get<1>(it->first) == id) {
+      comm->dropState(it->second);
+      it = comm->states.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  // The buffers that come after are new by design: the late-buffer warning
+  // (findState) counts from here, as from a reset.
+  comm->stateCalls = 0;
+  comm->firstStateReuse = 0;
+  comm->verifyNext = true;
+  // Added, as stateDigest's records are: ranks that forget the same keys
+  // between two calls agree in whatever order they forgot them.
+  uint64_t h = gc::mix64(keyed ? 0x6b6579ull : 0x627566ull);
+  if (keyed) h = gc::mix64(h ^ gc::mix64(id));
+  comm->stateDigest += (uint32_t)(h ^ (h >> 32));
+  return gradcompSuccess;
+}
+
 }  // namespace
 
 extern "C" {
@@ -1055,6 +1090,25 @@ GC_EXPORT gradcompResult_t gradcompCommLoadState(gradcompComm_t comm, const void
   gc::CommCall inFlight(comm);  // gradcompCommAbort waits for it
   GC_CHECK(inFlight.check());
   return gc::guarded([&] { return loadState(comm, buffer, bytes); });
+}
+
+GC_EXPORT gradcompResult_t gradcompCommForgetBuffer(gradcompComm_t comm, const void* recvbuff) {
+  GC_ARG(gc::validComm(comm), "comm is NULL");
+  GC_ARG(recvbuff != nullptr,
+         "recvbuff is NULL: pass the receive buffer the buffer's unkeyed calls passed (keyed "
+         "calls: gradcompCommForgetKey)");
+  gc::OnCommDevice onDevice(comm);
+  gc::CommCall inFlight(comm);  // gradcompCommAbort waits for it
+  GC_CHECK(inFlight.check());
+  return gc::guarded([&] { return forgetStates(comm, false, (uint64_t)(uintptr_t)recvbuff); });
+}
+
+GC_EXPORT gradcompResult_t gradcompCommForgetKey(gradcompComm_t comm, uint64_t key) {
+  GC_ARG(gc::validComm(comm), "comm is NULL");
+  gc::OnCommDevice onDevice(comm);
+  gc::CommCall inFlight(comm);  // gradcompCommAbort waits for it
+  GC_CHECK(inFlight.check());
+  return gc::guarded([&] { return forgetStates(comm, true, key); });
 }
 
 GC_EXPORT gradcompResult_t gradcompCommSetGradScale(gradcompComm_t comm, float scale,

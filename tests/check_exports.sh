@@ -17,6 +17,7 @@ for s in gradcompGetErrorString gradcompGetLastError gradcompConfigInit gradcomp
          gradcompCommCreateCpu gradcompCommDestroy gradcompAllReduce gradcompAllReduceKeyed \
          gradcompReduceScatter gradcompReduceScatterKeyed \
          gradcompGetStats gradcompCommSaveState gradcompCommLoadState gradcompCommResetState \
+         gradcompCommForgetBuffer gradcompCommForgetKey \
          gradcompEliasMaxEncodedBytes gradcompEliasHeaderBytes gradcompEliasEncodedBytes \
          gradcompEliasEncodeHost gradcompEliasDecodeHost gradcompEliasWorkspaceBytes \
          gradcompEliasEncode gradcompEliasDecode gradcompEliasDecodeBounded gradcompTopkSlots \

@@ -62,8 +62,9 @@ gradcompResult_t callMismatch(int rank, const CallInfo& mine, int peer, const Ca
                     "rank %d and rank %d are at step %llu of the same call, but the states they "
                     "loaded differ in their buffers' schedules (schedule digest 0x%08x vs "
                     "0x%08x: the buffers, their compressed-call counts, DGC's warm-up or "
-                    "DQ-SGD's history): load every rank's state from the same run and step, "
-                    "or reset every rank",
+                    "DQ-SGD's history, or the keys and buffers forgotten since): load every "
+                    "rank's state from the same run and step, forget the same keys and buffers "
+                    "on every rank, or reset every rank",
                     rank, peer, (unsigned long long)mine.step, mine.state, theirs.state);
   }
   char myCount[48], theirCount[48];

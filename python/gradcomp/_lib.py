@@ -82,6 +82,8 @@ SIGNATURES = {
 
 # Bound only when the loaded library has them (newer than some builds).
 OPTIONAL_SIGNATURES = {
+    "gradcompCommForgetBuffer": (R, [c_void_p, c_void_p]),
+    "gradcompCommForgetKey": (R, [c_void_p, c_uint64]),
     "gradcompCommAbort": (R, [c_void_p]),
     "gradcompCommStop": (R, [c_void_p]),
     "gradcompCommCreateSocket": (R, [c_int, c_int, ctypes.c_char_p, c_void_p, P(c_void_p)]),

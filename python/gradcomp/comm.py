@@ -253,8 +253,31 @@ class Comm:
     # ---------------------------------------------------------------- state
     def reset_state(self):
         """gradcompCommResetState (collective: every rank, between the same two calls): frees
-        every buffer's state, which nothing else frees before the comm's end."""
+        every buffer's state (forget frees one buffer's)."""
         check(lib().gradcompCommResetState(self.handle))
+
+    def forget(self, recvbuf=None, key=None):
+        """gradcompCommForgetBuffer (recvbuf: the receive buffer of the unkeyed calls, a tensor,
+        an array or an address) or gradcompCommForgetKey (key: the keyed calls' key), exactly
+        one of them: frees that buffer's state (allreduce and reduce-scatter, every count and
+        dtype), so that its next call starts afresh; every other buffer keeps its own.
+        Collective as reset_state: every rank, between the same two calls, with the same key (or
+        its own address of the same buffer)."""
+        if (recvbuf is None) == (key is None):
+            given = "neither" if recvbuf is None else "both"
+            raise InvalidArgumentError("forget takes exactly one of recvbuf (the unkeyed calls' "
+                                       f"receive buffer) and key; got {given}", 1)
+        if not has("gradcompCommForgetKey"):
+            raise GradcompError("this libgradcomp has no gradcompCommForgetKey: rebuild it "
+                                "from a checkout that has it", 7)
+        if key is not None:
+            check(lib().gradcompCommForgetKey(self.handle, _key(key)))
+            return
+        if hasattr(recvbuf, "data_ptr") or hasattr(recvbuf, "__array_interface__"):
+            addr = buffer_info(recvbuf, "recvbuf", host=self.host)[0]
+        else:
+            addr = _addr(recvbuf, "recvbuf")
+        check(lib().gradcompCommForgetBuffer(self.handle, addr))
 
     def retune(self, stream=None):
         """gradcompCommRetune: re-time NCCL against compression (GRADCOMP_AUTO); collective.

@@ -5,7 +5,8 @@
 // hierarchical layouts); between their allreduce and reduce-scatter calls of
 // random sizes (0 and under minElements included), types, ops and buffers
 // (in place and out of place, keyed and by address) come state saves and
-// loads (into the same comms and into new ones), resets, grad scales,
+// loads (into the same comms and into new ones), resets, forgets of one key,
+// grad scales,
 // retunes, refused calls made by every rank or by one alone (under
 // GRADCOMP_CHECK_CALLS, a collective one rank gets wrong while its peers make
 // it right), refused loads and scales, stops and aborts, and comms destroyed
@@ -81,7 +82,8 @@ using gctest::onRanks;
 // (Atomic: two worlds' calls may run at once.)
 struct Tally {
   std::atomic<uint64_t> calls{0}, compressed{0}, exact{0}, passed{0}, ledgers{0}, refused{0},
-      refusedOnOne{0}, loads{0}, resets{0}, scales{0}, retunes{0}, worlds{0}, aborts{0}, pairs{0};
+      refusedOnOne{0}, loads{0}, resets{0}, forgets{0}, scales{0}, retunes{0}, worlds{0}, aborts{0},
+      pairs{0};
   // Of the compressed calls held to a reference: pipelined hierarchical QSGD,
   // Elias, DQ-SGD, sparse on a hierarchical layout, DGC with momentum
   // correction; and the passed calls that carried DGC's velocity.
@@ -398,6 +400,30 @@ class SeqWorld {
     model_.clear();
     acc_.clear();
     step_ = 0;
+  }
+
+  // gradcompCommForgetKey on every rank: that key's states (allreduce and
+  // reduce-scatter, every count and type) leave the library and the model,
+  // their ledgers closed with the residuals they held; every other state
+  // stays, and the key's next call starts from none, as a new buffer's.
+  void forget(uint64_t key) {
+    ++gTally.forgets;
+    auto ofKey = [key](const Id& id) { return std::get<1>(id) && std::get<2>(id) == key; };
+    finishLedger("forget of key " + std::to_string(key), ofKey);
+    std::vector<std::string> err;
+    auto res = onRanks(
+        N, [&](int r) { return gradcompCommForgetKey(comms_[r], key); }, &err);
+    for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], gradcompSuccess) << where() << ": " << err[r];
+    for (auto it = model_.begin(); it != model_.end();)
+      it = ofKey(it->first) ? model_.erase(it) : ++it;
+    for (auto it = acc_.begin(); it != acc_.end();) it = ofKey(it->first) ? acc_.erase(it) : ++it;
+    for (int r = 0; r < N; ++r) {
+      for (const auto& kv : comms_[r]->states) {
+        auto it = ptrs_[r].find(kv.first);
+        EXPECT_FALSE(it != ptrs_[r].end() && ofKey(it->second))
+            << where() << " rank " << r << ": a state of forgotten key " << key << " is left";
+      }
+    }
   }
 
   void setScale(float scale) {
@@ -857,8 +883,9 @@ class SeqWorld {
     return out;
   }
 
-  // Every rank's residuals added to their elements; then the ledger's check.
-  void finishLedger(const std::string& why) {
+  // Every rank's residuals added to their elements; then the ledger's check
+  // (of the states `only` takes, or all).
+  void finishLedger(const std::string& why, const std::function<bool(const Id&)>& only = nullptr) {
     if (!S.ledger || comms_.empty()) return;
     for (int r = 0; r < N; ++r) {
       gradcompComm* c = comms_[r];
@@ -870,10 +897,12 @@ class SeqWorld {
           continue;
         }
         const Id id = it->second;
+        if (only && !only(id)) continue;
         acc(id, s.count).addResiduals(c, s, std::get<0>(id), scale_);
       }
     }
     for (auto& kv : acc_) {
+      if (only && !only(kv.first)) continue;
       ++gTally.ledgers;
       const gctest::Ledger::Check k = kv.second.check(N);
       const gctest::Ledger& a = kv.second;
@@ -963,8 +992,10 @@ void runSequence(uint64_t seed, int ops) {
       w.saveLoadSame();
     } else if (op < 78) {
       w.saveLoadNew();
-    } else if (op < 80) {
+    } else if (op < 79) {
       w.reset();
+    } else if (op < 80) {
+      w.forget(1 + (uint64_t)pick(3));
     } else if (op < 85) {
       w.setScale(scales[pick(5)]);
     } else if (op < 87) {
@@ -1188,7 +1219,7 @@ TEST(ApiSequence, RandomSequencesHoldTheModel) {
       "DQ-SGD, %llu sparse hierarchical, %llu DGC with momentum correction; %llu passed ones "
       "against the reduction, %llu of them DGC's velocity), "
       "%llu ledgers closed, %llu refused calls (%llu on one rank of all), %llu loads, %llu resets, "
-      "%llu scales, "
+      "%llu forgets, %llu scales, "
       "%llu retunes, %llu worlds made, %llu stopped and aborted, %llu pairs of calls at once\n",
       seeds, (unsigned long long)first, ops, (unsigned long long)t.calls,
       (unsigned long long)t.compressed, (unsigned long long)t.exact,
@@ -1197,8 +1228,8 @@ TEST(ApiSequence, RandomSequencesHoldTheModel) {
       (unsigned long long)t.passed, (unsigned long long)t.momentumPasses,
       (unsigned long long)t.ledgers, (unsigned long long)t.refused,
       (unsigned long long)t.refusedOnOne, (unsigned long long)t.loads, (unsigned long long)t.resets,
-      (unsigned long long)t.scales, (unsigned long long)t.retunes, (unsigned long long)t.worlds,
-      (unsigned long long)t.aborts, (unsigned long long)t.pairs);
+      (unsigned long long)t.forgets, (unsigned long long)t.scales, (unsigned long long)t.retunes,
+      (unsigned long long)t.worlds, (unsigned long long)t.aborts, (unsigned long long)t.pairs);
 }
 
 }  // namespace

@@ -5,9 +5,12 @@
 // comm. (The library makes no /dev/shm entries; that directory is the
 // machine's, which tests running beside this one write to, so it is not
 // counted here.) A comm's buffer states are the one table that grows with
-// use, by design: one per distinct (buffer, count, type) or key, until a reset
-// or the comm's end frees them all (gradcomp.h, docs/reliability.md).
+// use, by design: one per distinct (buffer, count, type) or key, until a
+// forget frees one buffer's, or a reset or the comm's end frees them all
+// (gradcomp.h, docs/reliability.md).
 #include <dirent.h>
+#include <math.h>
+#include <string.h>
 #include <gtest/gtest.h>
 
 #include <string>
@@ -18,6 +21,7 @@
 #include "plugin/comm.h"
 #include "tests/common/cpu_world.h"
 #include "tests/common/loopback.h"
+#include "plugin/collective.h"
 
 namespace {
 
@@ -203,4 +207,176 @@ TEST(Lifetime, BufferStatesStayUntilAResetFreesThem) {
   EXPECT_EQ(world.comm(1)->states.size(), 0u);
 }
 
+// The residual (DGC: velocity) of the state a comm holds under `key`, or an
+// empty vector when it holds none.
+std::vector<float> residualOf(gradcompComm_t c, const gc::StateKey& key) {
+  auto it = c->states.find(key);
+  if (it == c->states.end() || it->second.residual == nullptr) return {};
+  const float* r = it->second.residual;
+  return std::vector<float>(r, r + it->second.count);
+}
+
+// gradcompCommForgetKey / gradcompCommForgetBuffer free one buffer's states
+// (the allreduce's and the reduce-scatter's of that key or address) and no
+// other: the comm holds fewer states and a smaller blob, the other buffers'
+// residuals stay bit for bit, and the forgotten buffer's next call gives what
+// a buffer new at that call gives (a world that calls a fresh key instead),
+// on every rank, as do all later calls.
+TEST(Lifetime, ForgetFreesOneBuffersStatesAndItsNextCallStartsAfresh) {
+  constexpr int kRanks = 4;
+  constexpr size_t kCount = 4096, kBlock = kCount / kRanks;
+  constexpr uint64_t kForgotten = 11, kKept = 12, kFresh = 13;
+  gradcompConfig_t qsgd = baseConfig(), dgc = baseConfig();
+  dgc.method = gradcompMethodDgc;
+  dgc.density = 0.05f;
+  for (const gradcompConfig_t& cfg : {qsgd, dgc}) {
+    SCOPED_TRACE(cfg.method == gradcompMethodDgc ? "dgc" : "qsgd");
+    // World 0 forgets; world 1 does not, and calls kFresh where world 0
+    // calls the forgotten key again (and the unkeyed buffer at a new place).
+    gctest::CpuWorld w0(kRanks, cfg), w1(kRanks, cfg);
+    gctest::CpuWorld* worlds[2] = {&w0, &w1};
+    // Per world and rank: the unkeyed buffers, each rank's own addresses.
+    std::vector<float> bufA[2][kRanks], bufB[2][kRanks], bufA2[2][kRanks];
+    std::vector<float> out[2][kRanks];
+    for (int w = 0; w < 2; ++w) {
+      for (int r = 0; r < kRanks; ++r) {
+        bufA[w][r].assign(kCount, 0.0f);
+        bufB[w][r].assign(kCount, 0.0f);
+        bufA2[w][r].assign(kCount, 0.0f);
+        out[w][r].assign(5 * kCount, 0.0f);
+      }
+    }
+    // One step of five calls in world w: the allreduce under kForgotten (or
+    // kFresh) and kKept, the reduce-scatter under kForgotten (or kFresh), and
+    // the unkeyed allreduces into A (or A2) and B; every output kept.
+    auto step = [&](int w, int s, bool fresh) {
+      return worlds[w]->run([&, w, s, fresh](int r) {
+        gradcompComm_t c = worlds[w]->comm(r);
+        std::vector<float> g(kCount);
+        for (size_t i = 0; i < kCount; ++i)
+          g[i] = sinf(0.37f * (float)(i + 1) + 1.3f * (float)r + 0.71f * (float)s);
+        float* o = out[w][r].data();
+        const uint64_t k = fresh ? kFresh : kForgotten;
+        LIFETIME_CHECK(
+            gradcompAllReduceKeyed(g.data(), o, kCount, ncclFloat32, ncclSum, c, nullptr, k));
+        LIFETIME_CHECK(gradcompAllReduceKeyed(g.data(), o + kCount, kCount, ncclFloat32, ncclAvg, c,
+                                              nullptr, kKept));
+        LIFETIME_CHECK(gradcompReduceScatterKeyed(g.data(), o + 2 * kCount, kBlock, ncclFloat32,
+                                                  ncclSum, c, nullptr, k));
+        float* a = fresh ? bufA2[w][r].data() : bufA[w][r].data();
+        LIFETIME_CHECK(gradcompAllReduce(g.data(), a, kCount, ncclFloat32, ncclSum, c, nullptr));
+        memcpy(o + 3 * kCount, a, kCount * sizeof(float));
+        LIFETIME_CHECK(gradcompAllReduce(g.data(), bufB[w][r].data(), kCount, ncclFloat32, ncclSum,
+                                         c, nullptr));
+        memcpy(o + 4 * kCount, bufB[w][r].data(), kCount * sizeof(float));
+        return gradcompSuccess;
+      });
+    };
+    for (int s = 0; s < 3; ++s) {
+      for (int w = 0; w < 2; ++w)
+        for (gradcompResult_t res : step(w, s, false)) ASSERT_EQ(res, gradcompSuccess);
+    }
+    const gc::StateKey kept =
+        gc::stateKey(gc::kStateAllReduce, true, kKept, nullptr, kCount, gc::DType::F32);
+    const gc::StateKey forgotten =
+        gc::stateKey(gc::kStateAllReduce, true, kForgotten, nullptr, kCount, gc::DType::F32);
+    const size_t held = w0.comm(0)->states.size();
+    ASSERT_EQ(held, 5u);
+    std::vector<float> keptBefore[kRanks], bBefore[kRanks];
+    size_t bytesBefore[kRanks];
+    for (int r = 0; r < kRanks; ++r) {
+      keptBefore[r] = residualOf(w0.comm(r), kept);
+      ASSERT_EQ(keptBefore[r].size(), kCount);
+      ASSERT_FALSE(residualOf(w0.comm(r), forgotten).empty());
+      bBefore[r] = residualOf(w0.comm(r), gc::stateKey(gc::kStateAllReduce, false, 0,
+                                                       bufB[0][r].data(), kCount, gc::DType::F32));
+      ASSERT_EQ(gradcompCommStateSize(w0.comm(r), &bytesBefore[r]), gradcompSuccess);
+    }
+    for (gradcompResult_t res : w0.run([&](int r) {
+           LIFETIME_CHECK(gradcompCommForgetKey(w0.comm(r), kForgotten));
+           return gradcompCommForgetBuffer(w0.comm(r), bufA[0][r].data());
+         }))
+      ASSERT_EQ(res, gradcompSuccess) << gradcompGetLastError();
+    for (int r = 0; r < kRanks; ++r) {
+      SCOPED_TRACE("rank " + std::to_string(r));
+      // The allreduce's and reduce-scatter's states of the key, and A's: gone.
+      EXPECT_EQ(w0.comm(r)->states.size(), held - 3);
+      EXPECT_TRUE(residualOf(w0.comm(r), forgotten).empty());
+      size_t bytes = 0;
+      ASSERT_EQ(gradcompCommStateSize(w0.comm(r), &bytes), gradcompSuccess);
+      EXPECT_LT(bytes, bytesBefore[r]);
+      // The others untouched.
+      EXPECT_EQ(residualOf(w0.comm(r), kept), keptBefore[r]);
+      EXPECT_EQ(residualOf(w0.comm(r), gc::stateKey(gc::kStateAllReduce, false, 0,
+                                                    bufB[0][r].data(), kCount, gc::DType::F32)),
+                bBefore[r]);
+    }
+    // Forgotten key and buffer called again in world 0; fresh ones in world 1.
+    for (int s = 3; s < 6; ++s) {
+      for (gradcompResult_t res : step(0, s, false)) ASSERT_EQ(res, gradcompSuccess);
+      for (gradcompResult_t res : step(1, s, true)) ASSERT_EQ(res, gradcompSuccess);
+      for (int r = 0; r < kRanks; ++r) {
+        ASSERT_EQ(out[0][r], out[1][r]) << "step " << s << ", rank " << r;
+      }
+    }
+  }
+}
+
+// Ranks must forget alike: a rank that forgot another key, or none, fails
+// the next call on every rank with a sentence that says so (the CPU world
+// compares every call; on NCCL the call after a forget does). A NULL comm or
+// recvbuff is refused by name and changes nothing; a key without a state
+// frees nothing and is no error.
+TEST(Lifetime, ForgetIsCollectiveAndRefusesNullArguments) {
+  constexpr size_t kCount = 1024;
+  gctest::CpuWorld world(2, baseConfig());
+  const std::vector<float> send(kCount, 1.0f);
+  auto call = [&](uint64_t key) {
+    std::vector<std::string> err;
+    auto res = gctest::onRanks(
+        2,
+        [&](int r) {
+          std::vector<float> o(kCount);
+          return gradcompAllReduceKeyed(send.data(), o.data(), kCount, ncclFloat32, ncclSum,
+                                        world.comm(r), nullptr, key);
+        },
+        &err);
+    return std::make_pair(res, err);
+  };
+  for (gradcompResult_t r : call(1).first) ASSERT_EQ(r, gradcompSuccess);
+
+  EXPECT_EQ(gradcompCommForgetKey(nullptr, 1), gradcompInvalidArgument);
+  EXPECT_NE(std::string(gradcompGetLastError()).find("comm is NULL"), std::string::npos);
+  EXPECT_EQ(gradcompCommForgetBuffer(world.comm(0), nullptr), gradcompInvalidArgument);
+  EXPECT_NE(std::string(gradcompGetLastError()).find("recvbuff is NULL"), std::string::npos)
+      << gradcompGetLastError();
+  EXPECT_EQ(world.comm(0)->states.size(), 1u);
+  EXPECT_FALSE(world.comm(0)->verifyNext);
+  // Nothing held under key 99: nothing freed, no error; alike on both ranks.
+  for (gradcompResult_t r :
+       world.run([&](int r) { return gradcompCommForgetKey(world.comm(r), 99); }))
+    EXPECT_EQ(r, gradcompSuccess);
+  EXPECT_EQ(world.comm(0)->states.size(), 1u);
+  for (gradcompResult_t r : call(1).first) ASSERT_EQ(r, gradcompSuccess);
+
+  // The same keys in another order on each rank: they agree.
+  for (gradcompResult_t r : call(2).first) ASSERT_EQ(r, gradcompSuccess);
+  ASSERT_EQ(gradcompCommForgetKey(world.comm(0), 1), gradcompSuccess);
+  ASSERT_EQ(gradcompCommForgetKey(world.comm(0), 2), gradcompSuccess);
+  ASSERT_EQ(gradcompCommForgetKey(world.comm(1), 2), gradcompSuccess);
+  ASSERT_EQ(gradcompCommForgetKey(world.comm(1), 1), gradcompSuccess);
+  EXPECT_EQ(world.comm(0)->states.size(), 0u);
+  for (gradcompResult_t r : call(1).first) ASSERT_EQ(r, gradcompSuccess) << gradcompGetLastError();
+
+  // Rank 0 forgets key 1, rank 1 key 2: the next call fails on both.
+  ASSERT_EQ(gradcompCommForgetKey(world.comm(0), 1), gradcompSuccess);
+  ASSERT_EQ(gradcompCommForgetKey(world.comm(1), 2), gradcompSuccess);
+  auto mismatched = call(1);
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_EQ(mismatched.first[r], gradcompInvalidUsage) << "rank " << r;
+    EXPECT_NE(mismatched.second[r].find("forget the same keys and buffers on every rank"),
+              std::string::npos)
+        << mismatched.second[r];
+  }
+}
 }  // namespace

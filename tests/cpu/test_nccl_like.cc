@@ -215,6 +215,59 @@ TEST(NcclLike, TheFirstCallAfterALoadOrResetVerifies) {
   for (int r = 0; r < N; ++r) EXPECT_EQ(tr[r]->verifyCalls, 3) << "rank " << r;
 }
 
+// A forget (gradcompCommForgetKey, gradcompCommForgetBuffer) is checked as a
+// reset is, where no call is compared otherwise (NCCL without
+// GRADCOMP_CHECK_CALLS): the next call verifies once and runs when the ranks
+// forgot alike (the same keys, in either order, and a buffer each), and
+// fails every rank, naming the forget, when they forgot different keys.
+TEST(NcclLike, TheFirstCallAfterAForgetVerifies) {
+  const int N = 2;
+  const size_t n = 4000;
+  CpuWorld w(N, config(0, 0));
+  const std::vector<NcclLikeTransport*> tr = gctest::ncclLike(w);
+  std::vector<std::vector<float>> b(N, gctest::normal(n, 9));
+  std::vector<std::string> err;
+  auto keyed = [&](uint64_t key) {
+    return onRanks(
+        w,
+        [&](int r) {
+          return gradcompAllReduceKeyed(b[r].data(), b[r].data(), n, ncclFloat32, ncclSum,
+                                        w.comm(r), nullptr, key);
+        },
+        &err);
+  };
+  for (uint64_t key : {1, 2, 3}) {
+    for (gradcompResult_t r : keyed(key)) ASSERT_EQ(r, gradcompSuccess) << err[0] << err[1];
+  }
+  ASSERT_NO_FATAL_FAILURE(expectAllReduceRuns(w, b, n));
+  EXPECT_EQ(tr[0]->verifyCalls, 0);
+  auto res = onRanks(
+      w,
+      [&](int r) {
+        const uint64_t first = r == 0 ? 1 : 2, second = r == 0 ? 2 : 1;
+        gradcompResult_t rc = gradcompCommForgetKey(w.comm(r), first);
+        if (rc == gradcompSuccess) rc = gradcompCommForgetKey(w.comm(r), second);
+        if (rc == gradcompSuccess) rc = gradcompCommForgetBuffer(w.comm(r), b[r].data());
+        return rc;
+      },
+      &err);
+  for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], gradcompSuccess) << err[r];
+  for (int r = 0; r < N; ++r) EXPECT_EQ(w.comm(r)->states.size(), 1u) << "rank " << r;
+  for (gradcompResult_t r : keyed(1)) ASSERT_EQ(r, gradcompSuccess) << err[0] << err[1];
+  for (gradcompResult_t r : keyed(3)) ASSERT_EQ(r, gradcompSuccess) << err[0] << err[1];
+  for (int r = 0; r < N; ++r) EXPECT_EQ(tr[r]->verifyCalls, 1) << "rank " << r;
+
+  // Rank 0 forgets key 3, rank 1 key 1: the next call fails on both.
+  ASSERT_EQ(gradcompCommForgetKey(w.comm(0), 3), gradcompSuccess);
+  ASSERT_EQ(gradcompCommForgetKey(w.comm(1), 1), gradcompSuccess);
+  res = keyed(3);
+  for (int r = 0; r < N; ++r) {
+    EXPECT_EQ(res[r], gradcompInvalidUsage) << "rank " << r << ": " << err[r];
+    EXPECT_TRUE(has(err[r], "forget the same keys and buffers on every rank")) << err[r];
+    EXPECT_EQ(tr[r]->verifyCalls, 2) << "rank " << r;
+  }
+}
+
 // GRADCOMP_CHECK_CALLS on a transport that checks no call (NCCL): a call
 // whose arguments one rank refuses before the call begins (a datatype or op
 // that is not NCCL's, a reduce-scatter recvcount whose input overflows)

@@ -774,6 +774,48 @@ class SaveLoadState(unittest.TestCase):
                 w.comms[0].set_grad_scale("2")
             self.assertEqual(w.comms[0].grad_scale, 4096.0)
 
+    def test_forget_frees_one_buffers_state(self):
+        # forget(key=...) and forget(recvbuf) free that buffer's state and no other; its next
+        # call starts afresh: it gives what a buffer new at that call gives (the same world's
+        # calls with a fresh key and a fresh array, in a second world that forgot nothing).
+        N, n = 2, 6000
+        seqs = [inputs(N, n, np.float32, 90 + s) for s in range(4)]
+        cfg = gradcomp.Config(from_env=False, min_elements=0)
+
+        def train(world, kbufs, ubufs, steps, key):
+            for s in steps:
+                for i in range(N):
+                    kbufs[i][:] = seqs[s][i]
+                    ubufs[i][:] = seqs[s][i]
+                world.run(lambda c: (c.allreduce(kbufs[c.rank], key=key),
+                                     c.allreduce(ubufs[c.rank])))
+
+        outs = []
+        for forget in (True, False):
+            kb = [np.zeros(n, np.float32) for _ in range(N)]
+            ub = [np.zeros(n, np.float32) for _ in range(N)]
+            with gradcomp.CpuWorld(N, cfg) as w:
+                train(w, kb, ub, range(2), key=5)
+                size = w.comms[0].state_size()
+                if forget:
+                    w.run(lambda c: (c.forget(key=5), c.forget(ub[c.rank])))
+                    self.assertLess(w.comms[0].state_size(), size)
+                    train(w, kb, ub, range(2, 4), key=5)
+                else:
+                    ub = [np.zeros(n, np.float32) for _ in range(N)]
+                    train(w, kb, ub, range(2, 4), key=6)
+                outs.append([bits_of(b).copy() for b in kb + ub])
+                with self.assertRaisesRegex(gradcomp.InvalidArgumentError,
+                                            "forget takes exactly one of recvbuf"):
+                    w.comms[0].forget()
+                with self.assertRaisesRegex(gradcomp.InvalidArgumentError,
+                                            "forget takes exactly one of recvbuf"):
+                    w.comms[0].forget(ub[0], key=5)
+                with self.assertRaisesRegex(gradcomp.InvalidArgumentError, "recvbuff is NULL"):
+                    w.comms[0].forget(0)
+        for a, b in zip(*outs):
+            np.testing.assert_array_equal(a, b)
+
     def test_bad_state_is_refused(self):
         with gradcomp.CpuWorld(1) as w:
             with self.assertRaisesRegex(gradcomp.InvalidArgumentError,
