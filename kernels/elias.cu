@@ -6,7 +6,8 @@
 //   2. prefix sum over buckets (CUB, integers: exact in any order) straight
 //      into the header's offsets, whose last entry is the stream length;
 //   3. write pass: each block recomputes its levels (same RNG draws), zeroes
-//      its own words and writes its bits, with the fused error feedback.
+//      its own words and writes its bits, with the fused error feedback;
+//      bucket 0's block then records the levels in offsets[0].
 // Within a block thread t owns a contiguous run of elements; two block scans
 // give it the index of the previous nonzero (for its first zero run) and its
 // starting bit. A thread stores the words its run covers whole and ORs the
@@ -129,13 +130,15 @@ class BitWriter {
 using BitReader = elias::BitReader<uint32_t>;
 
 // kWrite = false: the sizes pass (scales and per-bucket word counts);
-// kWrite = true: the write pass (bits at the scanned offsets, residual).
+// kWrite = true: the write pass (bits at the scanned offsets, residual); it
+// writes offsets[0] too (the levels), so offsets is neither const nor
+// __restrict__ there: no read of it may go through the read-only cache.
 // kNearest: nearest rounding (KeySpec::nearest), no hash computed.
 template <bool kWrite, bool kNearest>
 __global__ void __launch_bounds__(kThreads)
     eliasBucketKernel(const void* __restrict__ x, DType t, float* __restrict__ residual, size_t n,
                       elias::Params p, KeySpec keySpec, float* __restrict__ scales,
-                      uint32_t* __restrict__ counts, const uint32_t* __restrict__ offsets,
+                      uint32_t* __restrict__ counts, uint32_t* offsets,
                       uint32_t* __restrict__ stream) {
   extern __shared__ uint32_t sv[];  // padded: v as float bits, then (level << 1 | sign)
   __shared__ uint32_t ured[32];
@@ -223,6 +226,9 @@ __global__ void __launch_bounds__(kThreads)
   const uint32_t nw = offsets[b + 1] - offsets[b];
   for (uint32_t w = tid; w < nw; w += T) words[w] = 0;
   __syncthreads();
+  // Bucket 0 starts at word 0 (the scan's first output), so offsets[0] holds
+  // the levels for the decoder to check; only this block reads it, above.
+  if (b == 0 && tid == 0) offsets[0] = (uint32_t)p.s;
 
   BitWriter out(words, start);
   for (int i = lo, q = prev; i < hi; ++i) {
@@ -254,11 +260,14 @@ __global__ void __launch_bounds__(kDecodeThreads)
   const float scale = scales[b];
   const float zero = elias::decodeValue(0, false, scale, p.s);
   // The offsets come from the wire: a bucket must lie inside the stream
-  // (offsets[nb] words) and inside the buffer the caller has.
-  const uint32_t o0 = offsets[b], o1 = offsets[b + 1];
+  // (offsets[nb] words) and inside the buffer the caller has. offsets[0]
+  // holds the encoder's levels (bucket 0 starts at word 0): other levels
+  // would scale every value by the encoder's over the decoder's: all NaN.
+  const uint32_t o0 = b == 0 ? 0u : offsets[b], o1 = offsets[b + 1];
   const uint32_t total = min(offsets[nb], maxStreamWords);
   // Scales are >= +0 or the positive canonical NaN: a sign bit is not ours.
-  bool bad = o1 < o0 || o1 > total || (floatToBits(scale) >> 31) != 0;
+  bool bad =
+      o1 < o0 || o1 > total || (floatToBits(scale) >> 31) != 0 || offsets[0] != (uint32_t)p.s;
   BitReader r(stream + (bad ? 0u : o0), bad ? 0u : o1 - o0);
   float* o = out + base;
   uint32_t i = 0;

@@ -17,7 +17,10 @@
 // Layout of one encoding (nb = ceil(count/d) buckets), all 32-bit words:
 //   scales[nb]     fp32
 //   offsets[nb+1]  start of bucket b's stream, in words from the stream
-//                  start; offsets[nb] is the stream's length
+//                  start; offsets[nb] is the stream's length. Bucket 0
+//                  starts at word 0, so offsets[0] holds the levels s
+//                  instead (when nb >= 1): the decoder refuses other levels,
+//                  which would decode every value scaled by s_enc / s_dec.
 //   stream         each bucket's bits start on a word boundary, padded with 0
 // Word-aligned buckets let one GPU block own each bucket's words, and the
 // offsets let a decoder start every bucket at once.

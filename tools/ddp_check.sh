@@ -16,6 +16,7 @@
 # GC_DDP_WORLDS ("2 4") the world sizes, PYTHON (python3) the interpreter with
 # torch and scikit-learn.
 set -uo pipefail
+caller=$PWD  # a relative OUTDIR is read against it (check_args), as a shell user expects
 cd "$(dirname "$0")/.."
 source tools/torch_ranks.sh
 check_args ddp "$@"

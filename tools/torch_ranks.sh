@@ -6,14 +6,21 @@
 # otherwise.
 . "$(dirname "${BASH_SOURCE[0]}")/wait_ranks.sh"
 
-# check_args NAME OUTDIR [BUILD_DIR]: sets root, out (absolute, created),
-# build (BUILD_DIR, default build-gpu, else build), preload (the interposer
-# there) and py (PYTHON, default python3).
+# check_args NAME OUTDIR [BUILD_DIR]: sets root, out (absolute, created; a
+# relative OUTDIR is read against $caller, the folder the script was called
+# from, as tools/multirank_check.sh reads it), build (BUILD_DIR, relative to
+# the repository root; default build-gpu, else build), preload (the
+# interposer there) and py (PYTHON, default python3).
 check_args() {
   local name=$1
   shift
   root=$(pwd)
   out=${1:?usage: tools/${name}_check.sh OUTDIR [BUILD_DIR]}
+  local from=${caller:-$root}
+  case $out in
+    /*) ;;
+    *) out=$from/$out ;;
+  esac
   # Only the default falls back to build: a BUILD_DIR given is the one used (another build's
   # interposer would run in its place, unsaid).
   if [ -n "${2:-}" ]; then
@@ -31,8 +38,8 @@ check_args() {
   # empty, and every report written into / instead.
   local abs
   if ! mkdir -p "$out" || ! abs=$(cd "$out" && pwd); then
-    echo "${name}_check: cannot use OUTDIR '$out' (relative to $root): give a folder that can" \
-      "be made and written" >&2
+    echo "${name}_check: cannot use OUTDIR '$1' (as $out): give a folder that can be made and" \
+      "written" >&2
     exit 2
   fi
   out=$abs

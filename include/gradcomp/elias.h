@@ -7,7 +7,11 @@
  * Layout (32-bit little-endian words, nb = ceil(count/bucketSize)):
  *   scales[nb]     fp32 (max|x| per bucket, or the bucket's L2 norm)
  *   offsets[nb+1]  start of each bucket's stream in words from the stream
- *                  start; offsets[nb] is the stream length in words
+ *                  start; offsets[nb] is the stream length in words. Bucket
+ *                  0 starts at word 0, so offsets[0] holds the levels the
+ *                  encoder used (nb >= 1): a decode with other levels is
+ *                  refused (host) or decodes to NaN (GPU), since it would
+ *                  scale every value by the encoder's levels / its own.
  *   stream         per bucket, word-aligned: for each nonzero level,
  *                  Elias(zeros before it + 1), sign bit, Elias(level); then
  *                  Elias(trailing zeros + 1) if the bucket ends in zeros.
@@ -65,7 +69,8 @@ gradcompResult_t gradcompEliasEncodeHost(const void* x, ncclDataType_t datatype,
                                          uint64_t seed, void* out, size_t outBytes,
                                          size_t* encodedBytes);
 /* Checks the whole encoding against inBytes before writing out: a malformed
- * or truncated one is gradcompInvalidArgument, out untouched. */
+ * or truncated one, or one made with other levels than params' (naming
+ * both), is gradcompInvalidArgument, out untouched. */
 gradcompResult_t gradcompEliasDecodeHost(const void* in, size_t inBytes, size_t count,
                                          const gradcompEliasParams_t* params, float* out,
                                          int accumulate);
@@ -85,7 +90,8 @@ gradcompResult_t gradcompEliasEncode(const void* x, ncclDataType_t datatype, flo
 /* Decodes the inBytes bytes at in (device memory: the bytes as received).
  * No bucket reads past inBytes or past the stream length in the header,
  * whichever is shorter, and a malformed bucket decodes to NaN from where it
- * goes wrong (the decoder does not sync to report it). inBytes shorter than
+ * goes wrong (the decoder does not sync to report it); an encoding made with
+ * other levels than params' decodes to NaN whole. inBytes shorter than
  * gradcompEliasHeaderBytes is gradcompInvalidArgument. */
 gradcompResult_t gradcompEliasDecodeBounded(const void* in, size_t inBytes, size_t count,
                                             const gradcompEliasParams_t* params, float* out,

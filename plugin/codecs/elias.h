@@ -28,6 +28,16 @@ inline size_t eliasEncodedBytes(size_t count, int bucket, uint32_t streamWords) 
 inline size_t eliasSizeWordOffset(size_t count, int bucket) {
   return 4 * (elias::headerWords(count, bucket) - 1);
 }
+// Byte offset of offsets[0], where an encoding of count >= 1 elements
+// records its levels (bucket 0's stream starts at word 0 anyway).
+inline size_t eliasLevelsWordOffset(size_t count, int bucket) {
+  return 4 * elias::numBuckets(count, bucket);
+}
+// gradcompInvalidArgument naming both when the encoding at in (at least its
+// header) records levels in range other than p's: decoded with p's, every
+// value would be silently scaled by theirs / p's. A word out of range is left
+// to the decode's own check (malformed bytes, not an encoding).
+gradcompResult_t eliasCheckLevels(const void* in, size_t count, const elias::Params& p);
 
 namespace host {
 // Returns the encoded size in bytes (<= maxEncodedBytes). residual may be null.

@@ -134,6 +134,8 @@ size_t eliasEncode(const void* x, DType t, float* residual, size_t n, const elia
     words += w.finish();
   }
   offsets[nb] = (uint32_t)words;
+  // Bucket 0 starts at word 0: its offset word records the levels instead.
+  if (nb > 0) offsets[0] = (uint32_t)p.s;
   return eliasEncodedBytes(n, p.bucket, (uint32_t)words);
 }
 
@@ -149,9 +151,11 @@ bool decodeBuckets(const unsigned char* bytes, size_t n, const elias::Params& p,
   auto store = [&](size_t i, float v) {
     if (out != nullptr) out[i] = accumulate ? fadd(out[i], v) : v;
   };
+  // offsets[0] holds the levels (checked by eliasDecode): bucket 0 starts at 0.
+  auto start = [&](size_t b) { return b == 0 ? 0u : offsets[b]; };
   for (size_t b = 0; b < nb; ++b) {
     // Bytes from the wire: each bucket must lie inside the stream.
-    if (offsets[b] > offsets[b + 1] || offsets[b + 1] > offsets[nb]) return false;
+    if (start(b) > offsets[b + 1] || offsets[b + 1] > offsets[nb]) return false;
     const size_t base = b * p.bucket;
     const size_t len = n - base < (size_t)p.bucket ? n - base : (size_t)p.bucket;
     float scale;
@@ -159,7 +163,7 @@ bool decodeBuckets(const unsigned char* bytes, size_t n, const elias::Params& p,
     // Scales are >= +0 or the positive canonical NaN: a sign bit is not ours.
     if (floatToBits(scale) >> 31) return false;
     const float zero = elias::decodeValue(0, false, scale, p.s);
-    BitReader r(stream + offsets[b], offsets[b + 1] - offsets[b]);
+    BitReader r(stream + start(b), offsets[b + 1] - start(b));
     size_t i = 0;
     while (i < len) {
       const uint32_t g = r.number(p.code);
@@ -187,12 +191,29 @@ bool eliasDecode(const void* in, size_t inBytes, size_t n, const elias::Params& 
   const unsigned char* bytes = static_cast<const unsigned char*>(in);
   const uint32_t* offsets = reinterpret_cast<const uint32_t*>(bytes + nb * 4);
   if (eliasEncodedBytes(n, p.bucket, offsets[nb]) > inBytes) return false;
+  if (nb > 0 && offsets[0] != (uint32_t)p.s) return false;
   // Bytes from the wire: the whole encoding is checked before out is touched,
   // so a refused one leaves the caller's buffer (an accumulated sum) as it was.
   return decodeBuckets(bytes, n, p, nullptr, false) && decodeBuckets(bytes, n, p, out, accumulate);
 }
 
 }  // namespace host
+
+gradcompResult_t eliasCheckLevels(const void* in, size_t count, const elias::Params& p) {
+  if (count == 0) return gradcompSuccess;  // no bucket: offsets[0] is the stream length
+  uint32_t levels;
+  memcpy(&levels, static_cast<const char*>(in) + eliasLevelsWordOffset(count, p.bucket), 4);
+  // A word no encoder writes (0, past the range): not an encoding at all, which the decode's
+  // own check refuses as malformed, rather than one of other levels.
+  if (levels < (uint32_t)elias::kMinLevels || levels > (uint32_t)elias::kMaxLevels) {
+    return gradcompSuccess;
+  }
+  GC_ARG(levels == (uint32_t)p.s,
+         "the Elias encoding was made with levels=%u but is decoded with levels=%d: decode with "
+         "the params it was encoded with",
+         levels, p.s);
+  return gradcompSuccess;
+}
 
 size_t eliasWorkspaceBytes(const Backend& be, size_t n, int bucket) {
   if (!be.onDevice()) return 0;
@@ -223,6 +244,7 @@ gradcompResult_t eliasDecode(Backend& be, const void* in, size_t inBytes, size_t
     GC_CUDACHECK(cuda::eliasDecode(in, n, p, out, accumulate, be.stream(), inBytes));
     return gradcompSuccess;
   }
+  if (inBytes >= 4 * elias::headerWords(n, p.bucket)) GC_CHECK(eliasCheckLevels(in, n, p));
   if (!host::eliasDecode(in, inBytes, n, p, out, accumulate)) {
     return setError(gradcompInvalidArgument,
                     "Elias decode: %zu bytes are not a well-formed encoding of %zu elements",
@@ -309,6 +331,9 @@ GC_EXPORT gradcompResult_t gradcompEliasDecodeHost(const void* in, size_t inByte
   GC_CHECK(
       gc::codecCheckDisjoint({{in, std::min(inBytes, gc::elias::maxEncodedBytes(count, p)), "in"},
                               {out, count * sizeof(float), "out"}}));
+  if (inBytes >= 4 * gc::elias::headerWords(count, p.bucket)) {
+    GC_CHECK(gc::eliasCheckLevels(in, count, p));
+  }
   gc::IeeeHostMath ieee;
   if (!gc::host::eliasDecode(in, inBytes, count, p, out, accumulate != 0)) {
     return gc::setError(gradcompInvalidArgument,

@@ -216,6 +216,22 @@ def elias_decode(encoded, count, params, out=None, accumulate=False):
     params = _elias_params(params)
     count = _count(count)
     enc = _encoded(encoded)
+    if count:
+        # Checked before out is made: a count far past what the bytes can hold would make a
+        # huge array first (a MemoryError naming nothing, or minutes of zeroing) before the
+        # library's refusal.
+        header = lib().gradcompEliasHeaderBytes(count, params.bucketSize)
+        if not header:
+            if lib().gradcompEliasHeaderBytes(1, params.bucketSize):
+                raise InvalidArgumentError(f"count={count} is too large for the codecs (at most "
+                                           "2**56 elements)", 1)
+            raise InvalidArgumentError(f"bucket_size={params.bucketSize} is out of range "
+                                       f"{_BUCKET} or not a multiple of 32", 1)
+        if enc.size < header:
+            raise InvalidArgumentError(
+                f"encoded has {enc.size} bytes, fewer than the {header} of the header (scales "
+                f"and offsets) of an Elias encoding of count={count} with "
+                f"bucket_size={params.bucketSize}: pass the encoding of count elements", 1)
     if out is None:
         out = np.zeros(count, np.float32)
     op = _float32_array(out, "out", count, writable=True)

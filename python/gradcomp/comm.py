@@ -5,6 +5,7 @@ import sys
 import threading
 import time
 import warnings
+import weakref
 
 from . import _types as T
 from ._lib import GradcompError, InvalidArgumentError, check, has, lib
@@ -116,6 +117,15 @@ def buffer_info(x, name=None, writable=False, host=False):
         return ptr, x.numel(), T.NCCL_TYPES[tname]
     if hasattr(x, "ctypes") and hasattr(x, "flags"):  # numpy.ndarray
         what = name or "array"
+        ma = sys.modules.get("numpy.ma")  # loaded wherever a masked array was made
+        if ma is not None and isinstance(x, ma.MaskedArray):
+            # gradcomp reads and writes the data under the mask too and leaves the mask as it
+            # was: a masked element's value (a fill, 1e20) would be summed into the other ranks'
+            # unmasked results.
+            raise InvalidArgumentError(
+                f"{what} is a numpy masked array ({describe(x)}): gradcomp reads and writes its "
+                f"data, masked elements included, and ignores the mask: pass {name or 'x'}.filled(0) "
+                "(masked elements as 0) or a plain array", 1)
         if not x.flags.c_contiguous:
             raise InvalidArgumentError(f"{what} is not C-contiguous ({describe(x)}): pass "
                                        "numpy.ascontiguousarray(x)", 1)
@@ -144,12 +154,34 @@ def _writable(x, name="the receive array"):
             "array (for example x.copy())", 1)
 
 
+# The Comm that owns each open handle, by address: a Comm frees its handle when closed or (a
+# CPU backend comm) collected, so a second Comm of the same handle would free it again, or call
+# it after the first freed it (a crash). A closed Comm's entry is stale: its address may come
+# back for a new comm.
+_owners = weakref.WeakValueDictionary()
+_owners_lock = threading.Lock()
+
+
 class Comm:
     """A gradcompComm_t. Make one with Comm.create (NCCL), Comm.socket (the CPU reference
-    backend across processes, over TCP) or CpuWorld (the CPU reference backend in-process)."""
+    backend across processes, over TCP) or CpuWorld (the CPU reference backend in-process).
+
+    A Comm owns its handle: close() (or abort()) frees it. Comm(handle) takes a handle from
+    the C API that no other Comm holds; one an open Comm holds is refused."""
 
     def __init__(self, handle, host=False):
-        self._h = ctypes.c_void_p(handle)
+        h = ctypes.c_void_p(_addr(handle, "handle"))
+        if not h.value:
+            raise InvalidArgumentError("handle is NULL: pass a gradcompComm_t the C API made", 1)
+        with _owners_lock:
+            owner = _owners.get(h.value)
+            if owner is not None and getattr(owner, "_h", None) and owner._h.value == h.value:
+                # Raised before self._h is set: __del__ then frees nothing.
+                raise InvalidArgumentError(
+                    f"handle 0x{h.value:x} is owned by {owner!r}, which frees it when closed: "
+                    "use that Comm itself rather than a second one of its handle", 1)
+            _owners[h.value] = self
+        self._h = h
         self.host = host  # the CPU backend's comm: host buffers, no stream
         r, s = ctypes.c_int(), ctypes.c_int()
         check(lib().gradcompCommRank(self._h, ctypes.byref(r)))
@@ -625,6 +657,16 @@ class CpuWorld:
         """Aborts every comm still open: wakes ranks waiting in a call and frees the world."""
         for c in self.comms:
             c.abort()
+
+    def __reduce_ex__(self, protocol):
+        # copy.copy would share the comms list (closing either world closes the other's comms),
+        # and deepcopy and pickle would copy Comms, which own their handles.
+        raise TypeError(f"{self!r} cannot be copied or pickled: its comms own their "
+                        "gradcompComm_t handles, which one world frees; pass the CpuWorld itself "
+                        "or make a new CpuWorld(nranks, config)")
+
+    def __repr__(self):
+        return f"CpuWorld(nranks={len(getattr(self, 'comms', ()))})"
 
     def __enter__(self):
         return self

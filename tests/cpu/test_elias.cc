@@ -155,8 +155,10 @@ Parsed parse(const Encoded& e, size_t n, const gradcompEliasParams_t& p) {
   }
   const size_t streamWord = 2 * nb + 1;
   EXPECT_EQ(e.bytes.size(), 4 * (streamWord + word(2 * nb)));
+  // Bucket 0 starts at word 0: offsets[0] records the levels.
+  if (nb > 0) EXPECT_EQ(word(nb), (uint32_t)p.levels);
   for (size_t b = 0; b < nb; ++b) {
-    const size_t w0 = streamWord + word(nb + b), w1 = streamWord + word(nb + b + 1);
+    const size_t w0 = streamWord + (b == 0 ? 0 : word(nb + b)), w1 = streamWord + word(nb + b + 1);
     size_t pos = 0;
     auto bit = [&]() -> int {
       const size_t w = w0 + pos / 32;
@@ -505,6 +507,50 @@ TEST(EliasHost, BadArgumentsNameTheValue) {
   EXPECT_EQ(gradcompEliasDecodeHost(bad.data(), bad.size(), 1000, &p, y.data(), 0),
             gradcompInvalidArgument);
   EXPECT_NE(strstr(gradcompGetLastError(), "not a well-formed"), nullptr);
+}
+
+// The encoding records its levels (offsets[0]): a decode with other levels,
+// which would scale every value by theirs / its (more levels) or refuse a
+// level past its own (fewer), is refused naming both, out left alone. An
+// encoding of no element records nothing and decodes with any levels.
+TEST(EliasHost, DecodeWithOtherLevelsIsRefusedNamingBoth) {
+  const auto p = params(7, 64);
+  const Encoded e = encode(gctest::normal(200, 5), p, 2);
+  for (int s : {1, 3, 6, 8, 15, 65535}) {
+    SCOPED_TRACE(s);
+    const auto q = params(s, 64);
+    std::vector<float> out(200, 7.0f);
+    EXPECT_EQ(gradcompEliasDecodeHost(e.bytes.data(), e.bytes.size(), 200, &q, out.data(), 1),
+              gradcompInvalidArgument);
+    EXPECT_EQ(std::string(gradcompGetLastError()),
+              "the Elias encoding was made with levels=7 but is decoded with levels=" +
+                  std::to_string(s) + ": decode with the params it was encoded with");
+    for (float v : out) ASSERT_EQ(v, 7.0f);
+  }
+  // The same values as before the levels were recorded: the level words are
+  // unchanged, only the decoder reads offsets[0] as levels.
+  std::vector<float> out(200);
+  ASSERT_EQ(gradcompEliasDecodeHost(e.bytes.data(), e.bytes.size(), 200, &p, out.data(), 0),
+            gradcompSuccess);
+  const Parsed parsed = parse(e, 200, p);
+  for (size_t i = 0; i < 200; ++i) {
+    const float v = (float)abs(parsed.level[i]) / 7.0f * parsed.scales[i / 64];
+    ASSERT_EQ(out[i], parsed.level[i] < 0 ? -v : v) << i;
+  }
+  // A level word no encoder writes (0, past 65535): malformed bytes, not
+  // an encoding of other levels.
+  for (uint32_t bad : {0u, 65536u}) {
+    Encoded w = e;
+    memcpy(w.bytes.data() + 4 * 4, &bad, 4);  // offsets[0], after 4 scales
+    EXPECT_EQ(gradcompEliasDecodeHost(w.bytes.data(), w.bytes.size(), 200, &p, out.data(), 0),
+              gradcompInvalidArgument);
+    EXPECT_NE(strstr(gradcompGetLastError(), "not a well-formed Elias encoding"), nullptr)
+        << gradcompGetLastError();
+  }
+  const Encoded none = encode({}, p, 2);
+  const auto q = params(15, 64);
+  EXPECT_EQ(gradcompEliasDecodeHost(none.bytes.data(), none.bytes.size(), 0, &q, out.data(), 0),
+            gradcompSuccess);
 }
 
 // No encoder writes a scale with its sign bit set (max |x| and the L2 norm

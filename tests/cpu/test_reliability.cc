@@ -530,7 +530,7 @@ TEST(Reliability, EliasDecoderBoundsBucketOffsets) {
   const float one = 1.0f;
   memcpy(&enc[0], &one, 4);
   memcpy(&enc[1], &one, 4);
-  enc[2] = 0;    // offsets[0]
+  enc[2] = 7;    // offsets[0]: the levels (bucket 0 starts at stream word 0)
   enc[3] = 256;  // offsets[1]: past the stream
   enc[4] = 2;    // offsets[2] = stream words
   enc[5] = enc[6] = 0xffffffffu;

@@ -277,11 +277,11 @@ std::vector<uint8_t> truncatedTerminator(const gradcompEliasParams_t& p, size_t 
   std::vector<float> x(n, 0.0f);
   x[0] = x[32] = 1.0f;
   std::vector<uint8_t> enc = encodeOnHost(x, p, 1);
-  EXPECT_EQ(enc.size(), 20u);  // scale, offsets {0, 2}, two stream words
+  EXPECT_EQ(enc.size(), 20u);  // scale, offsets {levels, 2}, two stream words
   enc.resize(20);
   uint32_t w[5];
   memcpy(w, enc.data(), sizeof(w));
-  EXPECT_EQ(w[1], 0u);
+  EXPECT_EQ(w[1], (uint32_t)p.levels);
   EXPECT_EQ(w[2], 2u);
   EXPECT_EQ(w[4], 0u);  // the terminator's last bits
   w[2] = 1;
@@ -315,6 +315,27 @@ TEST_F(EliasGpu, TerminatorPastItsBucketDecodesToNaN) {
   for (size_t i = 0; i < 33; ++i) EXPECT_EQ(out[i], i % 32 == 0 ? 1.0f : 0.0f) << i;
   for (size_t i = 33; i < n; ++i) EXPECT_TRUE(isnan(out[i])) << i << ": " << out[i];
   for (size_t i = n; i < n + 16; ++i) ASSERT_EQ(out[i], 5.0f) << "wrote past the output at " << i;
+}
+
+// An encoding decoded with other levels than it records (offsets[0]) would
+// scale every value by theirs / its: every bucket decodes to NaN (the GPU
+// decoder does not sync to report it; the host decoder refuses it).
+TEST_F(EliasGpu, OtherLevelsThanTheEncodingsDecodeToNaN) {
+  const size_t n = 1000;
+  const auto p = params(7, 64, gradcompEliasGamma, gradcompEliasScaleMax);
+  const std::vector<uint8_t> enc = encodeOnHost(gctest::normal(n, 8), p, 1);
+  DeviceBuffer<uint8_t> denc(enc.size());
+  denc.upload(enc);
+  for (int s : {7, 3, 15}) {
+    const auto q = params(s, 64, gradcompEliasGamma, gradcompEliasScaleMax);
+    DeviceBuffer<float> dout(n);
+    dout.upload(std::vector<float>(n, 5.0f));
+    ASSERT_EQ(gradcompEliasDecodeBounded(denc.get(), enc.size(), n, &q, dout.get(), 0, stream),
+              gradcompSuccess);
+    ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+    const std::vector<float> out = dout.download(n);
+    for (size_t i = 0; i < n; ++i) ASSERT_EQ(isnan(out[i]), s != 7) << "s=" << s << " i=" << i;
+  }
 }
 
 // Pointers off their alignment are refused, naming the pointer, before any

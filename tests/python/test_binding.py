@@ -643,6 +643,25 @@ class CpuAllReduce(unittest.TestCase):
             got.append(bufs[0].copy())
         self.assertTrue(np.array_equal(bits_of(got[0]), bits_of(got[1])))
 
+    def test_a_masked_array_is_refused(self):
+        # Its data under the mask (a fill such as 1e20) was summed into the other ranks'
+        # unmasked results, and the mask left as it was.
+        masked = [np.ma.masked_array(np.array([1e20, 2, 3, 4], np.float32), mask=[1, 0, 0, 0]),
+                  np.ma.masked_array(np.array([5, 6, 7, 8], np.float32), mask=[0, 0, 0, 0])]
+        with gradcomp.CpuWorld(2, min_elements=0, method="none") as w:
+            for call in (lambda c: c.allreduce(masked[c.rank]),
+                         lambda c: c.allreduce(masked[c.rank].data, masked[c.rank]),
+                         lambda c: c.reduce_scatter(np.ones(8, np.float32), masked[c.rank][:4])):
+                with self.assertRaisesRegex(_lib.InvalidArgumentError,
+                                            r"buf is a numpy masked array \(shape \(4,\), .*: "
+                                            r"pass (send|recv)buf\.filled\(0\)"):
+                    w.run(call)
+            self.assertEqual(masked[1].data.tolist(), [5, 6, 7, 8])
+            outs = w.run(lambda c: c.allreduce(masked[c.rank].filled(0)))
+            self.assertEqual(outs[1].tolist(), [5, 8, 10, 12])
+        with self.assertRaisesRegex(_lib.InvalidArgumentError, "x is a numpy masked array"):
+            codecs.qsgd_encode(masked[0])
+
     def test_buffer_errors(self):
         with gradcomp.CpuWorld(1) as w:
             c = w.comms[0]
@@ -926,6 +945,49 @@ class CodecArgumentChecks(unittest.TestCase):
     def setUp(self):
         self.x = np.random.RandomState(4).standard_normal(4096).astype(np.float32)
         self.p = codecs.elias_params(7)
+
+    def test_elias_decode_with_other_levels_is_refused(self):
+        # The encoding records its levels: more levels decoded every value scaled by 7/levels
+        # (silently), fewer refused a level past them as a malformed encoding.
+        e = codecs.elias_encode(self.x, self.p)
+        for levels in (3, 8, 15):
+            out = np.full(4096, 5.0, np.float32)
+            with self.assertRaisesRegex(_lib.InvalidArgumentError,
+                                        f"the Elias encoding was made with levels=7 but is "
+                                        f"decoded with levels={levels}: decode with the params "
+                                        "it was encoded with"):
+                codecs.elias_decode(e, 4096, codecs.elias_params(levels), out=out)
+            self.assertTrue(np.all(out == 5.0))
+        ok = codecs.elias_decode(e, 4096, self.p)
+        self.assertLessEqual(float(np.abs(ok - self.x).max()),
+                             float(np.abs(self.x).max()) / 7 * (1 + 1e-6))
+
+    def test_elias_decode_refuses_a_count_past_its_bytes_before_making_out(self):
+        # out (count float32) was made before the library read the bytes: 2**40 elements was a
+        # 4 TiB np.zeros (MemoryError naming nothing, or with overcommit, pages zeroed on use).
+        from unittest import mock
+
+        real = np.zeros
+
+        def zeros(shape, *a, **k):
+            n = int(np.prod(shape))
+            if n > 1 << 24:
+                raise AssertionError(f"elias_decode made an array of {n} elements first")
+            return real(shape, *a, **k)
+
+        e = codecs.elias_encode(self.x, self.p)
+        with mock.patch.object(np, "zeros", zeros):
+            with self.assertRaisesRegex(_lib.InvalidArgumentError,
+                                        rf"^encoded has {e.size} bytes, fewer than the "
+                                        rf"17179869188 of the header .* count=1099511627776 "
+                                        "with bucket_size=512"):
+                codecs.elias_decode(e, 2**40, self.p)
+            with self.assertRaisesRegex(_lib.InvalidArgumentError,
+                                        r"^count=144115188075855872 is too large for the codecs "
+                                        r"\(at most 2\*\*56 elements\)"):
+                codecs.elias_decode(e, 2**57, self.p)
+            self.assertTrue(np.array_equal(codecs.elias_decode(e, 4096, self.p),
+                                           codecs.elias_decode(bytes(e), 4096, self.p)))
 
     def test_elias_decode_checks_out(self):
         e = codecs.elias_encode(self.x, self.p)
@@ -1776,6 +1838,46 @@ class DroppedComms(unittest.TestCase):
                 copy.deepcopy(w)
             x = np.ones(8, np.float32)
             self.assertTrue(np.array_equal(c.allreduce(x), np.ones(8, np.float32)))
+
+    def test_a_world_is_not_copied_or_pickled(self):
+        # copy.copy would share the comms: closing the copy would close the world's comms.
+        import copy
+        import pickle
+
+        with gradcomp.CpuWorld(2, min_elements=0) as w:
+            for dup in (copy.copy, copy.deepcopy, pickle.dumps):
+                with self.assertRaisesRegex(TypeError, r"^CpuWorld\(nranks=2\) cannot be "
+                                                       r"copied or pickled: .* CpuWorld itself"):
+                    made = dup(w)
+                    if isinstance(made, comm_mod.CpuWorld):
+                        made.comms = []  # closes nothing of w's, whatever follows
+            outs = w.run(lambda c: c.allreduce(np.ones(8, np.float32)))
+            self.assertTrue(all(np.array_equal(o, np.full(8, 2, np.float32)) for o in outs))
+
+    def test_a_handle_an_open_comm_owns_is_not_adopted(self):
+        # Two owners of one handle: the second close frees it again (a crash), and the first
+        # one's calls after the other's close read freed memory.
+        with gradcomp.CpuWorld(2, min_elements=0) as w:
+            c = w.comms[0]
+            for h in (c.handle.value, c.handle):
+                with self.assertRaisesRegex(_lib.InvalidArgumentError,
+                                            rf"handle 0x{c.handle.value:x} is owned by "
+                                            r"Comm\(rank=0, size=2\)"):
+                    made = comm_mod.Comm(h, host=True)
+                    made._h = ctypes.c_void_p()  # not a second owner, whatever follows
+            with self.assertRaisesRegex(_lib.InvalidArgumentError, "handle is NULL"):
+                comm_mod.Comm(0, host=True)
+            outs = w.run(lambda c: c.allreduce(np.ones(8, np.float32)))
+            self.assertTrue(all(np.array_equal(o, np.full(8, 2, np.float32)) for o in outs))
+        # Closed, a comm's handle is held no longer: a comm the library makes later at the same
+        # address is adopted (as if: the registry names closed c for w2's handle).
+        with gradcomp.CpuWorld(1) as w2:
+            h = w2.comms[0].handle.value
+            comm_mod._owners[h] = c
+            w2.comms[0]._h = ctypes.c_void_p()  # handed to the Comm below, which frees it
+            again = comm_mod.Comm(h, host=True)
+            self.assertEqual((again.rank, again.size), (0, 1))
+            again.close()
 
     def test_closed_aborted_and_with_worlds_do_not_warn(self):
         def closed():

@@ -585,6 +585,34 @@ class GpuCheckPlan(unittest.TestCase):
         self.assertEqual(p.returncode, 0, p.stdout)
 
 
+class ToolOutdir(unittest.TestCase):
+    """tools/ddp_check.sh, fsdp_check.sh (tools/torch_ranks.sh's check_args) and
+    multirank_check.sh read a relative OUTDIR against the folder they are called from, as a shell
+    user expects; ddp and fsdp read it against the repository root before. Run here without their
+    prerequisites: each writes its "not run" report into OUTDIR and exits 1."""
+
+    def test_a_relative_outdir_is_the_callers(self):
+        with tempfile.TemporaryDirectory() as cwd, tempfile.TemporaryDirectory() as build:
+            rel = f"gc-outdir-{os.getpid()}-{os.path.basename(cwd)}"
+            # The folder the scripts made in the repository root before, removed whatever
+            # the outcome.
+            self.addCleanup(shutil.rmtree, os.path.join(ROOT, rel), ignore_errors=True)
+            # PYTHON=false: no torch, so ddp and fsdp give up at their first prerequisite;
+            # BUILD_DIR without the multirank binary: "not built".
+            env = dict(os.environ, PYTHON="false")
+            for script, report in (("ddp_check.sh", "ddp.json"), ("fsdp_check.sh", "fsdp.json"),
+                                   ("multirank_check.sh", "multirank.json")):
+                out = os.path.join(rel, script.split("_")[0])
+                p = subprocess.run(["bash", os.path.join(ROOT, "tools", script), out, build],
+                                   cwd=cwd, env=env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True, timeout=120)
+                self.assertEqual(p.returncode, 1, p.stdout)
+                self.assertTrue(os.path.isfile(os.path.join(cwd, out, report)),
+                                f"{script}: no {report} in {os.path.join(cwd, out)}: {p.stdout}")
+                self.assertFalse(os.path.exists(os.path.join(ROOT, rel)),
+                                 f"{script} made {rel} in the repository root")
+
+
 class NcuLimits(unittest.TestCase):
     """tools/ncu_limits.py on ncu CSVs with text after the table or a row cut short."""
 
