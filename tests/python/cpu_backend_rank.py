@@ -6,7 +6,7 @@ fsdp_frozen|fsdp_frozen_resume|fsdp_late_root|dgc|subgroups|
 restart|scaler|abort|replicas|ddp_group|ddp_register|overflow|compose|disagree|unused|
 unused_nan|unused_join|unused_mixed|unused_rewrapped|unused_rewrapped_gc|
 unused_rewrapped_join_gc|unused_rewrapped_join_eval_gc|unused_rewrapped_idle_join|
-unused_static|shared_state|rewrapped_join
+unused_static
 OUT (the env:// variables from tools/gc_ranks.py).
 
 Records every call the hook (DDP) or the reduce-scatter (FSDP) gets, its input before and its
@@ -1862,86 +1862,6 @@ def overflow(out, rank):
     return [], res
 
 
-def shared_state(out, rank):
-    """One GradcompState (module= a parent of both models, so that their residual keys differ)
-    given by register_comm_hook to the DDPs of two models trained in turn, as a GAN's generator
-    and discriminator: "both", both registered before the first step; "later", the second
-    registered after the first's steps. By step, what the step's backward said (None: nothing)
-    and, where it went on, the state's step counter and whether the settings it decides by
-    (_found_opts) are the DDP's that called."""
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
-    def run(later):
-        torch.manual_seed(0)
-        parent = nn.ModuleDict({"g": nn.Linear(32, 32, bias=False),
-                                "d": nn.Linear(32, 32, bias=False)})
-        st = gct.GradcompState(module=parent, start_iter=0, layer_min_size=0, backend="cpu",
-                               config=config())
-        dg = DDP(parent["g"])
-        dd = DDP(parent["d"], find_unused_parameters=True)
-        dg.register_comm_hook(st, gct.gradcomp_hook)
-        if not later:
-            dd.register_comm_hook(st, gct.gradcomp_hook)
-        got = []
-        for s in range(4):
-            if later and s == 2:
-                dd.register_comm_hook(st, gct.gradcomp_hook)
-            d = dg if s % 2 == 0 or (later and s < 2) else dd
-            x = torch.randn(4, 32, generator=torch.Generator().manual_seed(10 * s + rank))
-            err = _error(lambda: d(x).square().sum().backward())
-            got.append({"error": err, "iter": st.iter,
-                        "own_settings": st._found_opts == {
-                            "find_unused": d.find_unused_parameters, "static_graph": False,
-                            "manual": False, "view": False}})
-            if err is not None:
-                break
-        del dg, dd
-        st.close()
-        return got
-
-    return [], {"both": run(False), "later": run(True)}
-
-
-def rewrapped_join(out, rank):
-    """A state given by register_comm_hook to DDP(find_unused_parameters=True), its model
-    wrapped again in a new DDP alike (the first dropped) and registered with the same state;
-    then the new DDP's steps inside Join, rank 1 with a batch more than rank 0 (so rank 0's
-    shadow calls meet rank 1's last step), then 3 steps on both ranks. The slices kept after the
-    Join, and p.grad by step after it."""
-    from torch.distributed.algorithms.join import Join
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
-    cfg = gradcomp.Config(from_env=False, method="topk", density=0.05, select="exact",
-                          min_elements=0, auto_tune=0)
-    torch.manual_seed(0)
-    m = UnusedNet()
-    st = gct.GradcompState(module=m, start_iter=2, backend="cpu", config=cfg)
-
-    def step(d, s):
-        d.zero_grad(set_to_none=True)
-        d(unused_input(m, s, rank)).square().sum().backward()
-
-    d = DDP(m, find_unused_parameters=True)
-    d.register_comm_hook(st, gct.gradcomp_hook)
-    for s in range(2):
-        step(d, 0)
-    del d  # the model wrapped again
-    d = DDP(m, find_unused_parameters=True)
-    d.register_comm_hook(st, gct.gradcomp_hook)
-    with st.paused():  # DDP regroups its buckets after its first step
-        step(d, 0)
-    with Join([d]):
-        for s in range(2 + rank):
-            step(d, 0)
-    carried = len(st._carry)
-    grads = []
-    for s in range(3):
-        step(d, s)
-        grads.append(m.p.grad.reshape(-1).tolist())
-    st.close()
-    return [], {"grads": grads, "carried": carried}
-
-
 def main():
     mode, out = sys.argv[1], sys.argv[2]
     dist.init_process_group("gloo")
@@ -1968,8 +1888,7 @@ def main():
                      "unused_rewrapped_join_gc": unused_rewrapped_join_gc,
                      "unused_rewrapped_join_eval_gc": unused_rewrapped_join_eval_gc,
                      "unused_rewrapped_idle_join": unused_rewrapped_idle_join,
-                     "unused_static": unused_static, "shared_state": shared_state,
-                     "rewrapped_join": rewrapped_join}[mode](out, rank)
+                     "unused_static": unused_static}[mode](out, rank)
     torch.save(records, f"{out}.rank{rank}.pt")
     with open(f"{out}.rank{rank}.json", "w") as f:
         json.dump(res, f)

@@ -255,16 +255,10 @@ class GradcompState:
         # autograd graph task whose end settles them (None: none queued).
         self._watch = []
         self._watch_task = None
-        self._found_ddp = None  # the DDP _registering_ddps found, weakly
+        self._found_ddp = None  # the DDP _registering_ddp found, weakly
         self._found_opts = None  # and its settings (_ddp_opts), read when it was found
         self._found_join = False  # and whether it was in Join at its last forward (_in_join)
         self._found_join_hook = None  # the found DDP's forward pre-hook (_FoundJoinNote)
-        # The ids of the found DDP's parameters, and whether it made a forward since the last
-        # step's hook calls (_FoundJoinNote): a call of a step without one, or of parameters it
-        # does not have, comes from another DDP, which the state then looks for (_refind_ddp).
-        self._found_params = frozenset()
-        self._found_forward = False
-        self._found_by_forward = True  # False once the found DDP's forwards pass its pre-hooks by
         if module is not None:
             ddp_group = getattr(module, "process_group", None)
             if (isinstance(module, torch.nn.parallel.DistributedDataParallel)
@@ -935,16 +929,13 @@ class GradcompState:
         there): checked once per DDP, so a state registered on a second DDP (the model wrapped
         again, another group) is checked again at that DDP's first call. Without it (the hook
         registered by register_comm_hook, which tells the hook no DDP), the DDP is looked for
-        at the state's first call (_one_registering_ddp: two live ones are refused), checked
-        once per state, and its settings kept (_ddp_opts). A DDP that calls later (the model
-        wrapped again) is looked for again where the calls show it (_refind_ddp: no forward of
-        the found one since the last step, or a parameter it does not have), which is alike on
-        every rank, and its settings read; its group is not checked (that search may run on the
-        ranks still training only, inside Join, where a collective would meet the joined ranks'
-        shadow calls). Where none is found, nothing is checked, and the state warns once that
-        it could not check."""
+        once per state (_registering_ddp), and its settings kept (_ddp_opts): not again once it
+        is gone (the model wrapped again), since when a process frees it is each process's own
+        (a reference cycle goes at its collector's next run), and a search made on some ranks
+        only would meet the others' next collective; where none is found, nothing is checked,
+        and the state warns once that it could not check."""
         if ddp is None:
-            found = self._one_registering_ddp()
+            found = _registering_ddp(self)
             if found is None:
                 self._ddp_group_checked = True
                 # A hook of the user's own that calls gradcomp_hook with a state it holds, while
@@ -962,7 +953,16 @@ class GradcompState:
                                 "the hook), or give DDP this GradcompState as the hook's state: "
                                 "ddp.register_comm_hook(state, hook) (warned once)")
                 return
-            self._note_found(found)
+            self._found_ddp = weakref.ref(found)
+            self._found_opts = _ddp_opts(found)
+            self._found_join = _in_join(found)
+            if self._found_join_hook is not None:
+                self._found_join_hook.remove()
+            # Read again at each of its forwards, which every rank makes alike while it is in
+            # use; not at the hook's calls, which a DDP made since (the model wrapped again)
+            # makes too: there a rank where the found one waits for the collector would read a
+            # Join entered after its last forward, which a rank where it is gone cannot.
+            self._found_join_hook = found.register_forward_pre_hook(_FoundJoinNote(self))
             group = found.process_group
         else:
             group = self._ddps.get(ddp, ddp.process_group)
@@ -988,77 +988,6 @@ class GradcompState:
         raise ValueError(f"gradcomp: rank(s) {bad} of the DDP module's group (ranks {theirs}) "
                          "registered a GradcompState made over other ranks (their error names "
                          f"them), so every rank of the group stops here; {do}")
-
-    def _note_found(self, found):
-        """Keeps the DDP found (_registering_ddps) weakly, with its settings and Join."""
-        self._found_ddp = weakref.ref(found)
-        self._found_opts = _ddp_opts(found)
-        self._found_join = _in_join(found)
-        self._found_params = frozenset(id(p) for p in found.parameters())
-        self._found_forward = True  # the forward of the backward that calls now
-        if self._found_join_hook is not None:
-            self._found_join_hook.remove()
-        # Read again at each of its forwards, which every rank makes alike while it is in
-        # use; not at the hook's calls, which a DDP made since (the model wrapped again)
-        # makes too: there a rank where the found one waits for the collector would read a
-        # Join entered after its last forward, which a rank where it is gone cannot.
-        self._found_join_hook = found.register_forward_pre_hook(_FoundJoinNote(self))
-
-    def _one_registering_ddp(self):
-        """The one DDP this state is the comm hook's state of (by register_comm_hook), or None.
-        A DDP dropped but not yet freed (a reference cycle waits for each process's collector,
-        at its own time) is collected first, so that the ranks decide alike; two that are
-        still alive are refused on every rank (the program holds both on each), before any
-        collective of the call."""
-        import gc
-
-        found = _registering_ddps(self)
-        if len(found) > 1:
-            found = None  # holds them: the collector must not see them referred to here
-            gc.collect()
-            found = _registering_ddps(self)
-        if len(found) > 1:
-            raise ValueError(
-                f"gradcomp: this GradcompState is the comm hook's state of {len(found)} live "
-                "DistributedDataParallel modules (register_comm_hook(state, hook) on each): its "
-                "residuals, step counter and the DDP settings it decides by are one model's. "
-                "Make one GradcompState per DDP model (as PowerSGD's state); for a model wrapped "
-                "again, drop the old DDP (del) before the new one's first step, or register "
-                "with gct.register_ddp_hook(ddp, state)")
-        return found[0] if found else None
-
-    def _refind_ddp(self, bucket):
-        """A call outside Join's shadow (register_comm_hook's hook): where the found DDP made no
-        forward since the last step's calls (the model wrapped again in a new DDP, whose Join
-        its pre-hook cannot see: a rank still training would go on watching while the joined
-        ranks' shadow calls keep nothing, and meet their collectives), or the bucket holds a
-        parameter it does not have (another model's DDP), looks for the calling DDP again and
-        reads its settings. Each is what the program does, alike on every rank; the search
-        makes no collective."""
-        if self._found_forward or not self._found_by_forward:
-            if all(id(p) in self._found_params for p in bucket.parameters()):
-                return
-        found = self._one_registering_ddp()
-        old = self._found_ddp()
-        if found is None:
-            # gc.freeze() since the first call, on every rank alike (README): the old settings
-            # stay, and the search is not made again at each step.
-            self._found_by_forward = False
-            self._found_params = self._found_params | {id(p) for p in bucket.parameters()}
-            self._warn_once("no-ddp-again", "gradcomp_hook found no DDP module with this "
-                            "GradcompState as its comm hook's state (gc.freeze()?) where it "
-                            "looked for the new DDP of a model wrapped again: the state keeps the "
-                            "settings of the DDP it found first; register with "
-                            "gct.register_ddp_hook(ddp, state) to have each DDP's own (warned "
-                            "once)")
-        elif found is old:
-            if not self._found_forward:
-                # Its forwards pass its pre-hooks by (ddp.forward called directly): not counted.
-                self._found_by_forward = False
-                self._found_forward = True
-            self._found_params = self._found_params | {id(p) for p in bucket.parameters()}
-        else:
-            self._note_found(found)
 
     def _check_usable(self):
         if self._aborted:
@@ -1481,9 +1410,8 @@ def register_ddp_hook(model, state, wrap=None):
     the state. Each DDP the state is registered on this way is checked at its own first
     hook call (a state over other ranks than the DDP's is refused on every rank of the DDP's
     group, ValueError naming both), where register_comm_hook leaves the state to find its DDP
-    among the interpreter's objects (gc.get_referrers: not after gc.freeze()) at its first call,
-    and again when another DDP calls (the model wrapped again: its settings read, its group not
-    checked). Call it on every rank of the DDP's group alike (before
+    among the interpreter's objects once (gc.get_referrers: not after gc.freeze(), and not a
+    DDP it is registered on later). Call it on every rank of the DDP's group alike (before
     the first step, as register_comm_hook).
 
     wrap: None, or a function that takes the hook and returns the hook to register, for
@@ -1532,7 +1460,7 @@ def register_ddp_hook(model, state, wrap=None):
         def registered(state, bucket):
             return inner(state, bucket)
 
-    registered._gradcomp_ddp = ref  # its calls name their DDP: _registering_ddps passes it by
+    registered._gradcomp_ddp = ref  # its calls name their DDP: _registering_ddp passes it by
     model.register_comm_hook(state, registered)
     state._ddps[model] = model.process_group
 
@@ -1575,12 +1503,11 @@ def _hook(state, bucket, ddp):
     return _reduce_bucket(state, bucket, buf, stream, ddp)
 
 
-def _registering_ddps(state):
-    """The DDP modules `state` is registered on as their comm hook's state: DDP keeps
+def _registering_ddp(state):
+    """The DDP module `state` is registered on as its comm hook's state, or None: DDP keeps
     (hook, state) in its _comm_hooks (register_comm_hook). Found among the referrers of that
-    pair (a walk of the interpreter's objects: once per state, and again where the calls come
-    from another DDP, _refind_ddp); none where this torch keeps no such list, or the hook is
-    called otherwise (not by a DDP). gc.get_referrers does
+    pair (each step a walk of the interpreter's objects, once per state); None where this torch
+    keeps no such list, or the hook is called otherwise (not by a DDP). gc.get_referrers does
     not see objects frozen by gc.freeze(): a program that freezes after register_comm_hook must
     do so on every rank of the DDP's group alike (README), or the ranks that find no DDP skip
     the check's all_gather that the others enter. Pairs of register_ddp_hook's hooks are passed
@@ -1588,7 +1515,6 @@ def _registering_ddps(state):
     import gc
 
     DDP = torch.nn.parallel.DistributedDataParallel
-    ddps = []
     for pair in gc.get_referrers(state):
         if (type(pair) is not tuple or len(pair) != 2 or pair[1] is not state
                 or getattr(pair[0], "_gradcomp_ddp", None) is not None):
@@ -1601,10 +1527,9 @@ def _registering_ddps(state):
                 found = [owner] if isinstance(owner, DDP) else (
                     gc.get_referrers(owner) if type(owner) is dict else [])
                 for ddp in found:
-                    if (isinstance(ddp, DDP) and getattr(ddp, "_comm_hooks", None) is hooks
-                            and not any(d is ddp for d in ddps)):
-                        ddps.append(ddp)
-    return ddps
+                    if isinstance(ddp, DDP) and getattr(ddp, "_comm_hooks", None) is hooks:
+                        return ddp
+    return None
 
 
 def _reduce_bucket(state, bucket, buf, stream, ddp=None):
@@ -1618,18 +1543,12 @@ def _reduce_bucket(state, bucket, buf, stream, ddp=None):
             if not state._ddp_group_checked:
                 state._check_ddp_group(buf.device)
             current = getattr(torch._C, "_current_graph_task_id", None)
-            if state._found_ddp is None:
-                pass
-            elif current is not None and current() == -1:
+            if state._found_ddp is not None and current is not None and current() == -1:
                 # A joined rank's shadow call (Join; before start_iter too): that rank makes no
                 # forward, so the found DDP's pre-hook (_FoundJoinNote) does not see the Join
                 # there, while the ranks still training do. Noted here, both keep nothing from
-                # then on (until a wrap again, where both read the new DDP's).
+                # then on, also after a wrap again (where neither reads that DDP any more).
                 state._found_join = True
-            else:
-                state._refind_ddp(bucket)
-                if last:
-                    state._found_forward = False
         return _reduce_noted(state, bucket, buf, stream, last, ddp)
     except BaseException:
         # The step is abandoned (DDP's backward raises): the next bucket 0, of this model's
@@ -1737,7 +1656,7 @@ def _watch_unused(state, ddp, plan, buf):
     if not found:  # register_ddp_hook's
         opts = _ddp_opts(ddp)
     elif state._found_opts is not None:
-        # register_comm_hook's: the settings of the DDP found last (_refind_ddp), whether it is
+        # register_comm_hook's: the settings of the DDP found at the first call, whether it is
         # still alive or not, so that every rank decides alike (each frees it at its own time).
         opts, ddp = state._found_opts, state._found_ddp()
         if ddp is None:
@@ -1813,7 +1732,6 @@ class _FoundJoinNote:
             # Kept once set, as torch keeps a DDP's Join (and as a joined rank's shadow call
             # sets it, _watch_unused, where that rank makes no forward).
             state._found_join = state._found_join or _in_join(ddp)
-            state._found_forward = True
 
     def __reduce__(self):
         return (_FoundJoinNote, ())
