@@ -53,9 +53,9 @@ gradcompResult_t beginCollective(gradcompComm& c, CallKind kind, size_t count, n
   if (c.verifyNext) {
     if (c.backend->capturing()) {
       return setError(gradcompInvalidUsage,
-                      "the first call after a state load or reset checks that all ranks agree "
-                      "(a host sync) and cannot be captured into a CUDA graph; make one eager "
-                      "call first");
+                      "the first call after a state load, reset or forget checks that all ranks "
+                      "agree (a host sync) and cannot be captured into a CUDA graph; make one "
+                      "eager call first");
     }
     GC_CHECK(agreement());
     c.verifyNext = false;

@@ -127,12 +127,13 @@ struct gradcompComm {
   // units the states are in (1 at creation; kept by a reset, restored by a
   // load). DGC clips at clipNorm times it.
   float gradScale = 1.0f;
-  // Set by a state load or reset: the next call first checks that every
-  // rank is at the same step (Transport::verifyCall).
+  // Set by a state load, reset or forget: the next call first checks that
+  // every rank is at the same step (Transport::verifyCall).
   bool verifyNext = false;
   // The schedule of the states the last load restored (gc::stateDigest in
-  // state.cc; 0 at creation and after a reset), part of every call's
-  // agreement (CallInfo::state).
+  // state.cc; 0 at creation and after a reset), plus a record of each key
+  // or buffer forgotten since (forgetStates), part of every call's agreement
+  // (CallInfo::state).
   uint32_t stateDigest = 0;
   bool warnedCheckCapture = false;  // GRADCOMP_CHECK_CALLS skipped a captured call
   // The current call failed on every rank alike, after the ranks compared it

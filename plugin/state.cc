@@ -1053,10 +1053,13 @@ gradcompResult_t forgetStates(gradcompComm* comm, bool keyed, uint64_t id) {
       ++it;
     }
   }
-  // The buffers that come after are new by design: the late-buffer warning
-  // (findState) counts from here, as from a reset.
-  comm->stateCalls = 0;
-  comm->firstStateReuse = 0;
+  // A buffer forgotten comes again as new by design: the late-buffer warning
+  // (findState, unkeyed buffers only) counts from here, as from a reset. A
+  // key forgotten makes no unkeyed buffer new: its count goes on.
+  if (!keyed) {
+    comm->stateCalls = 0;
+    comm->firstStateReuse = 0;
+  }
   comm->verifyNext = true;
   // Added, as stateDigest's records are: ranks that forget the same keys
   // between two calls agree in whatever order they forgot them.

@@ -47,7 +47,8 @@ struct CallInfo {
   int type = -1;  // ncclDataType_t
   int op = -1;    // ncclRedOp_t
   int kind = kCallAllReduce;
-  // The schedule of the last loaded state (gradcompComm::stateDigest): ranks
+  // The schedule of the last loaded state and the forgets since
+  // (gradcompComm::stateDigest): ranks
   // restored from checkpoints of different runs at the same step would size
   // their messages differently (DGC's warm-up, DQ-SGD's bits). A refused
   // call's: what it refused (CallRefusal).

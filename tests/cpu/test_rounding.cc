@@ -359,7 +359,7 @@ TEST(RoundingConfig, ConfigOfAnOlderLayoutNeverHasRoundingRead) {
 
   c.structSize = offsetof(gradcompConfig_t, rounding);
   const std::string expect =
-      "config structSize=140 is not the size of a gradcompConfig_t this library (0.6.0) knows "
+      "config structSize=140 is not the size of a gradcompConfig_t this library (0.7.0) knows "
       "(120, 128, 136, 144, 152, 160 or 168 bytes): start from gradcompConfigInit, which passes "
       "sizeof(gradcompConfig_t)";
   EXPECT_EQ(gradcompConfigValidate(&c), gradcompInvalidArgument);

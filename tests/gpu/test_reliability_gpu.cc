@@ -133,7 +133,7 @@ TEST_F(ReliabilityGpu, EliasDecoderBoundsBucketOffsets) {
   const float one = 1.0f;
   memcpy(&enc[0], &one, 4);
   memcpy(&enc[1], &one, 4);
-  enc[2] = 0;
+  enc[2] = 7;  // offsets[0]: the levels (bucket 0 starts at word 0)
   enc[3] = 256;
   enc[4] = 2;
   enc[5] = enc[6] = 0xffffffffu;
