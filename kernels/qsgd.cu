@@ -242,9 +242,11 @@ __device__ __forceinline__ void decodeBucket(const uint32_t (&chunk)[R], bool wh
 // segment's).
 // kOut, kDivide: the output's type, and whether each value is divided by
 // `divisor` before it is stored (storeOut4); accumulate: fp32 undivided only.
-// flag (may be null): set to 1 where a value stored is a NaN or an infinity
-// (never cleared here; qsgdDecodeToOutput).
-template <int R, int kBits, DType kOut = DType::F32, bool kDivide = false>
+// kFlag: flag (may be null) is set to 1 where a value stored is a NaN or an
+// infinity (never cleared here; qsgdDecodeToOutput); without it (the single
+// decode) no value is tested, so that kernel's code is what it was before
+// the flag.
+template <int R, int kBits, DType kOut = DType::F32, bool kDivide = false, bool kFlag = false>
 __device__ __forceinline__ void decodeWarpBlock(const float* __restrict__ scales,
                                                 const uint32_t* __restrict__ words, size_t n,
                                                 int bitsArg, void* __restrict__ out,
@@ -285,13 +287,16 @@ __device__ __forceinline__ void decodeWarpBlock(const float* __restrict__ scales
                         for (int c = 0; c < 4; ++c) d[c] = fadd(o[c], d[c]);
                       }
                       store4(o32, i, rowVec, n, d);
-                      bad |= anyNonFinite4(d, i, rowVec, n);
+                      if constexpr (kFlag) bad |= anyNonFinite4(d, i, rowVec, n);
                     } else {
-                      bad |= storeOut4<kOut, kDivide>(out, i, rowVec, n, d, divisor);
+                      const bool b = storeOut4<kOut, kDivide>(out, i, rowVec, n, d, divisor);
+                      if constexpr (kFlag) bad |= b;
                     }
                   });
   // Any lane that stored one: the same value, so the race is benign.
-  if (bad && flag != nullptr) *flag = 1.0f;
+  if constexpr (kFlag) {
+    if (bad && flag != nullptr) *flag = 1.0f;
+  }
 }
 
 // kBits: the width as a constant (4 at the default bucket: qsgdDecode), so
@@ -334,8 +339,8 @@ __global__ void __launch_bounds__(kWarpThreads, 12)
                               float divisor, float* flag) {
   const WarpDecodeSegment& s = batch.seg[blockIdx.y];
   if ((size_t)blockIdx.x * kWarpsPerBlock * (kRow * R) >= s.n) return;
-  decodeWarpBlock<R, kBits, kOut, kDivide>(s.scales, s.words, s.n, bitsArg, s.out, accumulate,
-                                           s.alignedOut, blockIdx.x, divisor, flag);
+  decodeWarpBlock<R, kBits, kOut, kDivide, true>(s.scales, s.words, s.n, bitsArg, s.out, accumulate,
+                                                 s.alignedOut, blockIdx.x, divisor, flag);
 }
 
 // One term of a fused sum as the kernel reads it (SumTerm): an encoding's

@@ -628,7 +628,8 @@ TEST_F(QsgdGpu, BatchedDecodeGivesEachSegmentItsOwnDecode) {
 // a NaN or an infinity in its type: finite inputs leave it as it was (0 stays
 // 0, 1 stays 1: never cleared), a NaN input sets it, and so does a finite
 // fp32 value past fp16's range stored as fp16 (not as fp32 or bf16), divided
-// or not; outputs aligned and one element off; every warp bucket. A flag
+// or not, and a sum of finite terms past fp32's range (every type); outputs
+// aligned and one element off (the sum's too); every warp bucket. A flag
 // read off the fp32 value instead of the stored one, one lane's store lost,
 // or a tail lane past the end counted would show here. Without a warp path
 // (96) a flag is refused: the backends make a pass instead.
@@ -642,7 +643,9 @@ TEST_F(QsgdGpu, OutputKernelsFlagWhatTheyStore) {
                             {gc::DType::F16, 1.0f},
                             {gc::DType::F16, 3.0f},
                             {gc::DType::BF16, 1.0f}};
-  enum Kind { kFinite, kNaN, kPastHalf };
+  // kPastHalf: a segment's scale past 3 * 65504; kPastF32: one value of 3e38
+  // in a segment and in the sum's own block (their sum overflows fp32).
+  enum Kind { kFinite, kNaN, kPastHalf, kPastF32 };
   DeviceBuffer<float> flag(1);
   auto runFlagged = [&](float before, auto&& launch) -> float {
     flag.upload({before});
@@ -654,7 +657,7 @@ TEST_F(QsgdGpu, OutputKernelsFlagWhatTheyStore) {
     const int bits = 4;
     for (const Output& o : outputs) {
       const size_t esz = gc::dtypeBytes(o.t);
-      for (Kind kind : {kFinite, kNaN, kPastHalf}) {
+      for (Kind kind : {kFinite, kNaN, kPastHalf, kPastF32}) {
         for (int segsUsed : {1, 4}) {
           SCOPED_TRACE(testing::Message()
                        << "d=" << d << " type=" << (int)o.t << " divisor=" << o.divisor
@@ -675,6 +678,7 @@ TEST_F(QsgdGpu, OutputKernelsFlagWhatTheyStore) {
           if (kind == kPastHalf) {
             for (float& v : xs[bad]) v *= 4.0e5f;  // the bucket's scale past 3 * 65504
           }
+          if (kind == kPastF32) xs[bad][1] = 3.0e38f;
           std::vector<uint8_t> encs(nIn, 0);
           for (int j = 0; j < 4; ++j) {
             gc::host::qsgdEncode(xs[j].data(), gc::DType::F32, nullptr, lens[j], bits, d, 40 + j,
@@ -692,7 +696,8 @@ TEST_F(QsgdGpu, OutputKernelsFlagWhatTheyStore) {
               anyBad |= !std::isfinite(gc::loadAsFloat(want.data() + out[j] * esz, o.t, e));
             }
           }
-          ASSERT_EQ(anyBad, kind == kNaN || (kind == kPastHalf && o.t == gc::DType::F16))
+          ASSERT_EQ(anyBad, kind == kNaN ||
+                                ((kind == kPastHalf || kind == kPastF32) && o.t == gc::DType::F16))
               << "the case is not the one meant";
           DeviceBuffer<uint8_t> denc(nIn), dout(nOut * esz);
           ASSERT_EQ(cudaMemcpy(denc.get(), encs.data(), nIn, cudaMemcpyHostToDevice), cudaSuccess);
@@ -728,7 +733,8 @@ TEST_F(QsgdGpu, OutputKernelsFlagWhatTheyStore) {
             gc::host::qsgdEncode(x.data(), gc::DType::F32, nullptr, n, bits, d, 80 + j, false,
                                  false, sumEnc[j].data());
           }
-          const std::vector<float> own = gctest::normal(n, 5 + d, 1.0f);
+          std::vector<float> own = gctest::normal(n, 5 + d, 1.0f);
+          if (kind == kPastF32) own[1] = 3.0e38f;
           DeviceBuffer<float> ownBuf(n), scratch(n);
           ownBuf.upload(own);
           std::vector<std::unique_ptr<DeviceBuffer<uint8_t>>> encBufs;
@@ -739,13 +745,14 @@ TEST_F(QsgdGpu, OutputKernelsFlagWhatTheyStore) {
                       cudaSuccess);
           }
           for (int count : {3, 17}) {
-            // The own block second, the bad segment's term last but one (in
-            // a chained sum, in the first launch: the last launch's store
+            // The own block second, the bad segment's term last (in a
+            // chained sum, last in the first launch: the last launch's store
             // must still see it), the others the used segments in turn.
             std::vector<gc::SumTerm> terms;
             std::vector<int> order;
+            const int badAt = count > 16 ? 15 : count - 1;
             for (int k = 0; k < count; ++k) {
-              const int j = k == 1 ? -1 : (k == count - 2 ? bad : k % (bad + 1));
+              const int j = k == 1 ? -1 : (k == badAt ? bad : k % (bad + 1));
               order.push_back(j);
               terms.push_back(j < 0 ? gc::SumTerm{ownBuf.get(), true}
                                     : gc::SumTerm{encBufs[j]->get(), false});
@@ -765,17 +772,21 @@ TEST_F(QsgdGpu, OutputKernelsFlagWhatTheyStore) {
               gc::storeFromFloat(sumWant.data(), o.t, e, w);
               sumBad |= !std::isfinite(gc::loadAsFloat(sumWant.data(), o.t, e));
             }
-            if (kind == kFinite) ASSERT_FALSE(sumBad) << "the case is not the one meant";
-            if (kind == kNaN) ASSERT_TRUE(sumBad) << "the case is not the one meant";
-            DeviceBuffer<uint8_t> sout(n * esz);
+            ASSERT_EQ(sumBad, kind == kNaN || kind == kPastF32 ||
+                                  (kind == kPastHalf && o.t == gc::DType::F16))
+                << "the case is not the one meant";
+            // The chained sum's output one element off (its scalar stores).
+            const size_t off = count > 16 ? 1 : 0;
+            DeviceBuffer<uint8_t> sout((n + 1) * esz);
             for (float before : {0.0f, 1.0f}) {
               const float got = runFlagged(before, [&](float* f) {
                 return gc::cuda::qsgdSum(terms.data(), count, n, bits, d, o.divisor, o.t,
-                                         sout.get(), scratch.get(), stream, f);
+                                         sout.get() + off * esz, scratch.get(), stream, f);
               });
               EXPECT_EQ(got, sumBad || before != 0.0f ? 1.0f : 0.0f)
                   << "sum of " << count << " terms, flag was " << before;
-              ASSERT_EQ(sout.download(n * esz), sumWant) << "sum of " << count << " terms";
+              ASSERT_EQ(sout.download(n * esz, off * esz), sumWant)
+                  << "sum of " << count << " terms";
             }
           }
         }
