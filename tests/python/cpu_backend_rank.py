@@ -251,7 +251,8 @@ def fsdp_factor(out, rank):
     (f2 for both steps, step 1's loss times f2/f1: step 1's gradients, the residual's weight in
     them, are the changed run's, and no factor changes). Powers of two: QSGD's results scale
     bit for bit. "replicas_*": the same of GradcompReplicaAllReduce, HSDP by hand over 2
-    replicas of one shard (an Avg over the replicas become a Sum)."""
+    replicas of one shard (an Avg over the replicas become a Sum). "warned": whether the
+    state warned that an fp16 input was not scaled into the residual's unit."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
@@ -292,22 +293,25 @@ def fsdp_factor(out, rank):
 
     res = {}
     for name, (f1, f2, opts) in cases.items():
-        model, state = make(opts)
-        changed = [step(model, 0, f1), step(model, 1, f2)]
-        state.close()
-        model, state = make(opts)
-        step(model, 0, f1)
-        blob = state.state_dict()
-        state.close()
-        model, state = make(opts, blob)
-        resumed = step(model, 1, f2)
-        state.close()
-        model, state = make(opts)
-        reference = [step(model, 0, f2, (f2 or world) / (f1 or world)), step(model, 1, f2)]
-        state.close()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model, state = make(opts)
+            changed = [step(model, 0, f1), step(model, 1, f2)]
+            state.close()
+            model, state = make(opts)
+            step(model, 0, f1)
+            blob = state.state_dict()
+            state.close()
+            model, state = make(opts, blob)
+            resumed = step(model, 1, f2)
+            state.close()
+            model, state = make(opts)
+            reference = [step(model, 0, f2, (f2 or world) / (f1 or world)), step(model, 1, f2)]
+            state.close()
         res[name] = {"step1": torch.equal(changed[0], reference[0]),
                      "changed": torch.equal(changed[1], reference[1]),
-                     "resumed": torch.equal(resumed, reference[1])}
+                     "resumed": torch.equal(resumed, reference[1]),
+                     "warned": any("under an fp16 reduce" in str(w.message) for w in caught)}
     return [], res
 
 

@@ -3628,8 +3628,9 @@ class CpuBackendFsdp(unittest.TestCase):
         silently, also in a run resumed at the new factor. Every case's second step, run
         through or resumed from the first's state dict, is bit for bit that of a run at the
         new factor throughout whose first step's gradients are the same (its loss scaled by
-        f2/f1). GradcompReplicaAllReduce (HSDP by hand, the factor making its Avg over the
-        replicas a Sum) alike."""
+        f2/f1); but fp16's, which is not scaled (the multiply could overflow what FSDP divided to
+        keep finite) and warns. GradcompReplicaAllReduce (HSDP by hand, the factor making its
+        Avg over the replicas a Sum) alike."""
         import gradcomp.torch.fsdp
 
         reason = gradcomp.torch.fsdp.unsupported_reason()
@@ -3641,8 +3642,12 @@ class CpuBackendFsdp(unittest.TestCase):
                                                   "premul_to_avg", "premul_to_premul",
                                                   "replicas_avg_to_sum", "replicas_sum_to_sum"])
             for name, got in results[r].items():
-                self.assertEqual(got, {"step1": True, "changed": True, "resumed": True},
-                                 f"rank {r} {name}")
+                # fp16: FSDP divides the input before the call so that the sum stays finite;
+                # a multiply into the residual's unit could undo that, so the state takes the
+                # new unit instead (the carry off by the factors' ratio for one step), warned.
+                fp16 = name == "fp16"
+                self.assertEqual(got, {"step1": True, "changed": not fp16, "resumed": not fp16,
+                                       "warned": fp16}, f"rank {r} {name}")
 
     def test_one_hook_installed_on_two_modules_is_refused(self):
         """One GradcompReduceScatter installed on two FSDP modules of one size (set by hand):

@@ -1077,15 +1077,27 @@ class GradcompState:
                             "such as torch.compile's, whose names start with '_orig_mod.'), "
                             "with the same parameters frozen (warned once)")
 
-    def _fsdp_unit_factor(self, key, weight):
+    def _fsdp_unit_factor(self, key, weight, scalable=True):
         """The factor FSDP2's hooks multiply a call's input under residual key `key` by, and
         divide its output by (1 but where FSDP's division changed): weight, the weight of one
         unit of this call's input in the gradient FSDP leaves, over the weight the key's
         residual (and DGC's velocity) was made in. The residual holds what earlier steps did
         not send in that unit; a divide factor changed since (set_gradient_divide_factor, an
         Avg become a pre-multiplied Sum, FSDP's post-division) would otherwise add it to the
-        gradient weighed by the new factor instead of the one it was divided by."""
-        return weight / self._key_scales.setdefault(key, weight)
+        gradient weighed by the new factor instead of the one it was divided by.
+        scalable False (an fp16 input: FSDP divides it before the call so that the sum does not
+        overflow, which a multiply by the factor would undo): the key takes the new unit
+        instead, its carried residual weighed by the new factor for one step (warned once)."""
+        unit = weight / self._key_scales.setdefault(key, weight)
+        if unit != 1.0 and not scalable:
+            self._key_scales[key] = weight
+            self._warn_once("fsdp-unit-fp16", "FSDP's gradient division changed between steps "
+                            "under an fp16 reduce: gradcomp does not scale fp16 gradients into "
+                            "the residual's unit (the multiply could overflow what FSDP divided "
+                            f"to keep finite), so what earlier steps left is weighed by the new "
+                            f"division (x{unit:g}) at the next step, once (warned once)")
+            return 1.0
+        return unit
 
     def _count_fsdp_step(self, key):
         """The step counter under FSDP2's hooks, as the DDP hook's (iter: steps whose calls went

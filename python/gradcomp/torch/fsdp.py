@@ -64,7 +64,8 @@ class GradcompReduceScatter(_Base):
     (sharded after registering: FSDP reduces them uncompressed).
     The residual keeps the unit of the key's first call: where FSDP's division changes later
     (set_gradient_divide_factor again, fp16's or a forced sum's post-division; known from
-    `module`), the call's input is scaled into it and the output back. One hook object per
+    `module`), the call's input is scaled into it and the output back (not an fp16 input,
+    whose pre-division keeps the sum finite: the unit follows it, warned). One hook object per
     module: installed on a second one too, its first call (with `module`) refuses.
     Making one marks the state as FSDP's: every parameter is compressed (FSDP's
     whole flat buffer), so state.param_groups() puts every parameter in the
@@ -209,7 +210,7 @@ class GradcompReduceScatter(_Base):
         # Without the module, FSDP's division after the call is not known: not followed.
         after = _division_after(self.module, group, inp.dtype, inp.device.type)
         unit = 1.0 if after is None else self.state._fsdp_unit_factor(
-            key, (1.0 / size if opname == "avg" else 1.0) / after)
+            key, (1.0 / size if opname == "avg" else 1.0) / after, inp.dtype != torch.float16)
         if unit != 1.0:
             inp.mul_(unit)
         before = comm.call_counts()
@@ -364,7 +365,8 @@ class GradcompReplicaAllReduce:
         # As GradcompReduceScatter's: the residual stays in the unit of the key's first call.
         after = _division_after(self.module, None, t.dtype, t.device.type)
         unit = 1.0 if after is None else self.state._fsdp_unit_factor(
-            key, (1.0 / self.state.world_size if opname == "avg" else 1.0) / after)
+            key, (1.0 / self.state.world_size if opname == "avg" else 1.0) / after,
+            t.dtype != torch.float16)
         if unit != 1.0:
             t.mul_(unit)
         before = comm.call_counts()
@@ -518,7 +520,7 @@ def _division_after(module, group, dtype, device_type):
         _, post, _, replica_op = _get_gradient_divide_factors(
             group, replicas, dtype, device_type, g.gradient_divide_factor,
             g.force_sum_reduction_for_comms)
-    except (ImportError, AttributeError, TypeError):
+    except (ImportError, AttributeError, TypeError, ValueError):
         return None
     div = float(post) if post else 1.0
     if replicas is not None and replica_op == dist.ReduceOp.AVG:
