@@ -311,6 +311,7 @@ def fsdp_factor(out, rank):
         res[name] = {"step1": torch.equal(changed[0], reference[0]),
                      "changed": torch.equal(changed[1], reference[1]),
                      "resumed": torch.equal(resumed, reference[1]),
+                     "resumed_as_changed": torch.equal(resumed, changed[1]),
                      "warned": any("under an fp16 reduce" in str(w.message) for w in caught)}
     return [], res
 
