@@ -203,8 +203,14 @@ gradcompResult_t eliasCheckLevels(const void* in, size_t count, const elias::Par
   if (count == 0) return gradcompSuccess;  // no bucket: offsets[0] is the stream length
   uint32_t levels;
   memcpy(&levels, static_cast<const char*>(in) + eliasLevelsWordOffset(count, p.bucket), 4);
-  // A word no encoder writes (0, past the range): not an encoding at all, which the decode's
-  // own check refuses as malformed, rather than one of other levels.
+  // 0 is what every build before 0.7.0 wrote there (bucket 0's offset): said so, as an
+  // encoding kept from such a build otherwise reads as merely malformed.
+  GC_ARG(levels != 0,
+         "the Elias encoding records no levels (its offsets[0] is 0): it was made by a gradcomp "
+         "before 0.7.0, whose encodings this build does not decode (or it is not an Elias "
+         "encoding); encode the values again with this build");
+  // A word past the range, which no encoder writes: not an encoding at all, which the
+  // decode's own check refuses as malformed, rather than one of other levels.
   if (levels < (uint32_t)elias::kMinLevels || levels > (uint32_t)elias::kMaxLevels) {
     return gradcompSuccess;
   }

@@ -537,15 +537,19 @@ TEST(EliasHost, DecodeWithOtherLevelsIsRefusedNamingBoth) {
     const float v = (float)abs(parsed.level[i]) / 7.0f * parsed.scales[i / 64];
     ASSERT_EQ(out[i], parsed.level[i] < 0 ? -v : v) << i;
   }
-  // A level word no encoder writes (0, past 65535): malformed bytes, not
-  // an encoding of other levels.
+  // A level word no encoder writes (past 65535): malformed bytes, not an
+  // encoding of other levels. 0, what builds before 0.7.0 wrote there: an
+  // old encoding, said so (a decoder without the word would read it right).
   for (uint32_t bad : {0u, 65536u}) {
+    SCOPED_TRACE(bad);
     Encoded w = e;
     memcpy(w.bytes.data() + 4 * 4, &bad, 4);  // offsets[0], after 4 scales
-    EXPECT_EQ(gradcompEliasDecodeHost(w.bytes.data(), w.bytes.size(), 200, &p, out.data(), 0),
+    std::vector<float> kept(200, 7.0f);
+    EXPECT_EQ(gradcompEliasDecodeHost(w.bytes.data(), w.bytes.size(), 200, &p, kept.data(), 1),
               gradcompInvalidArgument);
-    EXPECT_NE(strstr(gradcompGetLastError(), "not a well-formed Elias encoding"), nullptr)
-        << gradcompGetLastError();
+    const char* said = bad == 0 ? "made by a gradcomp before 0.7.0" : "not a well-formed Elias";
+    EXPECT_NE(strstr(gradcompGetLastError(), said), nullptr) << gradcompGetLastError();
+    for (float v : kept) ASSERT_EQ(v, 7.0f);
   }
   const Encoded none = encode({}, p, 2);
   const auto q = params(15, 64);
