@@ -6,7 +6,7 @@ fsdp_frozen|fsdp_frozen_resume|fsdp_late_root|dgc|subgroups|
 restart|scaler|abort|replicas|ddp_group|ddp_register|overflow|compose|disagree|unused|
 unused_nan|unused_join|unused_mixed|unused_rewrapped|unused_rewrapped_gc|
 unused_rewrapped_join_gc|unused_rewrapped_join_eval_gc|unused_rewrapped_idle_join|
-unused_static
+unused_static|patterns|compiled
 OUT (the env:// variables from tools/gc_ranks.py).
 
 Records every call the hook (DDP) or the reduce-scatter (FSDP) gets, its input before and its
@@ -1728,6 +1728,159 @@ def unused_static(out, rank):
     st.close()
     return [], {"carried": carried, "grad_none": grad_none, "rebuilt": rebuilt}
 
+
+def _recorded_run(rank, make, micro=1, none=True, compiled=False, **ddp_kw):
+    """STEPS optimizer steps of momentum SGD on a DDP model (bucket_cap_mb=0.005 unless given),
+    each of `micro` backward passes, all but the last inside ddp.no_sync(). Every hook call is
+    recorded as in ddp (its bucket before and its result after, the plan), with the micro-step
+    it came in; after each step's backward, the number of the buckets' parameters whose .grad is
+    not their slice of the hook's result, and state.iter."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    records, at = [], [0, 0]
+    model = make()
+    d = DDP(model, **dict({"bucket_cap_mb": 0.005}, **ddp_kw))
+    st = gct.GradcompState(module=model, start_iter=START, backend="cpu", config=config())
+
+    def recording(hook):
+        def hook_(state, bucket):
+            compressed = state.iter >= state.start_iter
+            rec = {"step": at[0], "micro": at[1], "index": bucket.index(),
+                   "compressed": compressed, "input": bucket.buffer().clone()}
+            records.append(rec)
+            fut = hook(state, bucket)
+            if compressed:
+                plan = state._plans[tuple(id(p) for p in bucket.parameters())]
+                rec.update(comp=plan["comp"], full=plan["full"], key=plan["key"],
+                           comp_n=plan["comp_n"])
+            rec["params"] = bucket.parameters()
+
+            def done(f):
+                rec["output"] = f.value().clone()
+                return f.value()
+
+            return fut.then(done)
+        return hook_
+
+    gct.register_ddp_hook(d, st, wrap=recording)
+    run = torch.compile(d) if compiled else d
+    opt = torch.optim.SGD(d.parameters(), lr=0.1, momentum=0.9)
+    res = {"iter": [], "undelivered": []}
+    for step in range(STEPS):
+        at[0] = step
+        opt.zero_grad(set_to_none=none)
+        for k in range(micro):
+            at[1] = k
+            x, y = batch(10 * step + k, rank, 32)
+            with d.no_sync() if k < micro - 1 else contextlib.nullcontext():
+                nn.functional.cross_entropy(run(x), y).backward()
+        bad = 0
+        for rec in records:
+            o = 0
+            for p in rec.pop("params", ()):
+                g = p.grad
+                n = p.numel()
+                bad += g is None or not torch.equal(g.reshape(-1), rec["output"][o:o + n])
+                o += n
+        res["undelivered"].append(bad)
+        res["iter"].append(st.iter)
+        opt.step()
+    st.close()
+    return records, res
+
+
+def _mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 40, bias=False),
+                         nn.ReLU(), nn.Linear(40, 5), nn.LayerNorm(5))
+
+
+def _carry_run(rank, make, use, micro=1, bav=False, none=True):
+    """UnusedNet-style training with DDP(find_unused_parameters=True) on top-k (select="exact"):
+    use(step, micro_step, rank) says whether p is used; `micro` backward passes a step, all but
+    the last inside ddp.no_sync(); after step UNUSED_AT + 1, UNUSED_FLUSH steps of zero loss
+    drain the residual. By step: p's slice of each hook call's bucket and result, p.grad after
+    the step's backward (0 where None), and the slices the state keeps (state._carry)."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    torch.manual_seed(0)
+    m = make()
+    d = DDP(m, find_unused_parameters=True, gradient_as_bucket_view=bav)
+    cfg = gradcomp.Config(from_env=False, method="topk", density=0.05, select="exact",
+                          min_elements=0, auto_tune=0)
+    st = gct.GradcompState(module=m, start_iter=1, backend="cpu", config=cfg)
+    rec = {"input": [], "output": [], "grad": [], "carried": []}
+    gct.register_ddp_hook(d, st, wrap=recording_p(m, rec))
+    for s in range(UNUSED_AT + 2 + UNUSED_FLUSH):
+        d.zero_grad(set_to_none=none)
+        m.zero = s > UNUSED_AT + 1
+        for k in range(micro):
+            m.use_p = use(s, k, rank)
+            x = torch.randn(8, 32, generator=torch.Generator().manual_seed(100 * s + 10 * k + rank))
+            with d.no_sync() if k < micro - 1 else contextlib.nullcontext():
+                d(x).square().sum().backward()
+        g = m.p.grad
+        rec["grad"].append(torch.zeros(m.p.numel()) if g is None else g.reshape(-1).clone())
+        rec["carried"].append(len(st._carry))
+    st.close()
+    return rec
+
+
+class _CheckpointedUnused(UnusedNet):
+    """UnusedNet with p's use under torch.utils.checkpoint (use_reentrant=False)."""
+
+    def forward(self, x):
+        from torch.utils.checkpoint import checkpoint
+
+        h = checkpoint(lambda t: t @ self.p if self.use_p else t, self.a(x), use_reentrant=False)
+        return h * 0 if self.zero else h
+
+
+def patterns(out, rank):
+    """The DDP hook under training patterns (test_torch.CpuBackendDdpPatterns), 2 ranks.
+    Records by case, for a serial reference (as ddp): "no_sync", gradient accumulation (3
+    backward passes a step, the first two inside ddp.no_sync()); "no_sync_view", the same with
+    gradient_as_bucket_view=True and zero_grad(set_to_none=False) (the passes accumulate in the
+    buckets themselves). Results by case: state.iter after each step, and the parameters whose
+    .grad is not the hook's result. "carry": the unused-parameter carry (UnusedNet,
+    find_unused_parameters=True) under no_sync and under activation checkpointing, by case as
+    _carry_run records it."""
+    records, res = {}, {}
+    for name, kw in (("no_sync", {}),
+                     ("no_sync_view", {"none": False, "gradient_as_bucket_view": True})):
+        records[name], res[name] = _recorded_run(rank, _mlp, micro=3, **kw)
+    at = UNUSED_AT
+    records["carry"] = {
+        # p used in a no_sync pass only at step UNUSED_AT, on every rank or on rank 0 only:
+        # DDP counts it used (it accumulates the passes' use) and gives it its slice of the
+        # result (on rank 1 too, whose input slice is zero), which must not be kept as well.
+        "used_in_no_sync_only": _carry_run(rank, UnusedNet, lambda s, k, r: s != at or k == 0,
+                                           micro=3),
+        "used_in_no_sync_only_view": _carry_run(rank, UnusedNet,
+                                                lambda s, k, r: s != at or k == 0, micro=3,
+                                                bav=True, none=False),
+        "used_in_no_sync_on_rank_0": _carry_run(
+            rank, UnusedNet, lambda s, k, r: s != at or (k == 0 and r == 0), micro=3),
+        # p unused in every pass of step UNUSED_AT on every rank: its released slice is kept.
+        "unused_in_every_pass": _carry_run(rank, UnusedNet, lambda s, k, r: s != at, micro=3),
+        # Under checkpointing (the backward recomputes p's use): unused on every rank at
+        # UNUSED_AT, on rank 0 only at UNUSED_AT + 1.
+        "checkpoint": _carry_run(rank, _CheckpointedUnused,
+                                 lambda s, k, r: s != at and not (s == at + 1 and r == 0)),
+    }
+    return records, res
+
+
+def compiled(out, rank):
+    """torch.compile of the DDP model (DDPOptimizer keeps DDP's buckets and the comm hook), its
+    hook calls recorded as in patterns: "compiled" with one bucket (bucket_cap_mb's default:
+    DDPOptimizer refuses a bucket_cap_mb below its first bucket's)."""
+    records, res = {}, {}
+    records["compiled"], res["compiled"] = _recorded_run(rank, _mlp, compiled=True,
+                                                         bucket_cap_mb=25)
+    return records, res
+
+
 def _error(fn):
     try:
         fn()
@@ -1893,7 +2046,8 @@ def main():
                      "unused_rewrapped_join_gc": unused_rewrapped_join_gc,
                      "unused_rewrapped_join_eval_gc": unused_rewrapped_join_eval_gc,
                      "unused_rewrapped_idle_join": unused_rewrapped_idle_join,
-                     "unused_static": unused_static}[mode](out, rank)
+                     "unused_static": unused_static,
+                     "patterns": patterns, "compiled": compiled}[mode](out, rank)
     torch.save(records, f"{out}.rank{rank}.pt")
     with open(f"{out}.rank{rank}.json", "w") as f:
         json.dump(res, f)

@@ -3483,6 +3483,108 @@ class CpuBackendTorchCompositions(unittest.TestCase):
         self.assertEqual(results[0]["join"], results[1]["join"])
 
 
+def serial_reference(test, recs, what):
+    """Each hook call's result on each of 2 ranks (recs: their lists of records, as
+    cpu_backend_rank.py's ddp writes them) is bit for bit the serial reference on the in-process
+    CPU world: the mean x_0/2 + x_1/2 where the hook sends full precision, the library's keyed
+    Avg allreduce of the gathered compressed parts, in the hook's call order, elsewhere.
+    Returns the kinds of calls seen ("full precision", "mixed", "whole")."""
+    import gradcomp
+
+    N = 2
+    test.assertEqual(len(recs[0]), len(recs[1]), what)
+    kinds = set()
+    cfg = gradcomp.Config(from_env=False, method="qsgd", bits=4, min_elements=0)
+    with gradcomp.CpuWorld(N, cfg) as world:
+        for k, rec0 in enumerate(recs[0]):
+            xs = [recs[r][k]["input"] for r in range(N)]
+            want = xs[0] * (1.0 / N) + xs[1] * (1.0 / N)
+            if rec0["compressed"] and rec0["comp_n"]:
+                idx = torch.cat([torch.arange(o, o + n) for o, n in rec0["comp"]])
+                parts = [x[idx].contiguous() for x in xs]
+                world.run(lambda c: c.allreduce(parts[c.rank], op="avg", key=rec0["key"]))
+                want[idx] = parts[0]
+                kinds.add("whole" if not rec0["full"] else "mixed")
+            else:
+                kinds.add("full precision")
+            for r in range(N):
+                same_bits(test, recs[r][k]["output"], want,
+                          f"{what}: rank {r} step {rec0['step']} bucket {rec0['index']}")
+    return kinds
+
+
+@unittest.skipIf(torch is None, "PyTorch is not installed")
+class CpuBackendDdpPatterns(unittest.TestCase):
+    """The DDP hook under common training patterns on 2 gloo processes (cpu_backend_rank.py
+    patterns, one launch for the class; compiled): gradient accumulation with ddp.no_sync(),
+    the unused-parameter carry under it and under activation checkpointing (use_reentrant=
+    False), torch.compile of the DDP model. Each hook call's result is bit for bit the serial
+    reference (error feedback carried from call to call), and reaches the parameters' .grad."""
+
+    results = None
+
+    def launch(self):
+        if CpuBackendDdpPatterns.results is None:
+            CpuBackendDdpPatterns.results = launch_ranks(self, "patterns")
+        return CpuBackendDdpPatterns.results
+
+    def _check(self, name, micro=1):
+        records, results = self.launch()
+        recs = [records[r][name] for r in range(2)]
+        kinds = serial_reference(self, recs, name)
+        self.assertIn("mixed", kinds, name)
+        for r in range(2):
+            # One step counted per optimizer step (the synced pass), whatever the passes.
+            self.assertEqual(results[r][name]["iter"], list(range(1, 6)), f"{name} rank {r}")
+            self.assertEqual(results[r][name]["undelivered"], [0] * 5, f"{name} rank {r}")
+            # The hook runs in the synced pass only, and compresses from step START on.
+            self.assertEqual({rec["micro"] for rec in recs[r]}, {micro - 1}, f"{name} rank {r}")
+            self.assertTrue(any(rec["compressed"] and rec["comp_n"] for rec in recs[r]))
+
+    def test_gradient_accumulation_with_no_sync(self):
+        """3 backward passes a step, the first two inside ddp.no_sync(): the hook gets the
+        accumulated gradient once a step, and its step counter counts steps, not passes. Also
+        with gradient_as_bucket_view=True and zero_grad(set_to_none=False), where the passes
+        accumulate in DDP's buckets themselves and the result written there is .grad."""
+        self._check("no_sync", micro=3)
+        self._check("no_sync_view", micro=3)
+
+    def test_the_unused_parameter_carry_under_accumulation_and_checkpointing(self):
+        """DDP(find_unused_parameters=True) on top-k: p used in a no_sync pass only at step
+        UNUSED_AT, on every rank or on rank 0 only (DDP counts it used and gives it its slice,
+        also where its input slice is zero: nothing is kept), unused in every pass of that step
+        on every rank (its released slice is kept for the next step), and unused under
+        checkpointing (the backward recomputes its use). The gradients p got sum to its
+        averaged gradients, and p.grad is alike on both ranks at every step."""
+        records, _ = self.launch()
+        at = cbr_unused_at()
+        want_kept = {"used_in_no_sync_only": 0, "used_in_no_sync_only_view": 0,
+                     "used_in_no_sync_on_rank_0": 0, "unused_in_every_pass": 1,
+                     "checkpoint": 1}
+        self.assertEqual(set(records[0]["carry"]), set(want_kept))
+        for name, kept in want_kept.items():
+            recs = [records[r]["carry"][name] for r in range(2)]
+            with self.subTest(case=name):
+                for r in range(2):
+                    self.assertEqual(recs[r]["carried"][at], kept, f"rank {r}")
+                    true = sum((a + b) * 0.5 for a, b in zip(recs[0]["input"], recs[1]["input"]))
+                    err = float((true - sum(recs[r]["grad"])).abs().max())
+                    self.assertLess(err, 1e-4, f"rank {r}: the gradients p got sum to other "
+                                    f"than its averaged gradients (max |difference| {err})")
+                for s, (g0, g1) in enumerate(zip(recs[0]["grad"], recs[1]["grad"])):
+                    same_bits(self, g0, g1, f"step {s}: rank 0 and 1's p.grad")
+
+    def test_torch_compile_of_the_ddp_model(self):
+        """torch.compile(ddp_model): DDPOptimizer keeps DDP's buckets and calls the hook as
+        DDP does."""
+        records, results = launch_ranks(self, "compiled")
+        recs = [records[r]["compiled"] for r in range(2)]
+        self.assertIn("mixed", serial_reference(self, recs, "compiled"))
+        for r in range(2):
+            self.assertEqual(results[r]["compiled"]["iter"], list(range(1, 6)))
+            self.assertEqual(results[r]["compiled"]["undelivered"], [0] * 5)
+
+
 @unittest.skipIf(torch is None, "PyTorch is not installed")
 class CpuBackendRestart(unittest.TestCase):
     """An in-process restart (destroy_process_group, init_process_group on a new store prefix)

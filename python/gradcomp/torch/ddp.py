@@ -1349,8 +1349,11 @@ def _zero_frozen(buf, frozen):
 def _allreduce_avg(buf, state):
     """torch.distributed's own allreduce of the mean, as DDP without a hook computes it by
     default: each gradient multiplied by 1/N (its reducer's mul_out as it copies into the
-    bucket), then the sum (x / N rounds otherwise than x * (1/N) where N is not a power of two;
-    with gradient_as_bucket_view=True DDP's reducer divides in place from the second step)."""
+    bucket), then the sum (x / N rounds otherwise than x * (1/N) where N is not a power of two).
+    Not bit for bit DDP's own under gradient_as_bucket_view=True where a gradient is still its
+    bucket's view when the backward accumulates into it (zero_grad(set_to_none=False), or no
+    zero_grad between steps, from the second step on): DDP's reducer divides that one in place
+    (x / N), which a hook cannot tell from one it copied into the bucket."""
     buf.mul_(1.0 / state.world_size)
     fut = dist.all_reduce(buf, group=state.process_group, async_op=True).get_future()
     return fut.then(lambda f: f.value()[0])
