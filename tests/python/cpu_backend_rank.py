@@ -1,8 +1,8 @@
 """One rank of test_torch.CpuBackendDdp / CpuBackendFsdp / CpuBackendAbort /
-CpuBackendFsdpReplicas: gradcomp.torch with backend="cpu" on real DDP / FSDP2 over gloo, gradcomp's
-comm made from the process group (TCP between the ranks). Usage: cpu_backend_rank.py
-ddp|excluded|fsdp|fsdp_models|fsdp_factor|fsdp_shared_hook|
-fsdp_frozen|fsdp_frozen_resume|fsdp_late_root|dgc|subgroups|
+CpuBackendFsdpReplicas / CpuBackendFsdpCheckpoint: gradcomp.torch with backend="cpu" on real
+DDP / FSDP2 over gloo, gradcomp's comm made from the process group (TCP between the ranks).
+Usage: cpu_backend_rank.py ddp|excluded|fsdp|fsdp_models|fsdp_factor|fsdp_shared_hook|
+fsdp_frozen|fsdp_frozen_resume|fsdp_late_root|fsdp_dcp|dgc|subgroups|
 restart|scaler|abort|replicas|ddp_group|ddp_register|overflow|compose|disagree|unused|
 unused_nan|unused_join|unused_mixed|unused_rewrapped|unused_rewrapped_gc|
 unused_rewrapped_join_gc|unused_rewrapped_join_eval_gc|unused_rewrapped_idle_join|
@@ -521,6 +521,60 @@ def fsdp_late_root(out, rank):
             "warnings": [str(w.message) for w in caught if "gradcomp" in str(w.message)],
             "calls": state.stats()["compressed_calls"]}
         state.close()
+    return [], res
+
+
+def fsdp_dcp(out, rank):
+    """torch.distributed.checkpoint (DCP) of an FSDP2 model and its GradcompState after 2 of 3
+    steps, loaded into a fresh model and state: "keyed", each rank's state dict under a key of
+    its own (the loaded state dict against the saved one, the third step's parameters against
+    the uninterrupted run's); "shared", every rank's under one key, of which DCP may keep one
+    rank's copy (what each rank's load_state_dict says, and whether it got its own)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+
+    def make(seed):
+        torch.manual_seed(seed)
+        model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 5))
+        for m in (model[0], model[2], model):
+            fully_shard(m, mesh=mesh)
+        state = gct.GradcompState(backend="cpu", config=config())
+        gct.register_fsdp_reduce_scatter(model, state)
+        return model, state
+
+    def train(model, steps):
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)  # no state of its own to resume
+        for step in steps:
+            x, y = batch(step, rank, 32)
+            opt.zero_grad(set_to_none=True)
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+
+    def full(model):
+        return b"".join(p.full_tensor().detach().numpy().tobytes() for p in model.parameters())
+
+    model, state = make(0)
+    train(model, range(3))
+    state.close()
+    res = {}
+    for how, key in (("keyed", f"gradcomp.rank{rank}"), ("shared", "gradcomp")):
+        m1, s1 = make(0)
+        train(m1, range(2))
+        saved = s1.state_dict()
+        dcp.save({"model": m1.state_dict(), key: saved}, checkpoint_id=f"{out}_{how}")
+        s1.close()
+        m2, s2 = make(1)
+        sd = {"model": m2.state_dict(), key: s2.state_dict()}
+        dcp.load(sd, checkpoint_id=f"{out}_{how}")
+        got = {"own": sd[key] == saved, "error": _error(lambda: s2.load_state_dict(sd[key]))}
+        if how == "keyed":
+            train(m2, [2])
+            got.update(resume_bitwise=full(m2) == full(model), iter=s2.iter)
+        s2.close()
+        res[how] = got
     return [], res
 
 
@@ -2034,6 +2088,7 @@ def main():
                      "fsdp_factor": fsdp_factor, "fsdp_shared_hook": fsdp_shared_hook,
                      "fsdp_frozen": fsdp_frozen,
                      "fsdp_frozen_resume": fsdp_frozen_resume, "fsdp_late_root": fsdp_late_root,
+                     "fsdp_dcp": fsdp_dcp,
                      "dgc": dgc,
                      "subgroups": subgroups, "scaler": scaler, "replicas": replicas,
                      "restart": restart, "ddp_group": ddp_group,

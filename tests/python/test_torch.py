@@ -3860,6 +3860,44 @@ class CpuBackendFsdp(unittest.TestCase):
 
 
 @unittest.skipIf(torch is None, "PyTorch is not installed")
+class CpuBackendFsdpCheckpoint(unittest.TestCase):
+    """A GradcompState under FSDP2 checkpointed with torch.distributed.checkpoint (DCP) on gloo
+    (2 processes), as README's FSDP2 section says: each rank's state dict under a key of its
+    own."""
+
+    def test_dcp_resumes_bit_for_bit_and_one_shared_key_is_refused_not_mixed_up(self):
+        """Keyed by rank, each rank loads the state dict it saved, and the resumed step is bit
+        for bit the uninterrupted run's. Under one key for every rank, DCP keeps one rank's
+        copy of a value that is no tensor: a rank that gets another's is refused naming both
+        ranks (its residuals are not loaded into this rank)."""
+        import gradcomp.torch.fsdp
+
+        reason = gradcomp.torch.fsdp.unsupported_reason()
+        if reason:
+            self.skipTest(reason)
+        try:
+            import torch.distributed.checkpoint  # noqa: F401
+        except ImportError:
+            self.skipTest("this PyTorch has no torch.distributed.checkpoint")
+        _, results = launch_ranks(self, "fsdp_dcp")
+        for r in range(2):
+            self.assertEqual(results[r]["keyed"], {"own": True, "error": None,
+                                                   "resume_bitwise": True, "iter": 3},
+                             f"rank {r}")
+            shared = results[r]["shared"]
+            if shared["own"]:
+                self.assertIsNone(shared["error"], f"rank {r}")
+            else:
+                self.assertRegex(shared["error"] or "",
+                                 rf"^InvalidArgumentError: state blob refused, this state is "
+                                 rf"unchanged: saved by rank {1 - r} of 2; this state is rank {r} "
+                                 r"of 2: load on each rank the state dict that rank saved "
+                                 r"\(torch.distributed.checkpoint keeps one rank's copy .* give "
+                                 r"each rank's state dict a key of its own",
+                                 f"rank {r}")
+
+
+@unittest.skipIf(torch is None, "PyTorch is not installed")
 class CpuBackendFsdpReplicas(unittest.TestCase):
     """GradcompReplicaAllReduce (HSDP by hand) with GradcompState(backend="cpu") on 4 gloo
     processes, 2 replicas x 2 shards: FSDP2 over mesh["shard"], the hook's state over
@@ -4292,9 +4330,10 @@ class OldFsdpStateDict(unittest.TestCase):
     """An FSDP2 state dict of a build from before FSDP2's hooks counted steps holds iter 0
     whatever its step (tests/python/fixtures/fsdp2_state_e98e8b2.json: rank 0 of 2 after 2
     steps, made by 0.6.0 at e98e8b2 with fixtures/make_fsdp2_state_e98e8b2.py): its load says
-    that the step counter goes on from 0 (it went on silently), the residuals loaded as saved."""
+    that the step counter goes on from 0 (it went on silently), the residuals loaded as saved,
+    and in which unit its residuals, which it does not record, are taken."""
 
-    def load(self, d):
+    def load(self, d, role="shard"):
         import base64
         import json
 
@@ -4303,7 +4342,7 @@ class OldFsdpStateDict(unittest.TestCase):
                 d = json.load(f)
             d["gradcomp"] = base64.b64decode(d["gradcomp"])
         state, _, _ = stand_in_state()
-        state._fsdp_role = "shard"  # as register_fsdp_reduce_scatter sets it
+        state._fsdp_role = role  # as register_fsdp_reduce_scatter sets it (None: a DDP state)
         with warnings.catch_warnings(record=True) as got:
             warnings.simplefilter("always")
             state.load_state_dict(d)
@@ -4313,9 +4352,10 @@ class OldFsdpStateDict(unittest.TestCase):
         state, said = self.load("fsdp2_state_e98e8b2.json")
         self.assertEqual(state.iter, 0)
         self.assertIsNotNone(state._pending_blob)
-        self.assertEqual(len(said), 1, said)
+        self.assertEqual(len(said), 2, said)
         self.assertIn("the state dict's iter is 0, but its run reduced 2 FSDP module(s)", said[0])
         self.assertIn("Set state.iter", said[0])
+        self.assertIn("residuals have no unit recorded", said[1])  # (its test below)
 
     def test_a_counted_or_unreduced_state_dict_loads_quietly(self):
         import base64
@@ -4325,9 +4365,52 @@ class OldFsdpStateDict(unittest.TestCase):
                                "fsdp2_state_e98e8b2.json")) as f:
             old = json.load(f)
         old["gradcomp"] = base64.b64decode(old["gradcomp"])
-        for d in (dict(old, iter=2), dict(old, keys=[]), dict(old, gradcomp=None)):
+        # Counted, it is 0.7.0's, which records its residuals' unit (key_scales) too.
+        scales = [[k, 0.5] for k in old["keys"]]
+        for d in (dict(old, iter=2, key_scales=scales), dict(old, keys=[]),
+                  dict(old, gradcomp=None)):
             state, said = self.load(d)
             self.assertEqual((state.iter, said), (d["iter"], []))
+
+    def test_an_old_builds_fsdp_residuals_say_which_unit_they_are_taken_in(self):
+        """A state dict from before the residuals' unit was saved (key_scales, gradcomp < 0.7.0)
+        took each FSDP residual to be in the unit of its module's first call after the load,
+        silently: where FSDP divided otherwise than the saved run, the residual was added off
+        by the ratio. Its load warns, naming what is assumed and what to do; one that records
+        the unit, one without residuals and a DDP state's do not."""
+        import base64
+        import json
+
+        with open(os.path.join(os.path.dirname(__file__), "fixtures",
+                               "fsdp2_state_e98e8b2.json")) as f:
+            old = json.load(f)
+        old["gradcomp"] = base64.b64decode(old["gradcomp"])
+        counted = dict(old, iter=2)  # the unit's warning alone
+
+        def unit_warnings(said):
+            return [s for s in said if "no unit recorded" in s]
+
+        for role, keyed in (("shard", "fsdp"), ("replicate", "fsdp-replicas")):
+            state, said = self.load(dict(counted, keyed_by=keyed), role)
+            self.assertEqual(len(said), 1, said)
+            self.assertRegex(said[0], r"^gradcomp: the state dict's FSDP residuals have no unit "
+                             r"recorded \(key_scales, saved from gradcomp 0\.7\.0 on\): each of "
+                             r"its 2 residual\(s\) is taken to be in the unit of its FSDP "
+                             r"module's first call after this load, .*set_gradient_divide_factor"
+                             r".*Run the first step after the load with the saved run's "
+                             r"division .*state\.load_state_dict\(dict\(d, gradcomp=None\)\)$")
+            self.assertEqual(state._key_scales, {})  # the first call's unit, as said
+        scales = [[k, 0.5] for k in old["keys"]]
+        for d in (dict(counted, key_scales=scales), dict(counted, key_scales=[]),
+                  dict(counted, keys=[]), dict(counted, gradcomp=None)):
+            state, said = self.load(d)
+            self.assertEqual(unit_warnings(said), [], d.get("key_scales"))
+        self.assertEqual(self.load(dict(counted, key_scales=scales))[0]._key_scales,
+                         {k: 0.5 for k in old["keys"]})
+        # A DDP state's dict (keyed by bucket) has no FSDP unit to record.
+        state, said = self.load(dict(counted, keyed_by="bucket"), None)
+        self.assertEqual(said, [])
+        self.assertIsNotNone(state._pending_blob)
 
 
 @unittest.skipIf(torch is None, "PyTorch is not installed")

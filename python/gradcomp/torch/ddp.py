@@ -527,7 +527,9 @@ class GradcompState:
         self._fsdp_frozen_named = None
         self._key_counts = dict(self._loaded_counts or {})
         # A state dict from before they were saved: each key's residual taken to be in the
-        # units of its first call after the load.
+        # units of its first call after the load. Those builds scaled nothing, so a residual
+        # was in the unit of its module's last call before the save: the first call's unit is
+        # that one where the resumed run divides as the saved run did then, as most runs do.
         scales = d.get("key_scales") if d.get("gradcomp") is not None else None
         ok = isinstance(scales, (list, tuple)) and all(
             isinstance(e, (list, tuple)) and len(e) == 2 and isinstance(e[0], int)
@@ -543,6 +545,21 @@ class GradcompState:
                           "step counter (state.iter, stats()['iter']) goes on from 0, not from "
                           "the saved run's step; the residuals load as saved. Set state.iter "
                           "to that step after loading to count on from it", stacklevel=3)
+        if d.get("keyed_by") in _FSDP_KEYED_BY.values() and self._loaded_keys and not ok:
+            # Under another division, each loaded residual would be added off by the ratio of
+            # the two, once, when sent (with nothing said).
+            warnings.warn("gradcomp: the state dict's FSDP residuals have no unit recorded "
+                          "(key_scales, saved from gradcomp 0.7.0 on): each of its "
+                          f"{len(self._loaded_keys)} residual(s) is taken to be in the unit of "
+                          "its FSDP module's first call after this load, which is right where "
+                          "FSDP divides the gradients there as the saved run did when it saved "
+                          "(the same set_gradient_divide_factor, reduce_dtype and "
+                          "set_force_sum_reduction_for_comms); otherwise what the residual "
+                          "carries is added weighed by the ratio of the two divisions, once. "
+                          "Run the first step after the load with the saved run's division "
+                          "(a change after it is followed), or load the state dict without its "
+                          "residuals, state.load_state_dict(dict(d, gradcomp=None))",
+                          stacklevel=3)
 
     _HOW = {"params": "by parameter index (a state made with module=model)",
             "bucket": "by bucket index and shapes (a state made without a module)",
@@ -587,7 +604,10 @@ class GradcompState:
                        "on, the residuals start fresh)")
             elif rank != self.rank:
                 why = (f"saved by rank {rank} of {nranks}; this state is rank {self.rank} of "
-                       f"{self.world_size}: load on each rank the state dict that rank saved")
+                       f"{self.world_size}: load on each rank the state dict that rank saved "
+                       "(torch.distributed.checkpoint keeps one rank's copy of a value saved "
+                       "under one key on every rank: give each rank's state dict a key of its "
+                       "own, f\"gradcomp.rank{rank}\")")
             elif method != mine and not world_only:
                 names = {v: k for k, v in T.CHOICES["method"].items()}
                 why = (f"saved with method={names.get(method, method)!r}; this state has "

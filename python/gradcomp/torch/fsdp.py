@@ -330,6 +330,8 @@ class GradcompReplicaAllReduce:
         groups = _param_groups(self.module)
         if not groups:
             return "avg"
+        # The first group is the module's only one under a hook (see _division_after); every
+        # group of a module has the same divide factor (set_gradient_divide_factor sets all).
         g = groups[0]
         # FSDPParamGroup's own field (PyTorch 2.15). An FSDP2 that keeps a divide factor under
         # another name would be averaged where native HSDP sums (1/R of its gradients): refused.
@@ -510,6 +512,14 @@ def _division_after(module, group, dtype, device_type):
     groups = _param_groups(module) if module is not None else []
     if not groups:
         return None
+    # The module's only group where a gradcomp hook can be installed: FSDP2 makes one
+    # FSDPParamGroup per (shard, replicate) process group of a module's parameters, so a module
+    # with per-parameter meshes (shard_placement_fn) has groups of different sizes, whose Avg
+    # divides differently; but PyTorch 2.15's set_custom_reduce_scatter and set_all_reduce_hook
+    # refuse such a module (ValueError, "ambiguous across groups"), and its
+    # set_gradient_divide_factor and set_force_sum_reduction_for_comms set every group alike.
+    # An FSDP2 that lets one hook serve several groups would call it with each group's
+    # process group (`group`) and input size: match the group by those here then.
     g = groups[0]
     try:
         from torch.distributed.fsdp._fully_shard._fsdp_collectives import (
