@@ -229,13 +229,16 @@ gtest_missing() {
 }
 
 # --- tests (GPU tests fail instead of skipping without a usable GPU)
-# 175 s: CTest starts preload.gpu_real_nccl and python.torch first, side by side (the H200's
-# 117 s on 2026-12-04: 81 s and 79 s, and two hung tests cut at 100 s, since fixed); the
-# preload test's multi-process runs (3.2 s each there, 34 now) must fit with one hung case
-# (65 s): a step cut by its limit loses CTest's summary, every count (bench/plan_check.sh).
+# 175 s: CTest starts preload.gpu_real_nccl first (the H200's 117 s on 2026-12-04: 81 s for it,
+# 79 s for python.torch beside it, and two hung tests cut at 100 s, since fixed); the preload
+# test's multi-process runs (3.2 s each there, 34 now) must fit with one hung case (65 s): a
+# step cut by its limit loses CTest's summary, every count (bench/plan_check.sh).
+# python.torch is left out: its gloo processes on the CPU backend (368 s on a 2-core CPU
+# machine since 2026-12-06's classes; no CUDA path but one dtype refusal) are what CI runs,
+# and the hooks group runs gradcomp.torch on the GPU.
 want tests && fresh "$raw/tests.txt" "$raw/tests.json" "$raw/tests_failed.txt"
 want tests && ! gtest_missing tests && run_step tests 175 "$raw/tests.txt" bash -c \
-  "cd $build && GRADCOMP_TEST_GPU=1 ctest -j 8 --output-on-failure --timeout 100"
+  "cd $build && GRADCOMP_TEST_GPU=1 ctest -j 8 --output-on-failure --timeout 100 -E '^python[.]torch\$'"
 want tests && [ "$plan" != 1 ] && python3 - "$raw" <<'PY'
 import json, re, sys, os
 d = sys.argv[1]
@@ -280,7 +283,8 @@ fi
 
 # --- the GPU parsers of bytes from the wire under compute-sanitizer: an
 # out-of-bounds access is a failure (docs/reliability.md)
-# 10 s: five small tests (about 200 short kernels; 2 s on the H200). The plan counts the step
+# 10 s: five small tests (about 200 short kernels; 2 s on the H200); the overflow tests, which
+# parse no bytes from the wire and make 30 comms, are left out. The plan counts the step
 # whether or not this machine has compute-sanitizer, so that the plan made without a GPU is the
 # GPU's.
 gc_csan=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
@@ -288,7 +292,7 @@ if ! want memcheck || gtest_missing memcheck; then
   :
 elif [ "$plan" = 1 ] || [ -x "$gc_csan" ]; then
   run_step memcheck 10 "$raw/memcheck.txt" "$gc_csan" \
-    --error-exitcode 1 "$build/tests/gradcomp_gpu_tests" --gtest_filter='ReliabilityGpu*:EliasGpu.BoundedDecode*'
+    --error-exitcode 1 "$build/tests/gradcomp_gpu_tests" --gtest_filter='ReliabilityGpu*:EliasGpu.BoundedDecode*:-ReliabilityGpu.OverflowingSum*'
   # The sanitizer refusing the device (gVisor: "Device not supported", then error 999 at the
   # first allocation) is no out-of-bounds access in the parsers: recorded as unavailable.
   if [ "$plan" != 1 ] && grep -q "Device not supported" "$raw/memcheck.txt" 2>/dev/null; then
