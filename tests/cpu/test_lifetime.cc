@@ -379,4 +379,54 @@ TEST(Lifetime, ForgetIsCollectiveAndRefusesNullArguments) {
         << mismatched.second[r];
   }
 }
+
+// Ranks that forget one buffer each, but different ones, are told apart
+// where the buffers differ in what every rank holds alike of them: their
+// size, type or number of calls (the addresses are each rank's own). The
+// same buffer forgotten on both ranks goes on.
+TEST(Lifetime, RanksForgettingDifferentBuffersFailTheNextCall) {
+  struct Case {
+    const char* name;
+    size_t countB;
+    int callsA;   // calls of A before the forget (B gets one)
+    int forget1;  // the buffer rank 1 forgets (0: A, 1: B); rank 0 forgets A
+    bool agree;
+  };
+  const Case cases[] = {{"same buffer", 512, 1, 0, true},
+                        {"another size", 512, 1, 1, false},
+                        {"another call count", 1024, 2, 1, false},
+                        {"same size and calls", 1024, 1, 1, true}};
+  for (const Case& k : cases) {
+    SCOPED_TRACE(k.name);
+    gctest::CpuWorld world(2, baseConfig());
+    std::vector<float> a[2], b[2], g(1024, 1.0f);
+    for (int r = 0; r < 2; ++r) a[r].assign(1024, 0.0f), b[r].assign(k.countB, 0.0f);
+    auto callA = [&](int r) {
+      return gradcompAllReduce(g.data(), a[r].data(), 1024, ncclFloat32, ncclSum, world.comm(r),
+                               nullptr);
+    };
+    for (int i = 0; i < k.callsA; ++i)
+      for (gradcompResult_t res : world.run(callA)) ASSERT_EQ(res, gradcompSuccess);
+    for (gradcompResult_t res : world.run([&](int r) {
+           return gradcompAllReduce(g.data(), b[r].data(), k.countB, ncclFloat32, ncclSum,
+                                    world.comm(r), nullptr);
+         }))
+      ASSERT_EQ(res, gradcompSuccess);
+    ASSERT_EQ(gradcompCommForgetBuffer(world.comm(0), a[0].data()), gradcompSuccess);
+    ASSERT_EQ(gradcompCommForgetBuffer(world.comm(1), k.forget1 ? b[1].data() : a[1].data()),
+              gradcompSuccess);
+    std::vector<std::string> err;
+    const auto res = gctest::onRanks(2, callA, &err);
+    for (int r = 0; r < 2; ++r) {
+      if (k.agree) {
+        // Same size and calls: not told apart (documented); the call runs.
+        EXPECT_EQ(res[r], gradcompSuccess) << "rank " << r << ": " << err[r];
+        continue;
+      }
+      EXPECT_EQ(res[r], gradcompInvalidUsage) << "rank " << r;
+      EXPECT_NE(err[r].find("forget the same keys and buffers on every rank"), std::string::npos)
+          << err[r];
+    }
+  }
+}
 }  // namespace
