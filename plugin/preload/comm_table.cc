@@ -949,5 +949,43 @@ void warnOncePerSentence(const char* fmt, ...) {
   if (firstWarning("sentence:" + warningKind(msg))) printWarning(msg);
 }
 
+namespace {
+// noteOwnError's sentence, and NCCL's last error as it was then. Arrays, as
+// NCCL's own buffer is: ncclGetLastError's answer stays valid after it returns.
+std::mutex gOwnErrorMu;
+char gOwnError[1024] = "";
+char gNcclErrorThen[1024] = "";
+
+const char* ncclLastError() {
+#if GC_NCCL_HAS_LAST_ERROR
+  const auto real = realNccl()->getLastError;
+  const char* theirs = real != nullptr ? real(nullptr) : nullptr;
+  return theirs != nullptr ? theirs : "";
+#else
+  return "";
+#endif
+}
+}  // namespace
+
+void noteOwnError(const char* fmt, ...) {
+  char msg[sizeof(gOwnError) - sizeof("gradcomp: ") + 1];
+  GC_FORMAT_ARGS(msg, fmt);
+  const char* theirs = ncclLastError();
+  std::lock_guard<std::mutex> lock(gOwnErrorMu);
+  snprintf(gOwnError, sizeof(gOwnError), "gradcomp: %s", msg);
+  snprintf(gNcclErrorThen, sizeof(gNcclErrorThen), "%s", theirs);
+}
+
+const char* ownLastError(const char* theirs) {
+  std::lock_guard<std::mutex> lock(gOwnErrorMu);
+  if (gOwnError[0] == '\0') return nullptr;
+  // NCCL failed a call since: its sentence is the last error now.
+  if (strncmp(theirs != nullptr ? theirs : "", gNcclErrorThen, sizeof(gNcclErrorThen) - 1) != 0) {
+    gOwnError[0] = '\0';
+    return nullptr;
+  }
+  return gOwnError;
+}
+
 }  // namespace preload
 }  // namespace gc

@@ -262,6 +262,7 @@ ncclResult_t runDeferred(std::vector<Deferred>& calls) {
                "a call deferred to the end of a user group names a communicator aborted or "
                "destroyed since (%p): returning ncclInvalidUsage",
                (void*)d.comm);
+      noteDeferredReleased(d.comm);
       note(ncclInvalidUsage);
       continue;
     }

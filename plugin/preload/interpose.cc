@@ -65,6 +65,19 @@ struct GroupCalls {
   // leaveGroup's copy of their entries, kept so that a group end does not
   // allocate it (emptied before leaveGroup returns, so no entry outlives it).
   std::vector<EntryPtr> ended;
+  // ncclRedOpDestroy of an op a deferred call uses (ncclRedOpCreatePreMulSum's),
+  // made in the group after that call: NCCL reads the op at the call, so a
+  // program may destroy it as soon as the call returns (PyTorch does, inside
+  // its group). The deferred call reaches NCCL only after the outer end, so
+  // the destroy waits for it (destroyPostponed): run at once, NCCL refused
+  // the call for its dead op, or ran it with the scalar of the op it handed
+  // out next in its place.
+  struct Destroy {
+    ncclRedOp_t op;
+    ncclComm_t comm;
+    std::weak_ptr<CommEntry> entry;
+  };
+  std::vector<Destroy> destroys;
 };
 thread_local GroupCalls* tCalls = nullptr;
 thread_local bool tCallsOwned = false;
@@ -116,13 +129,22 @@ size_t inputCount(const Deferred& d, CommEntry& e) {
 
 }  // namespace
 
+namespace {
+// A call of a communicator another thread aborted while gradcomp held it.
+ncclResult_t abortedCall(ncclComm_t comm) {
+  noteOwnError("NCCL comm %p was aborted (ncclCommAbort) during the call: ncclInvalidUsage",
+               (void*)comm);
+  return ncclInvalidUsage;
+}
+}  // namespace
+
 ncclResult_t forward(CommEntry* e, const Deferred& d) {
   const bool rs = d.coll == Collective::ReduceScatter;
   const NcclApi* api = ncclApi();
   if ((rs ? (void*)api->reduceScatter : (void*)api->allReduce) == nullptr) return ncclSystemError;
   // Aborted on another thread (a compressed call's wait ended by it, a
   // deferred or fused call after it): NCCL frees the communicator.
-  if (e != nullptr && e->aborted.stopped()) return ncclInvalidUsage;
+  if (e != nullptr && e->aborted.stopped()) return abortedCall(d.comm);
   if (e != nullptr) countPassed(*e, d.coll);
   return rs ? api->reduceScatter(d.send, d.recv, d.count, d.type, d.op, d.comm, d.stream)
             : api->allReduce(d.send, d.recv, d.count, d.type, d.op, d.comm, d.stream);
@@ -135,7 +157,7 @@ ncclResult_t compress(CommEntry& e, const Deferred& d, bool keyed, uint64_t key,
   std::lock_guard<std::mutex> lock(e.callMu);
   // Its communicator aborted on another thread (NCCL frees it): neither
   // gradcomp nor NCCL may run the call.
-  if (e.aborted.stopped()) return ncclInvalidUsage;
+  if (e.aborted.stopped()) return abortedCall(d.comm);
   gradcompStats_t before, after;
   gradcompGetStats(e.gc, &before);
   gradcompResult_t r;
@@ -161,7 +183,7 @@ ncclResult_t compress(CommEntry& e, const Deferred& d, bool keyed, uint64_t key,
   // rank that could not prepare it): NCCL would get the calls the ranks do
   // not share, or wait for the rank that returned an error.
   // A wait another thread's ncclCommAbort ended: nothing goes to NCCL.
-  if (e.aborted.stopped()) return ncclInvalidUsage;
+  if (e.aborted.stopped()) return abortedCall(d.comm);
   if ((r == gradcompInvalidUsage || r == gradcompInvalidArgument || r == gradcompNotSupported) &&
       !failedTogether(e.gc)) {
     const std::string why = gradcompGetLastError();
@@ -172,6 +194,7 @@ ncclResult_t compress(CommEntry& e, const Deferred& d, bool keyed, uint64_t key,
   }
   const char* what = rs ? "reduce-scatter" : "allreduce";
   warnOncePerSentence("compressed %s failed: %s", what, gradcompGetLastError());
+  noteOwnError("compressed %s failed: %s", what, gradcompGetLastError());
   return toNccl(r);
 }
 
@@ -221,6 +244,13 @@ ncclResult_t route(const Deferred& d) {
   return compress(*e, d, false, 0, 1);
 }
 
+void noteDeferredReleased(ncclComm_t comm) {
+  noteOwnError(
+      "a call deferred to the end of a user group names a communicator aborted or destroyed "
+      "since (%p): ncclInvalidUsage",
+      (void*)comm);
+}
+
 namespace {
 
 // Before the outermost end of the thread's group. A group holding eligible
@@ -262,6 +292,7 @@ ncclResult_t keepMultiDeviceGroup() {
   for (const Deferred& d : calls) {
     EntryPtr e = deferredEntry(d);
     if (e == nullptr) {
+      noteDeferredReleased(d.comm);
       if (failed == ncclSuccess) failed = ncclInvalidUsage;
       continue;
     }
@@ -447,6 +478,43 @@ GC_INTERPOSE ncclResult_t ncclReduceScatter(const void* sendbuff, void* recvbuff
   return joinRefusal(Collective::ReduceScatter, comm, recvcount, &datatype, &op, stream, r);
 }
 
+#if GC_NCCL_HAS_PREMULSUM
+// After the outer end of the thread's group (its deferred calls run or
+// dropped): the ops destroyed in it that deferred calls used, destroyed now,
+// in the order the program did (none of a communicator released since: NCCL
+// freed its ops with it). The first failure, where `r` is ncclSuccess.
+static ncclResult_t destroyPostponed(ncclResult_t r) {
+  GroupCalls& g = groupCalls();
+  if (tGroupDepth > 0 || g.destroys.empty()) return r;
+  std::vector<GroupCalls::Destroy> destroys;
+  destroys.swap(g.destroys);
+  for (const GroupCalls::Destroy& d : destroys) {
+    const EntryPtr e = d.entry.lock();
+    if (e == nullptr || e->released || e->aborted.stopped()) continue;
+    const ncclResult_t done = realNccl()->redOpDestroy(d.op, d.comm);
+    if (r == ncclSuccess) r = done;
+  }
+  return r;
+}
+
+GC_INTERPOSE ncclResult_t ncclRedOpDestroy(ncclRedOp_t op, ncclComm_t comm) {
+  if (realNccl()->redOpDestroy == nullptr) return ncclSystemError;
+  if (tGroupDepth > 0) {
+    GroupCalls& g = groupCalls();
+    for (const Deferred& d : g.deferred) {
+      if (d.comm != comm || gc::enumArg(&d.op) != gc::enumArg(&op)) continue;
+      g.destroys.push_back({op, comm, d.entry});
+      return ncclSuccess;
+    }
+  }
+  return realNccl()->redOpDestroy(op, comm);
+}
+#else
+static ncclResult_t destroyPostponed(ncclResult_t r) {
+  return r;
+}
+#endif
+
 GC_INTERPOSE ncclResult_t ncclGroupStart() {
   if (ncclApi()->groupStart == nullptr) return ncclSystemError;
   const ncclResult_t r = ncclApi()->groupStart();
@@ -457,7 +525,7 @@ GC_INTERPOSE ncclResult_t ncclGroupStart() {
 GC_INTERPOSE ncclResult_t ncclGroupEnd() {
   if (ncclApi()->groupEnd == nullptr) return ncclSystemError;
   const ncclResult_t kept = tGroupDepth == 1 ? keepMultiDeviceGroup() : ncclSuccess;
-  const ncclResult_t r = leaveGroup(ncclApi()->groupEnd());
+  const ncclResult_t r = destroyPostponed(leaveGroup(ncclApi()->groupEnd()));
   return r != ncclSuccess ? r : kept;
 }
 
@@ -468,14 +536,16 @@ GC_INTERPOSE ncclResult_t ncclGroupEnd() {
 GC_INTERPOSE ncclResult_t ncclGroupSimulateEnd(ncclSimInfo_t* simInfo) {
   if (realNccl()->groupSimulateEnd == nullptr) {
     // The group stays open in NCCL, so its deferred calls stay with it.
-    warnOnce("no-simulate",
-             "ncclGroupSimulateEnd is not in the loaded NCCL (it needs NCCL 2.22 or later); "
-             "returning ncclSystemError, the group is still open");
+    static const char kWhy[] =
+        "ncclGroupSimulateEnd is not in the loaded NCCL (it needs NCCL 2.22 or later); "
+        "returning ncclSystemError, the group is still open";
+    warnOnce("no-simulate", "%s", kWhy);
+    noteOwnError("%s", kWhy);
     return ncclSystemError;
   }
   if (tGroupDepth != 1 || simInfo == nullptr) {
     const ncclResult_t kept = tGroupDepth == 1 ? keepMultiDeviceGroup() : ncclSuccess;
-    const ncclResult_t r = leaveGroup(realNccl()->groupSimulateEnd(simInfo));
+    const ncclResult_t r = destroyPostponed(leaveGroup(realNccl()->groupSimulateEnd(simInfo)));
     return r != ncclSuccess ? r : kept;
   }
   // The estimate must cover the eligible calls as NCCL would have seen them:
@@ -488,6 +558,7 @@ GC_INTERPOSE ncclResult_t ncclGroupSimulateEnd(ncclSimInfo_t* simInfo) {
     // Aborted or destroyed since it was deferred (as runDeferred): NCCL may
     // have freed the communicator, so the call must not reach it.
     if (deferredEntry(d) == nullptr) {
+      noteDeferredReleased(d.comm);
       if (f == ncclSuccess) f = ncclInvalidUsage;
       continue;
     }
@@ -497,7 +568,7 @@ GC_INTERPOSE ncclResult_t ncclGroupSimulateEnd(ncclSimInfo_t* simInfo) {
   groupCalls().forwarded.clear();
   const ncclResult_t r = realNccl()->groupSimulateEnd(simInfo);
   tGroupDepth = 0;
-  return r != ncclSuccess ? r : f;
+  return destroyPostponed(r != ncclSuccess ? r : f);
 }
 #endif
 
@@ -583,9 +654,11 @@ GC_INTERPOSE ncclResult_t ncclCommShrink(ncclComm_t comm, int* excludeRanksList,
 GC_INTERPOSE ncclResult_t ncclCommGrow(ncclComm_t comm, int nRanks, const ncclUniqueId* uniqueId,
                                        int rank, ncclComm_t* newcomm, ncclConfig_t* config) {
   if (realNccl()->commGrow == nullptr) {
-    warnOnce("no-grow",
-             "ncclCommGrow is not in the loaded NCCL (it needs NCCL 2.29.2 or later); "
-             "returning ncclInvalidUsage");
+    static const char kWhy[] =
+        "ncclCommGrow is not in the loaded NCCL (it needs NCCL 2.29.2 or later); "
+        "returning ncclInvalidUsage";
+    warnOnce("no-grow", "%s", kWhy);
+    noteOwnError("%s", kWhy);
     return ncclInvalidUsage;
   }
   const bool nonBlocking = nonBlockingFrom(config, config ? config->blocking : 1,
@@ -603,9 +676,11 @@ GC_INTERPOSE ncclResult_t ncclCommGrow(ncclComm_t comm, int nRanks, const ncclUn
 // released without waiting; the program's next step is a shrink or destroy.
 GC_INTERPOSE ncclResult_t ncclCommRevoke(ncclComm_t comm, int revokeFlags) {
   if (realNccl()->commRevoke == nullptr) {
-    warnOnce("no-revoke",
-             "ncclCommRevoke is not in the loaded NCCL (it needs NCCL 2.28 or later); "
-             "returning ncclInvalidUsage");
+    static const char kWhy[] =
+        "ncclCommRevoke is not in the loaded NCCL (it needs NCCL 2.28 or later); "
+        "returning ncclInvalidUsage";
+    warnOnce("no-revoke", "%s", kWhy);
+    noteOwnError("%s", kWhy);
     return ncclInvalidUsage;
   }
   const ncclResult_t r = realNccl()->commRevoke(comm, revokeFlags);
@@ -669,3 +744,16 @@ GC_INTERPOSE ncclResult_t ncclCommFinalize(ncclComm_t comm) {
   if (realNccl()->commFinalize == nullptr) return ncclSystemError;
   return realNccl()->commFinalize(comm);
 }
+
+#if GC_NCCL_HAS_LAST_ERROR
+// NCCL's last error, unless the preload failed a call itself since NCCL's
+// last (noteOwnError): then that sentence. A program that reports a failed
+// call with NCCL's message (PyTorch's "Last error:") would otherwise show an
+// empty or older, unrelated one for an error NCCL never saw.
+GC_INTERPOSE const char* ncclGetLastError(ncclComm_t comm) {
+  const auto real = realNccl()->getLastError;
+  const char* theirs = real != nullptr ? real(comm) : "";
+  const char* ours = ownLastError(theirs);
+  return ours != nullptr ? ours : theirs;
+}
+#endif

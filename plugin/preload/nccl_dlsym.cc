@@ -123,6 +123,12 @@ void resolve() {
 #if GC_NCCL_HAS_REVOKE
   GC_SYM(gReal.commRevoke, "ncclCommRevoke");
 #endif
+#if GC_NCCL_HAS_PREMULSUM
+  GC_SYM(gReal.redOpDestroy, "ncclRedOpDestroy");
+#endif
+#if GC_NCCL_HAS_LAST_ERROR
+  GC_SYM(gReal.getLastError, "ncclGetLastError");
+#endif
 #undef GC_SYM
   gResolved = gApi.allReduce && gApi.groupStart && gApi.groupEnd && gApi.commCount &&
               gApi.commUserRank && gApi.getErrorString;

@@ -10,6 +10,8 @@
 #define GC_NCCL_HAS_SIMULATE (NCCL_VERSION_CODE >= NCCL_VERSION(2, 22, 0))
 #define GC_NCCL_HAS_SCALABLE (NCCL_VERSION_CODE >= NCCL_VERSION(2, 23, 0))
 #define GC_NCCL_HAS_SHRINK (NCCL_VERSION_CODE >= NCCL_VERSION(2, 27, 0))
+#define GC_NCCL_HAS_PREMULSUM (NCCL_VERSION_CODE >= NCCL_VERSION(2, 11, 0))
+#define GC_NCCL_HAS_LAST_ERROR (NCCL_VERSION_CODE >= NCCL_VERSION(2, 13, 0))
 // ncclCommGrow came with NCCL 2.29.2. It is interposed whatever nccl.h built
 // gradcomp (declared here where that header may be older, with its signature;
 // an identical redeclaration in a 2.29 header is harmless):
@@ -56,6 +58,12 @@ struct RealNccl {
 #endif
 #if GC_NCCL_HAS_REVOKE
   ncclResult_t (*commRevoke)(ncclComm_t, int);
+#endif
+#if GC_NCCL_HAS_PREMULSUM
+  ncclResult_t (*redOpDestroy)(ncclRedOp_t, ncclComm_t);
+#endif
+#if GC_NCCL_HAS_LAST_ERROR
+  const char* (*getLastError)(ncclComm_t);
 #endif
 };
 

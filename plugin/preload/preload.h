@@ -251,6 +251,19 @@ void warnOncePerSentence(const char* fmt, ...) __attribute__((format(printf, 1, 
 // a name such as fp16) replaced by '#': the values of one call, which would
 // make every call's refusal a new warning.
 std::string warningKind(const char* sentence);
+// A call the preload itself failed (not NCCL: a deferred call whose
+// communicator went, a compressed call gradcomp could not complete): the
+// sentence, prefixed "gradcomp: ", is what ncclGetLastError answers from now
+// until NCCL's own last error changes (ownLastError), so that a program
+// building its message from it (PyTorch's) says why. NCCL's last error is
+// process-wide; so is this.
+void noteOwnError(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
+// The sentence noteOwnError kept, while NCCL's last error (`theirs`) is still
+// the one it had then; null otherwise.
+const char* ownLastError(const char* theirs);
+// noteOwnError for a deferred call refused (ncclInvalidUsage) because its
+// communicator was aborted or destroyed after the call was made.
+void noteDeferredReleased(ncclComm_t comm);
 // The most warning keys recorded (warnOnce and warnOncePerSentence together).
 constexpr size_t kMaxWarningKinds = 256;
 

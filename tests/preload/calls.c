@@ -89,6 +89,8 @@ static int reduceScatter(int deferIt, const void* s, void* r, size_t n, ncclData
   return 0;
 }
 
+typedef enum { COLL_AR, COLL_RS } Collective;
+
 #define CALL(...) \
   if (allReduce(0, __VA_ARGS__)) return 1
 #define RS(...) \
@@ -558,16 +560,26 @@ static int simulateMissing(void) {
   GROUP_START();
   CALL_IN_GROUP(a, a, 1 << 20, ncclFloat32, ncclSum, comm, stream);
   const ncclResult_t r = ncclGroupSimulateEnd(&info);
-  if (r != ncclSystemError) {
-    fprintf(stderr, "ncclGroupSimulateEnd returned %d, expected ncclSystemError\n", (int)r);
+  /* NCCL never saw the call: its last error says why, as gradcomp's. */
+  const char* last = ncclGetLastError(comm);
+  if (r != ncclSystemError || last == NULL ||
+      strstr(last, "gradcomp: ncclGroupSimulateEnd is not in the loaded NCCL") != last) {
+    fprintf(stderr,
+            "ncclGroupSimulateEnd returned %d (expected ncclSystemError), last error \"%s\"\n",
+            (int)r, last ? last : "(null)");
     return 1;
   }
   GROUP_END();
   flushDeferred();
   CALL(a, a, 1 << 21, ncclFloat32, ncclSum, comm, stream);
   /* Nor ncclCommRevoke (NCCL 2.28): refused, nothing reaches NCCL. */
-  if (ncclCommRevoke(comm, 0) != ncclInvalidUsage) {
-    fprintf(stderr, "ncclCommRevoke without the function did not return ncclInvalidUsage\n");
+  if (ncclCommRevoke(comm, 0) != ncclInvalidUsage ||
+      strstr(ncclGetLastError(comm), "gradcomp: ncclCommRevoke is not in the loaded NCCL") ==
+          NULL) {
+    fprintf(stderr,
+            "ncclCommRevoke without the function did not return ncclInvalidUsage and say why "
+            "(\"%s\")\n",
+            ncclGetLastError(comm));
     return 1;
   }
   DESTROY(comm);
@@ -604,6 +616,31 @@ static int abortDeferred(int simulate) {
   if (r != ncclInvalidUsage) {
     fprintf(stderr, "the group's %s after the abort returned %d, expected ncclInvalidUsage\n",
             simulate ? "simulated end" : "end", (int)r);
+    return 1;
+  }
+  /* NCCL never saw that error: its last error must say it is gradcomp's and
+   * why (PyTorch puts it in the exception), until NCCL fails a call of its
+   * own (here one with a destroyed op), whose sentence then comes back. */
+  const char* last = ncclGetLastError(comm);
+  if (last == NULL || strncmp(last, "gradcomp: ", 10) != 0 ||
+      strstr(last, "aborted or destroyed") == NULL) {
+    fprintf(stderr, "ncclGetLastError after the refused group: \"%s\"\n", last ? last : "(null)");
+    return 1;
+  }
+  const ncclComm_t other = (ncclComm_t)(uintptr_t)0x1100;
+  float one = 1.0f;
+  ncclRedOp_t op;
+  CHECK(ncclRedOpCreatePreMulSum(&op, &one, ncclFloat32, ncclScalarHostImmediate, other));
+  EXPECT("RedOpCreatePreMulSum scalar=1 type=%d comm=%p op=%d", (int)ncclFloat32, (void*)other,
+         (int)op);
+  CHECK(ncclRedOpDestroy(op, other));
+  EXPECT("RedOpDestroy op=%d comm=%p", (int)op, (void*)other);
+  r = ncclAllReduce(a, a, 1 << 20, ncclFloat32, op, other, stream);
+  EXPECT("AllReduce refused: op=%d is not a live op of comm=%p", (int)op, (void*)other);
+  last = ncclGetLastError(other);
+  if (r != ncclInvalidArgument || last == NULL || strstr(last, "is not a live op") == NULL) {
+    fprintf(stderr, "NCCL's refusal (%d) left ncclGetLastError at \"%s\"\n", (int)r,
+            last ? last : "(null)");
     return 1;
   }
   return 0;
@@ -801,6 +838,85 @@ static int badEnums(void) {
   return 0;
 }
 
+/* A call with an op ncclRedOpCreatePreMulSum made, and the line NCCL must
+ * have received for it (the stand-in adds the op's scalar). */
+static int userOpCall(int deferIt, Collective coll, const void* s, void* r, size_t n,
+                      ncclDataType_t t, ncclRedOp_t op, ncclComm_t c, cudaStream_t st,
+                      const char* scalar) {
+  const int rs = coll == COLL_RS;
+  ncclResult_t res =
+      rs ? ncclReduceScatter(s, r, n, t, op, c, st) : ncclAllReduce(s, r, n, t, op, c, st);
+  if (settle(c, res) != ncclSuccess) {
+    fprintf(stderr, "%s with a pre-multiplied sum op %d returned %d\n",
+            rs ? "ncclReduceScatter" : "ncclAllReduce", (int)op, (int)res);
+    return 1;
+  }
+  char line[256];
+  snprintf(line, sizeof line, rs ? RS_LINE_FMT " scalar=%s" : LINE_FMT " scalar=%s", s, r, n,
+           (int)t, (int)op, (void*)c, (void*)st, scalar);
+  if (deferIt) {
+    snprintf(deferred[numDeferred++], sizeof(deferred[0]), "%s", line);
+  } else {
+    EXPECT("%s", line);
+  }
+  return 0;
+}
+
+/* Pre-multiplied sums (PyTorch's ReduceOp.PREMUL_SUM, and its AVG on older
+ * NCCLs): never compressed, they reach NCCL unchanged. NCCL reads the op at
+ * the call, so a program may destroy it as soon as the call returns (NCCL's
+ * ncclRedOpDestroy), inside its group too, as PyTorch does; a call the
+ * preload deferred to the group's end (behind the communicator's deferred
+ * float Sum) must still get its own op there, not a destroyed one, nor the
+ * one NCCL hands out next in its place. The test says whether the group's
+ * float Sum is deferred (GC_TEST_GROUP_CALLS_DEFERRED=1). */
+static int preMulSum(void) {
+  const int deferGroupCalls = groupCallsDeferred();
+  ncclComm_t comm = (ncclComm_t)(uintptr_t)0x1000;
+  cudaStream_t stream = (cudaStream_t)(uintptr_t)0x2000;
+  char* a = (char*)(uintptr_t)0x7f0000000000ull;
+  char* b = (char*)(uintptr_t)0x7f0010000000ull;
+  void* devScalar = (void*)(uintptr_t)0x7f0020000000ull;
+  float half = 0.5f, quarter = 0.25f;
+  char dev[32];
+  snprintf(dev, sizeof dev, "dev:%p", devScalar);
+  ncclRedOp_t op, op2;
+  /* Outside a group: the call reaches NCCL at once, then the op goes. */
+  CHECK(ncclRedOpCreatePreMulSum(&op, &half, ncclFloat32, ncclScalarHostImmediate, comm));
+  EXPECT("RedOpCreatePreMulSum scalar=0.5 type=%d comm=%p op=%d", (int)ncclFloat32, (void*)comm,
+         (int)op);
+  if (userOpCall(0, COLL_AR, a, a, 1 << 20, ncclFloat32, op, comm, stream, "0.5")) return 1;
+  if (userOpCall(0, COLL_RS, a, b, 1 << 20, ncclFloat32, op, comm, stream, "0.5")) return 1;
+  CHECK(ncclRedOpDestroy(op, comm));
+  EXPECT("RedOpDestroy op=%d comm=%p", (int)op, (void*)comm);
+  /* In a group, behind the communicator's float Sum: each op is destroyed
+   * right after its call, and the next one made may take its handle. */
+  GROUP_START();
+  CALL_IN_GROUP(a, a, 1 << 20, ncclFloat32, ncclSum, comm, stream);
+  CHECK(ncclRedOpCreatePreMulSum(&op, &quarter, ncclFloat32, ncclScalarHostImmediate, comm));
+  EXPECT("RedOpCreatePreMulSum scalar=0.25 type=%d comm=%p op=%d", (int)ncclFloat32, (void*)comm,
+         (int)op);
+  if (userOpCall(deferGroupCalls, COLL_AR, b, b, 1 << 20, ncclFloat32, op, comm, stream, "0.25"))
+    return 1;
+  CHECK(ncclRedOpDestroy(op, comm));
+  if (!deferGroupCalls) EXPECT("RedOpDestroy op=%d comm=%p", (int)op, (void*)comm);
+  CHECK(ncclRedOpCreatePreMulSum(&op2, devScalar, ncclFloat32, ncclScalarDevice, comm));
+  EXPECT("RedOpCreatePreMulSum scalar=%s type=%d comm=%p op=%d", dev, (int)ncclFloat32, (void*)comm,
+         (int)op2);
+  if (userOpCall(deferGroupCalls, COLL_RS, a, b, 1 << 20, ncclFloat32, op2, comm, stream, dev))
+    return 1;
+  CHECK(ncclRedOpDestroy(op2, comm));
+  if (!deferGroupCalls) EXPECT("RedOpDestroy op=%d comm=%p", (int)op2, (void*)comm);
+  GROUP_END();
+  flushDeferred();
+  if (deferGroupCalls) {
+    EXPECT("RedOpDestroy op=%d comm=%p", (int)op, (void*)comm);
+    EXPECT("RedOpDestroy op=%d comm=%p", (int)op2, (void*)comm);
+  }
+  DESTROY(comm);
+  return 0;
+}
+
 /* Calls NCCL refuses (FAKE_NCCL_CHECK_ARGS=1) for a datatype or op C++'s
  * enum cannot hold, on a communicator gradcomp never saw otherwise: they
  * reach NCCL unchanged, and NCCL's answer comes back, without making the
@@ -903,6 +1019,8 @@ __attribute__((visibility("default"))) int gcTestRunCalls(const char* mode) {
     return groupOrder();
   } else if (strcmp(mode, "bad_enums") == 0) {
     rc = badEnums();
+  } else if (strcmp(mode, "premulsum") == 0) {
+    rc = preMulSum();
   } else if (strcmp(mode, "refused_unknown") == 0) {
     rc = refusedUnknown();
   } else if (strcmp(mode, "empty") == 0) {

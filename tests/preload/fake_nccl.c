@@ -32,6 +32,15 @@ static ncclResult_t result(void) {
 
 #define ALIAS(name) __attribute__((weak, alias("p" #name)))
 
+/* NCCL's last error (ncclGetLastError): the sentence of the stand-in's last
+ * refusal of a call's arguments, as NCCL's thread keeps its last warning. */
+static char lastError[256] = "";
+const char* pncclGetLastError(ncclComm_t c) {
+  (void)c;
+  return lastError;
+}
+const char* ncclGetLastError(ncclComm_t) ALIAS(ncclGetLastError);
+
 /* The open group's nesting level and the data calls it holds, so that
  * ncclGroupSimulateEnd can say what it simulated (the tests are one thread). */
 static int groupDepth = 0, groupCalls = 0;
@@ -118,8 +127,79 @@ static int badArgs(const char* what, ncclDataType_t t, ncclRedOp_t op) {
   if (v == NULL || v[0] != '1') return 0;
   if ((int)t >= 0 && (int)t < (int)ncclNumTypes && (int)op >= 0) return 0;
   record("%s refused: type=%d op=%d", what, (int)t, (int)op);
+  snprintf(lastError, sizeof lastError, "%s: invalid type %d or op %d", what, (int)t, (int)op);
   return 1;
 }
+
+/* ncclRedOpCreatePreMulSum's ops, as NCCL keeps them per communicator: the
+ * handle is ncclNumOps + a slot, and a destroyed op's slot is the next one
+ * handed out (NCCL's free list), so a call made with a destroyed handle would
+ * get another op's scalar. A data call naming an op the stand-in made and
+ * destroyed is refused (ncclInvalidArgument, recorded); one naming a live op
+ * is recorded with its scalar (" scalar=", the host value read at creation as
+ * NCCL does, or "dev:" and the device pointer). Handles it never made pass as
+ * before. */
+#define FAKE_USER_OPS 8
+static struct {
+  ncclComm_t comm;
+  int live, made;
+  char scalar[40];
+} userOps[FAKE_USER_OPS];
+
+static int userOpSlot(ncclRedOp_t op) {
+  const int i = (int)op - (int)ncclNumOps;
+  return i >= 0 && i < FAKE_USER_OPS && userOps[i].made ? i : -1;
+}
+
+/* 1 (recorded) when `op` is an op the stand-in made and destroyed. */
+static int deadOp(const char* what, ncclRedOp_t op, ncclComm_t c) {
+  const int i = userOpSlot(op);
+  if (i < 0 || (userOps[i].live && userOps[i].comm == c)) return 0;
+  record("%s refused: op=%d is not a live op of comm=%p", what, (int)op, (void*)c);
+  snprintf(lastError, sizeof lastError, "%s: op %d is not a live op of comm %p", what, (int)op,
+           (void*)c);
+  return 1;
+}
+
+static const char* opSuffix(ncclRedOp_t op) {
+  static char buf[64];
+  const int i = userOpSlot(op);
+  if (i < 0) return "";
+  snprintf(buf, sizeof buf, " scalar=%s", userOps[i].scalar);
+  return buf;
+}
+
+ncclResult_t pncclRedOpCreatePreMulSum(ncclRedOp_t* op, void* scalar, ncclDataType_t t,
+                                       ncclScalarResidence_t residence, ncclComm_t c) {
+  int i = 0;
+  while (i < FAKE_USER_OPS && userOps[i].live) ++i;
+  if (i == FAKE_USER_OPS || op == NULL || scalar == NULL) return ncclInvalidArgument;
+  userOps[i].comm = c;
+  userOps[i].live = userOps[i].made = 1;
+  if (residence == ncclScalarHostImmediate && t == ncclFloat32) {
+    snprintf(userOps[i].scalar, sizeof userOps[i].scalar, "%g", (double)*(const float*)scalar);
+  } else {
+    snprintf(userOps[i].scalar, sizeof userOps[i].scalar, "dev:%p", scalar);
+  }
+  *op = (ncclRedOp_t)((int)ncclNumOps + i);
+  record("RedOpCreatePreMulSum scalar=%s type=%d comm=%p op=%d", userOps[i].scalar, (int)t,
+         (void*)c, (int)*op);
+  return ncclSuccess;
+}
+ncclResult_t ncclRedOpCreatePreMulSum(ncclRedOp_t*, void*, ncclDataType_t, ncclScalarResidence_t,
+                                      ncclComm_t) ALIAS(ncclRedOpCreatePreMulSum);
+
+ncclResult_t pncclRedOpDestroy(ncclRedOp_t op, ncclComm_t c) {
+  const int i = userOpSlot(op);
+  if (i < 0 || !userOps[i].live || userOps[i].comm != c) {
+    record("RedOpDestroy refused: op=%d comm=%p", (int)op, (void*)c);
+    return ncclInvalidArgument;
+  }
+  userOps[i].live = 0;
+  record("RedOpDestroy op=%d comm=%p", (int)op, (void*)c);
+  return ncclSuccess;
+}
+ncclResult_t ncclRedOpDestroy(ncclRedOp_t, ncclComm_t) ALIAS(ncclRedOpDestroy);
 
 /* What a data call of c that was admitted answers. */
 static ncclResult_t answer(ncclComm_t c, ncclResult_t r) {
@@ -132,10 +212,10 @@ ncclResult_t pncclAllReduce(const void* s, void* r, size_t n, ncclDataType_t t, 
                             ncclComm_t c, cudaStream_t st) {
   const ncclResult_t refused = admit("AllReduce", c);
   if (refused != ncclSuccess) return refused;
-  if (badArgs("AllReduce", t, op)) return ncclInvalidArgument;
+  if (badArgs("AllReduce", t, op) || deadOp("AllReduce", op, c)) return ncclInvalidArgument;
   held();
-  record("AllReduce send=%p recv=%p count=%zu type=%d op=%d comm=%p stream=%p", s, r, n, (int)t,
-         (int)op, (void*)c, (void*)st);
+  record("AllReduce send=%p recv=%p count=%zu type=%d op=%d comm=%p stream=%p%s", s, r, n, (int)t,
+         (int)op, (void*)c, (void*)st, opSuffix(op));
   return answer(c, result());
 }
 ncclResult_t ncclAllReduce(const void*, void*, size_t, ncclDataType_t, ncclRedOp_t, ncclComm_t,
@@ -145,10 +225,10 @@ ncclResult_t pncclReduceScatter(const void* s, void* r, size_t n, ncclDataType_t
                                 ncclComm_t c, cudaStream_t st) {
   const ncclResult_t refused = admit("ReduceScatter", c);
   if (refused != ncclSuccess) return refused;
-  if (badArgs("ReduceScatter", t, op)) return ncclInvalidArgument;
+  if (badArgs("ReduceScatter", t, op) || deadOp("ReduceScatter", op, c)) return ncclInvalidArgument;
   held();
-  record("ReduceScatter send=%p recv=%p count=%zu type=%d op=%d comm=%p stream=%p", s, r, n, (int)t,
-         (int)op, (void*)c, (void*)st);
+  record("ReduceScatter send=%p recv=%p count=%zu type=%d op=%d comm=%p stream=%p%s", s, r, n,
+         (int)t, (int)op, (void*)c, (void*)st, opSuffix(op));
   return answer(c, result());
 }
 ncclResult_t ncclReduceScatter(const void*, void*, size_t, ncclDataType_t, ncclRedOp_t, ncclComm_t,
@@ -186,6 +266,50 @@ ncclResult_t pncclRecv(void* r, size_t n, ncclDataType_t t, int peer, ncclComm_t
   return answer(c, result());
 }
 ncclResult_t ncclRecv(void*, size_t, ncclDataType_t, int, ncclComm_t, cudaStream_t) ALIAS(ncclRecv);
+
+ncclResult_t pncclBroadcast(const void* s, void* r, size_t n, ncclDataType_t t, int root,
+                            ncclComm_t c, cudaStream_t st) {
+  const ncclResult_t refused = admit("Broadcast", c);
+  if (refused != ncclSuccess) return refused;
+  held();
+  record("Broadcast send=%p recv=%p count=%zu type=%d root=%d comm=%p stream=%p", s, r, n, (int)t,
+         root, (void*)c, (void*)st);
+  return answer(c, result());
+}
+ncclResult_t ncclBroadcast(const void*, void*, size_t, ncclDataType_t, int, ncclComm_t,
+                           cudaStream_t) ALIAS(ncclBroadcast);
+
+#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 19, 0)
+/* ncclMemAlloc hands out made-up addresses (never dereferenced); the
+ * registration calls are recorded. */
+ncclResult_t pncclMemAlloc(void** p, size_t n) {
+  static uintptr_t next = 0x7e0000000000ull;
+  *p = (void*)next;
+  next += (n + 0xfffff) & ~(uintptr_t)0xfffff;
+  record("MemAlloc size=%zu ptr=%p", n, *p);
+  return ncclSuccess;
+}
+ncclResult_t ncclMemAlloc(void**, size_t) ALIAS(ncclMemAlloc);
+
+ncclResult_t pncclMemFree(void* p) {
+  record("MemFree ptr=%p", p);
+  return ncclSuccess;
+}
+ncclResult_t ncclMemFree(void*) ALIAS(ncclMemFree);
+
+ncclResult_t pncclCommRegister(const ncclComm_t c, void* b, size_t n, void** h) {
+  *h = (void*)((uintptr_t)b ^ (uintptr_t)c);
+  record("CommRegister comm=%p buff=%p size=%zu", (void*)c, b, n);
+  return ncclSuccess;
+}
+ncclResult_t ncclCommRegister(const ncclComm_t, void*, size_t, void**) ALIAS(ncclCommRegister);
+
+ncclResult_t pncclCommDeregister(const ncclComm_t c, void* h) {
+  record("CommDeregister comm=%p handle=%p", (void*)c, h);
+  return ncclSuccess;
+}
+ncclResult_t ncclCommDeregister(const ncclComm_t, void*) ALIAS(ncclCommDeregister);
+#endif
 
 ncclResult_t pncclGroupStart(void) {
   record("GroupStart");

@@ -42,7 +42,7 @@ count() { grep -c -- "$1" "$2" || true; }
 check "no DT_NEEDED on libnccl" "! readelf -d '$preload' | grep -q 'NEEDED.*libnccl'"
 exports=$(nm -D --defined-only "$preload" | awk '{print $3}' | sed 's/@.*//' | sort -u)
 required="ncclAllReduce ncclReduceScatter ncclCommAbort ncclCommDestroy ncclCommFinalize ncclCommGetAsyncError ncclGroupEnd ncclGroupStart"
-optional="ncclCommGrow ncclCommRevoke ncclCommInitRankConfig ncclCommInitRankScalable ncclCommShrink ncclCommSplit ncclGroupSimulateEnd"
+optional="ncclCommGrow ncclCommRevoke ncclCommInitRankConfig ncclCommInitRankScalable ncclCommShrink ncclCommSplit ncclGroupSimulateEnd ncclRedOpDestroy ncclGetLastError"
 for s in $required; do
   check "exports $s" "grep -qx $s <<< '$exports'"
 done
@@ -97,6 +97,18 @@ done
 for group in defer fuse pass; do
   run bad_enums_$group env GRADCOMP_GROUP=$group GC_TEST_GROUP_CALLS_DEFERRED=1 \
     GRADCOMP_METHOD=qsgd "$app" bad_enums && same_calls bad_enums_$group
+done
+
+# 2f. Pre-multiplied sums (ncclRedOpCreatePreMulSum, host and device
+# scalars) reach NCCL unchanged, alone and in a group behind the
+# communicator's deferred float Sum, each with its own op: destroyed in the
+# group right after its call (as NCCL allows, and PyTorch does), the op lives
+# until the deferred call has reached NCCL. (Until 2026-12-07 the destroy ran
+# at once: NCCL refused the deferred calls for a dead op, or gave them the
+# scalar of the op it made next in its place.)
+for group in defer fuse pass; do
+  run premulsum_$group env GRADCOMP_GROUP=$group GC_TEST_GROUP_CALLS_DEFERRED=1 \
+    GRADCOMP_METHOD=qsgd "$app" premulsum && same_calls premulsum_$group
 done
 
 # 2e. Calls NCCL refuses for such a datatype or op, on a communicator no
@@ -352,7 +364,8 @@ done
 
 # 4d. A communicator aborted after a user group deferred its eligible call:
 # the call never reaches NCCL (which frees the communicator) and the group's
-# end answers ncclInvalidUsage (the app checks it).
+# end answers ncclInvalidUsage, and ncclGetLastError says why, as gradcomp's
+# (until NCCL fails a call of its own; the app checks both).
 for group in defer fuse; do
   run abort_deferred_$group env GRADCOMP_GROUP=$group GRADCOMP_METHOD=qsgd "$app" abort_deferred &&
     same_calls abort_deferred_$group
