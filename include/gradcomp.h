@@ -387,10 +387,9 @@ gradcompResult_t gradcompReduceScatterKeyed(const void* sendbuff, void* recvbuff
  * forget with the same key (or its own address of the same buffer; several
  * forgets in any order). The comm's next call then checks that the ranks
  * agree on it (one small allgather and a host sync on NCCL; ranks that forgot
- * different keys, different numbers of buffers, or buffers of another size,
- * type or call count, fail it with gradcompInvalidUsage), which a rank that
- * did not forget, reset or load skips: on NCCL without GRADCOMP_CHECK_CALLS
- * its peers would wait for it
+ * different keys, or different numbers of buffers, fail it with
+ * gradcompInvalidUsage), which a rank that did not forget, reset or load
+ * skips: on NCCL without GRADCOMP_CHECK_CALLS its peers would wait for it
  * (the CPU backends check every call and fail instead). Forgetting a buffer
  * or key that has no state frees nothing and succeeds; a NULL recvbuff is
  * gradcompInvalidArgument. */

@@ -1035,28 +1035,18 @@ gradcompResult_t loadState(gradcompComm_t comm, const void* buffer, size_t bytes
 // (kinds kStateAllReduce and kStateReduceScatter) or the keyed calls' key
 // (those kinds + 1), whatever the count and datatype. The ranks must forget
 // alike, as they reset alike: the identity goes into the schedule digest
-// every call's agreement compares (the key itself; for a buffer, whose
-// address is each rank's own, as stateDigest leaves address-keyed states
-// out, what every rank holds alike of it: each state freed, by its kind,
-// count, datatype and calls), and the next call checks that agreement
-// (verifyNext), so a rank that forgot another key, or none, or another
-// buffer than its peers' (of another size, type or call count), fails every
-// rank there instead of running from a residual its peers dropped.
+// every call's agreement compares (the key itself; for a buffer only that
+// one was forgotten, its address being each rank's own, as stateDigest
+// leaves address-keyed states out), and the next call checks that agreement
+// (verifyNext), so a rank that forgot another key, or none, fails every rank
+// there instead of running from a residual its peers dropped.
 gradcompResult_t forgetStates(gradcompComm* comm, bool keyed, uint64_t id) {
   // The last eager call may still read the arrays (a reset waits the same way).
   comm->backend->useOwnStream();  // the last call's stream may be gone
   GC_CHECK(comm->backend->sync());
-  uint32_t freed = 0;  // the buffer's states, added as the forgets are
   for (auto it = comm->states.begin(); it != comm->states.end();) {
     const int kind = std::get<0>(it->first);
     if (((kind & 1) != 0) == keyed && std::get<1>(it->first) == id) {
-      if (!keyed) {
-        uint64_t f = gc::mix64(0x667265ull ^ (uint64_t)kind);
-        f = gc::mix64(f ^ (uint64_t)std::get<2>(it->first));
-        f = gc::mix64(f ^ (uint64_t)std::get<3>(it->first));
-        f = gc::mix64(f ^ it->second.calls);
-        freed += (uint32_t)(f ^ (f >> 32));
-      }
       comm->dropState(it->second);
       it = comm->states.erase(it);
     } else {
@@ -1075,7 +1065,7 @@ gradcompResult_t forgetStates(gradcompComm* comm, bool keyed, uint64_t id) {
   // between two calls agree in whatever order they forgot them.
   uint64_t h = gc::mix64(keyed ? 0x6b6579ull : 0x627566ull);
   if (keyed) h = gc::mix64(h ^ gc::mix64(id));
-  comm->stateDigest += (uint32_t)(h ^ (h >> 32)) + freed;
+  comm->stateDigest += (uint32_t)(h ^ (h >> 32));
   return gradcompSuccess;
 }
 
