@@ -5,8 +5,13 @@
 // different calls, a missing rank or a refused world fail with a sentence,
 // never a hang.
 #include <gtest/gtest.h>
+#include <signal.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
+#include <atomic>
+#include <chrono>
 #include <functional>
 #include <string>
 #include <thread>
@@ -21,6 +26,15 @@
 #include "tests/common/socket_world.h"
 #include "tests/common/test_util.h"
 #include "tests/common/world_checks.h"
+
+#if defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define GC_TEST_TSAN 1
+#endif
+#endif
+#if defined(__SANITIZE_THREAD__)
+#define GC_TEST_TSAN 1
+#endif
 
 namespace {
 
@@ -389,6 +403,100 @@ TEST(Socket, AMissingRankTimesOut) {
       gradcompSystemError);
   EXPECT_NE(std::string(gradcompGetLastError()).find("waited"), std::string::npos)
       << gradcompGetLastError();
+}
+
+// A rank's process killed (SIGKILL) in the middle of its calls: the kernel
+// closes its sockets, so the other ranks, in the same call or the next, fail
+// at once with gradcompSystemError naming the rank they lost, not after
+// cpuTimeoutSec (120 s here), and their comms then refuse every call
+// ("destroy the comm"), as an NCCL comm after an error. Rank 1 is a forked
+// process (no thread of the test runs yet at the fork); ranks 0 and 2 are
+// threads here.
+TEST(Socket, ARankKilledMidCallFailsTheOthersAtOnce) {
+#ifdef GC_TEST_TSAN
+  GTEST_SKIP() << "ThreadSanitizer does not support fork() in a multi-threaded process";
+#endif
+  gradcompConfig_t cfg = withMethod(gradcompMethodQsgd);
+  cfg.cpuTimeoutSec = 120;
+  const std::string root = loopbackRoot();
+  const size_t count = size_t(1) << 20;
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    gradcompComm_t c = nullptr;
+    if (gradcompCommCreateSocket(3, 1, root.c_str(), &cfg, &c) != gradcompSuccess) _exit(1);
+    std::vector<float> x(count, 1.0f);
+    for (;;) gradcompAllReduce(x.data(), x.data(), count, ncclFloat32, ncclSum, c, nullptr);
+  }
+  // Killed however the test ends.
+  struct Reaper {
+    pid_t pid;
+    ~Reaper() {
+      kill(pid, SIGKILL);
+      int status = 0;
+      waitpid(pid, &status, 0);
+    }
+  } reaper{child};
+  std::vector<gradcompComm_t> comms(3, nullptr);
+  std::vector<gradcompResult_t> res(3, gradcompSuccess);
+  std::vector<std::string> why(3);
+  std::atomic<int> calls{0};
+  std::vector<std::thread> ranks;
+  for (int r : {0, 2}) {
+    ranks.emplace_back([&, r] {
+      res[r] = gradcompCommCreateSocket(3, r, root.c_str(), &cfg, &comms[r]);
+      std::vector<float> x(count, 1.0f);
+      while (res[r] == gradcompSuccess) {
+        calls++;
+        res[r] =
+            gradcompAllReduce(x.data(), x.data(), count, ncclFloat32, ncclSum, comms[r], nullptr);
+      }
+      why[r] = gradcompGetLastError();
+    });
+  }
+  // A few calls made, the next ones under way.
+  while (calls.load() < 6 && res[0] == gradcompSuccess && res[2] == gradcompSuccess) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  kill(child, SIGKILL);
+  for (auto& t : ranks) t.join();
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 60.0);
+  std::vector<float> x(count, 1.0f);
+  for (int r : {0, 2}) {
+    ASSERT_NE(comms[r], nullptr) << "rank " << r << ": " << why[r];
+    EXPECT_EQ(res[r], gradcompSystemError) << "rank " << r << ": " << why[r];
+    EXPECT_NE(why[r].find("lost its connection to rank"), std::string::npos) << why[r];
+    EXPECT_EQ(gradcompAllReduce(x.data(), x.data(), count, ncclFloat32, ncclSum, comms[r], nullptr),
+              gradcompInvalidUsage);
+    EXPECT_NE(std::string(gradcompGetLastError()).find("destroy the comm"), std::string::npos)
+        << gradcompGetLastError();
+    EXPECT_EQ(gradcompCommDestroy(comms[r]), gradcompSuccess);
+  }
+}
+
+// Rank 0's port held by another listener: rank 0 fails at once, naming the
+// address and the system's reason, and makes no comm.
+TEST(Socket, ARootPortInUseIsNamed) {
+  const int port = gctest::freePort();
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(fd, 0);
+  sockaddr_in a = {};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = htons((uint16_t)port);
+  ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  ASSERT_EQ(listen(fd, 8), 0);
+  const gradcompConfig_t cfg = withMethod(gradcompMethodQsgd);
+  gradcompComm_t c = nullptr;
+  EXPECT_EQ(gradcompCommCreateSocket(2, 0, loopbackRoot(port).c_str(), &cfg, &c),
+            gradcompSystemError);
+  const std::string why = gradcompGetLastError();
+  EXPECT_NE(why.find("cannot listen at 127.0.0.1:" + std::to_string(port)), std::string::npos)
+      << why;
+  EXPECT_NE(why.find("Address already in use"), std::string::npos) << why;
+  EXPECT_EQ(c, nullptr);
+  close(fd);
 }
 
 // IPv6 roots, bracketed or not: the same bits as the in-process world, with
