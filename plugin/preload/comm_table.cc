@@ -839,7 +839,7 @@ ncclResult_t abortComm(ncclComm_t comm) {
   // sub-communicators, in one NCCL group, which NCCL 2.22 and later abort
   // together.
   if (x.group) api->groupStart();
-  const ncclResult_t r = real->commAbort(comm);
+  const ncclResult_t r = ncclAnswered(real->commAbort(comm));
   if (x.group) stopInGroup(x);
   const ncclResult_t end = x.group ? api->groupEnd() : ncclSuccess;  // the grouped aborts run here
   release(comm, /*abort=*/true);  // stops the comm (if not above) and forgets the entry
@@ -974,6 +974,13 @@ void noteOwnError(const char* fmt, ...) {
   std::lock_guard<std::mutex> lock(gOwnErrorMu);
   snprintf(gOwnError, sizeof(gOwnError), "gradcomp: %s", msg);
   snprintf(gNcclErrorThen, sizeof(gNcclErrorThen), "%s", theirs);
+}
+
+ncclResult_t ncclAnswered(ncclResult_t r) {
+  if (r == ncclSuccess || r == ncclInProgress) return r;
+  std::lock_guard<std::mutex> lock(gOwnErrorMu);
+  gOwnError[0] = '\0';
+  return r;
 }
 
 const char* ownLastError(const char* theirs) {

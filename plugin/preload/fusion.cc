@@ -9,6 +9,7 @@
 
 #include "codecs/qsgd.h"
 #include "comm.h"
+#include "format_args.h"
 #include "nvtx.h"
 #include "preload.h"
 
@@ -25,6 +26,16 @@ ncclResult_t passEach(CommEntry& e, const std::vector<const Deferred*>& members)
     if (r != ncclSuccess && first == ncclSuccess) first = r;
   }
   return first;
+}
+
+// A fused set's failure of its own (a CUDA call around gradcomp's fused call,
+// not gradcomp's nor NCCL's): warned about once per sentence and, as a
+// compressed call's failure, what ncclGetLastError answers next.
+__attribute__((format(printf, 1, 2))) void setFailed(const char* fmt, ...) {
+  char msg[512];
+  GC_FORMAT_ARGS(msg, fmt);
+  warnOncePerSentence("%s", msg);
+  noteOwnError("%s", msg);
 }
 
 // Marks the end of what a set enqueued on its stream (the fusion buffer's
@@ -144,10 +155,13 @@ ncclResult_t runFusedSet(CommEntry& e, const std::vector<const Deferred*>& membe
       uint64_t least = 0;
       std::string why;
       if (!voteMin(e, d0.stream, e.fusionBytes, &least, &why)) {
-        warnOnce("fuse-vote " + why,
+        char msg[512];
+        snprintf(msg, sizeof msg,
                  "cannot vote on the fusion buffer with the other ranks of NCCL comm %p (%s); the "
                  "group's calls fail",
                  (void*)e.nccl, why.c_str());
+        warnOnce("fuse-vote " + why, "%s", msg);
+        noteOwnError("%s", msg);
         return e.aborted.stopped() ? ncclInvalidUsage : ncclSystemError;
       }
       e.fusionAgreed = (size_t)least;
@@ -170,8 +184,8 @@ ncclResult_t runFusedSet(CommEntry& e, const std::vector<const Deferred*>& membe
       cudaError_t err = cudaStreamWaitEvent(d0.stream, e.fusionDone, 0);
       if (err != cudaSuccess) {
         (void)cudaGetLastError();
-        warnOncePerSentence("cannot order the fusion buffer across streams (%s); the calls fail",
-                            cudaGetErrorString(err));
+        setFailed("cannot order the fusion buffer across streams (%s); the calls fail",
+                  cudaGetErrorString(err));
         return refuseFusedCall(e, d0, total, key, ncclUnhandledCudaError);
       }
     }
@@ -182,8 +196,8 @@ ncclResult_t runFusedSet(CommEntry& e, const std::vector<const Deferred*>& membe
                                         cudaMemcpyDeviceToDevice, d0.stream);
       if (err != cudaSuccess) {
         (void)cudaGetLastError();
-        warnOncePerSentence("cannot copy into the fusion buffer (%s); the calls fail",
-                            cudaGetErrorString(err));
+        setFailed("cannot copy into the fusion buffer (%s); the calls fail",
+                  cudaGetErrorString(err));
         if (!streamCapturing(d0.stream)) (void)markFusionDone(e, d0.stream);  // callMu held
         (void)cudaGetLastError();
         return refuseFusedCall(e, d0, total, key, ncclUnhandledCudaError);
@@ -206,7 +220,7 @@ ncclResult_t runFusedSet(CommEntry& e, const std::vector<const Deferred*>& membe
         cudaMemcpyAsync(d->recv, fusion + off, d->count * esz, cudaMemcpyDeviceToDevice, d0.stream);
     if (err != cudaSuccess) {
       (void)cudaGetLastError();
-      warnOncePerSentence("cannot copy out of the fusion buffer: %s", cudaGetErrorString(err));
+      setFailed("cannot copy out of the fusion buffer: %s", cudaGetErrorString(err));
       return failedSet(e, d0.stream, ncclUnhandledCudaError);
     }
     off += d->count * esz;
@@ -216,7 +230,7 @@ ncclResult_t runFusedSet(CommEntry& e, const std::vector<const Deferred*>& membe
     const cudaError_t err = markFusionDone(e, d0.stream);
     if (err != cudaSuccess) {
       (void)cudaGetLastError();
-      warnOncePerSentence("cannot record the end of a fused set: %s", cudaGetErrorString(err));
+      setFailed("cannot record the end of a fused set: %s", cudaGetErrorString(err));
       return ncclUnhandledCudaError;
     }
   }

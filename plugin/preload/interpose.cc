@@ -71,9 +71,11 @@ struct GroupCalls {
   // its group). The deferred call reaches NCCL only after the outer end, so
   // the destroy waits for it (destroyPostponed): run at once, NCCL refused
   // the call for its dead op, or ran it with the scalar of the op it handed
-  // out next in its place.
+  // out next in its place. Only such an op waits (ncclNumOps and up): NCCL
+  // refuses a builtin or garbage op's destroy at once, and no call needs it.
+  // The op as the int the program gave.
   struct Destroy {
-    ncclRedOp_t op;
+    int op;
     ncclComm_t comm;
     std::weak_ptr<CommEntry> entry;
   };
@@ -146,8 +148,9 @@ ncclResult_t forward(CommEntry* e, const Deferred& d) {
   // deferred or fused call after it): NCCL frees the communicator.
   if (e != nullptr && e->aborted.stopped()) return abortedCall(d.comm);
   if (e != nullptr) countPassed(*e, d.coll);
-  return rs ? api->reduceScatter(d.send, d.recv, d.count, d.type, d.op, d.comm, d.stream)
-            : api->allReduce(d.send, d.recv, d.count, d.type, d.op, d.comm, d.stream);
+  return ncclAnswered(
+      rs ? api->reduceScatter(d.send, d.recv, d.count, d.type, d.op, d.comm, d.stream)
+         : api->allReduce(d.send, d.recv, d.count, d.type, d.op, d.comm, d.stream));
 }
 
 ncclResult_t compress(CommEntry& e, const Deferred& d, bool keyed, uint64_t key,
@@ -312,6 +315,7 @@ ncclResult_t keepMultiDeviceGroup() {
 // as NCCL refuses their next call until then; the others stay the program's
 // to poll, so ncclInProgress is what it gets back unless a call failed.
 ncclResult_t leaveGroup(ncclResult_t r) {
+  (void)ncclAnswered(r);  // NCCL's end of the level
   if (tGroupDepth > 0) --tGroupDepth;
   if (tGroupDepth > 0) return r;
   GroupCalls& g = groupCalls();
@@ -409,8 +413,9 @@ bool passedAsInts(Collective coll, const void* send, void* recv, size_t count,
   const auto* api = ncclApi();
   const gcNcclReduction fn =
       coll == Collective::ReduceScatter ? api->reduceScatter : api->allReduce;
-  *res = fn == nullptr ? ncclSystemError
-                       : gcNcclReductionWithInts(fn, send, recv, count, t, o, comm, stream);
+  *res = fn == nullptr
+             ? ncclSystemError
+             : ncclAnswered(gcNcclReductionWithInts(fn, send, recv, count, t, o, comm, stream));
   return true;
 }
 
@@ -482,7 +487,15 @@ GC_INTERPOSE ncclResult_t ncclReduceScatter(const void* sendbuff, void* recvbuff
 // After the outer end of the thread's group (its deferred calls run or
 // dropped): the ops destroyed in it that deferred calls used, destroyed now,
 // in the order the program did (none of a communicator released since: NCCL
-// freed its ops with it). The first failure, where `r` is ncclSuccess.
+// freed its ops with it). Returns `r`, the end's result, whatever these
+// destroys answer: the program's ncclRedOpDestroy already returned
+// ncclSuccess, and every call of the group ran; an end that failed for them
+// would say its calls failed, with no call to blame. NCCL alone would have
+// refused the destroy at once, but one it refuses here named an op NCCL did
+// not know for the communicator (builtin, garbage or twice-destroyed ops
+// never wait: ncclRedOpDestroy answers them at once), so the deferred call
+// with that op was refused too, and the end already answers that. The
+// refusal is warned about, and NCCL's last error is its own sentence for it.
 static ncclResult_t destroyPostponed(ncclResult_t r) {
   GroupCalls& g = groupCalls();
   if (tGroupDepth > 0 || g.destroys.empty()) return r;
@@ -491,23 +504,44 @@ static ncclResult_t destroyPostponed(ncclResult_t r) {
   for (const GroupCalls::Destroy& d : destroys) {
     const EntryPtr e = d.entry.lock();
     if (e == nullptr || e->released || e->aborted.stopped()) continue;
-    const ncclResult_t done = realNccl()->redOpDestroy(d.op, d.comm);
-    if (r == ncclSuccess) r = done;
+    const ncclResult_t done = gcNcclRedOpDestroyWithInt(realNccl()->redOpDestroy, d.op, d.comm);
+    if (done != ncclSuccess) {
+      warnOncePerSentence(
+          "ncclRedOpDestroy of op %d of NCCL comm %p, made in a user group and run at its end "
+          "after the calls that use the op, returned %d (%s); the group's end answers its calls",
+          d.op, (void*)d.comm, (int)done, ncclApi()->getErrorString(done));
+    }
   }
   return r;
 }
 
+// An op a call deferred to the group's end uses must live until that call
+// reached NCCL, so its destroy in the group waits (GroupCalls::destroys). The
+// op is read as the int the program gave (a C caller's -1 is not an
+// ncclRedOp_t in C++) and passed on so (nccl_ints.c).
 GC_INTERPOSE ncclResult_t ncclRedOpDestroy(ncclRedOp_t op, ncclComm_t comm) {
-  if (realNccl()->redOpDestroy == nullptr) return ncclSystemError;
-  if (tGroupDepth > 0) {
+  const auto real = realNccl()->redOpDestroy;
+  if (real == nullptr) return ncclSystemError;
+  const int o = gc::enumArg(&op);
+  if (tGroupDepth > 0 && o >= (int)ncclNumOps) {
     GroupCalls& g = groupCalls();
+    for (const GroupCalls::Destroy& d : g.destroys) {
+      if (d.comm != comm || d.op != o) continue;
+      // Destroyed already, as far as the program can tell: NCCL answers a
+      // dead op's destroy so, at once.
+      noteOwnError(
+          "ncclRedOpDestroy: op %d of NCCL comm %p was already destroyed in this group (the "
+          "destroy runs at the group's end, after the calls that use it): ncclInvalidArgument",
+          o, (void*)comm);
+      return ncclInvalidArgument;
+    }
     for (const Deferred& d : g.deferred) {
-      if (d.comm != comm || gc::enumArg(&d.op) != gc::enumArg(&op)) continue;
-      g.destroys.push_back({op, comm, d.entry});
+      if (d.comm != comm || gc::enumArg(&d.op) != o) continue;
+      g.destroys.push_back({o, comm, d.entry});
       return ncclSuccess;
     }
   }
-  return realNccl()->redOpDestroy(op, comm);
+  return ncclAnswered(gcNcclRedOpDestroyWithInt(real, o, comm));
 }
 #else
 static ncclResult_t destroyPostponed(ncclResult_t r) {
@@ -517,7 +551,7 @@ static ncclResult_t destroyPostponed(ncclResult_t r) {
 
 GC_INTERPOSE ncclResult_t ncclGroupStart() {
   if (ncclApi()->groupStart == nullptr) return ncclSystemError;
-  const ncclResult_t r = ncclApi()->groupStart();
+  const ncclResult_t r = ncclAnswered(ncclApi()->groupStart());
   if (r == ncclSuccess) ++tGroupDepth;
   return r;
 }
@@ -566,7 +600,7 @@ GC_INTERPOSE ncclResult_t ncclGroupSimulateEnd(ncclSimInfo_t* simInfo) {
     if (r != ncclSuccess && f == ncclSuccess) f = r;
   }
   groupCalls().forwarded.clear();
-  const ncclResult_t r = realNccl()->groupSimulateEnd(simInfo);
+  const ncclResult_t r = ncclAnswered(realNccl()->groupSimulateEnd(simInfo));
   tGroupDepth = 0;
   return destroyPostponed(r != ncclSuccess ? r : f);
 }
@@ -592,7 +626,8 @@ static void noteMade(ncclResult_t r, ncclComm_t* newcomm, bool nonBlocking,
 GC_INTERPOSE ncclResult_t ncclCommInitRankConfig(ncclComm_t* comm, int nranks, ncclUniqueId commId,
                                                  int rank, ncclConfig_t* config) {
   if (realNccl()->commInitRankConfig == nullptr) return ncclSystemError;
-  const ncclResult_t r = realNccl()->commInitRankConfig(comm, nranks, commId, rank, config);
+  const ncclResult_t r =
+      ncclAnswered(realNccl()->commInitRankConfig(comm, nranks, commId, rank, config));
   noteMade(r, comm, nonBlockingFrom(config, config ? config->blocking : 1, false));
   return r;
 }
@@ -602,7 +637,8 @@ GC_INTERPOSE ncclResult_t ncclCommInitRankConfig(ncclComm_t* comm, int nranks, n
 GC_INTERPOSE ncclResult_t ncclCommInitRankScalable(ncclComm_t* comm, int nranks, int rank, int nId,
                                                    ncclUniqueId* commIds, ncclConfig_t* config) {
   if (realNccl()->commInitRankScalable == nullptr) return ncclSystemError;
-  const ncclResult_t r = realNccl()->commInitRankScalable(comm, nranks, rank, nId, commIds, config);
+  const ncclResult_t r =
+      ncclAnswered(realNccl()->commInitRankScalable(comm, nranks, rank, nId, commIds, config));
   noteMade(r, comm, nonBlockingFrom(config, config ? config->blocking : 1, false));
   return r;
 }
@@ -615,7 +651,7 @@ GC_INTERPOSE ncclResult_t ncclCommSplit(ncclComm_t comm, int color, int key, ncc
   if (realNccl()->commSplit == nullptr) return ncclSystemError;
   const bool nonBlocking =
       nonBlockingFrom(config, config ? config->blocking : 1, isNonBlocking(comm));
-  const ncclResult_t r = realNccl()->commSplit(comm, color, key, newcomm, config);
+  const ncclResult_t r = ncclAnswered(realNccl()->commSplit(comm, color, key, newcomm, config));
   // NCCL_SPLIT_NOCOLOR makes no child: NCCL stores NULL in the slot as the
   // call starts and again when the split's job ends (NCCL 2.30.7, src/init.cc:
   // ncclCommInitChildComm, then ncclCommInitRankFunc's exit; for a
@@ -635,8 +671,8 @@ GC_INTERPOSE ncclResult_t ncclCommShrink(ncclComm_t comm, int* excludeRanksList,
   const bool nonBlocking =
       nonBlockingFrom(config, config ? config->blocking : 1, isNonBlocking(comm));
   auto shrink = [&] {
-    return realNccl()->commShrink(comm, excludeRanksList, excludeRanksCount, newcomm, config,
-                                  shrinkFlags);
+    return ncclAnswered(realNccl()->commShrink(comm, excludeRanksList, excludeRanksCount, newcomm,
+                                               config, shrinkFlags));
   };
   // NCCL_SHRINK_ABORT ends the parent's work in flight, gradcomp's on it too:
   // as at a revoke, its gradcomp comm stops (first: see shrinkAborting).
@@ -663,7 +699,8 @@ GC_INTERPOSE ncclResult_t ncclCommGrow(ncclComm_t comm, int nRanks, const ncclUn
   }
   const bool nonBlocking = nonBlockingFrom(config, config ? config->blocking : 1,
                                            comm != nullptr && isNonBlocking(comm));
-  const ncclResult_t r = realNccl()->commGrow(comm, nRanks, uniqueId, rank, newcomm, config);
+  const ncclResult_t r =
+      ncclAnswered(realNccl()->commGrow(comm, nRanks, uniqueId, rank, newcomm, config));
   noteMade(r, newcomm, nonBlocking, comm);
   return r;
 }
@@ -683,7 +720,7 @@ GC_INTERPOSE ncclResult_t ncclCommRevoke(ncclComm_t comm, int revokeFlags) {
     noteOwnError("%s", kWhy);
     return ncclInvalidUsage;
   }
-  const ncclResult_t r = realNccl()->commRevoke(comm, revokeFlags);
+  const ncclResult_t r = ncclAnswered(realNccl()->commRevoke(comm, revokeFlags));
   if (r == ncclSuccess || r == ncclInProgress) noteRevoked(comm);
   return r;
 }
@@ -702,7 +739,7 @@ GC_INTERPOSE ncclResult_t ncclCommDestroy(ncclComm_t comm) {
   ncclResult_t state = ncclSuccess;
   if (comm != nullptr && api->commGetAsyncError != nullptr &&
       api->commGetAsyncError(comm, &state) == ncclSuccess && state != ncclSuccess) {
-    const ncclResult_t r = realNccl()->commDestroy(comm);
+    const ncclResult_t r = ncclAnswered(realNccl()->commDestroy(comm));
     // Ready by now after all (its work ended in between): destroyed, so
     // its entry goes too.
     if (r == ncclSuccess) release(comm);
@@ -710,7 +747,7 @@ GC_INTERPOSE ncclResult_t ncclCommDestroy(ncclComm_t comm) {
   }
   // Ours first: freeing it waits for gradcomp's work on the communicator.
   release(comm);
-  return realNccl()->commDestroy(comm);
+  return ncclAnswered(realNccl()->commDestroy(comm));
 }
 
 // NCCL's abort first (it stops kernels that may be stuck on a dead peer),
@@ -733,7 +770,7 @@ GC_INTERPOSE ncclResult_t ncclCommAbort(ncclComm_t comm) {
 GC_INTERPOSE ncclResult_t ncclCommGetAsyncError(ncclComm_t comm, ncclResult_t* asyncError) {
   const auto poll = ncclApi()->commGetAsyncError;
   if (poll == nullptr) return ncclSystemError;
-  const ncclResult_t r = poll(comm, asyncError);
+  const ncclResult_t r = ncclAnswered(poll(comm, asyncError));
   if (r == ncclSuccess && asyncError != nullptr && *asyncError != ncclInProgress) notePolled();
   return r;
 }
@@ -742,7 +779,7 @@ GC_INTERPOSE ncclResult_t ncclCommFinalize(ncclComm_t comm) {
   // Finalize flushes NCCL's work; our state (and the summary) goes at
   // destroy or abort.
   if (realNccl()->commFinalize == nullptr) return ncclSystemError;
-  return realNccl()->commFinalize(comm);
+  return ncclAnswered(realNccl()->commFinalize(comm));
 }
 
 #if GC_NCCL_HAS_LAST_ERROR

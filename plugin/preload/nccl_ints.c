@@ -1,5 +1,6 @@
 /* A datatype or op that C++'s enums cannot hold (-1, 99 or INT_MIN as the
- * datatype, -1 or INT_MIN as the op) passed on to NCCL as the caller gave it.
+ * datatype, -1 or INT_MIN as the op, of a reduction or of ncclRedOpDestroy)
+ * passed on to NCCL as the caller gave it.
  * C++ can neither make such a value of the enum (the conversion is
  * undefined) nor call NCCL through a pointer whose type takes ints instead
  * (a call through another function type is undefined), so the call is made
@@ -12,4 +13,8 @@
 ncclResult_t gcNcclReductionWithInts(gcNcclReduction fn, const void* send, void* recv, size_t count,
                                      int datatype, int op, ncclComm_t comm, cudaStream_t stream) {
   return fn(send, recv, count, (ncclDataType_t)datatype, (ncclRedOp_t)op, comm, stream);
+}
+
+ncclResult_t gcNcclRedOpDestroyWithInt(gcNcclRedOpDestroy fn, int op, ncclComm_t comm) {
+  return fn((ncclRedOp_t)op, comm);
 }

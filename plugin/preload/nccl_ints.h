@@ -1,5 +1,6 @@
 /* NCCL's allreduce or reduce-scatter called with its datatype and op as the
- * ints a caller passed (interpose.cc passedAsInts), for C and C++. */
+ * ints a caller passed (interpose.cc passedAsInts), and its ncclRedOpDestroy
+ * with the op so, for C and C++. */
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -18,6 +19,12 @@ typedef ncclResult_t (*gcNcclReduction)(const void*, void*, size_t, ncclDataType
  * own type with the datatype's and the op's bits as given. */
 ncclResult_t gcNcclReductionWithInts(gcNcclReduction fn, const void* send, void* recv, size_t count,
                                      int datatype, int op, ncclComm_t comm, cudaStream_t stream);
+
+/* NCCL's ncclRedOpDestroy. */
+typedef ncclResult_t (*gcNcclRedOpDestroy)(ncclRedOp_t, ncclComm_t);
+
+/* fn(op, comm), the op's bits as given. */
+ncclResult_t gcNcclRedOpDestroyWithInt(gcNcclRedOpDestroy fn, int op, ncclComm_t comm);
 
 #ifdef __cplusplus
 }

@@ -252,15 +252,23 @@ void warnOncePerSentence(const char* fmt, ...) __attribute__((format(printf, 1, 
 // make every call's refusal a new warning.
 std::string warningKind(const char* sentence);
 // A call the preload itself failed (not NCCL: a deferred call whose
-// communicator went, a compressed call gradcomp could not complete): the
-// sentence, prefixed "gradcomp: ", is what ncclGetLastError answers from now
-// until NCCL's own last error changes (ownLastError), so that a program
+// communicator went, a compressed or fused call gradcomp could not complete):
+// the sentence, prefixed "gradcomp: ", is what ncclGetLastError answers from
+// now until NCCL fails a call the preload passed on (ncclAnswered) or NCCL's
+// own last error changes (ownLastError: a call that never reached the
+// preload, such as ncclBroadcast), so that a program
 // building its message from it (PyTorch's) says why. NCCL's last error is
 // process-wide; so is this.
 void noteOwnError(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
 // The sentence noteOwnError kept, while NCCL's last error (`theirs`) is still
 // the one it had then; null otherwise.
 const char* ownLastError(const char* theirs);
+// NCCL's result `r` for a program's call the preload passed on to it (a data
+// call, a group's end, an op's destroy, a communicator's call), returned
+// unchanged. An error is NCCL's own: its last error is the answer again, and
+// noteOwnError's sentence goes. (NCCL's text alone cannot tell: refusing the
+// same call twice, NCCL says the same sentence both times.)
+ncclResult_t ncclAnswered(ncclResult_t r);
 // noteOwnError for a deferred call refused (ncclInvalidUsage) because its
 // communicator was aborted or destroyed after the call was made.
 void noteDeferredReleased(ncclComm_t comm);

@@ -618,6 +618,7 @@ static int abortDeferred(int simulate) {
             simulate ? "simulated end" : "end", (int)r);
     return 1;
   }
+#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 13, 0)
   /* NCCL never saw that error: its last error must say it is gradcomp's and
    * why (PyTorch puts it in the exception), until NCCL fails a call of its
    * own (here one with a destroyed op), whose sentence then comes back. */
@@ -643,6 +644,34 @@ static int abortDeferred(int simulate) {
             last ? last : "(null)");
     return 1;
   }
+  /* Once more: the preload fails another group of its own, then NCCL refuses
+   * the same call again, with the same sentence as before. NCCL's failure is
+   * the last one all the same (until 2026-12-07 the preload's sentence stayed:
+   * only a change of NCCL's text ended it). */
+  char nccls[256];
+  snprintf(nccls, sizeof nccls, "%s", last);
+  const ncclComm_t third = (ncclComm_t)(uintptr_t)0x1200;
+  GROUP_START();
+  CHECK(ncclAllReduce(a, a, 1 << 20, ncclFloat32, ncclSum, third, stream));
+  CHECK(ncclCommAbort(third));
+  EXPECT("CommAbort comm=%p", (void*)third);
+  r = ncclGroupEnd();
+  EXPECT("GroupEnd");
+  last = ncclGetLastError(third);
+  if (r != ncclInvalidUsage || last == NULL || strncmp(last, "gradcomp: ", 10) != 0) {
+    fprintf(stderr, "the second aborted group's end returned %d, last error \"%s\"\n", (int)r,
+            last ? last : "(null)");
+    return 1;
+  }
+  r = ncclAllReduce(a, a, 1 << 20, ncclFloat32, op, other, stream);
+  EXPECT("AllReduce refused: op=%d is not a live op of comm=%p", (int)op, (void*)other);
+  last = ncclGetLastError(other);
+  if (r != ncclInvalidArgument || last == NULL || strcmp(last, nccls) != 0) {
+    fprintf(stderr, "NCCL's second refusal (%d) left ncclGetLastError at \"%s\", not \"%s\"\n",
+            (int)r, last ? last : "(null)", nccls);
+    return 1;
+  }
+#endif
   return 0;
 }
 
@@ -806,6 +835,27 @@ static int groupOrder(void) {
  * after an eligible call of their communicator was deferred, the values
  * C++ cannot hold reach NCCL at once (it refuses them as they come); the
  * others keep their place behind the deferred call. */
+/* ncclRedOpDestroy of an op C++'s enum cannot hold (-1, INT_MIN): NCCL gets
+ * it unchanged, at once (in a group too), and refuses it. */
+static int destroyBadOps(ncclComm_t comm) {
+#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 11, 0)
+  const int ops[] = {-1, INT_MIN};
+  size_t i;
+  for (i = 0; i < sizeof ops / sizeof ops[0]; ++i) {
+    const ncclResult_t r = ncclRedOpDestroy(asOp(ops[i]), comm);
+    EXPECT("RedOpDestroy refused: op=%d comm=%p", ops[i], (void*)comm);
+    if (r != ncclInvalidArgument) {
+      fprintf(stderr, "ncclRedOpDestroy of op %d returned %d, expected ncclInvalidArgument\n",
+              ops[i], (int)r);
+      return 1;
+    }
+  }
+#else
+  (void)comm;
+#endif
+  return 0;
+}
+
 static int badEnums(void) {
   const int deferGroupCalls = groupCallsDeferred();
   ncclComm_t comm = (ncclComm_t)(uintptr_t)0x1000;
@@ -824,10 +874,12 @@ static int badEnums(void) {
     RS(a, b, 1 << 20, ncclBfloat16, asOp(badOps[i]), comm, stream);
   }
   CALL(a, b, 1 << 20, asType(-1), asOp(INT_MIN), comm, stream);
+  if (destroyBadOps(comm)) return 1;
   GROUP_START();
   CALL_IN_GROUP(a, a, 1 << 20, ncclFloat32, ncclSum, comm, stream);
   CALL(a, a, 1 << 20, asType(99), ncclSum, comm, stream);
   CALL(a, a, 1 << 20, ncclFloat32, asOp(-1), comm, stream);
+  if (destroyBadOps(comm)) return 1;
   RS(a, b, 1 << 20, asType(INT_MIN), ncclSum, comm, stream);
   CALL_IN_GROUP(a, a, 1 << 20, ncclFloat32, asOp(99), comm, stream);
   CALL_IN_GROUP(a, a, 1 << 20, asType(ncclNumTypes), ncclSum, comm, stream);
@@ -838,6 +890,7 @@ static int badEnums(void) {
   return 0;
 }
 
+#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 11, 0)
 /* A call with an op ncclRedOpCreatePreMulSum made, and the line NCCL must
  * have received for it (the stand-in adds the op's scalar). */
 static int userOpCall(int deferIt, Collective coll, const void* s, void* r, size_t n,
@@ -916,6 +969,78 @@ static int preMulSum(void) {
   DESTROY(comm);
   return 0;
 }
+#endif
+
+#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 13, 0)
+/* ncclRedOpDestroy in a group behind the communicator's deferred float Sum,
+ * where only the destroy of an op a deferred call uses waits for the group's
+ * end (preMulSum). NCCL refuses a builtin op's destroy at once
+ * (ncclInvalidArgument), and the group's calls then run and its end answers
+ * ncclSuccess; an op destroyed twice is refused at the second destroy, as
+ * NCCL refuses a dead op's, saying why, and reaches NCCL once. (Until
+ * 2026-12-08 both waited: ncclSuccess at once, and the group's end failed
+ * after all its calls ran.) The test says whether the float Sum is deferred
+ * (GC_TEST_GROUP_CALLS_DEFERRED=1). */
+static int redOpDestroys(void) {
+  const int deferGroupCalls = groupCallsDeferred();
+  ncclComm_t comm = (ncclComm_t)(uintptr_t)0x1000;
+  cudaStream_t stream = (cudaStream_t)(uintptr_t)0x2000;
+  char* a = (char*)(uintptr_t)0x7f0000000000ull;
+  const ncclRedOp_t builtins[] = {ncclSum, ncclAvg, ncclMax};
+  float half = 0.5f;
+  ncclRedOp_t op;
+  ncclResult_t r;
+  size_t i;
+  GROUP_START();
+  CALL_IN_GROUP(a, a, 1 << 20, ncclFloat32, ncclSum, comm, stream);
+  CALL_IN_GROUP(a, a, 1 << 20, ncclFloat32, ncclAvg, comm, stream);
+  for (i = 0; i < sizeof builtins / sizeof builtins[0]; ++i) {
+    r = ncclRedOpDestroy(builtins[i], comm);
+    EXPECT("RedOpDestroy refused: op=%d comm=%p", (int)builtins[i], (void*)comm);
+    if (r != ncclInvalidArgument) {
+      fprintf(stderr,
+              "ncclRedOpDestroy of builtin op %d in the group returned %d, expected "
+              "ncclInvalidArgument\n",
+              (int)builtins[i], (int)r);
+      return 1;
+    }
+  }
+  CHECK(ncclRedOpCreatePreMulSum(&op, &half, ncclFloat32, ncclScalarHostImmediate, comm));
+  EXPECT("RedOpCreatePreMulSum scalar=0.5 type=%d comm=%p op=%d", (int)ncclFloat32, (void*)comm,
+         (int)op);
+  if (userOpCall(deferGroupCalls, COLL_AR, a, a, 1 << 20, ncclFloat32, op, comm, stream, "0.5"))
+    return 1;
+  CHECK(ncclRedOpDestroy(op, comm));
+  if (!deferGroupCalls) EXPECT("RedOpDestroy op=%d comm=%p", (int)op, (void*)comm);
+  r = ncclRedOpDestroy(op, comm);
+  if (!deferGroupCalls) EXPECT("RedOpDestroy refused: op=%d comm=%p", (int)op, (void*)comm);
+  const char* last = ncclGetLastError(comm);
+  if (r != ncclInvalidArgument ||
+      (deferGroupCalls && (last == NULL || strncmp(last, "gradcomp: ", 10) != 0 ||
+                           strstr(last, "already destroyed") == NULL))) {
+    fprintf(stderr,
+            "a second ncclRedOpDestroy of op %d returned %d (expected "
+            "ncclInvalidArgument), last error \"%s\"\n",
+            (int)op, (int)r, last ? last : "(null)");
+    return 1;
+  }
+  /* An op NCCL never made (the stand-in takes it in a call, not in a
+   * destroy): its destroy waits behind the call as well, and NCCL's refusal
+   * of it at the end leaves the end's ncclSuccess (the program's destroy
+   * already returned, and every call of the group ran). */
+  CALL_IN_GROUP(a, a, 1 << 20, ncclFloat32, asOp(99), comm, stream);
+  CHECK(ncclRedOpDestroy(asOp(99), comm));
+  if (!deferGroupCalls) EXPECT("RedOpDestroy refused: op=99 comm=%p", (void*)comm);
+  GROUP_END();
+  flushDeferred();
+  if (deferGroupCalls) {
+    EXPECT("RedOpDestroy op=%d comm=%p", (int)op, (void*)comm);
+    EXPECT("RedOpDestroy refused: op=99 comm=%p", (void*)comm);
+  }
+  DESTROY(comm);
+  return 0;
+}
+#endif
 
 /* Calls NCCL refuses (FAKE_NCCL_CHECK_ARGS=1) for a datatype or op C++'s
  * enum cannot hold, on a communicator gradcomp never saw otherwise: they
@@ -1019,8 +1144,14 @@ __attribute__((visibility("default"))) int gcTestRunCalls(const char* mode) {
     return groupOrder();
   } else if (strcmp(mode, "bad_enums") == 0) {
     rc = badEnums();
+#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 11, 0)
   } else if (strcmp(mode, "premulsum") == 0) {
     rc = preMulSum();
+#endif
+#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 13, 0)
+  } else if (strcmp(mode, "redop_destroys") == 0) {
+    rc = redOpDestroys();
+#endif
   } else if (strcmp(mode, "refused_unknown") == 0) {
     rc = refusedUnknown();
   } else if (strcmp(mode, "empty") == 0) {

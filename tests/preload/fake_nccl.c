@@ -35,11 +35,13 @@ static ncclResult_t result(void) {
 /* NCCL's last error (ncclGetLastError): the sentence of the stand-in's last
  * refusal of a call's arguments, as NCCL's thread keeps its last warning. */
 static char lastError[256] = "";
+#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 13, 0)
 const char* pncclGetLastError(ncclComm_t c) {
   (void)c;
   return lastError;
 }
 const char* ncclGetLastError(ncclComm_t) ALIAS(ncclGetLastError);
+#endif
 
 /* The open group's nesting level and the data calls it holds, so that
  * ncclGroupSimulateEnd can say what it simulated (the tests are one thread). */
@@ -147,8 +149,9 @@ static struct {
 } userOps[FAKE_USER_OPS];
 
 static int userOpSlot(ncclRedOp_t op) {
+  if ((int)op < (int)ncclNumOps) return -1; /* a builtin op, or garbage (INT_MIN) */
   const int i = (int)op - (int)ncclNumOps;
-  return i >= 0 && i < FAKE_USER_OPS && userOps[i].made ? i : -1;
+  return i < FAKE_USER_OPS && userOps[i].made ? i : -1;
 }
 
 /* 1 (recorded) when `op` is an op the stand-in made and destroyed. */
@@ -169,6 +172,7 @@ static const char* opSuffix(ncclRedOp_t op) {
   return buf;
 }
 
+#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 11, 0)
 ncclResult_t pncclRedOpCreatePreMulSum(ncclRedOp_t* op, void* scalar, ncclDataType_t t,
                                        ncclScalarResidence_t residence, ncclComm_t c) {
   int i = 0;
@@ -200,6 +204,7 @@ ncclResult_t pncclRedOpDestroy(ncclRedOp_t op, ncclComm_t c) {
   return ncclSuccess;
 }
 ncclResult_t ncclRedOpDestroy(ncclRedOp_t, ncclComm_t) ALIAS(ncclRedOpDestroy);
+#endif
 
 /* What a data call of c that was admitted answers. */
 static ncclResult_t answer(ncclComm_t c, ncclResult_t r) {

@@ -93,7 +93,9 @@ done
 # ones C++'s enums cannot hold (-1, 99, INT_MIN as the datatype; -1, INT_MIN
 # as the op), read as ints and passed on at once, in a group too; an op NCCL
 # made (ncclRedOpCreatePreMulSum's handles), int8, uint64, fp8 and a newer
-# NCCL's datatype, in program order behind a deferred call.
+# NCCL's datatype, in program order behind a deferred call. An
+# ncclRedOpDestroy of an op of -1 or INT_MIN reaches NCCL at once, in a group
+# too, as the int it is.
 for group in defer fuse pass; do
   run bad_enums_$group env GRADCOMP_GROUP=$group GC_TEST_GROUP_CALLS_DEFERRED=1 \
     GRADCOMP_METHOD=qsgd "$app" bad_enums && same_calls bad_enums_$group
@@ -105,10 +107,19 @@ done
 # group right after its call (as NCCL allows, and PyTorch does), the op lives
 # until the deferred call has reached NCCL. (Until 2026-12-07 the destroy ran
 # at once: NCCL refused the deferred calls for a dead op, or gave them the
-# scalar of the op it made next in its place.)
-for group in defer fuse pass; do
-  run premulsum_$group env GRADCOMP_GROUP=$group GC_TEST_GROUP_CALLS_DEFERRED=1 \
-    GRADCOMP_METHOD=qsgd "$app" premulsum && same_calls premulsum_$group
+# scalar of the op it made next in its place.) Only such an op's destroy
+# waits: a builtin op's reaches NCCL at once, which refuses it, and the group
+# still ends with ncclSuccess; an op destroyed twice in the group is refused
+# at the second destroy (ncclInvalidArgument, ncclGetLastError saying why)
+# and reaches NCCL once. (Until 2026-12-07 every destroy of an op a deferred
+# call used waited, builtins and doubles included: ncclSuccess at once, and
+# the end failed after the group's calls ran.) (NCCL 2.11 and 2.13.)
+for mode in premulsum redop_destroys; do
+  "$app" $mode > /dev/null 2>&1 < /dev/null || [ $? != 2 ] || continue
+  for group in defer fuse pass; do
+    run ${mode}_$group env GRADCOMP_GROUP=$group GC_TEST_GROUP_CALLS_DEFERRED=1 \
+      GRADCOMP_METHOD=qsgd "$app" $mode && same_calls ${mode}_$group
+  done
 done
 
 # 2e. Calls NCCL refuses for such a datatype or op, on a communicator no
@@ -365,7 +376,8 @@ done
 # 4d. A communicator aborted after a user group deferred its eligible call:
 # the call never reaches NCCL (which frees the communicator) and the group's
 # end answers ncclInvalidUsage, and ncclGetLastError says why, as gradcomp's
-# (until NCCL fails a call of its own; the app checks both).
+# (until NCCL fails a call of its own, one it refused before with the same
+# sentence too; the app checks both).
 for group in defer fuse; do
   run abort_deferred_$group env GRADCOMP_GROUP=$group GRADCOMP_METHOD=qsgd "$app" abort_deferred &&
     same_calls abort_deferred_$group
