@@ -293,14 +293,19 @@ run_ranks() {  # run_ranks N GBPS TAG: one process per rank over the shaped link
   return "$rc"
 }
 
+longest=0  # seconds of the longest run so far, its set-up included
 for gbps in $gbps_list; do
   for n in ${GC_TC_RANKS:-2 4}; do
     tag=${gbps}gbps_n$n
-    if [ -n "$deadline" ] && [ $((deadline - $(date +%s))) -lt 60 ]; then
+    # Skipped rather than started to be cut by its limit (a run cut fails the step) when the
+    # longest run so far would not fit in what is left, as ddp_check.sh does.
+    if [ -n "$deadline" ] && { [ $((deadline - $(date +%s))) -lt 60 ] ||
+      [ $((deadline - $(date +%s))) -lt $((longest * 11 / 10 + 10)) ]; }; then
       printf '%s\t%s\t%s\tskipped\t\t\t\t\n' "$gbps" "$n" "$tag" >> "$runs"
       echo "=== tc_link: N=$n at $gbps Gb/s per rank: skipped (time budget spent)"
       continue
     fi
+    t0=$(date +%s)
     # Not in $(...): the set-up functions record the shaping in this shell.
     if ! setup_netns "$n" "$gbps" 2> "$raw/tc_link_setup.err"; then
       err=$(tr '\n' ' ' < "$raw/tc_link_setup.err")
@@ -338,6 +343,7 @@ for gbps in $gbps_list; do
     echo "=== tc_link: N=$n at $gbps Gb/s per rank (0: unshaped) ($shaping, TCP $cc; python sockets measure ${link:-?} Gb/s per rank; load $load)"
     run_ranks "$n" "$gbps" "$tag"
     rc=$?
+    [ $(($(date +%s) - t0)) -gt "$longest" ] && longest=$(($(date +%s) - t0))
     [ "$rc" -ne 0 ] && failed=1
     cat "$raw/tc_link_${tag}_r0.txt"
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$gbps" "$n" "$tag" "$rc" "$shaping" "${link:-}" \

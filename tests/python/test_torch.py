@@ -4247,6 +4247,22 @@ class LmCompareExitStatus(unittest.TestCase):
                                              "qsgd4_hook": "ok"}, {"qsgd4_hook": ok}), 1)
         self.assertEqual(lm_compare.verdict({"none": budget}, {}), 1)
 
+    def test_a_run_started_gets_a_limit_that_holds_its_estimate(self):
+        # A run starts with a limit of what is left less 5 s; one that took as long as the
+        # longest of its mode so far must not be killed at that limit (a timed-out run fails
+        # the study): it is skipped instead. The GPU study's runs are estimated at 30 to 90 s.
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(HERE)), "tools"))
+        import lm_compare
+
+        for estimate in (0.0, 20.0, 30.0, 45.0, 49.0, 60.0, 90.0):
+            for tenth in range(0, 3000):
+                left = tenth / 10.0
+                if lm_compare.fits(left, estimate):
+                    self.assertGreaterEqual(left - 5, estimate,
+                                            f"a run of ~{estimate} s starts with {left} s left")
+        self.assertFalse(lm_compare.fits(24.9, 0.0))
+        self.assertTrue(lm_compare.fits(300.0, 90.0))
+
 
 class LauncherTeardown(unittest.TestCase):
     """tools/gc_ranks.launch (no torch needed): the ranks run in sessions of their own, out of
