@@ -35,7 +35,8 @@ inline size_t eliasLevelsWordOffset(size_t count, int bucket) {
 }
 // gradcompInvalidArgument naming both when the encoding at in (at least its
 // header) records levels in range other than p's: decoded with p's, every
-// value would be silently scaled by theirs / p's. A word out of range is left
+// value would be silently scaled by theirs / p's. 0, what builds before 0.7.0
+// wrote there, is refused naming that version; a word past the range is left
 // to the decode's own check (malformed bytes, not an encoding).
 gradcompResult_t eliasCheckLevels(const void* in, size_t count, const elias::Params& p);
 

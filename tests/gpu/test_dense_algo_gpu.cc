@@ -253,14 +253,17 @@ TEST_F(DenseAlgoGpu, GradScaleRescalesOnItsStreamBitForBit) {
     cudaStream_t scaleOn = step % 2 ? other : stream, callOn = step % 2 ? stream : other;
     gctest::StreamGate gate;
     ASSERT_EQ(gate.hold(scaleOn), cudaSuccess);
-    std::atomic<bool> returned{false};
+    std::atomic<bool> returned{false}, rescued{false};
     std::thread watchdog([&] {
       for (int i = 0; i < 2000 && !returned; ++i) {
         std::this_thread::sleep_for(std::chrono::milliseconds(10));
       }
       // Only for a call that has not returned: otherwise the held stream
       // stays held through the 2 s below, which the test reads.
-      if (!returned) gate.open();
+      if (!returned) {
+        rescued = true;
+        gate.open();
+      }
     });
     const gradcompResult_t set = gradcompCommSetGradScale(gpu, s, scaleOn);
     const gradcompResult_t call =
@@ -284,6 +287,10 @@ TEST_F(DenseAlgoGpu, GradScaleRescalesOnItsStreamBitForBit) {
     previous = s;
     ASSERT_EQ(cudaStreamSynchronize(callOn), cudaSuccess);
     ASSERT_EQ(cudaStreamSynchronize(scaleOn), cudaSuccess);
+    // A call that waited on the host for the held stream returns only when
+    // the watchdog or the hold's own deadline opens it, and would then pass
+    // the checks above and below.
+    EXPECT_FALSE(rescued || gate.expired()) << "the call waited on the host for the held stream";
     const std::vector<float> out = d.download(n);
     const float* rc = cpu->states.begin()->second.residual;
     std::vector<float> rg(n);
