@@ -1,5 +1,6 @@
 """gradcompComm_t: an NCCL-backed comm, a CPU comm over TCP or an in-process CPU world."""
 import ctypes
+import math
 import numbers
 import sys
 import threading
@@ -558,32 +559,52 @@ def _key(k):
 
 
 def run_on_threads(n, body, timeout=300.0):
-    """body(r) for r in 0..n-1, each on its own thread; the results by rank, the first rank's
-    exception re-raised, TimeoutError naming the ranks still running after timeout seconds."""
+    """body(r) for r in 0..n-1, each on its own thread; the results by rank, the exception
+    raised first re-raised, TimeoutError naming the ranks still running after timeout seconds.
+
+    First in time, not in rank order: a rank whose peer raised fails later in its collective
+    (cpu_timeout_sec, "1 of 2 ranks reached a collective"), and that failure says nothing of
+    the peer's exception, which is the one to see."""
+    timeout = _run_timeout(timeout)  # before any rank starts: none is left running
     results = [None] * n
-    errors = [None] * n
+    errors = []  # (rank, exception), in the order the ranks raised them
 
     def run(r):
         try:
             results[r] = body(r)
         except BaseException as e:  # noqa: BLE001 - re-raised on the caller's thread
-            errors[r] = e
+            errors.append((r, e))  # list.append is atomic: the order is the raising order
 
     # Daemon threads: a rank stuck because another failed must not keep the process alive.
     threads = [threading.Thread(target=run, args=(r,), daemon=True) for r in range(n)]
     for t in threads:
         t.start()
-    deadline = time.monotonic() + timeout  # one timeout for all ranks, not one each
+    if timeout is None:
+        deadline = None
+    else:
+        deadline = time.monotonic() + timeout  # one timeout for all ranks, not one each
     for t in threads:
-        t.join(max(0.0, deadline - time.monotonic()))
+        t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
     stuck = [r for r, t in enumerate(threads) if t.is_alive()]
-    for e in errors:
-        if e is not None:
-            raise e
+    if errors:
+        raise errors[0][1]
     if stuck:
         raise TimeoutError(f"ranks {stuck} did not finish within {timeout}s: every rank must "
                            "make the same gradcomp calls in the same order")
     return results
+
+
+def _run_timeout(timeout):
+    """run_on_threads' timeout as seconds, or None for no limit (as Thread.join takes it)."""
+    if timeout is None:
+        return None
+    if _is_bool(timeout) or not isinstance(timeout, numbers.Real) or not timeout >= 0:
+        # A negative or NaN one would make the join return at once (the ranks' results or a
+        # TimeoutError by chance), a string fail after the ranks started.
+        raise InvalidArgumentError(f"timeout={timeout!r} is not a number of seconds >= 0 (or "
+                                   "None: no limit)", 1)
+    # Thread.join refuses an infinite timeout (OverflowError): no limit is None.
+    return None if math.isinf(timeout) else timeout
 
 
 def _close_leaving(obj, exc_type, abort_refused):
@@ -609,7 +630,7 @@ class CpuWorld:
 
     Each comm must be driven from its own thread, every rank making the same
     calls in the same order (as with NCCL); run() does that and re-raises the
-    first rank's exception.
+    exception a rank raised first.
     """
 
     def __init__(self, nranks, config=None, **settings):
@@ -638,7 +659,8 @@ class CpuWorld:
         return len(self.comms)
 
     def run(self, fn, timeout=300.0):
-        """Calls fn(comm) for every rank on its own thread; returns the results by rank."""
+        """Calls fn(comm) for every rank on its own thread; returns the results by rank.
+        timeout: seconds for all ranks together (None: no limit)."""
         return run_on_threads(self.size, lambda r: fn(self.comms[r]), timeout)
 
     def close(self):

@@ -1270,7 +1270,7 @@ def free_root():
 def socket_run(N, cfg, fn, timeout=120.0, root=None):
     """fn(comm) for ranks 0..N-1, each on its own thread with its own gradcompCommCreateSocket
     comm (ranks connected over 127.0.0.1, as separate processes would be); results by rank,
-    the first rank's exception re-raised."""
+    the exception raised first re-raised."""
     from gradcomp._ports import reserve_port
 
     # The root's port held until rank 0 listens there: no concurrent test's choice takes it.
@@ -1630,6 +1630,35 @@ class LibraryErrors(unittest.TestCase):
         elapsed = time.monotonic() - t0
         release.set()
         self.assertLess(elapsed, 1.5)  # one timeout in all, not 4 x 0.5 s
+
+    def test_run_timeout_none_is_no_limit_and_a_bad_one_is_refused_before_the_ranks_run(self):
+        """run(fn, timeout=None) waits without a limit (as Thread.join); a negative, NaN or
+        non-number timeout is refused naming it before any rank runs (a negative one would
+        return the ranks' results or a TimeoutError by chance)."""
+        calls = []
+        with gradcomp.CpuWorld(2, gradcomp.Config(from_env=False)) as world:
+            self.assertEqual(world.run(lambda c: c.rank, timeout=None), [0, 1])
+            self.assertEqual(world.run(lambda c: c.rank, timeout=float("inf")), [0, 1])
+            for bad in (-1, float("nan"), "5", True):
+                with self.assertRaisesRegex(ValueError, rf"^timeout={re.escape(repr(bad))} is not "
+                                            r"a number of seconds >= 0 \(or None: no limit\)$"):
+                    world.run(calls.append, timeout=bad)
+        self.assertEqual(calls, [])
+
+    def test_run_raises_the_exception_raised_first_not_rank_0s(self):
+        """A rank function that raises on rank 1 while rank 0 waits in a collective: rank 0
+        fails after cpu_timeout_sec with the transport's timeout, which names no cause; run()
+        raises rank 1's exception, the one raised first."""
+        cfg = gradcomp.Config(from_env=False, min_elements=0, auto_tune=0, cpu_timeout_sec=2)
+
+        def body(c):
+            if c.rank == 1:
+                raise ValueError("rank 1's own error")
+            return c.allreduce(np.ones(64, np.float32))
+
+        with gradcomp.CpuWorld(2, cfg) as world:
+            with self.assertRaisesRegex(ValueError, "rank 1's own error"):
+                world.run(body, timeout=60)
 
     def test_library_path_is_the_file_loaded(self):
         """A bare name (GRADCOMP_LIBRARY=libgradcomp.so.0, found by the loader through

@@ -1054,6 +1054,58 @@ class DgcSgdOptimizer(unittest.TestCase):
                 opt.add_param_group(g)
             self.assertEqual(len(opt.param_groups), 1, "the refused group was added")
 
+    def test_momentum_set_on_a_marked_group_after_it_joined_is_refused_at_the_step(self):
+        """A scheduler cycling momentum (OneCycleLR's default) or a loaded state dict sets the
+        marked group's momentum without add_param_group: the step refuses it, rather than
+        leaving it unapplied while the other groups' momentum cycles."""
+        from gradcomp.torch import DGCSGD
+
+        def make():
+            p, bias = self.params(8)
+            return [p, bias], DGCSGD([{"params": [bias], "momentum": 0.9},
+                                      {"params": [p], "momentum": 0.0,
+                                       "gradcomp_velocity": 0.9}], lr=0.1)
+
+        params, opt = make()
+        torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=10)
+        self.grads(params, 0)
+        with self.assertRaisesRegex(ValueError, r"it has momentum=0\.95 .*cycle_momentum=False"):
+            opt.step()
+        params, opt = make()
+        torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=10, cycle_momentum=False)
+        self.grads(params, 0)
+        opt.step()
+        sd = opt.state_dict()
+        sd["param_groups"][1]["momentum"] = 0.9
+        params, opt = make()
+        opt.load_state_dict(sd)
+        self.grads(params, 1)
+        with self.assertRaisesRegex(ValueError, r"it has momentum=0\.9"):
+            opt.step()
+
+    def test_torch_sgd_keywords_foreach_fused_differentiable(self):
+        """torch.optim.SGD's foreach, fused and differentiable are taken: foreach (the same
+        values either way) by the single-tensor updates, fused=True and differentiable=True
+        refused by name."""
+        from gradcomp.torch import DGCSGD
+
+        for foreach in (None, False, True):
+            a, b = self.params(9), self.params(9)
+            oa = torch.optim.SGD(a, lr=0.1, momentum=0.9, foreach=False)
+            ob = DGCSGD(b, lr=0.1, momentum=0.9, foreach=foreach, fused=None,
+                        differentiable=False)
+            for step in range(3):
+                self.grads(a, step)
+                self.grads(b, step)
+                oa.step()
+                ob.step()
+            for x, y in zip(a, b):
+                self.assertTrue(torch.equal(x, y), f"foreach={foreach}")
+        for kw, named in ((dict(fused=True), "fused=True"),
+                          (dict(differentiable=True), "differentiable=True")):
+            with self.assertRaisesRegex(ValueError, f"{named} is not supported"):
+                DGCSGD(self.params(9), lr=0.1, **kw)
+
 
 @unittest.skipIf(torch is None, "PyTorch is not installed: gradcomp.torch is checked on the GPU "
                  "box (tools/gpu-check.sh, step torch_hooks)")

@@ -40,13 +40,24 @@ class DGCSGD(torch.optim.Optimizer):
     correction), and is torch.optim.SGD for every other group. Arguments as torch.optim.SGD's
     (single-tensor updates); weight_decay applies to the marked groups as well, through the
     decay's momentum buffer (see the module docstring). A marked group refuses dampening,
-    nesterov and maximize: gradcomp's velocity has none of them."""
+    nesterov and maximize: gradcomp's velocity has none of them, and it is checked at every
+    step, so that a scheduler cycling momentum (OneCycleLR, CyclicLR) is refused there rather
+    than ignored. foreach is taken (torch.optim.SGD's choice of speed; the updates here are
+    single-tensor whatever it says); fused=True and differentiable=True are refused."""
 
     def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
-                 nesterov=False, *, maximize=False):
+                 nesterov=False, *, maximize=False, foreach=None, differentiable=False,
+                 fused=None):
         for name, v in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay)):
             if not float(v) >= 0.0:
                 raise ValueError(f"DGCSGD: {name}={v} must be >= 0")
+        for name, v in (("fused", fused), ("differentiable", differentiable)):
+            # Taken as torch.optim.SGD takes them, so that its arguments carry over; DGCSGD has
+            # neither a fused kernel nor a graph through its updates.
+            if v:
+                raise ValueError(f"DGCSGD: {name}={v} is not supported (its updates are "
+                                 f"torch.optim.SGD's single-tensor ones): pass {name}="
+                                 f"{None if name == 'fused' else False} or leave it out")
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError(f"DGCSGD: nesterov needs momentum > 0 (got {momentum}) and "
                              f"dampening 0 (got {dampening})")
@@ -72,9 +83,14 @@ class DGCSGD(torch.optim.Optimizer):
                                              ("maximize", False), ("momentum", 0.0))
                if g.get(k, off) != off]
         if bad:
+            hint = ("; a scheduler that cycles momentum (OneCycleLR, CyclicLR: "
+                    "cycle_momentum=True, their default) sets it on every group: pass "
+                    "cycle_momentum=False (gradcomp's momentum is its own setting)"
+                    if g.get("momentum", 0.0) != 0.0 else "")
             raise ValueError("DGCSGD: the group of parameters whose velocity gradcomp applies "
                              f"must have momentum 0, dampening 0, nesterov and maximize off; it "
-                             f"has {', '.join(bad)} (gradcomp's u = m*u + g has none of them)")
+                             f"has {', '.join(bad)} (gradcomp's u = m*u + g has none of them)"
+                             + hint)
         DGCSGD._marked_decay(g)
 
     @staticmethod
@@ -112,6 +128,9 @@ class DGCSGD(torch.optim.Optimizer):
         return loss
 
     def _velocity_step(self, g):
+        # Checked again here: a scheduler (cycle_momentum) or a loaded state dict changes the
+        # group without add_param_group, and its momentum would be ignored silently.
+        self._check_group(g)
         m, wd, lr = float(g[VELOCITY]), self._marked_decay(g), g["lr"]
         for p in g["params"]:
             if p.grad is None:
