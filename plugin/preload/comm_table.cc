@@ -984,6 +984,9 @@ ncclResult_t ncclAnswered(ncclResult_t r) {
 }
 
 const char* ownLastError(const char* theirs) {
+  // The caller's own copy, read after the lock is gone: another thread's
+  // noteOwnError or ncclAnswered rewrites the shared one.
+  static thread_local char copy[sizeof(gOwnError)];
   std::lock_guard<std::mutex> lock(gOwnErrorMu);
   if (gOwnError[0] == '\0') return nullptr;
   // NCCL failed a call since: its sentence is the last error now.
@@ -991,7 +994,8 @@ const char* ownLastError(const char* theirs) {
     gOwnError[0] = '\0';
     return nullptr;
   }
-  return gOwnError;
+  memcpy(copy, gOwnError, sizeof(copy));
+  return copy;
 }
 
 }  // namespace preload

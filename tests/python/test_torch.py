@@ -3626,13 +3626,15 @@ class CpuBackendDdpPatterns(unittest.TestCase):
                 for s, (g0, g1) in enumerate(zip(recs[0]["grad"], recs[1]["grad"])):
                     same_bits(self, g0, g1, f"step {s}: rank 0 and 1's p.grad")
 
-    def test_torch_compile_of_the_ddp_model(self):
-        """torch.compile(ddp_model): DDPOptimizer keeps DDP's buckets and calls the hook as
-        DDP does."""
+    def test_torch_compile_of_the_model_in_ddp(self):
+        """DDP(torch.compile(model)): the compiled backward fills DDP's buckets, the hook's
+        results are the serial reference's and reach .grad (dynamo captured a graph: the
+        model did run compiled)."""
         records, results = launch_ranks(self, "compiled")
         recs = [records[r]["compiled"] for r in range(2)]
         self.assertIn("mixed", serial_reference(self, recs, "compiled"))
         for r in range(2):
+            self.assertGreater(results[r]["compiled"]["graphs"], 0, f"rank {r}: nothing compiled")
             self.assertEqual(results[r]["compiled"]["iter"], list(range(1, 6)))
             self.assertEqual(results[r]["compiled"]["undelivered"], [0] * 5)
 
