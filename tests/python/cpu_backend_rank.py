@@ -1796,11 +1796,13 @@ def _recorded_run(rank, make, micro=1, none=True, compiled=False, **ddp_kw):
     if compiled:
         # The model compiled inside DDP (torch.compile(ddp_model) captured no graph on torch
         # 2.15 with a comm hook: it ran eager); one compile worker, two ranks on 2 cores.
-        import torch._dynamo
-        import torch._inductor.config
+        # Imported under names of their own: "import torch._dynamo" would make torch a local
+        # name of this function, unbound where compiled is false.
+        import torch._dynamo.utils as dynamo_utils
+        import torch._inductor.config as inductor_config
 
-        torch._inductor.config.compile_threads = 1
-        torch._dynamo.utils.counters.clear()
+        inductor_config.compile_threads = 1
+        dynamo_utils.counters.clear()
     d = DDP(torch.compile(model) if compiled else model,
             **dict({"bucket_cap_mb": 0.005}, **ddp_kw))
     st = gct.GradcompState(module=model, start_iter=START, backend="cpu", config=config())
@@ -1850,7 +1852,7 @@ def _recorded_run(rank, make, micro=1, none=True, compiled=False, **ddp_kw):
         opt.step()
     st.close()
     if compiled:
-        res["graphs"] = int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+        res["graphs"] = int(dynamo_utils.counters["stats"]["unique_graphs"])
     return records, res
 
 
