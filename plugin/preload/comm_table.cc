@@ -927,6 +927,11 @@ bool firstWarning(const std::string& key) {
   seen->insert(key);
   return true;
 }
+
+void warnSentenceOnce(const char* msg) {
+  // Keyed apart from warnOnce's keys: a sentence never silences a keyed warning.
+  if (firstWarning("sentence:" + warningKind(msg))) printWarning(msg);
+}
 }  // namespace
 
 void warn(const char* fmt, ...) {
@@ -945,8 +950,7 @@ void warnOnce(const std::string& key, const char* fmt, ...) {
 void warnOncePerSentence(const char* fmt, ...) {
   char msg[1024];
   GC_FORMAT_ARGS(msg, fmt);
-  // Keyed apart from warnOnce's keys: a sentence never silences a keyed warning.
-  if (firstWarning("sentence:" + warningKind(msg))) printWarning(msg);
+  warnSentenceOnce(msg);
 }
 
 namespace {
@@ -955,6 +959,8 @@ namespace {
 std::mutex gOwnErrorMu;
 char gOwnError[1024] = "";
 char gNcclErrorThen[1024] = "";
+// The longest sentence that fits behind the prefix.
+constexpr size_t kOwnSentence = sizeof(gOwnError) - sizeof("gradcomp: ") + 1;
 
 const char* ncclLastError() {
 #if GC_NCCL_HAS_LAST_ERROR
@@ -965,15 +971,33 @@ const char* ncclLastError() {
   return "";
 #endif
 }
-}  // namespace
 
-void noteOwnError(const char* fmt, ...) {
-  char msg[sizeof(gOwnError) - sizeof("gradcomp: ") + 1];
-  GC_FORMAT_ARGS(msg, fmt);
+void noteOwnSentence(const char* msg) {
   const char* theirs = ncclLastError();
   std::lock_guard<std::mutex> lock(gOwnErrorMu);
   snprintf(gOwnError, sizeof(gOwnError), "gradcomp: %s", msg);
   snprintf(gNcclErrorThen, sizeof(gNcclErrorThen), "%s", theirs);
+}
+}  // namespace
+
+void noteOwnError(const char* fmt, ...) {
+  char msg[kOwnSentence];
+  GC_FORMAT_ARGS(msg, fmt);
+  noteOwnSentence(msg);
+}
+
+void warnOwnError(const char* fmt, ...) {
+  char msg[kOwnSentence];
+  GC_FORMAT_ARGS(msg, fmt);
+  warnSentenceOnce(msg);
+  noteOwnSentence(msg);
+}
+
+void warnDeferredReleased(ncclComm_t comm) {
+  warnOwnError(
+      "a call deferred to the end of a user group names a communicator aborted or destroyed "
+      "since (%p): ncclInvalidUsage",
+      (void*)comm);
 }
 
 ncclResult_t ncclAnswered(ncclResult_t r) {
@@ -981,6 +1005,12 @@ ncclResult_t ncclAnswered(ncclResult_t r) {
   std::lock_guard<std::mutex> lock(gOwnErrorMu);
   gOwnError[0] = '\0';
   return r;
+}
+
+ncclResult_t awaitAnswered(ncclComm_t comm, ncclResult_t r, NcclStop* stop) {
+  if (r != ncclInProgress) return r;
+  r = ncclAwait(comm, r, stop);
+  return stop != nullptr && stop->stopped() ? r : ncclAnswered(r);
 }
 
 const char* ownLastError(const char* theirs) {

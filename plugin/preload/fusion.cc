@@ -9,7 +9,6 @@
 
 #include "codecs/qsgd.h"
 #include "comm.h"
-#include "format_args.h"
 #include "nvtx.h"
 #include "preload.h"
 
@@ -22,20 +21,10 @@ ncclResult_t passEach(CommEntry& e, const std::vector<const Deferred*>& members)
   for (const Deferred* d : members) {
     // A non-blocking communicator's enqueue ends before its next call (an
     // aborted one's forward refuses at once).
-    ncclResult_t r = ncclAwait(d->comm, forward(&e, *d), &e.aborted);
+    ncclResult_t r = awaitAnswered(d->comm, forward(&e, *d), &e.aborted);
     if (r != ncclSuccess && first == ncclSuccess) first = r;
   }
   return first;
-}
-
-// A fused set's failure of its own (a CUDA call around gradcomp's fused call,
-// not gradcomp's nor NCCL's): warned about once per sentence and, as a
-// compressed call's failure, what ncclGetLastError answers next.
-__attribute__((format(printf, 1, 2))) void setFailed(const char* fmt, ...) {
-  char msg[512];
-  GC_FORMAT_ARGS(msg, fmt);
-  warnOncePerSentence("%s", msg);
-  noteOwnError("%s", msg);
 }
 
 // Marks the end of what a set enqueued on its stream (the fusion buffer's
@@ -155,13 +144,10 @@ ncclResult_t runFusedSet(CommEntry& e, const std::vector<const Deferred*>& membe
       uint64_t least = 0;
       std::string why;
       if (!voteMin(e, d0.stream, e.fusionBytes, &least, &why)) {
-        char msg[512];
-        snprintf(msg, sizeof msg,
-                 "cannot vote on the fusion buffer with the other ranks of NCCL comm %p (%s); the "
-                 "group's calls fail",
-                 (void*)e.nccl, why.c_str());
-        warnOnce("fuse-vote " + why, "%s", msg);
-        noteOwnError("%s", msg);
+        warnOwnError(
+            "cannot vote on the fusion buffer with the other ranks of NCCL comm %p (%s); the "
+            "group's calls fail",
+            (void*)e.nccl, why.c_str());
         return e.aborted.stopped() ? ncclInvalidUsage : ncclSystemError;
       }
       e.fusionAgreed = (size_t)least;
@@ -184,8 +170,8 @@ ncclResult_t runFusedSet(CommEntry& e, const std::vector<const Deferred*>& membe
       cudaError_t err = cudaStreamWaitEvent(d0.stream, e.fusionDone, 0);
       if (err != cudaSuccess) {
         (void)cudaGetLastError();
-        setFailed("cannot order the fusion buffer across streams (%s); the calls fail",
-                  cudaGetErrorString(err));
+        warnOwnError("cannot order the fusion buffer across streams (%s); the calls fail",
+                     cudaGetErrorString(err));
         return refuseFusedCall(e, d0, total, key, ncclUnhandledCudaError);
       }
     }
@@ -196,8 +182,8 @@ ncclResult_t runFusedSet(CommEntry& e, const std::vector<const Deferred*>& membe
                                         cudaMemcpyDeviceToDevice, d0.stream);
       if (err != cudaSuccess) {
         (void)cudaGetLastError();
-        setFailed("cannot copy into the fusion buffer (%s); the calls fail",
-                  cudaGetErrorString(err));
+        warnOwnError("cannot copy into the fusion buffer (%s); the calls fail",
+                     cudaGetErrorString(err));
         if (!streamCapturing(d0.stream)) (void)markFusionDone(e, d0.stream);  // callMu held
         (void)cudaGetLastError();
         return refuseFusedCall(e, d0, total, key, ncclUnhandledCudaError);
@@ -210,7 +196,8 @@ ncclResult_t runFusedSet(CommEntry& e, const std::vector<const Deferred*>& membe
   const Deferred fused{e.fusion, e.fusion, total, d0.type, d0.op, d0.comm, d0.stream};
   // A fused call compress passed to a non-blocking communicator's NCCL
   // answers ncclInProgress: its copy-out must still follow.
-  ncclResult_t r = ncclAwait(d0.comm, compress(e, fused, true, key, members.size()), &e.aborted);
+  ncclResult_t r =
+      awaitAnswered(d0.comm, compress(e, fused, true, key, members.size()), &e.aborted);
   if (r != ncclSuccess) return failedSet(e, d0.stream, r);
   GC_NVTX_RANGE("gradcomp fuse copy-out");
   const char* fusion = static_cast<const char*>(e.fusion);
@@ -220,7 +207,7 @@ ncclResult_t runFusedSet(CommEntry& e, const std::vector<const Deferred*>& membe
         cudaMemcpyAsync(d->recv, fusion + off, d->count * esz, cudaMemcpyDeviceToDevice, d0.stream);
     if (err != cudaSuccess) {
       (void)cudaGetLastError();
-      setFailed("cannot copy out of the fusion buffer: %s", cudaGetErrorString(err));
+      warnOwnError("cannot copy out of the fusion buffer: %s", cudaGetErrorString(err));
       return failedSet(e, d0.stream, ncclUnhandledCudaError);
     }
     off += d->count * esz;
@@ -230,7 +217,7 @@ ncclResult_t runFusedSet(CommEntry& e, const std::vector<const Deferred*>& membe
     const cudaError_t err = markFusionDone(e, d0.stream);
     if (err != cudaSuccess) {
       (void)cudaGetLastError();
-      setFailed("cannot record the end of a fused set: %s", cudaGetErrorString(err));
+      warnOwnError("cannot record the end of a fused set: %s", cudaGetErrorString(err));
       return ncclUnhandledCudaError;
     }
   }
@@ -255,41 +242,51 @@ ncclResult_t runDeferred(std::vector<Deferred>& calls) {
     if (e == nullptr) continue;  // refused below, in its place
     // A call deferred only for the agreement (not eligible, or
     // GRADCOMP_GROUP=pass) runs the agreement alone; the set-up proper waits
-    // for an eligible call, as outside a group.
-    if (e->mode == Mode::Undecided && !d.pass) {
+    // for an eligible call, as outside a group. A finalize or destroy
+    // decides nothing: a step of its own, after its communicator's sets.
+    const bool call = d.commCall == CommCall::None;
+    if (call && e->mode == Mode::Undecided && !d.pass) {
       decideUnlessCapturing(*e, d.comm, d.stream);
-    } else if (e->mode == Mode::Undecided && !e->agreed && opensAgreement(d.count, d.type, d.op)) {
+    } else if (call && e->mode == Mode::Undecided && !e->agreed &&
+               opensAgreement(d.count, d.type, d.op)) {
       agreeUnlessCapturing(*e, d.comm, d.stream);
     }
-    fusable[i] = e->mode == Mode::Compress && !d.pass && settings().group == GroupMode::Fuse &&
-                 d.coll == Collective::AllReduce;
+    fusable[i] = call && e->mode == Mode::Compress && !d.pass &&
+                 settings().group == GroupMode::Fuse && d.coll == Collective::AllReduce;
     entries[i] = std::move(e);
   }
   for (const std::vector<size_t>& step : planDeferred(calls, fusable)) {
     const Deferred& d = calls[step[0]];
     CommEntry* e = entries[step[0]].get();
     // Its communicator was aborted or destroyed after the call was deferred
-    // (another thread's ncclCommAbort, a dead peer): NCCL frees it, so neither
-    // the set-up nor the call may name it (docs/reliability.md).
-    if (e == nullptr) {
-      warnOnce("deferred-released",
-               "a call deferred to the end of a user group names a communicator aborted or "
-               "destroyed since (%p): returning ncclInvalidUsage",
-               (void*)d.comm);
-      noteDeferredReleased(d.comm);
+    // (another thread's ncclCommAbort, a dead peer, the group's own destroy
+    // of it run in its place above): NCCL frees it, so neither the set-up nor
+    // the call may name it (docs/reliability.md).
+    if (e == nullptr || e->released) {
+      warnDeferredReleased(d.comm);
       note(ncclInvalidUsage);
       continue;
     }
-    if (fusable[step[0]]) {
+    if (d.commCall != CommCall::None) {
+      // After its communicator's calls, whatever they answered: one that
+      // failed here failed after NCCL launched the group, which runs the
+      // group's finalize and destroy all the same (their jobs run before its
+      // launch, group.cc; only a group NCCL refuses drops them, as
+      // leaveGroup does), and fails neither the communicator nor its later
+      // calls, which run on. The group's end answers the first error, the
+      // failed call's. Left out, the program's finalize (ncclSuccess to it)
+      // had never happened, and its destroy left the communicator alive.
+      note(runCommCall(d, *e));
+    } else if (fusable[step[0]]) {
       std::vector<const Deferred*> members;
       for (size_t i : step) members.push_back(&calls[i]);
-      note(ncclAwait(d.comm, runFusedSet(*e, members), &e->aborted));
+      note(awaitAnswered(d.comm, runFusedSet(*e, members), &e->aborted));
     } else if (e->mode != Mode::Compress || d.pass) {
       // A non-blocking communicator's enqueue ends before its next call (a
       // call gradcomp passed to NCCL answers ncclInProgress).
-      note(ncclAwait(d.comm, forward(e, d), &e->aborted));
+      note(awaitAnswered(d.comm, forward(e, d), &e->aborted));
     } else {
-      note(ncclAwait(d.comm, compress(*e, d, false, 0, 1), &e->aborted));
+      note(awaitAnswered(d.comm, compress(*e, d, false, 0, 1), &e->aborted));
     }
   }
   return first;

@@ -3,8 +3,9 @@
 // the group calls (to know when a call is inside a user group), the
 // communicator constructors that take a config (to know the non-blocking
 // ones, whose enqueues gradcomp waits for; and the poll, ncclCommGetAsyncError,
-// that tells when a non-blocking split's child is made) and destroy/abort (to
-// free state). Eligible calls
+// that tells when a non-blocking split's child is made and when NCCL's error
+// is the last one) and finalize/destroy/abort (to free state, and to keep a
+// group's finalize or destroy behind its deferred calls). Eligible calls
 // (DESIGN.md "Interposer rules") go through gradcompAllReduce / gradcompReduceScatter on a
 // per-communicator gradcomp comm created lazily from GRADCOMP_*; every other call reaches the real
 // NCCL with identical arguments. Eligible calls inside a user group are taken out of it and run
@@ -195,9 +196,8 @@ ncclResult_t compress(CommEntry& e, const Deferred& d, bool keyed, uint64_t key,
     if (rs) e.rsPassed += userCalls - 1;
     return forward(&e, d);
   }
-  const char* what = rs ? "reduce-scatter" : "allreduce";
-  warnOncePerSentence("compressed %s failed: %s", what, gradcompGetLastError());
-  noteOwnError("compressed %s failed: %s", what, gradcompGetLastError());
+  warnOwnError("compressed %s failed: %s", rs ? "reduce-scatter" : "allreduce",
+               gradcompGetLastError());
   return toNccl(r);
 }
 
@@ -247,11 +247,61 @@ ncclResult_t route(const Deferred& d) {
   return compress(*e, d, false, 0, 1);
 }
 
-void noteDeferredReleased(ncclComm_t comm) {
-  noteOwnError(
-      "a call deferred to the end of a user group names a communicator aborted or destroyed "
-      "since (%p): ncclInvalidUsage",
-      (void*)comm);
+namespace {
+
+// ncclCommFinalize or ncclCommDestroy of `comm` in a user group that deferred
+// calls of it: made after those calls, it is to flush their work, and they
+// run after the group's end here, so it joins them in its place (true: the
+// program's call returns ncclSuccess, as NCCL's in a group does; runDeferred
+// makes it). Passed on at once, NCCL finalized the communicator at the
+// group's end and the deferred calls reached it finalized, or (a destroy
+// released the entry) they were refused. Bound to the entry the calls were
+// deferred with: an abort in the group after it ends them all.
+bool deferBehindCalls(ncclComm_t comm, CommCall call) {
+  if (tGroupDepth == 0 || comm == nullptr) return false;
+  GroupCalls& g = groupCalls();
+  const auto last = std::find_if(g.deferred.rbegin(), g.deferred.rend(),
+                                 [&](const Deferred& d) { return d.comm == comm; });
+  if (last == g.deferred.rend()) return false;
+  Deferred d{nullptr, nullptr, 0, ncclFloat32, ncclSum, comm, nullptr};
+  d.entry = last->entry;
+  d.tracked = last->tracked;
+  d.commCall = call;
+  g.deferred.push_back(d);
+  return true;
+}
+
+// The preload's ncclCommDestroy (at the call, or in its place after a user
+// group's deferred calls of the communicator). NCCL refuses to destroy a
+// communicator that is not ready (its ncclCommEnsureReady): a non-blocking
+// one whose work is still in progress, or one holding an error its thread
+// met, which the program then aborts. The communicator lives on, so its entry
+// and gradcomp comm stay: released here, the next call set up a new comm on
+// this rank alone, and the abort found nothing to stop, after gradcomp's
+// destroy had waited for kernels that may be stuck on the dead peer.
+ncclResult_t destroyComm(ncclComm_t comm) {
+  const NcclApi* api = ncclApi();
+  ncclResult_t state = ncclSuccess;
+  if (comm != nullptr && api->commGetAsyncError != nullptr &&
+      api->commGetAsyncError(comm, &state) == ncclSuccess && state != ncclSuccess) {
+    const ncclResult_t r = ncclAnswered(realNccl()->commDestroy(comm));
+    // Ready by now after all (its work ended in between): destroyed, so
+    // its entry goes too.
+    if (r == ncclSuccess) release(comm);
+    return r;
+  }
+  // Ours first: freeing it waits for gradcomp's work on the communicator.
+  release(comm);
+  return ncclAnswered(realNccl()->commDestroy(comm));
+}
+
+}  // namespace
+
+ncclResult_t runCommCall(const Deferred& d, CommEntry& e) {
+  if (d.commCall == CommCall::Destroy) return destroyComm(d.comm);
+  const auto finalize = realNccl()->commFinalize;
+  if (finalize == nullptr) return ncclSystemError;
+  return awaitAnswered(d.comm, ncclAnswered(finalize(d.comm)), &e.aborted);
 }
 
 namespace {
@@ -295,13 +345,18 @@ ncclResult_t keepMultiDeviceGroup() {
   for (const Deferred& d : calls) {
     EntryPtr e = deferredEntry(d);
     if (e == nullptr) {
-      noteDeferredReleased(d.comm);
+      warnDeferredReleased(d.comm);
       if (failed == ncclSuccess) failed = ncclInvalidUsage;
       continue;
     }
     passAlways(*e, "one thread drives it in a group with other devices' communicators");
-    g.forwarded.emplace_back(e, d.coll);
-    const ncclResult_t r = forward(nullptr, d);
+    ncclResult_t r;
+    if (d.commCall != CommCall::None) {
+      r = runCommCall(d, *e);  // in the group too, after its calls
+    } else {
+      g.forwarded.emplace_back(e, d.coll);
+      r = forward(nullptr, d);
+    }
     if (r != ncclSuccess && failed == ncclSuccess) failed = r;
   }
   return failed;
@@ -322,7 +377,9 @@ ncclResult_t leaveGroup(ncclResult_t r) {
   if (r != ncclSuccess && r != ncclInProgress) {
     // NCCL's group failed (a call in it was refused, its launch failed): NCCL
     // discards every call of the group, so the deferred ones are dropped too,
-    // as NCCL alone would have dropped them, and nothing ran to be counted.
+    // as NCCL alone would have dropped them, and nothing ran to be counted. A
+    // finalize or destroy joined to them goes too: NCCL drops the group's
+    // (its jobs, group.cc's groupCleanup) with its calls.
     g.forwarded.clear();
     g.deferred.clear();
     return r;
@@ -344,19 +401,25 @@ ncclResult_t leaveGroup(ncclResult_t r) {
     ncclResult_t f = ncclSuccess;
     if (r == ncclInProgress) {
       // A communicator whose part of the group failed runs none of its
-      // deferred calls (NCCL refuses them); the others' still run.
+      // deferred calls (NCCL refuses them); the others' still run. Its
+      // finalize or destroy still goes to NCCL, which answers it: the
+      // program made it, and an error leaves the communicator to its abort.
       std::map<ncclComm_t, ncclResult_t> waited;
       for (const Deferred& d : calls) {
         if (waited.count(d.comm)) continue;
         const EntryPtr e = deferredEntry(d);
         // Released: runDeferred refuses its calls; NCCL may have freed it.
         waited[d.comm] =
-            e == nullptr ? ncclInvalidUsage : ncclAwait(d.comm, ncclInProgress, &e->aborted);
+            e == nullptr ? ncclInvalidUsage : awaitAnswered(d.comm, ncclInProgress, &e->aborted);
         if (waited[d.comm] != ncclSuccess && f == ncclSuccess) f = waited[d.comm];
       }
-      calls.erase(std::remove_if(calls.begin(), calls.end(),
-                                 [&](const Deferred& d) { return waited[d.comm] != ncclSuccess; }),
-                  calls.end());
+      calls.erase(
+          std::remove_if(calls.begin(), calls.end(),
+                         [&](const Deferred& d) {
+                           return waited[d.comm] != ncclSuccess &&
+                                  (d.commCall == CommCall::None || deferredEntry(d) == nullptr);
+                         }),
+          calls.end());
     }
     const ncclResult_t ran = runDeferred(calls);
     if (f == ncclSuccess) f = ran;
@@ -570,11 +633,9 @@ GC_INTERPOSE ncclResult_t ncclGroupEnd() {
 GC_INTERPOSE ncclResult_t ncclGroupSimulateEnd(ncclSimInfo_t* simInfo) {
   if (realNccl()->groupSimulateEnd == nullptr) {
     // The group stays open in NCCL, so its deferred calls stay with it.
-    static const char kWhy[] =
+    warnOwnError(
         "ncclGroupSimulateEnd is not in the loaded NCCL (it needs NCCL 2.22 or later); "
-        "returning ncclSystemError, the group is still open";
-    warnOnce("no-simulate", "%s", kWhy);
-    noteOwnError("%s", kWhy);
+        "returning ncclSystemError, the group is still open");
     return ncclSystemError;
   }
   if (tGroupDepth != 1 || simInfo == nullptr) {
@@ -591,12 +652,16 @@ GC_INTERPOSE ncclResult_t ncclGroupSimulateEnd(ncclSimInfo_t* simInfo) {
   for (const Deferred& d : calls) {
     // Aborted or destroyed since it was deferred (as runDeferred): NCCL may
     // have freed the communicator, so the call must not reach it.
-    if (deferredEntry(d) == nullptr) {
-      noteDeferredReleased(d.comm);
+    const EntryPtr e = deferredEntry(d);
+    if (e == nullptr) {
+      warnDeferredReleased(d.comm);
       if (f == ncclSuccess) f = ncclInvalidUsage;
       continue;
     }
-    const ncclResult_t r = forward(nullptr, d);
+    // A finalize or destroy joins the group behind its calls, where the
+    // program made it: NCCL runs it at the end, simulated or not (its job is
+    // none of the calls a simulation leaves out).
+    const ncclResult_t r = d.commCall != CommCall::None ? runCommCall(d, *e) : forward(nullptr, d);
     if (r != ncclSuccess && f == ncclSuccess) f = r;
   }
   groupCalls().forwarded.clear();
@@ -690,11 +755,9 @@ GC_INTERPOSE ncclResult_t ncclCommShrink(ncclComm_t comm, int* excludeRanksList,
 GC_INTERPOSE ncclResult_t ncclCommGrow(ncclComm_t comm, int nRanks, const ncclUniqueId* uniqueId,
                                        int rank, ncclComm_t* newcomm, ncclConfig_t* config) {
   if (realNccl()->commGrow == nullptr) {
-    static const char kWhy[] =
+    warnOwnError(
         "ncclCommGrow is not in the loaded NCCL (it needs NCCL 2.29.2 or later); "
-        "returning ncclInvalidUsage";
-    warnOnce("no-grow", "%s", kWhy);
-    noteOwnError("%s", kWhy);
+        "returning ncclInvalidUsage");
     return ncclInvalidUsage;
   }
   const bool nonBlocking = nonBlockingFrom(config, config ? config->blocking : 1,
@@ -713,11 +776,9 @@ GC_INTERPOSE ncclResult_t ncclCommGrow(ncclComm_t comm, int nRanks, const ncclUn
 // released without waiting; the program's next step is a shrink or destroy.
 GC_INTERPOSE ncclResult_t ncclCommRevoke(ncclComm_t comm, int revokeFlags) {
   if (realNccl()->commRevoke == nullptr) {
-    static const char kWhy[] =
+    warnOwnError(
         "ncclCommRevoke is not in the loaded NCCL (it needs NCCL 2.28 or later); "
-        "returning ncclInvalidUsage";
-    warnOnce("no-revoke", "%s", kWhy);
-    noteOwnError("%s", kWhy);
+        "returning ncclInvalidUsage");
     return ncclInvalidUsage;
   }
   const ncclResult_t r = ncclAnswered(realNccl()->commRevoke(comm, revokeFlags));
@@ -726,34 +787,21 @@ GC_INTERPOSE ncclResult_t ncclCommRevoke(ncclComm_t comm, int revokeFlags) {
 }
 #endif
 
+// In a user group that deferred calls of the communicator, the destroy runs
+// after them, at the group's end (deferBehindCalls).
 GC_INTERPOSE ncclResult_t ncclCommDestroy(ncclComm_t comm) {
   if (realNccl()->commDestroy == nullptr) return ncclSystemError;
-  // NCCL refuses to destroy a communicator that is not ready (its
-  // ncclCommEnsureReady): a non-blocking one whose work is still in
-  // progress, or one holding an error its thread met, which the program
-  // then aborts. The communicator lives on, so its entry and gradcomp comm
-  // stay: released here, the next call set up a new comm on this rank alone,
-  // and the abort found nothing to stop, after gradcomp's destroy had waited
-  // for kernels that may be stuck on the dead peer.
-  const gc::NcclApi* api = ncclApi();
-  ncclResult_t state = ncclSuccess;
-  if (comm != nullptr && api->commGetAsyncError != nullptr &&
-      api->commGetAsyncError(comm, &state) == ncclSuccess && state != ncclSuccess) {
-    const ncclResult_t r = ncclAnswered(realNccl()->commDestroy(comm));
-    // Ready by now after all (its work ended in between): destroyed, so
-    // its entry goes too.
-    if (r == ncclSuccess) release(comm);
-    return r;
-  }
-  // Ours first: freeing it waits for gradcomp's work on the communicator.
-  release(comm);
-  return ncclAnswered(realNccl()->commDestroy(comm));
+  if (deferBehindCalls(comm, CommCall::Destroy)) return ncclSuccess;
+  return destroyComm(comm);
 }
 
 // NCCL's abort first (it stops kernels that may be stuck on a dead peer),
 // then ours (gradcompCommAbort, whose sub-communicators' kernels may be stuck
 // too, and which never waits on a peer); in one NCCL group where the gradcomp
-// comm has sub-communicators (abortComm).
+// comm has sub-communicators (abortComm). Never deferred behind a user
+// group's calls, as a finalize or destroy is: NCCL ends the communicator's
+// work at the call, in a group too, and frees it at the group's end, so the
+// calls deferred before it are refused (ncclInvalidUsage), never sent there.
 GC_INTERPOSE ncclResult_t ncclCommAbort(ncclComm_t comm) {
   return abortComm(comm);
 }
@@ -767,18 +815,28 @@ GC_INTERPOSE ncclResult_t ncclCommAbort(ncclComm_t comm) {
 // function that returned the child, a variable reused) gave whatever it held:
 // the child was set up as a blocking communicator, and that value was taken
 // for a non-blocking one.
+// The error it reads is NCCL's answer to the program as much as a call's
+// (a non-blocking call's ncclInProgress that ended in it, an error NCCL's
+// thread met): ncclGetLastError answers NCCL's last error again, not a
+// sentence the preload noted before (ncclAnswered). The answer is passed on
+// unchanged.
 GC_INTERPOSE ncclResult_t ncclCommGetAsyncError(ncclComm_t comm, ncclResult_t* asyncError) {
   const auto poll = ncclApi()->commGetAsyncError;
   if (poll == nullptr) return ncclSystemError;
   const ncclResult_t r = ncclAnswered(poll(comm, asyncError));
-  if (r == ncclSuccess && asyncError != nullptr && *asyncError != ncclInProgress) notePolled();
+  if (r == ncclSuccess && asyncError != nullptr) {
+    (void)ncclAnswered(*asyncError);
+    if (*asyncError != ncclInProgress) notePolled();
+  }
   return r;
 }
 
+// Finalize flushes NCCL's work; our state (and the summary) goes at destroy
+// or abort. In a user group that deferred calls of the communicator, it runs
+// after them, at the group's end (deferBehindCalls).
 GC_INTERPOSE ncclResult_t ncclCommFinalize(ncclComm_t comm) {
-  // Finalize flushes NCCL's work; our state (and the summary) goes at
-  // destroy or abort.
   if (realNccl()->commFinalize == nullptr) return ncclSystemError;
+  if (deferBehindCalls(comm, CommCall::Finalize)) return ncclSuccess;
   return ncclAnswered(realNccl()->commFinalize(comm));
 }
 

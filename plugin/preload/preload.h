@@ -269,13 +269,31 @@ const char* ownLastError(const char* theirs);
 // noteOwnError's sentence goes. (NCCL's text alone cannot tell: refusing the
 // same call twice, NCCL says the same sentence both times.)
 ncclResult_t ncclAnswered(ncclResult_t r);
-// noteOwnError for a deferred call refused (ncclInvalidUsage) because its
-// communicator was aborted or destroyed after the call was made.
-void noteDeferredReleased(ncclComm_t comm);
+// A call the preload failed itself, said both ways: warned about once per
+// kind of sentence (warnOncePerSentence) and noted as what ncclGetLastError
+// answers next (noteOwnError).
+void warnOwnError(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
+// ncclAwait of a call whose result goes back to the program: an error the
+// wait reads (a non-blocking communicator's ncclInProgress that ended in its
+// error) is NCCL's answer, as at the program's own poll (ncclAnswered); a wait
+// an abort ended (`stop`) is the preload's refusal, not NCCL's.
+ncclResult_t awaitAnswered(ncclComm_t comm, ncclResult_t r, NcclStop* stop);
+// warnOwnError for a deferred call refused (ncclInvalidUsage) because its
+// communicator was aborted or destroyed after the call was made (once per
+// process: the sentences differ in the communicator alone).
+void warnDeferredReleased(ncclComm_t comm);
 // The most warning keys recorded (warnOnce and warnOncePerSentence together).
 constexpr size_t kMaxWarningKinds = 256;
 
 enum class Collective { AllReduce, ReduceScatter };
+
+// The communicator calls that keep their place among a user group's deferred
+// calls: a finalize or destroy made in a group after calls of its
+// communicator flushes their work (NCCL takes both in a group, 2.14 and
+// later), and the preload runs those calls after the group's end. (An abort
+// does not wait: it ends the communicator's work at the call, and its
+// deferred calls are refused.)
+enum class CommCall { None, Finalize, Destroy };
 
 // One call as the application made it (count: the allreduce's count or the
 // reduce-scatter's recvcount); also an eligible call deferred inside a user
@@ -302,6 +320,11 @@ struct Deferred {
   // place after the calls of its communicator deferred before it, or for
   // that agreement (route).
   bool pass = false;
+  // Not a data call: the communicator's ncclCommFinalize or ncclCommDestroy,
+  // made in the group after calls of it were deferred, which runs in its
+  // place behind them (runCommCall); of the fields above only comm and the
+  // entry count.
+  CommCall commCall = CommCall::None;
 };
 // A deferred call's entry at the group's end (deferredEntry): null when its
 // communicator was aborted or destroyed since the call was made.
@@ -408,6 +431,11 @@ ncclResult_t route(const Deferred& d);
 // one (defer) or fused (fuse; reduce-scatters run one by one, as their
 // blocks interleave and cannot be concatenated).
 ncclResult_t runDeferred(std::vector<Deferred>& calls);
+// The finalize or destroy a Deferred stands for (d.commCall), made now on
+// e's communicator: NCCL's ncclCommFinalize (a non-blocking communicator's
+// waited for, as a deferred call's enqueue is), or the preload's
+// ncclCommDestroy (gradcomp's comm released, then NCCL's destroy).
+ncclResult_t runCommCall(const Deferred& d, CommEntry& e);
 
 using ::gc::DeviceGuard;
 

@@ -210,6 +210,35 @@ static int multiDevice(void) {
   return 0;
 }
 
+#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 13, 0)
+/* Whether ncclGetLastError(c) answers a sentence of the preload's own. */
+static int preloadsLastError(ncclComm_t c) {
+  const char* last = ncclGetLastError(c);
+  return last != NULL && strncmp(last, "gradcomp: ", 10) == 0;
+}
+
+/* A group the preload fails itself (see abortDeferred): the call of `comm`
+ * it deferred to the group's end is refused there, as `comm` was aborted in
+ * the group since; the end answers ncclInvalidUsage, and ncclGetLastError the
+ * preload's sentence. */
+static int preloadFailsAGroup(ncclComm_t comm) {
+  cudaStream_t stream = (cudaStream_t)(uintptr_t)0x2000;
+  char* a = (char*)(uintptr_t)0x7f0000000000ull;
+  GROUP_START();
+  CHECK(ncclAllReduce(a, a, 1 << 20, ncclFloat32, ncclSum, comm, stream));
+  CHECK(ncclCommAbort(comm));
+  EXPECT("CommAbort comm=%p", (void*)comm);
+  const ncclResult_t r = ncclGroupEnd();
+  EXPECT("GroupEnd");
+  if (r != ncclInvalidUsage || !preloadsLastError(comm)) {
+    fprintf(stderr, "the aborted group's end returned %d, last error \"%s\"\n", (int)r,
+            ncclGetLastError(comm));
+    return 1;
+  }
+  return 0;
+}
+#endif
+
 #if NCCL_VERSION_CODE >= NCCL_VERSION(2, 18, 0)
 /* A communicator of 4 ranks made with a config saying `blocking`, and the
  * line NCCL must have received for it. */
@@ -386,6 +415,47 @@ static int destroyRefused(void) {
   CALL(a, a, 1 << 22, ncclFloat32, ncclSum, nb, stream);
   CHECK(ncclCommDestroy(nb));
   EXPECT("CommDestroy comm=%p", (void*)nb);
+  return 0;
+}
+
+/* NCCL's error after the preload's own: once a non-blocking communicator's
+ * call that answered ncclInProgress ends in an error (the test's stand-in
+ * meets one in each enqueue from here), ncclGetLastError answers NCCL's last
+ * error again, not the preload's older sentence, whether the program's poll
+ * (ncclCommGetAsyncError) reads the error or the preload's own wait for a
+ * call it deferred to a group's end does. */
+static int lastErrorAsync(void) {
+  cudaStream_t stream = (cudaStream_t)(uintptr_t)0x2000;
+  char* a = (char*)(uintptr_t)0x7f0000000000ull;
+  ncclComm_t nb = NULL, nb2 = NULL;
+  if (initWithConfig(0, &nb) || initWithConfig(0, &nb2)) return 1;
+  setenv("FAKE_NCCL_ASYNC_FAIL", "1", 1);
+  if (preloadFailsAGroup((ncclComm_t)(uintptr_t)0x1000)) return 1;
+  ncclResult_t r = ncclAllReduce(a, a, 1000, ncclInt32, ncclSum, nb, stream);
+  EXPECT(LINE_FMT, (void*)a, (void*)a, (size_t)1000, (int)ncclInt32, (int)ncclSum, (void*)nb,
+         (void*)stream);
+  r = r == ncclInProgress ? settle(nb, r) : r;
+  if (r != ncclRemoteError || preloadsLastError(nb)) {
+    fprintf(stderr, "the program's poll read %d, last error \"%s\"\n", (int)r,
+            ncclGetLastError(nb));
+    return 1;
+  }
+  if (preloadFailsAGroup((ncclComm_t)(uintptr_t)0x1100)) return 1;
+  GROUP_START();
+  CHECK(ncclAllReduce(a, a, 1 << 22, ncclFloat32, ncclSum, nb2, stream));
+  r = ncclGroupEnd();
+  EXPECT("GroupEnd");
+  EXPECT(LINE_FMT, (void*)a, (void*)a, (size_t)1 << 22, (int)ncclFloat32, (int)ncclSum, (void*)nb2,
+         (void*)stream);
+  if (r != ncclRemoteError || preloadsLastError(nb2)) {
+    fprintf(stderr, "the group's end returned %d, last error \"%s\"\n", (int)r,
+            ncclGetLastError(nb2));
+    return 1;
+  }
+  CHECK(ncclCommAbort(nb));
+  EXPECT("CommAbort comm=%p", (void*)nb);
+  CHECK(ncclCommAbort(nb2));
+  EXPECT("CommAbort comm=%p", (void*)nb2);
   return 0;
 }
 #endif
@@ -650,19 +720,7 @@ static int abortDeferred(int simulate) {
    * only a change of NCCL's text ended it). */
   char nccls[256];
   snprintf(nccls, sizeof nccls, "%s", last);
-  const ncclComm_t third = (ncclComm_t)(uintptr_t)0x1200;
-  GROUP_START();
-  CHECK(ncclAllReduce(a, a, 1 << 20, ncclFloat32, ncclSum, third, stream));
-  CHECK(ncclCommAbort(third));
-  EXPECT("CommAbort comm=%p", (void*)third);
-  r = ncclGroupEnd();
-  EXPECT("GroupEnd");
-  last = ncclGetLastError(third);
-  if (r != ncclInvalidUsage || last == NULL || strncmp(last, "gradcomp: ", 10) != 0) {
-    fprintf(stderr, "the second aborted group's end returned %d, last error \"%s\"\n", (int)r,
-            last ? last : "(null)");
-    return 1;
-  }
+  if (preloadFailsAGroup((ncclComm_t)(uintptr_t)0x1200)) return 1;
   r = ncclAllReduce(a, a, 1 << 20, ncclFloat32, op, other, stream);
   EXPECT("AllReduce refused: op=%d is not a live op of comm=%p", (int)op, (void*)other);
   last = ncclGetLastError(other);
@@ -674,6 +732,80 @@ static int abortDeferred(int simulate) {
 #endif
   return 0;
 }
+
+#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 14, 0)
+/* The line NCCL must receive for a communicator's finalize or destroy made
+ * in a group: after the group's end, behind its communicator's deferred
+ * calls, where the test says those are deferred. */
+static void commCallLine(int deferIt, const char* what, ncclComm_t c) {
+  if (deferIt) {
+    snprintf(deferred[numDeferred++], sizeof(deferred[0]), "%s comm=%p", what, (void*)c);
+  } else {
+    EXPECT("%s comm=%p", what, (void*)c);
+  }
+}
+
+/* ncclCommFinalize and ncclCommDestroy in a user group, after calls of their
+ * communicator the preload deferred to the group's end (NCCL 2.14 and later
+ * take both in a group; made after those calls, they flush their work):
+ * each reaches NCCL after those calls, in program order, not at once (the
+ * stand-in refuses a call on a finalized communicator; a destroy passed on
+ * at once left the deferred calls refused). Another communicator's call
+ * stays in the group. The test says whether the float calls are deferred
+ * (GC_TEST_GROUP_CALLS_DEFERRED=1). */
+static int commCallsInGroup(void) {
+  const int deferGroupCalls = groupCallsDeferred();
+  const ncclComm_t comm = (ncclComm_t)(uintptr_t)0x1000, other = (ncclComm_t)(uintptr_t)0x1100,
+                   third = (ncclComm_t)(uintptr_t)0x1200;
+  cudaStream_t stream = (cudaStream_t)(uintptr_t)0x2000;
+  char* a = (char*)(uintptr_t)0x7f0000000000ull;
+  char* b = (char*)(uintptr_t)0x7f0010000000ull;
+  GROUP_START();
+  CALL_IN_GROUP(a, a, 1 << 20, ncclFloat32, ncclSum, comm, stream);
+  RS_IN_GROUP(a, b, 1 << 20, ncclFloat32, ncclSum, comm, stream);
+  CALL(b, b, 1000, ncclInt32, ncclSum, other, stream);
+  CHECK(ncclCommFinalize(comm));
+  commCallLine(deferGroupCalls, "CommFinalize", comm);
+  GROUP_END();
+  flushDeferred();
+  DESTROY(comm);
+  /* A destroy, behind an eligible call and an int32 one deferred after it. */
+  GROUP_START();
+  CALL_IN_GROUP(a, a, 1 << 20, ncclBfloat16, ncclAvg, third, stream);
+  CALL_IN_GROUP(a, a, 1000, ncclInt32, ncclSum, third, stream);
+  CHECK(ncclCommDestroy(third));
+  commCallLine(deferGroupCalls, "CommDestroy", third);
+  GROUP_END();
+  flushDeferred();
+  DESTROY(other);
+  return 0;
+}
+
+/* A deferred call that fails before its communicator's finalize in the same
+ * group (the test makes NCCL fail every data call, FAKE_NCCL_FAIL=1): the
+ * finalize still reaches NCCL after it, and the group's end answers the
+ * call's error (fusion.cc's runDeferred says why). */
+static int finalizeAfterFailure(void) {
+  ncclComm_t comm = (ncclComm_t)(uintptr_t)0x1000;
+  cudaStream_t stream = (cudaStream_t)(uintptr_t)0x2000;
+  char* a = (char*)(uintptr_t)0x7f0000000000ull;
+  GROUP_START();
+  CHECK(ncclAllReduce(a, a, 1 << 20, ncclFloat32, ncclSum, comm, stream));
+  CHECK(ncclCommFinalize(comm));
+  const ncclResult_t r = ncclGroupEnd();
+  EXPECT("GroupEnd");
+  EXPECT(LINE_FMT, (void*)a, (void*)a, (size_t)1 << 20, (int)ncclFloat32, (int)ncclSum, (void*)comm,
+         (void*)stream);
+  EXPECT("CommFinalize comm=%p", (void*)comm);
+  if (r != ncclRemoteError) {
+    fprintf(stderr, "the group's end returned %d, expected the failed call's ncclRemoteError\n",
+            (int)r);
+    return 1;
+  }
+  DESTROY(comm);
+  return 0;
+}
+#endif
 
 /* Reduce-scatters too small to be eligible (4 * 1000 < 16384): the
  * communicator never sets up (the first call only runs the ranks' comparison
@@ -1177,6 +1309,14 @@ __attribute__((visibility("default"))) int gcTestRunCalls(const char* mode) {
     rc = destroyRefused();
   } else if (strcmp(mode, "slot_reused") == 0) {
     rc = slotReused();
+  } else if (strcmp(mode, "last_error_async") == 0) {
+    rc = lastErrorAsync();
+#endif
+#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 14, 0)
+  } else if (strcmp(mode, "comm_calls_in_group") == 0) {
+    rc = commCallsInGroup();
+  } else if (strcmp(mode, "finalize_after_failure") == 0) {
+    rc = finalizeAfterFailure();
 #endif
 #if NCCL_VERSION_CODE >= NCCL_VERSION(2, 27, 0)
   } else if (strcmp(mode, "revoked") == 0) {

@@ -107,9 +107,29 @@ static ncclResult_t readiness(const char* what, ncclComm_t c) {
   return ncclSuccess;
 }
 
+/* Communicators finalized (ncclCommFinalize) and not destroyed or aborted
+ * since. NCCL itself takes a data call after the finalize (its proxy is
+ * stopped by then, so on a network transport the call never completes); the
+ * stand-in refuses it (ncclInvalidUsage, recorded, with a last error), so
+ * that the tests see a call that came after its communicator's finalize. */
+static ncclComm_t finalizedComms[64];
+static int numFinalized = 0;
+
+static int finalizedIndex(ncclComm_t c) {
+  for (int i = 0; i < numFinalized; ++i) {
+    if (finalizedComms[i] == c) return i;
+  }
+  return -1;
+}
+
 /* Before a data call of c: 0 to go on, else the refusal to return. In a
  * group, the communicator is noted for the group's end. */
 static ncclResult_t admit(const char* what, ncclComm_t c) {
+  if (finalizedIndex(c) >= 0) {
+    record("%s refused: comm=%p is finalized", what, (void*)c);
+    snprintf(lastError, sizeof lastError, "%s: comm %p is finalized", what, (void*)c);
+    return ncclInvalidUsage;
+  }
   if (!isNonBlocking(c)) return ncclSuccess;
   const ncclResult_t ready = readiness(what, c);
   if (ready != ncclSuccess) return ready;
@@ -419,28 +439,40 @@ const char* pncclGetErrorString(ncclResult_t r) {
 }
 const char* ncclGetErrorString(ncclResult_t) ALIAS(ncclGetErrorString);
 
+/* A communicator destroyed or aborted: its address may be handed out again. */
+static void forget(ncclComm_t c) {
+  const int i = busyIndex(c);
+  if (i >= 0) busy[i] = busy[--numBusy];
+  const int f = finalizedIndex(c);
+  if (f >= 0) finalizedComms[f] = finalizedComms[--numFinalized];
+}
+
 /* As NCCL's (ncclCommEnsureReady): refused while the communicator is in
  * progress, or with the error its thread met, which sticks; it stays for a
  * poll and another destroy, or for an abort. */
 ncclResult_t pncclCommDestroy(ncclComm_t c) {
   const ncclResult_t ready = readiness("CommDestroy", c);
   if (ready != ncclSuccess) return ready;
-  const int i = busyIndex(c);
-  if (i >= 0) busy[i] = busy[--numBusy]; /* its address may be handed out again */
+  forget(c);
   record("CommDestroy comm=%p", (void*)c);
   return ncclSuccess;
 }
 ncclResult_t ncclCommDestroy(ncclComm_t) ALIAS(ncclCommDestroy);
 
 ncclResult_t pncclCommAbort(ncclComm_t c) {
-  const int i = busyIndex(c);
-  if (i >= 0) busy[i] = busy[--numBusy]; /* freed, error or not */
+  forget(c); /* freed, error or not */
   record("CommAbort comm=%p", (void*)c);
   return ncclSuccess;
 }
 ncclResult_t ncclCommAbort(ncclComm_t) ALIAS(ncclCommAbort);
 
+/* As NCCL's: a second finalize is refused (ncclInvalidArgument). */
 ncclResult_t pncclCommFinalize(ncclComm_t c) {
+  if (finalizedIndex(c) >= 0) {
+    record("CommFinalize refused: comm=%p is finalized", (void*)c);
+    return ncclInvalidArgument;
+  }
+  if (numFinalized < 64) finalizedComms[numFinalized++] = c;
   record("CommFinalize comm=%p", (void*)c);
   return ncclSuccess;
 }

@@ -388,6 +388,33 @@ if "$app" abort_deferred_simulate > /dev/null 2>&1 < /dev/null || [ $? != 2 ]; t
     same_calls abort_deferred_simulate
 fi
 
+# 4d'. ncclCommFinalize and ncclCommDestroy made in a user group after calls of
+# their communicator that the preload deferred to the group's end reach NCCL
+# after those calls, in program order, in every group mode (the stand-in
+# refuses a call on a finalized communicator). Until 2026-12-07 both were
+# passed on at once: the deferred calls then reached a finalized communicator,
+# or (a destroy) were refused with ncclInvalidUsage. A deferred call that fails
+# (FAKE_NCCL_FAIL=1) leaves its finalize to run after it, and the group's end
+# answers the call's error.
+if "$app" comm_calls_in_group > /dev/null 2>&1 < /dev/null || [ $? != 2 ]; then
+  for group in defer fuse pass; do
+    run comm_calls_in_group_$group env GRADCOMP_GROUP=$group GC_TEST_GROUP_CALLS_DEFERRED=1 \
+      GRADCOMP_METHOD=qsgd "$app" comm_calls_in_group && same_calls comm_calls_in_group_$group
+  done
+  run finalize_after_failure env FAKE_NCCL_FAIL=1 GRADCOMP_METHOD=qsgd \
+    "$app" finalize_after_failure && same_calls finalize_after_failure
+fi
+
+# 4d''. After the preload's own error, a non-blocking communicator's call that
+# answered ncclInProgress and ended in NCCL's error, read by the program's
+# poll or by the preload's wait for a deferred call: ncclGetLastError answers
+# NCCL's error, not the preload's older sentence (until 2026-12-07 it kept
+# that sentence; the app checks both).
+if "$app" last_error_async > /dev/null 2>&1 < /dev/null || [ $? != 2 ]; then
+  run last_error_async env GRADCOMP_METHOD=qsgd "$app" last_error_async &&
+    same_calls last_error_async
+fi
+
 # 4b. A revoked communicator (ncclCommRevoke, NCCL 2.28) is never set up
 # again; one shrunk from it is set up as usual, a non-blocking one's too.
 if "$app" revoked > /dev/null 2>&1 < /dev/null || [ $? != 2 ]; then
