@@ -49,7 +49,8 @@ gradcompResult_t beginCollective(gradcompComm& c, CallKind kind, size_t count, n
   // which see neither the call nor each other: the CPU world agrees on it
   // first, so that a rank's different op or count fails every rank with its
   // sentence rather than one node, or none.
-  if (c.intra && !c.backend->onDevice()) GC_CHECK(agreement());
+  const bool agreedHere = c.intra && !c.backend->onDevice();
+  if (agreedHere) GC_CHECK(agreement());
   if (c.verifyNext) {
     if (c.backend->capturing()) {
       return setError(gradcompInvalidUsage,
@@ -57,7 +58,15 @@ gradcompResult_t beginCollective(gradcompComm& c, CallKind kind, size_t count, n
                       "agree (a host sync) and cannot be captured into a CUDA graph; make one "
                       "eager call first");
     }
-    GC_CHECK(agreement());
+    // The CPU backends agree on every call anyway, on the same record (step
+    // and state digest), before it touches a buffer's state: above on a
+    // hierarchical comm, else agreeBeforeState or a passed call's own
+    // exchange. One more agreement here, on a rank that loaded, reset or
+    // forgot alone, would meet a peer's next one: the ranks would be an
+    // agreement apart, the peer in its exchange (its residual changed) while
+    // this rank agreed again, and every rank would fail a call their states
+    // agree on (a hierarchical comm's after cpuTimeoutSec, at every call).
+    if (!agreedHere && !c.transport->checksEveryCall()) GC_CHECK(agreement());
     c.verifyNext = false;
   } else if (c.cfg.checkCalls && !c.transport->checksEveryCall() && !c.autoState.tuning) {
     // GRADCOMP_CHECK_CALLS: the same agreement before every call. Its host
@@ -513,10 +522,12 @@ gradcompResult_t refuseCall(gradcompComm& c, size_t count, int type, int op, Cal
   // runs under the setting can take the record, so only a refusal made before
   // it joins (after it, every rank agreed on the count and refuses alike).
   // Without the setting, the peers still run that agreement at the first
-  // call after a state load or reset (verifyNext, set alike on every rank):
-  // a refusal of that call joins it too. It leaves verifyNext set here, as a
-  // failed agreement leaves it on the peers, so the next call verifies on
-  // every rank. (After the agreement verifyNext is clear: no second join.)
+  // call after a state load or reset (verifyNext, set alike on every rank;
+  // on the CPU backends the first collective of their call, which compares
+  // the same record): a refusal of that call joins it too. It leaves
+  // verifyNext set here, as a failed agreement leaves it on the peers (NCCL),
+  // so the next call verifies on every rank. (Once the call began verifyNext
+  // is clear: no second join.)
   if (local == gradcompSuccess || count == 0 || !(c.cfg.checkCalls || c.verifyNext) ||
       (!c.transport->checksEveryCall() && !beforeBegin) || c.backend->capturing() ||
       c.autoState.reserving || c.autoState.tuning)

@@ -26,7 +26,9 @@ enum StateKind : int {
 // for the CPU world's per-collective agreement (kind, step, count, type, op;
 // on a hierarchical CPU comm, which calls only sub-worlds, one agreement of
 // the whole world) and, after a state load or reset, checks once that all
-// ranks are at the same step (a host sync, so refused under capture). With
+// ranks are at the same step (a host sync, so refused under capture; on the
+// CPU backends the call's own agreement checks it, so that a rank that
+// loaded or reset alone agrees as often as its peers). With
 // GRADCOMP_CHECK_CALLS, a transport that does not check every collective
 // (NCCL) runs that agreement before every call outside capture.
 gradcompResult_t beginCollective(gradcompComm& c, CallKind kind, size_t count, ncclDataType_t type,

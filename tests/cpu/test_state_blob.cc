@@ -13,6 +13,7 @@
 #include "plugin/comm.h"
 #include "tests/common/cpu_world.h"
 #include "tests/common/forwarding_backend.h"
+#include "tests/common/socket_world.h"
 #include "tests/common/state_blob.h"
 #include "tests/common/test_util.h"
 
@@ -38,8 +39,10 @@ Blob save(gradcompComm_t c) {
 }
 
 // One step on every rank with inputs from (seed, step); returns the outputs.
-// The error sentences are per thread: `errors` gets each rank's.
-std::vector<std::vector<float>> step(gctest::CpuWorld& w, size_t n, int t,
+// The error sentences are per thread: `errors` gets each rank's. `w`: a
+// gctest::CpuWorld or gctest::SocketWorld.
+template <typename World>
+std::vector<std::vector<float>> step(World& w, size_t n, int t,
                                      std::vector<gradcompResult_t>* results = nullptr,
                                      std::vector<std::string>* errors = nullptr) {
   std::vector<std::vector<float>> buf(w.size());
@@ -403,6 +406,64 @@ TEST(StateBlob, RanksWhoseAddressKeyedTablesDifferResume) {
     ASSERT_EQ(gradcompCommLoadState(w.comm(r), s[r].data(), s[r].size()), gradcompSuccess);
   }
   for (gradcompResult_t rc : call(2)) EXPECT_EQ(rc, gradcompSuccess) << gradcompGetLastError();
+}
+
+// A reset (or load) on one rank alone, which the others did not make, is
+// checked at the next call as every call is on the CPU backends, with one
+// agreement per rank: ranks whose states still agree (a rank reset before
+// any call) run the call, and ranks that no longer agree (one reset at step
+// 1) all fail naming both steps, every rank's state as it was. `w` and
+// `clean`: worlds of N ranks of the same config.
+template <typename World>
+void expectOneRankResetCheckedOnce(World& w, World& clean, int N, size_t n) {
+  // Rank 0 resets before any call: the ranks agree and the call runs.
+  ASSERT_EQ(gradcompCommResetState(w.comm(0)), gradcompSuccess);
+  std::vector<gradcompResult_t> res;
+  std::vector<std::string> err;
+  const auto got = step(w, n, 0, &res, &err);
+  for (int r = 0; r < N; ++r) EXPECT_EQ(res[r], gradcompSuccess) << "rank " << r << ": " << err[r];
+  EXPECT_EQ(got, step(clean, n, 0));
+  // The last rank resets at step 1: every rank fails naming both steps, and
+  // no rank's state changes.
+  ASSERT_EQ(gradcompCommResetState(w.comm(N - 1)), gradcompSuccess);
+  std::vector<Blob> before;
+  for (int r = 0; r < N; ++r) before.push_back(save(w.comm(r)));
+  step(w, n, 1, &res, &err);
+  for (int r = 0; r < N; ++r) {
+    EXPECT_EQ(res[r], gradcompInvalidUsage) << "rank " << r << ": " << err[r];
+    EXPECT_NE(err[r].find("is at step 0"), std::string::npos) << "rank " << r << ": " << err[r];
+    EXPECT_NE(err[r].find("is at step 1"), std::string::npos) << "rank " << r << ": " << err[r];
+    EXPECT_EQ(save(w.comm(r)), before[r]) << "rank " << r;
+  }
+}
+
+// Flat and hierarchical comms, in-process and over sockets. Until 2026-12-07
+// the rank that reset agreed twice, so where the first agreement passed its
+// peers went on into the exchange: on a flat in-process comm every rank
+// failed naming collective numbers, the peers' residuals advanced; over
+// sockets that mismatch closed the connections; on a hierarchical comm
+// every call, this one and all later ones, waited out cpuTimeoutSec.
+TEST(StateBlob, AResetOnOneRankAloneIsCheckedOnceAtTheNextCall) {
+  const size_t n = 4096;
+  for (int localSize : {1, 2}) {
+    for (int sockets = 0; sockets < 2; ++sockets) {
+      SCOPED_TRACE(testing::Message() << "localSize=" << localSize << " sockets=" << sockets);
+      gradcompConfig_t cfg = baseConfig(gradcompMethodQsgd);
+      cfg.localSize = localSize;
+      cfg.autoTune = 0;  // a socket comm would time its links and might pass the calls
+      const int N = 2 * localSize;
+      if (sockets) {
+        gctest::SocketWorld w(N, cfg), clean(N, cfg);
+        expectOneRankResetCheckedOnce(w, clean, N, n);
+      } else {
+        gctest::CpuWorld w(N, cfg), clean(N, cfg);
+        int nodes = 0, local = 0;
+        ASSERT_EQ(gradcompCommLayout(w.comm(0), &nodes, &local), gradcompSuccess);
+        ASSERT_EQ(local, localSize);
+        expectOneRankResetCheckedOnce(w, clean, N, n);
+      }
+    }
+  }
 }
 
 // The same check guards a reduce-scatter that is the first call after the
