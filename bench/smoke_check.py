@@ -198,6 +198,10 @@ def check_flags(perf, work, src, kdoc, bits, bucket):
                        (["-m", "none", "--json", os.path.join(work, "rows-linked.json"),
                          "--csv", linked], "name the same file: give each its own path"),
                        (["--link-gbps", ","], "--link-gbps ,: give at least one bandwidth"),
+                       # The projection's flags without a projection: refused, not ignored.
+                       (["--node-gbps", "100"], "--node-gbps 100 is for the projection only, "
+                                                "which --model-nodes K asks for"),
+                       (["--model-pipe", "0"], "--model-pipe 0 is for the projection only"),
                        # An empty -m or -d (a shell variable left empty) is refused too, not
                        # run as the default method or type.
                        (["-m", ","], "-m ',': give at least one method"),
@@ -257,6 +261,15 @@ def check_flags(perf, work, src, kdoc, bits, bucket):
     expect(len(arow) == 1 and all("`%s`" % a in arow[0] for a in
                                   ("auto", "twoshot", "ring", "allgather", "sparse", "hier")),
            "docs/benchmark.md's -a row lists every algorithm -a takes")
+    # Every flag --help lists has a row in docs/benchmark.md's flag table (under its short
+    # name where it has one), so neither lists a flag the other lacks (--seed had no row).
+    table = [ln for ln in doc.splitlines() if ln.startswith("| `-")]
+    listed = [m.group(1) or m.group(2) for m in
+              re.finditer(r"^  (?:(-\w), --[\w-]+|    (--[\w-]+))", out, re.M)]
+    expect(len(listed) > 30 and all(any("`" + f in ln.split("|")[1] for ln in table)
+                                    for f in listed),
+           "docs/benchmark.md has a row for every flag of --help (missing: %s)"
+           % [f for f in listed if not any("`" + f in ln.split("|")[1] for ln in table)])
 
 
 def newest_report(results):

@@ -330,6 +330,8 @@ bool parseOptions(int argc, char** argv, Options* o, int* exitCode) {
   *exitCode = 0;
   bool factorGiven = false, stepGiven = false;
   const char *minArg = "", *maxArg = "";
+  // The projection's own flags, as given (only --model-nodes makes a projection that reads them).
+  const char *nodeGbpsArg = nullptr, *modelPipeArg = nullptr;
   int c;
   long lv;
   double dv;
@@ -534,6 +536,7 @@ bool parseOptions(int argc, char** argv, Options* o, int* exitCode) {
         }
         if (o->nodeGbps.empty())
           return fail(exitCode, "%s %s: give at least one bandwidth", "--node-gbps", v);
+        nodeGbpsArg = v;
         break;
       case kIntraGbps:
         if (!parseDouble(v, 1e-3, 1e6, &o->intraGbps))
@@ -543,6 +546,7 @@ bool parseOptions(int argc, char** argv, Options* o, int* exitCode) {
         if (!parseSize(v, &o->modelPipelineBytes) || o->modelPipelineBytes > (1ull << 40))
           return fail(exitCode, "%s %s: a byte count in [0, 1024G] (K/M/G suffixes)",
                       "--model-pipe", v);
+        modelPipeArg = v;
         break;
       case kKernelRates:
         o->kernelRates = v;
@@ -588,6 +592,14 @@ bool parseOptions(int argc, char** argv, Options* o, int* exitCode) {
   if (!o->modelLocal.empty() && o->modelNodes.empty())
     return fail(exitCode, "%s %s: the projection needs --model-nodes too", "--model-local",
                 "given");
+  // Read by the projection alone: without --model-nodes the run went on as if they had been
+  // taken, its table and JSON the same as without them.
+  if ((nodeGbpsArg || modelPipeArg) && o->modelNodes.empty())
+    return fail(exitCode,
+                "%s %s is for the projection only, which --model-nodes K asks for: give "
+                "--model-nodes too, or leave it out",
+                nodeGbpsArg ? "--node-gbps" : "--model-pipe",
+                nodeGbpsArg ? nodeGbpsArg : modelPipeArg);
   if (stepGiven && !factorGiven)
     o->stepFactor = 0;
   else if (!factorGiven)
