@@ -94,6 +94,36 @@ def gpus():
         return None
 
 
+def _shown(value):
+    """A value much as the library's sentences show it: bare, or quoted with a blank, a control
+    character, a '"' or a character past ASCII written out ("fuse ")."""
+    if value and all(" " < c < "\x7f" and c != '"' for c in value):
+        return value
+    return '"' + value.encode("unicode_escape").decode().replace('"', '\\"') + '"'
+
+
+def process_settings_taken_otherwise():
+    """The process-level settings set (gradcompConfigFromEnv does not read them) that the
+    library or the preload would not take as given: each warns where it is read and uses its
+    default, so a Config from the environment cannot tell. One sentence each."""
+    out = []
+    debug = os.environ.get("GRADCOMP_DEBUG")
+    # Unset or empty is off, as an empty NCCL_DEBUG is; the levels are case-insensitive.
+    if debug and debug.upper() not in ("NONE", "OFF", "WARN", "INFO", "TRACE"):
+        out.append(f"GRADCOMP_DEBUG={_shown(debug)} is not one of NONE|OFF|WARN|INFO|TRACE: the "
+                   "library warns and logs at WARN")
+    group = os.environ.get("GRADCOMP_GROUP")
+    if group == "":
+        out.append("GRADCOMP_GROUP is set but empty: the preload warns and uses defer")
+    elif group is not None and group.lower() not in ("defer", "fuse", "pass"):
+        out.append(f"GRADCOMP_GROUP={_shown(group)} is not defer, fuse or pass: the preload "
+                   "warns and uses defer")
+    if os.environ.get("GRADCOMP_NCCL_LIBRARY") == "":
+        out.append("GRADCOMP_NCCL_LIBRARY is set but empty: the preload warns and uses "
+                   "libnccl.so.2")
+    return out
+
+
 def settings_line(gradcomp):
     """Prints the GRADCOMP_* variables set that the library reads and whether it takes them,
     as gradcompConfigFromEnv does for every comm (False when it refuses them: every comm made
@@ -111,15 +141,20 @@ def settings_line(gradcomp):
         unread = [k for k in set_ if k not in known]
     shown = ", ".join(f"{k}={os.environ[k]}" for k in names)
     ok = True
+    otherwise = "".join(f"; {why}" for why in process_settings_taken_otherwise())
     try:
         gradcomp.Config()
     except gradcomp.GradcompError as e:
-        print(f"settings: {shown}: refused: {e}")
+        print(f"settings: {shown}: refused: {e}{otherwise}")
         ok = False
     else:
-        print(f"settings: {shown}: accepted" if names else
-              "settings: the defaults (no GRADCOMP_* set)" if not set_ else
-              "settings: the defaults (none of the library's GRADCOMP_* settings set)")
+        if otherwise:
+            print(f"settings: {shown}: not taken as given{otherwise}")
+            ok = False
+        else:
+            print(f"settings: {shown}: accepted" if names else
+                  "settings: the defaults (no GRADCOMP_* set)" if not set_ else
+                  "settings: the defaults (none of the library's GRADCOMP_* settings set)")
     if unread:
         print(f"not read by the library: {', '.join(f'{k}={os.environ[k]}' for k in unread)} "
               f"(not settings of docs/env.md: a build's or a test's variable, or a misspelling)")
@@ -134,8 +169,9 @@ def main(argv=None):
         description="Prints the libgradcomp.so this process loads (GRADCOMP_LIBRARY, else the "
         "package's lib/, a source checkout's builds, the loader's path), the GRADCOMP_* "
         "settings set and whether the library takes them, NCCL, the GPUs and torch. Exit 0; "
-        "1 when the library cannot be loaded or refuses the settings; 2 for an argument (it "
-        "takes none).").parse_args(argv)
+        "1 when the library cannot be loaded or refuses the settings (or would use a default in "
+        "place of GRADCOMP_DEBUG's, GRADCOMP_GROUP's or GRADCOMP_NCCL_LIBRARY's value); 2 for an "
+        "argument (it takes none).").parse_args(argv)
     import gradcomp
 
     ok = True

@@ -1573,16 +1573,21 @@ class LibraryErrors(unittest.TestCase):
         self.assertNotIn("BrokenPipeError", p.stderr)
         self.assertEqual(p.returncode, 1, p.stderr)
 
+    @staticmethod
+    def run_info(**kv):
+        """python -m gradcomp.info with the GRADCOMP_* variables kv alone set (and
+        GRADCOMP_LIBRARY, as the tests run)."""
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("GRADCOMP_") or k == "GRADCOMP_LIBRARY"}
+        env["PYTHONPATH"] = os.path.join(ROOT, "python")
+        return subprocess.run([sys.executable, "-m", "gradcomp.info"], env=dict(env, **kv),
+                              capture_output=True, text=True)
+
     def test_info_names_the_settings_and_a_refused_one(self):
         """gradcomp.info says which GRADCOMP_* values this process would run with, and a value
         the library refuses (every comm made from the environment would fail) with its
         sentence and exit 1."""
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith("GRADCOMP_") or k == "GRADCOMP_LIBRARY"}
-        env["PYTHONPATH"] = os.path.join(ROOT, "python")
-        run = lambda **kv: subprocess.run(  # noqa: E731
-            [sys.executable, "-m", "gradcomp.info"], env=dict(env, **kv), capture_output=True,
-            text=True)
+        run = self.run_info
         p = run()
         self.assertEqual(p.returncode, 0, p.stderr)
         self.assertIn("settings: the defaults (no GRADCOMP_* set)", p.stdout)
@@ -1598,12 +1603,7 @@ class LibraryErrors(unittest.TestCase):
     def test_info_tells_settings_from_other_variables(self):
         """A GRADCOMP_* variable the library does not read (a build's, a test's, a misspelt
         setting) is not listed as an accepted setting: gradcomp.info says it is not read."""
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith("GRADCOMP_") or k == "GRADCOMP_LIBRARY"}
-        env["PYTHONPATH"] = os.path.join(ROOT, "python")
-        run = lambda **kv: subprocess.run(  # noqa: E731
-            [sys.executable, "-m", "gradcomp.info"], env=dict(env, **kv), capture_output=True,
-            text=True)
+        run = self.run_info
         p = run(GRADCOMP_CUDA_ARCHS="90", GRADCOMP_BITS="3", GRADCOMP_TEST_GPU="1",
                 GRADCOMP_DEBUG="WARN")
         self.assertEqual(p.returncode, 0, p.stderr)
@@ -1621,6 +1621,33 @@ class LibraryErrors(unittest.TestCase):
             documented = re.findall(r"^\| `(GRADCOMP_[A-Z0-9_]+)` \|", f.read(), re.M)
         self.assertEqual(names, documented)
         self.assertNotIn("GRADCOMP_CUDA_ARCHS", names)
+
+    @unittest.skipUnless(gradcomp.has("gradcompEnvName"), "this libgradcomp has no gradcompEnvName")
+    def test_info_says_which_process_settings_fall_back_to_their_defaults(self):
+        """GRADCOMP_DEBUG, GRADCOMP_GROUP and GRADCOMP_NCCL_LIBRARY are not part of a Config:
+        a value the library or the preload does not take (warned of where it is read, the
+        default used) was listed as accepted. Their accepted spellings still are."""
+        run = self.run_info
+        p = run(GRADCOMP_GROUP="fused", GRADCOMP_DEBUG="verbose")
+        self.assertEqual(p.returncode, 1, p.stdout)
+        self.assertIn("settings: GRADCOMP_DEBUG=verbose, GRADCOMP_GROUP=fused: not taken as "
+                      "given; GRADCOMP_DEBUG=verbose is not one of NONE|OFF|WARN|INFO|TRACE: the "
+                      "library warns and logs at WARN; GRADCOMP_GROUP=fused is not defer, fuse or "
+                      "pass: the preload warns and uses defer\n", p.stdout)
+        p = run(GRADCOMP_GROUP="", GRADCOMP_NCCL_LIBRARY="")
+        self.assertEqual(p.returncode, 1, p.stdout)
+        self.assertIn("GRADCOMP_GROUP is set but empty: the preload warns and uses defer; "
+                      "GRADCOMP_NCCL_LIBRARY is set but empty: the preload warns and uses "
+                      "libnccl.so.2\n", p.stdout)
+        p = run(GRADCOMP_GROUP="pass ", GRADCOMP_BITS="9")  # both said, the blank shown
+        self.assertEqual(p.returncode, 1, p.stdout)
+        self.assertIn(": refused: GRADCOMP_BITS=9 is not an integer in 2..8; "
+                      "GRADCOMP_GROUP=\"pass \" is not defer, fuse or pass", p.stdout)
+        p = run(GRADCOMP_GROUP="Fuse", GRADCOMP_DEBUG="info")  # case-insensitive, as read
+        self.assertEqual(p.returncode, 0, p.stdout)
+        self.assertIn("settings: GRADCOMP_DEBUG=info, GRADCOMP_GROUP=Fuse: accepted\n", p.stdout)
+        p = run(GRADCOMP_DEBUG="")  # empty is off, as an empty NCCL_DEBUG is
+        self.assertEqual(p.returncode, 0, p.stdout)
 
     def test_run_on_threads_waits_one_timeout_for_all_ranks(self):
         release = threading.Event()

@@ -51,6 +51,17 @@ from ..config import Config, _is_bool, _setting_named, as_config, settings as co
 from ..info import nccl_interposer
 from . import _group, _nccl
 
+
+def _preload_compresses():
+    """Whether the interposer compresses anything in this process: it reads the GRADCOMP_*
+    variables as the library does (GRADCOMP_METHOD=NONE is none, choices being
+    case-insensitive), and passes every call to NCCL under method none or a value it refuses."""
+    try:
+        return Config().method != "none"
+    except InvalidArgumentError:
+        return False
+
+
 _DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 _STATE_VERSION = 1
 # How an FSDP2 state's residuals are keyed, by the collective it serves (_fsdp_role).
@@ -299,7 +310,7 @@ class GradcompState:
         self.full_precision_params = set()
         self.compressed_params = set()
         preload = nccl_interposer() if backend == "nccl" else None
-        if preload is not None and os.environ.get("GRADCOMP_METHOD") != "none":
+        if preload is not None and _preload_compresses():
             # Two doors: the hooks compress on gradcomp's own communicator, and the interposer
             # compresses what torch.distributed sends on the process group, which includes
             # what this state sends uncompressed on purpose.
