@@ -7,6 +7,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <string>
+#include <vector>
+
 namespace gctest {
 
 // The value of env as plain decimal in min..max; unset, the fallback. atoi
@@ -25,6 +28,22 @@ inline unsigned long long envKnob(const char* env, unsigned long long min, unsig
     return fallback;
   }
   return x;
+}
+
+// The index in `words` of env's value, spelt exactly as the docs give it; unset, -1. Another
+// value ran the default without a word (GRADCOMP_SWEEP=WIDE a sample, a misspelt
+// GRADCOMP_FUZZ_CASE no case at all, and passed): it fails the test naming the words, and the
+// default (-1) runs.
+inline int envWord(const char* env, const std::vector<std::string>& words) {
+  const char* v = getenv(env);
+  if (v == nullptr) return -1;
+  std::string list;
+  for (size_t i = 0; i < words.size(); ++i) {
+    if (words[i] == v) return (int)i;
+    list += (i ? ", " : "") + words[i];
+  }
+  ADD_FAILURE() << env << "=" << v << " is not one of " << list << "; running the default";
+  return -1;
 }
 
 }  // namespace gctest

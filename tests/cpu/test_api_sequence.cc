@@ -1039,6 +1039,27 @@ TEST(ApiSequenceKnobs, BadValuesFailInsteadOfRunningAnotherCount) {
   EXPECT_EQ(envKnob("GRADCOMP_SEQ_OPS", 1, INT_MAX, 120), 5000u);
 }
 
+int gWordValue;
+
+// GRADCOMP_SWEEP=WIDE ran the sample and GRADCOMP_FUZZ_CASE=<a misspelt name> ran no case, and
+// passed: a word knob's other values fail the test, naming the words, and the default runs.
+TEST(ApiSequenceKnobs, AWordKnobFailsOnAnotherValueInsteadOfRunningTheDefault) {
+  for (const char* bad : {"WIDE", "wide ", "", "1", "qsgd-ring"}) {
+    gctest::ScopedEnv e("GRADCOMP_SWEEP", bad);
+    gWordValue = 7;
+    EXPECT_NONFATAL_FAILURE(
+        gWordValue = gctest::envWord("GRADCOMP_SWEEP", {"wide", "qsgd-ring-x"}),
+        "GRADCOMP_SWEEP=" + std::string(bad) + " is not one of wide, qsgd-ring-x");
+    EXPECT_EQ(gWordValue, -1) << bad;
+  }
+  {
+    gctest::ScopedEnv e("GRADCOMP_SWEEP", "qsgd-ring-x");
+    EXPECT_EQ(gctest::envWord("GRADCOMP_SWEEP", {"wide", "qsgd-ring-x"}), 1);
+  }
+  gctest::ScopedEnv e("GRADCOMP_SWEEP", nullptr);
+  EXPECT_EQ(gctest::envWord("GRADCOMP_SWEEP", {"wide"}), -1);
+}
+
 // Found by the sequences (seed 7008): a collective the ranks disagreed on
 // leaves each rank's call record at its own call; a retune after it (autoTune
 // on, something to compress) exchanged under those records, so the CPU

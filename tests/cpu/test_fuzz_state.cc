@@ -23,6 +23,7 @@
 #include "gradcomp.h"
 #include "kernels/common_math.cuh"
 #include "tests/common/cpu_world.h"
+#include "tests/common/env_knob.h"
 #include "tests/common/guarded.h"
 #include "tests/common/state_blob.h"
 #include "tests/common/test_util.h"
@@ -290,9 +291,12 @@ void check(World& W, const std::vector<Blob>& good, const Blob& b, const std::st
 }
 
 TEST(FuzzState, MutatedSavedBlobsLoadWhollyOrNotAtAll) {
-  const char* only = getenv("GRADCOMP_FUZZ_CASE");
+  std::vector<std::string> names;
+  for (const Case& cs : cases()) names.push_back(cs.name);
+  const int only = gctest::envWord("GRADCOMP_FUZZ_CASE", names);
+  const bool exhaustive = gctest::envKnob("GRADCOMP_FUZZ_EXHAUSTIVE", 0, 1, 0) == 1;
   for (const Case& cs : cases()) {
-    if (only && strcmp(only, cs.name) != 0) continue;
+    if (only >= 0 && names[only] != cs.name) continue;
     World W(cs);
     if (cs.scale != 1.0f) {
       for (int r = 0; r < cs.ranks; ++r) {
@@ -328,7 +332,7 @@ TEST(FuzzState, MutatedSavedBlobsLoadWhollyOrNotAtAll) {
     // (data the format cannot tell from other data): there, their first and
     // last 8 bytes and one in 61; every byte with GRADCOMP_FUZZ_EXHAUSTIVE=1.
     std::vector<bool> bulk(g.size(), false);
-    if (!getenv("GRADCOMP_FUZZ_EXHAUSTIVE")) {
+    if (!exhaustive) {
       auto markBulk = [&](size_t from, size_t len) {
         for (size_t i = from + 8; i + 8 < from + len; ++i) bulk[i] = (i - from) % 61 != 0;
       };

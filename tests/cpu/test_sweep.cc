@@ -26,6 +26,7 @@
 #include "plugin/comm.h"
 #include "plugin/topology.h"
 #include "tests/common/cpu_world.h"
+#include "tests/common/env_knob.h"
 #include "tests/common/ref_algos.h"
 #include "tests/common/ref_hier.h"
 #include "tests/common/ref_hier_rs.h"
@@ -43,8 +44,7 @@ const size_t kGuard = 64;  // guard bytes on each side of every buffer
 const uint8_t kCanary = 0xA5;
 
 bool wide() {
-  const char* v = getenv("GRADCOMP_SWEEP");
-  return v && std::string(v) == "wide";
+  return gctest::envWord("GRADCOMP_SWEEP", {"wide"}) == 0;
 }
 
 // Which cases of a cross product run: all of them under GRADCOMP_SWEEP=wide,
