@@ -389,6 +389,13 @@ class ScatterSum {
   // warp-path bucket; `scratch` (fp32, as long) where t is not fp32 or the
   // sum is divided. flag: Backend::qsgdSum's (the output's check, or null).
   gradcompResult_t sum(size_t q, void* out, float divisor, DType t, float* scratch, float* flag);
+  // E then X of piece q on a call's lanes: the exchange waits for the
+  // kernels issued so far and marks slot 1 + q % 2 when done (two in
+  // flight); awaitExchange(q) makes the kernels issued next wait for it.
+  gradcompResult_t encodeExchange(size_t q, const LaneEvents& ev);
+  gradcompResult_t awaitExchange(size_t q, const LaneEvents& ev) const {
+    return ev.await(1 + (int)(q % 2));
+  }
 
  private:
   char* slot(char* base, int j, size_t q) const;
@@ -404,6 +411,41 @@ class ScatterSum {
   std::vector<size_t>&sendBytes_, &recvBytes_;
   std::vector<EncodeSegment>& segs_;
   std::vector<SumTerm>& terms_;
+};
+
+// The second half of two-shot and ring, one piece at a time: block i of piece
+// q's allgather region (PieceGather's, from `gather`) holds rank i's encoded
+// sum of chunk (i + shift) mod N (two-shot 0: the chunk it owns; ring 1: the
+// chunk its last hop leaves it). G sends this rank's block straight to every
+// peer (one grouped send/recv, one latency step, where a ring allgather
+// takes N-1), exactly enc(len) bytes of each block, not its slot's (the
+// padding to 16 bytes, per piece, would be wire bytes too). D: every rank,
+// owner included, decodes the same bytes (the N blocks in one launch on a
+// warp bucket, converted and divided as they are stored in the output).
+class GatherDecode {
+ public:
+  GatherDecode(const CallArgs& a, const Chunks& ch, const Pieces& p, const PieceGather& g,
+               char* gather, int shift);
+  // Where rank i's encoding of piece q goes.
+  char* block(int i, size_t q) const { return gather_ + g_.off[q] + (size_t)i * g_.slot[q]; }
+  // G: the allgather of piece q's blocks.
+  gradcompResult_t gather(size_t q);
+  // D: piece q of the output from all N blocks; `scratch`: fp32, as long as
+  // the longest chunk's piece q (Backend::qsgdDecodeToOutput's).
+  gradcompResult_t decode(size_t q, float* scratch);
+
+ private:
+  int chunk(int i) const { return (i + shift_) % a_.comm->nranks; }
+  size_t len(int j, size_t q) const { return p_.len(ch_.len(j), q); }
+  const CallArgs& a_;
+  const Chunks& ch_;
+  const Pieces& p_;
+  const PieceGather& g_;
+  char* gather_;
+  int shift_;
+  // The comm's CallScratch, whose blocks, sizes and decodes it uses (sized by the
+  // constructor).
+  CallScratch& arrays_;
 };
 
 // Workspace offsets aligned to 256 bytes.

@@ -188,6 +188,51 @@ gradcompResult_t ScatterSum::sum(size_t q, void* out, float divisor, DType t, fl
                             scratch, flag);
 }
 
+gradcompResult_t ScatterSum::encodeExchange(size_t q, const LaneEvents& ev) {
+  GC_CHECK(encode(q));
+  GC_CHECK(ev.toComm());
+  GC_CHECK(exchange(q));
+  return ev.mark(1 + (int)(q % 2));
+}
+
+GatherDecode::GatherDecode(const CallArgs& a, const Chunks& ch, const Pieces& p,
+                           const PieceGather& g, char* gather, int shift)
+    : a_(a), ch_(ch), p_(p), g_(g), gather_(gather), shift_(shift), arrays_(callScratch(*a.comm)) {
+  const size_t n = (size_t)a.comm->nranks;
+  arrays_.blocks.resize(n);
+  arrays_.sizes.resize(n);
+  arrays_.decodes.reserve(n);
+}
+
+gradcompResult_t GatherDecode::gather(size_t q) {
+  GC_NVTX_RANGE("gradcomp allgather");
+  const int n = a_.comm->nranks;
+  std::vector<void*>& blocks = arrays_.blocks;
+  std::vector<size_t>& sizes = arrays_.sizes;
+  for (int i = 0; i < n; ++i) {
+    blocks[i] = block(i, q);
+    sizes[i] = qsgd::encodedBytes(len(chunk(i), q), a_.bits, a_.comm->cfg.bucketSize);
+  }
+  return allGatherDirect(*a_.comm->transport, blocks.data(), sizes.data());
+}
+
+gradcompResult_t GatherDecode::decode(size_t q, float* scratch) {
+  GC_NVTX_RANGE("gradcomp decode");
+  const gradcompComm& c = *a_.comm;
+  const int n = c.nranks;
+  const size_t esz = dtypeBytes(a_.dtype), start = q * p_.piece;
+  char* recv = static_cast<char*>(a_.recv);
+  std::vector<DecodeSegment>& decodes = arrays_.decodes;
+  decodes.clear();
+  for (int i = 0; i < n; ++i) {
+    const int j = chunk(i);
+    decodes.push_back(DecodeSegment{block(i, q), len(j, q), recv + (ch_.off[j] + start) * esz});
+  }
+  return c.backend->qsgdDecodeToOutput(decodes.data(), n, a_.bits, c.cfg.bucketSize,
+                                       a_.average ? (float)n : 1.0f, a_.dtype, scratch,
+                                       a_.outputFlag);
+}
+
 sparse::Plan sparsePlan(const gradcompComm& c, size_t count, uint64_t calls, DType* valueType) {
   // A call sizes its plan several times (workspace, wire bytes, run): the
   // settings' decimals are the comm's, worked out once.

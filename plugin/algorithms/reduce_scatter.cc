@@ -108,14 +108,9 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
   CommLane lane(c, ev.piped);
   for (size_t q = 0; q < Q + 1; ++q) {
     if (q < Q && a.hooks != nullptr) GC_CHECK(a.hooks->before(q));
-    if (q < P.count) {
-      GC_CHECK(sc.encode(q));
-      GC_CHECK(ev.toComm());
-      GC_CHECK(sc.exchange(q));
-      GC_CHECK(ev.mark(1 + (int)(q % 2)));
-    }
+    if (q < P.count) GC_CHECK(sc.encodeExchange(q, ev));
     if (q >= 1 && q - 1 < P.count) {
-      GC_CHECK(ev.await(1 + (int)((q - 1) % 2)));
+      GC_CHECK(sc.awaitExchange(q - 1, ev));
       GC_CHECK(sumPiece(q - 1));
     }
     if (q >= 1 && a.hooks != nullptr) GC_CHECK(a.hooks->after(q - 1));

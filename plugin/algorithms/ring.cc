@@ -109,11 +109,9 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
   char* ws = static_cast<char*>(workspace);
   char* sendEnc = ws + L.sendEnc;
   char* recvEnc = ws + L.recvEnc;
-  char* gather = ws + L.gather;
   float* acc = reinterpret_cast<float*>(ws + L.acc);
   const size_t esz = dtypeBytes(a.dtype);
   const char* send = static_cast<const char*>(a.send);
-  char* recv = static_cast<char*>(a.recv);
   float* residual = a.state->residual;
   float* ownerResidual = c.cfg.ownerResidual ? a.state->ownerResidual : nullptr;
   auto enc = [&](size_t m) { return qsgd::encodedBytes(m, bits, d); };
@@ -129,12 +127,10 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
     k.offset = start(q);
     return k;
   };
-  // Block of rank i in piece q's allgather: the sum of chunk (i+1) mod N.
-  auto gatherBlock = [&](int i, size_t q) {
-    return gather + L.gathered.off[q] + (size_t)i * L.gathered.slot[q];
-  };
+  // G (allgather) and D (decode) are two-shot's; rank i's block holds the
+  // sum of chunk (i+1) mod N.
+  GatherDecode gd(a, ch, P, L.gathered, ws + L.gather, 1);
   const int next = mod(r + 1), prev = mod(r - 1);
-  const float divisor = a.average ? (float)n : 1.0f;
 
   // E: step 0 sends our own chunk r, encoded with error feedback.
   auto encodePiece = [&](size_t q) -> gradcompResult_t {
@@ -169,39 +165,8 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
       GC_CHECK(be.zero(res, m * sizeof(float)));
     }
     return be.qsgdEncode(y, DType::F32, ownerResidual ? ownerResidual + start(q) : nullptr, m, bits,
-                         d, key(n, q), gatherBlock(r, q));
+                         d, key(n, q), gd.block(r, q));
   };
-  // G: allgather of the reduced pieces.
-  // Each rank's block goes at its encoding's own size, not its slot's (the
-  // padding to 16 bytes, per piece, would be wire bytes too).
-  auto gatherPiece = [&](size_t q) -> gradcompResult_t {
-    GC_NVTX_RANGE("gradcomp allgather");
-    std::vector<void*>& blocks = scratch.blocks;
-    std::vector<size_t>& sizes = scratch.sizes;
-    blocks.resize(n);
-    sizes.resize(n);
-    for (int i = 0; i < n; ++i) {
-      blocks[i] = gatherBlock(i, q);
-      sizes[i] = enc(len(mod(i + 1), q));
-    }
-    return allGatherDirect(*c.transport, blocks.data(), sizes.data());
-  };
-  // D: every rank, owner included, decodes the same bytes (the N pieces in
-  // one launch on a warp bucket, converted and divided as they are stored).
-  std::vector<DecodeSegment>& decodes = scratch.decodes;
-  decodes.reserve(n);
-  auto decodePiece = [&](size_t q) -> gradcompResult_t {
-    GC_NVTX_RANGE("gradcomp decode");
-    decodes.clear();
-    for (int i = 0; i < n; ++i) {
-      const int j = mod(i + 1);
-      decodes.push_back(
-          DecodeSegment{gatherBlock(i, q), len(j, q), recv + (ch.off[j] + start(q)) * esz});
-    }
-    return be.qsgdDecodeToOutput(decodes.data(), n, bits, d, divisor, a.dtype, acc + start(q),
-                                 a.outputFlag);
-  };
-
   // Event slots: 1+q%2 marks hop transfer q done, 3+q%2 allgather q done
   // (one of each in flight while the next is issued).
   const bool piped = P.count > 1;
@@ -224,13 +189,13 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
         GC_CHECK(reducePiece(s, q - 1));
         if (last) {
           GC_CHECK(ev.toComm());
-          GC_CHECK(gatherPiece(q - 1));
+          GC_CHECK(gd.gather(q - 1));
           GC_CHECK(ev.mark(3 + (int)((q - 1) % 2)));
         }
       }
       if (last && q >= 2) {
         GC_CHECK(ev.await(3 + (int)((q - 2) % 2)));
-        GC_CHECK(decodePiece(q - 2));
+        GC_CHECK(gd.decode(q - 2, acc + start(q - 2)));
       }
     }
   }

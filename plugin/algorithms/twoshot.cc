@@ -92,68 +92,29 @@ size_t interNodeBytes(const gradcompComm& c, size_t count, int bits) {
 gradcompResult_t run(const CallArgs& a, void* workspace) {
   gradcompComm& c = *a.comm;
   Backend& be = *c.backend;
-  const int n = c.nranks, r = c.rank, d = c.cfg.bucketSize, bits = a.bits;
+  const int r = c.rank, d = c.cfg.bucketSize, bits = a.bits;
   CallScratch& scratch = callScratch(c);
   Layout L{scratch.chunks, {}, scratch.gathered};
   layout(c, a.count, bits, L, true);
   const Chunks& ch = L.ch;
   const Pieces& P = L.pieces;
   char* ws = static_cast<char*>(workspace);
-  char* gather = ws + L.gather;
   float* acc = reinterpret_cast<float*>(ws + L.acc);
-  const size_t esz = dtypeBytes(a.dtype);
-  char* recv = static_cast<char*>(a.recv);
   float* ownerResidual = c.cfg.ownerResidual ? a.state->ownerResidual : nullptr;
-  auto enc = [&](size_t m) { return qsgd::encodedBytes(m, bits, d); };
   // E (encode) and X (all-to-all) are the reduce-scatter's, as is the
-  // owner's sum in R.
+  // owner's sum in R; G (allgather) and D (decode) the ring's.
   ScatterSum sc(a, ch, P, ws + L.sendEnc, ws + L.recvEnc, reinterpret_cast<float*>(ws + L.own));
-  auto len = [&](int j, size_t q) { return sc.len(j, q); };
-  auto start = [&](size_t q) { return sc.start(q); };
-  auto gatherBlock = [&](int j, size_t q) {
-    return gather + L.gathered.off[q] + (size_t)j * L.gathered.slot[q];
-  };
-  const float divisor = a.average ? (float)n : 1.0f;
-
-  std::vector<void*>& recvPtr = scratch.blocks;
-  std::vector<size_t>& recvBytes = scratch.sizes;
-  recvPtr.resize(n);
-  recvBytes.resize(n);
+  GatherDecode gd(a, ch, P, L.gathered, ws + L.gather, 0);
 
   // R: the owner sums its piece in rank order and encodes the sum once.
   auto reducePiece = [&](size_t q) -> gradcompResult_t {
     GC_NVTX_RANGE("gradcomp reduce+encode");
-    const size_t m = len(r, q);
+    const size_t m = sc.len(r, q);
     if (m == 0) return gradcompSuccess;
-    float* sum = acc + start(q);
+    float* sum = acc + sc.start(q);
     GC_CHECK(sc.sum(q, sum, 1.0f, DType::F32, nullptr, nullptr));
-    return be.qsgdEncode(sum, DType::F32, ownerResidual ? ownerResidual + start(q) : nullptr, m,
-                         bits, d, sc.key(0x100000000ull, q), gatherBlock(r, q));
-  };
-  // G: the owner sends its encoded sum straight to every peer (one grouped
-  // send/recv, one latency step, where a ring allgather takes N-1), exactly
-  // enc(len) bytes of each block instead of the largest chunk's slot.
-  auto gatherPiece = [&](size_t q) -> gradcompResult_t {
-    GC_NVTX_RANGE("gradcomp allgather");
-    for (int j = 0; j < n; ++j) {
-      recvPtr[j] = gatherBlock(j, q);
-      recvBytes[j] = enc(len(j, q));
-    }
-    return allGatherDirect(*c.transport, recvPtr.data(), recvBytes.data());
-  };
-  // D: every rank, owner included, decodes the same bytes (the N pieces in
-  // one launch on a warp bucket, converted and divided as they are stored).
-  std::vector<DecodeSegment>& decodes = scratch.decodes;
-  decodes.reserve(n);
-  auto decodePiece = [&](size_t q) -> gradcompResult_t {
-    GC_NVTX_RANGE("gradcomp decode");
-    decodes.clear();
-    for (int j = 0; j < n; ++j) {
-      decodes.push_back(
-          DecodeSegment{gatherBlock(j, q), len(j, q), recv + (ch.off[j] + start(q)) * esz});
-    }
-    return be.qsgdDecodeToOutput(decodes.data(), n, bits, d, divisor, a.dtype, acc + start(q),
-                                 a.outputFlag);
+    return be.qsgdEncode(sum, DType::F32, ownerResidual ? ownerResidual + sc.start(q) : nullptr, m,
+                         bits, d, sc.key(0x100000000ull, q), gd.block(r, q));
   };
 
   // Event slots: 0 hands compute work to the comm lane (waited on at once);
@@ -164,22 +125,17 @@ gradcompResult_t run(const CallArgs& a, void* workspace) {
   CommLane lane(c, ev.piped);
   for (size_t q = 0; q < Q + 2; ++q) {
     if (q < Q && a.hooks != nullptr) GC_CHECK(a.hooks->before(q));
-    if (q < P.count) {
-      GC_CHECK(sc.encode(q));
-      GC_CHECK(ev.toComm());
-      GC_CHECK(sc.exchange(q));
-      GC_CHECK(ev.mark(1 + (int)(q % 2)));
-    }
+    if (q < P.count) GC_CHECK(sc.encodeExchange(q, ev));
     if (q >= 1 && q - 1 < P.count) {
-      GC_CHECK(ev.await(1 + (int)((q - 1) % 2)));
+      GC_CHECK(sc.awaitExchange(q - 1, ev));
       GC_CHECK(reducePiece(q - 1));
       GC_CHECK(ev.toComm());
-      GC_CHECK(gatherPiece(q - 1));
+      GC_CHECK(gd.gather(q - 1));
       GC_CHECK(ev.mark(3 + (int)((q - 1) % 2)));
     }
     if (q >= 2 && q - 2 < P.count) {
       GC_CHECK(ev.await(3 + (int)((q - 2) % 2)));
-      GC_CHECK(decodePiece(q - 2));
+      GC_CHECK(gd.decode(q - 2, acc + sc.start(q - 2)));
     }
     if (q >= 2 && a.hooks != nullptr) GC_CHECK(a.hooks->after(q - 2));
   }
