@@ -200,19 +200,7 @@ class GradcompReduceScatter(_Base):
                              "mesh.get_group())")
         _check_tree_hooked(self, "_reduce_scatter_comm", "reduce-scatter",
                            "register_fsdp_reduce_scatter")
-        comm = self.state.comm(out.device)
-        key = _residual_key(self, inp.numel())
-        self.state._check_fsdp_key(self.name, key, inp.numel())
-        self.state._count_fsdp_step(self.key)
-        self.state._follow_scaler(comm, stream_handle())
-        # The residual stays in the unit of the key's first call: where FSDP's division changed
-        # since, the input is scaled into it and the output back (exact for powers of two).
-        # Without the module, FSDP's division after the call is not known: not followed.
-        after = _division_after(self.module, group, inp.dtype, inp.device.type)
-        unit = 1.0 if after is None else self.state._fsdp_unit_factor(
-            key, (1.0 / size if opname == "avg" else 1.0) / after, inp.dtype != torch.float16)
-        if unit != 1.0:
-            inp.mul_(unit)
+        comm, key, unit = _begin_call(self, inp, group, size, opname, stream_handle())
         before = comm.call_counts()
         comm.reduce_scatter_raw(inp.data_ptr(), out.data_ptr(), out.numel(), _DTYPES[inp.dtype],
                                 opname, stream_handle(), key)
@@ -359,18 +347,7 @@ class GradcompReplicaAllReduce:
             return None
         _check_tree_hooked(self, "_all_reduce_hook", "replica all-reduce",
                            "register_fsdp_replica_all_reduce")
-        comm = self.state.comm(t.device)
-        key = _residual_key(self, t.numel())
-        self.state._check_fsdp_key(self.name, key, t.numel())
-        self.state._count_fsdp_step(self.key)
-        self.state._follow_scaler(comm, stream_handle)
-        # As GradcompReduceScatter's: the residual stays in the unit of the key's first call.
-        after = _division_after(self.module, None, t.dtype, t.device.type)
-        unit = 1.0 if after is None else self.state._fsdp_unit_factor(
-            key, (1.0 / self.state.world_size if opname == "avg" else 1.0) / after,
-            t.dtype != torch.float16)
-        if unit != 1.0:
-            t.mul_(unit)
+        comm, key, unit = _begin_call(self, t, None, self.state.world_size, opname, stream_handle)
         before = comm.call_counts()
         comm.allreduce_raw(t.data_ptr(), t.data_ptr(), t.numel(), _DTYPES[t.dtype], opname,
                            stream_handle, key)
@@ -379,6 +356,27 @@ class GradcompReplicaAllReduce:
         if unit != 1.0:
             t.div_(unit)
         return None
+
+
+def _begin_call(hook, inp, group, size, opname, stream):
+    """What a compressed call of an FSDP hook (GradcompReduceScatter, GradcompReplicaAllReduce)
+    does first, on its input `inp` (the reduce-scatter's; the all-reduce's, in place): the
+    comm, the residual's key (checked, the step counted), the scaler followed on `stream`.
+    Returns (comm, key, unit). The residual stays in the unit of the key's first call: where
+    FSDP's division (an Avg over `size` ranks, _division_after's over `group`) changed since,
+    inp is scaled by unit into it here and the caller scales its output back (exact for powers
+    of two). Without the module, FSDP's division after the call is not known: not followed."""
+    comm = hook.state.comm(inp.device)
+    key = _residual_key(hook, inp.numel())
+    hook.state._check_fsdp_key(hook.name, key, inp.numel())
+    hook.state._count_fsdp_step(hook.key)
+    hook.state._follow_scaler(comm, stream)
+    after = _division_after(hook.module, group, inp.dtype, inp.device.type)
+    unit = 1.0 if after is None else hook.state._fsdp_unit_factor(
+        key, (1.0 / size if opname == "avg" else 1.0) / after, inp.dtype != torch.float16)
+    if unit != 1.0:
+        inp.mul_(unit)
+    return comm, key, unit
 
 
 def _check_state(state, who):
