@@ -160,17 +160,6 @@ with open(os.path.join(out, "ddp.md"), "w") as f:
 PY
 }
 
-note_run() {  # note_run NAME WORLD STATUS SECONDS NOTE
-  printf '%s\t%s\t%s\t%s\t%s\n' "$@" >> "$out/ddp_runs.tsv"
-  summarize > /dev/null 2>&1 || echo "ddp_check: could not write the summary" >&2
-}
-
-stop() {
-  stop_ranks
-  summarize > /dev/null 2>&1
-  echo "ddp_check: stopped; partial results in $out/ddp.md" >&2
-  exit 143
-}
 trap stop TERM INT
 
 give_up() {  # writes the reason as the report and exits
@@ -193,55 +182,19 @@ group=${GRADCOMP_GROUP:-defer}
   "$out/ddp_meta.json" "$epochs" "$group" "$preload"
 echo "ddp_check: torch $torch_version, GPU $gpu, GRADCOMP_GROUP=$group, results in $out"
 
-longest=0  # seconds of the longest run that finished
-# run_ddp NAME WORLD MOMENTUM PRELOAD(0/1) [VAR=VALUE...]
-run_ddp() {
-  local name=$1 world=$2 mom=$3 use_preload=$4
-  shift 4
-  local now left limit t0 status note="" failed
-  now=$(date +%s)
-  left=$((deadline - now))
-  # What an earlier call left for this run goes first, whether it runs or is skipped: the
-  # summary would report it as this call's.
-  rm -f "$out/ddp_$name.json" "$out"/ddp_${name}_r*.log
-  # Skipped rather than started to time out (a timed-out run fails the step) when the longest
-  # run so far would not fit in what is left.
-  if [ "$left" -lt 40 ] || [ "$left" -lt $((longest * 11 / 10 + 10)) ]; then
-    note_run "$name" "$world" skipped 0 "time budget spent"
-    echo "ddp_check: $name skipped (time budget spent)"
-    return 1
-  fi
-  limit=$run_limit
-  [ "$limit" -gt $((left - 10)) ] && limit=$((left - 10))
-  t0=$(date +%s)
-  local preload_lib=""
-  [ "$use_preload" = 1 ] && preload_lib=$preload
-  run_ranks "$world" "$limit" "$out/ddp_$name" "$preload_lib" NCCL_DEBUG=WARN GRADCOMP_AUTO=0 "$@" \
-    -- tools/ddp_train.py --epochs "$epochs" --momentum "$mom" --out "$out/ddp_$name.json"
-  failed=$?
-  case $failed in
-    0) status=ok ;;
-    124 | 137) status="timed out"; note="after ${limit}s" ;;
-    *) status=failed; note="exit $failed" ;;
-  esac
-  [ "$status" = ok ] && [ ! -f "$out/ddp_$name.json" ] && { status=failed; note="no result"; }
-  note_run "$name" "$world" "$status" "$(($(date +%s) - t0))" "$note"
-  [ "$status" = ok ] && [ $(($(date +%s) - t0)) -gt "$longest" ] && longest=$(($(date +%s) - t0))
-  echo "ddp_check: $name ($world ranks): $status $note in $(($(date +%s) - t0))s"
-  [ "$status" = ok ]
-}
-
+# NCCL's warnings only; GRADCOMP_AUTO=0: the runs measure compression itself.
+train_env=(NCCL_DEBUG=WARN GRADCOMP_AUTO=0)
 for world in ${GC_DDP_WORLDS:-2 4}; do
-  run_ddp "none_n$world" "$world" 0.9 0
-  run_ddp "qsgd4_n$world" "$world" 0.9 1 GRADCOMP_METHOD=qsgd GRADCOMP_BITS=4
-  run_ddp "dgc_n$world" "$world" 0 1 GRADCOMP_METHOD=dgc GRADCOMP_DENSITY=0.001 \
+  run_training "none_n$world" "$world" 0.9 0
+  run_training "qsgd4_n$world" "$world" 0.9 1 GRADCOMP_METHOD=qsgd GRADCOMP_BITS=4
+  run_training "dgc_n$world" "$world" 0 1 GRADCOMP_METHOD=dgc GRADCOMP_DENSITY=0.001 \
     GRADCOMP_MOMENTUM=0.9 GRADCOMP_WARMUP_STEPS=100
   if [ "$world" = 4 ]; then
-    run_ddp "hier_qsgd4_n$world" "$world" 0.9 1 GRADCOMP_METHOD=qsgd GRADCOMP_BITS=4 \
+    run_training "hier_qsgd4_n$world" "$world" 0.9 1 GRADCOMP_METHOD=qsgd GRADCOMP_BITS=4 \
       GRADCOMP_LOCAL_SIZE=2
   fi
 done
-run_ddp passthrough_n2 2 0.9 1 GRADCOMP_METHOD=none
+run_training passthrough_n2 2 0.9 1 GRADCOMP_METHOD=none
 
 summarize
 cat "$out/ddp.md"

@@ -137,17 +137,6 @@ with open(os.path.join(out, "fsdp.md"), "w") as f:
 PY
 }
 
-note_run() {
-  printf '%s\t%s\t%s\t%s\t%s\n' "$@" >> "$out/fsdp_runs.tsv"
-  summarize > /dev/null 2>&1 || echo "fsdp_check: could not write the summary" >&2
-}
-
-stop() {
-  stop_ranks
-  summarize > /dev/null 2>&1
-  echo "fsdp_check: stopped; partial results in $out/fsdp.md" >&2
-  exit 143
-}
 trap stop TERM INT
 
 give_up() {
@@ -168,48 +157,14 @@ fi
 need_cuda fsdp
 need_preload fsdp
 
-longest=0  # seconds of the longest run that finished
-# run_fsdp NAME WORLD MOMENTUM PRELOAD(0/1) [VAR=VALUE...]
-run_fsdp() {
-  local name=$1 world=$2 mom=$3 use_preload=$4
-  shift 4
-  local left limit t0 failed status note=""
-  left=$((deadline - $(date +%s)))
-  # What an earlier call left for this run goes first, whether it runs or is skipped: the
-  # summary would report it as this call's.
-  rm -f "$out/fsdp_$name.json" "$out"/fsdp_${name}_r*.log
-  # Skipped rather than started to time out (a timed-out run fails the step) when the longest
-  # run so far would not fit in what is left.
-  if [ "$left" -lt 40 ] || [ "$left" -lt $((longest * 11 / 10 + 10)) ]; then
-    note_run "$name" "$world" skipped 0 "time budget spent"
-    return 1
-  fi
-  limit=$run_limit
-  [ "$limit" -gt $((left - 10)) ] && limit=$((left - 10))
-  t0=$(date +%s)
-  local preload_lib=""
-  [ "$use_preload" = 1 ] && preload_lib=$preload
-  # GRADCOMP_AUTO=0: the runs measure compression itself (auto would pass
-  # reduce-scatters that NCCL does faster on this loopback).
-  run_ranks "$world" "$limit" "$out/fsdp_$name" "$preload_lib" NCCL_DEBUG=INFO \
-    NCCL_DEBUG_SUBSYS=COLL GRADCOMP_AUTO=0 "$@" -- tools/fsdp_train.py --epochs "$epochs" --momentum "$mom" \
-    --out "$out/fsdp_$name.json"
-  failed=$?
-  case $failed in
-    0) status=ok ;;
-    124 | 137) status="timed out"; note="after ${limit}s" ;;
-    *) status=failed; note="exit $failed" ;;
-  esac
-  [ "$status" = ok ] && [ ! -f "$out/fsdp_$name.json" ] && { status=failed; note="no result"; }
-  note_run "$name" "$world" "$status" "$(($(date +%s) - t0))" "$note"
-  [ "$status" = ok ] && [ $(($(date +%s) - t0)) -gt "$longest" ] && longest=$(($(date +%s) - t0))
-  echo "fsdp_check: $name ($world ranks): $status $note in $(($(date +%s) - t0))s"
-}
-
+# GRADCOMP_AUTO=0: the runs measure compression itself (auto would pass
+# reduce-scatters that NCCL does faster on this loopback); NCCL's COLL lines
+# count the program's collectives.
+train_env=(NCCL_DEBUG=INFO NCCL_DEBUG_SUBSYS=COLL GRADCOMP_AUTO=0)
 for world in ${GC_FSDP_WORLDS:-2 4}; do
-  run_fsdp "none_n$world" "$world" 0.9 0
-  run_fsdp "qsgd4_n$world" "$world" 0.9 1 GRADCOMP_METHOD=qsgd GRADCOMP_BITS=4
-  run_fsdp "dgc_n$world" "$world" 0 1 GRADCOMP_METHOD=dgc GRADCOMP_DENSITY=0.001 \
+  run_training "none_n$world" "$world" 0.9 0
+  run_training "qsgd4_n$world" "$world" 0.9 1 GRADCOMP_METHOD=qsgd GRADCOMP_BITS=4
+  run_training "dgc_n$world" "$world" 0 1 GRADCOMP_METHOD=dgc GRADCOMP_DENSITY=0.001 \
     GRADCOMP_MOMENTUM=0.9 GRADCOMP_WARMUP_STEPS=100
 done
 

@@ -144,38 +144,37 @@ def share(a, b):
     return a / b if a is not None and b else None
 
 
-def model_speedup(pdoc, gbps=10, size=MB256, bits=4, dtype="float", key="speedup"):
-    """key: "speedup" (unpipelined model) or "pipelined_speedup" (rows cut into pieces)."""
-    if not pdoc:
-        return None
-    for r in pdoc.get("rows", []):
+def qsgd_rows(pdoc, size, bits, dtype):
+    """The usable QSGD rows of perf.json (None: none) of that size, bit width and type."""
+    for r in (pdoc or {}).get("rows", []):
         if (r["method"] == "qsgd" and r["bits"] == bits and r["dtype"] == dtype and
                 r["size"] == size and usable(r)):
-            for m in r.get("model", []):
-                if m["link_gbps"] == gbps:
-                    return m.get(key)
+            yield r
+
+
+def model_speedup(pdoc, gbps=10, size=MB256, bits=4, dtype="float", key="speedup"):
+    """key: "speedup" (unpipelined model) or "pipelined_speedup" (rows cut into pieces)."""
+    for r in qsgd_rows(pdoc, size, bits, dtype):
+        for m in r.get("model", []):
+            if m["link_gbps"] == gbps:
+                return m.get(key)
     return None
 
 
 def piece_bytes(pdoc, size=MB256, bits=4, dtype="float"):
     """GRADCOMP_PIPELINE_BYTES of the pipelined fp32 4-bit 256 MB row, when it was cut."""
-    for r in (pdoc or {}).get("rows", []):
-        if (r["method"] == "qsgd" and r["bits"] == bits and r["dtype"] == dtype and
-                r["size"] == size and usable(r) and r.get("pieces", 1) > 1):
+    for r in qsgd_rows(pdoc, size, bits, dtype):
+        if r.get("pieces", 1) > 1:
             return r.get("piece_bytes")
     return None
 
 
 def projection(pdoc, nodes, local, node_gbps, key, size=MB256, bits=4, dtype="float"):
     """A --model-nodes/--model-local projection point of the fp32 4-bit row."""
-    if not pdoc:
-        return None
-    for r in pdoc.get("rows", []):
-        if (r["method"] == "qsgd" and r["bits"] == bits and r["dtype"] == dtype and
-                r["size"] == size and usable(r)):
-            for p in r.get("projection", []):
-                if p["nodes"] == nodes and p["local"] == local and p["node_gbps"] == node_gbps:
-                    return p.get(key)
+    for r in qsgd_rows(pdoc, size, bits, dtype):
+        for p in r.get("projection", []):
+            if p["nodes"] == nodes and p["local"] == local and p["node_gbps"] == node_gbps:
+                return p.get(key)
 
 
 def rs_model_speedup(pdoc, gbps=10, input_bytes=MB256, bits=4, dtype="float"):

@@ -1,12 +1,13 @@
 # Sourced by tools/ddp_check.sh and tools/fsdp_check.sh, from the repository
-# root: their arguments and prerequisites, and one PyTorch training as N ranks
+# root: their arguments and prerequisites, their runs within the check's time
+# budget (run_training), and one PyTorch training as N ranks
 # sharing ONE GPU (DESIGN.md's multi-rank set-up; tools/gc_ranks.py is the
 # same for the Python drivers). Each rank gets its own NCCL_HOSTID and NCCL
 # over loopback sockets, as NCCL refuses two ranks of one host on one GPU
 # otherwise.
 . "$(dirname "${BASH_SOURCE[0]}")/wait_ranks.sh"
 
-# check_args NAME OUTDIR [BUILD_DIR]: sets root, out (absolute, created; a
+# check_args NAME OUTDIR [BUILD_DIR]: sets check (NAME), root, out (absolute, created; a
 # relative OUTDIR is read against $caller, the folder the script was called
 # from, as tools/multirank_check.sh reads it), build (BUILD_DIR, relative to
 # the repository root; default build-gpu, else build), preload (the
@@ -14,6 +15,7 @@
 check_args() {
   local name=$1
   shift
+  check=$name
   root=$(pwd)
   out=${1:?usage: tools/${name}_check.sh OUTDIR [BUILD_DIR]}
   local from=${caller:-$root}
@@ -129,4 +131,64 @@ run_ranks() {
   failed=$wait_first_rc
   ranks_pids=()
   return "$failed"
+}
+
+# note_run records a run in $out/${check}_runs.tsv and writes the report anew
+# (the caller's summarize), so that a time limit still leaves one; stop is
+# the caller's TERM/INT trap.
+note_run() {  # note_run NAME WORLD STATUS SECONDS NOTE
+  printf '%s\t%s\t%s\t%s\t%s\n' "$@" >> "$out/${check}_runs.tsv"
+  summarize > /dev/null 2>&1 || echo "${check}_check: could not write the summary" >&2
+}
+
+stop() {  # the caller's TERM/INT trap
+  stop_ranks
+  summarize > /dev/null 2>&1
+  echo "${check}_check: stopped; partial results in $out/$check.md" >&2
+  exit 143
+}
+
+# run_training NAME WORLD MOMENTUM PRELOAD(0/1) [VAR=VALUE...]: one training
+# of tools/${check}_train.py as WORLD ranks (run_ranks), the VAR=VALUE pairs
+# on top of train_env (the caller's), within the check's time: deadline (the
+# whole check's end), run_limit (one run's) and epochs set by the caller;
+# longest, the seconds of the longest run that finished, kept here. Result
+# in $out/${check}_NAME.json, logs in $out/${check}_NAME_r<rank>.log, the run
+# recorded by note_run. Returns 0 when the run finished with a result.
+longest=0
+run_training() {
+  local name=$1 world=$2 mom=$3 use_preload=$4
+  shift 4
+  local now left limit t0 status note="" failed
+  now=$(date +%s)
+  left=$((deadline - now))
+  # What an earlier call left for this run goes first, whether it runs or is skipped: the
+  # summary would report it as this call's.
+  rm -f "$out/${check}_$name.json" "$out/${check}_${name}"_r*.log
+  # Skipped rather than started to time out (a timed-out run fails the step) when the longest
+  # run so far would not fit in what is left.
+  if [ "$left" -lt 40 ] || [ "$left" -lt $((longest * 11 / 10 + 10)) ]; then
+    note_run "$name" "$world" skipped 0 "time budget spent"
+    echo "${check}_check: $name skipped (time budget spent)"
+    return 1
+  fi
+  limit=$run_limit
+  [ "$limit" -gt $((left - 10)) ] && limit=$((left - 10))
+  t0=$(date +%s)
+  local preload_lib=""
+  [ "$use_preload" = 1 ] && preload_lib=$preload
+  run_ranks "$world" "$limit" "$out/${check}_$name" "$preload_lib" "${train_env[@]}" "$@" \
+    -- "tools/${check}_train.py" --epochs "$epochs" --momentum "$mom" \
+    --out "$out/${check}_$name.json"
+  failed=$?
+  case $failed in
+    0) status=ok ;;
+    124 | 137) status="timed out"; note="after ${limit}s" ;;
+    *) status=failed; note="exit $failed" ;;
+  esac
+  [ "$status" = ok ] && [ ! -f "$out/${check}_$name.json" ] && { status=failed; note="no result"; }
+  note_run "$name" "$world" "$status" "$(($(date +%s) - t0))" "$note"
+  [ "$status" = ok ] && [ $(($(date +%s) - t0)) -gt "$longest" ] && longest=$(($(date +%s) - t0))
+  echo "${check}_check: $name ($world ranks): $status $note in $(($(date +%s) - t0))s"
+  [ "$status" = ok ]
 }
