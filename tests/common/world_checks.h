@@ -16,6 +16,7 @@
 #include "plugin/comm.h"
 #include "tests/common/cpu_world.h"
 #include "tests/common/ref_algos.h"
+#include "tests/common/test_util.h"
 
 namespace gctest {
 
@@ -147,6 +148,24 @@ inline std::vector<gradcompResult_t> reduceScatterSum(CpuWorld& world,
     return gradcompReduceScatter(g[r].data(), out[r].data(), m, ncclFloat32, ncclSum, world.comm(r),
                                  nullptr);
   });
+}
+
+// Reduce-scatters whose ranks disagree on recvcount: rank `odd` passes 1001
+// or 10, the others 1000, with minElements 1000 (both compressing, or one
+// passing through); every rank fails with gradcompInvalidUsage, no hang (and
+// no write past the outputs of 1001).
+inline void expectRecvcountDisagreementFails(gradcompConfig_t cfg, int N, int odd) {
+  cfg.minElements = 1000;
+  for (size_t other : {(size_t)1001, (size_t)10}) {
+    SCOPED_TRACE(testing::Message() << "other=" << other);
+    CpuWorld world(N, cfg);
+    std::vector<std::vector<float>> g(N, normal(N * 1001, 2)), out(N, std::vector<float>(1001));
+    auto res = world.run([&](int r) {
+      return gradcompReduceScatter(g[r].data(), out[r].data(), r == odd ? other : 1000, ncclFloat32,
+                                   ncclSum, world.comm(r), nullptr);
+    });
+    for (int r = 0; r < N; ++r) EXPECT_EQ(res[r], gradcompInvalidUsage) << "rank " << r;
+  }
 }
 
 // A reduce-scatter's outputs: out of place, a block of m per rank in a

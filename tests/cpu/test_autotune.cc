@@ -1057,6 +1057,17 @@ TEST(AutoTune, APassedCallWithANonFiniteOutputClearsTheState) {
   }
 }
 
+// Takes a comm's memory away from here on: its workspace given back, its
+// backend refusing every allocation until the returned one's setBudget.
+std::shared_ptr<gctest::AllocLimitBackend> shortOfMemory(gradcompComm* c) {
+  auto limited = std::make_shared<gctest::AllocLimitBackend>(c->backend, 0);
+  c->backend->release(c->workspace);
+  c->workspace = nullptr;
+  c->workspaceBytes = 0;
+  c->backend = limited;
+  return limited;
+}
+
 // A rank that cannot have the workspace a passed call needs to send its
 // residual along passes the call plainly (its residual waits), but ends it as
 // its peers do: with the check of the output, which for a reduce-scatter is
@@ -1092,13 +1103,8 @@ TEST(AutoTune, ARankShortOfWorkspaceStillChecksThePassedOutput) {
       res = w.run([&](int r) { return gradcompCommRetune(w.comm(r), nullptr); });
       for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
       // Rank 1: no memory for a larger workspace than none.
-      gradcompComm* c1 = w.comm(1);
-      auto shortRank = std::make_shared<gctest::AllocLimitBackend>(c1->backend, 0);
-      c1->backend->release(c1->workspace);
-      c1->workspace = nullptr;
-      c1->workspaceBytes = 0;
-      c1->backend = shortRank;
-      const std::vector<float> kept1 = residualOf(c1, n);
+      auto shortRank = shortOfMemory(w.comm(1));
+      const std::vector<float> kept1 = residualOf(w.comm(1), n);
       for (int r = 0; r < N; ++r) {
         in[r] = gctest::normal(n, 17 + r);
         // Finite on every rank, the sum past fp32's largest value.
@@ -1152,13 +1158,8 @@ TEST(AutoTune, ARankShortOfWorkspacePassesTheLaterCallsAsItsPeersDo) {
   for (int r = 0; r < N; ++r) gc::autoInjectFigures(w.comm(r), kNcclWins);
   auto res = w.run([&](int r) { return gradcompCommRetune(w.comm(r), nullptr); });
   for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
-  gradcompComm* c1 = w.comm(1);
-  auto shortRank = std::make_shared<gctest::AllocLimitBackend>(c1->backend, 0);
-  c1->backend->release(c1->workspace);
-  c1->workspace = nullptr;
-  c1->workspaceBytes = 0;
-  c1->backend = shortRank;
-  const std::vector<float> kept1 = residualOf(c1, n);
+  auto shortRank = shortOfMemory(w.comm(1));
+  const std::vector<float> kept1 = residualOf(w.comm(1), n);
   // The first passed call (the peers flush), one more with rank 1 still
   // short, one with its memory back.
   for (int k = 0; k < 3; ++k) {
@@ -1176,7 +1177,7 @@ TEST(AutoTune, ARankShortOfWorkspacePassesTheLaterCallsAsItsPeersDo) {
       }
     }
     // Rank 1's residual waits for the next compressed call.
-    EXPECT_TRUE(residualOf(c1, n) == kept1) << "call " << k;
+    EXPECT_TRUE(residualOf(w.comm(1), n) == kept1) << "call " << k;
   }
 }
 

@@ -12,15 +12,7 @@
 
 #include "debug.h"
 #include "tests/common/reap_child.h"
-
-#if defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define GC_TEST_TSAN 1
-#endif
-#endif
-#if defined(__SANITIZE_THREAD__)
-#define GC_TEST_TSAN 1
-#endif
+#include "tests/common/tsan.h"
 
 // A child forked while another thread prints a log line prints its own
 // (GRADCOMP_DEBUG=INFO or TRACE: its comm's set-up, its calls) and must not

@@ -26,16 +26,8 @@
 #include "tests/common/loopback.h"
 #include "tests/common/socket_world.h"
 #include "tests/common/test_util.h"
+#include "tests/common/tsan.h"
 #include "tests/common/world_checks.h"
-
-#if defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define GC_TEST_TSAN 1
-#endif
-#endif
-#if defined(__SANITIZE_THREAD__)
-#define GC_TEST_TSAN 1
-#endif
 
 namespace {
 

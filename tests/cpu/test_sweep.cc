@@ -618,16 +618,23 @@ TEST(SweepCpu, SparseReduceScatter) {
   sweep(sparseConfigs(), true, 200);
 }
 
+// Every config of the sweeps above: QSGD's and the sparse methods', and their
+// variants.
+std::vector<gradcompConfig_t> allConfigs() {
+  std::vector<gradcompConfig_t> cfgs = qsgdConfigs();
+  for (auto& c : sparseConfigs()) cfgs.push_back(c);
+  for (auto& c : qsgdVariants()) cfgs.push_back(c);
+  for (auto& c : sparseVariants()) cfgs.push_back(c);
+  return cfgs;
+}
+
 std::vector<std::vector<uint64_t>> hostLayouts() {
   return {{7, 9, 7, 9}, {7, 9, 9, 7, 5, 5}, {1, 2, 3, 1, 2, 3}, {4, 4, 6, 6, 4, 4, 6, 6},
           {7, 7, 7, 9}, {1, 1, 2, 2, 2},    {1, 2, 2, 3, 3, 3}, {3, 1, 2, 1, 2, 3, 1, 2}};
 }
 
 TEST(SweepCpu, HostLayouts) {
-  std::vector<gradcompConfig_t> cfgs = qsgdConfigs();
-  for (auto& c : sparseConfigs()) cfgs.push_back(c);
-  for (auto& c : qsgdVariants()) cfgs.push_back(c);
-  for (auto& c : sparseVariants()) cfgs.push_back(c);
+  std::vector<gradcompConfig_t> cfgs = allConfigs();
   Sampler sample(250);
   for (const auto& hosts : hostLayouts())
     for (const gradcompConfig_t& c0 : cfgs)
@@ -650,10 +657,7 @@ TEST(SweepCpu, HostLayouts) {
 }
 
 TEST(SweepCpu, SocketWorld) {
-  std::vector<gradcompConfig_t> cfgs = qsgdConfigs();
-  for (auto& c : sparseConfigs()) cfgs.push_back(c);
-  for (auto& c : qsgdVariants()) cfgs.push_back(c);
-  for (auto& c : sparseVariants()) cfgs.push_back(c);
+  std::vector<gradcompConfig_t> cfgs = allConfigs();
   gradcompConfig_t none = base(gradcompMethodNone);
   cfgs.push_back(none);
   Sampler sample(20);
@@ -677,134 +681,126 @@ TEST(SweepCpu, SocketWorld) {
           }
 }
 
-// A saved state, loaded back, repeats the next call bit for bit (output
-// and the state after it) over edge shapes of every method and layout.
-TEST(SweepCpu, SavedStateRepeatsTheNextCall) {
-  std::vector<gradcompConfig_t> cfgs = qsgdConfigs();
-  for (auto& c : sparseConfigs()) cfgs.push_back(c);
-  for (auto& c : qsgdVariants()) cfgs.push_back(c);
-  for (auto& c : sparseVariants()) cfgs.push_back(c);
+// The cases of the state tests below: each config, N of Ns, layout,
+// collective (rs: the reduce-scatter) and count n (one element, N + 1, a
+// bucket per rank and one more) that the collective takes, sampled; fn(cfg,
+// N, rs, n, t), cfg's localSize the layout, t a type by the case, under a
+// trace naming them. Stops at a fatal failure.
+template <class Fn>
+void stateCases(const std::vector<gradcompConfig_t>& cfgs, std::initializer_list<int> Ns, Fn fn) {
   Sampler sample(40);
   for (const gradcompConfig_t& c0 : cfgs)
-    for (int N : {2, 3, 4, 6})
+    for (int N : Ns)
       for (int L : layouts(N))
         for (int rs = 0; rs < 2; ++rs)
           for (size_t n : {(size_t)1, (size_t)N + 1, (size_t)c0.bucketSize * N + 1}) {
             if (!rs && c0.method != gradcompMethodQsgd && c0.algo != gradcompAlgoAuto) continue;
             if (!sample.pick()) continue;
             const DType t = (DType)((n + N + L) % 3);
-            const size_t es = esize(t), total = rs ? n * N : n;
             gradcompConfig_t cfg = c0;
             cfg.localSize = L;
             SCOPED_TRACE(testing::Message()
                          << "method=" << cfg.method << " algo=" << cfg.algo << " N=" << N
                          << " L=" << L << " rs=" << rs << " n=" << n << " t=" << (int)t);
-            gctest::CpuWorld world(N, cfg);
-            std::vector<std::vector<uint8_t>> buf(N, std::vector<uint8_t>(total * es + 4));
-            auto call = [&](int step) {
-              for (int r = 0; r < N; ++r) {
-                Rank x = makeInputs(1, total, t, 100 * step + r + 1)[0];
-                store(x, t, total, buf[r].data());
-              }
-              auto res = world.run([&](int r) {
-                void* p = buf[r].data();
-                return rs ? gradcompReduceScatter(p, (uint8_t*)p + r * n * es, n, nccl(t), ncclAvg,
-                                                  world.comm(r), nullptr)
-                          : gradcompAllReduce(p, p, n, nccl(t), ncclSum, world.comm(r), nullptr);
-              });
-              for (int r = 0; r < N; ++r) EXPECT_EQ(res[r], gradcompSuccess) << "rank " << r;
-              return buf;
-            };
-            call(0), call(1);
-            std::vector<std::vector<uint8_t>> saved(N);
-            for (int r = 0; r < N; ++r) saved[r] = gctest::savedBufferState(world.comm(r));
-            const auto a = call(2);
-            std::vector<std::vector<uint8_t>> afterA(N);
-            for (int r = 0; r < N; ++r) afterA[r] = gctest::savedBufferState(world.comm(r));
-            for (int r = 0; r < N; ++r) {
-              ASSERT_EQ(gradcompCommLoadState(world.comm(r), saved[r].data(), saved[r].size()),
-                        gradcompSuccess)
-                  << gradcompGetLastError();
-            }
-            const auto b = call(2);
-            for (int r = 0; r < N; ++r) {
-              ASSERT_EQ(a[r], b[r]) << "output of rank " << r;
-              ASSERT_EQ(afterA[r], gctest::savedBufferState(world.comm(r)))
-                  << "state of rank " << r;
-            }
+            fn(cfg, N, rs, n, t);
+            if (testing::Test::HasFatalFailure()) return;
           }
+}
+
+// One call of every rank of w on its bytes buf[r], in place: an allreduce
+// (Sum) of n elements of t, or (rs) a reduce-scatter (Avg) into block r.
+void callInPlace(gctest::CpuWorld& w, std::vector<std::vector<uint8_t>>& buf, int rs, size_t n,
+                 DType t) {
+  const size_t es = esize(t);
+  auto res = w.run([&](int r) {
+    void* p = buf[r].data();
+    return rs ? gradcompReduceScatter(p, (uint8_t*)p + r * n * es, n, nccl(t), ncclAvg, w.comm(r),
+                                      nullptr)
+              : gradcompAllReduce(p, p, n, nccl(t), ncclSum, w.comm(r), nullptr);
+  });
+  for (int r = 0; r < w.size(); ++r) EXPECT_EQ(res[r], gradcompSuccess) << "rank " << r;
+}
+
+// A saved state, loaded back, repeats the next call bit for bit (output
+// and the state after it) over edge shapes of every method and layout.
+TEST(SweepCpu, SavedStateRepeatsTheNextCall) {
+  stateCases(allConfigs(), {2, 3, 4, 6},
+             [](const gradcompConfig_t& cfg, int N, int rs, size_t n, DType t) {
+               const size_t es = esize(t), total = rs ? n * N : n;
+               gctest::CpuWorld world(N, cfg);
+               std::vector<std::vector<uint8_t>> buf(N, std::vector<uint8_t>(total * es + 4));
+               auto call = [&](int step) {
+                 for (int r = 0; r < N; ++r) {
+                   Rank x = makeInputs(1, total, t, 100 * step + r + 1)[0];
+                   store(x, t, total, buf[r].data());
+                 }
+                 callInPlace(world, buf, rs, n, t);
+                 return buf;
+               };
+               call(0), call(1);
+               std::vector<std::vector<uint8_t>> saved(N);
+               for (int r = 0; r < N; ++r) saved[r] = gctest::savedBufferState(world.comm(r));
+               const auto a = call(2);
+               std::vector<std::vector<uint8_t>> afterA(N);
+               for (int r = 0; r < N; ++r) afterA[r] = gctest::savedBufferState(world.comm(r));
+               for (int r = 0; r < N; ++r) {
+                 ASSERT_EQ(gradcompCommLoadState(world.comm(r), saved[r].data(), saved[r].size()),
+                           gradcompSuccess)
+                     << gradcompGetLastError();
+               }
+               const auto b = call(2);
+               for (int r = 0; r < N; ++r) {
+                 ASSERT_EQ(a[r], b[r]) << "output of rank " << r;
+                 ASSERT_EQ(afterA[r], gctest::savedBufferState(world.comm(r)))
+                     << "state of rank " << r;
+               }
+             });
 }
 
 // gradcompCommSetGradScale by a power of two, before the first call or
 // between calls (the state then rescaled): every later call gives bit for
 // bit that factor times what the unscaled gradients give (include/gradcomp.h).
 TEST(SweepCpu, GradScaleIsExactForPowersOfTwo) {
-  std::vector<gradcompConfig_t> cfgs = qsgdConfigs();
-  for (auto& c : sparseConfigs()) cfgs.push_back(c);
-  for (auto& c : qsgdVariants()) cfgs.push_back(c);
-  for (auto& c : sparseVariants()) cfgs.push_back(c);
+  std::vector<gradcompConfig_t> cfgs = allConfigs();
   gradcompConfig_t dyn = base(gradcompMethodQsgd);
   dyn.bitsMode = gradcompBitsDynamic, dyn.bitsMin = 2, dyn.bitsMax = 7;
   cfgs.push_back(dyn);
-  Sampler sample(40);
-  for (const gradcompConfig_t& c0 : cfgs)
-    for (int N : {1, 2, 3, 4, 6})
-      for (int L : layouts(N))
-        for (int rs = 0; rs < 2; ++rs)
-          for (size_t n : {(size_t)1, (size_t)N + 1, (size_t)c0.bucketSize * N + 1}) {
-            if (!rs && c0.method != gradcompMethodQsgd && c0.algo != gradcompAlgoAuto) continue;
-            if (!sample.pick()) continue;
-            const DType t = (DType)((n + N + L) % 3);
-            const size_t es = esize(t), total = rs ? n * N : n;
-            gradcompConfig_t cfg = c0;
-            cfg.localSize = L;
-            SCOPED_TRACE(testing::Message()
-                         << "method=" << cfg.method << " algo=" << cfg.algo << " N=" << N
-                         << " L=" << L << " rs=" << rs << " n=" << n << " t=" << (int)t);
-            const int changeAt = (int)(n + rs) % 2;  // the step before which the scale is set
-            gctest::CpuWorld plain(N, cfg), scaled(N, cfg);
-            std::vector<std::vector<uint8_t>> a(N, std::vector<uint8_t>(total * es + 4)), b = a;
-            for (int step = 0; step < 3; ++step) {
-              const float kScale = step >= changeAt ? 8.0f : 1.0f;
-              if (step == changeAt) {
-                for (int r = 0; r < N; ++r) {
-                  ASSERT_EQ(gradcompCommSetGradScale(scaled.comm(r), kScale, nullptr),
-                            gradcompSuccess);
-                }
-              }
-              for (int r = 0; r < N; ++r) {
-                Rank x = makeInputs(1, total, t, 100 * step + r + 1)[0];
-                store(x, t, total, a[r].data());
-                for (size_t k = 0; k < total; ++k) {
-                  gc::storeFromFloat(b[r].data(), t, k,
-                                     kScale * gc::loadAsFloat(a[r].data(), t, k));
-                }
-              }
-              auto run = [&](gctest::CpuWorld& w, std::vector<std::vector<uint8_t>>& buf) {
-                auto res = w.run([&](int r) {
-                  void* p = buf[r].data();
-                  return rs ? gradcompReduceScatter(p, (uint8_t*)p + r * n * es, n, nccl(t),
-                                                    ncclAvg, w.comm(r), nullptr)
-                            : gradcompAllReduce(p, p, n, nccl(t), ncclSum, w.comm(r), nullptr);
-                });
-                for (int r = 0; r < N; ++r) EXPECT_EQ(res[r], gradcompSuccess) << "rank " << r;
-              };
-              run(plain, a), run(scaled, b);
-              for (int r = 0; r < N; ++r) {
-                const size_t lo = rs ? r * n : 0;
-                for (size_t k = lo; k < lo + (rs ? n : total); ++k) {
-                  const float unscaled = gc::loadAsFloat(a[r].data(), t, k);
-                  // An fp16 output below its normal range was rounded coarser
-                  // than the scaled one: no exact factor there.
-                  if (t == DType::F16 && fabsf(unscaled) < 0x1p-14f && kScale != 1.0f) continue;
-                  const float want = kScale * unscaled;
-                  const float got = gc::loadAsFloat(b[r].data(), t, k);
-                  ASSERT_EQ(memcmp(&want, &got, 4), 0) << "rank " << r << " step " << step << " k "
-                                                       << k << " got " << got << " want " << want;
-                }
-              }
+  stateCases(
+      cfgs, {1, 2, 3, 4, 6}, [](const gradcompConfig_t& cfg, int N, int rs, size_t n, DType t) {
+        const size_t es = esize(t), total = rs ? n * N : n;
+        const int changeAt = (int)(n + rs) % 2;  // the step before which the scale is set
+        gctest::CpuWorld plain(N, cfg), scaled(N, cfg);
+        std::vector<std::vector<uint8_t>> a(N, std::vector<uint8_t>(total * es + 4)), b = a;
+        for (int step = 0; step < 3; ++step) {
+          const float kScale = step >= changeAt ? 8.0f : 1.0f;
+          if (step == changeAt) {
+            for (int r = 0; r < N; ++r) {
+              ASSERT_EQ(gradcompCommSetGradScale(scaled.comm(r), kScale, nullptr), gradcompSuccess);
             }
           }
+          for (int r = 0; r < N; ++r) {
+            Rank x = makeInputs(1, total, t, 100 * step + r + 1)[0];
+            store(x, t, total, a[r].data());
+            for (size_t k = 0; k < total; ++k) {
+              gc::storeFromFloat(b[r].data(), t, k, kScale * gc::loadAsFloat(a[r].data(), t, k));
+            }
+          }
+          callInPlace(plain, a, rs, n, t), callInPlace(scaled, b, rs, n, t);
+          for (int r = 0; r < N; ++r) {
+            const size_t lo = rs ? r * n : 0;
+            for (size_t k = lo; k < lo + (rs ? n : total); ++k) {
+              const float unscaled = gc::loadAsFloat(a[r].data(), t, k);
+              // An fp16 output below its normal range was rounded coarser
+              // than the scaled one: no exact factor there.
+              if (t == DType::F16 && fabsf(unscaled) < 0x1p-14f && kScale != 1.0f) continue;
+              const float want = kScale * unscaled;
+              const float got = gc::loadAsFloat(b[r].data(), t, k);
+              ASSERT_EQ(memcmp(&want, &got, 4), 0) << "rank " << r << " step " << step << " k " << k
+                                                   << " got " << got << " want " << want;
+            }
+          }
+        }
+      });
 }
 
 // Counts around GRADCOMP_MIN_ELEMENTS (its default): below it passed

@@ -57,6 +57,39 @@ def train(d, opt, steps, rank):
         opt.step()
 
 
+def fsdp_mlp(mesh, seed, factor=None):
+    """The model of `train` (seeded), each Linear and then the whole sharded by FSDP2 over
+    `mesh`; with `factor`, set_gradient_divide_factor(factor) on all three."""
+    from torch.distributed.fsdp import fully_shard
+
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 5))
+    for m in (model[0], model[2], model):
+        fully_shard(m, mesh=mesh)
+    if factor is not None:
+        for m in (model[0], model[2], model):
+            m.set_gradient_divide_factor(factor)
+    return model
+
+
+def fsdp_hooked(mesh, seed, factor=None):
+    """fsdp_mlp's model and its GradcompState, registered as its reduce-scatter."""
+    model = fsdp_mlp(mesh, seed, factor)
+    state = gct.GradcompState(backend="cpu", config=config())
+    gct.register_fsdp_reduce_scatter(model, state)
+    return model, state
+
+
+def fsdp_train(model, steps, rank):
+    """`train` with plain SGD, made anew: it keeps no state, so a resumed run needs none."""
+    train(model, torch.optim.SGD(model.parameters(), lr=0.1), steps, rank)
+
+
+def full_bytes(model):
+    """The bytes of an FSDP2 model's full (unsharded) parameters."""
+    return b"".join(p.full_tensor().detach().numpy().tobytes() for p in model.parameters())
+
+
 def ddp(out, rank):
     from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -160,7 +193,6 @@ def excluded(out, rank):
 
 def fsdp(out, rank):
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
 
     records, run = [], ["plain"]
 
@@ -181,49 +213,25 @@ def fsdp(out, rank):
     # there. The CPU backend reduces CPU tensors: a CPU mesh keeps them on the host.
     mesh = init_device_mesh("cpu", (dist.get_world_size(),))
 
-    def make(seed, factor=None):
-        torch.manual_seed(seed)
-        model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 5))
-        for layer in (model[0], model[2]):
-            fully_shard(layer, mesh=mesh)
-        fully_shard(model, mesh=mesh)
-        if factor is not None:
-            for m in (model[0], model[2], model):
-                m.set_gradient_divide_factor(factor)
-        state = gct.GradcompState(backend="cpu", config=config())
-        gct.register_fsdp_reduce_scatter(model, state)
-        return model, state
-
-    def train(model, steps):
-        opt = torch.optim.SGD(model.parameters(), lr=0.1)  # no state of its own to resume
-        for step in steps:
-            x, y = batch(step, rank, 32)
-            opt.zero_grad(set_to_none=True)
-            nn.functional.cross_entropy(model(x), y).backward()
-            opt.step()
-
-    def full(model):
-        return b"".join(p.full_tensor().detach().numpy().tobytes() for p in model.parameters())
-
     plain = gct.fsdp.GradcompReduceScatter
     gct.fsdp.GradcompReduceScatter = Recording  # what register_fsdp_reduce_scatter makes
-    model, state = make(0)
+    model, state = fsdp_hooked(mesh, 0)
     gct.fsdp.GradcompReduceScatter = plain
-    train(model, range(3))
+    fsdp_train(model, range(3), rank)
     stats = state.stats()
     state.close()
 
     # Checkpoint after 2 steps, resume in a fresh model and state: the step counter and the
     # residuals go on, the last step bit for bit the uninterrupted run's.
-    m1, s1 = make(0)
-    train(m1, range(2))
+    m1, s1 = fsdp_hooked(mesh, 0)
+    fsdp_train(m1, range(2), rank)
     ckpt = {"model": {k: v.detach().clone() for k, v in m1.state_dict().items()},
             "gradcomp": s1.state_dict()}
     s1.close()
-    m2, s2 = make(1)
+    m2, s2 = fsdp_hooked(mesh, 1)
     m2.load_state_dict(ckpt["model"])
     s2.load_state_dict(ckpt["gradcomp"])
-    train(m2, [2])
+    fsdp_train(m2, [2], rank)
     iters = {"saved": ckpt["gradcomp"]["iter"], "resumed": s2.iter,
              "resumed_stats": s2.stats()["iter"]}
     s2.close()
@@ -232,15 +240,15 @@ def fsdp(out, rank):
     # gloo refuses; gradcomp multiplies and sums (compressed).
     run[0] = "factor"
     gct.fsdp.GradcompReduceScatter = Recording
-    fmodel, fstate = make(0, factor=4.0)
+    fmodel, fstate = fsdp_hooked(mesh, 0, factor=4.0)
     gct.fsdp.GradcompReduceScatter = plain
-    train(fmodel, range(2))
+    fsdp_train(fmodel, range(2), rank)
     fstats = fstate.stats()
     fstate.close()
-    return records, {"stats": stats, "param_hash": hashlib.sha256(full(model)).hexdigest(),
-                     "resume_bitwise": full(m2) == full(model), "iters": iters,
+    return records, {"stats": stats, "param_hash": hashlib.sha256(full_bytes(model)).hexdigest(),
+                     "resume_bitwise": full_bytes(m2) == full_bytes(model), "iters": iters,
                      "factor_stats": fstats,
-                     "factor_param_hash": hashlib.sha256(full(fmodel)).hexdigest()}
+                     "factor_param_hash": hashlib.sha256(full_bytes(fmodel)).hexdigest()}
 
 
 def fsdp_factor(out, rank):
@@ -345,34 +353,26 @@ def fsdp_models(out, rank):
     registered on the state of a model trained before, the old one still alive: it goes on
     from the old one's residuals and step counter."""
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
 
     mesh = init_device_mesh("cpu", (dist.get_world_size(),))
-
-    def make(seed):
-        torch.manual_seed(seed)
-        model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 5))
-        for m in (model[0], model[2], model):
-            fully_shard(m, mesh=mesh)
-        return model
 
     def step(models, s):
         x, _ = batch(s, rank, 32)
         sum(m(x).pow(2).mean() for m in models).backward()
 
     res = {}
-    a, b = make(0), make(1)
+    a, b = fsdp_mlp(mesh, 0), fsdp_mlp(mesh, 1)
     state = gct.GradcompState(backend="cpu", config=config())
     gct.register_fsdp_reduce_scatter(a, state)
     gct.register_fsdp_reduce_scatter(b, state)
     res["shared"] = {"error": _error(lambda: step([a, b], 0))}
     state.abort()  # the step stopped half-way: nothing more is sent on this state
 
-    old = make(0)
+    old = fsdp_mlp(mesh, 0)
     state = gct.GradcompState(backend="cpu", config=config())
     gct.register_fsdp_reduce_scatter(old, state)
     step([old], 0)
-    new = make(0)
+    new = fsdp_mlp(mesh, 0)
     gct.register_fsdp_reduce_scatter(new, state)
     err = _error(lambda: step([new], 1))
     res["rebuilt"] = {"error": err, "iter": state.iter, "old_alive": old is not None,
@@ -463,9 +463,6 @@ def fsdp_frozen_resume(out, rank):
             model(batch(step, rank, 8)[0]).pow(2).mean().backward()
             opt.step()
 
-    def full(model):
-        return b"".join(p.full_tensor().detach().numpy().tobytes() for p in model.parameters())
-
     m1, s1, o1 = make(True)
     train(m1, o1, range(2))
     ckpt = {"model": {k: v.detach().clone() for k, v in m1.state_dict().items()},
@@ -478,7 +475,7 @@ def fsdp_frozen_resume(out, rank):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         train(m2, o2, [2])
-    res = {"resume_bitwise": full(m2) == full(m1), "iter": s2.iter,
+    res = {"resume_bitwise": full_bytes(m2) == full_bytes(m1), "iter": s2.iter,
            "warnings": [str(w.message) for w in caught if "gradcomp" in str(w.message)]}
     s2.close()
     return [], res
@@ -532,47 +529,26 @@ def fsdp_dcp(out, rank):
     rank's copy (what each rank's load_state_dict says, and whether it got its own)."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
 
     mesh = init_device_mesh("cpu", (dist.get_world_size(),))
 
-    def make(seed):
-        torch.manual_seed(seed)
-        model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 5))
-        for m in (model[0], model[2], model):
-            fully_shard(m, mesh=mesh)
-        state = gct.GradcompState(backend="cpu", config=config())
-        gct.register_fsdp_reduce_scatter(model, state)
-        return model, state
-
-    def train(model, steps):
-        opt = torch.optim.SGD(model.parameters(), lr=0.1)  # no state of its own to resume
-        for step in steps:
-            x, y = batch(step, rank, 32)
-            opt.zero_grad(set_to_none=True)
-            nn.functional.cross_entropy(model(x), y).backward()
-            opt.step()
-
-    def full(model):
-        return b"".join(p.full_tensor().detach().numpy().tobytes() for p in model.parameters())
-
-    model, state = make(0)
-    train(model, range(3))
+    model, state = fsdp_hooked(mesh, 0)
+    fsdp_train(model, range(3), rank)
     state.close()
     res = {}
     for how, key in (("keyed", f"gradcomp.rank{rank}"), ("shared", "gradcomp")):
-        m1, s1 = make(0)
-        train(m1, range(2))
+        m1, s1 = fsdp_hooked(mesh, 0)
+        fsdp_train(m1, range(2), rank)
         saved = s1.state_dict()
         dcp.save({"model": m1.state_dict(), key: saved}, checkpoint_id=f"{out}_{how}")
         s1.close()
-        m2, s2 = make(1)
+        m2, s2 = fsdp_hooked(mesh, 1)
         sd = {"model": m2.state_dict(), key: s2.state_dict()}
         dcp.load(sd, checkpoint_id=f"{out}_{how}")
         got = {"own": sd[key] == saved, "error": _error(lambda: s2.load_state_dict(sd[key]))}
         if how == "keyed":
-            train(m2, [2])
-            got.update(resume_bitwise=full(m2) == full(model), iter=s2.iter)
+            fsdp_train(m2, [2], rank)
+            got.update(resume_bitwise=full_bytes(m2) == full_bytes(model), iter=s2.iter)
         s2.close()
         res[how] = got
     return [], res
@@ -1303,8 +1279,7 @@ def scaler(out, rank):
             x, y = batch(step, rank, 32)
             opt.zero_grad(set_to_none=True)
             _scaled_step(nn.functional.cross_entropy(model(x), y), opt, sc, get, step)
-        hashes[run] = hashlib.sha256(b"".join(p.full_tensor().detach().numpy().tobytes()
-                                              for p in model.parameters())).hexdigest()
+        hashes[run] = hashlib.sha256(full_bytes(model)).hexdigest()
         if run == "scaled":
             res["fsdp_reads"] = count[0]
             res["fsdp_calls"] = st.stats()["compressed_calls"]
