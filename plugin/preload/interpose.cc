@@ -350,13 +350,16 @@ ncclResult_t keepMultiDeviceGroup() {
       continue;
     }
     passAlways(*e, "one thread drives it in a group with other devices' communicators");
-    ncclResult_t r;
     if (d.commCall != CommCall::None) {
-      r = runCommCall(d, *e);  // in the group too, after its calls
-    } else {
-      g.forwarded.emplace_back(e, d.coll);
-      r = forward(nullptr, d);
+      // Not into NCCL's group: NCCL runs a group's finalize and destroy jobs
+      // before it launches the group's calls (group.cc), so there it would
+      // finalize or free the communicator ahead of the calls forwarded here.
+      // It stays deferred, and leaveGroup runs it after NCCL's end.
+      g.deferred.push_back(d);
+      continue;
     }
+    g.forwarded.emplace_back(e, d.coll);
+    const ncclResult_t r = forward(nullptr, d);
     if (r != ncclSuccess && failed == ncclSuccess) failed = r;
   }
   return failed;
@@ -646,7 +649,7 @@ GC_INTERPOSE ncclResult_t ncclGroupSimulateEnd(ncclSimInfo_t* simInfo) {
   // The estimate must cover the eligible calls as NCCL would have seen them:
   // they join the group uncompressed before it ends. Nothing of a simulated
   // group runs, so they are dropped, and nothing counts as passed through.
-  std::vector<Deferred> calls;
+  std::vector<Deferred> calls, commCalls;
   calls.swap(groupCalls().deferred);
   ncclResult_t f = ncclSuccess;
   for (const Deferred& d : calls) {
@@ -658,15 +661,29 @@ GC_INTERPOSE ncclResult_t ncclGroupSimulateEnd(ncclSimInfo_t* simInfo) {
       if (f == ncclSuccess) f = ncclInvalidUsage;
       continue;
     }
-    // A finalize or destroy joins the group behind its calls, where the
-    // program made it: NCCL runs it at the end, simulated or not (its job is
-    // none of the calls a simulation leaves out).
-    const ncclResult_t r = d.commCall != CommCall::None ? runCommCall(d, *e) : forward(nullptr, d);
+    // A finalize or destroy runs after NCCL's end, as the program made it
+    // after the calls: NCCL runs a group's finalize and destroy jobs, in a
+    // simulated group too, before it prepares the group's calls (group.cc),
+    // so in the group it would finalize or free the communicator whose calls
+    // NCCL then simulates.
+    if (d.commCall != CommCall::None) {
+      commCalls.push_back(d);
+      continue;
+    }
+    const ncclResult_t r = forward(nullptr, d);
     if (r != ncclSuccess && f == ncclSuccess) f = r;
   }
   groupCalls().forwarded.clear();
   const ncclResult_t r = ncclAnswered(realNccl()->groupSimulateEnd(simInfo));
   tGroupDepth = 0;
+  // A group NCCL failed drops them with its calls, as leaveGroup does.
+  for (const Deferred& d : commCalls) {
+    if (r != ncclSuccess) break;
+    const EntryPtr e = deferredEntry(d);
+    const ncclResult_t c = e == nullptr ? ncclInvalidUsage : runCommCall(d, *e);
+    if (e == nullptr) warnDeferredReleased(d.comm);
+    if (c != ncclSuccess && f == ncclSuccess) f = c;
+  }
   return destroyPostponed(r != ncclSuccess ? r : f);
 }
 #endif

@@ -619,6 +619,31 @@ static int simulate(void) {
   return 0;
 }
 
+/* A finalize and a destroy in a simulated group, after deferred calls of
+ * their communicators: NCCL gets the calls inside the group to estimate them,
+ * and the finalize and destroy after its end (inside it, NCCL would run them
+ * before it prepares the calls it simulates: group.cc runs a group's
+ * finalize and destroy jobs first). */
+static int simulateCommCalls(void) {
+  const int deferGroupCalls = groupCallsDeferred();
+  const ncclComm_t comm = (ncclComm_t)(uintptr_t)0x1000, other = (ncclComm_t)(uintptr_t)0x1100;
+  cudaStream_t stream = (cudaStream_t)(uintptr_t)0x2000;
+  char* a = (char*)(uintptr_t)0x7f0000000000ull;
+  char* b = (char*)(uintptr_t)0x7f0010000000ull;
+  ncclSimInfo_t info = NCCL_SIM_INFO_INITIALIZER;
+  GROUP_START();
+  CALL_IN_GROUP(a, a, 1 << 20, ncclFloat32, ncclSum, comm, stream);
+  CALL_IN_GROUP(b, b, 1 << 20, ncclFloat32, ncclSum, other, stream);
+  CHECK(ncclCommFinalize(comm));
+  CHECK(ncclCommDestroy(other));
+  CHECK(ncclGroupSimulateEnd(&info));
+  if (simulated("comm calls", &info, 2)) return 1;
+  EXPECT("CommFinalize comm=%p", (void*)comm);
+  EXPECT("CommDestroy comm=%p", (void*)other);
+  DESTROY(comm);
+  return 0;
+}
+
 /* With an NCCL that lacks ncclGroupSimulateEnd the call fails and the group
  * stays open: the ncclGroupEnd that follows runs it, deferred calls included. */
 static int simulateMissing(void) {
@@ -778,6 +803,29 @@ static int commCallsInGroup(void) {
   GROUP_END();
   flushDeferred();
   DESTROY(other);
+  return 0;
+}
+
+/* One thread's group over two devices' communicators (FAKE_NCCL_DEVICES=2),
+ * their first calls deferred, then a finalize of one and a destroy of the
+ * other: the calls stay in NCCL's group (keepMultiDeviceGroup), and the
+ * finalize and destroy reach NCCL after its end (inside it, NCCL would run
+ * them before it launches the calls: group.cc runs a group's finalize and
+ * destroy jobs first). */
+static int multiDeviceCommCalls(void) {
+  const ncclComm_t dev0 = (ncclComm_t)(uintptr_t)0x3400, dev1 = (ncclComm_t)(uintptr_t)0x3500;
+  cudaStream_t s0 = (cudaStream_t)(uintptr_t)0x2000, s1 = (cudaStream_t)(uintptr_t)0x2100;
+  char* a = (char*)(uintptr_t)0x7f0000000000ull;
+  char* b = (char*)(uintptr_t)0x7f0010000000ull;
+  GROUP_START();
+  CALL(a, a, 1 << 20, ncclFloat32, ncclSum, dev0, s0);
+  CALL(b, b, 1 << 20, ncclFloat32, ncclSum, dev1, s1);
+  CHECK(ncclCommFinalize(dev0));
+  CHECK(ncclCommDestroy(dev1));
+  GROUP_END();
+  EXPECT("CommFinalize comm=%p", (void*)dev0);
+  EXPECT("CommDestroy comm=%p", (void*)dev1);
+  DESTROY(dev0);
   return 0;
 }
 
@@ -1317,6 +1365,8 @@ __attribute__((visibility("default"))) int gcTestRunCalls(const char* mode) {
     rc = commCallsInGroup();
   } else if (strcmp(mode, "finalize_after_failure") == 0) {
     rc = finalizeAfterFailure();
+  } else if (strcmp(mode, "multidevice_comm_calls") == 0) {
+    rc = multiDeviceCommCalls();
 #endif
 #if NCCL_VERSION_CODE >= NCCL_VERSION(2, 27, 0)
   } else if (strcmp(mode, "revoked") == 0) {
@@ -1327,6 +1377,8 @@ __attribute__((visibility("default"))) int gcTestRunCalls(const char* mode) {
 #if NCCL_VERSION_CODE >= NCCL_VERSION(2, 22, 0)
   } else if (strcmp(mode, "simulate") == 0) {
     rc = simulate();
+  } else if (strcmp(mode, "simulate_comm_calls") == 0) {
+    rc = simulateCommCalls();
   } else if (strcmp(mode, "simulate_missing") == 0) {
     rc = simulateMissing();
   } else if (strcmp(mode, "abort_deferred_simulate") == 0) {

@@ -403,6 +403,17 @@ if "$app" comm_calls_in_group > /dev/null 2>&1 < /dev/null || [ $? != 2 ]; then
   done
   run finalize_after_failure env FAKE_NCCL_FAIL=1 GRADCOMP_METHOD=qsgd \
     "$app" finalize_after_failure && same_calls finalize_after_failure
+  # In a group the preload leaves to NCCL (one thread, two devices), the
+  # finalize and destroy reach NCCL after its end, not inside it, where NCCL
+  # would run them before the calls.
+  run multidevice_comm_calls env FAKE_NCCL_DEVICES=2 GRADCOMP_GROUP=defer \
+    GC_TEST_GROUP_CALLS_DEFERRED=1 GRADCOMP_METHOD=qsgd "$app" multidevice_comm_calls &&
+    same_calls multidevice_comm_calls
+fi
+# The same after a simulated group's end (NCCL >= 2.22).
+if "$app" simulate_comm_calls > /dev/null 2>&1 < /dev/null || [ $? != 2 ]; then
+  run simulate_comm_calls env GRADCOMP_GROUP=defer GC_TEST_GROUP_CALLS_DEFERRED=1 \
+    GRADCOMP_METHOD=qsgd "$app" simulate_comm_calls && same_calls simulate_comm_calls
 fi
 
 # 4d''. After the preload's own error, a non-blocking communicator's call that
