@@ -257,7 +257,11 @@ gradcompResult_t gradcompCommCreate(ncclComm_t nccl, const gradcompConfig_t* con
                                     gradcompComm_t* comm);
 /* CPU reference backend: nranks communicators of one in-process world, each
  * to be driven from its own thread with host pointers (stream ignored). Runs
- * the same algorithm code as the CUDA backend, with the host codecs. */
+ * the same algorithm code as the CUDA backend, with the host codecs. A rank
+ * waits at most cpuTimeoutSec (GRADCOMP_CPU_TIMEOUT) for the others at a
+ * collective. Once a comm of the world is destroyed or aborted, the others'
+ * collectives, waiting or later, fail at once (naming the destroyed rank),
+ * as after a transport error: destroy them. */
 gradcompResult_t gradcompCommCreateCpu(int nranks, const gradcompConfig_t* config,
                                        gradcompComm_t* comms);
 /* CPU reference backend across processes (or threads): this is rank `rank` of

@@ -2,9 +2,10 @@
 // freed; a call waiting in a collective on another thread for a rank that
 // never comes (in-process world, TCP, hierarchical TCP) returns an error
 // naming the abort, and abort returns, both long before the transport's
-// timeout; a TCP peer that is gone does not hold abort; and a comm stopped
+// timeout; a TCP peer that is gone does not hold abort; a comm stopped
 // by gc::commStop (the LD_PRELOAD library's ncclCommAbort) fails every
-// later call before it is freed.
+// later call before it is freed; and a comm destroyed in an in-process world
+// fails its peers' waits and later collectives at once, as an abort does.
 #include <gtest/gtest.h>
 
 #include <string.h>
@@ -401,6 +402,96 @@ TEST(Abort, AStopOnAnotherThreadEndsBeforeAbortFrees) {
     EXPECT_NE(zero.why.find("aborted"), std::string::npos) << zero.why;
     EXPECT_EQ(gradcompCommAbort(comms[1]), gradcompSuccess);
   }
+}
+
+// A rank that destroys its comm (no abort) is gone from the in-process
+// world: its peers waiting for it in a collective, and every collective of
+// the world after, fail at once naming it, as after a transport error,
+// rather than wait out cpuTimeoutSec. Ranks 0 and 1 of 3 wait in an
+// allreduce when rank 2's comm is destroyed (2026-12-07: they waited
+// cpuTimeoutSec for "2 of 3 ranks reached a collective").
+TEST(Abort, ADestroyedRankFailsItsPeersAtOnce) {
+  const gradcompConfig_t cfg = config();
+  std::vector<gradcompComm_t> comms(3);
+  ASSERT_EQ(gradcompCommCreateCpu(3, &cfg, comms.data()), gradcompSuccess);
+  std::vector<Caller> calls(2);
+  for (int r = 0; r < 2; ++r) calls[r].start(comms[r]);
+  waitInCall(comms[0]);
+  waitInCall(comms[1]);
+  const auto t0 = std::chrono::steady_clock::now();
+  EXPECT_EQ(gradcompCommDestroy(comms[2]), gradcompSuccess);
+  for (auto& c : calls) c.thread.join();
+  EXPECT_LT(seconds(t0), kPromptSec);
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_EQ(calls[r].res, gradcompSystemError) << "rank " << r;
+    EXPECT_NE(calls[r].why.find("rank 2 of this in-process world was destroyed"), std::string::npos)
+        << calls[r].why;
+  }
+  // Every later collective fails too, at once, on both ranks together.
+  std::vector<Caller> again(2);
+  const auto t1 = std::chrono::steady_clock::now();
+  for (int r = 0; r < 2; ++r) again[r].start(comms[r]);
+  for (auto& c : again) c.thread.join();
+  EXPECT_LT(seconds(t1), kPromptSec);
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_EQ(again[r].res, gradcompSystemError) << "rank " << r;
+    EXPECT_NE(again[r].why.find("rank 2 of this in-process world was destroyed"), std::string::npos)
+        << again[r].why;
+  }
+  EXPECT_EQ(gradcompCommDestroy(comms[0]), gradcompSuccess);
+  EXPECT_EQ(gradcompCommDestroy(comms[1]), gradcompSuccess);
+}
+
+// A rank destroyed before its peers enter a collective: the first one they
+// enter fails at once, naming it; one rank alone calls (no peer would come
+// for it either way).
+TEST(Abort, ACollectiveAfterAPeerWasDestroyedFailsAtOnce) {
+  const gradcompConfig_t cfg = config();
+  std::vector<gradcompComm_t> comms(2);
+  ASSERT_EQ(gradcompCommCreateCpu(2, &cfg, comms.data()), gradcompSuccess);
+  EXPECT_EQ(gradcompCommDestroy(comms[1]), gradcompSuccess);
+  Caller zero;
+  const auto t0 = std::chrono::steady_clock::now();
+  zero.start(comms[0]);
+  zero.thread.join();
+  EXPECT_LT(seconds(t0), kPromptSec);
+  EXPECT_EQ(zero.res, gradcompSystemError);
+  EXPECT_NE(zero.why.find("rank 1 of this in-process world was destroyed"), std::string::npos)
+      << zero.why;
+  EXPECT_EQ(gradcompCommDestroy(comms[0]), gradcompSuccess);
+}
+
+// A hierarchical world (2 nodes of 2): rank 3's destroy fails rank 2,
+// waiting for it on their node's sub-world, and rank 0, waiting on node 0's
+// for rank 1 (alive, not calling), both at once and naming rank 3 by its
+// rank in the whole world (its rank in the node is 1).
+TEST(Abort, ADestroyedRankFailsEveryNodeOfAHierarchicalWorld) {
+  const gradcompConfig_t cfg = config(2);
+  std::vector<gradcompComm_t> comms(4);
+  ASSERT_EQ(gradcompCommCreateCpu(4, &cfg, comms.data()), gradcompSuccess);
+  ASSERT_NE(comms[0]->intra, nullptr);
+  ASSERT_NE(comms[2]->intra, nullptr);
+  gradcompResult_t res[2] = {gradcompSuccess, gradcompSuccess};
+  std::string why[2];
+  std::vector<std::thread> waiting;
+  for (int i = 0; i < 2; ++i) {
+    waiting.emplace_back([&, i] {
+      uint64_t mine = 7, all[2] = {};
+      res[i] = comms[2 * i]->intra->allGather(&mine, all, sizeof mine);
+      why[i] = gradcompGetLastError();
+    });
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  const auto t0 = std::chrono::steady_clock::now();
+  EXPECT_EQ(gradcompCommDestroy(comms[3]), gradcompSuccess);
+  for (auto& t : waiting) t.join();
+  EXPECT_LT(seconds(t0), kPromptSec);
+  for (int i = 0; i < 2; ++i) {
+    EXPECT_EQ(res[i], gradcompSystemError) << "rank " << 2 * i;
+    EXPECT_NE(why[i].find("rank 3 of this in-process world was destroyed"), std::string::npos)
+        << why[i];
+  }
+  for (int r = 0; r < 3; ++r) EXPECT_EQ(gradcompCommDestroy(comms[r]), gradcompSuccess);
 }
 
 }  // namespace

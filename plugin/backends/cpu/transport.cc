@@ -1,7 +1,8 @@
 // In-process transport: each rank is a thread of one world; collectives meet
 // at a barrier and copy host memory. Deterministic by construction (rank
 // order). A rank that never arrives makes the others fail after a timeout
-// rather than hang.
+// rather than hang; one whose comm was destroyed (or aborted) is known to be
+// gone, so the others fail at once.
 #include <string.h>
 
 #include <chrono>
@@ -33,9 +34,13 @@ struct Slot {
 };
 
 struct CpuWorld {
-  CpuWorld(int n, double timeoutSec) : nranks(n), timeoutSec(timeoutSec), slots(n) {}
+  CpuWorld(int n, double timeoutSec, bool sub)
+      : nranks(n), timeoutSec(timeoutSec), sub(sub), slots(n) {}
   int nranks;
   double timeoutSec;
+  // A hierarchy's node or inter-node sub-world: its ranks are not the
+  // world's, and the whole world's transport tells it of a rank that left.
+  bool sub;
   std::mutex mu;
   std::condition_variable cv;
   int arrived = 0;
@@ -45,7 +50,10 @@ struct CpuWorld {
   // arrived, so each rank's own count would differ).
   uint64_t timedOutGen = ~0ull;
   int timedOutPresent = 0;
-  bool aborted = false;        // a rank aborted its comm: every wait of the world fails
+  // A rank aborted its comm, or destroyed it: every wait of the world fails.
+  bool aborted = false;
+  // The rank (of the whole world) whose destroy closed it; -1: an abort did.
+  int goneRank = -1;
   bool closedAborted = false;  // closingBarrier's answer, taken when the last rank came
   std::vector<Slot> slots;
   // A hierarchy's node and inter-node sub-worlds (splitCpuWorld): an abort
@@ -54,20 +62,36 @@ struct CpuWorld {
   // instead of after timeoutSec.
   std::vector<std::weak_ptr<CpuWorld>> subWorlds;
 
-  void abort() {
+  void abort() { close(-1); }
+
+  // Fails every wait of the world (and of its sub-worlds), in progress or
+  // later: a rank aborted its comm (gone = -1), or rank `gone`'s comm was
+  // destroyed, and its peers would otherwise wait out timeoutSec for a rank
+  // that cannot come. The first cause is the one every rank names. The
+  // world stays allocated for the transports still holding it.
+  void close(int gone) {
     std::vector<std::weak_ptr<CpuWorld>> subs;
     {
       std::lock_guard<std::mutex> lock(mu);
+      if (!aborted) goneRank = gone;
       aborted = true;
       cv.notify_all();
       subs = subWorlds;
     }
     for (auto& w : subs) {
-      if (auto sub = w.lock()) sub->abort();
+      if (auto s = w.lock()) s->close(gone);
     }
   }
 
+  // Under mu.
   gradcompResult_t abortedError() {
+    if (goneRank >= 0) {
+      return setError(gradcompSystemError,
+                      "CPU transport: rank %d of this in-process world was destroyed "
+                      "(gradcompCommDestroy); every collective of the world fails from now on: "
+                      "destroy the other comms of the world and create a new one",
+                      goneRank);
+    }
     return setError(gradcompSystemError,
                     "CPU transport: a rank of this world aborted its comm (gradcompCommAbort); "
                     "every collective of the world fails");
@@ -286,6 +310,12 @@ class CpuTransport final : public Transport {
     rank_ = rank;
     size_ = world_->nranks;
   }
+  // The comm is destroyed (or aborted, or its set-up failed): its peers stop
+  // waiting for it. A sub-world's rank leaves through the whole world's
+  // transport, destroyed with it, whose rank is the one to name.
+  ~CpuTransport() override {
+    if (!world_->sub) world_->close(rank_);
+  }
 
   bool checksEveryCall() const override { return true; }  // every collective's slots
 
@@ -496,7 +526,7 @@ void hostReduce(ncclDataType_t type, ncclRedOp_t op, const std::vector<const voi
 
 std::vector<std::unique_ptr<Transport>> makeCpuWorld(int nranks, double timeoutSec,
                                                      Transport* abortedWith) {
-  auto world = std::make_shared<CpuWorld>(nranks, timeoutSec);
+  auto world = std::make_shared<CpuWorld>(nranks, timeoutSec, abortedWith != nullptr);
   if (auto* parent = dynamic_cast<CpuTransport*>(abortedWith)) {
     std::lock_guard<std::mutex> lock(parent->world()->mu);
     parent->world()->subWorlds.push_back(world);
