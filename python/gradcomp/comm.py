@@ -558,13 +558,15 @@ def _key(k):
     return k
 
 
-def run_on_threads(n, body, timeout=300.0):
+def run_on_threads(n, body, timeout=300.0, on_error=None):
     """body(r) for r in 0..n-1, each on its own thread; the results by rank, the exception
     raised first re-raised, TimeoutError naming the ranks still running after timeout seconds.
 
     First in time, not in rank order: a rank whose peer raised fails later in its collective
-    (cpu_timeout_sec, "1 of 2 ranks reached a collective"), and that failure says nothing of
-    the peer's exception, which is the one to see."""
+    (at once where the peer's comm was stopped, else after cpu_timeout_sec, "1 of 2 ranks
+    reached a collective"), and that failure says nothing of the peer's exception, which is the
+    one to see. on_error(r), where given, runs on rank r's thread once its exception is
+    recorded (so that any failure it causes comes later): CpuWorld.run stops the world there."""
     timeout = _run_timeout(timeout)  # before any rank starts: none is left running
     results = [None] * n
     errors = []  # (rank, exception), in the order the ranks raised them
@@ -574,6 +576,8 @@ def run_on_threads(n, body, timeout=300.0):
             results[r] = body(r)
         except BaseException as e:  # noqa: BLE001 - re-raised on the caller's thread
             errors.append((r, e))  # list.append is atomic: the order is the raising order
+            if on_error is not None:
+                on_error(r)
 
     # Daemon threads: a rank stuck because another failed must not keep the process alive.
     threads = [threading.Thread(target=run, args=(r,), daemon=True) for r in range(n)]
@@ -630,7 +634,7 @@ class CpuWorld:
 
     Each comm must be driven from its own thread, every rank making the same
     calls in the same order (as with NCCL); run() does that and re-raises the
-    exception a rank raised first.
+    exception a rank raised first (see run for the world's state after it).
     """
 
     def __init__(self, nranks, config=None, **settings):
@@ -645,6 +649,7 @@ class CpuWorld:
         check(lib().gradcompCommCreateCpu(nranks, ctypes.byref(cfg.struct), arr),
               "gradcompCommCreateCpu")
         self._config = cfg
+        self._closed_by = None  # why run() closed the world, for its next run's refusal
         self.comms = [Comm(arr[r], host=True) for r in range(nranks)]
 
     @property
@@ -658,10 +663,77 @@ class CpuWorld:
     def size(self):
         return len(self.comms)
 
+    # How long run() lets the other ranks of a raising rank finish on their own before it stops
+    # the world: ranks that all refuse the same argument return within it, and the world stays
+    # usable; a rank still running then waits in (or will reach) a collective the raising rank
+    # never makes.
+    STOP_GRACE_S = 1.0
+
     def run(self, fn, timeout=300.0):
         """Calls fn(comm) for every rank on its own thread; returns the results by rank.
-        timeout: seconds for all ranks together (None: no limit)."""
-        return run_on_threads(self.size, lambda r: fn(self.comms[r]), timeout)
+        timeout: seconds for all ranks together (None: no limit).
+
+        The exception a rank raised first is re-raised. Where a rank's fn raises and another
+        rank is still running STOP_GRACE_S (1 s) later, run stops the world (gradcompCommStop on
+        the raising rank's comm): a peer waiting for it in a collective, or entering one later,
+        fails at once instead of after cpu_timeout_sec. A stopped world fails every collective,
+        so run then aborts every comm and leaves the world closed: its comms raise "the comm is
+        closed", and a later run raises at once saying why; make a new CpuWorld to go on. Where
+        every rank has returned or raised within the grace (an argument every rank refused),
+        nothing is stopped and the world stays usable. A TimeoutError (ranks still running,
+        none of them having raised) leaves the world open, those ranks inside their calls:
+        abort() it, as leaving a `with` block on the error does."""
+        if self._closed_by is not None or not all(c._h for c in self.comms):
+            why = self._closed_by or "close() or abort() closed its comms"
+            raise GradcompError(f"{self!r} is closed ({why}): make a new CpuWorld", 2)
+        n = self.size
+        done = set()  # the ranks whose fn returned or raised (set.add is atomic)
+        stopped = []
+        lock = threading.Lock()
+        timers = []
+
+        def body(r):
+            try:
+                return fn(self.comms[r])
+            finally:
+                done.add(r)
+
+        def stop_if_running(r):
+            # Every wait of the world fails once one rank's comm is stopped (the comms' own
+            # transports are one world's). A comm the rank closed itself is gone from the world
+            # already, which fails its peers the same way.
+            with lock:
+                if stopped or len(done) == n:
+                    return
+                stopped.append(r)
+                c = self.comms[r]
+                if c._h and has("gradcompCommStop"):
+                    c.stop()
+
+        def on_error(r):
+            t = threading.Timer(self.STOP_GRACE_S, stop_if_running, (r,))
+            t.daemon = True
+            with lock:
+                timers.append(t)
+            t.start()
+
+        try:
+            return run_on_threads(n, body, timeout, on_error)
+        except BaseException as e:
+            with lock:
+                pending = list(timers)
+            for t in pending:  # a timer already running finishes its stop first
+                t.cancel()
+                t.join()
+            with lock:
+                if stopped:
+                    self._closed_by = (f"a rank's function raised {type(e).__name__} in an "
+                                       "earlier run() while another rank was still running, "
+                                       "which stopped the world so that no rank waited for it")
+            raise
+        finally:
+            if stopped:
+                self.abort()
 
     def close(self):
         """Destroys every comm; the first refusal (a rank still in a call) is raised after

@@ -1674,8 +1674,8 @@ class LibraryErrors(unittest.TestCase):
 
     def test_run_raises_the_exception_raised_first_not_rank_0s(self):
         """A rank function that raises on rank 1 while rank 0 waits in a collective: rank 0
-        fails after cpu_timeout_sec with the transport's timeout, which names no cause; run()
-        raises rank 1's exception, the one raised first."""
+        fails too (the world stopped), with an error that names no cause; run() raises rank
+        1's exception, the one raised first."""
         cfg = gradcomp.Config(from_env=False, min_elements=0, auto_tune=0, cpu_timeout_sec=2)
 
         def body(c):
@@ -1686,6 +1686,106 @@ class LibraryErrors(unittest.TestCase):
         with gradcomp.CpuWorld(2, cfg) as world:
             with self.assertRaisesRegex(ValueError, "rank 1's own error"):
                 world.run(body, timeout=60)
+
+    def test_run_stops_the_world_when_a_rank_raises(self):
+        """Rank 1's function raises while rank 0 waits for it in an allreduce, and again while
+        rank 0 has yet to enter one: rank 0 fails once run's grace (STOP_GRACE_S) is over, well
+        before cpu_timeout_sec, and run() raises rank 1's exception. The world is closed
+        afterwards (its comms were stopped, so no collective of it could succeed): its comms
+        say so, and a later run() raises at once naming why (until 2026-12-07 rank 0 waited
+        out cpu_timeout_sec and the world stayed open, failing every later collective)."""
+        timeout = 60.0
+        cfg = gradcomp.Config(from_env=False, min_elements=0, auto_tune=0,
+                              cpu_timeout_sec=timeout)
+        entered = threading.Event()
+
+        def waiting(c):  # rank 0 in its allreduce before rank 1 raises
+            if c.rank == 1:
+                entered.wait(30)
+                time.sleep(0.05)  # rank 0 inside the call (it fails at once either way)
+                raise ValueError("rank 1's own error")
+            entered.set()
+            return c.allreduce(np.ones(64, np.float32))
+
+        def late(world):  # rank 0 enters its allreduce after rank 1 raised
+            def body(c):
+                if c.rank == 1:
+                    raise ValueError("rank 1's own error")
+                # Until rank 1's comm is stopped (at most 10 s: without the stop, rank 0 goes
+                # on and waits for rank 1 in its allreduce).
+                give_up = time.monotonic() + 10
+                while not getattr(world.comms[1], "_stopped", False) and \
+                        time.monotonic() < give_up:
+                    time.sleep(0.001)
+                return c.allreduce(np.ones(64, np.float32))
+            return body
+
+        for make in (lambda w: waiting, late):
+            world = gradcomp.CpuWorld(2, cfg)
+            self.addCleanup(world.abort)
+            t0 = time.monotonic()
+            with self.assertRaisesRegex(ValueError, "rank 1's own error"):
+                world.run(make(world), timeout=None)
+            self.assertLess(time.monotonic() - t0, timeout / 4)  # not cpu_timeout_sec
+            for c in world.comms:
+                with self.assertRaisesRegex(gradcomp.GradcompError, "the comm is closed"):
+                    c.handle
+            with self.assertRaisesRegex(gradcomp.GradcompError,
+                                        r"CpuWorld\(nranks=2\) is closed \(a rank's function "
+                                        r"raised ValueError in an earlier run\(\).*make a new "
+                                        r"CpuWorld"):
+                world.run(lambda c: c.rank)
+            world.close()  # nothing left to free
+            entered.clear()
+
+    def test_run_keeps_the_world_when_every_rank_raises(self):
+        """Every rank refuses the same argument (before any exchange): all of them are done
+        within run's grace, so nothing is stopped, and the same world runs the next call, on
+        every rank, whatever the timing of the refusals."""
+        with gradcomp.CpuWorld(2, gradcomp.Config(from_env=False, min_elements=0)) as world:
+            for delay in (0.0, 0.2):
+                def refuse(c, delay=delay):
+                    time.sleep(delay * c.rank)
+                    return c.allreduce(np.ma.masked_array(np.ones(4, np.float32),
+                                                          mask=[1, 0, 0, 0]))
+                with self.assertRaisesRegex(_lib.InvalidArgumentError, "masked array"):
+                    world.run(refuse)
+                outs = world.run(lambda c: c.allreduce(np.full(4, c.rank + 1, np.float32)))
+                self.assertEqual([o.tolist() for o in outs], [[3.0] * 4] * 2)
+
+    def test_a_rank_that_closes_its_comm_fails_its_peers_at_once(self):
+        """A rank that closes (destroys) its comm is gone from the in-process world: its peer's
+        allreduce fails at once naming it, well before cpu_timeout_sec (until 2026-12-07 it
+        waited that long for "1 of 2 ranks reached a collective")."""
+        timeout = 60.0
+        cfg = gradcomp.Config(from_env=False, min_elements=0, auto_tune=0,
+                              cpu_timeout_sec=timeout)
+
+        def body(c):
+            if c.rank == 1:
+                c.close()
+                return "closed"
+            return c.allreduce(np.ones(64, np.float32))
+
+        world = gradcomp.CpuWorld(2, cfg)
+        self.addCleanup(world.abort)
+        t0 = time.monotonic()
+        with self.assertRaisesRegex(gradcomp.GradcompError,
+                                    "rank 1 of this in-process world was destroyed"):
+            world.run(body, timeout=None)
+        self.assertLess(time.monotonic() - t0, timeout / 4)  # not cpu_timeout_sec
+
+    def test_run_after_close_is_refused_naming_it(self):
+        """run() on a world whose comms close() or abort() closed raises at once (before,
+        each rank raised "the comm is closed" on its own)."""
+        for end in ("close", "abort"):
+            world = gradcomp.CpuWorld(2, gradcomp.Config(from_env=False))
+            self.assertEqual(world.run(lambda c: c.rank), [0, 1])
+            getattr(world, end)()
+            with self.assertRaisesRegex(gradcomp.GradcompError,
+                                        r"is closed \(close\(\) or abort\(\) closed its "
+                                        r"comms\): make a new CpuWorld"):
+                world.run(lambda c: c.rank)
 
     def test_library_path_is_the_file_loaded(self):
         """A bare name (GRADCOMP_LIBRARY=libgradcomp.so.0, found by the loader through
