@@ -231,7 +231,14 @@ const char* gradcompEnvName(int index);
  * of another thread is in progress is refused (gradcompInvalidUsage, naming
  * the comm and its rank), the comm and the call in progress untouched.
  * gradcompCommStop and gradcompCommAbort may come from another thread while
- * one is in progress. */
+ * one is in progress.
+ * Every call that takes a comm first looks it up among the live comms: one
+ * destroyed, aborted (or being destroyed or aborted) or never made is refused
+ * with gradcompInvalidArgument naming the pointer ("comm 0x... is not a live
+ * gradcomp communicator"), before anything of it is read; destroy, stop and
+ * abort too (a second destroy is refused, not a double free). An address
+ * that a later comm reuses is that comm's: a handle kept past its comm's
+ * destroy may name the new comm, which no check can tell apart. */
 typedef struct gradcompComm* gradcompComm_t;
 
 /* Wraps (never owns) an NCCL communicator. Buffers are device pointers and
@@ -285,7 +292,8 @@ gradcompResult_t gradcompCommCreateSocket(int nranks, int rank, const char* root
  * stream of the comm's own (as in StateSize, Save, Load and Reset), so the
  * last call's stream may already be destroyed, as NCCL allows. A comm with a
  * call in progress on another thread is refused (gradcompInvalidUsage, the
- * comm untouched): destroy after the calls return, or abort. */
+ * comm untouched): destroy after the calls return, or abort. NULL is a no-op;
+ * a comm that is not live (destroyed already, say) is refused, as above. */
 gradcompResult_t gradcompCommDestroy(gradcompComm_t comm);
 /* As ncclCommAbort: call it after aborting the NCCL communicator the comm was
  * made from (or, on the CPU backend, when a peer is gone); for a non-blocking
@@ -299,7 +307,9 @@ gradcompResult_t gradcompCommDestroy(gradcompComm_t comm);
  * themselves) and left allocated (warning under GRADCOMP_DEBUG=WARN) when
  * they have not within a few seconds; an aborted comm's small buffers whose
  * free would wait for the whole device are left too. Never blocks on a peer; NULL is a no-op, as
- * for destroy. No call may start on the comm once abort has begun. */
+ * for destroy. A call that starts on the comm once abort has begun (a second
+ * abort among them) is refused, as on a destroyed comm; abort waits for the
+ * calls already in progress. */
 gradcompResult_t gradcompCommAbort(gradcompComm_t comm);
 /* The first step of gradcompCommAbort alone: every later call fails, a call
  * in progress on another thread is woken, and the comm's own NCCL
@@ -323,7 +333,8 @@ gradcompResult_t gradcompCommAbort(gradcompComm_t comm);
  * Never blocks on a peer; a second stop is a no-op; NULL is a no-op. A stop
  * or abort that comes while a stop is in progress on another thread waits
  * for that stop to end (an abort then frees nothing it still uses). A stop
- * must not begin once an abort of the comm has begun: the abort frees it. */
+ * that begins once an abort of the comm has begun is refused (the abort frees
+ * the comm), as on a destroyed comm. */
 gradcompResult_t gradcompCommStop(gradcompComm_t comm);
 gradcompResult_t gradcompCommRank(gradcompComm_t comm, int* rank);
 gradcompResult_t gradcompCommSize(gradcompComm_t comm, int* size);

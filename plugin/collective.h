@@ -206,7 +206,8 @@ gradcompResult_t agreeReady(gradcompComm* c, gradcompResult_t local, int* refuse
 gradcompResult_t refuseCall(gradcompComm& c, size_t count, int type, int op, CallRefusal why,
                             gradcompResult_t local, bool beforeBegin = false);
 // refuseCall for a datatype or op checkCallEnums refused, on any comm the
-// caller passed (none when it is NULL, destroyed, aborted or busy), before
+// caller passed (none when it is NULL, aborted or busy; one that is not live
+// never comes here: collectiveEntry refuses it first), before
 // the call began; it sets `stream` (and the comm's device) as a call does.
 gradcompResult_t refuseCallEnums(gradcompComm* c, size_t count, const ncclDataType_t* type,
                                  const ncclRedOp_t* op, cudaStream_t stream,
@@ -216,10 +217,13 @@ gradcompResult_t refuseCallEnums(gradcompComm* c, size_t count, const ncclDataTy
 // gradcompReduceScatter and their keyed forms): a datatype or op that
 // checkCallEnums refuses is refused before anything reads it as the enum
 // (refuseCallEnums, `count` as the caller passed it); otherwise `call` runs
-// on the comm's device. Either guarded.
+// on the comm's device. Either guarded. First of all, a comm that is not
+// live is refused (CommPin), whatever the other arguments.
 template <typename F>
 gradcompResult_t collectiveEntry(gradcompComm* comm, size_t count, const ncclDataType_t* type,
                                  const ncclRedOp_t* op, cudaStream_t stream, F&& call) {
+  const CommPin pin(comm);
+  GC_CHECK(pin.check());
   if (const gradcompResult_t bad = checkCallEnums(type, op); bad != gradcompSuccess) {
     return guarded([&] { return refuseCallEnums(comm, count, type, op, stream, bad); });
   }

@@ -1,13 +1,16 @@
 // Communicator lifetime, per-buffer state, checkpointing of state, stats.
 #include "comm.h"
 
+#include <pthread.h>
 #include <string.h>
 
 #include <algorithm>
 #include <chrono>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
+#include <unordered_map>
 #include <vector>
 
 #include "kernels/qsgd_math.cuh"
@@ -30,6 +33,106 @@ size_t alignedOffset(size_t count, int parts, size_t align, int j) {
   return o < count ? o : count;
 }
 
+namespace {
+
+// The comms that exist, each with the pins (CommPin) held on it: a comm
+// registers itself when made and leaves when freed, so the C API can tell a
+// comm from a pointer to freed memory, or to anything else, before it reads
+// it. An address a later comm reuses is that comm's: a pointer kept past its
+// comm's destroy names the new one.
+struct LiveComm {
+  std::atomic<int> pins{0};
+  bool leaving = false;  // a destroy or abort has begun: no new pin
+};
+
+// One plain mutex, held for a hash lookup: calls on different comms meet
+// only there. (A shared_mutex cannot be released in a forked child: glibc's
+// rwlock takes an unlock by another thread id than the writer's for a
+// reader's.)
+struct CommRegistry {
+  std::mutex mu;
+  std::unordered_map<const gradcompComm*, LiveComm> comms;
+};
+
+CommRegistry* gRegistry = nullptr;
+
+CommRegistry& registry() {
+  // Never destroyed: a comm may be freed during static destruction. Held
+  // across fork(), as the log's lock: a child forked while another thread
+  // held it would otherwise wait forever at its first comm.
+  static CommRegistry* const r = [] {
+    gRegistry = new CommRegistry();
+    pthread_atfork([] { gRegistry->mu.lock(); }, [] { gRegistry->mu.unlock(); },
+                   [] { gRegistry->mu.unlock(); });
+    return gRegistry;
+  }();
+  return *r;
+}
+
+gradcompResult_t notLive(const gradcompComm* c) {
+  return setError(gradcompInvalidArgument,
+                  "comm %p is not a live gradcomp communicator (destroyed, aborted or never "
+                  "created): pass a comm gradcompCommCreate, gradcompCommCreateCpu or "
+                  "gradcompCommCreateSocket made, before its gradcompCommDestroy or "
+                  "gradcompCommAbort",
+                  (const void*)c);
+}
+
+// Pins held on c (0 once it is gone).
+int pinsOf(const gradcompComm* c) {
+  CommRegistry& r = registry();
+  std::lock_guard<std::mutex> lock(r.mu);
+  const auto it = r.comms.find(c);
+  return it == r.comms.end() ? 0 : it->second.pins.load();
+}
+
+}  // namespace
+
+CommPin::CommPin(const gradcompComm* c) : c_(c) {
+  if (c == nullptr) return;
+  CommRegistry& r = registry();
+  std::lock_guard<std::mutex> lock(r.mu);
+  const auto it = r.comms.find(c);
+  if (it == r.comms.end() || it->second.leaving) return;
+  pins_ = &it->second.pins;
+  pins_->fetch_add(1);
+}
+
+CommPin::~CommPin() {
+  // The entry stays while pinned: a destroy refuses it, an abort waits.
+  if (pins_ != nullptr) pins_->fetch_sub(1);
+}
+
+gradcompResult_t CommPin::check() const {
+  return c_ == nullptr || pins_ != nullptr ? gradcompSuccess : notLive(c_);
+}
+
+gradcompResult_t commLeave(const gradcompComm* c, bool abort) {
+  int busy = 0;
+  {
+    CommRegistry& r = registry();
+    std::unique_lock<std::mutex> lock(r.mu);
+    const auto it = r.comms.find(c);
+    if (it == r.comms.end() || it->second.leaving) {
+      lock.unlock();
+      return notLive(c);
+    }
+    // Pins are taken under the lock only: none comes while this holds it,
+    // and none once it is marked.
+    busy = std::max(it->second.pins.load(), c->callsInFlight.load());
+    if (abort || busy == 0) it->second.leaving = true;
+  }
+  if (!abort && busy != 0) {
+    // Freeing the comm under a call another thread is making would pull its
+    // state out from under it; as with NCCL, destroy comes after the calls.
+    return setError(gradcompInvalidUsage,
+                    "comm %p has %d call(s) in progress on other threads: destroy it after "
+                    "they return (or abort it: gradcompCommAbort waits for them)",
+                    (const void*)c, busy);
+  }
+  return gradcompSuccess;
+}
+
 gradcompResult_t CommCall::check() const {
   if (c_ != nullptr && c_->aborted) {
     return setError(gradcompInvalidUsage,
@@ -46,6 +149,18 @@ gradcompResult_t CommCall::check() const {
 }
 
 }  // namespace gc
+
+gradcompComm::gradcompComm() {
+  gc::CommRegistry& r = gc::registry();
+  std::lock_guard<std::mutex> lock(r.mu);
+  r.comms.try_emplace(this);
+}
+
+gradcompComm::~gradcompComm() {
+  gc::CommRegistry& r = gc::registry();
+  std::lock_guard<std::mutex> lock(r.mu);
+  r.comms.erase(this);
+}
 
 gradcompResult_t gradcompComm::ensureWorkspace(size_t bytes) {
   if (bytes <= workspaceBytes) {
@@ -279,9 +394,11 @@ Clock::time_point after(Clock::time_point t, double sec) {
   return t + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(sec));
 }
 
-// True when no public call is in progress on c before the deadline.
-bool waitCalls(gradcompComm* c, Clock::time_point deadline) {
-  while (c->callsInFlight > 0) {
+// True when no public call is in progress on c before the deadline (and,
+// with `pins`, no entry point holds it: gradcompCommStop, say, which commStop
+// itself runs under).
+bool waitCalls(gradcompComm* c, Clock::time_point deadline, bool pins = false) {
+  while (c->callsInFlight > 0 || (pins && pinsOf(c) > 0)) {
     if (Clock::now() >= deadline) return false;
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
@@ -354,16 +471,18 @@ void commStopPolls(gradcompComm* c) {
   if (c->transport) c->transport->abort();
 }
 
-bool commAbort(gradcompComm* comm) {
-  if (comm == nullptr) return true;
+namespace {
+
+// gradcompCommAbort once commLeave has let it begin.
+bool abortLeaving(gradcompComm* comm) {
   const auto deadline = after(Clock::now(), kAbortWaitSec);
   commStop(comm);
   // Calls in progress now wait on nothing but their own work.
-  if (!waitCalls(comm, deadline)) {
+  if (!waitCalls(comm, deadline, true)) {
     GC_WARN(
         "comm %p aborted while %d call(s) on other threads had not returned after %g s: its "
         "memory is left allocated",
-        (void*)comm, (int)comm->callsInFlight, kAbortWaitSec);
+        (void*)comm, std::max((int)comm->callsInFlight, pinsOf(comm)), kAbortWaitSec);
     return false;
   }
   // NCCL's abort frees once its kernels have exited; freeing memory a kernel
@@ -391,6 +510,13 @@ bool commAbort(gradcompComm* comm) {
   }
   freeComm(comm, "aborted", true);
   return true;
+}
+
+}  // namespace
+
+bool commAbort(gradcompComm* comm) {
+  if (comm == nullptr) return true;
+  return commLeave(comm, true) == gradcompSuccess && abortLeaving(comm);
 }
 
 }  // namespace gc
@@ -489,14 +615,9 @@ GC_EXPORT gradcompResult_t gradcompCommCreateSocket(int nranks, int rank, const 
 
 GC_EXPORT gradcompResult_t gradcompCommDestroy(gradcompComm_t comm) {
   if (comm == nullptr) return gradcompSuccess;
-  // Freeing the comm under a call another thread is making would pull its
-  // state out from under it; as with NCCL, destroy comes after the calls.
-  if (comm->callsInFlight != 0) {
-    return gc::setError(gradcompInvalidUsage,
-                        "comm %p has %d call(s) in progress on other threads: destroy it after "
-                        "they return (or abort it: gradcompCommAbort waits for them)",
-                        (void*)comm, (int)comm->callsInFlight);
-  }
+  // A second destroy, or one of a pointer that never was a comm, is refused
+  // before anything reads it; so is one while calls are in progress.
+  GC_CHECK(gc::commLeave(comm, false));
   gc::OnCommDevice onDevice(comm);
   if (comm->backend) {
     comm->backend->useOwnStream();  // waits for the last call; its stream may be gone
@@ -510,29 +631,40 @@ GC_EXPORT gradcompResult_t gradcompCommDestroy(gradcompComm_t comm) {
 }
 
 GC_EXPORT gradcompResult_t gradcompCommStop(gradcompComm_t comm) {
+  // Pinned: an abort on another thread waits for this stop before it frees.
+  const gc::CommPin pin(comm);
+  GC_CHECK(pin.check());
   if (comm != nullptr) gc::commStop(comm);
   return gradcompSuccess;
 }
 
 GC_EXPORT gradcompResult_t gradcompCommAbort(gradcompComm_t comm) {
+  if (comm == nullptr) return gradcompSuccess;
+  GC_CHECK(gc::commLeave(comm, true));  // a second abort is refused here
   gc::OnCommDevice onDevice(comm);
-  gc::commAbort(comm);
+  gc::abortLeaving(comm);
   return gradcompSuccess;
 }
 
 GC_EXPORT gradcompResult_t gradcompCommRank(gradcompComm_t comm, int* rank) {
+  const gc::CommPin pin(comm);
+  GC_CHECK(pin.check());
   GC_ARG(validComm(comm) && rank, "comm=%p or rank=%p is NULL", (void*)comm, (void*)rank);
   *rank = comm->rank;
   return gradcompSuccess;
 }
 
 GC_EXPORT gradcompResult_t gradcompCommSize(gradcompComm_t comm, int* size) {
+  const gc::CommPin pin(comm);
+  GC_CHECK(pin.check());
   GC_ARG(validComm(comm) && size, "comm=%p or size=%p is NULL", (void*)comm, (void*)size);
   *size = comm->nranks;
   return gradcompSuccess;
 }
 
 GC_EXPORT gradcompResult_t gradcompCommLayout(gradcompComm_t comm, int* nodes, int* localSize) {
+  const gc::CommPin pin(comm);
+  GC_CHECK(pin.check());
   GC_ARG(validComm(comm) && nodes && localSize, "comm=%p, nodes=%p or localSize=%p is NULL",
          (void*)comm, (void*)nodes, (void*)localSize);
   *nodes = comm->topo.nodes;
@@ -541,6 +673,8 @@ GC_EXPORT gradcompResult_t gradcompCommLayout(gradcompComm_t comm, int* nodes, i
 }
 
 GC_EXPORT gradcompResult_t gradcompCommResetState(gradcompComm_t comm) {
+  const gc::CommPin pin(comm);
+  GC_CHECK(pin.check());
   GC_ARG(validComm(comm), "comm is NULL");
   gc::OnCommDevice onDevice(comm);
   gc::CommCall call(comm);  // gradcompCommAbort waits for it
@@ -561,6 +695,8 @@ GC_EXPORT gradcompResult_t gradcompCommResetState(gradcompComm_t comm) {
 }
 
 GC_EXPORT gradcompResult_t gradcompCommRetune(gradcompComm_t comm, cudaStream_t stream) {
+  const gc::CommPin pin(comm);
+  GC_CHECK(pin.check());
   GC_ARG(validComm(comm), "comm is NULL");
   gc::OnCommDevice onDevice(comm);
   gc::IeeeHostMath ieee;  // the timed calls compute on this thread (CPU backend)
@@ -573,6 +709,8 @@ GC_EXPORT gradcompResult_t gradcompCommRetune(gradcompComm_t comm, cudaStream_t 
 
 GC_EXPORT gradcompResult_t gradcompGetStatsSized(gradcompComm_t comm, gradcompStats_t* stats,
                                                  size_t structSize) {
+  const gc::CommPin pin(comm);
+  GC_CHECK(pin.check());
   GC_ARG(validComm(comm) && stats, "comm or stats is NULL");
   GC_CHECK(gc::checkStatsSize(structSize));
   gradcompStats_t whole = comm->stats;

@@ -65,6 +65,13 @@ struct SparseDecimals {
 }  // namespace gc
 
 struct gradcompComm {
+  // Every comm is registered while it exists (gc::CommPin): the C API
+  // refuses a pointer that is not one before it reads it.
+  gradcompComm();
+  ~gradcompComm();
+  gradcompComm(const gradcompComm&) = delete;
+  gradcompComm& operator=(const gradcompComm&) = delete;
+
   gradcompConfig_t cfg;
   // cfg's sparse settings as decimals, worked out where cfg is set (initComm,
   // makeInterComm); sparsePlanSettings() reads them.
@@ -240,8 +247,36 @@ void commStopPolls(gradcompComm* c);
 // gradcompCommAbort: commStop, then frees the comm once the calls on other
 // threads have returned and its device work has drained (kAbortWaitSec in
 // all). Returns whether it freed it: false leaves its memory allocated (with
-// a warning), as a kernel stuck on a dead peer may still touch it.
+// a warning), as a kernel stuck on a dead peer may still touch it, and
+// refuses a comm that is not live (commLeave; the last error names it).
 bool commAbort(gradcompComm* c);
+
+// The C API's hold on a comm it was given, for the length of a call: a
+// pointer that is not a live comm (destroyed, aborted, being destroyed or
+// aborted, or never made) is refused by check() before anything reads it,
+// and a live one is not freed until the pin goes (a destroy is refused, an
+// abort waits for it, as for a call in progress). NULL passes (each entry
+// point refuses it, or takes it as a no-op, as it says). A lock held for a
+// hash lookup, and an atomic count.
+class CommPin {
+ public:
+  explicit CommPin(const gradcompComm* c);
+  ~CommPin();
+  CommPin(const CommPin&) = delete;
+  CommPin& operator=(const CommPin&) = delete;
+  // gradcompInvalidArgument naming the pointer when it is not live.
+  gradcompResult_t check() const;
+
+ private:
+  const gradcompComm* c_;
+  std::atomic<int>* pins_ = nullptr;
+};
+
+// The start of a destroy (abort = false) or an abort of c: refuses a comm
+// that is not live (gradcompInvalidArgument naming it), and for a destroy one
+// pinned or with a call in progress on another thread (gradcompInvalidUsage,
+// the comm untouched); otherwise no pin may be taken on c from here on.
+gradcompResult_t commLeave(const gradcompComm* c, bool abort);
 
 // An address of the calling thread's own: tells the thread holding a comm
 // (gradcompComm::callOwner) from the others.

@@ -1074,6 +1074,8 @@ gradcompResult_t forgetStates(gradcompComm* comm, bool keyed, uint64_t id) {
 extern "C" {
 
 GC_EXPORT gradcompResult_t gradcompCommStateSize(gradcompComm_t comm, size_t* bytes) {
+  const gc::CommPin pin(comm);  // before anything reads it
+  GC_CHECK(pin.check());
   gc::OnCommDevice onDevice(comm);
   gc::CommCall inFlight(comm);  // gradcompCommAbort waits for it
   GC_CHECK(inFlight.check());
@@ -1081,6 +1083,8 @@ GC_EXPORT gradcompResult_t gradcompCommStateSize(gradcompComm_t comm, size_t* by
 }
 
 GC_EXPORT gradcompResult_t gradcompCommSaveState(gradcompComm_t comm, void* buffer, size_t bytes) {
+  const gc::CommPin pin(comm);
+  GC_CHECK(pin.check());
   gc::OnCommDevice onDevice(comm);
   gc::CommCall inFlight(comm);  // gradcompCommAbort waits for it
   GC_CHECK(inFlight.check());
@@ -1089,6 +1093,8 @@ GC_EXPORT gradcompResult_t gradcompCommSaveState(gradcompComm_t comm, void* buff
 
 GC_EXPORT gradcompResult_t gradcompCommLoadState(gradcompComm_t comm, const void* buffer,
                                                  size_t bytes) {
+  const gc::CommPin pin(comm);
+  GC_CHECK(pin.check());
   gc::OnCommDevice onDevice(comm);
   gc::CommCall inFlight(comm);  // gradcompCommAbort waits for it
   GC_CHECK(inFlight.check());
@@ -1096,6 +1102,8 @@ GC_EXPORT gradcompResult_t gradcompCommLoadState(gradcompComm_t comm, const void
 }
 
 GC_EXPORT gradcompResult_t gradcompCommForgetBuffer(gradcompComm_t comm, const void* recvbuff) {
+  const gc::CommPin pin(comm);
+  GC_CHECK(pin.check());
   GC_ARG(gc::validComm(comm), "comm is NULL");
   GC_ARG(recvbuff != nullptr,
          "recvbuff is NULL: pass the receive buffer the buffer's unkeyed calls passed (keyed "
@@ -1107,6 +1115,8 @@ GC_EXPORT gradcompResult_t gradcompCommForgetBuffer(gradcompComm_t comm, const v
 }
 
 GC_EXPORT gradcompResult_t gradcompCommForgetKey(gradcompComm_t comm, uint64_t key) {
+  const gc::CommPin pin(comm);
+  GC_CHECK(pin.check());
   GC_ARG(gc::validComm(comm), "comm is NULL");
   gc::OnCommDevice onDevice(comm);
   gc::CommCall inFlight(comm);  // gradcompCommAbort waits for it
@@ -1116,6 +1126,8 @@ GC_EXPORT gradcompResult_t gradcompCommForgetKey(gradcompComm_t comm, uint64_t k
 
 GC_EXPORT gradcompResult_t gradcompCommSetGradScale(gradcompComm_t comm, float scale,
                                                     cudaStream_t stream) {
+  const gc::CommPin pin(comm);
+  GC_CHECK(pin.check());
   gc::OnCommDevice onDevice(comm);
   gc::CommCall inFlight(comm);  // gradcompCommAbort waits for it
   GC_CHECK(inFlight.check());
@@ -1123,6 +1135,8 @@ GC_EXPORT gradcompResult_t gradcompCommSetGradScale(gradcompComm_t comm, float s
 }
 
 GC_EXPORT gradcompResult_t gradcompCommGetGradScale(gradcompComm_t comm, float* scale) {
+  const gc::CommPin pin(comm);
+  GC_CHECK(pin.check());
   GC_ARG(gc::validComm(comm) && scale != nullptr, "comm or scale is NULL");
   *scale = comm->gradScale;
   return gradcompSuccess;

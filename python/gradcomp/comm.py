@@ -168,12 +168,24 @@ class Comm:
     backend across processes, over TCP) or CpuWorld (the CPU reference backend in-process).
 
     A Comm owns its handle: close() (or abort()) frees it. Comm(handle) takes a handle from
-    the C API that no other Comm holds; one an open Comm holds is refused."""
+    the C API that no other Comm holds; one an open Comm holds is refused, and so is one that
+    is not a live comm (destroyed, aborted or never made)."""
 
     def __init__(self, handle, host=False):
         h = ctypes.c_void_p(_addr(handle, "handle"))
         if not h.value:
             raise InvalidArgumentError("handle is NULL: pass a gradcompComm_t the C API made", 1)
+        # Asked first, of the library, which knows its live comms: a handle it refuses is
+        # neither adopted nor ever freed by this Comm (its __del__ would free it again).
+        r, s = ctypes.c_int(), ctypes.c_int()
+        res = lib().gradcompCommRank(h, ctypes.byref(r))
+        if res == 0:
+            res = lib().gradcompCommSize(h, ctypes.byref(s))
+        if res != 0:
+            sentence = (lib().gradcompGetLastError() or b"").decode(errors="replace")
+            raise InvalidArgumentError(
+                f"handle 0x{h.value:x} is not a gradcompComm_t this library can use: {sentence}",
+                1)
         with _owners_lock:
             owner = _owners.get(h.value)
             if owner is not None and getattr(owner, "_h", None) and owner._h.value == h.value:
@@ -184,9 +196,6 @@ class Comm:
             _owners[h.value] = self
         self._h = h
         self.host = host  # the CPU backend's comm: host buffers, no stream
-        r, s = ctypes.c_int(), ctypes.c_int()
-        check(lib().gradcompCommRank(self._h, ctypes.byref(r)))
-        check(lib().gradcompCommSize(self._h, ctypes.byref(s)))
         self.rank, self.size = r.value, s.value
 
     @classmethod

@@ -13,6 +13,11 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <fstream>
+#include <functional>
+#include <regex>
+#include <set>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -588,3 +593,205 @@ TEST_P(OneCallAtATime, ASecondCallFromAnotherThreadIsRefused) {
 INSTANTIATE_TEST_SUITE_P(Methods, OneCallAtATime,
                          ::testing::Values(gradcompMethodNone, gradcompMethodQsgd,
                                            gradcompMethodTopk, gradcompMethodDgc));
+
+namespace {
+
+// Every entry point of gradcomp.h that takes a comm, called with `c` and
+// arguments that are otherwise fine.
+struct CommEntryPoint {
+  const char* name;
+  std::function<gradcompResult_t(gradcompComm_t)> call;
+};
+
+std::vector<CommEntryPoint> commEntryPoints() {
+  static float buf[64];
+  static char blob[256];
+  return {
+      {"gradcompAllReduce",
+       [](gradcompComm_t c) {
+         return gradcompAllReduce(buf, buf, 64, ncclFloat32, ncclSum, c, nullptr);
+       }},
+      {"gradcompAllReduceKeyed",
+       [](gradcompComm_t c) {
+         return gradcompAllReduceKeyed(buf, buf, 64, ncclFloat32, ncclSum, c, nullptr, 7);
+       }},
+      {"gradcompReduceScatter",
+       [](gradcompComm_t c) {
+         return gradcompReduceScatter(buf, buf, 32, ncclFloat32, ncclSum, c, nullptr);
+       }},
+      {"gradcompReduceScatterKeyed",
+       [](gradcompComm_t c) {
+         return gradcompReduceScatterKeyed(buf, buf, 32, ncclFloat32, ncclSum, c, nullptr, 7);
+       }},
+      {"gradcompCommDestroy", [](gradcompComm_t c) { return gradcompCommDestroy(c); }},
+      {"gradcompCommAbort", [](gradcompComm_t c) { return gradcompCommAbort(c); }},
+      {"gradcompCommStop", [](gradcompComm_t c) { return gradcompCommStop(c); }},
+      {"gradcompCommRank",
+       [](gradcompComm_t c) {
+         int v = 0;
+         return gradcompCommRank(c, &v);
+       }},
+      {"gradcompCommSize",
+       [](gradcompComm_t c) {
+         int v = 0;
+         return gradcompCommSize(c, &v);
+       }},
+      {"gradcompCommLayout",
+       [](gradcompComm_t c) {
+         int nodes = 0, local = 0;
+         return gradcompCommLayout(c, &nodes, &local);
+       }},
+      {"gradcompCommForgetBuffer",
+       [](gradcompComm_t c) { return gradcompCommForgetBuffer(c, buf); }},
+      {"gradcompCommForgetKey", [](gradcompComm_t c) { return gradcompCommForgetKey(c, 7); }},
+      {"gradcompCommResetState", [](gradcompComm_t c) { return gradcompCommResetState(c); }},
+      {"gradcompCommStateSize",
+       [](gradcompComm_t c) {
+         size_t bytes = 0;
+         return gradcompCommStateSize(c, &bytes);
+       }},
+      {"gradcompCommSaveState",
+       [](gradcompComm_t c) { return gradcompCommSaveState(c, blob, sizeof blob); }},
+      {"gradcompCommLoadState",
+       [](gradcompComm_t c) { return gradcompCommLoadState(c, blob, sizeof blob); }},
+      {"gradcompCommSetGradScale",
+       [](gradcompComm_t c) { return gradcompCommSetGradScale(c, 2.0f, nullptr); }},
+      {"gradcompCommGetGradScale",
+       [](gradcompComm_t c) {
+         float scale = 0;
+         return gradcompCommGetGradScale(c, &scale);
+       }},
+      {"gradcompGetStatsSized",
+       [](gradcompComm_t c) {
+         gradcompStats_t st;
+         return gradcompGetStatsSized(c, &st, sizeof st);
+       }},
+      {"gradcompGetStats",
+       [](gradcompComm_t c) {
+         gradcompStats_t st;
+         return (gradcompGetStats)(c, &st);  // the function, not the header's macro
+       }},
+      {"gradcompCommRetune", [](gradcompComm_t c) { return gradcompCommRetune(c, nullptr); }},
+  };
+}
+
+// Each entry point refuses `c` with gradcompInvalidArgument naming it, and
+// reads nothing of it (the memory may be freed, or not a comm at all).
+void expectRefusedByName(gradcompComm_t c, const std::string& what) {
+  char name[96];
+  snprintf(name, sizeof name, "comm %p is not a live gradcomp communicator", (void*)c);
+  for (const CommEntryPoint& e : commEntryPoints()) {
+    EXPECT_EQ(e.call(c), gradcompInvalidArgument) << e.name << " with " << what;
+    EXPECT_NE(strstr(gradcompGetLastError(), name), nullptr)
+        << e.name << " with " << what << ": " << gradcompGetLastError();
+  }
+}
+
+// The table above is every function of gradcomp.h with a comm parameter: an
+// entry point added there is added here, and tested.
+TEST(DeadComm, TheTableHoldsEveryEntryPointTakingAComm) {
+#ifndef GRADCOMP_TEST_SOURCE_DIR
+#define GRADCOMP_TEST_SOURCE_DIR "."
+#endif
+  const char* root = getenv("GRADCOMP_SOURCE_DIR");
+  const std::string path =
+      std::string(root ? root : GRADCOMP_TEST_SOURCE_DIR) + "/include/gradcomp.h";
+  std::ifstream f(path);
+  ASSERT_TRUE(f.good()) << "cannot read " << path;
+  std::stringstream ss;
+  ss << f.rdbuf();
+  const std::string header = ss.str();
+  std::set<std::string> declared, tested;
+  const std::regex decl(R"((gradcomp[A-Za-z]+)\(([^()]*)\);)");
+  const std::regex commParam(R"(gradcompComm_t\s+comm\s*[,)])");
+  for (auto it = std::sregex_iterator(header.begin(), header.end(), decl);
+       it != std::sregex_iterator(); ++it) {
+    const std::string params = (*it)[2].str() + ")";
+    if (std::regex_search(params, commParam)) declared.insert((*it)[1].str());
+  }
+  for (const CommEntryPoint& e : commEntryPoints()) tested.insert(e.name);
+  EXPECT_GE(declared.size(), 20u);
+  EXPECT_EQ(declared, tested);
+}
+
+// A destroyed or aborted comm (every rank of a flat and of a hierarchical
+// world, whose inter-node comms go with them) is refused by every entry
+// point, destroy and abort included: before, each read the freed comm (a
+// second destroy freed it again).
+TEST(DeadComm, EveryEntryPointRefusesADestroyedOrAbortedComm) {
+  for (bool abort : {false, true}) {
+    for (int localSize : {0, 2}) {
+      SCOPED_TRACE(testing::Message()
+                   << (abort ? "aborted" : "destroyed") << " localSize=" << localSize);
+      const gradcompConfig_t cfg = config(localSize);
+      const int n = localSize ? 4 : 2;
+      std::vector<gradcompComm_t> comms(n);
+      ASSERT_EQ(gradcompCommCreateCpu(n, &cfg, comms.data()), gradcompSuccess);
+      for (int r = 0; r < n; ++r) {
+        EXPECT_EQ(abort ? gradcompCommAbort(comms[r]) : gradcompCommDestroy(comms[r]),
+                  gradcompSuccess);
+        expectRefusedByName(comms[r], abort ? "an aborted comm" : "a destroyed comm");
+        // The other ranks' comms are still live.
+        for (int q = r + 1; q < n; ++q) {
+          int rank = -1;
+          EXPECT_EQ(gradcompCommRank(comms[q], &rank), gradcompSuccess) << gradcompGetLastError();
+          EXPECT_EQ(rank, q);
+        }
+      }
+    }
+  }
+  // NULL stays what the header says: a no-op for destroy, stop and abort.
+  EXPECT_EQ(gradcompCommDestroy(nullptr), gradcompSuccess);
+  EXPECT_EQ(gradcompCommStop(nullptr), gradcompSuccess);
+  EXPECT_EQ(gradcompCommAbort(nullptr), gradcompSuccess);
+}
+
+// A pointer no comm ever had: memory of arbitrary bytes, never read.
+TEST(DeadComm, EveryEntryPointRefusesAPointerThatNeverWasAComm) {
+  alignas(64) static unsigned char junk[4096];
+  memset(junk, 0xa5, sizeof junk);
+  expectRefusedByName(reinterpret_cast<gradcompComm_t>(junk), "a pointer to other memory");
+}
+
+// A call on one thread while another destroys the comm: the call either
+// runs on the live comm (and destroy is refused meanwhile, as for any call
+// in progress) or is refused by name once the destroy began; never a read of
+// the freed comm.
+TEST(DeadComm, ACallBesideADestroyIsServedOrRefused) {
+  const gradcompConfig_t cfg = config();
+  for (int round = 0; round < 20; ++round) {
+    gradcompComm_t c = nullptr;
+    ASSERT_EQ(gradcompCommCreateCpu(1, &cfg, &c), gradcompSuccess);
+    std::atomic<bool> started{false};
+    int served = 0, badRank = 0;
+    std::string refusal;
+    std::thread caller([&] {
+      for (;;) {
+        int rank = -1;
+        const gradcompResult_t res = gradcompCommRank(c, &rank);
+        started = true;
+        if (res != gradcompSuccess) {
+          refusal = std::string(gradcompGetErrorString(res)) + ": " + gradcompGetLastError();
+          return;
+        }
+        served++;
+        badRank += rank != 0;
+      }
+    });
+    while (!started) std::this_thread::yield();
+    gradcompResult_t res;
+    while ((res = gradcompCommDestroy(c)) != gradcompSuccess) {
+      ASSERT_EQ(res, gradcompInvalidUsage) << gradcompGetLastError();
+      EXPECT_NE(strstr(gradcompGetLastError(), "call(s) in progress on other threads"), nullptr)
+          << gradcompGetLastError();
+    }
+    caller.join();
+    EXPECT_GT(served, 0);
+    EXPECT_EQ(badRank, 0);
+    char name[96];
+    snprintf(name, sizeof name, "comm %p is not a live gradcomp communicator", (void*)c);
+    EXPECT_NE(refusal.find(name), std::string::npos) << refusal;
+  }
+}
+
+}  // namespace

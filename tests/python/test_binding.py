@@ -2035,6 +2035,36 @@ class DroppedComms(unittest.TestCase):
             self.assertEqual((again.rank, again.size), (0, 1))
             again.close()
 
+    def test_a_handle_that_is_not_a_live_comm_is_refused(self):
+        # Before, Comm(handle) called gradcompCommRank on whatever the handle pointed at (a freed
+        # comm, other memory), and a handle the library then refused was left as the Comm's own:
+        # its collection destroyed it again.
+        import gc
+        import warnings
+
+        w = gradcomp.CpuWorld(2)
+        dead = w.comms[0].handle.value
+        w.comms[0].close()
+        junk = ctypes.create_string_buffer(b"\xa5" * 4096)
+        for h in (dead, ctypes.addressof(junk)):
+            with warnings.catch_warnings(record=True) as seen:
+                warnings.simplefilter("always")  # an owner of the handle warns when collected
+                with self.assertRaisesRegex(_lib.InvalidArgumentError,
+                                            rf"^handle 0x{h:x} is not a gradcompComm_t .*: "
+                                            rf"comm 0x{h:x} is not a live gradcomp communicator"):
+                    comm_mod.Comm(h, host=True)
+                gc.collect()
+            self.assertEqual([str(m.message) for m in seen], [])
+        # The world's live rank is untouched; adopted, its handle works.
+        live = w.comms[1]
+        h = live.handle.value
+        live._h = ctypes.c_void_p()  # handed to the Comm below, which frees it
+        again = comm_mod.Comm(h, host=True)
+        self.assertEqual((again.rank, again.size), (1, 2))
+        again.close()
+        with self.assertRaisesRegex(_lib.InvalidArgumentError, rf"^handle 0x{h:x} is not"):
+            comm_mod.Comm(h, host=True)
+
     def test_closed_aborted_and_with_worlds_do_not_warn(self):
         def closed():
             gradcomp.CpuWorld(2).close()
