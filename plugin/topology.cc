@@ -629,8 +629,16 @@ void splitCpuWorld(gradcompComm** comms, const std::vector<Topology>& topos) {
   // of every node's and every inter-node sub-world, not only the aborting
   // rank's own: a rank of another node may wait there for a peer it made leave.
   Transport* world = comms[0]->transport.get();
-  for (int k = 0; k < nodes; ++k) intra[k] = makeCpuWorld(local, timeout, world);
-  for (int j = 0; j < local; ++j) inter[j] = makeCpuWorld(nodes, timeout, world);
+  // Each sub-world's ranks by their rank in the whole world, which a destroy
+  // names.
+  std::vector<std::vector<int>> intraRanks(nodes, std::vector<int>(local)),
+      interRanks(local, std::vector<int>(nodes));
+  for (int r = 0; r < nranks; ++r) {
+    intraRanks[topos[r].node][topos[r].localRank] = r;
+    interRanks[topos[r].localRank][topos[r].node] = r;
+  }
+  for (int k = 0; k < nodes; ++k) intra[k] = makeCpuWorld(local, timeout, world, intraRanks[k]);
+  for (int j = 0; j < local; ++j) inter[j] = makeCpuWorld(nodes, timeout, world, interRanks[j]);
   for (int r = 0; r < nranks; ++r) {
     const Topology& t = comms[r]->topo;
     comms[r]->intra = std::move(intra[t.node][t.localRank]);

@@ -169,8 +169,10 @@ std::unique_ptr<Transport> makeSocketTransport(std::shared_ptr<SocketMesh> mesh,
 // nranks transports sharing one in-process world; a rank waits at most
 // timeoutSec at a collective for the others. A sub-world of a hierarchy
 // names a transport of its whole world (abortedWith): an abort of that world
-// aborts this one too.
+// aborts this one too; wholeRanks[r], its rank r's rank in the whole world, is
+// the rank a destroy of r names to its peers.
 std::vector<std::unique_ptr<Transport>> makeCpuWorld(int nranks, double timeoutSec,
-                                                     Transport* abortedWith = nullptr);
+                                                     Transport* abortedWith = nullptr,
+                                                     std::vector<int> wholeRanks = {});
 
 }  // namespace gc

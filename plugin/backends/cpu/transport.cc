@@ -34,13 +34,13 @@ struct Slot {
 };
 
 struct CpuWorld {
-  CpuWorld(int n, double timeoutSec, bool sub)
-      : nranks(n), timeoutSec(timeoutSec), sub(sub), slots(n) {}
+  CpuWorld(int n, double timeoutSec, std::vector<int> wholeRanks)
+      : nranks(n), timeoutSec(timeoutSec), wholeRanks(std::move(wholeRanks)), slots(n) {}
   int nranks;
   double timeoutSec;
-  // A hierarchy's node or inter-node sub-world: its ranks are not the
-  // world's, and the whole world's transport tells it of a rank that left.
-  bool sub;
+  // A hierarchy's node or inter-node sub-world: each of its ranks' rank in
+  // the whole world, the one a destroy names (empty: the whole world).
+  std::vector<int> wholeRanks;
   std::mutex mu;
   std::condition_variable cv;
   int arrived = 0;
@@ -62,25 +62,39 @@ struct CpuWorld {
   // instead of after timeoutSec.
   std::vector<std::weak_ptr<CpuWorld>> subWorlds;
 
-  void abort() { close(-1); }
-
-  // Fails every wait of the world (and of its sub-worlds), in progress or
-  // later: a rank aborted its comm (gone = -1), or rank `gone`'s comm was
-  // destroyed, and its peers would otherwise wait out timeoutSec for a rank
-  // that cannot come. The first cause is the one every rank names. The
-  // world stays allocated for the transports still holding it.
-  void close(int gone) {
+  // A rank aborted its comm: every wait of the world and of its sub-worlds
+  // fails, in progress or later, as a rank of another node may wait in its
+  // node's sub-world for a peer the abort made leave.
+  void abort() {
     std::vector<std::weak_ptr<CpuWorld>> subs;
     {
       std::lock_guard<std::mutex> lock(mu);
-      if (!aborted) goneRank = gone;
-      aborted = true;
-      cv.notify_all();
+      close(-1);
       subs = subWorlds;
     }
     for (auto& w : subs) {
-      if (auto s = w.lock()) s->close(gone);
+      if (auto s = w.lock()) s->abort();
     }
+  }
+
+  // Rank `rank` of this world was destroyed: every wait of this world fails,
+  // in progress or later, where its peers would otherwise wait out
+  // timeoutSec for a rank that cannot come. Only the worlds the rank is in
+  // (the whole world, its node's, its inter-node one: each transport of it
+  // leaves its own): another node's ranks may still be in the end of a call
+  // the destroyed rank has finished, which they finish. A world stays
+  // allocated for the transports still holding it.
+  void leave(int rank) {
+    std::lock_guard<std::mutex> lock(mu);
+    close(wholeRanks.empty() ? rank : wholeRanks[rank]);
+  }
+
+  // Under mu. The first cause is the one every rank names (gone = -1: an
+  // abort).
+  void close(int gone) {
+    if (!aborted) goneRank = gone;
+    aborted = true;
+    cv.notify_all();
   }
 
   // Under mu.
@@ -310,12 +324,9 @@ class CpuTransport final : public Transport {
     rank_ = rank;
     size_ = world_->nranks;
   }
-  // The comm is destroyed (or aborted, or its set-up failed): its peers stop
-  // waiting for it. A sub-world's rank leaves through the whole world's
-  // transport, destroyed with it, whose rank is the one to name.
-  ~CpuTransport() override {
-    if (!world_->sub) world_->close(rank_);
-  }
+  // The comm is destroyed (or aborted, or its set-up failed): its peers in
+  // this world stop waiting for it.
+  ~CpuTransport() override { world_->leave(rank_); }
 
   bool checksEveryCall() const override { return true; }  // every collective's slots
 
@@ -525,8 +536,9 @@ void hostReduce(ncclDataType_t type, ncclRedOp_t op, const std::vector<const voi
 }
 
 std::vector<std::unique_ptr<Transport>> makeCpuWorld(int nranks, double timeoutSec,
-                                                     Transport* abortedWith) {
-  auto world = std::make_shared<CpuWorld>(nranks, timeoutSec, abortedWith != nullptr);
+                                                     Transport* abortedWith,
+                                                     std::vector<int> wholeRanks) {
+  auto world = std::make_shared<CpuWorld>(nranks, timeoutSec, std::move(wholeRanks));
   if (auto* parent = dynamic_cast<CpuTransport*>(abortedWith)) {
     std::lock_guard<std::mutex> lock(parent->world()->mu);
     parent->world()->subWorlds.push_back(world);
