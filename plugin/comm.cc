@@ -69,6 +69,13 @@ CommRegistry& registry() {
   return *r;
 }
 
+// Made, its fork handlers registered, when the library is loaded: no first
+// use is then in progress at a fork (a child would wait for it), and the
+// handlers come before those of locks registered at their first use (the
+// preload's table, the log): a fork takes the registry last, and nothing is
+// taken while it is held.
+[[maybe_unused]] const bool kRegistryAtLoad = (registry(), true);
+
 gradcompResult_t notLive(const gradcompComm* c) {
   return setError(gradcompInvalidArgument,
                   "comm %p is not a live gradcomp communicator (destroyed, aborted or never "
