@@ -697,6 +697,7 @@ class CpuWorld:
             raise GradcompError(f"{self!r} is closed ({why}): make a new CpuWorld", 2)
         n = self.size
         done = set()  # the ranks whose fn returned or raised (set.add is atomic)
+        raised = []  # the ranks whose fn raised, in the order they did
         stopped = []
         lock = threading.Lock()
         timers = []
@@ -722,9 +723,10 @@ class CpuWorld:
         def on_error(r):
             t = threading.Timer(self.STOP_GRACE_S, stop_if_running, (r,))
             t.daemon = True
-            with lock:
+            with lock:  # started under the lock: run joins only timers that started
+                raised.append(r)
                 timers.append(t)
-            t.start()
+                t.start()
 
         try:
             return run_on_threads(n, body, timeout, on_error)
@@ -734,6 +736,10 @@ class CpuWorld:
             for t in pending:  # a timer already running finishes its stop first
                 t.cancel()
                 t.join()
+            if raised and len(done) < n:
+                # run's timeout ended before the grace did, with a rank still running: that
+                # rank would wait out cpu_timeout_sec in its call, the world stays busy.
+                stop_if_running(raised[0])
             with lock:
                 if stopped:
                     self._closed_by = (f"a rank's function raised {type(e).__name__} in an "

@@ -1738,6 +1738,32 @@ class LibraryErrors(unittest.TestCase):
             world.close()  # nothing left to free
             entered.clear()
 
+    def test_run_stops_the_world_when_its_timeout_ends_before_the_grace(self):
+        """run's timeout (0.3 s) ends before STOP_GRACE_S with rank 1 raised and rank 0 still in
+        its allreduce: run stops the world then, rank 0 returns at once, and the world is
+        closed (the grace's timer, cancelled, left rank 0 waiting out cpu_timeout_sec and its
+        comm busy)."""
+        timeout = 60.0
+        cfg = gradcomp.Config(from_env=False, min_elements=0, auto_tune=0,
+                              cpu_timeout_sec=timeout)
+        entered = threading.Event()
+
+        def body(c):
+            if c.rank == 1:
+                entered.wait(30)
+                raise ValueError("rank 1's own error")
+            entered.set()
+            return c.allreduce(np.ones(64, np.float32))
+
+        world = gradcomp.CpuWorld(2, cfg)
+        self.addCleanup(world.abort)
+        t0 = time.monotonic()
+        with self.assertRaisesRegex(ValueError, "rank 1's own error"):
+            world.run(body, timeout=0.3)
+        self.assertLess(time.monotonic() - t0, timeout / 4)
+        with self.assertRaisesRegex(gradcomp.GradcompError, r"is closed \(a rank's function"):
+            world.run(lambda c: c.rank)
+
     def test_run_keeps_the_world_when_every_rank_raises(self):
         """Every rank refuses the same argument (before any exchange): all of them are done
         within run's grace, so nothing is stopped, and the same world runs the next call, on
