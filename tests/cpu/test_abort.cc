@@ -69,6 +69,19 @@ void waitInCall(gradcompComm_t c) {
   while (c->callsInFlight.load() == 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
 }
 
+// calls[r], an allreduce of comms[r] on its own thread for each r, while
+// `act` runs on this one once they are all inside it: the seconds from
+// `act` until every call returned.
+template <typename F>
+double callWhile(std::vector<Caller>& calls, const std::vector<gradcompComm_t>& comms, F act) {
+  for (size_t r = 0; r < calls.size(); ++r) calls[r].start(comms[r]);
+  for (size_t r = 0; r < calls.size(); ++r) waitInCall(comms[r]);
+  const auto t0 = std::chrono::steady_clock::now();
+  act();
+  for (auto& c : calls) c.thread.join();
+  return seconds(t0);
+}
+
 std::vector<gradcompComm_t> socketComms(int n, const gradcompConfig_t& cfg) {
   const std::string root = gctest::loopbackRoot();
   std::vector<gradcompComm_t> comms(n, nullptr);
@@ -119,13 +132,9 @@ TEST(Abort, WakesRanksWaitingInTheInProcessWorld) {
   std::vector<gradcompComm_t> comms(3);
   ASSERT_EQ(gradcompCommCreateCpu(3, &cfg, comms.data()), gradcompSuccess);
   std::vector<Caller> calls(2);
-  for (int r = 0; r < 2; ++r) calls[r].start(comms[r]);
-  waitInCall(comms[0]);
-  waitInCall(comms[1]);
-  const auto t0 = std::chrono::steady_clock::now();
-  EXPECT_EQ(gradcompCommAbort(comms[0]), gradcompSuccess);
-  for (auto& c : calls) c.thread.join();
-  EXPECT_LT(seconds(t0), kPromptSec);
+  EXPECT_LT(
+      callWhile(calls, comms, [&] { EXPECT_EQ(gradcompCommAbort(comms[0]), gradcompSuccess); }),
+      kPromptSec);
   for (int r = 0; r < 2; ++r) {
     EXPECT_NE(calls[r].res, gradcompSuccess) << "rank " << r;
     EXPECT_NE(calls[r].why.find("aborted"), std::string::npos) << calls[r].why;
@@ -268,6 +277,30 @@ TEST(Abort, AStoppedHierarchicalTcpCommNamesItsGlobalRank) {
   for (gradcompComm_t c : comms) EXPECT_EQ(gradcompCommAbort(c), gradcompSuccess);
 }
 
+// `waiter`'s allGather in its node's sub-world, on a thread of its own,
+// while `act` runs on this one (once the waiter is in it): what the
+// allGather returned, its sentence, and the seconds it took after `act` began.
+struct NodeWait {
+  gradcompResult_t res = gradcompSuccess;
+  std::string why;
+  double sec = 0;
+};
+template <typename F>
+NodeWait nodeWaitWhile(gradcompComm_t waiter, F act) {
+  NodeWait w;
+  std::thread t([&] {
+    uint64_t mine = 7, all[2] = {};
+    w.res = waiter->intra->allGather(&mine, all, sizeof mine);
+    w.why = gradcompGetLastError();
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  const auto t0 = std::chrono::steady_clock::now();
+  act();
+  t.join();
+  w.sec = seconds(t0);
+  return w;
+}
+
 // The in-process world split in nodes (2 nodes of 2): rank 3 waits in its
 // node's sub-world for rank 2, as it does when an abort made rank 2 leave a
 // hierarchical call (its inter-node stage, which rank 0 shares) while rank 3
@@ -281,20 +314,11 @@ TEST(Abort, WakesRanksWaitingInAnotherNodeOfTheInProcessWorld) {
   std::vector<gradcompComm_t> comms(4);
   ASSERT_EQ(gradcompCommCreateCpu(4, &cfg, comms.data()), gradcompSuccess);
   ASSERT_NE(comms[3]->intra, nullptr);
-  gradcompResult_t res = gradcompSuccess;
-  std::string why;
-  std::thread three([&] {
-    uint64_t mine = 3, all[2] = {};
-    res = comms[3]->intra->allGather(&mine, all, sizeof mine);
-    why = gradcompGetLastError();
-  });
-  std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  const auto t0 = std::chrono::steady_clock::now();
-  EXPECT_EQ(gradcompCommAbort(comms[0]), gradcompSuccess);
-  three.join();
-  EXPECT_LT(seconds(t0), kPromptSec);
-  EXPECT_EQ(res, gradcompSystemError);
-  EXPECT_NE(why.find("aborted"), std::string::npos) << why;
+  const NodeWait three =
+      nodeWaitWhile(comms[3], [&] { EXPECT_EQ(gradcompCommAbort(comms[0]), gradcompSuccess); });
+  EXPECT_LT(three.sec, kPromptSec);
+  EXPECT_EQ(three.res, gradcompSystemError);
+  EXPECT_NE(three.why.find("aborted"), std::string::npos) << three.why;
   for (int r = 1; r < 4; ++r) EXPECT_EQ(gradcompCommAbort(comms[r]), gradcompSuccess);
 }
 
@@ -420,13 +444,9 @@ TEST(Abort, ADestroyedRankFailsItsPeersAtOnce) {
   std::vector<gradcompComm_t> comms(3);
   ASSERT_EQ(gradcompCommCreateCpu(3, &cfg, comms.data()), gradcompSuccess);
   std::vector<Caller> calls(2);
-  for (int r = 0; r < 2; ++r) calls[r].start(comms[r]);
-  waitInCall(comms[0]);
-  waitInCall(comms[1]);
-  const auto t0 = std::chrono::steady_clock::now();
-  EXPECT_EQ(gradcompCommDestroy(comms[2]), gradcompSuccess);
-  for (auto& c : calls) c.thread.join();
-  EXPECT_LT(seconds(t0), kPromptSec);
+  EXPECT_LT(
+      callWhile(calls, comms, [&] { EXPECT_EQ(gradcompCommDestroy(comms[2]), gradcompSuccess); }),
+      kPromptSec);
   for (int r = 0; r < 2; ++r) {
     EXPECT_EQ(calls[r].res, gradcompSystemError) << "rank " << r;
     EXPECT_NE(calls[r].why.find("rank 2 of this in-process world was destroyed"), std::string::npos)
@@ -476,20 +496,12 @@ TEST(Abort, ADestroyedRankFailsTheWorldsItIsIn) {
   std::vector<gradcompComm_t> comms(4);
   ASSERT_EQ(gradcompCommCreateCpu(4, &cfg, comms.data()), gradcompSuccess);
   ASSERT_NE(comms[2]->intra, nullptr);
-  gradcompResult_t res = gradcompSuccess;
-  std::string why;
-  std::thread waiting([&] {
-    uint64_t mine = 7, all[2] = {};
-    res = comms[2]->intra->allGather(&mine, all, sizeof mine);
-    why = gradcompGetLastError();
-  });
-  std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  const auto t0 = std::chrono::steady_clock::now();
-  EXPECT_EQ(gradcompCommDestroy(comms[3]), gradcompSuccess);
-  waiting.join();
-  EXPECT_LT(seconds(t0), kPromptSec);
-  EXPECT_EQ(res, gradcompSystemError);
-  EXPECT_NE(why.find("rank 3 of this in-process world was destroyed"), std::string::npos) << why;
+  const NodeWait two =
+      nodeWaitWhile(comms[2], [&] { EXPECT_EQ(gradcompCommDestroy(comms[3]), gradcompSuccess); });
+  EXPECT_LT(two.sec, kPromptSec);
+  EXPECT_EQ(two.res, gradcompSystemError);
+  EXPECT_NE(two.why.find("rank 3 of this in-process world was destroyed"), std::string::npos)
+      << two.why;
   Caller zero;
   const auto t1 = std::chrono::steady_clock::now();
   zero.start(comms[0]);
