@@ -151,6 +151,10 @@ struct CommEntry {
   // Forgotten by release (ncclCommDestroy, ncclCommAbort, a new communicator
   // at its address): a call deferred before that must not reach NCCL.
   std::atomic<bool> released{false};
+  // The program finalized the communicator (ncclCommFinalize, taken by NCCL
+  // or held behind a user group's deferred calls): NCCL refuses a second
+  // finalize at the call, so one is never held back (ncclCommFinalize).
+  std::atomic<bool> finalizeMade{false};
   ~CommEntry();
 };
 using EntryPtr = std::shared_ptr<CommEntry>;

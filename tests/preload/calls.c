@@ -853,6 +853,136 @@ static int finalizeAfterFailure(void) {
   DESTROY(comm);
   return 0;
 }
+
+/* ncclCommDestroy in a user group after a call of its communicator the
+ * preload deferred, in a group whose end NCCL fails as a whole (the test
+ * makes every group's end fail, FAKE_NCCL_GROUP_FAIL=1, and checks the
+ * arguments, FAKE_NCCL_CHECK_ARGS=1). NCCL (2.14 and later, group.cc's
+ * groupLaunch) runs a group's destroy jobs before it prepares and launches
+ * the group's calls, so an end that fails there has destroyed the
+ * communicator: the held-back destroy reaches NCCL after the failed end.
+ * (Until 2026-12-07 it was dropped: the communicator and its gradcomp state
+ * leaked, the program having been told its destroy succeeded.) A group NCCL
+ * refused a call of fails before it runs anything: that communicator lives
+ * on, and the program destroys it later. */
+static int destroyAfterFailedGroup(void) {
+  const ncclComm_t comm = (ncclComm_t)(uintptr_t)0x1000, kept = (ncclComm_t)(uintptr_t)0x1100;
+  cudaStream_t stream = (cudaStream_t)(uintptr_t)0x2000;
+  char* a = (char*)(uintptr_t)0x7f0000000000ull;
+  GROUP_START();
+  CHECK(ncclAllReduce(a, a, 1 << 20, ncclFloat32, ncclSum, comm, stream));
+  CHECK(ncclCommDestroy(comm));
+  ncclResult_t r = ncclGroupEnd();
+  EXPECT("GroupEnd");
+  EXPECT("CommDestroy comm=%p", (void*)comm);
+  /* The test finds the communicator's summary (printed as its entry goes)
+   * before this line. */
+  fprintf(stderr, "the failed group ended\n");
+  if (r != ncclInternalError) {
+    fprintf(stderr, "the failed group's end returned %d, expected ncclInternalError\n", (int)r);
+    return 1;
+  }
+  GROUP_START();
+  CHECK(ncclAllReduce(a, a, 1 << 20, ncclFloat32, ncclSum, kept, stream));
+  r = ncclAllReduce(a, a, 1 << 20, asType(-1), ncclSum, kept, stream);
+  EXPECT("AllReduce refused: type=-1 op=%d", (int)ncclSum);
+  if (r != ncclInvalidArgument) {
+    fprintf(stderr, "ncclAllReduce(type=-1) returned %d, not NCCL's refusal\n", (int)r);
+    return 1;
+  }
+  CHECK(ncclCommDestroy(kept));
+  r = ncclGroupEnd();
+  EXPECT("GroupEnd");
+  if (r != ncclInvalidArgument) {
+    fprintf(stderr, "the refused group's end returned %d, expected ncclInvalidArgument\n", (int)r);
+    return 1;
+  }
+  DESTROY(kept);
+  return 0;
+}
+
+/* A second ncclCommFinalize of a communicator in the user group that holds
+ * its first behind a deferred call. NCCL (2.14 and later, init.cc) refuses
+ * it at the call (ncclInvalidArgument), and the refusal fails the group's
+ * end (ncclGroupErrCheck), which then runs nothing of the group. NCCL gets
+ * the held-back finalize, then this one, and refuses it; ncclGetLastError
+ * says why. (Until 2026-12-07 the second was held back too, answered
+ * ncclSuccess, and refused only when it reached NCCL after the group's end,
+ * which ran the group's calls.) */
+static int finalizeTwiceInGroup(void) {
+  const ncclComm_t comm = (ncclComm_t)(uintptr_t)0x1000;
+  cudaStream_t stream = (cudaStream_t)(uintptr_t)0x2000;
+  char* a = (char*)(uintptr_t)0x7f0000000000ull;
+  GROUP_START();
+  CHECK(ncclAllReduce(a, a, 1 << 20, ncclFloat32, ncclSum, comm, stream));
+  CHECK(ncclCommFinalize(comm));
+  ncclResult_t r = ncclCommFinalize(comm);
+  EXPECT("CommFinalize comm=%p", (void*)comm);
+  EXPECT("CommFinalize refused: comm=%p is finalized", (void*)comm);
+  if (r != ncclInvalidArgument) {
+    fprintf(stderr, "the second ncclCommFinalize in the group returned %d, expected %d\n", (int)r,
+            (int)ncclInvalidArgument);
+    return 1;
+  }
+  const char* why = ncclGetLastError(comm);
+  if (why == NULL || strstr(why, "already finalized") == NULL) {
+    fprintf(stderr, "ncclGetLastError after the refused finalize: '%s'\n", why ? why : "(null)");
+    return 1;
+  }
+  r = ncclGroupEnd();
+  EXPECT("GroupEnd");
+  if (r != ncclInvalidArgument) {
+    fprintf(stderr, "the group's end returned %d, expected the refusal's %d\n", (int)r,
+            (int)ncclInvalidArgument);
+    return 1;
+  }
+  DESTROY(comm);
+  return 0;
+}
+#endif
+
+#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 18, 0)
+/* ncclCommSplit (and, NCCL 2.27 and later, ncclCommShrink) of a communicator
+ * in a user group after a call of it the preload deferred. NCCL (2.18 and
+ * later) makes the child in a job of the group, and its end runs the
+ * group's jobs before it prepares and launches the group's calls (group.cc,
+ * groupLaunch: asyncJobLaunch first): the child is made before the parent's
+ * allreduce starts, whatever their order in the group. The preload leaves
+ * the split in NCCL's group, at the call, and runs the deferred call after
+ * NCCL's end: the same order. (Held back behind the call, the split would
+ * run after it, outside the group, and the child would be made later than
+ * the program's end of the group.) */
+static int childInGroup(void) {
+  const ncclComm_t comm = (ncclComm_t)(uintptr_t)0x1000;
+  cudaStream_t stream = (cudaStream_t)(uintptr_t)0x2000;
+  char* a = (char*)(uintptr_t)0x7f0000000000ull;
+  ncclComm_t child = NULL;
+  GROUP_START();
+  CHECK(ncclAllReduce(a, a, 1 << 20, ncclFloat32, ncclSum, comm, stream));
+  CHECK(ncclCommSplit(comm, 0, 0, &child, NULL));
+  EXPECT("CommSplit parent=%p color=0 key=0 blocking=-1 comm=%p", (void*)comm, (void*)child);
+#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 27, 0)
+  ncclComm_t shrunk = NULL;
+  int excluded = 1;
+  CHECK(ncclCommShrink(comm, &excluded, 1, &shrunk, NULL, NCCL_SHRINK_DEFAULT));
+  EXPECT("CommShrink parent=%p excluded=1 blocking=-1 flags=%d comm=%p", (void*)comm,
+         NCCL_SHRINK_DEFAULT, (void*)shrunk);
+#endif
+  GROUP_END();
+  EXPECT(LINE_FMT, (void*)a, (void*)a, (size_t)1 << 20, (int)ncclFloat32, (int)ncclSum, (void*)comm,
+         (void*)stream);
+  if (child == NULL) {
+    fprintf(stderr, "the split's child was not made by the group's end\n");
+    return 1;
+  }
+  CALL(a, a, 1000, ncclInt32, ncclSum, child, stream);
+  DESTROY(child);
+#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 27, 0)
+  DESTROY(shrunk);
+#endif
+  DESTROY(comm);
+  return 0;
+}
 #endif
 
 /* Reduce-scatters too small to be eligible (4 * 1000 < 16384): the
@@ -1367,6 +1497,14 @@ __attribute__((visibility("default"))) int gcTestRunCalls(const char* mode) {
     rc = finalizeAfterFailure();
   } else if (strcmp(mode, "multidevice_comm_calls") == 0) {
     rc = multiDeviceCommCalls();
+  } else if (strcmp(mode, "destroy_after_failed_group") == 0) {
+    rc = destroyAfterFailedGroup();
+  } else if (strcmp(mode, "finalize_twice_in_group") == 0) {
+    rc = finalizeTwiceInGroup();
+#endif
+#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 18, 0)
+  } else if (strcmp(mode, "child_in_group") == 0) {
+    rc = childInGroup();
 #endif
 #if NCCL_VERSION_CODE >= NCCL_VERSION(2, 27, 0)
   } else if (strcmp(mode, "revoked") == 0) {

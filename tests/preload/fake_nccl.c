@@ -50,6 +50,17 @@ static void held(void) {
   if (groupDepth > 0) ++groupCalls;
 }
 
+/* As NCCL's ncclGroupErrCheck (group.h, every version with groups): a call
+ * the stand-in refuses inside a group (its argument check, a second
+ * finalize) makes the refusal the group's error, and the group's outermost
+ * end fails with it before it runs anything of the group (group.cc,
+ * ncclGroupEndInternal). */
+static ncclResult_t groupError = ncclSuccess;
+static ncclResult_t refuseInGroup(ncclResult_t r) {
+  if (groupDepth > 0 && groupError == ncclSuccess) groupError = r;
+  return r;
+}
+
 static int isNonBlocking(ncclComm_t c);
 
 /* A non-blocking communicator's work as NCCL enqueues it: a data call
@@ -150,6 +161,7 @@ static int badArgs(const char* what, ncclDataType_t t, ncclRedOp_t op) {
   if ((int)t >= 0 && (int)t < (int)ncclNumTypes && (int)op >= 0) return 0;
   record("%s refused: type=%d op=%d", what, (int)t, (int)op);
   snprintf(lastError, sizeof lastError, "%s: invalid type %d or op %d", what, (int)t, (int)op);
+  (void)refuseInGroup(ncclInvalidArgument);
   return 1;
 }
 
@@ -338,17 +350,27 @@ ncclResult_t ncclCommDeregister(const ncclComm_t, void*) ALIAS(ncclCommDeregiste
 
 ncclResult_t pncclGroupStart(void) {
   record("GroupStart");
-  if (groupDepth++ == 0) groupCalls = numGroupComms = 0;
+  if (groupDepth++ == 0) {
+    groupCalls = numGroupComms = 0;
+    groupError = ncclSuccess;
+  }
   return ncclSuccess;
 }
 ncclResult_t ncclGroupStart(void) ALIAS(ncclGroupStart);
 
 /* The outermost end launches the group: its non-blocking communicators'
- * work is then in progress. FAKE_NCCL_GROUP_FAIL=1: it fails instead
- * (ncclInternalError), as NCCL's does after a call in the group failed or
- * its launch did, discarding every call of the group. */
+ * work is then in progress. A group a call was refused in fails
+ * (refuseInGroup). FAKE_NCCL_GROUP_FAIL=1: it fails instead
+ * (ncclInternalError), as NCCL's does when a job of the group, or the
+ * preparation or launch of its calls, fails: discarding every call of the
+ * group, after it ran the group's finalize and destroy jobs (group.cc's
+ * groupLaunch runs those first; the stand-in runs them at the call). */
 ncclResult_t pncclGroupEnd(void) {
   record("GroupEnd");
+  if (groupDepth == 1 && groupError != ncclSuccess) {
+    groupDepth = numGroupComms = 0;
+    return groupError;
+  }
   const char* fail = getenv("FAKE_NCCL_GROUP_FAIL");
   if (fail != NULL && fail[0] == '1' && groupDepth > 0 && --groupDepth == 0) {
     numGroupComms = 0;
@@ -466,11 +488,14 @@ ncclResult_t pncclCommAbort(ncclComm_t c) {
 }
 ncclResult_t ncclCommAbort(ncclComm_t) ALIAS(ncclCommAbort);
 
-/* As NCCL's: a second finalize is refused (ncclInvalidArgument). */
+/* As NCCL's (2.14 and later, init.cc: comm->finalizeCalled, set at the
+ * call): a second finalize is refused at the call (ncclInvalidArgument, with
+ * no warning, so no last error), in a group too, where the refusal fails the
+ * group (refuseInGroup). */
 ncclResult_t pncclCommFinalize(ncclComm_t c) {
   if (finalizedIndex(c) >= 0) {
     record("CommFinalize refused: comm=%p is finalized", (void*)c);
-    return ncclInvalidArgument;
+    return refuseInGroup(ncclInvalidArgument);
   }
   if (numFinalized < 64) finalizedComms[numFinalized++] = c;
   record("CommFinalize comm=%p", (void*)c);

@@ -409,6 +409,36 @@ if "$app" comm_calls_in_group > /dev/null 2>&1 < /dev/null || [ $? != 2 ]; then
   run multidevice_comm_calls env FAKE_NCCL_DEVICES=2 GRADCOMP_GROUP=defer \
     GC_TEST_GROUP_CALLS_DEFERRED=1 GRADCOMP_METHOD=qsgd "$app" multidevice_comm_calls &&
     same_calls multidevice_comm_calls
+  # A destroy held back so in a group whose end NCCL fails reaches NCCL after
+  # it, as NCCL runs a group's destroy before the launch that failed; where
+  # NCCL refused a call of the group (its end then runs nothing), it does not,
+  # and the communicator lives on. Until 2026-12-07 it was always dropped: the
+  # communicator leaked. Its entry goes with it: its one summary comes before
+  # the program's line after the group's end, not at exit.
+  run destroy_after_failed_group env FAKE_NCCL_GROUP_FAIL=1 FAKE_NCCL_CHECK_ARGS=1 \
+    GRADCOMP_METHOD=qsgd GRADCOMP_DEBUG=INFO "$app" destroy_after_failed_group && {
+    same_calls destroy_after_failed_group
+    err=$work/destroy_after_failed_group.err
+    n=$(count "summary comm 0x1000 " "$err")
+    check "destroy_after_failed_group: one summary of the destroyed communicator (got $n)" \
+      "[ '$n' = 1 ]"
+    check "destroy_after_failed_group: its entry went at the group's end" \
+      "sed '/the failed group ended/q' '$err' | grep -q 'summary comm 0x1000 '"
+  }
+  # A second finalize in the group holding the first is refused at the call
+  # (ncclInvalidArgument, ncclGetLastError saying why; the app checks both)
+  # and fails the group's end, as under NCCL. Until 2026-12-07 it was held
+  # back too and refused only after the group's calls ran.
+  for group in defer fuse pass; do
+    run finalize_twice_in_group_$group env GRADCOMP_GROUP=$group GRADCOMP_METHOD=qsgd \
+      "$app" finalize_twice_in_group && same_calls finalize_twice_in_group_$group
+  done
+fi
+# A split (and shrink) in a group after a deferred call of its parent stays
+# in NCCL's group, which makes the child before the group's calls run: the
+# deferred call reaches NCCL after the group's end, the child made by then.
+if "$app" child_in_group > /dev/null 2>&1 < /dev/null || [ $? != 2 ]; then
+  run child_in_group env GRADCOMP_METHOD=qsgd "$app" child_in_group && same_calls child_in_group
 fi
 # The same after a simulated group's end (NCCL >= 2.22).
 if "$app" simulate_comm_calls > /dev/null 2>&1 < /dev/null || [ $? != 2 ]; then
