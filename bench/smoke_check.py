@@ -270,6 +270,26 @@ def check_flags(perf, work, src, kdoc, bits, bucket):
                                     for f in listed),
            "docs/benchmark.md has a row for every flag of --help (missing: %s)"
            % [f for f in listed if not any("`" + f in ln.split("|")[1] for ln in table)])
+    # Each number of a row's default column (outside parentheses) is in what --help says after
+    # "default" for the row's flags, so that neither states a default the other does not (-q,
+    # -B, -k and -a gave theirs in the table only).
+    said = {}
+    for entry in re.split(r"\n(?=  -|      --)", out):
+        for f in re.findall(r"^  (?:(-\w), (--[\w-]+)|    (--[\w-]+))", entry)[:1]:
+            for name in filter(None, f):
+                said[name] = " ".join(entry.split())
+    differ = []
+    for ln in table:
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", ln)[1:-1]]
+        flags = re.findall(r"`(-[\w-]+)", cells[0])
+        help_default = " ".join(said.get(f, "").partition("default")[2] for f in flags)
+        for num in re.findall(r"(?<![\w.$])[0-9][0-9.,]*[KMG]?\b", re.sub(r"\([^)]*\)", "",
+                                                                           cells[-1])):
+            num = num.rstrip(",")
+            if not re.search(r"(?<![\w.])%s(?![\w])" % re.escape(num), help_default):
+                differ.append("%s: %s" % (cells[0], num))
+    expect(not differ, "docs/benchmark.md's default column says what --help says (differ: %s)"
+           % differ)
 
 
 def newest_report(results):

@@ -391,8 +391,9 @@ gradcompResult_t gradcompReduceScatterKeyed(const void* sendbuff, void* recvbuff
  * without these, buffers that move and keys never used again grow the comm
  * (docs/reliability.md, "Buffers that move"). Save writes every buffer's
  * state to a caller buffer (host memory) so a training checkpoint can hold
- * it. Call with buffer == NULL to learn the size. Both wait for the comm's
- * last eager call; not for a replayed CUDA graph: synchronize (or order) the stream a
+ * it; StateSize gives the bytes it needs (a NULL buffer, or fewer bytes, is
+ * gradcompInvalidArgument naming that size). Size, save and load wait for the
+ * comm's last eager call; not for a replayed CUDA graph: synchronize (or order) the stream a
  * graph was launched on before a save, load, reset, retune or destroy.
  * A CUDA graph captured before a forget, reset or load still uses the states
  * they replaced: capture it again. (Their memory, and a workspace an eager

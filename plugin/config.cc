@@ -43,7 +43,8 @@ static const ParamSpec kParams[] = {
     {"GRADCOMP_SEED", ParamKind::U64, GC_FIELD(seed), 0, 0, nullptr, "24301",
      "seed of the counter-based RNG (stochastic rounding, rand-k, sampling)"},
     {"GRADCOMP_MIN_ELEMENTS", ParamKind::Size, GC_FIELD(minElements), 0, 1e18, nullptr, "16384",
-     "calls with fewer elements pass through to ncclAllReduce"},
+     "calls with fewer elements (a reduce-scatter's input: nranks * recvcount) pass through to "
+     "ncclAllReduce or ncclReduceScatter"},
     {"GRADCOMP_EF", ParamKind::Int, GC_FIELD(errorFeedback), 0, 1, nullptr, "1",
      "error feedback: keep what was not sent in a per-buffer residual"},
     {"GRADCOMP_OWNER_RESIDUAL", ParamKind::Int, GC_FIELD(ownerResidual), 0, 1, nullptr, "1",

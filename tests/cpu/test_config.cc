@@ -269,6 +269,17 @@ TEST(Config, DocsListEveryVariable) {
   }
 }
 
+// The text of cell k (0: the name) of docs/env.md's row of a variable:
+// | `NAME` | type | range / values | default | meaning |
+std::string envDocCell(const std::string& doc, const char* env, int k) {
+  const size_t row = doc.find(std::string("| `") + env + "` |");
+  if (row == std::string::npos) return "(no row for " + std::string(env) + ")";
+  size_t cell = row;
+  for (int j = 0; j < k; ++j) cell = doc.find('|', cell + 1);
+  const size_t end = doc.find('|', cell + 1);
+  return doc.substr(cell + 2, end - cell - 3);
+}
+
 // A default is written three times: configDefaults' assignments, the table's
 // default text and docs/env.md's default column. Each variable set to the
 // table's text must give configDefaults' value, and the docs must show that
@@ -281,13 +292,7 @@ TEST(Config, TheTableDefaultsAreConfigDefaultsAndTheDocumentedOnes) {
   size_t n;
   const gc::ParamSpec* t = gc::paramTable(&n);
   for (size_t i = 0; i < n; ++i) {
-    // The row's fourth cell: | `NAME` | type | range | default | meaning |
-    const size_t row = doc.find(std::string("| `") + t[i].env + "` |");
-    ASSERT_NE(row, std::string::npos) << t[i].env;
-    size_t cell = row;
-    for (int k = 0; k < 3; ++k) cell = doc.find('|', cell + 1);
-    const size_t end = doc.find('|', cell + 1);
-    EXPECT_EQ(doc.substr(cell + 2, end - cell - 3), t[i].defaultText) << t[i].env;
+    EXPECT_EQ(envDocCell(doc, t[i].env, 3), t[i].defaultText) << t[i].env;
     if (t[i].offset < 0) continue;
     ScopedEnv e(t[i].env, t[i].defaultText);
     gradcompConfig_t cfg;
@@ -295,6 +300,48 @@ TEST(Config, TheTableDefaultsAreConfigDefaultsAndTheDocumentedOnes) {
         << t[i].env << "=" << t[i].defaultText << ": " << gradcompGetLastError();
     EXPECT_EQ(memcmp(&cfg, &defaults, sizeof(cfg)), 0)
         << t[i].env << "=" << t[i].defaultText << " is not configDefaults' " << t[i].field;
+  }
+}
+
+// docs/env.md's range / values column is the range the parser and
+// gradcompConfigValidate enforce: an integer's or size's `min .. max`, a
+// float's `[min, max]` (the same numbers, however written) and a choice's
+// names, each in backquotes, no more and no fewer.
+TEST(Config, TheDocumentedRangesAreTheEnforcedOnes) {
+  const std::string doc = envDoc();
+  ASSERT_FALSE(doc.empty());
+  size_t n;
+  const gc::ParamSpec* t = gc::paramTable(&n);
+  for (size_t i = 0; i < n; ++i) {
+    const gc::ParamSpec& p = t[i];
+    const std::string cell = envDocCell(doc, p.env, 2);
+    SCOPED_TRACE(std::string(p.env) + ": | " + cell + " |");
+    std::smatch m;
+    if (p.kind == gc::ParamKind::Int || p.kind == gc::ParamKind::Size) {
+      ASSERT_TRUE(
+          std::regex_search(cell, m, std::regex("([0-9][0-9.e+]*) \\.\\. ([0-9][0-9.e+]*)")));
+      EXPECT_EQ(strtod(m[1].str().c_str(), nullptr), p.min);
+      EXPECT_EQ(strtod(m[2].str().c_str(), nullptr), p.max);
+    } else if (p.kind == gc::ParamKind::Float) {
+      ASSERT_TRUE(std::regex_search(cell, m, std::regex("^\\[([0-9.e+-]+), ([0-9.e+-]+)\\]$")));
+      EXPECT_EQ(strtod(m[1].str().c_str(), nullptr), p.min);
+      EXPECT_EQ(strtod(m[2].str().c_str(), nullptr), p.max);
+    } else if (p.kind == gc::ParamKind::U64) {
+      EXPECT_EQ(cell, "unsigned 64-bit");
+    }
+    // A choice's names (an integer's too, as GRADCOMP_LOCAL_SIZE's auto).
+    std::set<std::string> names, documented;
+    if (p.choices != nullptr) {
+      std::stringstream ss(p.choices);
+      for (std::string item; std::getline(ss, item, '|');)
+        names.insert(item.substr(0, item.find('=')));
+    }
+    if (p.kind != gc::ParamKind::String) {
+      const std::regex quoted("`([^`]*)`");
+      for (std::sregex_iterator it(cell.begin(), cell.end(), quoted), e; it != e; ++it)
+        documented.insert((*it)[1].str());
+      EXPECT_EQ(documented, names);
+    }
   }
 }
 

@@ -114,6 +114,28 @@ TEST(StateBlob, CorruptTruncatedOrPaddedBlobsAreRefusedWithoutTouchingTheComm) {
   }
 }
 
+// gradcompCommStateSize is the one way to learn a save's size (gradcomp.h):
+// a NULL or short buffer is refused naming that size, nothing written.
+TEST(StateBlob, SaveToANullOrShortBufferIsRefusedNamingTheSize) {
+  gctest::CpuWorld w(2, baseConfig(gradcompMethodQsgd));
+  const size_t n = 1000;
+  step(w, n, 0);
+  size_t bytes = 0;
+  ASSERT_EQ(gradcompCommStateSize(w.comm(0), &bytes), gradcompSuccess);
+  ASSERT_GT(bytes, n * 4);
+  const std::string size = std::to_string(bytes);
+  EXPECT_EQ(gradcompCommSaveState(w.comm(0), nullptr, 0), gradcompInvalidArgument);
+  EXPECT_EQ(std::string(gradcompGetLastError()),
+            "buffer is NULL (gradcompCommStateSize gives the size, " + size + ")");
+  Blob shortBuf(bytes - 1, '\x5a');
+  EXPECT_EQ(gradcompCommSaveState(w.comm(0), shortBuf.data(), shortBuf.size()),
+            gradcompInvalidArgument);
+  EXPECT_EQ(std::string(gradcompGetLastError()),
+            "bytes=" + std::to_string(bytes - 1) + " is too small: the state needs " + size);
+  EXPECT_EQ(shortBuf, Blob(bytes - 1, '\x5a'));
+  EXPECT_EQ(save(w.comm(0)).size(), bytes);
+}
+
 // A buffer record's flags (plugin/state.cc, payload +40) past the checksum:
 // an unknown flag (0x40), and 32 (the velocity over the whole buffer of a
 // hierarchical comm) where the comm is flat or the record holds no momentum,
