@@ -301,10 +301,13 @@ TEST(ReduceScatterCpu, DynamicBitsWithNearestRounding) {
   checkDynamicBits(gradcompRoundNearest);
 }
 
-// Sparse methods, `steps` calls on the same buffers, bit for bit.
-void checkSparse(const gradcompConfig_t& cfg, int N, DType t, bool avg, size_t m, int steps) {
-  SCOPED_TRACE(testing::Message() << "method=" << cfg.method << " select=" << cfg.select << " N="
-                                  << N << " dtype=" << (int)t << " avg=" << avg << " m=" << m);
+// Sparse methods, `steps` calls on the same buffers, bit for bit (out of
+// place, or in place at sendbuff + r*m).
+void checkSparse(const gradcompConfig_t& cfg, int N, DType t, bool avg, size_t m, int steps,
+                 bool inPlace = false) {
+  SCOPED_TRACE(testing::Message() << "method=" << cfg.method << " select=" << cfg.select
+                                  << " N=" << N << " dtype=" << (int)t << " avg=" << avg
+                                  << " m=" << m << " inPlace=" << inPlace);
   gctest::CpuWorld world(N, cfg);
   const size_t n = N * m;
   std::vector<SparseState> st(N);
@@ -313,14 +316,14 @@ void checkSparse(const gradcompConfig_t& cfg, int N, DType t, bool avg, size_t m
     std::vector<Rank> in = makeInputs(N, n, t, 31 * step + m + N);
     std::vector<std::vector<float>> g(N);
     for (int i = 0; i < N; ++i) g[i] = widen(in[i], t, n);
-    auto res = out.run(world, in, t, m, avg, false);
+    auto res = out.run(world, in, t, m, avg, inPlace);
     for (int r = 0; r < N; ++r) ASSERT_EQ(res[r], gradcompSuccess) << gradcompGetLastError();
     std::vector<uint64_t> selected;
     std::vector<std::vector<float>> expect =
         N == 1 ? std::vector<std::vector<float>>{g[0]}
                : refSparseReduceScatter(cfg, t, avg, step, g, st, &selected);
     for (int r = 0; r < N; ++r) {
-      const std::vector<float> got = out.read(in[r], r, t, m, false);
+      const std::vector<float> got = out.read(in[r], r, t, m, inPlace);
       ASSERT_EQ(memcmp(got.data(), expect[r].data(), m * 4), 0) << "rank " << r << " step " << step;
       if (N > 1) {
         // Every peer's selection counted once (not the last one N-1 times).
@@ -367,6 +370,19 @@ TEST(ReduceScatterCpu, RandkMatchesReference) {
   for (int N : {1, 2, 4, 7})
     for (DType t : {DType::F32, DType::BF16})
       for (size_t m : {(size_t)1, (size_t)999}) checkSparse(cfg, N, t, N == 4, m, 3);
+}
+
+// In place (recvbuff == sendbuff + r*m): the whole input is accumulated
+// before the owner's block is written.
+TEST(ReduceScatterCpu, SparseInPlaceMatchesReference) {
+  gradcompConfig_t dgc = gctest::sparseTestConfig(gradcompMethodDgc);
+  dgc.density = 0.01f;
+  dgc.momentumMasking = 1;
+  dgc.warmupSteps = 2;
+  for (gradcompMethod_t method : {gradcompMethodTopk, gradcompMethodRandk})
+    for (int N : {3, 5})
+      checkSparse(gctest::sparseTestConfig(method), N, DType::BF16, N == 3, 2051, 3, true);
+  for (int N : {2, 6}) checkSparse(dgc, N, DType::F16, N == 6, 3000, 4, true);
 }
 
 TEST(ReduceScatterCpu, DenseBlocksWhenSlotsWouldNotBeSmaller) {

@@ -216,6 +216,32 @@ TEST(Socket, ReduceScatterMatchesTheInProcessWorld) {
   expectSameRun(4, h, 4 * 2000, ncclFloat32, ncclSum, 2, true);
 }
 
+// World sizes that are not powers of two, a recvcount under one bucket, the
+// hierarchy with nodes of 3 (pipelined too), DGC with momentum correction and
+// rand-k, and DGC's momentum pass of a count under minElements: each as the
+// in-process world, bit for bit, state included.
+TEST(Socket, ReduceScatterOddWorldsMatchTheInProcessWorld) {
+  for (int N : {3, 5}) {
+    expectSameRun(N, withMethod(gradcompMethodQsgd), N * 517, ncclBfloat16, ncclAvg, 2, true);
+    expectSameRun(N, withMethod(gradcompMethodQsgd), N * 7, ncclFloat32, ncclSum, 2, true);
+    gradcompConfig_t dgc = withMethod(gradcompMethodDgc);
+    dgc.momentumCorrection = 1;
+    dgc.momentum = 0.9f;
+    expectSameRun(N, dgc, N * 3001, ncclFloat32, ncclAvg, 3, true);
+    dgc.minElements = 1u << 30;  // every call DGC's momentum pass
+    expectSameRun(N, dgc, N * 301, ncclFloat16, ncclSum, 3, true);
+    expectSameRun(N, withMethod(gradcompMethodRandk), N * 999, ncclFloat32, ncclSum, 2, true);
+  }
+  gradcompConfig_t h = withMethod(gradcompMethodQsgd);
+  h.localSize = 3;
+  expectSameRun(6, h, 6 * 1001, ncclFloat16, ncclAvg, 2, true);
+  h.pipelineBytes = 4096;
+  expectSameRun(6, h, 6 * 3001, ncclFloat32, ncclSum, 2, true);
+  gradcompConfig_t t = withMethod(gradcompMethodTopk);
+  t.localSize = 3;
+  expectSameRun(6, t, 6 * 2000, ncclBfloat16, ncclSum, 2, true);
+}
+
 TEST(Socket, OneRankNeedsNoPeers) {
   expectSameRun(1, withMethod(gradcompMethodQsgd), 5000, ncclFloat32, ncclSum, 1);
 }
