@@ -440,9 +440,10 @@ static gradcompResult_t applyParam(const ParamSpec& p, const char* v, gradcompCo
       // Compared as integers: 1e18 + 1 is 1e18 as a double.
       if (!parseUnsigned(v, false, &x) || x < (unsigned long long)p.min ||
           x > (unsigned long long)p.max) {
-        return setError(gradcompInvalidArgument, "%s=%s is not %s%san integer in %.0f..%.0f", p.env,
-                        shownValue(v).c_str(), p.choices ? choiceNames(p.choices).c_str() : "",
-                        p.choices ? " or " : "", p.min, p.max);
+        return setError(gradcompInvalidArgument, "%s=%s is not %s%san integer in %.0f..%.0f, in %s",
+                        p.env, shownValue(v).c_str(),
+                        p.choices ? choiceNames(p.choices).c_str() : "", p.choices ? " or " : "",
+                        p.min, p.max, kIntegerForm);
       }
       if (p.kind == ParamKind::Int) {
         field<int>(c, p.offset) = (int)x;
@@ -455,9 +456,8 @@ static gradcompResult_t applyParam(const ParamSpec& p, const char* v, gradcompCo
       unsigned long long x = 0;
       if (!parseUnsigned(v, true, &x)) {
         return setError(gradcompInvalidArgument,
-                        "%s=%s is not an unsigned 64-bit integer (decimal without leading zeros, "
-                        "or 0x and hex digits)",
-                        p.env, shownValue(v).c_str());
+                        "%s=%s is not an unsigned 64-bit integer, in %s or %s", p.env,
+                        shownValue(v).c_str(), kIntegerForm, kHexForm);
       }
       field<uint64_t>(c, p.offset) = x;
       return gradcompSuccess;
@@ -465,8 +465,8 @@ static gradcompResult_t applyParam(const ParamSpec& p, const char* v, gradcompCo
     case ParamKind::Float: {
       double x = 0.0;
       if (!parseFloat(v, &x) || !(x >= p.min && x <= p.max)) {
-        return setError(gradcompInvalidArgument, "%s=%s is not a number in [%g, %g]", p.env,
-                        shownValue(v).c_str(), p.min, p.max);
+        return setError(gradcompInvalidArgument, "%s=%s is not a number in [%g, %g], in %s", p.env,
+                        shownValue(v).c_str(), p.min, p.max, kNumberForm);
       }
       // Stored as a float: a nonzero value it would flush to 0 (for some
       // settings "off") is refused, not changed.

@@ -46,6 +46,17 @@ std::string settingValueName(const char* field, int value);
 // are eligible as its peers do.
 gradcompResult_t configFromEnvLenient(gradcompConfig_t* c);
 
+// How a GRADCOMP_* number is written (config.cc's parseUnsigned and
+// parseFloat), said once here for every refusal of one: "GRADCOMP_BITS=0x8
+// is not an integer in 2..8, in plain decimal digits (...)". gradcomp_perf's
+// integer flags are read, and refused, the same way.
+inline constexpr char kIntegerForm[] = "plain decimal digits (no sign, space or leading zero)";
+// GRADCOMP_SEED also takes hex.
+inline constexpr char kHexForm[] = "0x and 1 to 16 hex digits";
+inline constexpr char kNumberForm[] =
+    "a decimal number with a digit or '.' first (0.01, .5, 1e-3; no sign, space, comma, nan, inf "
+    "or 0x)";
+
 // A variable's value as a sentence shows it: as it is, or, where it has a
 // blank, a control character, a byte past ASCII or a '"', in quotes with
 // those written out ("4 ", "4\r", "\xc2\xa0"); cut at `max` characters,

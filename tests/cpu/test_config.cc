@@ -102,6 +102,59 @@ struct BadEnv {
   const char* message;
 };
 
+// The form a refused number is written in, as every such sentence ends (plugin/params.h).
+#define INT_FORM ", in plain decimal digits (no sign, space or leading zero)"
+#define SEED_FORM \
+  ", in plain decimal digits (no sign, space or leading zero) or 0x and 1 to 16 hex digits"
+#define NUMBER_FORM                                                                               \
+  ", in a decimal number with a digit or '.' first (0.01, .5, 1e-3; no sign, space, comma, nan, " \
+  "inf or 0x)"
+
+// A refused number said the range but not how to write one: GRADCOMP_BITS=0x10, 1e3, " 8",
+// +8 or a full-width 8 read "is not an integer in 2..8", which 8 is. Each refusal now says the
+// form the parser takes, the same words for every setting of the kind.
+TEST(Config, NumberRefusalsSayTheFormTheyTake) {
+  const BadEnv cases[] = {
+      {"GRADCOMP_BITS", "0x10",
+       "GRADCOMP_BITS=0x10 is not an integer in 2..8, in plain decimal digits (no sign, space or "
+       "leading zero)"},
+      {"GRADCOMP_BITS", "1e3", "GRADCOMP_BITS=1e3 is not an integer in 2..8" INT_FORM},
+      {"GRADCOMP_BITS", " 8", "GRADCOMP_BITS=\" 8\" is not an integer in 2..8" INT_FORM},
+      {"GRADCOMP_BITS", "+8", "GRADCOMP_BITS=+8 is not an integer in 2..8" INT_FORM},
+      {"GRADCOMP_BITS", "\xef\xbc\x98",  // U+FF18, a full-width 8
+       "GRADCOMP_BITS=\"\\xef\\xbc\\x98\" is not an integer in 2..8" INT_FORM},
+      {"GRADCOMP_LOCAL_SIZE", "0",
+       "GRADCOMP_LOCAL_SIZE=0 is not auto or an integer in 1..65536" INT_FORM},
+      {"GRADCOMP_MIN_ELEMENTS", "1e3",
+       "GRADCOMP_MIN_ELEMENTS=1e3 is not an integer in 0..1000000000000000000" INT_FORM},
+      {"GRADCOMP_SEED", "+8",
+       "GRADCOMP_SEED=+8 is not an unsigned 64-bit integer, in plain decimal digits (no sign, "
+       "space or leading zero) or 0x and 1 to 16 hex digits"},
+      {"GRADCOMP_SEED", "1e3", "GRADCOMP_SEED=1e3 is not an unsigned 64-bit integer" SEED_FORM},
+      {"GRADCOMP_DENSITY", "0x10",
+       "GRADCOMP_DENSITY=0x10 is not a number in [1e-06, 1], in a decimal number with a digit or "
+       "'.' first (0.01, .5, 1e-3; no sign, space, comma, nan, inf or 0x)"},
+      {"GRADCOMP_DENSITY", "+0.5",
+       "GRADCOMP_DENSITY=+0.5 is not a number in [1e-06, 1]" NUMBER_FORM},
+      {"GRADCOMP_DENSITY", "0,5", "GRADCOMP_DENSITY=0,5 is not a number in [1e-06, 1]" NUMBER_FORM},
+      {"GRADCOMP_MOMENTUM", "inf",
+       "GRADCOMP_MOMENTUM=inf is not a number in [0, 0.999999]" NUMBER_FORM},
+  };
+  for (const auto& bc : cases) {
+    ScopedEnv env(bc.name, bc.value);
+    gradcompConfig_t cfg;
+    EXPECT_EQ(gradcompConfigFromEnv(&cfg), gradcompInvalidArgument) << bc.name << "=" << bc.value;
+    EXPECT_STREQ(gradcompGetLastError(), bc.message);
+  }
+  // What the form allows is taken: 1e-3 and .5 are numbers, 0x10 a seed.
+  ScopedEnv a("GRADCOMP_DENSITY", "1e-3"), b("GRADCOMP_MOMENTUM", ".5"), c("GRADCOMP_SEED", "0x10");
+  gradcompConfig_t cfg;
+  ASSERT_EQ(gradcompConfigFromEnv(&cfg), gradcompSuccess) << gradcompGetLastError();
+  EXPECT_FLOAT_EQ(cfg.density, 1e-3f);
+  EXPECT_FLOAT_EQ(cfg.momentum, 0.5f);
+  EXPECT_EQ(cfg.seed, 16u);
+}
+
 // A path (GRADCOMP_NCCL_LIBRARY in the preload's warnings) is shown whole,
 // written out as a value is: cut at 64 characters it hid the file name the
 // sentence is about.
@@ -121,21 +174,21 @@ TEST(Config, APathIsShownWholeAndWrittenOut) {
 
 TEST(Config, BadEnvironmentValuesNameVariableAndRange) {
   const BadEnv cases[] = {
-      {"GRADCOMP_BITS", "9", "GRADCOMP_BITS=9 is not an integer in 2..8"},
-      {"GRADCOMP_BITS", "four", "GRADCOMP_BITS=four is not an integer in 2..8"},
-      {"GRADCOMP_BITS", "1", "GRADCOMP_BITS=1 is not an integer in 2..8"},
-      {"GRADCOMP_BUCKET", "100000", "GRADCOMP_BUCKET=100000 is not an integer in 32..8192"},
-      {"GRADCOMP_DENSITY", "0", "GRADCOMP_DENSITY=0 is not a number in [1e-06, 1]"},
-      {"GRADCOMP_DENSITY", "nan", "GRADCOMP_DENSITY=nan is not a number in [1e-06, 1]"},
+      {"GRADCOMP_BITS", "9", "GRADCOMP_BITS=9 is not an integer in 2..8" INT_FORM},
+      {"GRADCOMP_BITS", "four", "GRADCOMP_BITS=four is not an integer in 2..8" INT_FORM},
+      {"GRADCOMP_BITS", "1", "GRADCOMP_BITS=1 is not an integer in 2..8" INT_FORM},
+      {"GRADCOMP_BUCKET", "100000",
+       "GRADCOMP_BUCKET=100000 is not an integer in 32..8192" INT_FORM},
+      {"GRADCOMP_DENSITY", "0", "GRADCOMP_DENSITY=0 is not a number in [1e-06, 1]" NUMBER_FORM},
+      {"GRADCOMP_DENSITY", "nan", "GRADCOMP_DENSITY=nan is not a number in [1e-06, 1]" NUMBER_FORM},
       // The whole value is the number: 0.01 followed by more is refused, not read as 0.01.
-      {"GRADCOMP_DENSITY", "0.01abc", "GRADCOMP_DENSITY=0.01abc is not a number in [1e-06, 1]"},
+      {"GRADCOMP_DENSITY", "0.01abc",
+       "GRADCOMP_DENSITY=0.01abc is not a number in [1e-06, 1]" NUMBER_FORM},
       {"GRADCOMP_METHOD", "zip", "GRADCOMP_METHOD=zip is not one of none|qsgd|topk|randk|dgc"},
-      {"GRADCOMP_SEED", "-1",
-       "GRADCOMP_SEED=-1 is not an unsigned 64-bit integer (decimal without leading zeros, or 0x "
-       "and hex digits)"},
-      {"GRADCOMP_EF", "2", "GRADCOMP_EF=2 is not an integer in 0..1"},
+      {"GRADCOMP_SEED", "-1", "GRADCOMP_SEED=-1 is not an unsigned 64-bit integer" SEED_FORM},
+      {"GRADCOMP_EF", "2", "GRADCOMP_EF=2 is not an integer in 0..1" INT_FORM},
       {"GRADCOMP_PIPELINE_BYTES", "-1",
-       "GRADCOMP_PIPELINE_BYTES=-1 is not an integer in 0..1000000000000000000"},
+       "GRADCOMP_PIPELINE_BYTES=-1 is not an integer in 0..1000000000000000000" INT_FORM},
       // A nonzero value a float flushes to 0 ("off" for the clipping) is refused, not changed.
       {"GRADCOMP_CLIP_NORM", "1e-50",
        "GRADCOMP_CLIP_NORM=1e-50 is not a number in [0, 1e+30] that a float holds: a nonzero "
@@ -143,31 +196,30 @@ TEST(Config, BadEnvironmentValuesNameVariableAndRange) {
       // A long value is cut at 64 characters, so the range after it is never lost.
       {"GRADCOMP_BITS", "1111111111222222222233333333334444444444555555555566666666667777777777",
        "GRADCOMP_BITS=1111111111222222222233333333334444444444555555555566666666667777... (70 "
-       "characters) is not an integer in 2..8"},
+       "characters) is not an integer in 2..8" INT_FORM},
       // A blank, a control character or a '"' puts the value in quotes with
       // those written out: "4 " shown bare read as a refused 4, and a CR (a
       // CRLF environment file) sent the cursor back over the variable's name.
-      {"GRADCOMP_BITS", "4 ", "GRADCOMP_BITS=\"4 \" is not an integer in 2..8"},
-      {"GRADCOMP_BITS", "4\r", "GRADCOMP_BITS=\"4\\r\" is not an integer in 2..8"},
+      {"GRADCOMP_BITS", "4 ", "GRADCOMP_BITS=\"4 \" is not an integer in 2..8" INT_FORM},
+      {"GRADCOMP_BITS", "4\r", "GRADCOMP_BITS=\"4\\r\" is not an integer in 2..8" INT_FORM},
       {"GRADCOMP_DENSITY", "\t0.5\n",
-       "GRADCOMP_DENSITY=\"\\t0.5\\n\" is not a number in [1e-06, 1]"},
+       "GRADCOMP_DENSITY=\"\\t0.5\\n\" is not a number in [1e-06, 1]" NUMBER_FORM},
       {"GRADCOMP_METHOD", "\"qsgd\"",
        "GRADCOMP_METHOD=\"\\\"qsgd\\\"\" is not one of none|qsgd|topk|randk|dgc"},
       {"GRADCOMP_ALGO", "ring\x1b[2J\\",
        "GRADCOMP_ALGO=\"ring\\x1b[2J\\\\\" is not one of auto|twoshot|ring|allgather|sparse|hier"},
-      {"GRADCOMP_SEED", "1 ",
-       "GRADCOMP_SEED=\"1 \" is not an unsigned 64-bit integer (decimal without leading zeros, "
-       "or 0x and hex digits)"},
+      {"GRADCOMP_SEED", "1 ", "GRADCOMP_SEED=\"1 \" is not an unsigned 64-bit integer" SEED_FORM},
       // A byte past ASCII is quoted and written out too: a no-break space
       // (U+00A0, pasted from a web page) shown raw read as a refused 4, and
       // a byte that is no UTF-8 went raw into the sentence.
-      {"GRADCOMP_BITS", "4\xc2\xa0", "GRADCOMP_BITS=\"4\\xc2\\xa0\" is not an integer in 2..8"},
+      {"GRADCOMP_BITS", "4\xc2\xa0",
+       "GRADCOMP_BITS=\"4\\xc2\\xa0\" is not an integer in 2..8" INT_FORM},
       {"GRADCOMP_METHOD", "q\xffsgd",
        "GRADCOMP_METHOD=\"q\\xffsgd\" is not one of none|qsgd|topk|randk|dgc"},
       // Cut at 64 characters as a bare value is, the blank past the cut still quoting it.
       {"GRADCOMP_BITS", "1111111111222222222233333333334444444444555555555566666666667777777 ",
        "GRADCOMP_BITS=\"1111111111222222222233333333334444444444555555555566666666667777\"... (68 "
-       "characters) is not an integer in 2..8"},
+       "characters) is not an integer in 2..8" INT_FORM},
   };
   for (const auto& bc : cases) {
     ScopedEnv env(bc.name, bc.value);
@@ -373,7 +425,7 @@ TEST(ConfigStrict, IntegersAreDecimalWithoutSignSpaceOrLeadingZero) {
     // A value with a blank is shown in quotes.
     const std::string shown = strchr(v, ' ') ? std::string("\"") + v + "\"" : v;
     EXPECT_EQ(std::string(gradcompGetLastError()),
-              "GRADCOMP_BITS=" + shown + " is not an integer in 2..8");
+              "GRADCOMP_BITS=" + shown + " is not an integer in 2..8" INT_FORM);
   }
   const char* badSeed[] = {" -1",
                            "-1",
@@ -416,9 +468,9 @@ TEST(ConfigStrict, SizesJustPastTheirMaximumAreRefused) {
       ScopedEnv e(env, "1000000000000000001");
       gradcompConfig_t cfg;
       EXPECT_EQ(gradcompConfigFromEnv(&cfg), gradcompInvalidArgument) << env;
-      EXPECT_EQ(
-          std::string(gradcompGetLastError()),
-          std::string(env) + "=1000000000000000001 is not an integer in 0..1000000000000000000");
+      EXPECT_EQ(std::string(gradcompGetLastError()),
+                std::string(env) +
+                    "=1000000000000000001 is not an integer in 0..1000000000000000000" INT_FORM);
     }
     ScopedEnv e(env, "1000000000000000000");
     gradcompConfig_t cfg;

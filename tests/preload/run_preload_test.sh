@@ -669,7 +669,7 @@ run blank_values env "GRADCOMP_DEBUG=INFO " "GRADCOMP_GROUP=fuse$cr" "GRADCOMP_B
   check "blank_values: GRADCOMP_GROUP's warning quotes its value, the CR written out" \
     "grep -qF 'WARN GRADCOMP_GROUP=\"fuse\\r\" is not defer, fuse or pass; using defer' '$work/blank_values.err'"
   check "blank_values: the bad configuration's warning quotes GRADCOMP_BITS's value" \
-    "grep -qF 'bad configuration (GRADCOMP_BITS=\"4 \" is not an integer in 2..8)' '$work/blank_values.err'"
+    "grep -qF 'bad configuration (GRADCOMP_BITS=\"4 \" is not an integer in 2..8, in plain decimal digits (no sign, space or leading zero))' '$work/blank_values.err'"
   check "blank_values: no CR reaches stderr" "! grep -q \"\$cr\" '$work/blank_values.err'"
 }
 # 6h. Under LD_PRELOAD every process the trainer forks has the preload too

@@ -1597,7 +1597,13 @@ class LibraryErrors(unittest.TestCase):
         p = run(GRADCOMP_BITS="9")
         self.assertEqual(p.returncode, 1, p.stdout)
         self.assertIn("settings: GRADCOMP_BITS=9: refused: GRADCOMP_BITS=9 is not an integer in "
-                      "2..8", p.stdout)
+                      "2..8, in plain decimal digits (no sign, space or leading zero)\n", p.stdout)
+        # A number in another form is refused saying the form the library reads (the library's
+        # sentence, as gradcompConfigFromEnv gives it).
+        p = run(GRADCOMP_BITS="0x8", GRADCOMP_DENSITY="+0.5")
+        self.assertEqual(p.returncode, 1, p.stdout)
+        self.assertIn("GRADCOMP_BITS=0x8 is not an integer in 2..8, in plain decimal digits (no "
+                      "sign, space or leading zero)", p.stdout)
 
     @unittest.skipUnless(gradcomp.has("gradcompEnvName"), "this libgradcomp has no gradcompEnvName")
     def test_info_tells_settings_from_other_variables(self):
@@ -1641,7 +1647,8 @@ class LibraryErrors(unittest.TestCase):
                       "libnccl.so.2\n", p.stdout)
         p = run(GRADCOMP_GROUP="pass ", GRADCOMP_BITS="9")  # both said, the blank shown
         self.assertEqual(p.returncode, 1, p.stdout)
-        self.assertIn(": refused: GRADCOMP_BITS=9 is not an integer in 2..8; "
+        self.assertIn(": refused: GRADCOMP_BITS=9 is not an integer in 2..8, in plain decimal "
+                      "digits (no sign, space or leading zero); "
                       "GRADCOMP_GROUP=\"pass \" is not defer, fuse or pass", p.stdout)
         p = run(GRADCOMP_GROUP="Fuse", GRADCOMP_DEBUG="info")  # case-insensitive, as read
         self.assertEqual(p.returncode, 0, p.stdout)
