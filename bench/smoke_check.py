@@ -207,6 +207,33 @@ def check_flags(perf, work, src, kdoc, bits, bucket):
                        (["-m", ","], "-m ',': give at least one method"),
                        (["-m", ""], "-m '': give at least one method"),
                        (["-d", ","], "-d ',': give at least one type"),
+                       # An empty item among others (a comma too many, a shell variable left
+                       # empty) is refused naming the flag and its place, not dropped.
+                       (["-d", "float,"], "-d 'float,': item 2 of the list is empty"),
+                       (["-d", ",half"], "-d ',half': item 1 of the list is empty"),
+                       (["-m", "qsgd,,topk"], "-m 'qsgd,,topk': item 2 of the list is empty"),
+                       (["--link-gbps", "10,"], "--link-gbps '10,': item 2 of the list is empty"),
+                       (["--model-nodes", "2,,4"],
+                        "--model-nodes '2,,4': item 2 of the list is empty"),
+                       (["--model-nodes", "2", "--model-local", "4,"],
+                        "--model-local '4,': item 2 of the list is empty"),
+                       (["--model-nodes", "2", "--node-gbps", ",100"],
+                        "--node-gbps ',100': item 1 of the list is empty"),
+                       # The in-node link is read by the projection and by a run on nodes of
+                       # several ranks alone: on a flat run it is refused, not ignored.
+                       (["--intra-gbps", "100"],
+                        "--intra-gbps 100 is for the projection (--model-nodes K) or a run on "
+                        "nodes of several ranks (--local-size L > 1, or GRADCOMP_LOCAL_SIZE), and "
+                        "this run is flat"),
+                       (["-N", "4", "--local-size", "1", "--intra-gbps", "100"],
+                        "--intra-gbps 100 is for the projection"),
+                       # An empty path or address (a shell variable left empty) is refused, not
+                       # taken as the flag left out (no file written, the default report).
+                       (["--json", ""], "--json '': the value is empty: give a file"),
+                       (["--csv", ""], "--csv '': the value is empty: give a file"),
+                       (["--root", ""], "--root '': the value is empty: give a host:port"),
+                       (["--kernel-rates", ""],
+                        "--kernel-rates '': the value is empty: give a report"),
                        (["-m", "none", "--json", "/nonexistent/dir/x.json"],
                         "cannot write /nonexistent/dir/x.json.part"),
                        # A directory cannot be renamed over: refused before the first row, not

@@ -860,6 +860,20 @@ int runHarness(const Options& o, Rank& r) {
                 r.nranks(), r.nranks());
       return 2;
     }
+    // The in-node link is modeled for the projection and for a run on nodes of several ranks
+    // alone: on a flat run without --model-nodes the run went on as if it had been taken, its
+    // table and JSON the same as without it (as --node-gbps and --model-pipe were, which
+    // parseOptions refuses; this run's layout is known only here).
+    if (o.intraGiven && o.modelNodes.empty() && info.localSize <= 1) {
+      if (lead)
+        fprintf(stderr,
+                "gradcomp_perf: --intra-gbps %g is for the projection (--model-nodes K) or a run "
+                "on nodes of several ranks (--local-size L > 1, or GRADCOMP_LOCAL_SIZE), and this "
+                "run is flat (one rank per node): give one of those too, or leave it out (see "
+                "--help)\n",
+                o.intraGbps);
+      return 2;
+    }
   }
   if (lead) printPreamble(o, info);
 

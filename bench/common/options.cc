@@ -9,6 +9,8 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include "../../plugin/params.h"
+
 namespace gcbench {
 namespace {
 
@@ -149,6 +151,30 @@ std::vector<std::string> splitList(const char* s) {
   return out;
 }
 
+// A list flag's items (splitList). An empty item among others ("float," or "1,,2": a shell
+// variable left empty, a comma too many) was dropped without a word, so the run was not the one
+// written; it is refused naming the flag and the item's position. A list of no item at all
+// ("" or ",") is left to the flag's own "give at least one" refusal.
+bool listItems(const char* flag, const char* s, std::vector<std::string>* items, int* exitCode) {
+  *items = splitList(s);
+  if (items->empty()) return true;
+  int position = 1;
+  for (const char* p = s;; ++p) {
+    const bool end = *p == ',' || *p == '\0';
+    if (end && (p == s || p[-1] == ',')) {
+      fprintf(stderr,
+              "gradcomp_perf: %s '%s': item %d of the list is empty: give the items separated by "
+              "single commas, with none before the first or after the last (see --help)\n",
+              flag, s, position);
+      *exitCode = 2;
+      return false;
+    }
+    if (*p == '\0') break;
+    if (*p == ',') ++position;
+  }
+  return true;
+}
+
 bool fail(int* exitCode, const char* fmt, const char* flag, const char* value) {
   fprintf(stderr, "gradcomp_perf: ");
   fprintf(stderr, fmt, flag, value);
@@ -159,10 +185,8 @@ bool fail(int* exitCode, const char* fmt, const char* flag, const char* value) {
 
 // An integer flag's refusal, naming the flag, the value as given and the range.
 bool failInt(int* exitCode, const char* flag, const char* value, const char* range) {
-  fprintf(stderr,
-          "gradcomp_perf: %s '%s' is not an integer in %s, in plain decimal digits (no sign, "
-          "space or leading zero) (see --help)\n",
-          flag, value, range);
+  fprintf(stderr, "gradcomp_perf: %s '%s' is not an integer in %s, in %s (see --help)\n", flag,
+          value, range, gc::kIntegerForm);
   *exitCode = 2;
   return false;
 }
@@ -339,6 +363,7 @@ bool parseOptions(int argc, char** argv, Options* o, int* exitCode) {
   int c;
   long lv;
   double dv;
+  std::vector<std::string> items;  // a list flag's (listItems)
   // getopt's own messages off (opterr) and ':' first: a missing value is ':', not '?', and
   // badOption says either in one line on stderr.
   opterr = 0;
@@ -390,7 +415,8 @@ bool parseOptions(int argc, char** argv, Options* o, int* exitCode) {
         break;
       case 'd':
         o->dtypes.clear();
-        for (const std::string& s : splitList(v)) {
+        if (!listItems("-d", v, &items, exitCode)) return false;
+        for (const std::string& s : items) {
           if (s == "float" || s == "fp32" || s == "float32")
             o->dtypes.push_back(ncclFloat32);
           else if (s == "half" || s == "fp16" || s == "float16")
@@ -418,7 +444,8 @@ bool parseOptions(int argc, char** argv, Options* o, int* exitCode) {
         break;
       case 'm':
         o->methods.clear();
-        for (const std::string& s : splitList(v)) {
+        if (!listItems("-m", v, &items, exitCode)) return false;
+        for (const std::string& s : items) {
           int m = -1;
           for (int k = 0; k < 5; ++k)
             if (s == methodName((gradcompMethod_t)k)) m = k;
@@ -477,20 +504,28 @@ bool parseOptions(int argc, char** argv, Options* o, int* exitCode) {
           return fail(exitCode, "%s %s: backends are cuda, cpu or socket", "--backend", v);
         break;
       case kRoot:
-        o->root = v;
-        break;
       case kJson:
-        o->jsonPath = v;
+      case kCsv: {
+        const char* flag = c == kRoot ? "--root" : c == kJson ? "--json" : "--csv";
+        // Empty (a shell variable left empty) was taken as the flag left out: no file
+        // written, or NCCL_COMM_ID's address, without a word.
+        if (*v == '\0')
+          return fail(exitCode,
+                      c == kRoot
+                          ? "%s '%s': the value is empty: give a host:port, or leave the "
+                            "flag out"
+                          : "%s '%s': the value is empty: give a file, or leave the flag out",
+                      flag, v);
+        (c == kRoot ? o->root : c == kJson ? o->jsonPath : o->csvPath) = v;
         break;
-      case kCsv:
-        o->csvPath = v;
-        break;
+      }
       case kLink:
         o->linkGbps.clear();
-        if (splitList(v).empty())
+        if (!listItems("--link-gbps", v, &items, exitCode)) return false;
+        if (items.empty())
           return fail(exitCode, "%s %s: give at least one bandwidth in [0.001, 1e6] Gb/s",
                       "--link-gbps", v);
-        for (const std::string& s : splitList(v)) {
+        for (const std::string& s : items) {
           if (!parseDouble(s.c_str(), 1e-3, 1e6, &dv))
             return fail(exitCode, "%s %s: each bandwidth must be in [0.001, 1e6] Gb/s",
                         "--link-gbps", v);
@@ -522,7 +557,8 @@ bool parseOptions(int argc, char** argv, Options* o, int* exitCode) {
         std::vector<int>& list = c == kModelNodes ? o->modelNodes : o->modelLocal;
         const char* flag = c == kModelNodes ? "--model-nodes" : "--model-local";
         list.clear();
-        for (const std::string& s : splitList(v)) {
+        if (!listItems(flag, v, &items, exitCode)) return false;
+        for (const std::string& s : items) {
           if (!parseInt(s.c_str(), 1, 4096, &lv))
             return failInt(exitCode, flag, v, "1..4096 (each of the list)");
           list.push_back((int)lv);
@@ -532,7 +568,8 @@ bool parseOptions(int argc, char** argv, Options* o, int* exitCode) {
       }
       case kNodeGbps:
         o->nodeGbps.clear();
-        for (const std::string& s : splitList(v)) {
+        if (!listItems("--node-gbps", v, &items, exitCode)) return false;
+        for (const std::string& s : items) {
           if (!parseDouble(s.c_str(), 1e-3, 1e6, &dv))
             return fail(exitCode, "%s %s: each bandwidth must be in [0.001, 1e6] Gb/s",
                         "--node-gbps", v);
@@ -545,6 +582,7 @@ bool parseOptions(int argc, char** argv, Options* o, int* exitCode) {
       case kIntraGbps:
         if (!parseDouble(v, 1e-3, 1e6, &o->intraGbps))
           return fail(exitCode, "%s %s not in [0.001, 1e6] Gb/s", "--intra-gbps", v);
+        o->intraGiven = true;
         break;
       case kModelPipe:
         if (!parseSize(v, &o->modelPipelineBytes) || o->modelPipelineBytes > (1ull << 40))
@@ -553,6 +591,13 @@ bool parseOptions(int argc, char** argv, Options* o, int* exitCode) {
         modelPipeArg = v;
         break;
       case kKernelRates:
+        // Empty means "the newest report" inside Options; as a value it was a shell variable
+        // left empty, taken as the default without a word.
+        if (*v == '\0')
+          return fail(exitCode,
+                      "%s '%s': the value is empty: give a report (.json or a folder) or none, "
+                      "or leave the flag out for the newest",
+                      "--kernel-rates", v);
         o->kernelRates = v;
         break;
       case kLocalSize:

@@ -48,6 +48,7 @@ struct Options {
   std::vector<int> modelNodes, modelLocal;
   std::vector<double> nodeGbps;  // all NICs of a node together
   double intraGbps = 3600;       // in-node link per GPU: NVLink 4, 450 GB/s
+  bool intraGiven = false;       // --intra-gbps given: refused where no model reads it
   // The projection's GRADCOMP_PIPELINE_BYTES: the hierarchy's middle stage,
   // or the flat algorithm where the library runs no hierarchy
   // (docs/benchmark.md says why 8 MiB).
