@@ -13,22 +13,27 @@
 #include <vector>
 
 #include "gradcomp.h"
+#include "tests/common/env_knob.h"
 
 namespace gctest {
 
+// GRADCOMP_TEST_GPU=1: no GPU is a failure; 0 or unset: a skip. Another value
+// (yes, true, 2, " 1") was taken as 0 without a word, so a GPU run whose GPU
+// was missing passed by skipping every test: it fails the test, naming 0 and 1.
 inline bool gpuRequired() {
-  const char* v = getenv("GRADCOMP_TEST_GPU");
-  return v != nullptr && strcmp(v, "1") == 0;
+  return envWord("GRADCOMP_TEST_GPU", {"0", "1"}) == 1;
 }
 
 class GpuTest : public ::testing::Test {
  protected:
   void SetUp() override {
+    // Read with a GPU too, so that a bad value is said wherever it is set.
+    const bool required = gpuRequired();
     int n = 0;
     cudaError_t err = cudaGetDeviceCount(&n);
     if (err != cudaSuccess || n == 0) {
       (void)cudaGetLastError();
-      if (gpuRequired()) {
+      if (required) {
         FAIL() << "GRADCOMP_TEST_GPU=1 but no usable GPU: " << cudaGetErrorString(err);
       }
       GTEST_SKIP() << "no GPU (" << cudaGetErrorString(err)

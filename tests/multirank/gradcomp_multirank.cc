@@ -1298,8 +1298,16 @@ int main() {
   rank = atoi(getenv("GC_RANK") ? getenv("GC_RANK") : "0");
   nranks = atoi(getenv("GC_NRANKS") ? getenv("GC_NRANKS") : "1");
   const char* idPath = getenv("GC_ID_FILE") ? getenv("GC_ID_FILE") : "/tmp/gradcomp_nccl_id";
-  localSize = atoi(getenv("GRADCOMP_LOCAL_SIZE") ? getenv("GRADCOMP_LOCAL_SIZE") : "0");
-  privateComm = atoi(getenv("GRADCOMP_PRIVATE_COMM") ? getenv("GRADCOMP_PRIVATE_COMM") : "0");
+  // GRADCOMP_LOCAL_SIZE (auto, or 1..65536) and GRADCOMP_PRIVATE_COMM (0..1) as the library
+  // reads them, refused with its sentence: atoi took abc, 0 and -1 as a flat world and 4x as
+  // 4, so the suite checked another layout than the one asked for.
+  gradcompConfig_t env;
+  if (gradcompConfigFromEnv(&env) != gradcompSuccess) {
+    fprintf(stderr, "rank %d: %s\n", rank, gradcompGetLastError());
+    return 2;
+  }
+  localSize = env.localSize;
+  privateComm = env.privateComm;
   int ndev = 0;
   CK(cudaGetDeviceCount(&ndev));
   CK(cudaSetDevice(rank % ndev));

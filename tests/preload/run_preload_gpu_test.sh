@@ -16,6 +16,12 @@
 set -uo pipefail
 preload=$1 app=$2
 . "$(dirname "$0")/../../tools/wait_ranks.sh"
+# GRADCOMP_TEST_GPU is 0 or 1, as for tests/gpu (gpu_util.h): another value (yes, true, 2)
+# was taken as 0, so a GPU run whose GPU was missing passed by skipping.
+case "${GRADCOMP_TEST_GPU-0}" in
+  0 | 1) ;;
+  *) echo "FAIL: GRADCOMP_TEST_GPU=$GRADCOMP_TEST_GPU is not one of 0, 1"; exit 1 ;;
+esac
 ngpu=$("$app" probe 2>/dev/null || echo 0)
 if [ "${ngpu:-0}" = 0 ]; then
   if [ "${GRADCOMP_TEST_GPU:-0}" = 1 ]; then echo "FAIL: no GPU (GRADCOMP_TEST_GPU=1)"; exit 1; fi
