@@ -81,12 +81,6 @@ struct GroupCalls {
     std::weak_ptr<CommEntry> entry;
   };
   std::vector<Destroy> destroys;
-  // NCCL refused a call the preload passed on inside the open group. NCCL
-  // makes a call's refusal in a group the group's error (ncclGroupErrCheck),
-  // and its end then fails before it runs any of the group's work, finalize
-  // and destroy jobs included (group.cc, 2.14 and later); any other failure
-  // of the end comes after those jobs ran (destroyHeldBack).
-  bool refused = false;
 };
 thread_local GroupCalls* tCalls = nullptr;
 thread_local bool tCallsOwned = false;
@@ -106,13 +100,6 @@ GroupCalls& groupCalls() {
     }
   }
   return *tCalls;
-}
-
-// NCCL's answer `r` to a call the preload passed on to it, noted as the open
-// group's refusal (GroupCalls::refused) where NCCL refused it inside one.
-ncclResult_t answeredInGroup(ncclResult_t r) {
-  if (tGroupDepth > 0 && r != ncclSuccess && r != ncclInProgress) groupCalls().refused = true;
-  return r;
 }
 
 void countPassed(CommEntry& e, Collective coll) {
@@ -162,9 +149,9 @@ ncclResult_t forward(CommEntry* e, const Deferred& d) {
   // deferred or fused call after it): NCCL frees the communicator.
   if (e != nullptr && e->aborted.stopped()) return abortedCall(d.comm);
   if (e != nullptr) countPassed(*e, d.coll);
-  return answeredInGroup(
-      ncclAnswered(rs ? api->reduceScatter(d.send, d.recv, d.count, d.type, d.op, d.comm, d.stream)
-                      : api->allReduce(d.send, d.recv, d.count, d.type, d.op, d.comm, d.stream)));
+  return ncclAnswered(
+      rs ? api->reduceScatter(d.send, d.recv, d.count, d.type, d.op, d.comm, d.stream)
+         : api->allReduce(d.send, d.recv, d.count, d.type, d.op, d.comm, d.stream));
 }
 
 ncclResult_t compress(CommEntry& e, const Deferred& d, bool keyed, uint64_t key,
@@ -309,31 +296,28 @@ ncclResult_t destroyComm(ncclComm_t comm) {
 }
 
 // The destroys a user group held back behind deferred calls
-// (deferBehindCalls), of a group whose end NCCL failed as a whole. NCCL
-// alone runs a group's finalize and destroy jobs first at its end (group.cc,
-// groupLaunch: asyncJobLaunch, then the calls' preparation and launch, 2.14
-// and later), so an end that fails there (a job, the preparation or the
-// launch) has freed the communicator by then: the program, told ncclSuccess
-// at its destroy, rightly never names it again, and it is destroyed here
-// too, its entry with it. Dropped, it stayed made, its gradcomp comm
-// allocated, and its entry in the table. Only a group NCCL refused a call of
-// (`refused`) fails before it runs any job: NCCL keeps such a communicator
-// (the program may still destroy or abort it), and the preload keeps it and
-// its entry. A held-back finalize goes either way: the communicator's
-// destroy or abort, still to come or run here, ends its work.
-void destroyHeldBack(const std::vector<Deferred>& calls, bool refused) {
-  if (refused) return;
+// (deferBehindCalls), of a group whose end NCCL failed as a whole: dropped
+// with the group's calls, the communicator left made, its gradcomp state and
+// its entry kept, and the program told so. Whether NCCL alone had destroyed
+// it depends on what failed and on NCCL's version, none of which the preload
+// can tell: a call NCCL refused in the group (any call, those the preload
+// never sees too: a broadcast, a send) makes the end fail before it runs any
+// of the group's jobs, so the communicator lives on, while a failure past
+// those jobs (a launch) comes after NCCL 2.22 and later ran the destroy job
+// (before 2.22 a destroy in a group was not a job: NCCL ran it at the call).
+// Running the held destroy here would free a communicator the program may
+// still destroy or abort (NCCL's answer to a refused call), a use after free
+// in NCCL; dropping it leaks one only where the program, told its destroy
+// succeeded, never names it again, which the warning says.
+void warnDroppedDestroys(const std::vector<Deferred>& calls) {
   for (const Deferred& d : calls) {
     // Aborted or destroyed since it was held back: NCCL freed it then.
     if (d.commCall != CommCall::Destroy || deferredEntry(d) == nullptr) continue;
-    const ncclResult_t r = destroyComm(d.comm);
-    if (r != ncclSuccess) {
-      warnOncePerSentence(
-          "ncclCommDestroy of NCCL comm %p, made in a user group after calls of it and run after "
-          "the group's failed end (NCCL destroys it before the group's calls fail), returned %d "
-          "(%s); the group's end answers its error",
-          (void*)d.comm, (int)r, ncclApi()->getErrorString(r));
-    }
+    warnOncePerSentence(
+        "ncclCommDestroy of NCCL comm %p, made in a user group after calls of it and held back "
+        "behind them, was dropped with the group, whose end failed: the communicator is still "
+        "made; destroy it (or abort it) again after the failed group",
+        (void*)d.comm);
   }
 }
 
@@ -419,17 +403,15 @@ ncclResult_t leaveGroup(ncclResult_t r) {
   if (tGroupDepth > 0) --tGroupDepth;
   if (tGroupDepth > 0) return r;
   GroupCalls& g = groupCalls();
-  const bool refused = std::exchange(g.refused, false);
   if (r != ncclSuccess && r != ncclInProgress) {
     // NCCL's group failed (a call in it was refused, its launch failed): NCCL
     // discards every call of the group, so the deferred ones are dropped too,
     // as NCCL alone would have dropped them, and nothing ran to be counted. A
-    // finalize joined to them goes too; a destroy runs where NCCL would have
-    // run it before the failure (destroyHeldBack).
+    // finalize or destroy joined to them goes too (warnDroppedDestroys).
     g.forwarded.clear();
     std::vector<Deferred> calls;
     calls.swap(g.deferred);
-    destroyHeldBack(calls, refused);
+    warnDroppedDestroys(calls);
     return r;
   }
   std::vector<EntryPtr>& forwarded = g.ended;
@@ -524,9 +506,9 @@ bool passedAsInts(Collective coll, const void* send, void* recv, size_t count,
   const auto* api = ncclApi();
   const gcNcclReduction fn =
       coll == Collective::ReduceScatter ? api->reduceScatter : api->allReduce;
-  *res = fn == nullptr ? ncclSystemError
-                       : answeredInGroup(ncclAnswered(
-                             gcNcclReductionWithInts(fn, send, recv, count, t, o, comm, stream)));
+  *res = fn == nullptr
+             ? ncclSystemError
+             : ncclAnswered(gcNcclReductionWithInts(fn, send, recv, count, t, o, comm, stream));
   return true;
 }
 
@@ -721,9 +703,7 @@ GC_INTERPOSE ncclResult_t ncclGroupSimulateEnd(ncclSimInfo_t* simInfo) {
   groupCalls().forwarded.clear();
   const ncclResult_t r = ncclAnswered(realNccl()->groupSimulateEnd(simInfo));
   tGroupDepth = 0;
-  // A group NCCL failed drops them with its calls (a simulated end that failed
-  // after NCCL ran the group's jobs is not told apart: see destroyHeldBack).
-  groupCalls().refused = false;
+  // A group NCCL failed drops them with its calls, as leaveGroup does.
   for (const Deferred& d : commCalls) {
     if (r != ncclSuccess) break;
     const EntryPtr e = deferredEntry(d);
@@ -780,8 +760,7 @@ GC_INTERPOSE ncclResult_t ncclCommSplit(ncclComm_t comm, int color, int key, ncc
   if (realNccl()->commSplit == nullptr) return ncclSystemError;
   const bool nonBlocking =
       nonBlockingFrom(config, config ? config->blocking : 1, isNonBlocking(comm));
-  const ncclResult_t r =
-      answeredInGroup(ncclAnswered(realNccl()->commSplit(comm, color, key, newcomm, config)));
+  const ncclResult_t r = ncclAnswered(realNccl()->commSplit(comm, color, key, newcomm, config));
   // NCCL_SPLIT_NOCOLOR makes no child: NCCL stores NULL in the slot as the
   // call starts and again when the split's job ends (NCCL 2.30.7, src/init.cc:
   // ncclCommInitChildComm, then ncclCommInitRankFunc's exit; for a
@@ -801,8 +780,8 @@ GC_INTERPOSE ncclResult_t ncclCommShrink(ncclComm_t comm, int* excludeRanksList,
   const bool nonBlocking =
       nonBlockingFrom(config, config ? config->blocking : 1, isNonBlocking(comm));
   auto shrink = [&] {
-    return answeredInGroup(ncclAnswered(realNccl()->commShrink(
-        comm, excludeRanksList, excludeRanksCount, newcomm, config, shrinkFlags)));
+    return ncclAnswered(realNccl()->commShrink(comm, excludeRanksList, excludeRanksCount, newcomm,
+                                               config, shrinkFlags));
   };
   // NCCL_SHRINK_ABORT ends the parent's work in flight, gradcomp's on it too:
   // as at a revoke, its gradcomp comm stops (first: see shrinkAborting).
@@ -916,10 +895,10 @@ ncclResult_t finalizeAgain(ncclComm_t comm) {
     });
     if (held != calls.end()) {
       calls.erase(held);
-      (void)answeredInGroup(ncclAnswered(finalize(comm)));
+      (void)ncclAnswered(finalize(comm));
     }
   }
-  const ncclResult_t r = answeredInGroup(ncclAnswered(finalize(comm)));
+  const ncclResult_t r = ncclAnswered(finalize(comm));
   if (r == ncclInvalidArgument) {
     noteOwnError(
         "ncclCommFinalize: NCCL comm %p was already finalized (a communicator is finalized "
@@ -942,7 +921,7 @@ GC_INTERPOSE ncclResult_t ncclCommFinalize(ncclComm_t comm) {
     if (e != nullptr) e->finalizeMade = true;
     return ncclSuccess;
   }
-  const ncclResult_t r = answeredInGroup(ncclAnswered(realNccl()->commFinalize(comm)));
+  const ncclResult_t r = ncclAnswered(realNccl()->commFinalize(comm));
   if (e != nullptr && (r == ncclSuccess || r == ncclInProgress)) e->finalizeMade = true;
   return r;
 }
