@@ -387,7 +387,12 @@ gradcompResult_t gradcompReduceScatterKeyed(const void* sendbuff, void* recvbuff
  * reduce-scatter, every count and datatype); that buffer's next call starts
  * afresh, from a zero residual, and every other buffer keeps its own. Reset
  * frees them all (every buffer's next call then starts afresh), as the comm's
- * destroy or abort does, and a load replaces them all with the blob's;
+ * destroy or abort does, but keeps the grad scale (gradcompCommSetGradScale):
+ * that is the factor of the gradients the caller passes, not of the state,
+ * and a loss scaler keeps its scale over a reset (a skipped step, a restart
+ * from fresh residuals), so the calls after it are those of a new comm given
+ * that scale, DGC clipping at clipNorm * scale; a caller whose gradients are
+ * no longer scaled sets 1. A load replaces every state with the blob's;
  * without these, buffers that move and keys never used again grow the comm
  * (docs/reliability.md, "Buffers that move"). Save writes every buffer's
  * state to a caller buffer (host memory) so a training checkpoint can hold
@@ -438,7 +443,8 @@ gradcompResult_t gradcompCommLoadState(gradcompComm_t comm, const void* buffer, 
  * else gradcompInvalidArgument; gradcompInvalidUsage while `stream` is being
  * captured, and on a DGC comm with clipNorm > 0 whose calls were captured
  * into a CUDA graph (its replays keep the old scale's clipping bound). A
- * saved state records the scale it is in, and a load restores it. */
+ * saved state records the scale it is in, and a load restores it; a reset
+ * (gradcompCommResetState) keeps it. */
 gradcompResult_t gradcompCommSetGradScale(gradcompComm_t comm, float scale, cudaStream_t stream);
 gradcompResult_t gradcompCommGetGradScale(gradcompComm_t comm, float* scale);
 

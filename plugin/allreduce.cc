@@ -47,6 +47,8 @@ gradcompResult_t sparseAllReduce(gradcompComm* c, const void* send, void* recv, 
                          : sparseInterNodeBytes(*c, count, state->calls));
 }
 
+}  // namespace
+
 gradcompResult_t allReduce(const void* send, void* recv, size_t count, ncclDataType_t type,
                            ncclRedOp_t op, gradcompComm* c, cudaStream_t stream, bool keyed,
                            uint64_t key) {
@@ -117,7 +119,6 @@ gradcompResult_t allReduce(const void* send, void* recv, size_t count, ncclDataT
                     algo.interNodeBytes(*c, count, bits));
 }
 
-}  // namespace
 }  // namespace gc
 
 extern "C" {

@@ -234,9 +234,14 @@ gradcompResult_t measure(gradcompComm* c, AutoCall k, CallTimer& timer, AutoFigu
     if (stepRead != gradcompSuccess) deviceStep = c->step;
   }
   SetAside aside(c, deviceStep);
+  // The collectives behind the C entry points, under the pin of the public
+  // call timing them (a retune, or the call whose hook tunes).
   auto compressed = [&](size_t n) {
-    return rs ? gradcompReduceScatter(s.send, s.recv, n / ranks, ncclFloat32, ncclSum, c, stream)
-              : gradcompAllReduce(s.send, s.recv, n, ncclFloat32, ncclSum, c, stream);
+    return guarded([&] {
+      return rs ? reduceScatter(s.send, s.recv, n / ranks, ncclFloat32, ncclSum, c, stream, false,
+                                0)
+                : allReduce(s.send, s.recv, n, ncclFloat32, ncclSum, c, stream, false, 0);
+    });
   };
   // What a call auto passes runs: NCCL's collective, and on a DGC comm with
   // momentum correction the velocity's passes around it (collective.h), on the

@@ -213,6 +213,19 @@ gradcompResult_t refuseCallEnums(gradcompComm* c, size_t count, const ncclDataTy
                                  const ncclRedOp_t* op, cudaStream_t stream,
                                  gradcompResult_t local);
 
+// The collectives of gradcompAllReduce(Keyed) and gradcompReduceScatter(Keyed)
+// once collectiveEntry has pinned the comm and made its device current. A
+// call the library makes on its own comm inside a public call (the auto
+// timing's) runs them directly, under that call's pin: one public call holds
+// one pin, so an abort on another thread meanwhile fails it as an aborted
+// comm's calls fail (CommCall), not as a comm that was never live.
+gradcompResult_t allReduce(const void* send, void* recv, size_t count, ncclDataType_t type,
+                           ncclRedOp_t op, gradcompComm* c, cudaStream_t stream, bool keyed,
+                           uint64_t key);
+gradcompResult_t reduceScatter(const void* send, void* recv, size_t recvCount, ncclDataType_t type,
+                               ncclRedOp_t op, gradcompComm* c, cudaStream_t stream, bool keyed,
+                               uint64_t key);
+
 // The body of a collective's C entry point (gradcompAllReduce,
 // gradcompReduceScatter and their keyed forms): a datatype or op that
 // checkCallEnums refuses is refused before anything reads it as the enum

@@ -16,7 +16,6 @@
 #include "collective.h"
 
 namespace gc {
-namespace {
 
 gradcompResult_t reduceScatter(const void* send, void* recv, size_t recvCount, ncclDataType_t type,
                                ncclRedOp_t op, gradcompComm* c, cudaStream_t stream, bool keyed,
@@ -128,7 +127,6 @@ gradcompResult_t reduceScatter(const void* send, void* recv, size_t recvCount, n
   return finishCall(*c, *state, -1, count * dtypeBytes(t), wire, interNode);
 }
 
-}  // namespace
 }  // namespace gc
 
 extern "C" {

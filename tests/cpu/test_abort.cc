@@ -13,8 +13,11 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <fstream>
 #include <functional>
+#include <memory>
+#include <mutex>
 #include <regex>
 #include <set>
 #include <sstream>
@@ -22,9 +25,11 @@
 #include <thread>
 #include <vector>
 
+#include "autotune.h"
 #include "backends/transport.h"
 #include "comm.h"
 #include "gradcomp.h"
+#include "tests/common/forwarding_transport.h"
 #include "tests/common/loopback.h"
 
 namespace {
@@ -353,6 +358,82 @@ TEST(Abort, APeerThatIsGoneDoesNotHoldAbort) {
   const auto t0 = std::chrono::steady_clock::now();
   EXPECT_EQ(gradcompCommAbort(comms[0]), gradcompSuccess);
   EXPECT_LT(seconds(t0), kPromptSec);
+}
+
+// A retune's transport that stops after the last untimed and timed NCCL-side
+// allreduce of `count` elements (the auto timing's first series), once it
+// succeeded, until the comm is aborted: the next step of the retune is its
+// first compressed call, made inside the retune's own public call.
+class StopBeforeCompressedTiming final : public gctest::ForwardingTransport {
+ public:
+  StopBeforeCompressedTiming(std::unique_ptr<gc::Transport> inner, size_t count)
+      : ForwardingTransport(std::move(inner)), count_(count) {}
+  gradcompResult_t passThrough(const void* send, void* recv, size_t count, ncclDataType_t type,
+                               ncclRedOp_t op) override {
+    const gradcompResult_t res = ForwardingTransport::passThrough(send, recv, count, type, op);
+    if (count == count_ && ++passes_ == gc::kAutoWarmupCalls + gc::kAutoTimedCalls) {
+      std::unique_lock<std::mutex> lock(mu_);
+      stopped_ = true;
+      cv_.notify_all();
+      cv_.wait(lock, [&] { return aborted_; });
+    }
+    return res;
+  }
+  void abort() override {
+    ForwardingTransport::abort();
+    std::lock_guard<std::mutex> lock(mu_);
+    aborted_ = true;
+    cv_.notify_all();
+  }
+  // Until the retune stopped here.
+  void waitStopped() {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] { return stopped_; });
+  }
+
+ private:
+  const size_t count_;
+  int passes_ = 0;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stopped_ = false, aborted_ = false;
+};
+
+// An abort on another thread while a retune times: the retune's compressed
+// calls run inside its public call, under its hold on the comm, so it fails
+// as an aborted comm's calls do, not as a comm that was never live (a second
+// hold, taken by a nested public call after the abort began, was refused).
+TEST(Abort, ARetuneAbortedWhileTimingNamesTheAbort) {
+  gradcompConfig_t cfg = config();
+  cfg.autoTune = 1;
+  std::vector<gradcompComm_t> comms(2);
+  ASSERT_EQ(gradcompCommCreateCpu(2, &cfg, comms.data()), gradcompSuccess);
+  constexpr size_t kSmall = 1024;
+  for (gradcompComm_t c : comms) {
+    c->autoState.timeOnHost = true;  // the in-process world times as a socket comm
+    c->autoState.timedCounts[0] = kSmall;
+    c->autoState.timedCounts[1] = 4 * kSmall;
+  }
+  auto* stop = new StopBeforeCompressedTiming(std::move(comms[0]->transport), kSmall);
+  comms[0]->transport.reset(stop);
+  gradcompResult_t res[2] = {gradcompSuccess, gradcompSuccess};
+  std::string why[2];
+  std::vector<std::thread> ranks;
+  for (int r = 0; r < 2; ++r) {
+    ranks.emplace_back([&, r] {
+      res[r] = gradcompCommRetune(comms[r], nullptr);
+      why[r] = gradcompGetLastError();
+    });
+  }
+  stop->waitStopped();
+  EXPECT_EQ(gradcompCommAbort(comms[0]), gradcompSuccess) << gradcompGetLastError();
+  for (auto& t : ranks) t.join();
+  EXPECT_EQ(res[0], gradcompInvalidUsage) << why[0];
+  EXPECT_NE(why[0].find("was aborted (gradcompCommAbort)"), std::string::npos) << why[0];
+  EXPECT_EQ(why[0].find("not a live"), std::string::npos) << why[0];
+  EXPECT_NE(res[1], gradcompSuccess);  // its peer left the world
+  EXPECT_NE(why[1].find("aborted"), std::string::npos) << why[1];
+  EXPECT_EQ(gradcompCommDestroy(comms[1]), gradcompSuccess) << gradcompGetLastError();
 }
 
 // gc::commStop, the LD_PRELOAD library's ncclCommAbort: the comm stays

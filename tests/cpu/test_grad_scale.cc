@@ -264,6 +264,35 @@ TEST(GradScaleArgs, ASavedStateCarriesItsScale) {
   EXPECT_EQ(s, kScales[6]);
 }
 
+// A reset keeps the scale: it is the caller's gradients' (a GradScaler keeps
+// its scale over a skipped step or a restart from fresh residuals), not the
+// state's. The calls after a reset are bit for bit those of a new comm given
+// the same scale, with no second gradcompCommSetGradScale; a comm at scale 1
+// clips the same scaled gradients at the unscaled bound, and differs.
+TEST(GradScaleArgs, AResetKeepsTheScale) {
+  const Case& k = kCases[9];
+  const gradcompConfig_t cfg = dgcConfig();
+  constexpr float kScale = 1024.0f;
+  gctest::CpuWorld w(kRanks, cfg), fresh(kRanks, cfg), unscaled(kRanks, cfg);
+  for (int t = 0; t < 3; ++t) call(w, k, t, kScale, true);
+  auto res = w.run([&](int r) { return gradcompCommResetState(w.comm(r)); });
+  for (auto rc : res) ASSERT_EQ(rc, gradcompSuccess);
+  for (int r = 0; r < kRanks; ++r) {
+    float s = 0.0f;
+    ASSERT_EQ(gradcompCommGetGradScale(w.comm(r), &s), gradcompSuccess);
+    EXPECT_EQ(s, kScale) << "rank " << r;
+  }
+  bool clipsOtherwise = false;
+  for (int t = 3; t < 8; ++t) {
+    const auto x = call(w, k, t, kScale, false);
+    const auto y = call(fresh, k, t, kScale, t == 3);
+    const auto z = call(unscaled, k, t, kScale, false);
+    ASSERT_EQ(firstMismatch(y, x, 1.0f), "") << "step " << t;
+    clipsOtherwise = clipsOtherwise || !firstMismatch(y, z, 1.0f).empty();
+  }
+  EXPECT_TRUE(clipsOtherwise) << "the scale changed nothing: the test would pass either way";
+}
+
 // The scale record of a blob is checked as the rest: 0, NaN or a second
 // record is refused naming it, and the comm keeps its state and scale.
 TEST(GradScaleArgs, ABadScaleRecordIsRefused) {
