@@ -11,10 +11,12 @@
 
 #include <algorithm>
 #include <chrono>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -136,7 +138,47 @@ TEST(Reliability, CpuWorldTimeoutCountsTheSameOnEveryRank) {
     EXPECT_EQ(res[r], gradcompSystemError) << "rank " << r;
     EXPECT_NE(why[r].find("3 of 4 ranks reached a collective"), std::string::npos)
         << "rank " << r << ": " << why[r];
+    EXPECT_NE(why[r].find("this rank waited in the uncompressed allreduce"), std::string::npos)
+        << "rank " << r << ": " << why[r];
   }
+}
+
+// Two ranks of the in-process world in different collectives of one call
+// (what per-buffer states that diverged would do): each fails naming its own
+// collective and its peer's, with what they compare, by name.
+TEST(Reliability, CpuTransportMismatchNamesBothCollectives) {
+  auto world = gc::makeCpuWorld(2, 30);
+  gradcompResult_t res[2] = {gradcompSuccess, gradcompSuccess};
+  std::string why[2];
+  auto both = [&](const std::function<gradcompResult_t()>& call0,
+                  const std::function<gradcompResult_t()>& call1) {
+    std::thread t1([&] {
+      res[1] = call1();
+      why[1] = gradcompGetLastError();
+    });
+    res[0] = call0();
+    why[0] = gradcompGetLastError();
+    t1.join();
+    for (int r = 0; r < 2; ++r) EXPECT_EQ(res[r], gradcompInvalidUsage) << why[r];
+  };
+  std::vector<float> a(16, 1.0f), b(16, 0.0f), c(16, 1.0f), d(16, 0.0f);
+  both([&] { return world[0]->allGather(a.data(), b.data(), 8); },
+       [&] { return world[1]->allReduceSumFloat(c.data(), d.data(), 3); });
+  EXPECT_NE(why[0].find("rank 0 entered the allgather of 8 bytes per rank while rank 1 entered "
+                        "the float sum of 3 elements"),
+            std::string::npos)
+      << why[0];
+  EXPECT_NE(why[1].find("rank 1 entered the float sum of 3 elements while rank 0 entered the "
+                        "allgather of 8 bytes per rank"),
+            std::string::npos)
+      << why[1];
+  // The same collective at other sizes: the counts, datatypes and ops named.
+  both([&] { return world[0]->reduceScatter(a.data(), b.data(), 4, ncclFloat32, ncclSum); },
+       [&] { return world[1]->reduceScatter(c.data(), d.data(), 8, ncclFloat32, ncclSum); });
+  EXPECT_NE(why[0].find("rank 0 entered the reduce-scatter (recvcount=4 datatype=7 op=0) while "
+                        "rank 1 entered the reduce-scatter (recvcount=8 datatype=7 op=0)"),
+            std::string::npos)
+      << why[0];
 }
 
 // GRADCOMP_CHECK_CALLS: a rank that cannot prepare a compressed call (here

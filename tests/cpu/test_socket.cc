@@ -20,6 +20,7 @@
 
 #include "gradcomp.h"
 #include "plugin/autotune.h"
+#include "plugin/comm.h"
 #include "plugin/backends/cpu/root_address.h"
 #include "tests/common/auto_checks.h"
 #include "tests/common/cpu_world.h"
@@ -282,6 +283,32 @@ TEST(Socket, DifferentCallsFailOnEveryRank) {
             gradcompSuccess);
   EXPECT_NE(std::string(gradcompGetLastError()).find("destroy the comm"), std::string::npos)
       << gradcompGetLastError();
+}
+
+// Ranks of one call in different collectives of the transport (per-buffer
+// states that diverged): the rank that reads its peer's header first names
+// both collectives by name, with their sizes; the other may only see the
+// connection close.
+TEST(Socket, DifferentCollectivesAreNamed) {
+  gradcompConfig_t cfg = withMethod(gradcompMethodQsgd);
+  cfg.cpuTimeoutSec = 20;
+  SocketWorld world(2, cfg);
+  std::vector<std::vector<float>> send(2, std::vector<float>(8, 1.0f)), recv = send;
+  std::vector<std::string> why(2);
+  auto res = world.run([&](int r) {
+    gc::Transport& t = *world.comm(r)->transport;
+    const gradcompResult_t x = r == 0 ? t.allGather(send[r].data(), recv[r].data(), 8)
+                                      : t.allReduceSumFloat(send[r].data(), recv[r].data(), 3);
+    why[r] = gradcompGetLastError();
+    return x;
+  });
+  int named = 0;
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_NE(res[r], gradcompSuccess) << "rank " << r;
+    named += why[r].find("the allgather of 8 bytes per rank") != std::string::npos &&
+             why[r].find("the float sum of 3 elements") != std::string::npos;
+  }
+  EXPECT_GE(named, 1) << why[0] << "\n" << why[1];
 }
 
 // GRADCOMP_CHECK_CALLS, a rank waiting long (cpuTimeoutSec = 60) for its

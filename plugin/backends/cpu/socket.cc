@@ -35,6 +35,7 @@
 #include "kernels/common_math.cuh"
 #include "checks.h"
 #include "debug.h"
+#include "backends/cpu/host_collective.h"
 #include "backends/cpu/host_reduce.h"
 #include "backends/cpu/root_address.h"
 #include "backends/transport.h"
@@ -739,7 +740,7 @@ class SocketTransport final : public Transport {
     for (int i = 0; i < size_; ++i) {
       if (i != rank_) xs.push_back(recvFrom(i, nullptr, 0));
     }
-    return run(kVerify, 0, xs);
+    return run(kHostVerify, 0, xs);
   }
 
   gradcompResult_t allToAll(const void* const* send, const size_t* sendBytes, void* const* recv,
@@ -750,7 +751,7 @@ class SocketTransport final : public Transport {
       xs.push_back(sendTo(i, send[i], sendBytes[i]));
       xs.push_back(recvFrom(i, recv[i], recvBytes[i]));
     }
-    return run(kAllToAll, 0, xs);
+    return run(kHostAllToAll, 0, xs);
   }
 
   gradcompResult_t sendRecv(const void* send, size_t sendBytes, int to, void* recv,
@@ -767,7 +768,7 @@ class SocketTransport final : public Transport {
     std::vector<Transfer>& xs = transfers();
     xs.push_back(sendTo(to, send, sendBytes));
     xs.push_back(recvFrom(from, recv, recvBytes));
-    return run(kSendRecv, 0, xs);
+    return run(kHostSendRecv, 0, xs);
   }
 
   gradcompResult_t allGather(const void* send, void* recv, size_t bytes) override {
@@ -780,7 +781,7 @@ class SocketTransport final : public Transport {
     }
     char* own = out + (size_t)rank_ * bytes;
     if (bytes && own != send) memmove(own, send, bytes);
-    return run(kAllGather, bytes, xs);
+    return run(kHostAllGather, bytes, xs);
   }
 
   gradcompResult_t allReduceSumFloat(const float* send, float* recv, size_t n) override {
@@ -793,14 +794,14 @@ class SocketTransport final : public Transport {
         for (size_t k = 0; k < count; ++k) out[k] = fadd(out[k], in[k]);
       }
     };
-    return twoPhase(kSumFloat, n, send, recv, n, sizeof(float), sum);
+    return twoPhase(kHostSumFloat, n, send, recv, n, sizeof(float), sum);
   }
 
   gradcompResult_t passThrough(const void* send, void* recv, size_t count, ncclDataType_t type,
                                ncclRedOp_t op) override {
     const size_t esz = hostElementSize(type);
     GC_CHECK(checkReduction(type, op, count, esz));
-    return twoPhase(kPassThrough, 0, send, recv, count, esz,
+    return twoPhase(kHostPassThrough, 0, send, recv, count, esz,
                     [type, op](const std::vector<const void*>& src, void* dst, size_t c) {
                       hostReduce(type, op, src, dst, c);
                     });
@@ -821,8 +822,8 @@ class SocketTransport final : public Transport {
       xs.push_back(sendTo(i, in + (size_t)i * blockBytes, blockBytes));
       xs.push_back(recvFrom(i, staged(i, blockBytes), blockBytes));
     }
-    const uint64_t check = (uint64_t)recvCount ^ ((uint64_t)type << 56) ^ ((uint64_t)op << 48);
-    GC_CHECK(run(kReduceScatter, check, xs));
+    const uint64_t check = reduceScatterCheck(recvCount, type, op);
+    GC_CHECK(run(kHostReduceScatter, check, xs));
     src_.resize(size_);
     for (int i = 0; i < size_; ++i) {
       src_[i] = i == rank_ ? in + (size_t)rank_ * blockBytes : staged(i, blockBytes);
@@ -834,17 +835,6 @@ class SocketTransport final : public Transport {
   }
 
  private:
-  enum : uint32_t {
-    kAllToAll = 1,
-    kSendRecv = 2,
-    kAllGather = 3,
-    kSumFloat = 4,
-    kPassThrough = 5,
-    kVerify = 6,
-    kReduceScatter = 7,
-    kGatherPhase = 8,
-  };
-
   gradcompResult_t checkReduction(ncclDataType_t type, ncclRedOp_t op, size_t count, size_t esz) {
     GC_CHECK(hostCheckReduction(type, op));
     GC_ARG(count <= SIZE_MAX / esz, "count=%zu elements of %zu bytes overflow the address space",
@@ -923,7 +913,7 @@ class SocketTransport final : public Transport {
       xs.push_back(sendTo(i, out, mineBytes));
       xs.push_back(recvFrom(i, dst + first[i] * esz, (first[i + 1] - first[i]) * esz));
     }
-    GC_CHECK(run(kGatherPhase, check, xs));
+    GC_CHECK(run(kHostGatherPhase, check, xs));
     if (mineBytes) memcpy(dst + first[rank_] * esz, out, mineBytes);
     return gradcompSuccess;
   }
@@ -949,6 +939,19 @@ class SocketTransport final : public Transport {
   int globalRank() const { return members_[rank_]; }
   int namedRank() const override { return globalRank(); }
 
+  // A header's collective (HostCollective, with the sub-transport's tag
+  // above it) and check, as a message names them.
+  static void collectiveText(char* buf, size_t size, uint32_t collective, uint64_t check) {
+    char what[96];
+    hostCollectiveText(what, sizeof what, collective & 0xff, check);
+    const uint32_t tag = collective >> 8;
+    snprintf(buf, size, "%s%s", what,
+             tag == 1   ? " of the node's transport"
+             : tag == 2 ? " of the inter-node transport"
+             : tag == 0 ? ""
+                        : " of an unknown transport");
+  }
+
   // The received header against this rank's own view of the collective.
   gradcompResult_t checkHeader(const Transfer& t, const WireHeader& mine) {
     const WireHeader& h = t.header;
@@ -964,12 +967,15 @@ class SocketTransport final : public Transport {
       return otherBuild(peer, h.bytes);
     }
     if (h.collective != mine.collective || h.check != mine.check || h.bytes != t.bytes) {
+      char mineText[128], theirsText[128];
+      collectiveText(mineText, sizeof mineText, mine.collective, mine.check);
+      collectiveText(theirsText, sizeof theirsText, h.collective, h.check);
       return setError(gradcompInvalidUsage,
-                      "socket transport: rank %d entered collective %u (size %llu) expecting "
-                      "%zu bytes from rank %d, which sent %llu bytes for collective %u (size "
-                      "%llu): the ranks' calls or per-buffer state differ",
-                      globalRank(), mine.collective, (unsigned long long)mine.check, t.bytes, peer,
-                      (unsigned long long)h.bytes, h.collective, (unsigned long long)h.check);
+                      "socket transport: rank %d entered the %s expecting %zu bytes from rank "
+                      "%d, which sent %llu bytes for the %s: the ranks' calls or per-buffer "
+                      "state differ",
+                      globalRank(), mineText, t.bytes, peer, (unsigned long long)h.bytes,
+                      theirsText);
     }
     return gradcompSuccess;
   }
@@ -1040,7 +1046,8 @@ class SocketTransport final : public Transport {
       }
     }
     // The set-up vote is the world transport's first collective (setupSocketHierarchy).
-    setUpVote_ = !ranAny_ && tag_ == 0 && collective == kAllGather && check == sizeof(SetupVote);
+    setUpVote_ =
+        !ranAny_ && tag_ == 0 && collective == kHostAllGather && check == sizeof(SetupVote);
     ranAny_ = true;
     const gradcompResult_t res = progress(xs, mine);
     if (res != gradcompSuccess) m.breakAll(gradcompGetLastError());

@@ -15,6 +15,7 @@
 
 #include "kernels/common_math.cuh"
 #include "checks.h"
+#include "backends/cpu/host_collective.h"
 #include "backends/transport.h"
 #include "backends/cpu/host_reduce.h"
 
@@ -27,7 +28,7 @@ struct Slot {
   const void* send = nullptr;
   size_t bytes = 0;
   int to = -1;
-  int op = 0;                                 // which collective this rank entered
+  uint32_t op = 0;                            // which collective this rank entered (HostCollective)
   uint64_t check = 0;                         // its size, which every rank must agree on
   CallInfo call;                              // the gradcompAllReduce it belongs to
   gradcompResult_t status = gradcompSuccess;  // this rank's outcome of the data phase
@@ -111,7 +112,9 @@ struct CpuWorld {
                     "every collective of the world fails");
   }
 
-  gradcompResult_t barrier() {
+  // The opening barrier of `op` (HostCollective) with its check, which a
+  // timeout names.
+  gradcompResult_t barrier(uint32_t op, uint64_t check) {
     std::unique_lock<std::mutex> lock(mu);
     if (aborted) return abortedError();
     const uint64_t gen = generation;
@@ -132,10 +135,14 @@ struct CpuWorld {
       if (timedOutGen != gen) timedOutGen = gen, timedOutPresent = arrived;
       const int present = timedOutPresent;
       --arrived;
-      return setError(gradcompSystemError,
-                      "CPU transport: %d of %d ranks reached a collective within %g s "
-                      "(cpuTimeoutSec, GRADCOMP_CPU_TIMEOUT); every rank must make the same calls",
-                      present, nranks, timeoutSec);
+      char waited[96];
+      hostCollectiveText(waited, sizeof waited, op, check);
+      return setError(
+          gradcompSystemError,
+          "CPU transport: %d of %d ranks reached a collective within %g s "
+          "(cpuTimeoutSec, GRADCOMP_CPU_TIMEOUT); this rank waited in the %s; every rank "
+          "must make the same calls",
+          present, nranks, timeoutSec, waited);
     }
     return gradcompSuccess;
   }
@@ -340,22 +347,25 @@ class CpuTransport final : public Transport {
   // Enters a collective: every rank must be in the same one with the same
   // size, for the same call. A rank whose calls or per-buffer state diverged
   // (NCCL would hang or corrupt memory) makes all ranks fail together here.
-  gradcompResult_t meet(int op, uint64_t check) {
+  gradcompResult_t meet(HostCollective op, uint64_t check) {
     Slot& me = world_->slots[rank_];
     me.op = op;
     me.check = check;
     me.call = call_;
-    GC_CHECK(world_->barrier());
+    GC_CHECK(world_->barrier(op, check));
     gradcompResult_t res = gradcompSuccess;
     for (int i = 0; i < size_ && res == gradcompSuccess; ++i) {
       const Slot& s = world_->slots[i];
       if (!sameCall(call_, s.call)) {
         res = callMismatch(rank_, call_, i, s.call, size_);
       } else if (s.op != op || s.check != check) {
+        char mine[96], theirs[96];
+        hostCollectiveText(mine, sizeof mine, op, check);
+        hostCollectiveText(theirs, sizeof theirs, s.op, s.check);
         res = setError(gradcompInvalidUsage,
-                       "CPU transport: rank %d entered collective %d (size %llu) while rank %d "
-                       "entered %d (size %llu): the ranks' calls or per-buffer state differ",
-                       rank_, op, (unsigned long long)check, i, s.op, (unsigned long long)s.check);
+                       "CPU transport: rank %d entered the %s while rank %d entered the %s: the "
+                       "ranks' calls or per-buffer state differ",
+                       rank_, mine, i, theirs);
       }
     }
     if (res != gradcompSuccess) GC_CHECK(world_->closingBarrier());
@@ -382,7 +392,7 @@ class CpuTransport final : public Transport {
   // meet() alone: the closing barrier keeps a fast rank from overwriting
   // its slot before the others have compared it.
   gradcompResult_t verifyCall() override {
-    GC_CHECK(meet(6, 0));
+    GC_CHECK(meet(kHostVerify, 0));
     return finish(gradcompSuccess);
   }
 
@@ -391,7 +401,7 @@ class CpuTransport final : public Transport {
     Slot& me = world_->slots[rank_];
     me.sendv = send;
     me.sendBytesv = sendBytes;
-    GC_CHECK(meet(1, 0));
+    GC_CHECK(meet(kHostAllToAll, 0));
     gradcompResult_t res = gradcompSuccess;
     for (int i = 0; i < size_; ++i) {
       if (i == rank_) continue;
@@ -414,7 +424,7 @@ class CpuTransport final : public Transport {
     me.send = send;
     me.bytes = sendBytes;
     me.to = to;
-    GC_CHECK(meet(2, 0));
+    GC_CHECK(meet(kHostSendRecv, 0));
     const Slot& peer = world_->slots[from];
     gradcompResult_t res = gradcompSuccess;
     if (peer.to != rank_ || peer.bytes != recvBytes) {
@@ -430,7 +440,7 @@ class CpuTransport final : public Transport {
 
   gradcompResult_t allGather(const void* send, void* recv, size_t bytes) override {
     world_->slots[rank_].send = send;
-    GC_CHECK(meet(3, bytes));
+    GC_CHECK(meet(kHostAllGather, bytes));
     for (int i = 0; i < size_; ++i) {
       char* dst = static_cast<char*>(recv) + (size_t)i * bytes;
       if (bytes && dst != world_->slots[i].send) memcpy(dst, world_->slots[i].send, bytes);
@@ -440,7 +450,7 @@ class CpuTransport final : public Transport {
 
   gradcompResult_t allReduceSumFloat(const float* send, float* recv, size_t n) override {
     world_->slots[rank_].send = send;
-    GC_CHECK(meet(4, n));
+    GC_CHECK(meet(kHostSumFloat, n));
     gradcompResult_t res = gradcompSuccess;
     float* sum = nullptr;
     if (n > SIZE_MAX / sizeof(float) || !growOut(n * sizeof(float))) {
@@ -461,20 +471,20 @@ class CpuTransport final : public Transport {
   gradcompResult_t passThrough(const void* send, void* recv, size_t count, ncclDataType_t type,
                                ncclRedOp_t op) override {
     // The call info carries count, type and op.
-    return reduce(5, 0, send, recv, count, 0, type, op);
+    return reduce(kHostPassThrough, 0, send, recv, count, 0, type, op);
   }
 
   gradcompResult_t reduceScatter(const void* send, void* recv, size_t recvCount,
                                  ncclDataType_t type, ncclRedOp_t op) override {
     // A stage of a call (the hierarchy's): its own size, type and op are checked.
-    return reduce(7, (uint64_t)recvCount ^ ((uint64_t)type << 56) ^ ((uint64_t)op << 48), send,
-                  recv, recvCount, (size_t)rank_ * recvCount, type, op);
+    return reduce(kHostReduceScatter, reduceScatterCheck(recvCount, type, op), send, recv,
+                  recvCount, (size_t)rank_ * recvCount, type, op);
   }
 
  private:
   // Elements [first, first + count) of every rank's send buffer, reduced in
   // rank order into recv (the allreduce, and this rank's reduce-scatter block).
-  gradcompResult_t reduce(int collective, uint64_t check, const void* send, void* recv,
+  gradcompResult_t reduce(HostCollective collective, uint64_t check, const void* send, void* recv,
                           size_t count, size_t first, ncclDataType_t type, ncclRedOp_t op) {
     world_->slots[rank_].send = send;
     GC_CHECK(meet(collective, check));
