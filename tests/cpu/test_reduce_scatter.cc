@@ -312,8 +312,18 @@ void checkSparse(const gradcompConfig_t& cfg, int N, DType t, bool avg, size_t m
   const size_t n = N * m;
   std::vector<SparseState> st(N);
   gctest::RsOutputs out(N, m);
+  // One input buffer per rank for every step: in place its block is the
+  // output, whose address keys the buffer's state, so fresh buffers at each
+  // step would start fresh states wherever the allocator moved them.
+  std::vector<Rank> in(N);
   for (int step = 0; step < steps; ++step) {
-    std::vector<Rank> in = makeInputs(N, n, t, 31 * step + m + N);
+    const std::vector<Rank> fresh = makeInputs(N, n, t, 31 * step + m + N);
+    for (int i = 0; i < N; ++i) {
+      in[i].f32.resize(fresh[i].f32.size());
+      in[i].half.resize(fresh[i].half.size());
+      std::copy(fresh[i].f32.begin(), fresh[i].f32.end(), in[i].f32.begin());
+      std::copy(fresh[i].half.begin(), fresh[i].half.end(), in[i].half.begin());
+    }
     std::vector<std::vector<float>> g(N);
     for (int i = 0; i < N; ++i) g[i] = widen(in[i], t, n);
     auto res = out.run(world, in, t, m, avg, inPlace);
