@@ -6,7 +6,7 @@ fsdp_frozen|fsdp_frozen_resume|fsdp_late_root|fsdp_dcp|dgc|subgroups|
 restart|scaler|abort|replicas|ddp_group|ddp_register|overflow|compose|disagree|unused|
 unused_nan|unused_join|unused_mixed|unused_rewrapped|unused_rewrapped_gc|
 unused_rewrapped_join_gc|unused_rewrapped_join_eval_gc|unused_rewrapped_idle_join|
-unused_rewrapped_in_join|two_live_ddps|unused_static|patterns|compiled
+unused_static|patterns|compiled
 OUT (the env:// variables from tools/gc_ranks.py).
 
 Records every call the hook (DDP) or the reduce-scatter (FSDP) gets, its input before and its
@@ -762,8 +762,7 @@ def ddp_register(out, rank):
     calls would average over both ranks, silently), each step recording what it said and the
     gradient: "frozen", registered and then gc.freeze() (which hides the DDP from the
     gc walk register_comm_hook leaves to the state); "moved", a step on a DDP over the world,
-    then the state registered on a new DDP of the model over this rank alone (also by
-    register_comm_hook: "moved_register_comm_hook"); "two", both DDPs
+    then the state registered on a new DDP of the model over this rank alone; "two", both DDPs
     registered before either steps, stepped in turn; "helper_and_plain", the same with the
     second registered by register_comm_hook; "two_models", one state (module=the first)
     registered on DDPs of two models over the world. Then torch's fp16_compress_wrapper: through
@@ -842,19 +841,6 @@ def ddp_register(out, rank):
     d = DDP(model, process_group=alone)
     gct.register_ddp_hook(d, st)
     res["moved"].append(step(model, d))
-    del d
-    st.close()
-
-    # The same by register_comm_hook: the new DDP is one the state has not seen, so it is
-    # looked for and checked at its first call.
-    model = linear()
-    st = fresh(model)
-    d = DDP(model)
-    d.register_comm_hook(st, gct.gradcomp_hook)
-    res["moved_register_comm_hook"] = [step(model, d)]
-    d = DDP(model, process_group=alone)
-    d.register_comm_hook(st, gct.gradcomp_hook)
-    res["moved_register_comm_hook"].append(step(model, d))
     del d
     st.close()
 
@@ -1693,8 +1679,8 @@ def unused_rewrapped(out, rank):
     """A state given to DDP(find_unused_parameters=True) by register_comm_hook, its model
     wrapped again in a new DDP alike (the first one dropped) and registered with the same state;
     p unused on every rank at one step of the new DDP. Whether the state kept p's released
-    slice there (it reads the settings of the DDP whose forward set up the backward, the new
-    one), and by step p's input slice and p.grad, for the test to check that nothing was lost."""
+    slice there (it reads the settings of the DDP it found at its first call, gone since), and
+    by step p's input slice and p.grad, for the test to check that nothing was lost."""
     return _rewrapped_run(rank)
 
 
@@ -1711,9 +1697,8 @@ def unused_rewrapped_join_gc(out, rank):
     """unused_rewrapped_gc with the first DDP's steps inside Join (which leaves the DDP's
     _join_config enabled after its block: torch sets it at Join's construction and never resets
     it). The state must go on alike on both ranks whether the first DDP is gone (rank 0, at once)
-    or still waits for the collector (rank 1, until after the step where p is unused), and read
-    the new DDP's Join (none), not the first one's: the run completes, and both ranks keep p's
-    released slice and get the same p.grad."""
+    or still waits for the collector (rank 1, until after the step where p is unused): the run
+    completes, and both ranks keep alike and get the same p.grad."""
     return _rewrapped_run(rank, collect_at=UNUSED_AT + 1, join=True)
 
 
@@ -1733,103 +1718,6 @@ def unused_rewrapped_join_eval_gc(out, rank):
     until after the step where p is unused): the run completes, and both ranks keep alike and
     get the same p.grad."""
     return _rewrapped_run(rank, collect_at=UNUSED_AT + 1, after_join="eval")
-
-
-def _registered_by(how, st):
-    """Registers `st` on a DDP the way `how` names: "register_comm_hook" (the hook told no DDP)
-    or "register_ddp_hook" (each call names its DDP: the reference)."""
-    def register(d):
-        if how == "register_comm_hook":
-            d.register_comm_hook(st, gct.gradcomp_hook)
-        else:
-            gct.register_ddp_hook(d, st)
-    return register
-
-
-def unused_rewrapped_in_join(out, rank):
-    """A model trained in a first DDP(find_unused_parameters=True), then wrapped again in a new
-    one alike, whose steps run inside Join with uneven inputs: p used at the first of them,
-    unused on every rank at the second, and rank 1 has one step more (rank 0 joined: its shadow
-    calls); then 3 steps after the Join. Per registration (register_comm_hook, and
-    register_ddp_hook as the reference), the model's parameters at the end and the slices kept
-    after the Join, and the state's warnings that it found no DDP (where a joined rank's shadow
-    call did not tell its DDP)."""
-    from torch.distributed.algorithms.join import Join
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
-    cfg = gradcomp.Config(from_env=False, method="topk", density=0.05, select="exact",
-                          min_elements=0, auto_tune=0)
-    records, res = {}, {}
-    for how in ("register_comm_hook", "register_ddp_hook"):
-        with warnings.catch_warnings(record=True) as said:
-            warnings.simplefilter("always")
-            torch.manual_seed(0)
-            m = UnusedNet()
-            st = gct.GradcompState(module=m, start_iter=0, backend="cpu", config=cfg)
-            register = _registered_by(how, st)
-            opt = torch.optim.SGD(m.parameters(), lr=0.1)
-
-            def step(d, s, use_p):
-                m.use_p = use_p
-                x = torch.randn(8, 32, generator=torch.Generator().manual_seed(100 * s + rank))
-                opt.zero_grad(set_to_none=True)
-                d(x).square().sum().backward()
-                opt.step()
-
-            d = DDP(m, find_unused_parameters=True)
-            register(d)
-            for s in range(2):
-                step(d, s, True)
-            del d  # the model wrapped again
-            d = DDP(m, find_unused_parameters=True)
-            register(d)
-            with Join([d]):
-                for s in range(2, 4 + rank):
-                    step(d, s, s == 2)
-            carried = len(st._carry)
-            for s in range(5, 8):
-                step(d, s, True)
-            st.close()
-        records[how] = [p.detach().clone() for p in m.parameters()]
-        res[how] = {"carried": carried,
-                    "unchecked": [str(w.message) for w in said if "found no DDP" in str(w.message)]}
-    return records, res
-
-
-def two_live_ddps(out, rank):
-    """One state on two live DDPs of one model: DDP(m) and DDP(m, find_unused_parameters=True),
-    each stepped in turn (the first 2 steps on the first, the steps where p is unused, on every
-    rank and on rank 0 only, on the second, the flush steps alternating). Per registration
-    (register_comm_hook, and register_ddp_hook as the reference), by step p.grad; then, under
-    register_comm_hook, both DDPs' forwards before one backward: what that backward says."""
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
-    cfg = gradcomp.Config(from_env=False, method="topk", density=0.05, select="exact",
-                          min_elements=0, auto_tune=0)
-    records, res = {}, {}
-    for how in ("register_comm_hook", "register_ddp_hook"):
-        torch.manual_seed(0)
-        m = UnusedNet()
-        st = gct.GradcompState(module=m, start_iter=1, backend="cpu", config=cfg)
-        register = _registered_by(how, st)
-        plain, unused_ = DDP(m), DDP(m, find_unused_parameters=True)
-        register(plain)
-        register(unused_)
-        grads = []
-        for s in range(UNUSED_AT + 2 + UNUSED_FLUSH):
-            x = unused_input(m, s, rank)
-            d = unused_ if 2 <= s <= UNUSED_AT + 1 or s % 2 else plain
-            d.zero_grad(set_to_none=True)
-            d(x).square().sum().backward()
-            g = m.p.grad
-            grads.append(torch.zeros(m.p.numel()) if g is None else g.reshape(-1).clone())
-        records[how] = grads
-        if how == "register_comm_hook":
-            x = unused_input(m, 0, rank)
-            res["both_forwards"] = _error(
-                lambda: (plain(x).square().sum() + unused_(x).square().sum()).backward())
-        st.close()
-    return records, res
 
 
 def unused_static(out, rank):
@@ -2201,8 +2089,6 @@ def main():
                      "unused_rewrapped_join_gc": unused_rewrapped_join_gc,
                      "unused_rewrapped_join_eval_gc": unused_rewrapped_join_eval_gc,
                      "unused_rewrapped_idle_join": unused_rewrapped_idle_join,
-                     "unused_rewrapped_in_join": unused_rewrapped_in_join,
-                     "two_live_ddps": two_live_ddps,
                      "unused_static": unused_static,
                      "patterns": patterns, "compiled": compiled}[mode](out, rank)
     torch.save(records, f"{out}.rank{rank}.pt")

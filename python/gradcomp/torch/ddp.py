@@ -22,17 +22,15 @@ every rank of the DDP's group (one all_gather), and every rank raises alike.
 register_ddp_hook(ddp_model, state) registers gradcomp_hook with the DDP and
 its group recorded on the state, so each DDP the state serves is checked at its
 own first call. ddp_model.register_comm_hook(state, gradcomp_hook) gives the
-hook no DDP: the state tells the calling one from what every rank shares
-(_calling_ddp): the DDP whose forward set up the backward (a forward hook on
-each DDP it has seen) and holds the bucket's parameters, or, in a joined rank's
-shadow call (Join), the DDP that makes it. A DDP it has not seen (the first
-call, the model wrapped again, a second DDP) is looked for among the referrers
-of the (hook, state) pair DDP keeps (gc.get_referrers, blind to gc.freeze()),
-and then checked and read as register_ddp_hook's are; two live DDPs of the same
-parameters, both after a forward, cannot be told apart and are refused on every
-rank. Where it finds none (a hook of one's own registered with another state),
-it warns once. torch's hook wrappers (fp16_compress_wrapper, hook_with_zero_step)
-go through register_ddp_hook(ddp_model, state, wrap=...).
+hook no DDP: the state finds it once, at its first call, among the referrers of
+the (hook, state) pair DDP keeps (gc.get_referrers, blind to gc.freeze()), and
+a DDP it is registered on later is not checked again, nor its
+find_unused_parameters read: the state keeps the settings of the one found,
+also once it is gone (each rank frees it at its own time, and a search made on
+some ranks only would meet the others' next collective); where it finds none (a
+hook of one's own registered with another state), it warns once. torch's hook
+wrappers (fp16_compress_wrapper, hook_with_zero_step) go through
+register_ddp_hook(ddp_model, state, wrap=...).
 """
 import contextlib
 import difflib
@@ -268,13 +266,10 @@ class GradcompState:
         # autograd graph task whose end settles them (None: none queued).
         self._watch = []
         self._watch_task = None
-        # The DDPs register_comm_hook registered this state on that it has found
-        # (_registering_ddps), weakly: each with [whether its last forward set up a backward that
-        # calls the hook and no call of that backward has been its last bucket yet, the ids of
-        # its parameters] (_ForwardNote), from which _calling_ddp tells which DDP calls; and
-        # whether a search found none (a hook of one's own that calls gradcomp_hook).
-        self._seen = weakref.WeakKeyDictionary()
-        self._none_found = False
+        self._found_ddp = None  # the DDP _registering_ddp found, weakly
+        self._found_opts = None  # and its settings (_ddp_opts), read when it was found
+        self._found_join = False  # and whether it was in Join at its last forward (_in_join)
+        self._found_join_hook = None  # the found DDP's forward pre-hook (_FoundJoinNote)
         if module is not None:
             ddp_group = getattr(module, "process_group", None)
             if (isinstance(module, torch.nn.parallel.DistributedDataParallel)
@@ -961,30 +956,47 @@ class GradcompState:
         refused. A refused state is checked again at its next call (every rank of the group
         refused it): registered again on a new DDP of the model, it must not go on unchecked.
 
-        ddp: the calling DDP (register_ddp_hook's, which names it; register_comm_hook's, which
-        _calling_ddp tells), checked once per DDP, so a state registered on a second DDP (the
-        model wrapped again, another group) is checked again at that DDP's first call. None: no
-        DDP that has this state as its hook's state was found (a hook of one's own that calls
-        gradcomp_hook with a state it holds), where nothing is checked and the state warns once
-        that it could not check."""
+        ddp: the calling DDP, for a hook registered by register_ddp_hook (its group recorded
+        there): checked once per DDP, so a state registered on a second DDP (the model wrapped
+        again, another group) is checked again at that DDP's first call. Without it (the hook
+        registered by register_comm_hook, which tells the hook no DDP), the DDP is looked for
+        once per state (_registering_ddp), and its settings kept (_ddp_opts): not again once it
+        is gone (the model wrapped again), since when a process frees it is each process's own
+        (a reference cycle goes at its collector's next run), and a search made on some ranks
+        only would meet the others' next collective; where none is found, nothing is checked,
+        and the state warns once that it could not check."""
         if ddp is None:
-            self._ddp_group_checked = True
-            # A hook of the user's own that calls gradcomp_hook with a state it holds, while
-            # DDP was given another state (or None), averaged over the state's ranks without
-            # a word where DDP reduces over others.
-            self._warn_once("no-ddp", "gradcomp_hook found no DDP module that has this "
-                            "GradcompState as its comm hook's state (a hook of your own "
-                            "registered with another state, or None, that calls "
-                            "gradcomp_hook with this one; or gc.freeze() before the first "
-                            "step, which hides the DDP): it cannot check that the DDP "
-                            f"reduces over the state's {self.world_size} ranks, and a DDP "
-                            "over other ranks would be averaged over the state's, silently. "
-                            "Register with gct.register_ddp_hook(model, state, wrap=...) "
-                            "(wrap: torch's hook wrappers, or a function of your own around "
-                            "the hook), or give DDP this GradcompState as the hook's state: "
-                            "ddp.register_comm_hook(state, hook) (warned once)")
-            return
-        group = self._ddps.get(ddp, ddp.process_group)
+            found = _registering_ddp(self)
+            if found is None:
+                self._ddp_group_checked = True
+                # A hook of the user's own that calls gradcomp_hook with a state it holds, while
+                # DDP was given another state (or None), averaged over the state's ranks without
+                # a word where DDP reduces over others.
+                self._warn_once("no-ddp", "gradcomp_hook found no DDP module that has this "
+                                "GradcompState as its comm hook's state (a hook of your own "
+                                "registered with another state, or None, that calls "
+                                "gradcomp_hook with this one; or gc.freeze() before the first "
+                                "step, which hides the DDP): it cannot check that the DDP "
+                                f"reduces over the state's {self.world_size} ranks, and a DDP "
+                                "over other ranks would be averaged over the state's, silently. "
+                                "Register with gct.register_ddp_hook(model, state, wrap=...) "
+                                "(wrap: torch's hook wrappers, or a function of your own around "
+                                "the hook), or give DDP this GradcompState as the hook's state: "
+                                "ddp.register_comm_hook(state, hook) (warned once)")
+                return
+            self._found_ddp = weakref.ref(found)
+            self._found_opts = _ddp_opts(found)
+            self._found_join = _in_join(found)
+            if self._found_join_hook is not None:
+                self._found_join_hook.remove()
+            # Read again at each of its forwards, which every rank makes alike while it is in
+            # use; not at the hook's calls, which a DDP made since (the model wrapped again)
+            # makes too: there a rank where the found one waits for the collector would read a
+            # Join entered after its last forward, which a rank where it is gone cannot.
+            self._found_join_hook = found.register_forward_pre_hook(_FoundJoinNote(self))
+            group = found.process_group
+        else:
+            group = self._ddps.get(ddp, ddp.process_group)
         theirs = dist.get_process_group_ranks(group)
         mine = dist.get_process_group_ranks(self.process_group)
         on = device if self.backend == "nccl" else "cpu"
@@ -993,7 +1005,10 @@ class GradcompState:
         dist.all_gather(got, t, group=group)
         bad = [r for r, g in zip(theirs, got) if int(g.item())]
         if not bad:
-            self._ddps_checked.add(ddp)
+            if ddp is None:
+                self._ddp_group_checked = True
+            else:
+                self._ddps_checked.add(ddp)
             return
         do = ("make every rank's GradcompState with process_group=<the group given to "
               "DistributedDataParallel>")
@@ -1440,10 +1455,9 @@ def register_ddp_hook(model, state, wrap=None):
     tells the state which DDP calls), and records the DDP (weakly) and its process group on
     the state. Each DDP the state is registered on this way is checked at its own first
     hook call (a state over other ranks than the DDP's is refused on every rank of the DDP's
-    group, ValueError naming both), where register_comm_hook leaves the state to tell its DDP
-    from the forwards (_calling_ddp), finding a DDP it has not seen among the interpreter's
-    objects (gc.get_referrers: not after gc.freeze()), and refusing two live DDPs of the same
-    parameters that both ran a forward. Call it on every rank of the DDP's group alike (before
+    group, ValueError naming both), where register_comm_hook leaves the state to find its DDP
+    among the interpreter's objects once (gc.get_referrers: not after gc.freeze(), and not a
+    DDP it is registered on later). Call it on every rank of the DDP's group alike (before
     the first step, as register_comm_hook).
 
     wrap: None, or a function that takes the hook and returns the hook to register, for
@@ -1492,7 +1506,7 @@ def register_ddp_hook(model, state, wrap=None):
         def registered(state, bucket):
             return inner(state, bucket)
 
-    registered._gradcomp_ddp = ref  # its calls name their DDP: _registering_ddps passes it by
+    registered._gradcomp_ddp = ref  # its calls name their DDP: _registering_ddp passes it by
     model.register_comm_hook(state, registered)
     state._ddps[model] = model.process_group
 
@@ -1535,20 +1549,18 @@ def _hook(state, bucket, ddp):
     return _reduce_bucket(state, bucket, buf, stream, ddp)
 
 
-def _registering_ddps(state):
-    """The DDP modules `state` is registered on as their comm hook's state (register_comm_hook),
-    in the order found: DDP keeps (hook, state) in its _comm_hooks, and they are found among the
-    referrers of that pair (a walk of the interpreter's objects: _calling_ddp makes it only where
-    the calling DDP is one it has not seen). A DDP dropped but not yet freed (a reference cycle,
-    which each process frees at its own time) is found too: _calling_ddp does not decide by
-    what it finds of those. gc.get_referrers does not see objects frozen by gc.freeze(): a
-    program that freezes after register_comm_hook must do so on every rank of the DDP's group
-    alike (README). Pairs of register_ddp_hook's hooks are passed by: their calls name their
-    own DDP, and the call looking here came through another."""
+def _registering_ddp(state):
+    """The DDP module `state` is registered on as its comm hook's state, or None: DDP keeps
+    (hook, state) in its _comm_hooks (register_comm_hook). Found among the referrers of that
+    pair (each step a walk of the interpreter's objects, once per state); None where this torch
+    keeps no such list, or the hook is called otherwise (not by a DDP). gc.get_referrers does
+    not see objects frozen by gc.freeze(): a program that freezes after register_comm_hook must
+    do so on every rank of the DDP's group alike (README), or the ranks that find no DDP skip
+    the check's all_gather that the others enter. Pairs of register_ddp_hook's hooks are passed
+    by: their calls name their own DDP, and the call looking here came through another."""
     import gc
 
     DDP = torch.nn.parallel.DistributedDataParallel
-    out = []
     for pair in gc.get_referrers(state):
         if (type(pair) is not tuple or len(pair) != 2 or pair[1] is not state
                 or getattr(pair[0], "_gradcomp_ddp", None) is not None):
@@ -1561,110 +1573,28 @@ def _registering_ddps(state):
                 found = [owner] if isinstance(owner, DDP) else (
                     gc.get_referrers(owner) if type(owner) is dict else [])
                 for ddp in found:
-                    if (isinstance(ddp, DDP) and getattr(ddp, "_comm_hooks", None) is hooks
-                            and all(d is not ddp for d in out)):
-                        out.append(ddp)
-    return out
-
-
-def _registered_on(ddp, state):
-    """Whether `ddp` has `state` as the state of a hook register_comm_hook gave it (not
-    register_ddp_hook's, whose calls name their DDP)."""
-    return any(s is state and getattr(h, "_gradcomp_ddp", None) is None
-               for h, s in getattr(ddp, "_comm_hooks", ()))
-
-
-def _joined_ddp(state):
-    """In a joined rank's shadow call (Join: outside any backward), the DDP whose
-    _match_all_reduce_for_bwd_pass makes it, up the Python stack (that method runs the hook
-    through reducer._run_comm_hook), or None."""
-    DDP = torch.nn.parallel.DistributedDataParallel
-    code = getattr(getattr(DDP, "_match_all_reduce_for_bwd_pass", None), "__code__", None)
-    f = sys._getframe(1)
-    while f is not None and code is not None:
-        if f.f_code is code:
-            ddp = f.f_locals.get("self")
-            return ddp if isinstance(ddp, DDP) and _registered_on(ddp, state) else None
-        f = f.f_back
+                    if isinstance(ddp, DDP) and getattr(ddp, "_comm_hooks", None) is hooks:
+                        return ddp
     return None
-
-
-def _calling_ddp(state, bucket, last):
-    """Which DDP calls register_comm_hook's hook (which tells it none), or None where no DDP
-    with this state is found; decided only from what every rank of the DDP shares, so that the
-    ranks decide alike before any collective of the call:
-    - a joined rank's shadow call (Join): the DDP that makes it (_joined_ddp);
-    - otherwise the DDP whose forward set up this backward: one the state has seen (its
-      _ForwardNote) whose last forward was a syncing one (grad enabled, require_backward_grad_
-      sync) and no call of whose backward has yet been its last bucket, and that holds the
-      bucket's parameters (the same objects, in the same order, on every rank's DDP);
-    - where no seen DDP is such (the first call, the model wrapped again), the DDPs with this
-      state are looked for (_registering_ddps) and those not seen before noted; the caller is
-      the one of them that holds the bucket's parameters and whose last forward was a syncing
-      one. A DDP dropped but not yet freed on some ranks (each frees it at its own time) is
-      never the caller: one seen before has its backward's last bucket behind it, and one never
-      seen has made no syncing forward (that DDP's reducer would reduce alone on those ranks,
-      torch's own hang).
-    Two such DDPs (two live DDPs of the same parameters, both after a syncing forward; each
-    reducer then calls the hook on the backward's gradients) cannot be told apart: every rank
-    raises the same ValueError there (the same forwards on every rank)."""
-    ids = [id(p) for p in bucket.parameters()]
-    current = getattr(torch._C, "_current_graph_task_id", None)
-    if current is not None and current() == -1:
-        ddp = _joined_ddp(state)
-        if ddp is not None:
-            _see(state, ddp)
-            return ddp
-
-    def calls(ddp, note):
-        return note[0] and all(i in note[1] for i in ids)
-
-    found = [d for d, note in list(state._seen.items()) if calls(d, note)]
-    if not found and not state._none_found:
-        registered = _registering_ddps(state)
-        new = [d for d in registered if d not in state._seen]
-        for d in new:
-            _see(state, d, pending=(getattr(d, "_lazy_init_ran", True)
-                                    and bool(getattr(d, "require_forward_param_sync", False))))
-        found = [d for d in new if calls(d, state._seen[d])]
-        # A hook of one's own, called with this state by a DDP given another: nothing to find,
-        # and no walk of the interpreter's objects at each call after (the state warns once).
-        state._none_found = not registered
-    if len(found) > 1:
-        raise ValueError(
-            f"gradcomp: {len(found)} DDP modules with this GradcompState as their comm hook's "
-            "state (register_comm_hook) hold the bucket's parameters and have each run a forward "
-            "whose backward has not reduced yet, so each one's reducer calls the hook, and the "
-            "hook cannot tell which one a call is for (their settings, their group). Run each "
-            "DDP's forward and backward before the next one's forward, or register each with "
-            "gct.register_ddp_hook(ddp, state), whose calls name their DDP")
-    if not found:
-        return None
-    ddp = found[0]
-    if last:
-        state._seen[ddp][0] = False  # the backward's last bucket: its forward is spent
-    return ddp
-
-
-def _see(state, ddp, pending=False):
-    """Notes a DDP that has `state` as its hook's state (_calling_ddp): its parameters, and at
-    each of its forwards whether that forward set up a backward that calls the hook."""
-    if ddp not in state._seen:
-        state._seen[ddp] = [pending, frozenset(id(p) for p in ddp.parameters())]
-        ddp.register_forward_hook(_ForwardNote(state))
 
 
 def _reduce_bucket(state, bucket, buf, stream, ddp=None):
     last = bucket.is_last()
     state._note_bucket(bucket, last)
     try:
-        if ddp is None:  # register_comm_hook's: the DDP told from what every rank shares
-            ddp = _calling_ddp(state, bucket, last)
-        if ddp is not None:  # each DDP checked at its first call
+        if ddp is not None:  # register_ddp_hook's: each DDP checked at its first call
             if ddp not in state._ddps_checked:
                 state._check_ddp_group(buf.device, ddp)
-        elif not state._ddp_group_checked:
-            state._check_ddp_group(buf.device)
+        else:
+            if not state._ddp_group_checked:
+                state._check_ddp_group(buf.device)
+            current = getattr(torch._C, "_current_graph_task_id", None)
+            if state._found_ddp is not None and current is not None and current() == -1:
+                # A joined rank's shadow call (Join; before start_iter too): that rank makes no
+                # forward, so the found DDP's pre-hook (_FoundJoinNote) does not see the Join
+                # there, while the ranks still training do. Noted here, both keep nothing from
+                # then on, also after a wrap again (where neither reads that DDP any more).
+                state._found_join = True
         return _reduce_noted(state, bucket, buf, stream, last, ddp)
     except BaseException:
         # The step is abandoned (DDP's backward raises): the next bucket 0, of this model's
@@ -1768,9 +1698,24 @@ def _watch_unused(state, ddp, plan, buf):
     every rank), and queues _settle_unused for the end of the backward; returns those flags
     (a tensor on the bucket's device, read there) and whether DDP's gradients are views of its
     buckets (gradient_as_bucket_view), or None: nothing otherwise."""
-    if ddp is None:  # a DDP the state cannot find (_calling_ddp): it warned once
+    found = ddp is None
+    if not found:  # register_ddp_hook's
+        opts = _ddp_opts(ddp)
+    elif state._found_opts is not None:
+        # register_comm_hook's: the settings of the DDP found at the first call, whether it is
+        # still alive or not, so that every rank decides alike (each frees it at its own time).
+        opts, ddp = state._found_opts, state._found_ddp()
+        if ddp is None:
+            state._warn_once("found-gone", "the DDP this GradcompState was registered on by "
+                             "register_comm_hook is gone (the model wrapped again?); the state "
+                             "keeps that DDP's settings (find_unused_parameters="
+                             f"{opts['find_unused']}): where the new DDP's differ, what the error "
+                             "feedback releases for a parameter unused on every rank is lost or "
+                             "kept where it should not be; register with "
+                             "gct.register_ddp_hook(ddp, state) to have each DDP's own (warned "
+                             "once)")
+    else:
         return None
-    opts = _ddp_opts(ddp)
     if not opts["find_unused"]:
         return None
     if opts["static_graph"]:
@@ -1787,9 +1732,11 @@ def _watch_unused(state, ddp, plan, buf):
                          "rank is not carried to its next step (DDP gives such a parameter no "
                          "gradient); leave manual finalization off to keep it (warned once)")
         return None
-    # torch never turns a DDP's Join off after its block (Join sets it when made): read at every
-    # call, alike on every rank of the DDP.
-    if _in_join(ddp):
+    # The DDP found keeps the Join it was in at its last forward (_FoundJoinNote), also once
+    # it is gone: torch never turns a DDP's Join off after its block (Join sets it when made),
+    # so a rank where that DDP still waits for the collector reads it in Join, and one where it
+    # is gone must decide alike.
+    if state._found_join if found else _in_join(ddp):
         # Inside Join (every rank of the DDP is): a joined rank's shadow calls run outside any
         # backward and keep nothing, so a rank still training that kept a slice would add it,
         # alone, to a result after the Join.
@@ -1816,25 +1763,24 @@ def _watch_unused(state, ddp, plan, buf):
     return zero, opts["view"]
 
 
-class _ForwardNote:
-    """A forward hook of each DDP a state has seen under register_comm_hook (_see): notes
-    whether that forward set up a backward that calls the hook (DDP's require_forward_param_sync
-    after its forward: grad enabled and require_backward_grad_sync, so not under no_grad() nor
-    no_sync()), which every rank of the DDP makes alike. It holds the state weakly (the DDP must
-    not keep it alive), and a copy or a pickle of the DDP (torch.save) gets one that notes
-    nothing: a weak reference does not pickle, and the copy is not a DDP the state has seen."""
+class _FoundJoinNote:
+    """A forward pre-hook of the DDP a state found (_check_ddp_group): notes whether that DDP is
+    in Join for _watch_unused. It holds the state weakly (the DDP must not keep it alive), and
+    a copy or a pickle of the DDP (torch.save) gets one that notes nothing: a weak reference
+    does not pickle, and the copy is not the DDP the state found."""
 
     def __init__(self, state=None):
         self._state = weakref.ref(state) if state is not None else None
 
-    def __call__(self, ddp, args, output):
+    def __call__(self, ddp, args):
         state = self._state() if self._state is not None else None
-        note = state._seen.get(ddp) if state is not None else None
-        if note is not None:
-            note[0] = bool(getattr(ddp, "require_forward_param_sync", False))
+        if state is not None and state._found_ddp is not None and state._found_ddp() is ddp:
+            # Kept once set, as torch keeps a DDP's Join (and as a joined rank's shadow call
+            # sets it, _watch_unused, where that rank makes no forward).
+            state._found_join = state._found_join or _in_join(ddp)
 
     def __reduce__(self):
-        return (_ForwardNote, ())
+        return (_FoundJoinNote, ())
 
 
 def _in_join(ddp):
