@@ -704,6 +704,7 @@ GC_INTERPOSE ncclResult_t ncclGroupSimulateEnd(ncclSimInfo_t* simInfo) {
   const ncclResult_t r = ncclAnswered(realNccl()->groupSimulateEnd(simInfo));
   tGroupDepth = 0;
   // A group NCCL failed drops them with its calls, as leaveGroup does.
+  if (r != ncclSuccess) warnDroppedDestroys(commCalls);
   for (const Deferred& d : commCalls) {
     if (r != ncclSuccess) break;
     const EntryPtr e = deferredEntry(d);
