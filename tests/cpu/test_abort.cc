@@ -385,10 +385,17 @@ class StopBeforeCompressedTiming final : public gctest::ForwardingTransport {
     aborted_ = true;
     cv_.notify_all();
   }
-  // Until the retune stopped here.
-  void waitStopped() {
+  // Until the retune stopped here, or rank 0's retune ended without (a
+  // failure before, or another series): whether it stopped.
+  bool waitStopped() {
     std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait(lock, [&] { return stopped_; });
+    cv_.wait(lock, [&] { return stopped_ || ended_; });
+    return stopped_;
+  }
+  void ended() {
+    std::lock_guard<std::mutex> lock(mu_);
+    ended_ = true;
+    cv_.notify_all();
   }
 
  private:
@@ -396,7 +403,7 @@ class StopBeforeCompressedTiming final : public gctest::ForwardingTransport {
   int passes_ = 0;
   std::mutex mu_;
   std::condition_variable cv_;
-  bool stopped_ = false, aborted_ = false;
+  bool stopped_ = false, aborted_ = false, ended_ = false;
 };
 
 // An abort on another thread while a retune times: the retune's compressed
@@ -423,9 +430,10 @@ TEST(Abort, ARetuneAbortedWhileTimingNamesTheAbort) {
     ranks.emplace_back([&, r] {
       res[r] = gradcompCommRetune(comms[r], nullptr);
       why[r] = gradcompGetLastError();
+      if (r == 0) stop->ended();
     });
   }
-  stop->waitStopped();
+  EXPECT_TRUE(stop->waitStopped()) << "rank 0's retune ended before its compressed timing";
   EXPECT_EQ(gradcompCommAbort(comms[0]), gradcompSuccess) << gradcompGetLastError();
   for (auto& t : ranks) t.join();
   EXPECT_EQ(res[0], gradcompInvalidUsage) << why[0];
