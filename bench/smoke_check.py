@@ -220,11 +220,11 @@ def check_flags(perf, work, src, kdoc, bits, bucket):
                        (["--model-nodes", "2", "--node-gbps", ",100"],
                         "--node-gbps ',100': item 1 of the list is empty"),
                        # The in-node link is read by the projection and by a run on nodes of
-                       # several ranks alone: on a flat run it is refused, not ignored.
+                       # several ranks alone: on a run without either it is refused, not ignored.
                        (["--intra-gbps", "100"],
                         "--intra-gbps 100 is for the projection (--model-nodes K) or a run on "
                         "nodes of several ranks (--local-size L > 1, or GRADCOMP_LOCAL_SIZE), and "
-                        "this run is flat"),
+                        "this run models no in-node link"),
                        (["-N", "4", "--local-size", "1", "--intra-gbps", "100"],
                         "--intra-gbps 100 is for the projection"),
                        # An empty path or address (a shell variable left empty) is refused, not

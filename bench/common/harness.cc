@@ -869,8 +869,8 @@ int runHarness(const Options& o, Rank& r) {
         fprintf(stderr,
                 "gradcomp_perf: --intra-gbps %g is for the projection (--model-nodes K) or a run "
                 "on nodes of several ranks (--local-size L > 1, or GRADCOMP_LOCAL_SIZE), and this "
-                "run is flat (one rank per node): give one of those too, or leave it out (see "
-                "--help)\n",
+                "run models no in-node link (no --model-nodes, and its ranks on no nodes of "
+                "several): give one of those too, or leave it out (see --help)\n",
                 o.intraGbps);
       return 2;
     }
