@@ -110,6 +110,17 @@ struct BadEnv {
   ", in a decimal number with a digit or '.' first (0.01, .5, 1e-3; no sign, space, comma, nan, " \
   "inf or 0x)"
 
+// Each case's variable, set alone, refused with exactly its sentence.
+template <size_t N>
+void expectRefusedSaying(const BadEnv (&cases)[N]) {
+  for (const auto& bc : cases) {
+    ScopedEnv env(bc.name, bc.value);
+    gradcompConfig_t cfg;
+    EXPECT_EQ(gradcompConfigFromEnv(&cfg), gradcompInvalidArgument) << bc.name << "=" << bc.value;
+    EXPECT_STREQ(gradcompGetLastError(), bc.message);
+  }
+}
+
 // A refused number said the range but not how to write one: GRADCOMP_BITS=0x10, 1e3, " 8",
 // +8 or a full-width 8 read "is not an integer in 2..8", which 8 is. Each refusal now says the
 // form the parser takes, the same words for every setting of the kind.
@@ -140,12 +151,7 @@ TEST(Config, NumberRefusalsSayTheFormTheyTake) {
       {"GRADCOMP_MOMENTUM", "inf",
        "GRADCOMP_MOMENTUM=inf is not a number in [0, 0.999999]" NUMBER_FORM},
   };
-  for (const auto& bc : cases) {
-    ScopedEnv env(bc.name, bc.value);
-    gradcompConfig_t cfg;
-    EXPECT_EQ(gradcompConfigFromEnv(&cfg), gradcompInvalidArgument) << bc.name << "=" << bc.value;
-    EXPECT_STREQ(gradcompGetLastError(), bc.message);
-  }
+  expectRefusedSaying(cases);
   // What the form allows is taken: 1e-3 and .5 are numbers, 0x10 a seed.
   ScopedEnv a("GRADCOMP_DENSITY", "1e-3"), b("GRADCOMP_MOMENTUM", ".5"), c("GRADCOMP_SEED", "0x10");
   gradcompConfig_t cfg;
@@ -221,12 +227,7 @@ TEST(Config, BadEnvironmentValuesNameVariableAndRange) {
        "GRADCOMP_BITS=\"1111111111222222222233333333334444444444555555555566666666667777\"... (68 "
        "characters) is not an integer in 2..8" INT_FORM},
   };
-  for (const auto& bc : cases) {
-    ScopedEnv env(bc.name, bc.value);
-    gradcompConfig_t cfg;
-    EXPECT_EQ(gradcompConfigFromEnv(&cfg), gradcompInvalidArgument) << bc.name << "=" << bc.value;
-    EXPECT_STREQ(gradcompGetLastError(), bc.message);
-  }
+  expectRefusedSaying(cases);
 }
 
 TEST(Config, BucketMustBeMultipleOf32) {
