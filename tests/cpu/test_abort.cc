@@ -360,50 +360,54 @@ TEST(Abort, APeerThatIsGoneDoesNotHoldAbort) {
   EXPECT_LT(seconds(t0), kPromptSec);
 }
 
+// Where a retune stopped (StopBeforeCompressedTiming), owned by the test: the
+// comm's abort frees the transport, while rank 0's thread still says its
+// retune ended after that.
+struct RetuneGate {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool stopped = false, aborted = false, ended = false;
+  void set(bool RetuneGate::*flag) {
+    std::lock_guard<std::mutex> lock(mu);
+    this->*flag = true;
+    cv.notify_all();
+  }
+  // Until the retune stopped, or rank 0's retune ended without (a failure
+  // before, or another series): whether it stopped.
+  bool waitStopped() {
+    std::unique_lock<std::mutex> lock(mu);
+    cv.wait(lock, [&] { return stopped || ended; });
+    return stopped;
+  }
+};
+
 // A retune's transport that stops after the last untimed and timed NCCL-side
 // allreduce of `count` elements (the auto timing's first series), once it
 // succeeded, until the comm is aborted: the next step of the retune is its
 // first compressed call, made inside the retune's own public call.
 class StopBeforeCompressedTiming final : public gctest::ForwardingTransport {
  public:
-  StopBeforeCompressedTiming(std::unique_ptr<gc::Transport> inner, size_t count)
-      : ForwardingTransport(std::move(inner)), count_(count) {}
+  StopBeforeCompressedTiming(std::unique_ptr<gc::Transport> inner, size_t count, RetuneGate& gate)
+      : ForwardingTransport(std::move(inner)), count_(count), gate_(gate) {}
   gradcompResult_t passThrough(const void* send, void* recv, size_t count, ncclDataType_t type,
                                ncclRedOp_t op) override {
     const gradcompResult_t res = ForwardingTransport::passThrough(send, recv, count, type, op);
     if (count == count_ && ++passes_ == gc::kAutoWarmupCalls + gc::kAutoTimedCalls) {
-      std::unique_lock<std::mutex> lock(mu_);
-      stopped_ = true;
-      cv_.notify_all();
-      cv_.wait(lock, [&] { return aborted_; });
+      gate_.set(&RetuneGate::stopped);
+      std::unique_lock<std::mutex> lock(gate_.mu);
+      gate_.cv.wait(lock, [&] { return gate_.aborted; });
     }
     return res;
   }
   void abort() override {
     ForwardingTransport::abort();
-    std::lock_guard<std::mutex> lock(mu_);
-    aborted_ = true;
-    cv_.notify_all();
-  }
-  // Until the retune stopped here, or rank 0's retune ended without (a
-  // failure before, or another series): whether it stopped.
-  bool waitStopped() {
-    std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait(lock, [&] { return stopped_ || ended_; });
-    return stopped_;
-  }
-  void ended() {
-    std::lock_guard<std::mutex> lock(mu_);
-    ended_ = true;
-    cv_.notify_all();
+    gate_.set(&RetuneGate::aborted);
   }
 
  private:
   const size_t count_;
   int passes_ = 0;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool stopped_ = false, aborted_ = false, ended_ = false;
+  RetuneGate& gate_;
 };
 
 // An abort on another thread while a retune times: the retune's compressed
@@ -421,8 +425,9 @@ TEST(Abort, ARetuneAbortedWhileTimingNamesTheAbort) {
     c->autoState.timedCounts[0] = kSmall;
     c->autoState.timedCounts[1] = 4 * kSmall;
   }
-  auto* stop = new StopBeforeCompressedTiming(std::move(comms[0]->transport), kSmall);
-  comms[0]->transport.reset(stop);
+  RetuneGate gate;
+  comms[0]->transport.reset(
+      new StopBeforeCompressedTiming(std::move(comms[0]->transport), kSmall, gate));
   gradcompResult_t res[2] = {gradcompSuccess, gradcompSuccess};
   std::string why[2];
   std::vector<std::thread> ranks;
@@ -430,10 +435,10 @@ TEST(Abort, ARetuneAbortedWhileTimingNamesTheAbort) {
     ranks.emplace_back([&, r] {
       res[r] = gradcompCommRetune(comms[r], nullptr);
       why[r] = gradcompGetLastError();
-      if (r == 0) stop->ended();
+      if (r == 0) gate.set(&RetuneGate::ended);
     });
   }
-  EXPECT_TRUE(stop->waitStopped()) << "rank 0's retune ended before its compressed timing";
+  EXPECT_TRUE(gate.waitStopped()) << "rank 0's retune ended before its compressed timing";
   EXPECT_EQ(gradcompCommAbort(comms[0]), gradcompSuccess) << gradcompGetLastError();
   for (auto& t : ranks) t.join();
   EXPECT_EQ(res[0], gradcompInvalidUsage) << why[0];
