@@ -20,6 +20,7 @@
 #include <utility>
 #include <vector>
 
+#include "backends/cpu/host_collective.h"
 #include "tests/common/alloc_limit_backend.h"
 #include "tests/common/cpu_world.h"
 #include "tests/common/forwarding_backend.h"
@@ -179,6 +180,26 @@ TEST(Reliability, CpuTransportMismatchNamesBothCollectives) {
                         "rank 1 entered the reduce-scatter (recvcount=8 datatype=7 op=0)"),
             std::string::npos)
       << why[0];
+}
+
+// The TCP transport's second phase of a float sum or pass-through (where a
+// rank times out when its peer died between the phases) is named by the
+// collective it belongs to; it said "gather phase (size 0)" until 2026-12-07.
+TEST(Reliability, TheGatherPhaseNamesItsCollective) {
+  char text[160];
+  gc::hostCollectiveText(text, sizeof text, gc::kHostGatherPhase,
+                         gc::gatherPhaseCheck(gc::kHostSumFloat, 3));
+  EXPECT_STREQ(text, "gather phase of the float sum of 3 elements");
+  gc::hostCollectiveText(text, sizeof text, gc::kHostGatherPhase,
+                         gc::gatherPhaseCheck(gc::kHostPassThrough, 0));
+  EXPECT_STREQ(text, "gather phase of the uncompressed allreduce");
+  // Two ranks in the gather phases of different collectives do not compare equal.
+  EXPECT_NE(gc::gatherPhaseCheck(gc::kHostSumFloat, 0),
+            gc::gatherPhaseCheck(gc::kHostPassThrough, 0));
+  // A peer's check naming a gather phase as the first phase is not followed.
+  gc::hostCollectiveText(text, sizeof text, gc::kHostGatherPhase,
+                         gc::gatherPhaseCheck(gc::kHostGatherPhase, 5));
+  EXPECT_STREQ(text, "gather phase of the gather phase");
 }
 
 // GRADCOMP_CHECK_CALLS: a rank that cannot prepare a compressed call (here

@@ -19,8 +19,15 @@ enum HostCollective : uint32_t {
   kHostVerify = 6,         // the call record alone (verifyCall)
   kHostReduceScatter = 7,  // check: reduceScatterCheck
   kHostGatherPhase = 8,    // the TCP transport's second phase of kHostSumFloat or
-                           // kHostPassThrough, with that collective's check
+                           // kHostPassThrough: check gatherPhaseCheck
 };
+
+// The gather phase's check: the first phase's collective in the top byte
+// above that collective's own check (a float sum's count, under 2^48; a
+// pass-through's 0), so that a message names the collective it belongs to.
+inline uint64_t gatherPhaseCheck(uint32_t collective, uint64_t check) {
+  return ((uint64_t)(collective & 0xff) << 56) | (check & ((1ull << 56) - 1));
+}
 
 // A reduce-scatter stage's check: its recvcount, datatype and op in one word
 // (the recvcount in the low 48 bits, as every host buffer's is).
@@ -67,9 +74,19 @@ inline void hostCollectiveText(char* buf, size_t size, uint32_t collective, uint
                (unsigned long long)(check & ((1ull << 48) - 1)), (int)(check >> 56),
                (int)((check >> 48) & 0xff));
       break;
-    case kHostGatherPhase:
-      snprintf(buf, size, "%s (size %llu)", name, (unsigned long long)check);
+    case kHostGatherPhase: {
+      // "gather phase of the float sum of 3 elements"; a first phase that is
+      // itself a gather phase (no rank sends that) is not followed.
+      const uint32_t first = (uint32_t)(check >> 56);
+      char inner[128];
+      if (first == kHostGatherPhase) {
+        snprintf(inner, sizeof inner, "%s", hostCollectiveName(first));
+      } else {
+        hostCollectiveText(inner, sizeof inner, first, check & ((1ull << 56) - 1));
+      }
+      snprintf(buf, size, "%s of the %s", name, inner);
       break;
+    }
     default:
       if (collective >= kHostAllToAll && collective <= kHostGatherPhase) {
         snprintf(buf, size, "%s", name);

@@ -913,7 +913,7 @@ class SocketTransport final : public Transport {
       xs.push_back(sendTo(i, out, mineBytes));
       xs.push_back(recvFrom(i, dst + first[i] * esz, (first[i + 1] - first[i]) * esz));
     }
-    GC_CHECK(run(kHostGatherPhase, check, xs));
+    GC_CHECK(run(kHostGatherPhase, gatherPhaseCheck(collective, check), xs));
     if (mineBytes) memcpy(dst + first[rank_] * esz, out, mineBytes);
     return gradcompSuccess;
   }
