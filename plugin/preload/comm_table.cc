@@ -994,6 +994,19 @@ void warnOwnError(const char* fmt, ...) {
 }
 
 void warnDeferredReleased(ncclComm_t comm) {
+  const char* revoked = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(tableMu());
+    const auto it = revokedComms().find(comm);
+    if (it != revokedComms().end()) revoked = it->second;
+  }
+  if (revoked != nullptr) {
+    warnOwnError(
+        "a call deferred to the end of a user group names a communicator revoked since (%p, %s: "
+        "NCCL ended its work in flight): ncclInvalidUsage",
+        (void*)comm, revoked);
+    return;
+  }
   warnOwnError(
       "a call deferred to the end of a user group names a communicator aborted or destroyed "
       "since (%p): ncclInvalidUsage",

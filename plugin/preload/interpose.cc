@@ -249,6 +249,18 @@ ncclResult_t route(const Deferred& d) {
 
 namespace {
 
+// Whether the loaded NCCL counts a finalize at its call (init.cc:
+// comm->finalizeCalled, which it then refuses a second finalize and a revoke
+// for): 2.22 and later set it there, in a group too, and keep it when the
+// group's end fails and frees the finalize's job (group.cc, groupCleanup);
+// 2.14 to 2.21 set it at the end of that job (commDestroySync), so a
+// finalize dropped with a failed group never counted, and NCCL takes a later
+// one. An NCCL that cannot tell its version is taken for an older one: the
+// later calls then reach it, and it answers them.
+bool finalizeCountsAtCall() {
+  return loadedNcclVersion() >= NCCL_VERSION(2, 22, 0);
+}
+
 // ncclCommFinalize or ncclCommDestroy of `comm` in a user group that deferred
 // calls of it: made after those calls, it is to flush their work, and they
 // run after the group's end here, so it joins them in its place (true: the
@@ -256,7 +268,9 @@ namespace {
 // makes it). Passed on at once, NCCL finalized the communicator at the
 // group's end and the deferred calls reached it finalized, or (a destroy
 // released the entry) they were refused. Bound to the entry the calls were
-// deferred with: an abort in the group after it ends them all.
+// deferred with: an abort in the group after it ends them all. That entry's
+// finalizeHeld or destroyHeld says so (runCommCall clears it), an entry made
+// at the same address since left alone.
 bool deferBehindCalls(ncclComm_t comm, CommCall call) {
   if (tGroupDepth == 0 || comm == nullptr) return false;
   GroupCalls& g = groupCalls();
@@ -268,6 +282,9 @@ bool deferBehindCalls(ncclComm_t comm, CommCall call) {
   d.tracked = last->tracked;
   d.commCall = call;
   g.deferred.push_back(d);
+  if (const EntryPtr e = deferredEntry(d)) {
+    (call == CommCall::Finalize ? e->finalizeHeld : e->destroyHeld) = true;
+  }
   return true;
 }
 
@@ -309,10 +326,32 @@ ncclResult_t destroyComm(ncclComm_t comm) {
 // still destroy or abort (NCCL's answer to a refused call), a use after free
 // in NCCL; dropping it leaks one only where the program, told its destroy
 // succeeded, never names it again, which the warning says.
-void warnDroppedDestroys(const std::vector<Deferred>& calls) {
+// A held finalize goes with them too, warned alike: NCCL never gets it, and
+// the communicator is left for the program's destroy or abort. With NCCL
+// 2.22 and later its entry's finalizeHeld stays, so that a later finalize or
+// revoke is refused as NCCL alone refuses them after a finalize made in a
+// failed group; before 2.22 it goes, and a later finalize reaches NCCL, which
+// alone would take it too (finalizeCountsAtCall). A held destroy's
+// destroyHeld stays (NCCL's destroyFlag, set at the call, stays too): a
+// later revoke is refused (ncclCommRevoke).
+void warnDroppedCommCalls(const std::vector<Deferred>& calls) {
   for (const Deferred& d : calls) {
     // Aborted or destroyed since it was held back: NCCL freed it then.
-    if (d.commCall != CommCall::Destroy || deferredEntry(d) == nullptr) continue;
+    const EntryPtr e = d.commCall == CommCall::None ? nullptr : deferredEntry(d);
+    if (e == nullptr) continue;
+    if (d.commCall == CommCall::Finalize) {
+      const bool counted = finalizeCountsAtCall();
+      if (!counted) e->finalizeHeld = false;
+      warnOncePerSentence(
+          "ncclCommFinalize of NCCL comm %p, made in a user group after calls of it and held "
+          "back behind them, was dropped with the group, whose end failed: the communicator is "
+          "not finalized%s",
+          (void*)d.comm,
+          counted ? ", and a later ncclCommFinalize or ncclCommRevoke of it is refused, as NCCL "
+                    "(which counts a finalize at its call) refuses them; destroy it (or abort it)"
+                  : "; finalize it again, or destroy it (or abort it)");
+      continue;
+    }
     warnOncePerSentence(
         "ncclCommDestroy of NCCL comm %p, made in a user group after calls of it and held back "
         "behind them, was dropped with the group, whose end failed: the communicator is still "
@@ -321,13 +360,28 @@ void warnDroppedDestroys(const std::vector<Deferred>& calls) {
   }
 }
 
+// NCCL's answer `r` to a finalize of e's communicator the preload handed
+// on: NCCL took it (its finalizeCalled set) unless it refused it at once; a
+// held one is held no longer either way.
+ncclResult_t finalizeAnswered(CommEntry& e, ncclResult_t r) {
+  if (r == ncclSuccess || r == ncclInProgress) e.finalizeMade = true;
+  e.finalizeHeld = false;
+  return r;
+}
+
 }  // namespace
 
 ncclResult_t runCommCall(const Deferred& d, CommEntry& e) {
-  if (d.commCall == CommCall::Destroy) return destroyComm(d.comm);
+  if (d.commCall == CommCall::Destroy) {
+    // A revoke on another thread between this and NCCL's destroy (the entry
+    // is released first, on purpose) reaches NCCL and may be taken where NCCL
+    // alone, whose destroyFlag was set at the program's call, refuses it.
+    e.destroyHeld = false;
+    return destroyComm(d.comm);
+  }
   const auto finalize = realNccl()->commFinalize;
   if (finalize == nullptr) return ncclSystemError;
-  return awaitAnswered(d.comm, ncclAnswered(finalize(d.comm)), &e.aborted);
+  return awaitAnswered(d.comm, finalizeAnswered(e, ncclAnswered(finalize(d.comm))), &e.aborted);
 }
 
 namespace {
@@ -407,11 +461,11 @@ ncclResult_t leaveGroup(ncclResult_t r) {
     // NCCL's group failed (a call in it was refused, its launch failed): NCCL
     // discards every call of the group, so the deferred ones are dropped too,
     // as NCCL alone would have dropped them, and nothing ran to be counted. A
-    // finalize or destroy joined to them goes too (warnDroppedDestroys).
+    // finalize or destroy joined to them goes too (warnDroppedCommCalls).
     g.forwarded.clear();
     std::vector<Deferred> calls;
     calls.swap(g.deferred);
-    warnDroppedDestroys(calls);
+    warnDroppedCommCalls(calls);
     return r;
   }
   std::vector<EntryPtr>& forwarded = g.ended;
@@ -704,7 +758,7 @@ GC_INTERPOSE ncclResult_t ncclGroupSimulateEnd(ncclSimInfo_t* simInfo) {
   const ncclResult_t r = ncclAnswered(realNccl()->groupSimulateEnd(simInfo));
   tGroupDepth = 0;
   // A group NCCL failed drops them with its calls, as leaveGroup does.
-  if (r != ncclSuccess) warnDroppedDestroys(commCalls);
+  if (r != ncclSuccess) warnDroppedCommCalls(commCalls);
   for (const Deferred& d : commCalls) {
     if (r != ncclSuccess) break;
     const EntryPtr e = deferredEntry(d);
@@ -826,6 +880,29 @@ GC_INTERPOSE ncclResult_t ncclCommRevoke(ncclComm_t comm, int revokeFlags) {
         "returning ncclInvalidUsage");
     return ncclInvalidUsage;
   }
+  // NCCL refuses a revoke after a finalize or a destroy (ncclInvalidArgument,
+  // at the call, not as a group's error: 2.28.7 and later, init.cc, check
+  // finalizeCalled and destroyFlag, which a finalize and a destroy set at
+  // their call): one the preload holds back behind a user group's calls, or
+  // dropped with that group, is one NCCL has not seen, so the preload answers
+  // for it. Passed on, NCCL took the revoke, and the group's deferred calls
+  // and the held finalize or destroy were refused at its end (the destroy
+  // lost: the communicator never freed).
+  const EntryPtr e = comm != nullptr ? existingEntry(comm) : nullptr;
+  if (e != nullptr && e->finalizeHeld && finalizeCountsAtCall()) {
+    noteOwnError(
+        "ncclCommRevoke: NCCL comm %p was already finalized (ncclCommFinalize, made in a user "
+        "group after calls of it; NCCL refuses a revoke after a finalize): ncclInvalidArgument",
+        (void*)comm);
+    return ncclInvalidArgument;
+  }
+  if (e != nullptr && e->destroyHeld) {
+    noteOwnError(
+        "ncclCommRevoke: NCCL comm %p was already destroyed (ncclCommDestroy, made in a user "
+        "group after calls of it; NCCL refuses a revoke after a destroy): ncclInvalidArgument",
+        (void*)comm);
+    return ncclInvalidArgument;
+  }
   const ncclResult_t r = ncclAnswered(realNccl()->commRevoke(comm, revokeFlags));
   if (r == ncclSuccess || r == ncclInProgress) noteRevoked(comm);
   return r;
@@ -879,7 +956,8 @@ GC_INTERPOSE ncclResult_t ncclCommGetAsyncError(ncclComm_t comm, ncclResult_t* a
 namespace {
 // A finalize of a communicator the program finalized already. NCCL refuses
 // it at the call (ncclInvalidArgument: init.cc's ncclCommFinalize checks
-// comm->finalizeCalled, 2.14 and later), in a user group too, where the
+// comm->finalizeCalled, which 2.22 and later set at the first one's call;
+// finalizeCountsAtCall), in a user group too, where the
 // refusal is the group's error (ncclGroupErrCheck: the group's end fails and
 // runs none of its work). So it is never held back: NCCL answers it at once.
 // Where the first is still held back behind this group's deferred calls,
@@ -887,7 +965,15 @@ namespace {
 // refuses; the group then fails at its end as under NCCL alone, and the
 // deferred calls never run. NCCL says nothing of the refusal
 // (ncclGetLastError): the preload says why.
-ncclResult_t finalizeAgain(ncclComm_t comm) {
+// A first one NCCL never got and no longer held here (dropped with a user
+// group whose end failed, warnDroppedCommCalls; or held in another thread's
+// open group) counted all the same under NCCL 2.22 and later, which set
+// finalizeCalled at the call and keep it when a failed group's end frees the
+// finalize's job (finalizeCountsAtCall): refused here, as NCCL would have,
+// NCCL getting nothing. (Not as the group's error where this one is made in
+// a group: NCCL, which would fail the group, is never told.) An older NCCL
+// gets this one and answers it: it counts a finalize once its job ran.
+ncclResult_t finalizeAgain(ncclComm_t comm, CommEntry& e) {
   const auto finalize = realNccl()->commFinalize;
   if (tGroupDepth > 0) {
     std::vector<Deferred>& calls = groupCalls().deferred;
@@ -896,10 +982,18 @@ ncclResult_t finalizeAgain(ncclComm_t comm) {
     });
     if (held != calls.end()) {
       calls.erase(held);
-      (void)ncclAnswered(finalize(comm));
+      (void)finalizeAnswered(e, ncclAnswered(finalize(comm)));
     }
   }
-  const ncclResult_t r = ncclAnswered(finalize(comm));
+  if (e.finalizeHeld && finalizeCountsAtCall()) {
+    noteOwnError(
+        "ncclCommFinalize: NCCL comm %p was already finalized (by a finalize made in a user "
+        "group, which counts at its call even where the group's end failed and dropped it): "
+        "ncclInvalidArgument",
+        (void*)comm);
+    return ncclInvalidArgument;
+  }
+  const ncclResult_t r = finalizeAnswered(e, ncclAnswered(finalize(comm)));
   if (r == ncclInvalidArgument) {
     noteOwnError(
         "ncclCommFinalize: NCCL comm %p was already finalized (a communicator is finalized "
@@ -917,14 +1011,10 @@ ncclResult_t finalizeAgain(ncclComm_t comm) {
 GC_INTERPOSE ncclResult_t ncclCommFinalize(ncclComm_t comm) {
   if (realNccl()->commFinalize == nullptr) return ncclSystemError;
   const EntryPtr e = comm != nullptr ? existingEntry(comm) : nullptr;
-  if (e != nullptr && e->finalizeMade) return finalizeAgain(comm);
-  if (deferBehindCalls(comm, CommCall::Finalize)) {
-    if (e != nullptr) e->finalizeMade = true;
-    return ncclSuccess;
-  }
+  if (e != nullptr && (e->finalizeMade || e->finalizeHeld)) return finalizeAgain(comm, *e);
+  if (deferBehindCalls(comm, CommCall::Finalize)) return ncclSuccess;
   const ncclResult_t r = ncclAnswered(realNccl()->commFinalize(comm));
-  if (e != nullptr && (r == ncclSuccess || r == ncclInProgress)) e->finalizeMade = true;
-  return r;
+  return e != nullptr ? finalizeAnswered(*e, r) : r;
 }
 
 #if GC_NCCL_HAS_LAST_ERROR

@@ -102,6 +102,7 @@ void resolve() {
   GC_SYM(gReal.commDestroy, "ncclCommDestroy");
   GC_SYM(gReal.commAbort, "ncclCommAbort");
   GC_SYM(gReal.commFinalize, "ncclCommFinalize");
+  GC_SYM(gReal.getVersion, "ncclGetVersion");
 #if GC_NCCL_HAS_CONFIG
   GC_SYM(gReal.commInitRankConfig, "ncclCommInitRankConfig");
 #endif
@@ -155,6 +156,15 @@ const RealNccl* realNccl() {
 bool ncclResolved() {
   std::call_once(gOnce, resolve);
   return gResolved;
+}
+
+int loadedNcclVersion() {
+  static const int version = [] {
+    int v = 0;
+    const auto get = realNccl()->getVersion;
+    return get != nullptr && get(&v) == ncclSuccess ? v : 0;
+  }();
+  return version;
 }
 
 }  // namespace gc

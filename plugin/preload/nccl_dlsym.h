@@ -38,6 +38,7 @@ struct RealNccl {
   ncclResult_t (*commDestroy)(ncclComm_t);
   ncclResult_t (*commAbort)(ncclComm_t);
   ncclResult_t (*commFinalize)(ncclComm_t);
+  ncclResult_t (*getVersion)(int*);
 #if GC_NCCL_HAS_CONFIG
   ncclResult_t (*commInitRankConfig)(ncclComm_t*, int, ncclUniqueId, int, ncclConfig_t*);
 #endif
@@ -70,5 +71,8 @@ struct RealNccl {
 const RealNccl* realNccl();
 // True when every function the core needs was found.
 bool ncclResolved();
+// The loaded NCCL's version code (ncclGetVersion, read once; the encoding of
+// NCCL_VERSION), 0 where it cannot tell.
+int loadedNcclVersion();
 
 }  // namespace gc

@@ -151,10 +151,24 @@ struct CommEntry {
   // Forgotten by release (ncclCommDestroy, ncclCommAbort, a new communicator
   // at its address): a call deferred before that must not reach NCCL.
   std::atomic<bool> released{false};
-  // The program finalized the communicator (ncclCommFinalize, taken by NCCL
-  // or held behind a user group's deferred calls): NCCL refuses a second
-  // finalize at the call, so one is never held back (ncclCommFinalize).
+  // The program's ncclCommFinalize of the communicator, after which NCCL
+  // refuses a second finalize and a revoke (init.cc: comm->finalizeCalled).
+  // NCCL 2.22 and later set it at the finalize's call, in a group too, and
+  // keep it when the group's end fails and frees the finalize's job; before
+  // 2.22 the job sets it as it ends (commDestroySync), so a finalize dropped
+  // with a failed group never counted (finalizeCountsAtCall).
+  // finalizeMade: NCCL took one (it refuses those itself). finalizeHeld: one
+  // NCCL has not seen: held behind a user group's deferred calls
+  // (runCommCall hands it on), or dropped with that group, whose end failed
+  // (kept with NCCL 2.22 and later only); the preload refuses those calls
+  // itself, as NCCL alone would have.
   std::atomic<bool> finalizeMade{false};
+  std::atomic<bool> finalizeHeld{false};
+  // An ncclCommDestroy of the communicator NCCL has not seen: held behind a
+  // user group's deferred calls, or dropped with that group. NCCL sets its
+  // destroyFlag at the destroy's call and then refuses a revoke
+  // (ncclInvalidArgument), which the preload does for it (ncclCommRevoke).
+  std::atomic<bool> destroyHeld{false};
   ~CommEntry();
 };
 using EntryPtr = std::shared_ptr<CommEntry>;
@@ -283,8 +297,10 @@ void warnOwnError(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
 // an abort ended (`stop`) is the preload's refusal, not NCCL's.
 ncclResult_t awaitAnswered(ncclComm_t comm, ncclResult_t r, NcclStop* stop);
 // warnOwnError for a deferred call refused (ncclInvalidUsage) because its
-// communicator was aborted or destroyed after the call was made (once per
-// process: the sentences differ in the communicator alone).
+// communicator was aborted, destroyed or revoked (ncclCommRevoke, a shrink
+// with NCCL_SHRINK_ABORT: the sentence says so) after the call was made
+// (once per process and kind: the sentences differ in the communicator
+// alone).
 void warnDeferredReleased(ncclComm_t comm);
 // The most warning keys recorded (warnOnce and warnOncePerSentence together).
 constexpr size_t kMaxWarningKinds = 256;

@@ -480,8 +480,24 @@ static int settingsChanged(void) {
 }
 
 #if NCCL_VERSION_CODE >= NCCL_VERSION(2, 27, 0)
+/* An eligible allreduce of a revoked communicator: NCCL (2.28.7 and later,
+ * enqueue.cc) refuses it with ncclInvalidUsage, its last error saying the
+ * communicator was revoked. The preload hands it to NCCL as it is, never to
+ * a gradcomp comm of its own (whose peers may be gone). */
+static int refusedAsRevoked(char* a, ncclComm_t comm, cudaStream_t stream) {
+  const ncclResult_t r = ncclAllReduce(a, a, 1 << 22, ncclFloat32, ncclSum, comm, stream);
+  EXPECT("AllReduce refused: comm=%p is revoked", (void*)comm);
+  const char* why = ncclGetLastError(comm);
+  if (r != ncclInvalidUsage || why == NULL || strstr(why, "revoked") == NULL) {
+    fprintf(stderr, "ncclAllReduce of revoked comm %p returned %d (last error '%s'), expected %d\n",
+            (void*)comm, (int)r, why ? why : "(null)", (int)ncclInvalidUsage);
+    return 1;
+  }
+  return 0;
+}
+
 /* A revoked communicator is never set up again: its later calls reach NCCL
- * unchanged without a set-up attempt, until it is destroyed; a communicator
+ * unchanged without a set-up attempt (NCCL refuses them), until it is destroyed; a communicator
  * shrunk from it is set up as usual (and fails without a GPU). */
 static int revoked(void) {
   cudaStream_t stream = (cudaStream_t)(uintptr_t)0x2000;
@@ -491,7 +507,7 @@ static int revoked(void) {
   if (initWithConfig(1, &comm)) return 1;
   CHECK(ncclCommRevoke(comm, 0));
   EXPECT("CommRevoke comm=%p flags=0", (void*)comm);
-  CALL(a, a, 1 << 22, ncclFloat32, ncclSum, comm, stream);
+  if (refusedAsRevoked(a, comm, stream)) return 1;
   CHECK(ncclCommShrink(comm, &excluded, 1, &shrunk, NULL, 0));
   EXPECT("CommShrink parent=%p excluded=1 blocking=-1 flags=0 comm=%p", (void*)comm, (void*)shrunk);
   DESTROY(comm);
@@ -510,6 +526,124 @@ static int revoked(void) {
   CALL(a, a, 1 << 22, ncclFloat32, ncclSum, nbShrunk, stream);
   DESTROY(nb);
   DESTROY(nbShrunk);
+  return 0;
+}
+#endif
+
+#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 27, 0)
+/* What a program may do after ncclCommRevoke, as NCCL 2.28.7 and later
+ * answer it (init.cc, enqueue.cc): the revoke stands for the communicator's
+ * finalize (it sets finalizeCalled), so a later ncclCommFinalize is refused
+ * (ncclInvalidArgument), as is a second revoke; a collective is refused
+ * (ncclInvalidUsage, "communicator was revoked"), in a group too, where it
+ * fails the group's end; ncclCommDestroy frees it. And a revoke after a
+ * finalize, which NCCL refuses (ncclInvalidArgument, at the call, not as the
+ * group's error): also where the finalize is one the preload holds back
+ * behind a deferred call of the group. Until 2026-12-07 the preload passed
+ * that revoke on, NCCL (which had not seen the finalize) took it, and the
+ * group's end refused the deferred call and the finalize. */
+static int revokeAnswers(void) {
+  const ncclComm_t comm = (ncclComm_t)(uintptr_t)0x1000, other = (ncclComm_t)(uintptr_t)0x1100;
+  cudaStream_t stream = (cudaStream_t)(uintptr_t)0x2000;
+  char* a = (char*)(uintptr_t)0x7f0000000000ull;
+  CHECK(ncclCommRevoke(comm, 0));
+  EXPECT("CommRevoke comm=%p flags=0", (void*)comm);
+  if (refusedAsRevoked(a, comm, stream)) return 1;
+  GROUP_START();
+  if (refusedAsRevoked(a, comm, stream)) return 1;
+  ncclResult_t r = ncclGroupEnd();
+  EXPECT("GroupEnd");
+  if (r != ncclInvalidUsage) {
+    fprintf(stderr, "the group of the refused call ended with %d, expected %d\n", (int)r,
+            (int)ncclInvalidUsage);
+    return 1;
+  }
+  r = ncclCommFinalize(comm);
+  EXPECT("CommFinalize refused: comm=%p is finalized", (void*)comm);
+  if (r != ncclInvalidArgument) {
+    fprintf(stderr, "ncclCommFinalize after the revoke returned %d, expected %d\n", (int)r,
+            (int)ncclInvalidArgument);
+    return 1;
+  }
+  r = ncclCommRevoke(comm, 0);
+  EXPECT("CommRevoke refused: comm=%p is revoked", (void*)comm);
+  if (r != ncclInvalidArgument) {
+    fprintf(stderr, "a second ncclCommRevoke returned %d, expected %d\n", (int)r,
+            (int)ncclInvalidArgument);
+    return 1;
+  }
+  DESTROY(comm);
+  GROUP_START();
+  CHECK(ncclAllReduce(a, a, 1 << 20, ncclFloat32, ncclSum, other, stream));
+  CHECK(ncclCommFinalize(other));
+  r = ncclCommRevoke(other, 0);
+  if (r != ncclInvalidArgument) {
+    fprintf(stderr,
+            "ncclCommRevoke after the finalize held in the group returned %d, expected %d\n",
+            (int)r, (int)ncclInvalidArgument);
+    return 1;
+  }
+  const char* why = ncclGetLastError(other);
+  if (why == NULL || strstr(why, "finalized") == NULL) {
+    fprintf(stderr, "ncclGetLastError after the refused revoke: '%s'\n", why ? why : "(null)");
+    return 1;
+  }
+  GROUP_END();
+  EXPECT(LINE_FMT, (void*)a, (void*)a, (size_t)1 << 20, (int)ncclFloat32, (int)ncclSum,
+         (void*)other, (void*)stream);
+  EXPECT("CommFinalize comm=%p", (void*)other);
+  DESTROY(other);
+  /* A call deferred in a group before its communicator's revoke there: the
+   * revoke ended the communicator's work, so the group's end refuses the
+   * call (ncclInvalidUsage), ncclGetLastError saying it was revoked (until
+   * 2026-12-07: "aborted or destroyed"). */
+  const ncclComm_t third = (ncclComm_t)(uintptr_t)0x1200;
+  GROUP_START();
+  CHECK(ncclAllReduce(a, a, 1 << 20, ncclFloat32, ncclSum, third, stream));
+  CHECK(ncclCommRevoke(third, 0));
+  EXPECT("CommRevoke comm=%p flags=0", (void*)third);
+  r = ncclGroupEnd();
+  EXPECT("GroupEnd");
+  why = ncclGetLastError(third);
+  if (r != ncclInvalidUsage || !preloadsLastError(third) || strstr(why, "revoked since") == NULL) {
+    fprintf(stderr,
+            "the group of the revoked comm's deferred call ended with %d, last error '%s'\n",
+            (int)r, why ? why : "(null)");
+    return 1;
+  }
+  DESTROY(third);
+  /* A revoke after a destroy the preload holds back behind a deferred call
+   * of the group: NCCL set destroyFlag at the destroy's call and refuses the
+   * revoke (ncclInvalidArgument, at the call), and the group then runs the
+   * call and the destroy. (Until 2026-12-07 the revoke reached NCCL, which
+   * took it, and the group's end refused the call and the destroy, which
+   * never reached NCCL.) A revoke with flags other than 0 is refused too. */
+  const ncclComm_t fourth = (ncclComm_t)(uintptr_t)0x1300;
+  r = ncclCommRevoke(fourth, 1);
+  EXPECT("CommRevoke refused: comm=%p flags=1", (void*)fourth);
+  if (r != ncclInvalidArgument) {
+    fprintf(stderr, "ncclCommRevoke with flags 1 returned %d, expected %d\n", (int)r,
+            (int)ncclInvalidArgument);
+    return 1;
+  }
+  GROUP_START();
+  CHECK(ncclAllReduce(a, a, 1 << 20, ncclFloat32, ncclSum, fourth, stream));
+  CHECK(ncclCommDestroy(fourth));
+  r = ncclCommRevoke(fourth, 0);
+  if (r != ncclInvalidArgument) {
+    fprintf(stderr, "ncclCommRevoke after the destroy held in the group returned %d, expected %d\n",
+            (int)r, (int)ncclInvalidArgument);
+    return 1;
+  }
+  why = ncclGetLastError(fourth);
+  if (why == NULL || strstr(why, "destroyed") == NULL) {
+    fprintf(stderr, "ncclGetLastError after the refused revoke: '%s'\n", why ? why : "(null)");
+    return 1;
+  }
+  GROUP_END();
+  EXPECT(LINE_FMT, (void*)a, (void*)a, (size_t)1 << 20, (int)ncclFloat32, (int)ncclSum,
+         (void*)fourth, (void*)stream);
+  EXPECT("CommDestroy comm=%p", (void*)fourth);
   return 0;
 }
 #endif
@@ -641,6 +775,42 @@ static int simulateCommCalls(void) {
   EXPECT("CommFinalize comm=%p", (void*)comm);
   EXPECT("CommDestroy comm=%p", (void*)other);
   DESTROY(comm);
+  return 0;
+}
+
+/* A finalize and a destroy held back behind deferred calls of their
+ * communicators in a group whose ncclGroupSimulateEnd NCCL fails (a simInfo
+ * not initialized with NCCL_SIM_INFO_INITIALIZER: ncclInvalidArgument, and
+ * nothing of the group runs, group.cc): both are dropped with the group, and
+ * each drop is warned about (the test finds the warnings before the line
+ * this writes to stderr), as at a failed ncclGroupEnd. The communicators
+ * stay made: the later destroys reach NCCL, once each. */
+static int simulateFails(void) {
+  const ncclComm_t comm = (ncclComm_t)(uintptr_t)0x1000, other = (ncclComm_t)(uintptr_t)0x1100;
+  cudaStream_t stream = (cudaStream_t)(uintptr_t)0x2000;
+  char* a = (char*)(uintptr_t)0x7f0000000000ull;
+  char* b = (char*)(uintptr_t)0x7f0010000000ull;
+  ncclSimInfo_t info = NCCL_SIM_INFO_INITIALIZER;
+  info.magic = 0;
+  GROUP_START();
+  CHECK(ncclAllReduce(a, a, 1 << 20, ncclFloat32, ncclSum, comm, stream));
+  CHECK(ncclAllReduce(b, b, 1 << 20, ncclFloat32, ncclSum, other, stream));
+  CHECK(ncclCommFinalize(comm));
+  CHECK(ncclCommDestroy(other));
+  const ncclResult_t r = ncclGroupSimulateEnd(&info);
+  EXPECT(LINE_FMT, (void*)a, (void*)a, (size_t)1 << 20, (int)ncclFloat32, (int)ncclSum, (void*)comm,
+         (void*)stream);
+  EXPECT(LINE_FMT, (void*)b, (void*)b, (size_t)1 << 20, (int)ncclFloat32, (int)ncclSum,
+         (void*)other, (void*)stream);
+  EXPECT("GroupSimulateEnd uninitialized simInfo");
+  fprintf(stderr, "the failed group ended\n");
+  if (r != ncclInvalidArgument) {
+    fprintf(stderr, "the failed simulated group's end returned %d, expected %d\n", (int)r,
+            (int)ncclInvalidArgument);
+    return 1;
+  }
+  DESTROY(comm);
+  DESTROY(other);
   return 0;
 }
 
@@ -904,7 +1074,7 @@ static int destroyAfterFailedGroup(void) {
 }
 
 /* A second ncclCommFinalize of a communicator in the user group that holds
- * its first behind a deferred call. NCCL (2.14 and later, init.cc) refuses
+ * its first behind a deferred call. NCCL (2.22 and later, init.cc) refuses
  * it at the call (ncclInvalidArgument), and the refusal fails the group's
  * end (ncclGroupErrCheck), which then runs nothing of the group. NCCL gets
  * the held-back finalize, then this one, and refuses it; ncclGetLastError
@@ -938,6 +1108,70 @@ static int finalizeTwiceInGroup(void) {
             (int)ncclInvalidArgument);
     return 1;
   }
+  DESTROY(comm);
+  return 0;
+}
+
+/* ncclCommFinalize in a user group after a call of its communicator the
+ * preload deferred, in a group whose end NCCL fails as a whole (the test
+ * makes every group's end fail, FAKE_NCCL_GROUP_FAIL=1): the held finalize
+ * is dropped with the group (and warned about), and NCCL never gets it. NCCL
+ * alone sets finalizeCalled at the finalize's call, in a group too, and a
+ * failed group's end (group.cc, groupCleanup) frees its jobs without
+ * clearing it: a later ncclCommFinalize is refused (ncclInvalidArgument),
+ * and so is an ncclCommRevoke. The preload answers both so, NCCL getting
+ * neither, and ncclGetLastError says why. (Until 2026-12-07 it passed the
+ * later finalize on, which NCCL took and ran.) The destroy after it reaches
+ * NCCL. That is NCCL 2.22 and later: before 2.22 NCCL sets finalizeCalled
+ * as the finalize's job ends (commDestroySync), so the dropped one never
+ * counted, and NCCL alone takes the later finalize: the preload hands it on
+ * (the stand-in for an older NCCL, whose ncclGetVersion says 2.21.5). */
+static int finalizeAfterFailedGroup(void) {
+  const ncclComm_t comm = (ncclComm_t)(uintptr_t)0x1000;
+  cudaStream_t stream = (cudaStream_t)(uintptr_t)0x2000;
+  char* a = (char*)(uintptr_t)0x7f0000000000ull;
+  GROUP_START();
+  CHECK(ncclAllReduce(a, a, 1 << 20, ncclFloat32, ncclSum, comm, stream));
+  CHECK(ncclCommFinalize(comm));
+  ncclResult_t r = ncclGroupEnd();
+  EXPECT("GroupEnd");
+  /* The test finds the warning before this line. */
+  fprintf(stderr, "the failed group ended\n");
+  if (r != ncclInternalError) {
+    fprintf(stderr, "the failed group's end returned %d, expected ncclInternalError\n", (int)r);
+    return 1;
+  }
+  int version = 0;
+  CHECK(ncclGetVersion(&version));
+  r = ncclCommFinalize(comm);
+  if (version < NCCL_VERSION(2, 22, 0)) {
+    EXPECT("CommFinalize comm=%p", (void*)comm);
+    if (r != ncclSuccess) {
+      fprintf(stderr, "ncclCommFinalize after the failed group (NCCL %d) returned %d, expected 0\n",
+              version, (int)r);
+      return 1;
+    }
+    DESTROY(comm);
+    return 0;
+  }
+  if (r != ncclInvalidArgument) {
+    fprintf(stderr, "ncclCommFinalize after the failed group returned %d, expected %d\n", (int)r,
+            (int)ncclInvalidArgument);
+    return 1;
+  }
+  const char* why = ncclGetLastError(comm);
+  if (why == NULL || strstr(why, "finalized") == NULL) {
+    fprintf(stderr, "ncclGetLastError after the refused finalize: '%s'\n", why ? why : "(null)");
+    return 1;
+  }
+#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 27, 0)
+  r = ncclCommRevoke(comm, 0);
+  if (r != ncclInvalidArgument) {
+    fprintf(stderr, "ncclCommRevoke after the failed group returned %d, expected %d\n", (int)r,
+            (int)ncclInvalidArgument);
+    return 1;
+  }
+#endif
   DESTROY(comm);
   return 0;
 }
@@ -1503,6 +1737,8 @@ __attribute__((visibility("default"))) int gcTestRunCalls(const char* mode) {
     rc = destroyAfterFailedGroup();
   } else if (strcmp(mode, "finalize_twice_in_group") == 0) {
     rc = finalizeTwiceInGroup();
+  } else if (strcmp(mode, "finalize_after_failed_group") == 0) {
+    rc = finalizeAfterFailedGroup();
 #endif
 #if NCCL_VERSION_CODE >= NCCL_VERSION(2, 18, 0)
   } else if (strcmp(mode, "child_in_group") == 0) {
@@ -1511,6 +1747,8 @@ __attribute__((visibility("default"))) int gcTestRunCalls(const char* mode) {
 #if NCCL_VERSION_CODE >= NCCL_VERSION(2, 27, 0)
   } else if (strcmp(mode, "revoked") == 0) {
     rc = revoked();
+  } else if (strcmp(mode, "revoke_answers") == 0) {
+    rc = revokeAnswers();
   } else if (strcmp(mode, "shrink_abort") == 0) {
     rc = shrinkAbort();
 #endif
@@ -1519,6 +1757,8 @@ __attribute__((visibility("default"))) int gcTestRunCalls(const char* mode) {
     rc = simulate();
   } else if (strcmp(mode, "simulate_comm_calls") == 0) {
     rc = simulateCommCalls();
+  } else if (strcmp(mode, "simulate_fails") == 0) {
+    rc = simulateFails();
   } else if (strcmp(mode, "simulate_missing") == 0) {
     rc = simulateMissing();
   } else if (strcmp(mode, "abort_deferred_simulate") == 0) {

@@ -32,6 +32,21 @@ static ncclResult_t result(void) {
 
 #define ALIAS(name) __attribute__((weak, alias("p" #name)))
 
+/* The version it stands for: its header's, or, built as an NCCL older than
+ * 2.22 (FAKE_NCCL_NO_SIMULATE), 2.21.5, whose finalize counts only once its
+ * job ran (init.cc, commDestroySync), never where a failed group's end
+ * freed the job. */
+ncclResult_t pncclGetVersion(int* version) {
+  if (version == NULL) return ncclInvalidArgument;
+#ifdef FAKE_NCCL_NO_SIMULATE
+  *version = NCCL_VERSION(2, 21, 5);
+#else
+  *version = NCCL_VERSION_CODE;
+#endif
+  return ncclSuccess;
+}
+ncclResult_t ncclGetVersion(int*) ALIAS(ncclGetVersion);
+
 /* NCCL's last error (ncclGetLastError): the sentence of the stand-in's last
  * refusal of a call's arguments, as NCCL's thread keeps its last warning. */
 static char lastError[256] = "";
@@ -133,9 +148,45 @@ static int finalizedIndex(ncclComm_t c) {
   return -1;
 }
 
+/* Communicators revoked (ncclCommRevoke) and not destroyed or aborted since,
+ * as NCCL 2.28.7 and later keep them (init.cc: comm->revokedFlag, and
+ * finalizeCalled set too, so they are among the finalized ones): a data
+ * call is refused (enqueue.cc, ncclEnqueueCheck: ncclInvalidUsage, warning
+ * "<op>: communicator was revoked"), in a group too, where the refusal is
+ * the group's error. */
+static ncclComm_t revokedComms[64];
+static int numRevoked = 0;
+
+static int revokedIndex(ncclComm_t c) {
+  for (int i = 0; i < numRevoked; ++i) {
+    if (revokedComms[i] == c) return i;
+  }
+  return -1;
+}
+
+/* Communicators destroyed in a group that has not run yet, or whose end
+ * failed (NCCL then frees the destroy's job unrun, and the communicator
+ * lives on): NCCL set their destroyFlag at the destroy's call, and refuses
+ * a revoke of them (2.28.7 and later, init.cc). A group that ran forgets
+ * them; a later destroy or abort does too. */
+static ncclComm_t destroyingComms[64];
+static int numDestroying = 0;
+
+static int destroyingIndex(ncclComm_t c) {
+  for (int i = 0; i < numDestroying; ++i) {
+    if (destroyingComms[i] == c) return i;
+  }
+  return -1;
+}
+
 /* Before a data call of c: 0 to go on, else the refusal to return. In a
  * group, the communicator is noted for the group's end. */
 static ncclResult_t admit(const char* what, ncclComm_t c) {
+  if (revokedIndex(c) >= 0) {
+    record("%s refused: comm=%p is revoked", what, (void*)c);
+    snprintf(lastError, sizeof lastError, "%s: communicator was revoked", what);
+    return refuseInGroup(ncclInvalidUsage);
+  }
   if (finalizedIndex(c) >= 0) {
     record("%s refused: comm=%p is finalized", what, (void*)c);
     snprintf(lastError, sizeof lastError, "%s: comm %p is finalized", what, (void*)c);
@@ -376,10 +427,13 @@ ncclResult_t pncclGroupEnd(void) {
     numGroupComms = 0;
     return ncclInternalError;
   }
-  if (groupDepth > 0 && --groupDepth == 0 && numGroupComms > 0) {
-    for (int i = 0; i < numGroupComms; ++i) startAsync(groupComms[i]);
-    numGroupComms = 0;
-    return ncclInProgress;
+  if (groupDepth > 0 && --groupDepth == 0) {
+    numDestroying = 0; /* the group ran: its destroys freed their communicators */
+    if (numGroupComms > 0) {
+      for (int i = 0; i < numGroupComms; ++i) startAsync(groupComms[i]);
+      numGroupComms = 0;
+      return ncclInProgress;
+    }
   }
   return ncclSuccess;
 }
@@ -467,6 +521,10 @@ static void forget(ncclComm_t c) {
   if (i >= 0) busy[i] = busy[--numBusy];
   const int f = finalizedIndex(c);
   if (f >= 0) finalizedComms[f] = finalizedComms[--numFinalized];
+  const int v = revokedIndex(c);
+  if (v >= 0) revokedComms[v] = revokedComms[--numRevoked];
+  const int d = destroyingIndex(c);
+  if (d >= 0) destroyingComms[d] = destroyingComms[--numDestroying];
 }
 
 /* As NCCL's (ncclCommEnsureReady): refused while the communicator is in
@@ -476,6 +534,7 @@ ncclResult_t pncclCommDestroy(ncclComm_t c) {
   const ncclResult_t ready = readiness("CommDestroy", c);
   if (ready != ncclSuccess) return ready;
   forget(c);
+  if (groupDepth > 0 && numDestroying < 64) destroyingComms[numDestroying++] = c;
   record("CommDestroy comm=%p", (void*)c);
   return ncclSuccess;
 }
@@ -488,8 +547,9 @@ ncclResult_t pncclCommAbort(ncclComm_t c) {
 }
 ncclResult_t ncclCommAbort(ncclComm_t) ALIAS(ncclCommAbort);
 
-/* As NCCL's (2.14 and later, init.cc: comm->finalizeCalled, set at the
- * call): a second finalize is refused at the call (ncclInvalidArgument, with
+/* As NCCL's (2.22 and later, init.cc: comm->finalizeCalled, set at the
+ * call; before 2.22 the finalize's job sets it, which the stand-in for an
+ * older NCCL does not model): a second finalize is refused at the call (ncclInvalidArgument, with
  * no warning, so no last error), in a group too, where the refusal fails the
  * group (refuseInGroup). */
 ncclResult_t pncclCommFinalize(ncclComm_t c) {
@@ -711,9 +771,36 @@ ncclResult_t ncclCommGrow(ncclComm_t, int, const ncclUniqueId*, int, ncclComm_t*
 #endif
 
 #if NCCL_VERSION_CODE >= NCCL_VERSION(2, 14, 0) && !defined(FAKE_NCCL_NO_SIMULATE)
-/* NCCL 2.28's ncclCommRevoke (not in the stand-in for an NCCL older than 2.22). */
+/* NCCL's ncclCommRevoke (2.28.7 and later; not in the stand-in for an NCCL
+ * older than 2.22), as NCCL 2.28.9's (init.cc): refused with
+ * ncclInvalidArgument, at the call and not as a group's error, for flags
+ * other than NCCL_REVOKE_DEFAULT (0), and for a communicator destroyed
+ * (destroyFlag, set at the destroy's call), finalized (finalizeCalled,
+ * which a finalize sets at its call) or revoked already; otherwise it
+ * revokes and counts as the communicator's finalize (finalizeCalled set: a
+ * later ncclCommFinalize is refused), and the communicator is left for
+ * ncclCommDestroy or ncclCommAbort. */
 ncclResult_t pncclCommRevoke(ncclComm_t c, int flags) {
+  if (c == NULL) {
+    record("CommRevoke comm=%p flags=%d", (void*)c, flags);
+    return ncclSuccess;
+  }
+  if (flags != 0) {
+    record("CommRevoke refused: comm=%p flags=%d", (void*)c, flags);
+    return ncclInvalidArgument;
+  }
+  if (destroyingIndex(c) >= 0 || finalizedIndex(c) >= 0 || revokedIndex(c) >= 0) {
+    record("CommRevoke refused: comm=%p is %s", (void*)c,
+           destroyingIndex(c) >= 0 ? "destroyed"
+           : revokedIndex(c) >= 0  ? "revoked"
+                                   : "finalized");
+    return ncclInvalidArgument;
+  }
   record("CommRevoke comm=%p flags=%d", (void*)c, flags);
+  if (c != NULL && numRevoked < 64 && numFinalized < 64) {
+    revokedComms[numRevoked++] = c;
+    finalizedComms[numFinalized++] = c;
+  }
   return ncclSuccess;
 }
 ncclResult_t ncclCommRevoke(ncclComm_t, int) ALIAS(ncclCommRevoke);

@@ -433,6 +433,30 @@ if "$app" comm_calls_in_group > /dev/null 2>&1 < /dev/null || [ $? != 2 ]; then
     run finalize_twice_in_group_$group env GRADCOMP_GROUP=$group GRADCOMP_METHOD=qsgd \
       "$app" finalize_twice_in_group && same_calls finalize_twice_in_group_$group
   done
+  # A finalize held back so in a group whose end NCCL fails is dropped with the
+  # group, and warned; NCCL alone counts a finalize at its call, failed group
+  # or not (init.cc: finalizeCalled), so a later finalize, or a revoke, is
+  # refused (ncclInvalidArgument; the app checks it and ncclGetLastError), and
+  # NCCL gets neither. Until 2026-12-07 the later finalize reached NCCL, which
+  # took it.
+  run finalize_after_failed_group env FAKE_NCCL_GROUP_FAIL=1 GRADCOMP_METHOD=qsgd \
+    "$app" finalize_after_failed_group && {
+    same_calls finalize_after_failed_group
+    check "finalize_after_failed_group: the finalize's drop warned" \
+      "sed '/the failed group ended/q' '$work/finalize_after_failed_group.err' |
+       grep -q 'ncclCommFinalize of NCCL comm 0x1000, .*was dropped with the group, whose end failed'"
+  }
+  # That is NCCL 2.22 and later. Before 2.22 NCCL counts a finalize as its job
+  # ends, so the dropped one never counted and NCCL alone takes a later one:
+  # with the stand-in for an older NCCL (its ncclGetVersion says 2.21.5) the
+  # later finalize reaches NCCL and is taken, and the warning says so.
+  run finalize_after_failed_group_old env GRADCOMP_NCCL_LIBRARY="$nccl_alt" FAKE_NCCL_GROUP_FAIL=1 \
+    GRADCOMP_METHOD=qsgd "$dlopen_app" "$framework_alt" finalize_after_failed_group && {
+    same_calls finalize_after_failed_group_old
+    check "finalize_after_failed_group_old: the finalize's drop warned, a later one taken" \
+      "sed '/the failed group ended/q' '$work/finalize_after_failed_group_old.err' |
+       grep -q 'ncclCommFinalize of NCCL comm 0x1000, .*was dropped with the group, whose end failed: the communicator is not finalized; finalize it again'"
+  }
 fi
 # A split (and shrink) in a group after a deferred call of its parent stays
 # in NCCL's group, which makes the child before the group's calls run: the
@@ -444,6 +468,16 @@ fi
 if "$app" simulate_comm_calls > /dev/null 2>&1 < /dev/null || [ $? != 2 ]; then
   run simulate_comm_calls env GRADCOMP_GROUP=defer GC_TEST_GROUP_CALLS_DEFERRED=1 \
     GRADCOMP_METHOD=qsgd "$app" simulate_comm_calls && same_calls simulate_comm_calls
+  # A simulated group whose end NCCL fails drops the finalize and destroy held
+  # back behind its calls, each drop warned (as at a failed ncclGroupEnd).
+  run simulate_fails env GRADCOMP_METHOD=qsgd "$app" simulate_fails && {
+    same_calls simulate_fails
+    for what in "ncclCommFinalize of NCCL comm 0x1000" "ncclCommDestroy of NCCL comm 0x1100"; do
+      check "simulate_fails: the drop of the $what warned" \
+        "sed '/the failed group ended/q' '$work/simulate_fails.err' |
+         grep -q '$what, .*was dropped with the group, whose end failed'"
+    done
+  }
 fi
 
 # 4d''. After the preload's own error, a non-blocking communicator's call that
@@ -465,6 +499,20 @@ if "$app" revoked > /dev/null 2>&1 < /dev/null || [ $? != 2 ]; then
     check "revoked: its later call passed through without a set-up attempt (got $n)" "[ '$n' = 1 ]"
     n=$(count "compression off: set-up failed" "$work/revoked.err")
     check "revoked: both shrunk comms tried to set up (got $n)" "[ '$n' = 2 ]"
+  }
+fi
+# 4b'. After a revoke, NCCL (2.28.7 and later) refuses a collective (ncclInvalidUsage,
+# "communicator was revoked"; the preload hands it to NCCL, never to a
+# gradcomp comm), a finalize and a second revoke (ncclInvalidArgument: the
+# revoke counts as the finalize), and takes the destroy; a revoke after a
+# finalize held back in a group is refused as NCCL refuses one after a
+# finalize (until 2026-12-07 it reached NCCL, which took it, and the group's
+# deferred call and finalize were refused at its end).
+if "$app" revoke_answers > /dev/null 2>&1 < /dev/null || [ $? != 2 ]; then
+  run revoke_answers env GRADCOMP_METHOD=qsgd GRADCOMP_DEBUG=INFO "$app" revoke_answers && {
+    same_calls revoke_answers
+    check "revoke_answers: no set-up of the revoked communicator" \
+      "grep -q 'summary comm 0x1000 .*compression off: revoked communicator' '$work/revoke_answers.err'"
   }
 fi
 
