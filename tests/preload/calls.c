@@ -1025,6 +1025,25 @@ static int finalizeAfterFailure(void) {
   return 0;
 }
 
+/* A user group of an allreduce of `comm`, then `commCall(comm)` held behind
+ * it, whose end the stand-in fails (FAKE_NCCL_GROUP_FAIL=1): 0 when it failed
+ * as NCCL's would, after the line "the failed group ended". */
+static int failedGroupWith(ncclComm_t comm, ncclResult_t (*commCall)(ncclComm_t)) {
+  cudaStream_t stream = (cudaStream_t)(uintptr_t)0x2000;
+  char* a = (char*)(uintptr_t)0x7f0000000000ull;
+  GROUP_START();
+  CHECK(ncclAllReduce(a, a, 1 << 20, ncclFloat32, ncclSum, comm, stream));
+  CHECK(commCall(comm));
+  const ncclResult_t r = ncclGroupEnd();
+  EXPECT("GroupEnd");
+  fprintf(stderr, "the failed group ended\n");
+  if (r != ncclInternalError) {
+    fprintf(stderr, "the failed group's end returned %d, expected ncclInternalError\n", (int)r);
+    return 1;
+  }
+  return 0;
+}
+
 /* ncclCommDestroy in a user group after a call of its communicator the
  * preload deferred, in a group whose end NCCL fails as a whole (the test
  * makes every group's end fail, FAKE_NCCL_GROUP_FAIL=1, and checks the
@@ -1041,19 +1060,11 @@ static int destroyAfterFailedGroup(void) {
   const ncclComm_t comm = (ncclComm_t)(uintptr_t)0x1000, kept = (ncclComm_t)(uintptr_t)0x1100;
   cudaStream_t stream = (cudaStream_t)(uintptr_t)0x2000;
   char* a = (char*)(uintptr_t)0x7f0000000000ull;
-  GROUP_START();
-  CHECK(ncclAllReduce(a, a, 1 << 20, ncclFloat32, ncclSum, comm, stream));
-  CHECK(ncclCommDestroy(comm));
-  ncclResult_t r = ncclGroupEnd();
-  EXPECT("GroupEnd");
   /* The test finds the warning, and no summary of the communicator (printed
-   * as its entry goes), before this line. */
-  fprintf(stderr, "the failed group ended\n");
-  if (r != ncclInternalError) {
-    fprintf(stderr, "the failed group's end returned %d, expected ncclInternalError\n", (int)r);
-    return 1;
-  }
+   * as its entry goes), before the group's end is reported. */
+  if (failedGroupWith(comm, ncclCommDestroy)) return 1;
   DESTROY(comm);
+  ncclResult_t r;
   GROUP_START();
   CHECK(ncclAllReduce(a, a, 1 << 20, ncclFloat32, ncclSum, kept, stream));
   r = ncclAllReduce(a, a, 1 << 20, asType(-1), ncclSum, kept, stream);
@@ -1128,19 +1139,9 @@ static int finalizeTwiceInGroup(void) {
  * (the stand-in for an older NCCL, whose ncclGetVersion says 2.21.5). */
 static int finalizeAfterFailedGroup(void) {
   const ncclComm_t comm = (ncclComm_t)(uintptr_t)0x1000;
-  cudaStream_t stream = (cudaStream_t)(uintptr_t)0x2000;
-  char* a = (char*)(uintptr_t)0x7f0000000000ull;
-  GROUP_START();
-  CHECK(ncclAllReduce(a, a, 1 << 20, ncclFloat32, ncclSum, comm, stream));
-  CHECK(ncclCommFinalize(comm));
-  ncclResult_t r = ncclGroupEnd();
-  EXPECT("GroupEnd");
-  /* The test finds the warning before this line. */
-  fprintf(stderr, "the failed group ended\n");
-  if (r != ncclInternalError) {
-    fprintf(stderr, "the failed group's end returned %d, expected ncclInternalError\n", (int)r);
-    return 1;
-  }
+  /* The test finds the warning before the group's end is reported. */
+  if (failedGroupWith(comm, ncclCommFinalize)) return 1;
+  ncclResult_t r;
   int version = 0;
   CHECK(ncclGetVersion(&version));
   r = ncclCommFinalize(comm);
