@@ -258,6 +258,76 @@ def check_flags(perf, work, src, kdoc, bits, bucket):
                        (["-b", " 1K"], "-b  1K is not a size")):
         code, out = run_plain(perf, args + tiny)
         expect(code == 2 and says in out, "%s: exit 2 saying %r (got %d)" % (args, says, code))
+    # A list item given twice ran (or modeled) the same rows twice, under any spelling of it
+    # ("all" lists every type); refused naming the flag and the item.
+    twice = ": each item listed runs (or is modeled) once per listing"
+    for args, says in ((["-m", "qsgd,qsgd"], "-m qsgd,qsgd: qsgd is listed twice" + twice),
+                       (["-d", "float,fp32"], "-d float,fp32: fp32 repeats float" + twice),
+                       (["-d", "all,half"], "-d all,half: half repeats all" + twice),
+                       (["--link-gbps", "10,1e1"], "--link-gbps 10,1e1: 1e1 repeats 10" + twice),
+                       (["--model-nodes", "2,4,2"], "--model-nodes 2,4,2: 2 is listed twice"),
+                       (["--model-nodes", "2", "--model-local", "4,4"],
+                        "--model-local 4,4: 4 is listed twice"),
+                       (["--model-nodes", "2", "--node-gbps", "100,100.0"],
+                        "--node-gbps 100,100.0: 100.0 repeats 100"),
+                       # A method's own flag with no row of that method went unused.
+                       (["-m", "topk", "-q", "2"], "-q 2 (QSGD's bits) is for -m qsgd, and this "
+                        "run's methods are topk, so no row would use it"),
+                       (["-m", "none", "-B", "64"], "-B 64 (QSGD's bucket and the hierarchy's "
+                        "piece size) is for -m qsgd, topk, randk or dgc, and this run's methods "
+                        "are none, so no row would use it"),
+                       (["-k", "0.1"], "-k 0.1 (the sparse methods' density) is for -m topk, "
+                        "randk or dgc, and this run's methods are qsgd (-m not given"),
+                       # -f stepped the sizes and -i went unused.
+                       (["-i", "1M", "-f", "2"], "-i 1M and -f 2 are both given"),
+                       # strtod's underflow read 1e-400 as 0, in the range of these flags.
+                       (["--link-lat-us", "1e-400"], "--link-lat-us 1e-400: 1e-400 underflows a "
+                        "double (nonzero and below 2.22507e-308, it would be read as 0 or less "
+                        "precisely): give a number in [0, 1e7] us (0, or at least 2.22507e-308)"),
+                       (["--debug-rank-weight", "1e-400"], "--debug-rank-weight 1e-400: 1e-400 "
+                        "underflows a double"),
+                       (["--link-gbps", "10,1e400"], "--link-gbps 10,1e400: 1e400 overflows a "
+                        "double (above 1.79769e+308, it would be read as inf): give a number in "
+                        "[0.001, 1e6] Gb/s"),
+                       (["--model-nodes", "2", "--model-pipe", "1e-400"],
+                        "--model-pipe 1e-400: a byte count in [0, 1024G]")):
+        code, out = run_plain(perf, ["-b", "64K", "-e", "64K"] + args + tiny)
+        expect(code == 2 and says in out, "%s: exit 2 saying %r (got %d)" % (args, says, code))
+    code, out = run_plain(perf, ["-b", "64K", "-e", "64K", "-q", "3"] + tiny,
+                          env={"GRADCOMP_METHOD": "topk"})
+    expect(code == 2 and "this run's methods are topk (-m not given: GRADCOMP_METHOD's" in out,
+           "GRADCOMP_METHOD=topk -q 3: exit 2, -q unused (got %d)" % code)
+    # A bad GRADCOMP_* value with -m not given: the methods are not known, so the value's own
+    # sentence, not "this run's methods are qsgd" (the fallback's).
+    for env, says in (({"GRADCOMP_METHOD": "topk", "GRADCOMP_BITS": "9"}, "GRADCOMP_BITS=9"),
+                      ({"GRADCOMP_METHOD": "bogus"}, "GRADCOMP_METHOD=bogus")):
+        code, out = run_plain(perf, ["-N", "2", "-b", "64K", "-e", "64K", "-k", "0.1"] + tiny,
+                              env=env)
+        expect(code == 2 and says in out and "this run's methods" not in out,
+               "%s -k 0.1: exit 2 saying %r, not the methods (got %d)" % (env, says, code))
+    # -B is every compressing method's piece alignment in the hierarchy: top-k's wire bytes
+    # follow it there.
+    wire = []
+    for b in ("32", "8192"):
+        path = os.path.join(work, "topk-hier-B%s.json" % b)
+        if os.path.exists(path):
+            os.remove(path)  # a refusal writes none: not an earlier run's rows
+        code, out = run_plain(perf, ["-N", "4", "--local-size", "2", "-b", "100K", "-e", "100K",
+                                     "-m", "topk", "-a", "hier", "-B", b, "--json", path] + tiny)
+        expect(code == 0, "-m topk --local-size 2 -B %s runs (got %d)" % (b, code))
+        if os.path.exists(path):
+            with open(path) as f:
+                wire += [r["wire_bytes"] for r in json.load(f)["rows"]]
+    expect(len(wire) == 2 and wire[0] != wire[1],
+           "-m topk --local-size 2: -B 32 and -B 8192 give different wire bytes (got %s)" % wire)
+    # Each method's flags with its method among others run.
+    code, _, rows = run(perf, ["-N", "2", "-b", "64K", "-e", "64K", "-m", "qsgd,topk", "-q", "3",
+                               "-B", "64", "-k", "0.05", "-i", "1M"] + tiny,
+                        os.path.join(work, "method-flags.json"))
+    labels = sorted(r["label"] for r in rows)
+    expect(code == 0 and len(labels) == 2 and labels[0].startswith("qsgd bits=3 bucket=64 ")
+           and labels[1].startswith("topk density=0.05 "),
+           "-m qsgd,topk -q 3 -B 64 -k 0.05: both rows, each with its setting (got %s)" % labels)
     # An unknown, ambiguous or misused option: one line on stderr naming it with a hint to
     # --help, nothing on stdout, exit 2 (as getopt-style tools); --help: usage on stdout, exit 0.
     for args, says in ((["--bogus"], "unknown option --bogus (see --help)"),

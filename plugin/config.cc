@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <atomic>
 #include <charconv>
+#include <limits>
 #include <string>
 #include <system_error>
 #include <vector>
@@ -413,16 +414,55 @@ static bool parseUnsigned(const char* v, bool hexOk, unsigned long long* out) {
   return true;
 }
 
+// Whether a number as parseFloat takes it (digits, a '.', an exponent) is
+// below 1: the power of ten of its first nonzero digit is negative (0.05: -2,
+// 1e-400: -400, 120: 2). Tells a number no double holds that underflows from
+// one that overflows.
+static bool belowOne(const char* v) {
+  long long power = 0;
+  bool point = false, nonzero = false;
+  const char* p = v;
+  for (; isdigit((unsigned char)*p) || *p == '.'; ++p) {
+    if (*p == '.') {
+      point = true;
+    } else if (nonzero) {
+      if (!point) ++power;
+    } else if (*p != '0') {
+      nonzero = true;
+      if (point) --power;
+    } else if (point) {
+      --power;
+    }
+  }
+  if (*p == 'e' || *p == 'E') {
+    const bool negative = *++p == '-';
+    if (*p == '-' || *p == '+') ++p;
+    long long exponent = 0;
+    for (; isdigit((unsigned char)*p); ++p)
+      exponent = std::min(exponent * 10 + (*p - '0'), 1LL << 40);
+    power += negative ? -exponent : exponent;
+  }
+  return power < 0;
+}
+
 // Floats: a digit or '.' first (no sign, space, nan, inf), no hex floats,
 // '.' as the decimal point whatever locale the program set: strtod reads
 // LC_NUMERIC, so under de_DE it refused 0.01 and took 0,01 (from_chars
-// ignores the locale).
+// ignores the locale). A number no double holds is read as the nearest that
+// is not 0: 1e-400 as the smallest subnormal, which the float check refuses
+// as it does 1e-50 (the form's refusal said 1e-400 was not in [0, 1e+30]),
+// 1e400 as inf, past every range.
 static bool parseFloat(const char* v, double* out) {
   if (!(isdigit((unsigned char)v[0]) || v[0] == '.') || strpbrk(v, "xX") != nullptr) return false;
   const char* end = v + strlen(v);
   double x = 0;
   const std::from_chars_result r = std::from_chars(v, end, x, std::chars_format::general);
-  if (r.ec != std::errc() || r.ptr != end) return false;
+  if (r.ptr != end) return false;
+  if (r.ec == std::errc::result_out_of_range) {
+    x = belowOne(v) ? std::numeric_limits<double>::denorm_min() : HUGE_VAL;
+  } else if (r.ec != std::errc()) {
+    return false;
+  }
   *out = x;
   return true;
 }

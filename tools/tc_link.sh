@@ -209,7 +209,8 @@ if [ "$mode" = cpu ]; then
   GC_TC_CC=${GC_TC_CC-reno}
   port_step=32  # a run's comms listen at root port + k (gradcomp_perf --root)
   if [ "${GC_TC_AUTO:-0}" = 1 ]; then
-    sweep=(-b "${GC_TC_MIN:-1M}" -e "$size" -f 2 -m qsgd --auto)
+    # QSGD alone: no -k (gradcomp_perf refuses a method's flag that no row uses).
+    sweep=(-b "${GC_TC_MIN:-1M}" -e "$size" -f 2 -m qsgd -q 4 --auto)
     port_step=64  # two comms per size
   fi
 else
@@ -220,7 +221,7 @@ else
   port_step=1
 fi
 perf=$build/bench/gradcomp_perf
-[ -n "${sweep+x}" ] || sweep=(-b "$size" -e "$size" -m qsgd,dgc)
+[ -n "${sweep+x}" ] || sweep=(-b "$size" -e "$size" -m qsgd,dgc -q 4 -k 0.001)
 # Not under set -e: a RAW_DIR that cannot be made would fail every write after it, one by one.
 if ! mkdir -p "$raw" || [ ! -w "$raw" ]; then
   echo "tc_link: cannot write RAW_DIR '$raw' (relative to $(pwd)): give a folder that can be" \
@@ -279,7 +280,7 @@ run_ranks() {  # run_ranks N GBPS TAG: one process per rank over the shaped link
     fi
     "${ns[@]}" env OMPI_COMM_WORLD_RANK="$r" OMPI_COMM_WORLD_SIZE="$n" \
       OMPI_COMM_WORLD_LOCAL_RANK=0 OMPI_COMM_WORLD_LOCAL_SIZE=1 "${backend[@]}" -N "$n" \
-      "${sweep[@]}" -n "${GC_TC_ITERS:-3}" -w 1 -q 4 -k 0.001 \
+      "${sweep[@]}" -n "${GC_TC_ITERS:-3}" -w 1 \
       --link-gbps "$model_gbps" --json "$raw/tc_link_$tag.json" > "$raw/tc_link_${tag}_r$r.txt" 2>&1 &
     pids+=($!)
   done

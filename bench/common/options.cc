@@ -1,6 +1,8 @@
 #include "options.h"
 
 #include <ctype.h>
+#include <errno.h>
+#include <float.h>
 #include <getopt.h>
 #include <math.h>
 #include <stdio.h>
@@ -24,7 +26,7 @@ void usage(const char* prog) {
       "                             -e alone below the default -b lowers -b to it (one size).\n"
       "                             Sizes are positive; sizes below one element of a type are\n"
       "                             skipped for it (refused when no size gives a row)\n"
-      "  -i, --stepbytes <size>     additive step (used when -f is not given), default 1M\n"
+      "  -i, --stepbytes <size>     additive step (not with -f), default 1M\n"
       "  -f, --stepfactor <f>       multiplicative step, default 4\n"
       "  -n, --iters <n>            timed iterations, default cuda 20, cpu 5\n"
       "  -w, --warmup_iters <n>     warm-up iterations, default cuda 5, cpu 1\n"
@@ -34,12 +36,15 @@ void usage(const char* prog) {
       "  gradcomp flags:\n"
       "  -m, --method <m>           none|qsgd|topk|randk|dgc (list with commas), default\n"
       "                             $GRADCOMP_METHOD, else qsgd\n"
-      "  -q, --bits <b>             QSGD bits 2..8 including the sign, default\n"
+      "  -q, --bits <b>             QSGD bits 2..8 including the sign (-m with qsgd), default\n"
       "                             $GRADCOMP_BITS, else 4\n"
-      "  -B, --bucket <d>           QSGD bucket size 32..8192, multiple of 32, default\n"
+      "  -B, --bucket <d>           QSGD bucket size, and each compressing method's piece\n"
+      "                             alignment in the hierarchy (-m with a method besides\n"
+      "                             none), 32..8192, multiple of 32, default\n"
       "                             $GRADCOMP_BUCKET, else 512\n"
-      "  -k, --density <p>          sparse methods: share of elements sent, [1e-6, 1],\n"
-      "                             default $GRADCOMP_DENSITY, else 0.01\n"
+      "  -k, --density <p>          sparse methods: share of elements sent, [1e-6, 1]\n"
+      "                             (-m with topk, randk or dgc), default $GRADCOMP_DENSITY,\n"
+      "                             else 0.01\n"
       "  -a, --algo <a>             auto|twoshot|ring|allgather|sparse|hier, default\n"
       "                             $GRADCOMP_ALGO, else auto\n"
       "  -C, --collective <c>       all_reduce (default) | reduce_scatter: sizes are then the\n"
@@ -94,13 +99,26 @@ bool plainNumber(const char* s) {
   return (isdigit((unsigned char)s[0]) || s[0] == '.') && strpbrk(s, "xX") == nullptr;
 }
 
+// A number (the whole value) that a double does not hold, which strtod reads as 0 or a
+// subnormal (1e-400, 1e-310) or inf (1e400), with ERANGE: 1e-400 was taken as 0 where a range
+// holds 0 (--link-lat-us, --debug-rank-weight).
+bool beyondDouble(const char* s) {
+  if (!plainNumber(s)) return false;
+  char* end = nullptr;
+  errno = 0;
+  strtod(s, &end);
+  return errno == ERANGE && end != s && *end == '\0';
+}
+
 // A whole number of bytes in 0 .. 1024G, with an optional K/M/G (powers of
 // 1024) and B: 1.5K is 1536, 1.5 is refused.
 bool parseSize(const char* s, size_t* out) {
   if (!plainNumber(s)) return false;
   char* end = nullptr;
+  errno = 0;
   double v = strtod(s, &end);
-  if (end == s || !(v >= 0)) return false;  // NaN too
+  // ERANGE: beyond a double (1e-400 read as 0, which --model-pipe took).
+  if (end == s || errno == ERANGE || !(v >= 0)) return false;  // NaN too
   double mult = 1;
   if (*end == 'K' || *end == 'k')
     mult = 1024.0, ++end;
@@ -128,7 +146,7 @@ bool parseInt(const char* s, long lo, long hi, long* out) {
 }
 
 bool parseDouble(const char* s, double lo, double hi, double* out) {
-  if (!plainNumber(s)) return false;
+  if (!plainNumber(s) || beyondDouble(s)) return false;
   char* end = nullptr;
   double v = strtod(s, &end);
   if (end == s || *end != '\0' || !(v >= lo && v <= hi)) return false;
@@ -175,6 +193,27 @@ bool listItems(const char* flag, const char* s, std::vector<std::string>* items,
   return true;
 }
 
+// A list flag's item given again (-m qsgd,qsgd, -d float,fp32, --link-gbps 10,1e1): every item
+// listed runs (or is modeled), so a repeat ran the same rows again; refused naming the flag and
+// the item. x is item's value, added to *list and its item to *from (the items before).
+template <typename T>
+bool addItem(const char* flag, const char* v, const std::string& item, const T& x,
+             std::vector<T>* list, std::vector<std::string>* from, int* exitCode) {
+  for (size_t j = 0; j < list->size(); ++j) {
+    if (!((*list)[j] == x)) continue;
+    fprintf(stderr,
+            "gradcomp_perf: %s %s: %s%s%s: each item listed runs (or is modeled) once per "
+            "listing, so the same rows would come twice; give each item once (see --help)\n",
+            flag, v, item.c_str(), item == (*from)[j] ? " is listed twice" : " repeats ",
+            item == (*from)[j] ? "" : (*from)[j].c_str());
+    *exitCode = 2;
+    return false;
+  }
+  list->push_back(x);
+  from->push_back(item);
+  return true;
+}
+
 bool fail(int* exitCode, const char* fmt, const char* flag, const char* value) {
   fprintf(stderr, "gradcomp_perf: ");
   fprintf(stderr, fmt, flag, value);
@@ -187,6 +226,26 @@ bool fail(int* exitCode, const char* fmt, const char* flag, const char* value) {
 bool failInt(int* exitCode, const char* flag, const char* value, const char* range) {
   fprintf(stderr, "gradcomp_perf: %s '%s' is not an integer in %s, in %s (see --help)\n", flag,
           value, range, gc::kIntegerForm);
+  *exitCode = 2;
+  return false;
+}
+
+// A float flag's number beyond a double (beyondDouble), said as such with the flag's range:
+// "not in [0, 1e7]" would be wrong of 1e-400.
+bool failBeyond(int* exitCode, const char* flag, const char* value, const char* item,
+                const char* range) {
+  char zero[64] = "";
+  if (strncmp(range, "[0,", 3) == 0) snprintf(zero, sizeof zero, " (0, or at least %g)", DBL_MIN);
+  if (strtod(item, nullptr) < 1)
+    fprintf(stderr,
+            "gradcomp_perf: %s %s: %s underflows a double (nonzero and below %g, it would be read "
+            "as 0 or less precisely): give a number in %s%s (see --help)\n",
+            flag, value, item, DBL_MIN, range, zero);
+  else
+    fprintf(stderr,
+            "gradcomp_perf: %s %s: %s overflows a double (above %g, it would be read as inf): "
+            "give a number in %s (see --help)\n",
+            flag, value, item, DBL_MAX, range);
   *exitCode = 2;
   return false;
 }
@@ -357,7 +416,7 @@ bool parseOptions(int argc, char** argv, Options* o, int* exitCode) {
   }
   *exitCode = 0;
   bool factorGiven = false, stepGiven = false;
-  const char *minArg = "", *maxArg = "";
+  const char *minArg = "", *maxArg = "", *stepArg = "", *factorArg = "";
   // The projection's own flags, as given (only --model-nodes makes a projection that reads them).
   const char *nodeGbpsArg = nullptr, *modelPipeArg = nullptr;
   int c;
@@ -370,6 +429,7 @@ bool parseOptions(int argc, char** argv, Options* o, int* exitCode) {
   while ((c = getopt_long(argc, argv, ":b:e:i:f:n:w:c:d:o:m:q:B:k:a:C:N:h", longOpts, nullptr)) !=
          -1) {
     const char* v = optarg;
+    std::vector<std::string> from;  // a list flag's item of each value taken (addItem)
     switch (c) {
       case 'b':
       case 'e': {
@@ -394,12 +454,15 @@ bool parseOptions(int argc, char** argv, Options* o, int* exitCode) {
         if (!parseSize(v, &o->stepBytes) || o->stepBytes == 0)
           return fail(exitCode, "%s %s is not a size in 1 .. 1024G bytes", "-i", v);
         stepGiven = true;
+        stepArg = v;
         break;
       case 'f':
+        if (beyondDouble(v)) return failBeyond(exitCode, "-f", v, v, "[1.0001, 1e6]");
         if (!parseDouble(v, 1.0001, 1e6, &o->stepFactor))
           return fail(exitCode, "%s %s is not a factor in [1.0001, 1e6] (a plain decimal number)",
                       "-f", v);
         factorGiven = true;
+        factorArg = v;
         break;
       case 'n':
         if (!parseInt(v, 1, 1000000, &lv)) return failInt(exitCode, "-n", v, "1..1000000");
@@ -417,16 +480,20 @@ bool parseOptions(int argc, char** argv, Options* o, int* exitCode) {
         o->dtypes.clear();
         if (!listItems("-d", v, &items, exitCode)) return false;
         for (const std::string& s : items) {
+          std::vector<ncclDataType_t> types;
           if (s == "float" || s == "fp32" || s == "float32")
-            o->dtypes.push_back(ncclFloat32);
+            types = {ncclFloat32};
           else if (s == "half" || s == "fp16" || s == "float16")
-            o->dtypes.push_back(ncclFloat16);
+            types = {ncclFloat16};
           else if (s == "bfloat16" || s == "bf16")
-            o->dtypes.push_back(ncclBfloat16);
+            types = {ncclBfloat16};
           else if (s == "all")
-            o->dtypes = {ncclFloat32, ncclFloat16, ncclBfloat16};
+            types = {ncclFloat32, ncclFloat16, ncclBfloat16};
           else
             return fail(exitCode, "%s %s: types are float, half, bfloat16 or all", "-d", v);
+          // "all" with a type besides it lists that type twice.
+          for (ncclDataType_t t : types)
+            if (!addItem("-d", v, s, t, &o->dtypes, &from, exitCode)) return false;
         }
         // An empty list is no type (leave -d out for the default), as --link-gbps refuses one.
         if (o->dtypes.empty())
@@ -451,12 +518,13 @@ bool parseOptions(int argc, char** argv, Options* o, int* exitCode) {
             if (s == methodName((gradcompMethod_t)k)) m = k;
           if (m < 0)
             return fail(exitCode, "%s %s: methods are none, qsgd, topk, randk, dgc", "-m", v);
-          o->methods.push_back((gradcompMethod_t)m);
+          if (!addItem("-m", v, s, (gradcompMethod_t)m, &o->methods, &from, exitCode)) return false;
         }
         // An empty list is no method (leave -m out for GRADCOMP_METHOD's or the default).
         if (o->methods.empty())
           return fail(exitCode, "%s '%s': give at least one method: none, qsgd, topk, randk, dgc",
                       "-m", v);
+        o->methodsGiven = true;
         break;
       case 'q':
         if (!parseInt(v, 2, 8, &lv)) return failInt(exitCode, "-q", v, "2..8");
@@ -468,6 +536,7 @@ bool parseOptions(int argc, char** argv, Options* o, int* exitCode) {
         o->bucket = (int)lv;
         break;
       case 'k':
+        if (beyondDouble(v)) return failBeyond(exitCode, "-k", v, v, "[1e-6, 1]");
         if (!parseDouble(v, 1e-6, 1, &dv)) return fail(exitCode, "%s %s not in [1e-6, 1]", "-k", v);
         o->density = (float)dv;
         break;
@@ -526,14 +595,17 @@ bool parseOptions(int argc, char** argv, Options* o, int* exitCode) {
           return fail(exitCode, "%s %s: give at least one bandwidth in [0.001, 1e6] Gb/s",
                       "--link-gbps", v);
         for (const std::string& s : items) {
+          if (beyondDouble(s.c_str()))
+            return failBeyond(exitCode, "--link-gbps", v, s.c_str(), "[0.001, 1e6] Gb/s");
           if (!parseDouble(s.c_str(), 1e-3, 1e6, &dv))
             return fail(exitCode, "%s %s: each bandwidth must be in [0.001, 1e6] Gb/s",
                         "--link-gbps", v);
-          o->linkGbps.push_back(dv);
+          if (!addItem("--link-gbps", v, s, dv, &o->linkGbps, &from, exitCode)) return false;
         }
         o->linkGiven = true;
         break;
       case kLat:
+        if (beyondDouble(v)) return failBeyond(exitCode, "--link-lat-us", v, v, "[0, 1e7] us");
         if (!parseDouble(v, 0, 1e7, &o->linkLatencyUs))
           return fail(exitCode, "%s %s not in [0, 1e7] us", "--link-lat-us", v);
         break;
@@ -546,6 +618,7 @@ bool parseOptions(int argc, char** argv, Options* o, int* exitCode) {
         o->corrupt = true;
         break;
       case kRankWeight:
+        if (beyondDouble(v)) return failBeyond(exitCode, "--debug-rank-weight", v, v, "[0, 4]");
         if (!parseDouble(v, 0, 4, &o->debugRankWeight))
           return fail(exitCode, "%s %s not in [0, 4]", "--debug-rank-weight", v);
         break;
@@ -561,7 +634,7 @@ bool parseOptions(int argc, char** argv, Options* o, int* exitCode) {
         for (const std::string& s : items) {
           if (!parseInt(s.c_str(), 1, 4096, &lv))
             return failInt(exitCode, flag, v, "1..4096 (each of the list)");
-          list.push_back((int)lv);
+          if (!addItem(flag, v, s, (int)lv, &list, &from, exitCode)) return false;
         }
         if (list.empty()) return fail(exitCode, "%s %s: give at least one count", flag, v);
         break;
@@ -570,16 +643,19 @@ bool parseOptions(int argc, char** argv, Options* o, int* exitCode) {
         o->nodeGbps.clear();
         if (!listItems("--node-gbps", v, &items, exitCode)) return false;
         for (const std::string& s : items) {
+          if (beyondDouble(s.c_str()))
+            return failBeyond(exitCode, "--node-gbps", v, s.c_str(), "[0.001, 1e6] Gb/s");
           if (!parseDouble(s.c_str(), 1e-3, 1e6, &dv))
             return fail(exitCode, "%s %s: each bandwidth must be in [0.001, 1e6] Gb/s",
                         "--node-gbps", v);
-          o->nodeGbps.push_back(dv);
+          if (!addItem("--node-gbps", v, s, dv, &o->nodeGbps, &from, exitCode)) return false;
         }
         if (o->nodeGbps.empty())
           return fail(exitCode, "%s %s: give at least one bandwidth", "--node-gbps", v);
         nodeGbpsArg = v;
         break;
       case kIntraGbps:
+        if (beyondDouble(v)) return failBeyond(exitCode, "--intra-gbps", v, v, "[0.001, 1e6] Gb/s");
         if (!parseDouble(v, 1e-3, 1e6, &o->intraGbps))
           return fail(exitCode, "%s %s not in [0.001, 1e6] Gb/s", "--intra-gbps", v);
         o->intraGiven = true;
@@ -649,7 +725,18 @@ bool parseOptions(int argc, char** argv, Options* o, int* exitCode) {
                 "--model-nodes too, or leave it out",
                 nodeGbpsArg ? "--node-gbps" : "--model-pipe",
                 nodeGbpsArg ? nodeGbpsArg : modelPipeArg);
-  if (stepGiven && !factorGiven)
+  // Both steps: the factor stepped the sizes and -i went unused without a word (nccl-tests
+  // does the same when -f is above 1, and its -f 1 means "use -i", which -f here refuses).
+  if (stepGiven && factorGiven) {
+    fprintf(stderr,
+            "gradcomp_perf: -i %s and -f %s are both given: a sweep steps by one of them, and "
+            "-f would leave -i unused; give -i for a step in bytes or -f for a factor (see "
+            "--help)\n",
+            stepArg, factorArg);
+    *exitCode = 2;
+    return false;
+  }
+  if (stepGiven)
     o->stepFactor = 0;
   else if (!factorGiven)
     o->stepFactor = 4;
@@ -672,12 +759,12 @@ void applyDefaults(Options* o, int gpuCount) {
   if (o->warmup < 0) o->warmup = cpu ? 1 : 5;
   if (o->dtypes.empty()) o->dtypes = {ncclFloat32};
   if (o->methods.empty()) {
-    // GRADCOMP_METHOD as every other unset setting; a bad value falls back
-    // here, and methodConfig's gradcompConfigFromEnv refuses it (exit 2).
+    // GRADCOMP_METHOD as every other unset setting (unset: qsgd); a bad GRADCOMP_* value
+    // falls back here, and methodConfig's gradcompConfigFromEnv refuses it (exit 2), so the
+    // methods are not known to checkOptions.
     gradcompConfig_t cfg;
-    const bool fromEnv =
-        getenv("GRADCOMP_METHOD") != nullptr && gradcompConfigFromEnv(&cfg) == gradcompSuccess;
-    o->methods = {fromEnv ? cfg.method : gradcompMethodQsgd};
+    o->methodsKnown = gradcompConfigFromEnv(&cfg) == gradcompSuccess;
+    o->methods = {o->methodsKnown ? cfg.method : gradcompMethodQsgd};
   }
   // Socket ranks are the launcher's: -N only checks them.
   if (o->nranks == 0 && o->backend != BackendKind::Socket)
@@ -703,6 +790,43 @@ bool checkOptions(const Options& o, int* exitCode) {
             "it out, or give --backend %s (see --help)\n",
             rootMisplaced ? "--root" : "--kernel-rates",
             rootMisplaced ? o.root.c_str() : o.kernelRates.c_str(), owner, backend, owner);
+    *exitCode = 2;
+    return false;
+  }
+  // A method's own flag with no row of that method went unused, the rows those of the run
+  // without it (-q 2 -m topk); refused as a flag of another backend is. Only flags given: the
+  // unset ones are < 0. -B is also every compressing method's shard alignment in the
+  // hierarchy (hier.cc's Layout), so only a run of none leaves it unused. Methods not known (a
+  // bad GRADCOMP_* value): methodConfig reports that value instead.
+  bool qsgd = false, sparse = false, compress = false;
+  std::string methods;
+  for (gradcompMethod_t m : o.methods) {
+    qsgd = qsgd || m == gradcompMethodQsgd;
+    sparse =
+        sparse || m == gradcompMethodTopk || m == gradcompMethodRandk || m == gradcompMethodDgc;
+    compress = compress || m != gradcompMethodNone;
+    methods += std::string(methods.empty() ? "" : ",") + methodName(m);
+  }
+  if (o.methodsKnown &&
+      ((!qsgd && o.bits > 0) || (!compress && o.bucket > 0) || (!sparse && o.density > 0))) {
+    char flag[64];
+    const char *forMethods = "-m qsgd", *add = "qsgd";
+    if (!qsgd && o.bits > 0) {
+      snprintf(flag, sizeof flag, "-q %d (QSGD's bits)", o.bits);
+    } else if (!compress && o.bucket > 0) {
+      snprintf(flag, sizeof flag, "-B %d (QSGD's bucket and the hierarchy's piece size)", o.bucket);
+      forMethods = "-m qsgd, topk, randk or dgc";
+      add = "a compressing method";
+    } else {
+      snprintf(flag, sizeof flag, "-k %g (the sparse methods' density)", (double)o.density);
+      forMethods = "-m topk, randk or dgc";
+      add = "topk, randk or dgc";
+    }
+    fprintf(stderr,
+            "gradcomp_perf: %s is for %s, and this run's methods are %s%s, so no row would use it: "
+            "leave it out, or add %s to -m (see --help)\n",
+            flag, forMethods, methods.c_str(),
+            o.methodsGiven ? "" : " (-m not given: GRADCOMP_METHOD's, else qsgd)", add);
     *exitCode = 2;
     return false;
   }

@@ -29,6 +29,10 @@ struct Options {
   std::vector<ncclDataType_t> dtypes;
   ncclRedOp_t op = ncclSum;
   std::vector<gradcompMethod_t> methods;
+  bool methodsGiven = false;  // -m given (else GRADCOMP_METHOD's, or qsgd: applyDefaults)
+  // false: -m not given and a GRADCOMP_* value is bad (methods is qsgd, and methodConfig
+  // refuses that value).
+  bool methodsKnown = true;
   // gradcomp settings; < 0 (or auto) keeps gradcompConfigFromEnv's value.
   int bits = -1, bucket = -1;
   float density = -1;

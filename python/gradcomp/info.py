@@ -118,9 +118,15 @@ def process_settings_taken_otherwise():
     elif group is not None and group.lower() not in ("defer", "fuse", "pass"):
         out.append(f"GRADCOMP_GROUP={_shown(group)} is not defer, fuse or pass: the preload "
                    "warns and uses defer")
-    if os.environ.get("GRADCOMP_NCCL_LIBRARY") == "":
+    nccl = os.environ.get("GRADCOMP_NCCL_LIBRARY")
+    if nccl == "":
         out.append("GRADCOMP_NCCL_LIBRARY is set but empty: the preload warns and uses "
                    "libnccl.so.2")
+    elif nccl is not None and "/" in nccl and not os.path.exists(nccl):
+        # A path (a name without '/' is the loader's to search): dlopen cannot open a file that
+        # is not there, and the preload warns that it cannot open it (nccl_dlsym.cc).
+        out.append(f"GRADCOMP_NCCL_LIBRARY={_shown(nccl)} does not exist: the preload warns "
+                   "that it cannot open it and looks for pnccl* symbols in the process")
     return out
 
 

@@ -199,6 +199,29 @@ TEST(Config, BadEnvironmentValuesNameVariableAndRange) {
       {"GRADCOMP_CLIP_NORM", "1e-50",
        "GRADCOMP_CLIP_NORM=1e-50 is not a number in [0, 1e+30] that a float holds: a nonzero "
        "value must be at least 1.17549e-38"},
+      // Nor one a double does not hold (an underflow, written either way): refused as that
+      // float, not as a number out of [0, 1e+30] or of another form, which it is not.
+      {"GRADCOMP_CLIP_NORM", "1e-400",
+       "GRADCOMP_CLIP_NORM=1e-400 is not a number in [0, 1e+30] that a float holds: a nonzero "
+       "value must be at least 1.17549e-38"},
+      {"GRADCOMP_MOMENTUM",
+       "0.00000000000000000000000000000000000000000000000000000000000000000"
+       "0000000000000000000000000000000000000000000000000000000000000000000"
+       "0000000000000000000000000000000000000000000000000000000000000000000"
+       "0000000000000000000000000000000000000000000000000000000000000000000"
+       "0000000000000000000000000000000000000000000000000000000000000000000"
+       "01",
+       "GRADCOMP_MOMENTUM=0.00000000000000000000000000000000000000000000000000000000000000... (337 "
+       "characters) is not a number in [0, 0.999999] that a float holds: a nonzero value must be "
+       "at least 1.17549e-38"},
+      {"GRADCOMP_MOMENTUM", "1000e-403",
+       "GRADCOMP_MOMENTUM=1000e-403 is not a number in [0, 0.999999] that a float holds: a nonzero "
+       "value must be at least 1.17549e-38"},
+      // An overflow is past the range.
+      {"GRADCOMP_CLIP_NORM", "1e400",
+       "GRADCOMP_CLIP_NORM=1e400 is not a number in [0, 1e+30]" NUMBER_FORM},
+      {"GRADCOMP_DENSITY", "1e-400",
+       "GRADCOMP_DENSITY=1e-400 is not a number in [1e-06, 1]" NUMBER_FORM},
       // A long value is cut at 64 characters, so the range after it is never lost.
       {"GRADCOMP_BITS", "1111111111222222222233333333334444444444555555555566666666667777777777",
        "GRADCOMP_BITS=1111111111222222222233333333334444444444555555555566666666667777... (70 "

@@ -1645,6 +1645,18 @@ class LibraryErrors(unittest.TestCase):
         self.assertIn("GRADCOMP_GROUP is set but empty: the preload warns and uses defer; "
                       "GRADCOMP_NCCL_LIBRARY is set but empty: the preload warns and uses "
                       "libnccl.so.2\n", p.stdout)
+        # A path that is not there: the preload cannot open it (it warns and looks for pnccl*
+        # symbols in the process); a name without '/' is the loader's to search, and taken.
+        missing = os.path.join(ROOT, "no-such-dir", "libnccl.so.2")
+        p = run(GRADCOMP_NCCL_LIBRARY=missing)
+        self.assertEqual(p.returncode, 1, p.stdout)
+        self.assertIn("settings: GRADCOMP_NCCL_LIBRARY=%s: not taken as given; "
+                      "GRADCOMP_NCCL_LIBRARY=%s does not exist: the preload warns that it cannot "
+                      "open it and looks for pnccl* symbols in the process\n" % (missing, missing),
+                      p.stdout)
+        p = run(GRADCOMP_NCCL_LIBRARY="libnccl.so.2")
+        self.assertEqual(p.returncode, 0, p.stdout)
+        self.assertIn("settings: GRADCOMP_NCCL_LIBRARY=libnccl.so.2: accepted\n", p.stdout)
         p = run(GRADCOMP_GROUP="pass ", GRADCOMP_BITS="9")  # both said, the blank shown
         self.assertEqual(p.returncode, 1, p.stdout)
         self.assertIn(": refused: GRADCOMP_BITS=9 is not an integer in 2..8, in plain decimal "
