@@ -5,6 +5,7 @@
 #include <stdio.h>
 
 #include "common/backends.h"
+#include "common/methods.h"
 #include "common/options.h"
 
 int main(int argc, char** argv) {
@@ -22,6 +23,16 @@ int main(int argc, char** argv) {
   }
   gcbench::applyDefaults(&o, gpus);
   if (!gcbench::checkOptions(o, &code)) return code;
+  // Each row's settings (GRADCOMP_* beneath the flags) as its ranks will validate them: a bad
+  // value is said once, here, before any rank starts or looks for its GPU (each rank refused it
+  // after its device set-up; without a GPU, "no usable GPU" was all a run said).
+  for (gradcompMethod_t m : o.methods) {
+    gradcompConfig_t cfg;
+    if (gcbench::methodConfig(o, m, &cfg) != gradcompSuccess) {
+      fprintf(stderr, "gradcomp_perf: %s\n", gradcompGetLastError());
+      return 2;
+    }
+  }
   if (o.backend == gcbench::BackendKind::Socket) return gcbench::runSocket(o);
   return o.backend == gcbench::BackendKind::Cpu ? gcbench::runCpu(o) : gcbench::runCuda(o);
 }

@@ -305,6 +305,17 @@ def check_flags(perf, work, src, kdoc, bits, bucket):
                               env=env)
         expect(code == 2 and says in out and "this run's methods" not in out,
                "%s -k 0.1: exit 2 saying %r, not the methods (got %d)" % (env, says, code))
+    # A bad GRADCOMP_* value is said once, before any rank looks for its GPU (without a GPU,
+    # "no usable GPU", exit 3, was all the cuda backend said of it).
+    for env, says in (({"GRADCOMP_PIPELINE_BYTES": "abc"}, "GRADCOMP_PIPELINE_BYTES=abc"),
+                      ({"GRADCOMP_BITS": "9"}, "GRADCOMP_BITS=9")):
+        p = subprocess.run([perf, "--backend", "cuda", "-N", "2", "-b", "64K", "-e", "64K",
+                            "-m", "none,qsgd", "-n", "1", "-w", "0"], stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, timeout=100,
+                           env=dict(os.environ, **env))
+        expect(p.returncode == 2 and says in p.stdout and "rank" not in p.stdout,
+               "--backend cuda with %s: exit 2 saying %r once, before the ranks (got %d: %s)"
+               % (env, says, p.returncode, p.stdout.strip()[:200]))
     # -B is every compressing method's piece alignment in the hierarchy: top-k's wire bytes
     # follow it there.
     wire = []
