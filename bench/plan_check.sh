@@ -4,9 +4,11 @@
 # keeps before its report; the hooks steps' budgets must hold every run they plan,
 # the goal key's runs first, each run in one group; an unknown group must be
 # refused; the plots step must run no earlier than the steps whose JSON it draws.
-#   bench/plan_check.sh SOURCE_DIR
+# With BUILD_DIR (a built tree), every benchmark command's arguments are checked on its binaries.
+#   bench/plan_check.sh SOURCE_DIR [BUILD_DIR]
 set -uo pipefail
 src=$1
+build=${2:-}
 fail=0
 # The plans checked here are a bare call's. Under gpu-check's tests step (CTest inside a call),
 # the call's own settings are in the environment (GC_CHECK_BUDGET_S, which a session's second
@@ -156,5 +158,31 @@ elif [ "$build_limit" -lt $((2 * measured)) ]; then
   fail=1
 else
   echo "ok: the build's limit ${build_limit}s holds twice the longest measured build (${measured}s)"
+fi
+# Every benchmark command of every group gets past its options on this build's binaries (no GPU
+# visible: each stops at its GPU lookup), as many as gpu-check.sh has: an argument, or a
+# GRADCOMP_* setting of a step, that the box would refuse costs that step a session's device time.
+if [ -n "$build" ]; then
+  want_cmds=$(grep -c '"\$perf"\|/bench/gradcomp_kernels_perf"' "$src/tools/gpu-check.sh")
+  out=$(GC_PLAN=1 GC_PLAN_ARGS=1 GC_BUILD_DIR="$build" bash "$src/tools/gpu-check.sh" 2>&1)
+  rc=$?
+  oks=$(grep -c '^plan-args: .*: ok ' <<< "$out")
+  if [ "$rc" != 0 ] || grep -q '^plan-args: .*REFUSED' <<< "$out" || [ "$oks" != "$want_cmds" ] ||
+    [ "$oks" -lt 15 ]; then
+    echo "FAIL: the benchmark commands' arguments (exit $rc, $oks of $want_cmds taken):"
+    grep '^plan-args:' <<< "$out"
+    fail=1
+  else
+    echo "ok: the $oks benchmark commands of gpu-check.sh take their arguments (stopped at the GPU lookup)"
+  fi
+  # The check can fail: a setting every gradcomp_perf row would refuse.
+  out=$(GRADCOMP_BITS=9 GC_PLAN=1 GC_PLAN_ARGS=1 GC_BUILD_DIR="$build" GC_STEPS=perf \
+    bash "$src/tools/gpu-check.sh" 2>&1)
+  rc=$?
+  if [ "$rc" = 1 ] && grep -q '^plan-args: perf_n1: REFUSED (exit 2): .*GRADCOMP_BITS=9' <<< "$out"; then
+    echo "ok: a refused setting is said (GRADCOMP_BITS=9)"
+  else
+    echo "FAIL: GRADCOMP_BITS=9 was not said refused by the arguments check"; fail=1
+  fi
 fi
 exit $fail

@@ -46,7 +46,8 @@
 # 3000): each step's limit is cut to what is left, and the PyTorch checks get
 # their step's limit as their own budget, so they skip their last runs rather
 # than being killed. GC_PLAN=1 prints the selected steps and limits and exits
-# (no GPU needed). GC_BUILD_DIR and GRADCOMP_CUDA_ARCHS override the build,
+# (no GPU needed); with GC_PLAN_ARGS=1 too, it runs each benchmark command with no GPU
+# visible and fails if one refuses its arguments (check_args). GC_BUILD_DIR and GRADCOMP_CUDA_ARCHS override the build,
 # GC_RESULTS_DIR the results folder (a dry run without a GPU: a temporary one).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -67,9 +68,10 @@ all_steps="tests multirank memcheck perf kernels torch_topk profile perf_more tc
 steps_sel=" "
 for s in ${GC_STEPS:-$all_steps}; do
   if [ -n "${groups[$s]:-}" ]; then
-    steps_sel+="${groups[$s]} "
+    # Each step once ("perf" names a group and a step): the banner lists the steps as they run.
+    for g in ${groups[$s]}; do [[ "$steps_sel" == *" $g "* ]] || steps_sel+="$g "; done
   elif [[ " $all_steps " == *" $s "* ]]; then
-    steps_sel+="$s "
+    [[ "$steps_sel" == *" $s "* ]] || steps_sel+="$s "
   else
     echo "gpu-check: GC_STEPS names '$s', not a group (core perf perf_more hooks link ddp fsdp lm) or a step ($all_steps)" >&2
     exit 2
@@ -148,6 +150,7 @@ run_step() {
     planned=$((planned + limit))
     printf 'plan: %-16s %4ds  (sum %4ds of the %ds before the report)\n' "$step" "$limit" \
       "$planned" "$((budget - 30))"
+    [ "$plan_args" = 1 ] && check_args "$step" "$@"
     return 0
   fi
   # Its log too: the report shows it as the step's output.
@@ -175,6 +178,36 @@ run_step() {
   record "$step" "$status" "$(($(date +%s) - t0))" "$note"
   save_out
   return "$rc"
+}
+
+# check_args STEP CMD...: GC_PLAN_ARGS=1 (with GC_PLAN=1) runs a benchmark step's command with no
+# GPU visible. gradcomp_perf checks its options and every row's settings (GRADCOMP_* beneath
+# them) before any rank looks for a GPU, and gradcomp_kernels_perf checks its options before
+# it does: a command that gets as far as "no usable GPU" / "no GPU visible" would run on the
+# box; any other end is an argument the box would refuse, said here before a session spends
+# device time on it (bench/plan_check.sh, with the CTest build's binaries in GC_BUILD_DIR).
+plan_args=${GC_PLAN_ARGS:-0}
+args_refused=0
+check_args() {
+  local step=$1 w bin="" out rc
+  shift
+  for w in "$@"; do
+    case ${w##*/} in gradcomp_perf | gradcomp_kernels_perf) bin=$w ;; esac
+  done
+  [ -n "$bin" ] || return 0
+  if [ ! -x "$bin" ]; then
+    echo "plan-args: $step: REFUSED: $bin is not built (GC_BUILD_DIR names a built tree)"
+    args_refused=1
+    return 0
+  fi
+  out=$(CUDA_VISIBLE_DEVICES="" timeout 60 "$@" 2>&1)
+  rc=$?
+  if grep -q "no usable GPU\|no GPU visible" <<< "$out"; then
+    echo "plan-args: $step: ok (${bin##*/} took its arguments and stopped at the GPU lookup)"
+  else
+    echo "plan-args: $step: REFUSED (exit $rc): $(grep -m1 . <<< "$out")"
+    args_refused=1
+  fi
 }
 
 # The raw folder into $OUT after every step: the device call can be cut before this script's
@@ -500,7 +533,7 @@ if [ "$plan" = 1 ]; then
     echo "plan: WARNING: the steps' limits sum to ${planned}s, over the $((budget - 30))s the" \
       "${budget}s budget leaves before the report: the last steps get what is left or are skipped"
   fi
-  exit 0
+  exit "$args_refused"
 fi
 for p in "$results/$name"-*.png; do
   [ -f "$p" ] && cp "$p" "$results/latest-${p##*/$name-}"
