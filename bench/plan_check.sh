@@ -163,12 +163,13 @@ fi
 # visible: each stops at its GPU lookup), as many as gpu-check.sh has: an argument, or a
 # GRADCOMP_* setting of a step, that the box would refuse costs that step a session's device time.
 if [ -n "$build" ]; then
-  want_cmds=$(grep -c '"\$perf"\|/bench/gradcomp_kernels_perf"' "$src/tools/gpu-check.sh")
+  want_cmds=$(grep -c '"\$perf"\|/bench/gradcomp_kernels_perf"\|tools/tc_link.sh "\$raw"' \
+    "$src/tools/gpu-check.sh")
   out=$(GC_PLAN=1 GC_PLAN_ARGS=1 GC_BUILD_DIR="$build" bash "$src/tools/gpu-check.sh" 2>&1)
   rc=$?
   oks=$(grep -c '^plan-args: .*: ok ' <<< "$out")
   if [ "$rc" != 0 ] || grep -q '^plan-args: .*REFUSED' <<< "$out" || [ "$oks" != "$want_cmds" ] ||
-    [ "$oks" -lt 15 ]; then
+    [ "$oks" -lt 16 ]; then
     echo "FAIL: the benchmark commands' arguments (exit $rc, $oks of $want_cmds taken):"
     grep '^plan-args:' <<< "$out"
     fail=1

@@ -186,11 +186,25 @@ run_step() {
 # it does: a command that gets as far as "no usable GPU" / "no GPU visible" would run on the
 # box; any other end is an argument the box would refuse, said here before a session spends
 # device time on it (bench/plan_check.sh, with the CTest build's binaries in GC_BUILD_DIR).
+# The tc_link step's runs are checked the same way by tools/tc_link.sh --args-check.
 plan_args=${GC_PLAN_ARGS:-0}
 args_refused=0
 check_args() {
   local step=$1 w bin="" out rc
   shift
+  if [ "$step" = tc_link ]; then
+    # Its runs' gradcomp_perf commands, rank 0's of each, as tc_link.sh writes them.
+    out=$(bash tools/tc_link.sh --args-check "$build" 2>&1)
+    rc=$?
+    if [ "$rc" = 0 ] && grep -q ': ok ' <<< "$out"; then
+      echo "plan-args: $step: ok ($(grep -c ': ok ' <<< "$out") runs: gradcomp_perf took their" \
+        "arguments and stopped at the GPU lookup)"
+    else
+      echo "plan-args: $step: REFUSED (exit $rc): $(grep -v -m1 ': ok ' <<< "$out")"
+      args_refused=1
+    fi
+    return 0
+  fi
   for w in "$@"; do
     case ${w##*/} in gradcomp_perf | gradcomp_kernels_perf) bin=$w ;; esac
   done

@@ -19,6 +19,10 @@
 #   tools/tc_link.sh --cpu RAW_DIR [BUILD_DIR]  (root; needs ip, tc, python3)
 #   tools/tc_link.sh --selftest                 (root; no GPU: shape 2 namespaces at
 #                                                1 Gb/s, measure with python sockets)
+#   tools/tc_link.sh --args-check [BUILD_DIR]   (no root, no GPU needed: rank 0's command of
+#                                                each GPU run, started with no GPU visible,
+#                                                must get as far as its GPU lookup; exit 1
+#                                                if gradcomp_perf refuses one)
 #
 # When namespaces cannot be made it falls back to shaping `lo` at N*L Gb/s
 # (shared by all ranks, so L each when all send at once) and says so; when
@@ -201,7 +205,14 @@ if [ "${1:-}" = --cpu ]; then
   mode=cpu
   shift
 fi
-raw=${1:?usage: tools/tc_link.sh [--cpu] RAW_DIR [BUILD_DIR] | --selftest}
+args_check=0
+if [ "${1:-}" = --args-check ]; then
+  # The GPU runs' commands as they are written, into a folder of its own.
+  args_check=1
+  shift
+  set -- "$(mktemp -d)" "$@"
+fi
+raw=${1:?usage: tools/tc_link.sh [--cpu] RAW_DIR [BUILD_DIR] | --selftest | --args-check [BUILD_DIR]}
 if [ "$mode" = cpu ]; then
   build=${2:-build}
   gbps_list=${GC_TC_GBPS:-0.1 1}
@@ -251,18 +262,53 @@ rank_limit() {
   echo "$lim"
 }
 
-run_ranks() {  # run_ranks N GBPS TAG: one process per rank over the shaped links
-  local n=$1 gbps=$2 tag=$3 r pids=() rc=0 addr=$subnet.1 ifname=$prefix ns=() backend
-  if [ "${shaping%-unshaped}" = lo ]; then
-    addr=127.0.0.1
-    ifname=lo
-  fi
+# rank_cmd R N GBPS TAG LIMIT ADDR IFNAME: rank R's gradcomp_perf command (the array cmd), as
+# run_ranks starts it in the rank's namespace and --args-check checks it.
+rank_cmd() {
+  local r=$1 n=$2 gbps=$3 tag=$4 limit=$5 addr=$6 ifname=$7 backend
   # The model's link: L' on the GPU (TCP's payload; the CPU mode's model
   # applies it itself); any rate for the unshaped control, whose model
   # nothing reads.
   local model_gbps=$gbps
-  if [ "$mode" = gpu ]; then
+  if [ "$mode" = cpu ]; then
+    backend=(env GRADCOMP_CPU_TIMEOUT=600 timeout "$limit" "$perf" --backend socket --root "$addr:$port")
+  else
     model_gbps=$(python3 -c "print('%.6g' % ($gbps * 1448 / 1514 if $gbps > 0 else 100))")
+    backend=(env NCCL_COMM_ID="$addr:$port" NCCL_HOSTID="$prefix-host-$r" NCCL_NET=Socket
+      NCCL_SOCKET_IFNAME="$ifname" NCCL_IB_DISABLE=1 NCCL_P2P_DISABLE=1 NCCL_SHM_DISABLE=1
+      NCCL_NVLS_ENABLE=0 GC_PERF_GPUS=1 timeout "$limit" "$perf" --backend cuda)
+  fi
+  cmd=(env OMPI_COMM_WORLD_RANK="$r" OMPI_COMM_WORLD_SIZE="$n" OMPI_COMM_WORLD_LOCAL_RANK=0
+    OMPI_COMM_WORLD_LOCAL_SIZE=1 "${backend[@]}" -N "$n" "${sweep[@]}" -n "${GC_TC_ITERS:-3}"
+    -w 1 --link-gbps "$model_gbps" --json "$raw/tc_link_$tag.json")
+}
+
+if [ "$args_check" = 1 ]; then
+  bad=0
+  for gbps in $gbps_list; do
+    for n in ${GC_TC_RANKS:-2 4}; do
+      rank_cmd 0 "$n" "$gbps" "${gbps}gbps_n$n" 60 127.0.0.1 lo
+      out=$(CUDA_VISIBLE_DEVICES="" "${cmd[@]}" 2>&1)
+      rc=$?
+      if grep -q "no usable GPU" <<< "$out"; then
+        echo "tc_link args: N=$n at $gbps Gb/s: ok (gradcomp_perf stopped at its GPU lookup)"
+      else
+        echo "tc_link args: N=$n at $gbps Gb/s: REFUSED (exit $rc): $(grep -m1 . <<< "$out")"
+        bad=1
+      fi
+    done
+  done
+  rm -rf "$raw"
+  # Nothing was set up: the clean-up would remove the namespaces of a run beside this one.
+  trap - EXIT
+  exit "$bad"
+fi
+
+run_ranks() {  # run_ranks N GBPS TAG: one process per rank over the shaped links
+  local n=$1 gbps=$2 tag=$3 r pids=() rc=0 addr=$subnet.1 ifname=$prefix ns=() cmd
+  if [ "${shaping%-unshaped}" = lo ]; then
+    addr=127.0.0.1
+    ifname=lo
   fi
   local limit
   if [ "$mode" = cpu ]; then limit=$(rank_limit 900); else limit=$(rank_limit 240); fi
@@ -271,17 +317,8 @@ run_ranks() {  # run_ranks N GBPS TAG: one process per rank over the shaped link
   rm -f "$raw/tc_link_$tag.json" "$raw/tc_link_$tag.json.part"
   for r in $(seq 0 $((n - 1))); do
     [ "${shaping%-unshaped}" = netns ] && ns=(ip netns exec "$prefix$r")
-    if [ "$mode" = cpu ]; then
-      backend=(env GRADCOMP_CPU_TIMEOUT=600 timeout "$limit" "$perf" --backend socket --root "$addr:$port")
-    else
-      backend=(env NCCL_COMM_ID="$addr:$port" NCCL_HOSTID="$prefix-host-$r" NCCL_NET=Socket
-        NCCL_SOCKET_IFNAME="$ifname" NCCL_IB_DISABLE=1 NCCL_P2P_DISABLE=1 NCCL_SHM_DISABLE=1
-        NCCL_NVLS_ENABLE=0 GC_PERF_GPUS=1 timeout "$limit" "$perf" --backend cuda)
-    fi
-    "${ns[@]}" env OMPI_COMM_WORLD_RANK="$r" OMPI_COMM_WORLD_SIZE="$n" \
-      OMPI_COMM_WORLD_LOCAL_RANK=0 OMPI_COMM_WORLD_LOCAL_SIZE=1 "${backend[@]}" -N "$n" \
-      "${sweep[@]}" -n "${GC_TC_ITERS:-3}" -w 1 \
-      --link-gbps "$model_gbps" --json "$raw/tc_link_$tag.json" > "$raw/tc_link_${tag}_r$r.txt" 2>&1 &
+    rank_cmd "$r" "$n" "$gbps" "$tag" "$limit" "$addr" "$ifname"
+    "${ns[@]}" "${cmd[@]}" > "$raw/tc_link_${tag}_r$r.txt" 2>&1 &
     pids+=($!)
   done
   rank_pids=("${pids[@]}")
