@@ -108,6 +108,12 @@ std::map<ncclComm_t, const char*>& revokedComms() {
   return *s;
 }
 
+// Those whose ncclCommDestroy the preload is running (markDestroying).
+std::set<ncclComm_t>& destroyingComms() {
+  static auto* s = new std::set<ncclComm_t>;
+  return *s;
+}
+
 // In a forked child, under tableMu (which the fork kept for it): the
 // communicators seen are the parent's, which the child neither made nor may
 // use (NCCL's and gradcomp's state on them lives in the parent's CUDA context
@@ -122,6 +128,7 @@ void forgetAtFork() {
   pendingChildren().clear();
   pendingChanged();
   revokedComms().clear();
+  destroyingComms().clear();
 }
 
 // NCCL_COMM_BLOCKING as NCCL reads it (ncclLoadParam): strtoll in base 0,
@@ -771,14 +778,29 @@ void notePolled() {
   resolvePendingChildren();
 }
 
+void markDestroying(ncclComm_t comm, bool on) {
+  std::lock_guard<std::mutex> lock(tableMu());
+  if (on) {
+    destroyingComms().insert(comm);
+  } else {
+    destroyingComms().erase(comm);
+  }
+}
+
+bool destroying(ncclComm_t comm) {
+  std::lock_guard<std::mutex> lock(tableMu());
+  return destroyingComms().count(comm) > 0;
+}
+
 void noteCreated(ncclComm_t comm, bool nonBlocking) {
   // A new communicator may reuse the address of one whose end was not seen.
   release(comm);
-  if (!nonBlocking) return;
   {
     std::lock_guard<std::mutex> lock(tableMu());
-    nonBlockingComms().insert(comm);
+    destroyingComms().erase(comm);  // NCCL freed the old one: this one is new
+    if (nonBlocking) nonBlockingComms().insert(comm);
   }
+  if (!nonBlocking) return;
   GC_INFO("comm %p is non-blocking: gradcomp waits for NCCL's enqueue of each call it makes on it",
           (void*)comm);
 }
@@ -1039,6 +1061,11 @@ const char* ownLastError(const char* theirs) {
   }
   memcpy(copy, gOwnError, sizeof(copy));
   return copy;
+}
+
+std::string ownErrorStanding() {
+  const char* ours = ownLastError(ncclLastError());
+  return ours != nullptr ? std::string(ours + sizeof("gradcomp: ") - 1) : std::string();
 }
 
 }  // namespace preload

@@ -81,6 +81,9 @@ struct GroupCalls {
     std::weak_ptr<CommEntry> entry;
   };
   std::vector<Destroy> destroys;
+  // A call the preload refused itself in the open group as NCCL refuses it
+  // with the group's error (failGroup): the group's end fails with it.
+  bool refused = false;
 };
 thread_local GroupCalls* tCalls = nullptr;
 thread_local bool tCallsOwned = false;
@@ -100,6 +103,42 @@ GroupCalls& groupCalls() {
     }
   }
   return *tCalls;
+}
+
+// A call the preload refuses itself where NCCL refuses it as the group's
+// error (group.h, ncclGroupErrCheck; a finalize of a finalized communicator,
+// finalizeAgain): inside a user group NCCL then fails the group's outermost
+// end with the refusal and runs nothing of the group, neither the calls it
+// holds nor its finalize and destroy jobs (group.cc, ncclGroupEndInternal).
+// NCCL never sees the refused call, so it is handed one it refuses the same
+// way and that touches no communicator: a data call of none (enqueue.cc,
+// ncclEnqueueCheck: CommCheck's ncclInvalidArgument made the group's error,
+// 2.22 and later, as the finalize's refusal). The group's end then fails, and
+// leaveGroup drops the deferred calls with it. Called before the refusal's
+// noteOwnError (the sentence is kept against NCCL's last error after this
+// call), which ncclGetLastError answers again once the end failed
+// (groupRefusal). NCCL refuses a revoke, a destroy and an op's destroy at
+// the call alone: the preload's refusals of those leave the group be.
+// Whether it did (in a user group): NCCL's warning of that call (NCCL_DEBUG=WARN, "comm
+// argument is NULL") names a call the program never made, so the refusal is then warned
+// about too, saying so.
+bool failGroup() {
+  if (tGroupDepth == 0 || ncclApi()->allReduce == nullptr) return false;
+  (void)ncclApi()->allReduce(nullptr, nullptr, 0, ncclFloat32, ncclSum, nullptr, nullptr);
+  groupCalls().refused = true;
+  return true;
+}
+
+// At the outermost end of the thread's group, before NCCL's answer to it is
+// taken (ncclAnswered): the sentence of the preload's refusal the end fails
+// with (failGroup), while it is still the last error (NCCL's group error is
+// the last refusal: one NCCL made since, of a call the preload passed on or
+// never saw, is the end's answer, and its last error with it); "" where none.
+std::string groupRefusal() {
+  GroupCalls& g = groupCalls();
+  if (!g.refused) return std::string();
+  g.refused = false;
+  return ownErrorStanding();
 }
 
 void countPassed(CommEntry& e, Collective coll) {
@@ -296,7 +335,7 @@ bool deferBehindCalls(ncclComm_t comm, CommCall call) {
 // and gradcomp comm stay: released here, the next call set up a new comm on
 // this rank alone, and the abort found nothing to stop, after gradcomp's
 // destroy had waited for kernels that may be stuck on the dead peer.
-ncclResult_t destroyComm(ncclComm_t comm) {
+ncclResult_t destroyCommMarked(ncclComm_t comm) {
   const NcclApi* api = ncclApi();
   ncclResult_t state = ncclSuccess;
   if (comm != nullptr && api->commGetAsyncError != nullptr &&
@@ -310,6 +349,18 @@ ncclResult_t destroyComm(ncclComm_t comm) {
   // Ours first: freeing it waits for gradcomp's work on the communicator.
   release(comm);
   return ncclAnswered(realNccl()->commDestroy(comm));
+}
+
+// destroyCommMarked with the communicator marked destroying (markDestroying)
+// from before its entry goes until NCCL's destroy returned: a revoke on
+// another thread in between is refused (ncclCommRevoke), as NCCL refuses
+// one once the destroy's call set its destroyFlag.
+ncclResult_t destroyComm(ncclComm_t comm) {
+  if (comm == nullptr) return destroyCommMarked(comm);  // NCCL's answer: nothing to revoke
+  markDestroying(comm, true);
+  const ncclResult_t r = destroyCommMarked(comm);
+  markDestroying(comm, false);
+  return r;
 }
 
 // The destroys a user group held back behind deferred calls
@@ -373,11 +424,13 @@ ncclResult_t finalizeAnswered(CommEntry& e, ncclResult_t r) {
 
 ncclResult_t runCommCall(const Deferred& d, CommEntry& e) {
   if (d.commCall == CommCall::Destroy) {
-    // A revoke on another thread between this and NCCL's destroy (the entry
-    // is released first, on purpose) reaches NCCL and may be taken where NCCL
-    // alone, whose destroyFlag was set at the program's call, refuses it.
+    // Held until NCCL's destroy returned: the entry is released first (on
+    // purpose), and destroyComm's mark covers the revoke from then on, so a
+    // revoke on another thread meanwhile is refused, as NCCL alone, whose
+    // destroyFlag was set at the program's call, refuses it.
+    const ncclResult_t r = destroyComm(d.comm);
     e.destroyHeld = false;
-    return destroyComm(d.comm);
+    return r;
   }
   const auto finalize = realNccl()->commFinalize;
   if (finalize == nullptr) return ncclSystemError;
@@ -453,6 +506,7 @@ ncclResult_t keepMultiDeviceGroup() {
 // as NCCL refuses their next call until then; the others stay the program's
 // to poll, so ncclInProgress is what it gets back unless a call failed.
 ncclResult_t leaveGroup(ncclResult_t r) {
+  const std::string refused = tGroupDepth <= 1 ? groupRefusal() : std::string();
   (void)ncclAnswered(r);  // NCCL's end of the level
   if (tGroupDepth > 0) --tGroupDepth;
   if (tGroupDepth > 0) return r;
@@ -462,6 +516,8 @@ ncclResult_t leaveGroup(ncclResult_t r) {
     // discards every call of the group, so the deferred ones are dropped too,
     // as NCCL alone would have dropped them, and nothing ran to be counted. A
     // finalize or destroy joined to them goes too (warnDroppedCommCalls).
+    // Failed for the preload's refusal (failGroup): ncclGetLastError says it.
+    if (!refused.empty()) noteOwnError("%s", refused.c_str());
     g.forwarded.clear();
     std::vector<Deferred> calls;
     calls.swap(g.deferred);
@@ -755,10 +811,14 @@ GC_INTERPOSE ncclResult_t ncclGroupSimulateEnd(ncclSimInfo_t* simInfo) {
     if (r != ncclSuccess && f == ncclSuccess) f = r;
   }
   groupCalls().forwarded.clear();
+  const std::string refused = groupRefusal();
   const ncclResult_t r = ncclAnswered(realNccl()->groupSimulateEnd(simInfo));
   tGroupDepth = 0;
   // A group NCCL failed drops them with its calls, as leaveGroup does.
-  if (r != ncclSuccess) warnDroppedCommCalls(commCalls);
+  if (r != ncclSuccess) {
+    if (!refused.empty()) noteOwnError("%s", refused.c_str());
+    warnDroppedCommCalls(commCalls);
+  }
   for (const Deferred& d : commCalls) {
     if (r != ncclSuccess) break;
     const EntryPtr e = deferredEntry(d);
@@ -884,10 +944,11 @@ GC_INTERPOSE ncclResult_t ncclCommRevoke(ncclComm_t comm, int revokeFlags) {
   // at the call, not as a group's error: 2.28.7 and later, init.cc, check
   // finalizeCalled and destroyFlag, which a finalize and a destroy set at
   // their call): one the preload holds back behind a user group's calls, or
-  // dropped with that group, is one NCCL has not seen, so the preload answers
-  // for it. Passed on, NCCL took the revoke, and the group's deferred calls
-  // and the held finalize or destroy were refused at its end (the destroy
-  // lost: the communicator never freed).
+  // dropped with that group, is one NCCL has not seen, and one whose destroy
+  // the preload runs (destroying) one NCCL may not have reached yet, so the
+  // preload answers for it. Passed on, NCCL took the revoke, and the group's
+  // deferred calls and the held finalize or destroy were refused at its end
+  // (the destroy lost: the communicator never freed).
   const EntryPtr e = comm != nullptr ? existingEntry(comm) : nullptr;
   if (e != nullptr && e->finalizeHeld && finalizeCountsAtCall()) {
     noteOwnError(
@@ -896,10 +957,11 @@ GC_INTERPOSE ncclResult_t ncclCommRevoke(ncclComm_t comm, int revokeFlags) {
         (void*)comm);
     return ncclInvalidArgument;
   }
-  if (e != nullptr && e->destroyHeld) {
+  if ((e != nullptr && e->destroyHeld) || (comm != nullptr && destroying(comm))) {
     noteOwnError(
-        "ncclCommRevoke: NCCL comm %p was already destroyed (ncclCommDestroy, made in a user "
-        "group after calls of it; NCCL refuses a revoke after a destroy): ncclInvalidArgument",
+        "ncclCommRevoke: NCCL comm %p was already destroyed (ncclCommDestroy, held back behind a "
+        "user group's calls of it or still running; NCCL refuses a revoke after a destroy): "
+        "ncclInvalidArgument",
         (void*)comm);
     return ncclInvalidArgument;
   }
@@ -970,9 +1032,10 @@ namespace {
 // open group) counted all the same under NCCL 2.22 and later, which set
 // finalizeCalled at the call and keep it when a failed group's end frees the
 // finalize's job (finalizeCountsAtCall): refused here, as NCCL would have,
-// NCCL getting nothing. (Not as the group's error where this one is made in
-// a group: NCCL, which would fail the group, is never told.) An older NCCL
-// gets this one and answers it: it counts a finalize once its job ran.
+// NCCL getting nothing; made in a group, as the group's error too (the
+// group's end fails and runs nothing of it, failGroup), as under NCCL. An
+// older NCCL gets this one and answers it: it counts a finalize once its job
+// ran.
 ncclResult_t finalizeAgain(ncclComm_t comm, CommEntry& e) {
   const auto finalize = realNccl()->commFinalize;
   if (tGroupDepth > 0) {
@@ -986,11 +1049,17 @@ ncclResult_t finalizeAgain(ncclComm_t comm, CommEntry& e) {
     }
   }
   if (e.finalizeHeld && finalizeCountsAtCall()) {
+    const bool grouped = failGroup();
     noteOwnError(
         "ncclCommFinalize: NCCL comm %p was already finalized (by a finalize made in a user "
         "group, which counts at its call even where the group's end failed and dropped it): "
-        "ncclInvalidArgument",
-        (void*)comm);
+        "ncclInvalidArgument%s",
+        (void*)comm,
+        grouped ? "; the end of this call's user group fails with it (the preload fails the "
+                  "group by handing NCCL a data call of no communicator, which NCCL refuses, "
+                  "warning \"comm argument is NULL\")"
+                : "");
+    if (grouped) warnOncePerSentence("%s", ownErrorStanding().c_str());
     return ncclInvalidArgument;
   }
   const ncclResult_t r = finalizeAnswered(e, ncclAnswered(finalize(comm)));
@@ -999,6 +1068,8 @@ ncclResult_t finalizeAgain(ncclComm_t comm, CommEntry& e) {
         "ncclCommFinalize: NCCL comm %p was already finalized (a communicator is finalized "
         "once; in a group, the group's end fails with this refusal): ncclInvalidArgument",
         (void*)comm);
+    // NCCL made it the group's error: the end's failure is said so too.
+    if (tGroupDepth > 0) groupCalls().refused = true;
   }
   return r;
 }

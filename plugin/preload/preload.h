@@ -250,6 +250,14 @@ void notePendingChild(ncclComm_t parent, ncclComm_t* slot);
 // by now are read, while their slots still hold them (the program learns of
 // a child from this very poll, and may let its slot go right after).
 void notePolled();
+// A communicator whose ncclCommDestroy the preload is running (destroyComm,
+// at the program's call or held behind a user group's calls): marked before
+// its entry goes (release) until NCCL's destroy returned, so that a revoke
+// on another thread meanwhile is refused (ncclCommRevoke) as NCCL, which sets
+// destroyFlag at the destroy's call, refuses it. A new communicator at its
+// address (noteCreated) is not marked.
+void markDestroying(ncclComm_t comm, bool on);
+bool destroying(ncclComm_t comm);
 // Non-blocking by NCCL's rules: NCCL_COMM_BLOCKING overrides; a null config
 // inherits `parentNonBlocking`; otherwise config->blocking == 0.
 bool nonBlockingFrom(const void* config, int blockingField, bool parentNonBlocking);
@@ -281,6 +289,9 @@ void noteOwnError(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
 // The sentence noteOwnError kept, while NCCL's last error (`theirs`) is still
 // the one it had then; null otherwise.
 const char* ownLastError(const char* theirs);
+// The sentence noteOwnError kept (without its "gradcomp: "), while it is
+// still what ncclGetLastError answers (ownLastError); "" otherwise.
+std::string ownErrorStanding();
 // NCCL's result `r` for a program's call the preload passed on to it (a data
 // call, a group's end, an op's destroy, a communicator's call), returned
 // unchanged. An error is NCCL's own: its last error is the answer again, and

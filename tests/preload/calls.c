@@ -1119,6 +1119,11 @@ static int finalizeTwiceInGroup(void) {
             (int)ncclInvalidArgument);
     return 1;
   }
+  why = ncclGetLastError(comm);
+  if (why == NULL || strstr(why, "already finalized") == NULL) {
+    fprintf(stderr, "ncclGetLastError after the failed group's end: '%s'\n", why ? why : "(null)");
+    return 1;
+  }
   DESTROY(comm);
   return 0;
 }
@@ -1176,6 +1181,149 @@ static int finalizeAfterFailedGroup(void) {
   DESTROY(comm);
   return 0;
 }
+
+/* A finalize the preload refuses itself, in a later user group: NCCL (2.22
+ * and later) counts a finalize at its call, and one made in a group whose
+ * end failed still counts (finalizeAfterFailedGroup), so NCCL refuses a
+ * later one (init.cc, ncclCommFinalize: ncclInvalidArgument), and, made in
+ * a group, the refusal is the group's error (ncclGroupErrCheck): the
+ * group's end fails with it and runs nothing of the group. NCCL never got
+ * the first, so the preload answers the second and hands NCCL a call it
+ * refuses as the group's error, of no communicator ("AllReduce refused: no
+ * comm"): the end fails, and the other communicator's call deferred in the
+ * group is dropped with it; ncclGetLastError says why, after the call and
+ * after the end. (Until 2026-12-07 the end succeeded and ran that call.) A
+ * revoke the preload refuses so in a group is the call's refusal alone, as
+ * NCCL's (it refuses a revoke before it joins the group): the group's end
+ * runs the group's calls. The first group fails for a datatype NCCL
+ * refuses (FAKE_NCCL_CHECK_ARGS=1); the test says the float calls are
+ * deferred (GC_TEST_GROUP_CALLS_DEFERRED=1). */
+static int finalizeRefusedInGroup(int simulate) {
+  const int deferGroupCalls = groupCallsDeferred();
+  const ncclComm_t comm = (ncclComm_t)(uintptr_t)0x1000, other = (ncclComm_t)(uintptr_t)0x1100;
+  cudaStream_t stream = (cudaStream_t)(uintptr_t)0x2000;
+  char* a = (char*)(uintptr_t)0x7f0000000000ull;
+  char* b = (char*)(uintptr_t)0x7f0010000000ull;
+  int version = 0;
+  CHECK(ncclGetVersion(&version));
+  if (version < NCCL_VERSION(2, 22, 0)) {
+    fprintf(stderr, "finalize_refused_in_group needs NCCL 2.22 (got %d)\n", version);
+    return 2;
+  }
+  GROUP_START();
+  CHECK(ncclAllReduce(a, a, 1 << 20, ncclFloat32, ncclSum, comm, stream));
+  CHECK(ncclCommFinalize(comm));
+  ncclResult_t r = ncclAllReduce(b, b, 1 << 20, asType(-1), ncclSum, other, stream);
+  EXPECT("AllReduce refused: type=-1 op=%d", (int)ncclSum);
+  if (r != ncclInvalidArgument) {
+    fprintf(stderr, "ncclAllReduce(type=-1) returned %d, not NCCL's refusal\n", (int)r);
+    return 1;
+  }
+  r = ncclGroupEnd();
+  EXPECT("GroupEnd");
+  if (r != ncclInvalidArgument) {
+    fprintf(stderr, "the refused group's end returned %d, expected %d\n", (int)r,
+            (int)ncclInvalidArgument);
+    return 1;
+  }
+  GROUP_START();
+  CHECK(ncclAllReduce(b, b, 1 << 20, ncclFloat32, ncclSum, other, stream));
+  r = ncclCommFinalize(comm);
+  EXPECT("AllReduce refused: no comm");
+  if (r != ncclInvalidArgument) {
+    fprintf(stderr, "ncclCommFinalize in the later group returned %d, expected %d\n", (int)r,
+            (int)ncclInvalidArgument);
+    return 1;
+  }
+  const char* why = ncclGetLastError(comm);
+  if (why == NULL || strstr(why, "already finalized") == NULL) {
+    fprintf(stderr, "ncclGetLastError after the refused finalize: '%s'\n", why ? why : "(null)");
+    return 1;
+  }
+  if (simulate) {
+    /* A simulated end fails with the group's error as a plain end does. The
+     * preload hands NCCL the group's deferred calls to simulate, and NCCL's
+     * failed end drops them with the group. */
+    ncclSimInfo_t info = NCCL_SIM_INFO_INITIALIZER;
+    r = ncclGroupSimulateEnd(&info);
+    EXPECT(LINE_FMT, (void*)b, (void*)b, (size_t)1 << 20, (int)ncclFloat32, (int)ncclSum,
+           (void*)other, (void*)stream);
+    EXPECT("GroupSimulateEnd refused: the group's error %d", (int)ncclInvalidArgument);
+  } else {
+    r = ncclGroupEnd();
+    EXPECT("GroupEnd");
+  }
+  if (r != ncclInvalidArgument) {
+    fprintf(stderr, "the end of the group with the refused finalize returned %d, expected %d\n",
+            (int)r, (int)ncclInvalidArgument);
+    return 1;
+  }
+  why = ncclGetLastError(comm);
+  if (why == NULL || strstr(why, "already finalized") == NULL) {
+    fprintf(stderr, "ncclGetLastError after the failed group's end: '%s'\n", why ? why : "(null)");
+    return 1;
+  }
+#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 27, 0)
+  GROUP_START();
+  CALL_IN_GROUP(b, b, 1 << 20, ncclFloat32, ncclSum, other, stream);
+  r = ncclCommRevoke(comm, 0);
+  if (r != ncclInvalidArgument) {
+    fprintf(stderr, "ncclCommRevoke in the group returned %d, expected %d\n", (int)r,
+            (int)ncclInvalidArgument);
+    return 1;
+  }
+  GROUP_END();
+  flushDeferred();
+#endif
+  DESTROY(comm);
+  DESTROY(other);
+  return 0;
+}
+
+#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 27, 0)
+/* The stand-in's hook (fake_nccl.c), run as its ncclCommDestroy begins. */
+void fakeNcclOnDestroy(void (*hook)(ncclComm_t));
+
+/* What the revoke made as NCCL's destroy began answered. */
+static ncclResult_t revokeAtDestroyAnswer = ncclSuccess;
+static void revokeAtDestroy(ncclComm_t c) {
+  revokeAtDestroyAnswer = ncclCommRevoke(c, 0);
+}
+
+/* A revoke in the instant between the preload's release of a communicator
+ * whose destroy it held behind a user group's deferred call, at the group's
+ * end, and NCCL's destroy of it (made then every time by the stand-in's
+ * hook, as another thread's would be): NCCL alone set destroyFlag at the
+ * program's destroy, long returned, and refuses the revoke
+ * (ncclInvalidArgument), so the preload refuses it and NCCL never gets it.
+ * (Until 2026-12-07 the released entry left nothing to refuse it: NCCL took
+ * the revoke, "CommRevoke comm=0x1000 flags=0", and answered ncclSuccess.) */
+static int revokeInHeldDestroy(void) {
+  const int deferGroupCalls = groupCallsDeferred();
+  const ncclComm_t comm = (ncclComm_t)(uintptr_t)0x1000;
+  cudaStream_t stream = (cudaStream_t)(uintptr_t)0x2000;
+  char* a = (char*)(uintptr_t)0x7f0000000000ull;
+  GROUP_START();
+  CALL_IN_GROUP(a, a, 1 << 20, ncclFloat32, ncclSum, comm, stream);
+  CHECK(ncclCommDestroy(comm));
+  commCallLine(deferGroupCalls, "CommDestroy", comm);
+  fakeNcclOnDestroy(revokeAtDestroy);
+  const ncclResult_t r = ncclGroupEnd();
+  fakeNcclOnDestroy(NULL);
+  if (r != ncclSuccess) {
+    fprintf(stderr, "the group's end returned %d\n", (int)r);
+    return 1;
+  }
+  EXPECT("GroupEnd");
+  flushDeferred();
+  if (revokeAtDestroyAnswer != ncclInvalidArgument) {
+    fprintf(stderr, "ncclCommRevoke as NCCL's held destroy began returned %d, expected %d\n",
+            (int)revokeAtDestroyAnswer, (int)ncclInvalidArgument);
+    return 1;
+  }
+  return 0;
+}
+#endif
 #endif
 
 #if NCCL_VERSION_CODE >= NCCL_VERSION(2, 18, 0)
@@ -1525,7 +1673,7 @@ static int preMulSum(void) {
  * (ncclInvalidArgument), and the group's calls then run and its end answers
  * ncclSuccess; an op destroyed twice is refused at the second destroy, as
  * NCCL refuses a dead op's, saying why, and reaches NCCL once. (Until
- * 2026-12-08 both waited: ncclSuccess at once, and the group's end failed
+ * 2026-12-07 both waited: ncclSuccess at once, and the group's end failed
  * after all its calls ran.) The test says whether the float Sum is deferred
  * (GC_TEST_GROUP_CALLS_DEFERRED=1). */
 static int redOpDestroys(void) {
@@ -1740,12 +1888,18 @@ __attribute__((visibility("default"))) int gcTestRunCalls(const char* mode) {
     rc = finalizeTwiceInGroup();
   } else if (strcmp(mode, "finalize_after_failed_group") == 0) {
     rc = finalizeAfterFailedGroup();
+  } else if (strcmp(mode, "finalize_refused_in_group") == 0) {
+    rc = finalizeRefusedInGroup(0);
+  } else if (strcmp(mode, "finalize_refused_in_simulated_group") == 0) {
+    rc = finalizeRefusedInGroup(1);
 #endif
 #if NCCL_VERSION_CODE >= NCCL_VERSION(2, 18, 0)
   } else if (strcmp(mode, "child_in_group") == 0) {
     rc = childInGroup();
 #endif
 #if NCCL_VERSION_CODE >= NCCL_VERSION(2, 27, 0)
+  } else if (strcmp(mode, "revoke_in_held_destroy") == 0) {
+    rc = revokeInHeldDestroy();
   } else if (strcmp(mode, "revoked") == 0) {
     rc = revoked();
   } else if (strcmp(mode, "revoke_answers") == 0) {

@@ -179,9 +179,23 @@ static int destroyingIndex(ncclComm_t c) {
   return -1;
 }
 
+/* FAKE_NCCL_CHECK_ARGS=1: a data call's arguments are checked as NCCL's
+ * own checks do (admit, badArgs). */
+static int checkArgs(void) {
+  const char* v = getenv("FAKE_NCCL_CHECK_ARGS");
+  return v != NULL && v[0] == '1';
+}
+
 /* Before a data call of c: 0 to go on, else the refusal to return. In a
  * group, the communicator is noted for the group's end. */
 static ncclResult_t admit(const char* what, ncclComm_t c) {
+  /* FAKE_NCCL_CHECK_ARGS=1: no communicator is refused, as NCCL's CommCheck
+   * does (enqueue.cc, ncclEnqueueCheck), in a group as the group's error. */
+  if (c == NULL && checkArgs()) {
+    record("%s refused: no comm", what);
+    snprintf(lastError, sizeof lastError, "%s : comm argument is NULL", what);
+    return refuseInGroup(ncclInvalidArgument);
+  }
   if (revokedIndex(c) >= 0) {
     record("%s refused: comm=%p is revoked", what, (void*)c);
     snprintf(lastError, sizeof lastError, "%s: communicator was revoked", what);
@@ -207,8 +221,7 @@ static ncclResult_t admit(const char* what, ncclComm_t c) {
  * negative op is refused with ncclInvalidArgument before anything runs, as
  * NCCL's own argument check does (recorded as refused). */
 static int badArgs(const char* what, ncclDataType_t t, ncclRedOp_t op) {
-  const char* v = getenv("FAKE_NCCL_CHECK_ARGS");
-  if (v == NULL || v[0] != '1') return 0;
+  if (!checkArgs()) return 0;
   if ((int)t >= 0 && (int)t < (int)ncclNumTypes && (int)op >= 0) return 0;
   record("%s refused: type=%d op=%d", what, (int)t, (int)op);
   snprintf(lastError, sizeof lastError, "%s: invalid type %d or op %d", what, (int)t, (int)op);
@@ -452,6 +465,13 @@ ncclResult_t pncclGroupSimulateEnd(ncclSimInfo_t* info) {
     record("GroupSimulateEnd inner");
     return ncclSuccess;
   }
+  /* As a plain end: a group a call was refused in fails with that refusal
+   * (group.cc, ncclGroupEndInternal checks ncclGroupError first). */
+  if (groupError != ncclSuccess) {
+    record("GroupSimulateEnd refused: the group's error %d", (int)groupError);
+    numGroupComms = 0;
+    return groupError;
+  }
   if (info == NULL) {
     record("GroupSimulateEnd simInfo=null");
     return ncclSuccess;
@@ -527,10 +547,19 @@ static void forget(ncclComm_t c) {
   if (d >= 0) destroyingComms[d] = destroyingComms[--numDestroying];
 }
 
+/* A test's hook, run as ncclCommDestroy begins (NULL: none): a call another
+ * thread makes in the instant between the preload's release of the
+ * communicator and NCCL's destroy of it, made at that instant every time. */
+static void (*destroyHook)(ncclComm_t) = NULL;
+void fakeNcclOnDestroy(void (*hook)(ncclComm_t)) {
+  destroyHook = hook;
+}
+
 /* As NCCL's (ncclCommEnsureReady): refused while the communicator is in
  * progress, or with the error its thread met, which sticks; it stays for a
  * poll and another destroy, or for an abort. */
 ncclResult_t pncclCommDestroy(ncclComm_t c) {
+  if (destroyHook != NULL) destroyHook(c);
   const ncclResult_t ready = readiness("CommDestroy", c);
   if (ready != ncclSuccess) return ready;
   forget(c);

@@ -446,6 +446,24 @@ if "$app" comm_calls_in_group > /dev/null 2>&1 < /dev/null || [ $? != 2 ]; then
       "sed '/the failed group ended/q' '$work/finalize_after_failed_group.err' |
        grep -q 'ncclCommFinalize of NCCL comm 0x1000, .*was dropped with the group, whose end failed'"
   }
+  # Such a finalize made in a later group is refused there as NCCL refuses it,
+  # as the group's error: the group's end fails (ncclInvalidArgument) and runs
+  # nothing of the group, another communicator's deferred call included; a
+  # revoke refused so in a group leaves the group's end to run its calls (the
+  # app checks the answers and ncclGetLastError). Until 2026-12-07 the end of
+  # the group with the refused finalize succeeded and ran that call.
+  # The refusal is warned about, saying that NCCL's warning of a call with no
+  # communicator (NCCL_DEBUG=WARN) is the preload's doing.
+  run finalize_refused_in_group env FAKE_NCCL_CHECK_ARGS=1 GRADCOMP_METHOD=qsgd \
+    GC_TEST_GROUP_CALLS_DEFERRED=1 "$app" finalize_refused_in_group && {
+    same_calls finalize_refused_in_group
+    check "finalize_refused_in_group: the refusal warned, naming the call of no communicator" \
+      "grep -q 'already finalized .*the preload fails the group by handing NCCL a data call of no communicator' '$work/finalize_refused_in_group.err'"
+  }
+  # The same group ended by ncclGroupSimulateEnd, which NCCL fails as a plain end.
+  run finalize_refused_in_simulated_group env FAKE_NCCL_CHECK_ARGS=1 GRADCOMP_METHOD=qsgd \
+    GC_TEST_GROUP_CALLS_DEFERRED=1 "$app" finalize_refused_in_simulated_group &&
+    same_calls finalize_refused_in_simulated_group
   # That is NCCL 2.22 and later. Before 2.22 NCCL counts a finalize as its job
   # ends, so the dropped one never counted and NCCL alone takes a later one:
   # with the stand-in for an older NCCL (its ncclGetVersion says 2.21.5) the
@@ -514,6 +532,16 @@ if "$app" revoke_answers > /dev/null 2>&1 < /dev/null || [ $? != 2 ]; then
     check "revoke_answers: no set-up of the revoked communicator" \
       "grep -q 'summary comm 0x1000 .*compression off: revoked communicator' '$work/revoke_answers.err'"
   }
+fi
+
+# A revoke in the instant between the preload's release of a communicator
+# whose destroy it held behind a group's deferred call and NCCL's destroy of
+# it (the stand-in's hook makes it then) is refused, as NCCL refuses a revoke
+# after the destroy's call (the app checks the answer); NCCL never gets it.
+# Until 2026-12-07 NCCL got it and took it.
+if "$app" revoke_in_held_destroy > /dev/null 2>&1 < /dev/null || [ $? != 2 ]; then
+  run revoke_in_held_destroy env GRADCOMP_METHOD=qsgd GC_TEST_GROUP_CALLS_DEFERRED=1 \
+    "$app" revoke_in_held_destroy && same_calls revoke_in_held_destroy
 fi
 
 # 4c. A shrink with NCCL_SHRINK_ABORT (NCCL 2.27) ends the parent's work in
