@@ -186,7 +186,8 @@ run_step() {
 # it does: a command that gets as far as "no usable GPU" / "no GPU visible" would run on the
 # box; any other end is an argument the box would refuse, said here before a session spends
 # device time on it (bench/plan_check.sh, with the CTest build's binaries in GC_BUILD_DIR).
-# The tc_link step's runs are checked the same way by tools/tc_link.sh --args-check.
+# The tc_link step's runs are checked the same way by tools/tc_link.sh --args-check; the
+# profile step's gradcomp_kernels_perf runs, started by tools/ncu_profile.sh under ncu, are not.
 plan_args=${GC_PLAN_ARGS:-0}
 args_refused=0
 check_args() {
@@ -214,12 +215,21 @@ check_args() {
     args_refused=1
     return 0
   fi
-  out=$(CUDA_VISIBLE_DEVICES="" timeout 60 "$@" 2>&1)
+  out=$(CUDA_VISIBLE_DEVICES="" timeout 20 "$@" 2>&1)
   rc=$?
-  if grep -q "no usable GPU\|no GPU visible" <<< "$out"; then
+  # Each program's own end at its GPU lookup, exit code and sentence (a gradcomp_perf without
+  # --backend cuda says "no GPU visible" as it falls back to the CPU backend, and runs).
+  local stop="no usable GPU.*; use --backend cpu" stop_rc=3
+  if [ "${bin##*/}" = gradcomp_kernels_perf ]; then
+    stop="no GPU visible; this benchmark needs one"
+    stop_rc=2
+  fi
+  if [ "$rc" = "$stop_rc" ] && grep -q "$stop" <<< "$out"; then
     echo "plan-args: $step: ok (${bin##*/} took its arguments and stopped at the GPU lookup)"
   else
-    echo "plan-args: $step: REFUSED (exit $rc): $(grep -m1 . <<< "$out")"
+    # The program's own sentence, not a WARN or INFO line before it.
+    echo "plan-args: $step: REFUSED (exit $rc):" \
+      "$( (grep -m1 "^${bin##*/}: " || grep -m1 .) <<< "$out")"
     args_refused=1
   fi
 }

@@ -207,10 +207,19 @@ if [ "${1:-}" = --cpu ]; then
 fi
 args_check=0
 if [ "${1:-}" = --args-check ]; then
-  # The GPU runs' commands as they are written, into a folder of its own.
+  # The GPU runs' commands as they are written, into a folder of its own. Nothing is set up:
+  # the clean-up (namespaces, links, lo's shaping) must not run, even at an early exit or a
+  # TERM, or it would remove a run's beside this one; the folder goes instead.
+  if [ "$mode" = cpu ]; then
+    echo "tc_link: --args-check checks the GPU runs' commands: leave out --cpu" >&2
+    exit 2
+  fi
   args_check=1
   shift
-  set -- "$(mktemp -d)" "$@"
+  tmp=$(mktemp -d) || exit 2
+  trap 'rm -rf "$tmp"' EXIT
+  trap 'exit 143' TERM INT
+  set -- "$tmp" "$@"
 fi
 raw=${1:?usage: tools/tc_link.sh [--cpu] RAW_DIR [BUILD_DIR] | --selftest | --args-check [BUILD_DIR]}
 if [ "$mode" = cpu ]; then
@@ -290,17 +299,15 @@ if [ "$args_check" = 1 ]; then
       rank_cmd 0 "$n" "$gbps" "${gbps}gbps_n$n" 60 127.0.0.1 lo
       out=$(CUDA_VISIBLE_DEVICES="" "${cmd[@]}" 2>&1)
       rc=$?
-      if grep -q "no usable GPU" <<< "$out"; then
+      if [ "$rc" = 3 ] && grep -q "no usable GPU.*; use --backend cpu" <<< "$out"; then
         echo "tc_link args: N=$n at $gbps Gb/s: ok (gradcomp_perf stopped at its GPU lookup)"
       else
-        echo "tc_link args: N=$n at $gbps Gb/s: REFUSED (exit $rc): $(grep -m1 . <<< "$out")"
+        echo "tc_link args: N=$n at $gbps Gb/s: REFUSED (exit $rc):" \
+          "$( (grep -m1 "^gradcomp_perf: " || grep -m1 .) <<< "$out")"
         bad=1
       fi
     done
   done
-  rm -rf "$raw"
-  # Nothing was set up: the clean-up would remove the namespaces of a run beside this one.
-  trap - EXIT
   exit "$bad"
 fi
 
