@@ -293,6 +293,50 @@ def check_flags(perf, work, src, kdoc, bits, bucket):
                         "--model-pipe 1e-400: a byte count in [0, 1024G]")):
         code, out = run_plain(perf, ["-b", "64K", "-e", "64K"] + args + tiny)
         expect(code == 2 and says in out, "%s: exit 2 saying %r (got %d)" % (args, says, code))
+    # -a with no row that follows it: a reduce-scatter runs its own exchange and none compresses
+    # nothing (both ran without it), and an exchange of the other kind of method was refused at
+    # that method's first row, after the rows of the methods before it.
+    for args, env, says in (
+            (["-m", "qsgd,topk", "-a", "twoshot"], None, "-a twoshot is for -m qsgd, and this "
+             "run's methods are qsgd,topk, so its topk rows would be refused: leave it out, or "
+             "give -a auto or hier"),
+            (["-m", "topk", "-a", "ring"], None, "-a ring is for -m qsgd, and this run's methods "
+             "are topk, so its topk rows would be refused: leave it out, or give -a auto, sparse "
+             "or hier"),
+            (["-a", "sparse"], None, "-a sparse is for -m topk, randk or dgc, and this run's "
+             "methods are qsgd (-m not given: GRADCOMP_METHOD's, else qsgd), so its qsgd rows "
+             "would be refused: leave it out, or give -a auto, twoshot, ring, allgather or hier"),
+            (["-a", "allgather"], {"GRADCOMP_METHOD": "dgc"}, "-a allgather is for -m qsgd, and "
+             "this run's methods are dgc (-m not given: GRADCOMP_METHOD's"),
+            (["-m", "none", "-a", "hier"], None, "-a hier is for -m qsgd, topk, randk or dgc, "
+             "and this run's methods are none, so no row would use it: leave it out, or add a "
+             "compressing method to -m"),
+            (["-m", "qsgd", "-a", "ring"], {"GRADCOMP_ELIAS": "1"}, "-a ring is not run with "
+             "GRADCOMP_ELIAS=1, whose Elias-coded QSGD is an allgather whatever -a says, and this "
+             "run's methods are qsgd, so no row would use it: leave it out, give -a auto or "
+             "allgather"),
+            (["-C", "reduce_scatter", "-a", "ring"], None, "-a ring is for -C all_reduce, and "
+             "this run's collective is reduce_scatter, whose exchange does not follow -a: leave "
+             "it out, or give -a auto or hier")):
+        code, out = run_plain(perf, ["-N", "2", "-b", "64K", "-e", "64K"] + args + tiny, env=env)
+        expect(code == 2 and says in out and out.count("\n") == 1,
+               "%s %s: exit 2 saying %r in one line (got %d)" % (env or "", args, says, code))
+    # Those -a follows run, each row with the algorithm asked for (hier and auto: the layout's;
+    # Elias-coded QSGD is an allgather).
+    for args, env, algos in ((["-m", "qsgd,none", "-a", "ring"], None, ["ring", "passthrough"]),
+                             (["-m", "qsgd,topk", "-a", "hier"], None, ["allgather", "sparse"]),
+                             (["-m", "randk", "-a", "sparse"], None, ["sparse"]),
+                             (["-m", "none", "-a", "auto"], None, ["passthrough"]),
+                             (["-m", "qsgd,topk", "-a", "hier"], {"GRADCOMP_ELIAS": "1"},
+                              ["allgather", "sparse"]),
+                             (["-m", "qsgd", "-a", "allgather"], {"GRADCOMP_ELIAS": "1"},
+                              ["allgather"]),
+                             (["-C", "reduce_scatter", "-a", "hier"], None, ["reducescatter"])):
+        code, _, rows = run(perf, ["-N", "2", "-b", "64K", "-e", "64K"] + args + tiny,
+                            os.path.join(work, "algo-honoured.json"), env=env)
+        expect(code == 0 and [r["algo"] for r in rows] == algos,
+               "%s %s: exit 0, rows of %s (got %d, %s)" % (env or "", args, algos, code,
+                                                          [r["algo"] for r in rows]))
     code, out = run_plain(perf, ["-b", "64K", "-e", "64K", "-q", "3"] + tiny,
                           env={"GRADCOMP_METHOD": "topk"})
     expect(code == 2 and "this run's methods are topk (-m not given: GRADCOMP_METHOD's" in out,

@@ -45,8 +45,9 @@ void usage(const char* prog) {
       "  -k, --density <p>          sparse methods: share of elements sent, [1e-6, 1]\n"
       "                             (-m with topk, randk or dgc), default $GRADCOMP_DENSITY,\n"
       "                             else 0.01\n"
-      "  -a, --algo <a>             auto|twoshot|ring|allgather|sparse|hier, default\n"
-      "                             $GRADCOMP_ALGO, else auto\n"
+      "  -a, --algo <a>             auto|twoshot|ring|allgather (-m qsgd)|sparse (-m topk,\n"
+      "                             randk or dgc)|hier, the allreduce's (-C all_reduce),\n"
+      "                             default $GRADCOMP_ALGO, else auto\n"
       "  -C, --collective <c>       all_reduce (default) | reduce_scatter: sizes are then the\n"
       "                             per-rank output (recvcount), as in reduce_scatter_perf\n"
       "  -N, --nranks <n>           ranks: threads (cpu) or processes (cuda), default cpu 4,\n"
@@ -248,6 +249,33 @@ bool failBeyond(int* exitCode, const char* flag, const char* value, const char* 
             flag, value, item, DBL_MAX, range);
   *exitCode = 2;
   return false;
+}
+
+// A float flag's number: item (the whole value v, or one item of a list flag's v) in [lo, hi]
+// into *out. Refused naming the flag and v: a number beyond a double with failBeyond's sentence,
+// anything else with fail's of refusal, or, refusal null, "not in" the flag's range.
+bool floatFlag(int* exitCode, const char* flag, const char* v, const char* item, double lo,
+               double hi, const char* range, const char* refusal, double* out) {
+  if (beyondDouble(item)) return failBeyond(exitCode, flag, v, item, range);
+  if (parseDouble(item, lo, hi, out)) return true;
+  const std::string notIn = std::string("%s %s not in ") + range;
+  return fail(exitCode, refusal != nullptr ? refusal : notIn.c_str(), flag, v);
+}
+
+// A list flag of bandwidths in [0.001, 1e6] Gb/s (--link-gbps, --node-gbps) into *list, each
+// item once (addItem); an empty list is left to the flag's own refusal.
+bool bandwidthList(int* exitCode, const char* flag, const char* v, std::vector<double>* list) {
+  std::vector<std::string> items, from;
+  list->clear();
+  if (!listItems(flag, v, &items, exitCode)) return false;
+  double dv;
+  for (const std::string& s : items) {
+    if (!floatFlag(exitCode, flag, v, s.c_str(), 1e-3, 1e6, "[0.001, 1e6] Gb/s",
+                   "%s %s: each bandwidth must be in [0.001, 1e6] Gb/s", &dv) ||
+        !addItem(flag, v, s, dv, list, &from, exitCode))
+      return false;
+  }
+  return true;
 }
 
 // getopt_long's '?' (an unknown, ambiguous or valueless option given a value) or ':' (a
@@ -457,10 +485,10 @@ bool parseOptions(int argc, char** argv, Options* o, int* exitCode) {
         stepArg = v;
         break;
       case 'f':
-        if (beyondDouble(v)) return failBeyond(exitCode, "-f", v, v, "[1.0001, 1e6]");
-        if (!parseDouble(v, 1.0001, 1e6, &o->stepFactor))
-          return fail(exitCode, "%s %s is not a factor in [1.0001, 1e6] (a plain decimal number)",
-                      "-f", v);
+        if (!floatFlag(exitCode, "-f", v, v, 1.0001, 1e6, "[1.0001, 1e6]",
+                       "%s %s is not a factor in [1.0001, 1e6] (a plain decimal number)",
+                       &o->stepFactor))
+          return false;
         factorGiven = true;
         factorArg = v;
         break;
@@ -536,8 +564,7 @@ bool parseOptions(int argc, char** argv, Options* o, int* exitCode) {
         o->bucket = (int)lv;
         break;
       case 'k':
-        if (beyondDouble(v)) return failBeyond(exitCode, "-k", v, v, "[1e-6, 1]");
-        if (!parseDouble(v, 1e-6, 1, &dv)) return fail(exitCode, "%s %s not in [1e-6, 1]", "-k", v);
+        if (!floatFlag(exitCode, "-k", v, v, 1e-6, 1, "[1e-6, 1]", nullptr, &dv)) return false;
         o->density = (float)dv;
         break;
       case 'a':
@@ -589,25 +616,16 @@ bool parseOptions(int argc, char** argv, Options* o, int* exitCode) {
         break;
       }
       case kLink:
-        o->linkGbps.clear();
-        if (!listItems("--link-gbps", v, &items, exitCode)) return false;
-        if (items.empty())
+        if (!bandwidthList(exitCode, "--link-gbps", v, &o->linkGbps)) return false;
+        if (o->linkGbps.empty())
           return fail(exitCode, "%s %s: give at least one bandwidth in [0.001, 1e6] Gb/s",
                       "--link-gbps", v);
-        for (const std::string& s : items) {
-          if (beyondDouble(s.c_str()))
-            return failBeyond(exitCode, "--link-gbps", v, s.c_str(), "[0.001, 1e6] Gb/s");
-          if (!parseDouble(s.c_str(), 1e-3, 1e6, &dv))
-            return fail(exitCode, "%s %s: each bandwidth must be in [0.001, 1e6] Gb/s",
-                        "--link-gbps", v);
-          if (!addItem("--link-gbps", v, s, dv, &o->linkGbps, &from, exitCode)) return false;
-        }
         o->linkGiven = true;
         break;
       case kLat:
-        if (beyondDouble(v)) return failBeyond(exitCode, "--link-lat-us", v, v, "[0, 1e7] us");
-        if (!parseDouble(v, 0, 1e7, &o->linkLatencyUs))
-          return fail(exitCode, "%s %s not in [0, 1e7] us", "--link-lat-us", v);
+        if (!floatFlag(exitCode, "--link-lat-us", v, v, 0, 1e7, "[0, 1e7] us", nullptr,
+                       &o->linkLatencyUs))
+          return false;
         break;
       case kSeed:
         if (!parseInt(v, 0, 0x7fffffffL, &lv))
@@ -618,9 +636,9 @@ bool parseOptions(int argc, char** argv, Options* o, int* exitCode) {
         o->corrupt = true;
         break;
       case kRankWeight:
-        if (beyondDouble(v)) return failBeyond(exitCode, "--debug-rank-weight", v, v, "[0, 4]");
-        if (!parseDouble(v, 0, 4, &o->debugRankWeight))
-          return fail(exitCode, "%s %s not in [0, 4]", "--debug-rank-weight", v);
+        if (!floatFlag(exitCode, "--debug-rank-weight", v, v, 0, 4, "[0, 4]", nullptr,
+                       &o->debugRankWeight))
+          return false;
         break;
       case kAuto:
         o->autoRow = true;
@@ -640,24 +658,15 @@ bool parseOptions(int argc, char** argv, Options* o, int* exitCode) {
         break;
       }
       case kNodeGbps:
-        o->nodeGbps.clear();
-        if (!listItems("--node-gbps", v, &items, exitCode)) return false;
-        for (const std::string& s : items) {
-          if (beyondDouble(s.c_str()))
-            return failBeyond(exitCode, "--node-gbps", v, s.c_str(), "[0.001, 1e6] Gb/s");
-          if (!parseDouble(s.c_str(), 1e-3, 1e6, &dv))
-            return fail(exitCode, "%s %s: each bandwidth must be in [0.001, 1e6] Gb/s",
-                        "--node-gbps", v);
-          if (!addItem("--node-gbps", v, s, dv, &o->nodeGbps, &from, exitCode)) return false;
-        }
+        if (!bandwidthList(exitCode, "--node-gbps", v, &o->nodeGbps)) return false;
         if (o->nodeGbps.empty())
           return fail(exitCode, "%s %s: give at least one bandwidth", "--node-gbps", v);
         nodeGbpsArg = v;
         break;
       case kIntraGbps:
-        if (beyondDouble(v)) return failBeyond(exitCode, "--intra-gbps", v, v, "[0.001, 1e6] Gb/s");
-        if (!parseDouble(v, 1e-3, 1e6, &o->intraGbps))
-          return fail(exitCode, "%s %s not in [0.001, 1e6] Gb/s", "--intra-gbps", v);
+        if (!floatFlag(exitCode, "--intra-gbps", v, v, 1e-3, 1e6, "[0.001, 1e6] Gb/s", nullptr,
+                       &o->intraGbps))
+          return false;
         o->intraGiven = true;
         break;
       case kModelPipe:
@@ -827,6 +836,68 @@ bool checkOptions(const Options& o, int* exitCode) {
             "leave it out, or add %s to -m (see --help)\n",
             flag, forMethods, methods.c_str(),
             o.methodsGiven ? "" : " (-m not given: GRADCOMP_METHOD's, else qsgd)", add);
+    *exitCode = 2;
+    return false;
+  }
+  // -a names the allreduce's exchange (GRADCOMP_ALGO): a reduce-scatter runs its own whatever
+  // it says (plugin/reduce_scatter.cc), a run of none compresses nothing, and an exchange of the
+  // other kind of method was refused by methodConfig at that method's first row, after the
+  // rows of the methods listed before it (-m qsgd,topk -a twoshot). auto is every run's
+  // default, and hier runs the hierarchy where the layout has one, as auto does, for any method.
+  if (o.algo > gradcompAlgoAuto && o.algo != gradcompAlgoHier &&
+      o.collective == Collective::ReduceScatter) {
+    fprintf(stderr,
+            "gradcomp_perf: -a %s is for -C all_reduce, and this run's collective is "
+            "reduce_scatter, whose exchange does not follow -a: leave it out, or give -a auto or "
+            "hier (see --help)\n",
+            algoName(o.algo));
+    *exitCode = 2;
+    return false;
+  }
+  const bool denseAlgo = o.algo == gradcompAlgoTwoShot || o.algo == gradcompAlgoRing ||
+                         o.algo == gradcompAlgoAllgather;
+  const bool sparseAlgo = o.algo == gradcompAlgoSparseAllgather;
+  if (o.methodsKnown && o.algo > gradcompAlgoAuto &&
+      (!compress || (denseAlgo && sparse) || (sparseAlgo && qsgd))) {
+    const char* forMethods = denseAlgo    ? "qsgd"
+                             : sparseAlgo ? "topk, randk or dgc"
+                                          : "qsgd, topk, randk or dgc";
+    // The methods whose rows methodConfig would refuse.
+    std::string refused;
+    for (gradcompMethod_t m : o.methods)
+      if (m != gradcompMethodNone && (m == gradcompMethodQsgd) == sparseAlgo)
+        refused += std::string(refused.empty() ? "" : ",") + methodName(m);
+    const std::string result =
+        !compress ? std::string("no row would use it: leave it out, or add ") +
+                        (denseAlgo    ? "qsgd"
+                         : sparseAlgo ? "topk, randk or dgc"
+                                      : "a compressing method") +
+                        " to -m"
+                  : "its " + refused + " rows would be refused: leave it out, or give -a " +
+                        (qsgd && sparse ? "auto or hier"
+                         : qsgd         ? "auto, twoshot, ring, allgather or hier"
+                                        : "auto, sparse or hier");
+    fprintf(stderr,
+            "gradcomp_perf: -a %s is for -m %s, and this run's methods are %s%s, so %s (see "
+            "--help)\n",
+            algoName(o.algo), forMethods, methods.c_str(),
+            o.methodsGiven ? "" : " (-m not given: GRADCOMP_METHOD's, else qsgd)", result.c_str());
+    *exitCode = 2;
+    return false;
+  }
+  // GRADCOMP_ELIAS=1: QSGD's allreduce rows run the Elias-coded allgather whatever -a names,
+  // and flat (plugin/allreduce.cc, hier.cc's useHier), so with no sparse method beside qsgd -a
+  // twoshot, ring or hier went unused, the rows labelled with it. A bad GRADCOMP_* value:
+  // methodConfig reports it.
+  gradcompConfig_t env;
+  if (qsgd && !sparse && o.collective == Collective::AllReduce &&
+      (o.algo == gradcompAlgoTwoShot || o.algo == gradcompAlgoRing || o.algo == gradcompAlgoHier) &&
+      gradcompConfigFromEnv(&env) == gradcompSuccess && env.elias) {
+    fprintf(stderr,
+            "gradcomp_perf: -a %s is not run with GRADCOMP_ELIAS=1, whose Elias-coded QSGD is "
+            "an allgather whatever -a says, and this run's methods are %s, so no row would use "
+            "it: leave it out, give -a auto or allgather, or unset GRADCOMP_ELIAS (see --help)\n",
+            algoName(o.algo), methods.c_str());
     *exitCode = 2;
     return false;
   }
