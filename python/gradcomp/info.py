@@ -2,6 +2,7 @@
 import argparse
 import ctypes
 import os
+import re
 import sys
 
 
@@ -54,6 +55,31 @@ def nccl_interposer():
     return path if "gradcomp" in os.path.basename(path) else None
 
 
+RTLD_DI_ORIGIN = 6  # <dlfcn.h>
+
+
+def loaded_origin(path):
+    """$ORIGIN of the loaded object at path, as the loader expands it in that object's dlopen
+    calls: the object's l_origin (dlinfo RTLD_DI_ORIGIN), the folder it was loaded from. None
+    when the object is not loaded or the loader cannot say."""
+    try:
+        handle = ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)._handle
+        dlinfo = ctypes.CDLL(None).dlinfo
+    except (OSError, AttributeError):
+        return None
+    dlinfo.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
+    dlinfo.restype = ctypes.c_int
+    origin = ctypes.create_string_buffer(4096)  # PATH_MAX, what RTLD_DI_ORIGIN may fill
+    if dlinfo(handle, RTLD_DI_ORIGIN, origin) != 0 or not origin.value:
+        return None
+    return os.fsdecode(origin.value)
+
+
+# The dynamic string tokens dlopen expands in a path (ld.so(8)): $NAME ending at a character
+# that cannot continue a name (not a letter, digit or '_': glibc's is_dst), or ${NAME}.
+_DST = re.compile(r"\$(?:\{(ORIGIN|LIB|PLATFORM)\}|(ORIGIN|LIB|PLATFORM)(?![A-Za-z0-9_]))")
+
+
 def _wheel_nccl():
     try:
         import nvidia.nccl as m  # the package PyTorch depends on
@@ -102,10 +128,11 @@ def _shown(value):
     return '"' + value.encode("unicode_escape").decode().replace('"', '\\"') + '"'
 
 
-def process_settings_taken_otherwise():
+def process_settings_taken_otherwise(unchecked=None):
     """The process-level settings set (gradcompConfigFromEnv does not read them) that the
     library or the preload would not take as given: each warns where it is read and uses its
-    default, so a Config from the environment cannot tell. One sentence each."""
+    default, so a Config from the environment cannot tell. One sentence each; one for each
+    setting that cannot be checked from this process goes to the list unchecked."""
     out = []
     debug = os.environ.get("GRADCOMP_DEBUG")
     # Unset or empty is off, as an empty NCCL_DEBUG is; the levels are case-insensitive.
@@ -122,12 +149,40 @@ def process_settings_taken_otherwise():
     if nccl == "":
         out.append("GRADCOMP_NCCL_LIBRARY is set but empty: the preload warns and uses "
                    "libnccl.so.2")
-    elif nccl is not None and "/" in nccl and not os.path.exists(nccl):
+    elif nccl is not None and "/" in nccl:
         # A path (a name without '/' is the loader's to search): dlopen cannot open a file that
         # is not there, and the preload warns that it cannot open it (nccl_dlsym.cc).
-        out.append(f"GRADCOMP_NCCL_LIBRARY={_shown(nccl)} does not exist: the preload warns "
-                   "that it cannot open it and looks for pnccl* symbols in the process")
+        path, expanded = _nccl_library_path(nccl, unchecked)
+        if path is not None and not os.path.exists(path):
+            out.append(f"GRADCOMP_NCCL_LIBRARY={_shown(nccl)} does not exist{expanded}: the "
+                       "preload warns that it cannot open it and looks for pnccl* symbols in "
+                       "the process")
     return out
+
+
+def _nccl_library_path(nccl, unchecked):
+    """The file dlopen opens for a GRADCOMP_NCCL_LIBRARY path, and how its tokens were
+    expanded (" ($ORIGIN is ...: file)", or "" with none). The preload's resolve()
+    (nccl_dlsym.cc) calls dlopen, so $ORIGIN is the preload's folder: known when this process
+    has the preload loaded (under LD_PRELOAD). Otherwise, and for $LIB and $PLATFORM (the
+    loader's own), the file is not known here: (None, "") with a sentence in unchecked."""
+    tokens = {m.group(1) or m.group(2) for m in _DST.finditer(nccl)}
+    if not tokens:
+        return nccl, ""
+    other = sorted(tokens - {"ORIGIN"})
+    preload = nccl_interposer()
+    origin = loaded_origin(preload) if preload else None
+    if other or origin is None:
+        why = (f"${other[0]} is the loader's own, not known here" if other else
+               "$ORIGIN is the folder of the preload library that opens it (dlopen in "
+               "libgradcomp_preload.so), which this process has not loaded (run this under "
+               "the program's LD_PRELOAD to check it)")
+        if unchecked is not None:
+            unchecked.append(f"GRADCOMP_NCCL_LIBRARY={_shown(nccl)} is not checked: {why}")
+        return None, ""
+    path = _DST.sub(lambda m: origin, nccl)
+    return path, f" ($ORIGIN is {_shown(origin)}, the folder the preload was loaded from: " \
+                 f"{_shown(path)})"
 
 
 def settings_line(gradcomp):
@@ -147,7 +202,8 @@ def settings_line(gradcomp):
         unread = [k for k in set_ if k not in known]
     shown = ", ".join(f"{k}={os.environ[k]}" for k in names)
     ok = True
-    otherwise = "".join(f"; {why}" for why in process_settings_taken_otherwise())
+    unchecked = []
+    otherwise = "".join(f"; {why}" for why in process_settings_taken_otherwise(unchecked))
     try:
         gradcomp.Config()
     except gradcomp.GradcompError as e:
@@ -161,6 +217,8 @@ def settings_line(gradcomp):
             print(f"settings: {shown}: accepted" if names else
                   "settings: the defaults (no GRADCOMP_* set)" if not set_ else
                   "settings: the defaults (none of the library's GRADCOMP_* settings set)")
+    for why in unchecked:
+        print(why)
     if unread:
         print(f"not read by the library: {', '.join(f'{k}={os.environ[k]}' for k in unread)} "
               f"(not settings of docs/env.md: a build's or a test's variable, or a misspelling)")

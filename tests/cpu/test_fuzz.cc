@@ -31,6 +31,7 @@
 #include "gradcomp.h"
 #include "gradcomp/elias.h"
 #include "gradcomp/reference.h"
+#include "plugin/params.h"
 #include "tests/common/cpu_world.h"
 #include "tests/common/guarded.h"
 #include "tests/common/loopback.h"
@@ -435,6 +436,116 @@ TEST(Fuzz, ConfigStrings) {
       ASSERT_EQ(memcmp(&cfg, &before, sizeof(cfg)), 0) << name << "='" << v << "'";
     }
   }
+}
+
+// GRADCOMP_* floats a double does not hold, spelt many ways: a power of ten P
+// (that of the first nonzero digit) far below or above a double's, written
+// with the point anywhere, leading zeros, many digits, and an exponent with or
+// without a sign, leading zeros or more digits than any integer. Each is
+// refused naming the variable and the value, the struct left alone, never
+// taken as 0 or inf; one below 1 (P < 0) gets the float's refusal ("that a
+// float holds") where the range holds 0, and one above gets the range's, as
+// plugin/config.cc's belowOne tells them apart. Signs, hex floats and the
+// spellings of inf and nan around such numbers are refused as not the form.
+TEST(Fuzz, ConfigFloatsBeyondADouble) {
+  std::mt19937_64 rng(seed(16005));
+  size_t n;
+  const gc::ParamSpec* table = gc::paramTable(&n);
+  std::vector<const gc::ParamSpec*> floats;
+  for (size_t i = 0; i < n; ++i)
+    if (table[i].kind == gc::ParamKind::Float && table[i].offset >= 0) floats.push_back(&table[i]);
+  ASSERT_GE(floats.size(), 2u);
+  auto digits = [&](size_t count, bool nonzeroFirst) {
+    std::string d;
+    for (size_t k = 0; k < count; ++k)
+      d += (char)('0' + (k == 0 && nonzeroFirst ? 1 + rng() % 9 : rng() % 10));
+    return d;
+  };
+  const char* notTheForm[] = {"-",   "+",        " ",   "0x",  "0X1p",   "inf",
+                              "INF", "infinity", "nan", "NaN", "nan(1)", "-inf"};
+  int underflows = 0, overflows = 0, forms = 0;
+  for (int it = 0, iters = iterations(2000); it < iters; ++it) {
+    const gc::ParamSpec& p = *floats[rng() % floats.size()];
+    // P beyond a double's either way (1e-330 .. and 1e+310 ..), some beyond
+    // any exponent an integer holds.
+    const bool below = rng() % 2 == 0;
+    const long long magnitude = rng() % 8 == 0 ? 1000000000000LL + (long long)(rng() % 1000)
+                                               : 330 + (long long)(rng() % 5000);
+    const long long power = below ? -magnitude : magnitude;
+    // The significand: k >= 1 digits before the point with the first nonzero
+    // (power k - 1 before the exponent), or "0." and z zeros before the first
+    // nonzero digit (power -(z + 1)); leading zeros before either; many digits.
+    const size_t tail = rng() % 4 == 0 ? 200 + rng() % 400 : rng() % 6;
+    const size_t leadingZeros = rng() % 3 == 0 ? rng() % 5 : 0;
+    std::string v(leadingZeros, '0');
+    long long written;  // the power the significand gives by itself
+    if (rng() % 2 == 0) {
+      const size_t k = rng() % 4 == 0 ? 1 + rng() % 700 : 1 + rng() % 4;
+      v += digits(k, true);
+      written = (long long)k - 1;
+      if (tail || rng() % 2) v += "." + digits(tail, false);
+    } else {
+      const size_t z = rng() % 4 == 0 ? 300 + rng() % 200 : rng() % 5;
+      // One draw per statement: the order of a sum's operands is unspecified.
+      v += leadingZeros || rng() % 2 ? "0." : ".";
+      v += std::string(z, '0');
+      v += digits(1 + tail, true);
+      written = -(long long)z - 1;
+    }
+    // The exponent that makes the power P: none where the significand alone
+    // is beyond a double (its many digits), else e/E, a sign, leading zeros.
+    const long long exponent = power - written;
+    if (exponent != 0 || rng() % 2) {
+      v += rng() % 2 ? "e" : "E";
+      if (exponent < 0)
+        v += "-";
+      else if (rng() % 2)
+        v += "+";
+      v += std::string(rng() % 3 == 0 ? 1 + rng() % 30 : 0, '0');
+      // Now and then an exponent of 20 to 40 digits, beyond any integer's (the
+      // parser's clamp of a huge exponent), else the one that makes P.
+      if (rng() % 6 == 0)
+        v += digits(20 + rng() % 21, true);
+      else
+        v += std::to_string(exponent < 0 ? -exponent : exponent);
+    }
+    // Now and then a sign, a hex prefix, an inf or nan before or after it: no
+    // longer the form, refused as such.
+    const bool mangled = rng() % 5 == 0;
+    if (mangled) {
+      const std::string bad = notTheForm[rng() % (sizeof(notTheForm) / sizeof(notTheForm[0]))];
+      v = rng() % 2 ? bad + v : v + bad;
+    }
+    gctest::ScopedEnv env(p.env, v.c_str());
+    gradcompConfig_t cfg, before;
+    gradcompConfigInit(&cfg);
+    memcpy(&before, &cfg, sizeof(cfg));
+    const gradcompResult_t res = gradcompConfigFromEnv(&cfg);
+    const std::string said = res == gradcompSuccess ? "" : gradcompGetLastError();
+    const std::string value = gc::shownValue(v.c_str());
+    ASSERT_EQ(res, gradcompInvalidArgument)
+        << p.env << "='" << v << "' taken as "
+        << *reinterpret_cast<const float*>(reinterpret_cast<const char*>(&cfg) + p.offset);
+    ASSERT_EQ(memcmp(&cfg, &before, sizeof(cfg)), 0) << p.env << "='" << v << "'";
+    ASSERT_NE(said.find(std::string(p.env) + "=" + value + " is not a number in ["),
+              std::string::npos)
+        << p.env << "='" << v << "': " << said;
+    const bool floatRefusal = said.find("that a float holds") != std::string::npos;
+    if (mangled) {
+      ++forms;
+      EXPECT_FALSE(floatRefusal) << said;
+      EXPECT_NE(said.find(gc::kNumberForm), std::string::npos) << said;
+    } else {
+      (below ? underflows : overflows)++;
+      EXPECT_EQ(floatRefusal, below && p.min <= 0)
+          << p.env << "='" << v << "' (a power of ten of " << power << "): " << said;
+      EXPECT_EQ(said.find(gc::kNumberForm) != std::string::npos, !floatRefusal) << said;
+    }
+  }
+  // Every kind drawn.
+  EXPECT_GT(underflows, 0);
+  EXPECT_GT(overflows, 0);
+  EXPECT_GT(forms, 0);
 }
 
 // The TCP transport's bytes from a peer (plugin/backends/cpu/socket.cc): a

@@ -1606,6 +1606,49 @@ class LibraryErrors(unittest.TestCase):
                       "sign, space or leading zero)", p.stdout)
 
     @unittest.skipUnless(gradcomp.has("gradcompEnvName"), "this libgradcomp has no gradcompEnvName")
+    @unittest.skipIf("libasan" in os.environ.get("LD_PRELOAD", ""), "the preload after ASan's")
+    def test_info_expands_origin_as_the_preloads_dlopen_does(self):
+        """GRADCOMP_NCCL_LIBRARY=$ORIGIN/... is opened by the preload's dlopen, which reads
+        $ORIGIN as the folder the preload was loaded from: with the preload loaded, info checks
+        that file and names it; the path was said not to exist whatever that folder held."""
+        built = os.path.dirname(os.path.realpath(_lib.library_path()))
+        preload = os.path.join(built, "plugin", "preload", "libgradcomp_preload.so")
+        if not os.path.exists(preload):
+            self.skipTest("no libgradcomp_preload.so in this build")
+        with tempfile.TemporaryDirectory() as d:
+            os.mkdir(os.path.join(d, "lib"))
+            here = os.path.join(d, "lib", "libgradcomp_preload.so")
+            shutil.copy(preload, here)
+            open(os.path.join(d, "libnccl.so.2"), "w").close()
+            # $ORIGIN ends at any character that cannot continue a name: "$ORIGIN-x" is the
+            # preload's folder followed by "-x" (glibc's is_dst), not a missing path.
+            os.mkdir(os.path.join(d, "lib-x"))
+            open(os.path.join(d, "lib-x", "libnccl.so.2"), "w").close()
+            env = {k: v for k, v in os.environ.items()
+                   if not k.startswith("GRADCOMP_") or k == "GRADCOMP_LIBRARY"}
+            env.update(PYTHONPATH=os.path.join(ROOT, "python"),
+                       LD_PRELOAD=" ".join(filter(None, [here, os.environ.get("LD_PRELOAD")])))
+
+            def run(value):
+                return subprocess.run([sys.executable, "-m", "gradcomp.info"],
+                                      env=dict(env, GRADCOMP_NCCL_LIBRARY=value),
+                                      capture_output=True, text=True)
+            for value in ("$ORIGIN/../libnccl.so.2", "${ORIGIN}/../libnccl.so.2",
+                          "$ORIGIN-x/libnccl.so.2"):
+                p = run(value)
+                self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+                self.assertIn("settings: GRADCOMP_NCCL_LIBRARY=%s: accepted\n" % value, p.stdout)
+                self.assertNotIn("not checked", p.stdout)
+            value = "${ORIGIN}/no-such-dir/libnccl.so.2"
+            p = run(value)
+            self.assertEqual(p.returncode, 1, p.stdout + p.stderr)
+            self.assertIn("GRADCOMP_NCCL_LIBRARY=%s does not exist ($ORIGIN is %s, the folder the "
+                          "preload was loaded from: %s): the preload warns that it cannot open "
+                          "it" % (value, os.path.join(d, "lib"),
+                                  os.path.join(d, "lib", "no-such-dir", "libnccl.so.2")),
+                          p.stdout)
+
+    @unittest.skipUnless(gradcomp.has("gradcompEnvName"), "this libgradcomp has no gradcompEnvName")
     def test_info_tells_settings_from_other_variables(self):
         """A GRADCOMP_* variable the library does not read (a build's, a test's, a misspelt
         setting) is not listed as an accepted setting: gradcomp.info says it is not read."""
@@ -1657,6 +1700,17 @@ class LibraryErrors(unittest.TestCase):
         p = run(GRADCOMP_NCCL_LIBRARY="libnccl.so.2")
         self.assertEqual(p.returncode, 0, p.stdout)
         self.assertIn("settings: GRADCOMP_NCCL_LIBRARY=libnccl.so.2: accepted\n", p.stdout)
+        # $ORIGIN (or ${ORIGIN}) is expanded by dlopen, in the preload's resolve(), to the
+        # folder the preload was loaded from: not a missing file. Without the preload in this
+        # process that folder is not known, which is said (exit 0).
+        origin = "$ORIGIN/no-such-dir/libnccl.so.2"
+        p = run(GRADCOMP_NCCL_LIBRARY=origin)
+        self.assertEqual(p.returncode, 0, p.stdout)
+        self.assertIn("settings: GRADCOMP_NCCL_LIBRARY=%s: accepted\nGRADCOMP_NCCL_LIBRARY=%s is "
+                      "not checked: $ORIGIN is the folder of the preload library that opens it "
+                      "(dlopen in libgradcomp_preload.so), which this process has not loaded "
+                      % (origin, origin), p.stdout)
+        self.assertNotIn("does not exist", p.stdout)
         p = run(GRADCOMP_GROUP="pass ", GRADCOMP_BITS="9")  # both said, the blank shown
         self.assertEqual(p.returncode, 1, p.stdout)
         self.assertIn(": refused: GRADCOMP_BITS=9 is not an integer in 2..8, in plain decimal "
