@@ -1084,6 +1084,15 @@ static int destroyAfterFailedGroup(void) {
   return 0;
 }
 
+/* Whether ncclGetLastError(comm) says the communicator was already finalized
+ * (after `when`); it says what it answered where not. */
+static int saysFinalized(ncclComm_t comm, const char* when) {
+  const char* why = ncclGetLastError(comm);
+  if (why != NULL && strstr(why, "already finalized") != NULL) return 1;
+  fprintf(stderr, "ncclGetLastError after %s: '%s'\n", when, why ? why : "(null)");
+  return 0;
+}
+
 /* A second ncclCommFinalize of a communicator in the user group that holds
  * its first behind a deferred call. NCCL (2.22 and later, init.cc) refuses
  * it at the call (ncclInvalidArgument), and the refusal fails the group's
@@ -1107,11 +1116,7 @@ static int finalizeTwiceInGroup(void) {
             (int)ncclInvalidArgument);
     return 1;
   }
-  const char* why = ncclGetLastError(comm);
-  if (why == NULL || strstr(why, "already finalized") == NULL) {
-    fprintf(stderr, "ncclGetLastError after the refused finalize: '%s'\n", why ? why : "(null)");
-    return 1;
-  }
+  if (!saysFinalized(comm, "the refused finalize")) return 1;
   r = ncclGroupEnd();
   EXPECT("GroupEnd");
   if (r != ncclInvalidArgument) {
@@ -1119,11 +1124,7 @@ static int finalizeTwiceInGroup(void) {
             (int)ncclInvalidArgument);
     return 1;
   }
-  why = ncclGetLastError(comm);
-  if (why == NULL || strstr(why, "already finalized") == NULL) {
-    fprintf(stderr, "ncclGetLastError after the failed group's end: '%s'\n", why ? why : "(null)");
-    return 1;
-  }
+  if (!saysFinalized(comm, "the failed group's end")) return 1;
   DESTROY(comm);
   return 0;
 }
@@ -1235,11 +1236,7 @@ static int finalizeRefusedInGroup(int simulate) {
             (int)ncclInvalidArgument);
     return 1;
   }
-  const char* why = ncclGetLastError(comm);
-  if (why == NULL || strstr(why, "already finalized") == NULL) {
-    fprintf(stderr, "ncclGetLastError after the refused finalize: '%s'\n", why ? why : "(null)");
-    return 1;
-  }
+  if (!saysFinalized(comm, "the refused finalize")) return 1;
   if (simulate) {
     /* A simulated end fails with the group's error as a plain end does. The
      * preload hands NCCL the group's deferred calls to simulate, and NCCL's
@@ -1258,11 +1255,7 @@ static int finalizeRefusedInGroup(int simulate) {
             (int)r, (int)ncclInvalidArgument);
     return 1;
   }
-  why = ncclGetLastError(comm);
-  if (why == NULL || strstr(why, "already finalized") == NULL) {
-    fprintf(stderr, "ncclGetLastError after the failed group's end: '%s'\n", why ? why : "(null)");
-    return 1;
-  }
+  if (!saysFinalized(comm, "the failed group's end")) return 1;
 #if NCCL_VERSION_CODE >= NCCL_VERSION(2, 27, 0)
   GROUP_START();
   CALL_IN_GROUP(b, b, 1 << 20, ncclFloat32, ncclSum, other, stream);
