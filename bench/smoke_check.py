@@ -317,7 +317,10 @@ def check_flags(perf, work, src, kdoc, bits, bucket):
              "allgather"),
             (["-C", "reduce_scatter", "-a", "ring"], None, "-a ring is for -C all_reduce, and "
              "this run's collective is reduce_scatter, whose exchange does not follow -a: leave "
-             "it out, or give -a auto or hier")):
+             "it out, or give -a auto or hier"),
+            # Not hier where no row compresses: that is refused too.
+            (["-C", "reduce_scatter", "-m", "none", "-a", "ring"], None, "whose exchange does "
+             "not follow -a: leave it out, or give -a auto (see --help)")):
         code, out = run_plain(perf, ["-N", "2", "-b", "64K", "-e", "64K"] + args + tiny, env=env)
         expect(code == 2 and says in out and out.count("\n") == 1,
                "%s %s: exit 2 saying %r in one line (got %d)" % (env or "", args, says, code))

@@ -229,7 +229,7 @@ check_args() {
   else
     # The program's own sentence, not a WARN or INFO line before it.
     echo "plan-args: $step: REFUSED (exit $rc):" \
-      "$( (grep -m1 "^${bin##*/}: " || grep -m1 .) <<< "$out")"
+      "$(grep -m1 "^${bin##*/}: " <<< "$out" || grep -m1 . <<< "$out")"
     args_refused=1
   fi
 }

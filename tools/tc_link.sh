@@ -84,7 +84,8 @@ cleanup() {
   [ "$shaping" = lo ] && tc qdisc del dev lo root 2>/dev/null
   return 0
 }
-trap cleanup EXIT
+# Not under --args-check, which sets nothing up: its clean-up would remove a run's beside it.
+[[ " $* " == *" --args-check "* ]] || trap cleanup EXIT
 # timeout(1) sends its TERM twice (to this script, then to its process group): a second one
 # during the clean-up would end it halfway, leaving namespaces or lo's shaping to the steps
 # after. The first ignores the rest and exits through the clean-up.
@@ -303,7 +304,7 @@ if [ "$args_check" = 1 ]; then
         echo "tc_link args: N=$n at $gbps Gb/s: ok (gradcomp_perf stopped at its GPU lookup)"
       else
         echo "tc_link args: N=$n at $gbps Gb/s: REFUSED (exit $rc):" \
-          "$( (grep -m1 "^gradcomp_perf: " || grep -m1 .) <<< "$out")"
+          "$(grep -m1 "^gradcomp_perf: " <<< "$out" || grep -m1 . <<< "$out")"
         bad=1
       fi
     done

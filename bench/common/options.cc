@@ -848,9 +848,9 @@ bool checkOptions(const Options& o, int* exitCode) {
       o.collective == Collective::ReduceScatter) {
     fprintf(stderr,
             "gradcomp_perf: -a %s is for -C all_reduce, and this run's collective is "
-            "reduce_scatter, whose exchange does not follow -a: leave it out, or give -a auto or "
-            "hier (see --help)\n",
-            algoName(o.algo));
+            "reduce_scatter, whose exchange does not follow -a: leave it out, or give -a %s (see "
+            "--help)\n",
+            algoName(o.algo), compress ? "auto or hier" : "auto");
     *exitCode = 2;
     return false;
   }

@@ -1049,8 +1049,10 @@ ncclResult_t finalizeAgain(ncclComm_t comm, CommEntry& e) {
     }
   }
   if (e.finalizeHeld && finalizeCountsAtCall()) {
+    // Warned and noted in one step (warnOwnError): read back after noting it, the process-wide
+    // sentence may already be another thread's.
     const bool grouped = failGroup();
-    noteOwnError(
+    (grouped ? warnOwnError : noteOwnError)(
         "ncclCommFinalize: NCCL comm %p was already finalized (by a finalize made in a user "
         "group, which counts at its call even where the group's end failed and dropped it): "
         "ncclInvalidArgument%s",
@@ -1059,7 +1061,6 @@ ncclResult_t finalizeAgain(ncclComm_t comm, CommEntry& e) {
                   "group by handing NCCL a data call of no communicator, which NCCL refuses, "
                   "warning \"comm argument is NULL\")"
                 : "");
-    if (grouped) warnOncePerSentence("%s", ownErrorStanding().c_str());
     return ncclInvalidArgument;
   }
   const ncclResult_t r = finalizeAnswered(e, ncclAnswered(finalize(comm)));

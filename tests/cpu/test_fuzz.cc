@@ -495,16 +495,18 @@ TEST(Fuzz, ConfigFloatsBeyondADouble) {
     // The exponent that makes the power P: none where the significand alone
     // is beyond a double (its many digits), else e/E, a sign, leading zeros.
     const long long exponent = power - written;
-    if (exponent != 0 || rng() % 2) {
+    // Now and then an exponent of 20 to 40 digits, beyond any integer's (the
+    // parser's clamp of a huge exponent), signed as P is: whatever the
+    // significand's own power, the value is then beyond a double that way.
+    const bool huge = rng() % 6 == 0;
+    if (huge || exponent != 0 || rng() % 2) {
       v += rng() % 2 ? "e" : "E";
-      if (exponent < 0)
+      if (huge ? below : exponent < 0)
         v += "-";
       else if (rng() % 2)
         v += "+";
       v += std::string(rng() % 3 == 0 ? 1 + rng() % 30 : 0, '0');
-      // Now and then an exponent of 20 to 40 digits, beyond any integer's (the
-      // parser's clamp of a huge exponent), else the one that makes P.
-      if (rng() % 6 == 0)
+      if (huge)
         v += digits(20 + rng() % 21, true);
       else
         v += std::to_string(exponent < 0 ? -exponent : exponent);
