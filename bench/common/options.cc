@@ -841,9 +841,10 @@ bool checkOptions(const Options& o, int* exitCode) {
   }
   // -a names the allreduce's exchange (GRADCOMP_ALGO): a reduce-scatter runs its own whatever
   // it says (plugin/reduce_scatter.cc), a run of none compresses nothing, and an exchange of the
-  // other kind of method was refused by methodConfig at that method's first row, after the
-  // rows of the methods listed before it (-m qsgd,topk -a twoshot). auto is every run's
-  // default, and hier runs the hierarchy where the layout has one, as auto does, for any method.
+  // other kind of method is refused by methodConfig (gradcomp_perf's main, before any rank),
+  // whose sentence names GRADCOMP_ALGO: said here as -a's, with the methods it fits. auto is
+  // every run's default, and hier runs the hierarchy where the layout has one, as auto does,
+  // for any method.
   if (o.algo > gradcompAlgoAuto && o.algo != gradcompAlgoHier &&
       o.collective == Collective::ReduceScatter) {
     fprintf(stderr,
